@@ -1,0 +1,168 @@
+"""The weights loader: round trips, layouts, safety against hostile pickles, and clear errors."""
+import json
+import os
+import pickle
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from visattn import create_model, load_weights, save_weights
+from visattn.errors import WeightsError
+from visattn.pretrained import load_index, read_state_dict, sha256_of
+
+ARCH = "vit_tiny_patch4_28"
+SMALL = {"depth": 2}
+
+
+def _model(**kwargs):
+    torch.manual_seed(0)
+    return create_model(ARCH, **{**SMALL, **kwargs}).eval()
+
+
+def _logits(model, seed=1):
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        return model(torch.randn(2, 3, 28, 28))
+
+
+def _assert_one_line_naming(err, path):
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_save_and_load_round_trip_through_the_index(weights_tmp):
+    model = _model(num_classes=10)
+    meta = dict(task="classification", dataset="fashion-mnist", metrics={"top1": 0.5},
+                preprocessing={"input_size": [3, 28, 28], "mean": [0.5] * 3, "std": [0.5] * 3},
+                labels=[str(i) for i in range(10)], config="configs/classification/x.yaml", model_kwargs=SMALL)
+    entry = save_weights(model, weights_tmp / f"{ARCH}.unit.safetensors", **meta)
+    index = json.loads((weights_tmp / "index.json").read_text())
+    assert index[f"{ARCH}.unit"]["sha256"] == sha256_of(weights_tmp / f"{ARCH}.unit.safetensors") == entry["sha256"]
+    assert index[f"{ARCH}.unit"]["num_classes"] == 10 and index[f"{ARCH}.unit"]["dataset"] == "fashion-mnist"
+    loaded = create_model(f"{ARCH}.unit").eval()  # num_classes and depth come from the entry
+    assert loaded.num_classes == 10 and len(loaded.blocks) == 2
+    assert torch.equal(_logits(loaded), _logits(model))
+    assert torch.equal(_logits(create_model(ARCH, pretrained=True).eval()), _logits(model))  # the default tag
+
+
+def test_save_weights_rejects_bad_names(tmp_path):
+    with pytest.raises(WeightsError, match="<arch>.<tag>"):
+        save_weights(_model(), tmp_path / "weights.safetensors")
+
+
+def test_sha256_mismatch_is_refused(weights_tmp):
+    path = weights_tmp / f"{ARCH}.unit.safetensors"
+    save_weights(_model(), path, model_kwargs=SMALL)
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(WeightsError, match="sha256 mismatch") as err:
+        create_model(f"{ARCH}.unit")
+    _assert_one_line_naming(err, path)
+
+
+def test_truncated_safetensors_is_a_clear_error(tmp_path):
+    path = tmp_path / "cut.safetensors"
+    save_file({"w": torch.randn(64, 64)}, path)
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(WeightsError, match="not a valid safetensors") as err:
+        read_state_dict(path)
+    _assert_one_line_naming(err, path)
+
+
+def test_header_larger_than_file_is_a_clear_error(tmp_path):
+    path = tmp_path / "huge_header.safetensors"
+    path.write_bytes((10**12).to_bytes(8, "little") + b"{}")
+    with pytest.raises(WeightsError, match="not a valid safetensors") as err:
+        read_state_dict(path)
+    _assert_one_line_naming(err, path)
+
+
+class _CreatesFile:
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        return (open, (self.target, "w"))
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".bin", ".ckpt"])
+def test_hostile_pickle_is_refused_and_runs_nothing(tmp_path, suffix):
+    marker = tmp_path / "pwned.txt"
+    path = tmp_path / f"evil{suffix}"
+    with open(path, "wb") as f:
+        pickle.dump({"state_dict": {"w": _CreatesFile(str(marker))}}, f)
+    torch.save({"w": _CreatesFile(str(marker))}, tmp_path / f"evil_zip{suffix}")
+    for candidate in (path, tmp_path / f"evil_zip{suffix}"):
+        with pytest.raises(WeightsError, match="refused") as err:
+            create_model(ARCH, **SMALL, pretrained=str(candidate))
+        _assert_one_line_naming(err, candidate)
+    assert not marker.exists()
+
+
+def test_missing_file_and_unknown_format(tmp_path):
+    with pytest.raises(WeightsError, match="not found"):
+        read_state_dict(tmp_path / "nope.safetensors")
+    (tmp_path / "w.onnx").write_bytes(b"x")
+    with pytest.raises(WeightsError, match="unknown weights format"):
+        read_state_dict(tmp_path / "w.onnx")
+
+
+def test_lightning_and_ddp_layouts_are_unwrapped(tmp_path):
+    model = _model()
+    state = model.state_dict()
+    lightning = {"state_dict": {f"model.{k}": v for k, v in state.items()}, "epoch": 3, "global_step": 10}
+    torch.save(lightning, tmp_path / "last.ckpt")
+    torch.save({f"module.{k}": v for k, v in state.items()}, tmp_path / "ddp.pth")
+    for name in ("last.ckpt", "ddp.pth"):
+        loaded = create_model(ARCH, **SMALL, pretrained=str(tmp_path / name)).eval()
+        assert torch.equal(_logits(loaded), _logits(model))
+
+
+def test_other_num_classes_drops_the_head_with_a_warning(tmp_path):
+    path = tmp_path / "w.safetensors"
+    source = _model(num_classes=10).state_dict()
+    save_file(source, path)
+    with pytest.warns(UserWarning, match="dropped head.(weight|bias), head.(weight|bias)"):
+        model = create_model(ARCH, **SMALL, num_classes=3, pretrained=str(path))
+    assert model.head.out_features == 3
+    assert torch.equal(model.blocks[0].attn.qkv.weight, source["blocks.0.attn.qkv.weight"])
+
+
+def test_mismatch_lists_missing_unexpected_and_shapes(tmp_path):
+    state = _model().state_dict()
+    del state["blocks.1.mlp.fc2.bias"]
+    state["blocks.9.extra"] = torch.zeros(1)
+    path = tmp_path / "w.safetensors"
+    save_file(state, path)
+    with pytest.raises(WeightsError) as err:
+        create_model(ARCH, **SMALL, pretrained=str(path))
+    message = str(err.value)
+    assert "missing: blocks.1.mlp.fc2.bias" in message and "unexpected: blocks.9.extra" in message
+    assert "strict=False" in message
+    with pytest.warns(UserWarning, match="kept init for missing blocks.1.mlp.fc2.bias"):
+        create_model(ARCH, **SMALL, pretrained=str(path), strict=False)
+    with pytest.raises(WeightsError, match=r"wrong shape: blocks.0.attn.proj.bias \(192,\) vs \(384,\)"):
+        load_weights(create_model("vit_small_patch4_28", depth=2), path, strict=False)
+
+
+@pytest.mark.parametrize("source", ["timm:vit_tiny_patch16_224", "hf-hub:timm/vit_tiny_patch16_224"])
+def test_hub_sources_fail_fast_offline(source):
+    with pytest.raises(WeightsError, match="cannot fetch weights") as err:
+        create_model("vit_tiny_patch16_224", pretrained=source)
+    assert source in str(err.value) and "\n" not in str(err.value)
+
+
+def test_corrupt_index_names_the_file(weights_tmp):
+    (weights_tmp / "index.json").write_text("{not json")
+    with pytest.raises(WeightsError, match="index.json"):
+        load_index()
+
+
+def test_shipped_index_is_consistent():
+    """Every entry in the repository's weights/index.json points at a file with the recorded sha256."""
+    index = load_index()
+    for name, entry in index.items():
+        assert os.path.exists(entry["path"]), name
+        assert sha256_of(entry["path"]) == entry["sha256"], name
+        assert {"task", "dataset", "metrics", "preprocessing", "config"} <= set(entry), name

@@ -1,0 +1,72 @@
+import pytest
+import torch
+
+import visattn
+from visattn import create_model, list_models, list_pretrained, register_model
+from visattn.cli import main
+from visattn.errors import UnknownModelError
+
+
+def test_list_models_wildcards():
+    vits = list_models("vit_*")
+    assert "vit_tiny_patch16_224" in vits and "vit_base_patch32_224" in vits
+    assert all(n.startswith("vit_") for n in vits)
+    assert list_models("deit_*_patch16_224") == ["deit_base_patch16_224", "deit_small_patch16_224", "deit_tiny_patch16_224"]
+    assert list_models("no_such_*") == []
+    assert list_models() == sorted(list_models())
+
+
+def test_registry_key_is_function_name():
+    from visattn.models import vit
+
+    for name in list_models("vit_*") + list_models("deit_*"):
+        assert getattr(vit, name).__name__ == name
+
+
+def test_duplicate_registration_raises():
+    def vit_tiny_patch16_224():
+        return torch.nn.Identity()
+
+    with pytest.raises(ValueError, match="already registered"):
+        register_model(vit_tiny_patch16_224)
+
+
+def test_unknown_model_suggests_close_names():
+    with pytest.raises(UnknownModelError, match="vit_tiny_patch16_224") as err:
+        create_model("vit_tiny_patch16_244")
+    assert "\n" not in str(err.value)
+
+
+def test_unknown_tag_lists_available(weights_tmp):
+    with pytest.raises(UnknownModelError, match="no shipped weights"):
+        create_model("vit_tiny_patch4_28", pretrained=True)
+    with pytest.raises(UnknownModelError, match="vit_tiny_patch4_28.nope"):
+        create_model("vit_tiny_patch4_28.nope")
+
+
+def test_kwargs_reach_the_builder():
+    model = create_model("vit_tiny_patch16_224", img_size=64, num_classes=5, depth=2)
+    assert model.input_size == (3, 64, 64) and model.num_classes == 5 and len(model.blocks) == 2
+
+
+def test_pretrained_listing_follows_the_index(weights_tmp):
+    assert list_pretrained() == [] and list_models(pretrained=True) == []
+    visattn.save_weights(create_model("vit_tiny_patch4_28", depth=1), weights_tmp / "vit_tiny_patch4_28.unit.safetensors",
+                         model_kwargs={"depth": 1})
+    assert list_pretrained() == ["vit_tiny_patch4_28.unit"]
+    assert list_pretrained("deit*") == []
+    assert list_models(pretrained=True) == ["vit_tiny_patch4_28"]
+
+
+def test_cli_models_table(capsys, weights_tmp):
+    assert main(["models", "vit_tiny*"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["model", "family", "params", "pretrained"]
+    rows = {line.split()[0]: line.split() for line in lines[1:]}
+    assert set(rows) == set(list_models("vit_tiny*"))
+    assert rows["vit_tiny_patch16_224"][2] == "5.72M"  # timm's count for ViT-Ti/16
+
+
+def test_cli_models_no_match(capsys):
+    assert main(["models", "zzz*"]) == 1
+    assert "no models match" in capsys.readouterr().err

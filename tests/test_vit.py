@@ -1,0 +1,111 @@
+"""ViT parity with timm and torchvision, attention outputs, and position-embedding resampling."""
+import pytest
+import timm
+import torch
+import torchvision
+from safetensors.torch import save_file
+from timm.layers import resample_abs_pos_embed as timm_resample
+
+from visattn import create_model, list_models
+from visattn.errors import ConfigError
+from visattn.layers.pos_embed import resample_abs_pos_embed
+from visattn.models.vit import VisionTransformer
+
+TIMM_NAMES = [n for n in list_models("vit_*") + list_models("deit_*") if n in timm.list_models()]
+
+
+def _timm_file(tmp_path, name, **kwargs):
+    torch.manual_seed(0)
+    reference = timm.create_model(name, **kwargs).eval()
+    path = tmp_path / f"{name}.safetensors"
+    save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, path)
+    return reference, path
+
+
+def test_timm_names_cover_the_standard_models():
+    assert {"vit_tiny_patch16_224", "vit_large_patch16_224", "vit_base_patch32_224", "deit_base_patch16_224"} <= set(TIMM_NAMES)
+
+
+@pytest.mark.parametrize("name", TIMM_NAMES)
+def test_timm_state_dict_loads_strictly_with_same_logits(tmp_path, name):
+    # Two blocks keep ViT-L fast; names, shapes and maths per block are what is compared.
+    reference, path = _timm_file(tmp_path, name, img_size=32, depth=2)
+    ours = create_model(name, img_size=32, depth=2, pretrained=str(path)).eval()
+    assert ours.load_state_dict(reference.state_dict(), strict=True)  # identical names and shapes
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert (ours(x) - reference(x)).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("name", ["vit_tiny_patch16_224", "deit_small_patch16_224"])
+def test_timm_parity_at_native_resolution(tmp_path, name):
+    reference, path = _timm_file(tmp_path, name)
+    ours = create_model(name, pretrained=str(path)).eval()
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        assert (ours(x) - reference(x)).abs().max() <= 1e-4
+
+
+def test_pos_embed_resampled_like_timm_when_img_size_differs(tmp_path):
+    _, path = _timm_file(tmp_path, "vit_tiny_patch16_224")
+    timm_resized = timm.create_model("vit_tiny_patch16_224", img_size=64, pretrained=True,
+                                     pretrained_cfg_overlay={"file": str(path)}).eval()
+    ours = create_model("vit_tiny_patch16_224", img_size=64, pretrained=str(path)).eval()
+    assert ours.pos_embed.shape == (1, 1 + 16, 192)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert (ours(x) - timm_resized(x)).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("new_size,prefix", [((4, 4), 1), ((6, 10), 1), ((20, 20), 0)])
+def test_resample_matches_timm(new_size, prefix):
+    pos = torch.randn(1, prefix + 14 * 14, 32)
+    ours = resample_abs_pos_embed(pos, new_size, num_prefix_tokens=prefix)
+    assert ours.shape == (1, prefix + new_size[0] * new_size[1], 32)
+    assert torch.allclose(ours, timm_resample(pos, list(new_size), num_prefix_tokens=prefix), atol=1e-6)
+    assert torch.equal(ours[:, :prefix], pos[:, :prefix])
+
+
+def test_torchvision_layout_is_converted(tmp_path):
+    torch.manual_seed(0)
+    tv = torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2,
+                                              hidden_dim=64, mlp_dim=256, num_classes=10).eval()
+    path = tmp_path / "tv.pth"
+    torch.save(tv.state_dict(), path)
+    ours = VisionTransformer(img_size=32, patch_size=8, depth=2, num_heads=2, embed_dim=64, num_classes=10)
+    from visattn import load_weights
+
+    load_weights(ours.eval(), path)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert (ours(x) - tv(x)).abs().max() <= 1e-4
+
+
+def test_return_attention_gives_every_layer():
+    model = create_model("vit_tiny_patch16_224", img_size=48, depth=3).eval()
+    x = torch.randn(2, 3, 48, 48)
+    with torch.no_grad():
+        logits, attentions = model(x, return_attention=True)
+        assert torch.allclose(logits, model(x), atol=1e-5)  # explicit path == fused SDPA path
+    assert len(attentions) == 3
+    for attn in attentions:
+        assert attn.shape == (2, 3, 10, 10)  # (B, heads, 1 + 3*3, 1 + 3*3)
+        assert torch.allclose(attn.sum(-1), torch.ones(2, 3, 10), atol=1e-5)
+
+
+def test_avg_pool_without_class_token():
+    model = create_model("vit_tiny_patch4_28", class_token=False, global_pool="avg", depth=2).eval()
+    assert model.cls_token is None and model.pos_embed.shape[1] == 49
+    logits, attentions = model(torch.randn(1, 3, 28, 28), return_attention=True)
+    assert logits.shape == (1, 1000) and attentions[0].shape == (1, 3, 49, 49)
+
+
+def test_wrong_input_size_names_the_fix():
+    model = create_model("vit_tiny_patch4_28", depth=1)
+    with pytest.raises(ConfigError, match="img_size"):
+        model(torch.randn(1, 3, 32, 32))
+
+
+def test_bad_patch_size_is_a_config_error():
+    with pytest.raises(ConfigError, match="not divisible"):
+        create_model("vit_tiny_patch16_224", img_size=30)

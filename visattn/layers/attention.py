@@ -1,0 +1,61 @@
+"""Multi-head self-attention (Vaswani et al. 2017, "Attention Is All You Need").
+
+The default path calls ``F.scaled_dot_product_attention``, which dispatches to the flash,
+memory-efficient or math kernel. ``return_attention=True`` takes the explicit path instead and
+also returns the softmax probabilities, so explain tools see the attention even when the fused
+kernel is on.
+"""
+from typing import Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with a fused QKV projection (parameter names as timm's ``Attention``).
+
+    Args:
+        dim: token embedding size.
+        num_heads: number of heads; ``dim`` must divide by it.
+        qkv_bias: bias on the QKV projection.
+        attn_drop: dropout on the attention probabilities.
+        proj_drop: dropout after the output projection.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 8,
+        *,
+        qkv_bias: bool = True,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim={dim} is not divisible by num_heads={num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim**-0.5
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(
+        self, x: torch.Tensor, return_attention: bool = False
+    ) -> Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        B, N, C = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # each (B, heads, N, head_dim)
+        attn: Optional[torch.Tensor] = None
+        if return_attention:
+            attn = (q * self.scale) @ k.transpose(-2, -1)  # (B, heads, N, N)
+            attn = attn.softmax(dim=-1)
+            x = self.attn_drop(attn) @ v
+        else:
+            x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0)
+        x = x.transpose(1, 2).reshape(B, N, C)  # (B, N, heads * head_dim)
+        x = self.proj_drop(self.proj(x))
+        return (x, attn) if return_attention else x

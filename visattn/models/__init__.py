@@ -1,0 +1,2 @@
+"""Registered architectures. Importing a module here registers its entrypoints."""
+from . import vit

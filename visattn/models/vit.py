@@ -1,0 +1,308 @@
+"""Vision Transformer (Dosovitskiy et al. 2020, "An Image is Worth 16x16 Words"); DeiT sizes from Touvron et al. 2021.
+
+Parameter names and shapes are those of timm's ``VisionTransformer``, so a timm state dict loads
+strictly. torchvision's ``VisionTransformer`` layout is converted on load, and position
+embeddings are resampled when the checkpoint's patch grid differs from the model's.
+"""
+from typing import Literal, Optional, Union
+
+import torch
+from torch import nn
+
+from ..layers.attention import SelfAttention
+from ..layers.drop_path import DropPath
+from ..layers.layer_scale import LayerScale
+from ..layers.mlp import Mlp
+from ..layers.patch_embed import PatchEmbed
+from ..layers.pos_embed import resample_abs_pos_embed
+from ..registry import register_model
+
+Attentions = list[torch.Tensor]
+
+
+def _layer_norm(dim: int) -> nn.LayerNorm:
+    return nn.LayerNorm(dim, eps=1e-6)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: ``x + attn(norm1(x))`` then ``x + mlp(norm2(x))``."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        *,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        init_values: Optional[float] = None,
+        proj_drop: float = 0.0,
+        attn_drop: float = 0.0,
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.norm1 = _layer_norm(dim)
+        self.attn = SelfAttention(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop)
+        self.ls1 = LayerScale(dim, init_values) if init_values else nn.Identity()
+        self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = _layer_norm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=proj_drop)
+        self.ls2 = LayerScale(dim, init_values) if init_values else nn.Identity()
+        self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(
+        self, x: torch.Tensor, return_attention: bool = False
+    ) -> Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        if return_attention:
+            y, attn = self.attn(self.norm1(x), return_attention=True)
+        else:
+            y, attn = self.attn(self.norm1(x)), None
+        x = x + self.drop_path1(self.ls1(y))
+        x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+        return (x, attn) if return_attention else x
+
+
+class VisionTransformer(nn.Module):
+    """ViT classifier.
+
+    Args:
+        img_size: input size the position embeddings are laid out for.
+        patch_size: patch size; must divide ``img_size``.
+        in_chans: input channels.
+        num_classes: classes; 0 gives a model without head (``forward`` returns pooled features).
+        global_pool: ``"token"`` (class token) or ``"avg"`` (mean of patch tokens).
+        embed_dim: token size.
+        depth: number of blocks.
+        num_heads: attention heads per block.
+        mlp_ratio: MLP hidden size over ``embed_dim``.
+        qkv_bias: bias on the QKV projection.
+        init_values: LayerScale init; None disables LayerScale.
+        class_token: prepend a learned class token.
+        fc_norm: put the final norm after pooling; None means "when ``global_pool='avg'``", as in timm.
+        drop_rate: dropout before the head.
+        pos_drop_rate: dropout after adding position embeddings.
+        proj_drop_rate: dropout after attention and MLP projections.
+        attn_drop_rate: dropout on attention probabilities.
+        drop_path_rate: stochastic depth, increased linearly to this value over the blocks.
+    """
+
+    classifier = "head"
+
+    def __init__(
+        self,
+        *,
+        img_size: Union[int, tuple[int, int]] = 224,
+        patch_size: Union[int, tuple[int, int]] = 16,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        global_pool: Literal["token", "avg"] = "token",
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        init_values: Optional[float] = None,
+        class_token: bool = True,
+        fc_norm: Optional[bool] = None,
+        drop_rate: float = 0.0,
+        pos_drop_rate: float = 0.0,
+        proj_drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if global_pool not in ("token", "avg"):
+            raise ValueError(f"global_pool={global_pool!r}: use 'token' or 'avg'")
+        if global_pool == "token" and not class_token:
+            raise ValueError("global_pool='token' needs class_token=True; use global_pool='avg' without it")
+        use_fc_norm = global_pool == "avg" if fc_norm is None else fc_norm
+        self.num_classes = num_classes
+        self.global_pool = global_pool
+        self.num_features = self.embed_dim = embed_dim
+        self.num_prefix_tokens = 1 if class_token else 0
+
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
+        self.input_size = (in_chans, *self.patch_embed.img_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + self.num_prefix_tokens, embed_dim))
+        self.pos_drop = nn.Dropout(pos_drop_rate)
+        rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # stochastic depth decay rule
+        self.blocks = nn.Sequential(*[
+            Block(embed_dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, init_values=init_values,
+                  proj_drop=proj_drop_rate, attn_drop=attn_drop_rate, drop_path=rate)
+            for rate in rates
+        ])
+        self.norm = nn.Identity() if use_fc_norm else _layer_norm(embed_dim)
+        self.fc_norm = _layer_norm(embed_dim) if use_fc_norm else nn.Identity()
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """timm's default ViT init: truncated normal (std 0.02) for linears and position embeddings."""
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        if self.cls_token is not None:
+            nn.init.normal_(self.cls_token, std=1e-6)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                nn.init.zeros_(module.bias)
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        return self.patch_embed.grid_size
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+
+    def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cls_token is not None:
+            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        return self.pos_drop(x + self.pos_embed)  # (B, prefix + N, C)
+
+    def forward_features(
+        self, x: torch.Tensor, return_attention: bool = False
+    ) -> Union[torch.Tensor, tuple[torch.Tensor, Attentions]]:
+        """Tokens after the last block and norm, ``(B, prefix + N, C)``; with ``return_attention``
+        also each block's attention probabilities, a list of ``(B, heads, prefix + N, prefix + N)``."""
+        x = self._pos_embed(self.patch_embed(x))
+        if not return_attention:
+            return self.norm(self.blocks(x))
+        attentions = []
+        for block in self.blocks:
+            x, attn = block(x, return_attention=True)
+            attentions.append(attn)
+        return self.norm(x), attentions
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if self.global_pool == "avg":
+            x = x[:, self.num_prefix_tokens:].mean(dim=1)
+        else:
+            x = x[:, 0]
+        x = self.head_drop(self.fc_norm(x))
+        return x if pre_logits else self.head(x)
+
+    def forward(
+        self, x: torch.Tensor, return_attention: bool = False
+    ) -> Union[torch.Tensor, tuple[torch.Tensor, Attentions]]:
+        """Logits ``(B, num_classes)``; with ``return_attention=True``, ``(logits, attentions)``
+        where ``attentions`` holds one ``(B, heads, N, N)`` tensor per block."""
+        if return_attention:
+            x, attentions = self.forward_features(x, return_attention=True)
+            return self.forward_head(x), attentions
+        return self.forward_head(self.forward_features(x))
+
+    def adapt_state_dict(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Convert a torchvision ViT state dict to timm names and resample position embeddings to this grid."""
+        if "conv_proj.weight" in state:
+            state = convert_torchvision_vit(state)
+        if "pos_embed" in state and state["pos_embed"].shape != self.pos_embed.shape:
+            state = dict(state)
+            state["pos_embed"] = resample_abs_pos_embed(
+                state["pos_embed"], new_size=self.grid_size, num_prefix_tokens=self.num_prefix_tokens
+            )
+        return state
+
+
+def convert_torchvision_vit(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename ``torchvision.models.VisionTransformer`` keys to timm/visattn keys.
+
+    torchvision packs Q, K and V into ``in_proj_weight`` in the same (q, k, v) order as timm's
+    ``qkv``, so the weights carry over unchanged.
+    """
+    renames = {
+        "class_token": "cls_token",
+        "conv_proj.": "patch_embed.proj.",
+        "encoder.pos_embedding": "pos_embed",
+        "encoder.ln.": "norm.",
+        "heads.head.": "head.",
+        "self_attention.in_proj_weight": "attn.qkv.weight",
+        "self_attention.in_proj_bias": "attn.qkv.bias",
+        "self_attention.out_proj.": "attn.proj.",
+        "ln_1.": "norm1.",
+        "ln_2.": "norm2.",
+        "mlp.0.": "mlp.fc1.",
+        "mlp.3.": "mlp.fc2.",
+        "mlp.linear_1.": "mlp.fc1.",
+        "mlp.linear_2.": "mlp.fc2.",
+    }
+    out = {}
+    for key, value in state.items():
+        if key.startswith("encoder.layers.encoder_layer_"):
+            index, rest = key[len("encoder.layers.encoder_layer_"):].split(".", 1)
+            key = f"blocks.{index}.{rest}"
+        for old, new in renames.items():
+            key = key.replace(old, new)
+        out[key] = value
+    return out
+
+
+def _create_vit(model_args: dict, kwargs: dict) -> VisionTransformer:
+    # User kwargs (img_size, num_classes, drop_path_rate, ...) override the architecture's defaults.
+    return VisionTransformer(**{**model_args, **kwargs})
+
+
+@register_model
+def vit_tiny_patch16_224(**kwargs) -> VisionTransformer:
+    """ViT-Ti/16, 224 px."""
+    return _create_vit(dict(patch_size=16, embed_dim=192, depth=12, num_heads=3), kwargs)
+
+
+@register_model
+def vit_small_patch16_224(**kwargs) -> VisionTransformer:
+    """ViT-S/16, 224 px."""
+    return _create_vit(dict(patch_size=16, embed_dim=384, depth=12, num_heads=6), kwargs)
+
+
+@register_model
+def vit_base_patch16_224(**kwargs) -> VisionTransformer:
+    """ViT-B/16, 224 px."""
+    return _create_vit(dict(patch_size=16, embed_dim=768, depth=12, num_heads=12), kwargs)
+
+
+@register_model
+def vit_base_patch32_224(**kwargs) -> VisionTransformer:
+    """ViT-B/32, 224 px."""
+    return _create_vit(dict(patch_size=32, embed_dim=768, depth=12, num_heads=12), kwargs)
+
+
+@register_model
+def vit_large_patch16_224(**kwargs) -> VisionTransformer:
+    """ViT-L/16, 224 px."""
+    return _create_vit(dict(patch_size=16, embed_dim=1024, depth=24, num_heads=16), kwargs)
+
+
+@register_model
+def deit_tiny_patch16_224(**kwargs) -> VisionTransformer:
+    """DeiT-Ti/16, 224 px (architecture of ViT-Ti, DeiT training recipe)."""
+    return _create_vit(dict(patch_size=16, embed_dim=192, depth=12, num_heads=3), kwargs)
+
+
+@register_model
+def deit_small_patch16_224(**kwargs) -> VisionTransformer:
+    """DeiT-S/16, 224 px."""
+    return _create_vit(dict(patch_size=16, embed_dim=384, depth=12, num_heads=6), kwargs)
+
+
+@register_model
+def deit_base_patch16_224(**kwargs) -> VisionTransformer:
+    """DeiT-B/16, 224 px."""
+    return _create_vit(dict(patch_size=16, embed_dim=768, depth=12, num_heads=12), kwargs)
+
+
+@register_model
+def vit_tiny_patch4_28(**kwargs) -> VisionTransformer:
+    """ViT-Ti with 4 px patches for 28 px images (Fashion-MNIST): a 7x7 grid of 49 tokens."""
+    return _create_vit(dict(img_size=28, patch_size=4, embed_dim=192, depth=12, num_heads=3), kwargs)
+
+
+@register_model
+def vit_small_patch4_28(**kwargs) -> VisionTransformer:
+    """ViT-S with 4 px patches for 28 px images."""
+    return _create_vit(dict(img_size=28, patch_size=4, embed_dim=384, depth=12, num_heads=6), kwargs)
+
+
+@register_model
+def vit_tiny_patch4_32(**kwargs) -> VisionTransformer:
+    """ViT-Ti with 4 px patches for 32 px images (CIFAR scale): an 8x8 grid of 64 tokens."""
+    return _create_vit(dict(img_size=32, patch_size=4, embed_dim=192, depth=12, num_heads=3), kwargs)

@@ -1,0 +1,306 @@
+"""Weights: the shipped index, safe file IO, and loading foreign checkpoints into visattn models.
+
+Shipped weights live in ``weights/<arch>.<tag>.safetensors``, described by ``weights/index.json``
+(sha256, task, dataset, metrics, preprocessing, labels or vocabulary, and the training config).
+``.pth``/``.bin`` files are read only with ``torch.load(weights_only=True)``: a pickle that would
+run code is refused, never retried with full unpickling.
+"""
+import hashlib
+import json
+import os
+import pickle
+import socket
+import warnings
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .errors import UnknownModelError, WeightsError
+from .fileio import atomic_path, atomic_write_text
+
+StateDict = dict[str, torch.Tensor]
+
+INDEX_NAME = "index.json"
+_PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+# Wrappers that training code puts around the weights dict, most specific first.
+_NESTED_KEYS = ("state_dict", "model", "module")
+# Prefixes added by DDP, torch.compile and visattn's Lightning tasks (``self.model``).
+_PREFIXES = ("module.", "_orig_mod.", "model.")
+
+
+def weights_dir() -> Path:
+    """``$VISATTN_WEIGHTS`` if set, else the ``weights/`` folder beside the package."""
+    return Path(os.environ.get("VISATTN_WEIGHTS", Path(__file__).resolve().parents[1] / "weights"))
+
+
+# ---------------------------------------------------------------------------------------------
+# index
+# ---------------------------------------------------------------------------------------------
+
+
+def load_index(directory: Optional[Union[str, Path]] = None) -> dict[str, dict[str, Any]]:
+    """Read ``index.json``: ``{"arch.tag": entry}``, each entry with ``path``, ``arch`` and ``tag`` filled in."""
+    directory = Path(directory) if directory is not None else weights_dir()
+    index_file = directory / INDEX_NAME
+    if not index_file.exists():
+        return {}
+    try:
+        raw = json.loads(index_file.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise WeightsError(f"{index_file}: unreadable weights index ({err}); restore it from git") from None
+    index = {}
+    for name, entry in raw.items():
+        arch, _, tag = name.partition(".")
+        index[name] = {**entry, "arch": arch, "tag": tag, "path": str(directory / entry["file"])}
+    return index
+
+
+def find_weights_entry(arch: str, tag: Optional[str] = None) -> dict[str, Any]:
+    """The index entry for ``arch.tag``, or the architecture's default entry when ``tag`` is None."""
+    entries = {e["tag"]: e for e in load_index().values() if e["arch"] == arch}
+    if tag is not None:
+        if tag in entries:
+            return entries[tag]
+        have = ", ".join(f"{arch}.{t}" for t in sorted(entries)) or "none"
+        raise UnknownModelError(f"no weights {arch}.{tag!s}: shipped weights for {arch} are {have}")
+    if not entries:
+        raise UnknownModelError(
+            f"no shipped weights for {arch}: see `visattn models --pretrained`, or pass pretrained='FILE.safetensors'"
+        )
+    defaults = [e for e in entries.values() if e.get("default")]
+    return defaults[0] if defaults else entries[sorted(entries)[0]]
+
+
+def sha256_of(path: Union[str, Path]) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# reading and writing files
+# ---------------------------------------------------------------------------------------------
+
+
+def read_state_dict(path: Union[str, Path], *, sha256: Optional[str] = None) -> StateDict:
+    """Read a ``.safetensors`` or (weights-only) pickle checkpoint into a flat ``{name: tensor}`` dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: weights file not found; check the path")
+    if sha256 is not None and sha256_of(path) != sha256:
+        raise WeightsError(f"{path}: sha256 mismatch, the file is corrupt or was replaced; restore it from git")
+    if path.suffix == ".safetensors":
+        try:
+            state = load_file(path, device="cpu")
+        except (SafetensorError, OSError, ValueError) as err:
+            reason = str(err).splitlines()[0]
+            raise WeightsError(f"{path}: not a valid safetensors file ({reason}); re-download or re-export it") from None
+    elif path.suffix in _PICKLE_SUFFIXES:
+        state = _read_pickle_checkpoint(path)
+    else:
+        raise WeightsError(f"{path}: unknown weights format {path.suffix!r}; use .safetensors, .pth, .pt, .bin or .ckpt")
+    return _strip_prefixes(_unwrap(state, path))
+
+
+def _read_pickle_checkpoint(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise WeightsError(
+            f"{path}: refused, the pickle holds objects other than tensors (it could run code); "
+            "convert it to .safetensors where you trust it"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise WeightsError(f"{path}: unreadable checkpoint ({reason}); re-download or re-export it") from None
+
+
+def _unwrap(state: Any, path: Path) -> StateDict:
+    while isinstance(state, dict) and not _is_tensor_dict(state):
+        inner = next((state[k] for k in _NESTED_KEYS if isinstance(state.get(k), dict)), None)
+        if inner is None:
+            break
+        state = inner
+    if not isinstance(state, dict) or not _is_tensor_dict(state):
+        raise WeightsError(f"{path}: holds no state dict of tensors; save `model.state_dict()` instead")
+    return state
+
+
+def _is_tensor_dict(state: dict) -> bool:
+    return bool(state) and all(isinstance(v, torch.Tensor) for v in state.values())
+
+
+def _strip_prefixes(state: StateDict) -> StateDict:
+    for prefix in _PREFIXES:
+        owned = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        # "module."/"_orig_mod." wrap everything; a Lightning task's "model." sits beside other state.
+        if owned and (len(owned) == len(state) or prefix == "model."):
+            state = owned
+    return state
+
+
+def save_weights(model: nn.Module, path: Union[str, Path], **meta: Any) -> dict[str, Any]:
+    """Write ``model``'s weights to ``DIR/<arch>.<tag>.safetensors`` and its entry in ``DIR/index.json``.
+
+    Args:
+        model: the model to save.
+        path: target file; its name must be ``<arch>.<tag>.safetensors`` with a registered ``arch``.
+        **meta: index fields, e.g. ``task``, ``dataset``, ``metrics``, ``preprocessing``
+            (``input_size``, ``mean``, ``std``), ``labels`` or ``vocab``, ``config``,
+            ``model_kwargs``, ``default``.
+
+    Returns:
+        The new index entry.
+    """
+    from .registry import is_model
+
+    path = Path(path)
+    arch, _, tag = path.name.removesuffix(".safetensors").partition(".")
+    if path.suffix != ".safetensors" or not tag or "." in tag:
+        raise WeightsError(f"{path}: name weights files <arch>.<tag>.safetensors, e.g. vit_tiny_patch4_28.fmnist.safetensors")
+    if not is_model(arch):
+        raise UnknownModelError(f"{path}: {arch!r} is not a registered model; name the file after its architecture")
+    # clone() breaks storage sharing, which safetensors refuses.
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, tmp, metadata={"arch": arch, "format": "pt"})
+    entry = {"file": path.name, "sha256": sha256_of(path), "num_classes": getattr(model, "num_classes", None), **meta}
+    index_file = path.parent / INDEX_NAME
+    index = json.loads(index_file.read_text()) if index_file.exists() else {}
+    index[f"{arch}.{tag}"] = entry
+    atomic_write_text(index_file, json.dumps(index, indent=2, sort_keys=True) + "\n")
+    return entry
+
+
+# ---------------------------------------------------------------------------------------------
+# loading into a model
+# ---------------------------------------------------------------------------------------------
+
+
+def load_weights(
+    model: nn.Module,
+    source: Union[str, Path, StateDict],
+    *,
+    strict: bool = True,
+    sha256: Optional[str] = None,
+) -> nn.Module:
+    """Load weights into ``model`` from a file, ``"timm:NAME"``, ``"hf-hub:ORG/REPO"`` or a state dict.
+
+    timm, torchvision and visattn key layouts are converted by the model's ``adapt_state_dict``
+    (which also resamples position embeddings). A classifier head of another size is dropped with
+    a warning. Any other difference raises :class:`WeightsError` listing the keys, unless
+    ``strict=False``, which keeps the model's own initialisation for keys the checkpoint lacks and
+    warns with their names.
+    """
+    if isinstance(source, dict):
+        state = _strip_prefixes(source)
+    elif str(source).startswith("timm:"):
+        state = _fetch_timm(str(source)[5:])
+    elif str(source).startswith("hf-hub:"):
+        state = read_state_dict(_fetch_hf_hub(str(source)[7:]))
+    else:
+        state = read_state_dict(source, sha256=sha256)
+    adapt = getattr(model, "adapt_state_dict", None)
+    if adapt is not None:
+        state = adapt(state)
+    state = _drop_mismatched_head(model, state)
+    _check_keys(model, state, strict=strict, source=source if not isinstance(source, dict) else "state dict")
+    model.load_state_dict(state, strict=False)
+    return model
+
+
+def _drop_mismatched_head(model: nn.Module, state: StateDict) -> StateDict:
+    head = getattr(model, "classifier", None)
+    if head is None:
+        return state
+    own = model.state_dict()
+    dropped = [k for k in state if k.startswith(head + ".") and (k not in own or own[k].shape != state[k].shape)]
+    if dropped:
+        warnings.warn(
+            f"checkpoint classifier {head!r} does not fit num_classes={getattr(model, 'num_classes', '?')}: "
+            f"dropped {', '.join(dropped)}; the new head is randomly initialised, so fine-tune it",
+            stacklevel=3,
+        )
+    return {k: v for k, v in state.items() if k not in dropped}
+
+
+def _check_keys(model: nn.Module, state: StateDict, *, strict: bool, source: Any) -> None:
+    own = model.state_dict()
+    head = getattr(model, "classifier", None)
+    missing = [k for k in own if k not in state and not (head and k.startswith(head + "."))]
+    unexpected = [k for k in state if k not in own]
+    shape = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in state if k in own and own[k].shape != state[k].shape]
+    if shape or (strict and (missing or unexpected)):
+        parts = [f"{label}: {_key_list(keys)}" for label, keys in
+                 (("missing", missing), ("unexpected", unexpected), ("wrong shape", shape)) if keys]
+        hint = "pass strict=False to keep the missing ones at their init" if not shape else "check the architecture and its kwargs"
+        raise WeightsError(f"{source}: weights do not fit {type(model).__name__} ({'; '.join(parts)}); {hint}")
+    if missing or unexpected:
+        warnings.warn(
+            f"{source}: loaded non-strictly; kept init for missing {_key_list(missing)}; "
+            f"ignored unexpected {_key_list(unexpected)}",
+            stacklevel=3,
+        )
+
+
+def _key_list(keys: list[str], limit: int = 8) -> str:
+    if not keys:
+        return "none"
+    more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+def _require_hub(source: str) -> None:
+    """Fail in a second, with one line, where the hub cannot be reached (instead of minutes of retries)."""
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    reason = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else None
+    if reason is None:
+        try:
+            socket.create_connection((host, 443), timeout=3).close()
+        except OSError as err:
+            reason = f"{host} unreachable: {err.strerror or err}"
+    if reason:
+        raise WeightsError(
+            f"{source}: cannot fetch weights ({reason}); download the file where the hub is reachable "
+            "and pass pretrained='FILE.safetensors'"
+        )
+
+
+def _fetch_timm(name: str) -> StateDict:
+    import timm
+
+    _require_hub(f"timm:{name}")
+    try:
+        return timm.create_model(name, pretrained=True).state_dict()
+    except Exception as err:  # timm raises many kinds when the hub is unreachable
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise WeightsError(
+            f"timm:{name}: could not fetch weights ({reason}); download the file where the hub is "
+            "reachable and pass pretrained='FILE.safetensors'"
+        ) from None
+
+
+def _fetch_hf_hub(repo: str) -> Path:
+    from huggingface_hub import hf_hub_download
+
+    _require_hub(f"hf-hub:{repo}")
+    errors = []
+    for filename in ("model.safetensors", "pytorch_model.bin"):
+        try:
+            return Path(hf_hub_download(repo, filename))
+        except Exception as err:  # offline, missing repo or missing file
+            errors.append(str(err).splitlines()[0] if str(err) else type(err).__name__)
+    raise WeightsError(
+        f"hf-hub:{repo}: could not fetch weights ({errors[-1]}); download the file where the hub is "
+        "reachable and pass pretrained='FILE.safetensors'"
+    )

@@ -1,0 +1,114 @@
+"""Model registry: ``@register_model`` entrypoints keyed by function name.
+
+A registry key is always the name of the function that builds the model, so
+``grep -rn "def cbam_resnet18"`` finds its definition.
+"""
+import difflib
+import fnmatch
+from typing import Callable, Optional, Union
+
+from torch import nn
+
+from .errors import UnknownModelError
+
+_model_entrypoints: dict[str, Callable[..., nn.Module]] = {}
+_model_family: dict[str, str] = {}  # arch -> module short name, e.g. "vit", "resnet"
+
+
+def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """Register a model builder under its function name; a second registration of a name raises."""
+    name = fn.__name__
+    if name in _model_entrypoints:
+        raise ValueError(f"model {name!r} is already registered by {_model_entrypoints[name].__module__}")
+    _model_entrypoints[name] = fn
+    _model_family[name] = fn.__module__.rsplit(".", 1)[-1]
+    return fn
+
+
+def _import_models() -> None:
+    # Importing visattn.models runs every @register_model decorator.
+    from . import models  # noqa: F401
+
+
+def is_model(name: str) -> bool:
+    _import_models()
+    return name in _model_entrypoints
+
+
+def model_family(name: str) -> str:
+    """The module a registered architecture lives in (``"vit"``, ``"resnet"``, ...)."""
+    return _model_family[_resolve_arch(name)]
+
+
+def _resolve_arch(name: str) -> str:
+    _import_models()
+    if name in _model_entrypoints:
+        return name
+    close = difflib.get_close_matches(name, list(_model_entrypoints), n=3)
+    hint = f"did you mean {', '.join(close)}?" if close else "run `visattn models` to list them."
+    raise UnknownModelError(f"unknown model {name!r}: {hint}")
+
+
+def split_model_name(name: str) -> tuple[str, Optional[str]]:
+    """``"vit_tiny_patch4_28.fmnist"`` -> ``("vit_tiny_patch4_28", "fmnist")``; a bare arch has tag ``None``."""
+    arch, _, tag = name.partition(".")
+    return arch, (tag or None)
+
+
+def list_models(pattern: str = "*", pretrained: bool = False) -> list[str]:
+    """Sorted registered architectures matching an fnmatch ``pattern``; ``pretrained`` keeps those with weights."""
+    _import_models()
+    names = fnmatch.filter(_model_entrypoints, pattern)
+    if pretrained:
+        with_weights = {split_model_name(n)[0] for n in list_pretrained()}
+        names = [n for n in names if n in with_weights]
+    return sorted(names)
+
+
+def list_pretrained(pattern: str = "*") -> list[str]:
+    """Sorted ``arch.tag`` names of the shipped weights whose name matches ``pattern``."""
+    from .pretrained import load_index
+
+    return sorted(fnmatch.filter(load_index(), pattern))
+
+
+def create_model(
+    name: str,
+    *,
+    pretrained: Union[bool, str] = False,
+    num_classes: Optional[int] = None,
+    strict: bool = True,
+    **kwargs,
+) -> nn.Module:
+    """Build a registered model, optionally with weights.
+
+    Args:
+        name: a registered architecture, or ``arch.tag`` naming a shipped weights entry
+            (which implies ``pretrained=True``).
+        pretrained: ``True`` for the tag's (or the architecture's default) shipped weights; a path
+            to a ``.safetensors``/``.pth``/``.bin`` file; ``"timm:NAME"`` or ``"hf-hub:ORG/REPO"``.
+        num_classes: classifier size. Defaults to the weights entry's label count when loading
+            shipped weights; a value that differs from the checkpoint drops its head with a warning.
+        strict: when ``False``, parameters the checkpoint lacks (e.g. new attention modules on a
+            plain backbone) keep their initialisation and a warning lists them.
+        **kwargs: architecture hyperparameters passed to the builder (``img_size``, ``drop_path_rate``, ...).
+    """
+    from .pretrained import find_weights_entry, load_weights
+
+    arch, tag = split_model_name(name)
+    arch = _resolve_arch(arch)
+    entry = None
+    if tag is not None or pretrained is True:
+        entry = find_weights_entry(arch, tag)
+        kwargs = {**entry.get("model_kwargs", {}), **kwargs}
+        if num_classes is None and entry.get("num_classes") is not None:
+            num_classes = entry["num_classes"]
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    model = _model_entrypoints[arch](**kwargs)
+    model.visattn_name = f"{arch}.{entry['tag']}" if entry else arch
+    if entry is not None:
+        load_weights(model, entry["path"], strict=strict, sha256=entry["sha256"])
+    elif pretrained:
+        load_weights(model, pretrained, strict=strict)
+    return model
