@@ -20,7 +20,7 @@ data:
 	@test -d $(FMNIST) || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; }
 
 test: venv data
-	$(BIN)/python -m pytest -n 2 --dist loadfile -q
+	$(BIN)/python -m pytest -n 2 --dist load -q
 
 demo: venv data
 	$(BIN)/python -m visattn.demo

@@ -4,12 +4,15 @@ Every error a user can cause (:class:`~visattn.errors.VisattnError`) is printed 
 naming the thing and the fix, with exit code 2 and no traceback.
 """
 import argparse
+import json
 import sys
+from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import torch
 
-from .errors import VisattnError
+from .errors import ConfigError, VisattnError
+from .pretrained import weights_dir
 from .registry import create_model, list_models, list_pretrained, model_family, split_model_name
 
 
@@ -41,20 +44,126 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+
+
+def run_lightning(argv: Sequence[str]) -> int:
+    """``visattn fit|validate|test|predict --config FILE [--section.key value ...]`` through LightningCLI."""
+    from .tasks.lightning_cli import run_lightning_cli
+
+    run_lightning_cli(list(argv))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .tasks.classification import evaluation_dataset, evaluate_classifier, load_classifier
+
+    classifier = load_classifier(args.model, args.checkpoint)
+    dataset = evaluation_dataset(args.dataset, args.split, classifier.transform())
+    metrics = evaluate_classifier(classifier, dataset, batch_size=args.batch_size,
+                                  num_workers=args.num_workers, limit=args.limit)
+    if not args.json:
+        print(f"{classifier.name} on {args.dataset} {args.split}: " + ", ".join(f"{k}={v}" for k, v in metrics.items()))
+    print(json.dumps(metrics))
+    return 0
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    from .data.image_io import decode_image, list_images
+    from .tasks.classification import load_classifier
+
+    classifier = load_classifier(args.model, args.checkpoint)
+    transform = classifier.transform()
+    files = list_images(args.paths)
+    if not files:
+        raise ConfigError(f"no image files found in {' '.join(args.paths)}; give image files or folders holding them")
+    failures = 0
+    for path in files:
+        try:
+            probs = classifier.predict(transform(decode_image(path))[None])[0]
+        except VisattnError as err:
+            failures += 1
+            print(json.dumps({"file": str(path), "error": str(err)}) if args.json else f"{path}: error: {err}")
+            continue
+        top = probs.topk(min(args.topk, len(probs)))
+        preds = [{"label": classifier.class_names[i], "index": int(i), "prob": round(float(p), 4)}
+                 for p, i in zip(top.values, top.indices)]
+        print(json.dumps({"file": str(path), "predictions": preds}) if args.json
+              else f"{path}: " + ", ".join(f"{p['label']} {p['prob']:.3f}" for p in preds))
+    if failures:
+        print(f"visattn: {failures} of {len(files)} files could not be classified", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def cmd_save_weights(args: argparse.Namespace) -> int:
+    from .pretrained import save_weights
+    from .tasks.classification import evaluation_dataset, evaluate_classifier, load_classifier
+
+    classifier = load_classifier(checkpoint=args.checkpoint)
+    meta = {"task": "classification", "dataset": args.dataset, "labels": classifier.class_names,
+            "preprocessing": classifier.preprocessing, "model_kwargs": classifier.model_kwargs,
+            "config": args.config, "metrics": {}, "default": args.default}
+    if args.dataset:
+        dataset = evaluation_dataset(args.dataset, "test", classifier.transform())
+        meta["metrics"] = {f"test/{k}": v for k, v in evaluate_classifier(classifier, dataset).items()}
+    path = Path(args.out_dir) / f"{classifier.arch}.{args.tag}.safetensors"
+    entry = save_weights(classifier.model, path, **meta)
+    print(f"wrote {path} (sha256 {entry['sha256'][:12]}...) and its entry in {path.parent / 'index.json'}")
+    print(json.dumps(meta["metrics"]))
+    return 0
+
+
+def _add_model_source(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="shipped weights ARCH.TAG (or ARCH for its default weights)")
+    source.add_argument("--checkpoint", help="a Lightning checkpoint written by `visattn fit`")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="visattn", description="Vision attention model zoo.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in LIGHTNING_COMMANDS:  # listed for --help; main() hands them to LightningCLI
+        sub.add_parser(name, help=f"{name} from a YAML config (LightningCLI): visattn {name} --config FILE", add_help=False)
     models = sub.add_parser("models", help="list registered models with parameter counts and pretrained tags")
     models.add_argument("pattern", nargs="?", default="*", help="fnmatch pattern, e.g. 'cbam_*'")
     models.add_argument("--pretrained", action="store_true", help="only models with shipped weights")
     models.set_defaults(func=cmd_models)
+
+    evaluate = sub.add_parser("evaluate", help="score a classifier; the last line is the metrics as JSON")
+    _add_model_source(evaluate)
+    evaluate.add_argument("--dataset", required=True, help="fashion-mnist or imagefolder:DIR")
+    evaluate.add_argument("--split", default="test", help="train, val or test (default: test)")
+    evaluate.add_argument("--json", action="store_true", help="print only the JSON line")
+    evaluate.add_argument("--batch-size", type=int, default=256)
+    evaluate.add_argument("--num-workers", type=int, default=0)
+    evaluate.add_argument("--limit", type=int, default=None, help="score only the first N samples")
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    classify = sub.add_parser("classify", help="classify image files and folders (recursively)")
+    classify.add_argument("paths", nargs="+", metavar="PATH")
+    _add_model_source(classify)
+    classify.add_argument("--topk", type=int, default=1)
+    classify.add_argument("--json", action="store_true", help="one JSON object per file")
+    classify.set_defaults(func=cmd_classify)
+
+    save = sub.add_parser("save-weights", help="turn a training checkpoint into weights/ARCH.TAG.safetensors + index entry")
+    save.add_argument("--checkpoint", required=True)
+    save.add_argument("--tag", required=True, help="weights tag, e.g. fmnist")
+    save.add_argument("--out-dir", default=str(weights_dir()), help="weights folder (default: the shipped one)")
+    save.add_argument("--dataset", default=None, help="measure test metrics on this dataset and record them")
+    save.add_argument("--config", default=None, help="the config that trained it, recorded in the index")
+    save.add_argument("--default", action="store_true", help="make it the architecture's default weights")
+    save.set_defaults(func=cmd_save_weights)
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    func: Callable[[argparse.Namespace], int] = args.func
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        if argv and argv[0] in LIGHTNING_COMMANDS:
+            return run_lightning(argv)
+        args = build_parser().parse_args(argv)
+        func: Callable[[argparse.Namespace], int] = args.func
         return func(args)
     except VisattnError as err:
         print(f"visattn: error: {err}", file=sys.stderr)

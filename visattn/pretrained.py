@@ -102,13 +102,14 @@ def read_state_dict(path: Union[str, Path], *, sha256: Optional[str] = None) -> 
             reason = str(err).splitlines()[0]
             raise WeightsError(f"{path}: not a valid safetensors file ({reason}); re-download or re-export it") from None
     elif path.suffix in _PICKLE_SUFFIXES:
-        state = _read_pickle_checkpoint(path)
+        state = read_pickle_checkpoint(path)
     else:
         raise WeightsError(f"{path}: unknown weights format {path.suffix!r}; use .safetensors, .pth, .pt, .bin or .ckpt")
     return _strip_prefixes(_unwrap(state, path))
 
 
-def _read_pickle_checkpoint(path: Path) -> Any:
+def read_pickle_checkpoint(path: Path) -> Any:
+    """``torch.load(weights_only=True)``; a pickle that needs anything beyond tensors and plain containers is refused."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:

@@ -1,5 +1,9 @@
 """Datasets, safe image decoding and transforms for image classification."""
-from .datamodules import FashionMNISTDataModule, ImageFolderDataModule, split_indices
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .fashion_mnist import (
     FASHION_MNIST_CLASSES,
     FASHION_MNIST_MEAN,
@@ -19,6 +23,20 @@ from .transforms import (
     to_tensor,
     train_transforms,
 )
+
+if TYPE_CHECKING:
+    from .datamodules import FashionMNISTDataModule, ImageFolderDataModule, split_indices
+
+# The data modules import Lightning (seconds); load them on first use so that CLI commands that
+# only decode images (classify, explain) start fast.
+_LAZY = {"FashionMNISTDataModule", "ImageFolderDataModule", "split_indices"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(".datamodules", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",

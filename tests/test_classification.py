@@ -1,0 +1,186 @@
+"""The classification front end: configs, fit/evaluate/classify/save-weights, DDP and resume after SIGKILL."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from visattn import create_model
+from visattn.cli import main
+from visattn.tasks.classification import ImageClassifier, warmup_cosine
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((REPO / "configs" / "classification").glob("*.yaml"))
+CBAM_CONFIG = REPO / "configs" / "classification" / "cbam_resnet_fmnist.yaml"
+# Small, fast runs of the shipped configs.
+QUICK = ["--data.init_args.num_workers", "0", "--data.init_args.batch_size", "16", "--data.init_args.limit", "64",
+         "--trainer.enable_progress_bar", "false", "--trainer.accelerator", "cpu"]
+
+
+def _image_folder(root: Path, per_class: int = 6) -> Path:
+    rng = np.random.default_rng(0)
+    for label, colour in (("red", (200, 30, 30)), ("blue", (30, 30, 200))):
+        (root / label).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            pixels = np.clip(np.array(colour) + rng.integers(-20, 20, (40, 40, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / label / f"{i}.png")
+    return root
+
+
+def _fit(tmp_path: Path, *extra: str, config: Path = CBAM_CONFIG) -> Path:
+    """Train in ``tmp_path`` (the current folder: configs write under outputs/); return last.ckpt."""
+    assert main(["fit", "--config", str(config), *QUICK, "--trainer.max_epochs", "1", *extra]) == 0
+    return tmp_path / "outputs" / config.stem / "checkpoints" / "last.ckpt"
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
+def test_every_config_runs_fast_dev_run(config, in_tmp):
+    extra = []
+    if "imagefolder" in config.stem:
+        root = _image_folder(in_tmp / "photos")
+        extra = ["--data.init_args.root", str(root), "--data.init_args.img_size", "32",
+                 "--model.init_args.model_name", "cbam_resnet20_cifar"]
+    assert main(["fit", "--config", str(config), *QUICK, "--trainer.fast_dev_run", "true", *extra]) == 0
+
+
+def test_num_classes_labels_and_preprocessing_reach_the_checkpoint(in_tmp):
+    root = _image_folder(in_tmp / "photos")
+    config = REPO / "configs" / "classification" / "imagefolder_template.yaml"
+    ckpt = _fit(in_tmp, "--data.init_args.root", str(root), "--data.init_args.img_size", "32",
+                "--model.init_args.model_name", "cbam_resnet20_cifar", config=config)
+    hparams = torch.load(ckpt, weights_only=True)["hyper_parameters"]
+    assert hparams["num_classes"] == 2 and hparams["class_names"] == ["blue", "red"]
+    assert hparams["preprocessing"]["input_size"] == [3, 32, 32]
+
+
+def test_evaluate_classify_and_save_weights(in_tmp, capsys, monkeypatch):
+    ckpt = _fit(in_tmp, "--trainer.max_steps", "3")
+    assert ckpt.exists()
+    capsys.readouterr()
+
+    assert main(["evaluate", "--checkpoint", str(ckpt), "--dataset", "fashion-mnist", "--limit", "200", "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(metrics) == {"top1", "top5", "n"} and metrics["n"] == 200
+    assert 0.0 <= metrics["top1"] <= metrics["top5"] <= 1.0
+
+    images = in_tmp / "images"
+    (images / "nested").mkdir(parents=True)
+    Image.fromarray(np.full((28, 28), 200, np.uint8)).save(images / "good.png")
+    Image.fromarray(np.full((40, 30, 3), 90, np.uint8)).save(images / "nested" / "good2.jpg")
+    (images / "broken.png").write_text("not an image")
+    assert main(["classify", str(images), "--checkpoint", str(ckpt), "--topk", "2", "--json"]) == 1
+    captured = capsys.readouterr()
+    results = {Path(r["file"]).name: r for r in map(json.loads, captured.out.strip().splitlines())}
+    assert set(results) == {"good.png", "good2.jpg", "broken.png"}
+    assert len(results["good.png"]["predictions"]) == 2 and "broken.png" in results["broken.png"]["error"]
+    assert "Traceback" not in captured.err and "1 of 3 files" in captured.err
+
+    weights = in_tmp / "weights"
+    monkeypatch.setenv("VISATTN_WEIGHTS", str(weights))
+    assert main(["save-weights", "--checkpoint", str(ckpt), "--tag", "unit", "--out-dir", str(weights)]) == 0
+    entry = json.loads((weights / "index.json").read_text())["cbam_resnet20_cifar.unit"]
+    assert entry["labels"][0] == "T-shirt/top" and entry["preprocessing"]["input_size"] == [3, 28, 28]
+    capsys.readouterr()
+    assert main(["evaluate", "--model", "cbam_resnet20_cifar.unit", "--dataset", "fashion-mnist", "--limit", "200", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == metrics  # same weights, same numbers
+
+
+def test_bad_config_value_is_one_line(in_tmp, capsys):
+    assert main(["fit", "--config", str(CBAM_CONFIG), "--trainer.max_epochs", "many"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("visattn: error:") and "max_epochs" in err and len(err.splitlines()) == 1
+
+
+def test_bad_model_name_in_config_is_one_line(in_tmp, capsys):
+    code = main(["fit", "--config", str(CBAM_CONFIG), *QUICK, "--model.init_args.model_name", "cbam_resnet_20"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "unknown model 'cbam_resnet_20'" in err and len(err.splitlines()) == 1
+
+
+def test_missing_checkpoint_and_unknown_dataset(in_tmp, capsys):
+    assert main(["evaluate", "--checkpoint", "nope.ckpt", "--dataset", "fashion-mnist"]) == 2
+    assert "nope.ckpt: checkpoint not found" in capsys.readouterr().err
+
+
+def test_warmup_cosine_schedule():
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = warmup_cosine(optimizer, warmup_steps=4, total_steps=14)
+    lrs = []
+    for _ in range(14):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert lrs[0] == pytest.approx(0.2) and lrs[4] == pytest.approx(1.0)
+    assert all(a < b for a, b in zip(lrs[:4], lrs[1:5])) and all(a > b for a, b in zip(lrs[4:], lrs[5:]))
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_ema_mixup_and_cutmix_train_step():
+    task = ImageClassifier("cbam_resnet20_cifar", num_classes=10, mixup_alpha=0.2, cutmix_alpha=1.0, ema_decay=0.9)
+    images, targets = torch.randn(4, 3, 28, 28), torch.tensor([0, 1, 2, 3])
+    loss = task.training_step((images, targets), 0)
+    loss.backward()
+    before = [p.detach().clone() for p in task.ema.module.parameters()]
+    with torch.no_grad():
+        for p in task.model.parameters():
+            p.add_(1.0)
+    task.on_train_batch_end(None, None, 0)
+    task.on_train_batch_end(None, None, 1)  # the first update copies, later ones average
+    after = list(task.ema.module.parameters())
+    assert torch.isfinite(loss) and any(not torch.equal(a, b) for a, b in zip(before, after))
+    assert task.eval_model is task.ema.module
+
+
+def _run(args: list[str], cwd: Path, **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "visattn.cli", *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+@pytest.mark.slow
+def test_ddp_fit_with_two_cpu_processes(in_tmp):
+    proc = _run(["fit", "--config", str(CBAM_CONFIG), *QUICK, "--trainer.strategy", "ddp", "--trainer.devices", "2",
+                 "--trainer.max_steps", "3", "--trainer.limit_val_batches", "2"], in_tmp)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-3000:]
+    assert (in_tmp / "outputs" / "cbam_resnet_fmnist" / "checkpoints" / "last.ckpt").exists()
+
+
+@pytest.mark.slow
+def test_sigkill_mid_fit_then_resume_from_last(in_tmp):
+    args = ["fit", "--config", str(CBAM_CONFIG), *QUICK, "--data.init_args.limit", "256", "--trainer.max_epochs", "4"]
+    last = in_tmp / "outputs" / "cbam_resnet_fmnist" / "checkpoints" / "last.ckpt"
+    proc = _run(args, in_tmp)
+    deadline = time.time() + 240
+    at_kill = None
+    while at_kill is None and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+        try:
+            at_kill = torch.load(last, weights_only=True)  # a whole checkpoint is on disk
+        except (FileNotFoundError, RuntimeError, EOFError):
+            pass
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert at_kill is not None and at_kill["epoch"] < 3, "no checkpoint before the kill, or the run had finished"
+    steps_per_epoch = at_kill["global_step"] // (at_kill["epoch"] + 1)
+
+    resumed = _run([*args, "--ckpt_path", "last"], in_tmp)
+    out, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, out[-3000:]
+    final = torch.load(last, weights_only=True)
+    assert final["global_step"] == 4 * steps_per_epoch  # all four epochs, none repeated
+    assert final["loops"]["fit_loop"]["epoch_progress"]["current"]["completed"] == 4
+    create_model("cbam_resnet20_cifar", num_classes=10, pretrained=str(last))  # the result loads

@@ -1,0 +1,262 @@
+"""Fashion-MNIST loading, transforms, ImageFolder skipping and the data modules."""
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from fixtures_images import write_image_folder
+from torch.utils.data import DataLoader, Dataset
+
+from visattn.data import (
+    FASHION_MNIST_CLASSES,
+    FashionMNIST,
+    FashionMNISTDataModule,
+    ImageFolder,
+    ImageFolderDataModule,
+    SkippedImageWarning,
+    eval_transforms,
+    find_fashion_mnist,
+    load_fashion_mnist,
+    train_transforms,
+)
+from visattn.errors import ConfigError
+
+
+def _fashion_mnist_absent() -> bool:
+    try:
+        find_fashion_mnist(download=False)
+    except ConfigError:
+        return True
+    return False
+
+
+needs_fashion_mnist = pytest.mark.skipif(
+    _fashion_mnist_absent(),
+    reason="Fashion-MNIST idx files absent: apt-get install dataset-fashion-mnist or set VISATTN_DATA",
+)
+
+
+def _write_idx(path: Path, array: np.ndarray) -> None:
+    header = bytes([0, 0, 0x08, array.ndim]) + np.array(array.shape, ">i4").tobytes()
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def _write_fake_fashion_mnist(folder: Path, n: int = 5) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for prefix in ("train", "t10k"):
+        _write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", np.full((n, 28, 28), 7))
+        _write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+
+
+# --- Fashion-MNIST -------------------------------------------------------------------------
+
+
+@needs_fashion_mnist
+def test_fashion_mnist_sizes_labels_and_classes():
+    train, test = FashionMNIST("train"), FashionMNIST("test")
+    assert (len(train), len(test)) == (60000, 10000)
+    assert np.bincount(train.labels).tolist() == [6000] * 10
+    assert set(np.unique(test.labels)) == set(range(10))
+    assert len(FASHION_MNIST_CLASSES) == 10 and FASHION_MNIST_CLASSES[9] == "Ankle boot"
+    image, label = train[0]
+    assert image.shape == (3, 28, 28) and image.dtype == torch.float32 and 0 <= label <= 9
+    assert torch.equal(image[0], image[2]) and 0 <= image.min() and image.max() <= 1
+
+
+def test_visattn_data_takes_precedence_and_subfolder(tmp_path, monkeypatch):
+    _write_fake_fashion_mnist(tmp_path / "fashion-mnist")
+    monkeypatch.setenv("VISATTN_DATA", str(tmp_path))
+    images, labels = load_fashion_mnist("test")
+    assert images.shape == (5, 28, 28) and labels.tolist() == [0, 1, 2, 3, 4]
+    assert not images.flags.writeable  # the per-process cache cannot be altered by a caller
+
+
+def test_corrupt_idx_file_is_named(tmp_path):
+    _write_fake_fashion_mnist(tmp_path)
+    (tmp_path / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(b"\x00\x00\x08\x03rubbish"))
+    with pytest.raises(ConfigError, match="train-labels-idx1-ubyte.gz: not an idx file"):
+        load_fashion_mnist("train", root=tmp_path)
+    (tmp_path / "t10k-images-idx3-ubyte.gz").write_bytes(b"not gzip at all")
+    with pytest.raises(ConfigError, match="t10k-images-idx3-ubyte.gz: cannot read"):
+        load_fashion_mnist("test", root=tmp_path)
+
+
+def test_missing_files_say_where_and_how_to_fix(tmp_path):
+    with pytest.raises(ConfigError, match="apt-get install dataset-fashion-mnist") as info:
+        FashionMNIST("train", root=tmp_path)
+    assert str(tmp_path) in str(info.value) and "\n" not in str(info.value)
+
+
+# --- transforms ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("make", "recipe", "size", "source"),
+    [
+        (train_transforms, "small", 28, (28, 28)),
+        (train_transforms, "photo", (3, 32, 32), (50, 70)),
+        (eval_transforms, "small", 32, (28, 28)),
+        (eval_transforms, "photo", (32, 48), (50, 70)),
+    ],
+)
+def test_transform_shape_dtype(make, recipe, size, source):
+    image = np.random.default_rng(0).integers(0, 256, (*source, 3), dtype=np.uint8)
+    out = make(size, recipe=recipe)(image)
+    height, width = (size, size) if isinstance(size, int) else size[-2:]
+    assert out.shape == (3, height, width) and out.dtype == torch.float32
+
+
+def test_eval_transform_normalises_per_channel():
+    mean, std = (0.5, 0.25, 0.0), (0.5, 0.25, 2.0)
+    out = eval_transforms(8, mean, std)(np.full((16, 16, 3), 51, np.uint8))  # 51 / 255 = 0.2
+    expected = [(0.2 - m) / s for m, s in zip(mean, std)]
+    torch.testing.assert_close(out.mean(dim=(1, 2)), torch.tensor(expected), atol=1e-5, rtol=0)
+
+
+def test_unknown_recipe():
+    with pytest.raises(ConfigError, match="recipe='huge'"):
+        train_transforms(28, recipe="huge")
+
+
+def test_augmentation_repeats_under_a_torch_seed():
+    image = np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8)
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(123)
+        transform = train_transforms(24)
+        runs.append(torch.stack([transform(image) for _ in range(4)]))
+    torch.testing.assert_close(runs[0], runs[1])
+    assert not torch.equal(runs[0][0], runs[0][1])  # still random from call to call
+
+
+class _SameImage(Dataset):
+    def __init__(self) -> None:
+        self.image = np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8)
+        self.transform = train_transforms(24)
+
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.transform(self.image)
+
+
+def test_dataloader_workers_draw_different_augmentations():
+    first, second = DataLoader(_SameImage(), batch_size=1, num_workers=2)  # one sample per worker
+    assert not torch.equal(first, second)
+
+
+# --- ImageFolder ---------------------------------------------------------------------------
+
+
+def test_image_folder_classes_and_samples(tmp_path):
+    root = write_image_folder(tmp_path, classes=("b_dog", "a_cat"), per_class=2)
+    folder = ImageFolder(root)
+    assert folder.classes == ["a_cat", "b_dog"] and len(folder) == 4
+    image, label = folder[0]
+    assert image.shape == (3, 32, 24) and label == 0  # the fixture's size is (width, height)
+    # labels follow the sorted names: "a_cat" was written second, so it is filled with 40
+    assert abs(float(image.mean()) - 40 / 255) < 1e-6
+    assert float(folder[3][0].mean()) == 0 and folder[3][1] == 1
+
+
+def test_image_folder_skips_and_counts_broken_file(tmp_path):
+    root = write_image_folder(tmp_path, per_class=2, broken=("cat",))
+    folder = ImageFolder(root, eval_transforms(16))
+    broken = [i for i, (path, _) in enumerate(folder.samples) if path.name == "broken.jpg"]
+    with pytest.warns(SkippedImageWarning, match="broken.jpg"):
+        image, label = folder[broken[0]]
+    assert image.shape == (3, 16, 16)
+    assert folder.num_skipped == 1 and folder.skipped == [root / "cat" / "broken.jpg"]
+
+
+def test_image_folder_skips_inside_dataloader_workers(tmp_path):
+    root = write_image_folder(tmp_path, per_class=3, broken=("cat", "dog"))
+    folder = ImageFolder(root, eval_transforms(16))
+    batches = list(DataLoader(folder, batch_size=2, num_workers=2))  # workers warn on their own stderr
+    assert sum(len(labels) for _, labels in batches) == len(folder) == 8
+    assert folder.num_skipped == 2  # marks made in the worker processes reach this process
+
+
+@pytest.mark.parametrize("layout", ["missing", "empty", "no_class_folders", "no_images"])
+def test_image_folder_bad_layouts_name_the_folder(tmp_path, layout):
+    root = tmp_path / "photos"
+    if layout != "missing":
+        root.mkdir()
+    if layout == "no_class_folders":
+        (root / "loose.png").write_bytes(b"")
+    if layout == "no_images":
+        (root / "cat").mkdir()
+        (root / "cat" / "notes.txt").write_text("no images here")
+    with pytest.raises(ConfigError, match="photos"):
+        ImageFolder(root)
+
+
+def test_image_folder_with_training_classes_rejects_unknown_folder(tmp_path):
+    root = write_image_folder(tmp_path, classes=("cat", "dog", "fox"), per_class=1)
+    with pytest.raises(ConfigError, match="fox"):
+        ImageFolder(root, classes=["cat", "dog"])
+    assert len(ImageFolder(root, classes=["cat", "dog", "fox", "owl"])) == 3
+
+
+# --- data modules --------------------------------------------------------------------------
+
+
+@needs_fashion_mnist
+def test_fashion_mnist_splits_are_disjoint_and_deterministic():
+    def split(seed: int) -> tuple[set[int], set[int]]:
+        data = FashionMNISTDataModule(seed=seed, num_workers=0)
+        data.setup("fit")
+        return set(data.datasets["train"].indices), set(data.datasets["val"].indices)
+
+    train, val = split(0)
+    assert len(val) == 6000 and len(train) == 54000 and not train & val
+    assert (train, val) == split(0)
+    assert split(1)[1] != val
+
+
+@needs_fashion_mnist
+def test_fashion_mnist_data_module_batches_and_limit():
+    data = FashionMNISTDataModule(batch_size=16, num_workers=0, limit=40)
+    assert data.num_classes == 10 and data.class_names == list(FASHION_MNIST_CLASSES)
+    assert eval_transforms(**data.preprocessing)(np.zeros((28, 28, 3), np.uint8)).shape == (3, 28, 28)
+    images, labels = next(iter(data.train_dataloader()))
+    assert images.shape == (16, 3, 28, 28) and labels.dtype == torch.int64
+    assert len(data.datasets["train"]) == len(data.datasets["val"]) == 40
+    assert len(data.test_dataloader().dataset) == 40
+    assert data.test_dataloader().dataset.dataset.split == "test"
+
+
+def test_data_module_option_checks():
+    with pytest.raises(ConfigError, match="val_fraction"):
+        FashionMNISTDataModule(val_fraction=1.0)
+    with pytest.raises(ConfigError, match="limit"):
+        FashionMNISTDataModule(limit=0)
+
+
+def test_image_folder_data_module(tmp_path):
+    root = write_image_folder(tmp_path / "train", classes=("cat", "dog", "fox"), per_class=4)
+    data = ImageFolderDataModule(str(root), img_size=16, batch_size=4, num_workers=0, val_fraction=0.25)
+    assert data.num_classes == 3 and data.class_names == ["cat", "dog", "fox"]
+    data.setup("fit")
+    train, val = data.datasets["train"], data.datasets["val"]
+    assert len(train) == 9 and len(val) == 3 and not set(train.indices) & set(val.indices)
+    images, _ = next(iter(data.train_dataloader()))
+    assert images.shape == (4, 3, 16, 16)
+    with pytest.raises(ConfigError, match="test_root"):
+        data.test_dataloader()
+
+
+def test_image_folder_data_module_separate_roots(tmp_path):
+    root = write_image_folder(tmp_path / "train", per_class=3)
+    val_root = write_image_folder(tmp_path / "val", classes=("dog",), per_class=2)
+    data = ImageFolderDataModule(str(root), val_root=str(val_root), test_root=str(root), num_workers=0)
+    data.setup()
+    assert len(data.datasets["train"]) == 6 and len(data.datasets["test"]) == 6
+    assert data.datasets["val"].targets == [1, 1]  # "dog" keeps its training label
+    with pytest.raises(ConfigError, match="missing"):
+        ImageFolderDataModule(str(tmp_path / "missing"))

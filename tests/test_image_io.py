@@ -1,0 +1,164 @@
+"""decode_image and list_images on the shared corpus of good, odd and broken image files."""
+from __future__ import annotations
+
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fixtures_images import (
+    BAD_IMAGES,
+    EXPECTED_SHAPES,
+    GREEN,
+    RED,
+    RGBA_COLOUR,
+    WHITE,
+    png_header_bomb,
+    write_image_corpus,
+)
+from PIL import Image
+
+from visattn.data.image_io import DEFAULT_MAX_PIXELS, decode_image, list_images
+from visattn.errors import ImageDecodeError, VisattnError
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> dict[str, Path]:
+    return write_image_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_SHAPES))
+def test_good_files_decode_to_rgb_uint8(corpus, name):
+    image = decode_image(corpus[name])
+    assert image.shape == EXPECTED_SHAPES[name]
+    assert image.dtype == np.uint8
+
+
+def test_bytes_and_path_decode_alike(corpus):
+    path = corpus["rgb_png"]
+    np.testing.assert_array_equal(decode_image(path.read_bytes()), decode_image(path))
+    np.testing.assert_array_equal(decode_image(str(path)), decode_image(path))
+
+
+def test_png_pixels_are_exact(corpus):
+    image = decode_image(corpus["rgb_png"])
+    assert (image[:, :24] == RED).all() and (image[:, 24:] == (0, 0, 255)).all()
+
+
+def test_jpeg_colour_within_compression_error(corpus):
+    image = decode_image(corpus["rgb_jpg"]).astype(int)
+    assert np.abs(image - (200, 100, 50)).max() <= 3
+
+
+def test_cmyk_becomes_the_expected_rgb(corpus):
+    # CMYK (0, 255, 255, 0) is pure red
+    image = decode_image(corpus["cmyk_jpg"]).astype(int)
+    assert np.abs(image - RED).max() <= 8
+
+
+@pytest.mark.parametrize("background", [WHITE, (10, 20, 30)])
+def test_rgba_is_blended_on_the_background(corpus, background):
+    image = decode_image(corpus["rgba_png"], background=background).astype(int)
+    assert (image[:, :10] == background).all()  # fully transparent: the background, not black
+    assert (image[:, 20:] == RGBA_COLOUR).all()  # opaque: the colour itself
+    half = (np.array(RGBA_COLOUR) * 128 + np.array(background) * 127) / 255
+    assert np.abs(image[:, 10:20] - half).max() <= 1
+
+
+def test_palette_transparency_is_blended(corpus):
+    image = decode_image(corpus["palette_png"])
+    assert (image[:, :10] == WHITE).all()
+    assert (image[:, 10:] == GREEN).all()
+
+
+def test_16_bit_is_rescaled_not_clipped(corpus):
+    assert Image.open(corpus["gray16_png"]).mode.startswith("I;16")
+    columns = decode_image(corpus["gray16_png"])[0, :, 0]  # 0, 32768, 65535
+    assert columns[0] == 0 and columns[2] == 255
+    assert abs(int(columns[1]) - 128) <= 1
+
+
+def test_exif_orientation_is_applied(corpus):
+    with Image.open(corpus["exif_rotated_jpg"]) as raw:
+        assert raw.size == (40, 20) and raw.getexif()[0x0112] == 6
+    image = decode_image(corpus["exif_rotated_jpg"])
+    assert image.shape[:2] == (40, 20)
+    # the stored left half (red) ends up on top after a 90-degree clockwise turn
+    assert image[5, 10, 0] > 200 and image[35, 10, 0] < 50
+
+
+@pytest.mark.parametrize("name", sorted(BAD_IMAGES))
+def test_bad_files_raise_one_line_error_naming_the_file(corpus, name):
+    with pytest.raises(ImageDecodeError) as info:
+        decode_image(corpus[name])
+    message = str(info.value)
+    assert corpus[name].name in message
+    assert "\n" not in message
+    assert isinstance(info.value, (VisattnError, ValueError))
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [("truncated_jpg", "truncated"), ("empty_jpg", "empty"), ("text_png", "not a supported image")],
+)
+def test_bad_files_say_why(corpus, name, reason):
+    with pytest.raises(ImageDecodeError, match=reason):
+        decode_image(corpus[name])
+
+
+def test_missing_path_and_folder(tmp_path):
+    with pytest.raises(ImageDecodeError, match="nothere.jpg: no such file"):
+        decode_image(tmp_path / "nothere.jpg")
+    with pytest.raises(ImageDecodeError, match="folder"):
+        decode_image(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "size",
+    [(30000, 30000), (10000, 10000), (9000, 8000)],
+    ids=["pillow-error", "pillow-warning", "own-cap"],
+)
+def test_bomb_header_is_refused_fast_without_warnings(tmp_path, size):
+    assert size[0] * size[1] > DEFAULT_MAX_PIXELS
+    path = tmp_path / "bomb.png"
+    path.write_bytes(png_header_bomb(*size))
+    start = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(ImageDecodeError, match="bomb.png"):
+            decode_image(path)
+    assert time.perf_counter() - start < 0.5  # decoding ~100M pixels would take seconds
+    assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
+
+
+def test_max_pixels_refuses_a_good_image(corpus):
+    with pytest.raises(ImageDecodeError, match="over the limit of 100"):
+        decode_image(corpus["rgb_png"], max_pixels=100)
+    assert decode_image(corpus["rgb_png"], max_pixels=32 * 48).shape == (32, 48, 3)
+
+
+def _touch_images(root: Path, names: list[str]) -> None:
+    for name in names:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(b"")
+
+
+def test_list_images_expands_folders_sorted(tmp_path):
+    names = ["b.png", "a.JPG", "notes.txt", ".hidden.jpg", "sub/c.webp", ".cache/d.png"]
+    _touch_images(tmp_path, names)
+    found = list_images(tmp_path)
+    assert found == [tmp_path / "a.JPG", tmp_path / "b.png", tmp_path / "sub" / "c.webp"]
+    assert list_images(tmp_path, recursive=False) == [tmp_path / "a.JPG", tmp_path / "b.png"]
+
+
+def test_list_images_keeps_explicit_files_in_order_without_repeats(tmp_path):
+    _touch_images(tmp_path, ["z.png", "dir/y.png", "readme.md"])
+    z, readme, folder = tmp_path / "z.png", tmp_path / "readme.md", tmp_path / "dir"
+    assert list_images([z, readme, folder, z]) == [z, readme, folder / "y.png"]
+    assert list_images(str(tmp_path / "z.png")) == [tmp_path / "z.png"]
+
+
+def test_list_images_missing_path(tmp_path):
+    with pytest.raises(ImageDecodeError, match="missing: no such file or folder"):
+        list_images([tmp_path / "missing"])

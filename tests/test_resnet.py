@@ -1,0 +1,198 @@
+"""ResNets: torchvision / timm weight parity, non-strict loading, parameter counts, attention placement.
+
+Forward/backward on every registered model lives in ``tests/test_models.py``.
+"""
+import pytest
+import timm
+import torch
+import torchvision
+from torch import nn
+
+from visattn import create_model, list_models
+from visattn.errors import ConfigError, WeightsError
+from visattn.layers.bam import Bam
+from visattn.layers.cbam import Cbam
+from visattn.layers.global_context import GlobalContextBlock
+from visattn.layers.non_local import NonLocalBlock
+from visattn.models.resnet import ResNet
+
+PREFIXES = ["", "se_", "eca_", "cbam_", "bam_", "coord_", "nl_", "gc_"]
+DEPTHS = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet20_cifar"]
+
+
+def n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def build_on_meta(arch: str) -> nn.Module:
+    """Structure and parameter shapes without allocating or initialising weights (fast)."""
+    with torch.device("meta"):
+        return create_model(arch)
+
+
+def randomize_bn_stats(model: nn.Module) -> nn.Module:
+    """Non-trivial running statistics, so a buffer that fails to load changes the eval logits."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def assert_same_logits(model: nn.Module, reference: nn.Module) -> None:
+    model.eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference(x), atol=1e-5, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def torchvision_weights(tmp_path_factory):
+    """``{arch: (path, eval-mode torchvision model)}`` saved with ``torch.save(state_dict)``."""
+    torch.manual_seed(0)
+    out = {}
+    for arch in ("resnet18", "resnet50"):
+        reference = randomize_bn_stats(getattr(torchvision.models, arch)())
+        path = tmp_path_factory.mktemp("tv") / f"{arch}.pth"
+        torch.save(reference.state_dict(), path)
+        out[arch] = (path, reference)
+    return out
+
+
+def test_every_prefix_and_depth_is_registered():
+    expected = {prefix + depth for prefix in PREFIXES for depth in DEPTHS}
+    assert expected <= set(list_models("*resnet*"))
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+def test_torchvision_weights_give_identical_logits(arch, torchvision_weights):
+    path, reference = torchvision_weights[arch]
+    model = create_model(arch, pretrained=str(path))
+    assert_same_logits(model, reference)
+
+
+def test_timm_weights_give_identical_logits(tmp_path):
+    torch.manual_seed(0)
+    reference = randomize_bn_stats(timm.create_model("resnet50"))
+    path = tmp_path / "timm_resnet50.pth"
+    torch.save(reference.state_dict(), path)
+    model = create_model("resnet50", pretrained=str(path))
+    assert_same_logits(model, reference)
+
+
+def test_plain_weights_load_non_strictly_into_cbam(torchvision_weights):
+    path, reference = torchvision_weights["resnet50"]
+    with pytest.warns(UserWarning, match=r"layer1\.0\.attn\.channel"):
+        model = create_model("cbam_resnet50", pretrained=path, strict=False)
+    torch.testing.assert_close(model.layer3[2].conv2.weight, reference.layer3[2].conv2.weight)
+    torch.testing.assert_close(model.fc.weight, reference.fc.weight)
+    with pytest.raises(WeightsError, match=r"layer1\.0\.attn"):
+        create_model("cbam_resnet50", pretrained=path, strict=True)
+
+
+@pytest.mark.parametrize("arch", ["nl_resnet18", "gc_resnet18"])
+def test_identity_initialised_attention_keeps_pretrained_logits(arch, torchvision_weights):
+    path, reference = torchvision_weights["resnet18"]
+    with pytest.warns(UserWarning, match="missing"):
+        model = create_model(arch, pretrained=path, strict=False)
+    assert_same_logits(model, reference)
+
+
+def test_resnet50_parameter_counts_match_the_papers():
+    base = n_params(build_on_meta("resnet50"))
+    assert base == 25_557_032
+    assert n_params(build_on_meta("resnet18")) == 11_689_512
+    assert abs(n_params(build_on_meta("se_resnet50")) - 28.09e6) < 0.01e6
+    assert abs(n_params(build_on_meta("cbam_resnet50")) - 28.09e6) < 0.01e6
+    assert 0 < n_params(build_on_meta("eca_resnet50")) - base < 100
+
+
+@pytest.mark.parametrize("arch", [prefix + "resnet20_cifar" for prefix in PREFIXES])
+def test_small_variants_are_under_1m_and_take_28px(arch):
+    model = create_model(arch, in_chans=1)
+    assert n_params(model) < 1_000_000
+    assert model.input_size == (1, 32, 32)
+    assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    assert model.forward_features(torch.randn(2, 1, 28, 28)).shape == (2, 112, 7, 7)
+
+
+def test_cbam_small_variant_is_a_capable_size():
+    assert 500_000 < n_params(create_model("cbam_resnet20_cifar")) < 900_000
+
+
+def attn_types(model: ResNet) -> dict[str, type]:
+    return {name: type(m.attn) for name, m in model.named_modules() if getattr(m, "attn", None) is not None}
+
+
+def test_cbam_sits_in_every_block():
+    model = create_model("cbam_resnet18")
+    blocks = [b for stage in (model.layer1, model.layer2, model.layer3, model.layer4) for b in stage]
+    assert all(isinstance(b.attn, Cbam) for b in blocks) and len(blocks) == 8
+
+
+@pytest.mark.parametrize("arch", ["se_resnet18", "cbam_resnet50"])
+def test_attention_sits_after_the_last_bn_before_the_residual_add(arch):
+    block = create_model(arch).layer2[0].eval()
+    x = torch.randn(2, block.conv1.in_channels, 8, 8)
+    with torch.no_grad():
+        out = block.relu(block.bn1(block.conv1(x)))
+        out = block.bn2(block.conv2(out))
+        if hasattr(block, "conv3"):
+            out = block.bn3(block.conv3(block.relu(out)))
+        expected = torch.relu(block.attn(out) + block.downsample(x))
+        torch.testing.assert_close(block(x), expected)
+
+
+def test_gc_skips_the_first_stage():
+    placed = attn_types(build_on_meta("gc_resnet50"))
+    assert set(placed.values()) == {GlobalContextBlock}
+    assert {name.split(".")[0] for name in placed} == {"layer2", "layer3", "layer4"}
+
+
+def test_bam_sits_between_stages():
+    model = build_on_meta("bam_resnet50")
+    assert [model.bam1.channel.mlp[0].in_channels, model.bam2.channel.mlp[0].in_channels,
+            model.bam3.channel.mlp[0].in_channels] == [256, 512, 1024]
+    assert not hasattr(model, "bam4") and attn_types(model) == {}
+    assert sum(isinstance(m, Bam) for m in model.modules()) == 3
+
+
+def test_non_local_follows_the_paper_5_block_setting():
+    model = build_on_meta("nl_resnet50")
+    placed = [name for name, m in model.named_modules() if isinstance(m, NonLocalBlock)]
+    assert placed == ["layer2.0.non_local", "layer2.2.non_local",
+                      "layer3.0.non_local", "layer3.2.non_local", "layer3.4.non_local"]
+
+
+def test_feature_and_head_api():
+    model = create_model("se_resnet18", num_classes=7)
+    assert ResNet.classifier == "fc" and model.num_classes == 7 and model.num_features == 512
+    assert model.input_size == (3, 224, 224)
+    features = model.forward_features(torch.randn(2, 3, 64, 64))
+    assert features.shape == (2, 512, 2, 2)
+    assert model.forward_head(features, pre_logits=True).shape == (2, 512)
+    model.reset_classifier(3)
+    assert model.num_classes == 3 and model(torch.randn(2, 3, 32, 32)).shape == (2, 3)
+
+
+def test_init_like_torchvision():
+    model = create_model("resnet18", zero_init_residual=True)
+    assert all(b.bn2.weight.abs().sum().item() == 0 for b in (*model.layer1, *model.layer4))
+    assert model.bn1.weight.min().item() == 1
+    std = model.layer2[0].conv1.weight.std().item()  # kaiming fan_out: sqrt(2 / (128 * 3 * 3)) = 0.0417
+    assert 0.037 < std < 0.046
+    assert create_model("resnet18").layer1[0].bn2.weight.min() == 1
+
+
+def test_in_chans_and_keep_gate_kwargs():
+    model = create_model("cbam_resnet20_cifar", in_chans=1, attn_kwargs={"keep_gate": True})
+    model(torch.randn(2, 1, 28, 28))
+    assert model.layer3[2].attn.last_gate["spatial"].shape == (2, 1, 7, 7)
+
+
+def test_bad_attention_placement_raises_config_error():
+    with pytest.raises(ConfigError, match="attn_stages"):
+        create_model("resnet18", attn_layer="se", attn_stages=(5,))
+    with pytest.raises(ConfigError, match="non_local_blocks"):
+        create_model("resnet18", non_local_blocks={2: (3,)})

@@ -1,0 +1,262 @@
+"""LightningDataModules for image classification: Fashion-MNIST and users' image folders.
+
+Validation is carved from the training data with a seeded permutation, so it is the same on
+every run and every machine; the test split is only ever used by ``test`` and ``predict``.
+``num_classes``, ``class_names`` and ``preprocessing`` are known right after construction, so
+a LightningCLI config can link ``data.num_classes -> model.num_classes`` (and the others).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from ..errors import ConfigError
+from .fashion_mnist import FASHION_MNIST_CLASSES, FASHION_MNIST_MEAN, FASHION_MNIST_STD, FashionMNIST
+from .image_folder import ImageFolder, find_classes
+from .transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ImageTransform,
+    Recipe,
+    eval_transforms,
+    train_transforms,
+)
+
+__all__ = ["FashionMNISTDataModule", "ImageFolderDataModule", "split_indices"]
+
+Split = Literal["train", "val", "test"]
+
+
+def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministically split ``range(n)`` into shuffled train and validation indices."""
+    order = np.random.default_rng(seed).permutation(n)
+    n_val = round(n * val_fraction)
+    return order[n_val:], order[:n_val]
+
+
+class _ClassificationDataModule(pl.LightningDataModule):
+    """Splits, transforms and DataLoaders shared by the data modules below.
+
+    Subclasses call ``save_hyperparameters()`` and implement ``_source`` (a whole split with a
+    transform) and ``class_names``; they may override ``_train_val_sets`` and ``_test_set``.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.datasets: dict[Split, Dataset] = {}
+
+    @property
+    def class_names(self) -> list[str]:
+        raise NotImplementedError
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def preprocessing(self) -> dict:
+        """The evaluation transform's settings, for checkpoints; ``input_size`` is timm-style ``[C, H, W]``."""
+        h = self.hparams
+        return {"input_size": [3, h.img_size, h.img_size], "mean": list(h.mean), "std": list(h.std), "recipe": h.recipe}
+
+    def train_transform(self) -> ImageTransform:
+        h = self.hparams
+        if not h.augment:
+            return self.eval_transform()
+        return train_transforms(h.img_size, h.mean, h.std, recipe=h.recipe)
+
+    def eval_transform(self) -> ImageTransform:
+        h = self.hparams
+        return eval_transforms(h.img_size, h.mean, h.std, recipe=h.recipe)
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit", "validate") and "train" not in self.datasets:
+            train, val = self._train_val_sets()
+            self.datasets["train"], self.datasets["val"] = self._limited(train), self._limited(val)
+        if stage in (None, "test", "predict") and "test" not in self.datasets:
+            self.datasets["test"] = self._limited(self._test_set())
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train")
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self._loader("val") if len(self._dataset("val")) else []  # [] = no validation
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    def _source(self, split: Literal["train", "test"], transform: ImageTransform) -> Dataset:
+        raise NotImplementedError
+
+    def _train_val_sets(self) -> tuple[Dataset, Dataset]:
+        train_full = self._source("train", self.train_transform())
+        train_idx, val_idx = split_indices(len(train_full), self.hparams.val_fraction, self.hparams.seed)
+        val_full = self._source("train", self.eval_transform())
+        return Subset(train_full, train_idx.tolist()), Subset(val_full, val_idx.tolist())
+
+    def _test_set(self) -> Dataset:
+        return self._source("test", self.eval_transform())
+
+    def _limited(self, dataset: Dataset) -> Dataset:
+        limit = self.hparams.limit
+        if limit is None or limit >= len(dataset):
+            return dataset
+        if isinstance(dataset, Subset):  # already shuffled: its first samples are a random pick
+            return Subset(dataset.dataset, dataset.indices[:limit])
+        pick = np.random.default_rng(self.hparams.seed).permutation(len(dataset))[:limit]
+        return Subset(dataset, sorted(pick.tolist()))
+
+    def _dataset(self, split: Split) -> Dataset:
+        if split not in self.datasets:
+            self.setup("test" if split == "test" else "fit")
+        return self.datasets[split]
+
+    def _loader(self, split: Split) -> DataLoader:
+        dataset, train = self._dataset(split), split == "train"
+        workers = self.hparams.num_workers
+        return DataLoader(
+            dataset,
+            batch_size=self.hparams.batch_size,
+            shuffle=train,
+            # a ragged last batch (size 1 at worst) upsets BatchNorm statistics
+            drop_last=train and len(dataset) > self.hparams.batch_size,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def _check_options(self) -> None:
+        h = self.hparams
+        if not 0 <= h.val_fraction < 1:
+            raise ConfigError(f"val_fraction={h.val_fraction}: must be in [0, 1)")
+        if h.limit is not None and h.limit < 1:
+            raise ConfigError(f"limit={h.limit}: must be a positive number of samples, or None for all")
+        if h.batch_size < 1 or h.num_workers < 0:
+            raise ConfigError(
+                f"batch_size={h.batch_size}, num_workers={h.num_workers}: "
+                "need batch_size >= 1 and num_workers >= 0"
+            )
+
+
+class FashionMNISTDataModule(_ClassificationDataModule):
+    """Fashion-MNIST: 60000 training images (minus the validation part) and 10000 test images.
+
+    Args:
+        batch_size: samples per batch.
+        num_workers: DataLoader worker processes (0 loads in the main process).
+        img_size: side of the square images the model takes (the 28x28 images are resized).
+        mean: per-channel normalisation mean (default: Fashion-MNIST's own statistics).
+        std: per-channel normalisation standard deviation.
+        val_fraction: fraction of the training images held out for validation.
+        seed: seed of the validation split (and of the subset ``limit`` picks).
+        augment: augment training images (``False``: training uses the evaluation transform).
+        recipe: transform recipe, ``"small"`` (pad + crop) or ``"photo"`` (resized crop).
+        limit: use at most this many samples of each split (quick runs and tests).
+        root: folder holding the idx files; default: ``$VISATTN_DATA``, then the Debian package.
+    """
+
+    def __init__(
+        self,
+        *,
+        batch_size: int = 128,
+        num_workers: int = 2,
+        img_size: int = 28,
+        mean: Sequence[float] = FASHION_MNIST_MEAN,
+        std: Sequence[float] = FASHION_MNIST_STD,
+        val_fraction: float = 0.1,
+        seed: int = 0,
+        augment: bool = True,
+        recipe: Recipe = "small",
+        limit: int | None = None,
+        root: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self._check_options()
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(FASHION_MNIST_CLASSES)
+
+    def prepare_data(self) -> None:
+        FashionMNIST("test", root=self.hparams.root)  # find (or download) the files once, early
+
+    def _source(self, split: Literal["train", "test"], transform: ImageTransform) -> Dataset:
+        return FashionMNIST(split, transform, root=self.hparams.root)
+
+
+class ImageFolderDataModule(_ClassificationDataModule):
+    """Users' images in ``root/<class>/<image>`` folders (see :class:`ImageFolder`).
+
+    Args:
+        root: training images, one sub-folder per class.
+        val_root: validation images in the same layout; default: ``val_fraction`` of ``root``.
+        test_root: test images in the same layout; needed only for ``test`` and ``predict``.
+        batch_size: samples per batch.
+        num_workers: DataLoader worker processes (0 loads in the main process).
+        img_size: side of the square images the model takes.
+        mean: per-channel normalisation mean (default: ImageNet's).
+        std: per-channel normalisation standard deviation.
+        val_fraction: fraction of ``root`` held out for validation when there is no ``val_root``.
+        seed: seed of the validation split (and of the subset ``limit`` picks).
+        augment: augment training images (``False``: training uses the evaluation transform).
+        recipe: transform recipe, ``"photo"`` (resized crop) or ``"small"`` (pad + crop).
+        limit: use at most this many samples of each split (quick runs and tests).
+    """
+
+    def __init__(
+        self,
+        root: str,
+        *,
+        val_root: str | None = None,
+        test_root: str | None = None,
+        batch_size: int = 128,
+        num_workers: int = 2,
+        img_size: int = 224,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        val_fraction: float = 0.1,
+        seed: int = 0,
+        augment: bool = True,
+        recipe: Recipe = "photo",
+        limit: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self._check_options()
+        self._class_names = find_classes(root)  # fails early, and num_classes is known now
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self._class_names)
+
+    @property
+    def num_skipped(self) -> int:
+        """Broken image files skipped so far, over all splits set up."""
+        return sum(folder.num_skipped for folder in self._folders())
+
+    def _source(self, split: Literal["train", "test"], transform: ImageTransform) -> Dataset:
+        root = self.hparams.root if split == "train" else self.hparams.test_root
+        if root is None:
+            raise ConfigError(
+                "ImageFolderDataModule: set data.test_root to test or predict "
+                "(the test split is never carved from root)"
+            )
+        return ImageFolder(root, transform, classes=self._class_names)
+
+    def _train_val_sets(self) -> tuple[Dataset, Dataset]:
+        if self.hparams.val_root is None:
+            return super()._train_val_sets()
+        val = ImageFolder(self.hparams.val_root, self.eval_transform(), classes=self._class_names)
+        return self._source("train", self.train_transform()), val
+
+    def _folders(self) -> list[ImageFolder]:
+        return [d.dataset if isinstance(d, Subset) else d for d in self.datasets.values()]

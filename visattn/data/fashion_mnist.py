@@ -1,0 +1,194 @@
+"""Fashion-MNIST (Xiao et al. 2017): 70k 28x28 grayscale product photos in 10 classes.
+
+The idx files are looked for in ``$VISATTN_DATA`` (the folder itself or its ``fashion-mnist``
+subfolder), then in ``/usr/share/datasets/fashion-mnist`` (Debian package
+``dataset-fashion-mnist``), and only then downloaded through torchvision. They are parsed with
+numpy and kept in memory as uint8, once per process.
+"""
+from __future__ import annotations
+
+import functools
+import gzip
+import os
+import zlib
+from pathlib import Path
+from typing import Callable, Literal
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..errors import ConfigError
+from .transforms import to_tensor
+
+__all__ = [
+    "FASHION_MNIST_CLASSES",
+    "FASHION_MNIST_MEAN",
+    "FASHION_MNIST_STD",
+    "FashionMNIST",
+    "find_fashion_mnist",
+    "load_fashion_mnist",
+    "read_idx",
+]
+
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)
+# statistics of the training images, repeated for the 3 channels the models take
+FASHION_MNIST_MEAN = (0.2860, 0.2860, 0.2860)
+FASHION_MNIST_STD = (0.3530, 0.3530, 0.3530)
+SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
+Split = Literal["train", "test"]
+_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+_UBYTE = 0x08  # the idx type code of unsigned bytes
+
+
+class FashionMNIST(Dataset):
+    """Fashion-MNIST images as 3-channel (RGB) samples.
+
+    Each sample is ``(image, label)``. The transform receives a ``(28, 28, 3)`` uint8 array
+    (the gray values repeated in 3 channels); without one, the image is a ``(3, 28, 28)`` float
+    tensor in 0..1.
+
+    Args:
+        split: ``"train"`` (60000 images) or ``"test"`` (10000 images).
+        transform: callable from an HWC uint8 array to a tensor, e.g. ``train_transforms(...)``.
+        root: folder holding the idx files; default: search as described in the module docstring.
+    """
+
+    classes = FASHION_MNIST_CLASSES
+
+    def __init__(
+        self,
+        split: Split = "train",
+        transform: Callable[[np.ndarray], torch.Tensor] | None = None,
+        *,
+        root: str | os.PathLike | None = None,
+    ) -> None:
+        self.split = split
+        self.transform = transform
+        self.images, self.labels = load_fashion_mnist(split, root=root)  # (N, 28, 28), (N,)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        rgb = np.repeat(self.images[index][:, :, None], 3, axis=2)  # (28, 28, 3)
+        image = self.transform(rgb) if self.transform is not None else to_tensor(rgb)
+        return image, int(self.labels[index])
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(split={self.split!r}, n={len(self)}, transform={self.transform})"
+
+
+def load_fashion_mnist(
+    split: Split = "train", *, root: str | os.PathLike | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read one split as read-only arrays, cached per process.
+
+    Args:
+        split: ``"train"`` or ``"test"``.
+        root: folder holding the idx files; default: search (see :func:`find_fashion_mnist`).
+
+    Returns:
+        ``images`` ``(N, 28, 28)`` uint8 and ``labels`` ``(N,)`` uint8 in 0..9.
+    """
+    if split not in _FILES:
+        raise ConfigError(f"split={split!r}: Fashion-MNIST has splits 'train' and 'test'")
+    folder = find_fashion_mnist(root)
+    images_name, labels_name = _FILES[split]
+    return _read_split(_existing(folder, images_name), _existing(folder, labels_name))
+
+
+def find_fashion_mnist(root: str | os.PathLike | None = None, *, download: bool = True) -> Path:
+    """The folder holding the four Fashion-MNIST idx files (``.gz`` or not).
+
+    Args:
+        root: look only here (and in its ``fashion-mnist`` subfolder).
+        download: with no ``root`` and no local copy, try torchvision's download.
+
+    Raises:
+        ConfigError: the files are nowhere to be found.
+    """
+    candidates = _candidate_dirs(root)
+    for folder in candidates:
+        if _has_all_files(folder):
+            return folder
+    if root is None and download:
+        folder = _download()
+        if folder is not None and _has_all_files(folder):
+            return folder
+    looked = ", ".join(str(c) for c in candidates)
+    raise ConfigError(
+        f"Fashion-MNIST idx files not found in {looked} (and no download): "
+        "run `apt-get install dataset-fashion-mnist` or set VISATTN_DATA to the folder holding them"
+    )
+
+
+def read_idx(path: str | os.PathLike, *, ndim: int) -> np.ndarray:
+    """Parse an idx file of unsigned bytes (optionally gzipped) into an array with ``ndim`` axes.
+
+    Raises:
+        ConfigError: unreadable file, wrong magic number, or a size that does not match.
+    """
+    path = Path(path)
+    try:
+        with (gzip.open(path) if path.suffix == ".gz" else open(path, "rb")) as f:
+            data = f.read()
+    except (OSError, EOFError, zlib.error) as err:
+        raise ConfigError(f"{path}: cannot read ({err}); re-download or reinstall the file") from None
+    # magic: two zero bytes, the type code, the number of axes; then one big-endian int32 per axis
+    header_size = 4 + 4 * ndim
+    if len(data) < header_size or data[:4] != bytes([0, 0, _UBYTE, ndim]):
+        raise ConfigError(f"{path}: not an idx file of {ndim}-d unsigned bytes (bad magic number)")
+    shape = tuple(int(n) for n in np.frombuffer(data, ">i4", count=ndim, offset=4))
+    if len(data) - header_size != int(np.prod(shape)):
+        size = len(data) - header_size
+        raise ConfigError(f"{path}: header says {shape} but holds {size} bytes (truncated?)")
+    return np.frombuffer(data, np.uint8, offset=header_size).reshape(shape)
+
+
+@functools.lru_cache(maxsize=4)
+def _read_split(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    images, labels = read_idx(images_path, ndim=3), read_idx(labels_path, ndim=1)
+    if images.shape[1:] != (28, 28):
+        raise ConfigError(f"{images_path}: images are {images.shape[1:]}, expected 28x28")
+    if len(images) != len(labels):
+        raise ConfigError(f"{labels_path}: {len(labels)} labels for {len(images)} images")
+    if labels.max(initial=0) >= len(FASHION_MNIST_CLASSES):
+        raise ConfigError(f"{labels_path}: label {labels.max()} out of range 0..9")
+    return images, labels  # np.frombuffer over bytes: read-only, so the cache cannot be altered
+
+
+def _candidate_dirs(root: str | os.PathLike | None) -> list[Path]:
+    bases = [Path(root)] if root is not None else []
+    if root is None and os.environ.get("VISATTN_DATA"):
+        bases.append(Path(os.environ["VISATTN_DATA"]))
+    folders = [folder for base in bases for folder in (base, base / "fashion-mnist")]
+    return folders if root is not None else [*folders, SYSTEM_DIR]
+
+
+def _has_all_files(folder: Path) -> bool:
+    return all(_existing(folder, name) for names in _FILES.values() for name in names)
+
+
+def _existing(folder: Path, name: str) -> Path | None:
+    for path in (folder / f"{name}.gz", folder / name):
+        if path.is_file():
+            return path
+    return None
+
+
+def _download() -> Path | None:
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "visattn"
+    try:
+        from torchvision.datasets import FashionMNIST as TorchvisionFashionMNIST
+
+        TorchvisionFashionMNIST(cache, download=True)
+    except Exception:  # noqa: BLE001 -- offline or a mirror down: fall through to the error
+        return None
+    return cache / "FashionMNIST" / "raw"

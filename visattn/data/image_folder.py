@@ -1,0 +1,132 @@
+"""ImageFolder: users' own photos laid out as ``root/<class name>/<image>``.
+
+Broken files are skipped, not fatal. The approach: ``__getitem__`` decodes the requested
+image; if decoding fails it marks that file bad, warns once naming it, and returns the next
+decodable sample instead. Batches therefore keep their size and any DataLoader or collate
+function works unchanged. The bad-file marks live in a shared-memory tensor, so marks made in
+DataLoader worker processes are visible in the main process (``num_skipped``) and later epochs
+skip the file without trying it again.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..errors import ConfigError, ImageDecodeError
+from .image_io import DEFAULT_MAX_PIXELS, decode_image, list_images
+from .transforms import to_tensor
+
+__all__ = ["ImageFolder", "SkippedImageWarning", "find_classes"]
+
+_LAYOUT = "expected root/<class name>/<image file>"
+
+
+class SkippedImageWarning(UserWarning):
+    """An image that could not be decoded and was skipped."""
+
+
+class ImageFolder(Dataset):
+    """Images in ``root/<class>/...`` (sub-folders searched too); classes are the sorted folder names.
+
+    Each sample is ``(image, label)``; the transform receives an ``(H, W, 3)`` uint8 RGB array
+    (without one, the image is a ``(3, H, W)`` float tensor in 0..1).
+
+    Args:
+        root: the folder holding one sub-folder per class.
+        transform: callable from an HWC uint8 array to a tensor, e.g. ``eval_transforms(...)``.
+        classes: class names in label order; default: the sub-folders of ``root``. Give the
+            training classes when reading a validation or test folder, so labels agree.
+        max_pixels: images declaring more pixels are refused (and skipped).
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        transform: Callable[[np.ndarray], torch.Tensor] | None = None,
+        *,
+        classes: Sequence[str] | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> None:
+        self.root = Path(root)
+        self.transform = transform
+        self.max_pixels = max_pixels
+        self.classes = list(classes) if classes is not None else find_classes(self.root)
+        self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
+        self.samples = self._find_samples()
+        self._bad = torch.zeros(len(self.samples), dtype=torch.bool).share_memory_()
+
+    @property
+    def num_skipped(self) -> int:
+        """How many files failed to decode so far (in this process or its DataLoader workers)."""
+        return int(self._bad.sum())
+
+    @property
+    def skipped(self) -> list[Path]:
+        """The files that failed to decode so far."""
+        return [self.samples[i][0] for i in self._bad.nonzero().flatten().tolist()]
+
+    @property
+    def targets(self) -> list[int]:
+        """The label of every sample, in order."""
+        return [label for _, label in self.samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        for offset in range(len(self.samples)):
+            i = (index + offset) % len(self.samples)
+            if self._bad[i]:
+                continue
+            path, label = self.samples[i]
+            try:
+                image = decode_image(path, max_pixels=self.max_pixels)
+            except ImageDecodeError as err:
+                self._bad[i] = True
+                warnings.warn(f"skipping {err}", SkippedImageWarning, stacklevel=2)
+                continue
+            return (self.transform(image) if self.transform is not None else to_tensor(image)), label
+        raise ConfigError(f"{self.root}: none of its {len(self.samples)} image files can be decoded")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.root)!r}, classes={len(self.classes)}, n={len(self)})"
+
+    def _find_samples(self) -> list[tuple[Path, int]]:
+        extra = sorted(set(find_classes(self.root)) - set(self.classes))
+        if extra:
+            known = ", ".join(self.classes)
+            raise ConfigError(f"{self.root}: class folders {extra} are not among the classes ({known})")
+        samples = [
+            (path, label)
+            for label, name in enumerate(self.classes)
+            if (self.root / name).is_dir()
+            for path in list_images(self.root / name)
+        ]
+        if not samples:
+            raise ConfigError(f"{self.root}: no image files in its class folders ({_LAYOUT})")
+        return samples
+
+
+def find_classes(root: str | os.PathLike) -> list[str]:
+    """Sorted names of the class sub-folders of ``root`` (hidden folders ignored).
+
+    Raises:
+        ConfigError: ``root`` is missing, not a folder, or has no sub-folders.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise ConfigError(f"{root}: no such folder ({_LAYOUT})")
+    classes = sorted(p.name for p in root.iterdir() if _is_class_dir(p))
+    if not classes:
+        raise ConfigError(f"{root}: no class sub-folders ({_LAYOUT})")
+    return classes
+
+
+def _is_class_dir(path: Path) -> bool:
+    return path.is_dir() and not path.name.startswith(".")

@@ -1,0 +1,172 @@
+"""Safe image decoding: the one function every dataset and CLI command uses to read an image.
+
+:func:`decode_image` turns any file Pillow can read into an ``(H, W, 3)`` uint8 RGB array:
+transparency is blended on a background colour, 16-bit and float images are rescaled rather
+than clipped, EXIF orientation is applied, and a file whose header declares too many pixels is
+refused before any pixel data is decoded. Every failure is an :class:`ImageDecodeError` with a
+one-line message that names the file and the reason.
+"""
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from ..errors import ImageDecodeError
+
+__all__ = ["DEFAULT_MAX_PIXELS", "IMAGE_EXTENSIONS", "decode_image", "list_images"]
+
+# 64 megapixels: above any camera photo people classify, below Pillow's own warning threshold.
+DEFAULT_MAX_PIXELS = 64 * 1024 * 1024
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp",
+     ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".ico", ".avif"}
+)
+# Only raster formats whose plugins decode in-process; e.g. EPS would run Ghostscript on load.
+_SAFE_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "DIB", "TIFF", "WEBP", "PPM", "TGA", "ICO", "AVIF")
+_ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
+_HIGH_DEPTH_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
+
+PathLike = str | os.PathLike
+ImageSource = PathLike | bytes
+
+
+def decode_image(
+    source: ImageSource,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    background: tuple[int, int, int] = (255, 255, 255),
+) -> np.ndarray:
+    """Decode an image file (or its bytes) into an RGB array.
+
+    Args:
+        source: a path, or the encoded bytes of an image.
+        max_pixels: refuse images whose header declares more than this many pixels (width x
+            height). Pillow's own limit (``PIL.Image.MAX_IMAGE_PIXELS``) also applies.
+        background: RGB colour that transparent pixels are blended onto.
+
+    Returns:
+        ``(H, W, 3)`` uint8 array, EXIF orientation applied.
+
+    Raises:
+        ImageDecodeError: missing, empty, truncated, non-image or too large file.
+    """
+    name = "<bytes>" if isinstance(source, bytes) else os.fspath(source)
+    fp = io.BytesIO(source) if isinstance(source, bytes) else source
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(fp, formats=_available_formats()) as img:
+                _check_size(img.size, max_pixels)
+                img.load()  # decodes now, so truncated data fails inside this try
+                _exif_transpose(img)
+                return np.asarray(_to_rgb(img, background))
+    except ImageDecodeError as err:
+        raise ImageDecodeError(f"{name}: {err}") from None
+    except Exception as err:  # noqa: BLE001 -- any decoder failure is the file's fault
+        raise ImageDecodeError(f"{name}: {_reason(err, source)}") from None
+
+
+def list_images(paths: PathLike | Iterable[PathLike], *, recursive: bool = True) -> list[Path]:
+    """Expand files and folders into image file paths.
+
+    Folders contribute their image files (by extension, hidden files skipped) in sorted order;
+    files named explicitly are kept whatever their extension, in the order given. Repeats are
+    dropped.
+
+    Args:
+        paths: one path or several.
+        recursive: also look inside sub-folders of the folders given.
+
+    Raises:
+        ImageDecodeError: a path that does not exist.
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    found: dict[Path, None] = {}  # an ordered set
+    for path in map(Path, paths):
+        if path.is_dir():
+            candidates = path.rglob("*") if recursive else path.iterdir()
+            found.update(dict.fromkeys(sorted(p for p in candidates if _is_image_file(p, path))))
+        elif path.exists():
+            found[path] = None
+        else:
+            raise ImageDecodeError(f"{path}: no such file or folder")
+    return list(found)
+
+
+def _is_image_file(path: Path, root: Path) -> bool:
+    hidden = any(part.startswith(".") for part in path.relative_to(root).parts)
+    return not hidden and path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
+
+
+def _available_formats() -> tuple[str, ...]:
+    Image.init()
+    return tuple(f for f in _SAFE_FORMATS if f in Image.OPEN)
+
+
+def _check_size(size: tuple[int, int], max_pixels: int) -> None:
+    width, height = size
+    if width * height > max_pixels:
+        raise ImageDecodeError(
+            f"image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels} "
+            "(possible decompression bomb; raise max_pixels only for files you trust)"
+        )
+
+
+def _exif_transpose(img: Image.Image) -> None:
+    try:
+        ImageOps.exif_transpose(img, in_place=True)
+    except Exception:  # noqa: BLE001 -- broken EXIF is common in real photos; pixels are fine
+        pass
+
+
+def _to_rgb(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
+    if img.mode in _HIGH_DEPTH_MODES:
+        return Image.fromarray(_rescale_to_uint8(img)).convert("RGB")
+    if img.mode in _ALPHA_MODES or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (*background, 255))
+        return Image.alpha_composite(canvas, rgba).convert("RGB")
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def _rescale_to_uint8(img: Image.Image) -> np.ndarray:
+    """Map 16-bit, 32-bit and float pixels to 0..255 by their range instead of clipping.
+
+    Integer pixels that fit in 16 bits use the full 16-bit range, so brightness stays comparable
+    across images; wider integers and floats are stretched from their min to their max.
+    """
+    values = np.asarray(img, dtype=np.float64)  # (H, W), a copy
+    values[~np.isfinite(values)] = 0.0
+    low, high = float(values.min()), float(values.max())
+    if img.mode != "F" and low >= 0 and high <= 65535:
+        low, high = 0.0, 65535.0
+    scale = 255.0 / (high - low) if high > low else 0.0
+    return np.rint((values - low) * scale).astype(np.uint8)
+
+
+def _reason(err: Exception, source: ImageSource) -> str:
+    if isinstance(err, FileNotFoundError):
+        return "no such file"
+    if isinstance(err, IsADirectoryError):
+        return "is a folder, not an image file"
+    if isinstance(err, PermissionError):
+        return "permission denied"
+    if isinstance(err, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+        limit = Image.MAX_IMAGE_PIXELS
+        return f"image is over Pillow's limit of {limit} pixels (possible decompression bomb)"
+    if isinstance(err, UnidentifiedImageError):
+        empty = len(source) == 0 if isinstance(source, bytes) else os.path.getsize(source) == 0
+        if empty:
+            return "empty file (0 bytes)"
+        return "not a supported image (unknown format or not an image at all)"
+    text = " ".join(str(err).split()) or type(err).__name__
+    if "truncated" in text or isinstance(err, (EOFError, SyntaxError)):
+        return f"truncated or corrupt image data: {text} (re-export or remove the file)"
+    return f"cannot decode image: {text}"

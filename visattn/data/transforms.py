@@ -1,0 +1,152 @@
+"""Albumentations recipes that turn an ``(H, W, 3)`` uint8 RGB array into a normalised tensor.
+
+Two recipes:
+
+- ``"photo"``: random resized crop + flip for training; shorter-side resize + centre crop for
+  evaluation (the ImageNet recipe, for users' photos).
+- ``"small"``: resize, pad and random crop + flip for training; plain resize for evaluation
+  (the CIFAR recipe, for tiny images such as 28x28 Fashion-MNIST where cropping a fraction of
+  the image away destroys it).
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Literal
+
+import albumentations as A
+import numpy as np
+import torch
+from albumentations.pytorch import ToTensorV2
+
+from ..errors import ConfigError
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "ImageTransform",
+    "Recipe",
+    "eval_transforms",
+    "to_tensor",
+    "train_transforms",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+Recipe = Literal["photo", "small"]
+InputSize = int | Sequence[int]
+
+
+class ImageTransform:
+    """An albumentations pipeline called as ``transform(image) -> tensor``.
+
+    The random state is re-seeded from ``torch.initial_seed()`` the first time it is used in
+    each process, so DataLoader workers (which inherit a copy of the parent's state) draw
+    different augmentations, and ``lightning.seed_everything`` makes runs repeatable.
+
+    Args:
+        transforms: albumentations transforms applied in order to an HWC uint8 RGB array;
+            ``ToTensorV2`` is appended, so the result is a CHW tensor.
+    """
+
+    def __init__(self, transforms: Sequence[A.BasicTransform]) -> None:
+        self.pipeline = A.Compose([*transforms, ToTensorV2()])
+        self._seeded_in_pid: int | None = None
+
+    def __call__(self, image: np.ndarray) -> torch.Tensor:
+        if self._seeded_in_pid != os.getpid():
+            self.pipeline.set_random_seed(torch.initial_seed() % 2**32)
+            self._seeded_in_pid = os.getpid()
+        return self.pipeline(image=image)["image"]
+
+    def __repr__(self) -> str:
+        steps = ", ".join(type(t).__name__ for t in self.pipeline.transforms)
+        return f"{type(self).__name__}([{steps}])"
+
+
+def train_transforms(
+    input_size: InputSize = 224,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    *,
+    recipe: Recipe = "photo",
+    scale: tuple[float, float] = (0.6, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    padding: int = 4,
+    hflip: bool = True,
+    color_jitter: float = 0.0,
+) -> ImageTransform:
+    """Training augmentation.
+
+    Args:
+        input_size: output size: ``S``, ``(H, W)`` or timm-style ``(C, H, W)``.
+        mean: per-channel mean of the 0..1 pixel values, subtracted before dividing by ``std``.
+        std: per-channel standard deviation.
+        recipe: ``"photo"`` (random resized crop) or ``"small"`` (pad + random crop).
+        scale: ``"photo"`` only: range of the crop's area as a fraction of the image.
+        ratio: ``"photo"`` only: range of the crop's aspect ratio.
+        padding: ``"small"`` only: zero padding on each side before the random crop.
+        hflip: random horizontal flips.
+        color_jitter: brightness/contrast/saturation jitter strength; 0 turns it off.
+    """
+    height, width = _height_width(input_size)
+    if recipe == "photo":
+        steps: list[A.BasicTransform] = [A.RandomResizedCrop((height, width), scale=scale, ratio=ratio)]
+    elif recipe == "small":
+        steps = [
+            A.Resize(height, width),
+            A.PadIfNeeded(height + 2 * padding, width + 2 * padding, border_mode=0, fill=0),
+            A.RandomCrop(height, width),
+        ]
+    else:
+        raise _unknown_recipe(recipe)
+    if hflip:
+        steps.append(A.HorizontalFlip(p=0.5))
+    if color_jitter > 0:
+        steps.append(A.ColorJitter(color_jitter, color_jitter, color_jitter, hue=0.0))
+    return ImageTransform([*steps, A.Normalize(mean, std)])
+
+
+def eval_transforms(
+    input_size: InputSize = 224,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    *,
+    recipe: Recipe = "photo",
+    crop_pct: float = 0.875,
+) -> ImageTransform:
+    """Deterministic evaluation preprocessing.
+
+    Args:
+        input_size: output size: ``S``, ``(H, W)`` or timm-style ``(C, H, W)``.
+        mean: per-channel mean of the 0..1 pixel values.
+        std: per-channel standard deviation.
+        recipe: ``"photo"``: resize the shorter side to ``size / crop_pct`` and centre-crop;
+            ``"small"``: resize the whole image to ``input_size``.
+        crop_pct: ``"photo"`` only: fraction of the resized image the centre crop keeps.
+    """
+    height, width = _height_width(input_size)
+    if recipe == "photo":
+        shorter = round(min(height, width) / crop_pct)
+        steps = [A.SmallestMaxSize(max_size=shorter), A.CenterCrop(height, width)]
+    elif recipe == "small":
+        steps = [A.Resize(height, width)]
+    else:
+        raise _unknown_recipe(recipe)
+    return ImageTransform([*steps, A.Normalize(mean, std)])
+
+
+def to_tensor(image: np.ndarray) -> torch.Tensor:
+    """``(H, W, 3)`` uint8 array -> ``(3, H, W)`` float32 tensor in 0..1, no normalisation."""
+    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float().div_(255)
+
+
+def _unknown_recipe(recipe: str) -> ConfigError:
+    return ConfigError(f"recipe={recipe!r}: unknown transform recipe (use 'photo' or 'small')")
+
+
+def _height_width(input_size: InputSize) -> tuple[int, int]:
+    size = (input_size,) if isinstance(input_size, int) else tuple(input_size)
+    if len(size) not in (1, 2, 3) or min(size) < 1:
+        raise ConfigError(f"input_size={input_size!r}: expected S, (H, W) or (C, H, W)")
+    return (size[0], size[0]) if len(size) == 1 else (size[-2], size[-1])

@@ -1,0 +1,55 @@
+"""Non-local block (embedded Gaussian).
+
+Paper: Wang, Girshick, Gupta, He, "Non-local Neural Networks", CVPR 2018 (arXiv:1711.07971).
+
+Every position attends to every other position: ``y_i = sum_j softmax_j(theta(x_i) . phi(x_j)) g(x_j)``,
+then ``z = BN(W_z y) + x``. The BN scale starts at zero, so a freshly inserted block is the identity
+and does not disturb a pretrained backbone.
+"""
+import torch
+from torch import Tensor, nn
+
+
+class NonLocalBlock(nn.Module):
+    """Embedded-Gaussian non-local block over the ``H * W`` positions of a feature map.
+
+    The affinity is the paper's unscaled ``softmax(theta^T phi)``; there is no sub-sampling of
+    ``phi``/``g``, so memory grows with ``(H * W) ** 2`` -- use it on mid-resolution stages.
+
+    Explainability: set ``keep_gate = True`` and each forward stores
+    ``last_gate = {"affinity": (B, H*W, H*W)}``, the detached attention of each query position
+    (row) over all key positions (columns); rows lie in [0, 1] and sum to 1.
+
+    Args:
+        channels: number of input (and output) channels.
+        reduction: ``theta``/``phi``/``g`` embed into ``channels // reduction`` channels (2 in the paper).
+        keep_gate: store the affinity in ``last_gate`` on every forward.
+    """
+
+    def __init__(self, channels: int, *, reduction: int = 2, keep_gate: bool = False):
+        super().__init__()
+        inner = max(channels // reduction, 1)
+        self.theta = nn.Conv2d(channels, inner, kernel_size=1)
+        self.phi = nn.Conv2d(channels, inner, kernel_size=1)
+        self.g = nn.Conv2d(channels, inner, kernel_size=1)
+        self.out_proj = nn.Conv2d(inner, channels, kernel_size=1)
+        self.norm = nn.BatchNorm2d(channels)
+        self.keep_gate = keep_gate
+        self.last_gate: dict[str, Tensor] = {}
+        self.zero_init_last()
+
+    def zero_init_last(self) -> None:
+        """Zero the output BN so the block starts as the identity (Sec. 4.1 of the paper)."""
+        nn.init.zeros_(self.norm.weight)
+        nn.init.zeros_(self.norm.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, _, h, w = x.shape
+        query = self.theta(x).flatten(2).transpose(1, 2)  # (B, HW, inner)
+        key = self.phi(x).flatten(2)  # (B, inner, HW)
+        value = self.g(x).flatten(2).transpose(1, 2)  # (B, HW, inner)
+        affinity = torch.softmax(query @ key, dim=-1)  # (B, HW, HW)
+        if self.keep_gate:
+            self.last_gate = {"affinity": affinity.detach()}
+        y = (affinity @ value).transpose(1, 2).reshape(b, -1, h, w)  # (B, inner, H, W)
+        return x + self.norm(self.out_proj(y))

@@ -1,0 +1,578 @@
+"""ResNets with channel / spatial attention modules.
+
+Papers:
+- He, Zhang, Ren, Sun, "Deep Residual Learning for Image Recognition", CVPR 2016 (arXiv:1512.03385).
+- Attention modules: SE (Hu 2018), ECA (Wang 2020), CBAM (Woo 2018), BAM (Park 2018),
+  coordinate attention (Hou 2021), non-local (Wang 2018), global context (Cao 2019);
+  see ``visattn/layers/``.
+
+Parameter names are torchvision's (``conv1, bn1, layer1..layer4, fc``; blocks ``conv1, bn1, conv2,
+bn2, (conv3, bn3), downsample.0/.1``), so torchvision and timm ResNet checkpoints load as they are;
+the attention modules add keys of their own, which ``strict=False`` leaves at their initialisation.
+
+Where each attention goes, following its paper:
+- SE, ECA, CBAM, coordinate attention: ``block.attn`` in every block, after the last BN and
+  before the residual add.
+- Global context: ``block.attn`` likewise, but not in the first stage (``c3+c4+c5`` in the paper).
+- BAM: between stages, ``bam1``/``bam2``/``bam3`` after ``layer1``/``layer2``/``layer3``.
+- Non-local: ``block.non_local`` after the residual add of every other block (the first, third,
+  ...) of ``layer2`` (at most 2) and ``layer3`` (at most 3): the paper's 5-block ResNet-50 setting.
+
+``*_resnet20_cifar`` variants are the He 2016 CIFAR layout (3x3 stride-1 stem, no max-pool, three
+stages of three BasicBlocks), widened from 16/32/64 to 28/56/112 channels for 28-64 px inputs:
+0.83M parameters plain, 0.84M with CBAM, every variant under 1M.
+"""
+from typing import Mapping, Optional, Sequence, Union
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import ConfigError
+from ..layers.bam import Bam
+from ..layers.create_attn import create_attn
+from ..layers.drop_path import DropPath
+from ..layers.non_local import NonLocalBlock
+from ..registry import register_model
+
+
+def _conv3x3(in_chs: int, out_chs: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_chs, out_chs, kernel_size=3, stride=stride, padding=1, bias=False)
+
+
+def _conv1x1(in_chs: int, out_chs: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_chs, out_chs, kernel_size=1, stride=stride, bias=False)
+
+
+def _downsample(in_chs: int, out_chs: int, stride: int) -> Optional[nn.Module]:
+    """Projection shortcut (1x1 conv + BN) where the shape changes, else ``None`` (identity)."""
+    if stride == 1 and in_chs == out_chs:
+        return None
+    return nn.Sequential(_conv1x1(in_chs, out_chs, stride), nn.BatchNorm2d(out_chs))
+
+
+class _ResidualBlock(nn.Module):
+    """What BasicBlock and Bottleneck share: attention before the add, the add, an optional non-local after."""
+
+    def _init_residual(
+        self,
+        out_chs: int,
+        downsample: Optional[nn.Module],
+        attn_layer: Optional[str],
+        attn_kwargs: Optional[Mapping],
+        non_local: bool,
+        drop_path: float,
+    ) -> None:
+        attn_kwargs = attn_kwargs or {}
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+        self.attn = create_attn(attn_layer, out_chs, **attn_kwargs)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.non_local = NonLocalBlock(out_chs, **attn_kwargs) if non_local else None
+
+    def _add_residual(self, out: Tensor, x: Tensor) -> Tensor:
+        if self.attn is not None:
+            out = self.attn(out)
+        shortcut = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.drop_path(out) + shortcut)
+        if self.non_local is not None:
+            out = self.non_local(out)
+        return out
+
+
+class BasicBlock(_ResidualBlock):
+    """Two 3x3 convs (ResNet-18/34 and the CIFAR ResNets)."""
+
+    expansion = 1
+
+    def __init__(
+        self,
+        in_chs: int,
+        planes: int,
+        *,
+        stride: int = 1,
+        downsample: Optional[nn.Module] = None,
+        attn_layer: Optional[str] = None,
+        attn_kwargs: Optional[Mapping] = None,
+        non_local: bool = False,
+        drop_path: float = 0.0,
+    ):
+        super().__init__()
+        self.conv1 = _conv3x3(in_chs, planes, stride)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = _conv3x3(planes, planes)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self._init_residual(planes, downsample, attn_layer, attn_kwargs, non_local, drop_path)
+
+    def zero_init_last(self) -> None:
+        nn.init.zeros_(self.bn2.weight)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self._add_residual(out, x)
+
+
+class Bottleneck(_ResidualBlock):
+    """1x1 reduce, 3x3 (carrying the stride, "ResNet v1.5" as in torchvision), 1x1 expand by 4."""
+
+    expansion = 4
+
+    def __init__(
+        self,
+        in_chs: int,
+        planes: int,
+        *,
+        stride: int = 1,
+        downsample: Optional[nn.Module] = None,
+        attn_layer: Optional[str] = None,
+        attn_kwargs: Optional[Mapping] = None,
+        non_local: bool = False,
+        drop_path: float = 0.0,
+    ):
+        super().__init__()
+        out_chs = planes * self.expansion
+        self.conv1 = _conv1x1(in_chs, planes)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = _conv3x3(planes, planes, stride)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = _conv1x1(planes, out_chs)
+        self.bn3 = nn.BatchNorm2d(out_chs)
+        self._init_residual(out_chs, downsample, attn_layer, attn_kwargs, non_local, drop_path)
+
+    def zero_init_last(self) -> None:
+        nn.init.zeros_(self.bn3.weight)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self._add_residual(out, x)
+
+
+BlockType = type[Union[BasicBlock, Bottleneck]]
+
+
+class ResNet(nn.Module):
+    """ResNet with optional attention modules, torchvision-compatible parameter names.
+
+    Args:
+        block: ``BasicBlock`` or ``Bottleneck``.
+        layers: number of blocks per stage (4 stages for ImageNet, 3 for the CIFAR layout).
+        widths: ``planes`` of each stage; a stage outputs ``planes * block.expansion`` channels.
+        num_classes: classifier size; 0 leaves ``fc`` an identity (features only).
+        in_chans: input image channels.
+        small_input: CIFAR stem (3x3 stride-1 conv, no max-pool) for 28-64 px images.
+        attn_layer: ``create_attn`` name placed as ``block.attn`` in the blocks of ``attn_stages``.
+        attn_stages: 1-based stages that get ``attn_layer``; ``None`` for all.
+        bam: put a BAM module after every stage but the last (``bam1``, ``bam2``, ...).
+        non_local_blocks: ``{stage: block indices}`` that get a non-local block after them.
+        attn_kwargs: keyword arguments for every attention module built (e.g. ``keep_gate=True``).
+        drop_rate: dropout before the classifier.
+        drop_path_rate: stochastic depth of the last block, rising linearly from 0 at the first.
+        zero_init_residual: zero the last BN of every block so each block starts as the identity.
+    """
+
+    classifier = "fc"
+
+    def __init__(
+        self,
+        *,
+        block: BlockType = BasicBlock,
+        layers: Sequence[int] = (2, 2, 2, 2),
+        widths: Sequence[int] = (64, 128, 256, 512),
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        small_input: bool = False,
+        attn_layer: Optional[str] = None,
+        attn_stages: Optional[Sequence[int]] = None,
+        bam: bool = False,
+        non_local_blocks: Optional[Mapping[int, Sequence[int]]] = None,
+        attn_kwargs: Optional[Mapping] = None,
+        drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        zero_init_residual: bool = False,
+    ):
+        super().__init__()
+        _check_placement(layers, attn_stages, non_local_blocks)
+        attn_kwargs = attn_kwargs or {}
+        self.num_classes = num_classes
+        self.input_size = (in_chans, 32, 32) if small_input else (in_chans, 224, 224)
+        self._make_stem(in_chans, widths[0], small_input)
+        self.stage_names = [f"layer{i}" for i in range(1, len(layers) + 1)]
+        self._make_stages(
+            block, layers, widths, attn_layer, attn_stages, non_local_blocks, attn_kwargs, drop_path_rate
+        )
+        self.num_features = widths[-1] * block.expansion
+        if bam:
+            for i, width in enumerate(widths[:-1], start=1):
+                setattr(self, f"bam{i}", Bam(width * block.expansion, **attn_kwargs))
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.drop = nn.Dropout(drop_rate)
+        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self._init_weights(zero_init_residual)
+
+    def _make_stem(self, in_chans: int, width: int, small_input: bool) -> None:
+        if small_input:
+            self.conv1 = _conv3x3(in_chans, width)
+        else:
+            self.conv1 = nn.Conv2d(in_chans, width, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.Identity() if small_input else nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+
+    def _make_stages(
+        self,
+        block: BlockType,
+        layers: Sequence[int],
+        widths: Sequence[int],
+        attn_layer: Optional[str],
+        attn_stages: Optional[Sequence[int]],
+        non_local_blocks: Optional[Mapping[int, Sequence[int]]],
+        attn_kwargs: Mapping,
+        drop_path_rate: float,
+    ) -> None:
+        num_blocks = sum(layers)
+        drop_paths = [drop_path_rate * i / max(num_blocks - 1, 1) for i in range(num_blocks)]
+        in_chs = widths[0]
+        for stage, (depth, planes) in enumerate(zip(layers, widths), start=1):
+            with_non_local = set((non_local_blocks or {}).get(stage, ()))
+            blocks = []
+            for i in range(depth):
+                stride = 2 if stage > 1 and i == 0 else 1
+                blocks.append(block(
+                    in_chs,
+                    planes,
+                    stride=stride,
+                    downsample=_downsample(in_chs, planes * block.expansion, stride),
+                    attn_layer=attn_layer if attn_stages is None or stage in attn_stages else None,
+                    attn_kwargs=attn_kwargs,
+                    non_local=i in with_non_local,
+                    drop_path=drop_paths.pop(0),
+                ))
+                in_chs = planes * block.expansion
+            setattr(self, f"layer{stage}", nn.Sequential(*blocks))
+
+    def _init_weights(self, zero_init_residual: bool) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        for m in self.modules():
+            # Non-local / GC blocks start as the identity; the blocks only when asked to.
+            is_block = isinstance(m, _ResidualBlock)
+            if hasattr(m, "zero_init_last") and (zero_init_residual or not is_block):
+                m.zero_init_last()
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """Pre-pool feature map ``(B, num_features, H / 32, W / 32)`` (``H / 4`` for the CIFAR layout)."""
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        for i, name in enumerate(self.stage_names, start=1):
+            x = getattr(self, name)(x)
+            bam = getattr(self, f"bam{i}", None)
+            if bam is not None:
+                x = bam(x)
+        return x
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        x = self.drop(torch.flatten(self.avgpool(x), 1))  # (B, num_features)
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace ``fc`` with a freshly initialised one of ``num_classes`` outputs (0: identity)."""
+        self.num_classes = num_classes
+        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+
+def _check_placement(
+    layers: Sequence[int], attn_stages: Optional[Sequence[int]], non_local_blocks: Optional[Mapping]
+) -> None:
+    stages = range(1, len(layers) + 1)
+    for stage in attn_stages or ():
+        if stage not in stages:
+            raise ConfigError(f"attn_stages has stage {stage}, but this ResNet has stages {list(stages)}")
+    for stage, indices in (non_local_blocks or {}).items():
+        if stage not in stages or any(not 0 <= i < layers[stage - 1] for i in indices):
+            raise ConfigError(
+                f"non_local_blocks {{{stage}: {list(indices)}}} is out of range: stage sizes are {list(layers)}"
+            )
+
+
+def paper_non_local_blocks(layers: Sequence[int]) -> dict[int, tuple[int, ...]]:
+    """Wang 2018's 5-block setting: every other block of stage 2 (at most 2) and stage 3 (at most 3)."""
+    return {2: tuple(range(0, layers[1], 2))[:2], 3: tuple(range(0, layers[2], 2))[:3]}
+
+
+def _attn_placement(attn: Optional[str], layers: Sequence[int]) -> dict:
+    """ResNet keyword arguments that put attention ``attn`` where its paper puts it."""
+    if attn == "bam":
+        return {"bam": True}
+    if attn == "non_local":
+        return {"non_local_blocks": paper_non_local_blocks(layers)}
+    if attn == "gc":
+        return {"attn_layer": "gc", "attn_stages": tuple(range(2, len(layers) + 1))}  # all but the first
+    return {"attn_layer": attn}
+
+
+_IMAGENET_DEPTHS: dict[int, tuple[BlockType, tuple[int, ...]]] = {
+    18: (BasicBlock, (2, 2, 2, 2)),
+    34: (BasicBlock, (3, 4, 6, 3)),
+    50: (Bottleneck, (3, 4, 6, 3)),
+    101: (Bottleneck, (3, 4, 23, 3)),
+}
+CIFAR_LAYERS = (3, 3, 3)
+CIFAR_WIDTHS = (28, 56, 112)
+
+
+def _create_resnet(depth: int, attn: Optional[str] = None, **kwargs) -> ResNet:
+    block, layers = _IMAGENET_DEPTHS[depth]
+    return ResNet(block=block, layers=layers, **{**_attn_placement(attn, layers), **kwargs})
+
+
+def _create_resnet_cifar(attn: Optional[str] = None, **kwargs) -> ResNet:
+    defaults = dict(block=BasicBlock, layers=CIFAR_LAYERS, widths=CIFAR_WIDTHS, small_input=True, num_classes=10)
+    return ResNet(**{**defaults, **_attn_placement(attn, CIFAR_LAYERS), **kwargs})
+
+
+@register_model
+def resnet18(**kwargs) -> ResNet:
+    """ResNet-18 (He 2016)."""
+    return _create_resnet(18, **kwargs)
+
+
+@register_model
+def se_resnet18(**kwargs) -> ResNet:
+    """ResNet-18 with Squeeze-and-Excitation in every block (Hu 2018)."""
+    return _create_resnet(18, attn="se", **kwargs)
+
+
+@register_model
+def eca_resnet18(**kwargs) -> ResNet:
+    """ResNet-18 with ECA in every block (Wang 2020)."""
+    return _create_resnet(18, attn="eca", **kwargs)
+
+
+@register_model
+def cbam_resnet18(**kwargs) -> ResNet:
+    """ResNet-18 with CBAM in every block (Woo 2018)."""
+    return _create_resnet(18, attn="cbam", **kwargs)
+
+
+@register_model
+def bam_resnet18(**kwargs) -> ResNet:
+    """ResNet-18 with BAM between stages (Park 2018)."""
+    return _create_resnet(18, attn="bam", **kwargs)
+
+
+@register_model
+def coord_resnet18(**kwargs) -> ResNet:
+    """ResNet-18 with coordinate attention in every block (Hou 2021)."""
+    return _create_resnet(18, attn="coord", **kwargs)
+
+
+@register_model
+def nl_resnet18(**kwargs) -> ResNet:
+    """ResNet-18 with non-local blocks in stages 2-3 (Wang 2018)."""
+    return _create_resnet(18, attn="non_local", **kwargs)
+
+
+@register_model
+def gc_resnet18(**kwargs) -> ResNet:
+    """ResNet-18 with global context blocks in stages 2-4 (Cao 2019)."""
+    return _create_resnet(18, attn="gc", **kwargs)
+
+
+@register_model
+def resnet34(**kwargs) -> ResNet:
+    """ResNet-34 (He 2016)."""
+    return _create_resnet(34, **kwargs)
+
+
+@register_model
+def se_resnet34(**kwargs) -> ResNet:
+    """ResNet-34 with Squeeze-and-Excitation in every block (Hu 2018)."""
+    return _create_resnet(34, attn="se", **kwargs)
+
+
+@register_model
+def eca_resnet34(**kwargs) -> ResNet:
+    """ResNet-34 with ECA in every block (Wang 2020)."""
+    return _create_resnet(34, attn="eca", **kwargs)
+
+
+@register_model
+def cbam_resnet34(**kwargs) -> ResNet:
+    """ResNet-34 with CBAM in every block (Woo 2018)."""
+    return _create_resnet(34, attn="cbam", **kwargs)
+
+
+@register_model
+def bam_resnet34(**kwargs) -> ResNet:
+    """ResNet-34 with BAM between stages (Park 2018)."""
+    return _create_resnet(34, attn="bam", **kwargs)
+
+
+@register_model
+def coord_resnet34(**kwargs) -> ResNet:
+    """ResNet-34 with coordinate attention in every block (Hou 2021)."""
+    return _create_resnet(34, attn="coord", **kwargs)
+
+
+@register_model
+def nl_resnet34(**kwargs) -> ResNet:
+    """ResNet-34 with non-local blocks in stages 2-3 (Wang 2018)."""
+    return _create_resnet(34, attn="non_local", **kwargs)
+
+
+@register_model
+def gc_resnet34(**kwargs) -> ResNet:
+    """ResNet-34 with global context blocks in stages 2-4 (Cao 2019)."""
+    return _create_resnet(34, attn="gc", **kwargs)
+
+
+@register_model
+def resnet50(**kwargs) -> ResNet:
+    """ResNet-50 (He 2016)."""
+    return _create_resnet(50, **kwargs)
+
+
+@register_model
+def se_resnet50(**kwargs) -> ResNet:
+    """ResNet-50 with Squeeze-and-Excitation in every block (Hu 2018)."""
+    return _create_resnet(50, attn="se", **kwargs)
+
+
+@register_model
+def eca_resnet50(**kwargs) -> ResNet:
+    """ResNet-50 with ECA in every block (Wang 2020)."""
+    return _create_resnet(50, attn="eca", **kwargs)
+
+
+@register_model
+def cbam_resnet50(**kwargs) -> ResNet:
+    """ResNet-50 with CBAM in every block (Woo 2018)."""
+    return _create_resnet(50, attn="cbam", **kwargs)
+
+
+@register_model
+def bam_resnet50(**kwargs) -> ResNet:
+    """ResNet-50 with BAM between stages (Park 2018)."""
+    return _create_resnet(50, attn="bam", **kwargs)
+
+
+@register_model
+def coord_resnet50(**kwargs) -> ResNet:
+    """ResNet-50 with coordinate attention in every block (Hou 2021)."""
+    return _create_resnet(50, attn="coord", **kwargs)
+
+
+@register_model
+def nl_resnet50(**kwargs) -> ResNet:
+    """ResNet-50 with non-local blocks in stages 2-3 (Wang 2018)."""
+    return _create_resnet(50, attn="non_local", **kwargs)
+
+
+@register_model
+def gc_resnet50(**kwargs) -> ResNet:
+    """ResNet-50 with global context blocks in stages 2-4 (Cao 2019)."""
+    return _create_resnet(50, attn="gc", **kwargs)
+
+
+@register_model
+def resnet101(**kwargs) -> ResNet:
+    """ResNet-101 (He 2016)."""
+    return _create_resnet(101, **kwargs)
+
+
+@register_model
+def se_resnet101(**kwargs) -> ResNet:
+    """ResNet-101 with Squeeze-and-Excitation in every block (Hu 2018)."""
+    return _create_resnet(101, attn="se", **kwargs)
+
+
+@register_model
+def eca_resnet101(**kwargs) -> ResNet:
+    """ResNet-101 with ECA in every block (Wang 2020)."""
+    return _create_resnet(101, attn="eca", **kwargs)
+
+
+@register_model
+def cbam_resnet101(**kwargs) -> ResNet:
+    """ResNet-101 with CBAM in every block (Woo 2018)."""
+    return _create_resnet(101, attn="cbam", **kwargs)
+
+
+@register_model
+def bam_resnet101(**kwargs) -> ResNet:
+    """ResNet-101 with BAM between stages (Park 2018)."""
+    return _create_resnet(101, attn="bam", **kwargs)
+
+
+@register_model
+def coord_resnet101(**kwargs) -> ResNet:
+    """ResNet-101 with coordinate attention in every block (Hou 2021)."""
+    return _create_resnet(101, attn="coord", **kwargs)
+
+
+@register_model
+def nl_resnet101(**kwargs) -> ResNet:
+    """ResNet-101 with non-local blocks in stages 2-3 (Wang 2018)."""
+    return _create_resnet(101, attn="non_local", **kwargs)
+
+
+@register_model
+def gc_resnet101(**kwargs) -> ResNet:
+    """ResNet-101 with global context blocks in stages 2-4 (Cao 2019)."""
+    return _create_resnet(101, attn="gc", **kwargs)
+
+
+@register_model
+def resnet20_cifar(**kwargs) -> ResNet:
+    """CIFAR-layout ResNet-20 for 28-64 px images (He 2016)."""
+    return _create_resnet_cifar(**kwargs)
+
+
+@register_model
+def se_resnet20_cifar(**kwargs) -> ResNet:
+    """CIFAR-layout ResNet-20 for 28-64 px images with Squeeze-and-Excitation in every block (Hu 2018)."""
+    return _create_resnet_cifar(attn="se", **kwargs)
+
+
+@register_model
+def eca_resnet20_cifar(**kwargs) -> ResNet:
+    """CIFAR-layout ResNet-20 for 28-64 px images with ECA in every block (Wang 2020)."""
+    return _create_resnet_cifar(attn="eca", **kwargs)
+
+
+@register_model
+def cbam_resnet20_cifar(**kwargs) -> ResNet:
+    """CIFAR-layout ResNet-20 for 28-64 px images with CBAM in every block (Woo 2018)."""
+    return _create_resnet_cifar(attn="cbam", **kwargs)
+
+
+@register_model
+def bam_resnet20_cifar(**kwargs) -> ResNet:
+    """CIFAR-layout ResNet-20 for 28-64 px images with BAM between stages (Park 2018)."""
+    return _create_resnet_cifar(attn="bam", **kwargs)
+
+
+@register_model
+def coord_resnet20_cifar(**kwargs) -> ResNet:
+    """CIFAR-layout ResNet-20 for 28-64 px images with coordinate attention in every block (Hou 2021)."""
+    return _create_resnet_cifar(attn="coord", **kwargs)
+
+
+@register_model
+def nl_resnet20_cifar(**kwargs) -> ResNet:
+    """CIFAR-layout ResNet-20 for 28-64 px images with non-local blocks in stages 2-3 (Wang 2018)."""
+    return _create_resnet_cifar(attn="non_local", **kwargs)
+
+
+@register_model
+def gc_resnet20_cifar(**kwargs) -> ResNet:
+    """CIFAR-layout ResNet-20 for 28-64 px images with global context blocks in stages 2-3 (Cao 2019)."""
+    return _create_resnet_cifar(attn="gc", **kwargs)

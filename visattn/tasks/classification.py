@@ -1,0 +1,273 @@
+"""Image classification as a LightningModule: any registered model (or ``timm:NAME``) by name."""
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, SequentialLR
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy
+from torch.utils.data import DataLoader, Dataset, Subset
+from torchvision.transforms import v2
+
+from ..data.fashion_mnist import FashionMNIST
+from ..data.image_folder import ImageFolder
+from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, ImageTransform, eval_transforms
+from ..errors import ConfigError, WeightsError
+from ..pretrained import find_weights_entry, load_weights, read_pickle_checkpoint
+from ..registry import create_model, split_model_name
+
+
+def build_classifier(model_name: str, num_classes: int, model_kwargs: Optional[dict] = None,
+                     pretrained: Union[bool, str] = False, strict: bool = True) -> nn.Module:
+    """A registered model, or any timm model when ``model_name`` is ``"timm:NAME"``."""
+    kwargs = dict(model_kwargs or {})
+    if model_name.startswith("timm:"):
+        import timm
+
+        return timm.create_model(model_name[5:], num_classes=num_classes, **kwargs)
+    return create_model(model_name, num_classes=num_classes, pretrained=pretrained, strict=strict, **kwargs)
+
+
+def accuracy_metrics(num_classes: int, prefix: str) -> MetricCollection:
+    """Top-1 and top-5 accuracy (top-k capped at ``num_classes``)."""
+    return MetricCollection(
+        {
+            "top1": MulticlassAccuracy(num_classes, top_k=1, average="micro"),
+            "top5": MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro"),
+        },
+        prefix=prefix,
+    )
+
+
+class ImageClassifier(pl.LightningModule):
+    """Train and evaluate an image classifier.
+
+    Args:
+        model_name: a registered architecture (``visattn models``), ``arch.tag`` for shipped
+            weights, or ``timm:NAME``.
+        num_classes: classes; linked from the datamodule in the configs.
+        model_kwargs: extra builder arguments (``img_size``, ``drop_path_rate``, ...).
+        pretrained: ``True``, a weights file, ``timm:NAME`` or ``hf-hub:ORG/REPO`` to start from.
+        strict: see :func:`visattn.create_model`.
+        lr: peak AdamW learning rate.
+        weight_decay: AdamW weight decay, not applied to biases, norms and embeddings.
+        warmup_epochs: linear warm-up length, then cosine decay to zero over the run.
+        label_smoothing: cross-entropy label smoothing.
+        mixup_alpha: MixUp Beta(α, α); 0 disables it.
+        cutmix_alpha: CutMix Beta(α, α); 0 disables it. With both, each batch picks one.
+        ema_decay: keep an exponential moving average of the weights (e.g. 0.999) and evaluate
+            with it; None disables it.
+        class_names: label names, linked from the datamodule; saved in checkpoints for inference.
+        preprocessing: ``input_size``, ``mean``, ``std`` and ``recipe`` of the evaluation
+            transform, linked from the datamodule; saved in checkpoints for inference.
+    """
+
+    def __init__(
+        self,
+        model_name: str = "cbam_resnet20_cifar",
+        num_classes: int = 10,
+        model_kwargs: Optional[dict[str, Any]] = None,
+        pretrained: Union[bool, str] = False,
+        strict: bool = True,
+        lr: float = 1e-3,
+        weight_decay: float = 0.05,
+        warmup_epochs: float = 1.0,
+        label_smoothing: float = 0.1,
+        mixup_alpha: float = 0.0,
+        cutmix_alpha: float = 0.0,
+        ema_decay: Optional[float] = None,
+        class_names: Optional[list[str]] = None,
+        preprocessing: Optional[dict[str, Any]] = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = build_classifier(model_name, num_classes, model_kwargs, pretrained, strict)
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        self.batch_mix = self._batch_mix(num_classes, mixup_alpha, cutmix_alpha)
+        self.ema = self._ema(self.model, ema_decay)
+        self.val_metrics = accuracy_metrics(num_classes, "val/")
+        self.test_metrics = accuracy_metrics(num_classes, "test/")
+
+    @staticmethod
+    def _batch_mix(num_classes: int, mixup_alpha: float, cutmix_alpha: float) -> Optional[v2.Transform]:
+        mixes = ([v2.MixUp(alpha=mixup_alpha, num_classes=num_classes)] if mixup_alpha > 0 else []) + (
+            [v2.CutMix(alpha=cutmix_alpha, num_classes=num_classes)] if cutmix_alpha > 0 else [])
+        return v2.RandomChoice(mixes) if mixes else None
+
+    @staticmethod
+    def _ema(model: nn.Module, decay: Optional[float]) -> Optional[AveragedModel]:
+        if not decay:
+            return None
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+        ema.requires_grad_(False)  # updated by averaging, never by gradients (and DDP must not wait for them)
+        return ema
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The EMA weights when enabled, else the trained weights."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.eval_model(x)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        images, targets = batch
+        if self.batch_mix is not None:
+            images, targets = self.batch_mix(images, targets)  # targets become (B, num_classes) soft labels
+        loss = self.criterion(self.model(images), targets)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, self.val_metrics, "val/loss")
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, self.test_metrics, "test/loss")
+
+    def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], metrics: MetricCollection, loss_name: str) -> None:
+        images, targets = batch
+        logits = self(images)
+        metrics.update(logits, targets)
+        self.log(loss_name, self.criterion(logits, targets), sync_dist=True)
+        self.log_dict(metrics, prog_bar=True)
+
+    def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        images = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return self(images).softmax(dim=-1)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        decay, no_decay = [], []
+        for name, param in self.model.named_parameters():
+            if param.requires_grad:
+                # Biases, norm scales, position embeddings and tokens are 1-D or named so: no decay.
+                (no_decay if param.ndim <= 1 or name.endswith(("pos_embed", "cls_token")) else decay).append(param)
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": self.hparams.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=self.hparams.lr,
+        )
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        steps_per_epoch = total / max(self.trainer.max_epochs or 1, 1)
+        warmup = min(int(self.hparams.warmup_epochs * steps_per_epoch), total - 1)
+        scheduler = warmup_cosine(optimizer, warmup, total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int) -> LRScheduler:
+    """Linear warm-up over ``warmup_steps``, then cosine decay to zero at ``total_steps`` (stepped per batch)."""
+    cosine = CosineAnnealingLR(optimizer, T_max=max(total_steps - warmup_steps, 1))
+    if warmup_steps <= 0:
+        return cosine
+    warmup = LinearLR(optimizer, start_factor=1.0 / (warmup_steps + 1), total_iters=warmup_steps)
+    return SequentialLR(optimizer, [warmup, cosine], milestones=[warmup_steps])
+
+
+# ---------------------------------------------------------------------------------------------
+# inference: shipped weights or training checkpoints, with their labels and preprocessing
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Classifier:
+    """A model ready for inference, with what it needs to read images and name its predictions."""
+
+    model: nn.Module
+    class_names: list[str]
+    preprocessing: dict[str, Any]
+    name: str  # what it was loaded from: arch.tag or the checkpoint path
+    arch: str
+    model_kwargs: dict[str, Any]
+
+    def transform(self) -> ImageTransform:
+        p = self.preprocessing
+        return eval_transforms(p["input_size"], p["mean"], p["std"], recipe=p.get("recipe", "photo"))
+
+    @torch.inference_mode()
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        """Class probabilities ``(B, num_classes)`` for normalised images ``(B, 3, H, W)``."""
+        return self.model(images).softmax(dim=-1)
+
+
+def load_classifier(model: Optional[str] = None, checkpoint: Optional[str] = None) -> Classifier:
+    """Load ``arch.tag`` shipped weights (``arch`` alone: its default weights) or a training checkpoint."""
+    if (model is None) == (checkpoint is None):
+        raise ConfigError("give exactly one of --model ARCH.TAG or --checkpoint FILE")
+    if checkpoint is not None:
+        return _classifier_from_checkpoint(Path(checkpoint))
+    arch, tag = split_model_name(model)
+    entry = find_weights_entry(arch, tag)
+    net = create_model(f"{arch}.{entry['tag']}").eval()
+    labels = entry.get("labels") or [str(i) for i in range(net.num_classes)]
+    return Classifier(net, list(labels), dict(entry["preprocessing"]), f"{arch}.{entry['tag']}", arch,
+                      dict(entry.get("model_kwargs") or {}))
+
+
+def _classifier_from_checkpoint(path: Path) -> Classifier:
+    checkpoint = read_checkpoint(path)
+    hparams = checkpoint.get("hyper_parameters") or {}
+    if "model_name" not in hparams:
+        raise WeightsError(f"{path}: not a visattn classification checkpoint (no model_name); pass --model ARCH.TAG instead")
+    net = build_classifier(hparams["model_name"], hparams["num_classes"], hparams.get("model_kwargs"))
+    load_weights(net, best_weights(checkpoint["state_dict"]))
+    labels = hparams.get("class_names") or [str(i) for i in range(hparams["num_classes"])]
+    preprocessing = hparams.get("preprocessing") or _default_preprocessing(net)
+    return Classifier(net.eval(), list(labels), dict(preprocessing), str(path), hparams["model_name"],
+                      dict(hparams.get("model_kwargs") or {}))
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """A Lightning checkpoint, read with ``weights_only=True``."""
+    if not path.is_file():
+        raise WeightsError(f"{path}: checkpoint not found; check the path (Lightning writes them under checkpoints/)")
+    checkpoint = read_pickle_checkpoint(path)
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise WeightsError(f"{path}: not a Lightning checkpoint (no state_dict); pass weights with --model or pretrained=")
+    return checkpoint
+
+
+def best_weights(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The model's weights from a task state dict: the EMA copy when the run kept one."""
+    ema = {k[len("ema.module."):]: v for k, v in state.items() if k.startswith("ema.module.")}
+    return ema or {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+
+
+def _default_preprocessing(model: nn.Module) -> dict[str, Any]:
+    size = list(getattr(model, "input_size", (3, 224, 224)))
+    return {"input_size": size, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "recipe": "photo"}
+
+
+def evaluation_dataset(spec: str, split: str, transform: ImageTransform) -> Dataset:
+    """``fashion-mnist`` (split train|test) or ``imagefolder:DIR`` (DIR/<split>/<class>/ if present, else DIR/<class>/)."""
+    if spec == "fashion-mnist":
+        if split not in ("train", "test"):
+            raise ConfigError(f"--split {split}: fashion-mnist has the splits train and test")
+        return FashionMNIST(split, transform)
+    if spec.startswith("imagefolder:"):
+        root = Path(spec[len("imagefolder:"):])
+        root = root / split if (root / split).is_dir() else root
+        return ImageFolder(root, transform)
+    raise ConfigError(f"--dataset {spec}: use fashion-mnist or imagefolder:DIR")
+
+
+@torch.inference_mode()
+def evaluate_classifier(classifier: Classifier, dataset: Dataset, *, batch_size: int = 256,
+                        num_workers: int = 0, limit: Optional[int] = None) -> dict[str, Any]:
+    """Top-1/top-5 accuracy of ``classifier`` over ``dataset`` (its first ``limit`` samples if given)."""
+    if limit is not None:
+        dataset = Subset(dataset, range(min(limit, len(dataset))))
+    metrics = accuracy_metrics(len(classifier.class_names), prefix="")
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
+    n = 0
+    for images, targets in loader:
+        metrics.update(classifier.model(images), targets)
+        n += len(targets)
+    if n == 0:
+        raise ConfigError("the evaluation dataset is empty; check --dataset and --split")
+    return {**{k: round(float(v), 6) for k, v in metrics.compute().items()}, "n": n}
