@@ -66,6 +66,9 @@ class ImageClassifier(pl.LightningModule):
             transform, linked from the datamodule; saved in checkpoints for inference.
     """
 
+    # Given once in the data section of a config and linked here by `visattn fit` (see lightning_cli.py).
+    linked_data_attributes = ("num_classes", "class_names", "preprocessing")
+
     def __init__(
         self,
         model_name: str = "cbam_resnet20_cifar",
