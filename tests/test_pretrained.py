@@ -166,3 +166,20 @@ def test_shipped_index_is_consistent():
         assert os.path.exists(entry["path"]), name
         assert sha256_of(entry["path"]) == entry["sha256"], name
         assert {"task", "dataset", "metrics", "preprocessing", "config"} <= set(entry), name
+
+
+def test_every_torch_load_in_the_package_is_weights_only():
+    """No code path may unpickle arbitrary objects: each torch.load call passes weights_only=True."""
+    import ast
+    from pathlib import Path
+
+    offenders = []
+    for path in (Path(__file__).resolve().parents[1] / "visattn").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "load" \
+                    and isinstance(node.func.value, ast.Name) and node.func.value.id == "torch":
+                safe = any(k.arg == "weights_only" and isinstance(k.value, ast.Constant) and k.value.value is True
+                           for k in node.keywords)
+                if not safe:
+                    offenders.append(f"{path.name}:{node.lineno}")
+    assert not offenders, f"torch.load without weights_only=True: {offenders}"
