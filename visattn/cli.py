@@ -56,16 +56,54 @@ def run_lightning(argv: Sequence[str]) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .tasks.captioning import is_captioner
     from .tasks.classification import evaluation_dataset, evaluate_classifier, load_classifier
 
+    if is_captioner(args.model, args.checkpoint):
+        return cmd_evaluate_captioner(args)
     classifier = load_classifier(args.model, args.checkpoint)
-    dataset = evaluation_dataset(args.dataset, args.split, classifier.transform())
-    metrics = evaluate_classifier(classifier, dataset, batch_size=args.batch_size,
-                                  num_workers=args.num_workers, limit=args.limit)
+    if args.dataset == "fashion-scenes":  # single-object scenes: accuracy and the pointing game
+        metrics = cmd_evaluate_pointing(classifier, args)
+    else:
+        dataset = evaluation_dataset(args.dataset, args.split, classifier.transform())
+        metrics = evaluate_classifier(classifier, dataset, batch_size=args.batch_size,
+                                      num_workers=args.num_workers, limit=args.limit)
     if not args.json:
         print(f"{classifier.name} on {args.dataset} {args.split}: " + ", ".join(f"{k}={v}" for k, v in metrics.items()))
     print(json.dumps(metrics))
     return 0
+
+
+def cmd_evaluate_pointing(classifier, args: argparse.Namespace) -> dict:
+    from .data.scenes import FashionScenes
+    from .explain import evaluate_pointing
+
+    scenes = FashionScenes(args.split, num_scenes=args.limit or 1000, min_items=1, max_items=1)
+    return evaluate_pointing(classifier, scenes, batch_size=min(args.batch_size, 64))
+
+
+def cmd_evaluate_captioner(args: argparse.Namespace) -> int:
+    from .tasks.captioning import evaluate_captioner, evaluation_loader, load_captioner
+
+    captioner = load_captioner(args.model, args.checkpoint)
+    loader = evaluation_loader(captioner, args.dataset, args.split, limit=args.limit,
+                               batch_size=min(args.batch_size, 64), num_workers=args.num_workers)
+    metrics = evaluate_captioner(captioner, loader, beam_size=args.beam_size)
+    if not args.json:
+        print(f"{captioner.name} on {args.dataset} {args.split}: " + ", ".join(f"{k}={v}" for k, v in metrics.items()))
+    print(json.dumps(metrics))
+    return 0
+
+
+def cmd_caption(args: argparse.Namespace) -> int:
+    from .tasks.captioning import caption_files, load_captioner
+
+    captioner = load_captioner(args.model, args.checkpoint)
+    failures, total = caption_files(captioner, args.paths, beam_size=args.beam_size, max_len=args.max_len,
+                                    attention_out=args.attention_out, as_json=args.json)
+    if failures:
+        print(f"visattn: {failures} of {total} files could not be captioned", file=sys.stderr)
+    return 1 if failures else 0
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
@@ -95,6 +133,18 @@ def cmd_classify(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    from .data.image_io import decode_image
+    from .explain import explain_image
+    from .tasks.classification import load_classifier
+
+    classifier = load_classifier(args.model, args.checkpoint)
+    result = explain_image(classifier, decode_image(args.path), args.method, args.out,
+                           layer=args.layer, head=args.head, target_class=args.target_class)
+    print(f"{args.path}: {result['label']} {result['prob']:.3f}; {args.method} map written to {args.out}")
+    return 0
+
+
 def cmd_save_weights(args: argparse.Namespace) -> int:
     from .pretrained import save_weights
     from .tasks.classification import evaluation_dataset, evaluate_classifier, load_classifier
@@ -110,6 +160,15 @@ def cmd_save_weights(args: argparse.Namespace) -> int:
     entry = save_weights(classifier.model, path, **meta)
     print(f"wrote {path} (sha256 {entry['sha256'][:12]}...) and its entry in {path.parent / 'index.json'}")
     print(json.dumps(meta["metrics"]))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_classifier
+
+    path, difference = export_classifier(args.model, args.checkpoint, out=args.out, opset=args.opset)
+    print(f"wrote {path} ({args.format}, opset {args.opset}, dynamic batch); "
+          f"onnxruntime vs PyTorch max |logit difference| {difference:.2e}")
     return 0
 
 
@@ -129,14 +188,16 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--pretrained", action="store_true", help="only models with shipped weights")
     models.set_defaults(func=cmd_models)
 
-    evaluate = sub.add_parser("evaluate", help="score a classifier; the last line is the metrics as JSON")
+    evaluate = sub.add_parser("evaluate", help="score a classifier or captioner; the last line is the metrics as JSON")
     _add_model_source(evaluate)
-    evaluate.add_argument("--dataset", required=True, help="fashion-mnist or imagefolder:DIR")
+    evaluate.add_argument("--dataset", required=True,
+                          help="fashion-mnist or imagefolder:DIR; captioners: fashion-scenes or coco:ANN.json:IMAGES")
     evaluate.add_argument("--split", default="test", help="train, val or test (default: test)")
     evaluate.add_argument("--json", action="store_true", help="print only the JSON line")
     evaluate.add_argument("--batch-size", type=int, default=256)
     evaluate.add_argument("--num-workers", type=int, default=0)
     evaluate.add_argument("--limit", type=int, default=None, help="score only the first N samples")
+    evaluate.add_argument("--beam-size", type=int, default=5, help="captioners: beam width (1: greedy)")
     evaluate.set_defaults(func=cmd_evaluate)
 
     classify = sub.add_parser("classify", help="classify image files and folders (recursively)")
@@ -146,6 +207,26 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_argument("--json", action="store_true", help="one JSON object per file")
     classify.set_defaults(func=cmd_classify)
 
+    caption = sub.add_parser("caption", help="caption image files and folders (recursively)")
+    caption.add_argument("paths", nargs="+", metavar="PATH")
+    _add_model_source(caption)
+    caption.add_argument("--beam-size", type=int, default=5, help="beam width (1: greedy)")
+    caption.add_argument("--max-len", type=int, default=20, help="longest caption in words")
+    caption.add_argument("--attention-out", default=None, metavar="DIR", help="write one PNG per image, a panel per word")
+    caption.add_argument("--json", action="store_true", help="one JSON object per file")
+    caption.set_defaults(func=cmd_caption)
+
+    explain = sub.add_parser("explain", help="draw where a classifier looks in an image (PNG with map and label)")
+    explain.add_argument("path", metavar="PATH", help="image file")
+    _add_model_source(explain)
+    explain.add_argument("--method", default="gradcam", choices=("rollout", "attention", "gradcam", "gates"),
+                         help="rollout/attention (ViTs), gradcam (all), gates (CBAM/BAM/coord/NL/GC ResNets)")
+    explain.add_argument("--layer", default=None, help="block index (ViT) or module name, e.g. layer3")
+    explain.add_argument("--head", type=int, default=None, help="attention head (method attention; default: mean)")
+    explain.add_argument("--class", dest="target_class", default=None, help="class index or name (gradcam)")
+    explain.add_argument("--out", required=True, help="output PNG file")
+    explain.set_defaults(func=cmd_explain)
+
     save = sub.add_parser("save-weights", help="turn a training checkpoint into weights/ARCH.TAG.safetensors + index entry")
     save.add_argument("--checkpoint", required=True)
     save.add_argument("--tag", required=True, help="weights tag, e.g. fmnist")
@@ -154,6 +235,13 @@ def build_parser() -> argparse.ArgumentParser:
     save.add_argument("--config", default=None, help="the config that trained it, recorded in the index")
     save.add_argument("--default", action="store_true", help="make it the architecture's default weights")
     save.set_defaults(func=cmd_save_weights)
+
+    export = sub.add_parser("export", help="export a classifier to ONNX (dynamic batch axis), with labels as metadata")
+    _add_model_source(export)
+    export.add_argument("--format", choices=["onnx"], default="onnx")
+    export.add_argument("--out", required=True, help="the file to write, e.g. model.onnx")
+    export.add_argument("--opset", type=int, default=17, help="ONNX opset version (default: 17)")
+    export.set_defaults(func=cmd_export)
     return parser
 
 

@@ -1,4 +1,5 @@
-"""``make demo``: train an attention CNN briefly on Fashion-MNIST, score it on the test set, then use it.
+"""``make demo``: train an attention CNN briefly on Fashion-MNIST, score it on the test set, use it,
+and caption FashionScenes test images with the shipped captioner, drawing where each word looked.
 
 Every step runs a real ``visattn`` command, printed before it runs, so each can be repeated by hand.
 """
@@ -10,6 +11,7 @@ from PIL import Image
 
 from . import cli
 from .data.fashion_mnist import FASHION_MNIST_CLASSES, load_fashion_mnist
+from .data.scenes import FashionScenes
 from .pretrained import load_index
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,9 +39,22 @@ def write_test_images(folder: Path, count: int = 6) -> list[Path]:
     return paths
 
 
-def shipped_fashion_mnist_classifiers() -> list[str]:
+def write_test_scenes(folder: Path, count: int = 4) -> list[Path]:
+    """The first ``count`` FashionScenes test scenes (Fashion-MNIST test items only) as PNGs."""
+    folder.mkdir(parents=True, exist_ok=True)
+    scenes = FashionScenes("test", num_scenes=count)
+    paths = []
+    for i in range(count):
+        path = folder / f"scene_{i:02d}.png"
+        Image.fromarray(scenes[i].image).save(path)
+        paths.append(path)
+    return paths
+
+
+def shipped(task: str, dataset: str) -> list[str]:
+    """Shipped weights (``arch.tag``) for a task trained on a dataset."""
     return sorted(name for name, entry in load_index().items()
-                  if entry.get("task") == "classification" and entry.get("dataset") == "fashion-mnist")
+                  if entry.get("task") == task and entry.get("dataset") == dataset)
 
 
 def main() -> None:
@@ -51,16 +66,22 @@ def main() -> None:
 
     images = write_test_images(OUT / "images")
     run("classify", *map(str, images), "--checkpoint", str(checkpoint), "--topk", "2")
-    shipped = shipped_fashion_mnist_classifiers()
-    for name in shipped:
+    classifiers = shipped("classification", "fashion-mnist")
+    for name in classifiers:
         run("classify", *map(str, images), "--model", name, "--topk", "2")
-    if not shipped:
-        print("\n(no shipped Fashion-MNIST weights in weights/ yet, so only the demo model classified them)")
+    if not classifiers:
+        print("\n(no shipped Fashion-MNIST classifier in weights/ yet, so only the demo model classified them)")
+
+    scenes = write_test_scenes(OUT / "scenes")
+    for name in shipped("captioning", "fashion-scenes"):
+        run("caption", *map(str, scenes), "--model", name, "--attention-out", str(OUT / "attention"))
 
     print("\nOutputs:")
     print(f"  checkpoints (best and last): {OUT / 'checkpoints'}")
     print(f"  training logs (CSV):         {OUT / 'logs'}")
     print(f"  test images classified:      {OUT / 'images'}")
+    print(f"  test scenes captioned:       {OUT / 'scenes'}")
+    print(f"  per-word attention PNGs:     {OUT / 'attention'}")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
-"""Datasets, safe image decoding and transforms for image classification."""
+"""Datasets, safe image decoding and transforms for image classification and captioning."""
 from __future__ import annotations
 
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from .coco import CaptionImages, CocoCaptions, KarpathyCaptions, read_karpathy
 from .fashion_mnist import (
     FASHION_MNIST_CLASSES,
     FASHION_MNIST_MEAN,
@@ -13,8 +14,9 @@ from .fashion_mnist import (
     load_fashion_mnist,
     read_idx,
 )
-from .image_folder import ImageFolder, SkippedImageWarning, find_classes
+from .image_folder import ImageFolder, SkippedImageWarning, decode_next_good, find_classes
 from .image_io import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, decode_image, list_images
+from .scenes import COLORS, ITEM_WORDS, SCENES_MEAN, SCENES_STD, FashionScenes, Scene, describe_scene, export_coco
 from .transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -23,43 +25,70 @@ from .transforms import (
     to_tensor,
     train_transforms,
 )
+from .vocab import Vocabulary, tokenize
 
 if TYPE_CHECKING:
+    from .caption_datamodules import FashionScenesCaptionDataModule, KarpathyCaptionDataModule, collate_captions
     from .datamodules import FashionMNISTDataModule, ImageFolderDataModule, split_indices
 
 # The data modules import Lightning (seconds); load them on first use so that CLI commands that
 # only decode images (classify, explain) start fast.
-_LAZY = {"FashionMNISTDataModule", "ImageFolderDataModule", "split_indices"}
+_LAZY = {
+    "FashionMNISTDataModule": ".datamodules",
+    "ImageFolderDataModule": ".datamodules",
+    "split_indices": ".datamodules",
+    "FashionScenesCaptionDataModule": ".caption_datamodules",
+    "KarpathyCaptionDataModule": ".caption_datamodules",
+    "collate_captions": ".caption_datamodules",
+}
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        return getattr(importlib.import_module(".datamodules", __name__), name)
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [
+    "COLORS",
+    "CaptionImages",
+    "CocoCaptions",
     "DEFAULT_MAX_PIXELS",
     "FASHION_MNIST_CLASSES",
     "FASHION_MNIST_MEAN",
     "FASHION_MNIST_STD",
     "FashionMNIST",
     "FashionMNISTDataModule",
+    "FashionScenes",
+    "FashionScenesCaptionDataModule",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "IMAGE_EXTENSIONS",
+    "ITEM_WORDS",
     "ImageFolder",
     "ImageFolderDataModule",
     "ImageTransform",
+    "KarpathyCaptionDataModule",
+    "KarpathyCaptions",
+    "SCENES_MEAN",
+    "SCENES_STD",
+    "Scene",
     "SkippedImageWarning",
+    "Vocabulary",
+    "collate_captions",
     "decode_image",
+    "decode_next_good",
+    "describe_scene",
     "eval_transforms",
+    "export_coco",
     "find_classes",
     "find_fashion_mnist",
     "list_images",
     "load_fashion_mnist",
     "read_idx",
+    "read_karpathy",
     "split_indices",
     "to_tensor",
+    "tokenize",
     "train_transforms",
 ]

@@ -39,7 +39,26 @@ def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, n
     return order[n_val:], order[:n_val]
 
 
-class _ClassificationDataModule(pl.LightningDataModule):
+class SplitLoadersMixin:
+    """The DataLoader hooks of a LightningDataModule, over its ``_loader(split)`` and ``_dataset(split)``.
+
+    ``predict`` reads the test split; an empty validation split turns validation off.
+    """
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train")
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self._loader("val") if len(self._dataset("val")) else []  # [] = no validation
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+
+class _ClassificationDataModule(SplitLoadersMixin, pl.LightningDataModule):
     """Splits, transforms and DataLoaders shared by the data modules below.
 
     Subclasses call ``save_hyperparameters()`` and implement ``_source`` (a whole split with a
@@ -80,18 +99,6 @@ class _ClassificationDataModule(pl.LightningDataModule):
             self.datasets["train"], self.datasets["val"] = self._limited(train), self._limited(val)
         if stage in (None, "test", "predict") and "test" not in self.datasets:
             self.datasets["test"] = self._limited(self._test_set())
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train")
-
-    def val_dataloader(self) -> DataLoader | list:
-        return self._loader("val") if len(self._dataset("val")) else []  # [] = no validation
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test")
 
     def _source(self, split: Literal["train", "test"], transform: ImageTransform) -> Dataset:
         raise NotImplementedError

@@ -80,19 +80,8 @@ class ImageFolder(Dataset):
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        for offset in range(len(self.samples)):
-            i = (index + offset) % len(self.samples)
-            if self._bad[i]:
-                continue
-            path, label = self.samples[i]
-            try:
-                image = decode_image(path, max_pixels=self.max_pixels)
-            except ImageDecodeError as err:
-                self._bad[i] = True
-                warnings.warn(f"skipping {err}", SkippedImageWarning, stacklevel=2)
-                continue
-            return (self.transform(image) if self.transform is not None else to_tensor(image)), label
-        raise ConfigError(f"{self.root}: none of its {len(self.samples)} image files can be decoded")
+        i, image = decode_next_good([path for path, _ in self.samples], self._bad, index, max_pixels=self.max_pixels)
+        return (self.transform(image) if self.transform is not None else to_tensor(image)), self.samples[i][1]
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.root)!r}, classes={len(self.classes)}, n={len(self)})"
@@ -111,6 +100,33 @@ class ImageFolder(Dataset):
         if not samples:
             raise ConfigError(f"{self.root}: no image files in its class folders ({_LAYOUT})")
         return samples
+
+
+def decode_next_good(
+    paths: Sequence[Path], bad: torch.Tensor, index: int, *, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> tuple[int, np.ndarray]:
+    """Decode ``paths[index]``, or the next file (wrapping around) that decodes.
+
+    Files that fail are marked in ``bad`` (a shared-memory bool tensor, so marks made in
+    DataLoader workers reach the main process), warned about once and never tried again.
+
+    Returns:
+        The index of the file decoded and its ``(H, W, 3)`` uint8 image.
+
+    Raises:
+        ConfigError: no file decodes.
+    """
+    for offset in range(len(paths)):
+        i = (index + offset) % len(paths)
+        if bad[i]:
+            continue
+        try:
+            return i, decode_image(paths[i], max_pixels=max_pixels)
+        except ImageDecodeError as err:
+            bad[i] = True
+            warnings.warn(f"skipping {err}", SkippedImageWarning, stacklevel=3)
+    folder = paths[0].parent if paths else "the images folder"
+    raise ConfigError(f"{folder}: none of the {len(paths)} image files listed can be decoded")
 
 
 def find_classes(root: str | os.PathLike) -> list[str]:

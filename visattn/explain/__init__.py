@@ -1,0 +1,281 @@
+"""See where a model looks: one ``explain`` call for every family, plus the pieces it is built from.
+
+==============  ==========================  =============================================
+method          families                    what the map is
+==============  ==========================  =============================================
+``rollout``     ViT                         attention rolled out through all blocks
+``attention``   ViT                         one block's class-token attention (one head or mean)
+``gradcam``     ViT, every CNN              gradient-weighted activations of a target layer
+``gates``       CBAM/BAM/coord/NL/GC CNNs   the attention modules' own spatial gates
+==============  ==========================  =============================================
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal, Optional, Sequence, Union
+
+import albumentations as A
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import ConfigError
+from .attention import as_index, attention_map, collect_attentions, is_vit, token_grid
+from .gates import gate_maps, gate_modules
+from .gradcam import eval_mode, grad_cam
+from .overlay import heatmap_overlay, normalize_map, resize_map, save_overlay, save_word_panels
+from .pointing import pointing_accuracy, pointing_hit
+from .rollout import attention_rollout
+
+if TYPE_CHECKING:  # tasks import Lightning; explain must not need it
+    from ..data.scenes import Scene
+    from ..data.transforms import ImageTransform
+    from ..tasks.classification import Classifier
+
+__all__ = [
+    "METHODS", "applicable_methods", "attention_map", "attention_rollout", "evaluate_pointing", "explain",
+    "explain_batch", "explain_image", "gate_maps", "grad_cam", "heatmap_overlay", "normalize_map",
+    "pointing_accuracy", "pointing_hit", "resize_map", "save_overlay", "save_word_panels",
+]
+
+Method = Literal["rollout", "attention", "gradcam", "gates"]
+METHODS = ("rollout", "attention", "gradcam", "gates")
+
+
+def applicable_methods(model: nn.Module) -> tuple[str, ...]:
+    """The explain methods that fit ``model``'s family."""
+    if is_vit(model):
+        return ("rollout", "attention", "gradcam")
+    return ("gradcam", "gates") if gate_modules(model) else ("gradcam",)
+
+
+def _check_arguments(model: nn.Module, method: str, layer, head, target_class) -> None:
+    if method not in METHODS:
+        raise ConfigError(f"--method {method!r}: use one of {', '.join(METHODS)}")
+    fits = applicable_methods(model)
+    if method not in fits:
+        raise ConfigError(f"--method {method} does not fit {type(model).__name__}; use {' or '.join(fits)}")
+    if head is not None and method != "attention":
+        raise ConfigError(f"--head applies to method attention only, not {method}; drop it")
+    if layer is not None and method == "rollout":
+        raise ConfigError("--layer does not apply to rollout (it spans every block); "
+                          "use method attention for one block")
+    if target_class is not None and method != "gradcam":
+        raise ConfigError(f"--class applies to gradcam only ({method} maps do not depend on the class); drop it")
+
+
+def _normalized(maps: Tensor, size: tuple[int, int]) -> Tensor:
+    """``(B, h, w)`` maps upsampled (bilinear) to ``size`` and min-max scaled to [0, 1] per image."""
+    maps = F.interpolate(maps[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0]
+    low = maps.amin(dim=(1, 2), keepdim=True)
+    return (maps - low) / (maps.amax(dim=(1, 2), keepdim=True) - low).clamp_min(1e-12)
+
+
+def _gate_map(model: nn.Module, images: Tensor, layer: Union[str, int, None]) -> Tensor:
+    _, maps = gate_maps(model, images)
+    names = list(maps)
+    if layer is None:  # every module's map at the input size, each scaled to [0, 1], averaged
+        size = tuple(images.shape[-2:])
+        return torch.stack([_normalized(m, size) for m in maps.values()]).mean(dim=0)
+    index = as_index(layer)
+    if index is not None:
+        if not -len(names) <= index < len(names):
+            raise ConfigError(f"--layer {layer}: this model has {len(names)} spatial gates: {', '.join(names)}")
+        return maps[names[index]]
+    if layer not in maps:
+        raise ConfigError(f"--layer {layer!r}: no spatial gate by that name; choose one of {', '.join(names)}")
+    return maps[layer]
+
+
+def explain_batch(
+    model: nn.Module,
+    images: Tensor,
+    method: Method = "gradcam",
+    *,
+    layer: Union[str, int, None] = None,
+    head: Optional[int] = None,
+    target_class: Optional[int] = None,
+    head_fusion: Literal["mean", "max", "min"] = "mean",
+    discard_ratio: float = 0.0,
+) -> Tensor:
+    """Maps ``(B, h, w)`` of a batch of normalised images ``(B, 3, H, W)`` on the method's own grid
+    (the patch grid, the target layer's grid, the gate's grid; the default gates average is at ``(H, W)``).
+
+    See :func:`explain` for the arguments; ``head_fusion`` and ``discard_ratio`` tune rollout.
+    """
+    _check_arguments(model, method, layer, head, target_class)
+    if method == "gradcam":
+        return grad_cam(model, images, layer=layer, target_class=target_class)[0]
+    if method == "gates":
+        return _gate_map(model, images, layer)
+    with eval_mode(model):
+        _, attentions = collect_attentions(model, images)
+    grid = token_grid(model, images.shape[-2:])
+    if method == "rollout":
+        return attention_rollout(attentions, grid, num_prefix_tokens=model.num_prefix_tokens,
+                                 head_fusion=head_fusion, discard_ratio=discard_ratio)[0]
+    return attention_map(attentions, grid, layer=_block_index(layer), head=head,
+                         num_prefix_tokens=model.num_prefix_tokens)
+
+
+def _block_index(layer: Union[str, int, None]) -> int:
+    index = -1 if layer is None else as_index(layer)
+    if index is None:
+        raise ConfigError(f"--layer {layer!r}: method attention takes a block index, e.g. 0 or -1")
+    return index
+
+
+def explain(
+    model: nn.Module,
+    image_tensor: Tensor,
+    method: Method = "gradcam",
+    *,
+    layer: Union[str, int, None] = None,
+    head: Optional[int] = None,
+    target_class: Optional[int] = None,
+) -> np.ndarray:
+    """Where ``model`` looks in one image, as an ``(H, W)`` float map at the image's size.
+
+    Args:
+        model: a registered ViT or (attention) ResNet classifier.
+        image_tensor: a normalised image ``(3, H, W)`` (or ``(1, 3, H, W)``), as the model's
+            evaluation transform gives it.
+        method: ``"rollout"``, ``"attention"``, ``"gradcam"`` or ``"gates"``; see the table above.
+        layer: ``attention``: block index (default last); ``gradcam``: module name or ViT block
+            index (default last stage / ``blocks[-1].norm1``); ``gates``: module name or index
+            among the spatial gates (default: mean of all, each normalised).
+        head: ``attention`` only: head index (default: mean over heads).
+        target_class: ``gradcam`` only: class to explain (default: the predicted one).
+
+    Raises:
+        ConfigError: the method does not fit the model (the message names those that do), or an
+            argument is out of range.
+    """
+    images = image_tensor[None] if image_tensor.ndim == 3 else image_tensor
+    if images.ndim != 4 or images.shape[0] != 1:
+        raise ConfigError(f"image tensor has shape {tuple(image_tensor.shape)}; give one image (3, H, W)")
+    maps = explain_batch(model, images, method, layer=layer, head=head, target_class=target_class)
+    return resize_map(maps[0], tuple(images.shape[-2:]))
+
+
+def model_view(image_tensor: Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """Undo normalisation: a ``(3, H, W)`` model input back to the ``(H, W, 3)`` uint8 image the model saw."""
+    mean_t = torch.as_tensor(mean, dtype=torch.float32)[:, None, None]
+    std_t = torch.as_tensor(std, dtype=torch.float32)[:, None, None]
+    pixels = (image_tensor.detach().float().cpu() * std_t + mean_t).clamp(0, 1)
+    return (pixels.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+
+
+def _class_to_index(target_class: Union[int, str, None], class_names: Sequence[str]) -> Optional[int]:
+    if target_class is None or isinstance(target_class, int):
+        return target_class
+    if target_class in class_names:
+        return list(class_names).index(target_class)
+    if str(target_class).isdigit():
+        return int(target_class)
+    raise ConfigError(f"--class {target_class!r}: not a class of this model; "
+                      f"use an index or one of {', '.join(class_names)}")
+
+
+def explain_image(
+    classifier: Classifier,
+    image: np.ndarray,
+    method: Method,
+    out: str,
+    *,
+    layer: Union[str, int, None] = None,
+    head: Optional[int] = None,
+    target_class: Union[int, str, None] = None,
+) -> dict:
+    """Classify and explain one decoded image with a loaded classifier and write the overlay PNG.
+
+    Args:
+        classifier: a :class:`visattn.tasks.classification.Classifier`.
+        image: ``(H, W, 3)`` uint8 RGB image, e.g. from ``decode_image``.
+        method: see :func:`explain`.
+        out: PNG path: the image as the model sees it, the map over it, and the predicted label.
+        layer, head: see :func:`explain`.
+        target_class: ``gradcam`` only: class index or name to explain (default: the prediction).
+
+    Returns:
+        ``{"label", "index", "prob", "method", "out"}`` of the prediction and the written file.
+    """
+    tensor = classifier.transform()(image)  # (3, h, w), normalised
+    probs = classifier.predict(tensor[None])[0]
+    index = int(probs.argmax())
+    explained = _class_to_index(target_class, classifier.class_names)
+    heatmap = explain(classifier.model, tensor, method, layer=layer, head=head, target_class=explained)
+    label = classifier.class_names[index]
+    title = f"{label} ({float(probs[index]):.2f}), {method}"
+    if explained is not None and explained != index:
+        title += f" for {classifier.class_names[explained]}"
+    seen = model_view(tensor, classifier.preprocessing["mean"], classifier.preprocessing["std"])
+    save_overlay(seen, heatmap, out, title=title)
+    return {"label": label, "index": index, "prob": round(float(probs[index]), 4), "method": method, "out": str(out)}
+
+
+def _with_boxes(transform: ImageTransform) -> A.Compose:
+    """The classifier's evaluation pipeline, also moving ``pascal_voc`` (xyxy pixel) boxes with the image."""
+    return A.Compose(list(transform.pipeline.transforms),
+                     bbox_params=A.BboxParams(format="pascal_voc", label_fields=["labels"]))
+
+
+def evaluate_pointing(
+    classifier: Classifier,
+    scenes: Sequence[Scene],
+    *,
+    method: Optional[Method] = None,
+    batch_size: int = 32,
+    limit: Optional[int] = None,
+    tolerance: float = 0.0,
+) -> dict:
+    """Top-1 accuracy and pointing-game accuracy of a classifier on single-object scenes.
+
+    Each scene goes through the classifier's evaluation transform; its box goes through the same
+    resize/crop (albumentations), and the map's peak on the model input must land in the box.
+
+    Args:
+        classifier: a :class:`visattn.tasks.classification.Classifier`.
+        scenes: a sequence of scenes with one item each (``FashionScenes(min_items=1, max_items=1)``):
+            objects with ``image`` ``(H, W, 3)`` uint8, ``boxes`` ``(1, 4)`` xyxy and ``labels`` ``(1,)``.
+        method: explain method; default ``rollout`` for ViTs and ``gradcam`` for CNNs.
+        batch_size: images explained at once.
+        limit: score only the first ``limit`` scenes.
+        tolerance: pixels (of the model input) by which boxes are grown.
+
+    Returns:
+        ``{"top1", "pointing", "pointing_method", "n"}``; scenes whose box the crop removes are skipped.
+    """
+    method = method or ("rollout" if is_vit(classifier.model) else "gradcam")
+    pipeline = _with_boxes(classifier.transform())
+    count = len(scenes) if limit is None else min(limit, len(scenes))
+    correct = hits = n = 0
+    for start in range(0, count, batch_size):
+        batch, boxes, labels = _scene_batch(pipeline, scenes, range(start, min(start + batch_size, count)))
+        if not boxes:
+            continue
+        predictions = classifier.predict(batch).argmax(dim=1)
+        maps = explain_batch(classifier.model, batch, method)
+        size = tuple(batch.shape[-2:])
+        hits += sum(pointing_hit(m, b, size, tolerance=tolerance) for m, b in zip(maps, boxes))
+        correct += int((predictions == labels).sum())
+        n += len(labels)
+    if n == 0:
+        raise ConfigError("no scenes to score; check --dataset, --split and --limit")
+    return {"top1": round(correct / n, 6), "pointing": round(hits / n, 6), "pointing_method": method, "n": n}
+
+
+def _scene_batch(pipeline: A.Compose, scenes: Sequence[Scene], indices: range) -> tuple[Tensor, list, Tensor]:
+    """Transformed images ``(B, 3, h, w)``, their moved boxes and labels ``(B,)``, skipping cropped-out items."""
+    images, boxes, labels = [], [], []
+    for index in indices:
+        scene = scenes[index]
+        if len(scene.boxes) != 1:
+            raise ConfigError(f"scene {index} has {len(scene.boxes)} items; pointing needs single-object scenes")
+        out = pipeline(image=scene.image, bboxes=scene.boxes, labels=scene.labels)
+        if len(out["bboxes"]):
+            images.append(out["image"])
+            boxes.append(np.asarray(out["bboxes"][0]))
+            labels.append(int(scene.labels[0]))
+    batch = torch.stack(images) if images else torch.empty(0)
+    return batch, boxes, torch.tensor(labels, dtype=torch.long)

@@ -1,4 +1,5 @@
 """Image classification as a LightningModule: any registered model (or ``timm:NAME``) by name."""
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -6,6 +7,7 @@ from typing import Any, Optional, Union
 import lightning.pytorch as pl
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, SequentialLR
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torchmetrics import MetricCollection
@@ -30,6 +32,15 @@ def build_classifier(model_name: str, num_classes: int, model_kwargs: Optional[d
 
         return timm.create_model(model_name[5:], num_classes=num_classes, **kwargs)
     return create_model(model_name, num_classes=num_classes, pretrained=pretrained, strict=strict, **kwargs)
+
+
+# `sdpa_backend` names -> the kernel F.scaled_dot_product_attention is restricted to.
+SDPA_BACKENDS = {
+    "flash": SDPBackend.FLASH_ATTENTION,
+    "efficient": SDPBackend.EFFICIENT_ATTENTION,
+    "math": SDPBackend.MATH,
+    "cudnn": SDPBackend.CUDNN_ATTENTION,
+}
 
 
 def accuracy_metrics(num_classes: int, prefix: str) -> MetricCollection:
@@ -64,6 +75,13 @@ class ImageClassifier(pl.LightningModule):
         class_names: label names, linked from the datamodule; saved in checkpoints for inference.
         preprocessing: ``input_size``, ``mean``, ``std`` and ``recipe`` of the evaluation
             transform, linked from the datamodule; saved in checkpoints for inference.
+        compile: ``torch.compile`` the model (and its EMA copy) when training starts; the
+            checkpoint keys stay those of the plain model.
+        sdpa_backend: restrict ``F.scaled_dot_product_attention`` in every step to one kernel:
+            ``"flash"``, ``"efficient"``, ``"math"`` or ``"cudnn"`` (flash and math also run on
+            CPU); None lets PyTorch choose.
+
+    bf16 autocast is Lightning's: set ``trainer.precision: bf16-mixed`` in the config.
     """
 
     # Given once in the data section of a config and linked here by `visattn fit` (see lightning_cli.py).
@@ -85,8 +103,12 @@ class ImageClassifier(pl.LightningModule):
         ema_decay: Optional[float] = None,
         class_names: Optional[list[str]] = None,
         preprocessing: Optional[dict[str, Any]] = None,
+        compile: bool = False,
+        sdpa_backend: Optional[str] = None,
     ) -> None:
         super().__init__()
+        if sdpa_backend is not None and sdpa_backend not in SDPA_BACKENDS:
+            raise ConfigError(f"sdpa_backend={sdpa_backend!r}: use one of {', '.join(SDPA_BACKENDS)}, or null for automatic")
         self.save_hyperparameters()
         self.model = build_classifier(model_name, num_classes, model_kwargs, pretrained, strict)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
@@ -114,14 +136,28 @@ class ImageClassifier(pl.LightningModule):
         """The EMA weights when enabled, else the trained weights."""
         return self.ema.module if self.ema is not None else self.model
 
+    def configure_model(self) -> None:
+        # nn.Module.compile compiles in place, so state-dict keys (and checkpoints) are unchanged.
+        if self.hparams.compile:
+            for module in {id(m): m for m in (self.model, self.eval_model)}.values():
+                module.compile()
+
+    def attention_kernel(self) -> contextlib.AbstractContextManager:
+        """The ``sdpa_backend`` context the steps run in (a no-op when it is None)."""
+        backend = self.hparams.sdpa_backend
+        return sdpa_kernel(SDPA_BACKENDS[backend]) if backend else contextlib.nullcontext()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.eval_model(x)
+        with self.attention_kernel():
+            return self.eval_model(x)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, targets = batch
         if self.batch_mix is not None:
             images, targets = self.batch_mix(images, targets)  # targets become (B, num_classes) soft labels
-        loss = self.criterion(self.model(images), targets)
+        with self.attention_kernel():
+            logits = self.model(images)
+        loss = self.criterion(logits, targets)
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
@@ -147,20 +183,22 @@ class ImageClassifier(pl.LightningModule):
         return self(images).softmax(dim=-1)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        decay, no_decay = [], []
-        for name, param in self.model.named_parameters():
-            if param.requires_grad:
-                # Biases, norm scales, position embeddings and tokens are 1-D or named so: no decay.
-                (no_decay if param.ndim <= 1 or name.endswith(("pos_embed", "cls_token")) else decay).append(param)
-        optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": self.hparams.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=self.hparams.lr,
-        )
+        optimizer = torch.optim.AdamW(weight_decay_groups(self.model, self.hparams.weight_decay), lr=self.hparams.lr)
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         steps_per_epoch = total / max(self.trainer.max_epochs or 1, 1)
         warmup = min(int(self.hparams.warmup_epochs * steps_per_epoch), total - 1)
         scheduler = warmup_cosine(optimizer, warmup, total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def weight_decay_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Optimizer parameter groups: ``weight_decay`` on weights, none on biases, norms, position embeddings and tokens."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            # Biases, norm scales, position embeddings and tokens are 1-D or named so: no decay.
+            (no_decay if param.ndim <= 1 or name.endswith(("pos_embed", "cls_token")) else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int) -> LRScheduler:

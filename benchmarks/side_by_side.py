@@ -1,0 +1,85 @@
+"""Interleaved side-by-side timing, shared by the benchmark scripts in this folder.
+
+Rounds alternate between the candidates (A, B, A, B, ...), so load from other processes on a
+shared machine falls on both alike: the medians and, above all, their ratio are the figures to
+read; absolute numbers move with the load. Every script ends with one JSON line of its figures.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, Optional
+
+import torch
+
+NOISE_NOTE = ("rounds interleaved A,B,A,B,...; medians and their ratio are meaningful under load from "
+              "other processes, absolute numbers less so")
+
+# A candidate runs one round; it returns the seconds it measured itself, or None to be timed whole.
+Candidate = Callable[[], Optional[float]]
+
+
+def parser(description: str, *, rounds: int) -> argparse.ArgumentParser:
+    """Arguments every benchmark takes: ``--rounds``, ``--threads`` and ``--smoke`` (tiny sizes, one round)."""
+    args = argparse.ArgumentParser(description=description)
+    args.add_argument("--rounds", type=int, default=rounds, help=f"timed rounds per candidate (default: {rounds})")
+    args.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch (and onnxruntime) threads")
+    args.add_argument("--smoke", action="store_true", help="tiny sizes and one round: checks the script runs")
+    return args
+
+
+def interleave(candidates: Mapping[str, Candidate], *, rounds: int, warmup: int = 1) -> dict[str, list[float]]:
+    """Seconds per round for each candidate, after ``warmup`` untimed rounds, in A, B, A, B order."""
+    for _ in range(warmup):
+        for run in candidates.values():
+            run()
+    seconds: dict[str, list[float]] = {name: [] for name in candidates}
+    for _ in range(rounds):
+        for name, run in candidates.items():
+            start = time.perf_counter()
+            measured = run()
+            seconds[name].append(measured if measured is not None else time.perf_counter() - start)
+    return seconds
+
+
+def rate(seconds: list[float], items: int) -> float:
+    """Items per second at the median round."""
+    return items / statistics.median(seconds)
+
+
+def machine() -> dict[str, Any]:
+    """The CPU, threads, versions and the 1-minute load average (above the core count: expect noise)."""
+    return {"cpu": _cpu_name(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+            "load_1min": round(os.getloadavg()[0], 2), "torch": torch.__version__, "python": platform.python_version()}
+
+
+def print_table(header: list[str], rows: list[list[Any]]) -> None:
+    cells = [header, *[[_cell(value) for value in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    for row in cells:
+        print("  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))))
+
+
+def finish(benchmark: str, figures: dict[str, Any]) -> None:
+    """Print the note on noise, then the one JSON line with the figures and the machine."""
+    print(f"note: {NOISE_NOTE}")
+    print(json.dumps({"benchmark": benchmark, **figures, "machine": machine()}))
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
+    return str(value)
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "unknown"

@@ -1,0 +1,69 @@
+"""Smoke runs of the benchmark scripts (tiny sizes, one round): they run and print their figures.
+
+Only the output format and internal consistency are checked, never a speed.
+"""
+import json
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def run_smoke(capsys, monkeypatch, script: str, *extra: str) -> tuple[str, dict]:
+    """Run ``benchmarks/SCRIPT --smoke`` in this process (imports are shared, so it is quick)."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    monkeypatch.setattr(sys, "argv", [script, "--smoke", "--threads", "1", *extra])
+    runpy.run_path(str(BENCHMARKS / script), run_name="__main__")
+    out = capsys.readouterr().out
+    lines = out.strip().splitlines()
+    assert lines[-2].startswith("note: rounds interleaved A,B,A,B")
+    figures = json.loads(lines[-1])
+    assert figures["machine"]["threads"] == 1 and figures["machine"]["torch"]
+    return out, figures
+
+
+def _check_ratio(row: dict, numerator: str, denominator: str) -> None:
+    assert row[numerator] > 0 and row[denominator] > 0
+    assert row["ratio"] == pytest.approx(row[numerator] / row[denominator], rel=0.02)
+
+
+def test_vit_vs_timm(capsys, monkeypatch):
+    out, figures = run_smoke(capsys, monkeypatch, "vit_vs_timm.py")
+    assert figures["benchmark"] == "vit_vs_timm" and figures["peak_matmul_gflops"] > 0
+    assert [(r["model"], r["mode"]) for r in figures["results"]] == [
+        ("vit_tiny_patch16_224", "inference"), ("vit_tiny_patch16_224", "train_step")]
+    for row in figures["results"]:
+        _check_ratio(row, "visattn_img_s", "timm_img_s")
+        assert row["max_logit_diff"] < 1e-4, "both models must hold the same weights"
+        assert 0 < row["mfu_visattn"] and 0 < row["mfu_timm"]
+    inference, train = figures["results"]
+    assert train["gflops_per_img"] == pytest.approx(3 * inference["gflops_per_img"], rel=0.1)  # fwd + 2x bwd
+    assert "visattn/timm" in out
+
+
+def test_onnx_speed(capsys, monkeypatch):
+    _, figures = run_smoke(capsys, monkeypatch, "onnx_speed.py")
+    assert [r["model"] for r in figures["results"]] == ["vit_tiny_patch16_224", "cbam_resnet20_cifar"]
+    for row in figures["results"]:
+        _check_ratio(row, "onnxruntime_img_s", "pytorch_img_s")
+        assert row["max_logit_diff"] < 1e-3
+
+
+def test_data_pipeline(capsys, monkeypatch):
+    _, figures = run_smoke(capsys, monkeypatch, "data_pipeline.py")
+    pipelines = [r["pipeline"] for r in figures["results"]]
+    assert pipelines[0].startswith("decode+train_transform png") and pipelines[1].startswith("decode+train_transform jpeg")
+    assert pipelines[2] == "fashion-mnist train batches"
+    for row in figures["results"]:
+        _check_ratio(row, "visattn_img_s", "reference_img_s")
+
+
+def test_lightning_overhead(capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    _, figures = run_smoke(capsys, monkeypatch, "lightning_overhead.py", "--num-workers", "0")
+    assert figures["model"] == "cbam_resnet20_cifar" and figures["timed_steps"] == 3
+    _check_ratio(figures, "lightning_img_s", "bare_img_s")
+    assert list(tmp_path.iterdir()) == [], "runs write into temporary folders only"

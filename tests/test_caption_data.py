@@ -1,0 +1,190 @@
+"""Vocabulary, Karpathy / COCO caption readers, the caption collate and the caption data modules."""
+from __future__ import annotations
+
+import inspect
+import json
+
+import numpy as np
+import pytest
+import torch
+from fixtures_captions import image_value, write_coco_captions, write_karpathy
+from test_data import needs_fashion_mnist
+
+from visattn.data import (
+    CocoCaptions,
+    FashionScenesCaptionDataModule,
+    KarpathyCaptionDataModule,
+    KarpathyCaptions,
+    SkippedImageWarning,
+    Vocabulary,
+    collate_captions,
+    describe_scene,
+    tokenize,
+)
+from visattn.data.vocab import END, PAD, START, UNK
+from visattn.errors import ConfigError
+
+# --- vocabulary ----------------------------------------------------------------------------
+
+
+def test_tokenize_lowercases_and_splits_on_non_alphanumerics():
+    assert tokenize("A T-shirt, 2 dogs!  Run.") == ["a", "t", "shirt", "2", "dogs", "run"]
+    assert tokenize("") == []
+
+
+def test_vocabulary_specials_frequency_order_and_min_count():
+    vocab = Vocabulary.build(["a dog", "a cat", "A dog runs"], min_count=2)
+    assert vocab.to_list() == [PAD, START, END, UNK, "a", "dog"]
+    assert (vocab.pad_id, vocab.start_id, vocab.end_id, vocab.unk_id) == (0, 1, 2, 3)
+    assert Vocabulary.build(["b a", "a b"]).to_list()[4:] == ["a", "b"]  # ties: alphabetical
+
+
+def test_encode_decode_unknown_words_and_truncation():
+    vocab = Vocabulary(["a", "red", "dog"])
+    assert vocab.encode("A red cat") == [1, 4, 5, 3, 2]
+    assert vocab.decode([1, 4, 5, 6, 2, 6, 0]) == "a red dog"  # stops at <end>
+    assert vocab.decode([1, 4, 3, 6, 0, 0]) == "a dog"  # specials dropped
+    assert vocab.encode("a red dog a red dog", max_len=4) == [1, 4, 5, 2]  # <end> kept
+    with pytest.raises(ConfigError, match="max_len=1"):
+        vocab.encode("a", max_len=1)
+
+
+def test_vocabulary_list_round_trip_and_bad_lists():
+    vocab = Vocabulary.build(["two green shirts", "a red sneaker to the left of a blue bag"])
+    tokens = vocab.to_list()
+    restored = Vocabulary.from_list(json.loads(json.dumps(tokens)))  # as stored in the weights index
+    assert restored == vocab and restored.to_list() == tokens and len(restored) == len(tokens)
+    assert restored.encode("a blue bag") == vocab.encode("a blue bag")
+    with pytest.raises(ConfigError, match="must start with"):
+        Vocabulary.from_list(["a", "b"])
+    with pytest.raises(ConfigError, match=r"\['a'\] appear more than once"):
+        Vocabulary.from_list([PAD, START, END, UNK, "a", "a"])
+
+
+# --- readers -------------------------------------------------------------------------------
+
+
+def test_karpathy_splits_subfolders_and_captions(tmp_path):
+    split_json, images_dir = write_karpathy(tmp_path)
+    train = KarpathyCaptions(split_json, images_dir, split=["train", "restval"])
+    assert [p.name for p in train.paths] == ["0.png", "1.png", "broken.jpg", "3.png"]
+    assert train.paths[1] == images_dir / "sub" / "1.png"
+    image, captions = KarpathyCaptions(split_json, images_dir, split="test")[0]
+    assert image.shape == (3, 12, 16) and captions == ["a fish swims", "fish in water"]
+    assert torch.allclose(image, torch.full_like(image, image_value("5.png") / 255))
+
+
+def test_broken_image_is_skipped_counted_and_replaced(tmp_path):
+    split_json, images_dir = write_karpathy(tmp_path)
+    train = KarpathyCaptions(split_json, images_dir, split="train")
+    with pytest.warns(SkippedImageWarning, match="broken.jpg"):
+        image, captions = train[2]  # the broken one: the next decodable sample comes instead
+    assert captions == ["A red dog runs.", "a dog running"]
+    assert image[0, 0, 0].item() == pytest.approx(image_value("0.png") / 255)
+    assert train.num_skipped == 1 and [p.name for p in train.skipped] == ["broken.jpg"]
+    assert train[2][1] == captions  # marked bad: not tried (nor warned about) again
+
+
+def test_coco_captions_reader(tmp_path):
+    annotations, images_dir = write_coco_captions(tmp_path)
+    dataset = CocoCaptions(annotations, images_dir)
+    assert dataset.image_ids == [1, 2, 5]  # image 7 has no caption
+    assert dataset[2][1] == ["a fish swims"]
+    with pytest.warns(SkippedImageWarning):
+        assert dataset[1][1] == ["a fish swims"]
+    assert dataset.num_skipped == 1
+
+
+@pytest.mark.parametrize("reader", ["karpathy", "coco"])
+def test_missing_and_invalid_json_name_the_file(tmp_path, reader):
+    def read(path):
+        return KarpathyCaptions(path, tmp_path) if reader == "karpathy" else CocoCaptions(path, tmp_path)
+
+    with pytest.raises(ConfigError, match=r"nope\.json: no such file"):
+        read(tmp_path / "nope.json")
+    (tmp_path / "bad.json").write_text('{"images": [')
+    with pytest.raises(ConfigError, match=r"bad\.json: not readable JSON") as err:
+        read(tmp_path / "bad.json")
+    assert "\n" not in str(err.value)
+    (tmp_path / "list.json").write_text("[1, 2]")
+    with pytest.raises(ConfigError, match=r"list\.json: top level is a list"):
+        read(tmp_path / "list.json")
+    (tmp_path / "other.json").write_text('{"images": [{"id": 1}], "annotations": [{"image_id": 1}]}')
+    with pytest.raises(ConfigError, match=r"other\.json: not"):
+        read(tmp_path / "other.json")
+
+
+# --- collate and data modules --------------------------------------------------------------
+
+
+def test_collate_pads_with_pad_id_and_keeps_lists():
+    samples = [
+        {"image": torch.zeros(3, 4, 4), "caption": torch.tensor([1, 5, 2]), "references": ["x"]},
+        {"image": torch.ones(3, 4, 4), "caption": torch.tensor([1, 5, 6, 7, 2]), "references": ["y", "z"]},
+    ]
+    batch = collate_captions(samples, pad_id=0)
+    assert batch["images"].shape == (2, 3, 4, 4)
+    assert batch["captions"].tolist() == [[1, 5, 2, 0, 0], [1, 5, 6, 7, 2]]
+    assert batch["lengths"].tolist() == [3, 5] and batch["references"] == [["x"], ["y", "z"]]
+
+
+def test_karpathy_datamodule_vocab_from_train_only_and_batches(tmp_path):
+    split_json, images_dir = write_karpathy(tmp_path)
+    dm = KarpathyCaptionDataModule(str(split_json), str(images_dir), batch_size=2, num_workers=0,
+                                   img_size=8, min_count=1, max_caption_len=5)
+    assert "cat" in dm.vocab and "sofa" in dm.vocab  # train and restval
+    assert "bird" not in dm.vocab and "fish" not in dm.vocab  # val and test are never read for it
+    assert dm.preprocessing == {"input_size": [3, 8, 8], "mean": [0.485, 0.456, 0.406],
+                                "std": [0.229, 0.224, 0.225], "recipe": "photo"}
+    with pytest.warns(SkippedImageWarning):
+        batches = list(dm.train_dataloader())
+    assert sum(len(b["images"]) for b in batches) == 4 and dm.num_skipped == 1
+    assert batches[0]["images"].shape == (2, 3, 8, 8) and batches[0]["captions"].shape[1] <= 5
+    test = next(iter(dm.test_dataloader()))
+    vocab = Vocabulary.from_list(dm.vocab)
+    assert test["references"] == [["a fish swims", "fish in water"]]
+    a = vocab.token_id("a")
+    assert test["captions"].tolist() == [[vocab.start_id, a, vocab.unk_id, vocab.unk_id, vocab.end_id]]
+
+
+def test_karpathy_datamodule_coco_variant_without_validation(tmp_path):
+    annotations, images_dir = write_coco_captions(tmp_path)
+    dm = KarpathyCaptionDataModule(None, str(images_dir), train_annotations=str(annotations),
+                                   batch_size=2, num_workers=0, img_size=8, min_count=2)
+    assert dm.vocab[4:] == ["a", "dog"]  # the words seen twice in the training captions
+    assert dm.val_dataloader() == []
+    with pytest.raises(ConfigError, match="test_annotations"):
+        dm.test_dataloader()
+    with pytest.raises(ConfigError, match="either data.split_json or data.train_annotations"):
+        KarpathyCaptionDataModule(None, str(images_dir))
+
+
+@needs_fashion_mnist
+def test_scene_datamodule_attributes_before_setup_and_batches():
+    dm = FashionScenesCaptionDataModule(batch_size=4, num_workers=0, canvas_size=64, img_size=32,
+                                        num_train=8, num_val=4, num_test=4, max_caption_len=8)
+    assert dm.datasets == {}  # nothing set up yet
+    assert dm.preprocessing["input_size"] == [3, 32, 32] and dm.preprocessing["recipe"] == "small"
+    vocab = Vocabulary.from_list(dm.vocab)
+    train = next(iter(dm.train_dataloader()))
+    assert train.keys() == {"images", "captions", "lengths"}
+    assert train["images"].shape == (4, 3, 32, 32) and train["captions"].dtype == torch.long
+    for ids, length in zip(train["captions"], train["lengths"]):
+        assert ids[0] == vocab.start_id and ids[length - 1] == vocab.end_id and length <= 8
+        assert (ids[length:] == vocab.pad_id).all() and (ids[:length] != vocab.pad_id).all()
+    val = next(iter(dm.val_dataloader()))
+    scene = dm.datasets["val"].dataset.scenes[0]
+    assert val["references"][0] == scene.captions
+    assert torch.allclose(val["boxes"][0], torch.from_numpy(scene.boxes) / 2)  # 64 px canvas -> 32 px input
+    assert val["labels"][0].tolist() == scene.labels.tolist()
+    expected = vocab.encode(scene.captions[0], max_len=8)  # validation encodes the first reference
+    assert val["captions"][0, : len(expected)].tolist() == expected
+
+
+def test_scene_caption_length_default_fits_the_longest_captions():
+    default = inspect.signature(FashionScenesCaptionDataModule).parameters["max_caption_len"].default
+    # the longest grammar output: three single pairs of trousers, each in another place
+    boxes = np.array([[0, 0, 20, 20], [44, 22, 64, 42], [20, 44, 40, 64]], np.float32)
+    captions = describe_scene(np.array([1, 1, 1]), ["purple", "orange", "yellow"], boxes, canvas_size=64)
+    assert max(len(tokenize(c)) for c in captions) + 2 <= default
+    assert max(len(tokenize(c)) for c in captions) >= 24  # it is the long case

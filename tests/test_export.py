@@ -1,0 +1,90 @@
+"""ONNX export: onnxruntime gives PyTorch's logits for a ViT and an attention ResNet, at any batch size."""
+import json
+
+import pytest
+import torch
+
+from visattn import create_model
+from visattn.cli import main
+from visattn.errors import ConfigError, WeightsError
+from visattn.export import export_onnx, onnx_max_difference, onnx_session
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+MODELS = {
+    "vit": ("vit_tiny_patch4_28", dict(depth=2), (3, 28, 28)),
+    "cbam_resnet": ("cbam_resnet20_cifar", {}, (3, 32, 32)),
+}
+
+
+@pytest.mark.parametrize("key", MODELS)
+def test_onnxruntime_logits_match_pytorch(key, tmp_path):
+    name, kwargs, size = MODELS[key]
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=10, **kwargs)
+    path = export_onnx(model, tmp_path / "nested" / f"{name}.onnx")  # input size from model.input_size
+    assert model.training, "export must leave the model in the mode it found it in"
+    session = onnx_session(path, threads=1)
+    assert session.get_inputs()[0].shape[0] == "batch"
+    for batch in (1, 5):  # exported with batch 2: the batch axis must be dynamic
+        images = torch.randn(batch, *size)
+        assert onnx_max_difference(model, session, images) < 1e-3
+    assert session.run(None, {"images": images.numpy()})[0].shape == (5, 10)
+
+
+def test_vit_export_is_not_the_explicit_attention_path(tmp_path):
+    """The default forward uses SDPA; the traced graph has no second softmax branch and no attention outputs."""
+    model = create_model("vit_tiny_patch4_28", depth=1, num_classes=3)
+    proto = onnx.load(str(export_onnx(model, tmp_path / "vit.onnx")))
+    assert [o.name for o in proto.graph.output] == ["logits"]
+    assert sum(node.op_type == "Softmax" for node in proto.graph.node) == 1  # one block, one softmax
+
+
+def test_metadata_is_stored(tmp_path):
+    model = create_model("vit_tiny_patch4_28", depth=1, num_classes=2)
+    path = export_onnx(model, tmp_path / "m.onnx", input_size=(3, 28, 28), metadata={"labels": ["a", "b"], "arch": "x"})
+    props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert json.loads(props["labels"]) == ["a", "b"] and props["arch"] == "x"
+
+
+def test_bad_input_size_is_a_config_error(tmp_path):
+    model = torch.nn.Linear(4, 2)  # no input_size attribute to fall back on
+    with pytest.raises(ConfigError, match="input_size"):
+        export_onnx(model, tmp_path / "m.onnx")
+    with pytest.raises(ConfigError, match=r"\(C, H, W\)"):
+        export_onnx(create_model("cbam_resnet20_cifar"), tmp_path / "m.onnx", input_size=(32, 32))
+
+
+def test_missing_onnx_file_is_a_weights_error(tmp_path):
+    with pytest.raises(WeightsError, match="visattn export"):
+        onnx_session(tmp_path / "missing.onnx")
+
+
+def _checkpoint(path, model_name="cbam_resnet20_cifar", **model_kwargs):
+    """A minimal Lightning-style checkpoint, as `visattn fit` writes it."""
+    torch.manual_seed(0)
+    net = create_model(model_name, num_classes=3, **model_kwargs)
+    hparams = {"model_name": model_name, "num_classes": 3, "model_kwargs": model_kwargs,
+               "class_names": ["cat", "dog", "fox"]}
+    torch.save({"state_dict": {f"model.{k}": v for k, v in net.state_dict().items()}, "hyper_parameters": hparams}, path)
+    return path
+
+
+def test_cli_exports_a_checkpoint(tmp_path, capsys):
+    ckpt = _checkpoint(tmp_path / "run.ckpt", "vit_tiny_patch4_28", depth=1, img_size=28)
+    out = tmp_path / "model.onnx"
+    assert main(["export", "--checkpoint", str(ckpt), "--format", "onnx", "--out", str(out)]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(f"wrote {out}") and "opset 17" in line
+    assert float(line.rsplit(" ", 1)[-1]) < 1e-3
+    props = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert json.loads(props["labels"]) == ["cat", "dog", "fox"] and props["arch"] == "vit_tiny_patch4_28"
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    assert main(["export", "--checkpoint", str(tmp_path / "nope.ckpt"), "--out", str(tmp_path / "m.onnx")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "nope.ckpt: checkpoint not found" in err
+    with pytest.raises(SystemExit):  # argparse: only onnx is a known format
+        main(["export", "--checkpoint", "x.ckpt", "--format", "tflite", "--out", "m.tflite"])

@@ -1,0 +1,89 @@
+"""ImageClassifier's accelerator switches (compile, sdpa_backend, bf16-mixed), checked on CPU through what they wire up."""
+import lightning.pytorch as pl
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+from visattn.errors import ConfigError
+from visattn.tasks.classification import ImageClassifier
+
+TINY_VIT = dict(model_name="vit_tiny_patch4_28", num_classes=3, model_kwargs={"depth": 1})
+
+
+@pytest.fixture
+def sdpa_calls(monkeypatch):
+    """Record, for every SDPA call, which kernels were allowed and the dtype of the queries."""
+    calls = []
+    original = F.scaled_dot_product_attention
+
+    def spy(q, *args, **kwargs):
+        allowed = {name for name, on in (("flash", torch.backends.cuda.flash_sdp_enabled()),
+                                         ("efficient", torch.backends.cuda.mem_efficient_sdp_enabled()),
+                                         ("math", torch.backends.cuda.math_sdp_enabled())) if on}
+        calls.append((allowed, q.dtype))
+        return original(q, *args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    return calls
+
+
+@pytest.fixture
+def compiled(monkeypatch):
+    """torch.compile replaced by a recorder that returns the function unchanged."""
+    seen = []
+
+    def fake_compile(fn, *args, **kwargs):
+        seen.append(fn)
+        return fn
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    return seen
+
+
+def _fit(task: ImageClassifier, precision: str = "32-true") -> None:
+    data = TensorDataset(torch.randn(8, 3, 28, 28), torch.randint(0, 3, (8,)))
+    trainer = pl.Trainer(max_steps=2, limit_val_batches=1, num_sanity_val_steps=0, precision=precision, accelerator="cpu",
+                         logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(task, DataLoader(data, batch_size=4), DataLoader(data, batch_size=4))
+
+
+def test_unknown_sdpa_backend_is_a_config_error():
+    with pytest.raises(ConfigError, match="sdpa_backend='fast'.*flash, efficient, math, cudnn"):
+        ImageClassifier(**TINY_VIT, sdpa_backend="fast")
+
+
+def test_sdpa_backend_restricts_every_step_and_keeps_the_logits(sdpa_calls):
+    torch.manual_seed(0)
+    plain = ImageClassifier(**TINY_VIT).eval()
+    math_only = ImageClassifier(**TINY_VIT, sdpa_backend="math").eval()
+    math_only.load_state_dict(plain.state_dict())
+    images = torch.randn(2, 3, 28, 28)
+    expected = plain(images)
+    torch.testing.assert_close(math_only(images), expected, atol=1e-5, rtol=1e-5)
+    assert sdpa_calls[0][0] == {"flash", "efficient", "math"} and sdpa_calls[1][0] == {"math"}
+
+    sdpa_calls.clear()
+    _fit(math_only.train())  # training and validation steps
+    assert len(sdpa_calls) == 3 and all(allowed == {"math"} for allowed, _ in sdpa_calls)
+    assert torch.backends.cuda.flash_sdp_enabled(), "the restriction must end with the step"
+
+
+def test_compile_wraps_model_and_ema_in_place(compiled):
+    task = ImageClassifier(**TINY_VIT, ema_decay=0.9, compile=True)
+    keys = list(task.state_dict())
+    task.configure_model()
+    assert len(compiled) == 2  # the trained model and its EMA copy
+    assert list(task.state_dict()) == keys, "checkpoint keys must not gain an _orig_mod prefix"
+    assert task(torch.randn(1, 3, 28, 28)).shape == (1, 3)
+
+
+def test_trainer_calls_compile_and_bf16_mixed_reaches_attention(compiled, sdpa_calls):
+    _fit(ImageClassifier(**TINY_VIT, compile=True), precision="bf16-mixed")
+    assert len(compiled) >= 1
+    assert sdpa_calls and all(dtype == torch.bfloat16 for _, dtype in sdpa_calls)
+
+
+def test_compile_is_off_by_default(compiled):
+    _fit(ImageClassifier(**TINY_VIT))
+    assert compiled == []

@@ -1,0 +1,201 @@
+"""FashionScenes: determinism, item sources, exact boxes, captions and the COCO export."""
+from __future__ import annotations
+
+import contextlib
+import io
+
+import cv2
+import numpy as np
+import pytest
+from test_data import needs_fashion_mnist
+
+from visattn.data import (
+    COLORS,
+    ITEM_WORDS,
+    CocoCaptions,
+    FashionScenes,
+    decode_image,
+    describe_scene,
+    export_coco,
+    load_fashion_mnist,
+    tokenize,
+)
+from visattn.data.scenes import ITEM_PLURALS
+from visattn.errors import ConfigError
+
+RED_SNEAKER, BLUE_BAG, GREEN_SHIRT = (7, "red"), (8, "blue"), (6, "green")
+
+
+def _describe(items, boxes):
+    labels = np.array([label for label, _ in items])
+    return describe_scene(labels, [color for _, color in items], np.array(boxes, np.float32), canvas_size=64)
+
+
+# --- captions from hand-built scenes (no Fashion-MNIST needed) ----------------------------
+
+
+def test_horizontal_relation_both_ways():
+    captions = _describe([RED_SNEAKER, BLUE_BAG], [[2, 20, 22, 40], [40, 22, 60, 42]])
+    assert "a red sneaker to the left of a blue bag" in captions
+    assert "a blue bag to the right of a red sneaker" in captions
+    assert "a red sneaker on the left and a blue bag on the right" in captions
+
+
+def test_vertical_relation_and_places():
+    # the bag sits low: its centre is 40 px below the sneaker's and only 4 px to the right
+    captions = _describe([BLUE_BAG, RED_SNEAKER], [[24, 44, 44, 62], [20, 2, 40, 24]])
+    assert "a red sneaker above a blue bag" in captions and "a blue bag below a red sneaker" in captions
+    assert "a red sneaker in the upper half and a blue bag in the lower half" in captions
+
+
+def test_counts_and_relations_of_groups_only_when_every_item_agrees():
+    shirts_left = [[2, 2, 20, 20], [2, 40, 20, 60]]
+    captions = _describe([GREEN_SHIRT, GREEN_SHIRT, BLUE_BAG], [*shirts_left, [40, 20, 60, 40]])
+    assert "two green shirts to the left of a blue bag" in captions
+    assert any(c.endswith("three items: two green shirts and a blue bag") for c in captions)
+    # one shirt above the bag, one below it: no relation between the groups is stated
+    captions = _describe([GREEN_SHIRT, GREEN_SHIRT, BLUE_BAG], [[40, 0, 60, 18], [40, 44, 60, 62], [40, 22, 60, 40]])
+    assert not any(word in c for c in captions for word in ("above", "below", "left of", "right of"))
+    assert "two green shirts in different places" in " ".join(captions)
+
+
+def test_single_item_captions_and_articles():
+    captions = _describe([(8, "orange")], [[40, 20, 60, 44]])
+    assert len(captions) >= 5 and len(set(captions)) == len(captions)
+    assert "an orange bag" in captions and "there is an orange bag on the right" in captions
+    assert "a pair of white trousers" in _describe([(1, "white")], [[20, 20, 40, 44]])
+
+
+# --- generated scenes ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def train_scenes():
+    return FashionScenes("train", num_scenes=60, seed=3)
+
+
+@needs_fashion_mnist
+def test_scenes_are_deterministic_from_seed_split_and_index(train_scenes):
+    again = FashionScenes("train", num_scenes=60, seed=3)
+    for i in (0, 17):
+        a, b = train_scenes[i], again[i]
+        assert np.array_equal(a.image, b.image) and np.array_equal(a.boxes, b.boxes)
+        assert a.captions == b.captions and a.colors == b.colors and np.array_equal(a.labels, b.labels)
+    assert not np.array_equal(train_scenes[0].image, train_scenes[1].image)
+    assert not np.array_equal(train_scenes[0].image, FashionScenes("train", num_scenes=1, seed=4)[0].image)
+    assert not np.array_equal(train_scenes[0].image, FashionScenes("val", num_scenes=1, seed=3)[0].image)
+    with pytest.raises(IndexError):
+        train_scenes[60]
+
+
+def _is_rendering_of(scenes: FashionScenes, scene, k: int, source: np.ndarray) -> bool:
+    """Whether item ``k`` is exactly ``source`` scaled to some item side, tinted and cropped to
+    its visible pixels (the recipe the module docstring states)."""
+    x1, y1, x2, y2 = scene.boxes[k].astype(int)
+    patch, rgb = scene.image[y1:y2, x1:x2], np.array(COLORS[scene.colors[k]], np.uint16)
+    for side in range(scenes.side_range[0], scenes.side_range[1] + 1):
+        interpolation = cv2.INTER_AREA if side < 28 else cv2.INTER_LINEAR
+        gray = cv2.resize(source, (side, side), interpolation=interpolation)
+        tinted = (gray[:, :, None] * rgb // 255).astype(np.uint8)
+        visible = tinted.any(axis=2)
+        rows, cols = np.flatnonzero(visible.any(axis=1)), np.flatnonzero(visible.any(axis=0))
+        if np.array_equal(tinted[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1], patch):
+            return True
+    return False
+
+
+@needs_fashion_mnist
+def test_items_come_from_the_matching_fashion_mnist_split(train_scenes):
+    test_images, test_labels = load_fashion_mnist("test")
+    test = FashionScenes("test", num_scenes=20)
+    for scene in test:
+        assert np.array_equal(test_labels[scene.source_indices], scene.labels)
+        for k, source in enumerate(scene.source_indices):
+            assert _is_rendering_of(test, scene, k, test_images[source])
+            assert not _is_rendering_of(test, scene, k, test_images[source - 1])  # the check can fail
+    train_sources = np.concatenate([s.source_indices for s in train_scenes])
+    val_sources = np.concatenate([s.source_indices for s in FashionScenes("val", num_scenes=30)])
+    assert train_sources.max() < 50000 <= val_sources.min()  # disjoint parts of the training images
+
+
+@needs_fashion_mnist
+def test_boxes_are_tight_disjoint_and_items_tinted(train_scenes):
+    for scene in train_scenes:
+        visible = scene.image.any(axis=2)
+        covered = np.zeros_like(visible)
+        for (x1, y1, x2, y2), color in zip(scene.boxes.astype(int), scene.colors):
+            inside = visible[y1:y2, x1:x2]
+            assert inside[0].any() and inside[-1].any() and inside[:, 0].any() and inside[:, -1].any()
+            assert not covered[y1:y2, x1:x2].any()  # no other item's box overlaps this one
+            covered[y1:y2, x1:x2] = True
+            pixels = scene.image[y1:y2, x1:x2].reshape(-1, 3).astype(int)
+            brightest, rgb = pixels[pixels.sum(axis=1).argmax()], np.array(COLORS[color])
+            assert any((g * rgb // 255).tolist() == brightest.tolist() for g in range(256))  # gray x colour
+        assert not (visible & ~covered).any()  # every visible pixel belongs to an item box
+        assert scene.image.shape == (64, 64, 3) and scene.boxes.dtype == np.float32
+        assert scene.labels.dtype == np.int64 and 1 <= len(scene.labels) <= 3
+
+
+@needs_fashion_mnist
+def test_crowded_scenes_keep_every_item_apart():
+    scenes = FashionScenes("train", num_scenes=200, min_items=4, max_items=4)  # as many as fit
+    for scene in scenes:
+        assert len(scene.labels) == 4 and len(scene.captions) >= 5
+        (x1, y1, x2, y2), gap = scene.boxes.T[:, :, None], 2  # (N, 1) each
+        apart = (x2 + gap <= x1.T) | (x1 >= x2.T + gap) | (y2 + gap <= y1.T) | (y1 >= y2.T + gap)  # (N, N)
+        assert (apart | np.eye(4, dtype=bool)).all()
+
+
+@needs_fashion_mnist
+def test_captions_name_every_item_and_colour(train_scenes):
+    counted = 0
+    for scene in train_scenes:
+        assert len(scene.captions) >= 5 and len(set(scene.captions)) == len(scene.captions)
+        for caption in scene.captions:
+            words = tokenize(caption)
+            assert caption == caption.lower() and " ".join(words) == caption.replace(",", "").replace(":", "")
+            for label, color in zip(scene.labels, scene.colors):
+                item = ITEM_WORDS[label]
+                assert item in words or ITEM_PLURALS[item] in words, (caption, item)
+                assert color in words, (caption, color)
+            # and no other item or colour: "top" is only ever the garment
+            named = {word for word in words if word in ITEM_WORDS or word in ITEM_PLURALS.values()}
+            assert named <= {w for k in scene.labels for w in (ITEM_WORDS[k], ITEM_PLURALS[ITEM_WORDS[k]])}
+            assert {word for word in words if word in COLORS} == set(scene.colors)
+        counted += any("two" in tokenize(c) for c in scene.captions)
+    assert counted > 0  # repeated items are counted
+
+
+@needs_fashion_mnist
+def test_single_item_scenes_and_option_errors():
+    scenes = FashionScenes("val", num_scenes=10, min_items=1, max_items=1, canvas_size=96)
+    assert all(len(s.labels) == 1 and s.image.shape == (96, 96, 3) for s in scenes)
+    with pytest.raises(ConfigError, match="split='dev'"):
+        FashionScenes("dev")
+    with pytest.raises(ConfigError, match="max_items=9: at most 4 items fit on a 64 px canvas"):
+        FashionScenes(max_items=9)
+    with pytest.raises(ConfigError, match="min_items=3, max_items=2"):
+        FashionScenes(min_items=3, max_items=2)
+
+
+@needs_fashion_mnist
+def test_export_coco_round_trips_through_pycocotools(tmp_path):
+    from pycocotools.coco import COCO
+
+    scenes = FashionScenes("test", num_scenes=6, seed=1)
+    paths = export_coco(scenes, tmp_path)
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+        instances, captions = COCO(str(paths["instances"])), COCO(str(paths["captions"]))
+    assert sorted(instances.getImgIds()) == list(range(1, 7))
+    assert [c["name"] for c in instances.loadCats(instances.getCatIds())] == list(ITEM_WORDS)
+    for index, scene in enumerate(scenes):
+        anns = instances.loadAnns(instances.getAnnIds(imgIds=[index + 1]))
+        boxes = np.array([[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in anns)], np.float32)
+        assert np.array_equal(boxes, scene.boxes)
+        assert [a["category_id"] - 1 for a in anns] == scene.labels.tolist()
+        texts = [a["caption"] for a in captions.loadAnns(captions.getAnnIds(imgIds=[index + 1]))]
+        assert texts == scene.captions
+        file_name = instances.loadImgs([index + 1])[0]["file_name"]
+        assert np.array_equal(decode_image(paths["images"] / file_name), scene.image)  # lossless PNG
+    image, references = CocoCaptions(paths["captions"], paths["images"])[5]
+    assert image.shape == (3, 64, 64) and references == scenes[5].captions

@@ -1,0 +1,163 @@
+"""Show, Attend and Tell: attention layer, decoder shapes, regulariser, greedy and batched beam search."""
+import pytest
+import torch
+from torch.nn import functional as F
+
+from visattn import create_model, list_models
+from visattn.errors import ConfigError
+from visattn.layers.additive_attention import AdditiveAttention
+from visattn.models.show_attend_tell import END_ID, PAD_ID, START_ID, doubly_stochastic_penalty
+
+VOCAB = 12
+TINY = dict(vocab_size=VOCAB, encoder_kwargs=dict(layers=(1, 1), widths=(8, 16), small_input=False),
+            img_size=32, grid_size=4, embed_dim=16, hidden_dim=24, attn_dim=16, dropout=0.0)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return create_model("sat_cbam_resnet_scenes", **TINY).eval()
+
+
+@pytest.fixture(scope="module")
+def scripted():
+    """The tiny model with its decoder step replaced by a fixed word-to-word table plus an
+    image-dependent bias (carried in h), so searches make real, image-specific choices of
+    different lengths; a freshly initialised decoder says the same thing for every image."""
+    torch.manual_seed(0)
+    net = create_model("sat_cbam_resnet_scenes", **TINY).eval()
+    gen = torch.Generator().manual_seed(3)
+    table = torch.randn(VOCAB, VOCAB, generator=gen)  # (previous word, next word)
+    mixing = torch.randn(24, VOCAB, generator=gen)
+
+    def step(features, projected, words, state):
+        h, c = state
+        alpha = (projected.sum(-1) * (1 + words[:, None] % 3)).softmax(-1)  # (B, P), word-dependent
+        bias = 2.0 * F.normalize(h, dim=-1) @ mixing  # (B, V), differs per image
+        return table[words] + bias, (h, c), alpha
+
+    net.step = step
+    return net
+
+
+@pytest.fixture(scope="module")
+def images():
+    return torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+
+
+def test_additive_attention_weights_sum_to_one_and_respect_mask():
+    attn = AdditiveAttention(6, 5, attn_dim=4)
+    features, query = torch.randn(2, 7, 6), torch.randn(2, 5)
+    context, alpha = attn(features, query)
+    assert context.shape == (2, 6) and alpha.shape == (2, 7)
+    assert torch.allclose(alpha.sum(-1), torch.ones(2))
+    assert torch.allclose(context, torch.einsum("bp,bpc->bc", alpha, features), atol=1e-6)
+    mask = torch.ones(2, 7, dtype=torch.bool)
+    mask[:, 3:] = False
+    _, masked = attn(features, query, mask=mask)
+    assert torch.all(masked[:, 3:] == 0) and torch.allclose(masked.sum(-1), torch.ones(2))
+
+
+def test_teacher_forcing_shapes_and_attention_rows(model, images):
+    captions = torch.tensor([[START_ID, 5, 6, 7, END_ID], [START_ID, 4, END_ID, PAD_ID, PAD_ID],
+                             [START_ID, 8, 9, END_ID, PAD_ID]])
+    logits, alphas = model(images, captions)
+    assert logits.shape == (3, 4, VOCAB)
+    assert alphas.shape == (3, 4, 16)  # P = 4 x 4 grid
+    assert torch.allclose(alphas.sum(-1), torch.ones(3, 4), atol=1e-5)
+    assert model.input_size == (3, 32, 32) and model.vocab_size == VOCAB
+
+
+def test_step_shapes(model, images):
+    features = model.encode(images)
+    assert features.shape == (3, 16, model.feature_dim)
+    state = model.init_state(features)
+    words = torch.full((3,), START_ID)
+    logits, (h, c), alpha = model.step(features, model.attention.project_features(features), words, state)
+    assert logits.shape == (3, VOCAB) and h.shape == c.shape == (3, 24) and alpha.shape == (3, 16)
+
+
+def test_every_parameter_gets_a_gradient():
+    torch.manual_seed(0)
+    net = create_model("sat_cbam_resnet_scenes", **{**TINY, "deep_output": True}).train()
+    captions = torch.tensor([[START_ID, 5, 6, END_ID]] * 2)
+    logits, _ = net(torch.randn(2, 3, 32, 32), captions)
+    logits.square().mean().backward()
+    missing = [n for n, p in net.named_parameters() if p.grad is None]
+    assert not missing, missing
+
+
+def test_doubly_stochastic_penalty_on_hand_made_alphas():
+    # two steps over three regions: column sums (1.0, 0.5, 0.5) -> (0 + 0.25 + 0.25) = 0.5
+    alphas = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 0.5, 0.5]]])
+    assert doubly_stochastic_penalty(alphas).item() == pytest.approx(0.5)
+    assert doubly_stochastic_penalty(alphas, weight=2.0).item() == pytest.approx(1.0)
+    # masking the second step leaves column sums (1, 0, 0) -> 0 + 1 + 1 = 2
+    mask = torch.tensor([[True, False]])
+    assert doubly_stochastic_penalty(alphas, mask).item() == pytest.approx(2.0)
+
+
+def test_greedy_outputs_words_and_maps(scripted, images):
+    out = scripted.greedy_decode(images, max_len=6)
+    assert len(out.tokens) == len(out.attention) == 3
+    for ids, maps in zip(out.tokens, out.attention):
+        assert len(ids) <= 6 and maps.shape == (len(ids), 4, 4)
+        assert not ((ids == END_ID) | (ids == PAD_ID) | (ids == START_ID)).any()
+        assert torch.allclose(maps.sum((-1, -2)), torch.ones(len(ids)), atol=1e-5)
+
+
+def test_beam_size_one_equals_greedy(scripted, images):
+    greedy = scripted.greedy_decode(images, max_len=8)
+    beam = scripted.beam_search(images, beam_size=1, max_len=8, length_penalty=0.0)
+    for g, b in zip(greedy.tokens, beam.tokens):
+        assert g.tolist() == b.tolist()
+    assert torch.allclose(greedy.scores, beam.scores, atol=1e-5)
+    for g, b in zip(greedy.attention, beam.attention):
+        assert torch.allclose(g, b, atol=1e-6)
+
+
+@pytest.mark.parametrize("length_penalty", [0.0, 1.0])
+def test_batched_beam_equals_per_image_beam(scripted, images, length_penalty):
+    batched = scripted.beam_search(images, beam_size=4, max_len=8, length_penalty=length_penalty)
+    for i in range(len(images)):
+        single = scripted.beam_search(images[i : i + 1], beam_size=4, max_len=8, length_penalty=length_penalty)
+        assert batched.tokens[i].tolist() == single.tokens[0].tolist()
+        assert torch.allclose(batched.attention[i], single.attention[0], atol=1e-5)
+        assert batched.scores[i].item() == pytest.approx(single.scores[0].item(), abs=1e-4)
+
+
+def test_beam_search_finds_a_caption_at_least_as_likely_as_greedy(scripted, images):
+    greedy = scripted.greedy_decode(images, max_len=8)
+    beam = scripted.beam_search(images, beam_size=5, max_len=8, length_penalty=0.0)
+    assert (beam.scores >= greedy.scores - 1e-5).all()
+
+
+def test_vit_encoder_uses_patch_grid():
+    torch.manual_seed(0)
+    net = create_model("sat_vit_small_patch16_224", vocab_size=VOCAB, grid_size=2, embed_dim=8, hidden_dim=8,
+                       attn_dim=8, encoder_kwargs=dict(img_size=32, depth=1, embed_dim=24, num_heads=2)).eval()
+    assert net.encode(torch.randn(1, 3, 32, 32)).shape == (1, 4, 24)
+    assert net.input_size == (3, 32, 32)
+
+
+def test_tiny_vocabulary_is_refused():
+    with pytest.raises(ConfigError, match="vocab_size=2"):
+        create_model("sat_cbam_resnet_scenes", vocab_size=2)
+
+
+def _encoder_size_kwargs(name):
+    # ViT encoders fix their input size at build time; CNNs take any size.
+    return {"encoder_kwargs": {"img_size": 32}} if "vit" in name else {}
+
+
+@pytest.mark.parametrize("name", list_models("sat_*"))
+def test_every_captioner_trains_and_decodes(name):
+    torch.manual_seed(0)
+    net = create_model(name, vocab_size=VOCAB, img_size=32, grid_size=2, **_encoder_size_kwargs(name)).train()
+    captions = torch.tensor([[START_ID, 5, 6, END_ID], [START_ID, 7, END_ID, PAD_ID]])
+    logits, alphas = net(torch.randn(2, 3, 32, 32), captions)
+    assert logits.shape == (2, 3, VOCAB) and alphas.shape == (2, 3, 4) and torch.isfinite(logits).all()
+    logits.square().mean().backward()
+    assert all(p.grad is not None for p in net.parameters() if p.requires_grad)
+    decoded = net.eval().beam_search(torch.randn(2, 3, 32, 32), beam_size=2, max_len=3)
+    assert [maps.shape[1:] for maps in decoded.attention] == [(2, 2)] * 2

@@ -1,0 +1,335 @@
+"""LightningDataModules for image captioning: FashionScenes and Karpathy-split photo corpora.
+
+``vocab`` (the :class:`~visattn.data.vocab.Vocabulary` as a list, built from training captions
+only) and ``preprocessing`` are known right after construction, so a LightningCLI config can
+link them into the captioning model, and they land in its checkpoints.
+
+Batches are dicts (see :func:`collate_captions`):
+
+- ``images`` ``(B, 3, H, W)`` float, ``captions`` ``(B, L)`` long (``<start> ... <end>`` padded
+  with ``<pad>``), ``lengths`` ``(B,)`` long (start and end included). Training draws one of the
+  image's reference captions at random on every access, so all of them are used over the epochs;
+  validation and test use the first one.
+- validation and test add ``references`` (every caption of each image, a list of lists of str);
+  FashionScenes also adds ``boxes`` (a list of ``(N, 4)`` float xyxy tensors in the model
+  input's pixel frame) and ``labels`` (a list of ``(N,)`` long tensors).
+
+Scenes are not augmented: captions name positions, so any crop or flip would contradict them.
+"""
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+from torch.nn.utils.rnn import pad_sequence
+from torch.utils.data import DataLoader, Dataset
+
+from ..errors import ConfigError
+from .datamodules import SplitLoadersMixin
+from .coco import CaptionImages, CocoCaptions, KarpathyCaptions, KarpathySplit, read_karpathy
+from .scenes import SCENES_MEAN, SCENES_STD, FashionScenes
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, ImageTransform, Recipe, eval_transforms, train_transforms
+from .vocab import Vocabulary
+
+__all__ = [
+    "CaptionSamples",
+    "FashionScenesCaptionDataModule",
+    "KarpathyCaptionDataModule",
+    "SceneImages",
+    "collate_captions",
+]
+
+Split = Literal["train", "val", "test"]
+
+
+class CaptionSamples(Dataset):
+    """Dict samples with one encoded caption, from a dataset of ``(image, captions)`` or
+    ``(image, captions, extras)`` items (``extras``: a dict of further per-image fields).
+
+    Args:
+        dataset: the source dataset.
+        vocab: encodes the caption.
+        max_len: longest encoded caption, ``<start>`` and ``<end>`` included.
+        train: draw a random reference caption on each access (else the first one) and leave
+            out ``references`` and the extras.
+    """
+
+    def __init__(self, dataset: Dataset, vocab: Vocabulary, *, max_len: int = 20, train: bool = False) -> None:
+        self.dataset, self.vocab, self.max_len, self.train = dataset, vocab, max_len, train
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        image, captions, *extras = self.dataset[index]
+        # torch's generator: seeded per DataLoader worker and by lightning.seed_everything
+        pick = int(torch.randint(len(captions), ())) if self.train else 0
+        sample = {"image": image, "caption": torch.tensor(self.vocab.encode(captions[pick], max_len=self.max_len))}
+        if not self.train:
+            sample["references"] = list(captions)
+            for more in extras:
+                sample.update(more)
+        return sample
+
+
+class SceneImages(Dataset):
+    """FashionScenes as ``(image, captions, {"boxes", "labels"})`` with boxes in the frame of the
+    transformed image (the transform must resize the whole canvas, like the ``"small"`` eval recipe)."""
+
+    def __init__(self, scenes: FashionScenes, transform: ImageTransform) -> None:
+        self.scenes, self.transform = scenes, transform
+
+    def __len__(self) -> int:
+        return len(self.scenes)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, list[str], dict[str, torch.Tensor]]:
+        scene = self.scenes[index]
+        image = self.transform(scene.image)  # (3, H, W)
+        height, width = scene.image.shape[:2]
+        scale = torch.tensor([image.shape[-1] / width, image.shape[-2] / height] * 2)
+        boxes = torch.from_numpy(scene.boxes) * scale  # (N, 4) in input pixels
+        return image, scene.captions, {"boxes": boxes, "labels": torch.from_numpy(scene.labels)}
+
+
+def collate_captions(samples: Sequence[dict[str, Any]], *, pad_id: int = 0) -> dict[str, Any]:
+    """Stack :class:`CaptionSamples` into a batch: captions padded with ``pad_id`` to the longest,
+    per-image lists (``references``, ``boxes``, ``labels``) kept as lists."""
+    captions = [s["caption"] for s in samples]
+    batch = {
+        "images": torch.stack([s["image"] for s in samples]),
+        "captions": pad_sequence(captions, batch_first=True, padding_value=pad_id),  # (B, L)
+        "lengths": torch.tensor([len(c) for c in captions]),
+    }
+    for key in ("references", "boxes", "labels"):
+        if key in samples[0]:
+            batch[key] = [s[key] for s in samples]
+    return batch
+
+
+class _CaptionDataModule(SplitLoadersMixin, pl.LightningDataModule):
+    """Vocabulary, transforms, splits and DataLoaders shared by the caption data modules.
+
+    Subclasses call ``save_hyperparameters()``, set ``self.vocabulary`` and implement
+    ``_source(split, transform)`` (the images of a split as ``(image, captions[, extras])``).
+    """
+
+    recipe: Recipe = "photo"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.vocabulary = Vocabulary()
+        self.datasets: dict[Split, CaptionSamples] = {}
+
+    @property
+    def vocab(self) -> list[str]:
+        """The vocabulary as saved with weights (:meth:`Vocabulary.to_list`)."""
+        return self.vocabulary.to_list()
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        raise NotImplementedError
+
+    @property
+    def preprocessing(self) -> dict:
+        """The evaluation transform's settings, for checkpoints; ``input_size`` is timm-style ``[C, H, W]``."""
+        h = self.hparams
+        return {"input_size": [3, *self.input_size], "mean": list(h.mean), "std": list(h.std), "recipe": self.recipe}
+
+    def eval_transform(self) -> ImageTransform:
+        return eval_transforms(self.input_size, self.hparams.mean, self.hparams.std, recipe=self.recipe)
+
+    def train_transform(self) -> ImageTransform:
+        return self.eval_transform()
+
+    def setup(self, stage: str | None = None) -> None:
+        h = self.hparams
+        if stage in (None, "fit", "validate") and "train" not in self.datasets:
+            train = self._source("train", self.train_transform())
+            self.datasets["train"] = CaptionSamples(train, self.vocabulary, max_len=h.max_caption_len, train=True)
+            self.datasets["val"] = CaptionSamples(self._source("val", self.eval_transform()), self.vocabulary,
+                                                  max_len=h.max_caption_len)
+        if stage in (None, "test", "predict") and "test" not in self.datasets:
+            self.datasets["test"] = CaptionSamples(self._source("test", self.eval_transform()), self.vocabulary,
+                                                   max_len=h.max_caption_len)
+
+    def _source(self, split: Split, transform: ImageTransform) -> Dataset:
+        raise NotImplementedError
+
+    def _dataset(self, split: Split) -> CaptionSamples:
+        if split not in self.datasets:
+            self.setup("test" if split == "test" else "fit")
+        return self.datasets[split]
+
+    def _loader(self, split: Split) -> DataLoader:
+        dataset, train, workers = self._dataset(split), split == "train", self.hparams.num_workers
+        return DataLoader(
+            dataset,
+            batch_size=self.hparams.batch_size,
+            shuffle=train,
+            drop_last=train and len(dataset) > self.hparams.batch_size,  # no size-1 BatchNorm batches
+            collate_fn=functools.partial(collate_captions, pad_id=self.vocabulary.pad_id),
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def _check_options(self) -> None:
+        h = self.hparams
+        if h.batch_size < 1 or h.num_workers < 0:
+            raise ConfigError(
+                f"batch_size={h.batch_size}, num_workers={h.num_workers}: need batch_size >= 1 and num_workers >= 0"
+            )
+        if h.max_caption_len < 3:
+            raise ConfigError(f"max_caption_len={h.max_caption_len}: must be >= 3 (<start>, a word, <end>)")
+
+
+class FashionScenesCaptionDataModule(_CaptionDataModule):
+    """Captioned :class:`~visattn.data.scenes.FashionScenes` (train, val and test scenes from
+    disjoint Fashion-MNIST images).
+
+    Args:
+        batch_size: samples per batch.
+        num_workers: DataLoader worker processes (0 loads in the main process).
+        canvas_size: side of the generated scenes in pixels.
+        img_size: side of the square images the model takes; default: ``canvas_size``.
+        num_train: training scenes.
+        num_val: validation scenes.
+        num_test: test scenes.
+        min_items: fewest items per scene.
+        max_items: most items per scene.
+        seed: seed of the scenes.
+        max_caption_len: longest encoded caption, ``<start>`` and ``<end>`` included; the
+            default fits every scene caption (the longest, three items with their places, has
+            25 words).
+        min_count: words seen fewer times in the training captions become ``<unk>``.
+        vocab_scenes: the vocabulary is built from the captions of this many training scenes
+            (all of them if fewer); the grammar's every word occurs within the first hundred.
+        mean: per-channel normalisation mean (default: the scenes' own statistics).
+        std: per-channel normalisation standard deviation.
+        root: folder holding the Fashion-MNIST idx files; default: ``$VISATTN_DATA``, then the Debian package.
+    """
+
+    recipe: Recipe = "small"
+
+    def __init__(
+        self,
+        *,
+        batch_size: int = 64,
+        num_workers: int = 2,
+        canvas_size: int = 64,
+        img_size: int | None = None,
+        num_train: int = 20000,
+        num_val: int = 1000,
+        num_test: int = 1000,
+        min_items: int = 1,
+        max_items: int = 3,
+        seed: int = 0,
+        max_caption_len: int = 28,
+        min_count: int = 1,
+        vocab_scenes: int = 1000,
+        mean: Sequence[float] = SCENES_MEAN,
+        std: Sequence[float] = SCENES_STD,
+        root: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self._check_options()
+        train = self._scenes("train")  # checks the scene options and finds Fashion-MNIST early
+        captions = (c for i in range(min(vocab_scenes, len(train))) for c in train[i].captions)
+        self.vocabulary = Vocabulary.build(captions, min_count=min_count)
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        side = self.hparams.img_size or self.hparams.canvas_size
+        return side, side
+
+    def _scenes(self, split: Split) -> FashionScenes:
+        h = self.hparams
+        sizes = {"train": h.num_train, "val": h.num_val, "test": h.num_test}
+        return FashionScenes(split, num_scenes=sizes[split], canvas_size=h.canvas_size, min_items=h.min_items,
+                             max_items=h.max_items, seed=h.seed, root=h.root)
+
+    def _source(self, split: Split, transform: ImageTransform) -> Dataset:
+        return SceneImages(self._scenes(split), transform)
+
+
+class KarpathyCaptionDataModule(_CaptionDataModule):
+    """Users' captioned photos described by a Karpathy split JSON (``dataset_flickr8k.json``,
+    ``dataset_coco.json``), or by COCO captions JSON files.
+
+    Args:
+        split_json: the Karpathy split JSON; ``None`` when ``train_annotations`` is given.
+        images_dir: the images folder (Karpathy ``filepath`` and COCO ``file_name`` are relative to it).
+        batch_size: samples per batch.
+        num_workers: DataLoader worker processes (0 loads in the main process).
+        img_size: side of the square images the model takes.
+        max_caption_len: longest encoded caption, ``<start>`` and ``<end>`` included.
+        min_count: words seen fewer times in the training captions become ``<unk>``.
+        train_splits: the Karpathy splits trained on (``restval`` is COCO's extra training part).
+        augment: random resized crops for training (never flips: captions say left and right).
+        mean: per-channel normalisation mean (default: ImageNet's).
+        std: per-channel normalisation standard deviation.
+        train_annotations: COCO captions JSON for training (the variant without a Karpathy file).
+        val_annotations: COCO captions JSON for validation; without it, no validation.
+        test_annotations: COCO captions JSON for test; needed only for ``test`` and ``predict``.
+    """
+
+    def __init__(
+        self,
+        split_json: str | None,
+        images_dir: str,
+        *,
+        batch_size: int = 32,
+        num_workers: int = 2,
+        img_size: int = 224,
+        max_caption_len: int = 20,
+        min_count: int = 5,
+        train_splits: Sequence[KarpathySplit] = ("train", "restval"),
+        augment: bool = False,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        train_annotations: str | None = None,
+        val_annotations: str | None = None,
+        test_annotations: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self._check_options()
+        if (split_json is None) == (train_annotations is None):
+            raise ConfigError("KarpathyCaptionDataModule: give either data.split_json or data.train_annotations (COCO)")
+        if split_json is not None:
+            splits = set(train_splits)
+            captions = [c for e in read_karpathy(split_json) if e["split"] in splits for c in e["captions"]]
+        else:
+            captions = [c for cs in CocoCaptions(train_annotations, images_dir).captions for c in cs]
+        self.vocabulary = Vocabulary.build(captions, min_count=min_count)
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return self.hparams.img_size, self.hparams.img_size
+
+    @property
+    def num_skipped(self) -> int:
+        """Broken image files skipped so far, over all splits set up."""
+        return sum(samples.dataset.num_skipped for samples in self.datasets.values())
+
+    def train_transform(self) -> ImageTransform:
+        h = self.hparams
+        if not h.augment:
+            return self.eval_transform()
+        return train_transforms(self.input_size, h.mean, h.std, recipe="photo", hflip=False)
+
+    def _source(self, split: Split, transform: ImageTransform) -> Dataset:
+        h = self.hparams
+        if h.split_json is not None:
+            splits = h.train_splits if split == "train" else split
+            return KarpathyCaptions(h.split_json, h.images_dir, split=splits, transform=transform)
+        annotations = {"train": h.train_annotations, "val": h.val_annotations, "test": h.test_annotations}[split]
+        if annotations is None and split == "val":
+            return CaptionImages([])  # empty: no validation
+        if annotations is None:
+            raise ConfigError(f"KarpathyCaptionDataModule: set data.{split}_annotations to use the {split} split")
+        return CocoCaptions(annotations, h.images_dir, transform=transform)

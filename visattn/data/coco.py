@@ -1,0 +1,204 @@
+"""Caption datasets for users' images: COCO captions JSON and Karpathy split JSON.
+
+- COCO captions (``captions_train2014.json`` and the like, or :func:`~visattn.data.scenes.export_coco`'s
+  ``captions.json``): ``images`` with ``id`` and ``file_name``, ``annotations`` with ``image_id``
+  and ``caption``; read through pycocotools' ``COCO``.
+- Karpathy splits (``dataset_flickr8k.json``, ``dataset_coco.json``): ``images`` with
+  ``filename``, optional ``filepath`` (a sub-folder of the images folder), ``split`` (``train``,
+  ``val``, ``test`` or ``restval``) and ``sentences`` with ``raw`` (and ``tokens``).
+
+Each sample is ``(image, captions)``: the transform's tensor and every reference caption of the
+image. Broken image files are skipped the way :class:`~visattn.data.image_folder.ImageFolder`
+skips them (see :func:`visattn.data.image_folder.decode_next_good`): warned about once, counted in ``num_skipped``, and
+replaced by the next decodable sample, so batches keep their size.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Callable, Literal
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..errors import ConfigError
+from .image_folder import decode_next_good
+from .image_io import DEFAULT_MAX_PIXELS
+from .transforms import to_tensor
+
+__all__ = ["CaptionImages", "CocoCaptions", "KarpathyCaptions", "KarpathySplit", "read_karpathy"]
+
+KarpathySplit = Literal["train", "val", "test", "restval"]
+Transform = Callable[[np.ndarray], torch.Tensor]
+
+
+class CaptionImages(Dataset):
+    """Image files with their reference captions; ``dataset[i]`` is ``(image, captions)``.
+
+    Args:
+        samples: ``(image path, captions)`` pairs, each with at least one caption.
+        transform: callable from an HWC uint8 array to a tensor; default: a ``(3, H, W)``
+            float tensor in 0..1.
+        max_pixels: images declaring more pixels are refused (and skipped).
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[tuple[Path, list[str]]],
+        *,
+        transform: Transform | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> None:
+        self.paths = [Path(path) for path, _ in samples]
+        self.captions = [list(captions) for _, captions in samples]
+        self.transform = transform
+        self.max_pixels = max_pixels
+        self._bad = torch.zeros(len(self.paths), dtype=torch.bool).share_memory_()
+
+    @property
+    def num_skipped(self) -> int:
+        """How many files failed to decode so far (in this process or its DataLoader workers)."""
+        return int(self._bad.sum())
+
+    @property
+    def skipped(self) -> list[Path]:
+        """The files that failed to decode so far."""
+        return [self.paths[i] for i in self._bad.nonzero().flatten().tolist()]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, list[str]]:
+        i, image = decode_next_good(self.paths, self._bad, int(index), max_pixels=self.max_pixels)
+        return (self.transform(image) if self.transform is not None else to_tensor(image)), self.captions[i]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(n={len(self)}, transform={self.transform})"
+
+
+class CocoCaptions(CaptionImages):
+    """A COCO captions JSON file and its images folder; images without captions are left out.
+
+    Args:
+        annotations: the captions JSON (``images`` + ``annotations`` with ``caption``).
+        images_dir: the folder holding each image's ``file_name``.
+        transform: callable from an HWC uint8 array to a tensor.
+        max_pixels: images declaring more pixels are refused (and skipped).
+    """
+
+    def __init__(
+        self,
+        annotations: str | os.PathLike,
+        images_dir: str | os.PathLike,
+        *,
+        transform: Transform | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> None:
+        self.annotations, images_dir = Path(annotations), Path(images_dir)
+        coco = _load_coco(self.annotations)
+        samples, self.image_ids = [], []
+        try:
+            for image in coco.dataset.get("images", []):
+                captions = [ann["caption"].strip() for ann in coco.imgToAnns.get(image["id"], [])]
+                if captions:
+                    samples.append((images_dir / image["file_name"], captions))
+                    self.image_ids.append(image["id"])
+        except (KeyError, TypeError, AttributeError) as err:
+            raise ConfigError(
+                f"{self.annotations}: not COCO captions JSON (bad or missing {err}); "
+                "expected images with id and file_name, annotations with image_id and caption"
+            ) from None
+        if not samples:
+            raise ConfigError(f"{self.annotations}: no image has a caption; is it a COCO captions file?")
+        super().__init__(samples, transform=transform, max_pixels=max_pixels)
+
+
+class KarpathyCaptions(CaptionImages):
+    """One split of a Karpathy split JSON (``dataset_flickr8k.json``, ``dataset_coco.json``, ...).
+
+    Args:
+        split_json: the JSON file.
+        images_dir: the folder holding the images (joined with each image's ``filepath`` if any).
+        split: the split to read, or several (``("train", "restval")`` is the usual COCO training set).
+        transform: callable from an HWC uint8 array to a tensor.
+        max_pixels: images declaring more pixels are refused (and skipped).
+    """
+
+    def __init__(
+        self,
+        split_json: str | os.PathLike,
+        images_dir: str | os.PathLike,
+        *,
+        split: KarpathySplit | Sequence[KarpathySplit] = "train",
+        transform: Transform | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> None:
+        self.split_json, images_dir = Path(split_json), Path(images_dir)
+        splits = {split} if isinstance(split, str) else set(split)
+        entries = read_karpathy(self.split_json)
+        samples = [(images_dir / e["filepath"] / e["filename"], e["captions"]) for e in entries if e["split"] in splits]
+        if not samples:
+            found = sorted({e["split"] for e in entries})
+            raise ConfigError(f"{self.split_json}: no images with captions in split {sorted(splits)} (it has {found})")
+        super().__init__(samples, transform=transform, max_pixels=max_pixels)
+
+
+def read_karpathy(path: str | os.PathLike) -> list[dict]:
+    """The images of a Karpathy split JSON as ``{"filename", "filepath", "split", "captions"}``
+    dicts (``filepath`` is ``""`` when absent); images without sentences are left out.
+
+    Raises:
+        ConfigError: missing file, invalid JSON or not the Karpathy layout.
+    """
+    data = _read_json(Path(path))
+    entries = []
+    try:
+        for image in data["images"]:
+            entry = {"filename": image["filename"], "filepath": image.get("filepath") or "", "split": image["split"]}
+            captions = [(s.get("raw") or " ".join(s["tokens"])).strip() for s in image["sentences"]]
+            if captions:
+                entries.append({**entry, "captions": captions})
+    except (KeyError, TypeError, AttributeError) as err:
+        raise ConfigError(
+            f"{path}: not a Karpathy split JSON (bad or missing {err}); "
+            "expected images with filename, split and sentences [{raw, tokens}]"
+        ) from None
+    return entries
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file; give the path of the annotations JSON") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ConfigError(f"{path}: not readable JSON ({_one_line(err)}); re-download or fix the file") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level is a {type(data).__name__}, expected an object with 'images'")
+    return data
+
+
+def _load_coco(path: Path):  # -> pycocotools.coco.COCO
+    from pycocotools.coco import COCO  # imported on first use: CLI commands that never read COCO start faster
+
+    data = _read_json(path)  # our one-line errors for missing or invalid files
+    coco = COCO()
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+        try:
+            coco.createIndex()
+        except (KeyError, TypeError) as err:
+            raise ConfigError(
+                f"{path}: not COCO JSON (bad or missing {_one_line(err)}); check its images and annotations"
+            ) from None
+    return coco
+
+
+def _one_line(err: Exception) -> str:
+    return " ".join(str(err).split()) or type(err).__name__

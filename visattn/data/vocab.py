@@ -1,0 +1,131 @@
+"""Caption vocabulary: a tokenizer and the word <-> id mapping that captioning models use.
+
+Tokenization is deliberately simple: lower-case the text and keep the runs of ``a-z`` and
+``0-9`` (so punctuation disappears and ``"T-shirt"`` becomes ``["t", "shirt"]``). The same rule
+is used to build the vocabulary, to encode references and to score generated captions, so they
+always agree.
+
+Ids 0..3 are the special tokens ``<pad>``, ``<start>``, ``<end>`` and ``<unk>``; the words
+follow. A vocabulary is saved with its weights as :meth:`Vocabulary.to_list` (the ``vocab``
+field of the weights index) and restored with :meth:`Vocabulary.from_list`.
+"""
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+
+from ..errors import ConfigError
+
+__all__ = ["END", "PAD", "SPECIAL_TOKENS", "START", "UNK", "Vocabulary", "tokenize"]
+
+PAD, START, END, UNK = "<pad>", "<start>", "<end>", "<unk>"
+SPECIAL_TOKENS = (PAD, START, END, UNK)
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+def tokenize(text: str) -> list[str]:
+    """Lower-case ``text`` and split it into words of ``[a-z0-9]+``; everything else separates words."""
+    return _WORD.findall(text.lower())
+
+
+class Vocabulary:
+    """Word <-> id mapping with the special tokens at ids 0 (pad), 1 (start), 2 (end), 3 (unknown).
+
+    Args:
+        tokens: the words, in id order from id 4 on; repeats and special tokens are dropped.
+    """
+
+    def __init__(self, tokens: Sequence[str] = ()) -> None:
+        words = dict.fromkeys(t for t in tokens if t not in SPECIAL_TOKENS)  # an ordered set
+        self._tokens = [*SPECIAL_TOKENS, *words]
+        self._ids = {token: i for i, token in enumerate(self._tokens)}
+
+    @classmethod
+    def build(cls, captions: Iterable[str], *, min_count: int = 1) -> Vocabulary:
+        """The words that occur at least ``min_count`` times in ``captions``, most frequent first
+        (ties in alphabetical order, so the result does not depend on the caption order)."""
+        if min_count < 1:
+            raise ConfigError(f"min_count={min_count}: must be >= 1")
+        counts = Counter(word for caption in captions for word in tokenize(caption))
+        kept = sorted((w for w, n in counts.items() if n >= min_count), key=lambda w: (-counts[w], w))
+        return cls(kept)
+
+    @classmethod
+    def from_list(cls, tokens: Sequence[str]) -> Vocabulary:
+        """Inverse of :meth:`to_list`.
+
+        Raises:
+            ConfigError: the list does not start with the special tokens or repeats a token.
+        """
+        tokens = list(tokens)
+        if tuple(tokens[: len(SPECIAL_TOKENS)]) != SPECIAL_TOKENS:
+            raise ConfigError(
+                f"vocab: must start with {list(SPECIAL_TOKENS)}, got {tokens[:4]}; save it with to_list()"
+            )
+        if len(set(tokens)) != len(tokens):
+            repeated = sorted(t for t, n in Counter(tokens).items() if n > 1)
+            raise ConfigError(f"vocab: tokens {repeated[:5]} appear more than once; save it with to_list()")
+        return cls(tokens[len(SPECIAL_TOKENS) :])
+
+    def to_list(self) -> list[str]:
+        """Every token in id order, special tokens first."""
+        return list(self._tokens)
+
+    def __len__(self) -> int:
+        return len(self._tokens)
+
+    def __contains__(self, token: object) -> bool:
+        return token in self._ids
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Vocabulary) and self._tokens == other._tokens
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(size={len(self)})"
+
+    @property
+    def pad_id(self) -> int:
+        return self._ids[PAD]
+
+    @property
+    def start_id(self) -> int:
+        return self._ids[START]
+
+    @property
+    def end_id(self) -> int:
+        return self._ids[END]
+
+    @property
+    def unk_id(self) -> int:
+        return self._ids[UNK]
+
+    def token_id(self, token: str) -> int:
+        """The id of ``token``, or :attr:`unk_id` for a word not in the vocabulary."""
+        return self._ids.get(token, self.unk_id)
+
+    def encode(self, text: str, *, max_len: int | None = None) -> list[int]:
+        """``[start] + word ids + [end]``; words not in the vocabulary become ``<unk>``.
+
+        Args:
+            text: a caption.
+            max_len: total length limit, start and end included; words beyond it are dropped
+                and the end token is kept, so a model still learns where captions stop.
+        """
+        ids = [self.token_id(word) for word in tokenize(text)]
+        if max_len is not None:
+            if max_len < 2:
+                raise ConfigError(f"max_len={max_len}: must be >= 2 (room for <start> and <end>)")
+            ids = ids[: max_len - 2]
+        return [self.start_id, *ids, self.end_id]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Words of ``ids`` joined by spaces: stops at the first ``<end>``, drops the other special tokens."""
+        words = []
+        for i in ids:
+            i = int(i)
+            if i == self.end_id:
+                break
+            if i >= len(SPECIAL_TOKENS):
+                words.append(self._tokens[i])
+        return " ".join(words)

@@ -1,0 +1,96 @@
+"""Raw self-attention maps of a Vision Transformer (Dosovitskiy et al. 2020, "An Image is Worth
+16x16 Words", Fig. 6): the attention one layer's class token (or, without one, the average token)
+pays to each image patch.
+
+The attention comes from ``model(x, return_attention=True)``, which visattn ViTs compute on an
+explicit softmax path, so it is available even when fused scaled-dot-product attention is on.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import ConfigError
+
+
+def is_vit(model: nn.Module) -> bool:
+    """Whether ``model`` returns per-block attention (``forward(x, return_attention=True)``) on a patch grid."""
+    return hasattr(model, "num_prefix_tokens") and hasattr(model, "grid_size") and hasattr(model, "blocks")
+
+
+def token_grid(model: nn.Module, image_size: Sequence[int]) -> tuple[int, int]:
+    """Patch grid ``(rows, cols)`` of a ViT for an input of ``image_size = (H, W)``."""
+    patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
+    if patch is None:
+        return tuple(model.grid_size)
+    return image_size[0] // patch[0], image_size[1] // patch[1]
+
+
+def as_index(layer: Union[str, int, None]) -> Optional[int]:
+    """``layer`` as an integer index when it is one (``3``, ``"-1"``), else ``None`` (a name, or no layer)."""
+    if isinstance(layer, int):
+        return layer
+    if isinstance(layer, str) and layer.lstrip("-").isdigit():
+        return int(layer)
+    return None
+
+
+@torch.no_grad()
+def collect_attentions(model: nn.Module, images: Tensor) -> tuple[Tensor, list[Tensor]]:
+    """Logits ``(B, classes)`` and every block's attention probabilities, a list of ``(B, heads, N, N)``."""
+    if not is_vit(model):
+        raise ConfigError(
+            f"{type(model).__name__} has no transformer attention; use method 'gradcam' (or 'gates' for attention CNNs)"
+        )
+    logits, attentions = model(images, return_attention=True)
+    return logits, list(attentions)
+
+
+def token_map(rows: Tensor, grid: tuple[int, int], num_prefix_tokens: int) -> Tensor:
+    """``(B, N, N)`` attention (or rollout) -> ``(B, rows, cols)`` map over the patches.
+
+    With prefix tokens the class token's row is read; without, rows are averaged over all tokens.
+    """
+    weights = rows[:, 0] if num_prefix_tokens > 0 else rows.mean(dim=1)  # (B, N)
+    patches = weights[:, num_prefix_tokens:]  # (B, rows * cols)
+    if patches.shape[1] != grid[0] * grid[1]:
+        raise ConfigError(f"{patches.shape[1]} patch tokens do not fill a {grid[0]}x{grid[1]} grid; "
+                          "check num_prefix_tokens")
+    return patches.reshape(-1, *grid)
+
+
+def attention_map(
+    attentions: Sequence[Tensor],
+    grid: tuple[int, int],
+    *,
+    layer: int = -1,
+    head: Optional[int] = None,
+    num_prefix_tokens: int = 1,
+) -> Tensor:
+    """One layer's attention over the patch grid.
+
+    Args:
+        attentions: per-block attention probabilities, each ``(B, heads, N, N)``.
+        grid: patch grid ``(rows, cols)``; ``N = num_prefix_tokens + rows * cols``.
+        layer: block index (negative counts from the last).
+        head: head index; ``None`` averages the heads.
+        num_prefix_tokens: class/register tokens before the patches; with none, the map is the
+            attention each patch receives averaged over all query tokens.
+
+    Returns:
+        ``(B, rows, cols)`` map.
+    """
+    if not -len(attentions) <= layer < len(attentions):
+        raise ConfigError(f"--layer {layer}: this model has {len(attentions)} blocks "
+                          f"(use 0..{len(attentions) - 1} or -1)")
+    attn = attentions[layer]  # (B, heads, N, N)
+    if head is None:
+        attn = attn.mean(dim=1)
+    elif -attn.shape[1] <= head < attn.shape[1]:
+        attn = attn[:, head]
+    else:
+        raise ConfigError(f"--head {head}: this model has {attn.shape[1]} heads "
+                          f"(use 0..{attn.shape[1] - 1}, or omit it for the mean)")
+    return token_map(attn, grid, num_prefix_tokens)

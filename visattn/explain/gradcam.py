@@ -1,0 +1,131 @@
+"""Grad-CAM (Selvaraju et al. 2017, "Grad-CAM: Visual Explanations from Deep Networks via
+Gradient-based Localization").
+
+The target layer's activations ``A`` (channels ``k``) are weighted by the spatial mean of the
+class score's gradient, ``w_k = mean_ij dy_c / dA_kij``, and ``relu(sum_k w_k A_k)`` is the map.
+For a Vision Transformer the target layer yields tokens ``(B, N, C)``: the prefix (class) tokens
+are dropped and the patch tokens are laid back on their grid, ``(B, C, rows, cols)``.
+
+Default target layers: the last stage of a ResNet (``layer4``, or ``layer3`` in the CIFAR
+layout) and the first norm of the last ViT block (``blocks[-1].norm1``), whose patch tokens
+still carry spatial information (the final norm's do not reach the class-token head).
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator, Union
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import ConfigError
+from .attention import as_index, is_vit, token_grid
+
+TargetClass = Union[int, Tensor, None]
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Run ``model`` in eval mode (no dropout, fixed batch-norm statistics), then restore its mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def default_target_layer(model: nn.Module) -> nn.Module:
+    """``blocks[-1].norm1`` of a ViT, else the last stage of a ResNet (``model.stage_names[-1]``)."""
+    if is_vit(model):
+        return model.blocks[-1].norm1
+    stages = getattr(model, "stage_names", None)
+    if stages:
+        return getattr(model, stages[-1])
+    raise ConfigError(f"no default Grad-CAM layer for {type(model).__name__}; pass layer='<module name>'")
+
+
+def resolve_target_layer(model: nn.Module, layer: Union[str, int, nn.Module, None]) -> nn.Module:
+    """A module given by name (``"layer3"``, ``"blocks.5.norm1"``), by ViT block index, or the default."""
+    if layer is None:
+        return default_target_layer(model)
+    if isinstance(layer, nn.Module):
+        return layer
+    index = as_index(layer)
+    if index is not None:
+        if not is_vit(model):
+            raise ConfigError(f"--layer {layer}: a block index needs a ViT; name a module instead, e.g. 'layer3'")
+        if not -len(model.blocks) <= index < len(model.blocks):
+            raise ConfigError(f"--layer {layer}: this model has {len(model.blocks)} blocks")
+        return model.blocks[index].norm1
+    modules = dict(model.named_modules())
+    if layer not in modules:
+        stages = ", ".join(n for n in modules if n and "." not in n)
+        raise ConfigError(f"--layer {layer!r}: no such module; top-level modules are {stages}")
+    return modules[layer]
+
+
+def _as_feature_map(model: nn.Module, activation: Tensor, image_size: tuple[int, int]) -> Tensor:
+    """``(B, C, h, w)`` from a conv activation, or from ViT tokens ``(B, N, C)`` without the prefix tokens."""
+    if activation.ndim == 4:
+        return activation
+    if activation.ndim == 3 and is_vit(model):
+        rows, cols = token_grid(model, image_size)
+        patches = activation[:, model.num_prefix_tokens:]  # (B, rows * cols, C)
+        if patches.shape[1] != rows * cols:
+            raise ConfigError(f"the target layer gives {patches.shape[1]} patch tokens, not a {rows}x{cols} grid; "
+                              "pick a layer inside the transformer blocks")
+        return patches.transpose(1, 2).reshape(patches.shape[0], -1, rows, cols)  # (B, C, rows, cols)
+    raise ConfigError(f"the Grad-CAM layer outputs shape {tuple(activation.shape)}; pick a conv stage or a ViT block")
+
+
+def _class_index(logits: Tensor, target_class: TargetClass) -> Tensor:
+    if target_class is None:
+        return logits.argmax(dim=1)
+    index = torch.as_tensor(target_class, device=logits.device).long().expand(logits.shape[0])
+    if index.min() < 0 or index.max() >= logits.shape[1]:
+        raise ConfigError(f"--class {target_class}: the model has {logits.shape[1]} classes (0..{logits.shape[1] - 1})")
+    return index
+
+
+def grad_cam(
+    model: nn.Module,
+    images: Tensor,
+    *,
+    layer: Union[str, int, nn.Module, None] = None,
+    target_class: TargetClass = None,
+) -> tuple[Tensor, Tensor]:
+    """Grad-CAM maps of a batch.
+
+    Args:
+        model: a classifier returning logits ``(B, classes)``; run in eval mode for the call.
+        images: normalised images ``(B, 3, H, W)``.
+        layer: target module, its name, a ViT block index, or ``None`` for the default.
+        target_class: class index (or one per image) to explain; ``None``: the predicted class.
+
+    Returns:
+        ``(maps, classes)``: non-negative maps ``(B, h, w)`` on the layer's grid, and the
+        explained class of each image ``(B,)``.
+    """
+    target = resolve_target_layer(model, layer)
+    captured: list[Tensor] = []
+    handle = target.register_forward_hook(lambda module, args, output: captured.append(output))
+    try:
+        # Works under an outer inference_mode / no_grad; the input needs a gradient even if the
+        # parameters are frozen, so every activation is on the autograd graph.
+        with torch.inference_mode(False), torch.enable_grad(), eval_mode(model):
+            inputs = images.detach().clone().requires_grad_(True)
+            logits = model(inputs)
+            classes = _class_index(logits, target_class)
+            if not captured or not torch.is_tensor(captured[-1]):
+                raise ConfigError("the Grad-CAM layer did not produce a tensor in the forward pass; pick another layer")
+            score = logits.gather(1, classes[:, None]).sum()  # images are independent in eval mode
+            (grads,) = torch.autograd.grad(score, captured[-1])
+    finally:
+        handle.remove()
+    size = tuple(images.shape[-2:])
+    features = _as_feature_map(model, captured[-1].detach(), size)
+    grads = _as_feature_map(model, grads, size)
+    weights = grads.mean(dim=(2, 3), keepdim=True)  # (B, C, 1, 1)
+    maps = torch.relu((weights * features).sum(dim=1))  # (B, h, w)
+    return maps, classes.detach()

@@ -1,0 +1,169 @@
+"""Heat-map overlays: draw an explanation map over the image it explains.
+
+The word panels follow the figures of Xu et al. 2015, "Show, Attend and Tell: Neural Image
+Caption Generation with Visual Attention": one panel per generated word, its attention map
+upsampled and laid over the image.
+
+Every function takes the image as an ``(H, W, 3)`` uint8 array and a map of any size ``(h, w)``;
+the map is upsampled (bilinear) to the image and min-max normalised to [0, 1] before drawing.
+Figures are drawn with matplotlib's Agg backend, so no display is needed.
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+
+from ..errors import ConfigError
+
+PathLike = str | os.PathLike
+
+
+def resize_map(heatmap: np.ndarray | torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear upsampling of a ``(h, w)`` map to ``size = (H, W)``, as float32 (values not rescaled)."""
+    grid = torch.as_tensor(np.asarray(heatmap, dtype=np.float32) if not torch.is_tensor(heatmap) else heatmap)
+    if grid.ndim != 2:
+        raise ConfigError(f"heat map has shape {tuple(grid.shape)}; expected a 2-D (h, w) map")
+    grid = grid.detach().float().cpu()[None, None]  # (1, 1, h, w)
+    if tuple(grid.shape[-2:]) != tuple(size):
+        grid = F.interpolate(grid, size=tuple(size), mode="bilinear", align_corners=False)
+    return grid[0, 0].numpy()
+
+
+def normalize_map(heatmap: np.ndarray) -> np.ndarray:
+    """Min-max scale to [0, 1]; a constant (or non-finite) map becomes all zeros."""
+    heatmap = np.nan_to_num(np.asarray(heatmap, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    low, high = float(heatmap.min()), float(heatmap.max())
+    if high - low <= 1e-12:
+        return np.zeros_like(heatmap)
+    return (heatmap - low) / (high - low)
+
+
+def _check_image(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ConfigError(f"image has shape {image.shape} and dtype {image.dtype}; expected (H, W, 3) uint8")
+    return image
+
+
+def heatmap_overlay(
+    image: np.ndarray, heatmap: np.ndarray, *, cmap: str = "jet", alpha: float = 0.5
+) -> np.ndarray:
+    """Blend a colour-mapped heat map onto the image.
+
+    Args:
+        image: ``(H, W, 3)`` uint8 RGB image.
+        heatmap: ``(h, w)`` map of any scale; upsampled to ``(H, W)`` and normalised to [0, 1].
+        cmap: matplotlib colour map name.
+        alpha: weight of the heat map in the blend (0: image only, 1: heat map only).
+
+    Returns:
+        ``(H, W, 3)`` uint8 RGB image.
+    """
+    image = _check_image(image)
+    if not 0.0 <= alpha <= 1.0:
+        raise ConfigError(f"alpha={alpha}: use a value between 0 and 1")
+    if cmap not in colormaps:
+        raise ConfigError(f"cmap={cmap!r}: not a matplotlib colour map; try 'jet', 'viridis' or 'inferno'")
+    heat = normalize_map(resize_map(heatmap, image.shape[:2]))
+    colours = colormaps[cmap](heat)[..., :3] * 255.0  # (H, W, 3) RGB, drop alpha
+    blended = (1.0 - alpha) * image.astype(np.float32) + alpha * colours
+    return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+
+
+def save_overlay(
+    image: np.ndarray,
+    heatmap: np.ndarray,
+    path: PathLike,
+    *,
+    title: Optional[str] = None,
+    cmap: str = "jet",
+    alpha: float = 0.5,
+) -> None:
+    """Write a PNG with the image, the map laid over it and a colour bar (map scaled to [0, 1]).
+
+    Args:
+        image: ``(H, W, 3)`` uint8 RGB image.
+        heatmap: ``(h, w)`` map; upsampled to the image and normalised.
+        path: output PNG file; its folder is created if missing.
+        title: figure title, e.g. the predicted label and its probability.
+        cmap: matplotlib colour map name.
+        alpha: weight of the heat map in the blend.
+    """
+    image = _check_image(image)
+    blended = heatmap_overlay(image, heatmap, cmap=cmap, alpha=alpha)
+    fig = _figure(figsize=(7.5, 3.6))
+    left, right = fig.subplots(1, 2)
+    left.imshow(image)
+    left.set_title("image")
+    right.imshow(blended)
+    right.set_title("map")
+    fig.colorbar(ScalarMappable(norm=Normalize(0.0, 1.0), cmap=cmap), ax=right, label="relevance (normalised)")
+    for axis in (left, right):
+        axis.set_axis_off()
+    if title:
+        fig.suptitle(title)
+    _save_figure(fig, path)
+
+
+def save_word_panels(
+    image: np.ndarray,
+    words: Sequence[str],
+    maps: Sequence[np.ndarray],
+    path: PathLike,
+    *,
+    columns: int = 5,
+    cmap: str = "gray",
+    alpha: float = 0.6,
+) -> None:
+    """Write a PNG with one panel per word: the image with that word's attention map laid over it.
+
+    Args:
+        image: ``(H, W, 3)`` uint8 RGB image.
+        words: the generated words, one per panel.
+        maps: one ``(h, w)`` attention map per word (e.g. a decoder's ``(T, h, w)`` unbound).
+        path: output PNG file.
+        columns: panels per row.
+        cmap: colour map of the attention (the paper's figures show white where it looks).
+        alpha: weight of the map in the blend.
+    """
+    image = _check_image(image)
+    if len(words) != len(maps) or not words:
+        raise ConfigError(f"got {len(words)} words and {len(maps)} maps; give one map per word (at least one)")
+    columns = max(1, min(columns, len(words)))
+    rows = math.ceil(len(words) / columns)
+    fig = _figure(figsize=(2.0 * columns, 2.2 * rows))
+    axes = np.atleast_1d(fig.subplots(rows, columns, squeeze=False)).ravel()
+    for axis, word, heat in zip(axes, words, maps):
+        axis.imshow(heatmap_overlay(image, heat, cmap=cmap, alpha=alpha))
+        axis.set_title(word)
+    for axis in axes:
+        axis.set_axis_off()
+    _save_figure(fig, path)
+
+
+def _figure(figsize: tuple[float, float]) -> Figure:
+    # A bare Figure on the Agg canvas: no pyplot state, no display, safe in threads and servers.
+    fig = Figure(figsize=figsize, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save_figure(fig: Figure, path: PathLike) -> None:
+    path = os.fspath(path)
+    folder = os.path.dirname(path)
+    if folder:
+        os.makedirs(folder, exist_ok=True)
+    try:
+        fig.savefig(path, format="png", dpi=100)
+    except OSError as err:
+        raise ConfigError(f"cannot write {path}: {err.strerror or err}; choose a writable --out path") from err

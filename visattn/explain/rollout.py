@@ -1,0 +1,83 @@
+"""Attention rollout (Abnar & Zuidema 2020, "Quantifying Attention Flow in Transformers").
+
+Each block's attention is fused over heads, its weakest entries are optionally discarded, the
+residual connection is modelled by adding the identity, rows are re-normalised, and the blocks
+are multiplied in order: ``R = Â_L ··· Â_2 Â_1`` with ``Â = rownorm(A + I)``. Row ``i`` of ``R``
+says how much of token ``i``'s final representation flows from each input token.
+"""
+from __future__ import annotations
+
+from typing import Literal, Sequence
+
+import torch
+from torch import Tensor
+
+from ..errors import ConfigError
+from .attention import token_map
+
+HeadFusion = Literal["mean", "max", "min"]
+
+
+def fuse_heads(attn: Tensor, head_fusion: HeadFusion = "mean") -> Tensor:
+    """``(B, heads, N, N)`` -> ``(B, N, N)`` by the mean, max or min over heads."""
+    if head_fusion == "mean":
+        return attn.mean(dim=1)
+    if head_fusion == "max":
+        return attn.amax(dim=1)
+    if head_fusion == "min":
+        return attn.amin(dim=1)
+    raise ConfigError(f"head_fusion={head_fusion!r}: use 'mean', 'max' or 'min'")
+
+
+def discard_lowest(attn: Tensor, ratio: float, num_prefix_tokens: int = 1) -> Tensor:
+    """Zero the ``ratio`` fraction of smallest entries of each ``(N, N)`` matrix in ``attn`` ``(B, N, N)``.
+
+    The prefix tokens' attention to themselves (the class token's own entry) is never discarded.
+    """
+    if not 0.0 <= ratio < 1.0:
+        raise ConfigError(f"discard_ratio={ratio}: use a value in [0, 1)")
+    count = int(attn.shape[-1] * attn.shape[-1] * ratio)
+    if count == 0:
+        return attn
+    flat = attn.flatten(1).clone()  # (B, N * N)
+    protected = torch.zeros_like(flat, dtype=torch.bool)
+    own = torch.arange(num_prefix_tokens, device=attn.device) * (attn.shape[-1] + 1)  # diagonal (p, p)
+    protected[:, own] = True
+    ranked = flat.masked_fill(protected, float("inf"))
+    lowest = ranked.topk(count, dim=1, largest=False).indices
+    return flat.scatter(1, lowest, 0.0).view_as(attn)
+
+
+def attention_rollout(
+    attentions: Sequence[Tensor],
+    grid: tuple[int, int],
+    *,
+    num_prefix_tokens: int = 1,
+    head_fusion: HeadFusion = "mean",
+    discard_ratio: float = 0.0,
+) -> tuple[Tensor, Tensor]:
+    """Roll attention out through all blocks.
+
+    Args:
+        attentions: per-block attention probabilities in forward order, each ``(B, heads, N, N)``.
+        grid: patch grid ``(rows, cols)``; ``N = num_prefix_tokens + rows * cols``.
+        num_prefix_tokens: class/register tokens before the patches; the map is the class token's
+            row of the rollout, or with no prefix tokens the mean of all rows.
+        head_fusion: how the heads of a block are combined: ``"mean"``, ``"max"`` or ``"min"``.
+        discard_ratio: fraction of each fused matrix's smallest entries set to zero before
+            adding the identity (the paper's variant keeps all: 0).
+
+    Returns:
+        ``(map, rollout)``: the ``(B, rows, cols)`` map over the patches and the full
+        ``(B, N, N)`` rollout matrix, whose rows sum to 1.
+    """
+    if not attentions:
+        raise ConfigError("attention rollout needs at least one block's attention")
+    rollout = None
+    for attn in attentions:
+        fused = discard_lowest(fuse_heads(attn.float(), head_fusion), discard_ratio, num_prefix_tokens)
+        eye = torch.eye(fused.shape[-1], device=fused.device, dtype=fused.dtype)
+        fused = fused + eye  # the residual path carries each token to itself
+        fused = fused / fused.sum(dim=-1, keepdim=True)
+        rollout = fused if rollout is None else fused @ rollout  # (B, N, N)
+    return token_map(rollout, grid, num_prefix_tokens), rollout

@@ -1,0 +1,145 @@
+"""Export classifiers to ONNX, and run the exported file with onnxruntime.
+
+The export traces ``model(images)`` with the TorchScript-based exporter (the torch.export-based
+one needs ``onnxscript``, which visattn does not depend on). The batch axis stays dynamic; the
+image size is fixed, as the position embeddings of a ViT are laid out for one grid. The ViT's
+default attention path (``F.scaled_dot_product_attention``) exports as plain MatMul/Softmax
+nodes, so the file runs on any onnxruntime build.
+"""
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import ConfigError, WeightsError
+
+__all__ = ["DEFAULT_OPSET", "export_classifier", "export_onnx", "onnx_max_difference", "onnx_session"]
+
+DEFAULT_OPSET = 17  # LayerNormalization is a native op from 17 on
+INPUT_NAME, OUTPUT_NAME = "images", "logits"
+
+
+class _Logits(nn.Module):
+    """``model(images)`` alone, so optional arguments such as ``return_attention`` are never traced."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images)
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str | os.PathLike,
+    *,
+    input_size: Optional[Sequence[int]] = None,
+    opset: int = DEFAULT_OPSET,
+    metadata: Optional[Mapping[str, Any]] = None,
+) -> Path:
+    """Write ``model`` as an ONNX graph from ``images (batch, C, H, W)`` to ``logits (batch, classes)``.
+
+    Args:
+        model: a classifier taking normalised images; it is exported in eval mode and left in
+            the mode it was in.
+        path: the ``.onnx`` file to write; missing parent folders are created.
+        input_size: ``(C, H, W)`` of one image; default: the model's ``input_size`` attribute.
+        opset: ONNX opset version.
+        metadata: stored as string ``metadata_props`` in the file (e.g. labels, preprocessing).
+
+    Returns:
+        The path written.
+    """
+    size = _input_size(model, input_size)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    example = torch.zeros(2, *size)  # batch 2, so the tracer cannot specialise on a batch of one
+    was_training = model.training
+    model.eval()
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            # Expected while tracing: the exporter's own deprecation notice, and the shape checks
+            # (PatchEmbed's image-size test) that become constants for this fixed input size.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            torch.onnx.export(
+                _Logits(model), (example,), str(path), dynamo=False, opset_version=opset,
+                input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            )
+    finally:
+        model.train(was_training)
+    if metadata:
+        _add_metadata(path, metadata)
+    return path
+
+
+def onnx_session(path: str | os.PathLike, *, threads: Optional[int] = None) -> Any:
+    """An onnxruntime CPU ``InferenceSession`` for ``path`` (``threads``: intra-op threads, default: all)."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise ConfigError("onnxruntime is not installed; run `pip install onnxruntime` to run ONNX files") from None
+    if not Path(path).is_file():
+        raise WeightsError(f"{path}: ONNX file not found; write it with `visattn export`")
+    options = ort.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+@torch.no_grad()
+def onnx_max_difference(model: nn.Module, session: Any, images: torch.Tensor) -> float:
+    """Largest absolute difference between the ONNX session's logits and the model's (eval mode)."""
+    was_training = model.training
+    expected = model.eval()(images).numpy()
+    model.train(was_training)
+    actual = session.run([OUTPUT_NAME], {INPUT_NAME: images.numpy()})[0]
+    return float(np.abs(actual - expected).max())
+
+
+def _input_size(model: nn.Module, input_size: Optional[Sequence[int]]) -> tuple[int, ...]:
+    size = tuple(input_size if input_size is not None else getattr(model, "input_size", ()))
+    if len(size) != 3 or min(size) < 1:
+        raise ConfigError(
+            f"input_size={input_size!r}: give the (C, H, W) of one image, e.g. input_size=(3, 224, 224)"
+        )
+    return tuple(int(s) for s in size)
+
+
+def _add_metadata(path: Path, metadata: Mapping[str, Any]) -> None:
+    import onnx
+
+    proto = onnx.load(str(path))
+    for key, value in metadata.items():
+        proto.metadata_props.add(key=str(key), value=value if isinstance(value, str) else json.dumps(value))
+    onnx.save(proto, str(path))
+
+
+def export_classifier(
+    model: Optional[str] = None, checkpoint: Optional[str] = None, *, out: str | os.PathLike,
+    opset: int = DEFAULT_OPSET,
+) -> tuple[Path, float]:
+    """``visattn export``: shipped weights ``ARCH.TAG`` or a training checkpoint to ONNX.
+
+    The file carries the labels and preprocessing as metadata. Returns the path and the largest
+    logit difference between onnxruntime and PyTorch on a random batch of two images.
+    """
+    from .tasks.classification import load_classifier
+
+    classifier = load_classifier(model, checkpoint)
+    metadata = {"source": classifier.name, "arch": classifier.arch, "labels": classifier.class_names,
+                "preprocessing": classifier.preprocessing}
+    input_size = classifier.preprocessing["input_size"]
+    path = export_onnx(classifier.model, out, input_size=input_size, opset=opset, metadata=metadata)
+    images = torch.randn(2, *input_size, generator=torch.Generator().manual_seed(0))
+    return path, onnx_max_difference(classifier.model, onnx_session(path), images)

@@ -1,0 +1,294 @@
+"""Show, Attend and Tell: a CNN / ViT encoder and a soft-attention LSTM caption decoder.
+
+Paper: Xu, Ba, Kiros, Cho, Courville, Salakhutdinov, Zemel, Bengio, "Show, Attend and Tell:
+Neural Image Caption Generation with Visual Attention", ICML 2015 (arXiv:1502.03044).
+
+The encoder's feature map is pooled to a ``grid_size`` grid of ``P`` region vectors. At every
+step the LSTM attends over them (additive attention, :mod:`visattn.layers.additive_attention`),
+gates the context with ``β = sigmoid(f_beta(h))`` and predicts the next word from ``h`` (or, with
+``deep_output``, from ``E y + L_h h + L_z z`` as in the paper's eq. 7). Token ids follow
+:mod:`visattn.data.vocab`: PAD 0, START 1, END 2; the model holds no vocabulary strings.
+"""
+from dataclasses import dataclass
+from typing import Any, Optional, Union
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import ConfigError
+from ..layers.additive_attention import AdditiveAttention
+from ..registry import create_model, register_model
+
+PAD_ID, START_ID, END_ID = 0, 1, 2
+GridSize = Union[int, tuple[int, int]]
+
+
+@dataclass
+class DecodedCaptions:
+    """Decoder output, one entry per image.
+
+    ``tokens[i]`` holds the word ids without START and END, ``attention[i]`` each word's attention
+    map ``(T_i, grid_h, grid_w)`` and ``scores[i]`` the caption's (length-normalised) log-probability.
+    """
+
+    tokens: list[Tensor]
+    attention: list[Tensor]
+    scores: Tensor
+
+
+def doubly_stochastic_penalty(alphas: Tensor, mask: Optional[Tensor] = None, weight: float = 1.0) -> Tensor:
+    """The paper's regulariser ``λ Σ_p (1 - Σ_t α_tp)²``, averaged over the batch.
+
+    Args:
+        alphas: ``(B, T, P)`` attention weights of each step.
+        mask: ``(B, T)`` bool, ``True`` on real (non-padding) steps; padded steps do not count.
+        weight: λ.
+    """
+    if mask is not None:
+        alphas = alphas * mask[..., None]
+    return weight * (1.0 - alphas.sum(dim=1)).square().sum(dim=1).mean()
+
+
+def _word_log_probs(logits: Tensor) -> Tensor:
+    """Log-softmax over the vocabulary with PAD and START ruled out: neither can be generated."""
+    logits = logits.clone()
+    logits[:, [PAD_ID, START_ID]] = float("-inf")
+    return logits.log_softmax(dim=-1)
+
+
+def _build_encoder(name: str, kwargs: dict[str, Any], pretrained: Union[bool, str]) -> nn.Module:
+    if name.startswith("timm:"):
+        import timm
+
+        return timm.create_model(name[5:], pretrained=bool(pretrained), num_classes=0, **kwargs)
+    return create_model(name, pretrained=pretrained, num_classes=0, strict=False, **kwargs)
+
+
+class ShowAttendTell(nn.Module):
+    """Image captioner with soft attention (Xu et al. 2015).
+
+    Args:
+        vocab_size: number of tokens, PAD/START/END/UNK included.
+        encoder_name: registered CNN or ViT, or ``timm:NAME``; its ``forward_features`` is used.
+        encoder_kwargs: builder arguments of the encoder (``img_size``, ``widths``, ...).
+        encoder_pretrained: passed to ``create_model(..., pretrained=...)`` for the encoder.
+        freeze_encoder: keep the encoder's weights fixed (and its norms in eval mode).
+        img_size: input size; ``None`` takes the encoder's ``input_size``.
+        grid_size: the feature map is average-pooled to this grid (14 for 224 px, as in the paper).
+        embed_dim: word embedding size.
+        hidden_dim: LSTM size.
+        attn_dim: hidden size of the additive attention.
+        dropout: dropout before the output layer.
+        deep_output: predict from ``E y_{t-1} + L_h h_t + L_z z_t`` instead of from ``h_t`` alone.
+    """
+
+    def __init__(
+        self,
+        *,
+        vocab_size: int = 10000,
+        encoder_name: str = "resnet50",
+        encoder_kwargs: Optional[dict[str, Any]] = None,
+        encoder_pretrained: Union[bool, str] = False,
+        freeze_encoder: bool = False,
+        img_size: Optional[int] = None,
+        grid_size: GridSize = 14,
+        embed_dim: int = 512,
+        hidden_dim: int = 512,
+        attn_dim: int = 512,
+        dropout: float = 0.5,
+        deep_output: bool = False,
+    ) -> None:
+        super().__init__()
+        if vocab_size <= END_ID:
+            raise ConfigError(f"vocab_size={vocab_size}: a vocabulary needs at least PAD, START and END; build it from captions")
+        self.vocab_size = vocab_size
+        self.encoder = _build_encoder(encoder_name, dict(encoder_kwargs or {}), encoder_pretrained)
+        self.freeze_encoder = freeze_encoder
+        if freeze_encoder:
+            self.encoder.requires_grad_(False)
+        channels = getattr(self.encoder, "input_size", (3, 224, 224))[0]
+        default_size = tuple(getattr(self.encoder, "input_size", (3, 224, 224))[1:])
+        self.input_size = (channels, *((img_size, img_size) if img_size else default_size))
+        self.grid = (grid_size, grid_size) if isinstance(grid_size, int) else tuple(grid_size)
+        self.pool = nn.AdaptiveAvgPool2d(self.grid)
+        self.feature_dim = feature_dim = self.encoder.num_features
+
+        self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=PAD_ID)
+        self.attention = AdditiveAttention(feature_dim, hidden_dim, attn_dim=attn_dim)
+        self.init_h = nn.Linear(feature_dim, hidden_dim)
+        self.init_c = nn.Linear(feature_dim, hidden_dim)
+        self.f_beta = nn.Linear(hidden_dim, feature_dim)
+        self.lstm = nn.LSTMCell(embed_dim + feature_dim, hidden_dim)
+        self.deep_output = deep_output
+        if deep_output:
+            self.out_h = nn.Linear(hidden_dim, embed_dim)
+            self.out_z = nn.Linear(feature_dim, embed_dim)
+        self.drop = nn.Dropout(dropout)
+        self.fc = nn.Linear(embed_dim if deep_output else hidden_dim, vocab_size)
+
+    def train(self, mode: bool = True) -> "ShowAttendTell":
+        super().train(mode)
+        if self.freeze_encoder:
+            self.encoder.eval()  # frozen batch-norm statistics must not drift either
+        return self
+
+    # -- encoder ----------------------------------------------------------------------------
+
+    def encode(self, images: Tensor) -> Tensor:
+        """Region features ``(B, P, C)`` with ``P = grid_h * grid_w``."""
+        x = self.encoder.forward_features(images)
+        if x.ndim == 3:  # ViT tokens (B, prefix + N, C): drop class/register tokens, lay out the patch grid
+            x = x[:, getattr(self.encoder, "num_prefix_tokens", 0):]
+            side = int(x.shape[1] ** 0.5)
+            grid_h, grid_w = getattr(getattr(self.encoder, "patch_embed", None), "grid_size", (side, side))
+            x = x.transpose(1, 2).reshape(x.shape[0], x.shape[2], grid_h, grid_w)  # (B, C, h, w)
+        return self.pool(x).flatten(2).transpose(1, 2)  # (B, P, C)
+
+    # -- decoder ----------------------------------------------------------------------------
+
+    def init_state(self, features: Tensor) -> tuple[Tensor, Tensor]:
+        mean = features.mean(dim=1)  # (B, C)
+        return torch.tanh(self.init_h(mean)), torch.tanh(self.init_c(mean))
+
+    def step(
+        self, features: Tensor, projected: Tensor, words: Tensor, state: tuple[Tensor, Tensor]
+    ) -> tuple[Tensor, tuple[Tensor, Tensor], Tensor]:
+        """One decoding step: logits ``(B, V)``, the new ``(h, c)`` and attention ``α`` ``(B, P)``.
+
+        Args:
+            features: ``(B, P, C)`` region features.
+            projected: ``self.attention.project_features(features)``.
+            words: ``(B,)`` previous word ids.
+            state: LSTM ``(h, c)``, each ``(B, hidden_dim)``.
+        """
+        h, c = state
+        context, alpha = self.attention(features, h, projected=projected)
+        context = torch.sigmoid(self.f_beta(h)) * context  # gating scalar β per feature channel
+        embedded = self.embed(words)  # (B, embed_dim)
+        h, c = self.lstm(torch.cat([embedded, context], dim=1), (h, c))
+        out = embedded + self.out_h(h) + self.out_z(context) if self.deep_output else h
+        return self.fc(self.drop(out)), (h, c), alpha
+
+    def forward(self, images: Tensor, captions: Tensor) -> tuple[Tensor, Tensor]:
+        """Teacher forcing: logits ``(B, T, V)`` predicting ``captions[:, 1:]`` and alphas ``(B, T, P)``.
+
+        Args:
+            images: ``(B, 3, H, W)`` normalised images.
+            captions: ``(B, L)`` token ids ``START ... END PAD ...``; ``T = L - 1``.
+        """
+        features = self.encode(images)
+        projected = self.attention.project_features(features)
+        state = self.init_state(features)
+        logits, alphas = [], []
+        for t in range(captions.shape[1] - 1):
+            step_logits, state, alpha = self.step(features, projected, captions[:, t], state)
+            logits.append(step_logits)
+            alphas.append(alpha)
+        return torch.stack(logits, dim=1), torch.stack(alphas, dim=1)
+
+    # -- decoding ---------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def greedy_decode(self, images: Tensor, max_len: int = 20) -> DecodedCaptions:
+        """Most likely word at each step, until END or ``max_len`` words."""
+        features = self.encode(images)
+        projected = self.attention.project_features(features)
+        state = self.init_state(features)
+        batch = images.shape[0]
+        words = features.new_full((batch,), START_ID, dtype=torch.long)
+        tokens, alphas, log_probs = [], [], []
+        finished = torch.zeros(batch, dtype=torch.bool, device=images.device)
+        for _ in range(max_len):
+            logits, state, alpha = self.step(features, projected, words, state)
+            step_log_probs, words = _word_log_probs(logits).max(dim=-1)
+            tokens.append(words.masked_fill(finished, PAD_ID))
+            log_probs.append(step_log_probs.masked_fill(finished, 0.0))
+            alphas.append(alpha)
+            finished |= words == END_ID
+            if finished.all():
+                break
+        return self._collect(torch.stack(tokens, 1), torch.stack(alphas, 1), torch.stack(log_probs, 1).sum(1))
+
+    @torch.no_grad()
+    def beam_search(
+        self, images: Tensor, beam_size: int = 5, max_len: int = 20, length_penalty: float = 1.0
+    ) -> DecodedCaptions:
+        """Beam search over the whole batch at once: ``B * beam_size`` hypotheses advance together.
+
+        Finished hypotheses (ended by END) are frozen with their score; the best hypothesis per image
+        is the one with the highest ``log p / length ** length_penalty`` (0 disables normalisation).
+        """
+        batch, k = images.shape[0], beam_size
+        features = self.encode(images).repeat_interleave(k, dim=0)  # (B*K, P, C)
+        projected = self.attention.project_features(features)
+        state = self.init_state(features)
+        words = features.new_full((batch * k,), START_ID, dtype=torch.long)
+        scores = features.new_full((batch, k), float("-inf"))
+        scores[:, 0] = 0.0  # all beams start identical: expand only the first
+        tokens = words.new_zeros((batch, k, 0))
+        alphas = features.new_zeros((batch, k, 0, features.shape[1]))
+        finished = torch.zeros((batch, k), dtype=torch.bool, device=images.device)
+        batch_idx = torch.arange(batch, device=images.device)[:, None]  # (B, 1) for gathering beams
+        for _ in range(max_len):
+            logits, state, alpha = self.step(features, projected, words, state)
+            log_probs = _word_log_probs(logits).view(batch, k, -1)  # (B, K, V)
+            # A finished hypothesis has one continuation, PAD, which keeps its score.
+            frozen = torch.full_like(log_probs[0, 0], float("-inf"))
+            frozen[PAD_ID] = 0.0
+            log_probs = torch.where(finished[..., None], frozen, log_probs)
+            scores, flat = (scores[..., None] + log_probs).view(batch, -1).topk(k, dim=-1)  # (B, K)
+            beam, words = flat // self.vocab_size, flat % self.vocab_size
+            tokens = torch.cat([tokens[batch_idx, beam], words[..., None]], dim=2)
+            alphas = torch.cat([alphas[batch_idx, beam], alpha.view(batch, k, 1, -1)[batch_idx, beam]], dim=2)
+            finished = finished[batch_idx, beam] | (words == END_ID)
+            rows = (batch_idx * k + beam).view(-1)  # (B*K,) hypotheses that survive, in their new order
+            state = (state[0][rows], state[1][rows])
+            words = words.view(-1)
+            if finished.all():
+                break
+        return self._best_hypotheses(tokens, alphas, scores, length_penalty)
+
+    def _best_hypotheses(self, tokens: Tensor, alphas: Tensor, scores: Tensor, length_penalty: float) -> DecodedCaptions:
+        """Pick each image's best beam by length-normalised score. tokens (B, K, T), alphas (B, K, T, P)."""
+        lengths = (tokens != PAD_ID).sum(-1)  # (B, K) words, END included
+        normalised = scores / lengths.clamp(min=1).float() ** length_penalty
+        best = normalised.argmax(dim=-1)  # (B,)
+        rows = torch.arange(tokens.shape[0], device=tokens.device)
+        return self._collect(tokens[rows, best], alphas[rows, best], normalised[rows, best])
+
+    def _collect(self, tokens: Tensor, alphas: Tensor, scores: Tensor) -> DecodedCaptions:
+        """Split ``(B, T)`` tokens and ``(B, T, P)`` alphas into per-image words and maps (END and PAD dropped)."""
+        out_tokens, out_maps = [], []
+        for ids, maps in zip(tokens, alphas):
+            ended = (ids == END_ID).nonzero()
+            n = int(ended[0]) if len(ended) else int((ids != PAD_ID).sum())
+            out_tokens.append(ids[:n])
+            out_maps.append(maps[:n].reshape(n, *self.grid))
+        return DecodedCaptions(out_tokens, out_maps, scores)
+
+
+def _create_sat(**kwargs: Any) -> ShowAttendTell:
+    return ShowAttendTell(**kwargs)
+
+
+@register_model
+def sat_resnet50(**kwargs: Any) -> ShowAttendTell:
+    """Show, Attend and Tell on a ResNet-50, 224 px, 14x14 grid (the paper's setting with a newer CNN)."""
+    return _create_sat(**{**dict(encoder_name="resnet50", grid_size=14), **kwargs})
+
+
+@register_model
+def sat_vit_small_patch16_224(**kwargs: Any) -> ShowAttendTell:
+    """Show, Attend and Tell on ViT-S/16 patch tokens, 224 px, 14x14 grid."""
+    return _create_sat(**{**dict(encoder_name="vit_small_patch16_224", grid_size=14, attn_dim=384), **kwargs})
+
+
+@register_model
+def sat_cbam_resnet_scenes(**kwargs: Any) -> ShowAttendTell:
+    """A CPU-sized captioner for 64 px FashionScenes: two-stage CBAM-ResNet (stride 8), 8x8 grid."""
+    encoder_kwargs = dict(layers=(1, 1), widths=(32, 64), small_input=False)
+    model_args = dict(
+        encoder_name="cbam_resnet20_cifar", encoder_kwargs=encoder_kwargs, img_size=64, grid_size=8,
+        embed_dim=128, hidden_dim=256, attn_dim=128, dropout=0.3, deep_output=True,
+    )
+    return _create_sat(**{**model_args, **kwargs})

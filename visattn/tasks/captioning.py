@@ -1,0 +1,399 @@
+"""Image captioning as a LightningModule (Show, Attend and Tell), its metrics, and inference helpers.
+
+Metrics: BLEU-1..4 and CIDEr from pycocoevalcap (METEOR too when asked for; it runs Java), and
+the pointing game on FashionScenes: for every generated item word (``ITEM_WORDS``) whose class
+occurs exactly once in the scene, the peak of that word's attention map, upsampled to the image,
+must fall inside the item's box.
+"""
+import contextlib
+import functools
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Optional, Sequence
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, Subset
+
+from ..data.scenes import ITEM_WORDS
+from ..data.vocab import Vocabulary, tokenize
+from ..errors import ConfigError, WeightsError
+from ..explain.pointing import pointing_hit
+from ..models.show_attend_tell import DecodedCaptions, doubly_stochastic_penalty
+from ..pretrained import find_weights_entry, load_weights
+from ..registry import create_model, split_model_name
+from .classification import Classifier, ImageClassifier, best_weights, read_checkpoint
+
+_ITEM_CLASS = {word: k for k, word in enumerate(ITEM_WORDS)}
+
+
+# ---------------------------------------------------------------------------------------------
+# metrics, shared by validation and `visattn evaluate`
+# ---------------------------------------------------------------------------------------------
+
+
+def caption_scores(hypotheses: Sequence[str], references: Sequence[Sequence[str]], *, meteor: bool = False) -> dict[str, float]:
+    """Corpus BLEU-1..4 and CIDEr (and METEOR if asked) of one hypothesis per image against its references."""
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+
+    if len(hypotheses) != len(references) or not hypotheses:
+        raise ConfigError(f"got {len(hypotheses)} captions for {len(references)} images; give one per image")
+    # pycocoevalcap wants pre-tokenised, space-joined strings; use the vocabulary's tokenizer.
+    res = {i: [" ".join(tokenize(h))] for i, h in enumerate(hypotheses)}
+    gts = {i: [" ".join(tokenize(r)) for r in refs] for i, refs in enumerate(references)}
+    with contextlib.redirect_stdout(io.StringIO()):  # Bleu prints its length ratios
+        bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+        cider, _ = Cider().compute_score(gts, res)
+    scores = {f"bleu{n}": float(b) for n, b in enumerate(bleu, start=1)}
+    scores["cider"] = float(cider)
+    if meteor:
+        from pycocoevalcap.meteor.meteor import Meteor
+
+        scores["meteor"] = float(Meteor().compute_score(gts, res)[0])
+    return scores
+
+
+def pointing_hits(
+    words: Sequence[str], maps: Tensor, boxes: np.ndarray, labels: np.ndarray, image_size: Sequence[int]
+) -> list[bool]:
+    """One hit/miss per generated item word whose class occurs exactly once among ``labels``.
+
+    Args:
+        words: the generated words.
+        maps: ``(T, h, w)`` attention map of each word.
+        boxes: ``(N, 4)`` xyxy item boxes in the model input's pixels.
+        labels: ``(N,)`` Fashion-MNIST class ids.
+        image_size: ``(H, W)`` of the model input.
+    """
+    labels = np.asarray(labels)
+    hits = []
+    for word, heat in zip(words, maps):
+        k = _ITEM_CLASS.get(word)
+        if k is not None and (labels == k).sum() == 1:
+            hits.append(pointing_hit(heat, np.asarray(boxes)[labels == k][0], image_size))
+    return hits
+
+
+def decode(model: nn.Module, images: Tensor, *, beam_size: int = 1, max_len: int = 20,
+           length_penalty: float = 1.0) -> DecodedCaptions:
+    """Greedy decoding for ``beam_size == 1``, batched beam search otherwise."""
+    if beam_size < 1:
+        raise ConfigError(f"beam_size={beam_size}: must be >= 1")
+    if beam_size == 1:
+        return model.greedy_decode(images, max_len=max_len)
+    return model.beam_search(images, beam_size=beam_size, max_len=max_len, length_penalty=length_penalty)
+
+
+class CaptionMetrics:
+    """Accumulates generated captions, references and pointing hits over batches; ``compute()`` scores them."""
+
+    def __init__(self, vocab: Vocabulary, *, meteor: bool = False) -> None:
+        self.vocab, self.meteor = vocab, meteor
+        self.reset()
+
+    def reset(self) -> None:
+        self.hypotheses: list[str] = []
+        self.references: list[list[str]] = []
+        self.hits: list[bool] = []
+        self.has_boxes = False
+
+    def update(self, decoded: DecodedCaptions, batch: dict[str, Any], image_size: Sequence[int]) -> list[str]:
+        """Add a decoded batch; ``batch`` holds ``references`` and, for scenes, ``boxes`` and ``labels``."""
+        captions = [self.vocab.decode(ids.tolist()) for ids in decoded.tokens]
+        self.hypotheses += captions
+        self.references += [list(refs) for refs in batch["references"]]
+        if "boxes" in batch:
+            self.has_boxes = True
+            for caption, maps, boxes, labels in zip(captions, decoded.attention, batch["boxes"], batch["labels"]):
+                self.hits += pointing_hits(caption.split(), maps.cpu(), _numpy(boxes), _numpy(labels), image_size)
+        return captions
+
+    def compute(self) -> dict[str, float]:
+        scores = caption_scores(self.hypotheses, self.references, meteor=self.meteor)
+        if self.has_boxes:  # None when no caption named an item that occurs once
+            scores["pointing"] = float(np.mean(self.hits)) if self.hits else None
+        scores["n"] = len(self.hypotheses)
+        return scores
+
+
+def _numpy(x: Any) -> np.ndarray:
+    return x.detach().cpu().numpy() if torch.is_tensor(x) else np.asarray(x)
+
+
+# ---------------------------------------------------------------------------------------------
+# training
+# ---------------------------------------------------------------------------------------------
+
+
+class CaptioningTask(pl.LightningModule):
+    """Train and evaluate a Show, Attend and Tell captioner.
+
+    Args:
+        model_name: a registered ``sat_*`` architecture (``visattn models 'sat_*'``), or ``arch.tag``.
+        model_kwargs: extra builder arguments (``encoder_name``, ``grid_size``, ``hidden_dim``, ...).
+        vocab: every token in id order (``Vocabulary.to_list()``), linked from the datamodule.
+        preprocessing: ``input_size``, ``mean``, ``std``, ``recipe`` of the evaluation transform,
+            linked from the datamodule; saved in checkpoints for inference.
+        lr: peak AdamW learning rate.
+        weight_decay: AdamW weight decay, not applied to biases, norms and embeddings.
+        warmup_epochs: linear warm-up length, then cosine decay to zero.
+        alpha_c: λ of the doubly stochastic attention regulariser.
+        label_smoothing: cross-entropy label smoothing.
+        max_len: longest generated caption, in words.
+        beam_size: validation/test decoding: 1 is greedy, more is beam search.
+        length_penalty: beam search ranks hypotheses by ``log p / length ** length_penalty``.
+        meteor: also compute METEOR (needs Java; slower).
+    """
+
+    # Given once in the data section of a config and linked here by `visattn fit` (see lightning_cli.py).
+    linked_data_attributes = ("vocab", "preprocessing")
+
+    def __init__(
+        self,
+        model_name: str = "sat_cbam_resnet_scenes",
+        model_kwargs: Optional[dict[str, Any]] = None,
+        vocab: Optional[list[str]] = None,
+        preprocessing: Optional[dict[str, Any]] = None,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        warmup_epochs: float = 1.0,
+        alpha_c: float = 1.0,
+        label_smoothing: float = 0.0,
+        max_len: int = 20,
+        beam_size: int = 1,
+        length_penalty: float = 1.0,
+        meteor: bool = False,
+    ) -> None:
+        super().__init__()
+        if not vocab:
+            raise ConfigError("CaptioningTask needs a vocabulary: link data.vocab in the config (see configs/captioning/)")
+        self.save_hyperparameters()
+        self.vocab = Vocabulary.from_list(vocab)
+        self.model = create_model(model_name, vocab_size=len(self.vocab), **dict(model_kwargs or {}))
+        self.val_metrics = CaptionMetrics(self.vocab, meteor=meteor)
+        self.test_metrics = CaptionMetrics(self.vocab, meteor=meteor)
+
+    def forward(self, images: Tensor) -> DecodedCaptions:
+        h = self.hparams
+        return decode(self.model, images, beam_size=h.beam_size, max_len=h.max_len, length_penalty=h.length_penalty)
+
+    def caption_loss(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
+        """Teacher-forced cross-entropy over real words (PAD ignored) and the attention regulariser."""
+        captions = batch["captions"]
+        logits, alphas = self.model(batch["images"], captions)  # (B, T, V), (B, T, P)
+        targets = captions[:, 1:]
+        cross_entropy = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=self.vocab.pad_id,
+                                        label_smoothing=self.hparams.label_smoothing)
+        penalty = doubly_stochastic_penalty(alphas, targets != self.vocab.pad_id, self.hparams.alpha_c)
+        return cross_entropy, penalty
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        cross_entropy, penalty = self.caption_loss(batch)
+        self.log("train/xent", cross_entropy, prog_bar=True)
+        self.log("train/attn_reg", penalty)
+        return cross_entropy + penalty
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self.log("val/xent", self.caption_loss(batch)[0], batch_size=len(batch["images"]))
+        self.val_metrics.update(self(batch["images"]), batch, batch["images"].shape[-2:])
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics(self.val_metrics, "val/")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self.test_metrics.update(self(batch["images"]), batch, batch["images"].shape[-2:])
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics(self.test_metrics, "test/")
+
+    def _log_metrics(self, metrics: CaptionMetrics, prefix: str) -> None:
+        if metrics.hypotheses:
+            scores = metrics.compute()
+            self.log_dict({prefix + k: v for k, v in scores.items() if k != "n" and v is not None}, prog_bar=True)
+        metrics.reset()
+
+    def predict_step(self, batch: Any, batch_idx: int) -> list[str]:
+        images = batch["images"] if isinstance(batch, dict) else batch[0] if isinstance(batch, (tuple, list)) else batch
+        return [self.vocab.decode(ids.tolist()) for ids in self(images).tokens]
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        # Same AdamW groups and warm-up + cosine schedule as the classifier; it reads only
+        # self.model, self.trainer and the lr / weight_decay / warmup_epochs hyperparameters.
+        return ImageClassifier.configure_optimizers(self)
+
+
+# ---------------------------------------------------------------------------------------------
+# inference: shipped weights or training checkpoints, with their vocabulary and preprocessing
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Captioner:
+    """A captioning model ready for inference, with its vocabulary and preprocessing."""
+
+    model: nn.Module
+    vocab: Vocabulary
+    preprocessing: dict[str, Any]
+    name: str  # arch.tag or the checkpoint path
+    arch: str
+    model_kwargs: dict[str, Any]
+
+    # The evaluation transform from the same preprocessing fields as a classifier's.
+    transform = Classifier.transform
+
+    @torch.inference_mode()
+    def caption(self, images: Tensor, *, beam_size: int = 5, max_len: int = 20,
+                length_penalty: float = 1.0) -> DecodedCaptions:
+        return decode(self.model, images, beam_size=beam_size, max_len=max_len, length_penalty=length_penalty)
+
+
+def load_captioner(model: Optional[str] = None, checkpoint: Optional[str] = None) -> Captioner:
+    """Load ``arch.tag`` shipped weights (``arch`` alone: its default weights) or a training checkpoint."""
+    if (model is None) == (checkpoint is None):
+        raise ConfigError("give exactly one of --model ARCH.TAG or --checkpoint FILE")
+    if checkpoint is not None:
+        return _captioner_from_checkpoint(Path(checkpoint))
+    arch, tag = split_model_name(model)
+    entry = find_weights_entry(arch, tag)
+    if not entry.get("vocab"):
+        raise WeightsError(f"{arch}.{entry['tag']}: the weights entry has no vocab; it is not a captioner")
+    net = create_model(f"{arch}.{entry['tag']}").eval()
+    return Captioner(net, Vocabulary.from_list(entry["vocab"]), dict(entry["preprocessing"]),
+                     f"{arch}.{entry['tag']}", arch, dict(entry.get("model_kwargs") or {}))
+
+
+def _captioner_from_checkpoint(path: Path) -> Captioner:
+    checkpoint = read_checkpoint(path)
+    hparams = checkpoint.get("hyper_parameters") or {}
+    if not hparams.get("vocab") or "model_name" not in hparams:
+        raise WeightsError(f"{path}: not a visattn captioning checkpoint (no vocab); pass --model ARCH.TAG instead")
+    vocab = Vocabulary.from_list(hparams["vocab"])
+    arch, tag = split_model_name(hparams["model_name"])
+    started_from = find_weights_entry(arch, tag).get("model_kwargs", {}) if tag else {}  # fine-tuned shipped weights
+    # The checkpoint holds every weight: the encoder's own pretrained weights need not be fetched again.
+    kwargs = {**started_from, **dict(hparams.get("model_kwargs") or {}), "vocab_size": len(vocab),
+              "encoder_pretrained": False}
+    net = create_model(arch, **kwargs)
+    load_weights(net, best_weights(checkpoint["state_dict"]))
+    preprocessing = hparams.get("preprocessing")
+    if not preprocessing:
+        raise WeightsError(f"{path}: the checkpoint has no preprocessing; train it with a config that links data.preprocessing")
+    return Captioner(net.eval(), vocab, dict(preprocessing), str(path), arch, kwargs)
+
+
+def is_captioner(model: Optional[str] = None, checkpoint: Optional[str] = None) -> bool:
+    """Whether ``--model`` (its index entry's task) or ``--checkpoint`` (its hyperparameters) is a captioner."""
+    if checkpoint is not None:
+        return bool((read_checkpoint(Path(checkpoint)).get("hyper_parameters") or {}).get("vocab"))
+    if model is None:
+        return False
+    arch, tag = split_model_name(model)
+    return find_weights_entry(arch, tag).get("task") == "captioning"
+
+
+# ---------------------------------------------------------------------------------------------
+# `visattn caption` and `visattn evaluate`
+# ---------------------------------------------------------------------------------------------
+
+
+def caption_files(captioner: Captioner, paths: Sequence[str], *, beam_size: int = 5, max_len: int = 20,
+                  attention_out: Optional[str] = None, as_json: bool = False) -> tuple[int, int]:
+    """Print one caption per image file (folders are searched recursively); returns ``(failures, files)``.
+
+    A file that cannot be read is reported on its own line and the others go on. With
+    ``attention_out``, a PNG per image shows each word's attention over the image.
+    """
+    import json
+
+    from ..data.image_io import decode_image, list_images
+    from ..errors import VisattnError
+    from ..explain.overlay import save_word_panels
+
+    files = list_images(list(paths))
+    if not files:
+        raise ConfigError(f"no image files found in {' '.join(paths)}; give image files or folders holding them")
+    out_dir = Path(attention_out) if attention_out else None
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    transform, failures, used = captioner.transform(), 0, set()
+    for path in files:
+        try:
+            image = decode_image(path)
+            decoded = captioner.caption(transform(image)[None], beam_size=beam_size, max_len=max_len)
+        except VisattnError as err:
+            failures += 1
+            print(json.dumps({"file": str(path), "error": str(err)}) if as_json else f"{path}: error: {err}")
+            continue
+        words = [captioner.vocab.decode([i]) for i in decoded.tokens[0].tolist()]
+        record = {"file": str(path), "caption": " ".join(words)}
+        if out_dir is not None and words:
+            target = _unique_path(out_dir, Path(path).stem, used)
+            save_word_panels(image, words, list(decoded.attention[0].numpy()), target)
+            record["attention"] = str(target)
+        print(json.dumps(record) if as_json else f"{path}: {record['caption']}")
+    return failures, len(files)
+
+
+def _unique_path(directory: Path, stem: str, used: set[str]) -> Path:
+    name, n = f"{stem}.png", 1
+    while name in used:
+        n += 1
+        name = f"{stem}-{n}.png"
+    used.add(name)
+    return directory / name
+
+
+def evaluation_loader(captioner: Captioner, spec: str, split: str = "test", *, limit: Optional[int] = None,
+                      batch_size: int = 64, num_workers: int = 0) -> DataLoader:
+    """Batches of ``fashion-scenes`` (``limit`` scenes of ``split``, default 1000, drawn at the model's
+    input size) or ``coco:ANNOTATIONS.json:IMAGES_DIR``, with references (and boxes for scenes)."""
+    from ..data.caption_datamodules import CaptionSamples, SceneImages, collate_captions
+    from ..data.coco import CocoCaptions
+    from ..data.scenes import FashionScenes
+
+    transform = captioner.transform()
+    if spec == "fashion-scenes":
+        if split not in ("train", "val", "test"):
+            raise ConfigError(f"--split {split}: fashion-scenes has the splits train, val and test")
+        size = int(captioner.preprocessing["input_size"][-1])
+        source = SceneImages(FashionScenes(split, num_scenes=limit or 1000, canvas_size=size), transform)
+    elif spec.startswith("coco:") and spec.count(":") >= 2:
+        annotations, _, images_dir = spec[len("coco:"):].rpartition(":")
+        source = CocoCaptions(annotations, images_dir, transform=transform)
+        source = Subset(source, range(min(limit, len(source)))) if limit else source
+    else:
+        raise ConfigError(f"--dataset {spec}: captioners take fashion-scenes or coco:ANNOTATIONS.json:IMAGES_DIR")
+    samples = CaptionSamples(source, captioner.vocab)
+    return DataLoader(samples, batch_size=batch_size, num_workers=num_workers,
+                      collate_fn=functools.partial(collate_captions, pad_id=captioner.vocab.pad_id))
+
+
+@torch.inference_mode()
+def evaluate_captioner(captioner: Captioner, batches: Iterable[dict[str, Any]], *, beam_size: int = 5,
+                       max_len: int = 20, meteor: bool = False) -> dict[str, Any]:
+    """BLEU-1..4, CIDEr (METEOR if asked), pointing (when the batches carry boxes) and ``n``."""
+    metrics = CaptionMetrics(captioner.vocab, meteor=meteor)
+    for batch in batches:
+        decoded = captioner.caption(batch["images"], beam_size=beam_size, max_len=max_len)
+        metrics.update(decoded, batch, batch["images"].shape[-2:])
+    if not metrics.hypotheses:
+        raise ConfigError("the evaluation dataset is empty; check --dataset, --split and --limit")
+    return {k: round(v, 6) if isinstance(v, float) else v for k, v in metrics.compute().items()}
+
+
+def save_captioner(captioner: Captioner, out_dir: str, tag: str, *, dataset: str = "fashion-scenes",
+                   metrics: Optional[dict[str, Any]] = None, config: Optional[str] = None,
+                   default: bool = False) -> dict[str, Any]:
+    """Write ``out_dir/<arch>.<tag>.safetensors`` and its index entry (vocab, preprocessing, model_kwargs,
+    measured ``metrics``) through :func:`visattn.save_weights`, so ``create_model("<arch>.<tag>")`` rebuilds it."""
+    from ..pretrained import save_weights
+
+    path = Path(out_dir) / f"{captioner.arch}.{tag}.safetensors"
+    return save_weights(captioner.model, path, task="captioning", dataset=dataset, vocab=captioner.vocab.to_list(),
+                        preprocessing=captioner.preprocessing, model_kwargs=captioner.model_kwargs, config=config,
+                        metrics=dict(metrics or {}), default=default)
