@@ -67,3 +67,11 @@ def test_lightning_overhead(capsys, monkeypatch, tmp_path):
     assert figures["model"] == "cbam_resnet20_cifar" and figures["timed_steps"] == 3
     _check_ratio(figures, "lightning_img_s", "bare_img_s")
     assert list(tmp_path.iterdir()) == [], "runs write into temporary folders only"
+
+
+def test_beam_search(capsys, monkeypatch):
+    out, figures = run_smoke(capsys, monkeypatch, "beam_search.py")
+    assert figures["benchmark"] == "beam_search" and figures["batch"] == 4 and figures["beam_size"] == 5
+    assert figures["identical_captions"] is True  # batching must not change a single word
+    _check_ratio(figures, "batched_captions_s", "per_image_captions_s")
+    assert "batched / per-image" in out

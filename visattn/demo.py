@@ -72,6 +72,11 @@ def main() -> None:
     if not classifiers:
         print("\n(no shipped Fashion-MNIST classifier in weights/ yet, so only the demo model classified them)")
 
+    for image in images[:2]:
+        for method in ("gradcam", "gates"):
+            run("explain", str(image), "--checkpoint", str(checkpoint), "--method", method,
+                "--out", str(OUT / "explain" / f"{image.stem}_{method}.png"))
+
     scenes = write_test_scenes(OUT / "scenes")
     for name in shipped("captioning", "fashion-scenes"):
         run("caption", *map(str, scenes), "--model", name, "--attention-out", str(OUT / "attention"))
@@ -80,6 +85,7 @@ def main() -> None:
     print(f"  checkpoints (best and last): {OUT / 'checkpoints'}")
     print(f"  training logs (CSV):         {OUT / 'logs'}")
     print(f"  test images classified:      {OUT / 'images'}")
+    print(f"  Grad-CAM and CBAM gate maps: {OUT / 'explain'}")
     print(f"  test scenes captioned:       {OUT / 'scenes'}")
     print(f"  per-word attention PNGs:     {OUT / 'attention'}")
 
