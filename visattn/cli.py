@@ -55,6 +55,13 @@ def run_lightning(argv: Sequence[str]) -> int:
     return 0
 
 
+def print_metrics(name: str, args: argparse.Namespace, metrics: dict) -> None:
+    """A readable line (unless --json), then the metrics as one JSON object on the last line."""
+    if not args.json:
+        print(f"{name} on {args.dataset} {args.split}: " + ", ".join(f"{k}={v}" for k, v in metrics.items()))
+    print(json.dumps(metrics))
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .tasks.captioning import is_captioner
     from .tasks.classification import evaluation_dataset, evaluate_classifier, load_classifier
@@ -68,9 +75,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         dataset = evaluation_dataset(args.dataset, args.split, classifier.transform())
         metrics = evaluate_classifier(classifier, dataset, batch_size=args.batch_size,
                                       num_workers=args.num_workers, limit=args.limit)
-    if not args.json:
-        print(f"{classifier.name} on {args.dataset} {args.split}: " + ", ".join(f"{k}={v}" for k, v in metrics.items()))
-    print(json.dumps(metrics))
+    print_metrics(classifier.name, args, metrics)
     return 0
 
 
@@ -89,9 +94,7 @@ def cmd_evaluate_captioner(args: argparse.Namespace) -> int:
     loader = evaluation_loader(captioner, args.dataset, args.split, limit=args.limit,
                                batch_size=min(args.batch_size, 64), num_workers=args.num_workers)
     metrics = evaluate_captioner(captioner, loader, beam_size=args.beam_size)
-    if not args.json:
-        print(f"{captioner.name} on {args.dataset} {args.split}: " + ", ".join(f"{k}={v}" for k, v in metrics.items()))
-    print(json.dumps(metrics))
+    print_metrics(captioner.name, args, metrics)
     return 0
 
 

@@ -26,7 +26,7 @@ from ..explain.pointing import pointing_hit
 from ..models.show_attend_tell import DecodedCaptions, doubly_stochastic_penalty
 from ..pretrained import find_weights_entry, load_weights
 from ..registry import create_model, split_model_name
-from .classification import Classifier, ImageClassifier, best_weights, read_checkpoint
+from .classification import Classifier, adamw_warmup_cosine, best_weights, read_checkpoint
 
 _ITEM_CLASS = {word: k for k, word in enumerate(ITEM_WORDS)}
 
@@ -222,9 +222,7 @@ class CaptioningTask(pl.LightningModule):
         return [self.vocab.decode(ids.tolist()) for ids in self(images).tokens]
 
     def configure_optimizers(self) -> dict[str, Any]:
-        # Same AdamW groups and warm-up + cosine schedule as the classifier; it reads only
-        # self.model, self.trainer and the lr / weight_decay / warmup_epochs hyperparameters.
-        return ImageClassifier.configure_optimizers(self)
+        return adamw_warmup_cosine(self)
 
 
 # ---------------------------------------------------------------------------------------------

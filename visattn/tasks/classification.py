@@ -183,12 +183,18 @@ class ImageClassifier(pl.LightningModule):
         return self(images).softmax(dim=-1)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = torch.optim.AdamW(weight_decay_groups(self.model, self.hparams.weight_decay), lr=self.hparams.lr)
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
-        steps_per_epoch = total / max(self.trainer.max_epochs or 1, 1)
-        warmup = min(int(self.hparams.warmup_epochs * steps_per_epoch), total - 1)
-        scheduler = warmup_cosine(optimizer, warmup, total)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return adamw_warmup_cosine(self)
+
+
+def adamw_warmup_cosine(task: pl.LightningModule) -> dict[str, Any]:
+    """AdamW over ``task.model`` with warm-up + cosine stepped per batch, from the task's ``lr``,
+    ``weight_decay`` and ``warmup_epochs`` hyperparameters; shared by every visattn task."""
+    optimizer = torch.optim.AdamW(weight_decay_groups(task.model, task.hparams.weight_decay), lr=task.hparams.lr)
+    total = max(int(task.trainer.estimated_stepping_batches), 1)
+    steps_per_epoch = total / max(task.trainer.max_epochs or 1, 1)
+    warmup = min(int(task.hparams.warmup_epochs * steps_per_epoch), total - 1)
+    scheduler = warmup_cosine(optimizer, warmup, total)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
 def weight_decay_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
