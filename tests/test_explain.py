@@ -29,7 +29,7 @@ from visattn.explain import (
 )
 from visattn.explain.gradcam import default_target_layer
 from visattn.explain.rollout import discard_lowest
-from visattn.tasks.classification import Classifier
+from visattn.tasks.classification import Classifier, load_classifier
 
 from fixtures_images import write_image_corpus
 from test_data import needs_fashion_mnist
@@ -427,3 +427,30 @@ def test_cli_evaluate_classifier_on_fashion_scenes_reports_pointing(tmp_path, ca
     metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert metrics["n"] == 8 and metrics["pointing_method"] == "rollout"
     assert 0.0 <= metrics["pointing"] <= 1.0 and 0.0 <= metrics["top1"] <= 1.0
+
+
+@pytest.mark.slow
+@needs_fashion_mnist
+def test_cli_evaluate_on_the_gray_canvas_at_native_size(tmp_path, capsys, monkeypatch):
+    import visattn.explain as explain_module
+
+    checkpoint = _fake_checkpoint(tmp_path / "tiny.ckpt")
+    sizes = []
+    original = explain_module.explain_batch
+    monkeypatch.setattr(explain_module, "explain_batch",
+                        lambda model, images, method: sizes.append(images.shape) or original(model, images, method))
+    assert main(["evaluate", "--checkpoint", str(checkpoint), "--dataset", "fashion-mnist-canvas", "--limit", "4",
+                 "--img-size", "64", "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert metrics["n"] == 4 and sizes == [(4, 3, 64, 64)]  # the ViT ran on a 16x16 patch grid
+
+
+def test_load_classifier_at_another_size_resamples_vit_position_embeddings(tmp_path):
+    checkpoint = _fake_checkpoint(tmp_path / "tiny.ckpt")
+    native = load_classifier(checkpoint=str(checkpoint))
+    large = load_classifier(checkpoint=str(checkpoint), img_size=56)
+    assert large.preprocessing["input_size"] == [3, 56, 56] and native.preprocessing["input_size"] == [3, 28, 28]
+    assert large.model.pos_embed.shape[1] == 1 + 14 * 14 and native.model.pos_embed.shape[1] == 1 + 7 * 7
+    assert large.model(torch.zeros(1, 3, 56, 56)).shape == (1, 10)
+    with pytest.raises(ConfigError, match="--img-size 0"):
+        load_classifier(checkpoint=str(checkpoint), img_size=0)

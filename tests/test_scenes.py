@@ -179,6 +179,20 @@ def test_single_item_scenes_and_option_errors():
 
 
 @needs_fashion_mnist
+def test_colors_restrict_the_tints_and_white_keeps_items_gray():
+    gray = FashionScenes("test", num_scenes=5, colors=("white",))
+    for scene in gray:
+        assert set(scene.colors) == {"white"}
+        assert np.array_equal(scene.image[..., 0], scene.image[..., 1])
+        assert np.array_equal(scene.image[..., 0], scene.image[..., 2])
+    assert {c for s in FashionScenes("test", num_scenes=20, colors=("red", "blue")) for c in s.colors} == {"red", "blue"}
+    default = FashionScenes("test", num_scenes=3)
+    assert np.array_equal(default[2].image, FashionScenes("test", num_scenes=3, colors=list(COLORS))[2].image)
+    with pytest.raises(ConfigError, match="colors=\\['grey'\\]: choose one or more of red"):
+        FashionScenes(colors=["grey"])
+
+
+@needs_fashion_mnist
 def test_export_coco_round_trips_through_pycocotools(tmp_path):
     from pycocotools.coco import COCO
 

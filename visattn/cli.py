@@ -62,14 +62,18 @@ def print_metrics(name: str, args: argparse.Namespace, metrics: dict) -> None:
     print(json.dumps(metrics))
 
 
+# Single-object FashionScenes for classifiers: tinted items, or gray Fashion-MNIST items on a larger canvas.
+POINTING_DATASETS = {"fashion-scenes": None, "fashion-mnist-canvas": ("white",)}
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .tasks.captioning import is_captioner
     from .tasks.classification import evaluation_dataset, evaluate_classifier, load_classifier
 
     if is_captioner(args.model, args.checkpoint):
         return cmd_evaluate_captioner(args)
-    classifier = load_classifier(args.model, args.checkpoint)
-    if args.dataset == "fashion-scenes":  # single-object scenes: accuracy and the pointing game
+    classifier = load_classifier(args.model, args.checkpoint, img_size=args.img_size)
+    if args.dataset in POINTING_DATASETS:  # single-object scenes: accuracy and the pointing game
         metrics = cmd_evaluate_pointing(classifier, args)
     else:
         dataset = evaluation_dataset(args.dataset, args.split, classifier.transform())
@@ -83,7 +87,8 @@ def cmd_evaluate_pointing(classifier, args: argparse.Namespace) -> dict:
     from .data.scenes import FashionScenes
     from .explain import evaluate_pointing
 
-    scenes = FashionScenes(args.split, num_scenes=args.limit or 1000, min_items=1, max_items=1)
+    scenes = FashionScenes(args.split, num_scenes=args.limit or 1000, min_items=1, max_items=1,
+                           colors=POINTING_DATASETS[args.dataset])
     return evaluate_pointing(classifier, scenes, batch_size=min(args.batch_size, 64))
 
 
@@ -194,13 +199,17 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("evaluate", help="score a classifier or captioner; the last line is the metrics as JSON")
     _add_model_source(evaluate)
     evaluate.add_argument("--dataset", required=True,
-                          help="fashion-mnist or imagefolder:DIR; captioners: fashion-scenes or coco:ANN.json:IMAGES")
+                          help="classifiers: fashion-mnist, imagefolder:DIR, or fashion-scenes / fashion-mnist-canvas "
+                               "(single items on a 64 px canvas, adding the pointing game); "
+                               "captioners: fashion-scenes or coco:ANN.json:IMAGES")
     evaluate.add_argument("--split", default="test", help="train, val or test (default: test)")
     evaluate.add_argument("--json", action="store_true", help="print only the JSON line")
     evaluate.add_argument("--batch-size", type=int, default=256)
     evaluate.add_argument("--num-workers", type=int, default=0)
     evaluate.add_argument("--limit", type=int, default=None, help="score only the first N samples")
     evaluate.add_argument("--beam-size", type=int, default=5, help="captioners: beam width (1: greedy)")
+    evaluate.add_argument("--img-size", type=int, default=None,
+                          help="classifiers: score at this square input size (ViT position embeddings are resampled)")
     evaluate.set_defaults(func=cmd_evaluate)
 
     classify = sub.add_parser("classify", help="classify image files and folders (recursively)")

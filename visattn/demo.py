@@ -13,6 +13,7 @@ from . import cli
 from .data.fashion_mnist import FASHION_MNIST_CLASSES, load_fashion_mnist
 from .data.scenes import FashionScenes
 from .pretrained import load_index
+from .registry import model_family, split_model_name
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "classification" / "demo_cbam_fmnist.yaml"
@@ -57,6 +58,16 @@ def shipped(task: str, dataset: str) -> list[str]:
                   if entry.get("task") == task and entry.get("dataset") == dataset)
 
 
+def explain_shipped(classifiers: list[str], images: list[Path]) -> None:
+    """Rollout (ViTs) and Grad-CAM maps of the shipped classifiers on a few test images."""
+    for name in classifiers:
+        methods = ("rollout", "gradcam") if model_family(split_model_name(name)[0]) == "vit" else ("gradcam",)
+        for image in images:
+            for method in methods:
+                run("explain", str(image), "--model", name, "--method", method,
+                    "--out", str(OUT / "explain" / f"{image.stem}_{name}_{method}.png"))
+
+
 def main() -> None:
     checkpoint = OUT / "checkpoints" / "last.ckpt"
     print("visattn demo: train CBAM-ResNet-20 (841K parameters) for 2 epochs on 4000 Fashion-MNIST images")
@@ -80,12 +91,13 @@ def main() -> None:
     scenes = write_test_scenes(OUT / "scenes")
     for name in shipped("captioning", "fashion-scenes"):
         run("caption", *map(str, scenes), "--model", name, "--attention-out", str(OUT / "attention"))
+    explain_shipped(classifiers, images[:3])
 
     print("\nOutputs:")
     print(f"  checkpoints (best and last): {OUT / 'checkpoints'}")
     print(f"  training logs (CSV):         {OUT / 'logs'}")
     print(f"  test images classified:      {OUT / 'images'}")
-    print(f"  Grad-CAM and CBAM gate maps: {OUT / 'explain'}")
+    print(f"  Grad-CAM, rollout, gates:    {OUT / 'explain'}")
     print(f"  test scenes captioned:       {OUT / 'scenes'}")
     print(f"  per-word attention PNGs:     {OUT / 'attention'}")
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -114,6 +115,8 @@ class FashionScenes(Dataset):
         canvas_size: side of the square scene images in pixels.
         min_items: fewest items in a scene.
         max_items: most items in a scene (``min_items = max_items = 1``: single-object scenes).
+        colors: the tints items are drawn in (keys of :data:`COLORS`); ``("white",)`` leaves the
+            Fashion-MNIST items gray, as classifiers trained on Fashion-MNIST know them.
         seed: with ``split`` and the index, determines each scene.
         root: folder holding the Fashion-MNIST idx files, as :class:`FashionMNIST` takes it.
     """
@@ -126,10 +129,15 @@ class FashionScenes(Dataset):
         canvas_size: int = 64,
         min_items: int = 1,
         max_items: int = 3,
+        colors: Sequence[str] | None = None,
         seed: int = 0,
         root: str | os.PathLike | None = None,
     ) -> None:
         _check_options(split, num_scenes, canvas_size, min_items, max_items)
+        unknown = sorted(set(colors or ()) - set(COLORS))
+        if unknown or (colors is not None and not colors):
+            raise ConfigError(f"colors={list(colors)}: choose one or more of {', '.join(COLORS)}")
+        self.colors = list(colors or COLORS)
         self.split, self.num_scenes, self.canvas_size = split, num_scenes, canvas_size
         self.min_items, self.max_items, self.seed = min_items, max_items, seed
         self.side_range = (round(_MIN_SIDE * canvas_size), round(_MAX_SIDE * canvas_size))
@@ -170,7 +178,7 @@ class FashionScenes(Dataset):
 
     def _draw_items(self, rng: np.random.Generator) -> tuple[np.ndarray, list[str], np.ndarray]:
         count = int(rng.integers(self.min_items, self.max_items + 1))
-        names = list(COLORS)
+        names = self.colors
         labels, colors = [], []
         for i in range(count):
             if i > 0 and rng.random() < _REPEAT_PROB:

@@ -20,7 +20,7 @@ from ..data.image_folder import ImageFolder
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, ImageTransform, eval_transforms
 from ..errors import ConfigError, WeightsError
 from ..pretrained import find_weights_entry, load_weights, read_pickle_checkpoint
-from ..registry import create_model, split_model_name
+from ..registry import create_model, model_family, split_model_name
 
 
 def build_classifier(model_name: str, num_classes: int, model_kwargs: Optional[dict] = None,
@@ -242,31 +242,53 @@ class Classifier:
         return self.model(images).softmax(dim=-1)
 
 
-def load_classifier(model: Optional[str] = None, checkpoint: Optional[str] = None) -> Classifier:
-    """Load ``arch.tag`` shipped weights (``arch`` alone: its default weights) or a training checkpoint."""
+def load_classifier(model: Optional[str] = None, checkpoint: Optional[str] = None, *,
+                    img_size: Optional[int] = None) -> Classifier:
+    """Load ``arch.tag`` shipped weights (``arch`` alone: its default weights) or a training checkpoint.
+
+    ``img_size`` runs the classifier on ``img_size``-pixel square inputs instead of its training size:
+    a ViT's position embeddings are resampled to the new patch grid, and CNNs pool globally anyway.
+    """
     if (model is None) == (checkpoint is None):
         raise ConfigError("give exactly one of --model ARCH.TAG or --checkpoint FILE")
+    if img_size is not None and img_size < 1:
+        raise ConfigError(f"--img-size {img_size}: give a positive number of pixels")
     if checkpoint is not None:
-        return _classifier_from_checkpoint(Path(checkpoint))
+        return _classifier_from_checkpoint(Path(checkpoint), img_size)
     arch, tag = split_model_name(model)
     entry = find_weights_entry(arch, tag)
-    net = create_model(f"{arch}.{entry['tag']}").eval()
+    net = create_model(f"{arch}.{entry['tag']}", **_size_kwargs(arch, img_size)).eval()
     labels = entry.get("labels") or [str(i) for i in range(net.num_classes)]
-    return Classifier(net, list(labels), dict(entry["preprocessing"]), f"{arch}.{entry['tag']}", arch,
-                      dict(entry.get("model_kwargs") or {}))
+    return Classifier(net, list(labels), _resized(entry["preprocessing"], img_size), f"{arch}.{entry['tag']}",
+                      arch, dict(entry.get("model_kwargs") or {}))
 
 
-def _classifier_from_checkpoint(path: Path) -> Classifier:
+def _classifier_from_checkpoint(path: Path, img_size: Optional[int] = None) -> Classifier:
     checkpoint = read_checkpoint(path)
     hparams = checkpoint.get("hyper_parameters") or {}
     if "model_name" not in hparams:
         raise WeightsError(f"{path}: not a visattn classification checkpoint (no model_name); pass --model ARCH.TAG instead")
-    net = build_classifier(hparams["model_name"], hparams["num_classes"], hparams.get("model_kwargs"))
+    model_kwargs = {**(hparams.get("model_kwargs") or {}), **_size_kwargs(hparams["model_name"], img_size)}
+    net = build_classifier(hparams["model_name"], hparams["num_classes"], model_kwargs)
     load_weights(net, best_weights(checkpoint["state_dict"]))
     labels = hparams.get("class_names") or [str(i) for i in range(hparams["num_classes"])]
-    preprocessing = hparams.get("preprocessing") or _default_preprocessing(net)
-    return Classifier(net.eval(), list(labels), dict(preprocessing), str(path), hparams["model_name"],
+    preprocessing = _resized(hparams.get("preprocessing") or _default_preprocessing(net), img_size)
+    return Classifier(net.eval(), list(labels), preprocessing, str(path), hparams["model_name"],
                       dict(hparams.get("model_kwargs") or {}))
+
+
+def _size_kwargs(arch: str, img_size: Optional[int]) -> dict[str, Any]:
+    """Builder arguments for another input size: only ViTs have a size-bound part (position embeddings)."""
+    if img_size is None or arch.startswith("timm:") or model_family(arch) != "vit":
+        return {}
+    return {"img_size": img_size}
+
+
+def _resized(preprocessing: dict[str, Any], img_size: Optional[int]) -> dict[str, Any]:
+    preprocessing = dict(preprocessing)
+    if img_size is not None:
+        preprocessing["input_size"] = [preprocessing["input_size"][0], img_size, img_size]
+    return preprocessing
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
