@@ -14,7 +14,7 @@ from PIL import Image
 
 from visattn import create_model
 from visattn.cli import main
-from visattn.tasks.classification import ImageClassifier, warmup_cosine
+from visattn.tasks.classification import ImageClassifier, warmup_cosine, weight_decay_groups
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs" / "classification").glob("*.yaml"))
@@ -126,6 +126,17 @@ def test_warmup_cosine_schedule():
     assert lrs[0] == pytest.approx(0.2) and lrs[4] == pytest.approx(1.0)
     assert all(a < b for a, b in zip(lrs[:4], lrs[1:5])) and all(a > b for a, b in zip(lrs[4:], lrs[5:]))
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_weight_decay_groups_and_a_slower_backbone():
+    model = torch.nn.Module()
+    model.backbone, model.head = torch.nn.Linear(3, 4), torch.nn.Linear(4, 2)
+    plain = weight_decay_groups(model, 0.05)
+    assert [(len(g["params"]), g["weight_decay"], "lr" in g) for g in plain] == [(2, 0.05, False), (2, 0.0, False)]
+    scaled = torch.optim.AdamW(weight_decay_groups(model, 0.05, lr=1e-3, backbone_lr_scale=0.1), lr=1e-3)
+    by_param = {id(p): g["lr"] for g in scaled.param_groups for p in g["params"]}
+    assert by_param[id(model.backbone.weight)] == by_param[id(model.backbone.bias)] == pytest.approx(1e-4)
+    assert by_param[id(model.head.weight)] == by_param[id(model.head.bias)] == pytest.approx(1e-3)
 
 
 def test_ema_mixup_and_cutmix_train_step():

@@ -9,7 +9,9 @@ from visattn.registry import model_family
 BUILD_KWARGS = {"vit": {"img_size": 32}}
 INPUT = (2, 3, 32, 32)
 # Captioners take (images, captions) and have no classifier head; tests/test_show_attend_tell.py sweeps them.
-CLASSIFIERS = [name for name in list_models() if model_family(name) != "show_attend_tell"]
+# Detectors take lists of images and targets; test_detector_losses_and_detections sweeps them below.
+CLASSIFIERS = [name for name in list_models() if model_family(name) not in ("show_attend_tell", "detection")]
+DETECTORS = list_models("fcos_*") + list_models("detr_*")
 
 
 def _build(name: str, **kwargs):
@@ -43,3 +45,31 @@ def test_classifier_interface(name):
     model.reset_classifier(3)
     with torch.no_grad():
         assert model(x).shape == (INPUT[0], 3)
+
+
+def test_every_detector_is_in_the_detection_family():
+    assert DETECTORS and [n for n in list_models() if model_family(n) == "detection"] == sorted(DETECTORS)
+
+
+@pytest.mark.parametrize("name", DETECTORS)
+def test_detector_losses_and_detections(name):
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=3, min_size=64, max_size=64).train()
+    images = [torch.rand(3, 64, 64), torch.rand(3, 48, 64)]
+    targets = [
+        {"boxes": torch.tensor([[4.0, 4.0, 30.0, 36.0], [36.0, 20.0, 60.0, 60.0]]), "labels": torch.tensor([0, 2])},
+        {"boxes": torch.tensor([[8.0, 10.0, 40.0, 44.0]]), "labels": torch.tensor([1])},
+    ]
+    losses = model(images, targets)
+    assert losses and all(v.ndim == 0 and torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    no_grad = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not no_grad, f"parameters without gradient: {no_grad[:5]}"
+    with torch.no_grad():
+        detections = model.eval()(images)
+    for det, image in zip(detections, images):
+        height, width = image.shape[-2:]
+        assert det["boxes"].shape == (len(det["scores"]), 4) and det["labels"].dtype == torch.int64
+        assert ((det["labels"] >= 0) & (det["labels"] < 3)).all()
+        boxes = det["boxes"]
+        assert (boxes >= 0).all() and (boxes[:, 2] <= width).all() and (boxes[:, 3] <= height).all()

@@ -69,7 +69,10 @@ POINTING_DATASETS = {"fashion-scenes": None, "fashion-mnist-canvas": ("white",)}
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .tasks.captioning import is_captioner
     from .tasks.classification import evaluation_dataset, evaluate_classifier, load_classifier
+    from .tasks.detection import is_detector
 
+    if is_detector(args.model, args.checkpoint):
+        return cmd_evaluate_detector(args)
     if is_captioner(args.model, args.checkpoint):
         return cmd_evaluate_captioner(args)
     classifier = load_classifier(args.model, args.checkpoint, img_size=args.img_size)
@@ -101,6 +104,27 @@ def cmd_evaluate_captioner(args: argparse.Namespace) -> int:
     metrics = evaluate_captioner(captioner, loader, beam_size=args.beam_size)
     print_metrics(captioner.name, args, metrics)
     return 0
+
+
+def cmd_evaluate_detector(args: argparse.Namespace) -> int:
+    from .tasks.detection import evaluate_detector, evaluation_loader, load_detector
+
+    detector = load_detector(args.model, args.checkpoint)
+    loader = evaluation_loader(detector, args.dataset, args.split, limit=args.limit,
+                               batch_size=min(args.batch_size, 16), num_workers=args.num_workers)
+    print_metrics(detector.name, args, evaluate_detector(detector, loader))
+    return 0
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    from .tasks.detection import detect_files, load_detector
+
+    detector = load_detector(args.model, args.checkpoint)
+    failures, total = detect_files(detector, args.paths, score_threshold=args.score_threshold, out=args.out,
+                                   as_json=args.json)
+    if failures:
+        print(f"visattn: {failures} of {total} files could not be read", file=sys.stderr)
+    return 1 if failures else 0
 
 
 def cmd_caption(args: argparse.Namespace) -> int:
@@ -156,7 +180,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
 def cmd_save_weights(args: argparse.Namespace) -> int:
     from .pretrained import save_weights
     from .tasks.classification import evaluation_dataset, evaluate_classifier, load_classifier
+    from .tasks.detection import is_detector
 
+    if is_detector(checkpoint=args.checkpoint):
+        return cmd_save_detector(args)
     classifier = load_classifier(checkpoint=args.checkpoint)
     meta = {"task": "classification", "dataset": args.dataset, "labels": classifier.class_names,
             "preprocessing": classifier.preprocessing, "model_kwargs": classifier.model_kwargs,
@@ -168,6 +195,22 @@ def cmd_save_weights(args: argparse.Namespace) -> int:
     entry = save_weights(classifier.model, path, **meta)
     print(f"wrote {path} (sha256 {entry['sha256'][:12]}...) and its entry in {path.parent / 'index.json'}")
     print(json.dumps(meta["metrics"]))
+    return 0
+
+
+def cmd_save_detector(args: argparse.Namespace) -> int:
+    from .tasks.detection import evaluate_detector, evaluation_loader, load_detector, save_detector
+
+    detector = load_detector(checkpoint=args.checkpoint)
+    metrics = {}
+    if args.dataset:
+        scores = evaluate_detector(detector, evaluation_loader(detector, args.dataset, "test"))
+        metrics = {f"test/{k}": v for k, v in scores.items()}
+    entry = save_detector(detector, args.out_dir, args.tag, dataset=args.dataset, metrics=metrics,
+                          config=args.config, default=args.default)
+    path = Path(args.out_dir) / entry["file"]
+    print(f"wrote {path} (sha256 {entry['sha256'][:12]}...) and its entry in {path.parent / 'index.json'}")
+    print(json.dumps(metrics))
     return 0
 
 
@@ -196,12 +239,13 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--pretrained", action="store_true", help="only models with shipped weights")
     models.set_defaults(func=cmd_models)
 
-    evaluate = sub.add_parser("evaluate", help="score a classifier or captioner; the last line is the metrics as JSON")
+    evaluate = sub.add_parser("evaluate",
+                              help="score a classifier, captioner or detector; the last line is the metrics as JSON")
     _add_model_source(evaluate)
     evaluate.add_argument("--dataset", required=True,
                           help="classifiers: fashion-mnist, imagefolder:DIR, or fashion-scenes / fashion-mnist-canvas "
                                "(single items on a 64 px canvas, adding the pointing game); "
-                               "captioners: fashion-scenes or coco:ANN.json:IMAGES")
+                               "captioners and detectors: fashion-scenes or coco:ANN.json:IMAGES")
     evaluate.add_argument("--split", default="test", help="train, val or test (default: test)")
     evaluate.add_argument("--json", action="store_true", help="print only the JSON line")
     evaluate.add_argument("--batch-size", type=int, default=256)
@@ -227,6 +271,14 @@ def build_parser() -> argparse.ArgumentParser:
     caption.add_argument("--attention-out", default=None, metavar="DIR", help="write one PNG per image, a panel per word")
     caption.add_argument("--json", action="store_true", help="one JSON object per file")
     caption.set_defaults(func=cmd_caption)
+
+    detect = sub.add_parser("detect", help="detect objects in image files and folders (recursively)")
+    detect.add_argument("paths", nargs="+", metavar="PATH")
+    _add_model_source(detect)
+    detect.add_argument("--score-threshold", type=float, default=0.5, help="keep detections scoring at least this")
+    detect.add_argument("--out", default=None, metavar="DIR", help="write one PNG per image with the boxes drawn")
+    detect.add_argument("--json", action="store_true", help="one JSON object per file")
+    detect.set_defaults(func=cmd_detect)
 
     explain = sub.add_parser("explain", help="draw where a classifier looks in an image (PNG with map and label)")
     explain.add_argument("path", metavar="PATH", help="image file")

@@ -25,6 +25,16 @@ def atomic_path(path: Union[str, Path]) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def unique_path(directory: Union[str, Path], stem: str, used: set[str], suffix: str = ".png") -> Path:
+    """``directory/stem.png``, or ``stem-2.png``, ``stem-3.png``... when an earlier output in ``used`` took the name."""
+    name, n = f"{stem}{suffix}", 1
+    while name in used:
+        n += 1
+        name = f"{stem}-{n}{suffix}"
+    used.add(name)
+    return Path(directory) / name
+
+
 def atomic_write_text(path: Union[str, Path], text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)

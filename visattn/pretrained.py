@@ -61,6 +61,9 @@ def load_index(directory: Optional[Union[str, Path]] = None) -> dict[str, dict[s
 
 def find_weights_entry(arch: str, tag: Optional[str] = None) -> dict[str, Any]:
     """The index entry for ``arch.tag``, or the architecture's default entry when ``tag`` is None."""
+    from .registry import _resolve_arch
+
+    arch = _resolve_arch(arch)  # an unknown architecture: UnknownModelError naming close matches
     entries = {e["tag"]: e for e in load_index().values() if e["arch"] == arch}
     if tag is not None:
         if tag in entries:
@@ -118,7 +121,8 @@ def read_pickle_checkpoint(path: Path) -> Any:
             "convert it to .safetensors where you trust it"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as err:
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        # torch's first sentence says what broke; the rest is advice this message replaces
+        reason = str(err).splitlines()[0].split(". ")[0] if str(err) else type(err).__name__
         raise WeightsError(f"{path}: unreadable checkpoint ({reason}); re-download or re-export it") from None
 
 
@@ -211,7 +215,7 @@ def load_weights(
     if adapt is not None:
         state = adapt(state)
     state = _drop_mismatched_head(model, state)
-    _check_keys(model, state, strict=strict, source=source if not isinstance(source, dict) else "state dict")
+    check_state_dict(model, state, strict=strict, source=source if not isinstance(source, dict) else "state dict")
     model.load_state_dict(state, strict=False)
     return model
 
@@ -231,7 +235,11 @@ def _drop_mismatched_head(model: nn.Module, state: StateDict) -> StateDict:
     return {k: v for k, v in state.items() if k not in dropped}
 
 
-def _check_keys(model: nn.Module, state: StateDict, *, strict: bool, source: Any) -> None:
+def check_state_dict(model: nn.Module, state: StateDict, *, strict: bool, source: Any, fix: Optional[str] = None) -> None:
+    """Raise :class:`WeightsError` naming ``source`` and the keys when ``state`` does not fit ``model``.
+
+    Missing and unexpected keys count only when ``strict``; shapes always. ``fix`` replaces the hint.
+    """
     own = model.state_dict()
     head = getattr(model, "classifier", None)
     missing = [k for k in own if k not in state and not (head and k.startswith(head + "."))]
@@ -240,7 +248,8 @@ def _check_keys(model: nn.Module, state: StateDict, *, strict: bool, source: Any
     if shape or (strict and (missing or unexpected)):
         parts = [f"{label}: {_key_list(keys)}" for label, keys in
                  (("missing", missing), ("unexpected", unexpected), ("wrong shape", shape)) if keys]
-        hint = "pass strict=False to keep the missing ones at their init" if not shape else "check the architecture and its kwargs"
+        hint = fix or ("pass strict=False to keep the missing ones at their init" if not shape
+                       else "check the architecture and its kwargs")
         raise WeightsError(f"{source}: weights do not fit {type(model).__name__} ({'; '.join(parts)}); {hint}")
     if missing or unexpected:
         warnings.warn(

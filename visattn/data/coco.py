@@ -31,7 +31,7 @@ from .image_folder import decode_next_good
 from .image_io import DEFAULT_MAX_PIXELS
 from .transforms import to_tensor
 
-__all__ = ["CaptionImages", "CocoCaptions", "KarpathyCaptions", "KarpathySplit", "read_karpathy"]
+__all__ = ["CaptionImages", "CocoCaptions", "KarpathyCaptions", "KarpathySplit", "load_coco", "read_karpathy"]
 
 KarpathySplit = Literal["train", "val", "test", "restval"]
 Transform = Callable[[np.ndarray], torch.Tensor]
@@ -100,7 +100,7 @@ class CocoCaptions(CaptionImages):
         max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
         self.annotations, images_dir = Path(annotations), Path(images_dir)
-        coco = _load_coco(self.annotations)
+        coco = load_coco(self.annotations)
         samples, self.image_ids = [], []
         try:
             for image in coco.dataset.get("images", []):
@@ -184,7 +184,8 @@ def _read_json(path: Path) -> dict:
     return data
 
 
-def _load_coco(path: Path):  # -> pycocotools.coco.COCO
+def load_coco(path: Path):  # -> pycocotools.coco.COCO
+    """A pycocotools ``COCO`` index of an annotations file, with one-line errors for bad files."""
     from pycocotools.coco import COCO  # imported on first use: CLI commands that never read COCO start faster
 
     data = _read_json(path)  # our one-line errors for missing or invalid files

@@ -53,10 +53,13 @@ class ImageTransform:
         self.pipeline = A.Compose([*transforms, ToTensorV2()])
         self._seeded_in_pid: int | None = None
 
-    def __call__(self, image: np.ndarray) -> torch.Tensor:
+    def _seed_once(self) -> None:
         if self._seeded_in_pid != os.getpid():
             self.pipeline.set_random_seed(torch.initial_seed() % 2**32)
             self._seeded_in_pid = os.getpid()
+
+    def __call__(self, image: np.ndarray) -> torch.Tensor:
+        self._seed_once()
         return self.pipeline(image=image)["image"]
 
     def __repr__(self) -> str:

@@ -46,14 +46,19 @@ class AdditiveAttention(nn.Module):
             features: ``(B, P, feature_dim)`` region features.
             query: ``(B, query_dim)``.
             projected: ``project_features(features)``, to skip recomputing it each decoding step.
-            mask: ``(B, P)`` bool, ``True`` for regions that may be attended; others get weight 0.
+            mask: ``(B, P)`` bool, ``True`` for regions that may be attended; others get weight 0,
+                and a row with none gets context 0.
         """
         if projected is None:
             projected = self.project_features(features)
         hidden = torch.tanh(projected + self.query_proj(query)[:, None, :])  # (B, P, attn_dim)
         scores = self.score(hidden).squeeze(-1)  # (B, P)
         if mask is not None:
-            scores = scores.masked_fill(~mask, float("-inf"))
+            # A finite fill, not -inf: a fully masked row then stays finite (forward and backward),
+            # and multiplying by the mask gives it weight 0 everywhere.
+            scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
         alpha = scores.softmax(dim=-1)
+        if mask is not None:
+            alpha = alpha * mask
         context = torch.bmm(alpha[:, None, :], features).squeeze(1)  # (B, feature_dim)
         return context, alpha

@@ -4,6 +4,8 @@ The default path calls ``F.scaled_dot_product_attention``, which dispatches to t
 memory-efficient or math kernel. ``return_attention=True`` takes the explicit path instead and
 also returns the softmax probabilities, so explain tools see the attention even when the fused
 kernel is on.
+Its logits and softmax are computed in float32, as the fused kernels accumulate, so fp16
+autocast cannot overflow them.
 """
 from typing import Optional, Union
 
@@ -51,11 +53,20 @@ class SelfAttention(nn.Module):
         q, k, v = qkv.unbind(0)  # each (B, heads, N, head_dim)
         attn: Optional[torch.Tensor] = None
         if return_attention:
-            attn = (q * self.scale) @ k.transpose(-2, -1)  # (B, heads, N, N)
-            attn = attn.softmax(dim=-1)
-            x = self.attn_drop(attn) @ v
+            attn = attention_probs(q, k, self.scale)
+            x = self.attn_drop(attn).to(v.dtype) @ v
         else:
             x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0)
         x = x.transpose(1, 2).reshape(B, N, C)  # (B, N, heads * head_dim)
         x = self.proj_drop(self.proj(x))
         return (x, attn) if return_attention else x
+
+
+def attention_probs(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
+    """``softmax(q k^T * scale)`` in float32 ``(B, heads, N, N)``, also under fp16/bf16 autocast.
+
+    In fp16 the dot products of activations near 1e3 already exceed 65504, giving inf and NaN.
+    """
+    with torch.autocast(q.device.type, enabled=False):
+        logits = (q.float() * scale) @ k.float().transpose(-2, -1)  # (B, heads, N, N)
+        return logits.softmax(dim=-1)

@@ -48,8 +48,10 @@ class NonLocalBlock(nn.Module):
         query = self.theta(x).flatten(2).transpose(1, 2)  # (B, HW, inner)
         key = self.phi(x).flatten(2)  # (B, inner, HW)
         value = self.g(x).flatten(2).transpose(1, 2)  # (B, HW, inner)
-        affinity = torch.softmax(query @ key, dim=-1)  # (B, HW, HW)
+        # float32 even under autocast: unscaled fp16 dot products overflow once activations near 100.
+        with torch.autocast(x.device.type, enabled=False):
+            affinity = torch.softmax(query.float() @ key.float(), dim=-1)  # (B, HW, HW)
         if self.keep_gate:
             self.last_gate = {"affinity": affinity.detach()}
-        y = (affinity @ value).transpose(1, 2).reshape(b, -1, h, w)  # (B, inner, H, W)
+        y = (affinity.to(value.dtype) @ value).transpose(1, 2).reshape(b, -1, h, w)  # (B, inner, H, W)
         return x + self.norm(self.out_proj(y))

@@ -2,3 +2,4 @@
 from . import vit
 from . import resnet
 from . import show_attend_tell
+from . import detection

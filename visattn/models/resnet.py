@@ -265,15 +265,21 @@ class ResNet(nn.Module):
             if hasattr(m, "zero_init_last") and (zero_init_residual or not is_block):
                 m.zero_init_last()
 
-    def forward_features(self, x: Tensor) -> Tensor:
-        """Pre-pool feature map ``(B, num_features, H / 32, W / 32)`` (``H / 4`` for the CIFAR layout)."""
+    def forward_stages(self, x: Tensor) -> list[Tensor]:
+        """Every stage's output (after its BAM, where there is one), finest first: the features an FPN takes."""
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        outputs = []
         for i, name in enumerate(self.stage_names, start=1):
             x = getattr(self, name)(x)
             bam = getattr(self, f"bam{i}", None)
             if bam is not None:
                 x = bam(x)
-        return x
+            outputs.append(x)
+        return outputs
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """Pre-pool feature map ``(B, num_features, H / 32, W / 32)`` (``H / 4`` for the CIFAR layout)."""
+        return self.forward_stages(x)[-1]
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         x = self.drop(torch.flatten(self.avgpool(x), 1))  # (B, num_features)

@@ -23,10 +23,12 @@ from ..data.scenes import ITEM_WORDS
 from ..data.vocab import Vocabulary, tokenize
 from ..errors import ConfigError, WeightsError
 from ..explain.pointing import pointing_hit
+from ..fileio import unique_path
 from ..models.show_attend_tell import DecodedCaptions, doubly_stochastic_penalty
 from ..pretrained import find_weights_entry, load_weights
 from ..registry import create_model, split_model_name
 from .classification import Classifier, adamw_warmup_cosine, best_weights, read_checkpoint
+from .guards import NonFiniteLossGuard
 
 _ITEM_CLASS = {word: k for k, word in enumerate(ITEM_WORDS)}
 
@@ -148,6 +150,8 @@ class CaptioningTask(pl.LightningModule):
         beam_size: validation/test decoding: 1 is greedy, more is beam search.
         length_penalty: beam search ranks hypotheses by ``log p / length ** length_penalty``.
         meteor: also compute METEOR (needs Java; slower).
+        max_bad_steps: a step whose loss is NaN or infinite is skipped (and logged as
+            ``train/skipped_steps``); this many in a row stop the run with a message.
     """
 
     # Given once in the data section of a config and linked here by `visattn fit` (see lightning_cli.py).
@@ -168,6 +172,7 @@ class CaptioningTask(pl.LightningModule):
         beam_size: int = 1,
         length_penalty: float = 1.0,
         meteor: bool = False,
+        max_bad_steps: int = 5,
     ) -> None:
         super().__init__()
         if not vocab:
@@ -177,6 +182,7 @@ class CaptioningTask(pl.LightningModule):
         self.model = create_model(model_name, vocab_size=len(self.vocab), **dict(model_kwargs or {}))
         self.val_metrics = CaptionMetrics(self.vocab, meteor=meteor)
         self.test_metrics = CaptionMetrics(self.vocab, meteor=meteor)
+        self.loss_guard = NonFiniteLossGuard(max_bad_steps)
 
     def forward(self, images: Tensor) -> DecodedCaptions:
         h = self.hparams
@@ -192,11 +198,12 @@ class CaptioningTask(pl.LightningModule):
         penalty = doubly_stochastic_penalty(alphas, targets != self.vocab.pad_id, self.hparams.alpha_c)
         return cross_entropy, penalty
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Optional[Tensor]:
+        self.loss_guard.watch(self.model)
         cross_entropy, penalty = self.caption_loss(batch)
         self.log("train/xent", cross_entropy, prog_bar=True)
         self.log("train/attn_reg", penalty)
-        return cross_entropy + penalty
+        return self.loss_guard.check(self, cross_entropy + penalty)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self.log("val/xent", self.caption_loss(batch)[0], batch_size=len(batch["images"]))
@@ -330,20 +337,11 @@ def caption_files(captioner: Captioner, paths: Sequence[str], *, beam_size: int 
         words = [captioner.vocab.decode([i]) for i in decoded.tokens[0].tolist()]
         record = {"file": str(path), "caption": " ".join(words)}
         if out_dir is not None and words:
-            target = _unique_path(out_dir, Path(path).stem, used)
+            target = unique_path(out_dir, Path(path).stem, used)
             save_word_panels(image, words, list(decoded.attention[0].numpy()), target)
             record["attention"] = str(target)
         print(json.dumps(record) if as_json else f"{path}: {record['caption']}")
     return failures, len(files)
-
-
-def _unique_path(directory: Path, stem: str, used: set[str]) -> Path:
-    name, n = f"{stem}.png", 1
-    while name in used:
-        n += 1
-        name = f"{stem}-{n}.png"
-    used.add(name)
-    return directory / name
 
 
 def evaluation_loader(captioner: Captioner, spec: str, split: str = "test", *, limit: Optional[int] = None,

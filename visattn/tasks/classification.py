@@ -21,6 +21,7 @@ from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, ImageTransform, eval_
 from ..errors import ConfigError, WeightsError
 from ..pretrained import find_weights_entry, load_weights, read_pickle_checkpoint
 from ..registry import create_model, model_family, split_model_name
+from .guards import NonFiniteLossGuard
 
 
 def build_classifier(model_name: str, num_classes: int, model_kwargs: Optional[dict] = None,
@@ -80,6 +81,8 @@ class ImageClassifier(pl.LightningModule):
         sdpa_backend: restrict ``F.scaled_dot_product_attention`` in every step to one kernel:
             ``"flash"``, ``"efficient"``, ``"math"`` or ``"cudnn"`` (flash and math also run on
             CPU); None lets PyTorch choose.
+        max_bad_steps: a step whose loss is NaN or infinite is skipped (and logged as
+            ``train/skipped_steps``); this many in a row stop the run with a message.
 
     bf16 autocast is Lightning's: set ``trainer.precision: bf16-mixed`` in the config.
     """
@@ -105,6 +108,7 @@ class ImageClassifier(pl.LightningModule):
         preprocessing: Optional[dict[str, Any]] = None,
         compile: bool = False,
         sdpa_backend: Optional[str] = None,
+        max_bad_steps: int = 5,
     ) -> None:
         super().__init__()
         if sdpa_backend is not None and sdpa_backend not in SDPA_BACKENDS:
@@ -116,6 +120,7 @@ class ImageClassifier(pl.LightningModule):
         self.ema = self._ema(self.model, ema_decay)
         self.val_metrics = accuracy_metrics(num_classes, "val/")
         self.test_metrics = accuracy_metrics(num_classes, "test/")
+        self.loss_guard = NonFiniteLossGuard(max_bad_steps)
 
     @staticmethod
     def _batch_mix(num_classes: int, mixup_alpha: float, cutmix_alpha: float) -> Optional[v2.Transform]:
@@ -151,15 +156,16 @@ class ImageClassifier(pl.LightningModule):
         with self.attention_kernel():
             return self.eval_model(x)
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> Optional[torch.Tensor]:
         images, targets = batch
         if self.batch_mix is not None:
             images, targets = self.batch_mix(images, targets)  # targets become (B, num_classes) soft labels
+        self.loss_guard.watch(self.model)
         with self.attention_kernel():
             logits = self.model(images)
         loss = self.criterion(logits, targets)
         self.log("train/loss", loss, prog_bar=True)
-        return loss
+        return self.loss_guard.check(self, loss)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.ema is not None:
@@ -189,7 +195,9 @@ class ImageClassifier(pl.LightningModule):
 def adamw_warmup_cosine(task: pl.LightningModule) -> dict[str, Any]:
     """AdamW over ``task.model`` with warm-up + cosine stepped per batch, from the task's ``lr``,
     ``weight_decay`` and ``warmup_epochs`` hyperparameters; shared by every visattn task."""
-    optimizer = torch.optim.AdamW(weight_decay_groups(task.model, task.hparams.weight_decay), lr=task.hparams.lr)
+    groups = weight_decay_groups(task.model, task.hparams.weight_decay, lr=task.hparams.lr,
+                                 backbone_lr_scale=task.hparams.get("backbone_lr_scale", 1.0))
+    optimizer = torch.optim.AdamW(groups, lr=task.hparams.lr)
     total = max(int(task.trainer.estimated_stepping_batches), 1)
     steps_per_epoch = total / max(task.trainer.max_epochs or 1, 1)
     warmup = min(int(task.hparams.warmup_epochs * steps_per_epoch), total - 1)
@@ -197,14 +205,25 @@ def adamw_warmup_cosine(task: pl.LightningModule) -> dict[str, Any]:
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
-def weight_decay_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Optimizer parameter groups: ``weight_decay`` on weights, none on biases, norms, position embeddings and tokens."""
-    decay, no_decay = [], []
+def weight_decay_groups(model: nn.Module, weight_decay: float, *, lr: Optional[float] = None,
+                        backbone_lr_scale: float = 1.0) -> list[dict[str, Any]]:
+    """Optimizer parameter groups: ``weight_decay`` on weights, none on biases, norms, position embeddings and tokens.
+
+    With ``backbone_lr_scale != 1`` the ``backbone.*`` parameters (detectors) get two more groups at
+    ``lr * backbone_lr_scale``, as DETR trains its pretrained backbone ten times slower than its head.
+    """
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {(False, True): [], (False, False): []}
     for name, param in model.named_parameters():
         if param.requires_grad:
             # Biases, norm scales, position embeddings and tokens are 1-D or named so: no decay.
-            (no_decay if param.ndim <= 1 or name.endswith(("pos_embed", "cls_token")) else decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            decay = not (param.ndim <= 1 or name.endswith(("pos_embed", "cls_token")))
+            backbone = backbone_lr_scale != 1.0 and name.startswith("backbone.")
+            groups.setdefault((backbone, decay), []).append(param)
+    if backbone_lr_scale != 1.0 and lr is None:
+        raise ConfigError("backbone_lr_scale needs the base lr")
+    return [{"params": params, "weight_decay": weight_decay if decay else 0.0,
+             **({"lr": lr * backbone_lr_scale} if backbone else {})}
+            for (backbone, decay), params in groups.items() if params or not backbone]
 
 
 def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int) -> LRScheduler:

@@ -5,20 +5,93 @@ classes by ``class_path``. Values the data defines are linked into the model, so
 once and lands in every checkpoint, which is then enough to run inference. Which values depends
 on the task: its class lists them in ``linked_data_attributes`` (a classifier takes
 ``num_classes``, ``class_names`` and ``preprocessing``; a captioner takes its vocabulary).
+
+Every run gets :class:`SafeCheckpointIO` unless its config names another ``CheckpointIO``: checkpoints
+are written crash-safely and read without unpickling code, a checkpoint for another model is a
+one-line error, and ``fit --ckpt_path`` resumes from the newest good checkpoint when the one named
+is damaged.
 """
+import glob
 import importlib
+import logging
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
+import torch
 import yaml
 
 import lightning.pytorch as pl
 from jsonargparse import ArgumentError
 from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.plugins import CheckpointIO, TorchCheckpointIO
 
-from ..errors import ConfigError, VisattnError
+from ..errors import ConfigError, VisattnError, WeightsError
+from ..fileio import atomic_path
+from ..pretrained import check_state_dict
+from .classification import read_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+class SafeCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoints written crash-safely and read weights-only.
+
+    Saving goes through :func:`visattn.fileio.atomic_path` (temp file, fsync, ``os.replace``): a
+    run killed mid-write leaves the previous checkpoint whole. Loading uses
+    ``torch.load(weights_only=True)``, so a hostile pickle runs nothing, and a damaged file or one
+    that does not fit ``module`` is a one-line :class:`WeightsError` naming it.
+
+    Args:
+        module: the LightningModule the checkpoints belong to; loads check their keys and shapes.
+        resume_fallback: when the checkpoint asked for is damaged, warn and load the newest other
+            ``*.ckpt`` beside it that reads (``visattn fit`` turns this on).
+    """
+
+    def __init__(self, *, module: Optional[torch.nn.Module] = None, resume_fallback: bool = False) -> None:
+        super().__init__()
+        self.module = module
+        self.resume_fallback = resume_fallback
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Optional[Any] = None) -> None:
+        if storage_options is not None or "://" in str(path):  # remote filesystems: Lightning's own writer
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        path = Path(path)
+        with atomic_path(path) as tmp:
+            torch.save(checkpoint, tmp)
+        for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):  # left by a writer that was killed
+            stale.unlink(missing_ok=True)
+
+    def load_checkpoint(self, path: Any, map_location: Optional[Callable] = None,
+                        weights_only: Optional[bool] = None) -> dict[str, Any]:
+        if "://" in str(path):
+            return super().load_checkpoint(path, map_location, weights_only=True)
+        path = Path(path)
+        try:
+            checkpoint = read_checkpoint(path)
+        except WeightsError as err:
+            if not self.resume_fallback or not path.is_file():
+                raise
+            path, checkpoint = _newest_good_checkpoint(path, err)
+        if self.module is not None:
+            check_state_dict(self.module, checkpoint["state_dict"], strict=getattr(self.module, "strict_loading", True),
+                             source=path, fix="use a checkpoint of the model and model_kwargs this config builds")
+        return checkpoint
+
+
+def _newest_good_checkpoint(damaged: Path, err: WeightsError) -> tuple[Path, dict[str, Any]]:
+    """The newest other ``*.ckpt`` beside ``damaged`` that reads, with a one-line warning; else ``err``."""
+    others = sorted((p for p in damaged.parent.glob("*.ckpt") if p != damaged),
+                    key=lambda p: p.stat().st_mtime, reverse=True)
+    for path in others:
+        try:
+            checkpoint = read_checkpoint(path)
+        except WeightsError:
+            continue
+        log.warning("skipping %s; resuming from %s (step %s) instead", err, path, checkpoint.get("global_step"))
+        return path, checkpoint
+    raise WeightsError(f"{err}; no other checkpoint in {damaged.parent} reads either, so start without --ckpt_path") from None
 
 
 class VisattnCLI(LightningCLI):
@@ -29,6 +102,21 @@ class VisattnCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         for key in self.linked_data_attributes:
             parser.link_arguments(f"data.{key}", f"model.init_args.{key}", apply_on="instantiate")
+
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI (2.6) reads an explicit --ckpt_path file for its hyperparameters before building
+        # anything; a damaged file must give our one-line error, or, for fit, the fallback at load time.
+        try:
+            super()._parse_ckpt_path()
+        except Exception:
+            path = self.config[self.config.subcommand].get("ckpt_path")
+            try:
+                read_checkpoint(Path(path))
+            except WeightsError:
+                if self.config.subcommand != "fit":
+                    raise
+                return  # SafeCheckpointIO warns and resumes from the newest good checkpoint
+            raise
 
     def instantiate_classes(self) -> None:
         try:
@@ -47,6 +135,12 @@ class VisattnCLI(LightningCLI):
         # Rich progress bar by default; a config can still pick another bar or turn bars off.
         if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
             kwargs["callbacks"] = [*callbacks, RichProgressBar()]
+        plugins = config.get("plugins") or []
+        plugins = plugins if isinstance(plugins, list) else [plugins]
+        # SafeCheckpointIO by default, unless the config chose a CheckpointIO (as a plugin or in its strategy).
+        chosen = any(isinstance(p, CheckpointIO) for p in plugins) or getattr(config.get("strategy"), "_checkpoint_io", None)
+        if not chosen:
+            kwargs["plugins"] = [*plugins, SafeCheckpointIO(module=self.model, resume_fallback=self.subcommand == "fit")]
         return super().instantiate_trainer(**kwargs)
 
 

@@ -1,0 +1,173 @@
+"""Detection models: FCOS and DETR-style heads on registered backbones, the Hungarian matcher, weights."""
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from visattn import create_model
+from visattn.errors import ConfigError
+from visattn.layers.sine_pos_embed import sine_position_encoding_2d
+from visattn.models.detection import hungarian_match
+
+HEADS = ["fcos_cbam_resnet20_cifar", "detr_cbam_resnet20_cifar"]
+SIZES = [(64, 64), (48, 56)]  # two images of different sizes in one batch
+
+
+def _build(name, **kwargs):
+    torch.manual_seed(0)
+    return create_model(name, num_classes=4, **kwargs)
+
+
+def _images():
+    torch.manual_seed(1)
+    return [torch.rand(3, h, w) for h, w in SIZES]
+
+
+def _targets():
+    return [
+        {"boxes": torch.tensor([[4.0, 6.0, 28.0, 30.0], [34.0, 30.0, 60.0, 58.0]]), "labels": torch.tensor([0, 3])},
+        {"boxes": torch.tensor([[10.0, 8.0, 30.0, 40.0]]), "labels": torch.tensor([2])},
+    ]
+
+
+def _empty_targets():
+    return [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)} for _ in SIZES]
+
+
+def _detect(model):
+    with torch.no_grad():
+        return model.eval()(_images())
+
+
+def test_fcos_losses_train_backbone_and_head():
+    model = _build("fcos_cbam_resnet20_cifar").train()
+    losses = model(_images(), _targets())
+    assert set(losses) == {"classification", "bbox_regression", "bbox_ctrness"}
+    assert all(v.ndim == 0 and torch.isfinite(v) and v > 0 for v in losses.values())
+    sum(losses.values()).backward()
+    for param in (model.backbone.body.conv1.weight, model.backbone.body.layer3[0].attn.spatial.conv.weight,
+                  model.backbone.fpn.inner_blocks[0][0].weight, model.head.classification_head.cls_logits.weight):
+        assert param.grad is not None and param.grad.abs().sum() > 0
+
+
+def test_detr_losses_cover_every_decoder_layer():
+    model = _build("detr_cbam_resnet20_cifar", num_decoder_layers=3).train()
+    losses = model(_images(), _targets())
+    expected = {f"loss_{k}{s}" for k in ("ce", "bbox", "giou") for s in ("", "_0", "_1")}
+    assert set(losses) == expected
+    assert all(v.ndim == 0 and torch.isfinite(v) and v > 0 for v in losses.values())
+    sum(losses.values()).backward()
+    for param in (model.backbone.conv1.weight, model.input_proj.weight, model.query_embed.weight,
+                  model.transformer.encoder[0].attn.q.weight, model.class_embed.weight, model.bbox_embed[0].weight):
+        assert param.grad is not None and param.grad.abs().sum() > 0
+    without_aux = _build("detr_cbam_resnet20_cifar", aux_loss=False).train()(_images(), _targets())
+    assert set(without_aux) == {"loss_ce", "loss_bbox", "loss_giou"}
+
+
+@pytest.mark.parametrize("name", HEADS)
+def test_eval_gives_boxes_inside_each_image(name):
+    model = _build(name)
+    detections = _detect(model)
+    assert len(detections) == len(SIZES)
+    for det, (height, width) in zip(detections, SIZES):
+        assert set(det) == {"boxes", "scores", "labels"}
+        m = len(det["scores"])
+        assert m > 0 and det["boxes"].shape == (m, 4) and det["labels"].shape == (m,)
+        assert det["labels"].dtype == torch.int64 and 0 <= det["labels"].min() and det["labels"].max() < 4
+        boxes = det["boxes"]
+        assert (boxes >= 0).all() and (boxes[:, [0, 2]] <= width).all() and (boxes[:, [1, 3]] <= height).all()
+        assert (boxes[:, 2:] >= boxes[:, :2]).all()
+        assert torch.all(det["scores"][:-1] >= det["scores"][1:]) and (det["scores"] <= 1).all()
+
+
+@pytest.mark.parametrize("name", HEADS)
+def test_empty_targets_give_finite_losses(name):
+    model = _build(name).train()
+    losses = model(_images(), _empty_targets())
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_hungarian_match_finds_the_optimum_greedy_misses():
+    # Same-size boxes on one row; target 0 sits at cx 0.30, target 1 at 0.40. Prediction 0 (cx 0.32)
+    # is the closest to both: greedy gives it to target 0 and leaves target 1 to prediction 1
+    # (total L1 0.02 + 0.14), the optimum pairs 0-1 and 1-0 (0.08 + 0.04). Prediction 2 is far off.
+    def row(*centres):
+        return torch.tensor([[cx, 0.5, 0.2, 0.2] for cx in centres])
+
+    targets = [{"boxes": row(0.30, 0.40), "labels": torch.tensor([1, 1])}]
+    logits = torch.zeros(1, 3, 5)  # every class equally likely: only the boxes decide
+    (pred, tgt), = hungarian_match(logits, row(0.32, 0.26, 0.90)[None], targets)
+    assert pred.tolist() == [0, 1] and tgt.tolist() == [1, 0]
+
+    # A confident class outweighs a small box distance: prediction 1 is sure of target 0's class.
+    logits[0, 1, 2] = 10.0
+    targets = [{"boxes": row(0.30), "labels": torch.tensor([2])}]
+    (pred, tgt), = hungarian_match(logits, row(0.30, 0.31, 0.90)[None], targets)
+    assert pred.tolist() == [1] and tgt.tolist() == [0]
+
+
+def test_hungarian_match_handles_images_without_targets():
+    (pred, tgt), = hungarian_match(torch.zeros(1, 3, 5), torch.rand(1, 3, 4), _empty_targets()[:1])
+    assert pred.numel() == tgt.numel() == 0
+
+
+@pytest.mark.parametrize("name", HEADS)
+def test_state_dict_round_trip_gives_identical_detections(name, tmp_path):
+    model = _build(name)
+    path = tmp_path / "detector.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path)
+    torch.manual_seed(123)  # a different init, so equality comes from the file
+    loaded = create_model(name, num_classes=4, pretrained=str(path))
+    for ours, theirs in zip(_detect(model), _detect(loaded)):
+        for key in ("boxes", "scores", "labels"):
+            assert torch.equal(ours[key], theirs[key])
+
+
+@pytest.mark.parametrize("name", HEADS)
+def test_other_num_classes_drops_only_the_classifier(name, tmp_path):
+    model = _build(name)
+    path = tmp_path / "detector.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path)
+    with pytest.warns(UserWarning, match=f"checkpoint classifier '{model.classifier}'"):
+        loaded = create_model(name, num_classes=7, pretrained=str(path))
+    assert loaded.num_classes == 7
+    own, saved = loaded.state_dict(), model.state_dict()
+    head = [k for k in own if k.startswith(model.classifier + ".")]
+    assert head and all(own[k].shape != saved[k].shape for k in head if k.endswith("weight"))
+    assert all(torch.equal(own[k], saved[k]) for k in own if k not in head)
+    assert _detect(loaded)[0]["labels"].max() < 7
+
+
+def test_vit_backbone_takes_any_size_through_resampled_positions():
+    model = _build("fcos_vit_small_patch16_224", min_size=64, max_size=96, backbone_kwargs={"depth": 1}).eval()
+    assert model.backbone.body.grid_size == (6, 6)  # laid out for max_size
+    images = torch.rand(2, 3, 64, 96)
+    with torch.no_grad():
+        levels = list(model.backbone(images).values())
+    assert [tuple(x.shape[-2:]) for x in levels] == [(64 // s, 96 // s) for s in (8, 16, 32)] + [(1, 2), (1, 1)]
+    detr = _build("detr_vit_small_patch16_224", min_size=64, max_size=96, backbone_kwargs={"depth": 1},
+                  num_encoder_layers=1, num_decoder_layers=1)
+    losses = detr.train()(list(images), _targets())
+    assert all(torch.isfinite(v) for v in losses.values())
+
+
+def test_sine_encoding_ignores_padding():
+    alone = sine_position_encoding_2d(torch.zeros(1, 4, 5, dtype=torch.bool), 16)
+    padded_mask = torch.ones(1, 6, 8, dtype=torch.bool)
+    padded_mask[:, :4, :5] = False
+    padded = sine_position_encoding_2d(padded_mask, 16)
+    assert alone.shape == (1, 16, 4, 5) and padded.shape == (1, 16, 6, 8)
+    assert torch.allclose(padded[..., :4, :5], alone)
+    assert not torch.allclose(alone[:, :, 0], alone[:, :, 1])  # rows differ in the first half
+
+
+def test_bad_configurations_raise_config_errors():
+    with pytest.raises(ConfigError, match="out_channels=100"):
+        create_model("fcos_resnet20_cifar", out_channels=100)
+    with pytest.raises(ConfigError, match="ResNet or ViT"):
+        create_model("fcos_resnet20_cifar", backbone="sat_cbam_resnet_scenes")
+    with pytest.raises(ConfigError, match="fpn_stages"):
+        create_model("fcos_resnet20_cifar", fpn_stages=(3, 2))
+    with pytest.raises(ConfigError, match="pyramid_scales"):
+        create_model("fcos_vit_small_patch16_224", fpn_stages=(2, 3), backbone_kwargs={"depth": 1})

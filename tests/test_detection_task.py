@@ -1,0 +1,125 @@
+"""DetectionTask and detection inference: mAP on hand-made predictions, `visattn fit` on a tiny COCO
+fixture (FCOS and DETR), then `visattn evaluate`, `visattn detect` and `visattn save-weights`."""
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from test_detection_data import CLASS_NAMES, write_coco_instances
+from visattn.cli import main
+from visattn.errors import ConfigError
+from visattn.tasks.detection import DetectionTask, Detector, evaluate_detector, load_detector
+
+BACKBONE = {"layers": [1, 1, 1], "widths": [8, 16, 32]}
+TINY = {
+    "fcos": {"backbone_kwargs": BACKBONE, "out_channels": 32, "min_size": 48, "max_size": 64},
+    "detr": {"backbone_kwargs": BACKBONE, "hidden_dim": 32, "num_heads": 2, "num_encoder_layers": 1,
+             "num_decoder_layers": 1, "num_queries": 8, "min_size": 48, "max_size": 64},
+}
+
+
+class _Oracle(nn.Module):
+    """Returns, for each image, the detections stored under its first pixel value."""
+
+    def __init__(self, detections: dict[int, dict[str, torch.Tensor]]) -> None:
+        super().__init__()
+        self.detections = detections
+
+    def forward(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        return [self.detections[int(image[0, 0, 0])] for image in images]
+
+
+def _map_of(predictions: dict[int, dict[str, torch.Tensor]], targets: dict[int, dict[str, torch.Tensor]]) -> dict:
+    detector = Detector(_Oracle(predictions), ["a", "b"], {}, "oracle", "oracle", {})
+    batch = ([torch.full((3, 32, 32), float(k)) for k in targets], list(targets.values()))
+    return evaluate_detector(detector, [batch])
+
+
+def test_map_of_perfect_shifted_and_mislabelled_predictions():
+    targets = {0: {"boxes": torch.tensor([[2.0, 2.0, 12.0, 12.0], [16.0, 4.0, 30.0, 20.0]]),
+                   "labels": torch.tensor([0, 1])},
+               1: {"boxes": torch.tensor([[5.0, 5.0, 25.0, 25.0]]), "labels": torch.tensor([1])}}
+    perfect = {k: {**t, "scores": torch.full((len(t["labels"]),), 0.9)} for k, t in targets.items()}
+    assert _map_of(perfect, targets) == {"map": 1.0, "map50": 1.0, "n": 2}
+    # every box shifted by 1 px: IoU 0.68-0.82, so all match at 0.5 but none at 0.85 and above
+    shifted = {k: {**p, "boxes": p["boxes"] + 1.0} for k, p in perfect.items()}
+    scores = _map_of(shifted, targets)
+    assert scores["map50"] == 1.0 and 0.2 < scores["map"] < 0.8
+    swapped = {k: {**p, "labels": 1 - p["labels"]} for k, p in perfect.items()}
+    assert _map_of(swapped, targets)["map50"] == 0.0
+
+
+def test_task_refuses_a_model_that_is_no_detector():
+    with pytest.raises(ConfigError, match="not a detector"):
+        DetectionTask(model_name="cbam_resnet20_cifar")
+    with pytest.raises(ConfigError, match="not a detector"):
+        load_detector(model="cbam_resnet20_cifar")
+    with pytest.raises(ConfigError, match="2 class_names for num_classes=3"):
+        DetectionTask(model_name="fcos_resnet20_cifar", num_classes=3, class_names=["a", "b"],
+                      model_kwargs=TINY["fcos"])
+
+
+def _fit(head: str, tmp_path, annotations, images_dir) -> str:
+    out = tmp_path / f"run_{head}"
+    code = main([
+        "fit", "--config", f"configs/detection/{head}_scenes.yaml", "--trainer.max_steps", "3",
+        "--trainer.check_val_every_n_epoch", "1",
+        "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(out), "--trainer.logger", "false",
+        "--trainer.callbacks", json.dumps([{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                                            "init_args": {"dirpath": str(out / "ckpt"), "monitor": "val/map50",
+                                                          "mode": "max", "save_last": True}}]),
+        "--model.model_kwargs", json.dumps(TINY[head]),
+        "--data", "visattn.data.detection.CocoDetectionDataModule", "--data.train_annotations", str(annotations),
+        "--data.images_dir", str(images_dir), "--data.val_annotations", str(annotations),
+        "--data.batch_size", "2", "--data.num_workers", "0",
+    ])
+    assert code == 0
+    checkpoint = out / "ckpt" / "last.ckpt"
+    hparams = torch.load(checkpoint, map_location="cpu", weights_only=True)["hyper_parameters"]
+    assert hparams["num_classes"] == 3 and hparams["class_names"] == CLASS_NAMES
+    assert hparams["preprocessing"] == {"recipe": "detection"}
+    return str(checkpoint)
+
+
+@pytest.mark.slow
+def test_fit_tiny_coco_fcos_then_evaluate_detect_and_save(tmp_path, weights_tmp, capsys):
+    annotations, images_dir = write_coco_instances(tmp_path)
+    checkpoint = _fit("fcos", tmp_path, annotations, images_dir)
+    capsys.readouterr()
+
+    assert main(["evaluate", "--checkpoint", checkpoint, "--dataset", f"coco:{annotations}:{images_dir}"]) == 0
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(metrics) == {"map", "map50", "n"} and metrics["n"] == 4 and -1.0 <= metrics["map50"] <= 1.0
+
+    files = [str(images_dir / name) for name in ("a.png", "broken.png", "b.png")]
+    out = tmp_path / "drawn"
+    code = main(["detect", *files, "--checkpoint", checkpoint, "--score-threshold", "0", "--out", str(out), "--json"])
+    assert code == 1  # broken.png failed, the others were still processed
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["file"] for r in records] == files and "broken.png" in records[1]["error"]
+    for record in (records[0], records[2]):
+        assert record["detections"] and {"label", "index", "score", "box"} <= set(record["detections"][0])
+        assert record["detections"][0]["label"] in CLASS_NAMES
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png"]
+
+    assert main(["save-weights", "--checkpoint", checkpoint, "--tag", "tiny", "--out-dir", str(weights_tmp)]) == 0
+    index = json.loads((weights_tmp / "index.json").read_text())
+    entry = index["fcos_cbam_resnet20_cifar.tiny"]
+    assert entry["task"] == "detection" and entry["labels"] == CLASS_NAMES and entry["num_classes"] == 3
+    shipped, trained = load_detector(model="fcos_cbam_resnet20_cifar.tiny"), load_detector(checkpoint=checkpoint)
+    image = [torch.rand(3, 40, 48)]
+    torch.testing.assert_close(shipped.detect(image)[0]["scores"], trained.detect(image)[0]["scores"])
+
+
+@pytest.mark.slow
+def test_fit_tiny_coco_detr_then_evaluate(tmp_path, capsys):
+    annotations, images_dir = write_coco_instances(tmp_path)
+    checkpoint = _fit("detr", tmp_path, annotations, images_dir)
+    capsys.readouterr()
+    code = main(["evaluate", "--checkpoint", checkpoint, "--dataset", f"coco:{annotations}:{images_dir}", "--json"])
+    assert code == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1 and set(json.loads(lines[0])) == {"map", "map50", "n"}
+    assert main(["evaluate", "--checkpoint", checkpoint, "--dataset", "imagenet"]) == 2
+    assert "detectors take fashion-scenes or coco:" in capsys.readouterr().err

@@ -1,0 +1,403 @@
+"""Object detection data: bbox-aware albumentations pipelines, FashionScenes and COCO instances
+datasets, and their LightningDataModules.
+
+Samples are ``(image, target)``: ``image`` a ``(3, H, W)`` float tensor in 0..1 (detectors
+normalise and resize inside the model, so nothing here normalises), ``target``
+``{"boxes": (N, 4) float32 xyxy pixels, "labels": (N,) int64 0-based class ids}``, N >= 0.
+:func:`collate_detection` keeps batches as lists, since images may differ in size.
+
+Every pipeline clips boxes to the image and drops those left narrower or lower than
+:data:`MIN_BOX_SIDE` (zero-area, inverted or outside the image, before or after a transform);
+albumentations moves each label with its box (``label_fields``), so they stay aligned.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import albumentations as A
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..errors import ConfigError
+from .coco import load_coco
+from .datamodules import SplitLoadersMixin
+from .image_folder import decode_next_good
+from .image_io import DEFAULT_MAX_PIXELS
+from .scenes import ITEM_WORDS, FashionScenes
+from .transforms import ImageTransform, to_tensor
+
+__all__ = [
+    "CocoDetection",
+    "CocoDetectionDataModule",
+    "DetectionTransform",
+    "FashionScenesDetectionDataModule",
+    "MIN_BOX_SIDE",
+    "SceneDetection",
+    "collate_detection",
+    "eval_detection_transforms",
+    "train_detection_transforms",
+]
+
+Split = Literal["train", "val", "test"]
+Target = dict[str, torch.Tensor]
+MIN_BOX_SIDE = 1.0  # pixels; thinner boxes are annotation noise (and degenerate for torchvision heads)
+
+
+class DetectionTransform(ImageTransform):
+    """An albumentations pipeline called as ``transform(image, boxes, labels) -> (tensor, target)``.
+
+    Seeded like :class:`~visattn.data.transforms.ImageTransform`: from ``torch.initial_seed()``
+    on first use in each process, so DataLoader workers differ and seeded runs repeat.
+
+    Args:
+        transforms: albumentations transforms applied in order to an HWC uint8 RGB array and
+            its ``pascal_voc`` (xyxy pixel) boxes.
+    """
+
+    def __init__(self, transforms: Sequence[A.BasicTransform] = ()) -> None:
+        bbox_params = A.BboxParams(format="pascal_voc", label_fields=["labels"], clip=True,
+                                   filter_invalid_bboxes=True, min_width=MIN_BOX_SIDE, min_height=MIN_BOX_SIDE)
+        # The evaluation pipeline has no transform on purpose: it only clips and filters boxes.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Got processor for bboxes, but no transform")
+            self.pipeline = A.Compose(list(transforms), bbox_params=bbox_params)
+        self._seeded_in_pid: int | None = None
+
+    def __call__(self, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, Target]:
+        self._seed_once()
+        out = self.pipeline(image=image, bboxes=np.asarray(boxes, np.float32).reshape(-1, 4),
+                            labels=np.asarray(labels, np.int64).reshape(-1))
+        target = {
+            "boxes": torch.as_tensor(np.asarray(out["bboxes"], np.float32).reshape(-1, 4)),
+            "labels": torch.as_tensor(np.asarray(out["labels"], np.int64).reshape(-1)),
+        }
+        return to_tensor(out["image"]), target
+
+
+def train_detection_transforms(
+    *,
+    hflip: bool = True,
+    scale: tuple[float, float] = (0.8, 1.2),
+    translate: float = 0.1,
+    color_jitter: float = 0.2,
+) -> DetectionTransform:
+    """Training augmentation that moves boxes with the pixels.
+
+    Args:
+        hflip: random horizontal flips.
+        scale: zoom range of the random affine (the image keeps its size; borders are black).
+        translate: largest shift of the random affine, as a fraction of the image side.
+        color_jitter: brightness/contrast/saturation jitter strength; 0 turns it off.
+    """
+    steps: list[A.BasicTransform] = [A.HorizontalFlip(p=0.5)] if hflip else []
+    steps.append(A.Affine(scale=scale, translate_percent=(-translate, translate), fill=0, p=0.5))
+    if color_jitter > 0:
+        steps.append(A.ColorJitter(color_jitter, color_jitter, color_jitter, hue=0.0))
+    return DetectionTransform(steps)
+
+
+def eval_detection_transforms() -> DetectionTransform:
+    """No augmentation: only the box clipping and filtering every pipeline does."""
+    return DetectionTransform()
+
+
+def collate_detection(samples: Sequence[tuple[torch.Tensor, Target]]) -> tuple[list[torch.Tensor], list[Target]]:
+    """``(images, targets)`` lists: the torchvision detection API takes images of different sizes."""
+    return [image for image, _ in samples], [target for _, target in samples]
+
+
+class SceneDetection(Dataset):
+    """:class:`~visattn.data.scenes.FashionScenes` as detection samples; labels are Fashion-MNIST
+    class ids (names in :data:`~visattn.data.scenes.ITEM_WORDS`)."""
+
+    class_names = list(ITEM_WORDS)
+
+    def __init__(self, scenes: FashionScenes, transform: DetectionTransform | None = None) -> None:
+        self.scenes = scenes
+        self.transform = transform if transform is not None else eval_detection_transforms()
+
+    def __len__(self) -> int:
+        return len(self.scenes)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, Target]:
+        scene = self.scenes[index]
+        return self.transform(scene.image, scene.boxes, scene.labels)
+
+
+class CocoDetection(Dataset):
+    """A COCO instances JSON and its images folder; every image is kept, with or without boxes.
+
+    Category ids become contiguous 0-based labels in the order of ``class_names``: by default
+    the categories sorted by id, named by their ``name``. Crowd annotations (``iscrowd: 1``) are
+    left out; ``bbox`` ``[x, y, w, h]`` becomes ``x1, y1, x2, y2``. Broken image files are
+    skipped as :class:`~visattn.data.image_folder.ImageFolder` skips them: warned about once,
+    counted in ``num_skipped``, and replaced by the next decodable image (with its own boxes).
+
+    Args:
+        annotations: the instances JSON (``images``, ``annotations`` with ``bbox``, ``categories``).
+        images_dir: the folder holding each image's ``file_name``.
+        transform: a :class:`DetectionTransform`; default: :func:`eval_detection_transforms`.
+        class_names: map categories by name onto these labels (give the training classes when
+            reading validation or test annotations, so labels agree).
+        max_pixels: images declaring more pixels are refused (and skipped).
+    """
+
+    def __init__(
+        self,
+        annotations: str | os.PathLike,
+        images_dir: str | os.PathLike,
+        *,
+        transform: DetectionTransform | None = None,
+        class_names: Sequence[str] | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> None:
+        self.annotations, images_dir = Path(annotations), Path(images_dir)
+        self.transform = transform if transform is not None else eval_detection_transforms()
+        self.max_pixels = max_pixels
+        if not images_dir.is_dir():
+            raise ConfigError(f"{images_dir}: no such folder; give the folder holding the images of {self.annotations}")
+        coco = load_coco(self.annotations)
+        try:
+            self.class_names, label_of = self._labels(coco.dataset["categories"], class_names)
+            images = coco.dataset["images"]
+            self.paths = [images_dir / image["file_name"] for image in images]
+            self.targets = [self._boxes(coco.imgToAnns.get(image["id"], []), label_of) for image in images]
+        except ConfigError:
+            raise
+        except (KeyError, TypeError, ValueError) as err:
+            raise ConfigError(
+                f"{self.annotations}: not COCO instances JSON (bad or missing {err}); expected images with id "
+                "and file_name, annotations with image_id, category_id and bbox, categories with id and name"
+            ) from None
+        if not self.paths:
+            raise ConfigError(f"{self.annotations}: lists no images; is it a COCO instances file?")
+        self._bad = torch.zeros(len(self.paths), dtype=torch.bool).share_memory_()
+
+    def _labels(self, categories: list[dict], class_names: Sequence[str] | None) -> tuple[list[str], dict[int, int]]:
+        """Class names in label order and ``{category id: label}``."""
+        categories = sorted(categories, key=lambda c: c["id"])
+        if class_names is None:
+            return [c["name"] for c in categories], {c["id"]: k for k, c in enumerate(categories)}
+        index = {name: k for k, name in enumerate(class_names)}
+        unknown = sorted(c["name"] for c in categories if c["name"] not in index)
+        if unknown:
+            raise ConfigError(f"{self.annotations}: categories {unknown} are not among the classes "
+                              f"({', '.join(class_names)}); use annotations with the training categories")
+        return list(class_names), {c["id"]: index[c["name"]] for c in categories}
+
+    def _boxes(self, annotations: list[dict], label_of: dict[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """``(N, 4)`` float32 xyxy boxes and ``(N,)`` int64 labels of the non-crowd annotations."""
+        kept = [a for a in annotations if not a.get("iscrowd", 0)]
+        xywh = np.array([a["bbox"] for a in kept], np.float32).reshape(-1, 4)
+        boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
+        unknown = sorted({a["category_id"] for a in kept} - set(label_of))
+        if unknown:
+            raise ConfigError(f"{self.annotations}: annotations use category ids {unknown} that its categories "
+                              "do not list; add them to categories or remove those annotations")
+        return boxes, np.array([label_of[a["category_id"]] for a in kept], np.int64)
+
+    @property
+    def num_skipped(self) -> int:
+        """How many files failed to decode so far (in this process or its DataLoader workers)."""
+        return int(self._bad.sum())
+
+    @property
+    def skipped(self) -> list[Path]:
+        """The files that failed to decode so far."""
+        return [self.paths[i] for i in self._bad.nonzero().flatten().tolist()]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, Target]:
+        i, image = decode_next_good(self.paths, self._bad, int(index), max_pixels=self.max_pixels)
+        return self.transform(image, *self.targets[i])
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.annotations)!r}, classes={len(self.class_names)}, n={len(self)})"
+
+
+# ---------------------------------------------------------------------------------------------
+# data modules
+# ---------------------------------------------------------------------------------------------
+
+
+class _DetectionDataModule(SplitLoadersMixin, pl.LightningDataModule):
+    """Splits and DataLoaders shared by the detection data modules.
+
+    Subclasses call ``save_hyperparameters()`` and implement ``class_names`` and
+    ``_source(split, transform)``; ``preprocessing`` is what checkpoints keep for inference.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.datasets: dict[Split, Dataset] = {}
+
+    @property
+    def class_names(self) -> list[str]:
+        raise NotImplementedError
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def preprocessing(self) -> dict[str, Any]:
+        """Detectors take 0..1 RGB pixels and normalise and resize inside the model."""
+        return {"recipe": "detection"}
+
+    def train_transform(self) -> DetectionTransform:
+        return train_detection_transforms() if self.hparams.augment else eval_detection_transforms()
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit", "validate") and "train" not in self.datasets:
+            self.datasets["train"] = self._source("train", self.train_transform())
+            self.datasets["val"] = self._source("val", eval_detection_transforms())
+        if stage in (None, "test", "predict") and "test" not in self.datasets:
+            self.datasets["test"] = self._source("test", eval_detection_transforms())
+
+    def _source(self, split: Split, transform: DetectionTransform) -> Dataset:
+        raise NotImplementedError
+
+    def _dataset(self, split: Split) -> Dataset:
+        if split not in self.datasets:
+            self.setup("test" if split == "test" else "fit")
+        return self.datasets[split]
+
+    def _loader(self, split: Split) -> DataLoader:
+        dataset, train, workers = self._dataset(split), split == "train", self.hparams.num_workers
+        return DataLoader(
+            dataset,
+            batch_size=self.hparams.batch_size,
+            shuffle=train,
+            drop_last=train and len(dataset) > self.hparams.batch_size,  # no size-1 BatchNorm batches
+            collate_fn=collate_detection,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def _check_options(self) -> None:
+        h = self.hparams
+        if h.batch_size < 1 or h.num_workers < 0:
+            raise ConfigError(
+                f"batch_size={h.batch_size}, num_workers={h.num_workers}: need batch_size >= 1 and num_workers >= 0"
+            )
+
+
+class FashionScenesDetectionDataModule(_DetectionDataModule):
+    """:class:`~visattn.data.scenes.FashionScenes` with their item boxes (train, val and test
+    scenes from disjoint Fashion-MNIST images); 10 classes named by ``ITEM_WORDS``.
+
+    Args:
+        batch_size: samples per batch.
+        num_workers: DataLoader worker processes (0 loads in the main process).
+        canvas_size: side of the generated scenes in pixels.
+        num_train: training scenes.
+        num_val: validation scenes.
+        num_test: test scenes.
+        min_items: fewest items per scene.
+        max_items: most items per scene.
+        seed: seed of the scenes.
+        augment: flip, zoom, shift and colour-jitter training scenes (boxes follow).
+        root: folder holding the Fashion-MNIST idx files; default: ``$VISATTN_DATA``, then the Debian package.
+    """
+
+    def __init__(
+        self,
+        *,
+        batch_size: int = 32,
+        num_workers: int = 2,
+        canvas_size: int = 64,
+        num_train: int = 20000,
+        num_val: int = 500,
+        num_test: int = 1000,
+        min_items: int = 1,
+        max_items: int = 3,
+        seed: int = 0,
+        augment: bool = True,
+        root: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self._check_options()
+        self._scenes("test")  # checks the scene options and finds Fashion-MNIST early
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(ITEM_WORDS)
+
+    @property
+    def preprocessing(self) -> dict[str, Any]:
+        """Also the scene size, so ``visattn evaluate --dataset fashion-scenes`` draws the same scenes."""
+        side = self.hparams.canvas_size
+        return {**super().preprocessing, "input_size": [3, side, side]}
+
+    def _scenes(self, split: Split) -> FashionScenes:
+        h = self.hparams
+        sizes = {"train": h.num_train, "val": h.num_val, "test": h.num_test}
+        return FashionScenes(split, num_scenes=sizes[split], canvas_size=h.canvas_size, min_items=h.min_items,
+                             max_items=h.max_items, seed=h.seed, root=h.root)
+
+    def _source(self, split: Split, transform: DetectionTransform) -> Dataset:
+        return SceneDetection(self._scenes(split), transform)
+
+
+class CocoDetectionDataModule(_DetectionDataModule):
+    """Users' images with COCO instances JSON files (the classes are the training file's categories).
+
+    Args:
+        train_annotations: the training instances JSON.
+        images_dir: the folder holding the training images.
+        val_annotations: validation instances JSON; without it, no validation.
+        test_annotations: test instances JSON; needed only for ``test`` and ``predict``.
+        val_images_dir: the validation images folder; default: ``images_dir``.
+        test_images_dir: the test images folder; default: ``images_dir``.
+        batch_size: samples per batch.
+        num_workers: DataLoader worker processes (0 loads in the main process).
+        augment: flip, zoom, shift and colour-jitter training images (boxes follow).
+    """
+
+    def __init__(
+        self,
+        train_annotations: str,
+        images_dir: str,
+        *,
+        val_annotations: str | None = None,
+        test_annotations: str | None = None,
+        val_images_dir: str | None = None,
+        test_images_dir: str | None = None,
+        batch_size: int = 8,
+        num_workers: int = 2,
+        augment: bool = True,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self._check_options()
+        self._class_names = CocoDetection(train_annotations, images_dir).class_names  # fails early
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self._class_names)
+
+    @property
+    def num_skipped(self) -> int:
+        """Broken image files skipped so far, over all splits set up."""
+        return sum(dataset.num_skipped for dataset in self.datasets.values() if isinstance(dataset, CocoDetection))
+
+    def _source(self, split: Split, transform: DetectionTransform) -> Dataset:
+        h = self.hparams
+        annotations = {"train": h.train_annotations, "val": h.val_annotations, "test": h.test_annotations}[split]
+        images_dir = {"train": h.images_dir, "val": h.val_images_dir, "test": h.test_images_dir}[split] or h.images_dir
+        if annotations is None and split == "val":
+            return []  # empty: no validation
+        if annotations is None:
+            raise ConfigError(f"CocoDetectionDataModule: set data.{split}_annotations to use the {split} split")
+        return CocoDetection(annotations, images_dir, transform=transform, class_names=self._class_names)
+

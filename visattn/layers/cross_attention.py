@@ -1,0 +1,64 @@
+"""Multi-head attention with separate query, key and value inputs (Vaswani et al. 2017, §3.2.2).
+
+:class:`~visattn.layers.attention.SelfAttention` projects one token sequence to Q, K and V at
+once. Here each comes from its own input, which covers decoder queries attending to encoder
+memory and DETR's self-attention, where position encodings are added to queries and keys but not
+to values (Carion et al. 2020, §3.2). Keys can be masked out (padding).
+"""
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class CrossAttention(nn.Module):
+    """``softmax(q k^T / sqrt(d)) v`` over ``num_heads`` heads, with Q, K, V projected from separate inputs.
+
+    Args:
+        dim: token size of queries, keys and values.
+        num_heads: number of heads; ``dim`` must divide by it.
+        qkv_bias: bias on the Q, K and V projections.
+        attn_drop: dropout on the attention probabilities.
+        proj_drop: dropout after the output projection.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 8,
+        *,
+        qkv_bias: bool = True,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim={dim} is not divisible by num_heads={num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.q = nn.Linear(dim, dim, bias=qkv_bias)
+        self.k = nn.Linear(dim, dim, bias=qkv_bias)
+        self.v = nn.Linear(dim, dim, bias=qkv_bias)
+        self.attn_drop = attn_drop
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        batch, length, _ = x.shape
+        return x.reshape(batch, length, self.num_heads, self.head_dim).transpose(1, 2)  # (B, heads, N, head_dim)
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        key_padding_mask: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """``query`` (B, Nq, C), ``key`` and ``value`` (B, Nk, C), ``key_padding_mask`` (B, Nk) ``True``
+        on keys to ignore; returns (B, Nq, C)."""
+        q, k, v = self._split_heads(self.q(query)), self._split_heads(self.k(key)), self._split_heads(self.v(value))
+        keep = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]  # (B, 1, 1, Nk)
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, dropout_p=self.attn_drop if self.training else 0.0)
+        x = x.transpose(1, 2).flatten(2)  # (B, Nq, heads * head_dim)
+        return self.proj_drop(self.proj(x))

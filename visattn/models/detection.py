@@ -1,0 +1,556 @@
+"""Object detectors on registered backbones: FCOS (through torchvision) and a DETR-style set predictor.
+
+Papers:
+- Tian, Shen, Chen, He, "FCOS: Fully Convolutional One-Stage Object Detection", ICCV 2019 (arXiv:1904.01355).
+- Carion, Massa, Synnaeve, Usunier, Kirillov, Zagoruyko, "End-to-End Object Detection with
+  Transformers" (DETR), ECCV 2020 (arXiv:2005.12872).
+- Lin et al., "Feature Pyramid Networks for Object Detection", CVPR 2017; Li et al., "Exploring
+  Plain Vision Transformer Backbones for Object Detection" (ViTDet), ECCV 2022.
+
+Backbones come from the registry: a ResNet (any attention variant) feeds torchvision's
+``FeaturePyramidNetwork`` from its stages; a ViT feeds a :class:`SimpleFeaturePyramid` from its
+last block's patch grid, with position embeddings resampled to each batch's grid.
+
+Every detector follows torchvision's detection API: ``model(images, targets)`` with a list of
+``(3, H, W)`` images in 0..1 and targets ``{"boxes": (N, 4) xyxy pixels, "labels": (N,) int64}``
+whose labels are 0-based class ids ``0..num_classes-1``. ``train()`` mode returns a dict of scalar
+losses (their sum is the training objective); ``eval()`` mode returns one
+``{"boxes", "scores", "labels"}`` dict per image in input pixels. Normalisation and resizing happen
+inside, in torchvision's ``GeneralizedRCNNTransform`` (``min_size``, ``max_size``, ``image_mean``,
+``image_std``).
+"""
+import math
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any, Optional, Union
+
+import torch
+import torch.nn.functional as F
+from scipy.optimize import linear_sum_assignment
+from torch import Tensor, nn
+from torchvision.models.detection import FCOS
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.ops import MLP, box_convert, clip_boxes_to_image, generalized_box_iou, generalized_box_iou_loss
+from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelP6P7
+
+from ..errors import ConfigError
+from ..layers.detr_transformer import DetrTransformer
+from ..layers.pos_embed import resample_abs_pos_embed
+from ..layers.simple_feature_pyramid import SimpleFeaturePyramid
+from ..layers.sine_pos_embed import sine_position_encoding_2d
+from ..registry import create_model, model_family, register_model
+from .resnet import ResNet
+from .vit import VisionTransformer
+
+Targets = list[dict[str, Tensor]]
+Detections = list[dict[str, Tensor]]
+
+# ---------------------------------------------------------------------------------------------
+# backbones
+# ---------------------------------------------------------------------------------------------
+
+
+def create_backbone(
+    name: str,
+    *,
+    kwargs: Optional[dict[str, Any]] = None,
+    pretrained: Union[bool, str] = False,
+    max_size: int = 1333,
+) -> Union[ResNet, VisionTransformer]:
+    """A registered ResNet or ViT without classifier.
+
+    A ViT's position embeddings are laid out for the largest padded batch (``max_size`` rounded up
+    to 32) unless ``kwargs`` give ``img_size``; smaller grids resample them on the fly.
+    """
+    family = model_family(name)
+    if family not in ("resnet", "vit"):
+        raise ConfigError(f"backbone {name!r} is a {family} model; detectors take a ResNet or ViT backbone")
+    kwargs = dict(kwargs or {})
+    if family == "vit":
+        kwargs.setdefault("img_size", -(-max_size // 32) * 32)
+    # strict=False: a plain ResNet checkpoint leaves a CBAM backbone's attention modules at their init.
+    return create_model(name, pretrained=pretrained, num_classes=0, strict=False, **kwargs)
+
+
+def resnet_stage_channels(body: ResNet) -> list[int]:
+    # Every block's conv1 has ``planes`` outputs and the block ends with ``planes * expansion``.
+    return [getattr(body, n)[-1].conv1.out_channels * type(getattr(body, n)[-1]).expansion for n in body.stage_names]
+
+
+def resnet_stage_strides(body: ResNet) -> list[int]:
+    """Stride of each stage's output: the stem's (4 for ImageNet, 1 for CIFAR), doubled by every later stage."""
+    stem = body.conv1.stride[0] * (2 if isinstance(body.maxpool, nn.MaxPool2d) else 1)
+    return [stem * 2**i for i in range(len(body.stage_names))]
+
+
+def vit_feature_map(body: VisionTransformer, x: Tensor) -> Tensor:
+    """Last-block patch tokens on their grid, ``(B, embed_dim, H / patch, W / patch)``; the class token is dropped.
+
+    The position embeddings are resampled to this input's grid, so any size divisible by the patch works.
+    """
+    tokens = body.patch_embed.proj(x)  # (B, C, h, w)
+    batch, channels, *grid = tokens.shape
+    tokens = tokens.flatten(2).transpose(1, 2)  # (B, h * w, C)
+    pos = resample_abs_pos_embed(
+        body.pos_embed, new_size=tuple(grid), old_size=body.grid_size, num_prefix_tokens=body.num_prefix_tokens
+    )
+    if body.cls_token is not None:
+        tokens = torch.cat([body.cls_token.expand(batch, -1, -1), tokens], dim=1)
+    tokens = body.norm(body.blocks(body.pos_drop(tokens + pos)))
+    return tokens[:, body.num_prefix_tokens:].transpose(1, 2).reshape(batch, channels, *grid)
+
+
+class ResNetFpn(nn.Module):
+    """ResNet stages through a feature pyramid network (Lin 2017) plus P6/P7 (torchvision's ``LastLevelP6P7``).
+
+    Args:
+        body: a ResNet without classifier.
+        out_channels: channels of every pyramid level.
+        stages: 1-based stages that feed the FPN, finest first.
+    """
+
+    def __init__(self, body: ResNet, *, out_channels: int = 256, stages: Sequence[int] = (2, 3, 4)) -> None:
+        super().__init__()
+        num_stages = len(body.stage_names)
+        if not stages or any(not 1 <= s <= num_stages for s in stages) or list(stages) != sorted(set(stages)):
+            raise ConfigError(f"fpn_stages={list(stages)}: pick increasing stages among 1..{num_stages}")
+        self.body = body
+        self.stages = tuple(stages)
+        channels = resnet_stage_channels(body)
+        self.fpn = FeaturePyramidNetwork(
+            [channels[s - 1] for s in stages], out_channels, extra_blocks=LastLevelP6P7(out_channels, out_channels)
+        )
+        self.out_channels = out_channels
+        strides = [resnet_stage_strides(body)[s - 1] for s in stages]
+        self.strides = strides + [strides[-1] * 2, strides[-1] * 4]
+
+    def forward(self, x: Tensor) -> "OrderedDict[str, Tensor]":
+        outputs = self.body.forward_stages(x)
+        return self.fpn(OrderedDict((str(i), outputs[s - 1]) for i, s in enumerate(self.stages)))
+
+
+class VitPyramid(nn.Module):
+    """ViT patch grid through ViTDet's simple feature pyramid plus P6/P7.
+
+    Args:
+        body: a ViT without classifier.
+        out_channels: channels of every pyramid level.
+        scales: pyramid scales relative to the patch grid, finest first.
+    """
+
+    def __init__(
+        self, body: VisionTransformer, *, out_channels: int = 256, scales: Sequence[float] = (2.0, 1.0, 0.5)
+    ) -> None:
+        super().__init__()
+        self.body = body
+        self.pyramid = SimpleFeaturePyramid(
+            body.embed_dim, out_channels, scales=scales, extra_blocks=LastLevelP6P7(out_channels, out_channels)
+        )
+        self.out_channels = out_channels
+        strides = [round(body.patch_embed.patch_size[0] / scale) for scale in scales]
+        self.strides = strides + [strides[-1] * 2, strides[-1] * 4]
+
+    def forward(self, x: Tensor) -> "OrderedDict[str, Tensor]":
+        return self.pyramid(vit_feature_map(self.body, x))
+
+
+def _size_divisible(stride: int) -> int:
+    # torchvision pads batches to multiples of 32; a feature stride that does not divide 32 needs more.
+    return math.lcm(32, stride)
+
+
+# ---------------------------------------------------------------------------------------------
+# FCOS
+# ---------------------------------------------------------------------------------------------
+
+
+class FcosDetector(FCOS):
+    """torchvision's FCOS on a registered backbone's feature pyramid.
+
+    torchvision's FCOS classifies with ``num_classes`` sigmoid outputs and a focal loss, labels
+    ``0..num_classes-1``; background is the absence of a match, not a class. Anchor sizes equal
+    each level's stride, so a level regresses the locations whose largest distance to a box side
+    is in ``[4, 8) x stride`` (the finest from 0, the coarsest to infinity), as in the paper.
+
+    Args:
+        backbone: registered ResNet or ViT name.
+        num_classes: object classes (no background class).
+        backbone_kwargs: builder arguments of the backbone (``widths``, ``img_size``, ``drop_path_rate``, ...).
+        pretrained_backbone: ``pretrained`` for the backbone: ``True`` for its shipped weights, or a file.
+        out_channels: channels of the pyramid and the head; a multiple of 32 (the head's GroupNorm).
+        fpn_stages: ResNet stages that feed the FPN (default: the last three).
+        pyramid_scales: ViT pyramid scales relative to the patch grid.
+        min_size: images are resized so their short side is this ...
+        max_size: ... and their long side at most this.
+        image_mean: per-channel mean of the 0..1 input (default ImageNet's).
+        image_std: per-channel std (default ImageNet's).
+        center_sampling_radius: positives lie within this many strides of a box centre.
+        score_thresh: detections scoring below are dropped before NMS.
+        nms_thresh: class-wise NMS IoU threshold.
+        detections_per_img: most detections kept per image.
+        topk_candidates: most candidates per level before NMS.
+    """
+
+    classifier = "head.classification_head.cls_logits"
+
+    def __init__(
+        self,
+        *,
+        backbone: str = "resnet50",
+        num_classes: int = 80,
+        backbone_kwargs: Optional[dict[str, Any]] = None,
+        pretrained_backbone: Union[bool, str] = False,
+        out_channels: int = 256,
+        fpn_stages: Optional[Sequence[int]] = None,
+        pyramid_scales: Sequence[float] = (2.0, 1.0, 0.5),
+        min_size: int = 800,
+        max_size: int = 1333,
+        image_mean: Optional[list[float]] = None,
+        image_std: Optional[list[float]] = None,
+        center_sampling_radius: float = 1.5,
+        score_thresh: float = 0.05,
+        nms_thresh: float = 0.6,
+        detections_per_img: int = 100,
+        topk_candidates: int = 1000,
+    ) -> None:
+        if out_channels % 32:
+            raise ConfigError(f"out_channels={out_channels}: FCOS's GroupNorm(32) head needs a multiple of 32")
+        body = create_backbone(backbone, kwargs=backbone_kwargs, pretrained=pretrained_backbone, max_size=max_size)
+        if isinstance(body, ResNet):
+            stages = fpn_stages or range(max(1, len(body.stage_names) - 2), len(body.stage_names) + 1)
+            neck: Union[ResNetFpn, VitPyramid] = ResNetFpn(body, out_channels=out_channels, stages=stages)
+        elif fpn_stages is not None:
+            raise ConfigError(f"fpn_stages is for ResNet backbones; {backbone!r} is a ViT: set pyramid_scales instead")
+        else:
+            neck = VitPyramid(body, out_channels=out_channels, scales=pyramid_scales)
+        anchor_generator = AnchorGenerator(tuple((s,) for s in neck.strides), ((1.0,),) * len(neck.strides))
+        super().__init__(
+            neck, num_classes, min_size=min_size, max_size=max_size, image_mean=image_mean, image_std=image_std,
+            anchor_generator=anchor_generator, center_sampling_radius=center_sampling_radius,
+            score_thresh=score_thresh, nms_thresh=nms_thresh, detections_per_img=detections_per_img,
+            topk_candidates=topk_candidates, size_divisible=_size_divisible(max(neck.strides[:-2])),
+        )
+        self.num_classes = num_classes
+        self.input_size = (3, min_size, min_size)
+
+
+def _create_fcos(backbone: str, kwargs: dict[str, Any], **defaults: Any) -> FcosDetector:
+    return FcosDetector(**{"backbone": backbone, **defaults, **kwargs})
+
+
+# ---------------------------------------------------------------------------------------------
+# DETR
+# ---------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def hungarian_match(
+    logits: Tensor,
+    boxes: Tensor,
+    targets: Targets,
+    *,
+    class_weight: float = 1.0,
+    bbox_weight: float = 5.0,
+    giou_weight: float = 2.0,
+) -> list[tuple[Tensor, Tensor]]:
+    """DETR's optimal one-to-one matching of predictions to targets, per image.
+
+    The cost of pairing a prediction with a target is ``-class_weight * p(target class)
+    + bbox_weight * L1(boxes) - giou_weight * GIoU(boxes)``; ``scipy.optimize.linear_sum_assignment``
+    finds the pairing of least total cost.
+
+    Args:
+        logits: ``(B, Q, K + 1)`` class logits, the last class being "no object".
+        boxes: ``(B, Q, 4)`` predicted boxes, normalised cxcywh.
+        targets: per image ``{"boxes": (N, 4) normalised cxcywh, "labels": (N,)}``.
+
+    Returns:
+        Per image ``(prediction indices, target indices)``, int64 tensors of length ``min(Q, N)``.
+    """
+    matches = []
+    for image_logits, image_boxes, target in zip(logits.float(), boxes.float(), targets):
+        if len(target["labels"]) == 0:
+            empty = torch.zeros(0, dtype=torch.int64)
+            matches.append((empty, empty))
+            continue
+        target_boxes = target["boxes"].float()
+        prob = image_logits.softmax(-1)[:, target["labels"]]  # (Q, N)
+        giou = generalized_box_iou(
+            box_convert(image_boxes, "cxcywh", "xyxy"), box_convert(target_boxes, "cxcywh", "xyxy")
+        )  # (Q, N)
+        cost = bbox_weight * torch.cdist(image_boxes, target_boxes, p=1) - class_weight * prob - giou_weight * giou
+        rows, cols = linear_sum_assignment(cost.cpu().numpy())
+        matches.append((torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64)))
+    return matches
+
+
+class DetrDetector(nn.Module):
+    """DETR-style set prediction (Carion 2020) on a registered backbone's last feature map.
+
+    The map (a ResNet's last stage, or a ViT's patch grid) is projected to ``hidden_dim`` by a
+    1x1 conv and flattened to tokens; a :class:`~visattn.layers.detr_transformer.DetrTransformer`
+    turns ``num_queries`` learned queries into one prediction each: a class among ``num_classes + 1``
+    (the last is "no object") and a box (sigmoid cxcywh, relative to the unpadded image). Training
+    matches predictions to targets with :func:`hungarian_match` and returns the weighted losses of
+    every decoder layer: ``loss_ce``, ``loss_bbox``, ``loss_giou`` for the last and ``loss_ce_0``,
+    ... for the auxiliary ones, each already multiplied by its weight, so their sum is the objective.
+
+    Args:
+        backbone: registered ResNet or ViT name.
+        num_classes: object classes, without the "no object" class.
+        backbone_kwargs: builder arguments of the backbone.
+        pretrained_backbone: ``pretrained`` for the backbone: ``True`` for its shipped weights, or a file.
+        hidden_dim: transformer token size.
+        num_heads: attention heads.
+        num_encoder_layers: encoder depth.
+        num_decoder_layers: decoder depth.
+        mlp_ratio: transformer MLP hidden size over ``hidden_dim``.
+        dropout: transformer dropout.
+        num_queries: predictions per image (more than the most objects an image holds).
+        aux_loss: supervise every decoder layer, not only the last.
+        eos_coef: cross-entropy weight of the "no object" class.
+        class_weight: weight of the class cost and loss.
+        bbox_weight: weight of the L1 box cost and loss.
+        giou_weight: weight of the GIoU cost and loss.
+        min_size: images are resized so their short side is this ...
+        max_size: ... and their long side at most this.
+        image_mean: per-channel mean of the 0..1 input (default ImageNet's).
+        image_std: per-channel std (default ImageNet's).
+    """
+
+    classifier = "class_embed"
+
+    def __init__(
+        self,
+        *,
+        backbone: str = "resnet50",
+        num_classes: int = 80,
+        backbone_kwargs: Optional[dict[str, Any]] = None,
+        pretrained_backbone: Union[bool, str] = False,
+        hidden_dim: int = 256,
+        num_heads: int = 8,
+        num_encoder_layers: int = 6,
+        num_decoder_layers: int = 6,
+        mlp_ratio: float = 8.0,
+        dropout: float = 0.1,
+        num_queries: int = 100,
+        aux_loss: bool = True,
+        eos_coef: float = 0.1,
+        class_weight: float = 1.0,
+        bbox_weight: float = 5.0,
+        giou_weight: float = 2.0,
+        min_size: int = 800,
+        max_size: int = 1333,
+        image_mean: Optional[list[float]] = None,
+        image_std: Optional[list[float]] = None,
+    ) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.input_size = (3, min_size, min_size)
+        self.aux_loss, self.eos_coef = aux_loss, eos_coef
+        self.class_weight, self.bbox_weight, self.giou_weight = class_weight, bbox_weight, giou_weight
+        self.backbone = create_backbone(
+            backbone, kwargs=backbone_kwargs, pretrained=pretrained_backbone, max_size=max_size
+        )
+        if isinstance(self.backbone, ResNet):
+            channels, stride = resnet_stage_channels(self.backbone)[-1], resnet_stage_strides(self.backbone)[-1]
+        else:
+            channels, stride = self.backbone.embed_dim, self.backbone.patch_embed.patch_size[0]
+        self.transform = GeneralizedRCNNTransform(
+            min_size, max_size, image_mean or [0.485, 0.456, 0.406], image_std or [0.229, 0.224, 0.225],
+            size_divisible=_size_divisible(stride),
+        )
+        self.input_proj = nn.Conv2d(channels, hidden_dim, kernel_size=1)
+        self.transformer = DetrTransformer(
+            hidden_dim, num_heads, num_encoder_layers=num_encoder_layers, num_decoder_layers=num_decoder_layers,
+            mlp_ratio=mlp_ratio, dropout=dropout,
+        )
+        self.query_embed = nn.Embedding(num_queries, hidden_dim)
+        self.class_embed = nn.Linear(hidden_dim, num_classes + 1)
+        self.bbox_embed = MLP(hidden_dim, [hidden_dim, hidden_dim, 4], activation_layer=nn.ReLU)
+
+    def forward(self, images: list[Tensor], targets: Optional[Targets] = None) -> Union[dict[str, Tensor], Detections]:
+        if self.training and targets is None:
+            raise ValueError("DetrDetector needs targets in train mode; call model.eval() to detect")
+        original_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
+        batch, targets = self.transform(images, targets)
+        logits, boxes = self._predict(batch.tensors, batch.image_sizes)  # (L, B, Q, K + 1), (L, B, Q, 4)
+        if self.training:
+            return self._losses(logits, boxes, _normalised_targets(targets, batch.image_sizes))
+        detections = self._detections(logits[-1], boxes[-1], batch.image_sizes)
+        return self.transform.postprocess(detections, batch.image_sizes, original_sizes)
+
+    def _predict(self, images: Tensor, image_sizes: list[tuple[int, int]]) -> tuple[Tensor, Tensor]:
+        if isinstance(self.backbone, ResNet):
+            features = self.backbone.forward_features(images)
+        else:
+            features = vit_feature_map(self.backbone, images)
+        x = self.input_proj(features)  # (B, D, h, w)
+        padding = _padding_mask(images, image_sizes, x.shape[-2:])  # (B, h, w)
+        pos = sine_position_encoding_2d(padding, x.shape[1]).to(x.dtype)
+        tokens = self.transformer(
+            x.flatten(2).transpose(1, 2), pos.flatten(2).transpose(1, 2), self.query_embed.weight, padding.flatten(1)
+        )  # (L, B, Q, D)
+        return self.class_embed(tokens), self.bbox_embed(tokens).sigmoid()
+
+    def _losses(self, logits: Tensor, boxes: Tensor, targets: Targets) -> dict[str, Tensor]:
+        num_boxes = max(sum(len(t["labels"]) for t in targets), 1)
+        losses = self._set_losses(logits[-1], boxes[-1], targets, num_boxes)
+        if self.aux_loss:
+            for i in range(len(logits) - 1):
+                aux = self._set_losses(logits[i], boxes[i], targets, num_boxes)
+                losses.update({f"{key}_{i}": value for key, value in aux.items()})
+        return losses
+
+    def _set_losses(self, logits: Tensor, boxes: Tensor, targets: Targets, num_boxes: int) -> dict[str, Tensor]:
+        """Weighted cross entropy over all queries, L1 and GIoU over matched ones, per target box."""
+        matches = hungarian_match(
+            logits, boxes, targets,
+            class_weight=self.class_weight, bbox_weight=self.bbox_weight, giou_weight=self.giou_weight,
+        )
+        image_idx = torch.cat([torch.full_like(pred, i) for i, (pred, _) in enumerate(matches)]).to(logits.device)
+        pred_idx = torch.cat([pred for pred, _ in matches]).to(logits.device)
+        target_labels = torch.cat([t["labels"][tgt.to(t["labels"].device)] for t, (_, tgt) in zip(targets, matches)])
+        target_boxes = torch.cat([t["boxes"][tgt.to(t["boxes"].device)] for t, (_, tgt) in zip(targets, matches)])
+        classes = torch.full(logits.shape[:2], self.num_classes, dtype=torch.int64, device=logits.device)  # (B, Q)
+        classes[image_idx, pred_idx] = target_labels
+        class_weights = torch.ones(self.num_classes + 1, device=logits.device)
+        class_weights[-1] = self.eos_coef
+        matched = boxes[image_idx, pred_idx].float()  # (M, 4)
+        giou = generalized_box_iou_loss(
+            box_convert(matched, "cxcywh", "xyxy"), box_convert(target_boxes, "cxcywh", "xyxy"), reduction="sum"
+        )
+        ce = F.cross_entropy(logits.float().transpose(1, 2), classes, weight=class_weights)
+        return {
+            "loss_ce": self.class_weight * ce,
+            "loss_bbox": self.bbox_weight * F.l1_loss(matched, target_boxes, reduction="sum") / num_boxes,
+            "loss_giou": self.giou_weight * giou / num_boxes,
+        }
+
+    def _detections(self, logits: Tensor, boxes: Tensor, image_sizes: list[tuple[int, int]]) -> Detections:
+        """Every query's best real class, sorted by score, boxes in the resized image's pixels."""
+        scores, labels = logits.softmax(-1)[..., :-1].max(-1)  # (B, Q)
+        detections = []
+        for image_scores, image_labels, image_boxes, (height, width) in zip(scores, labels, boxes, image_sizes):
+            scale = image_boxes.new_tensor([width, height, width, height])
+            pixels = clip_boxes_to_image(box_convert(image_boxes, "cxcywh", "xyxy") * scale, (height, width))
+            order = image_scores.argsort(descending=True)
+            detections.append({"boxes": pixels[order], "scores": image_scores[order], "labels": image_labels[order]})
+        return detections
+
+
+def _normalised_targets(targets: Targets, image_sizes: list[tuple[int, int]]) -> Targets:
+    """Target boxes as cxcywh relative to each (resized, unpadded) image, the space DETR predicts in."""
+    out = []
+    for target, (height, width) in zip(targets, image_sizes):
+        scale = target["boxes"].new_tensor([width, height, width, height])
+        out.append({"boxes": box_convert(target["boxes"], "xyxy", "cxcywh") / scale, "labels": target["labels"]})
+    return out
+
+
+def _padding_mask(images: Tensor, image_sizes: list[tuple[int, int]], size: Sequence[int]) -> Tensor:
+    """``(B, h, w)`` bool, ``True`` where a feature covers the batch padding beyond an image's own size."""
+    mask = torch.ones(images.shape[0], *images.shape[-2:], dtype=torch.bool, device=images.device)
+    for image_mask, (height, width) in zip(mask, image_sizes):
+        image_mask[:height, :width] = False
+    return F.interpolate(mask[:, None].float(), size=tuple(size)).bool()[:, 0]
+
+
+def _create_detr(backbone: str, kwargs: dict[str, Any], **defaults: Any) -> DetrDetector:
+    return DetrDetector(**{"backbone": backbone, **defaults, **kwargs})
+
+
+# ---------------------------------------------------------------------------------------------
+# registered detectors: hyperparameters only
+# ---------------------------------------------------------------------------------------------
+
+# 64 px FashionScenes (items 10-28 px): FPN on stages 2-3 of the CIFAR ResNet, strides 2 and 4, plus 8 and 16.
+_SCENES_FCOS = dict(num_classes=10, min_size=64, max_size=64, out_channels=128, fpn_stages=(2, 3))
+# COCO scale: torchvision's fcos_resnet50_fpn setting (stages 2-4, strides 8-128).
+_COCO_FCOS = dict(num_classes=80, min_size=800, max_size=1333, out_channels=256)
+# ViT-S/16 at 512 px: ViTDet pyramid at strides 8, 16, 32, plus 64 and 128.
+_VIT_FCOS = dict(num_classes=80, min_size=512, max_size=512, out_channels=256, pyramid_scales=(2.0, 1.0, 0.5))
+
+
+@register_model
+def fcos_resnet20_cifar(**kwargs: Any) -> FcosDetector:
+    """FCOS on a CIFAR-layout ResNet-20 for 64 px FashionScenes."""
+    return _create_fcos("resnet20_cifar", kwargs, **_SCENES_FCOS)
+
+
+@register_model
+def fcos_se_resnet20_cifar(**kwargs: Any) -> FcosDetector:
+    """FCOS on a CIFAR-layout SE-ResNet-20 (Hu 2018) for 64 px FashionScenes."""
+    return _create_fcos("se_resnet20_cifar", kwargs, **_SCENES_FCOS)
+
+
+@register_model
+def fcos_cbam_resnet20_cifar(**kwargs: Any) -> FcosDetector:
+    """FCOS on a CIFAR-layout CBAM-ResNet-20 (Woo 2018) for 64 px FashionScenes."""
+    return _create_fcos("cbam_resnet20_cifar", kwargs, **_SCENES_FCOS)
+
+
+@register_model
+def fcos_resnet50(**kwargs: Any) -> FcosDetector:
+    """FCOS on ResNet-50 with FPN P3-P7, 800-1333 px (torchvision's ``fcos_resnet50_fpn`` layout)."""
+    return _create_fcos("resnet50", kwargs, **_COCO_FCOS)
+
+
+@register_model
+def fcos_cbam_resnet50(**kwargs: Any) -> FcosDetector:
+    """FCOS on CBAM-ResNet-50 (Woo 2018) with FPN P3-P7, 800-1333 px."""
+    return _create_fcos("cbam_resnet50", kwargs, **_COCO_FCOS)
+
+
+@register_model
+def fcos_vit_small_patch16_224(**kwargs: Any) -> FcosDetector:
+    """FCOS on ViT-S/16 through ViTDet's simple feature pyramid, 512 px."""
+    return _create_fcos("vit_small_patch16_224", kwargs, **_VIT_FCOS)
+
+
+# 64 px FashionScenes: the CIFAR ResNet's last stage (stride 4, a 16x16 grid), a 3+3-layer transformer.
+_SCENES_DETR = dict(
+    num_classes=10, min_size=64, max_size=64, hidden_dim=128, num_heads=8, num_encoder_layers=3,
+    num_decoder_layers=3, mlp_ratio=4.0, num_queries=16,
+)
+# COCO scale: the paper's DETR (ResNet-50 C5, 6+6 layers, 256 wide, 100 queries).
+_COCO_DETR = dict(num_classes=80, min_size=800, max_size=1333)
+# ViT-S/16 at 512 px: the 32x32 patch grid as the memory.
+_VIT_DETR = dict(num_classes=80, min_size=512, max_size=512)
+
+
+@register_model
+def detr_resnet20_cifar(**kwargs: Any) -> DetrDetector:
+    """DETR-style detector on a CIFAR-layout ResNet-20 for 64 px FashionScenes."""
+    return _create_detr("resnet20_cifar", kwargs, **_SCENES_DETR)
+
+
+@register_model
+def detr_se_resnet20_cifar(**kwargs: Any) -> DetrDetector:
+    """DETR-style detector on a CIFAR-layout SE-ResNet-20 (Hu 2018) for 64 px FashionScenes."""
+    return _create_detr("se_resnet20_cifar", kwargs, **_SCENES_DETR)
+
+
+@register_model
+def detr_cbam_resnet20_cifar(**kwargs: Any) -> DetrDetector:
+    """DETR-style detector on a CIFAR-layout CBAM-ResNet-20 (Woo 2018) for 64 px FashionScenes."""
+    return _create_detr("cbam_resnet20_cifar", kwargs, **_SCENES_DETR)
+
+
+@register_model
+def detr_resnet50(**kwargs: Any) -> DetrDetector:
+    """DETR on ResNet-50, 800-1333 px (Carion 2020's base model)."""
+    return _create_detr("resnet50", kwargs, **_COCO_DETR)
+
+
+@register_model
+def detr_cbam_resnet50(**kwargs: Any) -> DetrDetector:
+    """DETR on CBAM-ResNet-50 (Woo 2018), 800-1333 px."""
+    return _create_detr("cbam_resnet50", kwargs, **_COCO_DETR)
+
+
+@register_model
+def detr_vit_small_patch16_224(**kwargs: Any) -> DetrDetector:
+    """DETR-style detector on ViT-S/16 patch tokens, 512 px."""
+    return _create_detr("vit_small_patch16_224", kwargs, **_VIT_DETR)

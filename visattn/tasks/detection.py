@@ -1,0 +1,322 @@
+"""Object detection as a LightningModule (FCOS and DETR-style detectors from the registry), its
+mAP metric, and inference helpers for ``visattn detect``, ``evaluate`` and ``save-weights``.
+
+Detectors follow torchvision's detection API (see :mod:`visattn.models.detection`): they take
+lists of 0..1 images and 0-based labels, return a loss dict in training and per-image
+``{"boxes", "scores", "labels"}`` in evaluation, and normalise and resize inside. Scores are
+COCO mAP (IoU 0.50:0.95) and mAP@0.5 from torchmetrics' ``MeanAveragePrecision``.
+"""
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Optional, Sequence, Union
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Subset
+from torchmetrics.detection import MeanAveragePrecision
+
+from ..data.detection import CocoDetection, SceneDetection, Target, collate_detection
+from ..errors import ConfigError, WeightsError
+from ..fileio import atomic_path, unique_path
+from ..pretrained import find_weights_entry, load_weights
+from ..registry import create_model, is_model, model_family, split_model_name
+from .classification import adamw_warmup_cosine, best_weights, read_checkpoint
+
+Batch = tuple[list[Tensor], list[Target]]
+Detections = list[dict[str, Tensor]]
+
+
+def detection_map() -> MeanAveragePrecision:
+    """COCO-style box mAP; :func:`map_scores` reads ``map`` and ``map50`` from it."""
+    return MeanAveragePrecision(box_format="xyxy", iou_type="bbox")
+
+
+def map_scores(metric: MeanAveragePrecision) -> dict[str, float]:
+    """``map`` (IoU 0.50:0.95) and ``map50``; -1 when the data holds no ground-truth box."""
+    scores = metric.compute()
+    return {"map": round(float(scores["map"]), 6), "map50": round(float(scores["map_50"]), 6)}
+
+
+def is_detection_arch(name: str) -> bool:
+    """Whether ``name`` (``arch`` or ``arch.tag``) is a registered detector."""
+    arch = split_model_name(name)[0]
+    return is_model(arch) and model_family(arch) == "detection"
+
+
+# ---------------------------------------------------------------------------------------------
+# training
+# ---------------------------------------------------------------------------------------------
+
+
+class DetectionTask(pl.LightningModule):
+    """Train and evaluate a detector.
+
+    Args:
+        model_name: a registered ``fcos_*`` or ``detr_*`` architecture (``visattn models 'fcos_*'``),
+            or ``arch.tag`` to fine-tune shipped weights.
+        num_classes: object classes; linked from the datamodule in the configs.
+        model_kwargs: extra builder arguments (``backbone_kwargs``, ``pretrained_backbone``,
+            ``min_size``, ``num_queries``, ...).
+        pretrained: ``True`` or a weights file to start the whole detector from; a classifier
+            head of another size is dropped.
+        strict: see :func:`visattn.create_model`.
+        lr: peak AdamW learning rate.
+        weight_decay: AdamW weight decay, not applied to biases, norms and embeddings.
+        warmup_epochs: linear warm-up length, then cosine decay to zero over the run.
+        backbone_lr_scale: the backbone's learning rate as a fraction of ``lr`` (DETR: 0.1).
+        class_names: label names, linked from the datamodule; saved in checkpoints for inference.
+        preprocessing: what inference needs to prepare images, linked from the datamodule.
+    """
+
+    # Given once in the data section of a config and linked here by `visattn fit` (see lightning_cli.py).
+    linked_data_attributes = ("num_classes", "class_names", "preprocessing")
+
+    def __init__(
+        self,
+        model_name: str = "fcos_cbam_resnet20_cifar",
+        num_classes: int = 10,
+        model_kwargs: Optional[dict[str, Any]] = None,
+        pretrained: Union[bool, str] = False,
+        strict: bool = True,
+        lr: float = 1e-3,
+        weight_decay: float = 0.05,
+        warmup_epochs: float = 1.0,
+        backbone_lr_scale: float = 1.0,
+        class_names: Optional[list[str]] = None,
+        preprocessing: Optional[dict[str, Any]] = None,
+    ) -> None:
+        super().__init__()
+        if not is_detection_arch(model_name):
+            raise ConfigError(f"model_name={model_name!r} is not a detector; pick one of `visattn models 'fcos_*'` "
+                              "or `visattn models 'detr_*'`")
+        if class_names is not None and len(class_names) != num_classes:
+            raise ConfigError(f"{len(class_names)} class_names for num_classes={num_classes}; link both from the data")
+        self.save_hyperparameters()
+        self.model = create_model(model_name, num_classes=num_classes, pretrained=pretrained, strict=strict,
+                                  **dict(model_kwargs or {}))
+        self.val_map = detection_map()
+        self.test_map = detection_map()
+
+    def forward(self, images: list[Tensor]) -> Detections:
+        return self.model(images)
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        images, targets = batch
+        losses = self.model(images, targets)
+        loss = sum(losses.values())
+        self.log_dict({f"train/{name}": value for name, value in losses.items()}, batch_size=len(images))
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(images))
+        return loss
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        images, targets = batch
+        self.val_map.update(self(images), targets)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_map(self.val_map, "val/")
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        images, targets = batch
+        self.test_map.update(self(images), targets)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_map(self.test_map, "test/")
+
+    def _log_map(self, metric: MeanAveragePrecision, prefix: str) -> None:
+        if metric.update_count:  # the sanity check may stop before any update
+            self.log_dict({prefix + k: v for k, v in map_scores(metric).items()}, prog_bar=True)
+        metric.reset()
+
+    def predict_step(self, batch: Any, batch_idx: int) -> Detections:
+        images = batch[0] if isinstance(batch, tuple) else batch
+        return self(images)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        return adamw_warmup_cosine(self)
+
+
+# ---------------------------------------------------------------------------------------------
+# inference: shipped weights or training checkpoints, with their class names
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Detector:
+    """A detector ready for inference, with its class names and preprocessing."""
+
+    model: nn.Module
+    class_names: list[str]
+    preprocessing: dict[str, Any]
+    name: str  # arch.tag or the checkpoint path
+    arch: str
+    model_kwargs: dict[str, Any]
+
+    @torch.inference_mode()
+    def detect(self, images: Sequence[Tensor], *, score_threshold: float = 0.0) -> Detections:
+        """Per image ``{"boxes": (M, 4) xyxy pixels, "scores": (M,), "labels": (M,)}`` scoring at least
+        ``score_threshold``, for ``(3, H, W)`` images in 0..1."""
+        detections = self.model(list(images))
+        return [{k: v[d["scores"] >= score_threshold] for k, v in d.items()} for d in detections]
+
+
+def load_detector(model: Optional[str] = None, checkpoint: Optional[str] = None) -> Detector:
+    """Load ``arch.tag`` shipped weights (``arch`` alone: its default weights) or a training checkpoint."""
+    if (model is None) == (checkpoint is None):
+        raise ConfigError("give exactly one of --model ARCH.TAG or --checkpoint FILE")
+    if checkpoint is not None:
+        return _detector_from_checkpoint(Path(checkpoint))
+    arch, tag = split_model_name(model)
+    if not is_detection_arch(arch):
+        raise ConfigError(f"--model {model}: not a detector; pick one of `visattn models 'fcos_*'` "
+                          "or `visattn models 'detr_*'`")
+    entry = find_weights_entry(arch, tag)
+    net = create_model(f"{arch}.{entry['tag']}").eval()
+    labels = entry.get("labels") or [str(i) for i in range(net.num_classes)]
+    return Detector(net, list(labels), dict(entry.get("preprocessing") or {}), f"{arch}.{entry['tag']}", arch,
+                    dict(entry.get("model_kwargs") or {}))
+
+
+def _detector_from_checkpoint(path: Path) -> Detector:
+    checkpoint = read_checkpoint(path)
+    hparams = checkpoint.get("hyper_parameters") or {}
+    if not is_detection_arch(str(hparams.get("model_name", ""))):
+        raise WeightsError(f"{path}: not a visattn detection checkpoint; pass a checkpoint written by "
+                           "`visattn fit --config configs/detection/...`")
+    arch, tag = split_model_name(hparams["model_name"])
+    started_from = find_weights_entry(arch, tag).get("model_kwargs", {}) if tag else {}  # fine-tuned shipped weights
+    # The checkpoint holds every weight: the backbone's own pretrained weights need not be read again.
+    kwargs = {**started_from, **dict(hparams.get("model_kwargs") or {}), "pretrained_backbone": False}
+    net = create_model(arch, num_classes=hparams["num_classes"], **kwargs)
+    load_weights(net, best_weights(checkpoint["state_dict"]))
+    labels = hparams.get("class_names") or [str(i) for i in range(hparams["num_classes"])]
+    return Detector(net.eval(), list(labels), dict(hparams.get("preprocessing") or {}), str(path), arch, kwargs)
+
+
+def is_detector(model: Optional[str] = None, checkpoint: Optional[str] = None) -> bool:
+    """Whether ``--model`` (its architecture) or ``--checkpoint`` (its ``model_name``) is a detector."""
+    if checkpoint is not None:
+        model = (read_checkpoint(Path(checkpoint)).get("hyper_parameters") or {}).get("model_name")
+    return isinstance(model, str) and is_detection_arch(model)
+
+
+def save_detector(detector: Detector, out_dir: str, tag: str, *, dataset: Optional[str] = None,
+                  metrics: Optional[dict[str, Any]] = None, config: Optional[str] = None,
+                  default: bool = False) -> dict[str, Any]:
+    """Write ``out_dir/<arch>.<tag>.safetensors`` and its index entry (labels, preprocessing, model_kwargs,
+    measured ``metrics``) through :func:`visattn.save_weights`, so ``create_model("<arch>.<tag>")`` rebuilds it."""
+    from ..pretrained import save_weights
+
+    path = Path(out_dir) / f"{detector.arch}.{tag}.safetensors"
+    return save_weights(detector.model, path, task="detection", dataset=dataset, labels=detector.class_names,
+                        preprocessing=detector.preprocessing, model_kwargs=detector.model_kwargs, config=config,
+                        metrics=dict(metrics or {}), default=default)
+
+
+# ---------------------------------------------------------------------------------------------
+# `visattn evaluate` and `visattn detect`
+# ---------------------------------------------------------------------------------------------
+
+
+def evaluation_loader(detector: Detector, spec: str, split: str = "test", *, limit: Optional[int] = None,
+                      batch_size: int = 16, num_workers: int = 0) -> DataLoader:
+    """Batches of ``fashion-scenes`` (``limit`` scenes of ``split``, default 1000, at the training
+    canvas size) or ``coco:ANNOTATIONS.json:IMAGES_DIR`` (categories mapped by name onto the detector's classes)."""
+    from ..data.scenes import FashionScenes
+
+    if spec == "fashion-scenes":
+        if split not in ("train", "val", "test"):
+            raise ConfigError(f"--split {split}: fashion-scenes has the splits train, val and test")
+        side = int(detector.preprocessing.get("input_size", [3, 64, 64])[-1])
+        dataset = SceneDetection(FashionScenes(split, num_scenes=limit or 1000, canvas_size=side))
+    elif spec.startswith("coco:") and spec.count(":") >= 2:
+        annotations, _, images_dir = spec[len("coco:"):].rpartition(":")
+        dataset = CocoDetection(annotations, images_dir, class_names=detector.class_names)
+        dataset = Subset(dataset, range(min(limit, len(dataset)))) if limit else dataset
+    else:
+        raise ConfigError(f"--dataset {spec}: detectors take fashion-scenes or coco:ANNOTATIONS.json:IMAGES_DIR")
+    return DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_detection)
+
+
+def evaluate_detector(detector: Detector, batches: Iterable[Batch]) -> dict[str, Any]:
+    """``map`` (IoU 0.50:0.95), ``map50`` and ``n`` (images) of ``detector`` over ``(images, targets)`` batches."""
+    metric, n = detection_map(), 0
+    for images, targets in batches:
+        metric.update(detector.detect(images), targets)
+        n += len(images)
+    if n == 0:
+        raise ConfigError("the evaluation dataset is empty; check --dataset, --split and --limit")
+    return {**map_scores(metric), "n": n}
+
+
+# One colour per class (cycled), readable on black FashionScenes canvases and on photos.
+_BOX_COLOURS = ("red", "lime", "deepskyblue", "yellow", "orange", "magenta", "cyan", "white", "pink", "violet")
+_MIN_DRAWN_SIDE = 256  # small images are enlarged before drawing, so the labels stay readable
+
+
+def detect_files(detector: Detector, paths: Sequence[str], *, score_threshold: float = 0.5,
+                 out: Optional[str] = None, as_json: bool = False) -> tuple[int, int]:
+    """Print the detections of each image file (folders are searched recursively); returns ``(failures, files)``.
+
+    A file that cannot be read is reported on its own line and the others go on. With ``out``,
+    a PNG per image shows the boxes with their labels and scores.
+    """
+    import json
+
+    from ..data.image_io import decode_image, list_images
+    from ..data.transforms import to_tensor
+    from ..errors import VisattnError
+
+    files = list_images(list(paths))
+    if not files:
+        raise ConfigError(f"no image files found in {' '.join(paths)}; give image files or folders holding them")
+    out_dir = Path(out) if out else None
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    failures, used = 0, set()
+    for path in files:
+        try:
+            image = decode_image(path)
+            found = detector.detect([to_tensor(image)], score_threshold=score_threshold)[0]
+        except VisattnError as err:
+            failures += 1
+            print(json.dumps({"file": str(path), "error": str(err)}) if as_json else f"{path}: error: {err}")
+            continue
+        record = {"file": str(path), "detections": _detection_records(found, detector.class_names)}
+        if out_dir is not None:
+            target = unique_path(out_dir, Path(path).stem, used)
+            draw_detections(image, record["detections"], target)
+            record["drawn"] = str(target)
+        print(json.dumps(record) if as_json else _detection_line(record, score_threshold))
+    return failures, len(files)
+
+
+def _detection_records(found: dict[str, Tensor], class_names: Sequence[str]) -> list[dict[str, Any]]:
+    return [{"label": class_names[k], "index": k, "score": round(score, 4), "box": [round(v, 1) for v in box]}
+            for box, score, k in zip(found["boxes"].tolist(), found["scores"].tolist(), found["labels"].tolist())]
+
+
+def _detection_line(record: dict[str, Any], score_threshold: float) -> str:
+    found = record["detections"]
+    if not found:
+        return f"{record['file']}: no objects scoring {score_threshold} or more"
+    boxes = ", ".join(f"{d['label']} {d['score']:.2f} [{', '.join(str(v) for v in d['box'])}]" for d in found)
+    return f"{record['file']}: {boxes}"
+
+
+def draw_detections(image: np.ndarray, detections: Sequence[dict[str, Any]], path: Path) -> None:
+    """Write ``image`` (``(H, W, 3)`` uint8) with each detection's box, label and score as a PNG."""
+    from PIL import Image
+    from torchvision.utils import draw_bounding_boxes
+
+    scale = max(1, -(-_MIN_DRAWN_SIDE // min(image.shape[:2])))  # ceil: nearest-neighbour enlargement
+    pixels = torch.tensor(image).permute(2, 0, 1)  # (3, H, W) uint8, a copy: decoded arrays are read-only
+    pixels = pixels.repeat_interleave(scale, dim=1).repeat_interleave(scale, dim=2)
+    if detections:
+        boxes = torch.tensor([d["box"] for d in detections], dtype=torch.float32) * scale
+        labels = [f"{d['label']} {d['score']:.2f}" for d in detections]
+        colours = [_BOX_COLOURS[d["index"] % len(_BOX_COLOURS)] for d in detections]
+        pixels = draw_bounding_boxes(pixels, boxes, labels=labels, colors=colours, width=max(1, scale // 2))
+    with atomic_path(path) as tmp:
+        Image.fromarray(pixels.permute(1, 2, 0).numpy()).save(tmp, format="PNG")

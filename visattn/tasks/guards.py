@@ -1,0 +1,79 @@
+"""Guards that keep a training run from failing silently.
+
+:class:`NonFiniteLossGuard` skips an update whose loss is NaN or infinite and stops the run, with a
+message that says what to try, when that happens several steps in a row.
+"""
+import logging
+from typing import Optional
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.strategies import Strategy
+from torch import Tensor, nn
+
+from ..errors import ConfigError, VisattnError
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(VisattnError, RuntimeError):
+    """The loss was not finite for too many training steps in a row."""
+
+
+class NonFiniteLossGuard:
+    """Skips training steps whose loss is not finite; stops the run after ``max_bad_steps`` in a row.
+
+    A task calls :meth:`watch` before its forward pass and returns :meth:`check`'s result from
+    ``training_step``: ``None`` for a bad step, so Lightning skips its backward pass and optimizer
+    update. The forward pass may already have written NaN into BatchNorm running statistics, so the
+    model's floating-point buffers are put back as they were. Each skipped step logs the total so far
+    as ``train/skipped_steps``; under DDP every rank skips when any rank's loss is bad.
+
+    Args:
+        max_bad_steps: consecutive non-finite losses after which :class:`NonFiniteLossError` stops the run.
+    """
+
+    def __init__(self, max_bad_steps: int = 5) -> None:
+        if max_bad_steps < 1:
+            raise ConfigError(f"max_bad_steps={max_bad_steps}: must be at least 1")
+        self.max_bad_steps = max_bad_steps
+        self.bad_in_a_row = 0
+        self.skipped = 0
+        self._saved_buffers: list[tuple[Tensor, Tensor]] = []
+
+    def watch(self, model: nn.Module) -> None:
+        """Keep a copy of ``model``'s floating-point buffers (BatchNorm statistics) before a forward pass."""
+        self._saved_buffers = [(b, b.detach().clone()) for b in model.buffers() if b.is_floating_point()]
+
+    def check(self, task: pl.LightningModule, loss: Tensor) -> Optional[Tensor]:
+        """``loss`` when it is finite on every rank; otherwise undo the buffer updates, log and return ``None``."""
+        finite = bool(torch.isfinite(loss.detach()).all())
+        strategy = _strategy(task)
+        if strategy is not None:
+            finite = strategy.reduce_boolean_decision(finite, all=True)
+        if finite:
+            self.bad_in_a_row = 0
+            return loss
+        with torch.no_grad():
+            for buffer, saved in self._saved_buffers:
+                buffer.copy_(saved)
+        self.bad_in_a_row += 1
+        self.skipped += 1
+        task.log("train/skipped_steps", float(self.skipped))
+        value, step = loss.detach().float().sum().item(), task.global_step
+        if self.bad_in_a_row >= self.max_bad_steps:
+            raise NonFiniteLossError(
+                f"training stopped at step {step}: the loss was {value} for {self.bad_in_a_row} steps in a row "
+                "(the learning rate may be too high, or the data hold NaN or inf values); lower the learning rate "
+                "(model.lr), set trainer.gradient_clip_val (e.g. 1.0), or check the data"
+            )
+        log.warning("step %d: the loss is %s; skipped this update (%d in a row, the run stops at %d)",
+                    step, value, self.bad_in_a_row, self.max_bad_steps)
+        return None
+
+
+def _strategy(task: pl.LightningModule) -> Optional[Strategy]:
+    try:
+        return task.trainer.strategy
+    except RuntimeError:  # not attached to a Trainer, e.g. training_step called directly
+        return None
