@@ -1,5 +1,6 @@
 """``make demo``: train an attention CNN briefly on Fashion-MNIST, score it on the test set, use it,
-and caption FashionScenes test images with the shipped captioner, drawing where each word looked.
+caption FashionScenes test images with the shipped captioner, drawing where each word looked, run
+the shipped detectors on the same scenes, and draw where the shipped classifiers look.
 
 Every step runs a real ``visattn`` command, printed before it runs, so each can be repeated by hand.
 """
@@ -91,6 +92,8 @@ def main() -> None:
     scenes = write_test_scenes(OUT / "scenes")
     for name in shipped("captioning", "fashion-scenes"):
         run("caption", *map(str, scenes), "--model", name, "--attention-out", str(OUT / "attention"))
+    for name in shipped("detection", "fashion-scenes"):
+        run("detect", *map(str, scenes), "--model", name, "--out", str(OUT / "detections" / name))
     explain_shipped(classifiers, images[:3])
 
     print("\nOutputs:")
@@ -100,6 +103,7 @@ def main() -> None:
     print(f"  Grad-CAM, rollout, gates:    {OUT / 'explain'}")
     print(f"  test scenes captioned:       {OUT / 'scenes'}")
     print(f"  per-word attention PNGs:     {OUT / 'attention'}")
+    print(f"  detections drawn:            {OUT / 'detections'}")
 
 
 if __name__ == "__main__":

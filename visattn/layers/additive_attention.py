@@ -51,7 +51,8 @@ class AdditiveAttention(nn.Module):
         """
         if projected is None:
             projected = self.project_features(features)
-        hidden = torch.tanh(projected + self.query_proj(query)[:, None, :])  # (B, P, attn_dim)
+        # In place: one (B, P, attn_dim) buffer per step instead of two (beam search is bound by this).
+        hidden = (projected + self.query_proj(query)[:, None, :]).tanh_()  # (B, P, attn_dim)
         scores = self.score(hidden).squeeze(-1)  # (B, P)
         if mask is not None:
             # A finite fill, not -inf: a fully masked row then stays finite (forward and backward),

@@ -215,8 +215,10 @@ class ShowAttendTell(nn.Module):
     ) -> DecodedCaptions:
         """Beam search over the whole batch at once: ``B * beam_size`` hypotheses advance together.
 
-        Finished hypotheses (ended by END) are frozen with their score; the best hypothesis per image
-        is the one with the highest ``log p / length ** length_penalty`` (0 disables normalisation).
+        Finished hypotheses (ended by END) are frozen with their score; an image leaves the batch
+        as soon as all its hypotheses are finished, so the batch costs what its captions' lengths
+        cost, not ``max_len`` steps for every image. The best hypothesis per image is the one with
+        the highest ``log p / length ** length_penalty`` (0 disables normalisation).
         """
         batch, k = images.shape[0], beam_size
         features = self.encode(images).repeat_interleave(k, dim=0)  # (B*K, P, C)
@@ -228,25 +230,35 @@ class ShowAttendTell(nn.Module):
         tokens = words.new_zeros((batch, k, 0))
         alphas = features.new_zeros((batch, k, 0, features.shape[1]))
         finished = torch.zeros((batch, k), dtype=torch.bool, device=images.device)
-        batch_idx = torch.arange(batch, device=images.device)[:, None]  # (B, 1) for gathering beams
+        active = torch.arange(batch, device=images.device)  # images still decoding, in batch order
+        done = _FinishedBeams(batch, k, max_len, features.shape[1], features)
         for _ in range(max_len):
             logits, state, alpha = self.step(features, projected, words, state)
-            log_probs = _word_log_probs(logits).view(batch, k, -1)  # (B, K, V)
+            log_probs = _word_log_probs(logits).view(len(active), k, -1)  # (b, K, V)
             # A finished hypothesis has one continuation, PAD, which keeps its score.
             frozen = torch.full_like(log_probs[0, 0], float("-inf"))
             frozen[PAD_ID] = 0.0
             log_probs = torch.where(finished[..., None], frozen, log_probs)
-            scores, flat = (scores[..., None] + log_probs).view(batch, -1).topk(k, dim=-1)  # (B, K)
+            scores, flat = (scores[..., None] + log_probs).view(len(active), -1).topk(k, dim=-1)  # (b, K)
             beam, words = flat // self.vocab_size, flat % self.vocab_size
-            tokens = torch.cat([tokens[batch_idx, beam], words[..., None]], dim=2)
-            alphas = torch.cat([alphas[batch_idx, beam], alpha.view(batch, k, 1, -1)[batch_idx, beam]], dim=2)
-            finished = finished[batch_idx, beam] | (words == END_ID)
-            rows = (batch_idx * k + beam).view(-1)  # (B*K,) hypotheses that survive, in their new order
-            state = (state[0][rows], state[1][rows])
-            words = words.view(-1)
-            if finished.all():
-                break
-        return self._best_hypotheses(tokens, alphas, scores, length_penalty)
+            rows = torch.arange(len(active), device=images.device)[:, None]  # (b, 1) for gathering beams
+            tokens = torch.cat([tokens[rows, beam], words[..., None]], dim=2)
+            alphas = torch.cat([alphas[rows, beam], alpha.view(len(active), k, 1, -1)[rows, beam]], dim=2)
+            finished = finished[rows, beam] | (words == END_ID)
+            survivors = (rows * k + beam).view(-1)  # (b*K,) hypotheses that survive, in their new order
+            state, words = (state[0][survivors], state[1][survivors]), words.view(-1)
+            complete = finished.all(dim=1)  # (b,)
+            if complete.any():
+                done.store(active[complete], tokens[complete], alphas[complete], scores[complete])
+                keep, keep_rows = ~complete, (~complete).repeat_interleave(k)
+                active, tokens, alphas, scores, finished = (
+                    active[keep], tokens[keep], alphas[keep], scores[keep], finished[keep])
+                features, projected, words = features[keep_rows], projected[keep_rows], words[keep_rows]
+                state = (state[0][keep_rows], state[1][keep_rows])
+                if not len(active):
+                    break
+        done.store(active, tokens, alphas, scores)
+        return self._best_hypotheses(done.tokens, done.alphas, done.scores, length_penalty)
 
     def _best_hypotheses(self, tokens: Tensor, alphas: Tensor, scores: Tensor, length_penalty: float) -> DecodedCaptions:
         """Pick each image's best beam by length-normalised score. tokens (B, K, T), alphas (B, K, T, P)."""
@@ -265,6 +277,22 @@ class ShowAttendTell(nn.Module):
             out_tokens.append(ids[:n])
             out_maps.append(maps[:n].reshape(n, *self.grid))
         return DecodedCaptions(out_tokens, out_maps, scores)
+
+
+class _FinishedBeams:
+    """Full-batch ``(B, K, max_len)`` tokens (PAD-filled), ``(B, K, max_len, P)`` alphas and ``(B, K)``
+    scores, filled in as images finish and leave the beam search."""
+
+    def __init__(self, batch: int, beams: int, max_len: int, regions: int, like: Tensor) -> None:
+        self.tokens = torch.full((batch, beams, max_len), PAD_ID, dtype=torch.long, device=like.device)
+        self.alphas = like.new_zeros((batch, beams, max_len, regions))
+        self.scores = like.new_full((batch, beams), float("-inf"))
+
+    def store(self, images: Tensor, tokens: Tensor, alphas: Tensor, scores: Tensor) -> None:
+        steps = tokens.shape[2]
+        self.tokens[images, :, :steps] = tokens
+        self.alphas[images, :, :steps] = alphas
+        self.scores[images] = scores
 
 
 def _create_sat(**kwargs: Any) -> ShowAttendTell:
