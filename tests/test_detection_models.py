@@ -2,6 +2,7 @@
 import pytest
 import torch
 from safetensors.torch import save_file
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from visattn import create_model
 from visattn.errors import ConfigError
@@ -171,3 +172,19 @@ def test_bad_configurations_raise_config_errors():
         create_model("fcos_resnet20_cifar", fpn_stages=(3, 2))
     with pytest.raises(ConfigError, match="pyramid_scales"):
         create_model("fcos_vit_small_patch16_224", fpn_stages=(2, 3), backbone_kwargs={"depth": 1})
+
+
+def test_detector_transform_keeps_a_pixel_of_a_panorama_and_maps_boxes_back():
+    from visattn.models.detection import DetectorTransform
+
+    transform = DetectorTransform(64, 128, [0.5] * 3, [0.5] * 3).eval()
+    image = torch.rand(3, 20, 3000)
+    target = {"boxes": torch.tensor([[0.0, 0.0, 1500.0, 20.0]]), "labels": torch.tensor([1])}
+    batch, (resized,) = transform([image], [target])
+    assert batch.image_sizes == [(1, 128)]
+    assert torch.allclose(resized["boxes"], torch.tensor([[0.0, 0.0, 64.0, 1.0]]))
+    back = transform.postprocess([{"boxes": resized["boxes"]}], batch.image_sizes, [(20, 3000)])
+    assert torch.allclose(back[0]["boxes"], target["boxes"])
+    ordinary = torch.rand(3, 48, 80)  # everything else is torchvision's resize, unchanged
+    reference = GeneralizedRCNNTransform(64, 128, [0.5] * 3, [0.5] * 3).eval()
+    assert torch.equal(transform([ordinary])[0].tensors, reference([ordinary])[0].tensors)

@@ -78,6 +78,20 @@ def test_header_larger_than_file_is_a_clear_error(tmp_path):
     _assert_one_line_naming(err, path)
 
 
+@pytest.mark.parametrize("content", [
+    bytes(range(256)) * 4,  # garbage: its first 8 bytes read as a header length of ~5e17
+    (9).to_bytes(8, "little") + b"{not json",  # a header that is not JSON
+    (2).to_bytes(8, "little") + b"{}",  # a header with no tensors
+    b"",  # empty
+], ids=["garbage", "header_not_json", "no_tensors", "empty"])
+def test_corrupt_safetensors_is_one_line_naming_the_file(tmp_path, content):
+    path = tmp_path / "corrupt.safetensors"
+    path.write_bytes(content)
+    with pytest.raises(WeightsError) as err:
+        create_model(ARCH, **SMALL, pretrained=str(path))
+    _assert_one_line_naming(err, path)
+
+
 class _CreatesFile:
     def __init__(self, target):
         self.target = target

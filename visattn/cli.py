@@ -229,8 +229,16 @@ def _add_model_source(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--checkpoint", help="a Lightning checkpoint written by `visattn fit`")
 
 
+class _OneLineErrorParser(argparse.ArgumentParser):
+    """Usage mistakes print one line, like every other user error, instead of the usage text; exit code 2."""
+
+    def error(self, message: str) -> None:
+        self.exit(2, f"visattn: error: {self.prog}: {message}; see `{self.prog} --help`\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="visattn", description="Vision attention model zoo.")
+    # Sub-command parsers are built from the same class.
+    parser = _OneLineErrorParser(prog="visattn", description="Vision attention model zoo.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in LIGHTNING_COMMANDS:  # listed for --help; main() hands them to LightningCLI
         sub.add_parser(name, help=f"{name} from a YAML config (LightningCLI): visattn {name} --config FILE", add_help=False)

@@ -235,7 +235,9 @@ def _drop_mismatched_head(model: nn.Module, state: StateDict) -> StateDict:
     return {k: v for k, v in state.items() if k not in dropped}
 
 
-def check_state_dict(model: nn.Module, state: StateDict, *, strict: bool, source: Any, fix: Optional[str] = None) -> None:
+def check_state_dict(
+    model: nn.Module, state: StateDict, *, strict: bool, source: Any, fix: Optional[str] = None
+) -> None:
     """Raise :class:`WeightsError` naming ``source`` and the keys when ``state`` does not fit ``model``.
 
     Missing and unexpected keys count only when ``strict``; shapes always. ``fix`` replaces the hint.

@@ -14,7 +14,7 @@ from .fashion_mnist import (
     load_fashion_mnist,
     read_idx,
 )
-from .image_folder import ImageFolder, SkippedImageWarning, decode_next_good, find_classes
+from .image_folder import ImageFiles, ImageFolder, SkippedImageWarning, decode_next_good, find_classes
 from .image_io import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, decode_image, list_images
 from .scenes import COLORS, ITEM_WORDS, SCENES_MEAN, SCENES_STD, FashionScenes, Scene, describe_scene, export_coco
 from .transforms import (
@@ -73,6 +73,7 @@ __all__ = [
     "IMAGENET_STD",
     "IMAGE_EXTENSIONS",
     "ITEM_WORDS",
+    "ImageFiles",
     "ImageFolder",
     "ImageFolderDataModule",
     "ImageTransform",

@@ -19,13 +19,13 @@ Scenes are not augmented: captions name positions, so any crop or flip would con
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
 from torch.nn.utils.rnn import pad_sequence
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from ..errors import ConfigError
 from .datamodules import SplitLoadersMixin
@@ -129,6 +129,10 @@ class _CaptionDataModule(SplitLoadersMixin, pl.LightningDataModule):
         return self.vocabulary.to_list()
 
     @property
+    def collate_fn(self) -> Callable[[list], dict[str, Any]]:
+        return functools.partial(collate_captions, pad_id=self.vocabulary.pad_id)
+
+    @property
     def input_size(self) -> tuple[int, int]:
         raise NotImplementedError
 
@@ -157,24 +161,6 @@ class _CaptionDataModule(SplitLoadersMixin, pl.LightningDataModule):
 
     def _source(self, split: Split, transform: ImageTransform) -> Dataset:
         raise NotImplementedError
-
-    def _dataset(self, split: Split) -> CaptionSamples:
-        if split not in self.datasets:
-            self.setup("test" if split == "test" else "fit")
-        return self.datasets[split]
-
-    def _loader(self, split: Split) -> DataLoader:
-        dataset, train, workers = self._dataset(split), split == "train", self.hparams.num_workers
-        return DataLoader(
-            dataset,
-            batch_size=self.hparams.batch_size,
-            shuffle=train,
-            drop_last=train and len(dataset) > self.hparams.batch_size,  # no size-1 BatchNorm batches
-            collate_fn=functools.partial(collate_captions, pad_id=self.vocabulary.pad_id),
-            num_workers=workers,
-            persistent_workers=workers > 0,
-            pin_memory=torch.cuda.is_available(),
-        )
 
     def _check_options(self) -> None:
         h = self.hparams

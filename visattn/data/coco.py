@@ -24,10 +24,9 @@ from typing import Callable, Literal
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from ..errors import ConfigError
-from .image_folder import decode_next_good
+from .image_folder import ImageFiles
 from .image_io import DEFAULT_MAX_PIXELS
 from .transforms import to_tensor
 
@@ -37,7 +36,7 @@ KarpathySplit = Literal["train", "val", "test", "restval"]
 Transform = Callable[[np.ndarray], torch.Tensor]
 
 
-class CaptionImages(Dataset):
+class CaptionImages(ImageFiles):
     """Image files with their reference captions; ``dataset[i]`` is ``(image, captions)``.
 
     Args:
@@ -54,27 +53,12 @@ class CaptionImages(Dataset):
         transform: Transform | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
-        self.paths = [Path(path) for path, _ in samples]
+        self._track([path for path, _ in samples], max_pixels)
         self.captions = [list(captions) for _, captions in samples]
         self.transform = transform
-        self.max_pixels = max_pixels
-        self._bad = torch.zeros(len(self.paths), dtype=torch.bool).share_memory_()
-
-    @property
-    def num_skipped(self) -> int:
-        """How many files failed to decode so far (in this process or its DataLoader workers)."""
-        return int(self._bad.sum())
-
-    @property
-    def skipped(self) -> list[Path]:
-        """The files that failed to decode so far."""
-        return [self.paths[i] for i in self._bad.nonzero().flatten().tolist()]
-
-    def __len__(self) -> int:
-        return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, list[str]]:
-        i, image = decode_next_good(self.paths, self._bad, int(index), max_pixels=self.max_pixels)
+        i, image = self._decode(index)
         return (self.transform(image) if self.transform is not None else to_tensor(image)), self.captions[i]
 
     def __repr__(self) -> str:

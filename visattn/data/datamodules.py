@@ -7,8 +7,8 @@ a LightningCLI config can link ``data.num_classes -> model.num_classes`` (and th
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, Optional
 
 import lightning.pytorch as pl
 import numpy as np
@@ -40,10 +40,34 @@ def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, n
 
 
 class SplitLoadersMixin:
-    """The DataLoader hooks of a LightningDataModule, over its ``_loader(split)`` and ``_dataset(split)``.
+    """The DataLoader hooks of a LightningDataModule over its ``datasets`` dict, filled by ``setup``.
 
-    ``predict`` reads the test split; an empty validation split turns validation off.
+    ``predict`` reads the test split; an empty validation split turns validation off. Data modules
+    whose samples need batching other than default collation set ``collate_fn``.
     """
+
+    datasets: dict[Split, Dataset]
+    collate_fn: Optional[Callable[[list], Any]] = None
+
+    def _dataset(self, split: Split) -> Dataset:
+        if split not in self.datasets:
+            self.setup("test" if split == "test" else "fit")
+        return self.datasets[split]
+
+    def _loader(self, split: Split) -> DataLoader:
+        dataset, train = self._dataset(split), split == "train"
+        workers = self.hparams.num_workers
+        return DataLoader(
+            dataset,
+            batch_size=self.hparams.batch_size,
+            shuffle=train,
+            # a ragged last batch (size 1 at worst) upsets BatchNorm statistics
+            drop_last=train and len(dataset) > self.hparams.batch_size,
+            collate_fn=self.collate_fn,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")
@@ -120,25 +144,6 @@ class _ClassificationDataModule(SplitLoadersMixin, pl.LightningDataModule):
             return Subset(dataset.dataset, dataset.indices[:limit])
         pick = np.random.default_rng(self.hparams.seed).permutation(len(dataset))[:limit]
         return Subset(dataset, sorted(pick.tolist()))
-
-    def _dataset(self, split: Split) -> Dataset:
-        if split not in self.datasets:
-            self.setup("test" if split == "test" else "fit")
-        return self.datasets[split]
-
-    def _loader(self, split: Split) -> DataLoader:
-        dataset, train = self._dataset(split), split == "train"
-        workers = self.hparams.num_workers
-        return DataLoader(
-            dataset,
-            batch_size=self.hparams.batch_size,
-            shuffle=train,
-            # a ragged last batch (size 1 at worst) upsets BatchNorm statistics
-            drop_last=train and len(dataset) > self.hparams.batch_size,
-            num_workers=workers,
-            persistent_workers=workers > 0,
-            pin_memory=torch.cuda.is_available(),
-        )
 
     def _check_options(self) -> None:
         h = self.hparams

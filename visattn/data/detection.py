@@ -22,12 +22,12 @@ import albumentations as A
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from ..errors import ConfigError
 from .coco import load_coco
 from .datamodules import SplitLoadersMixin
-from .image_folder import decode_next_good
+from .image_folder import ImageFiles
 from .image_io import DEFAULT_MAX_PIXELS
 from .scenes import ITEM_WORDS, FashionScenes
 from .transforms import ImageTransform, to_tensor
@@ -130,7 +130,7 @@ class SceneDetection(Dataset):
         return self.transform(scene.image, scene.boxes, scene.labels)
 
 
-class CocoDetection(Dataset):
+class CocoDetection(ImageFiles):
     """A COCO instances JSON and its images folder; every image is kept, with or without boxes.
 
     Category ids become contiguous 0-based labels in the order of ``class_names``: by default
@@ -159,14 +159,13 @@ class CocoDetection(Dataset):
     ) -> None:
         self.annotations, images_dir = Path(annotations), Path(images_dir)
         self.transform = transform if transform is not None else eval_detection_transforms()
-        self.max_pixels = max_pixels
         if not images_dir.is_dir():
             raise ConfigError(f"{images_dir}: no such folder; give the folder holding the images of {self.annotations}")
         coco = load_coco(self.annotations)
         try:
             self.class_names, label_of = self._labels(coco.dataset["categories"], class_names)
             images = coco.dataset["images"]
-            self.paths = [images_dir / image["file_name"] for image in images]
+            self._track([images_dir / image["file_name"] for image in images], max_pixels)
             self.targets = [self._boxes(coco.imgToAnns.get(image["id"], []), label_of) for image in images]
         except ConfigError:
             raise
@@ -177,7 +176,6 @@ class CocoDetection(Dataset):
             ) from None
         if not self.paths:
             raise ConfigError(f"{self.annotations}: lists no images; is it a COCO instances file?")
-        self._bad = torch.zeros(len(self.paths), dtype=torch.bool).share_memory_()
 
     def _labels(self, categories: list[dict], class_names: Sequence[str] | None) -> tuple[list[str], dict[int, int]]:
         """Class names in label order and ``{category id: label}``."""
@@ -202,21 +200,8 @@ class CocoDetection(Dataset):
                               "do not list; add them to categories or remove those annotations")
         return boxes, np.array([label_of[a["category_id"]] for a in kept], np.int64)
 
-    @property
-    def num_skipped(self) -> int:
-        """How many files failed to decode so far (in this process or its DataLoader workers)."""
-        return int(self._bad.sum())
-
-    @property
-    def skipped(self) -> list[Path]:
-        """The files that failed to decode so far."""
-        return [self.paths[i] for i in self._bad.nonzero().flatten().tolist()]
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
     def __getitem__(self, index: int) -> tuple[torch.Tensor, Target]:
-        i, image = decode_next_good(self.paths, self._bad, int(index), max_pixels=self.max_pixels)
+        i, image = self._decode(index)
         return self.transform(image, *self.targets[i])
 
     def __repr__(self) -> str:
@@ -234,6 +219,8 @@ class _DetectionDataModule(SplitLoadersMixin, pl.LightningDataModule):
     Subclasses call ``save_hyperparameters()`` and implement ``class_names`` and
     ``_source(split, transform)``; ``preprocessing`` is what checkpoints keep for inference.
     """
+
+    collate_fn = staticmethod(collate_detection)
 
     def __init__(self) -> None:
         super().__init__()
@@ -265,23 +252,6 @@ class _DetectionDataModule(SplitLoadersMixin, pl.LightningDataModule):
     def _source(self, split: Split, transform: DetectionTransform) -> Dataset:
         raise NotImplementedError
 
-    def _dataset(self, split: Split) -> Dataset:
-        if split not in self.datasets:
-            self.setup("test" if split == "test" else "fit")
-        return self.datasets[split]
-
-    def _loader(self, split: Split) -> DataLoader:
-        dataset, train, workers = self._dataset(split), split == "train", self.hparams.num_workers
-        return DataLoader(
-            dataset,
-            batch_size=self.hparams.batch_size,
-            shuffle=train,
-            drop_last=train and len(dataset) > self.hparams.batch_size,  # no size-1 BatchNorm batches
-            collate_fn=collate_detection,
-            num_workers=workers,
-            persistent_workers=workers > 0,
-            pin_memory=torch.cuda.is_available(),
-        )
 
     def _check_options(self) -> None:
         h = self.hparams

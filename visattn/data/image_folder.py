@@ -31,7 +31,40 @@ class SkippedImageWarning(UserWarning):
     """An image that could not be decoded and was skipped."""
 
 
-class ImageFolder(Dataset):
+class ImageFiles(Dataset):
+    """A dataset over image files that skips the ones that fail to decode and counts them.
+
+    A broken file is replaced by the next good one (see :func:`decode_next_good`); the skip flags live
+    in shared memory, so the counts include what DataLoader workers skipped.
+    Subclasses call :meth:`_track` with their paths and read images with :meth:`_decode`.
+    """
+
+    paths: list[Path]
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+    def _track(self, paths: Sequence[Path], max_pixels: int) -> None:
+        self.paths, self.max_pixels = [Path(p) for p in paths], max_pixels
+        self._bad = torch.zeros(len(self.paths), dtype=torch.bool).share_memory_()
+
+    def _decode(self, index: int) -> tuple[int, np.ndarray]:
+        """The index of the image actually read (``index`` or a later good one) and its pixels."""
+        return decode_next_good(self.paths, self._bad, int(index), max_pixels=self.max_pixels)
+
+    @property
+    def num_skipped(self) -> int:
+        """How many files failed to decode so far (in this process or its DataLoader workers)."""
+        return int(self._bad.sum())
+
+    @property
+    def skipped(self) -> list[Path]:
+        """The files that failed to decode so far."""
+        return [self.paths[i] for i in self._bad.nonzero().flatten().tolist()]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+class ImageFolder(ImageFiles):
     """Images in ``root/<class>/...`` (sub-folders searched too); classes are the sorted folder names.
 
     Each sample is ``(image, label)``; the transform receives an ``(H, W, 3)`` uint8 RGB array
@@ -55,32 +88,18 @@ class ImageFolder(Dataset):
     ) -> None:
         self.root = Path(root)
         self.transform = transform
-        self.max_pixels = max_pixels
         self.classes = list(classes) if classes is not None else find_classes(self.root)
         self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
         self.samples = self._find_samples()
-        self._bad = torch.zeros(len(self.samples), dtype=torch.bool).share_memory_()
-
-    @property
-    def num_skipped(self) -> int:
-        """How many files failed to decode so far (in this process or its DataLoader workers)."""
-        return int(self._bad.sum())
-
-    @property
-    def skipped(self) -> list[Path]:
-        """The files that failed to decode so far."""
-        return [self.samples[i][0] for i in self._bad.nonzero().flatten().tolist()]
+        self._track([path for path, _ in self.samples], max_pixels)
 
     @property
     def targets(self) -> list[int]:
         """The label of every sample, in order."""
         return [label for _, label in self.samples]
 
-    def __len__(self) -> int:
-        return len(self.samples)
-
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        i, image = decode_next_good([path for path, _ in self.samples], self._bad, index, max_pixels=self.max_pixels)
+        i, image = self._decode(index)
         return (self.transform(image) if self.transform is not None else to_tensor(image)), self.samples[i][1]
 
     def __repr__(self) -> str:

@@ -30,7 +30,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 from torchvision.models.detection import FCOS
 from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 from torchvision.ops import MLP, box_convert, clip_boxes_to_image, generalized_box_iou, generalized_box_iou_loss
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelP6P7
 
@@ -99,6 +99,23 @@ def vit_feature_map(body: VisionTransformer, x: Tensor) -> Tensor:
         tokens = torch.cat([body.cls_token.expand(batch, -1, -1), tokens], dim=1)
     tokens = body.norm(body.blocks(body.pos_drop(tokens + pos)))
     return tokens[:, body.num_prefix_tokens:].transpose(1, 2).reshape(batch, channels, *grid)
+
+
+class DetectorTransform(GeneralizedRCNNTransform):
+    """torchvision's detection transform (normalise, resize, batch), except that no side is resized
+    to zero: a 3000x20 panorama at ``max_size`` 128 keeps a 1 px height instead of crashing."""
+
+    def resize(self, image: Tensor, target: Optional[dict[str, Tensor]] = None) -> tuple[Tensor, Optional[dict[str, Tensor]]]:
+        height, width = image.shape[-2:]
+        size = min(self.min_size)  # the smallest size training may draw; evaluation uses min_size[-1]
+        scale = min(size / min(height, width), self.max_size / max(height, width))
+        if min(height, width) * scale >= 1 or self.fixed_size is not None:
+            return super().resize(image, target)
+        new_size = (max(1, int(height * scale)), max(1, int(width * scale)))
+        image = F.interpolate(image[None], size=new_size, mode="bilinear", align_corners=False)[0]
+        if target is not None:
+            target = {**target, "boxes": resize_boxes(target["boxes"], (height, width), new_size)}
+        return image, target
 
 
 class ResNetFpn(nn.Module):
@@ -231,6 +248,10 @@ class FcosDetector(FCOS):
             score_thresh=score_thresh, nms_thresh=nms_thresh, detections_per_img=detections_per_img,
             topk_candidates=topk_candidates, size_divisible=_size_divisible(max(neck.strides[:-2])),
         )
+        self.transform = DetectorTransform(
+            min_size, max_size, self.transform.image_mean, self.transform.image_std,
+            size_divisible=self.transform.size_divisible,
+        )
         self.num_classes = num_classes
         self.input_size = (3, min_size, min_size)
 
@@ -357,7 +378,7 @@ class DetrDetector(nn.Module):
             channels, stride = resnet_stage_channels(self.backbone)[-1], resnet_stage_strides(self.backbone)[-1]
         else:
             channels, stride = self.backbone.embed_dim, self.backbone.patch_embed.patch_size[0]
-        self.transform = GeneralizedRCNNTransform(
+        self.transform = DetectorTransform(
             min_size, max_size, image_mean or [0.485, 0.456, 0.406], image_std or [0.229, 0.224, 0.225],
             size_divisible=_size_divisible(stride),
         )

@@ -285,8 +285,9 @@ def load_classifier(model: Optional[str] = None, checkpoint: Optional[str] = Non
 def _classifier_from_checkpoint(path: Path, img_size: Optional[int] = None) -> Classifier:
     checkpoint = read_checkpoint(path)
     hparams = checkpoint.get("hyper_parameters") or {}
-    if "model_name" not in hparams:
-        raise WeightsError(f"{path}: not a visattn classification checkpoint (no model_name); pass --model ARCH.TAG instead")
+    if "model_name" not in hparams or "num_classes" not in hparams:  # e.g. a captioner's checkpoint
+        raise WeightsError(f"{path}: not a visattn classification checkpoint (no model_name and num_classes); "
+                           "pass --model ARCH.TAG instead")
     model_kwargs = {**(hparams.get("model_kwargs") or {}), **_size_kwargs(hparams["model_name"], img_size)}
     net = build_classifier(hparams["model_name"], hparams["num_classes"], model_kwargs)
     load_weights(net, best_weights(checkpoint["state_dict"]))

@@ -23,6 +23,7 @@ from ..fileio import atomic_path, unique_path
 from ..pretrained import find_weights_entry, load_weights
 from ..registry import create_model, is_model, model_family, split_model_name
 from .classification import adamw_warmup_cosine, best_weights, read_checkpoint
+from .guards import NonFiniteLossGuard
 
 Batch = tuple[list[Tensor], list[Target]]
 Detections = list[dict[str, Tensor]]
@@ -68,6 +69,8 @@ class DetectionTask(pl.LightningModule):
         backbone_lr_scale: the backbone's learning rate as a fraction of ``lr`` (DETR: 0.1).
         class_names: label names, linked from the datamodule; saved in checkpoints for inference.
         preprocessing: what inference needs to prepare images, linked from the datamodule.
+        max_bad_steps: a step whose loss is NaN or infinite is skipped (and logged as
+            ``train/skipped_steps``); this many in a row stop the run with a message.
     """
 
     # Given once in the data section of a config and linked here by `visattn fit` (see lightning_cli.py).
@@ -86,6 +89,7 @@ class DetectionTask(pl.LightningModule):
         backbone_lr_scale: float = 1.0,
         class_names: Optional[list[str]] = None,
         preprocessing: Optional[dict[str, Any]] = None,
+        max_bad_steps: int = 5,
     ) -> None:
         super().__init__()
         if not is_detection_arch(model_name):
@@ -96,19 +100,21 @@ class DetectionTask(pl.LightningModule):
         self.save_hyperparameters()
         self.model = create_model(model_name, num_classes=num_classes, pretrained=pretrained, strict=strict,
                                   **dict(model_kwargs or {}))
+        self.loss_guard = NonFiniteLossGuard(max_bad_steps)
         self.val_map = detection_map()
         self.test_map = detection_map()
 
     def forward(self, images: list[Tensor]) -> Detections:
         return self.model(images)
 
-    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+    def training_step(self, batch: Batch, batch_idx: int) -> Optional[Tensor]:
         images, targets = batch
+        self.loss_guard.watch(self.model)
         losses = self.model(images, targets)
         loss = sum(losses.values())
         self.log_dict({f"train/{name}": value for name, value in losses.items()}, batch_size=len(images))
         self.log("train/loss", loss, prog_bar=True, batch_size=len(images))
-        return loss
+        return self.loss_guard.check(self, loss)
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         images, targets = batch

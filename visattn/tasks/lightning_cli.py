@@ -9,21 +9,24 @@ on the task: its class lists them in ``linked_data_attributes`` (a classifier ta
 Every run gets :class:`SafeCheckpointIO` unless its config names another ``CheckpointIO``: checkpoints
 are written crash-safely and read without unpickling code, a checkpoint for another model is a
 one-line error, and ``fit --ckpt_path`` resumes from the newest good checkpoint when the one named
-is damaged.
+is damaged. Every run also gets :class:`RandomStateCheckpoint`, so a resumed run draws the same
+batches as one that never stopped.
 """
 import glob
 import importlib
 import logging
+import random
 import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+import numpy as np
 import torch
 import yaml
 
 import lightning.pytorch as pl
 from jsonargparse import ArgumentError
-from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
+from lightning.pytorch.callbacks import Callback, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins import CheckpointIO, TorchCheckpointIO
 
@@ -91,7 +94,42 @@ def _newest_good_checkpoint(damaged: Path, err: WeightsError) -> tuple[Path, dic
             continue
         log.warning("skipping %s; resuming from %s (step %s) instead", err, path, checkpoint.get("global_step"))
         return path, checkpoint
-    raise WeightsError(f"{err}; no other checkpoint in {damaged.parent} reads either, so start without --ckpt_path") from None
+    raise WeightsError(f"{err}; no other checkpoint in {damaged.parent} reads either, "
+                       "so start without --ckpt_path") from None
+
+
+class RandomStateCheckpoint(Callback):
+    """Keeps the Python, NumPy and torch (CPU and CUDA) random states in every checkpoint and restores
+    them on resume, so the batches after a resume are those of an uninterrupted run.
+
+    Augmentation pipelines that own a generator (visattn's recipes) are reseeded on resume instead, so
+    their draws differ. A resumed run starts with a sanity-check validation that an uninterrupted run
+    does not have at that point; it leaves the states as it found them. The states are stored as
+    tensors and tuples, so checkpoints still load with ``weights_only=True``.
+    """
+
+    def __init__(self) -> None:
+        self._before_sanity_check: dict[str, Any] = {}
+
+    def on_sanity_check_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._before_sanity_check = self.state_dict()
+
+    def on_sanity_check_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.load_state_dict(self._before_sanity_check)
+
+    def state_dict(self) -> dict[str, Any]:
+        kind, keys, position, has_gauss, gauss = np.random.get_state()
+        return {"python": random.getstate(), "numpy": (kind, torch.from_numpy(keys.copy()), position, has_gauss, gauss),
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        random.setstate(state_dict["python"])
+        kind, keys, position, has_gauss, gauss = state_dict["numpy"]
+        np.random.set_state((kind, keys.numpy(), position, has_gauss, gauss))
+        torch.set_rng_state(state_dict["torch"])
+        if state_dict["cuda"] and len(state_dict["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(state_dict["cuda"])
 
 
 class VisattnCLI(LightningCLI):
@@ -134,13 +172,17 @@ class VisattnCLI(LightningCLI):
         callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
         # Rich progress bar by default; a config can still pick another bar or turn bars off.
         if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
-            kwargs["callbacks"] = [*callbacks, RichProgressBar()]
+            callbacks = [*callbacks, RichProgressBar()]
+        if not any(isinstance(c, RandomStateCheckpoint) for c in callbacks):
+            callbacks = [*callbacks, RandomStateCheckpoint()]
+        kwargs["callbacks"] = callbacks
         plugins = config.get("plugins") or []
         plugins = plugins if isinstance(plugins, list) else [plugins]
         # SafeCheckpointIO by default, unless the config chose a CheckpointIO (as a plugin or in its strategy).
-        chosen = any(isinstance(p, CheckpointIO) for p in plugins) or getattr(config.get("strategy"), "_checkpoint_io", None)
-        if not chosen:
-            kwargs["plugins"] = [*plugins, SafeCheckpointIO(module=self.model, resume_fallback=self.subcommand == "fit")]
+        strategy_io = getattr(config.get("strategy"), "_checkpoint_io", None)
+        if not any(isinstance(p, CheckpointIO) for p in plugins) and strategy_io is None:
+            checkpoint_io = SafeCheckpointIO(module=self.model, resume_fallback=self.subcommand == "fit")
+            kwargs["plugins"] = [*plugins, checkpoint_io]
         return super().instantiate_trainer(**kwargs)
 
 
@@ -198,7 +240,8 @@ def _config_model_class(path: Path) -> Optional[str]:
 
 
 # Lines of jsonargparse's multi-line errors that say nothing about what to fix.
-_NOISE = ("Does not validate against", "Subtypes:", "Errors:", "Given value type:", "- Expected a <class 'NoneType'>")
+_NOISE = ("Does not validate against", "Subtypes:", "Errors:", "Given value type:", "Given value:",
+          "- Expected a <class 'NoneType'>")
 
 
 def _first_line(err: Exception) -> str:

@@ -1,0 +1,97 @@
+"""Non-finite losses: the step is skipped and logged, and too many in a row stop the run with a clear message."""
+import json
+import sys
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from test_classification import CBAM_CONFIG, QUICK
+from test_data import needs_fashion_mnist
+from visattn.cli import main
+from visattn.tasks.captioning import CaptioningTask
+from visattn.tasks.classification import ImageClassifier
+from visattn.tasks.detection import DetectionTask
+from visattn.tasks.guards import NonFiniteLossError, NonFiniteLossGuard
+
+TINY_RESNET = dict(layers=[1, 1], widths=[8, 16], small_input=False)  # with BatchNorm, whose statistics must survive
+TINY_SAT = dict(encoder_kwargs=TINY_RESNET, img_size=32, grid_size=4, embed_dim=16, hidden_dim=16, attn_dim=16)
+
+
+def _floats(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Weights and floating-point buffers (BatchNorm running statistics), copied."""
+    return {k: v.detach().clone() for k, v in module.state_dict().items() if v.is_floating_point()}
+
+
+class _AfterEachStep(pl.Callback):
+    def __init__(self) -> None:
+        self.states: list[dict[str, torch.Tensor]] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.states.append(_floats(pl_module.model))
+
+
+def test_nan_batch_is_skipped_leaving_weights_and_batchnorm_statistics_untouched():
+    torch.manual_seed(0)
+    task = ImageClassifier("cbam_resnet20_cifar", num_classes=3, model_kwargs=TINY_RESNET, warmup_epochs=0)
+    labels = torch.tensor([0, 1, 2, 0])
+    nan_batch = (torch.full((4, 3, 28, 28), float("nan")), labels)
+    good_batch = (torch.randn(4, 3, 28, 28), labels)
+    before, steps = _floats(task.model), _AfterEachStep()
+    trainer = pl.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, callbacks=[steps])
+    trainer.fit(task, DataLoader([nan_batch, good_batch], batch_size=None))
+
+    after_nan, after_good = steps.states
+    for name, value in before.items():
+        torch.testing.assert_close(after_nan[name], value, rtol=0, atol=0, msg=f"{name} changed by a skipped step")
+    assert any(not torch.equal(after_good[k], after_nan[k]) for k in before)  # the good step did train
+    assert all(torch.isfinite(v).all() for v in after_good.values())
+    assert trainer.callback_metrics["train/skipped_steps"] == 1 and task.loss_guard.bad_in_a_row == 0
+
+
+def test_captioning_step_with_nan_loss_is_skipped():
+    torch.manual_seed(0)
+    vocab = ["<pad>", "<start>", "<end>", "<unk>", "a", "top"]
+    task = CaptioningTask(model_kwargs=TINY_SAT, vocab=vocab, max_bad_steps=2)
+    batch = {"images": torch.full((2, 3, 32, 32), float("inf")), "captions": torch.tensor([[1, 4, 5, 2], [1, 5, 2, 0]])}
+    before = _floats(task.model)
+    assert task.training_step(batch, 0) is None
+    for name, value in before.items():
+        torch.testing.assert_close(_floats(task.model)[name], value, rtol=0, atol=0)
+    with pytest.raises(NonFiniteLossError, match="2 steps in a row"):
+        task.training_step(batch, 1)
+
+
+def test_detection_step_with_nan_loss_is_skipped():
+    torch.manual_seed(0)
+    task = DetectionTask(model_name="fcos_resnet20_cifar", num_classes=3, max_bad_steps=2,
+                         model_kwargs={"backbone_kwargs": {"widths": (8, 16, 32)}, "out_channels": 32})
+    images = [torch.full((3, 64, 64), float("nan")), torch.rand(3, 64, 64)]
+    targets = [{"boxes": torch.tensor([[4.0, 4.0, 30.0, 30.0]]), "labels": torch.tensor([1])}] * 2
+    before = _floats(task.model)
+    assert task.training_step((images, targets), 0) is None
+    for name, value in before.items():
+        torch.testing.assert_close(_floats(task.model)[name], value, rtol=0, atol=0, equal_nan=True)
+    with pytest.raises(NonFiniteLossError, match="2 steps in a row"):
+        task.training_step((images, targets), 1)
+
+
+def test_max_bad_steps_must_be_positive():
+    with pytest.raises(ValueError, match="max_bad_steps=0"):
+        NonFiniteLossGuard(max_bad_steps=0)
+
+
+@needs_fashion_mnist
+def test_run_of_nan_losses_stops_fit_with_one_line_and_exit_code_2(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["visattn"])
+    # A config mistake that makes every pixel inf or NaN: normalising by a standard deviation of 0.
+    code = main(["fit", "--config", str(CBAM_CONFIG), *QUICK, "--trainer.logger", "false", "--trainer.callbacks", "[]",
+                 "--data.init_args.std", json.dumps([0, 0, 0]), "--model.init_args.max_bad_steps", "3"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err[-1].startswith("visattn: error: training stopped at step 2: the loss was nan for 3 steps in a row")
+    assert "learning rate" in err[-1] and "gradient_clip_val" in err[-1]
+    assert "Traceback" not in "\n".join(err)
