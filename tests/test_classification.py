@@ -18,6 +18,8 @@ from visattn.tasks.classification import ImageClassifier, warmup_cosine, weight_
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs" / "classification").glob("*.yaml"))
+# second-stage config -> the config whose last.ckpt it starts from
+FIRST_STAGE = {"vit_fmnist_stage2": "vit_fmnist"}
 CBAM_CONFIG = REPO / "configs" / "classification" / "cbam_resnet_fmnist.yaml"
 # Small, fast runs of the shipped configs.
 QUICK = ["--data.init_args.num_workers", "0", "--data.init_args.batch_size", "16", "--data.init_args.limit", "64",
@@ -53,6 +55,11 @@ def test_every_config_runs_fast_dev_run(config, in_tmp):
         root = _image_folder(in_tmp / "photos")
         extra = ["--data.init_args.root", str(root), "--data.init_args.img_size", "32",
                  "--model.init_args.model_name", "cbam_resnet20_cifar"]
+    if config.stem in FIRST_STAGE:
+        # a second-stage config starts from its first stage's last.ckpt, so that stage runs first
+        first = REPO / "configs" / "classification" / f"{FIRST_STAGE[config.stem]}.yaml"
+        assert _fit(in_tmp, "--trainer.max_steps", "2", "--model.init_args.compile", "false", config=first).exists()
+        extra = ["--model.init_args.compile", "false"]
     assert main(["fit", "--config", str(config), *QUICK, "--trainer.fast_dev_run", "true", *extra]) == 0
 
 
