@@ -300,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain.set_defaults(func=cmd_explain)
 
     save = sub.add_parser("save-weights", help="turn a training checkpoint into weights/ARCH.TAG.safetensors + index entry")
-    save.add_argument("--checkpoint", required=True)
+    save.add_argument("--checkpoint", required=True, help="training checkpoint (.ckpt) to convert")
     save.add_argument("--tag", required=True, help="weights tag, e.g. fmnist")
     save.add_argument("--out-dir", default=str(weights_dir()), help="weights folder (default: the shipped one)")
     save.add_argument("--dataset", default=None, help="measure test metrics on this dataset and record them")
