@@ -1,8 +1,9 @@
 """Interleaved side-by-side timing, shared by the benchmark scripts in this folder.
 
-Rounds alternate between the candidates (A, B, A, B, ...), so load from other processes on a
-shared machine falls on both alike: the medians and, above all, their ratio are the figures to
-read; absolute numbers move with the load. Every script ends with one JSON line of its figures.
+Rounds alternate between the candidates, in mirrored order (A, B, B, A, A, B, ...), so load from
+other processes on a shared machine falls on both alike and neither always runs right after the
+other's allocations: the medians and, above all, their ratio are the figures to read; absolute
+numbers move with the load. Every script ends with one JSON line of its figures.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from typing import Any, Optional
 
 import torch
 
-NOISE_NOTE = ("rounds interleaved A,B,A,B,...; medians and their ratio are meaningful under load from "
+NOISE_NOTE = ("rounds interleaved A,B,B,A,...; medians and their ratio are meaningful under load from "
               "other processes, absolute numbers less so")
 
 # A candidate runs one round; it returns the seconds it measured itself, or None to be timed whole.
@@ -34,13 +35,14 @@ def parser(description: str, *, rounds: int) -> argparse.ArgumentParser:
 
 
 def interleave(candidates: Mapping[str, Candidate], *, rounds: int, warmup: int = 1) -> dict[str, list[float]]:
-    """Seconds per round for each candidate, after ``warmup`` untimed rounds, in A, B, A, B order."""
+    """Seconds per round for each candidate, after ``warmup`` untimed rounds, in A, B, B, A order."""
     for _ in range(warmup):
         for run in candidates.values():
             run()
     seconds: dict[str, list[float]] = {name: [] for name in candidates}
-    for _ in range(rounds):
-        for name, run in candidates.items():
+    order = list(candidates.items())
+    for round_index in range(rounds):
+        for name, run in order if round_index % 2 == 0 else order[::-1]:
             start = time.perf_counter()
             measured = run()
             seconds[name].append(measured if measured is not None else time.perf_counter() - start)

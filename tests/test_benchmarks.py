@@ -19,7 +19,7 @@ def run_smoke(capsys, monkeypatch, script: str, *extra: str) -> tuple[str, dict]
     runpy.run_path(str(BENCHMARKS / script), run_name="__main__")
     out = capsys.readouterr().out
     lines = out.strip().splitlines()
-    assert lines[-2].startswith("note: rounds interleaved A,B,A,B")
+    assert lines[-2].startswith("note: rounds interleaved A,B,B,A")
     figures = json.loads(lines[-1])
     assert figures["machine"]["threads"] == 1 and figures["machine"]["torch"]
     return out, figures
