@@ -18,8 +18,8 @@ from visattn.tasks.classification import ImageClassifier, warmup_cosine, weight_
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs" / "classification").glob("*.yaml"))
-# second-stage config -> the config whose last.ckpt it starts from
-FIRST_STAGE = {"vit_fmnist_stage2": "vit_fmnist"}
+# a later-stage config -> the config whose last.ckpt it starts from
+PREVIOUS_STAGE = {"vit_fmnist_stage2": "vit_fmnist", "vit_fmnist_stage3": "vit_fmnist_stage2"}
 CBAM_CONFIG = REPO / "configs" / "classification" / "cbam_resnet_fmnist.yaml"
 # Small, fast runs of the shipped configs.
 QUICK = ["--data.init_args.num_workers", "0", "--data.init_args.batch_size", "16", "--data.init_args.limit", "64",
@@ -42,6 +42,15 @@ def _fit(tmp_path: Path, *extra: str, config: Path = CBAM_CONFIG) -> Path:
     return tmp_path / "outputs" / config.stem / "checkpoints" / "last.ckpt"
 
 
+def _fit_previous_stages(config: Path, tmp_path: Path) -> None:
+    """A later-stage config starts from its previous stage's last.ckpt, so the stages before it run first."""
+    if config.stem not in PREVIOUS_STAGE:
+        return
+    previous = config.parent / f"{PREVIOUS_STAGE[config.stem]}.yaml"
+    _fit_previous_stages(previous, tmp_path)
+    assert _fit(tmp_path, "--trainer.max_steps", "2", "--model.init_args.compile", "false", config=previous).exists()
+
+
 @pytest.fixture
 def in_tmp(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -55,10 +64,8 @@ def test_every_config_runs_fast_dev_run(config, in_tmp):
         root = _image_folder(in_tmp / "photos")
         extra = ["--data.init_args.root", str(root), "--data.init_args.img_size", "32",
                  "--model.init_args.model_name", "cbam_resnet20_cifar"]
-    if config.stem in FIRST_STAGE:
-        # a second-stage config starts from its first stage's last.ckpt, so that stage runs first
-        first = REPO / "configs" / "classification" / f"{FIRST_STAGE[config.stem]}.yaml"
-        assert _fit(in_tmp, "--trainer.max_steps", "2", "--model.init_args.compile", "false", config=first).exists()
+    if config.stem in PREVIOUS_STAGE:
+        _fit_previous_stages(config, in_tmp)
         extra = ["--model.init_args.compile", "false"]
     assert main(["fit", "--config", str(config), *QUICK, "--trainer.fast_dev_run", "true", *extra]) == 0
 

@@ -50,6 +50,16 @@ def test_fcos_losses_train_backbone_and_head():
         assert param.grad is not None and param.grad.abs().sum() > 0
 
 
+def test_fcos_under_bf16_autocast_decodes_boxes_and_losses_in_float32():
+    model = _build("fcos_cbam_resnet20_cifar")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = model.train()(_images(), _targets())
+        detections = _detect(model)
+    assert all(v.dtype == torch.float32 for v in losses.values())
+    # bf16 boxes would be rounded to multiples of 0.125-0.25 px at these coordinates
+    assert all(d["boxes"].dtype == torch.float32 and d["scores"].dtype == torch.float32 for d in detections)
+
+
 def test_detr_losses_cover_every_decoder_layer():
     model = _build("detr_cbam_resnet20_cifar", num_decoder_layers=3).train()
     losses = model(_images(), _targets())

@@ -254,6 +254,13 @@ class FcosDetector(FCOS):
         )
         self.num_classes = num_classes
         self.input_size = (3, min_size, min_size)
+        self.head.register_forward_hook(_head_outputs_to_float32)
+
+
+def _head_outputs_to_float32(head: nn.Module, inputs: Any, outputs: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Under bf16 autocast the head's convolutions run in bf16, but box decoding, the focal and GIoU
+    losses and NMS need float32: bf16 resolves only 0.25-0.5 px at 64-128 px coordinates."""
+    return {name: value.float() for name, value in outputs.items()}
 
 
 def _create_fcos(backbone: str, kwargs: dict[str, Any], **defaults: Any) -> FcosDetector:
