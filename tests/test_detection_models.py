@@ -50,8 +50,9 @@ def test_fcos_losses_train_backbone_and_head():
         assert param.grad is not None and param.grad.abs().sum() > 0
 
 
-def test_fcos_under_bf16_autocast_decodes_boxes_and_losses_in_float32():
-    model = _build("fcos_cbam_resnet20_cifar")
+@pytest.mark.parametrize("name", HEADS)
+def test_under_bf16_autocast_boxes_and_losses_are_float32(name):
+    model = _build(name)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         losses = model.train()(_images(), _targets())
         detections = _detect(model)

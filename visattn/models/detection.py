@@ -420,7 +420,8 @@ class DetrDetector(nn.Module):
         tokens = self.transformer(
             x.flatten(2).transpose(1, 2), pos.flatten(2).transpose(1, 2), self.query_embed.weight, padding.flatten(1)
         )  # (L, B, Q, D)
-        return self.class_embed(tokens), self.bbox_embed(tokens).sigmoid()
+        # float32 under bf16 autocast: matching, losses and pixel boxes need more than bf16's 8 bits
+        return self.class_embed(tokens).float(), self.bbox_embed(tokens).float().sigmoid()
 
     def _losses(self, logits: Tensor, boxes: Tensor, targets: Targets) -> dict[str, Tensor]:
         num_boxes = max(sum(len(t["labels"]) for t in targets), 1)
@@ -445,11 +446,11 @@ class DetrDetector(nn.Module):
         classes[image_idx, pred_idx] = target_labels
         class_weights = torch.ones(self.num_classes + 1, device=logits.device)
         class_weights[-1] = self.eos_coef
-        matched = boxes[image_idx, pred_idx].float()  # (M, 4)
+        matched = boxes[image_idx, pred_idx]  # (M, 4)
         giou = generalized_box_iou_loss(
             box_convert(matched, "cxcywh", "xyxy"), box_convert(target_boxes, "cxcywh", "xyxy"), reduction="sum"
         )
-        ce = F.cross_entropy(logits.float().transpose(1, 2), classes, weight=class_weights)
+        ce = F.cross_entropy(logits.transpose(1, 2), classes, weight=class_weights)
         return {
             "loss_ce": self.class_weight * ce,
             "loss_bbox": self.bbox_weight * F.l1_loss(matched, target_boxes, reduction="sum") / num_boxes,
