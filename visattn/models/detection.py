@@ -259,7 +259,7 @@ class FcosDetector(FCOS):
 
 def _head_outputs_to_float32(head: nn.Module, inputs: Any, outputs: dict[str, Tensor]) -> dict[str, Tensor]:
     """Under bf16 autocast the head's convolutions run in bf16, but box decoding, the focal and GIoU
-    losses and NMS need float32: bf16 resolves only 0.25-0.5 px at 64-128 px coordinates."""
+    losses and NMS need float32: bf16 steps by 0.25 px at 32-64 px coordinates and 0.5 px at 64-128."""
     return {name: value.float() for name, value in outputs.items()}
 
 
