@@ -58,6 +58,15 @@ def test_additive_attention_weights_sum_to_one_and_respect_mask():
     assert torch.all(masked[:, 3:] == 0) and torch.allclose(masked.sum(-1), torch.ones(2))
 
 
+def test_additive_attention_equals_the_tanh_formula():
+    attn = AdditiveAttention(6, 5, attn_dim=4)
+    features, query = torch.randn(2, 7, 6) * 3, torch.randn(2, 5) * 3  # tanh saturated and linear
+    hidden = torch.tanh(attn.feature_proj(features) + attn.query_proj(query)[:, None, :])
+    expected = attn.score(hidden).squeeze(-1).softmax(-1)
+    _, alpha = attn(features, query)
+    assert torch.allclose(alpha, expected, atol=1e-6)
+
+
 def test_teacher_forcing_shapes_and_attention_rows(model, images):
     captions = torch.tensor([[START_ID, 5, 6, 7, END_ID], [START_ID, 4, END_ID, PAD_ID, PAD_ID],
                              [START_ID, 8, 9, END_ID, PAD_ID]])
