@@ -8,8 +8,8 @@ The score of region ``p`` for query ``h`` is ``w^T tanh(W_f f_p + W_h h)``; a so
 regions gives weights ``α`` (summing to 1) and the context is ``Σ_p α_p f_p``.
 
 The score is computed as ``2 w^T σ(2u) - Σw`` with ``u = W_f f_p + W_h h``, which equals
-``w^T tanh(u)`` (``tanh(u) = 2σ(2u) - 1``): PyTorch's CPU ``tanh`` kernel costs about 10x its
-``sigmoid`` on AVX-512 CPUs, and this ``(B, P, attn_dim)`` activation is most of a decoding step.
+``w^T tanh(u)`` (``tanh(u) = 2σ(2u) - 1``): PyTorch's CPU ``tanh`` kernel took 11x its ``sigmoid``
+on the AMD EPYC we measured, and this ``(B, P, attn_dim)`` activation dominated a decoding step.
 """
 from typing import Optional
 
