@@ -104,10 +104,10 @@ def test_fit_tiny_coco_fcos_then_evaluate_detect_and_save(tmp_path, weights_tmp,
     assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png"]
 
     assert main(["save-weights", "--checkpoint", checkpoint, "--tag", "tiny", "--out-dir", str(weights_tmp)]) == 0
-    index = json.loads((weights_tmp / "index.json").read_text())
-    entry = index["fcos_cbam_resnet20_cifar.tiny"]
+    arch = torch.load(checkpoint, map_location="cpu", weights_only=True)["hyper_parameters"]["model_name"]
+    entry = json.loads((weights_tmp / "index.json").read_text())[f"{arch}.tiny"]
     assert entry["task"] == "detection" and entry["labels"] == CLASS_NAMES and entry["num_classes"] == 3
-    shipped, trained = load_detector(model="fcos_cbam_resnet20_cifar.tiny"), load_detector(checkpoint=checkpoint)
+    shipped, trained = load_detector(model=f"{arch}.tiny"), load_detector(checkpoint=checkpoint)
     image = [torch.rand(3, 40, 48)]
     torch.testing.assert_close(shipped.detect(image)[0]["scores"], trained.detect(image)[0]["scores"])
 
