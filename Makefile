@@ -7,7 +7,7 @@ FMNIST := /usr/share/datasets/fashion-mnist
 # torch/torchvision are pinned to the builds that lie on disk here, so pip never downloads GBs.
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: test demo data venv clean
+.PHONY: test demo data venv clean gpu-bundle
 
 venv: $(STAMP)
 
@@ -24,6 +24,17 @@ test: venv data
 
 demo: venv data
 	$(BIN)/python -m visattn.demo
+
+# benchmarks/gpu.sh on a bare GPU image (Python 3.12): the wheels it lacks and the Fashion-MNIST test files.
+GPU_WHEELS := albumentations==2.0.8 albucore==0.0.24 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 \
+	typing-inspection==0.4.5 simsimd==6.5.16 stringzilla==5.3.2
+GPU_PLATFORMS := $(foreach tag,manylinux_2_28 manylinux_2_17 manylinux2014,--platform $(tag)_x86_64)
+
+gpu-bundle: venv data
+	mkdir -p .gpu/fashion-mnist
+	cp $(FMNIST)/t10k-* .gpu/fashion-mnist/
+	$(BIN)/pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		$(GPU_PLATFORMS) -d .gpu/wheels $(GPU_WHEELS)
 
 clean:
 	rm -rf $(VENV) lightning_logs outputs .pytest_cache

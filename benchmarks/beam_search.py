@@ -1,15 +1,20 @@
 """Batched beam search against the same model decoding one image at a time.
 
     python benchmarks/beam_search.py [--batch 64] [--beam-size 5] [--model sat_cbam_resnet_scenes.scenes] [--smoke]
+    python benchmarks/beam_search.py --device cuda
 
 Both decode the same FashionScenes test images with the shipped captioner; the captions must be
-identical, and the figure is captions per second and its ratio.
+identical, and the figure is captions per second and its ratio. The ratio has a ceiling: one-image
+decoding's time over the time batched decoding would take running its FLOPs (FlopCounterMode) at
+the matmul peak measured here. Once batched decoding nears that peak, only one-image decoding's
+overhead per step raises the ratio further.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 import side_by_side
 from visattn.data.scenes import FashionScenes
@@ -33,6 +38,12 @@ def one_by_one(model, images: torch.Tensor, beam_size: int, max_len: int) -> lis
             for image in images]
 
 
+def batched_flops(model, images: torch.Tensor, beam_size: int, max_len: int) -> float:
+    with FlopCounterMode(display=False) as counter:
+        batched(model, images, beam_size, max_len)
+    return float(counter.get_total_flops())
+
+
 def timed(decode: Callable[..., list[list[int]]], *args) -> side_by_side.Candidate:
     def run() -> None:  # None: side_by_side times the whole call
         decode(*args)
@@ -45,24 +56,34 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--beam-size", type=int, default=5)
     parser.add_argument("--max-len", type=int, default=20)
+    side_by_side.add_device_arguments(parser)
     args = parser.parse_args()
     if args.smoke:
         args.batch, args.rounds = 4, 1
     torch.set_num_threads(args.threads)
     captioner = load_captioner(model=args.model)
-    images = scene_batch(captioner, args.batch)
-    decode_args = (captioner.model, images, args.beam_size, args.max_len)
-    identical = batched(*decode_args) == one_by_one(*decode_args)
-    candidates = {"batched": timed(batched, *decode_args), "per_image": timed(one_by_one, *decode_args)}
-    seconds = side_by_side.interleave(candidates, rounds=args.rounds)
+    images = scene_batch(captioner, args.batch).to(args.device)
+    decode_args = (captioner.model.to(args.device), images, args.beam_size, args.max_len)
+    with side_by_side.autocast(args.device, args.precision):
+        identical = batched(*decode_args) == one_by_one(*decode_args)
+        flops = batched_flops(*decode_args)
+        candidates = {"batched": timed(batched, *decode_args), "per_image": timed(one_by_one, *decode_args)}
+        seconds = side_by_side.interleave(candidates, rounds=args.rounds)
+    peak = side_by_side.matmul_peak(256 if args.smoke else 2048, device=args.device, precision=args.precision)
     rates = {name: side_by_side.rate(s, args.batch) for name, s in seconds.items()}
     ratio = rates["batched"] / rates["per_image"]
+    ceiling = args.batch / rates["per_image"] / (flops / peak)
     side_by_side.print_table(["decoder", "captions/s"], [[name, rate] for name, rate in rates.items()])
     print(f"batched / per-image: {ratio:.2f}x, identical captions: {identical}")
-    side_by_side.finish("beam_search", {"model": args.model, "batch": args.batch, "beam_size": args.beam_size,
+    print(f"batched: {flops / args.batch / 1e6:.1f} MFLOPs per caption, {flops * rates['batched'] / args.batch / 1e9:.1f}"
+          f" GFLOP/s of a {peak / 1e9:.1f} GFLOP/s matmul peak; ratio ceiling at that peak: {ceiling:.1f}x")
+    side_by_side.finish("beam_search", {"model": args.model, "device": args.device, "precision": args.precision,
+                                        "batch": args.batch, "beam_size": args.beam_size,
                                         "batched_captions_s": round(rates["batched"], 2),
                                         "per_image_captions_s": round(rates["per_image"], 2),
-                                        "ratio": round(ratio, 2), "identical_captions": identical})
+                                        "ratio": round(ratio, 2), "identical_captions": identical,
+                                        "batched_mflops_per_caption": round(flops / args.batch / 1e6, 2),
+                                        "peak_matmul_gflops": round(peak / 1e9, 1), "ratio_ceiling": round(ceiling, 2)})
 
 
 if __name__ == "__main__":

@@ -93,7 +93,7 @@ def main() -> None:
     if args.smoke:
         args.images, args.photo_size, args.img_size, args.batches, args.batch_size, args.rounds = 4, (64, 48), 32, 2, 16, 1
     torch.set_num_threads(args.threads)
-    rows, results = [], []
+    results = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         for fmt, suffix in (("png", ".png"), ("jpeg", ".jpg")):

@@ -3,7 +3,8 @@
 Rounds alternate between the candidates, in mirrored order (A, B, B, A, A, B, ...), so load from
 other processes on a shared machine falls on both alike and neither always runs right after the
 other's allocations: the medians and, above all, their ratio are the figures to read; absolute
-numbers move with the load. Every script ends with one JSON line of its figures.
+numbers move with the load. Every script ends with one JSON line of its figures. On a GPU each round
+is timed from a synchronised device to a synchronised device, so queued kernels count.
 """
 from __future__ import annotations
 
@@ -34,6 +35,18 @@ def parser(description: str, *, rounds: int) -> argparse.ArgumentParser:
     return args
 
 
+def add_device_arguments(args: argparse.ArgumentParser) -> None:
+    """``--device`` and ``--precision``, for the benchmarks that also run on a GPU."""
+    args.add_argument("--device", default="cpu", help="where the models run: cpu, cuda or cuda:N (default: cpu)")
+    args.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                      help="bf16: both sides run under bf16 autocast (default: fp32)")
+
+
+def autocast(device: str, precision: str) -> torch.autocast:
+    """The autocast context both sides of a comparison run under; disabled for fp32."""
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
 def interleave(candidates: Mapping[str, Candidate], *, rounds: int, warmup: int = 1) -> dict[str, list[float]]:
     """Seconds per round for each candidate, after ``warmup`` untimed rounds, in A, B, B, A order."""
     for _ in range(warmup):
@@ -43,10 +56,27 @@ def interleave(candidates: Mapping[str, Candidate], *, rounds: int, warmup: int 
     order = list(candidates.items())
     for round_index in range(rounds):
         for name, run in order if round_index % 2 == 0 else order[::-1]:
+            synchronize()
             start = time.perf_counter()
             measured = run()
+            synchronize()
             seconds[name].append(measured if measured is not None else time.perf_counter() - start)
     return seconds
+
+
+def matmul_peak(size: int = 2048, repeats: int = 5, *, device: str = "cpu", precision: str = "fp32") -> float:
+    """FLOP/s of a square matmul in ``precision`` on ``device``, best of ``repeats`` (the peak it reaches now)."""
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
+    a @ b  # warm-up: thread pool, allocator, GPU libraries
+    best = min(_seconds(lambda: a @ b) for _ in range(repeats))
+    return 2 * size**3 / best
+
+
+def synchronize() -> None:
+    """Wait for the GPU's queued work, once a GPU was used; nothing on CPU."""
+    if torch.cuda.is_initialized():
+        torch.cuda.synchronize()
 
 
 def rate(seconds: list[float], items: int) -> float:
@@ -55,9 +85,13 @@ def rate(seconds: list[float], items: int) -> float:
 
 
 def machine() -> dict[str, Any]:
-    """The CPU, threads, versions and the 1-minute load average (above the core count: expect noise)."""
-    return {"cpu": _cpu_name(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
-            "load_1min": round(os.getloadavg()[0], 2), "torch": torch.__version__, "python": platform.python_version()}
+    """The CPU (and GPU, once one was used), threads, versions and the 1-minute load average (above the
+    core count: expect noise)."""
+    found = {"cpu": _cpu_name(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+             "load_1min": round(os.getloadavg()[0], 2), "torch": torch.__version__, "python": platform.python_version()}
+    if torch.cuda.is_initialized():
+        found["gpu"] = torch.cuda.get_device_name()
+    return found
 
 
 def print_table(header: list[str], rows: list[list[Any]]) -> None:
@@ -71,6 +105,14 @@ def finish(benchmark: str, figures: dict[str, Any]) -> None:
     """Print the note on noise, then the one JSON line with the figures and the machine."""
     print(f"note: {NOISE_NOTE}")
     print(json.dumps({"benchmark": benchmark, **figures, "machine": machine()}))
+
+
+def _seconds(run: Callable[[], object]) -> float:
+    synchronize()
+    start = time.perf_counter()
+    run()
+    synchronize()
+    return time.perf_counter() - start
 
 
 def _cell(value: Any) -> str:

@@ -1,16 +1,17 @@
 """visattn's ViT against timm's, same weights and threads: inference and AdamW training steps, FLOPs and MFU.
 
     python benchmarks/vit_vs_timm.py [--models vit_tiny_patch16_224 ...] [--rounds 5] [--smoke]
+    python benchmarks/vit_vs_timm.py --device cuda --precision bf16 --models vit_base_patch16_224 \
+        --infer-batch 256 --train-batch 64
 
 FLOPs per image are counted by ``torch.utils.flop_counter.FlopCounterMode`` (a multiply-add is
 two FLOPs; a training step counts forward and backward). MFU is the achieved FLOP/s over the
-fp32 matmul peak measured here, in this process, with the same threads: the best of samples taken
-before each model, as load from other processes only ever lowers it.
+matmul peak in the run's precision measured here, in this process, on the same device and threads:
+the best of samples taken before each model, as load from other processes only ever lowers it.
 """
 from __future__ import annotations
 
 import statistics
-import time
 from collections.abc import Callable
 
 import timm
@@ -25,21 +26,6 @@ import visattn
 MODELS = ("vit_tiny_patch16_224", "vit_small_patch16_224", "vit_base_patch16_224")
 
 
-def matmul_peak(threads: int, size: int = 2048, repeats: int = 5) -> float:
-    """fp32 FLOP/s of a square matmul, best of ``repeats`` (the peak this machine reaches now)."""
-    torch.set_num_threads(threads)
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    a @ b  # warm-up: thread pool and allocator
-    best = min(_seconds(lambda: a @ b) for _ in range(repeats))
-    return 2 * size**3 / best
-
-
-def _seconds(run: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    run()
-    return time.perf_counter() - start
-
-
 def twin_models(name: str, **kwargs) -> tuple[nn.Module, nn.Module]:
     """visattn's model and timm's, holding the same weights (timm's state-dict layout loads strictly)."""
     ours = visattn.create_model(name, **kwargs)
@@ -49,7 +35,7 @@ def twin_models(name: str, **kwargs) -> tuple[nn.Module, nn.Module]:
 
 
 def flops_per_image(model: nn.Module, image_size: int, *, train: bool) -> float:
-    x = torch.randn(1, 3, image_size, image_size)
+    x = torch.randn(1, 3, image_size, image_size, device=next(model.parameters()).device)
     with FlopCounterMode(display=False) as counter:
         if train:
             model(x).sum().backward()
@@ -60,38 +46,41 @@ def flops_per_image(model: nn.Module, image_size: int, *, train: bool) -> float:
     return float(counter.get_total_flops())
 
 
-def inference_round(model: nn.Module, images: torch.Tensor) -> Callable[[], None]:
+def inference_round(model: nn.Module, images: torch.Tensor, precision: str) -> Callable[[], None]:
     def run() -> None:
-        with torch.inference_mode():
+        with torch.inference_mode(), side_by_side.autocast(images.device.type, precision):
             model(images)
     return run
 
 
-def training_round(model: nn.Module, images: torch.Tensor, targets: torch.Tensor) -> Callable[[], None]:
+def training_round(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, precision: str) -> Callable[[], None]:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
     def run() -> None:
         optimizer.zero_grad(set_to_none=True)
-        F.cross_entropy(model(images), targets).backward()
+        with side_by_side.autocast(images.device.type, precision):
+            loss = F.cross_entropy(model(images), targets)
+        loss.backward()
         optimizer.step()
     return run
 
 
 def compare(name: str, args) -> list[dict]:
     kwargs = {"img_size": args.img_size} if args.img_size != 224 else {}
-    ours, theirs = twin_models(name, **kwargs)
-    images = torch.randn(args.infer_batch, 3, args.img_size, args.img_size)
+    ours, theirs = (model.to(args.device) for model in twin_models(name, **kwargs))
+    images = torch.randn(args.infer_batch, 3, args.img_size, args.img_size, device=args.device)
     ours.eval(), theirs.eval()
-    with torch.inference_mode():
+    with torch.inference_mode(), side_by_side.autocast(args.device, args.precision):
         max_diff = float((ours(images) - theirs(images)).abs().max())
     print(f"{name}: same weights, max |logit difference| {max_diff:.1e}")
     results = []
     for mode, batch in (("inference", args.infer_batch), ("train_step", args.train_batch)):
         train = mode == "train_step"
         ours.train(train), theirs.train(train)
-        x = torch.randn(batch, 3, args.img_size, args.img_size)
-        y = torch.randint(0, ours.num_classes, (batch,))
-        make = (lambda m: training_round(m, x, y)) if train else (lambda m: inference_round(m, x))
+        x = torch.randn(batch, 3, args.img_size, args.img_size, device=args.device)
+        y = torch.randint(0, ours.num_classes, (batch,), device=args.device)
+        make = (lambda m: training_round(m, x, y, args.precision)) if train else (
+            lambda m: inference_round(m, x, args.precision))
         seconds = side_by_side.interleave({"visattn": make(ours), "timm": make(theirs)}, rounds=args.rounds)
         flops = flops_per_image(ours, args.img_size, train=train)
         ours_rate, timm_rate = side_by_side.rate(seconds["visattn"], batch), side_by_side.rate(seconds["timm"], batch)
@@ -116,6 +105,7 @@ def main() -> None:
     parser.add_argument("--infer-batch", type=int, default=16)
     parser.add_argument("--train-batch", type=int, default=8)
     parser.add_argument("--img-size", type=int, default=224)
+    side_by_side.add_device_arguments(parser)
     args = parser.parse_args()
     if args.smoke:
         args.models, args.infer_batch, args.train_batch, args.img_size, args.rounds = MODELS[:1], 2, 2, 32, 1
@@ -123,17 +113,20 @@ def main() -> None:
     torch.manual_seed(0)
     peaks, rows = [], []
     for name in args.models:
-        peaks.append(matmul_peak(args.threads, size=256 if args.smoke else 2048))
+        peak_size = 256 if args.smoke else 8192 if args.device.startswith("cuda") else 2048
+        peaks.append(side_by_side.matmul_peak(peak_size, device=args.device, precision=args.precision))
         rows += compare(name, args)
     peak = max(peaks)
-    print(f"fp32 matmul peak: {peak / 1e9:.1f} GFLOP/s with {args.threads} threads (best of {len(peaks)} samples)")
+    print(f"{args.precision} matmul peak on {args.device}: {peak / 1e9:.1f} GFLOP/s with {args.threads} threads "
+          f"(best of {len(peaks)} samples)")
     results = [add_mfu(row, peak) for row in rows]
     side_by_side.print_table(
         ["model", "mode", "batch", "visattn img/s", "timm img/s", "visattn/timm", "GFLOPs/img", "MFU visattn", "MFU timm"],
         [[r["model"], r["mode"], r["batch"], r["visattn_img_s"], r["timm_img_s"], r["ratio"], r["gflops_per_img"],
           r["mfu_visattn"], r["mfu_timm"]] for r in results],
     )
-    side_by_side.finish("vit_vs_timm", {"peak_matmul_gflops": round(peak / 1e9, 1), "results": results,
+    side_by_side.finish("vit_vs_timm", {"device": args.device, "precision": args.precision,
+                                        "peak_matmul_gflops": round(peak / 1e9, 1), "results": results,
                                         "median_ratio": statistics.median(r["ratio"] for r in results)})
 
 

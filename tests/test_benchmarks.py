@@ -3,7 +3,9 @@
 Only the output format and internal consistency are checked, never a speed.
 """
 import json
+import os
 import runpy
+import subprocess
 import sys
 from pathlib import Path
 
@@ -75,3 +77,18 @@ def test_beam_search(capsys, monkeypatch):
     assert figures["identical_captions"] is True  # batching must not change a single word
     _check_ratio(figures, "batched_captions_s", "per_image_captions_s")
     assert "batched / per-image" in out
+    # The ceiling: one-image decoding's seconds over batched decoding's FLOPs at the matmul peak.
+    per_image_seconds = figures["batch"] / figures["per_image_captions_s"]
+    floor_seconds = figures["batched_mflops_per_caption"] * 1e6 * figures["batch"] / (figures["peak_matmul_gflops"] * 1e9)
+    assert figures["ratio_ceiling"] == pytest.approx(per_image_seconds / floor_seconds, rel=0.02)
+    assert 10 < figures["batched_mflops_per_caption"] < 1000  # the shipped captioner: about 100
+
+
+def test_gpu_script_runs_each_benchmark_on_the_device_it_is_given(tmp_path):
+    env = {**os.environ, "DEVICE": "cpu", "SMOKE": "1", "PYTHON": sys.executable, "OUT": str(tmp_path)}
+    subprocess.run(["bash", str(BENCHMARKS / "gpu.sh")], env=env, check=True, capture_output=True, timeout=300)
+    runs = {path.name: json.loads(path.read_text().strip().splitlines()[-1]) for path in tmp_path.glob("*.txt")}
+    assert sorted(runs) == ["beam_search.txt", "vit_vs_timm_bf16.txt", "vit_vs_timm_fp32.txt"]
+    assert {run["device"] for run in runs.values()} == {"cpu"}
+    assert runs["vit_vs_timm_bf16.txt"]["precision"] == "bf16" and runs["vit_vs_timm_fp32.txt"]["precision"] == "fp32"
+    assert runs["beam_search.txt"]["identical_captions"] is True

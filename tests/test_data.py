@@ -45,9 +45,9 @@ def _write_idx(path: Path, array: np.ndarray) -> None:
         f.write(header + array.astype(np.uint8).tobytes())
 
 
-def _write_fake_fashion_mnist(folder: Path, n: int = 5) -> None:
+def _write_fake_fashion_mnist(folder: Path, n: int = 5, prefixes: tuple[str, ...] = ("train", "t10k")) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    for prefix in ("train", "t10k"):
+    for prefix in prefixes:
         _write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", np.full((n, 28, 28), 7))
         _write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n) % 10)
 
@@ -73,6 +73,14 @@ def test_visattn_data_takes_precedence_and_subfolder(tmp_path, monkeypatch):
     images, labels = load_fashion_mnist("test")
     assert images.shape == (5, 28, 28) and labels.tolist() == [0, 1, 2, 3, 4]
     assert not images.flags.writeable  # the per-process cache cannot be altered by a caller
+
+
+def test_a_folder_with_only_the_test_files_serves_the_test_split(tmp_path):
+    _write_fake_fashion_mnist(tmp_path, n=3, prefixes=("t10k",))
+    images, labels = load_fashion_mnist("test", root=tmp_path)
+    assert images.shape == (3, 28, 28) and labels.tolist() == [0, 1, 2]
+    with pytest.raises(ConfigError, match=r"Fashion-MNIST train idx files not found in .*apt-get install"):
+        load_fashion_mnist("train", root=tmp_path)
 
 
 def test_corrupt_idx_file_is_named(tmp_path):

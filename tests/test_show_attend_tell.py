@@ -32,8 +32,9 @@ def scripted():
 
     def step(features, projected, words, state):
         h, c = state
-        alpha = (projected.sum(-1) * (1 + words[:, None] % 3)).softmax(-1)  # (B, P), word-dependent
-        bias = 2.0 * F.normalize(h, dim=-1) @ mixing  # (B, V), differs per image
+        regions = projected.sum(-1).repeat_interleave(len(words) // len(projected), dim=0)  # (R, P), R = B * M
+        alpha = (regions * (1 + words[:, None] % 3)).softmax(-1)  # word-dependent
+        bias = 2.0 * F.normalize(h, dim=-1) @ mixing  # (R, V), differs per image
         return table[words] + bias, (h, c), alpha
 
     net.step = step
@@ -65,6 +66,33 @@ def test_additive_attention_equals_the_tanh_formula():
     expected = attn.score(hidden).squeeze(-1).softmax(-1)
     _, alpha = attn(features, query)
     assert torch.allclose(alpha, expected, atol=1e-6)
+
+
+def test_additive_attention_with_several_queries_per_image_equals_one_at_a_time():
+    attn = AdditiveAttention(6, 5, attn_dim=4)
+    features, queries = torch.randn(2, 7, 6), torch.randn(2, 3, 5)  # 3 queries (beams) per image
+    mask = torch.rand(2, 7) > 0.3
+    context, alpha = attn(features, queries, mask=mask)
+    assert context.shape == (2, 3, 6) and alpha.shape == (2, 3, 7)
+    for m in range(3):
+        one_context, one_alpha = attn(features, queries[:, m], mask=mask)
+        assert torch.allclose(context[:, m], one_context, atol=1e-6)
+        assert torch.allclose(alpha[:, m], one_alpha, atol=1e-6)
+
+
+def test_step_runs_several_hypotheses_per_image_against_shared_features(model, images):
+    features = model.encode(images)
+    projected = model.attention.project_features(features)
+    state = model.init_state(features)
+    words = torch.tensor([4, 5, 6])
+    logits, (h, c), alpha = model.step(features, projected, words, state)
+    beams = 2  # each image twice, as beam search lays out its hypotheses
+    repeated_state = tuple(s.repeat_interleave(beams, dim=0) for s in state)
+    beam_logits, (beam_h, _), beam_alpha = model.step(
+        features, projected, words.repeat_interleave(beams), repeated_state)
+    assert beam_logits.shape == (6, VOCAB) and beam_alpha.shape == (6, 16)
+    assert torch.allclose(beam_logits, logits.repeat_interleave(beams, dim=0), atol=1e-5)
+    assert torch.allclose(beam_alpha, alpha.repeat_interleave(beams, dim=0), atol=1e-6)
 
 
 def test_teacher_forcing_shapes_and_attention_rows(model, images):

@@ -12,7 +12,7 @@ import gzip
 import os
 import zlib
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable, Literal, Sequence
 
 import numpy as np
 import torch
@@ -99,32 +99,35 @@ def load_fashion_mnist(
     """
     if split not in _FILES:
         raise ConfigError(f"split={split!r}: Fashion-MNIST has splits 'train' and 'test'")
-    folder = find_fashion_mnist(root)
+    folder = find_fashion_mnist(root, splits=(split,))
     images_name, labels_name = _FILES[split]
     return _read_split(_existing(folder, images_name), _existing(folder, labels_name))
 
 
-def find_fashion_mnist(root: str | os.PathLike | None = None, *, download: bool = True) -> Path:
-    """The folder holding the four Fashion-MNIST idx files (``.gz`` or not).
+def find_fashion_mnist(
+    root: str | os.PathLike | None = None, *, download: bool = True, splits: Sequence[Split] = ("train", "test")
+) -> Path:
+    """The folder holding the Fashion-MNIST idx files of ``splits`` (``.gz`` or not).
 
     Args:
         root: look only here (and in its ``fashion-mnist`` subfolder).
         download: with no ``root`` and no local copy, try torchvision's download.
+        splits: the splits whose two files the folder must hold (a test-only copy serves ``"test"``).
 
     Raises:
         ConfigError: the files are nowhere to be found.
     """
     candidates = _candidate_dirs(root)
     for folder in candidates:
-        if _has_all_files(folder):
+        if _has_files(folder, splits):
             return folder
     if root is None and download:
         folder = _download()
-        if folder is not None and _has_all_files(folder):
+        if folder is not None and _has_files(folder, splits):
             return folder
     looked = ", ".join(str(c) for c in candidates)
     raise ConfigError(
-        f"Fashion-MNIST idx files not found in {looked} (and no download): "
+        f"Fashion-MNIST {'/'.join(splits)} idx files not found in {looked} (and no download): "
         "run `apt-get install dataset-fashion-mnist` or set VISATTN_DATA to the folder holding them"
     )
 
@@ -172,8 +175,8 @@ def _candidate_dirs(root: str | os.PathLike | None) -> list[Path]:
     return folders if root is not None else [*folders, SYSTEM_DIR]
 
 
-def _has_all_files(folder: Path) -> bool:
-    return all(_existing(folder, name) for names in _FILES.values() for name in names)
+def _has_files(folder: Path, splits: Sequence[Split]) -> bool:
+    return all(_existing(folder, name) for split in splits for name in _FILES[split])
 
 
 def _existing(folder: Path, name: str) -> Path | None:

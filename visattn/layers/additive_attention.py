@@ -46,28 +46,32 @@ class AdditiveAttention(nn.Module):
         projected: Optional[Tensor] = None,
         mask: Optional[Tensor] = None,
     ) -> tuple[Tensor, Tensor]:
-        """Context ``(B, feature_dim)`` and weights ``α`` ``(B, P)``.
+        """Context ``(B, feature_dim)`` and weights ``α`` ``(B, P)``; with ``M`` queries per feature
+        set, ``(B, M, feature_dim)`` and ``(B, M, P)``.
 
         Args:
             features: ``(B, P, feature_dim)`` region features.
-            query: ``(B, query_dim)``.
+            query: ``(B, query_dim)``, or ``(B, M, query_dim)`` for ``M`` queries over the same
+                features (the beams of one image): the features are then shared, not copied ``M`` times.
             projected: ``project_features(features)``, to skip recomputing it each decoding step.
             mask: ``(B, P)`` bool, ``True`` for regions that may be attended; others get weight 0,
                 and a row with none gets context 0.
         """
         if projected is None:
             projected = self.project_features(features)
-        doubled_query = F.linear(query, 2 * self.query_proj.weight, 2 * self.query_proj.bias)
-        # In place: one (B, P, attn_dim) buffer per step instead of two (beam search is bound by this).
-        gates = (projected + doubled_query[:, None, :]).sigmoid_()  # (B, P, attn_dim), σ(2u)
+        one_query = query.ndim == 2
+        queries = query[:, None] if one_query else query  # (B, M, query_dim)
+        doubled_query = F.linear(queries, 2 * self.query_proj.weight, 2 * self.query_proj.bias)
+        # In place: one (B, M, P, attn_dim) buffer per step instead of two (beam search is bound by this).
+        gates = (projected[:, None] + doubled_query[:, :, None]).sigmoid_()  # σ(2u)
         w, b = self.score.weight, self.score.bias
-        scores = F.linear(gates, 2 * w, b - w.sum()).squeeze(-1)  # (B, P), w^T tanh(u) + b
+        scores = F.linear(gates, 2 * w, b - w.sum()).squeeze(-1)  # (B, M, P), w^T tanh(u) + b
         if mask is not None:
             # A finite fill, not -inf: a fully masked row then stays finite (forward and backward),
             # and multiplying by the mask gives it weight 0 everywhere.
-            scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+            scores = scores.masked_fill(~mask[:, None], torch.finfo(scores.dtype).min)
         alpha = scores.softmax(dim=-1)
         if mask is not None:
-            alpha = alpha * mask
-        context = torch.bmm(alpha[:, None, :], features).squeeze(1)  # (B, feature_dim)
-        return context, alpha
+            alpha = alpha * mask[:, None]
+        context = torch.bmm(alpha, features)  # (B, M, feature_dim)
+        return (context[:, 0], alpha[:, 0]) if one_query else (context, alpha)

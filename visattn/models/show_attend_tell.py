@@ -153,18 +153,20 @@ class ShowAttendTell(nn.Module):
     def step(
         self, features: Tensor, projected: Tensor, words: Tensor, state: tuple[Tensor, Tensor]
     ) -> tuple[Tensor, tuple[Tensor, Tensor], Tensor]:
-        """One decoding step: logits ``(B, V)``, the new ``(h, c)`` and attention ``α`` ``(B, P)``.
+        """One decoding step: logits ``(R, V)``, the new ``(h, c)`` and attention ``α`` ``(R, P)``.
 
         Args:
-            features: ``(B, P, C)`` region features.
+            features: ``(B, P, C)`` region features of ``B`` images.
             projected: ``self.attention.project_features(features)``.
-            words: ``(B,)`` previous word ids.
-            state: LSTM ``(h, c)``, each ``(B, hidden_dim)``.
+            words: ``(R,)`` previous word ids; ``R = B * M`` rows, ``M`` hypotheses per image in
+                image order (beam search), ``M = 1`` otherwise.
+            state: LSTM ``(h, c)``, each ``(R, hidden_dim)``.
         """
         h, c = state
-        context, alpha = self.attention(features, h, projected=projected)
+        queries = h.unflatten(0, (features.shape[0], -1))  # (B, M, hidden_dim)
+        context, alpha = (t.flatten(0, 1) for t in self.attention(features, queries, projected=projected))
         context = torch.sigmoid(self.f_beta(h)) * context  # gating scalar β per feature channel
-        embedded = self.embed(words)  # (B, embed_dim)
+        embedded = self.embed(words)  # (R, embed_dim)
         h, c = self.lstm(torch.cat([embedded, context], dim=1), (h, c))
         out = embedded + self.out_h(h) + self.out_z(context) if self.deep_output else h
         return self.fc(self.drop(out)), (h, c), alpha
@@ -220,21 +222,22 @@ class ShowAttendTell(nn.Module):
         cost, not ``max_len`` steps for every image. The best hypothesis per image is the one with
         the highest ``log p / length ** length_penalty`` (0 disables normalisation).
         """
-        batch, k = images.shape[0], beam_size
-        features = self.encode(images).repeat_interleave(k, dim=0)  # (B*K, P, C)
+        batch, k = images.shape[0], min(beam_size, self.vocab_size)
+        # The K hypotheses of an image share its features: steps broadcast them, never copy them.
+        features = self.encode(images)  # (B, P, C)
         projected = self.attention.project_features(features)
-        state = self.init_state(features)
-        words = features.new_full((batch * k,), START_ID, dtype=torch.long)
-        scores = features.new_full((batch, k), float("-inf"))
-        scores[:, 0] = 0.0  # all beams start identical: expand only the first
-        tokens = words.new_zeros((batch, k, 0))
-        alphas = features.new_zeros((batch, k, 0, features.shape[1]))
-        finished = torch.zeros((batch, k), dtype=torch.bool, device=images.device)
+        state = self.init_state(features)  # one hypothesis per image until the first step expands it
+        words = features.new_full((batch,), START_ID, dtype=torch.long)
+        scores = features.new_zeros((batch, 1))  # (b, width): width is 1, then K
+        tokens = words.new_zeros((batch, 1, 0))
+        alphas = features.new_zeros((batch, 1, 0, features.shape[1]))
+        finished = torch.zeros((batch, 1), dtype=torch.bool, device=images.device)
         active = torch.arange(batch, device=images.device)  # images still decoding, in batch order
         done = _FinishedBeams(batch, k, max_len, features.shape[1], features)
         for _ in range(max_len):
             logits, state, alpha = self.step(features, projected, words, state)
-            log_probs = _word_log_probs(logits).view(len(active), k, -1)  # (b, K, V)
+            width = scores.shape[1]
+            log_probs = _word_log_probs(logits).view(len(active), width, -1)  # (b, width, V)
             # A finished hypothesis has one continuation, PAD, which keeps its score.
             frozen = torch.full_like(log_probs[0, 0], float("-inf"))
             frozen[PAD_ID] = 0.0
@@ -243,9 +246,9 @@ class ShowAttendTell(nn.Module):
             beam, words = flat // self.vocab_size, flat % self.vocab_size
             rows = torch.arange(len(active), device=images.device)[:, None]  # (b, 1) for gathering beams
             tokens = torch.cat([tokens[rows, beam], words[..., None]], dim=2)
-            alphas = torch.cat([alphas[rows, beam], alpha.view(len(active), k, 1, -1)[rows, beam]], dim=2)
+            alphas = torch.cat([alphas[rows, beam], alpha.view(len(active), width, 1, -1)[rows, beam]], dim=2)
             finished = finished[rows, beam] | (words == END_ID)
-            survivors = (rows * k + beam).view(-1)  # (b*K,) hypotheses that survive, in their new order
+            survivors = (rows * width + beam).view(-1)  # (b*K,) hypotheses that survive, in their new order
             state, words = (state[0][survivors], state[1][survivors]), words.view(-1)
             complete = finished.all(dim=1)  # (b,)
             if complete.any():
@@ -253,7 +256,7 @@ class ShowAttendTell(nn.Module):
                 keep, keep_rows = ~complete, (~complete).repeat_interleave(k)
                 active, tokens, alphas, scores, finished = (
                     active[keep], tokens[keep], alphas[keep], scores[keep], finished[keep])
-                features, projected, words = features[keep_rows], projected[keep_rows], words[keep_rows]
+                features, projected, words = features[keep], projected[keep], words[keep_rows]
                 state = (state[0][keep_rows], state[1][keep_rows])
                 if not len(active):
                     break
