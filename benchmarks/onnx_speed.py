@@ -15,6 +15,7 @@ import torch
 import side_by_side
 import visattn
 from visattn.export import INPUT_NAME, export_onnx, onnx_max_difference, onnx_session
+from visattn.tasks.classification import inference_model
 
 MODELS = ("vit_small_patch16_224", "cbam_resnet18")
 
@@ -35,8 +36,9 @@ def onnx_round(session, images: torch.Tensor) -> Callable[[], None]:
 
 
 def compare(name: str, args, folder: Path) -> dict:
-    # ViTs are built for the image size; ResNets pool globally and take any size.
-    model = visattn.create_model(name, **({"img_size": args.img_size} if name.startswith("vit") else {})).eval()
+    # ViTs are built for the image size; ResNets pool globally and take any size. PyTorch runs the
+    # model as visattn's loaders prepare it for inference (channels-last convolutions).
+    model = inference_model(visattn.create_model(name, **({"img_size": args.img_size} if name.startswith("vit") else {})))
     size = (3, args.img_size, args.img_size)
     path = export_onnx(model, folder / f"{name}.onnx", input_size=size)
     session = onnx_session(path, threads=args.threads)

@@ -14,7 +14,9 @@ from PIL import Image
 
 from visattn import create_model
 from visattn.cli import main
-from visattn.tasks.classification import ImageClassifier, warmup_cosine, weight_decay_groups
+from visattn.tasks.captioning import load_captioner
+from visattn.tasks.classification import ImageClassifier, load_classifier, warmup_cosine, weight_decay_groups
+from visattn.tasks.detection import load_detector
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs" / "classification").glob("*.yaml"))
@@ -210,3 +212,27 @@ def test_sigkill_mid_fit_then_resume_from_last(in_tmp):
     # Lightning saves at train-epoch end, after an epoch is marked processed and before it is marked completed.
     assert final["epoch"] == 3 and final["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"] == 4
     create_model("cbam_resnet20_cifar", num_classes=10, pretrained=str(last))  # the result loads
+
+
+@pytest.mark.parametrize("load, name", [
+    (load_classifier, "se_resnet20_cifar.fmnist"),
+    (load_captioner, "sat_cbam_resnet_scenes.scenes"),
+    (load_detector, "fcos_se_resnet20_cifar.scenes"),
+])
+def test_loaded_models_are_in_eval_mode_with_channels_last_convolutions(load, name):
+    loaded = load(name).model
+    convs = [m for m in loaded.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and not loaded.training
+    assert all(conv.weight.is_contiguous(memory_format=torch.channels_last) for conv in convs)
+
+
+@pytest.mark.parametrize("load, name, size", [
+    (load_classifier, "se_resnet20_cifar.fmnist", 28),
+    (load_captioner, "sat_cbam_resnet_scenes.scenes", 64),
+])
+def test_channels_last_models_give_the_plain_models_outputs(load, name, size):
+    loaded, plain = load(name).model, create_model(name).eval()
+    run = (lambda model, x: model.encode(x)) if name.startswith("sat") else (lambda model, x: model(x))
+    images = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        assert torch.allclose(run(loaded, images), run(plain, images), atol=1e-4)

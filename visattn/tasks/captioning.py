@@ -27,7 +27,7 @@ from ..fileio import unique_path
 from ..models.show_attend_tell import DecodedCaptions, doubly_stochastic_penalty
 from ..pretrained import find_weights_entry, load_weights
 from ..registry import create_model, split_model_name
-from .classification import Classifier, adamw_warmup_cosine, best_weights, read_checkpoint
+from .classification import Classifier, adamw_warmup_cosine, best_weights, inference_model, read_checkpoint
 from .guards import NonFiniteLossGuard
 
 _ITEM_CLASS = {word: k for k, word in enumerate(ITEM_WORDS)}
@@ -267,7 +267,7 @@ def load_captioner(model: Optional[str] = None, checkpoint: Optional[str] = None
     entry = find_weights_entry(arch, tag)
     if not entry.get("vocab"):
         raise WeightsError(f"{arch}.{entry['tag']}: the weights entry has no vocab; it is not a captioner")
-    net = create_model(f"{arch}.{entry['tag']}").eval()
+    net = inference_model(create_model(f"{arch}.{entry['tag']}"))
     return Captioner(net, Vocabulary.from_list(entry["vocab"]), dict(entry["preprocessing"]),
                      f"{arch}.{entry['tag']}", arch, dict(entry.get("model_kwargs") or {}))
 
@@ -288,7 +288,7 @@ def _captioner_from_checkpoint(path: Path) -> Captioner:
     preprocessing = hparams.get("preprocessing")
     if not preprocessing:
         raise WeightsError(f"{path}: the checkpoint has no preprocessing; train it with a config that links data.preprocessing")
-    return Captioner(net.eval(), vocab, dict(preprocessing), str(path), arch, kwargs)
+    return Captioner(inference_model(net), vocab, dict(preprocessing), str(path), arch, kwargs)
 
 
 def is_captioner(model: Optional[str] = None, checkpoint: Optional[str] = None) -> bool:

@@ -240,6 +240,16 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_ste
 # ---------------------------------------------------------------------------------------------
 
 
+def inference_model(model: nn.Module) -> nn.Module:
+    """``model`` in eval mode with its 4-d weights in channels-last layout.
+
+    oneDNN's CPU convolutions then run on NHWC activations with no reorder around each call: batch-64
+    inference on 2 cores of an AMD EPYC was 1.28x faster for SE-ResNet-20, 1.66x for the captioner's
+    CBAM encoder and 1.07-1.15x for the scenes detectors (ViTs: unchanged), outputs within 3e-5.
+    """
+    return model.eval().to(memory_format=torch.channels_last)
+
+
 @dataclass
 class Classifier:
     """A model ready for inference, with what it needs to read images and name its predictions."""
@@ -276,7 +286,7 @@ def load_classifier(model: Optional[str] = None, checkpoint: Optional[str] = Non
         return _classifier_from_checkpoint(Path(checkpoint), img_size)
     arch, tag = split_model_name(model)
     entry = find_weights_entry(arch, tag)
-    net = create_model(f"{arch}.{entry['tag']}", **_size_kwargs(arch, img_size)).eval()
+    net = inference_model(create_model(f"{arch}.{entry['tag']}", **_size_kwargs(arch, img_size)))
     labels = entry.get("labels") or [str(i) for i in range(net.num_classes)]
     return Classifier(net, list(labels), _resized(entry["preprocessing"], img_size), f"{arch}.{entry['tag']}",
                       arch, dict(entry.get("model_kwargs") or {}))
@@ -293,7 +303,7 @@ def _classifier_from_checkpoint(path: Path, img_size: Optional[int] = None) -> C
     load_weights(net, best_weights(checkpoint["state_dict"]))
     labels = hparams.get("class_names") or [str(i) for i in range(hparams["num_classes"])]
     preprocessing = _resized(hparams.get("preprocessing") or _default_preprocessing(net), img_size)
-    return Classifier(net.eval(), list(labels), preprocessing, str(path), hparams["model_name"],
+    return Classifier(inference_model(net), list(labels), preprocessing, str(path), hparams["model_name"],
                       dict(hparams.get("model_kwargs") or {}))
 
 

@@ -22,7 +22,7 @@ from ..errors import ConfigError, WeightsError
 from ..fileio import atomic_path, unique_path
 from ..pretrained import find_weights_entry, load_weights
 from ..registry import create_model, is_model, model_family, split_model_name
-from .classification import adamw_warmup_cosine, best_weights, read_checkpoint
+from .classification import adamw_warmup_cosine, best_weights, inference_model, read_checkpoint
 from .guards import NonFiniteLossGuard
 
 Batch = tuple[list[Tensor], list[Target]]
@@ -178,7 +178,7 @@ def load_detector(model: Optional[str] = None, checkpoint: Optional[str] = None)
         raise ConfigError(f"--model {model}: not a detector; pick one of `visattn models 'fcos_*'` "
                           "or `visattn models 'detr_*'`")
     entry = find_weights_entry(arch, tag)
-    net = create_model(f"{arch}.{entry['tag']}").eval()
+    net = inference_model(create_model(f"{arch}.{entry['tag']}"))
     labels = entry.get("labels") or [str(i) for i in range(net.num_classes)]
     return Detector(net, list(labels), dict(entry.get("preprocessing") or {}), f"{arch}.{entry['tag']}", arch,
                     dict(entry.get("model_kwargs") or {}))
@@ -197,7 +197,7 @@ def _detector_from_checkpoint(path: Path) -> Detector:
     net = create_model(arch, num_classes=hparams["num_classes"], **kwargs)
     load_weights(net, best_weights(checkpoint["state_dict"]))
     labels = hparams.get("class_names") or [str(i) for i in range(hparams["num_classes"])]
-    return Detector(net.eval(), list(labels), dict(hparams.get("preprocessing") or {}), str(path), arch, kwargs)
+    return Detector(inference_model(net), list(labels), dict(hparams.get("preprocessing") or {}), str(path), arch, kwargs)
 
 
 def is_detector(model: Optional[str] = None, checkpoint: Optional[str] = None) -> bool:
