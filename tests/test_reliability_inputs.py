@@ -72,6 +72,27 @@ def test_corpus_through_cli_json_one_record_per_file(command, corpus, tmp_path, 
     assert code == 1 and f"{len(BAD_IMAGES)} of {len(corpus)} files" in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("command", ["caption", "classify", "detect"])
+def test_batches_keep_file_order_and_give_one_at_a_times_results(command, corpus, tmp_path, capsys):
+    checkpoint = WRITERS[command](tmp_path / f"{command}.ckpt")
+    folder = next(iter(corpus.values())).parent
+    runs = []
+    for batch_size in ("1", "4"):
+        main([command, str(folder), "--checkpoint", str(checkpoint), "--json", "--batch-size", batch_size,
+              *OPTIONS[command]])
+        runs.append([json.loads(line) for line in capsys.readouterr().out.splitlines()])
+    one_at_a_time, batched = runs
+    assert [r["file"] for r in batched] == [r["file"] for r in one_at_a_time] == sorted(r["file"] for r in batched)
+    for single, together in zip(one_at_a_time, batched):
+        assert single.keys() == together.keys()
+        if command == "caption" and "caption" in single:
+            assert together["caption"] == single["caption"]
+        if command == "classify" and "predictions" in single:
+            assert [p["label"] for p in together["predictions"]] == [p["label"] for p in single["predictions"]]
+            assert [p["prob"] for p in together["predictions"]] == pytest.approx(
+                [p["prob"] for p in single["predictions"]], abs=1e-3)
+
+
 @pytest.mark.parametrize("name", sorted(EXPECTED_SHAPES) + sorted(BAD_IMAGES))
 def test_corpus_through_explain(name, corpus, tmp_path, capsys):
     checkpoint = write_classifier_checkpoint(tmp_path / "tiny.ckpt")

@@ -121,7 +121,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
     detector = load_detector(args.model, args.checkpoint)
     failures, total = detect_files(detector, args.paths, score_threshold=args.score_threshold, out=args.out,
-                                   as_json=args.json)
+                                   as_json=args.json, batch_size=args.batch_size)
     if failures:
         print(f"visattn: {failures} of {total} files could not be read", file=sys.stderr)
     return 1 if failures else 0
@@ -132,34 +132,34 @@ def cmd_caption(args: argparse.Namespace) -> int:
 
     captioner = load_captioner(args.model, args.checkpoint)
     failures, total = caption_files(captioner, args.paths, beam_size=args.beam_size, max_len=args.max_len,
-                                    attention_out=args.attention_out, as_json=args.json)
+                                    attention_out=args.attention_out, as_json=args.json, batch_size=args.batch_size)
     if failures:
         print(f"visattn: {failures} of {total} files could not be captioned", file=sys.stderr)
     return 1 if failures else 0
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
-    from .data.image_io import decode_image, list_images
+    from .data.image_io import list_images, run_in_batches
     from .tasks.classification import load_classifier
 
     classifier = load_classifier(args.model, args.checkpoint)
-    transform = classifier.transform()
     files = list_images(args.paths)
     if not files:
         raise ConfigError(f"no image files found in {' '.join(args.paths)}; give image files or folders holding them")
     failures = 0
-    for path in files:
-        try:
-            probs = classifier.predict(transform(decode_image(path))[None])[0]
-        except VisattnError as err:
+    def predict_batch(images: list[torch.Tensor]) -> torch.Tensor:
+        return classifier.predict(torch.stack(images))
+
+    for item, probs in run_in_batches(files, args.batch_size, classifier.transform(), predict_batch):
+        if item.error is not None:
             failures += 1
-            print(json.dumps({"file": str(path), "error": str(err)}) if args.json else f"{path}: error: {err}")
+            print(item.error_line(args.json))
             continue
         top = probs.topk(min(args.topk, len(probs)))
         preds = [{"label": classifier.class_names[i], "index": int(i), "prob": round(float(p), 4)}
                  for p, i in zip(top.values, top.indices)]
-        print(json.dumps({"file": str(path), "predictions": preds}) if args.json
-              else f"{path}: " + ", ".join(f"{p['label']} {p['prob']:.3f}" for p in preds))
+        print(json.dumps({"file": str(item.path), "predictions": preds}) if args.json
+              else f"{item.path}: " + ", ".join(f"{p['label']} {p['prob']:.3f}" for p in preds))
     if failures:
         print(f"visattn: {failures} of {len(files)} files could not be classified", file=sys.stderr)
     return 1 if failures else 0
@@ -223,6 +223,17 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def positive_int(text: str) -> int:
+    """argparse type for counts such as --batch-size: argparse prints the one-line usage error."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return value
+
+
 def _add_model_source(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", help="shipped weights ARCH.TAG (or ARCH for its default weights)")
@@ -256,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
                                "captioners and detectors: fashion-scenes or coco:ANN.json:IMAGES")
     evaluate.add_argument("--split", default="test", help="train, val or test (default: test)")
     evaluate.add_argument("--json", action="store_true", help="print only the JSON line")
-    evaluate.add_argument("--batch-size", type=int, default=256)
+    evaluate.add_argument("--batch-size", type=positive_int, default=256)
     evaluate.add_argument("--num-workers", type=int, default=0)
     evaluate.add_argument("--limit", type=int, default=None, help="score only the first N samples")
     evaluate.add_argument("--beam-size", type=int, default=5, help="captioners: beam width (1: greedy)")
@@ -269,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_source(classify)
     classify.add_argument("--topk", type=int, default=1)
     classify.add_argument("--json", action="store_true", help="one JSON object per file")
+    classify.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass")
     classify.set_defaults(func=cmd_classify)
 
     caption = sub.add_parser("caption", help="caption image files and folders (recursively)")
@@ -278,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     caption.add_argument("--max-len", type=int, default=20, help="longest caption in words")
     caption.add_argument("--attention-out", default=None, metavar="DIR", help="write one PNG per image, a panel per word")
     caption.add_argument("--json", action="store_true", help="one JSON object per file")
+    caption.add_argument("--batch-size", type=positive_int, default=32, help="images per beam search")
     caption.set_defaults(func=cmd_caption)
 
     detect = sub.add_parser("detect", help="detect objects in image files and folders (recursively)")
@@ -286,6 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--score-threshold", type=float, default=0.5, help="keep detections scoring at least this")
     detect.add_argument("--out", default=None, metavar="DIR", help="write one PNG per image with the boxes drawn")
     detect.add_argument("--json", action="store_true", help="one JSON object per file")
+    detect.add_argument("--batch-size", type=positive_int, default=8, help="images per forward pass")
     detect.set_defaults(func=cmd_detect)
 
     explain = sub.add_parser("explain", help="draw where a classifier looks in an image (PNG with map and label)")

@@ -9,17 +9,20 @@ one-line message that names the file and the reason.
 from __future__ import annotations
 
 import io
+import json
 import os
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Optional
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..errors import ImageDecodeError
+from ..errors import ImageDecodeError, VisattnError
 
-__all__ = ["DEFAULT_MAX_PIXELS", "IMAGE_EXTENSIONS", "decode_image", "list_images"]
+__all__ = ["DEFAULT_MAX_PIXELS", "IMAGE_EXTENSIONS", "ImageFile", "decode_image", "list_images", "run_in_batches"]
 
 # 64 megapixels: above any camera photo people classify, below Pillow's own warning threshold.
 DEFAULT_MAX_PIXELS = 64 * 1024 * 1024
@@ -70,6 +73,45 @@ def decode_image(
         raise ImageDecodeError(f"{name}: {err}") from None
     except Exception as err:  # noqa: BLE001 -- any decoder failure is the file's fault
         raise ImageDecodeError(f"{name}: {_reason(err, source)}") from None
+
+
+@dataclass
+class ImageFile:
+    """One file of :func:`run_in_batches`: its decoded ``image`` and ``prepared`` form, or the ``error``."""
+
+    path: Path
+    image: Optional[np.ndarray] = None  # (H, W, 3) uint8
+    prepared: Any = None  # what ``prepare`` made of the image
+    error: Optional[VisattnError] = None
+
+    def error_line(self, as_json: bool = False) -> str:
+        """The one-line report of an unreadable file: a JSON record or ``PATH: error: REASON``."""
+        if as_json:
+            return json.dumps({"file": str(self.path), "error": str(self.error)})
+        return f"{self.path}: error: {self.error}"
+
+
+def run_in_batches(
+    files: Sequence[PathLike], batch_size: int, prepare: Callable[[np.ndarray], Any],
+    run: Callable[[list[Any]], Iterable[Any]],
+) -> Iterator[tuple[ImageFile, Any]]:
+    """``(file, result)`` for each of ``files`` in order, decoded and ``prepare``-d ``batch_size`` at a
+    time so that ``run`` (a model) sees each batch's readable files at once. An unreadable file comes
+    with its one-line ``error`` and result ``None``; the others go on."""
+    for start in range(0, len(files), batch_size):
+        batch = [_read_one(Path(path), prepare) for path in files[start : start + batch_size]]
+        readable = [item.prepared for item in batch if item.error is None]
+        results = iter(run(readable) if readable else ())
+        for item in batch:
+            yield item, None if item.error is not None else next(results)
+
+
+def _read_one(path: Path, prepare: Callable[[np.ndarray], Any]) -> ImageFile:
+    try:
+        image = decode_image(path)
+        return ImageFile(path, image, prepare(image))
+    except VisattnError as err:
+        return ImageFile(path, error=err)
 
 
 def list_images(paths: PathLike | Iterable[PathLike], *, recursive: bool = True) -> list[Path]:

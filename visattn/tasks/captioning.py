@@ -307,16 +307,16 @@ def is_captioner(model: Optional[str] = None, checkpoint: Optional[str] = None) 
 
 
 def caption_files(captioner: Captioner, paths: Sequence[str], *, beam_size: int = 5, max_len: int = 20,
-                  attention_out: Optional[str] = None, as_json: bool = False) -> tuple[int, int]:
+                  attention_out: Optional[str] = None, as_json: bool = False, batch_size: int = 32) -> tuple[int, int]:
     """Print one caption per image file (folders are searched recursively); returns ``(failures, files)``.
 
-    A file that cannot be read is reported on its own line and the others go on. With
-    ``attention_out``, a PNG per image shows each word's attention over the image.
+    Files are decoded and captioned ``batch_size`` at a time, in one beam search (the same captions
+    as one at a time, several times faster). A file that cannot be read is reported on its own line
+    and the others go on. With ``attention_out``, a PNG per image shows each word's attention.
     """
     import json
 
-    from ..data.image_io import decode_image, list_images
-    from ..errors import VisattnError
+    from ..data.image_io import list_images, run_in_batches
     from ..explain.overlay import save_word_panels
 
     files = list_images(list(paths))
@@ -325,22 +325,25 @@ def caption_files(captioner: Captioner, paths: Sequence[str], *, beam_size: int 
     out_dir = Path(attention_out) if attention_out else None
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
-    transform, failures, used = captioner.transform(), 0, set()
-    for path in files:
-        try:
-            image = decode_image(path)
-            decoded = captioner.caption(transform(image)[None], beam_size=beam_size, max_len=max_len)
-        except VisattnError as err:
+
+    def caption_batch(images: list[Tensor]) -> Iterable[tuple[Tensor, Tensor]]:
+        decoded = captioner.caption(torch.stack(images), beam_size=beam_size, max_len=max_len)
+        return zip(decoded.tokens, decoded.attention)
+
+    failures, used = 0, set()
+    for item, result in run_in_batches(files, batch_size, captioner.transform(), caption_batch):
+        if item.error is not None:
             failures += 1
-            print(json.dumps({"file": str(path), "error": str(err)}) if as_json else f"{path}: error: {err}")
+            print(item.error_line(as_json))
             continue
-        words = [captioner.vocab.decode([i]) for i in decoded.tokens[0].tolist()]
-        record = {"file": str(path), "caption": " ".join(words)}
+        tokens, attention = result
+        words = [captioner.vocab.decode([i]) for i in tokens.tolist()]
+        record = {"file": str(item.path), "caption": " ".join(words)}
         if out_dir is not None and words:
-            target = unique_path(out_dir, Path(path).stem, used)
-            save_word_panels(image, words, list(decoded.attention[0].numpy()), target)
+            target = unique_path(out_dir, item.path.stem, used)
+            save_word_panels(item.image, words, list(attention.numpy()), target)
             record["attention"] = str(target)
-        print(json.dumps(record) if as_json else f"{path}: {record['caption']}")
+        print(json.dumps(record) if as_json else f"{item.path}: {record['caption']}")
     return failures, len(files)
 
 

@@ -7,6 +7,7 @@ lists of 0..1 images and 0-based labels, return a loss dict in training and per-
 COCO mAP (IoU 0.50:0.95) and mAP@0.5 from torchmetrics' ``MeanAveragePrecision``.
 """
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence, Union
 
@@ -262,17 +263,17 @@ _MIN_DRAWN_SIDE = 256  # small images are enlarged before drawing, so the labels
 
 
 def detect_files(detector: Detector, paths: Sequence[str], *, score_threshold: float = 0.5,
-                 out: Optional[str] = None, as_json: bool = False) -> tuple[int, int]:
+                 out: Optional[str] = None, as_json: bool = False, batch_size: int = 8) -> tuple[int, int]:
     """Print the detections of each image file (folders are searched recursively); returns ``(failures, files)``.
 
-    A file that cannot be read is reported on its own line and the others go on. With ``out``,
-    a PNG per image shows the boxes with their labels and scores.
+    Files are decoded and detected ``batch_size`` at a time, in one forward pass. A file that cannot
+    be read is reported on its own line and the others go on. With ``out``, a PNG per image shows
+    the boxes with their labels and scores.
     """
     import json
 
-    from ..data.image_io import decode_image, list_images
+    from ..data.image_io import list_images, run_in_batches
     from ..data.transforms import to_tensor
-    from ..errors import VisattnError
 
     files = list_images(list(paths))
     if not files:
@@ -281,18 +282,16 @@ def detect_files(detector: Detector, paths: Sequence[str], *, score_threshold: f
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
     failures, used = 0, set()
-    for path in files:
-        try:
-            image = decode_image(path)
-            found = detector.detect([to_tensor(image)], score_threshold=score_threshold)[0]
-        except VisattnError as err:
+    detect_batch = partial(detector.detect, score_threshold=score_threshold)
+    for item, found in run_in_batches(files, batch_size, to_tensor, detect_batch):
+        if item.error is not None:
             failures += 1
-            print(json.dumps({"file": str(path), "error": str(err)}) if as_json else f"{path}: error: {err}")
+            print(item.error_line(as_json))
             continue
-        record = {"file": str(path), "detections": _detection_records(found, detector.class_names)}
+        record = {"file": str(item.path), "detections": _detection_records(found, detector.class_names)}
         if out_dir is not None:
-            target = unique_path(out_dir, Path(path).stem, used)
-            draw_detections(image, record["detections"], target)
+            target = unique_path(out_dir, item.path.stem, used)
+            draw_detections(item.image, record["detections"], target)
             record["drawn"] = str(target)
         print(json.dumps(record) if as_json else _detection_line(record, score_threshold))
     return failures, len(files)
