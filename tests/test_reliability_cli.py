@@ -50,6 +50,8 @@ CASES = {
     "unknown_config_key": (lambda tmp: ["fit", "--config", _config_with(tmp, learning_rate=0.1)], "learning_rate"),
     "wrong_type_in_config": (lambda tmp: ["fit", "--config", _config_with(tmp, lr="fast")], '"lr": Expected'),
     "wrong_type_on_cli": (lambda tmp: ["classify", "x.png", "--model", "m", "--topk", "two"], "--topk: invalid int"),
+    "zero_batch_size": (lambda tmp: ["caption", "x.png", "--model", "m", "--batch-size", "0"],
+                        "--batch-size: '0' is not a positive whole number"),
     "missing_data_path": (lambda tmp: ["fit", "--config", str(IMAGEFOLDER_CONFIG), "--data.init_args.root", "/nope"],
                           "/nope: no such folder"),
     "unknown_model_in_config": (lambda tmp: [*FIT, "--model.init_args.model_name", "cbam_resnt20_cifar"],
