@@ -56,11 +56,8 @@ def interleave(candidates: Mapping[str, Candidate], *, rounds: int, warmup: int 
     order = list(candidates.items())
     for round_index in range(rounds):
         for name, run in order if round_index % 2 == 0 else order[::-1]:
-            synchronize()
-            start = time.perf_counter()
-            measured = run()
-            synchronize()
-            seconds[name].append(measured if measured is not None else time.perf_counter() - start)
+            measured, elapsed = _timed(run)
+            seconds[name].append(measured if measured is not None else elapsed)
     return seconds
 
 
@@ -71,7 +68,7 @@ def matmul_peak(size: Optional[int] = None, repeats: int = 5, *, device: str = "
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
     a @ b  # warm-up: thread pool, allocator, GPU libraries
-    best = min(_seconds(lambda: a @ b) for _ in range(repeats))
+    best = min(_timed(lambda: a @ b)[1] for _ in range(repeats))
     return 2 * size**3 / best
 
 
@@ -109,12 +106,13 @@ def finish(benchmark: str, figures: dict[str, Any]) -> None:
     print(json.dumps({"benchmark": benchmark, **figures, "machine": machine()}))
 
 
-def _seconds(run: Callable[[], object]) -> float:
+def _timed(run: Callable[[], Any]) -> tuple[Any, float]:
+    """What ``run`` returns and the seconds it took, the GPU's queued work included."""
     synchronize()
     start = time.perf_counter()
-    run()
+    result = run()
     synchronize()
-    return time.perf_counter() - start
+    return result, time.perf_counter() - start
 
 
 def _cell(value: Any) -> str:

@@ -18,7 +18,7 @@ from fixtures_images import (
 )
 from PIL import Image, ImageFile
 
-from visattn.data.image_io import DEFAULT_MAX_PIXELS, decode_image, list_images
+from visattn.data.image_io import DEFAULT_MAX_PIXELS, decode_image, list_images, run_in_batches
 from visattn.errors import ImageDecodeError, VisattnError
 
 
@@ -164,3 +164,27 @@ def test_list_images_keeps_explicit_files_in_order_without_repeats(tmp_path):
 def test_list_images_missing_path(tmp_path):
     with pytest.raises(ImageDecodeError, match="missing: no such file or folder"):
         list_images([tmp_path / "missing"])
+
+
+@pytest.mark.parametrize("keep_images", [False, True])
+def test_run_in_batches_keeps_order_reports_bad_files_and_keeps_images_only_when_asked(tmp_path, keep_images):
+    paths = []
+    for i in range(5):
+        path = tmp_path / f"{i}.png"
+        if i == 2:
+            path.write_bytes(b"not an image")
+        else:
+            Image.fromarray(np.full((4, 6, 3), i, np.uint8)).save(path)
+        paths.append(path)
+    batches_seen = []
+
+    def run(prepared: list[int]) -> list[int]:
+        batches_seen.append(list(prepared))
+        return [value * 10 for value in prepared]
+
+    results = list(run_in_batches(paths, 2, lambda image: int(image[0, 0, 0]), run, keep_images=keep_images))
+    assert [item.path for item, _ in results] == paths
+    assert [result for _, result in results] == [0, 10, None, 30, 40]
+    assert batches_seen == [[0, 1], [3], [4]]  # the unreadable file leaves a batch of one
+    assert "2.png" in results[2][0].error_line() and results[2][0].image is None
+    assert all((item.image is not None) == keep_images for item, _ in results if item.error is None)

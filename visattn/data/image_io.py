@@ -80,7 +80,7 @@ class ImageFile:
     """One file of :func:`run_in_batches`: its decoded ``image`` and ``prepared`` form, or the ``error``."""
 
     path: Path
-    image: Optional[np.ndarray] = None  # (H, W, 3) uint8
+    image: Optional[np.ndarray] = None  # (H, W, 3) uint8, with keep_images
     prepared: Any = None  # what ``prepare`` made of the image
     error: Optional[VisattnError] = None
 
@@ -93,23 +93,25 @@ class ImageFile:
 
 def run_in_batches(
     files: Sequence[PathLike], batch_size: int, prepare: Callable[[np.ndarray], Any],
-    run: Callable[[list[Any]], Iterable[Any]],
+    run: Callable[[list[Any]], Iterable[Any]], *, keep_images: bool = False,
 ) -> Iterator[tuple[ImageFile, Any]]:
     """``(file, result)`` for each of ``files`` in order, decoded and ``prepare``-d ``batch_size`` at a
     time so that ``run`` (a model) sees each batch's readable files at once. An unreadable file comes
-    with its one-line ``error`` and result ``None``; the others go on."""
+    with its one-line ``error`` and result ``None``; the others go on. ``keep_images`` keeps each
+    decoded ``image`` (for drawing on it); otherwise a batch holds only the prepared inputs, not
+    ``batch_size`` full-resolution photos."""
     for start in range(0, len(files), batch_size):
-        batch = [_read_one(Path(path), prepare) for path in files[start : start + batch_size]]
+        batch = [_read_one(Path(path), prepare, keep_images) for path in files[start : start + batch_size]]
         readable = [item.prepared for item in batch if item.error is None]
         results = iter(run(readable) if readable else ())
         for item in batch:
             yield item, None if item.error is not None else next(results)
 
 
-def _read_one(path: Path, prepare: Callable[[np.ndarray], Any]) -> ImageFile:
+def _read_one(path: Path, prepare: Callable[[np.ndarray], Any], keep_image: bool) -> ImageFile:
     try:
         image = decode_image(path)
-        return ImageFile(path, image, prepare(image))
+        return ImageFile(path, image if keep_image else None, prepare(image))
     except VisattnError as err:
         return ImageFile(path, error=err)
 

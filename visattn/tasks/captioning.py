@@ -331,7 +331,8 @@ def caption_files(captioner: Captioner, paths: Sequence[str], *, beam_size: int 
         return zip(decoded.tokens, decoded.attention)
 
     failures, used = 0, set()
-    for item, result in run_in_batches(files, batch_size, captioner.transform(), caption_batch):
+    for item, result in run_in_batches(files, batch_size, captioner.transform(), caption_batch,
+                                       keep_images=out_dir is not None):
         if item.error is not None:
             failures += 1
             print(item.error_line(as_json))

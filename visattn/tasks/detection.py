@@ -283,7 +283,7 @@ def detect_files(detector: Detector, paths: Sequence[str], *, score_threshold: f
         out_dir.mkdir(parents=True, exist_ok=True)
     failures, used = 0, set()
     detect_batch = partial(detector.detect, score_threshold=score_threshold)
-    for item, found in run_in_batches(files, batch_size, to_tensor, detect_batch):
+    for item, found in run_in_batches(files, batch_size, to_tensor, detect_batch, keep_images=out_dir is not None):
         if item.error is not None:
             failures += 1
             print(item.error_line(as_json))
