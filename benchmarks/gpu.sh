@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The README's GPU figures in one run: ViT-B/16 against timm (bf16 autocast and fp32) and batched
-# beam search, each script's output to stdout and to $OUT (default outputs/gpu).
+# beam search, then every shipped model scored with `visattn evaluate --device` against the CPU; each
+# script's output goes to stdout and to $OUT (default outputs/gpu).
 #
 #   make gpu-bundle          # on a CPU machine with network: .gpu/ holds the wheels a bare GPU image
 #                            # lacks (albumentations and its needs) and the Fashion-MNIST test files
@@ -29,3 +30,4 @@ vit=(--device "$device" --models vit_base_patch16_224 --infer-batch 256 --train-
 "$python" benchmarks/vit_vs_timm.py "${vit[@]}" --precision bf16 --rounds 10 $smoke | tee "$out/vit_vs_timm_bf16.txt"
 "$python" benchmarks/vit_vs_timm.py "${vit[@]}" --precision fp32 --rounds 5 $smoke | tee "$out/vit_vs_timm_fp32.txt"
 "$python" benchmarks/beam_search.py --device "$device" --rounds 5 $smoke | tee "$out/beam_search.txt"
+"$python" benchmarks/device_agreement.py --device "$device" $smoke | tee "$out/device_agreement.txt"

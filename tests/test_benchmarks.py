@@ -88,7 +88,11 @@ def test_gpu_script_runs_each_benchmark_on_the_device_it_is_given(tmp_path):
     env = {**os.environ, "DEVICE": "cpu", "SMOKE": "1", "PYTHON": sys.executable, "OUT": str(tmp_path)}
     subprocess.run(["bash", str(BENCHMARKS / "gpu.sh")], env=env, check=True, capture_output=True, timeout=300)
     runs = {path.name: json.loads(path.read_text().strip().splitlines()[-1]) for path in tmp_path.glob("*.txt")}
-    assert sorted(runs) == ["beam_search.txt", "vit_vs_timm_bf16.txt", "vit_vs_timm_fp32.txt"]
+    assert sorted(runs) == ["beam_search.txt", "device_agreement.txt", "vit_vs_timm_bf16.txt", "vit_vs_timm_fp32.txt"]
     assert {run["device"] for run in runs.values()} == {"cpu"}
+    agreement = runs["device_agreement.txt"]
+    assert agreement["agree"] is True and {r["model"] for r in agreement["results"]} == {
+        "se_resnet20_cifar.fmnist", "vit_tiny_patch4_28.fmnist", "sat_cbam_resnet_scenes.scenes",
+        "fcos_se_resnet20_cifar.scenes", "detr_se_resnet20_cifar.scenes"}
     assert runs["vit_vs_timm_bf16.txt"]["precision"] == "bf16" and runs["vit_vs_timm_fp32.txt"]["precision"] == "fp32"
     assert runs["beam_search.txt"]["identical_captions"] is True

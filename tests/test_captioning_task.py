@@ -11,7 +11,7 @@ from test_data import needs_fashion_mnist
 from visattn import save_weights
 from visattn.cli import main
 from visattn.errors import ConfigError
-from visattn.tasks.captioning import CaptioningTask, caption_scores, load_captioner, pointing_hits
+from visattn.tasks.captioning import CaptioningTask, caption_scores, decode, load_captioner, pointing_hits
 
 CONFIG = "configs/captioning/sat_scenes.yaml"
 TINY_MODEL = json.dumps(dict(encoder_kwargs=dict(layers=[1, 1], widths=[8, 16], small_input=False), img_size=32,
@@ -123,3 +123,12 @@ def test_shipped_scenes_captioner_rebuilds_from_its_index_entry_and_describes_te
                                  beam_size=3)
     # the full 1000-scene test split scores BLEU-4 0.72, CIDEr 4.4, pointing 0.84 (weights/index.json)
     assert metrics["n"] == 48 and metrics["bleu4"] > 0.5 and metrics["pointing"] > 0.6
+
+
+@pytest.mark.parametrize("beam_size, max_len, message", [(0, 20, "beam_size=0: must be >= 1"),
+                                                         (1, 0, "max_len=0: a caption needs at least one word"),
+                                                         (5, -1, "max_len=-1: a caption needs at least one word")])
+def test_decode_refuses_settings_that_give_no_caption(beam_size, max_len, message):
+    model = load_captioner("sat_cbam_resnet_scenes.scenes").model
+    with pytest.raises(ConfigError, match=message):
+        decode(model, torch.zeros(1, *model.input_size), beam_size=beam_size, max_len=max_len)

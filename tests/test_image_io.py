@@ -19,7 +19,7 @@ from fixtures_images import (
 from PIL import Image, ImageFile
 
 from visattn.data.image_io import DEFAULT_MAX_PIXELS, decode_image, list_images, run_in_batches
-from visattn.errors import ImageDecodeError, VisattnError
+from visattn.errors import ConfigError, ImageDecodeError, VisattnError
 
 
 @pytest.fixture(scope="module")
@@ -188,3 +188,10 @@ def test_run_in_batches_keeps_order_reports_bad_files_and_keeps_images_only_when
     assert batches_seen == [[0, 1], [3], [4]]  # the unreadable file leaves a batch of one
     assert "2.png" in results[2][0].error_line() and results[2][0].image is None
     assert all((item.image is not None) == keep_images for item, _ in results if item.error is None)
+
+
+def test_list_images_can_require_at_least_one(tmp_path):
+    (tmp_path / "notes.txt").write_text("no pictures here")
+    assert list_images(tmp_path) == []
+    with pytest.raises(ConfigError, match=f"no image files found in {tmp_path}; give image files or folders"):
+        list_images(iter([tmp_path]), allow_empty=False)

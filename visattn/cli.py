@@ -11,7 +11,8 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from .errors import ConfigError, VisattnError
+from .devices import DEVICE_CHOICES
+from .errors import VisattnError
 from .pretrained import weights_dir
 from .registry import create_model, list_models, list_pretrained, model_family, split_model_name
 
@@ -75,7 +76,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return cmd_evaluate_detector(args)
     if is_captioner(args.model, args.checkpoint):
         return cmd_evaluate_captioner(args)
-    classifier = load_classifier(args.model, args.checkpoint, img_size=args.img_size)
+    classifier = load_classifier(args.model, args.checkpoint, img_size=args.img_size, device=args.device)
     if args.dataset in POINTING_DATASETS:  # single-object scenes: accuracy and the pointing game
         metrics = cmd_evaluate_pointing(classifier, args)
     else:
@@ -98,7 +99,7 @@ def cmd_evaluate_pointing(classifier, args: argparse.Namespace) -> dict:
 def cmd_evaluate_captioner(args: argparse.Namespace) -> int:
     from .tasks.captioning import evaluate_captioner, evaluation_loader, load_captioner
 
-    captioner = load_captioner(args.model, args.checkpoint)
+    captioner = load_captioner(args.model, args.checkpoint, device=args.device)
     loader = evaluation_loader(captioner, args.dataset, args.split, limit=args.limit,
                                batch_size=min(args.batch_size, 64), num_workers=args.num_workers)
     metrics = evaluate_captioner(captioner, loader, beam_size=args.beam_size)
@@ -109,7 +110,7 @@ def cmd_evaluate_captioner(args: argparse.Namespace) -> int:
 def cmd_evaluate_detector(args: argparse.Namespace) -> int:
     from .tasks.detection import evaluate_detector, evaluation_loader, load_detector
 
-    detector = load_detector(args.model, args.checkpoint)
+    detector = load_detector(args.model, args.checkpoint, device=args.device)
     loader = evaluation_loader(detector, args.dataset, args.split, limit=args.limit,
                                batch_size=min(args.batch_size, 16), num_workers=args.num_workers)
     print_metrics(detector.name, args, evaluate_detector(detector, loader))
@@ -119,7 +120,7 @@ def cmd_evaluate_detector(args: argparse.Namespace) -> int:
 def cmd_detect(args: argparse.Namespace) -> int:
     from .tasks.detection import detect_files, load_detector
 
-    detector = load_detector(args.model, args.checkpoint)
+    detector = load_detector(args.model, args.checkpoint, device=args.device)
     failures, total = detect_files(detector, args.paths, score_threshold=args.score_threshold, out=args.out,
                                    as_json=args.json, batch_size=args.batch_size)
     if failures:
@@ -130,7 +131,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
 def cmd_caption(args: argparse.Namespace) -> int:
     from .tasks.captioning import caption_files, load_captioner
 
-    captioner = load_captioner(args.model, args.checkpoint)
+    captioner = load_captioner(args.model, args.checkpoint, device=args.device)
     failures, total = caption_files(captioner, args.paths, beam_size=args.beam_size, max_len=args.max_len,
                                     attention_out=args.attention_out, as_json=args.json, batch_size=args.batch_size)
     if failures:
@@ -142,10 +143,8 @@ def cmd_classify(args: argparse.Namespace) -> int:
     from .data.image_io import list_images, run_in_batches
     from .tasks.classification import load_classifier
 
-    classifier = load_classifier(args.model, args.checkpoint)
-    files = list_images(args.paths)
-    if not files:
-        raise ConfigError(f"no image files found in {' '.join(args.paths)}; give image files or folders holding them")
+    classifier = load_classifier(args.model, args.checkpoint, device=args.device)
+    files = list_images(args.paths, allow_empty=False)
     failures = 0
     def predict_batch(images: list[torch.Tensor]) -> torch.Tensor:
         return classifier.predict(torch.stack(images))
@@ -170,7 +169,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from .explain import explain_image
     from .tasks.classification import load_classifier
 
-    classifier = load_classifier(args.model, args.checkpoint)
+    classifier = load_classifier(args.model, args.checkpoint, device=args.device)
     result = explain_image(classifier, decode_image(args.path), args.method, args.out,
                            layer=args.layer, head=args.head, target_class=args.target_class)
     print(f"{args.path}: {result['label']} {result['prob']:.3f}; {args.method} map written to {args.out}")
@@ -240,6 +239,10 @@ def _add_model_source(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--checkpoint", help="a Lightning checkpoint written by `visattn fit`")
 
 
+def _add_device(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", help=f"where the model runs: {DEVICE_CHOICES}")
+
+
 class _OneLineErrorParser(argparse.ArgumentParser):
     """Usage mistakes print one line, like every other user error, instead of the usage text; exit code 2."""
 
@@ -261,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("evaluate",
                               help="score a classifier, captioner or detector; the last line is the metrics as JSON")
     _add_model_source(evaluate)
+    _add_device(evaluate)
     evaluate.add_argument("--dataset", required=True,
                           help="classifiers: fashion-mnist, imagefolder:DIR, or fashion-scenes / fashion-mnist-canvas "
                                "(single items on a 64 px canvas, adding the pointing game); "
@@ -270,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=positive_int, default=256)
     evaluate.add_argument("--num-workers", type=int, default=0)
     evaluate.add_argument("--limit", type=int, default=None, help="score only the first N samples")
-    evaluate.add_argument("--beam-size", type=int, default=5, help="captioners: beam width (1: greedy)")
+    evaluate.add_argument("--beam-size", type=positive_int, default=5, help="captioners: beam width (1: greedy)")
     evaluate.add_argument("--img-size", type=int, default=None,
                           help="classifiers: score at this square input size (ViT position embeddings are resampled)")
     evaluate.set_defaults(func=cmd_evaluate)
@@ -278,6 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     classify = sub.add_parser("classify", help="classify image files and folders (recursively)")
     classify.add_argument("paths", nargs="+", metavar="PATH")
     _add_model_source(classify)
+    _add_device(classify)
     classify.add_argument("--topk", type=int, default=1)
     classify.add_argument("--json", action="store_true", help="one JSON object per file")
     classify.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass")
@@ -286,8 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
     caption = sub.add_parser("caption", help="caption image files and folders (recursively)")
     caption.add_argument("paths", nargs="+", metavar="PATH")
     _add_model_source(caption)
-    caption.add_argument("--beam-size", type=int, default=5, help="beam width (1: greedy)")
-    caption.add_argument("--max-len", type=int, default=20, help="longest caption in words")
+    _add_device(caption)
+    caption.add_argument("--beam-size", type=positive_int, default=5, help="beam width (1: greedy)")
+    caption.add_argument("--max-len", type=positive_int, default=20, help="longest caption in words")
     caption.add_argument("--attention-out", default=None, metavar="DIR", help="write one PNG per image, a panel per word")
     caption.add_argument("--json", action="store_true", help="one JSON object per file")
     caption.add_argument("--batch-size", type=positive_int, default=32, help="images per beam search")
@@ -296,6 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     detect = sub.add_parser("detect", help="detect objects in image files and folders (recursively)")
     detect.add_argument("paths", nargs="+", metavar="PATH")
     _add_model_source(detect)
+    _add_device(detect)
     detect.add_argument("--score-threshold", type=float, default=0.5, help="keep detections scoring at least this")
     detect.add_argument("--out", default=None, metavar="DIR", help="write one PNG per image with the boxes drawn")
     detect.add_argument("--json", action="store_true", help="one JSON object per file")
@@ -305,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain = sub.add_parser("explain", help="draw where a classifier looks in an image (PNG with map and label)")
     explain.add_argument("path", metavar="PATH", help="image file")
     _add_model_source(explain)
+    _add_device(explain)
     explain.add_argument("--method", default="gradcam", choices=("rollout", "attention", "gradcam", "gates"),
                          help="rollout/attention (ViTs), gradcam (all), gates (CBAM/BAM/coord/NL/GC ResNets)")
     explain.add_argument("--layer", default=None, help="block index (ViT) or module name, e.g. layer3")

@@ -20,7 +20,7 @@ from typing import Any, Optional
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..errors import ImageDecodeError, VisattnError
+from ..errors import ConfigError, ImageDecodeError, VisattnError
 
 __all__ = ["DEFAULT_MAX_PIXELS", "IMAGE_EXTENSIONS", "ImageFile", "decode_image", "list_images", "run_in_batches"]
 
@@ -116,7 +116,7 @@ def _read_one(path: Path, prepare: Callable[[np.ndarray], Any], keep_image: bool
         return ImageFile(path, error=err)
 
 
-def list_images(paths: PathLike | Iterable[PathLike], *, recursive: bool = True) -> list[Path]:
+def list_images(paths: PathLike | Iterable[PathLike], *, recursive: bool = True, allow_empty: bool = True) -> list[Path]:
     """Expand files and folders into image file paths.
 
     Folders contribute their image files (by extension, hidden files skipped) in sorted order;
@@ -126,12 +126,12 @@ def list_images(paths: PathLike | Iterable[PathLike], *, recursive: bool = True)
     Args:
         paths: one path or several.
         recursive: also look inside sub-folders of the folders given.
+        allow_empty: ``False`` makes finding no image file at all a :class:`ConfigError`.
 
     Raises:
         ImageDecodeError: a path that does not exist.
     """
-    if isinstance(paths, (str, os.PathLike)):
-        paths = [paths]
+    paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
     found: dict[Path, None] = {}  # an ordered set
     for path in map(Path, paths):
         if path.is_dir():
@@ -141,6 +141,9 @@ def list_images(paths: PathLike | Iterable[PathLike], *, recursive: bool = True)
             found[path] = None
         else:
             raise ImageDecodeError(f"{path}: no such file or folder")
+    if not found and not allow_empty:
+        named = " ".join(map(str, paths))
+        raise ConfigError(f"no image files found in {named}; give image files or folders holding them")
     return list(found)
 
 

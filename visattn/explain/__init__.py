@@ -204,7 +204,8 @@ def explain_image(
     probs = classifier.predict(tensor[None])[0]
     index = int(probs.argmax())
     explained = _class_to_index(target_class, classifier.class_names)
-    heatmap = explain(classifier.model, tensor, method, layer=layer, head=head, target_class=explained)
+    heatmap = explain(classifier.model, tensor.to(classifier.device), method, layer=layer, head=head,
+                      target_class=explained)
     label = classifier.class_names[index]
     title = f"{label} ({float(probs[index]):.2f}), {method}"
     if explained is not None and explained != index:
@@ -255,7 +256,7 @@ def evaluate_pointing(
         if not boxes:
             continue
         predictions = classifier.predict(batch).argmax(dim=1)
-        maps = explain_batch(classifier.model, batch, method)
+        maps = explain_batch(classifier.model, batch.to(classifier.device), method).cpu()
         size = tuple(batch.shape[-2:])
         hits += sum(pointing_hit(m, b, size, tolerance=tolerance) for m, b in zip(maps, boxes))
         correct += int((predictions == labels).sum())

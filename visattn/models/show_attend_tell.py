@@ -35,6 +35,10 @@ class DecodedCaptions:
     attention: list[Tensor]
     scores: Tensor
 
+    def to(self, device: Union[str, torch.device]) -> "DecodedCaptions":
+        return DecodedCaptions([t.to(device) for t in self.tokens], [a.to(device) for a in self.attention],
+                               self.scores.to(device))
+
 
 def doubly_stochastic_penalty(alphas: Tensor, mask: Optional[Tensor] = None, weight: float = 1.0) -> Tensor:
     """The paper's regulariser ``λ Σ_p (1 - Σ_t α_tp)²``, averaged over the batch.
@@ -273,10 +277,11 @@ class ShowAttendTell(nn.Module):
 
     def _collect(self, tokens: Tensor, alphas: Tensor, scores: Tensor) -> DecodedCaptions:
         """Split ``(B, T)`` tokens and ``(B, T, P)`` alphas into per-image words and maps (END and PAD dropped)."""
+        ended = tokens == END_ID
+        # Words before the first END, or all non-PAD words when there is none; one sync for the batch.
+        lengths = torch.where(ended.any(dim=1), ended.int().argmax(dim=1), (tokens != PAD_ID).sum(dim=1)).tolist()
         out_tokens, out_maps = [], []
-        for ids, maps in zip(tokens, alphas):
-            ended = (ids == END_ID).nonzero()
-            n = int(ended[0]) if len(ended) else int((ids != PAD_ID).sum())
+        for ids, maps, n in zip(tokens, alphas, lengths):
             out_tokens.append(ids[:n])
             out_maps.append(maps[:n].reshape(n, *self.grid))
         return DecodedCaptions(out_tokens, out_maps, scores)

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Subset
 
 from ..data.scenes import ITEM_WORDS
 from ..data.vocab import Vocabulary, tokenize
+from ..devices import inference_device
 from ..errors import ConfigError, WeightsError
 from ..explain.pointing import pointing_hit
 from ..fileio import unique_path
@@ -86,6 +87,8 @@ def decode(model: nn.Module, images: Tensor, *, beam_size: int = 1, max_len: int
     """Greedy decoding for ``beam_size == 1``, batched beam search otherwise."""
     if beam_size < 1:
         raise ConfigError(f"beam_size={beam_size}: must be >= 1")
+    if max_len < 1:
+        raise ConfigError(f"max_len={max_len}: a caption needs at least one word; give 1 or more")
     if beam_size == 1:
         return model.greedy_decode(images, max_len=max_len)
     return model.beam_search(images, beam_size=beam_size, max_len=max_len, length_penalty=length_penalty)
@@ -248,31 +251,38 @@ class Captioner:
     arch: str
     model_kwargs: dict[str, Any]
 
-    # The evaluation transform from the same preprocessing fields as a classifier's.
+    # The evaluation transform and device from the same fields as a classifier's.
     transform = Classifier.transform
+    device = Classifier.device
 
     @torch.inference_mode()
     def caption(self, images: Tensor, *, beam_size: int = 5, max_len: int = 20,
                 length_penalty: float = 1.0) -> DecodedCaptions:
-        return decode(self.model, images, beam_size=beam_size, max_len=max_len, length_penalty=length_penalty)
+        """Captions of normalised images ``(B, 3, H, W)`` on any device, returned on the CPU."""
+        decoded = decode(self.model, images.to(self.device), beam_size=beam_size, max_len=max_len,
+                         length_penalty=length_penalty)
+        return decoded.to("cpu")
 
 
-def load_captioner(model: Optional[str] = None, checkpoint: Optional[str] = None) -> Captioner:
-    """Load ``arch.tag`` shipped weights (``arch`` alone: its default weights) or a training checkpoint."""
+def load_captioner(model: Optional[str] = None, checkpoint: Optional[str] = None, *,
+                   device: str = "cpu") -> Captioner:
+    """Load ``arch.tag`` shipped weights (``arch`` alone: its default weights) or a training checkpoint
+    onto ``device`` (see :func:`~visattn.tasks.classification.inference_device`)."""
     if (model is None) == (checkpoint is None):
         raise ConfigError("give exactly one of --model ARCH.TAG or --checkpoint FILE")
+    target = inference_device(device)
     if checkpoint is not None:
-        return _captioner_from_checkpoint(Path(checkpoint))
+        return _captioner_from_checkpoint(Path(checkpoint), target)
     arch, tag = split_model_name(model)
     entry = find_weights_entry(arch, tag)
     if not entry.get("vocab"):
         raise WeightsError(f"{arch}.{entry['tag']}: the weights entry has no vocab; it is not a captioner")
-    net = inference_model(create_model(f"{arch}.{entry['tag']}"))
+    net = inference_model(create_model(f"{arch}.{entry['tag']}"), target)
     return Captioner(net, Vocabulary.from_list(entry["vocab"]), dict(entry["preprocessing"]),
                      f"{arch}.{entry['tag']}", arch, dict(entry.get("model_kwargs") or {}))
 
 
-def _captioner_from_checkpoint(path: Path) -> Captioner:
+def _captioner_from_checkpoint(path: Path, device: torch.device) -> Captioner:
     checkpoint = read_checkpoint(path)
     hparams = checkpoint.get("hyper_parameters") or {}
     if not hparams.get("vocab") or "model_name" not in hparams:
@@ -288,7 +298,7 @@ def _captioner_from_checkpoint(path: Path) -> Captioner:
     preprocessing = hparams.get("preprocessing")
     if not preprocessing:
         raise WeightsError(f"{path}: the checkpoint has no preprocessing; train it with a config that links data.preprocessing")
-    return Captioner(inference_model(net), vocab, dict(preprocessing), str(path), arch, kwargs)
+    return Captioner(inference_model(net, device), vocab, dict(preprocessing), str(path), arch, kwargs)
 
 
 def is_captioner(model: Optional[str] = None, checkpoint: Optional[str] = None) -> bool:
@@ -319,9 +329,7 @@ def caption_files(captioner: Captioner, paths: Sequence[str], *, beam_size: int 
     from ..data.image_io import list_images, run_in_batches
     from ..explain.overlay import save_word_panels
 
-    files = list_images(list(paths))
-    if not files:
-        raise ConfigError(f"no image files found in {' '.join(paths)}; give image files or folders holding them")
+    files = list_images(list(paths), allow_empty=False)
     out_dir = Path(attention_out) if attention_out else None
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)

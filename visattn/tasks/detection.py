@@ -19,11 +19,12 @@ from torch.utils.data import DataLoader, Subset
 from torchmetrics.detection import MeanAveragePrecision
 
 from ..data.detection import CocoDetection, SceneDetection, Target, collate_detection
+from ..devices import inference_device
 from ..errors import ConfigError, WeightsError
 from ..fileio import atomic_path, unique_path
 from ..pretrained import find_weights_entry, load_weights
 from ..registry import create_model, is_model, model_family, split_model_name
-from .classification import adamw_warmup_cosine, best_weights, inference_model, read_checkpoint
+from .classification import Classifier, adamw_warmup_cosine, best_weights, inference_model, read_checkpoint
 from .guards import NonFiniteLossGuard
 
 Batch = tuple[list[Tensor], list[Target]]
@@ -160,32 +161,37 @@ class Detector:
     arch: str
     model_kwargs: dict[str, Any]
 
+    device = Classifier.device
+
     @torch.inference_mode()
     def detect(self, images: Sequence[Tensor], *, score_threshold: float = 0.0) -> Detections:
-        """Per image ``{"boxes": (M, 4) xyxy pixels, "scores": (M,), "labels": (M,)}`` scoring at least
-        ``score_threshold``, for ``(3, H, W)`` images in 0..1."""
-        detections = self.model(list(images))
-        return [{k: v[d["scores"] >= score_threshold] for k, v in d.items()} for d in detections]
+        """Per image ``{"boxes": (M, 4) xyxy pixels, "scores": (M,), "labels": (M,)}`` on the CPU,
+        scoring at least ``score_threshold``, for ``(3, H, W)`` images in 0..1 on any device."""
+        detections = self.model([image.to(self.device) for image in images])
+        return [{k: v[d["scores"] >= score_threshold].cpu() for k, v in d.items()} for d in detections]
 
 
-def load_detector(model: Optional[str] = None, checkpoint: Optional[str] = None) -> Detector:
-    """Load ``arch.tag`` shipped weights (``arch`` alone: its default weights) or a training checkpoint."""
+def load_detector(model: Optional[str] = None, checkpoint: Optional[str] = None, *,
+                  device: str = "cpu") -> Detector:
+    """Load ``arch.tag`` shipped weights (``arch`` alone: its default weights) or a training checkpoint
+    onto ``device`` (see :func:`~visattn.tasks.classification.inference_device`)."""
     if (model is None) == (checkpoint is None):
         raise ConfigError("give exactly one of --model ARCH.TAG or --checkpoint FILE")
+    target = inference_device(device)
     if checkpoint is not None:
-        return _detector_from_checkpoint(Path(checkpoint))
+        return _detector_from_checkpoint(Path(checkpoint), target)
     arch, tag = split_model_name(model)
     if not is_detection_arch(arch):
         raise ConfigError(f"--model {model}: not a detector; pick one of `visattn models 'fcos_*'` "
                           "or `visattn models 'detr_*'`")
     entry = find_weights_entry(arch, tag)
-    net = inference_model(create_model(f"{arch}.{entry['tag']}"))
+    net = inference_model(create_model(f"{arch}.{entry['tag']}"), target)
     labels = entry.get("labels") or [str(i) for i in range(net.num_classes)]
     return Detector(net, list(labels), dict(entry.get("preprocessing") or {}), f"{arch}.{entry['tag']}", arch,
                     dict(entry.get("model_kwargs") or {}))
 
 
-def _detector_from_checkpoint(path: Path) -> Detector:
+def _detector_from_checkpoint(path: Path, device: torch.device) -> Detector:
     checkpoint = read_checkpoint(path)
     hparams = checkpoint.get("hyper_parameters") or {}
     if not is_detection_arch(str(hparams.get("model_name", ""))):
@@ -198,7 +204,7 @@ def _detector_from_checkpoint(path: Path) -> Detector:
     net = create_model(arch, num_classes=hparams["num_classes"], **kwargs)
     load_weights(net, best_weights(checkpoint["state_dict"]))
     labels = hparams.get("class_names") or [str(i) for i in range(hparams["num_classes"])]
-    return Detector(inference_model(net), list(labels), dict(hparams.get("preprocessing") or {}), str(path), arch, kwargs)
+    return Detector(inference_model(net, device), list(labels), dict(hparams.get("preprocessing") or {}), str(path), arch, kwargs)
 
 
 def is_detector(model: Optional[str] = None, checkpoint: Optional[str] = None) -> bool:
@@ -275,9 +281,7 @@ def detect_files(detector: Detector, paths: Sequence[str], *, score_threshold: f
     from ..data.image_io import list_images, run_in_batches
     from ..data.transforms import to_tensor
 
-    files = list_images(list(paths))
-    if not files:
-        raise ConfigError(f"no image files found in {' '.join(paths)}; give image files or folders holding them")
+    files = list_images(list(paths), allow_empty=False)
     out_dir = Path(out) if out else None
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)

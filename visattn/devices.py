@@ -1,0 +1,34 @@
+"""Where inference runs: ``--device`` names checked against this machine."""
+import itertools
+
+import torch
+from torch import nn
+
+from .errors import ConfigError
+
+DEVICE_CHOICES = "cpu, cuda, cuda:N, mps, or auto (CUDA when there is one, else the CPU)"
+
+
+def inference_device(name: str = "cpu") -> torch.device:
+    """The device ``--device NAME`` names, checked against this machine: one it lacks is a
+    :class:`ConfigError` before any weights are read. ``auto`` is the first CUDA device, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"--device {name!r}: not a device; use {DEVICE_CHOICES}")
+    cuda_count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if device.type == "cuda" and (device.index or 0) >= cuda_count:
+        raise ConfigError(f"--device {name}: this machine has {cuda_count} CUDA devices; use --device cpu or auto")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"--device {name}: this machine has no MPS (Apple GPU) device; use --device cpu or auto")
+    return device
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Where ``model``'s weights are; the CPU for a model without any."""
+    weight = next(itertools.chain(model.parameters(), model.buffers()), None)
+    return torch.device("cpu") if weight is None else weight.device
