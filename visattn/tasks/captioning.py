@@ -267,7 +267,7 @@ class Captioner:
 def load_captioner(model: Optional[str] = None, checkpoint: Optional[str] = None, *,
                    device: str = "cpu") -> Captioner:
     """Load ``arch.tag`` shipped weights (``arch`` alone: its default weights) or a training checkpoint
-    onto ``device`` (see :func:`~visattn.tasks.classification.inference_device`)."""
+    onto ``device`` (see :func:`visattn.devices.inference_device`)."""
     if (model is None) == (checkpoint is None):
         raise ConfigError("give exactly one of --model ARCH.TAG or --checkpoint FILE")
     target = inference_device(device)
