@@ -88,3 +88,15 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert err.count("\n") == 0 and "nope.ckpt: checkpoint not found" in err
     with pytest.raises(SystemExit):  # argparse: only onnx is a known format
         main(["export", "--checkpoint", "x.ckpt", "--format", "tflite", "--out", "m.tflite"])
+
+
+@pytest.mark.parametrize("opset, message", [
+    (3, "--opset 3: the exporter writes opsets 9 to 20; use the default --opset 17"),
+    # in range, but SDPA has no ONNX form before opset 14: the exporter's reason, without its graph dump
+    (13, "--opset 13: Exporting the operator 'aten::scaled_dot_product_attention' to ONNX opset version 13"),
+])
+def test_an_opset_that_cannot_hold_the_model_is_one_line_and_nothing_on_stdout(opset, message, tmp_path, capfd):
+    ckpt = _checkpoint(tmp_path / "run.ckpt", "vit_tiny_patch4_28", depth=1, img_size=28)
+    code = main(["export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "m.onnx"), "--opset", str(opset)])
+    out, err = capfd.readouterr()
+    assert code == 2 and out == "" and err.count("\n") == 1 and message in err

@@ -224,12 +224,21 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def positive_int(text: str) -> int:
     """argparse type for counts such as --batch-size: argparse prints the one-line usage error."""
+    return _whole_number(text, minimum=1, kind="positive")
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type for counts that may be 0, such as --num-workers."""
+    return _whole_number(text, minimum=0, kind="non-negative")
+
+
+def _whole_number(text: str, *, minimum: int, kind: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+        value = minimum - 1
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a {kind} whole number")
     return value
 
 
@@ -272,8 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", default="test", help="train, val or test (default: test)")
     evaluate.add_argument("--json", action="store_true", help="print only the JSON line")
     evaluate.add_argument("--batch-size", type=positive_int, default=256)
-    evaluate.add_argument("--num-workers", type=int, default=0)
-    evaluate.add_argument("--limit", type=int, default=None, help="score only the first N samples")
+    evaluate.add_argument("--num-workers", type=non_negative_int, default=0, help="DataLoader worker processes")
+    evaluate.add_argument("--limit", type=positive_int, default=None, help="score only the first N samples")
     evaluate.add_argument("--beam-size", type=positive_int, default=5, help="captioners: beam width (1: greedy)")
     evaluate.add_argument("--img-size", type=int, default=None,
                           help="classifiers: score at this square input size (ViT position embeddings are resampled)")
@@ -283,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_argument("paths", nargs="+", metavar="PATH")
     _add_model_source(classify)
     _add_device(classify)
-    classify.add_argument("--topk", type=int, default=1)
+    classify.add_argument("--topk", type=positive_int, default=1, help="labels per file, most likely first")
     classify.add_argument("--json", action="store_true", help="one JSON object per file")
     classify.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass")
     classify.set_defaults(func=cmd_classify)

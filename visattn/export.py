@@ -8,10 +8,12 @@ nodes, so the file runs on any onnxruntime build.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
@@ -19,12 +21,29 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import ConfigError, WeightsError
+from .errors import ConfigError, VisattnError, WeightsError
 
 __all__ = ["DEFAULT_OPSET", "export_classifier", "export_onnx", "onnx_max_difference", "onnx_session"]
 
 DEFAULT_OPSET = 17  # LayerNormalization is a native op from 17 on
+# What the TorchScript-based exporter writes in torch 2.x; outside it, it dumps its graph and fails.
+SUPPORTED_OPSETS = range(9, 21)
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
+
+
+@contextlib.contextmanager
+def _graph_dump_silenced() -> Iterator[None]:
+    """File descriptor 1 to /dev/null: on an operator it cannot write at the opset asked for, the
+    exporter's C++ logger prints the whole traced graph (tens of kB) to stdout before it raises."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 class _Logits(nn.Module):
@@ -66,7 +85,7 @@ def export_onnx(
     was_training = model.training
     model.eval()
     try:
-        with warnings.catch_warnings(), torch.no_grad():
+        with warnings.catch_warnings(), torch.no_grad(), _graph_dump_silenced():
             # Expected while tracing: the exporter's own deprecation notice, and the shape checks
             # (PatchEmbed's image-size test) that become constants for this fixed input size.
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -136,10 +155,21 @@ def export_classifier(
     """
     from .tasks.classification import load_classifier
 
+    if opset not in SUPPORTED_OPSETS:
+        raise ConfigError(f"--opset {opset}: the exporter writes opsets {SUPPORTED_OPSETS.start} to "
+                          f"{SUPPORTED_OPSETS.stop - 1}; use the default --opset {DEFAULT_OPSET}")
     classifier = load_classifier(model, checkpoint)
     metadata = {"source": classifier.name, "arch": classifier.arch, "labels": classifier.class_names,
                 "preprocessing": classifier.preprocessing}
     input_size = classifier.preprocessing["input_size"]
-    path = export_onnx(classifier.model, out, input_size=input_size, opset=opset, metadata=metadata)
     images = torch.randn(2, *input_size, generator=torch.Generator().manual_seed(0))
-    return path, onnx_max_difference(classifier.model, onnx_session(path), images)
+    try:
+        path = export_onnx(classifier.model, out, input_size=input_size, opset=opset, metadata=metadata)
+        return path, onnx_max_difference(classifier.model, onnx_session(path), images)
+    except VisattnError:
+        raise
+    except Exception as err:  # the exporter or onnxruntime refusing this opset for some operator
+        if opset == DEFAULT_OPSET:
+            raise  # every visattn classifier exports at the default: a failure there is a bug to report
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ConfigError(f"--opset {opset}: {reason[:200]}; use the default --opset {DEFAULT_OPSET}") from None
