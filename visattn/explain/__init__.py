@@ -200,12 +200,11 @@ def explain_image(
     Returns:
         ``{"label", "index", "prob", "method", "out"}`` of the prediction and the written file.
     """
-    tensor = classifier.transform()(image)  # (3, h, w), normalised
+    tensor = classifier.transform()(image).to(classifier.device)  # (3, h, w), normalised
     probs = classifier.predict(tensor[None])[0]
     index = int(probs.argmax())
     explained = _class_to_index(target_class, classifier.class_names)
-    heatmap = explain(classifier.model, tensor.to(classifier.device), method, layer=layer, head=head,
-                      target_class=explained)
+    heatmap = explain(classifier.model, tensor, method, layer=layer, head=head, target_class=explained)
     label = classifier.class_names[index]
     title = f"{label} ({float(probs[index]):.2f}), {method}"
     if explained is not None and explained != index:
@@ -255,8 +254,9 @@ def evaluate_pointing(
         batch, boxes, labels = _scene_batch(pipeline, scenes, range(start, min(start + batch_size, count)))
         if not boxes:
             continue
+        batch = batch.to(classifier.device)  # once, for the prediction and the map
         predictions = classifier.predict(batch).argmax(dim=1)
-        maps = explain_batch(classifier.model, batch.to(classifier.device), method).cpu()
+        maps = explain_batch(classifier.model, batch, method).cpu()
         size = tuple(batch.shape[-2:])
         hits += sum(pointing_hit(m, b, size, tolerance=tolerance) for m, b in zip(maps, boxes))
         correct += int((predictions == labels).sum())

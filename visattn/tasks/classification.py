@@ -252,8 +252,6 @@ def inference_model(model: nn.Module, device: Union[str, torch.device] = "cpu") 
     return model.eval().to(device=device, memory_format=torch.channels_last)
 
 
-
-
 @dataclass
 class Classifier:
     """A model ready for inference, with what it needs to read images and name its predictions."""
