@@ -21,14 +21,14 @@ from torch.utils.data import DataLoader, Subset
 
 from ..data.scenes import ITEM_WORDS
 from ..data.vocab import Vocabulary, tokenize
-from ..devices import inference_device
 from ..errors import ConfigError, WeightsError
 from ..explain.pointing import pointing_hit
 from ..fileio import unique_path
 from ..models.show_attend_tell import DecodedCaptions, doubly_stochastic_penalty
 from ..pretrained import find_weights_entry, load_weights
 from ..registry import create_model, split_model_name
-from .classification import Classifier, adamw_warmup_cosine, best_weights, inference_model, read_checkpoint
+from .classification import (Classifier, adamw_warmup_cosine, best_weights, checkpoint_model_kwargs,
+                             inference_model, inference_target, read_checkpoint)
 from .guards import NonFiniteLossGuard
 
 _ITEM_CLASS = {word: k for k, word in enumerate(ITEM_WORDS)}
@@ -268,9 +268,7 @@ def load_captioner(model: Optional[str] = None, checkpoint: Optional[str] = None
                    device: str = "cpu") -> Captioner:
     """Load ``arch.tag`` shipped weights (``arch`` alone: its default weights) or a training checkpoint
     onto ``device`` (see :func:`visattn.devices.inference_device`)."""
-    if (model is None) == (checkpoint is None):
-        raise ConfigError("give exactly one of --model ARCH.TAG or --checkpoint FILE")
-    target = inference_device(device)
+    target = inference_target(model, checkpoint, device)
     if checkpoint is not None:
         return _captioner_from_checkpoint(Path(checkpoint), target)
     arch, tag = split_model_name(model)
@@ -288,11 +286,8 @@ def _captioner_from_checkpoint(path: Path, device: torch.device) -> Captioner:
     if not hparams.get("vocab") or "model_name" not in hparams:
         raise WeightsError(f"{path}: not a visattn captioning checkpoint (no vocab); pass --model ARCH.TAG instead")
     vocab = Vocabulary.from_list(hparams["vocab"])
-    arch, tag = split_model_name(hparams["model_name"])
-    started_from = find_weights_entry(arch, tag).get("model_kwargs", {}) if tag else {}  # fine-tuned shipped weights
     # The checkpoint holds every weight: the encoder's own pretrained weights need not be fetched again.
-    kwargs = {**started_from, **dict(hparams.get("model_kwargs") or {}), "vocab_size": len(vocab),
-              "encoder_pretrained": False}
+    arch, kwargs = checkpoint_model_kwargs(hparams, vocab_size=len(vocab), encoder_pretrained=False)
     net = create_model(arch, **kwargs)
     load_weights(net, best_weights(checkpoint["state_dict"]))
     preprocessing = hparams.get("preprocessing")

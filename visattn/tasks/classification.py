@@ -252,6 +252,22 @@ def inference_model(model: nn.Module, device: Union[str, torch.device] = "cpu") 
     return model.eval().to(device=device, memory_format=torch.channels_last)
 
 
+def inference_target(model: Optional[str], checkpoint: Optional[str], device: str) -> torch.device:
+    """The device to load onto, once exactly one weights source (``--model`` or ``--checkpoint``) is
+    named; both are checked before any weights are read."""
+    if (model is None) == (checkpoint is None):
+        raise ConfigError("give exactly one of --model ARCH.TAG or --checkpoint FILE")
+    return inference_device(device)
+
+
+def checkpoint_model_kwargs(hparams: dict[str, Any], **overrides: Any) -> tuple[str, dict[str, Any]]:
+    """Architecture and builder arguments of a training checkpoint's model: the shipped weights entry's
+    ``model_kwargs`` when training started from ``arch.tag``, then the run's own, then ``overrides``."""
+    arch, tag = split_model_name(hparams["model_name"])
+    started_from = find_weights_entry(arch, tag).get("model_kwargs", {}) if tag else {}  # fine-tuned shipped weights
+    return arch, {**started_from, **dict(hparams.get("model_kwargs") or {}), **overrides}
+
+
 @dataclass
 class Classifier:
     """A model ready for inference, with what it needs to read images and name its predictions."""
@@ -286,11 +302,9 @@ def load_classifier(model: Optional[str] = None, checkpoint: Optional[str] = Non
     ``img_size`` runs the classifier on ``img_size``-pixel square inputs instead of its training size:
     a ViT's position embeddings are resampled to the new patch grid, and CNNs pool globally anyway.
     """
-    if (model is None) == (checkpoint is None):
-        raise ConfigError("give exactly one of --model ARCH.TAG or --checkpoint FILE")
+    target = inference_target(model, checkpoint, device)
     if img_size is not None and img_size < 1:
         raise ConfigError(f"--img-size {img_size}: give a positive number of pixels")
-    target = inference_device(device)
     if checkpoint is not None:
         return _classifier_from_checkpoint(Path(checkpoint), img_size, target)
     arch, tag = split_model_name(model)

@@ -19,12 +19,12 @@ from torch.utils.data import DataLoader, Subset
 from torchmetrics.detection import MeanAveragePrecision
 
 from ..data.detection import CocoDetection, SceneDetection, Target, collate_detection
-from ..devices import inference_device
 from ..errors import ConfigError, WeightsError
 from ..fileio import atomic_path, unique_path
 from ..pretrained import find_weights_entry, load_weights
 from ..registry import create_model, is_model, model_family, split_model_name
-from .classification import Classifier, adamw_warmup_cosine, best_weights, inference_model, read_checkpoint
+from .classification import (Classifier, adamw_warmup_cosine, best_weights, checkpoint_model_kwargs,
+                             inference_model, inference_target, read_checkpoint)
 from .guards import NonFiniteLossGuard
 
 Batch = tuple[list[Tensor], list[Target]]
@@ -175,9 +175,7 @@ def load_detector(model: Optional[str] = None, checkpoint: Optional[str] = None,
                   device: str = "cpu") -> Detector:
     """Load ``arch.tag`` shipped weights (``arch`` alone: its default weights) or a training checkpoint
     onto ``device`` (see :func:`visattn.devices.inference_device`)."""
-    if (model is None) == (checkpoint is None):
-        raise ConfigError("give exactly one of --model ARCH.TAG or --checkpoint FILE")
-    target = inference_device(device)
+    target = inference_target(model, checkpoint, device)
     if checkpoint is not None:
         return _detector_from_checkpoint(Path(checkpoint), target)
     arch, tag = split_model_name(model)
@@ -197,10 +195,8 @@ def _detector_from_checkpoint(path: Path, device: torch.device) -> Detector:
     if not is_detection_arch(str(hparams.get("model_name", ""))):
         raise WeightsError(f"{path}: not a visattn detection checkpoint; pass a checkpoint written by "
                            "`visattn fit --config configs/detection/...`")
-    arch, tag = split_model_name(hparams["model_name"])
-    started_from = find_weights_entry(arch, tag).get("model_kwargs", {}) if tag else {}  # fine-tuned shipped weights
     # The checkpoint holds every weight: the backbone's own pretrained weights need not be read again.
-    kwargs = {**started_from, **dict(hparams.get("model_kwargs") or {}), "pretrained_backbone": False}
+    arch, kwargs = checkpoint_model_kwargs(hparams, pretrained_backbone=False)
     net = create_model(arch, num_classes=hparams["num_classes"], **kwargs)
     load_weights(net, best_weights(checkpoint["state_dict"]))
     labels = hparams.get("class_names") or [str(i) for i in range(hparams["num_classes"])]
