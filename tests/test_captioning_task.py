@@ -90,11 +90,18 @@ def test_fit_tiny_karpathy_then_caption_and_evaluate(tmp_path, weights_tmp, caps
         if "caption" in line and line["caption"]:
             assert Image.open(line["attention"]).size[0] > 0
 
-    # shipped-weights route: save through save_weights, then `evaluate --model` on a COCO export of scenes
-    entry = save_weights(captioner.model, weights_tmp / "sat_cbam_resnet_scenes.tiny.safetensors", task="captioning",
-                         vocab=captioner.vocab.to_list(), preprocessing=captioner.preprocessing,
-                         model_kwargs=captioner.model_kwargs)
-    assert entry["model_kwargs"]["vocab_size"] == len(captioner.vocab)
+    # shipped-weights route: `visattn save-weights` on the checkpoint, then the same captions from --model ARCH.TAG
+    capsys.readouterr()
+    assert main(["save-weights", "--checkpoint", str(checkpoint), "--tag", "tiny", "--out-dir", str(weights_tmp)]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == {}  # no --dataset: nothing measured
+    entry = json.loads((weights_tmp / "index.json").read_text())["sat_cbam_resnet_scenes.tiny"]
+    assert entry["task"] == "captioning" and entry["vocab"] == captioner.vocab.to_list()
+    shipped = load_captioner("sat_cbam_resnet_scenes.tiny")
+    assert shipped.preprocessing == captioner.preprocessing
+    images = torch.randn(3, 3, 32, 32)
+    expected, got = captioner.caption(images, beam_size=2), shipped.caption(images, beam_size=2)
+    assert all(torch.equal(a, b) for a, b in zip(expected.tokens, got.tokens))
+    torch.testing.assert_close(got.scores, expected.scores)
 
 
 @needs_fashion_mnist

@@ -7,7 +7,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 
@@ -178,12 +178,15 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 def cmd_save_weights(args: argparse.Namespace) -> int:
     from .pretrained import save_weights
+    from .tasks.captioning import is_captioner
     from .tasks.classification import evaluation_dataset, evaluate_classifier, load_classifier
     from .tasks.detection import is_detector
 
     if is_detector(checkpoint=args.checkpoint):
         return cmd_save_detector(args)
-    classifier = load_classifier(checkpoint=args.checkpoint)
+    if is_captioner(checkpoint=args.checkpoint):
+        return cmd_save_captioner(args)
+    classifier = load_classifier(checkpoint=args.checkpoint, device=args.device)
     meta = {"task": "classification", "dataset": args.dataset, "labels": classifier.class_names,
             "preprocessing": classifier.preprocessing, "model_kwargs": classifier.model_kwargs,
             "config": args.config, "metrics": {}, "default": args.default}
@@ -192,21 +195,38 @@ def cmd_save_weights(args: argparse.Namespace) -> int:
         meta["metrics"] = {f"test/{k}": v for k, v in evaluate_classifier(classifier, dataset).items()}
     path = Path(args.out_dir) / f"{classifier.arch}.{args.tag}.safetensors"
     entry = save_weights(classifier.model, path, **meta)
-    print(f"wrote {path} (sha256 {entry['sha256'][:12]}...) and its entry in {path.parent / 'index.json'}")
-    print(json.dumps(meta["metrics"]))
-    return 0
+    return print_saved(args, entry, meta["metrics"])
 
 
 def cmd_save_detector(args: argparse.Namespace) -> int:
     from .tasks.detection import evaluate_detector, evaluation_loader, load_detector, save_detector
 
-    detector = load_detector(checkpoint=args.checkpoint)
+    detector = load_detector(checkpoint=args.checkpoint, device=args.device)
     metrics = {}
     if args.dataset:
         scores = evaluate_detector(detector, evaluation_loader(detector, args.dataset, "test"))
         metrics = {f"test/{k}": v for k, v in scores.items()}
     entry = save_detector(detector, args.out_dir, args.tag, dataset=args.dataset, metrics=metrics,
                           config=args.config, default=args.default)
+    return print_saved(args, entry, metrics)
+
+
+def cmd_save_captioner(args: argparse.Namespace) -> int:
+    from .tasks.captioning import evaluate_captioner, evaluation_loader, load_captioner, save_captioner
+
+    captioner = load_captioner(checkpoint=args.checkpoint, device=args.device)
+    metrics = {}
+    if args.dataset:
+        beam_size = 5  # what `visattn evaluate` and `caption` use by default
+        scores = evaluate_captioner(captioner, evaluation_loader(captioner, args.dataset, "test"), beam_size=beam_size)
+        metrics = {f"test/{k}": v for k, v in {**scores, "beam_size": beam_size}.items()}
+    entry = save_captioner(captioner, args.out_dir, args.tag, dataset=args.dataset, metrics=metrics,
+                           config=args.config, default=args.default)
+    return print_saved(args, entry, metrics)
+
+
+def print_saved(args: argparse.Namespace, entry: dict[str, Any], metrics: dict[str, Any]) -> int:
+    """What save-weights wrote and, as the last line, the metrics it measured (a JSON object)."""
     path = Path(args.out_dir) / entry["file"]
     print(f"wrote {path} (sha256 {entry['sha256'][:12]}...) and its entry in {path.parent / 'index.json'}")
     print(json.dumps(metrics))
@@ -330,13 +350,15 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--out", required=True, help="output PNG file")
     explain.set_defaults(func=cmd_explain)
 
-    save = sub.add_parser("save-weights", help="turn a training checkpoint into weights/ARCH.TAG.safetensors + index entry")
+    save = sub.add_parser("save-weights", help="turn a training checkpoint (classifier, captioner or detector) "
+                          "into weights/ARCH.TAG.safetensors + index entry")
     save.add_argument("--checkpoint", required=True, help="training checkpoint (.ckpt) to convert")
     save.add_argument("--tag", required=True, help="weights tag, e.g. fmnist")
     save.add_argument("--out-dir", default=str(weights_dir()), help="weights folder (default: the shipped one)")
     save.add_argument("--dataset", default=None, help="measure test metrics on this dataset and record them")
     save.add_argument("--config", default=None, help="the config that trained it, recorded in the index")
     save.add_argument("--default", action="store_true", help="make it the architecture's default weights")
+    _add_device(save)
     save.set_defaults(func=cmd_save_weights)
 
     export = sub.add_parser("export", help="export a classifier to ONNX (dynamic batch axis), with labels as metadata")

@@ -389,7 +389,7 @@ def evaluate_captioner(captioner: Captioner, batches: Iterable[dict[str, Any]], 
     return {k: round(v, 6) if isinstance(v, float) else v for k, v in metrics.compute().items()}
 
 
-def save_captioner(captioner: Captioner, out_dir: str, tag: str, *, dataset: str = "fashion-scenes",
+def save_captioner(captioner: Captioner, out_dir: str, tag: str, *, dataset: Optional[str] = None,
                    metrics: Optional[dict[str, Any]] = None, config: Optional[str] = None,
                    default: bool = False) -> dict[str, Any]:
     """Write ``out_dir/<arch>.<tag>.safetensors`` and its index entry (vocab, preprocessing, model_kwargs,
