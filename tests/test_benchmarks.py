@@ -92,7 +92,7 @@ def test_gpu_script_runs_each_benchmark_on_the_device_it_is_given(tmp_path):
     assert {run["device"] for run in runs.values()} == {"cpu"}
     agreement = runs["device_agreement.txt"]
     assert agreement["agree"] is True and {r["model"] for r in agreement["results"]} == {
-        "se_resnet20_cifar.fmnist", "vit_tiny_patch4_28.fmnist", "sat_cbam_resnet_scenes.scenes",
+        "se_resnet20_cifar.fmnist_stage4", "vit_tiny_patch4_28.fmnist", "sat_cbam_resnet_scenes.scenes",
         "fcos_se_resnet20_cifar.scenes", "detr_se_resnet20_cifar.scenes"}
     assert runs["vit_vs_timm_bf16.txt"]["precision"] == "bf16" and runs["vit_vs_timm_fp32.txt"]["precision"] == "fp32"
     assert runs["beam_search.txt"]["identical_captions"] is True

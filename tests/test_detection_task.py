@@ -1,6 +1,7 @@
 """DetectionTask and detection inference: mAP on hand-made predictions, `visattn fit` on a tiny COCO
 fixture (FCOS and DETR), then `visattn evaluate`, `visattn detect` and `visattn save-weights`."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -123,3 +124,20 @@ def test_fit_tiny_coco_detr_then_evaluate(tmp_path, capsys):
     assert len(lines) == 1 and set(json.loads(lines[0])) == {"map", "map50", "n"}
     assert main(["evaluate", "--checkpoint", checkpoint, "--dataset", "imagenet"]) == 2
     assert "detectors take fashion-scenes or coco:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("head", ["fcos", "detr"])
+def test_scenes_configs_start_from_the_fmnist_backbone_they_were_trained_from(head, monkeypatch):
+    import yaml
+
+    from visattn.pretrained import read_state_dict
+
+    repo = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(repo)  # configs name weights files relative to the repository, as `visattn fit` runs there
+    init_args = yaml.safe_load((repo / "configs" / "detection" / f"{head}_scenes.yaml").read_text())["model"]["init_args"]
+    task = DetectionTask(model_name=init_args["model_name"], model_kwargs=init_args["model_kwargs"])
+    # the shipped detectors' recipe: stage 1 (0.9418), not the architecture's default weights (stage 4)
+    expected = read_state_dict(repo / "weights" / "se_resnet20_cifar.fmnist.safetensors")
+    backbone = {k: v for k, v in task.model.state_dict().items() if k.endswith("layer1.0.conv1.weight")}
+    assert len(backbone) == 1
+    torch.testing.assert_close(next(iter(backbone.values())), expected["layer1.0.conv1.weight"])

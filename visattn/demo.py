@@ -54,9 +54,10 @@ def write_test_scenes(folder: Path, count: int = 4) -> list[Path]:
 
 
 def shipped(task: str, dataset: str) -> list[str]:
-    """Shipped weights (``arch.tag``) for a task trained on a dataset."""
+    """Each architecture's default shipped weights (``arch.tag``) for a task trained on a dataset; the
+    non-default tags (further training stages of the same architecture) would only repeat it."""
     return sorted(name for name, entry in load_index().items()
-                  if entry.get("task") == task and entry.get("dataset") == dataset)
+                  if entry.get("task") == task and entry.get("dataset") == dataset and entry.get("default"))
 
 
 def explain_shipped(classifiers: list[str], images: list[Path]) -> None:
