@@ -16,6 +16,8 @@ from .errors import VisattnError
 from .pretrained import weights_dir
 from .registry import create_model, list_models, list_pretrained, model_family, split_model_name
 
+DEFAULT_BEAM_SIZE = 5  # caption, evaluate and save-weights score captioners with this beam width
+
 
 def count_parameters(name: str) -> int:
     """Parameter count of a registered architecture, built on the meta device (no memory, no init cost)."""
@@ -217,9 +219,9 @@ def cmd_save_captioner(args: argparse.Namespace) -> int:
     captioner = load_captioner(checkpoint=args.checkpoint, device=args.device)
     metrics = {}
     if args.dataset:
-        beam_size = 5  # what `visattn evaluate` and `caption` use by default
-        scores = evaluate_captioner(captioner, evaluation_loader(captioner, args.dataset, "test"), beam_size=beam_size)
-        metrics = {f"test/{k}": v for k, v in {**scores, "beam_size": beam_size}.items()}
+        loader = evaluation_loader(captioner, args.dataset, "test")
+        scores = evaluate_captioner(captioner, loader, beam_size=DEFAULT_BEAM_SIZE)
+        metrics = {f"test/{k}": v for k, v in {**scores, "beam_size": DEFAULT_BEAM_SIZE}.items()}
     entry = save_captioner(captioner, args.out_dir, args.tag, dataset=args.dataset, metrics=metrics,
                            config=args.config, default=args.default)
     return print_saved(args, entry, metrics)
@@ -303,7 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=positive_int, default=256)
     evaluate.add_argument("--num-workers", type=non_negative_int, default=0, help="DataLoader worker processes")
     evaluate.add_argument("--limit", type=positive_int, default=None, help="score only the first N samples")
-    evaluate.add_argument("--beam-size", type=positive_int, default=5, help="captioners: beam width (1: greedy)")
+    evaluate.add_argument("--beam-size", type=positive_int, default=DEFAULT_BEAM_SIZE,
+                          help="captioners: beam width (1: greedy)")
     evaluate.add_argument("--img-size", type=int, default=None,
                           help="classifiers: score at this square input size (ViT position embeddings are resampled)")
     evaluate.set_defaults(func=cmd_evaluate)
@@ -321,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     caption.add_argument("paths", nargs="+", metavar="PATH")
     _add_model_source(caption)
     _add_device(caption)
-    caption.add_argument("--beam-size", type=positive_int, default=5, help="beam width (1: greedy)")
+    caption.add_argument("--beam-size", type=positive_int, default=DEFAULT_BEAM_SIZE, help="beam width (1: greedy)")
     caption.add_argument("--max-len", type=positive_int, default=20, help="longest caption in words")
     caption.add_argument("--attention-out", default=None, metavar="DIR", help="write one PNG per image, a panel per word")
     caption.add_argument("--json", action="store_true", help="one JSON object per file")
