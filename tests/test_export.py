@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from visattn import create_model
+from visattn import create_model, export
 from visattn.cli import main
 from visattn.errors import ConfigError, WeightsError
 from visattn.export import export_onnx, onnx_max_difference, onnx_session
@@ -100,3 +100,18 @@ def test_an_opset_that_cannot_hold_the_model_is_one_line_and_nothing_on_stdout(o
     code = main(["export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "m.onnx"), "--opset", str(opset)])
     out, err = capfd.readouterr()
     assert code == 2 and out == "" and err.count("\n") == 1 and message in err
+
+
+def test_an_export_that_fails_its_check_leaves_the_earlier_file_and_no_other(tmp_path, monkeypatch, capsys):
+    ckpt = _checkpoint(tmp_path / "run.ckpt", "vit_tiny_patch4_28", depth=1, img_size=28)
+    earlier = tmp_path / "m.onnx"
+    earlier.write_bytes(b"an earlier export")
+
+    def refuse(path, **kwargs):  # the graph is written; onnxruntime then fails to load it
+        raise WeightsError(f"{path}: onnxruntime cannot load it")
+
+    monkeypatch.setattr(export, "onnx_session", refuse)
+    assert main(["export", "--checkpoint", str(ckpt), "--out", str(earlier)]) == 2
+    assert "onnxruntime cannot load it" in capsys.readouterr().err
+    assert earlier.read_bytes() == b"an earlier export"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "run.ckpt"]  # no temporary file left

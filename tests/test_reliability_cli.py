@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 from test_classification import CBAM_CONFIG, QUICK, REPO
 from test_data import needs_fashion_mnist
 from test_pretrained import _CreatesFile
-from test_reliability_inputs import write_captioner_checkpoint
+from test_reliability_inputs import write_captioner_checkpoint, write_detector_checkpoint
 from visattn import create_model
 from visattn.cli import main
 from visattn.tasks.classification import ImageClassifier
@@ -72,7 +72,24 @@ CASES = {
                              "did you mean cbam_resnet18"),
     "checkpoint_of_another_task": (lambda tmp: ["classify", "x.png", "--checkpoint",
                                                 str(write_captioner_checkpoint(tmp / "captioner.ckpt"))],
-                                   "not a visattn classification checkpoint"),
+                                   "sat_cbam_resnet_scenes is a captioner, not a classifier; use `visattn caption`"),
+    "explain_a_detector_checkpoint": (lambda tmp: ["explain", "x.png", "--checkpoint",
+                                                   str(write_detector_checkpoint(tmp / "fcos.ckpt")), "--out", "x.png"],
+                                      "fcos_resnet20_cifar is a detector, not a classifier; use `visattn detect`"),
+    "caption_with_a_detector_checkpoint": (lambda tmp: ["caption", "x.png", "--checkpoint",
+                                                        str(write_detector_checkpoint(tmp / "fcos.ckpt"))],
+                                           "is a detector, not a captioner"),
+    "detect_with_a_captioner_checkpoint": (lambda tmp: ["detect", "x.png", "--checkpoint",
+                                                        str(write_captioner_checkpoint(tmp / "sat.ckpt"))],
+                                           "is a captioner, not a detector; use `visattn caption`"),
+    "explain_shipped_detector": (lambda tmp: ["explain", "x.png", "--model", "fcos_se_resnet20_cifar.scenes",
+                                              "--out", "x.png"], "is a detector, not a classifier"),
+    "export_shipped_captioner": (lambda tmp: ["export", "--model", "sat_cbam_resnet_scenes.scenes", "--out", "s.onnx"],
+                                 "sat_cbam_resnet_scenes.scenes is a captioner, not a classifier"),
+    "caption_with_a_classifier": (lambda tmp: ["caption", "x.png", "--model", "se_resnet20_cifar"],
+                                  "se_resnet20_cifar is a classifier, not a captioner; use `visattn classify`"),
+    "detect_with_a_captioner": (lambda tmp: ["detect", "x.png", "--model", "sat_cbam_resnet_scenes"],
+                                "is a captioner, not a detector"),
     "resume_from_another_architecture": (lambda tmp: [*FIT, "--model.init_args.model_name", "vit_tiny_patch4_28",
                                                       "--ckpt_path", _cbam_checkpoint_as_last(tmp)],
                                          "weights do not fit ImageClassifier"),

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError, VisattnError, WeightsError
+from .fileio import atomic_path
 
 __all__ = ["DEFAULT_OPSET", "export_classifier", "export_onnx", "onnx_max_difference", "onnx_session"]
 
@@ -164,8 +165,10 @@ def export_classifier(
     input_size = classifier.preprocessing["input_size"]
     images = torch.randn(2, *input_size, generator=torch.Generator().manual_seed(0))
     try:
-        path = export_onnx(classifier.model, out, input_size=input_size, opset=opset, metadata=metadata)
-        return path, onnx_max_difference(classifier.model, onnx_session(path), images)
+        with atomic_path(out) as written:  # a failed export leaves no file, and an existing one as it was
+            export_onnx(classifier.model, written, input_size=input_size, opset=opset, metadata=metadata)
+            difference = onnx_max_difference(classifier.model, onnx_session(written), images)
+        return Path(out), difference
     except VisattnError:
         raise
     except Exception as err:  # the exporter or onnxruntime refusing this opset for some operator

@@ -40,6 +40,14 @@ def model_family(name: str) -> str:
     return _model_family[_resolve_arch(name)]
 
 
+def model_task(name: str) -> str:
+    """``"classification"``, ``"captioning"`` or ``"detection"`` for ``arch``, ``arch.tag`` or ``timm:NAME``."""
+    if name.startswith("timm:"):
+        return "classification"
+    family = model_family(split_model_name(name)[0])
+    return {"detection": "detection", "show_attend_tell": "captioning"}.get(family, "classification")
+
+
 def _resolve_arch(name: str) -> str:
     _import_models()
     if name in _model_entrypoints:

@@ -28,7 +28,8 @@ from ..models.show_attend_tell import DecodedCaptions, doubly_stochastic_penalty
 from ..pretrained import find_weights_entry, load_weights
 from ..registry import create_model, split_model_name
 from .classification import (Classifier, adamw_warmup_cosine, best_weights, checkpoint_model_kwargs,
-                             inference_model, inference_target, read_checkpoint)
+                             inference_model, inference_target, read_checkpoint, require_task,
+                             task_checkpoint)
 from .guards import NonFiniteLossGuard
 
 _ITEM_CLASS = {word: k for k, word in enumerate(ITEM_WORDS)}
@@ -271,6 +272,7 @@ def load_captioner(model: Optional[str] = None, checkpoint: Optional[str] = None
     target = inference_target(model, checkpoint, device)
     if checkpoint is not None:
         return _captioner_from_checkpoint(Path(checkpoint), target)
+    require_task(model, "captioning")
     arch, tag = split_model_name(model)
     entry = find_weights_entry(arch, tag)
     if not entry.get("vocab"):
@@ -281,8 +283,7 @@ def load_captioner(model: Optional[str] = None, checkpoint: Optional[str] = None
 
 
 def _captioner_from_checkpoint(path: Path, device: torch.device) -> Captioner:
-    checkpoint = read_checkpoint(path)
-    hparams = checkpoint.get("hyper_parameters") or {}
+    checkpoint, hparams = task_checkpoint(path, "captioning")
     if not hparams.get("vocab") or "model_name" not in hparams:
         raise WeightsError(f"{path}: not a visattn captioning checkpoint (no vocab); pass --model ARCH.TAG instead")
     vocab = Vocabulary.from_list(hparams["vocab"])

@@ -21,7 +21,7 @@ from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, ImageTransform, eval_
 from ..devices import inference_device, model_device
 from ..errors import ConfigError, WeightsError
 from ..pretrained import find_weights_entry, load_weights, read_pickle_checkpoint
-from ..registry import create_model, model_family, split_model_name
+from ..registry import create_model, model_family, model_task, split_model_name
 from .guards import NonFiniteLossGuard
 
 
@@ -252,6 +252,28 @@ def inference_model(model: nn.Module, device: Union[str, torch.device] = "cpu") 
     return model.eval().to(device=device, memory_format=torch.channels_last)
 
 
+TASK_NOUNS = {"classification": "classifier", "captioning": "captioner", "detection": "detector"}
+TASK_COMMANDS = {"classification": "`visattn classify`, `explain` or `export`", "captioning": "`visattn caption`",
+                 "detection": "`visattn detect`"}
+
+
+def require_task(name: str, task: str) -> None:
+    """One line naming the commands that do take ``name`` when it is a model for another task."""
+    actual = model_task(name)
+    if actual != task:
+        raise ConfigError(f"{name} is a {TASK_NOUNS[actual]}, not a {TASK_NOUNS[task]}; use {TASK_COMMANDS[actual]} "
+                          "(or `visattn evaluate`) with it")
+
+
+def task_checkpoint(path: Path, task: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The training checkpoint at ``path`` and its hyperparameters; one line when it holds a model for another task."""
+    checkpoint = read_checkpoint(path)
+    hparams = checkpoint.get("hyper_parameters") or {}
+    if isinstance(hparams.get("model_name"), str):
+        require_task(hparams["model_name"], task)
+    return checkpoint, hparams
+
+
 def inference_target(model: Optional[str], checkpoint: Optional[str], device: str) -> torch.device:
     """The device to load onto, once exactly one weights source (``--model`` or ``--checkpoint``) is
     named; both are checked before any weights are read."""
@@ -307,6 +329,7 @@ def load_classifier(model: Optional[str] = None, checkpoint: Optional[str] = Non
         raise ConfigError(f"--img-size {img_size}: give a positive number of pixels")
     if checkpoint is not None:
         return _classifier_from_checkpoint(Path(checkpoint), img_size, target)
+    require_task(model, "classification")
     arch, tag = split_model_name(model)
     entry = find_weights_entry(arch, tag)
     net = inference_model(create_model(f"{arch}.{entry['tag']}", **_size_kwargs(arch, img_size)), target)
@@ -316,9 +339,8 @@ def load_classifier(model: Optional[str] = None, checkpoint: Optional[str] = Non
 
 
 def _classifier_from_checkpoint(path: Path, img_size: Optional[int], device: torch.device) -> Classifier:
-    checkpoint = read_checkpoint(path)
-    hparams = checkpoint.get("hyper_parameters") or {}
-    if "model_name" not in hparams or "num_classes" not in hparams:  # e.g. a captioner's checkpoint
+    checkpoint, hparams = task_checkpoint(path, "classification")
+    if "model_name" not in hparams or "num_classes" not in hparams:
         raise WeightsError(f"{path}: not a visattn classification checkpoint (no model_name and num_classes); "
                            "pass --model ARCH.TAG instead")
     model_kwargs = {**(hparams.get("model_kwargs") or {}), **_size_kwargs(hparams["model_name"], img_size)}

@@ -24,7 +24,8 @@ from ..fileio import atomic_path, unique_path
 from ..pretrained import find_weights_entry, load_weights
 from ..registry import create_model, is_model, model_family, split_model_name
 from .classification import (Classifier, adamw_warmup_cosine, best_weights, checkpoint_model_kwargs,
-                             inference_model, inference_target, read_checkpoint)
+                             inference_model, inference_target, read_checkpoint, require_task,
+                             task_checkpoint)
 from .guards import NonFiniteLossGuard
 
 Batch = tuple[list[Tensor], list[Target]]
@@ -178,10 +179,8 @@ def load_detector(model: Optional[str] = None, checkpoint: Optional[str] = None,
     target = inference_target(model, checkpoint, device)
     if checkpoint is not None:
         return _detector_from_checkpoint(Path(checkpoint), target)
+    require_task(model, "detection")
     arch, tag = split_model_name(model)
-    if not is_detection_arch(arch):
-        raise ConfigError(f"--model {model}: not a detector; pick one of `visattn models 'fcos_*'` "
-                          "or `visattn models 'detr_*'`")
     entry = find_weights_entry(arch, tag)
     net = inference_model(create_model(f"{arch}.{entry['tag']}"), target)
     labels = entry.get("labels") or [str(i) for i in range(net.num_classes)]
@@ -190,8 +189,7 @@ def load_detector(model: Optional[str] = None, checkpoint: Optional[str] = None,
 
 
 def _detector_from_checkpoint(path: Path, device: torch.device) -> Detector:
-    checkpoint = read_checkpoint(path)
-    hparams = checkpoint.get("hyper_parameters") or {}
+    checkpoint, hparams = task_checkpoint(path, "detection")
     if not is_detection_arch(str(hparams.get("model_name", ""))):
         raise WeightsError(f"{path}: not a visattn detection checkpoint; pass a checkpoint written by "
                            "`visattn fit --config configs/detection/...`")
