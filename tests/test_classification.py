@@ -117,6 +117,15 @@ def test_evaluate_classify_and_save_weights(in_tmp, capsys, monkeypatch):
     assert main(["evaluate", "--model", "cbam_resnet20_cifar.unit", "--dataset", "fashion-mnist", "--limit", "200", "--json"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == metrics  # same weights, same numbers
 
+    # the same tag again is refused before anything is measured or written; --overwrite replaces it
+    saved = (weights / "cbam_resnet20_cifar.unit.safetensors").read_bytes()
+    again = ["save-weights", "--checkpoint", str(ckpt), "--tag", "unit", "--out-dir", str(weights),
+             "--dataset", "fashion-mnist"]
+    assert main(again) == 2
+    assert "cbam_resnet20_cifar.unit already exist; pick another --tag, or pass --overwrite" in capsys.readouterr().err
+    assert (weights / "cbam_resnet20_cifar.unit.safetensors").read_bytes() == saved
+    assert main(["save-weights", "--checkpoint", str(ckpt), "--tag", "unit", "--out-dir", str(weights), "--overwrite"]) == 0
+
 
 def test_bad_config_value_is_one_line(in_tmp, capsys):
     assert main(["fit", "--config", str(CBAM_CONFIG), "--trainer.max_epochs", "many"]) == 2

@@ -45,6 +45,15 @@ def test_save_and_load_round_trip_through_the_index(weights_tmp):
     assert torch.equal(_logits(create_model(ARCH, pretrained=True).eval()), _logits(model))  # the default tag
 
 
+def test_a_new_default_is_the_architectures_only_default(weights_tmp):
+    first, second = _model(), _model(depth=1)
+    save_weights(first, weights_tmp / f"{ARCH}.first.safetensors", model_kwargs=SMALL, default=True)
+    save_weights(second, weights_tmp / f"{ARCH}.second.safetensors", model_kwargs={"depth": 1}, default=True)
+    index = load_index(weights_tmp)
+    assert [name for name, entry in index.items() if entry.get("default")] == [f"{ARCH}.second"]
+    assert torch.equal(_logits(create_model(ARCH, pretrained=True).eval()), _logits(second))
+
+
 def test_save_weights_rejects_bad_names(tmp_path):
     with pytest.raises(WeightsError, match="<arch>.<tag>"):
         save_weights(_model(), tmp_path / "weights.safetensors")

@@ -179,60 +179,42 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_save_weights(args: argparse.Namespace) -> int:
-    from .pretrained import save_weights
-    from .tasks.captioning import is_captioner
-    from .tasks.classification import evaluation_dataset, evaluate_classifier, load_classifier
-    from .tasks.detection import is_detector
+    from .pretrained import refuse_existing_weights, save_weights
+    from .tasks.captioning import is_captioner, load_captioner
+    from .tasks.classification import load_classifier
+    from .tasks.detection import is_detector, load_detector
 
-    if is_detector(checkpoint=args.checkpoint):
-        return cmd_save_detector(args)
-    if is_captioner(checkpoint=args.checkpoint):
-        return cmd_save_captioner(args)
-    classifier = load_classifier(checkpoint=args.checkpoint, device=args.device)
-    meta = {"task": "classification", "dataset": args.dataset, "labels": classifier.class_names,
-            "preprocessing": classifier.preprocessing, "model_kwargs": classifier.model_kwargs,
-            "config": args.config, "metrics": {}, "default": args.default}
-    if args.dataset:
-        dataset = evaluation_dataset(args.dataset, "test", classifier.transform())
-        meta["metrics"] = {f"test/{k}": v for k, v in evaluate_classifier(classifier, dataset).items()}
-    path = Path(args.out_dir) / f"{classifier.arch}.{args.tag}.safetensors"
-    entry = save_weights(classifier.model, path, **meta)
-    return print_saved(args, entry, meta["metrics"])
-
-
-def cmd_save_detector(args: argparse.Namespace) -> int:
-    from .tasks.detection import evaluate_detector, evaluation_loader, load_detector, save_detector
-
-    detector = load_detector(checkpoint=args.checkpoint, device=args.device)
-    metrics = {}
-    if args.dataset:
-        scores = evaluate_detector(detector, evaluation_loader(detector, args.dataset, "test"))
-        metrics = {f"test/{k}": v for k, v in scores.items()}
-    entry = save_detector(detector, args.out_dir, args.tag, dataset=args.dataset, metrics=metrics,
-                          config=args.config, default=args.default)
-    return print_saved(args, entry, metrics)
-
-
-def cmd_save_captioner(args: argparse.Namespace) -> int:
-    from .tasks.captioning import evaluate_captioner, evaluation_loader, load_captioner, save_captioner
-
-    captioner = load_captioner(checkpoint=args.checkpoint, device=args.device)
-    metrics = {}
-    if args.dataset:
-        loader = evaluation_loader(captioner, args.dataset, "test")
-        scores = evaluate_captioner(captioner, loader, beam_size=DEFAULT_BEAM_SIZE)
-        metrics = {f"test/{k}": v for k, v in {**scores, "beam_size": DEFAULT_BEAM_SIZE}.items()}
-    entry = save_captioner(captioner, args.out_dir, args.tag, dataset=args.dataset, metrics=metrics,
-                           config=args.config, default=args.default)
-    return print_saved(args, entry, metrics)
-
-
-def print_saved(args: argparse.Namespace, entry: dict[str, Any], metrics: dict[str, Any]) -> int:
-    """What save-weights wrote and, as the last line, the metrics it measured (a JSON object)."""
-    path = Path(args.out_dir) / entry["file"]
+    task = ("detection" if is_detector(checkpoint=args.checkpoint) else
+            "captioning" if is_captioner(checkpoint=args.checkpoint) else "classification")
+    load = {"classification": load_classifier, "captioning": load_captioner, "detection": load_detector}[task]
+    loaded = load(checkpoint=args.checkpoint, device=args.device)
+    path = Path(args.out_dir) / f"{loaded.arch}.{args.tag}.safetensors"
+    if not args.overwrite:
+        refuse_existing_weights(path)  # before the test-set measurement, which can take minutes
+    metrics = {f"test/{k}": v for k, v in _test_scores(task, loaded, args.dataset).items()} if args.dataset else {}
+    names = {"vocab": loaded.vocab.to_list()} if task == "captioning" else {"labels": loaded.class_names}
+    entry = save_weights(loaded.model, path, overwrite=args.overwrite, task=task, dataset=args.dataset,
+                         preprocessing=loaded.preprocessing, model_kwargs=loaded.model_kwargs, config=args.config,
+                         metrics=metrics, default=args.default, **names)
     print(f"wrote {path} (sha256 {entry['sha256'][:12]}...) and its entry in {path.parent / 'index.json'}")
     print(json.dumps(metrics))
     return 0
+
+
+def _test_scores(task: str, loaded: Any, dataset: str) -> dict[str, Any]:
+    """The metrics `visattn evaluate` gives on ``dataset``'s test split, with its defaults."""
+    if task == "classification":
+        from .tasks.classification import evaluate_classifier, evaluation_dataset
+
+        return evaluate_classifier(loaded, evaluation_dataset(dataset, "test", loaded.transform()))
+    if task == "detection":
+        from .tasks.detection import evaluate_detector, evaluation_loader
+
+        return evaluate_detector(loaded, evaluation_loader(loaded, dataset, "test"))
+    from .tasks.captioning import evaluate_captioner, evaluation_loader
+
+    scores = evaluate_captioner(loaded, evaluation_loader(loaded, dataset, "test"), beam_size=DEFAULT_BEAM_SIZE)
+    return {**scores, "beam_size": DEFAULT_BEAM_SIZE}
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -361,6 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     save.add_argument("--dataset", default=None, help="measure test metrics on this dataset and record them")
     save.add_argument("--config", default=None, help="the config that trained it, recorded in the index")
     save.add_argument("--default", action="store_true", help="make it the architecture's default weights")
+    save.add_argument("--overwrite", action="store_true", help="replace existing weights of the same ARCH.TAG")
     _add_device(save)
     save.set_defaults(func=cmd_save_weights)
 

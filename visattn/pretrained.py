@@ -150,20 +150,31 @@ def _strip_prefixes(state: StateDict) -> StateDict:
     return state
 
 
-def save_weights(model: nn.Module, path: Union[str, Path], **meta: Any) -> dict[str, Any]:
+def refuse_existing_weights(path: Union[str, Path]) -> None:
+    """One line when ``DIR/<arch>.<tag>.safetensors`` or its entry in ``DIR/index.json`` already exists."""
+    path = Path(path)
+    index_file = path.parent / INDEX_NAME
+    name = path.name.removesuffix(".safetensors")
+    if path.exists() or (index_file.exists() and name in json.loads(index_file.read_text())):
+        raise WeightsError(f"{path}: weights {name} already exist; pick another --tag, or pass --overwrite to replace them")
+
+
+def save_weights(model: nn.Module, path: Union[str, Path], *, overwrite: bool = False, **meta: Any) -> dict[str, Any]:
     """Write ``model``'s weights to ``DIR/<arch>.<tag>.safetensors`` and its entry in ``DIR/index.json``.
 
     Args:
         model: the model to save.
         path: target file; its name must be ``<arch>.<tag>.safetensors`` with a registered ``arch``.
+        overwrite: replace existing weights of that name; without it they are refused, so a reused
+            tag never silently replaces shipped weights.
         **meta: index fields, e.g. ``task``, ``dataset``, ``metrics``, ``preprocessing``
             (``input_size``, ``mean``, ``std``), ``labels`` or ``vocab``, ``config``,
-            ``model_kwargs``, ``default``.
+            ``model_kwargs``, ``default`` (true: the architecture's only default entry).
 
     Returns:
         The new index entry.
     """
-    from .registry import is_model
+    from .registry import is_model, split_model_name
 
     path = Path(path)
     arch, _, tag = path.name.removesuffix(".safetensors").partition(".")
@@ -171,13 +182,19 @@ def save_weights(model: nn.Module, path: Union[str, Path], **meta: Any) -> dict[
         raise WeightsError(f"{path}: name weights files <arch>.<tag>.safetensors, e.g. vit_tiny_patch4_28.fmnist.safetensors")
     if not is_model(arch):
         raise UnknownModelError(f"{path}: {arch!r} is not a registered model; name the file after its architecture")
+    if not overwrite:
+        refuse_existing_weights(path)
+    index_file = path.parent / INDEX_NAME
+    index = json.loads(index_file.read_text()) if index_file.exists() else {}
     # clone() breaks storage sharing, which safetensors refuses.
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
         save_file(tensors, tmp, metadata={"arch": arch, "format": "pt"})
     entry = {"file": path.name, "sha256": sha256_of(path), "num_classes": getattr(model, "num_classes", None), **meta}
-    index_file = path.parent / INDEX_NAME
-    index = json.loads(index_file.read_text()) if index_file.exists() else {}
+    if entry.get("default"):
+        for name, other in index.items():
+            if split_model_name(name)[0] == arch:
+                other["default"] = False
     index[f"{arch}.{tag}"] = entry
     atomic_write_text(index_file, json.dumps(index, indent=2, sort_keys=True) + "\n")
     return entry

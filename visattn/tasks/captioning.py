@@ -388,16 +388,3 @@ def evaluate_captioner(captioner: Captioner, batches: Iterable[dict[str, Any]], 
     if not metrics.hypotheses:
         raise ConfigError("the evaluation dataset is empty; check --dataset, --split and --limit")
     return {k: round(v, 6) if isinstance(v, float) else v for k, v in metrics.compute().items()}
-
-
-def save_captioner(captioner: Captioner, out_dir: str, tag: str, *, dataset: Optional[str] = None,
-                   metrics: Optional[dict[str, Any]] = None, config: Optional[str] = None,
-                   default: bool = False) -> dict[str, Any]:
-    """Write ``out_dir/<arch>.<tag>.safetensors`` and its index entry (vocab, preprocessing, model_kwargs,
-    measured ``metrics``) through :func:`visattn.save_weights`, so ``create_model("<arch>.<tag>")`` rebuilds it."""
-    from ..pretrained import save_weights
-
-    path = Path(out_dir) / f"{captioner.arch}.{tag}.safetensors"
-    return save_weights(captioner.model, path, task="captioning", dataset=dataset, vocab=captioner.vocab.to_list(),
-                        preprocessing=captioner.preprocessing, model_kwargs=captioner.model_kwargs, config=config,
-                        metrics=dict(metrics or {}), default=default)

@@ -208,19 +208,6 @@ def is_detector(model: Optional[str] = None, checkpoint: Optional[str] = None) -
     return isinstance(model, str) and is_detection_arch(model)
 
 
-def save_detector(detector: Detector, out_dir: str, tag: str, *, dataset: Optional[str] = None,
-                  metrics: Optional[dict[str, Any]] = None, config: Optional[str] = None,
-                  default: bool = False) -> dict[str, Any]:
-    """Write ``out_dir/<arch>.<tag>.safetensors`` and its index entry (labels, preprocessing, model_kwargs,
-    measured ``metrics``) through :func:`visattn.save_weights`, so ``create_model("<arch>.<tag>")`` rebuilds it."""
-    from ..pretrained import save_weights
-
-    path = Path(out_dir) / f"{detector.arch}.{tag}.safetensors"
-    return save_weights(detector.model, path, task="detection", dataset=dataset, labels=detector.class_names,
-                        preprocessing=detector.preprocessing, model_kwargs=detector.model_kwargs, config=config,
-                        metrics=dict(metrics or {}), default=default)
-
-
 # ---------------------------------------------------------------------------------------------
 # `visattn evaluate` and `visattn detect`
 # ---------------------------------------------------------------------------------------------
