@@ -1,4 +1,5 @@
-"""Training checkpoints under faults: a kill mid-write, a damaged last checkpoint, and resuming.
+"""Training checkpoints under faults: a kill mid-write, a damaged last checkpoint, resuming, and
+finding the best checkpoint again in a new process.
 
 Every run goes through `visattn fit`, so it uses the CheckpointIO that VisattnCLI installs by default.
 """
@@ -16,6 +17,7 @@ from test_classification import CBAM_CONFIG, QUICK
 from test_data import needs_fashion_mnist
 from visattn.cli import main
 from visattn.tasks.classification import ImageClassifier
+from visattn.tasks.lightning_cli import SafeCheckpointIO
 
 pytestmark = [needs_fashion_mnist, pytest.mark.slow]
 STEPS_PER_EPOCH = 4  # QUICK: 64 samples in batches of 16
@@ -180,3 +182,32 @@ def test_shipped_configs_keep_last_checkpoint_current_when_the_metric_stalls(in_
     checkpoints = in_tmp / CHECKPOINTS
     assert _read(checkpoints / "last.ckpt")["global_step"] == 2 * STEPS_PER_EPOCH
     assert [_read(p)["global_step"] for p in checkpoints.glob("best-*.ckpt")] == [STEPS_PER_EPOCH]
+
+
+@pytest.mark.parametrize("callbacks", [[], ["--trainer.callbacks", EPOCH_AND_LAST]], ids=["shipped", "every_epoch"])
+def test_ckpt_path_best_in_a_new_process_tests_the_best_checkpoint(in_tmp, monkeypatch, callbacks):
+    # lr 0: val/top1 peaks in the first epoch, so the best checkpoint is not the newest. With every
+    # epoch kept, the filename pattern matches them all and only the saved callback state tells.
+    assert main(["fit", "--config", str(CBAM_CONFIG), *QUICK, *callbacks, "--trainer.max_epochs", "2",
+                 "--model.init_args.lr", "0.0"]) == 0
+    states = _read(in_tmp / CHECKPOINTS / "last.ckpt")["callbacks"]
+    best = Path(next(v["best_model_path"] for k, v in states.items() if "'val/top1'" in k))
+    assert _read(best)["global_step"] == STEPS_PER_EPOCH
+
+    loaded = []
+    real_load = SafeCheckpointIO.load_checkpoint
+
+    def record_load(io: SafeCheckpointIO, path, *args, **kwargs) -> dict:
+        loaded.append(Path(path).resolve())
+        return real_load(io, path, *args, **kwargs)
+
+    monkeypatch.setattr(SafeCheckpointIO, "load_checkpoint", record_load)
+    assert main(["test", "--config", str(CBAM_CONFIG), *QUICK, *callbacks, "--ckpt_path", "best"]) == 0
+    assert loaded == [best.resolve()]
+
+
+def test_ckpt_path_best_without_checkpoints_is_a_one_line_error(in_tmp, capsys):
+    assert main(["test", "--config", str(CBAM_CONFIG), *QUICK, "--ckpt_path", "best"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert str(CHECKPOINTS) in err and "visattn fit" in err and "--ckpt_path FILE" in err

@@ -10,12 +10,14 @@ Every run gets :class:`SafeCheckpointIO` unless its config names another ``Check
 are written crash-safely and read without unpickling code, a checkpoint for another model is a
 one-line error, and ``fit --ckpt_path`` resumes from the newest good checkpoint when the one named
 is damaged. Every run also gets :class:`RandomStateCheckpoint`, so a resumed run draws the same
-batches as one that never stopped.
+batches as one that never stopped. ``validate|test|predict --ckpt_path best`` finds the best checkpoint
+of the config's monitored ``ModelCheckpoint`` on disk, so it works in a process that did not train.
 """
 import glob
 import importlib
 import logging
 import random
+import re
 import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -26,7 +28,7 @@ import yaml
 
 import lightning.pytorch as pl
 from jsonargparse import ArgumentError
-from lightning.pytorch.callbacks import Callback, ProgressBar, RichProgressBar
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins import CheckpointIO, TorchCheckpointIO
 
@@ -98,6 +100,40 @@ def _newest_good_checkpoint(damaged: Path, err: WeightsError) -> tuple[Path, dic
                        "so start without --ckpt_path") from None
 
 
+def _best_checkpoint(callbacks: Any) -> Path:
+    """The best checkpoint of the first monitored ``ModelCheckpoint`` among the config's ``callbacks``.
+
+    Its state, saved in every checkpoint of the run, names the best file; the newest checkpoint that
+    reads has the latest. Failing that, the best is the one file its ``filename`` pattern matches.
+    """
+    callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
+    monitored = [c.init_args for c in callbacks
+                 if getattr(getattr(c, "init_args", None), "monitor", None) and getattr(c.init_args, "dirpath", None)]
+    if not monitored:
+        raise ConfigError("--ckpt_path best: the config has no ModelCheckpoint with monitor and dirpath to find "
+                          "the best checkpoint in; pass --ckpt_path FILE")
+    settings = monitored[0]
+    folder = Path(settings.dirpath)
+    literal_parts = re.split(r"\{[^}]*\}", settings.filename or "{epoch}-{step}")  # Lightning's default name
+    candidates = list(folder.glob("*".join(map(glob.escape, literal_parts)) + ModelCheckpoint.FILE_EXTENSION))
+    for path in sorted(folder.glob("*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True):
+        try:
+            states = read_checkpoint(path).get("callbacks", {})
+        except WeightsError:
+            continue
+        recorded = [folder / Path(state["best_model_path"]).name for state in states.values()
+                    if isinstance(state, dict) and state.get("monitor") == settings.monitor
+                    and state.get("best_model_path")]
+        # By name, as the run's folder may have moved since; the pattern tells apart callbacks on one metric.
+        best = [p for p in recorded if p in candidates]
+        if best:
+            return best[0]
+    if len(candidates) == 1:
+        return candidates[0]
+    raise ConfigError(f"--ckpt_path best: no best {settings.monitor} checkpoint found in {folder}; "
+                      "run `visattn fit` with this config first or pass --ckpt_path FILE")
+
+
 class RandomStateCheckpoint(Callback):
     """Keeps the Python, NumPy and torch (CPU and CUDA) random states in every checkpoint and restores
     them on resume, so the batches after a resume are those of an uninterrupted run.
@@ -142,6 +178,11 @@ class VisattnCLI(LightningCLI):
             parser.link_arguments(f"data.{key}", f"model.init_args.{key}", apply_on="instantiate")
 
     def _parse_ckpt_path(self) -> None:
+        subcommand = self.config.get("subcommand")
+        # Lightning resolves "best" only in the process that trained; after that it raises.
+        if subcommand not in (None, "fit") and self.config[subcommand].get("ckpt_path") == "best":
+            callbacks = self.config[subcommand].trainer.get("callbacks")
+            self.config[subcommand]["ckpt_path"] = str(_best_checkpoint(callbacks))
         # LightningCLI (2.6) reads an explicit --ckpt_path file for its hyperparameters before building
         # anything; a damaged file must give our one-line error, or, for fit, the fallback at load time.
         try:
