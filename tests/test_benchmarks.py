@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from test_data import needs_fashion_mnist
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
@@ -96,3 +98,28 @@ def test_gpu_script_runs_each_benchmark_on_the_device_it_is_given(tmp_path):
         "fcos_se_resnet20_cifar.scenes", "detr_se_resnet20_cifar.scenes"}
     assert runs["vit_vs_timm_bf16.txt"]["precision"] == "bf16" and runs["vit_vs_timm_fp32.txt"]["precision"] == "fp32"
     assert runs["beam_search.txt"]["identical_captions"] is True
+
+
+@needs_fashion_mnist
+@pytest.mark.parametrize("dataset", ["fashion-mnist-canvas", "fashion-mnist-pairs"])
+def test_pointing_baseline_scores_the_shipped_weights_against_untrained_copies(dataset, capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    monkeypatch.setattr(sys, "argv", ["pointing_baseline.py", "--model", "se_resnet20_cifar.fmnist", "--dataset", dataset,
+                                      "--limit", "6", "--seeds", "2"])
+    runpy.run_path(str(BENCHMARKS / "pointing_baseline.py"), run_name="__main__")
+    figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    shipped, *untrained = figures["results"]
+    assert shipped["model"] == "se_resnet20_cifar.fmnist" and figures["pointing"] == shipped["pointing"]
+    assert [row["model"] for row in untrained] == [f"se_resnet20_cifar untrained (seed {s})" for s in (0, 1)]
+    assert figures["untrained_pointing"] == [row["pointing"] for row in untrained]
+    assert 0.0 < figures["random_peak"] < 0.5 and shipped["n"] >= 6
+
+
+@needs_fashion_mnist
+def test_pointing_baseline_scores_a_captioners_word_maps_against_word_blind_maps(capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    monkeypatch.setattr(sys, "argv", ["pointing_baseline.py", "--model", "sat_cbam_resnet_scenes.scenes", "--limit", "8"])
+    runpy.run_path(str(BENCHMARKS / "pointing_baseline.py"), run_name="__main__")
+    figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert figures["n"] > 0 and set(figures) >= {"word_map", "caption_mean_map", "brightness"}
+    assert all(0.0 <= figures[key] <= 1.0 for key in ("word_map", "caption_mean_map", "brightness"))

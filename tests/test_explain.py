@@ -16,6 +16,7 @@ from visattn.explain import (
     applicable_methods,
     attention_map,
     attention_rollout,
+    evaluate_class_pointing,
     evaluate_pointing,
     explain,
     explain_batch,
@@ -416,6 +417,57 @@ def test_evaluate_pointing_moves_boxes_with_the_preprocessing(recipe, monkeypatc
     assert result["n"] == (13 if recipe == "small" else 12)  # a box the crop removes is not scored
     monkeypatch.setattr(explain_module, "explain_batch", lambda m, images, method: -images.mean(dim=1))
     assert evaluate_pointing(classifier, scenes, batch_size=5)["pointing"] == 0.0
+
+
+def _pair_scenes() -> list[Scene]:
+    """Two squares per 56 px scene; a class's squares share a gray level (class c: 60 + 40c), so a map
+    can pick one class's squares. The last scene has class 2 twice: either of its squares counts."""
+    layouts = [[(0, 4, 4), (1, 30, 30)], [(3, 40, 8), (0, 8, 40)], [(2, 4, 30), (2, 30, 4), (1, 40, 40)]]
+    scenes = []
+    for items in layouts:
+        image = np.zeros((56, 56, 3), np.uint8)
+        boxes = []
+        for label, x, y in items:
+            image[y:y + 8, x:x + 8] = 60 + 40 * label
+            boxes.append([x, y, x + 8, y + 8])
+        labels = np.array([label for label, _, _ in items])
+        scenes.append(Scene(image, np.array(boxes, np.float32), labels, ["white"] * len(items), ["squares"] * 5))
+    return scenes
+
+
+def test_class_pointing_asks_each_class_present_for_its_own_map(monkeypatch):
+    import visattn.explain as explain_module
+
+    preprocessing = {"input_size": [3, 28, 28], "mean": [0.5] * 3, "std": [0.5] * 3, "recipe": "small"}
+    classifier = Classifier(_tiny_vit(), [str(i) for i in range(10)], preprocessing, "tiny", "vit_tiny_patch4_28", {})
+    asked = []
+
+    def level_map(shift: int):
+        def fake_grad_cam(model, images, *, target_class):  # peaks on the squares of class target + shift
+            asked.extend(target_class.tolist())
+            level = ((60 + 40 * (target_class + shift)) / 255 - 0.5) / 0.5  # the gray level, normalised
+            return -(images.mean(dim=1) - level[:, None, None]).abs(), None
+        return fake_grad_cam
+
+    monkeypatch.setattr(explain_module, "grad_cam", level_map(0))
+    result = evaluate_class_pointing(classifier, _pair_scenes(), batch_size=2)
+    assert result == {"pointing": 1.0, "pointing_method": "gradcam of each class present", "n": 6}
+    assert asked == [0, 1, 0, 3, 1, 2]  # each scene's classes once, in class order
+    # Maps for the next class: class 0's lands on class 1's square (a miss); class 1's, aimed at the
+    # absent class 2, lands on the nearest gray, its own square (a hit).
+    monkeypatch.setattr(explain_module, "grad_cam", level_map(1))
+    assert evaluate_class_pointing(classifier, _pair_scenes()[:1], batch_size=2)["pointing"] == 0.5
+
+
+@pytest.mark.slow
+@needs_fashion_mnist
+def test_cli_evaluate_classifier_on_fashion_mnist_pairs(tmp_path, capsys):
+    checkpoint = _fake_checkpoint(tmp_path / "tiny.ckpt")
+    assert main(["evaluate", "--checkpoint", str(checkpoint), "--dataset", "fashion-mnist-pairs", "--limit", "4",
+                 "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert metrics["pointing_method"] == "gradcam of each class present" and 4 <= metrics["n"] <= 8
+    assert 0.0 <= metrics["pointing"] <= 1.0
 
 
 @pytest.mark.slow

@@ -65,8 +65,10 @@ def print_metrics(name: str, args: argparse.Namespace, metrics: dict) -> None:
     print(json.dumps(metrics))
 
 
-# Single-object FashionScenes for classifiers: tinted items, or gray Fashion-MNIST items on a larger canvas.
-POINTING_DATASETS = {"fashion-scenes": None, "fashion-mnist-canvas": ("white",)}
+# FashionScenes for classifiers' pointing game: (item colours, items per scene). One tinted item, or one
+# gray Fashion-MNIST item on a larger canvas; "pairs" adds a second item, a distractor for the other's map.
+POINTING_DATASETS = {"fashion-scenes": (None, 1), "fashion-mnist-canvas": (("white",), 1),
+                     "fashion-mnist-pairs": (("white",), 2)}
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -91,11 +93,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_evaluate_pointing(classifier, args: argparse.Namespace) -> dict:
     from .data.scenes import FashionScenes
-    from .explain import evaluate_pointing
+    from .explain import evaluate_class_pointing, evaluate_pointing
 
-    scenes = FashionScenes(args.split, num_scenes=args.limit or 1000, min_items=1, max_items=1,
-                           colors=POINTING_DATASETS[args.dataset])
-    return evaluate_pointing(classifier, scenes, batch_size=min(args.batch_size, 64))
+    colors, items = POINTING_DATASETS[args.dataset]
+    scenes = FashionScenes(args.split, num_scenes=args.limit or 1000, min_items=items, max_items=items, colors=colors)
+    evaluate = evaluate_pointing if items == 1 else evaluate_class_pointing
+    return evaluate(classifier, scenes, batch_size=min(args.batch_size, 64))
 
 
 def cmd_evaluate_captioner(args: argparse.Namespace) -> int:
@@ -280,7 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device(evaluate)
     evaluate.add_argument("--dataset", required=True,
                           help="classifiers: fashion-mnist, imagefolder:DIR, or fashion-scenes / fashion-mnist-canvas "
-                               "(single items on a 64 px canvas, adding the pointing game); "
+                               "(single items on a 64 px canvas, adding the pointing game) / fashion-mnist-pairs "
+                               "(two items: each class's Grad-CAM must find its own); "
                                "captioners and detectors: fashion-scenes or coco:ANN.json:IMAGES")
     evaluate.add_argument("--split", default="test", help="train, val or test (default: test)")
     evaluate.add_argument("--json", action="store_true", help="print only the JSON line")

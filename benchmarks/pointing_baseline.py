@@ -1,0 +1,109 @@
+"""The pointing game for a shipped classifier against the same architecture untrained.
+
+    python benchmarks/pointing_baseline.py --model vit_tiny_patch4_28.fmnist --img-size 28
+    python benchmarks/pointing_baseline.py --model se_resnet20_cifar.fmnist_stage4 --dataset fashion-mnist-pairs --img-size 64
+    python benchmarks/pointing_baseline.py --model sat_cbam_resnet_scenes.scenes
+
+A map can find the item without the model having learnt anything: on a black canvas holding one
+bright item, a map that follows the pixels' brightness does. This scores the shipped weights, then
+``--seeds`` randomly initialised copies (same builder arguments, same preprocessing and map method)
+on the same test scenes of ``--dataset`` (as `visattn evaluate --dataset` builds them), and the
+share of the canvas the target's boxes cover (what a map peaking at random scores). The shipped
+score means something only above the untrained ones.
+
+For a captioner (FashionScenes test scenes, beam 5), each named item's word map is scored against
+two maps that know nothing of the word: the mean of the caption's word maps (where the model looks
+overall) and the image's brightness.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+from typing import Optional
+
+import numpy as np
+import torch
+
+from visattn.cli import POINTING_DATASETS
+from visattn.data.scenes import FashionScenes
+from visattn.explain import evaluate_class_pointing, evaluate_pointing
+from visattn.registry import create_model, model_family
+from visattn.tasks.captioning import evaluation_loader, is_captioner, load_captioner, pointing_hits
+from visattn.tasks.classification import Classifier, inference_model, load_classifier
+
+
+def untrained_copy(classifier: Classifier, seed: int, img_size: Optional[int]) -> Classifier:
+    """The classifier's architecture and builder arguments with freshly initialised weights."""
+    torch.manual_seed(seed)
+    size = {"img_size": img_size} if img_size and model_family(classifier.arch) == "vit" else {}
+    model = create_model(classifier.arch, num_classes=len(classifier.class_names), **classifier.model_kwargs, **size)
+    return dataclasses.replace(classifier, model=inference_model(model), name=f"{classifier.arch} untrained (seed {seed})")
+
+
+def canvas_share(scenes: FashionScenes) -> float:
+    """Mean share of the canvas inside the target's boxes (each class present in a scene is a target):
+    the pointing score of a uniformly random peak."""
+    shares = []
+    for scene in scenes:
+        height, width = scene.image.shape[:2]
+        for label in np.unique(scene.labels):
+            boxes = scene.boxes[scene.labels == label]
+            shares.append(float(((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).sum()) / (height * width))
+    return statistics.fmean(shares)
+
+
+@torch.inference_mode()
+def captioner_pointing(name: str, limit: int) -> dict[str, float]:
+    """Pointing of each item word's own map, of the caption's mean map and of the image's brightness."""
+    captioner = load_captioner(name)
+    hits: dict[str, list[bool]] = {"word_map": [], "caption_mean_map": [], "brightness": []}
+    for batch in evaluation_loader(captioner, "fashion-scenes", "test", limit=limit):
+        decoded = captioner.caption(batch["images"], beam_size=5)
+        size = tuple(batch["images"].shape[-2:])
+        for ids, maps, image, boxes, labels in zip(decoded.tokens, decoded.attention, batch["images"],
+                                                   batch["boxes"], batch["labels"]):
+            words, boxes, labels = captioner.vocab.decode(ids.tolist()).split(), np.asarray(boxes), np.asarray(labels)
+            agnostic = {"word_map": maps, "caption_mean_map": maps.mean(0, keepdim=True).expand_as(maps),
+                        "brightness": image.mean(0)[None].expand(len(maps), -1, -1)}
+            for key, heat in agnostic.items():
+                hits[key] += pointing_hits(words, heat, boxes, labels, size)
+    return {key: round(float(np.mean(values)), 4) for key, values in hits.items()} | {"n": len(hits["word_map"])}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="vit_tiny_patch4_28.fmnist", help="shipped classifier ARCH.TAG")
+    parser.add_argument("--dataset", choices=["fashion-mnist-canvas", "fashion-mnist-pairs"], default="fashion-mnist-canvas")
+    parser.add_argument("--img-size", type=int, default=None, help="run the classifiers at this input size")
+    parser.add_argument("--limit", type=int, default=1000, help="canvas test scenes scored")
+    parser.add_argument("--seeds", type=int, default=3, help="untrained copies scored")
+    args = parser.parse_args()
+    if is_captioner(args.model):
+        scores = captioner_pointing(args.model, args.limit)
+        print(", ".join(f"{key} {value}" for key, value in scores.items()))
+        print(json.dumps({"benchmark": "pointing_baseline", "model": args.model, "dataset": "fashion-scenes", **scores}))
+        return
+
+    colors, items = POINTING_DATASETS[args.dataset]
+    scenes = FashionScenes("test", num_scenes=args.limit, min_items=items, max_items=items, colors=colors)
+    evaluate = evaluate_pointing if items == 1 else evaluate_class_pointing
+    shipped = load_classifier(args.model, img_size=args.img_size)
+    results = [{"model": shipped.name, **evaluate(shipped, scenes, batch_size=64)}]
+    for seed in range(args.seeds):
+        untrained = untrained_copy(shipped, seed, args.img_size)
+        results.append({"model": untrained.name, **evaluate(untrained, scenes, batch_size=64)})
+    for row in results:
+        top1 = f"top-1 {row['top1']:.3f}  " if "top1" in row else ""
+        print(f"{row['model']:45s} {top1}pointing {row['pointing']:.3f} ({row['pointing_method']})")
+    chance = canvas_share(scenes)
+    print(f"{'a random peak (mean box share of the canvas)':45s} pointing {chance:.3f}")
+    print(json.dumps({"benchmark": "pointing_baseline", "model": args.model, "dataset": args.dataset,
+                      "img_size": args.img_size,
+                      "n": results[0]["n"], "pointing": results[0]["pointing"],
+                      "untrained_pointing": [row["pointing"] for row in results[1:]], "random_peak": round(chance, 4), "results": results}))
+
+
+if __name__ == "__main__":
+    main()
