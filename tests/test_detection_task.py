@@ -127,13 +127,13 @@ def test_fit_tiny_coco_detr_then_evaluate(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("head", ["fcos", "detr"])
-def test_scenes_configs_start_from_the_fmnist_backbone_they_were_trained_from(head, monkeypatch):
+def test_scenes_configs_start_from_the_fmnist_backbone_they_were_trained_from(head, tmp_path, monkeypatch):
     import yaml
 
     from visattn.pretrained import read_state_dict
 
     repo = Path(__file__).resolve().parents[1]
-    monkeypatch.chdir(repo)  # configs name weights files relative to the repository, as `visattn fit` runs there
+    monkeypatch.chdir(tmp_path)  # the backbone is named ARCH.TAG, so any working directory will do
     init_args = yaml.safe_load((repo / "configs" / "detection" / f"{head}_scenes.yaml").read_text())["model"]["init_args"]
     task = DetectionTask(model_name=init_args["model_name"], model_kwargs=init_args["model_kwargs"])
     # the shipped detectors' recipe: stage 1 (0.9418), not the architecture's default weights (stage 4)

@@ -206,3 +206,13 @@ def test_every_torch_load_in_the_package_is_weights_only():
                 if not safe:
                     offenders.append(f"{path.name}:{node.lineno}")
     assert not offenders, f"torch.load without weights_only=True: {offenders}"
+
+
+def test_pretrained_takes_a_shipped_arch_tag_from_any_folder(weights_tmp, tmp_path, monkeypatch):
+    model = _model(num_classes=10)
+    save_weights(model, weights_tmp / f"{ARCH}.unit.safetensors", model_kwargs=SMALL)
+    monkeypatch.chdir(tmp_path)
+    loaded = create_model(ARCH, num_classes=10, pretrained=f"{ARCH}.unit", **SMALL).eval()
+    assert torch.equal(_logits(loaded), _logits(model))
+    with pytest.raises(WeightsError, match=r"weights file not found, nor shipped weights of that name.*--pretrained"):
+        create_model(ARCH, pretrained=f"{ARCH}.nope", **SMALL)

@@ -95,7 +95,8 @@ def read_state_dict(path: Union[str, Path], *, sha256: Optional[str] = None) -> 
     """Read a ``.safetensors`` or (weights-only) pickle checkpoint into a flat ``{name: tensor}`` dict."""
     path = Path(path)
     if not path.is_file():
-        raise WeightsError(f"{path}: weights file not found; check the path")
+        raise WeightsError(f"{path}: weights file not found, nor shipped weights of that name; check the path, "
+                           "or see `visattn models --pretrained` for ARCH.TAG names")
     if sha256 is not None and sha256_of(path) != sha256:
         raise WeightsError(f"{path}: sha256 mismatch, the file is corrupt or was replaced; restore it from git")
     if path.suffix == ".safetensors":
@@ -212,7 +213,8 @@ def load_weights(
     strict: bool = True,
     sha256: Optional[str] = None,
 ) -> nn.Module:
-    """Load weights into ``model`` from a file, ``"timm:NAME"``, ``"hf-hub:ORG/REPO"`` or a state dict.
+    """Load weights into ``model`` from a file, shipped weights ``"ARCH.TAG"`` (when no file has that
+    name), ``"timm:NAME"``, ``"hf-hub:ORG/REPO"`` or a state dict.
 
     timm, torchvision and visattn key layouts are converted by the model's ``adapt_state_dict``
     (which also resamples position embeddings). A classifier head of another size is dropped with
@@ -226,6 +228,8 @@ def load_weights(
         state = _fetch_timm(str(source)[5:])
     elif str(source).startswith("hf-hub:"):
         state = read_state_dict(_fetch_hf_hub(str(source)[7:]))
+    elif not Path(source).exists() and str(source) in (index := load_index()):
+        state = read_state_dict(index[str(source)]["path"], sha256=index[str(source)]["sha256"])
     else:
         state = read_state_dict(source, sha256=sha256)
     adapt = getattr(model, "adapt_state_dict", None)

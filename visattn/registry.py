@@ -94,7 +94,8 @@ def create_model(
         name: a registered architecture, or ``arch.tag`` naming a shipped weights entry
             (which implies ``pretrained=True``).
         pretrained: ``True`` for the tag's (or the architecture's default) shipped weights; a path
-            to a ``.safetensors``/``.pth``/``.bin`` file; ``"timm:NAME"`` or ``"hf-hub:ORG/REPO"``.
+            to a ``.safetensors``/``.pth``/``.bin`` file; another shipped ``"ARCH.TAG"`` (e.g. a
+            backbone's); ``"timm:NAME"`` or ``"hf-hub:ORG/REPO"``.
         num_classes: classifier size. Defaults to the weights entry's label count when loading
             shipped weights; a value that differs from the checkpoint drops its head with a warning.
         strict: when ``False``, parameters the checkpoint lacks (e.g. new attention modules on a

@@ -194,7 +194,8 @@ class FcosDetector(FCOS):
         backbone: registered ResNet or ViT name.
         num_classes: object classes (no background class).
         backbone_kwargs: builder arguments of the backbone (``widths``, ``img_size``, ``drop_path_rate``, ...).
-        pretrained_backbone: ``pretrained`` for the backbone: ``True`` for its shipped weights, or a file.
+        pretrained_backbone: ``pretrained`` for the backbone: ``True`` for its default shipped weights,
+            another shipped ``ARCH.TAG``, or a file.
         out_channels: channels of the pyramid and the head; a multiple of 32 (the head's GroupNorm).
         fpn_stages: ResNet stages that feed the FPN (default: the last three).
         pyramid_scales: ViT pyramid scales relative to the patch grid.
@@ -328,7 +329,8 @@ class DetrDetector(nn.Module):
         backbone: registered ResNet or ViT name.
         num_classes: object classes, without the "no object" class.
         backbone_kwargs: builder arguments of the backbone.
-        pretrained_backbone: ``pretrained`` for the backbone: ``True`` for its shipped weights, or a file.
+        pretrained_backbone: ``pretrained`` for the backbone: ``True`` for its default shipped weights,
+            another shipped ``ARCH.TAG``, or a file.
         hidden_dim: transformer token size.
         num_heads: attention heads.
         num_encoder_layers: encoder depth.
