@@ -120,7 +120,10 @@ def test_evaluate_classify_and_save_weights(in_tmp, capsys, monkeypatch):
     assert main(again) == 2
     assert "cbam_resnet20_cifar.unit already exist; pick another --tag, or pass --overwrite" in capsys.readouterr().err
     assert (weights / "cbam_resnet20_cifar.unit.safetensors").read_bytes() == saved
-    assert main(["save-weights", "--checkpoint", str(ckpt), "--tag", "unit", "--out-dir", str(weights), "--overwrite"]) == 0
+    capsys.readouterr()
+    assert main([*again, "--limit", "50", "--overwrite"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["test/n"] == 50
+    assert json.loads((weights / "index.json").read_text())["cbam_resnet20_cifar.unit"]["metrics"]["test/n"] == 50
 
 
 def test_bad_config_value_is_one_line(in_tmp, capsys):

@@ -361,7 +361,10 @@ def test_cli_explain_writes_a_png_and_reports_the_prediction(tmp_path, capsys):
         args = ["explain", str(corpus["rgb_jpg"]), "--checkpoint", str(checkpoint), "--method", method,
                 "--out", str(out), *extra]
         assert main(args) == 0, capsys.readouterr().err
-        assert f"map written to {out}" in capsys.readouterr().out
+        printed = capsys.readouterr().out
+        predicted = printed.split(": ", 1)[1].split()[0]
+        explained = " of class3" if extra[:1] == ["--class"] and predicted != "class3" else ""  # what the map shows
+        assert f"map{explained} written to {out}" in printed
         with Image.open(out) as png:
             assert png.format == "PNG"
 

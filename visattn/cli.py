@@ -177,7 +177,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     classifier = load_classifier(args.model, args.checkpoint, device=args.device)
     result = explain_image(classifier, decode_image(args.path), args.method, args.out,
                            layer=args.layer, head=args.head, target_class=args.target_class)
-    print(f"{args.path}: {result['label']} {result['prob']:.3f}; {args.method} map written to {args.out}")
+    explained = f" of {result['explained']}" if result["explained"] != result["label"] else ""
+    print(f"{args.path}: {result['label']} {result['prob']:.3f}; {args.method} map{explained} written to {args.out}")
     return 0
 
 
@@ -194,7 +195,8 @@ def cmd_save_weights(args: argparse.Namespace) -> int:
     path = Path(args.out_dir) / f"{loaded.arch}.{args.tag}.safetensors"
     if not args.overwrite:
         refuse_existing_weights(path)  # before the test-set measurement, which can take minutes
-    metrics = {f"test/{k}": v for k, v in _test_scores(task, loaded, args.dataset).items()} if args.dataset else {}
+    scores = _test_scores(task, loaded, args.dataset, args.limit) if args.dataset else {}
+    metrics = {f"test/{k}": v for k, v in scores.items()}
     names = {"vocab": loaded.vocab.to_list()} if task == "captioning" else {"labels": loaded.class_names}
     entry = save_weights(loaded.model, path, overwrite=args.overwrite, task=task, dataset=args.dataset,
                          preprocessing=loaded.preprocessing, model_kwargs=loaded.model_kwargs, config=args.config,
@@ -204,19 +206,20 @@ def cmd_save_weights(args: argparse.Namespace) -> int:
     return 0
 
 
-def _test_scores(task: str, loaded: Any, dataset: str) -> dict[str, Any]:
-    """The metrics `visattn evaluate` gives on ``dataset``'s test split, with its defaults."""
+def _test_scores(task: str, loaded: Any, dataset: str, limit: Optional[int]) -> dict[str, Any]:
+    """The metrics `visattn evaluate` gives on ``dataset``'s test split (its first ``limit`` samples)."""
     if task == "classification":
         from .tasks.classification import evaluate_classifier, evaluation_dataset
 
-        return evaluate_classifier(loaded, evaluation_dataset(dataset, "test", loaded.transform()))
+        return evaluate_classifier(loaded, evaluation_dataset(dataset, "test", loaded.transform()), limit=limit)
     if task == "detection":
         from .tasks.detection import evaluate_detector, evaluation_loader
 
-        return evaluate_detector(loaded, evaluation_loader(loaded, dataset, "test"))
+        return evaluate_detector(loaded, evaluation_loader(loaded, dataset, "test", limit=limit))
     from .tasks.captioning import evaluate_captioner, evaluation_loader
 
-    scores = evaluate_captioner(loaded, evaluation_loader(loaded, dataset, "test"), beam_size=DEFAULT_BEAM_SIZE)
+    loader = evaluation_loader(loaded, dataset, "test", limit=limit)
+    scores = evaluate_captioner(loaded, loader, beam_size=DEFAULT_BEAM_SIZE)
     return {**scores, "beam_size": DEFAULT_BEAM_SIZE}
 
 
@@ -286,7 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
                                "(single items on a 64 px canvas, adding the pointing game) / fashion-mnist-pairs "
                                "(two items: each class's Grad-CAM must find its own); "
                                "captioners and detectors: fashion-scenes or coco:ANN.json:IMAGES")
-    evaluate.add_argument("--split", default="test", help="train, val or test (default: test)")
+    evaluate.add_argument("--split", default="test",
+                          help="test (default) or train; val too for fashion-scenes and fashion-mnist-pairs/canvas")
     evaluate.add_argument("--json", action="store_true", help="print only the JSON line")
     evaluate.add_argument("--batch-size", type=positive_int, default=256)
     evaluate.add_argument("--num-workers", type=non_negative_int, default=0, help="DataLoader worker processes")
@@ -345,6 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     save.add_argument("--tag", required=True, help="weights tag, e.g. fmnist")
     save.add_argument("--out-dir", default=str(weights_dir()), help="weights folder (default: the shipped one)")
     save.add_argument("--dataset", default=None, help="measure test metrics on this dataset and record them")
+    save.add_argument("--limit", type=positive_int, default=None,
+                      help="measure on the first N test samples only (the count is recorded as test/n)")
     save.add_argument("--config", default=None, help="the config that trained it, recorded in the index")
     save.add_argument("--default", action="store_true", help="make it the architecture's default weights")
     save.add_argument("--overwrite", action="store_true", help="replace existing weights of the same ARCH.TAG")

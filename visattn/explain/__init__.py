@@ -199,7 +199,8 @@ def explain_image(
         target_class: ``gradcam`` only: class index or name to explain (default: the prediction).
 
     Returns:
-        ``{"label", "index", "prob", "method", "out"}`` of the prediction and the written file.
+        ``{"label", "index", "prob", "method", "explained", "out"}``: the prediction, the class whose
+        map was drawn and the written file.
     """
     tensor = classifier.transform()(image).to(classifier.device)  # (3, h, w), normalised
     probs = classifier.predict(tensor[None])[0]
@@ -212,7 +213,9 @@ def explain_image(
         title += f" for {classifier.class_names[explained]}"
     seen = model_view(tensor, classifier.preprocessing["mean"], classifier.preprocessing["std"])
     save_overlay(seen, heatmap, out, title=title)
-    return {"label": label, "index": index, "prob": round(float(probs[index]), 4), "method": method, "out": str(out)}
+    shown = classifier.class_names[index if explained is None else explained]
+    return {"label": label, "index": index, "prob": round(float(probs[index]), 4), "method": method,
+            "explained": shown, "out": str(out)}
 
 
 def _with_boxes(transform: ImageTransform) -> A.Compose:
