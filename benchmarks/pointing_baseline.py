@@ -3,6 +3,7 @@
     python benchmarks/pointing_baseline.py --model vit_tiny_patch4_28.fmnist --img-size 28
     python benchmarks/pointing_baseline.py --model se_resnet20_cifar.fmnist_stage4 --dataset fashion-mnist-pairs --img-size 64
     python benchmarks/pointing_baseline.py --model sat_cbam_resnet_scenes.scenes
+    python benchmarks/pointing_baseline.py --model detr_se_resnet20_cifar.scenes
 
 A map can find the item without the model having learnt anything: on a black canvas holding one
 bright item, a map that follows the pixels' brightness does. This scores the shipped weights, then
@@ -13,7 +14,9 @@ score means something only above the untrained ones.
 
 For a captioner (FashionScenes test scenes, beam 5), each named item's word map is scored against
 two maps that know nothing of the word: the mean of the caption's word maps (where the model looks
-overall) and the image's brightness.
+overall) and the image's brightness. For a DETR-style detector, each detection scoring 0.5 or more
+is scored the same way against its own box, with its query's cross-attention map, the mean of the
+image's detection maps and the brightness.
 """
 from __future__ import annotations
 
@@ -31,7 +34,9 @@ from visattn.data.scenes import FashionScenes
 from visattn.explain import evaluate_class_pointing, evaluate_pointing
 from visattn.registry import create_model, model_family
 from visattn.tasks.captioning import evaluation_loader, is_captioner, load_captioner, pointing_hits
+from visattn.explain import pointing_hit
 from visattn.tasks.classification import Classifier, inference_model, load_classifier
+from visattn.tasks.detection import is_detector, load_detector
 
 
 def untrained_copy(classifier: Classifier, seed: int, img_size: Optional[int]) -> Classifier:
@@ -72,6 +77,23 @@ def captioner_pointing(name: str, limit: int) -> dict[str, float]:
     return {key: round(float(np.mean(values)), 4) for key, values in hits.items()} | {"n": len(hits["word_map"])}
 
 
+@torch.inference_mode()
+def detector_pointing(name: str, limit: int) -> dict[str, float]:
+    """Pointing of each confident detection's own attention map, of the image's mean map and of the
+    brightness, at the detection's box."""
+    detector = load_detector(name)
+    hits: dict[str, list[bool]] = {"query_map": [], "image_mean_map": [], "brightness": []}
+    for scene in FashionScenes("test", num_scenes=limit, canvas_size=64):
+        image = torch.from_numpy(scene.image).permute(2, 0, 1).float() / 255
+        found = detector.detect([image], score_threshold=0.5, attention=True)[0]
+        maps = found["attention"]
+        blind = {"query_map": maps, "image_mean_map": maps.mean(0, keepdim=True).expand_as(maps),
+                 "brightness": image.mean(0)[None].expand_as(maps)}
+        for key, heat in blind.items():
+            hits[key] += [pointing_hit(m, box, image.shape[-2:]) for m, box in zip(heat, found["boxes"].numpy())]
+    return {key: round(float(np.mean(values)), 4) for key, values in hits.items()} | {"n": len(hits["query_map"])}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="vit_tiny_patch4_28.fmnist", help="shipped classifier ARCH.TAG")
@@ -80,8 +102,8 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=1000, help="canvas test scenes scored")
     parser.add_argument("--seeds", type=int, default=3, help="untrained copies scored")
     args = parser.parse_args()
-    if is_captioner(args.model):
-        scores = captioner_pointing(args.model, args.limit)
+    if is_captioner(args.model) or is_detector(args.model):
+        scores = (captioner_pointing if is_captioner(args.model) else detector_pointing)(args.model, args.limit)
         print(", ".join(f"{key} {value}" for key, value in scores.items()))
         print(json.dumps({"benchmark": "pointing_baseline", "model": args.model, "dataset": "fashion-scenes", **scores}))
         return

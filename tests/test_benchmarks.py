@@ -116,10 +116,14 @@ def test_pointing_baseline_scores_the_shipped_weights_against_untrained_copies(d
 
 
 @needs_fashion_mnist
-def test_pointing_baseline_scores_a_captioners_word_maps_against_word_blind_maps(capsys, monkeypatch):
+@pytest.mark.parametrize("model, keys", [
+    ("sat_cbam_resnet_scenes.scenes", ("word_map", "caption_mean_map", "brightness")),
+    ("detr_se_resnet20_cifar.scenes", ("query_map", "image_mean_map", "brightness")),
+])
+def test_pointing_baseline_scores_captioner_and_detector_maps_against_blind_maps(model, keys, capsys, monkeypatch):
     monkeypatch.syspath_prepend(str(BENCHMARKS))
-    monkeypatch.setattr(sys, "argv", ["pointing_baseline.py", "--model", "sat_cbam_resnet_scenes.scenes", "--limit", "8"])
+    monkeypatch.setattr(sys, "argv", ["pointing_baseline.py", "--model", model, "--limit", "8"])
     runpy.run_path(str(BENCHMARKS / "pointing_baseline.py"), run_name="__main__")
     figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert figures["n"] > 0 and set(figures) >= {"word_map", "caption_mean_map", "brightness"}
-    assert all(0.0 <= figures[key] <= 1.0 for key in ("word_map", "caption_mean_map", "brightness"))
+    assert figures["n"] > 0 and set(figures) >= set(keys)
+    assert all(0.0 <= figures[key] <= 1.0 for key in keys)

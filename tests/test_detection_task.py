@@ -8,6 +8,8 @@ import torch
 from torch import nn
 
 from test_detection_data import CLASS_NAMES, write_coco_instances
+from test_data import needs_fashion_mnist
+from visattn import create_model
 from visattn.cli import main
 from visattn.errors import ConfigError
 from visattn.tasks.detection import DetectionTask, Detector, evaluate_detector, load_detector
@@ -124,6 +126,48 @@ def test_fit_tiny_coco_detr_then_evaluate(tmp_path, capsys):
     assert len(lines) == 1 and set(json.loads(lines[0])) == {"map", "map50", "n"}
     assert main(["evaluate", "--checkpoint", checkpoint, "--dataset", "imagenet"]) == 2
     assert "detectors take fashion-scenes or coco:" in capsys.readouterr().err
+
+    # where each detection looked: one PNG per image, a panel per detection
+    code = main(["detect", str(images_dir), "--checkpoint", checkpoint, "--score-threshold", "0",
+                 "--attention-out", str(tmp_path / "attention"), "--json"])
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    readable = [r for r in records if "error" not in r]
+    assert code == (0 if len(readable) == len(records) else 1)  # 1: the fixture's unreadable file, reported
+    assert readable and all(r["detections"] for r in readable)
+    assert sorted(Path(r["attention"]).name for r in readable) == sorted(p.name for p in (tmp_path / "attention").iterdir())
+
+
+def test_detr_attention_maps_are_the_queries_own_and_leave_the_model_as_it_was():
+    torch.manual_seed(0)
+    model = create_model("detr_resnet20_cifar", num_classes=3, pretrained_backbone=False, **TINY["detr"]).eval()
+    detector = Detector(model, CLASS_NAMES, {}, "tiny", "detr_resnet20_cifar", {})
+    images = [torch.rand(3, 48, 64), torch.rand(3, 40, 40)]
+    plain, explained = detector.detect(images), detector.detect(images, attention=True)
+    attention = model.transformer.decoder[-1].cross_attn
+    assert not attention.keep_attention and attention.last_attention is None
+    for found, with_maps, image in zip(plain, explained, images):
+        torch.testing.assert_close(with_maps["boxes"], found["boxes"], atol=1e-4, rtol=1e-4)
+        assert with_maps["attention"].shape == (len(found["boxes"]), *image.shape[-2:])
+        assert with_maps["attention"].min() >= 0 and torch.equal(with_maps["queries"].unique(), torch.arange(8))
+    with pytest.raises(ConfigError, match="no decoder attention to show"):
+        fcos = create_model("fcos_resnet20_cifar", num_classes=3, pretrained_backbone=False, **TINY["fcos"]).eval()
+        Detector(fcos, CLASS_NAMES, {}, "tiny", "fcos_resnet20_cifar", {}).detect(images, attention=True)
+
+
+@needs_fashion_mnist
+def test_shipped_detr_looks_at_what_it_found():
+    from visattn.data.scenes import FashionScenes
+    from visattn.tasks.detection import load_detector
+
+    detector = load_detector("detr_se_resnet20_cifar.scenes")
+    scenes = FashionScenes("test", num_scenes=6)
+    images = [torch.from_numpy(scene.image).permute(2, 0, 1).float() / 255 for scene in scenes]
+    hits = []
+    for found in detector.detect(images, score_threshold=0.5, attention=True):
+        for heat, (x0, y0, x1, y1) in zip(found["attention"], found["boxes"].tolist()):
+            row, col = divmod(int(heat.argmax()), heat.shape[1])
+            hits.append(x0 <= col <= x1 and y0 <= row <= y1)
+    assert len(hits) >= 6 and sum(hits) / len(hits) >= 0.9  # the peak of a detection's map lies in its box
 
 
 @pytest.mark.parametrize("head", ["fcos", "detr"])

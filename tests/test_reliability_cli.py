@@ -86,6 +86,9 @@ CASES = {
                                               "--out", "x.png"], "is a detector, not a classifier"),
     "export_shipped_captioner": (lambda tmp: ["export", "--model", "sat_cbam_resnet_scenes.scenes", "--out", "s.onnx"],
                                  "sat_cbam_resnet_scenes.scenes is a captioner, not a classifier"),
+    "attention_of_a_detector_without_attention": (lambda tmp: ["detect", "x.png", "--model", "fcos_se_resnet20_cifar.scenes",
+                                                               "--attention-out", "maps"],
+                                                  "no decoder attention to show; use a DETR-style detector"),
     "caption_with_a_classifier": (lambda tmp: ["caption", "x.png", "--model", "se_resnet20_cifar"],
                                   "se_resnet20_cifar is a classifier, not a captioner; use `visattn classify`"),
     "detect_with_a_captioner": (lambda tmp: ["detect", "x.png", "--model", "sat_cbam_resnet_scenes"],
@@ -115,6 +118,18 @@ def test_user_mistake_is_one_line_and_exit_code_2(case, tmp_path, monkeypatch, c
     assert expected in errors[0] and "Traceback" not in err
     if "--json" in args:
         assert out == ""  # nothing on stdout that a JSON reader would choke on
+
+
+def test_a_closed_output_pipe_ends_quietly(monkeypatch, capfd):
+    import visattn.cli as cli
+
+    def reader_went_away(args):  # what print() raises once `| head` has exited
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(cli, "cmd_models", reader_went_away)
+    monkeypatch.setattr(cli.os, "dup2", lambda fd, fd2: None)  # keep pytest's stdout
+    assert main(["models"]) == 141
+    assert capfd.readouterr().err == ""
 
 
 def test_no_traceback_reaches_the_terminal(tmp_path):

@@ -5,6 +5,7 @@ naming the thing and the fix, with exit code 2 and no traceback.
 """
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -127,7 +128,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
     detector = load_detector(args.model, args.checkpoint, device=args.device)
     failures, total = detect_files(detector, args.paths, score_threshold=args.score_threshold, out=args.out,
-                                   as_json=args.json, batch_size=args.batch_size)
+                                   attention_out=args.attention_out, as_json=args.json, batch_size=args.batch_size)
     if failures:
         print(f"visattn: {failures} of {total} files could not be read", file=sys.stderr)
     return 1 if failures else 0
@@ -327,6 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device(detect)
     detect.add_argument("--score-threshold", type=float, default=0.5, help="keep detections scoring at least this")
     detect.add_argument("--out", default=None, metavar="DIR", help="write one PNG per image with the boxes drawn")
+    detect.add_argument("--attention-out", default=None, metavar="DIR",
+                        help="DETR-style detectors: one PNG per image, a panel per detection showing where it looked")
     detect.add_argument("--json", action="store_true", help="one JSON object per file")
     detect.add_argument("--batch-size", type=positive_int, default=8, help="images per forward pass")
     detect.set_defaults(func=cmd_detect)
@@ -380,6 +383,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("visattn: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away, as `visattn classify photos/ | head` does: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush cannot fail again
+        return 141  # 128 + SIGPIPE, what a shell reports for a command killed by a closed pipe
 
 
 if __name__ == "__main__":

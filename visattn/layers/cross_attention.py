@@ -15,6 +15,9 @@ from torch import nn
 class CrossAttention(nn.Module):
     """``softmax(q k^T / sqrt(d)) v`` over ``num_heads`` heads, with Q, K, V projected from separate inputs.
 
+    Explainability: set ``keep_attention = True`` and each forward computes the probabilities
+    explicitly (not with SDPA) and stores them, detached, as ``last_attention`` ``(B, heads, Nq, Nk)``.
+
     Args:
         dim: token size of queries, keys and values.
         num_heads: number of heads; ``dim`` must divide by it.
@@ -22,6 +25,9 @@ class CrossAttention(nn.Module):
         attn_drop: dropout on the attention probabilities.
         proj_drop: dropout after the output projection.
     """
+
+    keep_attention: bool = False
+    last_attention: Optional[torch.Tensor] = None
 
     def __init__(
         self,
@@ -59,6 +65,19 @@ class CrossAttention(nn.Module):
         on keys to ignore; returns (B, Nq, C)."""
         q, k, v = self._split_heads(self.q(query)), self._split_heads(self.k(key)), self._split_heads(self.v(value))
         keep = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]  # (B, 1, 1, Nk)
-        x = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, dropout_p=self.attn_drop if self.training else 0.0)
+        if self.keep_attention:
+            x = self._kept_attention(q, k, keep) @ v
+        else:
+            x = F.scaled_dot_product_attention(q, k, v, attn_mask=keep,
+                                               dropout_p=self.attn_drop if self.training else 0.0)
         x = x.transpose(1, 2).flatten(2)  # (B, Nq, heads * head_dim)
         return self.proj_drop(self.proj(x))
+
+    def _kept_attention(self, q: torch.Tensor, k: torch.Tensor, keep: Optional[torch.Tensor]) -> torch.Tensor:
+        """Attention probabilities ``(B, heads, Nq, Nk)``, stored in ``last_attention``; dropout as SDPA's."""
+        logits = (q * self.head_dim**-0.5) @ k.transpose(-2, -1)
+        if keep is not None:
+            logits = logits.masked_fill(~keep, torch.finfo(logits.dtype).min)
+        probs = logits.softmax(dim=-1)
+        self.last_attention = probs.detach()
+        return F.dropout(probs, self.attn_drop, self.training).to(q.dtype)

@@ -460,14 +460,16 @@ class DetrDetector(nn.Module):
         }
 
     def _detections(self, logits: Tensor, boxes: Tensor, image_sizes: list[tuple[int, int]]) -> Detections:
-        """Every query's best real class, sorted by score, boxes in the resized image's pixels."""
+        """Every query's best real class, sorted by score, boxes in the resized image's pixels, with
+        the index of the query behind each (``queries``, for its attention map)."""
         scores, labels = logits.softmax(-1)[..., :-1].max(-1)  # (B, Q)
         detections = []
         for image_scores, image_labels, image_boxes, (height, width) in zip(scores, labels, boxes, image_sizes):
             scale = image_boxes.new_tensor([width, height, width, height])
             pixels = clip_boxes_to_image(box_convert(image_boxes, "cxcywh", "xyxy") * scale, (height, width))
             order = image_scores.argsort(descending=True)
-            detections.append({"boxes": pixels[order], "scores": image_scores[order], "labels": image_labels[order]})
+            detections.append({"boxes": pixels[order], "scores": image_scores[order], "labels": image_labels[order],
+                               "queries": order})
         return detections
 
 

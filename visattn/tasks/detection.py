@@ -20,6 +20,7 @@ from torchmetrics.detection import MeanAveragePrecision
 
 from ..data.detection import CocoDetection, SceneDetection, Target, collate_detection
 from ..errors import ConfigError, WeightsError
+from ..explain.detr import detection_attention
 from ..fileio import atomic_path, unique_path
 from ..pretrained import find_weights_entry, load_weights
 from ..registry import create_model, is_model, model_family, split_model_name
@@ -165,10 +166,19 @@ class Detector:
     device = Classifier.device
 
     @torch.inference_mode()
-    def detect(self, images: Sequence[Tensor], *, score_threshold: float = 0.0) -> Detections:
+    def detect(self, images: Sequence[Tensor], *, score_threshold: float = 0.0, attention: bool = False) -> Detections:
         """Per image ``{"boxes": (M, 4) xyxy pixels, "scores": (M,), "labels": (M,)}`` on the CPU,
-        scoring at least ``score_threshold``, for ``(3, H, W)`` images in 0..1 on any device."""
-        detections = self.model([image.to(self.device) for image in images])
+        scoring at least ``score_threshold``, for ``(3, H, W)`` images in 0..1 on any device.
+
+        ``attention`` (DETR-style detectors) adds ``"attention"`` ``(M, H, W)``: where each
+        detection's query looked (:func:`visattn.explain.detr.detection_attention`).
+        """
+        images = [image.to(self.device) for image in images]
+        if attention:
+            detections, maps = detection_attention(self.model, images)
+            detections = [{**d, "attention": m} for d, m in zip(detections, maps)]
+        else:
+            detections = self.model(images)
         return [{k: v[d["scores"] >= score_threshold].cpu() for k, v in d.items()} for d in detections]
 
 
@@ -250,34 +260,44 @@ _MIN_DRAWN_SIDE = 256  # small images are enlarged before drawing, so the labels
 
 
 def detect_files(detector: Detector, paths: Sequence[str], *, score_threshold: float = 0.5,
-                 out: Optional[str] = None, as_json: bool = False, batch_size: int = 8) -> tuple[int, int]:
+                 out: Optional[str] = None, attention_out: Optional[str] = None, as_json: bool = False,
+                 batch_size: int = 8) -> tuple[int, int]:
     """Print the detections of each image file (folders are searched recursively); returns ``(failures, files)``.
 
     Files are decoded and detected ``batch_size`` at a time, in one forward pass. A file that cannot
     be read is reported on its own line and the others go on. With ``out``, a PNG per image shows
-    the boxes with their labels and scores.
+    the boxes with their labels and scores; with ``attention_out`` (DETR-style detectors), a PNG per
+    image has one panel per detection showing where its query looked.
     """
     import json
 
     from ..data.image_io import list_images, run_in_batches
     from ..data.transforms import to_tensor
+    from ..explain.overlay import save_word_panels
 
+    if attention_out and not hasattr(detector.model, "transformer"):
+        raise ConfigError(f"--attention-out: {detector.name} has no decoder attention to show; "
+                          "use a DETR-style detector (`visattn models 'detr_*'`) or drop --attention-out")
     files = list_images(list(paths), allow_empty=False)
-    out_dir = Path(out) if out else None
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    failures, used = 0, set()
-    detect_batch = partial(detector.detect, score_threshold=score_threshold)
-    for item, found in run_in_batches(files, batch_size, to_tensor, detect_batch, keep_images=out_dir is not None):
+    folders = {"drawn": Path(out) if out else None, "attention": Path(attention_out) if attention_out else None}
+    for folder in filter(None, folders.values()):
+        folder.mkdir(parents=True, exist_ok=True)
+    failures, used = 0, {key: set() for key in folders}
+    detect_batch = partial(detector.detect, score_threshold=score_threshold, attention=bool(attention_out))
+    for item, found in run_in_batches(files, batch_size, to_tensor, detect_batch,
+                                      keep_images=any(folders.values())):
         if item.error is not None:
             failures += 1
             print(item.error_line(as_json))
             continue
         record = {"file": str(item.path), "detections": _detection_records(found, detector.class_names)}
-        if out_dir is not None:
-            target = unique_path(out_dir, item.path.stem, used)
-            draw_detections(item.image, record["detections"], target)
-            record["drawn"] = str(target)
+        if folders["drawn"] is not None:
+            record["drawn"] = str(unique_path(folders["drawn"], item.path.stem, used["drawn"]))
+            draw_detections(item.image, record["detections"], Path(record["drawn"]))
+        if folders["attention"] is not None and record["detections"]:
+            record["attention"] = str(unique_path(folders["attention"], item.path.stem, used["attention"]))
+            titles = [f"{d['label']} {d['score']:.2f}" for d in record["detections"]]
+            save_word_panels(item.image, titles, list(found["attention"].numpy()), record["attention"])
         print(json.dumps(record) if as_json else _detection_line(record, score_threshold))
     return failures, len(files)
 
