@@ -94,7 +94,8 @@ def main() -> None:
     for name in shipped("captioning", "fashion-scenes"):
         run("caption", *map(str, scenes), "--model", name, "--attention-out", str(OUT / "attention"))
     for name in shipped("detection", "fashion-scenes"):
-        run("detect", *map(str, scenes), "--model", name, "--out", str(OUT / "detections" / name))
+        attention = ["--attention-out", str(OUT / "detections" / f"{name}_attention")] if name.startswith("detr_") else []
+        run("detect", *map(str, scenes), "--model", name, "--out", str(OUT / "detections" / name), *attention)
     explain_shipped(classifiers, images[:3])
 
     print("\nOutputs:")
@@ -104,7 +105,7 @@ def main() -> None:
     print(f"  Grad-CAM, rollout, gates:    {OUT / 'explain'}")
     print(f"  test scenes captioned:       {OUT / 'scenes'}")
     print(f"  per-word attention PNGs:     {OUT / 'attention'}")
-    print(f"  detections drawn:            {OUT / 'detections'}")
+    print(f"  detections drawn (and DETR's attention panels): {OUT / 'detections'}")
 
 
 if __name__ == "__main__":
