@@ -57,3 +57,13 @@ def test_loaded_classifier_is_on_the_device_and_answers_on_the_cpu():
     assert classifier.device == torch.device("cpu")
     probs = classifier.predict(torch.randn(2, *classifier.preprocessing["input_size"]))
     assert probs.device == torch.device("cpu") and torch.allclose(probs.sum(dim=1), torch.ones(2))
+
+
+def test_an_empty_batch_gives_empty_results():
+    from visattn.tasks.captioning import load_captioner
+    from visattn.tasks.detection import load_detector
+
+    assert load_classifier("se_resnet20_cifar").predict(torch.zeros(0, 3, 28, 28)).shape == (0, 10)
+    decoded = load_captioner("sat_cbam_resnet_scenes").caption(torch.zeros(0, 3, 64, 64))
+    assert decoded.tokens == [] and decoded.attention == [] and decoded.scores.shape == (0,)
+    assert load_detector("detr_se_resnet20_cifar").detect([], attention=True) == []

@@ -501,3 +501,21 @@ def test_load_classifier_at_another_size_resamples_vit_position_embeddings(tmp_p
     assert large.model(torch.zeros(1, 3, 56, 56)).shape == (1, 10)
     with pytest.raises(ConfigError, match="--img-size 0"):
         load_classifier(checkpoint=str(checkpoint), img_size=0)
+
+
+@pytest.mark.parametrize("method", ["gradcam", "gates"])
+def test_explain_restores_each_modules_own_mode(method):
+    model = create_model("cbam_resnet20_cifar", num_classes=10).train()
+    frozen = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)][:3]
+    for norm in frozen:
+        norm.eval()  # a fine-tuning recipe: the model trains, some BatchNorms keep their statistics
+    before = [m.training for m in model.modules()]
+    explain(model, torch.randn(3, 28, 28), method)
+    assert [m.training for m in model.modules()] == before
+
+
+@pytest.mark.parametrize("name, where", [("fcos_resnet20_cifar", "detect --attention-out"),
+                                         ("sat_cbam_resnet_scenes", "caption --attention-out")])
+def test_explain_names_where_models_of_other_tasks_show_their_maps(name, where):
+    with pytest.raises(ConfigError, match=f"explain takes classifiers; {name} is for .*{where}"):
+        explain(create_model(name).eval(), torch.rand(3, 64, 64), "gradcam")

@@ -216,3 +216,23 @@ def test_pretrained_takes_a_shipped_arch_tag_from_any_folder(weights_tmp, tmp_pa
     assert torch.equal(_logits(loaded), _logits(model))
     with pytest.raises(WeightsError, match=r"weights file not found, nor shipped weights of that name.*--pretrained"):
         create_model(ARCH, pretrained=f"{ARCH}.nope", **SMALL)
+
+
+def test_save_weights_refuses_before_writing_anything(tmp_path):
+    model = _model()
+    with pytest.raises(WeightsError, match="the model is a vit_tiny_patch4_28, not a resnet18"):
+        save_weights(model, tmp_path / "resnet18.unit.safetensors")
+    with pytest.raises(WeightsError, match="must be plain JSON"):
+        save_weights(model, tmp_path / f"{ARCH}.unit.safetensors", metrics={"top1": torch.tensor(0.9)})
+    assert list(tmp_path.iterdir()) == []  # nothing written, so a corrected retry needs no --overwrite
+    save_weights(model, tmp_path / f"{ARCH}.unit.safetensors", metrics={"top1": 0.9}, model_kwargs=SMALL)
+
+
+def test_vit_weights_of_another_token_layout_are_one_line():
+    state = _model().state_dict()
+    distilled = {**state, "dist_token": torch.zeros(1, 1, 192), "head_dist.weight": torch.zeros(10, 192)}
+    with pytest.raises(WeightsError, match="distilled DeiT"):
+        load_weights(_model(), distilled)
+    two_prefix = {**state, "pos_embed": torch.zeros(1, 2 + 49, 192)}  # 50 grid tokens after one prefix token
+    with pytest.raises(WeightsError, match=r"pos_embed \(1, 51, 192\) does not hold a square patch grid"):
+        load_weights(_model(), two_prefix)

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError, VisattnError, WeightsError
+from .explain.gradcam import eval_mode
 from .fileio import atomic_path
 
 __all__ = ["DEFAULT_OPSET", "export_classifier", "export_onnx", "onnx_max_difference", "onnx_session"]
@@ -83,21 +84,16 @@ def export_onnx(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     example = torch.zeros(2, *size)  # batch 2, so the tracer cannot specialise on a batch of one
-    was_training = model.training
-    model.eval()
-    try:
-        with warnings.catch_warnings(), torch.no_grad(), _graph_dump_silenced():
-            # Expected while tracing: the exporter's own deprecation notice, and the shape checks
-            # (PatchEmbed's image-size test) that become constants for this fixed input size.
-            warnings.simplefilter("ignore", DeprecationWarning)
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            torch.onnx.export(
-                _Logits(model), (example,), str(path), dynamo=False, opset_version=opset,
-                input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-            )
-    finally:
-        model.train(was_training)
+    with eval_mode(model), warnings.catch_warnings(), torch.no_grad(), _graph_dump_silenced():
+        # Expected while tracing: the exporter's own deprecation notice, and the shape checks
+        # (PatchEmbed's image-size test) that become constants for this fixed input size.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        torch.onnx.export(
+            _Logits(model), (example,), str(path), dynamo=False, opset_version=opset,
+            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+        )
     if metadata:
         _add_metadata(path, metadata)
     return path
@@ -120,9 +116,8 @@ def onnx_session(path: str | os.PathLike, *, threads: Optional[int] = None) -> A
 @torch.no_grad()
 def onnx_max_difference(model: nn.Module, session: Any, images: torch.Tensor) -> float:
     """Largest absolute difference between the ONNX session's logits and the model's (eval mode)."""
-    was_training = model.training
-    expected = model.eval()(images).numpy()
-    model.train(was_training)
+    with eval_mode(model):
+        expected = model(images).numpy()
     actual = session.run([OUTPUT_NAME], {INPUT_NAME: images.numpy()})[0]
     return float(np.abs(actual - expected).max())
 

@@ -183,6 +183,13 @@ def save_weights(model: nn.Module, path: Union[str, Path], *, overwrite: bool = 
         raise WeightsError(f"{path}: name weights files <arch>.<tag>.safetensors, e.g. vit_tiny_patch4_28.fmnist.safetensors")
     if not is_model(arch):
         raise UnknownModelError(f"{path}: {arch!r} is not a registered model; name the file after its architecture")
+    built_as = split_model_name(getattr(model, "visattn_name", arch))[0]
+    if built_as != arch:
+        raise WeightsError(f"{path}: the model is a {built_as}, not a {arch}; name the file {built_as}.{tag}.safetensors")
+    try:
+        json.dumps(meta)
+    except (TypeError, ValueError) as err:
+        raise WeightsError(f"{path}: the index entry must be plain JSON ({err}); pass numbers as float(x)") from None
     if not overwrite:
         refuse_existing_weights(path)
     index_file = path.parent / INDEX_NAME

@@ -50,7 +50,19 @@ def applicable_methods(model: nn.Module) -> tuple[str, ...]:
     return ("gradcam", "gates") if gate_modules(model) else ("gradcam",)
 
 
+# Where the models that are not classifiers show where they look.
+OTHER_TASKS_MAPS = {"captioning": "each word's map: Captioner.caption(images).attention (`visattn caption --attention-out`)",
+                    "detection": "DETR's per-detection maps: Detector.detect(images, attention=True) "
+                                 "(`visattn detect --attention-out`)"}
+
+
 def _check_arguments(model: nn.Module, method: str, layer, head, target_class) -> None:
+    from ..registry import model_task
+
+    name = getattr(model, "visattn_name", None)  # set by create_model; a model built elsewhere is taken as it is
+    if name and model_task(name) != "classification":
+        raise ConfigError(f"explain takes classifiers; {name} is for {model_task(name)}: "
+                          f"use {OTHER_TASKS_MAPS[model_task(name)]}")
     if method not in METHODS:
         raise ConfigError(f"--method {method!r}: use one of {', '.join(METHODS)}")
     fits = applicable_methods(model)

@@ -26,13 +26,15 @@ TargetClass = Union[int, Tensor, None]
 
 @contextmanager
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Run ``model`` in eval mode (no dropout, fixed batch-norm statistics), then restore its mode."""
-    was_training = model.training
+    """Run ``model`` in eval mode (no dropout, fixed batch-norm statistics), then restore each
+    module's own mode (fine-tuning recipes keep some, e.g. frozen BatchNorms, in eval mode)."""
+    modes = [(module, module.training) for module in model.modules()]
     model.eval()
     try:
         yield model
     finally:
-        model.train(was_training)
+        for module, training in modes:
+            module.training = training
 
 
 def default_target_layer(model: nn.Module) -> nn.Module:

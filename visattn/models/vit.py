@@ -4,11 +4,13 @@ Parameter names and shapes are those of timm's ``VisionTransformer``, so a timm 
 strictly. torchvision's ``VisionTransformer`` layout is converted on load, and position
 embeddings are resampled when the checkpoint's patch grid differs from the model's.
 """
+import math
 from typing import Literal, Optional, Union
 
 import torch
 from torch import nn
 
+from ..errors import WeightsError
 from ..layers.attention import SelfAttention
 from ..layers.drop_path import DropPath
 from ..layers.layer_scale import LayerScale
@@ -196,7 +198,14 @@ class VisionTransformer(nn.Module):
         """Convert a torchvision ViT state dict to timm names and resample position embeddings to this grid."""
         if "conv_proj.weight" in state:
             state = convert_torchvision_vit(state)
+        if "dist_token" in state:
+            raise WeightsError("the weights are a distilled DeiT (dist_token, head_dist), which visattn does not "
+                               "register; load a plain deit_*_patch16_224 or vit_* checkpoint")
         if "pos_embed" in state and state["pos_embed"].shape != self.pos_embed.shape:
+            patches = state["pos_embed"].shape[1] - self.num_prefix_tokens
+            if patches < 1 or math.isqrt(patches) ** 2 != patches:
+                raise WeightsError(f"pos_embed {tuple(state['pos_embed'].shape)} does not hold a square patch grid "
+                                   f"after {self.num_prefix_tokens} prefix tokens; the weights are for another layout")
             state = dict(state)
             state["pos_embed"] = resample_abs_pos_embed(
                 state["pos_embed"], new_size=self.grid_size, num_prefix_tokens=self.num_prefix_tokens

@@ -260,6 +260,8 @@ class Captioner:
     def caption(self, images: Tensor, *, beam_size: int = 5, max_len: int = 20,
                 length_penalty: float = 1.0) -> DecodedCaptions:
         """Captions of normalised images ``(B, 3, H, W)`` on any device, returned on the CPU."""
+        if len(images) == 0:
+            return DecodedCaptions([], [], torch.zeros(0))
         decoded = decode(self.model, images.to(self.device), beam_size=beam_size, max_len=max_len,
                          length_penalty=length_penalty)
         return decoded.to("cpu")

@@ -174,6 +174,8 @@ class Detector:
         detection's query looked (:func:`visattn.explain.detr.detection_attention`).
         """
         images = [image.to(self.device) for image in images]
+        if not images:
+            return []
         if attention:
             detections, maps = detection_attention(self.model, images)
             detections = [{**d, "attention": m} for d, m in zip(detections, maps)]
