@@ -236,3 +236,10 @@ def test_vit_weights_of_another_token_layout_are_one_line():
     two_prefix = {**state, "pos_embed": torch.zeros(1, 2 + 49, 192)}  # 50 grid tokens after one prefix token
     with pytest.raises(WeightsError, match=r"pos_embed \(1, 51, 192\) does not hold a square patch grid"):
         load_weights(_model(), two_prefix)
+
+
+def test_loading_into_a_meta_model_is_refused_not_a_silent_no_op():
+    with torch.device("meta"):
+        model = create_model(ARCH, **SMALL)
+    with pytest.raises(WeightsError, match="on the meta device, where loading weights does nothing"):
+        load_weights(model, _model().state_dict())
