@@ -81,7 +81,7 @@ def test_eval_gives_boxes_inside_each_image(name):
     detections = _detect(model)
     assert len(detections) == len(SIZES)
     for det, (height, width) in zip(detections, SIZES):
-        assert set(det) == {"boxes", "scores", "labels"}
+        assert set(det) == {"boxes", "scores", "labels"} | ({"queries"} if name.startswith("detr") else set())
         m = len(det["scores"])
         assert m > 0 and det["boxes"].shape == (m, 4) and det["labels"].shape == (m,)
         assert det["labels"].dtype == torch.int64 and 0 <= det["labels"].min() and det["labels"].max() < 4
