@@ -519,3 +519,16 @@ def test_explain_restores_each_modules_own_mode(method):
 def test_explain_names_where_models_of_other_tasks_show_their_maps(name, where):
     with pytest.raises(ConfigError, match=f"explain takes classifiers; {name} is for .*{where}"):
         explain(create_model(name).eval(), torch.rand(3, 64, 64), "gradcam")
+
+
+@pytest.mark.parametrize("bad, message", [
+    (np.zeros((28, 28, 3), np.float32), "a ndarray, not a tensor"),
+    (torch.zeros(2, 1, 28, 28), r"shape \(2, 1, 28, 28\), not \(B, 3, H, W\)"),
+    (torch.zeros(2, 3, 28, 28, dtype=torch.uint8), "torch.uint8 pixels, not normalised floats"),
+])
+def test_images_that_are_no_model_input_are_one_line(bad, message):
+    classifier = load_classifier("se_resnet20_cifar")
+    with pytest.raises(ConfigError, match=message):
+        classifier.predict(bad)
+    with pytest.raises(ConfigError, match=message):
+        explain_batch(classifier.model, bad, "gradcam")

@@ -139,6 +139,18 @@ def eval_transforms(
     return ImageTransform([*steps, A.Normalize(mean, std)])
 
 
+def check_image_batch(images: object, *, channels: int = 3) -> None:
+    """One line unless ``images`` is a floating-point ``(B, channels, H, W)`` tensor, what a model's
+    evaluation transform gives stacked (a path, an array or uint8 pixels are not)."""
+    fix = "decode files with visattn.data.image_io.decode_image and apply the model's transform()"
+    if not isinstance(images, torch.Tensor):
+        raise ConfigError(f"images: a {type(images).__name__}, not a tensor (B, {channels}, H, W); {fix}")
+    if images.ndim != 4 or images.shape[1] != channels:
+        raise ConfigError(f"images: shape {tuple(images.shape)}, not (B, {channels}, H, W); {fix}")
+    if not images.is_floating_point():
+        raise ConfigError(f"images: {images.dtype} pixels, not normalised floats; {fix}")
+
+
 def to_tensor(image: np.ndarray) -> torch.Tensor:
     """``(H, W, 3)`` uint8 array -> ``(3, H, W)`` float32 tensor in 0..1, no normalisation."""
     return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float().div_(255)

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..data.transforms import check_image_batch
 from ..errors import ConfigError
 from .attention import as_index, attention_map, collect_attentions, is_vit, token_grid
 from .gates import gate_maps, gate_modules
@@ -116,6 +117,7 @@ def explain_batch(
 
     See :func:`explain` for the arguments; ``head_fusion`` and ``discard_ratio`` tune rollout.
     """
+    check_image_batch(images)
     _check_arguments(model, method, layer, head, target_class)
     if method == "gradcam":
         return grad_cam(model, images, layer=layer, target_class=target_class)[0]
@@ -164,8 +166,9 @@ def explain(
         ConfigError: the method does not fit the model (the message names those that do), or an
             argument is out of range.
     """
-    images = image_tensor[None] if image_tensor.ndim == 3 else image_tensor
-    if images.ndim != 4 or images.shape[0] != 1:
+    images = image_tensor[None] if getattr(image_tensor, "ndim", 0) == 3 else image_tensor
+    check_image_batch(images)
+    if images.shape[0] != 1:
         raise ConfigError(f"image tensor has shape {tuple(image_tensor.shape)}; give one image (3, H, W)")
     maps = explain_batch(model, images, method, layer=layer, head=head, target_class=target_class)
     return resize_map(maps[0], tuple(images.shape[-2:]))

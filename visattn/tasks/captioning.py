@@ -20,6 +20,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, Subset
 
 from ..data.scenes import ITEM_WORDS
+from ..data.transforms import check_image_batch
 from ..data.vocab import Vocabulary, tokenize
 from ..errors import ConfigError, WeightsError
 from ..explain.pointing import pointing_hit
@@ -260,6 +261,7 @@ class Captioner:
     def caption(self, images: Tensor, *, beam_size: int = 5, max_len: int = 20,
                 length_penalty: float = 1.0) -> DecodedCaptions:
         """Captions of normalised images ``(B, 3, H, W)`` on any device, returned on the CPU."""
+        check_image_batch(images, channels=self.preprocessing["input_size"][0])
         if len(images) == 0:
             return DecodedCaptions([], [], torch.zeros(0))
         decoded = decode(self.model, images.to(self.device), beam_size=beam_size, max_len=max_len,

@@ -17,7 +17,7 @@ from torchvision.transforms import v2
 
 from ..data.fashion_mnist import FashionMNIST
 from ..data.image_folder import ImageFolder
-from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, ImageTransform, eval_transforms
+from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, ImageTransform, check_image_batch, eval_transforms
 from ..devices import inference_device, model_device
 from ..errors import ConfigError, WeightsError
 from ..pretrained import find_weights_entry, load_weights, read_pickle_checkpoint
@@ -313,6 +313,7 @@ class Classifier:
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         """Class probabilities ``(B, num_classes)`` on the CPU for normalised images ``(B, 3, H, W)``
         on any device."""
+        check_image_batch(images, channels=self.preprocessing["input_size"][0])
         return self.model(images.to(self.device)).softmax(dim=-1).cpu()
 
 
