@@ -532,3 +532,10 @@ def test_images_that_are_no_model_input_are_one_line(bad, message):
         classifier.predict(bad)
     with pytest.raises(ConfigError, match=message):
         explain_batch(classifier.model, bad, "gradcam")
+
+
+@pytest.mark.parametrize("target_class", ["3", [1, 2, 3], 2.5])
+def test_a_target_class_that_is_no_index_is_one_line(target_class):
+    model = create_model("resnet20_cifar", num_classes=10).eval()
+    with pytest.raises(ConfigError, match="give one class index, or one per image"):
+        explain_batch(model, torch.randn(2, 3, 28, 28), "gradcam", target_class=target_class)

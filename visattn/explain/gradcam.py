@@ -84,7 +84,14 @@ def _as_feature_map(model: nn.Module, activation: Tensor, image_size: tuple[int,
 def _class_index(logits: Tensor, target_class: TargetClass) -> Tensor:
     if target_class is None:
         return logits.argmax(dim=1)
-    index = torch.as_tensor(target_class, device=logits.device).long().expand(logits.shape[0])
+    try:
+        index = torch.as_tensor(target_class, device=logits.device)
+        if index.is_floating_point() or index.ndim > 1:
+            raise TypeError
+        index = index.long().expand(logits.shape[0])
+    except (TypeError, ValueError, RuntimeError):
+        raise ConfigError(f"target_class={target_class!r}: give one class index, or one per image "
+                          f"({logits.shape[0]} here); class names go through explain_image or --class") from None
     if index.min() < 0 or index.max() >= logits.shape[1]:
         raise ConfigError(f"--class {target_class}: the model has {logits.shape[1]} classes (0..{logits.shape[1] - 1})")
     return index
