@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -70,3 +72,9 @@ def test_cli_models_table(capsys, weights_tmp):
 def test_cli_models_no_match(capsys):
     assert main(["models", "zzz*"]) == 1
     assert "no models match" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", [None, 5, Path("vit_tiny_patch16_224")])
+def test_a_model_name_that_is_no_string_is_one_line(name):
+    with pytest.raises(UnknownModelError, match="give a string such as"):
+        create_model(name)

@@ -59,6 +59,9 @@ def _resolve_arch(name: str) -> str:
 
 def split_model_name(name: str) -> tuple[str, Optional[str]]:
     """``"vit_tiny_patch4_28.fmnist"`` -> ``("vit_tiny_patch4_28", "fmnist")``; a bare arch has tag ``None``."""
+    if not isinstance(name, str):
+        raise UnknownModelError(f"model name {name!r}: give a string such as 'vit_tiny_patch16_224' or "
+                                "'se_resnet20_cifar.fmnist'; `visattn models` lists them")
     arch, _, tag = name.partition(".")
     return arch, (tag or None)
 
