@@ -268,3 +268,15 @@ def test_image_folder_data_module_separate_roots(tmp_path):
     assert data.datasets["val"].targets == [1, 1]  # "dog" keeps its training label
     with pytest.raises(ConfigError, match="missing"):
         ImageFolderDataModule(str(tmp_path / "missing"))
+
+
+def test_a_classifiers_transform_takes_gray_arrays_and_names_other_layouts():
+    from visattn.tasks.classification import load_classifier
+
+    classifier = load_classifier("se_resnet20_cifar")
+    gray = np.full((28, 28), 128, np.uint8)
+    for image in (gray, gray[:, :, None]):
+        torch.testing.assert_close(classifier.transform()(image), classifier.transform()(np.repeat(gray[:, :, None], 3, 2)))
+    assert classifier.predict(classifier.transform()(gray)[None]).shape == (1, 10)
+    with pytest.raises(ConfigError, match=r"shape \(28, 28, 4\), not \(H, W, 3\) RGB"):
+        classifier.transform()(np.zeros((28, 28, 4), np.uint8))

@@ -60,11 +60,24 @@ class ImageTransform:
 
     def __call__(self, image: np.ndarray) -> torch.Tensor:
         self._seed_once()
-        return self.pipeline(image=image)["image"]
+        return self.pipeline(image=rgb_array(image))["image"]
 
     def __repr__(self) -> str:
         steps = ", ".join(type(t).__name__ for t in self.pipeline.transforms)
         return f"{type(self).__name__}([{steps}])"
+
+
+def rgb_array(image: np.ndarray) -> np.ndarray:
+    """``(H, W, 3)`` as it is; gray ``(H, W)`` or ``(H, W, 1)`` repeated to 3 channels; else one line."""
+    if not isinstance(image, np.ndarray):
+        raise ConfigError(f"image: a {type(image).__name__}, not an (H, W, 3) uint8 array; "
+                          "read files with visattn.data.image_io.decode_image")
+    if image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 1):
+        return np.repeat(image.reshape(*image.shape[:2], 1), 3, axis=2)
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ConfigError(f"image: shape {image.shape}, not (H, W, 3) RGB; read files with "
+                          "visattn.data.image_io.decode_image (it converts RGBA, palette and CMYK)")
+    return image
 
 
 def train_transforms(
