@@ -243,3 +243,9 @@ def test_loading_into_a_meta_model_is_refused_not_a_silent_no_op():
         model = create_model(ARCH, **SMALL)
     with pytest.raises(WeightsError, match="on the meta device, where loading weights does nothing"):
         load_weights(model, _model().state_dict())
+
+
+@pytest.mark.parametrize("source", [None, 3])
+def test_a_weights_source_of_another_type_is_one_line(source):
+    with pytest.raises(WeightsError, match="give a file path, a shipped ARCH.TAG"):
+        load_weights(_model(), source)

@@ -6,7 +6,7 @@ import torch
 import visattn
 from visattn import create_model, list_models, list_pretrained, register_model
 from visattn.cli import main
-from visattn.errors import UnknownModelError
+from visattn.errors import ConfigError, UnknownModelError
 
 
 def test_list_models_wildcards():
@@ -78,3 +78,9 @@ def test_cli_models_no_match(capsys):
 def test_a_model_name_that_is_no_string_is_one_line(name):
     with pytest.raises(UnknownModelError, match="give a string such as"):
         create_model(name)
+
+
+@pytest.mark.parametrize("num_classes", ["10", -1, 2.0, True])
+def test_a_num_classes_that_is_no_count_is_one_line(num_classes):
+    with pytest.raises(ConfigError, match="give a whole number of classes"):
+        create_model("resnet20_cifar", num_classes=num_classes)

@@ -229,6 +229,9 @@ def load_weights(
     ``strict=False``, which keeps the model's own initialisation for keys the checkpoint lacks and
     warns with their names.
     """
+    if not isinstance(source, (str, os.PathLike, dict)):
+        raise WeightsError(f"weights source {source!r}: give a file path, a shipped ARCH.TAG, 'timm:NAME', "
+                           "'hf-hub:ORG/REPO' or a state dict")
     if any(p.is_meta for p in model.parameters()):
         raise WeightsError(f"{type(model).__name__} is on the meta device, where loading weights does nothing; "
                            "build it on the CPU or a GPU, or call model.to_empty(device=...) first")

@@ -9,7 +9,7 @@ from typing import Callable, Optional, Union
 
 from torch import nn
 
-from .errors import UnknownModelError
+from .errors import ConfigError, UnknownModelError
 
 _model_entrypoints: dict[str, Callable[..., nn.Module]] = {}
 _model_family: dict[str, str] = {}  # arch -> module short name, e.g. "vit", "resnet"
@@ -116,6 +116,8 @@ def create_model(
         if num_classes is None and entry.get("num_classes") is not None:
             num_classes = entry["num_classes"]
     if num_classes is not None:
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+            raise ConfigError(f"num_classes={num_classes!r}: give a whole number of classes (0: features only)")
         kwargs["num_classes"] = num_classes
     model = _model_entrypoints[arch](**kwargs)
     model.visattn_name = f"{arch}.{entry['tag']}" if entry else arch
