@@ -26,7 +26,8 @@ if [ -d .gpu/fashion-mnist ]; then export VISATTN_DATA="$PWD/.gpu"; fi
 if command -v nvidia-smi >/dev/null; then
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.csv"
 fi
-vit=(--device "$device" --models vit_base_patch16_224 --infer-batch 256 --train-batch 64)
+vit=(--device "$device" --infer-batch 256 --train-batch 64)
+if [ -z "$smoke" ]; then vit+=(--models vit_base_patch16_224); fi  # smoke runs take vit_vs_timm's tiny default
 "$python" benchmarks/vit_vs_timm.py "${vit[@]}" --precision bf16 --rounds 10 $smoke | tee "$out/vit_vs_timm_bf16.txt"
 "$python" benchmarks/vit_vs_timm.py "${vit[@]}" --precision fp32 --rounds 5 $smoke | tee "$out/vit_vs_timm_fp32.txt"
 "$python" benchmarks/beam_search.py --device "$device" --rounds 5 $smoke | tee "$out/beam_search.txt"

@@ -101,14 +101,15 @@ def add_mfu(row: dict, peak: float) -> dict:
 
 def main() -> None:
     parser = side_by_side.parser(__doc__.splitlines()[0], rounds=7)
-    parser.add_argument("--models", nargs="+", default=list(MODELS))
+    parser.add_argument("--models", nargs="+", default=None, help=f"default: {' '.join(MODELS)} (--smoke: the first)")
     parser.add_argument("--infer-batch", type=int, default=16)
     parser.add_argument("--train-batch", type=int, default=8)
     parser.add_argument("--img-size", type=int, default=224)
     side_by_side.add_device_arguments(parser)
     args = parser.parse_args()
+    args.models = args.models or list(MODELS[:1] if args.smoke else MODELS)
     if args.smoke:
-        args.models, args.infer_batch, args.train_batch, args.img_size, args.rounds = MODELS[:1], 2, 2, 32, 1
+        args.infer_batch, args.train_batch, args.img_size, args.rounds = 2, 2, 32, 1
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     peaks, rows = [], []
