@@ -280,3 +280,14 @@ def test_a_classifiers_transform_takes_gray_arrays_and_names_other_layouts():
     assert classifier.predict(classifier.transform()(gray)[None]).shape == (1, 10)
     with pytest.raises(ConfigError, match=r"shape \(28, 28, 4\), not \(H, W, 3\) RGB"):
         classifier.transform()(np.zeros((28, 28, 4), np.uint8))
+
+
+def test_image_folder_refuses_classes_it_cannot_learn(tmp_path):
+    one = write_image_folder(tmp_path / "one", classes=("cat",), per_class=2)
+    with pytest.raises(ConfigError, match=r"one class folder \(cat\); a classifier needs two or more"):
+        ImageFolder(one)
+    root = write_image_folder(tmp_path / "three", classes=("cat", "dog"), per_class=2)
+    (root / "fox").mkdir()
+    with pytest.raises(ConfigError, match=r"class folders \['fox'\] hold no image files"):
+        ImageFolder(root)
+    assert len(ImageFolder(root, classes=["cat", "dog", "fox"])) == 4  # given classes: an empty folder is fine

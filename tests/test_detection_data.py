@@ -189,6 +189,11 @@ def test_coco_detection_one_line_errors(tmp_path):
     (tmp_path / "bad_category.json").write_text(json.dumps(data))
     with pytest.raises(ConfigError, match=r"category ids \[99\]"):
         CocoDetection(tmp_path / "bad_category.json", images_dir)
+    for categories, message in ([], "lists no categories"), (
+            [{"id": 1, "name": "cat"}, {"id": 2, "name": "cat"}], r"category names \['cat'\] are given to several ids"):
+        (tmp_path / "odd_categories.json").write_text(json.dumps({**data, "annotations": [], "categories": categories}))
+        with pytest.raises(ConfigError, match=message):
+            CocoDetection(tmp_path / "odd_categories.json", images_dir)
     del data["categories"]
     (tmp_path / "no_categories.json").write_text(json.dumps(data))
     with pytest.raises(ConfigError, match="not COCO instances JSON"):

@@ -180,8 +180,15 @@ class CocoDetection(ImageFiles):
     def _labels(self, categories: list[dict], class_names: Sequence[str] | None) -> tuple[list[str], dict[int, int]]:
         """Class names in label order and ``{category id: label}``."""
         categories = sorted(categories, key=lambda c: c["id"])
+        names = [c["name"] for c in categories]
+        if not names:
+            raise ConfigError(f"{self.annotations}: lists no categories; a detector needs at least one")
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ConfigError(f"{self.annotations}: category names {repeated} are given to several ids; "
+                              "give each category its own name")
         if class_names is None:
-            return [c["name"] for c in categories], {c["id"]: k for k, c in enumerate(categories)}
+            return names, {c["id"]: k for k, c in enumerate(categories)}
         index = {name: k for k, name in enumerate(class_names)}
         unknown = sorted(c["name"] for c in categories if c["name"] not in index)
         if unknown:

@@ -91,6 +91,8 @@ class ImageFolder(ImageFiles):
         self.classes = list(classes) if classes is not None else find_classes(self.root)
         self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
         self.samples = self._find_samples()
+        if classes is None:  # the classes come from this folder: each must be one a model can learn
+            self._check_found_classes()
         self._track([path for path, _ in self.samples], max_pixels)
 
     @property
@@ -119,6 +121,14 @@ class ImageFolder(ImageFiles):
         if not samples:
             raise ConfigError(f"{self.root}: no image files in its class folders ({_LAYOUT})")
         return samples
+
+    def _check_found_classes(self) -> None:
+        if len(self.classes) < 2:
+            raise ConfigError(f"{self.root}: one class folder ({self.classes[0]}); a classifier needs two or more "
+                              f"({_LAYOUT}; did you give the class folder instead of its parent?)")
+        empty = sorted(set(self.classes) - {self.classes[label] for _, label in self.samples})
+        if empty:
+            raise ConfigError(f"{self.root}: class folders {empty} hold no image files; add images or remove them")
 
 
 def decode_next_good(
