@@ -113,7 +113,7 @@ def _image_folder_dataset(corpus: dict[str, Path], root: Path):
     (root / "things").mkdir(parents=True)
     for path in corpus.values():
         (root / "things" / path.name).write_bytes(path.read_bytes())
-    return ImageFolder(root, eval_transforms(16))
+    return ImageFolder(root, eval_transforms(16), classes=["things"])  # one class: given, as for a test folder
 
 
 def _caption_images_dataset(corpus: dict[str, Path], root: Path):
