@@ -61,9 +61,9 @@ def _check_arguments(model: nn.Module, method: str, layer, head, target_class) -
     from ..registry import model_task
 
     name = getattr(model, "visattn_name", None)  # set by create_model; a model built elsewhere is taken as it is
-    if name and model_task(name) != "classification":
-        raise ConfigError(f"explain takes classifiers; {name} is for {model_task(name)}: "
-                          f"use {OTHER_TASKS_MAPS[model_task(name)]}")
+    task = model_task(name) if name else "classification"
+    if task != "classification":
+        raise ConfigError(f"explain takes classifiers; {name} is for {task}: use {OTHER_TASKS_MAPS[task]}")
     if method not in METHODS:
         raise ConfigError(f"--method {method!r}: use one of {', '.join(METHODS)}")
     fits = applicable_methods(model)

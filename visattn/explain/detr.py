@@ -18,16 +18,20 @@ from ..errors import ConfigError
 Detections = list[dict[str, Tensor]]
 
 
+def has_decoder_attention(model: nn.Module) -> bool:
+    """Whether ``model`` is a DETR-style detector, whose queries' cross-attention can be shown."""
+    return hasattr(getattr(model, "transformer", None), "decoder")
+
+
 def detection_attention(model: nn.Module, images: list[Tensor]) -> tuple[Detections, list[Tensor]]:
     """Detections of a DETR-style ``model`` in eval mode (as ``model(images)`` gives them) and, per
     image, the maps ``(D, H, W)`` of its ``D`` detections at that image's size: the last decoder
     layer's cross-attention of each detection's query, averaged over heads (each sums to 1 over
     the feature grid before resizing)."""
-    transformer = getattr(model, "transformer", None)
-    if transformer is None or not hasattr(transformer, "decoder"):
+    if not has_decoder_attention(model):
         raise ConfigError(f"{type(model).__name__} has no decoder attention to show; use a DETR-style "
                           "detector (`visattn models 'detr_*'`)")
-    attention = transformer.decoder[-1].cross_attn
+    attention = model.transformer.decoder[-1].cross_attn
     seen: dict[str, object] = {}
     hooks = [model.transform.register_forward_hook(lambda module, args, out: seen.update(batch=out[0])),
              model.input_proj.register_forward_hook(lambda module, args, out: seen.update(grid=out.shape[-2:]))]

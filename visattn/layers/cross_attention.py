@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .attention import attention_probs
+
 
 class CrossAttention(nn.Module):
     """``softmax(q k^T / sqrt(d)) v`` over ``num_heads`` heads, with Q, K, V projected from separate inputs.
@@ -66,18 +68,11 @@ class CrossAttention(nn.Module):
         q, k, v = self._split_heads(self.q(query)), self._split_heads(self.k(key)), self._split_heads(self.v(value))
         keep = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]  # (B, 1, 1, Nk)
         if self.keep_attention:
-            x = self._kept_attention(q, k, keep) @ v
+            probs = attention_probs(q, k, self.head_dim**-0.5, keep)
+            self.last_attention = probs.detach()
+            x = F.dropout(probs, self.attn_drop, self.training).to(v.dtype) @ v
         else:
             x = F.scaled_dot_product_attention(q, k, v, attn_mask=keep,
                                                dropout_p=self.attn_drop if self.training else 0.0)
         x = x.transpose(1, 2).flatten(2)  # (B, Nq, heads * head_dim)
         return self.proj_drop(self.proj(x))
-
-    def _kept_attention(self, q: torch.Tensor, k: torch.Tensor, keep: Optional[torch.Tensor]) -> torch.Tensor:
-        """Attention probabilities ``(B, heads, Nq, Nk)``, stored in ``last_attention``; dropout as SDPA's."""
-        logits = (q * self.head_dim**-0.5) @ k.transpose(-2, -1)
-        if keep is not None:
-            logits = logits.masked_fill(~keep, torch.finfo(logits.dtype).min)
-        probs = logits.softmax(dim=-1)
-        self.last_attention = probs.detach()
-        return F.dropout(probs, self.attn_drop, self.training).to(q.dtype)

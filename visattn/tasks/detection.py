@@ -20,7 +20,7 @@ from torchmetrics.detection import MeanAveragePrecision
 
 from ..data.detection import CocoDetection, SceneDetection, Target, collate_detection
 from ..errors import ConfigError, WeightsError
-from ..explain.detr import detection_attention
+from ..explain.detr import detection_attention, has_decoder_attention
 from ..fileio import atomic_path, unique_path
 from ..pretrained import find_weights_entry, load_weights
 from ..registry import create_model, is_model, model_family, split_model_name
@@ -277,7 +277,7 @@ def detect_files(detector: Detector, paths: Sequence[str], *, score_threshold: f
     from ..data.transforms import to_tensor
     from ..explain.overlay import save_word_panels
 
-    if attention_out and not hasattr(detector.model, "transformer"):
+    if attention_out and not has_decoder_attention(detector.model):
         raise ConfigError(f"--attention-out: {detector.name} has no decoder attention to show; "
                           "use a DETR-style detector (`visattn models 'detr_*'`) or drop --attention-out")
     files = list_images(list(paths), allow_empty=False)
