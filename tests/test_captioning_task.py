@@ -139,3 +139,20 @@ def test_decode_refuses_settings_that_give_no_caption(beam_size, max_len, messag
     model = load_captioner("sat_cbam_resnet_scenes.scenes").model
     with pytest.raises(ConfigError, match=message):
         decode(model, torch.zeros(1, *model.input_size), beam_size=beam_size, max_len=max_len)
+
+
+def test_evaluation_leaves_a_broken_coco_image_out(tmp_path):
+    """The COCO fixture's broken.jpg must not be replaced by (and so scored as) another image."""
+    from fixtures_captions import write_coco_captions
+
+    from visattn.data import SkippedImageWarning
+    from visattn.tasks.captioning import evaluate_captioner, evaluation_loader
+
+    annotations, images_dir = write_coco_captions(tmp_path)
+    captioner = load_captioner("sat_cbam_resnet_scenes.scenes")
+    with pytest.warns(SkippedImageWarning, match="broken.jpg"):
+        batches = list(evaluation_loader(captioner, f"coco:{annotations}:{images_dir}", batch_size=1))
+    assert [batch["references"] for batch in batches if batch is not None] == [
+        [["A red dog runs.", "a dog running"]], [["a fish swims"]]]
+    assert sum(batch is None for batch in batches) == 1
+    assert evaluate_captioner(captioner, batches, beam_size=2)["n"] == 2

@@ -291,3 +291,28 @@ def test_image_folder_refuses_classes_it_cannot_learn(tmp_path):
     with pytest.raises(ConfigError, match=r"class folders \['fox'\] hold no image files"):
         ImageFolder(root)
     assert len(ImageFolder(root, classes=["cat", "dog", "fox"])) == 4  # given classes: an empty folder is fine
+
+
+def test_evaluation_leaves_broken_files_out_and_scores_each_image_once(tmp_path):
+    """A substitute image would be scored twice; validation, test and `evaluate` leave broken files out."""
+    import lightning.pytorch as pl
+
+    from visattn.tasks.classification import ImageClassifier, evaluate_classifier, load_classifier
+
+    root = write_image_folder(tmp_path / "photos", per_class=3, broken=("cat", "dog"))  # 6 good files of 8
+    data = ImageFolderDataModule(str(root), test_root=str(root), img_size=28, batch_size=1, num_workers=0,
+                                 augment=False)
+    with pytest.warns(SkippedImageWarning):
+        batches = list(data.test_dataloader())
+    assert sum(batch is None for batch in batches) == 2  # each broken file is a batch of its own
+    assert sorted(int(labels) for _, labels in filter(None, batches)) == [0, 0, 0, 1, 1, 1]
+    train_labels = [int(label) for _, labels in data.train_dataloader() for label in labels]
+    assert len(train_labels) == len(data.datasets["train"])  # training still replaces them: batches keep their size
+
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    task = ImageClassifier("cbam_resnet20_cifar", num_classes=2, model_kwargs={"layers": (1, 1, 1), "widths": (8, 8, 8)})
+    trainer.test(task, datamodule=data)  # the all-broken (None) batches reach test_step, which passes them over
+
+    classifier = load_classifier("se_resnet20_cifar")
+    folder = ImageFolder(root, classifier.transform())
+    assert evaluate_classifier(classifier, folder, batch_size=4)["n"] == 6

@@ -14,7 +14,15 @@ from .fashion_mnist import (
     load_fashion_mnist,
     read_idx,
 )
-from .image_folder import ImageFiles, ImageFolder, SkippedImageWarning, decode_next_good, find_classes
+from .image_folder import (
+    ImageFiles,
+    ImageFolder,
+    SkippedImageWarning,
+    collate_present,
+    decode_next_good,
+    drop_broken,
+    find_classes,
+)
 from .image_io import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, decode_image, list_images
 from .scenes import COLORS, ITEM_WORDS, SCENES_MEAN, SCENES_STD, FashionScenes, Scene, describe_scene, export_coco
 from .transforms import (
@@ -87,9 +95,11 @@ __all__ = [
     "Vocabulary",
     "collate_captions",
     "collate_detection",
+    "collate_present",
     "decode_image",
     "decode_next_good",
     "describe_scene",
+    "drop_broken",
     "eval_transforms",
     "export_coco",
     "find_classes",

@@ -63,8 +63,11 @@ class CaptionSamples(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        image, captions, *extras = self.dataset[index]
+    def __getitem__(self, index: int) -> dict[str, Any] | None:
+        item = self.dataset[index]
+        if item is None:  # a broken image file of an evaluation split
+            return None
+        image, captions, *extras = item
         # torch's generator: seeded per DataLoader worker and by lightning.seed_everything
         pick = int(torch.randint(len(captions), ())) if self.train else 0
         sample = {"image": image, "caption": torch.tensor(self.vocab.encode(captions[pick], max_len=self.max_len))}

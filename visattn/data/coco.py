@@ -10,7 +10,8 @@
 Each sample is ``(image, captions)``: the transform's tensor and every reference caption of the
 image. Broken image files are skipped the way :class:`~visattn.data.image_folder.ImageFolder`
 skips them (see :func:`visattn.data.image_folder.decode_next_good`): warned about once, counted in ``num_skipped``, and
-replaced by the next decodable sample, so batches keep their size.
+replaced by the next decodable sample, so batches keep their size (or, for evaluation, left out:
+:func:`visattn.data.image_folder.drop_broken`).
 """
 from __future__ import annotations
 
@@ -57,8 +58,10 @@ class CaptionImages(ImageFiles):
         self.captions = [list(captions) for _, captions in samples]
         self.transform = transform
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, list[str]]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, list[str]] | None:
         i, image = self._decode(index)
+        if image is None:
+            return None
         return (self.transform(image) if self.transform is not None else to_tensor(image)), self.captions[i]
 
     def __repr__(self) -> str:

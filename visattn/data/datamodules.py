@@ -7,17 +7,18 @@ a LightningCLI config can link ``data.num_classes -> model.num_classes`` (and th
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, Optional
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 
 from ..errors import ConfigError
 from .fashion_mnist import FASHION_MNIST_CLASSES, FASHION_MNIST_MEAN, FASHION_MNIST_STD, FashionMNIST
-from .image_folder import ImageFolder, find_classes
+from .image_folder import ImageFolder, collate_present, drop_broken, find_classes
 from .transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -43,7 +44,9 @@ class SplitLoadersMixin:
     """The DataLoader hooks of a LightningDataModule over its ``datasets`` dict, filled by ``setup``.
 
     ``predict`` reads the test split; an empty validation split turns validation off. Data modules
-    whose samples need batching other than default collation set ``collate_fn``.
+    whose samples need batching other than default collation set ``collate_fn``. Validation and
+    test leave broken image files out instead of counting a substitute twice (:func:`drop_broken`);
+    a batch of only broken files is ``None``, which the tasks' steps skip.
     """
 
     datasets: dict[Split, Dataset]
@@ -56,6 +59,8 @@ class SplitLoadersMixin:
 
     def _loader(self, split: Split) -> DataLoader:
         dataset, train = self._dataset(split), split == "train"
+        if not train:
+            drop_broken(dataset)
         workers = self.hparams.num_workers
         return DataLoader(
             dataset,
@@ -63,7 +68,7 @@ class SplitLoadersMixin:
             shuffle=train,
             # a ragged last batch (size 1 at worst) upsets BatchNorm statistics
             drop_last=train and len(dataset) > self.hparams.batch_size,
-            collate_fn=self.collate_fn,
+            collate_fn=functools.partial(collate_present, collate=self.collate_fn or default_collate),
             num_workers=workers,
             persistent_workers=workers > 0,
             pin_memory=torch.cuda.is_available(),

@@ -137,7 +137,8 @@ class CocoDetection(ImageFiles):
     the categories sorted by id, named by their ``name``. Crowd annotations (``iscrowd: 1``) are
     left out; ``bbox`` ``[x, y, w, h]`` becomes ``x1, y1, x2, y2``. Broken image files are
     skipped as :class:`~visattn.data.image_folder.ImageFolder` skips them: warned about once,
-    counted in ``num_skipped``, and replaced by the next decodable image (with its own boxes).
+    counted in ``num_skipped``, and replaced by the next decodable image (with its own boxes), or
+    left out of evaluation (:func:`~visattn.data.image_folder.drop_broken`).
 
     Args:
         annotations: the instances JSON (``images``, ``annotations`` with ``bbox``, ``categories``).
@@ -207,8 +208,10 @@ class CocoDetection(ImageFiles):
                               "do not list; add them to categories or remove those annotations")
         return boxes, np.array([label_of[a["category_id"]] for a in kept], np.int64)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, Target]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, Target] | None:
         i, image = self._decode(index)
+        if image is None:
+            return None
         return self.transform(image, *self.targets[i])
 
     def __repr__(self) -> str:

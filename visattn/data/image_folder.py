@@ -1,28 +1,30 @@
 """ImageFolder: users' own photos laid out as ``root/<class name>/<image>``.
 
-Broken files are skipped, not fatal. The approach: ``__getitem__`` decodes the requested
-image; if decoding fails it marks that file bad, warns once naming it, and returns the next
-decodable sample instead. Batches therefore keep their size and any DataLoader or collate
-function works unchanged. The bad-file marks live in a shared-memory tensor, so marks made in
-DataLoader worker processes are visible in the main process (``num_skipped``) and later epochs
-skip the file without trying it again.
+Broken files are skipped, not fatal. ``__getitem__`` decodes the requested image; if decoding
+fails it marks that file bad and warns once naming it. For training it then returns the next
+decodable sample instead, so batches keep their size. For evaluation that would count the
+substitute twice, so evaluation datasets (see :func:`drop_broken`) return ``None`` and their
+DataLoaders batch with :func:`collate_present`, which leaves it out. The bad-file marks live in a
+shared-memory tensor, so marks made in DataLoader worker processes are visible in the main
+process (``num_skipped``) and later epochs skip the file without trying it again.
 """
 from __future__ import annotations
 
 import os
 import warnings
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from ..errors import ConfigError, ImageDecodeError
 from .image_io import DEFAULT_MAX_PIXELS, decode_image, list_images
 from .transforms import to_tensor
 
-__all__ = ["ImageFolder", "SkippedImageWarning", "find_classes"]
+__all__ = ["ImageFiles", "ImageFolder", "SkippedImageWarning", "collate_present", "decode_next_good", "drop_broken",
+           "find_classes"]
 
 _LAYOUT = "expected root/<class name>/<image file>"
 
@@ -34,21 +36,27 @@ class SkippedImageWarning(UserWarning):
 class ImageFiles(Dataset):
     """A dataset over image files that skips the ones that fail to decode and counts them.
 
-    A broken file is replaced by the next good one (see :func:`decode_next_good`); the skip flags live
-    in shared memory, so the counts include what DataLoader workers skipped.
-    Subclasses call :meth:`_track` with their paths and read images with :meth:`_decode`.
+    A broken file is replaced by the next good one (see :func:`decode_next_good`), or, with
+    ``replace_broken = False`` (evaluation, see :func:`drop_broken`), its sample is ``None``. The
+    skip flags live in shared memory, so the counts include what DataLoader workers skipped.
+    Subclasses call :meth:`_track` with their paths, read images with :meth:`_decode` and return
+    ``None`` for a ``None`` image.
     """
 
     paths: list[Path]
     max_pixels: int = DEFAULT_MAX_PIXELS
+    replace_broken: bool = True
 
     def _track(self, paths: Sequence[Path], max_pixels: int) -> None:
         self.paths, self.max_pixels = [Path(p) for p in paths], max_pixels
         self._bad = torch.zeros(len(self.paths), dtype=torch.bool).share_memory_()
 
-    def _decode(self, index: int) -> tuple[int, np.ndarray]:
-        """The index of the image actually read (``index`` or a later good one) and its pixels."""
-        return decode_next_good(self.paths, self._bad, int(index), max_pixels=self.max_pixels)
+    def _decode(self, index: int) -> tuple[int, Optional[np.ndarray]]:
+        """The index of the image actually read (``index`` or a later good one) and its pixels;
+        ``(index, None)`` for a broken file when ``replace_broken`` is off."""
+        if self.replace_broken:
+            return decode_next_good(self.paths, self._bad, int(index), max_pixels=self.max_pixels)
+        return int(index), _decode_or_mark(self.paths, self._bad, int(index), self.max_pixels)
 
     @property
     def num_skipped(self) -> int:
@@ -100,8 +108,10 @@ class ImageFolder(ImageFiles):
         """The label of every sample, in order."""
         return [label for _, label in self.samples]
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, index: int) -> Optional[tuple[torch.Tensor, int]]:
         i, image = self._decode(index)
+        if image is None:
+            return None
         return (self.transform(image) if self.transform is not None else to_tensor(image)), self.samples[i][1]
 
     def __repr__(self) -> str:
@@ -147,15 +157,47 @@ def decode_next_good(
     """
     for offset in range(len(paths)):
         i = (index + offset) % len(paths)
-        if bad[i]:
-            continue
-        try:
-            return i, decode_image(paths[i], max_pixels=max_pixels)
-        except ImageDecodeError as err:
-            bad[i] = True
-            warnings.warn(f"skipping {err}", SkippedImageWarning, stacklevel=3)
+        image = _decode_or_mark(paths, bad, i, max_pixels)
+        if image is not None:
+            return i, image
     folder = paths[0].parent if paths else "the images folder"
     raise ConfigError(f"{folder}: none of the {len(paths)} image files listed can be decoded")
+
+
+def _decode_or_mark(paths: Sequence[Path], bad: torch.Tensor, i: int, max_pixels: int) -> Optional[np.ndarray]:
+    """``paths[i]``'s pixels, or ``None`` when it is marked bad or fails now (then marked and warned about once)."""
+    if bad[i]:
+        return None
+    try:
+        return decode_image(paths[i], max_pixels=max_pixels)
+    except ImageDecodeError as err:
+        bad[i] = True
+        warnings.warn(f"skipping {err}", SkippedImageWarning, stacklevel=4)
+        return None
+
+
+def drop_broken(dataset: Dataset) -> Dataset:
+    """Make the image files under ``dataset`` give ``None`` for a broken file instead of the next good
+    one, so an evaluation counts every image once; returns ``dataset``.
+
+    Wrappers that keep their source in ``.dataset`` (``Subset``, caption samples) are looked through.
+    Batch such a dataset with :func:`collate_present`.
+    """
+    source = dataset
+    while not isinstance(source, ImageFiles) and isinstance(getattr(source, "dataset", None), Dataset):
+        source = source.dataset
+    if isinstance(source, ImageFiles):
+        source.replace_broken = False
+    return dataset
+
+
+def collate_present(samples: Sequence[Any], collate: Callable[[list], Any] = default_collate) -> Any:
+    """``collate`` over the samples that are not ``None`` (broken files left out); ``None`` when none is.
+
+    Use ``functools.partial(collate_present, collate=...)`` as a DataLoader's ``collate_fn``.
+    """
+    present = [sample for sample in samples if sample is not None]
+    return collate(present) if present else None
 
 
 def find_classes(root: str | os.PathLike) -> list[str]:

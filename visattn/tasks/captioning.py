@@ -31,7 +31,7 @@ from ..registry import create_model, split_model_name
 from .classification import (Classifier, adamw_warmup_cosine, best_weights, checkpoint_model_kwargs,
                              inference_model, inference_target, read_checkpoint, require_task,
                              task_checkpoint)
-from .guards import NonFiniteLossGuard
+from .guards import NonFiniteLossGuard, skip_missing_batch
 
 _ITEM_CLASS = {word: k for k, word in enumerate(ITEM_WORDS)}
 
@@ -210,6 +210,7 @@ class CaptioningTask(pl.LightningModule):
         self.log("train/attn_reg", penalty)
         return self.loss_guard.check(self, cross_entropy + penalty)
 
+    @skip_missing_batch
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self.log("val/xent", self.caption_loss(batch)[0], batch_size=len(batch["images"]))
         self.val_metrics.update(self(batch["images"]), batch, batch["images"].shape[-2:])
@@ -217,6 +218,7 @@ class CaptioningTask(pl.LightningModule):
     def on_validation_epoch_end(self) -> None:
         self._log_metrics(self.val_metrics, "val/")
 
+    @skip_missing_batch
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self.test_metrics.update(self(batch["images"]), batch, batch["images"].shape[-2:])
 
@@ -229,6 +231,7 @@ class CaptioningTask(pl.LightningModule):
             self.log_dict({prefix + k: v for k, v in scores.items() if k != "n" and v is not None}, prog_bar=True)
         metrics.reset()
 
+    @skip_missing_batch
     def predict_step(self, batch: Any, batch_idx: int) -> list[str]:
         images = batch["images"] if isinstance(batch, dict) else batch[0] if isinstance(batch, (tuple, list)) else batch
         return [self.vocab.decode(ids.tolist()) for ids in self(images).tokens]
@@ -362,6 +365,7 @@ def evaluation_loader(captioner: Captioner, spec: str, split: str = "test", *, l
     input size) or ``coco:ANNOTATIONS.json:IMAGES_DIR``, with references (and boxes for scenes)."""
     from ..data.caption_datamodules import CaptionSamples, SceneImages, collate_captions
     from ..data.coco import CocoCaptions
+    from ..data.image_folder import collate_present, drop_broken
     from ..data.scenes import FashionScenes
 
     transform = captioner.transform()
@@ -376,17 +380,19 @@ def evaluation_loader(captioner: Captioner, spec: str, split: str = "test", *, l
         source = Subset(source, range(min(limit, len(source)))) if limit else source
     else:
         raise ConfigError(f"--dataset {spec}: captioners take fashion-scenes or coco:ANNOTATIONS.json:IMAGES_DIR")
-    samples = CaptionSamples(source, captioner.vocab)
+    samples = drop_broken(CaptionSamples(source, captioner.vocab))
+    collate = functools.partial(collate_captions, pad_id=captioner.vocab.pad_id)
     return DataLoader(samples, batch_size=batch_size, num_workers=num_workers,
-                      collate_fn=functools.partial(collate_captions, pad_id=captioner.vocab.pad_id))
+                      collate_fn=functools.partial(collate_present, collate=collate))
 
 
 @torch.inference_mode()
 def evaluate_captioner(captioner: Captioner, batches: Iterable[dict[str, Any]], *, beam_size: int = 5,
                        max_len: int = 20, meteor: bool = False) -> dict[str, Any]:
-    """BLEU-1..4, CIDEr (METEOR if asked), pointing (when the batches carry boxes) and ``n``."""
+    """BLEU-1..4, CIDEr (METEOR if asked), pointing (when the batches carry boxes) and ``n``;
+    ``None`` batches (only broken image files) are passed over."""
     metrics = CaptionMetrics(captioner.vocab, meteor=meteor)
-    for batch in batches:
+    for batch in (b for b in batches if b is not None):
         decoded = captioner.caption(batch["images"], beam_size=beam_size, max_len=max_len)
         metrics.update(decoded, batch, batch["images"].shape[-2:])
     if not metrics.hypotheses:

@@ -16,13 +16,13 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.transforms import v2
 
 from ..data.fashion_mnist import FashionMNIST
-from ..data.image_folder import ImageFolder
+from ..data.image_folder import ImageFolder, collate_present, drop_broken
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, ImageTransform, check_image_batch, eval_transforms
 from ..devices import inference_device, model_device
 from ..errors import ConfigError, WeightsError
 from ..pretrained import find_weights_entry, load_weights, read_pickle_checkpoint
 from ..registry import create_model, model_family, model_task, split_model_name
-from .guards import NonFiniteLossGuard
+from .guards import NonFiniteLossGuard, skip_missing_batch
 
 
 def build_classifier(model_name: str, num_classes: int, model_kwargs: Optional[dict] = None,
@@ -172,9 +172,11 @@ class ImageClassifier(pl.LightningModule):
         if self.ema is not None:
             self.ema.update_parameters(self.model)
 
+    @skip_missing_batch
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._evaluate(batch, self.val_metrics, "val/loss")
 
+    @skip_missing_batch
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._evaluate(batch, self.test_metrics, "test/loss")
 
@@ -185,6 +187,7 @@ class ImageClassifier(pl.LightningModule):
         self.log(loss_name, self.criterion(logits, targets), sync_dist=True)
         self.log_dict(metrics, prog_bar=True)
 
+    @skip_missing_batch
     def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         images = batch[0] if isinstance(batch, (tuple, list)) else batch
         return self(images).softmax(dim=-1)
@@ -404,13 +407,15 @@ def evaluation_dataset(spec: str, split: str, transform: ImageTransform) -> Data
 @torch.inference_mode()
 def evaluate_classifier(classifier: Classifier, dataset: Dataset, *, batch_size: int = 256,
                         num_workers: int = 0, limit: Optional[int] = None) -> dict[str, Any]:
-    """Top-1/top-5 accuracy of ``classifier`` over ``dataset`` (its first ``limit`` samples if given)."""
+    """Top-1/top-5 accuracy of ``classifier`` over ``dataset`` (its first ``limit`` samples if given);
+    broken image files are left out, and ``n`` counts the images scored."""
     if limit is not None:
         dataset = Subset(dataset, range(min(limit, len(dataset))))
     metrics = accuracy_metrics(len(classifier.class_names), prefix="")
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
+    loader = DataLoader(drop_broken(dataset), batch_size=batch_size, num_workers=num_workers, collate_fn=collate_present)
     n = 0
-    for images, targets in loader:
+    for batch in (b for b in loader if b is not None):
+        images, targets = batch
         metrics.update(classifier.predict(images), targets)
         n += len(targets)
     if n == 0:

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Subset
 from torchmetrics.detection import MeanAveragePrecision
 
 from ..data.detection import CocoDetection, SceneDetection, Target, collate_detection
+from ..data.image_folder import collate_present, drop_broken
 from ..errors import ConfigError, WeightsError
 from ..explain.detr import detection_attention, has_decoder_attention
 from ..fileio import atomic_path, unique_path
@@ -27,7 +28,7 @@ from ..registry import create_model, is_model, model_family, split_model_name
 from .classification import (Classifier, adamw_warmup_cosine, best_weights, checkpoint_model_kwargs,
                              inference_model, inference_target, read_checkpoint, require_task,
                              task_checkpoint)
-from .guards import NonFiniteLossGuard
+from .guards import NonFiniteLossGuard, skip_missing_batch
 
 Batch = tuple[list[Tensor], list[Target]]
 Detections = list[dict[str, Tensor]]
@@ -120,6 +121,7 @@ class DetectionTask(pl.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=len(images))
         return self.loss_guard.check(self, loss)
 
+    @skip_missing_batch
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         images, targets = batch
         self.val_map.update(self(images), targets)
@@ -127,6 +129,7 @@ class DetectionTask(pl.LightningModule):
     def on_validation_epoch_end(self) -> None:
         self._log_map(self.val_map, "val/")
 
+    @skip_missing_batch
     def test_step(self, batch: Batch, batch_idx: int) -> None:
         images, targets = batch
         self.test_map.update(self(images), targets)
@@ -139,6 +142,7 @@ class DetectionTask(pl.LightningModule):
             self.log_dict({prefix + k: v for k, v in map_scores(metric).items()}, prog_bar=True)
         metric.reset()
 
+    @skip_missing_batch
     def predict_step(self, batch: Any, batch_idx: int) -> Detections:
         images = batch[0] if isinstance(batch, tuple) else batch
         return self(images)
@@ -242,13 +246,15 @@ def evaluation_loader(detector: Detector, spec: str, split: str = "test", *, lim
         dataset = Subset(dataset, range(min(limit, len(dataset)))) if limit else dataset
     else:
         raise ConfigError(f"--dataset {spec}: detectors take fashion-scenes or coco:ANNOTATIONS.json:IMAGES_DIR")
-    return DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_detection)
+    return DataLoader(drop_broken(dataset), batch_size=batch_size, num_workers=num_workers,
+                      collate_fn=partial(collate_present, collate=collate_detection))
 
 
 def evaluate_detector(detector: Detector, batches: Iterable[Batch]) -> dict[str, Any]:
-    """``map`` (IoU 0.50:0.95), ``map50`` and ``n`` (images) of ``detector`` over ``(images, targets)`` batches."""
+    """``map`` (IoU 0.50:0.95), ``map50`` and ``n`` (images) of ``detector`` over ``(images, targets)``
+    batches; ``None`` batches (only broken image files) are passed over."""
     metric, n = detection_map(), 0
-    for images, targets in batches:
+    for images, targets in (b for b in batches if b is not None):
         metric.update(detector.detect(images), targets)
         n += len(images)
     if n == 0:

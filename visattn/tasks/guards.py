@@ -1,10 +1,12 @@
 """Guards that keep a training run from failing silently.
 
 :class:`NonFiniteLossGuard` skips an update whose loss is NaN or infinite and stops the run, with a
-message that says what to try, when that happens several steps in a row.
+message that says what to try, when that happens several steps in a row. :func:`skip_missing_batch`
+lets evaluation steps pass over a batch whose image files were all broken.
 """
+import functools
 import logging
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import lightning.pytorch as pl
 import torch
@@ -14,6 +16,16 @@ from torch import Tensor, nn
 from ..errors import ConfigError, VisattnError
 
 log = logging.getLogger(__name__)
+
+
+def skip_missing_batch(step: Callable[..., Any]) -> Callable[..., Any]:
+    """A validation, test or predict step that returns ``None`` for a ``None`` batch: evaluation loaders
+    leave broken image files out (:func:`visattn.data.image_folder.collate_present`), and a batch of
+    only broken files is ``None``."""
+    @functools.wraps(step)
+    def guarded(self: pl.LightningModule, batch: Any, *args: Any, **kwargs: Any) -> Any:
+        return None if batch is None else step(self, batch, *args, **kwargs)
+    return guarded
 
 
 class NonFiniteLossError(VisattnError, RuntimeError):
