@@ -123,6 +123,23 @@ def test_hostile_pickle_is_refused_and_runs_nothing(tmp_path, suffix):
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("zip_format", [True, False])
+def test_a_lazy_checkpoint_read_equals_a_full_one_and_still_refuses_hostile_pickles(tmp_path, zip_format):
+    """Hyperparameter looks (task detection, --ckpt_path best) memory-map the tensors; the legacy format is read whole."""
+    from visattn.pretrained import read_pickle_checkpoint
+
+    checkpoint = {"state_dict": _model().state_dict(), "hyper_parameters": {"model_name": ARCH}, "global_step": 7}
+    torch.save(checkpoint, tmp_path / "run.ckpt", _use_new_zipfile_serialization=zip_format)
+    lazy, full = read_pickle_checkpoint(tmp_path / "run.ckpt", lazy=True), read_pickle_checkpoint(tmp_path / "run.ckpt")
+    assert lazy["hyper_parameters"] == full["hyper_parameters"] == checkpoint["hyper_parameters"]
+    torch.testing.assert_close(lazy["state_dict"], full["state_dict"])
+    marker = tmp_path / "pwned.txt"
+    torch.save({"w": _CreatesFile(str(marker))}, tmp_path / "evil.ckpt", _use_new_zipfile_serialization=zip_format)
+    with pytest.raises(WeightsError, match="refused"):
+        read_pickle_checkpoint(tmp_path / "evil.ckpt", lazy=True)
+    assert not marker.exists()
+
+
 def test_missing_file_and_unknown_format(tmp_path):
     with pytest.raises(WeightsError, match="not found"):
         read_state_dict(tmp_path / "nope.safetensors")

@@ -112,16 +112,22 @@ def read_state_dict(path: Union[str, Path], *, sha256: Optional[str] = None) -> 
     return _strip_prefixes(_unwrap(state, path))
 
 
-def read_pickle_checkpoint(path: Path) -> Any:
-    """``torch.load(weights_only=True)``; a pickle that needs anything beyond tensors and plain containers is refused."""
+def read_pickle_checkpoint(path: Path, *, lazy: bool = False) -> Any:
+    """``torch.load(weights_only=True)``; a pickle that needs anything beyond tensors and plain containers is refused.
+
+    ``lazy`` memory-maps the tensors instead of reading them (files in torch's zip format; older
+    files are read whole), for a look at a checkpoint's hyperparameters or callback states.
+    """
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=lazy)
     except pickle.UnpicklingError:
         raise WeightsError(
             f"{path}: refused, the pickle holds objects other than tensors (it could run code); "
             "convert it to .safetensors where you trust it"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as err:
+        if lazy and "mmap can only be used" in str(err):  # the legacy (non-zip) format has no mappable storage
+            return read_pickle_checkpoint(path)
         # torch's first sentence says what broke; the rest is advice this message replaces
         reason = str(err).splitlines()[0].split(". ")[0] if str(err) else type(err).__name__
         raise WeightsError(f"{path}: unreadable checkpoint ({reason}); re-download or re-export it") from None

@@ -307,7 +307,7 @@ def _captioner_from_checkpoint(path: Path, device: torch.device) -> Captioner:
 def is_captioner(model: Optional[str] = None, checkpoint: Optional[str] = None) -> bool:
     """Whether ``--model`` (its index entry's task) or ``--checkpoint`` (its hyperparameters) is a captioner."""
     if checkpoint is not None:
-        return bool((read_checkpoint(Path(checkpoint)).get("hyper_parameters") or {}).get("vocab"))
+        return bool((read_checkpoint(Path(checkpoint), lazy=True).get("hyper_parameters") or {}).get("vocab"))
     if model is None:
         return False
     arch, tag = split_model_name(model)

@@ -370,11 +370,12 @@ def _resized(preprocessing: dict[str, Any], img_size: Optional[int]) -> dict[str
     return preprocessing
 
 
-def read_checkpoint(path: Path) -> dict[str, Any]:
-    """A Lightning checkpoint, read with ``weights_only=True``."""
+def read_checkpoint(path: Path, *, lazy: bool = False) -> dict[str, Any]:
+    """A Lightning checkpoint, read with ``weights_only=True``; ``lazy`` memory-maps its tensors (for a
+    look at its hyperparameters or callback states without reading the weights)."""
     if not path.is_file():
         raise WeightsError(f"{path}: checkpoint not found; check the path (Lightning writes them under checkpoints/)")
-    checkpoint = read_pickle_checkpoint(path)
+    checkpoint = read_pickle_checkpoint(path, lazy=lazy)
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise WeightsError(f"{path}: not a Lightning checkpoint (no state_dict); pass weights with --model or pretrained=")
     return checkpoint

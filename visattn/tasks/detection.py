@@ -220,7 +220,7 @@ def _detector_from_checkpoint(path: Path, device: torch.device) -> Detector:
 def is_detector(model: Optional[str] = None, checkpoint: Optional[str] = None) -> bool:
     """Whether ``--model`` (its architecture) or ``--checkpoint`` (its ``model_name``) is a detector."""
     if checkpoint is not None:
-        model = (read_checkpoint(Path(checkpoint)).get("hyper_parameters") or {}).get("model_name")
+        model = (read_checkpoint(Path(checkpoint), lazy=True).get("hyper_parameters") or {}).get("model_name")
     return isinstance(model, str) and is_detection_arch(model)
 
 

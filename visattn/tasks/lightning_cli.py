@@ -118,7 +118,7 @@ def _best_checkpoint(callbacks: Any) -> Path:
     candidates = list(folder.glob("*".join(map(glob.escape, literal_parts)) + ModelCheckpoint.FILE_EXTENSION))
     for path in sorted(folder.glob("*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True):
         try:
-            states = read_checkpoint(path).get("callbacks", {})
+            states = read_checkpoint(path, lazy=True).get("callbacks", {})
         except WeightsError:
             continue
         recorded = [folder / Path(state["best_model_path"]).name for state in states.values()
