@@ -4,6 +4,7 @@
     python benchmarks/pointing_baseline.py --model se_resnet20_cifar.fmnist_stage4 --dataset fashion-mnist-pairs --img-size 64
     python benchmarks/pointing_baseline.py --model sat_cbam_resnet_scenes.scenes
     python benchmarks/pointing_baseline.py --model detr_se_resnet20_cifar.scenes
+    python benchmarks/pointing_baseline.py --model fcos_se_resnet20_cifar.scenes
 
 A map can find the item without the model having learnt anything: on a black canvas holding one
 bright item, a map that follows the pixels' brightness does. This scores the shipped weights, then
@@ -14,9 +15,9 @@ score means something only above the untrained ones.
 
 For a captioner (FashionScenes test scenes, beam 5), each named item's word map is scored against
 two maps that know nothing of the word: the mean of the caption's word maps (where the model looks
-overall) and the image's brightness. For a DETR-style detector, each detection scoring 0.5 or more
-is scored the same way against its own box, with its query's cross-attention map, the mean of the
-image's detection maps and the brightness.
+overall) and the image's brightness. For a detector, each detection scoring 0.5 or more is scored
+the same way against its own box, with its own map (a DETR query's cross-attention, or Grad-CAM of
+an FCOS detection's score), the mean of the image's detection maps and the brightness.
 """
 from __future__ import annotations
 
@@ -77,21 +78,20 @@ def captioner_pointing(name: str, limit: int) -> dict[str, float]:
     return {key: round(float(np.mean(values)), 4) for key, values in hits.items()} | {"n": len(hits["word_map"])}
 
 
-@torch.inference_mode()
 def detector_pointing(name: str, limit: int) -> dict[str, float]:
-    """Pointing of each confident detection's own attention map, of the image's mean map and of the
-    brightness, at the detection's box."""
+    """Pointing of each confident detection's own map, of the image's mean map and of the brightness,
+    at the detection's box. Not under inference mode: FCOS's maps (Grad-CAM) need a model built outside it."""
     detector = load_detector(name)
-    hits: dict[str, list[bool]] = {"query_map": [], "image_mean_map": [], "brightness": []}
+    hits: dict[str, list[bool]] = {"detection_map": [], "image_mean_map": [], "brightness": []}
     for scene in FashionScenes("test", num_scenes=limit, canvas_size=64):
         image = torch.from_numpy(scene.image).permute(2, 0, 1).float() / 255
         found = detector.detect([image], score_threshold=0.5, attention=True)[0]
         maps = found["attention"]
-        blind = {"query_map": maps, "image_mean_map": maps.mean(0, keepdim=True).expand_as(maps),
+        blind = {"detection_map": maps, "image_mean_map": maps.mean(0, keepdim=True).expand_as(maps),
                  "brightness": image.mean(0)[None].expand_as(maps)}
         for key, heat in blind.items():
             hits[key] += [pointing_hit(m, box, image.shape[-2:]) for m, box in zip(heat, found["boxes"].numpy())]
-    return {key: round(float(np.mean(values)), 4) for key, values in hits.items()} | {"n": len(hits["query_map"])}
+    return {key: round(float(np.mean(values)), 4) for key, values in hits.items()} | {"n": len(hits["detection_map"])}
 
 
 def main() -> None:

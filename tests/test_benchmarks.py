@@ -118,7 +118,7 @@ def test_pointing_baseline_scores_the_shipped_weights_against_untrained_copies(d
 @needs_fashion_mnist
 @pytest.mark.parametrize("model, keys", [
     ("sat_cbam_resnet_scenes.scenes", ("word_map", "caption_mean_map", "brightness")),
-    ("detr_se_resnet20_cifar.scenes", ("query_map", "image_mean_map", "brightness")),
+    ("detr_se_resnet20_cifar.scenes", ("detection_map", "image_mean_map", "brightness")),
 ])
 def test_pointing_baseline_scores_captioner_and_detector_maps_against_blind_maps(model, keys, capsys, monkeypatch):
     monkeypatch.syspath_prepend(str(BENCHMARKS))

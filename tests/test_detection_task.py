@@ -149,17 +149,35 @@ def test_detr_attention_maps_are_the_queries_own_and_leave_the_model_as_it_was()
         torch.testing.assert_close(with_maps["boxes"], found["boxes"], atol=1e-4, rtol=1e-4)
         assert with_maps["attention"].shape == (len(found["boxes"]), *image.shape[-2:])
         assert with_maps["attention"].min() >= 0 and torch.equal(with_maps["queries"].unique(), torch.arange(8))
-    with pytest.raises(ConfigError, match="no decoder attention to show"):
-        fcos = create_model("fcos_resnet20_cifar", num_classes=3, pretrained_backbone=False, **TINY["fcos"]).eval()
-        Detector(fcos, CLASS_NAMES, {}, "tiny", "fcos_resnet20_cifar", {}).detect(images, attention=True)
+
+
+def test_fcos_maps_are_each_detections_gradient_times_input_and_leave_the_model_as_it_was():
+    torch.manual_seed(0)
+    model = create_model("fcos_resnet20_cifar", num_classes=3, pretrained_backbone=False, **TINY["fcos"]).train()
+    model.backbone.body.layer1.eval()  # a module with its own mode must keep it
+    modes = [m.training for m in model.modules()]
+    detector = Detector(model, CLASS_NAMES, {}, "tiny", "fcos_resnet20_cifar", {})
+    images = [torch.rand(3, 48, 64), torch.rand(3, 40, 40)]
+    explained = detector.detect(images, score_threshold=0.05, attention=True)
+    assert [m.training for m in model.modules()] == modes and all(p.grad is None for p in model.parameters())
+    model.eval()
+    for image, found in zip(images, explained):
+        assert found["attention"].shape == (len(found["boxes"]), *image.shape[-2:])
+        # the reference: one detection's score, recomputed on its own, differentiated by hand
+        pixels = image.clone().requires_grad_(True)
+        again = model([pixels])[0]
+        k = int((again["scores"] - found["scores"][0]).abs().argmin())
+        (gradient,) = torch.autograd.grad(again["scores"][k], pixels)
+        torch.testing.assert_close(found["attention"][0], (gradient * image).sum(0).abs(), atol=1e-5, rtol=1e-4)
 
 
 @needs_fashion_mnist
-def test_shipped_detr_looks_at_what_it_found():
+@pytest.mark.parametrize("name", ["detr_se_resnet20_cifar.scenes", "fcos_se_resnet20_cifar.scenes"])
+def test_shipped_detectors_look_at_what_they_found(name):
     from visattn.data.scenes import FashionScenes
     from visattn.tasks.detection import load_detector
 
-    detector = load_detector("detr_se_resnet20_cifar.scenes")
+    detector = load_detector(name)
     scenes = FashionScenes("test", num_scenes=6)
     images = [torch.from_numpy(scene.image).permute(2, 0, 1).float() / 255 for scene in scenes]
     hits = []

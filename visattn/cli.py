@@ -329,7 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--score-threshold", type=float, default=0.5, help="keep detections scoring at least this")
     detect.add_argument("--out", default=None, metavar="DIR", help="write one PNG per image with the boxes drawn")
     detect.add_argument("--attention-out", default=None, metavar="DIR",
-                        help="DETR-style detectors: one PNG per image, a panel per detection showing where it looked")
+                        help="one PNG per image, a panel per detection showing where it looked "
+                             "(DETR: its query's attention; FCOS: gradient x input of its score)")
     detect.add_argument("--json", action="store_true", help="one JSON object per file")
     detect.add_argument("--batch-size", type=positive_int, default=8, help="images per forward pass")
     detect.set_defaults(func=cmd_detect)

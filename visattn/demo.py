@@ -94,8 +94,8 @@ def main() -> None:
     for name in shipped("captioning", "fashion-scenes"):
         run("caption", *map(str, scenes), "--model", name, "--attention-out", str(OUT / "attention"))
     for name in shipped("detection", "fashion-scenes"):
-        attention = ["--attention-out", str(OUT / "detections" / f"{name}_attention")] if name.startswith("detr_") else []
-        run("detect", *map(str, scenes), "--model", name, "--out", str(OUT / "detections" / name), *attention)
+        run("detect", *map(str, scenes), "--model", name, "--out", str(OUT / "detections" / name),
+            "--attention-out", str(OUT / "detections" / f"{name}_attention"))
     explain_shipped(classifiers, images[:3])
 
     print("\nOutputs:")

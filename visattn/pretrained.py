@@ -96,7 +96,7 @@ def read_state_dict(path: Union[str, Path], *, sha256: Optional[str] = None) -> 
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"{path}: weights file not found, nor shipped weights of that name; check the path, "
-                           "or see `visattn models --pretrained` for ARCH.TAG names")
+                           "see `visattn models --pretrained` for ARCH.TAG names, or give false for no weights")
     if sha256 is not None and sha256_of(path) != sha256:
         raise WeightsError(f"{path}: sha256 mismatch, the file is corrupt or was replaced; restore it from git")
     if path.suffix == ".safetensors":

@@ -53,7 +53,7 @@ def applicable_methods(model: nn.Module) -> tuple[str, ...]:
 
 # Where the models that are not classifiers show where they look.
 OTHER_TASKS_MAPS = {"captioning": "each word's map: Captioner.caption(images).attention (`visattn caption --attention-out`)",
-                    "detection": "DETR's per-detection maps: Detector.detect(images, attention=True) "
+                    "detection": "each detection's map: Detector.detect(images, attention=True) "
                                  "(`visattn detect --attention-out`)"}
 
 

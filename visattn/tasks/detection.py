@@ -21,7 +21,7 @@ from torchmetrics.detection import MeanAveragePrecision
 from ..data.detection import CocoDetection, SceneDetection, Target, collate_detection
 from ..data.image_folder import collate_present, drop_broken
 from ..errors import ConfigError, WeightsError
-from ..explain.detr import detection_attention, has_decoder_attention
+from ..explain.detections import detection_maps
 from ..fileio import atomic_path, unique_path
 from ..pretrained import find_weights_entry, load_weights
 from ..registry import create_model, is_model, model_family, split_model_name
@@ -174,14 +174,15 @@ class Detector:
         """Per image ``{"boxes": (M, 4) xyxy pixels, "scores": (M,), "labels": (M,)}`` on the CPU,
         scoring at least ``score_threshold``, for ``(3, H, W)`` images in 0..1 on any device.
 
-        ``attention`` (DETR-style detectors) adds ``"attention"`` ``(M, H, W)``: where each
-        detection's query looked (:func:`visattn.explain.detr.detection_attention`).
+        ``attention`` adds ``"attention"`` ``(M, H, W)``: where each detection looked, its query's
+        cross-attention for DETR-style detectors, else gradient × input of its score
+        (:func:`visattn.explain.detections.detection_maps`).
         """
         images = [image.to(self.device) for image in images]
         if not images:
             return []
         if attention:
-            detections, maps = detection_attention(self.model, images)
+            detections, maps = detection_maps(self.model, images, min_score=score_threshold)
             detections = [{**d, "attention": m} for d, m in zip(detections, maps)]
         else:
             detections = self.model(images)
@@ -274,8 +275,8 @@ def detect_files(detector: Detector, paths: Sequence[str], *, score_threshold: f
 
     Files are decoded and detected ``batch_size`` at a time, in one forward pass. A file that cannot
     be read is reported on its own line and the others go on. With ``out``, a PNG per image shows
-    the boxes with their labels and scores; with ``attention_out`` (DETR-style detectors), a PNG per
-    image has one panel per detection showing where its query looked.
+    the boxes with their labels and scores; with ``attention_out``, a PNG per image has one panel per
+    detection showing where it looked (see :meth:`Detector.detect`).
     """
     import json
 
@@ -283,9 +284,6 @@ def detect_files(detector: Detector, paths: Sequence[str], *, score_threshold: f
     from ..data.transforms import to_tensor
     from ..explain.overlay import save_word_panels
 
-    if attention_out and not has_decoder_attention(detector.model):
-        raise ConfigError(f"--attention-out: {detector.name} has no decoder attention to show; "
-                          "use a DETR-style detector (`visattn models 'detr_*'`) or drop --attention-out")
     files = list_images(list(paths), allow_empty=False)
     folders = {"drawn": Path(out) if out else None, "attention": Path(attention_out) if attention_out else None}
     for folder in filter(None, folders.values()):
