@@ -30,7 +30,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from visattn.cli import POINTING_DATASETS
+from visattn.cli import pointing_scenes
 from visattn.data.scenes import FashionScenes
 from visattn.explain import evaluate_class_pointing, evaluate_pointing
 from visattn.registry import create_model, model_family
@@ -108,9 +108,8 @@ def main() -> None:
         print(json.dumps({"benchmark": "pointing_baseline", "model": args.model, "dataset": "fashion-scenes", **scores}))
         return
 
-    colors, items = POINTING_DATASETS[args.dataset]
-    scenes = FashionScenes("test", num_scenes=args.limit, min_items=items, max_items=items, colors=colors)
-    evaluate = evaluate_pointing if items == 1 else evaluate_class_pointing
+    scenes = pointing_scenes(args.dataset, "test", args.limit)
+    evaluate = evaluate_pointing if scenes.max_items == 1 else evaluate_class_pointing
     shipped = load_classifier(args.model, img_size=args.img_size)
     results = [{"model": shipped.name, **evaluate(shipped, scenes, batch_size=64)}]
     for seed in range(args.seeds):

@@ -8,10 +8,12 @@ from PIL import Image
 
 from fixtures_captions import write_karpathy
 from test_data import needs_fashion_mnist
-from visattn import save_weights
+from visattn import create_model, save_weights
 from visattn.cli import main
-from visattn.errors import ConfigError
-from visattn.tasks.captioning import CaptioningTask, caption_scores, decode, load_captioner, pointing_hits
+from visattn.data.vocab import Vocabulary
+from visattn.errors import ConfigError, WeightsError
+from visattn.tasks.captioning import (Captioner, CaptioningTask, caption_scores, decode, load_captioner,
+                                      pointing_hits)
 
 CONFIG = "configs/captioning/sat_scenes.yaml"
 TINY_MODEL = json.dumps(dict(encoder_kwargs=dict(layers=[1, 1], widths=[8, 16], small_input=False), img_size=32,
@@ -156,3 +158,28 @@ def test_evaluation_leaves_a_broken_coco_image_out(tmp_path):
         [["A red dog runs.", "a dog running"]], [["a fish swims"]]]
     assert sum(batch is None for batch in batches) == 1
     assert evaluate_captioner(captioner, batches, beam_size=2)["n"] == 2
+
+
+def _tiny_captioner() -> Captioner:
+    model = create_model("sat_cbam_resnet_scenes", vocab_size=len(VOCAB), **json.loads(TINY_MODEL)).eval()
+    return Captioner(model, Vocabulary.from_list(VOCAB), {"input_size": [3, 32, 32]}, "tiny",
+                     "sat_cbam_resnet_scenes", {})
+
+
+def test_caption_with_a_model_left_training_gives_its_eval_captions_and_keeps_its_mode():
+    torch.manual_seed(0)
+    captioner = _tiny_captioner()
+    images = torch.randn(4, 3, 32, 32)
+    expected = captioner.caption(images, beam_size=2, max_len=6)
+    captioner.model.train()  # dropout and batch statistics would make every call differ
+    for got in (captioner.caption(images, beam_size=2, max_len=6) for _ in range(2)):
+        assert all(torch.equal(a, b) for a, b in zip(got.tokens, expected.tokens))
+        torch.testing.assert_close(got.scores, expected.scores)
+    assert all(m.training for m in captioner.model.modules())
+
+
+def test_shipped_captioner_weights_without_preprocessing_are_one_line(weights_tmp):
+    model = _tiny_captioner().model
+    save_weights(model, weights_tmp / "sat_cbam_resnet_scenes.mine.safetensors", vocab=VOCAB, dataset="mine")
+    with pytest.raises(WeightsError, match="sat_cbam_resnet_scenes.mine: the weights entry has no preprocessing"):
+        load_captioner("sat_cbam_resnet_scenes.mine")

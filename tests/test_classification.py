@@ -12,10 +12,12 @@ import pytest
 import torch
 from PIL import Image
 
-from visattn import create_model
+from visattn import create_model, save_weights
 from visattn.cli import main
+from visattn.errors import ConfigError
 from visattn.tasks.captioning import load_captioner
-from visattn.tasks.classification import ImageClassifier, load_classifier, warmup_cosine, weight_decay_groups
+from visattn.tasks.classification import (Classifier, ImageClassifier, load_classifier, warmup_cosine,
+                                         weight_decay_groups)
 from visattn.tasks.detection import load_detector
 
 REPO = Path(__file__).resolve().parents[1]
@@ -248,3 +250,58 @@ def test_channels_last_models_give_the_plain_models_outputs(load, name, size):
     images = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         assert torch.allclose(run(loaded, images), run(plain, images), atol=1e-4)
+
+
+class _BrightnessOracle(torch.nn.Module):
+    """Predicts the class whose gray value (0..1) is nearest the image's mean."""
+
+    def __init__(self, grays: list[float]) -> None:
+        super().__init__()
+        self.register_buffer("grays", torch.tensor(grays))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return -(images.mean(dim=(1, 2, 3))[:, None] - self.grays).square()
+
+
+def test_an_image_folder_is_scored_by_class_name_not_folder_position(tmp_path):
+    """Folders 'T-shirt_top' and 'dog' hold the classifier's labels 2 and 1: sorted positions 0 and 1 would mislabel both."""
+    from fixtures_images import write_image_folder
+
+    from visattn.tasks.classification import Classifier, evaluate_classifier, evaluation_dataset
+
+    root = write_image_folder(tmp_path / "photos" / "test", classes=("T-shirt_top", "dog"), per_class=2)  # gray 0, 40
+    labels = ["cat", "dog", "T-shirt/top"]
+    classifier = Classifier(_BrightnessOracle([0.9, 40 / 255, 0.0]), labels,
+                            {"input_size": [3, 16, 16], "mean": [0.0] * 3, "std": [1.0] * 3}, "oracle", "oracle", {})
+    spec = f"imagefolder:{root.parent}"
+    dataset = evaluation_dataset(spec, "test", classifier.transform(), classifier.class_names)
+    assert evaluate_classifier(classifier, dataset)["top1"] == 1.0
+    with pytest.raises(ConfigError, match=r"--split val: .*photos has no val/ folder; its splits are test"):
+        evaluation_dataset(spec, "val", classifier.transform(), classifier.class_names)
+    (root / "fox").mkdir()  # a folder that is none of the labels
+    with pytest.raises(ConfigError, match=r"class folders \['fox'\] are not among the classes"):
+        evaluation_dataset(spec, "test", classifier.transform(), classifier.class_names)
+
+
+def test_predict_with_a_model_left_training_gives_its_eval_probabilities_and_keeps_its_mode():
+    model = create_model("resnet20_cifar", num_classes=10).eval()
+    labels = [str(k) for k in range(10)]
+    classifier = Classifier(model, labels, {"input_size": [3, 32, 32]}, "tiny", "resnet20_cifar", {})
+    images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    expected = classifier.predict(images)
+    model.train()  # batch statistics would replace (and update) the running ones
+    torch.testing.assert_close(classifier.predict(images), expected)
+    torch.testing.assert_close(classifier.predict(images), expected)
+    assert all(m.training for m in model.modules())
+
+
+def test_weights_saved_without_preprocessing_classify_with_the_models_default(weights_tmp, capsys):
+    """README's example: save_weights(model, path, dataset=..., metrics=...) records no preprocessing."""
+    model = create_model("resnet20_cifar", num_classes=10)
+    save_weights(model, weights_tmp / "resnet20_cifar.mine.safetensors", dataset="mine", metrics={"top1": 0.5})
+    assert load_classifier("resnet20_cifar.mine").preprocessing["input_size"] == [3, 32, 32]
+    image = weights_tmp / "images" / "gray.png"
+    image.parent.mkdir()
+    Image.fromarray(np.full((40, 30), 90, np.uint8)).save(image)
+    assert main(["classify", str(image), "--model", "resnet20_cifar.mine", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["predictions"]

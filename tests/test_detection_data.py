@@ -176,6 +176,18 @@ def test_coco_detection_maps_labels_skips_crowds_and_broken_images(tmp_path):
     assert CocoDetection(path, images_dir, class_names=names)[0][1]["labels"].tolist() == [1, 0]
 
 
+def test_evaluation_keeps_crowd_regions_flagged_and_leaves_broken_images_out(tmp_path):
+    from visattn.data import for_evaluation
+
+    path, images_dir = write_coco_instances(tmp_path)
+    dataset = for_evaluation(CocoDetection(path, images_dir))
+    _, target = dataset[0]  # a.png: cat, dog and a crowd of birds over the whole image
+    assert target["labels"].tolist() == [0, 2, 1] and target["iscrowd"].tolist() == [0, 0, 1]
+    assert target["boxes"][2].tolist() == [0, 0, 48, 40]
+    with pytest.warns(SkippedImageWarning, match="broken.png"):
+        assert dataset[2] is None
+
+
 def test_coco_detection_one_line_errors(tmp_path):
     path, images_dir = write_coco_instances(tmp_path)
     with pytest.raises(ConfigError, match="no such file"):

@@ -39,6 +39,16 @@ def _map_of(predictions: dict[int, dict[str, torch.Tensor]], targets: dict[int, 
     return evaluate_detector(detector, [batch])
 
 
+def test_a_detection_on_a_crowd_region_is_no_false_positive():
+    """COCO's rule, which pycocotools applies: matches to an iscrowd region are ignored."""
+    obj, crowd = [2.0, 2.0, 12.0, 12.0], [16.0, 4.0, 30.0, 20.0]
+    found = {"boxes": torch.tensor([crowd, obj]), "scores": torch.tensor([0.9, 0.8]), "labels": torch.tensor([0, 0])}
+    target = {"boxes": torch.tensor([obj, crowd]), "labels": torch.tensor([0, 0])}
+    assert _map_of({0: found}, {0: {**target, "iscrowd": torch.tensor([0, 1])}})["map"] == pytest.approx(1.0)
+    dropped = {"boxes": torch.tensor([obj]), "labels": torch.tensor([0])}  # the crowd left out, as for training
+    assert _map_of({0: found}, {0: dropped})["map"] == pytest.approx(0.5)  # then the crowd detection is a false positive
+
+
 def test_map_of_perfect_shifted_and_mislabelled_predictions():
     targets = {0: {"boxes": torch.tensor([[2.0, 2.0, 12.0, 12.0], [16.0, 4.0, 30.0, 20.0]]),
                    "labels": torch.tensor([0, 1])},
@@ -203,3 +213,36 @@ def test_scenes_configs_start_from_the_fmnist_backbone_they_were_trained_from(he
     backbone = {k: v for k, v in task.model.state_dict().items() if k.endswith("layer1.0.conv1.weight")}
     assert len(backbone) == 1
     torch.testing.assert_close(next(iter(backbone.values())), expected["layer1.0.conv1.weight"])
+
+
+def _tiny_detector(head: str) -> Detector:
+    arch = f"{head}_resnet20_cifar"
+    model = create_model(arch, num_classes=3, pretrained_backbone=False, **TINY[head]).eval()
+    return Detector(model, CLASS_NAMES, {}, "tiny", arch, {})
+
+
+@pytest.mark.parametrize("images, message", [
+    ([torch.randint(0, 256, (3, 40, 48), dtype=torch.uint8)], "image 0: torch.uint8 pixels, not floats in 0..1"),
+    ([torch.rand(3, 40, 48), torch.rand(3, 40, 48) * 255],
+     r"image 1: pixels span .*, not 0..1; pixels in 0..255\? divide by 255"),
+    ([torch.rand(1, 40, 48)], r"image 0: shape \(1, 40, 48\), not \(3, H, W\)"),
+    ("scene.png", "images: a str, not a list of"),
+])
+def test_detect_refuses_what_is_no_list_of_0_to_1_images_in_one_line(images, message):
+    with pytest.raises(ConfigError, match=message):
+        _tiny_detector("fcos").detect(images)
+
+
+@pytest.mark.parametrize("head", ["fcos", "detr"])
+def test_detect_with_a_model_left_training_gives_its_eval_detections_and_keeps_its_mode(head):
+    torch.manual_seed(0)
+    detector = _tiny_detector(head)
+    images = [torch.rand(3, 48, 64), torch.rand(3, 40, 40)]
+    expected = [*detector.detect(images), *detector.detect(images, attention=True)]
+    detector.model.train()
+    got = [*detector.detect(images), *detector.detect(images, attention=True)]
+    assert all(m.training for m in detector.model.modules())
+    for want, found in zip(expected, got):
+        assert want.keys() == found.keys()
+        for key in want:
+            torch.testing.assert_close(found[key], want[key], atol=1e-4, rtol=1e-4)

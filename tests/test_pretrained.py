@@ -154,9 +154,66 @@ def test_lightning_and_ddp_layouts_are_unwrapped(tmp_path):
     lightning = {"state_dict": {f"model.{k}": v for k, v in state.items()}, "epoch": 3, "global_step": 10}
     torch.save(lightning, tmp_path / "last.ckpt")
     torch.save({f"module.{k}": v for k, v in state.items()}, tmp_path / "ddp.pth")
-    for name in ("last.ckpt", "ddp.pth"):
+    # a user's LightningModule around a compiled model, and DDP around a Lightning-style wrapper
+    torch.save({f"model._orig_mod.{k}": v for k, v in state.items()}, tmp_path / "compiled.ckpt")
+    torch.save({f"module.model.{k}": v for k, v in state.items()}, tmp_path / "ddp_model.pth")
+    for name in ("last.ckpt", "ddp.pth", "compiled.ckpt", "ddp_model.pth"):
         loaded = create_model(ARCH, **SMALL, pretrained=str(tmp_path / name)).eval()
-        assert torch.equal(_logits(loaded), _logits(model))
+        assert torch.equal(_logits(loaded), _logits(model)), name
+
+
+def test_a_task_checkpoint_with_an_ema_copy_loads_the_ema_weights(tmp_path):
+    """The averaged weights are the ones a run validated; the stage configs warm-start from them."""
+    raw, averaged = _model().state_dict(), _model(depth=2).state_dict()
+    averaged = {k: v + 1 if v.is_floating_point() else v for k, v in averaged.items()}
+    state = {**{f"model.{k}": v for k, v in raw.items()}, **{f"ema.module.{k}": v for k, v in averaged.items()},
+             "ema.n_averaged": torch.tensor(5)}
+    torch.save({"state_dict": state, "global_step": 10}, tmp_path / "last.ckpt")
+    loaded = create_model(ARCH, **SMALL, pretrained=str(tmp_path / "last.ckpt"))
+    torch.testing.assert_close(loaded.state_dict(), averaged, rtol=0, atol=0)
+
+
+def test_weights_that_share_no_key_with_the_model_are_refused_even_non_strictly(tmp_path):
+    state = {f"net.{k}": v for k, v in _model().state_dict().items()}  # a user's LightningModule: self.net
+    torch.save(state, tmp_path / "user.ckpt")
+    with pytest.raises(WeightsError, match="no key of the weights.*start with 'net.': strip that prefix") as err:
+        create_model(ARCH, **SMALL, pretrained=str(tmp_path / "user.ckpt"), strict=False)
+    _assert_one_line_naming(err, tmp_path / "user.ckpt")
+
+
+def test_features_only_weights_warn_that_the_head_is_new(tmp_path):
+    state = {k: v for k, v in _model().state_dict().items() if not k.startswith("head.")}  # timm num_classes=0
+    with pytest.warns(UserWarning, match="no classifier 'head'.*randomly initialised"):
+        model = create_model(ARCH, **SMALL, pretrained=state)
+    assert torch.equal(model.blocks[0].attn.qkv.weight, state["blocks.0.attn.qkv.weight"])
+
+
+def test_batchnorm_step_counters_may_be_absent(tmp_path):
+    """torchvision's frozen-BatchNorm detection weights and pre-0.4.1 checkpoints have none."""
+    model = create_model("resnet20_cifar", num_classes=10).eval()
+    state = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    loaded = create_model("resnet20_cifar", num_classes=10, pretrained=state).eval()  # strict
+    images = torch.randn(2, 3, 32, 32)
+    assert torch.equal(loaded(images), model(images))
+
+
+def test_saved_weights_rebuild_the_model_they_were_saved_from_by_name(weights_tmp):
+    model = _model(img_size=56, num_classes=4)  # not the architecture's 28 px nor its 12 blocks
+    save_weights(model, weights_tmp / f"{ARCH}.wide.safetensors")
+    loaded = create_model(f"{ARCH}.wide").eval()
+    assert loaded.patch_embed.grid_size == model.patch_embed.grid_size and len(loaded.blocks) == 2
+    torch.manual_seed(1)
+    images = torch.randn(2, 3, 56, 56)
+    with torch.no_grad():
+        assert torch.equal(loaded(images), model(images))
+
+
+def test_a_tag_and_other_weights_together_are_one_line(weights_tmp, tmp_path):
+    from visattn.errors import ConfigError
+
+    save_weights(_model(), weights_tmp / f"{ARCH}.unit.safetensors")
+    with pytest.raises(ConfigError, match=f"{ARCH}.unit names shipped weights and pretrained='mine.pth'"):
+        create_model(f"{ARCH}.unit", pretrained="mine.pth")
 
 
 def test_other_num_classes_drops_the_head_with_a_warning(tmp_path):

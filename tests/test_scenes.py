@@ -179,6 +179,15 @@ def test_single_item_scenes_and_option_errors():
 
 
 @needs_fashion_mnist
+def test_distinct_classes_never_repeat_a_class_in_a_scene():
+    """The pointing game with distractors needs the second item to be another class; by default 30% repeat."""
+    repeats = lambda scenes: sum(len(set(s.labels.tolist())) < len(s.labels) for s in scenes)  # noqa: E731
+    assert repeats(FashionScenes("test", num_scenes=200, min_items=2, max_items=2)) > 30
+    distinct = FashionScenes("test", num_scenes=200, min_items=2, max_items=3, distinct_classes=True)
+    assert repeats(distinct) == 0 and {len(s.labels) for s in distinct} == {2, 3}
+
+
+@needs_fashion_mnist
 def test_colors_restrict_the_tints_and_white_keeps_items_gray():
     gray = FashionScenes("test", num_scenes=5, colors=("white",))
     for scene in gray:

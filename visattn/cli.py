@@ -8,7 +8,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 import torch
 
@@ -16,6 +16,9 @@ from .devices import DEVICE_CHOICES
 from .errors import VisattnError
 from .pretrained import weights_dir
 from .registry import create_model, list_models, list_pretrained, model_family, split_model_name
+
+if TYPE_CHECKING:  # commands import what they use when they run, so `visattn --help` starts fast
+    from .data.scenes import FashionScenes
 
 DEFAULT_BEAM_SIZE = 5  # caption, evaluate and save-weights score captioners with this beam width
 
@@ -66,10 +69,19 @@ def print_metrics(name: str, args: argparse.Namespace, metrics: dict) -> None:
     print(json.dumps(metrics))
 
 
-# FashionScenes for classifiers' pointing game: (item colours, items per scene). One tinted item, or one
-# gray Fashion-MNIST item on a larger canvas; "pairs" adds a second item, a distractor for the other's map.
-POINTING_DATASETS = {"fashion-scenes": (None, 1), "fashion-mnist-canvas": (("white",), 1),
-                     "fashion-mnist-pairs": (("white",), 2)}
+# FashionScenes for classifiers' pointing game: one tinted item, or one gray Fashion-MNIST item on a
+# larger canvas; "pairs" adds a second item of another class, a distractor for the other's map.
+POINTING_DATASETS = {"fashion-scenes": {},
+                     "fashion-mnist-canvas": {"colors": ("white",)},
+                     "fashion-mnist-pairs": {"colors": ("white",), "min_items": 2, "max_items": 2, "distinct_classes": True}}
+
+
+def pointing_scenes(dataset: str, split: str, limit: Optional[int]) -> "FashionScenes":
+    """The ``limit`` (default 1000) scenes of ``split`` that ``evaluate --dataset DATASET`` scores a classifier's maps on."""
+    from .data.scenes import FashionScenes
+
+    settings = {"min_items": 1, "max_items": 1, **POINTING_DATASETS[dataset]}
+    return FashionScenes(split, num_scenes=limit or 1000, **settings)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -85,7 +97,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.dataset in POINTING_DATASETS:  # single-object scenes: accuracy and the pointing game
         metrics = cmd_evaluate_pointing(classifier, args)
     else:
-        dataset = evaluation_dataset(args.dataset, args.split, classifier.transform())
+        dataset = evaluation_dataset(args.dataset, args.split, classifier.transform(), classifier.class_names)
         metrics = evaluate_classifier(classifier, dataset, batch_size=args.batch_size,
                                       num_workers=args.num_workers, limit=args.limit)
     print_metrics(classifier.name, args, metrics)
@@ -93,12 +105,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate_pointing(classifier, args: argparse.Namespace) -> dict:
-    from .data.scenes import FashionScenes
     from .explain import evaluate_class_pointing, evaluate_pointing
 
-    colors, items = POINTING_DATASETS[args.dataset]
-    scenes = FashionScenes(args.split, num_scenes=args.limit or 1000, min_items=items, max_items=items, colors=colors)
-    evaluate = evaluate_pointing if items == 1 else evaluate_class_pointing
+    scenes = pointing_scenes(args.dataset, args.split, args.limit)
+    evaluate = evaluate_pointing if scenes.max_items == 1 else evaluate_class_pointing
     return evaluate(classifier, scenes, batch_size=min(args.batch_size, 64))
 
 
@@ -212,7 +222,8 @@ def _test_scores(task: str, loaded: Any, dataset: str, limit: Optional[int]) -> 
     if task == "classification":
         from .tasks.classification import evaluate_classifier, evaluation_dataset
 
-        return evaluate_classifier(loaded, evaluation_dataset(dataset, "test", loaded.transform()), limit=limit)
+        test_set = evaluation_dataset(dataset, "test", loaded.transform(), loaded.class_names)
+        return evaluate_classifier(loaded, test_set, limit=limit)
     if task == "detection":
         from .tasks.detection import evaluate_detector, evaluation_loader
 

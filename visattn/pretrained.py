@@ -28,8 +28,10 @@ INDEX_NAME = "index.json"
 _PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 # Wrappers that training code puts around the weights dict, most specific first.
 _NESTED_KEYS = ("state_dict", "model", "module")
-# Prefixes added by DDP, torch.compile and visattn's Lightning tasks (``self.model``).
+# Prefixes added around a whole model by DDP, torch.compile and Lightning modules (``self.model``).
 _PREFIXES = ("module.", "_orig_mod.", "model.")
+# A visattn task's weight average (``torch.optim.swa_utils.AveragedModel``): the weights it validates and ships.
+_EMA_PREFIX = "ema.module."
 
 
 def weights_dir() -> Path:
@@ -149,12 +151,18 @@ def _is_tensor_dict(state: dict) -> bool:
 
 
 def _strip_prefixes(state: StateDict) -> StateDict:
-    for prefix in _PREFIXES:
-        owned = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-        # "module."/"_orig_mod." wrap everything; a Lightning task's "model." sits beside other state.
-        if owned and (len(owned) == len(state) or prefix == "model."):
-            state = owned
-    return state
+    """The model's own keys: a Lightning task's EMA copy (else its ``model.`` part, which sits beside
+    other state), then without wrapper prefixes, in any nesting (``model._orig_mod.``, ``module.model.``)."""
+    state = _under(state, _EMA_PREFIX) or _under(state, "model.") or state
+    while True:
+        wrapped = next((owned for prefix in _PREFIXES if len(owned := _under(state, prefix)) == len(state)), None)
+        if not wrapped:
+            return state
+        state = wrapped
+
+
+def _under(state: StateDict, prefix: str) -> StateDict:
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 def refuse_existing_weights(path: Union[str, Path]) -> None:
@@ -176,7 +184,9 @@ def save_weights(model: nn.Module, path: Union[str, Path], *, overwrite: bool = 
             tag never silently replaces shipped weights.
         **meta: index fields, e.g. ``task``, ``dataset``, ``metrics``, ``preprocessing``
             (``input_size``, ``mean``, ``std``), ``labels`` or ``vocab``, ``config``,
-            ``model_kwargs``, ``default`` (true: the architecture's only default entry).
+            ``model_kwargs`` (default: the builder arguments ``create_model`` was given, so that
+            ``create_model("ARCH.TAG")`` rebuilds this model), ``default`` (true: the
+            architecture's only default entry).
 
     Returns:
         The new index entry.
@@ -192,6 +202,8 @@ def save_weights(model: nn.Module, path: Union[str, Path], *, overwrite: bool = 
     built_as = split_model_name(getattr(model, "visattn_name", arch))[0]
     if built_as != arch:
         raise WeightsError(f"{path}: the model is a {built_as}, not a {arch}; name the file {built_as}.{tag}.safetensors")
+    if meta.get("model_kwargs") is None and getattr(model, "visattn_kwargs", None):
+        meta["model_kwargs"] = model.visattn_kwargs
     try:
         json.dumps(meta)
     except (TypeError, ValueError) as err:
@@ -261,6 +273,8 @@ def load_weights(
 
 
 def _drop_mismatched_head(model: nn.Module, state: StateDict) -> StateDict:
+    """``state`` without a classifier head that does not fit ``model``; a warning when the model's head
+    stays at its random init (dropped here, or absent from a features-only checkpoint)."""
     head = getattr(model, "classifier", None)
     if head is None:
         return state
@@ -272,6 +286,9 @@ def _drop_mismatched_head(model: nn.Module, state: StateDict) -> StateDict:
             f"dropped {', '.join(dropped)}; the new head is randomly initialised, so fine-tune it",
             stacklevel=3,
         )
+    elif any(k.startswith(head + ".") for k in own) and not any(k.startswith(head + ".") for k in state):
+        warnings.warn(f"the checkpoint has no classifier {head!r} (features only): the head is randomly "
+                      "initialised, so fine-tune it", stacklevel=3)
     return {k: v for k, v in state.items() if k not in dropped}
 
 
@@ -280,18 +297,26 @@ def check_state_dict(
 ) -> None:
     """Raise :class:`WeightsError` naming ``source`` and the keys when ``state`` does not fit ``model``.
 
-    Missing and unexpected keys count only when ``strict``; shapes always. ``fix`` replaces the hint.
+    Missing and unexpected keys count only when ``strict``; shapes always, and so does a state that
+    shares no key with the model. ``fix`` replaces the hint.
     """
     own = model.state_dict()
+    if not own.keys() & state.keys():
+        raise WeightsError(f"{source}: no key of the weights is one of {type(model).__name__}'s{_common_prefix(state)}; "
+                           "load weights saved from this architecture")
     head = getattr(model, "classifier", None)
-    missing = [k for k in own if k not in state and not (head and k.startswith(head + "."))]
+    # Checkpoints from before PyTorch 0.4.1, and frozen-BatchNorm ones (torchvision's detectors), have no
+    # BatchNorm step counters; they only matter with momentum=None.
+    missing = [k for k in own if k not in state and not (head and k.startswith(head + "."))
+               and not k.endswith(".num_batches_tracked")]
     unexpected = [k for k in state if k not in own]
     shape = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in state if k in own and own[k].shape != state[k].shape]
     if shape or (strict and (missing or unexpected)):
         parts = [f"{label}: {_key_list(keys)}" for label, keys in
                  (("missing", missing), ("unexpected", unexpected), ("wrong shape", shape)) if keys]
-        hint = fix or ("pass strict=False to keep the missing ones at their init" if not shape
-                       else "check the architecture and its kwargs")
+        hint = fix or ("check the architecture and its kwargs (depth, widths, ...); pass strict=False only when "
+                       "the missing keys are modules added on top of the weights' architecture, such as "
+                       "attention modules on a plain ResNet" if not shape else "check the architecture and its kwargs")
         raise WeightsError(f"{source}: weights do not fit {type(model).__name__} ({'; '.join(parts)}); {hint}")
     if missing or unexpected:
         warnings.warn(
@@ -299,6 +324,12 @@ def check_state_dict(
             f"ignored unexpected {_key_list(unexpected)}",
             stacklevel=3,
         )
+
+
+def _common_prefix(state: StateDict) -> str:
+    """`` (its keys all start with 'net.')`` when they do, to name a wrapper to strip; else empty."""
+    firsts = {k.split(".", 1)[0] for k in state}
+    return f" (its keys all start with {next(iter(firsts)) + '.'!r}: strip that prefix)" if len(firsts) == 1 and len(state) > 1 else ""
 
 
 def _key_list(keys: list[str], limit: int = 8) -> str:

@@ -109,10 +109,13 @@ def create_model(
 
     arch, tag = split_model_name(name)
     arch = _resolve_arch(arch)
+    if tag is not None and not isinstance(pretrained, bool):
+        raise ConfigError(f"{name} names shipped weights and pretrained={pretrained!r} other weights; "
+                          f"give one: create_model({arch!r}, pretrained={pretrained!r}) or create_model({name!r})")
     entry = None
     if tag is not None or pretrained is True:
         entry = find_weights_entry(arch, tag)
-        kwargs = {**entry.get("model_kwargs", {}), **kwargs}
+        kwargs = {**(entry.get("model_kwargs") or {}), **kwargs}
         if num_classes is None and entry.get("num_classes") is not None:
             num_classes = entry["num_classes"]
     if num_classes is not None:
@@ -121,6 +124,8 @@ def create_model(
         kwargs["num_classes"] = num_classes
     model = _model_entrypoints[arch](**kwargs)
     model.visattn_name = f"{arch}.{entry['tag']}" if entry else arch
+    # what save_weights records, so that the weights rebuild this model by name
+    model.visattn_kwargs = {k: v for k, v in kwargs.items() if k != "num_classes"}
     if entry is not None:
         load_weights(model, entry["path"], strict=strict, sha256=entry["sha256"])
     elif pretrained:

@@ -20,7 +20,7 @@ from .image_folder import (
     SkippedImageWarning,
     collate_present,
     decode_next_good,
-    drop_broken,
+    for_evaluation,
     find_classes,
 )
 from .image_io import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, decode_image, list_images
@@ -99,7 +99,7 @@ __all__ = [
     "decode_image",
     "decode_next_good",
     "describe_scene",
-    "drop_broken",
+    "for_evaluation",
     "eval_transforms",
     "export_coco",
     "find_classes",

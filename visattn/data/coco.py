@@ -11,7 +11,7 @@ Each sample is ``(image, captions)``: the transform's tensor and every reference
 image. Broken image files are skipped the way :class:`~visattn.data.image_folder.ImageFolder`
 skips them (see :func:`visattn.data.image_folder.decode_next_good`): warned about once, counted in ``num_skipped``, and
 replaced by the next decodable sample, so batches keep their size (or, for evaluation, left out:
-:func:`visattn.data.image_folder.drop_broken`).
+:func:`visattn.data.image_folder.for_evaluation`).
 """
 from __future__ import annotations
 

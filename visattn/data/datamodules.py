@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 
 from ..errors import ConfigError
 from .fashion_mnist import FASHION_MNIST_CLASSES, FASHION_MNIST_MEAN, FASHION_MNIST_STD, FashionMNIST
-from .image_folder import ImageFolder, collate_present, drop_broken, find_classes
+from .image_folder import ImageFolder, collate_present, for_evaluation, find_classes
 from .transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -45,7 +45,7 @@ class SplitLoadersMixin:
 
     ``predict`` reads the test split; an empty validation split turns validation off. Data modules
     whose samples need batching other than default collation set ``collate_fn``. Validation and
-    test leave broken image files out instead of counting a substitute twice (:func:`drop_broken`);
+    test leave broken image files out instead of counting a substitute twice (:func:`for_evaluation`);
     a batch of only broken files is ``None``, which the tasks' steps skip.
     """
 
@@ -60,7 +60,7 @@ class SplitLoadersMixin:
     def _loader(self, split: Split) -> DataLoader:
         dataset, train = self._dataset(split), split == "train"
         if not train:
-            drop_broken(dataset)
+            for_evaluation(dataset)
         workers = self.hparams.num_workers
         return DataLoader(
             dataset,

@@ -61,7 +61,7 @@ class DetectionTransform(ImageTransform):
     """
 
     def __init__(self, transforms: Sequence[A.BasicTransform] = ()) -> None:
-        bbox_params = A.BboxParams(format="pascal_voc", label_fields=["labels"], clip=True,
+        bbox_params = A.BboxParams(format="pascal_voc", label_fields=["labels", "iscrowd"], clip=True,
                                    filter_invalid_bboxes=True, min_width=MIN_BOX_SIDE, min_height=MIN_BOX_SIDE)
         # The evaluation pipeline has no transform on purpose: it only clips and filters boxes.
         with warnings.catch_warnings():
@@ -69,14 +69,19 @@ class DetectionTransform(ImageTransform):
             self.pipeline = A.Compose(list(transforms), bbox_params=bbox_params)
         self._seeded_in_pid: int | None = None
 
-    def __call__(self, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, Target]:
+    def __call__(self, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray,
+                 iscrowd: np.ndarray | None = None) -> tuple[torch.Tensor, Target]:
+        """``iscrowd`` (evaluation targets): 1 for crowd regions, kept in the target as ``"iscrowd"``."""
         self._seed_once()
-        out = self.pipeline(image=image, bboxes=np.asarray(boxes, np.float32).reshape(-1, 4),
-                            labels=np.asarray(labels, np.int64).reshape(-1))
+        labels = np.asarray(labels, np.int64).reshape(-1)
+        crowd = np.zeros_like(labels) if iscrowd is None else np.asarray(iscrowd, np.int64).reshape(-1)
+        out = self.pipeline(image=image, bboxes=np.asarray(boxes, np.float32).reshape(-1, 4), labels=labels, iscrowd=crowd)
         target = {
             "boxes": torch.as_tensor(np.asarray(out["bboxes"], np.float32).reshape(-1, 4)),
             "labels": torch.as_tensor(np.asarray(out["labels"], np.int64).reshape(-1)),
         }
+        if iscrowd is not None:
+            target["iscrowd"] = torch.as_tensor(np.asarray(out["iscrowd"], np.int64).reshape(-1))
         return to_tensor(out["image"]), target
 
 
@@ -135,10 +140,13 @@ class CocoDetection(ImageFiles):
 
     Category ids become contiguous 0-based labels in the order of ``class_names``: by default
     the categories sorted by id, named by their ``name``. Crowd annotations (``iscrowd: 1``) are
-    left out; ``bbox`` ``[x, y, w, h]`` becomes ``x1, y1, x2, y2``. Broken image files are
+    left out of training; evaluation targets (:func:`~visattn.data.image_folder.for_evaluation`)
+    keep them with ``"iscrowd"``, so that mAP, as COCO's, neither counts detections on a crowd
+    region as false positives nor expects them. ``bbox`` ``[x, y, w, h]`` becomes
+    ``x1, y1, x2, y2``. Broken image files are
     skipped as :class:`~visattn.data.image_folder.ImageFolder` skips them: warned about once,
     counted in ``num_skipped``, and replaced by the next decodable image (with its own boxes), or
-    left out of evaluation (:func:`~visattn.data.image_folder.drop_broken`).
+    left out of evaluation (:func:`~visattn.data.image_folder.for_evaluation`).
 
     Args:
         annotations: the instances JSON (``images``, ``annotations`` with ``bbox``, ``categories``).
@@ -197,22 +205,25 @@ class CocoDetection(ImageFiles):
                               f"({', '.join(class_names)}); use annotations with the training categories")
         return list(class_names), {c["id"]: index[c["name"]] for c in categories}
 
-    def _boxes(self, annotations: list[dict], label_of: dict[int, int]) -> tuple[np.ndarray, np.ndarray]:
-        """``(N, 4)`` float32 xyxy boxes and ``(N,)`` int64 labels of the non-crowd annotations."""
-        kept = [a for a in annotations if not a.get("iscrowd", 0)]
-        xywh = np.array([a["bbox"] for a in kept], np.float32).reshape(-1, 4)
+    def _boxes(self, annotations: list[dict], label_of: dict[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(N, 4)`` float32 xyxy boxes, ``(N,)`` int64 labels and ``(N,)`` int64 crowd flags."""
+        xywh = np.array([a["bbox"] for a in annotations], np.float32).reshape(-1, 4)
         boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
-        unknown = sorted({a["category_id"] for a in kept} - set(label_of))
+        unknown = sorted({a["category_id"] for a in annotations} - set(label_of))
         if unknown:
             raise ConfigError(f"{self.annotations}: annotations use category ids {unknown} that its categories "
                               "do not list; add them to categories or remove those annotations")
-        return boxes, np.array([label_of[a["category_id"]] for a in kept], np.int64)
+        labels = np.array([label_of[a["category_id"]] for a in annotations], np.int64)
+        return boxes, labels, np.array([int(bool(a.get("iscrowd", 0))) for a in annotations], np.int64)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, Target] | None:
         i, image = self._decode(index)
         if image is None:
             return None
-        return self.transform(image, *self.targets[i])
+        boxes, labels, crowd = self.targets[i]
+        if self.evaluation:
+            return self.transform(image, boxes, labels, iscrowd=crowd)
+        return self.transform(image, boxes[crowd == 0], labels[crowd == 0])  # a crowd box is no object to learn
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.annotations)!r}, classes={len(self.class_names)}, n={len(self)})"

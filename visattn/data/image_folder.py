@@ -3,7 +3,7 @@
 Broken files are skipped, not fatal. ``__getitem__`` decodes the requested image; if decoding
 fails it marks that file bad and warns once naming it. For training it then returns the next
 decodable sample instead, so batches keep their size. For evaluation that would count the
-substitute twice, so evaluation datasets (see :func:`drop_broken`) return ``None`` and their
+substitute twice, so evaluation datasets (see :func:`for_evaluation`) return ``None`` and their
 DataLoaders batch with :func:`collate_present`, which leaves it out. The bad-file marks live in a
 shared-memory tensor, so marks made in DataLoader worker processes are visible in the main
 process (``num_skipped``) and later epochs skip the file without trying it again.
@@ -23,7 +23,7 @@ from ..errors import ConfigError, ImageDecodeError
 from .image_io import DEFAULT_MAX_PIXELS, decode_image, list_images
 from .transforms import to_tensor
 
-__all__ = ["ImageFiles", "ImageFolder", "SkippedImageWarning", "collate_present", "decode_next_good", "drop_broken",
+__all__ = ["ImageFiles", "ImageFolder", "SkippedImageWarning", "collate_present", "decode_next_good", "for_evaluation",
            "find_classes"]
 
 _LAYOUT = "expected root/<class name>/<image file>"
@@ -37,7 +37,7 @@ class ImageFiles(Dataset):
     """A dataset over image files that skips the ones that fail to decode and counts them.
 
     A broken file is replaced by the next good one (see :func:`decode_next_good`), or, with
-    ``replace_broken = False`` (evaluation, see :func:`drop_broken`), its sample is ``None``. The
+    ``evaluation = True`` (see :func:`for_evaluation`), its sample is ``None``. The
     skip flags live in shared memory, so the counts include what DataLoader workers skipped.
     Subclasses call :meth:`_track` with their paths, read images with :meth:`_decode` and return
     ``None`` for a ``None`` image.
@@ -45,7 +45,7 @@ class ImageFiles(Dataset):
 
     paths: list[Path]
     max_pixels: int = DEFAULT_MAX_PIXELS
-    replace_broken: bool = True
+    evaluation: bool = False  # score each image once, as annotated: see for_evaluation
 
     def _track(self, paths: Sequence[Path], max_pixels: int) -> None:
         self.paths, self.max_pixels = [Path(p) for p in paths], max_pixels
@@ -53,8 +53,8 @@ class ImageFiles(Dataset):
 
     def _decode(self, index: int) -> tuple[int, Optional[np.ndarray]]:
         """The index of the image actually read (``index`` or a later good one) and its pixels;
-        ``(index, None)`` for a broken file when ``replace_broken`` is off."""
-        if self.replace_broken:
+        ``(index, None)`` for a broken file in evaluation."""
+        if not self.evaluation:
             return decode_next_good(self.paths, self._bad, int(index), max_pixels=self.max_pixels)
         return int(index), _decode_or_mark(self.paths, self._bad, int(index), self.max_pixels)
 
@@ -176,10 +176,11 @@ def _decode_or_mark(paths: Sequence[Path], bad: torch.Tensor, i: int, max_pixels
         return None
 
 
-def drop_broken(dataset: Dataset) -> Dataset:
-    """Make the image files under ``dataset`` give ``None`` for a broken file instead of the next good
-    one, so an evaluation counts every image once; returns ``dataset``.
+def for_evaluation(dataset: Dataset) -> Dataset:
+    """Make the image files under ``dataset`` give each image once, as annotated; returns ``dataset``.
 
+    A broken file gives ``None`` instead of the next good image, which would be scored twice, and
+    COCO detection targets keep their crowd regions (``iscrowd``), which mAP ignores matches to.
     Wrappers that keep their source in ``.dataset`` (``Subset``, caption samples) are looked through.
     Batch such a dataset with :func:`collate_present`.
     """
@@ -187,7 +188,7 @@ def drop_broken(dataset: Dataset) -> Dataset:
     while not isinstance(source, ImageFiles) and isinstance(getattr(source, "dataset", None), Dataset):
         source = source.dataset
     if isinstance(source, ImageFiles):
-        source.replace_broken = False
+        source.evaluation = True
     return dataset
 
 

@@ -117,6 +117,8 @@ class FashionScenes(Dataset):
         max_items: most items in a scene (``min_items = max_items = 1``: single-object scenes).
         colors: the tints items are drawn in (keys of :data:`COLORS`); ``("white",)`` leaves the
             Fashion-MNIST items gray, as classifiers trained on Fashion-MNIST know them.
+        distinct_classes: every item of a scene of another class (by default an item repeats the
+            previous one's class and colour 30% of the time, which captions count as "two bags").
         seed: with ``split`` and the index, determines each scene.
         root: folder holding the Fashion-MNIST idx files, as :class:`FashionMNIST` takes it.
     """
@@ -130,6 +132,7 @@ class FashionScenes(Dataset):
         min_items: int = 1,
         max_items: int = 3,
         colors: Sequence[str] | None = None,
+        distinct_classes: bool = False,
         seed: int = 0,
         root: str | os.PathLike | None = None,
     ) -> None:
@@ -140,6 +143,7 @@ class FashionScenes(Dataset):
         self.colors = list(colors or COLORS)
         self.split, self.num_scenes, self.canvas_size = split, num_scenes, canvas_size
         self.min_items, self.max_items, self.seed = min_items, max_items, seed
+        self.distinct_classes = distinct_classes
         self.side_range = (round(_MIN_SIDE * canvas_size), round(_MAX_SIDE * canvas_size))
         images, labels = load_fashion_mnist("test" if split == "test" else "train", root=root)
         pool = np.arange(len(labels))
@@ -179,14 +183,18 @@ class FashionScenes(Dataset):
     def _draw_items(self, rng: np.random.Generator) -> tuple[np.ndarray, list[str], np.ndarray]:
         count = int(rng.integers(self.min_items, self.max_items + 1))
         names = self.colors
-        labels, colors = [], []
-        for i in range(count):
-            if i > 0 and rng.random() < _REPEAT_PROB:
-                labels.append(labels[-1])
-                colors.append(colors[-1])
-            else:
-                labels.append(int(rng.integers(len(ITEM_WORDS))))
-                colors.append(names[rng.integers(len(names))])
+        if self.distinct_classes:
+            labels = [int(k) for k in rng.choice(len(ITEM_WORDS), size=count, replace=False)]
+            colors = [names[rng.integers(len(names))] for _ in labels]
+        else:
+            labels, colors = [], []
+            for i in range(count):
+                if i > 0 and rng.random() < _REPEAT_PROB:
+                    labels.append(labels[-1])
+                    colors.append(colors[-1])
+                else:
+                    labels.append(int(rng.integers(len(ITEM_WORDS))))
+                    colors.append(names[rng.integers(len(names))])
         sources = [rng.choice(self._pool_by_class[label]) for label in labels]
         return np.array(labels, np.int64), colors, np.array(sources, np.int64)
 

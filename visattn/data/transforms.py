@@ -156,12 +156,37 @@ def check_image_batch(images: object, *, channels: int = 3) -> None:
     """One line unless ``images`` is a floating-point ``(B, channels, H, W)`` tensor, what a model's
     evaluation transform gives stacked (a path, an array or uint8 pixels are not)."""
     fix = "decode files with visattn.data.image_io.decode_image and apply the model's transform()"
+    _check_float_pixels(images, "images", ("B", channels, "H", "W"), "normalised floats", fix)
+
+
+# Resampling (bilinear, bicubic) may overshoot 0..1 a little; 0..255 or normalised pixels go far beyond.
+_UNIT_RANGE_SLACK = 0.05
+
+
+def check_unit_images(images: object, *, channels: int = 3) -> None:
+    """One line unless ``images`` is a sequence (or stacked batch) of floating-point ``(channels, H, W)``
+    tensors with pixels in 0..1, what detectors take (they normalise inside; sizes may differ)."""
+    fix = "decode files with visattn.data.image_io.decode_image and convert them with visattn.data.transforms.to_tensor"
+    if isinstance(images, (str, bytes)) or not isinstance(images, (Sequence, torch.Tensor)):
+        raise ConfigError(f"images: a {type(images).__name__}, not a list of ({channels}, H, W) tensors; {fix}")
+    for k, image in enumerate(images):
+        _check_float_pixels(image, f"image {k}", (channels, "H", "W"), "floats in 0..1", fix)
+        low, high = (float(v) for v in torch.aminmax(image)) if image.numel() else (0.0, 1.0)
+        if low < -_UNIT_RANGE_SLACK or high > 1 + _UNIT_RANGE_SLACK:
+            raise ConfigError(f"image {k}: pixels span {low:.3g}..{high:.3g}, not 0..1; pixels in 0..255? "
+                              "divide by 255 (and pass them unnormalised: detectors normalise inside)")
+
+
+def _check_float_pixels(images: object, name: str, dims: tuple[int | str, ...], pixels: str, fix: str) -> None:
+    """One line unless ``images`` is a floating-point tensor shaped ``dims`` (an int: that size; a str: any)."""
+    shape = f"({', '.join(map(str, dims))})"
     if not isinstance(images, torch.Tensor):
-        raise ConfigError(f"images: a {type(images).__name__}, not a tensor (B, {channels}, H, W); {fix}")
-    if images.ndim != 4 or images.shape[1] != channels:
-        raise ConfigError(f"images: shape {tuple(images.shape)}, not (B, {channels}, H, W); {fix}")
+        raise ConfigError(f"{name}: a {type(images).__name__}, not a tensor {shape}; {fix}")
+    fixed = [(i, size) for i, size in enumerate(dims) if isinstance(size, int)]
+    if images.ndim != len(dims) or any(images.shape[i] != size for i, size in fixed):
+        raise ConfigError(f"{name}: shape {tuple(images.shape)}, not {shape}; {fix}")
     if not images.is_floating_point():
-        raise ConfigError(f"images: {images.dtype} pixels, not normalised floats; {fix}")
+        raise ConfigError(f"{name}: {images.dtype} pixels, not {pixels}; {fix}")
 
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:

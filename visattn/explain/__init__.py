@@ -78,6 +78,16 @@ def _check_arguments(model: nn.Module, method: str, layer, head, target_class) -
         raise ConfigError(f"--class applies to gradcam only ({method} maps do not depend on the class); drop it")
 
 
+def _input_channels(model: nn.Module) -> int:
+    """The image channels ``model`` reads: ``input_size[0]`` of registered models, else its first
+    convolution's (the stem or patch embedding of a model built elsewhere, e.g. by timm)."""
+    size = getattr(model, "input_size", None)
+    if size:
+        return int(size[0])
+    first_conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    return first_conv.in_channels if first_conv is not None else 3
+
+
 def _normalized(maps: Tensor, size: tuple[int, int]) -> Tensor:
     """``(B, h, w)`` maps upsampled (bilinear) to ``size`` and min-max scaled to [0, 1] per image."""
     maps = F.interpolate(maps[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0]
@@ -112,12 +122,12 @@ def explain_batch(
     head_fusion: Literal["mean", "max", "min"] = "mean",
     discard_ratio: float = 0.0,
 ) -> Tensor:
-    """Maps ``(B, h, w)`` of a batch of normalised images ``(B, 3, H, W)`` on the method's own grid
+    """Maps ``(B, h, w)`` of a batch of normalised images ``(B, C, H, W)`` on the method's own grid
     (the patch grid, the target layer's grid, the gate's grid; the default gates average is at ``(H, W)``).
 
     See :func:`explain` for the arguments; ``head_fusion`` and ``discard_ratio`` tune rollout.
     """
-    check_image_batch(images)
+    check_image_batch(images, channels=_input_channels(model))
     _check_arguments(model, method, layer, head, target_class)
     if method == "gradcam":
         return grad_cam(model, images, layer=layer, target_class=target_class)[0]
@@ -153,8 +163,8 @@ def explain(
 
     Args:
         model: a registered ViT or (attention) ResNet classifier.
-        image_tensor: a normalised image ``(3, H, W)`` (or ``(1, 3, H, W)``), as the model's
-            evaluation transform gives it.
+        image_tensor: a normalised image ``(C, H, W)`` (or ``(1, C, H, W)``), ``C`` the model's
+            channels (3, or 1 for ``in_chans=1``), as its evaluation transform gives it.
         method: ``"rollout"``, ``"attention"``, ``"gradcam"`` or ``"gates"``; see the table above.
         layer: ``attention``: block index (default last); ``gradcam``: module name or ViT block
             index (default last stage / ``blocks[-1].norm1``); ``gates``: module name or index
@@ -167,7 +177,7 @@ def explain(
             argument is out of range.
     """
     images = image_tensor[None] if getattr(image_tensor, "ndim", 0) == 3 else image_tensor
-    check_image_batch(images)
+    check_image_batch(images, channels=_input_channels(model))
     if images.shape[0] != 1:
         raise ConfigError(f"image tensor has shape {tuple(image_tensor.shape)}; give one image (3, H, W)")
     maps = explain_batch(model, images, method, layer=layer, head=head, target_class=target_class)

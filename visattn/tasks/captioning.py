@@ -23,12 +23,13 @@ from ..data.scenes import ITEM_WORDS
 from ..data.transforms import check_image_batch
 from ..data.vocab import Vocabulary, tokenize
 from ..errors import ConfigError, WeightsError
+from ..explain.gradcam import eval_mode
 from ..explain.pointing import pointing_hit
 from ..fileio import unique_path
 from ..models.show_attend_tell import DecodedCaptions, doubly_stochastic_penalty
 from ..pretrained import find_weights_entry, load_weights
 from ..registry import create_model, split_model_name
-from .classification import (Classifier, adamw_warmup_cosine, best_weights, checkpoint_model_kwargs,
+from .classification import (Classifier, adamw_warmup_cosine, checkpoint_model_kwargs,
                              inference_model, inference_target, read_checkpoint, require_task,
                              task_checkpoint)
 from .guards import NonFiniteLossGuard, skip_missing_batch
@@ -267,8 +268,9 @@ class Captioner:
         check_image_batch(images, channels=self.preprocessing["input_size"][0])
         if len(images) == 0:
             return DecodedCaptions([], [], torch.zeros(0))
-        decoded = decode(self.model, images.to(self.device), beam_size=beam_size, max_len=max_len,
-                         length_penalty=length_penalty)
+        with eval_mode(self.model):  # a model the caller set training would drop out at random
+            decoded = decode(self.model, images.to(self.device), beam_size=beam_size, max_len=max_len,
+                             length_penalty=length_penalty)
         return decoded.to("cpu")
 
 
@@ -284,6 +286,9 @@ def load_captioner(model: Optional[str] = None, checkpoint: Optional[str] = None
     entry = find_weights_entry(arch, tag)
     if not entry.get("vocab"):
         raise WeightsError(f"{arch}.{entry['tag']}: the weights entry has no vocab; it is not a captioner")
+    if not entry.get("preprocessing"):
+        raise WeightsError(f"{arch}.{entry['tag']}: the weights entry has no preprocessing (input_size, mean, std); "
+                           "save them with `visattn save-weights --checkpoint`, or pass preprocessing= to save_weights")
     net = inference_model(create_model(f"{arch}.{entry['tag']}"), target)
     return Captioner(net, Vocabulary.from_list(entry["vocab"]), dict(entry["preprocessing"]),
                      f"{arch}.{entry['tag']}", arch, dict(entry.get("model_kwargs") or {}))
@@ -297,7 +302,7 @@ def _captioner_from_checkpoint(path: Path, device: torch.device) -> Captioner:
     # The checkpoint holds every weight: the encoder's own pretrained weights need not be fetched again.
     arch, kwargs = checkpoint_model_kwargs(hparams, vocab_size=len(vocab), encoder_pretrained=False)
     net = create_model(arch, **kwargs)
-    load_weights(net, best_weights(checkpoint["state_dict"]))
+    load_weights(net, checkpoint["state_dict"])  # its EMA copy when the run kept one
     preprocessing = hparams.get("preprocessing")
     if not preprocessing:
         raise WeightsError(f"{path}: the checkpoint has no preprocessing; train it with a config that links data.preprocessing")
@@ -365,7 +370,7 @@ def evaluation_loader(captioner: Captioner, spec: str, split: str = "test", *, l
     input size) or ``coco:ANNOTATIONS.json:IMAGES_DIR``, with references (and boxes for scenes)."""
     from ..data.caption_datamodules import CaptionSamples, SceneImages, collate_captions
     from ..data.coco import CocoCaptions
-    from ..data.image_folder import collate_present, drop_broken
+    from ..data.image_folder import collate_present, for_evaluation
     from ..data.scenes import FashionScenes
 
     transform = captioner.transform()
@@ -380,7 +385,7 @@ def evaluation_loader(captioner: Captioner, spec: str, split: str = "test", *, l
         source = Subset(source, range(min(limit, len(source)))) if limit else source
     else:
         raise ConfigError(f"--dataset {spec}: captioners take fashion-scenes or coco:ANNOTATIONS.json:IMAGES_DIR")
-    samples = drop_broken(CaptionSamples(source, captioner.vocab))
+    samples = for_evaluation(CaptionSamples(source, captioner.vocab))
     collate = functools.partial(collate_captions, pad_id=captioner.vocab.pad_id)
     return DataLoader(samples, batch_size=batch_size, num_workers=num_workers,
                       collate_fn=functools.partial(collate_present, collate=collate))

@@ -2,7 +2,7 @@
 import contextlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional, Sequence, Union
 
 import lightning.pytorch as pl
 import torch
@@ -16,10 +16,11 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.transforms import v2
 
 from ..data.fashion_mnist import FashionMNIST
-from ..data.image_folder import ImageFolder, collate_present, drop_broken
+from ..data.image_folder import ImageFolder, collate_present, for_evaluation
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, ImageTransform, check_image_batch, eval_transforms
 from ..devices import inference_device, model_device
 from ..errors import ConfigError, WeightsError
+from ..explain.gradcam import eval_mode
 from ..pretrained import find_weights_entry, load_weights, read_pickle_checkpoint
 from ..registry import create_model, model_family, model_task, split_model_name
 from .guards import NonFiniteLossGuard, skip_missing_batch
@@ -317,7 +318,8 @@ class Classifier:
         """Class probabilities ``(B, num_classes)`` on the CPU for normalised images ``(B, 3, H, W)``
         on any device."""
         check_image_batch(images, channels=self.preprocessing["input_size"][0])
-        return self.model(images.to(self.device)).softmax(dim=-1).cpu()
+        with eval_mode(self.model):  # a model the caller set training would drop out and update batch norms
+            return self.model(images.to(self.device)).softmax(dim=-1).cpu()
 
 
 def load_classifier(model: Optional[str] = None, checkpoint: Optional[str] = None, *,
@@ -338,7 +340,9 @@ def load_classifier(model: Optional[str] = None, checkpoint: Optional[str] = Non
     entry = find_weights_entry(arch, tag)
     net = inference_model(create_model(f"{arch}.{entry['tag']}", **_size_kwargs(arch, img_size)), target)
     labels = entry.get("labels") or [str(i) for i in range(net.num_classes)]
-    return Classifier(net, list(labels), _resized(entry["preprocessing"], img_size), f"{arch}.{entry['tag']}",
+    # save_weights(model, path) alone records no preprocessing: the model's default, as for checkpoints.
+    preprocessing = _resized(entry.get("preprocessing") or _default_preprocessing(net), img_size)
+    return Classifier(net, list(labels), preprocessing, f"{arch}.{entry['tag']}",
                       arch, dict(entry.get("model_kwargs") or {}))
 
 
@@ -349,7 +353,7 @@ def _classifier_from_checkpoint(path: Path, img_size: Optional[int], device: tor
                            "pass --model ARCH.TAG instead")
     model_kwargs = {**(hparams.get("model_kwargs") or {}), **_size_kwargs(hparams["model_name"], img_size)}
     net = build_classifier(hparams["model_name"], hparams["num_classes"], model_kwargs)
-    load_weights(net, best_weights(checkpoint["state_dict"]))
+    load_weights(net, checkpoint["state_dict"])  # its EMA copy when the run kept one
     labels = hparams.get("class_names") or [str(i) for i in range(hparams["num_classes"])]
     preprocessing = _resized(hparams.get("preprocessing") or _default_preprocessing(net), img_size)
     return Classifier(inference_model(net, device), list(labels), preprocessing, str(path), hparams["model_name"],
@@ -381,27 +385,29 @@ def read_checkpoint(path: Path, *, lazy: bool = False) -> dict[str, Any]:
     return checkpoint
 
 
-def best_weights(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The model's weights from a task state dict: the EMA copy when the run kept one."""
-    ema = {k[len("ema.module."):]: v for k, v in state.items() if k.startswith("ema.module.")}
-    return ema or {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
-
-
 def _default_preprocessing(model: nn.Module) -> dict[str, Any]:
     size = list(getattr(model, "input_size", (3, 224, 224)))
     return {"input_size": size, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "recipe": "photo"}
 
 
-def evaluation_dataset(spec: str, split: str, transform: ImageTransform) -> Dataset:
-    """``fashion-mnist`` (split train|test) or ``imagefolder:DIR`` (DIR/<split>/<class>/ if present, else DIR/<class>/)."""
+SPLIT_FOLDERS = ("train", "val", "test")
+
+
+def evaluation_dataset(spec: str, split: str, transform: ImageTransform, class_names: Sequence[str]) -> Dataset:
+    """``fashion-mnist`` (split train|test) or ``imagefolder:DIR``: ``DIR/<split>/<class>/`` when DIR
+    has split folders, else ``DIR/<class>/``. Class folders are matched to ``class_names`` (the
+    classifier's labels, in label order) by name, a ``/`` in a label being ``_`` in its folder name."""
     if spec == "fashion-mnist":
         if split not in ("train", "test"):
             raise ConfigError(f"--split {split}: fashion-mnist has the splits train and test")
         return FashionMNIST(split, transform)
     if spec.startswith("imagefolder:"):
         root = Path(spec[len("imagefolder:"):])
-        root = root / split if (root / split).is_dir() else root
-        return ImageFolder(root, transform)
+        splits = [name for name in SPLIT_FOLDERS if (root / name).is_dir()]
+        if splits and split not in splits:
+            raise ConfigError(f"--split {split}: {root} has no {split}/ folder; its splits are {', '.join(splits)}")
+        folders = [name.replace("/", "_") for name in class_names]
+        return ImageFolder(root / split if splits else root, transform, classes=folders)
     raise ConfigError(f"--dataset {spec}: use fashion-mnist or imagefolder:DIR")
 
 
@@ -413,7 +419,7 @@ def evaluate_classifier(classifier: Classifier, dataset: Dataset, *, batch_size:
     if limit is not None:
         dataset = Subset(dataset, range(min(limit, len(dataset))))
     metrics = accuracy_metrics(len(classifier.class_names), prefix="")
-    loader = DataLoader(drop_broken(dataset), batch_size=batch_size, num_workers=num_workers, collate_fn=collate_present)
+    loader = DataLoader(for_evaluation(dataset), batch_size=batch_size, num_workers=num_workers, collate_fn=collate_present)
     n = 0
     for batch in (b for b in loader if b is not None):
         images, targets = batch

@@ -19,13 +19,15 @@ from torch.utils.data import DataLoader, Subset
 from torchmetrics.detection import MeanAveragePrecision
 
 from ..data.detection import CocoDetection, SceneDetection, Target, collate_detection
-from ..data.image_folder import collate_present, drop_broken
+from ..data.image_folder import collate_present, for_evaluation
+from ..data.transforms import check_unit_images
 from ..errors import ConfigError, WeightsError
 from ..explain.detections import detection_maps
+from ..explain.gradcam import eval_mode
 from ..fileio import atomic_path, unique_path
 from ..pretrained import find_weights_entry, load_weights
 from ..registry import create_model, is_model, model_family, split_model_name
-from .classification import (Classifier, adamw_warmup_cosine, best_weights, checkpoint_model_kwargs,
+from .classification import (Classifier, adamw_warmup_cosine, checkpoint_model_kwargs,
                              inference_model, inference_target, read_checkpoint, require_task,
                              task_checkpoint)
 from .guards import NonFiniteLossGuard, skip_missing_batch
@@ -178,14 +180,16 @@ class Detector:
         cross-attention for DETR-style detectors, else gradient × input of its score
         (:func:`visattn.explain.detections.detection_maps`).
         """
+        check_unit_images(images)
         images = [image.to(self.device) for image in images]
         if not images:
             return []
-        if attention:
-            detections, maps = detection_maps(self.model, images, min_score=score_threshold)
-            detections = [{**d, "attention": m} for d, m in zip(detections, maps)]
-        else:
-            detections = self.model(images)
+        with eval_mode(self.model):  # a detector in training mode wants targets and returns losses
+            if attention:
+                detections, maps = detection_maps(self.model, images, min_score=score_threshold)
+                detections = [{**d, "attention": m} for d, m in zip(detections, maps)]
+            else:
+                detections = self.model(images)
         return [{k: v[d["scores"] >= score_threshold].cpu() for k, v in d.items()} for d in detections]
 
 
@@ -213,7 +217,7 @@ def _detector_from_checkpoint(path: Path, device: torch.device) -> Detector:
     # The checkpoint holds every weight: the backbone's own pretrained weights need not be read again.
     arch, kwargs = checkpoint_model_kwargs(hparams, pretrained_backbone=False)
     net = create_model(arch, num_classes=hparams["num_classes"], **kwargs)
-    load_weights(net, best_weights(checkpoint["state_dict"]))
+    load_weights(net, checkpoint["state_dict"])  # its EMA copy when the run kept one
     labels = hparams.get("class_names") or [str(i) for i in range(hparams["num_classes"])]
     return Detector(inference_model(net, device), list(labels), dict(hparams.get("preprocessing") or {}), str(path), arch, kwargs)
 
@@ -247,7 +251,7 @@ def evaluation_loader(detector: Detector, spec: str, split: str = "test", *, lim
         dataset = Subset(dataset, range(min(limit, len(dataset)))) if limit else dataset
     else:
         raise ConfigError(f"--dataset {spec}: detectors take fashion-scenes or coco:ANNOTATIONS.json:IMAGES_DIR")
-    return DataLoader(drop_broken(dataset), batch_size=batch_size, num_workers=num_workers,
+    return DataLoader(for_evaluation(dataset), batch_size=batch_size, num_workers=num_workers,
                       collate_fn=partial(collate_present, collate=collate_detection))
 
 
