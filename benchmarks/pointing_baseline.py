@@ -70,7 +70,7 @@ def captioner_pointing(name: str, limit: int) -> dict[str, float]:
         size = tuple(batch["images"].shape[-2:])
         for ids, maps, image, boxes, labels in zip(decoded.tokens, decoded.attention, batch["images"],
                                                    batch["boxes"], batch["labels"]):
-            words, boxes, labels = captioner.vocab.decode(ids.tolist()).split(), np.asarray(boxes), np.asarray(labels)
+            words, boxes, labels = captioner.vocab.words(ids.tolist()), np.asarray(boxes), np.asarray(labels)
             agnostic = {"word_map": maps, "caption_mean_map": maps.mean(0, keepdim=True).expand_as(maps),
                         "brightness": image.mean(0)[None].expand(len(maps), -1, -1)}
             for key, heat in agnostic.items():

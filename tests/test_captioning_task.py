@@ -45,6 +45,24 @@ def test_pointing_hits_only_for_items_that_occur_once():
     assert pointing_hits(["top"], peak_bottom_right[None], boxes, labels, (8, 8)) == [False]
 
 
+def test_caption_metrics_score_each_word_with_its_own_map_past_an_unknown_word():
+    """The caption text drops <unk>, its map stays: words and maps must be paired per token."""
+    from visattn.data.vocab import Vocabulary
+    from visattn.models.show_attend_tell import DecodedCaptions
+    from visattn.tasks.captioning import CaptionMetrics
+
+    vocab = Vocabulary(["a", "top", "bag"])
+    boxes = torch.tensor([[[0.0, 0.0, 4.0, 4.0], [4.0, 4.0, 8.0, 8.0]]])  # a top top-left, a bag bottom-right
+    labels = torch.tensor([[0, 8]])
+    corner = lambda row, col: torch.zeros(2, 2).index_put_((torch.tensor(row), torch.tensor(col)), torch.tensor(1.0))  # noqa: E731
+    ids = torch.tensor([vocab.token_id("a"), vocab.token_id("top"), vocab.unk_id, vocab.token_id("bag")])
+    maps = torch.stack([corner(1, 0), corner(0, 0), corner(0, 1), corner(1, 1)])  # the bag's own map is the last
+    metrics = CaptionMetrics(vocab)
+    captions = metrics.update(DecodedCaptions([ids], [maps], torch.zeros(1)),
+                              {"references": [["a top and a bag"]], "boxes": boxes, "labels": labels}, (8, 8))
+    assert captions == ["a top bag"] and metrics.hits == [True, True]
+
+
 def test_task_loss_ignores_padding_and_needs_a_vocabulary():
     torch.manual_seed(0)
     task = CaptioningTask(model_kwargs=json.loads(TINY_MODEL), vocab=VOCAB, alpha_c=0.0)

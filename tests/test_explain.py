@@ -552,3 +552,21 @@ def test_explain_takes_the_channels_a_one_channel_model_reads():
     assert explain(toy, gray, "gradcam", layer=toy[0]).shape == (28, 28)
     with pytest.raises(ConfigError, match=r"shape \(1, 3, 28, 28\), not \(B, 1, H, W\)"):
         explain(cnn, torch.randn(3, 28, 28), "gradcam")
+
+
+@pytest.mark.parametrize("method", ["rollout", "attention"])
+def test_an_avg_pooled_vit_with_a_class_token_is_explained_by_the_patch_tokens_it_pools(method):
+    """Its head never reads the class token, so the class token's row would explain nothing it uses."""
+    from visattn.explain.attention import collect_attentions
+
+    torch.manual_seed(0)
+    model = create_model("vit_tiny_patch4_28", depth=2, global_pool="avg").eval()
+    assert model.num_prefix_tokens == 1
+    images = torch.rand(2, 3, 28, 28)
+    _, attentions = collect_attentions(model, images)
+    if method == "rollout":
+        matrix = attention_rollout(attentions, (7, 7), num_prefix_tokens=1)[1]
+    else:
+        matrix = attentions[-1].mean(dim=1)
+    expected = matrix[:, 1:, 1:].mean(dim=1).reshape(2, 7, 7)  # the patch tokens' rows, over the patches
+    torch.testing.assert_close(explain_batch(model, images, method), expected)

@@ -302,8 +302,8 @@ def check_state_dict(
     """
     own = model.state_dict()
     if not own.keys() & state.keys():
-        raise WeightsError(f"{source}: no key of the weights is one of {type(model).__name__}'s{_common_prefix(state)}; "
-                           "load weights saved from this architecture")
+        raise WeightsError(f"{source}: weights do not fit {type(model).__name__} (no key in common"
+                           f"{_wrapper_hint(state, own)}); {fix or 'load weights saved from this architecture'}")
     head = getattr(model, "classifier", None)
     # Checkpoints from before PyTorch 0.4.1, and frozen-BatchNorm ones (torchvision's detectors), have no
     # BatchNorm step counters; they only matter with momentum=None.
@@ -326,10 +326,14 @@ def check_state_dict(
         )
 
 
-def _common_prefix(state: StateDict) -> str:
-    """`` (its keys all start with 'net.')`` when they do, to name a wrapper to strip; else empty."""
+def _wrapper_hint(state: StateDict, own: StateDict) -> str:
+    """``; the weights' keys all start with 'net.': strip that prefix`` when doing so makes them the
+    model's (a user's LightningModule around the model); else empty."""
     firsts = {k.split(".", 1)[0] for k in state}
-    return f" (its keys all start with {next(iter(firsts)) + '.'!r}: strip that prefix)" if len(firsts) == 1 and len(state) > 1 else ""
+    if len(firsts) != 1 or len(state) < 2:
+        return ""
+    prefix = next(iter(firsts)) + "."
+    return f"; the weights' keys all start with {prefix!r}: strip that prefix" if _under(state, prefix).keys() & own.keys() else ""
 
 
 def _key_list(keys: list[str], limit: int = 8) -> str:

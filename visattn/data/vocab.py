@@ -119,6 +119,11 @@ class Vocabulary:
             ids = ids[: max_len - 2]
         return [self.start_id, *ids, self.end_id]
 
+    def words(self, ids: Iterable[int]) -> list[str]:
+        """One word per id, aligned with ``ids`` (and so with per-token attention maps): a special
+        token such as ``<unk>`` gives ``""``."""
+        return [self._tokens[int(i)] if int(i) >= len(SPECIAL_TOKENS) else "" for i in ids]
+
     def decode(self, ids: Iterable[int]) -> str:
         """Words of ``ids`` joined by spaces: stops at the first ``<end>``, drops the other special tokens."""
         words = []

@@ -136,11 +136,12 @@ def explain_batch(
     with eval_mode(model):
         _, attentions = collect_attentions(model, images)
     grid = token_grid(model, images.shape[-2:])
+    pooled = getattr(model, "global_pool", "token") == "avg"  # the head reads the patch tokens' mean
     if method == "rollout":
         return attention_rollout(attentions, grid, num_prefix_tokens=model.num_prefix_tokens,
-                                 head_fusion=head_fusion, discard_ratio=discard_ratio)[0]
+                                 head_fusion=head_fusion, discard_ratio=discard_ratio, pooled=pooled)[0]
     return attention_map(attentions, grid, layer=_block_index(layer), head=head,
-                         num_prefix_tokens=model.num_prefix_tokens)
+                         num_prefix_tokens=model.num_prefix_tokens, pooled=pooled)
 
 
 def _block_index(layer: Union[str, int, None]) -> int:

@@ -48,12 +48,15 @@ def collect_attentions(model: nn.Module, images: Tensor) -> tuple[Tensor, list[T
     return logits, list(attentions)
 
 
-def token_map(rows: Tensor, grid: tuple[int, int], num_prefix_tokens: int) -> Tensor:
+def token_map(rows: Tensor, grid: tuple[int, int], num_prefix_tokens: int, *, pooled: bool = False) -> Tensor:
     """``(B, N, N)`` attention (or rollout) -> ``(B, rows, cols)`` map over the patches.
 
-    With prefix tokens the class token's row is read; without, rows are averaged over all tokens.
+    The rows of the tokens the head reads: the class token's, or, when the head pools the patch
+    tokens (``pooled``, ``global_pool="avg"``; always without prefix tokens), the patch tokens' rows
+    averaged.
     """
-    weights = rows[:, 0] if num_prefix_tokens > 0 else rows.mean(dim=1)  # (B, N)
+    reads_class_token = num_prefix_tokens > 0 and not pooled
+    weights = rows[:, 0] if reads_class_token else rows[:, num_prefix_tokens:].mean(dim=1)  # (B, N)
     patches = weights[:, num_prefix_tokens:]  # (B, rows * cols)
     if patches.shape[1] != grid[0] * grid[1]:
         raise ConfigError(f"{patches.shape[1]} patch tokens do not fill a {grid[0]}x{grid[1]} grid; "
@@ -68,6 +71,7 @@ def attention_map(
     layer: int = -1,
     head: Optional[int] = None,
     num_prefix_tokens: int = 1,
+    pooled: bool = False,
 ) -> Tensor:
     """One layer's attention over the patch grid.
 
@@ -78,6 +82,8 @@ def attention_map(
         head: head index; ``None`` averages the heads.
         num_prefix_tokens: class/register tokens before the patches; with none, the map is the
             attention each patch receives averaged over all query tokens.
+        pooled: the head averages the patch tokens (``global_pool="avg"``) instead of reading the
+            class token: the map is then their rows' mean, as without prefix tokens.
 
     Returns:
         ``(B, rows, cols)`` map.
@@ -93,4 +99,4 @@ def attention_map(
     else:
         raise ConfigError(f"--head {head}: this model has {attn.shape[1]} heads "
                           f"(use 0..{attn.shape[1] - 1}, or omit it for the mean)")
-    return token_map(attn, grid, num_prefix_tokens)
+    return token_map(attn, grid, num_prefix_tokens, pooled=pooled)

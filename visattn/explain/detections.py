@@ -14,7 +14,6 @@ image's size.
 """
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -70,8 +69,9 @@ def detection_saliency(model: nn.Module, images: list[Tensor], *, min_score: flo
     image's 0..1 pixels ``x``, for its score ``s``; see :func:`detection_maps`.
 
     One backward pass per detection scoring at least ``min_score``. Grad-CAM was tried and left out:
-    on the shipped FCOS its maps peaked in their detection's box for 0.44 (backbone's last stage) to
-    0.59 (stage 2) of detections, under the image's brightness (0.49); gradient × input scored 0.92.
+    on the shipped FCOS (87 detections of 40 test scenes) its maps peaked in their detection's box
+    for 0.44 (backbone's last stage) to 0.59 (stage 2) of detections, under the image's brightness
+    (0.49); gradient × input scored 0.92 there, and 0.909 on all 1000 test scenes.
     """
     with torch.inference_mode(False), torch.enable_grad(), eval_mode(model):
         # inputs that need a gradient put every activation on the graph, even with frozen parameters
@@ -90,15 +90,15 @@ def _scoring(detections: Detections, min_score: float) -> Detections:
 
 
 def _on_images(grids: list[Tensor], batch: Any, images: list[Tensor]) -> list[Tensor]:
-    """Each image's ``(D, rows, cols)`` maps over the padded batch ``batch`` (an ``ImageList``), cut to
-    the cells over that image and resized to its own size: ``(D, H, W)``."""
-    padded_h, padded_w = batch.tensors.shape[-2:]
+    """Each image's ``(D, rows, cols)`` maps over the padded batch ``batch`` (an ``ImageList``), laid
+    over the padded pixels, cut to that image's (resized) pixels and resized to its own size: ``(D, H, W)``.
+    Cutting pixels, not cells, keeps a map where it was when the image does not fill its last cell."""
+    padded = tuple(batch.tensors.shape[-2:])
     maps = []
     for grid, (height, width), image in zip(grids, batch.image_sizes, images):
-        rows, cols = grid.shape[-2:]
-        grid = grid[:, : math.ceil(height * rows / padded_h), : math.ceil(width * cols / padded_w)]
         if not len(grid):
             maps.append(grid.new_zeros((0, *image.shape[-2:])))
             continue
-        maps.append(F.interpolate(grid[None].float(), size=tuple(image.shape[-2:]), mode="bilinear")[0])
+        on_batch = F.interpolate(grid[None].float(), size=padded, mode="bilinear")[0, :, :height, :width]
+        maps.append(F.interpolate(on_batch[None], size=tuple(image.shape[-2:]), mode="bilinear")[0])
     return maps

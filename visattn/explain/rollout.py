@@ -55,6 +55,7 @@ def attention_rollout(
     num_prefix_tokens: int = 1,
     head_fusion: HeadFusion = "mean",
     discard_ratio: float = 0.0,
+    pooled: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Roll attention out through all blocks.
 
@@ -66,6 +67,8 @@ def attention_rollout(
         head_fusion: how the heads of a block are combined: ``"mean"``, ``"max"`` or ``"min"``.
         discard_ratio: fraction of each fused matrix's smallest entries set to zero before
             adding the identity (the paper's variant keeps all: 0).
+        pooled: the head averages the patch tokens (``global_pool="avg"``): the map is their
+            rows' mean instead of the class token's row.
 
     Returns:
         ``(map, rollout)``: the ``(B, rows, cols)`` map over the patches and the full
@@ -80,4 +83,4 @@ def attention_rollout(
         fused = fused + eye  # the residual path carries each token to itself
         fused = fused / fused.sum(dim=-1, keepdim=True)
         rollout = fused if rollout is None else fused @ rollout  # (B, N, N)
-    return token_map(rollout, grid, num_prefix_tokens), rollout
+    return token_map(rollout, grid, num_prefix_tokens, pooled=pooled), rollout

@@ -70,7 +70,7 @@ def pointing_hits(
     """One hit/miss per generated item word whose class occurs exactly once among ``labels``.
 
     Args:
-        words: the generated words.
+        words: the generated words, one per map (:meth:`~visattn.data.vocab.Vocabulary.words`).
         maps: ``(T, h, w)`` attention map of each word.
         boxes: ``(N, 4)`` xyxy item boxes in the model input's pixels.
         labels: ``(N,)`` Fashion-MNIST class ids.
@@ -117,8 +117,9 @@ class CaptionMetrics:
         self.references += [list(refs) for refs in batch["references"]]
         if "boxes" in batch:
             self.has_boxes = True
-            for caption, maps, boxes, labels in zip(captions, decoded.attention, batch["boxes"], batch["labels"]):
-                self.hits += pointing_hits(caption.split(), maps.cpu(), _numpy(boxes), _numpy(labels), image_size)
+            for ids, maps, boxes, labels in zip(decoded.tokens, decoded.attention, batch["boxes"], batch["labels"]):
+                words = self.vocab.words(ids.tolist())  # one per map; the caption drops <unk>
+                self.hits += pointing_hits(words, maps.cpu(), _numpy(boxes), _numpy(labels), image_size)
         return captions
 
     def compute(self) -> dict[str, float]:
@@ -354,7 +355,7 @@ def caption_files(captioner: Captioner, paths: Sequence[str], *, beam_size: int 
             print(item.error_line(as_json))
             continue
         tokens, attention = result
-        words = [captioner.vocab.decode([i]) for i in tokens.tolist()]
+        words = captioner.vocab.words(tokens.tolist())
         record = {"file": str(item.path), "caption": " ".join(words)}
         if out_dir is not None and words:
             target = unique_path(out_dir, item.path.stem, used)
