@@ -74,14 +74,16 @@ def main() -> None:
     ratio = rates["batched"] / rates["per_image"]
     ceiling = args.batch / rates["per_image"] / (flops / peak)
     side_by_side.print_table(["decoder", "captions/s"], [[name, rate] for name, rate in rates.items()])
-    print(f"batched / per-image: {ratio:.2f}x, identical captions: {identical}")
+    spread = side_by_side.ratio_spread(seconds, "batched", "per_image")
+    print(f"batched / per-image: {ratio:.2f}x (per round {spread[0]:.2f}-{spread[1]:.2f}), identical captions: {identical}")
     print(f"batched: {flops / args.batch / 1e6:.1f} MFLOPs per caption, {flops * rates['batched'] / args.batch / 1e9:.1f}"
           f" GFLOP/s of a {peak / 1e9:.1f} GFLOP/s matmul peak; ratio ceiling at that peak: {ceiling:.1f}x")
     side_by_side.finish("beam_search", {"model": args.model, "device": args.device, "precision": args.precision,
                                         "batch": args.batch, "beam_size": args.beam_size,
                                         "batched_captions_s": round(rates["batched"], 2),
                                         "per_image_captions_s": round(rates["per_image"], 2),
-                                        "ratio": round(ratio, 2), "identical_captions": identical,
+                                        "ratio": round(ratio, 2), "ratio_spread": spread,
+                                        "identical_captions": identical,
                                         "batched_mflops_per_caption": round(flops / args.batch / 1e6, 2),
                                         "peak_matmul_gflops": round(peak / 1e9, 1), "ratio_ceiling": round(ceiling, 2)})
 

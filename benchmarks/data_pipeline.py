@@ -110,16 +110,18 @@ def main() -> None:
                                           rounds=args.rounds)
         results.append(_figures("fashion-mnist train batches", "torchvision FashionMNIST+v2", seconds,
                                 args.batches * args.batch_size))
-    side_by_side.print_table(["pipeline", "reference", "visattn img/s", "reference img/s", "visattn/reference"],
-                             [[r["pipeline"], r["reference"], r["visattn_img_s"], r["reference_img_s"], r["ratio"]]
-                              for r in results])
+    side_by_side.print_table(["pipeline", "reference", "visattn img/s", "reference img/s", "visattn/reference",
+                              "per round"],
+                             [[r["pipeline"], r["reference"], r["visattn_img_s"], r["reference_img_s"], r["ratio"],
+                               "{:.3f}-{:.3f}".format(*r["ratio_spread"])] for r in results])
     side_by_side.finish("data_pipeline", {"results": results})
 
 
 def _figures(pipeline: str, reference: str, seconds: dict[str, list[float]], images: int) -> dict:
     ours, theirs = side_by_side.rate(seconds["visattn"], images), side_by_side.rate(seconds["reference"], images)
     return {"pipeline": pipeline, "reference": reference, "visattn_img_s": round(ours, 1),
-            "reference_img_s": round(theirs, 1), "ratio": round(ours / theirs, 3)}
+            "reference_img_s": round(theirs, 1), "ratio": round(ours / theirs, 3),
+            "ratio_spread": side_by_side.ratio_spread(seconds, "visattn", "reference")}
 
 
 if __name__ == "__main__":

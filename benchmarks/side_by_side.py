@@ -83,6 +83,13 @@ def rate(seconds: list[float], items: int) -> float:
     return items / statistics.median(seconds)
 
 
+def ratio_spread(seconds: dict[str, list[float]], faster: str, slower: str) -> list[float]:
+    """``[min, max]`` over rounds of ``faster``'s rate over ``slower``'s, each round's pair taken
+    together: the noise a median ratio carries. Ratios inside it are parity, not a difference."""
+    ratios = [b / a for a, b in zip(seconds[faster], seconds[slower])]
+    return [round(min(ratios), 3), round(max(ratios), 3)]
+
+
 def machine() -> dict[str, Any]:
     """The CPU (and GPU, once one was used), threads, versions and the 1-minute load average (above the
     core count: expect noise)."""
