@@ -228,6 +228,17 @@ def test_coco_data_module_classes_loaders_and_missing_splits(tmp_path):
         CocoDetectionDataModule(str(path), str(images_dir), batch_size=0)
 
 
+@pytest.mark.parametrize("keep", ["none", "crowds"])
+def test_training_annotations_without_an_object_box_are_one_line(tmp_path, keep):
+    """A detector trained on them would learn that nothing is ever there, and say nothing."""
+    path, images_dir = write_coco_instances(tmp_path)
+    data = json.loads(path.read_text())
+    data["annotations"] = [a for a in data["annotations"] if a["iscrowd"]] if keep == "crowds" else []
+    (tmp_path / "empty.json").write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match="empty.json: no object box to learn from"):
+        CocoDetectionDataModule(str(tmp_path / "empty.json"), str(images_dir), num_workers=0)
+
+
 @needs_fashion_mnist
 def test_scenes_data_module_batches():
     dm = FashionScenesDetectionDataModule(batch_size=3, num_workers=0, num_train=6, num_val=2, num_test=2,

@@ -155,6 +155,9 @@ def test_detr_attention_maps_are_the_queries_own_and_leave_the_model_as_it_was()
     plain, explained = detector.detect(images), detector.detect(images, attention=True)
     attention = model.transformer.decoder[-1].cross_attn
     assert not attention.keep_attention and attention.last_attention is None
+    attention.keep_attention = True  # a caller recording the attention itself keeps doing so
+    detector.detect(images, attention=True)
+    assert attention.keep_attention and attention.last_attention is not None
     for found, with_maps, image in zip(plain, explained, images):
         torch.testing.assert_close(with_maps["boxes"], found["boxes"], atol=1e-4, rtol=1e-4)
         assert with_maps["attention"].shape == (len(found["boxes"]), *image.shape[-2:])

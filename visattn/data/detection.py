@@ -371,7 +371,11 @@ class CocoDetectionDataModule(_DetectionDataModule):
         super().__init__()
         self.save_hyperparameters()
         self._check_options()
-        self._class_names = CocoDetection(train_annotations, images_dir).class_names  # fails early
+        train = CocoDetection(train_annotations, images_dir)  # fails early
+        if not any((crowd == 0).any() for _, _, crowd in train.targets):
+            raise ConfigError(f"{train_annotations}: no object box to learn from (no annotations, or only crowd "
+                              "regions); give the instances JSON with the training boxes")
+        self._class_names = train.class_names
 
     @property
     def class_names(self) -> list[str]:

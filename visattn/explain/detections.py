@@ -50,13 +50,15 @@ def detection_attention(model: nn.Module, images: list[Tensor], *, min_score: fl
     seen: dict[str, Any] = {}
     hooks = [model.transform.register_forward_hook(lambda module, args, out: seen.update(batch=out[0])),
              model.input_proj.register_forward_hook(lambda module, args, out: seen.update(grid=out.shape[-2:]))]
-    attention.keep_attention = True
+    kept, attention.keep_attention = attention.keep_attention, True
     try:
         with torch.no_grad():
             detections = _scoring(model(images), min_score)
         probs = attention.last_attention.float().mean(dim=1)  # (B, Q, h * w)
     finally:
-        attention.keep_attention, attention.last_attention = False, None
+        attention.keep_attention = kept  # a caller that keeps the attention itself still has it
+        if not kept:
+            attention.last_attention = None
         for hook in hooks:
             hook.remove()
     rows, cols = seen["grid"]
