@@ -10,6 +10,7 @@ process (``num_skipped``) and later epochs skip the file without trying it again
 """
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from pathlib import Path
@@ -17,14 +18,14 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from ..errors import ConfigError, ImageDecodeError
 from .image_io import DEFAULT_MAX_PIXELS, decode_image, list_images
 from .transforms import to_tensor
 
-__all__ = ["ImageFiles", "ImageFolder", "SkippedImageWarning", "collate_present", "decode_next_good", "for_evaluation",
-           "find_classes"]
+__all__ = ["ImageFiles", "ImageFolder", "SkippedImageWarning", "collate_present", "decode_next_good",
+           "evaluation_batches", "for_evaluation", "find_classes"]
 
 _LAYOUT = "expected root/<class name>/<image file>"
 
@@ -199,6 +200,14 @@ def collate_present(samples: Sequence[Any], collate: Callable[[list], Any] = def
     """
     present = [sample for sample in samples if sample is not None]
     return collate(present) if present else None
+
+
+def evaluation_batches(dataset: Dataset, *, batch_size: int, num_workers: int = 0,
+                       collate: Callable[[list], Any] = default_collate) -> DataLoader:
+    """Batches of ``dataset`` in order that score each image once (:func:`for_evaluation`); a batch of
+    only broken files is ``None``, which the caller passes over."""
+    return DataLoader(for_evaluation(dataset), batch_size=batch_size, num_workers=num_workers,
+                      collate_fn=functools.partial(collate_present, collate=collate))
 
 
 def find_classes(root: str | os.PathLike) -> list[str]:

@@ -371,7 +371,7 @@ def evaluation_loader(captioner: Captioner, spec: str, split: str = "test", *, l
     input size) or ``coco:ANNOTATIONS.json:IMAGES_DIR``, with references (and boxes for scenes)."""
     from ..data.caption_datamodules import CaptionSamples, SceneImages, collate_captions
     from ..data.coco import CocoCaptions
-    from ..data.image_folder import collate_present, for_evaluation
+    from ..data.image_folder import evaluation_batches
     from ..data.scenes import FashionScenes
 
     transform = captioner.transform()
@@ -386,10 +386,8 @@ def evaluation_loader(captioner: Captioner, spec: str, split: str = "test", *, l
         source = Subset(source, range(min(limit, len(source)))) if limit else source
     else:
         raise ConfigError(f"--dataset {spec}: captioners take fashion-scenes or coco:ANNOTATIONS.json:IMAGES_DIR")
-    samples = for_evaluation(CaptionSamples(source, captioner.vocab))
-    collate = functools.partial(collate_captions, pad_id=captioner.vocab.pad_id)
-    return DataLoader(samples, batch_size=batch_size, num_workers=num_workers,
-                      collate_fn=functools.partial(collate_present, collate=collate))
+    return evaluation_batches(CaptionSamples(source, captioner.vocab), batch_size=batch_size, num_workers=num_workers,
+                              collate=functools.partial(collate_captions, pad_id=captioner.vocab.pad_id))
 
 
 @torch.inference_mode()

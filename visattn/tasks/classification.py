@@ -12,11 +12,11 @@ from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, S
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset, Subset
 from torchvision.transforms import v2
 
 from ..data.fashion_mnist import FashionMNIST
-from ..data.image_folder import ImageFolder, collate_present, for_evaluation
+from ..data.image_folder import ImageFolder, evaluation_batches
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, ImageTransform, check_image_batch, eval_transforms
 from ..devices import inference_device, model_device
 from ..errors import ConfigError, WeightsError
@@ -419,10 +419,9 @@ def evaluate_classifier(classifier: Classifier, dataset: Dataset, *, batch_size:
     if limit is not None:
         dataset = Subset(dataset, range(min(limit, len(dataset))))
     metrics = accuracy_metrics(len(classifier.class_names), prefix="")
-    loader = DataLoader(for_evaluation(dataset), batch_size=batch_size, num_workers=num_workers, collate_fn=collate_present)
+    batches = evaluation_batches(dataset, batch_size=batch_size, num_workers=num_workers)
     n = 0
-    for batch in (b for b in loader if b is not None):
-        images, targets = batch
+    for images, targets in (b for b in batches if b is not None):
         metrics.update(classifier.predict(images), targets)
         n += len(targets)
     if n == 0:

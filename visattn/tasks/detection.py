@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Subset
 from torchmetrics.detection import MeanAveragePrecision
 
 from ..data.detection import CocoDetection, SceneDetection, Target, collate_detection
-from ..data.image_folder import collate_present, for_evaluation
+from ..data.image_folder import evaluation_batches
 from ..data.transforms import check_unit_images
 from ..errors import ConfigError, WeightsError
 from ..explain.detections import detection_maps
@@ -251,8 +251,7 @@ def evaluation_loader(detector: Detector, spec: str, split: str = "test", *, lim
         dataset = Subset(dataset, range(min(limit, len(dataset)))) if limit else dataset
     else:
         raise ConfigError(f"--dataset {spec}: detectors take fashion-scenes or coco:ANNOTATIONS.json:IMAGES_DIR")
-    return DataLoader(for_evaluation(dataset), batch_size=batch_size, num_workers=num_workers,
-                      collate_fn=partial(collate_present, collate=collate_detection))
+    return evaluation_batches(dataset, batch_size=batch_size, num_workers=num_workers, collate=collate_detection)
 
 
 def evaluate_detector(detector: Detector, batches: Iterable[Batch]) -> dict[str, Any]:
