@@ -17,7 +17,14 @@ def two_gpus(monkeypatch):
 
 def test_auto_is_the_cpu_without_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
     assert inference_device("auto") == torch.device("cpu")
+
+
+def test_auto_is_the_apple_gpu_without_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert inference_device("auto") == torch.device("mps")
 
 
 def test_auto_is_the_first_gpu_with_cuda(two_gpus):

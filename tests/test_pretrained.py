@@ -216,6 +216,13 @@ def test_a_tag_and_other_weights_together_are_one_line(weights_tmp, tmp_path):
         create_model(f"{ARCH}.unit", pretrained="mine.pth")
 
 
+def test_a_tag_with_pretrained_none_loads_the_tag(weights_tmp):
+    model = _model()
+    save_weights(model, weights_tmp / f"{ARCH}.unit.safetensors")
+    loaded = create_model(f"{ARCH}.unit", pretrained=None)  # None: unset, as a YAML null gives it
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+
+
 def test_other_num_classes_drops_the_head_with_a_warning(tmp_path):
     path = tmp_path / "w.safetensors"
     source = _model(num_classes=10).state_dict()

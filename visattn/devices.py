@@ -6,14 +6,17 @@ from torch import nn
 
 from .errors import ConfigError
 
-DEVICE_CHOICES = "cpu, cuda, cuda:N, mps, or auto (CUDA when there is one, else the CPU)"
+DEVICE_CHOICES = "cpu, cuda, cuda:N, mps, or auto (CUDA when there is one, else an Apple GPU (MPS), else the CPU)"
 
 
 def inference_device(name: str = "cpu") -> torch.device:
     """The device ``--device NAME`` names, checked against this machine: one it lacks is a
-    :class:`ConfigError` before any weights are read. ``auto`` is the first CUDA device, else the CPU."""
+    :class:`ConfigError` before any weights are read. ``auto`` is the first CUDA device, else MPS,
+    else the CPU: the order Lightning's ``accelerator="auto"`` trains on."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError:

@@ -86,7 +86,7 @@ def list_pretrained(pattern: str = "*") -> list[str]:
 def create_model(
     name: str,
     *,
-    pretrained: Union[bool, str] = False,
+    pretrained: Union[bool, str, None] = False,
     num_classes: Optional[int] = None,
     strict: bool = True,
     **kwargs,
@@ -98,7 +98,7 @@ def create_model(
             (which implies ``pretrained=True``).
         pretrained: ``True`` for the tag's (or the architecture's default) shipped weights; a path
             to a ``.safetensors``/``.pth``/``.bin`` file; another shipped ``"ARCH.TAG"`` (e.g. a
-            backbone's); ``"timm:NAME"`` or ``"hf-hub:ORG/REPO"``.
+            backbone's); ``"timm:NAME"`` or ``"hf-hub:ORG/REPO"``. ``None`` is ``False``.
         num_classes: classifier size. Defaults to the weights entry's label count when loading
             shipped weights; a value that differs from the checkpoint drops its head with a warning.
         strict: when ``False``, parameters the checkpoint lacks (e.g. new attention modules on a
@@ -109,7 +109,7 @@ def create_model(
 
     arch, tag = split_model_name(name)
     arch = _resolve_arch(arch)
-    if tag is not None and not isinstance(pretrained, bool):
+    if tag is not None and not isinstance(pretrained, bool) and pretrained is not None:
         raise ConfigError(f"{name} names shipped weights and pretrained={pretrained!r} other weights; "
                           f"give one: create_model({arch!r}, pretrained={pretrained!r}) or create_model({name!r})")
     entry = None

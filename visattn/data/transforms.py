@@ -171,7 +171,11 @@ def check_unit_images(images: object, *, channels: int = 3) -> None:
         raise ConfigError(f"images: a {type(images).__name__}, not a list of ({channels}, H, W) tensors; {fix}")
     for k, image in enumerate(images):
         _check_float_pixels(image, f"image {k}", (channels, "H", "W"), "floats in 0..1", fix)
-        low, high = (float(v) for v in torch.aminmax(image)) if image.numel() else (0.0, 1.0)
+    # (n, 2) pixel ranges read back together: one device sync for the batch, not one per image.
+    ranges = [torch.stack(torch.aminmax(image)).float() if image.numel() else image.new_tensor([0.0, 1.0])
+              for image in images]
+    spans = torch.stack([r.to(ranges[0].device) for r in ranges]).tolist() if ranges else []
+    for k, (low, high) in enumerate(spans):
         if low < -_UNIT_RANGE_SLACK or high > 1 + _UNIT_RANGE_SLACK:
             raise ConfigError(f"image {k}: pixels span {low:.3g}..{high:.3g}, not 0..1; pixels in 0..255? "
                               "divide by 255 (and pass them unnormalised: detectors normalise inside)")
