@@ -293,6 +293,18 @@ def test_image_folder_refuses_classes_it_cannot_learn(tmp_path):
     assert len(ImageFolder(root, classes=["cat", "dog", "fox"])) == 4  # given classes: an empty folder is fine
 
 
+def test_image_folder_datamodule_refuses_classes_it_cannot_learn(tmp_path):
+    """The promise holds through `visattn fit`: no silent empty class, and one class is named before a model is built."""
+    one = write_image_folder(tmp_path / "one", classes=("cat",), per_class=2)
+    with pytest.raises(ConfigError, match=r"one class folder \(cat\); a classifier needs two or more"):
+        ImageFolderDataModule(str(one), num_workers=0)
+    root = write_image_folder(tmp_path / "three", classes=("cat", "dog"), per_class=4)
+    (root / "fox").mkdir()
+    data = ImageFolderDataModule(str(root), img_size=16, num_workers=0, val_fraction=0.25)
+    with pytest.raises(ConfigError, match=r"class folders \['fox'\] hold no image files"):
+        data.setup("fit")
+
+
 def test_evaluation_leaves_broken_files_out_and_scores_each_image_once(tmp_path):
     """A substitute image would be scored twice; validation, test and `evaluate` leave broken files out."""
     import lightning.pytorch as pl

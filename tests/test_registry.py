@@ -46,6 +46,11 @@ def test_unknown_tag_lists_available(weights_tmp):
         create_model("vit_tiny_patch4_28.nope")
 
 
+def test_an_empty_tag_is_refused_not_read_as_the_default_weights():
+    with pytest.raises(UnknownModelError, match=r"'se_resnet20_cifar.' ends in a dot: give 'se_resnet20_cifar' alone"):
+        create_model("se_resnet20_cifar.")
+
+
 def test_kwargs_reach_the_builder():
     model = create_model("vit_tiny_patch16_224", img_size=64, num_classes=5, depth=2)
     assert model.input_size == (3, 64, 64) and model.num_classes == 5 and len(model.blocks) == 2

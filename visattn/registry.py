@@ -62,7 +62,10 @@ def split_model_name(name: str) -> tuple[str, Optional[str]]:
     if not isinstance(name, str):
         raise UnknownModelError(f"model name {name!r}: give a string such as 'vit_tiny_patch16_224' or "
                                 "'se_resnet20_cifar.fmnist'; `visattn models` lists them")
-    arch, _, tag = name.partition(".")
+    arch, dot, tag = name.partition(".")
+    if dot and not tag:
+        raise UnknownModelError(f"model name {name!r} ends in a dot: give {arch!r} alone or {arch}.TAG; "
+                                "`visattn models --pretrained` lists the tags")
     return arch, (tag or None)
 
 

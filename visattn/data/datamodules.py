@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 
 from ..errors import ConfigError
 from .fashion_mnist import FASHION_MNIST_CLASSES, FASHION_MNIST_MEAN, FASHION_MNIST_STD, FashionMNIST
-from .image_folder import ImageFolder, collate_present, for_evaluation, find_classes
+from .image_folder import ImageFolder, check_class_count, collate_present, for_evaluation, find_classes
 from .transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -250,6 +250,7 @@ class ImageFolderDataModule(_ClassificationDataModule):
         self.save_hyperparameters()
         self._check_options()
         self._class_names = find_classes(root)  # fails early, and num_classes is known now
+        check_class_count(root, self._class_names)  # before the model is built with num_classes=1
 
     @property
     def class_names(self) -> list[str]:
@@ -267,7 +268,8 @@ class ImageFolderDataModule(_ClassificationDataModule):
                 "ImageFolderDataModule: set data.test_root to test or predict "
                 "(the test split is never carved from root)"
             )
-        return ImageFolder(root, transform, classes=self._class_names)
+        # The training folder defines the classes: built without classes=, it refuses an empty class folder.
+        return ImageFolder(root, transform, classes=None if split == "train" else self._class_names)
 
     def _train_val_sets(self) -> tuple[Dataset, Dataset]:
         if self.hparams.val_root is None:

@@ -25,7 +25,7 @@ from .image_io import DEFAULT_MAX_PIXELS, decode_image, list_images
 from .transforms import to_tensor
 
 __all__ = ["ImageFiles", "ImageFolder", "SkippedImageWarning", "collate_present", "decode_next_good",
-           "evaluation_batches", "for_evaluation", "find_classes"]
+           "check_class_count", "evaluation_batches", "for_evaluation", "find_classes"]
 
 _LAYOUT = "expected root/<class name>/<image file>"
 
@@ -134,9 +134,7 @@ class ImageFolder(ImageFiles):
         return samples
 
     def _check_found_classes(self) -> None:
-        if len(self.classes) < 2:
-            raise ConfigError(f"{self.root}: one class folder ({self.classes[0]}); a classifier needs two or more "
-                              f"({_LAYOUT}; did you give the class folder instead of its parent?)")
+        check_class_count(self.root, self.classes)
         empty = sorted(set(self.classes) - {self.classes[label] for _, label in self.samples})
         if empty:
             raise ConfigError(f"{self.root}: class folders {empty} hold no image files; add images or remove them")
@@ -223,6 +221,13 @@ def find_classes(root: str | os.PathLike) -> list[str]:
     if not classes:
         raise ConfigError(f"{root}: no class sub-folders ({_LAYOUT})")
     return classes
+
+
+def check_class_count(root: str | os.PathLike, classes: Sequence[str]) -> None:
+    """One line unless ``root``'s class folders are two or more, as a classifier to train needs."""
+    if len(classes) < 2:
+        raise ConfigError(f"{root}: one class folder ({classes[0]}); a classifier needs two or more "
+                          f"({_LAYOUT}; did you give the class folder instead of its parent?)")
 
 
 def _is_class_dir(path: Path) -> bool:
