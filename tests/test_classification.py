@@ -283,6 +283,31 @@ def test_an_image_folder_is_scored_by_class_name_not_folder_position(tmp_path):
         evaluation_dataset(spec, "test", classifier.transform(), classifier.class_names)
 
 
+@pytest.mark.parametrize("dataset", ["fashion-mnist", "fashion-mnist-pairs"])
+def test_a_classifier_of_other_labels_is_not_scored_on_fashion_mnist_by_position(dataset):
+    """Their targets are Fashion-MNIST label indices: a cat/dog/fox model would be scored as if 'cat' were T-shirt/top."""
+    import argparse
+
+    from visattn.cli import cmd_evaluate_pointing
+    from visattn.data import FASHION_MNIST_CLASSES
+    from visattn.tasks.classification import evaluation_dataset
+
+    def score(labels: list[str]) -> None:
+        model = create_model("resnet20_cifar", num_classes=len(labels)).eval()
+        preprocessing = {"input_size": [3, 28, 28], "mean": [0.0] * 3, "std": [1.0] * 3}
+        classifier = Classifier(model, labels, preprocessing, "tiny", "resnet20_cifar", {})
+        if dataset == "fashion-mnist":
+            evaluation_dataset(dataset, "test", classifier.transform(), classifier.class_names)
+        else:
+            cmd_evaluate_pointing(classifier, argparse.Namespace(dataset=dataset, split="test", limit=2, batch_size=2))
+
+    with pytest.raises(ConfigError, match=rf"--dataset {dataset}: the model's 3 labels \(cat, dog, fox\) are not "
+                                          r"Fashion-MNIST's 10; score it on its own images with --dataset imagefolder:DIR"):
+        score(["cat", "dog", "fox"])
+    score(list(FASHION_MNIST_CLASSES))
+    score([str(k) for k in range(10)])  # unnamed labels: taken in order
+
+
 def test_predict_with_a_model_left_training_gives_its_eval_probabilities_and_keeps_its_mode():
     model = create_model("resnet20_cifar", num_classes=10).eval()
     labels = [str(k) for k in range(10)]
@@ -293,6 +318,16 @@ def test_predict_with_a_model_left_training_gives_its_eval_probabilities_and_kee
     torch.testing.assert_close(classifier.predict(images), expected)
     torch.testing.assert_close(classifier.predict(images), expected)
     assert all(m.training for m in model.modules())
+
+
+def test_fewer_label_names_than_classes_is_one_line_at_load(weights_tmp):
+    """Not an IndexError when the model predicts class 9 of a 3-name list."""
+    from visattn.errors import WeightsError
+
+    save_weights(create_model("resnet20_cifar", num_classes=10), weights_tmp / "resnet20_cifar.few.safetensors",
+                 labels=["a", "b", "c"])
+    with pytest.raises(WeightsError, match=r"resnet20_cifar.few's index entry: 3 label names for a 10-class head"):
+        load_classifier("resnet20_cifar.few")
 
 
 def test_weights_saved_without_preprocessing_classify_with_the_models_default(weights_tmp, capsys):

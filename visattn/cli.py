@@ -106,7 +106,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_evaluate_pointing(classifier, args: argparse.Namespace) -> dict:
     from .explain import evaluate_class_pointing, evaluate_pointing
+    from .tasks.classification import check_fashion_mnist_labels
 
+    check_fashion_mnist_labels(classifier.class_names, args.dataset)  # the scenes hold Fashion-MNIST items
     scenes = pointing_scenes(args.dataset, args.split, args.limit)
     evaluate = evaluate_pointing if scenes.max_items == 1 else evaluate_class_pointing
     return evaluate(classifier, scenes, batch_size=min(args.batch_size, 64))

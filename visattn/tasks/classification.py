@@ -15,7 +15,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from torch.utils.data import Dataset, Subset
 from torchvision.transforms import v2
 
-from ..data.fashion_mnist import FashionMNIST
+from ..data.fashion_mnist import FASHION_MNIST_CLASSES, FashionMNIST
 from ..data.image_folder import ImageFolder, evaluation_batches
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, ImageTransform, check_image_batch, eval_transforms
 from ..devices import inference_device, model_device
@@ -339,10 +339,10 @@ def load_classifier(model: Optional[str] = None, checkpoint: Optional[str] = Non
     arch, tag = split_model_name(model)
     entry = find_weights_entry(arch, tag)
     net = inference_model(create_model(f"{arch}.{entry['tag']}", **_size_kwargs(arch, img_size)), target)
-    labels = entry.get("labels") or [str(i) for i in range(net.num_classes)]
+    labels = _labels(entry.get("labels"), net.num_classes, f"{arch}.{entry['tag']}'s index entry")
     # save_weights(model, path) alone records no preprocessing: the model's default, as for checkpoints.
     preprocessing = _resized(entry.get("preprocessing") or _default_preprocessing(net), img_size)
-    return Classifier(net, list(labels), preprocessing, f"{arch}.{entry['tag']}",
+    return Classifier(net, labels, preprocessing, f"{arch}.{entry['tag']}",
                       arch, dict(entry.get("model_kwargs") or {}))
 
 
@@ -354,10 +354,20 @@ def _classifier_from_checkpoint(path: Path, img_size: Optional[int], device: tor
     model_kwargs = {**(hparams.get("model_kwargs") or {}), **_size_kwargs(hparams["model_name"], img_size)}
     net = build_classifier(hparams["model_name"], hparams["num_classes"], model_kwargs)
     load_weights(net, checkpoint["state_dict"])  # its EMA copy when the run kept one
-    labels = hparams.get("class_names") or [str(i) for i in range(hparams["num_classes"])]
+    labels = _labels(hparams.get("class_names"), hparams["num_classes"], str(path))
     preprocessing = _resized(hparams.get("preprocessing") or _default_preprocessing(net), img_size)
-    return Classifier(inference_model(net, device), list(labels), preprocessing, str(path), hparams["model_name"],
+    return Classifier(inference_model(net, device), labels, preprocessing, str(path), hparams["model_name"],
                       dict(hparams.get("model_kwargs") or {}))
+
+
+def _labels(recorded: Optional[Sequence[str]], num_classes: int, source: str) -> list[str]:
+    """The recorded label names, one per output; ``"0"``, ``"1"``, ... when none were recorded."""
+    if not recorded:
+        return [str(i) for i in range(num_classes)]
+    if len(recorded) != num_classes:
+        raise WeightsError(f"{source}: {len(recorded)} label names for a {num_classes}-class head; "
+                           "record one name per class (class_names / labels)")
+    return list(recorded)
 
 
 def _size_kwargs(arch: str, img_size: Optional[int]) -> dict[str, Any]:
@@ -400,6 +410,7 @@ def evaluation_dataset(spec: str, split: str, transform: ImageTransform, class_n
     if spec == "fashion-mnist":
         if split not in ("train", "test"):
             raise ConfigError(f"--split {split}: fashion-mnist has the splits train and test")
+        check_fashion_mnist_labels(class_names, spec)
         return FashionMNIST(split, transform)
     if spec.startswith("imagefolder:"):
         root = Path(spec[len("imagefolder:"):])
@@ -409,6 +420,17 @@ def evaluation_dataset(spec: str, split: str, transform: ImageTransform, class_n
         folders = [name.replace("/", "_") for name in class_names]
         return ImageFolder(root / split if splits else root, transform, classes=folders)
     raise ConfigError(f"--dataset {spec}: use fashion-mnist or imagefolder:DIR")
+
+
+def check_fashion_mnist_labels(class_names: Sequence[str], dataset: str) -> None:
+    """One line unless a classifier's labels are Fashion-MNIST's, in their order: those datasets'
+    targets are Fashion-MNIST label indices. Unnamed labels (``"0"``..``"9"``) are taken as they come."""
+    unnamed = [str(i) for i in range(len(FASHION_MNIST_CLASSES))]
+    if list(class_names) in (list(FASHION_MNIST_CLASSES), unnamed):
+        return
+    shown = ", ".join(class_names[:5]) + (", ..." if len(class_names) > 5 else "")
+    raise ConfigError(f"--dataset {dataset}: the model's {len(class_names)} labels ({shown}) are not Fashion-MNIST's "
+                      f"{len(FASHION_MNIST_CLASSES)}; score it on its own images with --dataset imagefolder:DIR")
 
 
 @torch.inference_mode()
