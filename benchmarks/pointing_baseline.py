@@ -16,7 +16,7 @@ score means something only above the untrained ones.
 For a captioner (FashionScenes test scenes, beam 5), each named item's word map is scored against
 two maps that know nothing of the word: the mean of the caption's word maps (where the model looks
 overall) and the image's brightness. For a detector, each detection scoring 0.5 or more is scored
-the same way against its own box, with its own map (a DETR query's cross-attention, or Grad-CAM of
+the same way against its own box, with its own map (a DETR query's cross-attention, or gradient × input of
 an FCOS detection's score), the mean of the image's detection maps and the brightness.
 """
 from __future__ import annotations
@@ -80,7 +80,7 @@ def captioner_pointing(name: str, limit: int) -> dict[str, float]:
 
 def detector_pointing(name: str, limit: int) -> dict[str, float]:
     """Pointing of each confident detection's own map, of the image's mean map and of the brightness,
-    at the detection's box. Not under inference mode: FCOS's maps (Grad-CAM) need a model built outside it."""
+    at the detection's box. Not under inference mode: FCOS's maps (gradient × input) need a model built outside it."""
     detector = load_detector(name)
     hits: dict[str, list[bool]] = {"detection_map": [], "image_mean_map": [], "brightness": []}
     for scene in FashionScenes("test", num_scenes=limit, canvas_size=64):

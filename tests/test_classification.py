@@ -14,7 +14,7 @@ from PIL import Image
 
 from visattn import create_model, save_weights
 from visattn.cli import main
-from visattn.errors import ConfigError
+from visattn.errors import ConfigError, WeightsError
 from visattn.tasks.captioning import load_captioner
 from visattn.tasks.classification import (Classifier, ImageClassifier, load_classifier, warmup_cosine,
                                          weight_decay_groups)
@@ -322,8 +322,6 @@ def test_predict_with_a_model_left_training_gives_its_eval_probabilities_and_kee
 
 def test_fewer_label_names_than_classes_is_one_line_at_load(weights_tmp):
     """Not an IndexError when the model predicts class 9 of a 3-name list."""
-    from visattn.errors import WeightsError
-
     save_weights(create_model("resnet20_cifar", num_classes=10), weights_tmp / "resnet20_cifar.few.safetensors",
                  labels=["a", "b", "c"])
     with pytest.raises(WeightsError, match=r"resnet20_cifar.few's index entry: 3 label names for a 10-class head"):
@@ -340,3 +338,18 @@ def test_weights_saved_without_preprocessing_classify_with_the_models_default(we
     Image.fromarray(np.full((40, 30), 90, np.uint8)).save(image)
     assert main(["classify", str(image), "--model", "resnet20_cifar.mine", "--json"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["predictions"]
+
+
+def test_a_timm_classifier_loads_the_pretrained_file_it_is_given(tmp_path):
+    """`pretrained` reached create_model for registered names only: a timm: model trained from random weights."""
+    import timm
+    from safetensors.torch import save_file
+
+    from visattn.tasks.classification import build_classifier
+
+    source = timm.create_model("resnet18", num_classes=3)
+    save_file(source.state_dict(), tmp_path / "r18.safetensors")
+    loaded = build_classifier("timm:resnet18", 3, pretrained=str(tmp_path / "r18.safetensors"))
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), source.state_dict().values()))
+    with pytest.raises(WeightsError, match="no/such.pth"):
+        build_classifier("timm:resnet18", 3, pretrained="/no/such.pth")

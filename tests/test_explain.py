@@ -1,6 +1,7 @@
 """visattn.explain: overlays, rollout, raw attention, gates, Grad-CAM, pointing game and `visattn explain`."""
 import json
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ from torch import nn
 
 from visattn import create_model
 from visattn.cli import main
+from visattn.data import FASHION_MNIST_CLASSES
 from visattn.data.scenes import Scene
 from visattn.errors import ConfigError
 from visattn.explain import (
@@ -338,13 +340,13 @@ def test_trained_tiny_vit_points_at_the_square_with_rollout():
 # --------------------------------------------------------------------------------------------- CLI
 
 
-def _fake_checkpoint(path: Path) -> Path:
+def _fake_checkpoint(path: Path, class_names: Optional[list[str]] = None) -> Path:
     """A checkpoint as `visattn fit` writes it (hyper-parameters + task state dict), for a tiny ViT."""
     torch.manual_seed(0)
     model = create_model("vit_tiny_patch4_28", **TINY_VIT)
     hparams = {"model_name": "vit_tiny_patch4_28", "num_classes": 10,
                "model_kwargs": {k: v for k, v in TINY_VIT.items() if k != "num_classes"},
-               "class_names": [f"class{i}" for i in range(10)],
+               "class_names": class_names or [f"class{i}" for i in range(10)],
                "preprocessing": {"input_size": [3, 28, 28], "mean": [0.5] * 3, "std": [0.5] * 3, "recipe": "small"}}
     torch.save({"hyper_parameters": hparams, "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}},
                path)
@@ -469,7 +471,7 @@ def test_class_pointing_asks_each_class_present_for_its_own_map(monkeypatch):
     ("fashion-mnist-pairs", "gradcam of each class present", {16}),  # two classes per scene: one distracts the other
 ])
 def test_cli_evaluate_classifier_reports_pointing(dataset, method, counts, tmp_path, capsys):
-    checkpoint = _fake_checkpoint(tmp_path / "tiny.ckpt")
+    checkpoint = _fake_checkpoint(tmp_path / "tiny.ckpt", list(FASHION_MNIST_CLASSES))  # the scenes' labels
     assert main(["evaluate", "--checkpoint", str(checkpoint), "--dataset", dataset, "--limit", "8", "--json"]) == 0
     metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert metrics["n"] in counts and metrics["pointing_method"] == method
@@ -481,7 +483,7 @@ def test_cli_evaluate_classifier_reports_pointing(dataset, method, counts, tmp_p
 def test_cli_evaluate_on_the_gray_canvas_at_native_size(tmp_path, capsys, monkeypatch):
     import visattn.explain as explain_module
 
-    checkpoint = _fake_checkpoint(tmp_path / "tiny.ckpt")
+    checkpoint = _fake_checkpoint(tmp_path / "tiny.ckpt", list(FASHION_MNIST_CLASSES))
     sizes = []
     original = explain_module.explain_batch
     monkeypatch.setattr(explain_module, "explain_batch",

@@ -123,6 +123,17 @@ def test_hostile_pickle_is_refused_and_runs_nothing(tmp_path, suffix):
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("content", [bytes(range(256)) * 4, b"# README\n\nnot weights\n"])
+def test_a_file_that_is_no_pickle_is_not_called_a_dangerous_one(tmp_path, content):
+    """Random bytes or a text file is a wrong path, not code to convert 'where you trust it'."""
+    path = tmp_path / "weights.pth"
+    path.write_bytes(content)
+    with pytest.raises(WeightsError, match=r"weights.pth: not a PyTorch checkpoint \(no pickle torch can read\); "
+                                           "check the path") as err:
+        create_model(ARCH, **SMALL, pretrained=str(path))
+    _assert_one_line_naming(err, path)
+
+
 @pytest.mark.parametrize("zip_format", [True, False])
 def test_a_lazy_checkpoint_read_equals_a_full_one_and_still_refuses_hostile_pickles(tmp_path, zip_format):
     """Hyperparameter looks (task detection, --ckpt_path best) memory-map the tensors; the legacy format is read whole."""

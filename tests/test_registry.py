@@ -75,8 +75,8 @@ def test_cli_models_table(capsys, weights_tmp):
 
 
 def test_cli_models_no_match(capsys):
-    assert main(["models", "zzz*"]) == 1
-    assert "no models match" in capsys.readouterr().err
+    assert main(["models", "zzz*"]) == 2
+    assert capsys.readouterr().err == "visattn: error: no model matches 'zzz*'; see `visattn models` for the full list\n"
 
 
 @pytest.mark.parametrize("name", [None, 5, Path("vit_tiny_patch16_224")])

@@ -114,7 +114,7 @@ def test_damaged_last_checkpoint_falls_back_to_the_newest_good_one(in_tmp, capsy
     for path in (in_tmp / CHECKPOINTS).glob("*.ckpt"):  # nothing left that reads: a one-line error, exit 2
         path.write_bytes(path.read_bytes()[:100])
     capsys.readouterr()
-    assert _fit("--trainer.max_epochs", "4", "--ckpt_path", str(last)) == 2
+    assert _fit("--trainer.max_epochs", "4", "--ckpt_path", "last") == 2  # (a FILE named is never replaced)
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and str(last) in err and "no other checkpoint" in err
 
@@ -211,3 +211,174 @@ def test_ckpt_path_best_without_checkpoints_is_a_one_line_error(in_tmp, capsys):
     err = capsys.readouterr().err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert str(CHECKPOINTS) in err and "visattn fit" in err and "--ckpt_path FILE" in err
+
+
+# ---------------------------------------------------------------------------------------------
+# Lightning commands: config, checkpoint and run mistakes are one line (exit 2); Ctrl-C exits 130
+# ---------------------------------------------------------------------------------------------
+
+SE_CONFIG = CBAM_CONFIG.parent / "se_resnet20_fmnist.yaml"
+SHIPPED_WEIGHTS = ["--model.init_args.model_name", "se_resnet20_cifar.fmnist"]  # starts trained: no --ckpt_path needed
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("visattn: error: ")]
+    assert len(errors) == 1 and err.strip().splitlines()[-1] == errors[0] and "Traceback" not in err, err
+    return errors[0]
+
+
+TRAINER_MISTAKES = {
+    "negative_lr": (["--model.init_args.lr", "-1"], "model.init_args.lr -1.0: a learning rate cannot be negative"),
+    "negative_max_epochs": (["--trainer.max_epochs", "-5"], "trainer: `max_epochs` must be a non-negative integer"),
+    "zero_devices": (["--trainer.devices", "0"], "trainer: `Trainer(devices='0')` value is not a valid input"),
+    "zero_accumulate_grad_batches": (["--trainer.accumulate_grad_batches", "0"],
+                                     "trainer.accumulate_grad_batches 0: give 1 (no accumulation) or more"),
+    "accelerator_this_machine_lacks": (["--trainer.accelerator", "gpu"],
+                                       "trainer.accelerator gpu: this machine has no gpu device; use"),
+    "fit_from_best": (["--ckpt_path", "best"], "fit --ckpt_path best: fit resumes a run, from --ckpt_path last"),
+    "logs_where_nothing_can_be_written": (["--trainer.logger.init_args.save_dir", "/proc/visattn-logs"],
+                                          "save_dir /proc/visattn-logs: No such file or directory; give a folder"),
+}
+
+
+@pytest.mark.parametrize("case", TRAINER_MISTAKES)
+def test_lightning_side_config_mistakes_are_one_line(case, in_tmp, capsys):
+    extra, expected = TRAINER_MISTAKES[case]
+    if case == "accelerator_this_machine_lacks" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert main(["fit", "--config", str(CBAM_CONFIG), *QUICK, "--trainer.max_steps", "1", *extra]) == 2
+    assert expected in _one_error_line(capsys)
+
+
+def _task_checkpoint(path: Path, class_path: str, hparams: dict, state_dict: dict) -> Path:
+    """A checkpoint as `visattn fit` writes it: LightningCLI records the task class in the hyperparameters."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": state_dict, "hyper_parameters": {"_class_path": class_path, **hparams}}, path)
+    return path
+
+
+def _detector_checkpoint(folder: Path) -> Path:
+    from test_reliability_inputs import write_detector_checkpoint
+
+    folder.mkdir(parents=True, exist_ok=True)
+    written = torch.load(write_detector_checkpoint(folder / "plain.ckpt"), weights_only=True)
+    return _task_checkpoint(folder / "fcos.ckpt", "visattn.tasks.detection.DetectionTask",
+                            written["hyper_parameters"], written["state_dict"])
+
+
+def _cbam_checkpoint(folder: Path) -> Path:
+    task = ImageClassifier("cbam_resnet20_cifar", num_classes=10)
+    return _task_checkpoint(folder / "cbam.ckpt", "visattn.tasks.classification.ImageClassifier",
+                            dict(task.hparams), task.state_dict())
+
+
+@pytest.mark.parametrize("subcommand", ["fit", "test"])
+@pytest.mark.parametrize("checkpoint, expected", [
+    (_detector_checkpoint, "a checkpoint of DetectionTask fcos_resnet20_cifar, but the config trains "
+                           "ImageClassifier se_resnet20_cifar; give a checkpoint of this config's runs"),
+    (_cbam_checkpoint, "a checkpoint of ImageClassifier cbam_resnet20_cifar, but the config trains "
+                       "ImageClassifier se_resnet20_cifar"),
+], ids=["another_task", "another_architecture"])
+def test_ckpt_path_of_another_task_or_architecture_is_refused_before_anything_runs(
+        subcommand, checkpoint, expected, in_tmp, capsys):
+    # LightningCLI builds the model the checkpoint describes, so both used to load "fine": the CBAM
+    # checkpoint was tested as if it were the SE config's model, the detector crashed in the metrics.
+    path = checkpoint(in_tmp / "elsewhere")
+    assert main([subcommand, "--config", str(SE_CONFIG), *QUICK, "--trainer.max_steps", "1",
+                 "--ckpt_path", str(path)]) == 2
+    assert f"--ckpt_path {path}: {expected}" in _one_error_line(capsys)
+    assert not (in_tmp / "outputs").exists()  # no checkpoints, logs or config written for the wrong model
+
+
+@pytest.mark.parametrize("subcommand", ["validate", "test", "predict"])
+def test_scoring_an_untrained_model_or_a_missing_last_checkpoint_is_refused(subcommand, in_tmp, capsys):
+    command = [subcommand, "--config", str(CBAM_CONFIG), *QUICK]
+    assert main(command) == 2
+    assert (f"visattn {subcommand} without --ckpt_path would score an untrained cbam_resnet20_cifar; give "
+            "--ckpt_path best, last or FILE, or start the model from weights") in _one_error_line(capsys)
+    assert main([*command, "--ckpt_path", "last"]) == 2  # Lightning only warned, then scored random weights
+    assert (f"--ckpt_path last: no last checkpoint in {CHECKPOINTS}; run `visattn fit` with this config first"
+            in _one_error_line(capsys))
+
+
+def test_predict_writes_one_json_line_per_sample_and_says_where(in_tmp, capsys):
+    assert main(["predict", "--config", str(CBAM_CONFIG), *QUICK, *SHIPPED_WEIGHTS]) == 0
+    written = Path("outputs") / CBAM_CONFIG.stem / "predictions.jsonl"  # trainer.default_root_dir of the config
+    assert f"wrote 64 predictions to {written}" in capsys.readouterr().out
+    records = [json.loads(line) for line in (in_tmp / written).read_text().splitlines()]
+    assert [r["sample"] for r in records] == list(range(64))
+    labels = {"T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"}
+    for record in records:
+        top = record["predictions"]
+        assert len(top) == 5 and {p["label"] for p in top} <= labels  # the data's class names, linked into the model
+        assert [p["prob"] for p in top] == sorted((p["prob"] for p in top), reverse=True)
+    assert sum(r["predictions"][0]["prob"] for r in records) / 64 > 0.6  # trained weights, not a uniform guess
+
+
+def test_prediction_records_of_captioners_and_detectors():
+    from visattn.tasks.lightning_cli import _prediction_records
+
+    assert _prediction_records(["a red bag", ""], {}, 5) == [{"caption": "a red bag"}, {"caption": ""}]
+    found = [{"boxes": torch.tensor([[1.0, 2.0, 10.25, 20.0]]), "scores": torch.tensor([0.91234]),
+              "labels": torch.tensor([1])}, {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0),
+                                             "labels": torch.zeros(0, dtype=torch.long)}]
+    assert _prediction_records(found, {"class_names": ["top", "bag"]}, 5) == [
+        {"detections": [{"label": "bag", "index": 1, "score": 0.9123, "box": [1.0, 2.0, 10.2, 20.0]}]},
+        {"detections": []}]
+
+
+def test_fast_dev_run_writes_no_checkpoint_and_a_run_too_short_to_warm_up_resumes(in_tmp):
+    fit = ["fit", "--config", str(CBAM_CONFIG), *QUICK]
+    assert main([*fit, "--trainer.fast_dev_run", "true"]) == 0
+    assert not list(in_tmp.rglob("*.ckpt"))  # Lightning's save_last wrote last.ckpt, which --ckpt_path last took
+    # One step: no warm-up fits, which used to save a plain cosine schedule where a longer run has two.
+    assert main([*fit, "--trainer.max_steps", "1"]) == 0
+    assert main([*fit, "--trainer.max_epochs", "2", "--ckpt_path", "last"]) == 0
+    resumed = _read(in_tmp / CHECKPOINTS / "last.ckpt")
+    assert resumed["global_step"] > 1 and "_schedulers" in resumed["lr_schedulers"][0]
+
+
+def test_fit_from_an_explicitly_named_damaged_checkpoint_is_one_line_and_resumes_nothing(in_tmp, capsys):
+    assert main(["fit", "--config", str(CBAM_CONFIG), *QUICK, "--trainer.max_steps", "1"]) == 0
+    damaged = in_tmp / CHECKPOINTS / "copy.ckpt"  # beside good checkpoints the fallback used to pick instead
+    good = (in_tmp / CHECKPOINTS / "last.ckpt").read_bytes()
+    damaged.write_bytes(good[: len(good) // 2])
+    before = {p.name: p.read_bytes() for p in (in_tmp / CHECKPOINTS).iterdir()}
+    capsys.readouterr()
+    assert main(["fit", "--config", str(CBAM_CONFIG), *QUICK, "--trainer.max_steps", "2",
+                 "--ckpt_path", str(damaged)]) == 2
+    error = _one_error_line(capsys)
+    assert error.startswith(f"visattn: error: {damaged}: unreadable checkpoint") and "--ckpt_path last" in error
+    assert {p.name: p.read_bytes() for p in (in_tmp / CHECKPOINTS).iterdir()} == before
+
+
+def test_fresh_fit_into_a_folder_with_an_earlier_runs_checkpoints_is_refused(in_tmp, capsys):
+    fit = ["fit", "--config", str(CBAM_CONFIG), *QUICK, "--trainer.max_steps", "1"]
+    assert main(fit) == 0
+    before = {p.name: p.read_bytes() for p in (in_tmp / CHECKPOINTS).iterdir()}
+    capsys.readouterr()
+    assert main(fit) == 2  # it used to write last-v1.ckpt, leaving last.ckpt the earlier run's
+    assert (f"{CHECKPOINTS} holds checkpoints of an earlier run; resume it with --ckpt_path last, or start afresh "
+            "after moving them elsewhere") in _one_error_line(capsys)
+    assert {p.name: p.read_bytes() for p in (in_tmp / CHECKPOINTS).iterdir()} == before  # nothing moved or deleted
+
+
+def _ctrl_c(*args, **kwargs):
+    raise KeyboardInterrupt  # what Python's SIGINT handler raises in the main thread
+
+
+@pytest.mark.parametrize("subcommand, step, message", [
+    ("fit", "training_step", "visattn: interrupted; resume with --ckpt_path last"),
+    ("validate", "validation_step", "visattn: interrupted"),
+], ids=["fit", "validate"])
+def test_ctrl_c_in_a_lightning_command_is_one_line_and_exit_code_130(subcommand, step, message, in_tmp, monkeypatch,
+                                                                     capfd):
+    import signal
+
+    monkeypatch.setattr(ImageClassifier, step, _ctrl_c)
+    # Lightning catches the KeyboardInterrupt, shuts down, logs a notice and exits with status 1.
+    assert main([subcommand, "--config", str(CBAM_CONFIG), *QUICK, *SHIPPED_WEIGHTS]) == 130
+    err = capfd.readouterr().err
+    assert err.strip().splitlines()[-1] == message and "KeyboardInterrupt" not in err and "Traceback" not in err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Lightning had set it to ignore Ctrl-C

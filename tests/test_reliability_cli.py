@@ -1,19 +1,27 @@
 """Config and CLI mistakes: each is one line naming the thing and the fix, exit code 2, no traceback."""
+import json
+import pickle
+import resource
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
+from PIL import Image
 from safetensors.torch import save_file
 
 from test_classification import CBAM_CONFIG, QUICK, REPO
 from test_data import needs_fashion_mnist
+from test_export import _checkpoint as write_classifier_checkpoint
 from test_pretrained import _CreatesFile
 from test_reliability_inputs import write_captioner_checkpoint, write_detector_checkpoint
 from visattn import create_model
 from visattn.cli import main
+from visattn.data.transforms import to_tensor
 from visattn.tasks.classification import ImageClassifier
 
 IMAGEFOLDER_CONFIG = REPO / "configs" / "classification" / "imagefolder_template.yaml"
@@ -148,3 +156,251 @@ def test_hostile_ckpt_path_is_refused_and_runs_nothing(subcommand, tmp_path, mon
     code = main([subcommand, "--config", str(CBAM_CONFIG), *QUICK, "--ckpt_path", str(evil)])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err[-1].startswith(f"visattn: error: {evil}: refused") and not marker.exists()
+
+
+# ------------------------------------------------------------------ outputs, weights index and option values
+
+DETECTOR, CAPTIONER, CLASSIFIER = "fcos_se_resnet20_cifar.scenes", "sat_cbam_resnet_scenes.scenes", "se_resnet20_cifar.fmnist"
+needs_proc = pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc")
+
+
+def _photo(path: Path, side: int = 32) -> Path:
+    """A tiny RGB noise image."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def _image(tmp: Path) -> str:
+    return str(_photo(tmp / "img.png"))
+
+
+def _a_file(tmp: Path) -> str:
+    (tmp / "afile").write_text("a file, not a folder")
+    return "afile"
+
+
+def _a_folder(tmp: Path) -> str:
+    (tmp / "adir").mkdir()
+    return "adir"
+
+
+def _save_weights(tmp: Path, *options: str) -> list[str]:
+    return ["save-weights", "--checkpoint", str(write_classifier_checkpoint(tmp / "run.ckpt")), "--tag", "t", *options]
+
+
+# Checked by test_user_mistake_is_one_line_and_exit_code_2, through test_output_and_option_mistakes_are_one_line.
+OUTPUT_AND_OPTION_CASES = {
+    "detect_out_is_a_file": (lambda tmp: ["detect", _image(tmp), "--model", DETECTOR, "--out", _a_file(tmp)],
+                             "--out afile: cannot write there (a file stands where a folder is needed); "
+                             "choose a writable --out folder"),
+    "detect_out_under_a_file": (lambda tmp: ["detect", _image(tmp), "--model", DETECTOR, "--out", f"{_a_file(tmp)}/sub"],
+                                "--out afile/sub: cannot write there (a file stands where a folder is needed)"),
+    "detect_out_takes_no_file": (lambda tmp: ["detect", _image(tmp), "--model", DETECTOR, "--out", "/proc/self"],
+                                 "--out /proc/self: cannot write there"),
+    "caption_attention_out_is_a_file": (lambda tmp: ["caption", _image(tmp), "--model", CAPTIONER,
+                                                     "--attention-out", _a_file(tmp)],
+                                        "--attention-out afile: cannot write there"),
+    "caption_attention_out_takes_no_file": (lambda tmp: ["caption", _image(tmp), "--model", CAPTIONER,
+                                                         "--attention-out", "/proc/self"],
+                                            "choose a writable --attention-out folder"),
+    "explain_out_under_a_file": (lambda tmp: ["explain", _image(tmp), "--model", CLASSIFIER, "--out", f"{_a_file(tmp)}/x.png"],
+                                 "--out afile/x.png: cannot write there (a file stands where a folder is needed); "
+                                 "choose a writable --out file"),
+    "export_out_is_a_folder": (lambda tmp: ["export", "--model", CLASSIFIER, "--out", _a_folder(tmp)],
+                               "--out adir: cannot write there (it is a folder); choose a writable --out file"),
+    "export_out_under_a_file": (lambda tmp: ["export", "--model", CLASSIFIER, "--out", f"{_a_file(tmp)}/m.onnx"],
+                                "--out afile/m.onnx: cannot write there"),
+    "export_path_problem_at_another_opset": (lambda tmp: ["export", "--model", CLASSIFIER, "--opset", "13",
+                                                          "--out", "/proc/m.onnx"],
+                                             "--out /proc/m.onnx: cannot write there"),
+    "save_weights_out_dir_is_a_file": (lambda tmp: _save_weights(tmp, "--out-dir", _a_file(tmp)),
+                                       "--out-dir afile: cannot write there"),
+    "score_threshold_nan": (lambda tmp: ["detect", "x.png", "--model", "m", "--score-threshold", "nan"],
+                            "--score-threshold: 'nan' is not a number from 0 to 1"),
+    "score_threshold_negative": (lambda tmp: ["detect", "x.png", "--model", "m", "--score-threshold", "-1"],
+                                 "--score-threshold: '-1' is not a number from 0 to 1"),
+    "score_threshold_above_1": (lambda tmp: ["detect", "x.png", "--model", "m", "--score-threshold", "5"],
+                                "--score-threshold: '5' is not a number from 0 to 1"),
+    "negative_head": (lambda tmp: ["explain", "x.png", "--model", "m", "--out", "y.png", "--head", "-1"],
+                      "--head: '-1' is not a non-negative whole number"),
+    "more_workers_than_cpus_can_use": (lambda tmp: ["evaluate", "--model", "m", "--dataset", "fashion-mnist",
+                                                    "--num-workers", "1000000", "--limit", "8"],
+                                       "--num-workers: '1000000' workers for"),
+    "tag_with_a_dot": (lambda tmp: ["save-weights", "--checkpoint", "x.ckpt", "--tag", "a.b"],
+                       "--tag: 'a.b' is not a weights tag; use letters, digits, _ and -"),
+    "empty_tag": (lambda tmp: ["save-weights", "--checkpoint", "x.ckpt", "--tag", ""], "--tag: '' is not a weights tag"),
+    "tag_with_a_slash": (lambda tmp: ["save-weights", "--checkpoint", "x.ckpt", "--tag", "a/b"],
+                         "--tag: 'a/b' is not a weights tag"),
+    "model_given_a_weights_file": (lambda tmp: ["classify", "x.png", "--model", "/w/se_resnet20_cifar.safetensors"],
+                                   "--model: '/w/se_resnet20_cifar.safetensors' is a file: --model takes a registered "
+                                   "name or ARCH.TAG (`visattn models`); --checkpoint takes only checkpoints written "
+                                   "by `visattn fit`; register a weights file as ARCH.TAG in Python"),
+    "model_given_a_checkpoint": (lambda tmp: ["classify", "x.png", "--model", "runs/last.ckpt"],
+                                 "is a file: --model takes a registered name or ARCH.TAG (`visattn models`); "
+                                 "pass it with --checkpoint FILE"),
+    "model_given_a_timm_name": (lambda tmp: ["classify", "x.png", "--model", "timm:resnet18"],
+                                "--model: 'timm:resnet18': timm: names go in a `visattn fit` config"),
+    "checkpoint_given_a_weights_file": (lambda tmp: ["classify", "x.png", "--checkpoint", _vit_weights(tmp)],
+                                        "vit.safetensors: not a Lightning checkpoint (no state_dict); --checkpoint "
+                                        "takes a .ckpt written by `visattn fit`"),
+    "models_matching_nothing": (lambda tmp: ["models", "nomatch*"],
+                                "no model matches 'nomatch*'; see `visattn models` for the full list"),
+}
+CASES.update(OUTPUT_AND_OPTION_CASES)
+NEEDS_PROC = {"detect_out_takes_no_file", "caption_attention_out_takes_no_file", "export_path_problem_at_another_opset"}
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=needs_proc) if c in NEEDS_PROC else c
+                                  for c in OUTPUT_AND_OPTION_CASES])
+def test_output_and_option_mistakes_are_one_line(case, tmp_path, monkeypatch, capsys):
+    test_user_mistake_is_one_line_and_exit_code_2(case, tmp_path, monkeypatch, capsys)
+
+
+def test_an_os_error_naming_a_file_is_one_line(monkeypatch, capsys):
+    import visattn.cli as cli
+
+    def denied(args):  # an OSError no command turned into its own message
+        raise PermissionError(13, "Permission denied", "/srv/photos/a.png")
+
+    monkeypatch.setattr(cli, "cmd_models", denied)
+    assert main(["models"]) == 2
+    assert capsys.readouterr().err == "visattn: error: /srv/photos/a.png: Permission denied\n"
+
+
+def _inputs_and_outputs_in_one_place(tmp: Path) -> None:
+    _photo(tmp / "inout" / "good.png")
+    _photo(tmp / "victim.png")
+    (tmp / "ck").mkdir()
+    write_classifier_checkpoint(tmp / "ck" / "copy.ckpt")
+
+
+OVERWRITES = {
+    "detect": (["detect", "inout/", "--model", DETECTOR, "--out", "inout/"],
+               "--out would write inout/good.png over the input file inout/good.png; choose another --out folder"),
+    "caption": (["caption", "inout", "--model", CAPTIONER, "--attention-out", "inout"],
+                "--attention-out would write inout/good.png over the input file inout/good.png; "
+                "choose another --attention-out folder"),
+    "explain": (["explain", "victim.png", "--model", CLASSIFIER, "--out", "victim.png"],
+                "--out would write victim.png over the input file victim.png; choose another --out file"),
+    "export": (["export", "--checkpoint", "ck/copy.ckpt", "--out", "ck/copy.ckpt"],
+               "--out would write ck/copy.ckpt over the input file ck/copy.ckpt; choose another --out file"),
+}
+
+
+@pytest.mark.parametrize("command", OVERWRITES)
+def test_no_command_writes_over_its_own_input(command, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    _inputs_and_outputs_in_one_place(tmp_path)
+    before = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
+    args, expected = OVERWRITES[command]
+    assert main(args) == 2
+    assert capsys.readouterr().err == f"visattn: error: {expected}\n"
+    assert {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()} == before  # nothing written
+
+
+def test_detect_out_and_attention_out_in_one_folder_write_two_files(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    _photo(tmp_path / "in" / "good.png")
+    code = main(["detect", "in", "--model", DETECTOR, "--score-threshold", "0.5", "--out", "D", "--attention-out", "D",
+                 "--json"])
+    record = json.loads(capsys.readouterr().out)
+    assert code == 0 and record["detections"], record
+    assert (record["drawn"], record["attention"]) == ("D/good.png", "D/good-attention.png")
+    assert sorted(path.name for path in (tmp_path / "D").iterdir()) == ["good-attention.png", "good.png"]
+
+
+@pytest.mark.parametrize("command", [["explain", "img.png", "--model", CLASSIFIER, "--out", "out/img.png"],
+                                     ["detect", "img.png", "--model", DETECTOR, "--out", "out"]])
+def test_a_write_that_runs_out_of_space_keeps_the_earlier_file(command, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    _photo(tmp_path / "img.png")
+    earlier = tmp_path / "out" / "img.png"
+    earlier.parent.mkdir()
+    earlier.write_bytes(b"an earlier result")
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, hard))  # `ulimit -f 4`: writing past 4 KiB fails (EFBIG)
+    try:
+        code = main(command)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("visattn: error: --out out") and err.count("\n") == 1, err
+    assert "cannot write there (File too large); free some space or choose another --out" in err
+    assert earlier.read_bytes() == b"an earlier result" and list(earlier.parent.iterdir()) == [earlier]
+
+
+def test_explain_writes_the_format_its_suffix_names(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    _photo(tmp_path / "img.png")
+    assert main(["explain", "img.png", "--model", CLASSIFIER, "--out", "map.jpg"]) == 0
+    with Image.open(tmp_path / "map.jpg") as written:
+        assert written.format == "JPEG"
+    assert main(["explain", "img.png", "--model", CLASSIFIER, "--out", "map.xyz"]) == 2
+    assert capsys.readouterr().err == ("visattn: error: map.xyz: cannot write .xyz images; "
+                                       "name the file .png, .jpg, .svg or .pdf\n")
+    assert not (tmp_path / "map.xyz").exists()
+
+
+@pytest.mark.parametrize("index, problem", [("[1, 2]", 'not a JSON object of "ARCH.TAG": entry'),
+                                            ('{"se_resnet20_cifar.x": {"sha256": "0"}}',
+                                             "entry 'se_resnet20_cifar.x' is not an \"ARCH.TAG\" object with \"file\"")])
+@pytest.mark.parametrize("command", [["models"], ["classify", "x.png", "--model", "se_resnet20_cifar"]])
+def test_a_malformed_weights_index_is_one_line_naming_it(index, problem, command, weights_tmp, capsys):
+    (weights_tmp / "index.json").write_text(index)
+    assert main(command) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"visattn: error: {weights_tmp / 'index.json'}: unreadable weights index ({problem}")
+    assert err.count("\n") == 1 and "restore it from git or a backup" in err
+
+
+@pytest.mark.parametrize("index", ["{not json", "[1, 2]"])
+def test_save_weights_checks_the_index_before_writing_anything(index, tmp_path, capsys):
+    out_dir = tmp_path / "w2"
+    out_dir.mkdir()
+    (out_dir / "index.json").write_text(index)
+    for overwrite in ([], ["--overwrite"]):
+        assert main(_save_weights(tmp_path, "--out-dir", str(out_dir), *overwrite)) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"visattn: error: {out_dir / 'index.json'}: unreadable weights index") and err.count("\n") == 1
+    assert [path.name for path in out_dir.iterdir()] == ["index.json"]  # no orphan weights file
+
+
+def test_a_weights_folder_that_does_not_exist_is_named(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("VISATTN_WEIGHTS", str(tmp_path / "nowhere"))
+    assert main(["classify", "x.png", "--model", CLASSIFIER]) == 2
+    assert capsys.readouterr().err == (f"visattn: error: no weights {CLASSIFIER}: the weights folder {tmp_path / 'nowhere'} "
+                                       "does not exist; set VISATTN_WEIGHTS to a folder with an index.json, or unset "
+                                       "it for the shipped weights\n")
+
+
+def test_an_unreadable_file_is_named_once(tmp_path, capsys):
+    text = tmp_path / "text.jpg"
+    text.write_text("not an image")
+    assert main(["classify", str(text), "--model", CLASSIFIER]) == 1
+    assert capsys.readouterr().out == f"{text}: error: not a supported image (unknown format or not an image at all)\n"
+
+
+def test_a_read_only_one_pixel_image_converts_without_a_torch_warning():
+    image = np.full((1, 1, 3), 255, np.uint8)
+    image.flags.writeable = False  # as decoded images are
+    warn_always = torch.is_warn_always_enabled()
+    torch.set_warn_always(True)  # else torch warns once per process, maybe before this test
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert torch.equal(to_tensor(image), torch.ones(3, 1, 1))
+    finally:
+        torch.set_warn_always(warn_always)
+
+
+def test_refusing_a_hostile_pickle_prints_no_torch_warning(tmp_path, capsys):
+    evil = tmp_path / "evil.ckpt"
+    with open(evil, "wb") as f:  # the legacy format, whose pickle protocol torch notes in a warning
+        pickle.dump({"state_dict": {"w": _CreatesFile(str(tmp_path / "pwned.txt"))}}, f)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        code = main(["classify", "x.png", "--checkpoint", str(evil)])
+    err = capsys.readouterr().err
+    assert code == 2 and [str(w.message) for w in seen] == []
+    assert err.startswith(f"visattn: error: {evil}: ") and err.count("\n") == 1 and not (tmp_path / "pwned.txt").exists()

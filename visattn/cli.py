@@ -6,15 +6,15 @@ naming the thing and the fix, with exit code 2 and no traceback.
 import argparse
 import json
 import os
+import re
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 import torch
 
 from .devices import DEVICE_CHOICES
-from .errors import VisattnError
-from .pretrained import weights_dir
+from .errors import ConfigError, VisattnError
+from .pretrained import WEIGHTS_SUFFIXES, weights_dir
 from .registry import create_model, list_models, list_pretrained, model_family, split_model_name
 
 if TYPE_CHECKING:  # commands import what they use when they run, so `visattn --help` starts fast
@@ -37,8 +37,8 @@ def _format_count(n: int) -> str:
 def cmd_models(args: argparse.Namespace) -> int:
     names = list_models(args.pattern, pretrained=args.pretrained)
     if not names:
-        print(f"no models match {args.pattern!r}; try `visattn models` for the full list", file=sys.stderr)
-        return 1
+        which = "model with shipped weights" if args.pretrained else "model"
+        raise ConfigError(f"no {which} matches {args.pattern!r}; see `visattn models` for the full list")
     tags: dict[str, list[str]] = {}
     for full in list_pretrained():
         arch, tag = split_model_name(full)
@@ -58,7 +58,12 @@ def run_lightning(argv: Sequence[str]) -> int:
     """``visattn fit|validate|test|predict --config FILE [--section.key value ...]`` through LightningCLI."""
     from .tasks.lightning_cli import run_lightning_cli
 
-    run_lightning_cli(list(argv))
+    try:
+        run_lightning_cli(list(argv))
+    except KeyboardInterrupt:  # also after Lightning's own shutdown, which run_lightning_cli turns into this
+        resume = "; resume with --ckpt_path last" if argv[0] == "fit" else ""
+        print(f"visattn: interrupted{resume}", file=sys.stderr)
+        return 130
     return 0
 
 
@@ -185,17 +190,25 @@ def cmd_classify(args: argparse.Namespace) -> int:
 def cmd_explain(args: argparse.Namespace) -> int:
     from .data.image_io import decode_image
     from .explain import explain_image
+    from .explain.overlay import figure_format
+    from .fileio import output_errors, prepare_output_file
+    from .pretrained import model_files
     from .tasks.classification import load_classifier
 
     classifier = load_classifier(args.model, args.checkpoint, device=args.device)
-    result = explain_image(classifier, decode_image(args.path), args.method, args.out,
-                           layer=args.layer, head=args.head, target_class=args.target_class)
+    figure_format(args.out)  # a suffix matplotlib cannot write, refused before the work
+    out = prepare_output_file(args.out, flag="--out", inputs=[args.path, *model_files(args.model, args.checkpoint)])
+    image = decode_image(args.path)
+    with output_errors(out, flag="--out", kind="file"):
+        result = explain_image(classifier, image, args.method, out,
+                               layer=args.layer, head=args.head, target_class=args.target_class)
     explained = f" of {result['explained']}" if result["explained"] != result["label"] else ""
     print(f"{args.path}: {result['label']} {result['prob']:.3f}; {args.method} map{explained} written to {args.out}")
     return 0
 
 
 def cmd_save_weights(args: argparse.Namespace) -> int:
+    from .fileio import output_errors, prepare_output_dir
     from .pretrained import refuse_existing_weights, save_weights
     from .tasks.captioning import is_captioner, load_captioner
     from .tasks.classification import load_classifier
@@ -205,15 +218,16 @@ def cmd_save_weights(args: argparse.Namespace) -> int:
             "captioning" if is_captioner(checkpoint=args.checkpoint) else "classification")
     load = {"classification": load_classifier, "captioning": load_captioner, "detection": load_detector}[task]
     loaded = load(checkpoint=args.checkpoint, device=args.device)
-    path = Path(args.out_dir) / f"{loaded.arch}.{args.tag}.safetensors"
+    path = prepare_output_dir(args.out_dir, flag="--out-dir") / f"{loaded.arch}.{args.tag}.safetensors"
     if not args.overwrite:
         refuse_existing_weights(path)  # before the test-set measurement, which can take minutes
     scores = _test_scores(task, loaded, args.dataset, args.limit) if args.dataset else {}
     metrics = {f"test/{k}": v for k, v in scores.items()}
     names = {"vocab": loaded.vocab.to_list()} if task == "captioning" else {"labels": loaded.class_names}
-    entry = save_weights(loaded.model, path, overwrite=args.overwrite, task=task, dataset=args.dataset,
-                         preprocessing=loaded.preprocessing, model_kwargs=loaded.model_kwargs, config=args.config,
-                         metrics=metrics, default=args.default, **names)
+    with output_errors(args.out_dir, flag="--out-dir"):
+        entry = save_weights(loaded.model, path, overwrite=args.overwrite, task=task, dataset=args.dataset,
+                             preprocessing=loaded.preprocessing, model_kwargs=loaded.model_kwargs,
+                             config=args.config, metrics=metrics, default=args.default, **names)
     print(f"wrote {path} (sha256 {entry['sha256'][:12]}...) and its entry in {path.parent / 'index.json'}")
     print(json.dumps(metrics))
     return 0
@@ -256,6 +270,54 @@ def non_negative_int(text: str) -> int:
     return _whole_number(text, minimum=0, kind="non-negative")
 
 
+MAX_WORKERS_PER_CPU = 4  # more DataLoader workers only compete for the CPUs, each with its own copy of the data
+
+
+def worker_count(text: str) -> int:
+    """argparse type for --num-workers: 0 (load in the main process) up to MAX_WORKERS_PER_CPU per CPU."""
+    value = non_negative_int(text)
+    cpus = os.cpu_count() or 1
+    if value > MAX_WORKERS_PER_CPU * cpus:
+        raise argparse.ArgumentTypeError(f"{text!r} workers for {cpus} CPUs; give at most "
+                                         f"{MAX_WORKERS_PER_CPU * cpus} ({MAX_WORKERS_PER_CPU} per CPU)")
+    return value
+
+
+def unit_interval(text: str) -> float:
+    """argparse type for scores such as --score-threshold: a number from 0 to 1 (nan is none)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number from 0 to 1")
+    return value
+
+
+def weights_tag(text: str) -> str:
+    """argparse type for --tag: the TAG of the file name ARCH.TAG.safetensors."""
+    if not re.fullmatch(r"[\w-]+", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a weights tag; use letters, digits, _ and - "
+                                         "(no dots or slashes: the file is named ARCH.TAG.safetensors), e.g. fmnist")
+    return text
+
+
+def model_name(text: str) -> str:
+    """argparse type for --model: a registered name or ARCH.TAG; a file or a timm: name is told which option takes it."""
+    if text.startswith("timm:"):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: timm: names go in a `visattn fit` config (a classifier's model_name, a captioner's "
+            "encoder_name, or pretrained), then --checkpoint takes the trained checkpoint; --model takes a "
+            "registered name or ARCH.TAG (`visattn models`)")
+    if "/" in text or os.sep in text or text.endswith(WEIGHTS_SUFFIXES):
+        fix = ("pass it with --checkpoint FILE" if text.endswith(".ckpt") else
+               "--checkpoint takes only checkpoints written by `visattn fit`; register a weights file as ARCH.TAG "
+               "in Python with save_weights(create_model(ARCH, pretrained=FILE), 'weights/ARCH.TAG.safetensors')")
+        raise argparse.ArgumentTypeError(f"{text!r} is a file: --model takes a registered name or ARCH.TAG "
+                                         f"(`visattn models`); {fix}")
+    return text
+
+
 def _whole_number(text: str, *, minimum: int, kind: str) -> int:
     try:
         value = int(text)
@@ -268,7 +330,8 @@ def _whole_number(text: str, *, minimum: int, kind: str) -> int:
 
 def _add_model_source(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", help="shipped weights ARCH.TAG (or ARCH for its default weights)")
+    source.add_argument("--model", type=model_name,
+                        help="shipped weights ARCH.TAG (or ARCH for its default weights); see `visattn models`")
     source.add_argument("--checkpoint", help="a Lightning checkpoint written by `visattn fit`")
 
 
@@ -307,7 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="test (default) or train; val too for fashion-scenes and fashion-mnist-pairs/canvas")
     evaluate.add_argument("--json", action="store_true", help="print only the JSON line")
     evaluate.add_argument("--batch-size", type=positive_int, default=256)
-    evaluate.add_argument("--num-workers", type=non_negative_int, default=0, help="DataLoader worker processes")
+    evaluate.add_argument("--num-workers", type=worker_count, default=0,
+                          help=f"DataLoader worker processes (at most {MAX_WORKERS_PER_CPU} per CPU)")
     evaluate.add_argument("--limit", type=positive_int, default=None, help="score only the first N samples")
     evaluate.add_argument("--beam-size", type=positive_int, default=DEFAULT_BEAM_SIZE,
                           help="captioners: beam width (1: greedy)")
@@ -330,7 +394,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device(caption)
     caption.add_argument("--beam-size", type=positive_int, default=DEFAULT_BEAM_SIZE, help="beam width (1: greedy)")
     caption.add_argument("--max-len", type=positive_int, default=20, help="longest caption in words")
-    caption.add_argument("--attention-out", default=None, metavar="DIR", help="write one PNG per image, a panel per word")
+    caption.add_argument("--attention-out", default=None, metavar="DIR",
+                         help="write one PNG per image, a panel per word, named after the image (STEM.png); "
+                              "files of an earlier run are replaced, input images never")
     caption.add_argument("--json", action="store_true", help="one JSON object per file")
     caption.add_argument("--batch-size", type=positive_int, default=32, help="images per beam search")
     caption.set_defaults(func=cmd_caption)
@@ -339,31 +405,38 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("paths", nargs="+", metavar="PATH")
     _add_model_source(detect)
     _add_device(detect)
-    detect.add_argument("--score-threshold", type=float, default=0.5, help="keep detections scoring at least this")
-    detect.add_argument("--out", default=None, metavar="DIR", help="write one PNG per image with the boxes drawn")
+    detect.add_argument("--score-threshold", type=unit_interval, default=0.5,
+                        help="keep detections scoring at least this (0 to 1)")
+    detect.add_argument("--out", default=None, metavar="DIR",
+                        help="write one PNG per image with the boxes drawn, named after the image (STEM.png); "
+                             "files of an earlier run are replaced, input images never")
     detect.add_argument("--attention-out", default=None, metavar="DIR",
                         help="one PNG per image, a panel per detection showing where it looked "
-                             "(DETR: its query's attention; FCOS: gradient x input of its score)")
+                             "(DETR: its query's attention; FCOS: gradient x input of its score); "
+                             "named STEM.png, or STEM-attention.png in the --out folder")
     detect.add_argument("--json", action="store_true", help="one JSON object per file")
     detect.add_argument("--batch-size", type=positive_int, default=8, help="images per forward pass")
     detect.set_defaults(func=cmd_detect)
 
-    explain = sub.add_parser("explain", help="draw where a classifier looks in an image (PNG with map and label)")
+    explain = sub.add_parser("explain", help="draw where a classifier looks in an image (map and label, PNG by default)")
     explain.add_argument("path", metavar="PATH", help="image file")
     _add_model_source(explain)
     _add_device(explain)
     explain.add_argument("--method", default="gradcam", choices=("rollout", "attention", "gradcam", "gates"),
                          help="rollout/attention (ViTs), gradcam (all), gates (CBAM/BAM/coord/NL/GC ResNets)")
     explain.add_argument("--layer", default=None, help="block index (ViT) or module name, e.g. layer3")
-    explain.add_argument("--head", type=int, default=None, help="attention head (method attention; default: mean)")
+    explain.add_argument("--head", type=non_negative_int, default=None,
+                         help="attention head 0..N-1 (method attention; default: mean)")
     explain.add_argument("--class", dest="target_class", default=None, help="class index or name (gradcam)")
-    explain.add_argument("--out", required=True, help="output PNG file")
+    explain.add_argument("--out", required=True,
+                         help="output image file: PNG, or the format its suffix names (.jpg, .svg, .pdf, ...); "
+                              "an earlier file is replaced, the input image never")
     explain.set_defaults(func=cmd_explain)
 
     save = sub.add_parser("save-weights", help="turn a training checkpoint (classifier, captioner or detector) "
                           "into weights/ARCH.TAG.safetensors + index entry")
     save.add_argument("--checkpoint", required=True, help="training checkpoint (.ckpt) to convert")
-    save.add_argument("--tag", required=True, help="weights tag, e.g. fmnist")
+    save.add_argument("--tag", required=True, type=weights_tag, help="weights tag, e.g. fmnist")
     save.add_argument("--out-dir", default=str(weights_dir()), help="weights folder (default: the shipped one)")
     save.add_argument("--dataset", default=None, help="measure test metrics on this dataset and record them")
     save.add_argument("--limit", type=positive_int, default=None,
@@ -377,7 +450,8 @@ def build_parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export", help="export a classifier to ONNX (dynamic batch axis), with labels as metadata")
     _add_model_source(export)
     export.add_argument("--format", choices=["onnx"], default="onnx")
-    export.add_argument("--out", required=True, help="the file to write, e.g. model.onnx")
+    export.add_argument("--out", required=True,
+                        help="the file to write, e.g. model.onnx; an earlier file is replaced, the weights never")
     export.add_argument("--opset", type=int, default=17, help="ONNX opset version (default: 17)")
     export.set_defaults(func=cmd_export)
     return parser
@@ -400,6 +474,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except BrokenPipeError:  # the reader went away, as `visattn classify photos/ | head` does: stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush cannot fail again
         return 141  # 128 + SIGPIPE, what a shell reports for a command killed by a closed pipe
+    except OSError as err:
+        if err.filename is None:
+            raise
+        # The last safety net: commands name the option and the fix first (visattn.fileio.output_errors).
+        print(f"visattn: error: {err.filename}: {err.strerror or err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ the shipped detectors on the same scenes, and draw where the shipped classifiers
 
 Every step runs a real ``visattn`` command, printed before it runs, so each can be repeated by hand.
 """
+import shutil
 import sys
 from pathlib import Path
 
@@ -70,8 +71,19 @@ def explain_shipped(classifiers: list[str], images: list[Path]) -> None:
                     "--out", str(OUT / "explain" / f"{image.stem}_{name}_{method}.png"))
 
 
+def set_aside_previous_run(folder: Path) -> None:
+    """A fresh fit refuses a folder holding an earlier run's checkpoints; the demo keeps the last run's
+    beside it (replacing the one before) so that each demo trains and scores its own model."""
+    if any(folder.glob("*.ckpt")):
+        previous = folder.with_name(f"{folder.name}-previous")
+        shutil.rmtree(previous, ignore_errors=True)
+        folder.rename(previous)
+        print(f"visattn demo: the previous demo run's checkpoints are now in {previous}")
+
+
 def main() -> None:
     checkpoint = OUT / "checkpoints" / "last.ckpt"
+    set_aside_previous_run(OUT / "checkpoints")
     print("visattn demo: train CBAM-ResNet-20 (841K parameters) for 2 epochs on 4000 Fashion-MNIST images")
     run("fit", "--config", str(CONFIG))
     print("\nTest accuracy of the demo model on all 10000 Fashion-MNIST test images:")

@@ -23,7 +23,7 @@ from torch import nn
 
 from .errors import ConfigError, VisattnError, WeightsError
 from .explain.gradcam import eval_mode
-from .fileio import atomic_path
+from .fileio import atomic_path, output_errors, prepare_output_file
 
 __all__ = ["DEFAULT_OPSET", "export_classifier", "export_onnx", "onnx_max_difference", "onnx_session"]
 
@@ -147,26 +147,38 @@ def export_classifier(
     """``visattn export``: shipped weights ``ARCH.TAG`` or a training checkpoint to ONNX.
 
     The file carries the labels and preprocessing as metadata. Returns the path and the largest
-    logit difference between onnxruntime and PyTorch on a random batch of two images.
+    logit difference between onnxruntime and PyTorch on a random batch of two images. ``out`` is
+    checked before the export: a folder, an unwritable place or the weights it exports is one line.
     """
+    from .pretrained import model_files
     from .tasks.classification import load_classifier
 
     if opset not in SUPPORTED_OPSETS:
         raise ConfigError(f"--opset {opset}: the exporter writes opsets {SUPPORTED_OPSETS.start} to "
                           f"{SUPPORTED_OPSETS.stop - 1}; use the default --opset {DEFAULT_OPSET}")
     classifier = load_classifier(model, checkpoint)
+    out = prepare_output_file(out, flag="--out", inputs=model_files(model, checkpoint))
     metadata = {"source": classifier.name, "arch": classifier.arch, "labels": classifier.class_names,
                 "preprocessing": classifier.preprocessing}
     input_size = classifier.preprocessing["input_size"]
     images = torch.randn(2, *input_size, generator=torch.Generator().manual_seed(0))
+    # a failed export leaves no file, and an existing one as it was
+    with output_errors(out, flag="--out", kind="file"), atomic_path(out) as written:
+        session = _export_at_opset(classifier.model, written, input_size=input_size, opset=opset, metadata=metadata)
+        difference = onnx_max_difference(classifier.model, session, images)
+    return out, difference
+
+
+def _export_at_opset(model: nn.Module, path: Path, *, input_size: Sequence[int], opset: int,
+                     metadata: Mapping[str, Any]) -> Any:
+    """Export and open the file in onnxruntime; the exporter or onnxruntime refusing a chosen opset
+    for some operator is one line (file errors go on to the caller)."""
     try:
-        with atomic_path(out) as written:  # a failed export leaves no file, and an existing one as it was
-            export_onnx(classifier.model, written, input_size=input_size, opset=opset, metadata=metadata)
-            difference = onnx_max_difference(classifier.model, onnx_session(written), images)
-        return Path(out), difference
-    except VisattnError:
+        export_onnx(model, path, input_size=input_size, opset=opset, metadata=metadata)
+        return onnx_session(path)
+    except (VisattnError, OSError):
         raise
-    except Exception as err:  # the exporter or onnxruntime refusing this opset for some operator
+    except Exception as err:
         if opset == DEFAULT_OPSET:
             raise  # every visattn classifier exports at the default: a failure there is a bug to report
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0]

@@ -1,9 +1,20 @@
-"""Crash-safe file writes: a reader sees the old file or the new one, never a torn one."""
+"""Crash-safe file writes: a reader sees the old file or the new one, never a torn one.
+
+Commands check their output options here first (:func:`prepare_output_dir` with
+:func:`output_paths`, or :func:`prepare_output_file`), so a bad path, or one that would replace an
+input file, is one line naming the option before anything is written; and they wrap their writes in
+:func:`output_errors`, so a write that fails later (disk full) is one line too.
+"""
 import contextlib
+import errno
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterator, Union
+from typing import Iterable, Iterator, Optional, Sequence, Union
+
+from .errors import ConfigError
+
+PathLike = Union[str, Path]
 
 
 @contextlib.contextmanager
@@ -38,6 +49,81 @@ def unique_path(directory: Union[str, Path], stem: str, used: set[str], suffix: 
 def atomic_write_text(path: Union[str, Path], text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+@contextlib.contextmanager
+def output_errors(path: PathLike, *, flag: str, kind: str = "folder") -> Iterator[None]:
+    """An OSError inside the block (unwritable place, disk full) as one line naming the option ``flag``,
+    its value ``path``, the OS reason and the fix; ``kind`` is what the option takes, "folder" or "file"."""
+    try:
+        yield
+    except OSError as err:
+        reason = _OS_REASONS.get(err.errno) or err.strerror or str(err)
+        fix = "free some space or choose another" if err.errno in _FULL else "choose a writable"
+        raise ConfigError(f"{flag} {path}: cannot write there ({reason}); {fix} {flag} {kind}") from None
+
+
+def prepare_output_dir(path: PathLike, *, flag: str) -> Path:
+    """Create the output folder ``path`` (the value of ``flag``) and check that it takes a new file."""
+    path = Path(path)
+    with output_errors(path, flag=flag):
+        _writable_dir(path)
+    return path
+
+
+def prepare_output_file(path: PathLike, *, flag: str, inputs: Iterable[PathLike] = ()) -> Path:
+    """Check that ``path`` (the value of ``flag``) can be written as a file, creating its folder, and
+    that it is none of the command's ``inputs``."""
+    path = Path(path)
+    with output_errors(path, flag=flag, kind="file"):
+        if path.is_dir():
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+        _writable_dir(path.parent)
+    refuse_overwriting_inputs([path], inputs, flag=flag, kind="file")
+    return path
+
+
+def output_paths(inputs: Sequence[Path], directory: Path, *, flag: str, used: Optional[set[str]] = None,
+                 tag: str = "") -> list[Path]:
+    """``directory/STEM{tag}.png`` for each input file (see :func:`unique_path`; ``used``: names other
+    outputs took), planned before anything is written, so that one that would replace an input is
+    refused up front."""
+    used = set() if used is None else used
+    outputs = [unique_path(directory, f"{path.stem}{tag}", used) for path in inputs]
+    refuse_overwriting_inputs(outputs, inputs, flag=flag)
+    return outputs
+
+
+def refuse_overwriting_inputs(outputs: Iterable[PathLike], inputs: Iterable[PathLike], *, flag: str,
+                              kind: str = "folder") -> None:
+    """One line naming ``flag`` when an output is one of the command's input files on disk (through
+    ``..``, links or a case-insensitive filesystem too); outputs from an earlier run may be replaced."""
+    existing = {key: source for source in inputs if (key := _file_key(source)) is not None}
+    for output in outputs:
+        source = existing.get(_file_key(output))
+        if source is not None:
+            raise ConfigError(f"{flag} would write {output} over the input file {source}; "
+                              f"choose another {flag} {kind}")
+
+
+# Reasons worded for the path the user gave, where the OS names a part of it.
+_OS_REASONS = {errno.EEXIST: "a file stands where a folder is needed",
+               errno.ENOTDIR: "a file stands where a folder is needed",
+               errno.EISDIR: "it is a folder"}
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # the disk, a quota or the file size limit (ulimit -f)
+
+
+def _writable_dir(path: Path) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    tempfile.TemporaryFile(dir=path).close()  # /proc/self and read-only mounts exist but take no file
+
+
+def _file_key(path: PathLike) -> Optional[tuple[int, int]]:
+    try:
+        found = os.stat(path)
+    except OSError:  # no file there yet: it replaces nothing
+        return None
+    return found.st_dev, found.st_ino
 
 
 def _umask() -> int:

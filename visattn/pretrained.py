@@ -16,7 +16,8 @@ from typing import Any, Optional, Union
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from .errors import UnknownModelError, WeightsError
@@ -26,6 +27,9 @@ StateDict = dict[str, torch.Tensor]
 
 INDEX_NAME = "index.json"
 _PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+WEIGHTS_SUFFIXES = (".safetensors", *_PICKLE_SUFFIXES)
+# What every reader of an index entry relies on; the rest (task, labels, metrics, ...) is optional.
+_ENTRY_KEYS = ("file", "sha256")
 # Wrappers that training code puts around the weights dict, most specific first.
 _NESTED_KEYS = ("state_dict", "model", "module")
 # Prefixes added around a whole model by DDP, torch.compile and Lightning modules (``self.model``).
@@ -47,18 +51,48 @@ def weights_dir() -> Path:
 def load_index(directory: Optional[Union[str, Path]] = None) -> dict[str, dict[str, Any]]:
     """Read ``index.json``: ``{"arch.tag": entry}``, each entry with ``path``, ``arch`` and ``tag`` filled in."""
     directory = Path(directory) if directory is not None else weights_dir()
-    index_file = directory / INDEX_NAME
+    index = {}
+    for name, entry in _read_index(directory / INDEX_NAME).items():
+        arch, _, tag = name.partition(".")
+        index[name] = {**entry, "arch": arch, "tag": tag, "path": str(directory / entry["file"])}
+    return index
+
+
+def _read_index(index_file: Path) -> dict[str, dict[str, Any]]:
+    """The entries of ``index_file`` as stored (``{}`` when there is none), checked for the shape every
+    reader relies on; the one place an index is read."""
     if not index_file.exists():
         return {}
     try:
         raw = json.loads(index_file.read_text())
     except (OSError, json.JSONDecodeError) as err:
-        raise WeightsError(f"{index_file}: unreadable weights index ({err}); restore it from git") from None
-    index = {}
+        problem = str(err)
+    else:
+        problem = _index_problem(raw)
+    if problem:
+        raise WeightsError(f"{index_file}: unreadable weights index ({problem}); restore it from git or a backup, "
+                           "or move it away and save the weights again with `visattn save-weights`")
+    return raw
+
+
+def _index_problem(raw: Any) -> Optional[str]:
+    if not isinstance(raw, dict):
+        return 'not a JSON object of "ARCH.TAG": entry'
     for name, entry in raw.items():
-        arch, _, tag = name.partition(".")
-        index[name] = {**entry, "arch": arch, "tag": tag, "path": str(directory / entry["file"])}
-    return index
+        if "." not in name or not isinstance(entry, dict) or not all(isinstance(entry.get(k), str) for k in _ENTRY_KEYS):
+            return f'entry {name!r} is not an "ARCH.TAG" object with "file" and "sha256" strings'
+    return None
+
+
+def model_files(model: Optional[str] = None, checkpoint: Optional[str] = None) -> list[Path]:
+    """The files a command reads its model from, which no output may replace: ``--checkpoint``, or the
+    weights of ``--model ARCH.TAG`` (or ``ARCH``) and the index."""
+    from .registry import split_model_name
+
+    if checkpoint is not None:
+        return [Path(checkpoint)]
+    entry = find_weights_entry(*split_model_name(model))
+    return [Path(entry["path"]), weights_dir() / INDEX_NAME]
 
 
 def find_weights_entry(arch: str, tag: Optional[str] = None) -> dict[str, Any]:
@@ -66,6 +100,10 @@ def find_weights_entry(arch: str, tag: Optional[str] = None) -> dict[str, Any]:
     from .registry import _resolve_arch
 
     arch = _resolve_arch(arch)  # an unknown architecture: UnknownModelError naming close matches
+    if not weights_dir().is_dir():
+        fix = ("set VISATTN_WEIGHTS to a folder with an index.json, or unset it for the shipped weights"
+               if "VISATTN_WEIGHTS" in os.environ else "reinstall visattn with its weights/ folder")
+        raise WeightsError(f"no weights {arch}.{tag or '(default)'}: the weights folder {weights_dir()} does not exist; {fix}")
     entries = {e["tag"]: e for e in load_index().values() if e["arch"] == arch}
     if tag is not None:
         if tag in entries:
@@ -121,8 +159,14 @@ def read_pickle_checkpoint(path: Path, *, lazy: bool = False) -> Any:
     files are read whole), for a look at a checkpoint's hyperparameters or callback states.
     """
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=lazy)
-    except pickle.UnpicklingError:
+        with warnings.catch_warnings():
+            # torch's note on a pickle protocol it was not written with: the load below refuses what it cannot read
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=lazy)
+    except pickle.UnpicklingError as err:
+        if "Unsupported global" not in str(err):  # bytes that are no pickle at all (a text file, garbage)
+            raise WeightsError(f"{path}: not a PyTorch checkpoint (no pickle torch can read); check the path, "
+                               "or re-save the weights with torch.save or safetensors") from None
         raise WeightsError(
             f"{path}: refused, the pickle holds objects other than tensors (it could run code); "
             "convert it to .safetensors where you trust it"
@@ -170,7 +214,7 @@ def refuse_existing_weights(path: Union[str, Path]) -> None:
     path = Path(path)
     index_file = path.parent / INDEX_NAME
     name = path.name.removesuffix(".safetensors")
-    if path.exists() or (index_file.exists() and name in json.loads(index_file.read_text())):
+    if path.exists() or name in _read_index(index_file):
         raise WeightsError(f"{path}: weights {name} already exist; pick another --tag, or pass --overwrite to replace them")
 
 
@@ -211,11 +255,11 @@ def save_weights(model: nn.Module, path: Union[str, Path], *, overwrite: bool = 
     if not overwrite:
         refuse_existing_weights(path)
     index_file = path.parent / INDEX_NAME
-    index = json.loads(index_file.read_text()) if index_file.exists() else {}
+    index = _read_index(index_file)  # before the weights file is written, so a bad index leaves no orphan
     # clone() breaks storage sharing, which safetensors refuses.
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-    with atomic_path(path) as tmp:
-        save_file(tensors, tmp, metadata={"arch": arch, "format": "pt"})
+    with atomic_path(path) as tmp:  # written from Python: a full disk is an OSError, as for every other output
+        tmp.write_bytes(safetensors_bytes(tensors, metadata={"arch": arch, "format": "pt"}))
     entry = {"file": path.name, "sha256": sha256_of(path), "num_classes": getattr(model, "num_classes", None), **meta}
     if entry.get("default"):
         for name, other in index.items():

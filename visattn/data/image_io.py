@@ -88,7 +88,7 @@ class ImageFile:
         """The one-line report of an unreadable file: a JSON record or ``PATH: error: REASON``."""
         if as_json:
             return json.dumps({"file": str(self.path), "error": str(self.error)})
-        return f"{self.path}: error: {self.error}"
+        return f"{self.path}: error: {str(self.error).removeprefix(f'{self.path}: ')}"  # the path once
 
 
 def run_in_batches(

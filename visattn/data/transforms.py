@@ -195,7 +195,9 @@ def _check_float_pixels(images: object, name: str, dims: tuple[int | str, ...], 
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:
     """``(H, W, 3)`` uint8 array -> ``(3, H, W)`` float32 tensor in 0..1, no normalisation."""
-    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float().div_(255)
+    # One writable float copy: torch warns about wrapping a read-only array (decoded images are),
+    # which ascontiguousarray passed through when the transpose was already contiguous (1x1 images).
+    return torch.from_numpy(np.array(image.transpose(2, 0, 1), dtype=np.float32)).div_(255)
 
 
 def _unknown_recipe(recipe: str) -> ConfigError:

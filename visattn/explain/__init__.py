@@ -214,13 +214,14 @@ def explain_image(
     head: Optional[int] = None,
     target_class: Union[int, str, None] = None,
 ) -> dict:
-    """Classify and explain one decoded image with a loaded classifier and write the overlay PNG.
+    """Classify and explain one decoded image with a loaded classifier and write the overlay image.
 
     Args:
         classifier: a :class:`visattn.tasks.classification.Classifier`.
         image: ``(H, W, 3)`` uint8 RGB image, e.g. from ``decode_image``.
         method: see :func:`explain`.
-        out: PNG path: the image as the model sees it, the map over it, and the predicted label.
+        out: image path (PNG unless its suffix names another format): the image as the model sees it,
+            the map over it, and the predicted label.
         layer, head: see :func:`explain`.
         target_class: ``gradcam`` only: class index or name to explain (default: the prediction).
 

@@ -24,6 +24,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
 from ..errors import ConfigError
+from ..fileio import atomic_path
 
 PathLike = str | os.PathLike
 
@@ -89,12 +90,13 @@ def save_overlay(
     cmap: str = "jet",
     alpha: float = 0.5,
 ) -> None:
-    """Write a PNG with the image, the map laid over it and a colour bar (map scaled to [0, 1]).
+    """Write a figure of the image, the map laid over it and a colour bar (map scaled to [0, 1]).
 
     Args:
         image: ``(H, W, 3)`` uint8 RGB image.
         heatmap: ``(h, w)`` map; upsampled to the image and normalised.
-        path: output PNG file; its folder is created if missing.
+        path: output image file, PNG unless its suffix names another format (``.jpg``, ``.svg``,
+            ``.pdf``, ...); its folder is created if missing. Written atomically.
         title: figure title, e.g. the predicted label and its probability.
         cmap: matplotlib colour map name.
         alpha: weight of the heat map in the blend.
@@ -131,7 +133,7 @@ def save_word_panels(
         image: ``(H, W, 3)`` uint8 RGB image.
         words: the generated words, one per panel.
         maps: one ``(h, w)`` attention map per word (e.g. a decoder's ``(T, h, w)`` unbound).
-        path: output PNG file.
+        path: output image file, as for :func:`save_overlay`.
         columns: panels per row.
         cmap: colour map of the attention (the paper's figures show white where it looks).
         alpha: weight of the map in the blend.
@@ -158,12 +160,18 @@ def _figure(figsize: tuple[float, float]) -> Figure:
     return fig
 
 
+def figure_format(path: PathLike) -> str:
+    """The image format ``path``'s suffix names (``png`` without one); one line for one matplotlib cannot write."""
+    suffix = os.path.splitext(os.fspath(path))[1].lower().lstrip(".")
+    if not suffix:
+        return "png"
+    if suffix not in FigureCanvasAgg.get_supported_filetypes():
+        raise ConfigError(f"{path}: cannot write .{suffix} images; name the file .png, .jpg, .svg or .pdf")
+    return suffix
+
+
 def _save_figure(fig: Figure, path: PathLike) -> None:
-    path = os.fspath(path)
-    folder = os.path.dirname(path)
-    if folder:
-        os.makedirs(folder, exist_ok=True)
-    try:
-        fig.savefig(path, format="png", dpi=100)
-    except OSError as err:
-        raise ConfigError(f"cannot write {path}: {err.strerror or err}; choose a writable --out path") from err
+    # The temp file's .tmp suffix would make matplotlib guess the format: name it from the real one.
+    image_format = figure_format(path)
+    with atomic_path(path) as tmp:  # a failed write (disk full) leaves an earlier file as it was
+        fig.savefig(tmp, format=image_format, dpi=100)

@@ -25,7 +25,7 @@ from ..data.vocab import Vocabulary, tokenize
 from ..errors import ConfigError, WeightsError
 from ..explain.gradcam import eval_mode
 from ..explain.pointing import pointing_hit
-from ..fileio import unique_path
+from ..fileio import output_errors, output_paths, prepare_output_dir
 from ..models.show_attend_tell import DecodedCaptions, doubly_stochastic_penalty
 from ..pretrained import find_weights_entry, load_weights
 from ..registry import create_model, split_model_name
@@ -331,7 +331,9 @@ def caption_files(captioner: Captioner, paths: Sequence[str], *, beam_size: int 
 
     Files are decoded and captioned ``batch_size`` at a time, in one beam search (the same captions
     as one at a time, several times faster). A file that cannot be read is reported on its own line
-    and the others go on. With ``attention_out``, a PNG per image shows each word's attention.
+    and the others go on. With ``attention_out``, a PNG per image, ``STEM.png``, shows each word's
+    attention; every name is planned before anything is written, and one that would replace an
+    input file is refused.
     """
     import json
 
@@ -339,17 +341,17 @@ def caption_files(captioner: Captioner, paths: Sequence[str], *, beam_size: int 
     from ..explain.overlay import save_word_panels
 
     files = list_images(list(paths), allow_empty=False)
-    out_dir = Path(attention_out) if attention_out else None
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
+    flag = "--attention-out"
+    targets = (output_paths(files, prepare_output_dir(attention_out, flag=flag), flag=flag)
+               if attention_out else [None] * len(files))
 
     def caption_batch(images: list[Tensor]) -> Iterable[tuple[Tensor, Tensor]]:
         decoded = captioner.caption(torch.stack(images), beam_size=beam_size, max_len=max_len)
         return zip(decoded.tokens, decoded.attention)
 
-    failures, used = 0, set()
-    for item, result in run_in_batches(files, batch_size, captioner.transform(), caption_batch,
-                                       keep_images=out_dir is not None):
+    failures = 0
+    results = run_in_batches(files, batch_size, captioner.transform(), caption_batch, keep_images=bool(attention_out))
+    for (item, result), target in zip(results, targets):
         if item.error is not None:
             failures += 1
             print(item.error_line(as_json))
@@ -357,9 +359,9 @@ def caption_files(captioner: Captioner, paths: Sequence[str], *, beam_size: int 
         tokens, attention = result
         words = captioner.vocab.words(tokens.tolist())
         record = {"file": str(item.path), "caption": " ".join(words)}
-        if out_dir is not None and words:
-            target = unique_path(out_dir, item.path.stem, used)
-            save_word_panels(item.image, words, list(attention.numpy()), target)
+        if target is not None and words:
+            with output_errors(attention_out, flag=flag):
+                save_word_panels(item.image, words, list(attention.numpy()), target)
             record["attention"] = str(target)
         print(json.dumps(record) if as_json else f"{item.path}: {record['caption']}")
     return failures, len(files)

@@ -28,12 +28,16 @@ from .guards import NonFiniteLossGuard, skip_missing_batch
 
 def build_classifier(model_name: str, num_classes: int, model_kwargs: Optional[dict] = None,
                      pretrained: Union[bool, str] = False, strict: bool = True) -> nn.Module:
-    """A registered model, or any timm model when ``model_name`` is ``"timm:NAME"``."""
+    """A registered model, or any timm model when ``model_name`` is ``"timm:NAME"``; ``pretrained`` as
+    :func:`visattn.create_model` takes it (``True`` for a timm model: timm's own weights of NAME)."""
     kwargs = dict(model_kwargs or {})
     if model_name.startswith("timm:"):
         import timm
 
-        return timm.create_model(model_name[5:], num_classes=num_classes, **kwargs)
+        model = timm.create_model(model_name[5:], num_classes=num_classes, **kwargs)
+        if pretrained:
+            load_weights(model, model_name if pretrained is True else pretrained, strict=strict)
+        return model
     return create_model(model_name, num_classes=num_classes, pretrained=pretrained, strict=strict, **kwargs)
 
 
@@ -232,11 +236,14 @@ def weight_decay_groups(model: nn.Module, weight_decay: float, *, lr: Optional[f
 
 
 def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int) -> LRScheduler:
-    """Linear warm-up over ``warmup_steps``, then cosine decay to zero at ``total_steps`` (stepped per batch)."""
+    """Linear warm-up over ``warmup_steps``, then cosine decay to zero at ``total_steps`` (stepped per batch).
+
+    The same two schedulers with or without warm-up (a milestone at 0 runs the cosine from the first
+    step), so a checkpoint of a run too short to warm up still resumes into a longer one.
+    """
     cosine = CosineAnnealingLR(optimizer, T_max=max(total_steps - warmup_steps, 1))
-    if warmup_steps <= 0:
-        return cosine
-    warmup = LinearLR(optimizer, start_factor=1.0 / (warmup_steps + 1), total_iters=warmup_steps)
+    warmup_steps = max(warmup_steps, 0)
+    warmup = LinearLR(optimizer, start_factor=1.0 / (warmup_steps + 1), total_iters=max(warmup_steps, 1))
     return SequentialLR(optimizer, [warmup, cosine], milestones=[warmup_steps])
 
 
@@ -391,7 +398,9 @@ def read_checkpoint(path: Path, *, lazy: bool = False) -> dict[str, Any]:
         raise WeightsError(f"{path}: checkpoint not found; check the path (Lightning writes them under checkpoints/)")
     checkpoint = read_pickle_checkpoint(path, lazy=lazy)
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise WeightsError(f"{path}: not a Lightning checkpoint (no state_dict); pass weights with --model or pretrained=")
+        raise WeightsError(f"{path}: not a Lightning checkpoint (no state_dict); --checkpoint takes a .ckpt written by "
+                           "`visattn fit`: use shipped weights with --model ARCH.TAG, or load a weights file in "
+                           "Python with create_model(ARCH, pretrained=FILE)")
     return checkpoint
 
 
@@ -419,7 +428,8 @@ def evaluation_dataset(spec: str, split: str, transform: ImageTransform, class_n
             raise ConfigError(f"--split {split}: {root} has no {split}/ folder; its splits are {', '.join(splits)}")
         folders = [name.replace("/", "_") for name in class_names]
         return ImageFolder(root / split if splits else root, transform, classes=folders)
-    raise ConfigError(f"--dataset {spec}: use fashion-mnist or imagefolder:DIR")
+    raise ConfigError(f"--dataset {spec}: a classifier is scored on fashion-mnist or imagefolder:DIR (and, by "
+                      "`visattn evaluate`, on the pointing scenes fashion-scenes, fashion-mnist-canvas, fashion-mnist-pairs)")
 
 
 def check_fashion_mnist_labels(class_names: Sequence[str], dataset: str) -> None:

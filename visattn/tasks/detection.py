@@ -24,7 +24,7 @@ from ..data.transforms import check_unit_images
 from ..errors import ConfigError, WeightsError
 from ..explain.detections import detection_maps
 from ..explain.gradcam import eval_mode
-from ..fileio import atomic_path, unique_path
+from ..fileio import atomic_path, output_errors, output_paths, prepare_output_dir
 from ..pretrained import find_weights_entry, load_weights
 from ..registry import create_model, is_model, model_family, split_model_name
 from .classification import (Classifier, adamw_warmup_cosine, checkpoint_model_kwargs,
@@ -277,38 +277,61 @@ def detect_files(detector: Detector, paths: Sequence[str], *, score_threshold: f
     """Print the detections of each image file (folders are searched recursively); returns ``(failures, files)``.
 
     Files are decoded and detected ``batch_size`` at a time, in one forward pass. A file that cannot
-    be read is reported on its own line and the others go on. With ``out``, a PNG per image shows
-    the boxes with their labels and scores; with ``attention_out``, a PNG per image has one panel per
-    detection showing where it looked (see :meth:`Detector.detect`).
+    be read is reported on its own line and the others go on. With ``out``, a PNG per image,
+    ``STEM.png``, shows the boxes with their labels and scores; with ``attention_out``, a PNG per
+    image has one panel per detection showing where it looked (see :meth:`Detector.detect`),
+    ``STEM-attention.png`` when it is the ``out`` folder too. Every output name is planned before
+    anything is written, and one that would replace an input file is refused.
     """
     import json
 
     from ..data.image_io import list_images, run_in_batches
     from ..data.transforms import to_tensor
-    from ..explain.overlay import save_word_panels
 
     files = list_images(list(paths), allow_empty=False)
-    folders = {"drawn": Path(out) if out else None, "attention": Path(attention_out) if attention_out else None}
-    for folder in filter(None, folders.values()):
-        folder.mkdir(parents=True, exist_ok=True)
-    failures, used = 0, {key: set() for key in folders}
+    targets = _output_targets(files, out=out, attention_out=attention_out)
+    failures = 0
     detect_batch = partial(detector.detect, score_threshold=score_threshold, attention=bool(attention_out))
-    for item, found in run_in_batches(files, batch_size, to_tensor, detect_batch,
-                                      keep_images=any(folders.values())):
+    results = run_in_batches(files, batch_size, to_tensor, detect_batch, keep_images=bool(out or attention_out))
+    for (item, found), drawn, panels in zip(results, targets["--out"], targets["--attention-out"]):
         if item.error is not None:
             failures += 1
             print(item.error_line(as_json))
             continue
         record = {"file": str(item.path), "detections": _detection_records(found, detector.class_names)}
-        if folders["drawn"] is not None:
-            record["drawn"] = str(unique_path(folders["drawn"], item.path.stem, used["drawn"]))
-            draw_detections(item.image, record["detections"], Path(record["drawn"]))
-        if folders["attention"] is not None and record["detections"]:
-            record["attention"] = str(unique_path(folders["attention"], item.path.stem, used["attention"]))
-            titles = [f"{d['label']} {d['score']:.2f}" for d in record["detections"]]
-            save_word_panels(item.image, titles, list(found["attention"].numpy()), record["attention"])
+        _write_drawings(record, item.image, found, drawn=drawn, panels=panels)
         print(json.dumps(record) if as_json else _detection_line(record, score_threshold))
     return failures, len(files)
+
+
+def _output_targets(files: list[Path], *, out: Optional[str], attention_out: Optional[str]) -> dict[str, list]:
+    """Each file's drawing (``--out``) and attention panels (``--attention-out``), ``None`` where not asked for."""
+    targets, used = {}, {}  # used: names taken in each folder, shared when both options name one
+    for flag, folder in (("--out", out), ("--attention-out", attention_out)):
+        if not folder:
+            targets[flag] = [None] * len(files)
+            continue
+        folder = prepare_output_dir(folder, flag=flag)
+        tag = "-attention" if folder.resolve() in used else ""  # the --out folder: panels named apart from drawings
+        targets[flag] = output_paths(files, folder, flag=flag, used=used.setdefault(folder.resolve(), set()), tag=tag)
+    return targets
+
+
+def _write_drawings(record: dict[str, Any], image: np.ndarray, found: dict[str, Tensor], *,
+                    drawn: Optional[Path], panels: Optional[Path]) -> None:
+    """Draw the boxes to ``drawn`` and each detection's attention to ``panels`` (``None``: not asked
+    for), adding the paths written to ``record``."""
+    from ..explain.overlay import save_word_panels
+
+    if drawn is not None:
+        with output_errors(drawn.parent, flag="--out"):
+            draw_detections(image, record["detections"], drawn)
+        record["drawn"] = str(drawn)
+    if panels is not None and record["detections"]:
+        titles = [f"{d['label']} {d['score']:.2f}" for d in record["detections"]]
+        with output_errors(panels.parent, flag="--attention-out"):
+            save_word_panels(image, titles, list(found["attention"].numpy()), panels)
+        record["attention"] = str(panels)
 
 
 def _detection_records(found: dict[str, Tensor], class_names: Sequence[str]) -> list[dict[str, Any]]:

@@ -8,16 +8,32 @@ on the task: its class lists them in ``linked_data_attributes`` (a classifier ta
 
 Every run gets :class:`SafeCheckpointIO` unless its config names another ``CheckpointIO``: checkpoints
 are written crash-safely and read without unpickling code, a checkpoint for another model is a
-one-line error, and ``fit --ckpt_path`` resumes from the newest good checkpoint when the one named
-is damaged. Every run also gets :class:`RandomStateCheckpoint`, so a resumed run draws the same
-batches as one that never stopped. ``validate|test|predict --ckpt_path best`` finds the best checkpoint
-of the config's monitored ``ModelCheckpoint`` on disk, so it works in a process that did not train.
+one-line error, and ``fit --ckpt_path last`` resumes from the newest good checkpoint of the run's
+folder when its last one is damaged (a damaged FILE named explicitly is a one-line error). Every run
+also gets :class:`RandomStateCheckpoint`, so a resumed run draws the same batches as one that never
+stopped. ``validate|test|predict --ckpt_path best|last`` find the config's best or last checkpoint on
+disk, so they work in a process that did not train; without ``--ckpt_path`` they refuse a model that
+starts from no weights rather than score it.
+
+``--ckpt_path FILE`` must hold the config's task class and architecture: LightningCLI builds the
+model from the checkpoint's hyperparameters, so another model would otherwise run in its place. A
+fresh ``fit`` refuses a checkpoint folder that holds an earlier run's checkpoints (Lightning would
+write ``last-v1.ckpt`` beside them); ``fast_dev_run`` writes no checkpoints.
+
+``visattn predict`` writes one JSON object per sample to ``<trainer.default_root_dir>/predictions.jsonl``
+(:class:`JsonPredictionWriter`, unless the config has a prediction writer): a classifier's top classes
+with names and probabilities, a captioner's caption, a detector's boxes with labels and scores.
+
+Ctrl-C ends every command with ``visattn: interrupted`` and exit code 130, as elsewhere in visattn.
 """
 import glob
 import importlib
+import json
 import logging
+import os
 import random
 import re
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -28,13 +44,16 @@ import yaml
 
 import lightning.pytorch as pl
 from jsonargparse import ArgumentError
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar, RichProgressBar
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.callbacks import (BasePredictionWriter, Callback, ModelCheckpoint, ProgressBar,
+                                         RichProgressBar)
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins import CheckpointIO, TorchCheckpointIO
 
 from ..errors import ConfigError, VisattnError, WeightsError
 from ..fileio import atomic_path
 from ..pretrained import check_state_dict
+from ..registry import split_model_name
 from .classification import read_checkpoint
 
 log = logging.getLogger(__name__)
@@ -51,7 +70,8 @@ class SafeCheckpointIO(TorchCheckpointIO):
     Args:
         module: the LightningModule the checkpoints belong to; loads check their keys and shapes.
         resume_fallback: when the checkpoint asked for is damaged, warn and load the newest other
-            ``*.ckpt`` beside it that reads (``visattn fit`` turns this on).
+            ``*.ckpt`` beside it that reads (``visattn fit --ckpt_path last`` turns this on: the run's
+            own folder, never a file the user named).
     """
 
     def __init__(self, *, module: Optional[torch.nn.Module] = None, resume_fallback: bool = False) -> None:
@@ -106,9 +126,8 @@ def _best_checkpoint(callbacks: Any) -> Path:
     Its state, saved in every checkpoint of the run, names the best file; the newest checkpoint that
     reads has the latest. Failing that, the best is the one file its ``filename`` pattern matches.
     """
-    callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
-    monitored = [c.init_args for c in callbacks
-                 if getattr(getattr(c, "init_args", None), "monitor", None) and getattr(c.init_args, "dirpath", None)]
+    monitored = [settings for settings in _callback_settings(callbacks)
+                 if settings.get("monitor") and settings.get("dirpath")]
     if not monitored:
         raise ConfigError("--ckpt_path best: the config has no ModelCheckpoint with monitor and dirpath to find "
                           "the best checkpoint in; pass --ckpt_path FILE")
@@ -132,6 +151,144 @@ def _best_checkpoint(callbacks: Any) -> Path:
         return candidates[0]
     raise ConfigError(f"--ckpt_path best: no best {settings.monitor} checkpoint found in {folder}; "
                       "run `visattn fit` with this config first or pass --ckpt_path FILE")
+
+
+def _callback_settings(callbacks: Any) -> list[Any]:
+    """The ``init_args`` of each callback in the config's ``trainer.callbacks`` (one or a list)."""
+    callbacks = callbacks if isinstance(callbacks, list) else [callbacks] if callbacks else []
+    return [c.init_args for c in callbacks if getattr(c, "init_args", None) is not None]
+
+
+def _checkpoint_folders(callbacks: Any) -> list[Path]:
+    return sorted({Path(settings.dirpath) for settings in _callback_settings(callbacks) if settings.get("dirpath")})
+
+
+def _last_checkpoint(callbacks: Any) -> Path:
+    """The newest ``last*.ckpt`` in the config's checkpoint folders, the one Lightning's ``ckpt_path="last"``
+    picks; where there is none Lightning only warns and scores the untrained model."""
+    folders = _checkpoint_folders(callbacks)
+    found = [path for folder in folders for path in folder.glob("last*" + ModelCheckpoint.FILE_EXTENSION)]
+    if not found:
+        where = ", ".join(map(str, folders)) or "the config (no ModelCheckpoint with a dirpath)"
+        raise ConfigError(f"--ckpt_path last: no last checkpoint in {where}; run `visattn fit` with this config "
+                          "first or pass --ckpt_path FILE")
+    return max(found, key=lambda path: path.stat().st_mtime)
+
+
+def _refuse_earlier_run(callbacks: Any) -> None:
+    """A fresh run would write ``last-v1.ckpt`` beside an earlier run's ``last.ckpt``, which ``--ckpt_path
+    last`` and scripts would then still find; nothing is moved or deleted."""
+    for folder in _checkpoint_folders(callbacks):
+        if any(folder.glob("*" + ModelCheckpoint.FILE_EXTENSION)):
+            raise ConfigError(f"{folder} holds checkpoints of an earlier run; resume it with --ckpt_path last, or "
+                              "start afresh after moving them elsewhere (or set the ModelCheckpoint dirpath to "
+                              "another folder)")
+
+
+def _loads_weights(model: Any) -> bool:
+    """Whether the config's model section starts from trained weights: ``pretrained``, shipped
+    ``arch.tag`` weights, or a timm model built with ``pretrained`` in its ``model_kwargs``."""
+    init_args = getattr(model, "init_args", None) or {}
+    name = init_args.get("model_name")
+    if isinstance(name, str) and name.startswith("timm:"):
+        return bool((init_args.get("model_kwargs") or {}).get("pretrained"))
+    return bool(init_args.get("pretrained")) or (isinstance(name, str) and split_model_name(name)[1] is not None)
+
+
+def _resolve_ckpt_path(subcommand: str, settings: Any) -> Optional[str]:
+    """``--ckpt_path`` of ``settings`` (the subcommand's config), with ``best`` and ``last`` found on disk
+    for validate|test|predict (Lightning finds them only in the process that trained); one line for a
+    choice that would train or score the wrong weights."""
+    ckpt_path = settings.get("ckpt_path")
+    callbacks = settings.trainer.get("callbacks")
+    if subcommand == "fit":
+        if ckpt_path == "best":
+            raise ConfigError("fit --ckpt_path best: fit resumes a run, from --ckpt_path last (the run's own last "
+                              "checkpoint) or --ckpt_path FILE; best is for validate, test and predict")
+        if ckpt_path is None and not settings.trainer.get("fast_dev_run"):
+            _refuse_earlier_run(callbacks)
+        return ckpt_path
+    if ckpt_path == "best":
+        return str(_best_checkpoint(callbacks))
+    if ckpt_path == "last":
+        return str(_last_checkpoint(callbacks))
+    if ckpt_path is None and not _loads_weights(settings.model):
+        name = (getattr(settings.model, "init_args", None) or {}).get("model_name", "model")
+        raise ConfigError(f"visattn {subcommand} without --ckpt_path would score an untrained {name}; give "
+                          "--ckpt_path best, last or FILE, or start the model from weights "
+                          "(model.init_args.pretrained, or a model_name ARCH.TAG)")
+    return ckpt_path
+
+
+def _check_checkpoint_model(path: Path, model: Any, *, resuming: bool) -> None:
+    """One line when the checkpoint at ``path`` is damaged or holds another task class or architecture than
+    ``model`` (the config's model section): LightningCLI builds the model from the checkpoint's
+    hyperparameters instead of the config's, so weights would load into, and run as, the other model."""
+    try:
+        hparams = read_checkpoint(path, lazy=True).get("hyper_parameters") or {}
+    except WeightsError as err:
+        if resuming:  # an explicitly named file: no fallback to another checkpoint the user did not name
+            raise WeightsError(f"{err}; or resume the config's run from its newest good checkpoint with "
+                               "--ckpt_path last") from None
+        raise
+    theirs = (hparams.get("_class_path"), hparams.get("model_name"))
+    ours = (getattr(model, "class_path", None), (getattr(model, "init_args", None) or {}).get("model_name"))
+    same_class = theirs[0] is None or theirs[0] == ours[0]
+    same_arch = not all(isinstance(name, str) for name in (theirs[1], ours[1])) or (
+        split_model_name(theirs[1])[0] == split_model_name(ours[1])[0])
+    if not (same_class and same_arch):
+        raise WeightsError(f"--ckpt_path {path}: a checkpoint of {_described(*theirs)}, but the config trains "
+                           f"{_described(*ours)}; give a checkpoint of this config's runs, or the config it was "
+                           "trained with")
+
+
+def _described(class_path: Optional[str], model_name: Any) -> str:
+    parts = [class_path.rpartition(".")[2] if class_path else None, model_name if isinstance(model_name, str) else None]
+    return " ".join(filter(None, parts)) or "an unnamed model"
+
+
+# Task hyperparameters that torch's optimizer refuses, with a traceback, only once training starts.
+_NON_NEGATIVE = {"lr": ("a learning rate", "0.001"), "weight_decay": ("a weight decay", "0.05")}
+
+
+def _check_settings(model: Any, trainer: Any) -> None:
+    """Values that would fail with a traceback deep inside training (Lightning checks neither)."""
+    init_args = getattr(model, "init_args", None) or {}
+    for key, (what, example) in _NON_NEGATIVE.items():
+        value = init_args.get(key)
+        if isinstance(value, (int, float)) and value < 0:
+            raise ConfigError(f"model.init_args.{key} {value}: {what} cannot be negative; give e.g. {example}")
+    accumulate = trainer.get("accumulate_grad_batches")
+    if isinstance(accumulate, int) and accumulate < 1:  # a division by zero when the schedule is sized
+        raise ConfigError(f"trainer.accumulate_grad_batches {accumulate}: give 1 (no accumulation) or more")
+
+
+def _trainer_error(err: MisconfigurationException, config: dict[str, Any]) -> ConfigError:
+    """Lightning's complaint about the trainer settings, on one line naming the setting."""
+    message = _first_line(err).rstrip(".")
+    if "backend found" in message:  # "No supported gpu backend found!" names no setting
+        accelerator = config.get("accelerator")
+        return ConfigError(f"trainer.accelerator {accelerator}: this machine has no {accelerator} device; "
+                           "use --trainer.accelerator auto or cpu")
+    return ConfigError(f"trainer: {message}; fix it in the config's trainer section or with --trainer.KEY VALUE")
+
+
+def _output_error(trainer: pl.Trainer, err: OSError, default_root_dir: Optional[str]) -> Optional[ConfigError]:
+    """One line when ``err`` is about a folder the run writes to (checkpoints, logs, the run's folder);
+    None for any other file, whose error keeps its traceback."""
+    if not err.filename:
+        return None
+    failed = Path(os.path.abspath(err.filename))
+    folders = [("the ModelCheckpoint dirpath", c.dirpath) for c in trainer.checkpoint_callbacks
+               if getattr(c, "dirpath", None)]
+    folders += [("the logger's save_dir", logger.save_dir) for logger in trainer.loggers if logger.save_dir]
+    folders += [("trainer.default_root_dir", default_root_dir)] if default_root_dir else []
+    for setting, folder in folders:
+        folder = Path(os.path.abspath(folder))
+        if failed == folder or folder in failed.parents or failed in folder.parents:
+            where = "" if failed == folder else f" ({failed})"
+            return ConfigError(f"{setting} {folder}: {err.strerror or err}{where}; give a folder you can write to")
+    return None
 
 
 class RandomStateCheckpoint(Callback):
@@ -168,6 +325,82 @@ class RandomStateCheckpoint(Callback):
             torch.cuda.set_rng_state_all(state_dict["cuda"])
 
 
+class JsonPredictionWriter(BasePredictionWriter):
+    """Writes what ``visattn predict`` predicts to ``<trainer.default_root_dir>/predictions.jsonl``, one
+    JSON object per sample (``sample`` is its index in the predict dataset), and prints where.
+
+    A classifier's record holds its ``topk`` classes with names and probabilities, a captioner's its
+    caption, a detector's its boxes with labels and scores, in the shapes ``visattn classify|caption|detect
+    --json`` print; another task's output is written as lists, one line per batch. The file is replaced
+    whole once all batches are done, so a run that fails leaves the previous one.
+
+    Args:
+        topk: classes per sample for a classifier.
+    """
+
+    def __init__(self, *, topk: int = 5) -> None:
+        super().__init__(write_interval="batch")
+        self.topk = topk
+        self.records: list[dict[str, Any]] = []
+
+    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.records = []
+
+    def write_on_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, prediction: Any,
+                           batch_indices: Optional[list[int]], batch: Any, batch_idx: int,
+                           dataloader_idx: int = 0) -> None:
+        if prediction is None:  # every image of the batch was unreadable
+            return
+        records = _prediction_records(prediction, pl_module.hparams, self.topk)
+        if records is None:
+            self.records.append({"batch": batch_idx, "prediction": _as_lists(prediction)})
+            return
+        indices = batch_indices if batch_indices is not None and len(batch_indices) == len(records) else None
+        self.records.extend({"sample": None if indices is None else int(indices[k]), **record}
+                            for k, record in enumerate(records))
+
+    def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        name = "predictions.jsonl" if trainer.world_size == 1 else f"predictions-rank{trainer.global_rank}.jsonl"
+        path = Path(trainer.default_root_dir) / name
+        with atomic_path(path) as tmp:
+            tmp.write_text("".join(json.dumps(record) + "\n" for record in self.records))
+        print(f"wrote {len(self.records)} predictions to {path}")
+
+
+def _prediction_records(prediction: Any, hparams: Any, topk: int) -> Optional[list[dict[str, Any]]]:
+    """One JSON-ready record per sample of a visattn task's ``predict_step`` output; None for other outputs."""
+    names = hparams.get("class_names") or []
+    if isinstance(prediction, torch.Tensor) and prediction.ndim == 2:  # a classifier's probabilities (B, classes)
+        top = prediction.float().topk(min(topk, prediction.shape[1]), dim=1)
+        return [{"predictions": [{"label": _label(names, k), "index": k, "prob": round(p, 4)}
+                                 for p, k in zip(probs, ks)]}
+                for probs, ks in zip(top.values.tolist(), top.indices.tolist())]
+    if isinstance(prediction, list) and all(isinstance(p, str) for p in prediction):  # a captioner's captions
+        return [{"caption": caption} for caption in prediction]
+    if isinstance(prediction, list) and all(isinstance(p, dict) and "boxes" in p for p in prediction):  # detections
+        return [{"detections": [{"label": _label(names, k), "index": k, "score": round(score, 4),
+                                 "box": [round(v, 1) for v in box]}
+                                for box, score, k in zip(found["boxes"].tolist(), found["scores"].tolist(),
+                                                         found["labels"].tolist())]}
+                for found in prediction]
+    return None
+
+
+def _label(names: list[str], index: int) -> str:
+    return names[index] if index < len(names) else str(index)
+
+
+def _as_lists(value: Any) -> Any:
+    """``value`` with tensors as (nested) lists, so ``json.dumps`` takes it; other objects as their text."""
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if isinstance(value, dict):
+        return {str(k): _as_lists(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_as_lists(v) for v in value]
+    return value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
+
+
 class VisattnCLI(LightningCLI):
     def __init__(self, *args: Any, linked_data_attributes: tuple[str, ...] = (), **kwargs: Any) -> None:
         self.linked_data_attributes = linked_data_attributes
@@ -179,23 +412,17 @@ class VisattnCLI(LightningCLI):
 
     def _parse_ckpt_path(self) -> None:
         subcommand = self.config.get("subcommand")
-        # Lightning resolves "best" only in the process that trained; after that it raises.
-        if subcommand not in (None, "fit") and self.config[subcommand].get("ckpt_path") == "best":
-            callbacks = self.config[subcommand].trainer.get("callbacks")
-            self.config[subcommand]["ckpt_path"] = str(_best_checkpoint(callbacks))
-        # LightningCLI (2.6) reads an explicit --ckpt_path file for its hyperparameters before building
-        # anything; a damaged file must give our one-line error, or, for fit, the fallback at load time.
-        try:
-            super()._parse_ckpt_path()
-        except Exception:
-            path = self.config[self.config.subcommand].get("ckpt_path")
-            try:
-                read_checkpoint(Path(path))
-            except WeightsError:
-                if self.config.subcommand != "fit":
-                    raise
-                return  # SafeCheckpointIO warns and resumes from the newest good checkpoint
-            raise
+        if subcommand is not None:
+            settings = self.config[subcommand]
+            settings["ckpt_path"] = _resolve_ckpt_path(subcommand, settings)
+            # LightningCLI (2.6) swaps the config's model for the one a checkpoint file's hyperparameters
+            # describe; this is the last point where the config's model is known.
+            if settings.ckpt_path is not None and Path(settings.ckpt_path).is_file():
+                _check_checkpoint_model(Path(settings.ckpt_path), settings.model, resuming=subcommand == "fit")
+        super()._parse_ckpt_path()
+
+    def before_instantiate_classes(self) -> None:
+        _check_settings(self._get(self.config, "model"), self._get(self.config, "trainer"))
 
     def instantiate_classes(self) -> None:
         try:
@@ -209,22 +436,62 @@ class VisattnCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
         config = self._get(self.config_init, "trainer", default={})
-        callbacks = config.get("callbacks") or []
-        callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
-        # Rich progress bar by default; a config can still pick another bar or turn bars off.
-        if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
-            callbacks = [*callbacks, RichProgressBar()]
-        if not any(isinstance(c, RandomStateCheckpoint) for c in callbacks):
-            callbacks = [*callbacks, RandomStateCheckpoint()]
-        kwargs["callbacks"] = callbacks
+        kwargs["callbacks"] = self._callbacks(config)
         plugins = config.get("plugins") or []
         plugins = plugins if isinstance(plugins, list) else [plugins]
         # SafeCheckpointIO by default, unless the config chose a CheckpointIO (as a plugin or in its strategy).
         strategy_io = getattr(config.get("strategy"), "_checkpoint_io", None)
         if not any(isinstance(p, CheckpointIO) for p in plugins) and strategy_io is None:
-            checkpoint_io = SafeCheckpointIO(module=self.model, resume_fallback=self.subcommand == "fit")
-            kwargs["plugins"] = [*plugins, checkpoint_io]
-        return super().instantiate_trainer(**kwargs)
+            resume_last = self.subcommand == "fit" and self._get(self.config, "ckpt_path") == "last"
+            kwargs["plugins"] = [*plugins, SafeCheckpointIO(module=self.model, resume_fallback=resume_last)]
+        try:
+            return super().instantiate_trainer(**kwargs)
+        except MisconfigurationException as err:
+            raise _trainer_error(err, config) from None
+
+    def _callbacks(self, config: dict[str, Any]) -> list[Callback]:
+        """The config's callbacks and visattn's defaults, which a config can replace with its own."""
+        callbacks = config.get("callbacks") or []
+        callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
+        if config.get("fast_dev_run"):
+            # Lightning skips their saves then, but for save_last's at the end: a last.ckpt of a
+            # one-batch run that a later --ckpt_path last would resume.
+            callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
+        # Rich progress bar by default; a config can still pick another bar or turn bars off.
+        if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
+            callbacks = [*callbacks, RichProgressBar()]
+        if not any(isinstance(c, RandomStateCheckpoint) for c in callbacks):
+            callbacks = [*callbacks, RandomStateCheckpoint()]
+        if self.subcommand == "predict" and not any(isinstance(c, BasePredictionWriter) for c in callbacks):
+            callbacks = [*callbacks, JsonPredictionWriter()]
+        return callbacks
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        sigint = signal.getsignal(signal.SIGINT)
+        _rank_zero_log.addFilter(_not_interrupt_notice)
+        try:
+            super()._run_subcommand(subcommand)
+        except SystemExit as exit:
+            if isinstance(exit.__context__, KeyboardInterrupt):  # Lightning's shutdown after Ctrl-C exits with 1
+                raise KeyboardInterrupt from None
+            raise
+        except OSError as err:
+            mapped = _output_error(self.trainer, err, self._get(self.config, "trainer").get("default_root_dir"))
+            if mapped is None:
+                raise
+            raise mapped from None
+        finally:
+            _rank_zero_log.removeFilter(_not_interrupt_notice)
+            if signal.getsignal(signal.SIGINT) is not sigint:  # Lightning ignores Ctrl-C from its shutdown on
+                signal.signal(signal.SIGINT, sigint)
+
+
+# Lightning logs "Detected KeyboardInterrupt, attempting graceful shutdown ..." here; visattn says it in one line.
+_rank_zero_log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+
+
+def _not_interrupt_notice(record: logging.LogRecord) -> bool:
+    return "Detected KeyboardInterrupt" not in record.getMessage()
 
 
 def run_lightning_cli(argv: list[str]) -> VisattnCLI:
