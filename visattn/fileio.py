@@ -1,7 +1,7 @@
 """Crash-safe file writes: a reader sees the old file or the new one, never a torn one.
 
-Commands check their output options here first (:func:`prepare_output_dir` with
-:func:`output_paths`, or :func:`prepare_output_file`), so a bad path, or one that would replace an
+Commands check their output options here first (:func:`output_paths` for a folder of outputs,
+:func:`prepare_output_file` for one file, :func:`prepare_output_dir`), so a bad path, or one that would replace an
 input file, is one line naming the option before anything is written; and they wrap their writes in
 :func:`output_errors`, so a write that fails later (disk full) is one line too.
 """
@@ -83,11 +83,15 @@ def prepare_output_file(path: PathLike, *, flag: str, inputs: Iterable[PathLike]
     return path
 
 
-def output_paths(inputs: Sequence[Path], directory: Path, *, flag: str, used: Optional[set[str]] = None,
-                 tag: str = "") -> list[Path]:
+def output_paths(inputs: Sequence[Path], directory: Optional[PathLike], *, flag: str,
+                 used: Optional[set[str]] = None, tag: str = "") -> list[Optional[Path]]:
     """``directory/STEM{tag}.png`` for each input file (see :func:`unique_path`; ``used``: names other
-    outputs took), planned before anything is written, so that one that would replace an input is
-    refused up front."""
+    outputs took), planned before anything is written: the folder is prepared (:func:`prepare_output_dir`)
+    and a name that would replace an input is refused up front. No ``directory`` (the option not
+    given): ``None`` for each file."""
+    if not directory:
+        return [None] * len(inputs)
+    directory = prepare_output_dir(directory, flag=flag)
     used = set() if used is None else used
     outputs = [unique_path(directory, f"{path.stem}{tag}", used) for path in inputs]
     refuse_overwriting_inputs(outputs, inputs, flag=flag)

@@ -25,7 +25,7 @@ from ..data.vocab import Vocabulary, tokenize
 from ..errors import ConfigError, WeightsError
 from ..explain.gradcam import eval_mode
 from ..explain.pointing import pointing_hit
-from ..fileio import output_errors, output_paths, prepare_output_dir
+from ..fileio import output_errors, output_paths
 from ..models.show_attend_tell import DecodedCaptions, doubly_stochastic_penalty
 from ..pretrained import find_weights_entry, load_weights
 from ..registry import create_model, split_model_name
@@ -342,8 +342,7 @@ def caption_files(captioner: Captioner, paths: Sequence[str], *, beam_size: int 
 
     files = list_images(list(paths), allow_empty=False)
     flag = "--attention-out"
-    targets = (output_paths(files, prepare_output_dir(attention_out, flag=flag), flag=flag)
-               if attention_out else [None] * len(files))
+    targets = output_paths(files, attention_out, flag=flag)
 
     def caption_batch(images: list[Tensor]) -> Iterable[tuple[Tensor, Tensor]]:
         decoded = captioner.caption(torch.stack(images), beam_size=beam_size, max_len=max_len)

@@ -24,7 +24,7 @@ from ..data.transforms import check_unit_images
 from ..errors import ConfigError, WeightsError
 from ..explain.detections import detection_maps
 from ..explain.gradcam import eval_mode
-from ..fileio import atomic_path, output_errors, output_paths, prepare_output_dir
+from ..fileio import atomic_path, output_errors, output_paths
 from ..pretrained import find_weights_entry, load_weights
 from ..registry import create_model, is_model, model_family, split_model_name
 from .classification import (Classifier, adamw_warmup_cosine, checkpoint_model_kwargs,
@@ -308,12 +308,9 @@ def _output_targets(files: list[Path], *, out: Optional[str], attention_out: Opt
     """Each file's drawing (``--out``) and attention panels (``--attention-out``), ``None`` where not asked for."""
     targets, used = {}, {}  # used: names taken in each folder, shared when both options name one
     for flag, folder in (("--out", out), ("--attention-out", attention_out)):
-        if not folder:
-            targets[flag] = [None] * len(files)
-            continue
-        folder = prepare_output_dir(folder, flag=flag)
-        tag = "-attention" if folder.resolve() in used else ""  # the --out folder: panels named apart from drawings
-        targets[flag] = output_paths(files, folder, flag=flag, used=used.setdefault(folder.resolve(), set()), tag=tag)
+        key = Path(folder).resolve() if folder else None
+        tag = "-attention" if key in used else ""  # the --out folder: panels named apart from drawings
+        targets[flag] = output_paths(files, folder, flag=flag, used=used.setdefault(key, set()), tag=tag)
     return targets
 
 
