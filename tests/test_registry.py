@@ -74,6 +74,19 @@ def test_cli_models_table(capsys, weights_tmp):
     assert rows["vit_tiny_patch16_224"][2] == "5.72M"  # timm's count for ViT-Ti/16
 
 
+def test_cli_models_pretrained_counts_each_shipped_model_as_its_entry_builds_it(capsys, weights_tmp):
+    visattn.save_weights(create_model("vit_tiny_patch4_28", depth=1, num_classes=3),
+                         weights_tmp / "vit_tiny_patch4_28.unit.safetensors", model_kwargs={"depth": 1})
+    assert main(["models", "--pretrained"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["weights", "family", "params"]
+    shipped = create_model("vit_tiny_patch4_28.unit")
+    assert shipped.num_classes == 3 and len(shipped.blocks) == 1
+    expected = f"{sum(p.numel() for p in shipped.parameters()) / 1e6:.2f}M"
+    assert [line.split() for line in lines[1:]] == [["vit_tiny_patch4_28.unit", "vit", expected]]
+    assert expected != "5.55M"  # the registered 12-block architecture's count
+
+
 def test_cli_models_no_match(capsys):
     assert main(["models", "zzz*"]) == 2
     assert capsys.readouterr().err == "visattn: error: no model matches 'zzz*'; see `visattn models` for the full list\n"

@@ -239,6 +239,9 @@ TRAINER_MISTAKES = {
     "fit_from_best": (["--ckpt_path", "best"], "fit --ckpt_path best: fit resumes a run, from --ckpt_path last"),
     "logs_where_nothing_can_be_written": (["--trainer.logger.init_args.save_dir", "/proc/visattn-logs"],
                                           "save_dir /proc/visattn-logs: No such file or directory; give a folder"),
+    # Lightning checks this one only once it has counted the training batches, with a plain ValueError.
+    "val_check_interval_beyond_the_epoch": (["--trainer.val_check_interval", "1000000"],
+                                            "trainer.val_check_interval: `val_check_interval` (1000000) must be"),
 }
 
 

@@ -310,6 +310,19 @@ def test_detect_out_and_attention_out_in_one_folder_write_two_files(tmp_path, mo
     assert sorted(path.name for path in (tmp_path / "D").iterdir()) == ["good-attention.png", "good.png"]
 
 
+@pytest.mark.parametrize("command", [["detect", "photos", "--model", DETECTOR, "--out", "photos/drawn", "--json"],
+                                     ["caption", "photos", "--model", CAPTIONER, "--attention-out", "photos/drawn",
+                                      "--json"]])
+def test_an_output_folder_inside_the_input_folder_is_not_read_as_input(command, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    _photo(tmp_path / "photos" / "good.png")
+    for _ in range(2):  # the second run neither reads the first run's drawing nor refuses to replace it
+        assert main(command) == 0
+        records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert [record["file"] for record in records] == ["photos/good.png"]
+    assert [path.name for path in (tmp_path / "photos" / "drawn").iterdir()] == ["good.png"]
+
+
 @pytest.mark.parametrize("command", [["explain", "img.png", "--model", CLASSIFIER, "--out", "out/img.png"],
                                      ["detect", "img.png", "--model", DETECTOR, "--out", "out"]])
 def test_a_write_that_runs_out_of_space_keeps_the_earlier_file(command, tmp_path, monkeypatch, capsys):

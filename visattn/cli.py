@@ -15,7 +15,7 @@ import torch
 from .devices import DEVICE_CHOICES
 from .errors import ConfigError, VisattnError
 from .pretrained import WEIGHTS_SUFFIXES, weights_dir
-from .registry import create_model, list_models, list_pretrained, model_family, split_model_name
+from .registry import create_model, list_models, list_pretrained, model_arguments, model_family, split_model_name
 
 if TYPE_CHECKING:  # commands import what they use when they run, so `visattn --help` starts fast
     from .data.scenes import FashionScenes
@@ -24,9 +24,11 @@ DEFAULT_BEAM_SIZE = 5  # caption, evaluate and save-weights score captioners wit
 
 
 def count_parameters(name: str) -> int:
-    """Parameter count of a registered architecture, built on the meta device (no memory, no init cost)."""
+    """Parameter count of a registered architecture, or of shipped weights ``ARCH.TAG`` as their entry
+    builds the model, built on the meta device (no memory, no init cost, no weights read)."""
+    arch, _, kwargs = model_arguments(name)
     with torch.device("meta"):
-        model = create_model(name)
+        model = create_model(arch, **kwargs)
     return sum(p.numel() for p in model.parameters())
 
 
@@ -39,12 +41,18 @@ def cmd_models(args: argparse.Namespace) -> int:
     if not names:
         which = "model with shipped weights" if args.pretrained else "model"
         raise ConfigError(f"no {which} matches {args.pattern!r}; see `visattn models` for the full list")
-    tags: dict[str, list[str]] = {}
-    for full in list_pretrained():
-        arch, tag = split_model_name(full)
-        tags.setdefault(arch, []).append(tag)
-    rows = [(n, model_family(n), _format_count(count_parameters(n)), ",".join(tags.get(n, [])) or "-") for n in names]
-    header = ("model", "family", "params", "pretrained")
+    if args.pretrained:  # one row per shipped model: its tag's hyperparameters set its size
+        names = [full for full in list_pretrained() if split_model_name(full)[0] in names]
+        header = ("weights", "family", "params")
+        rows = [(n, model_family(split_model_name(n)[0]), _format_count(count_parameters(n))) for n in names]
+    else:
+        tags: dict[str, list[str]] = {}
+        for full in list_pretrained():
+            arch, tag = split_model_name(full)
+            tags.setdefault(arch, []).append(tag)
+        header = ("model", "family", "params", "pretrained")
+        rows = [(n, model_family(n), _format_count(count_parameters(n)), ",".join(tags.get(n, [])) or "-")
+                for n in names]
     widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
     for row in [header, *rows]:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
@@ -354,7 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_parser(name, help=f"{name} from a YAML config (LightningCLI): visattn {name} --config FILE", add_help=False)
     models = sub.add_parser("models", help="list registered models with parameter counts and pretrained tags")
     models.add_argument("pattern", nargs="?", default="*", help="fnmatch pattern, e.g. 'cbam_*'")
-    models.add_argument("--pretrained", action="store_true", help="only models with shipped weights")
+    models.add_argument("--pretrained", action="store_true",
+                        help="list the shipped models (ARCH.TAG), each with its own parameter count")
     models.set_defaults(func=cmd_models)
 
     evaluate = sub.add_parser("evaluate",

@@ -5,7 +5,7 @@ A registry key is always the name of the function that builds the model, so
 """
 import difflib
 import fnmatch
-from typing import Callable, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 from torch import nn
 
@@ -86,6 +86,32 @@ def list_pretrained(pattern: str = "*") -> list[str]:
     return sorted(fnmatch.filter(load_index(), pattern))
 
 
+def model_arguments(
+    name: str, *, pretrained: Union[bool, str, None] = False, num_classes: Optional[int] = None, **kwargs
+) -> tuple[str, Optional[dict[str, Any]], dict[str, Any]]:
+    """What :func:`create_model` builds for these arguments: the architecture, the shipped weights entry
+    it loads (``None`` for none or a file) and the builder's keyword arguments (the entry's recorded
+    hyperparameters and label count under the caller's)."""
+    from .pretrained import find_weights_entry
+
+    arch, tag = split_model_name(name)
+    arch = _resolve_arch(arch)
+    if tag is not None and not isinstance(pretrained, bool) and pretrained is not None:
+        raise ConfigError(f"{name} names shipped weights and pretrained={pretrained!r} other weights; "
+                          f"give one: create_model({arch!r}, pretrained={pretrained!r}) or create_model({name!r})")
+    entry = None
+    if tag is not None or pretrained is True:
+        entry = find_weights_entry(arch, tag)
+        kwargs = {**(entry.get("model_kwargs") or {}), **kwargs}
+        if num_classes is None and entry.get("num_classes") is not None:
+            num_classes = entry["num_classes"]
+    if num_classes is not None:
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+            raise ConfigError(f"num_classes={num_classes!r}: give a whole number of classes (0: features only)")
+        kwargs["num_classes"] = num_classes
+    return arch, entry, kwargs
+
+
 def create_model(
     name: str,
     *,
@@ -108,23 +134,9 @@ def create_model(
             plain backbone) keep their initialisation and a warning lists them.
         **kwargs: architecture hyperparameters passed to the builder (``img_size``, ``drop_path_rate``, ...).
     """
-    from .pretrained import find_weights_entry, load_weights
+    from .pretrained import load_weights
 
-    arch, tag = split_model_name(name)
-    arch = _resolve_arch(arch)
-    if tag is not None and not isinstance(pretrained, bool) and pretrained is not None:
-        raise ConfigError(f"{name} names shipped weights and pretrained={pretrained!r} other weights; "
-                          f"give one: create_model({arch!r}, pretrained={pretrained!r}) or create_model({name!r})")
-    entry = None
-    if tag is not None or pretrained is True:
-        entry = find_weights_entry(arch, tag)
-        kwargs = {**(entry.get("model_kwargs") or {}), **kwargs}
-        if num_classes is None and entry.get("num_classes") is not None:
-            num_classes = entry["num_classes"]
-    if num_classes is not None:
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
-            raise ConfigError(f"num_classes={num_classes!r}: give a whole number of classes (0: features only)")
-        kwargs["num_classes"] = num_classes
+    arch, entry, kwargs = model_arguments(name, pretrained=pretrained, num_classes=num_classes, **kwargs)
     model = _model_entrypoints[arch](**kwargs)
     model.visattn_name = f"{arch}.{entry['tag']}" if entry else arch
     # what save_weights records, so that the weights rebuild this model by name

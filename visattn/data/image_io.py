@@ -116,7 +116,8 @@ def _read_one(path: Path, prepare: Callable[[np.ndarray], Any], keep_image: bool
         return ImageFile(path, error=err)
 
 
-def list_images(paths: PathLike | Iterable[PathLike], *, recursive: bool = True, allow_empty: bool = True) -> list[Path]:
+def list_images(paths: PathLike | Iterable[PathLike], *, recursive: bool = True, allow_empty: bool = True,
+                exclude: Iterable[Optional[PathLike]] = ()) -> list[Path]:
     """Expand files and folders into image file paths.
 
     Folders contribute their image files (by extension, hidden files skipped) in sorted order;
@@ -127,16 +128,22 @@ def list_images(paths: PathLike | Iterable[PathLike], *, recursive: bool = True,
         paths: one path or several.
         recursive: also look inside sub-folders of the folders given.
         allow_empty: ``False`` makes finding no image file at all a :class:`ConfigError`.
+        exclude: folders whose files a folder of ``paths`` that holds them does not contribute
+            (``None``s ignored): a command's output folder inside its input folder, so that a second
+            run does not take the first run's drawings for input. A folder of ``paths`` that is
+            itself excluded still counts: its files are the user's.
 
     Raises:
         ImageDecodeError: a path that does not exist.
     """
     paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
     found: dict[Path, None] = {}  # an ordered set
+    skipped = [Path(folder).resolve() for folder in exclude if folder]
     for path in map(Path, paths):
         if path.is_dir():
             candidates = path.rglob("*") if recursive else path.iterdir()
-            found.update(dict.fromkeys(sorted(p for p in candidates if _is_image_file(p, path))))
+            inside = [folder for folder in skipped if path.resolve() in folder.parents]
+            found.update(dict.fromkeys(sorted(p for p in candidates if _is_image_file(p, path, inside))))
         elif path.exists():
             found[path] = None
         else:
@@ -147,9 +154,11 @@ def list_images(paths: PathLike | Iterable[PathLike], *, recursive: bool = True,
     return list(found)
 
 
-def _is_image_file(path: Path, root: Path) -> bool:
+def _is_image_file(path: Path, root: Path, skipped: list[Path]) -> bool:
     hidden = any(part.startswith(".") for part in path.relative_to(root).parts)
-    return not hidden and path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
+    if hidden or path.suffix.lower() not in IMAGE_EXTENSIONS or not path.is_file():
+        return False
+    return not skipped or not any(folder in path.resolve().parents for folder in skipped)
 
 
 def _available_formats() -> tuple[str, ...]:

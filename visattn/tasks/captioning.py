@@ -340,7 +340,7 @@ def caption_files(captioner: Captioner, paths: Sequence[str], *, beam_size: int 
     from ..data.image_io import list_images, run_in_batches
     from ..explain.overlay import save_word_panels
 
-    files = list_images(list(paths), allow_empty=False)
+    files = list_images(list(paths), allow_empty=False, exclude=[attention_out])
     flag = "--attention-out"
     targets = output_paths(files, attention_out, flag=flag)
 

@@ -28,6 +28,7 @@ Ctrl-C ends every command with ``visattn: interrupted`` and exit code 130, as el
 """
 import glob
 import importlib
+import inspect
 import json
 import logging
 import os
@@ -35,6 +36,7 @@ import random
 import re
 import signal
 import sys
+import traceback
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -273,6 +275,19 @@ def _trainer_error(err: MisconfigurationException, config: dict[str, Any]) -> Co
     return ConfigError(f"trainer: {message}; fix it in the config's trainer section or with --trainer.KEY VALUE")
 
 
+def _late_trainer_error(err: ValueError) -> Optional[ConfigError]:
+    """One line for the trainer settings Lightning checks only once it has the data (``val_check_interval``
+    against the number of training batches); None for any other ValueError, which keeps its traceback."""
+    setting = re.search(r"`(\w+)`", str(err))
+    raised_in = traceback.extract_tb(err.__traceback__)[-1].filename if err.__traceback__ else ""
+    if setting is None or setting[1] not in _TRAINER_SETTINGS or f"{os.sep}lightning{os.sep}" not in raised_in:
+        return None
+    return ConfigError(f"trainer.{setting[1]}: {' '.join(str(err).split())}")
+
+
+_TRAINER_SETTINGS = frozenset(inspect.signature(pl.Trainer.__init__).parameters) - {"self"}
+
+
 def _output_error(trainer: pl.Trainer, err: OSError, default_root_dir: Optional[str]) -> Optional[ConfigError]:
     """One line when ``err`` is about a folder the run writes to (checkpoints, logs, the run's folder);
     None for any other file, whose error keeps its traceback."""
@@ -475,6 +490,11 @@ class VisattnCLI(LightningCLI):
             if isinstance(exit.__context__, KeyboardInterrupt):  # Lightning's shutdown after Ctrl-C exits with 1
                 raise KeyboardInterrupt from None
             raise
+        except ValueError as err:
+            mapped = _late_trainer_error(err)
+            if mapped is None:
+                raise
+            raise mapped from None
         except OSError as err:
             mapped = _output_error(self.trainer, err, self._get(self.config, "trainer").get("default_root_dir"))
             if mapped is None:
