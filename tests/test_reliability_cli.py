@@ -246,6 +246,13 @@ OUTPUT_AND_OPTION_CASES = {
                                         "takes a .ckpt written by `visattn fit`"),
     "models_matching_nothing": (lambda tmp: ["models", "nomatch*"],
                                 "no model matches 'nomatch*'; see `visattn models` for the full list"),
+    "beam_size_for_a_classifier": (lambda tmp: ["evaluate", "--model", CLASSIFIER, "--dataset", "fashion-mnist",
+                                                "--beam-size", "3"],
+                                   f"--beam-size: {CLASSIFIER} is a classifier, and only a captioner takes "
+                                   "--beam-size; drop it"),
+    "img_size_for_a_detector": (lambda tmp: ["evaluate", "--model", DETECTOR, "--dataset", "fashion-scenes",
+                                             "--img-size", "96"],
+                                f"--img-size: {DETECTOR} is a detector, and only a classifier takes --img-size; drop it"),
 }
 CASES.update(OUTPUT_AND_OPTION_CASES)
 NEEDS_PROC = {"detect_out_takes_no_file", "caption_attention_out_takes_no_file", "export_path_problem_at_another_opset"}

@@ -102,9 +102,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .tasks.classification import evaluation_dataset, evaluate_classifier, load_classifier
     from .tasks.detection import is_detector
 
-    if is_detector(args.model, args.checkpoint):
+    detector, captioner = is_detector(args.model, args.checkpoint), is_captioner(args.model, args.checkpoint)
+    check_evaluate_options(args, "detector" if detector else "captioner" if captioner else "classifier")
+    if detector:
         return cmd_evaluate_detector(args)
-    if is_captioner(args.model, args.checkpoint):
+    if captioner:
         return cmd_evaluate_captioner(args)
     classifier = load_classifier(args.model, args.checkpoint, img_size=args.img_size, device=args.device)
     if args.dataset in POINTING_DATASETS:  # single-object scenes: accuracy and the pointing game
@@ -115,6 +117,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                                       num_workers=args.num_workers, limit=args.limit)
     print_metrics(classifier.name, args, metrics)
     return 0
+
+
+# evaluate's options that only one kind of model takes; any other would silently ignore them
+MODEL_KIND_OPTIONS = {"beam_size": ("--beam-size", "captioner"), "img_size": ("--img-size", "classifier")}
+
+
+def check_evaluate_options(args: argparse.Namespace, kind: str) -> None:
+    for attr, (flag, takes_it) in MODEL_KIND_OPTIONS.items():
+        if getattr(args, attr) is not None and kind != takes_it:
+            raise ConfigError(f"{flag}: {args.model or args.checkpoint} is a {kind}, and only a {takes_it} "
+                              f"takes {flag}; drop it")
 
 
 def cmd_evaluate_pointing(classifier, args: argparse.Namespace) -> dict:
@@ -133,7 +146,7 @@ def cmd_evaluate_captioner(args: argparse.Namespace) -> int:
     captioner = load_captioner(args.model, args.checkpoint, device=args.device)
     loader = evaluation_loader(captioner, args.dataset, args.split, limit=args.limit,
                                batch_size=min(args.batch_size, 64), num_workers=args.num_workers)
-    metrics = evaluate_captioner(captioner, loader, beam_size=args.beam_size)
+    metrics = evaluate_captioner(captioner, loader, beam_size=args.beam_size or DEFAULT_BEAM_SIZE)
     print_metrics(captioner.name, args, metrics)
     return 0
 
@@ -382,8 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--num-workers", type=worker_count, default=0,
                           help=f"DataLoader worker processes (at most {MAX_WORKERS_PER_CPU} per CPU)")
     evaluate.add_argument("--limit", type=positive_int, default=None, help="score only the first N samples")
-    evaluate.add_argument("--beam-size", type=positive_int, default=DEFAULT_BEAM_SIZE,
-                          help="captioners: beam width (1: greedy)")
+    evaluate.add_argument("--beam-size", type=positive_int, default=None,
+                          help=f"captioners: beam width (1: greedy; default {DEFAULT_BEAM_SIZE})")
     evaluate.add_argument("--img-size", type=int, default=None,
                           help="classifiers: score at this square input size (ViT position embeddings are resampled)")
     evaluate.set_defaults(func=cmd_evaluate)
