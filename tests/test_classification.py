@@ -328,6 +328,17 @@ def test_fewer_label_names_than_classes_is_one_line_at_load(weights_tmp):
         load_classifier("resnet20_cifar.few")
 
 
+def test_a_checkpoint_whose_head_disagrees_with_its_num_classes_is_one_line_not_a_random_head(tmp_path):
+    from test_export import _checkpoint
+
+    checkpoint = torch.load(_checkpoint(tmp_path / "run.ckpt"), weights_only=True)  # a 3-class head
+    checkpoint["hyper_parameters"].update(num_classes=5, class_names=list("abcde"))  # hand-edited
+    torch.save(checkpoint, tmp_path / "edited.ckpt")
+    with pytest.raises(WeightsError, match=r"edited.ckpt: its classifier 'fc' does not fit num_classes=5 recorded "
+                                           r"with it \(fc.weight \(3, 112\), fc.bias \(3,\)\); the file was edited"):
+        load_classifier(checkpoint=str(tmp_path / "edited.ckpt"))
+
+
 def test_weights_saved_without_preprocessing_classify_with_the_models_default(weights_tmp, capsys):
     """README's example: save_weights(model, path, dataset=..., metrics=...) records no preprocessing."""
     model = create_model("resnet20_cifar", num_classes=10)

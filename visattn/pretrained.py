@@ -281,15 +281,19 @@ def load_weights(
     *,
     strict: bool = True,
     sha256: Optional[str] = None,
+    new_head: bool = True,
+    origin: Optional[Union[str, Path]] = None,
 ) -> nn.Module:
     """Load weights into ``model`` from a file, shipped weights ``"ARCH.TAG"`` (when no file has that
     name), ``"timm:NAME"``, ``"hf-hub:ORG/REPO"`` or a state dict.
 
     timm, torchvision and visattn key layouts are converted by the model's ``adapt_state_dict``
-    (which also resamples position embeddings). A classifier head of another size is dropped with
-    a warning. Any other difference raises :class:`WeightsError` listing the keys, unless
-    ``strict=False``, which keeps the model's own initialisation for keys the checkpoint lacks and
-    warns with their names.
+    (which also resamples position embeddings). A classifier head of another size (or none) is
+    dropped with a warning, to be fine-tuned, unless ``new_head=False``: then it is a
+    :class:`WeightsError`, as it is for weights saved with this very model. Any other difference
+    raises :class:`WeightsError` listing the keys, unless ``strict=False``, which keeps the model's
+    own initialisation for keys the checkpoint lacks and warns with their names. ``origin``: the
+    file a state-dict ``source`` came from, for the messages.
     """
     if not isinstance(source, (str, os.PathLike, dict)):
         raise WeightsError(f"weights source {source!r}: give a file path, a shipped ARCH.TAG, 'timm:NAME', "
@@ -310,27 +314,34 @@ def load_weights(
     adapt = getattr(model, "adapt_state_dict", None)
     if adapt is not None:
         state = adapt(state)
-    state = _drop_mismatched_head(model, state)
-    check_state_dict(model, state, strict=strict, source=source if not isinstance(source, dict) else "state dict")
+    named = origin or (source if not isinstance(source, dict) else "state dict")
+    state = _drop_mismatched_head(model, state, source=named, new_head=new_head)
+    check_state_dict(model, state, strict=strict, source=named)
     model.load_state_dict(state, strict=False)
     return model
 
 
-def _drop_mismatched_head(model: nn.Module, state: StateDict) -> StateDict:
+def _drop_mismatched_head(model: nn.Module, state: StateDict, *, source: Any, new_head: bool) -> StateDict:
     """``state`` without a classifier head that does not fit ``model``; a warning when the model's head
-    stays at its random init (dropped here, or absent from a features-only checkpoint)."""
+    stays at its random init (dropped here, or absent from a features-only checkpoint), an error
+    instead when not ``new_head``."""
     head = getattr(model, "classifier", None)
     if head is None:
         return state
     own = model.state_dict()
     dropped = [k for k in state if k.startswith(head + ".") and (k not in own or own[k].shape != state[k].shape)]
     if dropped:
-        warnings.warn(
-            f"checkpoint classifier {head!r} does not fit num_classes={getattr(model, 'num_classes', '?')}: "
-            f"dropped {', '.join(dropped)}; the new head is randomly initialised, so fine-tune it",
-            stacklevel=3,
-        )
+        problem = f"classifier {head!r} does not fit num_classes={getattr(model, 'num_classes', '?')}"
+        if not new_head:
+            shapes = ", ".join(f"{k} {tuple(state[k].shape)}" for k in dropped)
+            raise WeightsError(f"{source}: its {problem} recorded with it ({shapes}); the file was edited or "
+                               "damaged: use the checkpoint as training wrote it")
+        warnings.warn(f"checkpoint {problem}: dropped {', '.join(dropped)}; the new head is randomly "
+                      "initialised, so fine-tune it", stacklevel=3)
     elif any(k.startswith(head + ".") for k in own) and not any(k.startswith(head + ".") for k in state):
+        if not new_head:
+            raise WeightsError(f"{source}: it has no classifier {head!r}; the file was edited or damaged: "
+                               "use the checkpoint as training wrote it")
         warnings.warn(f"the checkpoint has no classifier {head!r} (features only): the head is randomly "
                       "initialised, so fine-tune it", stacklevel=3)
     return {k: v for k, v in state.items() if k not in dropped}

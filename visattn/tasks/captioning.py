@@ -303,7 +303,7 @@ def _captioner_from_checkpoint(path: Path, device: torch.device) -> Captioner:
     # The checkpoint holds every weight: the encoder's own pretrained weights need not be fetched again.
     arch, kwargs = checkpoint_model_kwargs(hparams, vocab_size=len(vocab), encoder_pretrained=False)
     net = create_model(arch, **kwargs)
-    load_weights(net, checkpoint["state_dict"])  # its EMA copy when the run kept one
+    load_weights(net, checkpoint["state_dict"], origin=path)  # its EMA copy when the run kept one
     preprocessing = hparams.get("preprocessing")
     if not preprocessing:
         raise WeightsError(f"{path}: the checkpoint has no preprocessing; train it with a config that links data.preprocessing")

@@ -360,7 +360,7 @@ def _classifier_from_checkpoint(path: Path, img_size: Optional[int], device: tor
                            "pass --model ARCH.TAG instead")
     model_kwargs = {**(hparams.get("model_kwargs") or {}), **_size_kwargs(hparams["model_name"], img_size)}
     net = build_classifier(hparams["model_name"], hparams["num_classes"], model_kwargs)
-    load_weights(net, checkpoint["state_dict"])  # its EMA copy when the run kept one
+    load_weights(net, checkpoint["state_dict"], new_head=False, origin=path)  # its EMA copy when the run kept one
     labels = _labels(hparams.get("class_names"), hparams["num_classes"], str(path))
     preprocessing = _resized(hparams.get("preprocessing") or _default_preprocessing(net), img_size)
     return Classifier(inference_model(net, device), labels, preprocessing, str(path), hparams["model_name"],

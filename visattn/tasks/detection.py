@@ -217,7 +217,7 @@ def _detector_from_checkpoint(path: Path, device: torch.device) -> Detector:
     # The checkpoint holds every weight: the backbone's own pretrained weights need not be read again.
     arch, kwargs = checkpoint_model_kwargs(hparams, pretrained_backbone=False)
     net = create_model(arch, num_classes=hparams["num_classes"], **kwargs)
-    load_weights(net, checkpoint["state_dict"])  # its EMA copy when the run kept one
+    load_weights(net, checkpoint["state_dict"], origin=path)  # its EMA copy when the run kept one
     labels = hparams.get("class_names") or [str(i) for i in range(hparams["num_classes"])]
     return Detector(inference_model(net, device), list(labels), dict(hparams.get("preprocessing") or {}), str(path), arch, kwargs)
 
