@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError, VisattnError, WeightsError
-from .explain.gradcam import eval_mode
+from .modes import eval_mode
 from .fileio import atomic_path, output_errors, prepare_output_file
 
 __all__ = ["DEFAULT_OPSET", "export_classifier", "export_onnx", "onnx_max_difference", "onnx_session"]

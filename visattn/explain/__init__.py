@@ -23,7 +23,8 @@ from ..data.transforms import check_image_batch
 from ..errors import ConfigError
 from .attention import as_index, attention_map, collect_attentions, is_vit, token_grid
 from .gates import gate_maps, gate_modules
-from .gradcam import eval_mode, grad_cam
+from ..modes import eval_mode
+from .gradcam import grad_cam
 from .overlay import heatmap_overlay, normalize_map, resize_map, save_overlay, save_word_panels
 from .pointing import pointing_accuracy, pointing_hit
 from .rollout import attention_rollout

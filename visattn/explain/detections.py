@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from .gradcam import eval_mode
+from ..modes import eval_mode
 
 Detections = list[dict[str, Tensor]]
 

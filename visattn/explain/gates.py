@@ -30,7 +30,7 @@ from ..layers.cbam import Cbam
 from ..layers.coord import CoordinateAttention
 from ..layers.global_context import GlobalContextBlock
 from ..layers.non_local import NonLocalBlock
-from .gradcam import eval_mode
+from ..modes import eval_mode
 
 SPATIAL_GATE_TYPES = (Cbam, Bam, CoordinateAttention, NonLocalBlock, GlobalContextBlock)
 

@@ -12,29 +12,16 @@ still carry spatial information (the final norm's do not reach the class-token h
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Iterator, Union
+from typing import Union
 
 import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from ..modes import eval_mode
 from .attention import as_index, is_vit, token_grid
 
 TargetClass = Union[int, Tensor, None]
-
-
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Run ``model`` in eval mode (no dropout, fixed batch-norm statistics), then restore each
-    module's own mode (fine-tuning recipes keep some, e.g. frozen BatchNorms, in eval mode)."""
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for module, training in modes:
-            module.training = training
 
 
 def default_target_layer(model: nn.Module) -> nn.Module:

@@ -23,7 +23,7 @@ from ..data.scenes import ITEM_WORDS
 from ..data.transforms import check_image_batch
 from ..data.vocab import Vocabulary, tokenize
 from ..errors import ConfigError, WeightsError
-from ..explain.gradcam import eval_mode
+from ..modes import eval_mode
 from ..explain.pointing import pointing_hit
 from ..fileio import output_errors, output_paths
 from ..models.show_attend_tell import DecodedCaptions, doubly_stochastic_penalty

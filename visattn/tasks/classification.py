@@ -20,7 +20,7 @@ from ..data.image_folder import ImageFolder, evaluation_batches
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, ImageTransform, check_image_batch, eval_transforms
 from ..devices import inference_device, model_device
 from ..errors import ConfigError, WeightsError
-from ..explain.gradcam import eval_mode
+from ..modes import eval_mode
 from ..pretrained import find_weights_entry, load_weights, read_pickle_checkpoint
 from ..registry import create_model, model_family, model_task, split_model_name
 from .guards import NonFiniteLossGuard, skip_missing_batch

@@ -23,7 +23,7 @@ from ..data.image_folder import evaluation_batches
 from ..data.transforms import check_unit_images
 from ..errors import ConfigError, WeightsError
 from ..explain.detections import detection_maps
-from ..explain.gradcam import eval_mode
+from ..modes import eval_mode
 from ..fileio import atomic_path, output_errors, output_paths
 from ..pretrained import find_weights_entry, load_weights
 from ..registry import create_model, is_model, model_family, split_model_name
