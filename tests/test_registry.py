@@ -102,3 +102,16 @@ def test_a_model_name_that_is_no_string_is_one_line(name):
 def test_a_num_classes_that_is_no_count_is_one_line(num_classes):
     with pytest.raises(ConfigError, match="give a whole number of classes"):
         create_model("resnet20_cifar", num_classes=num_classes)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_a_misspelled_builder_argument_is_one_line_with_the_nearest_name(name):
+    meant = "vocab_size" if visattn.registry.model_task(name) == "captioning" else "num_classes"
+    typo = meant.replace("s", "", 1)
+    with pytest.raises(ConfigError, match=rf"^{name} has no argument '{typo}': did you mean {meant}\?$"):
+        create_model(name, **{typo: 5})
+
+
+def test_an_unknown_builder_argument_lists_what_the_architecture_takes():
+    with pytest.raises(ConfigError, match=r"^resnet18 has no argument 'zzz': it takes .*\bnum_classes\b.*\bin_chans\b"):
+        create_model("resnet18", zzz=1)

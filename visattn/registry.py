@@ -5,6 +5,8 @@ A registry key is always the name of the function that builds the model, so
 """
 import difflib
 import fnmatch
+import inspect
+import typing
 from typing import Any, Callable, Optional, Union
 
 from torch import nn
@@ -109,7 +111,25 @@ def model_arguments(
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
             raise ConfigError(f"num_classes={num_classes!r}: give a whole number of classes (0: features only)")
         kwargs["num_classes"] = num_classes
+    _check_builder_arguments(arch, kwargs)
     return arch, entry, kwargs
+
+
+def _check_builder_arguments(arch: str, kwargs: dict[str, Any]) -> None:
+    """A keyword the architecture's class does not take is one line with the nearest name, not a
+    TypeError from deep inside its constructor."""
+    model_class = typing.get_type_hints(_model_entrypoints[arch]).get("return")  # every builder names its class
+    if not isinstance(model_class, type):
+        return
+    parameters = inspect.signature(model_class.__init__).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in parameters):
+        return
+    accepted = [p.name for p in parameters if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name != "self"]
+    for name in kwargs:
+        if name not in accepted:
+            close = difflib.get_close_matches(name, accepted, n=1)
+            hint = f"did you mean {close[0]}?" if close else f"it takes {', '.join(accepted)}"
+            raise ConfigError(f"{arch} has no argument {name!r}: {hint}")
 
 
 def create_model(
