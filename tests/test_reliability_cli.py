@@ -1,5 +1,6 @@
 """Config and CLI mistakes: each is one line naming the thing and the fix, exit code 2, no traceback."""
 import json
+import os
 import pickle
 import resource
 import subprocess
@@ -143,6 +144,15 @@ def test_no_traceback_reaches_the_terminal(tmp_path):
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.splitlines() == ["visattn: error: unknown model 'cbam_resnt18': did you mean cbam_resnet18, "
                                         "bam_resnet18, cbam_resnet101?"]
+
+
+def test_a_file_name_the_console_cannot_encode_prints_escaped_not_a_traceback(tmp_path):
+    _photo(tmp_path / "caf\u00e9.png")
+    command = [sys.executable, "-m", "visattn.cli", "classify", "caf\u00e9.png", "--model", CLASSIFIER]
+    env = {**os.environ, "PYTHONIOENCODING": "ascii"}  # a console without the character (cp1252, a C locale)
+    proc = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stdout.startswith("caf\\xe9.png")
 
 
 @pytest.mark.parametrize("subcommand", [pytest.param("fit", marks=needs_fashion_mnist), "test"])
