@@ -1,4 +1,6 @@
 """Show, Attend and Tell: attention layer, decoder shapes, regulariser, greedy and batched beam search."""
+import copy
+
 import pytest
 import torch
 from torch.nn import functional as F
@@ -6,7 +8,8 @@ from torch.nn import functional as F
 from visattn import create_model, list_models
 from visattn.errors import ConfigError
 from visattn.layers.additive_attention import AdditiveAttention
-from visattn.models.show_attend_tell import END_ID, PAD_ID, START_ID, doubly_stochastic_penalty
+from visattn.models.show_attend_tell import (END_ID, PAD_ID, START_ID, ShowAttendTell,
+                                            doubly_stochastic_penalty)
 
 VOCAB = 12
 TINY = dict(vocab_size=VOCAB, encoder_kwargs=dict(layers=(1, 1), widths=(8, 16), small_input=False),
@@ -198,3 +201,74 @@ def test_every_captioner_trains_and_decodes(name):
     assert all(p.grad is not None for p in net.parameters() if p.requires_grad)
     decoded = net.eval().beam_search(torch.randn(2, 3, 32, 32), beam_size=2, max_len=3)
     assert [maps.shape[1:] for maps in decoded.attention] == [(2, 2)] * 2
+
+
+def test_decoding_a_train_mode_model_equals_its_eval_copy_and_leaves_it_as_it_was(images):
+    torch.manual_seed(0)
+    net = create_model("sat_cbam_resnet_scenes", **{**TINY, "dropout": 0.5}).train()
+    net.encoder.bn1.eval()  # a frozen norm, as fine-tuning recipes keep some; its mode must survive too
+    reference = copy.deepcopy(net).eval()
+    modes = [m.training for m in net.modules()]
+    buffers = {name: b.clone() for name, b in net.named_buffers()}
+    for search in (lambda m: m.greedy_decode(images, max_len=6), lambda m: m.beam_search(images, beam_size=3, max_len=6)):
+        got, expected = search(net), search(reference)
+        assert [t.tolist() for t in got.tokens] == [t.tolist() for t in expected.tokens]
+        assert torch.allclose(got.scores, expected.scores, atol=1e-5)
+    assert all(torch.equal(b, buffers[name]) for name, b in net.named_buffers())  # running stats unchanged
+    assert [m.training for m in net.modules()] == modes
+
+
+@pytest.mark.parametrize("search, settings, message", [
+    ("beam_search", dict(beam_size=0), "beam_size=0: must be >= 1, a whole number (1 decodes greedily)"),
+    ("beam_search", dict(beam_size=-1), "beam_size=-1: must be >= 1, a whole number (1 decodes greedily)"),
+    ("beam_search", dict(beam_size=2.5), "beam_size=2.5: must be >= 1, a whole number (1 decodes greedily)"),
+    ("beam_search", dict(beam_size=True), "beam_size=True: must be >= 1, a whole number (1 decodes greedily)"),
+    ("beam_search", dict(max_len=0), "max_len=0: a caption needs at least one word; give a whole number >= 1"),
+    ("greedy_decode", dict(max_len=0), "max_len=0: a caption needs at least one word; give a whole number >= 1"),
+    ("greedy_decode", dict(max_len=1.5), "max_len=1.5: a caption needs at least one word; give a whole number >= 1"),
+])
+def test_decoding_refuses_settings_that_give_no_caption_in_one_line(model, images, search, settings, message):
+    with pytest.raises(ConfigError) as refused:
+        getattr(model, search)(images, **settings)
+    assert str(refused.value) == message
+
+
+@pytest.mark.parametrize("beam_size", [True, 1.0, 2.5])
+def test_task_decode_leaves_beam_size_checks_to_the_model(model, images, beam_size):
+    from visattn.tasks.captioning import decode
+
+    with pytest.raises(ConfigError, match=f"^beam_size={beam_size}: must be >= 1, a whole number"):
+        decode(model, images, beam_size=beam_size)
+
+
+@pytest.mark.parametrize("search", ["greedy_decode", "beam_search"])
+def test_an_empty_batch_decodes_to_no_captions(model, images, search):
+    decoded = getattr(model, search)(images[:0])
+    assert decoded.tokens == [] and decoded.attention == [] and decoded.scores.shape == (0,)
+
+
+def test_teacher_forcing_refuses_captions_without_a_word_to_predict(model, images):
+    with pytest.raises(ConfigError) as refused:
+        model(images, torch.full((3, 1), START_ID))
+    assert str(refused.value) == ("captions of shape (3, 1): captions need START and at least one more token; "
+                                  "give (B, L) ids with L >= 2")
+
+
+@pytest.mark.parametrize("encoder_name, img_size, grid", [("vit_tiny_patch4_28", 56, 7), ("timm:vit_tiny_patch16_224", 64, 2)])
+def test_vit_encoder_is_built_for_img_size(encoder_name, img_size, grid):
+    torch.manual_seed(0)
+    net = ShowAttendTell(vocab_size=VOCAB, encoder_name=encoder_name, encoder_kwargs={"depth": 1}, img_size=img_size,
+                         grid_size=grid, embed_dim=8, hidden_dim=8, attn_dim=8).eval()
+    assert net.input_size == (3, img_size, img_size)
+    assert tuple(net.encoder.patch_embed.img_size) == (img_size, img_size)
+    decoded = net.greedy_decode(torch.randn(1, 3, img_size, img_size), max_len=3)
+    assert decoded.attention[0].shape[1:] == (grid, grid)
+
+
+def test_vit_encoder_size_given_twice_must_agree():
+    ShowAttendTell(vocab_size=VOCAB, encoder_name="vit_tiny_patch4_28", encoder_kwargs={"depth": 1, "img_size": (56, 56)},
+                   img_size=56)
+    with pytest.raises(ConfigError) as refused:
+        ShowAttendTell(vocab_size=VOCAB, encoder_name="vit_tiny_patch4_28", encoder_kwargs={"depth": 1, "img_size": 28},
+                       img_size=56)
+    assert str(refused.value) == "img_size=56 but encoder_kwargs img_size=28: give the size once, as img_size"

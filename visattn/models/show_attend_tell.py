@@ -10,6 +10,7 @@ gates the context with ``β = sigmoid(f_beta(h))`` and predicts the next word fr
 :mod:`visattn.data.vocab`: PAD 0, START 1, END 2; the model holds no vocabulary strings.
 """
 from dataclasses import dataclass
+from numbers import Integral
 from typing import Any, Optional, Union
 
 import torch
@@ -17,10 +18,14 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..layers.additive_attention import AdditiveAttention
-from ..registry import create_model, register_model
+from ..layers.patch_embed import to_2tuple
+from ..modes import eval_mode
+from ..registry import create_model, model_family, register_model, split_model_name
 
 PAD_ID, START_ID, END_ID = 0, 1, 2
 GridSize = Union[int, tuple[int, int]]
+# timm modules whose models lay out position embeddings for an ``img_size`` fixed at build time.
+_TIMM_VIT_MODULES = ("vision_transformer", "deit", "beit", "eva")
 
 
 @dataclass
@@ -60,7 +65,32 @@ def _word_log_probs(logits: Tensor) -> Tensor:
     return logits.log_softmax(dim=-1)
 
 
-def _build_encoder(name: str, kwargs: dict[str, Any], pretrained: Union[bool, str]) -> nn.Module:
+def _check_decoding(*, max_len: int, beam_size: int = 1) -> None:
+    """Refuse settings that give no caption here, in one line, rather than deep inside a search."""
+    if not _is_count(beam_size):
+        raise ConfigError(f"beam_size={beam_size!r}: must be >= 1, a whole number (1 decodes greedily)")
+    if not _is_count(max_len):
+        raise ConfigError(f"max_len={max_len!r}: a caption needs at least one word; give a whole number >= 1")
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, Integral) and not isinstance(value, bool) and value >= 1
+
+
+def _is_vit(name: str) -> bool:
+    if name.startswith("timm:"):
+        import timm
+
+        return timm.models.is_model_in_modules(timm.models.get_arch_name(name[5:]), _TIMM_VIT_MODULES)
+    return model_family(split_model_name(name)[0]) == "vit"
+
+
+def _build_encoder(name: str, kwargs: dict[str, Any], pretrained: Union[bool, str],
+                   img_size: Optional[int]) -> nn.Module:
+    if img_size and _is_vit(name):  # a ViT's position embeddings fix its input size at build time
+        given = kwargs.setdefault("img_size", img_size)
+        if to_2tuple(given) != to_2tuple(img_size):
+            raise ConfigError(f"img_size={img_size} but encoder_kwargs img_size={given}: give the size once, as img_size")
     if name.startswith("timm:"):
         import timm
 
@@ -77,7 +107,7 @@ class ShowAttendTell(nn.Module):
         encoder_kwargs: builder arguments of the encoder (``img_size``, ``widths``, ...).
         encoder_pretrained: passed to ``create_model(..., pretrained=...)`` for the encoder.
         freeze_encoder: keep the encoder's weights fixed (and its norms in eval mode).
-        img_size: input size; ``None`` takes the encoder's ``input_size``.
+        img_size: input size (a ViT encoder is built for it); ``None`` takes the encoder's ``input_size``.
         grid_size: the feature map is average-pooled to this grid (14 for 224 px, as in the paper).
         embed_dim: word embedding size.
         hidden_dim: LSTM size.
@@ -106,7 +136,7 @@ class ShowAttendTell(nn.Module):
         if vocab_size <= END_ID:
             raise ConfigError(f"vocab_size={vocab_size}: a vocabulary needs at least PAD, START and END; build it from captions")
         self.vocab_size = vocab_size
-        self.encoder = _build_encoder(encoder_name, dict(encoder_kwargs or {}), encoder_pretrained)
+        self.encoder = _build_encoder(encoder_name, dict(encoder_kwargs or {}), encoder_pretrained, img_size)
         self.freeze_encoder = freeze_encoder
         if freeze_encoder:
             self.encoder.requires_grad_(False)
@@ -182,6 +212,9 @@ class ShowAttendTell(nn.Module):
             images: ``(B, 3, H, W)`` normalised images.
             captions: ``(B, L)`` token ids ``START ... END PAD ...``; ``T = L - 1``.
         """
+        if captions.ndim != 2 or captions.shape[1] < 2:
+            raise ConfigError(f"captions of shape {tuple(captions.shape)}: captions need START and at least one more "
+                              "token; give (B, L) ids with L >= 2")
         features = self.encode(images)
         projected = self.attention.project_features(features)
         state = self.init_state(features)
@@ -197,6 +230,13 @@ class ShowAttendTell(nn.Module):
     @torch.no_grad()
     def greedy_decode(self, images: Tensor, max_len: int = 20) -> DecodedCaptions:
         """Most likely word at each step, until END or ``max_len`` words."""
+        _check_decoding(max_len=max_len)
+        if not len(images):
+            return DecodedCaptions([], [], images.new_zeros(0))
+        with eval_mode(self):  # in train mode dropout would pick words at random and batch norms would learn
+            return self._greedy_decode(images, max_len)
+
+    def _greedy_decode(self, images: Tensor, max_len: int) -> DecodedCaptions:
         features = self.encode(images)
         projected = self.attention.project_features(features)
         state = self.init_state(features)
@@ -226,6 +266,13 @@ class ShowAttendTell(nn.Module):
         cost, not ``max_len`` steps for every image. The best hypothesis per image is the one with
         the highest ``log p / length ** length_penalty`` (0 disables normalisation).
         """
+        _check_decoding(max_len=max_len, beam_size=beam_size)
+        if not len(images):
+            return DecodedCaptions([], [], images.new_zeros(0))
+        with eval_mode(self):  # in train mode dropout would pick words at random and batch norms would learn
+            return self._beam_search(images, beam_size, max_len, length_penalty)
+
+    def _beam_search(self, images: Tensor, beam_size: int, max_len: int, length_penalty: float) -> DecodedCaptions:
         batch, k = images.shape[0], min(beam_size, self.vocab_size)
         # The K hypotheses of an image share its features: steps broadcast them, never copy them.
         features = self.encode(images)  # (B, P, C)
