@@ -199,3 +199,80 @@ def test_detector_transform_keeps_a_pixel_of_a_panorama_and_maps_boxes_back():
     ordinary = torch.rand(3, 48, 80)  # everything else is torchvision's resize, unchanged
     reference = GeneralizedRCNNTransform(64, 128, [0.5] * 3, [0.5] * 3).eval()
     assert torch.equal(transform([ordinary])[0].tensors, reference([ordinary])[0].tensors)
+
+
+BOX_RULE = "boxes are (N, 4) finite x1, y1, x2, y2 with x2 > x1 and y2 > y1"
+BAD_TARGETS = {  # second image's target -> the one-line error
+    "label_is_no_object_class": ({"labels": torch.tensor([4])}, 'targets[1]["labels"]: 4 is outside 0..3 '
+                                 "(num_classes=4); labels are 0-based class indices"),
+    "label_past_no_object_class": ({"labels": torch.tensor([5])}, 'targets[1]["labels"]: 5 is outside 0..3 '
+                                   "(num_classes=4); labels are 0-based class indices"),
+    "negative_label": ({"labels": torch.tensor([-1])}, 'targets[1]["labels"]: -1 is outside 0..3 '
+                       "(num_classes=4); labels are 0-based class indices"),
+    "inverted_box": ({"boxes": torch.tensor([[30.0, 30.0, 10.0, 10.0]])},
+                     f'targets[1]["boxes"][0] [30.0, 30.0, 10.0, 10.0]: {BOX_RULE}'),
+    "zero_width_box": ({"boxes": torch.tensor([[10.0, 8.0, 10.0, 40.0]])},
+                       f'targets[1]["boxes"][0] [10.0, 8.0, 10.0, 40.0]: {BOX_RULE}'),
+    "nan_box": ({"boxes": torch.tensor([[10.0, 8.0, float("nan"), 40.0]])},
+                f'targets[1]["boxes"][0] [10.0, 8.0, nan, 40.0]: {BOX_RULE}'),
+    "float_labels": ({"labels": torch.tensor([2.0])},
+                     'targets[1]["labels"]: dtype torch.float32; labels are int64 class indices, e.g. labels.long()'),
+    "bool_labels": ({"labels": torch.tensor([True])},
+                    'targets[1]["labels"]: dtype torch.bool; labels are int64 class indices, e.g. labels.long()'),
+    "int32_labels": ({"labels": torch.tensor([2], dtype=torch.int32)},
+                     'targets[1]["labels"]: dtype torch.int32; labels are int64 class indices, e.g. labels.long()'),
+    "one_box_without_row": ({"boxes": torch.tensor([10.0, 8.0, 30.0, 40.0])},
+                            'targets[1]["boxes"]: shape (4,); boxes are (N, 4) x1, y1, x2, y2, one row per object'),
+    "float64_boxes": ({"boxes": torch.tensor([[10.0, 8.0, 30.0, 40.0]], dtype=torch.float64)},
+                      'targets[1]["boxes"]: dtype torch.float64; boxes are float32 pixels, e.g. boxes.float()'),
+    "label_per_box_missing": ({"labels": torch.tensor([2, 1])}, 'targets[1]["labels"]: shape (2,) for 1 boxes; '
+                              "labels are (N,), one class index per box"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_TARGETS)
+@pytest.mark.parametrize("name", HEADS)
+def test_bad_training_targets_raise_one_config_error(name, case):
+    change, message = BAD_TARGETS[case]
+    targets = _targets()
+    targets[1] = {**targets[1], **change}
+    with pytest.raises(ConfigError) as err:
+        _build(name).train()(_images(), targets)
+    assert str(err.value) == message
+
+
+@pytest.mark.parametrize("name", HEADS)
+def test_training_targets_must_come_one_per_image(name):
+    model = _build(name).train()
+    with pytest.raises(ConfigError) as err:
+        model(_images(), _targets()[:1])
+    assert str(err.value) == 'targets: 1 dicts for 2 images; give a list with one {"boxes", "labels"} dict per image'
+    with pytest.raises(ConfigError, match=r"^targets: none in train mode; .* or call model\.eval\(\) to detect$"):
+        model(_images())
+    with pytest.raises(ConfigError, match=r'^targets\[0\]: give a dict with "boxes" \(N, 4\) float32 and "labels"'):
+        model(_images(), [{"boxes": torch.zeros(0, 4)}, _targets()[1]])
+
+
+@pytest.mark.parametrize("name", HEADS)
+def test_valid_targets_with_an_image_without_boxes_still_train(name):
+    model = _build(name).train()
+    targets = [_targets()[0], _empty_targets()[1]]
+    losses = model(_images(), targets)
+    assert losses and all(v.ndim == 0 and torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_data_pipeline_targets_pass_the_training_check():
+    from visattn.data.detection import eval_detection_transforms, train_detection_transforms
+    from visattn.models.detection import _check_targets
+
+    image = (torch.rand(48, 64, 3) * 255).to(torch.uint8).numpy()
+    # ordinary, thin, inverted, zero-area, partly and wholly outside the image
+    boxes = [[4, 6, 28, 30], [10, 10, 10.5, 30], [30, 30, 10, 10], [5, 5, 5, 5], [-8, 40, 20, 60], [70, 0, 90, 10]]
+    labels = [0, 1, 2, 3, 1, 2]
+    torch.manual_seed(0)
+    for transform in (eval_detection_transforms(), train_detection_transforms(scale=(0.5, 2.0), translate=0.4)):
+        targets = [transform(image, boxes, labels)[1] for _ in range(20)]
+        assert targets[0]["boxes"].dtype == torch.float32 and targets[0]["labels"].dtype == torch.int64
+        _check_targets(targets, num_images=len(targets), num_classes=4)

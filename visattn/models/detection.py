@@ -12,9 +12,10 @@ Backbones come from the registry: a ResNet (any attention variant) feeds torchvi
 last block's patch grid, with position embeddings resampled to each batch's grid.
 
 Every detector follows torchvision's detection API: ``model(images, targets)`` with a list of
-``(3, H, W)`` images in 0..1 and targets ``{"boxes": (N, 4) xyxy pixels, "labels": (N,) int64}``
-whose labels are 0-based class ids ``0..num_classes-1``. ``train()`` mode returns a dict of scalar
-losses (their sum is the training objective); ``eval()`` mode returns one
+``(3, H, W)`` images in 0..1 and targets ``{"boxes": (N, 4) float32 xyxy pixels, "labels": (N,) int64}``
+whose labels are 0-based class ids ``0..num_classes-1``; training targets outside that contract
+(inverted or non-finite boxes included) raise a one-line ``ConfigError``. ``train()`` mode returns a
+dict of scalar losses (their sum is the training objective); ``eval()`` mode returns one
 ``{"boxes", "scores", "labels"}`` dict per image in input pixels. Normalisation and resizing happen
 inside, in torchvision's ``GeneralizedRCNNTransform`` (``min_size``, ``max_size``, ``image_mean``,
 ``image_std``).
@@ -178,6 +179,65 @@ def _size_divisible(stride: int) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# training targets
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_targets(targets: Any, *, num_images: int, num_classes: int) -> None:
+    """Refuse training targets that the losses would misread (a label equal to ``num_classes`` is
+    DETR's "no object", an inverted box gives a negative GIoU loss) or that crash deep inside torchvision.
+
+    Runs every training step, so the value checks of the whole batch cost one device sync.
+    """
+    if targets is None:
+        raise ConfigError('targets: none in train mode; give one {"boxes", "labels"} dict per image, '
+                          "or call model.eval() to detect")
+    if not isinstance(targets, Sequence) or len(targets) != num_images:
+        got = f"{len(targets)} dicts" if isinstance(targets, Sequence) else f"a {type(targets).__name__}"
+        raise ConfigError(f'targets: {got} for {num_images} images; give a list with one {{"boxes", "labels"}} '
+                          "dict per image")
+    masks, flags = [], []
+    for i, target in enumerate(targets):
+        boxes, labels = _target_tensors(target, index=i)
+        x1, y1, x2, y2 = boxes.unbind(-1)
+        bad_boxes = ~boxes.isfinite().all(-1) | (x2 <= x1) | (y2 <= y1)  # (N,)
+        bad_labels = (labels < 0) | (labels >= num_classes)  # (N,)
+        masks.append((bad_boxes, bad_labels))
+        flags.append(torch.stack([bad_boxes.any(), bad_labels.any()]))
+    for i, (any_bad_box, any_bad_label) in enumerate(torch.stack(flags).tolist() if flags else []):
+        bad_boxes, bad_labels = masks[i]
+        if any_bad_box:
+            j = int(bad_boxes.nonzero()[0, 0])
+            box = [round(v, 2) for v in targets[i]["boxes"][j].tolist()]
+            raise ConfigError(f'targets[{i}]["boxes"][{j}] {box}: boxes are (N, 4) finite x1, y1, x2, y2 '
+                              "with x2 > x1 and y2 > y1")
+        if any_bad_label:
+            label = int(targets[i]["labels"][bad_labels][0])
+            raise ConfigError(f'targets[{i}]["labels"]: {label} is outside 0..{num_classes - 1} '
+                              f"(num_classes={num_classes}); labels are 0-based class indices")
+
+
+def _target_tensors(target: Any, *, index: int) -> tuple[Tensor, Tensor]:
+    """A target's ``(N, 4)`` float32 boxes and ``(N,)`` int64 labels, the dtypes every loss indexes with."""
+    where = f"targets[{index}]"
+    if not isinstance(target, dict) or not all(isinstance(target.get(k), Tensor) for k in ("boxes", "labels")):
+        raise ConfigError(f'{where}: give a dict with "boxes" (N, 4) float32 and "labels" (N,) int64 tensors')
+    boxes, labels = target["boxes"], target["labels"]
+    if boxes.dtype != torch.float32:
+        raise ConfigError(f'{where}["boxes"]: dtype {boxes.dtype}; boxes are float32 pixels, e.g. boxes.float()')
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise ConfigError(f'{where}["boxes"]: shape {tuple(boxes.shape)}; boxes are (N, 4) x1, y1, x2, y2, '
+                          "one row per object")
+    if labels.dtype != torch.int64:
+        raise ConfigError(f'{where}["labels"]: dtype {labels.dtype}; labels are int64 class indices, '
+                          "e.g. labels.long()")
+    if labels.shape != boxes.shape[:1]:
+        raise ConfigError(f'{where}["labels"]: shape {tuple(labels.shape)} for {len(boxes)} boxes; labels are (N,), '
+                          "one class index per box")
+    return boxes, labels
+
+
+# ---------------------------------------------------------------------------------------------
 # FCOS
 # ---------------------------------------------------------------------------------------------
 
@@ -256,6 +316,11 @@ class FcosDetector(FCOS):
         self.num_classes = num_classes
         self.input_size = (3, min_size, min_size)
         self.head.register_forward_hook(_head_outputs_to_float32)
+
+    def forward(self, images: list[Tensor], targets: Optional[Targets] = None) -> Union[dict[str, Tensor], Detections]:
+        if self.training:
+            _check_targets(targets, num_images=len(images), num_classes=self.num_classes)
+        return super().forward(images, targets)
 
 
 def _head_outputs_to_float32(head: nn.Module, inputs: Any, outputs: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -401,8 +466,8 @@ class DetrDetector(nn.Module):
         self.bbox_embed = MLP(hidden_dim, [hidden_dim, hidden_dim, 4], activation_layer=nn.ReLU)
 
     def forward(self, images: list[Tensor], targets: Optional[Targets] = None) -> Union[dict[str, Tensor], Detections]:
-        if self.training and targets is None:
-            raise ValueError("DetrDetector needs targets in train mode; call model.eval() to detect")
+        if self.training:
+            _check_targets(targets, num_images=len(images), num_classes=self.num_classes)
         original_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
         batch, targets = self.transform(images, targets)
         logits, boxes = self._predict(batch.tensors, batch.image_sizes)  # (L, B, Q, K + 1), (L, B, Q, 4)
