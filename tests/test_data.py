@@ -20,6 +20,7 @@ from visattn.data import (
     eval_transforms,
     find_fashion_mnist,
     load_fashion_mnist,
+    split_indices,
     train_transforms,
 )
 from visattn.errors import ConfigError
@@ -328,3 +329,84 @@ def test_evaluation_leaves_broken_files_out_and_scores_each_image_once(tmp_path)
     classifier = load_classifier("se_resnet20_cifar")
     folder = ImageFolder(root, classifier.transform())
     assert evaluate_classifier(classifier, folder, batch_size=4)["n"] == 6
+
+
+def _gray_data_module(tmp_path: Path, per_class: int) -> ImageFolderDataModule:
+    """Half of ``cat`` and ``dog`` carved for validation; the file at folder position ``p`` is gray ``10 * p``,
+    so :func:`_position_read` tells which file a sample came from."""
+    from PIL import Image
+
+    root = tmp_path / "photos"
+    for k, name in enumerate(("cat", "dog")):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            Image.new("RGB", (8, 8), (10 * (k * per_class + i),) * 3).save(root / name / f"{i}.png")
+    data = ImageFolderDataModule(str(root), img_size=8, recipe="small", mean=(0.0,) * 3, std=(1.0,) * 3,
+                                 augment=False, val_fraction=0.5, batch_size=2, num_workers=0)
+    data.setup("fit")
+    return data
+
+
+def _position_read(sample: tuple[torch.Tensor, int]) -> int:
+    return round(float(sample[0].mean()) * 255 / 10)
+
+
+def test_a_broken_training_image_is_replaced_from_the_training_split_only(tmp_path):
+    """The next file of the whole folder was the substitute: training read validation images."""
+    data = _gray_data_module(tmp_path, per_class=6)
+    train, val = data.datasets["train"], data.datasets["val"]
+    broken = next(j for j in train.indices if j + 1 in val.indices)  # the folder's next file is a validation image
+    train.dataset.paths[broken].write_bytes(b"not an image")
+    with pytest.warns(SkippedImageWarning):
+        read = {_position_read(train[k]) for k in range(len(train))}
+    assert read <= set(train.indices) - {broken}
+
+
+def test_a_broken_file_is_warned_about_once_over_the_carved_splits(tmp_path, recwarn):
+    """Each split had its own marks: a training substitute search and validation both read a broken validation file."""
+    data = _gray_data_module(tmp_path, per_class=6)
+    train, val = data.datasets["train"], data.datasets["val"]
+    j = next(j for j in train.indices if j + 1 in val.indices)
+    for position in (j, j + 1):
+        train.dataset.paths[position].write_bytes(b"not an image")
+    for loader in (data.train_dataloader(), data.val_dataloader(), data.train_dataloader()):
+        list(loader)
+    assert len([w for w in recwarn if issubclass(w.category, SkippedImageWarning)]) == 2 == data.num_skipped
+
+
+def test_a_carved_validation_split_is_stratified_so_training_sees_every_class(tmp_path):
+    """19 'cat' and 1 'rare' image, default val_fraction 0.1, seed 0: the only 'rare' image went to validation."""
+    root = write_image_folder(tmp_path / "photos", classes=("cat",), per_class=19)
+    write_image_folder(root, classes=("rare",), per_class=1)
+    data = ImageFolderDataModule(str(root), img_size=8, num_workers=0)
+    data.setup("fit")
+    targets = data.datasets["train"].dataset.targets
+
+    def count(split: str) -> list[int]:
+        return np.bincount([targets[i] for i in data.datasets[split].indices], minlength=2).tolist()
+
+    assert count("train") == [17, 1] and count("val") == [2, 0]
+
+
+def test_split_indices_stratifies_by_label_and_keeps_the_unlabelled_split():
+    labels = np.array([0] * 6 + [1] * 2 + [2])
+    train, val = split_indices(9, 0.5, 3, labels=labels)
+    assert np.bincount(labels[val], minlength=3).tolist() == [3, 1, 0]  # a class of one stays in training
+    assert sorted([*train, *val]) == list(range(9))
+    assert all(np.array_equal(a, b) for a, b in zip((train, val), split_indices(9, 0.5, 3, labels=labels)))
+    train, _ = split_indices(4, 0.9, 0, labels=[0, 0, 1, 1])
+    assert sorted(np.array([0, 0, 1, 1])[train].tolist()) == [0, 1]  # each class keeps one training image
+    order = np.random.default_rng(0).permutation(10)  # without labels (Fashion-MNIST): the shipped split
+    assert [part.tolist() for part in split_indices(10, 0.2, 0)] == [order[2:].tolist(), order[:2].tolist()]
+
+
+def test_a_class_whose_training_files_all_fail_to_decode_is_one_line(tmp_path, recwarn):
+    """It trained on as an empty class, with only a warning per file."""
+    root = write_image_folder(tmp_path / "photos", per_class=2)
+    (root / "owl").mkdir()
+    for name in ("a.jpg", "b.jpg"):
+        (root / "owl" / name).write_bytes(b"not an image")
+    data = ImageFolderDataModule(str(root), img_size=8, batch_size=2, num_workers=0, val_fraction=0.0)
+    with pytest.raises(ConfigError, match=r"owl: none of its 2 training image files can be decoded") as info:
+        list(data.train_dataloader())
+    assert "\n" not in str(info.value)

@@ -1,7 +1,8 @@
 """LightningDataModules for image classification: Fashion-MNIST and users' image folders.
 
 Validation is carved from the training data with a seeded permutation, so it is the same on
-every run and every machine; the test split is only ever used by ``test`` and ``predict``.
+every run and every machine (stratified by class for image folders); the test split is only ever
+used by ``test`` and ``predict``.
 ``num_classes``, ``class_names`` and ``preprocessing`` are known right after construction, so
 a LightningCLI config can link ``data.num_classes -> model.num_classes`` (and the others).
 """
@@ -33,11 +34,25 @@ __all__ = ["FashionMNISTDataModule", "ImageFolderDataModule", "split_indices"]
 Split = Literal["train", "val", "test"]
 
 
-def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Deterministically split ``range(n)`` into shuffled train and validation indices."""
+def split_indices(
+    n: int, val_fraction: float, seed: int, *, labels: Sequence[int] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministically split ``range(n)`` into shuffled train and validation indices.
+
+    With ``labels`` the split is stratified: each class gives ``round(val_fraction * count)`` of
+    its samples to validation but keeps at least one for training, so training sees every class.
+    Without, ``round(n * val_fraction)`` samples of the permutation (the shipped Fashion-MNIST split).
+    """
     order = np.random.default_rng(seed).permutation(n)
-    n_val = round(n * val_fraction)
-    return order[n_val:], order[:n_val]
+    if labels is None:
+        n_val = round(n * val_fraction)
+        return order[n_val:], order[:n_val]
+    shuffled = np.asarray(labels)[order]
+    in_val = np.zeros(n, dtype=bool)
+    for label in np.unique(shuffled):
+        members = np.flatnonzero(shuffled == label)  # positions in order: a random pick of the class
+        in_val[members[:min(round(val_fraction * len(members)), len(members) - 1)]] = True
+    return order[~in_val], order[in_val]
 
 
 class SplitLoadersMixin:
@@ -258,8 +273,8 @@ class ImageFolderDataModule(_ClassificationDataModule):
 
     @property
     def num_skipped(self) -> int:
-        """Broken image files skipped so far, over all splits set up."""
-        return sum(folder.num_skipped for folder in self._folders())
+        """Broken image files skipped so far, each counted once over all splits set up."""
+        return len({path for folder in self._folders() for path in folder.skipped})
 
     def _source(self, split: Literal["train", "test"], transform: ImageTransform) -> Dataset:
         root = self.hparams.root if split == "train" else self.hparams.test_root
@@ -273,9 +288,18 @@ class ImageFolderDataModule(_ClassificationDataModule):
 
     def _train_val_sets(self) -> tuple[Dataset, Dataset]:
         if self.hparams.val_root is None:
-            return super()._train_val_sets()
+            return self._carved_train_val_sets()
         val = ImageFolder(self.hparams.val_root, self.eval_transform(), classes=self._class_names)
         return self._source("train", self.train_transform()), val
+
+    def _carved_train_val_sets(self) -> tuple[Subset, Subset]:
+        """Validation carved from ``root``, stratified by class; the two splits share bad-file marks and
+        a broken file is replaced only from its own split (else training would read validation images)."""
+        train = self._source("train", self.train_transform())
+        val = train.with_transform(self.eval_transform())
+        h = self.hparams
+        train_idx, val_idx = split_indices(len(train), h.val_fraction, h.seed, labels=train.targets)
+        return train.split(train_idx), val.split(val_idx)
 
     def _folders(self) -> list[ImageFolder]:
         return [d.dataset if isinstance(d, Subset) else d for d in self.datasets.values()]

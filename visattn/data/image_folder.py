@@ -6,10 +6,14 @@ decodable sample instead, so batches keep their size. For evaluation that would 
 substitute twice, so evaluation datasets (see :func:`for_evaluation`) return ``None`` and their
 DataLoaders batch with :func:`collate_present`, which leaves it out. The bad-file marks live in a
 shared-memory tensor, so marks made in DataLoader worker processes are visible in the main
-process (``num_skipped``) and later epochs skip the file without trying it again.
+process (``num_skipped``) and later epochs skip the file without trying it again. Splits carved
+from one folder (:meth:`ImageFolder.with_transform`, :meth:`ImageFiles.split`) share those marks,
+and a substitute comes only from the broken file's own split.
 """
 from __future__ import annotations
 
+import bisect
+import copy
 import functools
 import os
 import warnings
@@ -18,7 +22,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 
 from ..errors import ConfigError, ImageDecodeError
 from .image_io import DEFAULT_MAX_PIXELS, decode_image, list_images
@@ -37,7 +41,8 @@ class SkippedImageWarning(UserWarning):
 class ImageFiles(Dataset):
     """A dataset over image files that skips the ones that fail to decode and counts them.
 
-    A broken file is replaced by the next good one (see :func:`decode_next_good`), or, with
+    A broken file is replaced by the next good one of its split (see :func:`decode_next_good`,
+    :meth:`split`), or, with
     ``evaluation = True`` (see :func:`for_evaluation`), its sample is ``None``. The
     skip flags live in shared memory, so the counts include what DataLoader workers skipped.
     Subclasses call :meth:`_track` with their paths, read images with :meth:`_decode` and return
@@ -47,6 +52,7 @@ class ImageFiles(Dataset):
     paths: list[Path]
     max_pixels: int = DEFAULT_MAX_PIXELS
     evaluation: bool = False  # score each image once, as annotated: see for_evaluation
+    substitutes: Optional[np.ndarray] = None  # sorted positions a broken file may be replaced from; None: all
 
     def _track(self, paths: Sequence[Path], max_pixels: int) -> None:
         self.paths, self.max_pixels = [Path(p) for p in paths], max_pixels
@@ -56,7 +62,8 @@ class ImageFiles(Dataset):
         """The index of the image actually read (``index`` or a later good one) and its pixels;
         ``(index, None)`` for a broken file in evaluation."""
         if not self.evaluation:
-            return decode_next_good(self.paths, self._bad, int(index), max_pixels=self.max_pixels)
+            return decode_next_good(self.paths, self._bad, int(index), among=self.substitutes,
+                                    max_pixels=self.max_pixels)
         return int(index), _decode_or_mark(self.paths, self._bad, int(index), self.max_pixels)
 
     @property
@@ -69,6 +76,13 @@ class ImageFiles(Dataset):
         """The files that failed to decode so far."""
         return [self.paths[i] for i in self._bad.nonzero().flatten().tolist()]
 
+    def split(self, indices: Sequence[int]) -> Subset:
+        """``Subset(self, indices)`` whose broken files are replaced only by good files of ``indices``,
+        so a training split never takes a validation image. A dataset serves one split: give each
+        split its own view (:meth:`ImageFolder.with_transform`)."""
+        self.substitutes = np.sort(np.asarray(indices, dtype=np.int64))
+        return Subset(self, [int(i) for i in indices])
+
     def __len__(self) -> int:
         return len(self.paths)
 
@@ -77,7 +91,8 @@ class ImageFolder(ImageFiles):
     """Images in ``root/<class>/...`` (sub-folders searched too); classes are the sorted folder names.
 
     Each sample is ``(image, label)``; the transform receives an ``(H, W, 3)`` uint8 RGB array
-    (without one, the image is a ``(3, H, W)`` float tensor in 0..1).
+    (without one, the image is a ``(3, H, W)`` float tensor in 0..1). In training, a class whose
+    every file (of the split) has failed to decode is a :class:`ConfigError`, not an empty class.
 
     Args:
         root: the folder holding one sub-folder per class.
@@ -103,6 +118,7 @@ class ImageFolder(ImageFiles):
         if classes is None:  # the classes come from this folder: each must be one a model can learn
             self._check_found_classes()
         self._track([path for path, _ in self.samples], max_pixels)
+        self._labels = np.array(self.targets, dtype=np.int64)
 
     @property
     def targets(self) -> list[int]:
@@ -113,10 +129,28 @@ class ImageFolder(ImageFiles):
         i, image = self._decode(index)
         if image is None:
             return None
+        if i != int(index):  # index is broken: its class may have no readable file left
+            self._check_class_readable(self.samples[int(index)][1])
         return (self.transform(image) if self.transform is not None else to_tensor(image)), self.samples[i][1]
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.root)!r}, classes={len(self.classes)}, n={len(self)})"
+
+    def with_transform(self, transform: Callable[[np.ndarray], torch.Tensor] | None) -> ImageFolder:
+        """The same files read through ``transform``, for another split of this folder: the bad-file
+        marks are shared, so a broken file is tried and warned about once over all splits."""
+        view = copy.copy(self)
+        view.transform = transform
+        return view
+
+    def _check_class_readable(self, label: int) -> None:
+        """One line when every file of class ``label`` among the substitutes is marked broken:
+        training would go on with a class it never sees."""
+        pool = self.substitutes if self.substitutes is not None else np.arange(len(self.paths))
+        members = pool[self._labels[pool] == label]
+        if bool(self._bad[torch.from_numpy(members)].all()):
+            raise ConfigError(f"{self.root / self.classes[label]}: none of its {len(members)} training image files "
+                              "can be decoded (see the warnings); replace them or remove the class folder")
 
     def _find_samples(self) -> list[tuple[Path, int]]:
         extra = sorted(set(find_classes(self.root)) - set(self.classes))
@@ -141,12 +175,17 @@ class ImageFolder(ImageFiles):
 
 
 def decode_next_good(
-    paths: Sequence[Path], bad: torch.Tensor, index: int, *, max_pixels: int = DEFAULT_MAX_PIXELS
+    paths: Sequence[Path], bad: torch.Tensor, index: int, *, among: Sequence[int] | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> tuple[int, np.ndarray]:
-    """Decode ``paths[index]``, or the next file (wrapping around) that decodes.
+    """Decode ``paths[index]``, or the next file (wrapping around) of ``among`` that decodes.
 
     Files that fail are marked in ``bad`` (a shared-memory bool tensor, so marks made in
     DataLoader workers reach the main process), warned about once and never tried again.
+
+    Args:
+        among: sorted positions the substitute may come from (the split ``index`` belongs to);
+            default: all of ``paths``.
 
     Returns:
         The index of the file decoded and its ``(H, W, 3)`` uint8 image.
@@ -154,13 +193,15 @@ def decode_next_good(
     Raises:
         ConfigError: no file decodes.
     """
-    for offset in range(len(paths)):
-        i = (index + offset) % len(paths)
+    order = range(len(paths)) if among is None else among
+    start = bisect.bisect_left(order, index)  # where index is in order
+    for offset in range(len(order)):
+        i = int(order[(start + offset) % len(order)])
         image = _decode_or_mark(paths, bad, i, max_pixels)
         if image is not None:
             return i, image
     folder = paths[0].parent if paths else "the images folder"
-    raise ConfigError(f"{folder}: none of the {len(paths)} image files listed can be decoded")
+    raise ConfigError(f"{folder}: none of the {len(order)} image files listed can be decoded")
 
 
 def _decode_or_mark(paths: Sequence[Path], bad: torch.Tensor, i: int, max_pixels: int) -> Optional[np.ndarray]:
