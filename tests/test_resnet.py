@@ -196,3 +196,56 @@ def test_bad_attention_placement_raises_config_error():
         create_model("resnet18", attn_layer="se", attn_stages=(5,))
     with pytest.raises(ConfigError, match="non_local_blocks"):
         create_model("resnet18", non_local_blocks={2: (3,)})
+
+
+@pytest.mark.parametrize("timm_name, arch", [("seresnet18", "se_resnet18"), ("seresnet50", "se_resnet50")])
+def test_timm_se_resnet_weights_load_strictly_with_same_logits(timm_name, arch, tmp_path):
+    torch.manual_seed(0)
+    reference = randomize_bn_stats(timm.create_model(timm_name, num_classes=5))
+    path = tmp_path / f"{timm_name}.pth"
+    torch.save(reference.state_dict(), path)
+    model = create_model(arch, num_classes=5, pretrained=str(path))  # strict: no missing / unexpected keys
+    assert_same_logits(model, reference)
+
+
+def test_timm_eca_resnet_with_the_plain_stem_loads_with_same_logits(tmp_path):
+    torch.manual_seed(0)
+    block_args = {"attn_layer": "eca"}
+    reference = randomize_bn_stats(timm.models.resnet.ResNet(timm.models.resnet.BasicBlock, [2, 2, 2, 2],
+                                                             num_classes=5, block_args=block_args))
+    path = tmp_path / "timm_eca_resnet18.pth"
+    torch.save(reference.state_dict(), path)
+    assert_same_logits(create_model("eca_resnet18", num_classes=5, pretrained=str(path)), reference)
+
+
+def test_timm_se_keys_are_not_renamed_into_other_attention(tmp_path):
+    path = tmp_path / "seresnet18.pth"
+    torch.save(timm.create_model("seresnet18", num_classes=5).state_dict(), path)
+    with pytest.raises(WeightsError, match=r"unexpected: layer1\.0\.se\.fc1"):
+        create_model("resnet18", num_classes=5, pretrained=str(path))
+
+
+@pytest.mark.parametrize("shape, fix", [
+    ((2, 28, 28, 3), r"channels-last: x\.permute\(0, 3, 1, 2\)"),
+    ((3, 28, 28), r"x\.unsqueeze\(0\)"),
+    ((2, 1, 28, 28), "in_chans=1"),
+])
+def test_wrong_input_layout_names_the_fix(shape, fix):
+    model = create_model("resnet20_cifar").eval()
+    with pytest.raises(ConfigError, match=fix):
+        model(torch.randn(*shape))
+    with pytest.raises(ConfigError, match=fix):
+        model.forward_stages(torch.randn(*shape))
+
+
+@pytest.mark.parametrize("in_chans", ["1", 0, -3, 1.5, True])
+def test_bad_in_chans_is_a_config_error(in_chans):
+    with pytest.raises(ConfigError, match=r"in_chans=.*whole number >= 1"):
+        create_model("resnet20_cifar", in_chans=in_chans)
+
+
+def test_get_classifier_is_fc():
+    model = create_model("resnet20_cifar")
+    assert model.get_classifier() is model.fc
+    model.reset_classifier(3)
+    assert model.get_classifier() is model.fc and model.fc.out_features == 3

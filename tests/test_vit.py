@@ -109,3 +109,58 @@ def test_wrong_input_size_names_the_fix():
 def test_bad_patch_size_is_a_config_error():
     with pytest.raises(ConfigError, match="not divisible"):
         create_model("vit_tiny_patch16_224", img_size=30)
+
+
+@pytest.mark.parametrize("shape, fix", [
+    ((2, 28, 28, 3), r"channels-last: x\.permute\(0, 3, 1, 2\)"),
+    ((3, 28, 28), r"x\.unsqueeze\(0\)"),
+    ((2, 1, 28, 28), "in_chans=1"),
+])
+def test_wrong_input_layout_names_the_fix(shape, fix):
+    model = create_model("vit_tiny_patch4_28", depth=1).eval()
+    with pytest.raises(ConfigError, match=fix):
+        model(torch.randn(*shape))
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    ({"img_size": "28"}, "img_size"),
+    ({"img_size": (28,)}, "img_size"),
+    ({"img_size": 0}, "img_size"),
+    ({"patch_size": 4.0}, "patch_size"),
+    ({"in_chans": "1"}, "in_chans"),
+    ({"in_chans": 0}, "in_chans"),
+    ({"depth": -1}, "depth"),
+    ({"depth": 0}, "depth"),
+    ({"depth": 2.5}, "depth"),
+])
+def test_bad_builder_arguments_are_config_errors(kwargs, name):
+    with pytest.raises(ConfigError, match=rf"^{name}=.*whole number >= 1"):
+        create_model("vit_tiny_patch4_28", **kwargs)
+
+
+def test_img_size_pairs_are_accepted():
+    assert create_model("vit_tiny_patch4_28", img_size=[28, 32], depth=1).grid_size == (7, 8)
+
+
+def test_reset_classifier_and_get_classifier_match_timm(tmp_path):
+    reference, path = _timm_file(tmp_path, "vit_tiny_patch16_224", img_size=32, depth=2)
+    ours = create_model("vit_tiny_patch16_224", img_size=32, depth=2, pretrained=str(path)).eval()
+    reference.reset_classifier(5, "avg")
+    ours.reset_classifier(5, "avg")
+    assert ours.get_classifier() is ours.head and ours.num_classes == 5 and ours.global_pool == "avg"
+    ours.head.load_state_dict(reference.get_classifier().state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert (ours(x) - reference(x)).abs().max() <= 1e-4
+    ours.reset_classifier(0)
+    assert ours.global_pool == "avg" and ours(x).shape == (2, 192)
+
+
+def test_reset_classifier_refuses_unsupported_pooling():
+    model = create_model("vit_tiny_patch4_28", depth=1)
+    with pytest.raises(ConfigError, match="global_pool='max'"):
+        model.reset_classifier(5, "max")
+    without_token = create_model("vit_tiny_patch4_28", depth=1, class_token=False, global_pool="avg")
+    with pytest.raises(ConfigError, match="class_token=True"):
+        without_token.reset_classifier(5, "token")
+    assert model.global_pool == "token" and without_token.global_pool == "avg"

@@ -1,4 +1,5 @@
 """Patch embedding: image to a sequence of patch tokens (Dosovitskiy et al. 2020, "An Image is Worth 16x16 Words")."""
+from numbers import Integral
 from typing import Union
 
 import torch
@@ -7,8 +8,31 @@ from torch import nn
 from ..errors import ConfigError
 
 
-def to_2tuple(value: Union[int, tuple[int, int]]) -> tuple[int, int]:
-    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
+def check_count(name: str, value: object) -> int:
+    """``value`` when it is a whole number >= 1, else a :class:`ConfigError` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
+        raise ConfigError(f"{name}={value!r}: give a whole number >= 1")
+    return int(value)
+
+
+def to_2tuple(value: Union[int, tuple[int, int]], name: str = "size") -> tuple[int, int]:
+    """``(value, value)`` for one whole number, ``value`` for a (height, width) pair; both >= 1."""
+    pair = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+    if len(pair) != 2 or not all(isinstance(v, Integral) and not isinstance(v, bool) and v >= 1 for v in pair):
+        raise ConfigError(f"{name}={value!r}: give a whole number >= 1 or a (height, width) pair of them")
+    return int(pair[0]), int(pair[1])
+
+
+def check_image_layout(x: torch.Tensor, in_chans: int) -> None:
+    """One line unless ``x`` is a channels-first batch ``(B, in_chans, H, W)``; shapes only, so no device sync."""
+    expected = f"the model expects a batch (B, {in_chans}, H, W)"
+    if x.ndim != 4:
+        fix = "add the batch dimension with x.unsqueeze(0)" if x.ndim == 3 else "give a batch of images"
+        raise ConfigError(f"input has shape {tuple(x.shape)} but {expected}; {fix}")
+    if x.shape[1] != in_chans:
+        fix = ("it is channels-last: x.permute(0, 3, 1, 2)" if x.shape[-1] == in_chans
+               else f"give {in_chans}-channel images or build the model with in_chans={x.shape[1]}")
+        raise ConfigError(f"input has shape {tuple(x.shape)} but {expected}; {fix}")
 
 
 class PatchEmbed(nn.Module):
@@ -29,8 +53,9 @@ class PatchEmbed(nn.Module):
         embed_dim: int = 768,
     ) -> None:
         super().__init__()
-        self.img_size = to_2tuple(img_size)
-        self.patch_size = to_2tuple(patch_size)
+        self.img_size = to_2tuple(img_size, "img_size")
+        self.patch_size = to_2tuple(patch_size, "patch_size")
+        self.in_chans = check_count("in_chans", in_chans)
         if any(i % p for i, p in zip(self.img_size, self.patch_size)):
             raise ConfigError(f"img_size={self.img_size} is not divisible by patch_size={self.patch_size}; change one of them")
         self.grid_size = (self.img_size[0] // self.patch_size[0], self.img_size[1] // self.patch_size[1])
@@ -38,6 +63,7 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=self.patch_size, stride=self.patch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_image_layout(x, self.in_chans)
         if x.shape[-2:] != self.img_size:
             raise ConfigError(
                 f"input is {tuple(x.shape[-2:])} but the model expects {self.img_size}; "

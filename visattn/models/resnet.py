@@ -9,6 +9,7 @@ Papers:
 Parameter names are torchvision's (``conv1, bn1, layer1..layer4, fc``; blocks ``conv1, bn1, conv2,
 bn2, (conv3, bn3), downsample.0/.1``), so torchvision and timm ResNet checkpoints load as they are;
 the attention modules add keys of their own, which ``strict=False`` leaves at their initialisation.
+timm names the block attention ``se`` whatever its type; ``adapt_state_dict`` renames it to ``attn`` for SE and ECA.
 
 Where each attention goes, following its paper:
 - SE, ECA, CBAM, coordinate attention: ``block.attn`` in every block, after the last BN and
@@ -22,6 +23,7 @@ Where each attention goes, following its paper:
 stages of three BasicBlocks), widened from 16/32/64 to 28/56/112 channels for 28-64 px inputs:
 0.83M parameters plain, 0.84M with CBAM, every variant under 1M.
 """
+import re
 from typing import Mapping, Optional, Sequence, Union
 
 import torch
@@ -31,7 +33,10 @@ from ..errors import ConfigError
 from ..layers.bam import Bam
 from ..layers.create_attn import create_attn
 from ..layers.drop_path import DropPath
+from ..layers.eca import EfficientChannelAttention
 from ..layers.non_local import NonLocalBlock
+from ..layers.patch_embed import check_count, check_image_layout
+from ..layers.se import SqueezeExcite
 from ..registry import register_model
 
 
@@ -193,6 +198,7 @@ class ResNet(nn.Module):
         zero_init_residual: bool = False,
     ):
         super().__init__()
+        check_count("in_chans", in_chans)
         _check_placement(layers, attn_stages, non_local_blocks)
         attn_kwargs = attn_kwargs or {}
         self.num_classes = num_classes
@@ -267,6 +273,7 @@ class ResNet(nn.Module):
 
     def forward_stages(self, x: Tensor) -> list[Tensor]:
         """Every stage's output (after its BAM, where there is one), finest first: the features an FPN takes."""
+        check_image_layout(x, self.conv1.in_channels)
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         outputs = []
         for i, name in enumerate(self.stage_names, start=1):
@@ -288,10 +295,25 @@ class ResNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(x))
 
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
     def reset_classifier(self, num_classes: int) -> None:
         """Replace ``fc`` with a freshly initialised one of ``num_classes`` outputs (0: identity)."""
         self.num_classes = num_classes
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def adapt_state_dict(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        """timm names every block's attention ``se`` whatever its type; rename it to ``attn`` where
+        this model's block attention is the same module as timm's (SE, ECA)."""
+        if not any(isinstance(m, _TIMM_SAME_ATTN) for m in self.modules()):
+            return state
+        return {re.sub(r"^(layer\d+\.\d+)\.se\.", r"\1.attn.", key): value for key, value in state.items()}
+
+
+# Block attention whose timm module has the same parameters and maths (timm seresnet*, and a
+# plain-stem timm ResNet built with attn_layer="eca"), so the rename alone gives the same logits.
+_TIMM_SAME_ATTN = (SqueezeExcite, EfficientChannelAttention)
 
 
 def _check_placement(

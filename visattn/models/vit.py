@@ -10,12 +10,12 @@ from typing import Literal, Optional, Union
 import torch
 from torch import nn
 
-from ..errors import WeightsError
+from ..errors import ConfigError, WeightsError
 from ..layers.attention import SelfAttention
 from ..layers.drop_path import DropPath
 from ..layers.layer_scale import LayerScale
 from ..layers.mlp import Mlp
-from ..layers.patch_embed import PatchEmbed
+from ..layers.patch_embed import PatchEmbed, check_count
 from ..layers.pos_embed import resample_abs_pos_embed
 from ..registry import register_model
 
@@ -112,10 +112,8 @@ class VisionTransformer(nn.Module):
         drop_path_rate: float = 0.0,
     ) -> None:
         super().__init__()
-        if global_pool not in ("token", "avg"):
-            raise ValueError(f"global_pool={global_pool!r}: use 'token' or 'avg'")
-        if global_pool == "token" and not class_token:
-            raise ValueError("global_pool='token' needs class_token=True; use global_pool='avg' without it")
+        _check_pool(global_pool, class_token)
+        check_count("depth", depth)
         use_fc_norm = global_pool == "avg" if fc_norm is None else fc_norm
         self.num_classes = num_classes
         self.global_pool = global_pool
@@ -153,7 +151,15 @@ class VisionTransformer(nn.Module):
     def grid_size(self) -> tuple[int, int]:
         return self.patch_embed.grid_size
 
-    def reset_classifier(self, num_classes: int) -> None:
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """A fresh ``head`` of ``num_classes`` outputs (0: identity); ``global_pool`` switches the pooling
+        and, as in timm, leaves ``norm`` / ``fc_norm`` as they were built."""
+        if global_pool is not None:
+            _check_pool(global_pool, self.cls_token is not None)
+            self.global_pool = global_pool
         self.num_classes = num_classes
         self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
 
@@ -211,6 +217,13 @@ class VisionTransformer(nn.Module):
                 state["pos_embed"], new_size=self.grid_size, num_prefix_tokens=self.num_prefix_tokens
             )
         return state
+
+
+def _check_pool(global_pool: str, class_token: bool) -> None:
+    if global_pool not in ("token", "avg"):
+        raise ConfigError(f"global_pool={global_pool!r}: use 'token' or 'avg'")
+    if global_pool == "token" and not class_token:
+        raise ConfigError("global_pool='token' needs class_token=True; use global_pool='avg' without it")
 
 
 def convert_torchvision_vit(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
