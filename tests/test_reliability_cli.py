@@ -23,6 +23,7 @@ from test_reliability_inputs import write_captioner_checkpoint, write_detector_c
 from visattn import create_model
 from visattn.cli import main
 from visattn.data.transforms import to_tensor
+from visattn.errors import ConfigError
 from visattn.tasks.classification import ImageClassifier
 
 IMAGEFOLDER_CONFIG = REPO / "configs" / "classification" / "imagefolder_template.yaml"
@@ -136,6 +137,25 @@ def test_a_closed_output_pipe_ends_quietly(monkeypatch, capfd):
     monkeypatch.setattr(cli.os, "dup2", lambda fd, fd2: None)  # keep pytest's stdout
     assert main(["models"]) == 141
     assert capfd.readouterr().err == ""
+
+
+class _UndecodableClass(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, index: int):
+        raise ConfigError("photos/dog: none of its 2 training image files can be decoded")
+
+
+def test_an_error_from_a_dataloader_worker_is_its_own_one_line(monkeypatch, capsys):
+    import visattn.cli as cli
+
+    def read_in_a_worker(args):  # torch rebuilds it with the worker's traceback as its message
+        next(iter(torch.utils.data.DataLoader(_UndecodableClass(), num_workers=1)))
+
+    monkeypatch.setattr(cli, "cmd_models", read_in_a_worker)
+    assert main(["models"]) == 2
+    assert capsys.readouterr().err == "visattn: error: photos/dog: none of its 2 training image files can be decoded\n"
 
 
 def test_no_traceback_reaches_the_terminal(tmp_path):

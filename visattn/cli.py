@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 import torch
 
 from .devices import DEVICE_CHOICES
-from .errors import ConfigError, VisattnError
+from .errors import ConfigError, VisattnError, error_line
 from .pretrained import WEIGHTS_SUFFIXES, weights_dir
 from .registry import create_model, list_models, list_pretrained, model_arguments, model_family, split_model_name
 
@@ -492,7 +492,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         func: Callable[[argparse.Namespace], int] = args.func
         return func(args)
     except VisattnError as err:
-        print(f"visattn: error: {err}", file=sys.stderr)
+        print(f"visattn: error: {error_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("visattn: interrupted", file=sys.stderr)

@@ -1,6 +1,6 @@
 """Errors a user can cause. Each message names the offending thing and the fix, on one line.
 
-The CLI prints ``str(err)`` for any :class:`VisattnError` and exits non-zero without a traceback.
+The CLI prints :func:`error_line` for any :class:`VisattnError` and exits non-zero without a traceback.
 """
 
 
@@ -22,3 +22,14 @@ class ImageDecodeError(VisattnError, ValueError):
 
 class ConfigError(VisattnError, ValueError):
     """A config file, key or value that is invalid."""
+
+
+def error_line(err: VisattnError) -> str:
+    """The error's own line. One raised in a DataLoader worker is rebuilt by torch with the worker's
+    traceback as its message ("Caught ConfigError in DataLoader worker process 0. Original Traceback
+    ..."), whose last line is ``module.Class: MESSAGE``."""
+    text = str(err)
+    if not (text.startswith("Caught ") and "\nOriginal Traceback" in text):
+        return text
+    last = text.rstrip().splitlines()[-1]
+    return last.split(": ", 1)[1] if ": " in last else last
