@@ -572,3 +572,108 @@ def test_an_avg_pooled_vit_with_a_class_token_is_explained_by_the_patch_tokens_i
         matrix = attentions[-1].mean(dim=1)
     expected = matrix[:, 1:, 1:].mean(dim=1).reshape(2, 7, 7)  # the patch tokens' rows, over the patches
     torch.testing.assert_close(explain_batch(model, images, method), expected)
+
+
+# ------------------------------------------------------------------ any floating dtype, empty batches, timm
+
+
+def _float64_and_float32(shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same pixels as float64 (what ``torch.from_numpy(np.random.rand(...))`` gives) and float32."""
+    doubles = torch.from_numpy(np.random.default_rng(0).random(shape))
+    return doubles, doubles.float()
+
+
+@pytest.mark.parametrize("method", ["gradcam", "gates", "rollout", "attention"])
+def test_explain_takes_float64_and_half_images_as_float32_ones(method):
+    torch.manual_seed(0)
+    model = _tiny_vit() if method in ("rollout", "attention") else create_model("cbam_resnet20_cifar").eval()
+    doubles, floats = _float64_and_float32((1, 3, 28, 28))
+    expected = explain_batch(model, floats, method)
+    torch.testing.assert_close(explain_batch(model, doubles, method), expected)
+    np.testing.assert_allclose(explain(model, doubles[0], method), explain(model, floats[0], method))
+    assert explain_batch(model, floats.half(), method).dtype == expected.dtype  # run in the model's float32
+    torch.testing.assert_close(grad_cam(model, doubles)[0], grad_cam(model, floats)[0])
+
+
+def test_predict_caption_and_detect_take_float64_images_as_float32_ones():
+    from visattn.data.vocab import Vocabulary
+    from visattn.tasks.captioning import Captioner
+    from visattn.tasks.detection import Detector
+
+    torch.manual_seed(0)
+    classifier = Classifier(create_model("resnet20_cifar", num_classes=10).eval(), [str(i) for i in range(10)],
+                            {"input_size": [3, 32, 32]}, "tiny", "resnet20_cifar", {})
+    doubles, floats = _float64_and_float32((2, 3, 32, 32))
+    torch.testing.assert_close(classifier.predict(doubles), classifier.predict(floats))
+
+    vocab = ["<pad>", "<start>", "<end>", "<unk>", "a", "red", "top", "bag", "and"]
+    sat = create_model("sat_cbam_resnet_scenes", vocab_size=len(vocab), img_size=32, grid_size=4, embed_dim=16,
+                       hidden_dim=16, attn_dim=16, encoder_kwargs=dict(layers=[1, 1], widths=[8, 16],
+                                                                       small_input=False)).eval()
+    captioner = Captioner(sat, Vocabulary.from_list(vocab), {"input_size": [3, 32, 32]}, "tiny",
+                          "sat_cbam_resnet_scenes", {})
+    got, expected = (captioner.caption(x, beam_size=2, max_len=5) for x in (doubles, floats))
+    assert all(torch.equal(a, b) for a, b in zip(got.tokens, expected.tokens))
+    torch.testing.assert_close(got.scores, expected.scores)
+
+    detr = create_model("detr_resnet20_cifar", num_classes=3, pretrained_backbone=False, hidden_dim=32,
+                        num_heads=2, num_encoder_layers=1, num_decoder_layers=1, num_queries=8, min_size=48,
+                        max_size=64, backbone_kwargs={"layers": [1, 1, 1], "widths": [8, 16, 32]}).eval()
+    detector = Detector(detr, ["a", "b", "c"], {}, "tiny", "detr_resnet20_cifar", {})
+    for attention in (False, True):
+        got, expected = (detector.detect(list(x), attention=attention) for x in (doubles, floats))
+        for a, b in zip(got, expected):
+            assert a.keys() == b.keys()
+            for key in a:
+                torch.testing.assert_close(a[key], b[key])
+
+
+@pytest.mark.parametrize("arch", ["vit_tiny_patch4_28", "resnet20_cifar"])
+def test_grad_cam_of_an_empty_batch_is_an_empty_map_stack(arch):
+    model = create_model(arch, num_classes=10).eval()
+    assert explain_batch(model, torch.randn(0, 3, 28, 28), "gradcam").shape == (0, 7, 7)
+
+
+def test_grad_cam_checks_its_images_in_one_line():
+    with pytest.raises(ConfigError, match=r"^images: shape \(3, 28, 28\), not \(B, 3, H, W\); decode files"):
+        grad_cam(_tiny_vit(), torch.randn(3, 28, 28))
+    with pytest.raises(ConfigError, match="images: torch.uint8 pixels, not normalised floats"):
+        grad_cam(_tiny_vit(), torch.zeros(1, 3, 28, 28, dtype=torch.uint8))
+
+
+def _timm_vit_and_its_visattn_twin() -> tuple[nn.Module, nn.Module]:
+    import timm
+
+    from visattn import load_weights
+
+    torch.manual_seed(0)
+    kwargs = dict(depth=2, num_classes=5, img_size=32, patch_size=4)
+    timm_vit = timm.create_model("vit_tiny_patch16_224", **kwargs).eval()
+    twin = create_model("vit_tiny_patch16_224", **kwargs)
+    load_weights(twin, timm_vit.state_dict())
+    return timm_vit, twin.eval()
+
+
+def test_grad_cam_explains_a_timm_vit_as_its_weight_identical_visattn_twin():
+    timm_vit, twin = _timm_vit_and_its_visattn_twin()
+    images = torch.randn(2, 3, 32, 32)
+    maps = explain_batch(timm_vit, images, "gradcam")  # default layer: blocks[-1].norm1
+    assert maps.shape == (2, 8, 8) and torch.isfinite(maps).all() and maps.amax() > 0
+    torch.testing.assert_close(maps, explain_batch(twin, images, "gradcam"), atol=1e-5, rtol=1e-4)
+    for layer in (0, "blocks.0.norm1"):
+        torch.testing.assert_close(explain_batch(timm_vit, images, "gradcam", layer=layer),
+                                   explain_batch(twin, images, "gradcam", layer=layer), atol=1e-5, rtol=1e-4)
+    assert explain(timm_vit, images[0], "gradcam").shape == (32, 32)
+    assert applicable_methods(timm_vit) == ("gradcam",)
+
+
+@pytest.mark.parametrize("method", ["rollout", "attention"])
+def test_attention_maps_of_a_timm_vit_are_refused_in_one_accurate_line(method):
+    from visattn.explain.attention import collect_attentions
+
+    timm_vit, _ = _timm_vit_and_its_visattn_twin()
+    with pytest.raises(ConfigError, match=f"^--method {method}: only visattn ViTs give their attention; "
+                                          "use method 'gradcam' for VisionTransformer built elsewhere"):
+        explain(timm_vit, torch.randn(3, 32, 32), method)
+    with pytest.raises(ConfigError, match="only visattn ViTs give their attention"):
+        collect_attentions(timm_vit, torch.randn(1, 3, 32, 32))

@@ -18,6 +18,7 @@ import albumentations as A
 import numpy as np
 import torch
 from albumentations.pytorch import ToTensorV2
+from torch import nn
 
 from ..errors import ConfigError
 
@@ -28,6 +29,7 @@ __all__ = [
     "Recipe",
     "eval_transforms",
     "to_tensor",
+    "to_model_input",
     "train_transforms",
 ]
 
@@ -191,6 +193,13 @@ def _check_float_pixels(images: object, name: str, dims: tuple[int | str, ...], 
         raise ConfigError(f"{name}: shape {tuple(images.shape)}, not {shape}; {fix}")
     if not images.is_floating_point():
         raise ConfigError(f"{name}: {images.dtype} pixels, not {pixels}; {fix}")
+
+
+def to_model_input(images: torch.Tensor, model: nn.Module) -> torch.Tensor:
+    """Float ``images`` on ``model``'s device in its parameters' dtype: float64 pixels
+    (``np.random.rand``, ``array / 255.``) or half ones give what float32 ones give a float32 model."""
+    weight = next((p for p in model.parameters() if p.is_floating_point()), None)
+    return images if weight is None else images.to(weight.device, weight.dtype)
 
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:

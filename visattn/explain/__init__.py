@@ -5,7 +5,7 @@ method          families                    what the map is
 ==============  ==========================  =============================================
 ``rollout``     ViT                         attention rolled out through all blocks
 ``attention``   ViT                         one block's class-token attention (one head or mean)
-``gradcam``     ViT, every CNN              gradient-weighted activations of a target layer
+``gradcam``     ViT (also timm's), any CNN  gradient-weighted activations of a target layer
 ``gates``       CBAM/BAM/coord/NL/GC CNNs   the attention modules' own spatial gates
 ==============  ==========================  =============================================
 """
@@ -21,7 +21,8 @@ from torch import Tensor, nn
 
 from ..data.transforms import check_image_batch
 from ..errors import ConfigError
-from .attention import as_index, attention_map, collect_attentions, is_vit, token_grid
+from .attention import (as_index, attention_map, check_gives_attention, collect_attentions, gives_attention,
+                        input_channels, is_vit, model_batch, token_grid)
 from .gates import gate_maps, gate_modules
 from ..modes import eval_mode
 from .gradcam import grad_cam
@@ -47,8 +48,10 @@ METHODS = ("rollout", "attention", "gradcam", "gates")
 
 def applicable_methods(model: nn.Module) -> tuple[str, ...]:
     """The explain methods that fit ``model``'s family."""
-    if is_vit(model):
+    if gives_attention(model):
         return ("rollout", "attention", "gradcam")
+    if is_vit(model):  # built elsewhere (timm): no attention maps to read
+        return ("gradcam",)
     return ("gradcam", "gates") if gate_modules(model) else ("gradcam",)
 
 
@@ -67,6 +70,8 @@ def _check_arguments(model: nn.Module, method: str, layer, head, target_class) -
         raise ConfigError(f"explain takes classifiers; {name} is for {task}: use {OTHER_TASKS_MAPS[task]}")
     if method not in METHODS:
         raise ConfigError(f"--method {method!r}: use one of {', '.join(METHODS)}")
+    if method in ("rollout", "attention") and is_vit(model):
+        check_gives_attention(model, what=f"--method {method}")
     fits = applicable_methods(model)
     if method not in fits:
         raise ConfigError(f"--method {method} does not fit {type(model).__name__}; use {' or '.join(fits)}")
@@ -77,16 +82,6 @@ def _check_arguments(model: nn.Module, method: str, layer, head, target_class) -
                           "use method attention for one block")
     if target_class is not None and method != "gradcam":
         raise ConfigError(f"--class applies to gradcam only ({method} maps do not depend on the class); drop it")
-
-
-def _input_channels(model: nn.Module) -> int:
-    """The image channels ``model`` reads: ``input_size[0]`` of registered models, else its first
-    convolution's (the stem or patch embedding of a model built elsewhere, e.g. by timm)."""
-    size = getattr(model, "input_size", None)
-    if size:
-        return int(size[0])
-    first_conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-    return first_conv.in_channels if first_conv is not None else 3
 
 
 def _normalized(maps: Tensor, size: tuple[int, int]) -> Tensor:
@@ -128,7 +123,7 @@ def explain_batch(
 
     See :func:`explain` for the arguments; ``head_fusion`` and ``discard_ratio`` tune rollout.
     """
-    check_image_batch(images, channels=_input_channels(model))
+    images = model_batch(model, images)
     _check_arguments(model, method, layer, head, target_class)
     if method == "gradcam":
         return grad_cam(model, images, layer=layer, target_class=target_class)[0]
@@ -164,9 +159,10 @@ def explain(
     """Where ``model`` looks in one image, as an ``(H, W)`` float map at the image's size.
 
     Args:
-        model: a registered ViT or (attention) ResNet classifier.
+        model: a registered ViT or (attention) ResNet classifier (or, for ``gradcam``, a timm ViT or CNN).
         image_tensor: a normalised image ``(C, H, W)`` (or ``(1, C, H, W)``), ``C`` the model's
-            channels (3, or 1 for ``in_chans=1``), as its evaluation transform gives it.
+            channels (3, or 1 for ``in_chans=1``), as its evaluation transform gives it; any floating
+            dtype (it runs in the model's).
         method: ``"rollout"``, ``"attention"``, ``"gradcam"`` or ``"gates"``; see the table above.
         layer: ``attention``: block index (default last); ``gradcam``: module name or ViT block
             index (default last stage / ``blocks[-1].norm1``); ``gates``: module name or index
@@ -179,7 +175,7 @@ def explain(
             argument is out of range.
     """
     images = image_tensor[None] if getattr(image_tensor, "ndim", 0) == 3 else image_tensor
-    check_image_batch(images, channels=_input_channels(model))
+    check_image_batch(images, channels=input_channels(model))
     if images.shape[0] != 1:
         raise ConfigError(f"image tensor has shape {tuple(image_tensor.shape)}; give one image (3, H, W)")
     maps = explain_batch(model, images, method, layer=layer, head=head, target_class=target_class)
@@ -278,7 +274,7 @@ def evaluate_pointing(
     Returns:
         ``{"top1", "pointing", "pointing_method", "n"}``; scenes whose box the crop removes are skipped.
     """
-    method = method or ("rollout" if is_vit(classifier.model) else "gradcam")
+    method = method or ("rollout" if gives_attention(classifier.model) else "gradcam")
     pipeline = _with_boxes(classifier.transform())
     count = len(scenes) if limit is None else min(limit, len(scenes))
     correct = hits = n = 0

@@ -7,17 +7,54 @@ explicit softmax path, so it is available even when fused scaled-dot-product att
 """
 from __future__ import annotations
 
+import inspect
 from typing import Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
 
+from ..data.transforms import check_image_batch, to_model_input
 from ..errors import ConfigError
 
 
 def is_vit(model: nn.Module) -> bool:
-    """Whether ``model`` returns per-block attention (``forward(x, return_attention=True)``) on a patch grid."""
-    return hasattr(model, "num_prefix_tokens") and hasattr(model, "grid_size") and hasattr(model, "blocks")
+    """Whether ``model`` is a Vision Transformer: ``blocks`` over prefix tokens and a patch grid
+    (``model.grid_size`` of visattn's, ``model.patch_embed.grid_size`` of timm's)."""
+    grid = getattr(model, "grid_size", None) or getattr(getattr(model, "patch_embed", None), "grid_size", None)
+    return grid is not None and hasattr(model, "num_prefix_tokens") and hasattr(model, "blocks")
+
+
+def gives_attention(model: nn.Module) -> bool:
+    """Whether ``model`` is a ViT returning per-block attention, ``forward(x, return_attention=True)``:
+    visattn's are; timm's compute it inside fused kernels and do not."""
+    return is_vit(model) and "return_attention" in inspect.signature(model.forward).parameters
+
+
+def check_gives_attention(model: nn.Module, *, what: str = "attention maps") -> None:
+    """One line unless ``model`` gives per-block attention (see :func:`gives_attention`)."""
+    if gives_attention(model):
+        return
+    name = type(model).__name__
+    if is_vit(model):
+        raise ConfigError(f"{what}: only visattn ViTs give their attention; use method 'gradcam' for {name} "
+                          "built elsewhere (e.g. by timm)")
+    raise ConfigError(f"{name} has no transformer attention; use method 'gradcam' (or 'gates' for attention CNNs)")
+
+
+def input_channels(model: nn.Module) -> int:
+    """The image channels ``model`` reads: ``input_size[0]`` of registered models, else its first
+    convolution's (the stem or patch embedding of a model built elsewhere, e.g. by timm)."""
+    size = getattr(model, "input_size", None)
+    if size:
+        return int(size[0])
+    first_conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    return first_conv.in_channels if first_conv is not None else 3
+
+
+def model_batch(model: nn.Module, images: Tensor) -> Tensor:
+    """``images`` checked to be a float batch ``(B, C, H, W)`` of ``model``'s channels, on its device in its dtype."""
+    check_image_batch(images, channels=input_channels(model))
+    return to_model_input(images, model)
 
 
 def token_grid(model: nn.Module, image_size: Sequence[int]) -> tuple[int, int]:
@@ -40,10 +77,7 @@ def as_index(layer: Union[str, int, None]) -> Optional[int]:
 @torch.no_grad()
 def collect_attentions(model: nn.Module, images: Tensor) -> tuple[Tensor, list[Tensor]]:
     """Logits ``(B, classes)`` and every block's attention probabilities, a list of ``(B, heads, N, N)``."""
-    if not is_vit(model):
-        raise ConfigError(
-            f"{type(model).__name__} has no transformer attention; use method 'gradcam' (or 'gates' for attention CNNs)"
-        )
+    check_gives_attention(model)
     logits, attentions = model(images, return_attention=True)
     return logits, list(attentions)
 

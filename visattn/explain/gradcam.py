@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..modes import eval_mode
-from .attention import as_index, is_vit, token_grid
+from .attention import as_index, is_vit, model_batch, token_grid
 
 TargetClass = Union[int, Tensor, None]
 
@@ -64,7 +64,8 @@ def _as_feature_map(model: nn.Module, activation: Tensor, image_size: tuple[int,
         if patches.shape[1] != rows * cols:
             raise ConfigError(f"the target layer gives {patches.shape[1]} patch tokens, not a {rows}x{cols} grid; "
                               "pick a layer inside the transformer blocks")
-        return patches.transpose(1, 2).reshape(patches.shape[0], -1, rows, cols)  # (B, C, rows, cols)
+        # C from the tokens, not -1: an empty batch leaves -1 undetermined
+        return patches.transpose(1, 2).reshape(patches.shape[0], patches.shape[2], rows, cols)  # (B, C, rows, cols)
     raise ConfigError(f"the Grad-CAM layer outputs shape {tuple(activation.shape)}; pick a conv stage or a ViT block")
 
 
@@ -95,7 +96,8 @@ def grad_cam(
 
     Args:
         model: a classifier returning logits ``(B, classes)``; run in eval mode for the call.
-        images: normalised images ``(B, 3, H, W)``.
+        images: normalised float images ``(B, C, H, W)``, ``C`` the model's channels; any device and
+            floating dtype (they run on the model's).
         layer: target module, its name, a ViT block index, or ``None`` for the default.
         target_class: class index (or one per image) to explain; ``None``: the predicted class.
 
@@ -103,6 +105,7 @@ def grad_cam(
         ``(maps, classes)``: non-negative maps ``(B, h, w)`` on the layer's grid, and the
         explained class of each image ``(B,)``.
     """
+    images = model_batch(model, images)
     target = resolve_target_layer(model, layer)
     captured: list[Tensor] = []
     handle = target.register_forward_hook(lambda module, args, output: captured.append(output))

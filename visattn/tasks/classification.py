@@ -17,7 +17,8 @@ from torchvision.transforms import v2
 
 from ..data.fashion_mnist import FASHION_MNIST_CLASSES, FashionMNIST
 from ..data.image_folder import ImageFolder, evaluation_batches
-from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, ImageTransform, check_image_batch, eval_transforms
+from ..data.transforms import (IMAGENET_MEAN, IMAGENET_STD, ImageTransform, check_image_batch, eval_transforms,
+                               to_model_input)
 from ..devices import inference_device, model_device
 from ..errors import ConfigError, WeightsError
 from ..modes import eval_mode
@@ -326,7 +327,7 @@ class Classifier:
         on any device."""
         check_image_batch(images, channels=self.preprocessing["input_size"][0])
         with eval_mode(self.model):  # a model the caller set training would drop out and update batch norms
-            return self.model(images.to(self.device)).softmax(dim=-1).cpu()
+            return self.model(to_model_input(images, self.model)).softmax(dim=-1).cpu()
 
 
 def load_classifier(model: Optional[str] = None, checkpoint: Optional[str] = None, *,

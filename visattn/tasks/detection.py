@@ -20,7 +20,7 @@ from torchmetrics.detection import MeanAveragePrecision
 
 from ..data.detection import CocoDetection, SceneDetection, Target, collate_detection
 from ..data.image_folder import evaluation_batches
-from ..data.transforms import check_unit_images
+from ..data.transforms import check_unit_images, to_model_input
 from ..errors import ConfigError, WeightsError
 from ..explain.detections import detection_maps
 from ..modes import eval_mode
@@ -181,7 +181,7 @@ class Detector:
         (:func:`visattn.explain.detections.detection_maps`).
         """
         check_unit_images(images)
-        images = [image.to(self.device) for image in images]
+        images = [to_model_input(image, self.model) for image in images]
         if not images:
             return []
         with eval_mode(self.model):  # a detector in training mode wants targets and returns losses
