@@ -1,6 +1,9 @@
 """decode_image and list_images on the shared corpus of good, odd and broken image files."""
 from __future__ import annotations
 
+import io
+import os
+import threading
 import warnings
 from pathlib import Path
 
@@ -195,3 +198,63 @@ def test_list_images_can_require_at_least_one(tmp_path):
     assert list_images(tmp_path) == []
     with pytest.raises(ConfigError, match=f"no image files found in {tmp_path}; give image files or folders"):
         list_images(iter([tmp_path]), allow_empty=False)
+
+
+def _jpeg_bytes(size: int = 16) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (size, size), RED).save(buffer, "JPEG", quality=95)
+    return buffer.getvalue()
+
+
+def test_folder_scan_lists_jfif_heic_dangling_links_and_link_loops_and_each_says_why(tmp_path):
+    (tmp_path / "a.jfif").write_bytes(_jpeg_bytes())
+    (tmp_path / "b.jif").write_bytes(_jpeg_bytes())
+    (tmp_path / "c.heic").write_bytes(b"\x00\x00\x00\x18ftypheic" + bytes(12))  # an iPhone photo's header
+    (tmp_path / "d.png").symlink_to("gone.png")
+    (tmp_path / "e.png").symlink_to("e.png")
+    assert list_images(tmp_path) == [tmp_path / name for name in ("a.jfif", "b.jif", "c.heic", "d.png", "e.png")]
+    assert decode_image(tmp_path / "a.jfif").shape == decode_image(tmp_path / "b.jif").shape == (16, 16, 3)
+    reasons = {"c.heic": "HEIC/HEIF is not supported by Pillow; convert it to JPEG or PNG",
+               "d.png": "no such file", "e.png": "symbolic link loop; point the link at an image file"}
+    for name, reason in reasons.items():
+        with pytest.raises(ImageDecodeError, match=f"{name}: {reason}$"):
+            decode_image(tmp_path / name)
+
+
+def test_folder_scan_follows_symlinked_folders_once_each_without_looping(tmp_path):
+    root, elsewhere = tmp_path / "photos", tmp_path / "elsewhere"
+    _touch_images(root, ["x.png", ".hidden/h.png"])
+    _touch_images(elsewhere, ["y.png", ".h.png"])
+    (root / "linked").symlink_to(elsewhere)
+    (root / "same").symlink_to(elsewhere)  # the same real folder again: its files once
+    (root / "up").symlink_to(root)  # a loop back to the top
+    (root / ".hidden_link").symlink_to(elsewhere)
+    assert list_images(root) == [root / "linked" / "y.png", root / "x.png"]
+    assert list_images(root, recursive=False) == [root / "x.png"]
+
+
+def test_a_named_pipe_is_refused_without_waiting_for_a_writer(tmp_path):
+    pipe = tmp_path / "x.png"
+    os.mkfifo(pipe)
+    errors = []
+
+    def decode() -> None:
+        try:
+            decode_image(pipe)
+        except ImageDecodeError as err:
+            errors.append(str(err))
+
+    reader = threading.Thread(target=decode, daemon=True)
+    reader.start()
+    reader.join(timeout=10)
+    if reader.is_alive():  # blocked opening the pipe: a writer that closes at once frees it
+        os.close(os.open(pipe, os.O_WRONLY | os.O_NONBLOCK))
+        reader.join(timeout=10)
+    assert errors == [f"{pipe}: not a regular file (a pipe, socket or device); give an image file"]
+    assert list_images(pipe) == [pipe]  # named explicitly, so that reading it reports it
+
+
+def test_a_truncated_jpeg_whose_decoder_says_truncated_in_capitals_gets_the_fix():
+    data = _jpeg_bytes()
+    with pytest.raises(ImageDecodeError, match=r"Truncated File Read \(re-export or remove the file\)$"):
+        decode_image(data[: len(data) // 2])

@@ -9,8 +9,10 @@ one-line message that names the file and the reason.
 from __future__ import annotations
 
 import io
+import errno
 import json
 import os
+import stat
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -26,14 +28,18 @@ __all__ = ["DEFAULT_MAX_PIXELS", "IMAGE_EXTENSIONS", "ImageFile", "decode_image"
 
 # 64 megapixels: above any camera photo people classify, below Pillow's own warning threshold.
 DEFAULT_MAX_PIXELS = 64 * 1024 * 1024
+# HEIC/HEIF cannot be decoded; they are listed so that a folder scan reports each one instead of
+# skipping it silently.
 IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp",
-     ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".ico", ".avif"}
+    {".jpg", ".jpeg", ".jpe", ".jfif", ".jif", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp",
+     ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".ico", ".avif", ".heic", ".heif"}
 )
 # Only raster formats whose plugins decode in-process; e.g. EPS would run Ghostscript on load.
 _SAFE_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "DIB", "TIFF", "WEBP", "PPM", "TGA", "ICO", "AVIF")
 _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 _HIGH_DEPTH_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
+# ISO base media "ftyp" brands of HEIC/HEIF photos (iPhones); AVIF's share the box but not these.
+_HEIF_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs"})
 
 PathLike = str | os.PathLike
 ImageSource = PathLike | bytes
@@ -57,11 +63,14 @@ def decode_image(
         ``(H, W, 3)`` uint8 array, EXIF orientation applied.
 
     Raises:
-        ImageDecodeError: missing, empty, truncated, non-image or too large file.
+        ImageDecodeError: missing, empty, truncated, non-image or too large file, or a path that
+            is not a regular file (a pipe, socket or device).
     """
     name = "<bytes>" if isinstance(source, bytes) else os.fspath(source)
     fp = io.BytesIO(source) if isinstance(source, bytes) else source
     try:
+        if not isinstance(source, bytes):
+            _check_regular_file(source)
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(fp, formats=_available_formats()) as img:
@@ -120,9 +129,10 @@ def list_images(paths: PathLike | Iterable[PathLike], *, recursive: bool = True,
                 exclude: Iterable[Optional[PathLike]] = ()) -> list[Path]:
     """Expand files and folders into image file paths.
 
-    Folders contribute their image files (by extension, hidden files skipped) in sorted order;
-    files named explicitly are kept whatever their extension, in the order given. Repeats are
-    dropped.
+    Folders contribute their image files (by extension, hidden files skipped, symlinked sub-folders
+    followed) in sorted order; a file that cannot be read, such as a dangling link or a HEIC photo,
+    is listed so that decoding it says why. Files named explicitly are kept whatever their
+    extension, in the order given. Repeats are dropped.
 
     Args:
         paths: one path or several.
@@ -141,9 +151,9 @@ def list_images(paths: PathLike | Iterable[PathLike], *, recursive: bool = True,
     skipped = [Path(folder).resolve() for folder in exclude if folder]
     for path in map(Path, paths):
         if path.is_dir():
-            candidates = path.rglob("*") if recursive else path.iterdir()
             inside = [folder for folder in skipped if path.resolve() in folder.parents]
-            found.update(dict.fromkeys(sorted(p for p in candidates if _is_image_file(p, path, inside))))
+            files = (file for file in _folder_files(path, recursive) if _is_image_file(file, inside))
+            found.update(dict.fromkeys(sorted(files)))
         elif path.exists():
             found[path] = None
         else:
@@ -154,11 +164,31 @@ def list_images(paths: PathLike | Iterable[PathLike], *, recursive: bool = True,
     return list(found)
 
 
-def _is_image_file(path: Path, root: Path, skipped: list[Path]) -> bool:
-    hidden = any(part.startswith(".") for part in path.relative_to(root).parts)
-    if hidden or path.suffix.lower() not in IMAGE_EXTENSIONS or not path.is_file():
+def _folder_files(root: Path, recursive: bool) -> Iterator[Path]:
+    """Everything under ``root`` that is not a folder (dangling links and pipes too, so that reading
+    them reports them), hidden names skipped; symlinked sub-folders are followed, each real folder once."""
+    seen: set[str] = set()  # real paths: a link back up the tree ends here instead of looping
+    for folder, subfolders, names in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            subfolders.clear()
+            continue
+        seen.add(real)
+        subfolders[:] = sorted(name for name in subfolders if recursive and not name.startswith("."))
+        yield from (Path(folder, name) for name in names if not name.startswith("."))
+
+
+def _is_image_file(path: Path, skipped: list[Path]) -> bool:
+    if path.suffix.lower() not in IMAGE_EXTENSIONS:
         return False
     return not skipped or not any(folder in path.resolve().parents for folder in skipped)
+
+
+def _check_regular_file(path: PathLike) -> None:
+    """Refuse pipes, sockets and devices before opening them: reading a FIFO waits forever for a writer."""
+    mode = os.stat(path).st_mode  # follows symlinks: a dangling one raises FileNotFoundError
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):  # a folder gets its own reason from open()
+        raise ImageDecodeError("not a regular file (a pipe, socket or device); give an image file")
 
 
 def _available_formats() -> tuple[str, ...]:
@@ -210,6 +240,8 @@ def _rescale_to_uint8(img: Image.Image) -> np.ndarray:
 def _reason(err: Exception, source: ImageSource) -> str:
     if isinstance(err, FileNotFoundError):
         return "no such file"
+    if isinstance(err, OSError) and err.errno == errno.ELOOP:
+        return "symbolic link loop; point the link at an image file"
     if isinstance(err, IsADirectoryError):
         return "is a folder, not an image file"
     if isinstance(err, PermissionError):
@@ -218,11 +250,23 @@ def _reason(err: Exception, source: ImageSource) -> str:
         limit = Image.MAX_IMAGE_PIXELS
         return f"image is over Pillow's limit of {limit} pixels (possible decompression bomb)"
     if isinstance(err, UnidentifiedImageError):
-        empty = len(source) == 0 if isinstance(source, bytes) else os.path.getsize(source) == 0
-        if empty:
-            return "empty file (0 bytes)"
-        return "not a supported image (unknown format or not an image at all)"
+        return _unidentified_reason(_head(source, 12))
     text = " ".join(str(err).split()) or type(err).__name__
-    if "truncated" in text or isinstance(err, (EOFError, SyntaxError)):
+    if "truncated" in text.lower() or isinstance(err, (EOFError, SyntaxError)):
         return f"truncated or corrupt image data: {text} (re-export or remove the file)"
     return f"cannot decode image: {text}"
+
+
+def _head(source: ImageSource, size: int) -> bytes:
+    if isinstance(source, bytes):
+        return source[:size]
+    with open(source, "rb") as file:
+        return file.read(size)
+
+
+def _unidentified_reason(head: bytes) -> str:
+    if not head:
+        return "empty file (0 bytes)"
+    if head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS:
+        return "HEIC/HEIF is not supported by Pillow; convert it to JPEG or PNG"
+    return "not a supported image (unknown format or not an image at all)"
