@@ -1,8 +1,10 @@
 """Vocabulary, Karpathy / COCO caption readers, the caption collate and the caption data modules."""
 from __future__ import annotations
 
+import functools
 import inspect
 import json
+import re
 
 import numpy as np
 import pytest
@@ -19,6 +21,7 @@ from visattn.data import (
     Vocabulary,
     collate_captions,
     describe_scene,
+    read_karpathy,
     tokenize,
 )
 from visattn.data.vocab import END, PAD, START, UNK
@@ -188,3 +191,89 @@ def test_scene_caption_length_default_fits_the_longest_captions():
     captions = describe_scene(np.array([1, 1, 1]), ["purple", "orange", "yellow"], boxes, canvas_size=64)
     assert max(len(tokenize(c)) for c in captions) + 2 <= default
     assert max(len(tokenize(c)) for c in captions) >= 24  # it is the long case
+
+
+# --- captions in any script, and captions without a word ------------------------------------
+
+
+def test_tokenize_keeps_words_of_any_script_and_splits_unspaced_scripts_into_characters():
+    assert tokenize("Un café très chaud à côté") == ["un", "café", "très", "chaud", "à", "côté"]
+    assert tokenize("Ein Mädchen, STRASSE/Straße") == ["ein", "mädchen", "strasse", "strasse"]  # case-folded
+    assert tokenize("ﬁne e\u0301cole") == ["fine", "école"]  # NFKC: ligature and combining accent
+    assert tokenize("हिन्दी में, مُشَكَّلة") == ["हिन्दी", "में", "مُشَكَّلة"]  # combining marks stay in their word
+    assert tokenize("一只红色的包。東京") == ["一", "只", "红", "色", "的", "包", "東", "京"]
+    assert Vocabulary.build(["一只红包", "一只包"], min_count=2).to_list()[4:] == ["一", "包", "只"]
+
+
+def test_tokenize_on_ascii_is_lowercased_runs_of_a_to_z_and_digits():
+    # the shipped captioner's vocabulary and scores depend on the ASCII rule staying as it was
+    rng = np.random.default_rng(0)
+    printable = [chr(c) for c in range(32, 127)] + ["\t", "\n"]
+    texts = ["don't", "Women's T-shirt", "foo_bar __init__", "3x4 1,000 12.5 2nd", "e-mail@x.com #1 100%"]
+    texts += ["".join(rng.choice(printable, size=int(rng.integers(0, 40)))) for _ in range(500)]
+    for text in texts:
+        assert tokenize(text) == re.findall("[a-z0-9]+", text.lower()), text
+
+
+def _rewrite_json(path, change) -> None:
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data, ensure_ascii=False))
+
+
+def test_coco_captions_without_a_word_are_dropped_and_their_image_left_out(tmp_path):
+    annotations, images_dir = write_coco_captions(tmp_path)
+
+    def wordless(data):
+        for ann in data["annotations"]:
+            ann["caption"] = " ¿…? " if ann["image_id"] == 5 else ann["caption"]
+        data["annotations"].append({"id": 99, "image_id": 1, "caption": "   "})
+
+    _rewrite_json(annotations, wordless)
+    with pytest.warns(SkippedImageWarning, match=r"captions\.json: left out 5\.png: no caption with a word"):
+        dataset = CocoCaptions(annotations, images_dir)
+    assert dataset.image_ids == [1, 2] and dataset.captions[0] == ["A red dog runs.", "a dog running"]
+
+
+def test_karpathy_sentences_without_a_word_are_dropped_and_their_image_left_out(tmp_path):
+    split_json, images_dir = write_karpathy(tmp_path)
+
+    def wordless(data):
+        data["images"][1]["sentences"].append({"raw": "", "tokens": []})
+        data["images"][4]["sentences"] = [{"raw": "...", "tokens": []}]  # 4.png, the only val image
+
+    _rewrite_json(split_json, wordless)
+    with pytest.warns(SkippedImageWarning, match=r"dataset_tiny\.json: left out 4\.png: no caption with a word"):
+        entries = read_karpathy(split_json)
+    assert "4.png" not in [e["filename"] for e in entries]
+    assert entries[1]["captions"] == ["Two cats sleep", "cats on a sofa", "a cat"]
+
+
+def _karpathy_without_words(tmp_path):
+    path, images_dir = write_karpathy(tmp_path)
+
+    def wordless(data):
+        for image in data["images"]:
+            image["sentences"] = [{"raw": " ", "tokens": []}]
+
+    _rewrite_json(path, wordless)
+    return path, functools.partial(KarpathyCaptions, path, images_dir)
+
+
+def _coco_without_words(tmp_path):
+    path, images_dir = write_coco_captions(tmp_path)
+
+    def wordless(data):
+        for ann in data["annotations"]:
+            ann["caption"] = " - "
+
+    _rewrite_json(path, wordless)
+    return path, functools.partial(CocoCaptions, path, images_dir)
+
+
+@pytest.mark.parametrize("corpus", [_karpathy_without_words, _coco_without_words])
+def test_a_file_without_a_caption_with_a_word_is_one_line(tmp_path, corpus):
+    path, read = corpus(tmp_path)
+    with pytest.raises(ConfigError, match=rf"{path.name}: no caption with a word in it") as err:
+        read()
+    assert "\n" not in str(err.value)

@@ -32,6 +32,15 @@ def test_caption_scores_perfect_and_wrong():
         caption_scores(["a", "b"], [["a"]])
 
 
+def test_caption_scores_drop_wordless_references_and_refuse_an_image_with_none():
+    refs = [["a red top", "a red top on the left"], ["a blue bag", "there is a blue bag"]]
+    hypotheses = ["a red top on the left", "there is a blue bag"]
+    with_blank = [[*refs[0], "  ...  "], refs[1]]
+    assert caption_scores(hypotheses, with_blank) == caption_scores(hypotheses, refs)  # it lowered CIDEr
+    with pytest.raises(ConfigError, match=r"^the references of image 1 \(1 images in all\) have no word in them"):
+        caption_scores(hypotheses, [refs[0], ["", "!"]])  # CIDEr's max() of an empty sequence
+
+
 def test_pointing_hits_only_for_items_that_occur_once():
     # 8 x 8 image; a top (class 0) in the top-left corner, two bags (class 8) elsewhere
     boxes = np.array([[0, 0, 4, 4], [4, 4, 8, 8], [4, 0, 8, 4]], np.float32)

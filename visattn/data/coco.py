@@ -8,10 +8,13 @@
   ``val``, ``test`` or ``restval``) and ``sentences`` with ``raw`` (and ``tokens``).
 
 Each sample is ``(image, captions)``: the transform's tensor and every reference caption of the
-image. Broken image files are skipped the way :class:`~visattn.data.image_folder.ImageFolder`
-skips them (see :func:`visattn.data.image_folder.decode_next_good`): warned about once, counted in ``num_skipped``, and
-replaced by the next decodable sample, so batches keep their size (or, for evaluation, left out:
-:func:`visattn.data.image_folder.for_evaluation`).
+image. A caption with no word in it (see :func:`~visattn.data.vocab.tokenize`) is dropped when read:
+it would train the model to stop at once and make CIDEr fail. An image left with no caption is
+left out, with one warning naming the file; a file with no caption that has a word is refused.
+Broken image files are skipped the way :class:`~visattn.data.image_folder.ImageFolder` skips them
+(see :func:`visattn.data.image_folder.decode_next_good`): warned about once, counted in
+``num_skipped``, and replaced by the next decodable sample, so batches keep their size (or, for
+evaluation, left out: :func:`visattn.data.image_folder.for_evaluation`).
 """
 from __future__ import annotations
 
@@ -19,7 +22,8 @@ import contextlib
 import io
 import json
 import os
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Callable, Literal
 
@@ -27,9 +31,10 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
-from .image_folder import ImageFiles
+from .image_folder import ImageFiles, SkippedImageWarning
 from .image_io import DEFAULT_MAX_PIXELS
 from .transforms import to_tensor
+from .vocab import tokenize
 
 __all__ = ["CaptionImages", "CocoCaptions", "KarpathyCaptions", "KarpathySplit", "load_coco", "read_karpathy"]
 
@@ -88,18 +93,22 @@ class CocoCaptions(CaptionImages):
     ) -> None:
         self.annotations, images_dir = Path(annotations), Path(images_dir)
         coco = load_coco(self.annotations)
-        samples, self.image_ids = [], []
+        samples, self.image_ids, wordless = [], [], []
         try:
             for image in coco.dataset.get("images", []):
-                captions = [ann["caption"].strip() for ann in coco.imgToAnns.get(image["id"], [])]
+                given = [ann["caption"] for ann in coco.imgToAnns.get(image["id"], [])]
+                captions = _with_words(given)
                 if captions:
                     samples.append((images_dir / image["file_name"], captions))
                     self.image_ids.append(image["id"])
+                elif given:
+                    wordless.append(image["file_name"])
         except (KeyError, TypeError, AttributeError) as err:
             raise ConfigError(
                 f"{self.annotations}: not COCO captions JSON (bad or missing {err}); "
                 "expected images with id and file_name, annotations with image_id and caption"
             ) from None
+        _check_wordless(self.annotations, wordless, kept=len(samples))
         if not samples:
             raise ConfigError(f"{self.annotations}: no image has a caption; is it a COCO captions file?")
         super().__init__(samples, transform=transform, max_pixels=max_pixels)
@@ -137,25 +146,45 @@ class KarpathyCaptions(CaptionImages):
 
 def read_karpathy(path: str | os.PathLike) -> list[dict]:
     """The images of a Karpathy split JSON as ``{"filename", "filepath", "split", "captions"}``
-    dicts (``filepath`` is ``""`` when absent); images without sentences are left out.
+    dicts (``filepath`` is ``""`` when absent); sentences with no word in them are dropped, and
+    images left without sentences are left out.
 
     Raises:
-        ConfigError: missing file, invalid JSON or not the Karpathy layout.
+        ConfigError: missing file, invalid JSON, not the Karpathy layout, or no sentence with a word.
     """
     data = _read_json(Path(path))
-    entries = []
+    entries, wordless = [], []
     try:
         for image in data["images"]:
             entry = {"filename": image["filename"], "filepath": image.get("filepath") or "", "split": image["split"]}
-            captions = [(s.get("raw") or " ".join(s["tokens"])).strip() for s in image["sentences"]]
+            given = [s.get("raw") or " ".join(s["tokens"]) for s in image["sentences"]]
+            captions = _with_words(given)
             if captions:
                 entries.append({**entry, "captions": captions})
+            elif given:
+                wordless.append(os.path.join(entry["filepath"], entry["filename"]))
     except (KeyError, TypeError, AttributeError) as err:
         raise ConfigError(
             f"{path}: not a Karpathy split JSON (bad or missing {err}); "
             "expected images with filename, split and sentences [{raw, tokens}]"
         ) from None
+    _check_wordless(Path(path), wordless, kept=len(entries))
     return entries
+
+
+def _with_words(captions: Iterable[str]) -> list[str]:
+    """The captions, stripped, less those the tokenizer finds no word in."""
+    return [c for c in (c.strip() for c in captions) if tokenize(c)]
+
+
+def _check_wordless(path: Path, wordless: list[str], *, kept: int) -> None:
+    """Refuse a file whose captions all lack words; warn once naming the images left out for it."""
+    if wordless and not kept:
+        raise ConfigError(f"{path}: no caption with a word in it; give each image captions in words")
+    if wordless:
+        more = f" and {len(wordless) - 3} more" if len(wordless) > 3 else ""
+        warnings.warn(f"{path}: left out {', '.join(wordless[:3])}{more}: no caption with a word in it",
+                      SkippedImageWarning, stacklevel=3)
 
 
 def _read_json(path: Path) -> dict:

@@ -1,9 +1,10 @@
 """Caption vocabulary: a tokenizer and the word <-> id mapping that captioning models use.
 
-Tokenization is deliberately simple: lower-case the text and keep the runs of ``a-z`` and
-``0-9`` (so punctuation disappears and ``"T-shirt"`` becomes ``["t", "shirt"]``). The same rule
-is used to build the vocabulary, to encode references and to score generated captions, so they
-always agree.
+Tokenization is deliberately simple (see :func:`tokenize`): NFKC-normalise and case-fold the
+text and keep the runs of letters and digits of any script (so punctuation disappears and
+``"T-shirt"`` becomes ``["t", "shirt"]``; on ASCII text this is lower-casing and keeping the runs of
+``a-z`` and ``0-9``). The same rule is used to build the vocabulary, to encode references and to
+score generated captions, so they always agree.
 
 Ids 0..3 are the special tokens ``<pad>``, ``<start>``, ``<end>`` and ``<unk>``; the words
 follow. A vocabulary is saved with its weights as :meth:`Vocabulary.to_list` (the ``vocab``
@@ -11,7 +12,9 @@ field of the weights index) and restored with :meth:`Vocabulary.from_list`.
 """
 from __future__ import annotations
 
+import functools
 import re
+import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
@@ -21,12 +24,45 @@ __all__ = ["END", "PAD", "SPECIAL_TOKENS", "START", "UNK", "Vocabulary", "tokeni
 
 PAD, START, END, UNK = "<pad>", "<start>", "<end>", "<unk>"
 SPECIAL_TOKENS = (PAD, START, END, UNK)
-_WORD = re.compile(r"[a-z0-9]+")
+# Scripts written without spaces between words: Han ideographs (and 々〆〇), kana, Thai, Lao, Myanmar, Khmer.
+_UNSPACED = (
+    "\u3005-\u3007\u3040-\u30ff\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f"
+    "\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff"
+)
 
 
 def tokenize(text: str) -> list[str]:
-    """Lower-case ``text`` and split it into words of ``[a-z0-9]+``; everything else separates words."""
-    return _WORD.findall(text.lower())
+    """NFKC-normalise and case-fold ``text`` and split it into words: runs of letters and digits
+    of any script (with their combining marks); everything else separates words. On ASCII text
+    this is exactly lower-casing and keeping the runs of ``[a-z0-9]``.
+
+    Chinese, Japanese, Thai, Lao, Myanmar and Khmer put no spaces between words, and no rule of
+    this kind can find their word boundaries, so each of their characters is one token (as in
+    character-level Chinese captioning); text already split into words by a segmenter is split
+    into characters too.
+    """
+    return _word_pattern().findall(unicodedata.normalize("NFKC", text).casefold())
+
+
+@functools.cache  # built on first use: scanning the Unicode table costs ~50 ms
+def _word_pattern() -> re.Pattern:
+    # re has no \p{M}: combining marks (Devanagari vowel signs, Arabic harakat) are \W to it, yet
+    # belong to their word. They all lie below U+20000 but for the variation selectors supplement.
+    marks = [c for c in range(0x20000) if unicodedata.category(chr(c)).startswith("M")]
+    tail = f"[{_char_ranges(marks)}\U000e0100-\U000e01ef\u200c\u200d]"  # + ZWNJ, ZWJ (Persian, Indic)
+    letter = rf"(?![{_UNSPACED}])[^\W_]"
+    return re.compile(rf"[{_UNSPACED}]{tail}*|{letter}(?:{letter}|{tail})*")
+
+
+def _char_ranges(codes: Iterable[int]) -> str:
+    """Ascending code points as the ``a-b`` ranges of a regex character class."""
+    runs: list[list[int]] = []
+    for c in codes:
+        if runs and runs[-1][1] == c - 1:
+            runs[-1][1] = c
+        else:
+            runs.append([c, c])
+    return "".join(f"{chr(a)}-{chr(b)}" for a, b in runs)
 
 
 class Vocabulary:

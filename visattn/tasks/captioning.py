@@ -20,7 +20,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, Subset
 
 from ..data.scenes import ITEM_WORDS
-from ..data.transforms import check_image_batch
+from ..data.transforms import check_image_batch, to_model_input
 from ..data.vocab import Vocabulary, tokenize
 from ..errors import ConfigError, WeightsError
 from ..modes import eval_mode
@@ -51,7 +51,12 @@ def caption_scores(hypotheses: Sequence[str], references: Sequence[Sequence[str]
         raise ConfigError(f"got {len(hypotheses)} captions for {len(references)} images; give one per image")
     # pycocoevalcap wants pre-tokenised, space-joined strings; use the vocabulary's tokenizer.
     res = {i: [" ".join(tokenize(h))] for i, h in enumerate(hypotheses)}
-    gts = {i: [" ".join(tokenize(r)) for r in refs] for i, refs in enumerate(references)}
+    # A reference without a word is dropped, as the caption readers drop it; it would lower CIDEr.
+    gts = {i: [" ".join(words) for words in map(tokenize, refs) if words] for i, refs in enumerate(references)}
+    wordless = [i for i, refs in gts.items() if not refs]
+    if wordless:
+        raise ConfigError(f"the references of image {wordless[0]} ({len(wordless)} images in all) have no word "
+                          "in them; give each image a caption with a word")
     with contextlib.redirect_stdout(io.StringIO()):  # Bleu prints its length ratios
         bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
         cider, _ = Cider().compute_score(gts, res)
@@ -87,12 +92,8 @@ def pointing_hits(
 
 def decode(model: nn.Module, images: Tensor, *, beam_size: int = 1, max_len: int = 20,
            length_penalty: float = 1.0) -> DecodedCaptions:
-    """Greedy decoding for ``beam_size == 1``, batched beam search otherwise."""
-    if beam_size < 1:
-        raise ConfigError(f"beam_size={beam_size}: must be >= 1")
-    if max_len < 1:
-        raise ConfigError(f"max_len={max_len}: a caption needs at least one word; give 1 or more")
-    if beam_size == 1:
+    """Greedy decoding for ``beam_size == 1``, batched beam search otherwise; the model checks both settings."""
+    if type(beam_size) is int and beam_size == 1:  # True and 1.0 equal 1 too: beam_search refuses them
         return model.greedy_decode(images, max_len=max_len)
     return model.beam_search(images, beam_size=beam_size, max_len=max_len, length_penalty=length_penalty)
 
@@ -270,7 +271,7 @@ class Captioner:
         if len(images) == 0:
             return DecodedCaptions([], [], torch.zeros(0))
         with eval_mode(self.model):  # a model the caller set training would drop out at random
-            decoded = decode(self.model, images.to(self.device), beam_size=beam_size, max_len=max_len,
+            decoded = decode(self.model, to_model_input(images, self.model), beam_size=beam_size, max_len=max_len,
                              length_penalty=length_penalty)
         return decoded.to("cpu")
 
