@@ -410,3 +410,13 @@ def test_a_class_whose_training_files_all_fail_to_decode_is_one_line(tmp_path, r
     with pytest.raises(ConfigError, match=r"owl: none of its 2 training image files can be decoded") as info:
         list(data.train_dataloader())
     assert "\n" not in str(info.value)
+
+
+def test_a_limited_evaluation_draws_across_a_dataset_sorted_by_class():
+    from visattn.data.image_folder import seeded_subset
+
+    labels = [0] * 50 + [1] * 50  # an image folder's files, sorted by class
+    picked = seeded_subset(labels, 10)
+    assert sorted(set(picked[i] for i in range(len(picked)))) == [0, 1]  # the first 10 were all class 0
+    assert list(picked.indices) == sorted(picked.indices) and picked.indices == seeded_subset(labels, 10).indices
+    assert seeded_subset(labels, None) is labels and seeded_subset(labels, 100) is labels

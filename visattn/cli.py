@@ -394,7 +394,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=positive_int, default=256)
     evaluate.add_argument("--num-workers", type=worker_count, default=0,
                           help=f"DataLoader worker processes (at most {MAX_WORKERS_PER_CPU} per CPU)")
-    evaluate.add_argument("--limit", type=positive_int, default=None, help="score only the first N samples")
+    evaluate.add_argument("--limit", type=positive_int, default=None,
+                          help="score N samples drawn across the dataset with a fixed seed (scenes: the first N)")
     evaluate.add_argument("--beam-size", type=positive_int, default=None,
                           help=f"captioners: beam width (1: greedy; default {DEFAULT_BEAM_SIZE})")
     evaluate.add_argument("--img-size", type=int, default=None,
@@ -462,7 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
     save.add_argument("--out-dir", default=str(weights_dir()), help="weights folder (default: the shipped one)")
     save.add_argument("--dataset", default=None, help="measure test metrics on this dataset and record them")
     save.add_argument("--limit", type=positive_int, default=None,
-                      help="measure on the first N test samples only (the count is recorded as test/n)")
+                      help="measure on N test samples drawn with a fixed seed (the count is recorded as test/n)")
     save.add_argument("--config", default=None, help="the config that trained it, recorded in the index")
     save.add_argument("--default", action="store_true", help="make it the architecture's default weights")
     save.add_argument("--overwrite", action="store_true", help="replace existing weights of the same ARCH.TAG")

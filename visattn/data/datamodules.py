@@ -19,7 +19,8 @@ from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 
 from ..errors import ConfigError
 from .fashion_mnist import FASHION_MNIST_CLASSES, FASHION_MNIST_MEAN, FASHION_MNIST_STD, FashionMNIST
-from .image_folder import ImageFolder, check_class_count, collate_present, for_evaluation, find_classes
+from .image_folder import (ImageFolder, check_class_count, collate_present, find_classes, for_evaluation,
+                           seeded_subset)
 from .transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -162,8 +163,7 @@ class _ClassificationDataModule(SplitLoadersMixin, pl.LightningDataModule):
             return dataset
         if isinstance(dataset, Subset):  # already shuffled: its first samples are a random pick
             return Subset(dataset.dataset, dataset.indices[:limit])
-        pick = np.random.default_rng(self.hparams.seed).permutation(len(dataset))[:limit]
-        return Subset(dataset, sorted(pick.tolist()))
+        return seeded_subset(dataset, limit, seed=self.hparams.seed)
 
     def _check_options(self) -> None:
         h = self.hparams

@@ -29,7 +29,7 @@ from .image_io import DEFAULT_MAX_PIXELS, decode_image, list_images
 from .transforms import to_tensor
 
 __all__ = ["ImageFiles", "ImageFolder", "SkippedImageWarning", "collate_present", "decode_next_good",
-           "check_class_count", "evaluation_batches", "for_evaluation", "find_classes"]
+           "check_class_count", "evaluation_batches", "for_evaluation", "find_classes", "seeded_subset"]
 
 _LAYOUT = "expected root/<class name>/<image file>"
 
@@ -247,6 +247,16 @@ def evaluation_batches(dataset: Dataset, *, batch_size: int, num_workers: int = 
     only broken files is ``None``, which the caller passes over."""
     return DataLoader(for_evaluation(dataset), batch_size=batch_size, num_workers=num_workers,
                       collate_fn=functools.partial(collate_present, collate=collate))
+
+
+def seeded_subset(dataset: Dataset, limit: Optional[int], *, seed: int = 0) -> Dataset:
+    """``limit`` samples of ``dataset`` drawn with a seeded permutation and kept in dataset order (all
+    of it when ``limit`` is None or covers it): files sorted by class, or annotations grouped by
+    image, would otherwise give their first class or images only."""
+    if limit is None or limit >= len(dataset):
+        return dataset
+    pick = np.random.default_rng(seed).permutation(len(dataset))[:limit]
+    return Subset(dataset, sorted(pick.tolist()))
 
 
 def find_classes(root: str | os.PathLike) -> list[str]:

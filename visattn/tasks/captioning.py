@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 
 from ..data.scenes import ITEM_WORDS
 from ..data.transforms import check_image_batch, to_model_input
@@ -373,7 +373,7 @@ def evaluation_loader(captioner: Captioner, spec: str, split: str = "test", *, l
     input size) or ``coco:ANNOTATIONS.json:IMAGES_DIR``, with references (and boxes for scenes)."""
     from ..data.caption_datamodules import CaptionSamples, SceneImages, collate_captions
     from ..data.coco import CocoCaptions
-    from ..data.image_folder import evaluation_batches
+    from ..data.image_folder import evaluation_batches, seeded_subset
     from ..data.scenes import FashionScenes
 
     transform = captioner.transform()
@@ -385,7 +385,7 @@ def evaluation_loader(captioner: Captioner, spec: str, split: str = "test", *, l
     elif spec.startswith("coco:") and spec.count(":") >= 2:
         annotations, _, images_dir = spec[len("coco:"):].rpartition(":")
         source = CocoCaptions(annotations, images_dir, transform=transform)
-        source = Subset(source, range(min(limit, len(source)))) if limit else source
+        source = seeded_subset(source, limit)
     else:
         raise ConfigError(f"--dataset {spec}: captioners take fashion-scenes or coco:ANNOTATIONS.json:IMAGES_DIR")
     return evaluation_batches(CaptionSamples(source, captioner.vocab), batch_size=batch_size, num_workers=num_workers,

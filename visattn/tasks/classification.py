@@ -12,11 +12,11 @@ from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, S
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from ..data.fashion_mnist import FASHION_MNIST_CLASSES, FashionMNIST
-from ..data.image_folder import ImageFolder, evaluation_batches
+from ..data.image_folder import ImageFolder, evaluation_batches, seeded_subset
 from ..data.transforms import (IMAGENET_MEAN, IMAGENET_STD, ImageTransform, check_image_batch, eval_transforms,
                                to_model_input)
 from ..devices import inference_device, model_device
@@ -447,10 +447,9 @@ def check_fashion_mnist_labels(class_names: Sequence[str], dataset: str) -> None
 @torch.inference_mode()
 def evaluate_classifier(classifier: Classifier, dataset: Dataset, *, batch_size: int = 256,
                         num_workers: int = 0, limit: Optional[int] = None) -> dict[str, Any]:
-    """Top-1/top-5 accuracy of ``classifier`` over ``dataset`` (its first ``limit`` samples if given);
-    broken image files are left out, and ``n`` counts the images scored."""
-    if limit is not None:
-        dataset = Subset(dataset, range(min(limit, len(dataset))))
+    """Top-1/top-5 accuracy of ``classifier`` over ``dataset`` (``limit`` samples drawn across it with
+    a fixed seed, if given); broken image files are left out, and ``n`` counts the images scored."""
+    dataset = seeded_subset(dataset, limit)
     metrics = accuracy_metrics(len(classifier.class_names), prefix="")
     batches = evaluation_batches(dataset, batch_size=batch_size, num_workers=num_workers)
     n = 0

@@ -15,11 +15,11 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 from torchmetrics.detection import MeanAveragePrecision
 
 from ..data.detection import CocoDetection, SceneDetection, Target, collate_detection
-from ..data.image_folder import evaluation_batches
+from ..data.image_folder import evaluation_batches, seeded_subset
 from ..data.transforms import check_unit_images, to_model_input
 from ..errors import ConfigError, WeightsError
 from ..explain.detections import detection_maps
@@ -248,7 +248,7 @@ def evaluation_loader(detector: Detector, spec: str, split: str = "test", *, lim
     elif spec.startswith("coco:") and spec.count(":") >= 2:
         annotations, _, images_dir = spec[len("coco:"):].rpartition(":")
         dataset = CocoDetection(annotations, images_dir, class_names=detector.class_names)
-        dataset = Subset(dataset, range(min(limit, len(dataset)))) if limit else dataset
+        dataset = seeded_subset(dataset, limit)
     else:
         raise ConfigError(f"--dataset {spec}: detectors take fashion-scenes or coco:ANNOTATIONS.json:IMAGES_DIR")
     return evaluation_batches(dataset, batch_size=batch_size, num_workers=num_workers, collate=collate_detection)
