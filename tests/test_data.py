@@ -396,6 +396,8 @@ def test_split_indices_stratifies_by_label_and_keeps_the_unlabelled_split():
     assert all(np.array_equal(a, b) for a, b in zip((train, val), split_indices(9, 0.5, 3, labels=labels)))
     train, _ = split_indices(4, 0.9, 0, labels=[0, 0, 1, 1])
     assert sorted(np.array([0, 0, 1, 1])[train].tolist()) == [0, 1]  # each class keeps one training image
+    _, val = split_indices(8, 0.1, 0, labels=[0] * 4 + [1] * 4)
+    assert len(val) == 1  # as many as unstratified: 0.4 of each class must not round to no validation at all
     order = np.random.default_rng(0).permutation(10)  # without labels (Fashion-MNIST): the shipped split
     assert [part.tolist() for part in split_indices(10, 0.2, 0)] == [order[2:].tolist(), order[:2].tolist()]
 

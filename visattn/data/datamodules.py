@@ -40,19 +40,27 @@ def split_indices(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Deterministically split ``range(n)`` into shuffled train and validation indices.
 
-    With ``labels`` the split is stratified: each class gives ``round(val_fraction * count)`` of
-    its samples to validation but keeps at least one for training, so training sees every class.
-    Without, ``round(n * val_fraction)`` samples of the permutation (the shipped Fashion-MNIST split).
+    Validation holds ``round(n * val_fraction)`` samples. Without ``labels`` they are the first of
+    the permutation (the shipped Fashion-MNIST split). With ``labels`` the split is stratified: each
+    class gives its share, the largest remainders taking the samples rounding leaves over, but keeps
+    at least one sample for training, so training sees every class.
     """
     order = np.random.default_rng(seed).permutation(n)
+    n_val = round(n * val_fraction)
     if labels is None:
-        n_val = round(n * val_fraction)
         return order[n_val:], order[:n_val]
     shuffled = np.asarray(labels)[order]
+    classes, counts = np.unique(shuffled, return_counts=True)
+    quotas = val_fraction * counts
+    per_class = np.minimum(np.floor(quotas).astype(int), counts - 1)
+    spare = n_val - int(per_class.sum())
+    for k in np.argsort(np.floor(quotas) - quotas, kind="stable"):  # largest remainder first
+        if spare > 0 and per_class[k] < counts[k] - 1:
+            per_class[k] += 1
+            spare -= 1
     in_val = np.zeros(n, dtype=bool)
-    for label in np.unique(shuffled):
-        members = np.flatnonzero(shuffled == label)  # positions in order: a random pick of the class
-        in_val[members[:min(round(val_fraction * len(members)), len(members) - 1)]] = True
+    for label, take in zip(classes, per_class):
+        in_val[np.flatnonzero(shuffled == label)[:take]] = True  # positions in order: a random pick of the class
     return order[~in_val], order[in_val]
 
 
