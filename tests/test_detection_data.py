@@ -3,6 +3,7 @@ reading (label mapping, crowd boxes, broken images); the detection data modules.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from test_data import needs_fashion_mnist
-from visattn.data import SkippedImageWarning
+from visattn.data import SkippedImageWarning, for_evaluation
 from visattn.data.detection import (
     MIN_BOX_SIDE,
     CocoDetection,
@@ -21,6 +22,7 @@ from visattn.data.detection import (
     FashionScenesDetectionDataModule,
     collate_detection,
     eval_detection_transforms,
+    require_boxes,
     train_detection_transforms,
 )
 from visattn.errors import ConfigError
@@ -252,3 +254,122 @@ def test_scenes_data_module_batches():
     assert len(images) == 3
     with pytest.raises(ConfigError, match="min_items=4"):
         FashionScenesDetectionDataModule(min_items=4, max_items=3)
+
+
+# --- COCO instances that disagree with themselves or with their images ---------------------
+
+
+def _rewritten(path: Path, edit) -> Path:
+    """A copy of the instances JSON at ``path`` changed by ``edit(data)``, beside it."""
+    data = json.loads(path.read_text())
+    edit(data)
+    out = path.with_name("edited.json")
+    out.write_text(json.dumps(data))
+    return out
+
+
+def _set_annotation(key, value):
+    return lambda data: data["annotations"][0].__setitem__(key, value)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: [a.__setitem__("image_id", str(a["image_id"])) for a in d["annotations"]],
+     r'edited.json: annotations name image ids that no image has \(5 of 5, e.g. "1" \(a string, not the number 1\)\)'),
+    (lambda d: [i.__setitem__("id", str(i["id"])) for i in d["images"]],
+     r'\(5 of 5, e.g. 1 \(a number, not the string "1"\)\); make each annotation\'s image_id the id of its image'),
+    (_set_annotation("image_id", 9999), r"image ids that no image has \(1 of 5, e.g. 9999\)"),
+    (lambda d: d["images"][1].__setitem__("id", 1), r"image id 1 is given to 2 images \(a.png, b.png\)"),
+    (lambda d: d["images"][0].__setitem__("id", None), r'image "a.png" has id null'),
+])
+def test_annotations_of_images_the_file_does_not_list_or_shared_image_ids_are_one_line(tmp_path, edit, message):
+    """pycocotools dropped such annotations, or gave both images the first one's boxes, silently."""
+    path, images_dir = write_coco_instances(tmp_path)
+    edited = _rewritten(path, edit)
+    with pytest.raises(ConfigError, match=message):
+        CocoDetection(edited, images_dir)
+    with pytest.raises(ConfigError, match=message):  # for training, before "no object box" hides the cause
+        CocoDetectionDataModule(str(edited), str(images_dir), num_workers=0)
+
+
+@pytest.mark.parametrize("flag, crowd", [("0", 0), ("1", 1), (False, 0), (1.0, 1)])
+def test_iscrowd_is_read_as_a_number(tmp_path, flag, crowd):
+    path, images_dir = write_coco_instances(tmp_path)
+    dataset = for_evaluation(CocoDetection(_rewritten(path, _set_annotation("iscrowd", flag)), images_dir))
+    assert dataset[0][1]["iscrowd"].tolist() == [crowd, 0, 1]  # bool("0") made the cat a crowd
+
+
+@pytest.mark.parametrize("edit, message", [
+    (_set_annotation("iscrowd", "yes"), r'annotation 1\'s iscrowd "yes" is not 0 or 1'),
+    (_set_annotation("iscrowd", None), r"annotation 1's iscrowd null is not 0 or 1"),
+    (_set_annotation("bbox", [1, 2, 3]), r"annotation 1's bbox \[1, 2, 3\] is not \[x, y, width, height\]"),
+    (_set_annotation("bbox", None), r"annotation 1's bbox null is not"),
+    (_set_annotation("bbox", "10 10 5 5"), r'annotation 1\'s bbox "10 10 5 5" is not'),
+    (_set_annotation("bbox", [1, 2, True, 4]), r"bbox \[1, 2, true, 4\] is not"),
+    (_set_annotation("bbox", [1, 2, float("nan"), 4]), r"bbox \[1, 2, NaN, 4\] is not"),
+    (lambda d: d["categories"][0].__setitem__("id", "7"), r'category "dog" has id "7"; write category ids as whole'),
+    (_set_annotation("category_id", "3"), r'category ids \[\'3\'\] \(a string, not the number 3\) that its categories'),
+])
+def test_a_malformed_annotation_field_is_one_line_naming_the_annotation(tmp_path, edit, message):
+    path, images_dir = write_coco_instances(tmp_path)
+    with pytest.raises(ConfigError, match=message) as caught:
+        CocoDetection(_rewritten(path, edit), images_dir)
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("keep", ["none", "crowds", "first_image_only"])
+def test_scoring_annotations_without_an_object_box_is_one_line(tmp_path, keep):
+    """mAP over no ground-truth box is -1, which `evaluate` printed as a score."""
+    path, images_dir = write_coco_instances(tmp_path)
+    data = json.loads(path.read_text())
+    if keep != "first_image_only":
+        data["annotations"] = [a for a in data["annotations"] if a["iscrowd"]] if keep == "crowds" else []
+    (tmp_path / "scored.json").write_text(json.dumps(data))
+    dataset = CocoDetection(tmp_path / "scored.json", images_dir)
+    subset = torch.utils.data.Subset(dataset, [3])  # empty.png alone
+    for boxless in ([dataset, subset] if keep != "first_image_only" else [subset]):
+        with pytest.raises(ConfigError, match=r"scored.json: no object box to score detections against in the "
+                                              f"{len(boxless)} images read"):
+            require_boxes(boxless, tmp_path / "scored.json")
+    if keep == "first_image_only":
+        require_boxes(dataset, "scored.json")
+        require_boxes(torch.utils.data.Subset(dataset, [0]), "scored.json")
+        assert dataset.num_objects == 4  # a.png's crowd region is no object
+
+
+def _write_oriented_photo(root: Path, orientation: int, declared: tuple[int, int]) -> tuple[Path, Path]:
+    """A 48x32 JPEG stored with a white 16x8 block at x 8..24, y 8..16 and EXIF ``orientation``; its
+    instances JSON gives that block's box in the stored frame and ``declared`` (width, height)."""
+    images_dir = root / "photos"
+    images_dir.mkdir()
+    pixels = np.zeros((32, 48, 3), np.uint8)
+    pixels[8:16, 8:24] = 255
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(pixels).save(images_dir / "p.jpg", exif=exif.tobytes(), quality=95)
+    data = {"images": [{"id": 1, "file_name": "p.jpg", "width": declared[0], "height": declared[1]}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [8, 8, 16, 8], "iscrowd": 0}],
+            "categories": [{"id": 1, "name": "block"}]}
+    (root / "photo.json").write_text(json.dumps(data))
+    return root / "photo.json", images_dir
+
+
+@pytest.mark.parametrize("orientation", [5, 6, 7, 8])
+def test_boxes_in_the_stored_frame_turn_with_an_exif_rotated_photo(tmp_path, orientation, recwarn):
+    path, images_dir = _write_oriented_photo(tmp_path, orientation, declared=(48, 32))
+    image, target = CocoDetection(path, images_dir)[0]
+    ys, xs = np.nonzero(image[0].numpy() > 0.5)
+    assert image.shape == (3, 48, 32)  # turned a quarter
+    torch.testing.assert_close(target["boxes"][0], torch.tensor([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1],
+                                                                dtype=torch.float32), atol=1e-3, rtol=0)
+    assert not [w for w in recwarn if "declares" in str(w.message)]
+
+
+def test_a_decoded_size_other_than_the_declared_one_is_warned_once_naming_the_file(tmp_path):
+    path, images_dir = _write_oriented_photo(tmp_path, 1, declared=(64, 32))
+    dataset = CocoDetection(path, images_dir)
+    with pytest.warns(UserWarning, match=r"p.jpg: decoded 48x32 \(width x height\), but .*photo.json declares 64x32"):
+        _, target = dataset[0]
+    assert target["boxes"].tolist() == [[8, 8, 24, 16]]  # as given: nothing says how they would fit
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dataset[0]  # once per file

@@ -249,3 +249,17 @@ def test_detect_with_a_model_left_training_gives_its_eval_detections_and_keeps_i
         assert want.keys() == found.keys()
         for key in want:
             torch.testing.assert_close(found[key], want[key], atol=1e-4, rtol=1e-4)
+
+
+def test_evaluate_on_annotations_without_an_object_box_is_one_line_not_map_minus_one(tmp_path, capsys):
+    from test_reliability_inputs import write_detector_checkpoint
+
+    annotations, images_dir = write_coco_instances(tmp_path)
+    data = json.loads(annotations.read_text())
+    data["categories"] = [{**c, "name": name} for c, name in zip(data["categories"], ["top", "bag", "boot"])]
+    data["annotations"] = []
+    annotations.write_text(json.dumps(data))
+    checkpoint = write_detector_checkpoint(tmp_path / "fcos.ckpt")
+    assert main(["evaluate", "--checkpoint", str(checkpoint), "--dataset", f"coco:{annotations}:{images_dir}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"visattn: error: {annotations}: no object box to score detections against") and err.count("\n") == 1

@@ -12,8 +12,11 @@ albumentations moves each label with its box (``label_fields``), so they stay al
 """
 from __future__ import annotations
 
+import json
+import math
 import os
 import warnings
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -22,7 +25,8 @@ import albumentations as A
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from PIL import Image
+from torch.utils.data import Dataset, Subset
 
 from ..errors import ConfigError
 from .coco import load_coco
@@ -41,6 +45,7 @@ __all__ = [
     "SceneDetection",
     "collate_detection",
     "eval_detection_transforms",
+    "require_boxes",
     "train_detection_transforms",
 ]
 
@@ -143,7 +148,11 @@ class CocoDetection(ImageFiles):
     left out of training; evaluation targets (:func:`~visattn.data.image_folder.for_evaluation`)
     keep them with ``"iscrowd"``, so that mAP, as COCO's, neither counts detections on a crowd
     region as false positives nor expects them. ``bbox`` ``[x, y, w, h]`` becomes
-    ``x1, y1, x2, y2``. Broken image files are
+    ``x1, y1, x2, y2``. An annotation naming an image the file does not list, an id shared by two
+    images, a ``bbox`` that is not four numbers or an ``iscrowd`` other than 0 or 1 is a one-line
+    :class:`~visattn.errors.ConfigError`. Boxes of a photo that EXIF turns on decoding turn with it
+    when the image's ``width`` and ``height`` are those of the stored frame; another size than the
+    declared one is warned about once per file. Broken image files are
     skipped as :class:`~visattn.data.image_folder.ImageFolder` skips them: warned about once,
     counted in ``num_skipped``, and replaced by the next decodable image (with its own boxes), or
     left out of evaluation (:func:`~visattn.data.image_folder.for_evaluation`).
@@ -175,7 +184,10 @@ class CocoDetection(ImageFiles):
             self.class_names, label_of = self._labels(coco.dataset["categories"], class_names)
             images = coco.dataset["images"]
             self._track([images_dir / image["file_name"] for image in images], max_pixels)
-            self.targets = [self._boxes(coco.imgToAnns.get(image["id"], []), label_of) for image in images]
+            if not self.paths:
+                raise ConfigError(f"{self.annotations}: lists no images; is it a COCO instances file?")
+            self._declared_sizes = [_declared_size(image) for image in images]
+            self.targets = self._targets(images, coco.dataset.get("annotations", []), label_of)
         except ConfigError:
             raise
         except (KeyError, TypeError, ValueError) as err:
@@ -183,11 +195,19 @@ class CocoDetection(ImageFiles):
                 f"{self.annotations}: not COCO instances JSON (bad or missing {err}); expected images with id "
                 "and file_name, annotations with image_id, category_id and bbox, categories with id and name"
             ) from None
-        if not self.paths:
-            raise ConfigError(f"{self.annotations}: lists no images; is it a COCO instances file?")
+        self._size_warned = torch.zeros(len(self.paths), dtype=torch.bool).share_memory_()  # as _bad: once over workers
+
+    @property
+    def num_objects(self) -> int:
+        """Boxes of objects over all images (crowd regions are none): what a detector learns from and is scored on."""
+        return _count_objects(self, range(len(self)))
 
     def _labels(self, categories: list[dict], class_names: Sequence[str] | None) -> tuple[list[str], dict[int, int]]:
         """Class names in label order and ``{category id: label}``."""
+        odd = next((c for c in categories if not _is_whole(c["id"])), None)
+        if odd is not None:  # labels follow the sorted ids, and "10" sorts before "2"
+            raise ConfigError(f"{self.annotations}: category {_json(odd.get('name'))} has id {_json(odd['id'])}; "
+                              "write category ids as whole numbers, as COCO does")
         categories = sorted(categories, key=lambda c: c["id"])
         names = [c["name"] for c in categories]
         if not names:
@@ -205,28 +225,161 @@ class CocoDetection(ImageFiles):
                               f"({', '.join(class_names)}); use annotations with the training categories")
         return list(class_names), {c["id"]: index[c["name"]] for c in categories}
 
+    def _targets(self, images: list[dict], annotations: list[dict],
+                 label_of: dict[int, int]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Each image's :meth:`_boxes`, once every annotation is known to name one image and one category."""
+        image_ids = [image["id"] for image in images]
+        self._check_image_ids(images, [a["image_id"] for a in annotations])
+        unknown = {a["category_id"] for a in annotations} - set(label_of)
+        if unknown:
+            hint = _type_hint(next(iter(unknown)), list(label_of))
+            raise ConfigError(f"{self.annotations}: annotations use category ids {sorted(unknown, key=str)}{hint} that "
+                              "its categories do not list; add them to categories or remove those annotations")
+        per_image: dict[Any, list[dict]] = {image_id: [] for image_id in image_ids}
+        for annotation in annotations:
+            per_image[annotation["image_id"]].append(annotation)
+        return [self._boxes(per_image[image_id], label_of) for image_id in image_ids]
+
+    def _check_image_ids(self, images: list[dict], referenced: list[Any]) -> None:
+        """One line for an id given to several images, or for annotations of images the file does not list
+        (pycocotools would give both images the same boxes, or drop those annotations silently)."""
+        odd = next((image for image in images if _json_type(image["id"]) not in ("number", "string")), None)
+        if odd is not None:
+            raise ConfigError(f"{self.annotations}: image {_json(odd['file_name'])} has id {_json(odd['id'])}; "
+                              "give each image a number as its id")
+        counts = Counter(image["id"] for image in images)
+        repeated = next((image_id for image_id, n in counts.items() if n > 1), None)
+        if repeated is not None:
+            names = ", ".join(image["file_name"] for image in images if image["id"] == repeated)
+            raise ConfigError(f"{self.annotations}: image id {_json(repeated)} is given to {counts[repeated]} images "
+                              f"({names}); give each image its own id")
+        orphans = [image_id for image_id in referenced if image_id not in counts]
+        if orphans:
+            raise ConfigError(f"{self.annotations}: annotations name image ids that no image has ({len(orphans)} of "
+                              f"{len(referenced)}, e.g. {_json(orphans[0])}{_type_hint(orphans[0], list(counts))}); "
+                              "make each annotation's image_id the id of its image")
+
     def _boxes(self, annotations: list[dict], label_of: dict[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(N, 4)`` float32 xyxy boxes, ``(N,)`` int64 labels and ``(N,)`` int64 crowd flags."""
-        xywh = np.array([a["bbox"] for a in annotations], np.float32).reshape(-1, 4)
+        xywh = np.array([self._bbox(a) for a in annotations], np.float32).reshape(-1, 4)
         boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
-        unknown = sorted({a["category_id"] for a in annotations} - set(label_of))
-        if unknown:
-            raise ConfigError(f"{self.annotations}: annotations use category ids {unknown} that its categories "
-                              "do not list; add them to categories or remove those annotations")
         labels = np.array([label_of[a["category_id"]] for a in annotations], np.int64)
-        return boxes, labels, np.array([int(bool(a.get("iscrowd", 0))) for a in annotations], np.int64)
+        return boxes, labels, np.array([self._crowd(a) for a in annotations], np.int64)
+
+    def _bbox(self, annotation: dict) -> list[float]:
+        bbox = annotation["bbox"]
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(map(_is_number, bbox))):
+            raise ConfigError(f"{self.annotations}: annotation {_json(annotation['id'])}'s bbox {_json(bbox)} is "
+                              "not [x, y, width, height]; fix or remove that annotation")
+        return bbox
+
+    def _crowd(self, annotation: dict) -> int:
+        flag = annotation.get("iscrowd", 0)
+        if flag not in (0, 1, "0", "1"):  # bool("0") is True: read as a number, or refused
+            raise ConfigError(f"{self.annotations}: annotation {_json(annotation['id'])}'s iscrowd {_json(flag)} is "
+                              "not 0 or 1; write 1 for a crowd region and 0 for an object")
+        return int(flag)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, Target] | None:
         i, image = self._decode(index)
         if image is None:
             return None
         boxes, labels, crowd = self.targets[i]
+        boxes = self._in_decoded_frame(i, boxes, image.shape[:2])
         if self.evaluation:
             return self.transform(image, boxes, labels, iscrowd=crowd)
         return self.transform(image, boxes[crowd == 0], labels[crowd == 0])  # a crowd box is no object to learn
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.annotations)!r}, classes={len(self.class_names)}, n={len(self)})"
+
+    def _in_decoded_frame(self, i: int, boxes: np.ndarray, decoded: tuple[int, int]) -> np.ndarray:
+        """``boxes`` on the decoded pixels (height, width ``decoded``). Decoding applies EXIF orientation,
+        so when the JSON declares the stored frame's size the boxes turn with the pixels; any other
+        disagreement with the declared size is warned about once per file."""
+        declared = self._declared_sizes[i]
+        if declared is None or declared == decoded:
+            return boxes
+        orientation = _exif_orientation(self.paths[i]) if declared == decoded[::-1] else 1
+        if orientation in _AXES_SWAPPING:
+            return _turn_boxes(boxes, orientation, height=decoded[0], width=decoded[1])
+        if not self._size_warned[i]:
+            self._size_warned[i] = True
+            warnings.warn(f"{self.paths[i]}: decoded {decoded[1]}x{decoded[0]} (width x height), but "
+                          f"{self.annotations} declares {declared[1]}x{declared[0]}; its boxes may miss the objects: "
+                          "fix its width and height or the image", stacklevel=3)
+        return boxes
+
+
+def require_boxes(dataset: Dataset, source: str | os.PathLike) -> None:
+    """One line unless ``dataset`` (a :class:`CocoDetection` or a ``Subset`` of one) holds an object
+    box (crowd regions are none): without one, mAP has nothing to score detections against."""
+    indices = range(len(dataset))
+    if isinstance(dataset, Subset):
+        dataset, indices = dataset.dataset, dataset.indices
+    if isinstance(dataset, CocoDetection) and not _count_objects(dataset, indices):
+        raise ConfigError(f"{source}: no object box to score detections against in the {len(indices)} images read "
+                          "(no annotations, or only crowd regions); give the instances JSON with the boxes")
+
+
+def _count_objects(dataset: CocoDetection, indices: Sequence[int]) -> int:
+    return sum(int((dataset.targets[i][2] == 0).sum()) for i in indices)
+
+
+# EXIF orientations that swap width and height (PIL's exif_transpose): whether x, then y, is mirrored
+# once the axes are swapped; 5 is a plain transpose, 6 a clockwise quarter turn.
+_AXES_SWAPPING = {5: (False, False), 6: (True, False), 7: (True, True), 8: (False, True)}
+
+
+def _turn_boxes(boxes: np.ndarray, orientation: int, *, height: int, width: int) -> np.ndarray:
+    """xyxy ``boxes`` of a stored image in the ``width`` x ``height`` frame its EXIF ``orientation`` turns it into."""
+    x1, y1, x2, y2 = boxes[:, 1], boxes[:, 0], boxes[:, 3], boxes[:, 2]  # the axes swapped
+    mirror_x, mirror_y = _AXES_SWAPPING[orientation]
+    if mirror_x:
+        x1, x2 = width - x2, width - x1
+    if mirror_y:
+        y1, y2 = height - y2, height - y1
+    return np.stack([x1, y1, x2, y2], axis=1)
+
+
+def _exif_orientation(path: Path) -> int:
+    """``path``'s EXIF orientation; 1 (as stored) when it has none or it cannot be read, as decoding does."""
+    try:
+        with Image.open(path, formats=("JPEG", "PNG", "TIFF", "WEBP")) as img:
+            return int(img.getexif().get(0x0112, 1))
+    except Exception:  # noqa: BLE001 -- the pixels decoded; a broken EXIF block only leaves them unturned
+        return 1
+
+
+def _declared_size(image: dict) -> tuple[int, int] | None:
+    """The ``(height, width)`` an image entry declares; ``None`` without both (COCO tools often leave them out)."""
+    size = image.get("height"), image.get("width")
+    if all(_is_number(side) and float(side).is_integer() and side > 0 for side in size):
+        return int(size[0]), int(size[1])
+    return None
+
+
+def _type_hint(value: Any, listed: list[Any]) -> str:
+    """`` (a string, not the number 1)`` when an id listed reads as ``value`` but has another JSON type."""
+    like = next((x for x in listed if str(x) == str(value) and _json_type(x) != _json_type(value)), None)
+    return "" if like is None else f" (a {_json_type(value)}, not the {_json_type(like)} {_json(like)})"
+
+
+def _json_type(value: Any) -> str:
+    kinds = {bool: "boolean", type(None): "null", int: "number", float: "number", str: "string", list: "list"}
+    return kinds.get(type(value), "object")
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -372,7 +525,7 @@ class CocoDetectionDataModule(_DetectionDataModule):
         self.save_hyperparameters()
         self._check_options()
         train = CocoDetection(train_annotations, images_dir)  # fails early
-        if not any((crowd == 0).any() for _, _, crowd in train.targets):
+        if not train.num_objects:
             raise ConfigError(f"{train_annotations}: no object box to learn from (no annotations, or only crowd "
                               "regions); give the instances JSON with the training boxes")
         self._class_names = train.class_names

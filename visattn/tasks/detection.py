@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from torchmetrics.detection import MeanAveragePrecision
 
-from ..data.detection import CocoDetection, SceneDetection, Target, collate_detection
+from ..data.detection import CocoDetection, SceneDetection, Target, collate_detection, require_boxes
 from ..data.image_folder import evaluation_batches, seeded_subset
 from ..data.transforms import check_unit_images, to_model_input
 from ..errors import ConfigError, WeightsError
@@ -249,6 +249,7 @@ def evaluation_loader(detector: Detector, spec: str, split: str = "test", *, lim
         annotations, _, images_dir = spec[len("coco:"):].rpartition(":")
         dataset = CocoDetection(annotations, images_dir, class_names=detector.class_names)
         dataset = seeded_subset(dataset, limit)
+        require_boxes(dataset, annotations)  # with none, mAP is -1
     else:
         raise ConfigError(f"--dataset {spec}: detectors take fashion-scenes or coco:ANNOTATIONS.json:IMAGES_DIR")
     return evaluation_batches(dataset, batch_size=batch_size, num_workers=num_workers, collate=collate_detection)
