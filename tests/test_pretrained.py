@@ -341,3 +341,82 @@ def test_loading_into_a_meta_model_is_refused_not_a_silent_no_op():
 def test_a_weights_source_of_another_type_is_one_line(source):
     with pytest.raises(WeightsError, match="give a file path, a shipped ARCH.TAG"):
         load_weights(_model(), source)
+
+
+class _RunsAShellCommand:
+    def __reduce__(self):  # what a hostile checkpoint holds: a call into a module torch blocks
+        return os.system, ("true",)
+
+
+def test_a_pickle_calling_a_blocked_module_is_refused_not_called_no_pickle(tmp_path):
+    path = tmp_path / "evil.pth"
+    torch.save({"w": _RunsAShellCommand()}, path)
+    with pytest.raises(WeightsError, match="refused, the pickle holds objects other than tensors") as err:
+        create_model(ARCH, **SMALL, pretrained=str(path))
+    _assert_one_line_naming(err, path)
+
+
+def test_a_pooling_switched_by_reset_classifier_survives_save_weights(weights_tmp):
+    torch.manual_seed(0)
+    model = create_model(ARCH, num_classes=3, **SMALL).eval()
+    model.reset_classifier(4, global_pool="avg")
+    save_weights(model, weights_tmp / f"{ARCH}.pool.safetensors", labels=list("abcd"), preprocessing={"input_size": [3, 28, 28]})
+    rebuilt = create_model(f"{ARCH}.pool").eval()
+    images = torch.randn(2, 3, 28, 28)
+    assert rebuilt.global_pool == "avg"
+    torch.testing.assert_close(rebuilt(images), model(images))  # it pooled the class token instead: 0.78 apart
+
+
+def test_non_local_blocks_survive_the_json_index(weights_tmp):
+    torch.manual_seed(0)
+    model = create_model("nl_resnet20_cifar", num_classes=4, non_local_blocks={2: (0,), 3: (1, 2)}).eval()
+    save_weights(model, weights_tmp / "nl_resnet20_cifar.nlb.safetensors", labels=list("abcd"),
+                 preprocessing={"input_size": [3, 32, 32]})
+    images = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(create_model("nl_resnet20_cifar.nlb").eval()(images), model(images))
+
+
+def test_saved_weights_rebuild_without_the_backbone_file_they_started_from(weights_tmp, tmp_path):
+    backbone = tmp_path / "backbone.safetensors"
+    save_file({k: v.contiguous() for k, v in create_model("se_resnet20_cifar").state_dict().items()}, backbone)
+    detector = create_model("fcos_se_resnet20_cifar", num_classes=3, pretrained_backbone=str(backbone)).eval()
+    save_weights(detector, weights_tmp / "fcos_se_resnet20_cifar.own.safetensors")
+    backbone.unlink()  # the saved file holds every weight
+    rebuilt = create_model("fcos_se_resnet20_cifar.own").eval()
+    assert load_index()["fcos_se_resnet20_cifar.own"]["model_kwargs"] == {"pretrained_backbone": False}
+    image = [torch.rand(3, 64, 64)]
+    torch.testing.assert_close(rebuilt(image)[0]["scores"], detector(image)[0]["scores"])
+
+
+def test_a_classifier_saved_without_labels_or_preprocessing_warns(weights_tmp):
+    model = create_model(ARCH, num_classes=10, **SMALL)
+    with pytest.warns(UserWarning, match=r"saved without preprocessing or labels; loading it will assume ImageNet"):
+        save_weights(model, weights_tmp / f"{ARCH}.bare.safetensors")
+
+
+def test_a_captioners_timm_encoder_loads_the_file_it_is_given(tmp_path):
+    import timm
+
+    encoder = timm.create_model("resnet18", num_classes=0)
+    path = tmp_path / "r18.safetensors"
+    save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, path)
+    captioner = create_model("sat_cbam_resnet_scenes", encoder_name="timm:resnet18", encoder_kwargs={}, vocab_size=20,
+                             encoder_pretrained=str(path))
+    assert all(torch.equal(a, b) for a, b in zip(encoder.state_dict().values(), captioner.encoder.state_dict().values()))
+
+
+@pytest.mark.parametrize("timm_kwargs, visattn_kwargs, message", [
+    ({"reg_tokens": 4}, {}, "the weights have register tokens"),
+    ({}, {"class_token": False, "global_pool": "avg"}, "the weights have a class token and this model does not; "
+                                                       "build it with class_token=True"),
+    ({"class_token": False, "global_pool": "avg"}, {}, "the weights lack a class token and this model does"),
+])
+def test_a_vit_checkpoint_of_another_token_layout_names_the_file_and_the_cause(tmp_path, timm_kwargs, visattn_kwargs,
+                                                                              message):
+    import timm
+
+    path = tmp_path / "vit.safetensors"
+    reference = timm.create_model("vit_tiny_patch16_224", depth=1, **timm_kwargs)
+    save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, path)
+    with pytest.raises(WeightsError, match=f"^{path}: {message}"):
+        create_model("vit_tiny_patch16_224", depth=1, pretrained=str(path), **visattn_kwargs)

@@ -164,3 +164,8 @@ def test_reset_classifier_refuses_unsupported_pooling():
     with pytest.raises(ConfigError, match="class_token=True"):
         without_token.reset_classifier(5, "token")
     assert model.global_pool == "token" and without_token.global_pool == "avg"
+
+
+def test_a_vit_without_qkv_bias_builds_and_runs():
+    model = create_model("vit_tiny_patch4_32", qkv_bias=False, depth=1)
+    assert model.blocks[0].attn.qkv.bias is None and model(torch.randn(1, 3, 32, 32)).shape == (1, 1000)

@@ -164,7 +164,8 @@ def read_pickle_checkpoint(path: Path, *, lazy: bool = False) -> Any:
             warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
             return torch.load(path, map_location="cpu", weights_only=True, mmap=lazy)
     except pickle.UnpicklingError as err:
-        if "Unsupported global" not in str(err):  # bytes that are no pickle at all (a text file, garbage)
+        # torch says "Unsupported global" for a class it lacks, "unsupported GLOBAL" for a blocked module (os)
+        if "unsupported global" not in str(err).lower():  # bytes that are no pickle at all (a text file, garbage)
             raise WeightsError(f"{path}: not a PyTorch checkpoint (no pickle torch can read); check the path, "
                                "or re-save the weights with torch.save or safetensors") from None
         raise WeightsError(
@@ -218,6 +219,22 @@ def refuse_existing_weights(path: Union[str, Path]) -> None:
         raise WeightsError(f"{path}: weights {name} already exist; pick another --tag, or pass --overwrite to replace them")
 
 
+# Builder arguments that name weights to start from (a backbone's, an encoder's).
+_WEIGHT_SOURCES = ("pretrained_backbone", "encoder_pretrained")
+
+
+def _warn_unless_described(path: Path, arch: str, meta: dict[str, Any]) -> None:
+    """A classifier saved without ``preprocessing`` or ``labels`` loads with ImageNet's normalisation
+    and labels "0".."N-1": right for photos, silently wrong for anything else."""
+    from .registry import model_task
+
+    missing = [key for key in ("preprocessing", "labels") if not meta.get(key)]
+    if model_task(arch) == "classification" and missing:
+        warnings.warn(f"{path}: saved without {' or '.join(missing)}; loading it will assume ImageNet's mean and "
+                      "std and labels '0'..'N-1'; pass preprocessing=dict(input_size=..., mean=..., std=...) "
+                      "and labels=[...] to save_weights", stacklevel=3)
+
+
 def save_weights(model: nn.Module, path: Union[str, Path], *, overwrite: bool = False, **meta: Any) -> dict[str, Any]:
     """Write ``model``'s weights to ``DIR/<arch>.<tag>.safetensors`` and its entry in ``DIR/index.json``.
 
@@ -248,6 +265,9 @@ def save_weights(model: nn.Module, path: Union[str, Path], *, overwrite: bool = 
         raise WeightsError(f"{path}: the model is a {built_as}, not a {arch}; name the file {built_as}.{tag}.safetensors")
     if meta.get("model_kwargs") is None and getattr(model, "visattn_kwargs", None):
         meta["model_kwargs"] = model.visattn_kwargs
+    if meta.get("model_kwargs"):  # the file holds every weight: rebuilding must not read where they started from
+        meta["model_kwargs"] = {k: False if k in _WEIGHT_SOURCES else v for k, v in meta["model_kwargs"].items()}
+    _warn_unless_described(path, arch, meta)
     try:
         json.dumps(meta)
     except (TypeError, ValueError) as err:
@@ -311,10 +331,13 @@ def load_weights(
         state = read_state_dict(index[str(source)]["path"], sha256=index[str(source)]["sha256"])
     else:
         state = read_state_dict(source, sha256=sha256)
+    named = origin or (source if not isinstance(source, dict) else "state dict")
     adapt = getattr(model, "adapt_state_dict", None)
     if adapt is not None:
-        state = adapt(state)
-    named = origin or (source if not isinstance(source, dict) else "state dict")
+        try:
+            state = adapt(state)
+        except WeightsError as err:  # a layout the model cannot take (e.g. register tokens): name the file
+            raise WeightsError(f"{named}: {err}") from None
     state = _drop_mismatched_head(model, state, source=named, new_head=new_head)
     check_state_dict(model, state, strict=strict, source=named)
     model.load_state_dict(state, strict=False)

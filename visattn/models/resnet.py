@@ -199,6 +199,7 @@ class ResNet(nn.Module):
     ):
         super().__init__()
         check_count("in_chans", in_chans)
+        non_local_blocks = _stage_numbers(non_local_blocks)
         _check_placement(layers, attn_stages, non_local_blocks)
         attn_kwargs = attn_kwargs or {}
         self.num_classes = num_classes
@@ -314,6 +315,17 @@ class ResNet(nn.Module):
 # Block attention whose timm module has the same parameters and maths (timm seresnet*, and a
 # plain-stem timm ResNet built with attn_layer="eca"), so the rename alone gives the same logits.
 _TIMM_SAME_ATTN = (SqueezeExcite, EfficientChannelAttention)
+
+
+def _stage_numbers(non_local_blocks: Optional[Mapping]) -> dict[int, tuple[int, ...]]:
+    """``{stage: block indices}`` with stages also given as JSON writes them (``"2"``): a weights
+    index stores this argument with string keys."""
+    blocks = {}
+    for stage, indices in (non_local_blocks or {}).items():
+        if isinstance(stage, bool) or not str(stage).isdigit():
+            raise ConfigError(f"non_local_blocks stage {stage!r}: give stage numbers, e.g. {{2: [0, 2], 3: [0]}}")
+        blocks[int(stage)] = tuple(indices)
+    return blocks
 
 
 def _check_placement(

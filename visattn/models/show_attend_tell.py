@@ -94,7 +94,12 @@ def _build_encoder(name: str, kwargs: dict[str, Any], pretrained: Union[bool, st
     if name.startswith("timm:"):
         import timm
 
-        return timm.create_model(name[5:], pretrained=bool(pretrained), num_classes=0, **kwargs)
+        from ..pretrained import load_weights
+
+        encoder = timm.create_model(name[5:], num_classes=0, **kwargs)
+        if pretrained:  # a file, or timm's own weights through the hub check that fails fast offline
+            load_weights(encoder, name if pretrained is True else pretrained, strict=False)
+        return encoder
     return create_model(name, pretrained=pretrained, num_classes=0, strict=False, **kwargs)
 
 

@@ -145,7 +145,8 @@ class VisionTransformer(nn.Module):
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.trunc_normal_(module.weight, std=0.02)
-                nn.init.zeros_(module.bias)
+                if module.bias is not None:  # qkv_bias=False
+                    nn.init.zeros_(module.bias)
 
     @property
     def grid_size(self) -> tuple[int, int]:
@@ -160,6 +161,9 @@ class VisionTransformer(nn.Module):
         if global_pool is not None:
             _check_pool(global_pool, self.cls_token is not None)
             self.global_pool = global_pool
+            if hasattr(self, "visattn_kwargs"):  # what save_weights records, so that ARCH.TAG pools the same way
+                built_norm = not isinstance(self.fc_norm, nn.Identity)  # fc_norm defaults from global_pool
+                self.visattn_kwargs = {**self.visattn_kwargs, "global_pool": global_pool, "fc_norm": built_norm}
         self.num_classes = num_classes
         self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
 
@@ -207,6 +211,13 @@ class VisionTransformer(nn.Module):
         if "dist_token" in state:
             raise WeightsError("the weights are a distilled DeiT (dist_token, head_dist), which visattn does not "
                                "register; load a plain deit_*_patch16_224 or vit_* checkpoint")
+        if "reg_token" in state:
+            raise WeightsError("the weights have register tokens (reg_token), which visattn's ViT does not have; "
+                               "load a checkpoint without registers")
+        if "pos_embed" in state and ("cls_token" in state) != (self.cls_token is not None):
+            build = "class_token=True" if "cls_token" in state else "class_token=False, global_pool='avg'"
+            raise WeightsError(f"the weights {'have' if 'cls_token' in state else 'lack'} a class token and this "
+                               f"model {'does not' if 'cls_token' in state else 'does'}; build it with {build}")
         if "pos_embed" in state and state["pos_embed"].shape != self.pos_embed.shape:
             patches = state["pos_embed"].shape[1] - self.num_prefix_tokens
             if patches < 1 or math.isqrt(patches) ** 2 != patches:
