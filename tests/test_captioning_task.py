@@ -210,3 +210,8 @@ def test_shipped_captioner_weights_without_preprocessing_are_one_line(weights_tm
     save_weights(model, weights_tmp / "sat_cbam_resnet_scenes.mine.safetensors", vocab=VOCAB, dataset="mine")
     with pytest.raises(WeightsError, match="sat_cbam_resnet_scenes.mine: the weights entry has no preprocessing"):
         load_captioner("sat_cbam_resnet_scenes.mine")
+
+
+def test_a_captioning_task_of_a_classifier_is_one_line():
+    with pytest.raises(ConfigError, match=r"^model_name='cbam_resnet20_cifar' is not a captioner; pick one of"):
+        CaptioningTask(model_name="cbam_resnet20_cifar", vocab=VOCAB)

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -158,6 +159,20 @@ def test_warmup_cosine_schedule():
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-9)
 
 
+@pytest.mark.parametrize("max_epochs, accumulate, expected", [(None, 1, 20), (-1, 1, 20), (1000, 1, 20), (None, 3, 7)])
+def test_warm_up_lasts_its_epochs_when_max_steps_ends_the_run(max_epochs, accumulate, expected):
+    """An epoch of 20 batches, a run of 30 steps, warmup_epochs 1: the warm-up had been 0 or 29 steps."""
+    from lightning.pytorch.utilities import AttributeDict
+    from visattn.tasks.classification import adamw_warmup_cosine
+
+    trainer = SimpleNamespace(estimated_stepping_batches=30, num_training_batches=20, max_epochs=max_epochs,
+                              accumulate_grad_batches=accumulate)
+    task = SimpleNamespace(model=torch.nn.Linear(2, 2), trainer=trainer,
+                           hparams=AttributeDict(lr=1.0, weight_decay=0.0, warmup_epochs=1))
+    scheduler = adamw_warmup_cosine(task)["lr_scheduler"]["scheduler"]
+    assert scheduler._milestones == [expected]
+
+
 def test_weight_decay_groups_and_a_slower_backbone():
     model = torch.nn.Module()
     model.backbone, model.head = torch.nn.Linear(3, 4), torch.nn.Linear(4, 2)
@@ -178,11 +193,22 @@ def test_ema_mixup_and_cutmix_train_step():
     with torch.no_grad():
         for p in task.model.parameters():
             p.add_(1.0)
-    task.on_train_batch_end(None, None, 0)
-    task.on_train_batch_end(None, None, 1)  # the first update copies, later ones average
+    task._trainer = SimpleNamespace(global_step=0)  # what Lightning counts: optimizer steps
+    for step in (1, 2):  # the first update copies, later ones average
+        task.on_train_batch_start(None, step - 1)
+        task.trainer.global_step = step
+        task.on_train_batch_end(None, None, step - 1)
     after = list(task.ema.module.parameters())
     assert torch.isfinite(loss) and any(not torch.equal(a, b) for a, b in zip(before, after))
     assert task.eval_model is task.ema.module
+
+
+def test_ema_averages_once_per_optimizer_step_when_batches_accumulate(in_tmp):
+    """With accumulate_grad_batches 2 it averaged every batch: 0.999 became 0.999**2 per step."""
+    assert main(["fit", "--config", str(CBAM_CONFIG), *QUICK, "--trainer.max_epochs", "1",
+                 "--trainer.limit_val_batches", "1", "--trainer.accumulate_grad_batches", "2"]) == 0
+    checkpoint = torch.load(next(Path("outputs").rglob("last.ckpt")), weights_only=True)
+    assert checkpoint["global_step"] == 2 and int(checkpoint["state_dict"]["ema.n_averaged"]) == 2
 
 
 def _run(args: list[str], cwd: Path, **kwargs) -> subprocess.Popen:

@@ -239,6 +239,14 @@ TRAINER_MISTAKES = {
     "fit_from_best": (["--ckpt_path", "best"], "fit --ckpt_path best: fit resumes a run, from --ckpt_path last"),
     "logs_where_nothing_can_be_written": (["--trainer.logger.init_args.save_dir", "/proc/visattn-logs"],
                                           "save_dir /proc/visattn-logs: No such file or directory; give a folder"),
+    "label_smoothing_above_one": (["--model.init_args.label_smoothing", "1.5"],
+                                  "model.init_args.label_smoothing 1.5: give a share of the target between 0 and 1"),
+    "a_linked_value_in_the_model_section": (["--model.init_args.num_classes", "5"],
+                                            "model.init_args.num_classes: the data section sets it (data.num_classes "
+                                            "is linked to it); set it there"),
+    "a_data_module_of_another_task": (["--data", "visattn.data.caption_datamodules.FashionScenesCaptionDataModule"],
+                                      "data: FashionScenesCaptionDataModule holds captioning data, and "
+                                      "ImageClassifier trains classification; give a classification data module"),
     # Lightning checks this one only once it has counted the training batches, with a plain ValueError.
     "val_check_interval_beyond_the_epoch": (["--trainer.val_check_interval", "1000000"],
                                             "trainer.val_check_interval: `val_check_interval` (1000000) must be"),

@@ -119,6 +119,8 @@ class _CaptionDataModule(SplitLoadersMixin, pl.LightningDataModule):
     ``_source(split, transform)`` (the images of a split as ``(image, captions[, extras])``).
     """
 
+    task = "captioning"  # the task whose model these batches feed; `visattn fit` pairs them
+
     recipe: Recipe = "photo"
 
     def __init__(self) -> None:

@@ -118,6 +118,8 @@ class _ClassificationDataModule(SplitLoadersMixin, pl.LightningDataModule):
     transform) and ``class_names``; they may override ``_train_val_sets`` and ``_test_set``.
     """
 
+    task = "classification"  # the task whose model these batches feed; `visattn fit` pairs them
+
     def __init__(self) -> None:
         super().__init__()
         self.datasets: dict[Split, Dataset] = {}

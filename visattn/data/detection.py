@@ -394,6 +394,8 @@ class _DetectionDataModule(SplitLoadersMixin, pl.LightningDataModule):
     ``_source(split, transform)``; ``preprocessing`` is what checkpoints keep for inference.
     """
 
+    task = "detection"  # the task whose model these batches feed; `visattn fit` pairs them
+
     collate_fn = staticmethod(collate_detection)
 
     def __init__(self) -> None:

@@ -28,7 +28,7 @@ from ..explain.pointing import pointing_hit
 from ..fileio import output_errors, output_paths
 from ..models.show_attend_tell import DecodedCaptions, doubly_stochastic_penalty
 from ..pretrained import find_weights_entry, load_weights
-from ..registry import create_model, split_model_name
+from ..registry import create_model, model_task, split_model_name
 from .classification import (Classifier, adamw_warmup_cosine, checkpoint_model_kwargs,
                              inference_model, inference_target, read_checkpoint, require_task,
                              task_checkpoint)
@@ -162,6 +162,7 @@ class CaptioningTask(pl.LightningModule):
             ``train/skipped_steps``); this many in a row stop the run with a message.
     """
 
+    task = "captioning"  # the data modules it takes say the same
     # Given once in the data section of a config and linked here by `visattn fit` (see lightning_cli.py).
     linked_data_attributes = ("vocab", "preprocessing")
 
@@ -183,6 +184,8 @@ class CaptioningTask(pl.LightningModule):
         max_bad_steps: int = 5,
     ) -> None:
         super().__init__()
+        if model_task(model_name) != "captioning":
+            raise ConfigError(f"model_name={model_name!r} is not a captioner; pick one of `visattn models 'sat_*'`")
         if not vocab:
             raise ConfigError("CaptioningTask needs a vocabulary: link data.vocab in the config (see configs/captioning/)")
         self.save_hyperparameters()

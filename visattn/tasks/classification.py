@@ -1,5 +1,6 @@
 """Image classification as a LightningModule: any registered model (or ``timm:NAME``) by name."""
 import contextlib
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
@@ -94,6 +95,7 @@ class ImageClassifier(pl.LightningModule):
     bf16 autocast is Lightning's: set ``trainer.precision: bf16-mixed`` in the config.
     """
 
+    task = "classification"  # the data modules it takes say the same
     # Given once in the data section of a config and linked here by `visattn fit` (see lightning_cli.py).
     linked_data_attributes = ("num_classes", "class_names", "preprocessing")
 
@@ -174,8 +176,12 @@ class ImageClassifier(pl.LightningModule):
         self.log("train/loss", loss, prog_bar=True)
         return self.loss_guard.check(self, loss)
 
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self._steps_before_batch = self.trainer.global_step
+
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self.ema is not None:
+        # Once per optimizer step: a batch that only accumulates (or whose loss was skipped) steps nothing.
+        if self.ema is not None and self.trainer.global_step > self._steps_before_batch:
             self.ema.update_parameters(self.model)
 
     @skip_missing_batch
@@ -208,11 +214,19 @@ def adamw_warmup_cosine(task: pl.LightningModule) -> dict[str, Any]:
     groups = weight_decay_groups(task.model, task.hparams.weight_decay, lr=task.hparams.lr,
                                  backbone_lr_scale=task.hparams.get("backbone_lr_scale", 1.0))
     optimizer = torch.optim.AdamW(groups, lr=task.hparams.lr)
-    total = max(int(task.trainer.estimated_stepping_batches), 1)
-    steps_per_epoch = total / max(task.trainer.max_epochs or 1, 1)
-    warmup = min(int(task.hparams.warmup_epochs * steps_per_epoch), total - 1)
+    total = max(int(task.trainer.estimated_stepping_batches), 1)  # this sets up the training batches too
+    warmup = min(int(task.hparams.warmup_epochs * _steps_per_epoch(task.trainer, total)), total - 1)
     scheduler = warmup_cosine(optimizer, warmup, total)
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def _steps_per_epoch(trainer: pl.Trainer, total: int) -> float:
+    """Optimizer steps in one epoch: from the epoch's batches, since ``max_steps`` may end the run
+    before ``max_epochs`` does (or with none); from ``total`` for data of unknown length."""
+    batches = trainer.num_training_batches
+    if math.isinf(batches):
+        return total / max(trainer.max_epochs or 1, 1)
+    return max(math.ceil(batches / trainer.accumulate_grad_batches), 1)
 
 
 def weight_decay_groups(model: nn.Module, weight_decay: float, *, lr: Optional[float] = None,

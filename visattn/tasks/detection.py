@@ -80,6 +80,7 @@ class DetectionTask(pl.LightningModule):
             ``train/skipped_steps``); this many in a row stop the run with a message.
     """
 
+    task = "detection"  # the data modules it takes say the same
     # Given once in the data section of a config and linked here by `visattn fit` (see lightning_cli.py).
     linked_data_attributes = ("num_classes", "class_names", "preprocessing")
 

@@ -260,9 +260,44 @@ def _check_settings(model: Any, trainer: Any) -> None:
         value = init_args.get(key)
         if isinstance(value, (int, float)) and value < 0:
             raise ConfigError(f"model.init_args.{key} {value}: {what} cannot be negative; give e.g. {example}")
+    smoothing = init_args.get("label_smoothing")
+    if isinstance(smoothing, (int, float)) and not 0 <= smoothing <= 1:
+        raise ConfigError(f"model.init_args.label_smoothing {smoothing}: give a share of the target between 0 and 1, "
+                          "e.g. 0.1")
     accumulate = trainer.get("accumulate_grad_batches")
     if isinstance(accumulate, int) and accumulate < 1:  # a division by zero when the schedule is sized
         raise ConfigError(f"trainer.accumulate_grad_batches {accumulate}: give 1 (no accumulation) or more")
+
+
+def _check_task_data(model: Any, data: Any) -> None:
+    """A data module of another task would fail mid-step (a caption batch unpacked as images and labels)."""
+    task, data_class = _imported(getattr(model, "class_path", None)), _imported(getattr(data, "class_path", None))
+    wanted, given = getattr(task, "task", None), getattr(data_class, "task", None)
+    if wanted and given and wanted != given:
+        raise ConfigError(f"data: {data_class.__name__} holds {given} data, and {task.__name__} trains {wanted}; "
+                          f"give a {wanted} data module (see configs/{wanted}/)")
+
+
+def _refuse_linked_overrides(model: Any, linked: tuple[str, ...]) -> None:
+    """A model value the data section links in would be replaced by the data's without a word."""
+    task, init_args = _imported(getattr(model, "class_path", None)), getattr(model, "init_args", None) or {}
+    if task is None:
+        return
+    defaults = inspect.signature(task.__init__).parameters
+    for key in linked:
+        if key in init_args and key in defaults and init_args[key] != defaults[key].default:
+            raise ConfigError(f"model.init_args.{key}: the data section sets it (data.{key} is linked to it); "
+                              "set it there, or drop it from the model section")
+
+
+def _imported(class_path: Optional[str]) -> Optional[type]:
+    if not class_path or "." not in class_path:
+        return None
+    module, _, name = class_path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        return None  # LightningCLI reports the bad class_path itself
 
 
 def _trainer_error(err: MisconfigurationException, config: dict[str, Any]) -> ConfigError:
@@ -432,12 +467,14 @@ class VisattnCLI(LightningCLI):
             settings["ckpt_path"] = _resolve_ckpt_path(subcommand, settings)
             # LightningCLI (2.6) swaps the config's model for the one a checkpoint file's hyperparameters
             # describe; this is the last point where the config's model is known.
+            _refuse_linked_overrides(settings.model, self.linked_data_attributes)
             if settings.ckpt_path is not None and Path(settings.ckpt_path).is_file():
                 _check_checkpoint_model(Path(settings.ckpt_path), settings.model, resuming=subcommand == "fit")
         super()._parse_ckpt_path()
 
     def before_instantiate_classes(self) -> None:
         _check_settings(self._get(self.config, "model"), self._get(self.config, "trainer"))
+        _check_task_data(self._get(self.config, "model"), self._get(self.config, "data"))
 
     def instantiate_classes(self) -> None:
         try:
@@ -549,14 +586,7 @@ def _task_links(argv: list[str]) -> tuple[str, ...]:
             class_path = _config_model_class(Path(value)) or class_path
         elif flag in ("--model", "--model.class_path"):
             class_path = value
-    if class_path is None or "." not in class_path:
-        return ()
-    module, _, name = class_path.rpartition(".")
-    try:
-        task = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError):
-        return ()  # LightningCLI reports the bad class_path itself
-    return tuple(getattr(task, "linked_data_attributes", ()))
+    return tuple(getattr(_imported(class_path), "linked_data_attributes", ()))
 
 
 def _config_model_class(path: Path) -> Optional[str]:
