@@ -677,3 +677,23 @@ def test_attention_maps_of_a_timm_vit_are_refused_in_one_accurate_line(method):
         explain(timm_vit, torch.randn(3, 32, 32), method)
     with pytest.raises(ConfigError, match="only visattn ViTs give their attention"):
         collect_attentions(timm_vit, torch.randn(1, 3, 32, 32))
+
+
+@pytest.mark.parametrize("grid, size", [(7, 28), (7, 64), (8, 64), (14, 224)])
+def test_a_constant_map_never_points_even_where_upsampling_rounds(grid, size):
+    """float32 upsampling gave a constant 1/49 map rounding noise, whose argmax scored 0.689 on a half-canvas box."""
+    from visattn.explain.pointing import peak_location
+
+    for value in (1 / 49, 0.1, 3.7):
+        assert peak_location(np.full((grid, grid), value, np.float32), (size, size)) is None
+
+
+def test_a_peak_on_a_plateau_of_equal_maxima_is_its_centre():
+    from visattn.explain.pointing import peak_location
+
+    interior = np.zeros((7, 7), np.float32)
+    interior[3, 3] = 1  # its 4-pixel cell's two middle rows and columns tie
+    assert peak_location(interior, (28, 28)) == (14.0, 14.0)
+    border = np.zeros((8, 8), np.float32)
+    border[0, 3] = 1  # upsampling clamps at the edge: rows 0..3 tie, and the first one (y 0.5) was taken
+    assert peak_location(border, (64, 64)) == (28.0, 2.0)

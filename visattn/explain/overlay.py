@@ -29,12 +29,13 @@ from ..fileio import atomic_path
 PathLike = str | os.PathLike
 
 
-def resize_map(heatmap: np.ndarray | torch.Tensor, size: tuple[int, int]) -> np.ndarray:
-    """Bilinear upsampling of a ``(h, w)`` map to ``size = (H, W)``, as float32 (values not rescaled)."""
-    grid = torch.as_tensor(np.asarray(heatmap, dtype=np.float32) if not torch.is_tensor(heatmap) else heatmap)
+def resize_map(heatmap: np.ndarray | torch.Tensor, size: tuple[int, int], *,
+               dtype: torch.dtype = torch.float32) -> np.ndarray:
+    """Bilinear upsampling of a ``(h, w)`` map to ``size = (H, W)`` in ``dtype`` (values not rescaled)."""
+    grid = torch.as_tensor(np.asarray(heatmap, dtype=np.float64) if not torch.is_tensor(heatmap) else heatmap)
     if grid.ndim != 2:
         raise ConfigError(f"heat map has shape {tuple(grid.shape)}; expected a 2-D (h, w) map")
-    grid = grid.detach().float().cpu()[None, None]  # (1, 1, h, w)
+    grid = grid.detach().cpu().to(dtype)[None, None]  # (1, 1, h, w)
     if tuple(grid.shape[-2:]) != tuple(size):
         grid = F.interpolate(grid, size=tuple(size), mode="bilinear", align_corners=False)
     return grid[0, 0].numpy()

@@ -7,8 +7,10 @@ tolerance defaults to 0 and is a parameter.
 
 Coordinates: boxes are ``xyxy`` in continuous pixel units, pixel ``(row, col)`` covering
 ``[col, col + 1) x [row, row + 1)`` (the COCO / torchvision convention: a box tight around
-columns ``a..b`` has ``x1 = a, x2 = b + 1``). The map's maximum is tested at its pixel centre.
-A constant map has no maximum and always misses.
+columns ``a..b`` has ``x1 = a, x2 = b + 1``). The map's maximum is tested at its pixel centre;
+where upsampling leaves a plateau of equal maxima (a peak cell on the map's border), at the
+plateau's centre. A constant map has no maximum and always misses. The tolerance grows each box by
+that many pixels on every side (a square margin, not the disk of TorchRay's implementation).
 """
 from __future__ import annotations
 
@@ -16,21 +18,25 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from ..errors import ConfigError
 from .overlay import resize_map
 
 
 def peak_location(heatmap: np.ndarray | torch.Tensor, image_size: Sequence[int]) -> tuple[float, float] | None:
-    """``(x, y)`` pixel centre of the maximum of ``heatmap`` upsampled (bilinear) to ``image_size = (H, W)``;
-    ``None`` for a constant map. Ties go to the first maximum in row-major order."""
-    upsampled = resize_map(heatmap, (int(image_size[0]), int(image_size[1])))
+    """``(x, y)`` of the maximum of ``heatmap`` upsampled (bilinear, in float64) to ``image_size = (H, W)``:
+    the centre of the plateau of equal maxima holding the first one in row-major order (one pixel's
+    centre when the maximum is a single pixel); ``None`` for a constant map."""
+    upsampled = resize_map(heatmap, (int(image_size[0]), int(image_size[1])), dtype=torch.float64)
     if not np.isfinite(upsampled).all():
         raise ConfigError("the map holds NaN or infinite values; check the model and its input")
-    if upsampled.max() - upsampled.min() <= 1e-12 * max(1.0, abs(float(upsampled.max()))):
+    grid = heatmap.detach().cpu().double().numpy() if torch.is_tensor(heatmap) else np.asarray(heatmap, np.float64)
+    if np.ptp(grid) == 0:  # told on the map itself: upsampling in float32 gave a constant map noise, and a peak
         return None
-    row, col = np.unravel_index(int(np.argmax(upsampled)), upsampled.shape)
-    return col + 0.5, row + 0.5
+    plateaus, _ = ndimage.label(upsampled == upsampled.max(), structure=np.ones((3, 3)))
+    rows, cols = np.nonzero(plateaus == plateaus.flat[int(np.argmax(upsampled))])
+    return float(cols.mean()) + 0.5, float(rows.mean()) + 0.5
 
 
 def pointing_hit(

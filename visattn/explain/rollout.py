@@ -4,6 +4,12 @@ Each block's attention is fused over heads, its weakest entries are optionally d
 residual connection is modelled by adding the identity, rows are re-normalised, and the blocks
 are multiplied in order: ``R = Â_L ··· Â_2 Â_1`` with ``Â = rownorm(A + I)``. Row ``i`` of ``R``
 says how much of token ``i``'s final representation flows from each input token.
+
+The paper averages the heads and keeps every entry (``head_fusion="mean"``, ``discard_ratio=0``,
+the defaults). Max/min fusion and the discard ratio follow jacobgil/vit-explain, with two
+differences: rows are re-normalised each to sum 1 (vit-explain divides without ``keepdim``, which
+broadcasts over columns), and exactly ``int(ratio * N * N)`` entries are discarded, the prefix
+tokens' attention to themselves kept.
 """
 from __future__ import annotations
 
@@ -66,7 +72,7 @@ def attention_rollout(
             row of the rollout, or with no prefix tokens the mean of all rows.
         head_fusion: how the heads of a block are combined: ``"mean"``, ``"max"`` or ``"min"``.
         discard_ratio: fraction of each fused matrix's smallest entries set to zero before
-            adding the identity (the paper's variant keeps all: 0).
+            adding the identity (the paper keeps all: 0; vit-explain's option).
         pooled: the head averages the patch tokens (``global_pool="avg"``): the map is their
             rows' mean instead of the class token's row.
 
