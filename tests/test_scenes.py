@@ -222,3 +222,19 @@ def test_export_coco_round_trips_through_pycocotools(tmp_path):
         assert np.array_equal(decode_image(paths["images"] / file_name), scene.image)  # lossless PNG
     image, references = CocoCaptions(paths["captions"], paths["images"])[5]
     assert image.shape == (3, 64, 64) and references == scenes[5].captions
+
+
+@needs_fashion_mnist
+def test_evaluation_draws_the_scenes_a_training_run_recorded():
+    """evaluate rebuilt the scenes with the default seed, item counts and the model's input size as canvas."""
+    from visattn.data.caption_datamodules import FashionScenesCaptionDataModule
+    from visattn.data.scenes import FashionScenes, recorded_scenes
+
+    data = FashionScenesCaptionDataModule(canvas_size=48, img_size=32, max_items=1, seed=7, num_train=8, num_val=4,
+                                          num_test=4, vocab_scenes=8)
+    drawn = recorded_scenes(data.preprocessing, "test", 3, canvas_size=32)
+    trained_on = FashionScenes("test", num_scenes=3, canvas_size=48, max_items=1, seed=7)
+    for ours, theirs in zip(drawn, trained_on):
+        assert np.array_equal(ours.image, theirs.image) and ours.captions == theirs.captions
+    older = recorded_scenes({"input_size": [3, 64, 64]}, "test", 2, canvas_size=64)  # weights saved before the record
+    assert np.array_equal(older[1].image, FashionScenes("test", num_scenes=2)[1].image)

@@ -30,7 +30,7 @@ from torch.utils.data import Dataset
 from ..errors import ConfigError
 from .datamodules import SplitLoadersMixin
 from .coco import CaptionImages, CocoCaptions, KarpathyCaptions, KarpathySplit, read_karpathy
-from .scenes import SCENES_MEAN, SCENES_STD, FashionScenes
+from .scenes import SCENES_MEAN, SCENES_STD, FashionScenes, scene_settings
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, ImageTransform, Recipe, eval_transforms, train_transforms
 from .vocab import Vocabulary
 
@@ -236,6 +236,11 @@ class FashionScenesCaptionDataModule(_CaptionDataModule):
     def input_size(self) -> tuple[int, int]:
         side = self.hparams.img_size or self.hparams.canvas_size
         return side, side
+
+    @property
+    def preprocessing(self) -> dict:
+        """Also how the scenes are drawn, so ``visattn evaluate --dataset fashion-scenes`` draws the same."""
+        return {**super().preprocessing, "scenes": scene_settings(self.hparams)}
 
     def _scenes(self, split: Split) -> FashionScenes:
         h = self.hparams

@@ -33,7 +33,7 @@ from .coco import load_coco
 from .datamodules import SplitLoadersMixin
 from .image_folder import ImageFiles
 from .image_io import DEFAULT_MAX_PIXELS
-from .scenes import ITEM_WORDS, FashionScenes
+from .scenes import ITEM_WORDS, FashionScenes, scene_settings
 from .transforms import ImageTransform, to_tensor
 
 __all__ = [
@@ -481,9 +481,10 @@ class FashionScenesDetectionDataModule(_DetectionDataModule):
 
     @property
     def preprocessing(self) -> dict[str, Any]:
-        """Also the scene size, so ``visattn evaluate --dataset fashion-scenes`` draws the same scenes."""
+        """Also the scene size and how the scenes are drawn, so ``visattn evaluate --dataset fashion-scenes``
+        draws the same scenes."""
         side = self.hparams.canvas_size
-        return {**super().preprocessing, "input_size": [3, side, side]}
+        return {**super().preprocessing, "input_size": [3, side, side], "scenes": scene_settings(self.hparams)}
 
     def _scenes(self, split: Split) -> FashionScenes:
         h = self.hparams

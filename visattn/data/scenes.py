@@ -26,7 +26,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import cv2
 import numpy as np
@@ -47,6 +47,8 @@ __all__ = [
     "Scene",
     "describe_scene",
     "export_coco",
+    "recorded_scenes",
+    "scene_settings",
 ]
 
 # one caption word per Fashion-MNIST class, index = class id
@@ -395,6 +397,18 @@ def _number(n: int) -> str:
 
 
 # --- COCO export ---------------------------------------------------------------------------
+
+
+def scene_settings(hparams: Any) -> dict[str, int]:
+    """What draws a data module's scenes (canvas size, item counts, seed), for its ``preprocessing``
+    record: ``visattn evaluate`` then scores the model on scenes drawn as its training run drew them."""
+    return {key: int(hparams[key]) for key in ("canvas_size", "min_items", "max_items", "seed")}
+
+
+def recorded_scenes(preprocessing: dict[str, Any], split: Split, num_scenes: int, *, canvas_size: int) -> FashionScenes:
+    """``num_scenes`` scenes of ``split`` drawn with the settings ``preprocessing["scenes"]`` records
+    (:func:`scene_settings`); a record without them (older weights) gets ``canvas_size`` and the defaults."""
+    return FashionScenes(split, num_scenes=num_scenes, **{"canvas_size": canvas_size, **preprocessing.get("scenes", {})})
 
 
 def export_coco(scenes: FashionScenes, out_dir: str | os.PathLike) -> dict[str, Path]:

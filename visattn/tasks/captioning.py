@@ -377,14 +377,14 @@ def evaluation_loader(captioner: Captioner, spec: str, split: str = "test", *, l
     from ..data.caption_datamodules import CaptionSamples, SceneImages, collate_captions
     from ..data.coco import CocoCaptions
     from ..data.image_folder import evaluation_batches, seeded_subset
-    from ..data.scenes import FashionScenes
+    from ..data.scenes import recorded_scenes
 
     transform = captioner.transform()
     if spec == "fashion-scenes":
         if split not in ("train", "val", "test"):
             raise ConfigError(f"--split {split}: fashion-scenes has the splits train, val and test")
         size = int(captioner.preprocessing["input_size"][-1])
-        source = SceneImages(FashionScenes(split, num_scenes=limit or 1000, canvas_size=size), transform)
+        source = SceneImages(recorded_scenes(captioner.preprocessing, split, limit or 1000, canvas_size=size), transform)
     elif spec.startswith("coco:") and spec.count(":") >= 2:
         annotations, _, images_dir = spec[len("coco:"):].rpartition(":")
         source = CocoCaptions(annotations, images_dir, transform=transform)
