@@ -246,7 +246,8 @@ def test_scenes_data_module_batches():
     dm = FashionScenesDetectionDataModule(batch_size=3, num_workers=0, num_train=6, num_val=2, num_test=2,
                                           canvas_size=48, min_items=2, max_items=3)
     assert dm.num_classes == 10 and dm.class_names[7] == "sneaker"
-    assert dm.preprocessing == {"recipe": "detection", "input_size": [3, 48, 48]}
+    assert dm.preprocessing == {"recipe": "detection", "input_size": [3, 48, 48],
+                                "scenes": {"canvas_size": 48, "min_items": 2, "max_items": 3, "seed": 0}}
     images, targets = next(iter(dm.val_dataloader()))
     assert [tuple(i.shape) for i in images] == [(3, 48, 48)] * 2
     assert all(2 <= len(t["labels"]) <= 3 and int(t["labels"].max()) < 10 for t in targets)
