@@ -249,3 +249,11 @@ def test_get_classifier_is_fc():
     assert model.get_classifier() is model.fc
     model.reset_classifier(3)
     assert model.get_classifier() is model.fc and model.fc.out_features == 3
+
+
+def test_reset_classifier_takes_timms_global_pool_argument():
+    model = create_model("resnet20_cifar", num_classes=3)
+    model.reset_classifier(5, "avg")  # as code written for timm calls it
+    assert model.get_classifier().out_features == 5 and model(torch.randn(1, 3, 32, 32)).shape == (1, 5)
+    with pytest.raises(ConfigError, match=r"global_pool='max': visattn's ResNets pool by the average"):
+        model.reset_classifier(5, "max")

@@ -299,8 +299,11 @@ class ResNet(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.fc
 
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace ``fc`` with a freshly initialised one of ``num_classes`` outputs (0: identity)."""
+    def reset_classifier(self, num_classes: int, global_pool: str = "avg") -> None:
+        """Replace ``fc`` with a freshly initialised one of ``num_classes`` outputs (0: identity).
+        ``global_pool`` is timm's argument; these ResNets pool by the average only."""
+        if global_pool != "avg":
+            raise ConfigError(f"global_pool={global_pool!r}: visattn's ResNets pool by the average; give 'avg'")
         self.num_classes = num_classes
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
