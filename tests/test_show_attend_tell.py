@@ -272,3 +272,22 @@ def test_vit_encoder_size_given_twice_must_agree():
         ShowAttendTell(vocab_size=VOCAB, encoder_name="vit_tiny_patch4_28", encoder_kwargs={"depth": 1, "img_size": 28},
                        img_size=56)
     assert str(refused.value) == "img_size=56 but encoder_kwargs img_size=28: give the size once, as img_size"
+
+
+class _SoftmaxInFloat32(torch.overrides.TorchFunctionMode):
+    """What CUDA autocast does and CPU autocast does not: (log-)softmax of bf16 runs in, and returns, float32."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", "") in ("softmax", "log_softmax") and args[0].dtype == torch.bfloat16:
+            with torch.autocast("cpu", enabled=False):
+                return func(args[0].float(), *args[1:], **(kwargs or {}))
+        return func(*args, **(kwargs or {}))
+
+
+def test_beam_search_under_bf16_autocast_with_float32_softmax_as_on_cuda():
+    """It stored float32 scores into bf16 buffers: index_put_ refused (benchmarks/beam_search.py --device cuda --precision bf16)."""
+    net = create_model("sat_cbam_resnet_scenes", **TINY).eval()
+    images = torch.randn(3, 3, 32, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16), _SoftmaxInFloat32():
+        decoded = net.beam_search(images, beam_size=3, max_len=4)
+    assert len(decoded.tokens) == 3 and decoded.scores.dtype == torch.float32

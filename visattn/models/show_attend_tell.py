@@ -284,9 +284,10 @@ class ShowAttendTell(nn.Module):
         projected = self.attention.project_features(features)
         state = self.init_state(features)  # one hypothesis per image until the first step expands it
         words = features.new_full((batch,), START_ID, dtype=torch.long)
-        scores = features.new_zeros((batch, 1))  # (b, width): width is 1, then K
+        # Scores and maps in float32 whatever the features' dtype: CUDA autocast gives (log-)softmax in float32.
+        scores = features.new_zeros((batch, 1), dtype=torch.float32)  # (b, width): width is 1, then K
         tokens = words.new_zeros((batch, 1, 0))
-        alphas = features.new_zeros((batch, 1, 0, features.shape[1]))
+        alphas = features.new_zeros((batch, 1, 0, features.shape[1]), dtype=torch.float32)
         finished = torch.zeros((batch, 1), dtype=torch.bool, device=images.device)
         active = torch.arange(batch, device=images.device)  # images still decoding, in batch order
         done = _FinishedBeams(batch, k, max_len, features.shape[1], features)
@@ -345,14 +346,14 @@ class _FinishedBeams:
 
     def __init__(self, batch: int, beams: int, max_len: int, regions: int, like: Tensor) -> None:
         self.tokens = torch.full((batch, beams, max_len), PAD_ID, dtype=torch.long, device=like.device)
-        self.alphas = like.new_zeros((batch, beams, max_len, regions))
-        self.scores = like.new_full((batch, beams), float("-inf"))
+        self.alphas = like.new_zeros((batch, beams, max_len, regions), dtype=torch.float32)
+        self.scores = like.new_full((batch, beams), float("-inf"), dtype=torch.float32)
 
     def store(self, images: Tensor, tokens: Tensor, alphas: Tensor, scores: Tensor) -> None:
         steps = tokens.shape[2]
         self.tokens[images, :, :steps] = tokens
-        self.alphas[images, :, :steps] = alphas
-        self.scores[images] = scores
+        self.alphas[images, :, :steps] = alphas.float()  # index_put_ wants one dtype; bf16 under CPU autocast
+        self.scores[images] = scores.float()
 
 
 def _create_sat(**kwargs: Any) -> ShowAttendTell:
