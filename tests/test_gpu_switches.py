@@ -87,3 +87,18 @@ def test_trainer_calls_compile_and_bf16_mixed_reaches_attention(compiled, sdpa_c
 def test_compile_is_off_by_default(compiled):
     _fit(ImageClassifier(**TINY_VIT))
     assert compiled == []
+
+
+@pytest.mark.parametrize("device, precision, refused", [
+    ("cuda", "32-true", True), ("cuda", "bf16-mixed", False), ("cuda", "16-mixed", False), ("cpu", "32-true", False),
+])
+def test_flash_attention_in_float32_on_cuda_is_one_line_before_training(device, precision, refused):
+    """CUDA's flash kernel has no float32 path: every step would fail with "No available kernel"."""
+    from visattn.tasks.classification import check_sdpa_backend
+
+    if refused:
+        with pytest.raises(ConfigError, match=r"^model.init_args.sdpa_backend flash: CUDA's flash kernel needs 16-bit"):
+            check_sdpa_backend("flash", torch.device(device), precision)
+    else:
+        check_sdpa_backend("flash", torch.device(device), precision)
+    check_sdpa_backend("efficient", torch.device(device), precision)

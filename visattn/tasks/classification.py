@@ -88,7 +88,7 @@ class ImageClassifier(pl.LightningModule):
             checkpoint keys stay those of the plain model.
         sdpa_backend: restrict ``F.scaled_dot_product_attention`` in every step to one kernel:
             ``"flash"``, ``"efficient"``, ``"math"`` or ``"cudnn"`` (flash and math also run on
-            CPU); None lets PyTorch choose.
+            CPU; flash on CUDA needs 16-bit precision); None lets PyTorch choose.
         max_bad_steps: a step whose loss is NaN or infinite is skipped (and logged as
             ``train/skipped_steps``); this many in a row stop the run with a message.
 
@@ -149,6 +149,10 @@ class ImageClassifier(pl.LightningModule):
     def eval_model(self) -> nn.Module:
         """The EMA weights when enabled, else the trained weights."""
         return self.ema.module if self.ema is not None else self.model
+
+    def setup(self, stage: str) -> None:
+        # The device the run is on: the model itself moves there only after this hook.
+        check_sdpa_backend(self.hparams.sdpa_backend, self.trainer.strategy.root_device, str(self.trainer.precision))
 
     def configure_model(self) -> None:
         # nn.Module.compile compiles in place, so state-dict keys (and checkpoints) are unchanged.
@@ -218,6 +222,15 @@ def adamw_warmup_cosine(task: pl.LightningModule) -> dict[str, Any]:
     warmup = min(int(task.hparams.warmup_epochs * _steps_per_epoch(task.trainer, total)), total - 1)
     scheduler = warmup_cosine(optimizer, warmup, total)
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def check_sdpa_backend(backend: Optional[str], device: torch.device, precision: str) -> None:
+    """CUDA's flash kernel takes fp16 and bf16 only: in float32 every attention call would fail with
+    "No available kernel" (the CPU's flash kernel takes float32, so CPU runs do not tell)."""
+    if backend == "flash" and device.type == "cuda" and not precision.startswith(("16", "bf16")):
+        raise ConfigError(f"model.init_args.sdpa_backend flash: CUDA's flash kernel needs 16-bit inputs, and "
+                          f"trainer.precision is {precision}; use --trainer.precision bf16-mixed, or sdpa_backend "
+                          "efficient")
 
 
 def _steps_per_epoch(trainer: pl.Trainer, total: int) -> float:
