@@ -12,8 +12,8 @@ from visattn import create_model, save_weights
 from visattn.cli import main
 from visattn.data.vocab import Vocabulary
 from visattn.errors import ConfigError, WeightsError
-from visattn.tasks.captioning import (Captioner, CaptioningTask, caption_scores, decode, load_captioner,
-                                      pointing_hits)
+from visattn.tasks.captioning import (CaptionMetrics, Captioner, CaptioningTask, caption_scores, decode,
+                                      load_captioner, pointing_hits)
 
 CONFIG = "configs/captioning/sat_scenes.yaml"
 TINY_MODEL = json.dumps(dict(encoder_kwargs=dict(layers=[1, 1], widths=[8, 16], small_input=False), img_size=32,
@@ -215,3 +215,31 @@ def test_shipped_captioner_weights_without_preprocessing_are_one_line(weights_tm
 def test_a_captioning_task_of_a_classifier_is_one_line():
     with pytest.raises(ConfigError, match=r"^model_name='cbam_resnet20_cifar' is not a captioner; pick one of"):
         CaptioningTask(model_name="cbam_resnet20_cifar", vocab=VOCAB)
+
+
+REFERENCES = [["a red top", "a red top on the left"], ["a blue bag", "there is a blue bag"],
+              ["a bag and a top"], ["two red tops"]]
+HYPOTHESES = ["a red top", "there is a bag", "a top and a bag", "a red top"]
+
+
+def _score_one_shard(rank: int, world: int, port: int, out: str) -> None:
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    metrics = CaptionMetrics(Vocabulary.from_list(VOCAB))
+    metrics.hypotheses, metrics.references = HYPOTHESES[rank::world], REFERENCES[rank::world]
+    metrics.gather()
+    torch.save(metrics.compute(), f"{out}.{rank}")
+    torch.distributed.destroy_process_group()
+
+
+def test_caption_metrics_score_the_whole_split_under_ddp(tmp_path):
+    """Each DDP process scored its own shard and the log kept rank 0's: CIDEr of a quarter of the data."""
+    import socket
+
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    torch.multiprocessing.spawn(_score_one_shard, args=(2, port, str(tmp_path / "scores")), nprocs=2)
+    whole = caption_scores(HYPOTHESES, REFERENCES)
+    for rank in (0, 1):
+        scores = torch.load(tmp_path / f"scores.{rank}", weights_only=True)
+        assert scores["n"] == 4 and scores["cider"] == pytest.approx(whole["cider"])

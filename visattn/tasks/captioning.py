@@ -123,6 +123,19 @@ class CaptionMetrics:
                 self.hits += pointing_hits(words, maps.cpu(), _numpy(boxes), _numpy(labels), image_size)
         return captions
 
+    def gather(self) -> None:
+        """Every process's captions, references and hits in each process, so that each scores the whole
+        split: under DDP each holds one shard, and a corpus score (CIDEr) cannot be averaged over shards.
+        A collective: every process calls it."""
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return
+        shards: list[Any] = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(shards, (self.hypotheses, self.references, self.hits, self.has_boxes))
+        self.hypotheses = [caption for shard in shards for caption in shard[0]]
+        self.references = [refs for shard in shards for refs in shard[1]]
+        self.hits = [hit for shard in shards for hit in shard[2]]
+        self.has_boxes = any(shard[3] for shard in shards)
+
     def compute(self) -> dict[str, float]:
         scores = caption_scores(self.hypotheses, self.references, meteor=self.meteor)
         if self.has_boxes:  # None when no caption named an item that occurs once
@@ -232,9 +245,11 @@ class CaptioningTask(pl.LightningModule):
         self._log_metrics(self.test_metrics, "test/")
 
     def _log_metrics(self, metrics: CaptionMetrics, prefix: str) -> None:
+        metrics.gather()
         if metrics.hypotheses:
-            scores = metrics.compute()
-            self.log_dict({prefix + k: v for k, v in scores.items() if k != "n" and v is not None}, prog_bar=True)
+            scores = metrics.compute()  # the same in every process once gathered
+            self.log_dict({prefix + k: v for k, v in scores.items() if k != "n" and v is not None}, prog_bar=True,
+                          sync_dist=True)
         metrics.reset()
 
     @skip_missing_batch
