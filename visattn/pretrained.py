@@ -355,18 +355,19 @@ def _drop_mismatched_head(model: nn.Module, state: StateDict, *, source: Any, ne
     dropped = [k for k in state if k.startswith(head + ".") and (k not in own or own[k].shape != state[k].shape)]
     if dropped:
         problem = f"classifier {head!r} does not fit num_classes={getattr(model, 'num_classes', '?')}"
-        if not new_head:
-            shapes = ", ".join(f"{k} {tuple(state[k].shape)}" for k in dropped)
-            raise WeightsError(f"{source}: its {problem} recorded with it ({shapes}); the file was edited or "
-                               "damaged: use the checkpoint as training wrote it")
-        warnings.warn(f"checkpoint {problem}: dropped {', '.join(dropped)}; the new head is randomly "
-                      "initialised, so fine-tune it", stacklevel=3)
+        shapes = ", ".join(f"{k} {tuple(state[k].shape)}" for k in dropped)
+        error = f"its {problem} recorded with it ({shapes})"
+        warning = (f"checkpoint {problem}: dropped {', '.join(dropped)}; the new head is randomly initialised, "
+                   "so fine-tune it")
     elif any(k.startswith(head + ".") for k in own) and not any(k.startswith(head + ".") for k in state):
-        if not new_head:
-            raise WeightsError(f"{source}: it has no classifier {head!r}; the file was edited or damaged: "
-                               "use the checkpoint as training wrote it")
-        warnings.warn(f"the checkpoint has no classifier {head!r} (features only): the head is randomly "
-                      "initialised, so fine-tune it", stacklevel=3)
+        error = f"it has no classifier {head!r}"
+        warning = (f"the checkpoint has no classifier {head!r} (features only): the head is randomly initialised, "
+                   "so fine-tune it")
+    else:
+        return state
+    if not new_head:
+        raise WeightsError(f"{source}: {error}; the file was edited or damaged: use the checkpoint as training wrote it")
+    warnings.warn(warning, stacklevel=3)
     return {k: v for k, v in state.items() if k not in dropped}
 
 

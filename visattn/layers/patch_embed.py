@@ -8,9 +8,14 @@ from torch import nn
 from ..errors import ConfigError
 
 
+def is_count(value: object) -> bool:
+    """Whether ``value`` is a whole number >= 1 (``True`` is not one, though Python counts it as 1)."""
+    return isinstance(value, Integral) and not isinstance(value, bool) and value >= 1
+
+
 def check_count(name: str, value: object) -> int:
     """``value`` when it is a whole number >= 1, else a :class:`ConfigError` naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
+    if not is_count(value):
         raise ConfigError(f"{name}={value!r}: give a whole number >= 1")
     return int(value)
 
@@ -18,7 +23,7 @@ def check_count(name: str, value: object) -> int:
 def to_2tuple(value: Union[int, tuple[int, int]], name: str = "size") -> tuple[int, int]:
     """``(value, value)`` for one whole number, ``value`` for a (height, width) pair; both >= 1."""
     pair = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
-    if len(pair) != 2 or not all(isinstance(v, Integral) and not isinstance(v, bool) and v >= 1 for v in pair):
+    if len(pair) != 2 or not all(map(is_count, pair)):
         raise ConfigError(f"{name}={value!r}: give a whole number >= 1 or a (height, width) pair of them")
     return int(pair[0]), int(pair[1])
 

@@ -10,7 +10,6 @@ gates the context with ``β = sigmoid(f_beta(h))`` and predicts the next word fr
 :mod:`visattn.data.vocab`: PAD 0, START 1, END 2; the model holds no vocabulary strings.
 """
 from dataclasses import dataclass
-from numbers import Integral
 from typing import Any, Optional, Union
 
 import torch
@@ -18,7 +17,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..layers.additive_attention import AdditiveAttention
-from ..layers.patch_embed import to_2tuple
+from ..layers.patch_embed import is_count, to_2tuple
 from ..modes import eval_mode
 from ..registry import create_model, model_family, register_model, split_model_name
 
@@ -67,14 +66,10 @@ def _word_log_probs(logits: Tensor) -> Tensor:
 
 def _check_decoding(*, max_len: int, beam_size: int = 1) -> None:
     """Refuse settings that give no caption here, in one line, rather than deep inside a search."""
-    if not _is_count(beam_size):
+    if not is_count(beam_size):
         raise ConfigError(f"beam_size={beam_size!r}: must be >= 1, a whole number (1 decodes greedily)")
-    if not _is_count(max_len):
+    if not is_count(max_len):
         raise ConfigError(f"max_len={max_len!r}: a caption needs at least one word; give a whole number >= 1")
-
-
-def _is_count(value: Any) -> bool:
-    return isinstance(value, Integral) and not isinstance(value, bool) and value >= 1
 
 
 def _is_vit(name: str) -> bool:

@@ -215,9 +215,11 @@ class VisionTransformer(nn.Module):
             raise WeightsError("the weights have register tokens (reg_token), which visattn's ViT does not have; "
                                "load a checkpoint without registers")
         if "pos_embed" in state and ("cls_token" in state) != (self.cls_token is not None):
-            build = "class_token=True" if "cls_token" in state else "class_token=False, global_pool='avg'"
-            raise WeightsError(f"the weights {'have' if 'cls_token' in state else 'lack'} a class token and this "
-                               f"model {'does not' if 'cls_token' in state else 'does'}; build it with {build}")
+            if "cls_token" in state:
+                raise WeightsError("the weights have a class token and this model does not; build it with "
+                                   "class_token=True")
+            raise WeightsError("the weights lack a class token and this model does; build it with "
+                               "class_token=False, global_pool='avg'")
         if "pos_embed" in state and state["pos_embed"].shape != self.pos_embed.shape:
             patches = state["pos_embed"].shape[1] - self.num_prefix_tokens
             if patches < 1 or math.isqrt(patches) ** 2 != patches:
