@@ -390,3 +390,70 @@ def test_a_timm_classifier_loads_the_pretrained_file_it_is_given(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), source.state_dict().values()))
     with pytest.raises(WeightsError, match="no/such.pth"):
         build_classifier("timm:resnet18", 3, pretrained="/no/such.pth")
+
+
+SHIPPED_CLASSIFIER = "vit_tiny_patch4_28.fmnist"  # small; its entry records ViT hyperparameters and 10 labels
+
+
+def test_an_arch_tag_model_name_fine_tunes_the_shipped_weights_unless_pretrained_is_false(monkeypatch):
+    """The task's default used to be pretrained=False, which create_model now takes as "no weights" for arch.tag."""
+    shipped = create_model(SHIPPED_CLASSIFIER).state_dict()
+    task = ImageClassifier(model_name=SHIPPED_CLASSIFIER)
+    assert task.hparams.pretrained is None
+    torch.testing.assert_close(task.model.state_dict()["head.weight"], shipped["head.weight"])
+    assert all(torch.equal(v, shipped[k]) for k, v in task.model.state_dict().items())
+
+    import visattn.pretrained
+
+    def no_file(*args, **kwargs):
+        raise AssertionError(f"pretrained=False read weights: {args[1:]}")
+
+    monkeypatch.setattr(visattn.pretrained, "load_weights", no_file)
+    random = ImageClassifier(model_name=SHIPPED_CLASSIFIER, pretrained=False).model.state_dict()
+    assert {k: v.shape for k, v in random.items()} == {k: v.shape for k, v in shipped.items()}  # the tag's architecture
+    assert random["head.weight"].shape[0] == 10
+    assert not torch.equal(random["head.weight"], shipped["head.weight"])
+    assert not torch.equal(random["patch_embed.proj.weight"], shipped["patch_embed.proj.weight"])
+
+
+def test_a_checkpoint_of_an_arch_tag_run_is_rebuilt_without_reading_the_shipped_file(tmp_path, monkeypatch):
+    """The checkpoint holds every weight: the shipped file the run started from is not read again."""
+    import visattn.pretrained
+
+    task = ImageClassifier(model_name="se_resnet20_cifar.fmnist", pretrained=False)
+    path = tmp_path / "run.ckpt"
+    torch.save({"state_dict": task.state_dict(), "hyper_parameters": dict(task.hparams)}, path)
+    read = []
+    real = visattn.pretrained.load_weights
+    monkeypatch.setattr(visattn.pretrained, "load_weights", lambda model, source, **kw: (read.append(source),
+                                                                                          real(model, source, **kw))[1])
+    loaded = load_classifier(checkpoint=str(path))
+    assert read == []
+    assert all(torch.equal(v, task.model.state_dict()[k]) for k, v in loaded.model.state_dict().items())
+
+
+@pytest.mark.parametrize("init_args, expected", [
+    ({"model_name": "se_resnet20_cifar.fmnist"}, True),
+    ({"model_name": "se_resnet20_cifar.fmnist", "pretrained": None}, True),
+    ({"model_name": "se_resnet20_cifar.fmnist", "pretrained": False}, False),  # the tag's architecture, random init
+    ({"model_name": "se_resnet20_cifar.fmnist", "pretrained": True}, True),
+    ({"model_name": "se_resnet20_cifar", "pretrained": None}, False),
+    ({"model_name": "se_resnet20_cifar", "pretrained": "outputs/run/last.ckpt"}, True),
+    ({"model_name": "timm:resnet18", "pretrained": "resnet18.safetensors"}, True),  # build_classifier loads it
+    ({"model_name": "timm:resnet18", "model_kwargs": {"pretrained": True}}, True),
+    ({"model_name": "timm:resnet18"}, False),
+], ids=["tag", "tag_none", "tag_false", "tag_true", "arch_none", "arch_file", "timm_file", "timm_kwargs", "timm"])
+def test_loads_weights_follows_create_model(init_args, expected):
+    from visattn.tasks.lightning_cli import _loads_weights
+
+    assert _loads_weights(SimpleNamespace(init_args=init_args)) is expected
+
+
+@pytest.mark.parametrize("subcommand", ["validate", "test", "predict"])
+def test_scoring_an_arch_tag_with_pretrained_false_is_refused_as_untrained(subcommand, in_tmp, capsys):
+    config = REPO / "configs" / "classification" / "se_resnet20_fmnist.yaml"
+    assert main([subcommand, "--config", str(config), *QUICK, "--model.init_args.model_name", "se_resnet20_cifar.fmnist",
+                 "--model.init_args.pretrained", "false"]) == 2
+    err = capsys.readouterr().err
+    assert (f"visattn {subcommand} without --ckpt_path would score an untrained se_resnet20_cifar.fmnist; give "
+            "--ckpt_path best, last or FILE, or start the model from weights") in err

@@ -263,3 +263,18 @@ def test_evaluate_on_annotations_without_an_object_box_is_one_line_not_map_minus
     assert main(["evaluate", "--checkpoint", str(checkpoint), "--dataset", f"coco:{annotations}:{images_dir}"]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"visattn: error: {annotations}: no object box to score detections against") and err.count("\n") == 1
+
+
+def test_an_arch_tag_detector_fine_tunes_the_shipped_weights_unless_pretrained_is_false():
+    """The task's default used to be pretrained=False, which create_model now takes as "no weights" for arch.tag."""
+    import inspect
+
+    name = "fcos_se_resnet20_cifar.scenes"
+    assert inspect.signature(DetectionTask).parameters["pretrained"].default is None
+    shipped = create_model(name).state_dict()
+    task = DetectionTask(model_name=name)
+    assert all(torch.equal(v, shipped[k]) for k, v in task.model.state_dict().items())
+    random = DetectionTask(model_name=name, pretrained=False).model.state_dict()
+    assert {k: v.shape for k, v in random.items()} == {k: v.shape for k, v in shipped.items()}
+    changed = [k for k, v in random.items() if v.is_floating_point() and v.numel() > 1 and not torch.equal(v, shipped[k])]
+    assert len(changed) > len(random) // 2  # random init, the backbone's too (the entry says pretrained_backbone: false)

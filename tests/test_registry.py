@@ -115,3 +115,51 @@ def test_a_misspelled_builder_argument_is_one_line_with_the_nearest_name(name):
 def test_an_unknown_builder_argument_lists_what_the_architecture_takes():
     with pytest.raises(ConfigError, match=r"^resnet18 has no argument 'zzz': it takes .*\bnum_classes\b.*\bin_chans\b"):
         create_model("resnet18", zzz=1)
+
+
+# ``pretrained=False`` with ``arch.tag``: the tag's architecture and label count, random init (as timm does)
+SHIPPED = "vit_tiny_patch4_28.fmnist"  # 4 blocks, average pooling, no class token, 10 classes
+
+
+def _shipped_state() -> dict[str, torch.Tensor]:
+    from visattn.pretrained import find_weights_entry, read_state_dict
+
+    return read_state_dict(find_weights_entry(*visattn.registry.split_model_name(SHIPPED))["path"])
+
+
+def test_pretrained_false_with_a_tag_builds_the_tags_architecture_without_its_weights():
+    from visattn.pretrained import find_weights_entry
+
+    entry = find_weights_entry("vit_tiny_patch4_28", "fmnist")
+    arch, loads, kwargs = visattn.registry.model_arguments(SHIPPED, pretrained=False)
+    assert (arch, loads) == ("vit_tiny_patch4_28", None)
+    assert kwargs == {**entry["model_kwargs"], "num_classes": entry["num_classes"]}
+    model = create_model(SHIPPED, pretrained=False)
+    assert model.num_classes == entry["num_classes"] == 10 and len(model.blocks) == entry["model_kwargs"]["depth"] == 4
+    assert model.global_pool == "avg" and model.cls_token is None
+    assert model.visattn_name == "vit_tiny_patch4_28"  # not the shipped weights' name: it holds none of them
+    assert model.visattn_kwargs == entry["model_kwargs"]  # so save_weights records the tag's architecture
+    assert not torch.equal(model.patch_embed.proj.weight, _shipped_state()["patch_embed.proj.weight"])
+    assert create_model(SHIPPED, pretrained=False, num_classes=3).num_classes == 3  # the caller's count first
+
+
+@pytest.mark.parametrize("pretrained", ["omitted", None, True])
+def test_a_tag_loads_its_weights_unless_pretrained_is_false(pretrained):
+    loaded = create_model(SHIPPED) if pretrained == "omitted" else create_model(SHIPPED, pretrained=pretrained)
+    assert loaded.visattn_name == SHIPPED
+    state = _shipped_state()
+    assert all(torch.equal(v, state[k]) for k, v in loaded.state_dict().items())
+    random_init = create_model(SHIPPED, pretrained=False).state_dict()
+    assert not torch.equal(random_init["patch_embed.proj.weight"], loaded.state_dict()["patch_embed.proj.weight"])
+
+
+def test_pretrained_defaults_to_none_and_a_bare_architecture_loads_nothing(weights_tmp, monkeypatch):
+    import inspect
+
+    for fn in (create_model, visattn.registry.model_arguments):
+        assert inspect.signature(fn).parameters["pretrained"].default is None
+    monkeypatch.setattr("visattn.pretrained.load_weights", lambda *a, **k: pytest.fail("loaded weights"))
+    # weights_tmp: an empty index, so no entry is looked up either
+    assert visattn.registry.model_arguments("vit_tiny_patch4_28", depth=1) == ("vit_tiny_patch4_28", None, {"depth": 1})
+    for model in (create_model("vit_tiny_patch4_28", depth=1), create_model("vit_tiny_patch4_28", pretrained=None, depth=1)):
+        assert model.visattn_name == "vit_tiny_patch4_28" and model.num_classes == 1000 and len(model.blocks) == 1

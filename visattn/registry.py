@@ -89,11 +89,15 @@ def list_pretrained(pattern: str = "*") -> list[str]:
 
 
 def model_arguments(
-    name: str, *, pretrained: Union[bool, str, None] = False, num_classes: Optional[int] = None, **kwargs
+    name: str, *, pretrained: Union[bool, str, None] = None, num_classes: Optional[int] = None, **kwargs
 ) -> tuple[str, Optional[dict[str, Any]], dict[str, Any]]:
     """What :func:`create_model` builds for these arguments: the architecture, the shipped weights entry
-    it loads (``None`` for none or a file) and the builder's keyword arguments (the entry's recorded
-    hyperparameters and label count under the caller's)."""
+    it loads (``None`` for no weights or a file) and the builder's keyword arguments.
+
+    An ``arch.tag`` name (or ``pretrained=True``) picks an entry whose recorded hyperparameters and label
+    count go under the caller's; the entry loads unless ``pretrained=False``, which builds its
+    architecture with random init.
+    """
     from .pretrained import find_weights_entry
 
     arch, tag = split_model_name(name)
@@ -101,18 +105,17 @@ def model_arguments(
     if tag is not None and not isinstance(pretrained, bool) and pretrained is not None:
         raise ConfigError(f"{name} names shipped weights and pretrained={pretrained!r} other weights; "
                           f"give one: create_model({arch!r}, pretrained={pretrained!r}) or create_model({name!r})")
-    entry = None
-    if tag is not None or pretrained is True:
-        entry = find_weights_entry(arch, tag)
+    entry = find_weights_entry(arch, tag) if tag is not None or pretrained is True else None
+    if entry is not None:  # the weights' architecture, whether or not they load
         kwargs = {**(entry.get("model_kwargs") or {}), **kwargs}
-        if num_classes is None and entry.get("num_classes") is not None:
-            num_classes = entry["num_classes"]
+        if num_classes is None:
+            num_classes = entry.get("num_classes")
     if num_classes is not None:
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
             raise ConfigError(f"num_classes={num_classes!r}: give a whole number of classes (0: features only)")
         kwargs["num_classes"] = num_classes
     _check_builder_arguments(arch, kwargs)
-    return arch, entry, kwargs
+    return arch, (None if pretrained is False else entry), kwargs
 
 
 def _check_builder_arguments(arch: str, kwargs: dict[str, Any]) -> None:
@@ -135,7 +138,7 @@ def _check_builder_arguments(arch: str, kwargs: dict[str, Any]) -> None:
 def create_model(
     name: str,
     *,
-    pretrained: Union[bool, str, None] = False,
+    pretrained: Union[bool, str, None] = None,
     num_classes: Optional[int] = None,
     strict: bool = True,
     **kwargs,
@@ -143,13 +146,15 @@ def create_model(
     """Build a registered model, optionally with weights.
 
     Args:
-        name: a registered architecture, or ``arch.tag`` naming a shipped weights entry
-            (which implies ``pretrained=True``).
-        pretrained: ``True`` for the tag's (or the architecture's default) shipped weights; a path
-            to a ``.safetensors``/``.pth``/``.bin`` file; another shipped ``"ARCH.TAG"`` (e.g. a
-            backbone's); ``"timm:NAME"`` or ``"hf-hub:ORG/REPO"``. ``None`` is ``False``.
-        num_classes: classifier size. Defaults to the weights entry's label count when loading
-            shipped weights; a value that differs from the checkpoint drops its head with a warning.
+        name: a registered architecture, or ``arch.tag`` naming a shipped weights entry, which
+            sets the architecture's hyperparameters and label count (and loads, see ``pretrained``).
+        pretrained: ``None`` (the default) as the name says: ``arch.tag`` loads the tag's weights,
+            a bare ``arch`` none. ``False``: no weights, also for ``arch.tag`` (its architecture
+            with random init, as timm does). ``True`` for the tag's (or the architecture's default)
+            shipped weights; a path to a ``.safetensors``/``.pth``/``.bin`` file; another shipped
+            ``"ARCH.TAG"`` (e.g. a backbone's); ``"timm:NAME"`` or ``"hf-hub:ORG/REPO"``.
+        num_classes: classifier size. Defaults to the weights entry's label count for ``arch.tag``
+            or ``pretrained=True``; a value that differs from the checkpoint drops its head with a warning.
         strict: when ``False``, parameters the checkpoint lacks (e.g. new attention modules on a
             plain backbone) keep their initialisation and a warning lists them.
         **kwargs: architecture hyperparameters passed to the builder (``img_size``, ``drop_path_rate``, ...).

@@ -29,9 +29,11 @@ from .guards import NonFiniteLossGuard, skip_missing_batch
 
 
 def build_classifier(model_name: str, num_classes: int, model_kwargs: Optional[dict] = None,
-                     pretrained: Union[bool, str] = False, strict: bool = True) -> nn.Module:
+                     pretrained: Optional[Union[bool, str]] = None, strict: bool = True) -> nn.Module:
     """A registered model, or any timm model when ``model_name`` is ``"timm:NAME"``; ``pretrained`` as
-    :func:`visattn.create_model` takes it (``True`` for a timm model: timm's own weights of NAME)."""
+    :func:`visattn.create_model` takes it (None: as the model name says, an ``arch.tag`` loads its
+    shipped weights; False: no weights, even for ``arch.tag``; ``True`` for a timm model: timm's own
+    weights of NAME, None or False for a timm model: none)."""
     kwargs = dict(model_kwargs or {})
     if model_name.startswith("timm:"):
         import timm
@@ -71,7 +73,10 @@ class ImageClassifier(pl.LightningModule):
             weights, or ``timm:NAME``.
         num_classes: classes; linked from the datamodule in the configs.
         model_kwargs: extra builder arguments (``img_size``, ``drop_path_rate``, ...).
-        pretrained: ``True``, a weights file, ``timm:NAME`` or ``hf-hub:ORG/REPO`` to start from.
+        pretrained: None (the default): as the model name says, an ``arch.tag`` starts from its
+            shipped weights and a bare architecture from random init; False: no weights, even for
+            ``arch.tag`` (its architecture with random init); ``True``, a weights file, ``timm:NAME``
+            or ``hf-hub:ORG/REPO`` to start from.
         strict: see :func:`visattn.create_model`.
         lr: peak AdamW learning rate.
         weight_decay: AdamW weight decay, not applied to biases, norms and embeddings.
@@ -104,7 +109,7 @@ class ImageClassifier(pl.LightningModule):
         model_name: str = "cbam_resnet20_cifar",
         num_classes: int = 10,
         model_kwargs: Optional[dict[str, Any]] = None,
-        pretrained: Union[bool, str] = False,
+        pretrained: Optional[Union[bool, str]] = None,
         strict: bool = True,
         lr: float = 1e-3,
         weight_decay: float = 0.05,
@@ -387,7 +392,8 @@ def _classifier_from_checkpoint(path: Path, img_size: Optional[int], device: tor
         raise WeightsError(f"{path}: not a visattn classification checkpoint (no model_name and num_classes); "
                            "pass --model ARCH.TAG instead")
     model_kwargs = {**(hparams.get("model_kwargs") or {}), **_size_kwargs(hparams["model_name"], img_size)}
-    net = build_classifier(hparams["model_name"], hparams["num_classes"], model_kwargs)
+    # The checkpoint holds every weight: an arch.tag run's shipped weights need not be read again.
+    net = build_classifier(hparams["model_name"], hparams["num_classes"], model_kwargs, pretrained=False)
     load_weights(net, checkpoint["state_dict"], new_head=False, origin=path)  # its EMA copy when the run kept one
     labels = _labels(hparams.get("class_names"), hparams["num_classes"], str(path))
     preprocessing = _resized(hparams.get("preprocessing") or _default_preprocessing(net), img_size)

@@ -63,12 +63,15 @@ class DetectionTask(pl.LightningModule):
 
     Args:
         model_name: a registered ``fcos_*`` or ``detr_*`` architecture (``visattn models 'fcos_*'``),
-            or ``arch.tag`` to fine-tune shipped weights.
+            or ``arch.tag`` to fine-tune shipped weights (unless ``pretrained`` is False).
         num_classes: object classes; linked from the datamodule in the configs.
         model_kwargs: extra builder arguments (``backbone_kwargs``, ``pretrained_backbone``,
             ``min_size``, ``num_queries``, ...).
-        pretrained: ``True`` or a weights file to start the whole detector from; a classifier
-            head of another size is dropped.
+        pretrained: None (the default): as the model name says, an ``arch.tag`` starts from its
+            shipped weights and a bare architecture from random init (but for ``pretrained_backbone``);
+            False: no detector weights, even for ``arch.tag`` (its architecture with random init);
+            ``True`` or a weights file to start the whole detector from; a classifier head of
+            another size is dropped.
         strict: see :func:`visattn.create_model`.
         lr: peak AdamW learning rate.
         weight_decay: AdamW weight decay, not applied to biases, norms and embeddings.
@@ -89,7 +92,7 @@ class DetectionTask(pl.LightningModule):
         model_name: str = "fcos_cbam_resnet20_cifar",
         num_classes: int = 10,
         model_kwargs: Optional[dict[str, Any]] = None,
-        pretrained: Union[bool, str] = False,
+        pretrained: Optional[Union[bool, str]] = None,
         strict: bool = True,
         lr: float = 1e-3,
         weight_decay: float = 0.05,

@@ -189,12 +189,16 @@ def _refuse_earlier_run(callbacks: Any) -> None:
 
 def _loads_weights(model: Any) -> bool:
     """Whether the config's model section starts from trained weights: ``pretrained``, shipped
-    ``arch.tag`` weights, or a timm model built with ``pretrained`` in its ``model_kwargs``."""
+    ``arch.tag`` weights (unless ``pretrained: false``, which builds the tag's architecture with random
+    init), or a timm model built with ``pretrained`` in its ``model_kwargs``."""
     init_args = getattr(model, "init_args", None) or {}
     name = init_args.get("model_name")
     if isinstance(name, str) and name.startswith("timm:"):
-        return bool((init_args.get("model_kwargs") or {}).get("pretrained"))
-    return bool(init_args.get("pretrained")) or (isinstance(name, str) and split_model_name(name)[1] is not None)
+        return bool(init_args.get("pretrained") or (init_args.get("model_kwargs") or {}).get("pretrained"))
+    pretrained = init_args.get("pretrained")
+    if pretrained is not None:  # given: it decides, also for an arch.tag name (as create_model takes it)
+        return bool(pretrained)
+    return isinstance(name, str) and split_model_name(name)[1] is not None
 
 
 def _resolve_ckpt_path(subcommand: str, settings: Any) -> Optional[str]:
