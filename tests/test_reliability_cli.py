@@ -1,4 +1,5 @@
 """Config and CLI mistakes: each is one line naming the thing and the fix, exit code 2, no traceback."""
+import ast
 import json
 import os
 import pickle
@@ -454,3 +455,56 @@ def test_refusing_a_hostile_pickle_prints_no_torch_warning(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and [str(w.message) for w in seen] == []
     assert err.startswith(f"visattn: error: {evil}: ") and err.count("\n") == 1 and not (tmp_path / "pwned.txt").exists()
+
+
+# ------------------------------------------------------------------ warnings
+
+def test_a_skipped_image_warning_is_one_line(tmp_path, monkeypatch, capsys):
+    """Python prints a warning as two lines, ``FILE:LINE: SkippedImageWarning: ...`` and its source line."""
+    from fixtures_images import write_image_folder
+
+    monkeypatch.chdir(tmp_path)
+    write_image_folder(tmp_path / "photos" / "test", classes=("Trouser", "Bag"), per_class=1, broken=("Bag",))
+
+    def as_on_a_terminal(message, category, filename, lineno, file=None, line=None):  # not recorded by pytest
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")  # whatever pytest was told: shown, not raised or deduplicated
+        warnings.showwarning = as_on_a_terminal
+        assert main(["evaluate", "--model", CLASSIFIER, "--dataset", "imagefolder:photos", "--json"]) == 0
+        assert warnings.showwarning is as_on_a_terminal  # the command's format ends with the command
+    err = capsys.readouterr().err.splitlines()
+    skipped = [line for line in err if "broken.jpg" in line]
+    broken = Path("photos", "test", "Bag", "broken.jpg")
+    assert len(skipped) == 1, err
+    assert skipped[0].startswith(f"warning: skipping {broken}: truncated or corrupt image data"), err
+    assert not any("warnings.warn(" in line or "Warning:" in line for line in err), err
+
+
+def test_only_the_warnings_visattn_issues_change_format(monkeypatch, capsys):
+    """Each of visattn's warnings is a VisattnWarning; a library's warning that points into visattn
+    (as Lightning's rank_zero_warn does) keeps its own format."""
+    import visattn.cli as cli
+    from visattn.data import SkippedImageWarning
+    from visattn.errors import VisattnWarning
+
+    def warn(args):
+        warnings.warn("a visattn warning", SkippedImageWarning)
+        warnings.warn("another visattn warning", VisattnWarning)
+        warnings.warn_explicit("another library's warning", UserWarning, filename=cli.__file__, lineno=1)
+        return 0
+
+    monkeypatch.setattr(cli, "cmd_models", warn)
+    with warnings.catch_warnings(record=True) as seen:  # records what Python's own format would print
+        warnings.simplefilter("always")
+        assert main(["models"]) == 0
+    assert capsys.readouterr().err == "warning: a visattn warning\nwarning: another visattn warning\n"
+    assert [str(w.message) for w in seen] == ["another library's warning"]
+    categories = {}
+    for source in Path(cli.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.Call) and ast.unparse(node.func) == "warnings.warn":
+                given = node.args[1:2] + [k.value for k in node.keywords if k.arg == "category"]
+                categories[f"{source.name}:{node.lineno}"] = ast.unparse(given[0]) if given else "UserWarning"
+    assert len(categories) >= 6 and set(categories.values()) <= {"VisattnWarning", "SkippedImageWarning"}, categories

@@ -1,19 +1,22 @@
 """The ``visattn`` command.
 
 Every error a user can cause (:class:`~visattn.errors.VisattnError`) is printed as one line
-naming the thing and the fix, with exit code 2 and no traceback.
+naming the thing and the fix, with exit code 2 and no traceback. A warning visattn itself issues
+(a skipped unreadable image, ...) is printed as one line too, ``warning: MESSAGE``.
 """
 import argparse
+import contextlib
 import json
 import os
 import re
 import sys
-from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
+import warnings
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence, TextIO
 
 import torch
 
 from .devices import DEVICE_CHOICES
-from .errors import ConfigError, VisattnError, error_line
+from .errors import ConfigError, VisattnError, VisattnWarning, error_line
 from .pretrained import WEIGHTS_SUFFIXES, weights_dir
 from .registry import create_model, list_models, list_pretrained, model_arguments, model_family, split_model_name
 
@@ -480,12 +483,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def one_line_warnings() -> Iterator[None]:
+    """Print the warnings visattn issues as ``warning: MESSAGE``, one line, instead of Python's two
+    (``FILE:LINE: Category: MESSAGE`` and the source line ``warnings.warn(...)``); other libraries'
+    warnings print as they did. Only for the command: the Python API keeps Python's warnings.
+    DataLoader workers forked inside inherit it; spawned ones print Python's two lines."""
+    previous = warnings.showwarning
+
+    def show(message: Any, category: type, filename: str, lineno: int, file: Optional[TextIO] = None,
+             line: Optional[str] = None) -> None:
+        if not issubclass(category, VisattnWarning):
+            previous(message, category, filename, lineno, file, line)
+            return
+        stream = sys.stderr if file is None else file
+        if stream is None:  # pythonw: no console
+            return
+        try:
+            stream.write(f"warning: {message}\n")
+        except OSError:  # as Python's own showwarning: a closed stderr loses the warning, not the run
+            pass
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        if warnings.showwarning is show:  # unless someone replaced it in between: theirs stays
+            warnings.showwarning = previous
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     for stream in (sys.stdout, sys.stderr):
         # A file name the console's encoding lacks (a cp1252 console, a C locale) prints escaped, not as a crash.
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
+    with one_line_warnings():
+        return _run(argv)
+
+
+def _run(argv: list[str]) -> int:
     try:
         if argv and argv[0] in LIGHTNING_COMMANDS:
             return run_lightning(argv)

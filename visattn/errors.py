@@ -24,6 +24,10 @@ class ConfigError(VisattnError, ValueError):
     """A config file, key or value that is invalid."""
 
 
+class VisattnWarning(UserWarning):
+    """Base class of every warning visattn issues; the CLI prints these as one line."""
+
+
 def error_line(err: VisattnError) -> str:
     """The error's own line. One raised in a DataLoader worker is rebuilt by torch with the worker's
     traceback as its message ("Caught ConfigError in DataLoader worker process 0. Original Traceback

@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
-from .errors import UnknownModelError, WeightsError
+from .errors import UnknownModelError, VisattnWarning, WeightsError
 from .fileio import atomic_path, atomic_write_text
 
 StateDict = dict[str, torch.Tensor]
@@ -232,7 +232,7 @@ def _warn_unless_described(path: Path, arch: str, meta: dict[str, Any]) -> None:
     if model_task(arch) == "classification" and missing:
         warnings.warn(f"{path}: saved without {' or '.join(missing)}; loading it will assume ImageNet's mean and "
                       "std and labels '0'..'N-1'; pass preprocessing=dict(input_size=..., mean=..., std=...) "
-                      "and labels=[...] to save_weights", stacklevel=3)
+                      "and labels=[...] to save_weights", VisattnWarning, stacklevel=3)
 
 
 def save_weights(model: nn.Module, path: Union[str, Path], *, overwrite: bool = False, **meta: Any) -> dict[str, Any]:
@@ -367,7 +367,7 @@ def _drop_mismatched_head(model: nn.Module, state: StateDict, *, source: Any, ne
         return state
     if not new_head:
         raise WeightsError(f"{source}: {error}; the file was edited or damaged: use the checkpoint as training wrote it")
-    warnings.warn(warning, stacklevel=3)
+    warnings.warn(warning, VisattnWarning, stacklevel=3)
     return {k: v for k, v in state.items() if k not in dropped}
 
 
@@ -401,6 +401,7 @@ def check_state_dict(
         warnings.warn(
             f"{source}: loaded non-strictly; kept init for missing {_key_list(missing)}; "
             f"ignored unexpected {_key_list(unexpected)}",
+            VisattnWarning,
             stacklevel=3,
         )
 

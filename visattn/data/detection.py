@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Subset
 
-from ..errors import ConfigError
+from ..errors import ConfigError, VisattnWarning
 from .coco import load_coco
 from .datamodules import SplitLoadersMixin
 from .image_folder import ImageFiles
@@ -307,7 +307,7 @@ class CocoDetection(ImageFiles):
             self._size_warned[i] = True
             warnings.warn(f"{self.paths[i]}: decoded {decoded[1]}x{decoded[0]} (width x height), but "
                           f"{self.annotations} declares {declared[1]}x{declared[0]}; its boxes may miss the objects: "
-                          "fix its width and height or the image", stacklevel=3)
+                          "fix its width and height or the image", VisattnWarning, stacklevel=3)
         return boxes
 
 

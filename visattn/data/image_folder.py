@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 
-from ..errors import ConfigError, ImageDecodeError
+from ..errors import ConfigError, ImageDecodeError, VisattnWarning
 from .image_io import DEFAULT_MAX_PIXELS, decode_image, list_images
 from .transforms import to_tensor
 
@@ -34,7 +34,7 @@ __all__ = ["ImageFiles", "ImageFolder", "SkippedImageWarning", "collate_present"
 _LAYOUT = "expected root/<class name>/<image file>"
 
 
-class SkippedImageWarning(UserWarning):
+class SkippedImageWarning(VisattnWarning):
     """An image that could not be decoded and was skipped."""
 
 
