@@ -422,3 +422,54 @@ def test_a_limited_evaluation_draws_across_a_dataset_sorted_by_class():
     assert sorted(set(picked[i] for i in range(len(picked)))) == [0, 1]  # the first 10 were all class 0
     assert list(picked.indices) == sorted(picked.indices) and picked.indices == seeded_subset(labels, 10).indices
     assert seeded_subset(labels, None) is labels and seeded_subset(labels, 100) is labels
+
+
+def test_split_indices_carves_one_validation_sample_when_the_share_rounds_to_none():
+    """round(4 * 0.1) == 0: validation was empty, so a checkpoint monitoring val/top1 never saved."""
+    labels = np.array([0, 0, 1, 1])
+    train, val = split_indices(4, 0.1, 0, labels=labels)
+    assert len(val) == 1 and sorted([*train, *val]) == [0, 1, 2, 3]
+    assert sorted(set(labels[train].tolist())) == [0, 1]  # training still sees every class
+    assert len(split_indices(4, 0.1, 0)[1]) == 1  # unlabelled too
+    assert len(split_indices(4, 0.0, 0, labels=labels)[1]) == 0  # val_fraction 0 asks for none
+    assert len(split_indices(2, 0.1, 0, labels=[0, 1])[1]) == 0  # one per class: nothing to spare
+
+
+def test_a_small_image_folder_gets_a_validation_split(tmp_path):
+    root = write_image_folder(tmp_path / "photos", per_class=4)  # 8 images: round(0.8) == 1
+    small = write_image_folder(tmp_path / "small", per_class=2)  # 4 images: round(0.4) == 0
+    for folder, n in ((root, 8), (small, 4)):
+        data = ImageFolderDataModule(str(folder), img_size=8, num_workers=0)
+        data.setup("fit")
+        assert len(data.datasets["val"]) == 1 and len(data.datasets["train"]) == n - 1
+        assert data.val_dataloader() != []  # validation runs
+
+
+def test_a_folder_that_cannot_spare_a_validation_image_is_one_line_at_setup(tmp_path):
+    root = write_image_folder(tmp_path / "photos", per_class=1)
+    data = ImageFolderDataModule(str(root), img_size=8, num_workers=0)
+    with pytest.raises(ConfigError, match=r"photos: 2 images, one per class, leave none for validation") as info:
+        data.setup("fit")
+    assert "\n" not in str(info.value) and str(root) in str(info.value) and "val_fraction" in str(info.value)
+    data = ImageFolderDataModule(str(root), img_size=8, num_workers=0, val_fraction=0.0)
+    data.setup("fit")  # no validation asked for: trains on both
+    assert len(data.datasets["train"]) == 2 and len(data.datasets["val"]) == 0
+
+
+def test_a_validation_split_of_only_broken_files_is_one_line_at_setup(tmp_path, recwarn):
+    """8 files, the one validation image broken: validation ran on nothing, val/top1 was never logged and
+    Lightning's ModelCheckpoint raised a MisconfigurationException traceback after the first epoch."""
+    from PIL import Image
+
+    root = write_image_folder(tmp_path / "photos", per_class=4)
+    data = ImageFolderDataModule(str(root), img_size=8, num_workers=0)
+    data.setup("fit")
+    (val_file,) = [data.datasets["val"].dataset.paths[i] for i in data.datasets["val"].indices]
+    val_file.write_bytes(b"not an image")
+    data = ImageFolderDataModule(str(root), img_size=8, num_workers=0)
+    with pytest.raises(ConfigError, match=r"none of its 1 validation image files can be decoded") as info:
+        data.setup("fit")
+    assert "\n" not in str(info.value) and str(root) in str(info.value)
+    Image.new("RGB", (8, 8)).save(val_file, "PNG")  # fixed: a later setup reads the folder again
+    data.setup("fit")
+    assert len(data.datasets["val"]) == 1

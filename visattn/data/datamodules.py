@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 
 from ..errors import ConfigError
 from .fashion_mnist import FASHION_MNIST_CLASSES, FASHION_MNIST_MEAN, FASHION_MNIST_STD, FashionMNIST
-from .image_folder import (ImageFolder, check_class_count, collate_present, find_classes, for_evaluation,
+from .image_folder import (ImageFiles, ImageFolder, check_class_count, collate_present, find_classes, for_evaluation,
                            seeded_subset)
 from .transforms import (
     IMAGENET_MEAN,
@@ -40,13 +40,17 @@ def split_indices(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Deterministically split ``range(n)`` into shuffled train and validation indices.
 
-    Validation holds ``round(n * val_fraction)`` samples. Without ``labels`` they are the first of
-    the permutation (the shipped Fashion-MNIST split). With ``labels`` the split is stratified: each
-    class gives its share, the largest remainders taking the samples rounding leaves over, but keeps
-    at least one sample for training, so training sees every class.
+    Validation holds ``round(n * val_fraction)`` samples, but at least one when ``val_fraction > 0``
+    and training can spare it (a small set whose share rounds to none would otherwise validate
+    nothing). Without ``labels`` they are the first of the permutation (the shipped Fashion-MNIST
+    split). With ``labels`` the split is stratified: each class gives its share, the largest
+    remainders taking the samples rounding leaves over, but keeps at least one sample for training,
+    so training sees every class; validation is empty when every class has a single sample.
     """
     order = np.random.default_rng(seed).permutation(n)
     n_val = round(n * val_fraction)
+    if n_val == 0 and val_fraction > 0 and n >= 2:
+        n_val = 1  # rounding is the only change: a split that already validates on something stays put
     if labels is None:
         return order[n_val:], order[:n_val]
     shuffled = np.asarray(labels)[order]
@@ -247,7 +251,8 @@ class ImageFolderDataModule(_ClassificationDataModule):
         img_size: side of the square images the model takes.
         mean: per-channel normalisation mean (default: ImageNet's).
         std: per-channel normalisation standard deviation.
-        val_fraction: fraction of ``root`` held out for validation when there is no ``val_root``.
+        val_fraction: fraction of ``root`` held out for validation when there is no ``val_root``
+            (at least one image when above 0; a folder of one image per class cannot spare one).
         seed: seed of the validation split (and of the subset ``limit`` picks).
         augment: augment training images (``False``: training uses the evaluation transform).
         recipe: transform recipe, ``"photo"`` (resized crop) or ``"small"`` (pad + crop).
@@ -309,7 +314,41 @@ class ImageFolderDataModule(_ClassificationDataModule):
         val = train.with_transform(self.eval_transform())
         h = self.hparams
         train_idx, val_idx = split_indices(len(train), h.val_fraction, h.seed, labels=train.targets)
+        if h.val_fraction > 0 and len(val_idx) == 0:  # before training: a monitored val metric would never appear
+            raise ConfigError(
+                f"{h.root}: {len(train)} images, one per class, leave none for validation "
+                f"(val_fraction={h.val_fraction}; each class keeps one for training); add images, give a "
+                "validation folder as data.val_root, or set data.val_fraction 0 to train without validation"
+            )
         return train.split(train_idx), val.split(val_idx)
+
+    def setup(self, stage: str | None = None) -> None:
+        fresh = "val" not in self.datasets
+        super().setup(stage)
+        if fresh and "val" in self.datasets:
+            try:
+                self._check_validation_readable(self.datasets["val"])
+            except ConfigError:
+                del self.datasets["train"], self.datasets["val"]  # a later setup reads the fixed folder again
+                raise
+
+    def _check_validation_readable(self, val: Dataset) -> None:
+        """One line when no validation image decodes: validation would run on nothing and its metrics
+        (what a checkpoint monitors) would never be logged. Stops at the first good file, so it costs
+        one decode, and marks the broken files it meets (warned about once, as in training)."""
+        folder, positions = (val.dataset, list(val.indices)) if isinstance(val, Subset) else (val, range(len(val)))
+        if not isinstance(folder, ImageFiles) or not positions:
+            return
+        if folder.any_readable(positions):
+            return
+        h = self.hparams
+        if h.val_root is not None:
+            where, fix = h.val_root, "replace them or add readable images"
+        else:
+            where = f"{h.root} (val_fraction={h.val_fraction})"
+            fix = "replace them, add images, or give a validation folder as data.val_root"
+        raise ConfigError(f"{where}: none of its {len(positions)} validation image files can be decoded "
+                          f"(see the warnings); {fix}")
 
     def _folders(self) -> list[ImageFolder]:
         return [d.dataset if isinstance(d, Subset) else d for d in self.datasets.values()]

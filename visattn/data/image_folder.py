@@ -66,6 +66,11 @@ class ImageFiles(Dataset):
                                     max_pixels=self.max_pixels)
         return int(index), _decode_or_mark(self.paths, self._bad, int(index), self.max_pixels)
 
+    def any_readable(self, indices: Sequence[int]) -> bool:
+        """Whether a file of ``indices`` decodes; stops at the first that does, marking (and warning
+        about, once) the broken files before it."""
+        return any(_decode_or_mark(self.paths, self._bad, int(i), self.max_pixels) is not None for i in indices)
+
     @property
     def num_skipped(self) -> int:
         """How many files failed to decode so far (in this process or its DataLoader workers)."""
