@@ -8,6 +8,7 @@ from torch.nn import functional as F
 from visattn import create_model, list_models
 from visattn.errors import ConfigError
 from visattn.layers.additive_attention import AdditiveAttention
+from visattn.layers.lstm_cell import SigmoidLSTMCell
 from visattn.models.show_attend_tell import (END_ID, PAD_ID, START_ID, ShowAttendTell,
                                             doubly_stochastic_penalty)
 
@@ -291,3 +292,33 @@ def test_beam_search_under_bf16_autocast_with_float32_softmax_as_on_cuda():
     with torch.autocast("cpu", dtype=torch.bfloat16), _SoftmaxInFloat32():
         decoded = net.beam_search(images, beam_size=3, max_len=4)
     assert len(decoded.tokens) == 3 and decoded.scores.dtype == torch.float32
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_sigmoid_lstm_cell_equals_nn_lstm_cell_in_values_and_gradients(bias):
+    torch.manual_seed(0)
+    reference, cell = torch.nn.LSTMCell(6, 5, bias=bias), SigmoidLSTMCell(6, 5, bias=bias)
+    cell.load_state_dict(reference.state_dict())  # same parameter names: checkpoints load either way
+    x = torch.randn(4, 6, requires_grad=True)
+    state = (torch.randn(4, 5) * 3, torch.randn(4, 5) * 3)  # large enough to reach tanh's flat ends
+    outputs = []
+    for module in (reference, cell):
+        h, c = module(x, state)
+        (h * torch.arange(5) + c).sum().backward()
+        outputs.append((h, c, x.grad.clone(), module.weight_hh.grad.clone()))
+        x.grad = None
+    for expected, actual in zip(*outputs):
+        torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_sigmoid_lstm_cell_takes_no_state_and_unbatched_input_like_nn_lstm_cell():
+    torch.manual_seed(0)
+    reference, cell = torch.nn.LSTMCell(6, 5), SigmoidLSTMCell(6, 5)
+    cell.load_state_dict(reference.state_dict())
+    x = torch.randn(3, 6)
+    for expected, actual in zip(reference(x), cell(x)):
+        torch.testing.assert_close(actual, expected)
+    state = (torch.randn(5), torch.randn(5))
+    for expected, actual in zip(reference(x[0], state), cell(x[0], state)):
+        assert actual.shape == (5,)
+        torch.testing.assert_close(actual, expected)

@@ -9,6 +9,7 @@ gates the context with ``β = sigmoid(f_beta(h))`` and predicts the next word fr
 ``deep_output``, from ``E y + L_h h + L_z z`` as in the paper's eq. 7). Token ids follow
 :mod:`visattn.data.vocab`: PAD 0, START 1, END 2; the model holds no vocabulary strings.
 """
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Optional, Union
 
@@ -17,6 +18,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..layers.additive_attention import AdditiveAttention
+from ..layers.lstm_cell import SigmoidLSTMCell
 from ..layers.patch_embed import is_count, to_2tuple
 from ..modes import eval_mode
 from ..registry import create_model, model_family, register_model, split_model_name
@@ -60,8 +62,15 @@ def doubly_stochastic_penalty(alphas: Tensor, mask: Optional[Tensor] = None, wei
 def _word_log_probs(logits: Tensor) -> Tensor:
     """Log-softmax over the vocabulary with PAD and START ruled out: neither can be generated."""
     logits = logits.clone()
-    logits[:, [PAD_ID, START_ID]] = float("-inf")
+    logits[:, PAD_ID:START_ID + 1] = float("-inf")  # a slice: PAD and START are ids 0 and 1
     return logits.log_softmax(dim=-1)
+
+
+def _pick_rows(hypotheses: Tensor, rows: Tensor, beams: int) -> Tensor:
+    """``(b, width, ...)`` hypotheses to ``(b, beams, ...)``: those at flat ``rows`` (``b * beams``) of
+    ``(b * width, ...)``. ``index_select`` on rows: 3-5x faster on the CPU than indexing with
+    ``(image, beam)`` pairs."""
+    return hypotheses.flatten(0, 1).index_select(0, rows).unflatten(0, (-1, beams))
 
 
 def _check_decoding(*, max_len: int, beam_size: int = 1) -> None:
@@ -80,7 +89,7 @@ def _is_vit(name: str) -> bool:
     return model_family(split_model_name(name)[0]) == "vit"
 
 
-def _build_encoder(name: str, kwargs: dict[str, Any], pretrained: Union[bool, str],
+def _build_encoder(name: str, kwargs: dict[str, Any], pretrained: Union[bool, str, None],
                    img_size: Optional[int]) -> nn.Module:
     if img_size and _is_vit(name):  # a ViT's position embeddings fix its input size at build time
         given = kwargs.setdefault("img_size", img_size)
@@ -105,7 +114,8 @@ class ShowAttendTell(nn.Module):
         vocab_size: number of tokens, PAD/START/END/UNK included.
         encoder_name: registered CNN or ViT, or ``timm:NAME``; its ``forward_features`` is used.
         encoder_kwargs: builder arguments of the encoder (``img_size``, ``widths``, ...).
-        encoder_pretrained: passed to ``create_model(..., pretrained=...)`` for the encoder.
+        encoder_pretrained: passed to ``create_model(..., pretrained=...)`` for the encoder (``None``: as
+            ``encoder_name`` says, so ``ARCH.TAG`` loads those weights).
         freeze_encoder: keep the encoder's weights fixed (and its norms in eval mode).
         img_size: input size (a ViT encoder is built for it); ``None`` takes the encoder's ``input_size``.
         grid_size: the feature map is average-pooled to this grid (14 for 224 px, as in the paper).
@@ -122,7 +132,7 @@ class ShowAttendTell(nn.Module):
         vocab_size: int = 10000,
         encoder_name: str = "resnet50",
         encoder_kwargs: Optional[dict[str, Any]] = None,
-        encoder_pretrained: Union[bool, str] = False,
+        encoder_pretrained: Union[bool, str, None] = None,
         freeze_encoder: bool = False,
         img_size: Optional[int] = None,
         grid_size: GridSize = 14,
@@ -152,7 +162,7 @@ class ShowAttendTell(nn.Module):
         self.init_h = nn.Linear(feature_dim, hidden_dim)
         self.init_c = nn.Linear(feature_dim, hidden_dim)
         self.f_beta = nn.Linear(hidden_dim, feature_dim)
-        self.lstm = nn.LSTMCell(embed_dim + feature_dim, hidden_dim)
+        self.lstm = SigmoidLSTMCell(embed_dim + feature_dim, hidden_dim)
         self.deep_output = deep_output
         if deep_output:
             self.out_h = nn.Linear(hidden_dim, embed_dim)
@@ -230,11 +240,14 @@ class ShowAttendTell(nn.Module):
     @torch.no_grad()
     def greedy_decode(self, images: Tensor, max_len: int = 20) -> DecodedCaptions:
         """Most likely word at each step, until END or ``max_len`` words."""
-        _check_decoding(max_len=max_len)
+        return self._decode(self._greedy_decode, images, max_len=max_len)
+
+    def _decode(self, search: Callable[..., DecodedCaptions], images: Tensor, **settings: Any) -> DecodedCaptions:
+        _check_decoding(max_len=settings["max_len"], beam_size=settings.get("beam_size", 1))
         if not len(images):
             return DecodedCaptions([], [], images.new_zeros(0))
         with eval_mode(self):  # in train mode dropout would pick words at random and batch norms would learn
-            return self._greedy_decode(images, max_len)
+            return search(images, **settings)
 
     def _greedy_decode(self, images: Tensor, max_len: int) -> DecodedCaptions:
         features = self.encode(images)
@@ -266,11 +279,8 @@ class ShowAttendTell(nn.Module):
         cost, not ``max_len`` steps for every image. The best hypothesis per image is the one with
         the highest ``log p / length ** length_penalty`` (0 disables normalisation).
         """
-        _check_decoding(max_len=max_len, beam_size=beam_size)
-        if not len(images):
-            return DecodedCaptions([], [], images.new_zeros(0))
-        with eval_mode(self):  # in train mode dropout would pick words at random and batch norms would learn
-            return self._beam_search(images, beam_size, max_len, length_penalty)
+        return self._decode(self._beam_search, images, beam_size=beam_size, max_len=max_len,
+                            length_penalty=length_penalty)
 
     def _beam_search(self, images: Tensor, beam_size: int, max_len: int, length_penalty: float) -> DecodedCaptions:
         batch, k = images.shape[0], min(beam_size, self.vocab_size)
@@ -286,30 +296,32 @@ class ShowAttendTell(nn.Module):
         finished = torch.zeros((batch, 1), dtype=torch.bool, device=images.device)
         active = torch.arange(batch, device=images.device)  # images still decoding, in batch order
         done = _FinishedBeams(batch, k, max_len, features.shape[1], features)
+        # A finished hypothesis has one continuation, PAD, which keeps its score.
+        frozen = torch.full((self.vocab_size,), float("-inf"), device=images.device)
+        frozen[PAD_ID] = 0.0
         for _ in range(max_len):
             logits, state, alpha = self.step(features, projected, words, state)
             width = scores.shape[1]
             log_probs = _word_log_probs(logits).view(len(active), width, -1)  # (b, width, V)
-            # A finished hypothesis has one continuation, PAD, which keeps its score.
-            frozen = torch.full_like(log_probs[0, 0], float("-inf"))
-            frozen[PAD_ID] = 0.0
             log_probs = torch.where(finished[..., None], frozen, log_probs)
             scores, flat = (scores[..., None] + log_probs).view(len(active), -1).topk(k, dim=-1)  # (b, K)
             beam, words = flat // self.vocab_size, flat % self.vocab_size
-            rows = torch.arange(len(active), device=images.device)[:, None]  # (b, 1) for gathering beams
-            tokens = torch.cat([tokens[rows, beam], words[..., None]], dim=2)
-            alphas = torch.cat([alphas[rows, beam], alpha.view(len(active), width, 1, -1)[rows, beam]], dim=2)
-            finished = finished[rows, beam] | (words == END_ID)
-            survivors = (rows * width + beam).view(-1)  # (b*K,) hypotheses that survive, in their new order
-            state, words = (state[0][survivors], state[1][survivors]), words.view(-1)
+            # (b*K,) rows that survive, in their new order
+            survivors = (beam + torch.arange(0, len(active) * width, width, device=images.device)[:, None]).view(-1)
+            tokens = torch.cat([_pick_rows(tokens, survivors, k), words[..., None]], dim=2)
+            new_maps = alpha.index_select(0, survivors).view(len(active), k, 1, -1)
+            alphas = torch.cat([_pick_rows(alphas, survivors, k), new_maps], dim=2)
+            finished = _pick_rows(finished, survivors, k) | (words == END_ID)
+            state, words = (state[0].index_select(0, survivors), state[1].index_select(0, survivors)), words.view(-1)
             complete = finished.all(dim=1)  # (b,)
             if complete.any():
                 done.store(active[complete], tokens[complete], alphas[complete], scores[complete])
-                keep, keep_rows = ~complete, (~complete).repeat_interleave(k)
-                active, tokens, alphas, scores, finished = (
-                    active[keep], tokens[keep], alphas[keep], scores[keep], finished[keep])
-                features, projected, words = features[keep], projected[keep], words[keep_rows]
-                state = (state[0][keep_rows], state[1][keep_rows])
+                keep = (~complete).nonzero().squeeze(1)
+                keep_rows = (keep[:, None] * k + torch.arange(k, device=images.device)).view(-1)
+                active, tokens, alphas, scores, finished, features, projected = (
+                    t.index_select(0, keep) for t in (active, tokens, alphas, scores, finished, features, projected))
+                words = words.index_select(0, keep_rows)
+                state = (state[0].index_select(0, keep_rows), state[1].index_select(0, keep_rows))
                 if not len(active):
                     break
         done.store(active, tokens, alphas, scores)
