@@ -322,3 +322,73 @@ def test_sigmoid_lstm_cell_takes_no_state_and_unbatched_input_like_nn_lstm_cell(
     for expected, actual in zip(reference(x[0], state), cell(x[0], state)):
         assert actual.shape == (5,)
         torch.testing.assert_close(actual, expected)
+
+
+def reference_beam_search(model, image, beam_size, max_len, length_penalty):
+    """Beam search written out hypothesis by hypothesis in plain Python: the K best continuations
+    of the K hypotheses each step, a finished one continuing only with PAD at its score, until
+    every hypothesis has ended; then the best by ``score / length ** length_penalty``."""
+    from visattn.models.show_attend_tell import _word_log_probs
+
+    features = model.encode(image[None])
+    projected = model.attention.project_features(features)
+    beams = [([], 0.0, model.init_state(features), False)]  # (words, score, state, finished)
+    for _ in range(max_len):
+        candidates = []
+        for words, score, state, finished in beams:
+            if finished:
+                candidates.append((score, words + [PAD_ID], state, True))
+                continue
+            last = torch.tensor([words[-1] if words else START_ID])
+            logits, next_state, _ = model.step(features, projected, last, state)
+            for word, log_p in enumerate(_word_log_probs(logits)[0].tolist()):
+                candidates.append((score + log_p, words + [word], next_state, word == END_ID))
+        candidates.sort(key=lambda c: -c[0])
+        beams = [(words, score, state, finished) for score, words, state, finished in candidates[:beam_size]]
+        if all(finished for *_, finished in beams):
+            break
+    lengths = [max(sum(w != PAD_ID for w in words), 1) for words, *_ in beams]
+    normalised = [score / n ** length_penalty for (_, score, _, _), n in zip(beams, lengths)]
+    words = beams[max(range(len(beams)), key=normalised.__getitem__)][0]
+    return words[:words.index(END_ID)] if END_ID in words else [w for w in words if w != PAD_ID]
+
+
+@pytest.fixture(scope="module")
+def ending(scripted):
+    """The scripted decoder with END far likelier than any word once a hypothesis is as long as its
+    image's length (1 to 5 steps, from its features), so images leave the search at different steps."""
+    net = create_model("sat_cbam_resnet_scenes", **TINY).eval()
+
+    def init_state(features):
+        h, c = scripted.init_state(features)
+        c = torch.zeros_like(c)
+        c[:, 1] = 1 + features[:, :, 0].argmax(1) % 5  # (steps so far, length)
+        return h, c
+
+    def step(features, projected, words, state):
+        logits, (h, c), alpha = scripted.step(features, projected, words, state)
+        c = c.clone()
+        c[:, 0] += 1
+        logits[:, END_ID] += 30.0 * (c[:, 0] >= c[:, 1])
+        return logits, (h, c), alpha
+
+    net.init_state, net.step = init_state, step
+    return net
+
+
+@pytest.mark.parametrize("max_len", [1, 2, 3, 4, 6])
+@pytest.mark.parametrize("length_penalty", [0.0, 1.0])
+@pytest.mark.parametrize("decoder", ["scripted", "ending"])
+def test_batched_beam_search_equals_a_plain_python_beam_search(decoder, max_len, length_penalty, request):
+    """Images that leave the search at different steps, at max_len or cut off by it, read back their own words."""
+    model = request.getfixturevalue(decoder)
+    images = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    batched = model.beam_search(images, beam_size=3, max_len=max_len, length_penalty=length_penalty)
+    expected = [reference_beam_search(model, image, 3, max_len, length_penalty) for image in images]
+    assert [t.tolist() for t in batched.tokens] == expected
+
+
+def test_the_ending_decoder_sends_images_out_of_the_search_at_different_steps(ending):
+    images = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    lengths = sorted(len(t) for t in ending.beam_search(images, beam_size=3, max_len=8).tokens)
+    assert len(set(lengths)) >= 3 and lengths[0] < lengths[-1] <= 4, lengths

@@ -66,13 +66,6 @@ def _word_log_probs(logits: Tensor) -> Tensor:
     return logits.log_softmax(dim=-1)
 
 
-def _pick_rows(hypotheses: Tensor, rows: Tensor, beams: int) -> Tensor:
-    """``(b, width, ...)`` hypotheses to ``(b, beams, ...)``: those at flat ``rows`` (``b * beams``) of
-    ``(b * width, ...)``. ``index_select`` on rows: 3-5x faster on the CPU than indexing with
-    ``(image, beam)`` pairs."""
-    return hypotheses.flatten(0, 1).index_select(0, rows).unflatten(0, (-1, beams))
-
-
 def _check_decoding(*, max_len: int, beam_size: int = 1) -> None:
     """Refuse settings that give no caption here, in one line, rather than deep inside a search."""
     if not is_count(beam_size):
@@ -289,13 +282,13 @@ class ShowAttendTell(nn.Module):
         projected = self.attention.project_features(features)
         state = self.init_state(features)  # one hypothesis per image until the first step expands it
         words = features.new_full((batch,), START_ID, dtype=torch.long)
-        # Scores and maps in float32 whatever the features' dtype: CUDA autocast gives (log-)softmax in float32.
+        # Scores (and maps, in the trail's read-out) in float32 whatever the features' dtype: CUDA autocast
+        # gives (log-)softmax in float32.
         scores = features.new_zeros((batch, 1), dtype=torch.float32)  # (b, width): width is 1, then K
-        tokens = words.new_zeros((batch, 1, 0))
-        alphas = features.new_zeros((batch, 1, 0, features.shape[1]), dtype=torch.float32)
         finished = torch.zeros((batch, 1), dtype=torch.bool, device=images.device)
         active = torch.arange(batch, device=images.device)  # images still decoding, in batch order
-        done = _FinishedBeams(batch, k, max_len, features.shape[1], features)
+        trail = _BeamTrail()
+        kept = None  # rows of the last step's hypotheses that the next step continues; None: all
         # A finished hypothesis has one continuation, PAD, which keeps its score.
         frozen = torch.full((self.vocab_size,), float("-inf"), device=images.device)
         frozen[PAD_ID] = 0.0
@@ -306,26 +299,27 @@ class ShowAttendTell(nn.Module):
             log_probs = torch.where(finished[..., None], frozen, log_probs)
             scores, flat = (scores[..., None] + log_probs).view(len(active), -1).topk(k, dim=-1)  # (b, K)
             beam, words = flat // self.vocab_size, flat % self.vocab_size
-            # (b*K,) rows that survive, in their new order
+            # (b*K,) rows of this step's input that survive, in their new order
             survivors = (beam + torch.arange(0, len(active) * width, width, device=images.device)[:, None]).view(-1)
-            tokens = torch.cat([_pick_rows(tokens, survivors, k), words[..., None]], dim=2)
-            new_maps = alpha.index_select(0, survivors).view(len(active), k, 1, -1)
-            alphas = torch.cat([_pick_rows(alphas, survivors, k), new_maps], dim=2)
-            finished = _pick_rows(finished, survivors, k) | (words == END_ID)
+            trail.add(words.view(-1), alpha.index_select(0, survivors),
+                      survivors if kept is None else kept.index_select(0, survivors))
+            finished = finished.view(-1).index_select(0, survivors).view(len(active), k) | (words == END_ID)
             state, words = (state[0].index_select(0, survivors), state[1].index_select(0, survivors)), words.view(-1)
             complete = finished.all(dim=1)  # (b,)
+            kept = None
             if complete.any():
-                done.store(active[complete], tokens[complete], alphas[complete], scores[complete])
+                trail.end(active[complete], _beam_rows(complete.nonzero().squeeze(1), k), scores[complete])
                 keep = (~complete).nonzero().squeeze(1)
-                keep_rows = (keep[:, None] * k + torch.arange(k, device=images.device)).view(-1)
-                active, tokens, alphas, scores, finished, features, projected = (
-                    t.index_select(0, keep) for t in (active, tokens, alphas, scores, finished, features, projected))
-                words = words.index_select(0, keep_rows)
-                state = (state[0].index_select(0, keep_rows), state[1].index_select(0, keep_rows))
+                kept = _beam_rows(keep, k)
+                active, scores, finished, features, projected = (
+                    t.index_select(0, keep) for t in (active, scores, finished, features, projected))
+                words, state = words.index_select(0, kept), (state[0].index_select(0, kept), state[1].index_select(0, kept))
                 if not len(active):
                     break
-        done.store(active, tokens, alphas, scores)
-        return self._best_hypotheses(done.tokens, done.alphas, done.scores, length_penalty)
+        if kept is None:  # the rows of the images still searching at max_len
+            kept = _beam_rows(torch.arange(len(active), device=images.device), k)
+        trail.end(active, kept, scores)
+        return self._best_hypotheses(*trail.read(batch, k, regions=features.shape[1]), length_penalty)
 
     def _best_hypotheses(self, tokens: Tensor, alphas: Tensor, scores: Tensor, length_penalty: float) -> DecodedCaptions:
         """Pick each image's best beam by length-normalised score. tokens (B, K, T), alphas (B, K, T, P)."""
@@ -347,20 +341,48 @@ class ShowAttendTell(nn.Module):
         return DecodedCaptions(out_tokens, out_maps, scores)
 
 
-class _FinishedBeams:
-    """Full-batch ``(B, K, max_len)`` tokens (PAD-filled), ``(B, K, max_len, P)`` alphas and ``(B, K)``
-    scores, filled in as images finish and leave the beam search."""
+def _beam_rows(images: Tensor, beams: int) -> Tensor:
+    """The ``len(images) * beams`` hypothesis rows of the given positions in a ``(b, beams)`` layout."""
+    return (images[:, None] * beams + torch.arange(beams, device=images.device)).view(-1)
 
-    def __init__(self, batch: int, beams: int, max_len: int, regions: int, like: Tensor) -> None:
-        self.tokens = torch.full((batch, beams, max_len), PAD_ID, dtype=torch.long, device=like.device)
-        self.alphas = like.new_zeros((batch, beams, max_len, regions), dtype=torch.float32)
-        self.scores = like.new_full((batch, beams), float("-inf"), dtype=torch.float32)
 
-    def store(self, images: Tensor, tokens: Tensor, alphas: Tensor, scores: Tensor) -> None:
-        steps = tokens.shape[2]
-        self.tokens[images, :, :steps] = tokens
-        self.alphas[images, :, :steps] = alphas.float()  # index_put_ wants one dtype; bf16 under CPU autocast
-        self.scores[images] = scores.float()
+class _BeamTrail:
+    """Each step's words, attention maps and back-pointers. Hypotheses are read out once, at the end,
+    by following the pointers back, instead of copying every hypothesis's words and maps at every
+    step (O(steps^2) copies; 3% of a batched search of the shipped captioner, more with long captions)."""
+
+    def __init__(self) -> None:
+        self.words: list[Tensor] = []  # per step (rows,): the word each hypothesis took
+        self.maps: list[Tensor] = []  # per step (rows, P): the attention that chose it
+        self.parents: list[Tensor] = []  # per step (rows,): the hypothesis it extends, a row of the step before
+        self.ends: dict[int, list[tuple[Tensor, Tensor, Tensor]]] = {}  # step -> (images, rows, (n, K) scores)
+
+    def add(self, words: Tensor, maps: Tensor, parents: Tensor) -> None:
+        self.words.append(words)
+        self.maps.append(maps)
+        self.parents.append(parents)
+
+    def end(self, images: Tensor, rows: Tensor, scores: Tensor) -> None:
+        """``images`` leave the search with the hypotheses at ``rows`` of the last step."""
+        self.ends.setdefault(len(self.words) - 1, []).append((images, rows, scores))
+
+    def read(self, batch: int, beams: int, *, regions: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Tokens ``(B, K, T)`` (PAD after a hypothesis's END), float32 maps ``(B, K, T, P)`` and scores ``(B, K)``."""
+        like = self.maps[0]
+        steps = len(self.words)
+        tokens = torch.full((steps, batch * beams), PAD_ID, dtype=torch.long, device=like.device)
+        maps = like.new_zeros((steps, batch * beams, regions), dtype=torch.float32)
+        scores = like.new_full((batch, beams), float("-inf"), dtype=torch.float32)
+        rows = dest = tokens.new_zeros(0)  # hypotheses followed back so far: their rows, and where they go
+        for t in reversed(range(steps)):
+            for images, end_rows, end_scores in self.ends.get(t, []):
+                rows, dest = torch.cat([rows, end_rows]), torch.cat([dest, _beam_rows(images, beams)])
+                scores[images] = end_scores.float()
+            tokens[t].index_copy_(0, dest, self.words[t].index_select(0, rows))
+            maps[t].index_copy_(0, dest, self.maps[t].index_select(0, rows).float())
+            rows = self.parents[t].index_select(0, rows)
+        return (tokens.T.reshape(batch, beams, steps), maps.transpose(0, 1).reshape(batch, beams, steps, regions),
+                scores)
 
 
 def _create_sat(**kwargs: Any) -> ShowAttendTell:
