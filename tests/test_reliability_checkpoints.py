@@ -134,7 +134,7 @@ def _final_val_top1(checkpoint: dict) -> float:
 
 
 def test_resume_restores_every_state_and_reaches_the_uninterrupted_metric(tmp_path, monkeypatch):
-    # Without augmentation (its pipeline keeps a random state of its own) a resumed CPU run is exact.
+    # Without augmentation; test_a_resumed_run_with_augmentation_reaches_the_uninterrupted_runs_weights covers augmenting runs.
     run = ["--trainer.max_epochs", "2", "--data.init_args.limit", "128", "--data.init_args.augment", "false",
            "--model.init_args.ema_decay", "0.9"]
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
@@ -393,3 +393,79 @@ def test_ctrl_c_in_a_lightning_command_is_one_line_and_exit_code_130(subcommand,
     err = capfd.readouterr().err
     assert err.strip().splitlines()[-1] == message and "KeyboardInterrupt" not in err and "Traceback" not in err
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Lightning had set it to ignore Ctrl-C
+
+
+# --- Resuming with augmentation ---------------------------------------------------------------
+
+
+class _AugmentedImages(torch.utils.data.Dataset):
+    """Eight images through a fresh training transform: its draws are all that varies."""
+
+    def __init__(self) -> None:
+        import numpy as np
+
+        from visattn.data.transforms import train_transforms
+
+        self.images = np.random.default_rng(0).integers(0, 256, (8, 40, 40, 3), dtype=np.uint8)
+        self.transform = train_transforms(24)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.transform(self.images[index])
+
+
+def _augmented_train_loader(workers: int) -> torch.utils.data.DataLoader:
+    """The training DataLoader a data module builds (the mixin's), over new objects as a new process has."""
+    from lightning.fabric.utilities.data import AttributeDict
+
+    from visattn.data.datamodules import SplitLoadersMixin
+
+    class Module(SplitLoadersMixin):
+        hparams = AttributeDict(batch_size=2, num_workers=workers, augment=True)
+
+    module = Module()
+    module.datasets = {"train": _AugmentedImages()}
+    return module.train_dataloader()
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_augmentation_of_an_epoch_is_the_same_whether_the_epoch_before_ran_in_this_process(workers):
+    torch.manual_seed(0)
+    loader = _augmented_train_loader(workers)
+    first = torch.cat(list(loader))
+    state = torch.get_rng_state()  # what a checkpoint written after the first epoch holds
+    second = torch.cat(list(loader))
+
+    torch.manual_seed(0)  # a resumed run: seeded alike, new data objects, the random state restored
+    loader = _augmented_train_loader(workers)
+    torch.set_rng_state(state)
+    resumed = torch.cat(list(loader))
+    # (In the main process a new pipeline drew the first epoch's augmentations again; persistent
+    # workers carried their random states over from the first epoch, which new ones start without.)
+    torch.testing.assert_close(resumed, second, rtol=0, atol=0)
+    assert not torch.equal(first, second)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_resumed_run_with_augmentation_reaches_the_uninterrupted_runs_weights(tmp_path, monkeypatch, workers):
+    run = ["--trainer.max_epochs", "2", "--data.init_args.augment", "true",
+           "--data.init_args.num_workers", str(workers)]
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    straight.mkdir()
+    interrupted.mkdir()
+    monkeypatch.chdir(straight)
+    assert _fit(*run) == 0
+    uninterrupted = _read(straight / CHECKPOINTS / "last.ckpt")
+
+    monkeypatch.chdir(interrupted)
+    with monkeypatch.context() as patch, pytest.raises(_Interrupted):
+        patch.setattr(ImageClassifier, "on_train_epoch_start", _interrupt_at_second_epoch)
+        _fit(*run)
+    assert _fit(*run, "--ckpt_path", "last") == 0
+
+    resumed = _read(interrupted / CHECKPOINTS / "last.ckpt")
+    assert resumed["global_step"] == uninterrupted["global_step"] == 2 * STEPS_PER_EPOCH
+    torch.testing.assert_close(resumed["state_dict"], uninterrupted["state_dict"], rtol=0, atol=0)
+    assert _final_val_top1(resumed) == _final_val_top1(uninterrupted)

@@ -508,3 +508,55 @@ def test_only_the_warnings_visattn_issues_change_format(monkeypatch, capsys):
                 given = node.args[1:2] + [k.value for k in node.keywords if k.arg == "category"]
                 categories[f"{source.name}:{node.lineno}"] = ast.unparse(given[0]) if given else "UserWarning"
     assert len(categories) >= 6 and set(categories.values()) <= {"VisattnWarning", "SkippedImageWarning"}, categories
+
+
+# ------------------------------------------------------------------ a monitored metric the run never logs
+
+SMALL_FOLDER_FIT = ["--model.init_args.model_name", "se_resnet20_cifar", "--data.init_args.img_size", "16",
+                    "--data.init_args.num_workers", "0", "--trainer.max_epochs", "1",
+                    "--trainer.enable_progress_bar", "false", "--trainer.accelerator", "cpu"]
+
+
+@pytest.mark.parametrize("no_validation, named", [
+    pytest.param(["--data.init_args.val_fraction", "0"],
+                 "(ImageFolderDataModule holds no validation data); give it validation data "
+                 "(now data.init_args val_root null, val_fraction 0.0)",
+                 id="val_fraction_0"),
+    pytest.param(["--trainer.limit_val_batches", "0"],
+                 "(trainer.limit_val_batches 0); set trainer.limit_val_batches above 0", id="limit_val_batches_0"),
+    pytest.param(["--trainer.check_val_every_n_epoch", "2"],
+                 "(trainer.check_val_every_n_epoch 2 > trainer.max_epochs 1)", id="check_val_after_the_last_epoch"),
+])
+def test_a_checkpoint_monitoring_validation_in_a_run_without_it_is_refused_before_training(
+        no_validation, named, tmp_path, monkeypatch, capsys):
+    """Lightning would train the whole run, warn that val/top1 is missing and never write best-*.ckpt."""
+    from fixtures_images import write_image_folder
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["visattn"])
+    write_image_folder(tmp_path / "photos", per_class=4)
+    code = main(["fit", "--config", str(IMAGEFOLDER_CONFIG), "--data.init_args.root", "photos", *SMALL_FOLDER_FIT,
+                 *no_validation])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("visattn: error:")]
+    assert code == 2 and len(errors) == 1 and err.strip().splitlines()[-1] == errors[0], err
+    assert errors[0].startswith("visattn: error: trainer.callbacks: ModelCheckpoint(monitor='val/top1') would never "
+                                "see val/top1, as this run never validates "), err
+    assert named in errors[0] and errors[0].endswith(", monitor a train/ metric, or drop the callback"), err
+    assert "Traceback" not in err and "could not find the monitored key" not in err
+    assert not (tmp_path / "outputs").exists()  # refused before anything was trained or written
+
+
+def test_a_run_without_validation_and_no_monitored_callback_trains(tmp_path, monkeypatch, capsys):
+    from fixtures_images import write_image_folder
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["visattn"])
+    write_image_folder(tmp_path / "photos", per_class=4)
+    config = yaml.safe_load(IMAGEFOLDER_CONFIG.read_text())
+    config["trainer"]["callbacks"] = [c for c in config["trainer"]["callbacks"] if "monitor" not in c["init_args"]]
+    (tmp_path / "unmonitored.yaml").write_text(yaml.safe_dump(config))
+    code = main(["fit", "--config", "unmonitored.yaml", "--data.init_args.root", "photos", *SMALL_FOLDER_FIT,
+                 "--data.init_args.val_fraction", "0"])
+    assert code == 0, capsys.readouterr().err
+    assert (tmp_path / "outputs" / "imagefolder_template" / "checkpoints" / "last.ckpt").is_file()

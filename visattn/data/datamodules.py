@@ -16,6 +16,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, default_collate
+from torch.utils.data.dataloader import _BaseDataLoaderIter, _SingleProcessDataLoaderIter
 
 from ..errors import ConfigError
 from .fashion_mnist import FASHION_MNIST_CLASSES, FASHION_MNIST_MEAN, FASHION_MNIST_STD, FashionMNIST
@@ -24,6 +25,7 @@ from .image_folder import (ImageFiles, ImageFolder, check_class_count, collate_p
 from .transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    AugmentationStream,
     ImageTransform,
     Recipe,
     eval_transforms,
@@ -68,6 +70,27 @@ def split_indices(
     return order[~in_val], order[in_val]
 
 
+class EpochSeededLoader(DataLoader):
+    """A DataLoader whose single-process iterators seed augmentation as its worker processes are seeded:
+    from the base seed torch draws from the main random state for every iterator (a worker's seed is that
+    plus its id), so each epoch's draws depend on the run's random state, not on the epochs before it in
+    this process; :class:`~visattn.data.transforms.ImageTransform` reseeds from it at the epoch's first call.
+    """
+
+    def _get_iterator(self) -> _BaseDataLoaderIter:
+        return _EpochSeededIterator(self) if self.num_workers == 0 else super()._get_iterator()
+
+
+class _EpochSeededIterator(_SingleProcessDataLoaderIter):
+    def __init__(self, loader: DataLoader) -> None:
+        super().__init__(loader)
+        self._augmentation = AugmentationStream(self._base_seed)
+
+    def _next_data(self) -> Any:
+        with self._augmentation.active():
+            return super()._next_data()
+
+
 class SplitLoadersMixin:
     """The DataLoader hooks of a LightningDataModule over its ``datasets`` dict, filled by ``setup``.
 
@@ -75,6 +98,12 @@ class SplitLoadersMixin:
     whose samples need batching other than default collation set ``collate_fn``. Validation and
     test leave broken image files out instead of counting a substitute twice (:func:`for_evaluation`);
     a batch of only broken files is ``None``, which the tasks' steps skip.
+
+    Augmentation draws from the seed torch draws for each epoch's DataLoader iterator (:class:`EpochSeededLoader`),
+    so a run resumed at an epoch's end draws what the uninterrupted run drew. Training workers therefore
+    start afresh each epoch (only evaluation workers persist): persistent ones would carry their random
+    states from epoch to epoch, which a resumed run starts without, and skip the base-seed draw of later
+    epochs, which the resumed run's first epoch makes (its shuffle would differ).
     """
 
     datasets: dict[Split, Dataset]
@@ -90,7 +119,7 @@ class SplitLoadersMixin:
         if not train:
             for_evaluation(dataset)
         workers = self.hparams.num_workers
-        return DataLoader(
+        return EpochSeededLoader(
             dataset,
             batch_size=self.hparams.batch_size,
             shuffle=train,
@@ -98,7 +127,7 @@ class SplitLoadersMixin:
             drop_last=train and len(dataset) > self.hparams.batch_size,
             collate_fn=functools.partial(collate_present, collate=self.collate_fn or default_collate),
             num_workers=workers,
-            persistent_workers=workers > 0,
+            persistent_workers=workers > 0 and not train,
             pin_memory=torch.cuda.is_available(),
         )
 
@@ -318,7 +347,8 @@ class ImageFolderDataModule(_ClassificationDataModule):
             raise ConfigError(
                 f"{h.root}: {len(train)} images, one per class, leave none for validation "
                 f"(val_fraction={h.val_fraction}; each class keeps one for training); add images, give a "
-                "validation folder as data.val_root, or set data.val_fraction 0 to train without validation"
+                "validation folder as data.val_root, or set data.val_fraction 0 (and monitor no val/ metric) "
+                "to train without validation"
             )
         return train.split(train_idx), val.split(val_idx)
 

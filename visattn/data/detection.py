@@ -57,8 +57,9 @@ MIN_BOX_SIDE = 1.0  # pixels; thinner boxes are annotation noise (and degenerate
 class DetectionTransform(ImageTransform):
     """An albumentations pipeline called as ``transform(image, boxes, labels) -> (tensor, target)``.
 
-    Seeded like :class:`~visattn.data.transforms.ImageTransform`: from ``torch.initial_seed()``
-    on first use in each process, so DataLoader workers differ and seeded runs repeat.
+    Seeded like :class:`~visattn.data.transforms.ImageTransform`: from each epoch's DataLoader
+    seed (a worker's, or the single-process iterator's), so workers differ, seeded runs repeat and
+    resumed runs draw what uninterrupted ones did.
 
     Args:
         transforms: albumentations transforms applied in order to an HWC uint8 RGB array and
@@ -72,7 +73,6 @@ class DetectionTransform(ImageTransform):
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Got processor for bboxes, but no transform")
             self.pipeline = A.Compose(list(transforms), bbox_params=bbox_params)
-        self._seeded_in_pid: int | None = None
 
     def __call__(self, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray,
                  iscrowd: np.ndarray | None = None) -> tuple[torch.Tensor, Target]:

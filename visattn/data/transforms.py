@@ -11,7 +11,9 @@ Two recipes:
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Literal
 
 import albumentations as A
@@ -25,6 +27,7 @@ from ..errors import ConfigError
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "AugmentationStream",
     "ImageTransform",
     "Recipe",
     "eval_transforms",
@@ -39,26 +42,56 @@ Recipe = Literal["photo", "small"]
 InputSize = int | Sequence[int]
 
 
+class AugmentationStream:
+    """The seed of the augmentation one single-process DataLoader iterator draws, as a worker's seed is
+    for a worker process: pipelines called inside :meth:`active` reseed from it on their first call there.
+
+    :class:`~visattn.data.datamodules.SplitLoadersMixin`'s loaders open one per epoch from the base seed
+    torch draws from the main random state for each iterator (a worker's seed is that plus its id), so an
+    epoch draws the same augmentations whether the epoch before it ran in this process or before a resume.
+    """
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    @contextmanager
+    def active(self) -> Iterator[None]:
+        token = _active_stream.set(self)
+        try:
+            yield
+        finally:
+            _active_stream.reset(token)
+
+
+_active_stream: ContextVar[AugmentationStream | None] = ContextVar("visattn_augmentation_stream", default=None)
+
+
 class ImageTransform:
     """An albumentations pipeline called as ``transform(image) -> tensor``.
 
-    The random state is re-seeded from ``torch.initial_seed()`` the first time it is used in
-    each process, so DataLoader workers (which inherit a copy of the parent's state) draw
-    different augmentations, and ``lightning.seed_everything`` makes runs repeatable.
+    The random state is re-seeded on the first call of each random stream: in a DataLoader's
+    single-process iterator, from that iterator's seed (:class:`AugmentationStream`); elsewhere
+    once per process from ``torch.initial_seed()``, which a DataLoader worker's is (its iterator's
+    base seed plus its id, unless a ``worker_init_fn`` reseeds it). So workers draw different
+    augmentations, ``lightning.seed_everything`` makes runs repeatable, and an epoch's draws
+    depend on the seed its iterator drew, not on the epochs before it in this process.
 
     Args:
         transforms: albumentations transforms applied in order to an HWC uint8 RGB array;
             ``ToTensorV2`` is appended, so the result is a CHW tensor.
     """
 
+    _seeded_for: object = None  # the stream (or process id) the pipeline was last seeded for
+
     def __init__(self, transforms: Sequence[A.BasicTransform]) -> None:
         self.pipeline = A.Compose([*transforms, ToTensorV2()])
-        self._seeded_in_pid: int | None = None
 
     def _seed_once(self) -> None:
-        if self._seeded_in_pid != os.getpid():
-            self.pipeline.set_random_seed(torch.initial_seed() % 2**32)
-            self._seeded_in_pid = os.getpid()
+        stream = _active_stream.get()
+        key = os.getpid() if stream is None else stream
+        if key != self._seeded_for:
+            self.pipeline.set_random_seed((torch.initial_seed() if stream is None else stream.seed) % 2**32)
+            self._seeded_for = key
 
     def __call__(self, image: np.ndarray) -> torch.Tensor:
         self._seed_once()

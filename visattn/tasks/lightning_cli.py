@@ -18,7 +18,10 @@ starts from no weights rather than score it.
 ``--ckpt_path FILE`` must hold the config's task class and architecture: LightningCLI builds the
 model from the checkpoint's hyperparameters, so another model would otherwise run in its place. A
 fresh ``fit`` refuses a checkpoint folder that holds an earlier run's checkpoints (Lightning would
-write ``last-v1.ckpt`` beside them); ``fast_dev_run`` writes no checkpoints.
+write ``last-v1.ckpt`` beside them); ``fast_dev_run`` writes no checkpoints. A ``fit`` whose ModelCheckpoint
+or EarlyStopping monitors a ``val/`` metric is refused before training when the run would never validate (no
+validation data, ``limit_val_batches 0``, ``check_val_every_n_epoch`` past ``max_epochs``): Lightning would
+only warn that the metric is missing, and never write the best checkpoint.
 
 ``visattn predict`` writes one JSON object per sample to ``<trainer.default_root_dir>/predictions.jsonl``
 (:class:`JsonPredictionWriter`, unless the config has a prediction writer): a classifier's top classes
@@ -47,11 +50,13 @@ import yaml
 import lightning.pytorch as pl
 from jsonargparse import ArgumentError
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import (BasePredictionWriter, Callback, ModelCheckpoint, ProgressBar,
+from lightning.pytorch.callbacks import (BasePredictionWriter, Callback, EarlyStopping, ModelCheckpoint, ProgressBar,
                                          RichProgressBar)
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins import CheckpointIO, TorchCheckpointIO
+from lightning.pytorch.utilities.model_helpers import is_overridden
 
+from ..data.datamodules import SplitLoadersMixin
 from ..errors import ConfigError, VisattnError, WeightsError
 from ..fileio import atomic_path
 from ..pretrained import check_state_dict
@@ -273,6 +278,53 @@ def _check_settings(model: Any, trainer: Any) -> None:
         raise ConfigError(f"trainer.accumulate_grad_batches {accumulate}: give 1 (no accumulation) or more")
 
 
+# A monitored key that only validation logs (the tasks log val/top1, val/map50, val/cider).
+_VALIDATION_KEY = re.compile(r"val(id(ation)?)?[/_.]")
+
+
+def _check_monitored_validation(trainer: pl.Trainer, model: pl.LightningModule,
+                                datamodule: Optional[pl.LightningDataModule]) -> None:
+    """One line before training when a ModelCheckpoint or (strict) EarlyStopping monitors a validation
+    metric and the run never validates: Lightning would only warn that the key is missing and never write
+    the best checkpoint (or stop with a traceback in EarlyStopping), after the whole run."""
+    watched = [c for c in [*trainer.checkpoint_callbacks, *trainer.early_stopping_callbacks]
+               if isinstance(getattr(c, "monitor", None), str) and _VALIDATION_KEY.match(c.monitor)
+               and (not isinstance(c, EarlyStopping) or c.strict)]
+    if not watched:
+        return
+    never = _never_validates(trainer, model, datamodule)
+    if never is not None:
+        reason, fix = never
+        callback = watched[0]
+        raise ConfigError(f"trainer.callbacks: {type(callback).__name__}(monitor={callback.monitor!r}) would never "
+                          f"see {callback.monitor}, as this run never validates ({reason}); {fix}, monitor a train/ "
+                          "metric, or drop the callback")
+
+
+def _never_validates(trainer: pl.Trainer, model: pl.LightningModule,
+                     datamodule: Optional[pl.LightningDataModule]) -> Optional[tuple[str, str]]:
+    """Why a fit with these would run no validation, and the fix; None when it validates (or may)."""
+    if trainer.limit_val_batches == 0:
+        return f"trainer.limit_val_batches {trainer.limit_val_batches}", "set trainer.limit_val_batches above 0"
+    every, epochs = trainer.check_val_every_n_epoch, trainer.max_epochs
+    if isinstance(every, int) and isinstance(epochs, int) and 0 < epochs < every:
+        return (f"trainer.check_val_every_n_epoch {every} > trainer.max_epochs {epochs}",
+                f"set trainer.check_val_every_n_epoch to at most {epochs}")
+    if not is_overridden("validation_step", model):
+        return f"{type(model).__name__} has no validation_step", "use a model with a validation_step"
+    # visattn's data modules keep what setup builds, so the setup in fit reuses it: nothing is read twice.
+    # With several processes each sets up its own data once launched, after prepare_data; not here.
+    if isinstance(datamodule, SplitLoadersMixin) and trainer.num_devices * trainer.num_nodes == 1:
+        datamodule.setup("fit")
+        if len(datamodule.datasets.get("val", ())) == 0:
+            given = ", ".join(f"{key} {json.dumps(value)}" for key, value in datamodule.hparams.items()
+                              if key.startswith(("val", "num_val"))
+                              and isinstance(value, (str, int, float, type(None))))
+            return (f"{type(datamodule).__name__} holds no validation data",
+                    f"give it validation data (now data.init_args {given})" if given else "give it validation data")
+    return None
+
+
 def _check_task_data(model: Any, data: Any) -> None:
     """A data module of another task would fail mid-step (a caption batch unpacked as images and labels)."""
     task, data_class = _imported(getattr(model, "class_path", None)), _imported(getattr(data, "class_path", None))
@@ -349,8 +401,9 @@ class RandomStateCheckpoint(Callback):
     """Keeps the Python, NumPy and torch (CPU and CUDA) random states in every checkpoint and restores
     them on resume, so the batches after a resume are those of an uninterrupted run.
 
-    Augmentation pipelines that own a generator (visattn's recipes) are reseeded on resume instead, so
-    their draws differ. A resumed run starts with a sanity-check validation that an uninterrupted run
+    Augmentation pipelines that own a generator (visattn's recipes) reseed from each epoch's DataLoader
+    seed, which these restored states draw again, so a run resumed at an epoch's end augments as the
+    uninterrupted run did. A resumed run starts with a sanity-check validation that an uninterrupted run
     does not have at that point; it leaves the states as it found them. The states are stored as
     tensors and tuples, so checkpoints still load with ``weights_only=True``.
     """
@@ -479,6 +532,9 @@ class VisattnCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         _check_settings(self._get(self.config, "model"), self._get(self.config, "trainer"))
         _check_task_data(self._get(self.config, "model"), self._get(self.config, "data"))
+
+    def before_fit(self) -> None:
+        _check_monitored_validation(self.trainer, self.model, self.datamodule)
 
     def instantiate_classes(self) -> None:
         try:
