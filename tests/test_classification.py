@@ -457,3 +457,17 @@ def test_scoring_an_arch_tag_with_pretrained_false_is_refused_as_untrained(subco
     err = capsys.readouterr().err
     assert (f"visattn {subcommand} without --ckpt_path would score an untrained se_resnet20_cifar.fmnist; give "
             "--ckpt_path best, last or FILE, or start the model from weights") in err
+
+
+def test_training_an_arch_tag_with_pretrained_false_warns_that_it_starts_from_random_weights(recwarn):
+    from visattn.errors import VisattnWarning
+    from visattn.tasks.lightning_cli import _check_settings
+
+    with pytest.warns(VisattnWarning, match=r"^model.init_args.pretrained false with model_name se_resnet20_cifar.fmnist: "
+                                            r"se_resnet20_cifar starts from random weights; leave pretrained out"):
+        _check_settings(SimpleNamespace(init_args={"model_name": "se_resnet20_cifar.fmnist", "pretrained": False}), {})
+    recwarn.clear()
+    for init_args in ({"model_name": "se_resnet20_cifar.fmnist", "pretrained": None},
+                      {"model_name": "se_resnet20_cifar", "pretrained": False}):
+        _check_settings(SimpleNamespace(init_args=init_args), {})
+    assert not [w for w in recwarn if issubclass(w.category, VisattnWarning)]

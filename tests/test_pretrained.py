@@ -420,3 +420,18 @@ def test_a_vit_checkpoint_of_another_token_layout_names_the_file_and_the_cause(t
     save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, path)
     with pytest.raises(WeightsError, match=f"^{path}: {message}"):
         create_model("vit_tiny_patch16_224", depth=1, pretrained=str(path), **visattn_kwargs)
+
+
+def test_a_captioner_whose_encoder_name_has_a_tag_rebuilds_without_reading_the_encoders_file(weights_tmp):
+    """Left out, encoder_pretrained is None, which loads the tag's weights: the saved captioner must say False."""
+    encoder_kwargs = dict(layers=(1, 1), widths=(8, 16), small_input=False)
+    encoder = create_model("cbam_resnet20_cifar", num_classes=10, **encoder_kwargs)
+    save_weights(encoder, weights_tmp / "cbam_resnet20_cifar.enc.safetensors", labels=[str(i) for i in range(10)],
+                 preprocessing={"input_size": [3, 32, 32], "mean": [0.5] * 3, "std": [0.5] * 3})
+    captioner = create_model("sat_cbam_resnet_scenes", encoder_name="cbam_resnet20_cifar.enc",
+                             encoder_kwargs=encoder_kwargs, vocab_size=20, img_size=32, grid_size=4).eval()
+    save_weights(captioner, weights_tmp / "sat_cbam_resnet_scenes.mine.safetensors")
+    assert load_index()["sat_cbam_resnet_scenes.mine"]["model_kwargs"]["encoder_pretrained"] is False
+    (weights_tmp / "cbam_resnet20_cifar.enc.safetensors").unlink()  # a rebuild reading it would fail
+    rebuilt = create_model("sat_cbam_resnet_scenes.mine").eval()
+    assert all(torch.equal(a, b) for a, b in zip(captioner.state_dict().values(), rebuilt.state_dict().values()))

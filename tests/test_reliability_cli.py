@@ -560,3 +560,19 @@ def test_a_run_without_validation_and_no_monitored_callback_trains(tmp_path, mon
                  "--data.init_args.val_fraction", "0"])
     assert code == 0, capsys.readouterr().err
     assert (tmp_path / "outputs" / "imagefolder_template" / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_a_setting_lightning_refuses_once_the_run_starts_is_one_line(tmp_path, monkeypatch, capsys):
+    """A fraction of validation batches that rounds to none: Lightning raises as fit starts (it printed a traceback)."""
+    from fixtures_images import write_image_folder
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["visattn"])
+    write_image_folder(tmp_path / "photos", per_class=4)
+    code = main(["fit", "--config", str(IMAGEFOLDER_CONFIG), "--data.init_args.root", "photos", *SMALL_FOLDER_FIT,
+                 "--trainer.limit_val_batches", "0.01", "--trainer.num_sanity_val_steps", "0"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("visattn: error: fit: ") and "limit_val_batches" in last, err
+    assert last.endswith("fix the setting it names in the config or with --SECTION.KEY VALUE"), err

@@ -392,3 +392,14 @@ def test_the_ending_decoder_sends_images_out_of_the_search_at_different_steps(en
     images = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     lengths = sorted(len(t) for t in ending.beam_search(images, beam_size=3, max_len=8).tokens)
     assert len(set(lengths)) >= 3 and lengths[0] < lengths[-1] <= 4, lengths
+
+
+def test_sigmoid_lstm_cell_scripts_and_refuses_other_ranks_as_nn_lstm_cell_does():
+    cell = SigmoidLSTMCell(6, 5)
+    scripted = torch.jit.script(cell)
+    x = torch.randn(3, 6)
+    for expected, actual in zip(cell(x), scripted(x)):
+        torch.testing.assert_close(actual, expected)
+    for module in (torch.nn.LSTMCell(6, 5), cell):
+        with pytest.raises(ValueError, match="Expected input to be 1D or 2D, got 3D"):
+            module(torch.randn(2, 3, 6))

@@ -6,6 +6,7 @@ Shipped weights live in ``weights/<arch>.<tag>.safetensors``, described by ``wei
 run code is refused, never retried with full unpickling.
 """
 import hashlib
+import inspect
 import json
 import os
 import pickle
@@ -265,8 +266,11 @@ def save_weights(model: nn.Module, path: Union[str, Path], *, overwrite: bool = 
         raise WeightsError(f"{path}: the model is a {built_as}, not a {arch}; name the file {built_as}.{tag}.safetensors")
     if meta.get("model_kwargs") is None and getattr(model, "visattn_kwargs", None):
         meta["model_kwargs"] = model.visattn_kwargs
-    if meta.get("model_kwargs"):  # the file holds every weight: rebuilding must not read where they started from
-        meta["model_kwargs"] = {k: False if k in _WEIGHT_SOURCES else v for k, v in meta["model_kwargs"].items()}
+    # The file holds every weight: rebuilding must not read where they started from, also when the
+    # argument was left out (None loads what an ARCH.TAG encoder name says).
+    sources = [k for k in _WEIGHT_SOURCES if k in inspect.signature(type(model).__init__).parameters]
+    if meta.get("model_kwargs") or sources:
+        meta["model_kwargs"] = {**(meta.get("model_kwargs") or {}), **dict.fromkeys(sources, False)}
     _warn_unless_described(path, arch, meta)
     try:
         json.dumps(meta)

@@ -25,13 +25,15 @@ class SigmoidLSTMCell(nn.LSTMCell):
     """
 
     def forward(self, input: Tensor, hx: Optional[tuple[Tensor, Tensor]] = None) -> tuple[Tensor, Tensor]:
-        if input.ndim == 1:
-            h, c = self.forward(input[None], None if hx is None else (hx[0][None], hx[1][None]))
-            return h[0], c[0]
+        if input.dim() not in (1, 2):
+            raise ValueError(f"SigmoidLSTMCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
+        unbatched = input.dim() == 1
         if hx is None:
-            zeros = input.new_zeros(input.shape[0], self.hidden_size)
+            zeros = input.new_zeros(input.shape[0] if not unbatched else 1, self.hidden_size)
             hx = (zeros, zeros)
         h, c = hx
+        if unbatched:
+            input, h, c = input[None], h.reshape(1, -1), c.reshape(1, -1)
         hidden = self.hidden_size
         # Out of place: autocast casts each addmm's operands (it leaves in-place ops alone).
         products = torch.addmm(self.bias_ih + self.bias_hh, input, self.weight_ih.t()) if self.bias else input.mm(self.weight_ih.t())
@@ -40,4 +42,4 @@ class SigmoidLSTMCell(nn.LSTMCell):
         in_gate, forget_gate, cell_gate, out_gate = gates.sigmoid_().chunk(4, dim=1)  # (B, hidden) each
         c = torch.addcmul(forget_gate * c, in_gate, cell_gate * 2 - 1)
         h = torch.addcmul(-out_gate, out_gate, torch.sigmoid(c * 2), value=2)  # σ(o) (2σ(2c') - 1)
-        return h, c
+        return (h[0], c[0]) if unbatched else (h, c)

@@ -39,6 +39,7 @@ import random
 import re
 import signal
 import sys
+import warnings
 import traceback
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -57,7 +58,7 @@ from lightning.pytorch.plugins import CheckpointIO, TorchCheckpointIO
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from ..data.datamodules import SplitLoadersMixin
-from ..errors import ConfigError, VisattnError, WeightsError
+from ..errors import ConfigError, VisattnError, VisattnWarning, WeightsError
 from ..fileio import atomic_path
 from ..pretrained import check_state_dict
 from ..registry import split_model_name
@@ -269,6 +270,10 @@ def _check_settings(model: Any, trainer: Any) -> None:
         value = init_args.get(key)
         if isinstance(value, (int, float)) and value < 0:
             raise ConfigError(f"model.init_args.{key} {value}: {what} cannot be negative; give e.g. {example}")
+    name = init_args.get("model_name")
+    if init_args.get("pretrained") is False and isinstance(name, str) and split_model_name(name)[1] is not None:
+        warnings.warn(f"model.init_args.pretrained false with model_name {name}: {split_model_name(name)[0]} starts "
+                      f"from random weights; leave pretrained out (or null) to start from {name}'s", VisattnWarning)
     smoothing = init_args.get("label_smoothing")
     if isinstance(smoothing, (int, float)) and not 0 <= smoothing <= 1:
         raise ConfigError(f"model.init_args.label_smoothing {smoothing}: give a share of the target between 0 and 1, "
@@ -625,6 +630,9 @@ def run_lightning_cli(argv: list[str]) -> VisattnCLI:
         )
     except ArgumentError as err:
         raise ConfigError(f"{' '.join(argv[:3])}: {_first_line(err)}; see `visattn {argv[0]} --help`") from None
+    except MisconfigurationException as err:  # a setting Lightning refuses once the run starts
+        raise ConfigError(f"{argv[0]}: {_first_line(err).rstrip('.')}; fix the setting it names in the "
+                          "config or with --SECTION.KEY VALUE") from None
 
 
 def _visattn_cause(err: BaseException) -> Optional[VisattnError]:
