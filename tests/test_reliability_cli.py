@@ -576,3 +576,29 @@ def test_a_setting_lightning_refuses_once_the_run_starts_is_one_line(tmp_path, m
     last = err.strip().splitlines()[-1]
     assert last.startswith("visattn: error: fit: ") and "limit_val_batches" in last, err
     assert last.endswith("fix the setting it names in the config or with --SECTION.KEY VALUE"), err
+
+
+def test_a_smoke_run_that_ends_before_validating_says_so_in_one_line(tmp_path, monkeypatch, capsys, caplog):
+    """Lightning warned at the end, in its own format, that val/top1 was missing; and every run printed a
+    torch deprecation from Lightning's code and an advert for Lightning's cloud logger."""
+    from fixtures_images import write_image_folder
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["visattn"])
+    write_image_folder(tmp_path / "photos", per_class=4)
+
+    def as_on_a_terminal(message, category, filename, lineno, file=None, line=None):  # not recorded by pytest
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = as_on_a_terminal
+        code = main(["fit", "--config", str(IMAGEFOLDER_CONFIG), "--data.init_args.root", "photos", *SMALL_FOLDER_FIT,
+                     "--data.init_args.batch_size", "2", "--trainer.max_steps", "1"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    # 7 training images in batches of 2, the last dropped: validation comes after step 3
+    assert ("warning: trainer.max_steps 1 ends the run before its first validation (after step 3): "
+            "ModelCheckpoint(monitor='val/top1') will see no val/top1; use last.ckpt, or train 3 steps or more") in err
+    assert "could not find the monitored key" not in err and "LeafSpec" not in err, err
+    assert not any("Tip:" in record.getMessage() for record in caplog.records)

@@ -29,20 +29,22 @@ with names and probabilities, a captioner's caption, a detector's boxes with lab
 
 Ctrl-C ends every command with ``visattn: interrupted`` and exit code 130, as elsewhere in visattn.
 """
+import contextlib
 import glob
 import importlib
 import inspect
 import json
 import logging
+import math
 import os
 import random
 import re
 import signal
 import sys
-import warnings
 import traceback
+import warnings
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -298,12 +300,29 @@ def _check_monitored_validation(trainer: pl.Trainer, model: pl.LightningModule,
     if not watched:
         return
     never = _never_validates(trainer, model, datamodule)
+    first = _first_validation_step(trainer, datamodule) if never is None else None
+    if first is not None and 0 <= trainer.max_steps < first:  # a smoke run: it may, but say so once
+        warnings.filterwarnings("ignore", message=".*could not find the monitored key")  # Lightning's, at the end
+        warnings.warn(f"trainer.max_steps {trainer.max_steps} ends the run before its first validation (after step "
+                      f"{first}): {type(watched[0]).__name__}(monitor={watched[0].monitor!r}) will see no "
+                      f"{watched[0].monitor}; use last.ckpt, or train {first} steps or more", VisattnWarning)
     if never is not None:
         reason, fix = never
         callback = watched[0]
         raise ConfigError(f"trainer.callbacks: {type(callback).__name__}(monitor={callback.monitor!r}) would never "
                           f"see {callback.monitor}, as this run never validates ({reason}); {fix}, monitor a train/ "
                           "metric, or drop the callback")
+
+
+def _first_validation_step(trainer: pl.Trainer, datamodule: Optional[pl.LightningDataModule]) -> Optional[int]:
+    """The optimizer step after which a run on the default schedule (validation at the end of every
+    ``check_val_every_n_epoch``-th epoch) first validates; None when the schedule or the data is not known here."""
+    every = trainer.check_val_every_n_epoch
+    if trainer.val_check_interval != 1.0 or not isinstance(every, int) or "train" not in getattr(datamodule, "datasets", {}):
+        return None
+    batches, limit = len(datamodule.train_dataloader()), trainer.limit_train_batches
+    batches = min(batches, limit) if isinstance(limit, int) else int(batches * limit)
+    return every * math.ceil(batches / trainer.accumulate_grad_batches)
 
 
 def _never_validates(trainer: pl.Trainer, model: pl.LightningModule,
@@ -585,9 +604,9 @@ class VisattnCLI(LightningCLI):
 
     def _run_subcommand(self, subcommand: str) -> None:
         sigint = signal.getsignal(signal.SIGINT)
-        _rank_zero_log.addFilter(_not_interrupt_notice)
         try:
-            super()._run_subcommand(subcommand)
+            with _log_filter(_not_interrupt_notice):
+                super()._run_subcommand(subcommand)
         except SystemExit as exit:
             if isinstance(exit.__context__, KeyboardInterrupt):  # Lightning's shutdown after Ctrl-C exits with 1
                 raise KeyboardInterrupt from None
@@ -603,12 +622,12 @@ class VisattnCLI(LightningCLI):
                 raise
             raise mapped from None
         finally:
-            _rank_zero_log.removeFilter(_not_interrupt_notice)
             if signal.getsignal(signal.SIGINT) is not sigint:  # Lightning ignores Ctrl-C from its shutdown on
                 signal.signal(signal.SIGINT, sigint)
 
 
-# Lightning logs "Detected KeyboardInterrupt, attempting graceful shutdown ..." here; visattn says it in one line.
+# Lightning logs "Detected KeyboardInterrupt, attempting graceful shutdown ..." here, which visattn says in one
+# line, and an advert for its cloud logger on every run.
 _rank_zero_log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
 
 
@@ -616,7 +635,27 @@ def _not_interrupt_notice(record: logging.LogRecord) -> bool:
     return "Detected KeyboardInterrupt" not in record.getMessage()
 
 
+def _not_an_advert(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("💡 Tip:")
+
+
 def run_lightning_cli(argv: list[str]) -> VisattnCLI:
+    with warnings.catch_warnings(), _log_filter(_not_an_advert):
+        # torch deprecated an API Lightning (2.6) calls on every fit; nothing a user can act on
+        warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+        return _build_and_run(argv)
+
+
+@contextlib.contextmanager
+def _log_filter(keep: Callable[[logging.LogRecord], bool]) -> Iterator[None]:
+    _rank_zero_log.addFilter(keep)
+    try:
+        yield
+    finally:
+        _rank_zero_log.removeFilter(keep)
+
+
+def _build_and_run(argv: list[str]) -> VisattnCLI:
     try:
         return VisattnCLI(
             pl.LightningModule,
