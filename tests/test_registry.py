@@ -163,3 +163,14 @@ def test_pretrained_defaults_to_none_and_a_bare_architecture_loads_nothing(weigh
     assert visattn.registry.model_arguments("vit_tiny_patch4_28", depth=1) == ("vit_tiny_patch4_28", None, {"depth": 1})
     for model in (create_model("vit_tiny_patch4_28", depth=1), create_model("vit_tiny_patch4_28", pretrained=None, depth=1)):
         assert model.visattn_name == "vit_tiny_patch4_28" and model.num_classes == 1000 and len(model.blocks) == 1
+
+
+def test_an_unknown_name_suggests_its_completions_and_the_architectures_shipping_its_tag(capsys):
+    """Edit distance alone offered se_resnet50, se_resnet101, se_resnet34, never se_resnet20_cifar."""
+    assert main(["classify", "x.png", "--model", "se_resnet20.fmnist"]) == 2
+    assert capsys.readouterr().err == ("visattn: error: unknown model 'se_resnet20': "
+                                       "did you mean se_resnet20_cifar, se_resnet50, se_resnet101?\n")
+    # the tag's weights ship only for fcos_se_resnet20_cifar: it comes before the closer fcos_resnet20_cifar
+    with pytest.raises(UnknownModelError, match=r": did you mean fcos_se_resnet20_cifar, fcos_resnet20_cifar, "
+                                                r"fcos_resnet50\?$"):
+        create_model("fcos_resnet20.scenes")

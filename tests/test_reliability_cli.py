@@ -602,3 +602,51 @@ def test_a_smoke_run_that_ends_before_validating_says_so_in_one_line(tmp_path, m
             "ModelCheckpoint(monitor='val/top1') will see no val/top1; use last.ckpt, or train 3 steps or more") in err
     assert "could not find the monitored key" not in err and "LeafSpec" not in err, err
     assert not any("Tip:" in record.getMessage() for record in caplog.records)
+
+
+@pytest.mark.parametrize("args, named", [
+    (["classify", "photos", "--checkpiont", "X"], "visattn classify: unrecognized argument --checkpiont; "
+                                                  "did you mean --checkpoint?"),
+    (["classify", "photos", "--model", CLASSIFIER, "--jsn"], "visattn classify: unrecognized argument --jsn; "
+                                                            "did you mean --json?"),
+    (["classify", "photos", "--model", CLASSIFIER, "--zzzzzz"], "visattn classify: unrecognized argument --zzzzzz"),
+])
+def test_a_mistyped_option_is_named_before_a_missing_required_one(args, named, capsys):
+    """argparse checked the required --model/--checkpoint first and never named --checkpiont."""
+    with pytest.raises(SystemExit) as exit:  # argparse's usage errors exit, as argparse does
+        main(args)
+    assert exit.value.code == 2
+    assert capsys.readouterr().err == f"visattn: error: {named}; see `visattn classify --help`\n"
+
+
+@pytest.mark.parametrize("command", ["models", "evaluate", "classify", "caption", "detect", "explain", "save-weights",
+                                     "export"])
+def test_an_unknown_option_points_to_its_own_commands_help(command, capsys):
+    """It said `see visattn --help`, where the command's options are not listed."""
+    with pytest.raises(SystemExit) as exit:
+        main([command, "--jsnn"])
+    assert exit.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"visattn: error: visattn {command}: unrecognized argument --jsnn") and err.count("\n") == 1
+    assert err.endswith(f"; see `visattn {command} --help`\n"), err
+
+
+@pytest.mark.parametrize("command, attention_out, threshold, note", [
+    ("caption", "A", [], "; attention: A/good.png"),
+    ("detect", "A", ["--score-threshold", "0.5"], "; attention: A/good.png"),
+    ("detect", "A", ["--score-threshold", "1"], "; no detections, no attention map"),
+])
+def test_each_text_line_says_where_its_attention_map_went(command, attention_out, threshold, note, tmp_path,
+                                                          monkeypatch, capsys):
+    """Without --json nothing said where the PNG went, nor that an image without detections got none."""
+    monkeypatch.chdir(tmp_path)
+    _photo(tmp_path / "in" / "good.png")
+    model = CAPTIONER if command == "caption" else DETECTOR
+    args = [command, "in", "--model", model, "--attention-out", attention_out, *threshold]
+    assert main(args) == 0
+    line = capsys.readouterr().out
+    assert line.startswith("in/good.png: ") and line.endswith(f"{note}\n") and line.count("\n") == 1, line
+    assert (tmp_path / "A" / "good.png").is_file() == ("no attention map" not in note)
+    assert main([*args, "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)  # the same: the path written, null where none was
+    assert record["attention"] == (None if "no attention map" in note else "A/good.png"), record

@@ -6,6 +6,7 @@ naming the thing and the fix, with exit code 2 and no traceback. A warning visat
 """
 import argparse
 import contextlib
+import difflib
 import json
 import os
 import re
@@ -370,10 +371,69 @@ class _OneLineErrorParser(argparse.ArgumentParser):
         self.exit(2, f"visattn: error: {self.prog}: {message}; see `{self.prog} --help`\n")
 
 
+class _CommandParser(_OneLineErrorParser):
+    """A sub-command's parser. argparse reports a missing required option before an unknown one (`--checkpiont X`
+    read as "--model or --checkpoint is required") and unknown ones from the top parser (`see visattn --help`);
+    here an unknown option wins, named with the nearest of this command's options and this command's --help."""
+
+    _args: Sequence[str] = ()  # what the last parse was given, for error()
+
+    def parse_known_args(self, args: Optional[Sequence[str]] = None,  # type: ignore[override]
+                         namespace: Optional[argparse.Namespace] = None) -> tuple[argparse.Namespace, list[str]]:
+        self._args = list(sys.argv[1:] if args is None else args)
+        namespace, extras = super().parse_known_args(self._args, namespace)
+        if extras:  # here, not in the top parser, so that the message names this command
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace, extras
+
+    def error(self, message: str) -> None:
+        known = self._known_options()
+        unknown = _unknown_options(self._args, known)  # a typo can cause the reported error: it comes first
+        super().error(_unrecognized(unknown, known) if unknown else message)
+
+    def _known_options(self) -> list[str]:
+        return [option for action in self._actions for option in action.option_strings]
+
+
+def _unknown_options(args: Sequence[str], known: Sequence[str]) -> list[str]:
+    """The options in ``args`` that are none of ``known``, as argparse reads them: ``--name=value``
+    is ``--name``; ``-``, negative numbers, text with spaces and anything after ``--`` are values; a
+    prefix of a known option is its abbreviation (argparse names an ambiguous one itself)."""
+    unknown = []
+    for arg in args:
+        if arg == "--":
+            break
+        name = arg.split("=", 1)[0]
+        if arg.startswith("-") and arg != "-" and " " not in arg and not _is_number(arg) \
+                and not any(option.startswith(name) for option in known):
+            unknown.append(name)
+    return unknown
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _unrecognized(unknown: Sequence[str], known: Sequence[str]) -> str:
+    """``unrecognized argument --jsn; did you mean --json?``: the fix is the nearest known option."""
+    def meant(name: str) -> Optional[str]:
+        close = difflib.get_close_matches(name, known, n=1)
+        return close[0] if close else None
+
+    if len(unknown) == 1:
+        nearest = meant(unknown[0])
+        return f"unrecognized argument {unknown[0]}" + (f"; did you mean {nearest}?" if nearest else "")
+    named = [f"{name} (did you mean {meant(name)}?)" if meant(name) else name for name in unknown]
+    return f"unrecognized arguments {', '.join(named)}"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    # Sub-command parsers are built from the same class.
     parser = _OneLineErrorParser(prog="visattn", description="Vision attention model zoo.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_CommandParser)
     for name in LIGHTNING_COMMANDS:  # listed for --help; main() hands them to LightningCLI
         sub.add_parser(name, help=f"{name} from a YAML config (LightningCLI): visattn {name} --config FILE", add_help=False)
     models = sub.add_parser("models", help="list registered models with parameter counts and pretrained tags")

@@ -98,6 +98,14 @@ def output_paths(inputs: Sequence[Path], directory: Optional[PathLike], *, flag:
     return outputs
 
 
+def attention_note(record: dict, what: str) -> str:
+    """``; attention: PATH`` for a text line, so that each PNG of --attention-out is found without --json;
+    ``; no WHAT, no attention map`` where none was written; nothing where none was asked for."""
+    if "attention" not in record:
+        return ""
+    return f"; attention: {record['attention']}" if record["attention"] else f"; no {what}, no attention map"
+
+
 def refuse_overwriting_inputs(outputs: Iterable[PathLike], inputs: Iterable[PathLike], *, flag: str,
                               kind: str = "folder") -> None:
     """One line naming ``flag`` when an output is one of the command's input files on disk (through

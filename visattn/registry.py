@@ -50,13 +50,33 @@ def model_task(name: str) -> str:
     return {"detection": "detection", "show_attend_tell": "captioning"}.get(family, "classification")
 
 
-def _resolve_arch(name: str) -> str:
+def _resolve_arch(name: str, *, tag: Optional[str] = None) -> str:
+    """``name`` if registered; otherwise UnknownModelError naming up to 3 close architectures (``tag``:
+    the ``.TAG`` the name carried, so that architectures shipping those weights come first)."""
     _import_models()
     if name in _model_entrypoints:
         return name
-    close = difflib.get_close_matches(name, list(_model_entrypoints), n=3)
+    close = _close_archs(name, tag)
     hint = f"did you mean {', '.join(close)}?" if close else "run `visattn models` to list them."
     raise UnknownModelError(f"unknown model {name!r}: {hint}")
+
+
+def _close_archs(name: str, tag: Optional[str], n: int = 3) -> list[str]:
+    """The ``n`` registered architectures nearest ``name``, deterministic: those shipping ``tag`` weights
+    first (only they load ``name.tag``), then completions of ``name`` (a name cut short, ``se_resnet20``
+    for ``se_resnet20_cifar``, is far in edit distance from its longer completion), then edit distance."""
+    names = sorted(_model_entrypoints)  # sorted: the order does not depend on the import order
+    prefixed = sorted((a for a in names if name and a.startswith(name)), key=lambda a: (len(a), a))
+    # more than n edit-distance matches, so that a tagged one further down can still move up
+    similar = difflib.get_close_matches(name, names, n=4 * n)
+    candidates = list(dict.fromkeys(prefixed + similar))  # each once, completions first
+    tagged = _archs_with_tag(tag) if tag else set()
+    return sorted(candidates, key=lambda a: a not in tagged)[:n]  # stable: keeps the order within each
+
+
+def _archs_with_tag(tag: str) -> set[str]:
+    """Architectures whose shipped weights include ``ARCH.tag``."""
+    return {arch for arch, weights_tag in map(split_model_name, list_pretrained()) if weights_tag == tag}
 
 
 def split_model_name(name: str) -> tuple[str, Optional[str]]:
@@ -101,7 +121,7 @@ def model_arguments(
     from .pretrained import find_weights_entry
 
     arch, tag = split_model_name(name)
-    arch = _resolve_arch(arch)
+    arch = _resolve_arch(arch, tag=tag)  # the tag: suggestions shipping its weights first
     if tag is not None and not isinstance(pretrained, bool) and pretrained is not None:
         raise ConfigError(f"{name} names shipped weights and pretrained={pretrained!r} other weights; "
                           f"give one: create_model({arch!r}, pretrained={pretrained!r}) or create_model({name!r})")

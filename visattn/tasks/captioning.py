@@ -25,7 +25,7 @@ from ..data.vocab import Vocabulary, tokenize
 from ..errors import ConfigError, WeightsError
 from ..modes import eval_mode
 from ..explain.pointing import pointing_hit
-from ..fileio import output_errors, output_paths
+from ..fileio import attention_note, output_errors, output_paths
 from ..models.show_attend_tell import DecodedCaptions, doubly_stochastic_penalty
 from ..pretrained import find_weights_entry, load_weights
 from ..registry import create_model, model_task, split_model_name
@@ -377,11 +377,13 @@ def caption_files(captioner: Captioner, paths: Sequence[str], *, beam_size: int 
         tokens, attention = result
         words = captioner.vocab.words(tokens.tolist())
         record = {"file": str(item.path), "caption": " ".join(words)}
+        if target is not None:  # asked for: the record says where it went, or null for an empty caption
+            record["attention"] = None
         if target is not None and words:
             with output_errors(attention_out, flag=flag):
                 save_word_panels(item.image, words, list(attention.numpy()), target)
             record["attention"] = str(target)
-        print(json.dumps(record) if as_json else f"{item.path}: {record['caption']}")
+        print(json.dumps(record) if as_json else f"{item.path}: {record['caption']}{attention_note(record, 'words')}")
     return failures, len(files)
 
 

@@ -24,7 +24,7 @@ from ..data.transforms import check_unit_images, to_model_input
 from ..errors import ConfigError, WeightsError
 from ..explain.detections import detection_maps
 from ..modes import eval_mode
-from ..fileio import atomic_path, output_errors, output_paths
+from ..fileio import atomic_path, attention_note, output_errors, output_paths
 from ..pretrained import find_weights_entry, load_weights
 from ..registry import create_model, is_model, model_family, split_model_name
 from .classification import (Classifier, adamw_warmup_cosine, checkpoint_model_kwargs,
@@ -329,6 +329,8 @@ def _write_drawings(record: dict[str, Any], image: np.ndarray, found: dict[str, 
         with output_errors(drawn.parent, flag="--out"):
             draw_detections(image, record["detections"], drawn)
         record["drawn"] = str(drawn)
+    if panels is not None:  # asked for: the record says where it went, or null for an image without detections
+        record["attention"] = None
     if panels is not None and record["detections"]:
         titles = [f"{d['label']} {d['score']:.2f}" for d in record["detections"]]
         with output_errors(panels.parent, flag="--attention-out"):
@@ -344,9 +346,9 @@ def _detection_records(found: dict[str, Tensor], class_names: Sequence[str]) -> 
 def _detection_line(record: dict[str, Any], score_threshold: float) -> str:
     found = record["detections"]
     if not found:
-        return f"{record['file']}: no objects scoring {score_threshold} or more"
+        return f"{record['file']}: no objects scoring {score_threshold} or more{attention_note(record, 'detections')}"
     boxes = ", ".join(f"{d['label']} {d['score']:.2f} [{', '.join(str(v) for v in d['box'])}]" for d in found)
-    return f"{record['file']}: {boxes}"
+    return f"{record['file']}: {boxes}{attention_note(record, 'detections')}"
 
 
 def draw_detections(image: np.ndarray, detections: Sequence[dict[str, Any]], path: Path) -> None:
