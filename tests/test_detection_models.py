@@ -276,3 +276,9 @@ def test_data_pipeline_targets_pass_the_training_check():
         targets = [transform(image, boxes, labels)[1] for _ in range(20)]
         assert targets[0]["boxes"].dtype == torch.float32 and targets[0]["labels"].dtype == torch.int64
         _check_targets(targets, num_images=len(targets), num_classes=4)
+
+
+def test_a_backbone_named_with_its_weights_tag_says_where_the_tag_goes():
+    with pytest.raises(ConfigError, match=r"^backbone 'se_resnet20_cifar.fmnist': give the architecture, backbone "
+                                          r"'se_resnet20_cifar', and the weights as pretrained_backbone"):
+        create_model("fcos_se_resnet20_cifar", backbone="se_resnet20_cifar.fmnist")

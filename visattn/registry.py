@@ -38,15 +38,16 @@ def is_model(name: str) -> bool:
 
 
 def model_family(name: str) -> str:
-    """The module a registered architecture lives in (``"vit"``, ``"resnet"``, ...)."""
-    return _model_family[_resolve_arch(name)]
+    """The module a registered architecture (``arch`` or ``arch.tag``) lives in (``"vit"``, ``"resnet"``, ...)."""
+    arch, tag = split_model_name(name)
+    return _model_family[_resolve_arch(arch, tag=tag)]
 
 
 def model_task(name: str) -> str:
     """``"classification"``, ``"captioning"`` or ``"detection"`` for ``arch``, ``arch.tag`` or ``timm:NAME``."""
     if name.startswith("timm:"):
         return "classification"
-    family = model_family(split_model_name(name)[0])
+    family = model_family(name)
     return {"detection": "detection", "show_attend_tell": "captioning"}.get(family, "classification")
 
 

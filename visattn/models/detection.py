@@ -40,7 +40,7 @@ from ..layers.detr_transformer import DetrTransformer
 from ..layers.pos_embed import resample_abs_pos_embed
 from ..layers.simple_feature_pyramid import SimpleFeaturePyramid
 from ..layers.sine_pos_embed import sine_position_encoding_2d
-from ..registry import create_model, model_family, register_model
+from ..registry import create_model, model_family, register_model, split_model_name
 from .resnet import ResNet
 from .vit import VisionTransformer
 
@@ -64,6 +64,10 @@ def create_backbone(
     A ViT's position embeddings are laid out for the largest padded batch (``max_size`` rounded up
     to 32) unless ``kwargs`` give ``img_size``; smaller grids resample them on the fly.
     """
+    arch, tag = split_model_name(name)
+    if tag is not None:  # one place says which weights a backbone starts from
+        raise ConfigError(f"backbone {name!r}: give the architecture, backbone {arch!r}, and the weights as "
+                          f"pretrained_backbone {name!r}")
     family = model_family(name)
     if family not in ("resnet", "vit"):
         raise ConfigError(f"backbone {name!r} is a {family} model; detectors take a ResNet or ViT backbone")
