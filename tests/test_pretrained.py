@@ -435,3 +435,15 @@ def test_a_captioner_whose_encoder_name_has_a_tag_rebuilds_without_reading_the_e
     (weights_tmp / "cbam_resnet20_cifar.enc.safetensors").unlink()  # a rebuild reading it would fail
     rebuilt = create_model("sat_cbam_resnet_scenes.mine").eval()
     assert all(torch.equal(a, b) for a, b in zip(captioner.state_dict().values(), rebuilt.state_dict().values()))
+
+
+def test_a_model_without_a_head_drops_the_checkpoints_head_without_a_warning(recwarn):
+    """A detector's backbone or a captioner's encoder (num_classes=0) was told its new head was random."""
+    from visattn.errors import VisattnWarning
+
+    features = create_model("se_resnet20_cifar.fmnist", num_classes=0)
+    assert not [w for w in recwarn if issubclass(w.category, VisattnWarning)], [str(w.message) for w in recwarn]
+    shipped = create_model("se_resnet20_cifar.fmnist")
+    assert all(torch.equal(v, shipped.state_dict()[k]) for k, v in features.state_dict().items())
+    create_model("fcos_se_resnet20_cifar", pretrained_backbone="se_resnet20_cifar.fmnist")
+    assert not [w for w in recwarn if issubclass(w.category, VisattnWarning)], [str(w.message) for w in recwarn]

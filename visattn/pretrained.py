@@ -351,12 +351,15 @@ def load_weights(
 def _drop_mismatched_head(model: nn.Module, state: StateDict, *, source: Any, new_head: bool) -> StateDict:
     """``state`` without a classifier head that does not fit ``model``; a warning when the model's head
     stays at its random init (dropped here, or absent from a features-only checkpoint), an error
-    instead when not ``new_head``."""
+    instead when not ``new_head``. A model without a head (``num_classes=0``, a backbone) drops the
+    checkpoint's quietly."""
     head = getattr(model, "classifier", None)
     if head is None:
         return state
     own = model.state_dict()
     dropped = [k for k in state if k.startswith(head + ".") and (k not in own or own[k].shape != state[k].shape)]
+    if dropped and not any(k.startswith(head + ".") for k in own):  # features only (num_classes=0): nothing to fit
+        return {k: v for k, v in state.items() if k not in dropped}
     if dropped:
         problem = f"classifier {head!r} does not fit num_classes={getattr(model, 'num_classes', '?')}"
         shapes = ", ".join(f"{k} {tuple(state[k].shape)}" for k in dropped)
