@@ -640,19 +640,29 @@ def _not_an_advert(record: logging.LogRecord) -> bool:
 
 
 def run_lightning_cli(argv: list[str]) -> VisattnCLI:
-    with warnings.catch_warnings(), _log_filter(_not_an_advert):
-        # torch deprecated an API Lightning (2.6) calls on every fit; nothing a user can act on
+    with warnings.catch_warnings(), _log_filter(_not_an_advert), _log_filter(_not_a_cpu_notice, _cpp_extension_log):
+        # Nothing a user can act on: torch deprecated an API Lightning (2.6) calls on every fit, and
+        # Lightning's model summary sizes bf16 models as fp32.
         warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+        warnings.filterwarnings("ignore", message=r"Precision .* is not supported by the model summary")
         return _build_and_run(argv)
 
 
+# torch.compile on a CPU machine logs "No CUDA runtime is found, using CUDA_HOME=..." here.
+_cpp_extension_log = logging.getLogger("torch.utils.cpp_extension")
+
+
+def _not_a_cpu_notice(record: logging.LogRecord) -> bool:
+    return "No CUDA runtime is found" not in record.getMessage()
+
+
 @contextlib.contextmanager
-def _log_filter(keep: Callable[[logging.LogRecord], bool]) -> Iterator[None]:
-    _rank_zero_log.addFilter(keep)
+def _log_filter(keep: Callable[[logging.LogRecord], bool], log: logging.Logger = _rank_zero_log) -> Iterator[None]:
+    log.addFilter(keep)
     try:
         yield
     finally:
-        _rank_zero_log.removeFilter(keep)
+        log.removeFilter(keep)
 
 
 def _build_and_run(argv: list[str]) -> VisattnCLI:
