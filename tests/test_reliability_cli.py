@@ -650,3 +650,12 @@ def test_each_text_line_says_where_its_attention_map_went(command, attention_out
     assert main([*args, "--json"]) == 0
     record = json.loads(capsys.readouterr().out)  # the same: the path written, null where none was
     assert record["attention"] == (None if "no attention map" in note else "A/good.png"), record
+
+
+def test_a_detect_line_says_where_its_drawn_image_went(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    _photo(tmp_path / "in" / "good.png")
+    assert main(["detect", "in", "--model", DETECTOR, "--out", "drawn", "--attention-out", "A"]) == 0
+    line = capsys.readouterr().out
+    assert line.startswith("in/good.png: ") and line.endswith("; drawn: drawn/good.png; attention: A/good.png\n"), line
+    assert (tmp_path / "drawn" / "good.png").is_file()

@@ -345,10 +345,10 @@ def _detection_records(found: dict[str, Tensor], class_names: Sequence[str]) -> 
 
 def _detection_line(record: dict[str, Any], score_threshold: float) -> str:
     found = record["detections"]
-    if not found:
-        return f"{record['file']}: no objects scoring {score_threshold} or more{attention_note(record, 'detections')}"
-    boxes = ", ".join(f"{d['label']} {d['score']:.2f} [{', '.join(str(v) for v in d['box'])}]" for d in found)
-    return f"{record['file']}: {boxes}{attention_note(record, 'detections')}"
+    boxes = (", ".join(f"{d['label']} {d['score']:.2f} [{', '.join(str(v) for v in d['box'])}]" for d in found)
+             if found else f"no objects scoring {score_threshold} or more")
+    drawn = f"; drawn: {record['drawn']}" if "drawn" in record else ""
+    return f"{record['file']}: {boxes}{drawn}{attention_note(record, 'detections')}"
 
 
 def draw_detections(image: np.ndarray, detections: Sequence[dict[str, Any]], path: Path) -> None:
