@@ -605,10 +605,10 @@ def test_a_smoke_run_that_ends_before_validating_says_so_in_one_line(tmp_path, m
 
 
 @pytest.mark.parametrize("args, named", [
-    (["classify", "photos", "--checkpiont", "X"], "visattn classify: unrecognized argument --checkpiont; "
-                                                  "did you mean --checkpoint?"),
-    (["classify", "photos", "--model", CLASSIFIER, "--jsn"], "visattn classify: unrecognized argument --jsn; "
-                                                            "did you mean --json?"),
+    (["classify", "photos", "--checkpiont", "X"], "visattn classify: unrecognized argument --checkpiont "
+                                                  "(did you mean --checkpoint?)"),
+    (["classify", "photos", "--model", CLASSIFIER, "--jsn"], "visattn classify: unrecognized argument --jsn "
+                                                            "(did you mean --json?)"),
     (["classify", "photos", "--model", CLASSIFIER, "--zzzzzz"], "visattn classify: unrecognized argument --zzzzzz"),
 ])
 def test_a_mistyped_option_is_named_before_a_missing_required_one(args, named, capsys):

@@ -419,14 +419,14 @@ def _is_number(text: str) -> bool:
 
 
 def _unrecognized(unknown: Sequence[str], known: Sequence[str]) -> str:
-    """``unrecognized argument --jsn; did you mean --json?``: the fix is the nearest known option."""
+    """``unrecognized argument --jsn (did you mean --json?)``: the fix is the nearest known option."""
     def meant(name: str) -> Optional[str]:
         close = difflib.get_close_matches(name, known, n=1)
         return close[0] if close else None
 
     if len(unknown) == 1:
         nearest = meant(unknown[0])
-        return f"unrecognized argument {unknown[0]}" + (f"; did you mean {nearest}?" if nearest else "")
+        return f"unrecognized argument {unknown[0]}" + (f" (did you mean {nearest}?)" if nearest else "")
     named = [f"{name} (did you mean {meant(name)}?)" if meant(name) else name for name in unknown]
     return f"unrecognized arguments {', '.join(named)}"
 
