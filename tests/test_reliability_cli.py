@@ -659,3 +659,25 @@ def test_a_detect_line_says_where_its_drawn_image_went(tmp_path, monkeypatch, ca
     line = capsys.readouterr().out
     assert line.startswith("in/good.png: ") and line.endswith("; drawn: drawn/good.png; attention: A/good.png\n"), line
     assert (tmp_path / "drawn" / "good.png").is_file()
+
+
+def _warn_as_a_worker_would() -> None:
+    from visattn.errors import VisattnWarning
+
+    warnings.warn("from a spawned worker", VisattnWarning)
+
+
+def test_a_dataloader_worker_the_command_spawns_prints_visattn_warnings_in_one_line_too(capfd):
+    """Forked workers inherit the command's format; spawned ones (macOS, Windows, Python 3.14) printed two lines."""
+    import multiprocessing
+
+    from visattn.cli import one_line_warnings
+    from visattn.errors import ONE_LINE_WARNINGS_ENV
+
+    with one_line_warnings():
+        worker = multiprocessing.get_context("spawn").Process(target=_warn_as_a_worker_would)
+        worker.start()
+        worker.join()
+    assert worker.exitcode == 0 and ONE_LINE_WARNINGS_ENV not in os.environ
+    err = capfd.readouterr().err
+    assert "warning: from a spawned worker\n" in err and "warnings.warn(" not in err, err

@@ -1,7 +1,14 @@
 """visattn: a vision attention model zoo for PyTorch."""
-from .errors import VisattnError
+import os
+import warnings
+
+from .errors import ONE_LINE_WARNINGS_ENV, VisattnError, one_line_showwarning
 from .pretrained import load_weights, save_weights
 from .registry import create_model, list_models, list_pretrained, register_model
+
+if os.environ.get(ONE_LINE_WARNINGS_ENV) == "1":
+    # a process the visattn command spawned (a DataLoader worker): its warnings print as the command's do
+    warnings.showwarning = one_line_showwarning(warnings.showwarning)
 
 __version__ = "0.1.0"
 __all__ = [

@@ -12,12 +12,12 @@ import os
 import re
 import sys
 import warnings
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence, TextIO
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence
 
 import torch
 
 from .devices import DEVICE_CHOICES
-from .errors import ConfigError, VisattnError, VisattnWarning, error_line
+from .errors import ONE_LINE_WARNINGS_ENV, ConfigError, VisattnError, error_line, one_line_showwarning
 from .pretrained import WEIGHTS_SUFFIXES, weights_dir
 from .registry import create_model, list_models, list_pretrained, model_arguments, model_family, split_model_name
 
@@ -548,28 +548,19 @@ def one_line_warnings() -> Iterator[None]:
     """Print the warnings visattn issues as ``warning: MESSAGE``, one line, instead of Python's two
     (``FILE:LINE: Category: MESSAGE`` and the source line ``warnings.warn(...)``); other libraries'
     warnings print as they did. Only for the command: the Python API keeps Python's warnings.
-    DataLoader workers forked inside inherit it; spawned ones print Python's two lines."""
-    previous = warnings.showwarning
-
-    def show(message: Any, category: type, filename: str, lineno: int, file: Optional[TextIO] = None,
-             line: Optional[str] = None) -> None:
-        if not issubclass(category, VisattnWarning):
-            previous(message, category, filename, lineno, file, line)
-            return
-        stream = sys.stderr if file is None else file
-        if stream is None:  # pythonw: no console
-            return
-        try:
-            stream.write(f"warning: {message}\n")
-        except OSError:  # as Python's own showwarning: a closed stderr loses the warning, not the run
-            pass
-
-    warnings.showwarning = show
+    DataLoader workers forked inside inherit it, and spawned ones install it as they import visattn."""
+    previous, show = warnings.showwarning, one_line_showwarning(warnings.showwarning)
+    previous_env = os.environ.get(ONE_LINE_WARNINGS_ENV)
+    warnings.showwarning, os.environ[ONE_LINE_WARNINGS_ENV] = show, "1"
     try:
         yield
     finally:
         if warnings.showwarning is show:  # unless someone replaced it in between: theirs stays
             warnings.showwarning = previous
+        if previous_env is None:
+            os.environ.pop(ONE_LINE_WARNINGS_ENV, None)
+        else:
+            os.environ[ONE_LINE_WARNINGS_ENV] = previous_env
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -1,7 +1,13 @@
 """Errors a user can cause. Each message names the offending thing and the fix, on one line.
 
-The CLI prints :func:`error_line` for any :class:`VisattnError` and exits non-zero without a traceback.
+The CLI prints :func:`error_line` for any :class:`VisattnError` and exits non-zero without a traceback,
+and each :class:`VisattnWarning` as one line (:func:`one_line_showwarning`).
 """
+import sys
+from typing import Any, Callable, Optional, TextIO
+
+# Set by the CLI while a command runs, so that DataLoader workers it spawns print warnings as it does.
+ONE_LINE_WARNINGS_ENV = "VISATTN_ONE_LINE_WARNINGS"
 
 
 class VisattnError(Exception):
@@ -26,6 +32,26 @@ class ConfigError(VisattnError, ValueError):
 
 class VisattnWarning(UserWarning):
     """Base class of every warning visattn issues; the CLI prints these as one line."""
+
+
+def one_line_showwarning(previous: Callable[..., None]) -> Callable[..., None]:
+    """A ``warnings.showwarning`` printing a :class:`VisattnWarning` as ``warning: MESSAGE`` instead of
+    Python's two lines (``FILE:LINE: Category: MESSAGE`` and the source line); others go to ``previous``."""
+
+    def show(message: Any, category: type, filename: str, lineno: int, file: Optional[TextIO] = None,
+             line: Optional[str] = None) -> None:
+        if not issubclass(category, VisattnWarning):
+            previous(message, category, filename, lineno, file, line)
+            return
+        stream = sys.stderr if file is None else file
+        if stream is None:  # pythonw: no console
+            return
+        try:
+            stream.write(f"warning: {message}\n")
+        except OSError:  # as Python's own showwarning: a closed stderr loses the warning, not the run
+            pass
+
+    return show
 
 
 def error_line(err: VisattnError) -> str:
