@@ -243,3 +243,31 @@ def test_caption_metrics_score_the_whole_split_under_ddp(tmp_path):
     for rank in (0, 1):
         scores = torch.load(tmp_path / f"scores.{rank}", weights_only=True)
         assert scores["n"] == 4 and scores["cider"] == pytest.approx(whole["cider"])
+
+
+def test_caption_scores_give_each_bleu_order_and_cider_of_a_partial_overlap():
+    """Half-right captions, where BLEU-1..4 all differ, score exactly what pycocoevalcap gives on the
+    tokenised captions, order by order."""
+    import contextlib
+    import io
+
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+
+    from visattn.data.vocab import tokenize
+
+    refs = [["a red top on the left", "a red top next to a bag"],
+            ["a blue bag and a white shoe", "there is a blue bag"],
+            ["a black boot on the right", "one black boot"]]
+    hypotheses = ["a red top on the right of a bag", "a white bag and a blue shoe", "a black boot near the left"]
+    gts = {i: [" ".join(tokenize(r)) for r in rs] for i, rs in enumerate(refs)}
+    res = {i: [" ".join(tokenize(h))] for i, h in enumerate(hypotheses)}
+    assert res[0] == [hypotheses[0]] and gts[1] == refs[1]  # plain lower-case words: the tokens are the words
+    with contextlib.redirect_stdout(io.StringIO()):
+        bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+        cider, _ = Cider().compute_score(gts, res)
+    expected = {"bleu1": bleu[0], "bleu2": bleu[1], "bleu3": bleu[2], "bleu4": bleu[3], "cider": cider}
+    # a mid-range case: every order strictly lower than the one before, none near 0 or 1
+    assert 0.05 < expected["bleu4"] < expected["bleu3"] < expected["bleu2"] < expected["bleu1"] < 0.95
+    scores = caption_scores(hypotheses, refs)
+    assert scores == pytest.approx(expected, rel=1e-9, abs=1e-12)

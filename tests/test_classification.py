@@ -471,3 +471,57 @@ def test_training_an_arch_tag_with_pretrained_false_warns_that_it_starts_from_ra
                       {"model_name": "se_resnet20_cifar", "pretrained": False}):
         _check_settings(SimpleNamespace(init_args=init_args), {})
     assert not [w for w in recwarn if issubclass(w.category, VisattnWarning)]
+
+
+class _LookupLogits(torch.nn.Module):
+    """Returns row ``k`` of ``table`` for an image whose first pixel is ``k``."""
+
+    def __init__(self, table: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("table", table)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.table[images[:, 0, 0, 0].round().long()]
+
+
+def _ranked_logits(labels: torch.Tensor, ranks: list[int], num_classes: int) -> torch.Tensor:
+    """Logits whose true class of row ``i`` is the ``ranks[i]``-th largest (1 = the top), no ties."""
+    rows = []
+    for label, rank in zip(labels.tolist(), ranks):
+        others = [c for c in range(num_classes) if c != label]
+        order = others[: rank - 1] + [label] + others[rank - 1:]  # classes from the largest logit down
+        row = torch.empty(num_classes)
+        row[torch.tensor(order)] = torch.arange(num_classes, 0, -1, dtype=torch.float)
+        rows.append(row)
+    return torch.stack(rows)
+
+
+def test_top1_and_top5_accuracy_equal_a_hand_count_where_they_differ():
+    """20 samples of 10 classes: the true class ranks 1st in 7 of them, 2nd..5th in 8 more and 6th..10th
+    in the last 5, so top-1 is 7/20 and top-5 is 15/20, through the task's metrics and `evaluate_classifier`."""
+    from visattn.tasks.classification import Classifier, ImageClassifier, accuracy_metrics, evaluate_classifier
+
+    num_classes, labels = 10, torch.arange(20) % 10
+    ranks = [1] * 7 + [2, 3, 4, 5, 5, 4, 3, 2] + [6, 7, 8, 9, 10]
+    logits = _ranked_logits(labels, ranks, num_classes)
+    hand_top1 = sum(int(logits[i].argmax() == labels[i]) for i in range(20))
+    hand_top5 = sum(int(labels[i] in logits[i].topk(5).indices) for i in range(20))
+    assert (hand_top1, hand_top5) == (7, 15)
+
+    metrics = accuracy_metrics(num_classes, prefix="test/")
+    metrics.update(logits[:12], labels[:12])  # over two batches, as an epoch accumulates them
+    metrics.update(logits[12:], labels[12:])
+    scores = {k: float(v) for k, v in metrics.compute().items()}
+    assert scores == pytest.approx({"test/top1": 7 / 20, "test/top5": 15 / 20})
+
+    task = ImageClassifier(num_classes=num_classes)
+    for collection, prefix in ((task.val_metrics, "val/"), (task.test_metrics, "test/")):
+        collection.update(logits, labels)
+        assert {k: float(v) for k, v in collection.compute().items()} == pytest.approx(
+            {f"{prefix}top1": 0.35, f"{prefix}top5": 0.75})
+
+    images = torch.arange(20, dtype=torch.float)[:, None, None, None].expand(20, 3, 4, 4).clone()
+    dataset = list(zip(images, labels))
+    classifier = Classifier(_LookupLogits(logits), [f"c{k}" for k in range(num_classes)],
+                            {"input_size": [3, 4, 4], "mean": [0.0] * 3, "std": [1.0] * 3}, "lookup", "lookup", {})
+    assert evaluate_classifier(classifier, dataset, batch_size=8) == {"top1": 0.35, "top5": 0.75, "n": 20}

@@ -278,3 +278,58 @@ def test_an_arch_tag_detector_fine_tunes_the_shipped_weights_unless_pretrained_i
     assert {k: v.shape for k, v in random.items()} == {k: v.shape for k, v in shipped.items()}
     changed = [k for k, v in random.items() if v.is_floating_point() and v.numel() > 1 and not torch.equal(v, shipped[k])]
     assert len(changed) > len(random) // 2  # random init, the backbone's too (the entry says pretrained_backbone: false)
+
+
+def test_each_detr_detections_map_is_its_own_querys_last_layer_cross_attention():
+    """Recomputed by hand from the last decoder layer's cross-attention inputs (Q/K projections, softmax
+    over the unpadded feature grid, mean over heads), laid over the padded batch, cut to the image and
+    resized: every detection's map is its own query's, and not another query's."""
+    import torch.nn.functional as F
+
+    from visattn.explain.detections import detection_maps
+
+    torch.manual_seed(0)
+    model = create_model("detr_resnet20_cifar", num_classes=3, pretrained_backbone=False, **TINY["detr"]).eval()
+    images = [torch.rand(3, 48, 64), torch.rand(3, 40, 40)]
+    attention = model.transformer.decoder[-1].cross_attn
+    seen = {}
+
+    def inputs(module, args, kwargs, out):
+        seen["query"], seen["key"] = args[0], args[1]
+        seen["mask"] = kwargs.get("key_padding_mask", args[3] if len(args) > 3 else None)
+
+    hooks = [attention.register_forward_hook(inputs, with_kwargs=True),
+             model.transform.register_forward_hook(lambda module, args, out: seen.update(batch=out[0])),
+             model.input_proj.register_forward_hook(lambda module, args, out: seen.update(grid=out.shape[-2:]))]
+    try:
+        with torch.no_grad():
+            model(images)  # a plain forward, without the explainer's bookkeeping
+    finally:
+        for hook in hooks:
+            hook.remove()
+    heads, head_dim = attention.num_heads, attention.head_dim
+    with torch.no_grad():
+        q = attention.q(seen["query"]).unflatten(-1, (heads, head_dim)).transpose(1, 2)  # (B, h, Q, d)
+        k = attention.k(seen["key"]).unflatten(-1, (heads, head_dim)).transpose(1, 2)  # (B, h, N, d)
+        logits = q @ k.transpose(-1, -2) / head_dim**0.5
+        if seen["mask"] is not None:
+            logits = logits.masked_fill(seen["mask"][:, None, None, :], float("-inf"))
+        per_query = logits.softmax(dim=-1).mean(dim=1)  # (B, Q, N)
+    rows, cols = seen["grid"]
+    padded = tuple(seen["batch"].tensors.shape[-2:])
+
+    def on_image(grid, size, image):  # (Q, rows, cols) -> (Q, H, W), as the docstring of _on_images says
+        height, width = size
+        laid = F.interpolate(grid[None], size=padded, mode="bilinear")[0, :, :height, :width]
+        return F.interpolate(laid[None], size=tuple(image.shape[-2:]), mode="bilinear")[0]
+
+    detections, maps = detection_maps(model, images)
+    for b, (found, got, image) in enumerate(zip(detections, maps, images)):
+        expected = on_image(per_query[b].view(-1, rows, cols), seen["batch"].image_sizes[b], image)  # every query's
+        queries = found["queries"]
+        assert len(queries) == 8 and got.shape == (8, *image.shape[-2:])
+        assert not torch.equal(queries, torch.arange(8)), "the queries are in score order, not their own"
+        for d, query in enumerate(queries.tolist()):
+            torch.testing.assert_close(got[d], expected[query], atol=1e-5, rtol=1e-4)
+            other = (query + 1) % 8
+            assert (got[d] - expected[other]).abs().max() > 1e-4, f"detection {d}'s map is also query {other}'s"

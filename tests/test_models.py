@@ -67,6 +67,7 @@ def test_detector_losses_and_detections(name):
     assert not no_grad, f"parameters without gradient: {no_grad[:5]}"
     with torch.no_grad():
         detections = model.eval()(images)
+    assert len(detections) == len(images)
     for det, image in zip(detections, images):
         height, width = image.shape[-2:]
         assert det["boxes"].shape == (len(det["scores"]), 4) and det["labels"].dtype == torch.int64

@@ -78,8 +78,9 @@ def test_batches_keep_file_order_and_give_one_at_a_times_results(command, corpus
     folder = next(iter(corpus.values())).parent
     runs = []
     for batch_size in ("1", "4"):
-        main([command, str(folder), "--checkpoint", str(checkpoint), "--json", "--batch-size", batch_size,
-              *OPTIONS[command]])
+        code = main([command, str(folder), "--checkpoint", str(checkpoint), "--json", "--batch-size", batch_size,
+                     *OPTIONS[command]])
+        assert code == 1  # the corpus holds broken files: each is reported, the rest give results
         runs.append([json.loads(line) for line in capsys.readouterr().out.splitlines()])
     one_at_a_time, batched = runs
     assert [r["file"] for r in batched] == [r["file"] for r in one_at_a_time] == sorted(r["file"] for r in batched)
@@ -91,6 +92,9 @@ def test_batches_keep_file_order_and_give_one_at_a_times_results(command, corpus
             assert [p["label"] for p in together["predictions"]] == [p["label"] for p in single["predictions"]]
             assert [p["prob"] for p in together["predictions"]] == pytest.approx(
                 [p["prob"] for p in single["predictions"]], abs=1e-3)
+    # detect pads a batch to its largest image, so its detections are compared only for keys: FCOS's
+    # GroupNorm takes its statistics over the padding too (README, "pads a batch")
+    assert command == "detect" or any(r.get("caption") or r.get("predictions") for r in batched)
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_SHAPES) + sorted(BAD_IMAGES))
