@@ -1,6 +1,7 @@
 """ONNX export: onnxruntime gives PyTorch's logits for a ViT and an attention ResNet, at any batch size."""
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -10,7 +11,7 @@ from visattn.errors import ConfigError, WeightsError
 from visattn.export import export_onnx, onnx_max_difference, onnx_session
 
 onnx = pytest.importorskip("onnx")
-pytest.importorskip("onnxruntime")
+onnxruntime = pytest.importorskip("onnxruntime")
 
 MODELS = {
     "vit": ("vit_tiny_patch4_28", dict(depth=2), (3, 28, 28)),
@@ -27,9 +28,19 @@ def test_onnxruntime_logits_match_pytorch(key, tmp_path):
     assert model.training, "export must leave the model in the mode it found it in"
     session = onnx_session(path, threads=1)
     assert session.get_inputs()[0].shape[0] == "batch"
+    # An independent onnxruntime session on the written file, not the code under test.
+    reference_session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for batch in (1, 5):  # exported with batch 2: the batch axis must be dynamic
         images = torch.randn(batch, *size)
+        model.eval()
+        with torch.no_grad():
+            expected = model(images).numpy()
+        model.train()
+        actual = reference_session.run(None, {"images": images.numpy()})[0]
+        assert actual.shape == expected.shape == (batch, 10)
+        assert np.abs(actual - expected).max() <= 1e-3
         assert onnx_max_difference(model, session, images) < 1e-3
+        assert model.training, "onnx_max_difference must leave the model in training mode"
     assert session.run(None, {"images": images.numpy()})[0].shape == (5, 10)
 
 
@@ -86,8 +97,11 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["export", "--checkpoint", str(tmp_path / "nope.ckpt"), "--out", str(tmp_path / "m.onnx")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "nope.ckpt: checkpoint not found" in err
-    with pytest.raises(SystemExit):  # argparse: only onnx is a known format
+    with pytest.raises(SystemExit) as excinfo:  # argparse: only onnx is a known format
         main(["export", "--checkpoint", "x.ckpt", "--format", "tflite", "--out", "m.tflite"])
+    assert excinfo.value.code == 2  # a user mistake, like the missing checkpoint above
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "tflite" in err
 
 
 @pytest.mark.parametrize("opset, message", [
