@@ -138,3 +138,172 @@ def test_unknown_name_raises_config_error_listing_valid_names():
 def test_kwargs_reach_the_module():
     module = create_attn("se", 64, reduction=4)
     assert isinstance(module.fc1, nn.Conv2d) and module.fc1.out_channels == 16
+
+
+# --- Reference tests: each module against an independent implementation of its paper's equations ---
+# The references below are written from the papers' formulas with plain tensor algebra (einsum for
+# 1x1 convolutions, explicit eval-mode batch norm / layer norm / softmax / h-swish) and read only the
+# module's parameters, so no training is needed. The input is non-square to catch H/W swaps.
+
+REF_SHAPE = (2, CHANNELS, 10, 7)  # larger than the 9x9 span of BAM's 3x3 convs at dilation 4
+
+
+def _randomized_eval(module: nn.Module, seed: int = 0) -> nn.Module:
+    """Move the module off its init so every term of the equations matters, then switch to eval."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for mod in module.modules():
+            if isinstance(mod, nn.Conv2d):
+                mod.weight.normal_(0.0, 1.0 / mod.weight[0].numel() ** 0.5, generator=gen)
+                if mod.bias is not None:
+                    mod.bias.normal_(0.0, 0.3, generator=gen)
+            elif isinstance(mod, (nn.BatchNorm2d, nn.LayerNorm)):
+                mod.weight.uniform_(0.5, 1.5, generator=gen)
+                mod.bias.normal_(0.0, 0.3, generator=gen)
+                if isinstance(mod, nn.BatchNorm2d):
+                    mod.running_mean.normal_(0.0, 0.3, generator=gen)
+                    mod.running_var.uniform_(0.5, 2.0, generator=gen)
+    return module.eval()
+
+
+def _ref_input(seed: int = 1) -> torch.Tensor:
+    return torch.randn(*REF_SHAPE, generator=torch.Generator().manual_seed(seed))
+
+
+def _pointwise(conv: nn.Conv2d, z: torch.Tensor, bias: bool = True) -> torch.Tensor:
+    """A 1x1 convolution as a matrix product over the channel axis (axis 1) of ``z``."""
+    weight = conv.weight.reshape(conv.out_channels, conv.in_channels)
+    out = torch.einsum("oc,bc...->bo...", weight, z)
+    if bias and conv.bias is not None:
+        out = out + conv.bias.reshape(-1, *([1] * (z.dim() - 2)))
+    return out
+
+
+def _bn_eval(bn: nn.BatchNorm2d, z: torch.Tensor) -> torch.Tensor:
+    """``gamma * (z - mu) / sqrt(var + eps) + beta`` with the running statistics, over axis 1."""
+    shape = (-1, *([1] * (z.dim() - 2)))
+    mu, var = bn.running_mean.reshape(shape), bn.running_var.reshape(shape)
+    return bn.weight.reshape(shape) * (z - mu) / torch.sqrt(var + bn.eps) + bn.bias.reshape(shape)
+
+
+def _softmax(z: torch.Tensor, dim: int) -> torch.Tensor:
+    e = torch.exp(z - z.amax(dim=dim, keepdim=True))
+    return e / e.sum(dim=dim, keepdim=True)
+
+
+def _h_swish(z: torch.Tensor) -> torch.Tensor:
+    return z * torch.clamp(z + 3.0, 0.0, 6.0) / 6.0  # x * ReLU6(x + 3) / 6 (Howard et al. 2019)
+
+
+def _assert_matches_reference(module: nn.Module, reference, x: torch.Tensor) -> None:
+    with torch.no_grad():
+        out, expected = module(x), reference(module, x)
+    assert not torch.allclose(expected, x, atol=1e-3), "reference is (near) identity: the test would be vacuous"
+    torch.testing.assert_close(out, expected)
+
+
+def coord_reference(m, x):
+    """Hou et al. 2021, Eqs. 4-9 with the paper's h-swish as the non-linearity delta."""
+    _, _, height, width = x.shape
+    z_h = x.sum(dim=3) / width  # z^h_c(h) = 1/W sum_i x_c(h, i)   -> (B, C, H)
+    z_w = x.sum(dim=2) / height  # z^w_c(w) = 1/H sum_j x_c(j, w)  -> (B, C, W)
+    f = _h_swish(_bn_eval(m.encode[1], _pointwise(m.encode[0], torch.cat([z_h, z_w], dim=2))))  # F_1, delta
+    f_h, f_w = f[:, :, :height], f[:, :, height:]
+    g_h = torch.sigmoid(_pointwise(m.conv_h, f_h))  # (B, C, H)
+    g_w = torch.sigmoid(_pointwise(m.conv_w, f_w))  # (B, C, W)
+    return x * g_h[:, :, :, None] * g_w[:, :, None, :]  # y_c(i, j) = x_c(i, j) g^h_c(i) g^w_c(j)
+
+
+def cbam_reference(m, x):
+    """Woo et al. 2018, Eqs. 1-3; spatial pooled maps stacked [max; mean] as the module documents."""
+    w0, w1 = m.channel.mlp[0], m.channel.mlp[2]
+
+    def mlp(v):  # W_1(ReLU(W_0 v)), shared by both descriptors; v is (B, C)
+        return _pointwise(w1, torch.relu(_pointwise(w0, v)))
+
+    m_c = torch.sigmoid(mlp(x.mean(dim=(2, 3))) + mlp(x.flatten(2).max(dim=2).values))  # (B, C)
+    f1 = x * m_c[:, :, None, None]  # F' = M_c(F) (x) F
+    pooled = torch.stack([f1.max(dim=1).values, f1.mean(dim=1)], dim=1)  # (B, 2, H, W)
+    k = m.spatial.conv.weight.shape[-1]
+    m_s = torch.sigmoid(torch.nn.functional.conv2d(pooled, m.spatial.conv.weight, m.spatial.conv.bias, padding=k // 2))
+    return f1 * m_s  # F'' = M_s(F') (x) F'
+
+
+def bam_reference(m, x):
+    """Park et al. 2018: F + F (x) sigmoid(M_c + M_s), BN placed as in the authors' code (module docstring)."""
+    ch = m.channel.mlp  # 1x1 conv (no bias), BN, ReLU, 1x1 conv
+    m_c = _pointwise(ch[3], torch.relu(_bn_eval(ch[1], _pointwise(ch[0], x.mean(dim=(2, 3))))))  # (B, C)
+    sp = m.spatial.convs  # f_0 1x1, then two 3x3 dilated (d = 4), each + BN + ReLU, then f_3 1x1 -> 1 map
+    f = torch.relu(_bn_eval(sp[1], _pointwise(sp[0], x)))
+    for conv, bn in ((sp[3], sp[4]), (sp[6], sp[7])):
+        f = torch.relu(_bn_eval(bn, torch.nn.functional.conv2d(f, conv.weight, conv.bias, padding=4, dilation=4)))
+    m_s = _pointwise(sp[9], f)  # (B, 1, H, W)
+    gate = torch.sigmoid(m_c[:, :, None, None] + m_s)  # M(F) = sigma(M_c(F) + M_s(F)), broadcast to (B, C, H, W)
+    return x + x * gate
+
+
+def gc_reference(m, x):
+    """Cao et al. 2019, Eq. 4: z_i = x_i + W_v2 ReLU(LN(W_v1 sum_j softmax_j(W_k x_j) x_j)), fusion by add."""
+    b, c, _, _ = x.shape
+    flat = x.flatten(2)  # (B, C, N)
+    alpha = _softmax(_pointwise(m.attn_logits, flat)[:, 0], dim=1)  # (B, N): softmax over all positions j
+    context = torch.einsum("bn,bcn->bc", alpha, flat)  # (B, C)
+    t = _pointwise(m.transform[0], context)  # W_v1, (B, hidden)
+    ln = m.transform[1]
+    mean = t.mean(dim=1, keepdim=True)
+    var = ((t - mean) ** 2).mean(dim=1, keepdim=True)  # LN over the hidden channels (biased variance)
+    t = (t - mean) / torch.sqrt(var + ln.eps) * ln.weight.reshape(1, -1) + ln.bias.reshape(1, -1)
+    t = _pointwise(m.transform[3], torch.relu(t))  # W_v2, (B, C)
+    return x + t.reshape(b, c, 1, 1)
+
+
+def non_local_reference(m, x):
+    """Wang et al. 2018, Eqs. 1-3 (embedded Gaussian) and 6: z = BN(W_z y) + x."""
+    flat = x.flatten(2)  # (B, C, N)
+    theta, phi, g = _pointwise(m.theta, flat), _pointwise(m.phi, flat), _pointwise(m.g, flat)  # (B, C', N)
+    f = _softmax(torch.einsum("bci,bcj->bij", theta, phi), dim=2)  # f(x_i, x_j) / C(x): normalised over j
+    y = torch.einsum("bij,bcj->bci", f, g)  # y_i = sum_j f_ij g(x_j)
+    z = _bn_eval(m.norm, _pointwise(m.out_proj, y)) + flat
+    return z.reshape(x.shape)
+
+
+REFERENCES = {
+    "coord": coord_reference,
+    "cbam": cbam_reference,
+    "bam": bam_reference,
+    "gc": gc_reference,
+    "non_local": non_local_reference,
+}
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCES))
+def test_module_matches_paper_reference(name):
+    torch.manual_seed(0)
+    module = _randomized_eval(create_attn(name, CHANNELS))
+    _assert_matches_reference(module, REFERENCES[name], _ref_input())
+
+
+def test_coord_attention_uses_h_swish_as_in_the_paper():
+    module = _randomized_eval(create_attn("coord", CHANNELS))
+    assert isinstance(module.encode[2], nn.Hardswish)
+    z = torch.linspace(-5, 5, 41)
+    torch.testing.assert_close(module.encode[2](z.clone()), _h_swish(z))
+
+
+def test_coord_gates_are_the_paper_gates():
+    module = _randomized_eval(create_attn("coord", CHANNELS, keep_gate=True))
+    x = _ref_input()
+    with torch.no_grad():
+        module(x)
+    height, width = x.shape[2:]
+    gate_product = module.last_gate["height"] * module.last_gate["width"]  # (B, C, H, W)
+    with torch.no_grad():
+        torch.testing.assert_close(x * gate_product, coord_reference(module, x))
+    assert module.last_gate["height"].shape[2] == height and module.last_gate["width"].shape[3] == width
+
+
+def test_bam_uses_the_paper_hyperparameters():
+    module = create_attn("bam", 256)
+    dilated = [m for m in module.spatial.convs if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)]
+    assert len(dilated) == 2 and all(m.dilation == (4, 4) and m.padding == (4, 4) for m in dilated)
+    assert module.channel.mlp[0].out_channels == 256 // 16  # reduction ratio r = 16
