@@ -120,7 +120,7 @@ def test_pointing_baseline_scores_the_shipped_weights_against_untrained_copies(d
     ("sat_cbam_resnet_scenes.scenes", ("word_map", "caption_mean_map", "brightness")),
     ("detr_se_resnet20_cifar.scenes", ("detection_map", "image_mean_map", "brightness")),
 ])
-def test_pointing_baseline_scores_captioner_and_detector_maps_against_blind_maps(model, keys, capsys, monkeypatch):
+def test_pointing_baseline_smoke_run_reports_each_score_as_a_share(model, keys, capsys, monkeypatch):
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     monkeypatch.setattr(sys, "argv", ["pointing_baseline.py", "--model", model, "--limit", "8"])
     runpy.run_path(str(BENCHMARKS / "pointing_baseline.py"), run_name="__main__")

@@ -89,7 +89,7 @@ def test_task_loss_ignores_padding_and_needs_a_vocabulary():
         CaptioningTask(vocab=None)
 
 
-def test_fit_tiny_karpathy_then_caption_and_evaluate(tmp_path, weights_tmp, capsys):
+def test_fit_tiny_karpathy_then_caption_and_save_weights(tmp_path, weights_tmp, capsys):
     split_json, images_dir = write_karpathy(tmp_path)
     out = tmp_path / "run"
     code = main([
