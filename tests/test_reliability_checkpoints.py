@@ -133,21 +133,28 @@ def _final_val_top1(checkpoint: dict) -> float:
     return float(next(v["current_score"] for k, v in states.items() if k.startswith("ModelCheckpoint")))
 
 
-def test_resume_restores_every_state_and_reaches_the_uninterrupted_metric(tmp_path, monkeypatch):
-    # Without augmentation; test_a_resumed_run_with_augmentation_reaches_the_uninterrupted_runs_weights covers augmenting runs.
-    run = ["--trainer.max_epochs", "2", "--data.init_args.limit", "128", "--data.init_args.augment", "false",
-           "--model.init_args.ema_decay", "0.9"]
+def _straight_and_interrupted_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                   run: list[str]) -> tuple[dict, Path]:
+    """The last checkpoint of ``run`` fitted straight through, and the folder (now the working one) of
+    the same run crashed right after its first epoch's checkpoint."""
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
     straight.mkdir()
     interrupted.mkdir()
     monkeypatch.chdir(straight)
     assert _fit(*run) == 0
     uninterrupted = _read(straight / CHECKPOINTS / "last.ckpt")
-
     monkeypatch.chdir(interrupted)
     with monkeypatch.context() as patch, pytest.raises(_Interrupted):
         patch.setattr(ImageClassifier, "on_train_epoch_start", _interrupt_at_second_epoch)
         _fit(*run)
+    return uninterrupted, interrupted
+
+
+def test_resume_restores_every_state_and_reaches_the_uninterrupted_metric(tmp_path, monkeypatch):
+    # Without augmentation; test_a_resumed_run_with_augmentation_reaches_the_uninterrupted_runs_weights covers augmenting runs.
+    run = ["--trainer.max_epochs", "2", "--data.init_args.limit", "128", "--data.init_args.augment", "false",
+           "--model.init_args.ema_decay", "0.9"]
+    uninterrupted, interrupted = _straight_and_interrupted_runs(tmp_path, monkeypatch, run)
     saved = _read(interrupted / CHECKPOINTS / "last.ckpt")
 
     restored = {}
@@ -452,17 +459,7 @@ def test_augmentation_of_an_epoch_is_the_same_whether_the_epoch_before_ran_in_th
 def test_a_resumed_run_with_augmentation_reaches_the_uninterrupted_runs_weights(tmp_path, monkeypatch, workers):
     run = ["--trainer.max_epochs", "2", "--data.init_args.augment", "true",
            "--data.init_args.num_workers", str(workers)]
-    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
-    straight.mkdir()
-    interrupted.mkdir()
-    monkeypatch.chdir(straight)
-    assert _fit(*run) == 0
-    uninterrupted = _read(straight / CHECKPOINTS / "last.ckpt")
-
-    monkeypatch.chdir(interrupted)
-    with monkeypatch.context() as patch, pytest.raises(_Interrupted):
-        patch.setattr(ImageClassifier, "on_train_epoch_start", _interrupt_at_second_epoch)
-        _fit(*run)
+    uninterrupted, interrupted = _straight_and_interrupted_runs(tmp_path, monkeypatch, run)
     assert _fit(*run, "--ckpt_path", "last") == 0
 
     resumed = _read(interrupted / CHECKPOINTS / "last.ckpt")

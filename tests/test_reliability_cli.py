@@ -1,5 +1,6 @@
 """Config and CLI mistakes: each is one line naming the thing and the fix, exit code 2, no traceback."""
 import ast
+import contextlib
 import json
 import os
 import pickle
@@ -459,6 +460,19 @@ def test_refusing_a_hostile_pickle_prints_no_torch_warning(tmp_path, capsys):
 
 # ------------------------------------------------------------------ warnings
 
+def _as_on_a_terminal(message, category, filename, lineno, file=None, line=None):
+    """Python's own showwarning, to stderr: pytest would record the warnings instead of printing them."""
+    sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
+@contextlib.contextmanager
+def _warnings_shown_as_on_a_terminal():
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")  # whatever pytest was told: shown, not raised or deduplicated
+        warnings.showwarning = _as_on_a_terminal
+        yield
+
+
 def test_a_skipped_image_warning_is_one_line(tmp_path, monkeypatch, capsys):
     """Python prints a warning as two lines, ``FILE:LINE: SkippedImageWarning: ...`` and its source line."""
     from fixtures_images import write_image_folder
@@ -466,14 +480,9 @@ def test_a_skipped_image_warning_is_one_line(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     write_image_folder(tmp_path / "photos" / "test", classes=("Trouser", "Bag"), per_class=1, broken=("Bag",))
 
-    def as_on_a_terminal(message, category, filename, lineno, file=None, line=None):  # not recorded by pytest
-        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("always")  # whatever pytest was told: shown, not raised or deduplicated
-        warnings.showwarning = as_on_a_terminal
+    with _warnings_shown_as_on_a_terminal():
         assert main(["evaluate", "--model", CLASSIFIER, "--dataset", "imagefolder:photos", "--json"]) == 0
-        assert warnings.showwarning is as_on_a_terminal  # the command's format ends with the command
+        assert warnings.showwarning is _as_on_a_terminal  # the command's format ends with the command
     err = capsys.readouterr().err.splitlines()
     skipped = [line for line in err if "broken.jpg" in line]
     broken = Path("photos", "test", "Bag", "broken.jpg")
@@ -587,12 +596,7 @@ def test_a_smoke_run_that_ends_before_validating_says_so_in_one_line(tmp_path, m
     monkeypatch.setattr(sys, "argv", ["visattn"])
     write_image_folder(tmp_path / "photos", per_class=4)
 
-    def as_on_a_terminal(message, category, filename, lineno, file=None, line=None):  # not recorded by pytest
-        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("always")
-        warnings.showwarning = as_on_a_terminal
+    with _warnings_shown_as_on_a_terminal():
         code = main(["fit", "--config", str(IMAGEFOLDER_CONFIG), "--data.init_args.root", "photos", *SMALL_FOLDER_FIT,
                      "--data.init_args.batch_size", "2", "--trainer.max_steps", "1"])
     err = capsys.readouterr().err
