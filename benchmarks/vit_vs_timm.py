@@ -1,6 +1,6 @@
 """visattn's ViT against timm's, same weights and threads: inference and AdamW training steps, FLOPs and MFU.
 
-    python benchmarks/vit_vs_timm.py [--models vit_tiny_patch16_224 ...] [--rounds 5] [--smoke]
+    python benchmarks/vit_vs_timm.py [--models vit_tiny_patch16_224 ...] [--rounds 5] [--grad-checkpointing] [--smoke]
     python benchmarks/vit_vs_timm.py --device cuda --precision bf16 --models vit_base_patch16_224 \
         --infer-batch 256 --train-batch 64
 
@@ -38,15 +38,35 @@ def twin_models(name: str, **kwargs) -> tuple[nn.Module, nn.Module]:
 
 
 def flops_per_image(model: nn.Module, image_size: int, *, train: bool) -> float:
+    """The model's FLOPs: with gradient checkpointing on, its recomputation is left out (MFU counts
+    the model's work, not the hardware's)."""
     x = torch.randn(1, 3, image_size, image_size, device=next(model.parameters()).device)
+    checkpointing = model.grad_checkpointing
+    model.set_grad_checkpointing(False)
     with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):
         if train:
             model(x).sum().backward()
         else:
             with torch.no_grad():
                 model(x)
+    model.set_grad_checkpointing(checkpointing)
     model.zero_grad(set_to_none=True)
     return float(counter.get_total_flops())
+
+
+def saved_mib_per_image(model: nn.Module, images: torch.Tensor, precision: str) -> float:
+    """MiB per image that a training forward keeps for the backward pass (tensors saved by autograd,
+    parameters left out): what gradient checkpointing reduces."""
+    parameters, saved = {p.data_ptr() for p in model.parameters()}, {}
+
+    def keep(t: torch.Tensor) -> torch.Tensor:
+        if t.data_ptr() not in parameters:
+            saved[t.data_ptr()] = t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t), side_by_side.autocast(images.device.type, precision):
+        model(images)
+    return sum(saved.values()) / len(images) / 2**20
 
 
 def inference_round(model: nn.Module, images: torch.Tensor, precision: str) -> Callable[[], None]:
@@ -71,6 +91,8 @@ def training_round(model: nn.Module, images: torch.Tensor, targets: torch.Tensor
 def compare(name: str, args) -> list[dict]:
     kwargs = {"img_size": args.img_size} if args.img_size != 224 else {}
     ours, theirs = (model.to(args.device) for model in twin_models(name, **kwargs))
+    for model in (ours, theirs):
+        model.set_grad_checkpointing(args.grad_checkpointing)  # timm's switch of the same name
     images = torch.randn(args.infer_batch, 3, args.img_size, args.img_size, device=args.device)
     ours.eval(), theirs.eval()
     with torch.inference_mode(), side_by_side.autocast(args.device, args.precision):
@@ -93,6 +115,11 @@ def compare(name: str, args) -> list[dict]:
             "ratio_spread": side_by_side.ratio_spread(seconds, "visattn", "timm"),
             "gflops_per_img": round(flops / 1e9, 3), "max_logit_diff": max_diff,
         })
+        if train:
+            saved = {lib: round(saved_mib_per_image(m, x, args.precision), 2) for lib, m in (("visattn", ours), ("timm", theirs))}
+            results[-1].update({"visattn_saved_mib_per_img": saved["visattn"], "timm_saved_mib_per_img": saved["timm"]})
+            print(f"{name}: a training forward keeps {saved['visattn']} MiB per image for the backward pass "
+                  f"(timm {saved['timm']})")
     return results
 
 
@@ -109,6 +136,8 @@ def main() -> None:
     parser.add_argument("--infer-batch", type=int, default=16)
     parser.add_argument("--train-batch", type=int, default=8)
     parser.add_argument("--img-size", type=int, default=224)
+    parser.add_argument("--grad-checkpointing", action="store_true",
+                        help="both models recompute block activations in the backward pass")
     side_by_side.add_device_arguments(parser)
     args = parser.parse_args()
     args.models = args.models or list(MODELS[:1] if args.smoke else MODELS)
@@ -132,6 +161,7 @@ def main() -> None:
          for r in results],
     )
     side_by_side.finish("vit_vs_timm", {"device": args.device, "precision": args.precision,
+                                        "grad_checkpointing": args.grad_checkpointing,
                                         "peak_matmul_gflops": round(peak / 1e9, 1), "results": results,
                                         "median_ratio": statistics.median(r["ratio"] for r in results)})
 

@@ -48,6 +48,19 @@ def test_vit_vs_timm(capsys, monkeypatch):
     assert "visattn/timm" in out
 
 
+
+def test_vit_vs_timm_with_grad_checkpointing(capsys, monkeypatch):
+    _, figures = run_smoke(capsys, monkeypatch, "vit_vs_timm.py", "--grad-checkpointing")
+    assert figures["grad_checkpointing"] is True
+    inference, train = figures["results"]
+    _check_ratio(train, "visattn_img_s", "timm_img_s")
+    # MFU counts the model's FLOPs: the recomputed forward is not among them.
+    assert train["gflops_per_img"] == pytest.approx(3 * inference["gflops_per_img"], rel=0.1)
+    plain = run_smoke(capsys, monkeypatch, "vit_vs_timm.py")[1]["results"][1]
+    # The same model keeps several times less for its backward pass, and as little as timm's.
+    assert train["visattn_saved_mib_per_img"] == train["timm_saved_mib_per_img"]
+    assert train["visattn_saved_mib_per_img"] * 3 < plain["visattn_saved_mib_per_img"] == plain["timm_saved_mib_per_img"]
+
 def test_onnx_speed(capsys, monkeypatch):
     _, figures = run_smoke(capsys, monkeypatch, "onnx_speed.py")
     assert [r["model"] for r in figures["results"]] == ["vit_tiny_patch16_224", "cbam_resnet20_cifar"]

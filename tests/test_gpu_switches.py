@@ -3,6 +3,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 from torch.utils.data import DataLoader, TensorDataset
 
 from visattn.errors import ConfigError
@@ -102,3 +103,26 @@ def test_flash_attention_in_float32_on_cuda_is_one_line_before_training(device, 
     else:
         check_sdpa_backend("flash", torch.device(device), precision)
     check_sdpa_backend("efficient", torch.device(device), precision)
+
+
+def test_grad_checkpointing_switches_the_vit_and_trains(monkeypatch):
+    import visattn.models.vit
+    recomputed = []
+
+    def counting_checkpoint(block, x, **kwargs):
+        recomputed.append(block)
+        return checkpoint(block, x, **kwargs)
+
+    monkeypatch.setattr(visattn.models.vit, "checkpoint", counting_checkpoint)
+    task = ImageClassifier(**TINY_VIT, grad_checkpointing=True)
+    assert task.model.grad_checkpointing and not ImageClassifier(**TINY_VIT).model.grad_checkpointing
+    before = [p.detach().clone() for p in task.model.parameters()]
+    _fit(task)
+    assert len(recomputed) == 2  # one block, two training steps; validation runs without gradients
+    assert all(not torch.equal(b, p) for b, p in zip(before, task.model.parameters()))
+
+
+def test_grad_checkpointing_on_a_model_without_it_is_one_line():
+    with pytest.raises(ConfigError, match="grad_checkpointing: cbam_resnet20_cifar cannot recompute") as err:
+        ImageClassifier(model_name="cbam_resnet20_cifar", num_classes=3, grad_checkpointing=True)
+    assert "\n" not in str(err.value)

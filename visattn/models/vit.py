@@ -9,6 +9,7 @@ from typing import Literal, Optional, Union
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ..errors import ConfigError, WeightsError
 from ..layers.attention import SelfAttention
@@ -135,6 +136,7 @@ class VisionTransformer(nn.Module):
         self.fc_norm = _layer_norm(embed_dim) if use_fc_norm else nn.Identity()
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.grad_checkpointing = False
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -154,6 +156,13 @@ class VisionTransformer(nn.Module):
 
     def get_classifier(self) -> nn.Module:
         return self.head
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Keep only each block's input for the backward pass and recompute the rest there (timm's
+        switch of the same name): activation memory drops from every block's intermediates to one
+        ``(B, N, C)`` tensor a block, for about one more forward pass of compute. Gradients are
+        unchanged; dropout and drop-path draw the same masks when recomputed."""
+        self.grad_checkpointing = enable
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         """A fresh ``head`` of ``num_classes`` outputs (0: identity); ``global_pool`` switches the pooling
@@ -179,6 +188,10 @@ class VisionTransformer(nn.Module):
         also each block's attention probabilities, a list of ``(B, heads, prefix + N, prefix + N)``."""
         x = self._pos_embed(self.patch_embed(x))
         if not return_attention:
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                for block in self.blocks:
+                    x = checkpoint(block, x, use_reentrant=False)
+                return self.norm(x)
             return self.norm(self.blocks(x))
         attentions = []
         for block in self.blocks:
