@@ -15,6 +15,7 @@ from PIL import Image
 
 from visattn import create_model, save_weights
 from visattn.cli import main
+from visattn.data.transforms import eval_transforms
 from visattn.errors import ConfigError, WeightsError
 from visattn.tasks.captioning import load_captioner
 from visattn.tasks.classification import (Classifier, ImageClassifier, load_classifier, warmup_cosine,
@@ -525,3 +526,25 @@ def test_top1_and_top5_accuracy_equal_a_hand_count_where_they_differ():
     classifier = Classifier(_LookupLogits(logits), [f"c{k}" for k in range(num_classes)],
                             {"input_size": [3, 4, 4], "mean": [0.0] * 3, "std": [1.0] * 3}, "lookup", "lookup", {})
     assert evaluate_classifier(classifier, dataset, batch_size=8) == {"top1": 0.35, "top5": 0.75, "n": 20}
+
+
+def test_a_one_channel_classifier_classifies_its_own_images(weights_tmp, tmp_path, capsys):
+    # in_chans=1: the model's transform gives gray (1, H, W) images, from the files and through the command.
+    torch.manual_seed(0)
+    model = create_model("resnet20_cifar", in_chans=1, num_classes=3)
+    save_weights(model, weights_tmp / "resnet20_cifar.gray.safetensors", labels=["a", "b", "c"],
+                 preprocessing={"input_size": [1, 28, 28], "mean": [0.5], "std": [0.5], "recipe": "small"})
+    classifier = load_classifier("resnet20_cifar.gray")
+    rgb = np.full((40, 30, 3), (200, 100, 50), dtype=np.uint8)
+    image = classifier.transform()(rgb)
+    gray = (0.299 * 200 + 0.587 * 100 + 0.114 * 50) / 255
+    assert image.shape == (1, 28, 28) and torch.allclose(image, torch.full_like(image, (gray - 0.5) / 0.5), atol=0.01)
+    torch.testing.assert_close(classifier.predict(image[None]), model.eval()(image[None]).softmax(-1))
+    Image.fromarray(rgb).save(tmp_path / "photo.png")
+    assert main(["classify", str(tmp_path / "photo.png"), "--model", "resnet20_cifar.gray", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["predictions"][0]["label"] in {"a", "b", "c"}
+
+
+def test_an_input_size_of_two_channels_is_one_line():
+    with pytest.raises(ConfigError, match=r"input_size=\(2, 28, 28\).*3 channels \(RGB\) or 1 \(gray\)"):
+        eval_transforms((2, 28, 28))

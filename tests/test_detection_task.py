@@ -230,6 +230,7 @@ def _tiny_detector(head: str) -> Detector:
      r"image 1: pixels span .*, not 0..1; pixels in 0..255\? divide by 255"),
     ([torch.rand(1, 40, 48)], r"image 0: shape \(1, 40, 48\), not \(3, H, W\)"),
     ("scene.png", "images: a str, not a list of"),
+    (torch.rand(3, 40, 48), r"images: one tensor of shape \(3, 40, 48\), not a list of images; pass \[image\]"),
 ])
 def test_detect_refuses_what_is_no_list_of_0_to_1_images_in_one_line(images, message):
     with pytest.raises(ConfigError, match=message):

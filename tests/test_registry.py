@@ -174,3 +174,12 @@ def test_an_unknown_name_suggests_its_completions_and_the_architectures_shipping
     with pytest.raises(UnknownModelError, match=r": did you mean fcos_se_resnet20_cifar, fcos_resnet20_cifar, "
                                                 r"fcos_resnet50\?$"):
         create_model("fcos_resnet20.scenes")
+
+
+def test_list_models_takes_several_patterns_and_exclusions_as_timm_does():
+    assert list_models(["deit_tiny*", "vit_base_patch32*"]) == ["deit_tiny_patch16_224", "vit_base_patch32_224"]
+    assert list_models("deit_*", exclude_filters="*base*") == ["deit_small_patch16_224", "deit_tiny_patch16_224"]
+    assert list_models(("deit_*",), exclude_filters=["*base*", "*small*"]) == ["deit_tiny_patch16_224"]
+    shipped = list_pretrained()
+    assert list_pretrained(["se_*", "vit_*"]) == sorted(n for n in shipped if n.startswith(("se_", "vit_")))
+    assert list_pretrained(exclude_filters="*.scenes") == [n for n in shipped if not n.endswith(".scenes")]

@@ -257,3 +257,12 @@ def test_reset_classifier_takes_timms_global_pool_argument():
     assert model.get_classifier().out_features == 5 and model(torch.randn(1, 3, 32, 32)).shape == (1, 5)
     with pytest.raises(ConfigError, match=r"global_pool='max': visattn's ResNets pool by the average"):
         model.reset_classifier(5, "max")
+
+
+@pytest.mark.parametrize("attn_kwargs, message", [
+    ({"reduction": 4}, "the 'eca' attention layer has no argument 'reduction': it takes .*kernel_size"),
+    ({"kernel_sze": 5}, "the 'eca' attention layer has no argument 'kernel_sze': did you mean kernel_size"),
+])
+def test_an_attention_argument_the_layer_does_not_take_is_one_line(attn_kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        create_model("eca_resnet20_cifar", attn_kwargs=attn_kwargs)

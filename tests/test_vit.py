@@ -223,3 +223,20 @@ def test_grad_checkpointing_leaves_inference_and_attention_maps_alone():
     assert len(checkpointed_attentions) == len(attentions) == 2
     model.set_grad_checkpointing(False)
     assert not model.grad_checkpointing
+
+
+def test_timm_optimizer_factory_trains_position_embeddings_and_class_token_without_decay():
+    from timm.optim import create_optimizer_v2
+    from visattn.tasks.classification import weight_decay_groups
+    model = create_model("vit_tiny_patch4_28", num_classes=3, depth=1)
+    reference = timm.create_model("vit_tiny_patch16_224", num_classes=3, depth=1, img_size=28, patch_size=4)
+
+    def undecayed(groups, named) -> set[str]:
+        names = {id(p): n for n, p in named}
+        return {names[id(p)] for g in groups if g["weight_decay"] == 0.0 for p in g["params"]}
+
+    ours = undecayed(create_optimizer_v2(model, "adamw", weight_decay=0.05).param_groups, model.named_parameters())
+    assert ours == undecayed(create_optimizer_v2(reference, "adamw", weight_decay=0.05).param_groups,
+                             reference.named_parameters())
+    assert {"pos_embed", "cls_token"} <= ours
+    assert ours == undecayed(weight_decay_groups(model, 0.05), model.named_parameters())  # visattn's own groups agree

@@ -3,6 +3,8 @@
 The CLI prints :func:`error_line` for any :class:`VisattnError` and exits non-zero without a traceback,
 and each :class:`VisattnWarning` as one line (:func:`one_line_showwarning`).
 """
+import difflib
+import inspect
 import sys
 from typing import Any, Callable, Optional, TextIO
 
@@ -28,6 +30,20 @@ class ImageDecodeError(VisattnError, ValueError):
 
 class ConfigError(VisattnError, ValueError):
     """A config file, key or value that is invalid."""
+
+
+def check_keyword_arguments(owner: str, function: Callable[..., Any], kwargs: dict[str, Any]) -> None:
+    """One line naming the first of ``kwargs`` that ``function`` (a class: its constructor) does not
+    take, with the nearest name or the list it does take; a TypeError from deep inside otherwise."""
+    parameters = inspect.signature(function).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in parameters):
+        return
+    accepted = [p.name for p in parameters if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name != "self"]
+    for name in kwargs:
+        if name not in accepted:
+            close = difflib.get_close_matches(name, accepted, n=1)
+            hint = f"did you mean {close[0]}?" if close else f"it takes {', '.join(accepted)}"
+            raise ConfigError(f"{owner} has no argument {name!r}: {hint}")
 
 
 class VisattnWarning(UserWarning):

@@ -5,13 +5,15 @@ A registry key is always the name of the function that builds the model, so
 """
 import difflib
 import fnmatch
-import inspect
 import typing
+from collections.abc import Iterable, Sequence
 from typing import Any, Callable, Optional, Union
 
 from torch import nn
 
-from .errors import ConfigError, UnknownModelError
+from .errors import ConfigError, UnknownModelError, check_keyword_arguments
+
+Patterns = Union[str, Sequence[str]]  # one fnmatch pattern, or several (a name matching any)
 
 _model_entrypoints: dict[str, Callable[..., nn.Module]] = {}
 _model_family: dict[str, str] = {}  # arch -> module short name, e.g. "vit", "resnet"
@@ -92,21 +94,28 @@ def split_model_name(name: str) -> tuple[str, Optional[str]]:
     return arch, (tag or None)
 
 
-def list_models(pattern: str = "*", pretrained: bool = False) -> list[str]:
-    """Sorted registered architectures matching an fnmatch ``pattern``; ``pretrained`` keeps those with weights."""
+def list_models(pattern: Patterns = "*", pretrained: bool = False, *, exclude_filters: Patterns = ()) -> list[str]:
+    """Sorted registered architectures matching an fnmatch ``pattern`` (or any of a list, as in timm) and
+    none of ``exclude_filters``; ``pretrained`` keeps those with weights."""
     _import_models()
-    names = fnmatch.filter(_model_entrypoints, pattern)
+    names = _matching(_model_entrypoints, pattern, exclude_filters)
     if pretrained:
         with_weights = {split_model_name(n)[0] for n in list_pretrained()}
         names = [n for n in names if n in with_weights]
-    return sorted(names)
+    return names
 
 
-def list_pretrained(pattern: str = "*") -> list[str]:
-    """Sorted ``arch.tag`` names of the shipped weights whose name matches ``pattern``."""
+def list_pretrained(pattern: Patterns = "*", *, exclude_filters: Patterns = ()) -> list[str]:
+    """Sorted ``arch.tag`` names of the shipped weights matching ``pattern`` and none of ``exclude_filters``."""
     from .pretrained import load_index
 
-    return sorted(fnmatch.filter(load_index(), pattern))
+    return _matching(load_index(), pattern, exclude_filters)
+
+
+def _matching(names: Iterable[str], pattern: Patterns, exclude_filters: Patterns) -> list[str]:
+    include, exclude = ([p] if isinstance(p, str) else list(p) for p in (pattern, exclude_filters))
+    return sorted(n for n in names if any(fnmatch.fnmatchcase(n, p) for p in include)
+                  and not any(fnmatch.fnmatchcase(n, p) for p in exclude))
 
 
 def model_arguments(
@@ -143,17 +152,8 @@ def _check_builder_arguments(arch: str, kwargs: dict[str, Any]) -> None:
     """A keyword the architecture's class does not take is one line with the nearest name, not a
     TypeError from deep inside its constructor."""
     model_class = typing.get_type_hints(_model_entrypoints[arch]).get("return")  # every builder names its class
-    if not isinstance(model_class, type):
-        return
-    parameters = inspect.signature(model_class.__init__).parameters.values()
-    if any(p.kind is p.VAR_KEYWORD for p in parameters):
-        return
-    accepted = [p.name for p in parameters if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name != "self"]
-    for name in kwargs:
-        if name not in accepted:
-            close = difflib.get_close_matches(name, accepted, n=1)
-            hint = f"did you mean {close[0]}?" if close else f"it takes {', '.join(accepted)}"
-            raise ConfigError(f"{arch} has no argument {name!r}: {hint}")
+    if isinstance(model_class, type):
+        check_keyword_arguments(arch, model_class.__init__, kwargs)
 
 
 def create_model(

@@ -155,7 +155,7 @@ def train_transforms(
         steps.append(A.HorizontalFlip(p=0.5))
     if color_jitter > 0:
         steps.append(A.ColorJitter(color_jitter, color_jitter, color_jitter, hue=0.0))
-    return ImageTransform([*steps, A.Normalize(mean, std)])
+    return ImageTransform([*steps, *_channel_steps(input_size), A.Normalize(mean, std)])
 
 
 def eval_transforms(
@@ -184,7 +184,7 @@ def eval_transforms(
         steps = [A.Resize(height, width)]
     else:
         raise _unknown_recipe(recipe)
-    return ImageTransform([*steps, A.Normalize(mean, std)])
+    return ImageTransform([*steps, *_channel_steps(input_size), A.Normalize(mean, std)])
 
 
 def check_image_batch(images: object, *, channels: int = 3) -> None:
@@ -204,6 +204,9 @@ def check_unit_images(images: object, *, channels: int = 3) -> None:
     fix = "decode files with visattn.data.image_io.decode_image and convert them with visattn.data.transforms.to_tensor"
     if isinstance(images, (str, bytes)) or not isinstance(images, (Sequence, torch.Tensor)):
         raise ConfigError(f"images: a {type(images).__name__}, not a list of ({channels}, H, W) tensors; {fix}")
+    if isinstance(images, torch.Tensor) and images.ndim == 3:
+        raise ConfigError(f"images: one tensor of shape {tuple(images.shape)}, not a list of images; pass [image] "
+                          f"for one image, or a list (or a stacked batch) of ({channels}, H, W) tensors")
     for k, image in enumerate(images):
         _check_float_pixels(image, f"image {k}", (channels, "H", "W"), "floats in 0..1", fix)
     # (n, 2) pixel ranges read back together: one device sync for the batch, not one per image.
@@ -244,6 +247,14 @@ def to_tensor(image: np.ndarray) -> torch.Tensor:
 
 def _unknown_recipe(recipe: str) -> ConfigError:
     return ConfigError(f"recipe={recipe!r}: unknown transform recipe (use 'photo' or 'small')")
+
+
+def _channel_steps(input_size: InputSize) -> list[A.BasicTransform]:
+    """For a one-channel model (``input_size`` ``(1, H, W)``: ``in_chans=1``), the gray image it takes."""
+    channels = input_size[0] if not isinstance(input_size, int) and len(input_size) == 3 else 3
+    if channels not in (1, 3):
+        raise ConfigError(f"input_size={tuple(input_size)!r}: images have 3 channels (RGB) or 1 (gray), not {channels}")
+    return [A.ToGray(num_output_channels=1, p=1.0)] if channels == 1 else []
 
 
 def _height_width(input_size: InputSize) -> tuple[int, int]:

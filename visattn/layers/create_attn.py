@@ -7,7 +7,7 @@ from typing import Optional
 
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, check_keyword_arguments
 from .bam import Bam
 from .cbam import Cbam
 from .coord import CoordinateAttention
@@ -53,7 +53,10 @@ def create_attn(name: Optional[str], channels: int, **kwargs) -> Optional[nn.Mod
         **kwargs: keyword arguments of the module's constructor (``reduction``, ``keep_gate``, ...).
 
     Raises:
-        ConfigError: ``name`` is not a known attention layer.
+        ConfigError: ``name`` is not a known attention layer, or does not take one of ``kwargs``.
     """
     attn_cls = get_attn(name)
-    return None if attn_cls is None else attn_cls(channels, **kwargs)
+    if attn_cls is None:
+        return None
+    check_keyword_arguments(f"the {name!r} attention layer", attn_cls.__init__, kwargs)
+    return attn_cls(channels, **kwargs)

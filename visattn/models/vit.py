@@ -21,6 +21,8 @@ from ..layers.pos_embed import resample_abs_pos_embed
 from ..registry import register_model
 
 Attentions = list[torch.Tensor]
+# Parameters trained without weight decay, as in timm (which reads them from ``no_weight_decay()``).
+NO_WEIGHT_DECAY = ("pos_embed", "cls_token")
 
 
 def _layer_norm(dim: int) -> nn.LayerNorm:
@@ -156,6 +158,10 @@ class VisionTransformer(nn.Module):
 
     def get_classifier(self) -> nn.Module:
         return self.head
+
+    def no_weight_decay(self) -> set[str]:
+        """Names timm's optimizer factory (``timm.optim.create_optimizer_v2``) trains without weight decay."""
+        return set(NO_WEIGHT_DECAY)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Keep only each block's input for the backward pass and recompute the rest there (timm's

@@ -22,6 +22,7 @@ from ..data.transforms import (IMAGENET_MEAN, IMAGENET_STD, ImageTransform, chec
                                to_model_input)
 from ..devices import inference_device, model_device
 from ..errors import ConfigError, WeightsError
+from ..models.vit import NO_WEIGHT_DECAY
 from ..modes import eval_mode
 from ..pretrained import find_weights_entry, load_weights, read_pickle_checkpoint
 from ..registry import create_model, model_family, model_task, split_model_name
@@ -271,7 +272,7 @@ def weight_decay_groups(model: nn.Module, weight_decay: float, *, lr: Optional[f
     for name, param in model.named_parameters():
         if param.requires_grad:
             # Biases, norm scales, position embeddings and tokens are 1-D or named so: no decay.
-            decay = not (param.ndim <= 1 or name.endswith(("pos_embed", "cls_token")))
+            decay = not (param.ndim <= 1 or name.endswith(NO_WEIGHT_DECAY))
             backbone = backbone_lr_scale != 1.0 and name.startswith("backbone.")
             groups.setdefault((backbone, decay), []).append(param)
     if backbone_lr_scale != 1.0 and lr is None:
