@@ -74,3 +74,29 @@ def test_detector_losses_and_detections(name):
         assert ((det["labels"] >= 0) & (det["labels"] < 3)).all()
         boxes = det["boxes"]
         assert (boxes >= 0).all() and (boxes[:, 2] <= width).all() and (boxes[:, 3] <= height).all()
+
+
+# Non-local blocks compute their affinity in float32 inside an autocast-off context, which torch.fx
+# cannot record (it would trace an unguarded matmul), so they are left out.
+TRACEABLE = list_models(["*resnet20_cifar", "vit_tiny_patch4_28"], exclude_filters=["nl_*", "fcos_*", "detr_*"])
+
+
+@pytest.mark.parametrize("name", TRACEABLE)
+def test_torch_fx_traces_the_classifier_with_the_same_logits(name):
+    # What torchvision's create_feature_extractor and FX quantization build on. A ViT's
+    # return_attention switch is given as a constant, as fx needs for Python control flow.
+    model = _build(name).eval()
+    concrete = {"return_attention": False} if model_family(name) == "vit" else None
+    traced = torch.fx.symbolic_trace(model, concrete_args=concrete)
+    x = torch.randn(INPUT)
+    torch.testing.assert_close(traced(x), model(x))
+
+
+def test_torchvision_feature_extractor_returns_resnet_stages():
+    from torchvision.models.feature_extraction import create_feature_extractor
+    model = _build("cbam_resnet20_cifar").eval()
+    x = torch.randn(INPUT)
+    features = create_feature_extractor(model, {"layer2": "c3", "layer3": "c4"})(x)
+    _, c3, c4 = model.forward_stages(x)
+    torch.testing.assert_close(features["c3"], c3)
+    torch.testing.assert_close(features["c4"], c4)

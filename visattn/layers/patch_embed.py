@@ -29,7 +29,10 @@ def to_2tuple(value: Union[int, tuple[int, int]], name: str = "size") -> tuple[i
 
 
 def check_image_layout(x: torch.Tensor, in_chans: int) -> None:
-    """One line unless ``x`` is a channels-first batch ``(B, in_chans, H, W)``; shapes only, so no device sync."""
+    """One line unless ``x`` is a channels-first batch ``(B, in_chans, H, W)``; shapes only, so no device sync.
+    Skipped while ``torch.fx`` traces the model (torchvision's ``create_feature_extractor``): no shapes then."""
+    if isinstance(x, torch.fx.Proxy):
+        return
     expected = f"the model expects a batch (B, {in_chans}, H, W)"
     if x.ndim != 4:
         fix = "add the batch dimension with x.unsqueeze(0)" if x.ndim == 3 else "give a batch of images"
@@ -69,7 +72,7 @@ class PatchEmbed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_image_layout(x, self.in_chans)
-        if x.shape[-2:] != self.img_size:
+        if not isinstance(x, torch.fx.Proxy) and x.shape[-2:] != self.img_size:
             raise ConfigError(
                 f"input is {tuple(x.shape[-2:])} but the model expects {self.img_size}; "
                 f"resize the image or build the model with img_size={tuple(x.shape[-2:])}"
