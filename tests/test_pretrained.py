@@ -447,3 +447,70 @@ def test_a_model_without_a_head_drops_the_checkpoints_head_without_a_warning(rec
     assert all(torch.equal(v, shipped.state_dict()[k]) for k, v in features.state_dict().items())
     create_model("fcos_se_resnet20_cifar", pretrained_backbone="se_resnet20_cifar.fmnist")
     assert not [w for w in recwarn if issubclass(w.category, VisattnWarning)], [str(w.message) for w in recwarn]
+
+
+def test_save_weights_refuses_a_model_its_name_would_not_rebuild(weights_tmp):
+    """Saved, such weights got an index entry that create_model("ARCH.TAG") could never load."""
+    path = weights_tmp / "resnet18.lin.safetensors"
+    with pytest.raises(WeightsError, match=r"do not fit ResNet \(no key in common\); create_model\('resnet18.lin'\) "
+                                           "would build another model") as err:
+        save_weights(torch.nn.Linear(2, 2), path)
+    _assert_one_line_naming(err, path)
+    with pytest.raises(WeightsError, match=r"unexpected: blocks.1.norm1.weight, .* \(\+\d+ more\)"):
+        save_weights(_model(), weights_tmp / f"{ARCH}.deep.safetensors", model_kwargs={"depth": 1})
+    assert list(weights_tmp.iterdir()) == []  # refused before anything was written
+    features = _model(num_classes=0)  # a headless model still saves and rebuilds
+    save_weights(features, weights_tmp / f"{ARCH}.features.safetensors")
+    assert torch.equal(_logits(create_model(f"{ARCH}.features").eval()), _logits(features))
+
+
+@pytest.mark.parametrize("wrap", [torch.compile, torch.nn.DataParallel], ids=["compile", "data_parallel"])
+def test_weights_load_into_and_save_from_a_wrapped_model(weights_tmp, wrap):
+    """torch.compile's OptimizedModule and DataParallel hold the model as _orig_mod and module."""
+    source = _model(num_classes=10)
+    with torch.no_grad():
+        for p in source.parameters():
+            p.add_(1)  # not the wrapped model's initialisation
+    wrapped = wrap(_model(num_classes=10))
+    assert load_weights(wrapped, source.state_dict()) is wrapped
+    inner = wrapped._orig_mod if hasattr(wrapped, "_orig_mod") else wrapped.module
+    assert torch.equal(_logits(inner.eval()), _logits(source))
+    save_weights(wrapped, weights_tmp / f"{ARCH}.wrapped.safetensors", labels=[str(i) for i in range(10)],
+                 preprocessing={"input_size": [3, 28, 28]})
+    assert torch.equal(_logits(create_model(f"{ARCH}.wrapped").eval()), _logits(source))
+
+
+def test_a_timm_training_checkpoint_loads_its_ema_weights(tmp_path):
+    """timm's train.py writes model_best.pth.tar / checkpoint-N.pth.tar with its args, optimizer and EMA copy."""
+    import argparse
+
+    from timm.utils import CheckpointSaver, ModelEmaV3
+
+    model = _model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    ema = ModelEmaV3(model)
+    with torch.no_grad():
+        for p in ema.module.parameters():
+            p.add_(1)
+    args = argparse.Namespace(model=ARCH, lr=0.1, epochs=3)
+    for run in ("ema", "raw"):
+        (tmp_path / run).mkdir()
+    CheckpointSaver(model, optimizer, args=args, model_ema=ema, checkpoint_dir=str(tmp_path / "ema")).save_checkpoint(
+        0, metric=0.5)
+    CheckpointSaver(model, optimizer, args=args, checkpoint_dir=str(tmp_path / "raw")).save_checkpoint(0)
+    best = create_model(ARCH, **SMALL, pretrained=str(tmp_path / "ema" / "model_best.pth.tar"))
+    torch.testing.assert_close(best.state_dict(), ema.module.state_dict(), rtol=0, atol=0)
+    raw = create_model(ARCH, **SMALL, pretrained=str(tmp_path / "raw" / "checkpoint-0.pth.tar"))
+    torch.testing.assert_close(raw.state_dict(), model.state_dict(), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("arch, kwargs, message", [
+    ("vit_small_patch4_28", {"depth": 2, "num_classes": 10}, "wrong shape: cls_token"),
+    ("resnet20_cifar", {"num_classes": 10}, "no key in common"),
+], ids=["wider_vit", "resnet"])
+def test_weights_that_do_not_fit_raise_without_a_warning_about_the_head_first(recwarn, arch, kwargs, message):
+    from visattn.errors import VisattnWarning
+
+    with pytest.raises(WeightsError, match=message):
+        load_weights(create_model(arch, **kwargs), _model(num_classes=10).state_dict())
+    assert not [w for w in recwarn if issubclass(w.category, VisattnWarning)], [str(w.message) for w in recwarn]

@@ -2,9 +2,10 @@
 
 Shipped weights live in ``weights/<arch>.<tag>.safetensors``, described by ``weights/index.json``
 (sha256, task, dataset, metrics, preprocessing, labels or vocabulary, and the training config).
-``.pth``/``.bin`` files are read only with ``torch.load(weights_only=True)``: a pickle that would
-run code is refused, never retried with full unpickling.
+``.pth``/``.bin`` files (and timm's ``.pth.tar`` training checkpoints) are read only with
+``torch.load(weights_only=True)``: a pickle that would run code is refused, never retried with full unpickling.
 """
+import argparse
 import hashlib
 import inspect
 import json
@@ -27,12 +28,15 @@ from .fileio import atomic_path, atomic_write_text
 StateDict = dict[str, torch.Tensor]
 
 INDEX_NAME = "index.json"
-_PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+_PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar")  # .tar: timm's model_best.pth.tar, checkpoint-N.pth.tar
 WEIGHTS_SUFFIXES = (".safetensors", *_PICKLE_SUFFIXES)
 # What every reader of an index entry relies on; the rest (task, labels, metrics, ...) is optional.
 _ENTRY_KEYS = ("file", "sha256")
-# Wrappers that training code puts around the weights dict, most specific first.
-_NESTED_KEYS = ("state_dict", "model", "module")
+# Wrappers that training code puts around the weights dict, most specific first; a timm training
+# checkpoint keeps its EMA weights (the ones it validated) beside the raw ones, as a visattn task does.
+_NESTED_KEYS = ("state_dict_ema", "state_dict", "model", "module")
+# Plain data a pickle may hold besides tensors: timm's training checkpoints carry the run's ``args``.
+_SAFE_GLOBALS = [argparse.Namespace]
 # Prefixes added around a whole model by DDP, torch.compile and Lightning modules (``self.model``).
 _PREFIXES = ("module.", "_orig_mod.", "model.")
 # A visattn task's weight average (``torch.optim.swa_utils.AveragedModel``): the weights it validates and ships.
@@ -149,7 +153,8 @@ def read_state_dict(path: Union[str, Path], *, sha256: Optional[str] = None) -> 
     elif path.suffix in _PICKLE_SUFFIXES:
         state = read_pickle_checkpoint(path)
     else:
-        raise WeightsError(f"{path}: unknown weights format {path.suffix!r}; use .safetensors, .pth, .pt, .bin or .ckpt")
+        raise WeightsError(f"{path}: unknown weights format {path.suffix!r}; "
+                           "use .safetensors, .pth, .pt, .bin, .ckpt or .pth.tar")
     return _strip_prefixes(_unwrap(state, path))
 
 
@@ -160,7 +165,7 @@ def read_pickle_checkpoint(path: Path, *, lazy: bool = False) -> Any:
     files are read whole), for a look at a checkpoint's hyperparameters or callback states.
     """
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), torch.serialization.safe_globals(_SAFE_GLOBALS):
             # torch's note on a pickle protocol it was not written with: the load below refuses what it cannot read
             warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
             return torch.load(path, map_location="cpu", weights_only=True, mmap=lazy)
@@ -236,6 +241,31 @@ def _warn_unless_described(path: Path, arch: str, meta: dict[str, Any]) -> None:
                       "and labels=[...] to save_weights", VisattnWarning, stacklevel=3)
 
 
+def _bare_model(model: nn.Module) -> nn.Module:
+    """The model inside ``torch.compile``'s (``_orig_mod``) and (Distributed)DataParallel's (``module``)
+    wrappers, nested in any order; ``model`` itself when it is not wrapped."""
+    while True:
+        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):  # torch._dynamo's OptimizedModule
+            model = model._orig_mod
+        else:
+            return model
+
+
+def _refuse_unbuildable(model: nn.Module, path: Path, name: str, model_kwargs: dict[str, Any]) -> None:
+    """One line when ``model``'s weights would not load into what ``create_model(name)`` builds from the
+    recorded arguments (another model, or one built with other hyperparameters)."""
+    from .registry import create_model, split_model_name
+
+    arch = split_model_name(name)[0]
+    with torch.device("meta"):  # the keys and shapes only: no memory, no init time
+        rebuilt = create_model(arch, pretrained=False, num_classes=getattr(model, "num_classes", None), **model_kwargs)
+    fix = (f"create_model({name!r}) would build another model: save one built by create_model({arch!r}, ...), "
+           "or pass the builder arguments it was built with as model_kwargs={...}")
+    check_state_dict(rebuilt, model.state_dict(), strict=True, source=path, fix=fix)
+
+
 def save_weights(model: nn.Module, path: Union[str, Path], *, overwrite: bool = False, **meta: Any) -> dict[str, Any]:
     """Write ``model``'s weights to ``DIR/<arch>.<tag>.safetensors`` and its entry in ``DIR/index.json``.
 
@@ -255,7 +285,7 @@ def save_weights(model: nn.Module, path: Union[str, Path], *, overwrite: bool = 
     """
     from .registry import is_model, split_model_name
 
-    path = Path(path)
+    path, model = Path(path), _bare_model(model)
     arch, _, tag = path.name.removesuffix(".safetensors").partition(".")
     if path.suffix != ".safetensors" or not tag or "." in tag:
         raise WeightsError(f"{path}: name weights files <arch>.<tag>.safetensors, e.g. vit_tiny_patch4_28.fmnist.safetensors")
@@ -271,6 +301,7 @@ def save_weights(model: nn.Module, path: Union[str, Path], *, overwrite: bool = 
     sources = [k for k in _WEIGHT_SOURCES if k in inspect.signature(type(model).__init__).parameters]
     if meta.get("model_kwargs") or sources:
         meta["model_kwargs"] = {**(meta.get("model_kwargs") or {}), **dict.fromkeys(sources, False)}
+    _refuse_unbuildable(model, path, f"{arch}.{tag}", meta.get("model_kwargs") or {})
     _warn_unless_described(path, arch, meta)
     try:
         json.dumps(meta)
@@ -322,6 +353,7 @@ def load_weights(
     if not isinstance(source, (str, os.PathLike, dict)):
         raise WeightsError(f"weights source {source!r}: give a file path, a shipped ARCH.TAG, 'timm:NAME', "
                            "'hf-hub:ORG/REPO' or a state dict")
+    wrapper, model = model, _bare_model(model)
     if any(p.is_meta for p in model.parameters()):
         raise WeightsError(f"{type(model).__name__} is on the meta device, where loading weights does nothing; "
                            "build it on the CPU or a GPU, or call model.to_empty(device=...) first")
@@ -342,24 +374,28 @@ def load_weights(
             state = adapt(state)
         except WeightsError as err:  # a layout the model cannot take (e.g. register tokens): name the file
             raise WeightsError(f"{named}: {err}") from None
-    state = _drop_mismatched_head(model, state, source=named, new_head=new_head)
+    state, head_warning = _drop_mismatched_head(model, state, source=named, new_head=new_head)
     check_state_dict(model, state, strict=strict, source=named)
+    if head_warning:  # only now: before weights that do not fit at all, it would mislead
+        warnings.warn(head_warning, VisattnWarning, stacklevel=2)
     model.load_state_dict(state, strict=False)
-    return model
+    return wrapper
 
 
-def _drop_mismatched_head(model: nn.Module, state: StateDict, *, source: Any, new_head: bool) -> StateDict:
-    """``state`` without a classifier head that does not fit ``model``; a warning when the model's head
-    stays at its random init (dropped here, or absent from a features-only checkpoint), an error
-    instead when not ``new_head``. A model without a head (``num_classes=0``, a backbone) drops the
-    checkpoint's quietly."""
+def _drop_mismatched_head(
+    model: nn.Module, state: StateDict, *, source: Any, new_head: bool
+) -> tuple[StateDict, Optional[str]]:
+    """``state`` without a classifier head that does not fit ``model``, and the warning to give when the
+    model's head stays at its random init (dropped here, or absent from a features-only checkpoint);
+    an error instead when not ``new_head``. A model without a head (``num_classes=0``, a backbone)
+    drops the checkpoint's quietly."""
     head = getattr(model, "classifier", None)
     if head is None:
-        return state
+        return state, None
     own = model.state_dict()
     dropped = [k for k in state if k.startswith(head + ".") and (k not in own or own[k].shape != state[k].shape)]
     if dropped and not any(k.startswith(head + ".") for k in own):  # features only (num_classes=0): nothing to fit
-        return {k: v for k, v in state.items() if k not in dropped}
+        return {k: v for k, v in state.items() if k not in dropped}, None
     if dropped:
         problem = f"classifier {head!r} does not fit num_classes={getattr(model, 'num_classes', '?')}"
         shapes = ", ".join(f"{k} {tuple(state[k].shape)}" for k in dropped)
@@ -371,11 +407,10 @@ def _drop_mismatched_head(model: nn.Module, state: StateDict, *, source: Any, ne
         warning = (f"the checkpoint has no classifier {head!r} (features only): the head is randomly initialised, "
                    "so fine-tune it")
     else:
-        return state
+        return state, None
     if not new_head:
         raise WeightsError(f"{source}: {error}; the file was edited or damaged: use the checkpoint as training wrote it")
-    warnings.warn(warning, VisattnWarning, stacklevel=3)
-    return {k: v for k, v in state.items() if k not in dropped}
+    return {k: v for k, v in state.items() if k not in dropped}, warning
 
 
 def check_state_dict(
