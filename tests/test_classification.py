@@ -548,3 +548,12 @@ def test_a_one_channel_classifier_classifies_its_own_images(weights_tmp, tmp_pat
 def test_an_input_size_of_two_channels_is_one_line():
     with pytest.raises(ConfigError, match=r"input_size=\(2, 28, 28\).*3 channels \(RGB\) or 1 \(gray\)"):
         eval_transforms((2, 28, 28))
+
+
+@pytest.mark.parametrize("key, value", [("lr", float("nan")), ("lr", float("inf")), ("weight_decay", float("nan")),
+                                        ("lr", -1e-3)])
+def test_a_learning_rate_or_weight_decay_that_is_not_finite_is_one_line(key, value):
+    from visattn.tasks.classification import adamw_warmup_cosine
+    task = ImageClassifier(model_name="resnet20_cifar", num_classes=3, **{key: value})
+    with pytest.raises(ConfigError, match=rf"model.init_args.{key}={value}: give a finite value of 0 or more"):
+        adamw_warmup_cosine(task)

@@ -123,7 +123,7 @@ def test_hostile_pickle_is_refused_and_runs_nothing(tmp_path, suffix):
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("content", [bytes(range(256)) * 4, b"# README\n\nnot weights\n"])
+@pytest.mark.parametrize("content", [bytes(range(256)) * 4, b"# README\n\nnot weights\n", b"a,b\n1,2\n", b"hello\n", b"."])
 def test_a_file_that_is_no_pickle_is_not_called_a_dangerous_one(tmp_path, content):
     """Random bytes or a text file is a wrong path, not code to convert 'where you trust it'."""
     path = tmp_path / "weights.pth"

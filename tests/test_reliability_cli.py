@@ -685,3 +685,17 @@ def test_a_dataloader_worker_the_command_spawns_prints_visattn_warnings_in_one_l
     assert worker.exitcode == 0 and ONE_LINE_WARNINGS_ENV not in os.environ
     err = capfd.readouterr().err
     assert "warning: from a spawned worker\n" in err and "warnings.warn(" not in err, err
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs are POSIX")
+@pytest.mark.parametrize("command", [["explain", "IMAGE", "--model", "se_resnet20_cifar.fmnist"],
+                                     ["export", "--model", "se_resnet20_cifar.fmnist"]])
+def test_an_output_path_that_is_a_fifo_or_device_is_refused_and_left_as_it_was(tmp_path, capsys, command):
+    # The atomic write's os.replace would delete it: run as root, `--out /dev/null` replaced /dev/null.
+    image, out = tmp_path / "photo.png", tmp_path / "out.png"
+    Image.new("RGB", (28, 28)).save(image)
+    os.mkfifo(out)
+    assert main([str(image) if arg == "IMAGE" else arg for arg in command] + ["--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"--out {out}: cannot write there (not a regular file" in err
+    assert out.is_fifo()

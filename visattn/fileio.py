@@ -19,8 +19,11 @@ PathLike = Union[str, Path]
 
 @contextlib.contextmanager
 def atomic_path(path: Union[str, Path]) -> Iterator[Path]:
-    """Yield a temp path beside ``path``; on success fsync it and ``os.replace`` it into place."""
+    """Yield a temp path beside ``path``; on success fsync it and ``os.replace`` it into place. A device,
+    FIFO or socket at ``path`` is refused: replacing it would delete it (``--out /dev/null`` as root)."""
     path = Path(path)
+    if path.exists() and not path.is_file() and not path.is_dir():
+        raise OSError(errno.EINVAL, "not a regular file (a device, FIFO or socket); give a file path", str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)

@@ -11,6 +11,7 @@ import inspect
 import json
 import os
 import pickle
+import struct
 import socket
 import warnings
 from pathlib import Path
@@ -169,9 +170,10 @@ def read_pickle_checkpoint(path: Path, *, lazy: bool = False) -> Any:
             # torch's note on a pickle protocol it was not written with: the load below refuses what it cannot read
             warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
             return torch.load(path, map_location="cpu", weights_only=True, mmap=lazy)
-    except pickle.UnpicklingError as err:
-        # torch says "Unsupported global" for a class it lacks, "unsupported GLOBAL" for a blocked module (os)
-        if "unsupported global" not in str(err).lower():  # bytes that are no pickle at all (a text file, garbage)
+    except (pickle.UnpicklingError, KeyError, IndexError, struct.error) as err:
+        # torch says "Unsupported global" for a class it lacks, "unsupported GLOBAL" for a blocked module (os);
+        # text or stray bytes read as opcodes end in any of these (an unknown opcode is a KeyError)
+        if not isinstance(err, pickle.UnpicklingError) or "unsupported global" not in str(err).lower():  # bytes that are no pickle at all (a text file, garbage)
             raise WeightsError(f"{path}: not a PyTorch checkpoint (no pickle torch can read); check the path, "
                                "or re-save the weights with torch.save or safetensors") from None
         raise WeightsError(

@@ -227,6 +227,9 @@ class ImageClassifier(pl.LightningModule):
 def adamw_warmup_cosine(task: pl.LightningModule) -> dict[str, Any]:
     """AdamW over ``task.model`` with warm-up + cosine stepped per batch, from the task's ``lr``,
     ``weight_decay`` and ``warmup_epochs`` hyperparameters; shared by every visattn task."""
+    for key in ("lr", "weight_decay"):  # a YAML .nan or .inf reaches here unchecked; AdamW's error was a traceback
+        if not math.isfinite(task.hparams[key]) or task.hparams[key] < 0:
+            raise ConfigError(f"model.init_args.{key}={task.hparams[key]}: give a finite value of 0 or more")
     groups = weight_decay_groups(task.model, task.hparams.weight_decay, lr=task.hparams.lr,
                                  backbone_lr_scale=task.hparams.get("backbone_lr_scale", 1.0))
     optimizer = torch.optim.AdamW(groups, lr=task.hparams.lr)
