@@ -699,3 +699,19 @@ def test_an_output_path_that_is_a_fifo_or_device_is_refused_and_left_as_it_was(t
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and f"--out {out}: cannot write there (not a regular file" in err
     assert out.is_fifo()
+
+
+def test_a_config_that_is_not_utf8_text_is_one_line(tmp_path, capsys):
+    config = tmp_path / "binary.yaml"
+    config.write_bytes(b"\xff\xfe\x00bad")
+    assert main(["fit", "--config", str(config)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"visattn: error: --config {config}: not UTF-8 text; give a YAML config saved as UTF-8"
+
+
+def test_explain_refuses_pgf_which_needs_latex_in_one_line(tmp_path, capsys):
+    image = tmp_path / "photo.png"
+    Image.new("RGB", (28, 28)).save(image)
+    assert main(["explain", str(image), "--model", "se_resnet20_cifar.fmnist", "--out", str(tmp_path / "map.pgf")]) == 2
+    assert "cannot write .pgf images; name the file .png" in capsys.readouterr().err
+    assert not (tmp_path / "map.pgf").exists()

@@ -166,7 +166,7 @@ def figure_format(path: PathLike) -> str:
     suffix = os.path.splitext(os.fspath(path))[1].lower().lstrip(".")
     if not suffix:
         return "png"
-    if suffix not in FigureCanvasAgg.get_supported_filetypes():
+    if suffix not in FigureCanvasAgg.get_supported_filetypes() or suffix == "pgf":  # .pgf needs a LaTeX install
         raise ConfigError(f"{path}: cannot write .{suffix} images; name the file .png, .jpg, .svg or .pdf")
     return suffix
 

@@ -708,7 +708,9 @@ def _task_links(argv: list[str]) -> tuple[str, ...]:
 
 def _config_model_class(path: Path) -> Optional[str]:
     try:
-        model = (yaml.safe_load(path.read_text()) or {}).get("model")
+        model = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("model")
+    except UnicodeDecodeError:  # jsonargparse's own read ends in a traceback
+        raise ConfigError(f"--config {path}: not UTF-8 text; give a YAML config saved as UTF-8") from None
     except (OSError, yaml.YAMLError, AttributeError):
         return None  # LightningCLI reports unreadable configs with their own message
     return model.get("class_path") if isinstance(model, dict) else None
