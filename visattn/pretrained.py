@@ -173,7 +173,8 @@ def read_pickle_checkpoint(path: Path, *, lazy: bool = False) -> Any:
     except (pickle.UnpicklingError, KeyError, IndexError, struct.error) as err:
         # torch says "Unsupported global" for a class it lacks, "unsupported GLOBAL" for a blocked module (os);
         # text or stray bytes read as opcodes end in any of these (an unknown opcode is a KeyError)
-        if not isinstance(err, pickle.UnpicklingError) or "unsupported global" not in str(err).lower():  # bytes that are no pickle at all (a text file, garbage)
+        blocked = isinstance(err, pickle.UnpicklingError) and "unsupported global" in str(err).lower()
+        if not blocked:  # bytes that are no pickle at all (a text file, garbage)
             raise WeightsError(f"{path}: not a PyTorch checkpoint (no pickle torch can read); check the path, "
                                "or re-save the weights with torch.save or safetensors") from None
         raise WeightsError(
