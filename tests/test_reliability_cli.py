@@ -362,6 +362,40 @@ def test_an_output_folder_inside_the_input_folder_is_not_read_as_input(command, 
     assert [path.name for path in (tmp_path / "photos" / "drawn").iterdir()] == ["good.png"]
 
 
+@pytest.mark.parametrize("command, flag", [(["detect", "photos", "--model", DETECTOR, "--out", "photos/sub"], "--out"),
+                                           (["caption", "photos", "--model", CAPTIONER, "--attention-out", "photos/sub"],
+                                            "--attention-out")])
+def test_an_output_folder_never_replaces_a_file_visattn_did_not_write(command, flag, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    _photo(tmp_path / "photos" / "good.png")
+    users = _photo(tmp_path / "photos" / "sub" / "good.png", side=40)  # not read: inside the output folder
+    before = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
+    assert main(command) == 2
+    assert capsys.readouterr().err == (f"visattn: error: {flag} would replace photos/sub/good.png, which visattn did "
+                                       f"not write; move that file or choose another {flag} folder\n")
+    assert {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()} == before
+    users.rename(tmp_path / "photos" / "mine.png")
+    assert main(command + ["--json"]) == 0
+    written = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert Path(written.get("drawn") or written["attention"]) == Path("photos/sub/good.png")
+
+
+@pytest.mark.parametrize("command", [["detect", "in", "--model", DETECTOR, "--score-threshold", "0", "--out", "D",
+                                      "--attention-out", "D", "--json"],
+                                     ["caption", "in", "--model", CAPTIONER, "--attention-out", "D", "--json"]])
+def test_an_input_name_near_the_length_limit_gets_a_shortened_output_name(command, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    long_stem = "é" * 125  # 250 bytes: with "-attention.png" or the temp file's extras, over 255
+    _photo(tmp_path / "in" / f"{long_stem}.png")
+    _photo(tmp_path / "in" / "short.png")
+    assert main(command) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    written = sorted(path.name for path in (tmp_path / "D").iterdir())
+    assert len(records) == 2 and all(len(os.fsencode(name)) <= 255 for name in written), written
+    for record in records:  # each written under a name that fits, the long one too
+        assert (tmp_path / record["attention"]).is_file() and Path(record["attention"]).name in written
+
+
 @pytest.mark.parametrize("command", [["explain", "img.png", "--model", CLASSIFIER, "--out", "out/img.png"],
                                      ["detect", "img.png", "--model", DETECTOR, "--out", "out"]])
 def test_a_write_that_runs_out_of_space_keeps_the_earlier_file(command, tmp_path, monkeypatch, capsys):
@@ -369,7 +403,8 @@ def test_a_write_that_runs_out_of_space_keeps_the_earlier_file(command, tmp_path
     _photo(tmp_path / "img.png")
     earlier = tmp_path / "out" / "img.png"
     earlier.parent.mkdir()
-    earlier.write_bytes(b"an earlier result")
+    _earlier_output(earlier)
+    before = earlier.read_bytes()
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
     resource.setrlimit(resource.RLIMIT_FSIZE, (4096, hard))  # `ulimit -f 4`: writing past 4 KiB fails (EFBIG)
     try:
@@ -379,7 +414,18 @@ def test_a_write_that_runs_out_of_space_keeps_the_earlier_file(command, tmp_path
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("visattn: error: --out out") and err.count("\n") == 1, err
     assert "cannot write there (File too large); free some space or choose another --out" in err
-    assert earlier.read_bytes() == b"an earlier result" and list(earlier.parent.iterdir()) == [earlier]
+    assert earlier.read_bytes() == before and list(earlier.parent.iterdir()) == [earlier]
+
+
+def _earlier_output(path: Path) -> None:
+    """A PNG as an earlier visattn run leaves it: marked, so a rerun may replace it."""
+    from PIL import PngImagePlugin
+
+    from visattn.fileio import PNG_SOFTWARE
+
+    mark = PngImagePlugin.PngInfo()
+    mark.add_text("Software", PNG_SOFTWARE)
+    Image.new("RGB", (4, 4)).save(path, pnginfo=mark)
 
 
 def test_explain_writes_the_format_its_suffix_names(tmp_path, monkeypatch, capsys):

@@ -16,6 +16,12 @@ from .errors import ConfigError
 
 PathLike = Union[str, Path]
 
+# The PNG "Software" text of every image a command writes into an output folder: a rerun replaces the
+# files carrying it and refuses any other, such as a user's own photo of the same name.
+PNG_SOFTWARE = "visattn"
+NAME_MAX = 255  # bytes in one file name on Linux filesystems (ext4, xfs, btrfs, tmpfs)
+_TEMP_EXTRA = len("..XXXXXXXX.tmp")  # what atomic_path's temp name adds to the name it is made from
+
 
 @contextlib.contextmanager
 def atomic_path(path: Union[str, Path]) -> Iterator[Path]:
@@ -25,7 +31,8 @@ def atomic_path(path: Union[str, Path]) -> Iterator[Path]:
     if path.exists() and not path.is_file() and not path.is_dir():
         raise OSError(errno.EINVAL, "not a regular file (a device, FIFO or socket); give a file path", str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    prefix = f".{fitted_name(path.name, '', limit=NAME_MAX - _TEMP_EXTRA)}."
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=".tmp")
     os.close(fd)
     tmp = Path(tmp)
     try:
@@ -40,13 +47,22 @@ def atomic_path(path: Union[str, Path]) -> Iterator[Path]:
 
 
 def unique_path(directory: Union[str, Path], stem: str, used: set[str], suffix: str = ".png") -> Path:
-    """``directory/stem.png``, or ``stem-2.png``, ``stem-3.png``... when an earlier output in ``used`` took the name."""
-    name, n = f"{stem}{suffix}", 1
+    """``directory/stem.png``, or ``stem-2.png``, ``stem-3.png``... when an earlier output in ``used`` took the
+    name; a stem too long for a file name is shortened (see :func:`fitted_name`)."""
+    name, n = fitted_name(stem, suffix), 1
     while name in used:
         n += 1
-        name = f"{stem}-{n}{suffix}"
+        name = fitted_name(stem, f"-{n}{suffix}")
     used.add(name)
     return Path(directory) / name
+
+
+def fitted_name(stem: str, suffix: str, *, limit: int = NAME_MAX) -> str:
+    """``stem + suffix``, the stem cut short (whole characters) until the name takes at most ``limit``
+    bytes: an input named near the limit would otherwise give an output name no filesystem takes."""
+    while len(os.fsencode(stem + suffix)) > limit:
+        stem = stem[:-1]
+    return stem + suffix
 
 
 def atomic_write_text(path: Union[str, Path], text: str) -> None:
@@ -98,7 +114,28 @@ def output_paths(inputs: Sequence[Path], directory: Optional[PathLike], *, flag:
     used = set() if used is None else used
     outputs = [unique_path(directory, f"{path.stem}{tag}", used) for path in inputs]
     refuse_overwriting_inputs(outputs, inputs, flag=flag)
+    refuse_replacing_others_files(outputs, flag=flag)
     return outputs
+
+
+def refuse_replacing_others_files(outputs: Iterable[Path], *, flag: str) -> None:
+    """One line naming ``flag`` when a planned output name is taken by a file visattn did not write (no
+    :data:`PNG_SOFTWARE` mark): a user's image there, which a folder of outputs must not replace."""
+    for output in outputs:
+        if os.path.lexists(output) and not written_by_visattn(output):
+            raise ConfigError(f"{flag} would replace {output}, which visattn did not write; "
+                              f"move that file or choose another {flag} folder")
+
+
+def written_by_visattn(path: PathLike) -> bool:
+    """Whether ``path`` is a PNG carrying visattn's :data:`PNG_SOFTWARE` mark (read from its header only)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.format == "PNG" and image.info.get("Software") == PNG_SOFTWARE
+    except (OSError, ValueError, Image.DecompressionBombError):  # a folder, unreadable or not an image: not ours
+        return False
 
 
 def attention_note(record: dict, what: str) -> str:

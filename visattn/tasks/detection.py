@@ -24,7 +24,7 @@ from ..data.transforms import check_unit_images, to_model_input
 from ..errors import ConfigError, WeightsError
 from ..explain.detections import detection_maps
 from ..modes import eval_mode
-from ..fileio import atomic_path, attention_note, output_errors, output_paths
+from ..fileio import PNG_SOFTWARE, atomic_path, attention_note, output_errors, output_paths
 from ..pretrained import find_weights_entry, load_weights
 from ..registry import create_model, is_model, model_family, split_model_name
 from .classification import (Classifier, adamw_warmup_cosine, checkpoint_model_kwargs,
@@ -353,7 +353,7 @@ def _detection_line(record: dict[str, Any], score_threshold: float) -> str:
 
 def draw_detections(image: np.ndarray, detections: Sequence[dict[str, Any]], path: Path) -> None:
     """Write ``image`` (``(H, W, 3)`` uint8) with each detection's box, label and score as a PNG."""
-    from PIL import Image
+    from PIL import Image, PngImagePlugin
     from torchvision.utils import draw_bounding_boxes
 
     scale = max(1, -(-_MIN_DRAWN_SIDE // min(image.shape[:2])))  # ceil: nearest-neighbour enlargement
@@ -365,4 +365,6 @@ def draw_detections(image: np.ndarray, detections: Sequence[dict[str, Any]], pat
         colours = [_BOX_COLOURS[d["index"] % len(_BOX_COLOURS)] for d in detections]
         pixels = draw_bounding_boxes(pixels, boxes, labels=labels, colors=colours, width=max(1, scale // 2))
     with atomic_path(path) as tmp:
-        Image.fromarray(pixels.permute(1, 2, 0).numpy()).save(tmp, format="PNG")
+        mark = PngImagePlugin.PngInfo()
+        mark.add_text("Software", PNG_SOFTWARE)  # a rerun may replace this file (fileio.written_by_visattn)
+        Image.fromarray(pixels.permute(1, 2, 0).numpy()).save(tmp, format="PNG", pnginfo=mark)
