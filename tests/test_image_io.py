@@ -258,3 +258,14 @@ def test_a_truncated_jpeg_whose_decoder_says_truncated_in_capitals_gets_the_fix(
     data = _jpeg_bytes()
     with pytest.raises(ImageDecodeError, match=r"Truncated File Read \(re-export or remove the file\)$"):
         decode_image(data[: len(data) // 2])
+
+
+def test_a_link_up_to_the_dataset_folder_does_not_give_a_class_the_other_classes_images(tmp_path):
+    from visattn.data.image_folder import ImageFolder
+
+    root = tmp_path / "data"
+    _touch_images(root, ["cat/c.png", "dog/d.png"])
+    (root / "cat" / "everything").symlink_to(root)  # a parent of the class folder: dog/d.png again, as a cat
+    (root / "cat" / "deeper").symlink_to(tmp_path)
+    assert list_images(root / "cat") == [root / "cat" / "c.png"]
+    assert [(path.name, label) for path, label in ImageFolder(root).samples] == [("c.png", 0), ("d.png", 1)]

@@ -166,11 +166,14 @@ def list_images(paths: PathLike | Iterable[PathLike], *, recursive: bool = True,
 
 def _folder_files(root: Path, recursive: bool) -> Iterator[Path]:
     """Everything under ``root`` that is not a folder (dangling links and pipes too, so that reading
-    them reports them), hidden names skipped; symlinked sub-folders are followed, each real folder once."""
+    them reports them), hidden names skipped; symlinked sub-folders are followed, each real folder once.
+    A link to a folder above ``root`` is not: it would list ``root``'s neighbours as ``root``'s own (an
+    image-folder class taking the other classes' images)."""
     seen: set[str] = set()  # real paths: a link back up the tree ends here instead of looping
+    above = Path(os.path.realpath(root)).parents
     for folder, subfolders, names in os.walk(root, followlinks=True):
         real = os.path.realpath(folder)
-        if real in seen:
+        if real in seen or Path(real) in above:
             subfolders.clear()
             continue
         seen.add(real)
