@@ -246,6 +246,13 @@ OUTPUT_AND_OPTION_CASES = {
     "export_path_problem_at_another_opset": (lambda tmp: ["export", "--model", CLASSIFIER, "--opset", "13",
                                                           "--out", "/proc/m.onnx"],
                                              "--out /proc/m.onnx: cannot write there"),
+    "explain_out_is_stdout": (lambda tmp: ["explain", _image(tmp), "--model", CLASSIFIER, "--out", "-"],
+                              "--out -: --out writes a file, not standard output; give a file path"),
+    "export_out_is_stdout": (lambda tmp: ["export", "--model", CLASSIFIER, "--out", "-"],
+                             "--out -: --out writes a file, not standard output; give a file path"),
+    "save_weights_config_missing": (lambda tmp: _save_weights(tmp, "--out-dir", "w", "--config", "gone.yaml"),
+                                    "--config gone.yaml: no such file; give the config that trained the checkpoint, "
+                                    "or leave --config out"),
     "save_weights_out_dir_is_a_file": (lambda tmp: _save_weights(tmp, "--out-dir", _a_file(tmp)),
                                        "--out-dir afile: cannot write there"),
     "score_threshold_nan": (lambda tmp: ["detect", "x.png", "--model", "m", "--score-threshold", "nan"],

@@ -12,6 +12,7 @@ import os
 import re
 import sys
 import warnings
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence
 
 import torch
@@ -239,6 +240,9 @@ def cmd_save_weights(args: argparse.Namespace) -> int:
     from .tasks.classification import load_classifier
     from .tasks.detection import is_detector, load_detector
 
+    if args.config is not None and not Path(args.config).is_file():  # recorded in the index as the recipe
+        raise ConfigError(f"--config {args.config}: no such file; give the config that trained the checkpoint, "
+                          "or leave --config out")
     task = ("detection" if is_detector(checkpoint=args.checkpoint) else
             "captioning" if is_captioner(checkpoint=args.checkpoint) else "classification")
     load = {"classification": load_classifier, "captioning": load_captioner, "detection": load_detector}[task]

@@ -93,6 +93,8 @@ def prepare_output_dir(path: PathLike, *, flag: str) -> Path:
 def prepare_output_file(path: PathLike, *, flag: str, inputs: Iterable[PathLike] = ()) -> Path:
     """Check that ``path`` (the value of ``flag``) can be written as a file, creating its folder, and
     that it is none of the command's ``inputs``."""
+    if os.fspath(path) == "-":  # the usual name for standard output, which an image or model file does not go to
+        raise ConfigError(f"{flag} -: {flag} writes a file, not standard output; give a file path")
     path = Path(path)
     with output_errors(path, flag=flag, kind="file"):
         if path.is_dir():
