@@ -277,3 +277,27 @@ def test_a_file_without_a_caption_with_a_word_is_one_line(tmp_path, corpus):
     with pytest.raises(ConfigError, match=rf"{path.name}: no caption with a word in it") as err:
         read()
     assert "\n" not in str(err.value)
+
+
+# --- COCO captions that disagree with themselves --------------------------------------------
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda d: d["annotations"][0].__setitem__("image_id", 99),
+     "annotations name image ids that no image has (1 of 4, e.g. 99); make each annotation's image_id the id "
+     "of its image"),
+    (lambda d: [a.__setitem__("image_id", str(a["image_id"])) for a in d["annotations"]],
+     'annotations name image ids that no image has (4 of 4, e.g. "1" (a string, not the number 1)); make each '
+     "annotation's image_id the id of its image"),
+    (lambda d: d["images"][1].__setitem__("id", 1),
+     "image id 1 is given to 2 images (0.png, broken.jpg); give each image its own id"),
+    (lambda d: d["images"][1].__setitem__("file_name", None),
+     "image 2's file_name null is not a file name; give each image the name of its file in the images folder"),
+], ids=["unlisted", "string_ids", "shared", "no_file_name"])
+def test_coco_captions_of_unlisted_or_shared_image_ids_or_without_a_file_name_are_one_line(tmp_path, change, message):
+    """Captions of an image id the file did not list were ignored silently; detection refuses them."""
+    annotations, images_dir = write_coco_captions(tmp_path)
+    _rewrite_json(annotations, change)
+    with pytest.raises(ConfigError) as caught:
+        CocoCaptions(annotations, images_dir)
+    assert str(caught.value) == f"{annotations}: {message}"

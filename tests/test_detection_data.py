@@ -374,3 +374,59 @@ def test_a_decoded_size_other_than_the_declared_one_is_warned_once_naming_the_fi
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         dataset[0]  # once per file
+
+
+# --- boxes the pipelines would drop, and image entries without a file name -----------------
+
+
+def _with_bboxes(path: Path, bboxes: dict[int, list[float]]) -> Path:
+    """The instances JSON at ``path`` with annotation ``id``'s bbox replaced by ``bboxes[id]``."""
+    return _rewritten(path, lambda data: [a.__setitem__("bbox", bboxes.get(a["id"], a["bbox"]))
+                                          for a in data["annotations"]])
+
+
+def test_boxes_the_pipelines_would_drop_are_dropped_when_read_with_one_warning(tmp_path):
+    """They were dropped silently by the pipelines, after `num_objects` and `require_boxes` had counted them."""
+    from visattn.errors import VisattnWarning
+
+    path, images_dir = write_coco_instances(tmp_path)
+    edited = _with_bboxes(path, {1: [5, 5, -3, 4], 4: [40, 0, 10, 10]})  # inverted; right of b.png (40 wide)
+    with pytest.warns(VisattnWarning) as caught:
+        dataset = CocoDetection(edited, images_dir)
+    assert [str(w.message) for w in caught] == [
+        f"{edited}: dropped 2 of 5 boxes (1 with a width or height under 1 pixel, 1 outside their image; "
+        "e.g. annotation 1's bbox [5, 5, -3, 4]); fix or remove those annotations"]
+    assert dataset.num_objects == 2 and dataset[0][1]["labels"].tolist() == [2]  # a.png: the dog alone
+    assert dataset.targets[1][0].shape == (0, 4)  # b.png
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        CocoDetection(path, images_dir)  # valid boxes: no warning
+
+
+def test_annotations_whose_boxes_are_all_invalid_are_one_line_for_scoring_and_training(tmp_path):
+    """`evaluate` printed map -1.0: `require_boxes` counted boxes that were dropped afterwards."""
+    path, images_dir = write_coco_instances(tmp_path)
+    invalid = [[5, 5, -3, 4], [5, 5, 0, 4], [500, 500, 10, 10], [2, 2, 5, -1], [-50, 0, 10, 10]]
+    edited = _with_bboxes(path, dict(enumerate(invalid, start=1)))
+    with pytest.warns(UserWarning, match="dropped 5 of 5 boxes"):
+        dataset = CocoDetection(edited, images_dir)
+    with pytest.raises(ConfigError) as caught:
+        require_boxes(dataset, edited)
+    assert str(caught.value) == (
+        f"{edited}: no object box to score detections against in the 4 images read (no annotations, or only "
+        "crowd regions or dropped boxes); give the instances JSON with the boxes")
+    with pytest.warns(UserWarning, match="dropped 5 of 5 boxes"), pytest.raises(ConfigError) as caught:
+        CocoDetectionDataModule(str(edited), str(images_dir), num_workers=0)
+    assert str(caught.value) == (
+        f"{edited}: no object box to learn from (no annotations, or only crowd regions or dropped boxes); "
+        "give the instances JSON with the training boxes")
+
+
+@pytest.mark.parametrize("file_name", [None, 3, ""])
+def test_an_image_without_a_file_name_is_one_line_naming_the_image(tmp_path, file_name):
+    path, images_dir = write_coco_instances(tmp_path)
+    edited = _rewritten(path, lambda data: data["images"][1].__setitem__("file_name", file_name))
+    with pytest.raises(ConfigError) as caught:
+        CocoDetection(edited, images_dir)
+    assert str(caught.value) == (f"{edited}: image 2's file_name {json.dumps(file_name)} is not a file name; "
+                                 "give each image the name of its file in the images folder")

@@ -334,3 +334,23 @@ def test_each_detr_detections_map_is_its_own_querys_last_layer_cross_attention()
             torch.testing.assert_close(got[d], expected[query], atol=1e-5, rtol=1e-4)
             other = (query + 1) % 8
             assert (got[d] - expected[other]).abs().max() > 1e-4, f"detection {d}'s map is also query {other}'s"
+
+
+def test_evaluate_on_annotations_whose_boxes_are_all_invalid_is_one_line_not_map_minus_one(tmp_path, capsys):
+    """`require_boxes` counted the boxes before the pipelines dropped them, and `evaluate` printed map -1.0."""
+    from test_reliability_inputs import write_detector_checkpoint
+
+    annotations, images_dir = write_coco_instances(tmp_path)
+    data = json.loads(annotations.read_text())
+    data["categories"] = [{**c, "name": name} for c, name in zip(data["categories"], ["top", "bag", "boot"])]
+    invalid = [[5, 5, -3, 4], [5, 5, 0, 4], [500, 500, 10, 10], [2, 2, 5, -1], [-50, 0, 10, 10]]
+    for annotation, bbox in zip(data["annotations"], invalid):
+        annotation["bbox"] = bbox
+    annotations.write_text(json.dumps(data))
+    checkpoint = write_detector_checkpoint(tmp_path / "fcos.ckpt")
+    assert main(["evaluate", "--checkpoint", str(checkpoint), "--dataset", f"coco:{annotations}:{images_dir}"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"warning: {annotations}: dropped 5 of 5 boxes (3 with a width or height under 1 pixel, 2 outside their "
+        "image; e.g. annotation 1's bbox [5, 5, -3, 4]); fix or remove those annotations",
+        f"visattn: error: {annotations}: no object box to score detections against in the 4 images read (no "
+        "annotations, or only crowd regions or dropped boxes); give the instances JSON with the boxes"]

@@ -10,7 +10,9 @@
 Each sample is ``(image, captions)``: the transform's tensor and every reference caption of the
 image. A caption with no word in it (see :func:`~visattn.data.vocab.tokenize`) is dropped when read:
 it would train the model to stop at once and make CIDEr fail. An image left with no caption is
-left out, with one warning naming the file; a file with no caption that has a word is refused.
+left out, with one warning naming the file; a file with no caption that has a word is refused, and
+so is one whose annotations name an image it does not list (:func:`check_image_ids`, as for
+detection).
 Broken image files are skipped the way :class:`~visattn.data.image_folder.ImageFolder` skips them
 (see :func:`visattn.data.image_folder.decode_next_good`): warned about once, counted in
 ``num_skipped``, and replaced by the next decodable sample, so batches keep their size (or, for
@@ -23,9 +25,10 @@ import io
 import json
 import os
 import warnings
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Any, Callable, Literal
 
 import numpy as np
 import torch
@@ -36,7 +39,16 @@ from .image_io import DEFAULT_MAX_PIXELS
 from .transforms import to_tensor
 from .vocab import tokenize
 
-__all__ = ["CaptionImages", "CocoCaptions", "KarpathyCaptions", "KarpathySplit", "load_coco", "read_karpathy"]
+__all__ = [
+    "CaptionImages",
+    "CocoCaptions",
+    "KarpathyCaptions",
+    "KarpathySplit",
+    "check_image_ids",
+    "image_paths",
+    "load_coco",
+    "read_karpathy",
+]
 
 KarpathySplit = Literal["train", "val", "test", "restval"]
 Transform = Callable[[np.ndarray], torch.Tensor]
@@ -95,11 +107,14 @@ class CocoCaptions(CaptionImages):
         coco = load_coco(self.annotations)
         samples, self.image_ids, wordless = [], [], []
         try:
-            for image in coco.dataset.get("images", []):
+            images = coco.dataset.get("images", [])
+            paths = image_paths(self.annotations, images, images_dir)
+            check_image_ids(self.annotations, images, [ann["image_id"] for ann in coco.dataset.get("annotations", [])])
+            for image, path in zip(images, paths):
                 given = [ann["caption"] for ann in coco.imgToAnns.get(image["id"], [])]
                 captions = _with_words(given)
                 if captions:
-                    samples.append((images_dir / image["file_name"], captions))
+                    samples.append((path, captions))
                     self.image_ids.append(image["id"])
                 elif given:
                     wordless.append(image["file_name"])
@@ -215,6 +230,50 @@ def load_coco(path: Path):  # -> pycocotools.coco.COCO
                 f"{path}: not COCO JSON (bad or missing {_one_line(err)}); check its images and annotations"
             ) from None
     return coco
+
+
+def image_paths(annotations: Path, images: list[dict], images_dir: Path) -> list[Path]:
+    """Each image entry's file in ``images_dir``; one line for a ``file_name`` that is no file name."""
+    odd = next((image for image in images if not (isinstance(image["file_name"], str) and image["file_name"])), None)
+    if odd is not None:
+        raise ConfigError(f"{annotations}: image {_json(odd.get('id'))}'s file_name {_json(odd['file_name'])} is not "
+                          "a file name; give each image the name of its file in the images folder")
+    return [images_dir / image["file_name"] for image in images]
+
+
+def check_image_ids(annotations: Path, images: list[dict], referenced: list[Any]) -> None:
+    """One line for an id given to several images, or for annotations of images the file does not list
+    (pycocotools would give both images the same boxes or captions, or drop those annotations silently)."""
+    odd = next((image for image in images if _json_type(image["id"]) not in ("number", "string")), None)
+    if odd is not None:
+        raise ConfigError(f"{annotations}: image {_json(odd['file_name'])} has id {_json(odd['id'])}; "
+                          "give each image a number as its id")
+    counts = Counter(image["id"] for image in images)
+    repeated = next((image_id for image_id, n in counts.items() if n > 1), None)
+    if repeated is not None:
+        names = ", ".join(image["file_name"] for image in images if image["id"] == repeated)
+        raise ConfigError(f"{annotations}: image id {_json(repeated)} is given to {counts[repeated]} images "
+                          f"({names}); give each image its own id")
+    orphans = [image_id for image_id in referenced if image_id not in counts]
+    if orphans:
+        raise ConfigError(f"{annotations}: annotations name image ids that no image has ({len(orphans)} of "
+                          f"{len(referenced)}, e.g. {_json(orphans[0])}{_type_hint(orphans[0], list(counts))}); "
+                          "make each annotation's image_id the id of its image")
+
+
+def _type_hint(value: Any, listed: list[Any]) -> str:
+    """`` (a string, not the number 1)`` when an id listed reads as ``value`` but has another JSON type."""
+    like = next((x for x in listed if str(x) == str(value) and _json_type(x) != _json_type(value)), None)
+    return "" if like is None else f" (a {_json_type(value)}, not the {_json_type(like)} {_json(like)})"
+
+
+def _json_type(value: Any) -> str:
+    kinds = {bool: "boolean", type(None): "null", int: "number", float: "number", str: "string", list: "list"}
+    return kinds.get(type(value), "object")
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value)
 
 
 def _one_line(err: Exception) -> str:

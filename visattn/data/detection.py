@@ -9,10 +9,11 @@ normalise and resize inside the model, so nothing here normalises), ``target``
 Every pipeline clips boxes to the image and drops those left narrower or lower than
 :data:`MIN_BOX_SIDE` (zero-area, inverted or outside the image, before or after a transform);
 albumentations moves each label with its box (``label_fields``), so they stay aligned.
+:class:`CocoDetection` drops such boxes already when it reads them, with a warning, so that its
+box counts are those the pipelines keep.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import warnings
@@ -29,7 +30,7 @@ from PIL import Image
 from torch.utils.data import Dataset, Subset
 
 from ..errors import ConfigError, VisattnWarning
-from .coco import load_coco
+from .coco import _json, _type_hint, check_image_ids, image_paths, load_coco
 from .datamodules import SplitLoadersMixin
 from .image_folder import ImageFiles
 from .image_io import DEFAULT_MAX_PIXELS
@@ -148,11 +149,14 @@ class CocoDetection(ImageFiles):
     left out of training; evaluation targets (:func:`~visattn.data.image_folder.for_evaluation`)
     keep them with ``"iscrowd"``, so that mAP, as COCO's, neither counts detections on a crowd
     region as false positives nor expects them. ``bbox`` ``[x, y, w, h]`` becomes
-    ``x1, y1, x2, y2``. An annotation naming an image the file does not list, an id shared by two
-    images, a ``bbox`` that is not four numbers or an ``iscrowd`` other than 0 or 1 is a one-line
-    :class:`~visattn.errors.ConfigError`. Boxes of a photo that EXIF turns on decoding turn with it
-    when the image's ``width`` and ``height`` are those of the stored frame; another size than the
-    declared one is warned about once per file. Broken image files are
+    ``x1, y1, x2, y2``. A box the pipelines would drop (narrower or lower than :data:`MIN_BOX_SIDE`,
+    or outside the image's declared ``width`` and ``height``) is dropped when read, with one warning
+    per file counting them, so that ``num_objects`` counts what a detector learns from and is scored
+    on. An image whose ``file_name`` is no string, an annotation naming an image the file does not
+    list, an id shared by two images, a ``bbox`` that is not four numbers or an ``iscrowd`` other
+    than 0 or 1 is a one-line :class:`~visattn.errors.ConfigError`. Boxes of a photo that EXIF turns
+    on decoding turn with it when the image's ``width`` and ``height`` are those of the stored frame;
+    another size than the declared one is warned about once per file. Broken image files are
     skipped as :class:`~visattn.data.image_folder.ImageFolder` skips them: warned about once,
     counted in ``num_skipped``, and replaced by the next decodable image (with its own boxes), or
     left out of evaluation (:func:`~visattn.data.image_folder.for_evaluation`).
@@ -183,7 +187,7 @@ class CocoDetection(ImageFiles):
         try:
             self.class_names, label_of = self._labels(coco.dataset["categories"], class_names)
             images = coco.dataset["images"]
-            self._track([images_dir / image["file_name"] for image in images], max_pixels)
+            self._track(image_paths(self.annotations, images, images_dir), max_pixels)
             if not self.paths:
                 raise ConfigError(f"{self.annotations}: lists no images; is it a COCO instances file?")
             self._declared_sizes = [_declared_size(image) for image in images]
@@ -227,9 +231,10 @@ class CocoDetection(ImageFiles):
 
     def _targets(self, images: list[dict], annotations: list[dict],
                  label_of: dict[int, int]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """Each image's :meth:`_boxes`, once every annotation is known to name one image and one category."""
+        """Each image's :meth:`_boxes` that the pipelines would keep, once every annotation is known to
+        name one image and one category."""
         image_ids = [image["id"] for image in images]
-        self._check_image_ids(images, [a["image_id"] for a in annotations])
+        check_image_ids(self.annotations, images, [a["image_id"] for a in annotations])
         unknown = {a["category_id"] for a in annotations} - set(label_of)
         if unknown:
             hint = _type_hint(next(iter(unknown)), list(label_of))
@@ -238,26 +243,8 @@ class CocoDetection(ImageFiles):
         per_image: dict[Any, list[dict]] = {image_id: [] for image_id in image_ids}
         for annotation in annotations:
             per_image[annotation["image_id"]].append(annotation)
-        return [self._boxes(per_image[image_id], label_of) for image_id in image_ids]
-
-    def _check_image_ids(self, images: list[dict], referenced: list[Any]) -> None:
-        """One line for an id given to several images, or for annotations of images the file does not list
-        (pycocotools would give both images the same boxes, or drop those annotations silently)."""
-        odd = next((image for image in images if _json_type(image["id"]) not in ("number", "string")), None)
-        if odd is not None:
-            raise ConfigError(f"{self.annotations}: image {_json(odd['file_name'])} has id {_json(odd['id'])}; "
-                              "give each image a number as its id")
-        counts = Counter(image["id"] for image in images)
-        repeated = next((image_id for image_id, n in counts.items() if n > 1), None)
-        if repeated is not None:
-            names = ", ".join(image["file_name"] for image in images if image["id"] == repeated)
-            raise ConfigError(f"{self.annotations}: image id {_json(repeated)} is given to {counts[repeated]} images "
-                              f"({names}); give each image its own id")
-        orphans = [image_id for image_id in referenced if image_id not in counts]
-        if orphans:
-            raise ConfigError(f"{self.annotations}: annotations name image ids that no image has ({len(orphans)} of "
-                              f"{len(referenced)}, e.g. {_json(orphans[0])}{_type_hint(orphans[0], list(counts))}); "
-                              "make each annotation's image_id the id of its image")
+        given = list(per_image.values())  # in the order of images: their ids are unique
+        return self._drop_unusable([self._boxes(anns, label_of) for anns in given], given)
 
     def _boxes(self, annotations: list[dict], label_of: dict[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(N, 4)`` float32 xyxy boxes, ``(N,)`` int64 labels and ``(N,)`` int64 crowd flags."""
@@ -265,6 +252,25 @@ class CocoDetection(ImageFiles):
         boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
         labels = np.array([label_of[a["category_id"]] for a in annotations], np.int64)
         return boxes, labels, np.array([self._crowd(a) for a in annotations], np.int64)
+
+    def _drop_unusable(self, targets: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+                       annotations: list[list[dict]]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """``targets`` (with each image's ``annotations``) less the boxes :func:`_why_unusable` finds;
+        one warning counting them and saying why."""
+        kept, dropped, example = [], Counter(), None
+        for (boxes, labels, crowd), declared, given in zip(targets, self._declared_sizes, annotations):
+            why = _why_unusable(boxes, declared)
+            usable = why == ""
+            kept.append((boxes[usable], labels[usable], crowd[usable]))
+            dropped.update(why[~usable].tolist())
+            if example is None and not usable.all():
+                example = given[int(np.argmin(usable))]
+        if dropped:
+            reasons = ", ".join(f"{n} {why}" for why, n in dropped.most_common())
+            warnings.warn(f"{self.annotations}: dropped {dropped.total()} of {sum(len(t[0]) for t in targets)} boxes "
+                          f"({reasons}; e.g. annotation {_json(example.get('id'))}'s bbox {_json(example['bbox'])}); "
+                          "fix or remove those annotations", VisattnWarning, stacklevel=4)
+        return kept
 
     def _bbox(self, annotation: dict) -> list[float]:
         bbox = annotation["bbox"]
@@ -319,7 +325,8 @@ def require_boxes(dataset: Dataset, source: str | os.PathLike) -> None:
         dataset, indices = dataset.dataset, dataset.indices
     if isinstance(dataset, CocoDetection) and not _count_objects(dataset, indices):
         raise ConfigError(f"{source}: no object box to score detections against in the {len(indices)} images read "
-                          "(no annotations, or only crowd regions); give the instances JSON with the boxes")
+                          "(no annotations, or only crowd regions or dropped boxes); "
+                          "give the instances JSON with the boxes")
 
 
 def _count_objects(dataset: CocoDetection, indices: Sequence[int]) -> int:
@@ -329,6 +336,20 @@ def _count_objects(dataset: CocoDetection, indices: Sequence[int]) -> int:
 # EXIF orientations that swap width and height (PIL's exif_transpose): whether x, then y, is mirrored
 # once the axes are swapped; 5 is a plain transpose, 6 a clockwise quarter turn.
 _AXES_SWAPPING = {5: (False, False), 6: (True, False), 7: (True, True), 8: (False, True)}
+
+
+def _why_unusable(boxes: np.ndarray, declared: tuple[int, int] | None) -> np.ndarray:
+    """Why the pipelines would drop each of the ``(N, 4)`` xyxy ``boxes``, ``""`` for none: narrower or
+    lower than :data:`MIN_BOX_SIDE` (inverted, empty), or so once clipped to the ``declared``
+    ``(height, width)`` (outside the image; unknown without a declared size)."""
+    why = np.full(len(boxes), "", dtype=object)
+    if declared is not None:
+        height, width = declared
+        clipped = np.clip(boxes, 0, np.array([width, height, width, height], np.float32))
+        why[(clipped[:, 2:] - clipped[:, :2] < MIN_BOX_SIDE).any(axis=1)] = "outside their image"
+    too_thin = (boxes[:, 2:] - boxes[:, :2] < MIN_BOX_SIDE).any(axis=1)
+    why[too_thin] = f"with a width or height under {MIN_BOX_SIDE:g} pixel"
+    return why
 
 
 def _turn_boxes(boxes: np.ndarray, orientation: int, *, height: int, width: int) -> np.ndarray:
@@ -357,21 +378,6 @@ def _declared_size(image: dict) -> tuple[int, int] | None:
     if all(_is_number(side) and float(side).is_integer() and side > 0 for side in size):
         return int(size[0]), int(size[1])
     return None
-
-
-def _type_hint(value: Any, listed: list[Any]) -> str:
-    """`` (a string, not the number 1)`` when an id listed reads as ``value`` but has another JSON type."""
-    like = next((x for x in listed if str(x) == str(value) and _json_type(x) != _json_type(value)), None)
-    return "" if like is None else f" (a {_json_type(value)}, not the {_json_type(like)} {_json(like)})"
-
-
-def _json_type(value: Any) -> str:
-    kinds = {bool: "boolean", type(None): "null", int: "number", float: "number", str: "string", list: "list"}
-    return kinds.get(type(value), "object")
-
-
-def _json(value: Any) -> str:
-    return json.dumps(value)
 
 
 def _is_number(value: Any) -> bool:
@@ -530,7 +536,7 @@ class CocoDetectionDataModule(_DetectionDataModule):
         train = CocoDetection(train_annotations, images_dir)  # fails early
         if not train.num_objects:
             raise ConfigError(f"{train_annotations}: no object box to learn from (no annotations, or only crowd "
-                              "regions); give the instances JSON with the training boxes")
+                              "regions or dropped boxes); give the instances JSON with the training boxes")
         self._class_names = train.class_names
 
     @property
