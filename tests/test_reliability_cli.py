@@ -76,6 +76,11 @@ CASES = {
                       "--topk: '-3' is not a positive whole number"),
     "negative_num_workers": (lambda tmp: ["evaluate", "--model", "m", "--dataset", "fashion-mnist", "--num-workers", "-1"],
                              "--num-workers: '-1' is not a non-negative whole number"),
+    "too_many_workers_in_config": (lambda tmp: [*FIT, "--data.init_args.num_workers", str(4 * (os.cpu_count() or 1) + 1)],
+                                   f"data.init_args.num_workers={4 * (os.cpu_count() or 1) + 1}: give 0 (load in the "
+                                   f"main process) to {4 * (os.cpu_count() or 1)} (4 per CPU; more only compete"),
+    "negative_workers_in_config": (lambda tmp: [*FIT, "--data.init_args.num_workers", "-1"],
+                                   "data.init_args.num_workers=-1: give 0 (load in the main process) to"),
     "missing_data_path": (lambda tmp: ["fit", "--config", str(IMAGEFOLDER_CONFIG), "--data.init_args.root", "/nope"],
                           "/nope: no such folder"),
     "unknown_model_in_config": (lambda tmp: [*FIT, "--model.init_args.model_name", "cbam_resnt20_cifar"],

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence
 
 import torch
 
-from .devices import DEVICE_CHOICES
+from .devices import DEVICE_CHOICES, MAX_WORKERS_PER_CPU, max_workers
 from .errors import ONE_LINE_WARNINGS_ENV, ConfigError, VisattnError, error_line, one_line_showwarning
 from .pretrained import WEIGHTS_SUFFIXES, weights_dir
 from .registry import create_model, list_models, list_pretrained, model_arguments, model_family, split_model_name
@@ -299,16 +299,12 @@ def non_negative_int(text: str) -> int:
     return _whole_number(text, minimum=0, kind="non-negative")
 
 
-MAX_WORKERS_PER_CPU = 4  # more DataLoader workers only compete for the CPUs, each with its own copy of the data
-
-
 def worker_count(text: str) -> int:
     """argparse type for --num-workers: 0 (load in the main process) up to MAX_WORKERS_PER_CPU per CPU."""
     value = non_negative_int(text)
-    cpus = os.cpu_count() or 1
-    if value > MAX_WORKERS_PER_CPU * cpus:
-        raise argparse.ArgumentTypeError(f"{text!r} workers for {cpus} CPUs; give at most "
-                                         f"{MAX_WORKERS_PER_CPU * cpus} ({MAX_WORKERS_PER_CPU} per CPU)")
+    if value > max_workers():
+        raise argparse.ArgumentTypeError(f"{text!r} workers for {os.cpu_count() or 1} CPUs; give at most "
+                                         f"{max_workers()} ({MAX_WORKERS_PER_CPU} per CPU)")
     return value
 
 

@@ -1,5 +1,6 @@
-"""Where inference runs: ``--device`` names checked against this machine."""
+"""Where inference runs: ``--device`` names checked against this machine; how many loader workers it takes."""
 import itertools
+import os
 
 import torch
 from torch import nn
@@ -35,3 +36,11 @@ def model_device(model: nn.Module) -> torch.device:
     """Where ``model``'s weights are; the CPU for a model without any."""
     weight = next(itertools.chain(model.parameters(), model.buffers()), None)
     return torch.device("cpu") if weight is None else weight.device
+
+
+MAX_WORKERS_PER_CPU = 4  # more DataLoader workers only compete for the CPUs, each with its own copy of the data
+
+
+def max_workers() -> int:
+    """The most DataLoader workers a command or config may ask for on this machine."""
+    return MAX_WORKERS_PER_CPU * (os.cpu_count() or 1)

@@ -169,10 +169,7 @@ class _CaptionDataModule(SplitLoadersMixin, pl.LightningDataModule):
 
     def _check_options(self) -> None:
         h = self.hparams
-        if h.batch_size < 1 or h.num_workers < 0:
-            raise ConfigError(
-                f"batch_size={h.batch_size}, num_workers={h.num_workers}: need batch_size >= 1 and num_workers >= 0"
-            )
+        self._check_loader_options()
         if h.max_caption_len < 3:
             raise ConfigError(f"max_caption_len={h.max_caption_len}: must be >= 3 (<start>, a word, <end>)")
 

@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 from torch.utils.data.dataloader import _BaseDataLoaderIter, _SingleProcessDataLoaderIter
 
+from ..devices import MAX_WORKERS_PER_CPU, max_workers
 from ..errors import ConfigError
 from .fashion_mnist import FASHION_MNIST_CLASSES, FASHION_MNIST_MEAN, FASHION_MNIST_STD, FashionMNIST
 from .image_folder import (ImageFiles, ImageFolder, check_class_count, collate_present, find_classes, for_evaluation,
@@ -108,6 +109,15 @@ class SplitLoadersMixin:
 
     datasets: dict[Split, Dataset]
     collate_fn: Optional[Callable[[list], Any]] = None
+
+    def _check_loader_options(self) -> None:
+        """One line for a batch size under 1, or a worker count under 0 or over the machine's :func:`max_workers`."""
+        h = self.hparams
+        if h.batch_size < 1:
+            raise ConfigError(f"data.init_args.batch_size={h.batch_size}: give 1 or more samples per batch")
+        if not 0 <= h.num_workers <= max_workers():
+            raise ConfigError(f"data.init_args.num_workers={h.num_workers}: give 0 (load in the main process) to "
+                              f"{max_workers()} ({MAX_WORKERS_PER_CPU} per CPU; more only compete for them)")
 
     def _dataset(self, split: Split) -> Dataset:
         if split not in self.datasets:
@@ -214,11 +224,7 @@ class _ClassificationDataModule(SplitLoadersMixin, pl.LightningDataModule):
             raise ConfigError(f"val_fraction={h.val_fraction}: must be in [0, 1)")
         if h.limit is not None and h.limit < 1:
             raise ConfigError(f"limit={h.limit}: must be a positive number of samples, or None for all")
-        if h.batch_size < 1 or h.num_workers < 0:
-            raise ConfigError(
-                f"batch_size={h.batch_size}, num_workers={h.num_workers}: "
-                "need batch_size >= 1 and num_workers >= 0"
-            )
+        self._check_loader_options()
 
 
 class FashionMNISTDataModule(_ClassificationDataModule):

@@ -435,14 +435,6 @@ class _DetectionDataModule(SplitLoadersMixin, pl.LightningDataModule):
         raise NotImplementedError
 
 
-    def _check_options(self) -> None:
-        h = self.hparams
-        if h.batch_size < 1 or h.num_workers < 0:
-            raise ConfigError(
-                f"batch_size={h.batch_size}, num_workers={h.num_workers}: need batch_size >= 1 and num_workers >= 0"
-            )
-
-
 class FashionScenesDetectionDataModule(_DetectionDataModule):
     """:class:`~visattn.data.scenes.FashionScenes` with their item boxes (train, val and test
     scenes from disjoint Fashion-MNIST images); 10 classes named by ``ITEM_WORDS``.
@@ -478,7 +470,7 @@ class FashionScenesDetectionDataModule(_DetectionDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self._check_options()
+        self._check_loader_options()
         self._scenes("test")  # checks the scene options and finds Fashion-MNIST early
 
     @property
@@ -532,7 +524,7 @@ class CocoDetectionDataModule(_DetectionDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self._check_options()
+        self._check_loader_options()
         train = CocoDetection(train_annotations, images_dir)  # fails early
         if not train.num_objects:
             raise ConfigError(f"{train_annotations}: no object box to learn from (no annotations, or only crowd "
