@@ -92,6 +92,20 @@ def test_torch_fx_traces_the_classifier_with_the_same_logits(name):
     torch.testing.assert_close(traced(x), model(x))
 
 
+EXPORTABLE = list_models(["*resnet20_cifar", "vit_tiny_patch4_28"], exclude_filters=["fcos_*", "detr_*"])
+
+
+@pytest.mark.parametrize("name", EXPORTABLE)
+def test_torch_export_gives_the_same_logits_at_any_batch_size(name):
+    # torch.export is PyTorch's successor to TorchScript (which the input checks' Python defeats):
+    # the graph AOTInductor and ExecuTorch take. The batch is exported as a dynamic dimension.
+    model = _build(name).eval()
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    exported = torch.export.export(model, (torch.randn(2, *INPUT[1:]),), dynamic_shapes=({0: batch},))
+    x = torch.randn(3, *INPUT[1:])
+    torch.testing.assert_close(exported.module()(x), model(x))
+
+
 def test_torchvision_feature_extractor_returns_resnet_stages():
     from torchvision.models.feature_extraction import create_feature_extractor
     model = _build("cbam_resnet20_cifar").eval()

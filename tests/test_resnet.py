@@ -255,8 +255,8 @@ def test_reset_classifier_takes_timms_global_pool_argument():
     model = create_model("resnet20_cifar", num_classes=3)
     model.reset_classifier(5, "avg")  # as code written for timm calls it
     assert model.get_classifier().out_features == 5 and model(torch.randn(1, 3, 32, 32)).shape == (1, 5)
-    with pytest.raises(ConfigError, match=r"global_pool='max': visattn's ResNets pool by the average"):
-        model.reset_classifier(5, "max")
+    with pytest.raises(ConfigError, match=r"global_pool='median': use 'avg', 'max', 'avgmax', or ''"):
+        model.reset_classifier(5, "median")
 
 
 @pytest.mark.parametrize("attn_kwargs, message", [
@@ -266,3 +266,184 @@ def test_reset_classifier_takes_timms_global_pool_argument():
 def test_an_attention_argument_the_layer_does_not_take_is_one_line(attn_kwargs, message):
     with pytest.raises(ConfigError, match=message):
         create_model("eca_resnet20_cifar", attn_kwargs=attn_kwargs)
+
+
+# --- timm's global_pool, zero-init of the last BN and set_grad_checkpointing ---------------------------------------
+
+POOLS = ["avg", "max", "avgmax", ""]
+
+
+def timm_resnet18_pair(tmp_path, pool: str, num_classes: int) -> tuple[nn.Module, nn.Module]:
+    """timm's resnet18 with ``global_pool=pool`` and visattn's built the same way from its weights, both eval."""
+    torch.manual_seed(0)
+    reference = randomize_bn_stats(timm.create_model("resnet18", global_pool=pool, num_classes=num_classes))
+    path = tmp_path / "timm_resnet18.pth"
+    torch.save(reference.state_dict(), path)
+    ours = create_model("resnet18", global_pool=pool, num_classes=num_classes, pretrained=str(path))
+    return ours.eval(), reference
+
+
+@pytest.mark.parametrize("pool", POOLS)
+def test_global_pool_gives_timms_logits_and_features(pool, tmp_path):
+    ours, reference = timm_resnet18_pair(tmp_path, pool, num_classes=0 if pool == "" else 1000)
+    x = torch.randn(2, 3, 96, 96)  # a 3x3 final map, where avg, max and avgmax differ (32 px leaves 1x1)
+    with torch.no_grad():
+        features = ours.forward_features(x)
+        torch.testing.assert_close(ours(x), reference(x), atol=1e-5, rtol=0)
+        torch.testing.assert_close(ours.forward_head(features, pre_logits=True),
+                                   reference.forward_head(reference.forward_features(x), pre_logits=True),
+                                   atol=1e-5, rtol=0)
+    if pool == "":  # no pooling: forward is forward_features, as timm's with num_classes=0
+        assert torch.equal(ours(x), features) and features.shape == (2, 512, 3, 3)
+
+
+def test_global_pool_types_pool_differently():
+    features = torch.randn(2, 8, 3, 3)
+    model = create_model("resnet20_cifar", num_classes=0)
+    pooled = {}
+    for pool in POOLS:
+        model.reset_classifier(0, pool)
+        pooled[pool] = model.forward_head(features)
+    torch.testing.assert_close(pooled["avg"], features.mean((2, 3)))
+    torch.testing.assert_close(pooled["max"], features.amax((2, 3)))
+    torch.testing.assert_close(pooled["avgmax"], 0.5 * (pooled["avg"] + pooled["max"]))
+    assert torch.equal(pooled[""], features)
+
+
+@pytest.mark.parametrize("pool", POOLS)
+def test_reset_classifier_switches_the_pool_as_timm_does(pool, tmp_path):
+    ours, reference = timm_resnet18_pair(tmp_path, "avg", num_classes=1000)
+    num_classes = 0 if pool == "" else 5
+    ours.reset_classifier(num_classes, pool)
+    reference.reset_classifier(num_classes, pool)
+    ours.load_state_dict(reference.state_dict())  # timm's fresh fc; the pools have no parameters
+    assert ours.global_pool.pool_type == reference.global_pool.pool_type == pool
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), reference(x), atol=1e-5, rtol=0)
+    ours.reset_classifier(num_classes)  # None keeps the pool, as in timm
+    assert ours.global_pool.pool_type == pool and ours.num_classes == num_classes
+
+
+def test_reset_classifier_pool_is_what_save_weights_records():
+    model = create_model("resnet20_cifar", num_classes=3)
+    model.reset_classifier(3, "max")
+    assert model.visattn_kwargs["global_pool"] == "max"
+
+
+UNPOOLED_WITH_CLASSES = r"^global_pool='' leaves the feature map unpooled and num_classes=\d+ needs pooled features"
+
+
+@pytest.mark.parametrize("build, message", [
+    (lambda: create_model("resnet20_cifar", global_pool="median"), r"^global_pool='median': use 'avg', 'max'"),
+    (lambda: create_model("resnet20_cifar", global_pool=""), UNPOOLED_WITH_CLASSES),  # 10 classes by default
+    (lambda: create_model("resnet20_cifar").reset_classifier(3, ""), UNPOOLED_WITH_CLASSES),
+], ids=["unknown", "unpooled-with-classes", "reset-unpooled-with-classes"])
+def test_bad_global_pool_is_a_config_error(build, message):
+    with pytest.raises(ConfigError, match=message) as err:
+        build()
+    assert "\n" not in str(err.value)
+
+
+def last_bns(model: ResNet) -> list[nn.BatchNorm2d]:
+    blocks = [b for name in model.stage_names for b in getattr(model, name)]
+    return [getattr(b, "bn3", b.bn2) for b in blocks]
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50", "cbam_resnet20_cifar", "se_resnet20_cifar"])
+def test_zero_init_residual_starts_every_block_as_its_shortcut(arch):
+    # timm calls it zero_init_last (and defaults it on); the off default keeps the README's runs reproducible.
+    model = create_model(arch, zero_init_residual=True)
+    assert all(bn.weight.abs().max() == 0 for bn in last_bns(model))
+    assert all(bn.weight.min() == 1 for bn in (model.bn1, *(b.bn1 for b in model.layer1)))
+    assert all(bn.weight.min() == 1 for bn in last_bns(create_model(arch)))
+    for mode in (True, False):  # BN from batch statistics, then from running ones
+        for block in (model.layer1[0], model.layer2[0]):  # identity and projection shortcuts
+            block.train(mode)
+            x = torch.randn(2, block.conv1.in_channels, 8, 8)
+            shortcut = x if block.downsample is None else block.downsample(x)
+            torch.testing.assert_close(block(x), torch.relu(shortcut))
+
+
+def saved_bytes_and_grads(model: ResNet, images: torch.Tensor) -> tuple[int, dict[str, torch.Tensor]]:
+    """Bytes the autograd graph keeps for the backward pass (parameters excluded) and a train step's gradients."""
+    parameters = {p.data_ptr() for p in model.parameters()}
+    saved = {}
+
+    def keep(t: torch.Tensor) -> torch.Tensor:
+        if t.data_ptr() not in parameters:
+            saved[t.data_ptr()] = t.numel() * t.element_size()
+        return t
+
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(1)  # the same dropout and drop-path masks on both runs
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+        loss = model(images).logsumexp(dim=1).sum()
+    loss.backward()
+    return sum(saved.values()), {name: p.grad.clone() for name, p in model.named_parameters()}
+
+
+def test_grad_checkpointing_keeps_gradients_and_saves_less():
+    torch.manual_seed(0)
+    model = create_model("se_resnet20_cifar", drop_rate=0.1, drop_path_rate=0.2).train()
+    images = torch.randn(4, 3, 32, 32)
+    plain_bytes, plain_grads = saved_bytes_and_grads(model, images)
+    model.set_grad_checkpointing()
+    assert model.grad_checkpointing
+    checkpointed_bytes, checkpointed_grads = saved_bytes_and_grads(model, images)
+    assert plain_grads.keys() == checkpointed_grads.keys()
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(checkpointed_grads[name], grad, msg=name)
+    # Each block keeps its input instead of its conv / BN / ReLU / SE intermediates.
+    assert checkpointed_bytes < plain_bytes / 3
+
+
+def test_grad_checkpointing_recomputes_only_in_training_with_gradients(monkeypatch):
+    import visattn.models.resnet
+    from torch.utils.checkpoint import checkpoint
+    calls = []
+
+    def counting_checkpoint(block, x, **kwargs):
+        calls.append(kwargs["use_reentrant"])
+        return checkpoint(block, x, **kwargs)
+
+    monkeypatch.setattr(visattn.models.resnet, "checkpoint", counting_checkpoint)
+    torch.manual_seed(0)
+    model = randomize_bn_stats(create_model("resnet20_cifar"))
+    images = torch.randn(2, 3, 32, 32)
+    expected = model(images)
+    model.set_grad_checkpointing()
+    torch.testing.assert_close(model(images), expected, rtol=0, atol=0)  # eval, gradients on
+    with torch.no_grad():
+        model.train()(images)  # training without gradients: nothing to recompute
+    assert calls == []
+    model.set_grad_checkpointing()
+    model(images).sum().backward()
+    assert calls == [False] * 9  # non-reentrant, once per block
+    model.set_grad_checkpointing(False)
+    assert not model.grad_checkpointing
+
+
+def test_grad_checkpointing_updates_bn_running_statistics_once_as_without_it():
+    """The recomputation normalises with the batch's statistics but does not update the running ones
+    again (timm's checkpoint_seq does: momentum 0.1 then moves them 0.19 of the way)."""
+    torch.manual_seed(0)
+    plain = create_model("se_resnet20_cifar").train()
+    checkpointed = create_model("se_resnet20_cifar").train()
+    checkpointed.load_state_dict(plain.state_dict())
+    checkpointed.set_grad_checkpointing()
+    images = torch.randn(4, 3, 32, 32)
+    for _ in range(2):
+        checkpointed(images).sum().backward()
+        plain(images).sum().backward()
+    torch.testing.assert_close(checkpointed.state_dict(), plain.state_dict(), rtol=0, atol=0)
+    assert checkpointed.layer2[1].bn1.num_batches_tracked == 2
+    assert all(p.grad is not None for p in checkpointed.parameters())
+    assert all(m.momentum == 0.1 for m in checkpointed.modules() if isinstance(m, torch.nn.BatchNorm2d))
+
+
+def test_classifier_task_switches_resnet_grad_checkpointing():
+    from visattn.tasks.classification import ImageClassifier
+    task = ImageClassifier(model_name="resnet20_cifar", num_classes=3, grad_checkpointing=True)
+    assert task.model.grad_checkpointing
+    assert not ImageClassifier(model_name="resnet20_cifar", num_classes=3).model.grad_checkpointing

@@ -23,17 +23,21 @@ Where each attention goes, following its paper:
 stages of three BasicBlocks), widened from 16/32/64 to 28/56/112 channels for 28-64 px inputs:
 0.83M parameters plain, 0.84M with CBAM, every variant under 1M.
 """
+import contextlib
 import re
-from typing import Mapping, Optional, Sequence, Union
+from functools import partial
+from typing import Iterator, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from ..errors import ConfigError
 from ..layers.bam import Bam
 from ..layers.create_attn import create_attn
 from ..layers.drop_path import DropPath
 from ..layers.eca import EfficientChannelAttention
+from ..layers.global_pool import GlobalPool2d, PoolType, check_pool_type
 from ..layers.non_local import NonLocalBlock
 from ..layers.patch_embed import check_count, check_image_layout
 from ..layers.se import SqueezeExcite
@@ -174,7 +178,12 @@ class ResNet(nn.Module):
         attn_kwargs: keyword arguments for every attention module built (e.g. ``keep_gate=True``).
         drop_rate: dropout before the classifier.
         drop_path_rate: stochastic depth of the last block, rising linearly from 0 at the first.
-        zero_init_residual: zero the last BN of every block so each block starts as the identity.
+        global_pool: timm's head pooling: ``"avg"``, ``"max"``, ``"avgmax"`` (mean of the two), or ``""``
+            for none, where ``forward`` returns the ``(B, num_features, h, w)`` map and ``num_classes``
+            must be 0 (timm builds a classifier on it and fails at the first forward).
+        zero_init_residual: zero the last BN's weight (gamma) in every block, so that each block starts
+            as ``relu(shortcut(x))`` (Goyal et al. 2017); torchvision's name, timm's ``zero_init_last``.
+            timm defaults to True; False here, the init the README's measured training runs used.
     """
 
     classifier = "fc"
@@ -195,10 +204,12 @@ class ResNet(nn.Module):
         attn_kwargs: Optional[Mapping] = None,
         drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
+        global_pool: PoolType = "avg",
         zero_init_residual: bool = False,
     ):
         super().__init__()
         check_count("in_chans", in_chans)
+        _check_head(num_classes, global_pool)
         non_local_blocks = _stage_numbers(non_local_blocks)
         _check_placement(layers, attn_stages, non_local_blocks)
         attn_kwargs = attn_kwargs or {}
@@ -213,9 +224,10 @@ class ResNet(nn.Module):
         if bam:
             for i, width in enumerate(widths[:-1], start=1):
                 setattr(self, f"bam{i}", Bam(width * block.expansion, **attn_kwargs))
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.global_pool = GlobalPool2d(global_pool)
         self.drop = nn.Dropout(drop_rate)
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.grad_checkpointing = False
         self._init_weights(zero_init_residual)
 
     def _make_stem(self, in_chans: int, width: int, small_input: bool) -> None:
@@ -259,7 +271,7 @@ class ResNet(nn.Module):
                 in_chs = planes * block.expansion
             setattr(self, f"layer{stage}", nn.Sequential(*blocks))
 
-    def _init_weights(self, zero_init_residual: bool) -> None:
+    def _init_weights(self, zero_init_last: bool) -> None:
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -269,7 +281,7 @@ class ResNet(nn.Module):
         for m in self.modules():
             # Non-local / GC blocks start as the identity; the blocks only when asked to.
             is_block = isinstance(m, _ResidualBlock)
-            if hasattr(m, "zero_init_last") and (zero_init_residual or not is_block):
+            if hasattr(m, "zero_init_last") and (zero_init_last or not is_block):
                 m.zero_init_last()
 
     def forward_stages(self, x: Tensor) -> list[Tensor]:
@@ -278,19 +290,26 @@ class ResNet(nn.Module):
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         outputs = []
         for i, name in enumerate(self.stage_names, start=1):
-            x = getattr(self, name)(x)
+            x = self._run_stage(getattr(self, name), x)
             bam = getattr(self, f"bam{i}", None)
             if bam is not None:
                 x = bam(x)
             outputs.append(x)
         return outputs
 
+    def _run_stage(self, stage: nn.Sequential, x: Tensor) -> Tensor:
+        if not (self.grad_checkpointing and self.training and torch.is_grad_enabled()):
+            return stage(x)
+        for block in stage:  # per block, as timm's checkpoint_seq over the stages
+            x = checkpoint(block, x, use_reentrant=False, context_fn=partial(_running_stats_kept, block))
+        return x
+
     def forward_features(self, x: Tensor) -> Tensor:
         """Pre-pool feature map ``(B, num_features, H / 32, W / 32)`` (``H / 4`` for the CIFAR layout)."""
         return self.forward_stages(x)[-1]
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        x = self.drop(torch.flatten(self.avgpool(x), 1))  # (B, num_features)
+        x = self.drop(self.global_pool(x))  # (B, num_features); unpooled (B, num_features, h, w) for ""
         return x if pre_logits else self.fc(x)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -299,11 +318,24 @@ class ResNet(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.fc
 
-    def reset_classifier(self, num_classes: int, global_pool: str = "avg") -> None:
-        """Replace ``fc`` with a freshly initialised one of ``num_classes`` outputs (0: identity).
-        ``global_pool`` is timm's argument; these ResNets pool by the average only."""
-        if global_pool != "avg":
-            raise ConfigError(f"global_pool={global_pool!r}: visattn's ResNets pool by the average; give 'avg'")
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Keep only each block's input for the backward pass and recompute the rest there (timm's
+        switch of the same name); it acts in training with gradients on, inference is unchanged.
+        Gradients are unchanged, and drop-path draws the same masks when recomputed. Unlike timm's
+        ``checkpoint_seq``, the recomputation leaves the BN running statistics alone (timm updates
+        them twice a step), so a checkpointed run trains exactly as one without."""
+        self.grad_checkpointing = enable
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[PoolType] = None) -> None:
+        """Replace ``fc`` with a freshly initialised one of ``num_classes`` outputs (0: identity);
+        ``global_pool`` switches the pooling as in timm (``None`` keeps it)."""
+        if global_pool is None:
+            global_pool = self.global_pool.pool_type
+        _check_head(num_classes, global_pool)
+        if global_pool != self.global_pool.pool_type and hasattr(self, "visattn_kwargs"):
+            # what save_weights records, so that ARCH.TAG rebuilds with this pooling
+            self.visattn_kwargs = {**self.visattn_kwargs, "global_pool": global_pool}
+        self.global_pool = GlobalPool2d(global_pool)
         self.num_classes = num_classes
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
@@ -318,6 +350,13 @@ class ResNet(nn.Module):
 # Block attention whose timm module has the same parameters and maths (timm seresnet*, and a
 # plain-stem timm ResNet built with attn_layer="eca"), so the rename alone gives the same logits.
 _TIMM_SAME_ATTN = (SqueezeExcite, EfficientChannelAttention)
+
+
+def _check_head(num_classes: int, global_pool: str) -> None:
+    """An unpooled ``(B, C, h, w)`` map has no linear classifier (older timm asserted this too)."""
+    if check_pool_type(global_pool) == "" and num_classes > 0:
+        raise ConfigError(f"global_pool='' leaves the feature map unpooled and num_classes={num_classes} needs "
+                          "pooled features: give num_classes=0 for the map, or global_pool='avg'")
 
 
 def _stage_numbers(non_local_blocks: Optional[Mapping]) -> dict[int, tuple[int, ...]]:
@@ -379,6 +418,28 @@ def _create_resnet(depth: int, attn: Optional[str] = None, **kwargs) -> ResNet:
 def _create_resnet_cifar(attn: Optional[str] = None, **kwargs) -> ResNet:
     defaults = dict(block=BasicBlock, layers=CIFAR_LAYERS, widths=CIFAR_WIDTHS, small_input=True, num_classes=10)
     return ResNet(**{**defaults, **_attn_placement(attn, CIFAR_LAYERS), **kwargs})
+
+
+def _running_stats_kept(block: nn.Module) -> tuple[contextlib.nullcontext, contextlib.AbstractContextManager]:
+    """``checkpoint``'s ``context_fn``: the forward as usual; the recomputation normalises with the
+    batch's statistics again but does not update the running ones, which the forward already did."""
+    return contextlib.nullcontext(), _batch_statistics_only(block)
+
+
+@contextlib.contextmanager
+def _batch_statistics_only(module: nn.Module) -> Iterator[None]:
+    # Momentum 0 keeps running = 1 * running + 0 * batch exactly, with the same tensors saved for backward
+    # as the forward (checkpoint compares them); the step count is put back too.
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    saved = [(norm.momentum, norm.num_batches_tracked.clone()) for norm in norms]
+    for norm in norms:
+        norm.momentum = 0.0
+    try:
+        yield
+    finally:
+        for norm, (momentum, steps) in zip(norms, saved):
+            norm.momentum = momentum
+            norm.num_batches_tracked.copy_(steps)
 
 
 @register_model
