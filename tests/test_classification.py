@@ -551,9 +551,24 @@ def test_an_input_size_of_two_channels_is_one_line():
 
 
 @pytest.mark.parametrize("key, value", [("lr", float("nan")), ("lr", float("inf")), ("weight_decay", float("nan")),
-                                        ("lr", -1e-3)])
-def test_a_learning_rate_or_weight_decay_that_is_not_finite_is_one_line(key, value):
+                                        ("lr", -1e-3), ("warmup_epochs", -1.0)])
+def test_a_learning_rate_weight_decay_or_warmup_that_is_not_finite_or_negative_is_one_line(key, value):
     from visattn.tasks.classification import adamw_warmup_cosine
     task = ImageClassifier(model_name="resnet20_cifar", num_classes=3, **{key: value})
     with pytest.raises(ConfigError, match=rf"model.init_args.{key}={value}: give a finite value of 0 or more"):
         adamw_warmup_cosine(task)
+
+
+@pytest.mark.parametrize("key", ["mixup_alpha", "cutmix_alpha"])
+@pytest.mark.parametrize("value", [-0.2, float("nan")])
+def test_a_negative_or_nan_mixing_alpha_is_one_line_not_mixing_silently_off(key, value):
+    with pytest.raises(ConfigError, match=rf"^model.init_args.{key}={value}: give the Beta distribution's alpha above 0, "
+                                          "or 0 for none$"):
+        ImageClassifier(model_name="resnet20_cifar", num_classes=3, **{key: value})
+
+
+def test_an_imagefolder_dataset_without_a_folder_is_one_line_not_the_working_folder(tmp_path, monkeypatch):
+    from visattn.tasks.classification import evaluation_dataset
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="^--dataset imagefolder: names no folder; give one, e.g. imagefolder:photos$"):
+        evaluation_dataset("imagefolder:", "test", eval_transforms(28), ["a", "b"])

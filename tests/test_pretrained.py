@@ -360,7 +360,7 @@ def test_a_pooling_switched_by_reset_classifier_survives_save_weights(weights_tm
     torch.manual_seed(0)
     model = create_model(ARCH, num_classes=3, **SMALL).eval()
     model.reset_classifier(4, global_pool="avg")
-    save_weights(model, weights_tmp / f"{ARCH}.pool.safetensors", labels=list("abcd"), preprocessing={"input_size": [3, 28, 28]})
+    save_weights(model, weights_tmp / f"{ARCH}.pool.safetensors", labels=list("abcd"), preprocessing=VALID_PREPROCESSING)
     rebuilt = create_model(f"{ARCH}.pool").eval()
     images = torch.randn(2, 3, 28, 28)
     assert rebuilt.global_pool == "avg"
@@ -371,7 +371,7 @@ def test_non_local_blocks_survive_the_json_index(weights_tmp):
     torch.manual_seed(0)
     model = create_model("nl_resnet20_cifar", num_classes=4, non_local_blocks={2: (0,), 3: (1, 2)}).eval()
     save_weights(model, weights_tmp / "nl_resnet20_cifar.nlb.safetensors", labels=list("abcd"),
-                 preprocessing={"input_size": [3, 32, 32]})
+                 preprocessing={"input_size": [3, 32, 32], "mean": [0.5] * 3, "std": [0.5] * 3})
     images = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(create_model("nl_resnet20_cifar.nlb").eval()(images), model(images))
 
@@ -476,7 +476,7 @@ def test_weights_load_into_and_save_from_a_wrapped_model(weights_tmp, wrap):
     inner = wrapped._orig_mod if hasattr(wrapped, "_orig_mod") else wrapped.module
     assert torch.equal(_logits(inner.eval()), _logits(source))
     save_weights(wrapped, weights_tmp / f"{ARCH}.wrapped.safetensors", labels=[str(i) for i in range(10)],
-                 preprocessing={"input_size": [3, 28, 28]})
+                 preprocessing={"input_size": [3, 28, 28], "mean": [0.5] * 3, "std": [0.5] * 3})
     assert torch.equal(_logits(create_model(f"{ARCH}.wrapped").eval()), _logits(source))
 
 
@@ -514,3 +514,133 @@ def test_weights_that_do_not_fit_raise_without_a_warning_about_the_head_first(re
     with pytest.raises(WeightsError, match=message):
         load_weights(create_model(arch, **kwargs), _model(num_classes=10).state_dict())
     assert not [w for w in recwarn if issubclass(w.category, VisattnWarning)], [str(w.message) for w in recwarn]
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_weights_holding_nan_or_inf_are_refused_naming_the_tensor(tmp_path, bad):
+    state = {k: v.clone().contiguous() for k, v in _model(num_classes=10).state_dict().items()}
+    state["head.weight"][3, 1] = bad  # what a diverged run saves
+    save_file(state, tmp_path / "diverged.safetensors")
+    model = _model(num_classes=10)
+    before = _logits(model)
+    with pytest.raises(WeightsError) as err:
+        load_weights(model, tmp_path / "diverged.safetensors")
+    assert str(err.value) == (f"{tmp_path / 'diverged.safetensors'}: tensor 'head.weight' holds NaN or Inf values; "
+                              "the file is corrupt or from a diverged run: use an earlier checkpoint")
+    assert torch.equal(_logits(model), before)  # nothing loaded
+
+
+def test_a_fifo_given_as_weights_is_not_a_regular_file_and_is_not_read(tmp_path):
+    fifo = tmp_path / "weights.safetensors"
+    os.mkfifo(fifo)  # opening it would wait for a writer forever
+    with pytest.raises(WeightsError) as err:
+        create_model(ARCH, **SMALL, pretrained=str(fifo))
+    assert str(err.value) == f"{fifo}: not a regular file (a device, FIFO or socket); give a file path"
+
+
+@pytest.mark.parametrize("arch, kwargs, first_conv", [
+    ("resnet20_cifar", {}, "conv1"),
+    ("vit_tiny_patch4_28", SMALL, "patch_embed.proj"),
+], ids=["resnet", "vit"])
+@pytest.mark.parametrize("in_chans", [1, 2, 4])
+def test_rgb_weights_load_into_a_model_of_other_in_chans_as_timm_adapts_them(tmp_path, arch, kwargs, first_conv,
+                                                                             in_chans):
+    from timm.models import adapt_input_conv
+
+    from visattn.errors import VisattnWarning
+
+    torch.manual_seed(0)
+    rgb = create_model(arch, num_classes=3, **kwargs).eval()
+    path = tmp_path / "rgb.safetensors"
+    save_file({k: v.contiguous() for k, v in rgb.state_dict().items()}, path)
+    with pytest.warns(VisattnWarning) as record:
+        model = create_model(arch, num_classes=3, in_chans=in_chans, pretrained=str(path), **kwargs).eval()
+    how = "summed over R, G and B" if in_chans == 1 else f"repeated over the channels and scaled by 3/{in_chans}"
+    assert [str(w.message) for w in record] == [f"{path}: {first_conv}.weight holds RGB filters and the model takes "
+                                                f"in_chans={in_chans}: {how}, as timm does"]
+    key = f"{first_conv}.weight"
+    expected = {**rgb.state_dict(), key: adapt_input_conv(in_chans, rgb.state_dict()[key])}
+    torch.testing.assert_close(model.state_dict(), expected, rtol=0, atol=0)
+    if in_chans == 1:  # a gray image meets the summed filters as its RGB copy meets the RGB ones
+        gray = torch.rand(2, 1, *rgb.input_size[1:])
+        torch.testing.assert_close(model(gray), rgb(gray.expand(-1, 3, -1, -1)))
+
+
+def test_weights_of_other_in_chans_and_other_widths_are_refused_not_adapted(tmp_path):
+    rgb = create_model("resnet20_cifar", num_classes=3)
+    width = rgb.conv1.out_channels
+    narrow = create_model("resnet20_cifar", num_classes=3, in_chans=1, widths=(8, 32, 64))
+    with pytest.raises(WeightsError, match=rf"wrong shape: conv1.weight \({width}, 3, 3, 3\) vs \(8, 1, 3, 3\), "
+                                           rf"bn1.weight \({width},\) vs \(8,\)"):
+        load_weights(narrow, rgb.state_dict())
+    gray = create_model("resnet20_cifar", num_classes=3, in_chans=1)
+    with pytest.raises(WeightsError, match=rf"conv1.weight \({width}, 1, 3, 3\) vs \({width}, 3, 3, 3\)\)"):
+        load_weights(rgb, gray.state_dict())  # only RGB filters are adapted, as in timm
+
+
+VALID_PREPROCESSING = {"input_size": [3, 28, 28], "mean": [0.5] * 3, "std": [0.5] * 3, "recipe": "small"}
+
+
+@pytest.mark.parametrize("field, value, problem", [
+    ("model_kwargs", [1], "model_kwargs=[1]: give an object of builder arguments, e.g. {'depth': 4}"),
+    ("preprocessing", [3, 28, 28], "preprocessing=[3, 28, 28]: give an object with input_size, mean and std"),
+    ("preprocessing", {**VALID_PREPROCESSING, "std": [0, 0, 0]},
+     "preprocessing.std=[0, 0, 0]: give 3 finite numbers above 0 (one per RGB channel) or 1 for all"),
+    ("preprocessing", {**VALID_PREPROCESSING, "mean": [float("nan")] * 3},
+     "preprocessing.mean=[nan, nan, nan]: give 3 finite numbers (one per RGB channel) or 1 for all"),
+    ("preprocessing", {**VALID_PREPROCESSING, "input_size": [28, 28]},
+     "preprocessing.input_size=[28, 28]: give [C, H, W], C being 1 (gray) or 3 (RGB)"),
+    ("labels", [1, 2, 3], "labels=[1, 2, 3]: give a list of label names, one per class"),
+    ("num_classes", "3", "num_classes='3': give a whole number of classes (0: features only)"),
+], ids=["model_kwargs_list", "preprocessing_list", "zero_std", "nan_mean", "input_size_pair", "labels_ints",
+        "num_classes_string"])
+def test_a_malformed_field_of_an_index_entry_is_one_line_naming_it(weights_tmp, capsys, field, value, problem):
+    from visattn.cli import main
+    from visattn.tasks.classification import load_classifier
+
+    save_weights(_model(num_classes=3), weights_tmp / f"{ARCH}.mine.safetensors", labels=list("abc"),
+                 preprocessing=VALID_PREPROCESSING)
+    index = json.loads((weights_tmp / "index.json").read_text())
+    index[f"{ARCH}.mine"][field] = value  # edited by hand
+    (weights_tmp / "index.json").write_text(json.dumps(index))
+    expected = (f"{weights_tmp / 'index.json'}: unreadable weights index (entry '{ARCH}.mine': {problem}); restore it "
+                "from git or a backup, or move it away and save the weights again with `visattn save-weights`")
+    for load in (create_model, load_classifier):
+        with pytest.raises(WeightsError) as err:
+            load(f"{ARCH}.mine")
+        assert str(err.value) == expected
+    assert main(["classify", "x.png", "--model", f"{ARCH}.mine"]) == 2
+    assert capsys.readouterr().err == f"visattn: error: {expected}\n"
+
+
+@pytest.mark.parametrize("preprocessing, missing", [
+    ({"mean": [0.5] * 3, "std": [0.5] * 3}, "input_size"),
+    ({"input_size": [3, 28, 28]}, "mean or std"),
+], ids=["no_input_size", "no_mean_std"])
+def test_a_classifier_entry_without_what_its_transform_reads_is_one_line(weights_tmp, preprocessing, missing):
+    from visattn.tasks.classification import load_classifier
+
+    save_weights(_model(num_classes=3), weights_tmp / f"{ARCH}.mine.safetensors", labels=list("abc"),
+                 preprocessing=VALID_PREPROCESSING)
+    index = json.loads((weights_tmp / "index.json").read_text())
+    index[f"{ARCH}.mine"]["preprocessing"] = preprocessing  # edited by hand: save_weights refuses it
+    (weights_tmp / "index.json").write_text(json.dumps(index))
+    with pytest.raises(WeightsError) as err:
+        load_classifier(f"{ARCH}.mine")
+    assert str(err.value) == (f"{weights_tmp / 'index.json'}: entry '{ARCH}.mine': preprocessing has no {missing}; "
+                              "record input_size [C, H, W], mean and std there, or save the weights again with "
+                              "`visattn save-weights --checkpoint`")
+
+
+def test_save_weights_refuses_an_entry_its_index_would_refuse_before_writing(weights_tmp):
+    path = weights_tmp / f"{ARCH}.mine.safetensors"
+    with pytest.raises(WeightsError) as err:
+        save_weights(_model(num_classes=3), path, labels=list("abc"), preprocessing={**VALID_PREPROCESSING, "std": 0})
+    assert str(err.value) == (f"{path}: preprocessing.std=0: give 3 finite numbers above 0 (one per RGB channel) "
+                              "or 1 for all")
+    assert list(weights_tmp.iterdir()) == []
+    with pytest.raises(WeightsError) as err:  # what loading the classifier would refuse
+        save_weights(_model(num_classes=3), path, labels=list("abc"), preprocessing={"input_size": [3, 28, 28]})
+    assert str(err.value) == (f"{path}: preprocessing has no mean or std; "
+                              "pass preprocessing=dict(input_size=..., mean=..., std=...)")
+    assert list(weights_tmp.iterdir()) == []

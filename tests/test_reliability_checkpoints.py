@@ -387,7 +387,8 @@ def _ctrl_c(*args, **kwargs):
 
 
 @pytest.mark.parametrize("subcommand, step, message", [
-    ("fit", "training_step", "visattn: interrupted; resume with --ckpt_path last"),
+    ("fit", "training_step", "visattn: interrupted; no checkpoint was saved yet, so run the same command again to "
+                             "start afresh"),
     ("validate", "validation_step", "visattn: interrupted"),
 ], ids=["fit", "validate"])
 def test_ctrl_c_in_a_lightning_command_is_one_line_and_exit_code_130(subcommand, step, message, in_tmp, monkeypatch,
@@ -400,6 +401,22 @@ def test_ctrl_c_in_a_lightning_command_is_one_line_and_exit_code_130(subcommand,
     err = capfd.readouterr().err
     assert err.strip().splitlines()[-1] == message and "KeyboardInterrupt" not in err and "Traceback" not in err
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Lightning had set it to ignore Ctrl-C
+
+
+def test_ctrl_c_after_a_checkpoint_says_how_to_resume(in_tmp, monkeypatch, capfd):
+    real_step = ImageClassifier.training_step
+
+    def second_epoch_interrupted(self, *args, **kwargs):
+        if self.current_epoch == 1:
+            raise KeyboardInterrupt
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(ImageClassifier, "training_step", second_epoch_interrupted)
+    fit = ["fit", "--config", str(CBAM_CONFIG), *QUICK, *SHIPPED_WEIGHTS, "--trainer.max_epochs", "2",
+           "--trainer.callbacks", EPOCH_AND_LAST]
+    assert main(fit) == 130
+    assert capfd.readouterr().err.strip().splitlines()[-1] == "visattn: interrupted; resume with --ckpt_path last"
+    assert (in_tmp / CHECKPOINTS / "last.ckpt").is_file()
 
 
 # --- Resuming with augmentation ---------------------------------------------------------------
@@ -466,3 +483,102 @@ def test_a_resumed_run_with_augmentation_reaches_the_uninterrupted_runs_weights(
     assert resumed["global_step"] == uninterrupted["global_step"] == 2 * STEPS_PER_EPOCH
     torch.testing.assert_close(resumed["state_dict"], uninterrupted["state_dict"], rtol=0, atol=0)
     assert _final_val_top1(resumed) == _final_val_top1(uninterrupted)
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoints whose metadata or weights were edited or damaged, and what is no file at all
+# ---------------------------------------------------------------------------------------------
+
+EDITED = "the file was edited or damaged: use the checkpoint as training wrote it"
+SMALL_PREPROCESSING = {"input_size": [3, 28, 28], "mean": [0.5] * 3, "std": [0.5] * 3, "recipe": "small"}
+
+
+def _classifier_checkpoint(path: Path, **edits) -> Path:
+    """A three-class resnet20_cifar checkpoint as `visattn fit` writes it, with ``edits`` to its hyperparameters."""
+    torch.manual_seed(0)
+    task = ImageClassifier("resnet20_cifar", num_classes=3, class_names=["a", "b", "c"],
+                           preprocessing=SMALL_PREPROCESSING)
+    return _task_checkpoint(path, "visattn.tasks.classification.ImageClassifier", {**task.hparams, **edits},
+                            task.state_dict())
+
+
+def _classify(checkpoint: Path, capsys) -> str:
+    """The one error line of `visattn classify` and `visattn evaluate` (the same) with ``checkpoint``."""
+    from PIL import Image
+
+    Image.new("RGB", (28, 28), (90, 90, 90)).save(checkpoint.parent / "item.png")
+    capsys.readouterr()
+    assert main(["classify", str(checkpoint.parent / "item.png"), "--checkpoint", str(checkpoint)]) == 2
+    error = _one_error_line(capsys)
+    assert main(["evaluate", "--checkpoint", str(checkpoint), "--dataset", "fashion-mnist", "--limit", "4"]) == 2
+    assert _one_error_line(capsys) == error
+    return error
+
+
+@pytest.mark.parametrize("edits, problem", [
+    ({"preprocessing": {"mean": [0.5] * 3, "std": [0.5] * 3}}, "preprocessing has no input_size"),
+    ({"preprocessing": {"input_size": [3, 28, 28], "recipe": "small"}}, "preprocessing has no mean or std"),
+    ({"model_kwargs": [1]}, "model_kwargs=[1]: give an object of builder arguments, e.g. {'depth': 4}"),
+    ({"preprocessing": "small"}, "preprocessing='small': give an object with input_size, mean and std"),
+    ({"preprocessing": {**SMALL_PREPROCESSING, "input_size": 28}},
+     "preprocessing.input_size=28: give [C, H, W], C being 1 (gray) or 3 (RGB)"),
+    ({"num_classes": "3"}, "num_classes='3': give a whole number of classes (0: features only)"),
+    ({"class_names": "abc"}, "class_names='abc': give a list of label names, one per class"),
+    ({"model_name": 7}, "model_name=7: give a model name, e.g. 'se_resnet20_cifar'"),
+], ids=["no_input_size", "no_mean_std", "model_kwargs_list", "preprocessing_string", "input_size_int",
+        "num_classes_string", "class_names_string", "model_name_int"])
+def test_a_checkpoint_with_edited_metadata_is_one_line_naming_the_field(edits, problem, tmp_path, capsys):
+    checkpoint = _classifier_checkpoint(tmp_path / "edited.ckpt", **edits)
+    assert _classify(checkpoint, capsys) == f"visattn: error: {checkpoint}: hyper_parameters.{problem}; {EDITED}"
+
+
+def test_a_checkpoint_whose_hyperparameters_are_no_object_is_one_line(tmp_path, capsys):
+    checkpoint = _classifier_checkpoint(tmp_path / "edited.ckpt")
+    written = torch.load(checkpoint, weights_only=True)
+    torch.save({**written, "hyper_parameters": [1]}, checkpoint)
+    assert _classify(checkpoint, capsys) == (f"visattn: error: {checkpoint}: hyper_parameters=[1]: give the run's "
+                                             f"arguments as an object; {EDITED}")
+
+
+@pytest.mark.parametrize("field, value, wanted", [
+    ("std", [0, 0, 0], "give 3 finite numbers above 0"),
+    ("std", [0.5, -0.5, 0.5], "give 3 finite numbers above 0"),
+    ("std", [float("inf")] * 3, "give 3 finite numbers above 0"),
+    ("mean", [float("nan")] * 3, "give 3 finite numbers"),
+    ("mean", [0.5, 0.5], "give 3 finite numbers"),
+], ids=["zero_std", "negative_std", "infinite_std", "nan_mean", "two_means"])
+def test_normalisation_that_would_print_nan_is_refused_at_load_and_transform_time(field, value, wanted, tmp_path,
+                                                                                 capsys):
+    from visattn.data.transforms import eval_transforms, train_transforms
+    from visattn.errors import ConfigError
+
+    problem = f"{field}={value!r}: {wanted} (one per RGB channel) or 1 for all"
+    checkpoint = _classifier_checkpoint(tmp_path / "edited.ckpt", preprocessing={**SMALL_PREPROCESSING, field: value})
+    expected = f"visattn: error: {checkpoint}: hyper_parameters.preprocessing.{problem}; {EDITED}"
+    assert _classify(checkpoint, capsys) == expected
+    for build in (eval_transforms, train_transforms):
+        with pytest.raises(ConfigError) as err:
+            build(**{**SMALL_PREPROCESSING, field: value, "input_size": 28})
+        assert str(err.value) == problem
+
+
+def test_a_checkpoint_with_nan_weights_is_refused_not_scored(tmp_path, capsys):
+    checkpoint = _classifier_checkpoint(tmp_path / "diverged.ckpt")
+    written = torch.load(checkpoint, weights_only=True)
+    written["state_dict"]["model.fc.weight"][0, 0] = float("nan")
+    torch.save(written, checkpoint)
+    assert _classify(checkpoint, capsys) == (f"visattn: error: {checkpoint}: tensor 'fc.weight' holds NaN or Inf "
+                                             "values; the file is corrupt or from a diverged run: use an earlier "
+                                             "checkpoint")
+
+
+def test_a_fifo_given_as_checkpoint_is_not_a_regular_file_and_is_not_read(tmp_path):
+    import os
+
+    fifo = tmp_path / "run.ckpt"
+    os.mkfifo(fifo)
+    # A subprocess with a timeout: opening the FIFO would wait for a writer forever.
+    proc = subprocess.run([sys.executable, "-m", "visattn.cli", "classify", "x.png", "--checkpoint", str(fifo)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr == f"visattn: error: {fifo}: not a regular file (a device, FIFO or socket); give a file path\n"

@@ -9,13 +9,15 @@ import argparse
 import hashlib
 import inspect
 import json
+import math
 import os
 import pickle
+import reprlib
 import struct
 import socket
 import warnings
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import torch
 from safetensors import SafetensorError
@@ -87,7 +89,38 @@ def _index_problem(raw: Any) -> Optional[str]:
     for name, entry in raw.items():
         if "." not in name or not isinstance(entry, dict) or not all(isinstance(entry.get(k), str) for k in _ENTRY_KEYS):
             return f'entry {name!r} is not an "ARCH.TAG" object with "file" and "sha256" strings'
+        problem = metadata_problem(entry)
+        if problem:
+            return f"entry {name!r}: {problem}"
     return None
+
+
+def _is_label_list(value: Any) -> bool:
+    return isinstance(value, (list, tuple)) and all(isinstance(name, str) for name in value)
+
+
+# Fields an index entry or a training checkpoint's hyperparameters may hold, each with the test its
+# readers rely on and what to give instead; ``None`` is what a field left out reads as.
+_METADATA_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "model_name": (lambda v: isinstance(v, str), "a model name, e.g. 'se_resnet20_cifar'"),
+    "num_classes": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+                    "a whole number of classes (0: features only)"),
+    "model_kwargs": (lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v),
+                     "an object of builder arguments, e.g. {'depth': 4}"),
+    "labels": (_is_label_list, "a list of label names, one per class"),
+    "class_names": (_is_label_list, "a list of label names, one per class"),
+}
+
+
+def metadata_problem(meta: dict[str, Any]) -> Optional[str]:
+    """``FIELD=VALUE: what to give`` for the first field of ``meta`` (a weights index entry, or a training
+    checkpoint's hyperparameters) its readers could not use as recorded; None when every one can be."""
+    from .data.transforms import preprocessing_problem
+
+    for field, (usable, wanted) in _METADATA_FIELDS.items():
+        if meta.get(field) is not None and not usable(meta[field]):
+            return f"{field}={reprlib.repr(meta[field])}: give {wanted}"
+    return preprocessing_problem(meta["preprocessing"]) if meta.get("preprocessing") is not None else None
 
 
 def model_files(model: Optional[str] = None, checkpoint: Optional[str] = None) -> list[Path]:
@@ -140,9 +173,8 @@ def sha256_of(path: Union[str, Path]) -> str:
 def read_state_dict(path: Union[str, Path], *, sha256: Optional[str] = None) -> StateDict:
     """Read a ``.safetensors`` or (weights-only) pickle checkpoint into a flat ``{name: tensor}`` dict."""
     path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"{path}: weights file not found, nor shipped weights of that name; check the path, "
-                           "see `visattn models --pretrained` for ARCH.TAG names, or give false for no weights")
+    require_regular_file(path, missing="weights file not found, nor shipped weights of that name; check the path, "
+                         "see `visattn models --pretrained` for ARCH.TAG names, or give false for no weights")
     if sha256 is not None and sha256_of(path) != sha256:
         raise WeightsError(f"{path}: sha256 mismatch, the file is corrupt or was replaced; restore it from git")
     if path.suffix == ".safetensors":
@@ -157,6 +189,18 @@ def read_state_dict(path: Union[str, Path], *, sha256: Optional[str] = None) -> 
         raise WeightsError(f"{path}: unknown weights format {path.suffix!r}; "
                            "use .safetensors, .pth, .pt, .bin, .ckpt or .pth.tar")
     return _strip_prefixes(_unwrap(state, path))
+
+
+def require_regular_file(path: Path, *, missing: str) -> None:
+    """One line unless ``path`` is a regular file: ``PATH: missing`` when nothing is there; a folder, device,
+    FIFO or socket is named as such before anything opens it (reading a FIFO would wait for a writer)."""
+    if path.is_file():
+        return
+    if path.is_dir():
+        raise WeightsError(f"{path}: a folder, not a weights file; give the path of the file in it")
+    if path.exists():
+        raise WeightsError(f"{path}: not a regular file (a device, FIFO or socket); give a file path")
+    raise WeightsError(f"{path}: {missing}")
 
 
 def read_pickle_checkpoint(path: Path, *, lazy: bool = False) -> Any:
@@ -232,6 +276,18 @@ def refuse_existing_weights(path: Union[str, Path]) -> None:
 _WEIGHT_SOURCES = ("pretrained_backbone", "encoder_pretrained")
 
 
+def _incomplete_classifier_preprocessing(arch: str, meta: dict[str, Any]) -> Optional[str]:
+    """What a classifier's recorded ``preprocessing`` lacks that loading it needs (none recorded is
+    allowed: it loads with ImageNet's, see :func:`_warn_unless_described`)."""
+    from .data.transforms import CLASSIFIER_PREPROCESSING, preprocessing_problem
+    from .registry import model_task
+
+    if model_task(arch) != "classification" or not meta.get("preprocessing"):
+        return None
+    problem = preprocessing_problem(meta["preprocessing"], required=CLASSIFIER_PREPROCESSING)
+    return problem and f"{problem}; pass preprocessing=dict(input_size=..., mean=..., std=...)"
+
+
 def _warn_unless_described(path: Path, arch: str, meta: dict[str, Any]) -> None:
     """A classifier saved without ``preprocessing`` or ``labels`` loads with ImageNet's normalisation
     and labels "0".."N-1": right for photos, silently wrong for anything else."""
@@ -304,6 +360,9 @@ def save_weights(model: nn.Module, path: Union[str, Path], *, overwrite: bool = 
     sources = [k for k in _WEIGHT_SOURCES if k in inspect.signature(type(model).__init__).parameters]
     if meta.get("model_kwargs") or sources:
         meta["model_kwargs"] = {**(meta.get("model_kwargs") or {}), **dict.fromkeys(sources, False)}
+    problem = metadata_problem(meta) or _incomplete_classifier_preprocessing(arch, meta)
+    if problem:  # checked before the index is written, which would refuse it from then on
+        raise WeightsError(f"{path}: {problem}")
     _refuse_unbuildable(model, path, f"{arch}.{tag}", meta.get("model_kwargs") or {})
     _warn_unless_described(path, arch, meta)
     try:
@@ -378,11 +437,51 @@ def load_weights(
         except WeightsError as err:  # a layout the model cannot take (e.g. register tokens): name the file
             raise WeightsError(f"{named}: {err}") from None
     state, head_warning = _drop_mismatched_head(model, state, source=named, new_head=new_head)
+    state, channels_warning = _adapt_input_channels(model, state, source=named)
     check_state_dict(model, state, strict=strict, source=named)
-    if head_warning:  # only now: before weights that do not fit at all, it would mislead
-        warnings.warn(head_warning, VisattnWarning, stacklevel=2)
+    _refuse_non_finite(state, source=named)
+    # Only now: before weights that do not fit at all, or hold NaN, the warnings would mislead.
+    for warning in filter(None, (channels_warning, head_warning)):
+        warnings.warn(warning, VisattnWarning, stacklevel=2)
     model.load_state_dict(state, strict=False)
     return wrapper
+
+
+def _refuse_non_finite(state: StateDict, *, source: Any) -> None:
+    """A diverged run's weights (or a damaged file's) would give NaN probabilities without a word."""
+    bad = next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    if bad is not None:
+        raise WeightsError(f"{source}: tensor {bad!r} holds NaN or Inf values; the file is corrupt or from a diverged "
+                           "run: use an earlier checkpoint")
+
+
+def _adapt_input_channels(model: nn.Module, state: StateDict, *, source: Any) -> tuple[StateDict, Optional[str]]:
+    """``state`` with RGB weights of the model's first convolution (a ResNet's ``conv1``, a ViT's
+    ``patch_embed.proj``) adapted to a model built with another ``in_chans``, as timm does, and the warning
+    to give; ``state`` itself unless those channels are all that does not fit."""
+    first = next((f"{name}.weight" for name, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)
+    own = model.state_dict()
+    misfits = [k for k in state if k in own and own[k].shape != state[k].shape]
+    if misfits != [first] or state[first].ndim != 4 or state[first].shape[1] != 3:
+        return state, None
+    (out, in_chans, *kernel), rgb = own[first].shape, state[first].shape
+    if (out, *kernel) != (rgb[0], *rgb[2:]):
+        return state, None
+    how = "summed over R, G and B" if in_chans == 1 else f"repeated over the channels and scaled by 3/{in_chans}"
+    warning = f"{source}: {first} holds RGB filters and the model takes in_chans={in_chans}: {how}, as timm does"
+    return {**state, first: _adapt_input_conv(in_chans, state[first])}, warning
+
+
+def _adapt_input_conv(in_chans: int, weight: torch.Tensor) -> torch.Tensor:
+    """timm's ``adapt_input_conv`` for RGB weights ``(O, 3, kh, kw)``: summed over the colours for one
+    channel (a gray image then meets the filters as its RGB copy would), else the colours repeated to
+    ``(O, in_chans, kh, kw)`` and scaled by ``3 / in_chans``, so that activations keep their size."""
+    rgb = weight.float()  # half weights: summed in float, which the CPU has kernels for
+    if in_chans == 1:
+        adapted = rgb.sum(dim=1, keepdim=True)
+    else:
+        adapted = rgb.repeat(1, math.ceil(in_chans / 3), 1, 1)[:, :in_chans] * (3 / in_chans)
+    return adapted.to(weight.dtype)
 
 
 def _drop_mismatched_head(

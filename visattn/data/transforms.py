@@ -10,10 +10,13 @@ Two recipes:
 """
 from __future__ import annotations
 
+import math
 import os
+import reprlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
+from numbers import Real
 from typing import Literal
 
 import albumentations as A
@@ -23,6 +26,7 @@ from albumentations.pytorch import ToTensorV2
 from torch import nn
 
 from ..errors import ConfigError
+from ..layers.patch_embed import is_count
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -31,6 +35,8 @@ __all__ = [
     "ImageTransform",
     "Recipe",
     "eval_transforms",
+    "CLASSIFIER_PREPROCESSING",
+    "preprocessing_problem",
     "to_tensor",
     "to_model_input",
     "train_transforms",
@@ -140,6 +146,7 @@ def train_transforms(
         hflip: random horizontal flips.
         color_jitter: brightness/contrast/saturation jitter strength; 0 turns it off.
     """
+    _check_normalization(mean, std)
     height, width = _height_width(input_size)
     if recipe == "photo":
         steps: list[A.BasicTransform] = [A.RandomResizedCrop((height, width), scale=scale, ratio=ratio)]
@@ -176,6 +183,7 @@ def eval_transforms(
             ``"small"``: resize the whole image to ``input_size``.
         crop_pct: ``"photo"`` only: fraction of the resized image the centre crop keeps.
     """
+    _check_normalization(mean, std)
     height, width = _height_width(input_size)
     if recipe == "photo":
         shorter = round(min(height, width) / crop_pct)
@@ -185,6 +193,50 @@ def eval_transforms(
     else:
         raise _unknown_recipe(recipe)
     return ImageTransform([*steps, *_channel_steps(input_size), A.Normalize(mean, std)])
+
+
+CLASSIFIER_PREPROCESSING = ("input_size", "mean", "std")  # what a classifier's recorded transform settings need
+
+
+def preprocessing_problem(preprocessing: object, *, required: Sequence[str] = ()) -> str | None:
+    """``preprocessing.FIELD=VALUE: what to give`` when recorded evaluation-transform settings (a weights
+    index entry's or a training checkpoint's) would not build a transform, or would build one giving NaN;
+    None when they would not. ``required``: the fields the reader cannot do without."""
+    if not isinstance(preprocessing, dict):
+        return f"preprocessing={reprlib.repr(preprocessing)}: give an object with input_size, mean and std"
+    missing = [field for field in required if field not in preprocessing]
+    if missing:
+        return f"preprocessing has no {' or '.join(missing)}"
+    if "input_size" in preprocessing and not _is_channels_height_width(size := preprocessing["input_size"]):
+        return f"preprocessing.input_size={reprlib.repr(size)}: give [C, H, W], C being 1 (gray) or 3 (RGB)"
+    for name in ("mean", "std"):
+        problem = _statistics_problem(name, preprocessing[name]) if name in preprocessing else None
+        if problem:
+            return f"preprocessing.{problem}"
+    return None
+
+
+def _is_channels_height_width(size: object) -> bool:
+    return isinstance(size, (list, tuple)) and len(size) == 3 and all(map(is_count, size)) and size[0] in (1, 3)
+
+
+def _check_normalization(mean: object, std: object) -> None:
+    problem = _statistics_problem("mean", mean) or _statistics_problem("std", std)
+    if problem:
+        raise ConfigError(problem)
+
+
+def _statistics_problem(name: str, values: object) -> str | None:
+    """``NAME=VALUES: what to give`` unless ``values`` (a ``mean`` or ``std``) is 1 or 3 finite numbers,
+    those of a std above 0: a std of 0 makes every pixel inf or NaN, and albumentations takes another
+    count without a word, normalising channels with values meant for others."""
+    numbers = values if isinstance(values, (list, tuple)) else [values]
+    low = 0 if name == "std" else -math.inf
+    if len(numbers) in (1, 3) and all(isinstance(v, Real) and not isinstance(v, bool) and low < v < math.inf
+                                      for v in numbers):
+        return None
+    above = " above 0" if name == "std" else ""
+    return f"{name}={reprlib.repr(values)}: give 3 finite numbers{above} (one per RGB channel) or 1 for all"
 
 
 def check_image_batch(images: object, *, channels: int = 3) -> None:

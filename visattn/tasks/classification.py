@@ -1,6 +1,7 @@
 """Image classification as a LightningModule: any registered model (or ``timm:NAME``) by name."""
 import contextlib
 import math
+import reprlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
@@ -18,13 +19,14 @@ from torchvision.transforms import v2
 
 from ..data.fashion_mnist import FASHION_MNIST_CLASSES, FashionMNIST
 from ..data.image_folder import ImageFolder, evaluation_batches, seeded_subset
-from ..data.transforms import (IMAGENET_MEAN, IMAGENET_STD, ImageTransform, check_image_batch, eval_transforms,
-                               to_model_input)
+from ..data.transforms import (CLASSIFIER_PREPROCESSING, IMAGENET_MEAN, IMAGENET_STD, ImageTransform,
+                               check_image_batch, eval_transforms, preprocessing_problem, to_model_input)
 from ..devices import inference_device, model_device
 from ..errors import ConfigError, WeightsError
 from ..models.vit import NO_WEIGHT_DECAY
 from ..modes import eval_mode
-from ..pretrained import find_weights_entry, load_weights, read_pickle_checkpoint
+from ..pretrained import (INDEX_NAME, find_weights_entry, load_weights, metadata_problem, read_pickle_checkpoint,
+                          require_regular_file, weights_dir)
 from ..registry import create_model, model_family, model_task, split_model_name
 from .guards import NonFiniteLossGuard, skip_missing_batch
 
@@ -96,8 +98,8 @@ class ImageClassifier(pl.LightningModule):
             ``"flash"``, ``"efficient"``, ``"math"`` or ``"cudnn"`` (flash and math also run on
             CPU; flash on CUDA needs 16-bit precision); None lets PyTorch choose.
         grad_checkpointing: recompute each block's activations in the backward pass instead of
-            keeping them (the model's ``set_grad_checkpointing``: ViTs, and timm models that have
-            it): less memory for about a third more compute a step, the same gradients.
+            keeping them (the model's ``set_grad_checkpointing``: ViTs, ResNets, and timm models
+            that have it): less memory for about a third more compute a step, the same gradients.
         max_bad_steps: a step whose loss is NaN or infinite is skipped (and logged as
             ``train/skipped_steps``); this many in a row stop the run with a message.
 
@@ -145,6 +147,10 @@ class ImageClassifier(pl.LightningModule):
 
     @staticmethod
     def _batch_mix(num_classes: int, mixup_alpha: float, cutmix_alpha: float) -> Optional[v2.Transform]:
+        for name, alpha in (("mixup_alpha", mixup_alpha), ("cutmix_alpha", cutmix_alpha)):
+            if not (math.isfinite(alpha) and alpha >= 0):  # below 0, the mix would be silently off
+                raise ConfigError(f"model.init_args.{name}={alpha}: give the Beta distribution's alpha above 0, "
+                                  "or 0 for none")
         mixes = ([v2.MixUp(alpha=mixup_alpha, num_classes=num_classes)] if mixup_alpha > 0 else []) + (
             [v2.CutMix(alpha=cutmix_alpha, num_classes=num_classes)] if cutmix_alpha > 0 else [])
         return v2.RandomChoice(mixes) if mixes else None
@@ -227,7 +233,7 @@ class ImageClassifier(pl.LightningModule):
 def adamw_warmup_cosine(task: pl.LightningModule) -> dict[str, Any]:
     """AdamW over ``task.model`` with warm-up + cosine stepped per batch, from the task's ``lr``,
     ``weight_decay`` and ``warmup_epochs`` hyperparameters; shared by every visattn task."""
-    for key in ("lr", "weight_decay"):  # a YAML .nan or .inf reaches here unchecked; AdamW's error was a traceback
+    for key in ("lr", "weight_decay", "warmup_epochs"):  # a YAML .nan or .inf reaches here unchecked
         if not math.isfinite(task.hparams[key]) or task.hparams[key] < 0:
             raise ConfigError(f"model.init_args.{key}={task.hparams[key]}: give a finite value of 0 or more")
     groups = weight_decay_groups(task.model, task.hparams.weight_decay, lr=task.hparams.lr,
@@ -240,10 +246,11 @@ def adamw_warmup_cosine(task: pl.LightningModule) -> dict[str, Any]:
 
 
 def enable_grad_checkpointing(model: nn.Module, model_name: str) -> None:
-    if not hasattr(model, "set_grad_checkpointing"):
+    try:
+        model.set_grad_checkpointing(True)
+    except (AttributeError, AssertionError, NotImplementedError):  # timm's models without it assert
         raise ConfigError(f"model.init_args.grad_checkpointing: {model_name} cannot recompute its activations; "
-                          "it is for ViT models (vit_*, deit_*) and timm models that support it; set it to false")
-    model.set_grad_checkpointing(True)
+                          "visattn's ViTs and ResNets and most timm models can; set it to false") from None
 
 
 def check_sdpa_backend(backend: Optional[str], device: torch.device, precision: str) -> None:
@@ -398,14 +405,18 @@ def load_classifier(model: Optional[str] = None, checkpoint: Optional[str] = Non
     net = inference_model(create_model(f"{arch}.{entry['tag']}", **_size_kwargs(arch, img_size)), target)
     labels = _labels(entry.get("labels"), net.num_classes, f"{arch}.{entry['tag']}'s index entry")
     # save_weights(model, path) alone records no preprocessing: the model's default, as for checkpoints.
-    preprocessing = _resized(entry.get("preprocessing") or _default_preprocessing(net), img_size)
+    recorded = _classifier_preprocessing(
+        entry.get("preprocessing"), net, source=f"{weights_dir() / INDEX_NAME}: entry '{arch}.{entry['tag']}': ",
+        fix="record input_size [C, H, W], mean and std there, or save the weights again with "
+            "`visattn save-weights --checkpoint`")
+    preprocessing = _resized(recorded, img_size)
     return Classifier(net, labels, preprocessing, f"{arch}.{entry['tag']}",
                       arch, dict(entry.get("model_kwargs") or {}))
 
 
 def _classifier_from_checkpoint(path: Path, img_size: Optional[int], device: torch.device) -> Classifier:
     checkpoint, hparams = task_checkpoint(path, "classification")
-    if "model_name" not in hparams or "num_classes" not in hparams:
+    if "model_name" not in hparams or hparams.get("num_classes") is None:
         raise WeightsError(f"{path}: not a visattn classification checkpoint (no model_name and num_classes); "
                            "pass --model ARCH.TAG instead")
     model_kwargs = {**(hparams.get("model_kwargs") or {}), **_size_kwargs(hparams["model_name"], img_size)}
@@ -413,9 +424,23 @@ def _classifier_from_checkpoint(path: Path, img_size: Optional[int], device: tor
     net = build_classifier(hparams["model_name"], hparams["num_classes"], model_kwargs, pretrained=False)
     load_weights(net, checkpoint["state_dict"], new_head=False, origin=path)  # its EMA copy when the run kept one
     labels = _labels(hparams.get("class_names"), hparams["num_classes"], str(path))
-    preprocessing = _resized(hparams.get("preprocessing") or _default_preprocessing(net), img_size)
+    recorded = _classifier_preprocessing(hparams.get("preprocessing"), net, source=f"{path}: hyper_parameters.",
+                                         fix=_EDITED_CHECKPOINT)
+    preprocessing = _resized(recorded, img_size)
     return Classifier(inference_model(net, device), labels, preprocessing, str(path), hparams["model_name"],
                       dict(hparams.get("model_kwargs") or {}))
+
+
+def _classifier_preprocessing(recorded: Optional[dict[str, Any]], net: nn.Module, *, source: str,
+                              fix: str) -> dict[str, Any]:
+    """The recorded evaluation-transform settings; the model's default (ImageNet's statistics) when none were
+    recorded, one line naming ``source`` and ``fix`` when some are missing."""
+    if not recorded:
+        return _default_preprocessing(net)
+    problem = preprocessing_problem(recorded, required=CLASSIFIER_PREPROCESSING)
+    if problem:
+        raise WeightsError(f"{source}{problem}; {fix}")
+    return recorded
 
 
 def _labels(recorded: Optional[Sequence[str]], num_classes: int, source: str) -> list[str]:
@@ -445,14 +470,24 @@ def _resized(preprocessing: dict[str, Any], img_size: Optional[int]) -> dict[str
 def read_checkpoint(path: Path, *, lazy: bool = False) -> dict[str, Any]:
     """A Lightning checkpoint, read with ``weights_only=True``; ``lazy`` memory-maps its tensors (for a
     look at its hyperparameters or callback states without reading the weights)."""
-    if not path.is_file():
-        raise WeightsError(f"{path}: checkpoint not found; check the path (Lightning writes them under checkpoints/)")
+    require_regular_file(path, missing="checkpoint not found; check the path (Lightning writes them under "
+                         "checkpoints/)")
     checkpoint = read_pickle_checkpoint(path, lazy=lazy)
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
         raise WeightsError(f"{path}: not a Lightning checkpoint (no state_dict); --checkpoint takes a .ckpt written by "
                            "`visattn fit`: use shipped weights with --model ARCH.TAG, or load a weights file in "
                            "Python with create_model(ARCH, pretrained=FILE)")
+    hparams = checkpoint.get("hyper_parameters")
+    if hparams is not None and not isinstance(hparams, dict):
+        raise WeightsError(f"{path}: hyper_parameters={reprlib.repr(hparams)}: give the run's arguments as an object; "
+                           f"{_EDITED_CHECKPOINT}")
+    problem = metadata_problem(hparams or {})
+    if problem:
+        raise WeightsError(f"{path}: hyper_parameters.{problem}; {_EDITED_CHECKPOINT}")
     return checkpoint
+
+
+_EDITED_CHECKPOINT = "the file was edited or damaged: use the checkpoint as training wrote it"
 
 
 def _default_preprocessing(model: nn.Module) -> dict[str, Any]:
@@ -473,6 +508,8 @@ def evaluation_dataset(spec: str, split: str, transform: ImageTransform, class_n
         check_fashion_mnist_labels(class_names, spec)
         return FashionMNIST(split, transform)
     if spec.startswith("imagefolder:"):
+        if spec == "imagefolder:":  # Path("") is the working folder, which the user did not name
+            raise ConfigError("--dataset imagefolder: names no folder; give one, e.g. imagefolder:photos")
         root = Path(spec[len("imagefolder:"):])
         splits = [name for name in SPLIT_FOLDERS if (root / name).is_dir()]
         if splits and split not in splits:
