@@ -81,6 +81,9 @@ CASES = {
                                    f"main process) to {4 * (os.cpu_count() or 1)} (4 per CPU; more only compete"),
     "negative_workers_in_config": (lambda tmp: [*FIT, "--data.init_args.num_workers", "-1"],
                                    "data.init_args.num_workers=-1: give 0 (load in the main process) to"),
+    "negative_gradient_clip_val": (lambda tmp: [*FIT, "--trainer.gradient_clip_val", "-1"],
+                                   "trainer.gradient_clip_val=-1: give the positive norm to clip gradients to, "
+                                   "or 0 for no clipping"),
     "missing_data_path": (lambda tmp: ["fit", "--config", str(IMAGEFOLDER_CONFIG), "--data.init_args.root", "/nope"],
                           "/nope: no such folder"),
     "unknown_model_in_config": (lambda tmp: [*FIT, "--model.init_args.model_name", "cbam_resnt20_cifar"],

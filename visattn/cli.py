@@ -73,11 +73,18 @@ def run_lightning(argv: Sequence[str]) -> int:
 
     try:
         run_lightning_cli(list(argv))
-    except KeyboardInterrupt:  # also after Lightning's own shutdown, which run_lightning_cli turns into this
-        resume = "; resume with --ckpt_path last" if argv[0] == "fit" else ""
-        print(f"visattn: interrupted{resume}", file=sys.stderr)
+    except KeyboardInterrupt as interrupt:  # also after Lightning's shutdown, which run_lightning_cli turns into this
+        print(f"visattn: interrupted{_resume_hint(argv[0], interrupt)}", file=sys.stderr)
         return 130
     return 0
+
+
+def _resume_hint(subcommand: str, interrupt: KeyboardInterrupt) -> str:
+    if subcommand != "fit":
+        return ""
+    if getattr(interrupt, "resumable", False):
+        return "; resume with --ckpt_path last"
+    return "; no checkpoint was saved yet, so run the same command again to start afresh"
 
 
 def print_metrics(name: str, args: argparse.Namespace, metrics: dict) -> None:

@@ -69,6 +69,14 @@ from .classification import read_checkpoint
 log = logging.getLogger(__name__)
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C in a Lightning command; ``resumable``: the run left a last checkpoint for ``--ckpt_path last``."""
+
+    def __init__(self, resumable: bool) -> None:
+        super().__init__()
+        self.resumable = resumable
+
+
 class SafeCheckpointIO(TorchCheckpointIO):
     """Lightning checkpoints written crash-safely and read weights-only.
 
@@ -572,6 +580,10 @@ class VisattnCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
         config = self._get(self.config_init, "trainer", default={})
+        clip = config.get("gradient_clip_val")
+        if clip is not None and not (math.isfinite(clip) and clip >= 0):  # a negative norm turns the gradients round
+            raise ConfigError(f"trainer.gradient_clip_val={clip}: give the positive norm to clip gradients to, "
+                              "or 0 for no clipping")
         kwargs["callbacks"] = self._callbacks(config)
         plugins = config.get("plugins") or []
         plugins = plugins if isinstance(plugins, list) else [plugins]
@@ -602,14 +614,21 @@ class VisattnCLI(LightningCLI):
             callbacks = [*callbacks, JsonPredictionWriter()]
         return callbacks
 
+    def _left_last_checkpoint(self) -> bool:
+        # Only this run's: a fresh fit refuses folders that hold an earlier run's checkpoints.
+        folders = [Path(c.dirpath) for c in self.trainer.checkpoint_callbacks if getattr(c, "dirpath", None)]
+        return any(path.is_file() for folder in folders for path in folder.glob("last*" + ModelCheckpoint.FILE_EXTENSION))
+
     def _run_subcommand(self, subcommand: str) -> None:
         sigint = signal.getsignal(signal.SIGINT)
         try:
             with _log_filter(_not_interrupt_notice):
                 super()._run_subcommand(subcommand)
+        except KeyboardInterrupt:  # before Lightning's own handling started, e.g. while reading the data
+            raise Interrupted(self._left_last_checkpoint()) from None
         except SystemExit as exit:
             if isinstance(exit.__context__, KeyboardInterrupt):  # Lightning's shutdown after Ctrl-C exits with 1
-                raise KeyboardInterrupt from None
+                raise Interrupted(self._left_last_checkpoint()) from None
             raise
         except ValueError as err:
             mapped = _late_trainer_error(err)
