@@ -8,6 +8,7 @@ import torch
 import torchvision
 from torch import nn
 
+from fixtures_memory import saved_bytes_and_grads
 from visattn import create_model, list_models
 from visattn.errors import ConfigError, WeightsError
 from visattn.layers.bam import Bam
@@ -363,24 +364,6 @@ def test_zero_init_residual_starts_every_block_as_its_shortcut(arch):
             x = torch.randn(2, block.conv1.in_channels, 8, 8)
             shortcut = x if block.downsample is None else block.downsample(x)
             torch.testing.assert_close(block(x), torch.relu(shortcut))
-
-
-def saved_bytes_and_grads(model: ResNet, images: torch.Tensor) -> tuple[int, dict[str, torch.Tensor]]:
-    """Bytes the autograd graph keeps for the backward pass (parameters excluded) and a train step's gradients."""
-    parameters = {p.data_ptr() for p in model.parameters()}
-    saved = {}
-
-    def keep(t: torch.Tensor) -> torch.Tensor:
-        if t.data_ptr() not in parameters:
-            saved[t.data_ptr()] = t.numel() * t.element_size()
-        return t
-
-    model.zero_grad(set_to_none=True)
-    torch.manual_seed(1)  # the same dropout and drop-path masks on both runs
-    with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
-        loss = model(images).logsumexp(dim=1).sum()
-    loss.backward()
-    return sum(saved.values()), {name: p.grad.clone() for name, p in model.named_parameters()}
 
 
 def test_grad_checkpointing_keeps_gradients_and_saves_less():

@@ -6,6 +6,7 @@ import torchvision
 from safetensors.torch import save_file
 from timm.layers import resample_abs_pos_embed as timm_resample
 
+from fixtures_memory import saved_bytes_and_grads
 from visattn import create_model, list_models
 from visattn.errors import ConfigError
 from visattn.layers.pos_embed import resample_abs_pos_embed
@@ -175,34 +176,15 @@ def test_a_vit_without_qkv_bias_builds_and_runs():
     assert model.blocks[0].attn.qkv.bias is None and model(torch.randn(1, 3, 32, 32)).shape == (1, 1000)
 
 
-def _saved_bytes_and_grads(model: VisionTransformer, images: torch.Tensor) -> tuple[int, dict[str, torch.Tensor]]:
-    """Bytes the autograd graph keeps for the backward pass (tensors saved while the forward runs,
-    parameters excluded), and the gradients of a training step in train mode."""
-    parameters = {p.data_ptr() for p in model.parameters()}
-    saved = {}
-
-    def keep(t: torch.Tensor) -> torch.Tensor:
-        if t.data_ptr() not in parameters:
-            saved[t.data_ptr()] = t.numel() * t.element_size()
-        return t
-
-    model.zero_grad(set_to_none=True)
-    torch.manual_seed(1)  # the same dropout and drop-path masks on both runs
-    with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
-        loss = model(images).logsumexp(dim=1).sum()
-    loss.backward()
-    return sum(saved.values()), {name: p.grad.clone() for name, p in model.named_parameters()}
-
-
 def test_grad_checkpointing_keeps_gradients_and_drops_block_activations():
     torch.manual_seed(0)
     model = VisionTransformer(img_size=28, patch_size=4, embed_dim=64, depth=4, num_heads=2, num_classes=5,
                               drop_rate=0.1, proj_drop_rate=0.1, drop_path_rate=0.2).train()
     images = torch.randn(4, 3, 28, 28)
-    plain_bytes, plain_grads = _saved_bytes_and_grads(model, images)
+    plain_bytes, plain_grads = saved_bytes_and_grads(model, images)
     model.set_grad_checkpointing()
     assert model.grad_checkpointing
-    checkpointed_bytes, checkpointed_grads = _saved_bytes_and_grads(model, images)
+    checkpointed_bytes, checkpointed_grads = saved_bytes_and_grads(model, images)
     assert plain_grads.keys() == checkpointed_grads.keys()
     for name, grad in plain_grads.items():
         torch.testing.assert_close(checkpointed_grads[name], grad, msg=name)
