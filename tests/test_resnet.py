@@ -8,7 +8,7 @@ import torch
 import torchvision
 from torch import nn
 
-from fixtures_memory import saved_bytes_and_grads
+from fixtures_memory import checkpointed_share
 from visattn import create_model, list_models
 from visattn.errors import ConfigError, WeightsError
 from visattn.layers.bam import Bam
@@ -370,15 +370,8 @@ def test_grad_checkpointing_keeps_gradients_and_saves_less():
     torch.manual_seed(0)
     model = create_model("se_resnet20_cifar", drop_rate=0.1, drop_path_rate=0.2).train()
     images = torch.randn(4, 3, 32, 32)
-    plain_bytes, plain_grads = saved_bytes_and_grads(model, images)
-    model.set_grad_checkpointing()
-    assert model.grad_checkpointing
-    checkpointed_bytes, checkpointed_grads = saved_bytes_and_grads(model, images)
-    assert plain_grads.keys() == checkpointed_grads.keys()
-    for name, grad in plain_grads.items():
-        torch.testing.assert_close(checkpointed_grads[name], grad, msg=name)
     # Each block keeps its input instead of its conv / BN / ReLU / SE intermediates.
-    assert checkpointed_bytes < plain_bytes / 3
+    assert checkpointed_share(model, images) < 1 / 3
 
 
 def test_grad_checkpointing_recomputes_only_in_training_with_gradients(monkeypatch):
