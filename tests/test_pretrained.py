@@ -8,6 +8,7 @@ import torch
 from safetensors.torch import save_file
 
 from visattn import create_model, load_weights, save_weights
+from visattn.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from visattn.errors import WeightsError
 from visattn.pretrained import load_index, read_state_dict, sha256_of
 
@@ -644,3 +645,42 @@ def test_save_weights_refuses_an_entry_its_index_would_refuse_before_writing(wei
     assert str(err.value) == (f"{path}: preprocessing has no mean or std; "
                               "pass preprocessing=dict(input_size=..., mean=..., std=...)")
     assert list(weights_tmp.iterdir()) == []
+
+
+@pytest.mark.parametrize("name, side", [("se_resnet20_cifar.fmnist", 28), ("vit_tiny_patch4_28.fmnist", 28),
+                                        ("resnet18", 256)])
+def test_timm_data_helpers_preprocess_a_model_as_visattn_does(name, side):
+    # timm.data.resolve_data_config(model=...) read no pretrained_cfg and gave ImageNet's 224-px crop for a
+    # 28-px Fashion-MNIST model. Images already at the resize's size: the two differ only by rounding.
+    import numpy as np
+    from PIL import Image
+    from timm.data import create_transform, resolve_data_config
+
+    from visattn.data.transforms import eval_transforms
+    from visattn.tasks.classification import load_classifier
+
+    model = create_model(name)
+    config = resolve_data_config(model=model)
+    image = np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8)
+    by_timm = create_transform(**config)(Image.fromarray(image))
+    recorded = (load_classifier(name).preprocessing if "." in name else
+                {"input_size": model.input_size, "mean": IMAGENET_MEAN, "std": IMAGENET_STD})
+    ours = eval_transforms(recorded["input_size"], recorded["mean"], recorded["std"],
+                           recipe=recorded.get("recipe", "photo"))(image)
+    assert config["input_size"] == tuple(recorded["input_size"]) and by_timm.shape == ours.shape
+    torch.testing.assert_close(by_timm, ours, rtol=0, atol=1e-5)
+
+
+def test_a_classifier_from_a_training_checkpoint_carries_its_recorded_preprocessing_for_timm(tmp_path):
+    from test_export import _checkpoint
+    from timm.data import resolve_data_config
+
+    from visattn.tasks.classification import load_classifier
+
+    path = _checkpoint(tmp_path / "run.ckpt")
+    checkpoint = torch.load(path, weights_only=True)
+    checkpoint["hyper_parameters"]["preprocessing"] = VALID_PREPROCESSING
+    torch.save(checkpoint, path)
+    config = resolve_data_config(model=load_classifier(checkpoint=str(path)).model)
+    assert config == {"input_size": (3, 28, 28), "interpolation": "bilinear", "mean": (0.5,) * 3, "std": (0.5,) * 3,
+                      "crop_pct": 1.0, "crop_mode": "squash"}

@@ -123,6 +123,16 @@ def metadata_problem(meta: dict[str, Any]) -> Optional[str]:
     return preprocessing_problem(meta["preprocessing"]) if meta.get("preprocessing") is not None else None
 
 
+def timm_pretrained_cfg(model: nn.Module, preprocessing: Optional[dict[str, Any]]) -> dict[str, Any]:
+    """A classifier's ``pretrained_cfg`` as timm's models carry it, from its weights' recorded
+    ``preprocessing`` (what it lacks: the defaults of weights that recorded none), so that timm's data
+    helpers (``resolve_data_config``, ``create_transform``) preprocess as visattn does, not for ImageNet."""
+    from .data.transforms import default_preprocessing, timm_data_config
+
+    data = timm_data_config({**default_preprocessing(model), **(preprocessing or {})})
+    return {**data, "num_classes": model.num_classes, "classifier": type(model).classifier}
+
+
 def model_files(model: Optional[str] = None, checkpoint: Optional[str] = None) -> list[Path]:
     """The files a command reads its model from, which no output may replace: ``--checkpoint``, or the
     weights of ``--model ARCH.TAG`` (or ``ARCH``) and the index."""

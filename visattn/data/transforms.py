@@ -36,7 +36,9 @@ __all__ = [
     "Recipe",
     "eval_transforms",
     "CLASSIFIER_PREPROCESSING",
+    "default_preprocessing",
     "preprocessing_problem",
+    "timm_data_config",
     "to_tensor",
     "to_model_input",
     "train_transforms",
@@ -193,6 +195,24 @@ def eval_transforms(
     else:
         raise _unknown_recipe(recipe)
     return ImageTransform([*steps, *_channel_steps(input_size), A.Normalize(mean, std)])
+
+
+def default_preprocessing(model: nn.Module) -> dict:
+    """The evaluation settings of a classifier whose weights recorded none: its input size, ImageNet's
+    statistics and the photo recipe (what torchvision's and timm's ImageNet weights expect)."""
+    size = list(getattr(model, "input_size", (3, 224, 224)))
+    return {"input_size": size, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "recipe": "photo"}
+
+
+def timm_data_config(preprocessing: dict) -> dict:
+    """timm's data fields of a ``pretrained_cfg`` for recorded evaluation settings, so that
+    ``timm.data.resolve_data_config(model=...)`` and ``timm.data.create_transform`` build this evaluation
+    transform: the photo recipe is timm's centre crop at ``crop_pct`` 0.875, the small one its
+    ``"squash"`` resize of the whole image."""
+    photo = preprocessing.get("recipe", "photo") == "photo"
+    return {"input_size": tuple(preprocessing["input_size"]), "mean": tuple(preprocessing["mean"]),
+            "std": tuple(preprocessing["std"]), "interpolation": "bilinear",
+            "crop_pct": 0.875 if photo else 1.0, "crop_mode": "center" if photo else "squash"}
 
 
 CLASSIFIER_PREPROCESSING = ("input_size", "mean", "std")  # what a classifier's recorded transform settings need

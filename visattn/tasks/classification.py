@@ -19,14 +19,14 @@ from torchvision.transforms import v2
 
 from ..data.fashion_mnist import FASHION_MNIST_CLASSES, FashionMNIST
 from ..data.image_folder import ImageFolder, evaluation_batches, seeded_subset
-from ..data.transforms import (CLASSIFIER_PREPROCESSING, IMAGENET_MEAN, IMAGENET_STD, ImageTransform,
-                               check_image_batch, eval_transforms, preprocessing_problem, to_model_input)
+from ..data.transforms import (CLASSIFIER_PREPROCESSING, ImageTransform, check_image_batch, default_preprocessing,
+                               eval_transforms, preprocessing_problem, to_model_input)
 from ..devices import inference_device, model_device
 from ..errors import ConfigError, WeightsError
 from ..models.vit import NO_WEIGHT_DECAY
 from ..modes import eval_mode
 from ..pretrained import (INDEX_NAME, find_weights_entry, load_weights, metadata_problem, read_pickle_checkpoint,
-                          require_regular_file, weights_dir)
+                          require_regular_file, timm_pretrained_cfg, weights_dir)
 from ..registry import create_model, model_family, model_task, split_model_name
 from .guards import NonFiniteLossGuard, skip_missing_batch
 
@@ -410,6 +410,7 @@ def load_classifier(model: Optional[str] = None, checkpoint: Optional[str] = Non
         fix="record input_size [C, H, W], mean and std there, or save the weights again with "
             "`visattn save-weights --checkpoint`")
     preprocessing = _resized(recorded, img_size)
+    net.pretrained_cfg = timm_pretrained_cfg(net, preprocessing)  # at img_size
     return Classifier(net, labels, preprocessing, f"{arch}.{entry['tag']}",
                       arch, dict(entry.get("model_kwargs") or {}))
 
@@ -427,6 +428,8 @@ def _classifier_from_checkpoint(path: Path, img_size: Optional[int], device: tor
     recorded = _classifier_preprocessing(hparams.get("preprocessing"), net, source=f"{path}: hyper_parameters.",
                                          fix=_EDITED_CHECKPOINT)
     preprocessing = _resized(recorded, img_size)
+    if hasattr(net, "visattn_name"):  # timm's own models carry their own pretrained_cfg
+        net.pretrained_cfg = timm_pretrained_cfg(net, preprocessing)
     return Classifier(inference_model(net, device), labels, preprocessing, str(path), hparams["model_name"],
                       dict(hparams.get("model_kwargs") or {}))
 
@@ -436,7 +439,7 @@ def _classifier_preprocessing(recorded: Optional[dict[str, Any]], net: nn.Module
     """The recorded evaluation-transform settings; the model's default (ImageNet's statistics) when none were
     recorded, one line naming ``source`` and ``fix`` when some are missing."""
     if not recorded:
-        return _default_preprocessing(net)
+        return default_preprocessing(net)
     problem = preprocessing_problem(recorded, required=CLASSIFIER_PREPROCESSING)
     if problem:
         raise WeightsError(f"{source}{problem}; {fix}")
@@ -488,11 +491,6 @@ def read_checkpoint(path: Path, *, lazy: bool = False) -> dict[str, Any]:
 
 
 _EDITED_CHECKPOINT = "the file was edited or damaged: use the checkpoint as training wrote it"
-
-
-def _default_preprocessing(model: nn.Module) -> dict[str, Any]:
-    size = list(getattr(model, "input_size", (3, 224, 224)))
-    return {"input_size": size, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "recipe": "photo"}
 
 
 SPLIT_FOLDERS = ("train", "val", "test")
