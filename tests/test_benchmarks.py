@@ -101,7 +101,8 @@ def test_beam_search(capsys, monkeypatch):
 
 def test_gpu_script_runs_each_benchmark_on_the_device_it_is_given(tmp_path):
     env = {**os.environ, "DEVICE": "cpu", "SMOKE": "1", "PYTHON": sys.executable, "OUT": str(tmp_path)}
-    subprocess.run(["bash", str(BENCHMARKS / "gpu.sh")], env=env, check=True, capture_output=True, timeout=300)
+    # The timeout only guards against a hang: four fresh interpreters take ~280 s on 2 loaded cores.
+    subprocess.run(["bash", str(BENCHMARKS / "gpu.sh")], env=env, check=True, capture_output=True, timeout=900)
     runs = {path.name: json.loads(path.read_text().strip().splitlines()[-1]) for path in tmp_path.glob("*.txt")}
     assert sorted(runs) == ["beam_search.txt", "device_agreement.txt", "vit_vs_timm_bf16.txt", "vit_vs_timm_fp32.txt"]
     assert {run["device"] for run in runs.values()} == {"cpu"}

@@ -232,7 +232,7 @@ def test_sigkill_mid_fit_then_resume_from_last(in_tmp):
     args = ["fit", "--config", str(CBAM_CONFIG), *QUICK, "--data.init_args.limit", "256", "--trainer.max_epochs", "4"]
     last = in_tmp / "outputs" / "cbam_resnet_fmnist" / "checkpoints" / "last.ckpt"
     proc = _run(args, in_tmp)
-    deadline = time.time() + 240
+    deadline = time.time() + 600  # the first epoch's checkpoint, however loaded the machine
     at_kill = None
     while at_kill is None and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
