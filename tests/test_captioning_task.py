@@ -271,3 +271,23 @@ def test_caption_scores_give_each_bleu_order_and_cider_of_a_partial_overlap():
     assert 0.05 < expected["bleu4"] < expected["bleu3"] < expected["bleu2"] < expected["bleu1"] < 0.95
     scores = caption_scores(hypotheses, refs)
     assert scores == pytest.approx(expected, rel=1e-9, abs=1e-12)
+
+
+def test_attention_panels_are_drawn_on_what_the_model_saw_not_the_whole_file(tmp_path, monkeypatch, capsys):
+    # With the photo recipe the model sees a centre crop: maps laid over the whole file sat in the wrong place.
+    import dataclasses
+
+    import visattn.explain.overlay
+    from visattn.explain import model_view
+    from visattn.tasks.captioning import caption_files, load_captioner
+
+    shipped = load_captioner("sat_cbam_resnet_scenes.scenes")
+    captioner = dataclasses.replace(shipped, preprocessing={**shipped.preprocessing, "recipe": "photo"})
+    image = np.random.default_rng(0).integers(0, 256, (64, 128, 3), dtype=np.uint8)  # wide: the crop drops its sides
+    Image.fromarray(image).save(tmp_path / "wide.png")
+    drawn = []
+    monkeypatch.setattr(visattn.explain.overlay, "save_word_panels", lambda image, *args: drawn.append(image))
+    assert caption_files(captioner, [str(tmp_path / "wide.png")], attention_out=str(tmp_path / "maps")) == (0, 1)
+    seen = model_view(captioner.transform()(image), captioner.preprocessing["mean"], captioner.preprocessing["std"])
+    assert len(drawn) == 1 and drawn[0].shape == (64, 64, 3)
+    np.testing.assert_array_equal(drawn[0], seen)

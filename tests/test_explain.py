@@ -198,6 +198,23 @@ def test_gradcam_equals_cam_for_a_global_pool_linear_head():
     torch.testing.assert_close(maps, cam.relu(), rtol=1e-4, atol=1e-6)
 
 
+def test_gradcam_of_a_layer_an_in_place_relu_follows_explains_that_layer_not_the_relu():
+    # layer3.2.bn1 feeds ReLU(inplace=True), which overwrote the captured activation with its own output.
+    import copy
+
+    torch.manual_seed(0)
+    model = create_model("se_resnet20_cifar").eval()
+    out_of_place = copy.deepcopy(model)
+    for module in out_of_place.modules():
+        if isinstance(module, torch.nn.ReLU):
+            module.inplace = False
+    images = torch.randn(2, 3, 32, 32)
+    maps, classes = grad_cam(model, images, layer="layer3.2.bn1")
+    expected, expected_classes = grad_cam(out_of_place, images, layer="layer3.2.bn1")
+    assert torch.equal(classes, expected_classes) and maps.abs().max() > 0
+    torch.testing.assert_close(maps, expected, rtol=0, atol=1e-6)
+
+
 def test_gradcam_default_layers_and_inference_mode():
     assert default_target_layer(create_model("resnet18", num_classes=2)) is not None
     resnet18 = create_model("resnet18", num_classes=2)
@@ -697,3 +714,27 @@ def test_a_peak_on_a_plateau_of_equal_maxima_is_its_centre():
     border = np.zeros((8, 8), np.float32)
     border[0, 3] = 1  # upsampling clamps at the edge: rows 0..3 tie, and the first one (y 0.5) was taken
     assert peak_location(border, (64, 64)) == (28.0, 2.0)
+
+
+@pytest.mark.parametrize("shape", ["L", "ring"])
+def test_a_peak_on_a_plateau_whose_centre_lies_outside_it_is_a_pixel_of_the_plateau(shape):
+    # Saturated gates give such plateaus: the centre of an L or a ring is not at the maximum (a ring's is the minimum).
+    from visattn.explain.pointing import peak_location, pointing_hit
+
+    heat = np.zeros((7, 7), np.float32)
+    if shape == "L":
+        heat[0, :] = heat[:, 0] = 1.0
+        heat[1:, 1:] = 0.2
+    else:
+        heat[0, :] = heat[-1, :] = heat[:, 0] = heat[:, -1] = 1.0
+    x, y = peak_location(heat, (7, 7))
+    assert heat[int(y), int(x)] == 1.0
+    assert not pointing_hit(heat, [2.5, 2.5, 4.5, 4.5], (7, 7))  # off the plateau: no hit
+
+
+@pytest.mark.parametrize("method, options", [("gradcam", {"discard_ratio": 0.9}), ("attention", {"head_fusion": "max"})])
+def test_rollout_options_given_to_another_method_are_one_line_not_ignored(method, options):
+    from visattn.explain import explain_batch
+    model = create_model("vit_tiny_patch4_28", depth=2).eval()
+    with pytest.raises(ConfigError, match=f"^head_fusion and discard_ratio tune rollout only, not {method}; drop them$"):
+        explain_batch(model, torch.randn(1, 3, 28, 28), method, **options)

@@ -125,6 +125,8 @@ def explain_batch(
     """
     images = model_batch(model, images)
     _check_arguments(model, method, layer, head, target_class)
+    if method != "rollout" and (head_fusion != "mean" or discard_ratio != 0.0):
+        raise ConfigError(f"head_fusion and discard_ratio tune rollout only, not {method}; drop them")
     if method == "gradcam":
         return grad_cam(model, images, layer=layer, target_class=target_class)[0]
     if method == "gates":
@@ -183,10 +185,11 @@ def explain(
 
 
 def model_view(image_tensor: Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """Undo normalisation: a ``(3, H, W)`` model input back to the ``(H, W, 3)`` uint8 image the model saw."""
+    """Undo normalisation: a ``(3, H, W)`` model input (``(1, H, W)`` gray) back to the ``(H, W, 3)``
+    uint8 image the model saw."""
     mean_t = torch.as_tensor(mean, dtype=torch.float32)[:, None, None]
     std_t = torch.as_tensor(std, dtype=torch.float32)[:, None, None]
-    pixels = (image_tensor.detach().float().cpu() * std_t + mean_t).clamp(0, 1)
+    pixels = (image_tensor.detach().float().cpu() * std_t + mean_t).clamp(0, 1).expand(3, -1, -1)
     return (pixels.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
 
 

@@ -108,7 +108,14 @@ def grad_cam(
     images = model_batch(model, images)
     target = resolve_target_layer(model, layer)
     captured: list[Tensor] = []
-    handle = target.register_forward_hook(lambda module, args, output: captured.append(output))
+
+    def capture(module: nn.Module, args: tuple, output: Tensor) -> Tensor:
+        captured.append(output)
+        # The rest of the forward gets a copy: an in-place op after the layer (ReLU(inplace=True) after a
+        # BN) would otherwise overwrite the activation explained with its own output.
+        return output.clone() if torch.is_tensor(output) else output
+
+    handle = target.register_forward_hook(capture)
     try:
         # Works under an outer inference_mode / no_grad; the input needs a gradient even if the
         # parameters are frozen, so every activation is on the autograd graph.

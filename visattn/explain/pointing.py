@@ -27,7 +27,8 @@ from .overlay import resize_map
 def peak_location(heatmap: np.ndarray | torch.Tensor, image_size: Sequence[int]) -> tuple[float, float] | None:
     """``(x, y)`` of the maximum of ``heatmap`` upsampled (bilinear, in float64) to ``image_size = (H, W)``:
     the centre of the plateau of equal maxima holding the first one in row-major order (one pixel's
-    centre when the maximum is a single pixel); ``None`` for a constant map."""
+    centre when the maximum is a single pixel), or the plateau pixel nearest that centre when the centre
+    falls outside it (an L- or ring-shaped plateau); ``None`` for a constant map."""
     upsampled = resize_map(heatmap, (int(image_size[0]), int(image_size[1])), dtype=torch.float64)
     if not np.isfinite(upsampled).all():
         raise ConfigError("the map holds NaN or infinite values; check the model and its input")
@@ -35,8 +36,13 @@ def peak_location(heatmap: np.ndarray | torch.Tensor, image_size: Sequence[int])
     if np.ptp(grid) == 0:  # told on the map itself: upsampling in float32 gave a constant map noise, and a peak
         return None
     plateaus, _ = ndimage.label(upsampled == upsampled.max(), structure=np.ones((3, 3)))
-    rows, cols = np.nonzero(plateaus == plateaus.flat[int(np.argmax(upsampled))])
-    return float(cols.mean()) + 0.5, float(rows.mean()) + 0.5
+    plateau = plateaus == plateaus.flat[int(np.argmax(upsampled))]
+    rows, cols = np.nonzero(plateau)
+    x, y = float(cols.mean()) + 0.5, float(rows.mean()) + 0.5
+    if plateau[int(y), int(x)]:
+        return x, y
+    nearest = int(np.argmin((cols + 0.5 - x) ** 2 + (rows + 0.5 - y) ** 2))
+    return float(cols[nearest]) + 0.5, float(rows[nearest]) + 0.5
 
 
 def pointing_hit(

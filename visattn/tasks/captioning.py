@@ -357,6 +357,7 @@ def caption_files(captioner: Captioner, paths: Sequence[str], *, beam_size: int 
     import json
 
     from ..data.image_io import list_images, run_in_batches
+    from ..explain import model_view
     from ..explain.overlay import save_word_panels
 
     files = list_images(list(paths), allow_empty=False, exclude=[attention_out])
@@ -368,7 +369,7 @@ def caption_files(captioner: Captioner, paths: Sequence[str], *, beam_size: int 
         return zip(decoded.tokens, decoded.attention)
 
     failures = 0
-    results = run_in_batches(files, batch_size, captioner.transform(), caption_batch, keep_images=bool(attention_out))
+    results = run_in_batches(files, batch_size, captioner.transform(), caption_batch)
     for (item, result), target in zip(results, targets):
         if item.error is not None:
             failures += 1
@@ -380,8 +381,10 @@ def caption_files(captioner: Captioner, paths: Sequence[str], *, beam_size: int 
         if target is not None:  # asked for: the record says where it went, or null for an empty caption
             record["attention"] = None
         if target is not None and words:
+            # The maps cover what the model saw: the photo recipe's centre crop, not the whole file.
+            seen = model_view(item.prepared, captioner.preprocessing["mean"], captioner.preprocessing["std"])
             with output_errors(attention_out, flag=flag):
-                save_word_panels(item.image, words, list(attention.numpy()), target)
+                save_word_panels(seen, words, list(attention.numpy()), target)
             record["attention"] = str(target)
         print(json.dumps(record) if as_json else f"{item.path}: {record['caption']}{attention_note(record, 'words')}")
     return failures, len(files)
