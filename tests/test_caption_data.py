@@ -301,3 +301,19 @@ def test_coco_captions_of_unlisted_or_shared_image_ids_or_without_a_file_name_ar
     with pytest.raises(ConfigError) as caught:
         CocoCaptions(annotations, images_dir)
     assert str(caught.value) == f"{annotations}: {message}"
+
+
+def test_caption_validation_images_in_their_own_folder_are_read_from_val_images_dir(tmp_path, recwarn):
+    annotations, images_dir = write_coco_captions(tmp_path)
+    empty = tmp_path / "val2014"
+    empty.mkdir()
+    dm = KarpathyCaptionDataModule(None, str(empty), train_annotations=str(annotations), val_annotations=str(annotations),
+                                   batch_size=2, num_workers=0, img_size=8, min_count=2)
+    dm.hparams.images_dir = str(images_dir)  # training images found, validation ones looked for in val2014/
+    dm.hparams.val_images_dir = str(empty)
+    with pytest.raises(ConfigError, match=rf"^{annotations} \(images in {empty}\): none of its \d+ validation image "
+                                          "files can be decoded"):
+        dm.setup("fit")
+    dm.hparams.val_images_dir = str(images_dir)
+    dm.setup("fit")
+    assert len(dm.datasets["val"]) > 0

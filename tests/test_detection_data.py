@@ -430,3 +430,20 @@ def test_an_image_without_a_file_name_is_one_line_naming_the_image(tmp_path, fil
         CocoDetection(edited, images_dir)
     assert str(caught.value) == (f"{edited}: image 2's file_name {json.dumps(file_name)} is not a file name; "
                                  "give each image the name of its file in the images folder")
+
+
+def test_validation_images_that_do_not_decode_are_one_line_at_setup_not_after_an_epoch(tmp_path, recwarn):
+    # COCO keeps validation images in their own folder (val2014/): given the training folder, none is found.
+    path, images_dir = write_coco_instances(tmp_path)
+    elsewhere = tmp_path / "val_images"
+    elsewhere.mkdir()
+    dm = CocoDetectionDataModule(str(path), str(images_dir), val_annotations=str(path),
+                                 val_images_dir=str(elsewhere), num_workers=0)
+    with pytest.raises(ConfigError, match=rf"^{path} \(images in {elsewhere}\): none of its \d+ validation image files "
+                                          r"can be decoded \(see the warnings\); point data.val_images_dir at the "
+                                          "folder holding them, or replace them$"):
+        dm.setup("fit")
+    assert "train" not in dm.datasets  # a second setup reads the files again
+    dm.hparams.val_images_dir = str(images_dir)
+    dm.setup("fit")
+    assert len(dm.datasets["val"]) == len(dm.datasets["train"])

@@ -160,12 +160,17 @@ class _CaptionDataModule(SplitLoadersMixin, pl.LightningDataModule):
             self.datasets["train"] = CaptionSamples(train, self.vocabulary, max_len=h.max_caption_len, train=True)
             self.datasets["val"] = CaptionSamples(self._source("val", self.eval_transform()), self.vocabulary,
                                                   max_len=h.max_caption_len)
+            self._check_validation_readable(*self._validation_source())
         if stage in (None, "test", "predict") and "test" not in self.datasets:
             self.datasets["test"] = CaptionSamples(self._source("test", self.eval_transform()), self.vocabulary,
                                                    max_len=h.max_caption_len)
 
     def _source(self, split: Split, transform: ImageTransform) -> Dataset:
         raise NotImplementedError
+
+    def _validation_source(self) -> tuple[str, str]:
+        """Where the validation images come from, and how to fix them, for a one-line error."""
+        return "the validation split", "replace the broken images"
 
     def _check_options(self) -> None:
         h = self.hparams
@@ -268,6 +273,8 @@ class KarpathyCaptionDataModule(_CaptionDataModule):
         train_annotations: COCO captions JSON for training (the variant without a Karpathy file).
         val_annotations: COCO captions JSON for validation; without it, no validation.
         test_annotations: COCO captions JSON for test; needed only for ``test`` and ``predict``.
+        val_images_dir: the folder of ``val_annotations``' images (COCO's ``val2014``); default: ``images_dir``.
+        test_images_dir: the folder of ``test_annotations``' images; default: ``images_dir``.
     """
 
     def __init__(
@@ -287,6 +294,8 @@ class KarpathyCaptionDataModule(_CaptionDataModule):
         train_annotations: str | None = None,
         val_annotations: str | None = None,
         test_annotations: str | None = None,
+        val_images_dir: str | None = None,
+        test_images_dir: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -325,4 +334,15 @@ class KarpathyCaptionDataModule(_CaptionDataModule):
             return CaptionImages([])  # empty: no validation
         if annotations is None:
             raise ConfigError(f"KarpathyCaptionDataModule: set data.{split}_annotations to use the {split} split")
-        return CocoCaptions(annotations, h.images_dir, transform=transform)
+        return CocoCaptions(annotations, self._images_dir(split), transform=transform)
+
+    def _images_dir(self, split: Split) -> str:
+        h = self.hparams
+        return {"train": h.images_dir, "val": h.val_images_dir, "test": h.test_images_dir}[split] or h.images_dir
+
+    def _validation_source(self) -> tuple[str, str]:
+        h = self.hparams
+        if h.split_json is not None:
+            return f"{h.split_json} (split val, images in {h.images_dir})", "check data.images_dir and the files"
+        return (f"{h.val_annotations} (images in {self._images_dir('val')})",
+                "point data.val_images_dir at the folder holding them, or replace them")

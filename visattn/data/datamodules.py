@@ -119,6 +119,18 @@ class SplitLoadersMixin:
             raise ConfigError(f"data.init_args.num_workers={h.num_workers}: give 0 (load in the main process) to "
                               f"{max_workers()} ({MAX_WORKERS_PER_CPU} per CPU; more only compete for them)")
 
+    def _check_validation_readable(self, where: str, fix: str) -> None:
+        """One line when no validation image decodes: validation would run on nothing after a whole
+        training epoch, and its metrics (what a checkpoint monitors) would never be logged. Stops at the
+        first good file, so it costs one decode, and marks the broken files it meets (warned about once,
+        as in training). On failure the fit splits are dropped, so a later setup reads the fixed files."""
+        files, positions = _image_files(self.datasets.get("val"))
+        if files is None or not positions or files.any_readable(positions):
+            return
+        del self.datasets["train"], self.datasets["val"]
+        raise ConfigError(f"{where}: none of its {len(positions)} validation image files can be decoded "
+                          f"(see the warnings); {fix}")
+
     def _dataset(self, split: Split) -> Dataset:
         if split not in self.datasets:
             self.setup("test" if split == "test" else "fit")
@@ -152,6 +164,18 @@ class SplitLoadersMixin:
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader("test")
+
+
+def _image_files(dataset: Optional[Dataset]) -> tuple[Optional[ImageFiles], Sequence[int]]:
+    """The image files under ``dataset`` (through :class:`Subset` and sample wrappers with a ``dataset``)
+    and the positions of its samples among them; ``None`` for data that is not read from files."""
+    if isinstance(dataset, Subset):
+        files, _ = _image_files(dataset.dataset)
+        return files, list(dataset.indices)
+    if isinstance(dataset, ImageFiles):
+        return dataset, range(len(dataset))
+    inner = getattr(dataset, "dataset", None)
+    return _image_files(inner) if isinstance(inner, Dataset) else (None, ())
 
 
 class _ClassificationDataModule(SplitLoadersMixin, pl.LightningDataModule):
@@ -362,29 +386,12 @@ class ImageFolderDataModule(_ClassificationDataModule):
         fresh = "val" not in self.datasets
         super().setup(stage)
         if fresh and "val" in self.datasets:
-            try:
-                self._check_validation_readable(self.datasets["val"])
-            except ConfigError:
-                del self.datasets["train"], self.datasets["val"]  # a later setup reads the fixed folder again
-                raise
-
-    def _check_validation_readable(self, val: Dataset) -> None:
-        """One line when no validation image decodes: validation would run on nothing and its metrics
-        (what a checkpoint monitors) would never be logged. Stops at the first good file, so it costs
-        one decode, and marks the broken files it meets (warned about once, as in training)."""
-        folder, positions = (val.dataset, list(val.indices)) if isinstance(val, Subset) else (val, range(len(val)))
-        if not isinstance(folder, ImageFiles) or not positions:
-            return
-        if folder.any_readable(positions):
-            return
-        h = self.hparams
-        if h.val_root is not None:
-            where, fix = h.val_root, "replace them or add readable images"
-        else:
-            where = f"{h.root} (val_fraction={h.val_fraction})"
-            fix = "replace them, add images, or give a validation folder as data.val_root"
-        raise ConfigError(f"{where}: none of its {len(positions)} validation image files can be decoded "
-                          f"(see the warnings); {fix}")
+            h = self.hparams
+            if h.val_root is not None:
+                self._check_validation_readable(h.val_root, "replace them or add readable images")
+            else:
+                self._check_validation_readable(f"{h.root} (val_fraction={h.val_fraction})", "replace them, add "
+                                                "images, or give a validation folder as data.val_root")
 
     def _folders(self) -> list[ImageFolder]:
         return [d.dataset if isinstance(d, Subset) else d for d in self.datasets.values()]

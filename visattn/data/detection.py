@@ -428,11 +428,16 @@ class _DetectionDataModule(SplitLoadersMixin, pl.LightningDataModule):
         if stage in (None, "fit", "validate") and "train" not in self.datasets:
             self.datasets["train"] = self._source("train", self.train_transform())
             self.datasets["val"] = self._source("val", eval_detection_transforms())
+            self._check_validation_readable(*self._validation_source())
         if stage in (None, "test", "predict") and "test" not in self.datasets:
             self.datasets["test"] = self._source("test", eval_detection_transforms())
 
     def _source(self, split: Split, transform: DetectionTransform) -> Dataset:
         raise NotImplementedError
+
+    def _validation_source(self) -> tuple[str, str]:
+        """Where the validation images come from, and how to fix them, for a one-line error."""
+        return "the validation split", "replace the broken images"
 
 
 class FashionScenesDetectionDataModule(_DetectionDataModule):
@@ -549,4 +554,9 @@ class CocoDetectionDataModule(_DetectionDataModule):
         if annotations is None:
             raise ConfigError(f"CocoDetectionDataModule: set data.{split}_annotations to use the {split} split")
         return CocoDetection(annotations, images_dir, transform=transform, class_names=self._class_names)
+
+    def _validation_source(self) -> tuple[str, str]:
+        h = self.hparams
+        return (f"{h.val_annotations} (images in {h.val_images_dir or h.images_dir})",
+                "point data.val_images_dir at the folder holding them, or replace them")
 
