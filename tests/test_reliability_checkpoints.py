@@ -342,7 +342,7 @@ def test_prediction_records_of_captioners_and_detectors():
               "labels": torch.tensor([1])}, {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0),
                                              "labels": torch.zeros(0, dtype=torch.long)}]
     assert _prediction_records(found, {"class_names": ["top", "bag"]}, 5) == [
-        {"detections": [{"label": "bag", "index": 1, "score": 0.9123, "box": [1.0, 2.0, 10.2, 20.0]}]},
+        {"detections": [{"label": "bag", "index": 1, "score": pytest.approx(0.91234), "box": [1.0, 2.0, 10.2, 20.0]}]},
         {"detections": []}]
 
 

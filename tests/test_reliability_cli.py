@@ -776,3 +776,22 @@ def test_explain_refuses_pgf_which_needs_latex_in_one_line(tmp_path, capsys):
     assert main(["explain", str(image), "--model", "se_resnet20_cifar.fmnist", "--out", str(tmp_path / "map.pgf")]) == 2
     assert "cannot write .pgf images; name the file .png" in capsys.readouterr().err
     assert not (tmp_path / "map.pgf").exists()
+
+
+def test_predict_keeps_each_records_index_and_file_when_its_batch_held_a_broken_image(tmp_path, monkeypatch, capsys):
+    # collate_present leaves the broken file out: every record of that batch had "sample": null and no file.
+    from fixtures_images import write_image_folder
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["visattn"])
+    write_image_folder(tmp_path / "photos", per_class=4)
+    write_image_folder(tmp_path / "test", per_class=2, broken=("cat",))
+    data = ["--config", str(IMAGEFOLDER_CONFIG), "--data.init_args.root", "photos", "--data.init_args.test_root",
+            "test", *SMALL_FOLDER_FIT]
+    assert main(["fit", *data]) == 0
+    assert main(["predict", *data, "--ckpt_path", "last"]) == 0
+    capsys.readouterr()
+    written = tmp_path / "outputs" / "imagefolder_template" / "predictions.jsonl"
+    records = [json.loads(line) for line in written.read_text().splitlines()]
+    assert [(r["sample"], r["file"]) for r in records] == [
+        (0, "test/cat/0.png"), (1, "test/cat/1.png"), (3, "test/dog/0.png"), (4, "test/dog/1.png")]  # 2: broken.jpg

@@ -124,7 +124,7 @@ class SplitLoadersMixin:
         training epoch, and its metrics (what a checkpoint monitors) would never be logged. Stops at the
         first good file, so it costs one decode, and marks the broken files it meets (warned about once,
         as in training). On failure the fit splits are dropped, so a later setup reads the fixed files."""
-        files, positions = _image_files(self.datasets.get("val"))
+        files, positions = image_files_of(self.datasets.get("val"))
         if files is None or not positions or files.any_readable(positions):
             return
         del self.datasets["train"], self.datasets["val"]
@@ -166,16 +166,16 @@ class SplitLoadersMixin:
         return self._loader("test")
 
 
-def _image_files(dataset: Optional[Dataset]) -> tuple[Optional[ImageFiles], Sequence[int]]:
+def image_files_of(dataset: Optional[Dataset]) -> tuple[Optional[ImageFiles], Sequence[int]]:
     """The image files under ``dataset`` (through :class:`Subset` and sample wrappers with a ``dataset``)
     and the positions of its samples among them; ``None`` for data that is not read from files."""
     if isinstance(dataset, Subset):
-        files, _ = _image_files(dataset.dataset)
+        files, _ = image_files_of(dataset.dataset)
         return files, list(dataset.indices)
     if isinstance(dataset, ImageFiles):
         return dataset, range(len(dataset))
     inner = getattr(dataset, "dataset", None)
-    return _image_files(inner) if isinstance(inner, Dataset) else (None, ())
+    return image_files_of(inner) if isinstance(inner, Dataset) else (None, ())
 
 
 class _ClassificationDataModule(SplitLoadersMixin, pl.LightningDataModule):

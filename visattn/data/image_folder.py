@@ -71,6 +71,10 @@ class ImageFiles(Dataset):
         about, once) the broken files before it."""
         return any(_decode_or_mark(self.paths, self._bad, int(i), self.max_pixels) is not None for i in indices)
 
+    def is_broken(self, index: int) -> bool:
+        """Whether file ``index`` failed to decode so far (in this process or its DataLoader workers)."""
+        return bool(self._bad[index])
+
     @property
     def num_skipped(self) -> int:
         """How many files failed to decode so far (in this process or its DataLoader workers)."""

@@ -377,7 +377,7 @@ def caption_files(captioner: Captioner, paths: Sequence[str], *, beam_size: int 
             continue
         tokens, attention = result
         words = captioner.vocab.words(tokens.tolist())
-        record = {"file": str(item.path), "caption": " ".join(words)}
+        record = {"file": str(item.path), "caption": captioner.vocab.decode(tokens.tolist())}  # as predict and evaluate
         if target is not None:  # asked for: the record says where it went, or null for an empty caption
             record["attention"] = None
         if target is not None and words:

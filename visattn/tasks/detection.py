@@ -339,7 +339,7 @@ def _write_drawings(record: dict[str, Any], image: np.ndarray, found: dict[str, 
 
 
 def _detection_records(found: dict[str, Tensor], class_names: Sequence[str]) -> list[dict[str, Any]]:
-    return [{"label": class_names[k], "index": k, "score": round(score, 4), "box": [round(v, 1) for v in box]}
+    return [{"label": class_names[k], "index": k, "score": score, "box": [round(v, 1) for v in box]}
             for box, score, k in zip(found["boxes"].tolist(), found["scores"].tolist(), found["labels"].tolist())]
 
 

@@ -59,7 +59,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins import CheckpointIO, TorchCheckpointIO
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
-from ..data.datamodules import SplitLoadersMixin
+from ..data.datamodules import SplitLoadersMixin, image_files_of
 from ..errors import ConfigError, VisattnError, VisattnWarning, WeightsError
 from ..fileio import atomic_path
 from ..pretrained import check_state_dict
@@ -494,9 +494,17 @@ class JsonPredictionWriter(BasePredictionWriter):
         if records is None:
             self.records.append({"batch": batch_idx, "prediction": _as_lists(prediction)})
             return
-        indices = batch_indices if batch_indices is not None and len(batch_indices) == len(records) else None
-        self.records.extend({"sample": None if indices is None else int(indices[k]), **record}
-                            for k, record in enumerate(records))
+        loaders = trainer.predict_dataloaders
+        loader = loaders[dataloader_idx] if isinstance(loaders, (list, tuple)) else loaders
+        files, positions = image_files_of(getattr(loader, "dataset", None))
+        if files is not None and batch_indices is not None:  # collate_present left the broken files out
+            batch_indices = [i for i in batch_indices if not files.is_broken(positions[i])]
+        if batch_indices is None or len(batch_indices) != len(records):
+            self.records.extend({"sample": None, **record} for record in records)
+            return
+        for i, record in zip(batch_indices, records):
+            where = {"file": str(files.paths[positions[i]])} if files is not None else {}
+            self.records.append({"sample": int(i), **where, **record})
 
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         name = "predictions.jsonl" if trainer.world_size == 1 else f"predictions-rank{trainer.global_rank}.jsonl"
@@ -511,13 +519,13 @@ def _prediction_records(prediction: Any, hparams: Any, topk: int) -> Optional[li
     names = hparams.get("class_names") or []
     if isinstance(prediction, torch.Tensor) and prediction.ndim == 2:  # a classifier's probabilities (B, classes)
         top = prediction.float().topk(min(topk, prediction.shape[1]), dim=1)
-        return [{"predictions": [{"label": _label(names, k), "index": k, "prob": round(p, 4)}
+        return [{"predictions": [{"label": _label(names, k), "index": k, "prob": p}
                                  for p, k in zip(probs, ks)]}
                 for probs, ks in zip(top.values.tolist(), top.indices.tolist())]
     if isinstance(prediction, list) and all(isinstance(p, str) for p in prediction):  # a captioner's captions
         return [{"caption": caption} for caption in prediction]
     if isinstance(prediction, list) and all(isinstance(p, dict) and "boxes" in p for p in prediction):  # detections
-        return [{"detections": [{"label": _label(names, k), "index": k, "score": round(score, 4),
+        return [{"detections": [{"label": _label(names, k), "index": k, "score": score,
                                  "box": [round(v, 1) for v in box]}
                                 for box, score, k in zip(found["boxes"].tolist(), found["scores"].tolist(),
                                                          found["labels"].tolist())]}
