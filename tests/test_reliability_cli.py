@@ -84,6 +84,10 @@ CASES = {
     "negative_gradient_clip_val": (lambda tmp: [*FIT, "--trainer.gradient_clip_val", "-1"],
                                    "trainer.gradient_clip_val=-1: give the positive norm to clip gradients to, "
                                    "or 0 for no clipping"),
+    "split_for_a_coco_dataset": (lambda tmp: ["evaluate", "--model", DETECTOR, "--dataset", "coco:val.json:images",
+                                              "--split", "banana"],
+                                 "--split banana: a coco: dataset is scored on the annotations file it names; drop "
+                                 "--split and name the split's file instead"),
     "missing_data_path": (lambda tmp: ["fit", "--config", str(IMAGEFOLDER_CONFIG), "--data.init_args.root", "/nope"],
                           "/nope: no such folder"),
     "unknown_model_in_config": (lambda tmp: [*FIT, "--model.init_args.model_name", "cbam_resnt20_cifar"],

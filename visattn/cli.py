@@ -90,7 +90,8 @@ def _resume_hint(subcommand: str, interrupt: KeyboardInterrupt) -> str:
 def print_metrics(name: str, args: argparse.Namespace, metrics: dict) -> None:
     """A readable line (unless --json), then the metrics as one JSON object on the last line."""
     if not args.json:
-        print(f"{name} on {args.dataset} {args.split}: " + ", ".join(f"{k}={v}" for k, v in metrics.items()))
+        split = f" {args.split}" if args.split else ""
+        print(f"{name} on {args.dataset}{split}: " + ", ".join(f"{k}={v}" for k, v in metrics.items()))
     print(json.dumps(metrics))
 
 
@@ -116,6 +117,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     detector, captioner = is_detector(args.model, args.checkpoint), is_captioner(args.model, args.checkpoint)
     check_evaluate_options(args, "detector" if detector else "captioner" if captioner else "classifier")
+    args.split = evaluation_split(args.dataset, args.split)
     if detector:
         return cmd_evaluate_detector(args)
     if captioner:
@@ -129,6 +131,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                                       num_workers=args.num_workers, limit=args.limit)
     print_metrics(classifier.name, args, metrics)
     return 0
+
+
+def evaluation_split(dataset: str, split: Optional[str]) -> Optional[str]:
+    """``--split``, ``test`` when not given; ``None`` for a ``coco:`` dataset, whose annotations file is
+    the split (a ``--split`` there was accepted and printed as if it had chosen the images)."""
+    if not dataset.startswith("coco:"):
+        return split or "test"
+    if split is not None:
+        raise ConfigError(f"--split {split}: a coco: dataset is scored on the annotations file it names; drop --split "
+                          "and name the split's file instead")
+    return None
 
 
 # evaluate's options that only one kind of model takes; any other would silently ignore them
@@ -458,8 +471,9 @@ def build_parser() -> argparse.ArgumentParser:
                                "(single items on a 64 px canvas, adding the pointing game) / fashion-mnist-pairs "
                                "(two items: each class's Grad-CAM must find its own); "
                                "captioners and detectors: fashion-scenes or coco:ANN.json:IMAGES")
-    evaluate.add_argument("--split", default="test",
-                          help="test (default) or train; val too for fashion-scenes and fashion-mnist-pairs/canvas")
+    evaluate.add_argument("--split", default=None,
+                          help="test (default) or train; val too for fashion-scenes and fashion-mnist-pairs/canvas "
+                               "(not for coco:, whose file is the split)")
     evaluate.add_argument("--json", action="store_true", help="print only the JSON line")
     evaluate.add_argument("--batch-size", type=positive_int, default=256)
     evaluate.add_argument("--num-workers", type=worker_count, default=0,
