@@ -291,3 +291,23 @@ def test_attention_panels_are_drawn_on_what_the_model_saw_not_the_whole_file(tmp
     seen = model_view(captioner.transform()(image), captioner.preprocessing["mean"], captioner.preprocessing["std"])
     assert len(drawn) == 1 and drawn[0].shape == (64, 64, 3)
     np.testing.assert_array_equal(drawn[0], seen)
+
+
+def test_fine_tuning_a_shipped_captioner_on_other_words_keeps_all_but_the_per_word_layers():
+    # It was a shape error blaming the architecture; and a vocabulary of the same size would have loaded
+    # each id's embedding for the word it had in the shipped vocabulary.
+    from visattn.tasks.captioning import load_captioner
+
+    shipped = create_model("sat_cbam_resnet_scenes.scenes")
+    own = Vocabulary.from_list(Vocabulary.build(["a red bag on grass", "a blue sky"] * 5, min_count=1).to_list())
+    with pytest.warns(UserWarning, match=r"sat_cbam_resnet_scenes.scenes: its weights were trained on another "
+                                         r"vocabulary \(\d+ tokens; this data's has \d+\): the word embedding and "
+                                         "output layer start afresh, the rest is loaded"):
+        task = CaptioningTask(model_name="sat_cbam_resnet_scenes.scenes", vocab=own.to_list())
+    tuned, reference = task.model.state_dict(), shipped.state_dict()
+    assert tuned["embed.weight"].shape[0] == len(own) and tuned["fc.weight"].shape[0] == len(own)
+    kept = [k for k in reference if not k.startswith(("embed.", "fc."))]
+    assert kept and all(torch.equal(tuned[k], reference[k]) for k in kept)
+    shipped_words = load_captioner("sat_cbam_resnet_scenes.scenes").vocab.to_list()
+    same = CaptioningTask(model_name="sat_cbam_resnet_scenes.scenes", vocab=shipped_words)
+    assert torch.equal(same.model.state_dict()["embed.weight"], reference["embed.weight"])

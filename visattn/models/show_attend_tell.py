@@ -119,6 +119,8 @@ class ShowAttendTell(nn.Module):
         deep_output: predict from ``E y_{t-1} + L_h h_t + L_z z_t`` instead of from ``h_t`` alone.
     """
 
+    vocab_layers = ("embed", "fc")  # the modules whose weights are per token id (word embedding, output layer)
+
     def __init__(
         self,
         *,

@@ -8,6 +8,7 @@ must fall inside the item's box.
 import contextlib
 import functools
 import io
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
@@ -22,12 +23,12 @@ from torch.utils.data import DataLoader
 from ..data.scenes import ITEM_WORDS
 from ..data.transforms import check_image_batch, to_model_input
 from ..data.vocab import Vocabulary, tokenize
-from ..errors import ConfigError, WeightsError
+from ..errors import ConfigError, VisattnWarning, WeightsError
 from ..modes import eval_mode
 from ..explain.pointing import pointing_hit
 from ..fileio import attention_note, output_errors, output_paths
 from ..models.show_attend_tell import DecodedCaptions, doubly_stochastic_penalty
-from ..pretrained import find_weights_entry, load_weights
+from ..pretrained import find_weights_entry, load_weights, read_state_dict
 from ..registry import create_model, model_task, split_model_name
 from .classification import (Classifier, adamw_warmup_cosine, checkpoint_model_kwargs,
                              inference_model, inference_target, read_checkpoint, require_task,
@@ -153,6 +154,26 @@ def _numpy(x: Any) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 
 
+def build_captioner(model_name: str, vocab: Vocabulary, model_kwargs: dict[str, Any]) -> nn.Module:
+    """The captioner ``model_name`` names, for ``vocab``. Shipped ``ARCH.TAG`` weights of another vocabulary
+    are loaded but for the layers per token id (``vocab_layers``), which start afresh with a warning:
+    their rows would read each id as the word it had in the other vocabulary (or not fit its size)."""
+    arch, tag = split_model_name(model_name)
+    recorded = find_weights_entry(arch, tag).get("vocab") if tag is not None else None
+    if recorded is None or recorded == vocab.to_list() or "pretrained" in model_kwargs:
+        return create_model(model_name, vocab_size=len(vocab), **model_kwargs)
+    model = create_model(model_name, pretrained=False, vocab_size=len(vocab), **model_kwargs)
+    entry = find_weights_entry(arch, tag)
+    per_token = tuple(f"{name}." for name in type(model).vocab_layers)
+    state = {k: v for k, v in read_state_dict(entry["path"], sha256=entry["sha256"]).items()
+             if not k.startswith(per_token)}
+    warnings.warn(f"{model_name}: its weights were trained on another vocabulary ({len(recorded)} tokens; this data's "
+                  f"has {len(vocab)}): the word embedding and output layer start afresh, the rest is loaded",
+                  VisattnWarning, stacklevel=2)
+    load_weights(model, state, strict=False, origin=entry["path"])
+    return model
+
+
 class CaptioningTask(pl.LightningModule):
     """Train and evaluate a Show, Attend and Tell captioner.
 
@@ -203,7 +224,7 @@ class CaptioningTask(pl.LightningModule):
             raise ConfigError("CaptioningTask needs a vocabulary: link data.vocab in the config (see configs/captioning/)")
         self.save_hyperparameters()
         self.vocab = Vocabulary.from_list(vocab)
-        self.model = create_model(model_name, vocab_size=len(self.vocab), **dict(model_kwargs or {}))
+        self.model = build_captioner(model_name, self.vocab, dict(model_kwargs or {}))
         self.val_metrics = CaptionMetrics(self.vocab, meteor=meteor)
         self.test_metrics = CaptionMetrics(self.vocab, meteor=meteor)
         self.loss_guard = NonFiniteLossGuard(max_bad_steps)
