@@ -28,7 +28,7 @@ from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import Dataset
 
 from ..errors import ConfigError
-from .datamodules import SplitLoadersMixin
+from .datamodules import COCO_VALIDATION_FIX, SplitLoadersMixin, split_images_dir
 from .coco import CaptionImages, CocoCaptions, KarpathyCaptions, KarpathySplit, read_karpathy
 from .scenes import SCENES_MEAN, SCENES_STD, FashionScenes, scene_settings
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, ImageTransform, Recipe, eval_transforms, train_transforms
@@ -160,17 +160,13 @@ class _CaptionDataModule(SplitLoadersMixin, pl.LightningDataModule):
             self.datasets["train"] = CaptionSamples(train, self.vocabulary, max_len=h.max_caption_len, train=True)
             self.datasets["val"] = CaptionSamples(self._source("val", self.eval_transform()), self.vocabulary,
                                                   max_len=h.max_caption_len)
-            self._check_validation_readable(*self._validation_source())
+            self._check_validation_readable()
         if stage in (None, "test", "predict") and "test" not in self.datasets:
             self.datasets["test"] = CaptionSamples(self._source("test", self.eval_transform()), self.vocabulary,
                                                    max_len=h.max_caption_len)
 
     def _source(self, split: Split, transform: ImageTransform) -> Dataset:
         raise NotImplementedError
-
-    def _validation_source(self) -> tuple[str, str]:
-        """Where the validation images come from, and how to fix them, for a one-line error."""
-        return "the validation split", "replace the broken images"
 
     def _check_options(self) -> None:
         h = self.hparams
@@ -334,15 +330,10 @@ class KarpathyCaptionDataModule(_CaptionDataModule):
             return CaptionImages([])  # empty: no validation
         if annotations is None:
             raise ConfigError(f"KarpathyCaptionDataModule: set data.{split}_annotations to use the {split} split")
-        return CocoCaptions(annotations, self._images_dir(split), transform=transform)
-
-    def _images_dir(self, split: Split) -> str:
-        h = self.hparams
-        return {"train": h.images_dir, "val": h.val_images_dir, "test": h.test_images_dir}[split] or h.images_dir
+        return CocoCaptions(annotations, split_images_dir(h, split), transform=transform)
 
     def _validation_source(self) -> tuple[str, str]:
         h = self.hparams
         if h.split_json is not None:
             return f"{h.split_json} (split val, images in {h.images_dir})", "check data.images_dir and the files"
-        return (f"{h.val_annotations} (images in {self._images_dir('val')})",
-                "point data.val_images_dir at the folder holding them, or replace them")
+        return f"{h.val_annotations} (images in {split_images_dir(h, 'val')})", COCO_VALIDATION_FIX

@@ -21,8 +21,8 @@ from torch.utils.data.dataloader import _BaseDataLoaderIter, _SingleProcessDataL
 from ..devices import MAX_WORKERS_PER_CPU, max_workers
 from ..errors import ConfigError
 from .fashion_mnist import FASHION_MNIST_CLASSES, FASHION_MNIST_MEAN, FASHION_MNIST_STD, FashionMNIST
-from .image_folder import (ImageFiles, ImageFolder, check_class_count, collate_present, find_classes, for_evaluation,
-                           seeded_subset)
+from .image_folder import (ImageFolder, check_class_count, collate_present, find_classes, for_evaluation,
+                           image_files_of, seeded_subset)
 from .transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -119,7 +119,7 @@ class SplitLoadersMixin:
             raise ConfigError(f"data.init_args.num_workers={h.num_workers}: give 0 (load in the main process) to "
                               f"{max_workers()} ({MAX_WORKERS_PER_CPU} per CPU; more only compete for them)")
 
-    def _check_validation_readable(self, where: str, fix: str) -> None:
+    def _check_validation_readable(self) -> None:
         """One line when no validation image decodes: validation would run on nothing after a whole
         training epoch, and its metrics (what a checkpoint monitors) would never be logged. Stops at the
         first good file, so it costs one decode, and marks the broken files it meets (warned about once,
@@ -128,8 +128,13 @@ class SplitLoadersMixin:
         if files is None or not positions or files.any_readable(positions):
             return
         del self.datasets["train"], self.datasets["val"]
+        where, fix = self._validation_source()
         raise ConfigError(f"{where}: none of its {len(positions)} validation image files can be decoded "
                           f"(see the warnings); {fix}")
+
+    def _validation_source(self) -> tuple[str, str]:
+        """Where the validation images come from, and how to fix them, for :meth:`_check_validation_readable`."""
+        return "the validation split", "replace the broken images"
 
     def _dataset(self, split: Split) -> Dataset:
         if split not in self.datasets:
@@ -166,16 +171,14 @@ class SplitLoadersMixin:
         return self._loader("test")
 
 
-def image_files_of(dataset: Optional[Dataset]) -> tuple[Optional[ImageFiles], Sequence[int]]:
-    """The image files under ``dataset`` (through :class:`Subset` and sample wrappers with a ``dataset``)
-    and the positions of its samples among them; ``None`` for data that is not read from files."""
-    if isinstance(dataset, Subset):
-        files, _ = image_files_of(dataset.dataset)
-        return files, list(dataset.indices)
-    if isinstance(dataset, ImageFiles):
-        return dataset, range(len(dataset))
-    inner = getattr(dataset, "dataset", None)
-    return image_files_of(inner) if isinstance(inner, Dataset) else (None, ())
+def split_images_dir(hparams: Any, split: Split) -> str:
+    """The images folder of ``split`` in a data module with ``images_dir`` and the optional
+    ``val_images_dir`` and ``test_images_dir`` (COCO keeps ``val2014/`` apart)."""
+    own = {"train": hparams.images_dir, "val": hparams.val_images_dir, "test": hparams.test_images_dir}[split]
+    return own or hparams.images_dir
+
+
+COCO_VALIDATION_FIX = "point data.val_images_dir at the folder holding them, or replace them"
 
 
 class _ClassificationDataModule(SplitLoadersMixin, pl.LightningDataModule):
@@ -386,12 +389,14 @@ class ImageFolderDataModule(_ClassificationDataModule):
         fresh = "val" not in self.datasets
         super().setup(stage)
         if fresh and "val" in self.datasets:
-            h = self.hparams
-            if h.val_root is not None:
-                self._check_validation_readable(h.val_root, "replace them or add readable images")
-            else:
-                self._check_validation_readable(f"{h.root} (val_fraction={h.val_fraction})", "replace them, add "
-                                                "images, or give a validation folder as data.val_root")
+            self._check_validation_readable()
+
+    def _validation_source(self) -> tuple[str, str]:
+        h = self.hparams
+        if h.val_root is not None:
+            return h.val_root, "replace them or add readable images"
+        return (f"{h.root} (val_fraction={h.val_fraction})",
+                "replace them, add images, or give a validation folder as data.val_root")
 
     def _folders(self) -> list[ImageFolder]:
         return [d.dataset if isinstance(d, Subset) else d for d in self.datasets.values()]

@@ -31,7 +31,7 @@ from torch.utils.data import Dataset, Subset
 
 from ..errors import ConfigError, VisattnWarning
 from .coco import _json, _type_hint, check_image_ids, image_paths, load_coco
-from .datamodules import SplitLoadersMixin
+from .datamodules import COCO_VALIDATION_FIX, SplitLoadersMixin, split_images_dir
 from .image_folder import ImageFiles
 from .image_io import DEFAULT_MAX_PIXELS
 from .scenes import ITEM_WORDS, FashionScenes, scene_settings
@@ -428,16 +428,12 @@ class _DetectionDataModule(SplitLoadersMixin, pl.LightningDataModule):
         if stage in (None, "fit", "validate") and "train" not in self.datasets:
             self.datasets["train"] = self._source("train", self.train_transform())
             self.datasets["val"] = self._source("val", eval_detection_transforms())
-            self._check_validation_readable(*self._validation_source())
+            self._check_validation_readable()
         if stage in (None, "test", "predict") and "test" not in self.datasets:
             self.datasets["test"] = self._source("test", eval_detection_transforms())
 
     def _source(self, split: Split, transform: DetectionTransform) -> Dataset:
         raise NotImplementedError
-
-    def _validation_source(self) -> tuple[str, str]:
-        """Where the validation images come from, and how to fix them, for a one-line error."""
-        return "the validation split", "replace the broken images"
 
 
 class FashionScenesDetectionDataModule(_DetectionDataModule):
@@ -548,15 +544,14 @@ class CocoDetectionDataModule(_DetectionDataModule):
     def _source(self, split: Split, transform: DetectionTransform) -> Dataset:
         h = self.hparams
         annotations = {"train": h.train_annotations, "val": h.val_annotations, "test": h.test_annotations}[split]
-        images_dir = {"train": h.images_dir, "val": h.val_images_dir, "test": h.test_images_dir}[split] or h.images_dir
         if annotations is None and split == "val":
             return []  # empty: no validation
         if annotations is None:
             raise ConfigError(f"CocoDetectionDataModule: set data.{split}_annotations to use the {split} split")
-        return CocoDetection(annotations, images_dir, transform=transform, class_names=self._class_names)
+        return CocoDetection(annotations, split_images_dir(h, split), transform=transform,
+                             class_names=self._class_names)
 
     def _validation_source(self) -> tuple[str, str]:
         h = self.hparams
-        return (f"{h.val_annotations} (images in {h.val_images_dir or h.images_dir})",
-                "point data.val_images_dir at the folder holding them, or replace them")
+        return f"{h.val_annotations} (images in {split_images_dir(h, 'val')})", COCO_VALIDATION_FIX
 

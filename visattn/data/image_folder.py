@@ -233,12 +233,22 @@ def for_evaluation(dataset: Dataset) -> Dataset:
     Wrappers that keep their source in ``.dataset`` (``Subset``, caption samples) are looked through.
     Batch such a dataset with :func:`collate_present`.
     """
-    source = dataset
-    while not isinstance(source, ImageFiles) and isinstance(getattr(source, "dataset", None), Dataset):
-        source = source.dataset
-    if isinstance(source, ImageFiles):
-        source.evaluation = True
+    files, _ = image_files_of(dataset)
+    if files is not None:
+        files.evaluation = True
     return dataset
+
+
+def image_files_of(dataset: Optional[Dataset]) -> tuple[Optional[ImageFiles], Sequence[int]]:
+    """The image files under ``dataset`` (through :class:`Subset` and sample wrappers with a ``dataset``)
+    and the positions of its samples among them; ``None`` for data that is not read from files."""
+    if isinstance(dataset, Subset):
+        files, _ = image_files_of(dataset.dataset)
+        return files, list(dataset.indices)
+    if isinstance(dataset, ImageFiles):
+        return dataset, range(len(dataset))
+    inner = getattr(dataset, "dataset", None)
+    return image_files_of(inner) if isinstance(inner, Dataset) else (None, ())
 
 
 def collate_present(samples: Sequence[Any], collate: Callable[[list], Any] = default_collate) -> Any:

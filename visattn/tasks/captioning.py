@@ -159,11 +159,11 @@ def build_captioner(model_name: str, vocab: Vocabulary, model_kwargs: dict[str, 
     are loaded but for the layers per token id (``vocab_layers``), which start afresh with a warning:
     their rows would read each id as the word it had in the other vocabulary (or not fit its size)."""
     arch, tag = split_model_name(model_name)
-    recorded = find_weights_entry(arch, tag).get("vocab") if tag is not None else None
+    entry = find_weights_entry(arch, tag) if tag is not None else {}
+    recorded = entry.get("vocab")
     if recorded is None or recorded == vocab.to_list() or "pretrained" in model_kwargs:
         return create_model(model_name, vocab_size=len(vocab), **model_kwargs)
     model = create_model(model_name, pretrained=False, vocab_size=len(vocab), **model_kwargs)
-    entry = find_weights_entry(arch, tag)
     per_token = tuple(f"{name}." for name in type(model).vocab_layers)
     state = {k: v for k, v in read_state_dict(entry["path"], sha256=entry["sha256"]).items()
              if not k.startswith(per_token)}

@@ -59,7 +59,8 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins import CheckpointIO, TorchCheckpointIO
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
-from ..data.datamodules import SplitLoadersMixin, image_files_of
+from ..data.datamodules import SplitLoadersMixin
+from ..data.image_folder import image_files_of
 from ..errors import ConfigError, VisattnError, VisattnWarning, WeightsError
 from ..fileio import atomic_path
 from ..pretrained import check_state_dict
