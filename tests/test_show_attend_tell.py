@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from test_data import needs_fashion_mnist
 from visattn import create_model, list_models
 from visattn.errors import ConfigError
 from visattn.layers.additive_attention import AdditiveAttention
@@ -34,7 +35,7 @@ def scripted():
     table = torch.randn(VOCAB, VOCAB, generator=gen)  # (previous word, next word)
     mixing = torch.randn(24, VOCAB, generator=gen)
 
-    def step(features, projected, words, state):
+    def step(features, projected, words, state, *_):  # ignores the word table and rows: it steps every row
         h, c = state
         regions = projected.sum(-1).repeat_interleave(len(words) // len(projected), dim=0)  # (R, P), R = B * M
         alpha = (regions * (1 + words[:, None] % 3)).softmax(-1)  # word-dependent
@@ -97,6 +98,49 @@ def test_step_runs_several_hypotheses_per_image_against_shared_features(model, i
     assert beam_logits.shape == (6, VOCAB) and beam_alpha.shape == (6, 16)
     assert torch.allclose(beam_logits, logits.repeat_interleave(beams, dim=0), atol=1e-5)
     assert torch.allclose(beam_alpha, alpha.repeat_interleave(beams, dim=0), atol=1e-6)
+
+
+@pytest.mark.parametrize("word_table", [False, True])
+def test_step_advances_only_the_given_rows_and_looks_words_up_in_the_table_as_it_multiplies(model, images, word_table):
+    features = model.encode(images)
+    projected = model.attention.project_features(features)
+    state = model.init_state(features)
+    words = torch.tensor([4, 5, 6])
+    full_logits, (full_h, full_c), full_alpha = model.step(features, projected, words, state)
+    table = model.word_products() if word_table else None
+    rows = torch.tensor([0, 2])
+    logits, (h, c), alpha = model.step(features, projected, words, state, table, rows)
+    torch.testing.assert_close(alpha, full_alpha)
+    for actual, expected in ((logits, full_logits), (h, full_h), (c, full_c)):
+        torch.testing.assert_close(actual[rows], expected[rows], rtol=1e-5, atol=1e-6)
+    assert torch.equal(h[1], state[0][1]) and torch.equal(c[1], state[1][1]) and not logits[1].any()
+
+
+@needs_fashion_mnist
+def test_decoding_with_the_word_table_and_unended_rows_only_equals_stepping_every_row_in_full():
+    """Greedy and beam decoding look each word's LSTM products up and advance only hypotheses that have
+    not ended; the shipped captioner's words, maps and scores on test scenes are those of full plain steps."""
+    from visattn.data.scenes import FashionScenes
+    from visattn.tasks.captioning import load_captioner
+
+    captioner = load_captioner("sat_cbam_resnet_scenes.scenes")
+    net, transform = captioner.model, captioner.transform()
+    scenes = FashionScenes("test", num_scenes=64, canvas_size=64)  # 64 rows: the 64-word table pays off
+    images = torch.stack([transform(scenes[i].image) for i in range(len(scenes))])
+    plain, used = copy.deepcopy(net), []
+
+    def full_step(features, projected, words, state, word_products=None, rows=None):
+        used.append((word_products is not None, rows is not None))
+        return ShowAttendTell.step(plain, features, projected, words, state)
+
+    plain.step = full_step
+    for search in ("greedy_decode", "beam_search"):
+        actual, expected = getattr(net, search)(images), getattr(plain, search)(images)
+        assert [t.tolist() for t in actual.tokens] == [t.tolist() for t in expected.tokens]
+        torch.testing.assert_close(actual.scores, expected.scores, rtol=1e-5, atol=1e-5)
+        for a, e in zip(actual.attention, expected.attention):
+            torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-5)
+    assert {(True, False), (True, True)} <= set(used)
 
 
 def test_teacher_forcing_shapes_and_attention_rows(model, images):
@@ -365,7 +409,7 @@ def ending(scripted):
         c[:, 1] = 1 + features[:, :, 0].argmax(1) % 5  # (steps so far, length)
         return h, c
 
-    def step(features, projected, words, state):
+    def step(features, projected, words, state, *_):
         logits, (h, c), alpha = scripted.step(features, projected, words, state)
         c = c.clone()
         c[:, 0] += 1

@@ -34,12 +34,19 @@ class SigmoidLSTMCell(nn.LSTMCell):
         h, c = hx
         if unbatched:
             input, h, c = input[None], h.reshape(1, -1), c.reshape(1, -1)
-        hidden = self.hidden_size
         # Out of place: autocast casts each addmm's operands (it leaves in-place ops alone).
         products = torch.addmm(self.bias_ih + self.bias_hh, input, self.weight_ih.t()) if self.bias else input.mm(self.weight_ih.t())
-        gates = torch.addmm(products, h, self.weight_hh.t())  # (B, 4 * hidden)
+        h, c = self.advance(products, (h, c))
+        return (h[0], c[0]) if unbatched else (h, c)
+
+    def advance(self, input_products: Tensor, hx: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        """``(h', c')`` from the input's share of the gates, ``W_ih x + b_ih + b_hh`` ``(B, 4 * hidden)``,
+        given separately when parts of it are known in advance (a word's embedding product, say)."""
+        h, c = hx
+        hidden = self.hidden_size
+        gates = torch.addmm(input_products, h, self.weight_hh.t())  # (B, 4 * hidden)
         gates.narrow(1, 2 * hidden, hidden).mul_(2)  # σ(2g) gives tanh(g) = 2σ(2g) - 1
         in_gate, forget_gate, cell_gate, out_gate = gates.sigmoid_().chunk(4, dim=1)  # (B, hidden) each
         c = torch.addcmul(forget_gate * c, in_gate, cell_gate * 2 - 1)
         h = torch.addcmul(-out_gate, out_gate, torch.sigmoid(c * 2), value=2)  # σ(o) (2σ(2c') - 1)
-        return (h[0], c[0]) if unbatched else (h, c)
+        return h, c

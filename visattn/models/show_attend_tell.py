@@ -190,7 +190,8 @@ class ShowAttendTell(nn.Module):
         return torch.tanh(self.init_h(mean)), torch.tanh(self.init_c(mean))
 
     def step(
-        self, features: Tensor, projected: Tensor, words: Tensor, state: tuple[Tensor, Tensor]
+        self, features: Tensor, projected: Tensor, words: Tensor, state: tuple[Tensor, Tensor],
+        word_products: Optional[Tensor] = None, rows: Optional[Tensor] = None,
     ) -> tuple[Tensor, tuple[Tensor, Tensor], Tensor]:
         """One decoding step: logits ``(R, V)``, the new ``(h, c)`` and attention ``α`` ``(R, P)``.
 
@@ -200,15 +201,40 @@ class ShowAttendTell(nn.Module):
             words: ``(R,)`` previous word ids; ``R = B * M`` rows, ``M`` hypotheses per image in
                 image order (beam search), ``M = 1`` otherwise.
             state: LSTM ``(h, c)``, each ``(R, hidden_dim)``.
+            word_products: ``self.word_products()``, to look up each word's share of the LSTM gates
+                instead of multiplying its embedding every step (decoding).
+            rows: ``(R',)`` the only rows that advance (decoding: hypotheses that have not ended); the
+                others keep their state and get logits 0. Attention still covers every row.
         """
         h, c = state
         queries = h.unflatten(0, (features.shape[0], -1))  # (B, M, hidden_dim)
         context, alpha = (t.flatten(0, 1) for t in self.attention(features, queries, projected=projected))
+        if rows is not None:
+            h, c, context, words = (t.index_select(0, rows) for t in (h, c, context, words))
         context = torch.sigmoid(self.f_beta(h)) * context  # gating scalar β per feature channel
         embedded = self.embed(words)  # (R, embed_dim)
-        h, c = self.lstm(torch.cat([embedded, context], dim=1), (h, c))
+        if word_products is None:
+            h, c = self.lstm(torch.cat([embedded, context], dim=1), (h, c))
+        else:
+            context_weight = self.lstm.weight_ih[:, self.embed.embedding_dim:]
+            products = torch.addmm(word_products.index_select(0, words), context, context_weight.t())
+            h, c = self.lstm.advance(products, (h, c))
         out = embedded + self.out_h(h) + self.out_z(context) if self.deep_output else h
-        return self.fc(self.drop(out)), (h, c), alpha
+        logits = self.fc(self.drop(out))
+        if rows is None:
+            return logits, (h, c), alpha
+        h, c = state[0].index_copy(0, rows, h), state[1].index_copy(0, rows, c)
+        return logits.new_zeros(len(alpha), self.vocab_size).index_copy_(0, rows, logits), (h, c), alpha
+
+    def word_products(self) -> Tensor:
+        """Each word's share of the LSTM gates, ``W_ih[:, :E] E_w + b_ih + b_hh``, ``(V, 4 * hidden_dim)``."""
+        embed_weight = self.lstm.weight_ih[:, :self.embed.embedding_dim]
+        return torch.addmm(self.lstm.bias_ih + self.lstm.bias_hh, self.embed.weight, embed_weight.t())
+
+    def _decoding_word_products(self, rows: int) -> Optional[Tensor]:
+        """``word_products()`` when it costs no more than one step of ``rows`` hypotheses multiplying
+        their embeddings (``V <= rows``); ``None`` otherwise (a large vocabulary decoded a few rows at a time)."""
+        return self.word_products() if self.vocab_size <= rows else None
 
     def forward(self, images: Tensor, captions: Tensor) -> tuple[Tensor, Tensor]:
         """Teacher forcing: logits ``(B, T, V)`` predicting ``captions[:, 1:]`` and alphas ``(B, T, P)``.
@@ -252,8 +278,9 @@ class ShowAttendTell(nn.Module):
         words = features.new_full((batch,), START_ID, dtype=torch.long)
         tokens, alphas, log_probs = [], [], []
         finished = torch.zeros(batch, dtype=torch.bool, device=images.device)
+        word_products, rows = self._decoding_word_products(batch), None
         for _ in range(max_len):
-            logits, state, alpha = self.step(features, projected, words, state)
+            logits, state, alpha = self.step(features, projected, words, state, word_products, rows)
             step_log_probs, words = _word_log_probs(logits).max(dim=-1)
             tokens.append(words.masked_fill(finished, PAD_ID))
             log_probs.append(step_log_probs.masked_fill(finished, 0.0))
@@ -261,6 +288,7 @@ class ShowAttendTell(nn.Module):
             finished |= words == END_ID
             if finished.all():
                 break
+            rows = _unfinished_rows(finished)
         return self._collect(torch.stack(tokens, 1), torch.stack(alphas, 1), torch.stack(log_probs, 1).sum(1))
 
     @torch.no_grad()
@@ -269,9 +297,9 @@ class ShowAttendTell(nn.Module):
     ) -> DecodedCaptions:
         """Beam search over the whole batch at once: ``B * beam_size`` hypotheses advance together.
 
-        Finished hypotheses (ended by END) are frozen with their score; an image leaves the batch
-        as soon as all its hypotheses are finished, so the batch costs what its captions' lengths
-        cost, not ``max_len`` steps for every image. The best hypothesis per image is the one with
+        Finished hypotheses (ended by END) are frozen with their score and take no more LSTM steps;
+        an image leaves the batch as soon as all its hypotheses are finished, so the batch costs what
+        its captions' lengths cost, not ``max_len`` steps for every image. The best hypothesis per image is the one with
         the highest ``log p / length ** length_penalty`` (0 disables normalisation).
         """
         return self._decode(self._beam_search, images, beam_size=beam_size, max_len=max_len,
@@ -294,8 +322,9 @@ class ShowAttendTell(nn.Module):
         # A finished hypothesis has one continuation, PAD, which keeps its score.
         frozen = torch.full((self.vocab_size,), float("-inf"), device=images.device)
         frozen[PAD_ID] = 0.0
+        word_products, rows = self._decoding_word_products(batch * k), None
         for _ in range(max_len):
-            logits, state, alpha = self.step(features, projected, words, state)
+            logits, state, alpha = self.step(features, projected, words, state, word_products, rows)
             width = scores.shape[1]
             log_probs = _word_log_probs(logits).view(len(active), width, -1)  # (b, width, V)
             log_probs = torch.where(finished[..., None], frozen, log_probs)
@@ -318,6 +347,7 @@ class ShowAttendTell(nn.Module):
                 words, state = words.index_select(0, kept), (state[0].index_select(0, kept), state[1].index_select(0, kept))
                 if not len(active):
                     break
+            rows = _unfinished_rows(finished)
         if kept is None:  # the rows of the images still searching at max_len
             kept = _beam_rows(torch.arange(len(active), device=images.device), k)
         trail.end(active, kept, scores)
@@ -341,6 +371,12 @@ class ShowAttendTell(nn.Module):
             out_tokens.append(ids[:n])
             out_maps.append(maps[:n].reshape(n, *self.grid))
         return DecodedCaptions(out_tokens, out_maps, scores)
+
+
+def _unfinished_rows(finished: Tensor) -> Optional[Tensor]:
+    """Rows of hypotheses that have not ended, for ``step(rows=...)``; ``None`` when none has ended."""
+    rows = (~finished.view(-1)).nonzero().squeeze(1)
+    return None if len(rows) == finished.numel() else rows
 
 
 def _beam_rows(images: Tensor, beams: int) -> Tensor:
