@@ -572,3 +572,19 @@ def test_an_imagefolder_dataset_without_a_folder_is_one_line_not_the_working_fol
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ConfigError, match="^--dataset imagefolder: names no folder; give one, e.g. imagefolder:photos$"):
         evaluation_dataset("imagefolder:", "test", eval_transforms(28), ["a", "b"])
+
+
+@pytest.mark.parametrize("name, slow, full", [
+    ("fcos_resnet20_cifar", "backbone.body.conv1.weight", "backbone.fpn.inner_blocks.0.0.weight"),
+    ("detr_resnet20_cifar", "backbone.conv1.weight", "input_proj.weight"),
+])
+def test_a_slower_backbone_is_the_registered_backbone_not_the_pyramid_built_on_it(name, slow, full):
+    """An FCOS's FPN (and P6/P7) start from scratch but sat under ``backbone.``, so they trained slowly too."""
+    from visattn import create_model
+
+    model = create_model(name, num_classes=3)
+    optimizer = torch.optim.AdamW(weight_decay_groups(model, 0.05, lr=1e-3, backbone_lr_scale=0.1), lr=1e-3)
+    lr_of = {param_name: group["lr"] for group in optimizer.param_groups
+             for param_name, param in model.named_parameters() if any(param is p for p in group["params"])}
+    assert lr_of[slow] == pytest.approx(1e-4) and lr_of[full] == pytest.approx(1e-3)
+    assert lr_of["head.classification_head.cls_logits.weight" if name.startswith("fcos") else "class_embed.weight"] == 1e-3

@@ -282,3 +282,28 @@ def test_a_backbone_named_with_its_weights_tag_says_where_the_tag_goes():
     with pytest.raises(ConfigError, match=r"^backbone 'se_resnet20_cifar.fmnist': give the architecture, backbone "
                                           r"'se_resnet20_cifar', and the weights as pretrained_backbone"):
         create_model("fcos_se_resnet20_cifar", backbone="se_resnet20_cifar.fmnist")
+
+
+@pytest.mark.parametrize("name", HEADS)
+def test_an_image_gets_the_detections_it_gets_alone_whatever_it_is_batched_with(name):
+    """Padding an image to a larger batch-mate's size changed its features everywhere (CBAM's global
+    pooling, FCOS's GroupNorm), and so its detections and a dataset's mAP; eval runs each size apart."""
+    model = _build(name).eval()
+    torch.manual_seed(2)
+    images = [torch.rand(3, 32, 64), torch.rand(3, 64, 64), torch.rand(3, 32, 64)]  # 32x64 pads to 64x64 with the other
+    with torch.no_grad():
+        batched = model(images)
+        alone = [model([image])[0] for image in images]
+    for together, single in zip(batched, alone):
+        assert together.keys() == single.keys() and len(single["scores"]) > 0
+        for key in single:
+            torch.testing.assert_close(together[key], single[key])
+
+
+def test_a_non_finite_detr_prediction_gives_a_non_finite_loss_for_the_guard_not_a_matching_error():
+    """scipy's assignment refused the NaN cost matrix, so the task's non-finite-loss guard never saw the step."""
+    model = _build("detr_cbam_resnet20_cifar").train()
+    images = _images()
+    images[0][:, 5, 5] = float("nan")
+    losses = model(images, _targets())
+    assert not all(torch.isfinite(value) for value in losses.values())

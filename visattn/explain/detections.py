@@ -14,6 +14,7 @@ image's size.
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import torch
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from ..models.detection import detect_by_size
 from ..modes import eval_mode
 
 Detections = list[dict[str, Tensor]]
@@ -46,6 +48,13 @@ def detection_attention(model: nn.Module, images: list[Tensor], *, min_score: fl
     if not has_decoder_attention(model):
         raise ConfigError(f"{type(model).__name__} has no decoder attention to show; use a DETR-style "
                           "detector (`visattn models 'detr_*'`)")
+    # One forward per image size, as the detector itself runs them: the attention read is that forward's.
+    found = detect_by_size(partial(_with_attention, model, min_score=min_score), images)
+    return [{k: v for k, v in f.items() if k != "attention"} for f in found], [f["attention"] for f in found]
+
+
+def _with_attention(model: nn.Module, images: list[Tensor], *, min_score: float) -> Detections:
+    """:func:`detection_attention` of same-size images, each detection's map under ``"attention"``."""
     attention = model.transformer.decoder[-1].cross_attn
     seen: dict[str, Any] = {}
     hooks = [model.transform.register_forward_hook(lambda module, args, out: seen.update(batch=out[0])),
@@ -63,7 +72,7 @@ def detection_attention(model: nn.Module, images: list[Tensor], *, min_score: fl
             hook.remove()
     rows, cols = seen["grid"]
     grids = [image_probs[found["queries"]].view(-1, rows, cols) for image_probs, found in zip(probs, detections)]
-    return detections, _on_images(grids, seen["batch"], images)
+    return [{**found, "attention": maps} for found, maps in zip(detections, _on_images(grids, seen["batch"], images))]
 
 
 def detection_saliency(model: nn.Module, images: list[Tensor], *, min_score: float = 0.0) -> tuple[Detections, list[Tensor]]:

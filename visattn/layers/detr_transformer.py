@@ -7,7 +7,9 @@ Post-norm layers, as the paper's: the encoder's self-attention adds the fixed 2-
 encoding to queries and keys (not values) in every layer; the decoder starts from zeros, adds
 the learned query embeddings ("object queries") to its queries and keys in every layer, and
 cross-attends to the encoder memory (plus positions on the keys). The decoder returns the
-normalised output of every layer, so each can be supervised (auxiliary decoding losses).
+normalised output of every layer, so each can be supervised (auxiliary decoding losses). The
+feed-forward block is the ViT's :class:`~visattn.layers.mlp.Mlp`, with GELU where DETR's code and
+Vaswani et al. use ReLU; the shipped DETR weights were trained with it.
 """
 from typing import Optional
 

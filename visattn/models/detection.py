@@ -18,11 +18,12 @@ whose labels are 0-based class ids ``0..num_classes-1``; training targets outsid
 dict of scalar losses (their sum is the training objective); ``eval()`` mode returns one
 ``{"boxes", "scores", "labels"}`` dict per image in input pixels. Normalisation and resizing happen
 inside, in torchvision's ``GeneralizedRCNNTransform`` (``min_size``, ``max_size``, ``image_mean``,
-``image_std``).
+``image_std``). In ``eval()`` mode images of different sizes run in separate batches of one size
+(:func:`detect_by_size`), so an image's detections never depend on the images batched with it.
 """
 import math
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Optional, Union
 
 import torch
@@ -182,6 +183,25 @@ def _size_divisible(stride: int) -> int:
     return math.lcm(32, stride)
 
 
+def detect_by_size(detect: Callable[[list[Tensor]], Detections], images: list[Tensor]) -> Detections:
+    """``detect`` run once per group of same-size images, the detections back in the images' order.
+
+    A batch pads every image to its largest one, and padding changes a smaller image's features
+    everywhere, not only at its border: global pooling (SE, CBAM, ECA) and GroupNorm's statistics
+    take the padding in. Same-size images pad alike, so each gets the detections it gets alone.
+    """
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for index, image in enumerate(images):
+        groups.setdefault(tuple(image.shape[-2:]), []).append(index)
+    if len(groups) == 1:
+        return detect(images)
+    detections: list[dict[str, Tensor]] = [{} for _ in images]
+    for indices in groups.values():
+        for index, found in zip(indices, detect([images[i] for i in indices])):
+            detections[index] = found
+    return detections
+
+
 # ---------------------------------------------------------------------------------------------
 # training targets
 # ---------------------------------------------------------------------------------------------
@@ -268,13 +288,15 @@ class FcosDetector(FCOS):
         image_mean: per-channel mean of the 0..1 input (default ImageNet's).
         image_std: per-channel std (default ImageNet's).
         center_sampling_radius: positives lie within this many strides of a box centre.
-        score_thresh: detections scoring below are dropped before NMS.
+        score_thresh: detections scoring below are dropped before NMS (0.05, the paper's setting for
+            evaluation, so mAP counts low-scoring detections; torchvision's ``FCOS`` defaults to 0.2).
         nms_thresh: class-wise NMS IoU threshold.
         detections_per_img: most detections kept per image.
         topk_candidates: most candidates per level before NMS.
     """
 
     classifier = "head.classification_head.cls_logits"
+    backbone_prefix = "backbone.body."  # the registered backbone, without the FPN and P6/P7 made here
 
     def __init__(
         self,
@@ -324,7 +346,8 @@ class FcosDetector(FCOS):
     def forward(self, images: list[Tensor], targets: Optional[Targets] = None) -> Union[dict[str, Tensor], Detections]:
         if self.training:
             _check_targets(targets, num_images=len(images), num_classes=self.num_classes)
-        return super().forward(images, targets)
+            return super().forward(images, targets)
+        return detect_by_size(super().forward, images)
 
 
 def _head_outputs_to_float32(head: nn.Module, inputs: Any, outputs: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -378,6 +401,9 @@ def hungarian_match(
             box_convert(image_boxes, "cxcywh", "xyxy"), box_convert(target_boxes, "cxcywh", "xyxy")
         )  # (Q, N)
         cost = bbox_weight * torch.cdist(image_boxes, target_boxes, p=1) - class_weight * prob - giou_weight * giou
+        # Non-finite costs come from non-finite predictions, which scipy refuses: the pairing made
+        # without them leaves the loss to show them, and the task then skips the step (NonFiniteLossGuard).
+        cost = torch.nan_to_num(cost, nan=0.0, posinf=0.0, neginf=0.0)
         rows, cols = linear_sum_assignment(cost.cpu().numpy())
         matches.append((torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64)))
     return matches
@@ -419,6 +445,7 @@ class DetrDetector(nn.Module):
     """
 
     classifier = "class_embed"
+    backbone_prefix = "backbone."
 
     def __init__(
         self,
@@ -470,13 +497,17 @@ class DetrDetector(nn.Module):
         self.bbox_embed = MLP(hidden_dim, [hidden_dim, hidden_dim, 4], activation_layer=nn.ReLU)
 
     def forward(self, images: list[Tensor], targets: Optional[Targets] = None) -> Union[dict[str, Tensor], Detections]:
-        if self.training:
-            _check_targets(targets, num_images=len(images), num_classes=self.num_classes)
-        original_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
+        if not self.training:
+            return detect_by_size(self._detect, images)
+        _check_targets(targets, num_images=len(images), num_classes=self.num_classes)
         batch, targets = self.transform(images, targets)
         logits, boxes = self._predict(batch.tensors, batch.image_sizes)  # (L, B, Q, K + 1), (L, B, Q, 4)
-        if self.training:
-            return self._losses(logits, boxes, _normalised_targets(targets, batch.image_sizes))
+        return self._losses(logits, boxes, _normalised_targets(targets, batch.image_sizes))
+
+    def _detect(self, images: list[Tensor]) -> Detections:
+        original_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
+        batch, _ = self.transform(images)
+        logits, boxes = self._predict(batch.tensors, batch.image_sizes)
         detections = self._detections(logits[-1], boxes[-1], batch.image_sizes)
         return self.transform.postprocess(detections, batch.image_sizes, original_sizes)
 

@@ -275,15 +275,18 @@ def weight_decay_groups(model: nn.Module, weight_decay: float, *, lr: Optional[f
                         backbone_lr_scale: float = 1.0) -> list[dict[str, Any]]:
     """Optimizer parameter groups: ``weight_decay`` on weights, none on biases, norms, position embeddings and tokens.
 
-    With ``backbone_lr_scale != 1`` the ``backbone.*`` parameters (detectors) get two more groups at
-    ``lr * backbone_lr_scale``, as DETR trains its pretrained backbone ten times slower than its head.
+    With ``backbone_lr_scale != 1`` the backbone's parameters (detectors) get two more groups at
+    ``lr * backbone_lr_scale``, as DETR trains its pretrained backbone ten times slower than its head:
+    those named ``model.backbone_prefix`` (``backbone.`` when the model names none), which leaves out
+    an FCOS's newly made FPN.
     """
+    prefix = getattr(model, "backbone_prefix", "backbone.")
     groups: dict[tuple[bool, bool], list[nn.Parameter]] = {(False, True): [], (False, False): []}
     for name, param in model.named_parameters():
         if param.requires_grad:
             # Biases, norm scales, position embeddings and tokens are 1-D or named so: no decay.
             decay = not (param.ndim <= 1 or name.endswith(NO_WEIGHT_DECAY))
-            backbone = backbone_lr_scale != 1.0 and name.startswith("backbone.")
+            backbone = backbone_lr_scale != 1.0 and name.startswith(prefix)
             groups.setdefault((backbone, decay), []).append(param)
     if backbone_lr_scale != 1.0 and lr is None:
         raise ConfigError("backbone_lr_scale needs the base lr")
