@@ -96,7 +96,7 @@ def detector_pointing(name: str, limit: int) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="vit_tiny_patch4_28.fmnist", help="shipped classifier ARCH.TAG")
+    parser.add_argument("--model", default="vit_tiny_patch4_28.fmnist", help="shipped ARCH.TAG: a classifier, detector or captioner")
     parser.add_argument("--dataset", choices=["fashion-mnist-canvas", "fashion-mnist-pairs"], default="fashion-mnist-canvas")
     parser.add_argument("--img-size", type=int, default=None, help="run the classifiers at this input size")
     parser.add_argument("--limit", type=int, default=1000, help="canvas test scenes scored")
