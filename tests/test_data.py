@@ -473,3 +473,23 @@ def test_a_validation_split_of_only_broken_files_is_one_line_at_setup(tmp_path, 
     Image.new("RGB", (8, 8)).save(val_file, "PNG")  # fixed: a later setup reads the folder again
     data.setup("fit")
     assert len(data.datasets["val"]) == 1
+
+
+def test_an_image_folder_records_and_evaluates_with_timms_crop_and_filter(tmp_path):
+    """Fine-tuning timm weights needs their pretrained_cfg's crop_pct and interpolation at evaluation (and in
+    the checkpoint, for inference); the data module had no way to say them."""
+    from PIL import Image
+    from timm.data import create_transform
+
+    root = write_image_folder(tmp_path / "train", per_class=2)
+    data = ImageFolderDataModule(str(root), img_size=32, num_workers=0, mean=(0.5,) * 3, std=(0.5,) * 3,
+                                 crop_pct=0.9, interpolation="bicubic")
+    assert data.preprocessing == {"input_size": [3, 32, 32], "mean": [0.5] * 3, "std": [0.5] * 3, "recipe": "photo",
+                                  "crop_pct": 0.9, "interpolation": "bicubic"}
+    image = np.random.default_rng(0).integers(0, 256, (75, 100, 3), dtype=np.uint8)
+    by_timm = create_transform(32, interpolation="bicubic", crop_pct=0.9, mean=(0.5,) * 3, std=(0.5,) * 3)
+    torch.testing.assert_close(data.eval_transform()(image), by_timm(Image.fromarray(image)), rtol=0, atol=1e-5)
+    with pytest.raises(ConfigError, match=r"^interpolation='nearest': give one of bilinear, bicubic$"):
+        ImageFolderDataModule(str(root), interpolation="nearest")
+    with pytest.raises(ConfigError, match=r"^crop_pct=1.5: give the fraction of the resized image kept"):
+        ImageFolderDataModule(str(root), crop_pct=1.5)

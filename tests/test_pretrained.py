@@ -647,27 +647,34 @@ def test_save_weights_refuses_an_entry_its_index_would_refuse_before_writing(wei
     assert list(weights_tmp.iterdir()) == []
 
 
-@pytest.mark.parametrize("name, side", [("se_resnet20_cifar.fmnist", 28), ("vit_tiny_patch4_28.fmnist", 28),
-                                        ("resnet18", 256)])
-def test_timm_data_helpers_preprocess_a_model_as_visattn_does(name, side):
-    # timm.data.resolve_data_config(model=...) read no pretrained_cfg and gave ImageNet's 224-px crop for a
-    # 28-px Fashion-MNIST model. Images already at the resize's size: the two differ only by rounding.
+@pytest.mark.parametrize("height, width", [(375, 500), (333, 250), (28, 28)])
+@pytest.mark.parametrize("name", ["se_resnet20_cifar.fmnist", "vit_tiny_patch4_28.fmnist", "resnet18", "timm_augreg"])
+def test_timm_data_helpers_preprocess_a_model_as_visattn_does(name, height, width, request):
+    """timm's ``create_transform(**resolve_data_config(model=m))`` and visattn's own transform agree to float
+    rounding on noise (where aliasing shows most). resolve_data_config had read no pretrained_cfg (ImageNet's
+    224-px crop for a 28-px model); visattn's OpenCV resize did not antialias a shrunk image, rounded the
+    resized side and the crop offset otherwise than torchvision, and dropped recorded crop_pct and interpolation."""
     import numpy as np
     from PIL import Image
     from timm.data import create_transform, resolve_data_config
 
-    from visattn.data.transforms import eval_transforms
+    from visattn.data.transforms import default_preprocessing, eval_transform_of
     from visattn.tasks.classification import load_classifier
 
-    model = create_model(name)
+    if name == "timm_augreg":  # a ViT's settings as timm's augreg weights record them, saved and loaded back
+        weights_tmp = request.getfixturevalue("weights_tmp")
+        shipped = {"input_size": [3, 32, 32], "mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bicubic",
+                   "crop_pct": 0.9}
+        save_weights(create_model("vit_tiny_patch4_32", num_classes=2), weights_tmp / "vit_tiny_patch4_32.augreg.safetensors",
+                     labels=["a", "b"], preprocessing=shipped)
+        name = "vit_tiny_patch4_32.augreg"
+    classifier = load_classifier(name) if "." in name else None
+    model = classifier.model if classifier else create_model(name)
     config = resolve_data_config(model=model)
-    image = np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8)
+    image = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
     by_timm = create_transform(**config)(Image.fromarray(image))
-    recorded = (load_classifier(name).preprocessing if "." in name else
-                {"input_size": model.input_size, "mean": IMAGENET_MEAN, "std": IMAGENET_STD})
-    ours = eval_transforms(recorded["input_size"], recorded["mean"], recorded["std"],
-                           recipe=recorded.get("recipe", "photo"))(image)
-    assert config["input_size"] == tuple(recorded["input_size"]) and by_timm.shape == ours.shape
+    ours = (classifier.transform() if classifier else eval_transform_of(default_preprocessing(model)))(image)
+    assert by_timm.shape == ours.shape
     torch.testing.assert_close(by_timm, ours, rtol=0, atol=1e-5)
 
 
@@ -684,3 +691,19 @@ def test_a_classifier_from_a_training_checkpoint_carries_its_recorded_preprocess
     config = resolve_data_config(model=load_classifier(checkpoint=str(path)).model)
     assert config == {"input_size": (3, 28, 28), "interpolation": "bilinear", "mean": (0.5,) * 3, "std": (0.5,) * 3,
                       "crop_pct": 1.0, "crop_mode": "squash"}
+
+
+def test_weights_from_timm_by_name_carry_timms_preprocessing_for_them(monkeypatch):
+    """``pretrained="timm:NAME"`` kept only the state dict: an augreg ViT (mean and std 0.5, bicubic, crop 0.9)
+    reported ImageNet's statistics, bilinear and 0.875 to resolve_data_config."""
+    import timm
+    from timm.data import resolve_data_config
+
+    import visattn.pretrained as pretrained
+
+    monkeypatch.setattr(pretrained, "_fetch_timm", lambda name: timm.create_model(name, pretrained=False).state_dict())
+    model = create_model("vit_tiny_patch16_224", pretrained="timm:vit_tiny_patch16_224.augreg_in21k_ft_in1k", img_size=32)
+    config = resolve_data_config(model=model)
+    assert config == {"input_size": (3, 32, 32), "interpolation": "bicubic", "mean": (0.5, 0.5, 0.5),
+                      "std": (0.5, 0.5, 0.5), "crop_pct": 0.9, "crop_mode": "center"}
+    assert resolve_data_config(model=create_model("vit_tiny_patch16_224", img_size=32))["mean"] == IMAGENET_MEAN

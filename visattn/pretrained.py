@@ -133,6 +133,26 @@ def timm_pretrained_cfg(model: nn.Module, preprocessing: Optional[dict[str, Any]
     return {**data, "num_classes": model.num_classes, "classifier": type(model).classifier}
 
 
+def weights_preprocessing(entry: Optional[dict[str, Any]], pretrained: Any) -> Optional[dict[str, Any]]:
+    """The evaluation settings recorded with the weights a model was built from: its index entry's, or for
+    ``timm:NAME`` the mean, std, crop and filter timm records for those weights (known offline); else None."""
+    if entry is not None:
+        return entry.get("preprocessing")
+    if not (isinstance(pretrained, str) and pretrained.startswith("timm:")):
+        return None
+    import timm
+
+    from .data.transforms import INTERPOLATIONS
+
+    cfg = timm.models.get_pretrained_cfg(pretrained[5:])
+    if cfg is None:
+        return None
+    # input_size is left to the model, which may be built for another size than timm's weights
+    recorded = {"mean": list(cfg.mean), "std": list(cfg.std), "crop_pct": cfg.crop_pct,
+                "recipe": "small" if cfg.crop_mode == "squash" else "photo"}
+    return {**recorded, **({"interpolation": cfg.interpolation} if cfg.interpolation in INTERPOLATIONS else {})}
+
+
 def model_files(model: Optional[str] = None, checkpoint: Optional[str] = None) -> list[Path]:
     """The files a command reads its model from, which no output may replace: ``--checkpoint``, or the
     weights of ``--model ARCH.TAG`` (or ``ARCH``) and the index."""

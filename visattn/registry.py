@@ -180,7 +180,7 @@ def create_model(
             plain backbone) keep their initialisation and a warning lists them.
         **kwargs: architecture hyperparameters passed to the builder (``img_size``, ``drop_path_rate``, ...).
     """
-    from .pretrained import load_weights, timm_pretrained_cfg
+    from .pretrained import load_weights, timm_pretrained_cfg, weights_preprocessing
 
     arch, entry, kwargs = model_arguments(name, pretrained=pretrained, num_classes=num_classes, **kwargs)
     model = _model_entrypoints[arch](**kwargs)
@@ -192,5 +192,5 @@ def create_model(
     elif pretrained:
         load_weights(model, pretrained, strict=strict)
     if model_task(arch) == "classification":
-        model.pretrained_cfg = timm_pretrained_cfg(model, entry.get("preprocessing") if entry else None)
+        model.pretrained_cfg = timm_pretrained_cfg(model, weights_preprocessing(entry, pretrained))
     return model

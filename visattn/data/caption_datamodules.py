@@ -31,7 +31,7 @@ from ..errors import ConfigError
 from .datamodules import COCO_VALIDATION_FIX, SplitLoadersMixin, split_images_dir
 from .coco import CaptionImages, CocoCaptions, KarpathyCaptions, KarpathySplit, read_karpathy
 from .scenes import SCENES_MEAN, SCENES_STD, FashionScenes, scene_settings
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, ImageTransform, Recipe, eval_transforms, train_transforms
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, ImageTransform, Recipe, eval_transform_of, train_transforms
 from .vocab import Vocabulary
 
 __all__ = [
@@ -148,7 +148,7 @@ class _CaptionDataModule(SplitLoadersMixin, pl.LightningDataModule):
         return {"input_size": [3, *self.input_size], "mean": list(h.mean), "std": list(h.std), "recipe": self.recipe}
 
     def eval_transform(self) -> ImageTransform:
-        return eval_transforms(self.input_size, self.hparams.mean, self.hparams.std, recipe=self.recipe)
+        return eval_transform_of(self.preprocessing)
 
     def train_transform(self) -> ImageTransform:
         return self.eval_transform()

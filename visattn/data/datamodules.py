@@ -27,9 +27,12 @@ from .transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     AugmentationStream,
+    DEFAULT_CROP_PCT,
     ImageTransform,
+    Interpolation,
     Recipe,
-    eval_transforms,
+    eval_transform_of,
+    preprocessing_problem,
     train_transforms,
 )
 
@@ -206,7 +209,9 @@ class _ClassificationDataModule(SplitLoadersMixin, pl.LightningDataModule):
     def preprocessing(self) -> dict:
         """The evaluation transform's settings, for checkpoints; ``input_size`` is timm-style ``[C, H, W]``."""
         h = self.hparams
-        return {"input_size": [3, h.img_size, h.img_size], "mean": list(h.mean), "std": list(h.std), "recipe": h.recipe}
+        resize = {key: h[key] for key in ("crop_pct", "interpolation") if key in h}  # image folders set them
+        return {"input_size": [3, h.img_size, h.img_size], "mean": list(h.mean), "std": list(h.std), "recipe": h.recipe,
+                **resize}
 
     def train_transform(self) -> ImageTransform:
         h = self.hparams
@@ -215,8 +220,7 @@ class _ClassificationDataModule(SplitLoadersMixin, pl.LightningDataModule):
         return train_transforms(h.img_size, h.mean, h.std, recipe=h.recipe)
 
     def eval_transform(self) -> ImageTransform:
-        h = self.hparams
-        return eval_transforms(h.img_size, h.mean, h.std, recipe=h.recipe)
+        return eval_transform_of(self.preprocessing)
 
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit", "validate") and "train" not in self.datasets:
@@ -251,6 +255,9 @@ class _ClassificationDataModule(SplitLoadersMixin, pl.LightningDataModule):
             raise ConfigError(f"val_fraction={h.val_fraction}: must be in [0, 1)")
         if h.limit is not None and h.limit < 1:
             raise ConfigError(f"limit={h.limit}: must be a positive number of samples, or None for all")
+        problem = preprocessing_problem(self.preprocessing)
+        if problem:
+            raise ConfigError(problem.removeprefix("preprocessing."))
         self._check_loader_options()
 
 
@@ -318,6 +325,9 @@ class ImageFolderDataModule(_ClassificationDataModule):
         seed: seed of the validation split (and of the subset ``limit`` picks).
         augment: augment training images (``False``: training uses the evaluation transform).
         recipe: transform recipe, ``"photo"`` (resized crop) or ``"small"`` (pad + crop).
+        crop_pct: ``"photo"`` evaluation: the centre crop's share of the resized image (timm's ``crop_pct``;
+            fine-tuning timm weights, give their ``pretrained_cfg``'s, e.g. 0.9 for its augreg ViTs).
+        interpolation: evaluation resize filter, ``"bilinear"`` or ``"bicubic"`` (timm's ViTs: bicubic).
         limit: use at most this many samples of each split (quick runs and tests).
     """
 
@@ -336,6 +346,8 @@ class ImageFolderDataModule(_ClassificationDataModule):
         seed: int = 0,
         augment: bool = True,
         recipe: Recipe = "photo",
+        crop_pct: float = DEFAULT_CROP_PCT,
+        interpolation: Interpolation = "bilinear",
         limit: int | None = None,
     ) -> None:
         super().__init__()

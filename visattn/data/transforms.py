@@ -7,6 +7,11 @@ Two recipes:
 - ``"small"``: resize, pad and random crop + flip for training; plain resize for evaluation
   (the CIFAR recipe, for tiny images such as 28x28 Fashion-MNIST where cropping a fraction of
   the image away destroys it).
+
+Evaluation resizes as timm's ``create_transform`` does (torchvision on a PIL image: PIL's filters,
+which average over the pixels a shrunk one covers, sizes truncated, torchvision's crop offset), so
+timm's weights see what timm gives them. OpenCV's linear resize samples 4 pixels whatever the scale
+and left moiré on shrunk photos; training's random crops shrink with OpenCV's area filter instead.
 """
 from __future__ import annotations
 
@@ -23,7 +28,10 @@ import albumentations as A
 import numpy as np
 import torch
 from albumentations.pytorch import ToTensorV2
+from PIL import Image
 from torch import nn
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import functional as TF
 
 from ..errors import ConfigError
 from ..layers.patch_embed import is_count
@@ -35,6 +43,7 @@ __all__ = [
     "ImageTransform",
     "Recipe",
     "eval_transforms",
+    "eval_transform_of",
     "CLASSIFIER_PREPROCESSING",
     "default_preprocessing",
     "preprocessing_problem",
@@ -47,6 +56,9 @@ __all__ = [
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 Recipe = Literal["photo", "small"]
+Interpolation = Literal["bilinear", "bicubic"]
+INTERPOLATIONS = ("bilinear", "bicubic")
+DEFAULT_CROP_PCT = 0.875  # timm's and torchvision's ImageNet evaluation: 224 of 256
 InputSize = int | Sequence[int]
 
 
@@ -151,7 +163,8 @@ def train_transforms(
     _check_normalization(mean, std)
     height, width = _height_width(input_size)
     if recipe == "photo":
-        steps: list[A.BasicTransform] = [A.RandomResizedCrop((height, width), scale=scale, ratio=ratio)]
+        steps: list[A.BasicTransform] = [
+            A.RandomResizedCrop((height, width), scale=scale, ratio=ratio, area_for_downscale="image")]
     elif recipe == "small":
         steps = [
             A.Resize(height, width),
@@ -162,8 +175,8 @@ def train_transforms(
         raise _unknown_recipe(recipe)
     if hflip:
         steps.append(A.HorizontalFlip(p=0.5))
-    if color_jitter > 0:
-        steps.append(A.ColorJitter(color_jitter, color_jitter, color_jitter, hue=0.0))
+    if color_jitter > 0:  # every image, as timm's ColorJitter (albumentations' default is half of them)
+        steps.append(A.ColorJitter(color_jitter, color_jitter, color_jitter, hue=0.0, p=1.0))
     return ImageTransform([*steps, *_channel_steps(input_size), A.Normalize(mean, std)])
 
 
@@ -173,28 +186,71 @@ def eval_transforms(
     std: Sequence[float] = IMAGENET_STD,
     *,
     recipe: Recipe = "photo",
-    crop_pct: float = 0.875,
+    crop_pct: float = DEFAULT_CROP_PCT,
+    interpolation: Interpolation = "bilinear",
 ) -> ImageTransform:
-    """Deterministic evaluation preprocessing.
+    """Deterministic evaluation preprocessing, timm's ``create_transform(..., is_training=False)``.
 
     Args:
         input_size: output size: ``S``, ``(H, W)`` or timm-style ``(C, H, W)``.
         mean: per-channel mean of the 0..1 pixel values.
         std: per-channel standard deviation.
-        recipe: ``"photo"``: resize the shorter side to ``size / crop_pct`` and centre-crop;
-            ``"small"``: resize the whole image to ``input_size``.
+        recipe: ``"photo"``: resize the shorter side to ``floor(S / crop_pct)`` (a non-square ``(H, W)``:
+            the image to ``floor((H, W) / crop_pct)``) and centre-crop; ``"small"``: resize the whole
+            image to ``input_size`` (timm's ``"squash"``).
         crop_pct: ``"photo"`` only: fraction of the resized image the centre crop keeps.
+        interpolation: the resize filter, ``"bilinear"`` or ``"bicubic"`` (timm's ViTs use bicubic).
     """
     _check_normalization(mean, std)
+    problem = _crop_problem(crop_pct) or _interpolation_problem(interpolation)
+    if problem:
+        raise ConfigError(problem)
     height, width = _height_width(input_size)
     if recipe == "photo":
-        shorter = round(min(height, width) / crop_pct)
-        steps = [A.SmallestMaxSize(max_size=shorter), A.CenterCrop(height, width)]
+        resized = (math.floor(height / crop_pct), math.floor(width / crop_pct))
+        step = PilResize(resized[0] if resized[0] == resized[1] else resized, (height, width), interpolation)
     elif recipe == "small":
-        steps = [A.Resize(height, width)]
+        step = PilResize((height, width), None, interpolation)
     else:
         raise _unknown_recipe(recipe)
-    return ImageTransform([*steps, *_channel_steps(input_size), A.Normalize(mean, std)])
+    return ImageTransform([step, *_channel_steps(input_size), A.Normalize(mean, std)])
+
+
+class PilResize(A.DualTransform):
+    """torchvision's ``Resize(size)`` then ``CenterCrop(crop)`` on the PIL image of an RGB array, as in
+    timm's evaluation transform; boxes move with the image. ``size``: the shorter side (an int, the longer
+    one truncated as torchvision does) or ``(H, W)``; ``crop`` ``None``: no crop."""
+
+    def __init__(self, size: int | tuple[int, int], crop: tuple[int, int] | None, interpolation: Interpolation) -> None:
+        super().__init__(p=1.0)
+        self.size, self.crop, self.interpolation = size, crop, interpolation
+
+    def get_params_dependent_on_data(self, params: dict, data: dict) -> dict:
+        height, width = params["shape"][:2]
+        if isinstance(self.size, int):
+            longer = int(self.size * max(height, width) / min(height, width))
+            resized = (self.size, longer) if height <= width else (longer, self.size)
+        else:
+            resized = tuple(self.size)
+        crop = self.crop or resized
+        # torchvision's centre-crop offset: round half to even
+        return {"resized": resized, "crop": crop, "offset": [int(round((r - c) / 2.0)) for r, c in zip(resized, crop)]}
+
+    def apply(self, img: np.ndarray, resized: tuple[int, int], crop: tuple[int, int], **params: object) -> np.ndarray:
+        image = TF.resize(Image.fromarray(img), list(resized), interpolation=InterpolationMode(self.interpolation))
+        return np.asarray(image if self.crop is None else TF.center_crop(image, list(crop)))
+
+    def apply_to_bboxes(self, bboxes: np.ndarray, resized: tuple[int, int], crop: tuple[int, int],
+                        offset: list[int], **params: object) -> np.ndarray:
+        """Albumentations' normalised xyxy boxes: the resize keeps them, the crop shifts and rescales them."""
+        moved = bboxes.astype(np.float32, copy=True)
+        for axis, (size, kept, start) in enumerate(zip(resized, crop, offset)):
+            columns = [1 - axis, 3 - axis]  # y for axis 0 (height), x for axis 1 (width)
+            moved[:, columns] = (bboxes[:, columns] * size - start) / kept
+        return moved
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ("size", "crop", "interpolation")
 
 
 def default_preprocessing(model: nn.Module) -> dict:
@@ -211,8 +267,16 @@ def timm_data_config(preprocessing: dict) -> dict:
     ``"squash"`` resize of the whole image."""
     photo = preprocessing.get("recipe", "photo") == "photo"
     return {"input_size": tuple(preprocessing["input_size"]), "mean": tuple(preprocessing["mean"]),
-            "std": tuple(preprocessing["std"]), "interpolation": "bilinear",
-            "crop_pct": 0.875 if photo else 1.0, "crop_mode": "center" if photo else "squash"}
+            "std": tuple(preprocessing["std"]), "interpolation": preprocessing.get("interpolation", "bilinear"),
+            "crop_pct": preprocessing.get("crop_pct", DEFAULT_CROP_PCT) if photo else 1.0,
+            "crop_mode": "center" if photo else "squash"}
+
+
+def eval_transform_of(preprocessing: dict) -> ImageTransform:
+    """The evaluation transform recorded evaluation settings describe (a weights entry's or checkpoint's)."""
+    p = preprocessing
+    return eval_transforms(p["input_size"], p["mean"], p["std"], recipe=p.get("recipe", "photo"),
+                           crop_pct=p.get("crop_pct", DEFAULT_CROP_PCT), interpolation=p.get("interpolation", "bilinear"))
 
 
 CLASSIFIER_PREPROCESSING = ("input_size", "mean", "std")  # what a classifier's recorded transform settings need
@@ -233,7 +297,21 @@ def preprocessing_problem(preprocessing: object, *, required: Sequence[str] = ()
         problem = _statistics_problem(name, preprocessing[name]) if name in preprocessing else None
         if problem:
             return f"preprocessing.{problem}"
-    return None
+    problem = (_crop_problem(preprocessing["crop_pct"]) if "crop_pct" in preprocessing else None) or (
+        _interpolation_problem(preprocessing["interpolation"]) if "interpolation" in preprocessing else None)
+    return f"preprocessing.{problem}" if problem else None
+
+
+def _crop_problem(crop_pct: object) -> str | None:
+    if isinstance(crop_pct, Real) and not isinstance(crop_pct, bool) and 0 < crop_pct <= 1:
+        return None
+    return f"crop_pct={reprlib.repr(crop_pct)}: give the fraction of the resized image kept, above 0 and at most 1"
+
+
+def _interpolation_problem(interpolation: object) -> str | None:
+    if interpolation in INTERPOLATIONS:
+        return None
+    return f"interpolation={reprlib.repr(interpolation)}: give one of {', '.join(INTERPOLATIONS)}"
 
 
 def _is_channels_height_width(size: object) -> bool:

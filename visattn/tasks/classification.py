@@ -20,7 +20,7 @@ from torchvision.transforms import v2
 from ..data.fashion_mnist import FASHION_MNIST_CLASSES, FashionMNIST
 from ..data.image_folder import ImageFolder, evaluation_batches, seeded_subset
 from ..data.transforms import (CLASSIFIER_PREPROCESSING, ImageTransform, check_image_batch, default_preprocessing,
-                               eval_transforms, preprocessing_problem, to_model_input)
+                               eval_transform_of, preprocessing_problem, to_model_input)
 from ..devices import inference_device, model_device
 from ..errors import ConfigError, WeightsError
 from ..models.vit import NO_WEIGHT_DECAY
@@ -373,8 +373,7 @@ class Classifier:
     model_kwargs: dict[str, Any]
 
     def transform(self) -> ImageTransform:
-        p = self.preprocessing
-        return eval_transforms(p["input_size"], p["mean"], p["std"], recipe=p.get("recipe", "photo"))
+        return eval_transform_of(self.preprocessing)
 
     @property
     def device(self) -> torch.device:
