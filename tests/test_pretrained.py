@@ -707,3 +707,21 @@ def test_weights_from_timm_by_name_carry_timms_preprocessing_for_them(monkeypatc
     assert config == {"input_size": (3, 32, 32), "interpolation": "bicubic", "mean": (0.5, 0.5, 0.5),
                       "std": (0.5, 0.5, 0.5), "crop_pct": 0.9, "crop_mode": "center"}
     assert resolve_data_config(model=create_model("vit_tiny_patch16_224", img_size=32))["mean"] == IMAGENET_MEAN
+
+
+def test_a_one_channel_models_timm_config_normalises_as_visattn_does():
+    """Three mean and std values on a (1, H, W) input_size made timm's create_transform fail."""
+    import numpy as np
+    from PIL import Image
+    from timm.data import create_transform, resolve_data_config
+
+    from visattn.data.transforms import default_preprocessing, eval_transform_of
+
+    model = create_model("resnet18", in_chans=1)
+    config = resolve_data_config(model=model)
+    assert config["input_size"] == (1, 224, 224) and config["mean"] == IMAGENET_MEAN[:1]
+    gray = np.repeat(np.random.default_rng(0).integers(0, 256, (230, 240, 1), dtype=np.uint8), 3, axis=2)
+    by_timm = create_transform(**config)(Image.fromarray(gray))  # timm keeps 3 equal channels
+    ours = eval_transform_of(default_preprocessing(model))(gray)
+    assert ours.shape == (1, 224, 224)
+    torch.testing.assert_close(by_timm[:1], ours, rtol=0, atol=1e-5)

@@ -266,8 +266,11 @@ def timm_data_config(preprocessing: dict) -> dict:
     transform: the photo recipe is timm's centre crop at ``crop_pct`` 0.875, the small one its
     ``"squash"`` resize of the whole image."""
     photo = preprocessing.get("recipe", "photo") == "photo"
-    return {"input_size": tuple(preprocessing["input_size"]), "mean": tuple(preprocessing["mean"]),
-            "std": tuple(preprocessing["std"]), "interpolation": preprocessing.get("interpolation", "bilinear"),
+    # A one-channel model is normalised with the first channel's values, as albumentations does a gray image;
+    # three of them made timm's Normalize fail on its one-channel input_size.
+    channels = preprocessing["input_size"][0]
+    return {"input_size": tuple(preprocessing["input_size"]), "mean": tuple(preprocessing["mean"])[:channels],
+            "std": tuple(preprocessing["std"])[:channels], "interpolation": preprocessing.get("interpolation", "bilinear"),
             "crop_pct": preprocessing.get("crop_pct", DEFAULT_CROP_PCT) if photo else 1.0,
             "crop_mode": "center" if photo else "squash"}
 
