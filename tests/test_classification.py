@@ -588,3 +588,14 @@ def test_a_slower_backbone_is_the_registered_backbone_not_the_pyramid_built_on_i
              for param_name, param in model.named_parameters() if any(param is p for p in group["params"])}
     assert lr_of[slow] == pytest.approx(1e-4) and lr_of[full] == pytest.approx(1e-3)
     assert lr_of["head.classification_head.cls_logits.weight" if name.startswith("fcos") else "class_embed.weight"] == 1e-3
+
+
+def test_a_checkpoint_given_as_the_model_name_from_python_says_checkpoint(tmp_path):
+    """load_classifier('run/last.ckpt') stripped '.ckpt' as a tag and called it an unknown model."""
+    from visattn.tasks.classification import load_classifier
+
+    path = tmp_path / "last.ckpt"
+    path.write_bytes(b"not read")
+    with pytest.raises(ConfigError, match=rf"^'{path}' is a file: model takes a registered name or ARCH.TAG; "
+                                          rf"pass a training checkpoint as checkpoint='{path}'$"):
+        load_classifier(str(path))

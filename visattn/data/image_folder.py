@@ -165,7 +165,8 @@ class ImageFolder(ImageFiles):
         extra = sorted(set(find_classes(self.root)) - set(self.classes))
         if extra:
             known = ", ".join(self.classes)
-            raise ConfigError(f"{self.root}: class folders {extra} are not among the classes ({known})")
+            raise ConfigError(f"{self.root}: class folders {extra} are not among the classes ({known}); "
+                              "rename or move them, or train a model that has those classes")
         samples = [
             (path, label)
             for label, name in enumerate(self.classes)
