@@ -599,3 +599,20 @@ def test_a_checkpoint_given_as_the_model_name_from_python_says_checkpoint(tmp_pa
     with pytest.raises(ConfigError, match=rf"^'{path}' is a file: model takes a registered name or ARCH.TAG; "
                                           rf"pass a training checkpoint as checkpoint='{path}'$"):
         load_classifier(str(path))
+
+
+def test_fine_tuning_shipped_weights_with_other_normalisation_warns_naming_both():
+    """An image folder's ImageNet defaults on Fashion-MNIST weights (mean 0.286, std 0.353) trained silently."""
+    import warnings
+
+    from visattn.errors import VisattnWarning
+
+    imagenet = {"input_size": [3, 28, 28], "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    with pytest.warns(VisattnWarning, match=r"^the data normalises with mean \[0.485, 0.456, 0.406\], std .* but the "
+                                            r"starting weights were trained with mean \[0.286"):
+        ImageClassifier("se_resnet20_cifar", num_classes=3, pretrained="se_resnet20_cifar.fmnist", preprocessing=imagenet)
+    own = load_classifier("se_resnet20_cifar.fmnist").preprocessing
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", VisattnWarning)
+        ImageClassifier("se_resnet20_cifar.fmnist", num_classes=10, preprocessing=own)
+        ImageClassifier("se_resnet20_cifar", num_classes=10, pretrained=False, preprocessing=imagenet)

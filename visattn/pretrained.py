@@ -134,11 +134,15 @@ def timm_pretrained_cfg(model: nn.Module, preprocessing: Optional[dict[str, Any]
 
 
 def weights_preprocessing(entry: Optional[dict[str, Any]], pretrained: Any) -> Optional[dict[str, Any]]:
-    """The evaluation settings recorded with the weights a model was built from: its index entry's, or for
-    ``timm:NAME`` the mean, std, crop and filter timm records for those weights (known offline); else None."""
+    """The evaluation settings recorded with the weights a model was built from: its index entry's (or
+    that of the shipped ``ARCH.TAG`` given as ``pretrained``), or for ``timm:NAME`` the mean, std, crop and
+    filter timm records for those weights (known offline); else None."""
     if entry is not None:
         return entry.get("preprocessing")
-    if not (isinstance(pretrained, str) and pretrained.startswith("timm:")):
+    if isinstance(pretrained, str) and not pretrained.startswith("timm:"):
+        named = load_index().get(pretrained)  # another shipped ARCH.TAG (a file has recorded nothing)
+        return named.get("preprocessing") if named and not Path(pretrained).exists() else None
+    if not isinstance(pretrained, str):
         return None
     import timm
 

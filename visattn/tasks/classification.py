@@ -2,11 +2,13 @@
 import contextlib
 import math
 import reprlib
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -22,12 +24,12 @@ from ..data.image_folder import ImageFolder, evaluation_batches, seeded_subset
 from ..data.transforms import (CLASSIFIER_PREPROCESSING, ImageTransform, check_image_batch, default_preprocessing,
                                eval_transform_of, preprocessing_problem, to_model_input)
 from ..devices import inference_device, model_device
-from ..errors import ConfigError, WeightsError
+from ..errors import ConfigError, VisattnWarning, WeightsError
 from ..models.vit import NO_WEIGHT_DECAY
 from ..modes import eval_mode
 from ..pretrained import (INDEX_NAME, find_weights_entry, load_weights, metadata_problem, read_pickle_checkpoint,
-                          require_regular_file, timm_pretrained_cfg, weights_dir)
-from ..registry import create_model, model_family, model_task, split_model_name
+                          require_regular_file, timm_pretrained_cfg, weights_dir, weights_preprocessing)
+from ..registry import create_model, model_arguments, model_family, model_task, split_model_name
 from .guards import NonFiniteLossGuard, skip_missing_batch
 
 
@@ -46,6 +48,24 @@ def build_classifier(model_name: str, num_classes: int, model_kwargs: Optional[d
             load_weights(model, model_name if pretrained is True else pretrained, strict=strict)
         return model
     return create_model(model_name, num_classes=num_classes, pretrained=pretrained, strict=strict, **kwargs)
+
+
+def _warn_if_normalised_otherwise(model_name: str, pretrained: Optional[Union[bool, str]],
+                                  preprocessing: Optional[dict[str, Any]]) -> None:
+    """Warn when the data normalises images otherwise than the starting weights recorded they were trained:
+    fine-tuning Fashion-MNIST weights with an image folder's ImageNet defaults went by without a word."""
+    if not preprocessing or model_name.startswith("timm:"):
+        return
+    _, entry, _ = model_arguments(model_name, pretrained=pretrained)
+    recorded = weights_preprocessing(entry, pretrained) or {}
+    differs = [key for key in ("mean", "std") if key in recorded and key in preprocessing
+               and not np.allclose(recorded[key], preprocessing[key])]
+    if differs:
+        given = ", ".join(f"{key} {list(preprocessing[key])}" for key in differs)
+        trained = ", ".join(f"{key} {list(recorded[key])}" for key in differs)
+        warnings.warn(f"the data normalises with {given} but the starting weights were trained with {trained}; "
+                      "set data.init_args.mean and std to the weights' values, unless that is meant",
+                      VisattnWarning, stacklevel=2)
 
 
 # `sdpa_backend` names -> the kernel F.scaled_dot_product_attention is restricted to.
@@ -136,6 +156,7 @@ class ImageClassifier(pl.LightningModule):
             raise ConfigError(f"sdpa_backend={sdpa_backend!r}: use one of {', '.join(SDPA_BACKENDS)}, or null for automatic")
         self.save_hyperparameters()
         self.model = build_classifier(model_name, num_classes, model_kwargs, pretrained, strict)
+        _warn_if_normalised_otherwise(model_name, pretrained, preprocessing)
         if grad_checkpointing:
             enable_grad_checkpointing(self.model, model_name)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
