@@ -139,11 +139,11 @@ def weights_preprocessing(entry: Optional[dict[str, Any]], pretrained: Any) -> O
     filter timm records for those weights (known offline); else None."""
     if entry is not None:
         return entry.get("preprocessing")
-    if isinstance(pretrained, str) and not pretrained.startswith("timm:"):
-        named = load_index().get(pretrained)  # another shipped ARCH.TAG (a file has recorded nothing)
-        return named.get("preprocessing") if named and not Path(pretrained).exists() else None
     if not isinstance(pretrained, str):
         return None
+    if not pretrained.startswith("timm:"):
+        named = load_index().get(pretrained)  # another shipped ARCH.TAG (a file has recorded nothing)
+        return named.get("preprocessing") if named and not Path(pretrained).exists() else None
     import timm
 
     from .data.transforms import INTERPOLATIONS

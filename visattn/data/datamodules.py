@@ -28,6 +28,7 @@ from .transforms import (
     IMAGENET_STD,
     AugmentationStream,
     DEFAULT_CROP_PCT,
+    DEFAULT_INTERPOLATION,
     ImageTransform,
     Interpolation,
     Recipe,
@@ -347,7 +348,7 @@ class ImageFolderDataModule(_ClassificationDataModule):
         augment: bool = True,
         recipe: Recipe = "photo",
         crop_pct: float = DEFAULT_CROP_PCT,
-        interpolation: Interpolation = "bilinear",
+        interpolation: Interpolation = DEFAULT_INTERPOLATION,
         limit: int | None = None,
     ) -> None:
         super().__init__()

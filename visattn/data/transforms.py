@@ -58,6 +58,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 Recipe = Literal["photo", "small"]
 Interpolation = Literal["bilinear", "bicubic"]
 INTERPOLATIONS = ("bilinear", "bicubic")
+DEFAULT_INTERPOLATION: Interpolation = "bilinear"  # torchvision's ImageNet evaluation; timm records its own per weights
 DEFAULT_CROP_PCT = 0.875  # timm's and torchvision's ImageNet evaluation: 224 of 256
 InputSize = int | Sequence[int]
 
@@ -187,7 +188,7 @@ def eval_transforms(
     *,
     recipe: Recipe = "photo",
     crop_pct: float = DEFAULT_CROP_PCT,
-    interpolation: Interpolation = "bilinear",
+    interpolation: Interpolation = DEFAULT_INTERPOLATION,
 ) -> ImageTransform:
     """Deterministic evaluation preprocessing, timm's ``create_transform(..., is_training=False)``.
 
@@ -270,7 +271,7 @@ def timm_data_config(preprocessing: dict) -> dict:
     # three of them made timm's Normalize fail on its one-channel input_size.
     channels = preprocessing["input_size"][0]
     return {"input_size": tuple(preprocessing["input_size"]), "mean": tuple(preprocessing["mean"])[:channels],
-            "std": tuple(preprocessing["std"])[:channels], "interpolation": preprocessing.get("interpolation", "bilinear"),
+            "std": tuple(preprocessing["std"])[:channels], "interpolation": preprocessing.get("interpolation", DEFAULT_INTERPOLATION),
             "crop_pct": preprocessing.get("crop_pct", DEFAULT_CROP_PCT) if photo else 1.0,
             "crop_mode": "center" if photo else "squash"}
 
@@ -279,7 +280,7 @@ def eval_transform_of(preprocessing: dict) -> ImageTransform:
     """The evaluation transform recorded evaluation settings describe (a weights entry's or checkpoint's)."""
     p = preprocessing
     return eval_transforms(p["input_size"], p["mean"], p["std"], recipe=p.get("recipe", "photo"),
-                           crop_pct=p.get("crop_pct", DEFAULT_CROP_PCT), interpolation=p.get("interpolation", "bilinear"))
+                           crop_pct=p.get("crop_pct", DEFAULT_CROP_PCT), interpolation=p.get("interpolation", DEFAULT_INTERPOLATION))
 
 
 CLASSIFIER_PREPROCESSING = ("input_size", "mean", "std")  # what a classifier's recorded transform settings need

@@ -371,7 +371,7 @@ def inference_target(model: Optional[str], checkpoint: Optional[str], device: st
     named; both are checked before any weights are read."""
     if (model is None) == (checkpoint is None):
         raise ConfigError("give exactly one of --model ARCH.TAG or --checkpoint FILE")
-    if model is not None and Path(model).is_file():  # the Python API's first argument is the model name
+    if model is not None and model.endswith(".ckpt") and Path(model).is_file():  # the Python API's first argument
         raise ConfigError(f"{model!r} is a file: model takes a registered name or ARCH.TAG; pass a training "
                           f"checkpoint as checkpoint={model!r}")
     return inference_device(device)
