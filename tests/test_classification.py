@@ -17,7 +17,7 @@ from visattn import create_model, save_weights
 from visattn.cli import main
 from visattn.data.transforms import eval_transforms
 from visattn.errors import ConfigError, WeightsError
-from visattn.tasks.captioning import load_captioner
+from visattn.tasks.captioning import CaptioningTask, load_captioner
 from visattn.tasks.classification import (Classifier, ImageClassifier, load_classifier, warmup_cosine,
                                          weight_decay_groups)
 from visattn.tasks.detection import load_detector
@@ -27,6 +27,7 @@ CONFIGS = sorted((REPO / "configs" / "classification").glob("*.yaml"))
 # a later-stage config -> the config whose last.ckpt it starts from
 PREVIOUS_STAGE = {"vit_fmnist_stage2": "vit_fmnist", "vit_fmnist_stage3": "vit_fmnist_stage2"}
 CBAM_CONFIG = REPO / "configs" / "classification" / "cbam_resnet_fmnist.yaml"
+VIT_CONFIG = REPO / "configs" / "classification" / "vit_fmnist.yaml"
 # Small, fast runs of the shipped configs.
 QUICK = ["--data.init_args.num_workers", "0", "--data.init_args.batch_size", "16", "--data.init_args.limit", "64",
          "--trainer.enable_progress_bar", "false", "--trainer.accelerator", "cpu"]
@@ -616,3 +617,35 @@ def test_fine_tuning_shipped_weights_with_other_normalisation_warns_naming_both(
         warnings.simplefilter("error", VisattnWarning)
         ImageClassifier("se_resnet20_cifar.fmnist", num_classes=10, preprocessing=own)
         ImageClassifier("se_resnet20_cifar", num_classes=10, pretrained=False, preprocessing=imagenet)
+
+
+VOCAB = ["<pad>", "<start>", "<end>", "<unk>", "shoe"]
+
+
+@pytest.mark.parametrize("build, name", [
+    (lambda pre: ImageClassifier("vit_tiny_patch4_28", preprocessing=pre), "vit_tiny_patch4_28 takes 28x28"),
+    (lambda pre: ImageClassifier("timm:vit_tiny_patch16_224", model_kwargs={"depth": 1}, preprocessing=pre),
+     "timm:vit_tiny_patch16_224 takes 224x224"),
+    (lambda pre: CaptioningTask("sat_vit_small_patch16_224", vocab=VOCAB, preprocessing=pre,
+                                model_kwargs={"encoder_kwargs": {"depth": 1}}), "sat_vit_small_patch16_224 takes 224x224"),
+], ids=["vit", "timm_vit", "vit_captioner"])
+def test_data_of_another_size_than_a_vit_takes_is_refused_at_build_naming_both_config_keys(build, name):
+    """It failed only at the first batch, in the patch embedding, without naming the config keys."""
+    data = {"input_size": [3, 32, 32], "mean": [0.5] * 3, "std": [0.5] * 3}
+    with pytest.raises(ConfigError, match=rf"^data.init_args.img_size=32 but {name} images; set "
+                                          r"model.init_args.model_kwargs.img_size: 32 .*, or data img_size"):
+        build(data)
+
+
+def test_models_that_take_any_size_accept_data_of_any_size():
+    data = {"input_size": [3, 32, 32], "mean": [0.5] * 3, "std": [0.5] * 3}
+    ImageClassifier("vit_tiny_patch4_28", model_kwargs={"img_size": 32, "depth": 1}, preprocessing=data)
+    ImageClassifier("timm:vit_tiny_patch16_224", model_kwargs={"depth": 1, "dynamic_img_size": True}, preprocessing=data)
+    ImageClassifier("cbam_resnet20_cifar", preprocessing={**data, "input_size": [3, 48, 48]})
+    CaptioningTask("sat_cbam_resnet_scenes", vocab=VOCAB, preprocessing=data)
+
+
+def test_a_fit_config_whose_data_size_differs_from_its_vits_is_one_line(in_tmp, capsys):
+    assert main(["fit", "--config", str(VIT_CONFIG), *QUICK, "--data.init_args.img_size", "32"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("visattn: error: data.init_args.img_size=32 but vit_tiny_patch4_28") and len(err.splitlines()) == 1

@@ -30,7 +30,7 @@ from ..fileio import attention_note, output_errors, output_paths
 from ..models.show_attend_tell import DecodedCaptions, doubly_stochastic_penalty
 from ..pretrained import find_weights_entry, load_weights, read_state_dict
 from ..registry import create_model, model_task, split_model_name
-from .classification import (Classifier, adamw_warmup_cosine, checkpoint_model_kwargs,
+from .classification import (Classifier, adamw_warmup_cosine, check_data_size, checkpoint_model_kwargs,
                              inference_model, inference_target, read_checkpoint, require_task,
                              task_checkpoint)
 from .guards import NonFiniteLossGuard, skip_missing_batch
@@ -225,6 +225,7 @@ class CaptioningTask(pl.LightningModule):
         self.save_hyperparameters()
         self.vocab = Vocabulary.from_list(vocab)
         self.model = build_captioner(model_name, self.vocab, dict(model_kwargs or {}))
+        check_data_size(self.model, model_name, preprocessing)
         self.val_metrics = CaptionMetrics(self.vocab, meteor=meteor)
         self.test_metrics = CaptionMetrics(self.vocab, meteor=meteor)
         self.loss_guard = NonFiniteLossGuard(max_bad_steps)

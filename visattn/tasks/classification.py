@@ -68,6 +68,28 @@ def _warn_if_normalised_otherwise(model_name: str, pretrained: Optional[Union[bo
                       VisattnWarning, stacklevel=2)
 
 
+def check_data_size(model: nn.Module, model_name: str, preprocessing: Optional[dict[str, Any]]) -> None:
+    """Refuse data of another size than a ViT's position embeddings are laid out for, naming both config keys,
+    before a run starts: the patch embedding would refuse the first batch, after the trainer had set up."""
+    size = fixed_input_size(model)
+    if not preprocessing or size is None or tuple(preprocessing["input_size"][1:]) == size:
+        return
+    data_size = preprocessing["input_size"][-1]
+    raise ConfigError(f"data.init_args.img_size={data_size} but {model_name} takes {size[0]}x{size[1]} images; set "
+                      f"model.init_args.model_kwargs.img_size: {data_size} (pretrained position embeddings are "
+                      f"resampled), or data img_size {size[0]}")
+
+
+def fixed_input_size(model: nn.Module) -> Optional[tuple[int, int]]:
+    """The ``(H, W)`` a model's (or its encoder's) patch embedding takes and no other: a ViT's; None when any size goes."""
+    for module in model.modules():
+        embed = getattr(module, "patch_embed", None)
+        if getattr(embed, "img_size", None) is not None:
+            # timm's ViTs built with dynamic_img_size take any size
+            return tuple(embed.img_size) if getattr(embed, "strict_img_size", True) else None
+    return None
+
+
 # `sdpa_backend` names -> the kernel F.scaled_dot_product_attention is restricted to.
 SDPA_BACKENDS = {
     "flash": SDPBackend.FLASH_ATTENTION,
@@ -156,6 +178,7 @@ class ImageClassifier(pl.LightningModule):
             raise ConfigError(f"sdpa_backend={sdpa_backend!r}: use one of {', '.join(SDPA_BACKENDS)}, or null for automatic")
         self.save_hyperparameters()
         self.model = build_classifier(model_name, num_classes, model_kwargs, pretrained, strict)
+        check_data_size(self.model, model_name, preprocessing)
         _warn_if_normalised_otherwise(model_name, pretrained, preprocessing)
         if grad_checkpointing:
             enable_grad_checkpointing(self.model, model_name)
