@@ -10,7 +10,8 @@ from safetensors.torch import save_file
 from visattn import create_model, load_weights, save_weights
 from visattn.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from visattn.errors import WeightsError
-from visattn.pretrained import load_index, read_state_dict, sha256_of
+from visattn.pretrained import (checkpoint_follows, load_index, read_state_dict, sha256_of,
+                                 starting_weights_skipped)
 
 ARCH = "vit_tiny_patch4_28"
 SMALL = {"depth": 2}
@@ -725,3 +726,19 @@ def test_a_one_channel_models_timm_config_normalises_as_visattn_does():
     ours = eval_transform_of(default_preprocessing(model))(gray)
     assert ours.shape == (1, 224, 224)
     torch.testing.assert_close(by_timm[:1], ours, rtol=0, atol=1e-5)
+
+
+def test_models_built_for_a_checkpoint_read_no_starting_weights(recwarn):
+    """What `--ckpt_path` runs build: the checkpoint replaces every weight, so the starting file may be gone."""
+    from visattn.data.vocab import Vocabulary
+    from visattn.tasks.captioning import build_captioner
+
+    with pytest.raises(WeightsError, match="gone.pth: weights file not found"):
+        create_model("resnet20_cifar", pretrained="gone.pth")
+    with checkpoint_follows():
+        model = create_model("resnet20_cifar", pretrained="gone.pth")
+        shipped = create_model("se_resnet20_cifar.fmnist")
+        build_captioner("sat_cbam_resnet_scenes.scenes", Vocabulary.from_list(["<pad>", "<start>", "<end>", "<unk>"]), {})
+    assert not starting_weights_skipped()
+    assert not torch.equal(shipped.conv1.weight, create_model("se_resnet20_cifar.fmnist").conv1.weight)
+    assert model.num_classes == 10 and not [w for w in recwarn if "vocabulary" in str(w.message)]

@@ -15,6 +15,7 @@ import torch
 
 from test_classification import CBAM_CONFIG, QUICK
 from test_data import needs_fashion_mnist
+from visattn import create_model
 from visattn.cli import main
 from visattn.tasks.classification import ImageClassifier
 from visattn.tasks.lightning_cli import SafeCheckpointIO
@@ -582,3 +583,18 @@ def test_a_fifo_given_as_checkpoint_is_not_a_regular_file_and_is_not_read(tmp_pa
                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr == f"visattn: error: {fifo}: not a regular file (a device, FIFO or socket); give a file path\n"
+
+
+def test_a_run_started_from_a_weights_file_tests_and_resumes_after_the_file_is_gone(in_tmp, capsys):
+    """The checkpoint holds every weight, yet the model was first built from the starting file again: with
+    it moved, test and resume failed ("weights file not found"); with it there, they warned of its dropped head."""
+    start = in_tmp / "start.pth"
+    torch.save(create_model("cbam_resnet20_cifar", num_classes=4).state_dict(), start)  # the data has 10 classes
+    run = ["--config", str(CBAM_CONFIG), *QUICK, "--model.init_args.pretrained", str(start)]
+    assert main(["fit", *run, "--trainer.max_epochs", "1"]) == 0
+    assert "does not fit num_classes=10: dropped fc.weight, fc.bias" in capsys.readouterr().err
+    start.unlink()
+    assert main(["test", *run, "--ckpt_path", "last"]) == 0
+    assert main(["fit", *run, "--trainer.max_epochs", "2", "--ckpt_path", "last"]) == 0
+    assert "warning:" not in capsys.readouterr().err
+    assert _read(in_tmp / CHECKPOINTS / "last.ckpt")["global_step"] == 2 * STEPS_PER_EPOCH

@@ -6,6 +6,8 @@ Shipped weights live in ``weights/<arch>.<tag>.safetensors``, described by ``wei
 ``torch.load(weights_only=True)``: a pickle that would run code is refused, never retried with full unpickling.
 """
 import argparse
+import contextlib
+import contextvars
 import hashlib
 import inspect
 import json
@@ -17,6 +19,7 @@ import struct
 import socket
 import warnings
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any, Callable, Optional, Union
 
 import torch
@@ -44,6 +47,27 @@ _SAFE_GLOBALS = [argparse.Namespace]
 _PREFIXES = ("module.", "_orig_mod.", "model.")
 # A visattn task's weight average (``torch.optim.swa_utils.AveragedModel``): the weights it validates and ships.
 _EMA_PREFIX = "ema.module."
+
+
+# Set while models are built for a training checkpoint that replaces every weight (``--ckpt_path``).
+_CHECKPOINT_FOLLOWS = contextvars.ContextVar("visattn_checkpoint_follows", default=False)
+
+
+@contextlib.contextmanager
+def checkpoint_follows() -> Iterator[None]:
+    """Build models without their starting weights (a file, shipped ``ARCH.TAG``, ``timm:NAME``), for a
+    training checkpoint loaded next: those files need not exist any more, and what loading them would
+    warn about (a dropped head, another vocabulary or normalisation) is the checkpoint's past, not news."""
+    token = _CHECKPOINT_FOLLOWS.set(True)
+    try:
+        yield
+    finally:
+        _CHECKPOINT_FOLLOWS.reset(token)
+
+
+def starting_weights_skipped() -> bool:
+    """Whether models are being built inside :func:`checkpoint_follows`."""
+    return _CHECKPOINT_FOLLOWS.get()
 
 
 def weights_dir() -> Path:
@@ -444,8 +468,11 @@ def load_weights(
     :class:`WeightsError`, as it is for weights saved with this very model. Any other difference
     raises :class:`WeightsError` listing the keys, unless ``strict=False``, which keeps the model's
     own initialisation for keys the checkpoint lacks and warns with their names. ``origin``: the
-    file a state-dict ``source`` came from, for the messages.
+    file a state-dict ``source`` came from, for the messages. Inside :func:`checkpoint_follows` nothing
+    is loaded.
     """
+    if starting_weights_skipped():
+        return model
     if not isinstance(source, (str, os.PathLike, dict)):
         raise WeightsError(f"weights source {source!r}: give a file path, a shipped ARCH.TAG, 'timm:NAME', "
                            "'hf-hub:ORG/REPO' or a state dict")

@@ -28,7 +28,7 @@ from ..modes import eval_mode
 from ..explain.pointing import pointing_hit
 from ..fileio import attention_note, output_errors, output_paths
 from ..models.show_attend_tell import DecodedCaptions, doubly_stochastic_penalty
-from ..pretrained import find_weights_entry, load_weights, read_state_dict
+from ..pretrained import find_weights_entry, load_weights, read_state_dict, starting_weights_skipped
 from ..registry import create_model, model_task, split_model_name
 from .classification import (Classifier, adamw_warmup_cosine, check_data_size, checkpoint_model_kwargs,
                              inference_model, inference_target, read_checkpoint, require_task,
@@ -161,7 +161,7 @@ def build_captioner(model_name: str, vocab: Vocabulary, model_kwargs: dict[str, 
     arch, tag = split_model_name(model_name)
     entry = find_weights_entry(arch, tag) if tag is not None else {}
     recorded = entry.get("vocab")
-    if recorded is None or recorded == vocab.to_list() or "pretrained" in model_kwargs:
+    if recorded is None or recorded == vocab.to_list() or "pretrained" in model_kwargs or starting_weights_skipped():
         return create_model(model_name, vocab_size=len(vocab), **model_kwargs)
     model = create_model(model_name, pretrained=False, vocab_size=len(vocab), **model_kwargs)
     per_token = tuple(f"{name}." for name in type(model).vocab_layers)

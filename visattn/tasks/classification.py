@@ -28,7 +28,8 @@ from ..errors import ConfigError, VisattnWarning, WeightsError
 from ..models.vit import NO_WEIGHT_DECAY
 from ..modes import eval_mode
 from ..pretrained import (INDEX_NAME, find_weights_entry, load_weights, metadata_problem, read_pickle_checkpoint,
-                          require_regular_file, timm_pretrained_cfg, weights_dir, weights_preprocessing)
+                          require_regular_file, starting_weights_skipped, timm_pretrained_cfg, weights_dir,
+                          weights_preprocessing)
 from ..registry import create_model, model_arguments, model_family, model_task, split_model_name
 from .guards import NonFiniteLossGuard, skip_missing_batch
 
@@ -54,7 +55,7 @@ def _warn_if_normalised_otherwise(model_name: str, pretrained: Optional[Union[bo
                                   preprocessing: Optional[dict[str, Any]]) -> None:
     """Warn when the data normalises images otherwise than the starting weights recorded they were trained:
     fine-tuning Fashion-MNIST weights with an image folder's ImageNet defaults went by without a word."""
-    if not preprocessing or model_name.startswith("timm:"):
+    if not preprocessing or model_name.startswith("timm:") or starting_weights_skipped():
         return
     _, entry, _ = model_arguments(model_name, pretrained=pretrained)
     recorded = weights_preprocessing(entry, pretrained) or {}

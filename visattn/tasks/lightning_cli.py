@@ -63,7 +63,7 @@ from ..data.datamodules import SplitLoadersMixin
 from ..data.image_folder import image_files_of
 from ..errors import ConfigError, VisattnError, VisattnWarning, WeightsError
 from ..fileio import atomic_path
-from ..pretrained import check_state_dict
+from ..pretrained import check_state_dict, checkpoint_follows
 from ..registry import split_model_name
 from .classification import read_checkpoint
 
@@ -185,13 +185,16 @@ def _checkpoint_folders(callbacks: Any) -> list[Path]:
 def _last_checkpoint(callbacks: Any) -> Path:
     """The newest ``last*.ckpt`` in the config's checkpoint folders, the one Lightning's ``ckpt_path="last"``
     picks; where there is none Lightning only warns and scores the untrained model."""
-    folders = _checkpoint_folders(callbacks)
-    found = [path for folder in folders for path in folder.glob("last*" + ModelCheckpoint.FILE_EXTENSION)]
+    found = _last_checkpoints(callbacks)
     if not found:
-        where = ", ".join(map(str, folders)) or "the config (no ModelCheckpoint with a dirpath)"
+        where = ", ".join(map(str, _checkpoint_folders(callbacks))) or "the config (no ModelCheckpoint with a dirpath)"
         raise ConfigError(f"--ckpt_path last: no last checkpoint in {where}; run `visattn fit` with this config "
                           "first or pass --ckpt_path FILE")
     return max(found, key=lambda path: path.stat().st_mtime)
+
+
+def _last_checkpoints(callbacks: Any) -> list[Path]:
+    return [path for folder in _checkpoint_folders(callbacks) for path in folder.glob("last*" + ModelCheckpoint.FILE_EXTENSION)]
 
 
 def _refuse_earlier_run(callbacks: Any) -> None:
@@ -578,14 +581,25 @@ class VisattnCLI(LightningCLI):
         _check_monitored_validation(self.trainer, self.model, self.datamodule)
 
     def instantiate_classes(self) -> None:
+        # A checkpoint replaces every weight: the model's starting weights are neither read nor warned about.
+        building = checkpoint_follows() if self._loads_a_checkpoint() else contextlib.nullcontext()
         try:
-            super().instantiate_classes()
+            with building:
+                super().instantiate_classes()
         except (ValueError, TypeError) as err:
             # jsonargparse wraps errors raised while building the model or data; surface ours as they are.
             cause = _visattn_cause(err)
             if cause is not None:
                 raise cause from None
             raise ConfigError(f"config: {_first_line(err)}; check the model and data sections") from None
+
+    def _loads_a_checkpoint(self) -> bool:
+        """Whether the run loads ``--ckpt_path``: a file, or for ``fit --ckpt_path last`` a run's last checkpoint
+        (without one, fit starts afresh)."""
+        ckpt_path = self._get(self.config, "ckpt_path")
+        if ckpt_path == "last":  # validate|test|predict have it resolved to a file already
+            return bool(_last_checkpoints(self._get(self.config, "trainer").get("callbacks")))
+        return ckpt_path is not None and Path(ckpt_path).is_file()
 
     def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
         config = self._get(self.config_init, "trainer", default={})
