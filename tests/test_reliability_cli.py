@@ -799,3 +799,17 @@ def test_predict_keeps_each_records_index_and_file_when_its_batch_held_a_broken_
     records = [json.loads(line) for line in written.read_text().splitlines()]
     assert [(r["sample"], r["file"]) for r in records] == [
         (0, "test/cat/0.png"), (1, "test/cat/1.png"), (3, "test/dog/0.png"), (4, "test/dog/1.png")]  # 2: broken.jpg
+
+
+def test_an_image_folder_without_split_folders_is_scored_whole_and_refuses_a_split(tmp_path, monkeypatch, capsys):
+    """It was scored whole but printed as its "test" split, and --split val was taken without a word."""
+    from fixtures_images import write_image_folder
+
+    monkeypatch.chdir(tmp_path)
+    write_image_folder(tmp_path / "photos", classes=("Trouser", "Bag"), per_class=2)
+    assert main(["evaluate", "--model", CLASSIFIER, "--dataset", "imagefolder:photos"]) == 0
+    readable, metrics = capsys.readouterr().out.strip().splitlines()[-2:]
+    assert readable.startswith(f"{CLASSIFIER} on imagefolder:photos: top1=") and json.loads(metrics)["n"] == 4
+    assert main(["evaluate", "--model", CLASSIFIER, "--dataset", "imagefolder:photos", "--split", "val"]) == 2
+    assert capsys.readouterr().err.strip() == ("visattn: error: --split val: photos has no train/, val/, test/ folder, "
+                                               "so it is scored whole; drop --split, or put its class folders in split folders")

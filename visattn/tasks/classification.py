@@ -548,7 +548,7 @@ SPLIT_FOLDERS = ("train", "val", "test")
 
 def evaluation_dataset(spec: str, split: str, transform: ImageTransform, class_names: Sequence[str]) -> Dataset:
     """``fashion-mnist`` (split train|test) or ``imagefolder:DIR``: ``DIR/<split>/<class>/`` when DIR
-    has split folders, else ``DIR/<class>/``. Class folders are matched to ``class_names`` (the
+    has split folders, else ``DIR/<class>/`` (``split`` None). Class folders are matched to ``class_names`` (the
     classifier's labels, in label order) by name, a ``/`` in a label being ``_`` in its folder name."""
     if spec == "fashion-mnist":
         if split not in ("train", "test"):
@@ -556,9 +556,7 @@ def evaluation_dataset(spec: str, split: str, transform: ImageTransform, class_n
         check_fashion_mnist_labels(class_names, spec)
         return FashionMNIST(split, transform)
     if spec.startswith("imagefolder:"):
-        if spec == "imagefolder:":  # Path("") is the working folder, which the user did not name
-            raise ConfigError("--dataset imagefolder: names no folder; give one, e.g. imagefolder:photos")
-        root = Path(spec[len("imagefolder:"):])
+        root = imagefolder_root(spec)
         splits = [name for name in SPLIT_FOLDERS if (root / name).is_dir()]
         if splits and split not in splits:
             raise ConfigError(f"--split {split}: {root} has no {split}/ folder; its splits are {', '.join(splits)}")
@@ -566,6 +564,13 @@ def evaluation_dataset(spec: str, split: str, transform: ImageTransform, class_n
         return ImageFolder(root / split if splits else root, transform, classes=folders)
     raise ConfigError(f"--dataset {spec}: a classifier is scored on fashion-mnist or imagefolder:DIR (and, by "
                       "`visattn evaluate`, on the pointing scenes fashion-scenes, fashion-mnist-canvas, fashion-mnist-pairs)")
+
+
+def imagefolder_root(spec: str) -> Path:
+    """The folder of an ``imagefolder:DIR`` dataset."""
+    if spec == "imagefolder:":  # Path("") is the working folder, which the user did not name
+        raise ConfigError("--dataset imagefolder: names no folder; give one, e.g. imagefolder:photos")
+    return Path(spec[len("imagefolder:"):])
 
 
 def check_fashion_mnist_labels(class_names: Sequence[str], dataset: str) -> None:
