@@ -236,7 +236,7 @@ def image_paths(annotations: Path, images: list[dict], images_dir: Path) -> list
     """Each image entry's file in ``images_dir``; one line for a ``file_name`` that is no file name."""
     odd = next((image for image in images if not (isinstance(image["file_name"], str) and image["file_name"])), None)
     if odd is not None:
-        raise ConfigError(f"{annotations}: image {_json(odd.get('id'))}'s file_name {_json(odd['file_name'])} is not "
+        raise ConfigError(f"{annotations}: image {json.dumps(odd.get('id'))}'s file_name {json.dumps(odd['file_name'])} is not "
                           "a file name; give each image the name of its file in the images folder")
     return [images_dir / image["file_name"] for image in images]
 
@@ -246,34 +246,30 @@ def check_image_ids(annotations: Path, images: list[dict], referenced: list[Any]
     (pycocotools would give both images the same boxes or captions, or drop those annotations silently)."""
     odd = next((image for image in images if _json_type(image["id"]) not in ("number", "string")), None)
     if odd is not None:
-        raise ConfigError(f"{annotations}: image {_json(odd['file_name'])} has id {_json(odd['id'])}; "
+        raise ConfigError(f"{annotations}: image {json.dumps(odd['file_name'])} has id {json.dumps(odd['id'])}; "
                           "give each image a number as its id")
     counts = Counter(image["id"] for image in images)
     repeated = next((image_id for image_id, n in counts.items() if n > 1), None)
     if repeated is not None:
         names = ", ".join(image["file_name"] for image in images if image["id"] == repeated)
-        raise ConfigError(f"{annotations}: image id {_json(repeated)} is given to {counts[repeated]} images "
+        raise ConfigError(f"{annotations}: image id {json.dumps(repeated)} is given to {counts[repeated]} images "
                           f"({names}); give each image its own id")
     orphans = [image_id for image_id in referenced if image_id not in counts]
     if orphans:
         raise ConfigError(f"{annotations}: annotations name image ids that no image has ({len(orphans)} of "
-                          f"{len(referenced)}, e.g. {_json(orphans[0])}{_type_hint(orphans[0], list(counts))}); "
+                          f"{len(referenced)}, e.g. {json.dumps(orphans[0])}{json_type_hint(orphans[0], list(counts))}); "
                           "make each annotation's image_id the id of its image")
 
 
-def _type_hint(value: Any, listed: list[Any]) -> str:
+def json_type_hint(value: Any, listed: list[Any]) -> str:
     """`` (a string, not the number 1)`` when an id listed reads as ``value`` but has another JSON type."""
     like = next((x for x in listed if str(x) == str(value) and _json_type(x) != _json_type(value)), None)
-    return "" if like is None else f" (a {_json_type(value)}, not the {_json_type(like)} {_json(like)})"
+    return "" if like is None else f" (a {_json_type(value)}, not the {_json_type(like)} {json.dumps(like)})"
 
 
 def _json_type(value: Any) -> str:
     kinds = {bool: "boolean", type(None): "null", int: "number", float: "number", str: "string", list: "list"}
     return kinds.get(type(value), "object")
-
-
-def _json(value: Any) -> str:
-    return json.dumps(value)
 
 
 def _one_line(err: Exception) -> str:

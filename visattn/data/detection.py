@@ -14,6 +14,7 @@ box counts are those the pipelines keep.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import warnings
@@ -30,7 +31,7 @@ from PIL import Image
 from torch.utils.data import Dataset, Subset
 
 from ..errors import ConfigError, VisattnWarning
-from .coco import _json, _type_hint, check_image_ids, image_paths, load_coco
+from .coco import check_image_ids, image_paths, json_type_hint, load_coco
 from .datamodules import COCO_VALIDATION_FIX, SplitLoadersMixin, split_images_dir
 from .image_folder import ImageFiles
 from .image_io import DEFAULT_MAX_PIXELS
@@ -210,7 +211,7 @@ class CocoDetection(ImageFiles):
         """Class names in label order and ``{category id: label}``."""
         odd = next((c for c in categories if not _is_whole(c["id"])), None)
         if odd is not None:  # labels follow the sorted ids, and "10" sorts before "2"
-            raise ConfigError(f"{self.annotations}: category {_json(odd.get('name'))} has id {_json(odd['id'])}; "
+            raise ConfigError(f"{self.annotations}: category {json.dumps(odd.get('name'))} has id {json.dumps(odd['id'])}; "
                               "write category ids as whole numbers, as COCO does")
         categories = sorted(categories, key=lambda c: c["id"])
         names = [c["name"] for c in categories]
@@ -237,7 +238,7 @@ class CocoDetection(ImageFiles):
         check_image_ids(self.annotations, images, [a["image_id"] for a in annotations])
         unknown = {a["category_id"] for a in annotations} - set(label_of)
         if unknown:
-            hint = _type_hint(next(iter(unknown)), list(label_of))
+            hint = json_type_hint(next(iter(unknown)), list(label_of))
             raise ConfigError(f"{self.annotations}: annotations use category ids {sorted(unknown, key=str)}{hint} that "
                               "its categories do not list; add them to categories or remove those annotations")
         per_image: dict[Any, list[dict]] = {image_id: [] for image_id in image_ids}
@@ -268,21 +269,21 @@ class CocoDetection(ImageFiles):
         if dropped:
             reasons = ", ".join(f"{n} {why}" for why, n in dropped.most_common())
             warnings.warn(f"{self.annotations}: dropped {dropped.total()} of {sum(len(t[0]) for t in targets)} boxes "
-                          f"({reasons}; e.g. annotation {_json(example.get('id'))}'s bbox {_json(example['bbox'])}); "
+                          f"({reasons}; e.g. annotation {json.dumps(example.get('id'))}'s bbox {json.dumps(example['bbox'])}); "
                           "fix or remove those annotations", VisattnWarning, stacklevel=4)
         return kept
 
     def _bbox(self, annotation: dict) -> list[float]:
         bbox = annotation["bbox"]
         if not (isinstance(bbox, list) and len(bbox) == 4 and all(map(_is_number, bbox))):
-            raise ConfigError(f"{self.annotations}: annotation {_json(annotation['id'])}'s bbox {_json(bbox)} is "
+            raise ConfigError(f"{self.annotations}: annotation {json.dumps(annotation['id'])}'s bbox {json.dumps(bbox)} is "
                               "not [x, y, width, height]; fix or remove that annotation")
         return bbox
 
     def _crowd(self, annotation: dict) -> int:
         flag = annotation.get("iscrowd", 0)
         if flag not in (0, 1, "0", "1"):  # bool("0") is True: read as a number, or refused
-            raise ConfigError(f"{self.annotations}: annotation {_json(annotation['id'])}'s iscrowd {_json(flag)} is "
+            raise ConfigError(f"{self.annotations}: annotation {json.dumps(annotation['id'])}'s iscrowd {json.dumps(flag)} is "
                               "not 0 or 1; write 1 for a crowd region and 0 for an object")
         return int(flag)
 
