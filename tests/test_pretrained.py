@@ -742,3 +742,44 @@ def test_models_built_for_a_checkpoint_read_no_starting_weights(recwarn):
     assert not starting_weights_skipped()
     assert not torch.equal(shipped.conv1.weight, create_model("se_resnet20_cifar.fmnist").conv1.weight)
     assert model.num_classes == 10 and not [w for w in recwarn if "vocabulary" in str(w.message)]
+
+
+def test_an_installed_wheel_carries_every_package_and_the_shipped_weights(tmp_path):
+    """The wheel held no weights: an installed (not editable) visattn listed none and said to reinstall."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("setuptools")
+    repo = Path(__file__).resolve().parents[1]
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "wheel", str(repo), "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist")],
+                   check=True, cwd=tmp_path)
+    wheel = next((tmp_path / "dist").glob("visattn-*.whl"))
+    subprocess.run([*pip, "install", "--no-deps", "--target", str(tmp_path / "site"), str(wheel)], check=True)
+    packages = sorted(f"visattn.{p.parent.name}" for p in (repo / "visattn").glob("*/__init__.py"))
+    # The checkout's editable install maps visattn's subpackages to it: out of the way, so that only the wheel's import.
+    probe = ("import importlib, sys; sys.meta_path = [f for f in sys.meta_path if '__editable__' not in f.__module__]; "
+             "import visattn, visattn.pretrained as p; "
+             f"print(*[importlib.import_module(m).__file__ for m in {packages}], sep='\\n'); "
+             "print(visattn.__file__, p.weights_dir(), visattn.list_pretrained(), sep='\\n'); "
+             "visattn.create_model('se_resnet20_cifar.fmnist')")
+    env = {k: v for k, v in os.environ.items() if k != "VISATTN_WEIGHTS"}
+    found = subprocess.run([sys.executable, "-c", probe], env={**env, "PYTHONPATH": str(tmp_path / "site")},
+                           cwd=tmp_path, check=True, capture_output=True, text=True).stdout.splitlines()
+    site = tmp_path / "site" / "visattn"
+    assert found[:-1] == [*(str(site / m[8:] / "__init__.py") for m in packages), str(site / "__init__.py"),
+                          str(site / "weights")]
+    assert found[-1] == str(sorted(json.loads((repo / "weights" / "index.json").read_text())))
+
+
+def test_shipped_weights_hidden_by_visattn_weights_say_where_they_are(weights_tmp):
+    from visattn.errors import UnknownModelError
+    from visattn.pretrained import shipped_weights_dir
+
+    note = rf"\(VISATTN_WEIGHTS={weights_tmp} replaces the shipped weights in {shipped_weights_dir()}: copy the entries"
+    with pytest.raises(UnknownModelError, match=rf"^no weights se_resnet20_cifar.fmnist: .* are none {note}"):
+        create_model("se_resnet20_cifar.fmnist")
+    with pytest.raises(UnknownModelError, match=rf"^no shipped weights for se_resnet20_cifar: .* {note}"):
+        create_model("se_resnet20_cifar", pretrained=True)
+    assert (shipped_weights_dir() / "se_resnet20_cifar.fmnist.safetensors").is_file()

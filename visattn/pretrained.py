@@ -71,8 +71,15 @@ def starting_weights_skipped() -> bool:
 
 
 def weights_dir() -> Path:
-    """``$VISATTN_WEIGHTS`` if set, else the ``weights/`` folder beside the package."""
-    return Path(os.environ.get("VISATTN_WEIGHTS", Path(__file__).resolve().parents[1] / "weights"))
+    """``$VISATTN_WEIGHTS`` if set, else :func:`shipped_weights_dir`."""
+    return Path(os.environ["VISATTN_WEIGHTS"]) if "VISATTN_WEIGHTS" in os.environ else shipped_weights_dir()
+
+
+def shipped_weights_dir() -> Path:
+    """The weights visattn ships: ``visattn/weights`` in an installed wheel, ``weights/`` beside the package
+    in a source checkout (pyproject.toml maps the one to the other)."""
+    packaged = Path(__file__).resolve().parent / "weights"
+    return packaged if packaged.is_dir() else Path(__file__).resolve().parents[1] / "weights"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -206,13 +213,20 @@ def find_weights_entry(arch: str, tag: Optional[str] = None) -> dict[str, Any]:
         if tag in entries:
             return entries[tag]
         have = ", ".join(f"{arch}.{t}" for t in sorted(entries)) or "none"
-        raise UnknownModelError(f"no weights {arch}.{tag!s}: shipped weights for {arch} are {have}")
+        raise UnknownModelError(f"no weights {arch}.{tag!s}: shipped weights for {arch} are {have}{_replaced_note()}")
     if not entries:
-        raise UnknownModelError(
-            f"no shipped weights for {arch}: see `visattn models --pretrained`, or pass pretrained='FILE.safetensors'"
-        )
+        raise UnknownModelError(f"no shipped weights for {arch}: see `visattn models --pretrained`, or pass "
+                                f"pretrained='FILE.safetensors'{_replaced_note()}")
     defaults = [e for e in entries.values() if e.get("default")]
     return defaults[0] if defaults else entries[sorted(entries)[0]]
+
+
+def _replaced_note() -> str:
+    """Where the weights were looked for, when ``$VISATTN_WEIGHTS`` hides the shipped ones."""
+    if "VISATTN_WEIGHTS" not in os.environ or weights_dir().resolve() == shipped_weights_dir():
+        return ""
+    return (f" (VISATTN_WEIGHTS={weights_dir()} replaces the shipped weights in {shipped_weights_dir()}: copy the "
+            "entries you need, or unset it)")
 
 
 def sha256_of(path: Union[str, Path]) -> str:
