@@ -746,14 +746,19 @@ def test_models_built_for_a_checkpoint_read_no_starting_weights(recwarn):
 
 def test_an_installed_wheel_carries_every_package_and_the_shipped_weights(tmp_path):
     """The wheel held no weights: an installed (not editable) visattn listed none and said to reinstall."""
+    import shutil
     import subprocess
     import sys
     from pathlib import Path
 
     pytest.importorskip("setuptools")
-    repo = Path(__file__).resolve().parents[1]
+    repo, source = Path(__file__).resolve().parents[1], tmp_path / "source"
+    for folder in ("visattn", "weights"):  # a copy: a build writes build/ into its source folder
+        shutil.copytree(repo / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    for file in ("pyproject.toml", "README.md"):
+        shutil.copy(repo / file, source / file)
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    subprocess.run([*pip, "wheel", str(repo), "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist")],
+    subprocess.run([*pip, "wheel", str(source), "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist")],
                    check=True, cwd=tmp_path)
     wheel = next((tmp_path / "dist").glob("visattn-*.whl"))
     subprocess.run([*pip, "install", "--no-deps", "--target", str(tmp_path / "site"), str(wheel)], check=True)
