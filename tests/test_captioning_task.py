@@ -1,5 +1,6 @@
 """CaptioningTask, caption metrics, `visattn fit` on a tiny Karpathy corpus, `visattn caption` and `evaluate`."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -311,3 +312,38 @@ def test_fine_tuning_a_shipped_captioner_on_other_words_keeps_all_but_the_per_wo
     shipped_words = load_captioner("sat_cbam_resnet_scenes.scenes").vocab.to_list()
     same = CaptioningTask(model_name="sat_cbam_resnet_scenes.scenes", vocab=shipped_words)
     assert torch.equal(same.model.state_dict()["embed.weight"], reference["embed.weight"])
+
+
+def test_a_checkpoint_scored_on_data_of_another_vocabulary_is_refused_and_typed_settings_hold(tmp_path, monkeypatch,
+                                                                                            capsys):
+    """`test`, `predict` and a resumed `fit` link the data's vocabulary into the model: the same number of words
+    in another order decoded every id as another word, silently. And LightningCLI put the checkpoint's
+    hyperparameters over the settings typed on the command line (`--model.beam_size 3` decoded with 2)."""
+    from visattn.tasks import captioning
+
+    split_json, images_dir = write_karpathy(tmp_path)
+    out = tmp_path / "run"
+    run = ["--config", CONFIG, "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(out),
+           "--trainer.logger", "false", "--model.model_kwargs", TINY_MODEL, "--model.beam_size", "2",
+           "--model.max_len", "6", "--data", "visattn.data.caption_datamodules.KarpathyCaptionDataModule",
+           "--data.split_json", str(split_json), "--data.images_dir", str(images_dir), "--data.img_size", "32",
+           "--data.batch_size", "2", "--data.num_workers", "0", "--data.min_count", "1", "--trainer.callbacks",
+           json.dumps([{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                        "init_args": {"dirpath": str(out / "ckpt"), "save_last": True}}])]
+    assert main(["fit", *run, "--trainer.max_epochs", "1"]) == 0
+    checkpoint = out / "ckpt" / "last.ckpt"
+    original = split_json.read_text()
+    split_json.write_text(original.replace("dog", "wolf"))  # as many words, one of them another
+    capsys.readouterr()
+    for command in (["test", "--ckpt_path", str(checkpoint)], ["fit", "--ckpt_path", "last", "--trainer.max_epochs", "2"]):
+        assert main([command[0], *run, *command[1:]]) == 2
+        assert re.fullmatch(rf"visattn: error: --ckpt_path {checkpoint}: the data gives other words than the run was "
+                            r"trained on: word \d+ is '\w+' here, '\w+' in the checkpoint; give the data settings of "
+                            r"that run", capsys.readouterr().err.strip())
+
+    split_json.write_text(original)
+    beams, decode = [], captioning.decode
+    monkeypatch.setattr(captioning, "decode", lambda model, images, **kw: beams.append(kw["beam_size"]) or
+                        decode(model, images, **kw))
+    assert main(["test", *run, "--ckpt_path", str(checkpoint), "--model.beam_size", "3"]) == 0
+    assert beams and set(beams) == {3}

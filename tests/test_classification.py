@@ -649,3 +649,19 @@ def test_a_fit_config_whose_data_size_differs_from_its_vits_is_one_line(in_tmp, 
     assert main(["fit", "--config", str(VIT_CONFIG), *QUICK, "--data.init_args.img_size", "32"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("visattn: error: data.init_args.img_size=32 but vit_tiny_patch4_28") and len(err.splitlines()) == 1
+
+
+def test_a_checkpoint_validated_on_folders_of_other_classes_is_refused(in_tmp, capsys):
+    """Linked from the data, the class names of the folders at hand replaced the run's: two classes
+    either way, so the head's outputs were scored, and named, as other classes."""
+    root = _image_folder(in_tmp / "photos")
+    config = REPO / "configs" / "classification" / "imagefolder_template.yaml"
+    run = ["--data.init_args.root", str(root), "--data.init_args.img_size", "32",
+           "--model.init_args.model_name", "cbam_resnet20_cifar"]
+    ckpt = _fit(in_tmp, *run, config=config)
+    (root / "red").rename(root / "green")
+    capsys.readouterr()
+    assert main(["validate", "--config", str(config), *QUICK, *run, "--ckpt_path", str(ckpt)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"visattn: error: --ckpt_path {ckpt}: the data gives other classes than the run was trained on: class 1 is "
+        "'green' here, 'red' in the checkpoint; give the data settings of that run")

@@ -382,6 +382,13 @@ def _refuse_linked_overrides(model: Any, linked: tuple[str, ...]) -> None:
                               "set it there, or drop it from the model section")
 
 
+def _first_difference(ours: list[str], theirs: list[str], thing: str, things: str) -> str:
+    if len(ours) != len(theirs):
+        return f"{len(ours)} {things} here, {len(theirs)} in the checkpoint"
+    index = next(i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b)
+    return f"{thing} {index} is {ours[index]!r} here, {theirs[index]!r} in the checkpoint"
+
+
 def _imported(class_path: Optional[str]) -> Optional[type]:
     if not class_path or "." not in class_path:
         return None
@@ -553,8 +560,10 @@ def _as_lists(value: Any) -> Any:
 
 
 class VisattnCLI(LightningCLI):
-    def __init__(self, *args: Any, linked_data_attributes: tuple[str, ...] = (), **kwargs: Any) -> None:
+    def __init__(self, *args: Any, linked_data_attributes: tuple[str, ...] = (),
+                 model_overrides: tuple[str, ...] = (), **kwargs: Any) -> None:
         self.linked_data_attributes = linked_data_attributes
+        self.model_overrides = model_overrides  # model init_args given on the command line
         super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -571,7 +580,12 @@ class VisattnCLI(LightningCLI):
             _refuse_linked_overrides(settings.model, self.linked_data_attributes)
             if settings.ckpt_path is not None and Path(settings.ckpt_path).is_file():
                 _check_checkpoint_model(Path(settings.ckpt_path), settings.model, resuming=subcommand == "fit")
+            typed = {key: settings.model.init_args[key] for key in self.model_overrides
+                     if key in (settings.model.get("init_args") or {})}
         super()._parse_ckpt_path()
+        if subcommand is not None:  # LightningCLI put the checkpoint's hyperparameters over what was typed
+            for key, value in typed.items():
+                self.config[subcommand].model.init_args[key] = value
 
     def before_instantiate_classes(self) -> None:
         _check_settings(self._get(self.config, "model"), self._get(self.config, "trainer"))
@@ -586,6 +600,7 @@ class VisattnCLI(LightningCLI):
         try:
             with building:
                 super().instantiate_classes()
+            self._check_data_fits_checkpoint()
         except (ValueError, TypeError) as err:
             # jsonargparse wraps errors raised while building the model or data; surface ours as they are.
             cause = _visattn_cause(err)
@@ -594,12 +609,33 @@ class VisattnCLI(LightningCLI):
             raise ConfigError(f"config: {_first_line(err)}; check the model and data sections") from None
 
     def _loads_a_checkpoint(self) -> bool:
-        """Whether the run loads ``--ckpt_path``: a file, or for ``fit --ckpt_path last`` a run's last checkpoint
-        (without one, fit starts afresh)."""
+        return self._checkpoint_file() is not None
+
+    def _checkpoint_file(self) -> Optional[Path]:
+        """The file ``--ckpt_path`` loads: the one named, or for ``fit --ckpt_path last`` the run's newest last
+        checkpoint; None when there is none (fit then starts afresh)."""
         ckpt_path = self._get(self.config, "ckpt_path")
         if ckpt_path == "last":  # validate|test|predict have it resolved to a file already
-            return bool(_last_checkpoints(self._get(self.config, "trainer").get("callbacks")))
-        return ckpt_path is not None and Path(ckpt_path).is_file()
+            found = _last_checkpoints(self._get(self.config, "trainer").get("callbacks"))
+            return max(found, key=lambda path: path.stat().st_mtime) if found else None
+        return Path(ckpt_path) if ckpt_path is not None and Path(ckpt_path).is_file() else None
+
+    def _check_data_fits_checkpoint(self) -> None:
+        """The data's labels or vocabulary, linked into the model, must be the checkpoint's: the same count in
+        another order decoded every id as another word (or class) without a word of warning."""
+        path = self._checkpoint_file()
+        if path is None:
+            return
+        try:
+            theirs = read_checkpoint(path, lazy=True).get("hyper_parameters") or {}
+        except WeightsError:  # a damaged last checkpoint: the run's checkpoint IO falls back, or says so
+            return
+        for key, thing, things in (("vocab", "word", "words"), ("class_names", "class", "classes")):
+            ours = self.model.hparams.get(key)
+            if key in self.linked_data_attributes and theirs.get(key) and ours and list(ours) != list(theirs[key]):
+                raise ConfigError(f"--ckpt_path {path}: the data gives other {things} than the run was trained on: "
+                                  f"{_first_difference(list(ours), list(theirs[key]), thing, things)}; give the "
+                                  "data settings of that run")
 
     def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
         config = self._get(self.config_init, "trainer", default={})
@@ -718,6 +754,7 @@ def _build_and_run(argv: list[str]) -> VisattnCLI:
             parser_kwargs={"exit_on_error": False},
             save_config_kwargs={"overwrite": True},
             linked_data_attributes=_task_links(argv),
+            model_overrides=_model_overrides(argv),
         )
     except ArgumentError as err:
         raise ConfigError(f"{' '.join(argv[:3])}: {_first_line(err)}; see `visattn {argv[0]} --help`") from None
@@ -746,6 +783,12 @@ def _task_links(argv: list[str]) -> tuple[str, ...]:
         elif flag in ("--model", "--model.class_path"):
             class_path = value
     return tuple(getattr(_imported(class_path), "linked_data_attributes", ()))
+
+
+def _model_overrides(argv: list[str]) -> tuple[str, ...]:
+    """The model ``init_args`` keys ``argv`` sets (``--model.init_args.KEY`` or ``--model.KEY``)."""
+    typed = (re.fullmatch(r"--model\.(?:init_args\.)?(\w+)(=.*)?", arg) for arg in argv)
+    return tuple(match[1] for match in typed if match and match[1] not in ("class_path", "init_args", "dict_kwargs"))
 
 
 def _config_model_class(path: Path) -> Optional[str]:
