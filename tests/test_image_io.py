@@ -269,3 +269,12 @@ def test_a_link_up_to_the_dataset_folder_does_not_give_a_class_the_other_classes
     (root / "cat" / "deeper").symlink_to(tmp_path)
     assert list_images(root / "cat") == [root / "cat" / "c.png"]
     assert [(path.name, label) for path, label in ImageFolder(root).samples] == [("c.png", 0), ("d.png", 1)]
+
+
+def test_a_missing_path_among_others_is_listed_for_its_own_error_line(tmp_path):
+    """One typo among several paths ended the whole run: nothing was classified, captioned or detected."""
+    _touch_images(tmp_path, ["a.png"])
+    a, missing = tmp_path / "a.png", tmp_path / "missing.png"
+    assert list_images([missing, a]) == [missing, a]
+    with pytest.raises(ImageDecodeError, match="missing.png: no such file or folder"):
+        list_images([missing, tmp_path / "gone"])

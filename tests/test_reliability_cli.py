@@ -813,3 +813,14 @@ def test_an_image_folder_without_split_folders_is_scored_whole_and_refuses_a_spl
     assert main(["evaluate", "--model", CLASSIFIER, "--dataset", "imagefolder:photos", "--split", "val"]) == 2
     assert capsys.readouterr().err.strip() == ("visattn: error: --split val: photos has no train/, val/, test/ folder, "
                                                "so it is scored whole; drop --split, or put its class folders in split folders")
+
+
+@pytest.mark.parametrize("command, model", [("classify", CLASSIFIER), ("caption", CAPTIONER)])
+def test_a_missing_path_among_others_gets_its_own_error_line_and_the_rest_go_on(command, model, tmp_path, capsys):
+    image = tmp_path / "item.png"
+    Image.fromarray(np.full((28, 28, 3), 128, np.uint8)).save(image)
+    missing = tmp_path / "typo.png"
+    assert main([command, str(missing), str(image), "--model", model, "--json"]) == 1
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["file"] for line in lines] == [str(missing), str(image)]
+    assert lines[0]["error"] == f"{missing}: no such file" and "error" not in lines[1]

@@ -132,7 +132,8 @@ def list_images(paths: PathLike | Iterable[PathLike], *, recursive: bool = True,
     Folders contribute their image files (by extension, hidden files skipped, symlinked sub-folders
     followed) in sorted order; a file that cannot be read, such as a dangling link or a HEIC photo,
     is listed so that decoding it says why. Files named explicitly are kept whatever their
-    extension, in the order given. Repeats are dropped.
+    extension, in the order given, and so are paths that do not exist (decoding says so), unless
+    none of the paths does. Repeats are dropped.
 
     Args:
         paths: one path or several.
@@ -144,7 +145,7 @@ def list_images(paths: PathLike | Iterable[PathLike], *, recursive: bool = True,
             itself excluded still counts: its files are the user's.
 
     Raises:
-        ImageDecodeError: a path that does not exist.
+        ImageDecodeError: none of the paths exists.
     """
     paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
     found: dict[Path, None] = {}  # an ordered set
@@ -154,8 +155,8 @@ def list_images(paths: PathLike | Iterable[PathLike], *, recursive: bool = True,
             inside = [folder for folder in skipped if path.resolve() in folder.parents]
             files = (file for file in _folder_files(path, recursive) if _is_image_file(file, inside))
             found.update(dict.fromkeys(sorted(files)))
-        elif path.exists():
-            found[path] = None
+        elif path.exists() or any(Path(other).exists() for other in paths):
+            found[path] = None  # a missing one among others gets its own error line; the rest go on
         else:
             raise ImageDecodeError(f"{path}: no such file or folder")
     if not found and not allow_empty:
