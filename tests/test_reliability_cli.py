@@ -301,6 +301,12 @@ OUTPUT_AND_OPTION_CASES = {
                                                 "--beam-size", "3"],
                                    f"--beam-size: {CLASSIFIER} is a classifier, and only a captioner takes "
                                    "--beam-size; drop it"),
+    "length_penalty_for_a_detector": (lambda tmp: ["evaluate", "--model", DETECTOR, "--dataset", "fashion-scenes",
+                                                   "--length-penalty", "0"],
+                                      f"--length-penalty: {DETECTOR} is a detector, and only a captioner takes "
+                                      "--length-penalty; drop it"),
+    "length_penalty_not_a_number": (lambda tmp: ["caption", "x.png", "--model", CAPTIONER, "--length-penalty", "nan"],
+                                    "argument --length-penalty: 'nan' is not a finite number"),
     "img_size_for_a_detector": (lambda tmp: ["evaluate", "--model", DETECTOR, "--dataset", "fashion-scenes",
                                              "--img-size", "96"],
                                 f"--img-size: {DETECTOR} is a detector, and only a classifier takes --img-size; drop it"),
@@ -824,3 +830,23 @@ def test_a_missing_path_among_others_gets_its_own_error_line_and_the_rest_go_on(
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [line["file"] for line in lines] == [str(missing), str(image)]
     assert lines[0]["error"] == f"{missing}: no such file" and "error" not in lines[1]
+
+
+@needs_fashion_mnist
+def test_caption_and_evaluate_decode_with_the_length_penalty_and_length_given(tmp_path, monkeypatch, capsys):
+    """evaluate always decoded 20 words with length penalty 1, and caption had no --length-penalty (nor the
+    --out DIR the other commands take)."""
+    from visattn.tasks import captioning
+
+    settings, decode = [], captioning.decode
+    monkeypatch.setattr(captioning, "decode", lambda model, images, **kw: settings.append(kw) or decode(model, images, **kw))
+    image = tmp_path / "scene.png"
+    Image.fromarray(np.full((64, 64, 3), 40, np.uint8)).save(image)
+    assert main(["caption", str(image), "--model", CAPTIONER, "--length-penalty", "0.5", "--max-len", "4",
+                 "--out", str(tmp_path / "panels")]) == 0
+    assert (tmp_path / "panels" / "scene.png").is_file()
+    assert settings == [{"beam_size": 5, "max_len": 4, "length_penalty": 0.5}]
+    settings.clear()
+    assert main(["evaluate", "--model", CAPTIONER, "--dataset", "fashion-scenes", "--limit", "2", "--max-len", "3",
+                 "--length-penalty", "0", "--beam-size", "2", "--json"]) == 0
+    assert settings and all(kw == {"beam_size": 2, "max_len": 3, "length_penalty": 0.0} for kw in settings)

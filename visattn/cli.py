@@ -8,6 +8,7 @@ import argparse
 import contextlib
 import difflib
 import json
+import math
 import os
 import re
 import sys
@@ -26,6 +27,7 @@ if TYPE_CHECKING:  # commands import what they use when they run, so `visattn --
     from .data.scenes import FashionScenes
 
 DEFAULT_BEAM_SIZE = 5  # caption, evaluate and save-weights score captioners with this beam width
+DEFAULT_MAX_LEN = 20  # and captions of at most this many words
 
 
 def count_parameters(name: str) -> int:
@@ -158,7 +160,8 @@ def _without_split_folders(root: Path) -> bool:
 
 
 # evaluate's options that only one kind of model takes; any other would silently ignore them
-MODEL_KIND_OPTIONS = {"beam_size": ("--beam-size", "captioner"), "img_size": ("--img-size", "classifier")}
+MODEL_KIND_OPTIONS = {"beam_size": ("--beam-size", "captioner"), "max_len": ("--max-len", "captioner"),
+                      "length_penalty": ("--length-penalty", "captioner"), "img_size": ("--img-size", "classifier")}
 
 
 def check_evaluate_options(args: argparse.Namespace, kind: str) -> None:
@@ -184,7 +187,9 @@ def cmd_evaluate_captioner(args: argparse.Namespace) -> int:
     captioner = load_captioner(args.model, args.checkpoint, device=args.device)
     loader = evaluation_loader(captioner, args.dataset, args.split, limit=args.limit,
                                batch_size=min(args.batch_size, 64), num_workers=args.num_workers)
-    metrics = evaluate_captioner(captioner, loader, beam_size=args.beam_size or DEFAULT_BEAM_SIZE)
+    metrics = evaluate_captioner(captioner, loader, beam_size=args.beam_size or DEFAULT_BEAM_SIZE,
+                                 max_len=args.max_len or DEFAULT_MAX_LEN,
+                                 length_penalty=1.0 if args.length_penalty is None else args.length_penalty)
     print_metrics(captioner.name, args, metrics)
     return 0
 
@@ -215,7 +220,8 @@ def cmd_caption(args: argparse.Namespace) -> int:
 
     captioner = load_captioner(args.model, args.checkpoint, device=args.device)
     failures, total = caption_files(captioner, args.paths, beam_size=args.beam_size, max_len=args.max_len,
-                                    attention_out=args.attention_out, as_json=args.json, batch_size=args.batch_size)
+                                    length_penalty=args.length_penalty, attention_out=args.attention_out,
+                                    as_json=args.json, batch_size=args.batch_size)
     if failures:
         print(f"visattn: {failures} of {total} files could not be captioned", file=sys.stderr)
     return 1 if failures else 0
@@ -349,6 +355,17 @@ def unit_interval(text: str) -> float:
         value = float("nan")
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number from 0 to 1")
+    return value
+
+
+def finite_float(text: str) -> float:
+    """argparse type for settings such as --length-penalty: any finite number."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
     return value
 
 
@@ -495,6 +512,10 @@ def build_parser() -> argparse.ArgumentParser:
                           help="score N samples drawn across the dataset with a fixed seed (scenes: the first N)")
     evaluate.add_argument("--beam-size", type=positive_int, default=None,
                           help=f"captioners: beam width (1: greedy; default {DEFAULT_BEAM_SIZE})")
+    evaluate.add_argument("--max-len", type=positive_int, default=None,
+                          help=f"captioners: longest caption in words (default {DEFAULT_MAX_LEN})")
+    evaluate.add_argument("--length-penalty", type=finite_float, default=None,
+                          help="captioners: rank hypotheses by log p / length ** this (0: unnormalised; default 1)")
     evaluate.add_argument("--img-size", type=int, default=None,
                           help="classifiers: score at this square input size (ViT position embeddings are resampled)")
     evaluate.set_defaults(func=cmd_evaluate)
@@ -513,8 +534,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_source(caption)
     _add_device(caption)
     caption.add_argument("--beam-size", type=positive_int, default=DEFAULT_BEAM_SIZE, help="beam width (1: greedy)")
-    caption.add_argument("--max-len", type=positive_int, default=20, help="longest caption in words")
-    caption.add_argument("--attention-out", default=None, metavar="DIR",
+    caption.add_argument("--max-len", type=positive_int, default=DEFAULT_MAX_LEN, help="longest caption in words")
+    caption.add_argument("--length-penalty", type=finite_float, default=1.0,
+                         help="rank hypotheses by log p / length ** this (0: unnormalised)")
+    caption.add_argument("--attention-out", "--out", dest="attention_out", default=None, metavar="DIR",
                          help="write one PNG per image, a panel per word, named after the image (STEM.png); "
                               "files of an earlier run are replaced, input images never")
     caption.add_argument("--json", action="store_true", help="one JSON object per file")

@@ -367,7 +367,8 @@ def is_captioner(model: Optional[str] = None, checkpoint: Optional[str] = None) 
 
 
 def caption_files(captioner: Captioner, paths: Sequence[str], *, beam_size: int = 5, max_len: int = 20,
-                  attention_out: Optional[str] = None, as_json: bool = False, batch_size: int = 32) -> tuple[int, int]:
+                  length_penalty: float = 1.0, attention_out: Optional[str] = None, as_json: bool = False,
+                  batch_size: int = 32) -> tuple[int, int]:
     """Print one caption per image file (folders are searched recursively); returns ``(failures, files)``.
 
     Files are decoded and captioned ``batch_size`` at a time, in one beam search (the same captions
@@ -387,7 +388,8 @@ def caption_files(captioner: Captioner, paths: Sequence[str], *, beam_size: int 
     targets = output_paths(files, attention_out, flag=flag)
 
     def caption_batch(images: list[Tensor]) -> Iterable[tuple[Tensor, Tensor]]:
-        decoded = captioner.caption(torch.stack(images), beam_size=beam_size, max_len=max_len)
+        decoded = captioner.caption(torch.stack(images), beam_size=beam_size, max_len=max_len,
+                                    length_penalty=length_penalty)
         return zip(decoded.tokens, decoded.attention)
 
     failures = 0
@@ -439,12 +441,13 @@ def evaluation_loader(captioner: Captioner, spec: str, split: str = "test", *, l
 
 @torch.inference_mode()
 def evaluate_captioner(captioner: Captioner, batches: Iterable[dict[str, Any]], *, beam_size: int = 5,
-                       max_len: int = 20, meteor: bool = False) -> dict[str, Any]:
+                       max_len: int = 20, length_penalty: float = 1.0, meteor: bool = False) -> dict[str, Any]:
     """BLEU-1..4, CIDEr (METEOR if asked), pointing (when the batches carry boxes) and ``n``;
     ``None`` batches (only broken image files) are passed over."""
     metrics = CaptionMetrics(captioner.vocab, meteor=meteor)
     for batch in (b for b in batches if b is not None):
-        decoded = captioner.caption(batch["images"], beam_size=beam_size, max_len=max_len)
+        decoded = captioner.caption(batch["images"], beam_size=beam_size, max_len=max_len,
+                                    length_penalty=length_penalty)
         metrics.update(decoded, batch, batch["images"].shape[-2:])
     if not metrics.hypotheses:
         raise ConfigError("the evaluation dataset is empty; check --dataset, --split and --limit")
