@@ -447,3 +447,14 @@ def test_sigmoid_lstm_cell_scripts_and_refuses_other_ranks_as_nn_lstm_cell_does(
     for module in (torch.nn.LSTMCell(6, 5), cell):
         with pytest.raises(ValueError, match="Expected input to be 1D or 2D, got 3D"):
             module(torch.randn(2, 3, 6))
+
+
+@pytest.mark.parametrize("name", list_models("sat_*"))
+def test_each_captioners_grid_holds_distinct_regions_of_its_encoders_map(name):
+    """sat_resnet50 pooled ResNet-50's 7x7 map at 224 px up to 14x14: each region copied into four slots."""
+    model = create_model(name, vocab_size=8).eval()
+    with torch.no_grad():
+        features = model.encoder.forward_features(torch.randn(1, *model.input_size))
+    grid = (features.shape[-2:] if features.ndim == 4 else
+            getattr(model.encoder.patch_embed, "grid_size", None))
+    assert model.grid[0] <= grid[0] and model.grid[1] <= grid[1]

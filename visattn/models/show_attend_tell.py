@@ -111,7 +111,8 @@ class ShowAttendTell(nn.Module):
             ``encoder_name`` says, so ``ARCH.TAG`` loads those weights).
         freeze_encoder: keep the encoder's weights fixed (and its norms in eval mode).
         img_size: input size (a ViT encoder is built for it); ``None`` takes the encoder's ``input_size``.
-        grid_size: the feature map is average-pooled to this grid (14 for 224 px, as in the paper).
+        grid_size: the feature map is average-pooled to this grid (the paper's 14x14 is VGG's stride-16 map
+            at 224 px); a grid larger than the map only repeats its regions.
         embed_dim: word embedding size.
         hidden_dim: LSTM size.
         attn_dim: hidden size of the additive attention.
@@ -429,8 +430,9 @@ def _create_sat(**kwargs: Any) -> ShowAttendTell:
 
 @register_model
 def sat_resnet50(**kwargs: Any) -> ShowAttendTell:
-    """Show, Attend and Tell on a ResNet-50, 224 px, 14x14 grid (the paper's setting with a newer CNN)."""
-    return _create_sat(**{**dict(encoder_name="resnet50", grid_size=14), **kwargs})
+    """Show, Attend and Tell on a ResNet-50, 224 px, 7x7 grid: its stride-32 map. (The paper's VGG gave 14x14;
+    pooling 7x7 up to 14x14 would only copy each region into four slots. Give img_size=448, grid_size=14 for 14x14.)"""
+    return _create_sat(**{**dict(encoder_name="resnet50", grid_size=7), **kwargs})
 
 
 @register_model
