@@ -317,3 +317,20 @@ def test_caption_validation_images_in_their_own_folder_are_read_from_val_images_
     dm.hparams.val_images_dir = str(images_dir)
     dm.setup("fit")
     assert len(dm.datasets["val"]) > 0
+
+
+def test_a_karpathy_file_without_a_val_split_trains_without_validation(tmp_path):
+    """It could not train at all ("no images with captions in split ['val']"), unlike a COCO file without one."""
+    split_json, images_dir = write_karpathy(tmp_path)
+    _rewrite_json(split_json, lambda data: data.update(images=[i for i in data["images"] if i["split"] != "val"]))
+    dm = KarpathyCaptionDataModule(str(split_json), str(images_dir), batch_size=2, num_workers=0, img_size=8,
+                                   min_count=1)
+    assert dm.val_dataloader() == [] and len(next(iter(dm.test_dataloader()))["images"]) == 1
+
+
+def test_a_karpathy_image_listed_twice_is_one_line(tmp_path):
+    """It was trained on twice as often, or scored twice, as COCO files with a repeated id are refused."""
+    split_json, _ = write_karpathy(tmp_path)
+    _rewrite_json(split_json, lambda data: data["images"].append(data["images"][-1]))
+    with pytest.raises(ConfigError, match=r"dataset_tiny\.json: image 5\.png is listed 2 times; list each image once"):
+        read_karpathy(split_json)

@@ -255,7 +255,8 @@ class KarpathyCaptionDataModule(_CaptionDataModule):
     ``dataset_coco.json``), or by COCO captions JSON files.
 
     Args:
-        split_json: the Karpathy split JSON; ``None`` when ``train_annotations`` is given.
+        split_json: the Karpathy split JSON; ``None`` when ``train_annotations`` is given. Without images
+            in split ``val``, no validation.
         images_dir: the images folder (Karpathy ``filepath`` and COCO ``file_name`` are relative to it).
         batch_size: samples per batch.
         num_workers: DataLoader worker processes (0 loads in the main process).
@@ -299,8 +300,9 @@ class KarpathyCaptionDataModule(_CaptionDataModule):
         if (split_json is None) == (train_annotations is None):
             raise ConfigError("KarpathyCaptionDataModule: give either data.split_json or data.train_annotations (COCO)")
         if split_json is not None:
-            splits = set(train_splits)
-            captions = [c for e in read_karpathy(split_json) if e["split"] in splits for c in e["captions"]]
+            entries = read_karpathy(split_json)
+            self.karpathy_splits = {e["split"] for e in entries}
+            captions = [c for e in entries if e["split"] in set(train_splits) for c in e["captions"]]
         else:
             captions = [c for cs in CocoCaptions(train_annotations, images_dir).captions for c in cs]
         self.vocabulary = Vocabulary.build(captions, min_count=min_count)
@@ -323,6 +325,8 @@ class KarpathyCaptionDataModule(_CaptionDataModule):
     def _source(self, split: Split, transform: ImageTransform) -> Dataset:
         h = self.hparams
         if h.split_json is not None:
+            if split == "val" and "val" not in self.karpathy_splits:
+                return CaptionImages([])  # no validation, as for COCO files without val_annotations
             splits = h.train_splits if split == "train" else split
             return KarpathyCaptions(h.split_json, h.images_dir, split=splits, transform=transform)
         annotations = {"train": h.train_annotations, "val": h.val_annotations, "test": h.test_annotations}[split]

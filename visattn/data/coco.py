@@ -184,7 +184,16 @@ def read_karpathy(path: str | os.PathLike) -> list[dict]:
             "expected images with filename, split and sentences [{raw, tokens}]"
         ) from None
     _check_wordless(Path(path), wordless, kept=len(entries))
+    _refuse_repeated_images(Path(path), [os.path.join(e["filepath"], e["filename"]) for e in entries])
     return entries
+
+
+def _refuse_repeated_images(path: Path, names: list[str]) -> None:
+    """An image listed twice would be trained on twice as often, or scored twice."""
+    repeated = next((name for name, count in Counter(names).items() if count > 1), None)
+    if repeated is not None:
+        raise ConfigError(f"{path}: image {repeated} is listed {names.count(repeated)} times; list each image once, "
+                          "with all its sentences")
 
 
 def _with_words(captions: Iterable[str]) -> list[str]:
