@@ -334,3 +334,17 @@ def test_a_karpathy_image_listed_twice_is_one_line(tmp_path):
     _rewrite_json(split_json, lambda data: data["images"].append(data["images"][-1]))
     with pytest.raises(ConfigError, match=r"dataset_tiny\.json: image 5\.png is listed 2 times; list each image once"):
         read_karpathy(split_json)
+
+
+@pytest.mark.parametrize("corpus", ["coco", "karpathy"])
+def test_a_missing_images_folder_is_one_line_naming_it(tmp_path, corpus):
+    """A warning per image, then "the evaluation dataset is empty", never naming the folder."""
+    if corpus == "coco":
+        path, _ = write_coco_captions(tmp_path)
+        build = functools.partial(CocoCaptions, path)
+    else:
+        path, _ = write_karpathy(tmp_path)
+        build = functools.partial(KarpathyCaptions, path, split="test")
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(tmp_path / 'nothere'))}: no such folder; give the folder "
+                                          rf"holding the images of {re.escape(str(path))}$"):
+        build(tmp_path / "nothere")

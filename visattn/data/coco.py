@@ -105,6 +105,7 @@ class CocoCaptions(CaptionImages):
     ) -> None:
         self.annotations, images_dir = Path(annotations), Path(images_dir)
         coco = load_coco(self.annotations)
+        require_images_dir(images_dir, self.annotations)
         samples, self.image_ids, wordless = [], [], []
         try:
             images = coco.dataset.get("images", [])
@@ -152,6 +153,7 @@ class KarpathyCaptions(CaptionImages):
         self.split_json, images_dir = Path(split_json), Path(images_dir)
         splits = {split} if isinstance(split, str) else set(split)
         entries = read_karpathy(self.split_json)
+        require_images_dir(images_dir, self.split_json)
         samples = [(images_dir / e["filepath"] / e["filename"], e["captions"]) for e in entries if e["split"] in splits]
         if not samples:
             found = sorted({e["split"] for e in entries})
@@ -239,6 +241,12 @@ def load_coco(path: Path):  # -> pycocotools.coco.COCO
                 f"{path}: not COCO JSON (bad or missing {_one_line(err)}); check its images and annotations"
             ) from None
     return coco
+
+
+def require_images_dir(images_dir: Path, annotations: Path) -> None:
+    """One line for a missing images folder, not a warning per image and then an empty dataset."""
+    if not images_dir.is_dir():
+        raise ConfigError(f"{images_dir}: no such folder; give the folder holding the images of {annotations}")
 
 
 def image_paths(annotations: Path, images: list[dict], images_dir: Path) -> list[Path]:

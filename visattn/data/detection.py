@@ -31,7 +31,7 @@ from PIL import Image
 from torch.utils.data import Dataset, Subset
 
 from ..errors import ConfigError, VisattnWarning
-from .coco import check_image_ids, image_paths, json_type_hint, load_coco
+from .coco import check_image_ids, image_paths, json_type_hint, load_coco, require_images_dir
 from .datamodules import COCO_VALIDATION_FIX, SplitLoadersMixin, split_images_dir
 from .image_folder import ImageFiles
 from .image_io import DEFAULT_MAX_PIXELS
@@ -182,8 +182,7 @@ class CocoDetection(ImageFiles):
     ) -> None:
         self.annotations, images_dir = Path(annotations), Path(images_dir)
         self.transform = transform if transform is not None else eval_detection_transforms()
-        if not images_dir.is_dir():
-            raise ConfigError(f"{images_dir}: no such folder; give the folder holding the images of {self.annotations}")
+        require_images_dir(images_dir, self.annotations)
         coco = load_coco(self.annotations)
         try:
             self.class_names, label_of = self._labels(coco.dataset["categories"], class_names)
