@@ -246,6 +246,36 @@ def test_other_num_classes_drops_the_head_with_a_warning(tmp_path):
     assert torch.equal(model.blocks[0].attn.qkv.weight, source["blocks.0.attn.qkv.weight"])
 
 
+@pytest.mark.parametrize("strict", [True, False])
+@pytest.mark.parametrize("absent", ["head.bias", "head.weight"])
+def test_a_head_only_partly_there_is_refused_naming_its_missing_keys(tmp_path, recwarn, strict, absent):
+    """A file without head.bias loaded silently, the bias left at its init: another top-1 class."""
+    from visattn.errors import VisattnWarning
+
+    path = tmp_path / "cut.safetensors"
+    save_file({k: v for k, v in _model(num_classes=10).state_dict().items() if k != absent}, path)
+    model = _model(num_classes=10)
+    with pytest.raises(WeightsError) as err:
+        load_weights(model, path, strict=strict)
+    assert str(err.value) == (f"{path}: classifier 'head' is incomplete (missing: {absent}); the file was edited or "
+                              "damaged: re-export it with the whole head, or without any head.* key to fine-tune a "
+                              "new head")
+    assert not [w for w in recwarn if issubclass(w.category, VisattnWarning)], [str(w.message) for w in recwarn]
+    with pytest.raises(WeightsError, match=f"missing: {absent}.*use the checkpoint as training wrote it"):
+        load_weights(model, path, new_head=False)
+
+
+def test_a_checkpoint_of_another_architecture_names_the_backbone_keys_not_the_head():
+    """A resnet20_cifar training checkpoint read as a resnet18 one was blamed on its classifier 'fc'."""
+    state = create_model("resnet20_cifar", num_classes=10).state_dict()
+    for source in (state, {k: v for k, v in state.items() if k != "fc.bias"}):
+        with pytest.raises(WeightsError) as err:
+            load_weights(create_model("resnet18", num_classes=10), source, new_head=False, origin="run.ckpt")
+        message = str(err.value)
+        assert message.startswith("run.ckpt: weights do not fit ResNet (missing: layer4.0.conv1.weight")
+        assert "wrong shape: conv1.weight (28, 3, 3, 3) vs (64, 3, 7, 7)" in message and "fc" not in message
+
+
 def test_mismatch_lists_missing_unexpected_and_shapes(tmp_path):
     state = _model().state_dict()
     del state["blocks.1.mlp.fc2.bias"]
@@ -263,11 +293,46 @@ def test_mismatch_lists_missing_unexpected_and_shapes(tmp_path):
         load_weights(create_model("vit_small_patch4_28", depth=2), path, strict=False)
 
 
+@pytest.fixture
+def hf_cache(tmp_path, monkeypatch):
+    """An empty Hugging Face cache, offline, for the duration of a test (the hub reads its paths on import)."""
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return tmp_path / "hf" / "hub"
+
+
+def _cache_hub_weights(cache, repo, state):
+    """``state`` as ``repo``'s model.safetensors in the cache layout hf_hub_download leaves behind."""
+    entry, commit = cache / f"models--{repo.replace('/', '--')}", "0" * 40
+    (entry / "snapshots" / commit).mkdir(parents=True)
+    (entry / "refs").mkdir()
+    (entry / "refs" / "main").write_text(commit)
+    save_file({k: v.contiguous() for k, v in state.items()}, entry / "snapshots" / commit / "model.safetensors")
+
+
 @pytest.mark.parametrize("source", ["timm:vit_tiny_patch16_224", "hf-hub:timm/vit_tiny_patch16_224"])
-def test_hub_sources_fail_fast_offline(source):
-    with pytest.raises(WeightsError, match="cannot fetch weights") as err:
+def test_hub_sources_fail_fast_offline(hf_cache, source):
+    with pytest.raises(WeightsError, match="cannot fetch weights .HF_HUB_OFFLINE is set. and none are in the "
+                                           "Hugging Face cache") as err:
         create_model("vit_tiny_patch16_224", pretrained=source)
     assert source in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("source", ["timm:vit_tiny_patch16_224",  # timm's default tag, augreg_in21k_ft_in1k
+                                    "timm:vit_tiny_patch16_224.augreg_in21k_ft_in1k",
+                                    "hf-hub:timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k"])
+def test_hub_weights_already_in_the_local_cache_load_offline(hf_cache, source):
+    """Weights downloaded once were refused offline: the hub check came before any look at the cache."""
+    import timm
+
+    torch.manual_seed(3)
+    cached = timm.create_model("vit_tiny_patch16_224", pretrained=False).state_dict()
+    _cache_hub_weights(hf_cache, "timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k", cached)
+    model = create_model("vit_tiny_patch16_224", pretrained=source)
+    torch.testing.assert_close(model.state_dict(), cached, rtol=0, atol=0)
 
 
 def test_corrupt_index_names_the_file(weights_tmp):
@@ -320,6 +385,67 @@ def test_save_weights_refuses_before_writing_anything(tmp_path):
         save_weights(model, tmp_path / f"{ARCH}.unit.safetensors", metrics={"top1": torch.tensor(0.9)})
     assert list(tmp_path.iterdir()) == []  # nothing written, so a corrected retry needs no --overwrite
     save_weights(model, tmp_path / f"{ARCH}.unit.safetensors", metrics={"top1": 0.9}, model_kwargs=SMALL)
+
+
+@pytest.mark.filterwarnings("ignore:.*saved without preprocessing or labels")
+@pytest.mark.parametrize("overwrite", [False, True], ids=["first_save", "overwrite"])
+def test_a_failed_index_write_leaves_the_weights_and_the_index_as_they_were(weights_tmp, monkeypatch, overwrite):
+    """The weights were replaced before the index was written: a full disk then left an index whose sha256
+    no longer matched (the old weights gone), or on a first save an orphan file a rerun refused."""
+    import errno
+
+    import visattn.pretrained as pretrained
+
+    old = _model(num_classes=0)
+    save_weights(old, weights_tmp / f"{ARCH}.old.safetensors", model_kwargs=SMALL)
+    path = weights_tmp / f"{ARCH}.{'old' if overwrite else 'new'}.safetensors"
+    before = {p.name: p.read_bytes() for p in weights_tmp.iterdir()}
+
+    def disk_full(file, text):
+        raise OSError(errno.ENOSPC, "No space left on device", str(file))
+
+    new = _model(num_classes=0, qkv_bias=False)  # other weights, other keys
+    with monkeypatch.context() as patch, pytest.raises(OSError, match="No space left on device"):
+        patch.setattr(pretrained, "atomic_write_text", disk_full)
+        save_weights(new, path, model_kwargs={**SMALL, "qkv_bias": False}, overwrite=overwrite)
+    assert {p.name: p.read_bytes() for p in weights_tmp.iterdir()} == before  # no temp file either
+    assert torch.equal(_logits(create_model(f"{ARCH}.old").eval()), _logits(old))
+    save_weights(new, path, model_kwargs={**SMALL, "qkv_bias": False}, overwrite=overwrite)  # a rerun needs nothing else
+    assert torch.equal(_logits(create_model(path.name.removesuffix(".safetensors")).eval()), _logits(new))
+
+
+_SAVE_MANY = """
+import sys, time
+from pathlib import Path
+from visattn import create_model, save_weights
+
+folder, ready, prefix, count = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+model = create_model("vit_tiny_patch4_28", depth=1, num_classes=0)
+(ready / prefix).touch()
+deadline = time.monotonic() + 60
+while len(list(ready.iterdir())) < 2 and time.monotonic() < deadline:  # start together, so the saves interleave
+    time.sleep(0.01)
+for i in range(count):
+    save_weights(model, folder / f"vit_tiny_patch4_28.{prefix}{i}.safetensors")
+"""
+
+
+def test_saves_into_one_folder_from_two_processes_keep_every_entry(tmp_path):
+    """Each process wrote back the index it had read, without the entries the other saved meanwhile."""
+    import subprocess
+    import sys
+
+    folder, ready, count = tmp_path / "weights", tmp_path / "ready", 20
+    ready.mkdir()
+    processes = [subprocess.Popen([sys.executable, "-W", "ignore", "-c", _SAVE_MANY, str(folder), str(ready), prefix,
+                                   str(count)], stderr=subprocess.PIPE, text=True,
+                                  env={**os.environ, "OMP_NUM_THREADS": "1"}) for prefix in ("a", "b")]
+    for process in processes:
+        _, errors = process.communicate(timeout=300)
+        assert process.returncode == 0, errors
+    expected = {f"{ARCH}.{prefix}{i}" for prefix in ("a", "b") for i in range(count)}
+    assert set(load_index(folder)) == expected
+    assert all(sha256_of(entry["path"]) == entry["sha256"] for entry in load_index(folder).values())
 
 
 def test_vit_weights_of_another_token_layout_are_one_line():

@@ -7,6 +7,7 @@ input file, is one line naming the option before anything is written; and they w
 """
 import contextlib
 import errno
+import fcntl
 import os
 import tempfile
 from pathlib import Path
@@ -44,6 +45,22 @@ def atomic_path(path: Union[str, Path]) -> Iterator[Path]:
         _fsync_dir(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: Union[str, Path]) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the lock file ``path`` (created if absent) for the block, so that
+    processes doing a read-modify-write of one shared file (a weights index) take turns instead of each
+    writing back what it read before the other's change. The lock file stays: deleting it while another
+    process waits on it would let a third lock a new file at once."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def unique_path(directory: Union[str, Path], stem: str, used: set[str], suffix: str = ".png") -> Path:

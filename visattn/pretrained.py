@@ -29,7 +29,7 @@ from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from .errors import UnknownModelError, VisattnWarning, WeightsError
-from .fileio import atomic_path, atomic_write_text
+from .fileio import atomic_path, atomic_write_text, exclusive_lock
 
 StateDict = dict[str, torch.Tensor]
 
@@ -443,19 +443,39 @@ def save_weights(model: nn.Module, path: Union[str, Path], *, overwrite: bool = 
         raise WeightsError(f"{path}: the index entry must be plain JSON ({err}); pass numbers as float(x)") from None
     if not overwrite:
         refuse_existing_weights(path)
-    index_file = path.parent / INDEX_NAME
-    index = _read_index(index_file)  # before the weights file is written, so a bad index leaves no orphan
+    _read_index(path.parent / INDEX_NAME)  # before anything is written, so a bad index leaves no orphan
     # clone() breaks storage sharing, which safetensors refuses.
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-    with atomic_path(path) as tmp:  # written from Python: a full disk is an OSError, as for every other output
-        tmp.write_bytes(safetensors_bytes(tensors, metadata={"arch": arch, "format": "pt"}))
-    entry = {"file": path.name, "sha256": sha256_of(path), "num_classes": getattr(model, "num_classes", None), **meta}
-    if entry.get("default"):
-        for name, other in index.items():
-            if split_model_name(name)[0] == arch:
-                other["default"] = False
-    index[f"{arch}.{tag}"] = entry
-    atomic_write_text(index_file, json.dumps(index, indent=2, sort_keys=True) + "\n")
+    data = safetensors_bytes(tensors, metadata={"arch": arch, "format": "pt"})
+    entry = {"file": path.name, "num_classes": getattr(model, "num_classes", None), **meta}
+    return _write_weights_and_entry(path, data, entry, overwrite=overwrite)
+
+
+def _write_weights_and_entry(path: Path, data: bytes, entry: dict[str, Any], *, overwrite: bool) -> dict[str, Any]:
+    """Write the weights ``data`` to ``path``, and ``entry`` with their sha256 to the index beside it.
+
+    The weights go to a temp file that is moved into place only once the index is written: a failed
+    index write (a full disk) leaves the old weights and index as they were, not an index whose sha256
+    no longer matches its file, nor an orphan file that a rerun would refuse. The index is re-read and
+    written under an exclusive lock, held until the weights are in place, so that saves into one folder
+    from several processes at once keep each other's entries.
+    """
+    from .registry import split_model_name
+
+    index_file, name = path.parent / INDEX_NAME, path.name.removesuffix(".safetensors")
+    arch = name.partition(".")[0]
+    with exclusive_lock(path.parent / f"{INDEX_NAME}.lock"), atomic_path(path) as tmp:
+        if not overwrite:
+            refuse_existing_weights(path)  # again: another process may have saved this name meanwhile
+        index = _read_index(index_file)
+        tmp.write_bytes(data)  # written from Python: a full disk is an OSError, as for every other output
+        entry = {**entry, "sha256": sha256_of(tmp)}
+        if entry.get("default"):
+            for other_name, other in index.items():
+                if split_model_name(other_name)[0] == arch:
+                    other["default"] = False
+        index[name] = entry
+        atomic_write_text(index_file, json.dumps(index, indent=2, sort_keys=True) + "\n")
     return entry
 
 
@@ -479,11 +499,11 @@ def load_weights(
     timm, torchvision and visattn key layouts are converted by the model's ``adapt_state_dict``
     (which also resamples position embeddings). A classifier head of another size (or none) is
     dropped with a warning, to be fine-tuned, unless ``new_head=False``: then it is a
-    :class:`WeightsError`, as it is for weights saved with this very model. Any other difference
-    raises :class:`WeightsError` listing the keys, unless ``strict=False``, which keeps the model's
-    own initialisation for keys the checkpoint lacks and warns with their names. ``origin``: the
-    file a state-dict ``source`` came from, for the messages. Inside :func:`checkpoint_follows` nothing
-    is loaded.
+    :class:`WeightsError`, as it is for weights saved with this very model; a head only partly there
+    always is. Any other difference raises :class:`WeightsError` listing the keys (before any error
+    about the head), unless ``strict=False``, which keeps the model's own initialisation for keys the
+    checkpoint lacks and warns with their names. ``origin``: the file a state-dict ``source`` came
+    from, for the messages. Inside :func:`checkpoint_follows` nothing is loaded.
     """
     if starting_weights_skipped():
         return model
@@ -511,9 +531,11 @@ def load_weights(
             state = adapt(state)
         except WeightsError as err:  # a layout the model cannot take (e.g. register tokens): name the file
             raise WeightsError(f"{named}: {err}") from None
-    state, head_warning = _drop_mismatched_head(model, state, source=named, new_head=new_head)
+    state, head_warning, head_error = _drop_mismatched_head(model, state, source=named, new_head=new_head)
     state, channels_warning = _adapt_input_channels(model, state, source=named)
     check_state_dict(model, state, strict=strict, source=named)
+    if head_error:  # only now: weights of another architecture misfit everywhere, not just in the head
+        raise WeightsError(head_error)
     _refuse_non_finite(state, source=named)
     # Only now: before weights that do not fit at all, or hold NaN, the warnings would mislead.
     for warning in filter(None, (channels_warning, head_warning)):
@@ -561,33 +583,42 @@ def _adapt_input_conv(in_chans: int, weight: torch.Tensor) -> torch.Tensor:
 
 def _drop_mismatched_head(
     model: nn.Module, state: StateDict, *, source: Any, new_head: bool
-) -> tuple[StateDict, Optional[str]]:
-    """``state`` without a classifier head that does not fit ``model``, and the warning to give when the
-    model's head stays at its random init (dropped here, or absent from a features-only checkpoint);
-    an error instead when not ``new_head``. A model without a head (``num_classes=0``, a backbone)
-    drops the checkpoint's quietly."""
+) -> tuple[StateDict, Optional[str], Optional[str]]:
+    """``state`` without a classifier head that does not fit ``model``; the warning to give when the
+    model's head stays at its random init (dropped here, or absent from a features-only checkpoint); and
+    the error to raise instead, once the rest of the weights fit: when not ``new_head``, or when the head
+    is only partly there (its missing keys would keep their random init without a word). A model
+    without a head (``num_classes=0``, a backbone) drops the checkpoint's quietly."""
     head = getattr(model, "classifier", None)
     if head is None:
-        return state, None
+        return state, None, None
     own = model.state_dict()
+    own_head = [k for k in own if k.startswith(head + ".") and not k.endswith(".num_batches_tracked")]
     dropped = [k for k in state if k.startswith(head + ".") and (k not in own or own[k].shape != state[k].shape)]
-    if dropped and not any(k.startswith(head + ".") for k in own):  # features only (num_classes=0): nothing to fit
-        return {k: v for k, v in state.items() if k not in dropped}, None
+    kept = {k: v for k, v in state.items() if k not in dropped}
+    if dropped and not own_head:  # features only (num_classes=0): nothing to fit
+        return kept, None, None
+    absent = [k for k in own_head if k not in state]
     if dropped:
         problem = f"classifier {head!r} does not fit num_classes={getattr(model, 'num_classes', '?')}"
         shapes = ", ".join(f"{k} {tuple(state[k].shape)}" for k in dropped)
         error = f"its {problem} recorded with it ({shapes})"
         warning = (f"checkpoint {problem}: dropped {', '.join(dropped)}; the new head is randomly initialised, "
                    "so fine-tune it")
-    elif any(k.startswith(head + ".") for k in own) and not any(k.startswith(head + ".") for k in state):
+    elif absent and len(absent) < len(own_head):  # neither features only nor another head: a damaged file
+        fix = (f"re-export it with the whole head, or without any {head}.* key to fine-tune a new head" if new_head
+               else "use the checkpoint as training wrote it")
+        return state, None, (f"{source}: classifier {head!r} is incomplete (missing: {_key_list(absent)}); the file "
+                             f"was edited or damaged: {fix}")
+    elif absent:
         error = f"it has no classifier {head!r}"
         warning = (f"the checkpoint has no classifier {head!r} (features only): the head is randomly initialised, "
                    "so fine-tune it")
     else:
-        return state, None
+        return state, None, None
     if not new_head:
-        raise WeightsError(f"{source}: {error}; the file was edited or damaged: use the checkpoint as training wrote it")
-    return {k: v for k, v in state.items() if k not in dropped}, warning
+        return kept, None, f"{source}: {error}; the file was edited or damaged: use the checkpoint as training wrote it"
+    return kept, warning, None
 
 
 def check_state_dict(
@@ -642,8 +673,10 @@ def _key_list(keys: list[str], limit: int = 8) -> str:
     return ", ".join(keys[:limit]) + more
 
 
-def _require_hub(source: str) -> None:
-    """Fail in a second, with one line, where the hub cannot be reached (instead of minutes of retries)."""
+def _offline_weights(source: str, cached: Optional[Path]) -> Optional[Path]:
+    """None where the hub can be reached (found in a second, instead of minutes of retries), so that
+    the download checks for newer weights; else ``cached``, the weights already in the local Hugging Face
+    cache, which load without it; one line when there are none."""
     from urllib.parse import urlparse
 
     from huggingface_hub import constants
@@ -655,19 +688,22 @@ def _require_hub(source: str) -> None:
             socket.create_connection((host, 443), timeout=3).close()
         except OSError as err:
             reason = f"{host} unreachable: {err.strerror or err}"
-    if reason:
+    if reason and cached is None:
         raise WeightsError(
-            f"{source}: cannot fetch weights ({reason}); download the file where the hub is reachable "
-            "and pass pretrained='FILE.safetensors'"
+            f"{source}: cannot fetch weights ({reason}) and none are in the Hugging Face cache; download the "
+            "file where the hub is reachable and pass pretrained='FILE.safetensors'"
         )
+    return cached if reason else None
 
 
 def _fetch_timm(name: str) -> StateDict:
     import timm
 
-    _require_hub(f"timm:{name}")
+    cached = _offline_weights(f"timm:{name}", _cached_timm_file(name))
     try:
-        return timm.create_model(name, pretrained=True).state_dict()
+        # a cached file goes through timm's own loading (its checkpoint filter) as a download would
+        overlay = {"file": str(cached)} if cached is not None else None
+        return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay).state_dict()
     except Exception as err:  # timm raises many kinds when the hub is unreachable
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise WeightsError(
@@ -676,12 +712,45 @@ def _fetch_timm(name: str) -> StateDict:
         ) from None
 
 
+def _cached_timm_file(name: str) -> Optional[Path]:
+    """The file of timm's weights ``name`` already in the local Hugging Face cache; None when not there."""
+    import timm
+
+    try:
+        cfg = timm.models.get_pretrained_cfg(name)
+    except RuntimeError:  # a tag timm does not know: timm.create_model says so
+        return None
+    repo, _, revision = (getattr(cfg, "hf_hub_id", None) or "").partition("@")  # timm's ORG/REPO[@REVISION]
+    return _cached_hub_file(repo, revision) if repo else None
+
+
+# The weights files of a hub repository, in the order they are tried (as timm does, safetensors first).
+_HUB_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def _cached_hub_file(repo: str, revision: str = "") -> Optional[Path]:
+    """The weights of hub repository ``repo`` already in the local Hugging Face cache (``$HF_HOME``),
+    found without the network, which an offline machine may still load; None when none are there."""
+    from huggingface_hub import try_to_load_from_cache
+
+    for filename in _HUB_FILES:
+        try:
+            found = try_to_load_from_cache(repo, filename, revision=revision or None)
+        except ValueError:  # not a repository name: the download says so, or that the hub is unreachable
+            return None
+        if isinstance(found, str):  # else None (not cached) or a marker that the repository lacks the file
+            return Path(found)
+    return None
+
+
 def _fetch_hf_hub(repo: str) -> Path:
     from huggingface_hub import hf_hub_download
 
-    _require_hub(f"hf-hub:{repo}")
+    cached = _offline_weights(f"hf-hub:{repo}", _cached_hub_file(repo))
+    if cached is not None:
+        return cached
     errors = []
-    for filename in ("model.safetensors", "pytorch_model.bin"):
+    for filename in _HUB_FILES:
         try:
             return Path(hf_hub_download(repo, filename))
         except Exception as err:  # offline, missing repo or missing file
