@@ -215,3 +215,18 @@ def test_timm_optimizer_factory_trains_position_embeddings_and_class_token_witho
                              reference.named_parameters())
     assert {"pos_embed", "cls_token"} <= ours
     assert ours == undecayed(weight_decay_groups(model, 0.05), model.named_parameters())  # visattn's own groups agree
+
+
+def test_weights_of_another_patch_size_load_as_timm_loads_them(tmp_path):
+    """Patch-16 weights into a patch-8 model were refused (patch_embed.proj.weight (192, 3, 16, 16) vs (192, 3, 8, 8));
+    timm resamples the projection (FlexiViT) and loads them."""
+    torch.manual_seed(0)
+    path = tmp_path / "p16.safetensors"
+    save_file(timm.create_model("vit_tiny_patch16_224", num_classes=10).state_dict(), path)
+    kwargs = dict(patch_size=8, img_size=112, num_classes=10)
+    ref = timm.create_model("vit_tiny_patch16_224", pretrained=True, **kwargs,
+                            pretrained_cfg_overlay=dict(file=str(path), num_classes=10)).eval()
+    ours = create_model("vit_tiny_patch16_224", pretrained=str(path), **kwargs).eval()
+    x = torch.randn(2, 3, 112, 112)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), ref(x), rtol=0, atol=0)

@@ -224,7 +224,8 @@ class VisionTransformer(nn.Module):
         return self.forward_head(self.forward_features(x))
 
     def adapt_state_dict(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Convert a torchvision ViT state dict to timm names and resample position embeddings to this grid."""
+        """Convert a torchvision ViT state dict to timm names and resample the patch projection to this patch
+        size and the position embeddings to this grid."""
         if "conv_proj.weight" in state:
             state = convert_torchvision_vit(state)
         if "dist_token" in state:
@@ -239,6 +240,12 @@ class VisionTransformer(nn.Module):
                                    "class_token=True")
             raise WeightsError("the weights lack a class token and this model does; build it with "
                                "class_token=False, global_pool='avg'")
+        patch_weight = state.get("patch_embed.proj.weight")
+        if patch_weight is not None and tuple(patch_weight.shape[-2:]) != tuple(self.patch_embed.patch_size):
+            # FlexiViT's pseudo-inverse resize (Beyer et al. 2023): timm's, as its checkpoint filter loads such weights
+            from timm.layers import resample_patch_embed
+
+            state = {**state, "patch_embed.proj.weight": resample_patch_embed(patch_weight, list(self.patch_embed.patch_size))}
         if "pos_embed" in state and state["pos_embed"].shape != self.pos_embed.shape:
             patches = state["pos_embed"].shape[1] - self.num_prefix_tokens
             if patches < 1 or math.isqrt(patches) ** 2 != patches:
