@@ -7,6 +7,7 @@ import visattn
 from visattn import create_model, list_models, list_pretrained, register_model
 from visattn.cli import main
 from visattn.errors import ConfigError, UnknownModelError
+from visattn.tasks.classification import build_classifier
 
 
 def test_list_models_wildcards():
@@ -183,3 +184,18 @@ def test_list_models_takes_several_patterns_and_exclusions_as_timm_does():
     shipped = list_pretrained()
     assert list_pretrained(["se_*", "vit_*"]) == sorted(n for n in shipped if n.startswith(("se_", "vit_")))
     assert list_pretrained(exclude_filters="*.scenes") == [n for n in shipped if not n.endswith(".scenes")]
+
+
+@pytest.mark.parametrize("build", [
+    lambda name: create_model("vit_tiny_patch16_224", pretrained=f"timm:{name}"),
+    lambda name: build_classifier(f"timm:{name}", 10),
+    lambda name: create_model("sat_resnet50", vocab_size=8, encoder_name=f"timm:{name}"),
+], ids=["pretrained", "classifier", "captioner_encoder"])
+def test_a_timm_name_timm_lacks_names_close_ones_or_the_weights_it_has(build):
+    """An unknown name fetched offline was called a network problem; as a model, timm's "Unknown model" named none."""
+    with pytest.raises(UnknownModelError, match=r"^timm has no model 'vit_tiny_patch16_22': did you mean "
+                                                r"timm:vit_tiny_patch16_224"):
+        build("vit_tiny_patch16_22")
+    with pytest.raises(UnknownModelError, match=r"^timm has no weights 'vit_tiny_patch16_224.nope': "
+                                                r"vit_tiny_patch16_224's are vit_tiny_patch16_224.augreg_in21k, "):
+        build("vit_tiny_patch16_224.nope")

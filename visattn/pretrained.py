@@ -699,6 +699,9 @@ def _offline_weights(source: str, cached: Optional[Path]) -> Optional[Path]:
 def _fetch_timm(name: str) -> StateDict:
     import timm
 
+    from .registry import check_timm_name
+
+    check_timm_name(name)
     cached = _offline_weights(f"timm:{name}", _cached_timm_file(name))
     try:
         # a cached file goes through timm's own loading (its checkpoint filter) as a download would

@@ -77,6 +77,24 @@ def _close_archs(name: str, tag: Optional[str], n: int = 3) -> list[str]:
     return sorted(candidates, key=lambda a: a not in tagged)[:n]  # stable: keeps the order within each
 
 
+def check_timm_name(name: str) -> None:
+    """UnknownModelError naming up to 3 close timm architectures (or the architecture's weights tags)
+    unless timm has ``name`` (``ARCH`` or ``ARCH.TAG``); timm's own "Unknown model" names none, and a
+    weights fetch took it for the network."""
+    import timm
+
+    if name.startswith(("hf-hub:", "hf_hub:", "local-dir:")):  # timm finds these itself
+        return
+    arch = timm.models.get_arch_name(name)
+    if not timm.models.is_model(arch):
+        close = difflib.get_close_matches(arch, timm.list_models(), n=3)
+        hint = f"did you mean {', '.join(f'timm:{c}' for c in close)}?" if close else "see timm.list_models()."
+        raise UnknownModelError(f"timm has no model {arch!r}: {hint}")
+    tags = timm.list_pretrained(f"{arch}.*")
+    if name != arch and name not in tags:
+        raise UnknownModelError(f"timm has no weights {name!r}: {arch}'s are {', '.join(tags) or 'none'}")
+
+
 def _archs_with_tag(tag: str) -> set[str]:
     """Architectures whose shipped weights include ``ARCH.tag``."""
     return {arch for arch, weights_tag in map(split_model_name, list_pretrained()) if weights_tag == tag}

@@ -21,7 +21,7 @@ from ..layers.additive_attention import AdditiveAttention
 from ..layers.lstm_cell import SigmoidLSTMCell
 from ..layers.patch_embed import is_count, to_2tuple
 from ..modes import eval_mode
-from ..registry import create_model, model_family, register_model, split_model_name
+from ..registry import check_timm_name, create_model, model_family, register_model, split_model_name
 
 PAD_ID, START_ID, END_ID = 0, 1, 2
 GridSize = Union[int, tuple[int, int]]
@@ -93,6 +93,7 @@ def _build_encoder(name: str, kwargs: dict[str, Any], pretrained: Union[bool, st
 
         from ..pretrained import load_weights
 
+        check_timm_name(name[5:])
         encoder = timm.create_model(name[5:], num_classes=0, **kwargs)
         if pretrained:  # a file, or timm's own weights through the hub check that fails fast offline
             load_weights(encoder, name if pretrained is True else pretrained, strict=False)

@@ -30,7 +30,7 @@ from ..modes import eval_mode
 from ..pretrained import (INDEX_NAME, find_weights_entry, load_weights, metadata_problem, read_pickle_checkpoint,
                           require_regular_file, starting_weights_skipped, timm_pretrained_cfg, weights_dir,
                           weights_preprocessing)
-from ..registry import create_model, model_arguments, model_family, model_task, split_model_name
+from ..registry import check_timm_name, create_model, model_arguments, model_family, model_task, split_model_name
 from .guards import NonFiniteLossGuard, skip_missing_batch
 
 
@@ -44,6 +44,7 @@ def build_classifier(model_name: str, num_classes: int, model_kwargs: Optional[d
     if model_name.startswith("timm:"):
         import timm
 
+        check_timm_name(model_name[5:])
         model = timm.create_model(model_name[5:], num_classes=num_classes, **kwargs)
         if pretrained:
             load_weights(model, model_name if pretrained is True else pretrained, strict=strict)
