@@ -571,7 +571,7 @@ class VisattnCLI(LightningCLI):
             parser.link_arguments(f"data.{key}", f"model.init_args.{key}", apply_on="instantiate")
 
     def _parse_ckpt_path(self) -> None:
-        subcommand = self.config.get("subcommand")
+        subcommand, typed = self.config.get("subcommand"), {}
         if subcommand is not None:
             settings = self.config[subcommand]
             settings["ckpt_path"] = _resolve_ckpt_path(subcommand, settings)
@@ -583,9 +583,9 @@ class VisattnCLI(LightningCLI):
             typed = {key: settings.model.init_args[key] for key in self.model_overrides
                      if key in (settings.model.get("init_args") or {})}
         super()._parse_ckpt_path()
-        if subcommand is not None:  # LightningCLI put the checkpoint's hyperparameters over what was typed
-            for key, value in typed.items():
-                self.config[subcommand].model.init_args[key] = value
+        # LightningCLI put the checkpoint's hyperparameters over what was typed on the command line
+        for key, value in typed.items():
+            self.config[subcommand].model.init_args[key] = value
 
     def before_instantiate_classes(self) -> None:
         _check_settings(self._get(self.config, "model"), self._get(self.config, "trainer"))
@@ -596,7 +596,7 @@ class VisattnCLI(LightningCLI):
 
     def instantiate_classes(self) -> None:
         # A checkpoint replaces every weight: the model's starting weights are neither read nor warned about.
-        building = checkpoint_follows() if self._loads_a_checkpoint() else contextlib.nullcontext()
+        building = checkpoint_follows() if self._checkpoint_file() is not None else contextlib.nullcontext()
         try:
             with building:
                 super().instantiate_classes()
@@ -607,9 +607,6 @@ class VisattnCLI(LightningCLI):
             if cause is not None:
                 raise cause from None
             raise ConfigError(f"config: {_first_line(err)}; check the model and data sections") from None
-
-    def _loads_a_checkpoint(self) -> bool:
-        return self._checkpoint_file() is not None
 
     def _checkpoint_file(self) -> Optional[Path]:
         """The file ``--ckpt_path`` loads: the one named, or for ``fit --ckpt_path last`` the run's newest last
