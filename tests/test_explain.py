@@ -738,3 +738,36 @@ def test_rollout_options_given_to_another_method_are_one_line_not_ignored(method
     model = create_model("vit_tiny_patch4_28", depth=2).eval()
     with pytest.raises(ConfigError, match=f"^head_fusion and discard_ratio tune rollout only, not {method}; drop them$"):
         explain_batch(model, torch.randn(1, 3, 28, 28), method, **options)
+
+
+@pytest.mark.parametrize("name, stage", [("resnet18", "layer4"), ("efficientnet_b0", "blocks.6"),
+                                         ("convnext_atto", "stages.3")])
+def test_grad_cam_of_a_timm_cnn_defaults_to_its_last_feature_stage(name, stage):
+    """explain's default method on a timm:NAME classifier said "no default Grad-CAM layer"."""
+    import timm
+
+    model = timm.create_model(name, num_classes=4).eval()
+    assert default_target_layer(model) is model.get_submodule(stage)
+    images = torch.randn(2, 3, 64, 64)
+    torch.testing.assert_close(grad_cam(model, images)[0], grad_cam(model, images, layer=stage)[0], rtol=0, atol=0)
+    with pytest.raises(ConfigError, match=r"^no default Grad-CAM layer for Sequential; name one with --layer "
+                                          r"\(layer= in Python\): a stage among 0, 1"):
+        default_target_layer(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten()))
+
+
+def test_grad_cam_before_the_class_token_is_added_keeps_every_patch():
+    """On a class-token ViT, --layer patch_embed dropped a real patch as if it were the class token."""
+    model = create_model("vit_tiny_patch4_28", depth=1, num_classes=3).eval()
+    assert model.num_prefix_tokens == 1
+    images = torch.randn(1, 3, 28, 28)
+    maps, _ = grad_cam(model, images, layer="patch_embed")
+    captured = []
+    handle = model.patch_embed.register_forward_hook(lambda m, a, out: captured.append(out))
+    with torch.enable_grad():
+        inputs = images.clone().requires_grad_(True)
+        logits = model(inputs)
+        (grads,) = torch.autograd.grad(logits[0, logits.argmax()], captured[0])
+    handle.remove()
+    weights = grads[0].mean(dim=0)  # (C,): the mean over all 49 patch tokens
+    expected = torch.relu(captured[0][0].detach() @ weights).reshape(7, 7)
+    torch.testing.assert_close(maps[0], expected)

@@ -7,7 +7,7 @@ For a Vision Transformer the target layer yields tokens ``(B, N, C)``: the prefi
 are dropped and the patch tokens are laid back on their grid, ``(B, C, rows, cols)``.
 
 Default target layers: the last stage of a ResNet (``layer4``, or ``layer3`` in the CIFAR
-layout) and the first norm of the last ViT block (``blocks[-1].norm1``), whose patch tokens
+layout) or of a timm CNN (its ``feature_info``'s last module), and the first norm of the last ViT block (``blocks[-1].norm1``), whose patch tokens
 still carry spatial information (the final norm's do not reach the class-token head).
 """
 from __future__ import annotations
@@ -25,13 +25,19 @@ TargetClass = Union[int, Tensor, None]
 
 
 def default_target_layer(model: nn.Module) -> nn.Module:
-    """``blocks[-1].norm1`` of a ViT, else the last stage of a ResNet (``model.stage_names[-1]``)."""
+    """``blocks[-1].norm1`` of a ViT, else the last stage of a ResNet (``model.stage_names[-1]``) or of a
+    timm CNN (its ``feature_info``'s last module)."""
     if is_vit(model):
         return model.blocks[-1].norm1
     stages = getattr(model, "stage_names", None)
     if stages:
         return getattr(model, stages[-1])
-    raise ConfigError(f"no default Grad-CAM layer for {type(model).__name__}; pass layer='<module name>'")
+    features = getattr(model, "feature_info", None)
+    if isinstance(features, list) and features and isinstance(features[-1], dict) and "module" in features[-1]:
+        return model.get_submodule(features[-1]["module"])
+    top = ", ".join(name for name, _ in model.named_children())
+    raise ConfigError(f"no default Grad-CAM layer for {type(model).__name__}; name one with --layer (layer= in "
+                      f"Python): a stage among {top}")
 
 
 def resolve_target_layer(model: nn.Module, layer: Union[str, int, nn.Module, None]) -> nn.Module:
@@ -60,7 +66,8 @@ def _as_feature_map(model: nn.Module, activation: Tensor, image_size: tuple[int,
         return activation
     if activation.ndim == 3 and is_vit(model):
         rows, cols = token_grid(model, image_size)
-        patches = activation[:, model.num_prefix_tokens:]  # (B, rows * cols, C)
+        # (B, rows * cols, C); a layer before the class token is added (patch_embed) has none to drop
+        patches = activation if activation.shape[1] == rows * cols else activation[:, model.num_prefix_tokens:]
         if patches.shape[1] != rows * cols:
             raise ConfigError(f"the target layer gives {patches.shape[1]} patch tokens, not a {rows}x{cols} grid; "
                               "pick a layer inside the transformer blocks")
