@@ -771,3 +771,16 @@ def test_grad_cam_before_the_class_token_is_added_keeps_every_patch():
     weights = grads[0].mean(dim=0)  # (C,): the mean over all 49 patch tokens
     expected = torch.relu(captured[0][0].detach() @ weights).reshape(7, 7)
     torch.testing.assert_close(maps[0], expected)
+
+
+def test_explain_draws_a_squashed_model_input_at_its_sources_shape(tmp_path):
+    """The small recipe squashes the whole image to the input size: a 120x40 photo was drawn as a square."""
+    source = np.zeros((40, 120, 3), np.uint8)
+    source[..., 0] = 255  # red, to find the drawn image in the figure
+    Image.fromarray(source).save(tmp_path / "wide.png")
+    out = tmp_path / "map.png"
+    assert main(["explain", str(tmp_path / "wide.png"), "--model", "se_resnet20_cifar.fmnist", "--out", str(out)]) == 0
+    figure = np.asarray(Image.open(out).convert("RGB")).astype(int)
+    image_panel = figure[:, : figure.shape[1] // 2]
+    rows, cols = np.nonzero((image_panel[..., 0] > 150) & (image_panel[..., 1:] < 100).all(-1))
+    assert (np.ptp(cols) + 1) / (np.ptp(rows) + 1) == pytest.approx(3.0, rel=0.02)

@@ -239,10 +239,19 @@ def explain_image(
     if explained is not None and explained != index:
         title += f" for {classifier.class_names[explained]}"
     seen = model_view(tensor, classifier.preprocessing["mean"], classifier.preprocessing["std"])
-    save_overlay(seen, heatmap, out, title=title)
+    save_overlay(seen, heatmap, out, title=title, pixel_aspect=_squashed_pixel_aspect(classifier, image, tensor))
     shown = classifier.class_names[index if explained is None else explained]
     return {"label": label, "index": index, "prob": round(float(probs[index]), 4), "method": method,
             "explained": shown, "out": str(out)}
+
+
+def _squashed_pixel_aspect(classifier: Classifier, image: np.ndarray, tensor: Tensor) -> float:
+    """Height over width of a model-input pixel in the source image: the ``small`` recipe squashes the whole
+    image to the input size (a 120x40 photo drew as a 28x28 square); the ``photo`` recipe's crop keeps its shape."""
+    if classifier.preprocessing.get("recipe") != "small":
+        return 1.0
+    (height, width), (rows, cols) = image.shape[:2], tensor.shape[-2:]
+    return (height / rows) / (width / cols)
 
 
 def _with_boxes(transform: ImageTransform) -> A.Compose:

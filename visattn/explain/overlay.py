@@ -90,6 +90,7 @@ def save_overlay(
     title: Optional[str] = None,
     cmap: str = "jet",
     alpha: float = 0.5,
+    pixel_aspect: float = 1.0,
 ) -> None:
     """Write a figure of the image, the map laid over it and a colour bar (map scaled to [0, 1]).
 
@@ -101,14 +102,16 @@ def save_overlay(
         title: figure title, e.g. the predicted label and its probability.
         cmap: matplotlib colour map name.
         alpha: weight of the heat map in the blend.
+        pixel_aspect: height over width of one pixel as drawn: a model input squashed from another
+            shape is drawn at the shape of its source.
     """
     image = _check_image(image)
     blended = heatmap_overlay(image, heatmap, cmap=cmap, alpha=alpha)
     fig = _figure(figsize=(7.5, 3.6))
     left, right = fig.subplots(1, 2)
-    left.imshow(image)
+    left.imshow(image, aspect=pixel_aspect)
     left.set_title("image")
-    right.imshow(blended)
+    right.imshow(blended, aspect=pixel_aspect)
     right.set_title("map")
     fig.colorbar(ScalarMappable(norm=Normalize(0.0, 1.0), cmap=cmap), ax=right, label="relevance (normalised)")
     for axis in (left, right):
