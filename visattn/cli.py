@@ -139,24 +139,19 @@ def evaluation_split(dataset: str, split: Optional[str]) -> Optional[str]:
     """``--split``, ``test`` when not given; ``None`` for a ``coco:`` dataset, whose annotations file is
     the split, and for an image folder without split folders, which is scored whole (a ``--split`` there
     was accepted and printed as if it had chosen the images)."""
-    from .tasks.classification import SPLIT_FOLDERS, imagefolder_root
+    from .tasks.classification import SPLIT_FOLDERS, imagefolder_root, split_folders
 
+    root = imagefolder_root(dataset) if dataset.startswith("imagefolder:") else None
     if dataset.startswith("coco:"):
         whole = "a coco: dataset is scored on the annotations file it names; drop --split and name the split's file instead"
-    elif dataset.startswith("imagefolder:") and _without_split_folders(imagefolder_root(dataset)):
-        whole = (f"{imagefolder_root(dataset)} has no {'/, '.join(SPLIT_FOLDERS)}/ folder, so it is scored whole; drop "
+    elif root is not None and root.is_dir() and not split_folders(root):
+        whole = (f"{root} has no {'/, '.join(SPLIT_FOLDERS)}/ folder, so it is scored whole; drop "
                  "--split, or put its class folders in split folders")
     else:
         return split or "test"
     if split is not None:
         raise ConfigError(f"--split {split}: {whole}")
     return None
-
-
-def _without_split_folders(root: Path) -> bool:
-    from .tasks.classification import SPLIT_FOLDERS
-
-    return root.is_dir() and not any((root / name).is_dir() for name in SPLIT_FOLDERS)
 
 
 # evaluate's options that only one kind of model takes; any other would silently ignore them

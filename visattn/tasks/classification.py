@@ -558,13 +558,18 @@ def evaluation_dataset(spec: str, split: str, transform: ImageTransform, class_n
         return FashionMNIST(split, transform)
     if spec.startswith("imagefolder:"):
         root = imagefolder_root(spec)
-        splits = [name for name in SPLIT_FOLDERS if (root / name).is_dir()]
+        splits = split_folders(root)
         if splits and split not in splits:
             raise ConfigError(f"--split {split}: {root} has no {split}/ folder; its splits are {', '.join(splits)}")
         folders = [name.replace("/", "_") for name in class_names]
         return ImageFolder(root / split if splits else root, transform, classes=folders)
     raise ConfigError(f"--dataset {spec}: a classifier is scored on fashion-mnist or imagefolder:DIR (and, by "
                       "`visattn evaluate`, on the pointing scenes fashion-scenes, fashion-mnist-canvas, fashion-mnist-pairs)")
+
+
+def split_folders(root: Path) -> list[str]:
+    """The split folders (``train``, ``val``, ``test``) an image folder has."""
+    return [name for name in SPLIT_FOLDERS if (root / name).is_dir()]
 
 
 def imagefolder_root(spec: str) -> Path:
