@@ -479,7 +479,19 @@ class _RunsAShellCommand:
 def test_a_pickle_calling_a_blocked_module_is_refused_not_called_no_pickle(tmp_path):
     path = tmp_path / "evil.pth"
     torch.save({"w": _RunsAShellCommand()}, path)
-    with pytest.raises(WeightsError, match="refused, the pickle holds objects other than tensors") as err:
+    with pytest.raises(WeightsError, match=r"refused, the pickle holds posix.system besides tensors \(it could run "
+                                           r"code\); convert it to .safetensors where you trust it") as err:
+        create_model(ARCH, **SMALL, pretrained=str(path))
+    _assert_one_line_naming(err, path)
+
+
+def test_a_whole_pickled_model_is_named_with_the_fix_that_keeps_its_weights(tmp_path):
+    """torch.save(model) was refused as "objects other than tensors", with no word of saving the state dict."""
+    path = tmp_path / "whole.pth"
+    torch.save(create_model(ARCH, **SMALL), path)
+    with pytest.raises(WeightsError, match=r"refused, the pickle holds a whole model "
+                                           r"\(visattn.models.vit.VisionTransformer\), not its weights; where you "
+                                           r"trust it, save torch.save\(model.state_dict\(\), FILE\)") as err:
         create_model(ARCH, **SMALL, pretrained=str(path))
     _assert_one_line_naming(err, path)
 
@@ -914,3 +926,16 @@ def test_shipped_weights_hidden_by_visattn_weights_say_where_they_are(weights_tm
     with pytest.raises(UnknownModelError, match=rf"^no shipped weights for se_resnet20_cifar: .* {note}"):
         create_model("se_resnet20_cifar", pretrained=True)
     assert (shipped_weights_dir() / "se_resnet20_cifar.fmnist.safetensors").is_file()
+
+
+def test_weights_refused_as_already_saved_get_no_warning_about_what_they_lack(tmp_path, recwarn):
+    """The "saved without preprocessing or labels" warning came before the refusal, for weights never saved."""
+    from visattn.errors import VisattnWarning
+
+    path = tmp_path / f"{ARCH}.once.safetensors"
+    with pytest.warns(VisattnWarning, match="saved without preprocessing or labels"):
+        save_weights(_model(), path, model_kwargs=SMALL)
+    recwarn.clear()
+    with pytest.raises(WeightsError, match="already exist"):
+        save_weights(_model(), path, model_kwargs=SMALL)
+    assert not [w for w in recwarn if issubclass(w.category, VisattnWarning)]

@@ -14,9 +14,11 @@ import json
 import math
 import os
 import pickle
+import re
 import reprlib
-import struct
 import socket
+import struct
+import sys
 import warnings
 from pathlib import Path
 from collections.abc import Iterator
@@ -275,6 +277,21 @@ def require_regular_file(path: Path, *, missing: str) -> None:
     raise WeightsError(f"{path}: {missing}")
 
 
+def _refused_pickle(message: str) -> str:
+    """What a refused pickle holds and the fix, from torch's "GLOBAL module.Name was not an allowed global":
+    a whole pickled model (``torch.save(model)``) is named as such. Only modules already imported are
+    looked in: importing one a file names could run its code."""
+    found = re.search(r"GLOBAL ([\w.]+)", message)
+    name = found[1] if found else "objects"
+    module, _, cls = name.rpartition(".")
+    candidate = getattr(sys.modules.get(module), cls, None)
+    if isinstance(candidate, type) and issubclass(candidate, nn.Module):
+        return (f"the pickle holds a whole model ({name}), not its weights; where you trust it, save "
+                "torch.save(model.state_dict(), FILE) or convert it to .safetensors")
+    return (f"the pickle holds {name} besides tensors (it could run code); convert it to .safetensors where you "
+            "trust it")
+
+
 def read_pickle_checkpoint(path: Path, *, lazy: bool = False) -> Any:
     """``torch.load(weights_only=True)``; a pickle that needs anything beyond tensors and plain containers is refused.
 
@@ -293,10 +310,7 @@ def read_pickle_checkpoint(path: Path, *, lazy: bool = False) -> Any:
         if not blocked:  # bytes that are no pickle at all (a text file, garbage)
             raise WeightsError(f"{path}: not a PyTorch checkpoint (no pickle torch can read); check the path, "
                                "or re-save the weights with torch.save or safetensors") from None
-        raise WeightsError(
-            f"{path}: refused, the pickle holds objects other than tensors (it could run code); "
-            "convert it to .safetensors where you trust it"
-        ) from None
+        raise WeightsError(f"{path}: refused, {_refused_pickle(str(err))}") from None
     except (RuntimeError, EOFError, OSError, ValueError) as err:
         if lazy and "mmap can only be used" in str(err):  # the legacy (non-zip) format has no mappable storage
             return read_pickle_checkpoint(path)
@@ -436,13 +450,13 @@ def save_weights(model: nn.Module, path: Union[str, Path], *, overwrite: bool = 
     if problem:  # checked before the index is written, which would refuse it from then on
         raise WeightsError(f"{path}: {problem}")
     _refuse_unbuildable(model, path, f"{arch}.{tag}", meta.get("model_kwargs") or {})
-    _warn_unless_described(path, arch, meta)
     try:
         json.dumps(meta)
     except (TypeError, ValueError) as err:
         raise WeightsError(f"{path}: the index entry must be plain JSON ({err}); pass numbers as float(x)") from None
     if not overwrite:
         refuse_existing_weights(path)
+    _warn_unless_described(path, arch, meta)  # only for weights that will be saved
     _read_index(path.parent / INDEX_NAME)  # before anything is written, so a bad index leaves no orphan
     # clone() breaks storage sharing, which safetensors refuses.
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
