@@ -712,8 +712,22 @@ def test_a_peak_on_a_plateau_of_equal_maxima_is_its_centre():
     interior[3, 3] = 1  # its 4-pixel cell's two middle rows and columns tie
     assert peak_location(interior, (28, 28)) == (14.0, 14.0)
     border = np.zeros((8, 8), np.float32)
-    border[0, 3] = 1  # upsampling clamps at the edge: rows 0..3 tie, and the first one (y 0.5) was taken
-    assert peak_location(border, (64, 64)) == (28.0, 2.0)
+    border[0, 3] = 1  # the cell's centre: upsampling clamps at the edge, and its tied pixel rows' centre was y 2.0
+    assert peak_location(border, (64, 64)) == (28.0, 4.0)
+    flat = np.zeros((2, 4), np.float32)
+    flat[0, 1:3] = 1  # two cells: the middle of their shared edge
+    assert peak_location(flat, (8, 16)) == (8.0, 2.0)
+
+
+def test_a_lone_maximum_cell_is_the_peak_not_a_flatter_lower_region():
+    """On the upsampled map, whose pixel centres miss the cell centres by half a pixel, the lone cell's
+    pixels blended with its low neighbours and lost to the middle of a flat block of 0.99s."""
+    from visattn.explain.pointing import peak_location
+
+    heat = np.zeros((7, 7), np.float32)
+    heat[1, 1] = 1.0
+    heat[4:6, 4:6] = 0.99
+    assert peak_location(heat, (28, 28)) == (6.0, 6.0)
 
 
 @pytest.mark.parametrize("shape", ["L", "ring"])

@@ -1,15 +1,18 @@
 """The pointing game (Zhang et al. 2016, "Top-down Neural Attention by Excitation Backprop", ECCV).
 
-A map scores a *hit* when its maximum, after upsampling the map to the image, falls inside a
-ground-truth box of the object it should explain; pointing accuracy is ``hits / (hits + misses)``.
+A map scores a *hit* when its maximum, over the image, falls inside a ground-truth box of the
+object it should explain; pointing accuracy is ``hits / (hits + misses)``.
 The paper allows 15 pixels of tolerance on ~500 px photos; visattn's scenes are 28-64 px, so the
 tolerance defaults to 0 and is a parameter.
 
 Coordinates: boxes are ``xyxy`` in continuous pixel units, pixel ``(row, col)`` covering
 ``[col, col + 1) x [row, row + 1)`` (the COCO / torchvision convention: a box tight around
-columns ``a..b`` has ``x1 = a, x2 = b + 1``). The map's maximum is tested at its pixel centre;
-where upsampling leaves a plateau of equal maxima (a peak cell on the map's border), at the
-plateau's centre. A constant map has no maximum and always misses. The tolerance grows each box by
+columns ``a..b`` has ``x1 = a, x2 = b + 1``). A ``(h, w)`` map covers the image in ``h x w`` equal
+cells, as it is drawn (bilinear, ``align_corners=False``), and that surface peaks at the centre of
+its maximum cell, which is the point tested; for a plateau of equal maximum cells, the plateau's
+centre. (Taking the maximum pixel of the upsampled map instead missed the cell centres by half a
+pixel, and a lone maximum cell among low neighbours then lost to a flatter, lower region elsewhere.)
+A constant map has no maximum and always misses. The tolerance grows each box by
 that many pixels on every side (a square margin, not the disk of TorchRay's implementation).
 """
 from __future__ import annotations
@@ -21,28 +24,28 @@ import torch
 from scipy import ndimage
 
 from ..errors import ConfigError
-from .overlay import resize_map
 
 
 def peak_location(heatmap: np.ndarray | torch.Tensor, image_size: Sequence[int]) -> tuple[float, float] | None:
-    """``(x, y)`` of the maximum of ``heatmap`` upsampled (bilinear, in float64) to ``image_size = (H, W)``:
-    the centre of the plateau of equal maxima holding the first one in row-major order (one pixel's
-    centre when the maximum is a single pixel), or the plateau pixel nearest that centre when the centre
-    falls outside it (an L- or ring-shaped plateau); ``None`` for a constant map."""
-    upsampled = resize_map(heatmap, (int(image_size[0]), int(image_size[1])), dtype=torch.float64)
-    if not np.isfinite(upsampled).all():
-        raise ConfigError("the map holds NaN or infinite values; check the model and its input")
+    """``(x, y)`` in the pixels of an ``image_size = (H, W)`` image where ``heatmap``, spread over it in equal
+    cells, peaks: its maximum cell's centre; for a plateau of equal maximum cells, the centre of the one
+    holding the first in row-major order, or its cell nearest that centre when the centre falls outside
+    it (an L- or ring-shaped plateau); ``None`` for a constant map."""
     grid = heatmap.detach().cpu().double().numpy() if torch.is_tensor(heatmap) else np.asarray(heatmap, np.float64)
-    if np.ptp(grid) == 0:  # told on the map itself: upsampling in float32 gave a constant map noise, and a peak
+    if grid.ndim != 2:
+        raise ConfigError(f"heat map has shape {tuple(grid.shape)}; expected a 2-D (h, w) map")
+    if not np.isfinite(grid).all():
+        raise ConfigError("the map holds NaN or infinite values; check the model and its input")
+    if np.ptp(grid) == 0:
         return None
-    plateaus, _ = ndimage.label(upsampled == upsampled.max(), structure=np.ones((3, 3)))
-    plateau = plateaus == plateaus.flat[int(np.argmax(upsampled))]
+    plateaus, _ = ndimage.label(grid == grid.max(), structure=np.ones((3, 3)))
+    plateau = plateaus == plateaus.flat[int(np.argmax(grid))]
     rows, cols = np.nonzero(plateau)
-    x, y = float(cols.mean()) + 0.5, float(rows.mean()) + 0.5
-    if plateau[int(y), int(x)]:
-        return x, y
-    nearest = int(np.argmin((cols + 0.5 - x) ** 2 + (rows + 0.5 - y) ** 2))
-    return float(cols[nearest]) + 0.5, float(rows[nearest]) + 0.5
+    col, row = float(cols.mean()) + 0.5, float(rows.mean()) + 0.5  # in cells
+    if not plateau[int(row), int(col)]:
+        nearest = int(np.argmin((cols + 0.5 - col) ** 2 + (rows + 0.5 - row) ** 2))
+        col, row = float(cols[nearest]) + 0.5, float(rows[nearest]) + 0.5
+    return col * image_size[1] / grid.shape[1], row * image_size[0] / grid.shape[0]
 
 
 def pointing_hit(
