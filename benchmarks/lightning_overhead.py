@@ -126,6 +126,11 @@ def main() -> None:
         overrides += ["--data.init_args.num_workers", str(args.num_workers)]
     torch.set_num_threads(args.threads)
     data = FashionMNISTDataModule(**data_args)
+    data.setup("fit")
+    batches = len(data.train_dataloader())
+    if args.skip + args.steps > batches:  # the bare loop runs one epoch; Lightning's window would hold its end
+        parser.error(f"--skip {args.skip} + --steps {args.steps} exceed an epoch's {batches} batches; "
+                     "lower --steps or raise the data's limit")
     model_args = config["model"]["init_args"]
     max_epochs = config["trainer"].get("max_epochs") or 1
     seconds = side_by_side.interleave({

@@ -141,3 +141,13 @@ def test_pointing_baseline_smoke_run_reports_each_score_as_a_share(model, keys, 
     figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert figures["n"] > 0 and set(figures) >= set(keys)
     assert all(0.0 <= figures[key] <= 1.0 for key in keys)
+
+
+def test_lightning_overhead_refuses_a_window_beyond_one_epoch(capsys, monkeypatch):
+    """The bare loop runs one epoch: it timed fewer steps than asked and its rate counted them all."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    monkeypatch.setattr(sys, "argv", ["lightning_overhead.py", "--steps", "1000", "--num-workers", "0"])
+    with pytest.raises(SystemExit) as exit:
+        runpy.run_path(str(BENCHMARKS / "lightning_overhead.py"), run_name="__main__")
+    assert exit.value.code == 2
+    assert "--skip 5 + --steps 1000 exceed an epoch's 421 batches" in capsys.readouterr().err

@@ -110,6 +110,9 @@ def onnx_session(path: str | os.PathLike, *, threads: Optional[int] = None) -> A
     options = ort.SessionOptions()
     if threads is not None:
         options.intra_op_num_threads = threads
+    # Idle workers sleep instead of spinning: spinning after each run took a core from whatever ran next
+    # in the process (PyTorch's rounds in benchmarks/onnx_speed.py ran 1.5x slower on 2 cores).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
