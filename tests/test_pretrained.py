@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import save_file
 
 from visattn import create_model, load_weights, save_weights
-from visattn.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from visattn.data.transforms import IMAGENET_MEAN
 from visattn.errors import WeightsError
 from visattn.pretrained import (checkpoint_follows, load_index, read_state_dict, sha256_of,
                                  starting_weights_skipped)
