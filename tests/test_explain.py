@@ -1,5 +1,6 @@
 """visattn.explain: overlays, rollout, raw attention, gates, Grad-CAM, pointing game and `visattn explain`."""
 import json
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -798,3 +799,17 @@ def test_explain_draws_a_squashed_model_input_at_its_sources_shape(tmp_path):
     image_panel = figure[:, : figure.shape[1] // 2]
     rows, cols = np.nonzero((image_panel[..., 0] > 150) & (image_panel[..., 1:] < 100).all(-1))
     assert (np.ptp(cols) + 1) / (np.ptp(rows) + 1) == pytest.approx(3.0, rel=0.02)
+
+
+def test_a_grad_cam_map_that_is_zero_everywhere_warns_with_the_fix():
+    """At a class-token ViT's final norm the map is all zero (only the class token reaches the head): a blank figure."""
+    from visattn.errors import VisattnWarning
+
+    model = create_model("vit_tiny_patch4_28", depth=1, num_classes=3).eval()
+    image = torch.randn(3, 28, 28)
+    with pytest.warns(VisattnWarning, match=r"^the Grad-CAM map at layer norm is zero everywhere: .* pick another "
+                                            r"layer with --layer$"):
+        assert not explain(model, image, "gradcam", layer="norm").any()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", VisattnWarning)
+        assert explain(model, image, "gradcam").any()

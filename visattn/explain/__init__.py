@@ -11,6 +11,7 @@ method          families                    what the map is
 """
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING, Literal, Optional, Sequence, Union
 
 import albumentations as A
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..data.transforms import check_image_batch
-from ..errors import ConfigError
+from ..errors import ConfigError, VisattnWarning
 from .attention import (as_index, attention_map, check_gives_attention, collect_attentions, gives_attention,
                         input_channels, is_vit, model_batch, token_grid)
 from .gates import gate_maps, gate_modules
@@ -181,6 +182,10 @@ def explain(
     if images.shape[0] != 1:
         raise ConfigError(f"image tensor has shape {tuple(image_tensor.shape)}; give one image (3, H, W)")
     maps = explain_batch(model, images, method, layer=layer, head=head, target_class=target_class)
+    if method == "gradcam" and not maps[0].any():  # it drew as a blank figure without a word
+        warnings.warn(f"the Grad-CAM map at layer {layer if layer is not None else '(default)'} is zero everywhere: "
+                      "no activation there weighs for the class (a class-token ViT's final norm reaches only the "
+                      "class token); pick another layer with --layer", VisattnWarning, stacklevel=2)
     return resize_map(maps[0], tuple(images.shape[-2:]))
 
 
