@@ -847,6 +847,9 @@ def test_caption_and_evaluate_decode_with_the_length_penalty_and_length_given(tm
     assert (tmp_path / "panels" / "scene.png").is_file()
     assert settings == [{"beam_size": 5, "max_len": 4, "length_penalty": 0.5}]
     settings.clear()
+    capsys.readouterr()
     assert main(["evaluate", "--model", CAPTIONER, "--dataset", "fashion-scenes", "--limit", "2", "--max-len", "3",
-                 "--length-penalty", "0", "--beam-size", "2", "--json"]) == 0
+                 "--length-penalty", "0", "--beam-size", "2"]) == 0
     assert settings and all(kw == {"beam_size": 2, "max_len": 3, "length_penalty": 0.0} for kw in settings)
+    readable = capsys.readouterr().out.splitlines()[-2]  # it says how the captions were decoded
+    assert readable.startswith(f"{CAPTIONER} on fashion-scenes test (beam_size 2, max_len 3, length_penalty 0.0): ")

@@ -89,11 +89,13 @@ def _resume_hint(subcommand: str, interrupt: KeyboardInterrupt) -> str:
     return "; no checkpoint was saved yet, so run the same command again to start afresh"
 
 
-def print_metrics(name: str, args: argparse.Namespace, metrics: dict) -> None:
-    """A readable line (unless --json), then the metrics as one JSON object on the last line."""
+def print_metrics(name: str, args: argparse.Namespace, metrics: dict, settings: str = "") -> None:
+    """A readable line (unless --json), then the metrics as one JSON object on the last line; ``settings``
+    says how the model ran (a captioner's decoding), in the readable line."""
     if not args.json:
         split = f" {args.split}" if args.split else ""
-        print(f"{name} on {args.dataset}{split}: " + ", ".join(f"{k}={v}" for k, v in metrics.items()))
+        how = f" ({settings})" if settings else ""
+        print(f"{name} on {args.dataset}{split}{how}: " + ", ".join(f"{k}={v}" for k, v in metrics.items()))
     print(json.dumps(metrics))
 
 
@@ -182,10 +184,10 @@ def cmd_evaluate_captioner(args: argparse.Namespace) -> int:
     captioner = load_captioner(args.model, args.checkpoint, device=args.device)
     loader = evaluation_loader(captioner, args.dataset, args.split, limit=args.limit,
                                batch_size=min(args.batch_size, 64), num_workers=args.num_workers)
-    metrics = evaluate_captioner(captioner, loader, beam_size=args.beam_size or DEFAULT_BEAM_SIZE,
-                                 max_len=args.max_len or DEFAULT_MAX_LEN,
-                                 length_penalty=1.0 if args.length_penalty is None else args.length_penalty)
-    print_metrics(captioner.name, args, metrics)
+    decoding = dict(beam_size=args.beam_size or DEFAULT_BEAM_SIZE, max_len=args.max_len or DEFAULT_MAX_LEN,
+                    length_penalty=1.0 if args.length_penalty is None else args.length_penalty)
+    metrics = evaluate_captioner(captioner, loader, **decoding)
+    print_metrics(captioner.name, args, metrics, settings=", ".join(f"{k} {v}" for k, v in decoding.items()))
     return 0
 
 
