@@ -20,8 +20,8 @@ import socket
 import struct
 import sys
 import warnings
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
 import torch

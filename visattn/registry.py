@@ -90,9 +90,10 @@ def check_timm_name(name: str) -> None:
         close = difflib.get_close_matches(arch, timm.list_models(), n=3)
         hint = f"did you mean {', '.join(f'timm:{c}' for c in close)}?" if close else "see timm.list_models()."
         raise UnknownModelError(f"timm has no model {arch!r}: {hint}")
-    tags = timm.list_pretrained(f"{arch}.*")
-    if name != arch and name not in tags:
-        raise UnknownModelError(f"timm has no weights {name!r}: {arch}'s are {', '.join(tags) or 'none'}")
+    if name != arch:
+        tags = timm.list_pretrained(f"{arch}.*")
+        if name not in tags:
+            raise UnknownModelError(f"timm has no weights {name!r}: {arch}'s are {', '.join(tags) or 'none'}")
 
 
 def _archs_with_tag(tag: str) -> set[str]:

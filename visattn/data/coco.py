@@ -192,9 +192,10 @@ def read_karpathy(path: str | os.PathLike) -> list[dict]:
 
 def _refuse_repeated_images(path: Path, names: list[str]) -> None:
     """An image listed twice would be trained on twice as often, or scored twice."""
-    repeated = next((name for name, count in Counter(names).items() if count > 1), None)
+    counts = Counter(names)
+    repeated = next((name for name, count in counts.items() if count > 1), None)
     if repeated is not None:
-        raise ConfigError(f"{path}: image {repeated} is listed {names.count(repeated)} times; list each image once, "
+        raise ConfigError(f"{path}: image {repeated} is listed {counts[repeated]} times; list each image once, "
                           "with all its sentences")
 
 

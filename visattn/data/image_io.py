@@ -148,6 +148,8 @@ def list_images(paths: PathLike | Iterable[PathLike], *, recursive: bool = True,
         ImageDecodeError: none of the paths exists.
     """
     paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    if paths and not any(Path(path).exists() for path in paths):
+        raise ImageDecodeError(f"{paths[0]}: no such file or folder")
     found: dict[Path, None] = {}  # an ordered set
     skipped = [Path(folder).resolve() for folder in exclude if folder]
     for path in map(Path, paths):
@@ -155,10 +157,8 @@ def list_images(paths: PathLike | Iterable[PathLike], *, recursive: bool = True,
             inside = [folder for folder in skipped if path.resolve() in folder.parents]
             files = (file for file in _folder_files(path, recursive) if _is_image_file(file, inside))
             found.update(dict.fromkeys(sorted(files)))
-        elif path.exists() or any(Path(other).exists() for other in paths):
-            found[path] = None  # a missing one among others gets its own error line; the rest go on
-        else:
-            raise ImageDecodeError(f"{path}: no such file or folder")
+        else:  # a file, or a path that does not exist: decoding it says so on its own line, and the rest go on
+            found[path] = None
     if not found and not allow_empty:
         named = " ".join(map(str, paths))
         raise ConfigError(f"no image files found in {named}; give image files or folders holding them")
