@@ -9,7 +9,19 @@ torch.set_num_threads(1)  # two xdist workers share two cores
 
 
 @pytest.fixture
-def weights_tmp(tmp_path, monkeypatch):
-    """An empty weights folder used as the shipped index for the duration of a test."""
+def weights_tmp(tmp_path, tmp_path_factory, monkeypatch):
+    """An empty weights folder, the only one searched for the duration of a test: VISATTN_WEIGHTS names
+    it, and an empty folder stands in for the shipped weights, so a test sees only what it saves there."""
+    no_shipped_weights = tmp_path_factory.mktemp("no_shipped_weights")
     monkeypatch.setenv("VISATTN_WEIGHTS", str(tmp_path))
+    monkeypatch.setattr("visattn.pretrained.shipped_weights_dir", lambda: no_shipped_weights)
     return tmp_path
+
+
+@pytest.fixture
+def user_weights(tmp_path, monkeypatch):
+    """An empty folder of the user's own weights, searched before the shipped ones (VISATTN_WEIGHTS)."""
+    folder = tmp_path / "my_weights"
+    folder.mkdir()
+    monkeypatch.setenv("VISATTN_WEIGHTS", str(folder))
+    return folder

@@ -373,7 +373,8 @@ def test_pretrained_takes_a_shipped_arch_tag_from_any_folder(weights_tmp, tmp_pa
     monkeypatch.chdir(tmp_path)
     loaded = create_model(ARCH, num_classes=10, pretrained=f"{ARCH}.unit", **SMALL).eval()
     assert torch.equal(_logits(loaded), _logits(model))
-    with pytest.raises(WeightsError, match=r"weights file not found, nor shipped weights of that name.*--pretrained"):
+    with pytest.raises(WeightsError, match=rf"weights file not found, nor weights of that name \(searched {weights_tmp}, "
+                                           r".*\).*--pretrained"):
         create_model(ARCH, pretrained=f"{ARCH}.nope", **SMALL)
 
 
@@ -916,16 +917,135 @@ def test_an_installed_wheel_carries_every_package_and_the_shipped_weights(tmp_pa
     assert found[-1] == str(sorted(json.loads((repo / "weights" / "index.json").read_text())))
 
 
-def test_shipped_weights_hidden_by_visattn_weights_say_where_they_are(weights_tmp):
+def _save_own(folder, tag, *, seed=0, **meta):
+    """A user's own weights ``ARCH.tag`` saved into ``folder``; the model they were saved from."""
+    torch.manual_seed(seed)
+    model = create_model(ARCH, num_classes=3, **SMALL).eval()
+    save_weights(model, folder / f"{ARCH}.{tag}.safetensors", labels=list("abc"), preprocessing=VALID_PREPROCESSING,
+                 model_kwargs=SMALL, **meta)
+    return model
+
+
+@pytest.fixture
+def two_folders(tmp_path, monkeypatch):
+    """VISATTN_WEIGHTS naming two empty folders, searched in that order before the shipped weights."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    monkeypatch.setenv("VISATTN_WEIGHTS", f"{first}{os.pathsep}{second}")
+    return first, second
+
+
+def test_a_users_weights_hide_the_shipped_ones_of_that_name_and_the_others_still_load(user_weights):
+    """VISATTN_WEIGHTS replaced the shipped weights: every shipped name failed once it was set."""
+    from visattn.pretrained import shipped_weights_dir
+
+    mine = _save_own(user_weights, "fmnist")  # the name of shipped weights
+    assert create_model("se_resnet20_cifar.fmnist").visattn_name == "se_resnet20_cifar.fmnist"
+    shipped = load_index()["se_resnet20_cifar.fmnist"]
+    assert shipped["path"] == str(shipped_weights_dir() / "se_resnet20_cifar.fmnist.safetensors")
+    assert shipped["index"] == str(shipped_weights_dir() / "index.json")
+    assert torch.equal(_logits(create_model(f"{ARCH}.fmnist")), _logits(mine))
+    assert torch.equal(_logits(create_model(ARCH, num_classes=3, pretrained=f"{ARCH}.fmnist", **SMALL).eval()),
+                       _logits(mine))
+    assert load_index()[f"{ARCH}.fmnist"]["index"] == str(user_weights / "index.json")
+
+
+def test_pretrained_weights_are_listed_with_a_users_own(user_weights, capsys):
+    from visattn import list_pretrained
+    from visattn.cli import main
+    from visattn.pretrained import shipped_weights_dir
+
+    _save_own(user_weights, "mine")
+    expected = sorted([f"{ARCH}.mine", *load_index(shipped_weights_dir())])
+    assert list_pretrained() == expected
+    assert main(["models", "--pretrained"]) == 0
+    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()[1:]] == expected
+
+
+def test_visattn_weights_folders_are_searched_in_order_before_the_shipped_ones(two_folders):
+    from visattn import pretrained
+
+    first, second = two_folders
+    ours, hidden = _save_own(first, "both", seed=1), _save_own(second, "both", seed=2)
+    theirs = _save_own(second, "second_only", seed=3)
+    assert not torch.equal(_logits(ours), _logits(hidden))
+    assert torch.equal(_logits(create_model(f"{ARCH}.both")), _logits(ours))
+    assert torch.equal(_logits(create_model(f"{ARCH}.second_only")), _logits(theirs))
+    assert create_model("se_resnet20_cifar.fmnist").visattn_name == "se_resnet20_cifar.fmnist"
+    assert load_index()[f"{ARCH}.second_only"]["index"] == str(second / "index.json")
+    assert pretrained.weights_search_path() == [first, second, pretrained.shipped_weights_dir()]
+    assert pretrained.weights_dir() == first
+
+
+def test_save_weights_writes_into_the_first_visattn_weights_folder_only(two_folders, tmp_path, capsys):
+    from test_export import _checkpoint
+
+    from visattn.cli import main
+    from visattn.pretrained import shipped_weights_dir
+
+    first, second = two_folders
+    _save_own(second, "other")
+    before = {folder: {p.name: p.read_bytes() for p in folder.iterdir()} for folder in (second, shipped_weights_dir())}
+    assert main(["save-weights", "--checkpoint", str(_checkpoint(tmp_path / "run.ckpt")), "--tag", "t"]) == 0
+    assert f"wrote {first / 'cbam_resnet20_cifar.t.safetensors'} " in capsys.readouterr().out
+    assert set(load_index(first)) == {"cbam_resnet20_cifar.t"}
+    assert {folder: {p.name: p.read_bytes() for p in folder.iterdir()} for folder in before} == before
+    assert create_model("cbam_resnet20_cifar.t").num_classes == 3  # found there by name
+
+
+def test_an_architectures_default_weights_come_from_the_first_folder_that_marks_one(user_weights, tmp_path,
+                                                                                    monkeypatch):
+    from visattn.pretrained import find_weights_entry, shipped_weights_dir
+
+    _save_own(user_weights, "plain")  # not marked default: the shipped default stays the default
+    assert find_weights_entry(ARCH)["path"] == str(shipped_weights_dir() / f"{ARCH}.fmnist.safetensors")
+    assert create_model(ARCH, pretrained=True).visattn_name == f"{ARCH}.fmnist"
+    _save_own(user_weights, "mine", default=True)
+    assert find_weights_entry(ARCH)["path"] == str(user_weights / f"{ARCH}.mine.safetensors")
+    first = tmp_path / "first"
+    first.mkdir()
+    monkeypatch.setenv("VISATTN_WEIGHTS", f"{first}{os.pathsep}{user_weights}")
+    _save_own(first, "first", default=True)
+    assert find_weights_entry(ARCH)["path"] == str(first / f"{ARCH}.first.safetensors")
+    assert create_model(ARCH, pretrained=True).visattn_name == f"{ARCH}.first"
+
+
+def test_weights_found_in_no_folder_name_the_folders_searched(two_folders, capsys):
+    from visattn.cli import main
     from visattn.errors import UnknownModelError
     from visattn.pretrained import shipped_weights_dir
 
-    note = rf"\(VISATTN_WEIGHTS={weights_tmp} replaces the shipped weights in {shipped_weights_dir()}: copy the entries"
-    with pytest.raises(UnknownModelError, match=rf"^no weights se_resnet20_cifar.fmnist: .* are none {note}"):
-        create_model("se_resnet20_cifar.fmnist")
-    with pytest.raises(UnknownModelError, match=rf"^no shipped weights for se_resnet20_cifar: .* {note}"):
-        create_model("se_resnet20_cifar", pretrained=True)
-    assert (shipped_weights_dir() / "se_resnet20_cifar.fmnist.safetensors").is_file()
+    first, second = two_folders
+    searched = f"searched {first}, {second}, {shipped_weights_dir()}"
+    expected = f"no weights {ARCH}.nope ({searched}): weights for {ARCH} are {ARCH}.fmnist"
+    with pytest.raises(UnknownModelError) as err:
+        create_model(f"{ARCH}.nope")
+    assert str(err.value) == expected
+    with pytest.raises(UnknownModelError) as err:
+        create_model("cbam_resnet20_cifar", pretrained=True)
+    assert str(err.value) == (f"no shipped weights for cbam_resnet20_cifar, nor saved ones ({searched}): see "
+                              "`visattn models --pretrained`, or pass pretrained='FILE.safetensors'")
+    with pytest.raises(WeightsError) as err:
+        create_model(ARCH, pretrained=f"{ARCH}.nope")
+    assert str(err.value).startswith(f"{ARCH}.nope: weights file not found, nor weights of that name ({searched}); ")
+    assert main(["classify", "x.png", "--model", f"{ARCH}.nope"]) == 2
+    assert capsys.readouterr().err == f"visattn: error: {expected}\n"
+
+
+def test_a_message_about_an_index_entry_names_the_index_it_came_from(two_folders):
+    from visattn.pretrained import model_files
+    from visattn.tasks.classification import load_classifier
+
+    first, second = two_folders
+    _save_own(second, "mine")
+    index = json.loads((second / "index.json").read_text())
+    del index[f"{ARCH}.mine"]["preprocessing"]["mean"]  # edited by hand: save_weights refuses it
+    (second / "index.json").write_text(json.dumps(index))
+    assert model_files(f"{ARCH}.mine") == [second / f"{ARCH}.mine.safetensors", second / "index.json"]
+    with pytest.raises(WeightsError) as err:
+        load_classifier(f"{ARCH}.mine")
+    assert str(err.value).startswith(f"{second / 'index.json'}: entry '{ARCH}.mine': preprocessing has no mean")
 
 
 def test_weights_refused_as_already_saved_get_no_warning_about_what_they_lack(tmp_path, recwarn):

@@ -489,12 +489,15 @@ def test_save_weights_checks_the_index_before_writing_anything(index, tmp_path, 
     assert [path.name for path in out_dir.iterdir()] == ["index.json"]  # no orphan weights file
 
 
-def test_a_weights_folder_that_does_not_exist_is_named(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("VISATTN_WEIGHTS", str(tmp_path / "nowhere"))
+@pytest.mark.parametrize("others", [[], ["mine"]], ids=["alone", "after_another"])
+def test_a_weights_folder_that_does_not_exist_is_named(others, tmp_path, monkeypatch, capsys):
+    """A mistyped folder is named, not skipped: weights of the same name in a later folder would load instead."""
+    for folder in others:
+        (tmp_path / folder).mkdir()
+    monkeypatch.setenv("VISATTN_WEIGHTS", os.pathsep.join(str(tmp_path / f) for f in [*others, "nowhere"]))
     assert main(["classify", "x.png", "--model", CLASSIFIER]) == 2
     assert capsys.readouterr().err == (f"visattn: error: no weights {CLASSIFIER}: the weights folder {tmp_path / 'nowhere'} "
-                                       "does not exist; set VISATTN_WEIGHTS to a folder with an index.json, or unset "
-                                       "it for the shipped weights\n")
+                                       "does not exist; create it, or take it out of VISATTN_WEIGHTS\n")
 
 
 def test_an_unreadable_file_is_named_once(tmp_path, capsys):

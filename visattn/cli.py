@@ -46,9 +46,9 @@ def _format_count(n: int) -> str:
 def cmd_models(args: argparse.Namespace) -> int:
     names = list_models(args.pattern, pretrained=args.pretrained)
     if not names:
-        which = "model with shipped weights" if args.pretrained else "model"
+        which = "model with shipped or saved weights" if args.pretrained else "model"
         raise ConfigError(f"no {which} matches {args.pattern!r}; see `visattn models` for the full list")
-    if args.pretrained:  # one row per shipped model: its tag's hyperparameters set its size
+    if args.pretrained:  # one row per ARCH.TAG: its tag's hyperparameters set its size
         names = [full for full in list_pretrained() if split_model_name(full)[0] in names]
         header = ("weights", "family", "params")
         rows = [(n, model_family(split_model_name(n)[0]), _format_count(count_parameters(n))) for n in names]
@@ -486,7 +486,8 @@ def build_parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="list registered models with parameter counts and pretrained tags")
     models.add_argument("pattern", nargs="?", default="*", help="fnmatch pattern, e.g. 'cbam_*'")
     models.add_argument("--pretrained", action="store_true",
-                        help="list the shipped models (ARCH.TAG), each with its own parameter count")
+                        help="list the weights (ARCH.TAG), those in VISATTN_WEIGHTS folders and the shipped "
+                             "ones, each with its own parameter count")
     models.set_defaults(func=cmd_models)
 
     evaluate = sub.add_parser("evaluate",
@@ -577,7 +578,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "into weights/ARCH.TAG.safetensors + index entry")
     save.add_argument("--checkpoint", required=True, help="training checkpoint (.ckpt) to convert")
     save.add_argument("--tag", required=True, type=weights_tag, help="weights tag, e.g. fmnist")
-    save.add_argument("--out-dir", default=str(weights_dir()), help="weights folder (default: the shipped one)")
+    save.add_argument("--out-dir", default=str(weights_dir()),
+                      help="weights folder (default: the first VISATTN_WEIGHTS folder, else the shipped one)")
     save.add_argument("--dataset", default=None, help="measure test metrics on this dataset and record them")
     save.add_argument("--limit", type=positive_int, default=None,
                       help="measure on N test samples drawn with a fixed seed (the count is recorded as test/n)")

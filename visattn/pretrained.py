@@ -1,7 +1,8 @@
 """Weights: the shipped index, safe file IO, and loading foreign checkpoints into visattn models.
 
 Shipped weights live in ``weights/<arch>.<tag>.safetensors``, described by ``weights/index.json``
-(sha256, task, dataset, metrics, preprocessing, labels or vocabulary, and the training config).
+(sha256, task, dataset, metrics, preprocessing, labels or vocabulary, and the training config); the
+folders of ``$VISATTN_WEIGHTS`` (a user's own weights, laid out the same way) are searched before them.
 ``.pth``/``.bin`` files (and timm's ``.pth.tar`` training checkpoints) are read only with
 ``torch.load(weights_only=True)``: a pickle that would run code is refused, never retried with full unpickling.
 """
@@ -72,9 +73,23 @@ def starting_weights_skipped() -> bool:
     return _CHECKPOINT_FOLLOWS.get()
 
 
+def weights_search_path() -> list[Path]:
+    """The folders ``ARCH.TAG`` weights are looked up in, in order: those of ``$VISATTN_WEIGHTS``
+    (separated by ``os.pathsep``, as in ``PATH``; empty ones skipped), then :func:`shipped_weights_dir`.
+
+    An ``ARCH.TAG`` in an earlier folder hides the same name in a later one. An architecture's default
+    weights (``pretrained=True``, or ``ARCH`` alone on the command line) are those marked ``"default":
+    true`` in the first folder that marks one for it, so that ``visattn save-weights --default`` into
+    your own folder replaces the shipped default; see :func:`find_weights_entry`.
+    """
+    own = [Path(folder) for folder in os.environ.get("VISATTN_WEIGHTS", "").split(os.pathsep) if folder]
+    return list(dict.fromkeys([*own, shipped_weights_dir()]))  # the shipped folder named in it: searched once
+
+
 def weights_dir() -> Path:
-    """``$VISATTN_WEIGHTS`` if set, else :func:`shipped_weights_dir`."""
-    return Path(os.environ["VISATTN_WEIGHTS"]) if "VISATTN_WEIGHTS" in os.environ else shipped_weights_dir()
+    """The folder visattn saves weights to (``visattn save-weights``'s default): the first folder of
+    ``$VISATTN_WEIGHTS``, else :func:`shipped_weights_dir`."""
+    return weights_search_path()[0]
 
 
 def shipped_weights_dir() -> Path:
@@ -90,12 +105,24 @@ def shipped_weights_dir() -> Path:
 
 
 def load_index(directory: Optional[Union[str, Path]] = None) -> dict[str, dict[str, Any]]:
-    """Read ``index.json``: ``{"arch.tag": entry}``, each entry with ``path``, ``arch`` and ``tag`` filled in."""
-    directory = Path(directory) if directory is not None else weights_dir()
-    index = {}
+    """Read ``directory/index.json``: ``{"arch.tag": entry}``, each entry with ``path``, ``arch``, ``tag``
+    and ``index`` (the index file it came from) filled in.
+
+    Without ``directory``, the indexes along :func:`weights_search_path` merged, in search order: an
+    ``arch.tag`` from an earlier folder hides the same name in a later one. A folder that does not
+    exist adds nothing (:func:`find_weights_entry` names it).
+    """
+    if directory is None:
+        merged: dict[str, dict[str, Any]] = {}
+        for folder in weights_search_path():
+            for name, entry in load_index(folder).items():
+                merged.setdefault(name, entry)
+        return merged
+    directory, index = Path(directory), {}
     for name, entry in _read_index(directory / INDEX_NAME).items():
         arch, _, tag = name.partition(".")
-        index[name] = {**entry, "arch": arch, "tag": tag, "path": str(directory / entry["file"])}
+        index[name] = {**entry, "arch": arch, "tag": tag, "path": str(directory / entry["file"]),
+                       "index": str(directory / INDEX_NAME)}
     return index
 
 
@@ -198,37 +225,44 @@ def model_files(model: Optional[str] = None, checkpoint: Optional[str] = None) -
     if checkpoint is not None:
         return [Path(checkpoint)]
     entry = find_weights_entry(*split_model_name(model))
-    return [Path(entry["path"]), weights_dir() / INDEX_NAME]
+    return [Path(entry["path"]), Path(entry["index"])]
 
 
 def find_weights_entry(arch: str, tag: Optional[str] = None) -> dict[str, Any]:
-    """The index entry for ``arch.tag``, or the architecture's default entry when ``tag`` is None."""
+    """The entry for ``arch.tag`` in the merged index (see :func:`load_index`), or the architecture's
+    default entry when ``tag`` is None: the one marked ``"default": true`` from the first folder of
+    :func:`weights_search_path` that marks one (an entry hidden by an earlier folder's same name does
+    not count), else its first tag in alphabetical order."""
     from .registry import _resolve_arch
 
     arch = _resolve_arch(arch)  # an unknown architecture: UnknownModelError naming close matches
-    if not weights_dir().is_dir():
-        fix = ("set VISATTN_WEIGHTS to a folder with an index.json, or unset it for the shipped weights"
-               if "VISATTN_WEIGHTS" in os.environ else "reinstall visattn with its weights/ folder")
-        raise WeightsError(f"no weights {arch}.{tag or '(default)'}: the weights folder {weights_dir()} does not exist; {fix}")
-    entries = {e["tag"]: e for e in load_index().values() if e["arch"] == arch}
+    _require_weights_folders(f"{arch}.{tag or '(default)'}")
+    entries = {e["tag"]: e for e in load_index().values() if e["arch"] == arch}  # in search order
     if tag is not None:
         if tag in entries:
             return entries[tag]
         have = ", ".join(f"{arch}.{t}" for t in sorted(entries)) or "none"
-        raise UnknownModelError(f"no weights {arch}.{tag!s}: shipped weights for {arch} are {have}{_replaced_note()}")
+        raise UnknownModelError(f"no weights {arch}.{tag!s} ({_searched()}): weights for {arch} are {have}")
     if not entries:
-        raise UnknownModelError(f"no shipped weights for {arch}: see `visattn models --pretrained`, or pass "
-                                f"pretrained='FILE.safetensors'{_replaced_note()}")
+        raise UnknownModelError(f"no shipped weights for {arch}, nor saved ones ({_searched()}): see "
+                                "`visattn models --pretrained`, or pass pretrained='FILE.safetensors'")
     defaults = [e for e in entries.values() if e.get("default")]
     return defaults[0] if defaults else entries[sorted(entries)[0]]
 
 
-def _replaced_note() -> str:
-    """Where the weights were looked for, when ``$VISATTN_WEIGHTS`` hides the shipped ones."""
-    if "VISATTN_WEIGHTS" not in os.environ or weights_dir().resolve() == shipped_weights_dir():
-        return ""
-    return (f" (VISATTN_WEIGHTS={weights_dir()} replaces the shipped weights in {shipped_weights_dir()}: copy the "
-            "entries you need, or unset it)")
+def _require_weights_folders(name: str) -> None:
+    """One line naming a folder of the search path that does not exist: a mistyped ``$VISATTN_WEIGHTS``
+    folder would otherwise let a later folder's weights of the same name load instead of the user's."""
+    for folder in weights_search_path():
+        if not folder.is_dir():
+            fix = ("reinstall visattn with its weights/ folder" if folder == shipped_weights_dir()
+                   else "create it, or take it out of VISATTN_WEIGHTS")
+            raise WeightsError(f"no weights {name}: the weights folder {folder} does not exist; {fix}")
+
+
+def _searched() -> str:
+    """The folders weights are looked up in, for a message about a name not found."""
+    return "searched " + ", ".join(map(str, weights_search_path()))
 
 
 def sha256_of(path: Union[str, Path]) -> str:
@@ -247,8 +281,8 @@ def sha256_of(path: Union[str, Path]) -> str:
 def read_state_dict(path: Union[str, Path], *, sha256: Optional[str] = None) -> StateDict:
     """Read a ``.safetensors`` or (weights-only) pickle checkpoint into a flat ``{name: tensor}`` dict."""
     path = Path(path)
-    require_regular_file(path, missing="weights file not found, nor shipped weights of that name; check the path, "
-                         "see `visattn models --pretrained` for ARCH.TAG names, or give false for no weights")
+    require_regular_file(path, missing=f"weights file not found, nor weights of that name ({_searched()}); check the "
+                         "path, see `visattn models --pretrained` for ARCH.TAG names, or give false for no weights")
     if sha256 is not None and sha256_of(path) != sha256:
         raise WeightsError(f"{path}: sha256 mismatch, the file is corrupt or was replaced; restore it from git")
     if path.suffix == ".safetensors":

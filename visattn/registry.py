@@ -97,7 +97,7 @@ def check_timm_name(name: str) -> None:
 
 
 def _archs_with_tag(tag: str) -> set[str]:
-    """Architectures whose shipped weights include ``ARCH.tag``."""
+    """Architectures whose weights (shipped, or in a $VISATTN_WEIGHTS folder) include ``ARCH.tag``."""
     return {arch for arch, weights_tag in map(split_model_name, list_pretrained()) if weights_tag == tag}
 
 
@@ -125,7 +125,7 @@ def list_models(pattern: Patterns = "*", pretrained: bool = False, *, exclude_fi
 
 
 def list_pretrained(pattern: Patterns = "*", *, exclude_filters: Patterns = ()) -> list[str]:
-    """Sorted ``arch.tag`` names of the shipped weights matching ``pattern`` and none of ``exclude_filters``."""
+    """Sorted ``arch.tag`` names of the weights (shipped, or in a $VISATTN_WEIGHTS folder) matching ``pattern`` and none of ``exclude_filters``."""
     from .pretrained import load_index
 
     return _matching(load_index(), pattern, exclude_filters)

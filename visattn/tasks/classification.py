@@ -27,9 +27,8 @@ from ..devices import inference_device, model_device
 from ..errors import ConfigError, VisattnWarning, WeightsError
 from ..models.vit import NO_WEIGHT_DECAY
 from ..modes import eval_mode
-from ..pretrained import (INDEX_NAME, find_weights_entry, load_weights, metadata_problem, read_pickle_checkpoint,
-                          require_regular_file, starting_weights_skipped, timm_pretrained_cfg, weights_dir,
-                          weights_preprocessing)
+from ..pretrained import (find_weights_entry, load_weights, metadata_problem, read_pickle_checkpoint,
+                          require_regular_file, starting_weights_skipped, timm_pretrained_cfg, weights_preprocessing)
 from ..registry import check_timm_name, create_model, model_arguments, model_family, model_task, split_model_name
 from .guards import NonFiniteLossGuard, skip_missing_batch
 
@@ -457,7 +456,7 @@ def load_classifier(model: Optional[str] = None, checkpoint: Optional[str] = Non
     labels = _labels(entry.get("labels"), net.num_classes, f"{arch}.{entry['tag']}'s index entry")
     # save_weights(model, path) alone records no preprocessing: the model's default, as for checkpoints.
     recorded = _classifier_preprocessing(
-        entry.get("preprocessing"), net, source=f"{weights_dir() / INDEX_NAME}: entry '{arch}.{entry['tag']}': ",
+        entry.get("preprocessing"), net, source=f"{entry['index']}: entry '{arch}.{entry['tag']}': ",
         fix="record input_size [C, H, W], mean and std there, or save the weights again with "
             "`visattn save-weights --checkpoint`")
     preprocessing = _resized(recorded, img_size)
