@@ -34,8 +34,9 @@ from visattn.cli import pointing_scenes
 from visattn.data.scenes import FashionScenes
 from visattn.explain import evaluate_class_pointing, evaluate_pointing
 from visattn.registry import create_model, model_family
-from visattn.tasks.captioning import evaluation_loader, is_captioner, load_captioner, pointing_hits
-from visattn.explain import pointing_hit
+from visattn.tasks.captioning import (attention_centres, evaluation_loader, is_captioner, load_captioner,
+                                      pointing_hits)
+from visattn.explain import CellCentres, pointing_hit
 from visattn.tasks.classification import Classifier, inference_model, load_classifier
 from visattn.tasks.detection import is_detector, load_detector
 
@@ -68,13 +69,15 @@ def captioner_pointing(name: str, limit: int) -> dict[str, float]:
     for batch in evaluation_loader(captioner, "fashion-scenes", "test", limit=limit):
         decoded = captioner.caption(batch["images"], beam_size=5)
         size = tuple(batch["images"].shape[-2:])
+        centres, pixels = attention_centres(captioner.model, size), CellCentres.blocks(size, size)
         for ids, maps, image, boxes, labels in zip(decoded.tokens, decoded.attention, batch["images"],
                                                    batch["boxes"], batch["labels"]):
             words, boxes, labels = captioner.vocab.words(ids.tolist()), np.asarray(boxes), np.asarray(labels)
-            agnostic = {"word_map": maps, "caption_mean_map": maps.mean(0, keepdim=True).expand_as(maps),
-                        "brightness": image.mean(0)[None].expand(len(maps), -1, -1)}
-            for key, heat in agnostic.items():
-                hits[key] += pointing_hits(words, heat, boxes, labels, size)
+            agnostic = {"word_map": (maps, centres),
+                        "caption_mean_map": (maps.mean(0, keepdim=True).expand_as(maps), centres),
+                        "brightness": (image.mean(0)[None].expand(len(maps), -1, -1), pixels)}
+            for key, (heat, places) in agnostic.items():
+                hits[key] += pointing_hits(words, heat, boxes, labels, places)
     return {key: round(float(np.mean(values)), 4) for key, values in hits.items()} | {"n": len(hits["word_map"])}
 
 

@@ -13,6 +13,7 @@ from visattn import create_model, save_weights
 from visattn.cli import main
 from visattn.data.vocab import Vocabulary
 from visattn.errors import ConfigError, WeightsError
+from visattn.explain import CellCentres
 from visattn.tasks.captioning import (CaptionMetrics, Captioner, CaptioningTask, caption_scores, decode,
                                       load_captioner, pointing_hits)
 
@@ -51,8 +52,23 @@ def test_pointing_hits_only_for_items_that_occur_once():
     peak_bottom_right[1, 1] = 1.0
     maps = torch.stack([peak_bottom_right, peak_top_left, peak_bottom_right])
     # "red" is no item word, "bag" occurs twice: only "top" counts, and its map peaks inside the top's box
-    assert pointing_hits(["red", "top", "bag"], maps, boxes, labels, (8, 8)) == [True]
-    assert pointing_hits(["top"], peak_bottom_right[None], boxes, labels, (8, 8)) == [False]
+    blocks = CellCentres.blocks((2, 2), (8, 8))
+    assert pointing_hits(["red", "top", "bag"], maps, boxes, labels, blocks) == [True]
+    assert pointing_hits(["top"], peak_bottom_right[None], boxes, labels, blocks) == [False]
+
+
+def test_a_captioners_attention_cells_sit_where_its_encoder_looks():
+    """Scored and drawn in equal blocks, the scenes captioner's 8 px cells sat 3.5 px right of and below
+    their receptive fields' centres."""
+    from visattn.tasks.captioning import attention_centres
+
+    scenes = create_model("sat_cbam_resnet_scenes", vocab_size=10)  # stride-8 encoder map, 8x8 grid
+    assert attention_centres(scenes, (64, 64)) == CellCentres(*[tuple(8 * k + 0.5 for k in range(8))] * 2)
+    pooled = create_model("sat_cbam_resnet_scenes", vocab_size=10, grid_size=(4, 2))  # 2 rows by 4 columns of cells averaged
+    assert attention_centres(pooled, (64, 64)) == CellCentres(tuple(16 * k + 4.5 for k in range(4)), (12.5, 44.5))
+    vit = create_model("sat_cbam_resnet_scenes", vocab_size=10, encoder_name="vit_tiny_patch4_28",
+                       encoder_kwargs={"depth": 1}, img_size=28, grid_size=7)
+    assert attention_centres(vit, (28, 28)) == CellCentres.blocks((7, 7), (28, 28))  # patches: equal blocks
 
 
 def test_caption_metrics_score_each_word_with_its_own_map_past_an_unknown_word():
@@ -69,7 +85,8 @@ def test_caption_metrics_score_each_word_with_its_own_map_past_an_unknown_word()
     maps = torch.stack([corner(1, 0), corner(0, 0), corner(0, 1), corner(1, 1)])  # the bag's own map is the last
     metrics = CaptionMetrics(vocab)
     captions = metrics.update(DecodedCaptions([ids], [maps], torch.zeros(1)),
-                              {"references": [["a top and a bag"]], "boxes": boxes, "labels": labels}, (8, 8))
+                              {"references": [["a top and a bag"]], "boxes": boxes, "labels": labels},
+                              CellCentres.blocks((2, 2), (8, 8)))
     assert captions == ["a top bag"] and metrics.hits == [True, True]
 
 
@@ -158,7 +175,7 @@ def test_shipped_scenes_captioner_rebuilds_from_its_index_entry_and_describes_te
     assert captioner.model.vocab_size == len(captioner.vocab) and captioner.model.input_size == (3, 64, 64)
     metrics = evaluate_captioner(captioner, evaluation_loader(captioner, "fashion-scenes", "test", limit=48),
                                  beam_size=3)
-    # the full 1000-scene test split scores BLEU-4 0.72, CIDEr 4.4, pointing 0.84 (weights/index.json)
+    # the full 1000-scene test split scores BLEU-4 0.72, CIDEr 4.4, pointing 0.92 (weights/index.json)
     assert metrics["n"] == 48 and metrics["bleu4"] > 0.5 and metrics["pointing"] > 0.6
 
 
@@ -287,7 +304,7 @@ def test_attention_panels_are_drawn_on_what_the_model_saw_not_the_whole_file(tmp
     image = np.random.default_rng(0).integers(0, 256, (64, 128, 3), dtype=np.uint8)  # wide: the crop drops its sides
     Image.fromarray(image).save(tmp_path / "wide.png")
     drawn = []
-    monkeypatch.setattr(visattn.explain.overlay, "save_word_panels", lambda image, *args: drawn.append(image))
+    monkeypatch.setattr(visattn.explain.overlay, "save_word_panels", lambda image, *args, **kwargs: drawn.append(image))
     assert caption_files(captioner, [str(tmp_path / "wide.png")], attention_out=str(tmp_path / "maps")) == (0, 1)
     seen = model_view(captioner.transform()(image), captioner.preprocessing["mean"], captioner.preprocessing["std"])
     assert len(drawn) == 1 and drawn[0].shape == (64, 64, 3)

@@ -283,8 +283,8 @@ def test_an_arch_tag_detector_fine_tunes_the_shipped_weights_unless_pretrained_i
 
 def test_each_detr_detections_map_is_its_own_querys_last_layer_cross_attention():
     """Recomputed by hand from the last decoder layer's cross-attention inputs (Q/K projections, softmax
-    over the unpadded feature grid, mean over heads), laid over the padded batch, cut to the image and
-    resized: every detection's map is its own query's, and not another query's."""
+    over the unpadded feature grid, mean over heads), its cells at their receptive fields' centres in the
+    padded batch, sampled at the image's pixels: every detection's map is its own query's, not another's."""
     import torch.nn.functional as F
 
     from visattn.explain.detections import detection_maps
@@ -321,9 +321,18 @@ def test_each_detr_detections_map_is_its_own_querys_last_layer_cross_attention()
         rows, cols = seen["grid"]
         padded = tuple(seen["batch"].tensors.shape[-2:])
         height, width = seen["batch"].image_sizes[0]
-        # laid over the padded batch, cut to the image and resized, as the docstring of _on_images says
-        laid = F.interpolate(per_query.view(1, -1, rows, cols), size=padded, mode="bilinear")[0, :, :height, :width]
-        return F.interpolate(laid[None], size=tuple(image.shape[-2:]), mode="bilinear")[0]
+        # Cell k sits at pixel s k + 1/2 of the padded batch (its receptive field's centre), which holds the
+        # image resized to (height, width); sample each pixel centre of the image there, between cells.
+        size = image.shape[-2:]
+        axes = []
+        for pixels, resized, cells, padded_pixels in zip(size, (height, width), (rows, cols), padded):
+            stride = padded_pixels // cells
+            at = ((torch.arange(pixels) + 0.5) * resized / pixels - 0.5) / stride  # in cells
+            axes.append(2 * at / (cells - 1) - 1)
+        ys, xs = torch.meshgrid(*axes, indexing="ij")
+        where = torch.stack([xs, ys], dim=-1)[None].expand(len(per_query), -1, -1, -1).float()
+        return F.grid_sample(per_query.view(-1, 1, rows, cols), where, mode="bilinear", padding_mode="border",
+                             align_corners=True)[:, 0]
 
     detections, maps = detection_maps(model, images)
     for found, got, image in zip(detections, maps, images):

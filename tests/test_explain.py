@@ -813,3 +813,91 @@ def test_a_grad_cam_map_that_is_zero_everywhere_warns_with_the_fix():
     with warnings.catch_warnings():
         warnings.simplefilter("error", VisattnWarning)
         assert explain(model, image, "gradcam").any()
+
+
+def _resnet_with_average_pooling(model: nn.Module) -> nn.Module:
+    """``model`` with max pooling swapped for average pooling of the same kernel, stride and padding (the
+    same receptive fields, but every input of one gets a gradient) and every parameter positive (so no
+    ReLU cuts a path)."""
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.MaxPool2d):
+                setattr(parent, name, nn.AvgPool2d(child.kernel_size, child.stride, child.padding))
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.uniform_(0.1, 1.0)
+    return model.eval()
+
+
+@pytest.mark.parametrize("build, size, cell", [
+    (lambda: create_model("resnet18"), 640, 7),
+    (lambda: __import__("timm").create_model("resnet18"), 640, 13),
+    (lambda: create_model("resnet20_cifar"), 192, 20),
+    # the FashionScenes captioner's encoder layout (7x7 stride-2 stem and max pool, two stages: stride 8)
+    (lambda: create_model("resnet20_cifar", layers=(1, 1), widths=(32, 64), small_input=False), 160, 6),
+])
+def test_a_cnn_maps_cells_sit_at_their_receptive_fields_centres(build, size, cell):
+    """Drawn and scored at their blocks' centres, a stride-s map's cells sat (s - 1) / 2 px right of and
+    below the pixels they see (3.5 px for the scenes encoders' 8 px cells, 15.5 px for a ResNet's last stage)."""
+    from visattn.explain import CellCentres
+
+    model = _resnet_with_average_pooling(build())
+    image = torch.rand(1, 3, size, size, requires_grad=True)
+    features = model.forward_features(image)  # (1, C, h, w)
+    features[0, :, cell, cell].sum().backward()
+    seen = image.grad[0].abs().sum(dim=0)  # (H, W): the cell's receptive field, cut by the border
+    rows, cols = seen.sum(dim=1).nonzero()[:, 0], seen.sum(dim=0).nonzero()[:, 0]
+    assert 0 < rows.min() and rows.max() < size - 1, "an interior cell: its field must not reach the border"
+    centres = CellCentres.strided(features.shape[-2:], (size, size))
+    # the field's middle in continuous pixels (pixel i covers [i, i + 1))
+    assert centres.rows[cell] == (rows.min() + rows.max() + 1).item() / 2
+    assert centres.cols[cell] == (cols.min() + cols.max() + 1).item() / 2
+    assert centres.rows[cell] != CellCentres.blocks(features.shape[-2:], (size, size)).rows[cell]
+
+
+@pytest.mark.parametrize("cells, grid", [(8, 4), (8, 3), (7, 3), (14, 14), (5, 1)])
+def test_pooled_cell_centres_are_adaptive_average_pooling_of_the_centres(cells, grid):
+    from visattn.explain import CellCentres
+
+    centres = CellCentres.strided((cells, cells), (8 * cells, 8 * cells))
+    expected = torch.nn.functional.adaptive_avg_pool1d(torch.tensor([centres.rows], dtype=torch.float64), grid)[0]
+    assert centres.pooled((grid, grid)).rows == pytest.approx(expected.tolist(), abs=1e-12)
+
+
+@pytest.mark.parametrize("map_size, image_size", [((7, 7), (224, 224)), ((8, 8), (64, 64)), ((3, 5), (28, 17)),
+                                                  ((1, 4), (10, 10)), ((14, 14), (14, 14))])
+def test_maps_without_a_layout_are_drawn_as_bilinear_upsampling(map_size, image_size):
+    from visattn.explain import CellCentres, resize_map
+
+    heat = torch.rand(*map_size, dtype=torch.float64)
+    expected = torch.nn.functional.interpolate(heat[None, None], size=image_size, mode="bilinear", align_corners=False)
+    np.testing.assert_allclose(resize_map(heat, image_size, dtype=torch.float64), expected[0, 0].numpy(), atol=1e-12)
+    np.testing.assert_allclose(CellCentres.blocks(map_size, image_size).resample(heat, image_size).numpy(),
+                               expected[0, 0].numpy(), atol=1e-12)
+    with pytest.raises(ConfigError, match=r"^heat map has shape \(2, 2\); its cell centres are for a"):
+        resize_map(torch.rand(2, 2), image_size, centres=CellCentres.blocks(map_size, image_size))
+
+
+def test_a_cnn_map_is_drawn_and_scored_at_its_cells_receptive_field_centres():
+    from visattn.explain import CellCentres, map_centres
+    from visattn.explain.pointing import peak_location
+
+    torch.manual_seed(0)
+    cnn = create_model("se_resnet20_cifar", num_classes=10).eval()
+    image = torch.randn(3, 64, 64)
+    maps = explain_batch(cnn, image[None], "gradcam")  # (1, 16, 16): layer3, stride 4
+    row, col = divmod(int(maps[0].argmax()), maps.shape[-1])
+    drawn = explain(cnn, image, "gradcam")
+    assert np.unravel_index(int(drawn.argmax()), drawn.shape) == (4 * row, 4 * col)  # not 4 k + 1.5 between pixels
+    assert map_centres(cnn, (16, 16), (64, 64)) == CellCentres.strided((16, 16), (64, 64))
+    vit = create_model("vit_tiny_patch4_28", depth=1)
+    assert map_centres(vit, (7, 7), (28, 28)) == CellCentres.blocks((7, 7), (28, 28))
+    heat = np.zeros((8, 8), np.float32)
+    heat[2, 5] = 1.0
+    assert peak_location(heat, None, centres=CellCentres.strided((8, 8), (64, 64))) == (40.5, 16.5)
+    assert peak_location(heat, (64, 64)) == (44.0, 20.0)  # blocks: the cell's middle
+    box = [38, 14, 43, 19]  # around the receptive field's centre, clear of the block's
+    assert pointing_hit(heat, box, None, centres=CellCentres.strided((8, 8), (64, 64)))
+    assert not pointing_hit(heat, box, (64, 64))
+    with pytest.raises(ConfigError, match="^give the image size or the map's cell centres to place its peak$"):
+        peak_location(heat, None)

@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING, Literal, Optional, Sequence, Union
 import albumentations as A
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..data.transforms import check_image_batch
 from ..errors import ConfigError, VisattnWarning
 from .attention import (as_index, attention_map, check_gives_attention, collect_attentions, gives_attention,
                         input_channels, is_vit, model_batch, token_grid)
+from .cell_centres import CellCentres
 from .gates import gate_maps, gate_modules
 from ..modes import eval_mode
 from .gradcam import grad_cam
@@ -37,9 +37,9 @@ if TYPE_CHECKING:  # tasks import Lightning; explain must not need it
     from ..tasks.classification import Classifier
 
 __all__ = [
-    "METHODS", "applicable_methods", "attention_map", "attention_rollout", "evaluate_class_pointing",
-    "evaluate_pointing", "explain",
-    "explain_batch", "explain_image", "gate_maps", "grad_cam", "heatmap_overlay", "normalize_map",
+    "METHODS", "CellCentres", "applicable_methods", "attention_map", "attention_rollout", "evaluate_class_pointing",
+    "evaluate_pointing", "explain", "explain_batch", "explain_image", "gate_maps", "grad_cam", "heatmap_overlay",
+    "map_centres", "normalize_map",
     "pointing_accuracy", "pointing_hit", "resize_map", "save_overlay", "save_word_panels",
 ]
 
@@ -85,9 +85,15 @@ def _check_arguments(model: nn.Module, method: str, layer, head, target_class) -
         raise ConfigError(f"--class applies to gradcam only ({method} maps do not depend on the class); drop it")
 
 
+def map_centres(model: nn.Module, map_size: Sequence[int], image_size: Sequence[int]) -> CellCentres:
+    """Where the cells of ``model``'s ``(h, w)`` maps (any method's) sit on an ``image_size`` input: a ViT's
+    patches in equal blocks, a CNN's cells at their receptive fields' centres (see :class:`CellCentres`)."""
+    return (CellCentres.blocks if is_vit(model) else CellCentres.strided)(tuple(map_size), tuple(image_size))
+
+
 def _normalized(maps: Tensor, size: tuple[int, int]) -> Tensor:
-    """``(B, h, w)`` maps upsampled (bilinear) to ``size`` and min-max scaled to [0, 1] per image."""
-    maps = F.interpolate(maps[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0]
+    """A CNN's ``(B, h, w)`` maps at each pixel of a ``size`` input, min-max scaled to [0, 1] per image."""
+    maps = CellCentres.strided(maps.shape[-2:], size).resample(maps.float(), size)
     low = maps.amin(dim=(1, 2), keepdim=True)
     return (maps - low) / (maps.amax(dim=(1, 2), keepdim=True) - low).clamp_min(1e-12)
 
@@ -186,7 +192,8 @@ def explain(
         warnings.warn(f"the Grad-CAM map at layer {layer if layer is not None else '(default)'} is zero everywhere: "
                       "no activation there weighs for the class (a class-token ViT's final norm reaches only the "
                       "class token); pick another layer with --layer", VisattnWarning, stacklevel=2)
-    return resize_map(maps[0], tuple(images.shape[-2:]))
+    size = tuple(images.shape[-2:])
+    return resize_map(maps[0], size, centres=map_centres(model, maps.shape[-2:], size))
 
 
 def model_view(image_tensor: Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
@@ -303,7 +310,8 @@ def evaluate_pointing(
         predictions = classifier.predict(batch).argmax(dim=1)
         maps = explain_batch(classifier.model, batch, method).cpu()
         size = tuple(batch.shape[-2:])
-        hits += sum(pointing_hit(m, b, size, tolerance=tolerance) for m, b in zip(maps, boxes))
+        centres = map_centres(classifier.model, maps.shape[-2:], size)
+        hits += sum(pointing_hit(m, b, size, tolerance=tolerance, centres=centres) for m, b in zip(maps, boxes))
         correct += int((predictions == labels).sum())
         n += len(labels)
     if n == 0:
@@ -339,7 +347,8 @@ def evaluate_class_pointing(
             continue
         maps = grad_cam(classifier.model, images.to(classifier.device), target_class=classes.to(classifier.device))[0]
         size = tuple(images.shape[-2:])
-        hits += sum(pointing_hit(m, b, size, tolerance=tolerance) for m, b in zip(maps.cpu(), boxes))
+        centres = map_centres(classifier.model, maps.shape[-2:], size)
+        hits += sum(pointing_hit(m, b, size, tolerance=tolerance, centres=centres) for m, b in zip(maps.cpu(), boxes))
         n += len(boxes)
     if n == 0:
         raise ConfigError("no scenes to score; check --dataset, --split and --limit")

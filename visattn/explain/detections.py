@@ -18,11 +18,11 @@ from functools import partial
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..models.detection import detect_by_size
+from .cell_centres import CellCentres
 from ..modes import eval_mode
 
 Detections = list[dict[str, Tensor]]
@@ -101,15 +101,14 @@ def _scoring(detections: Detections, min_score: float) -> Detections:
 
 
 def _on_images(grids: list[Tensor], batch: Any, images: list[Tensor]) -> list[Tensor]:
-    """Each image's ``(D, rows, cols)`` maps over the padded batch ``batch`` (an ``ImageList``), laid
-    over the padded pixels, cut to that image's (resized) pixels and resized to its own size: ``(D, H, W)``.
-    Cutting pixels, not cells, keeps a map where it was when the image does not fill its last cell."""
+    """Each image's ``(D, rows, cols)`` maps over the padded batch ``batch`` (an ``ImageList``) at its own
+    pixels, ``(D, H, W)``: the cells sit at their receptive fields' centres in the padded batch, which holds
+    the image resized to ``image_sizes`` in its top-left corner (so a cell the image does not fill stays
+    where it was)."""
     padded = tuple(batch.tensors.shape[-2:])
     maps = []
     for grid, (height, width), image in zip(grids, batch.image_sizes, images):
-        if not len(grid):
-            maps.append(grid.new_zeros((0, *image.shape[-2:])))
-            continue
-        on_batch = F.interpolate(grid[None].float(), size=padded, mode="bilinear")[0, :, :height, :width]
-        maps.append(F.interpolate(on_batch[None], size=tuple(image.shape[-2:]), mode="bilinear")[0])
+        size = tuple(image.shape[-2:])
+        centres = CellCentres.strided(grid.shape[-2:], padded).scaled(size[0] / height, size[1] / width)
+        maps.append(centres.resample(grid.float(), size))
     return maps

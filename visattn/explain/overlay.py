@@ -2,10 +2,11 @@
 
 The word panels follow the figures of Xu et al. 2015, "Show, Attend and Tell: Neural Image
 Caption Generation with Visual Attention": one panel per generated word, its attention map
-upsampled and laid over the image.
+laid over the image.
 
 Every function takes the image as an ``(H, W, 3)`` uint8 array and a map of any size ``(h, w)``;
-the map is upsampled (bilinear) to the image and min-max normalised to [0, 1] before drawing.
+the map is interpolated (linearly, between its cells' centres: equal blocks of the image unless
+``centres`` says otherwise) to the image and min-max normalised to [0, 1] before drawing.
 Figures are drawn with matplotlib's Agg backend, so no display is needed.
 """
 from __future__ import annotations
@@ -16,7 +17,6 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.cm import ScalarMappable
@@ -25,20 +25,22 @@ from matplotlib.figure import Figure
 
 from ..errors import ConfigError
 from ..fileio import PNG_SOFTWARE, atomic_path
+from .cell_centres import CellCentres
 
 PathLike = str | os.PathLike
 
 
 def resize_map(heatmap: np.ndarray | torch.Tensor, size: tuple[int, int], *,
-               dtype: torch.dtype = torch.float32) -> np.ndarray:
-    """Bilinear upsampling of a ``(h, w)`` map to ``size = (H, W)`` in ``dtype`` (values not rescaled)."""
+               centres: Optional[CellCentres] = None, dtype: torch.dtype = torch.float32) -> np.ndarray:
+    """A ``(h, w)`` map at each pixel of a ``size = (H, W)`` image in ``dtype`` (values not rescaled), its cells
+    at ``centres``; by default equal blocks of the image, which is bilinear upsampling with ``align_corners=False``."""
     grid = torch.as_tensor(np.asarray(heatmap, dtype=np.float64) if not torch.is_tensor(heatmap) else heatmap)
     if grid.ndim != 2:
         raise ConfigError(f"heat map has shape {tuple(grid.shape)}; expected a 2-D (h, w) map")
-    grid = grid.detach().cpu().to(dtype)[None, None]  # (1, 1, h, w)
-    if tuple(grid.shape[-2:]) != tuple(size):
-        grid = F.interpolate(grid, size=tuple(size), mode="bilinear", align_corners=False)
-    return grid[0, 0].numpy()
+    if centres is not None and centres.map_size != tuple(grid.shape):
+        raise ConfigError(f"heat map has shape {tuple(grid.shape)}; its cell centres are for a {centres.map_size} grid")
+    centres = centres or CellCentres.blocks(grid.shape, size)
+    return centres.resample(grid.detach().cpu().to(dtype), size).numpy()
 
 
 def normalize_map(heatmap: np.ndarray) -> np.ndarray:
@@ -58,15 +60,17 @@ def _check_image(image: np.ndarray) -> np.ndarray:
 
 
 def heatmap_overlay(
-    image: np.ndarray, heatmap: np.ndarray, *, cmap: str = "jet", alpha: float = 0.5
+    image: np.ndarray, heatmap: np.ndarray, *, cmap: str = "jet", alpha: float = 0.5,
+    centres: Optional[CellCentres] = None,
 ) -> np.ndarray:
     """Blend a colour-mapped heat map onto the image.
 
     Args:
         image: ``(H, W, 3)`` uint8 RGB image.
-        heatmap: ``(h, w)`` map of any scale; upsampled to ``(H, W)`` and normalised to [0, 1].
+        heatmap: ``(h, w)`` map of any scale; interpolated to ``(H, W)`` and normalised to [0, 1].
         cmap: matplotlib colour map name.
         alpha: weight of the heat map in the blend (0: image only, 1: heat map only).
+        centres: where the map's cells sit on the image (default: equal blocks).
 
     Returns:
         ``(H, W, 3)`` uint8 RGB image.
@@ -76,7 +80,7 @@ def heatmap_overlay(
         raise ConfigError(f"alpha={alpha}: use a value between 0 and 1")
     if cmap not in colormaps:
         raise ConfigError(f"cmap={cmap!r}: not a matplotlib colour map; try 'jet', 'viridis' or 'inferno'")
-    heat = normalize_map(resize_map(heatmap, image.shape[:2]))
+    heat = normalize_map(resize_map(heatmap, image.shape[:2], centres=centres))
     colours = colormaps[cmap](heat)[..., :3] * 255.0  # (H, W, 3) RGB, drop alpha
     blended = (1.0 - alpha) * image.astype(np.float32) + alpha * colours
     return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
@@ -91,12 +95,13 @@ def save_overlay(
     cmap: str = "jet",
     alpha: float = 0.5,
     pixel_aspect: float = 1.0,
+    centres: Optional[CellCentres] = None,
 ) -> None:
     """Write a figure of the image, the map laid over it and a colour bar (map scaled to [0, 1]).
 
     Args:
         image: ``(H, W, 3)`` uint8 RGB image.
-        heatmap: ``(h, w)`` map; upsampled to the image and normalised.
+        heatmap: ``(h, w)`` map; interpolated to the image and normalised.
         path: output image file, PNG unless its suffix names another format (``.jpg``, ``.svg``,
             ``.pdf``, ...); its folder is created if missing. Written atomically.
         title: figure title, e.g. the predicted label and its probability.
@@ -104,9 +109,10 @@ def save_overlay(
         alpha: weight of the heat map in the blend.
         pixel_aspect: height over width of one pixel as drawn: a model input squashed from another
             shape is drawn at the shape of its source.
+        centres: where the map's cells sit on the image (default: equal blocks).
     """
     image = _check_image(image)
-    blended = heatmap_overlay(image, heatmap, cmap=cmap, alpha=alpha)
+    blended = heatmap_overlay(image, heatmap, cmap=cmap, alpha=alpha, centres=centres)
     fig = _figure(figsize=(7.5, 3.6))
     left, right = fig.subplots(1, 2)
     left.imshow(image, aspect=pixel_aspect)
@@ -130,6 +136,7 @@ def save_word_panels(
     columns: int = 5,
     cmap: str = "gray",
     alpha: float = 0.6,
+    centres: Optional[CellCentres] = None,
 ) -> None:
     """Write a PNG with one panel per word: the image with that word's attention map laid over it.
 
@@ -141,6 +148,7 @@ def save_word_panels(
         columns: panels per row.
         cmap: colour map of the attention (the paper's figures show white where it looks).
         alpha: weight of the map in the blend.
+        centres: where the maps' cells sit on the image (default: equal blocks).
     """
     image = _check_image(image)
     if len(words) != len(maps) or not words:
@@ -150,7 +158,7 @@ def save_word_panels(
     fig = _figure(figsize=(2.0 * columns, 2.2 * rows))
     axes = np.atleast_1d(fig.subplots(rows, columns, squeeze=False)).ravel()
     for axis, word, heat in zip(axes, words, maps):
-        axis.imshow(heatmap_overlay(image, heat, cmap=cmap, alpha=alpha))
+        axis.imshow(heatmap_overlay(image, heat, cmap=cmap, alpha=alpha, centres=centres))
         axis.set_title(word)
     for axis in axes:
         axis.set_axis_off()

@@ -7,67 +7,78 @@ tolerance defaults to 0 and is a parameter.
 
 Coordinates: boxes are ``xyxy`` in continuous pixel units, pixel ``(row, col)`` covering
 ``[col, col + 1) x [row, row + 1)`` (the COCO / torchvision convention: a box tight around
-columns ``a..b`` has ``x1 = a, x2 = b + 1``). A ``(h, w)`` map covers the image in ``h x w`` equal
-cells, as it is drawn (bilinear, ``align_corners=False``), and that surface peaks at the centre of
-its maximum cell, which is the point tested; for a plateau of equal maximum cells, the plateau's
-centre. (Taking the maximum pixel of the upsampled map instead missed the cell centres by half a
+columns ``a..b`` has ``x1 = a, x2 = b + 1``). A ``(h, w)`` map's cells sit where
+:class:`~visattn.explain.cell_centres.CellCentres` puts them (equal blocks unless told: a CNN's cells
+at their receptive fields' centres), as it is drawn, and that surface peaks at its maximum cell's
+centre, which is the point tested; for a plateau of equal maximum cells, the plateau's centre.
+(Taking the maximum pixel of the map upsampled to pixels instead missed the cell centres by half a
 pixel, and a lone maximum cell among low neighbours then lost to a flatter, lower region elsewhere.)
-A constant map has no maximum and always misses. The tolerance grows each box by
-that many pixels on every side (a square margin, not the disk of TorchRay's implementation).
+A constant map has no maximum and always misses. The tolerance grows each box by that many pixels
+on every side (a square margin, not the disk of TorchRay's implementation).
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
 from scipy import ndimage
 
 from ..errors import ConfigError
+from .cell_centres import CellCentres
 
 
-def peak_location(heatmap: np.ndarray | torch.Tensor, image_size: Sequence[int]) -> tuple[float, float] | None:
-    """``(x, y)`` in the pixels of an ``image_size = (H, W)`` image where ``heatmap``, spread over it in equal
-    cells, peaks: its maximum cell's centre; for a plateau of equal maximum cells, the centre of the one
-    holding the first in row-major order, or its cell nearest that centre when the centre falls outside
-    it (an L- or ring-shaped plateau); ``None`` for a constant map."""
+def peak_location(heatmap: np.ndarray | torch.Tensor, image_size: Optional[Sequence[int]], *,
+                  centres: Optional[CellCentres] = None) -> tuple[float, float] | None:
+    """``(x, y)`` in the pixels of an ``image_size = (H, W)`` image where ``heatmap`` peaks, its cells at
+    ``centres`` (default: equal blocks of the image; given ``centres``, the size may be ``None``): its
+    maximum cell's centre; for a plateau of equal maximum cells, the centre of the one holding the first
+    in row-major order, or its cell nearest that centre when the centre falls outside it (an L- or
+    ring-shaped plateau); ``None`` for a constant map."""
+    if centres is None and image_size is None:
+        raise ConfigError("give the image size or the map's cell centres to place its peak")
     grid = heatmap.detach().cpu().double().numpy() if torch.is_tensor(heatmap) else np.asarray(heatmap, np.float64)
     if grid.ndim != 2:
         raise ConfigError(f"heat map has shape {tuple(grid.shape)}; expected a 2-D (h, w) map")
     if not np.isfinite(grid).all():
         raise ConfigError("the map holds NaN or infinite values; check the model and its input")
+    if centres is not None and centres.map_size != grid.shape:
+        raise ConfigError(f"heat map has shape {grid.shape}; its cell centres are for a {centres.map_size} grid")
     if np.ptp(grid) == 0:
         return None
     plateaus, _ = ndimage.label(grid == grid.max(), structure=np.ones((3, 3)))
     plateau = plateaus == plateaus.flat[int(np.argmax(grid))]
     rows, cols = np.nonzero(plateau)
-    col, row = float(cols.mean()) + 0.5, float(rows.mean()) + 0.5  # in cells
-    if not plateau[int(row), int(col)]:
-        nearest = int(np.argmin((cols + 0.5 - col) ** 2 + (rows + 0.5 - row) ** 2))
-        col, row = float(cols[nearest]) + 0.5, float(rows[nearest]) + 0.5
-    return col * image_size[1] / grid.shape[1], row * image_size[0] / grid.shape[0]
+    col, row = float(cols.mean()), float(rows.mean())  # in cells, cell k at k
+    if not plateau[int(row + 0.5), int(col + 0.5)]:
+        nearest = int(np.argmin((cols - col) ** 2 + (rows - row) ** 2))
+        col, row = float(cols[nearest]), float(rows[nearest])
+    return (centres or CellCentres.blocks(grid.shape, image_size)).point(row, col)
 
 
 def pointing_hit(
     heatmap: np.ndarray | torch.Tensor,
     box: Sequence[float] | np.ndarray,
-    image_size: Sequence[int],
+    image_size: Optional[Sequence[int]],
     *,
     tolerance: float = 0.0,
+    centres: Optional[CellCentres] = None,
 ) -> bool:
     """Whether the map's maximum lands in the box.
 
     Args:
-        heatmap: ``(h, w)`` map over the image (any grid; it is upsampled to ``image_size``).
+        heatmap: ``(h, w)`` map over the image (any grid).
         box: ``(4,)`` box ``x1, y1, x2, y2`` in the image's pixels, or ``(K, 4)`` boxes of which
             any may be hit (several instances of the target).
-        image_size: ``(H, W)`` of the image the boxes refer to.
+        image_size: ``(H, W)`` of the image the boxes refer to, whose equal blocks place the map's cells
+            unless ``centres`` does (then it may be ``None``).
         tolerance: pixels by which every box is grown on each side.
+        centres: where the map's cells sit on the image.
     """
     boxes = np.asarray(box, dtype=np.float64).reshape(-1, 4)
     if boxes.size == 0:
         raise ConfigError("pointing needs at least one box")
-    peak = peak_location(heatmap, image_size)
+    peak = peak_location(heatmap, image_size, centres=centres)
     if peak is None:
         return False
     x, y = peak

@@ -176,14 +176,18 @@ class ShowAttendTell(nn.Module):
     # -- encoder ----------------------------------------------------------------------------
 
     def encode(self, images: Tensor) -> Tensor:
-        """Region features ``(B, P, C)`` with ``P = grid_h * grid_w``."""
+        """Region features ``(B, P, C)`` with ``P = grid_h * grid_w``: :meth:`feature_map` pooled to the grid."""
+        return self.pool(self.feature_map(images)).flatten(2).transpose(1, 2)  # (B, P, C)
+
+    def feature_map(self, images: Tensor) -> Tensor:
+        """The encoder's map ``(B, C, h, w)`` before pooling (a ViT's patch tokens laid on their grid)."""
         x = self.encoder.forward_features(images)
         if x.ndim == 3:  # ViT tokens (B, prefix + N, C): drop class/register tokens, lay out the patch grid
             x = x[:, getattr(self.encoder, "num_prefix_tokens", 0):]
             side = int(x.shape[1] ** 0.5)
             grid_h, grid_w = getattr(getattr(self.encoder, "patch_embed", None), "grid_size", (side, side))
             x = x.transpose(1, 2).reshape(x.shape[0], x.shape[2], grid_h, grid_w)  # (B, C, h, w)
-        return self.pool(x).flatten(2).transpose(1, 2)  # (B, P, C)
+        return x
 
     # -- decoder ----------------------------------------------------------------------------
 

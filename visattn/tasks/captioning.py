@@ -2,8 +2,8 @@
 
 Metrics: BLEU-1..4 and CIDEr from pycocoevalcap (METEOR too when asked for; it runs Java), and
 the pointing game on FashionScenes: for every generated item word (``ITEM_WORDS``) whose class
-occurs exactly once in the scene, the peak of that word's attention map, upsampled to the image,
-must fall inside the item's box.
+occurs exactly once in the scene, the peak of that word's attention map on the image (its cells at
+their places there, :func:`attention_centres`) must fall inside the item's box.
 """
 import contextlib
 import functools
@@ -25,6 +25,8 @@ from ..data.transforms import check_image_batch, to_model_input
 from ..data.vocab import Vocabulary, tokenize
 from ..errors import ConfigError, VisattnWarning, WeightsError
 from ..modes import eval_mode
+from ..explain import map_centres
+from ..explain.cell_centres import CellCentres
 from ..explain.pointing import pointing_hit
 from ..fileio import attention_note, output_errors, output_paths
 from ..models.show_attend_tell import DecodedCaptions, doubly_stochastic_penalty
@@ -70,8 +72,19 @@ def caption_scores(hypotheses: Sequence[str], references: Sequence[Sequence[str]
     return scores
 
 
+def attention_centres(model: nn.Module, image_size: Sequence[int]) -> CellCentres:
+    """Where a captioner's attention cells sit on an ``image_size`` input: its encoder's map (a ViT's patches
+    in equal blocks, a CNN's cells at their receptive fields' centres) average-pooled to the attention
+    grid. The encoder runs once on a blank image to give its map's size."""
+    weight = next(model.parameters())
+    blank = weight.new_zeros((1, model.input_size[0], *image_size))
+    with torch.no_grad(), eval_mode(model):
+        feature_size = model.feature_map(blank).shape[-2:]
+    return map_centres(model.encoder, feature_size, image_size).pooled(model.grid)
+
+
 def pointing_hits(
-    words: Sequence[str], maps: Tensor, boxes: np.ndarray, labels: np.ndarray, image_size: Sequence[int]
+    words: Sequence[str], maps: Tensor, boxes: np.ndarray, labels: np.ndarray, centres: CellCentres
 ) -> list[bool]:
     """One hit/miss per generated item word whose class occurs exactly once among ``labels``.
 
@@ -80,14 +93,14 @@ def pointing_hits(
         maps: ``(T, h, w)`` attention map of each word.
         boxes: ``(N, 4)`` xyxy item boxes in the model input's pixels.
         labels: ``(N,)`` Fashion-MNIST class ids.
-        image_size: ``(H, W)`` of the model input.
+        centres: where the maps' cells sit on the model input (:func:`attention_centres`).
     """
     labels = np.asarray(labels)
     hits = []
     for word, heat in zip(words, maps):
         k = _ITEM_CLASS.get(word)
         if k is not None and (labels == k).sum() == 1:
-            hits.append(pointing_hit(heat, np.asarray(boxes)[labels == k][0], image_size))
+            hits.append(pointing_hit(heat, np.asarray(boxes)[labels == k][0], None, centres=centres))
     return hits
 
 
@@ -112,8 +125,9 @@ class CaptionMetrics:
         self.hits: list[bool] = []
         self.has_boxes = False
 
-    def update(self, decoded: DecodedCaptions, batch: dict[str, Any], image_size: Sequence[int]) -> list[str]:
-        """Add a decoded batch; ``batch`` holds ``references`` and, for scenes, ``boxes`` and ``labels``."""
+    def update(self, decoded: DecodedCaptions, batch: dict[str, Any], centres: CellCentres) -> list[str]:
+        """Add a decoded batch; ``batch`` holds ``references`` and, for scenes, ``boxes`` and ``labels`` in the
+        pixels of the model input, where the maps' cells sit at ``centres`` (:func:`attention_centres`)."""
         captions = [self.vocab.decode(ids.tolist()) for ids in decoded.tokens]
         self.hypotheses += captions
         self.references += [list(refs) for refs in batch["references"]]
@@ -121,7 +135,7 @@ class CaptionMetrics:
             self.has_boxes = True
             for ids, maps, boxes, labels in zip(decoded.tokens, decoded.attention, batch["boxes"], batch["labels"]):
                 words = self.vocab.words(ids.tolist())  # one per map; the caption drops <unk>
-                self.hits += pointing_hits(words, maps.cpu(), _numpy(boxes), _numpy(labels), image_size)
+                self.hits += pointing_hits(words, maps.cpu(), _numpy(boxes), _numpy(labels), centres)
         return captions
 
     def gather(self) -> None:
@@ -254,14 +268,14 @@ class CaptioningTask(pl.LightningModule):
     @skip_missing_batch
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self.log("val/xent", self.caption_loss(batch)[0], batch_size=len(batch["images"]))
-        self.val_metrics.update(self(batch["images"]), batch, batch["images"].shape[-2:])
+        self.val_metrics.update(self(batch["images"]), batch, attention_centres(self.model, batch["images"].shape[-2:]))
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics(self.val_metrics, "val/")
 
     @skip_missing_batch
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self.test_metrics.update(self(batch["images"]), batch, batch["images"].shape[-2:])
+        self.test_metrics.update(self(batch["images"]), batch, attention_centres(self.model, batch["images"].shape[-2:]))
 
     def on_test_epoch_end(self) -> None:
         self._log_metrics(self.test_metrics, "test/")
@@ -408,7 +422,8 @@ def caption_files(captioner: Captioner, paths: Sequence[str], *, beam_size: int 
             # The maps cover what the model saw: the photo recipe's centre crop, not the whole file.
             seen = model_view(item.prepared, captioner.preprocessing["mean"], captioner.preprocessing["std"])
             with output_errors(attention_out, flag=flag):
-                save_word_panels(seen, words, list(attention.numpy()), target)
+                save_word_panels(seen, words, list(attention.numpy()), target,
+                                 centres=attention_centres(captioner.model, seen.shape[:2]))
             record["attention"] = str(target)
         print(json.dumps(record) if as_json else f"{item.path}: {record['caption']}{attention_note(record, 'words')}")
     return failures, len(files)
@@ -448,7 +463,7 @@ def evaluate_captioner(captioner: Captioner, batches: Iterable[dict[str, Any]], 
     for batch in (b for b in batches if b is not None):
         decoded = captioner.caption(batch["images"], beam_size=beam_size, max_len=max_len,
                                     length_penalty=length_penalty)
-        metrics.update(decoded, batch, batch["images"].shape[-2:])
+        metrics.update(decoded, batch, attention_centres(captioner.model, batch["images"].shape[-2:]))
     if not metrics.hypotheses:
         raise ConfigError("the evaluation dataset is empty; check --dataset, --split and --limit")
     return {k: round(v, 6) if isinstance(v, float) else v for k, v in metrics.compute().items()}

@@ -1,0 +1,103 @@
+"""Where an explanation map's cells sit on the image they explain.
+
+An ``(h, w)`` map is drawn and scored by placing each cell at a point of the image and interpolating
+linearly between those points (flat beyond the outer ones). Coordinates are continuous pixels, pixel
+``i`` covering ``[i, i + 1)`` (as the pointing game's boxes).
+
+- A ViT's patch grid covers the image in equal blocks: cell ``k`` of ``h`` sits at ``(k + 1/2) H / h``.
+  So does any map without a known layout; this is what upsampling with ``align_corners=False``
+  assumes (Grad-CAM tools draw every map that way).
+- A CNN cell of stride ``s`` sits at the centre of its receptive field, pixel ``s k`` (continuous
+  ``s k + 1/2``): with "same" padding a stride-2 convolution or pooling centres output ``j`` on input
+  ``2j``. That is ``(s - 1) / 2`` px above and left of its block's centre: 3.5 px for 8 px cells,
+  15.5 px for a ResNet-50's last stage (Araujo, Norris, Sim, "Computing Receptive Fields of
+  Convolutional Neural Networks", Distill 2019).
+- A grid average-pooled from such a map (a captioner's ``AdaptiveAvgPool2d``) sits at the mean of the
+  cells each of its windows covers.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class CellCentres:
+    """Pixel coordinates of an ``(h, w)`` map's cell centres: ``rows[i]`` is row ``i``'s ``y``,
+    ``cols[j]`` column ``j``'s ``x``, both increasing."""
+
+    rows: tuple[float, ...]
+    cols: tuple[float, ...]
+
+    @classmethod
+    def blocks(cls, map_size: Sequence[int], image_size: Sequence[int]) -> "CellCentres":
+        """Each cell at the centre of its equal block of the image (patch grids, maps of unknown layout)."""
+        return cls(*(_block_centres(cells, pixels) for cells, pixels in zip(map_size, image_size)))
+
+    @classmethod
+    def strided(cls, map_size: Sequence[int], image_size: Sequence[int]) -> "CellCentres":
+        """A CNN feature map's cells at their receptive fields' centres, ``s k + 1/2``, with the stride
+        ``s`` the power of two for which "same" padding gives ``ceil(H / s) = h`` cells; an axis that no
+        power of two fits is laid out in blocks."""
+        return cls(*(_strided_centres(cells, pixels) for cells, pixels in zip(map_size, image_size)))
+
+    @property
+    def map_size(self) -> tuple[int, int]:
+        return len(self.rows), len(self.cols)
+
+    def pooled(self, grid: Sequence[int]) -> "CellCentres":
+        """The centres of ``AdaptiveAvgPool2d(grid)``'s output cells: each window's mean centre."""
+        return CellCentres(*(_pooled_centres(centres, size) for centres, size in zip((self.rows, self.cols), grid)))
+
+    def scaled(self, factor_y: float, factor_x: float) -> "CellCentres":
+        """The same centres on the image resized by ``factor_y`` (height) and ``factor_x`` (width)."""
+        return CellCentres(tuple(y * factor_y for y in self.rows), tuple(x * factor_x for x in self.cols))
+
+    def resample(self, maps: Tensor, size: Sequence[int]) -> Tensor:
+        """``(..., h, w)`` maps interpolated at the centres of the ``size = (H, W)`` image's pixels,
+        ``(..., H, W)`` in the maps' floating dtype."""
+        if tuple(maps.shape[-2:]) != self.map_size:
+            raise ValueError(f"maps of shape {tuple(maps.shape)} do not fit cell centres of a {self.map_size} grid")
+        if self == CellCentres.blocks(size, size):  # one cell per pixel, already in place
+            return maps
+        weight_y = _interpolation_matrix(self.rows, size[0]).to(maps)  # (H, h)
+        weight_x = _interpolation_matrix(self.cols, size[1]).to(maps)  # (W, w)
+        return weight_y @ maps @ weight_x.T
+
+    def point(self, row: float, col: float) -> tuple[float, float]:
+        """``(x, y)`` in pixels of the fractional cell position ``(row, col)`` (cell ``k`` at ``k``)."""
+        return _at(self.cols, col), _at(self.rows, row)
+
+
+def _block_centres(cells: int, pixels: int) -> tuple[float, ...]:
+    return tuple((k + 0.5) * pixels / cells for k in range(cells))
+
+
+def _strided_centres(cells: int, pixels: int) -> tuple[float, ...]:
+    if cells > 1:
+        stride = 2 ** math.ceil(math.log2(pixels / cells))  # ceil(H / s) = h needs H / h <= s < H / (h - 1)
+        if math.ceil(pixels / stride) == cells:
+            return tuple(stride * k + 0.5 for k in range(cells))
+    return _block_centres(cells, pixels)  # one cell: its place does not matter, the map is flat along it
+
+
+def _pooled_centres(centres: tuple[float, ...], size: int) -> tuple[float, ...]:
+    n = len(centres)
+    # AdaptiveAvgPool's window k covers cells floor(k n / size) .. ceil((k + 1) n / size) - 1
+    return tuple(float(np.mean(centres[k * n // size: -(-(k + 1) * n // size)])) for k in range(size))
+
+
+def _interpolation_matrix(centres: tuple[float, ...], pixels: int) -> Tensor:
+    """``(pixels, cells)`` weights of linear interpolation between the cell centres, flat beyond them."""
+    identity = np.eye(len(centres))
+    points = np.arange(pixels) + 0.5
+    return torch.from_numpy(np.stack([np.interp(points, centres, column) for column in identity], axis=1))
+
+
+def _at(centres: tuple[float, ...], position: float) -> float:
+    return float(np.interp(position, np.arange(len(centres)), centres))
