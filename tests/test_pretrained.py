@@ -940,7 +940,7 @@ def test_a_users_weights_hide_the_shipped_ones_of_that_name_and_the_others_still
     """VISATTN_WEIGHTS replaced the shipped weights: every shipped name failed once it was set."""
     from visattn.pretrained import shipped_weights_dir
 
-    mine = _save_own(user_weights, "fmnist")  # the name of shipped weights
+    mine = _save_own(user_weights, "fmnist", overwrite=True)  # the name of shipped weights: hides them
     assert create_model("se_resnet20_cifar.fmnist").visattn_name == "se_resnet20_cifar.fmnist"
     shipped = load_index()["se_resnet20_cifar.fmnist"]
     assert shipped["path"] == str(shipped_weights_dir() / "se_resnet20_cifar.fmnist.safetensors")
@@ -1047,6 +1047,116 @@ def test_a_message_about_an_index_entry_names_the_index_it_came_from(two_folders
         load_classifier(f"{ARCH}.mine")
     assert str(err.value).startswith(f"{second / 'index.json'}: entry '{ARCH}.mine': preprocessing has no mean")
 
+
+
+def test_a_visattn_weights_folder_that_does_not_exist_is_refused_by_every_reader(tmp_path, monkeypatch, capsys):
+    """A mistyped folder was named only when a name was looked up: pretrained='ARCH.TAG', load_weights and
+    the lists skipped it, and loaded or listed the shipped weights of that name instead of the user's."""
+    from visattn import list_models, list_pretrained
+    from visattn.cli import main
+    from visattn.pretrained import shipped_weights_dir
+
+    kwargs = load_index(shipped_weights_dir())[f"{ARCH}.fmnist"]["model_kwargs"]  # the shipped weights fit
+    model = create_model(ARCH, num_classes=10, **kwargs)  # no weights: the index is not read
+    typo = tmp_path / "typo"
+    monkeypatch.setenv("VISATTN_WEIGHTS", str(typo))
+    expected = f"the weights folder {typo} in VISATTN_WEIGHTS does not exist; create it, or take it out of VISATTN_WEIGHTS"
+    readers = [lambda: create_model(ARCH, num_classes=10, pretrained=f"{ARCH}.fmnist", **kwargs),
+               lambda: load_weights(model, f"{ARCH}.fmnist"), list_pretrained, lambda: list_models(pretrained=True),
+               lambda: create_model(f"{ARCH}.fmnist"), lambda: create_model(ARCH, pretrained=True)]
+    for read in readers:
+        with pytest.raises(WeightsError) as err:
+            read()
+        assert str(err.value) == expected
+    assert main(["models", "--pretrained"]) == 2
+    assert capsys.readouterr().err == f"visattn: error: {expected}\n"
+
+
+def test_a_users_weights_load_when_the_shipped_folder_is_missing(user_weights, tmp_path, monkeypatch):
+    """A broken install (no shipped weights folder) refused every name, a user's own weights included."""
+    from visattn import list_pretrained
+    from visattn.errors import UnknownModelError
+
+    missing = tmp_path / "site-packages" / "visattn" / "weights"
+    monkeypatch.setattr("visattn.pretrained.shipped_weights_dir", lambda: missing)
+    mine = _save_own(user_weights, "mine")
+    assert torch.equal(_logits(create_model(f"{ARCH}.mine")), _logits(mine))
+    assert list_pretrained() == [f"{ARCH}.mine"]
+    searched = (f"searched {user_weights}, {missing}; the shipped weights folder {missing} does not exist: "
+                "reinstall visattn with its weights")
+    with pytest.raises(UnknownModelError) as err:
+        create_model(f"{ARCH}.fmnist")
+    assert str(err.value) == f"no weights {ARCH}.fmnist ({searched}): weights for {ARCH} are {ARCH}.mine"
+    with pytest.raises(UnknownModelError) as err:
+        create_model("cbam_resnet20_cifar", pretrained=True)
+    assert f"({searched})" in str(err.value)
+
+
+def test_saving_the_name_of_shipped_weights_is_refused_unless_overwrite_hides_them(user_weights):
+    """Saved into the first folder, they hid the shipped weights of that name without a word."""
+    from visattn.pretrained import find_weights_entry, shipped_weights_dir
+
+    shipped_index = shipped_weights_dir() / "index.json"
+    with pytest.raises(WeightsError) as err:
+        _save_own(user_weights, "fmnist")
+    assert str(err.value) == (f"{user_weights / f'{ARCH}.fmnist.safetensors'}: weights {ARCH}.fmnist already exist in "
+                              f"{shipped_index}, which these would hide; pick another --tag, or pass --overwrite to "
+                              "hide them")
+    assert list(user_weights.iterdir()) == []
+    assert find_weights_entry(ARCH, "fmnist")["index"] == str(shipped_index)
+    mine = _save_own(user_weights, "fmnist", overwrite=True)
+    assert torch.equal(_logits(create_model(f"{ARCH}.fmnist")), _logits(mine))
+    assert find_weights_entry(ARCH)["index"] == str(user_weights / "index.json")  # the shipped default's name
+
+
+def test_save_weights_refuses_to_hide_a_later_folders_weights_unless_overwrite(two_folders, tmp_path, capsys):
+    from test_export import _checkpoint
+
+    from visattn.cli import main
+
+    first, second = two_folders
+    save = ["save-weights", "--checkpoint", str(_checkpoint(tmp_path / "run.ckpt")), "--tag", "t"]
+    assert main([*save, "--out-dir", str(second)]) == 0
+    capsys.readouterr()
+    assert main(save) == 2
+    assert capsys.readouterr().err == (f"visattn: error: {first / 'cbam_resnet20_cifar.t.safetensors'}: weights "
+                                       f"cbam_resnet20_cifar.t already exist in {second / 'index.json'}, which these "
+                                       "would hide; pick another --tag, or pass --overwrite to hide them\n")
+    assert list(first.iterdir()) == []
+    assert main([*save, "--overwrite"]) == 0
+    assert load_index()["cbam_resnet20_cifar.t"]["index"] == str(first / "index.json")
+
+
+def test_weights_that_hide_a_later_folders_default_take_the_default_over(two_folders):
+    """The default moved to another weights of a later folder when the entry marked default was hidden."""
+    from visattn.pretrained import find_weights_entry
+
+    first, second = two_folders
+    _save_own(second, "a")
+    _save_own(second, "b", default=True)
+    assert find_weights_entry(ARCH)["path"] == str(second / f"{ARCH}.b.safetensors")
+    _save_own(first, "b", overwrite=True)  # not marked default itself
+    assert find_weights_entry(ARCH)["path"] == str(first / f"{ARCH}.b.safetensors")
+    assert create_model(ARCH, pretrained=True).visattn_name == f"{ARCH}.b"
+    _save_own(first, "c", default=True)  # its own folder marks another default: that one
+    assert find_weights_entry(ARCH)["path"] == str(first / f"{ARCH}.c.safetensors")
+
+
+def test_the_search_path_expands_home_and_searches_each_folder_once(tmp_path, monkeypatch):
+    """``~`` was taken literally (a folder that does not exist), and the shipped folder named relatively
+    was searched twice."""
+    from pathlib import Path
+
+    from visattn.pretrained import find_weights_entry, shipped_weights_dir, weights_search_path
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    mine, shipped = tmp_path / "mine", shipped_weights_dir()
+    mine.mkdir()
+    monkeypatch.chdir(shipped.parent)
+    monkeypatch.setenv("VISATTN_WEIGHTS", os.pathsep.join(["~/mine", shipped.name, str(mine), str(shipped)]))
+    assert weights_search_path() == [mine, Path(shipped.name)]
+    _save_own(mine, "mine")
+    assert find_weights_entry(ARCH, "mine")["path"] == str(mine / f"{ARCH}.mine.safetensors")
 
 def test_weights_refused_as_already_saved_get_no_warning_about_what_they_lack(tmp_path, recwarn):
     """The "saved without preprocessing or labels" warning came before the refusal, for weights never saved."""

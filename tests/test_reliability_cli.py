@@ -496,7 +496,7 @@ def test_a_weights_folder_that_does_not_exist_is_named(others, tmp_path, monkeyp
         (tmp_path / folder).mkdir()
     monkeypatch.setenv("VISATTN_WEIGHTS", os.pathsep.join(str(tmp_path / f) for f in [*others, "nowhere"]))
     assert main(["classify", "x.png", "--model", CLASSIFIER]) == 2
-    assert capsys.readouterr().err == (f"visattn: error: no weights {CLASSIFIER}: the weights folder {tmp_path / 'nowhere'} "
+    assert capsys.readouterr().err == (f"visattn: error: the weights folder {tmp_path / 'nowhere'} in VISATTN_WEIGHTS "
                                        "does not exist; create it, or take it out of VISATTN_WEIGHTS\n")
 
 

@@ -585,7 +585,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="measure on N test samples drawn with a fixed seed (the count is recorded as test/n)")
     save.add_argument("--config", default=None, help="the config that trained it, recorded in the index")
     save.add_argument("--default", action="store_true", help="make it the architecture's default weights")
-    save.add_argument("--overwrite", action="store_true", help="replace existing weights of the same ARCH.TAG")
+    save.add_argument("--overwrite", action="store_true",
+                      help="replace existing weights of the same ARCH.TAG in --out-dir, or hide those of a later "
+                           "VISATTN_WEIGHTS folder or the shipped ones")
     _add_device(save)
     save.set_defaults(func=cmd_save_weights)
 

@@ -75,15 +75,20 @@ def starting_weights_skipped() -> bool:
 
 def weights_search_path() -> list[Path]:
     """The folders ``ARCH.TAG`` weights are looked up in, in order: those of ``$VISATTN_WEIGHTS``
-    (separated by ``os.pathsep``, as in ``PATH``; empty ones skipped), then :func:`shipped_weights_dir`.
+    (separated by ``os.pathsep``, as in ``PATH``; ``~`` expanded; empty ones skipped), then
+    :func:`shipped_weights_dir`. A folder named twice (relatively, through a link, or the shipped one
+    named in it) is searched once, where it is first named.
 
     An ``ARCH.TAG`` in an earlier folder hides the same name in a later one. An architecture's default
     weights (``pretrained=True``, or ``ARCH`` alone on the command line) are those marked ``"default":
-    true`` in the first folder that marks one for it, so that ``visattn save-weights --default`` into
-    your own folder replaces the shipped default; see :func:`find_weights_entry`.
+    true`` by the first folder that marks one for it, so that ``visattn save-weights --default`` into your
+    own folder replaces the shipped default; see :func:`find_weights_entry`.
     """
-    own = [Path(folder) for folder in os.environ.get("VISATTN_WEIGHTS", "").split(os.pathsep) if folder]
-    return list(dict.fromkeys([*own, shipped_weights_dir()]))  # the shipped folder named in it: searched once
+    own = [Path(folder).expanduser() for folder in os.environ.get("VISATTN_WEIGHTS", "").split(os.pathsep) if folder]
+    by_place: dict[Path, Path] = {}
+    for folder in [*own, shipped_weights_dir()]:
+        by_place.setdefault(folder.resolve(), folder)
+    return list(by_place.values())
 
 
 def weights_dir() -> Path:
@@ -109,10 +114,12 @@ def load_index(directory: Optional[Union[str, Path]] = None) -> dict[str, dict[s
     and ``index`` (the index file it came from) filled in.
 
     Without ``directory``, the indexes along :func:`weights_search_path` merged, in search order: an
-    ``arch.tag`` from an earlier folder hides the same name in a later one. A folder that does not
-    exist adds nothing (:func:`find_weights_entry` names it).
+    ``arch.tag`` from an earlier folder hides the same name in a later one. A ``$VISATTN_WEIGHTS`` folder
+    that does not exist is a :class:`WeightsError`; a missing shipped folder (a broken install) adds
+    nothing, so that a user's own weights still load.
     """
     if directory is None:
+        _require_own_weights_folders()
         merged: dict[str, dict[str, Any]] = {}
         for folder in weights_search_path():
             for name, entry in load_index(folder).items():
@@ -202,8 +209,10 @@ def weights_preprocessing(entry: Optional[dict[str, Any]], pretrained: Any) -> O
     if not isinstance(pretrained, str):
         return None
     if not pretrained.startswith("timm:"):
-        named = load_index().get(pretrained)  # another shipped ARCH.TAG (a file has recorded nothing)
-        return named.get("preprocessing") if named and not Path(pretrained).exists() else None
+        if Path(pretrained).exists():  # a file has recorded nothing
+            return None
+        named = load_index().get(pretrained)  # another ARCH.TAG
+        return named.get("preprocessing") if named else None
     import timm
 
     from .data.transforms import INTERPOLATIONS
@@ -230,13 +239,12 @@ def model_files(model: Optional[str] = None, checkpoint: Optional[str] = None) -
 
 def find_weights_entry(arch: str, tag: Optional[str] = None) -> dict[str, Any]:
     """The entry for ``arch.tag`` in the merged index (see :func:`load_index`), or the architecture's
-    default entry when ``tag`` is None: the one marked ``"default": true`` from the first folder of
-    :func:`weights_search_path` that marks one (an entry hidden by an earlier folder's same name does
-    not count), else its first tag in alphabetical order."""
+    default entry when ``tag`` is None: the one marked ``"default": true`` by the first folder of
+    :func:`weights_search_path` that marks one for it (an earlier folder's entry of the same name, which
+    hides it, takes the default over), else its first tag in alphabetical order."""
     from .registry import _resolve_arch
 
     arch = _resolve_arch(arch)  # an unknown architecture: UnknownModelError naming close matches
-    _require_weights_folders(f"{arch}.{tag or '(default)'}")
     entries = {e["tag"]: e for e in load_index().values() if e["arch"] == arch}  # in search order
     if tag is not None:
         if tag in entries:
@@ -246,23 +254,32 @@ def find_weights_entry(arch: str, tag: Optional[str] = None) -> dict[str, Any]:
     if not entries:
         raise UnknownModelError(f"no shipped weights for {arch}, nor saved ones ({_searched()}): see "
                                 "`visattn models --pretrained`, or pass pretrained='FILE.safetensors'")
-    defaults = [e for e in entries.values() if e.get("default")]
-    return defaults[0] if defaults else entries[sorted(entries)[0]]
-
-
-def _require_weights_folders(name: str) -> None:
-    """One line naming a folder of the search path that does not exist: a mistyped ``$VISATTN_WEIGHTS``
-    folder would otherwise let a later folder's weights of the same name load instead of the user's."""
     for folder in weights_search_path():
-        if not folder.is_dir():
-            fix = ("reinstall visattn with its weights/ folder" if folder == shipped_weights_dir()
-                   else "create it, or take it out of VISATTN_WEIGHTS")
-            raise WeightsError(f"no weights {name}: the weights folder {folder} does not exist; {fix}")
+        marked = next((e["tag"] for e in load_index(folder).values() if e["arch"] == arch and e.get("default")), None)
+        if marked is not None:  # an earlier folder that hides it marks no default of its own: it would be first
+            return entries[marked]
+    return entries[sorted(entries)[0]]
+
+
+def _require_own_weights_folders() -> None:
+    """One line naming a ``$VISATTN_WEIGHTS`` folder that is not there: skipped, it would let a later
+    folder's weights of the same name load, or be listed, instead of the user's."""
+    shipped = shipped_weights_dir().resolve()
+    for folder in weights_search_path():
+        if not folder.is_dir() and folder.resolve() != shipped:
+            problem = "is not a folder" if folder.exists() else "does not exist"
+            raise WeightsError(f"the weights folder {folder} in VISATTN_WEIGHTS {problem}; create it, or take it "
+                               "out of VISATTN_WEIGHTS")
 
 
 def _searched() -> str:
-    """The folders weights are looked up in, for a message about a name not found."""
-    return "searched " + ", ".join(map(str, weights_search_path()))
+    """The folders weights are looked up in, for a message about a name found in none; a missing shipped
+    folder is named with its fix."""
+    shipped = shipped_weights_dir()
+    searched = "searched " + ", ".join(map(str, weights_search_path()))
+    if shipped.is_dir():
+        return searched
+    return f"{searched}; the shipped weights folder {shipped} does not exist: reinstall visattn with its weights"
 
 
 def sha256_of(path: Union[str, Path]) -> str:
@@ -384,12 +401,20 @@ def _under(state: StateDict, prefix: str) -> StateDict:
 
 
 def refuse_existing_weights(path: Union[str, Path]) -> None:
-    """One line when ``DIR/<arch>.<tag>.safetensors`` or its entry in ``DIR/index.json`` already exists."""
+    """One line when ``DIR/<arch>.<tag>.safetensors`` or its entry in ``DIR/index.json`` already exists, or
+    when a folder after ``DIR`` in :func:`weights_search_path` has weights of that name, which these would hide."""
     path = Path(path)
-    index_file = path.parent / INDEX_NAME
     name = path.name.removesuffix(".safetensors")
-    if path.exists() or name in _read_index(index_file):
+    if path.exists() or name in _read_index(path.parent / INDEX_NAME):
         raise WeightsError(f"{path}: weights {name} already exist; pick another --tag, or pass --overwrite to replace them")
+    folders = weights_search_path()
+    places = [folder.resolve() for folder in folders]
+    if path.parent.resolve() not in places:  # a folder outside the search path hides nothing
+        return
+    for later in folders[places.index(path.parent.resolve()) + 1:]:
+        if name in _read_index(later / INDEX_NAME):
+            raise WeightsError(f"{path}: weights {name} already exist in {later / INDEX_NAME}, which these would hide; "
+                               "pick another --tag, or pass --overwrite to hide them")
 
 
 # Builder arguments that name weights to start from (a backbone's, an encoder's).
@@ -451,8 +476,9 @@ def save_weights(model: nn.Module, path: Union[str, Path], *, overwrite: bool = 
     Args:
         model: the model to save.
         path: target file; its name must be ``<arch>.<tag>.safetensors`` with a registered ``arch``.
-        overwrite: replace existing weights of that name; without it they are refused, so a reused
-            tag never silently replaces shipped weights.
+        overwrite: replace existing weights of that name in the folder, or hide those of a later folder
+            of :func:`weights_search_path` (an earlier folder's ``ARCH.TAG`` hides a later one's); without
+            it both are refused, so a reused tag never silently replaces or hides shipped weights.
         **meta: index fields, e.g. ``task``, ``dataset``, ``metrics``, ``preprocessing``
             (``input_size``, ``mean``, ``std``), ``labels`` or ``vocab``, ``config``,
             ``model_kwargs`` (default: the builder arguments ``create_model`` was given, so that
