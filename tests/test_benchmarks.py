@@ -67,6 +67,8 @@ def test_onnx_speed(capsys, monkeypatch):
     for row in figures["results"]:
         _check_ratio(row, "onnxruntime_img_s", "pytorch_img_s")
         assert row["max_logit_diff"] < 1e-3
+    assert set(figures["matmul_gflops"]) == {"torch", "onednn", "onnxruntime"}  # each checked against torch's product
+    assert all(rate > 0 for rate in figures["matmul_gflops"].values())
 
 
 def test_data_pipeline(capsys, monkeypatch):
@@ -151,3 +153,21 @@ def test_lightning_overhead_refuses_a_window_beyond_one_epoch(capsys, monkeypatc
         runpy.run_path(str(BENCHMARKS / "lightning_overhead.py"), run_name="__main__")
     assert exit.value.code == 2
     assert "--skip 5 + --steps 1000 exceed an epoch's 421 batches" in capsys.readouterr().err
+
+
+@needs_fashion_mnist
+def test_cell_placement_scores_visattns_placement_and_the_blocks_centres(capsys, monkeypatch):
+    import visattn.explain as explain_module
+    from visattn.cli import pointing_scenes
+    from visattn.explain import CellCentres, evaluate_pointing
+    from visattn.tasks.classification import load_classifier
+
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    monkeypatch.setattr(sys, "argv", ["cell_placement.py", "--smoke", "--threads", "1"])
+    runpy.run_path(str(BENCHMARKS / "cell_placement.py"), run_name="__main__")
+    visattn_row, blocks_row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["results"]
+    classifier, scenes = load_classifier("se_resnet20_cifar.fmnist"), pointing_scenes("fashion-mnist-canvas", "test", 8)
+    assert visattn_row["pointing"] == evaluate_pointing(classifier, scenes)["pointing"]
+    monkeypatch.setattr(explain_module, "map_centres", lambda model, cells, pixels: CellCentres.blocks(cells, pixels))
+    assert blocks_row["placement"].endswith("(block's centre)")
+    assert blocks_row["pointing"] == evaluate_pointing(classifier, scenes)["pointing"]

@@ -85,8 +85,8 @@ def test_caption_metrics_score_each_word_with_its_own_map_past_an_unknown_word()
     maps = torch.stack([corner(1, 0), corner(0, 0), corner(0, 1), corner(1, 1)])  # the bag's own map is the last
     metrics = CaptionMetrics(vocab)
     captions = metrics.update(DecodedCaptions([ids], [maps], torch.zeros(1)),
-                              {"references": [["a top and a bag"]], "boxes": boxes, "labels": labels},
-                              CellCentres.blocks((2, 2), (8, 8)))
+                              {"images": torch.zeros(1, 3, 8, 8), "references": [["a top and a bag"]], "boxes": boxes,
+                               "labels": labels}, lambda size: CellCentres.blocks((2, 2), size))
     assert captions == ["a top bag"] and metrics.hits == [True, True]
 
 
@@ -303,12 +303,14 @@ def test_attention_panels_are_drawn_on_what_the_model_saw_not_the_whole_file(tmp
     captioner = dataclasses.replace(shipped, preprocessing={**shipped.preprocessing, "recipe": "photo"})
     image = np.random.default_rng(0).integers(0, 256, (64, 128, 3), dtype=np.uint8)  # wide: the crop drops its sides
     Image.fromarray(image).save(tmp_path / "wide.png")
-    drawn = []
-    monkeypatch.setattr(visattn.explain.overlay, "save_word_panels", lambda image, *args, **kwargs: drawn.append(image))
+    drawn, placed = [], []
+    monkeypatch.setattr(visattn.explain.overlay, "save_word_panels",
+                        lambda image, *args, centres: (drawn.append(image), placed.append(centres)))
     assert caption_files(captioner, [str(tmp_path / "wide.png")], attention_out=str(tmp_path / "maps")) == (0, 1)
     seen = model_view(captioner.transform()(image), captioner.preprocessing["mean"], captioner.preprocessing["std"])
     assert len(drawn) == 1 and drawn[0].shape == (64, 64, 3)
     np.testing.assert_array_equal(drawn[0], seen)
+    assert placed == [CellCentres(*[tuple(8 * k + 0.5 for k in range(8))] * 2)]  # the encoder's stride-8 cells
 
 
 def test_fine_tuning_a_shipped_captioner_on_other_words_keeps_all_but_the_per_word_layers():

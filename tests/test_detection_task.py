@@ -281,16 +281,24 @@ def test_an_arch_tag_detector_fine_tunes_the_shipped_weights_unless_pretrained_i
     assert len(changed) > len(random) // 2  # random init, the backbone's too (the entry says pretrained_backbone: false)
 
 
-def test_each_detr_detections_map_is_its_own_querys_last_layer_cross_attention():
+DETR_VIT = {"backbone_kwargs": {"depth": 1}, "hidden_dim": 32, "num_heads": 2, "num_encoder_layers": 1,
+            "num_decoder_layers": 1, "num_queries": 8, "min_size": 48, "max_size": 64}
+
+
+@pytest.mark.parametrize("name, kwargs, first_cell_at", [
+    ("detr_resnet20_cifar", TINY["detr"], lambda stride: 0.5),  # a ResNet cell at its receptive field's centre
+    ("detr_vit_small_patch16_224", DETR_VIT, lambda stride: stride / 2),  # a patch at its own centre
+])
+def test_each_detr_detections_map_is_its_own_querys_last_layer_cross_attention(name, kwargs, first_cell_at):
     """Recomputed by hand from the last decoder layer's cross-attention inputs (Q/K projections, softmax
-    over the unpadded feature grid, mean over heads), its cells at their receptive fields' centres in the
-    padded batch, sampled at the image's pixels: every detection's map is its own query's, not another's."""
+    over the unpadded feature grid, mean over heads), its cells where the backbone's look in the padded
+    batch, sampled at the image's pixels: every detection's map is its own query's, not another's."""
     import torch.nn.functional as F
 
     from visattn.explain.detections import detection_maps
 
     torch.manual_seed(0)
-    model = create_model("detr_resnet20_cifar", num_classes=3, pretrained_backbone=False, **TINY["detr"]).eval()
+    model = create_model(name, num_classes=3, pretrained_backbone=False, **kwargs).eval()
     images = [torch.rand(3, 48, 64), torch.rand(3, 40, 40)]
     attention = model.transformer.decoder[-1].cross_attn
 
@@ -321,13 +329,13 @@ def test_each_detr_detections_map_is_its_own_querys_last_layer_cross_attention()
         rows, cols = seen["grid"]
         padded = tuple(seen["batch"].tensors.shape[-2:])
         height, width = seen["batch"].image_sizes[0]
-        # Cell k sits at pixel s k + 1/2 of the padded batch (its receptive field's centre), which holds the
-        # image resized to (height, width); sample each pixel centre of the image there, between cells.
+        # Cell k sits at pixel s k + first_cell_at(s) of the padded batch, which holds the image resized to
+        # (height, width); sample each pixel centre of the image there, between cells.
         size = image.shape[-2:]
         axes = []
         for pixels, resized, cells, padded_pixels in zip(size, (height, width), (rows, cols), padded):
             stride = padded_pixels // cells
-            at = ((torch.arange(pixels) + 0.5) * resized / pixels - 0.5) / stride  # in cells
+            at = ((torch.arange(pixels) + 0.5) * resized / pixels - first_cell_at(stride)) / stride  # in cells
             axes.append(2 * at / (cells - 1) - 1)
         ys, xs = torch.meshgrid(*axes, indexing="ij")
         where = torch.stack([xs, ys], dim=-1)[None].expand(len(per_query), -1, -1, -1).float()

@@ -816,7 +816,7 @@ def test_a_grad_cam_map_that_is_zero_everywhere_warns_with_the_fix():
 
 
 def _resnet_with_average_pooling(model: nn.Module) -> nn.Module:
-    """``model`` with max pooling swapped for average pooling of the same kernel, stride and padding (the
+    """A CNN with max pooling swapped for average pooling of the same kernel, stride and padding (the
     same receptive fields, but every input of one gets a gradient) and every parameter positive (so no
     ReLU cuts a path)."""
     for parent in list(model.modules()):
@@ -832,14 +832,19 @@ def _resnet_with_average_pooling(model: nn.Module) -> nn.Module:
 @pytest.mark.parametrize("build, size, cell", [
     (lambda: create_model("resnet18"), 640, 7),
     (lambda: __import__("timm").create_model("resnet18"), 640, 13),
+    (lambda: __import__("timm").create_model("resnet26d"), 640, 7),  # ResNet-D: average-pooled shortcuts
     (lambda: create_model("resnet20_cifar"), 192, 20),
     # the FashionScenes captioner's encoder layout (7x7 stride-2 stem and max pool, two stages: stride 8)
     (lambda: create_model("resnet20_cifar", layers=(1, 1), widths=(32, 64), small_input=False), 160, 6),
+    # CNNs that downsample off-centre (4x4 patchify stem; 2x2 pooling): their cells fill equal blocks
+    (lambda: __import__("timm").create_model("convnext_atto", depths=(1, 1, 1, 1)), 512, 7),
+    (lambda: __import__("timm").create_model("vgg11", num_classes=0), 224, 2),
 ])
 def test_a_cnn_maps_cells_sit_at_their_receptive_fields_centres(build, size, cell):
-    """Drawn and scored at their blocks' centres, a stride-s map's cells sat (s - 1) / 2 px right of and
-    below the pixels they see (3.5 px for the scenes encoders' 8 px cells, 15.5 px for a ResNet's last stage)."""
-    from visattn.explain import CellCentres
+    """Drawn and scored at their blocks' centres, a ResNet's stride-s cells sat (s - 1) / 2 px right of and
+    below the pixels they see (3.5 px for the scenes encoders' 8 px cells, 15.5 px for its last stage);
+    other CNNs' cells, placed like a ResNet's, sat up to 15.5 px above and left of them."""
+    from visattn.explain import map_centres
 
     model = _resnet_with_average_pooling(build())
     image = torch.rand(1, 3, size, size, requires_grad=True)
@@ -848,11 +853,10 @@ def test_a_cnn_maps_cells_sit_at_their_receptive_fields_centres(build, size, cel
     seen = image.grad[0].abs().sum(dim=0)  # (H, W): the cell's receptive field, cut by the border
     rows, cols = seen.sum(dim=1).nonzero()[:, 0], seen.sum(dim=0).nonzero()[:, 0]
     assert 0 < rows.min() and rows.max() < size - 1, "an interior cell: its field must not reach the border"
-    centres = CellCentres.strided(features.shape[-2:], (size, size))
+    centres = map_centres(model, features.shape[-2:], (size, size))
     # the field's middle in continuous pixels (pixel i covers [i, i + 1))
     assert centres.rows[cell] == (rows.min() + rows.max() + 1).item() / 2
     assert centres.cols[cell] == (cols.min() + cols.max() + 1).item() / 2
-    assert centres.rows[cell] != CellCentres.blocks(features.shape[-2:], (size, size)).rows[cell]
 
 
 @pytest.mark.parametrize("cells, grid", [(8, 4), (8, 3), (7, 3), (14, 14), (5, 1)])
@@ -901,3 +905,46 @@ def test_a_cnn_map_is_drawn_and_scored_at_its_cells_receptive_field_centres():
     assert not pointing_hit(heat, box, (64, 64))
     with pytest.raises(ConfigError, match="^give the image size or the map's cell centres to place its peak$"):
         peak_location(heat, None)
+
+
+def _one_hot_maps(batch: int, cells: int = 16, at: int = 8) -> torch.Tensor:
+    maps = torch.zeros(batch, cells, cells)
+    maps[:, at, at] = 1.0
+    return maps
+
+
+def test_the_pointing_game_and_gates_place_a_cnns_cells_at_their_receptive_fields_centres(monkeypatch):
+    """Stride-4 cell (8, 8) of a 64 px input looks at pixel 32, continuous 32.5; its block's centre is 34:
+    a box around the one and not the other scores only when cells are placed where they look."""
+    import visattn.explain as explain_module
+
+    cnn = create_model("cbam_resnet20_cifar", num_classes=10)  # its last stage has stride 4
+    preprocessing = {"input_size": [3, 64, 64], "mean": [0.5] * 3, "std": [0.5] * 3, "recipe": "small"}
+    classifier = Classifier(cnn, [str(i) for i in range(10)], preprocessing, "tiny", "cbam_resnet20_cifar", {})
+    image = np.zeros((64, 64, 3), np.uint8)
+    image[31:34, 31:34] = 255
+    around = Scene(image, np.array([[31, 31, 33.5, 33.5]], np.float32), np.array([0]), ["white"], ["a dot"] * 5)
+    monkeypatch.setattr(explain_module, "explain_batch", lambda model, images, method: _one_hot_maps(len(images)))
+    assert evaluate_pointing(classifier, [around], batch_size=1)["pointing"] == 1.0
+    monkeypatch.setattr(explain_module, "grad_cam",
+                        lambda model, images, *, target_class: (_one_hot_maps(len(images)), target_class))
+    assert evaluate_class_pointing(classifier, [around], batch_size=1)["pointing"] == 1.0
+    # the gates' average, drawn at the input's pixels: its peak is the cell's pixel, not between pixels 33 and 34
+    monkeypatch.undo()
+    monkeypatch.setattr(explain_module, "gate_maps", lambda model, images: (None, {"gate": _one_hot_maps(1)}))
+    drawn = explain(cnn, torch.randn(3, 64, 64), "gates")
+    assert drawn.shape == (64, 64) and np.unravel_index(int(drawn.argmax()), drawn.shape) == (32, 32)
+    assert drawn[32, 32] == 1.0 and drawn[32, 33] < 1.0 and drawn[33, 32] < 1.0
+
+
+def test_maps_of_any_dtype_are_placed_in_float32_or_float64():
+    """An integer map came back as integer garbage, and a bfloat16 one was interpolated with bfloat16 weights."""
+    from visattn.explain import CellCentres
+
+    centres = CellCentres.strided((8, 8), (64, 64))
+    counts = torch.randint(0, 100, (2, 8, 8))
+    as_float = centres.resample(counts.double(), (64, 64))
+    assert centres.resample(counts, (64, 64)).dtype == torch.float32
+    torch.testing.assert_close(centres.resample(counts, (64, 64)), as_float.float())
+    half = torch.rand(8, 8).bfloat16()
+    torch.testing.assert_close(centres.resample(half, (64, 64)), centres.resample(half.float(), (64, 64)), atol=0, rtol=0)

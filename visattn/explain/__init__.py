@@ -23,7 +23,7 @@ from ..data.transforms import check_image_batch
 from ..errors import ConfigError, VisattnWarning
 from .attention import (as_index, attention_map, check_gives_attention, collect_attentions, gives_attention,
                         input_channels, is_vit, model_batch, token_grid)
-from .cell_centres import CellCentres
+from .cell_centres import CellCentres, map_centres
 from .gates import gate_maps, gate_modules
 from ..modes import eval_mode
 from .gradcam import grad_cam
@@ -85,15 +85,9 @@ def _check_arguments(model: nn.Module, method: str, layer, head, target_class) -
         raise ConfigError(f"--class applies to gradcam only ({method} maps do not depend on the class); drop it")
 
 
-def map_centres(model: nn.Module, map_size: Sequence[int], image_size: Sequence[int]) -> CellCentres:
-    """Where the cells of ``model``'s ``(h, w)`` maps (any method's) sit on an ``image_size`` input: a ViT's
-    patches in equal blocks, a CNN's cells at their receptive fields' centres (see :class:`CellCentres`)."""
-    return (CellCentres.blocks if is_vit(model) else CellCentres.strided)(tuple(map_size), tuple(image_size))
-
-
-def _normalized(maps: Tensor, size: tuple[int, int]) -> Tensor:
-    """A CNN's ``(B, h, w)`` maps at each pixel of a ``size`` input, min-max scaled to [0, 1] per image."""
-    maps = CellCentres.strided(maps.shape[-2:], size).resample(maps.float(), size)
+def _normalized(model: nn.Module, maps: Tensor, size: tuple[int, int]) -> Tensor:
+    """``model``'s ``(B, h, w)`` maps at each pixel of a ``size`` input, min-max scaled to [0, 1] per image."""
+    maps = map_centres(model, maps.shape[-2:], size).resample(maps, size)
     low = maps.amin(dim=(1, 2), keepdim=True)
     return (maps - low) / (maps.amax(dim=(1, 2), keepdim=True) - low).clamp_min(1e-12)
 
@@ -103,7 +97,7 @@ def _gate_map(model: nn.Module, images: Tensor, layer: Union[str, int, None]) ->
     names = list(maps)
     if layer is None:  # every module's map at the input size, each scaled to [0, 1], averaged
         size = tuple(images.shape[-2:])
-        return torch.stack([_normalized(m, size) for m in maps.values()]).mean(dim=0)
+        return torch.stack([_normalized(model, m, size) for m in maps.values()]).mean(dim=0)
     index = as_index(layer)
     if index is not None:
         if not -len(names) <= index < len(names):

@@ -7,11 +7,12 @@ linearly between those points (flat beyond the outer ones). Coordinates are cont
 - A ViT's patch grid covers the image in equal blocks: cell ``k`` of ``h`` sits at ``(k + 1/2) H / h``.
   So does any map without a known layout; this is what upsampling with ``align_corners=False``
   assumes (Grad-CAM tools draw every map that way).
-- A CNN cell of stride ``s`` sits at the centre of its receptive field, pixel ``s k`` (continuous
-  ``s k + 1/2``): with "same" padding a stride-2 convolution or pooling centres output ``j`` on input
-  ``2j``. That is ``(s - 1) / 2`` px above and left of its block's centre: 3.5 px for 8 px cells,
-  15.5 px for a ResNet-50's last stage (Araujo, Norris, Sim, "Computing Receptive Fields of
-  Convolutional Neural Networks", Distill 2019).
+- A ResNet's cell of stride ``s`` sits at the centre of its receptive field, pixel ``s k`` (continuous
+  ``s k + 1/2``): an odd kernel centred by its padding, stride 2, centres output ``j`` on input ``2j``.
+  That is ``(s - 1) / 2`` px above and left of its block's centre: 3.5 px for 8 px cells, 15.5 px for
+  a ResNet-50's last stage (Araujo, Norris, Sim, "Computing Receptive Fields of Convolutional Neural
+  Networks", Distill 2019). Other CNNs downsample off-centre in their own ways and are laid out in
+  blocks (:func:`map_centres`).
 - A grid average-pooled from such a map (a captioner's ``AdaptiveAvgPool2d``) sits at the mean of the
   cells each of its windows covers.
 """
@@ -23,7 +24,10 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from torch import Tensor
+from timm.models.resnet import ResNet as TimmResNet
+from torch import Tensor, nn
+
+from ..models.resnet import ResNet
 
 
 @dataclass(frozen=True)
@@ -60,9 +64,10 @@ class CellCentres:
 
     def resample(self, maps: Tensor, size: Sequence[int]) -> Tensor:
         """``(..., h, w)`` maps interpolated at the centres of the ``size = (H, W)`` image's pixels,
-        ``(..., H, W)`` in the maps' floating dtype."""
+        ``(..., H, W)`` in float32 (float64 for float64 maps), on the maps' device."""
         if tuple(maps.shape[-2:]) != self.map_size:
             raise ValueError(f"maps of shape {tuple(maps.shape)} do not fit cell centres of a {self.map_size} grid")
+        maps = maps.to(torch.float64 if maps.dtype == torch.float64 else torch.float32)
         if self == CellCentres.blocks(size, size):  # one cell per pixel, already in place
             return maps
         weight_y = _interpolation_matrix(self.rows, size[0]).to(maps)  # (H, h)
@@ -72,6 +77,21 @@ class CellCentres:
     def point(self, row: float, col: float) -> tuple[float, float]:
         """``(x, y)`` in pixels of the fractional cell position ``(row, col)`` (cell ``k`` at ``k``)."""
         return _at(self.cols, col), _at(self.rows, row)
+
+
+def map_centres(model: nn.Module, map_size: Sequence[int], image_size: Sequence[int]) -> CellCentres:
+    """Where the cells of ``model``'s ``(h, w)`` maps (any method's) sit on an ``image_size`` input: a visattn
+    or timm ResNet's at their receptive fields' centres (:meth:`CellCentres.strided`), any other model's in
+    equal blocks, as Grad-CAM tools draw them: a ViT's patches are such blocks, and other CNNs downsample
+    off-centre in their own ways (ConvNeXt's 4x4 patchify stem, VGG's 2x2 pooling, TF "same" padding)."""
+    layout = CellCentres.strided if centred_strides(model) else CellCentres.blocks
+    return layout(tuple(map_size), tuple(image_size))
+
+
+def centred_strides(model: nn.Module) -> bool:
+    """Whether every downsampling in ``model`` is an odd kernel centred by its padding (visattn's and timm's
+    ResNets, ResNet-D's average-pooled shortcuts included), so a stride-s cell ``k`` looks at pixel ``s k``."""
+    return isinstance(model, (ResNet, TimmResNet))
 
 
 def _block_centres(cells: int, pixels: int) -> tuple[float, ...]:

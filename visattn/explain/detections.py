@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..models.detection import detect_by_size
-from .cell_centres import CellCentres
+from .cell_centres import map_centres
 from ..modes import eval_mode
 
 Detections = list[dict[str, Tensor]]
@@ -72,7 +72,8 @@ def _with_attention(model: nn.Module, images: list[Tensor], *, min_score: float)
             hook.remove()
     rows, cols = seen["grid"]
     grids = [image_probs[found["queries"]].view(-1, rows, cols) for image_probs, found in zip(probs, detections)]
-    return [{**found, "attention": maps} for found, maps in zip(detections, _on_images(grids, seen["batch"], images))]
+    maps = _on_images(grids, seen["batch"], images, model.backbone)
+    return [{**found, "attention": image_maps} for found, image_maps in zip(detections, maps)]
 
 
 def detection_saliency(model: nn.Module, images: list[Tensor], *, min_score: float = 0.0) -> tuple[Detections, list[Tensor]]:
@@ -100,15 +101,15 @@ def _scoring(detections: Detections, min_score: float) -> Detections:
     return [{k: v[found["scores"] >= min_score] for k, v in found.items()} for found in detections]
 
 
-def _on_images(grids: list[Tensor], batch: Any, images: list[Tensor]) -> list[Tensor]:
+def _on_images(grids: list[Tensor], batch: Any, images: list[Tensor], backbone: nn.Module) -> list[Tensor]:
     """Each image's ``(D, rows, cols)`` maps over the padded batch ``batch`` (an ``ImageList``) at its own
-    pixels, ``(D, H, W)``: the cells sit at their receptive fields' centres in the padded batch, which holds
-    the image resized to ``image_sizes`` in its top-left corner (so a cell the image does not fill stays
-    where it was)."""
+    pixels, ``(D, H, W)``: the cells sit where ``backbone``'s do in the padded batch (:func:`map_centres`),
+    which holds the image resized to ``image_sizes`` in its top-left corner (so a cell the image does not
+    fill stays where it was)."""
     padded = tuple(batch.tensors.shape[-2:])
     maps = []
     for grid, (height, width), image in zip(grids, batch.image_sizes, images):
         size = tuple(image.shape[-2:])
-        centres = CellCentres.strided(grid.shape[-2:], padded).scaled(size[0] / height, size[1] / width)
+        centres = map_centres(backbone, grid.shape[-2:], padded).scaled(size[0] / height, size[1] / width)
         maps.append(centres.resample(grid.float(), size))
     return maps

@@ -40,7 +40,7 @@ def resize_map(heatmap: np.ndarray | torch.Tensor, size: tuple[int, int], *,
     if centres is not None and centres.map_size != tuple(grid.shape):
         raise ConfigError(f"heat map has shape {tuple(grid.shape)}; its cell centres are for a {centres.map_size} grid")
     centres = centres or CellCentres.blocks(grid.shape, size)
-    return centres.resample(grid.detach().cpu().to(dtype), size).numpy()
+    return centres.resample(grid.detach().cpu().to(dtype), size).to(dtype).numpy()
 
 
 def normalize_map(heatmap: np.ndarray) -> np.ndarray:

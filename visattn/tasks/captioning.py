@@ -11,7 +11,7 @@ import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 import lightning.pytorch as pl
 import numpy as np
@@ -124,15 +124,22 @@ class CaptionMetrics:
         self.references: list[list[str]] = []
         self.hits: list[bool] = []
         self.has_boxes = False
+        self.centres: dict[tuple[int, ...], CellCentres] = {}  # by input size
 
-    def update(self, decoded: DecodedCaptions, batch: dict[str, Any], centres: CellCentres) -> list[str]:
-        """Add a decoded batch; ``batch`` holds ``references`` and, for scenes, ``boxes`` and ``labels`` in the
-        pixels of the model input, where the maps' cells sit at ``centres`` (:func:`attention_centres`)."""
+    def update(self, decoded: DecodedCaptions, batch: dict[str, Any],
+               centres_of: Callable[[tuple[int, ...]], CellCentres]) -> list[str]:
+        """Add a batch decoded from ``batch["images"]``; ``batch`` holds ``references`` and, for scenes,
+        ``boxes`` and ``labels`` in the pixels of the model input, where ``centres_of(input size)`` places
+        the maps' cells (``partial(attention_centres, model)``; asked once per size, for scenes only)."""
         captions = [self.vocab.decode(ids.tolist()) for ids in decoded.tokens]
         self.hypotheses += captions
         self.references += [list(refs) for refs in batch["references"]]
         if "boxes" in batch:
             self.has_boxes = True
+            size = tuple(batch["images"].shape[-2:])
+            if size not in self.centres:
+                self.centres[size] = centres_of(size)
+            centres = self.centres[size]
             for ids, maps, boxes, labels in zip(decoded.tokens, decoded.attention, batch["boxes"], batch["labels"]):
                 words = self.vocab.words(ids.tolist())  # one per map; the caption drops <unk>
                 self.hits += pointing_hits(words, maps.cpu(), _numpy(boxes), _numpy(labels), centres)
@@ -268,14 +275,14 @@ class CaptioningTask(pl.LightningModule):
     @skip_missing_batch
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self.log("val/xent", self.caption_loss(batch)[0], batch_size=len(batch["images"]))
-        self.val_metrics.update(self(batch["images"]), batch, attention_centres(self.model, batch["images"].shape[-2:]))
+        self.val_metrics.update(self(batch["images"]), batch, functools.partial(attention_centres, self.model))
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics(self.val_metrics, "val/")
 
     @skip_missing_batch
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self.test_metrics.update(self(batch["images"]), batch, attention_centres(self.model, batch["images"].shape[-2:]))
+        self.test_metrics.update(self(batch["images"]), batch, functools.partial(attention_centres, self.model))
 
     def on_test_epoch_end(self) -> None:
         self._log_metrics(self.test_metrics, "test/")
@@ -400,6 +407,7 @@ def caption_files(captioner: Captioner, paths: Sequence[str], *, beam_size: int 
     files = list_images(list(paths), allow_empty=False, exclude=[attention_out])
     flag = "--attention-out"
     targets = output_paths(files, attention_out, flag=flag)
+    centres_of = functools.lru_cache(maxsize=None)(functools.partial(attention_centres, captioner.model))
 
     def caption_batch(images: list[Tensor]) -> Iterable[tuple[Tensor, Tensor]]:
         decoded = captioner.caption(torch.stack(images), beam_size=beam_size, max_len=max_len,
@@ -423,7 +431,7 @@ def caption_files(captioner: Captioner, paths: Sequence[str], *, beam_size: int 
             seen = model_view(item.prepared, captioner.preprocessing["mean"], captioner.preprocessing["std"])
             with output_errors(attention_out, flag=flag):
                 save_word_panels(seen, words, list(attention.numpy()), target,
-                                 centres=attention_centres(captioner.model, seen.shape[:2]))
+                                 centres=centres_of(seen.shape[:2]))
             record["attention"] = str(target)
         print(json.dumps(record) if as_json else f"{item.path}: {record['caption']}{attention_note(record, 'words')}")
     return failures, len(files)
@@ -463,7 +471,7 @@ def evaluate_captioner(captioner: Captioner, batches: Iterable[dict[str, Any]], 
     for batch in (b for b in batches if b is not None):
         decoded = captioner.caption(batch["images"], beam_size=beam_size, max_len=max_len,
                                     length_penalty=length_penalty)
-        metrics.update(decoded, batch, attention_centres(captioner.model, batch["images"].shape[-2:]))
+        metrics.update(decoded, batch, functools.partial(attention_centres, captioner.model))
     if not metrics.hypotheses:
         raise ConfigError("the evaluation dataset is empty; check --dataset, --split and --limit")
     return {k: round(v, 6) if isinstance(v, float) else v for k, v in metrics.compute().items()}
