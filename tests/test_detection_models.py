@@ -307,3 +307,14 @@ def test_a_non_finite_detr_prediction_gives_a_non_finite_loss_for_the_guard_not_
     images[0][:, 5, 5] = float("nan")
     losses = model(images, _targets())
     assert not all(torch.isfinite(value) for value in losses.values())
+
+
+def test_detr_refuses_an_image_with_more_objects_than_queries_in_one_line():
+    """Matching is one-to-one: the objects beyond num_queries went unmatched, so never trained, without a word."""
+    model = _build("detr_cbam_resnet20_cifar", num_queries=4).train()
+    xy = torch.arange(5.0)[:, None].repeat(1, 2) * 10
+    crowded = {"boxes": torch.cat([xy, xy + 8], 1), "labels": torch.zeros(5, dtype=torch.int64)}
+    with pytest.raises(ConfigError, match=r"targets: an image holds 5 objects, more than num_queries=4 .*num_queries "
+                                          r"of at least 5"):
+        model(_images(), [_targets()[0], crowded])
+    assert torch.isfinite(sum(model(_images(), [_targets()[0], {k: v[:4] for k, v in crowded.items()}]).values()))

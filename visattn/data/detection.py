@@ -6,11 +6,12 @@ normalise and resize inside the model, so nothing here normalises), ``target``
 ``{"boxes": (N, 4) float32 xyxy pixels, "labels": (N,) int64 0-based class ids}``, N >= 0.
 :func:`collate_detection` keeps batches as lists, since images may differ in size.
 
-Every pipeline clips boxes to the image and drops those left narrower or lower than
+Every training pipeline clips boxes to the image and drops those left narrower or lower than
 :data:`MIN_BOX_SIDE` (zero-area, inverted or outside the image, before or after a transform);
 albumentations moves each label with its box (``label_fields``), so they stay aligned.
 :class:`CocoDetection` drops such boxes already when it reads them, with a warning, so that its
-box counts are those the pipelines keep.
+box counts are those the pipelines keep. Evaluation targets that no transform moves keep their boxes
+as annotated, as pycocotools' COCOeval scores them; only boxes without area are dropped.
 """
 from __future__ import annotations
 
@@ -71,17 +72,22 @@ class DetectionTransform(ImageTransform):
     def __init__(self, transforms: Sequence[A.BasicTransform] = ()) -> None:
         bbox_params = A.BboxParams(format="pascal_voc", label_fields=["labels", "iscrowd"], clip=True,
                                    filter_invalid_bboxes=True, min_width=MIN_BOX_SIDE, min_height=MIN_BOX_SIDE)
-        # The evaluation pipeline has no transform on purpose: it only clips and filters boxes.
+        # The evaluation pipeline has no transform on purpose: its targets stay as annotated (see __call__).
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Got processor for bboxes, but no transform")
             self.pipeline = A.Compose(list(transforms), bbox_params=bbox_params)
 
     def __call__(self, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray,
                  iscrowd: np.ndarray | None = None) -> tuple[torch.Tensor, Target]:
-        """``iscrowd`` (evaluation targets): 1 for crowd regions, kept in the target as ``"iscrowd"``."""
+        """``iscrowd`` (evaluation targets): 1 for crowd regions, kept in the target as ``"iscrowd"``.
+        Evaluation targets through a pipeline without transforms keep their boxes as given: clipped and
+        filtered, mAP would score against other boxes than the annotated ones COCOeval scores."""
         self._seed_once()
         labels = np.asarray(labels, np.int64).reshape(-1)
         crowd = np.zeros_like(labels) if iscrowd is None else np.asarray(iscrowd, np.int64).reshape(-1)
+        if iscrowd is not None and not self.pipeline.transforms:
+            return to_tensor(image), {"boxes": torch.as_tensor(np.asarray(boxes, np.float32).reshape(-1, 4)),
+                                      "labels": torch.as_tensor(labels), "iscrowd": torch.as_tensor(crowd)}
         out = self.pipeline(image=image, bboxes=np.asarray(boxes, np.float32).reshape(-1, 4), labels=labels, iscrowd=crowd)
         target = {
             "boxes": torch.as_tensor(np.asarray(out["bboxes"], np.float32).reshape(-1, 4)),
@@ -115,7 +121,7 @@ def train_detection_transforms(
 
 
 def eval_detection_transforms() -> DetectionTransform:
-    """No augmentation: only the box clipping and filtering every pipeline does."""
+    """No augmentation: training targets are clipped and filtered, evaluation targets kept as annotated."""
     return DetectionTransform()
 
 
@@ -150,10 +156,11 @@ class CocoDetection(ImageFiles):
     left out of training; evaluation targets (:func:`~visattn.data.image_folder.for_evaluation`)
     keep them with ``"iscrowd"``, so that mAP, as COCO's, neither counts detections on a crowd
     region as false positives nor expects them. ``bbox`` ``[x, y, w, h]`` becomes
-    ``x1, y1, x2, y2``. A box the pipelines would drop (narrower or lower than :data:`MIN_BOX_SIDE`,
-    or outside the image's declared ``width`` and ``height``) is dropped when read, with one warning
-    per file counting them, so that ``num_objects`` counts what a detector learns from and is scored
-    on. An image whose ``file_name`` is no string, an annotation naming an image the file does not
+    ``x1, y1, x2, y2``. A box the training pipelines would drop (narrower or lower than
+    :data:`MIN_BOX_SIDE`, or outside the image's declared ``width`` and ``height``) is dropped when read,
+    with one warning per file counting them, so that ``num_objects`` counts what a detector learns
+    from; ``evaluation`` targets keep every box with an area as annotated, as COCOeval scores them.
+    An image whose ``file_name`` is no string, an annotation naming an image the file does not
     list, an id shared by two images, a ``bbox`` that is not four numbers or an ``iscrowd`` other
     than 0 or 1 is a one-line :class:`~visattn.errors.ConfigError`. Boxes of a photo that EXIF turns
     on decoding turn with it when the image's ``width`` and ``height`` are those of the stored frame;
@@ -169,6 +176,8 @@ class CocoDetection(ImageFiles):
         class_names: map categories by name onto these labels (give the training classes when
             reading validation or test annotations, so labels agree).
         max_pixels: images declaring more pixels are refused (and skipped).
+        evaluation: read targets to score detections against (see
+            :func:`~visattn.data.image_folder.for_evaluation`, which the loaders of such data call too).
     """
 
     def __init__(
@@ -179,8 +188,10 @@ class CocoDetection(ImageFiles):
         transform: DetectionTransform | None = None,
         class_names: Sequence[str] | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        evaluation: bool = False,
     ) -> None:
         self.annotations, images_dir = Path(annotations), Path(images_dir)
+        self.evaluation = evaluation
         self.transform = transform if transform is not None else eval_detection_transforms()
         require_images_dir(images_dir, self.annotations)
         coco = load_coco(self.annotations)
@@ -259,7 +270,7 @@ class CocoDetection(ImageFiles):
         one warning counting them and saying why."""
         kept, dropped, example = [], Counter(), None
         for (boxes, labels, crowd), declared, given in zip(targets, self._declared_sizes, annotations):
-            why = _why_unusable(boxes, declared)
+            why = _why_unusable(boxes, declared, evaluation=self.evaluation)
             usable = why == ""
             kept.append((boxes[usable], labels[usable], crowd[usable]))
             dropped.update(why[~usable].tolist())
@@ -338,11 +349,15 @@ def _count_objects(dataset: CocoDetection, indices: Sequence[int]) -> int:
 _AXES_SWAPPING = {5: (False, False), 6: (True, False), 7: (True, True), 8: (False, True)}
 
 
-def _why_unusable(boxes: np.ndarray, declared: tuple[int, int] | None) -> np.ndarray:
-    """Why the pipelines would drop each of the ``(N, 4)`` xyxy ``boxes``, ``""`` for none: narrower or
+def _why_unusable(boxes: np.ndarray, declared: tuple[int, int] | None, *, evaluation: bool) -> np.ndarray:
+    """Why each of the ``(N, 4)`` xyxy ``boxes`` is dropped, ``""`` for none: for ``evaluation``, only a box
+    without area (COCOeval scores the rest as annotated); for training, as the pipelines would: narrower or
     lower than :data:`MIN_BOX_SIDE` (inverted, empty), or so once clipped to the ``declared``
     ``(height, width)`` (outside the image; unknown without a declared size)."""
     why = np.full(len(boxes), "", dtype=object)
+    if evaluation:
+        why[~(boxes[:, 2:] > boxes[:, :2]).all(axis=1)] = "with a width or height of 0 or less"
+        return why
     if declared is not None:
         height, width = declared
         clipped = np.clip(boxes, 0, np.array([width, height, width, height], np.float32))
@@ -549,7 +564,7 @@ class CocoDetectionDataModule(_DetectionDataModule):
         if annotations is None:
             raise ConfigError(f"CocoDetectionDataModule: set data.{split}_annotations to use the {split} split")
         return CocoDetection(annotations, split_images_dir(h, split), transform=transform,
-                             class_names=self._class_names)
+                             class_names=self._class_names, evaluation=split != "train")
 
     def _validation_source(self) -> tuple[str, str]:
         h = self.hparams

@@ -354,7 +354,7 @@ _UNIT_RANGE_SLACK = 0.05
 
 def check_unit_images(images: object, *, channels: int = 3) -> None:
     """One line unless ``images`` is a sequence (or stacked batch) of floating-point ``(channels, H, W)``
-    tensors with pixels in 0..1, what detectors take (they normalise inside; sizes may differ)."""
+    tensors with pixels in 0..1 and at least one pixel, what detectors take (they normalise inside; sizes may differ)."""
     fix = "decode files with visattn.data.image_io.decode_image and convert them with visattn.data.transforms.to_tensor"
     if isinstance(images, (str, bytes)) or not isinstance(images, (Sequence, torch.Tensor)):
         raise ConfigError(f"images: a {type(images).__name__}, not a list of ({channels}, H, W) tensors; {fix}")
@@ -363,9 +363,11 @@ def check_unit_images(images: object, *, channels: int = 3) -> None:
                           f"for one image, or a list (or a stacked batch) of ({channels}, H, W) tensors")
     for k, image in enumerate(images):
         _check_float_pixels(image, f"image {k}", (channels, "H", "W"), "floats in 0..1", fix)
+        if not image.numel():  # resizing it to the model's size would divide by zero
+            raise ConfigError(f"image {k}: shape {tuple(image.shape)} has no pixels; leave it out, or check how it "
+                              "was decoded or cropped")
     # (n, 2) pixel ranges read back together: one device sync for the batch, not one per image.
-    ranges = [torch.stack(torch.aminmax(image)).float() if image.numel() else image.new_tensor([0.0, 1.0])
-              for image in images]
+    ranges = [torch.stack(torch.aminmax(image)).float() for image in images]
     spans = torch.stack([r.to(ranges[0].device) for r in ranges]).tolist() if ranges else []
     for k, (low, high) in enumerate(spans):
         if low < -_UNIT_RANGE_SLACK or high > 1 + _UNIT_RANGE_SLACK:

@@ -349,6 +349,20 @@ class FcosDetector(FCOS):
             return super().forward(images, targets)
         return detect_by_size(super().forward, images)
 
+    @torch.no_grad()
+    def reorder_classes(self, order: Sequence[int]) -> None:
+        """Make class ``k`` the class that was ``order[k]``: one output channel per class (one anchor per location)."""
+        logits = self.head.classification_head.cls_logits
+        logits.weight.copy_(logits.weight[list(order)])
+        logits.bias.copy_(logits.bias[list(order)])
+
+    @torch.no_grad()
+    def reset_class_head(self) -> None:
+        """The class logits as torchvision's ``FCOSClassificationHead`` initialises them (prior 0.01)."""
+        logits = self.head.classification_head.cls_logits
+        nn.init.normal_(logits.weight, std=0.01)
+        nn.init.constant_(logits.bias, -math.log((1 - 0.01) / 0.01))
+
 
 def _head_outputs_to_float32(head: nn.Module, inputs: Any, outputs: dict[str, Tensor]) -> dict[str, Tensor]:
     """Under bf16 autocast the head's convolutions run in bf16, but box decoding, the focal and GIoU
@@ -500,9 +514,29 @@ class DetrDetector(nn.Module):
         if not self.training:
             return detect_by_size(self._detect, images)
         _check_targets(targets, num_images=len(images), num_classes=self.num_classes)
+        self._check_query_count(targets)
         batch, targets = self.transform(images, targets)
         logits, boxes = self._predict(batch.tensors, batch.image_sizes)  # (L, B, Q, K + 1), (L, B, Q, 4)
         return self._losses(logits, boxes, _normalised_targets(targets, batch.image_sizes))
+
+    @torch.no_grad()
+    def reorder_classes(self, order: Sequence[int]) -> None:
+        """Make class ``k`` the class that was ``order[k]``; the last row, "no object", stays last."""
+        rows = [*order, self.num_classes]
+        self.class_embed.weight.copy_(self.class_embed.weight[rows])
+        self.class_embed.bias.copy_(self.class_embed.bias[rows])
+
+    def reset_class_head(self) -> None:
+        self.class_embed.reset_parameters()
+
+    def _check_query_count(self, targets: Targets) -> None:
+        """Matching is one-to-one: objects beyond ``num_queries`` would go unmatched and untrained, without a word."""
+        most = max((len(t["labels"]) for t in targets), default=0)
+        queries = self.query_embed.num_embeddings
+        if most > queries:
+            raise ConfigError(f"targets: an image holds {most} objects, more than num_queries={queries} (one object per "
+                              f"query; the rest would go unmatched); build the model with num_queries of at least {most} "
+                              "(in a config: model_kwargs: {num_queries: N})")
 
     def _detect(self, images: list[Tensor]) -> Detections:
         original_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]

@@ -28,7 +28,7 @@ from ..fileio import PNG_SOFTWARE, atomic_path, attention_note, output_errors, o
 from ..pretrained import find_weights_entry, load_weights
 from ..registry import create_model, is_model, model_family, split_model_name
 from .classification import (Classifier, adamw_warmup_cosine, checkpoint_model_kwargs,
-                             inference_model, inference_target, read_checkpoint, require_task,
+                             inference_model, inference_target, match_class_order, read_checkpoint, require_task,
                              task_checkpoint)
 from .guards import NonFiniteLossGuard, skip_missing_batch
 
@@ -118,6 +118,7 @@ class DetectionTask(pl.LightningModule):
         self.save_hyperparameters()
         self.model = create_model(model_name, num_classes=num_classes, pretrained=pretrained, strict=strict,
                                   **dict(model_kwargs or {}))
+        match_class_order(self.model, model_name, pretrained, class_names)
         self.loss_guard = NonFiniteLossGuard(max_bad_steps)
         self.val_map = detection_map()
         self.test_map = detection_map()
@@ -258,7 +259,7 @@ def evaluation_loader(detector: Detector, spec: str, split: str = "test", *, lim
         dataset = SceneDetection(recorded_scenes(detector.preprocessing, split, limit or 1000, canvas_size=side))
     elif spec.startswith("coco:") and spec.count(":") >= 2:
         annotations, _, images_dir = spec[len("coco:"):].rpartition(":")
-        dataset = CocoDetection(annotations, images_dir, class_names=detector.class_names)
+        dataset = CocoDetection(annotations, images_dir, class_names=detector.class_names, evaluation=True)
         dataset = seeded_subset(dataset, limit)
         require_boxes(dataset, annotations)  # with none, mAP is -1
     else:
