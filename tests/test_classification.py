@@ -665,3 +665,97 @@ def test_a_checkpoint_validated_on_folders_of_other_classes_is_refused(in_tmp, c
     assert capsys.readouterr().err.strip() == (
         f"visattn: error: --ckpt_path {ckpt}: the data gives other classes than the run was trained on: class 1 is "
         "'green' here, 'red' in the checkpoint; give the data settings of that run")
+
+
+@pytest.mark.parametrize("max_epochs, max_steps, stepping", [(-1, -1, float("inf")), (5, -1, -1)],
+                         ids=["max_time_alone", "data_of_unknown_length"])
+def test_a_run_of_no_set_length_is_one_line_naming_max_epochs_and_max_steps(max_epochs, max_steps, stepping):
+    """max_epochs -1 (or null) with only max_time set ended in OverflowError: float infinity to integer."""
+    from lightning.pytorch.utilities import AttributeDict
+    from visattn.tasks.classification import adamw_warmup_cosine
+
+    trainer = SimpleNamespace(estimated_stepping_batches=stepping, num_training_batches=float("inf"),
+                              max_epochs=max_epochs, max_steps=max_steps, accumulate_grad_batches=1)
+    task = SimpleNamespace(model=torch.nn.Linear(2, 2), trainer=trainer,
+                           hparams=AttributeDict(lr=1.0, weight_decay=0.0, warmup_epochs=1))
+    with pytest.raises(ConfigError, match=f"trainer.max_epochs {max_epochs} and trainer.max_steps -1 set no length"):
+        adamw_warmup_cosine(task)
+
+
+def _undecayed(model: torch.nn.Module, groups: list[dict]) -> set[str]:
+    ids = {id(p) for g in groups if g["weight_decay"] == 0 for p in g["params"]}
+    return {name for name, p in model.named_parameters() if id(p) in ids}
+
+
+@pytest.mark.parametrize("name, kwargs", [("deit_tiny_distilled_patch16_224", {"depth": 1}),
+                                          ("levit_128s", {}),
+                                          ("swin_tiny_patch4_window7_224", {"depths": (1, 1, 1, 1)})])
+def test_weight_decay_groups_leave_out_what_a_timm_model_lists_in_no_weight_decay(name, kwargs):
+    """A Swin's relative position bias tables, a DeiT's dist_token and a LeViT's attention biases were decayed."""
+    import timm
+    from timm.optim._param_groups import param_groups_weight_decay
+
+    model = timm.create_model(name, pretrained=False, num_classes=10, **kwargs)
+    timms = param_groups_weight_decay(model, 0.05, no_weight_decay_list=model.no_weight_decay())
+    assert _undecayed(model, weight_decay_groups(model, 0.05)) == _undecayed(model, timms)
+
+
+@pytest.mark.parametrize("decay", [1.0, 1.5, -0.1, float("nan")])
+def test_an_ema_decay_outside_zero_to_one_is_one_line_naming_the_key(decay):
+    """At 1.0 the average never moved, and validation and checkpoint selection scored the initial weights."""
+    with pytest.raises(ConfigError, match=r"model.init_args.ema_decay=.*below 1"):
+        ImageClassifier("cbam_resnet20_cifar", num_classes=10, ema_decay=decay)
+
+
+def test_fine_tuning_a_shipped_classifier_on_its_labels_in_another_order_keeps_each_names_logit():
+    """The head kept the rows of the shipped order: each reordered label was scored by another class's row."""
+    from visattn.data.fashion_mnist import FASHION_MNIST_CLASSES
+
+    names = list(FASHION_MNIST_CLASSES)
+    permuted = [names[i] for i in (3, 7, 0, 9, 1, 5, 8, 2, 6, 4)]
+    original = ImageClassifier("se_resnet20_cifar.fmnist", class_names=names).eval()
+    reordered = ImageClassifier("se_resnet20_cifar.fmnist", class_names=permuted).eval()
+    images = torch.randn(4, 3, 28, 28)
+    with torch.no_grad():
+        before, after = original(images), reordered(images)
+    for column, name in enumerate(permuted):
+        torch.testing.assert_close(after[:, column], before[:, names.index(name)])
+
+
+def test_fine_tuning_a_shipped_classifier_on_other_label_names_starts_a_new_head_with_a_warning():
+    shipped = create_model("se_resnet20_cifar.fmnist").state_dict()
+    with pytest.warns(UserWarning, match="class names .* are not among the starting weights' labels .* randomly initialised"):
+        task = ImageClassifier("se_resnet20_cifar.fmnist", class_names=[f"part{i}" for i in range(10)])
+    assert not torch.equal(task.model.fc.weight, shipped["fc.weight"])
+    assert torch.equal(task.model.conv1.weight, shipped["conv1.weight"])
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """Every way timm fetches weights fails, as with HF_HUB_OFFLINE=1 and no cache."""
+    import timm.models._builder
+    import timm.models._hub
+
+    def no_network(*args, **kwargs):
+        raise OSError(f"offline: tried to fetch {args}")
+
+    for module, name in ((timm.models._hub, "hf_hub_download"), (timm.models._builder, "load_state_dict_from_url"),
+                         (timm.models._builder, "download_cached_file")):
+        monkeypatch.setattr(module, name, no_network)
+
+
+def test_a_checkpoint_of_a_timm_run_from_timm_weights_loads_offline(tmp_path, offline):
+    """model_kwargs pretrained: true went to timm.create_model on every load, which contacted the hub."""
+    from visattn.pretrained import checkpoint_follows
+
+    task = ImageClassifier("timm:resnet18", num_classes=3)
+    hparams = {**task.hparams, "model_kwargs": {"pretrained": True,
+                                                "pretrained_cfg_overlay": {"hf_hub_id": "timm/resnet18.a1_in1k"}}}
+    path = tmp_path / "run.ckpt"
+    torch.save({"state_dict": task.state_dict(), "hyper_parameters": hparams}, path)
+    with pytest.raises(OSError, match="offline"):  # what the fixture stands for: training from timm's weights
+        ImageClassifier(**hparams)
+    loaded = load_classifier(checkpoint=str(path))  # classify, evaluate, export, explain
+    assert all(torch.equal(v, task.model.state_dict()[k]) for k, v in loaded.model.state_dict().items())
+    with checkpoint_follows():  # how validate/test --ckpt_path build the task before loading the checkpoint
+        ImageClassifier(**hparams)

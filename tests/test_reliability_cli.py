@@ -119,8 +119,13 @@ CASES = {
                                          "weights do not fit ImageClassifier"),
     "pretrained_of_another_architecture": (lambda tmp: [*FIT, "--model.init_args.pretrained", _vit_weights(tmp)],
                                            "vit.safetensors: weights do not fit"),
+    "run_bounded_only_by_time": (lambda tmp: [*FIT, "--trainer.max_epochs", "-1", "--trainer.max_time", "00:00:00:20"],
+                                 "trainer.max_epochs -1 and trainer.max_steps -1 set no length for the run"),
+    "ema_decay_of_one": (lambda tmp: [*FIT, "--model.init_args.ema_decay", "1.0"],
+                         "model.init_args.ema_decay=1.0: give a decay of at least 0 and below 1"),
 }
-NEEDS_DATA = {"unknown_model_in_config", "resume_from_another_architecture", "pretrained_of_another_architecture"}
+NEEDS_DATA = {"unknown_model_in_config", "resume_from_another_architecture", "pretrained_of_another_architecture",
+              "run_bounded_only_by_time"}
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, marks=needs_fashion_mnist) if c in NEEDS_DATA else c for c in CASES])

@@ -1,11 +1,12 @@
 """Image classification as a LightningModule: any registered model (or ``timm:NAME``) by name."""
 import contextlib
+import fnmatch
 import math
 import reprlib
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import lightning.pytorch as pl
 import numpy as np
@@ -27,10 +28,15 @@ from ..devices import inference_device, model_device
 from ..errors import ConfigError, VisattnWarning, WeightsError
 from ..models.vit import NO_WEIGHT_DECAY
 from ..modes import eval_mode
-from ..pretrained import (find_weights_entry, load_weights, metadata_problem, read_pickle_checkpoint,
-                          require_regular_file, starting_weights_skipped, timm_pretrained_cfg, weights_preprocessing)
+from ..pretrained import (checkpoint_follows, find_weights_entry, load_index, load_weights, metadata_problem,
+                          read_pickle_checkpoint, require_regular_file, starting_weights_skipped, timm_pretrained_cfg,
+                          weights_preprocessing)
 from ..registry import check_timm_name, create_model, model_arguments, model_family, model_task, split_model_name
 from .guards import NonFiniteLossGuard, skip_missing_batch
+
+
+# timm.create_model arguments that fetch or name its starting weights.
+TIMM_STARTING_WEIGHTS = ("pretrained", "pretrained_cfg_overlay")
 
 
 def build_classifier(model_name: str, num_classes: int, model_kwargs: Optional[dict] = None,
@@ -44,6 +50,8 @@ def build_classifier(model_name: str, num_classes: int, model_kwargs: Optional[d
         import timm
 
         check_timm_name(model_name[5:])
+        if starting_weights_skipped():  # the checkpoint loaded next holds every weight: no download, no file
+            kwargs = {key: value for key, value in kwargs.items() if key not in TIMM_STARTING_WEIGHTS}
         model = timm.create_model(model_name[5:], num_classes=num_classes, **kwargs)
         if pretrained:
             load_weights(model, model_name if pretrained is True else pretrained, strict=strict)
@@ -67,6 +75,68 @@ def _warn_if_normalised_otherwise(model_name: str, pretrained: Optional[Union[bo
         warnings.warn(f"the data normalises with {given} but the starting weights were trained with {trained}; "
                       "set data.init_args.mean and std to the weights' values, unless that is meant",
                       VisattnWarning, stacklevel=2)
+
+
+def match_class_order(model: nn.Module, model_name: str, pretrained: Optional[Union[bool, str]],
+                      class_names: Optional[Sequence[str]]) -> None:
+    """Put the class head's rows in the data's label order when the starting weights' recorded labels are the
+    same names in another order, or start it afresh (with a warning) for other names: a head of the right size
+    was kept by position, each row scoring another class. A head of another size was dropped already.
+    Detectors permute and reset their own heads (``reorder_classes``, ``reset_class_head``); a classifier's is
+    the last ``nn.Linear`` of its ``classifier``."""
+    if not class_names or model_name.startswith("timm:") or starting_weights_skipped():
+        return
+    recorded = list(starting_weights_labels(model_name, pretrained) or [])
+    named, unnamed = list(class_names), [str(i) for i in range(len(class_names))]  # unnamed: labels go by position
+    if len(recorded) != len(named) or recorded == named or unnamed in (recorded, named):
+        return
+    reorder, reset = _class_head_edits(model)
+    if reorder is None:
+        return
+    with torch.no_grad():
+        if sorted(recorded) == sorted(named):
+            reorder([recorded.index(name) for name in named])
+            return
+        reset()
+    unknown = [name for name in named if name not in recorded]
+    warnings.warn(f"the data's class names {_first_names(unknown)} are not among the starting weights' labels "
+                  f"({_first_names(recorded)}): classifier {model.classifier!r} is randomly initialised, so fine-tune it",
+                  VisattnWarning, stacklevel=3)
+
+
+def _class_head_edits(model: nn.Module) -> tuple[Optional[Callable[[list[int]], None]], Optional[Callable[[], None]]]:
+    """``(reorder(rows), reset())`` of ``model``'s class head; ``(None, None)`` without one."""
+    if hasattr(model, "reorder_classes"):
+        return model.reorder_classes, model.reset_class_head
+    head = _head_linear(model)
+    if head is None:
+        return None, None
+
+    def reorder(rows: list[int]) -> None:
+        head.weight.copy_(head.weight[rows])
+        if head.bias is not None:
+            head.bias.copy_(head.bias[rows])
+    return reorder, head.reset_parameters
+
+
+def _first_names(names: Sequence[str]) -> str:
+    return ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+
+
+def starting_weights_labels(model_name: str, pretrained: Optional[Union[bool, str]]) -> Optional[list[str]]:
+    """The labels recorded with the shipped weights a model starts from (``arch.tag``, ``pretrained=True`` or
+    another ``"ARCH.TAG"``); None for none, a file, or timm's or the hub's weights."""
+    _, entry, _ = model_arguments(model_name, pretrained=pretrained)
+    if entry is None and isinstance(pretrained, str) and not Path(pretrained).exists():
+        entry = load_index().get(pretrained)
+    return (entry or {}).get("labels")
+
+
+def _head_linear(model: nn.Module) -> Optional[nn.Linear]:
+    """The last ``nn.Linear`` of the model's ``classifier`` (the head :func:`load_weights` drops when its size differs)."""
+    head = getattr(model, "classifier", None)
+    linears = [m for m in model.get_submodule(head).modules() if isinstance(m, nn.Linear)] if head else []
+    return linears[-1] if linears else None
 
 
 def check_data_size(model: nn.Module, model_name: str, preprocessing: Optional[dict[str, Any]]) -> None:
@@ -180,6 +250,7 @@ class ImageClassifier(pl.LightningModule):
         self.save_hyperparameters()
         self.model = build_classifier(model_name, num_classes, model_kwargs, pretrained, strict)
         check_data_size(self.model, model_name, preprocessing)
+        match_class_order(self.model, model_name, pretrained, class_names)
         _warn_if_normalised_otherwise(model_name, pretrained, preprocessing)
         if grad_checkpointing:
             enable_grad_checkpointing(self.model, model_name)
@@ -204,6 +275,9 @@ class ImageClassifier(pl.LightningModule):
     def _ema(model: nn.Module, decay: Optional[float]) -> Optional[AveragedModel]:
         if not decay:
             return None
+        if not 0 <= decay < 1:  # at 1 the average never moves, and validation would score the initial weights
+            raise ConfigError(f"model.init_args.ema_decay={decay}: give a decay of at least 0 and below 1, e.g. 0.999, "
+                              "or null for no average")
         ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
         ema.requires_grad_(False)  # updated by averaging, never by gradients (and DDP must not wait for them)
         return ema
@@ -284,7 +358,7 @@ def adamw_warmup_cosine(task: pl.LightningModule) -> dict[str, Any]:
     groups = weight_decay_groups(task.model, task.hparams.weight_decay, lr=task.hparams.lr,
                                  backbone_lr_scale=task.hparams.get("backbone_lr_scale", 1.0))
     optimizer = torch.optim.AdamW(groups, lr=task.hparams.lr)
-    total = max(int(task.trainer.estimated_stepping_batches), 1)  # this sets up the training batches too
+    total = max(_scheduled_steps(task.trainer), 1)
     warmup = min(int(task.hparams.warmup_epochs * _steps_per_epoch(task.trainer, total)), total - 1)
     scheduler = warmup_cosine(optimizer, warmup, total)
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
@@ -307,6 +381,17 @@ def check_sdpa_backend(backend: Optional[str], device: torch.device, precision: 
                           "efficient")
 
 
+def _scheduled_steps(trainer: pl.Trainer) -> int:
+    """The run's optimizer steps, which the cosine decays over; one line when nothing bounds them: Lightning
+    counts max_epochs -1 (or null with max_time) as infinite, and data of unknown length without max_steps as -1."""
+    steps = trainer.estimated_stepping_batches  # this sets up the training batches too
+    if math.isinf(steps) or steps < 0:
+        raise ConfigError(f"trainer.max_epochs {trainer.max_epochs} and trainer.max_steps {trainer.max_steps} set no "
+                          "length for the run, which the warm-up + cosine schedule needs (max_time alone does not); "
+                          "set trainer.max_steps, or trainer.max_epochs for data of known length")
+    return int(steps)
+
+
 def _steps_per_epoch(trainer: pl.Trainer, total: int) -> float:
     """Optimizer steps in one epoch: from the epoch's batches, since ``max_steps`` may end the run
     before ``max_epochs`` does (or with none); from ``total`` for data of unknown length."""
@@ -326,11 +411,15 @@ def weight_decay_groups(model: nn.Module, weight_decay: float, *, lr: Optional[f
     an FCOS's newly made FPN.
     """
     prefix = getattr(model, "backbone_prefix", "backbone.")
+    # What the model lists itself (fnmatch patterns), as timm's optimizer factory reads it: a Swin's relative
+    # position bias tables, a DeiT's distillation token, a LeViT's attention biases.
+    undecayed = model.no_weight_decay() if callable(getattr(model, "no_weight_decay", None)) else set()
     groups: dict[tuple[bool, bool], list[nn.Parameter]] = {(False, True): [], (False, False): []}
     for name, param in model.named_parameters():
         if param.requires_grad:
             # Biases, norm scales, position embeddings and tokens are 1-D or named so: no decay.
-            decay = not (param.ndim <= 1 or name.endswith(NO_WEIGHT_DECAY))
+            decay = not (param.ndim <= 1 or name.endswith(NO_WEIGHT_DECAY)
+                         or any(fnmatch.fnmatch(name, pattern) for pattern in undecayed))
             backbone = backbone_lr_scale != 1.0 and name.startswith(prefix)
             groups.setdefault((backbone, decay), []).append(param)
     if backbone_lr_scale != 1.0 and lr is None:
@@ -471,8 +560,9 @@ def _classifier_from_checkpoint(path: Path, img_size: Optional[int], device: tor
         raise WeightsError(f"{path}: not a visattn classification checkpoint (no model_name and num_classes); "
                            "pass --model ARCH.TAG instead")
     model_kwargs = {**(hparams.get("model_kwargs") or {}), **_size_kwargs(hparams["model_name"], img_size)}
-    # The checkpoint holds every weight: an arch.tag run's shipped weights need not be read again.
-    net = build_classifier(hparams["model_name"], hparams["num_classes"], model_kwargs, pretrained=False)
+    # The checkpoint holds every weight: neither an arch.tag run's shipped weights nor timm's are read again.
+    with checkpoint_follows():
+        net = build_classifier(hparams["model_name"], hparams["num_classes"], model_kwargs, pretrained=False)
     load_weights(net, checkpoint["state_dict"], new_head=False, origin=path)  # its EMA copy when the run kept one
     labels = _labels(hparams.get("class_names"), hparams["num_classes"], str(path))
     recorded = _classifier_preprocessing(hparams.get("preprocessing"), net, source=f"{path}: hyper_parameters.",
