@@ -759,3 +759,40 @@ def test_a_checkpoint_of_a_timm_run_from_timm_weights_loads_offline(tmp_path, of
     assert all(torch.equal(v, task.model.state_dict()[k]) for k, v in loaded.model.state_dict().items())
     with checkpoint_follows():  # how validate/test --ckpt_path build the task before loading the checkpoint
         ImageClassifier(**hparams)
+
+
+def test_fine_tuning_timm_weights_with_other_normalisation_warns_as_for_shipped_weights(monkeypatch, offline):
+    """timm:vit_tiny_patch16_224.augreg_in21k (trained with mean and std 0.5) fine-tuned on ImageNet's
+    statistics went by without a word, while pretrained='timm:...' on visattn's ViT warned."""
+    import warnings
+
+    from visattn.errors import VisattnWarning
+
+    monkeypatch.setattr("visattn.tasks.classification.load_weights", lambda *args, **kwargs: None)  # no download
+    name, small = "timm:vit_tiny_patch16_224.augreg_in21k", {"depth": 1}
+    imagenet = {"input_size": [3, 224, 224], "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    with pytest.warns(VisattnWarning, match=r"^the data normalises with mean \[0.485, 0.456, 0.406\], std .* but the "
+                                            r"starting weights were trained with mean \[0.5, 0.5, 0.5\], std \[0.5"):
+        ImageClassifier(name, num_classes=3, model_kwargs=small, pretrained=True, preprocessing=imagenet)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", VisattnWarning)
+        ImageClassifier(name, num_classes=3, model_kwargs=small, pretrained=True,
+                        preprocessing={**imagenet, "mean": [0.5] * 3, "std": [0.5] * 3})
+        ImageClassifier(name, num_classes=3, model_kwargs=small, pretrained=False, preprocessing=imagenet)
+
+
+def test_a_timm_run_checkpoint_gives_timm_the_preprocessing_the_run_recorded(tmp_path, offline):
+    """timm's resolve_data_config(model=...) read the stock vit_tiny cfg (mean 0.5, crop 0.9, bicubic)
+    off a loaded timm run, not what the run recorded and visattn's own transform uses."""
+    from timm.data import resolve_data_config
+
+    recorded = {"input_size": [3, 224, 224], "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+                "crop_pct": 0.875, "interpolation": "bilinear"}
+    task = ImageClassifier("timm:vit_tiny_patch16_224", num_classes=3, model_kwargs={"depth": 1}, preprocessing=recorded)
+    path = tmp_path / "run.ckpt"
+    torch.save({"state_dict": task.state_dict(), "hyper_parameters": dict(task.hparams)}, path)
+    loaded = load_classifier(checkpoint=str(path))
+    assert resolve_data_config(model=loaded.model) == {
+        "input_size": (3, 224, 224), "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),
+        "crop_pct": 0.875, "crop_mode": "center", "interpolation": "bilinear"}
+    assert loaded.model.pretrained_cfg["classifier"] == "head"  # the rest of timm's own cfg stays

@@ -23,7 +23,7 @@ from torchvision.transforms import v2
 from ..data.fashion_mnist import FASHION_MNIST_CLASSES, FashionMNIST
 from ..data.image_folder import ImageFolder, evaluation_batches, seeded_subset
 from ..data.transforms import (CLASSIFIER_PREPROCESSING, ImageTransform, check_image_batch, default_preprocessing,
-                               eval_transform_of, preprocessing_problem, to_model_input)
+                               eval_transform_of, preprocessing_problem, timm_data_config, to_model_input)
 from ..devices import inference_device, model_device
 from ..errors import ConfigError, VisattnWarning, WeightsError
 from ..models.vit import NO_WEIGHT_DECAY
@@ -63,10 +63,13 @@ def _warn_if_normalised_otherwise(model_name: str, pretrained: Optional[Union[bo
                                   preprocessing: Optional[dict[str, Any]]) -> None:
     """Warn when the data normalises images otherwise than the starting weights recorded they were trained:
     fine-tuning Fashion-MNIST weights with an image folder's ImageNet defaults went by without a word."""
-    if not preprocessing or model_name.startswith("timm:") or starting_weights_skipped():
+    if not preprocessing or starting_weights_skipped():
         return
-    _, entry, _ = model_arguments(model_name, pretrained=pretrained)
-    recorded = weights_preprocessing(entry, pretrained) or {}
+    if model_name.startswith("timm:"):  # pretrained=True: timm's own weights of NAME, as build_classifier loads
+        entry, weights = None, model_name if pretrained is True else pretrained
+    else:
+        entry, weights = model_arguments(model_name, pretrained=pretrained)[1], pretrained
+    recorded = weights_preprocessing(entry, weights) or {}
     differs = [key for key in ("mean", "std") if key in recorded and key in preprocessing
                and not np.allclose(recorded[key], preprocessing[key])]
     if differs:
@@ -568,8 +571,10 @@ def _classifier_from_checkpoint(path: Path, img_size: Optional[int], device: tor
     recorded = _classifier_preprocessing(hparams.get("preprocessing"), net, source=f"{path}: hyper_parameters.",
                                          fix=_EDITED_CHECKPOINT)
     preprocessing = _resized(recorded, img_size)
-    if hasattr(net, "visattn_name"):  # timm's own models carry their own pretrained_cfg
+    if hasattr(net, "visattn_name"):
         net.pretrained_cfg = timm_pretrained_cfg(net, preprocessing)
+    else:  # a timm model keeps the rest of its own pretrained_cfg (its head's name, its weights' source)
+        net.pretrained_cfg = {**net.pretrained_cfg, **timm_data_config(preprocessing)}
     return Classifier(inference_model(net, device), labels, preprocessing, str(path), hparams["model_name"],
                       dict(hparams.get("model_kwargs") or {}))
 
