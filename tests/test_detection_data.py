@@ -292,6 +292,15 @@ def test_annotations_of_images_the_file_does_not_list_or_shared_image_ids_are_on
         CocoDetectionDataModule(str(edited), str(images_dir), num_workers=0)
 
 
+def test_repeated_annotation_ids_are_one_line(tmp_path):
+    """pycocotools indexes annotations by id: a repeated id kept one of them and changed the mAP, silently."""
+    path, images_dir = write_coco_instances(tmp_path)
+    edited = _rewritten(path, lambda d: [a.__setitem__("id", 7) for a in d["annotations"][2:4]])
+    with pytest.raises(ConfigError, match=r"^\S*edited.json: annotation id 7 is given to 2 annotations; "
+                                          r"give each annotation its own id$"):
+        CocoDetection(edited, images_dir, evaluation=True)
+
+
 @pytest.mark.parametrize("flag, crowd", [("0", 0), ("1", 1), (False, 0), (1.0, 1)])
 def test_iscrowd_is_read_as_a_number(tmp_path, flag, crowd):
     path, images_dir = write_coco_instances(tmp_path)

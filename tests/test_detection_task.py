@@ -526,3 +526,31 @@ def test_evaluate_scores_boxes_as_annotated_as_pycocotools_cocoeval_does(tmp_pat
         evaluation = COCOeval(truth, truth.loadRes(results), "bbox")
         evaluation.evaluate(), evaluation.accumulate(), evaluation.summarize()
     assert (ours["map"], ours["map50"]) == pytest.approx((evaluation.stats[0], evaluation.stats[1]), abs=2e-6)
+
+
+@needs_fashion_mnist
+def test_fcos_detect_below_its_score_thresh_finds_the_lower_scoring_detections_too():
+    """FCOS dropped candidates under its score_thresh (0.05) before NMS, so a lower threshold found nothing more."""
+    from visattn.data.scenes import FashionScenes
+
+    detector = load_detector("fcos_se_resnet20_cifar.scenes")
+    scene = FashionScenes("test", num_scenes=1)[0]
+    image = torch.from_numpy(scene.image).permute(2, 0, 1).float() / 255
+    high, low = detector.detect([image], score_threshold=0.05)[0], detector.detect([image], score_threshold=0.01)[0]
+    assert ((low["scores"] >= 0.01) & (low["scores"] < 0.05)).any()
+    assert detector.model.score_thresh == 0.05  # put back after the call
+    found = {(tuple(b), s, c) for b, s, c in zip(low["boxes"].tolist(), low["scores"].tolist(), low["labels"].tolist())}
+    assert all((tuple(b), s, c) in found
+               for b, s, c in zip(high["boxes"].tolist(), high["scores"].tolist(), high["labels"].tolist()))
+    assert len(high["scores"]) > 0
+    default = detector.detect([image])[0]  # no threshold asked for: the model's own, as evaluate and validation score
+    assert len(default["scores"]) and (default["scores"] > 0.05).all() and detector.model.score_thresh == 0.05
+
+
+def test_fcos_detections_on_a_thin_image_have_width_and_height():
+    """torchvision's FCOS kept boxes clipped to a 1 px high image's edge: zero height, e.g. [7.3, 1.0, 221.3, 1.0]."""
+    detector = load_detector("fcos_se_resnet20_cifar.scenes")
+    for image in (torch.rand(3, 1, 500, generator=torch.Generator().manual_seed(0)), torch.ones(3, 500, 1)):
+        for found in detector.detect([image], score_threshold=0.0):
+            boxes = found["boxes"]
+            assert len(boxes) and ((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])).all()

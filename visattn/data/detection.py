@@ -161,7 +161,7 @@ class CocoDetection(ImageFiles):
     with one warning per file counting them, so that ``num_objects`` counts what a detector learns
     from; ``evaluation`` targets keep every box with an area as annotated, as COCOeval scores them.
     An image whose ``file_name`` is no string, an annotation naming an image the file does not
-    list, an id shared by two images, a ``bbox`` that is not four numbers or an ``iscrowd`` other
+    list, an id shared by two images or two annotations, a ``bbox`` that is not four numbers or an ``iscrowd`` other
     than 0 or 1 is a one-line :class:`~visattn.errors.ConfigError`. Boxes of a photo that EXIF turns
     on decoding turn with it when the image's ``width`` and ``height`` are those of the stored frame;
     another size than the declared one is warned about once per file. Broken image files are
@@ -246,6 +246,7 @@ class CocoDetection(ImageFiles):
         name one image and one category."""
         image_ids = [image["id"] for image in images]
         check_image_ids(self.annotations, images, [a["image_id"] for a in annotations])
+        self._check_annotation_ids(annotations)
         unknown = {a["category_id"] for a in annotations} - set(label_of)
         if unknown:
             hint = json_type_hint(next(iter(unknown)), list(label_of))
@@ -256,6 +257,14 @@ class CocoDetection(ImageFiles):
             per_image[annotation["image_id"]].append(annotation)
         given = list(per_image.values())  # in the order of images: their ids are unique
         return self._drop_unusable([self._boxes(anns, label_of) for anns in given], given)
+
+    def _check_annotation_ids(self, annotations: list[dict]) -> None:
+        """pycocotools indexes annotations by id, so a repeated id keeps one of them and changes the mAP."""
+        counts = Counter(a["id"] for a in annotations)
+        repeated = next((ann_id for ann_id, n in counts.items() if n > 1), None)
+        if repeated is not None:
+            raise ConfigError(f"{self.annotations}: annotation id {json.dumps(repeated)} is given to {counts[repeated]} "
+                              "annotations; give each annotation its own id")
 
     def _boxes(self, annotations: list[dict], label_of: dict[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(N, 4)`` float32 xyxy boxes, ``(N,)`` int64 labels and ``(N,)`` int64 crowd flags."""

@@ -33,7 +33,8 @@ from torch import Tensor, nn
 from torchvision.models.detection import FCOS
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
-from torchvision.ops import MLP, box_convert, clip_boxes_to_image, generalized_box_iou, generalized_box_iou_loss
+from torchvision.ops import (MLP, box_convert, clip_boxes_to_image, generalized_box_iou, generalized_box_iou_loss,
+                             remove_small_boxes)
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelP6P7
 
 from ..errors import ConfigError
@@ -347,7 +348,7 @@ class FcosDetector(FCOS):
         if self.training:
             _check_targets(targets, num_images=len(images), num_classes=self.num_classes)
             return super().forward(images, targets)
-        return detect_by_size(super().forward, images)
+        return _without_empty_boxes(detect_by_size(super().forward, images))
 
     @torch.no_grad()
     def reorder_classes(self, order: Sequence[int]) -> None:
@@ -362,6 +363,21 @@ class FcosDetector(FCOS):
         logits = self.head.classification_head.cls_logits
         nn.init.normal_(logits.weight, std=0.01)
         nn.init.constant_(logits.bias, -math.log((1 - 0.01) / 0.01))
+
+
+def _without_empty_boxes(detections: Detections) -> Detections:
+    """Detections less the boxes of zero width or height: torchvision's FCOS never drops small boxes,
+    and one clipped to a 1 px side of the image is a line, not an object."""
+    kept = []
+    for found in detections:
+        keep = remove_small_boxes(found["boxes"], _EMPTY_BOX_SIDE)
+        kept.append({name: value[keep] for name, value in found.items()})
+    return kept
+
+
+# remove_small_boxes keeps sides of at least this: any box wider and higher than a point (float32
+# pixel coordinates step by at most 1e-4 up to 2048 px).
+_EMPTY_BOX_SIDE = 1e-6
 
 
 def _head_outputs_to_float32(head: nn.Module, inputs: Any, outputs: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -6,10 +6,11 @@ lists of 0..1 images and 0-based labels, return a loss dict in training and per-
 ``{"boxes", "scores", "labels"}`` in evaluation, and normalise and resize inside. Scores are
 COCO mAP (IoU 0.50:0.95) and mAP@0.5 from torchmetrics' ``MeanAveragePrecision``.
 """
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence, Union
+from typing import Any, Iterable, Iterator, Optional, Sequence, Union
 
 import lightning.pytorch as pl
 import numpy as np
@@ -184,9 +185,11 @@ class Detector:
     device = Classifier.device
 
     @torch.inference_mode()
-    def detect(self, images: Sequence[Tensor], *, score_threshold: float = 0.0, attention: bool = False) -> Detections:
+    def detect(self, images: Sequence[Tensor], *, score_threshold: Optional[float] = None,
+               attention: bool = False) -> Detections:
         """Per image ``{"boxes": (M, 4) xyxy pixels, "scores": (M,), "labels": (M,)}`` on the CPU,
-        scoring at least ``score_threshold``, for ``(3, H, W)`` images in 0..1 on any device.
+        scoring at least ``score_threshold`` (None: the model's own, FCOS's ``score_thresh``, DETR's 0),
+        for ``(3, H, W)`` images in 0..1 on any device.
 
         ``attention`` adds ``"attention"`` ``(M, H, W)``: where each detection looked, its query's
         cross-attention for DETR-style detectors, else gradient × input of its score
@@ -196,13 +199,30 @@ class Detector:
         images = [to_model_input(image, self.model) for image in images]
         if not images:
             return []
-        with eval_mode(self.model):  # a detector in training mode wants targets and returns losses
+        threshold = 0.0 if score_threshold is None else score_threshold
+        # eval_mode: a detector in training mode wants targets and returns losses
+        with eval_mode(self.model), _score_floor_at_most(self.model, score_threshold):
             if attention:
-                detections, maps = detection_maps(self.model, images, min_score=score_threshold)
+                detections, maps = detection_maps(self.model, images, min_score=threshold)
                 detections = [{**d, "attention": m} for d, m in zip(detections, maps)]
             else:
                 detections = self.model(images)
-        return [{k: v[d["scores"] >= score_threshold].cpu() for k, v in d.items()} for d in detections]
+        return [{k: v[d["scores"] >= threshold].cpu() for k, v in d.items()} for d in detections]
+
+
+@contextmanager
+def _score_floor_at_most(model: nn.Module, threshold: Optional[float]) -> Iterator[None]:
+    """FCOS drops candidates scoring at most its ``score_thresh`` before NMS, so a lower requested
+    threshold would find nothing below it: lower it for the call, then put it back (None: leave it)."""
+    floor = getattr(model, "score_thresh", None)
+    if floor is None or threshold is None or threshold >= floor:
+        yield
+        return
+    model.score_thresh = threshold
+    try:
+        yield
+    finally:
+        model.score_thresh = floor
 
 
 def load_detector(model: Optional[str] = None, checkpoint: Optional[str] = None, *,
