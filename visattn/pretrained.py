@@ -204,15 +204,11 @@ def weights_preprocessing(entry: Optional[dict[str, Any]], pretrained: Any) -> O
     """The evaluation settings recorded with the weights a model was built from: its index entry's (or
     that of the shipped ``ARCH.TAG`` given as ``pretrained``), or for ``timm:NAME`` the mean, std, crop and
     filter timm records for those weights (known offline); else None."""
+    entry = entry if entry is not None else named_weights_entry(pretrained)
     if entry is not None:
         return entry.get("preprocessing")
-    if not isinstance(pretrained, str):
+    if not (isinstance(pretrained, str) and pretrained.startswith("timm:")):  # a file has recorded nothing
         return None
-    if not pretrained.startswith("timm:"):
-        if Path(pretrained).exists():  # a file has recorded nothing
-            return None
-        named = load_index().get(pretrained)  # another ARCH.TAG
-        return named.get("preprocessing") if named else None
     import timm
 
     from .data.transforms import INTERPOLATIONS
@@ -224,6 +220,14 @@ def weights_preprocessing(entry: Optional[dict[str, Any]], pretrained: Any) -> O
     recorded = {"mean": list(cfg.mean), "std": list(cfg.std), "crop_pct": cfg.crop_pct,
                 "recipe": "small" if cfg.crop_mode == "squash" else "photo"}
     return {**recorded, **({"interpolation": cfg.interpolation} if cfg.interpolation in INTERPOLATIONS else {})}
+
+
+def named_weights_entry(pretrained: Any) -> Optional[dict[str, Any]]:
+    """The index entry of weights given by name, ``pretrained="ARCH.TAG"``; None for a file, a
+    ``timm:``/``hf-hub:`` name, or anything else."""
+    if not isinstance(pretrained, str) or pretrained.startswith(("timm:", "hf-hub:")) or Path(pretrained).exists():
+        return None
+    return load_index().get(pretrained)
 
 
 def model_files(model: Optional[str] = None, checkpoint: Optional[str] = None) -> list[Path]:

@@ -27,6 +27,7 @@ import torch
 from timm.models.resnet import ResNet as TimmResNet
 from torch import Tensor, nn
 
+from ..errors import ConfigError
 from ..models.resnet import ResNet
 
 
@@ -54,6 +55,11 @@ class CellCentres:
     def map_size(self) -> tuple[int, int]:
         return len(self.rows), len(self.cols)
 
+    def require_map(self, shape: Sequence[int]) -> None:
+        """One line unless a map of ``shape`` (``(..., h, w)``) has these cells."""
+        if tuple(shape[-2:]) != self.map_size:
+            raise ConfigError(f"heat map has shape {tuple(shape)}; its cell centres are for a {self.map_size} grid")
+
     def pooled(self, grid: Sequence[int]) -> "CellCentres":
         """The centres of ``AdaptiveAvgPool2d(grid)``'s output cells: each window's mean centre."""
         return CellCentres(*(_pooled_centres(centres, size) for centres, size in zip((self.rows, self.cols), grid)))
@@ -65,8 +71,7 @@ class CellCentres:
     def resample(self, maps: Tensor, size: Sequence[int]) -> Tensor:
         """``(..., h, w)`` maps interpolated at the centres of the ``size = (H, W)`` image's pixels,
         ``(..., H, W)`` in float32 (float64 for float64 maps), on the maps' device."""
-        if tuple(maps.shape[-2:]) != self.map_size:
-            raise ValueError(f"maps of shape {tuple(maps.shape)} do not fit cell centres of a {self.map_size} grid")
+        self.require_map(maps.shape)
         maps = maps.to(torch.float64 if maps.dtype == torch.float64 else torch.float32)
         if self == CellCentres.blocks(size, size):  # one cell per pixel, already in place
             return maps

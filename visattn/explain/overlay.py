@@ -37,8 +37,6 @@ def resize_map(heatmap: np.ndarray | torch.Tensor, size: tuple[int, int], *,
     grid = torch.as_tensor(np.asarray(heatmap, dtype=np.float64) if not torch.is_tensor(heatmap) else heatmap)
     if grid.ndim != 2:
         raise ConfigError(f"heat map has shape {tuple(grid.shape)}; expected a 2-D (h, w) map")
-    if centres is not None and centres.map_size != tuple(grid.shape):
-        raise ConfigError(f"heat map has shape {tuple(grid.shape)}; its cell centres are for a {centres.map_size} grid")
     centres = centres or CellCentres.blocks(grid.shape, size)
     return centres.resample(grid.detach().cpu().to(dtype), size).to(dtype).numpy()
 

@@ -42,8 +42,8 @@ def peak_location(heatmap: np.ndarray | torch.Tensor, image_size: Optional[Seque
         raise ConfigError(f"heat map has shape {tuple(grid.shape)}; expected a 2-D (h, w) map")
     if not np.isfinite(grid).all():
         raise ConfigError("the map holds NaN or infinite values; check the model and its input")
-    if centres is not None and centres.map_size != grid.shape:
-        raise ConfigError(f"heat map has shape {grid.shape}; its cell centres are for a {centres.map_size} grid")
+    if centres is not None:
+        centres.require_map(grid.shape)
     if np.ptp(grid) == 0:
         return None
     plateaus, _ = ndimage.label(grid == grid.max(), structure=np.ones((3, 3)))

@@ -28,7 +28,7 @@ from ..devices import inference_device, model_device
 from ..errors import ConfigError, VisattnWarning, WeightsError
 from ..models.vit import NO_WEIGHT_DECAY
 from ..modes import eval_mode
-from ..pretrained import (checkpoint_follows, find_weights_entry, load_index, load_weights, metadata_problem,
+from ..pretrained import (checkpoint_follows, find_weights_entry, load_weights, metadata_problem, named_weights_entry,
                           read_pickle_checkpoint, require_regular_file, starting_weights_skipped, timm_pretrained_cfg,
                           weights_preprocessing)
 from ..registry import check_timm_name, create_model, model_arguments, model_family, model_task, split_model_name
@@ -129,9 +129,7 @@ def _first_names(names: Sequence[str]) -> str:
 def starting_weights_labels(model_name: str, pretrained: Optional[Union[bool, str]]) -> Optional[list[str]]:
     """The labels recorded with the shipped weights a model starts from (``arch.tag``, ``pretrained=True`` or
     another ``"ARCH.TAG"``); None for none, a file, or timm's or the hub's weights."""
-    _, entry, _ = model_arguments(model_name, pretrained=pretrained)
-    if entry is None and isinstance(pretrained, str) and not Path(pretrained).exists():
-        entry = load_index().get(pretrained)
+    entry = model_arguments(model_name, pretrained=pretrained)[1] or named_weights_entry(pretrained)
     return (entry or {}).get("labels")
 
 
