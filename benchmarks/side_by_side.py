@@ -61,16 +61,17 @@ def interleave(candidates: Mapping[str, Candidate], *, rounds: int, warmup: int 
     return seconds
 
 
-def matmul_peak(size: Optional[int] = None, repeats: int = 20, *, device: str = "cpu", precision: str = "fp32") -> float:
-    """FLOP/s of a square torch matmul in ``precision`` on ``device``, best of ``repeats``: the rate torch's own
-    library (MKL on this CPU) reaches now, not the hardware's peak (other libraries' matmuls run faster on
-    some CPUs). Five samples had moved by a third between runs. The default size is 2048 on CPU and 8192
-    on a GPU, which a smaller product would not fill."""
+def matmul_peak(size: Optional[int] = None, repeats: int = 20, *, device: str = "cpu", precision: str = "fp32",
+                product: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = torch.matmul) -> float:
+    """FLOP/s of a square ``product`` (torch's matmul) in ``precision`` on ``device``, best of ``repeats``:
+    the rate that library (MKL on this CPU) reaches now, not the hardware's peak (other libraries'
+    products run faster on some CPUs). Five samples had moved by a third between runs. The default size
+    is 2048 on CPU and 8192 on a GPU, which a smaller product would not fill."""
     size = size or (8192 if torch.device(device).type == "cuda" else 2048)
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
-    a @ b  # warm-up: thread pool, allocator, GPU libraries
-    best = min(_timed(lambda: a @ b)[1] for _ in range(repeats))
+    product(a, b)  # warm-up: thread pool, allocator, GPU libraries
+    best = min(_timed(lambda: product(a, b))[1] for _ in range(repeats))
     return 2 * size**3 / best
 
 

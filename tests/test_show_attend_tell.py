@@ -10,6 +10,7 @@ from visattn import create_model, list_models
 from visattn.errors import ConfigError
 from visattn.layers.additive_attention import AdditiveAttention
 from visattn.layers.lstm_cell import SigmoidLSTMCell
+from visattn.layers.onednn_linear import _onednn_computes, linear as onednn_linear
 from visattn.models.show_attend_tell import (END_ID, PAD_ID, START_ID, ShowAttendTell,
                                             doubly_stochastic_penalty)
 
@@ -73,6 +74,25 @@ def test_additive_attention_equals_the_tanh_formula():
     assert torch.allclose(alpha, expected, atol=1e-6)
 
 
+@pytest.mark.parametrize("sizes", [(6, 5, 4, 7), (64, 256, 128, 64)])  # the second: decoding's, through oneDNN
+def test_additive_attention_over_some_queries_equals_theirs_among_all_and_zero_elsewhere(sizes):
+    torch.manual_seed(0)
+    feature_dim, query_dim, attn_dim, regions = sizes
+    attn = AdditiveAttention(feature_dim, query_dim, attn_dim=attn_dim)
+    features, queries = torch.randn(4, regions, feature_dim), torch.randn(4, 5, query_dim)
+    mask = torch.rand(4, regions) > 0.3
+    rows = torch.tensor([0, 3, 4, 7, 12, 19])  # (image, query) (0, 0), (0, 3), (0, 4), (1, 2), (2, 2), (3, 4)
+    with torch.no_grad():
+        full_context, full_alpha = attn(features, queries, mask=mask)
+        context, alpha = attn(features, queries, mask=mask, rows=rows)
+    kept = torch.zeros(20, dtype=torch.bool)
+    kept[rows] = True
+    for actual, expected in ((context, full_context), (alpha, full_alpha)):
+        actual, expected = actual.flatten(0, 1), expected.flatten(0, 1)
+        torch.testing.assert_close(actual[kept], expected[kept], rtol=1e-5, atol=1e-5)
+        assert not actual[~kept].any()
+
+
 def test_additive_attention_with_several_queries_per_image_equals_one_at_a_time():
     attn = AdditiveAttention(6, 5, attn_dim=4)
     features, queries = torch.randn(2, 7, 6), torch.randn(2, 3, 5)  # 3 queries (beams) per image
@@ -101,7 +121,7 @@ def test_step_runs_several_hypotheses_per_image_against_shared_features(model, i
 
 
 @pytest.mark.parametrize("word_table", [False, True])
-def test_step_advances_only_the_given_rows_and_looks_words_up_in_the_table_as_it_multiplies(model, images, word_table):
+def test_step_attends_and_advances_only_the_given_rows_and_looks_words_up_in_the_table_as_it_multiplies(model, images, word_table):
     features = model.encode(images)
     projected = model.attention.project_features(features)
     state = model.init_state(features)
@@ -110,10 +130,10 @@ def test_step_advances_only_the_given_rows_and_looks_words_up_in_the_table_as_it
     table = model.word_products() if word_table else None
     rows = torch.tensor([0, 2])
     logits, (h, c), alpha = model.step(features, projected, words, state, table, rows)
-    torch.testing.assert_close(alpha, full_alpha)
-    for actual, expected in ((logits, full_logits), (h, full_h), (c, full_c)):
+    for actual, expected in ((logits, full_logits), (h, full_h), (c, full_c), (alpha, full_alpha)):
         torch.testing.assert_close(actual[rows], expected[rows], rtol=1e-5, atol=1e-6)
-    assert torch.equal(h[1], state[0][1]) and torch.equal(c[1], state[1][1]) and not logits[1].any()
+    assert torch.equal(h[1], state[0][1]) and torch.equal(c[1], state[1][1])
+    assert not logits[1].any() and not alpha[1].any()
 
 
 @needs_fashion_mnist
@@ -353,6 +373,37 @@ def test_sigmoid_lstm_cell_equals_nn_lstm_cell_in_values_and_gradients(bias):
         x.grad = None
     for expected, actual in zip(*outputs):
         torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_onednn_linear_equals_f_linear_and_takes_only_large_fp32_products_no_gradient_needs():
+    torch.manual_seed(0)
+    x, weight, bias, add = torch.randn(320, 256), torch.randn(1024, 256), torch.randn(1024), torch.randn(320, 1024)
+    with torch.no_grad():
+        assert _onednn_computes(x, weight)
+        torch.testing.assert_close(onednn_linear(x, weight, bias), F.linear(x, weight, bias), rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(onednn_linear(x, weight, add=add), torch.addmm(add, x, weight.t()), rtol=1e-5, atol=1e-4)
+        strided = weight[:, 192:]  # the LSTM's context columns, not contiguous
+        torch.testing.assert_close(onednn_linear(x[:, :64], strided), x[:, :64] @ strided.t(), rtol=1e-5, atol=1e-4)
+        assert not _onednn_computes(x[:5, :64], weight[:, :64])  # 5 x 64 x 1024: F.linear's is faster
+        assert not _onednn_computes(x.double(), weight.double())
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert not _onednn_computes(x, weight) and onednn_linear(x, weight).dtype == torch.bfloat16
+    trained = weight.clone().requires_grad_()
+    assert not _onednn_computes(x, trained)
+    onednn_linear(x, trained, add=add).sum().backward()
+    torch.testing.assert_close(trained.grad, x.sum(0).expand(1024, 256), rtol=1e-5, atol=1e-4)
+
+
+def test_sigmoid_lstm_cell_at_decoding_size_without_gradients_equals_nn_lstm_cell():
+    """Decoding's products (320 rows) go through oneDNN; the cell still gives nn.LSTMCell's state."""
+    torch.manual_seed(0)
+    reference, cell = torch.nn.LSTMCell(192, 256), SigmoidLSTMCell(192, 256)
+    cell.load_state_dict(reference.state_dict())
+    x, state = torch.randn(320, 192), (torch.randn(320, 256), torch.randn(320, 256))
+    with torch.no_grad():
+        assert _onednn_computes(state[0], cell.weight_hh)
+        for expected, actual in zip(reference(x, state), cell(x, state)):
+            torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_sigmoid_lstm_cell_takes_no_state_and_unbatched_input_like_nn_lstm_cell():

@@ -45,6 +45,7 @@ class AdditiveAttention(nn.Module):
         *,
         projected: Optional[Tensor] = None,
         mask: Optional[Tensor] = None,
+        rows: Optional[Tensor] = None,
     ) -> tuple[Tensor, Tensor]:
         """Context ``(B, feature_dim)`` and weights ``α`` ``(B, P)``; with ``M`` queries per feature
         set, ``(B, M, feature_dim)`` and ``(B, M, P)``.
@@ -56,22 +57,35 @@ class AdditiveAttention(nn.Module):
             projected: ``project_features(features)``, to skip recomputing it each decoding step.
             mask: ``(B, P)`` bool, ``True`` for regions that may be attended; others get weight 0,
                 and a row with none gets context 0.
+            rows: ``(R,)`` the only queries that attend, indices into the ``B * M`` queries in image
+                order (decoding: hypotheses that have not ended); the others get weight 0 and context 0.
         """
         if projected is None:
             projected = self.project_features(features)
         one_query = query.ndim == 2
         queries = query[:, None] if one_query else query  # (B, M, query_dim)
         doubled_query = F.linear(queries, 2 * self.query_proj.weight, 2 * self.query_proj.bias)
-        # In place: one (B, M, P, attn_dim) buffer per step instead of two (beam search is bound by this).
-        gates = (projected[:, None] + doubled_query[:, :, None]).sigmoid_()  # σ(2u)
-        w, b = self.score.weight, self.score.bias
-        scores = F.linear(gates, 2 * w, b - w.sum()).squeeze(-1)  # (B, M, P), w^T tanh(u) + b
-        if mask is not None:
-            # A finite fill, not -inf: a fully masked row then stays finite (forward and backward),
-            # and multiplying by the mask gives it weight 0 everywhere.
-            scores = scores.masked_fill(~mask[:, None], torch.finfo(scores.dtype).min)
-        alpha = scores.softmax(dim=-1)
-        if mask is not None:
-            alpha = alpha * mask[:, None]
+        if rows is None:
+            # In place: one (B, M, P, attn_dim) buffer per step instead of two (beam search is bound by this).
+            gates = (projected[:, None] + doubled_query[:, :, None]).sigmoid_()  # σ(2u)
+            alpha = self._weights(gates, None if mask is None else mask[:, None])  # (B, M, P)
+        else:
+            per_image = queries.shape[1]
+            images = rows // per_image
+            gates = projected.index_select(0, images).add_(doubled_query.flatten(0, 1).index_select(0, rows)[:, None])
+            row_alpha = self._weights(gates.sigmoid_(), None if mask is None else mask.index_select(0, images))  # (R, P)
+            alpha = row_alpha.new_zeros(queries.shape[0] * per_image, row_alpha.shape[1]).index_copy_(0, rows, row_alpha)
+            alpha = alpha.unflatten(0, queries.shape[:2])
         context = torch.bmm(alpha, features)  # (B, M, feature_dim)
         return (context[:, 0], alpha[:, 0]) if one_query else (context, alpha)
+
+    def _weights(self, gates: Tensor, mask: Optional[Tensor]) -> Tensor:
+        """``α`` over the regions from ``σ(2u)`` ``(..., P, attn_dim)``; ``mask`` broadcasts to ``(..., P)``."""
+        w, b = self.score.weight, self.score.bias
+        scores = F.linear(gates, 2 * w, b - w.sum()).squeeze(-1)  # (..., P), w^T tanh(u) + b
+        if mask is None:
+            return scores.softmax(dim=-1)
+        # A finite fill, not -inf: a fully masked row then stays finite (forward and backward),
+        # and multiplying by the mask gives it weight 0 everywhere.
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+        return scores.softmax(dim=-1) * mask

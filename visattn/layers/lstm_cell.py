@@ -8,12 +8,15 @@ Same parameters, initialisation and state dict as ``nn.LSTMCell``, and the same 
 rounding. The two ``tanh`` are computed as ``tanh(x) = 2σ(2x) - 1``: PyTorch's CPU ``tanh`` kernel
 took 3-10x its ``sigmoid`` on the AMD EPYC we measured, and ``nn.LSTMCell``'s two ``tanh`` cost about
 a fifth of a 320-row decoding step of the FashionScenes captioner. The input and hidden products are
-accumulated into one buffer, so a step is one sigmoid over all four gates.
+accumulated into one buffer, so a step is one sigmoid over all four gates. Both products go through
+:func:`visattn.layers.onednn_linear.linear`, which leaves training to ``F.linear``/``addmm``.
 """
 from typing import Optional
 
 import torch
 from torch import Tensor, nn
+
+from .onednn_linear import linear
 
 
 class SigmoidLSTMCell(nn.LSTMCell):
@@ -34,8 +37,8 @@ class SigmoidLSTMCell(nn.LSTMCell):
         h, c = hx
         if unbatched:
             input, h, c = input[None], h.reshape(1, -1), c.reshape(1, -1)
-        # Out of place: autocast casts each addmm's operands (it leaves in-place ops alone).
-        products = torch.addmm(self.bias_ih + self.bias_hh, input, self.weight_ih.t()) if self.bias else input.mm(self.weight_ih.t())
+        # Out of place: autocast casts each product's operands (it leaves in-place ops alone).
+        products = linear(input, self.weight_ih, self.bias_ih + self.bias_hh if self.bias else None)
         h, c = self.advance(products, (h, c))
         return (h[0], c[0]) if unbatched else (h, c)
 
@@ -44,7 +47,7 @@ class SigmoidLSTMCell(nn.LSTMCell):
         given separately when parts of it are known in advance (a word's embedding product, say)."""
         h, c = hx
         hidden = self.hidden_size
-        gates = torch.addmm(input_products, h, self.weight_hh.t())  # (B, 4 * hidden)
+        gates = linear(h, self.weight_hh, add=input_products)  # (B, 4 * hidden)
         gates.narrow(1, 2 * hidden, hidden).mul_(2)  # σ(2g) gives tanh(g) = 2σ(2g) - 1
         in_gate, forget_gate, cell_gate, out_gate = gates.sigmoid_().chunk(4, dim=1)  # (B, hidden) each
         c = torch.addcmul(forget_gate * c, in_gate, cell_gate * 2 - 1)

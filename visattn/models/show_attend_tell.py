@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 from ..layers.additive_attention import AdditiveAttention
 from ..layers.lstm_cell import SigmoidLSTMCell
+from ..layers.onednn_linear import linear
 from ..layers.patch_embed import is_count, to_2tuple
 from ..modes import eval_mode
 from ..registry import check_timm_name, create_model, model_family, register_model, split_model_name
@@ -209,12 +210,12 @@ class ShowAttendTell(nn.Module):
             state: LSTM ``(h, c)``, each ``(R, hidden_dim)``.
             word_products: ``self.word_products()``, to look up each word's share of the LSTM gates
                 instead of multiplying its embedding every step (decoding).
-            rows: ``(R',)`` the only rows that advance (decoding: hypotheses that have not ended); the
-                others keep their state and get logits 0. Attention still covers every row.
+            rows: ``(R',)`` the only rows that attend and advance (decoding: hypotheses that have not
+                ended); the others keep their state and get logits 0 and attention 0.
         """
         h, c = state
         queries = h.unflatten(0, (features.shape[0], -1))  # (B, M, hidden_dim)
-        context, alpha = (t.flatten(0, 1) for t in self.attention(features, queries, projected=projected))
+        context, alpha = (t.flatten(0, 1) for t in self.attention(features, queries, projected=projected, rows=rows))
         if rows is not None:
             h, c, context, words = (t.index_select(0, rows) for t in (h, c, context, words))
         context = torch.sigmoid(self.f_beta(h)) * context  # gating scalar β per feature channel
@@ -223,7 +224,7 @@ class ShowAttendTell(nn.Module):
             h, c = self.lstm(torch.cat([embedded, context], dim=1), (h, c))
         else:
             context_weight = self.lstm.weight_ih[:, self.embed.embedding_dim:]
-            products = torch.addmm(word_products.index_select(0, words), context, context_weight.t())
+            products = linear(context, context_weight, add=word_products.index_select(0, words))
             h, c = self.lstm.advance(products, (h, c))
         out = embedded + self.out_h(h) + self.out_z(context) if self.deep_output else h
         logits = self.fc(self.drop(out))

@@ -1,0 +1,39 @@
+"""``F.linear`` for large fp32 inference products on the CPU, through oneDNN's inner product.
+
+Reference: oneDNN's inner-product primitive (https://uxlfoundation.github.io/oneDNN/dev_guide_inner_product.html),
+which PyTorch ships as ``torch.ops.mkldnn._linear_pointwise``: the op ``torch.compile``'s CPU
+``freezing`` pass lowers linear layers to. Eager ``F.linear`` calls MKL's sgemm instead, which on the
+AMD EPYC (AVX-512) we measured ran at 195 GFLOP/s with two threads where oneDNN ran at 415-455: the
+captioner's LSTM product ``(320, 256) x (256, 1024)`` took 0.86 ms against 0.39 ms. oneDNN costs about
+10 us more per call, so products up to ``MIN_MULTIPLY_ADDS`` stay with ``F.linear``, as does anything
+autograd, autocast or another device or dtype would see: the op has no autocast rule and is not what
+training differentiates.
+"""
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+# Rows x in x out above which oneDNN goes: (64, 256) x (256, 1024) took 0.09 ms against MKL's 0.19. Below
+# it MKL's smaller fixed cost wins, or oneDNN's reorder of an uncached weight: one-image decoding's
+# (5, 256) x (256, 1024) product ran faster through oneDNN alone but slowed a search down by 4%.
+MIN_MULTIPLY_ADDS = 1 << 22
+
+
+def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, add: Optional[Tensor] = None) -> Tensor:
+    """``F.linear(x, weight, bias) + add``; ``add`` (``(rows, out)``, given without ``bias``) is summed in
+    place of a bias, as ``torch.addmm(add, x, weight.t())``. TorchScript compiles the ``F.linear`` path."""
+    if not torch.jit.is_scripting():
+        if _onednn_computes(x, weight):
+            out = torch.ops.mkldnn._linear_pointwise(x.contiguous(), weight.contiguous(), bias, "none", [], "")
+            return out if add is None else out.add_(add)
+    return F.linear(x, weight, bias) if add is None else torch.addmm(add, x, weight.t())
+
+
+def _onednn_computes(x: Tensor, weight: Tensor) -> bool:
+    return (x.ndim == 2 and x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
+            and x.shape[0] * weight.shape[0] * weight.shape[1] > MIN_MULTIPLY_ADDS
+            and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+            and not torch.is_autocast_enabled("cpu")
+            and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)
