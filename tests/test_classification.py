@@ -796,3 +796,33 @@ def test_a_timm_run_checkpoint_gives_timm_the_preprocessing_the_run_recorded(tmp
         "input_size": (3, 224, 224), "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),
         "crop_pct": 0.875, "crop_mode": "center", "interpolation": "bilinear"}
     assert loaded.model.pretrained_cfg["classifier"] == "head"  # the rest of timm's own cfg stays
+
+
+@pytest.mark.parametrize("pretrained", [None, False])
+def test_timm_weights_asked_for_in_model_kwargs_warn_of_other_normalisation_as_the_pretrained_option_does(
+        monkeypatch, offline, pretrained):
+    """model_kwargs pretrained: true starts from timm's weights as pretrained: true does, but fine-tuning them
+    on other statistics than theirs went by without a word."""
+    import warnings
+
+    import timm.models._builder
+
+    from visattn.errors import VisattnWarning
+
+    fetched = []  # what timm would download: the weights the run starts from
+    monkeypatch.setattr(timm.models._builder, "load_pretrained",
+                        lambda model, pretrained_cfg, **kwargs: fetched.append(pretrained_cfg["hf_hub_id"]))
+    name, imagenet = "timm:vit_tiny_patch16_224.augreg_in21k", {
+        "input_size": [3, 224, 224], "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    with pytest.warns(VisattnWarning, match=r"^the data normalises with mean \[0.485, 0.456, 0.406\], std .* but the "
+                                            r"starting weights were trained with mean \[0.5, 0.5, 0.5\], std \[0.5") as record:
+        ImageClassifier(name, num_classes=3, model_kwargs={"depth": 1, "pretrained": True}, pretrained=pretrained,
+                        preprocessing=imagenet)
+    assert fetched == ["timm/vit_tiny_patch16_224.augreg_in21k"]
+    assert len([w for w in record if w.category is VisattnWarning]) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", VisattnWarning)
+        ImageClassifier(name, num_classes=3, model_kwargs={"depth": 1, "pretrained": True}, pretrained=pretrained,
+                        preprocessing={**imagenet, "mean": [0.5] * 3, "std": [0.5] * 3})
+        ImageClassifier(name, num_classes=3, model_kwargs={"depth": 1, "pretrained": False}, pretrained=pretrained,
+                        preprocessing=imagenet)

@@ -247,7 +247,8 @@ def test_scenes_data_module_batches():
                                           canvas_size=48, min_items=2, max_items=3)
     assert dm.num_classes == 10 and dm.class_names[7] == "sneaker"
     assert dm.preprocessing == {"recipe": "detection", "input_size": [3, 48, 48],
-                                "scenes": {"canvas_size": 48, "min_items": 2, "max_items": 3, "seed": 0}}
+                                "scenes": {"canvas_size": 48, "min_items": 2, "max_items": 3, "seed": 0,
+                                           "num_val": 2, "num_test": 2}}
     images, targets = next(iter(dm.val_dataloader()))
     assert [tuple(i.shape) for i in images] == [(3, 48, 48)] * 2
     assert all(2 <= len(t["labels"]) <= 3 and int(t["labels"].max()) < 10 for t in targets)
@@ -429,6 +430,45 @@ def test_annotations_whose_boxes_are_all_invalid_are_one_line_for_scoring_and_tr
     assert str(caught.value) == (
         f"{edited}: no object box to learn from (no annotations, or only crowd regions or dropped boxes); "
         "give the instances JSON with the training boxes")
+
+
+def test_evaluation_keeps_zero_area_boxes_as_cocoeval_counts_them(tmp_path):
+    """Evaluation targets dropped boxes of zero width or height, which COCOeval expects found and no detection
+    matches: mAP was 1.0 where COCOeval's is 0.26. Training still drops them (the losses need an area)."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from visattn.tasks.detection import detection_map, map_scores
+
+    Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
+    bboxes = [[2, 2, 10, 10], [20, 4, 0, 8], [4, 20, 6, 0], [-50, 0, 10, 0]]  # zero width, height, outside too
+    path = tmp_path / "zero_area.json"
+    path.write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "a.png", "width": 32, "height": 32}],
+        "annotations": [{"id": k, "image_id": 1, "category_id": 1, "bbox": bbox, "area": bbox[2] * bbox[3],
+                         "iscrowd": 0} for k, bbox in enumerate(bboxes, start=1)],
+        "categories": [{"id": 1, "name": "thing"}]}))
+    found = [[2, 2, 10, 10], [19, 3, 2, 10], [20, 4, 0, 8]]  # the box; around and on the zero-width one
+    detections = [{"image_id": 1, "category_id": 1, "bbox": bbox, "score": score}
+                  for bbox, score in zip(found, [0.9, 0.8, 0.7])]
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO(str(path))
+        expected = COCOeval(coco, coco.loadRes(detections), "bbox")
+        expected.evaluate(), expected.accumulate(), expected.summarize()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _, target = CocoDetection(path, tmp_path, evaluation=True)[0]
+    metric = detection_map()
+    xyxy = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in found], dtype=torch.float32)
+    metric.update([{"boxes": xyxy, "scores": torch.tensor([0.9, 0.8, 0.7]), "labels": torch.zeros(3, dtype=torch.int64)}],
+                  [target])
+    assert map_scores(metric) == pytest.approx({"map": expected.stats[0], "map50": expected.stats[1]}, abs=1e-6)
+    assert expected.stats[0] == pytest.approx(26 / 101)  # 1 of 4 objects, found first: 26 of the 101 recall points
+    with pytest.warns(UserWarning, match="dropped 3 of 4 boxes"):
+        assert CocoDetection(path, tmp_path).num_objects == 1
 
 
 @pytest.mark.parametrize("file_name", [None, 3, ""])

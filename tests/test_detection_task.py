@@ -365,20 +365,20 @@ def test_each_detr_detections_map_is_its_own_querys_last_layer_cross_attention(n
 
 def test_evaluate_on_annotations_whose_boxes_are_all_invalid_is_one_line_not_map_minus_one(tmp_path, capsys):
     """`require_boxes` counted the boxes before the pipelines dropped them, and `evaluate` printed map -1.0.
-    Evaluation scores boxes as annotated (outside the image too, as COCOeval does): only those without area go."""
+    Evaluation scores boxes as annotated (outside the image, zero-area, as COCOeval does): only inverted ones go."""
     from test_reliability_inputs import write_detector_checkpoint
 
     annotations, images_dir = write_coco_instances(tmp_path)
     data = json.loads(annotations.read_text())
     data["categories"] = [{**c, "name": name} for c, name in zip(data["categories"], ["top", "bag", "boot"])]
-    invalid = [[5, 5, -3, 4], [5, 5, 0, 4], [500, 500, 0, 10], [2, 2, 5, -1], [-50, 0, 10, 0]]
+    invalid = [[5, 5, -3, 4], [5, 5, 4, -2], [500, 500, -1, 10], [2, 2, 5, -1], [-50, 0, 10, -4]]
     for annotation, bbox in zip(data["annotations"], invalid):
         annotation["bbox"] = bbox
     annotations.write_text(json.dumps(data))
     checkpoint = write_detector_checkpoint(tmp_path / "fcos.ckpt")
     assert main(["evaluate", "--checkpoint", str(checkpoint), "--dataset", f"coco:{annotations}:{images_dir}"]) == 2
     assert capsys.readouterr().err.splitlines() == [
-        f"warning: {annotations}: dropped 5 of 5 boxes (5 with a width or height of 0 or less; e.g. annotation 1's "
+        f"warning: {annotations}: dropped 5 of 5 boxes (5 with a negative width or height; e.g. annotation 1's "
         "bbox [5, 5, -3, 4]); fix or remove those annotations",
         f"visattn: error: {annotations}: no object box to score detections against in the 4 images read (no "
         "annotations, or only crowd regions or dropped boxes); give the instances JSON with the boxes"]

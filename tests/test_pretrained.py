@@ -1049,6 +1049,32 @@ def test_a_message_about_an_index_entry_names_the_index_it_came_from(two_folders
 
 
 
+@pytest.mark.parametrize("broken", ["{not json", '{"x": 1}'], ids=["unparseable", "malformed"])
+def test_weights_an_earlier_folder_provides_load_past_a_broken_later_index(two_folders, capsys, broken):
+    """A broken index.json in a later folder refused every name, even those an earlier folder provides
+    (which hide the later folder's): the later index is never needed for them."""
+    from visattn import list_pretrained
+    from visattn.cli import main
+    from visattn.pretrained import model_files
+    from visattn.tasks.classification import load_classifier
+
+    first, second = two_folders
+    mine = _save_own(first, "mine", default=True)
+    (second / "index.json").write_text(broken)
+    assert torch.equal(_logits(create_model(f"{ARCH}.mine")), _logits(mine))
+    assert torch.equal(_logits(create_model(ARCH, pretrained=True)), _logits(mine))  # the default it marks
+    assert torch.equal(_logits(load_weights(_model(num_classes=3), f"{ARCH}.mine")), _logits(mine))
+    assert torch.equal(_logits(load_classifier(f"{ARCH}.mine").model), _logits(mine))
+    assert model_files(f"{ARCH}.mine") == [first / f"{ARCH}.mine.safetensors", first / "index.json"]
+    # the later index is needed to list every name, or to find one the earlier folder lacks
+    for read in (list_pretrained, lambda: create_model(f"{ARCH}.fmnist"), lambda: create_model(f"{ARCH}.nope")):
+        with pytest.raises(WeightsError, match="unreadable weights index") as err:
+            read()
+        _assert_one_line_naming(err, second / "index.json")
+    assert main(["models", "--pretrained"]) == 2
+    assert capsys.readouterr().err.startswith(f"visattn: error: {second / 'index.json'}: unreadable weights index")
+
+
 def test_a_visattn_weights_folder_that_does_not_exist_is_refused_by_every_reader(tmp_path, monkeypatch, capsys):
     """A mistyped folder was named only when a name was looked up: pretrained='ARCH.TAG', load_weights and
     the lists skipped it, and loaded or listed the shipped weights of that name instead of the user's."""

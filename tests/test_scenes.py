@@ -20,6 +20,7 @@ from visattn.data import (
     load_fashion_mnist,
     tokenize,
 )
+from visattn.data.scenes import recorded_scenes
 from visattn.data.scenes import ITEM_PLURALS
 from visattn.errors import ConfigError
 
@@ -228,7 +229,6 @@ def test_export_coco_round_trips_through_pycocotools(tmp_path):
 def test_evaluation_draws_the_scenes_a_training_run_recorded():
     """evaluate rebuilt the scenes with the default seed, item counts and the model's input size as canvas."""
     from visattn.data.caption_datamodules import FashionScenesCaptionDataModule
-    from visattn.data.scenes import FashionScenes, recorded_scenes
 
     data = FashionScenesCaptionDataModule(canvas_size=48, img_size=32, max_items=1, seed=7, num_train=8, num_val=4,
                                           num_test=4, vocab_scenes=8)
@@ -238,3 +238,43 @@ def test_evaluation_draws_the_scenes_a_training_run_recorded():
         assert np.array_equal(ours.image, theirs.image) and ours.captions == theirs.captions
     older = recorded_scenes({"input_size": [3, 64, 64]}, "test", 2, canvas_size=64)  # weights saved before the record
     assert np.array_equal(older[1].image, FashionScenes("test", num_scenes=2)[1].image)
+
+
+@needs_fashion_mnist
+def test_evaluate_scores_as_many_scenes_as_the_training_run_recorded(tmp_path, capsys):
+    """evaluate scored 1000 val scenes where the run validated on num_val, so its val figure was not the run's."""
+    import json
+
+    import torch
+    from test_reliability_inputs import TINY_SAT
+
+    from visattn.cli import main
+    from visattn.data.caption_datamodules import FashionScenesCaptionDataModule
+    from visattn.tasks.captioning import CaptioningTask
+
+    data = FashionScenesCaptionDataModule(canvas_size=32, max_items=1, num_train=4, num_val=3, num_test=2,
+                                          vocab_scenes=4)
+    task = CaptioningTask(model_kwargs=TINY_SAT, vocab=data.vocab, preprocessing=data.preprocessing)
+    checkpoint = tmp_path / "run.ckpt"
+    torch.save({"hyper_parameters": dict(task.hparams), "state_dict": task.state_dict()}, checkpoint)
+
+    def scored(*options: str) -> int:
+        assert main(["evaluate", "--checkpoint", str(checkpoint), "--dataset", "fashion-scenes", "--json",
+                     "--beam-size", "1", "--max-len", "3", *options]) == 0
+        return json.loads(capsys.readouterr().out.splitlines()[-1])["n"]
+
+    assert [scored("--split", "val"), scored("--split", "test"), scored("--split", "val", "--limit", "2")] == [3, 2, 2]
+    # the run's val scenes are the first num_val of any longer draw of the split
+    assert np.array_equal(FashionScenes("val", num_scenes=3)[2].image, FashionScenes("val", num_scenes=1000)[2].image)
+    assert len(recorded_scenes(data.preprocessing, "train", canvas_size=32)) == 1000  # train is sampled
+
+
+def test_shipped_scenes_weights_are_scored_on_1000_test_scenes():
+    """README's figures for them are on 1000 test scenes, the count evaluate keeps when none is recorded."""
+    import json
+    from pathlib import Path
+
+    index = json.loads((Path(__file__).parents[1] / "weights" / "index.json").read_text())
+    for name in ("sat_cbam_resnet_scenes.scenes", "fcos_se_resnet20_cifar.scenes", "detr_se_resnet20_cifar.scenes"):
+        assert index[name]["metrics"]["test/n"] == 1000
+        assert len(recorded_scenes(index[name]["preprocessing"], "test", canvas_size=64)) == 1000

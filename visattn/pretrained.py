@@ -119,10 +119,9 @@ def load_index(directory: Optional[Union[str, Path]] = None) -> dict[str, dict[s
     nothing, so that a user's own weights still load.
     """
     if directory is None:
-        _require_own_weights_folders()
         merged: dict[str, dict[str, Any]] = {}
-        for folder in weights_search_path():
-            for name, entry in load_index(folder).items():
+        for index in _folder_indexes():
+            for name, entry in index.items():
                 merged.setdefault(name, entry)
         return merged
     directory, index = Path(directory), {}
@@ -131,6 +130,14 @@ def load_index(directory: Optional[Union[str, Path]] = None) -> dict[str, dict[s
         index[name] = {**entry, "arch": arch, "tag": tag, "path": str(directory / entry["file"]),
                        "index": str(directory / INDEX_NAME)}
     return index
+
+
+def _folder_indexes() -> Iterator[dict[str, dict[str, Any]]]:
+    """The index of each folder of :func:`weights_search_path`, in search order, each read only when reached:
+    a name an earlier folder provides is found without a later folder's index, which a broken one would refuse."""
+    _require_own_weights_folders()
+    for folder in weights_search_path():
+        yield load_index(folder)
 
 
 def _read_index(index_file: Path) -> dict[str, dict[str, Any]]:
@@ -227,7 +234,7 @@ def named_weights_entry(pretrained: Any) -> Optional[dict[str, Any]]:
     ``timm:``/``hf-hub:`` name, or anything else."""
     if not isinstance(pretrained, str) or pretrained.startswith(("timm:", "hf-hub:")) or Path(pretrained).exists():
         return None
-    return load_index().get(pretrained)
+    return next((index[pretrained] for index in _folder_indexes() if pretrained in index), None)
 
 
 def model_files(model: Optional[str] = None, checkpoint: Optional[str] = None) -> list[Path]:
@@ -249,19 +256,20 @@ def find_weights_entry(arch: str, tag: Optional[str] = None) -> dict[str, Any]:
     from .registry import _resolve_arch
 
     arch = _resolve_arch(arch)  # an unknown architecture: UnknownModelError naming close matches
-    entries = {e["tag"]: e for e in load_index().values() if e["arch"] == arch}  # in search order
+    entries: dict[str, dict[str, Any]] = {}  # in search order, up to the folder that settles it
+    for index in _folder_indexes():
+        own = [e for e in index.values() if e["arch"] == arch]
+        for entry in own:
+            entries.setdefault(entry["tag"], entry)
+        marked = next((e["tag"] for e in own if e.get("default")), None) if tag is None else tag
+        if marked in entries:  # an earlier folder that hides it marks no default of its own: it would be first
+            return entries[marked]
     if tag is not None:
-        if tag in entries:
-            return entries[tag]
         have = ", ".join(f"{arch}.{t}" for t in sorted(entries)) or "none"
         raise UnknownModelError(f"no weights {arch}.{tag!s} ({_searched()}): weights for {arch} are {have}")
     if not entries:
         raise UnknownModelError(f"no shipped weights for {arch}, nor saved ones ({_searched()}): see "
                                 "`visattn models --pretrained`, or pass pretrained='FILE.safetensors'")
-    for folder in weights_search_path():
-        marked = next((e["tag"] for e in load_index(folder).values() if e["arch"] == arch and e.get("default")), None)
-        if marked is not None:  # an earlier folder that hides it marks no default of its own: it would be first
-            return entries[marked]
     return entries[sorted(entries)[0]]
 
 
@@ -598,8 +606,8 @@ def load_weights(
         state = _fetch_timm(str(source)[5:])
     elif str(source).startswith("hf-hub:"):
         state = read_state_dict(_fetch_hf_hub(str(source)[7:]))
-    elif not Path(source).exists() and str(source) in (index := load_index()):
-        state = read_state_dict(index[str(source)]["path"], sha256=index[str(source)]["sha256"])
+    elif (entry := named_weights_entry(str(source))) is not None:
+        state = read_state_dict(entry["path"], sha256=entry["sha256"])
     else:
         state = read_state_dict(source, sha256=sha256)
     named = origin or (source if not isinstance(source, dict) else "state dict")

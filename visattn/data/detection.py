@@ -11,7 +11,7 @@ Every training pipeline clips boxes to the image and drops those left narrower o
 albumentations moves each label with its box (``label_fields``), so they stay aligned.
 :class:`CocoDetection` drops such boxes already when it reads them, with a warning, so that its
 box counts are those the pipelines keep. Evaluation targets that no transform moves keep their boxes
-as annotated, as pycocotools' COCOeval scores them; only boxes without area are dropped.
+as annotated, as pycocotools' COCOeval scores them, zero-area ones too; only inverted boxes are dropped.
 """
 from __future__ import annotations
 
@@ -159,7 +159,7 @@ class CocoDetection(ImageFiles):
     ``x1, y1, x2, y2``. A box the training pipelines would drop (narrower or lower than
     :data:`MIN_BOX_SIDE`, or outside the image's declared ``width`` and ``height``) is dropped when read,
     with one warning per file counting them, so that ``num_objects`` counts what a detector learns
-    from; ``evaluation`` targets keep every box with an area as annotated, as COCOeval scores them.
+    from; ``evaluation`` targets keep every box that is not inverted as annotated, as COCOeval scores them.
     An image whose ``file_name`` is no string, an annotation naming an image the file does not
     list, an id shared by two images or two annotations, a ``bbox`` that is not four numbers or an ``iscrowd`` other
     than 0 or 1 is a one-line :class:`~visattn.errors.ConfigError`. Boxes of a photo that EXIF turns
@@ -359,13 +359,13 @@ _AXES_SWAPPING = {5: (False, False), 6: (True, False), 7: (True, True), 8: (Fals
 
 
 def _why_unusable(boxes: np.ndarray, declared: tuple[int, int] | None, *, evaluation: bool) -> np.ndarray:
-    """Why each of the ``(N, 4)`` xyxy ``boxes`` is dropped, ``""`` for none: for ``evaluation``, only a box
-    without area (COCOeval scores the rest as annotated); for training, as the pipelines would: narrower or
+    """Why each of the ``(N, 4)`` xyxy ``boxes`` is dropped, ``""`` for none: for ``evaluation``, only an
+    inverted box (COCOeval scores the rest as annotated); for training, as the pipelines would: narrower or
     lower than :data:`MIN_BOX_SIDE` (inverted, empty), or so once clipped to the ``declared``
     ``(height, width)`` (outside the image; unknown without a declared size)."""
     why = np.full(len(boxes), "", dtype=object)
-    if evaluation:
-        why[~(boxes[:, 2:] > boxes[:, :2]).all(axis=1)] = "with a width or height of 0 or less"
+    if evaluation:  # a zero-area box stays: COCOeval expects it found, and no detection can match it
+        why[(boxes[:, 2:] < boxes[:, :2]).any(axis=1)] = "with a negative width or height"
         return why
     if declared is not None:
         height, width = declared

@@ -399,16 +399,27 @@ def _number(n: int) -> str:
 # --- COCO export ---------------------------------------------------------------------------
 
 
+_DRAWN_BY = ("canvas_size", "min_items", "max_items", "seed")
+_SCORED_SIZES = ("num_val", "num_test")  # a run scores every scene of these splits; it samples train
+
+
 def scene_settings(hparams: Any) -> dict[str, int]:
-    """What draws a data module's scenes (canvas size, item counts, seed), for its ``preprocessing``
-    record: ``visattn evaluate`` then scores the model on scenes drawn as its training run drew them."""
-    return {key: int(hparams[key]) for key in ("canvas_size", "min_items", "max_items", "seed")}
+    """What draws a data module's scenes (canvas size, item counts, seed) and how many its run validated
+    and tested on, for its ``preprocessing`` record: ``visattn evaluate`` then scores the model on the
+    scenes its training run scored."""
+    return {key: int(hparams[key]) for key in (*_DRAWN_BY, *_SCORED_SIZES)}
 
 
-def recorded_scenes(preprocessing: dict[str, Any], split: Split, num_scenes: int, *, canvas_size: int) -> FashionScenes:
+def recorded_scenes(preprocessing: dict[str, Any], split: Split, num_scenes: int | None = None, *,
+                    canvas_size: int) -> FashionScenes:
     """``num_scenes`` scenes of ``split`` drawn with the settings ``preprocessing["scenes"]`` records
-    (:func:`scene_settings`); a record without them (older weights) gets ``canvas_size`` and the defaults."""
-    return FashionScenes(split, num_scenes=num_scenes, **{"canvas_size": canvas_size, **preprocessing.get("scenes", {})})
+    (:func:`scene_settings`); by default as many as that run validated or tested on, else 1000 (the train
+    split; older and shipped weights, which record no sizes). A record without settings gets
+    ``canvas_size`` and the defaults. Scene ``i`` of a split is the same whatever the count."""
+    recorded = preprocessing.get("scenes", {})
+    drawn_by = {key: value for key, value in recorded.items() if key in _DRAWN_BY}
+    count = num_scenes or recorded.get(f"num_{split}", 1000)
+    return FashionScenes(split, num_scenes=count, **{"canvas_size": canvas_size, **drawn_by})
 
 
 def export_coco(scenes: FashionScenes, out_dir: str | os.PathLike) -> dict[str, Path]:

@@ -439,8 +439,8 @@ def caption_files(captioner: Captioner, paths: Sequence[str], *, beam_size: int 
 
 def evaluation_loader(captioner: Captioner, spec: str, split: str = "test", *, limit: Optional[int] = None,
                       batch_size: int = 64, num_workers: int = 0) -> DataLoader:
-    """Batches of ``fashion-scenes`` (``limit`` scenes of ``split``, default 1000, drawn at the model's
-    input size) or ``coco:ANNOTATIONS.json:IMAGES_DIR``, with references (and boxes for scenes)."""
+    """Batches of ``fashion-scenes`` (``limit`` scenes of ``split``, default as many as the training run
+    scored, else 1000, drawn at the model's input size) or ``coco:ANNOTATIONS.json:IMAGES_DIR``, with references (and boxes for scenes)."""
     from ..data.caption_datamodules import CaptionSamples, SceneImages, collate_captions
     from ..data.coco import CocoCaptions
     from ..data.image_folder import evaluation_batches, seeded_subset
@@ -451,7 +451,7 @@ def evaluation_loader(captioner: Captioner, spec: str, split: str = "test", *, l
         if split not in ("train", "val", "test"):
             raise ConfigError(f"--split {split}: fashion-scenes has the splits train, val and test")
         size = int(captioner.preprocessing["input_size"][-1])
-        source = SceneImages(recorded_scenes(captioner.preprocessing, split, limit or 1000, canvas_size=size), transform)
+        source = SceneImages(recorded_scenes(captioner.preprocessing, split, limit, canvas_size=size), transform)
     elif spec.startswith("coco:") and spec.count(":") >= 2:
         annotations, _, images_dir = spec[len("coco:"):].rpartition(":")
         source = CocoCaptions(annotations, images_dir, transform=transform)

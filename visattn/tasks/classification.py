@@ -59,6 +59,17 @@ def build_classifier(model_name: str, num_classes: int, model_kwargs: Optional[d
     return create_model(model_name, num_classes=num_classes, pretrained=pretrained, strict=strict, **kwargs)
 
 
+def _starting_weights(model_name: str, model_kwargs: Optional[dict],
+                      pretrained: Optional[Union[bool, str]]) -> Optional[Union[bool, str]]:
+    """The weights a model starts from, as ``pretrained`` names them: a timm model built with ``pretrained``
+    in its ``model_kwargs`` starts from timm's own weights of NAME (``True``), unless ``pretrained`` names
+    others, which :func:`build_classifier` loads over them."""
+    # timm.create_model loads them for any true value, also beside the task's pretrained: false
+    if model_name.startswith("timm:") and not pretrained and (model_kwargs or {}).get("pretrained"):
+        return True
+    return pretrained
+
+
 def _warn_if_normalised_otherwise(model_name: str, pretrained: Optional[Union[bool, str]],
                                   preprocessing: Optional[dict[str, Any]]) -> None:
     """Warn when the data normalises images otherwise than the starting weights recorded they were trained:
@@ -251,8 +262,9 @@ class ImageClassifier(pl.LightningModule):
         self.save_hyperparameters()
         self.model = build_classifier(model_name, num_classes, model_kwargs, pretrained, strict)
         check_data_size(self.model, model_name, preprocessing)
-        match_class_order(self.model, model_name, pretrained, class_names)
-        _warn_if_normalised_otherwise(model_name, pretrained, preprocessing)
+        starting = _starting_weights(model_name, model_kwargs, pretrained)
+        match_class_order(self.model, model_name, starting, class_names)
+        _warn_if_normalised_otherwise(model_name, starting, preprocessing)
         if grad_checkpointing:
             enable_grad_checkpointing(self.model, model_name)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)

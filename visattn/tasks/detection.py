@@ -268,15 +268,15 @@ def is_detector(model: Optional[str] = None, checkpoint: Optional[str] = None) -
 
 def evaluation_loader(detector: Detector, spec: str, split: str = "test", *, limit: Optional[int] = None,
                       batch_size: int = 16, num_workers: int = 0) -> DataLoader:
-    """Batches of ``fashion-scenes`` (``limit`` scenes of ``split``, default 1000, at the training
-    canvas size) or ``coco:ANNOTATIONS.json:IMAGES_DIR`` (categories mapped by name onto the detector's classes)."""
+    """Batches of ``fashion-scenes`` (``limit`` scenes of ``split``, default as many as the training run
+    scored, else 1000, at the training canvas size) or ``coco:ANNOTATIONS.json:IMAGES_DIR`` (categories mapped by name onto the detector's classes)."""
     from ..data.scenes import recorded_scenes
 
     if spec == "fashion-scenes":
         if split not in ("train", "val", "test"):
             raise ConfigError(f"--split {split}: fashion-scenes has the splits train, val and test")
         side = int(detector.preprocessing.get("input_size", [3, 64, 64])[-1])
-        dataset = SceneDetection(recorded_scenes(detector.preprocessing, split, limit or 1000, canvas_size=side))
+        dataset = SceneDetection(recorded_scenes(detector.preprocessing, split, limit, canvas_size=side))
     elif spec.startswith("coco:") and spec.count(":") >= 2:
         annotations, _, images_dir = spec[len("coco:"):].rpartition(":")
         dataset = CocoDetection(annotations, images_dir, class_names=detector.class_names, evaluation=True)
