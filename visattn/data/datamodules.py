@@ -9,17 +9,19 @@ a LightningCLI config can link ``data.num_classes -> model.num_classes`` (and th
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, Optional
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset, default_collate
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset, default_collate
 from torch.utils.data.dataloader import _BaseDataLoaderIter, _SingleProcessDataLoaderIter
 
 from ..devices import MAX_WORKERS_PER_CPU, max_workers
-from ..errors import ConfigError
+from ..errors import ConfigError, VisattnWarning
 from .fashion_mnist import FASHION_MNIST_CLASSES, FASHION_MNIST_MEAN, FASHION_MNIST_STD, FashionMNIST
 from .image_folder import (ImageFolder, check_class_count, collate_present, find_classes, for_evaluation,
                            image_files_of, seeded_subset)
@@ -96,6 +98,12 @@ class _EpochSeededIterator(_SingleProcessDataLoaderIter):
             return super()._next_data()
 
 
+# Tasks whose evaluation metrics sync only shares of equal size, so validation and test keep Lightning's
+# padded DistributedSampler under DDP: task -> why. torchmetrics' MeanAveragePrecision gathers its
+# per-image states one collective per image (dist_reduce_fx=None), so unequal image counts abort gloo.
+EVEN_SHARES_ONLY: dict[str, str] = {"detection": "torchmetrics' MeanAveragePrecision syncs equal shares only"}
+
+
 class SplitLoadersMixin:
     """The DataLoader hooks of a LightningDataModule over its ``datasets`` dict, filled by ``setup``.
 
@@ -109,6 +117,11 @@ class SplitLoadersMixin:
     start afresh each epoch (only evaluation workers persist): persistent ones would carry their random
     states from epoch to epoch, which a resumed run starts without, and skip the base-seed draw of later
     epochs, which the resumed run's first epoch makes (its shuffle would differ).
+
+    Under several processes (DDP) validation and test split their data between the processes without
+    repeating a sample (:meth:`_evaluation_sampler`), so each sample is scored once, as in one process;
+    training and predict keep the samplers Lightning gives them, as do the evaluation splits of tasks
+    whose metrics sync equal shares only (:data:`EVEN_SHARES_ONLY`: detection, for now).
     """
 
     datasets: dict[Split, Dataset]
@@ -145,7 +158,40 @@ class SplitLoadersMixin:
             self.setup("test" if split == "test" else "fit")
         return self.datasets[split]
 
-    def _loader(self, split: Split) -> DataLoader:
+    def _evaluation_sampler(self, dataset: Dataset, split: Split) -> Optional[Sampler]:
+        """This process's share of an evaluation split under several processes, no sample repeated.
+
+        Lightning would otherwise give the loader a ``DistributedSampler``, which pads the split to a
+        multiple of the process count: a sample or more is scored twice, and metrics count more samples
+        than the split holds. Lightning's ``UnrepeatedDistributedSampler`` (its predict sampler) gives the
+        processes shares that differ by one at most; a ``DistributedSampler`` set here is one Lightning
+        leaves in place. None (Lightning's choice) in one process and when the trainer's
+        ``use_distributed_sampler`` is off; also, with a warning when padding repeats samples, when a
+        process would get no sample (it would skip the epoch-end sync the others wait in) and for tasks
+        whose metrics sync equal shares only (:data:`EVEN_SHARES_ONLY`).
+        """
+        trainer = getattr(self, "trainer", None)
+        kwargs = getattr(trainer, "distributed_sampler_kwargs", None)
+        if not kwargs or kwargs.get("num_replicas", 1) < 2:
+            return None
+        if not getattr(getattr(trainer, "_accelerator_connector", None), "use_distributed_sampler", True):
+            return None
+        n, processes, task = len(dataset), kwargs["num_replicas"], getattr(self, "task", None)
+        if task in EVEN_SHARES_ONLY:
+            reason = EVEN_SHARES_ONLY[task]
+        elif n < processes:
+            reason = "a process without a sample would hold the others up"
+        else:
+            return UnrepeatedDistributedSampler(dataset, **{**kwargs, "shuffle": False})
+        if n % processes:
+            repeated = processes - n % processes
+            warnings.warn(f"the {split} split is padded from {n} to {n + repeated} samples for {processes} processes "
+                          f"({reason}), so its metrics count {repeated} twice; give it a multiple of {processes} "
+                          "samples, or evaluate with trainer.devices 1", VisattnWarning, stacklevel=2)
+        return None
+
+    def _loader(self, split: Split, *, evaluation: bool = False) -> DataLoader:
+        """``split``'s loader; ``evaluation`` (validation and test) scores each sample once under DDP."""
         dataset, train = self._dataset(split), split == "train"
         if not train:
             for_evaluation(dataset)
@@ -154,6 +200,7 @@ class SplitLoadersMixin:
             dataset,
             batch_size=self.hparams.batch_size,
             shuffle=train,
+            sampler=self._evaluation_sampler(dataset, split) if evaluation else None,
             # a ragged last batch (size 1 at worst) upsets BatchNorm statistics
             drop_last=train and len(dataset) > self.hparams.batch_size,
             collate_fn=functools.partial(collate_present, collate=self.collate_fn or default_collate),
@@ -166,10 +213,10 @@ class SplitLoadersMixin:
         return self._loader("train")
 
     def val_dataloader(self) -> DataLoader | list:
-        return self._loader("val") if len(self._dataset("val")) else []  # [] = no validation
+        return self._loader("val", evaluation=True) if len(self._dataset("val")) else []  # [] = no validation
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
+        return self._loader("test", evaluation=True)
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader("test")

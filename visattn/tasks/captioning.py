@@ -274,7 +274,7 @@ class CaptioningTask(pl.LightningModule):
 
     @skip_missing_batch
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self.log("val/xent", self.caption_loss(batch)[0], batch_size=len(batch["images"]))
+        self.log("val/xent", self.caption_loss(batch)[0], batch_size=len(batch["images"]), sync_dist=True)
         self.val_metrics.update(self(batch["images"]), batch, functools.partial(attention_centres, self.model))
 
     def on_validation_epoch_end(self) -> None:

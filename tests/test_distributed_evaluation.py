@@ -1,0 +1,214 @@
+"""Validation and test under DDP score each sample once, as one process does.
+
+Lightning gave evaluation loaders a DistributedSampler that pads a split to a multiple of the process
+count, so a sample or more was scored twice: 5 validation samples on 2 processes were scored as 6.
+"""
+import json
+import os
+import socket
+from types import SimpleNamespace
+
+import lightning.pytorch as pl
+import pytest
+import torch
+import torchmetrics
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from torch import nn
+from torch.utils.data import DistributedSampler, TensorDataset
+
+from visattn.data.datamodules import SplitLoadersMixin
+from visattn.errors import VisattnWarning
+
+N_EVAL = 5  # not a multiple of the 2 processes: a padding sampler scores one sample twice
+
+
+class _Numbers(SplitLoadersMixin, pl.LightningDataModule):
+    """Samples that are their own index: 8 to train on, N_EVAL to validate and test on."""
+
+    def __init__(self, n_eval: int = N_EVAL, batch_size: int = 2, num_workers: int = 0) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.datasets = {}
+
+    def setup(self, stage: str) -> None:
+        evaluation = TensorDataset(torch.arange(float(self.hparams.n_eval)))
+        self.datasets = {"train": TensorDataset(torch.arange(8.0)), "val": evaluation, "test": evaluation}
+
+
+class _Counter(pl.LightningModule):
+    """Logs how many samples a split scored (``n``), their mean and the samples themselves, all synced by
+    torchmetrics; BatchNorm gives DDP buffers, which must not hold a process that runs one batch fewer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(1, 4), nn.BatchNorm1d(4), nn.Linear(4, 1))
+        self.n, self.mean, self.seen = torchmetrics.SumMetric(), torchmetrics.MeanMetric(), torchmetrics.CatMetric()
+        self.samples: dict[str, list[float]] = {}
+
+    def training_step(self, batch, batch_idx):
+        (x,) = batch
+        return self.net(x[:, None]).square().mean()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    def _evaluate(self, batch, prefix: str) -> None:
+        (x,) = batch
+        self.net(x[:, None])
+        self.n.update(torch.tensor(float(len(x))))
+        self.mean.update(x)
+        self.seen.update(x)
+        self.log(prefix + "n", self.n)
+        self.log(prefix + "mean", self.mean)
+
+    def validation_step(self, batch, batch_idx):
+        self._evaluate(batch, "val/")
+
+    def test_step(self, batch, batch_idx):
+        self._evaluate(batch, "test/")
+
+    def _record(self, prefix: str) -> None:
+        if not self.trainer.sanity_checking:
+            self.samples[prefix] = sorted(self.seen.compute().tolist())  # every process's, gathered
+        self.seen.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._record("val/")
+
+    def on_test_epoch_end(self) -> None:
+        self._record("test/")
+
+
+def _trainer(root: str, devices: int) -> pl.Trainer:
+    return pl.Trainer(accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto", max_epochs=1,
+                      default_root_dir=root, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                      enable_model_summary=False)
+
+
+def _run(root: str, devices: int) -> dict:
+    """Fit one epoch (validating at its end), validate and test; what each logged and scored."""
+    model, data, figures = _Counter(), _Numbers(), {}
+    trainer = _trainer(root, devices)
+    trainer.fit(model, datamodule=data)
+    figures["fit"] = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    figures["validate"] = trainer.validate(model, datamodule=data, verbose=False)[0]
+    figures["test"] = trainer.test(model, datamodule=data, verbose=False)[0]
+    figures["samples"] = model.samples
+    return figures
+
+
+def _free_port() -> int:
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        return free.getsockname()[1]
+
+
+def _one_process_of_two(rank: int, port: int, out: str) -> None:
+    # As a launcher (torchrun) starts them: Lightning's DDP joins these processes instead of starting its own.
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", NODE_RANK="0",
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    with open(f"{out}.{rank}", "w") as f:
+        json.dump(_run(os.path.dirname(out), devices=2), f)
+    torch.distributed.destroy_process_group()  # gloo aborts a process that exits with its group open
+
+
+def test_ddp_validate_and_test_score_each_sample_once(tmp_path):
+    import torch.multiprocessing
+
+    port = _free_port()
+    torch.multiprocessing.spawn(_one_process_of_two, args=(port, str(tmp_path / "figures")), nprocs=2)
+    single = _run(str(tmp_path), devices=1)
+    whole = [float(i) for i in range(N_EVAL)]
+    assert single["samples"] == {"val/": whole, "test/": whole}
+    assert single["validate"] == {"val/n": N_EVAL, "val/mean": pytest.approx(2.0)}
+    for rank in (0, 1):
+        with open(tmp_path / f"figures.{rank}") as f:
+            figures = json.load(f)
+        assert figures["samples"] == single["samples"]  # each sample once, none twice
+        for run in ("fit", "validate"):
+            assert figures[run]["val/n"] == N_EVAL and figures[run]["val/mean"] == pytest.approx(2.0)
+        assert figures["test"] == pytest.approx(single["test"]) == {"test/n": N_EVAL, "test/mean": 2.0}
+
+
+def _attached(data: _Numbers, rank: int, replicas: int, use_distributed_sampler: bool = True) -> _Numbers:
+    data.trainer = SimpleNamespace(distributed_sampler_kwargs={"num_replicas": replicas, "rank": rank},
+                                   _accelerator_connector=SimpleNamespace(
+                                       use_distributed_sampler=use_distributed_sampler))
+    return data
+
+
+def test_evaluation_loaders_split_the_data_between_processes_without_repeats():
+    shards = []
+    for rank in (0, 1):
+        data = _attached(_Numbers(), rank, 2)
+        for loader in (data.val_dataloader(), data.test_dataloader()):
+            assert isinstance(loader.sampler, UnrepeatedDistributedSampler)
+        shards.append([x for (batch,) in data.val_dataloader() for x in batch.tolist()])
+        # training and predict keep what Lightning gives them: a shuffled DistributedSampler; predict's own unrepeated one
+        assert not isinstance(data.train_dataloader().sampler, DistributedSampler)
+        assert not isinstance(data.predict_dataloader().sampler, DistributedSampler)
+    assert shards == [[0.0, 2.0, 4.0], [1.0, 3.0]]
+
+
+def test_one_process_and_unsharded_runs_keep_the_plain_loaders():
+    for data in (_Numbers(), _attached(_Numbers(), 0, 1), _attached(_Numbers(), 0, 2, use_distributed_sampler=False)):
+        assert not isinstance(data.val_dataloader().sampler, DistributedSampler)
+
+
+def test_a_split_smaller_than_the_process_count_is_left_to_lightning_with_a_warning():
+    # A process without a sample would skip the epoch-end sync the others wait in.
+    data = _attached(_Numbers(n_eval=1), 1, 2)
+    with pytest.warns(VisattnWarning, match=r"^the val split is padded from 1 to 2 samples for 2 processes \(a process "
+                                            r"without a sample would hold the others up\), so its metrics count 1 twice"):
+        loader = data.val_dataloader()
+    assert not isinstance(loader.sampler, DistributedSampler)
+
+
+class _Boxes(_Numbers):
+    task = "detection"
+
+
+def test_detection_keeps_equal_shares_as_its_map_syncs_no_others(recwarn):
+    # torchmetrics' MeanAveragePrecision gathers one collective per image: 3 images here and 2 there abort gloo.
+    with pytest.warns(VisattnWarning, match=r"^the test split is padded from 5 to 6 samples for 2 processes "
+                                            r"\(torchmetrics' MeanAveragePrecision syncs equal shares only\)"):
+        assert not isinstance(_attached(_Boxes(), 0, 2).test_dataloader().sampler, DistributedSampler)
+    recwarn.clear()
+    assert not isinstance(_attached(_Boxes(n_eval=4), 0, 2).val_dataloader().sampler, DistributedSampler)
+    assert not [w for w in recwarn.list if issubclass(w.category, VisattnWarning)]  # equal shares repeat nothing
+
+
+CAPTIONS = ["a red top", "a bag", "a top and a bag", "a red bag", "a top"]
+REFERENCES = [["a red top"], ["a red bag", "a bag"], ["a bag and a top"], ["two red bags"], ["a red top"]]
+
+
+def _gather_unequal_caption_shares(rank: int, port: int, out: str) -> None:
+    from visattn.data.vocab import Vocabulary
+    from visattn.tasks.captioning import CaptionMetrics
+
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    share = list(UnrepeatedDistributedSampler(CAPTIONS, num_replicas=2, rank=rank, shuffle=False))  # 3 here, 2 there
+    metrics = CaptionMetrics(Vocabulary.from_list(["<pad>", "<start>", "<end>", "<unk>", "a", "red", "top", "bag"]))
+    metrics.hypotheses, metrics.references = [CAPTIONS[i] for i in share], [REFERENCES[i] for i in share]
+    metrics.gather()
+    with open(f"{out}.{rank}", "w") as f:
+        json.dump(metrics.compute(), f)
+    torch.distributed.destroy_process_group()
+
+
+def test_caption_metrics_gather_unequal_shares(tmp_path):
+    # The captioning task gathers its processes' captions (all_gather_object) before scoring the split:
+    # shares one caption apart must give the single-process scores.
+    import torch.multiprocessing
+
+    from visattn.tasks.captioning import caption_scores
+
+    port = _free_port()
+    torch.multiprocessing.spawn(_gather_unequal_caption_shares, args=(port, str(tmp_path / "scores")), nprocs=2)
+    whole = caption_scores(CAPTIONS, REFERENCES)
+    assert whole["cider"] > 0
+    for rank in (0, 1):
+        with open(tmp_path / f"scores.{rank}") as f:
+            scores = json.load(f)
+        assert scores["n"] == N_EVAL and scores["cider"] == pytest.approx(whole["cider"])
