@@ -126,6 +126,25 @@ def test_eval_transform_normalises_per_channel():
     torch.testing.assert_close(out.mean(dim=(1, 2)), torch.tensor(expected), atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize(("input_size", "crop_pct", "interpolation"),
+                         [((3, 224, 160), 0.875, "bicubic"), ((3, 96, 128), 0.9, "bilinear")])
+@pytest.mark.parametrize("source", [(301, 247), (247, 301), (123, 457)])  # portrait, landscape, long
+def test_a_non_square_photo_evaluation_keeps_the_aspect_ratio_as_timm(input_size, crop_pct, interpolation, source):
+    """timm resizes a photo to cover floor((H, W) / crop_pct) keeping its aspect ratio (ResizeKeepRatio), then
+    centre-crops; visattn squashed the photo to exactly that size, so timm's non-square weights saw stretched
+    images. The small recipe still squashes the whole image, as timm's "squash" crop mode does."""
+    from PIL import Image
+    from timm.data import create_transform
+
+    image = np.random.default_rng(0).integers(0, 256, (*source, 3), dtype=np.uint8)
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.3, 0.4)
+    for recipe, timm_crop_pct, crop_mode in [("photo", crop_pct, "center"), ("small", 1.0, "squash")]:
+        by_timm = create_transform(input_size, interpolation=interpolation, crop_pct=timm_crop_pct,
+                                   crop_mode=crop_mode, mean=mean, std=std)(Image.fromarray(image))
+        ours = eval_transforms(input_size, mean, std, recipe=recipe, crop_pct=crop_pct, interpolation=interpolation)
+        torch.testing.assert_close(ours(image), by_timm, rtol=0, atol=1e-5)
+
+
 def test_unknown_recipe():
     with pytest.raises(ConfigError, match="recipe='huge'"):
         train_transforms(28, recipe="huge")

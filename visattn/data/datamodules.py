@@ -98,12 +98,6 @@ class _EpochSeededIterator(_SingleProcessDataLoaderIter):
             return super()._next_data()
 
 
-# Tasks whose evaluation metrics sync only shares of equal size, so validation and test keep Lightning's
-# padded DistributedSampler under DDP: task -> why. torchmetrics' MeanAveragePrecision gathers its
-# per-image states one collective per image (dist_reduce_fx=None), so unequal image counts abort gloo.
-EVEN_SHARES_ONLY: dict[str, str] = {"detection": "torchmetrics' MeanAveragePrecision syncs equal shares only"}
-
-
 class SplitLoadersMixin:
     """The DataLoader hooks of a LightningDataModule over its ``datasets`` dict, filled by ``setup``.
 
@@ -120,8 +114,7 @@ class SplitLoadersMixin:
 
     Under several processes (DDP) validation and test split their data between the processes without
     repeating a sample (:meth:`_evaluation_sampler`), so each sample is scored once, as in one process;
-    training and predict keep the samplers Lightning gives them, as do the evaluation splits of tasks
-    whose metrics sync equal shares only (:data:`EVEN_SHARES_ONLY`: detection, for now).
+    training and predict keep the samplers Lightning gives them.
     """
 
     datasets: dict[Split, Dataset]
@@ -167,8 +160,7 @@ class SplitLoadersMixin:
         processes shares that differ by one at most; a ``DistributedSampler`` set here is one Lightning
         leaves in place. None (Lightning's choice) in one process and when the trainer's
         ``use_distributed_sampler`` is off; also, with a warning when padding repeats samples, when a
-        process would get no sample (it would skip the epoch-end sync the others wait in) and for tasks
-        whose metrics sync equal shares only (:data:`EVEN_SHARES_ONLY`).
+        process would get no sample (it would skip the epoch-end sync the others wait in).
         """
         trainer = getattr(self, "trainer", None)
         kwargs = getattr(trainer, "distributed_sampler_kwargs", None)
@@ -176,18 +168,14 @@ class SplitLoadersMixin:
             return None
         if not getattr(getattr(trainer, "_accelerator_connector", None), "use_distributed_sampler", True):
             return None
-        n, processes, task = len(dataset), kwargs["num_replicas"], getattr(self, "task", None)
-        if task in EVEN_SHARES_ONLY:
-            reason = EVEN_SHARES_ONLY[task]
-        elif n < processes:
-            reason = "a process without a sample would hold the others up"
-        else:
+        n, processes = len(dataset), kwargs["num_replicas"]
+        if n >= processes:
             return UnrepeatedDistributedSampler(dataset, **{**kwargs, "shuffle": False})
-        if n % processes:
-            repeated = processes - n % processes
-            warnings.warn(f"the {split} split is padded from {n} to {n + repeated} samples for {processes} processes "
-                          f"({reason}), so its metrics count {repeated} twice; give it a multiple of {processes} "
-                          "samples, or evaluate with trainer.devices 1", VisattnWarning, stacklevel=2)
+        repeated = processes - n
+        warnings.warn(f"the {split} split is padded from {n} to {processes} samples for {processes} processes (a "
+                      f"process without a sample would hold the others up), so its metrics count {repeated} twice; "
+                      f"give it at least {processes} samples, or evaluate with trainer.devices 1", VisattnWarning,
+                      stacklevel=2)
         return None
 
     def _loader(self, split: Split, *, evaluation: bool = False) -> DataLoader:

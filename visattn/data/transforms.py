@@ -197,8 +197,9 @@ def eval_transforms(
         mean: per-channel mean of the 0..1 pixel values.
         std: per-channel standard deviation.
         recipe: ``"photo"``: resize the shorter side to ``floor(S / crop_pct)`` (a non-square ``(H, W)``:
-            the image to ``floor((H, W) / crop_pct)``) and centre-crop; ``"small"``: resize the whole
-            image to ``input_size`` (timm's ``"squash"``).
+            keeping the aspect ratio, the smallest size covering ``floor((H, W) / crop_pct)``, sides rounded,
+            as timm's ``ResizeKeepRatio``) and centre-crop; ``"small"``: resize the whole image to
+            ``input_size`` (timm's ``"squash"``).
         crop_pct: ``"photo"`` only: fraction of the resized image the centre crop keeps.
         interpolation: the resize filter, ``"bilinear"`` or ``"bicubic"`` (timm's ViTs use bicubic).
     """
@@ -209,7 +210,8 @@ def eval_transforms(
     height, width = _height_width(input_size)
     if recipe == "photo":
         resized = (math.floor(height / crop_pct), math.floor(width / crop_pct))
-        step = PilResize(resized[0] if resized[0] == resized[1] else resized, (height, width), interpolation)
+        step = PilResize(resized[0] if resized[0] == resized[1] else resized, (height, width), interpolation,
+                         keep_ratio=True)
     elif recipe == "small":
         step = PilResize((height, width), None, interpolation)
     else:
@@ -220,17 +222,22 @@ def eval_transforms(
 class PilResize(A.DualTransform):
     """torchvision's ``Resize(size)`` then ``CenterCrop(crop)`` on the PIL image of an RGB array, as in
     timm's evaluation transform; boxes move with the image. ``size``: the shorter side (an int, the longer
-    one truncated as torchvision does) or ``(H, W)``; ``crop`` ``None``: no crop."""
+    one truncated as torchvision does) or ``(H, W)``: exactly, or with ``keep_ratio`` the smallest size of the
+    image's aspect ratio covering it, sides rounded (timm's ``ResizeKeepRatio``); ``crop`` ``None``: no crop."""
 
-    def __init__(self, size: int | tuple[int, int], crop: tuple[int, int] | None, interpolation: Interpolation) -> None:
+    def __init__(self, size: int | tuple[int, int], crop: tuple[int, int] | None, interpolation: Interpolation,
+                 keep_ratio: bool = False) -> None:
         super().__init__(p=1.0)
-        self.size, self.crop, self.interpolation = size, crop, interpolation
+        self.size, self.crop, self.interpolation, self.keep_ratio = size, crop, interpolation, keep_ratio
 
     def get_params_dependent_on_data(self, params: dict, data: dict) -> dict:
         height, width = params["shape"][:2]
         if isinstance(self.size, int):
             longer = int(self.size * max(height, width) / min(height, width))
             resized = (self.size, longer) if height <= width else (longer, self.size)
+        elif self.keep_ratio:
+            scale = min(height / self.size[0], width / self.size[1])
+            resized = (round(height / scale), round(width / scale))
         else:
             resized = tuple(self.size)
         crop = self.crop or resized
@@ -251,7 +258,7 @@ class PilResize(A.DualTransform):
         return moved
 
     def get_transform_init_args_names(self) -> tuple[str, ...]:
-        return ("size", "crop", "interpolation")
+        return ("size", "crop", "interpolation", "keep_ratio")
 
 
 def default_preprocessing(model: nn.Module) -> dict:

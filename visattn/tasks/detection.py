@@ -43,10 +43,25 @@ COCO_IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10).tolist()
 COCO_RECALL_THRESHOLDS = np.linspace(0.0, 1.0, 101).tolist()
 
 
+class _MeanAveragePrecision(MeanAveragePrecision):
+    """torchmetrics' mAP, its processes' images gathered whole under DDP: its own sync runs one collective per
+    image, which processes holding different numbers of images (validation without repeats) leave unmatched.
+    The images are put back in the split's order (process ``r`` holds images ``r, r + W, ...``): COCOeval
+    breaks ties between equal scores by image order."""
+
+    def _sync_dist(self, dist_sync_fn: Any = None, process_group: Any = None) -> None:
+        group = process_group or self.process_group
+        for name in self._reductions:  # each state is a list with an entry per image (dist_reduce_fx None)
+            shares: list[Any] = [None] * torch.distributed.get_world_size(group)
+            torch.distributed.all_gather_object(shares, [t.cpu() for t in getattr(self, name)], group=group)
+            in_order = (share[i] for i in range(max(map(len, shares))) for share in shares if i < len(share))
+            setattr(self, name, [t.to(self.device) for t in in_order])
+
+
 def detection_map() -> MeanAveragePrecision:
     """COCO-style box mAP, as pycocotools' COCOeval scores it; :func:`map_scores` reads ``map`` and ``map50``."""
-    return MeanAveragePrecision(box_format="xyxy", iou_type="bbox", iou_thresholds=COCO_IOU_THRESHOLDS,
-                                rec_thresholds=COCO_RECALL_THRESHOLDS)
+    return _MeanAveragePrecision(box_format="xyxy", iou_type="bbox", iou_thresholds=COCO_IOU_THRESHOLDS,
+                                 rec_thresholds=COCO_RECALL_THRESHOLDS)
 
 
 def map_scores(metric: MeanAveragePrecision) -> dict[str, float]:
