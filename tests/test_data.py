@@ -512,3 +512,69 @@ def test_an_image_folder_records_and_evaluates_with_timms_crop_and_filter(tmp_pa
         ImageFolderDataModule(str(root), interpolation="nearest")
     with pytest.raises(ConfigError, match=r"^crop_pct=1.5: give the fraction of the resized image kept"):
         ImageFolderDataModule(str(root), crop_pct=1.5)
+
+
+# --- one-channel (gray) classifiers ---------------------------------------------------------
+
+
+@needs_fashion_mnist
+def test_a_one_channel_data_module_gives_gray_batches_and_records_them():
+    """A model built with in_chans 1 could not be trained: every data module gave 3-channel images."""
+    gray = FashionMNISTDataModule(channels=1, batch_size=4, num_workers=0, limit=8)
+    rgb = FashionMNISTDataModule(batch_size=4, num_workers=0, limit=8)
+    assert gray.preprocessing == {"input_size": [1, 28, 28], "mean": [0.286], "std": [0.353], "recipe": "small"}
+    assert rgb.preprocessing == {"input_size": [3, 28, 28], "mean": [0.286] * 3, "std": [0.353] * 3, "recipe": "small"}
+    for loader in ("train_dataloader", "val_dataloader", "test_dataloader"):
+        images, labels = next(iter(getattr(gray, loader)()))
+        assert images.shape == (4, 1, 28, 28) and labels.shape == (4,), loader
+        assert next(iter(getattr(rgb, loader)()))[0].shape == (4, 3, 28, 28), loader
+    # the gray values themselves, normalised as one channel of the RGB images is
+    torch.testing.assert_close(next(iter(gray.test_dataloader()))[0], next(iter(rgb.test_dataloader()))[0][:, :1],
+                               rtol=0, atol=1.01 / 255 / 0.353)
+
+
+def test_a_one_channel_image_folder_records_the_first_mean_and_std(tmp_path):
+    root = write_image_folder(tmp_path / "train", per_class=4)
+    data = ImageFolderDataModule(str(root), channels=1, img_size=16, batch_size=2, num_workers=0, val_fraction=0.25)
+    assert data.preprocessing["input_size"] == [1, 16, 16]
+    # the first mean and std: what albumentations normalises a gray image with
+    assert (data.preprocessing["mean"], data.preprocessing["std"]) == ([0.485], [0.229])
+    assert next(iter(data.train_dataloader()))[0].shape == (2, 1, 16, 16)
+    assert next(iter(data.val_dataloader()))[0].shape == (2, 1, 16, 16)
+
+
+@pytest.mark.parametrize("channels", [2, 0, 4])
+def test_a_channel_count_other_than_1_or_3_is_one_line(channels):
+    with pytest.raises(ConfigError, match=rf"^channels={channels}: give 3 \(RGB\) or 1 \(gray, for a model with "
+                                          r"in_chans 1\)$"):
+        FashionMNISTDataModule(channels=channels)
+
+
+@needs_fashion_mnist
+def test_a_one_channel_classifier_trains_from_its_config_and_evaluates_on_gray_images(tmp_path, monkeypatch, capsys):
+    """The shipped gray config trains, its checkpoint records the one-channel preprocessing, and `visattn evaluate
+    --checkpoint` reads it; data channels that differ from the model's in_chans are one line before training."""
+    import json
+
+    from visattn.cli import main
+    from visattn.tasks.classification import load_classifier
+
+    monkeypatch.chdir(tmp_path)
+    config = Path(__file__).resolve().parents[1] / "configs" / "classification" / "se_resnet20_fmnist_gray.yaml"
+    quick = ["--config", str(config), "--data.init_args.num_workers", "0", "--data.init_args.batch_size", "8",
+             "--data.init_args.limit", "32", "--trainer.enable_progress_bar", "false", "--trainer.accelerator", "cpu",
+             "--trainer.max_steps", "2"]
+    assert main(["fit", *quick, "--data.init_args.channels", "3"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error == ("visattn: error: data.init_args.channels=3 but the model takes 1-channel images; set "
+                     "model.init_args.model_kwargs.in_chans: 3, or data.init_args.channels: 1")
+
+    assert main(["fit", *quick]) == 0
+    checkpoint = tmp_path / "outputs" / config.stem / "checkpoints" / "last.ckpt"
+    classifier = load_classifier(checkpoint=str(checkpoint))
+    assert classifier.preprocessing["input_size"] == [1, 28, 28] and classifier.preprocessing["mean"] == [0.286]
+    assert classifier.transform()(np.zeros((28, 28, 3), np.uint8)).shape == (1, 28, 28)
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(checkpoint), "--dataset", "fashion-mnist", "--limit", "16",
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["n"] == 16

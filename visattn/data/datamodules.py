@@ -5,6 +5,8 @@ every run and every machine (stratified by class for image folders); the test sp
 used by ``test`` and ``predict``.
 ``num_classes``, ``class_names`` and ``preprocessing`` are known right after construction, so
 a LightningCLI config can link ``data.num_classes -> model.num_classes`` (and the others).
+``channels: 1`` gives gray images for a one-channel model (``model_kwargs: {in_chans: 1}``); the
+recorded ``preprocessing`` then says so, and evaluation and inference read gray images too.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from torch.utils.data.dataloader import _BaseDataLoaderIter, _SingleProcessDataL
 
 from ..devices import MAX_WORKERS_PER_CPU, max_workers
 from ..errors import ConfigError, VisattnWarning
+from ..layers.patch_embed import is_count
 from .fashion_mnist import FASHION_MNIST_CLASSES, FASHION_MNIST_MEAN, FASHION_MNIST_STD, FashionMNIST
 from .image_folder import (ImageFolder, check_class_count, collate_present, find_classes, for_evaluation,
                            image_files_of, seeded_subset)
@@ -246,14 +249,15 @@ class _ClassificationDataModule(SplitLoadersMixin, pl.LightningDataModule):
         """The evaluation transform's settings, for checkpoints; ``input_size`` is timm-style ``[C, H, W]``."""
         h = self.hparams
         resize = {key: h[key] for key in ("crop_pct", "interpolation") if key in h}  # image folders set them
-        return {"input_size": [3, h.img_size, h.img_size], "mean": list(h.mean), "std": list(h.std), "recipe": h.recipe,
-                **resize}
+        # A gray image is normalised with the first mean and std, as albumentations does: record only those.
+        return {"input_size": [h.channels, h.img_size, h.img_size], "mean": list(h.mean)[:h.channels],
+                "std": list(h.std)[:h.channels], "recipe": h.recipe, **resize}
 
     def train_transform(self) -> ImageTransform:
-        h = self.hparams
+        h, p = self.hparams, self.preprocessing
         if not h.augment:
             return self.eval_transform()
-        return train_transforms(h.img_size, h.mean, h.std, recipe=h.recipe)
+        return train_transforms(p["input_size"], p["mean"], p["std"], recipe=h.recipe)
 
     def eval_transform(self) -> ImageTransform:
         return eval_transform_of(self.preprocessing)
@@ -287,6 +291,8 @@ class _ClassificationDataModule(SplitLoadersMixin, pl.LightningDataModule):
 
     def _check_options(self) -> None:
         h = self.hparams
+        if not is_count(h.channels) or h.channels not in (1, 3):  # before preprocessing_problem names input_size
+            raise ConfigError(f"channels={h.channels!r}: give 3 (RGB) or 1 (gray, for a model with in_chans 1)")
         if not 0 <= h.val_fraction < 1:
             raise ConfigError(f"val_fraction={h.val_fraction}: must be in [0, 1)")
         if h.limit is not None and h.limit < 1:
@@ -312,6 +318,7 @@ class FashionMNISTDataModule(_ClassificationDataModule):
         recipe: transform recipe, ``"small"`` (pad + crop) or ``"photo"`` (resized crop).
         limit: use at most this many samples of each split (quick runs and tests).
         root: folder holding the idx files; default: ``$VISATTN_DATA``, then the Debian package.
+        channels: image channels the model takes: 3 (the gray values repeated) or 1 (for ``in_chans`` 1).
     """
 
     def __init__(
@@ -328,6 +335,7 @@ class FashionMNISTDataModule(_ClassificationDataModule):
         recipe: Recipe = "small",
         limit: int | None = None,
         root: str | None = None,
+        channels: int = 3,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -365,6 +373,8 @@ class ImageFolderDataModule(_ClassificationDataModule):
             fine-tuning timm weights, give their ``pretrained_cfg``'s, e.g. 0.9 for its augreg ViTs).
         interpolation: evaluation resize filter, ``"bilinear"`` or ``"bicubic"`` (timm's ViTs: bicubic).
         limit: use at most this many samples of each split (quick runs and tests).
+        channels: image channels the model takes: 3 (RGB) or 1 (gray, for ``in_chans`` 1; ``mean`` and
+            ``std`` keep their first value).
     """
 
     def __init__(
@@ -385,6 +395,7 @@ class ImageFolderDataModule(_ClassificationDataModule):
         crop_pct: float = DEFAULT_CROP_PCT,
         interpolation: Interpolation = DEFAULT_INTERPOLATION,
         limit: int | None = None,
+        channels: int = 3,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()

@@ -35,7 +35,8 @@ class DecodedCaptions:
     """Decoder output, one entry per image.
 
     ``tokens[i]`` holds the word ids without START and END, ``attention[i]`` each word's attention
-    map ``(T_i, grid_h, grid_w)`` and ``scores[i]`` the caption's (length-normalised) log-probability.
+    map ``(T_i, grid_h, grid_w)`` and ``scores[i]`` the caption's log-probability: beam search's is
+    length-normalised (``log p / length ** length_penalty``, END counted), greedy decoding's is not.
     """
 
     tokens: list[Tensor]

@@ -21,7 +21,8 @@ fresh ``fit`` refuses a checkpoint folder that holds an earlier run's checkpoint
 write ``last-v1.ckpt`` beside them); ``fast_dev_run`` writes no checkpoints. A ``fit`` whose ModelCheckpoint
 or EarlyStopping monitors a ``val/`` metric is refused before training when the run would never validate (no
 validation data, ``limit_val_batches 0``, ``check_val_every_n_epoch`` past ``max_epochs``): Lightning would
-only warn that the metric is missing, and never write the best checkpoint.
+only warn that the metric is missing, and never write the best checkpoint. Data whose ``channels`` (3, or 1 for
+gray) differ from what the model's first convolution takes (``model_kwargs.in_chans``) is refused before training.
 
 ``visattn predict`` writes one JSON object per sample to ``<trainer.default_root_dir>/predictions.jsonl``
 (:class:`JsonPredictionWriter`, unless the config has a prediction writer): a classifier's top classes
@@ -370,6 +371,18 @@ def _check_task_data(model: Any, data: Any) -> None:
                           f"give a {wanted} data module (see configs/{wanted}/)")
 
 
+def _check_channels(model: pl.LightningModule, datamodule: Any) -> None:
+    """One line when the data's ``channels`` differ from what the model's first convolution takes: the model's
+    ``in_chans`` sits in ``model_kwargs``, which no link reaches, and the first batch would fail after setup."""
+    channels = getattr(datamodule, "hparams", {}).get("channels")
+    first = next((m for m in model.modules() if isinstance(m, torch.nn.Conv2d)), None)
+    if channels is None or first is None or first.in_channels == channels:
+        return
+    raise ConfigError(f"data.init_args.channels={channels} but the model takes {first.in_channels}-channel images; "
+                      f"set model.init_args.model_kwargs.in_chans: {channels}, or data.init_args.channels: "
+                      f"{first.in_channels}")
+
+
 def _refuse_linked_overrides(model: Any, linked: tuple[str, ...]) -> None:
     """A model value the data section links in would be replaced by the data's without a word."""
     task, init_args = _imported(getattr(model, "class_path", None)), getattr(model, "init_args", None) or {}
@@ -601,6 +614,7 @@ class VisattnCLI(LightningCLI):
             with building:
                 super().instantiate_classes()
             self._check_data_fits_checkpoint()
+            _check_channels(self.model, self.datamodule)
         except (ValueError, TypeError) as err:
             # jsonargparse wraps errors raised while building the model or data; surface ours as they are.
             cause = _visattn_cause(err)
