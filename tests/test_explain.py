@@ -817,12 +817,14 @@ def test_a_grad_cam_map_that_is_zero_everywhere_warns_with_the_fix():
 
 def _resnet_with_average_pooling(model: nn.Module) -> nn.Module:
     """A CNN with max pooling swapped for average pooling of the same kernel, stride and padding (the
-    same receptive fields, but every input of one gets a gradient) and every parameter positive (so no
-    ReLU cuts a path)."""
+    same receptive fields, but every input of one gets a gradient), ReLU6 for ReLU (positive activations
+    saturate it) and every parameter positive (so no ReLU cuts a path)."""
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, nn.MaxPool2d):
                 setattr(parent, name, nn.AvgPool2d(child.kernel_size, child.stride, child.padding))
+            elif isinstance(child, nn.ReLU6):
+                setattr(parent, name, nn.ReLU())
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.uniform_(0.1, 1.0)
@@ -836,6 +838,10 @@ def _resnet_with_average_pooling(model: nn.Module) -> nn.Module:
     (lambda: create_model("resnet20_cifar"), 192, 20),
     # the FashionScenes captioner's encoder layout (7x7 stride-2 stem and max pool, two stages: stride 8)
     (lambda: create_model("resnet20_cifar", layers=(1, 1), widths=(32, 64), small_input=False), 160, 6),
+    # other CNNs that downsample with centred odd kernels
+    (lambda: __import__("timm").create_model("efficientnet_lite0", num_classes=0), 1024, 16),  # no SE: a local field
+    (lambda: __import__("timm").create_model("mobilenetv3_small_100", num_classes=0), 1024, 16),
+    (lambda: __import__("timm").create_model("regnetx_002", num_classes=0), 768, 12),
     # CNNs that downsample off-centre (4x4 patchify stem; 2x2 pooling): their cells fill equal blocks
     (lambda: __import__("timm").create_model("convnext_atto", depths=(1, 1, 1, 1)), 512, 7),
     (lambda: __import__("timm").create_model("vgg11", num_classes=0), 224, 2),

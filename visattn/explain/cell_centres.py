@@ -85,18 +85,37 @@ class CellCentres:
 
 
 def map_centres(model: nn.Module, map_size: Sequence[int], image_size: Sequence[int]) -> CellCentres:
-    """Where the cells of ``model``'s ``(h, w)`` maps (any method's) sit on an ``image_size`` input: a visattn
-    or timm ResNet's at their receptive fields' centres (:meth:`CellCentres.strided`), any other model's in
-    equal blocks, as Grad-CAM tools draw them: a ViT's patches are such blocks, and other CNNs downsample
-    off-centre in their own ways (ConvNeXt's 4x4 patchify stem, VGG's 2x2 pooling, TF "same" padding)."""
+    """Where the cells of ``model``'s ``(h, w)`` maps (any method's) sit on an ``image_size`` input: a CNN
+    that downsamples with centred odd kernels (ResNets, EfficientNets, MobileNets, RegNets) at their
+    receptive fields' centres (:meth:`CellCentres.strided`), any other model's in equal blocks, as Grad-CAM
+    tools draw them: a ViT's patches are such blocks, and other CNNs downsample off-centre in their own
+    ways (ConvNeXt's 4x4 patchify stem, VGG's and DenseNet's 2x2 pooling, TF "same" padding)."""
     layout = CellCentres.strided if centred_strides(model) else CellCentres.blocks
     return layout(tuple(map_size), tuple(image_size))
 
 
 def centred_strides(model: nn.Module) -> bool:
-    """Whether every downsampling in ``model`` is an odd kernel centred by its padding (visattn's and timm's
-    ResNets, ResNet-D's average-pooled shortcuts included), so a stride-s cell ``k`` looks at pixel ``s k``."""
-    return isinstance(model, (ResNet, TimmResNet))
+    """Whether every downsampling in ``model`` is an odd kernel centred by its padding, so a stride-s cell
+    ``k`` looks at pixel ``s k``: each strided convolution or pooling layer, or a visattn or timm ResNet
+    (ResNet-D's 2x2 average-pooled shortcuts are off by half a pixel in a branch the main path outweighs)."""
+    if isinstance(model, (ResNet, TimmResNet)):
+        return True
+    strided = [m for m in model.modules() if isinstance(m, _DOWNSAMPLING) and max(_pair(m.stride)) > 1]
+    return bool(strided) and all(map(_centred, strided))
+
+
+_DOWNSAMPLING = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)
+
+
+def _centred(layer: nn.Module) -> bool:
+    """An odd kernel padded by half its (dilated) extent on every side; timm's "same" layers pad in forward."""
+    dilation = _pair(getattr(layer, "dilation", 1))
+    return all(k % 2 == 1 and p == d * (k - 1) // 2 for k, p, d in
+               zip(_pair(layer.kernel_size), _pair(layer.padding), dilation))
+
+
+def _pair(value: int | Sequence[int]) -> tuple[int, ...]:
+    return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
 
 
 def _block_centres(cells: int, pixels: int) -> tuple[float, ...]:
