@@ -84,6 +84,60 @@ def test_a_folder_with_only_the_test_files_serves_the_test_split(tmp_path):
         load_fashion_mnist("train", root=tmp_path)
 
 
+def _visattn_data_problem(monkeypatch, value: str, split: str = "test") -> str:
+    monkeypatch.setenv("VISATTN_DATA", value)
+    with pytest.raises(ConfigError) as info:
+        load_fashion_mnist(split)
+    message = str(info.value)
+    assert f"VISATTN_DATA={value} " in message and "unset VISATTN_DATA" in message and "\n" not in message
+    return message
+
+
+def test_a_visattn_data_folder_that_is_not_there_is_named_not_skipped(tmp_path, monkeypatch):
+    message = _visattn_data_problem(monkeypatch, str(tmp_path / "nonexist"))
+    assert "names nothing that exists" in message
+    assert "t10k-images-idx3-ubyte(.gz) and t10k-labels-idx1-ubyte(.gz)" in message
+
+
+def test_a_visattn_data_file_is_named_not_skipped(tmp_path, monkeypatch):
+    (tmp_path / "fmnist.tar").write_bytes(b"not a folder")
+    assert "is not a folder" in _visattn_data_problem(monkeypatch, str(tmp_path / "fmnist.tar"))
+
+
+def test_a_visattn_data_folder_without_the_splits_files_is_named_not_skipped(tmp_path, monkeypatch):
+    (tmp_path / "t10k-images-idx3-ubyte.gz").write_bytes(b"")  # the labels are missing
+    message = _visattn_data_problem(monkeypatch, str(tmp_path))
+    assert "holds no Fashion-MNIST test idx files" in message
+
+
+def test_a_visattn_data_folder_with_only_the_test_files_is_not_mixed_with_the_system_train_split(tmp_path, monkeypatch):
+    _write_fake_fashion_mnist(tmp_path, n=3, prefixes=("t10k",))
+    monkeypatch.setenv("VISATTN_DATA", str(tmp_path))
+    images, labels = load_fashion_mnist("test")
+    assert images.shape == (3, 28, 28) and labels.tolist() == [0, 1, 2]
+    message = _visattn_data_problem(monkeypatch, str(tmp_path), split="train")
+    assert "train-images-idx3-ubyte(.gz) and train-labels-idx1-ubyte(.gz)" in message
+    with pytest.raises(ConfigError, match=f"VISATTN_DATA={tmp_path} "):
+        FashionMNIST("train")
+
+
+def test_a_valid_visattn_data_folder_is_used_instead_of_the_system_copy(tmp_path, monkeypatch):
+    _write_fake_fashion_mnist(tmp_path, n=4)
+    monkeypatch.setenv("VISATTN_DATA", str(tmp_path))
+    assert find_fashion_mnist(download=False) == tmp_path
+    train, test = FashionMNIST("train"), FashionMNIST("test")
+    assert (len(train), len(test)) == (4, 4) and test.labels.tolist() == [0, 1, 2, 3]
+
+
+def test_an_explicit_root_is_the_only_place_looked_at(tmp_path, monkeypatch):
+    _write_fake_fashion_mnist(tmp_path / "env", n=4)
+    monkeypatch.setenv("VISATTN_DATA", str(tmp_path / "env"))
+    for root in (tmp_path / "nonexist", tmp_path / "env" / "train-images-idx3-ubyte.gz"):
+        with pytest.raises(ConfigError, match="idx files not found in") as info:
+            load_fashion_mnist("test", root=root)
+        assert str(root) in str(info.value) and "\n" not in str(info.value)
+
+
 def test_corrupt_idx_file_is_named(tmp_path):
     _write_fake_fashion_mnist(tmp_path)
     (tmp_path / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(b"\x00\x00\x08\x03rubbish"))

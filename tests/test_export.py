@@ -119,16 +119,34 @@ def test_an_opset_that_cannot_hold_the_model_is_one_line_and_nothing_on_stdout(o
 def test_an_export_that_fails_its_check_leaves_the_earlier_file_and_no_other(tmp_path, monkeypatch, capsys):
     ckpt = _checkpoint(tmp_path / "run.ckpt", "vit_tiny_patch4_28", depth=1, img_size=28)
     earlier = tmp_path / "m.onnx"
-    earlier.write_bytes(b"an earlier export")
+    assert main(["export", "--checkpoint", str(ckpt), "--out", str(earlier)]) == 0
+    exported = earlier.read_bytes()
 
     def refuse(path, **kwargs):  # the graph is written; onnxruntime then fails to load it
         raise WeightsError(f"{path}: onnxruntime cannot load it")
 
     monkeypatch.setattr(export, "onnx_session", refuse)
+    capsys.readouterr()
     assert main(["export", "--checkpoint", str(ckpt), "--out", str(earlier)]) == 2
     assert "onnxruntime cannot load it" in capsys.readouterr().err
-    assert earlier.read_bytes() == b"an earlier export"
+    assert earlier.read_bytes() == exported
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "run.ckpt"]  # no temporary file left
+
+
+@pytest.mark.parametrize("name, content", [("run.ckpt", b"a checkpoint"), ("config.yaml", b"model: {}"),
+                                           ("model.onnx", b"an ONNX file visattn did not write"), ("out", None)])
+def test_export_replaces_only_its_own_onnx_files(tmp_path, capsys, name, content):
+    """--out onto another run's checkpoint, a config or someone's model wrote ONNX over it; a folder-like
+    --out wrote a file named after the folder."""
+    target = tmp_path / name
+    if content is not None:
+        target.write_bytes(content)
+    assert main(["export", "--model", "se_resnet20_cifar.fmnist", "--out", str(target) + ("/" if content is None else "")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("visattn: error: --out ")
+    assert content is None or target.read_bytes() == content
+    assert main(["export", "--model", "se_resnet20_cifar.fmnist", "--out", str(tmp_path / "m.onnx")]) == 0
+    assert main(["export", "--model", "se_resnet20_cifar.fmnist", "--out", str(tmp_path / "m.onnx")]) == 0  # its own
 
 
 def test_onnx_sessions_do_not_spin_between_runs(tmp_path):

@@ -861,3 +861,22 @@ def test_caption_and_evaluate_decode_with_the_length_penalty_and_length_given(tm
     assert settings and all(kw == {"beam_size": 2, "max_len": 3, "length_penalty": 0.0} for kw in settings)
     readable = capsys.readouterr().out.splitlines()[-2]  # it says how the captions were decoded
     assert readable.startswith(f"{CAPTIONER} on fashion-scenes test (beam_size 2, max_len 3, length_penalty 0.0): ")
+
+
+@pytest.mark.parametrize("suffix", ["png", "jpg", "svg", "pdf"])
+def test_explain_replaces_only_a_figure_it_wrote(tmp_path, capsys, suffix):
+    """--out onto a user's photo or document replaced it with the map; a folder-like --out wrote a file named
+    after the folder. A map visattn wrote there before is replaced (each format carries its mark)."""
+    theirs = tmp_path / f"photo.{suffix}"
+    theirs.write_bytes(b"someone's file")
+    if suffix in ("png", "jpg"):
+        Image.new("RGB", (8, 8), "red").save(theirs)
+    kept = theirs.read_bytes()
+    for out in (str(theirs), str(tmp_path / "maps") + os.sep):
+        assert main(["explain", _image(tmp_path), "--model", CLASSIFIER, "--out", out]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith("visattn: error: --out ")
+    assert theirs.read_bytes() == kept and not (tmp_path / "maps").exists()
+    ours = tmp_path / f"map.{suffix}"
+    for _ in range(2):
+        assert main(["explain", _image(tmp_path), "--model", CLASSIFIER, "--out", str(ours)]) == 0

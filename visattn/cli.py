@@ -571,7 +571,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--class", dest="target_class", default=None, help="class index or name (gradcam)")
     explain.add_argument("--out", required=True,
                          help="output image file: PNG, or the format its suffix names (.jpg, .svg, .pdf, ...); "
-                              "an earlier file is replaced, the input image never")
+                              "a map visattn wrote there is replaced, any other file never")
     explain.set_defaults(func=cmd_explain)
 
     save = sub.add_parser("save-weights", help="turn a training checkpoint (classifier, captioner or detector) "
@@ -595,7 +595,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_source(export)
     export.add_argument("--format", choices=["onnx"], default="onnx")
     export.add_argument("--out", required=True,
-                        help="the file to write, e.g. model.onnx; an earlier file is replaced, the weights never")
+                        help="the file to write, e.g. model.onnx; an earlier export is replaced, any other file never")
     export.add_argument("--opset", type=int, default=17, help="ONNX opset version (default: 17)")
     export.set_defaults(func=cmd_export)
     return parser

@@ -134,6 +134,17 @@ def _input_size(model: nn.Module, input_size: Optional[Sequence[int]]) -> tuple[
     return tuple(int(s) for s in size)
 
 
+def _exported_here(path: Path) -> bool:
+    """Whether ``path`` is an ONNX model this exporter wrote (its metadata names the source weights and labels)."""
+    import onnx
+
+    try:
+        keys = {prop.key for prop in onnx.load(str(path), load_external_data=False).metadata_props}
+    except Exception:  # onnx raises protobuf's DecodeError and others on a file that is no ONNX model
+        return False
+    return {"source", "arch", "labels", "preprocessing"} <= keys
+
+
 def _add_metadata(path: Path, metadata: Mapping[str, Any]) -> None:
     import onnx
 
@@ -160,7 +171,7 @@ def export_classifier(
         raise ConfigError(f"--opset {opset}: the exporter writes opsets {SUPPORTED_OPSETS.start} to "
                           f"{SUPPORTED_OPSETS.stop - 1}; use the default --opset {DEFAULT_OPSET}")
     classifier = load_classifier(model, checkpoint)
-    out = prepare_output_file(out, flag="--out", inputs=model_files(model, checkpoint))
+    out = prepare_output_file(out, flag="--out", inputs=model_files(model, checkpoint), ours=_exported_here)
     metadata = {"source": classifier.name, "arch": classifier.arch, "labels": classifier.class_names,
                 "preprocessing": classifier.preprocessing}
     input_size = classifier.preprocessing["input_size"]

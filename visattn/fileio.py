@@ -11,7 +11,7 @@ import fcntl
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, Union
 
 from .errors import ConfigError
 
@@ -107,17 +107,23 @@ def prepare_output_dir(path: PathLike, *, flag: str) -> Path:
     return path
 
 
-def prepare_output_file(path: PathLike, *, flag: str, inputs: Iterable[PathLike] = ()) -> Path:
-    """Check that ``path`` (the value of ``flag``) can be written as a file, creating its folder, and
-    that it is none of the command's ``inputs``."""
+def prepare_output_file(path: PathLike, *, flag: str, inputs: Iterable[PathLike] = (),
+                        ours: Optional[Callable[[Path], bool]] = None) -> Path:
+    """Check that ``path`` (the value of ``flag``) can be written as a file, creating its folder, that it is
+    none of the command's ``inputs`` and that a file already there is one visattn wrote (``ours``, default
+    :func:`written_by_visattn`): a rerun replaces its own output, never a user's photo, checkpoint or config."""
     if os.fspath(path) == "-":  # the usual name for standard output, which an image or model file does not go to
         raise ConfigError(f"{flag} -: {flag} writes a file, not standard output; give a file path")
+    if os.fspath(path).endswith(("/", os.sep)):  # Path() would drop the slash and write a file of that name
+        raise ConfigError(f"{flag} {os.fspath(path)}: names a folder; give a file path in it")
     path = Path(path)
     with output_errors(path, flag=flag, kind="file"):
         if path.is_dir():
             raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
         _writable_dir(path.parent)
     refuse_overwriting_inputs([path], inputs, flag=flag, kind="file")
+    if path.is_file():  # not a FIFO, which reading would block on, nor a device: atomic_path names those
+        refuse_replacing_others_files([path], flag=flag, kind="file", ours=ours)
     return path
 
 
@@ -137,24 +143,46 @@ def output_paths(inputs: Sequence[Path], directory: Optional[PathLike], *, flag:
     return outputs
 
 
-def refuse_replacing_others_files(outputs: Iterable[Path], *, flag: str) -> None:
-    """One line naming ``flag`` when a planned output name is taken by a file visattn did not write (no
-    :data:`PNG_SOFTWARE` mark): a user's image there, which a folder of outputs must not replace."""
+def refuse_replacing_others_files(outputs: Iterable[Path], *, flag: str, kind: str = "folder",
+                                  ours: Optional[Callable[[Path], bool]] = None) -> None:
+    """One line naming ``flag`` when a planned output name is taken by a file visattn did not write
+    (``ours``, default :func:`written_by_visattn`, false): a user's file there, which an output must not replace."""
     for output in outputs:
-        if os.path.lexists(output) and not written_by_visattn(output):
+        if os.path.lexists(output) and not (ours or written_by_visattn)(output):
             raise ConfigError(f"{flag} would replace {output}, which visattn did not write; "
-                              f"move that file or choose another {flag} folder")
+                              f"move that file or choose another {flag} {kind}")
 
 
 def written_by_visattn(path: PathLike) -> bool:
-    """Whether ``path`` is a PNG carrying visattn's :data:`PNG_SOFTWARE` mark (read from its header only)."""
+    """Whether ``path`` is an image visattn wrote: a PNG or JPEG carrying its :data:`PNG_SOFTWARE` mark
+    (:func:`figure_mark`), read from the header only, or a PDF or SVG naming it as creator."""
     from PIL import Image
 
+    if Path(path).suffix.lower() in (".pdf", ".svg"):
+        return _names_creator(Path(path))
     try:
         with Image.open(path) as image:
-            return image.format == "PNG" and image.info.get("Software") == PNG_SOFTWARE
+            mark = {"PNG": image.info.get("Software"), "JPEG": image.info.get("comment", b"").decode("latin-1")}
+            return mark.get(image.format) == PNG_SOFTWARE
     except (OSError, ValueError, Image.DecompressionBombError):  # a folder, unreadable or not an image: not ours
         return False
+
+
+def figure_mark(image_format: str) -> dict[str, Any]:
+    """matplotlib ``savefig`` arguments marking a figure of ``image_format`` as visattn's (see
+    :func:`written_by_visattn`): PNG text, a JPEG comment, PDF and SVG creator metadata."""
+    if image_format in ("jpg", "jpeg"):
+        return {"pil_kwargs": {"comment": PNG_SOFTWARE.encode()}}
+    key = {"png": "Software", "pdf": "Creator", "svg": "Creator"}.get(image_format)
+    return {"metadata": {key: PNG_SOFTWARE}} if key else {}
+
+
+def _names_creator(path: Path) -> bool:
+    try:
+        data = path.read_bytes()[:1 << 20]  # matplotlib's figures are small; a large file is not one of ours
+    except OSError:
+        return False
+    return f"/Creator ({PNG_SOFTWARE})".encode() in data or f"<dc:title>{PNG_SOFTWARE}</dc:title>".encode() in data
 
 
 def attention_note(record: dict, what: str) -> str:

@@ -2,8 +2,10 @@
 
 The idx files are looked for in ``$VISATTN_DATA`` (the folder itself or its ``fashion-mnist``
 subfolder), then in ``/usr/share/datasets/fashion-mnist`` (Debian package
-``dataset-fashion-mnist``), and only then downloaded through torchvision. They are parsed with
-numpy and kept in memory as uint8, once per process.
+``dataset-fashion-mnist``), and only then downloaded through torchvision. A set ``$VISATTN_DATA``
+is the only place looked at: a folder that is not there, a file, or a folder without the split's
+files is a one-line error naming it, never a silent fall back to the system copy. They are parsed
+with numpy and kept in memory as uint8, once per process.
 """
 from __future__ import annotations
 
@@ -39,6 +41,7 @@ FASHION_MNIST_CLASSES = (
 FASHION_MNIST_MEAN = (0.2860, 0.2860, 0.2860)
 FASHION_MNIST_STD = (0.3530, 0.3530, 0.3530)
 SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
+DATA_ENV = "VISATTN_DATA"
 Split = Literal["train", "test"]
 _FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -115,8 +118,11 @@ def find_fashion_mnist(
         splits: the splits whose two files the folder must hold (a test-only copy serves ``"test"``).
 
     Raises:
-        ConfigError: the files are nowhere to be found.
+        ConfigError: the files are nowhere to be found, or ``$VISATTN_DATA`` (with no ``root``) is
+            set but is not a folder holding them: it is then the only place looked at.
     """
+    if root is None and os.environ.get(DATA_ENV):
+        return _visattn_data_folder(os.environ[DATA_ENV], splits)
     candidates = _candidate_dirs(root)
     for folder in candidates:
         if _has_files(folder, splits):
@@ -168,11 +174,31 @@ def _read_split(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.nd
 
 
 def _candidate_dirs(root: str | os.PathLike | None) -> list[Path]:
-    bases = [Path(root)] if root is not None else []
-    if root is None and os.environ.get("VISATTN_DATA"):
-        bases.append(Path(os.environ["VISATTN_DATA"]))
-    folders = [folder for base in bases for folder in (base, base / "fashion-mnist")]
-    return folders if root is not None else [*folders, SYSTEM_DIR]
+    if root is None:
+        return [SYSTEM_DIR]
+    return [Path(root), Path(root) / "fashion-mnist"]
+
+
+def _visattn_data_folder(value: str, splits: Sequence[Split]) -> Path:
+    """The folder of ``$VISATTN_DATA`` (itself or its ``fashion-mnist`` subfolder) holding the files
+    of ``splits``; one line naming the variable otherwise, since falling back to the system copy
+    would score or train on data the user did not ask for."""
+    base = Path(value).expanduser()
+    for folder in (base, base / "fashion-mnist"):
+        if _has_files(folder, splits):
+            return folder
+    if not base.exists():
+        problem = "names nothing that exists"
+    elif not base.is_dir():
+        problem = "is not a folder"
+    else:
+        problem = f"holds no Fashion-MNIST {'/'.join(splits)} idx files (nor does its fashion-mnist subfolder)"
+    wanted = " and ".join(f"{name}(.gz)" for split in splits for name in _FILES[split])
+    raise ConfigError(
+        f"{DATA_ENV}={value} {problem}, and a set {DATA_ENV} is the only place Fashion-MNIST is read from: "
+        f"put {wanted} there or in its fashion-mnist subfolder (each raw or gzipped as .gz), "
+        f"or unset {DATA_ENV} to use {SYSTEM_DIR} or torchvision's download"
+    )
 
 
 def _has_files(folder: Path, splits: Sequence[Split]) -> bool:

@@ -24,7 +24,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
 from ..errors import ConfigError
-from ..fileio import PNG_SOFTWARE, atomic_path
+from ..fileio import atomic_path, figure_mark
 from .cell_centres import CellCentres
 
 PathLike = str | os.PathLike
@@ -184,5 +184,4 @@ def _save_figure(fig: Figure, path: PathLike) -> None:
     # The temp file's .tmp suffix would make matplotlib guess the format: name it from the real one.
     image_format = figure_format(path)
     with atomic_path(path) as tmp:  # a failed write (disk full) leaves an earlier file as it was
-        metadata = {"Software": PNG_SOFTWARE} if image_format == "png" else None  # marks the PNG as replaceable
-        fig.savefig(tmp, format=image_format, dpi=100, metadata=metadata)
+        fig.savefig(tmp, format=image_format, dpi=100, **figure_mark(image_format))  # a rerun may replace it
