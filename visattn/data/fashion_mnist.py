@@ -184,7 +184,7 @@ def _visattn_data_folder(value: str, splits: Sequence[Split]) -> Path:
     of ``splits``; one line naming the variable otherwise, since falling back to the system copy
     would score or train on data the user did not ask for."""
     base = Path(value).expanduser()
-    for folder in (base, base / "fashion-mnist"):
+    for folder in _candidate_dirs(base):
         if _has_files(folder, splits):
             return folder
     if not base.exists():
