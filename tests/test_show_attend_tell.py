@@ -138,8 +138,8 @@ def test_step_attends_and_advances_only_the_given_rows_and_looks_words_up_in_the
 
 @needs_fashion_mnist
 def test_decoding_with_the_word_table_and_unended_rows_only_equals_stepping_every_row_in_full():
-    """Greedy and beam decoding look each word's LSTM products up and advance only hypotheses that have
-    not ended; the shipped captioner's words, maps and scores on test scenes are those of full plain steps."""
+    """Greedy and beam decoding look each word's LSTM products up, advance only hypotheses that have
+    not ended and reuse one buffer for the attention's activation; the shipped captioner's words, maps and scores on test scenes are those of full plain steps."""
     from visattn.data.scenes import FashionScenes
     from visattn.tasks.captioning import load_captioner
 
@@ -149,8 +149,8 @@ def test_decoding_with_the_word_table_and_unended_rows_only_equals_stepping_ever
     images = torch.stack([transform(scenes[i].image) for i in range(len(scenes))])
     plain, used = copy.deepcopy(net), []
 
-    def full_step(features, projected, words, state, word_products=None, rows=None):
-        used.append((word_products is not None, rows is not None))
+    def full_step(features, projected, words, state, word_products=None, rows=None, gates_buffer=None):
+        used.append((word_products is not None, rows is not None, gates_buffer is not None))
         return ShowAttendTell.step(plain, features, projected, words, state)
 
     plain.step = full_step
@@ -160,7 +160,7 @@ def test_decoding_with_the_word_table_and_unended_rows_only_equals_stepping_ever
         torch.testing.assert_close(actual.scores, expected.scores, rtol=1e-5, atol=1e-5)
         for a, e in zip(actual.attention, expected.attention):
             torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-5)
-    assert {(True, False), (True, True)} <= set(used)
+    assert {(True, False, True), (True, True, True)} <= set(used)
 
 
 def test_teacher_forcing_shapes_and_attention_rows(model, images):

@@ -11,11 +11,13 @@ The score is computed as ``2 w^T σ(2u) - Σw`` with ``u = W_f f_p + W_h h``, wh
 ``w^T tanh(u)`` (``tanh(u) = 2σ(2u) - 1``): PyTorch's CPU ``tanh`` kernel took 11x its ``sigmoid``
 on the AMD EPYC we measured, and this ``(B, P, attn_dim)`` activation dominated a decoding step.
 """
+import math
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .onednn_linear import linear
 
 
 class AdditiveAttention(nn.Module):
@@ -36,7 +38,8 @@ class AdditiveAttention(nn.Module):
     def project_features(self, features: Tensor) -> Tensor:
         """``2 W_f f`` for all regions, ``(B, P, attn_dim)``: the image's share of ``2u``; compute once
         per image, reuse every step."""
-        return F.linear(features, 2 * self.feature_proj.weight, 2 * self.feature_proj.bias)
+        doubled = linear(features.flatten(0, -2), 2 * self.feature_proj.weight, 2 * self.feature_proj.bias)
+        return doubled.unflatten(0, features.shape[:-1])
 
     def forward(
         self,
@@ -46,6 +49,7 @@ class AdditiveAttention(nn.Module):
         projected: Optional[Tensor] = None,
         mask: Optional[Tensor] = None,
         rows: Optional[Tensor] = None,
+        gates_buffer: Optional[Tensor] = None,
     ) -> tuple[Tensor, Tensor]:
         """Context ``(B, feature_dim)`` and weights ``α`` ``(B, P)``; with ``M`` queries per feature
         set, ``(B, M, feature_dim)`` and ``(B, M, P)``.
@@ -59,20 +63,27 @@ class AdditiveAttention(nn.Module):
                 and a row with none gets context 0.
             rows: ``(R,)`` the only queries that attend, indices into the ``B * M`` queries in image
                 order (decoding: hypotheses that have not ended); the others get weight 0 and context 0.
+            gates_buffer: flat memory for the ``(R, P, attn_dim)`` activation, at least that many
+                elements of ``projected``'s dtype, reused by every decoding step (not under autograd).
+                A fresh buffer that size is new memory from the OS each step on CPU, and its page
+                faults cost the batched search's first steps six times their arithmetic.
         """
         if projected is None:
             projected = self.project_features(features)
         one_query = query.ndim == 2
         queries = query[:, None] if one_query else query  # (B, M, query_dim)
-        doubled_query = F.linear(queries, 2 * self.query_proj.weight, 2 * self.query_proj.bias)
+        doubled_query = linear(queries.flatten(0, 1), 2 * self.query_proj.weight, 2 * self.query_proj.bias)
+        doubled_query = doubled_query.unflatten(0, queries.shape[:2])  # (B, M, attn_dim)
         if rows is None:
             # In place: one (B, M, P, attn_dim) buffer per step instead of two (beam search is bound by this).
-            gates = (projected[:, None] + doubled_query[:, :, None]).sigmoid_()  # σ(2u)
+            gates = torch.add(projected[:, None], doubled_query[:, :, None],
+                              out=_view(gates_buffer, (*queries.shape[:2], *projected.shape[1:]))).sigmoid_()  # σ(2u)
             alpha = self._weights(gates, None if mask is None else mask[:, None])  # (B, M, P)
         else:
             per_image = queries.shape[1]
             images = rows // per_image
-            gates = projected.index_select(0, images).add_(doubled_query.flatten(0, 1).index_select(0, rows)[:, None])
+            gates = torch.index_select(projected, 0, images, out=_view(gates_buffer, (len(rows), *projected.shape[1:])))
+            gates.add_(doubled_query.flatten(0, 1).index_select(0, rows)[:, None])
             row_alpha = self._weights(gates.sigmoid_(), None if mask is None else mask.index_select(0, images))  # (R, P)
             alpha = row_alpha.new_zeros(queries.shape[0] * per_image, row_alpha.shape[1]).index_copy_(0, rows, row_alpha)
             alpha = alpha.unflatten(0, queries.shape[:2])
@@ -82,10 +93,15 @@ class AdditiveAttention(nn.Module):
     def _weights(self, gates: Tensor, mask: Optional[Tensor]) -> Tensor:
         """``α`` over the regions from ``σ(2u)`` ``(..., P, attn_dim)``; ``mask`` broadcasts to ``(..., P)``."""
         w, b = self.score.weight, self.score.bias
-        scores = F.linear(gates, 2 * w, b - w.sum()).squeeze(-1)  # (..., P), w^T tanh(u) + b
+        scores = linear(gates.flatten(0, -2), 2 * w, b - w.sum()).view(gates.shape[:-1])  # (..., P), w^T tanh(u) + b
         if mask is None:
             return scores.softmax(dim=-1)
         # A finite fill, not -inf: a fully masked row then stays finite (forward and backward),
         # and multiplying by the mask gives it weight 0 everywhere.
         scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
         return scores.softmax(dim=-1) * mask
+
+
+def _view(buffer: Optional[Tensor], shape: tuple[int, ...]) -> Optional[Tensor]:
+    """The first ``prod(shape)`` elements of a flat ``buffer`` as ``shape``; ``None`` without one."""
+    return None if buffer is None else buffer[:math.prod(shape)].view(shape)

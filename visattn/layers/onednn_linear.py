@@ -18,7 +18,7 @@ from torch import Tensor
 # Rows x in x out above which oneDNN goes: (64, 256) x (256, 1024) took 0.09 ms against MKL's 0.19. Below
 # it MKL's smaller fixed cost wins, or oneDNN's reorder of an uncached weight: one-image decoding's
 # (5, 256) x (256, 1024) product ran faster through oneDNN alone but slowed a search down by 4%.
-MIN_MULTIPLY_ADDS = 1 << 22
+MIN_MULTIPLY_ADDS = 1 << 21
 
 
 def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, add: Optional[Tensor] = None) -> Tensor:
@@ -32,8 +32,9 @@ def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, add: Option
 
 
 def _onednn_computes(x: Tensor, weight: Tensor) -> bool:
-    return (x.ndim == 2 and x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
-            and x.shape[0] * weight.shape[0] * weight.shape[1] > MIN_MULTIPLY_ADDS
+    # The size first: decoding one image asks this of every small product, each step.
+    return (x.ndim == 2 and x.shape[0] * weight.shape[0] * weight.shape[1] > MIN_MULTIPLY_ADDS
+            and x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
             and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
             and not torch.is_autocast_enabled("cpu")
             and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)

@@ -200,6 +200,7 @@ class ShowAttendTell(nn.Module):
     def step(
         self, features: Tensor, projected: Tensor, words: Tensor, state: tuple[Tensor, Tensor],
         word_products: Optional[Tensor] = None, rows: Optional[Tensor] = None,
+        gates_buffer: Optional[Tensor] = None,
     ) -> tuple[Tensor, tuple[Tensor, Tensor], Tensor]:
         """One decoding step: logits ``(R, V)``, the new ``(h, c)`` and attention ``α`` ``(R, P)``.
 
@@ -213,13 +214,15 @@ class ShowAttendTell(nn.Module):
                 instead of multiplying its embedding every step (decoding).
             rows: ``(R',)`` the only rows that attend and advance (decoding: hypotheses that have not
                 ended); the others keep their state and get logits 0 and attention 0.
+            gates_buffer: :meth:`gates_buffer` for ``R`` rows, which the attention reuses every step.
         """
         h, c = state
         queries = h.unflatten(0, (features.shape[0], -1))  # (B, M, hidden_dim)
-        context, alpha = (t.flatten(0, 1) for t in self.attention(features, queries, projected=projected, rows=rows))
+        context, alpha = (t.flatten(0, 1) for t in self.attention(features, queries, projected=projected, rows=rows,
+                                                                                  gates_buffer=gates_buffer))
         if rows is not None:
             h, c, context, words = (t.index_select(0, rows) for t in (h, c, context, words))
-        context = torch.sigmoid(self.f_beta(h)) * context  # gating scalar β per feature channel
+        context = torch.sigmoid(_apply(self.f_beta, h)) * context  # gating scalar β per feature channel
         embedded = self.embed(words)  # (R, embed_dim)
         if word_products is None:
             h, c = self.lstm(torch.cat([embedded, context], dim=1), (h, c))
@@ -227,12 +230,18 @@ class ShowAttendTell(nn.Module):
             context_weight = self.lstm.weight_ih[:, self.embed.embedding_dim:]
             products = linear(context, context_weight, add=word_products.index_select(0, words))
             h, c = self.lstm.advance(products, (h, c))
-        out = embedded + self.out_h(h) + self.out_z(context) if self.deep_output else h
-        logits = self.fc(self.drop(out))
+        out = embedded + _apply(self.out_h, h) + _apply(self.out_z, context) if self.deep_output else h
+        logits = _apply(self.fc, self.drop(out))
         if rows is None:
             return logits, (h, c), alpha
         h, c = state[0].index_copy(0, rows, h), state[1].index_copy(0, rows, c)
         return logits.new_zeros(len(alpha), self.vocab_size).index_copy_(0, rows, logits), (h, c), alpha
+
+    @staticmethod
+    def gates_buffer(projected: Tensor, rows_per_image: int) -> Tensor:
+        """Memory for the attention's ``(R, P, attn_dim)`` activation of up to ``rows_per_image`` rows
+        per image of ``projected``, to reuse at every decoding step."""
+        return projected.new_empty(rows_per_image * projected.numel())
 
     def word_products(self) -> Tensor:
         """Each word's share of the LSTM gates, ``W_ih[:, :E] E_w + b_ih + b_hh``, ``(V, 4 * hidden_dim)``."""
@@ -286,9 +295,9 @@ class ShowAttendTell(nn.Module):
         words = features.new_full((batch,), START_ID, dtype=torch.long)
         tokens, alphas, log_probs = [], [], []
         finished = torch.zeros(batch, dtype=torch.bool, device=images.device)
-        word_products, rows = self._decoding_word_products(batch), None
+        word_products, rows, gates_buffer = self._decoding_word_products(batch), None, self.gates_buffer(projected, 1)
         for _ in range(max_len):
-            logits, state, alpha = self.step(features, projected, words, state, word_products, rows)
+            logits, state, alpha = self.step(features, projected, words, state, word_products, rows, gates_buffer)
             step_log_probs, words = _word_log_probs(logits).max(dim=-1)
             tokens.append(words.masked_fill(finished, PAD_ID))
             log_probs.append(step_log_probs.masked_fill(finished, 0.0))
@@ -330,9 +339,9 @@ class ShowAttendTell(nn.Module):
         # A finished hypothesis has one continuation, PAD, which keeps its score.
         frozen = torch.full((self.vocab_size,), float("-inf"), device=images.device)
         frozen[PAD_ID] = 0.0
-        word_products, rows = self._decoding_word_products(batch * k), None
+        word_products, rows, gates_buffer = self._decoding_word_products(batch * k), None, self.gates_buffer(projected, k)
         for _ in range(max_len):
-            logits, state, alpha = self.step(features, projected, words, state, word_products, rows)
+            logits, state, alpha = self.step(features, projected, words, state, word_products, rows, gates_buffer)
             width = scores.shape[1]
             log_probs = _word_log_probs(logits).view(len(active), width, -1)  # (b, width, V)
             log_probs = torch.where(finished[..., None], frozen, log_probs)
@@ -379,6 +388,11 @@ class ShowAttendTell(nn.Module):
             out_tokens.append(ids[:n])
             out_maps.append(maps[:n].reshape(n, *self.grid))
         return DecodedCaptions(out_tokens, out_maps, scores)
+
+
+def _apply(layer: nn.Linear, x: Tensor) -> Tensor:
+    """``layer(x)`` for ``(R, in)`` rows, through oneDNN where it is faster (large fp32 CPU inference)."""
+    return linear(x, layer.weight, layer.bias)
 
 
 def _unfinished_rows(finished: Tensor) -> Optional[Tensor]:
