@@ -376,6 +376,7 @@ def test_sigmoid_lstm_cell_equals_nn_lstm_cell_in_values_and_gradients(bias):
 
 
 def test_onednn_linear_equals_f_linear_and_takes_only_large_fp32_products_no_gradient_needs():
+    """Products of 2-d rows or of any leading dims (the attention's score) give F.linear's values."""
     torch.manual_seed(0)
     x, weight, bias, add = torch.randn(320, 256), torch.randn(1024, 256), torch.randn(1024), torch.randn(320, 1024)
     with torch.no_grad():
@@ -385,6 +386,11 @@ def test_onednn_linear_equals_f_linear_and_takes_only_large_fp32_products_no_gra
         strided = weight[:, 192:]  # the LSTM's context columns, not contiguous
         torch.testing.assert_close(onednn_linear(x[:, :64], strided), x[:, :64] @ strided.t(), rtol=1e-5, atol=1e-4)
         assert not _onednn_computes(x[:5, :64], weight[:, :64])  # 5 x 64 x 1024: F.linear's is faster
+        gates, score = torch.rand(64, 5, 64, 128), weight[:1, :128]  # the attention's (B, M, P, attn_dim) activation
+        assert _onednn_computes(gates, score)
+        for rows in (gates, gates.transpose(1, 2)):  # any leading dims, contiguous or not
+            torch.testing.assert_close(onednn_linear(rows, score, bias[:1]), F.linear(rows, score, bias[:1]),
+                                       rtol=1e-5, atol=1e-4)
         assert not _onednn_computes(x.double(), weight.double())
         with torch.autocast("cpu", dtype=torch.bfloat16):
             assert not _onednn_computes(x, weight) and onednn_linear(x, weight).dtype == torch.bfloat16

@@ -38,8 +38,7 @@ class AdditiveAttention(nn.Module):
     def project_features(self, features: Tensor) -> Tensor:
         """``2 W_f f`` for all regions, ``(B, P, attn_dim)``: the image's share of ``2u``; compute once
         per image, reuse every step."""
-        doubled = linear(features.flatten(0, -2), 2 * self.feature_proj.weight, 2 * self.feature_proj.bias)
-        return doubled.unflatten(0, features.shape[:-1])
+        return linear(features, 2 * self.feature_proj.weight, 2 * self.feature_proj.bias)
 
     def forward(
         self,
@@ -72,8 +71,7 @@ class AdditiveAttention(nn.Module):
             projected = self.project_features(features)
         one_query = query.ndim == 2
         queries = query[:, None] if one_query else query  # (B, M, query_dim)
-        doubled_query = linear(queries.flatten(0, 1), 2 * self.query_proj.weight, 2 * self.query_proj.bias)
-        doubled_query = doubled_query.unflatten(0, queries.shape[:2])  # (B, M, attn_dim)
+        doubled_query = linear(queries, 2 * self.query_proj.weight, 2 * self.query_proj.bias)  # (B, M, attn_dim)
         if rows is None:
             # In place: one (B, M, P, attn_dim) buffer per step instead of two (beam search is bound by this).
             gates = torch.add(projected[:, None], doubled_query[:, :, None],
@@ -93,7 +91,7 @@ class AdditiveAttention(nn.Module):
     def _weights(self, gates: Tensor, mask: Optional[Tensor]) -> Tensor:
         """``α`` over the regions from ``σ(2u)`` ``(..., P, attn_dim)``; ``mask`` broadcasts to ``(..., P)``."""
         w, b = self.score.weight, self.score.bias
-        scores = linear(gates.flatten(0, -2), 2 * w, b - w.sum()).view(gates.shape[:-1])  # (..., P), w^T tanh(u) + b
+        scores = linear(gates, 2 * w, b - w.sum()).squeeze(-1)  # (..., P), w^T tanh(u) + b
         if mask is None:
             return scores.softmax(dim=-1)
         # A finite fill, not -inf: a fully masked row then stays finite (forward and backward),

@@ -22,18 +22,21 @@ MIN_MULTIPLY_ADDS = 1 << 21
 
 
 def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, add: Optional[Tensor] = None) -> Tensor:
-    """``F.linear(x, weight, bias) + add``; ``add`` (``(rows, out)``, given without ``bias``) is summed in
-    place of a bias, as ``torch.addmm(add, x, weight.t())``. TorchScript compiles the ``F.linear`` path."""
+    """``F.linear(x, weight, bias) + add`` for ``x`` of shape ``(..., in)``; ``add`` (``(rows, out)`` for a
+    2-d ``x``, given without ``bias``) is summed in place of a bias, as ``torch.addmm(add, x, weight.t())``.
+    TorchScript compiles the ``F.linear`` path."""
     if not torch.jit.is_scripting():
         if _onednn_computes(x, weight):
-            out = torch.ops.mkldnn._linear_pointwise(x.contiguous(), weight.contiguous(), bias, "none", [], "")
+            rows = x.reshape(-1, x.shape[-1]).contiguous()  # (rows, in): oneDNN's inner product takes 2-d input
+            out = torch.ops.mkldnn._linear_pointwise(rows, weight.contiguous(), bias, "none", [], "")
+            out = out.view(*x.shape[:-1], weight.shape[0])
             return out if add is None else out.add_(add)
     return F.linear(x, weight, bias) if add is None else torch.addmm(add, x, weight.t())
 
 
 def _onednn_computes(x: Tensor, weight: Tensor) -> bool:
     # The size first: decoding one image asks this of every small product, each step.
-    return (x.ndim == 2 and x.shape[0] * weight.shape[0] * weight.shape[1] > MIN_MULTIPLY_ADDS
+    return (x.numel() * weight.shape[0] > MIN_MULTIPLY_ADDS  # rows x in x out
             and x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
             and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
             and not torch.is_autocast_enabled("cpu")
