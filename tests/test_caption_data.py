@@ -348,3 +348,12 @@ def test_a_missing_images_folder_is_one_line_naming_it(tmp_path, corpus):
     with pytest.raises(ConfigError, match=rf"^{re.escape(str(tmp_path / 'nothere'))}: no such folder; give the folder "
                                           rf"holding the images of {re.escape(str(path))}$"):
         build(tmp_path / "nothere")
+
+
+@pytest.mark.parametrize("img_size", [0, -64, 2.5])
+def test_an_image_size_that_is_no_side_is_one_line_not_the_canvas_size(tmp_path, img_size):
+    """img_size 0 drew the scenes at canvas_size as if it had not been given, and a fit trained on them."""
+    with pytest.raises(ConfigError, match=rf"^img_size={img_size}: give the side of the model's square input"):
+        FashionScenesCaptionDataModule(img_size=img_size)
+    with pytest.raises(ConfigError, match=rf"^img_size={img_size}: give the side"):
+        KarpathyCaptionDataModule(split_json=str(tmp_path / "dataset.json"), images_dir=str(tmp_path), img_size=img_size)

@@ -169,8 +169,8 @@ def test_pretrained_defaults_to_none_and_a_bare_architecture_loads_nothing(weigh
 def test_an_unknown_name_suggests_its_completions_and_the_architectures_shipping_its_tag(capsys):
     """Edit distance alone offered se_resnet50, se_resnet101, se_resnet34, never se_resnet20_cifar."""
     assert main(["classify", "x.png", "--model", "se_resnet20.fmnist"]) == 2
-    assert capsys.readouterr().err == ("visattn: error: unknown model 'se_resnet20': "
-                                       "did you mean se_resnet20_cifar, se_resnet50, se_resnet101?\n")
+    assert capsys.readouterr().err == ("visattn: error: unknown model 'se_resnet20' (the architecture of "
+                                       "'se_resnet20.fmnist'): did you mean se_resnet20_cifar, se_resnet50, se_resnet101?\n")
     # the tag's weights ship only for fcos_se_resnet20_cifar: it comes before the closer fcos_resnet20_cifar
     with pytest.raises(UnknownModelError, match=r": did you mean fcos_se_resnet20_cifar, fcos_resnet20_cifar, "
                                                 r"fcos_resnet50\?$"):

@@ -57,6 +57,32 @@ def _vit_weights(tmp_path: Path) -> str:
     return str(path)
 
 
+def _edited_checkpoint(tmp_path: Path, *, model_name: str = "cbam_resnet20_cifar", drop: str = "") -> str:
+    """A classifier checkpoint recording ``model_name``, without the weight ``drop``."""
+    path = write_classifier_checkpoint(tmp_path / "edited.ckpt")
+    checkpoint = torch.load(path, weights_only=True)
+    checkpoint["hyper_parameters"]["model_name"] = model_name
+    checkpoint["state_dict"].pop(drop, None)
+    torch.save(checkpoint, path)
+    return str(path)
+
+
+def _written(tmp_path: Path, name: str, text: str) -> str:
+    (tmp_path / name).write_text(text)
+    return str(tmp_path / name)
+
+
+def _weights_named_ckpt(tmp_path: Path) -> str:
+    path = tmp_path / "weights.ckpt"
+    save_file(create_model("vit_tiny_patch4_28", depth=1).state_dict(), path)
+    return str(path)
+
+
+def _broken_link(tmp_path: Path) -> str:
+    (tmp_path / "photo.png").symlink_to(tmp_path / "moved" / "photo.png")
+    return str(tmp_path / "photo.png")
+
+
 CASES = {
     "unknown_cli_key": (lambda tmp: [*FIT, "--trainer.no_such_key", "1"], "no_such_key"),
     "unknown_config_key": (lambda tmp: ["fit", "--config", _config_with(tmp, learning_rate=0.1)], "learning_rate"),
@@ -123,9 +149,39 @@ CASES = {
                                  "trainer.max_epochs -1 and trainer.max_steps -1 set no length for the run"),
     "ema_decay_of_one": (lambda tmp: [*FIT, "--model.init_args.ema_decay", "1.0"],
                          "model.init_args.ema_decay=1.0: give a decay of at least 0 and below 1"),
+    # from a CLI audit: each of these named the wrong thing, or nothing a user could act on
+    "empty_config": (lambda tmp: ["fit", "--config", _written(tmp, "empty.yaml", "# nothing yet\n")],
+                     "empty.yaml is empty; a config maps model:, data: and trainer: to their settings"),
+    "config_of_a_list": (lambda tmp: ["validate", "--config", _written(tmp, "list.yaml", "- model\n")],
+                         "list.yaml holds a YAML list, not settings"),
+    "imagefolder_dataset_that_is_a_file": (lambda tmp: ["evaluate", "--model", "se_resnet20_cifar.fmnist", "--dataset",
+                                                        f"imagefolder:{_written(tmp, 'labels.txt', 'cat')}"],
+                                           "labels.txt: a file, not a folder (expected root/<class name>/<image file>)"),
+    "unknown_architecture_of_a_tagged_name": (lambda tmp: ["classify", "x.png", "--model", "a.b.c"],
+                                              "unknown model 'a' (the architecture of 'a.b.c')"),
+    "checkpoint_of_an_unknown_architecture": (lambda tmp: ["classify", "x.png", "--checkpoint",
+                                                           _edited_checkpoint(tmp, model_name="cbam_resnt20")],
+                                              "edited.ckpt: hyper_parameters.model_name: unknown model 'cbam_resnt20'"),
+    "checkpoint_missing_a_weight": (lambda tmp: ["classify", "x.png", "--checkpoint",
+                                                 _edited_checkpoint(tmp, drop="model.conv1.weight")],
+                                    "edited.ckpt: weights do not fit ResNet (missing: conv1.weight); the file was "
+                                    "edited or damaged: use the checkpoint as training wrote it"),
+    "safetensors_named_ckpt": (lambda tmp: ["classify", "x.png", "--checkpoint", _weights_named_ckpt(tmp)],
+                               "weights.ckpt: a safetensors file, not a pickled checkpoint; rename it to .safetensors"),
+    "ckpt_path_given_weights": (lambda tmp: [*FIT, "--ckpt_path", _weights_named_ckpt(tmp)],
+                                "--ckpt_path take the .ckpt files `visattn fit` writes"),
+    "zero_img_size_in_config": (lambda tmp: [*FIT, "--data.init_args.img_size", "0"],
+                                "img_size=0: give the side of the model's square input in pixels"),
+    "save_weights_limit_without_dataset": (lambda tmp: ["save-weights", "--checkpoint", "x.ckpt", "--tag", "t",
+                                                        "--limit", "5"],
+                                           "--limit 5: it limits the --dataset measurement; give --dataset too"),
+    "export_out_not_onnx": (lambda tmp: ["export", "--model", "se_resnet20_cifar.fmnist", "--out", "model.pt"],
+                            "--out model.pt: export writes an ONNX model; give the file the .onnx suffix"),
+    "broken_link_as_the_only_path": (lambda tmp: ["classify", _broken_link(tmp), "--model", "se_resnet20_cifar.fmnist"],
+                                     "photo.png: a link to"),
 }
 NEEDS_DATA = {"unknown_model_in_config", "resume_from_another_architecture", "pretrained_of_another_architecture",
-              "run_bounded_only_by_time"}
+              "run_bounded_only_by_time", "ckpt_path_given_weights", "zero_img_size_in_config"}
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, marks=needs_fashion_mnist) if c in NEEDS_DATA else c for c in CASES])
@@ -299,7 +355,7 @@ OUTPUT_AND_OPTION_CASES = {
                                 "--model: 'timm:resnet18': timm: names go in a `visattn fit` config"),
     "checkpoint_given_a_weights_file": (lambda tmp: ["classify", "x.png", "--checkpoint", _vit_weights(tmp)],
                                         "vit.safetensors: not a Lightning checkpoint (no state_dict); --checkpoint "
-                                        "takes a .ckpt written by `visattn fit`"),
+                                        "and --ckpt_path take the .ckpt files `visattn fit` writes"),
     "models_matching_nothing": (lambda tmp: ["models", "nomatch*"],
                                 "no model matches 'nomatch*'; see `visattn models` for the full list"),
     "beam_size_for_a_classifier": (lambda tmp: ["evaluate", "--model", CLASSIFIER, "--dataset", "fashion-mnist",
@@ -771,7 +827,7 @@ def test_a_dataloader_worker_the_command_spawns_prints_visattn_warnings_in_one_l
                                      ["export", "--model", "se_resnet20_cifar.fmnist"]])
 def test_an_output_path_that_is_a_fifo_or_device_is_refused_and_left_as_it_was(tmp_path, capsys, command):
     # The atomic write's os.replace would delete it: run as root, `--out /dev/null` replaced /dev/null.
-    image, out = tmp_path / "photo.png", tmp_path / "out.png"
+    image, out = tmp_path / "photo.png", tmp_path / ("out.onnx" if command[0] == "export" else "out.png")
     Image.new("RGB", (28, 28)).save(image)
     os.mkfifo(out)
     assert main([str(image) if arg == "IMAGE" else arg for arg in command] + ["--out", str(out)]) == 2
@@ -880,3 +936,19 @@ def test_explain_replaces_only_a_figure_it_wrote(tmp_path, capsys, suffix):
     ours = tmp_path / f"map.{suffix}"
     for _ in range(2):
         assert main(["explain", _image(tmp_path), "--model", CLASSIFIER, "--out", str(ours)]) == 0
+
+
+def test_a_file_name_with_a_newline_stays_on_its_own_line(tmp_path, capsys):
+    """A newline in a file name, printed as it was, split a result over two lines, the second read as another file's."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.new("RGB", (32, 32), (200, 10, 10)).save(folder / "a\nb.png")
+    (folder / "c\nd.png").write_text("not an image")
+    for command, model in (("classify", "se_resnet20_cifar.fmnist"), ("caption", "sat_cbam_resnet_scenes.scenes"),
+                           ("detect", "fcos_se_resnet20_cifar.scenes")):
+        assert main([command, str(folder), "--model", model]) == 1
+        lines = capsys.readouterr().out.splitlines()
+        assert len(lines) == 2, lines
+        assert lines[0].startswith(f"{folder}/a\\nb.png: ") and lines[1].startswith(f"{folder}/c\\nd.png: error: ")
+    assert main(["classify", str(folder / "e\nf.png"), "--model", "se_resnet20_cifar.fmnist"]) == 2
+    assert capsys.readouterr().err == f"visattn: error: {folder}/e\\nf.png: no such file or folder\n"

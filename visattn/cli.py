@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence
 import torch
 
 from .devices import DEVICE_CHOICES, MAX_WORKERS_PER_CPU, max_workers
-from .errors import ONE_LINE_WARNINGS_ENV, ConfigError, VisattnError, error_line, one_line_showwarning
+from .errors import ONE_LINE_WARNINGS_ENV, ConfigError, VisattnError, error_line, one_line, one_line_showwarning
 from .pretrained import WEIGHTS_SUFFIXES, weights_dir
 from .registry import create_model, list_models, list_pretrained, model_arguments, model_family, split_model_name
 
@@ -243,7 +243,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
         preds = [{"label": classifier.class_names[i], "index": int(i), "prob": round(float(p), 4)}
                  for p, i in zip(top.values, top.indices)]
         print(json.dumps({"file": str(item.path), "predictions": preds}) if args.json
-              else f"{item.path}: " + ", ".join(f"{p['label']} {p['prob']:.3f}" for p in preds))
+              else one_line(f"{item.path}: " + ", ".join(f"{p['label']} {p['prob']:.3f}" for p in preds)))
     if failures:
         print(f"visattn: {failures} of {len(files)} files could not be classified", file=sys.stderr)
     return 1 if failures else 0
@@ -276,6 +276,8 @@ def cmd_save_weights(args: argparse.Namespace) -> int:
     from .tasks.classification import load_classifier
     from .tasks.detection import is_detector, load_detector
 
+    if args.limit is not None and not args.dataset:
+        raise ConfigError(f"--limit {args.limit}: it limits the --dataset measurement; give --dataset too, or drop --limit")
     if args.config is not None and not Path(args.config).is_file():  # recorded in the index as the recipe
         raise ConfigError(f"--config {args.config}: no such file; give the config that trained the checkpoint, "
                           "or leave --config out")
@@ -651,7 +653,7 @@ def _run(argv: list[str]) -> int:
         if err.filename is None:
             raise
         # The last safety net: commands name the option and the fix first (visattn.fileio.output_errors).
-        print(f"visattn: error: {err.filename}: {err.strerror or err}", file=sys.stderr)
+        print(f"visattn: error: {one_line(f'{err.filename}: {err.strerror or err}')}", file=sys.stderr)
         return 2
 
 

@@ -63,7 +63,7 @@ def one_line_showwarning(previous: Callable[..., None]) -> Callable[..., None]:
         if stream is None:  # pythonw: no console
             return
         try:
-            stream.write(f"warning: {message}\n")
+            stream.write(f"warning: {one_line(str(message))}\n")
         except OSError:  # as Python's own showwarning: a closed stderr loses the warning, not the run
             pass
 
@@ -76,6 +76,14 @@ def error_line(err: VisattnError) -> str:
     ..."), whose last line is ``module.Class: MESSAGE``."""
     text = str(err)
     if not (text.startswith("Caught ") and "\nOriginal Traceback" in text):
-        return text
+        return one_line(text)
     last = text.rstrip().splitlines()[-1]
-    return last.split(": ", 1)[1] if ": " in last else last
+    return one_line(last.split(": ", 1)[1] if ": " in last else last)
+
+
+def one_line(text: str) -> str:
+    """``text`` with its control characters escaped (``\\n`` for a newline in a file name), so that a
+    line of output naming a file stays one line."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)

@@ -172,6 +172,8 @@ def export_classifier(
                           f"{SUPPORTED_OPSETS.stop - 1}; use the default --opset {DEFAULT_OPSET}")
     classifier = load_classifier(model, checkpoint)
     out = prepare_output_file(out, flag="--out", inputs=model_files(model, checkpoint), ours=_exported_here)
+    if out.suffix.lower() != ".onnx":  # a .pt or .safetensors name would hide an ONNX file
+        raise ConfigError(f"--out {out}: export writes an ONNX model; give the file the .onnx suffix")
     metadata = {"source": classifier.name, "arch": classifier.arch, "labels": classifier.class_names,
                 "preprocessing": classifier.preprocessing}
     input_size = classifier.preprocessing["input_size"]

@@ -82,6 +82,13 @@ def fitted_name(stem: str, suffix: str, *, limit: int = NAME_MAX) -> str:
     return stem + suffix
 
 
+def missing_reason(path: PathLike, what: str = "file") -> str:
+    """Why ``path``, which does not exist, cannot be read: a dangling link names its target."""
+    if Path(path).is_symlink():
+        return f"a link to {os.readlink(path)}, which does not exist; point it at an existing {what}"
+    return f"no such {what}"
+
+
 def atomic_write_text(path: Union[str, Path], text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)

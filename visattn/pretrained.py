@@ -370,6 +370,9 @@ def read_pickle_checkpoint(path: Path, *, lazy: bool = False) -> Any:
         # torch says "Unsupported global" for a class it lacks, "unsupported GLOBAL" for a blocked module (os);
         # text or stray bytes read as opcodes end in any of these (an unknown opcode is a KeyError)
         blocked = isinstance(err, pickle.UnpicklingError) and "unsupported global" in str(err).lower()
+        if not blocked and _holds_safetensors(path):
+            raise WeightsError(f"{path}: a safetensors file, not a pickled checkpoint; rename it to .safetensors to load "
+                               "it as weights (--checkpoint and --ckpt_path take the .ckpt files `visattn fit` writes)") from None
         if not blocked:  # bytes that are no pickle at all (a text file, garbage)
             raise WeightsError(f"{path}: not a PyTorch checkpoint (no pickle torch can read); check the path, "
                                "or re-save the weights with torch.save or safetensors") from None
@@ -380,6 +383,14 @@ def read_pickle_checkpoint(path: Path, *, lazy: bool = False) -> Any:
         # torch's first sentence says what broke; the rest is advice this message replaces
         reason = str(err).splitlines()[0].split(". ")[0] if str(err) else type(err).__name__
         raise WeightsError(f"{path}: unreadable checkpoint ({reason}); re-download or re-export it") from None
+
+
+def _holds_safetensors(path: Path) -> bool:
+    """Whether ``path`` starts as a safetensors file does: a little-endian header length, then its JSON."""
+    with contextlib.suppress(OSError), open(path, "rb") as file:
+        head = file.read(9)
+        return len(head) == 9 and head[8:] == b"{" and 2 <= int.from_bytes(head[:8], "little") <= os.path.getsize(path)
+    return False
 
 
 def _unwrap(state: Any, path: Path) -> StateDict:
@@ -578,6 +589,7 @@ def load_weights(
     sha256: Optional[str] = None,
     new_head: bool = True,
     origin: Optional[Union[str, Path]] = None,
+    fix: Optional[str] = None,
 ) -> nn.Module:
     """Load weights into ``model`` from a file, shipped weights ``"ARCH.TAG"`` (when no file has that
     name), ``"timm:NAME"``, ``"hf-hub:ORG/REPO"`` or a state dict.
@@ -589,7 +601,7 @@ def load_weights(
     always is. Any other difference raises :class:`WeightsError` listing the keys (before any error
     about the head), unless ``strict=False``, which keeps the model's own initialisation for keys the
     checkpoint lacks and warns with their names. ``origin``: the file a state-dict ``source`` came
-    from, for the messages. Inside :func:`checkpoint_follows` nothing is loaded.
+    from, for the messages; ``fix``: what their hint says to do when the keys do not fit. Inside :func:`checkpoint_follows` nothing is loaded.
     """
     if starting_weights_skipped():
         return model
@@ -619,7 +631,7 @@ def load_weights(
             raise WeightsError(f"{named}: {err}") from None
     state, head_warning, head_error = _drop_mismatched_head(model, state, source=named, new_head=new_head)
     state, channels_warning = _adapt_input_channels(model, state, source=named)
-    check_state_dict(model, state, strict=strict, source=named)
+    check_state_dict(model, state, strict=strict, source=named, fix=fix)
     if head_error:  # only now: weights of another architecture misfit everywhere, not just in the head
         raise WeightsError(head_error)
     _refuse_non_finite(state, source=named)

@@ -61,7 +61,8 @@ def _resolve_arch(name: str, *, tag: Optional[str] = None) -> str:
         return name
     close = _close_archs(name, tag)
     hint = f"did you mean {', '.join(close)}?" if close else "run `visattn models` to list them."
-    raise UnknownModelError(f"unknown model {name!r}: {hint}")
+    named = f"{name!r}" if tag is None else f"{name!r} (the architecture of '{name}.{tag}')"
+    raise UnknownModelError(f"unknown model {named}: {hint}")
 
 
 def _close_archs(name: str, tag: Optional[str], n: int = 3) -> list[str]:

@@ -28,7 +28,7 @@ from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import Dataset
 
 from ..errors import ConfigError
-from .datamodules import COCO_VALIDATION_FIX, SplitLoadersMixin, split_images_dir
+from .datamodules import COCO_VALIDATION_FIX, SplitLoadersMixin, check_img_size, split_images_dir
 from .coco import CaptionImages, CocoCaptions, KarpathyCaptions, KarpathySplit, read_karpathy
 from .scenes import SCENES_MEAN, SCENES_STD, FashionScenes, scene_settings
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, ImageTransform, Recipe, eval_transform_of, train_transforms
@@ -171,6 +171,8 @@ class _CaptionDataModule(SplitLoadersMixin, pl.LightningDataModule):
     def _check_options(self) -> None:
         h = self.hparams
         self._check_loader_options()
+        if h.img_size is not None:  # FashionScenes: None draws at canvas_size
+            check_img_size(h.img_size)
         if h.max_caption_len < 3:
             raise ConfigError(f"max_caption_len={h.max_caption_len}: must be >= 3 (<start>, a word, <end>)")
 

@@ -247,7 +247,8 @@ def load_coco(path: Path):  # -> pycocotools.coco.COCO
 def require_images_dir(images_dir: Path, annotations: Path) -> None:
     """One line for a missing images folder, not a warning per image and then an empty dataset."""
     if not images_dir.is_dir():
-        raise ConfigError(f"{images_dir}: no such folder; give the folder holding the images of {annotations}")
+        what = "a file, not a folder" if images_dir.exists() else "no such folder"
+        raise ConfigError(f"{images_dir}: {what}; give the folder holding the images of {annotations}")
 
 
 def image_paths(annotations: Path, images: list[dict], images_dir: Path) -> list[Path]:

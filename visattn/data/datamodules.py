@@ -293,6 +293,7 @@ class _ClassificationDataModule(SplitLoadersMixin, pl.LightningDataModule):
         h = self.hparams
         if not is_count(h.channels) or h.channels not in (1, 3):  # before preprocessing_problem names input_size
             raise ConfigError(f"channels={h.channels!r}: give 3 (RGB) or 1 (gray, for a model with in_chans 1)")
+        check_img_size(h.img_size)  # before preprocessing_problem names input_size, which the config does not set
         if not 0 <= h.val_fraction < 1:
             raise ConfigError(f"val_fraction={h.val_fraction}: must be in [0, 1)")
         if h.limit is not None and h.limit < 1:
@@ -301,6 +302,12 @@ class _ClassificationDataModule(SplitLoadersMixin, pl.LightningDataModule):
         if problem:
             raise ConfigError(problem.removeprefix("preprocessing."))
         self._check_loader_options()
+
+
+def check_img_size(img_size: object) -> None:
+    """One line naming ``img_size`` (a data module's option) when it is no side in pixels."""
+    if not is_count(img_size):
+        raise ConfigError(f"img_size={img_size!r}: give the side of the model's square input in pixels (>= 1)")
 
 
 class FashionMNISTDataModule(_ClassificationDataModule):

@@ -287,7 +287,8 @@ def find_classes(root: str | os.PathLike) -> list[str]:
     """
     root = Path(root)
     if not root.is_dir():
-        raise ConfigError(f"{root}: no such folder ({_LAYOUT})")
+        what = "a file, not a folder" if root.exists() else "no such folder"
+        raise ConfigError(f"{root}: {what} ({_LAYOUT})")
     classes = sorted(p.name for p in root.iterdir() if _is_class_dir(p))
     if not classes:
         raise ConfigError(f"{root}: no class sub-folders ({_LAYOUT})")

@@ -22,7 +22,8 @@ from typing import Any, Optional
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..errors import ConfigError, ImageDecodeError, VisattnError
+from ..errors import ConfigError, ImageDecodeError, VisattnError, one_line
+from ..fileio import missing_reason
 
 __all__ = ["DEFAULT_MAX_PIXELS", "IMAGE_EXTENSIONS", "ImageFile", "decode_image", "list_images", "run_in_batches"]
 
@@ -97,7 +98,7 @@ class ImageFile:
         """The one-line report of an unreadable file: a JSON record or ``PATH: error: REASON``."""
         if as_json:
             return json.dumps({"file": str(self.path), "error": str(self.error)})
-        return f"{self.path}: error: {str(self.error).removeprefix(f'{self.path}: ')}"  # the path once
+        return one_line(f"{self.path}: error: {str(self.error).removeprefix(f'{self.path}: ')}")  # the path once
 
 
 def run_in_batches(
@@ -149,7 +150,7 @@ def list_images(paths: PathLike | Iterable[PathLike], *, recursive: bool = True,
     """
     paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
     if paths and not any(Path(path).exists() for path in paths):
-        raise ImageDecodeError(f"{paths[0]}: no such file or folder")
+        raise ImageDecodeError(f"{paths[0]}: {missing_reason(paths[0], 'file or folder')}")
     found: dict[Path, None] = {}  # an ordered set
     skipped = [Path(folder).resolve() for folder in exclude if folder]
     for path in map(Path, paths):
@@ -243,7 +244,7 @@ def _rescale_to_uint8(img: Image.Image) -> np.ndarray:
 
 def _reason(err: Exception, source: ImageSource) -> str:
     if isinstance(err, FileNotFoundError):
-        return "no such file"
+        return missing_reason(source) if isinstance(source, (str, os.PathLike)) else "no such file"
     if isinstance(err, OSError) and err.errno == errno.ELOOP:
         return "symbolic link loop; point the link at an image file"
     if isinstance(err, IsADirectoryError):

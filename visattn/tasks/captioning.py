@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from ..data.scenes import ITEM_WORDS
 from ..data.transforms import check_image_batch, to_model_input
 from ..data.vocab import Vocabulary, tokenize
-from ..errors import ConfigError, VisattnWarning, WeightsError
+from ..errors import ConfigError, VisattnWarning, WeightsError, one_line
 from ..modes import eval_mode
 from ..explain import map_centres
 from ..explain.cell_centres import CellCentres
@@ -33,7 +33,7 @@ from ..models.show_attend_tell import DecodedCaptions, doubly_stochastic_penalty
 from ..pretrained import find_weights_entry, load_weights, read_state_dict, starting_weights_skipped
 from ..registry import create_model, model_task, split_model_name
 from .classification import (Classifier, adamw_warmup_cosine, check_data_size, checkpoint_model_kwargs,
-                             inference_model, inference_target, read_checkpoint, require_task,
+                             inference_model, inference_target, load_checkpoint_weights, read_checkpoint, require_task,
                              task_checkpoint)
 from .guards import NonFiniteLossGuard, skip_missing_batch
 
@@ -365,7 +365,7 @@ def _captioner_from_checkpoint(path: Path, device: torch.device) -> Captioner:
     # The checkpoint holds every weight: the encoder's own pretrained weights need not be fetched again.
     arch, kwargs = checkpoint_model_kwargs(hparams, vocab_size=len(vocab), encoder_pretrained=False)
     net = create_model(arch, **kwargs)
-    load_weights(net, checkpoint["state_dict"], origin=path)  # its EMA copy when the run kept one
+    load_checkpoint_weights(net, checkpoint, path)
     preprocessing = hparams.get("preprocessing")
     if not preprocessing:
         raise WeightsError(f"{path}: the checkpoint has no preprocessing; train it with a config that links data.preprocessing")
@@ -433,7 +433,7 @@ def caption_files(captioner: Captioner, paths: Sequence[str], *, beam_size: int 
                 save_word_panels(seen, words, list(attention.numpy()), target,
                                  centres=centres_of(seen.shape[:2]))
             record["attention"] = str(target)
-        print(json.dumps(record) if as_json else f"{item.path}: {record['caption']}{attention_note(record, 'words')}")
+        print(json.dumps(record) if as_json else one_line(f"{item.path}: {record['caption']}{attention_note(record, 'words')}"))
     return failures, len(files)
 
 

@@ -25,7 +25,7 @@ from ..data.image_folder import ImageFolder, evaluation_batches, seeded_subset
 from ..data.transforms import (CLASSIFIER_PREPROCESSING, ImageTransform, check_image_batch, default_preprocessing,
                                eval_transform_of, preprocessing_problem, timm_data_config, to_model_input)
 from ..devices import inference_device, model_device
-from ..errors import ConfigError, VisattnWarning, WeightsError
+from ..errors import ConfigError, UnknownModelError, VisattnWarning, WeightsError
 from ..models.vit import NO_WEIGHT_DECAY
 from ..modes import eval_mode
 from ..pretrained import (checkpoint_follows, find_weights_entry, load_weights, metadata_problem, named_weights_entry,
@@ -488,7 +488,10 @@ def task_checkpoint(path: Path, task: str) -> tuple[dict[str, Any], dict[str, An
     checkpoint = read_checkpoint(path)
     hparams = checkpoint.get("hyper_parameters") or {}
     if isinstance(hparams.get("model_name"), str):
-        require_task(hparams["model_name"], task)
+        try:
+            require_task(hparams["model_name"], task)
+        except UnknownModelError as err:  # the message would not say which file named it
+            raise WeightsError(f"{path}: hyper_parameters.model_name: {err}") from None
     return checkpoint, hparams
 
 
@@ -576,10 +579,10 @@ def _classifier_from_checkpoint(path: Path, img_size: Optional[int], device: tor
     # The checkpoint holds every weight: neither an arch.tag run's shipped weights nor timm's are read again.
     with checkpoint_follows():
         net = build_classifier(hparams["model_name"], hparams["num_classes"], model_kwargs, pretrained=False)
-    load_weights(net, checkpoint["state_dict"], new_head=False, origin=path)  # its EMA copy when the run kept one
+    load_checkpoint_weights(net, checkpoint, path)
     labels = _labels(hparams.get("class_names"), hparams["num_classes"], str(path))
     recorded = _classifier_preprocessing(hparams.get("preprocessing"), net, source=f"{path}: hyper_parameters.",
-                                         fix=_EDITED_CHECKPOINT)
+                                         fix=EDITED_CHECKPOINT)
     preprocessing = _resized(recorded, img_size)
     if hasattr(net, "visattn_name"):
         net.pretrained_cfg = timm_pretrained_cfg(net, preprocessing)
@@ -632,20 +635,27 @@ def read_checkpoint(path: Path, *, lazy: bool = False) -> dict[str, Any]:
                          "checkpoints/)")
     checkpoint = read_pickle_checkpoint(path, lazy=lazy)
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
-        raise WeightsError(f"{path}: not a Lightning checkpoint (no state_dict); --checkpoint takes a .ckpt written by "
-                           "`visattn fit`: use shipped weights with --model ARCH.TAG, or load a weights file in "
-                           "Python with create_model(ARCH, pretrained=FILE)")
+        raise WeightsError(f"{path}: not a Lightning checkpoint (no state_dict); --checkpoint and --ckpt_path take the "
+                           ".ckpt files `visattn fit` writes: use shipped weights with --model ARCH.TAG, train from a "
+                           "weights file with --model.pretrained FILE, or load one in Python with "
+                           "create_model(ARCH, pretrained=FILE)")
     hparams = checkpoint.get("hyper_parameters")
     if hparams is not None and not isinstance(hparams, dict):
         raise WeightsError(f"{path}: hyper_parameters={reprlib.repr(hparams)}: give the run's arguments as an object; "
-                           f"{_EDITED_CHECKPOINT}")
+                           f"{EDITED_CHECKPOINT}")
     problem = metadata_problem(hparams or {})
     if problem:
-        raise WeightsError(f"{path}: hyper_parameters.{problem}; {_EDITED_CHECKPOINT}")
+        raise WeightsError(f"{path}: hyper_parameters.{problem}; {EDITED_CHECKPOINT}")
     return checkpoint
 
 
-_EDITED_CHECKPOINT = "the file was edited or damaged: use the checkpoint as training wrote it"
+EDITED_CHECKPOINT = "the file was edited or damaged: use the checkpoint as training wrote it"
+
+
+def load_checkpoint_weights(net: nn.Module, checkpoint: dict[str, Any], path: Path) -> None:
+    """Load a training checkpoint's weights (its EMA copy when the run kept one) into the model its
+    hyperparameters built: they fit it whole, so any key that does not is an edited or damaged file."""
+    load_weights(net, checkpoint["state_dict"], new_head=False, origin=path, fix=EDITED_CHECKPOINT)
 
 
 SPLIT_FOLDERS = ("train", "val", "test")

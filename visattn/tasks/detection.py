@@ -22,14 +22,14 @@ from torchmetrics.detection import MeanAveragePrecision
 from ..data.detection import CocoDetection, SceneDetection, Target, collate_detection, require_boxes
 from ..data.image_folder import evaluation_batches, seeded_subset
 from ..data.transforms import check_unit_images, to_model_input
-from ..errors import ConfigError, WeightsError
+from ..errors import ConfigError, WeightsError, one_line
 from ..explain.detections import detection_maps
 from ..modes import eval_mode
 from ..fileio import PNG_SOFTWARE, atomic_path, attention_note, output_errors, output_paths
-from ..pretrained import find_weights_entry, load_weights
+from ..pretrained import find_weights_entry
 from ..registry import create_model, is_model, model_family, split_model_name
 from .classification import (Classifier, adamw_warmup_cosine, checkpoint_model_kwargs,
-                             inference_model, inference_target, match_class_order, read_checkpoint, require_task,
+                             inference_model, inference_target, load_checkpoint_weights, match_class_order, read_checkpoint, require_task,
                              task_checkpoint)
 from .guards import NonFiniteLossGuard, skip_missing_batch
 
@@ -264,7 +264,7 @@ def _detector_from_checkpoint(path: Path, device: torch.device) -> Detector:
     # The checkpoint holds every weight: the backbone's own pretrained weights need not be read again.
     arch, kwargs = checkpoint_model_kwargs(hparams, pretrained_backbone=False)
     net = create_model(arch, num_classes=hparams["num_classes"], **kwargs)
-    load_weights(net, checkpoint["state_dict"], origin=path)  # its EMA copy when the run kept one
+    load_checkpoint_weights(net, checkpoint, path)
     labels = hparams.get("class_names") or [str(i) for i in range(hparams["num_classes"])]
     return Detector(inference_model(net, device), list(labels), dict(hparams.get("preprocessing") or {}), str(path), arch, kwargs)
 
@@ -391,7 +391,7 @@ def _detection_line(record: dict[str, Any], score_threshold: float) -> str:
     boxes = (", ".join(f"{d['label']} {d['score']:.2f} [{', '.join(str(v) for v in d['box'])}]" for d in found)
              if found else f"no objects scoring {score_threshold} or more")
     drawn = f"; drawn: {record['drawn']}" if "drawn" in record else ""
-    return f"{record['file']}: {boxes}{drawn}{attention_note(record, 'detections')}"
+    return one_line(f"{record['file']}: {boxes}{drawn}{attention_note(record, 'detections')}")
 
 
 def draw_detections(image: np.ndarray, detections: Sequence[dict[str, Any]], path: Path) -> None:

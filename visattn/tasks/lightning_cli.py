@@ -804,11 +804,16 @@ def _model_overrides(argv: list[str]) -> tuple[str, ...]:
 
 def _config_model_class(path: Path) -> Optional[str]:
     try:
-        model = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("model")
+        settings = yaml.safe_load(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError:  # jsonargparse's own read ends in a traceback
         raise ConfigError(f"--config {path}: not UTF-8 text; give a YAML config saved as UTF-8") from None
-    except (OSError, yaml.YAMLError, AttributeError):
+    except (OSError, yaml.YAMLError):
         return None  # LightningCLI reports unreadable configs with their own message
+    if not isinstance(settings, dict):  # jsonargparse says only "Unexpected config:"
+        what = "is empty" if settings is None else f"holds a YAML {type(settings).__name__}, not settings"
+        raise ConfigError(f"--config {path} {what}; a config maps model:, data: and trainer: to their settings, "
+                          "as the files in configs/ do")
+    model = settings.get("model")
     return model.get("class_path") if isinstance(model, dict) else None
 
 
