@@ -366,3 +366,32 @@ def test_a_checkpoint_scored_on_data_of_another_vocabulary_is_refused_and_typed_
                         decode(model, images, **kw))
     assert main(["test", *run, "--ckpt_path", str(checkpoint), "--model.beam_size", "3"]) == 0
     assert beams and set(beams) == {3}
+
+
+def test_caption_decodes_as_long_as_the_checkpoints_run_unless_told(tmp_path, monkeypatch, capsys):
+    """`caption` (and `evaluate`, which takes the same default) decoded at most 20 words whatever max_len
+    the run validated with."""
+    import visattn.tasks.captioning as captioning
+    from test_reliability_inputs import write_captioner_checkpoint
+
+    checkpoint = write_captioner_checkpoint(tmp_path / "sat.ckpt", max_len=3)
+    image = tmp_path / "x.png"
+    Image.new("RGB", (32, 32), (200, 10, 10)).save(image)
+    asked = []
+    real_decode = captioning.decode
+    monkeypatch.setattr(captioning, "decode", lambda model, images, **kw: asked.append(kw["max_len"]) or
+                        real_decode(model, images, **kw))
+    for extra in ([], ["--max-len", "6"]):
+        assert main(["caption", str(image), "--checkpoint", str(checkpoint), "--json", *extra]) == 0
+    assert asked == [3, 6]
+    assert len(json.loads(capsys.readouterr().out.splitlines()[0])["caption"].split()) <= 3
+    assert captioning.load_captioner("sat_cbam_resnet_scenes.scenes").max_len == 20  # shipped weights record none
+    edited = torch.load(checkpoint, weights_only=True)
+    edited["hyper_parameters"]["max_len"] = 0
+    torch.save(edited, tmp_path / "edited.ckpt")
+    with pytest.raises(WeightsError, match=r"edited.ckpt: hyper_parameters.max_len=0; the file was edited or damaged"):
+        captioning.load_captioner(checkpoint=str(tmp_path / "edited.ckpt"))
+    # save-weights records it, so the weights decode as the checkpoint does
+    monkeypatch.setenv("VISATTN_WEIGHTS", str(tmp_path / "weights"))
+    assert main(["save-weights", "--checkpoint", str(checkpoint), "--tag", "short", "--out-dir", str(tmp_path / "weights")]) == 0
+    assert captioning.load_captioner("sat_cbam_resnet_scenes.short").max_len == 3

@@ -4,6 +4,7 @@ no traceback and no worker crash."""
 import json
 import warnings
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -25,10 +26,10 @@ TINY_SAT = dict(encoder_kwargs=dict(layers=[1, 1], widths=[8, 16], small_input=F
 VOCAB = ["<pad>", "<start>", "<end>", "<unk>", "a", "red", "top"]
 
 
-def write_captioner_checkpoint(path: Path) -> Path:
-    """A checkpoint as `visattn fit` writes it for a tiny captioner."""
+def write_captioner_checkpoint(path: Path, **task_kwargs: Any) -> Path:
+    """A checkpoint as `visattn fit` writes it for a tiny captioner (``task_kwargs``: CaptioningTask's)."""
     torch.manual_seed(0)
-    task = CaptioningTask(model_kwargs=TINY_SAT, vocab=VOCAB, preprocessing=PREPROCESSING)
+    task = CaptioningTask(model_kwargs=TINY_SAT, vocab=VOCAB, preprocessing=PREPROCESSING, **task_kwargs)
     torch.save({"hyper_parameters": dict(task.hparams), "state_dict": task.state_dict()}, path)
     return path
 

@@ -184,7 +184,7 @@ def cmd_evaluate_captioner(args: argparse.Namespace) -> int:
     captioner = load_captioner(args.model, args.checkpoint, device=args.device)
     loader = evaluation_loader(captioner, args.dataset, args.split, limit=args.limit,
                                batch_size=min(args.batch_size, 64), num_workers=args.num_workers)
-    decoding = dict(beam_size=args.beam_size or DEFAULT_BEAM_SIZE, max_len=args.max_len or DEFAULT_MAX_LEN,
+    decoding = dict(beam_size=args.beam_size or DEFAULT_BEAM_SIZE, max_len=args.max_len or captioner.max_len,
                     length_penalty=1.0 if args.length_penalty is None else args.length_penalty)
     metrics = evaluate_captioner(captioner, loader, **decoding)
     print_metrics(captioner.name, args, metrics, settings=", ".join(f"{k} {v}" for k, v in decoding.items()))
@@ -290,7 +290,8 @@ def cmd_save_weights(args: argparse.Namespace) -> int:
         refuse_existing_weights(path)  # before the test-set measurement, which can take minutes
     scores = _test_scores(task, loaded, args.dataset, args.limit) if args.dataset else {}
     metrics = {f"test/{k}": v for k, v in scores.items()}
-    names = {"vocab": loaded.vocab.to_list()} if task == "captioning" else {"labels": loaded.class_names}
+    names = ({"vocab": loaded.vocab.to_list(), "max_len": loaded.max_len} if task == "captioning"
+             else {"labels": loaded.class_names})
     with output_errors(args.out_dir, flag="--out-dir"):
         entry = save_weights(loaded.model, path, overwrite=args.overwrite, task=task, dataset=args.dataset,
                              preprocessing=loaded.preprocessing, model_kwargs=loaded.model_kwargs,
@@ -513,7 +514,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--beam-size", type=positive_int, default=None,
                           help=f"captioners: beam width (1: greedy; default {DEFAULT_BEAM_SIZE})")
     evaluate.add_argument("--max-len", type=positive_int, default=None,
-                          help=f"captioners: longest caption in words (default {DEFAULT_MAX_LEN})")
+                          help=f"captioners: longest caption in words (default: the checkpoint's max_len, else "
+                               f"{DEFAULT_MAX_LEN})")
     evaluate.add_argument("--length-penalty", type=finite_float, default=None,
                           help="captioners: rank hypotheses by log p / length ** this (0: unnormalised; default 1)")
     evaluate.add_argument("--img-size", type=int, default=None,
@@ -534,7 +536,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_source(caption)
     _add_device(caption)
     caption.add_argument("--beam-size", type=positive_int, default=DEFAULT_BEAM_SIZE, help="beam width (1: greedy)")
-    caption.add_argument("--max-len", type=positive_int, default=DEFAULT_MAX_LEN, help="longest caption in words")
+    caption.add_argument("--max-len", type=positive_int, default=None,
+                         help=f"longest caption in words (default: the checkpoint's max_len, else {DEFAULT_MAX_LEN})")
     caption.add_argument("--length-penalty", type=finite_float, default=1.0,
                          help="rank hypotheses by log p / length ** this (0: unnormalised)")
     caption.add_argument("--attention-out", "--out", dest="attention_out", default=None, metavar="DIR",

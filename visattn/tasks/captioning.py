@@ -29,12 +29,13 @@ from ..explain import map_centres
 from ..explain.cell_centres import CellCentres
 from ..explain.pointing import pointing_hit
 from ..fileio import attention_note, output_errors, output_paths
+from ..layers.patch_embed import is_count
 from ..models.show_attend_tell import DecodedCaptions, doubly_stochastic_penalty
 from ..pretrained import find_weights_entry, load_weights, read_state_dict, starting_weights_skipped
 from ..registry import create_model, model_task, split_model_name
-from .classification import (Classifier, adamw_warmup_cosine, check_data_size, checkpoint_model_kwargs,
-                             inference_model, inference_target, load_checkpoint_weights, read_checkpoint, require_task,
-                             task_checkpoint)
+from .classification import (EDITED_CHECKPOINT, Classifier, adamw_warmup_cosine, check_data_size,
+                             checkpoint_model_kwargs, inference_model, inference_target, load_checkpoint_weights,
+                             read_checkpoint, require_task, task_checkpoint)
 from .guards import NonFiniteLossGuard, skip_missing_batch
 
 _ITEM_CLASS = {word: k for k, word in enumerate(ITEM_WORDS)}
@@ -319,15 +320,18 @@ class Captioner:
     name: str  # arch.tag or the checkpoint path
     arch: str
     model_kwargs: dict[str, Any]
+    max_len: int = 20  # the default longest caption: what its training run decoded (``max_len``) when recorded
 
     # The evaluation transform and device from the same fields as a classifier's.
     transform = Classifier.transform
     device = Classifier.device
 
     @torch.inference_mode()
-    def caption(self, images: Tensor, *, beam_size: int = 5, max_len: int = 20,
+    def caption(self, images: Tensor, *, beam_size: int = 5, max_len: Optional[int] = None,
                 length_penalty: float = 1.0) -> DecodedCaptions:
-        """Captions of normalised images ``(B, 3, H, W)`` on any device, returned on the CPU."""
+        """Captions of normalised images ``(B, 3, H, W)`` on any device, returned on the CPU, of at most
+        ``max_len`` words (default :attr:`max_len`)."""
+        max_len = self.max_len if max_len is None else max_len
         check_image_batch(images, channels=self.preprocessing["input_size"][0])
         if len(images) == 0:
             return DecodedCaptions([], [], torch.zeros(0))
@@ -353,8 +357,10 @@ def load_captioner(model: Optional[str] = None, checkpoint: Optional[str] = None
         raise WeightsError(f"{arch}.{entry['tag']}: the weights entry has no preprocessing (input_size, mean, std); "
                            "save them with `visattn save-weights --checkpoint`, or pass preprocessing= to save_weights")
     net = inference_model(create_model(f"{arch}.{entry['tag']}"), target)
+    max_len = _recorded_max_len(entry, f"{entry['index']}: entry '{arch}.{entry['tag']}': ",
+                                fix="record a whole number of words >= 1, or leave max_len out for 20")
     return Captioner(net, Vocabulary.from_list(entry["vocab"]), dict(entry["preprocessing"]),
-                     f"{arch}.{entry['tag']}", arch, dict(entry.get("model_kwargs") or {}))
+                     f"{arch}.{entry['tag']}", arch, dict(entry.get("model_kwargs") or {}), max_len)
 
 
 def _captioner_from_checkpoint(path: Path, device: torch.device) -> Captioner:
@@ -369,7 +375,17 @@ def _captioner_from_checkpoint(path: Path, device: torch.device) -> Captioner:
     preprocessing = hparams.get("preprocessing")
     if not preprocessing:
         raise WeightsError(f"{path}: the checkpoint has no preprocessing; train it with a config that links data.preprocessing")
-    return Captioner(inference_model(net, device), vocab, dict(preprocessing), str(path), arch, kwargs)
+    max_len = _recorded_max_len(hparams, f"{path}: hyper_parameters.", fix=EDITED_CHECKPOINT)
+    return Captioner(inference_model(net, device), vocab, dict(preprocessing), str(path), arch, kwargs, max_len)
+
+
+def _recorded_max_len(record: dict[str, Any], source: str, *, fix: str) -> int:
+    """The longest caption a training run decoded, as its checkpoint or weights entry records it (the
+    default when neither does)."""
+    max_len = record.get("max_len", Captioner.max_len)
+    if not is_count(max_len):
+        raise WeightsError(f"{source}max_len={max_len!r}; {fix}")
+    return max_len
 
 
 def is_captioner(model: Optional[str] = None, checkpoint: Optional[str] = None) -> bool:
@@ -387,7 +403,7 @@ def is_captioner(model: Optional[str] = None, checkpoint: Optional[str] = None) 
 # ---------------------------------------------------------------------------------------------
 
 
-def caption_files(captioner: Captioner, paths: Sequence[str], *, beam_size: int = 5, max_len: int = 20,
+def caption_files(captioner: Captioner, paths: Sequence[str], *, beam_size: int = 5, max_len: Optional[int] = None,
                   length_penalty: float = 1.0, attention_out: Optional[str] = None, as_json: bool = False,
                   batch_size: int = 32) -> tuple[int, int]:
     """Print one caption per image file (folders are searched recursively); returns ``(failures, files)``.
@@ -464,7 +480,7 @@ def evaluation_loader(captioner: Captioner, spec: str, split: str = "test", *, l
 
 @torch.inference_mode()
 def evaluate_captioner(captioner: Captioner, batches: Iterable[dict[str, Any]], *, beam_size: int = 5,
-                       max_len: int = 20, length_penalty: float = 1.0, meteor: bool = False) -> dict[str, Any]:
+                       max_len: Optional[int] = None, length_penalty: float = 1.0, meteor: bool = False) -> dict[str, Any]:
     """BLEU-1..4, CIDEr (METEOR if asked), pointing (when the batches carry boxes) and ``n``;
     ``None`` batches (only broken image files) are passed over."""
     metrics = CaptionMetrics(captioner.vocab, meteor=meteor)
