@@ -277,7 +277,8 @@ def cmd_save_weights(args: argparse.Namespace) -> int:
     from .tasks.detection import is_detector, load_detector
 
     if args.limit is not None and not args.dataset:
-        raise ConfigError(f"--limit {args.limit}: it limits the --dataset measurement; give --dataset too, or drop --limit")
+        raise ConfigError(f"--limit {args.limit}: it limits the --dataset measurement; give --dataset too, "
+                          "or drop --limit")
     if args.config is not None and not Path(args.config).is_file():  # recorded in the index as the recipe
         raise ConfigError(f"--config {args.config}: no such file; give the config that trained the checkpoint, "
                           "or leave --config out")

@@ -89,6 +89,11 @@ def missing_reason(path: PathLike, what: str = "file") -> str:
     return f"no such {what}"
 
 
+def not_a_folder(path: PathLike) -> str:
+    """Why ``path``, which is no folder, cannot be read as one."""
+    return "a file, not a folder" if Path(path).exists() else "no such folder"
+
+
 def atomic_write_text(path: Union[str, Path], text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)

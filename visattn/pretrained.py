@@ -355,6 +355,10 @@ def _refused_pickle(message: str) -> str:
             "trust it")
 
 
+# What the commands' checkpoint options take, for messages about files that are something else.
+TRAINING_CHECKPOINTS = "--checkpoint and --ckpt_path take the .ckpt files `visattn fit` writes"
+
+
 def read_pickle_checkpoint(path: Path, *, lazy: bool = False) -> Any:
     """``torch.load(weights_only=True)``; a pickle that needs anything beyond tensors and plain containers is refused.
 
@@ -371,8 +375,8 @@ def read_pickle_checkpoint(path: Path, *, lazy: bool = False) -> Any:
         # text or stray bytes read as opcodes end in any of these (an unknown opcode is a KeyError)
         blocked = isinstance(err, pickle.UnpicklingError) and "unsupported global" in str(err).lower()
         if not blocked and _holds_safetensors(path):
-            raise WeightsError(f"{path}: a safetensors file, not a pickled checkpoint; rename it to .safetensors to load "
-                               "it as weights (--checkpoint and --ckpt_path take the .ckpt files `visattn fit` writes)") from None
+            raise WeightsError(f"{path}: a safetensors file, not a pickled checkpoint; rename it to .safetensors "
+                               f"to load it as weights ({TRAINING_CHECKPOINTS})") from None
         if not blocked:  # bytes that are no pickle at all (a text file, garbage)
             raise WeightsError(f"{path}: not a PyTorch checkpoint (no pickle torch can read); check the path, "
                                "or re-save the weights with torch.save or safetensors") from None
@@ -601,7 +605,8 @@ def load_weights(
     always is. Any other difference raises :class:`WeightsError` listing the keys (before any error
     about the head), unless ``strict=False``, which keeps the model's own initialisation for keys the
     checkpoint lacks and warns with their names. ``origin``: the file a state-dict ``source`` came
-    from, for the messages; ``fix``: what their hint says to do when the keys do not fit. Inside :func:`checkpoint_follows` nothing is loaded.
+    from, for the messages; ``fix``: what their hint says to do when the keys do not fit. Inside
+    :func:`checkpoint_follows` nothing is loaded.
     """
     if starting_weights_skipped():
         return model

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
+from ..fileio import not_a_folder
 from .image_folder import ImageFiles, SkippedImageWarning
 from .image_io import DEFAULT_MAX_PIXELS
 from .transforms import to_tensor
@@ -247,8 +248,8 @@ def load_coco(path: Path):  # -> pycocotools.coco.COCO
 def require_images_dir(images_dir: Path, annotations: Path) -> None:
     """One line for a missing images folder, not a warning per image and then an empty dataset."""
     if not images_dir.is_dir():
-        what = "a file, not a folder" if images_dir.exists() else "no such folder"
-        raise ConfigError(f"{images_dir}: {what}; give the folder holding the images of {annotations}")
+        raise ConfigError(f"{images_dir}: {not_a_folder(images_dir)}; give the folder holding the images of "
+                          f"{annotations}")
 
 
 def image_paths(annotations: Path, images: list[dict], images_dir: Path) -> list[Path]:

@@ -25,6 +25,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 
 from ..errors import ConfigError, ImageDecodeError, VisattnWarning
+from ..fileio import not_a_folder
 from .image_io import DEFAULT_MAX_PIXELS, decode_image, list_images
 from .transforms import to_tensor
 
@@ -287,8 +288,7 @@ def find_classes(root: str | os.PathLike) -> list[str]:
     """
     root = Path(root)
     if not root.is_dir():
-        what = "a file, not a folder" if root.exists() else "no such folder"
-        raise ConfigError(f"{root}: {what} ({_LAYOUT})")
+        raise ConfigError(f"{root}: {not_a_folder(root)} ({_LAYOUT})")
     classes = sorted(p.name for p in root.iterdir() if _is_class_dir(p))
     if not classes:
         raise ConfigError(f"{root}: no class sub-folders ({_LAYOUT})")

@@ -357,8 +357,8 @@ def load_captioner(model: Optional[str] = None, checkpoint: Optional[str] = None
         raise WeightsError(f"{arch}.{entry['tag']}: the weights entry has no preprocessing (input_size, mean, std); "
                            "save them with `visattn save-weights --checkpoint`, or pass preprocessing= to save_weights")
     net = inference_model(create_model(f"{arch}.{entry['tag']}"), target)
-    max_len = _recorded_max_len(entry, f"{entry['index']}: entry '{arch}.{entry['tag']}': ",
-                                fix="record a whole number of words >= 1, or leave max_len out for 20")
+    max_len = _recorded_max_len(entry, f"{entry['index']}: entry '{arch}.{entry['tag']}': ", fix="record a whole "
+                                f"number of words >= 1, or leave max_len out for {Captioner.max_len}")
     return Captioner(net, Vocabulary.from_list(entry["vocab"]), dict(entry["preprocessing"]),
                      f"{arch}.{entry['tag']}", arch, dict(entry.get("model_kwargs") or {}), max_len)
 
@@ -449,7 +449,8 @@ def caption_files(captioner: Captioner, paths: Sequence[str], *, beam_size: int 
                 save_word_panels(seen, words, list(attention.numpy()), target,
                                  centres=centres_of(seen.shape[:2]))
             record["attention"] = str(target)
-        print(json.dumps(record) if as_json else one_line(f"{item.path}: {record['caption']}{attention_note(record, 'words')}"))
+        line = f"{item.path}: {record['caption']}{attention_note(record, 'words')}"
+        print(json.dumps(record) if as_json else one_line(line))
     return failures, len(files)
 
 
@@ -480,7 +481,8 @@ def evaluation_loader(captioner: Captioner, spec: str, split: str = "test", *, l
 
 @torch.inference_mode()
 def evaluate_captioner(captioner: Captioner, batches: Iterable[dict[str, Any]], *, beam_size: int = 5,
-                       max_len: Optional[int] = None, length_penalty: float = 1.0, meteor: bool = False) -> dict[str, Any]:
+                       max_len: Optional[int] = None, length_penalty: float = 1.0,
+                       meteor: bool = False) -> dict[str, Any]:
     """BLEU-1..4, CIDEr (METEOR if asked), pointing (when the batches carry boxes) and ``n``;
     ``None`` batches (only broken image files) are passed over."""
     metrics = CaptionMetrics(captioner.vocab, meteor=meteor)

@@ -28,9 +28,9 @@ from ..devices import inference_device, model_device
 from ..errors import ConfigError, UnknownModelError, VisattnWarning, WeightsError
 from ..models.vit import NO_WEIGHT_DECAY
 from ..modes import eval_mode
-from ..pretrained import (checkpoint_follows, find_weights_entry, load_weights, metadata_problem, named_weights_entry,
-                          read_pickle_checkpoint, require_regular_file, starting_weights_skipped, timm_pretrained_cfg,
-                          weights_preprocessing)
+from ..pretrained import (TRAINING_CHECKPOINTS, checkpoint_follows, find_weights_entry, load_weights, metadata_problem,
+                          named_weights_entry, read_pickle_checkpoint, require_regular_file, starting_weights_skipped,
+                          timm_pretrained_cfg, weights_preprocessing)
 from ..registry import check_timm_name, create_model, model_arguments, model_family, model_task, split_model_name
 from .guards import NonFiniteLossGuard, skip_missing_batch
 
@@ -635,10 +635,9 @@ def read_checkpoint(path: Path, *, lazy: bool = False) -> dict[str, Any]:
                          "checkpoints/)")
     checkpoint = read_pickle_checkpoint(path, lazy=lazy)
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
-        raise WeightsError(f"{path}: not a Lightning checkpoint (no state_dict); --checkpoint and --ckpt_path take the "
-                           ".ckpt files `visattn fit` writes: use shipped weights with --model ARCH.TAG, train from a "
-                           "weights file with --model.pretrained FILE, or load one in Python with "
-                           "create_model(ARCH, pretrained=FILE)")
+        raise WeightsError(f"{path}: not a Lightning checkpoint (no state_dict); {TRAINING_CHECKPOINTS}: use shipped "
+                           "weights with --model ARCH.TAG, train from a weights file with --model.pretrained FILE, or "
+                           "load one in Python with create_model(ARCH, pretrained=FILE)")
     hparams = checkpoint.get("hyper_parameters")
     if hparams is not None and not isinstance(hparams, dict):
         raise WeightsError(f"{path}: hyper_parameters={reprlib.repr(hparams)}: give the run's arguments as an object; "

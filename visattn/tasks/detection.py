@@ -28,9 +28,9 @@ from ..modes import eval_mode
 from ..fileio import PNG_SOFTWARE, atomic_path, attention_note, output_errors, output_paths
 from ..pretrained import find_weights_entry
 from ..registry import create_model, is_model, model_family, split_model_name
-from .classification import (Classifier, adamw_warmup_cosine, checkpoint_model_kwargs,
-                             inference_model, inference_target, load_checkpoint_weights, match_class_order, read_checkpoint, require_task,
-                             task_checkpoint)
+from .classification import (Classifier, adamw_warmup_cosine, checkpoint_model_kwargs, inference_model,
+                             inference_target, load_checkpoint_weights, match_class_order, read_checkpoint,
+                             require_task, task_checkpoint)
 from .guards import NonFiniteLossGuard, skip_missing_batch
 
 Batch = tuple[list[Tensor], list[Target]]
