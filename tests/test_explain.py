@@ -169,18 +169,31 @@ def test_every_attention_resnet_method_gives_an_image_sized_map(arch):
         explain(model, image, "rollout")
 
 
-def test_wrong_arguments_name_the_fix():
+def test_wrong_arguments_name_the_fix_and_the_argument_as_python_writes_it():
     vit = _tiny_vit()
-    with pytest.raises(ConfigError, match="use gradcam or gates"):
+    with pytest.raises(ConfigError, match="^method='attention': does not fit ResNet; use gradcam or gates$"):
         explain(create_model("cbam_resnet20_cifar", **SMALL_CNN), torch.randn(3, 28, 28), "attention")
-    with pytest.raises(ConfigError, match="--head applies to method attention only"):
+    with pytest.raises(ConfigError, match="^head=0: applies to method attention only"):
         explain(vit, torch.randn(3, 28, 28), "rollout", head=0)
-    with pytest.raises(ConfigError, match="--class applies to gradcam only"):
+    with pytest.raises(ConfigError, match="^target_class=1: applies to gradcam only"):
         explain(vit, torch.randn(3, 28, 28), "attention", target_class=1)
-    with pytest.raises(ConfigError, match="use one of rollout, attention, gradcam, gates"):
+    with pytest.raises(ConfigError, match="^method='saliency': use one of rollout, attention, gradcam, gates$"):
         explain(vit, torch.randn(3, 28, 28), "saliency")
-    with pytest.raises(ConfigError, match="no such module"):
+    with pytest.raises(ConfigError, match="^layer='blocks.9': no such module"):
         explain(vit, torch.randn(3, 28, 28), "gradcam", layer="blocks.9")
+    with pytest.raises(ConfigError, match="^layer=2: this model has 2 blocks"):
+        explain(vit, torch.randn(3, 28, 28), "attention", layer=2)
+
+
+def test_an_argument_error_names_the_flag_for_the_command_line_and_survives_a_worker():
+    import pickle
+
+    from visattn.errors import ArgumentError
+
+    error = ArgumentError("target_class", "red hat", "not a class of this model")
+    assert str(error.for_flag("--class")) == "--class 'red hat': not a class of this model"
+    copy = pickle.loads(pickle.dumps(error))  # DataLoader workers send errors back pickled
+    assert type(copy) is ArgumentError and str(copy) == "target_class='red hat': not a class of this model"
 
 
 # ---------------------------------------------------------------------------------------- Grad-CAM
@@ -397,8 +410,14 @@ def test_cli_explain_errors_are_one_line(tmp_path, capsys):
         ([str(corpus["truncated_jpg"]), "--method", "rollout"], "broken.jpg"),
         ([str(corpus["rgb_png"]), "--method", "gates"],
          "does not fit VisionTransformer; use rollout or attention or gradcam"),
-        ([str(corpus["rgb_png"]), "--method", "gradcam", "--class", "hat"], "--class 'hat': not a class of this model"),
+        ([str(corpus["rgb_png"]), "--method", "gradcam", "--class", "hat"], "--class hat: not a class of this model"),
+        ([str(corpus["rgb_png"]), "--method", "gradcam", "--class", "red hat"], "--class 'red hat': not a class"),
         ([str(corpus["rgb_png"]), "--method", "attention", "--head", "7"], "--head 7: this model has 3 heads"),
+        ([str(corpus["rgb_png"]), "--method", "attention", "--layer", "9"], "--layer 9: this model has"),
+        ([str(corpus["rgb_png"]), "--method", "gradcam", "--layer", "fc9"], "--layer fc9: no such module"),
+        ([str(corpus["rgb_png"]), "--method", "rollout", "--layer", "0"], "--layer 0: does not apply to rollout"),
+        ([str(corpus["rgb_png"]), "--method", "rollout", "--head", "0"], "--head 0: applies to method attention only"),
+        ([str(corpus["rgb_png"]), "--method", "rollout", "--class", "1"], "--class 1: applies to gradcam only"),
     ]
     for args, message in cases:
         assert main(["explain", *args, "--checkpoint", str(checkpoint), "--out", str(out)]) == 2
@@ -690,7 +709,7 @@ def test_attention_maps_of_a_timm_vit_are_refused_in_one_accurate_line(method):
     from visattn.explain.attention import collect_attentions
 
     timm_vit, _ = _timm_vit_and_its_visattn_twin()
-    with pytest.raises(ConfigError, match=f"^--method {method}: only visattn ViTs give their attention; "
+    with pytest.raises(ConfigError, match=f"^method='{method}': only visattn ViTs give their attention; "
                                           "use method 'gradcam' for VisionTransformer built elsewhere"):
         explain(timm_vit, torch.randn(3, 32, 32), method)
     with pytest.raises(ConfigError, match="only visattn ViTs give their attention"):
@@ -808,7 +827,7 @@ def test_a_grad_cam_map_that_is_zero_everywhere_warns_with_the_fix():
     model = create_model("vit_tiny_patch4_28", depth=1, num_classes=3).eval()
     image = torch.randn(3, 28, 28)
     with pytest.warns(VisattnWarning, match=r"^the Grad-CAM map at layer norm is zero everywhere: .* pick another "
-                                            r"layer with --layer$"):
+                                            r"layer \(layer=, or --layer\)$"):
         assert not explain(model, image, "gradcam", layer="norm").any()
     with warnings.catch_warnings():
         warnings.simplefilter("error", VisattnWarning)

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence
 import torch
 
 from .devices import DEVICE_CHOICES, MAX_WORKERS_PER_CPU, max_workers
-from .errors import ONE_LINE_WARNINGS_ENV, ConfigError, VisattnError, error_line, one_line, one_line_showwarning
+from .errors import (ONE_LINE_WARNINGS_ENV, ArgumentError, ConfigError, VisattnError, error_line, one_line,
+                     one_line_showwarning)
 from .pretrained import WEIGHTS_SUFFIXES, weights_dir
 from .registry import create_model, list_models, list_pretrained, model_arguments, model_family, split_model_name
 
@@ -249,6 +250,10 @@ def cmd_classify(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+# explain_image's arguments as `visattn explain` takes them
+EXPLAIN_FLAGS = {"method": "--method", "layer": "--layer", "head": "--head", "target_class": "--class"}
+
+
 def cmd_explain(args: argparse.Namespace) -> int:
     from .data.image_io import decode_image
     from .explain import explain_image
@@ -262,8 +267,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
     out = prepare_output_file(args.out, flag="--out", inputs=[args.path, *model_files(args.model, args.checkpoint)])
     image = decode_image(args.path)
     with output_errors(out, flag="--out", kind="file"):
-        result = explain_image(classifier, image, args.method, out,
-                               layer=args.layer, head=args.head, target_class=args.target_class)
+        try:
+            result = explain_image(classifier, image, args.method, out,
+                                   layer=args.layer, head=args.head, target_class=args.target_class)
+        except ArgumentError as err:
+            raise err.for_flag(EXPLAIN_FLAGS[err.argument]) from None
     explained = f" of {result['explained']}" if result["explained"] != result["label"] else ""
     print(f"{args.path}: {result['label']} {result['prob']:.3f}; {args.method} map{explained} written to {args.out}")
     return 0

@@ -5,6 +5,7 @@ and each :class:`VisattnWarning` as one line (:func:`one_line_showwarning`).
 """
 import difflib
 import inspect
+import shlex
 import sys
 from typing import Any, Callable, Optional, TextIO
 
@@ -30,6 +31,22 @@ class ImageDecodeError(VisattnError, ValueError):
 
 class ConfigError(VisattnError, ValueError):
     """A config file, key or value that is invalid."""
+
+
+class ArgumentError(ConfigError):
+    """A bad value of a function's argument that a command also takes as a flag. The message names
+    it as Python writes it (``layer=5: ...``); :meth:`for_flag` names the flag (``--layer 5: ...``)."""
+
+    def __init__(self, argument: str, value: Any, reason: str) -> None:
+        super().__init__(f"{argument}={value!r}: {reason}")
+        self.argument, self.value, self.reason = argument, value, reason
+
+    def __reduce__(self) -> tuple:  # rebuilt from its parts, not from the message alone
+        return type(self), (self.argument, self.value, self.reason)
+
+    def for_flag(self, flag: str) -> ConfigError:
+        """The same error as the command line shows it: the flag and the value as typed."""
+        return ConfigError(f"{flag} {shlex.quote(str(self.value))}: {self.reason}")
 
 
 def check_keyword_arguments(owner: str, function: Callable[..., Any], kwargs: dict[str, Any]) -> None:

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from ..data.transforms import check_image_batch
-from ..errors import ConfigError, VisattnWarning
+from ..errors import ArgumentError, ConfigError, VisattnWarning
 from .attention import (as_index, attention_map, check_gives_attention, collect_attentions, gives_attention,
                         input_channels, is_vit, model_batch, token_grid)
 from .cell_centres import CellCentres, map_centres
@@ -70,19 +70,20 @@ def _check_arguments(model: nn.Module, method: str, layer, head, target_class) -
     if task != "classification":
         raise ConfigError(f"explain takes classifiers; {name} is for {task}: use {OTHER_TASKS_MAPS[task]}")
     if method not in METHODS:
-        raise ConfigError(f"--method {method!r}: use one of {', '.join(METHODS)}")
+        raise ArgumentError("method", method, f"use one of {', '.join(METHODS)}")
     if method in ("rollout", "attention") and is_vit(model):
-        check_gives_attention(model, what=f"--method {method}")
+        check_gives_attention(model, method=method)
     fits = applicable_methods(model)
     if method not in fits:
-        raise ConfigError(f"--method {method} does not fit {type(model).__name__}; use {' or '.join(fits)}")
+        raise ArgumentError("method", method, f"does not fit {type(model).__name__}; use {' or '.join(fits)}")
     if head is not None and method != "attention":
-        raise ConfigError(f"--head applies to method attention only, not {method}; drop it")
+        raise ArgumentError("head", head, f"applies to method attention only, not {method}; drop it")
     if layer is not None and method == "rollout":
-        raise ConfigError("--layer does not apply to rollout (it spans every block); "
-                          "use method attention for one block")
+        raise ArgumentError("layer", layer, "does not apply to rollout (it spans every block); "
+                                            "use method attention for one block")
     if target_class is not None and method != "gradcam":
-        raise ConfigError(f"--class applies to gradcam only ({method} maps do not depend on the class); drop it")
+        raise ArgumentError("target_class", target_class,
+                            f"applies to gradcam only ({method} maps do not depend on the class); drop it")
 
 
 def _normalized(model: nn.Module, maps: Tensor, size: tuple[int, int]) -> Tensor:
@@ -101,10 +102,10 @@ def _gate_map(model: nn.Module, images: Tensor, layer: Union[str, int, None]) ->
     index = as_index(layer)
     if index is not None:
         if not -len(names) <= index < len(names):
-            raise ConfigError(f"--layer {layer}: this model has {len(names)} spatial gates: {', '.join(names)}")
+            raise ArgumentError("layer", layer, f"this model has {len(names)} spatial gates: {', '.join(names)}")
         return maps[names[index]]
     if layer not in maps:
-        raise ConfigError(f"--layer {layer!r}: no spatial gate by that name; choose one of {', '.join(names)}")
+        raise ArgumentError("layer", layer, f"no spatial gate by that name; choose one of {', '.join(names)}")
     return maps[layer]
 
 
@@ -146,7 +147,7 @@ def explain_batch(
 def _block_index(layer: Union[str, int, None]) -> int:
     index = -1 if layer is None else as_index(layer)
     if index is None:
-        raise ConfigError(f"--layer {layer!r}: method attention takes a block index, e.g. 0 or -1")
+        raise ArgumentError("layer", layer, "method attention takes a block index, e.g. 0 or -1")
     return index
 
 
@@ -185,7 +186,7 @@ def explain(
     if method == "gradcam" and not maps[0].any():  # it drew as a blank figure without a word
         warnings.warn(f"the Grad-CAM map at layer {layer if layer is not None else '(default)'} is zero everywhere: "
                       "no activation there weighs for the class (a class-token ViT's final norm reaches only the "
-                      "class token); pick another layer with --layer", VisattnWarning, stacklevel=2)
+                      "class token); pick another layer (layer=, or --layer)", VisattnWarning, stacklevel=2)
     size = tuple(images.shape[-2:])
     return resize_map(maps[0], size, centres=map_centres(model, maps.shape[-2:], size))
 
@@ -206,8 +207,8 @@ def _class_to_index(target_class: Union[int, str, None], class_names: Sequence[s
         return list(class_names).index(target_class)
     if str(target_class).isdigit():
         return int(target_class)
-    raise ConfigError(f"--class {target_class!r}: not a class of this model; "
-                      f"use an index or one of {', '.join(class_names)}")
+    raise ArgumentError("target_class", target_class,
+                        f"not a class of this model; use an index or one of {', '.join(class_names)}")
 
 
 def explain_image(

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from ..data.transforms import check_image_batch, to_model_input
-from ..errors import ConfigError
+from ..errors import ArgumentError, ConfigError
 
 
 def is_vit(model: nn.Module) -> bool:
@@ -30,14 +30,17 @@ def gives_attention(model: nn.Module) -> bool:
     return is_vit(model) and "return_attention" in inspect.signature(model.forward).parameters
 
 
-def check_gives_attention(model: nn.Module, *, what: str = "attention maps") -> None:
-    """One line unless ``model`` gives per-block attention (see :func:`gives_attention`)."""
+def check_gives_attention(model: nn.Module, *, method: Optional[str] = None) -> None:
+    """One line unless ``model`` gives per-block attention (see :func:`gives_attention`); it names
+    ``method``, the explain method that asked, if one did."""
     if gives_attention(model):
         return
     name = type(model).__name__
     if is_vit(model):
-        raise ConfigError(f"{what}: only visattn ViTs give their attention; use method 'gradcam' for {name} "
-                          "built elsewhere (e.g. by timm)")
+        reason = f"only visattn ViTs give their attention; use method 'gradcam' for {name} built elsewhere (e.g. by timm)"
+        if method is not None:
+            raise ArgumentError("method", method, reason)
+        raise ConfigError(f"attention maps: {reason}")
     raise ConfigError(f"{name} has no transformer attention; use method 'gradcam' (or 'gates' for attention CNNs)")
 
 
@@ -123,14 +126,13 @@ def attention_map(
         ``(B, rows, cols)`` map.
     """
     if not -len(attentions) <= layer < len(attentions):
-        raise ConfigError(f"--layer {layer}: this model has {len(attentions)} blocks "
-                          f"(use 0..{len(attentions) - 1} or -1)")
+        raise ArgumentError("layer", layer, f"this model has {len(attentions)} blocks (use 0..{len(attentions) - 1} or -1)")
     attn = attentions[layer]  # (B, heads, N, N)
     if head is None:
         attn = attn.mean(dim=1)
     elif -attn.shape[1] <= head < attn.shape[1]:
         attn = attn[:, head]
     else:
-        raise ConfigError(f"--head {head}: this model has {attn.shape[1]} heads "
-                          f"(use 0..{attn.shape[1] - 1}, or omit it for the mean)")
+        raise ArgumentError("head", head, f"this model has {attn.shape[1]} heads (use 0..{attn.shape[1] - 1}, "
+                                          "or omit it for the mean)")
     return token_map(attn, grid, num_prefix_tokens, pooled=pooled)

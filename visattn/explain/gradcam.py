@@ -17,7 +17,7 @@ from typing import Union
 import torch
 from torch import Tensor, nn
 
-from ..errors import ConfigError
+from ..errors import ArgumentError, ConfigError
 from ..modes import eval_mode
 from .attention import as_index, is_vit, model_batch, token_grid
 
@@ -49,14 +49,14 @@ def resolve_target_layer(model: nn.Module, layer: Union[str, int, nn.Module, Non
     index = as_index(layer)
     if index is not None:
         if not is_vit(model):
-            raise ConfigError(f"--layer {layer}: a block index needs a ViT; name a module instead, e.g. 'layer3'")
+            raise ArgumentError("layer", layer, "a block index needs a ViT; name a module instead, e.g. 'layer3'")
         if not -len(model.blocks) <= index < len(model.blocks):
-            raise ConfigError(f"--layer {layer}: this model has {len(model.blocks)} blocks")
+            raise ArgumentError("layer", layer, f"this model has {len(model.blocks)} blocks")
         return model.blocks[index].norm1
     modules = dict(model.named_modules())
     if layer not in modules:
         stages = ", ".join(n for n in modules if n and "." not in n)
-        raise ConfigError(f"--layer {layer!r}: no such module; top-level modules are {stages}")
+        raise ArgumentError("layer", layer, f"no such module; top-level modules are {stages}")
     return modules[layer]
 
 
@@ -88,7 +88,8 @@ def _class_index(logits: Tensor, target_class: TargetClass) -> Tensor:
         raise ConfigError(f"target_class={target_class!r}: give one class index, or one per image "
                           f"({logits.shape[0]} here); class names go through explain_image or --class") from None
     if index.min() < 0 or index.max() >= logits.shape[1]:
-        raise ConfigError(f"--class {target_class}: the model has {logits.shape[1]} classes (0..{logits.shape[1] - 1})")
+        raise ArgumentError("target_class", target_class,
+                            f"the model has {logits.shape[1]} classes (0..{logits.shape[1] - 1})")
     return index
 
 
