@@ -349,9 +349,13 @@ def test_predict_with_a_model_left_training_gives_its_eval_probabilities_and_kee
 
 
 def test_fewer_label_names_than_classes_is_one_line_at_load(weights_tmp):
-    """Not an IndexError when the model predicts class 9 of a 3-name list."""
+    """Not an IndexError when the model predicts class 9 of a 3-name list (an index edited by hand:
+    save_weights refuses such labels)."""
     save_weights(create_model("resnet20_cifar", num_classes=10), weights_tmp / "resnet20_cifar.few.safetensors",
-                 labels=["a", "b", "c"])
+                 labels=list("abcdefghij"))
+    index = json.loads((weights_tmp / "index.json").read_text())
+    index["resnet20_cifar.few"]["labels"] = ["a", "b", "c"]
+    (weights_tmp / "index.json").write_text(json.dumps(index))
     with pytest.raises(WeightsError, match=r"resnet20_cifar.few's index entry: 3 label names for a 10-class head"):
         load_classifier("resnet20_cifar.few")
 

@@ -1,6 +1,7 @@
 """Where inference runs: ``--device`` names checked against this machine; how many loader workers it takes."""
 import itertools
 import os
+from typing import Union
 
 import torch
 from torch import nn
@@ -10,10 +11,14 @@ from .errors import ConfigError
 DEVICE_CHOICES = "cpu, cuda, cuda:N, mps, or auto (CUDA when there is one, else an Apple GPU (MPS), else the CPU)"
 
 
-def inference_device(name: str = "cpu") -> torch.device:
+def inference_device(name: Union[str, torch.device] = "cpu") -> torch.device:
     """The device ``--device NAME`` names, checked against this machine: one it lacks is a
     :class:`ConfigError` before any weights are read. ``auto`` is the first CUDA device, else MPS,
     else the CPU: the order Lightning's ``accelerator="auto"`` trains on."""
+    if isinstance(name, torch.device):
+        name = str(name)
+    if not isinstance(name, str):
+        raise ConfigError(f"device={name!r}: give a device name, e.g. 'cpu', 'cuda' or 'auto'")
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")

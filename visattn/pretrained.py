@@ -33,6 +33,7 @@ from torch import nn
 
 from .errors import UnknownModelError, VisattnWarning, WeightsError
 from .fileio import atomic_path, atomic_write_text, exclusive_lock
+from .layers.patch_embed import fixed_input_size
 
 StateDict = dict[str, torch.Tensor]
 
@@ -460,6 +461,30 @@ def _incomplete_classifier_preprocessing(arch: str, meta: dict[str, Any]) -> Opt
     return problem and f"{problem}; pass preprocessing=dict(input_size=..., mean=..., std=...)"
 
 
+def _contradiction(model: nn.Module, arch: str, meta: dict[str, Any]) -> Optional[str]:
+    """What ``meta`` records that ``model`` cannot use: label names not one per class, a vocabulary not
+    its word layer's size, images it does not take. Loaded, such weights failed at every prediction."""
+    from .registry import model_task
+
+    classes = getattr(model, "num_classes", None)
+    for field in ("labels", "class_names"):
+        names = meta.get(field)
+        if names and isinstance(classes, int) and classes > 0 and len(names) != classes:
+            return f"{field}: {len(names)} names for a {classes}-class head; give one name per class"
+    words = getattr(model, "vocab_size", None)
+    if meta.get("vocab") and isinstance(words, int) and len(meta["vocab"]) != words:
+        return (f"vocab: {len(meta['vocab'])} tokens for a {words}-word output layer; give the vocabulary the "
+                "model was trained with (Captioner.vocab.to_list())")
+    size, channels = (meta.get("preprocessing") or {}).get("input_size"), getattr(model, "input_size", (None,))[0]
+    if size and channels is not None and size[0] != channels:
+        return f"preprocessing input_size {list(size)}: the model takes {channels}-channel images; give [{channels}, H, W]"
+    fixed = fixed_input_size(model) if model_task(arch) != "detection" else None  # detectors resize their input
+    if size and fixed and tuple(size[1:]) != fixed:
+        return (f"preprocessing input_size {list(size)}: the model takes {fixed[0]}x{fixed[1]} images; give "
+                f"[{size[0]}, {fixed[0]}, {fixed[1]}], or build it with img_size={size[-1]}")
+    return None
+
+
 def _warn_unless_described(path: Path, arch: str, meta: dict[str, Any]) -> None:
     """A classifier saved without ``preprocessing`` or ``labels`` loads with ImageNet's normalisation
     and labels "0".."N-1": right for photos, silently wrong for anything else."""
@@ -474,7 +499,14 @@ def _warn_unless_described(path: Path, arch: str, meta: dict[str, Any]) -> None:
 
 def _bare_model(model: nn.Module) -> nn.Module:
     """The model inside ``torch.compile``'s (``_orig_mod``) and (Distributed)DataParallel's (``module``)
-    wrappers, nested in any order; ``model`` itself when it is not wrapped."""
+    wrappers, nested in any order, or a loaded Classifier's, Captioner's or Detector's (``.model``);
+    ``model`` itself when it is not wrapped."""
+    if not isinstance(model, nn.Module):
+        inner = getattr(model, "model", None)
+        if not isinstance(inner, nn.Module):
+            raise WeightsError(f"model={reprlib.repr(model)}: not a torch module; give the model itself, "
+                               "e.g. create_model('resnet18')")
+        model = inner
     while True:
         if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
             model = model.module
@@ -533,7 +565,7 @@ def save_weights(model: nn.Module, path: Union[str, Path], *, overwrite: bool = 
     sources = [k for k in _WEIGHT_SOURCES if k in inspect.signature(type(model).__init__).parameters]
     if meta.get("model_kwargs") or sources:
         meta["model_kwargs"] = {**(meta.get("model_kwargs") or {}), **dict.fromkeys(sources, False)}
-    problem = metadata_problem(meta) or _incomplete_classifier_preprocessing(arch, meta)
+    problem = metadata_problem(meta) or _incomplete_classifier_preprocessing(arch, meta) or _contradiction(model, arch, meta)
     if problem:  # checked before the index is written, which would refuse it from then on
         raise WeightsError(f"{path}: {problem}")
     _refuse_unbuildable(model, path, f"{arch}.{tag}", meta.get("model_kwargs") or {})
@@ -640,11 +672,22 @@ def load_weights(
     if head_error:  # only now: weights of another architecture misfit everywhere, not just in the head
         raise WeightsError(head_error)
     _refuse_non_finite(state, source=named)
+    _refuse_whole_numbers(model, state, source=named)
     # Only now: before weights that do not fit at all, or hold NaN, the warnings would mislead.
     for warning in filter(None, (channels_warning, head_warning)):
         warnings.warn(warning, VisattnWarning, stacklevel=2)
     model.load_state_dict(state, strict=False)
     return wrapper
+
+
+def _refuse_whole_numbers(model: nn.Module, state: StateDict, *, source: Any) -> None:
+    """One line for integer values where the model holds floating-point weights: loading would round
+    them (a conv of int64 zeros loaded silently)."""
+    own = model.state_dict()
+    for key, value in state.items():
+        if key in own and own[key].is_floating_point() and not value.is_floating_point():
+            raise WeightsError(f"{source}: {key} holds {str(value.dtype).removeprefix('torch.')} values where the "
+                               "model has floating-point weights; these are not its weights")
 
 
 def _refuse_non_finite(state: StateDict, *, source: Any) -> None:
@@ -697,7 +740,9 @@ def _drop_mismatched_head(
         return state, None, None
     own = model.state_dict()
     own_head = [k for k in own if k.startswith(head + ".") and not k.endswith(".num_batches_tracked")]
-    dropped = [k for k in state if k.startswith(head + ".") and (k not in own or own[k].shape != state[k].shape)]
+    state_head = [k for k in state if k.startswith(head + ".")]
+    # A head is kept or dropped whole: a bias that fits beside a weight that does not is not that head's.
+    dropped = state_head if any(k not in own or own[k].shape != state[k].shape for k in state_head) else []
     kept = {k: v for k, v in state.items() if k not in dropped}
     if dropped and not own_head:  # features only (num_classes=0): nothing to fit
         return kept, None, None

@@ -1,6 +1,6 @@
 """Patch embedding: image to a sequence of patch tokens (Dosovitskiy et al. 2020, "An Image is Worth 16x16 Words")."""
 from numbers import Integral
-from typing import Union
+from typing import Optional, Union
 
 import torch
 from torch import nn
@@ -18,6 +18,16 @@ def check_count(name: str, value: object) -> int:
     if not is_count(value):
         raise ConfigError(f"{name}={value!r}: give a whole number >= 1")
     return int(value)
+
+
+def fixed_input_size(model: nn.Module) -> Optional[tuple[int, int]]:
+    """The ``(H, W)`` a model's (or its encoder's) patch embedding takes and no other: a ViT's; None when any size goes."""
+    for module in model.modules():
+        embed = getattr(module, "patch_embed", None)
+        if getattr(embed, "img_size", None) is not None:
+            # timm's ViTs built with dynamic_img_size take any size
+            return tuple(embed.img_size) if getattr(embed, "strict_img_size", True) else None
+    return None
 
 
 def to_2tuple(value: Union[int, tuple[int, int]], name: str = "size") -> tuple[int, int]:

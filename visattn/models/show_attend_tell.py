@@ -9,8 +9,10 @@ gates the context with ``β = sigmoid(f_beta(h))`` and predicts the next word fr
 ``deep_output``, from ``E y + L_h h + L_z z`` as in the paper's eq. 7). Token ids follow
 :mod:`visattn.data.vocab`: PAD 0, START 1, END 2; the model holds no vocabulary strings.
 """
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from numbers import Real
 from typing import Any, Optional, Union
 
 import torch
@@ -68,12 +70,16 @@ def _word_log_probs(logits: Tensor) -> Tensor:
     return logits.log_softmax(dim=-1)
 
 
-def _check_decoding(*, max_len: int, beam_size: int = 1) -> None:
+def _check_decoding(*, max_len: int, beam_size: int = 1, length_penalty: float = 1.0) -> None:
     """Refuse settings that give no caption here, in one line, rather than deep inside a search."""
     if not is_count(beam_size):
         raise ConfigError(f"beam_size={beam_size!r}: must be >= 1, a whole number (1 decodes greedily)")
     if not is_count(max_len):
         raise ConfigError(f"max_len={max_len!r}: a caption needs at least one word; give a whole number >= 1")
+    # NaN ranked the beams at random: another caption, and a NaN score
+    if isinstance(length_penalty, bool) or not isinstance(length_penalty, Real) or not math.isfinite(length_penalty):
+        raise ConfigError(f"length_penalty={length_penalty!r}: give a finite number (0 ranks captions by their "
+                          "total log-probability, 1 by its mean per word)")
 
 
 def _is_vit(name: str) -> bool:
@@ -281,7 +287,7 @@ class ShowAttendTell(nn.Module):
         return self._decode(self._greedy_decode, images, max_len=max_len)
 
     def _decode(self, search: Callable[..., DecodedCaptions], images: Tensor, **settings: Any) -> DecodedCaptions:
-        _check_decoding(max_len=settings["max_len"], beam_size=settings.get("beam_size", 1))
+        _check_decoding(**settings)
         if not len(images):
             return DecodedCaptions([], [], images.new_zeros(0))
         with eval_mode(self):  # in train mode dropout would pick words at random and batch norms would learn

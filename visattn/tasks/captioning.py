@@ -352,14 +352,19 @@ def load_captioner(model: Optional[str] = None, checkpoint: Optional[str] = None
     arch, tag = split_model_name(model)
     entry = find_weights_entry(arch, tag)
     if not entry.get("vocab"):
-        raise WeightsError(f"{arch}.{entry['tag']}: the weights entry has no vocab; it is not a captioner")
+        raise WeightsError(f"{arch}.{entry['tag']}: the weights entry has no vocab; save the weights again with "
+                           "`visattn save-weights --checkpoint`, or pass vocab=Captioner.vocab.to_list() to save_weights")
     if not entry.get("preprocessing"):
         raise WeightsError(f"{arch}.{entry['tag']}: the weights entry has no preprocessing (input_size, mean, std); "
                            "save them with `visattn save-weights --checkpoint`, or pass preprocessing= to save_weights")
     net = inference_model(create_model(f"{arch}.{entry['tag']}"), target)
+    vocab = Vocabulary.from_list(entry["vocab"])
+    if len(vocab) != net.vocab_size:
+        raise WeightsError(f"{entry['index']}: entry '{arch}.{entry['tag']}': {len(vocab)} vocab tokens for a "
+                           f"{net.vocab_size}-word output layer; record the vocabulary the weights were trained with")
     max_len = _recorded_max_len(entry, f"{entry['index']}: entry '{arch}.{entry['tag']}': ", fix="record a whole "
                                 f"number of words >= 1, or leave max_len out for {Captioner.max_len}")
-    return Captioner(net, Vocabulary.from_list(entry["vocab"]), dict(entry["preprocessing"]),
+    return Captioner(net, vocab, dict(entry["preprocessing"]),
                      f"{arch}.{entry['tag']}", arch, dict(entry.get("model_kwargs") or {}), max_len)
 
 

@@ -2,6 +2,7 @@
 import contextlib
 import fnmatch
 import math
+import os
 import reprlib
 import warnings
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from ..data.transforms import (CLASSIFIER_PREPROCESSING, ImageTransform, check_i
                                eval_transform_of, preprocessing_problem, timm_data_config, to_model_input)
 from ..devices import inference_device, model_device
 from ..errors import ConfigError, UnknownModelError, VisattnWarning, WeightsError
+from ..layers.patch_embed import fixed_input_size, is_count
 from ..models.vit import NO_WEIGHT_DECAY
 from ..modes import eval_mode
 from ..pretrained import (TRAINING_CHECKPOINTS, checkpoint_follows, find_weights_entry, load_weights, metadata_problem,
@@ -161,16 +163,6 @@ def check_data_size(model: nn.Module, model_name: str, preprocessing: Optional[d
     raise ConfigError(f"data.init_args.img_size={data_size} but {model_name} takes {size[0]}x{size[1]} images; set "
                       f"model.init_args.model_kwargs.img_size: {data_size} (pretrained position embeddings are "
                       f"resampled), or data img_size {size[0]}")
-
-
-def fixed_input_size(model: nn.Module) -> Optional[tuple[int, int]]:
-    """The ``(H, W)`` a model's (or its encoder's) patch embedding takes and no other: a ViT's; None when any size goes."""
-    for module in model.modules():
-        embed = getattr(module, "patch_embed", None)
-        if getattr(embed, "img_size", None) is not None:
-            # timm's ViTs built with dynamic_img_size take any size
-            return tuple(embed.img_size) if getattr(embed, "strict_img_size", True) else None
-    return None
 
 
 # `sdpa_backend` names -> the kernel F.scaled_dot_product_attention is restricted to.
@@ -500,6 +492,11 @@ def inference_target(model: Optional[str], checkpoint: Optional[str], device: st
     named; both are checked before any weights are read."""
     if (model is None) == (checkpoint is None):
         raise ConfigError("give exactly one of --model ARCH.TAG or --checkpoint FILE")
+    if model is not None and not isinstance(model, str):
+        raise ConfigError(f"model={reprlib.repr(model)}: give a registered name or ARCH.TAG as a string; pass a "
+                          "training checkpoint file as checkpoint=")
+    if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike)):
+        raise ConfigError(f"checkpoint={reprlib.repr(checkpoint)}: give the path of a training checkpoint")
     if model is not None and model.endswith(".ckpt") and Path(model).is_file():  # the Python API's first argument
         raise ConfigError(f"{model!r} is a file: model takes a registered name or ARCH.TAG; pass a training "
                           f"checkpoint as checkpoint={model!r}")
@@ -550,15 +547,15 @@ def load_classifier(model: Optional[str] = None, checkpoint: Optional[str] = Non
     a ViT's position embeddings are resampled to the new patch grid, and CNNs pool globally anyway.
     """
     target = inference_target(model, checkpoint, device)
-    if img_size is not None and img_size < 1:
-        raise ConfigError(f"--img-size {img_size}: give a positive number of pixels")
+    if img_size is not None and not is_count(img_size):
+        raise ConfigError(f"--img-size {img_size!r}: give a whole number of pixels >= 1")
     if checkpoint is not None:
         return _classifier_from_checkpoint(Path(checkpoint), img_size, target)
     require_task(model, "classification")
     arch, tag = split_model_name(model)
     entry = find_weights_entry(arch, tag)
     net = inference_model(create_model(f"{arch}.{entry['tag']}", **_size_kwargs(arch, img_size)), target)
-    labels = _labels(entry.get("labels"), net.num_classes, f"{arch}.{entry['tag']}'s index entry")
+    labels = recorded_labels(entry.get("labels"), net.num_classes, f"{arch}.{entry['tag']}'s index entry")
     # save_weights(model, path) alone records no preprocessing: the model's default, as for checkpoints.
     recorded = _classifier_preprocessing(
         entry.get("preprocessing"), net, source=f"{entry['index']}: entry '{arch}.{entry['tag']}': ",
@@ -580,7 +577,7 @@ def _classifier_from_checkpoint(path: Path, img_size: Optional[int], device: tor
     with checkpoint_follows():
         net = build_classifier(hparams["model_name"], hparams["num_classes"], model_kwargs, pretrained=False)
     load_checkpoint_weights(net, checkpoint, path)
-    labels = _labels(hparams.get("class_names"), hparams["num_classes"], str(path))
+    labels = recorded_labels(hparams.get("class_names"), hparams["num_classes"], str(path))
     recorded = _classifier_preprocessing(hparams.get("preprocessing"), net, source=f"{path}: hyper_parameters.",
                                          fix=EDITED_CHECKPOINT)
     preprocessing = _resized(recorded, img_size)
@@ -604,7 +601,7 @@ def _classifier_preprocessing(recorded: Optional[dict[str, Any]], net: nn.Module
     return recorded
 
 
-def _labels(recorded: Optional[Sequence[str]], num_classes: int, source: str) -> list[str]:
+def recorded_labels(recorded: Optional[Sequence[str]], num_classes: int, source: str) -> list[str]:
     """The recorded label names, one per output; ``"0"``, ``"1"``, ... when none were recorded."""
     if not recorded:
         return [str(i) for i in range(num_classes)]

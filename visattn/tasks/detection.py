@@ -9,6 +9,7 @@ COCO mAP (IoU 0.50:0.95) and mAP@0.5 from torchmetrics' ``MeanAveragePrecision``
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
+from numbers import Real
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional, Sequence, Union
 
@@ -23,6 +24,7 @@ from ..data.detection import CocoDetection, SceneDetection, Target, collate_dete
 from ..data.image_folder import evaluation_batches, seeded_subset
 from ..data.transforms import check_unit_images, to_model_input
 from ..errors import ConfigError, WeightsError, one_line
+from ..layers.patch_embed import is_count
 from ..explain.detections import detection_maps
 from ..modes import eval_mode
 from ..fileio import PNG_SOFTWARE, atomic_path, attention_note, output_errors, output_paths
@@ -30,7 +32,7 @@ from ..pretrained import find_weights_entry
 from ..registry import create_model, is_model, model_family, split_model_name
 from .classification import (Classifier, adamw_warmup_cosine, checkpoint_model_kwargs, inference_model,
                              inference_target, load_checkpoint_weights, match_class_order, read_checkpoint,
-                             require_task, task_checkpoint)
+                             recorded_labels, require_task, task_checkpoint)
 from .guards import NonFiniteLossGuard, skip_missing_batch
 
 Batch = tuple[list[Tensor], list[Target]]
@@ -211,6 +213,11 @@ class Detector:
         (:func:`visattn.explain.detections.detection_maps`).
         """
         check_unit_images(images)
+        # NaN kept every detection from passing, without a word
+        if score_threshold is not None and (isinstance(score_threshold, bool) or not isinstance(score_threshold, Real)
+                                            or not 0 <= score_threshold <= 1):
+            raise ConfigError(f"score_threshold={score_threshold!r}: give a number from 0 to 1, or None for the "
+                              "model's own")
         images = [to_model_input(image, self.model) for image in images]
         if not images:
             return []
@@ -251,22 +258,22 @@ def load_detector(model: Optional[str] = None, checkpoint: Optional[str] = None,
     arch, tag = split_model_name(model)
     entry = find_weights_entry(arch, tag)
     net = inference_model(create_model(f"{arch}.{entry['tag']}"), target)
-    labels = entry.get("labels") or [str(i) for i in range(net.num_classes)]
-    return Detector(net, list(labels), dict(entry.get("preprocessing") or {}), f"{arch}.{entry['tag']}", arch,
+    labels = recorded_labels(entry.get("labels"), net.num_classes, f"{arch}.{entry['tag']}'s index entry")
+    return Detector(net, labels, dict(entry.get("preprocessing") or {}), f"{arch}.{entry['tag']}", arch,
                     dict(entry.get("model_kwargs") or {}))
 
 
 def _detector_from_checkpoint(path: Path, device: torch.device) -> Detector:
     checkpoint, hparams = task_checkpoint(path, "detection")
-    if not is_detection_arch(str(hparams.get("model_name", ""))):
-        raise WeightsError(f"{path}: not a visattn detection checkpoint; pass a checkpoint written by "
-                           "`visattn fit --config configs/detection/...`")
+    if not is_detection_arch(str(hparams.get("model_name", ""))) or not is_count(hparams.get("num_classes")):
+        raise WeightsError(f"{path}: not a visattn detection checkpoint (no detector model_name and num_classes); "
+                           "pass a checkpoint written by `visattn fit --config configs/detection/...`")
     # The checkpoint holds every weight: the backbone's own pretrained weights need not be read again.
     arch, kwargs = checkpoint_model_kwargs(hparams, pretrained_backbone=False)
     net = create_model(arch, num_classes=hparams["num_classes"], **kwargs)
     load_checkpoint_weights(net, checkpoint, path)
-    labels = hparams.get("class_names") or [str(i) for i in range(hparams["num_classes"])]
-    return Detector(inference_model(net, device), list(labels), dict(hparams.get("preprocessing") or {}), str(path), arch, kwargs)
+    labels = recorded_labels(hparams.get("class_names"), hparams["num_classes"], str(path))
+    return Detector(inference_model(net, device), labels, dict(hparams.get("preprocessing") or {}), str(path), arch, kwargs)
 
 
 def is_detector(model: Optional[str] = None, checkpoint: Optional[str] = None) -> bool:

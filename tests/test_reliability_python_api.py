@@ -1,0 +1,143 @@
+"""The Python API refuses what it cannot use in one line naming the argument, as the CLI does: weights
+described otherwise than the model they hold, task wrappers where a module goes, and decoding and
+detection settings that would give wrong results without a word."""
+import json
+
+import pytest
+import torch
+
+from visattn import create_model
+from visattn.errors import ConfigError, WeightsError
+from visattn.pretrained import load_weights, save_weights
+
+GRAY_28 = dict(input_size=[3, 28, 28], mean=[0.5] * 3, std=[0.5] * 3)
+DIGITS = [str(i) for i in range(10)]
+
+
+@pytest.mark.parametrize("arch, kwargs, meta, message", [
+    ("se_resnet20_cifar", {}, dict(labels=["a", "b"], preprocessing=GRAY_28),
+     "labels: 2 names for a 10-class head; give one name per class"),
+    ("se_resnet20_cifar", {}, dict(labels=DIGITS, preprocessing={**GRAY_28, "input_size": [1, 28, 28]}),
+     r"preprocessing input_size \[1, 28, 28\]: the model takes 3-channel images; give \[3, H, W\]"),
+    ("vit_tiny_patch4_28", dict(depth=1), dict(labels=DIGITS, preprocessing={**GRAY_28, "input_size": [3, 64, 64]}),
+     r"preprocessing input_size \[3, 64, 64\]: the model takes 28x28 images; give \[3, 28, 28\], "
+     "or build it with img_size=64"),
+    ("fcos_se_resnet20_cifar", {}, dict(labels=["a", "b"]), "labels: 2 names for a 10-class head"),
+])
+def test_save_weights_refuses_a_description_the_model_contradicts_and_writes_nothing(
+        weights_tmp, arch, kwargs, meta, message):
+    model = create_model(arch, num_classes=10, **kwargs)
+    with pytest.raises(WeightsError, match=f"^{weights_tmp}/{arch}.bad.safetensors: {message}"):
+        save_weights(model, weights_tmp / f"{arch}.bad.safetensors", **meta)
+    assert not list(weights_tmp.iterdir())
+
+
+def _tiny_captioner():
+    return create_model("sat_cbam_resnet_scenes", vocab_size=12, encoder_kwargs=dict(layers=(1, 1), widths=(8, 16)),
+                        embed_dim=8, hidden_dim=8, attn_dim=8)
+
+
+def test_a_captioners_vocabulary_must_fit_its_word_layer_when_saved_and_when_loaded(weights_tmp):
+    from visattn.data.vocab import SPECIAL_TOKENS
+    from visattn.tasks.captioning import load_captioner
+
+    model = _tiny_captioner()
+    words = [*SPECIAL_TOKENS, *(f"w{i}" for i in range(12 - len(SPECIAL_TOKENS)))]
+    preprocessing = dict(input_size=[3, 64, 64], mean=[0.5] * 3, std=[0.5] * 3)
+    with pytest.raises(WeightsError, match="vocab: 10 tokens for a 12-word output layer; give the vocabulary"):
+        save_weights(model, weights_tmp / "sat_cbam_resnet_scenes.bad.safetensors", vocab=words[:10],
+                     preprocessing=preprocessing)
+    save_weights(model, weights_tmp / "sat_cbam_resnet_scenes.mine.safetensors", vocab=words, preprocessing=preprocessing)
+    assert load_captioner("sat_cbam_resnet_scenes.mine").vocab.to_list() == words
+    index = json.loads((weights_tmp / "index.json").read_text())
+    index["sat_cbam_resnet_scenes.mine"]["vocab"] = words[:10]  # edited by hand
+    (weights_tmp / "index.json").write_text(json.dumps(index))
+    with pytest.raises(WeightsError, match="'sat_cbam_resnet_scenes.mine': 10 vocab tokens for a 12-word output "
+                                           "layer; record the vocabulary the weights were trained with$"):
+        load_captioner("sat_cbam_resnet_scenes.mine")
+
+
+def test_a_detectors_label_names_must_be_one_per_class_when_loaded(weights_tmp):
+    from visattn.tasks.detection import load_detector
+
+    save_weights(create_model("fcos_se_resnet20_cifar", num_classes=3), weights_tmp / "fcos_se_resnet20_cifar.mine.safetensors",
+                 labels=["a", "b", "c"])
+    assert load_detector("fcos_se_resnet20_cifar.mine").class_names == ["a", "b", "c"]
+    index = json.loads((weights_tmp / "index.json").read_text())
+    index["fcos_se_resnet20_cifar.mine"]["labels"] = ["a", "b"]
+    (weights_tmp / "index.json").write_text(json.dumps(index))
+    with pytest.raises(WeightsError, match="index entry: 2 label names for a 3-class head; record one name per class"):
+        load_detector("fcos_se_resnet20_cifar.mine")
+
+
+def test_a_detector_checkpoint_without_its_class_count_is_one_line(tmp_path):
+    from visattn.tasks.detection import load_detector
+
+    path = tmp_path / "edited.ckpt"
+    torch.save({"hyper_parameters": {"model_name": "fcos_se_resnet20_cifar"}, "state_dict": {}}, path)
+    with pytest.raises(WeightsError, match=f"^{path}: not a visattn detection checkpoint \\(no detector model_name "
+                                           "and num_classes\\)"):
+        load_detector(checkpoint=str(path))
+
+
+def test_weights_load_into_a_loaded_classifier_and_refuse_what_is_no_module_or_holds_whole_numbers():
+    from visattn.tasks.classification import load_classifier
+
+    classifier = load_classifier("se_resnet20_cifar.fmnist")
+    other = create_model("se_resnet20_cifar", num_classes=10)
+    assert load_weights(classifier, other.state_dict()) is classifier
+    assert all(torch.equal(a, b) for a, b in zip(classifier.model.state_dict().values(), other.state_dict().values()))
+    with pytest.raises(WeightsError, match=r"^model='resnet18': not a torch module; give the model itself"):
+        load_weights("resnet18", other.state_dict())
+    rounded = {key: value.long() if key == "conv1.weight" else value for key, value in other.state_dict().items()}
+    with pytest.raises(WeightsError, match="^state dict: conv1.weight holds int64 values where the model has "
+                                           "floating-point weights; these are not its weights$"):
+        load_weights(other, rounded)
+
+
+def test_a_head_that_does_not_fit_is_dropped_whole_bias_included():
+    model = create_model("resnet18", num_classes=10)
+    state = create_model("resnet18", num_classes=10).state_dict()
+    state["fc.weight"] = torch.zeros(10, 256)  # another width: the bias beside it fits by shape alone
+    bias = model.fc.bias.detach().clone()
+    with pytest.warns(UserWarning, match="dropped fc.weight, fc.bias; the new head is randomly initialised"):
+        load_weights(model, state)
+    assert torch.equal(model.fc.bias, bias)
+
+
+def test_decoding_and_detection_settings_that_would_mislead_are_one_line():
+    from visattn.tasks.detection import load_detector
+
+    captioner = _tiny_captioner().eval()
+    images = torch.randn(1, 3, 64, 64)
+    for penalty in (float("nan"), float("inf"), "1", None, True):
+        with pytest.raises(ConfigError, match=f"^length_penalty={penalty!r}: give a finite number"):
+            captioner.beam_search(images, beam_size=2, max_len=3, length_penalty=penalty)
+    detector = load_detector("fcos_se_resnet20_cifar.scenes")
+    for threshold in (float("nan"), "0.5", 1.5, True):
+        with pytest.raises(ConfigError, match=f"^score_threshold={threshold!r}: give a number from 0 to 1, or None"):
+            detector.detect([torch.rand(3, 64, 64)], score_threshold=threshold)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(img_size="32"), "^--img-size '32': give a whole number of pixels >= 1$"),
+    (dict(img_size=True), "^--img-size True: give a whole number of pixels >= 1$"),
+    (dict(device=None), "^device=None: give a device name, e.g. 'cpu', 'cuda' or 'auto'$"),
+])
+def test_loader_arguments_of_the_wrong_type_are_one_line(kwargs, message):
+    from visattn.tasks.classification import load_classifier
+
+    with pytest.raises(ConfigError, match=message):
+        load_classifier("se_resnet20_cifar.fmnist", **kwargs)
+
+
+def test_a_path_given_as_the_model_name_is_one_line():
+    from pathlib import Path
+
+    from visattn.tasks.captioning import load_captioner
+    from visattn.tasks.detection import load_detector
+
+    for load in (load_captioner, load_detector):
+        with pytest.raises(ConfigError, match="^model=PosixPath\\('x.ckpt'\\): give a registered name or ARCH.TAG as "
+                                              "a string; pass a training checkpoint file as checkpoint=$"):
+            load(Path("x.ckpt"))
