@@ -230,6 +230,17 @@ def test_coco_data_module_classes_loaders_and_missing_splits(tmp_path):
         CocoDetectionDataModule(str(path), str(images_dir), batch_size=0)
 
 
+def test_validation_annotations_without_an_object_box_are_one_line_at_setup(tmp_path):
+    """val/map was -1 every epoch, and the best checkpoints were chosen on it."""
+    path, images_dir = write_coco_instances(tmp_path)
+    data = json.loads(path.read_text())
+    data["annotations"] = []
+    (tmp_path / "val.json").write_text(json.dumps(data))
+    dm = CocoDetectionDataModule(str(path), str(images_dir), val_annotations=str(tmp_path / "val.json"), num_workers=0)
+    with pytest.raises(ConfigError, match="val.json: no object box to score detections against"):
+        dm.setup("fit")
+
+
 @pytest.mark.parametrize("keep", ["none", "crowds"])
 def test_training_annotations_without_an_object_box_are_one_line(tmp_path, keep):
     """A detector trained on them would learn that nothing is ever there, and say nothing."""

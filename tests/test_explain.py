@@ -1,5 +1,6 @@
 """visattn.explain: overlays, rollout, raw attention, gates, Grad-CAM, pointing game and `visattn explain`."""
 import json
+import re
 import warnings
 from pathlib import Path
 from typing import Optional
@@ -973,3 +974,80 @@ def test_maps_of_any_dtype_are_placed_in_float32_or_float64():
     torch.testing.assert_close(centres.resample(counts, (64, 64)), as_float.float())
     half = torch.rand(8, 8).bfloat16()
     torch.testing.assert_close(centres.resample(half, (64, 64)), centres.resample(half.float(), (64, 64)), atol=0, rtol=0)
+
+
+# ------------------------------------------------------------------ the Python API's own checks
+
+
+def _classifier_of(model: nn.Module) -> Classifier:
+    preprocessing = {"input_size": [3, 28, 28], "mean": [0.5] * 3, "std": [0.5] * 3, "recipe": "small"}
+    return Classifier(model.eval(), [f"class{i}" for i in range(10)], preprocessing, "tiny", "tiny", {})
+
+
+def test_explain_functions_take_a_loaded_classifier_for_its_model():
+    """explain_image takes the Classifier and explain its .model: the other way round was an AttributeError."""
+    torch.manual_seed(0)
+    classifier = _classifier_of(create_model("cbam_resnet20_cifar", **SMALL_CNN))
+    images = torch.randn(2, 3, 28, 28)
+    torch.testing.assert_close(grad_cam(classifier, images)[0], grad_cam(classifier.model, images)[0])
+    torch.testing.assert_close(explain_batch(classifier, images, "gates"), explain_batch(classifier.model, images, "gates"))
+    assert explain(classifier, images[0]).shape == (28, 28)
+    assert list(gate_maps(classifier, images)[1]) == list(gate_maps(classifier.model, images)[1])
+    assert applicable_methods(classifier) == ("gradcam", "gates")
+
+
+@pytest.mark.parametrize("model, name", [(lambda x: x, "function"), ("resnet20_cifar", "str")])
+def test_explaining_what_is_no_model_is_one_line(model, name):
+    with pytest.raises(ConfigError, match=rf"^model: a {name}, not a torch nn.Module; give one from "
+                                          r"visattn.create_model, or a classifier from load_classifier$"):
+        explain(model, torch.randn(3, 28, 28))
+
+
+@pytest.mark.parametrize("write", ["explain_image", "save_overlay"])
+@pytest.mark.parametrize("victim", ["photo.png", "notes.png"])
+def test_explain_image_and_save_overlay_never_replace_a_file_visattn_did_not_write(write, victim, tmp_path):
+    """They replaced any file at out: the very photo explained, or a user's file of another kind."""
+    from visattn.explain import explain_image
+
+    classifier = load_classifier("se_resnet20_cifar.fmnist")
+    image = np.random.default_rng(0).integers(0, 256, (28, 28, 3), dtype=np.uint8)
+    Image.fromarray(image).save(tmp_path / "photo.png")
+    (tmp_path / "notes.png").write_text("not an image")
+    before = (tmp_path / victim).read_bytes()
+    flag = {"explain_image": "out", "save_overlay": "path"}[write]
+    draw = {"explain_image": lambda out: explain_image(classifier, image, "gradcam", out),
+            "save_overlay": lambda out: save_overlay(image, np.random.rand(7, 7), out)}[write]
+    with pytest.raises(ConfigError, match=rf"^{flag} would replace .*{victim}, which visattn did not write; "
+                                          rf"move that file or choose another {flag} file$"):
+        draw(tmp_path / victim)
+    assert (tmp_path / victim).read_bytes() == before
+    draw(tmp_path / "map.png")  # a figure visattn wrote is replaced by a rerun
+    draw(tmp_path / "map.png")
+    with Image.open(tmp_path / "map.png") as png:
+        assert png.format == "PNG"
+
+
+@pytest.mark.parametrize("out, reason", [("folder", "it is a folder"),
+                                         ("notes.txt/map.png", "a file stands where a folder is needed")])
+def test_an_out_that_takes_no_file_is_one_line_naming_out(out, reason, tmp_path):
+    from visattn.explain import explain_image
+
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "notes.txt").write_text("mine")
+    image = np.zeros((28, 28, 3), np.uint8)
+    with pytest.raises(ConfigError, match=rf"^out .*{out}: cannot write there \({reason}\); choose a writable out file$"):
+        explain_image(load_classifier("se_resnet20_cifar.fmnist"), image, "gradcam", tmp_path / out)
+    with pytest.raises(ConfigError, match=rf"^path .*{out}: cannot write there \({reason}\)"):
+        save_overlay(image, np.random.rand(7, 7), tmp_path / out)
+    assert (tmp_path / "notes.txt").read_text() == "mine" and not any((tmp_path / "folder").iterdir())
+
+
+@pytest.mark.parametrize("shape", [(0, 0, 3), (0, 5, 3), (5, 0, 3)])
+def test_explain_image_of_an_image_without_pixels_is_one_line(shape, tmp_path):
+    """It raised ZeroDivisionError, or matplotlib's 'aspect must be finite and positive'."""
+    from visattn.explain import explain_image
+
+    with pytest.raises(ConfigError, match=rf"^image: shape {re.escape(str(shape))} has no pixels; check how it was decoded or cropped$"):
+        explain_image(load_classifier("se_resnet20_cifar.fmnist"), np.zeros(shape, np.uint8), "gradcam",
+                      tmp_path / "map.png")
+    assert not (tmp_path / "map.png").exists()

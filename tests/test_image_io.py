@@ -43,6 +43,37 @@ def test_bytes_and_path_decode_alike(corpus):
     np.testing.assert_array_equal(decode_image(str(path)), decode_image(path))
 
 
+def test_bytearray_and_memoryview_decode_as_bytes(corpus):
+    data = corpus["rgb_png"].read_bytes()
+    np.testing.assert_array_equal(decode_image(bytearray(data)), decode_image(data))
+    np.testing.assert_array_equal(decode_image(memoryview(data)), decode_image(data))
+
+
+@pytest.mark.parametrize("make_source, kind", [
+    (lambda path: None, "NoneType"),
+    (lambda path: np.zeros((4, 4, 3), np.uint8), "ndarray"),
+    (lambda path: open(path, "rb"), "BufferedReader"),
+    (lambda path: Image.open(path), "PngImageFile"),
+])
+def test_a_source_that_is_no_path_or_bytes_is_one_line(corpus, make_source, kind):
+    """os.fspath raised a raw TypeError for anything but a path or bytes."""
+    source = make_source(corpus["rgb_png"])
+    try:
+        with pytest.raises(ConfigError, match=rf"^source: a {kind}, not a file path or an image file's bytes; give a "
+                                              r"path \(str or pathlib.Path\) or the bytes \(an open file's .read\(\)\)$"):
+            decode_image(source)
+    finally:
+        getattr(source, "close", lambda: None)()
+
+
+@pytest.mark.parametrize("background", ["white", (1, 2), (0, 0, 256), (0.5, 0, 0), (True, 0, 0), None])
+def test_a_background_that_is_no_rgb_colour_is_one_line_naming_background(corpus, background):
+    """"white" was blamed on the file ("cannot decode image: color must be int..."), and (1, 2) was taken."""
+    with pytest.raises(ConfigError, match=r"^background=.*: give an RGB colour, three ints 0..255, "
+                                          r"e.g. \(255, 255, 255\) for white$"):
+        decode_image(corpus["rgba_png"], background=background)
+
+
 def test_png_pixels_are_exact(corpus):
     image = decode_image(corpus["rgb_png"])
     assert (image[:, :24] == RED).all() and (image[:, 24:] == (0, 0, 255)).all()

@@ -99,6 +99,58 @@ def test_sigkill_mid_checkpoint_write_keeps_the_previous_checkpoint(in_tmp):
     assert not list((in_tmp / CHECKPOINTS).glob(".*.tmp"))  # the next good write removed the torn one
 
 
+def _error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_a_resumed_fit_refuses_a_typed_learning_rate_its_restored_optimizer_would_override(in_tmp, capsys):
+    """It trained on at the saved lr while its checkpoints recorded the typed one."""
+    assert _fit("--trainer.max_epochs", "1") == 0
+    last = CHECKPOINTS / "last.ckpt"  # as the config names it, relative to the run's folder
+    saved = _read(last)["hyper_parameters"]["lr"]
+    capsys.readouterr()
+    assert _fit("--trainer.max_epochs", "2", "--ckpt_path", "last", "--model.init_args.lr", "0.5") == 2
+    assert _error(capsys) == (f"visattn: error: --model.init_args.lr 0.5: a resumed run continues with the optimizer "
+                              f"it saved, at lr {saved}; drop the option, or start a new run from the checkpoint's "
+                              f"weights with --model.init_args.pretrained {last}")
+    assert _read(last)["global_step"] == STEPS_PER_EPOCH
+
+
+def test_a_fit_never_writes_beside_another_runs_checkpoints(in_tmp, capsys):
+    """Another run's checkpoint as --ckpt_path, or --ckpt_path last where the run left no last.ckpt, trained
+    afresh into the folder and wrote last-v1.ckpt among the earlier run's files."""
+    assert _fit("--trainer.max_epochs", "1") == 0
+    folder = CHECKPOINTS  # as the config names it, relative to the run's folder
+    elsewhere = in_tmp / "elsewhere" / "run.ckpt"
+    elsewhere.parent.mkdir()
+    elsewhere.write_bytes((folder / "last.ckpt").read_bytes())
+    capsys.readouterr()
+    assert _fit("--trainer.max_epochs", "2", "--ckpt_path", str(elsewhere)) == 2
+    assert f"{folder} holds checkpoints of an earlier run" in _error(capsys)
+    for path in folder.glob("last*.ckpt"):
+        path.unlink()
+    kept = sorted(folder.glob("*.ckpt"))
+    newest = max(kept, key=lambda path: path.stat().st_mtime)
+    assert _fit("--trainer.max_epochs", "2", "--ckpt_path", "last") == 2
+    assert _error(capsys) == (f"visattn: error: --ckpt_path last: {folder} holds no last checkpoint; resume from its "
+                              f"newest with --ckpt_path {newest}")
+    assert sorted(folder.glob("*.ckpt")) == kept
+
+
+def test_a_misspelt_monitored_metric_is_one_line_before_the_first_epoch(in_tmp, capsys):
+    """Lightning named it only after the first epoch, whose best checkpoint was then never written."""
+    callbacks = json.loads(EPOCH_AND_LAST)
+    callbacks[0]["init_args"]["monitor"] = "val/top_1"
+    args = ["fit", "--config", str(CBAM_CONFIG), *QUICK, "--trainer.max_epochs", "1",
+            "--trainer.callbacks", json.dumps(callbacks)]
+    assert main(args) == 2
+    assert _error(capsys) == ("visattn: error: trainer.callbacks: ModelCheckpoint(monitor='val/top_1'): the run logs "
+                              "no val/top_1; did you mean val/top1?")
+    assert not list((in_tmp / CHECKPOINTS).glob("*.ckpt"))
+
+
 def test_damaged_last_checkpoint_falls_back_to_the_newest_good_one(in_tmp, capsys, caplog):
     assert _fit("--trainer.max_epochs", "2") == 0
     last = in_tmp / CHECKPOINTS / "last.ckpt"

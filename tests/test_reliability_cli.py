@@ -179,6 +179,10 @@ CASES = {
                             "--out model.pt: export writes an ONNX model; give the file the .onnx suffix"),
     "broken_link_as_the_only_path": (lambda tmp: ["classify", _broken_link(tmp), "--model", "se_resnet20_cifar.fmnist"],
                                      "photo.png: a link to"),
+    "zero_check_val_every_n_epoch": (lambda tmp: [*FIT, "--trainer.check_val_every_n_epoch", "0"],
+                                     "trainer.check_val_every_n_epoch 0: give 1 or more"),  # a ZeroDivisionError
+    "zero_limit_train_batches": (lambda tmp: [*FIT, "--trainer.limit_train_batches", "0"],
+                                 "trainer.limit_train_batches 0: the run would train on no batch"),
 }
 NEEDS_DATA = {"unknown_model_in_config", "resume_from_another_architecture", "pretrained_of_another_architecture",
               "run_bounded_only_by_time", "ckpt_path_given_weights", "zero_img_size_in_config"}

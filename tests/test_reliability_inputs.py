@@ -2,10 +2,12 @@
 datasets and their DataLoader workers. Good files are predicted; broken files get one line naming them,
 no traceback and no worker crash."""
 import json
+import re
 import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -17,8 +19,10 @@ from visattn import create_model
 from visattn.cli import main
 from visattn.data.coco import CaptionImages
 from visattn.data.image_folder import ImageFolder, SkippedImageWarning
-from visattn.data.transforms import eval_transforms
+from visattn.data.transforms import check_unit_images, eval_transforms
+from visattn.errors import ConfigError
 from visattn.tasks.captioning import CaptioningTask
+from visattn.tasks.classification import load_classifier
 
 PREPROCESSING = {"input_size": [3, 32, 32], "mean": [0.5] * 3, "std": [0.5] * 3, "recipe": "small"}
 TINY_SAT = dict(encoder_kwargs=dict(layers=[1, 1], widths=[8, 16], small_input=False), img_size=32, grid_size=4,
@@ -136,3 +140,45 @@ def test_corpus_through_dataloader_workers(make_dataset, corpus, tmp_path):
     assert sum(len(images) for images, _ in batches) == len(corpus)
     assert all(images.shape[1:] == (3, 16, 16) and torch.isfinite(images).all() for images, _ in batches)
     assert sorted(p.name for p in dataset.skipped) == sorted(corpus[name].name for name in BAD_IMAGES)
+
+
+RESCALE = r"rescale them to 0..255 and give image.astype\(np.uint8\), or read files with visattn.data.image_io.decode_image"
+
+
+@pytest.mark.parametrize("dtype, fix", [
+    ("float64", r"for values in 0..1 give \(image \* 255\).round\(\).astype\(np.uint8\)"),
+    ("float32", r"for values in 0..1 give \(image \* 255\).round\(\).astype\(np.uint8\)"),
+    ("bool", r"give image.astype\(np.uint8\) \* 255"),
+    ("uint16", RESCALE),
+    ("int64", RESCALE),
+])
+def test_an_array_of_other_pixels_than_uint8_is_one_line(dtype, fix):
+    """They reached PIL, whose TypeError ("Cannot handle this data type") was the message; none is rescaled."""
+    transform = eval_transforms(28, recipe="small")
+    image = np.random.default_rng(0).random((28, 28, 3)).astype(dtype)
+    with pytest.raises(ConfigError, match=rf"^image: {dtype} pixels, not uint8 0..255; {fix}$"):
+        transform(image)
+    with pytest.raises(ConfigError, match=rf"^image: {dtype} pixels"):
+        transform(image[..., 0])  # gray too
+
+
+@pytest.mark.parametrize("shape", [(0, 0, 3), (0, 7, 3), (7, 0), (0, 0, 1)])
+def test_an_array_without_pixels_is_one_line(shape):
+    """A 0x0 image came out as a constant tensor, which a classifier then classified."""
+    with pytest.raises(ConfigError, match=rf"^image: shape {re.escape(str(shape))} has no pixels; check how it was "
+                                          r"decoded or cropped$"):
+        eval_transforms(28, recipe="small")(np.zeros(shape, np.uint8))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_pixels_are_one_line_for_classifiers_and_detectors(bad):
+    """A detector found nothing in an image with a NaN pixel, and a classifier gave NaN probabilities."""
+    fix = r"check how they were computed \(a division by zero\?\), or replace them with torch.nan_to_num$"
+    normalised = torch.randn(2, 3, 28, 28)
+    normalised[1, 0, 3, 3] = bad
+    with pytest.raises(ConfigError, match=rf"^images: some pixels are NaN or infinite; {fix}"):
+        load_classifier("se_resnet20_cifar.fmnist").predict(normalised)
+    unit = [torch.rand(3, 64, 64), torch.rand(3, 64, 64)]
+    unit[1][0, 5, 5] = bad
+    with pytest.raises(ConfigError, match=rf"^image 1: some pixels are NaN or infinite; {fix}"):
+        check_unit_images(unit)

@@ -572,8 +572,11 @@ class CocoDetectionDataModule(_DetectionDataModule):
             return []  # empty: no validation
         if annotations is None:
             raise ConfigError(f"CocoDetectionDataModule: set data.{split}_annotations to use the {split} split")
-        return CocoDetection(annotations, split_images_dir(h, split), transform=transform,
-                             class_names=self._class_names, evaluation=split != "train")
+        dataset = CocoDetection(annotations, split_images_dir(h, split), transform=transform,
+                                class_names=self._class_names, evaluation=split != "train")
+        if split == "val":  # with no box, val/map is -1 every epoch, and checkpoints are chosen on it
+            require_boxes(dataset, annotations)
+        return dataset
 
     def _validation_source(self) -> tuple[str, str]:
         h = self.hparams

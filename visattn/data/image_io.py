@@ -12,10 +12,12 @@ import io
 import errno
 import json
 import os
+import reprlib
 import stat
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from numbers import Integral
 from pathlib import Path
 from typing import Any, Optional
 
@@ -47,7 +49,7 @@ ImageSource = PathLike | bytes
 
 
 def decode_image(
-    source: ImageSource,
+    source: ImageSource | bytearray | memoryview,
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     background: tuple[int, int, int] = (255, 255, 255),
@@ -55,7 +57,7 @@ def decode_image(
     """Decode an image file (or its bytes) into an RGB array.
 
     Args:
-        source: a path, or the encoded bytes of an image.
+        source: a path, or the encoded bytes of an image (``bytes``, ``bytearray`` or ``memoryview``).
         max_pixels: refuse images whose header declares more than this many pixels (width x
             height). Pillow's own limit (``PIL.Image.MAX_IMAGE_PIXELS``) also applies.
         background: RGB colour that transparent pixels are blended onto.
@@ -66,7 +68,10 @@ def decode_image(
     Raises:
         ImageDecodeError: missing, empty, truncated, non-image or too large file, or a path that
             is not a regular file (a pipe, socket or device).
+        ConfigError: ``source`` is neither a path nor bytes, or ``background`` is no RGB colour.
     """
+    source = _checked_source(source)
+    _check_background(background)
     name = "<bytes>" if isinstance(source, bytes) else os.fspath(source)
     fp = io.BytesIO(source) if isinstance(source, bytes) else source
     try:
@@ -187,6 +192,22 @@ def _is_image_file(path: Path, skipped: list[Path]) -> bool:
     if path.suffix.lower() not in IMAGE_EXTENSIONS:
         return False
     return not skipped or not any(folder in path.resolve().parents for folder in skipped)
+
+
+def _checked_source(source: object) -> ImageSource:
+    if isinstance(source, (bytearray, memoryview)):
+        return bytes(source)
+    if not isinstance(source, (str, os.PathLike, bytes)):
+        raise ConfigError(f"source: a {type(source).__name__}, not a file path or an image file's bytes; give a "
+                          "path (str or pathlib.Path) or the bytes (an open file's .read())")
+    return source
+
+
+def _check_background(background: object) -> None:
+    if not (isinstance(background, (tuple, list)) and len(background) == 3
+            and all(isinstance(v, Integral) and not isinstance(v, bool) and 0 <= v <= 255 for v in background)):
+        raise ConfigError(f"background={reprlib.repr(background)}: give an RGB colour, three ints 0..255, "
+                          "e.g. (255, 255, 255) for white")
 
 
 def _check_regular_file(path: PathLike) -> None:

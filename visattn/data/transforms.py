@@ -124,16 +124,27 @@ class ImageTransform:
 
 
 def rgb_array(image: np.ndarray) -> np.ndarray:
-    """``(H, W, 3)`` as it is; gray ``(H, W)`` or ``(H, W, 1)`` repeated to 3 channels; else one line."""
+    """``(H, W, 3)`` uint8 as it is; gray ``(H, W)`` or ``(H, W, 1)`` repeated to 3 channels; else one line."""
     if not isinstance(image, np.ndarray):
         raise ConfigError(f"image: a {type(image).__name__}, not an (H, W, 3) uint8 array; "
                           "read files with visattn.data.image_io.decode_image")
-    if image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 1):
-        return np.repeat(image.reshape(*image.shape[:2], 1), 3, axis=2)
-    if image.ndim != 3 or image.shape[2] != 3:
+    gray = image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 1)
+    if not gray and (image.ndim != 3 or image.shape[2] != 3):
         raise ConfigError(f"image: shape {image.shape}, not (H, W, 3) RGB; read files with "
                           "visattn.data.image_io.decode_image (it converts RGBA, palette and CMYK)")
-    return image
+    if image.dtype != np.uint8:  # PIL's resize refused other dtypes with a TypeError; rescaling them is a guess
+        raise ConfigError(f"image: {image.dtype} pixels, not uint8 0..255; {_uint8_fix(image.dtype)}")
+    if not image.size:  # resizing it to the model's size divided by zero, or gave a blank input
+        raise ConfigError(f"image: shape {image.shape} has no pixels; check how it was decoded or cropped")
+    return np.repeat(image.reshape(*image.shape[:2], 1), 3, axis=2) if gray else image
+
+
+def _uint8_fix(dtype: np.dtype) -> str:
+    if np.issubdtype(dtype, np.floating):
+        return "for values in 0..1 give (image * 255).round().astype(np.uint8)"
+    if dtype == np.bool_:
+        return "give image.astype(np.uint8) * 255"
+    return "rescale them to 0..255 and give image.astype(np.uint8), or read files with visattn.data.image_io.decode_image"
 
 
 def train_transforms(
@@ -348,11 +359,16 @@ def _statistics_problem(name: str, values: object) -> str | None:
     return f"{name}={reprlib.repr(values)}: give 3 finite numbers{above} (one per RGB channel) or 1 for all"
 
 
+_NON_FINITE_FIX = "check how they were computed (a division by zero?), or replace them with torch.nan_to_num"
+
+
 def check_image_batch(images: object, *, channels: int = 3) -> None:
-    """One line unless ``images`` is a floating-point ``(B, channels, H, W)`` tensor, what a model's
+    """One line unless ``images`` is a floating-point ``(B, channels, H, W)`` tensor of finite pixels, what a model's
     evaluation transform gives stacked (a path, an array or uint8 pixels are not)."""
     fix = "decode files with visattn.data.image_io.decode_image and apply the model's transform()"
     _check_float_pixels(images, "images", ("B", channels, "H", "W"), "normalised floats", fix)
+    if not torch.isfinite(images).all():  # NaN probabilities, captions and maps came back without a word
+        raise ConfigError(f"images: some pixels are NaN or infinite; {_NON_FINITE_FIX}")
 
 
 # Resampling (bilinear, bicubic) may overshoot 0..1 a little; 0..255 or normalised pixels go far beyond.
@@ -377,6 +393,8 @@ def check_unit_images(images: object, *, channels: int = 3) -> None:
     ranges = [torch.stack(torch.aminmax(image)).float() for image in images]
     spans = torch.stack([r.to(ranges[0].device) for r in ranges]).tolist() if ranges else []
     for k, (low, high) in enumerate(spans):
+        if not (math.isfinite(low) and math.isfinite(high)):  # a NaN pixel makes both NaN, so it passed the range
+            raise ConfigError(f"image {k}: some pixels are NaN or infinite; {_NON_FINITE_FIX}")
         if low < -_UNIT_RANGE_SLACK or high > 1 + _UNIT_RANGE_SLACK:
             raise ConfigError(f"image {k}: pixels span {low:.3g}..{high:.3g}, not 0..1; pixels in 0..255? "
                               "divide by 255 (and pass them unnormalised: detectors normalise inside)")

@@ -21,13 +21,14 @@ from torch import Tensor, nn
 
 from ..data.transforms import check_image_batch
 from ..errors import ArgumentError, ConfigError, VisattnWarning
-from .attention import (as_index, attention_map, check_gives_attention, collect_attentions, gives_attention,
-                        input_channels, is_vit, model_batch, token_grid)
+from .attention import (as_index, as_module, attention_map, check_gives_attention, collect_attentions,
+                        gives_attention, input_channels, is_vit, model_batch, token_grid)
 from .cell_centres import CellCentres, map_centres
 from .gates import gate_maps, gate_modules
 from ..modes import eval_mode
 from .gradcam import grad_cam
-from .overlay import heatmap_overlay, normalize_map, resize_map, save_overlay, save_word_panels
+from .overlay import (check_figure_path, heatmap_overlay, normalize_map, overlay_figure, resize_map, save_figure,
+                      save_overlay, save_word_panels)
 from .pointing import pointing_accuracy, pointing_hit
 from .rollout import attention_rollout
 
@@ -49,6 +50,7 @@ METHODS = ("rollout", "attention", "gradcam", "gates")
 
 def applicable_methods(model: nn.Module) -> tuple[str, ...]:
     """The explain methods that fit ``model``'s family."""
+    model = as_module(model)
     if gives_attention(model):
         return ("rollout", "attention", "gradcam")
     if is_vit(model):  # built elsewhere (timm): no attention maps to read
@@ -125,6 +127,7 @@ def explain_batch(
 
     See :func:`explain` for the arguments; ``head_fusion`` and ``discard_ratio`` tune rollout.
     """
+    model = as_module(model)
     images = model_batch(model, images)
     _check_arguments(model, method, layer, head, target_class)
     if method != "rollout" and (head_fusion != "mean" or discard_ratio != 0.0):
@@ -163,7 +166,8 @@ def explain(
     """Where ``model`` looks in one image, as an ``(H, W)`` float map at the image's size.
 
     Args:
-        model: a registered ViT or (attention) ResNet classifier (or, for ``gradcam``, a timm ViT or CNN).
+        model: a registered ViT or (attention) ResNet classifier (or, for ``gradcam``, a timm ViT or CNN), or
+            a loaded ``Classifier`` of one.
         image_tensor: a normalised image ``(C, H, W)`` (or ``(1, C, H, W)``), ``C`` the model's
             channels (3, or 1 for ``in_chans=1``), as its evaluation transform gives it; any floating
             dtype (it runs in the model's).
@@ -178,6 +182,7 @@ def explain(
         ConfigError: the method does not fit the model (the message names those that do), or an
             argument is out of range.
     """
+    model = as_module(model)
     images = image_tensor[None] if getattr(image_tensor, "ndim", 0) == 3 else image_tensor
     check_image_batch(images, channels=input_channels(model))
     if images.shape[0] != 1:
@@ -228,7 +233,8 @@ def explain_image(
         image: ``(H, W, 3)`` uint8 RGB image, e.g. from ``decode_image``.
         method: see :func:`explain`.
         out: image path (PNG unless its suffix names another format): the image as the model sees it,
-            the map over it, and the predicted label.
+            the map over it, and the predicted label. A file already there is replaced only if visattn
+            wrote it.
         layer, head: see :func:`explain`.
         target_class: ``gradcam`` only: class index or name to explain (default: the prediction).
 
@@ -236,6 +242,7 @@ def explain_image(
         ``{"label", "index", "prob", "method", "explained", "out"}``: the prediction, the class whose
         map was drawn and the written file.
     """
+    target = check_figure_path(out, flag="out")  # before the work, as `visattn explain` checks --out
     tensor = classifier.transform()(image).to(classifier.device)  # (3, h, w), normalised
     probs = classifier.predict(tensor[None])[0]
     index = int(probs.argmax())
@@ -246,7 +253,8 @@ def explain_image(
     if explained is not None and explained != index:
         title += f" for {classifier.class_names[explained]}"
     seen = model_view(tensor, classifier.preprocessing["mean"], classifier.preprocessing["std"])
-    save_overlay(seen, heatmap, out, title=title, pixel_aspect=_squashed_pixel_aspect(classifier, image, tensor))
+    fig = overlay_figure(seen, heatmap, title=title, pixel_aspect=_squashed_pixel_aspect(classifier, image, tensor))
+    save_figure(fig, target)  # an OSError past the check (disk full) is left for `visattn explain` to name --out
     shown = classifier.class_names[index if explained is None else explained]
     return {"label": label, "index": index, "prob": round(float(probs[index]), 4), "method": method,
             "explained": shown, "out": str(out)}

@@ -17,6 +17,17 @@ from ..data.transforms import check_image_batch, to_model_input
 from ..errors import ArgumentError, ConfigError
 
 
+def as_module(model: object) -> nn.Module:
+    """``model``, or the network a loaded task (``load_classifier``'s :class:`~visattn.tasks.classification.Classifier`)
+    holds as ``.model``; one line for anything else."""
+    if isinstance(model, nn.Module):
+        return model
+    if isinstance(inner := getattr(model, "model", None), nn.Module):
+        return inner
+    raise ConfigError(f"model: a {type(model).__name__}, not a torch nn.Module; give one from visattn.create_model, "
+                      "or a classifier from load_classifier")
+
+
 def is_vit(model: nn.Module) -> bool:
     """Whether ``model`` is a Vision Transformer: ``blocks`` over prefix tokens and a patch grid
     (``model.grid_size`` of visattn's, ``model.patch_embed.grid_size`` of timm's)."""

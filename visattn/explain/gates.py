@@ -31,6 +31,7 @@ from ..layers.coord import CoordinateAttention
 from ..layers.global_context import GlobalContextBlock
 from ..layers.non_local import NonLocalBlock
 from ..modes import eval_mode
+from .attention import as_module
 
 SPATIAL_GATE_TYPES = (Cbam, Bam, CoordinateAttention, NonLocalBlock, GlobalContextBlock)
 
@@ -63,7 +64,8 @@ def gate_maps(model: nn.Module, images: Tensor) -> tuple[Tensor, "OrderedDict[st
     """Run ``model`` once with every gate kept and collect the spatial maps.
 
     Args:
-        model: a model holding attention modules with ``keep_gate`` (see ``visattn/layers``).
+        model: a model holding attention modules with ``keep_gate`` (see ``visattn/layers``), or a loaded
+            ``Classifier`` of one.
         images: normalised images ``(B, 3, H, W)``.
 
     Returns:
@@ -73,6 +75,7 @@ def gate_maps(model: nn.Module, images: Tensor) -> tuple[Tensor, "OrderedDict[st
     Raises:
         ConfigError: the model has no module with a spatial gate (SE and ECA gate channels only).
     """
+    model = as_module(model)
     modules = gate_modules(model)
     if not modules:
         raise ConfigError(f"{type(model).__name__} has no spatial attention gates (CBAM, BAM, coord, non-local, GC); "

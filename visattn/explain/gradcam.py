@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from ..errors import ArgumentError, ConfigError
 from ..modes import eval_mode
-from .attention import as_index, is_vit, model_batch, token_grid
+from .attention import as_index, as_module, is_vit, model_batch, token_grid
 
 TargetClass = Union[int, Tensor, None]
 
@@ -103,7 +103,8 @@ def grad_cam(
     """Grad-CAM maps of a batch.
 
     Args:
-        model: a classifier returning logits ``(B, classes)``; run in eval mode for the call.
+        model: a classifier returning logits ``(B, classes)`` (or a loaded ``Classifier``); run in eval mode
+            for the call.
         images: normalised float images ``(B, C, H, W)``, ``C`` the model's channels; any device and
             floating dtype (they run on the model's).
         layer: target module, its name, a ViT block index, or ``None`` for the default.
@@ -113,6 +114,7 @@ def grad_cam(
         ``(maps, classes)``: non-negative maps ``(B, h, w)`` on the layer's grid, and the
         explained class of each image ``(B,)``.
     """
+    model = as_module(model)
     images = model_batch(model, images)
     target = resolve_target_layer(model, layer)
     captured: list[Tensor] = []

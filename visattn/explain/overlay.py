@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
@@ -24,7 +25,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
 from ..errors import ConfigError
-from ..fileio import atomic_path, figure_mark
+from ..fileio import atomic_path, figure_mark, output_errors, prepare_output_file
 from .cell_centres import CellCentres
 
 PathLike = str | os.PathLike
@@ -101,7 +102,8 @@ def save_overlay(
         image: ``(H, W, 3)`` uint8 RGB image.
         heatmap: ``(h, w)`` map; interpolated to the image and normalised.
         path: output image file, PNG unless its suffix names another format (``.jpg``, ``.svg``,
-            ``.pdf``, ...); its folder is created if missing. Written atomically.
+            ``.pdf``, ...); its folder is created if missing. Written atomically; a file already there
+            is replaced only if visattn wrote it.
         title: figure title, e.g. the predicted label and its probability.
         cmap: matplotlib colour map name.
         alpha: weight of the heat map in the blend.
@@ -109,6 +111,24 @@ def save_overlay(
             shape is drawn at the shape of its source.
         centres: where the map's cells sit on the image (default: equal blocks).
     """
+    fig = overlay_figure(image, heatmap, title=title, cmap=cmap, alpha=alpha, pixel_aspect=pixel_aspect,
+                         centres=centres)
+    target = check_figure_path(path, flag="path")
+    with output_errors(target, flag="path", kind="file"):  # a write failing after the check: disk full
+        save_figure(fig, target)
+
+
+def overlay_figure(
+    image: np.ndarray,
+    heatmap: np.ndarray,
+    *,
+    title: Optional[str] = None,
+    cmap: str = "jet",
+    alpha: float = 0.5,
+    pixel_aspect: float = 1.0,
+    centres: Optional[CellCentres] = None,
+) -> Figure:
+    """The figure :func:`save_overlay` writes; see it for the arguments."""
     image = _check_image(image)
     blended = heatmap_overlay(image, heatmap, cmap=cmap, alpha=alpha, centres=centres)
     fig = _figure(figsize=(7.5, 3.6))
@@ -122,7 +142,7 @@ def save_overlay(
         axis.set_axis_off()
     if title:
         fig.suptitle(title)
-    _save_figure(fig, path)
+    return fig
 
 
 def save_word_panels(
@@ -151,6 +171,7 @@ def save_word_panels(
     image = _check_image(image)
     if len(words) != len(maps) or not words:
         raise ConfigError(f"got {len(words)} words and {len(maps)} maps; give one map per word (at least one)")
+    path = check_figure_path(path, flag="path")
     columns = max(1, min(columns, len(words)))
     rows = math.ceil(len(words) / columns)
     fig = _figure(figsize=(2.0 * columns, 2.2 * rows))
@@ -160,7 +181,7 @@ def save_word_panels(
         axis.set_title(word)
     for axis in axes:
         axis.set_axis_off()
-    _save_figure(fig, path)
+    save_figure(fig, path)
 
 
 def _figure(figsize: tuple[float, float]) -> Figure:
@@ -180,7 +201,18 @@ def figure_format(path: PathLike) -> str:
     return suffix
 
 
-def _save_figure(fig: Figure, path: PathLike) -> None:
+def check_figure_path(path: PathLike, *, flag: str) -> Path:
+    """``path``, the argument ``flag``, checked before a figure is drawn to it: a format matplotlib writes, a
+    place that takes a file (its folder created), and no file there that visattn did not write: a rerun
+    replaces its own figure, never a user's photo."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise ConfigError(f"{flag}: a {type(path).__name__}, not a file path; give a str or pathlib.Path")
+    figure_format(path)
+    return prepare_output_file(path, flag=flag)
+
+
+def save_figure(fig: Figure, path: PathLike) -> None:
+    """Write ``fig`` to ``path`` atomically, marked as visattn's (see :func:`visattn.fileio.figure_mark`)."""
     # The temp file's .tmp suffix would make matplotlib guess the format: name it from the real one.
     image_format = figure_format(path)
     with atomic_path(path) as tmp:  # a failed write (disk full) leaves an earlier file as it was

@@ -17,8 +17,10 @@ starts from no weights rather than score it.
 
 ``--ckpt_path FILE`` must hold the config's task class and architecture: LightningCLI builds the
 model from the checkpoint's hyperparameters, so another model would otherwise run in its place. A
-fresh ``fit`` refuses a checkpoint folder that holds an earlier run's checkpoints (Lightning would
-write ``last-v1.ckpt`` beside them); ``fast_dev_run`` writes no checkpoints. A ``fit`` whose ModelCheckpoint
+fresh ``fit``, or one from another run's checkpoint, refuses a checkpoint folder that holds an earlier
+run's checkpoints (Lightning would write ``last-v1.ckpt`` beside them), and ``fit --ckpt_path last`` one
+whose run left no last checkpoint; ``fast_dev_run`` writes no checkpoints. A resumed fit refuses a typed
+``lr`` or ``weight_decay``, which its restored optimizer would override. A ``fit`` whose ModelCheckpoint
 or EarlyStopping monitors a ``val/`` metric is refused before training when the run would never validate (no
 validation data, ``limit_val_batches 0``, ``check_val_every_n_epoch`` past ``max_epochs``): Lightning would
 only warn that the metric is missing, and never write the best checkpoint. Data whose ``channels`` (3, or 1 for
@@ -31,6 +33,7 @@ with names and probabilities, a captioner's caption, a detector's boxes with lab
 Ctrl-C ends every command with ``visattn: interrupted`` and exit code 130, as elsewhere in visattn.
 """
 import contextlib
+import difflib
 import glob
 import importlib
 import inspect
@@ -208,6 +211,21 @@ def _refuse_earlier_run(callbacks: Any) -> None:
                               "another folder)")
 
 
+def _refuse_mixed_runs(ckpt_path: Optional[str], callbacks: Any) -> None:
+    """A fit writes into the config's checkpoint folders only as the run they hold: resuming it (``last``, or
+    one of its files), or a new run into empty folders (also one started from another run's checkpoint)."""
+    if ckpt_path == "last":
+        others = [path for folder in _checkpoint_folders(callbacks) for path in folder.glob("*.ckpt")]
+        if others and not _last_checkpoints(callbacks):  # Lightning would warn and train afresh beside them
+            newest = max(others, key=lambda path: path.stat().st_mtime)
+            raise ConfigError(f"--ckpt_path last: {newest.parent} holds no last checkpoint; resume from its newest "
+                              f"with --ckpt_path {newest}")
+        return
+    folders = {folder.resolve() for folder in _checkpoint_folders(callbacks)}
+    if ckpt_path is None or Path(ckpt_path).resolve().parent not in folders:
+        _refuse_earlier_run(callbacks)
+
+
 def _loads_weights(model: Any) -> bool:
     """Whether the config's model section starts from trained weights: ``pretrained``, shipped
     ``arch.tag`` weights (unless ``pretrained: false``, which builds the tag's architecture with random
@@ -232,8 +250,8 @@ def _resolve_ckpt_path(subcommand: str, settings: Any) -> Optional[str]:
         if ckpt_path == "best":
             raise ConfigError("fit --ckpt_path best: fit resumes a run, from --ckpt_path last (the run's own last "
                               "checkpoint) or --ckpt_path FILE; best is for validate, test and predict")
-        if ckpt_path is None and not settings.trainer.get("fast_dev_run"):
-            _refuse_earlier_run(callbacks)
+        if not settings.trainer.get("fast_dev_run"):
+            _refuse_mixed_runs(ckpt_path, callbacks)
         return ckpt_path
     if ckpt_path == "best":
         return str(_best_checkpoint(callbacks))
@@ -269,6 +287,34 @@ def _check_checkpoint_model(path: Path, model: Any, *, resuming: bool) -> None:
                            "trained with")
 
 
+def _resumed_checkpoint(ckpt_path: Optional[str], callbacks: Any) -> Optional[Path]:
+    """The file ``--ckpt_path`` names, or for ``last`` the config's newest last checkpoint; None for none."""
+    if ckpt_path == "last":
+        found = _last_checkpoints(callbacks)
+        return max(found, key=lambda path: path.stat().st_mtime) if found else None
+    return Path(ckpt_path) if ckpt_path is not None and Path(ckpt_path).is_file() else None
+
+
+# Task hyperparameters that a resumed fit takes from the optimizer state it restores, whatever is typed.
+_RESTORED_WITH_THE_OPTIMIZER = ("lr", "weight_decay", "backbone_lr_scale")
+
+
+def _refuse_overrides_the_optimizer_restores(path: Path, typed: dict[str, Any]) -> None:
+    """One line for ``--model.init_args.lr`` (or weight decay) typed for a resumed fit: the run continued
+    at the saved optimizer's values while its checkpoints recorded the typed ones."""
+    if not set(typed) & set(_RESTORED_WITH_THE_OPTIMIZER):
+        return
+    try:
+        theirs = read_checkpoint(path, lazy=True).get("hyper_parameters") or {}
+    except WeightsError:  # a damaged last checkpoint: the run's checkpoint IO falls back, or says so
+        return
+    for key in _RESTORED_WITH_THE_OPTIMIZER:
+        if key in typed and key in theirs and typed[key] != theirs[key]:
+            raise ConfigError(f"--model.init_args.{key} {typed[key]}: a resumed run continues with the optimizer it "
+                              f"saved, at {key} {theirs[key]}; drop the option, or start a new run from the "
+                              f"checkpoint's weights with --model.init_args.pretrained {path}")
+
+
 def _described(class_path: Optional[str], model_name: Any) -> str:
     parts = [class_path.rpartition(".")[2] if class_path else None, model_name if isinstance(model_name, str) else None]
     return " ".join(filter(None, parts)) or "an unnamed model"
@@ -293,6 +339,13 @@ def _check_settings(model: Any, trainer: Any) -> None:
     if isinstance(smoothing, (int, float)) and not 0 <= smoothing <= 1:
         raise ConfigError(f"model.init_args.label_smoothing {smoothing}: give a share of the target between 0 and 1, "
                           "e.g. 0.1")
+    every = trainer.get("check_val_every_n_epoch")
+    if isinstance(every, int) and every < 1:  # Lightning divides by it
+        raise ConfigError(f"trainer.check_val_every_n_epoch {every}: give 1 or more (validate every that many "
+                          "epochs), or trainer.limit_val_batches 0 for no validation")
+    if trainer.get("limit_train_batches") == 0:
+        raise ConfigError("trainer.limit_train_batches 0: the run would train on no batch; give a number of batches "
+                          "or a share of them above 0 (`visattn validate` scores without training)")
     accumulate = trainer.get("accumulate_grad_batches")
     if isinstance(accumulate, int) and accumulate < 1:  # a division by zero when the schedule is sized
         raise ConfigError(f"trainer.accumulate_grad_batches {accumulate}: give 1 (no accumulation) or more")
@@ -453,6 +506,27 @@ def _output_error(trainer: pl.Trainer, err: OSError, default_root_dir: Optional[
     return None
 
 
+class MonitoredMetricCheck(Callback):
+    """After the sanity check, before any training: one line when a ModelCheckpoint or EarlyStopping monitors
+    a validation metric the run does not log but one close to it (``val/top_1`` for ``val/top1``), a warning
+    listing what it logs for another name (a metric may be left out of a sanity check's few batches).
+    Lightning said so only after the first epoch, whose best checkpoint was then never written."""
+
+    def on_sanity_check_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        logged = sorted(key for key in trainer.callback_metrics if _VALIDATION_KEY.match(key))
+        watched = [c for c in [*trainer.checkpoint_callbacks, *trainer.early_stopping_callbacks]
+                   if isinstance(getattr(c, "monitor", None), str) and _VALIDATION_KEY.match(c.monitor)]
+        for callback in watched if logged else []:
+            if callback.monitor in logged:
+                continue
+            named = f"trainer.callbacks: {type(callback).__name__}(monitor={callback.monitor!r})"
+            close = difflib.get_close_matches(callback.monitor, logged, n=1, cutoff=0.8)
+            if close:
+                raise ConfigError(f"{named}: the run logs no {callback.monitor}; did you mean {close[0]}?")
+            warnings.warn(f"{named}: the sanity check logged no {callback.monitor}, only {', '.join(logged)}",
+                          VisattnWarning)
+
+
 class RandomStateCheckpoint(Callback):
     """Keeps the Python, NumPy and torch (CPU and CUDA) random states in every checkpoint and restores
     them on resume, so the batches after a resume are those of an uninterrupted run.
@@ -595,6 +669,9 @@ class VisattnCLI(LightningCLI):
                 _check_checkpoint_model(Path(settings.ckpt_path), settings.model, resuming=subcommand == "fit")
             typed = {key: settings.model.init_args[key] for key in self.model_overrides
                      if key in (settings.model.get("init_args") or {})}
+            resumed = _resumed_checkpoint(settings.ckpt_path, settings.trainer.get("callbacks"))
+            if subcommand == "fit" and resumed is not None:
+                _refuse_overrides_the_optimizer_restores(resumed, typed)
         super()._parse_ckpt_path()
         # LightningCLI put the checkpoint's hyperparameters over what was typed on the command line
         for key, value in typed.items():
@@ -625,11 +702,7 @@ class VisattnCLI(LightningCLI):
     def _checkpoint_file(self) -> Optional[Path]:
         """The file ``--ckpt_path`` loads: the one named, or for ``fit --ckpt_path last`` the run's newest last
         checkpoint; None when there is none (fit then starts afresh)."""
-        ckpt_path = self._get(self.config, "ckpt_path")
-        if ckpt_path == "last":  # validate|test|predict have it resolved to a file already
-            found = _last_checkpoints(self._get(self.config, "trainer").get("callbacks"))
-            return max(found, key=lambda path: path.stat().st_mtime) if found else None
-        return Path(ckpt_path) if ckpt_path is not None and Path(ckpt_path).is_file() else None
+        return _resumed_checkpoint(self._get(self.config, "ckpt_path"), self._get(self.config, "trainer").get("callbacks"))
 
     def _check_data_fits_checkpoint(self) -> None:
         """The data's labels or vocabulary, linked into the model, must be the checkpoint's: the same count in
@@ -680,6 +753,8 @@ class VisattnCLI(LightningCLI):
             callbacks = [*callbacks, RichProgressBar()]
         if not any(isinstance(c, RandomStateCheckpoint) for c in callbacks):
             callbacks = [*callbacks, RandomStateCheckpoint()]
+        if self.subcommand == "fit":
+            callbacks = [*callbacks, MonitoredMetricCheck()]
         if self.subcommand == "predict" and not any(isinstance(c, BasePredictionWriter) for c in callbacks):
             callbacks = [*callbacks, JsonPredictionWriter()]
         return callbacks
