@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from visattn import create_model
-from visattn.errors import ConfigError, WeightsError
+from visattn.errors import ConfigError, VisattnError, WeightsError
 from visattn.pretrained import load_weights, save_weights
 
 GRAY_28 = dict(input_size=[3, 28, 28], mean=[0.5] * 3, std=[0.5] * 3)
@@ -141,3 +141,46 @@ def test_a_path_given_as_the_model_name_is_one_line():
         with pytest.raises(ConfigError, match="^model=PosixPath\\('x.ckpt'\\): give a registered name or ARCH.TAG as "
                                               "a string; pass a training checkpoint file as checkpoint=$"):
             load(Path("x.ckpt"))
+
+
+def test_is_model_takes_a_tagged_name_as_timm_does_and_is_exported():
+    import visattn
+
+    assert visattn.is_model("se_resnet20_cifar.fmnist") and visattn.is_model("se_resnet20_cifar")
+    assert not visattn.is_model("no_such_arch.fmnist") and not visattn.is_model(["se_resnet20_cifar"])
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: __import__("visattn").list_models(5), r"^pattern=5: give an fnmatch pattern such as 'vit_\*'"),
+    (lambda: __import__("visattn").list_models(exclude_filters=[None]), r"^exclude_filters=\[None\]: give an fnmatch"),
+    (lambda: create_model("SE_RESNET20_CIFAR"), "^unknown model 'SE_RESNET20_CIFAR': did you mean se_resnet20_cifar"),
+    (lambda: create_model("resnet18", pretrained=""), "^pretrained='': give a weights file, True, a shipped ARCH.TAG"),
+])
+def test_registry_arguments_it_cannot_use_are_one_line(call, message):
+    with pytest.raises(VisattnError, match=message):
+        call()
+
+
+def test_pretrained_naming_the_architectures_own_tag_builds_it_as_the_tag_does():
+    """vit_tiny_patch4_28.fmnist has 4 blocks: its weights were refused by the 12-block default."""
+    model = create_model("vit_tiny_patch4_28", pretrained="vit_tiny_patch4_28.fmnist")
+    tagged = create_model("vit_tiny_patch4_28.fmnist")
+    assert model.visattn_name == "vit_tiny_patch4_28.fmnist" and len(model.blocks) == len(tagged.blocks) == 4
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), tagged.state_dict().values()))
+
+
+def test_save_weights_takes_default_as_true_or_false_only(weights_tmp):
+    model = create_model("se_resnet20_cifar", num_classes=10)
+    with pytest.raises(WeightsError, match="default='no': give true or false"):
+        save_weights(model, weights_tmp / "se_resnet20_cifar.mine.safetensors", labels=DIGITS, preprocessing=GRAY_28,
+                     default="no")
+
+
+def test_features_only_weights_are_not_loaded_as_a_classifier(weights_tmp):
+    from visattn.tasks.classification import load_classifier
+
+    save_weights(create_model("se_resnet20_cifar", num_classes=0), weights_tmp / "se_resnet20_cifar.feats.safetensors",
+                 preprocessing=GRAY_28)
+    with pytest.raises(WeightsError, match=r"^se_resnet20_cifar.feats: weights without a classifier head "
+                                           r"\(num_classes 0\) give features, not classes"):
+        load_classifier("se_resnet20_cifar.feats")

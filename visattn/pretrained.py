@@ -183,6 +183,7 @@ _METADATA_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model_kwargs": (lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v),
                      "an object of builder arguments, e.g. {'depth': 4}"),
     "labels": (_is_label_list, "a list of label names, one per class"),
+    "default": (lambda v: isinstance(v, bool), "true or false (whether these are the architecture's default weights)"),
     "class_names": (_is_label_list, "a list of label names, one per class"),
 }
 
@@ -387,7 +388,8 @@ def read_pickle_checkpoint(path: Path, *, lazy: bool = False) -> Any:
             return read_pickle_checkpoint(path)
         # torch's first sentence says what broke; the rest is advice this message replaces
         reason = str(err).splitlines()[0].split(". ")[0] if str(err) else type(err).__name__
-        raise WeightsError(f"{path}: unreadable checkpoint ({reason}); re-download or re-export it") from None
+        raise WeightsError(f"{path}: unreadable checkpoint ({reason}); the file is damaged or cut short: copy or "
+                           "download it again, or use another checkpoint of the run") from None
 
 
 def _holds_safetensors(path: Path) -> bool:

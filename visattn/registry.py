@@ -35,8 +35,10 @@ def _import_models() -> None:
 
 
 def is_model(name: str) -> bool:
+    """Whether ``name``'s architecture is registered: ``arch`` or ``arch.tag``, whose tag is not looked up
+    (as ``timm.is_model`` takes a pretrained tag)."""
     _import_models()
-    return name in _model_entrypoints
+    return isinstance(name, str) and name.partition(".")[0] in _model_entrypoints
 
 
 def model_family(name: str) -> str:
@@ -70,6 +72,7 @@ def _close_archs(name: str, tag: Optional[str], n: int = 3) -> list[str]:
     first (only they load ``name.tag``), then completions of ``name`` (a name cut short, ``se_resnet20``
     for ``se_resnet20_cifar``, is far in edit distance from its longer completion), then edit distance."""
     names = sorted(_model_entrypoints)  # sorted: the order does not depend on the import order
+    name = name.lower()  # registered names are lower case: SE_RESNET20_CIFAR got no suggestion
     prefixed = sorted((a for a in names if name and a.startswith(name)), key=lambda a: (len(a), a))
     # more than n edit-distance matches, so that a tagged one further down can still move up
     similar = difflib.get_close_matches(name, names, n=4 * n)
@@ -132,10 +135,18 @@ def list_pretrained(pattern: Patterns = "*", *, exclude_filters: Patterns = ()) 
     return _matching(load_index(), pattern, exclude_filters)
 
 
-def _matching(names: Iterable[str], pattern: Patterns, exclude_filters: Patterns) -> list[str]:
-    include, exclude = ([p] if isinstance(p, str) else list(p) for p in (pattern, exclude_filters))
+def _matching(names: Iterable[str], pattern: Optional[Patterns], exclude_filters: Optional[Patterns]) -> list[str]:
+    include, exclude = (_patterns(pattern, "pattern", default=["*"]), _patterns(exclude_filters, "exclude_filters"))
     return sorted(n for n in names if any(fnmatch.fnmatchcase(n, p) for p in include)
                   and not any(fnmatch.fnmatchcase(n, p) for p in exclude))
+
+
+def _patterns(value: Optional[Patterns], name: str, *, default: Sequence[str] = ()) -> list[str]:
+    """fnmatch patterns from one string, a list of them or ``None`` (``default``); one line for anything else."""
+    patterns = list(default) if value is None else [value] if isinstance(value, str) else value
+    if not isinstance(patterns, (list, tuple)) or not all(isinstance(p, str) for p in patterns):
+        raise ConfigError(f"{name}={value!r}: give an fnmatch pattern such as 'vit_*', or a list of them")
+    return list(patterns)
 
 
 def model_arguments(
@@ -148,10 +159,16 @@ def model_arguments(
     count go under the caller's; the entry loads unless ``pretrained=False``, which builds its
     architecture with random init.
     """
-    from .pretrained import find_weights_entry
+    from .pretrained import find_weights_entry, named_weights_entry
 
     arch, tag = split_model_name(name)
     arch = _resolve_arch(arch, tag=tag)  # the tag: suggestions shipping its weights first
+    if pretrained == "":  # it built random weights without a word
+        raise ConfigError("pretrained='': give a weights file, True, a shipped ARCH.TAG, 'timm:NAME' or "
+                          "'hf-hub:ORG/REPO'; None or False for no weights")
+    if tag is None and str(pretrained).startswith(f"{arch}.") and named_weights_entry(pretrained) is not None:
+        # This architecture's own weights: built with their hyperparameters, as create_model("arch.tag") is
+        tag, pretrained = pretrained[len(arch) + 1:], None
     if tag is not None and not isinstance(pretrained, bool) and pretrained is not None:
         raise ConfigError(f"{name} names shipped weights and pretrained={pretrained!r} other weights; "
                           f"give one: create_model({arch!r}, pretrained={pretrained!r}) or create_model({name!r})")

@@ -555,6 +555,7 @@ def load_classifier(model: Optional[str] = None, checkpoint: Optional[str] = Non
     arch, tag = split_model_name(model)
     entry = find_weights_entry(arch, tag)
     net = inference_model(create_model(f"{arch}.{entry['tag']}", **_size_kwargs(arch, img_size)), target)
+    _require_classes(net.num_classes, f"{arch}.{entry['tag']}")
     labels = recorded_labels(entry.get("labels"), net.num_classes, f"{arch}.{entry['tag']}'s index entry")
     # save_weights(model, path) alone records no preprocessing: the model's default, as for checkpoints.
     recorded = _classifier_preprocessing(
@@ -599,6 +600,13 @@ def _classifier_preprocessing(recorded: Optional[dict[str, Any]], net: nn.Module
     if problem:
         raise WeightsError(f"{source}{problem}; {fix}")
     return recorded
+
+
+def _require_classes(num_classes: int, name: str) -> None:
+    """A features-only model predicted a softmax over its features as if they were classes."""
+    if not num_classes:
+        raise WeightsError(f"{name}: weights without a classifier head (num_classes 0) give features, not classes; "
+                           f"build them with create_model({name!r}) to use the features, or fine-tune a head")
 
 
 def recorded_labels(recorded: Optional[Sequence[str]], num_classes: int, source: str) -> list[str]:
