@@ -184,3 +184,18 @@ def test_features_only_weights_are_not_loaded_as_a_classifier(weights_tmp):
     with pytest.raises(WeightsError, match=r"^se_resnet20_cifar.feats: weights without a classifier head "
                                            r"\(num_classes 0\) give features, not classes"):
         load_classifier("se_resnet20_cifar.feats")
+
+
+@pytest.mark.parametrize("arch, kwargs, message", [
+    ("vit_tiny_patch4_28", dict(drop_path_rate="0.1"), r"^drop_path_rate='0.1': give a drop probability from 0 up to"),
+    ("vit_tiny_patch4_28", dict(drop_path_rate=2.0), r"^drop_path_rate=2.0: give a drop probability"),  # failed in training
+    ("vit_tiny_patch4_28", dict(attn_drop_rate=-1), r"^attn_drop_rate=-1: give a drop probability"),
+    ("vit_tiny_patch4_28", dict(num_heads=5), r"^num_heads=5: the width 192 must split evenly into heads"),
+    ("se_resnet20_cifar", dict(drop_rate=1), r"^drop_rate=1: give a drop probability"),
+    ("fcos_se_resnet20_cifar", dict(num_classes=0), r"^num_classes=0: give a whole number >= 1"),
+    ("detr_se_resnet20_cifar", dict(num_queries=0), r"^num_queries=0: give a whole number >= 1"),  # never detected
+    ("se_resnet20_cifar", dict(strict="no"), r"^strict='no': give True \(every weight must fit\) or False"),
+])
+def test_builder_arguments_that_fail_later_or_deep_inside_are_one_line(arch, kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        create_model(arch, **kwargs)

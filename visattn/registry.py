@@ -219,6 +219,8 @@ def create_model(
     """
     from .pretrained import load_weights, timm_pretrained_cfg, weights_preprocessing
 
+    if not isinstance(strict, bool):  # "no" is true
+        raise ConfigError(f"strict={strict!r}: give True (every weight must fit) or False")
     arch, entry, kwargs = model_arguments(name, pretrained=pretrained, num_classes=num_classes, **kwargs)
     model = _model_entrypoints[arch](**kwargs)
     model.visattn_name = f"{arch}.{entry['tag']}" if entry else arch

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ConfigError
+
 
 class SelfAttention(nn.Module):
     """Multi-head self-attention with a fused QKV projection (parameter names as timm's ``Attention``).
@@ -36,7 +38,8 @@ class SelfAttention(nn.Module):
     ) -> None:
         super().__init__()
         if dim % num_heads:
-            raise ValueError(f"dim={dim} is not divisible by num_heads={num_heads}")
+            raise ConfigError(f"num_heads={num_heads}: the width {dim} must split evenly into heads; give a divisor "
+                              f"of {dim}")
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.scale = self.head_dim**-0.5

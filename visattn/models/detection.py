@@ -39,6 +39,7 @@ from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastL
 
 from ..errors import ConfigError
 from ..layers.detr_transformer import DetrTransformer
+from ..layers.patch_embed import check_count
 from ..layers.pos_embed import resample_abs_pos_embed
 from ..layers.simple_feature_pyramid import SimpleFeaturePyramid
 from ..layers.sine_pos_embed import sine_position_encoding_2d
@@ -319,6 +320,7 @@ class FcosDetector(FCOS):
         detections_per_img: int = 100,
         topk_candidates: int = 1000,
     ) -> None:
+        check_count("num_classes", num_classes)  # a zero-size class head failed in its first forward
         if out_channels % 32:
             raise ConfigError(f"out_channels={out_channels}: FCOS's GroupNorm(32) head needs a multiple of 32")
         body = create_backbone(backbone, kwargs=backbone_kwargs, pretrained=pretrained_backbone, max_size=max_size)
@@ -502,6 +504,8 @@ class DetrDetector(nn.Module):
         image_std: Optional[list[float]] = None,
     ) -> None:
         super().__init__()
+        check_count("num_classes", num_classes)
+        check_count("num_queries", num_queries)  # with none, it never detected anything, without a word
         self.num_classes = num_classes
         self.input_size = (3, min_size, min_size)
         self.aux_loss, self.eos_coef = aux_loss, eos_coef

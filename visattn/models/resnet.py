@@ -35,7 +35,7 @@ from torch.utils.checkpoint import checkpoint
 from ..errors import ConfigError
 from ..layers.bam import Bam
 from ..layers.create_attn import create_attn
-from ..layers.drop_path import DropPath
+from ..layers.drop_path import DropPath, check_rate
 from ..layers.eca import EfficientChannelAttention
 from ..layers.global_pool import GlobalPool2d, PoolType, check_pool_type
 from ..layers.non_local import NonLocalBlock
@@ -209,6 +209,8 @@ class ResNet(nn.Module):
     ):
         super().__init__()
         check_count("in_chans", in_chans)
+        check_rate("drop_rate", drop_rate)
+        check_rate("drop_path_rate", drop_path_rate)
         _check_head(num_classes, global_pool)
         non_local_blocks = _stage_numbers(non_local_blocks)
         _check_placement(layers, attn_stages, non_local_blocks)

@@ -13,7 +13,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..errors import ConfigError, WeightsError
 from ..layers.attention import SelfAttention
-from ..layers.drop_path import DropPath
+from ..layers.drop_path import DropPath, check_rate
 from ..layers.layer_scale import LayerScale
 from ..layers.mlp import Mlp
 from ..layers.patch_embed import PatchEmbed, check_count
@@ -117,6 +117,9 @@ class VisionTransformer(nn.Module):
         super().__init__()
         _check_pool(global_pool, class_token)
         check_count("depth", depth)
+        for name, rate in (("drop_rate", drop_rate), ("pos_drop_rate", pos_drop_rate), ("proj_drop_rate", proj_drop_rate),
+                           ("attn_drop_rate", attn_drop_rate), ("drop_path_rate", drop_path_rate)):
+            check_rate(name, rate)
         use_fc_norm = global_pool == "avg" if fc_norm is None else fc_norm
         self.num_classes = num_classes
         self.global_pool = global_pool
