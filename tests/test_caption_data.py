@@ -293,7 +293,13 @@ def test_a_file_without_a_caption_with_a_word_is_one_line(tmp_path, corpus):
      "image id 1 is given to 2 images (0.png, broken.jpg); give each image its own id"),
     (lambda d: d["images"][1].__setitem__("file_name", None),
      "image 2's file_name null is not a file name; give each image the name of its file in the images folder"),
-], ids=["unlisted", "string_ids", "shared", "no_file_name"])
+    # they were "not COCO captions JSON (bad or missing 'int' object has no attribute 'strip')"
+    (lambda d: d["annotations"][1].update(id=12, caption=42),
+     'the caption of annotation 12 is 42, not text; write each caption as a string in quotes, e.g. "a dog on a sofa"'),
+    (lambda d: d["annotations"][2].update(id=13, caption=["a", "fish"]),
+     'the caption of annotation 13 is ["a", "fish"], not text; write each caption as a string in quotes, e.g. '
+     '"a dog on a sofa"'),
+], ids=["unlisted", "string_ids", "shared", "no_file_name", "number_caption", "list_caption"])
 def test_coco_captions_of_unlisted_or_shared_image_ids_or_without_a_file_name_are_one_line(tmp_path, change, message):
     """Captions of an image id the file did not list were ignored silently; detection refuses them."""
     annotations, images_dir = write_coco_captions(tmp_path)
@@ -353,7 +359,8 @@ def test_a_missing_images_folder_is_one_line_naming_it(tmp_path, corpus):
 @pytest.mark.parametrize("img_size", [0, -64, 2.5])
 def test_an_image_size_that_is_no_side_is_one_line_not_the_canvas_size(tmp_path, img_size):
     """img_size 0 drew the scenes at canvas_size as if it had not been given, and a fit trained on them."""
-    with pytest.raises(ConfigError, match=rf"^img_size={img_size}: give the side of the model's square input"):
+    with pytest.raises(ConfigError, match=rf"^data.init_args.img_size={img_size}: give the side of the model's square "
+                                          "input"):
         FashionScenesCaptionDataModule(img_size=img_size)
-    with pytest.raises(ConfigError, match=rf"^img_size={img_size}: give the side"):
+    with pytest.raises(ConfigError, match=rf"^data.init_args.img_size={img_size}: give the side"):
         KarpathyCaptionDataModule(split_json=str(tmp_path / "dataset.json"), images_dir=str(tmp_path), img_size=img_size)

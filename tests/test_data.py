@@ -80,7 +80,8 @@ def test_a_folder_with_only_the_test_files_serves_the_test_split(tmp_path):
     _write_fake_fashion_mnist(tmp_path, n=3, prefixes=("t10k",))
     images, labels = load_fashion_mnist("test", root=tmp_path)
     assert images.shape == (3, 28, 28) and labels.tolist() == [0, 1, 2]
-    with pytest.raises(ConfigError, match=r"Fashion-MNIST train idx files not found in .*apt-get install"):
+    with pytest.raises(ConfigError, match=rf"^root={tmp_path}: holds no Fashion-MNIST train idx files \(nor does its "
+                                          r"fashion-mnist subfolder\); give the folder holding train-images"):
         load_fashion_mnist("train", root=tmp_path)
 
 
@@ -132,10 +133,11 @@ def test_a_valid_visattn_data_folder_is_used_instead_of_the_system_copy(tmp_path
 def test_an_explicit_root_is_the_only_place_looked_at(tmp_path, monkeypatch):
     _write_fake_fashion_mnist(tmp_path / "env", n=4)
     monkeypatch.setenv("VISATTN_DATA", str(tmp_path / "env"))
-    for root in (tmp_path / "nonexist", tmp_path / "env" / "train-images-idx3-ubyte.gz"):
-        with pytest.raises(ConfigError, match="idx files not found in") as info:
+    for root, problem in ((tmp_path / "nonexist", "no such folder"),
+                          (tmp_path / "env" / "train-images-idx3-ubyte.gz", "a file, not a folder")):
+        with pytest.raises(ConfigError, match=f"^root={root}: {problem}; give the folder holding") as info:
             load_fashion_mnist("test", root=root)
-        assert str(root) in str(info.value) and "\n" not in str(info.value)
+        assert "\n" not in str(info.value)
 
 
 def test_corrupt_idx_file_is_named(tmp_path):
@@ -148,10 +150,31 @@ def test_corrupt_idx_file_is_named(tmp_path):
         load_fashion_mnist("test", root=tmp_path)
 
 
-def test_missing_files_say_where_and_how_to_fix(tmp_path):
+def test_missing_files_say_where_and_how_to_fix(tmp_path, monkeypatch):
+    import visattn.data.fashion_mnist as fashion_mnist
+
+    monkeypatch.delenv("VISATTN_DATA", raising=False)
+    monkeypatch.setattr(fashion_mnist, "SYSTEM_DIR", tmp_path / "system")
+    monkeypatch.setattr(fashion_mnist, "_download", lambda: None)
     with pytest.raises(ConfigError, match="apt-get install dataset-fashion-mnist") as info:
-        FashionMNIST("train", root=tmp_path)
-    assert str(tmp_path) in str(info.value) and "\n" not in str(info.value)
+        FashionMNIST("train")
+    assert str(tmp_path / "system") in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_data_module_root_that_is_not_there_is_named_by_its_setting(tmp_path):
+    """It said "idx files not found in ...: run `apt-get install dataset-fashion-mnist` or set VISATTN_DATA",
+    which neither said the folder was missing nor named the setting the user gave."""
+    data = FashionMNISTDataModule(root=str(tmp_path / "nodata"), num_workers=0)
+    with pytest.raises(ConfigError) as info:
+        data.prepare_data()
+    assert str(info.value) == (f"data.init_args.root={tmp_path / 'nodata'}: no such folder; give the folder holding "
+                               "t10k-images-idx3-ubyte(.gz) and t10k-labels-idx1-ubyte(.gz), or leave "
+                               "data.init_args.root out to read $VISATTN_DATA or /usr/share/datasets/fashion-mnist")
+    _write_fake_fashion_mnist(tmp_path / "nodata", prefixes=("t10k",))
+    data.prepare_data()  # the test files serve prepare_data; training needs its own
+    with pytest.raises(ConfigError, match=rf"^data.init_args.root={tmp_path / 'nodata'}: holds no Fashion-MNIST "
+                                          "train idx files"):
+        data.setup("fit")
 
 
 # --- transforms ----------------------------------------------------------------------------
@@ -314,9 +337,10 @@ def test_fashion_mnist_data_module_batches_and_limit():
 
 
 def test_data_module_option_checks():
-    with pytest.raises(ConfigError, match="val_fraction"):
+    # named by their config keys, as batch_size and num_workers are
+    with pytest.raises(ConfigError, match=r"^data.init_args.val_fraction=1.0: must be in \[0, 1\)$"):
         FashionMNISTDataModule(val_fraction=1.0)
-    with pytest.raises(ConfigError, match="limit"):
+    with pytest.raises(ConfigError, match="^data.init_args.limit=0: must be"):
         FashionMNISTDataModule(limit=0)
 
 
@@ -562,9 +586,9 @@ def test_an_image_folder_records_and_evaluates_with_timms_crop_and_filter(tmp_pa
     image = np.random.default_rng(0).integers(0, 256, (75, 100, 3), dtype=np.uint8)
     by_timm = create_transform(32, interpolation="bicubic", crop_pct=0.9, mean=(0.5,) * 3, std=(0.5,) * 3)
     torch.testing.assert_close(data.eval_transform()(image), by_timm(Image.fromarray(image)), rtol=0, atol=1e-5)
-    with pytest.raises(ConfigError, match=r"^interpolation='nearest': give one of bilinear, bicubic$"):
+    with pytest.raises(ConfigError, match=r"^data.init_args.interpolation='nearest': give one of bilinear, bicubic$"):
         ImageFolderDataModule(str(root), interpolation="nearest")
-    with pytest.raises(ConfigError, match=r"^crop_pct=1.5: give the fraction of the resized image kept"):
+    with pytest.raises(ConfigError, match=r"^data.init_args.crop_pct=1.5: give the fraction of the resized image kept"):
         ImageFolderDataModule(str(root), crop_pct=1.5)
 
 
@@ -599,8 +623,8 @@ def test_a_one_channel_image_folder_records_the_first_mean_and_std(tmp_path):
 
 @pytest.mark.parametrize("channels", [2, 0, 4])
 def test_a_channel_count_other_than_1_or_3_is_one_line(channels):
-    with pytest.raises(ConfigError, match=rf"^channels={channels}: give 3 \(RGB\) or 1 \(gray, for a model with "
-                                          r"in_chans 1\)$"):
+    with pytest.raises(ConfigError, match=rf"^data.init_args.channels={channels}: give 3 \(RGB\) or 1 \(gray, for a "
+                                          r"model with in_chans 1\)$"):
         FashionMNISTDataModule(channels=channels)
 
 

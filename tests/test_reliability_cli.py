@@ -183,6 +183,26 @@ CASES = {
                                      "trainer.check_val_every_n_epoch 0: give 1 or more"),  # a ZeroDivisionError
     "zero_limit_train_batches": (lambda tmp: [*FIT, "--trainer.limit_train_batches", "0"],
                                  "trainer.limit_train_batches 0: the run would train on no batch"),
+    # from a fit audit: a NaN loss from the first steps, then blamed on the learning rate
+    "half_precision_weights_on_cpu": (lambda tmp: [*FIT, "--trainer.precision", "16-true"],
+                                      "trainer.precision 16-true: float16 weights trained on the CPU give a NaN loss "
+                                      "within the first steps; use --trainer.precision bf16-mixed or 32-true on the CPU"),
+    # from a fit audit: these named "the model and data sections", the wrong folder or no setting at all
+    "model_kwargs_the_model_cannot_take": (lambda tmp: [*FIT, "--model.init_args.model_kwargs", "{layers: 3}"],
+                                           'model.init_args.model_kwargs {"layers": 3}: cbam_resnet20_cifar could not '
+                                           "be built with them (object of type 'int' has no len()); check their names "
+                                           "and values"),
+    "callback_argument_it_refuses": (lambda tmp: [*FIT, "--trainer.callbacks", "[{class_path: lightning.pytorch."
+                                                  "callbacks.ModelCheckpoint, init_args: {mode: maxx}}]"],
+                                     "error: trainer.callbacks: ModelCheckpoint: `mode` can be min, max but got maxx; "
+                                     "fix its init_args in the config's trainer.callbacks"),  # no subclass forms
+    "fashion_mnist_root_not_there": (lambda tmp: [*FIT, "--data.init_args.root", "nodata"],  # in tmp, the cwd
+                                     "data.init_args.root=nodata: no such folder; give the folder holding"),
+    "val_fraction_of_one": (lambda tmp: [*FIT, "--data.init_args.val_fraction", "1.0"],
+                            "error: data.init_args.val_fraction=1.0: must be in [0, 1)"),
+    "crop_pct_above_one": (lambda tmp: ["fit", "--config", str(IMAGEFOLDER_CONFIG), "--data.init_args.root", str(tmp),
+                                        "--data.init_args.crop_pct", "1.5"],
+                           "error: data.init_args.crop_pct=1.5: give the fraction of the resized image kept"),
 }
 NEEDS_DATA = {"unknown_model_in_config", "resume_from_another_architecture", "pretrained_of_another_architecture",
               "run_bounded_only_by_time", "ckpt_path_given_weights", "zero_img_size_in_config"}
@@ -873,6 +893,27 @@ def test_predict_keeps_each_records_index_and_file_when_its_batch_held_a_broken_
     records = [json.loads(line) for line in written.read_text().splitlines()]
     assert [(r["sample"], r["file"]) for r in records] == [
         (0, "test/cat/0.png"), (1, "test/cat/1.png"), (3, "test/dog/0.png"), (4, "test/dog/1.png")]  # 2: broken.jpg
+
+
+@needs_fashion_mnist
+def test_predict_replaces_its_own_predictions_and_refuses_a_file_it_did_not_write(tmp_path, monkeypatch, capsys):
+    """A second predict replaced predictions.jsonl without a word, whoever had written it."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["visattn"])
+    predict = ["predict", "--config", str(CBAM_CONFIG), *QUICK, "--model.init_args.model_name",
+               "se_resnet20_cifar.fmnist", "--trainer.limit_predict_batches", "1"]
+    written = Path("outputs") / CBAM_CONFIG.stem / "predictions.jsonl"
+    assert main(predict) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"wrote 16 predictions to {written}"
+    assert main(predict) == 0
+    assert (capsys.readouterr().out.splitlines()[-1]
+            == f"wrote 16 predictions to {written} (replacing the earlier predictions there)")
+    written.write_text("my notes\n")
+    assert main(predict) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"visattn: error: trainer.default_root_dir would replace {written}, which visattn did not write; move that "
+        "file or choose another trainer.default_root_dir folder")
+    assert written.read_text() == "my notes\n"
 
 
 def test_an_image_folder_without_split_folders_is_scored_whole_and_refuses_a_split(tmp_path, monkeypatch, capsys):

@@ -1,5 +1,6 @@
 """Non-finite losses: the step is skipped and logged, and too many in a row stop the run with a clear message."""
 import sys
+from types import SimpleNamespace
 
 import lightning.pytorch as pl
 import pytest
@@ -93,5 +94,24 @@ def test_run_of_nan_losses_stops_fit_with_one_line_and_exit_code_2(tmp_path, mon
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert err[-1].startswith("visattn: error: training stopped at step 2: the loss was nan for 3 steps in a row")
-    assert "learning rate" in err[-1] and "gradient_clip_val" in err[-1]
+    # NaN before any update: not the learning rate's doing, as the message once said
+    assert "before any update (so the learning rate is not the cause)" in err[-1] and "trainer.precision" in err[-1]
     assert "Traceback" not in "\n".join(err)
+
+
+@pytest.mark.parametrize("first_bad_step, cause", [
+    (0, "from the first step on, before any update (so the learning rate is not the cause): the model's output or "
+        "the data hold NaN or inf values; check trainer.precision (32-true is the safe one) and the data"),
+    (7, "(the learning rate may be too high, or the data hold NaN or inf values); lower the learning rate "
+        "(model.init_args.lr), set trainer.gradient_clip_val (e.g. 1.0), or check the data"),
+], ids=["from_the_first_step", "after_updates"])
+def test_the_learning_rate_is_blamed_only_after_an_update_and_by_its_config_key(first_bad_step, cause):
+    """The message named `model.lr`, no config key, and blamed the learning rate for a loss NaN before any update."""
+    task = SimpleNamespace(global_step=first_bad_step, trainer=SimpleNamespace(strategy=None), log=lambda *a, **k: None)
+    guard, nan = NonFiniteLossGuard(max_bad_steps=2), torch.tensor(float("nan"))
+    assert guard.check(task, nan) is None
+    task.global_step += 1  # a skipped step still counts as a step
+    with pytest.raises(NonFiniteLossError) as stopped:
+        guard.check(task, nan)
+    stopped_at = f"training stopped at step {first_bad_step + 1}: the loss was nan for 2 steps in a row"
+    assert str(stopped.value) == f"{stopped_at} {cause}"

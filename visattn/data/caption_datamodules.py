@@ -174,7 +174,8 @@ class _CaptionDataModule(SplitLoadersMixin, pl.LightningDataModule):
         if h.img_size is not None:  # FashionScenes: None draws at canvas_size
             check_img_size(h.img_size)
         if h.max_caption_len < 3:
-            raise ConfigError(f"max_caption_len={h.max_caption_len}: must be >= 3 (<start>, a word, <end>)")
+            raise ConfigError(f"data.init_args.max_caption_len={h.max_caption_len}: must be >= 3 (<start>, a word, "
+                              "<end>)")
 
 
 class FashionScenesCaptionDataModule(_CaptionDataModule):

@@ -112,6 +112,7 @@ class CocoCaptions(CaptionImages):
             images = coco.dataset.get("images", [])
             paths = image_paths(self.annotations, images, images_dir)
             check_image_ids(self.annotations, images, [ann["image_id"] for ann in coco.dataset.get("annotations", [])])
+            _check_caption_texts(self.annotations, coco.dataset.get("annotations", []))
             for image, path in zip(images, paths):
                 given = [ann["caption"] for ann in coco.imgToAnns.get(image["id"], [])]
                 captions = _with_words(given)
@@ -198,6 +199,17 @@ def _refuse_repeated_images(path: Path, names: list[str]) -> None:
     if repeated is not None:
         raise ConfigError(f"{path}: image {repeated} is listed {counts[repeated]} times; list each image once, "
                           "with all its sentences")
+
+
+def _check_caption_texts(path: Path, annotations: list[dict]) -> None:
+    """One line naming the annotation whose caption is no text (a number, a list, null), which the
+    tokenizer cannot read."""
+    for annotation in annotations:  # each has an id: pycocotools' index refused the file otherwise
+        caption = annotation.get("caption", "")
+        if not isinstance(caption, str):
+            raise ConfigError(f"{path}: the caption of annotation {json.dumps(annotation['id'])} is "
+                              f"{json.dumps(caption)}, not text; write each caption as a string in quotes, e.g. "
+                              '"a dog on a sofa"')
 
 
 def _with_words(captions: Iterable[str]) -> list[str]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import warnings
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, Literal, Optional
 
 import lightning.pytorch as pl
@@ -25,7 +26,8 @@ from torch.utils.data.dataloader import _BaseDataLoaderIter, _SingleProcessDataL
 from ..devices import MAX_WORKERS_PER_CPU, max_workers
 from ..errors import ConfigError, VisattnWarning
 from ..layers.patch_embed import is_count
-from .fashion_mnist import FASHION_MNIST_CLASSES, FASHION_MNIST_MEAN, FASHION_MNIST_STD, FashionMNIST
+from .fashion_mnist import (FASHION_MNIST_CLASSES, FASHION_MNIST_MEAN, FASHION_MNIST_STD, FashionMNIST,
+                           find_fashion_mnist)
 from .image_folder import (ImageFolder, check_class_count, collate_present, find_classes, for_evaluation,
                            image_files_of, seeded_subset)
 from .transforms import (
@@ -292,22 +294,24 @@ class _ClassificationDataModule(SplitLoadersMixin, pl.LightningDataModule):
     def _check_options(self) -> None:
         h = self.hparams
         if not is_count(h.channels) or h.channels not in (1, 3):  # before preprocessing_problem names input_size
-            raise ConfigError(f"channels={h.channels!r}: give 3 (RGB) or 1 (gray, for a model with in_chans 1)")
+            raise ConfigError(f"data.init_args.channels={h.channels!r}: give 3 (RGB) or 1 (gray, for a model with "
+                              "in_chans 1)")
         check_img_size(h.img_size)  # before preprocessing_problem names input_size, which the config does not set
         if not 0 <= h.val_fraction < 1:
-            raise ConfigError(f"val_fraction={h.val_fraction}: must be in [0, 1)")
+            raise ConfigError(f"data.init_args.val_fraction={h.val_fraction}: must be in [0, 1)")
         if h.limit is not None and h.limit < 1:
-            raise ConfigError(f"limit={h.limit}: must be a positive number of samples, or None for all")
+            raise ConfigError(f"data.init_args.limit={h.limit}: must be a positive number of samples, or None for all")
         problem = preprocessing_problem(self.preprocessing)
         if problem:
-            raise ConfigError(problem.removeprefix("preprocessing."))
+            raise ConfigError(f"data.init_args.{problem.removeprefix('preprocessing.')}")
         self._check_loader_options()
 
 
 def check_img_size(img_size: object) -> None:
-    """One line naming ``img_size`` (a data module's option) when it is no side in pixels."""
+    """One line naming ``data.init_args.img_size`` (a data module's option) when it is no side in pixels."""
     if not is_count(img_size):
-        raise ConfigError(f"img_size={img_size!r}: give the side of the model's square input in pixels (>= 1)")
+        raise ConfigError(f"data.init_args.img_size={img_size!r}: give the side of the model's square input in pixels "
+                          "(>= 1)")
 
 
 class FashionMNISTDataModule(_ClassificationDataModule):
@@ -353,10 +357,15 @@ class FashionMNISTDataModule(_ClassificationDataModule):
         return list(FASHION_MNIST_CLASSES)
 
     def prepare_data(self) -> None:
-        FashionMNIST("test", root=self.hparams.root)  # find (or download) the files once, early
+        FashionMNIST("test", root=self._root("test"))  # find (or download) the files once, early
 
     def _source(self, split: Literal["train", "test"], transform: ImageTransform) -> Dataset:
-        return FashionMNIST(split, transform, root=self.hparams.root)
+        return FashionMNIST(split, transform, root=self._root(split))
+
+    def _root(self, split: Literal["train", "test"]) -> Optional[Path]:
+        """The folder ``root`` names for ``split``, looked up here so that a problem names the setting."""
+        root = self.hparams.root
+        return None if root is None else find_fashion_mnist(root, splits=(split,), setting="data.init_args.root")
 
 
 class ImageFolderDataModule(_ClassificationDataModule):

@@ -4,7 +4,8 @@ The idx files are looked for in ``$VISATTN_DATA`` (the folder itself or its ``fa
 subfolder), then in ``/usr/share/datasets/fashion-mnist`` (Debian package
 ``dataset-fashion-mnist``), and only then downloaded through torchvision. A set ``$VISATTN_DATA``
 is the only place looked at: a folder that is not there, a file, or a folder without the split's
-files is a one-line error naming it, never a silent fall back to the system copy. They are parsed
+files is a one-line error naming it, never a silent fall back to the system copy; so is a ``root``
+given (a config's ``data.init_args.root``), which is looked at instead of all these. They are parsed
 with numpy and kept in memory as uint8, once per process.
 """
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import ConfigError
+from ..fileio import not_a_folder
 from .transforms import to_tensor
 
 __all__ = [
@@ -108,7 +110,8 @@ def load_fashion_mnist(
 
 
 def find_fashion_mnist(
-    root: str | os.PathLike | None = None, *, download: bool = True, splits: Sequence[Split] = ("train", "test")
+    root: str | os.PathLike | None = None, *, download: bool = True, splits: Sequence[Split] = ("train", "test"),
+    setting: str = "root",
 ) -> Path:
     """The folder holding the Fashion-MNIST idx files of ``splits`` (``.gz`` or not).
 
@@ -116,24 +119,24 @@ def find_fashion_mnist(
         root: look only here (and in its ``fashion-mnist`` subfolder).
         download: with no ``root`` and no local copy, try torchvision's download.
         splits: the splits whose two files the folder must hold (a test-only copy serves ``"test"``).
+        setting: what the caller calls ``root``, for the error (a data module's ``data.init_args.root``).
 
     Raises:
-        ConfigError: the files are nowhere to be found, or ``$VISATTN_DATA`` (with no ``root``) is
-            set but is not a folder holding them: it is then the only place looked at.
+        ConfigError: the files are nowhere to be found, or ``root`` (or ``$VISATTN_DATA``, with no ``root``)
+            is not a folder holding them: it is then the only place looked at.
     """
-    if root is None and os.environ.get(DATA_ENV):
+    if root is not None:
+        return _given_folder(root, splits, setting)
+    if os.environ.get(DATA_ENV):
         return _visattn_data_folder(os.environ[DATA_ENV], splits)
-    candidates = _candidate_dirs(root)
-    for folder in candidates:
-        if _has_files(folder, splits):
-            return folder
-    if root is None and download:
+    if _has_files(SYSTEM_DIR, splits):
+        return SYSTEM_DIR
+    if download:
         folder = _download()
         if folder is not None and _has_files(folder, splits):
             return folder
-    looked = ", ".join(str(c) for c in candidates)
     raise ConfigError(
-        f"Fashion-MNIST {'/'.join(splits)} idx files not found in {looked} (and no download): "
+        f"Fashion-MNIST {'/'.join(splits)} idx files not found in {SYSTEM_DIR} (and no download): "
         "run `apt-get install dataset-fashion-mnist` or set VISATTN_DATA to the folder holding them"
     )
 
@@ -173,10 +176,15 @@ def _read_split(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.nd
     return images, labels  # np.frombuffer over bytes: read-only, so the cache cannot be altered
 
 
-def _candidate_dirs(root: str | os.PathLike | None) -> list[Path]:
-    if root is None:
-        return [SYSTEM_DIR]
-    return [Path(root), Path(root) / "fashion-mnist"]
+def _given_folder(root: str | os.PathLike, splits: Sequence[Split], setting: str) -> Path:
+    """``root`` (or its ``fashion-mnist`` subfolder) holding the files of ``splits``; one line naming
+    ``setting`` otherwise: the system copy is not what the user pointed at."""
+    folder = _folder_with_files(Path(root), splits)
+    if folder is not None:
+        return folder
+    problem = _no_files(splits) if Path(root).is_dir() else not_a_folder(root)
+    raise ConfigError(f"{setting}={root}: {problem}; give the folder holding {_wanted(splits)}, or leave {setting} "
+                      f"out to read ${DATA_ENV} or {SYSTEM_DIR}")
 
 
 def _visattn_data_folder(value: str, splits: Sequence[Split]) -> Path:
@@ -184,21 +192,32 @@ def _visattn_data_folder(value: str, splits: Sequence[Split]) -> Path:
     of ``splits``; one line naming the variable otherwise, since falling back to the system copy
     would score or train on data the user did not ask for."""
     base = Path(value).expanduser()
-    for folder in _candidate_dirs(base):
-        if _has_files(folder, splits):
-            return folder
+    folder = _folder_with_files(base, splits)
+    if folder is not None:
+        return folder
     if not base.exists():
         problem = "names nothing that exists"
     elif not base.is_dir():
         problem = "is not a folder"
     else:
-        problem = f"holds no Fashion-MNIST {'/'.join(splits)} idx files (nor does its fashion-mnist subfolder)"
-    wanted = " and ".join(f"{name}(.gz)" for split in splits for name in _FILES[split])
+        problem = _no_files(splits)
     raise ConfigError(
         f"{DATA_ENV}={value} {problem}, and a set {DATA_ENV} is the only place Fashion-MNIST is read from: "
-        f"put {wanted} there or in its fashion-mnist subfolder (each raw or gzipped as .gz), "
+        f"put {_wanted(splits)} there or in its fashion-mnist subfolder (each raw or gzipped as .gz), "
         f"or unset {DATA_ENV} to use {SYSTEM_DIR} or torchvision's download"
     )
+
+
+def _folder_with_files(base: Path, splits: Sequence[Split]) -> Path | None:
+    return next((folder for folder in (base, base / "fashion-mnist") if _has_files(folder, splits)), None)
+
+
+def _no_files(splits: Sequence[Split]) -> str:
+    return f"holds no Fashion-MNIST {'/'.join(splits)} idx files (nor does its fashion-mnist subfolder)"
+
+
+def _wanted(splits: Sequence[Split]) -> str:
+    return " and ".join(f"{name}(.gz)" for split in splits for name in _FILES[split])
 
 
 def _has_files(folder: Path, splits: Sequence[Split]) -> bool:

@@ -51,6 +51,7 @@ class NonFiniteLossGuard:
         self.max_bad_steps = max_bad_steps
         self.bad_in_a_row = 0
         self.skipped = 0
+        self._first_bad_step = 0  # the global step at which the bad steps in a row began
         self._saved_buffers: list[tuple[Tensor, Tensor]] = []
 
     def watch(self, model: nn.Module) -> None:
@@ -69,19 +70,25 @@ class NonFiniteLossGuard:
         with torch.no_grad():
             for buffer, saved in self._saved_buffers:
                 buffer.copy_(saved)
+        value, step = loss.detach().float().sum().item(), task.global_step
         self.bad_in_a_row += 1
         self.skipped += 1
+        self._first_bad_step = step if self.bad_in_a_row == 1 else self._first_bad_step
         task.log("train/skipped_steps", float(self.skipped))
-        value, step = loss.detach().float().sum().item(), task.global_step
         if self.bad_in_a_row >= self.max_bad_steps:
-            raise NonFiniteLossError(
-                f"training stopped at step {step}: the loss was {value} for {self.bad_in_a_row} steps in a row "
-                "(the learning rate may be too high, or the data hold NaN or inf values); lower the learning rate "
-                "(model.lr), set trainer.gradient_clip_val (e.g. 1.0), or check the data"
-            )
+            raise NonFiniteLossError(f"training stopped at step {step}: the loss was {value} for {self.bad_in_a_row} "
+                                     f"steps in a row {self._likely_cause()}")
         log.warning("step %d: the loss is %s; skipped this update (%d in a row, the run stops at %d)",
                     step, value, self.bad_in_a_row, self.max_bad_steps)
         return None
+
+    def _likely_cause(self) -> str:
+        if self._first_bad_step == 0:  # skipped steps update nothing: the weights are the starting ones
+            return ("from the first step on, before any update (so the learning rate is not the cause): the model's "
+                    "output or the data hold NaN or inf values; check trainer.precision (32-true is the safe one) and "
+                    "the data")
+        return ("(the learning rate may be too high, or the data hold NaN or inf values); lower the learning rate "
+                "(model.init_args.lr), set trainer.gradient_clip_val (e.g. 1.0), or check the data")
 
 
 def _strategy(task: pl.LightningModule) -> Optional[Strategy]:

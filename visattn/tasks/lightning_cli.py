@@ -24,11 +24,13 @@ whose run left no last checkpoint; ``fast_dev_run`` writes no checkpoints. A res
 or EarlyStopping monitors a ``val/`` metric is refused before training when the run would never validate (no
 validation data, ``limit_val_batches 0``, ``check_val_every_n_epoch`` past ``max_epochs``): Lightning would
 only warn that the metric is missing, and never write the best checkpoint. Data whose ``channels`` (3, or 1 for
-gray) differ from what the model's first convolution takes (``model_kwargs.in_chans``) is refused before training.
+gray) differ from what the model's first convolution takes (``model_kwargs.in_chans``) is refused before training,
+as is a CPU ``fit`` at ``trainer.precision 16-true`` (float16 weights, whose loss turns NaN within steps).
 
 ``visattn predict`` writes one JSON object per sample to ``<trainer.default_root_dir>/predictions.jsonl``
 (:class:`JsonPredictionWriter`, unless the config has a prediction writer): a classifier's top classes
-with names and probabilities, a captioner's caption, a detector's boxes with labels and scores.
+with names and probabilities, a captioner's caption, a detector's boxes with labels and scores. It replaces
+the file an earlier predict wrote, and refuses one visattn did not write.
 
 Ctrl-C ends every command with ``visattn: interrupted`` and exit code 130, as elsewhere in visattn.
 """
@@ -57,6 +59,7 @@ import yaml
 import lightning.pytorch as pl
 from jsonargparse import ArgumentError
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import (BasePredictionWriter, Callback, EarlyStopping, ModelCheckpoint, ProgressBar,
                                          RichProgressBar)
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -66,7 +69,7 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from ..data.datamodules import SplitLoadersMixin
 from ..data.image_folder import image_files_of
 from ..errors import ConfigError, VisattnError, VisattnWarning, WeightsError
-from ..fileio import atomic_path
+from ..fileio import atomic_path, refuse_replacing_others_files
 from ..pretrained import check_state_dict, checkpoint_follows
 from ..registry import split_model_name
 from .classification import read_checkpoint
@@ -465,6 +468,58 @@ def _imported(class_path: Optional[str]) -> Optional[type]:
         return None  # LightningCLI reports the bad class_path itself
 
 
+def _refuse_half_weights_on_cpu(trainer: pl.Trainer) -> None:
+    """float16 weights trained on the CPU give a NaN loss within the first steps (Lightning turns only
+    ``16-mixed`` into ``bf16-mixed`` there): the loss guard stopped the run blaming the learning rate, and a
+    shorter run ended with exit 0 and nothing learnt."""
+    if trainer.precision == "16-true" and isinstance(trainer.accelerator, CPUAccelerator):
+        raise ConfigError(f"trainer.precision {trainer.precision}: float16 weights trained on the CPU give a NaN loss "
+                          "within the first steps; use --trainer.precision bf16-mixed or 32-true on the CPU "
+                          "(16-true is for GPUs)")
+
+
+# What the config's model, data and trainer.callbacks sections build.
+_SECTION_CLASSES = (pl.LightningModule, pl.LightningDataModule, Callback)
+
+
+def _building_error(err: Exception, model: Any) -> ConfigError:
+    """One line for ``err``, raised while jsonargparse built the config's classes: the section whose class
+    raised it, with that class's own message (not jsonargparse's list of the forms a section may take)."""
+    built, cause = _being_built(err)
+    message = _first_line(cause or err)
+    if isinstance(built, pl.LightningModule):
+        return _model_error(built, message, model)
+    if isinstance(built, Callback):
+        return ConfigError(f"trainer.callbacks: {type(built).__name__}: {message}; fix its init_args in the "
+                           "config's trainer.callbacks")
+    if isinstance(built, pl.LightningDataModule):
+        return ConfigError(f"data: {type(built).__name__} could not be built ({message}); check data.init_args")
+    return ConfigError(f"config: {message}; check the model and data sections")
+
+
+def _being_built(err: BaseException) -> tuple[Any, Optional[BaseException]]:
+    """The model, data module or callback whose ``__init__`` raised ``err`` or an error it wraps, with that
+    error; (None, None) when none did (jsonargparse's wrapping keeps the original as the context)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        for frame, _ in traceback.walk_tb(err.__traceback__):
+            built = frame.f_locals.get("self") if frame.f_code.co_name == "__init__" else None
+            if isinstance(built, _SECTION_CLASSES):
+                return built, err
+        err = err.__cause__ or err.__context__
+    return None, None
+
+
+def _model_error(task: pl.LightningModule, message: str, model: Any) -> ConfigError:
+    init_args = getattr(model, "init_args", None) or {}
+    name, kwargs = init_args.get("model_name"), init_args.get("model_kwargs")
+    if kwargs:  # what a config passes on to the architecture unchecked
+        return ConfigError(f"model.init_args.model_kwargs {json.dumps(kwargs, default=str)}: {name} could not be "
+                           f"built with them ({message}); check their names and values")
+    return ConfigError(f"model: {type(task).__name__} {name} could not be built ({message}); check model.init_args")
+
+
 def _trainer_error(err: MisconfigurationException, config: dict[str, Any]) -> ConfigError:
     """Lightning's complaint about the trainer settings, on one line naming the setting."""
     message = _first_line(err).rstrip(".")
@@ -569,7 +624,8 @@ class JsonPredictionWriter(BasePredictionWriter):
     A classifier's record holds its ``topk`` classes with names and probabilities, a captioner's its
     caption, a detector's its boxes with labels and scores, in the shapes ``visattn classify|caption|detect
     --json`` print; another task's output is written as lists, one line per batch. The file is replaced
-    whole once all batches are done, so a run that fails leaves the previous one.
+    whole once all batches are done, so a run that fails leaves the previous one. An earlier run's file is
+    replaced (the printed line says so); a file of that name visattn did not write is refused before predicting.
 
     Args:
         topk: classes per sample for a classifier.
@@ -582,6 +638,8 @@ class JsonPredictionWriter(BasePredictionWriter):
 
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.records = []
+        refuse_replacing_others_files([_predictions_path(trainer)], flag="trainer.default_root_dir",
+                                      ours=_written_by_the_writer)
 
     def write_on_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, prediction: Any,
                            batch_indices: Optional[list[int]], batch: Any, batch_idx: int,
@@ -605,11 +663,28 @@ class JsonPredictionWriter(BasePredictionWriter):
             self.records.append({"sample": int(i), **where, **record})
 
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        name = "predictions.jsonl" if trainer.world_size == 1 else f"predictions-rank{trainer.global_rank}.jsonl"
-        path = Path(trainer.default_root_dir) / name
+        path = _predictions_path(trainer)
+        replaced = " (replacing the earlier predictions there)" if path.exists() else ""
         with atomic_path(path) as tmp:
             tmp.write_text("".join(json.dumps(record) + "\n" for record in self.records))
-        print(f"wrote {len(self.records)} predictions to {path}")
+        print(f"wrote {len(self.records)} predictions to {path}{replaced}")
+
+
+def _predictions_path(trainer: pl.Trainer) -> Path:
+    name = "predictions.jsonl" if trainer.world_size == 1 else f"predictions-rank{trainer.global_rank}.jsonl"
+    return Path(trainer.default_root_dir) / name
+
+
+def _written_by_the_writer(path: Path) -> bool:
+    """Whether ``path`` is a file :class:`JsonPredictionWriter` wrote: empty (no predictions), or its first line
+    one of its records."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            first = f.readline()
+        record = json.loads(first or "{}")
+    except (OSError, ValueError):  # a folder, unreadable, not text or not JSON
+        return False
+    return not first or (isinstance(record, dict) and ("sample" in record or "batch" in record))
 
 
 def _prediction_records(prediction: Any, hparams: Any, topk: int) -> Optional[list[dict[str, Any]]]:
@@ -697,7 +772,7 @@ class VisattnCLI(LightningCLI):
             cause = _visattn_cause(err)
             if cause is not None:
                 raise cause from None
-            raise ConfigError(f"config: {_first_line(err)}; check the model and data sections") from None
+            raise _building_error(err, self._get(self.config, "model")) from None
 
     def _checkpoint_file(self) -> Optional[Path]:
         """The file ``--ckpt_path`` loads: the one named, or for ``fit --ckpt_path last`` the run's newest last
@@ -736,9 +811,12 @@ class VisattnCLI(LightningCLI):
             resume_last = self.subcommand == "fit" and self._get(self.config, "ckpt_path") == "last"
             kwargs["plugins"] = [*plugins, SafeCheckpointIO(module=self.model, resume_fallback=resume_last)]
         try:
-            return super().instantiate_trainer(**kwargs)
+            trainer = super().instantiate_trainer(**kwargs)
         except MisconfigurationException as err:
             raise _trainer_error(err, config) from None
+        if self.subcommand == "fit":
+            _refuse_half_weights_on_cpu(trainer)
+        return trainer
 
     def _callbacks(self, config: dict[str, Any]) -> list[Callback]:
         """The config's callbacks and visattn's defaults, which a config can replace with its own."""
