@@ -300,6 +300,16 @@ def test_pointing_hits_misses_and_edges():
     assert not pointing_hit(np.ones((7, 7)), [0, 0, 28, 28], (28, 28))  # a flat map points nowhere
 
 
+def test_a_peak_on_the_edge_two_boxes_share_is_in_one_of_them_as_pixels_are():
+    """A 28 px ViT's 4 px patch (8..11, 12..15) has its centre (10, 14) on a pixel edge: it hit both the box
+    of columns 4..9 (x2 = 10) and the box of columns 10..15."""
+    patches = np.zeros((7, 7))
+    patches[3, 2] = 1.0
+    assert not pointing_hit(patches, [4, 12, 10, 16], (28, 28))
+    assert pointing_hit(patches, [10, 12, 16, 16], (28, 28))
+    assert not pointing_hit(patches, [8, 8, 12, 14], (28, 28)) and pointing_hit(patches, [8, 14, 12, 20], (28, 28))
+
+
 def test_pointing_upsamples_a_coarse_map_to_the_image():
     coarse = np.array([[0.0, 0.0], [0.0, 1.0]])  # hottest cell: bottom-right quadrant
     assert pointing_hit(coarse, [32, 32, 64, 64], (64, 64))

@@ -82,8 +82,9 @@ def pointing_hit(
     if peak is None:
         return False
     x, y = peak
-    inside = ((boxes[:, 0] - tolerance <= x) & (x <= boxes[:, 2] + tolerance)
-              & (boxes[:, 1] - tolerance <= y) & (y <= boxes[:, 3] + tolerance))
+    # Half-open, as pixels are: a peak on the edge two boxes share (a ViT patch centre) is in the right/lower one only
+    inside = ((boxes[:, 0] - tolerance <= x) & (x < boxes[:, 2] + tolerance)
+              & (boxes[:, 1] - tolerance <= y) & (y < boxes[:, 3] + tolerance))
     return bool(inside.any())
 
 
