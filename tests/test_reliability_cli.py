@@ -183,6 +183,8 @@ CASES = {
                                      "trainer.check_val_every_n_epoch 0: give 1 or more"),  # a ZeroDivisionError
     "zero_limit_train_batches": (lambda tmp: [*FIT, "--trainer.limit_train_batches", "0"],
                                  "trainer.limit_train_batches 0: the run would train on no batch"),
+    "zero_max_epochs": (lambda tmp: [*FIT, "--trainer.max_epochs", "0"],
+                        "trainer.max_epochs 0: the run would train on no batch"),  # exit 0, no checkpoint
     # from a fit audit: a NaN loss from the first steps, then blamed on the learning rate
     "half_precision_weights_on_cpu": (lambda tmp: [*FIT, "--trainer.precision", "16-true"],
                                       "trainer.precision 16-true: float16 weights trained on the CPU give a NaN loss "
@@ -765,6 +767,29 @@ def test_a_smoke_run_that_ends_before_validating_says_so_in_one_line(tmp_path, m
             "ModelCheckpoint(monitor='val/top1') will see no val/top1; use last.ckpt, or train 3 steps or more") in err
     assert "could not find the monitored key" not in err and "LeafSpec" not in err, err
     assert not any("Tip:" in record.getMessage() for record in caplog.records)
+
+
+def test_a_fit_that_would_not_learn_or_writes_elsewhere_than_asked_says_so(tmp_path, monkeypatch, capsys):
+    """lr 0, a warm-up longer than the run and a default_root_dir that the config's checkpoint and log
+    folders ignore went by without a word (the run wrote into ./outputs)."""
+    from fixtures_images import write_image_folder
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["visattn"])
+    write_image_folder(tmp_path / "photos", per_class=4)
+    with _warnings_shown_as_on_a_terminal():
+        code = main(["fit", "--config", str(IMAGEFOLDER_CONFIG), "--data.init_args.root", "photos", *SMALL_FOLDER_FIT,
+                     "--trainer.max_steps", "1", "--model.init_args.lr", "0", "--model.init_args.warmup_epochs", "5",
+                     "--trainer.max_epochs", "1", "--trainer.max_steps", "-1", "--trainer.limit_train_batches", "1",
+                     "--trainer.default_root_dir", "elsewhere"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "warning: model.init_args.lr 0: the weights will not change" in err
+    assert ("warning: model.init_args.warmup_epochs 5.0 is longer than the run (trainer.max_epochs 1): the learning "
+            "rate never reaches model.init_args.lr") in err
+    moved = [line for line in err.splitlines() if line.startswith("warning: trainer.default_root_dir elsewhere: ")]
+    assert len(moved) == 1 and f"ModelCheckpoint dirpath {tmp_path}/outputs/" in moved[0], err
+    assert moved[0].endswith(" stay where they are; set those too to move them"), err
 
 
 @pytest.mark.parametrize("args, named", [

@@ -342,16 +342,44 @@ def _check_settings(model: Any, trainer: Any) -> None:
     if isinstance(smoothing, (int, float)) and not 0 <= smoothing <= 1:
         raise ConfigError(f"model.init_args.label_smoothing {smoothing}: give a share of the target between 0 and 1, "
                           "e.g. 0.1")
+    accumulate = trainer.get("accumulate_grad_batches")
+    if isinstance(accumulate, int) and accumulate < 1:  # a division by zero when the schedule is sized
+        raise ConfigError(f"trainer.accumulate_grad_batches {accumulate}: give 1 (no accumulation) or more")
+
+
+def _check_training(model: Any, trainer: Any) -> None:
+    """A fit that would crash, or train nothing without a word (exit 0, no checkpoint, weights unchanged)."""
     every = trainer.get("check_val_every_n_epoch")
     if isinstance(every, int) and every < 1:  # Lightning divides by it
         raise ConfigError(f"trainer.check_val_every_n_epoch {every}: give 1 or more (validate every that many "
                           "epochs), or trainer.limit_val_batches 0 for no validation")
-    if trainer.get("limit_train_batches") == 0:
-        raise ConfigError("trainer.limit_train_batches 0: the run would train on no batch; give a number of batches "
-                          "or a share of them above 0 (`visattn validate` scores without training)")
-    accumulate = trainer.get("accumulate_grad_batches")
-    if isinstance(accumulate, int) and accumulate < 1:  # a division by zero when the schedule is sized
-        raise ConfigError(f"trainer.accumulate_grad_batches {accumulate}: give 1 (no accumulation) or more")
+    for key in ("limit_train_batches", "max_epochs", "max_steps"):
+        if trainer.get(key) == 0:
+            raise ConfigError(f"trainer.{key} 0: the run would train on no batch; give 1 or more "
+                              "(`visattn validate` scores without training)")
+    init_args = getattr(model, "init_args", None) or {}
+    if init_args.get("lr") == 0:
+        warnings.warn("model.init_args.lr 0: the weights will not change; give a learning rate, e.g. 0.001",
+                      VisattnWarning)
+    warmup, epochs = init_args.get("warmup_epochs"), trainer.get("max_epochs")
+    bounded_by_epochs = isinstance(epochs, int) and trainer.get("max_steps", -1) == -1
+    if isinstance(warmup, (int, float)) and bounded_by_epochs and 0 < epochs < warmup:
+        warnings.warn(f"model.init_args.warmup_epochs {warmup} is longer than the run (trainer.max_epochs {epochs}): "
+                      "the learning rate never reaches model.init_args.lr; shorten the warm-up", VisattnWarning)
+
+
+def _warn_of_folders_elsewhere(trainer: pl.Trainer) -> None:
+    """``trainer.default_root_dir`` moves neither checkpoints nor logs whose folders the config names: a
+    run given another one wrote into ./outputs/... (into the repository, run from there), without a word."""
+    root = Path(trainer.default_root_dir).resolve()
+    folders = [("ModelCheckpoint dirpath", c.dirpath) for c in trainer.checkpoint_callbacks
+               if getattr(c, "dirpath", None)]
+    folders += [("logger save_dir", logger.save_dir) for logger in trainer.loggers if logger.save_dir]
+    elsewhere = [f"{setting} {folder}" for setting, folder in folders
+                 if root != Path(folder).resolve() and root not in Path(folder).resolve().parents]
+    if elsewhere:
+        warnings.warn(f"trainer.default_root_dir {trainer.default_root_dir}: the config's {', '.join(elsewhere)} "
+                      "stay where they are; set those too to move them", VisattnWarning)
 
 
 # A monitored key that only validation logs (the tasks log val/top1, val/map50, val/cider).
@@ -754,6 +782,8 @@ class VisattnCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         _check_settings(self._get(self.config, "model"), self._get(self.config, "trainer"))
+        if self.subcommand == "fit":
+            _check_training(self._get(self.config, "model"), self._get(self.config, "trainer"))
         _check_task_data(self._get(self.config, "model"), self._get(self.config, "data"))
 
     def before_fit(self) -> None:
@@ -777,7 +807,8 @@ class VisattnCLI(LightningCLI):
     def _checkpoint_file(self) -> Optional[Path]:
         """The file ``--ckpt_path`` loads: the one named, or for ``fit --ckpt_path last`` the run's newest last
         checkpoint; None when there is none (fit then starts afresh)."""
-        return _resumed_checkpoint(self._get(self.config, "ckpt_path"), self._get(self.config, "trainer").get("callbacks"))
+        callbacks = self._get(self.config, "trainer").get("callbacks")
+        return _resumed_checkpoint(self._get(self.config, "ckpt_path"), callbacks)
 
     def _check_data_fits_checkpoint(self) -> None:
         """The data's labels or vocabulary, linked into the model, must be the checkpoint's: the same count in
@@ -816,6 +847,7 @@ class VisattnCLI(LightningCLI):
             raise _trainer_error(err, config) from None
         if self.subcommand == "fit":
             _refuse_half_weights_on_cpu(trainer)
+            _warn_of_folders_elsewhere(trainer)
         return trainer
 
     def _callbacks(self, config: dict[str, Any]) -> list[Callback]:
