@@ -224,7 +224,7 @@ def test_coco_data_module_classes_loaders_and_missing_splits(tmp_path):
     images, targets = next(iter(dm.train_dataloader()))
     assert len(images) == len(targets) == 2 and all(t["boxes"].shape[1] == 4 for t in targets)
     assert dm.val_dataloader() == []  # no val_annotations: no validation
-    with pytest.raises(ConfigError, match="set data.test_annotations"):
+    with pytest.raises(ConfigError, match="set data.init_args.test_annotations"):
         dm.test_dataloader()
     with pytest.raises(ConfigError, match="batch_size=0"):
         CocoDetectionDataModule(str(path), str(images_dir), batch_size=0)

@@ -336,7 +336,8 @@ class KarpathyCaptionDataModule(_CaptionDataModule):
         if annotations is None and split == "val":
             return CaptionImages([])  # empty: no validation
         if annotations is None:
-            raise ConfigError(f"KarpathyCaptionDataModule: set data.{split}_annotations to use the {split} split")
+            raise ConfigError(f"KarpathyCaptionDataModule: set data.init_args.{split}_annotations to use the {split} "
+                              "split")
         return CocoCaptions(annotations, split_images_dir(h, split), transform=transform)
 
     def _validation_source(self) -> tuple[str, str]:

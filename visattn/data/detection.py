@@ -571,7 +571,7 @@ class CocoDetectionDataModule(_DetectionDataModule):
         if annotations is None and split == "val":
             return []  # empty: no validation
         if annotations is None:
-            raise ConfigError(f"CocoDetectionDataModule: set data.{split}_annotations to use the {split} split")
+            raise ConfigError(f"CocoDetectionDataModule: set data.init_args.{split}_annotations to use the {split} split")
         dataset = CocoDetection(annotations, split_images_dir(h, split), transform=transform,
                                 class_names=self._class_names, evaluation=split != "train")
         if split == "val":  # with no box, val/map is -1 every epoch, and checkpoints are chosen on it
