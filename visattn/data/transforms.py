@@ -11,7 +11,7 @@ Two recipes:
 Evaluation resizes as timm's ``create_transform`` does (torchvision on a PIL image: PIL's filters,
 which average over the pixels a shrunk one covers, sizes truncated, torchvision's crop offset), so
 timm's weights see what timm gives them. OpenCV's linear resize samples 4 pixels whatever the scale
-and left moiré on shrunk photos; training's random crops shrink with OpenCV's area filter instead.
+and left moiré on shrunk photos; training shrinks with OpenCV's area filter instead (both recipes).
 """
 from __future__ import annotations
 
@@ -179,7 +179,7 @@ def train_transforms(
             A.RandomResizedCrop((height, width), scale=scale, ratio=ratio, area_for_downscale="image")]
     elif recipe == "small":
         steps = [
-            A.Resize(height, width),
+            A.Resize(height, width, area_for_downscale="image"),  # shrinks as evaluation's PIL filter does
             A.PadIfNeeded(height + 2 * padding, width + 2 * padding, border_mode=0, fill=0),
             A.RandomCrop(height, width),
         ]
