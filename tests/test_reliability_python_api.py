@@ -199,3 +199,26 @@ def test_features_only_weights_are_not_loaded_as_a_classifier(weights_tmp):
 def test_builder_arguments_that_fail_later_or_deep_inside_are_one_line(arch, kwargs, message):
     with pytest.raises(ConfigError, match=message):
         create_model(arch, **kwargs)
+
+
+@pytest.mark.parametrize("name, mode", [("dm_nfnet_f0.dm_in1k", "'squash' and crop_pct 0.9"),
+                                        ("deepseek_vit_412m.deepseek_v4_1_flash", "'border'")])
+def test_timm_weights_evaluated_in_a_way_visattn_cannot_reproduce_warn(name, mode):
+    """A squash with crop_pct below 1 was recorded as the whole-image resize, a letterbox as a centre crop,
+    without a word: inputs up to 3.7 normalised units off timm's."""
+    from visattn.errors import VisattnWarning
+    from visattn.pretrained import weights_preprocessing
+
+    with pytest.warns(VisattnWarning, match=f"^timm:{name}: timm evaluates these weights with crop_mode {mode}"):
+        weights_preprocessing(None, f"timm:{name}")
+
+
+def test_timm_weights_visattn_evaluates_as_timm_does_load_without_a_warning():
+    import warnings
+
+    from visattn.pretrained import weights_preprocessing
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert weights_preprocessing(None, "timm:resnet50.a1_in1k")["recipe"] == "photo"
+        assert weights_preprocessing(None, "timm:vit_base_patch16_clip_384.laion2b_ft_in12k_in1k")["recipe"] == "small"

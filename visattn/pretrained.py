@@ -226,8 +226,13 @@ def weights_preprocessing(entry: Optional[dict[str, Any]], pretrained: Any) -> O
     if cfg is None:
         return None
     # input_size is left to the model, which may be built for another size than timm's weights
-    recorded = {"mean": list(cfg.mean), "std": list(cfg.std), "crop_pct": cfg.crop_pct,
-                "recipe": "small" if cfg.crop_mode == "squash" else "photo"}
+    recipe = "small" if cfg.crop_mode == "squash" else "photo"
+    if cfg.crop_mode not in ("center", "squash") or (recipe == "small" and cfg.crop_pct != 1):
+        done = "resize the whole image to the input size" if recipe == "small" else "centre-crop"
+        warnings.warn(f"{pretrained}: timm evaluates these weights with crop_mode {cfg.crop_mode!r} and crop_pct "
+                      f"{cfg.crop_pct}, which visattn's transforms do not do; they {done} instead, so the model sees "
+                      "other inputs than timm gives it", VisattnWarning, stacklevel=2)
+    recorded = {"mean": list(cfg.mean), "std": list(cfg.std), "crop_pct": cfg.crop_pct, "recipe": recipe}
     return {**recorded, **({"interpolation": cfg.interpolation} if cfg.interpolation in INTERPOLATIONS else {})}
 
 
