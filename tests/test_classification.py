@@ -785,6 +785,27 @@ def test_fine_tuning_timm_weights_with_other_normalisation_warns_as_for_shipped_
         ImageClassifier(name, num_classes=3, model_kwargs=small, pretrained=False, preprocessing=imagenet)
 
 
+def test_fine_tuning_timm_weights_with_another_crop_or_filter_warns(monkeypatch, offline):
+    """An image folder's defaults (crop_pct 0.875, bilinear) under timm's augreg ViT (0.9, bicubic) went by
+    without a word, though only a mean or std that differed warned."""
+    import warnings
+
+    from visattn.errors import VisattnWarning
+
+    monkeypatch.setattr("visattn.tasks.classification.load_weights", lambda *args, **kwargs: None)  # no download
+    name, small = "timm:vit_tiny_patch16_224.augreg_in21k", {"depth": 1}
+    folder = {"input_size": [3, 224, 224], "mean": [0.5] * 3, "std": [0.5] * 3, "crop_pct": 0.875,
+              "interpolation": "bilinear"}
+    with pytest.warns(VisattnWarning, match=r"^the data evaluates with crop_pct 0.875, interpolation bilinear but the "
+                                            r"starting weights were evaluated with crop_pct 0.9, interpolation bicubic; "
+                                            r"set data.init_args.crop_pct and interpolation to the weights' values"):
+        ImageClassifier(name, num_classes=3, model_kwargs=small, pretrained=True, preprocessing=folder)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", VisattnWarning)
+        ImageClassifier(name, num_classes=3, model_kwargs=small, pretrained=True,
+                        preprocessing={**folder, "crop_pct": 0.9, "interpolation": "bicubic"})
+
+
 def test_a_timm_run_checkpoint_gives_timm_the_preprocessing_the_run_recorded(tmp_path, offline):
     """timm's resolve_data_config(model=...) read the stock vit_tiny cfg (mean 0.5, crop 0.9, bicubic)
     off a loaded timm run, not what the run recorded and visattn's own transform uses."""

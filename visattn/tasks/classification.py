@@ -83,14 +83,31 @@ def _warn_if_normalised_otherwise(model_name: str, pretrained: Optional[Union[bo
     else:
         entry, weights = model_arguments(model_name, pretrained=pretrained)[1], pretrained
     recorded = weights_preprocessing(entry, weights) or {}
-    differs = [key for key in ("mean", "std") if key in recorded and key in preprocessing
-               and not np.allclose(recorded[key], preprocessing[key])]
+    differs = _differing(recorded, preprocessing, ("mean", "std"))
     if differs:
-        given = ", ".join(f"{key} {list(preprocessing[key])}" for key in differs)
-        trained = ", ".join(f"{key} {list(recorded[key])}" for key in differs)
-        warnings.warn(f"the data normalises with {given} but the starting weights were trained with {trained}; "
-                      "set data.init_args.mean and std to the weights' values, unless that is meant",
-                      VisattnWarning, stacklevel=2)
+        warnings.warn(f"the data normalises with {_listed(preprocessing, differs)} but the starting weights were "
+                      f"trained with {_listed(recorded, differs)}; set data.init_args.mean and std to the weights' "
+                      "values, unless that is meant", VisattnWarning, stacklevel=2)
+    photos = recorded.get("recipe", "photo") == preprocessing.get("recipe", "photo") == "photo"  # others crop nothing
+    differs = _differing(recorded, preprocessing, ("crop_pct", "interpolation")) if photos else []
+    if differs:  # an image folder's defaults (0.875, bilinear) under timm's augreg ViTs (0.9, bicubic)
+        warnings.warn(f"the data evaluates with {_listed(preprocessing, differs)} but the starting weights were "
+                      f"evaluated with {_listed(recorded, differs)}; set data.init_args.{' and '.join(differs)} to the "
+                      "weights' values, unless that is meant", VisattnWarning, stacklevel=2)
+
+
+def _differing(recorded: dict[str, Any], given: dict[str, Any], keys: Sequence[str]) -> list[str]:
+    """The ``keys`` both record, with other values (numbers compared to float rounding)."""
+    return [key for key in keys if key in recorded and key in given and not _same(recorded[key], given[key])]
+
+
+def _same(a: Any, b: Any) -> bool:
+    return a == b if isinstance(a, str) or isinstance(b, str) else bool(np.allclose(a, b))
+
+
+def _listed(preprocessing: dict[str, Any], keys: Sequence[str]) -> str:
+    return ", ".join(f"{key} {list(value) if isinstance(value, (list, tuple)) else value}"
+                     for key, value in ((key, preprocessing[key]) for key in keys))
 
 
 def match_class_order(model: nn.Module, model_name: str, pretrained: Optional[Union[bool, str]],
