@@ -21,7 +21,6 @@ import reprlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
-from numbers import Real
 from typing import Literal
 
 import albumentations as A
@@ -34,7 +33,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
 from ..errors import ConfigError
-from ..layers.patch_embed import is_count
+from ..layers.patch_embed import is_count, is_number
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -325,7 +324,7 @@ def preprocessing_problem(preprocessing: object, *, required: Sequence[str] = ()
 
 
 def _crop_problem(crop_pct: object) -> str | None:
-    if isinstance(crop_pct, Real) and not isinstance(crop_pct, bool) and 0 < crop_pct <= 1:
+    if is_number(crop_pct) and 0 < crop_pct <= 1:
         return None
     return f"crop_pct={reprlib.repr(crop_pct)}: give the fraction of the resized image kept, above 0 and at most 1"
 
@@ -352,8 +351,7 @@ def _statistics_problem(name: str, values: object) -> str | None:
     count without a word, normalising channels with values meant for others."""
     numbers = values if isinstance(values, (list, tuple)) else [values]
     low = 0 if name == "std" else -math.inf
-    if len(numbers) in (1, 3) and all(isinstance(v, Real) and not isinstance(v, bool) and low < v < math.inf
-                                      for v in numbers):
+    if len(numbers) in (1, 3) and all(is_number(v) and low < v < math.inf for v in numbers):
         return None
     above = " above 0" if name == "std" else ""
     return f"{name}={reprlib.repr(values)}: give 3 finite numbers{above} (one per RGB channel) or 1 for all"

@@ -111,9 +111,9 @@ def save_overlay(
             shape is drawn at the shape of its source.
         centres: where the map's cells sit on the image (default: equal blocks).
     """
+    target = check_figure_path(path, flag="path")  # before drawing, as explain_image checks its out
     fig = overlay_figure(image, heatmap, title=title, cmap=cmap, alpha=alpha, pixel_aspect=pixel_aspect,
                          centres=centres)
-    target = check_figure_path(path, flag="path")
     with output_errors(target, flag="path", kind="file"):  # a write failing after the check: disk full
         save_figure(fig, target)
 

@@ -1,16 +1,15 @@
 """Stochastic depth (Huang et al. 2016, "Deep Networks with Stochastic Depth"): drop whole residual branches per sample."""
-from numbers import Real
-
 import torch
 from torch import nn
 
 from ..errors import ConfigError
+from .patch_embed import is_number
 
 
 def check_rate(name: str, value: object) -> float:
     """``value`` when it is a drop probability ``0 <= p < 1``, else a :class:`ConfigError` naming ``name``: a
     string reached torch as a TypeError, and a stochastic depth of 2.0 failed only in the first training step."""
-    if isinstance(value, bool) or not isinstance(value, Real) or not 0 <= value < 1:
+    if not (is_number(value) and 0 <= value < 1):
         raise ConfigError(f"{name}={value!r}: give a drop probability from 0 up to (not including) 1, e.g. 0.1")
     return float(value)
 

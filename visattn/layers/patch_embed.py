@@ -1,5 +1,5 @@
 """Patch embedding: image to a sequence of patch tokens (Dosovitskiy et al. 2020, "An Image is Worth 16x16 Words")."""
-from numbers import Integral
+from numbers import Integral, Real
 from typing import Optional, Union
 
 import torch
@@ -11,6 +11,11 @@ from ..errors import ConfigError
 def is_count(value: object) -> bool:
     """Whether ``value`` is a whole number >= 1 (``True`` is not one, though Python counts it as 1)."""
     return isinstance(value, Integral) and not isinstance(value, bool) and value >= 1
+
+
+def is_number(value: object) -> bool:
+    """Whether ``value`` is a real number (``True`` is not one, though Python counts it as 1)."""
+    return isinstance(value, Real) and not isinstance(value, bool)
 
 
 def check_count(name: str, value: object) -> int:

@@ -12,7 +12,6 @@ gates the context with ``β = sigmoid(f_beta(h))`` and predicts the next word fr
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from numbers import Real
 from typing import Any, Optional, Union
 
 import torch
@@ -22,7 +21,7 @@ from ..errors import ConfigError
 from ..layers.additive_attention import AdditiveAttention
 from ..layers.lstm_cell import SigmoidLSTMCell
 from ..layers.onednn_linear import linear
-from ..layers.patch_embed import is_count, to_2tuple
+from ..layers.patch_embed import is_count, is_number, to_2tuple
 from ..modes import eval_mode
 from ..registry import check_timm_name, create_model, model_family, register_model, split_model_name
 
@@ -77,7 +76,7 @@ def _check_decoding(*, max_len: int, beam_size: int = 1, length_penalty: float =
     if not is_count(max_len):
         raise ConfigError(f"max_len={max_len!r}: a caption needs at least one word; give a whole number >= 1")
     # NaN ranked the beams at random: another caption, and a NaN score
-    if isinstance(length_penalty, bool) or not isinstance(length_penalty, Real) or not math.isfinite(length_penalty):
+    if not (is_number(length_penalty) and math.isfinite(length_penalty)):
         raise ConfigError(f"length_penalty={length_penalty!r}: give a finite number (0 ranks captions by their "
                           "total log-probability, 1 by its mean per word)")
 

@@ -9,7 +9,6 @@ COCO mAP (IoU 0.50:0.95) and mAP@0.5 from torchmetrics' ``MeanAveragePrecision``
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
-from numbers import Real
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional, Sequence, Union
 
@@ -24,7 +23,7 @@ from ..data.detection import CocoDetection, SceneDetection, Target, collate_dete
 from ..data.image_folder import evaluation_batches, seeded_subset
 from ..data.transforms import check_unit_images, to_model_input
 from ..errors import ConfigError, WeightsError, one_line
-from ..layers.patch_embed import is_count
+from ..layers.patch_embed import is_count, is_number
 from ..explain.detections import detection_maps
 from ..modes import eval_mode
 from ..fileio import PNG_SOFTWARE, atomic_path, attention_note, output_errors, output_paths
@@ -214,8 +213,7 @@ class Detector:
         """
         check_unit_images(images)
         # NaN kept every detection from passing, without a word
-        if score_threshold is not None and (isinstance(score_threshold, bool) or not isinstance(score_threshold, Real)
-                                            or not 0 <= score_threshold <= 1):
+        if score_threshold is not None and not (is_number(score_threshold) and 0 <= score_threshold <= 1):
             raise ConfigError(f"score_threshold={score_threshold!r}: give a number from 0 to 1, or None for the "
                               "model's own")
         images = [to_model_input(image, self.model) for image in images]

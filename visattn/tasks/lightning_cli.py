@@ -372,10 +372,7 @@ def _warn_of_folders_elsewhere(trainer: pl.Trainer) -> None:
     """``trainer.default_root_dir`` moves neither checkpoints nor logs whose folders the config names: a
     run given another one wrote into ./outputs/... (into the repository, run from there), without a word."""
     root = Path(trainer.default_root_dir).resolve()
-    folders = [("ModelCheckpoint dirpath", c.dirpath) for c in trainer.checkpoint_callbacks
-               if getattr(c, "dirpath", None)]
-    folders += [("logger save_dir", logger.save_dir) for logger in trainer.loggers if logger.save_dir]
-    elsewhere = [f"{setting} {folder}" for setting, folder in folders
+    elsewhere = [f"{setting} {folder}" for setting, folder in _written_folders(trainer)
                  if root != Path(folder).resolve() and root not in Path(folder).resolve().parents]
     if elsewhere:
         warnings.warn(f"trainer.default_root_dir {trainer.default_root_dir}: the config's {', '.join(elsewhere)} "
@@ -571,15 +568,20 @@ def _late_trainer_error(err: ValueError) -> Optional[ConfigError]:
 _TRAINER_SETTINGS = frozenset(inspect.signature(pl.Trainer.__init__).parameters) - {"self"}
 
 
+def _written_folders(trainer: pl.Trainer) -> list[tuple[str, str]]:
+    """The folders the run's checkpoint callbacks and loggers write to, each with the setting that names it."""
+    folders = [("ModelCheckpoint dirpath", c.dirpath) for c in trainer.checkpoint_callbacks
+               if getattr(c, "dirpath", None)]
+    return folders + [("logger's save_dir", logger.save_dir) for logger in trainer.loggers if logger.save_dir]
+
+
 def _output_error(trainer: pl.Trainer, err: OSError, default_root_dir: Optional[str]) -> Optional[ConfigError]:
     """One line when ``err`` is about a folder the run writes to (checkpoints, logs, the run's folder);
     None for any other file, whose error keeps its traceback."""
     if not err.filename:
         return None
     failed = Path(os.path.abspath(err.filename))
-    folders = [("the ModelCheckpoint dirpath", c.dirpath) for c in trainer.checkpoint_callbacks
-               if getattr(c, "dirpath", None)]
-    folders += [("the logger's save_dir", logger.save_dir) for logger in trainer.loggers if logger.save_dir]
+    folders = [(f"the {setting}", folder) for setting, folder in _written_folders(trainer)]
     folders += [("trainer.default_root_dir", default_root_dir)] if default_root_dir else []
     for setting, folder in folders:
         folder = Path(os.path.abspath(folder))
