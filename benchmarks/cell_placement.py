@@ -10,6 +10,7 @@ run), to see whether a pointing figure measures where cells are placed or where 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 from unittest import mock
 
@@ -37,6 +38,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="se_resnet20_cifar.fmnist", help="shipped ARCH.TAG of a ResNet classifier")
     parser.add_argument("--dataset", choices=["fashion-mnist-canvas", "fashion-mnist-pairs"], default="fashion-mnist-canvas")
+    parser.add_argument("--pointing-target", choices=["label", "prediction"], default="label",
+                        help="one item: score the Grad-CAM map of the item's class or of the predicted class")
     parser.add_argument("--img-size", type=int, default=None)
     parser.add_argument("--limit", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -45,7 +48,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     classifier = load_classifier(args.model, img_size=args.img_size)
     scenes = pointing_scenes(args.dataset, "test", 8 if args.smoke else args.limit)
-    evaluate = evaluate_pointing if scenes.max_items == 1 else evaluate_class_pointing
+    evaluate = (functools.partial(evaluate_pointing, target=args.pointing_target) if scenes.max_items == 1
+                else evaluate_class_pointing)
     results = [{"placement": "visattn (receptive field's centre)",
                 "pointing": evaluate(classifier, scenes, batch_size=64)["pointing"]}]
     for fraction in [0.5] if args.smoke else [k / 8 for k in range(8)]:
@@ -56,7 +60,8 @@ def main() -> None:
     for row in results:
         print(f"{row['placement']:40s} pointing {row['pointing']:.4f}")
     print(json.dumps({"benchmark": "cell_placement", "model": args.model, "dataset": args.dataset,
-                      "img_size": args.img_size, "n_scenes": len(scenes), "results": results}))
+                      "img_size": args.img_size,
+                      "pointing_target": args.pointing_target, "n_scenes": len(scenes), "results": results}))
 
 
 if __name__ == "__main__":

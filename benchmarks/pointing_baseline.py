@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import statistics
 from typing import Optional
@@ -101,6 +102,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="vit_tiny_patch4_28.fmnist", help="shipped ARCH.TAG: a classifier, detector or captioner")
     parser.add_argument("--dataset", choices=["fashion-mnist-canvas", "fashion-mnist-pairs"], default="fashion-mnist-canvas")
+    parser.add_argument("--pointing-target", choices=["label", "prediction"], default="label",
+                        help="one item: score the Grad-CAM map of the item's class or of the predicted class")
     parser.add_argument("--img-size", type=int, default=None, help="run the classifiers at this input size")
     parser.add_argument("--limit", type=int, default=1000, help="canvas test scenes scored")
     parser.add_argument("--seeds", type=int, default=3, help="untrained copies scored")
@@ -112,7 +115,8 @@ def main() -> None:
         return
 
     scenes = pointing_scenes(args.dataset, "test", args.limit)
-    evaluate = evaluate_pointing if scenes.max_items == 1 else evaluate_class_pointing
+    evaluate = (functools.partial(evaluate_pointing, target=args.pointing_target) if scenes.max_items == 1
+                else evaluate_class_pointing)
     shipped = load_classifier(args.model, img_size=args.img_size)
     results = [{"model": shipped.name, **evaluate(shipped, scenes, batch_size=64)}]
     for seed in range(args.seeds):
@@ -125,6 +129,7 @@ def main() -> None:
     print(f"{'a random peak (mean box share of the canvas)':45s} pointing {chance:.3f}")
     print(json.dumps({"benchmark": "pointing_baseline", "model": args.model, "dataset": args.dataset,
                       "img_size": args.img_size,
+                      "pointing_target": args.pointing_target if scenes.max_items == 1 else "each class present",
                       "n": results[0]["n"], "pointing": results[0]["pointing"],
                       "untrained_pointing": [row["pointing"] for row in results[1:]], "random_peak": round(chance, 4), "results": results}))
 

@@ -295,6 +295,8 @@ def test_attention_panels_are_drawn_on_what_the_model_saw_not_the_whole_file(tmp
     # With the photo recipe the model sees a centre crop: maps laid over the whole file sat in the wrong place.
     import dataclasses
 
+    from matplotlib.figure import Figure
+
     import visattn.explain.overlay
     from visattn.explain import model_view
     from visattn.tasks.captioning import caption_files, load_captioner
@@ -304,8 +306,13 @@ def test_attention_panels_are_drawn_on_what_the_model_saw_not_the_whole_file(tmp
     image = np.random.default_rng(0).integers(0, 256, (64, 128, 3), dtype=np.uint8)  # wide: the crop drops its sides
     Image.fromarray(image).save(tmp_path / "wide.png")
     drawn, placed = [], []
-    monkeypatch.setattr(visattn.explain.overlay, "save_word_panels",
-                        lambda image, *args, centres: (drawn.append(image), placed.append(centres)))
+
+    def word_panels_figure(image, *args, centres):
+        drawn.append(image)
+        placed.append(centres)
+        return Figure()
+
+    monkeypatch.setattr(visattn.explain.overlay, "word_panels_figure", word_panels_figure)
     assert caption_files(captioner, [str(tmp_path / "wide.png")], attention_out=str(tmp_path / "maps")) == (0, 1)
     seen = model_view(captioner.transform()(image), captioner.preprocessing["mean"], captioner.preprocessing["std"])
     assert len(drawn) == 1 and drawn[0].shape == (64, 64, 3)

@@ -15,7 +15,7 @@ from visattn import create_model
 from visattn.cli import main
 from visattn.data import FASHION_MNIST_CLASSES
 from visattn.data.scenes import Scene
-from visattn.errors import ConfigError
+from visattn.errors import ArgumentError, ConfigError
 from visattn.explain import (
     applicable_methods,
     attention_map,
@@ -188,8 +188,6 @@ def test_wrong_arguments_name_the_fix_and_the_argument_as_python_writes_it():
 
 def test_an_argument_error_names_the_flag_for_the_command_line_and_survives_a_worker():
     import pickle
-
-    from visattn.errors import ArgumentError
 
     error = ArgumentError("target_class", "red hat", "not a class of this model")
     assert str(error.for_flag("--class")) == "--class 'red hat': not a class of this model"
@@ -464,12 +462,41 @@ def test_evaluate_pointing_moves_boxes_with_the_preprocessing(recipe, monkeypatc
     corner[:3, :3] = 255  # inside the border the photo recipe's centre crop removes
     scenes.append(Scene(corner, np.array([[0, 0, 3, 3]], np.float32), np.array([0]), ["white"], ["a square"] * 5))
     # A map that is the input's brightness peaks on the square exactly when the box moved with the image.
-    monkeypatch.setattr(explain_module, "explain_batch", lambda m, images, method: images.mean(dim=1))
+    monkeypatch.setattr(explain_module, "explain_batch", lambda m, images, method, **kw: images.mean(dim=1))
     result = evaluate_pointing(classifier, scenes, batch_size=5)
     assert result["pointing"] == 1.0 and result["pointing_method"] == "rollout"
     assert result["n"] == (13 if recipe == "small" else 12)  # a box the crop removes is not scored
-    monkeypatch.setattr(explain_module, "explain_batch", lambda m, images, method: -images.mean(dim=1))
+    monkeypatch.setattr(explain_module, "explain_batch", lambda m, images, method, **kw: -images.mean(dim=1))
     assert evaluate_pointing(classifier, scenes, batch_size=5)["pointing"] == 0.0
+
+
+def test_one_item_pointing_scores_the_true_classs_grad_cam_unless_asked_for_the_prediction(monkeypatch):
+    """Zhang et al.'s pointing game asks each image's ground-truth class for its map."""
+    import visattn.explain as explain_module
+
+    preprocessing = {"input_size": [3, 28, 28], "mean": [0.5] * 3, "std": [0.5] * 3, "recipe": "small"}
+    model = create_model("resnet20_cifar", **SMALL_CNN).eval()
+    classifier = Classifier(model, [str(i) for i in range(10)], preprocessing, "tiny", "resnet20_cifar", {})
+    asked = []
+
+    def fake_grad_cam(model, images, *, layer=None, target_class=None):  # finds the square only for the label
+        asked.append(None if target_class is None else target_class.tolist())
+        corner = torch.zeros_like(images[:, 0])
+        corner[:, 0, 0] = 1.0  # the squares' boxes never hold pixel (0, 0)
+        return (images.mean(dim=1) if target_class is not None else corner), None
+
+    monkeypatch.setattr(explain_module, "grad_cam", fake_grad_cam)
+    scenes = _square_scenes(12)
+    result = evaluate_pointing(classifier, scenes, batch_size=5)
+    assert result["pointing"] == 1.0 and result["pointing_method"] == "gradcam of the true class"
+    assert sum(asked, []) == [int(scene.labels[0]) for scene in scenes]
+    asked.clear()
+    result = evaluate_pointing(classifier, scenes, batch_size=5, target="prediction")
+    assert result["pointing"] == 0.0 and result["pointing_method"] == "gradcam of the predicted class"
+    assert asked == [None, None, None]
+    with pytest.raises(ArgumentError, match=r"^target='truth': use label \(the scene's class, as the pointing game "
+                                            r"asks\) or prediction$"):
+        evaluate_pointing(classifier, scenes, target="truth")
 
 
 def _pair_scenes() -> list[Scene]:
@@ -534,8 +561,8 @@ def test_cli_evaluate_on_the_gray_canvas_at_native_size(tmp_path, capsys, monkey
     checkpoint = _fake_checkpoint(tmp_path / "tiny.ckpt", list(FASHION_MNIST_CLASSES))
     sizes = []
     original = explain_module.explain_batch
-    monkeypatch.setattr(explain_module, "explain_batch",
-                        lambda model, images, method: sizes.append(images.shape) or original(model, images, method))
+    monkeypatch.setattr(explain_module, "explain_batch", lambda model, images, method, **kw:
+                        sizes.append(images.shape) or original(model, images, method, **kw))
     assert main(["evaluate", "--checkpoint", str(checkpoint), "--dataset", "fashion-mnist-canvas", "--limit", "4",
                  "--img-size", "64", "--json"]) == 0
     metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -960,7 +987,7 @@ def test_the_pointing_game_and_gates_place_a_cnns_cells_at_their_receptive_field
     image = np.zeros((64, 64, 3), np.uint8)
     image[31:34, 31:34] = 255
     around = Scene(image, np.array([[31, 31, 33.5, 33.5]], np.float32), np.array([0]), ["white"], ["a dot"] * 5)
-    monkeypatch.setattr(explain_module, "explain_batch", lambda model, images, method: _one_hot_maps(len(images)))
+    monkeypatch.setattr(explain_module, "explain_batch", lambda model, images, method, **kw: _one_hot_maps(len(images)))
     assert evaluate_pointing(classifier, [around], batch_size=1)["pointing"] == 1.0
     monkeypatch.setattr(explain_module, "grad_cam",
                         lambda model, images, *, target_class: (_one_hot_maps(len(images)), target_class))
@@ -1050,6 +1077,34 @@ def test_an_out_that_takes_no_file_is_one_line_naming_out(out, reason, tmp_path)
     with pytest.raises(ConfigError, match=rf"^path .*{out}: cannot write there \({reason}\)"):
         save_overlay(image, np.random.rand(7, 7), tmp_path / out)
     assert (tmp_path / "notes.txt").read_text() == "mine" and not any((tmp_path / "folder").iterdir())
+
+
+@pytest.mark.parametrize("argument", ["out", "path", "words"])
+def test_a_figure_write_that_runs_out_of_space_is_one_line_naming_the_argument(argument, tmp_path):
+    """A write failing past the path's check (a full disk) was a raw OSError from Python; the earlier figure stays."""
+    import resource
+
+    from visattn.explain import explain_image
+
+    image = np.zeros((28, 28, 3), np.uint8)
+    image[8:20, 8:20] = 255
+    maps = [np.random.rand(7, 7), np.random.rand(7, 7)]
+    write = {"out": lambda p: explain_image(load_classifier("se_resnet20_cifar.fmnist"), image, "gradcam", p),
+             "path": lambda p: save_overlay(image, maps[0], p),
+             "words": lambda p: save_word_panels(image, ["a", "hat"], maps, p)}[argument]
+    target = tmp_path / "map.png"
+    write(target)  # the earlier figure, which a rerun may replace
+    before = target.read_bytes()
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, hard))  # `ulimit -f 4`: writing past 4 KiB fails (EFBIG)
+    try:
+        named = "out" if argument == "out" else "path"
+        with pytest.raises(ArgumentError, match=rf"^{named}='{target}': cannot write there \(File too large\); "
+                                                r"free some space or choose another file$"):
+            write(target)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert target.read_bytes() == before and list(tmp_path.iterdir()) == [target]
 
 
 @pytest.mark.parametrize("shape", [(0, 0, 3), (0, 5, 3), (5, 0, 3)])

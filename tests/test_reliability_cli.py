@@ -397,6 +397,18 @@ OUTPUT_AND_OPTION_CASES = {
     "img_size_for_a_detector": (lambda tmp: ["evaluate", "--model", DETECTOR, "--dataset", "fashion-scenes",
                                              "--img-size", "96"],
                                 f"--img-size: {DETECTOR} is a detector, and only a classifier takes --img-size; drop it"),
+    "pointing_target_for_a_captioner": (lambda tmp: ["evaluate", "--model", CAPTIONER, "--dataset", "fashion-scenes",
+                                                     "--pointing-target", "label"],
+                                        f"--pointing-target: {CAPTIONER} is a captioner, and only a classifier takes "
+                                        "--pointing-target; drop it"),
+    "pointing_target_on_pairs": (lambda tmp: ["evaluate", "--model", "se_resnet20_cifar.fmnist", "--dataset",
+                                              "fashion-mnist-pairs", "--pointing-target", "prediction"],
+                                 "--pointing-target: applies to the one-item scenes fashion-scenes and "
+                                 "fashion-mnist-canvas, not fashion-mnist-pairs; drop it"),
+    "pointing_target_for_rollout": (lambda tmp: ["evaluate", "--model", "vit_tiny_patch4_28.fmnist", "--dataset",
+                                                 "fashion-mnist-canvas", "--pointing-target", "label"],
+                                    "--pointing-target: vit_tiny_patch4_28.fmnist is scored with rollout, whose maps "
+                                    "do not depend on the class; drop it"),
 }
 CASES.update(OUTPUT_AND_OPTION_CASES)
 NEEDS_PROC = {"detect_out_takes_no_file", "caption_attention_out_takes_no_file", "export_path_problem_at_another_opset"}
@@ -525,7 +537,7 @@ def test_a_write_that_runs_out_of_space_keeps_the_earlier_file(command, tmp_path
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("visattn: error: --out out") and err.count("\n") == 1, err
-    assert "cannot write there (File too large); free some space or choose another --out" in err
+    assert "cannot write there (File too large); free some space or choose another" in err
     assert earlier.read_bytes() == before and list(earlier.parent.iterdir()) == [earlier]
 
 

@@ -106,6 +106,8 @@ POINTING_DATASETS = {"fashion-scenes": {},
                      "fashion-mnist-canvas": {"colors": ("white",)},
                      "fashion-mnist-pairs": {"colors": ("white",), "min_items": 2, "max_items": 2, "distinct_classes": True}}
 
+ONE_ITEM_POINTING = [name for name, settings in POINTING_DATASETS.items() if "max_items" not in settings]
+
 
 def pointing_scenes(dataset: str, split: str, limit: Optional[int]) -> "FashionScenes":
     """The ``limit`` (default 1000) scenes of ``split`` that ``evaluate --dataset DATASET`` scores a classifier's maps on."""
@@ -122,6 +124,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     detector, captioner = is_detector(args.model, args.checkpoint), is_captioner(args.model, args.checkpoint)
     check_evaluate_options(args, "detector" if detector else "captioner" if captioner else "classifier")
+    if args.pointing_target is not None and args.dataset not in ONE_ITEM_POINTING:
+        raise ConfigError(f"--pointing-target: applies to the one-item scenes {' and '.join(ONE_ITEM_POINTING)}, "
+                          f"not {args.dataset}; drop it")
     args.split = evaluation_split(args.dataset, args.split)
     if detector:
         return cmd_evaluate_detector(args)
@@ -159,7 +164,8 @@ def evaluation_split(dataset: str, split: Optional[str]) -> Optional[str]:
 
 # evaluate's options that only one kind of model takes; any other would silently ignore them
 MODEL_KIND_OPTIONS = {"beam_size": ("--beam-size", "captioner"), "max_len": ("--max-len", "captioner"),
-                      "length_penalty": ("--length-penalty", "captioner"), "img_size": ("--img-size", "classifier")}
+                      "length_penalty": ("--length-penalty", "captioner"), "img_size": ("--img-size", "classifier"),
+                      "pointing_target": ("--pointing-target", "classifier")}
 
 
 def check_evaluate_options(args: argparse.Namespace, kind: str) -> None:
@@ -171,12 +177,18 @@ def check_evaluate_options(args: argparse.Namespace, kind: str) -> None:
 
 def cmd_evaluate_pointing(classifier, args: argparse.Namespace) -> dict:
     from .explain import evaluate_class_pointing, evaluate_pointing
+    from .explain.attention import gives_attention
     from .tasks.classification import check_fashion_mnist_labels
 
     check_fashion_mnist_labels(classifier.class_names, args.dataset)  # the scenes hold Fashion-MNIST items
+    if args.pointing_target is not None and gives_attention(classifier.model):
+        raise ConfigError(f"--pointing-target: {classifier.name} is scored with rollout, whose maps do not depend "
+                          "on the class; drop it")
     scenes = pointing_scenes(args.dataset, args.split, args.limit)
-    evaluate = evaluate_pointing if scenes.max_items == 1 else evaluate_class_pointing
-    return evaluate(classifier, scenes, batch_size=min(args.batch_size, 64))
+    if scenes.max_items > 1:
+        return evaluate_class_pointing(classifier, scenes, batch_size=min(args.batch_size, 64))
+    return evaluate_pointing(classifier, scenes, batch_size=min(args.batch_size, 64),
+                             target=args.pointing_target or "label")
 
 
 def cmd_evaluate_captioner(args: argparse.Namespace) -> int:
@@ -251,14 +263,15 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
 
 # explain_image's arguments as `visattn explain` takes them
-EXPLAIN_FLAGS = {"method": "--method", "layer": "--layer", "head": "--head", "target_class": "--class"}
+EXPLAIN_FLAGS = {"method": "--method", "layer": "--layer", "head": "--head", "target_class": "--class",
+                 "out": "--out"}
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
     from .data.image_io import decode_image
     from .explain import explain_image
     from .explain.overlay import figure_format
-    from .fileio import output_errors, prepare_output_file
+    from .fileio import prepare_output_file
     from .pretrained import model_files
     from .tasks.classification import load_classifier
 
@@ -266,12 +279,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
     figure_format(args.out)  # a suffix matplotlib cannot write, refused before the work
     out = prepare_output_file(args.out, flag="--out", inputs=[args.path, *model_files(args.model, args.checkpoint)])
     image = decode_image(args.path)
-    with output_errors(out, flag="--out", kind="file"):
-        try:
-            result = explain_image(classifier, image, args.method, out,
-                                   layer=args.layer, head=args.head, target_class=args.target_class)
-        except ArgumentError as err:
-            raise err.for_flag(EXPLAIN_FLAGS[err.argument]) from None
+    try:
+        result = explain_image(classifier, image, args.method, out,
+                               layer=args.layer, head=args.head, target_class=args.target_class)
+    except ArgumentError as err:
+        raise err.for_flag(EXPLAIN_FLAGS[err.argument]) from None
     explained = f" of {result['explained']}" if result["explained"] != result["label"] else ""
     print(f"{args.path}: {result['label']} {result['prob']:.3f}; {args.method} map{explained} written to {args.out}")
     return 0
@@ -529,6 +541,10 @@ def build_parser() -> argparse.ArgumentParser:
                           help="captioners: rank hypotheses by log p / length ** this (0: unnormalised; default 1)")
     evaluate.add_argument("--img-size", type=int, default=None,
                           help="classifiers: score at this square input size (ViT position embeddings are resampled)")
+    evaluate.add_argument("--pointing-target", choices=["label", "prediction"], default=None,
+                          help="classifiers on fashion-scenes / fashion-mnist-canvas: score the Grad-CAM map of the "
+                               "item's class (label, the default, as Zhang et al.'s pointing game does) or of the "
+                               "predicted class")
     evaluate.set_defaults(func=cmd_evaluate)
 
     classify = sub.add_parser("classify", help="classify image files and folders (recursively)")

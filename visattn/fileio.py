@@ -106,9 +106,15 @@ def output_errors(path: PathLike, *, flag: str, kind: str = "folder") -> Iterato
     try:
         yield
     except OSError as err:
-        reason = _OS_REASONS.get(err.errno) or err.strerror or str(err)
-        fix = "free some space or choose another" if err.errno in _FULL else "choose a writable"
-        raise ConfigError(f"{flag} {path}: cannot write there ({reason}); {fix} {flag} {kind}") from None
+        raise ConfigError(f"{flag} {path}: {write_failure(err, f'{flag} {kind}')}") from None
+
+
+def write_failure(err: OSError, kind: str) -> str:
+    """Why a write failed and the fix, for a message that has named the path: ``cannot write there (No
+    space left on device); free some space or choose another KIND``."""
+    reason = _OS_REASONS.get(err.errno) or err.strerror or str(err)
+    fix = "free some space or choose another" if err.errno in _FULL else "choose a writable"
+    return f"cannot write there ({reason}); {fix} {kind}"
 
 
 def prepare_output_dir(path: PathLike, *, flag: str) -> Path:

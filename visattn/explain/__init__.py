@@ -12,7 +12,7 @@ method          families                    what the map is
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING, Literal, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Literal, Optional, Sequence, Union, get_args
 
 import albumentations as A
 import numpy as np
@@ -45,6 +45,7 @@ __all__ = [
 ]
 
 Method = Literal["rollout", "attention", "gradcam", "gates"]
+PointingTarget = Literal["label", "prediction"]  # whose Grad-CAM map the one-item pointing game scores
 METHODS = ("rollout", "attention", "gradcam", "gates")
 
 
@@ -254,7 +255,7 @@ def explain_image(
         title += f" for {classifier.class_names[explained]}"
     seen = model_view(tensor, classifier.preprocessing["mean"], classifier.preprocessing["std"])
     fig = overlay_figure(seen, heatmap, title=title, pixel_aspect=_squashed_pixel_aspect(classifier, image, tensor))
-    save_figure(fig, target)  # an OSError past the check (disk full) is left for `visattn explain` to name --out
+    save_figure(fig, target, argument="out")
     shown = classifier.class_names[index if explained is None else explained]
     return {"label": label, "index": index, "prob": round(float(probs[index]), 4), "method": method,
             "explained": shown, "out": str(out)}
@@ -283,6 +284,7 @@ def evaluate_pointing(
     batch_size: int = 32,
     limit: Optional[int] = None,
     tolerance: float = 0.0,
+    target: PointingTarget = "label",
 ) -> dict:
     """Top-1 accuracy and pointing-game accuracy of a classifier on single-object scenes.
 
@@ -297,11 +299,17 @@ def evaluate_pointing(
         batch_size: images explained at once.
         limit: score only the first ``limit`` scenes.
         tolerance: pixels (of the model input) by which boxes are grown.
+        target: the class whose Grad-CAM map is scored: ``label``, the scene's class, as Zhang et al.'s
+            pointing game asks, or ``prediction``, the class the classifier chose. Rollout, attention
+            and gate maps do not depend on the class.
 
     Returns:
         ``{"top1", "pointing", "pointing_method", "n"}``; scenes whose box the crop removes are skipped.
     """
     method = method or ("rollout" if gives_attention(classifier.model) else "gradcam")
+    if target not in get_args(PointingTarget):
+        raise ArgumentError("target", target, "use label (the scene's class, as the pointing game asks) or prediction")
+    by_label = method == "gradcam" and target == "label"
     pipeline = _with_boxes(classifier.transform())
     count = len(scenes) if limit is None else min(limit, len(scenes))
     correct = hits = n = 0
@@ -311,7 +319,8 @@ def evaluate_pointing(
             continue
         batch = batch.to(classifier.device)  # once, for the prediction and the map
         predictions = classifier.predict(batch).argmax(dim=1)
-        maps = explain_batch(classifier.model, batch, method).cpu()
+        explained = labels.to(classifier.device) if by_label else None
+        maps = explain_batch(classifier.model, batch, method, target_class=explained).cpu()
         size = tuple(batch.shape[-2:])
         centres = map_centres(classifier.model, maps.shape[-2:], size)
         hits += sum(pointing_hit(m, b, size, tolerance=tolerance, centres=centres) for m, b in zip(maps, boxes))
@@ -319,6 +328,8 @@ def evaluate_pointing(
         n += len(labels)
     if n == 0:
         raise ConfigError("no scenes to score; check --dataset, --split and --limit")
+    if method == "gradcam":
+        method = f"gradcam of the {'true' if by_label else 'predicted'} class"
     return {"top1": round(correct / n, 6), "pointing": round(hits / n, 6), "pointing_method": method, "n": n}
 
 

@@ -24,8 +24,8 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
-from ..errors import ConfigError
-from ..fileio import atomic_path, figure_mark, output_errors, prepare_output_file
+from ..errors import ArgumentError, ConfigError
+from ..fileio import atomic_path, figure_mark, prepare_output_file, write_failure
 from .cell_centres import CellCentres
 
 PathLike = str | os.PathLike
@@ -114,8 +114,7 @@ def save_overlay(
     target = check_figure_path(path, flag="path")  # before drawing, as explain_image checks its out
     fig = overlay_figure(image, heatmap, title=title, cmap=cmap, alpha=alpha, pixel_aspect=pixel_aspect,
                          centres=centres)
-    with output_errors(target, flag="path", kind="file"):  # a write failing after the check: disk full
-        save_figure(fig, target)
+    save_figure(fig, target, argument="path")
 
 
 def overlay_figure(
@@ -168,10 +167,25 @@ def save_word_panels(
         alpha: weight of the map in the blend.
         centres: where the maps' cells sit on the image (default: equal blocks).
     """
+    fig = word_panels_figure(image, words, maps, columns=columns, cmap=cmap, alpha=alpha, centres=centres)
+    target = check_figure_path(path, flag="path")
+    save_figure(fig, target, argument="path")
+
+
+def word_panels_figure(
+    image: np.ndarray,
+    words: Sequence[str],
+    maps: Sequence[np.ndarray],
+    *,
+    columns: int = 5,
+    cmap: str = "gray",
+    alpha: float = 0.6,
+    centres: Optional[CellCentres] = None,
+) -> Figure:
+    """The figure :func:`save_word_panels` writes; see it for the arguments."""
     image = _check_image(image)
     if len(words) != len(maps) or not words:
         raise ConfigError(f"got {len(words)} words and {len(maps)} maps; give one map per word (at least one)")
-    path = check_figure_path(path, flag="path")
     columns = max(1, min(columns, len(words)))
     rows = math.ceil(len(words) / columns)
     fig = _figure(figsize=(2.0 * columns, 2.2 * rows))
@@ -181,7 +195,7 @@ def save_word_panels(
         axis.set_title(word)
     for axis in axes:
         axis.set_axis_off()
-    save_figure(fig, path)
+    return fig
 
 
 def _figure(figsize: tuple[float, float]) -> Figure:
@@ -211,8 +225,15 @@ def check_figure_path(path: PathLike, *, flag: str) -> Path:
     return prepare_output_file(path, flag=flag)
 
 
-def save_figure(fig: Figure, path: PathLike) -> None:
-    """Write ``fig`` to ``path`` atomically, marked as visattn's (see :func:`visattn.fileio.figure_mark`)."""
+def save_figure(fig: Figure, path: PathLike, *, argument: Optional[str] = None) -> None:
+    """Write ``fig`` to ``path`` atomically, marked as visattn's (see :func:`visattn.fileio.figure_mark`).
+    A failed write (a full disk, past the path's check) is one line naming ``argument``, the function
+    argument ``path`` came in by; without one the OSError is left to the caller to name its option."""
+    if argument is not None:
+        try:
+            return save_figure(fig, path)
+        except OSError as err:
+            raise ArgumentError(argument, os.fspath(path), write_failure(err, "file")) from None
     # The temp file's .tmp suffix would make matplotlib guess the format: name it from the real one.
     image_format = figure_format(path)
     with atomic_path(path) as tmp:  # a failed write (disk full) leaves an earlier file as it was

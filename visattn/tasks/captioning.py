@@ -423,7 +423,7 @@ def caption_files(captioner: Captioner, paths: Sequence[str], *, beam_size: int 
 
     from ..data.image_io import list_images, run_in_batches
     from ..explain import model_view
-    from ..explain.overlay import save_word_panels
+    from ..explain.overlay import check_figure_path, save_figure, word_panels_figure
 
     files = list_images(list(paths), allow_empty=False, exclude=[attention_out])
     flag = "--attention-out"
@@ -450,9 +450,9 @@ def caption_files(captioner: Captioner, paths: Sequence[str], *, beam_size: int 
         if target is not None and words:
             # The maps cover what the model saw: the photo recipe's centre crop, not the whole file.
             seen = model_view(item.prepared, captioner.preprocessing["mean"], captioner.preprocessing["std"])
+            fig = word_panels_figure(seen, words, list(attention.numpy()), centres=centres_of(seen.shape[:2]))
             with output_errors(attention_out, flag=flag):
-                save_word_panels(seen, words, list(attention.numpy()), target,
-                                 centres=centres_of(seen.shape[:2]))
+                save_figure(fig, check_figure_path(target, flag=flag))
             record["attention"] = str(target)
         line = f"{item.path}: {record['caption']}{attention_note(record, 'words')}"
         print(json.dumps(record) if as_json else one_line(line))

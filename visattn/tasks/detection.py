@@ -371,7 +371,7 @@ def _write_drawings(record: dict[str, Any], image: np.ndarray, found: dict[str, 
                     drawn: Optional[Path], panels: Optional[Path]) -> None:
     """Draw the boxes to ``drawn`` and each detection's attention to ``panels`` (``None``: not asked
     for), adding the paths written to ``record``."""
-    from ..explain.overlay import save_word_panels
+    from ..explain.overlay import check_figure_path, save_figure, word_panels_figure
 
     if drawn is not None:
         with output_errors(drawn.parent, flag="--out"):
@@ -381,8 +381,9 @@ def _write_drawings(record: dict[str, Any], image: np.ndarray, found: dict[str, 
         record["attention"] = None
     if panels is not None and record["detections"]:
         titles = [f"{d['label']} {d['score']:.2f}" for d in record["detections"]]
+        fig = word_panels_figure(image, titles, list(found["attention"].numpy()))
         with output_errors(panels.parent, flag="--attention-out"):
-            save_word_panels(image, titles, list(found["attention"].numpy()), panels)
+            save_figure(fig, check_figure_path(panels, flag="--attention-out"))
         record["attention"] = str(panels)
 
 
