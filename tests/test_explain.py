@@ -901,6 +901,8 @@ def _resnet_with_average_pooling(model: nn.Module) -> nn.Module:
     (lambda: __import__("timm").create_model("regnetx_002", num_classes=0), 768, 12),
     # CNNs that downsample off-centre (4x4 patchify stem; 2x2 pooling): their cells fill equal blocks
     (lambda: __import__("timm").create_model("convnext_atto", depths=(1, 1, 1, 1)), 512, 7),
+    # ... which are its tiles, from the top left, at a size that is not a multiple of the stride (500 // 32 = 15)
+    (lambda: __import__("timm").create_model("convnext_atto", depths=(1, 1, 1, 1)), 500, 7),
     (lambda: __import__("timm").create_model("vgg11", num_classes=0), 224, 2),
 ])
 def test_a_cnn_maps_cells_sit_at_their_receptive_fields_centres(build, size, cell):
@@ -920,6 +922,29 @@ def test_a_cnn_maps_cells_sit_at_their_receptive_fields_centres(build, size, cel
     # the field's middle in continuous pixels (pixel i covers [i, i + 1))
     assert centres.rows[cell] == (rows.min() + rows.max() + 1).item() / 2
     assert centres.cols[cell] == (cols.min() + cols.max() + 1).item() / 2
+
+
+@pytest.mark.parametrize("kwargs, size", [({"img_size": 100}, (100, 100)),  # the last 4 px are dropped
+                                          ({"dynamic_img_size": True, "dynamic_img_pad": True}, (100, 120))])  # padded
+def test_a_timm_vits_patches_sit_where_they_see_at_any_input_size(kwargs, size):
+    """At a size that is not a multiple of the patch, the patches were drawn in equal blocks, up to 3.7 px off."""
+    import timm
+
+    from visattn.explain import map_centres
+
+    model = timm.create_model("vit_tiny_patch16_224", **kwargs).eval()
+    image = torch.rand(1, 3, *size, requires_grad=True)
+    tokens = model.patch_embed(image)
+    grid = (size[0] // 16, size[1] // 16) if tokens.dim() == 3 else tuple(tokens.shape[1:3])
+    tokens = tokens.reshape(1, *grid, -1)  # (1, h, w, C)
+    centres = map_centres(model, grid, size)
+    for row, col in [(0, 0), (grid[0] - 1, grid[1] - 1), (2, 3)]:
+        image.grad = None
+        tokens[0, row, col].sum().backward(retain_graph=True)
+        seen = image.grad[0].abs().sum(dim=0)  # (H, W): the patch, cut by the image's edge where padded
+        rows, cols = seen.sum(dim=1).nonzero()[:, 0], seen.sum(dim=0).nonzero()[:, 0]
+        assert rows.min() == 16 * row and cols.min() == 16 * col
+        assert (centres.rows[row], centres.cols[col]) == (16 * row + 8, 16 * col + 8)
 
 
 @pytest.mark.parametrize("cells, grid", [(8, 4), (8, 3), (7, 3), (14, 14), (5, 1)])

@@ -4,9 +4,13 @@ An ``(h, w)`` map is drawn and scored by placing each cell at a point of the ima
 linearly between those points (flat beyond the outer ones). Coordinates are continuous pixels, pixel
 ``i`` covering ``[i, i + 1)`` (as the pointing game's boxes).
 
-- A ViT's patch grid covers the image in equal blocks: cell ``k`` of ``h`` sits at ``(k + 1/2) H / h``.
-  So does any map without a known layout; this is what upsampling with ``align_corners=False``
-  assumes (Grad-CAM tools draw every map that way).
+- A ViT's patches of ``p`` pixels tile the image from its top-left corner: cell ``k`` sits at
+  ``p k + p/2``, and an image that is not a multiple of ``p`` loses its last ``H mod p`` rows (timm
+  without ``dynamic_img_pad``) or is padded below them. So does every cell of a CNN whose downsampling
+  layers never overlap (kernel = stride, no padding: ConvNeXt's patchify stem and downsampling).
+- Any map without a known layout covers the image in equal blocks, cell ``k`` of ``h`` at
+  ``(k + 1/2) H / h``: what upsampling with ``align_corners=False`` assumes (Grad-CAM tools draw every
+  map that way). Where ``H`` is a multiple of the stride, tiles are these blocks.
 - A ResNet's cell of stride ``s`` sits at the centre of its receptive field, pixel ``s k`` (continuous
   ``s k + 1/2``): an odd kernel centred by its padding, stride 2, centres output ``j`` on input ``2j``.
   That is ``(s - 1) / 2`` px above and left of its block's centre: 3.5 px for 8 px cells, 15.5 px for
@@ -20,7 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -50,6 +54,13 @@ class CellCentres:
         ``s`` the power of two for which "same" padding gives ``ceil(H / s) = h`` cells; an axis that no
         power of two fits is laid out in blocks."""
         return cls(*(_strided_centres(cells, pixels) for cells, pixels in zip(map_size, image_size)))
+
+    @classmethod
+    def tiled(cls, map_size: Sequence[int], image_size: Sequence[int], stride: Sequence[int]) -> "CellCentres":
+        """Cells of non-overlapping ``stride`` px tiles from the top-left corner, ``s k + s/2``, on each
+        axis whose ``h`` cells are the ``floor`` or ``ceil`` of ``H / s`` (a remainder dropped or padded);
+        otherwise (a map of an earlier layer) the power of two that gives ``floor(H / s) = h``, else blocks."""
+        return cls(*(_tiled_centres(cells, pixels, s) for cells, pixels, s in zip(map_size, image_size, stride)))
 
     @property
     def map_size(self) -> tuple[int, int]:
@@ -90,8 +101,12 @@ def map_centres(model: nn.Module, map_size: Sequence[int], image_size: Sequence[
     receptive fields' centres (:meth:`CellCentres.strided`), any other model's in equal blocks, as Grad-CAM
     tools draw them: a ViT's patches are such blocks, and other CNNs downsample off-centre in their own
     ways (ConvNeXt's 4x4 patchify stem, VGG's and DenseNet's 2x2 pooling, TF "same" padding)."""
-    layout = CellCentres.strided if centred_strides(model) else CellCentres.blocks
-    return layout(tuple(map_size), tuple(image_size))
+    if centred_strides(model):
+        return CellCentres.strided(tuple(map_size), tuple(image_size))
+    stride = tiled_stride(model)
+    if stride is not None:
+        return CellCentres.tiled(tuple(map_size), tuple(image_size), stride)
+    return CellCentres.blocks(tuple(map_size), tuple(image_size))
 
 
 def centred_strides(model: nn.Module) -> bool:
@@ -102,6 +117,17 @@ def centred_strides(model: nn.Module) -> bool:
         return True
     strided = [m for m in model.modules() if isinstance(m, _DOWNSAMPLING) and max(_pair(m.stride)) > 1]
     return bool(strided) and all(map(_centred, strided))
+
+
+def tiled_stride(model: nn.Module) -> Optional[tuple[int, int]]:
+    """The total ``(y, x)`` stride of a model whose every downsampling layer tiles its input without
+    overlap (kernel = stride, no padding: a ViT's patch embedding, ConvNeXt's stem and downsampling);
+    ``None`` for any other model."""
+    strided = [m for m in model.modules() if isinstance(m, _DOWNSAMPLING) and max(_pair(m.stride)) > 1]
+    if not strided or not all(_pair(m.kernel_size) == _pair(m.stride) and not any(_pair(m.padding))
+                              for m in strided):
+        return None
+    return tuple(math.prod(_pair(m.stride)[axis] for m in strided) for axis in (0, 1))
 
 
 _DOWNSAMPLING = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)
@@ -128,6 +154,14 @@ def _strided_centres(cells: int, pixels: int) -> tuple[float, ...]:
         if math.ceil(pixels / stride) == cells:
             return tuple(stride * k + 0.5 for k in range(cells))
     return _block_centres(cells, pixels)  # one cell: its place does not matter, the map is flat along it
+
+
+def _tiled_centres(cells: int, pixels: int, stride: int) -> tuple[float, ...]:
+    if cells not in (pixels // stride, -(-pixels // stride)) and cells > 1:  # an earlier layer's map
+        stride = 2 ** math.floor(math.log2(pixels / cells))  # floor(H / s) = h needs H / (h + 1) < s <= H / h
+        if pixels // stride != cells:
+            return _block_centres(cells, pixels)
+    return tuple(stride * k + stride / 2 for k in range(cells))
 
 
 def _pooled_centres(centres: tuple[float, ...], size: int) -> tuple[float, ...]:
