@@ -175,6 +175,35 @@ def test_warm_up_lasts_its_epochs_when_max_steps_ends_the_run(max_epochs, accumu
     assert scheduler._milestones == [expected]
 
 
+@pytest.mark.parametrize("max_epochs", [None, -1])
+def test_warm_up_lasts_its_epochs_in_a_lightning_run_bounded_by_max_steps_alone(max_epochs):
+    """Lightning counts no batches when only max_steps bounds the run, so the whole run had been warm-up
+    (an epoch of 10 batches, 30 steps: warm-up to step 29, the last step at the peak learning rate)."""
+    import lightning.pytorch as pl
+    from lightning.pytorch.utilities import AttributeDict
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from visattn.tasks.classification import adamw_warmup_cosine
+
+    class Task(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = torch.nn.Linear(2, 1)
+            self._hparams = AttributeDict(lr=1.0, weight_decay=0.0, warmup_epochs=1)
+
+        def training_step(self, batch, batch_idx):
+            return self.model(batch[0]).pow(2).mean()
+
+        def configure_optimizers(self):
+            return adamw_warmup_cosine(self)
+
+    data = DataLoader(TensorDataset(torch.randn(40, 2)), batch_size=4)  # 10 batches an epoch
+    trainer = pl.Trainer(max_steps=30, max_epochs=max_epochs, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+    trainer.fit(Task(), data)
+    assert trainer.global_step == 30 and trainer.lr_scheduler_configs[0].scheduler._milestones == [10]
+
+
 def test_weight_decay_groups_and_a_slower_backbone():
     model = torch.nn.Module()
     model.backbone, model.head = torch.nn.Linear(3, 4), torch.nn.Linear(4, 2)

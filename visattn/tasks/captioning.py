@@ -206,7 +206,8 @@ class CaptioningTask(pl.LightningModule):
         preprocessing: ``input_size``, ``mean``, ``std``, ``recipe`` of the evaluation transform,
             linked from the datamodule; saved in checkpoints for inference.
         lr: peak AdamW learning rate.
-        weight_decay: AdamW weight decay, not applied to biases, norms and embeddings.
+        weight_decay: AdamW weight decay, not applied to biases, norms, position embeddings and tokens
+            (the word embeddings are decayed, as timm decays every 2-d weight).
         warmup_epochs: linear warm-up length, then cosine decay to zero.
         alpha_c: λ of the doubly stochastic attention regulariser.
         label_smoothing: cross-entropy label smoothing.

@@ -216,7 +216,7 @@ class ImageClassifier(pl.LightningModule):
             or ``hf-hub:ORG/REPO`` to start from.
         strict: see :func:`visattn.create_model`.
         lr: peak AdamW learning rate.
-        weight_decay: AdamW weight decay, not applied to biases, norms and embeddings.
+        weight_decay: AdamW weight decay, not applied to biases, norms, position embeddings and tokens.
         warmup_epochs: linear warm-up length, then cosine decay to zero over the run.
         label_smoothing: cross-entropy label smoothing.
         mixup_alpha: MixUp Beta(α, α); 0 disables it.
@@ -343,7 +343,8 @@ class ImageClassifier(pl.LightningModule):
         self._steps_before_batch = self.trainer.global_step
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        # Once per optimizer step: a batch that only accumulates (or whose loss was skipped) steps nothing.
+        # Once per optimizer step: a batch that only accumulates steps nothing. Lightning counts a batch whose
+        # loss was skipped as a step with no update, so the average then takes in the weights unchanged.
         if self.ema is not None and self.trainer.global_step > self._steps_before_batch:
             self.ema.update_parameters(self.model)
 
@@ -418,6 +419,9 @@ def _steps_per_epoch(trainer: pl.Trainer, total: int) -> float:
     """Optimizer steps in one epoch: from the epoch's batches, since ``max_steps`` may end the run
     before ``max_epochs`` does (or with none); from ``total`` for data of unknown length."""
     batches = trainer.num_training_batches
+    if math.isinf(batches) and trainer.train_dataloader is None:  # max_epochs -1: Lightning loaded no data to count
+        trainer.fit_loop.setup_data()
+        batches = trainer.num_training_batches
     if math.isinf(batches):
         return total / max(trainer.max_epochs or 1, 1)
     return max(math.ceil(batches / trainer.accumulate_grad_batches), 1)

@@ -98,7 +98,8 @@ class DetectionTask(pl.LightningModule):
             another size is dropped.
         strict: see :func:`visattn.create_model`.
         lr: peak AdamW learning rate.
-        weight_decay: AdamW weight decay, not applied to biases, norms and embeddings.
+        weight_decay: AdamW weight decay, not applied to biases, norms, position embeddings and tokens
+            (DETR's query embeddings are decayed, as timm decays every 2-d weight).
         warmup_epochs: linear warm-up length, then cosine decay to zero over the run.
         backbone_lr_scale: the backbone's learning rate as a fraction of ``lr`` (DETR: 0.1).
         class_names: label names, linked from the datamodule; saved in checkpoints for inference.

@@ -36,10 +36,12 @@ class NonFiniteLossGuard:
     """Skips training steps whose loss is not finite; stops the run after ``max_bad_steps`` in a row.
 
     A task calls :meth:`watch` before its forward pass and returns :meth:`check`'s result from
-    ``training_step``: ``None`` for a bad step, so Lightning skips its backward pass and optimizer
-    update. The forward pass may already have written NaN into BatchNorm running statistics, so the
-    model's floating-point buffers are put back as they were. Each skipped step logs the total so far
-    as ``train/skipped_steps``; under DDP every rank skips when any rank's loss is bad.
+    ``training_step``: ``None`` for a bad step, so Lightning skips its backward pass and leaves the
+    weights as they were. Lightning still counts the step: ``global_step``, the learning-rate schedule
+    and the EMA average advance by one. The forward pass may already have written NaN into BatchNorm
+    running statistics, so the model's floating-point buffers are put back as they were. Each skipped
+    step logs the total so far as ``train/skipped_steps``; under DDP every rank skips when any rank's
+    loss is bad.
 
     Args:
         max_bad_steps: consecutive non-finite losses after which :class:`NonFiniteLossError` stops the run.
