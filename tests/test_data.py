@@ -222,15 +222,34 @@ def test_a_non_square_photo_evaluation_keeps_the_aspect_ratio_as_timm(input_size
         torch.testing.assert_close(ours(image), by_timm, rtol=0, atol=1e-5)
 
 
-def test_the_small_recipe_shrinks_training_images_as_evaluation_does():
+@pytest.mark.parametrize("shape", [(375, 500), (60, 300), (28, 28), (20, 90)])
+def test_the_small_recipe_resizes_training_images_as_evaluation_does(shape):
     """Training resized with OpenCV's linear filter (4 pixels whatever the scale) and evaluation with PIL's,
-    which averages what a shrunk pixel covers: a 375x500 image at 64 px differed by 0.14 on average."""
+    which averages what a shrunk pixel covers: a 375x500 image at 64 px differed by 0.14 on average. OpenCV's
+    area filter then averaged only where both sides shrink: rows 3 px apart in a 60x300 image became moire."""
     rng = np.random.default_rng(0)
-    ramp = np.linspace(0, 255, 500)[None, :, None] + rng.normal(0, 40, (375, 500, 3))
+    ramp = np.linspace(0, 255, shape[1])[None, :, None] + rng.normal(0, 40, (*shape, 3))
+    ramp[::3] = 255  # fine rows
     image = np.clip(ramp, 0, 255).astype(np.uint8)
     trained = train_transforms(64, recipe="small", padding=0, hflip=False)(image)
     evaluated = eval_transforms(64, recipe="small")(image)
-    assert (trained - evaluated).abs().mean() < 0.05
+    torch.testing.assert_close(trained, evaluated, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("shape", [(60, 300), (375, 500), (40, 30)])
+def test_the_photo_recipe_resizes_its_crop_as_timms_training_transform_does(shape):
+    """Its crop was resized by OpenCV's area filter whenever one side shrank: no averaging along a side
+    that shrinks unless both do, and steps along one that grows (a 40x30 crop at 64 px). A crop of the
+    whole image (scale 1, the image's ratio) leaves nothing random but the filter."""
+    from PIL import Image
+    from timm.data import create_transform
+
+    image = np.random.default_rng(0).integers(0, 256, (*shape, 3), dtype=np.uint8)
+    ratio = shape[1] / shape[0]
+    ours = train_transforms(64, scale=(1.0, 1.0), ratio=(ratio, ratio), hflip=False)(image)
+    by_timm = create_transform(64, is_training=True, scale=(1.0, 1.0), ratio=(ratio, ratio), hflip=0.0,
+                               color_jitter=None, interpolation="bilinear")(Image.fromarray(image))
+    torch.testing.assert_close(ours, by_timm, rtol=0, atol=1e-6)
 
 
 def test_unknown_recipe():

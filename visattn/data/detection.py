@@ -109,9 +109,12 @@ def train_detection_transforms(
 
     Args:
         hflip: random horizontal flips.
-        scale: zoom range of the random affine (the image keeps its size; borders are black).
+        scale: scale range of the random affine, applied to half the images (the image keeps its size;
+            borders are black). Each axis draws its own scale, so objects also stretch (by up to
+            1.2 / 0.8 = 1.5x in aspect with the default).
         translate: largest shift of the random affine, as a fraction of the image side.
-        color_jitter: brightness/contrast/saturation jitter strength; 0 turns it off.
+        color_jitter: brightness/contrast/saturation jitter strength, applied to half the images (as
+            torchvision's detection references' photometric distortion); 0 turns it off.
     """
     steps: list[A.BasicTransform] = [A.HorizontalFlip(p=0.5)] if hflip else []
     steps.append(A.Affine(scale=scale, translate_percent=(-translate, translate), fill=0, p=0.5))

@@ -175,10 +175,10 @@ def train_transforms(
     height, width = _height_width(input_size)
     if recipe == "photo":
         steps: list[A.BasicTransform] = [
-            A.RandomResizedCrop((height, width), scale=scale, ratio=ratio, area_for_downscale="image")]
+            PilRandomResizedCrop((height, width), scale=scale, ratio=ratio)]
     elif recipe == "small":
         steps = [
-            A.Resize(height, width, area_for_downscale="image"),  # shrinks as evaluation's PIL filter does
+            PilResize((height, width), None, DEFAULT_INTERPOLATION),  # evaluation's resize, whatever the shape
             A.PadIfNeeded(height + 2 * padding, width + 2 * padding, border_mode=0, fill=0),
             A.RandomCrop(height, width),
         ]
@@ -255,8 +255,10 @@ class PilResize(A.DualTransform):
         return {"resized": resized, "crop": crop, "offset": [int(round((r - c) / 2.0)) for r, c in zip(resized, crop)]}
 
     def apply(self, img: np.ndarray, resized: tuple[int, int], crop: tuple[int, int], **params: object) -> np.ndarray:
+        if self.crop is None:
+            return pil_resize(img, resized, self.interpolation)
         image = TF.resize(Image.fromarray(img), list(resized), interpolation=InterpolationMode(self.interpolation))
-        return np.asarray(image if self.crop is None else TF.center_crop(image, list(crop)))
+        return np.asarray(TF.center_crop(image, list(crop)))
 
     def apply_to_bboxes(self, bboxes: np.ndarray, resized: tuple[int, int], crop: tuple[int, int],
                         offset: list[int], **params: object) -> np.ndarray:
@@ -269,6 +271,24 @@ class PilResize(A.DualTransform):
 
     def get_transform_init_args_names(self) -> tuple[str, ...]:
         return ("size", "crop", "interpolation", "keep_ratio")
+
+
+class PilRandomResizedCrop(A.RandomResizedCrop):
+    """Albumentations' ``RandomResizedCrop`` (timm's crop sampling, boxes moved with it) with the crop
+    resized by PIL's bilinear filter, as timm's training transform and visattn's evaluation resize: OpenCV's
+    area filter averages only where both sides shrink, and steps where one side grows."""
+
+    def apply(self, img: np.ndarray, crop_coords: tuple[int, int, int, int], **params: object) -> np.ndarray:
+        x_min, y_min, x_max, y_max = crop_coords
+        return pil_resize(img[y_min:y_max, x_min:x_max], self.size, DEFAULT_INTERPOLATION)
+
+
+def pil_resize(image: np.ndarray, size: Sequence[int], interpolation: Interpolation) -> np.ndarray:
+    """``image`` resized to ``size = (H, W)`` by torchvision on its PIL image, whose filters average what a
+    shrunk pixel covers; an image already that size is returned as it is (Fashion-MNIST at 28 px)."""
+    if tuple(image.shape[:2]) == tuple(size):
+        return image
+    return np.asarray(TF.resize(Image.fromarray(image), list(size), interpolation=InterpolationMode(interpolation)))
 
 
 def default_preprocessing(model: nn.Module) -> dict:
