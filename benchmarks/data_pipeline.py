@@ -5,7 +5,10 @@
 1. decode + albumentations training transform of photo-sized PNG and JPEG files written to a
    temporary folder: ``visattn.data.decode_image`` (size limit, EXIF, alpha, high-depth checks)
    against a bare ``PIL.Image.open(...).convert("RGB")``; both feed the same transform.
-2. Fashion-MNIST training batches: ``FashionMNISTDataModule`` (albumentations "small" recipe)
+2. the training transform alone on decoded photos: visattn's ``photo`` recipe (albumentations, the
+   crop resized by PIL's filter) against timm's ``create_transform(is_training=True)`` with the same
+   crop scale, flip and filter (on PIL images, as timm's datasets hand them over).
+3. Fashion-MNIST training batches: ``FashionMNISTDataModule`` (albumentations "small" recipe)
    against ``torchvision.datasets.FashionMNIST`` with the equivalent ``transforms.v2`` pipeline,
    same idx files, batch size and ``num_workers=0``.
 """
@@ -59,6 +62,21 @@ def decode_round(decode: Callable[[Path], np.ndarray], paths: list[Path], img_si
     return run
 
 
+def transform_round(transform: Callable, images: list) -> Callable[[], None]:
+    def run() -> None:
+        for image in images:
+            transform(image)
+    return run
+
+
+def timm_train_transform(img_size: int) -> Callable:
+    """timm's training transform with visattn's photo-recipe defaults: crop area 60-100%, flips, bilinear."""
+    from timm.data import create_transform
+
+    return create_transform(img_size, is_training=True, scale=(0.6, 1.0), hflip=0.5, color_jitter=None,
+                            interpolation="bilinear")
+
+
 def torchvision_fashion_mnist(folder: Path, batch_size: int) -> DataLoader:
     """torchvision's dataset over the same idx files (it wants them unzipped under FashionMNIST/raw)."""
     raw = folder / "FashionMNIST" / "raw"
@@ -103,6 +121,13 @@ def main() -> None:
                                               rounds=args.rounds)
             results.append(_figures(f"decode+train_transform {fmt} {args.photo_size[0]}x{args.photo_size[1]}",
                                     "PIL.Image.open+convert", seconds, len(paths)))
+        arrays = [pil_rgb(path) for path in paths]
+        seconds = side_by_side.interleave(
+            {"visattn": transform_round(train_transforms(args.img_size), arrays),
+             "reference": transform_round(timm_train_transform(args.img_size), [Image.fromarray(a) for a in arrays])},
+            rounds=args.rounds)
+        results.append(_figures(f"train_transform {args.photo_size[0]}x{args.photo_size[1]}",
+                                "timm create_transform(is_training)", seconds, len(arrays)))
         data = FashionMNISTDataModule(batch_size=args.batch_size, num_workers=0)
         data.setup("fit")
         loaders = {"visattn": data.train_dataloader(), "reference": torchvision_fashion_mnist(folder, args.batch_size)}
