@@ -488,6 +488,29 @@ class _PixelOracle(nn.Module):
 def test_evaluate_scores_boxes_as_annotated_as_pycocotools_cocoeval_does(tmp_path):
     """Evaluation clipped a box crossing the border and dropped one under 1 px before scoring: 0.94 where
     COCOeval gave 0.88 on the same file and detections."""
+    boxes = {10: [(1, [20, 4, 20, 10]), (2, [5, 5, 0.6, 8]), (1, [2, 16, 10, 10])],  # past the right edge; 0.6 px wide
+             20: [(2, [4, 24, 8, 12]), (1, [14, 2, 10, 10])]}  # past the bottom edge
+    found = {10: [(1, [20, 4, 32, 14], 0.9), (2, [5, 5, 5.6, 13], 0.8), (1, [2, 16, 12, 26], 0.7), (2, [0, 0, 4, 4], 0.6)],
+             20: [(2, [4, 24, 12, 32], 0.9), (1, [15, 3, 25, 13], 0.5)]}
+    ours, theirs = _visattn_and_cocoeval(tmp_path, boxes, found, image_ids=[1, 2])
+    assert (ours["map"], ours["map50"]) == pytest.approx(theirs, abs=2e-6)
+
+
+def test_equal_scores_across_images_rank_as_cocoeval_ranks_them_by_image_id(tmp_path):
+    """COCOeval walks images in id order, which breaks ties between equal scores; visattn took the file's
+    order: 0.500 where COCOeval gave 0.442 for a file listing ids 9, 2, 5."""
+    boxes = {key: [(1, [10, 10, 20, 20])] for key in (10, 20, 30)}
+    hit, miss = [10, 10, 30, 30], [40, 40, 50, 50]
+    found = {10: [(1, hit, 0.5), (1, miss, 0.5)], 20: [(1, miss, 0.5)], 30: [(1, hit, 0.5)]}
+    ours, theirs = _visattn_and_cocoeval(tmp_path, boxes, found, image_ids=[9, 2, 5])
+    assert theirs == pytest.approx((0.442244, 0.442244), abs=1e-6)
+    assert (ours["map"], ours["map50"]) == pytest.approx(theirs, abs=2e-6)
+
+
+def _visattn_and_cocoeval(tmp_path: Path, boxes: dict, found: dict, image_ids: list[int]) -> tuple[dict, tuple]:
+    """``evaluate_detector``'s scores for a detector that finds ``found[key]`` (``(category, xyxy, score)``)
+    in the image whose first pixel is ``key``, and COCOeval's ``(map, map50)`` for the same detections, on
+    a COCO file of ``boxes[key]`` (``(category, xywh)``) listing the images in ``boxes``' order with ``image_ids``."""
     import contextlib
     import io
 
@@ -498,13 +521,9 @@ def test_evaluate_scores_boxes_as_annotated_as_pycocotools_cocoeval_does(tmp_pat
 
     from visattn.tasks.detection import evaluation_loader
 
-    boxes = {10: [(1, [20, 4, 20, 10]), (2, [5, 5, 0.6, 8]), (1, [2, 16, 10, 10])],  # past the right edge; 0.6 px wide
-             20: [(2, [4, 24, 8, 12]), (1, [14, 2, 10, 10])]}  # past the bottom edge
-    found = {10: [(1, [20, 4, 32, 14], 0.9), (2, [5, 5, 5.6, 13], 0.8), (1, [2, 16, 12, 26], 0.7), (2, [0, 0, 4, 4], 0.6)],
-             20: [(2, [4, 24, 12, 32], 0.9), (1, [15, 3, 25, 13], 0.5)]}
     (tmp_path / "images").mkdir()
     images, annotations = [], []
-    for image_id, key in enumerate(boxes, start=1):
+    for image_id, key in zip(image_ids, boxes):
         pixels = np.zeros((32, 32, 3), np.uint8)
         pixels[0, 0] = key
         Image.fromarray(pixels).save(tmp_path / "images" / f"{key}.png")
@@ -520,12 +539,12 @@ def test_evaluate_scores_boxes_as_annotated_as_pycocotools_cocoeval_does(tmp_pat
     detector = Detector(_PixelOracle(detections), ["a", "b"], {}, "oracle", "oracle", {})
     ours = evaluate_detector(detector, evaluation_loader(detector, f"coco:{path}:{tmp_path / 'images'}"))
     results = [{"image_id": image_id, "category_id": c, "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]], "score": s}
-               for image_id, key in enumerate(found, start=1) for c, b, s in found[key]]
+               for image_id, key in zip(image_ids, found) for c, b, s in found[key]]
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
         truth = COCO(str(path))
         evaluation = COCOeval(truth, truth.loadRes(results), "bbox")
         evaluation.evaluate(), evaluation.accumulate(), evaluation.summarize()
-    assert (ours["map"], ours["map50"]) == pytest.approx((evaluation.stats[0], evaluation.stats[1]), abs=2e-6)
+    return ours, (evaluation.stats[0], evaluation.stats[1])
 
 
 @needs_fashion_mnist

@@ -151,6 +151,15 @@ class SceneDetection(Dataset):
         return self.transform(scene.image, scene.boxes, scene.labels)
 
 
+def _in_id_order(images: list[dict]) -> list[dict]:
+    """The images sorted by id, the order in which COCOeval walks them and breaks ties between equal
+    scores; ids of mixed types (which COCOeval cannot sort) keep the file's order."""
+    try:
+        return sorted(images, key=lambda image: image["id"])
+    except TypeError:
+        return images
+
+
 class CocoDetection(ImageFiles):
     """A COCO instances JSON and its images folder; every image is kept, with or without boxes.
 
@@ -200,7 +209,7 @@ class CocoDetection(ImageFiles):
         coco = load_coco(self.annotations)
         try:
             self.class_names, label_of = self._labels(coco.dataset["categories"], class_names)
-            images = coco.dataset["images"]
+            images = _in_id_order(coco.dataset["images"])
             self._track(image_paths(self.annotations, images, images_dir), max_pixels)
             if not self.paths:
                 raise ConfigError(f"{self.annotations}: lists no images; is it a COCO instances file?")

@@ -47,8 +47,8 @@ COCO_RECALL_THRESHOLDS = np.linspace(0.0, 1.0, 101).tolist()
 class _MeanAveragePrecision(MeanAveragePrecision):
     """torchmetrics' mAP, its processes' images gathered whole under DDP: its own sync runs one collective per
     image, which processes holding different numbers of images (validation without repeats) leave unmatched.
-    The images are put back in the split's order (process ``r`` holds images ``r, r + W, ...``): COCOeval
-    breaks ties between equal scores by image order."""
+    The images are put back in the split's order (process ``r`` holds images ``r, r + W, ...``), which for
+    COCO files is image id order: COCOeval breaks ties between equal scores by it."""
 
     def _sync_dist(self, dist_sync_fn: Any = None, process_group: Any = None) -> None:
         group = process_group or self.process_group
