@@ -23,8 +23,8 @@ from visattn.tasks.lightning_cli import SafeCheckpointIO
 pytestmark = [needs_fashion_mnist, pytest.mark.slow]
 STEPS_PER_EPOCH = 4  # QUICK: 64 samples in batches of 16
 CHECKPOINTS = Path("outputs") / CBAM_CONFIG.stem / "checkpoints"  # under the run's folder, as the config says
-# Each epoch writes epoch=E-step=S.ckpt, then last.ckpt. (The configs' callback keeps only the best, and
-# Lightning 2.6 then rewrites last.ckpt only in epochs that improve val/top1.)
+# Each epoch writes epoch=E-step=S.ckpt, then last.ckpt. (The configs keep the best checkpoint and, with a
+# second callback, rewrite last.ckpt every epoch; this one keeps every epoch's, for the tests that count them.)
 EPOCH_AND_LAST = json.dumps([{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
                               "init_args": {"dirpath": str(CHECKPOINTS), "save_last": True, "save_top_k": -1,
                                             "monitor": "val/top1", "mode": "max"}}])
@@ -445,7 +445,9 @@ def _ctrl_c(*args, **kwargs):
     ("fit", "training_step", "visattn: interrupted; no checkpoint was saved yet, so run the same command again to "
                              "start afresh"),
     ("validate", "validation_step", "visattn: interrupted"),
-], ids=["fit", "validate"])
+    ("test", "test_step", "visattn: interrupted"),
+    ("predict", "predict_step", "visattn: interrupted"),
+], ids=["fit", "validate", "test", "predict"])
 def test_ctrl_c_in_a_lightning_command_is_one_line_and_exit_code_130(subcommand, step, message, in_tmp, monkeypatch,
                                                                      capfd):
     import signal
