@@ -335,6 +335,31 @@ def test_hub_weights_already_in_the_local_cache_load_offline(hf_cache, source):
     torch.testing.assert_close(model.state_dict(), cached, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("kwargs, differs", [
+    ({"block_fn": "ResPostBlock"}, "its blocks are timm's ResPostBlock, not the pre-norm Block"),
+    ({"act_layer": "quick_gelu"}, "its MLP activation is QuickGELU"),
+    ({"act_layer": "gelu_tanh"}, r"its MLP activation is GELUTanh\(\)"),
+])
+def test_timm_vit_weights_that_compute_otherwise_are_refused_for_visattns_vit(kwargs, differs):
+    """Their keys and shapes are a plain ViT's, so they loaded strictly and gave other logits (timm's
+    post-norm ViT-B/16 by 6.0); timm's own model of that name still takes them."""
+    import timm
+    from timm.models.vision_transformer import ResPostBlock
+
+    from visattn.pretrained import _refuse_other_vit_computation
+
+    kwargs = {**kwargs, "block_fn": ResPostBlock} if "block_fn" in kwargs else kwargs
+    small = {"depth": 1, "embed_dim": 64, "num_heads": 2, "img_size": 32, "patch_size": 16}
+    weights = timm.create_model("vit_tiny_patch16_224", **small, **kwargs)
+    with pytest.raises(WeightsError, match=rf"^timm:vit_x\.tag: {differs}.* that visattn's ViT computes, so its weights "
+                                           r"would load and give other outputs; use timm's own model, model_name "
+                                           r"'timm:vit_x'$"):
+        _refuse_other_vit_computation(weights, "vit_x.tag", into=create_model("vit_tiny_patch16_224", **small))
+    _refuse_other_vit_computation(weights, "vit_x.tag", into=timm.create_model("vit_tiny_patch16_224", **small))
+    plain = timm.create_model("vit_tiny_patch16_224", **small)
+    _refuse_other_vit_computation(plain, "vit_x.tag", into=create_model("vit_tiny_patch16_224", **small))
+
+
 def test_corrupt_index_names_the_file(weights_tmp):
     (weights_tmp / "index.json").write_text("{not json")
     with pytest.raises(WeightsError, match="index.json"):
@@ -841,7 +866,7 @@ def test_weights_from_timm_by_name_carry_timms_preprocessing_for_them(monkeypatc
 
     import visattn.pretrained as pretrained
 
-    monkeypatch.setattr(pretrained, "_fetch_timm", lambda name: timm.create_model(name, pretrained=False).state_dict())
+    monkeypatch.setattr(pretrained, "_fetch_timm", lambda name, into: timm.create_model(name, pretrained=False).state_dict())
     model = create_model("vit_tiny_patch16_224", pretrained="timm:vit_tiny_patch16_224.augreg_in21k_ft_in1k", img_size=32)
     config = resolve_data_config(model=model)
     assert config == {"input_size": (3, 32, 32), "interpolation": "bicubic", "mean": (0.5, 0.5, 0.5),

@@ -659,7 +659,7 @@ def load_weights(
     if isinstance(source, dict):
         state = _strip_prefixes(source)
     elif str(source).startswith("timm:"):
-        state = _fetch_timm(str(source)[5:])
+        state = _fetch_timm(str(source)[5:], into=model)
     elif str(source).startswith("hf-hub:"):
         state = read_state_dict(_fetch_hf_hub(str(source)[7:]))
     elif (entry := named_weights_entry(str(source))) is not None:
@@ -851,7 +851,7 @@ def _offline_weights(source: str, cached: Optional[Path]) -> Optional[Path]:
     return cached if reason else None
 
 
-def _fetch_timm(name: str) -> StateDict:
+def _fetch_timm(name: str, *, into: nn.Module) -> StateDict:
     import timm
 
     from .registry import check_timm_name
@@ -861,13 +861,38 @@ def _fetch_timm(name: str) -> StateDict:
     try:
         # a cached file goes through timm's own loading (its checkpoint filter) as a download would
         overlay = {"file": str(cached)} if cached is not None else None
-        return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay).state_dict()
+        model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay)
     except Exception as err:  # timm raises many kinds when the hub is unreachable
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise WeightsError(
             f"timm:{name}: could not fetch weights ({reason}); download the file where the hub is "
             "reachable and pass pretrained='FILE.safetensors'"
         ) from None
+    _refuse_other_vit_computation(model, name, into=into)
+    return model.state_dict()
+
+
+def _refuse_other_vit_computation(model: nn.Module, name: str, *, into: nn.Module) -> None:
+    """One line for a timm ViT whose weights have the keys and shapes of ``into``, visattn's ViT, but that
+    computes otherwise: post-norm or parallel blocks, an MLP activation other than exact GELU, another
+    LayerNorm epsilon. They would load strictly and give other logits (timm's residual post-norm ViT-B by 6.0)."""
+    from timm.models.vision_transformer import Block, VisionTransformer
+
+    if not isinstance(model, VisionTransformer) or isinstance(into, VisionTransformer):  # timm's own: as trained
+        return
+    block = model.blocks[0]
+    act = getattr(getattr(block, "mlp", None), "act", None)
+    norm = getattr(block, "norm1", None)
+    if type(block) is not Block:
+        differs = f"its blocks are timm's {type(block).__name__}, not the pre-norm Block"
+    elif not (type(act) is nn.GELU and act.approximate == "none"):
+        differs = f"its MLP activation is {act}, not exact GELU"
+    elif not (isinstance(norm, nn.LayerNorm) and norm.eps == 1e-6):
+        differs = f"its norms are {norm}, not LayerNorm with eps 1e-6"
+    else:
+        return
+    raise WeightsError(f"timm:{name}: {differs} that visattn's ViT computes, so its weights would load and give "
+                       f"other outputs; use timm's own model, model_name 'timm:{name.split('.')[0]}'")
 
 
 def _cached_timm_file(name: str) -> Optional[Path]:
