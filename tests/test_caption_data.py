@@ -150,6 +150,17 @@ def test_karpathy_datamodule_vocab_from_train_only_and_batches(tmp_path):
     assert test["captions"].tolist() == [[vocab.start_id, a, vocab.unk_id, vocab.unk_id, vocab.end_id]]
 
 
+def test_a_min_count_no_word_reaches_is_one_line_naming_the_setting(tmp_path):
+    """Every training caption became <start> <unk>... <end>, and the model could only learn to say nothing."""
+    split_json, images_dir = write_karpathy(tmp_path)
+    with pytest.raises(ConfigError, match=r"^data.init_args.min_count 50: no word occurs 50 times or more in the "
+                                          r"\d+ words of the training captions; lower it, or give more captions$"):
+        KarpathyCaptionDataModule(str(split_json), str(images_dir), batch_size=2, num_workers=0, img_size=8,
+                                  min_count=50)
+    with pytest.raises(ConfigError, match=r"^min_count=3: no word occurs 3 times or more in the 4 words"):
+        Vocabulary.build(["a dog", "a cat"], min_count=3)
+
+
 def test_karpathy_datamodule_coco_variant_without_validation(tmp_path):
     annotations, images_dir = write_coco_captions(tmp_path)
     dm = KarpathyCaptionDataModule(None, str(images_dir), train_annotations=str(annotations),

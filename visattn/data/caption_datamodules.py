@@ -19,7 +19,7 @@ Scenes are not augmented: captions name positions, so any crop or flip would con
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -27,7 +27,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import Dataset
 
-from ..errors import ConfigError
+from ..errors import ArgumentError, ConfigError
 from .datamodules import COCO_VALIDATION_FIX, SplitLoadersMixin, check_img_size, split_images_dir
 from .coco import CaptionImages, CocoCaptions, KarpathyCaptions, KarpathySplit, read_karpathy
 from .scenes import SCENES_MEAN, SCENES_STD, FashionScenes, scene_settings
@@ -43,6 +43,14 @@ __all__ = [
 ]
 
 Split = Literal["train", "val", "test"]
+
+
+def training_vocabulary(captions: Iterable[str], min_count: int) -> Vocabulary:
+    """:meth:`Vocabulary.build`, its errors naming the data module's setting."""
+    try:
+        return Vocabulary.build(captions, min_count=min_count)
+    except ArgumentError as err:
+        raise err.for_flag(f"data.init_args.{err.argument}") from None
 
 
 class CaptionSamples(Dataset):
@@ -231,7 +239,7 @@ class FashionScenesCaptionDataModule(_CaptionDataModule):
         self._check_options()
         train = self._scenes("train")  # checks the scene options and finds Fashion-MNIST early
         captions = (c for i in range(min(vocab_scenes, len(train))) for c in train[i].captions)
-        self.vocabulary = Vocabulary.build(captions, min_count=min_count)
+        self.vocabulary = training_vocabulary(captions, min_count)
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -308,7 +316,7 @@ class KarpathyCaptionDataModule(_CaptionDataModule):
             captions = [c for e in entries if e["split"] in set(train_splits) for c in e["captions"]]
         else:
             captions = [c for cs in CocoCaptions(train_annotations, images_dir).captions for c in cs]
-        self.vocabulary = Vocabulary.build(captions, min_count=min_count)
+        self.vocabulary = training_vocabulary(captions, min_count)
 
     @property
     def input_size(self) -> tuple[int, int]:

@@ -18,7 +18,7 @@ import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
-from ..errors import ConfigError
+from ..errors import ArgumentError, ConfigError
 
 __all__ = ["END", "PAD", "SPECIAL_TOKENS", "START", "UNK", "Vocabulary", "tokenize"]
 
@@ -85,6 +85,9 @@ class Vocabulary:
             raise ConfigError(f"min_count={min_count}: must be >= 1")
         counts = Counter(word for caption in captions for word in tokenize(caption))
         kept = sorted((w for w, n in counts.items() if n >= min_count), key=lambda w: (-counts[w], w))
+        if not kept:  # every caption would train as <unk>s, and the model could only say nothing
+            raise ArgumentError("min_count", min_count, f"no word occurs {min_count} times or more in the "
+                                f"{sum(counts.values())} words of the training captions; lower it, or give more captions")
         return cls(kept)
 
     @classmethod

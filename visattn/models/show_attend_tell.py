@@ -322,7 +322,8 @@ class ShowAttendTell(nn.Module):
         Finished hypotheses (ended by END) are frozen with their score and take no more LSTM steps;
         an image leaves the batch as soon as all its hypotheses are finished, so the batch costs what
         its captions' lengths cost, not ``max_len`` steps for every image. The best hypothesis per image is the one with
-        the highest ``log p / length ** length_penalty`` (0 disables normalisation).
+        the highest ``log p / length ** length_penalty`` (0 disables normalisation). A ``beam_size`` above the
+        vocabulary's size searches with the vocabulary's size, the words its first step can keep.
         """
         return self._decode(self._beam_search, images, beam_size=beam_size, max_len=max_len,
                             length_penalty=length_penalty)
