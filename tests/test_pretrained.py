@@ -9,7 +9,7 @@ from safetensors.torch import save_file
 
 from visattn import create_model, load_weights, save_weights
 from visattn.data.transforms import IMAGENET_MEAN
-from visattn.errors import WeightsError
+from visattn.errors import VisattnWarning, WeightsError
 from visattn.pretrained import (checkpoint_follows, load_index, read_state_dict, sha256_of,
                                  starting_weights_skipped)
 
@@ -250,8 +250,6 @@ def test_other_num_classes_drops_the_head_with_a_warning(tmp_path):
 @pytest.mark.parametrize("absent", ["head.bias", "head.weight"])
 def test_a_head_only_partly_there_is_refused_naming_its_missing_keys(tmp_path, recwarn, strict, absent):
     """A file without head.bias loaded silently, the bias left at its init: another top-1 class."""
-    from visattn.errors import VisattnWarning
-
     path = tmp_path / "cut.safetensors"
     save_file({k: v for k, v in _model(num_classes=10).state_dict().items() if k != absent}, path)
     model = _model(num_classes=10)
@@ -358,6 +356,27 @@ def test_timm_vit_weights_that_compute_otherwise_are_refused_for_visattns_vit(kw
     _refuse_other_vit_computation(weights, "vit_x.tag", into=timm.create_model("vit_tiny_patch16_224", **small))
     plain = timm.create_model("vit_tiny_patch16_224", **small)
     _refuse_other_vit_computation(plain, "vit_x.tag", into=create_model("vit_tiny_patch16_224", **small))
+
+
+def test_timm_vit_weights_reach_a_grid_of_as_many_patches_in_another_shape_as_timm_resamples_them(hf_cache, tmp_path):
+    """14x14 weights in a 7x28 model (112x448 px) hold as many positions, so they were kept as they were:
+    0.03 off timm's logits. timm: weights come with their grid; a file, which does not say, warns."""
+    import timm
+
+    torch.manual_seed(0)
+    trained = timm.create_model("vit_tiny_patch16_224").state_dict()
+    _cache_hub_weights(hf_cache, "timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k", trained)
+    cached = next(hf_cache.rglob("model.safetensors"))
+    by_timm = timm.create_model("vit_tiny_patch16_224.augreg_in21k_ft_in1k", img_size=(112, 448),
+                                pretrained=True, pretrained_cfg_overlay={"file": str(cached)}).eval()
+    ours = create_model("vit_tiny_patch16_224", img_size=(112, 448),
+                        pretrained="timm:vit_tiny_patch16_224.augreg_in21k_ft_in1k").eval()
+    images = torch.randn(2, 3, 112, 448)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(images), by_timm(images), rtol=0, atol=1e-5)
+    with pytest.warns(VisattnWarning, match=r"pos_embed: the weights' 196 positions were kept as this model's 7x28 "
+                                            r"grid; if they were trained on a 14x14 grid"):
+        create_model("vit_tiny_patch16_224", img_size=(112, 448), pretrained=str(cached))
 
 
 def test_corrupt_index_names_the_file(weights_tmp):
@@ -866,7 +885,8 @@ def test_weights_from_timm_by_name_carry_timms_preprocessing_for_them(monkeypatc
 
     import visattn.pretrained as pretrained
 
-    monkeypatch.setattr(pretrained, "_fetch_timm", lambda name, into: timm.create_model(name, pretrained=False).state_dict())
+    monkeypatch.setattr(pretrained, "_fetch_timm",
+                        lambda name, into: (timm.create_model(name, pretrained=False).state_dict(), None))
     model = create_model("vit_tiny_patch16_224", pretrained="timm:vit_tiny_patch16_224.augreg_in21k_ft_in1k", img_size=32)
     config = resolve_data_config(model=model)
     assert config == {"input_size": (3, 32, 32), "interpolation": "bicubic", "mean": (0.5, 0.5, 0.5),

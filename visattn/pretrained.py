@@ -656,10 +656,11 @@ def load_weights(
     if any(p.is_meta for p in model.parameters()):
         raise WeightsError(f"{type(model).__name__} is on the meta device, where loading weights does nothing; "
                            "build it on the CPU or a GPU, or call model.to_empty(device=...) first")
+    grid = None  # the patch grid a ViT's weights were trained on, where the source records it
     if isinstance(source, dict):
         state = _strip_prefixes(source)
     elif str(source).startswith("timm:"):
-        state = _fetch_timm(str(source)[5:], into=model)
+        state, grid = _fetch_timm(str(source)[5:], into=model)
     elif str(source).startswith("hf-hub:"):
         state = read_state_dict(_fetch_hf_hub(str(source)[7:]))
     elif (entry := named_weights_entry(str(source))) is not None:
@@ -670,7 +671,8 @@ def load_weights(
     adapt = getattr(model, "adapt_state_dict", None)
     if adapt is not None:
         try:
-            state = adapt(state)
+            takes_grid = grid is not None and "source_grid" in inspect.signature(adapt).parameters
+            state = adapt(state, **({"source_grid": grid} if takes_grid else {}))
         except WeightsError as err:  # a layout the model cannot take (e.g. register tokens): name the file
             raise WeightsError(f"{named}: {err}") from None
     state, head_warning, head_error = _drop_mismatched_head(model, state, source=named, new_head=new_head)
@@ -851,7 +853,8 @@ def _offline_weights(source: str, cached: Optional[Path]) -> Optional[Path]:
     return cached if reason else None
 
 
-def _fetch_timm(name: str, *, into: nn.Module) -> StateDict:
+def _fetch_timm(name: str, *, into: nn.Module) -> tuple[StateDict, Optional[tuple[int, int]]]:
+    """timm's weights ``name`` and, for a ViT, the patch grid they were trained on (``None`` otherwise)."""
     import timm
 
     from .registry import check_timm_name
@@ -869,7 +872,7 @@ def _fetch_timm(name: str, *, into: nn.Module) -> StateDict:
             "reachable and pass pretrained='FILE.safetensors'"
         ) from None
     _refuse_other_vit_computation(model, name, into=into)
-    return model.state_dict()
+    return model.state_dict(), tuple(getattr(getattr(model, "patch_embed", None), "grid_size", ())) or None
 
 
 def _refuse_other_vit_computation(model: nn.Module, name: str, *, into: nn.Module) -> None:

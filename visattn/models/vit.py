@@ -5,13 +5,14 @@ strictly. torchvision's ``VisionTransformer`` layout is converted on load, and p
 embeddings are resampled when the checkpoint's patch grid differs from the model's.
 """
 import math
+import warnings
 from typing import Literal, Optional, Union
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..errors import ConfigError, WeightsError
+from ..errors import ConfigError, VisattnWarning, WeightsError
 from ..layers.attention import SelfAttention
 from ..layers.drop_path import DropPath, check_rate
 from ..layers.layer_scale import LayerScale
@@ -226,9 +227,11 @@ class VisionTransformer(nn.Module):
             return self.forward_head(x), attentions
         return self.forward_head(self.forward_features(x))
 
-    def adapt_state_dict(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def adapt_state_dict(self, state: dict[str, torch.Tensor], *,
+                         source_grid: Optional[tuple[int, int]] = None) -> dict[str, torch.Tensor]:
         """Convert a torchvision ViT state dict to timm names and resample the patch projection to this patch
-        size and the position embeddings to this grid."""
+        size and the position embeddings to this grid, from ``source_grid`` where the weights' source records
+        it (timm's), else from the square grid their positions fill."""
         if "conv_proj.weight" in state:
             state = convert_torchvision_vit(state)
         if "dist_token" in state:
@@ -249,16 +252,35 @@ class VisionTransformer(nn.Module):
             from timm.layers import resample_patch_embed
 
             state = {**state, "patch_embed.proj.weight": resample_patch_embed(patch_weight, list(self.patch_embed.patch_size))}
-        if "pos_embed" in state and state["pos_embed"].shape != self.pos_embed.shape:
-            patches = state["pos_embed"].shape[1] - self.num_prefix_tokens
-            if patches < 1 or math.isqrt(patches) ** 2 != patches:
-                raise WeightsError(f"pos_embed {tuple(state['pos_embed'].shape)} does not hold a square patch grid "
-                                   f"after {self.num_prefix_tokens} prefix tokens; the weights are for another layout")
-            state = dict(state)
-            state["pos_embed"] = resample_abs_pos_embed(
-                state["pos_embed"], new_size=self.grid_size, num_prefix_tokens=self.num_prefix_tokens
-            )
+        if "pos_embed" in state:
+            state = {**state, "pos_embed": self._pos_embed_on_grid(state["pos_embed"], source_grid)}
         return state
+
+    def _pos_embed_on_grid(self, pos_embed: torch.Tensor, source_grid: Optional[tuple[int, int]]) -> torch.Tensor:
+        """``pos_embed`` on this model's grid: resampled from ``source_grid`` where the weights' source records
+        it, else from the square grid its positions fill; kept when it has this model's shape and no recorded
+        grid says otherwise."""
+        if source_grid is None and pos_embed.shape == self.pos_embed.shape:
+            self._warn_if_another_grid(pos_embed.shape[1] - self.num_prefix_tokens)
+            return pos_embed
+        if source_grid is not None and tuple(source_grid) == tuple(self.grid_size):
+            return pos_embed
+        patches = pos_embed.shape[1] - self.num_prefix_tokens
+        if source_grid is None and (patches < 1 or math.isqrt(patches) ** 2 != patches):
+            raise WeightsError(f"pos_embed {tuple(pos_embed.shape)} does not hold a square patch grid after "
+                               f"{self.num_prefix_tokens} prefix tokens; the weights are for another layout")
+        return resample_abs_pos_embed(pos_embed, new_size=self.grid_size, old_size=source_grid,
+                                      num_prefix_tokens=self.num_prefix_tokens)
+
+    def _warn_if_another_grid(self, patches: int) -> None:
+        """Weights holding as many positions as this non-square grid, and as a square one, may be for either:
+        a file does not say (``timm:NAME`` weights come with the grid timm trained them on)."""
+        side = math.isqrt(patches)
+        if self.grid_size[0] != self.grid_size[1] and side * side == patches:
+            warnings.warn(f"pos_embed: the weights' {patches} positions were kept as this model's {self.grid_size[0]}x"
+                          f"{self.grid_size[1]} grid; if they were trained on a {side}x{side} grid (a square image), "
+                          f"they sit wrong: resample them with visattn.layers.pos_embed.resample_abs_pos_embed(..., "
+                          f"old_size=({side}, {side})) or load them as timm:NAME", VisattnWarning, stacklevel=3)
 
 
 def _check_pool(global_pool: str, class_token: bool) -> None:
