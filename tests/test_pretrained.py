@@ -56,9 +56,15 @@ def test_a_new_default_is_the_architectures_only_default(weights_tmp):
     assert torch.equal(_logits(create_model(ARCH, pretrained=True).eval()), _logits(second))
 
 
-def test_save_weights_rejects_bad_names(tmp_path):
-    with pytest.raises(WeightsError, match="<arch>.<tag>"):
-        save_weights(_model(), tmp_path / "weights.safetensors")
+@pytest.mark.parametrize("name", ["weights", f"{ARCH}.my tag", f"{ARCH}.$(id)", f"{ARCH}.a\nb", f"{ARCH}.a.b",
+                                  f"{ARCH}." + "t" * 300])
+def test_save_weights_rejects_bad_names(name, tmp_path):
+    """Tags with spaces, shell characters or a newline were saved (the CLI's --tag refused them), and one too
+    long for a file name was a raw OSError."""
+    with pytest.raises(WeightsError, match=r"name weights files <arch>.<tag>.safetensors, the tag of letters, "
+                                           r"digits, _ and -"):
+        save_weights(_model(), tmp_path / f"{name}.safetensors")
+    assert not any(tmp_path.iterdir())
 
 
 def test_sha256_mismatch_is_refused(weights_tmp):

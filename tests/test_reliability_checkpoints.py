@@ -364,6 +364,40 @@ def test_ckpt_path_of_another_task_or_architecture_is_refused_before_anything_ru
     assert not (in_tmp / "outputs").exists()  # no checkpoints, logs or config written for the wrong model
 
 
+@pytest.mark.parametrize("subcommand", ["fit", "test"])
+def test_a_checkpoint_naming_a_class_to_build_in_its_settings_is_refused_before_anything_is_built(
+        subcommand, in_tmp, capsys):
+    """LightningCLI builds the model from the checkpoint's hyperparameters, and jsonargparse builds any
+    class_path under model_kwargs (typed Any): a file of plain tensors and strings ran subprocess.Popen."""
+    marker = in_tmp / "built.log"
+    task = ImageClassifier("cbam_resnet20_cifar", num_classes=10)
+    hparams = {**task.hparams, "model_kwargs": {"foo": {"class_path": "logging.FileHandler",
+                                                        "init_args": {"filename": str(marker)}}}}
+    path = _task_checkpoint(in_tmp / "edited.ckpt", "visattn.tasks.classification.ImageClassifier", hparams,
+                            task.state_dict())
+    assert main([subcommand, "--config", str(CBAM_CONFIG), *QUICK, "--ckpt_path", str(path)]) == 2
+    assert (f"--ckpt_path {path}: hyper_parameters.model_kwargs.foo names a class to build "
+            '("logging.FileHandler") that the config does not give there, and loading would build it; the file '
+            "was edited or damaged") in _one_error_line(capsys)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("setting", ["checkpoint_path", "pretrained_cfg"])
+def test_a_timm_checkpoints_settings_name_no_file_for_timm_to_read(setting, tmp_path):
+    """timm.create_model read the file a checkpoint's model_kwargs named (a traceback where it was not timm's)."""
+    from visattn.tasks.classification import load_classifier
+
+    task = ImageClassifier("timm:resnet10t", num_classes=3, class_names=["a", "b", "c"],
+                           preprocessing=SMALL_PREPROCESSING)
+    named = {"checkpoint_path": str(tmp_path / "other.pth"), "pretrained_cfg": {"file": str(tmp_path / "other.pth")}}
+    (tmp_path / "other.pth").write_bytes(b"not weights")
+    hparams = {**task.hparams, "model_kwargs": {setting: named[setting]}}
+    path = _task_checkpoint(tmp_path / "timm.ckpt", "visattn.tasks.classification.ImageClassifier", hparams,
+                            task.state_dict())
+    loaded = load_classifier(checkpoint=str(path))
+    torch.testing.assert_close(loaded.model.state_dict(), task.model.state_dict(), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("subcommand", ["validate", "test", "predict"])
 def test_scoring_an_untrained_model_or_a_missing_last_checkpoint_is_refused(subcommand, in_tmp, capsys):
     command = [subcommand, "--config", str(CBAM_CONFIG), *QUICK]

@@ -10,7 +10,6 @@ import difflib
 import json
 import math
 import os
-import re
 import sys
 import warnings
 from pathlib import Path
@@ -392,7 +391,9 @@ def finite_float(text: str) -> float:
 
 def weights_tag(text: str) -> str:
     """argparse type for --tag: the TAG of the file name ARCH.TAG.safetensors."""
-    if not re.fullmatch(r"[\w-]+", text):
+    from .pretrained import WEIGHTS_TAG
+
+    if not WEIGHTS_TAG.fullmatch(text):
         raise argparse.ArgumentTypeError(f"{text!r} is not a weights tag; use letters, digits, _ and - "
                                          "(no dots or slashes: the file is named ARCH.TAG.safetensors), e.g. fmnist")
     return text

@@ -536,6 +536,9 @@ def _refuse_unbuildable(model: nn.Module, path: Path, name: str, model_kwargs: d
     check_state_dict(rebuilt, model.state_dict(), strict=True, source=path, fix=fix)
 
 
+WEIGHTS_TAG = re.compile(r"[\w-]+")  # the TAG of ARCH.TAG: no dots, slashes, spaces or shell characters
+
+
 def save_weights(model: nn.Module, path: Union[str, Path], *, overwrite: bool = False, **meta: Any) -> dict[str, Any]:
     """Write ``model``'s weights to ``DIR/<arch>.<tag>.safetensors`` and its entry in ``DIR/index.json``.
 
@@ -558,8 +561,9 @@ def save_weights(model: nn.Module, path: Union[str, Path], *, overwrite: bool = 
 
     path, model = Path(path), _bare_model(model)
     arch, _, tag = path.name.removesuffix(".safetensors").partition(".")
-    if path.suffix != ".safetensors" or not tag or "." in tag:
-        raise WeightsError(f"{path}: name weights files <arch>.<tag>.safetensors, e.g. vit_tiny_patch4_28.fmnist.safetensors")
+    if path.suffix != ".safetensors" or not WEIGHTS_TAG.fullmatch(tag) or len(path.name.encode()) > 255:
+        raise WeightsError(f"{path}: name weights files <arch>.<tag>.safetensors, the tag of letters, digits, _ and - "
+                           "(a file name of at most 255 bytes), e.g. vit_tiny_patch4_28.fmnist.safetensors")
     if not is_model(arch):
         raise UnknownModelError(f"{path}: {arch!r} is not a registered model; name the file after its architecture")
     built_as = split_model_name(getattr(model, "visattn_name", arch))[0]

@@ -38,7 +38,7 @@ from .guards import NonFiniteLossGuard, skip_missing_batch
 
 
 # timm.create_model arguments that fetch or name its starting weights.
-TIMM_STARTING_WEIGHTS = ("pretrained", "pretrained_cfg_overlay")
+TIMM_STARTING_WEIGHTS = ("pretrained", "pretrained_cfg_overlay", "pretrained_cfg", "checkpoint_path")
 
 
 def build_classifier(model_name: str, num_classes: int, model_kwargs: Optional[dict] = None,

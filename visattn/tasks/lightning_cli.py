@@ -72,7 +72,7 @@ from ..errors import ConfigError, VisattnError, VisattnWarning, WeightsError
 from ..fileio import atomic_path, refuse_replacing_others_files
 from ..pretrained import check_state_dict, checkpoint_follows
 from ..registry import split_model_name
-from .classification import read_checkpoint
+from .classification import EDITED_CHECKPOINT, read_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -279,6 +279,7 @@ def _check_checkpoint_model(path: Path, model: Any, *, resuming: bool) -> None:
             raise WeightsError(f"{err}; or resume the config's run from its newest good checkpoint with "
                                "--ckpt_path last") from None
         raise
+    _refuse_objects_to_build(path, hparams, model)
     theirs = (hparams.get("_class_path"), hparams.get("model_name"))
     ours = (getattr(model, "class_path", None), (getattr(model, "init_args", None) or {}).get("model_name"))
     same_class = theirs[0] is None or theirs[0] == ours[0]
@@ -288,6 +289,41 @@ def _check_checkpoint_model(path: Path, model: Any, *, resuming: bool) -> None:
         raise WeightsError(f"--ckpt_path {path}: a checkpoint of {_described(*theirs)}, but the config trains "
                            f"{_described(*ours)}; give a checkpoint of this config's runs, or the config it was "
                            "trained with")
+
+
+def _refuse_objects_to_build(path: Path, hparams: dict, model: Any) -> None:
+    """One line for a ``class_path`` in the checkpoint's hyperparameters that the config does not type at the
+    same place: LightningCLI builds the model from them, and jsonargparse builds any class under an ``Any``
+    type (``model_kwargs``), so a file of plain tensors and strings could run ``subprocess.Popen``."""
+    init_args = getattr(model, "init_args", None) or {}
+    typed = init_args.as_dict() if hasattr(init_args, "as_dict") else dict(init_args)
+    for where, found in _class_paths(hparams, ""):
+        if _at(typed, where) != found:
+            raise WeightsError(f"--ckpt_path {path}: hyper_parameters{where} names a class to build "
+                               f"({json.dumps(found.get('class_path'))}) that the config does not give there, and "
+                               f"loading would build it; {EDITED_CHECKPOINT}")
+
+
+def _class_paths(value: Any, where: str) -> Iterator[tuple[str, dict]]:
+    """Each dict holding a ``class_path`` in ``value``, with its place (``.model_kwargs.norm``, ``[0]``)."""
+    if isinstance(value, dict):
+        if "class_path" in value:
+            yield where, value
+        for key, item in value.items():
+            yield from _class_paths(item, f"{where}.{key}")
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            yield from _class_paths(item, f"{where}[{index}]")
+
+
+def _at(value: Any, where: str) -> Any:
+    """The item of nested dicts and lists at a place :func:`_class_paths` names; None where there is none."""
+    for key, index in re.findall(r"\.([^.\[]+)|\[(\d+)\]", where):
+        try:
+            value = value[int(index)] if index else value[key]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return value
 
 
 def _resumed_checkpoint(ckpt_path: Optional[str], callbacks: Any) -> Optional[Path]:
