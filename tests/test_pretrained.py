@@ -78,6 +78,24 @@ def test_sha256_mismatch_is_refused(weights_tmp):
     _assert_one_line_naming(err, path)
 
 
+def test_indexed_weights_load_the_bytes_their_sha256_was_checked_on(weights_tmp, monkeypatch):
+    """The file was hashed, then opened again to load: weights swapped in between loaded unchecked."""
+    import visattn.pretrained as pretrained
+
+    path = weights_tmp / f"{ARCH}.unit.safetensors"
+    torch.manual_seed(0)
+    saved = _model()
+    save_weights(saved, path, model_kwargs=SMALL)
+    real_load = pretrained.load_safetensors_bytes
+
+    def swapped_after_the_check(data: bytes):
+        save_file({k: torch.zeros_like(v) for k, v in saved.state_dict().items()}, path)  # another file now
+        return real_load(data)
+
+    monkeypatch.setattr(pretrained, "load_safetensors_bytes", swapped_after_the_check)
+    torch.testing.assert_close(create_model(f"{ARCH}.unit").state_dict(), saved.state_dict(), rtol=0, atol=0)
+
+
 def test_truncated_safetensors_is_a_clear_error(tmp_path):
     path = tmp_path / "cut.safetensors"
     save_file({"w": torch.randn(64, 64)}, path)

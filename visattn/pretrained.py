@@ -27,6 +27,7 @@ from typing import Any, Callable, Optional, Union
 
 import torch
 from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
@@ -319,11 +320,14 @@ def read_state_dict(path: Union[str, Path], *, sha256: Optional[str] = None) -> 
     path = Path(path)
     require_regular_file(path, missing=f"weights file not found, nor weights of that name ({_searched()}); check the "
                          "path, see `visattn models --pretrained` for ARCH.TAG names, or give false for no weights")
-    if sha256 is not None and sha256_of(path) != sha256:
+    # Indexed safetensors weights are hashed and loaded from the same bytes: a file swapped between a check
+    # and a second read would load unchecked.
+    data = path.read_bytes() if sha256 is not None and path.suffix == ".safetensors" else None
+    if sha256 is not None and (sha256_of(path) if data is None else hashlib.sha256(data).hexdigest()) != sha256:
         raise WeightsError(f"{path}: sha256 mismatch, the file is corrupt or was replaced; restore it from git")
     if path.suffix == ".safetensors":
         try:
-            state = load_file(path, device="cpu")
+            state = load_file(path, device="cpu") if data is None else load_safetensors_bytes(data)
         except (SafetensorError, OSError, ValueError) as err:
             reason = str(err).splitlines()[0]
             raise WeightsError(f"{path}: not a valid safetensors file ({reason}); re-download or re-export it") from None
