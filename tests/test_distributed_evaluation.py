@@ -18,6 +18,7 @@ from torch.utils.data import DistributedSampler, TensorDataset
 
 from visattn.data.datamodules import SplitLoadersMixin
 from visattn.errors import VisattnWarning
+from visattn.tasks.guards import GuardedTask, NonFiniteLossGuard
 
 N_EVAL = 5  # not a multiple of the 2 processes: a padding sampler scores one sample twice
 
@@ -237,3 +238,53 @@ def test_caption_metrics_gather_unequal_shares(tmp_path):
         with open(tmp_path / f"scores.{rank}") as f:
             scores = json.load(f)
         assert scores["n"] == N_EVAL and scores["cider"] == pytest.approx(whole["cider"])
+
+
+class _NaNOnRankOne(GuardedTask, pl.LightningModule):
+    """A task whose loss is NaN on rank 1 at step 1 only; records its weights around every step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Linear(1, 1)
+        self.loss_guard = NonFiniteLossGuard(max_bad_steps=3)
+        self.weights: list[list[float]] = []
+
+    def training_step(self, batch, batch_idx):
+        (x,) = batch
+        loss = self.net(x[:, None]).square().mean()
+        if self.global_step == 1 and self.global_rank == 1:
+            loss = loss * float("nan")
+        self.loss_guard.watch(self.net)
+        return self.loss_guard.check(self, loss)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        self.weights.append([float(p.detach().sum()) for p in self.net.parameters()])
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.parameters(), lr=0.1, weight_decay=0.5)
+
+
+def _guarded_process_of_two(rank: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", NODE_RANK="0",
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    task, data = _NaNOnRankOne(), _Numbers()
+    trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_steps=3, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         limit_val_batches=0)
+    trainer.fit(task, datamodule=data)
+    with open(f"{out}.{rank}", "w") as f:
+        json.dump({"weights": task.weights, "skipped": task.loss_guard.skipped}, f)
+    torch.distributed.destroy_process_group()
+
+
+def test_a_non_finite_loss_on_one_rank_skips_the_update_on_every_rank_under_ddp(tmp_path):
+    """The guard returned None, which Lightning refuses under DDP: the run crashed at its first NaN loss."""
+    import torch.multiprocessing
+
+    torch.multiprocessing.spawn(_guarded_process_of_two, args=(_free_port(), str(tmp_path / "guarded")), nprocs=2)
+    runs = [json.loads((tmp_path / f"guarded.{rank}").read_text()) for rank in (0, 1)]
+    assert runs[0] == runs[1] and runs[0]["skipped"] == 1  # one decision, the same weights on both ranks
+    before, skipped, after = runs[0]["weights"]
+    assert skipped == before and after != skipped  # no weight decay or momentum moved the skipped step's weights

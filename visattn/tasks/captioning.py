@@ -36,7 +36,7 @@ from ..registry import create_model, model_task, split_model_name
 from .classification import (EDITED_CHECKPOINT, Classifier, adamw_warmup_cosine, check_data_size,
                              checkpoint_model_kwargs, inference_model, inference_target, load_checkpoint_weights,
                              read_checkpoint, require_task, task_checkpoint)
-from .guards import NonFiniteLossGuard, skip_missing_batch
+from .guards import GuardedTask, NonFiniteLossGuard, skip_missing_batch
 
 _ITEM_CLASS = {word: k for k, word in enumerate(ITEM_WORDS)}
 
@@ -196,7 +196,7 @@ def build_captioner(model_name: str, vocab: Vocabulary, model_kwargs: dict[str, 
     return model
 
 
-class CaptioningTask(pl.LightningModule):
+class CaptioningTask(GuardedTask, pl.LightningModule):
     """Train and evaluate a Show, Attend and Tell captioner.
 
     Args:

@@ -34,7 +34,7 @@ from ..pretrained import (TRAINING_CHECKPOINTS, checkpoint_follows, find_weights
                           named_weights_entry, read_pickle_checkpoint, require_regular_file, starting_weights_skipped,
                           timm_pretrained_cfg, weights_preprocessing)
 from ..registry import check_timm_name, create_model, model_arguments, model_family, model_task, split_model_name
-from .guards import NonFiniteLossGuard, skip_missing_batch
+from .guards import GuardedTask, NonFiniteLossGuard, skip_missing_batch
 
 
 # timm.create_model arguments that fetch or name its starting weights.
@@ -202,7 +202,7 @@ def accuracy_metrics(num_classes: int, prefix: str) -> MetricCollection:
     )
 
 
-class ImageClassifier(pl.LightningModule):
+class ImageClassifier(GuardedTask, pl.LightningModule):
     """Train and evaluate an image classifier.
 
     Args:

@@ -32,7 +32,7 @@ from ..registry import create_model, is_model, model_family, split_model_name
 from .classification import (Classifier, adamw_warmup_cosine, checkpoint_model_kwargs, inference_model,
                              inference_target, load_checkpoint_weights, match_class_order, read_checkpoint,
                              recorded_labels, require_task, task_checkpoint)
-from .guards import NonFiniteLossGuard, skip_missing_batch
+from .guards import GuardedTask, NonFiniteLossGuard, skip_missing_batch
 
 Batch = tuple[list[Tensor], list[Target]]
 Detections = list[dict[str, Tensor]]
@@ -82,7 +82,7 @@ def is_detection_arch(name: str) -> bool:
 # ---------------------------------------------------------------------------------------------
 
 
-class DetectionTask(pl.LightningModule):
+class DetectionTask(GuardedTask, pl.LightningModule):
     """Train and evaluate a detector.
 
     Args:
@@ -170,7 +170,9 @@ class DetectionTask(pl.LightningModule):
         self._log_map(self.test_map, "test/")
 
     def _log_map(self, metric: MeanAveragePrecision, prefix: str) -> None:
-        if metric.update_count:  # the sanity check may stop before any update
+        # The sanity check may stop before any update. Under DDP every rank computes when any updated: the
+        # compute gathers, and a rank whose images all failed to decode left the others waiting alone.
+        if self.trainer.strategy.reduce_boolean_decision(bool(metric.update_count), all=False):
             self.log_dict({prefix + k: v for k, v in map_scores(metric).items()}, prog_bar=True)
         metric.reset()
 

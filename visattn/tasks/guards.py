@@ -55,6 +55,7 @@ class NonFiniteLossGuard:
         self.skipped = 0
         self._first_bad_step = 0  # the global step at which the bad steps in a row began
         self._saved_buffers: list[tuple[Tensor, Tensor]] = []
+        self._drop_gradients = False
 
     def watch(self, model: nn.Module) -> None:
         """Keep a copy of ``model``'s floating-point buffers (BatchNorm statistics) before a forward pass."""
@@ -82,7 +83,20 @@ class NonFiniteLossGuard:
                                      f"steps in a row {self._likely_cause()}")
         log.warning("step %d: the loss is %s; skipped this update (%d in a row, the run stops at %d)",
                     step, value, self.bad_in_a_row, self.max_bad_steps)
-        return None
+        if strategy is None or strategy.world_size == 1:
+            return None
+        # Lightning refuses None from a step under DDP, whose backward must reach every parameter on every
+        # rank: a zero loss through all of them, whose gradients drop_skipped_gradients then removes.
+        self._drop_gradients = True
+        return sum((p.sum() * 0.0 for p in task.parameters() if p.requires_grad), loss.new_zeros(()))
+
+    def drop_skipped_gradients(self, task: pl.LightningModule) -> None:
+        """After the backward pass of a step :meth:`check` skipped under DDP: no gradients, so the optimizer
+        leaves each weight and its state as they were, as it does for a skipped step in one process."""
+        if self._drop_gradients:
+            for parameter in task.parameters():
+                parameter.grad = None
+            self._drop_gradients = False
 
     def _likely_cause(self) -> str:
         if self._first_bad_step == 0:  # skipped steps update nothing: the weights are the starting ones
@@ -91,6 +105,15 @@ class NonFiniteLossGuard:
                     "the data")
         return ("(the learning rate may be too high, or the data hold NaN or inf values); lower the learning rate "
                 "(model.init_args.lr), set trainer.gradient_clip_val (e.g. 1.0), or check the data")
+
+
+class GuardedTask:
+    """The hook a task with a ``loss_guard`` (:class:`NonFiniteLossGuard`) needs, before its LightningModule base."""
+
+    loss_guard: NonFiniteLossGuard
+
+    def on_after_backward(self) -> None:
+        self.loss_guard.drop_skipped_gradients(self)
 
 
 def _strategy(task: pl.LightningModule) -> Optional[Strategy]:
