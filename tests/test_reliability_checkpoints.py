@@ -688,3 +688,49 @@ def test_a_run_started_from_a_weights_file_tests_and_resumes_after_the_file_is_g
     assert main(["fit", *run, "--trainer.max_epochs", "2", "--ckpt_path", "last"]) == 0
     assert "warning:" not in capsys.readouterr().err
     assert _read(in_tmp / CHECKPOINTS / "last.ckpt")["global_step"] == 2 * STEPS_PER_EPOCH
+
+
+def _folder_predict_config(root: Path, classes: list[str]) -> Path:
+    """An image folder of two 28 px images per class, and a predict config over it from the shipped weights."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name in classes:
+        (root / "images" / name).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(rng.integers(0, 256, (28, 28, 3), dtype=np.uint8)).save(root / "images" / name / f"{i}.png")
+    config = {"trainer": {"accelerator": "cpu", "devices": 1, "logger": False, "default_root_dir": str(root / "run")},
+              "model": {"class_path": "visattn.tasks.classification.ImageClassifier",
+                        "init_args": {"model_name": "se_resnet20_cifar.fmnist"}},
+              "data": {"class_path": "visattn.data.ImageFolderDataModule",
+                       "init_args": {"root": str(root / "images"), "test_root": str(root / "images"), "batch_size": 4,
+                                     "num_workers": 0, "img_size": 28, "recipe": "small", "augment": False,
+                                     "mean": [0.286] * 3, "std": [0.353] * 3}}}
+    path = root / "predict.yaml"
+    path.write_text(json.dumps(config))
+    return path
+
+
+def test_predict_from_shipped_weights_scores_their_head_or_refuses_one_it_cannot_fill(in_tmp, capsys):
+    """Folders named as the README says (T-shirt_top for T-shirt/top) got a random head, as did two classes:
+    near-uniform predictions, exit 0."""
+    import numpy as np
+    from PIL import Image
+
+    from visattn.data import FASHION_MNIST_CLASSES
+    from visattn.tasks.classification import load_classifier
+
+    folders = [name.replace("/", "_") for name in FASHION_MNIST_CLASSES]
+    assert main(["predict", "--config", str(_folder_predict_config(in_tmp / "ten", folders))]) == 0
+    records = [json.loads(line) for line in (in_tmp / "ten" / "run" / "predictions.jsonl").read_text().splitlines()]
+    shipped = load_classifier("se_resnet20_cifar.fmnist")
+    assert len(records) == 20
+    for record in records:  # the data's labels are the folders, in their sorted order
+        pixels = np.asarray(Image.open(record["file"]).convert("RGB"))
+        probs = shipped.predict(shipped.transform()(pixels)[None])[0]
+        assert record["predictions"][0]["label"] == folders[int(probs.argmax())]
+        assert record["predictions"][0]["prob"] == pytest.approx(float(probs.max()), abs=1e-5)
+    assert main(["predict", "--config", str(_folder_predict_config(in_tmp / "two", ["cat", "dog"]))]) == 2
+    assert ("visattn predict would score an untrained classifier head: the weights' classifier 'fc' does not fit "
+            "num_classes=2; give --ckpt_path of a run fine-tuned on these classes") in _one_error_line(capsys)

@@ -32,7 +32,7 @@ from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
-from .errors import UnknownModelError, VisattnWarning, WeightsError
+from .errors import ConfigError, UnknownModelError, VisattnWarning, WeightsError
 from .fileio import atomic_path, atomic_write_text, exclusive_lock
 from .layers.patch_embed import fixed_input_size
 
@@ -73,6 +73,30 @@ def checkpoint_follows() -> Iterator[None]:
 def starting_weights_skipped() -> bool:
     """Whether models are being built inside :func:`checkpoint_follows`."""
     return _CHECKPOINT_FOLLOWS.get()
+
+
+# Set while `visattn validate`, `test` or `predict` build a model that no checkpoint follows: its starting
+# weights are what gets scored, so a head they cannot fill would be scored untrained.
+_SCORED_AS_BUILT = contextvars.ContextVar("visattn_scored_as_built", default=None)
+
+
+@contextlib.contextmanager
+def scored_as_built(subcommand: str) -> Iterator[None]:
+    """Build models for ``subcommand`` to score as their starting weights leave them: a classifier head those
+    weights cannot fill (other class names, another number of classes) is one line, not a random head."""
+    token = _SCORED_AS_BUILT.set(subcommand)
+    try:
+        yield
+    finally:
+        _SCORED_AS_BUILT.reset(token)
+
+
+def refuse_an_untrained_head(problem: str) -> None:
+    """One line inside :func:`scored_as_built`: ``problem`` says why the classifier head would start untrained."""
+    subcommand = _SCORED_AS_BUILT.get()
+    if subcommand is not None:
+        raise ConfigError(f"visattn {subcommand} would score an untrained classifier head: {problem}; give "
+                          "--ckpt_path of a run fine-tuned on these classes, or data with the weights' classes")
 
 
 def weights_search_path() -> list[Path]:
@@ -766,6 +790,7 @@ def _drop_mismatched_head(
     absent = [k for k in own_head if k not in state]
     if dropped:
         problem = f"classifier {head!r} does not fit num_classes={getattr(model, 'num_classes', '?')}"
+        refuse_an_untrained_head(f"the weights' {problem}")
         shapes = ", ".join(f"{k} {tuple(state[k].shape)}" for k in dropped)
         error = f"its {problem} recorded with it ({shapes})"
         warning = (f"checkpoint {problem}: dropped {', '.join(dropped)}; the new head is randomly initialised, "

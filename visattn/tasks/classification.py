@@ -31,8 +31,8 @@ from ..layers.patch_embed import fixed_input_size, is_count
 from ..models.vit import NO_WEIGHT_DECAY
 from ..modes import eval_mode
 from ..pretrained import (TRAINING_CHECKPOINTS, checkpoint_follows, find_weights_entry, load_weights, metadata_problem,
-                          named_weights_entry, read_pickle_checkpoint, require_regular_file, starting_weights_skipped,
-                          timm_pretrained_cfg, weights_preprocessing)
+                          named_weights_entry, read_pickle_checkpoint, refuse_an_untrained_head, require_regular_file,
+                          starting_weights_skipped, timm_pretrained_cfg, weights_preprocessing)
 from ..registry import check_timm_name, create_model, model_arguments, model_family, model_task, split_model_name
 from .guards import GuardedTask, NonFiniteLossGuard, skip_missing_batch
 
@@ -120,7 +120,9 @@ def match_class_order(model: nn.Module, model_name: str, pretrained: Optional[Un
     if not class_names or model_name.startswith("timm:") or starting_weights_skipped():
         return
     recorded = list(starting_weights_labels(model_name, pretrained) or [])
-    named, unnamed = list(class_names), [str(i) for i in range(len(class_names))]  # unnamed: labels go by position
+    as_folders = {label.replace("/", "_"): label for label in recorded}  # an image folder's name for a label
+    named = [as_folders.get(name, name) if name not in recorded else name for name in class_names]
+    unnamed = [str(i) for i in range(len(class_names))]  # unnamed: labels go by position
     if len(recorded) != len(named) or recorded == named or unnamed in (recorded, named):
         return
     reorder, reset = _class_head_edits(model)
@@ -132,6 +134,8 @@ def match_class_order(model: nn.Module, model_name: str, pretrained: Optional[Un
             return
         reset()
     unknown = [name for name in named if name not in recorded]
+    refuse_an_untrained_head(f"the data's class names {_first_names(unknown)} are not among the weights' labels "
+                             f"({_first_names(recorded)})")
     warnings.warn(f"the data's class names {_first_names(unknown)} are not among the starting weights' labels "
                   f"({_first_names(recorded)}): classifier {model.classifier!r} is randomly initialised, so fine-tune it",
                   VisattnWarning, stacklevel=3)

@@ -70,7 +70,7 @@ from ..data.datamodules import SplitLoadersMixin
 from ..data.image_folder import image_files_of
 from ..errors import ConfigError, VisattnError, VisattnWarning, WeightsError
 from ..fileio import atomic_path, refuse_replacing_others_files
-from ..pretrained import check_state_dict, checkpoint_follows
+from ..pretrained import check_state_dict, checkpoint_follows, scored_as_built
 from ..registry import split_model_name
 from .classification import EDITED_CHECKPOINT, read_checkpoint
 
@@ -829,7 +829,13 @@ class VisattnCLI(LightningCLI):
 
     def instantiate_classes(self) -> None:
         # A checkpoint replaces every weight: the model's starting weights are neither read nor warned about.
-        building = checkpoint_follows() if self._checkpoint_file() is not None else contextlib.nullcontext()
+        # Without one, validate, test and predict score the starting weights, which must fill the head.
+        if self._checkpoint_file() is not None:
+            building = checkpoint_follows()
+        elif self.subcommand in ("validate", "test", "predict"):
+            building = scored_as_built(self.subcommand)
+        else:
+            building = contextlib.nullcontext()
         try:
             with building:
                 super().instantiate_classes()
