@@ -573,3 +573,22 @@ def test_fcos_detections_on_a_thin_image_have_width_and_height():
         for found in detector.detect([image], score_threshold=0.0):
             boxes = found["boxes"]
             assert len(boxes) and ((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])).all()
+
+
+@needs_fashion_mnist
+def test_a_rerun_that_finds_nothing_leaves_no_earlier_attention_panel_behind(tmp_path, capsys):
+    """The earlier run's panel of detections the image no longer had stayed beside a record saying null."""
+    from PIL import Image
+
+    from visattn.data.scenes import FashionScenes
+
+    Image.fromarray(FashionScenes("test", num_scenes=1)[0].image).save(tmp_path / "scene.png")
+    out = tmp_path / "panels"
+    detect = ["detect", str(tmp_path / "scene.png"), "--model", "fcos_se_resnet20_cifar.scenes", "--attention-out",
+              str(out), "--json"]
+    assert main([*detect, "--score-threshold", "0.05"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["detections"] and Path(first["attention"]).is_file()
+    assert main([*detect, "--score-threshold", "1.0"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["detections"] == [] and again["attention"] is None and not any(out.iterdir())

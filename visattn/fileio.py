@@ -171,6 +171,13 @@ def refuse_replacing_others_files(outputs: Iterable[Path], *, flag: str, kind: s
                               f"move that file or choose another {flag} {kind}")
 
 
+def remove_stale_output(path: PathLike) -> None:
+    """Delete an earlier run's output at ``path`` (a file visattn wrote) that this run has nothing to put in:
+    a panel of detections the image no longer has would pass for this run's."""
+    if os.path.lexists(path) and written_by_visattn(path):
+        Path(path).unlink()
+
+
 def written_by_visattn(path: PathLike) -> bool:
     """Whether ``path`` is an image visattn wrote: a PNG or JPEG carrying its :data:`PNG_SOFTWARE` mark
     (:func:`figure_mark`), read from the header only, or a PDF or SVG naming it as creator."""

@@ -28,7 +28,7 @@ from ..modes import eval_mode
 from ..explain import map_centres
 from ..explain.cell_centres import CellCentres
 from ..explain.pointing import pointing_hit
-from ..fileio import attention_note, output_errors, output_paths
+from ..fileio import attention_note, output_errors, output_paths, remove_stale_output
 from ..layers.patch_embed import is_count
 from ..models.show_attend_tell import DecodedCaptions, doubly_stochastic_penalty
 from ..pretrained import find_weights_entry, load_weights, read_state_dict, starting_weights_skipped
@@ -448,6 +448,8 @@ def caption_files(captioner: Captioner, paths: Sequence[str], *, beam_size: int 
         record = {"file": str(item.path), "caption": captioner.vocab.decode(tokens.tolist())}  # as predict and evaluate
         if target is not None:  # asked for: the record says where it went, or null for an empty caption
             record["attention"] = None
+        if target is not None and not words:
+            remove_stale_output(target)
         if target is not None and words:
             # The maps cover what the model saw: the photo recipe's centre crop, not the whole file.
             seen = model_view(item.prepared, captioner.preprocessing["mean"], captioner.preprocessing["std"])

@@ -26,7 +26,7 @@ from ..errors import ConfigError, WeightsError, one_line
 from ..layers.patch_embed import is_count, is_number
 from ..explain.detections import detection_maps
 from ..modes import eval_mode
-from ..fileio import PNG_SOFTWARE, atomic_path, attention_note, output_errors, output_paths
+from ..fileio import PNG_SOFTWARE, atomic_path, attention_note, output_errors, output_paths, remove_stale_output
 from ..pretrained import find_weights_entry
 from ..registry import create_model, is_model, model_family, split_model_name
 from .classification import (Classifier, adamw_warmup_cosine, checkpoint_model_kwargs, inference_model,
@@ -382,6 +382,8 @@ def _write_drawings(record: dict[str, Any], image: np.ndarray, found: dict[str, 
         record["drawn"] = str(drawn)
     if panels is not None:  # asked for: the record says where it went, or null for an image without detections
         record["attention"] = None
+    if panels is not None and not record["detections"]:
+        remove_stale_output(panels)
     if panels is not None and record["detections"]:
         titles = [f"{d['label']} {d['score']:.2f}" for d in record["detections"]]
         fig = word_panels_figure(image, titles, list(found["attention"].numpy()))
