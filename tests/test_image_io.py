@@ -195,6 +195,15 @@ def test_list_images_keeps_explicit_files_in_order_without_repeats(tmp_path):
     assert list_images(str(tmp_path / "z.png")) == [tmp_path / "z.png"]
 
 
+def test_list_images_lists_a_file_named_two_ways_once(tmp_path, monkeypatch):
+    """Relative and absolute, through .. or a link: the same file gave two records (and two output PNGs)."""
+    _touch_images(tmp_path, ["dir/a.png", "dir/b.png"])
+    (tmp_path / "link.png").symlink_to(tmp_path / "dir" / "b.png")
+    monkeypatch.chdir(tmp_path)
+    found = list_images(["dir/a.png", str(tmp_path / "dir" / "a.png"), "dir/../dir", "link.png"])
+    assert found == [Path("dir/a.png"), Path("dir/../dir") / "b.png"]
+
+
 def test_list_images_missing_path(tmp_path):
     with pytest.raises(ImageDecodeError, match="missing: no such file or folder"):
         list_images([tmp_path / "missing"])

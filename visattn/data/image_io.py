@@ -139,7 +139,8 @@ def list_images(paths: PathLike | Iterable[PathLike], *, recursive: bool = True,
     followed) in sorted order; a file that cannot be read, such as a dangling link or a HEIC photo,
     is listed so that decoding it says why. Files named explicitly are kept whatever their
     extension, in the order given, and so are paths that do not exist (decoding says so), unless
-    none of the paths does. Repeats are dropped.
+    none of the paths does. Repeats are dropped, also a file named two ways (relative and absolute,
+    through ``..`` or a link): it is listed once, as first named.
 
     Args:
         paths: one path or several.
@@ -156,19 +157,20 @@ def list_images(paths: PathLike | Iterable[PathLike], *, recursive: bool = True,
     paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
     if paths and not any(Path(path).exists() for path in paths):
         raise ImageDecodeError(f"{paths[0]}: {missing_reason(paths[0], 'file or folder')}")
-    found: dict[Path, None] = {}  # an ordered set
+    found: dict[str, Path] = {}  # each file's real path -> the path it was first named by, in order
     skipped = [Path(folder).resolve() for folder in exclude if folder]
     for path in map(Path, paths):
         if path.is_dir():
             inside = [folder for folder in skipped if path.resolve() in folder.parents]
             files = (file for file in _folder_files(path, recursive) if _is_image_file(file, inside))
-            found.update(dict.fromkeys(sorted(files)))
+            for file in sorted(files):
+                found.setdefault(os.path.realpath(file), file)
         else:  # a file, or a path that does not exist: decoding it says so on its own line, and the rest go on
-            found[path] = None
+            found.setdefault(os.path.realpath(path), path)
     if not found and not allow_empty:
         named = " ".join(map(str, paths))
         raise ConfigError(f"no image files found in {named}; give image files or folders holding them")
-    return list(found)
+    return list(found.values())
 
 
 def _folder_files(root: Path, recursive: bool) -> Iterator[Path]:
