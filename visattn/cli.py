@@ -183,11 +183,10 @@ def cmd_evaluate_pointing(classifier, args: argparse.Namespace) -> dict:
     if args.pointing_target is not None and gives_attention(classifier.model):
         raise ConfigError(f"--pointing-target: {classifier.name} is scored with rollout, whose maps do not depend "
                           "on the class; drop it")
-    scenes = pointing_scenes(args.dataset, args.split, args.limit)
+    scenes, batch_size = pointing_scenes(args.dataset, args.split, args.limit), min(args.batch_size, 64)
     if scenes.max_items > 1:
-        return evaluate_class_pointing(classifier, scenes, batch_size=min(args.batch_size, 64))
-    return evaluate_pointing(classifier, scenes, batch_size=min(args.batch_size, 64),
-                             target=args.pointing_target or "label")
+        return evaluate_class_pointing(classifier, scenes, batch_size=batch_size)
+    return evaluate_pointing(classifier, scenes, batch_size=batch_size, target=args.pointing_target or "label")
 
 
 def cmd_evaluate_captioner(args: argparse.Namespace) -> int:

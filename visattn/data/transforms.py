@@ -11,7 +11,9 @@ Two recipes:
 Evaluation resizes as timm's ``create_transform`` does (torchvision on a PIL image: PIL's filters,
 which average over the pixels a shrunk one covers, sizes truncated, torchvision's crop offset), so
 timm's weights see what timm gives them. OpenCV's linear resize samples 4 pixels whatever the scale
-and left moiré on shrunk photos; training shrinks with OpenCV's area filter instead (both recipes).
+and left moiré on shrunk photos. Training resizes the same way: the ``small`` recipe with evaluation's
+resize, the ``photo`` recipe's random crops with PIL's bilinear filter, as timm's training transform
+(OpenCV's area filter averages only where both sides shrink).
 """
 from __future__ import annotations
 

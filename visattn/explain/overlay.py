@@ -25,7 +25,8 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
 from ..errors import ArgumentError, ConfigError
-from ..fileio import atomic_path, figure_mark, prepare_output_file, write_failure
+from ..fileio import (atomic_path, figure_mark, output_errors, prepare_output_file, remove_stale_output,
+                      write_failure)
 from .cell_centres import CellCentres
 
 PathLike = str | os.PathLike
@@ -229,12 +230,25 @@ def save_figure(fig: Figure, path: PathLike, *, argument: Optional[str] = None) 
     """Write ``fig`` to ``path`` atomically, marked as visattn's (see :func:`visattn.fileio.figure_mark`).
     A failed write (a full disk, past the path's check) is one line naming ``argument``, the function
     argument ``path`` came in by; without one the OSError is left to the caller to name its option."""
-    if argument is not None:
-        try:
-            return save_figure(fig, path)
-        except OSError as err:
-            raise ArgumentError(argument, os.fspath(path), write_failure(err, "file")) from None
     # The temp file's .tmp suffix would make matplotlib guess the format: name it from the real one.
     image_format = figure_format(path)
-    with atomic_path(path) as tmp:  # a failed write (disk full) leaves an earlier file as it was
-        fig.savefig(tmp, format=image_format, dpi=100, **figure_mark(image_format))  # a rerun may replace it
+    try:
+        with atomic_path(path) as tmp:  # a failed write (disk full) leaves an earlier file as it was
+            fig.savefig(tmp, format=image_format, dpi=100, **figure_mark(image_format))  # a rerun may replace it
+    except OSError as err:
+        if argument is None:
+            raise
+        raise ArgumentError(argument, os.fspath(path), write_failure(err, "file")) from None
+
+
+def save_panels(fig: Optional[Figure], path: Path, *, flag: str, folder: PathLike) -> Optional[str]:
+    """A command's per-image panels (``caption``/``detect --attention-out``, the option ``flag`` naming
+    ``folder``): ``fig`` written to ``path``, which is returned; ``None`` when there is nothing to draw
+    (an empty caption, no detection), an earlier run's panel of that name removed so it cannot pass for
+    this run's."""
+    if fig is None:
+        remove_stale_output(path)
+        return None
+    with output_errors(folder, flag=flag):
+        save_figure(fig, check_figure_path(path, flag=flag))
+    return str(path)

@@ -28,7 +28,7 @@ from ..modes import eval_mode
 from ..explain import map_centres
 from ..explain.cell_centres import CellCentres
 from ..explain.pointing import pointing_hit
-from ..fileio import attention_note, output_errors, output_paths, remove_stale_output
+from ..fileio import attention_note, output_paths
 from ..layers.patch_embed import is_count
 from ..models.show_attend_tell import DecodedCaptions, doubly_stochastic_penalty
 from ..pretrained import find_weights_entry, load_weights, read_state_dict, starting_weights_skipped
@@ -424,7 +424,7 @@ def caption_files(captioner: Captioner, paths: Sequence[str], *, beam_size: int 
 
     from ..data.image_io import list_images, run_in_batches
     from ..explain import model_view
-    from ..explain.overlay import check_figure_path, save_figure, word_panels_figure
+    from ..explain.overlay import save_panels, word_panels_figure
 
     files = list_images(list(paths), allow_empty=False, exclude=[attention_out])
     flag = "--attention-out"
@@ -447,16 +447,12 @@ def caption_files(captioner: Captioner, paths: Sequence[str], *, beam_size: int 
         words = captioner.vocab.words(tokens.tolist())
         record = {"file": str(item.path), "caption": captioner.vocab.decode(tokens.tolist())}  # as predict and evaluate
         if target is not None:  # asked for: the record says where it went, or null for an empty caption
-            record["attention"] = None
-        if target is not None and not words:
-            remove_stale_output(target)
-        if target is not None and words:
-            # The maps cover what the model saw: the photo recipe's centre crop, not the whole file.
-            seen = model_view(item.prepared, captioner.preprocessing["mean"], captioner.preprocessing["std"])
-            fig = word_panels_figure(seen, words, list(attention.numpy()), centres=centres_of(seen.shape[:2]))
-            with output_errors(attention_out, flag=flag):
-                save_figure(fig, check_figure_path(target, flag=flag))
-            record["attention"] = str(target)
+            fig = None
+            if words:
+                # The maps cover what the model saw: the photo recipe's centre crop, not the whole file.
+                seen = model_view(item.prepared, captioner.preprocessing["mean"], captioner.preprocessing["std"])
+                fig = word_panels_figure(seen, words, list(attention.numpy()), centres=centres_of(seen.shape[:2]))
+            record["attention"] = save_panels(fig, target, flag=flag, folder=attention_out)
         line = f"{item.path}: {record['caption']}{attention_note(record, 'words')}"
         print(json.dumps(record) if as_json else one_line(line))
     return failures, len(files)

@@ -134,10 +134,10 @@ def match_class_order(model: nn.Module, model_name: str, pretrained: Optional[Un
             return
         reset()
     unknown = [name for name in named if name not in recorded]
-    refuse_an_untrained_head(f"the data's class names {_first_names(unknown)} are not among the weights' labels "
-                             f"({_first_names(recorded)})")
-    warnings.warn(f"the data's class names {_first_names(unknown)} are not among the starting weights' labels "
-                  f"({_first_names(recorded)}): classifier {model.classifier!r} is randomly initialised, so fine-tune it",
+    problem = (f"the data's class names {_first_names(unknown)} are not among the starting weights' labels "
+               f"({_first_names(recorded)})")
+    refuse_an_untrained_head(problem)
+    warnings.warn(f"{problem}: classifier {model.classifier!r} is randomly initialised, so fine-tune it",
                   VisattnWarning, stacklevel=3)
 
 

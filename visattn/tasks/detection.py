@@ -26,7 +26,7 @@ from ..errors import ConfigError, WeightsError, one_line
 from ..layers.patch_embed import is_count, is_number
 from ..explain.detections import detection_maps
 from ..modes import eval_mode
-from ..fileio import PNG_SOFTWARE, atomic_path, attention_note, output_errors, output_paths, remove_stale_output
+from ..fileio import PNG_SOFTWARE, atomic_path, attention_note, output_errors, output_paths
 from ..pretrained import find_weights_entry
 from ..registry import create_model, is_model, model_family, split_model_name
 from .classification import (Classifier, adamw_warmup_cosine, checkpoint_model_kwargs, inference_model,
@@ -374,22 +374,18 @@ def _write_drawings(record: dict[str, Any], image: np.ndarray, found: dict[str, 
                     drawn: Optional[Path], panels: Optional[Path]) -> None:
     """Draw the boxes to ``drawn`` and each detection's attention to ``panels`` (``None``: not asked
     for), adding the paths written to ``record``."""
-    from ..explain.overlay import check_figure_path, save_figure, word_panels_figure
+    from ..explain.overlay import save_panels, word_panels_figure
 
     if drawn is not None:
         with output_errors(drawn.parent, flag="--out"):
             draw_detections(image, record["detections"], drawn)
         record["drawn"] = str(drawn)
     if panels is not None:  # asked for: the record says where it went, or null for an image without detections
-        record["attention"] = None
-    if panels is not None and not record["detections"]:
-        remove_stale_output(panels)
-    if panels is not None and record["detections"]:
-        titles = [f"{d['label']} {d['score']:.2f}" for d in record["detections"]]
-        fig = word_panels_figure(image, titles, list(found["attention"].numpy()))
-        with output_errors(panels.parent, flag="--attention-out"):
-            save_figure(fig, check_figure_path(panels, flag="--attention-out"))
-        record["attention"] = str(panels)
+        fig = None
+        if record["detections"]:
+            titles = [f"{d['label']} {d['score']:.2f}" for d in record["detections"]]
+            fig = word_panels_figure(image, titles, list(found["attention"].numpy()))
+        record["attention"] = save_panels(fig, panels, flag="--attention-out", folder=panels.parent)
 
 
 def _detection_records(found: dict[str, Tensor], class_names: Sequence[str]) -> list[dict[str, Any]]:
