@@ -577,7 +577,10 @@ def test_a_one_channel_classifier_classifies_its_own_images(weights_tmp, tmp_pat
     torch.testing.assert_close(classifier.predict(image[None]), model.eval()(image[None]).softmax(-1))
     Image.fromarray(rgb).save(tmp_path / "photo.png")
     assert main(["classify", str(tmp_path / "photo.png"), "--model", "resnet20_cifar.gray", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["predictions"][0]["label"] in {"a", "b", "c"}
+    found = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["predictions"]
+    probs = classifier.predict(image[None])[0]
+    assert [(p["label"], p["prob"]) for p in found] == [  # unrounded, as predict writes them (they had 4 decimals)
+        (["a", "b", "c"][int(i)], float(probs[i])) for i in probs.argsort(descending=True)]
 
 
 def test_an_input_size_of_two_channels_is_one_line():

@@ -913,7 +913,7 @@ def test_explain_refuses_pgf_which_needs_latex_in_one_line(tmp_path, capsys):
     assert not (tmp_path / "map.pgf").exists()
 
 
-def test_predict_keeps_each_records_index_and_file_when_its_batch_held_a_broken_image(tmp_path, monkeypatch, capsys):
+def test_predict_keeps_each_records_index_and_file_and_writes_a_broken_files_error(tmp_path, monkeypatch, capsys):
     # collate_present leaves the broken file out: every record of that batch had "sample": null and no file.
     from fixtures_images import write_image_folder
 
@@ -925,11 +925,19 @@ def test_predict_keeps_each_records_index_and_file_when_its_batch_held_a_broken_
             "test", *SMALL_FOLDER_FIT]
     assert main(["fit", *data]) == 0
     assert main(["predict", *data, "--ckpt_path", "last"]) == 0
-    capsys.readouterr()
-    written = tmp_path / "outputs" / "imagefolder_template" / "predictions.jsonl"
+    written = Path("outputs") / "imagefolder_template" / "predictions.jsonl"
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"wrote 5 predictions to {written}; 1 could not be read (their records hold the error)")
     records = [json.loads(line) for line in written.read_text().splitlines()]
     assert [(r["sample"], r["file"]) for r in records] == [
-        (0, "test/cat/0.png"), (1, "test/cat/1.png"), (3, "test/dog/0.png"), (4, "test/dog/1.png")]  # 2: broken.jpg
+        (0, "test/cat/0.png"), (1, "test/cat/1.png"), (2, "test/cat/broken.jpg"), (3, "test/dog/0.png"),
+        (4, "test/dog/1.png")]
+    assert [("predictions" in r, "error" in r) for r in records] == [(True, False)] * 2 + [(False, True)] + [
+        (True, False)] * 2  # the broken file had no record at all
+    assert records[2]["error"].startswith("test/cat/broken.jpg: ") and len(records[2]) == 3
+    assert main(["predict", *data, "--ckpt_path", "last", "--data.init_args.batch_size", "1"]) == 0
+    alone = [json.loads(line) for line in written.read_text().splitlines()]  # a batch of only the broken file
+    assert [set(r) for r in alone] == [set(r) for r in records] and alone[2] == records[2]
 
 
 @needs_fashion_mnist

@@ -251,7 +251,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
             print(item.error_line(args.json))
             continue
         top = probs.topk(min(args.topk, len(probs)))
-        preds = [{"label": classifier.class_names[i], "index": int(i), "prob": round(float(p), 4)}
+        preds = [{"label": classifier.class_names[i], "index": int(i), "prob": float(p)}
                  for p, i in zip(top.values, top.indices)]
         print(json.dumps({"file": str(item.path), "predictions": preds}) if args.json
               else one_line(f"{item.path}: " + ", ".join(f"{p['label']} {p['prob']:.3f}" for p in preds)))

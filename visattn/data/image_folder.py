@@ -76,6 +76,14 @@ class ImageFiles(Dataset):
         """Whether file ``index`` failed to decode so far (in this process or its DataLoader workers)."""
         return bool(self._bad[index])
 
+    def failure(self, index: int) -> str:
+        """Why file ``index`` does not decode, read again: DataLoader workers share only that it failed."""
+        try:
+            decode_image(self.paths[index], max_pixels=self.max_pixels)
+        except ImageDecodeError as err:
+            return str(err)
+        return f"{self.paths[index]}: could not be read when its batch was"  # changed since
+
     @property
     def num_skipped(self) -> int:
         """How many files failed to decode so far (in this process or its DataLoader workers)."""

@@ -689,7 +689,7 @@ class JsonPredictionWriter(BasePredictionWriter):
 
     A classifier's record holds its ``topk`` classes with names and probabilities, a captioner's its
     caption, a detector's its boxes with labels and scores, in the shapes ``visattn classify|caption|detect
-    --json`` print; another task's output is written as lists, one line per batch. The file is replaced
+    --json`` print; an image file that could not be read, its ``error``, as they print; another task's output is written as lists, one line per batch. The file is replaced
     whole once all batches are done, so a run that fails leaves the previous one. An earlier run's file is
     replaced (the printed line says so); a file of that name visattn did not write is refused before predicting.
 
@@ -710,22 +710,24 @@ class JsonPredictionWriter(BasePredictionWriter):
     def write_on_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, prediction: Any,
                            batch_indices: Optional[list[int]], batch: Any, batch_idx: int,
                            dataloader_idx: int = 0) -> None:
-        if prediction is None:  # every image of the batch was unreadable
-            return
-        records = _prediction_records(prediction, pl_module.hparams, self.topk)
+        records = [] if prediction is None else _prediction_records(prediction, pl_module.hparams, self.topk)
         if records is None:
             self.records.append({"batch": batch_idx, "prediction": _as_lists(prediction)})
             return
         loaders = trainer.predict_dataloaders
         loader = loaders[dataloader_idx] if isinstance(loaders, (list, tuple)) else loaders
         files, positions = image_files_of(getattr(loader, "dataset", None))
-        if files is not None and batch_indices is not None:  # collate_present left the broken files out
-            batch_indices = [i for i in batch_indices if not files.is_broken(positions[i])]
-        if batch_indices is None or len(batch_indices) != len(records):
+        broken = set()  # collate_present left these files out of the batch (all of it when prediction is None)
+        if files is not None and batch_indices is not None:
+            broken = {i for i in batch_indices if files.is_broken(positions[i])}
+        present = [i for i in batch_indices or () if i not in broken]
+        if batch_indices is None or len(present) != len(records):
             self.records.extend({"sample": None, **record} for record in records)
             return
-        for i, record in zip(batch_indices, records):
+        by_sample = dict(zip(present, records))
+        for i in batch_indices:
             where = {"file": str(files.paths[positions[i]])} if files is not None else {}
+            record = by_sample[i] if i in by_sample else {"error": files.failure(positions[i])}
             self.records.append({"sample": int(i), **where, **record})
 
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -733,7 +735,9 @@ class JsonPredictionWriter(BasePredictionWriter):
         replaced = " (replacing the earlier predictions there)" if path.exists() else ""
         with atomic_path(path) as tmp:
             tmp.write_text("".join(json.dumps(record) + "\n" for record in self.records))
-        print(f"wrote {len(self.records)} predictions to {path}{replaced}")
+        unread = sum("error" in record for record in self.records)
+        failed = f"; {unread} could not be read (their records hold the error)" if unread else ""
+        print(f"wrote {len(self.records)} predictions to {path}{replaced}{failed}")
 
 
 def _predictions_path(trainer: pl.Trainer) -> Path:
