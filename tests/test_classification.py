@@ -576,7 +576,7 @@ def test_a_one_channel_classifier_classifies_its_own_images(weights_tmp, tmp_pat
     assert image.shape == (1, 28, 28) and torch.allclose(image, torch.full_like(image, (gray - 0.5) / 0.5), atol=0.01)
     torch.testing.assert_close(classifier.predict(image[None]), model.eval()(image[None]).softmax(-1))
     Image.fromarray(rgb).save(tmp_path / "photo.png")
-    assert main(["classify", str(tmp_path / "photo.png"), "--model", "resnet20_cifar.gray", "--json"]) == 0
+    assert main(["classify", str(tmp_path / "photo.png"), "--model", "resnet20_cifar.gray", "--json", "--topk", "3"]) == 0
     found = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["predictions"]
     probs = classifier.predict(image[None])[0]
     assert [(p["label"], p["prob"]) for p in found] == [  # unrounded, as predict writes them (they had 4 decimals)

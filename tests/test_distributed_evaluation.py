@@ -288,3 +288,47 @@ def test_a_non_finite_loss_on_one_rank_skips_the_update_on_every_rank_under_ddp(
     assert runs[0] == runs[1] and runs[0]["skipped"] == 1  # one decision, the same weights on both ranks
     before, skipped, after = runs[0]["weights"]
     assert skipped == before and after != skipped  # no weight decay or momentum moved the skipped step's weights
+
+
+class _Images(SplitLoadersMixin, pl.LightningDataModule):
+    """N_EVAL seeded 8-px images of 3 classes to validate on: 3 on one process, 2 on the other."""
+
+    def __init__(self, batch_size: int = 2, num_workers: int = 0) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.datasets = {}
+
+    def setup(self, stage: str) -> None:
+        generator = torch.Generator().manual_seed(0)
+        images = torch.randn(N_EVAL, 3, 8, 8, generator=generator)
+        self.datasets = {"val": TensorDataset(images, torch.arange(N_EVAL) % 3)}
+
+
+def _validate_classifier(root: str, devices: int) -> dict:
+    from visattn.tasks.classification import ImageClassifier
+
+    torch.manual_seed(0)
+    model = ImageClassifier("resnet20_cifar", num_classes=3, pretrained=False, label_smoothing=0.0)
+    return _trainer(root, devices).validate(model, datamodule=_Images(), verbose=False)[0]
+
+
+def _classifier_process_of_two(rank: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", NODE_RANK="0",
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    with open(f"{out}.{rank}", "w") as f:
+        json.dump(_validate_classifier(os.path.dirname(out), devices=2), f)
+    torch.distributed.destroy_process_group()
+
+
+def test_a_classifiers_validation_loss_on_unequal_shares_is_one_processs(tmp_path):
+    # Lightning's mean of a logged loss divided by the processes' integer sample count averaged (5 // 2):
+    # shares of 3 and 2 read 5/4 of the loss one process gives.
+    import torch.multiprocessing
+
+    torch.multiprocessing.spawn(_classifier_process_of_two, args=(_free_port(), str(tmp_path / "loss")), nprocs=2)
+    single = _validate_classifier(str(tmp_path), devices=1)
+    assert single["val/loss"] > 0
+    for rank in (0, 1):
+        figures = json.loads((tmp_path / f"loss.{rank}").read_text())
+        assert figures == pytest.approx(single, rel=1e-5)

@@ -35,7 +35,7 @@ from ..pretrained import find_weights_entry, load_weights, read_state_dict, star
 from ..registry import create_model, model_task, split_model_name
 from .classification import (EDITED_CHECKPOINT, Classifier, adamw_warmup_cosine, check_data_size,
                              checkpoint_model_kwargs, inference_model, inference_target, load_checkpoint_weights,
-                             read_checkpoint, require_task, task_checkpoint)
+                             read_checkpoint, require_task, sample_mean_loss, task_checkpoint)
 from .guards import GuardedTask, NonFiniteLossGuard, skip_missing_batch
 
 _ITEM_CLASS = {word: k for k, word in enumerate(ITEM_WORDS)}
@@ -251,6 +251,7 @@ class CaptioningTask(GuardedTask, pl.LightningModule):
         check_data_size(self.model, model_name, preprocessing)
         self.val_metrics = CaptionMetrics(self.vocab, meteor=meteor)
         self.test_metrics = CaptionMetrics(self.vocab, meteor=meteor)
+        self.val_xent = sample_mean_loss()
         self.loss_guard = NonFiniteLossGuard(max_bad_steps)
 
     def forward(self, images: Tensor) -> DecodedCaptions:
@@ -276,7 +277,8 @@ class CaptioningTask(GuardedTask, pl.LightningModule):
 
     @skip_missing_batch
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self.log("val/xent", self.caption_loss(batch)[0], batch_size=len(batch["images"]), sync_dist=True)
+        self.val_xent.update(self.caption_loss(batch)[0], weight=len(batch["images"]))
+        self.log("val/xent", self.val_xent)
         self.val_metrics.update(self(batch["images"]), batch, functools.partial(attention_centres, self.model))
 
     def on_validation_epoch_end(self) -> None:

@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, SequentialLR
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from torchmetrics import MetricCollection
+from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
@@ -195,6 +195,13 @@ SDPA_BACKENDS = {
 }
 
 
+def sample_mean_loss() -> MeanMetric:
+    """A loss averaged over the samples of a split, summed across DDP processes before dividing: a logged
+    tensor's mean divides by Lightning's integer count averaged over processes (100 for shares of 101
+    and 100)."""
+    return MeanMetric(nan_strategy="disable")  # a NaN loss reads NaN, as it would in one process
+
+
 def accuracy_metrics(num_classes: int, prefix: str) -> MetricCollection:
     """Top-1 and top-5 accuracy (top-k capped at ``num_classes``)."""
     return MetricCollection(
@@ -285,6 +292,7 @@ class ImageClassifier(GuardedTask, pl.LightningModule):
         self.ema = self._ema(self.model, ema_decay)
         self.val_metrics = accuracy_metrics(num_classes, "val/")
         self.test_metrics = accuracy_metrics(num_classes, "test/")
+        self.val_loss, self.test_loss = sample_mean_loss(), sample_mean_loss()
         self.loss_guard = NonFiniteLossGuard(max_bad_steps)
 
     @staticmethod
@@ -354,17 +362,19 @@ class ImageClassifier(GuardedTask, pl.LightningModule):
 
     @skip_missing_batch
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, self.val_metrics, "val/loss")
+        self._evaluate(batch, self.val_metrics, self.val_loss, "val/loss")
 
     @skip_missing_batch
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, self.test_metrics, "test/loss")
+        self._evaluate(batch, self.test_metrics, self.test_loss, "test/loss")
 
-    def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], metrics: MetricCollection, loss_name: str) -> None:
+    def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], metrics: MetricCollection, loss: MeanMetric,
+                  loss_name: str) -> None:
         images, targets = batch
         logits = self(images)
         metrics.update(logits, targets)
-        self.log(loss_name, self.criterion(logits, targets), sync_dist=True)
+        loss.update(self.criterion(logits, targets), weight=len(targets))
+        self.log(loss_name, loss)
         self.log_dict(metrics, prog_bar=True)
 
     @skip_missing_batch
