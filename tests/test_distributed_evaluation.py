@@ -5,10 +5,12 @@ count, so a sample or more was scored twice: 5 validation samples on 2 processes
 """
 import json
 import os
+import random
 import socket
 from types import SimpleNamespace
 
 import lightning.pytorch as pl
+import numpy as np
 import pytest
 import torch
 import torchmetrics
@@ -332,3 +334,53 @@ def test_a_classifiers_validation_loss_on_unequal_shares_is_one_processs(tmp_pat
     for rank in (0, 1):
         figures = json.loads((tmp_path / f"loss.{rank}").read_text())
         assert figures == pytest.approx(single, rel=1e-5)
+
+
+class _Draws(GuardedTask, pl.LightningModule):
+    """Records the random numbers each training step draws from torch, NumPy and ``random``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Linear(1, 1)
+        self.loss_guard = NonFiniteLossGuard()
+        self.draws: list[list[float]] = []
+
+    def training_step(self, batch, batch_idx):
+        (x,) = batch
+        self.draws.append([float(torch.rand(())), float(np.random.rand()), random.random()])
+        return self.net(x[:, None]).square().mean()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def _draws(devices: int) -> list[list[float]]:
+    pl.seed_everything(0, verbose=False)
+    task = _Draws()
+    pl.Trainer(accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto", max_steps=2,
+               logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+               limit_val_batches=0).fit(task, datamodule=_Numbers())
+    return task.draws
+
+
+def _drawing_process_of_two(rank: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", NODE_RANK="0",
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    with open(f"{out}.{rank}", "w") as f:
+        json.dump(_draws(devices=2), f)
+    torch.distributed.destroy_process_group()
+
+
+def test_ddp_processes_draw_apart_and_repeatably(tmp_path):
+    # seed_everything seeds every process alike: both ranks drew the same dropout, MixUp and augmentation numbers.
+    import torch.multiprocessing
+
+    for run in ("first", "again"):
+        torch.multiprocessing.spawn(_drawing_process_of_two, args=(_free_port(), str(tmp_path / run)), nprocs=2)
+    runs = {(run, rank): json.loads((tmp_path / f"{run}.{rank}").read_text()) for run in ("first", "again")
+            for rank in (0, 1)}
+    assert runs["first", 0] == runs["again", 0] and runs["first", 1] == runs["again", 1]
+    for step in range(2):
+        assert all(a != b for a, b in zip(runs["first", 0][step], runs["first", 1][step]))  # torch, NumPy, random
+    assert _draws(devices=1) == _draws(devices=1)

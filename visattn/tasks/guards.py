@@ -6,9 +6,11 @@ lets evaluation steps pass over a batch whose image files were all broken.
 """
 import functools
 import logging
+import random
 from typing import Any, Callable, Optional
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from lightning.pytorch.strategies import Strategy
 from torch import Tensor, nn
@@ -108,12 +110,27 @@ class NonFiniteLossGuard:
 
 
 class GuardedTask:
-    """The hook a task with a ``loss_guard`` (:class:`NonFiniteLossGuard`) needs, before its LightningModule base."""
+    """The hooks every visattn task shares, before its LightningModule base: a skipped step's gradients are
+    dropped (its ``loss_guard``, :class:`NonFiniteLossGuard`), and DDP processes draw apart."""
 
     loss_guard: NonFiniteLossGuard
 
     def on_after_backward(self) -> None:
         self.loss_guard.drop_skipped_gradients(self)
+
+    def on_train_start(self) -> None:
+        if self.trainer.world_size > 1:
+            seed_apart(self.trainer.global_rank)
+
+
+def seed_apart(rank: int) -> None:
+    """Reseed torch, NumPy and ``random`` with this process's seed plus ``rank``: ``seed_everything`` seeds
+    every DDP process alike, so each drew the same dropout, drop-path and MixUp/CutMix numbers (and
+    augmentations, with no DataLoader workers) for its own images. timm seeds its ranks apart the same way."""
+    seed = (torch.initial_seed() + rank) % 2**64
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
 
 
 def _strategy(task: pl.LightningModule) -> Optional[Strategy]:
