@@ -945,6 +945,8 @@ def test_a_timm_vits_patches_sit_where_they_see_at_any_input_size(kwargs, size):
         rows, cols = seen.sum(dim=1).nonzero()[:, 0], seen.sum(dim=0).nonzero()[:, 0]
         assert rows.min() == 16 * row and cols.min() == 16 * col
         assert (centres.rows[row], centres.cols[col]) == (16 * row + 8, 16 * col + 8)
+    maps, _ = grad_cam(model, image.detach(), target_class=0)  # refused: it counted 6x7 patches, not timm's 7x8
+    assert maps.shape == (1, *grid)
 
 
 @pytest.mark.parametrize("cells, grid", [(8, 4), (8, 3), (7, 3), (14, 14), (5, 1)])
@@ -1141,3 +1143,15 @@ def test_explain_image_of_an_image_without_pixels_is_one_line(shape, tmp_path):
         explain_image(load_classifier("se_resnet20_cifar.fmnist"), np.zeros(shape, np.uint8), "gradcam",
                       tmp_path / "map.png")
     assert not (tmp_path / "map.png").exists()
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_model_view_gives_back_the_image_the_model_saw(channels):
+    """A gray input normalised with ImageNet's first mean and std was drawn tinted: gray 64 as (64, 58, 45)."""
+    from visattn.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transforms
+    from visattn.explain import model_view
+
+    image = np.repeat(np.array([0, 64, 128, 255], np.uint8).repeat(8)[None, :, None], 32, axis=0).repeat(3, axis=2)
+    seen = eval_transforms((channels, 32, 32), IMAGENET_MEAN, IMAGENET_STD, recipe="small")(image)
+    assert seen.shape[0] == channels
+    np.testing.assert_allclose(model_view(seen, IMAGENET_MEAN, IMAGENET_STD), image, atol=1)

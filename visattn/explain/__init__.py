@@ -200,8 +200,9 @@ def explain(
 def model_view(image_tensor: Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
     """Undo normalisation: a ``(3, H, W)`` model input (``(1, H, W)`` gray) back to the ``(H, W, 3)``
     uint8 image the model saw."""
-    mean_t = torch.as_tensor(mean, dtype=torch.float32)[:, None, None]
-    std_t = torch.as_tensor(std, dtype=torch.float32)[:, None, None]
+    channels = image_tensor.shape[0]  # a gray input was normalised with the first channel's values
+    mean_t = torch.as_tensor(mean, dtype=torch.float32)[:channels, None, None]
+    std_t = torch.as_tensor(std, dtype=torch.float32)[:channels, None, None]
     pixels = (image_tensor.detach().float().cpu() * std_t + mean_t).clamp(0, 1).expand(3, -1, -1)
     return (pixels.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
 

@@ -73,9 +73,12 @@ def model_batch(model: nn.Module, images: Tensor) -> Tensor:
 
 def token_grid(model: nn.Module, image_size: Sequence[int]) -> tuple[int, int]:
     """Patch grid ``(rows, cols)`` of a ViT for an input of ``image_size = (H, W)``."""
-    patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
+    embed = getattr(model, "patch_embed", None)
+    patch = getattr(embed, "patch_size", None)
     if patch is None:
         return tuple(model.grid_size)
+    if getattr(embed, "dynamic_img_pad", False):  # timm pads the input up to whole patches
+        return -(-image_size[0] // patch[0]), -(-image_size[1] // patch[1])
     return image_size[0] // patch[0], image_size[1] // patch[1]
 
 
