@@ -1042,3 +1042,20 @@ def test_a_file_name_with_a_newline_stays_on_its_own_line(tmp_path, capsys):
         assert lines[0].startswith(f"{folder}/a\\nb.png: ") and lines[1].startswith(f"{folder}/c\\nd.png: error: ")
     assert main(["classify", str(folder / "e\nf.png"), "--model", "se_resnet20_cifar.fmnist"]) == 2
     assert capsys.readouterr().err == f"visattn: error: {folder}/e\\nf.png: no such file or folder\n"
+
+
+def test_training_bam_on_batches_of_one_image_is_one_line(tmp_path, monkeypatch, capsys):
+    # BAM's channel gate batch-normalises pooled features: one image per batch failed in torch's words.
+    from fixtures_images import write_image_folder
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["visattn"])
+    write_image_folder(tmp_path / "photos", per_class=2)
+    fit = ["fit", "--config", str(IMAGEFOLDER_CONFIG), "--data.init_args.root", "photos", *SMALL_FOLDER_FIT,
+           "--model.init_args.model_name", "bam_resnet20_cifar", "--data.init_args.batch_size", "1"]
+    assert main(fit) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "visattn: error: a training batch of one image: the model's BatchNorm normalises each channel over the "
+        "batch (BAM's channel gate, or a 1x1 feature map) and needs 2 or more; set data.init_args.batch_size to "
+        "2 or more")
+    assert main([*fit[:-1], "2"]) == 0

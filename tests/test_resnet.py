@@ -260,13 +260,21 @@ def test_reset_classifier_takes_timms_global_pool_argument():
         model.reset_classifier(5, "median")
 
 
-@pytest.mark.parametrize("attn_kwargs, message", [
-    ({"reduction": 4}, "the 'eca' attention layer has no argument 'reduction': it takes .*kernel_size"),
-    ({"kernel_sze": 5}, "the 'eca' attention layer has no argument 'kernel_sze': did you mean kernel_size"),
+@pytest.mark.parametrize("name, attn_kwargs, message", [
+    ("eca_resnet20_cifar", {"reduction": 4}, "the 'eca' attention layer has no argument 'reduction': it takes .*kernel_size"),
+    ("eca_resnet20_cifar", {"kernel_sze": 5}, "the 'eca' attention layer has no argument 'kernel_sze': did you mean kernel_size"),
+    # BAM and non-local modules were built without the check: a bare TypeError
+    ("bam_resnet20_cifar", {"reductoin": 8}, "the 'bam' attention layer has no argument 'reductoin': did you mean reduction"),
+    ("nl_resnet20_cifar", {"min_hidden": 4}, "the 'non_local' attention layer has no argument 'min_hidden': it takes "),
+    # values that built and then failed in the first forward (a shape error) or at once (ZeroDivisionError)
+    ("eca_resnet20_cifar", {"kernel_size": 4}, r"kernel_size=4: give an odd whole number \(3, 5, 7, ...\)"),
+    ("cbam_resnet20_cifar", {"spatial_kernel_size": 6}, r"spatial_kernel_size=6: give an odd whole number"),
+    ("se_resnet20_cifar", {"reduction": 0}, r"reduction=0: give a whole number >= 1"),
+    ("nl_resnet20_cifar", {"reduction": 0}, r"reduction=0: give a whole number >= 1"),
 ])
-def test_an_attention_argument_the_layer_does_not_take_is_one_line(attn_kwargs, message):
+def test_an_attention_argument_the_layer_does_not_take_is_one_line(name, attn_kwargs, message):
     with pytest.raises(ConfigError, match=message):
-        create_model("eca_resnet20_cifar", attn_kwargs=attn_kwargs)
+        create_model(name, attn_kwargs=attn_kwargs)
 
 
 # --- timm's global_pool, zero-init of the last BN and set_grad_checkpointing ---------------------------------------

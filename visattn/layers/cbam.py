@@ -9,6 +9,7 @@ shared MLP, then a spatial gate from a 7x7 convolution over the channel-wise max
 import torch
 from torch import Tensor, nn
 
+from .patch_embed import check_odd_kernel
 from .se import reduced_channels
 
 
@@ -77,7 +78,7 @@ class Cbam(nn.Module):
     ):
         super().__init__()
         self.channel = ChannelGate(channels, reduction=reduction, min_hidden=min_hidden)
-        self.spatial = SpatialGate(kernel_size=spatial_kernel_size)
+        self.spatial = SpatialGate(kernel_size=check_odd_kernel("spatial_kernel_size", spatial_kernel_size))
         self.keep_gate = keep_gate
         self.last_gate: dict[str, Tensor] = {}
 

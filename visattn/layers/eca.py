@@ -12,6 +12,8 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from .patch_embed import check_odd_kernel
+
 
 def eca_kernel_size(channels: int, gamma: int = 2, b: int = 1) -> int:
     """Adaptive kernel size ``k = |log2(C) / gamma + b / gamma|``, rounded to the nearest odd number (Eq. 12)."""
@@ -43,7 +45,8 @@ class EfficientChannelAttention(nn.Module):
         keep_gate: bool = False,
     ):
         super().__init__()
-        self.kernel_size = kernel_size or eca_kernel_size(channels, gamma, b)
+        self.kernel_size = (eca_kernel_size(channels, gamma, b) if kernel_size is None
+                            else check_odd_kernel("kernel_size", kernel_size))
         self.conv = nn.Conv1d(1, 1, self.kernel_size, padding=(self.kernel_size - 1) // 2, bias=False)
         self.keep_gate = keep_gate
         self.last_gate: dict[str, Tensor] = {}

@@ -9,6 +9,8 @@ and does not disturb a pretrained backbone.
 import torch
 from torch import Tensor, nn
 
+from .se import reduced_channels
+
 
 class NonLocalBlock(nn.Module):
     """Embedded-Gaussian non-local block over the ``H * W`` positions of a feature map.
@@ -28,7 +30,7 @@ class NonLocalBlock(nn.Module):
 
     def __init__(self, channels: int, *, reduction: int = 2, keep_gate: bool = False):
         super().__init__()
-        inner = max(channels // reduction, 1)
+        inner = reduced_channels(channels, reduction, min_channels=1)
         self.theta = nn.Conv2d(channels, inner, kernel_size=1)
         self.phi = nn.Conv2d(channels, inner, kernel_size=1)
         self.g = nn.Conv2d(channels, inner, kernel_size=1)

@@ -25,6 +25,15 @@ def check_count(name: str, value: object) -> int:
     return int(value)
 
 
+def check_odd_kernel(name: str, value: object) -> int:
+    """``value`` when it is an odd whole number >= 1, else a :class:`ConfigError` naming ``name``: "same" padding
+    of ``(k - 1) / 2`` keeps a map's size only for odd kernels."""
+    if not is_count(value) or value % 2 == 0:
+        raise ConfigError(f"{name}={value!r}: give an odd whole number (3, 5, 7, ...): an even kernel changes the "
+                          "map's size")
+    return int(value)
+
+
 def fixed_input_size(model: nn.Module) -> Optional[tuple[int, int]]:
     """The ``(H, W)`` a model's (or its encoder's) patch embedding takes and no other: a ViT's; None when any size goes."""
     for module in model.modules():

@@ -8,6 +8,8 @@ feature map through a two-layer bottleneck MLP (reduction ratio 16).
 import torch
 from torch import Tensor, nn
 
+from .patch_embed import check_count
+
 
 def reduced_channels(channels: int, reduction: int, min_channels: int = 8) -> int:
     """Hidden width of an attention bottleneck: ``channels // reduction``, at least ``min_channels``.
@@ -15,7 +17,7 @@ def reduced_channels(channels: int, reduction: int, min_channels: int = 8) -> in
     The floor keeps the bottleneck meaningful on narrow networks (e.g. 16-channel CIFAR stages);
     ImageNet ResNets (``channels >= 64 * reduction / 8``) are unaffected by it.
     """
-    return max(channels // reduction, min_channels)
+    return max(channels // check_count("reduction", reduction), min_channels)
 
 
 class SqueezeExcite(nn.Module):

@@ -33,12 +33,10 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from ..errors import ConfigError
-from ..layers.bam import Bam
 from ..layers.create_attn import create_attn
 from ..layers.drop_path import DropPath, check_rate
 from ..layers.eca import EfficientChannelAttention
 from ..layers.global_pool import GlobalPool2d, PoolType, check_pool_type
-from ..layers.non_local import NonLocalBlock
 from ..layers.patch_embed import check_count, check_image_layout
 from ..layers.se import SqueezeExcite
 from ..registry import register_model
@@ -76,7 +74,7 @@ class _ResidualBlock(nn.Module):
         self.downsample = downsample
         self.attn = create_attn(attn_layer, out_chs, **attn_kwargs)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.non_local = NonLocalBlock(out_chs, **attn_kwargs) if non_local else None
+        self.non_local = create_attn("non_local", out_chs, **attn_kwargs) if non_local else None
 
     def _add_residual(self, out: Tensor, x: Tensor) -> Tensor:
         if self.attn is not None:
@@ -225,7 +223,7 @@ class ResNet(nn.Module):
         self.num_features = widths[-1] * block.expansion
         if bam:
             for i, width in enumerate(widths[:-1], start=1):
-                setattr(self, f"bam{i}", Bam(width * block.expansion, **attn_kwargs))
+                setattr(self, f"bam{i}", create_attn("bam", width * block.expansion, **attn_kwargs))
         self.global_pool = GlobalPool2d(global_pool)
         self.drop = nn.Dropout(drop_rate)
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()

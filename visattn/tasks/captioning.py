@@ -36,7 +36,7 @@ from ..registry import create_model, model_task, split_model_name
 from .classification import (EDITED_CHECKPOINT, Classifier, adamw_warmup_cosine, check_data_size,
                              checkpoint_model_kwargs, inference_model, inference_target, load_checkpoint_weights,
                              read_checkpoint, require_task, sample_mean_loss, task_checkpoint)
-from .guards import GuardedTask, NonFiniteLossGuard, skip_missing_batch
+from .guards import GuardedTask, NonFiniteLossGuard, batch_of_one_is_one_line, skip_missing_batch
 
 _ITEM_CLASS = {word: k for k, word in enumerate(ITEM_WORDS)}
 
@@ -268,6 +268,7 @@ class CaptioningTask(GuardedTask, pl.LightningModule):
         penalty = doubly_stochastic_penalty(alphas, targets != self.vocab.pad_id, self.hparams.alpha_c)
         return cross_entropy, penalty
 
+    @batch_of_one_is_one_line
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Optional[Tensor]:
         self.loss_guard.watch(self.model)
         cross_entropy, penalty = self.caption_loss(batch)

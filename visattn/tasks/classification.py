@@ -34,7 +34,7 @@ from ..pretrained import (TRAINING_CHECKPOINTS, checkpoint_follows, find_weights
                           named_weights_entry, read_pickle_checkpoint, refuse_an_untrained_head, require_regular_file,
                           starting_weights_skipped, timm_pretrained_cfg, weights_preprocessing)
 from ..registry import check_timm_name, create_model, model_arguments, model_family, model_task, split_model_name
-from .guards import GuardedTask, NonFiniteLossGuard, skip_missing_batch
+from .guards import GuardedTask, NonFiniteLossGuard, batch_of_one_is_one_line, skip_missing_batch
 
 
 # timm.create_model arguments that fetch or name its starting weights.
@@ -340,6 +340,7 @@ class ImageClassifier(GuardedTask, pl.LightningModule):
         with self.attention_kernel():
             return self.eval_model(x)
 
+    @batch_of_one_is_one_line
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> Optional[torch.Tensor]:
         images, targets = batch
         if self.batch_mix is not None:

@@ -32,7 +32,7 @@ from ..registry import create_model, is_model, model_family, split_model_name
 from .classification import (Classifier, adamw_warmup_cosine, checkpoint_model_kwargs, inference_model,
                              inference_target, load_checkpoint_weights, match_class_order, read_checkpoint,
                              recorded_labels, require_task, task_checkpoint)
-from .guards import GuardedTask, NonFiniteLossGuard, skip_missing_batch
+from .guards import GuardedTask, NonFiniteLossGuard, batch_of_one_is_one_line, skip_missing_batch
 
 Batch = tuple[list[Tensor], list[Target]]
 Detections = list[dict[str, Tensor]]
@@ -144,6 +144,7 @@ class DetectionTask(GuardedTask, pl.LightningModule):
     def forward(self, images: list[Tensor]) -> Detections:
         return self.model(images)
 
+    @batch_of_one_is_one_line
     def training_step(self, batch: Batch, batch_idx: int) -> Optional[Tensor]:
         images, targets = batch
         self.loss_guard.watch(self.model)
