@@ -36,6 +36,7 @@ from ..registry import create_model, model_task, split_model_name
 from .classification import (EDITED_CHECKPOINT, Classifier, adamw_warmup_cosine, check_data_size,
                              checkpoint_model_kwargs, inference_model, inference_target, load_checkpoint_weights,
                              read_checkpoint, require_task, sample_mean_loss, task_checkpoint)
+from .distributed import gather_shares, in_split_order
 from .guards import GuardedTask, NonFiniteLossGuard, batch_of_one_is_one_line, skip_missing_batch
 
 _ITEM_CLASS = {word: k for k, word in enumerate(ITEM_WORDS)}
@@ -152,11 +153,10 @@ class CaptionMetrics:
         A collective: every process calls it."""
         if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
             return
-        shards: list[Any] = [None] * torch.distributed.get_world_size()
-        torch.distributed.all_gather_object(shards, (self.hypotheses, self.references, self.hits, self.has_boxes))
-        self.hypotheses = [caption for shard in shards for caption in shard[0]]
-        self.references = [refs for shard in shards for refs in shard[1]]
-        self.hits = [hit for shard in shards for hit in shard[2]]
+        shards = gather_shares((self.hypotheses, self.references, self.hits, self.has_boxes))
+        self.hypotheses = in_split_order([shard[0] for shard in shards])
+        self.references = in_split_order([shard[1] for shard in shards])
+        self.hits = [hit for shard in shards for hit in shard[2]]  # per word, not per caption: their order is moot
         self.has_boxes = any(shard[3] for shard in shards)
 
     def compute(self) -> dict[str, float]:

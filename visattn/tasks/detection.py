@@ -32,6 +32,7 @@ from ..registry import create_model, is_model, model_family, split_model_name
 from .classification import (Classifier, adamw_warmup_cosine, checkpoint_model_kwargs, inference_model,
                              inference_target, load_checkpoint_weights, match_class_order, read_checkpoint,
                              recorded_labels, require_task, task_checkpoint)
+from .distributed import gather_shares, in_split_order
 from .guards import GuardedTask, NonFiniteLossGuard, batch_of_one_is_one_line, skip_missing_batch
 
 Batch = tuple[list[Tensor], list[Target]]
@@ -53,10 +54,8 @@ class _MeanAveragePrecision(MeanAveragePrecision):
     def _sync_dist(self, dist_sync_fn: Any = None, process_group: Any = None) -> None:
         group = process_group or self.process_group
         for name in self._reductions:  # each state is a list with an entry per image (dist_reduce_fx None)
-            shares: list[Any] = [None] * torch.distributed.get_world_size(group)
-            torch.distributed.all_gather_object(shares, [t.cpu() for t in getattr(self, name)], group=group)
-            in_order = (share[i] for i in range(max(map(len, shares))) for share in shares if i < len(share))
-            setattr(self, name, [t.to(self.device) for t in in_order])
+            shares = gather_shares([t.cpu() for t in getattr(self, name)], group)
+            setattr(self, name, [t.to(self.device) for t in in_split_order(shares)])
 
 
 def detection_map() -> MeanAveragePrecision:
