@@ -384,3 +384,46 @@ def test_ddp_processes_draw_apart_and_repeatably(tmp_path):
     for step in range(2):
         assert all(a != b for a, b in zip(runs["first", 0][step], runs["first", 1][step]))  # torch, NumPy, random
     assert _draws(devices=1) == _draws(devices=1)
+
+
+class _Predictor(pl.LightningModule):
+    """Predicts class "high" with probability x / 10 for sample x, so each record shows which sample it is."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.save_hyperparameters({"class_names": ["low", "high"]})
+        self.net = nn.Linear(1, 1)
+
+    def predict_step(self, batch, batch_idx):
+        (x,) = batch
+        return torch.stack([1 - x / 10, x / 10], dim=1)  # (B, 2) probabilities
+
+
+def _predict(root: str, devices: int) -> None:
+    from visattn.tasks.lightning_cli import JsonPredictionWriter
+
+    pl.Trainer(accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto", logger=False,
+               default_root_dir=root, enable_progress_bar=False, enable_model_summary=False,
+               callbacks=[JsonPredictionWriter(topk=1)]).predict(_Predictor(), datamodule=_Numbers())
+
+
+def _predicting_process_of_two(rank: int, port: int, root: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", NODE_RANK="0",
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    _predict(root, devices=2)
+    torch.distributed.destroy_process_group()
+
+
+def test_ddp_predict_writes_one_file_in_sample_order(tmp_path):
+    # Each process wrote its own predictions-rankN.jsonl, samples 0, 2, 4 in one and 1, 3 in the other.
+    import torch.multiprocessing
+
+    torch.multiprocessing.spawn(_predicting_process_of_two, args=(_free_port(), str(tmp_path / "two")), nprocs=2)
+    _predict(str(tmp_path / "one"), devices=1)
+    written = [(tmp_path / run / "predictions.jsonl").read_text() for run in ("two", "one")]
+    assert written[0] == written[1] and sorted(p.name for p in (tmp_path / "two").iterdir()) == ["predictions.jsonl"]
+    records = [json.loads(line) for line in written[0].splitlines()]
+    assert [(r["sample"], r["predictions"][0]["label"]) for r in records] == [
+        (0, "low"), (1, "low"), (2, "low"), (3, "low"), (4, "low")]
+    assert [r["predictions"][0]["prob"] for r in records] == pytest.approx([1.0, 0.9, 0.8, 0.7, 0.6])

@@ -73,6 +73,7 @@ from ..fileio import atomic_path, refuse_replacing_others_files
 from ..pretrained import check_state_dict, checkpoint_follows, scored_as_built
 from ..registry import split_model_name
 from .classification import EDITED_CHECKPOINT, read_checkpoint
+from .distributed import gather_shares
 
 log = logging.getLogger(__name__)
 
@@ -731,18 +732,24 @@ class JsonPredictionWriter(BasePredictionWriter):
             self.records.append({"sample": int(i), **where, **record})
 
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        records = self.records
+        if trainer.world_size > 1:  # one file, written by the first process, in sample order
+            records = [record for share in gather_shares(records) for record in share]
+            if trainer.global_rank != 0:
+                return
+            if all(isinstance(record.get("sample"), int) for record in records):
+                records.sort(key=lambda record: record["sample"])
         path = _predictions_path(trainer)
         replaced = " (replacing the earlier predictions there)" if path.exists() else ""
         with atomic_path(path) as tmp:
-            tmp.write_text("".join(json.dumps(record) + "\n" for record in self.records))
-        unread = sum("error" in record for record in self.records)
+            tmp.write_text("".join(json.dumps(record) + "\n" for record in records))
+        unread = sum("error" in record for record in records)
         failed = f"; {unread} could not be read (their records hold the error)" if unread else ""
-        print(f"wrote {len(self.records)} predictions to {path}{replaced}{failed}")
+        print(f"wrote {len(records)} predictions to {path}{replaced}{failed}")
 
 
 def _predictions_path(trainer: pl.Trainer) -> Path:
-    name = "predictions.jsonl" if trainer.world_size == 1 else f"predictions-rank{trainer.global_rank}.jsonl"
-    return Path(trainer.default_root_dir) / name
+    return Path(trainer.default_root_dir) / "predictions.jsonl"
 
 
 def _written_by_the_writer(path: Path) -> bool:
