@@ -703,8 +703,7 @@ def load_weights(
     adapt = getattr(model, "adapt_state_dict", None)
     if adapt is not None:
         try:
-            takes_grid = grid is not None and "source_grid" in inspect.signature(adapt).parameters
-            state = adapt(state, **({"source_grid": grid} if takes_grid else {}))
+            state = adapt(state, source_grid=grid)
         except WeightsError as err:  # a layout the model cannot take (e.g. register tokens): name the file
             raise WeightsError(f"{named}: {err}") from None
     state, head_warning, head_error = _drop_mismatched_head(model, state, source=named, new_head=new_head)

@@ -339,9 +339,11 @@ class ResNet(nn.Module):
         self.num_classes = num_classes
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
-    def adapt_state_dict(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
+    def adapt_state_dict(self, state: dict[str, Tensor], *,
+                         source_grid: Optional[tuple[int, int]] = None) -> dict[str, Tensor]:
         """timm names every block's attention ``se`` whatever its type; rename it to ``attn`` where
-        this model's block attention is the same module as timm's (SE, ECA)."""
+        this model's block attention is the same module as timm's (SE, ECA). ``source_grid``, a ViT's
+        patch grid, has no meaning here."""
         if not any(isinstance(m, _TIMM_SAME_ATTN) for m in self.modules()):
             return state
         return {re.sub(r"^(layer\d+\.\d+)\.se\.", r"\1.attn.", key): value for key, value in state.items()}
