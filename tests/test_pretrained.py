@@ -886,6 +886,23 @@ def test_timm_data_helpers_preprocess_a_model_as_visattn_does(name, height, widt
     torch.testing.assert_close(by_timm, ours, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("name, kwargs", [("se_resnet20_cifar.fmnist", {"in_chans": 1}),
+                                          ("vit_tiny_patch4_28.fmnist", {"img_size": 56})])
+def test_timm_data_helpers_preprocess_for_the_model_as_built_not_as_its_weights_were(name, kwargs):
+    """The weights' 3 channels at 28 px stayed in pretrained_cfg: timm's transform gave inputs the model refused."""
+    import numpy as np
+    from PIL import Image
+    from timm.data import create_transform, resolve_data_config
+
+    model = create_model(name, **kwargs).eval()
+    config = resolve_data_config(model=model)
+    assert config["input_size"] == ((1, 28, 28) if "in_chans" in kwargs else (3, 56, 56))
+    assert config["mean"] == pytest.approx((0.286,) * config["input_size"][0], abs=1e-3)
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 30, 3), dtype=np.uint8))
+    image = image.convert("L") if "in_chans" in kwargs else image  # timm's transform keeps the image's channels
+    assert model(create_transform(**config)(image)[None]).shape == (1, 10)
+
+
 def test_a_classifier_from_a_training_checkpoint_carries_its_recorded_preprocessing_for_timm(tmp_path):
     from test_export import _checkpoint
     from timm.data import resolve_data_config

@@ -184,6 +184,8 @@ def test_list_models_takes_several_patterns_and_exclusions_as_timm_does():
     shipped = list_pretrained()
     assert list_pretrained(["se_*", "vit_*"]) == sorted(n for n in shipped if n.startswith(("se_", "vit_")))
     assert list_pretrained(exclude_filters="*.scenes") == [n for n in shipped if not n.endswith(".scenes")]
+    # timm's empty filter lists everything (an empty user filter had listed nothing)
+    assert list_models("") == list_models([]) == list_models() and list_pretrained("") == shipped
 
 
 @pytest.mark.parametrize("build", [

@@ -516,3 +516,13 @@ def test_each_captioners_grid_holds_distinct_regions_of_its_encoders_map(name):
     grid = (features.shape[-2:] if features.ndim == 4 else
             getattr(model.encoder.patch_embed, "grid_size", None))
     assert model.grid[0] <= grid[0] and model.grid[1] <= grid[1]
+
+
+def test_encoder_kwargs_add_to_the_scenes_captioners_encoder_layout():
+    """They replaced it: drop_path_rate=0.1 built a 3-stage encoder (4.10M parameters, not 3.25M) without a word."""
+    from visattn.layers.drop_path import DropPath
+
+    built = create_model("sat_cbam_resnet_scenes")
+    dropping = create_model("sat_cbam_resnet_scenes", encoder_kwargs={"drop_path_rate": 0.1})
+    assert {k: v.shape for k, v in dropping.state_dict().items()} == {k: v.shape for k, v in built.state_dict().items()}
+    assert [m.drop_prob for m in dropping.encoder.modules() if isinstance(m, DropPath)][-1] == pytest.approx(0.1)

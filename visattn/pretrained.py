@@ -229,8 +229,14 @@ def timm_pretrained_cfg(model: nn.Module, preprocessing: Optional[dict[str, Any]
     ``preprocessing`` (what it lacks: the defaults of weights that recorded none), so that timm's data
     helpers (``resolve_data_config``, ``create_transform``) preprocess as visattn does, not for ImageNet."""
     from .data.transforms import default_preprocessing, timm_data_config
+    from .layers.patch_embed import fixed_input_size
 
-    data = timm_data_config({**default_preprocessing(model), **(preprocessing or {})})
+    built = default_preprocessing(model)
+    preprocessing = {**built, **(preprocessing or {})}
+    # The model as built, not as the weights were: in_chans=1, or a ViT's img_size=56 for 28 px weights
+    recorded_size = preprocessing["input_size"]
+    preprocessing["input_size"] = [built["input_size"][0], *(fixed_input_size(model) or recorded_size[1:])]
+    data = timm_data_config(preprocessing)
     return {**data, "num_classes": model.num_classes, "classifier": type(model).classifier}
 
 

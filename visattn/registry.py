@@ -136,6 +136,8 @@ def list_pretrained(pattern: Patterns = "*", *, exclude_filters: Patterns = ()) 
 
 
 def _matching(names: Iterable[str], pattern: Optional[Patterns], exclude_filters: Optional[Patterns]) -> list[str]:
+    if isinstance(pattern, (str, list, tuple)) and not pattern:  # timm's filter='' (or []) lists everything
+        pattern = None
     include, exclude = (_patterns(pattern, "pattern", default=["*"]), _patterns(exclude_filters, "exclude_filters"))
     return sorted(n for n in names if any(fnmatch.fnmatchcase(n, p) for p in include)
                   and not any(fnmatch.fnmatchcase(n, p) for p in exclude))
