@@ -471,11 +471,12 @@ def sat_vit_small_patch16_224(**kwargs: Any) -> ShowAttendTell:
 @register_model
 def sat_cbam_resnet_scenes(**kwargs: Any) -> ShowAttendTell:
     """A CPU-sized captioner for 64 px FashionScenes: two-stage CBAM-ResNet (stride 8), 8x8 grid."""
-    # encoder_kwargs given add to this layout (drop_path_rate=0.1), not replace it
-    encoder_kwargs = {**dict(layers=(1, 1), widths=(32, 64), small_input=False),
-                      **(kwargs.pop("encoder_kwargs", None) or {})}
+    encoder_name = kwargs.pop("encoder_name", "cbam_resnet20_cifar")
+    # encoder_kwargs given add to this encoder's layout (drop_path_rate=0.1), not replace it
+    layout = dict(layers=(1, 1), widths=(32, 64), small_input=False) if encoder_name == "cbam_resnet20_cifar" else {}
+    encoder_kwargs = {**layout, **(kwargs.pop("encoder_kwargs", None) or {})}
     model_args = dict(
-        encoder_name="cbam_resnet20_cifar", encoder_kwargs=encoder_kwargs, img_size=64, grid_size=8,
+        encoder_name=encoder_name, encoder_kwargs=encoder_kwargs, img_size=64, grid_size=8,
         embed_dim=128, hidden_dim=256, attn_dim=128, dropout=0.3, deep_output=True,
     )
     return _create_sat(**{**model_args, **kwargs})
