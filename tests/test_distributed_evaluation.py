@@ -427,3 +427,38 @@ def test_ddp_predict_writes_one_file_in_sample_order(tmp_path):
     assert [(r["sample"], r["predictions"][0]["label"]) for r in records] == [
         (0, "low"), (1, "low"), (2, "low"), (3, "low"), (4, "low")]
     assert [r["predictions"][0]["prob"] for r in records] == pytest.approx([1.0, 0.9, 0.8, 0.7, 0.6])
+
+
+def _detr_losses(images: list, targets: list) -> dict:
+    from visattn import create_model
+
+    torch.manual_seed(0)
+    model = create_model("detr_cbam_resnet20_cifar", num_classes=4).eval()
+    model.training = True  # losses, with batch norm and dropout fixed: the same features in any batch
+    return {k: float(v) for k, v in model(images, targets).items()}
+
+
+def _detr_scene(i: int) -> tuple:
+    torch.manual_seed(10 + i)
+    boxes = [[4.0, 6.0, 28.0, 30.0], [34.0, 30.0, 60.0, 58.0], [10.0, 40.0, 24.0, 60.0]][: 1 + 2 * i]  # 1 box, 3 boxes
+    return torch.rand(3, 64, 64), {"boxes": torch.tensor(boxes), "labels": torch.arange(len(boxes)) % 4}
+
+
+def _detr_process_of_two(rank: int, port: int, out: str) -> None:
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    torch.set_num_threads(1)
+    image, target = _detr_scene(rank)
+    with open(f"{out}.{rank}", "w") as f:
+        json.dump(_detr_losses([image], [target]), f)
+    torch.distributed.destroy_process_group()
+
+
+def test_detr_box_losses_under_ddp_average_to_one_process_on_the_whole_batch(tmp_path):
+    # Each process divided its box losses by its own box count: 1 box here and 3 there weighed the one box 3 times.
+    import torch.multiprocessing
+
+    torch.multiprocessing.spawn(_detr_process_of_two, args=(_free_port(), str(tmp_path / "detr")), nprocs=2)
+    ranks = [json.loads((tmp_path / f"detr.{rank}").read_text()) for rank in (0, 1)]
+    whole = _detr_losses(*map(list, zip(*(_detr_scene(i) for i in (0, 1)))))
+    for key in [k for k in whole if k.startswith(("loss_bbox", "loss_giou"))]:
+        assert (ranks[0][key] + ranks[1][key]) / 2 == pytest.approx(whole[key], rel=1e-5), key

@@ -441,6 +441,17 @@ def hungarian_match(
     return matches
 
 
+def _boxes_per_process(targets: Targets, device: torch.device) -> float:
+    """The batch's target boxes, averaged over DDP processes (at least 1): DETR's normaliser. DDP averages the
+    processes' gradients, so each process's box losses summed over its boxes divided by this equal one process's
+    on the whole batch; divided by its own count, a process with few boxes weighed each of them more."""
+    count = torch.tensor(float(sum(len(t["labels"]) for t in targets)), device=device)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(count)
+        count = count / torch.distributed.get_world_size()
+    return max(float(count), 1.0)
+
+
 class DetrDetector(nn.Module):
     """DETR-style set prediction (Carion 2020) on a registered backbone's last feature map.
 
@@ -580,7 +591,7 @@ class DetrDetector(nn.Module):
         return self.class_embed(tokens).float(), self.bbox_embed(tokens).float().sigmoid()
 
     def _losses(self, logits: Tensor, boxes: Tensor, targets: Targets) -> dict[str, Tensor]:
-        num_boxes = max(sum(len(t["labels"]) for t in targets), 1)
+        num_boxes = _boxes_per_process(targets, logits.device)
         losses = self._set_losses(logits[-1], boxes[-1], targets, num_boxes)
         if self.aux_loss:
             for i in range(len(logits) - 1):
@@ -588,7 +599,7 @@ class DetrDetector(nn.Module):
                 losses.update({f"{key}_{i}": value for key, value in aux.items()})
         return losses
 
-    def _set_losses(self, logits: Tensor, boxes: Tensor, targets: Targets, num_boxes: int) -> dict[str, Tensor]:
+    def _set_losses(self, logits: Tensor, boxes: Tensor, targets: Targets, num_boxes: float) -> dict[str, Tensor]:
         """Weighted cross entropy over all queries, L1 and GIoU over matched ones, per target box."""
         matches = hungarian_match(
             logits, boxes, targets,
