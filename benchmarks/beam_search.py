@@ -4,7 +4,8 @@
     python benchmarks/beam_search.py --device cuda
 
 Both decode the same FashionScenes test images with the shipped captioner; the captions must be
-identical, and the figure is captions per second and its ratio. The ratio has a ceiling: one-image
+identical (the script exits with an error after its figures otherwise), and the figure is captions
+per second and its ratio. The ratio has a ceiling: one-image
 decoding's time over the time batched decoding would take running its FLOPs (FlopCounterMode) at
 the faster of the two product rates measured here: torch's matmul and oneDNN's inner product, which
 the LSTM's products go through. Once batched decoding nears that peak, only one-image decoding's
@@ -95,6 +96,7 @@ def main() -> None:
                                         "batched_mflops_per_caption": round(flops / args.batch / 1e6, 2),
                                         "peak_matmul_gflops": round(peaks["matmul"] / 1e9, 1),
                                         "peak_onednn_gflops": round(peaks["onednn"] / 1e9, 1), "ratio_ceiling": round(ceiling, 2)})
+    side_by_side.require_agreement(identical, "batched and one-image beam search gave different captions")
 
 
 if __name__ == "__main__":

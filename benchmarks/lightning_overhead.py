@@ -7,8 +7,10 @@ and learning-rate callbacks and the rich progress bar users get. B: a hand-writt
 same datamodule's DataLoader with the same model, AdamW groups, warm-up + cosine schedule,
 label-smoothed loss and EMA. Each round is one fresh run; only steps after ``--skip`` are timed
 (start-up, sanity validation and worker start are not), in both. The figure is the cost per
-training step: the timed window holds no validation, checkpoint or logger write (the config logs
-every 50 steps; an epoch is 421).
+training step: each window runs from the start of step ``--skip`` to the start of the step after the
+last timed one, so it holds every timed step's own work, hooks and next batch on both sides, and no
+validation, checkpoint or logger write (a window reaching the config's ``log_every_n_steps`` or the
+epoch's end is refused).
 """
 from __future__ import annotations
 
@@ -37,33 +39,29 @@ CONFIG = REPO / "configs" / "classification" / "cbam_resnet_fmnist.yaml"
 
 
 class BatchClock(pl.Callback):
-    """Time stamps of every training batch: when it starts (data already loaded) and when it ends."""
+    """Time stamps of every training batch's start (its data already loaded)."""
 
     def __init__(self) -> None:
         self.starts: list[float] = []
-        self.ends: list[float] = []
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
         self.starts.append(time.perf_counter())
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
-        self.ends.append(time.perf_counter())
 
-
-def window(starts: list[float], ends: list[float], skip: int) -> float:
-    """Seconds from the start of batch ``skip`` to the end of the last batch."""
-    return ends[-1] - starts[skip]
+def window(starts: list[float], skip: int, steps: int) -> float:
+    """Seconds from the start of step ``skip`` to the start of step ``skip + steps``: ``steps`` whole steps,
+    the module's own end-of-step hooks (Lightning calls them after the callbacks') and next batch included."""
+    return starts[skip + steps] - starts[skip]
 
 
 def lightning_round(config: Path, overrides: list[str], skip: int, steps: int) -> Callable[[], float]:
     def run() -> float:
         with tempfile.TemporaryDirectory() as tmp, _working_dir(tmp):  # the config writes under outputs/
-            cli = run_lightning_cli(["fit", "--config", str(config), "--trainer.max_steps", str(skip + steps),
+            cli = run_lightning_cli(["fit", "--config", str(config), "--trainer.max_steps", str(skip + steps + 1),
                                      "--trainer.accelerator", "cpu", *overrides,
                                      "--trainer.callbacks+=__main__.BatchClock"])
         clock = next(c for c in cli.trainer.callbacks if isinstance(c, BatchClock))
-        return window(clock.starts, clock.ends, skip)
+        return window(clock.starts, skip, steps)
     return run
 
 
@@ -80,9 +78,11 @@ def bare_round(model_args: dict, data: FashionMNISTDataModule, skip: int, steps:
         criterion = nn.CrossEntropyLoss(label_smoothing=model_args.get("label_smoothing", 0.0))
         decay = model_args.get("ema_decay")
         ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True) if decay else None
-        starts, ends = [], []
+        starts = []
         for step, (images, targets) in enumerate(loader):
             starts.append(time.perf_counter())
+            if step == skip + steps:
+                break
             loss = criterion(model(images), targets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -90,10 +90,7 @@ def bare_round(model_args: dict, data: FashionMNISTDataModule, skip: int, steps:
             scheduler.step()
             if ema is not None:
                 ema.update_parameters(model)
-            ends.append(time.perf_counter())
-            if step + 1 == skip + steps:
-                break
-        return window(starts, ends, skip)
+        return window(starts, skip, steps)
     return run
 
 
@@ -128,9 +125,13 @@ def main() -> None:
     data = FashionMNISTDataModule(**data_args)
     data.setup("fit")
     batches = len(data.train_dataloader())
-    if args.skip + args.steps > batches:  # the bare loop runs one epoch; Lightning's window would hold its end
-        parser.error(f"--skip {args.skip} + --steps {args.steps} exceed an epoch's {batches} batches; "
+    if args.skip + args.steps >= batches:  # the bare loop runs one epoch; Lightning's window would hold its end
+        parser.error(f"--skip {args.skip} + --steps {args.steps} reach an epoch's {batches} batches; "
                      "lower --steps or raise the data's limit")
+    log_every = config["trainer"].get("log_every_n_steps", 50)
+    if args.skip + args.steps >= log_every:  # Lightning would write its logs in the window, the bare loop nothing
+        parser.error(f"--skip {args.skip} + --steps {args.steps} reach the config's log_every_n_steps {log_every}; "
+                     "lower --steps")
     model_args = config["model"]["init_args"]
     max_epochs = config["trainer"].get("max_epochs") or 1
     seconds = side_by_side.interleave({

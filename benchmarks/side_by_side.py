@@ -116,6 +116,17 @@ def finish(benchmark: str, figures: dict[str, Any]) -> None:
     print(json.dumps({"benchmark": benchmark, **figures, "machine": machine()}))
 
 
+# Largest |logit difference| at which two runs of the same weights count as the same work
+LOGIT_TOLERANCE = {"fp32": 1e-3, "bf16": 0.1, "fp16": 0.1}
+
+
+def require_agreement(agree: bool, what: str) -> None:
+    """After the figures are printed, exit non-zero in one line when the two sides' outputs differ: their
+    speeds would compare different work."""
+    if not agree:
+        raise SystemExit(f"error: {what}, so the ratio above compares different work")
+
+
 def _timed(run: Callable[[], Any]) -> tuple[Any, float]:
     """What ``run`` returns and the seconds it took, the GPU's queued work included."""
     synchronize()

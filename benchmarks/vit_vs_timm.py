@@ -10,6 +10,9 @@ counter has no formula for the fused CPU kernel and would count its QK^T and att
 (ViT-Ti 2.15 instead of 2.51 GFLOPs). MFU is the achieved FLOP/s over the
 matmul peak in the run's precision measured here, in this process, on the same device and threads:
 the best of samples taken before each model, as load from other processes only ever lowers it.
+``--grad-checkpointing`` applies to the training steps only (timm's models checkpoint without gradients
+too, visattn's do not). The script exits with an error, after printing the figures, when the two models'
+logits on the same weights differ by more than ``side_by_side.LOGIT_TOLERANCE``.
 """
 from __future__ import annotations
 
@@ -91,8 +94,6 @@ def training_round(model: nn.Module, images: torch.Tensor, targets: torch.Tensor
 def compare(name: str, args) -> list[dict]:
     kwargs = {"img_size": args.img_size} if args.img_size != 224 else {}
     ours, theirs = (model.to(args.device) for model in twin_models(name, **kwargs))
-    for model in (ours, theirs):
-        model.set_grad_checkpointing(args.grad_checkpointing)  # timm's switch of the same name
     images = torch.randn(args.infer_batch, 3, args.img_size, args.img_size, device=args.device)
     ours.eval(), theirs.eval()
     with torch.inference_mode(), side_by_side.autocast(args.device, args.precision):
@@ -102,6 +103,8 @@ def compare(name: str, args) -> list[dict]:
     for mode, batch in (("inference", args.infer_batch), ("train_step", args.train_batch)):
         train = mode == "train_step"
         ours.train(train), theirs.train(train)
+        for model in (ours, theirs):  # timm's switch of the same name; timm checkpoints without gradients too
+            model.set_grad_checkpointing(args.grad_checkpointing and train)
         x = torch.randn(batch, 3, args.img_size, args.img_size, device=args.device)
         y = torch.randint(0, ours.num_classes, (batch,), device=args.device)
         make = (lambda m: training_round(m, x, y, args.precision)) if train else (
@@ -163,7 +166,12 @@ def main() -> None:
     side_by_side.finish("vit_vs_timm", {"device": args.device, "precision": args.precision,
                                         "grad_checkpointing": args.grad_checkpointing,
                                         "peak_matmul_gflops": round(peak / 1e9, 1), "results": results,
-                                        "median_ratio": statistics.median(r["ratio"] for r in results)})
+                                        **{f"median_ratio_{mode}": statistics.median(r["ratio"] for r in results
+                                                                                     if r["mode"] == mode)
+                                           for mode in ("inference", "train_step")}})
+    worst = max(r["max_logit_diff"] for r in results)
+    side_by_side.require_agreement(worst <= side_by_side.LOGIT_TOLERANCE[args.precision],
+                                   f"visattn's and timm's logits differ by up to {worst:.1e} on the same weights")
 
 
 if __name__ == "__main__":

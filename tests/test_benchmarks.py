@@ -146,14 +146,44 @@ def test_pointing_baseline_smoke_run_reports_each_score_as_a_share(model, keys, 
     assert all(0.0 <= figures[key] <= 1.0 for key in keys)
 
 
-def test_lightning_overhead_refuses_a_window_beyond_one_epoch(capsys, monkeypatch):
-    """The bare loop runs one epoch: it timed fewer steps than asked and its rate counted them all."""
+@pytest.mark.parametrize("steps, message", [
+    # The bare loop runs one epoch: it timed fewer steps than asked and its rate counted them all.
+    ("1000", "--skip 5 + --steps 1000 reach an epoch's 421 batches"),
+    # Lightning would write its logs inside its window, the bare loop nothing.
+    ("45", "--skip 5 + --steps 45 reach the config's log_every_n_steps 50"),
+])
+def test_lightning_overhead_refuses_a_window_holding_more_than_training_steps(steps, message, capsys, monkeypatch):
     monkeypatch.syspath_prepend(str(BENCHMARKS))
-    monkeypatch.setattr(sys, "argv", ["lightning_overhead.py", "--steps", "1000", "--num-workers", "0"])
+    monkeypatch.setattr(sys, "argv", ["lightning_overhead.py", "--steps", steps, "--num-workers", "0"])
     with pytest.raises(SystemExit) as exit:
         runpy.run_path(str(BENCHMARKS / "lightning_overhead.py"), run_name="__main__")
     assert exit.value.code == 2
-    assert "--skip 5 + --steps 1000 exceed an epoch's 421 batches" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
+
+
+def test_interleave_alternates_the_order_and_the_spread_pairs_each_rounds_times(monkeypatch):
+    """--smoke runs one round, so no smoke run ever checked the alternation or the per-round ratios."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import side_by_side
+
+    calls = []
+    times = {"a": iter([9.0, 1.0, 2.0, 4.0, 1.0]), "b": iter([9.0, 2.0, 2.0, 1.0, 3.0])}  # warm-up first
+    monkeypatch.setattr(side_by_side, "_timed", lambda run: (None, run()))
+    candidates = {name: (lambda name=name: calls.append(name) or next(times[name])) for name in "ab"}
+    seconds = side_by_side.interleave(candidates, rounds=4)
+    assert "".join(calls) == "ab" + "abbaabba"
+    assert seconds == {"a": [1.0, 2.0, 4.0, 1.0], "b": [2.0, 2.0, 1.0, 3.0]}
+    assert side_by_side.ratio_spread(seconds, "a", "b") == [0.25, 3.0]  # b's seconds over a's, per round
+    assert side_by_side.rate(seconds["a"], 3) / side_by_side.rate(seconds["b"], 3) == pytest.approx(2.0 / 1.5)
+
+
+def test_a_benchmark_whose_two_sides_disagree_exits_non_zero(monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import side_by_side
+
+    side_by_side.require_agreement(True, "unused")
+    with pytest.raises(SystemExit, match="error: captions differ, so the ratio above compares different work"):
+        side_by_side.require_agreement(False, "captions differ")
 
 
 @needs_fashion_mnist
