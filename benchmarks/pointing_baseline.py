@@ -39,7 +39,7 @@ from visattn.tasks.captioning import (attention_centres, evaluation_loader, is_c
                                       pointing_hits)
 from visattn.explain import CellCentres, pointing_hit
 from visattn.tasks.classification import Classifier, inference_model, load_classifier
-from visattn.tasks.detection import is_detector, load_detector
+from visattn.tasks.detection import detector_scenes, is_detector, load_detector
 
 
 def untrained_copy(classifier: Classifier, seed: int, img_size: Optional[int]) -> Classifier:
@@ -87,7 +87,7 @@ def detector_pointing(name: str, limit: int) -> dict[str, float]:
     at the detection's box. Not under inference mode: FCOS's maps (gradient × input) need a model built outside it."""
     detector = load_detector(name)
     hits: dict[str, list[bool]] = {"detection_map": [], "image_mean_map": [], "brightness": []}
-    for scene in FashionScenes("test", num_scenes=limit, canvas_size=64):
+    for scene in detector_scenes(detector, "test", limit):  # as `visattn evaluate` draws them
         image = torch.from_numpy(scene.image).permute(2, 0, 1).float() / 255
         found = detector.detect([image], score_threshold=0.5, attention=True)[0]
         maps = found["attention"]

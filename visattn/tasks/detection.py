@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Optional, Sequence, Union
 
 import lightning.pytorch as pl
 import numpy as np
@@ -34,6 +34,9 @@ from .classification import (Classifier, adamw_warmup_cosine, checkpoint_model_k
                              recorded_labels, require_task, task_checkpoint)
 from .distributed import gather_shares, in_split_order
 from .guards import GuardedTask, NonFiniteLossGuard, batch_of_one_is_one_line, skip_missing_batch
+
+if TYPE_CHECKING:
+    from ..data.scenes import FashionScenes
 
 Batch = tuple[list[Tensor], list[Target]]
 Detections = list[dict[str, Tensor]]
@@ -289,17 +292,23 @@ def is_detector(model: Optional[str] = None, checkpoint: Optional[str] = None) -
 # ---------------------------------------------------------------------------------------------
 
 
+def detector_scenes(detector: Detector, split: str, limit: Optional[int] = None) -> "FashionScenes":
+    """``limit`` FashionScenes of ``split`` drawn as the detector's training run drew them (by default as many
+    as it scored, else 1000), at its input size."""
+    from ..data.scenes import recorded_scenes
+
+    side = int(detector.preprocessing.get("input_size", [3, 64, 64])[-1])
+    return recorded_scenes(detector.preprocessing, split, limit, canvas_size=side)
+
+
 def evaluation_loader(detector: Detector, spec: str, split: str = "test", *, limit: Optional[int] = None,
                       batch_size: int = 16, num_workers: int = 0) -> DataLoader:
     """Batches of ``fashion-scenes`` (``limit`` scenes of ``split``, default as many as the training run
     scored, else 1000, at the training canvas size) or ``coco:ANNOTATIONS.json:IMAGES_DIR`` (categories mapped by name onto the detector's classes)."""
-    from ..data.scenes import recorded_scenes
-
     if spec == "fashion-scenes":
         if split not in ("train", "val", "test"):
             raise ConfigError(f"--split {split}: fashion-scenes has the splits train, val and test")
-        side = int(detector.preprocessing.get("input_size", [3, 64, 64])[-1])
-        dataset = SceneDetection(recorded_scenes(detector.preprocessing, split, limit, canvas_size=side))
+        dataset = SceneDetection(detector_scenes(detector, split, limit))
     elif spec.startswith("coco:") and spec.count(":") >= 2:
         annotations, _, images_dir = spec[len("coco:"):].rpartition(":")
         dataset = CocoDetection(annotations, images_dir, class_names=detector.class_names, evaluation=True)
