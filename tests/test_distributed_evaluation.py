@@ -3,11 +3,14 @@
 Lightning gave evaluation loaders a DistributedSampler that pads a split to a multiple of the process
 count, so a sample or more was scored twice: 5 validation samples on 2 processes were scored as 6.
 """
+import functools
 import json
 import os
 import random
 import socket
+from pathlib import Path
 from types import SimpleNamespace
+from typing import Any, Callable
 
 import lightning.pytorch as pl
 import numpy as np
@@ -106,28 +109,34 @@ def _free_port() -> int:
         return free.getsockname()[1]
 
 
-def _one_process_of_two(rank: int, port: int, out: str) -> None:
-    # As a launcher (torchrun) starts them: Lightning's DDP joins these processes instead of starting its own.
+def _as_process_of_two(rank: int, port: int, run: Callable[[], Any], out: str) -> None:
+    """Rank ``rank`` of a gloo group of two, set up as a launcher (torchrun) starts them, so that Lightning's DDP
+    joins it instead of starting its own processes; writes what ``run()`` returns to ``OUT.RANK`` as JSON."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", NODE_RANK="0",
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
+    result = run()
     with open(f"{out}.{rank}", "w") as f:
-        json.dump(_run(os.path.dirname(out), devices=2), f)
+        json.dump(result, f)
     torch.distributed.destroy_process_group()  # gloo aborts a process that exits with its group open
 
 
-def test_ddp_validate_and_test_score_each_sample_once(tmp_path):
+def _in_two_processes(run: Callable[[], Any], out: Path) -> list[Any]:
+    """What ``run()`` (a module-level function, or a partial of one) returns in each of two DDP processes."""
     import torch.multiprocessing
 
-    port = _free_port()
-    torch.multiprocessing.spawn(_one_process_of_two, args=(port, str(tmp_path / "figures")), nprocs=2)
+    torch.multiprocessing.spawn(_as_process_of_two, args=(_free_port(), run, str(out)), nprocs=2)
+    return [json.loads(Path(f"{out}.{rank}").read_text()) for rank in (0, 1)]
+
+
+def test_ddp_validate_and_test_score_each_sample_once(tmp_path):
+    ranks = _in_two_processes(functools.partial(_run, str(tmp_path), devices=2), tmp_path / "figures")
     single = _run(str(tmp_path), devices=1)
     whole = [float(i) for i in range(N_EVAL)]
     assert single["samples"] == {"val/": whole, "test/": whole}
     assert single["validate"] == {"val/n": N_EVAL, "val/mean": pytest.approx(2.0)}
-    for rank in (0, 1):
-        with open(tmp_path / f"figures.{rank}") as f:
-            figures = json.load(f)
+    for figures in ranks:
         assert figures["samples"] == single["samples"]  # each sample once, none twice
         for run in ("fit", "validate"):
             assert figures[run]["val/n"] == N_EVAL and figures[run]["val/mean"] == pytest.approx(2.0)
@@ -169,16 +178,14 @@ def test_a_split_smaller_than_the_process_count_is_left_to_lightning_with_a_warn
     assert not isinstance(loader.sampler, DistributedSampler)
 
 
-def _gather_unequal_detection_shares(rank: int, port: int, out: str) -> None:
+def _map_of_unequal_detection_shares() -> dict:
     from visattn.tasks.detection import detection_map, map_scores
 
-    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     metric = detection_map()
+    rank = torch.distributed.get_rank()
     for i in UnrepeatedDistributedSampler(range(N_EVAL), num_replicas=2, rank=rank, shuffle=False):  # 3 here, 2 there
         metric.update(*_image_detections(i))
-    with open(f"{out}.{rank}", "w") as f:
-        json.dump(map_scores(metric), f)
-    torch.distributed.destroy_process_group()
+    return map_scores(metric)
 
 
 def _image_detections(i: int) -> tuple[list[dict], list[dict]]:
@@ -191,54 +198,42 @@ def _image_detections(i: int) -> tuple[list[dict], list[dict]]:
 
 def test_detection_map_syncs_unequal_shares_as_one_process_scores_them(tmp_path):
     # torchmetrics' own sync ran one collective per image: 3 images here and 2 there aborted gloo.
-    import torch.multiprocessing
-
     from visattn.tasks.detection import detection_map, map_scores
 
-    port = _free_port()
-    torch.multiprocessing.spawn(_gather_unequal_detection_shares, args=(port, str(tmp_path / "map")), nprocs=2)
+    ranks = _in_two_processes(_map_of_unequal_detection_shares, tmp_path / "map")
     whole = detection_map()
     for i in range(N_EVAL):
         whole.update(*_image_detections(i))
     expected = map_scores(whole)
     assert 0 < expected["map"] < expected["map50"] < 1
-    for rank in (0, 1):
-        with open(tmp_path / f"map.{rank}") as f:
-            assert json.load(f) == pytest.approx(expected)
+    assert ranks == [pytest.approx(expected)] * 2
 
 
 CAPTIONS = ["a red top", "a bag", "a top and a bag", "a red bag", "a top"]
 REFERENCES = [["a red top"], ["a red bag", "a bag"], ["a bag and a top"], ["two red bags"], ["a red top"]]
 
 
-def _gather_unequal_caption_shares(rank: int, port: int, out: str) -> None:
+def _scores_of_unequal_caption_shares() -> dict:
     from visattn.data.vocab import Vocabulary
     from visattn.tasks.captioning import CaptionMetrics
 
-    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    rank = torch.distributed.get_rank()
     share = list(UnrepeatedDistributedSampler(CAPTIONS, num_replicas=2, rank=rank, shuffle=False))  # 3 here, 2 there
     metrics = CaptionMetrics(Vocabulary.from_list(["<pad>", "<start>", "<end>", "<unk>", "a", "red", "top", "bag"]))
     metrics.hypotheses, metrics.references = [CAPTIONS[i] for i in share], [REFERENCES[i] for i in share]
     metrics.gather()
-    with open(f"{out}.{rank}", "w") as f:
-        json.dump(metrics.compute(), f)
-    torch.distributed.destroy_process_group()
+    return metrics.compute()
 
 
 def test_caption_metrics_gather_unequal_shares(tmp_path):
     # The captioning task gathers its processes' captions (all_gather_object) before scoring the split:
     # shares one caption apart must give the single-process scores.
-    import torch.multiprocessing
-
     from visattn.tasks.captioning import caption_scores
 
-    port = _free_port()
-    torch.multiprocessing.spawn(_gather_unequal_caption_shares, args=(port, str(tmp_path / "scores")), nprocs=2)
+    ranks = _in_two_processes(_scores_of_unequal_caption_shares, tmp_path / "scores")
     whole = caption_scores(CAPTIONS, REFERENCES)
     assert whole["cider"] > 0
-    for rank in (0, 1):
-        with open(tmp_path / f"scores.{rank}") as f:
-            scores = json.load(f)
+    for scores in ranks:
         assert scores["n"] == N_EVAL and scores["cider"] == pytest.approx(whole["cider"])
 
 
@@ -266,27 +261,19 @@ class _NaNOnRankOne(GuardedTask, pl.LightningModule):
         return torch.optim.AdamW(self.parameters(), lr=0.1, weight_decay=0.5)
 
 
-def _guarded_process_of_two(rank: int, port: int, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", NODE_RANK="0",
-                      LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
+def _guarded_fit() -> dict:
     torch.manual_seed(0)
     task, data = _NaNOnRankOne(), _Numbers()
     trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_steps=3, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          limit_val_batches=0)
     trainer.fit(task, datamodule=data)
-    with open(f"{out}.{rank}", "w") as f:
-        json.dump({"weights": task.weights, "skipped": task.loss_guard.skipped}, f)
-    torch.distributed.destroy_process_group()
+    return {"weights": task.weights, "skipped": task.loss_guard.skipped}
 
 
 def test_a_non_finite_loss_on_one_rank_skips_the_update_on_every_rank_under_ddp(tmp_path):
     """The guard returned None, which Lightning refuses under DDP: the run crashed at its first NaN loss."""
-    import torch.multiprocessing
-
-    torch.multiprocessing.spawn(_guarded_process_of_two, args=(_free_port(), str(tmp_path / "guarded")), nprocs=2)
-    runs = [json.loads((tmp_path / f"guarded.{rank}").read_text()) for rank in (0, 1)]
+    runs = _in_two_processes(_guarded_fit, tmp_path / "guarded")
     assert runs[0] == runs[1] and runs[0]["skipped"] == 1  # one decision, the same weights on both ranks
     before, skipped, after = runs[0]["weights"]
     assert skipped == before and after != skipped  # no weight decay or momentum moved the skipped step's weights
@@ -314,26 +301,13 @@ def _validate_classifier(root: str, devices: int) -> dict:
     return _trainer(root, devices).validate(model, datamodule=_Images(), verbose=False)[0]
 
 
-def _classifier_process_of_two(rank: int, port: int, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", NODE_RANK="0",
-                      LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
-    with open(f"{out}.{rank}", "w") as f:
-        json.dump(_validate_classifier(os.path.dirname(out), devices=2), f)
-    torch.distributed.destroy_process_group()
-
-
 def test_a_classifiers_validation_loss_on_unequal_shares_is_one_processs(tmp_path):
     # Lightning's mean of a logged loss divided by the processes' integer sample count averaged (5 // 2):
     # shares of 3 and 2 read 5/4 of the loss one process gives.
-    import torch.multiprocessing
-
-    torch.multiprocessing.spawn(_classifier_process_of_two, args=(_free_port(), str(tmp_path / "loss")), nprocs=2)
+    ranks = _in_two_processes(functools.partial(_validate_classifier, str(tmp_path), devices=2), tmp_path / "loss")
     single = _validate_classifier(str(tmp_path), devices=1)
     assert single["val/loss"] > 0
-    for rank in (0, 1):
-        figures = json.loads((tmp_path / f"loss.{rank}").read_text())
-        assert figures == pytest.approx(single, rel=1e-5)
+    assert ranks == [pytest.approx(single, rel=1e-5)] * 2
 
 
 class _Draws(GuardedTask, pl.LightningModule):
@@ -363,23 +337,10 @@ def _draws(devices: int) -> list[list[float]]:
     return task.draws
 
 
-def _drawing_process_of_two(rank: int, port: int, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", NODE_RANK="0",
-                      LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
-    with open(f"{out}.{rank}", "w") as f:
-        json.dump(_draws(devices=2), f)
-    torch.distributed.destroy_process_group()
-
-
 def test_ddp_processes_draw_apart_and_repeatably(tmp_path):
     # seed_everything seeds every process alike: both ranks drew the same dropout, MixUp and augmentation numbers.
-    import torch.multiprocessing
-
-    for run in ("first", "again"):
-        torch.multiprocessing.spawn(_drawing_process_of_two, args=(_free_port(), str(tmp_path / run)), nprocs=2)
-    runs = {(run, rank): json.loads((tmp_path / f"{run}.{rank}").read_text()) for run in ("first", "again")
-            for rank in (0, 1)}
+    runs = {(run, rank): draws for run in ("first", "again")
+            for rank, draws in enumerate(_in_two_processes(functools.partial(_draws, devices=2), tmp_path / run))}
     assert runs["first", 0] == runs["again", 0] and runs["first", 1] == runs["again", 1]
     for step in range(2):
         assert all(a != b for a, b in zip(runs["first", 0][step], runs["first", 1][step]))  # torch, NumPy, random
@@ -407,19 +368,9 @@ def _predict(root: str, devices: int) -> None:
                callbacks=[JsonPredictionWriter(topk=1)]).predict(_Predictor(), datamodule=_Numbers())
 
 
-def _predicting_process_of_two(rank: int, port: int, root: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", NODE_RANK="0",
-                      LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
-    _predict(root, devices=2)
-    torch.distributed.destroy_process_group()
-
-
 def test_ddp_predict_writes_one_file_in_sample_order(tmp_path):
     # Each process wrote its own predictions-rankN.jsonl, samples 0, 2, 4 in one and 1, 3 in the other.
-    import torch.multiprocessing
-
-    torch.multiprocessing.spawn(_predicting_process_of_two, args=(_free_port(), str(tmp_path / "two")), nprocs=2)
+    _in_two_processes(functools.partial(_predict, str(tmp_path / "two"), devices=2), tmp_path / "predicted")
     _predict(str(tmp_path / "one"), devices=1)
     written = [(tmp_path / run / "predictions.jsonl").read_text() for run in ("two", "one")]
     assert written[0] == written[1] and sorted(p.name for p in (tmp_path / "two").iterdir()) == ["predictions.jsonl"]
@@ -444,21 +395,14 @@ def _detr_scene(i: int) -> tuple:
     return torch.rand(3, 64, 64), {"boxes": torch.tensor(boxes), "labels": torch.arange(len(boxes)) % 4}
 
 
-def _detr_process_of_two(rank: int, port: int, out: str) -> None:
-    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-    torch.set_num_threads(1)
-    image, target = _detr_scene(rank)
-    with open(f"{out}.{rank}", "w") as f:
-        json.dump(_detr_losses([image], [target]), f)
-    torch.distributed.destroy_process_group()
+def _detr_losses_of_this_rank() -> dict:
+    image, target = _detr_scene(torch.distributed.get_rank())
+    return _detr_losses([image], [target])
 
 
 def test_detr_box_losses_under_ddp_average_to_one_process_on_the_whole_batch(tmp_path):
     # Each process divided its box losses by its own box count: 1 box here and 3 there weighed the one box 3 times.
-    import torch.multiprocessing
-
-    torch.multiprocessing.spawn(_detr_process_of_two, args=(_free_port(), str(tmp_path / "detr")), nprocs=2)
-    ranks = [json.loads((tmp_path / f"detr.{rank}").read_text()) for rank in (0, 1)]
+    ranks = _in_two_processes(_detr_losses_of_this_rank, tmp_path / "detr")
     whole = _detr_losses(*map(list, zip(*(_detr_scene(i) for i in (0, 1)))))
     for key in [k for k in whole if k.startswith(("loss_bbox", "loss_giou"))]:
         assert (ranks[0][key] + ranks[1][key]) / 2 == pytest.approx(whole[key], rel=1e-5), key
