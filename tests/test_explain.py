@@ -1155,3 +1155,40 @@ def test_model_view_gives_back_the_image_the_model_saw(channels):
     seen = eval_transforms((channels, 32, 32), IMAGENET_MEAN, IMAGENET_STD, recipe="small")(image)
     assert seen.shape[0] == channels
     np.testing.assert_allclose(model_view(seen, IMAGENET_MEAN, IMAGENET_STD), image, atol=1)
+
+
+def test_grad_cam_of_a_channels_last_timm_model_equals_the_reference():
+    """timm's Swin stages give (B, H, W, C): the map was taken over W and C, a (B, 4, 768) map drawn as stripes."""
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model("swin_tiny_patch4_window7_224", num_classes=5, img_size=64, window_size=4,
+                              depths=(1, 1, 1, 1), embed_dim=24, num_heads=(1, 1, 1, 1)).eval()
+    images = torch.randn(2, 3, 64, 64)
+    maps, classes = grad_cam(model, images)
+    kept = []
+    handle = model.layers[-1].register_forward_hook(lambda module, args, output: kept.append(output))
+    inputs = images.clone().requires_grad_(True)
+    logits = model(inputs)
+    handle.remove()
+    (grads,) = torch.autograd.grad(logits.gather(1, classes[:, None]).sum(), kept[0])
+    activation, grads = kept[0].detach().permute(0, 3, 1, 2), grads.permute(0, 3, 1, 2)  # (B, C, h, w)
+    expected = torch.relu((grads.mean(dim=(2, 3), keepdim=True) * activation).sum(dim=1))
+    assert maps.shape == (2, 2, 2)
+    torch.testing.assert_close(maps, expected)
+
+
+def test_a_timm_model_whose_feature_info_names_a_missing_module_asks_for_a_layer_in_one_line():
+    # timm's MViTv2 lists a module it does not have: get_submodule's AttributeError was a traceback.
+    from visattn.explain.gradcam import default_target_layer
+
+    class Named(torch.nn.Module):
+        feature_info = [{"module": "block.3", "num_chs": 8, "reduction": 4}]
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.blocks = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3))
+
+    with pytest.raises(ConfigError, match=r"no default Grad-CAM layer for Named; name one with --layer .*: a stage "
+                                          r"among blocks"):
+        default_target_layer(Named())

@@ -34,7 +34,10 @@ def default_target_layer(model: nn.Module) -> nn.Module:
         return getattr(model, stages[-1])
     features = getattr(model, "feature_info", None)
     if isinstance(features, list) and features and isinstance(features[-1], dict) and "module" in features[-1]:
-        return model.get_submodule(features[-1]["module"])
+        try:
+            return model.get_submodule(features[-1]["module"])
+        except AttributeError:  # timm's MViTv2 names a module it does not have
+            pass
     top = ", ".join(name for name, _ in model.named_children())
     raise ConfigError(f"no default Grad-CAM layer for {type(model).__name__}; name one with --layer (layer= in "
                       f"Python): a stage among {top}")
@@ -61,9 +64,10 @@ def resolve_target_layer(model: nn.Module, layer: Union[str, int, nn.Module, Non
 
 
 def _as_feature_map(model: nn.Module, activation: Tensor, image_size: tuple[int, int]) -> Tensor:
-    """``(B, C, h, w)`` from a conv activation, or from ViT tokens ``(B, N, C)`` without the prefix tokens."""
+    """``(B, C, h, w)`` from a conv activation (channels-last ``(B, h, w, C)`` where the model says so, as timm's
+    Swin does), or from ViT tokens ``(B, N, C)`` without the prefix tokens."""
     if activation.ndim == 4:
-        return activation
+        return activation.permute(0, 3, 1, 2) if getattr(model, "output_fmt", "NCHW") == "NHWC" else activation
     if activation.ndim == 3 and is_vit(model):
         rows, cols = token_grid(model, image_size)
         # (B, rows * cols, C); a layer before the class token is added (patch_embed) has none to drop
@@ -73,7 +77,8 @@ def _as_feature_map(model: nn.Module, activation: Tensor, image_size: tuple[int,
                               "pick a layer inside the transformer blocks")
         # C from the tokens, not -1: an empty batch leaves -1 undetermined
         return patches.transpose(1, 2).reshape(patches.shape[0], patches.shape[2], rows, cols)  # (B, C, rows, cols)
-    raise ConfigError(f"the Grad-CAM layer outputs shape {tuple(activation.shape)}; pick a conv stage or a ViT block")
+    raise ConfigError(f"the Grad-CAM layer outputs shape {tuple(activation.shape)}, not a (B, C, H, W) map or a ViT's "
+                      f"patch tokens; name a layer of {type(model).__name__} that gives a map with layer= (--layer)")
 
 
 def _class_index(logits: Tensor, target_class: TargetClass) -> Tensor:
