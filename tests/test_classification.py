@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
@@ -224,11 +225,9 @@ def test_ema_mixup_and_cutmix_train_step():
     with torch.no_grad():
         for p in task.model.parameters():
             p.add_(1.0)
-    task._trainer = SimpleNamespace(global_step=0)  # what Lightning counts: optimizer steps
-    for step in (1, 2):  # the first update copies, later ones average
-        task.on_train_batch_start(None, step - 1)
-        task.trainer.global_step = step
-        task.on_train_batch_end(None, None, step - 1)
+    optimizer = torch.optim.SGD(task.model.parameters(), lr=0.0)
+    for step in (0, 1):  # the first update copies, later ones average
+        task.optimizer_step(0, step, optimizer)
     after = list(task.ema.module.parameters())
     assert torch.isfinite(loss) and any(not torch.equal(a, b) for a, b in zip(before, after))
     assert task.eval_model is task.ema.module
@@ -884,3 +883,21 @@ def test_timm_weights_asked_for_in_model_kwargs_warn_of_other_normalisation_as_t
                         preprocessing={**imagenet, "mean": [0.5] * 3, "std": [0.5] * 3})
         ImageClassifier(name, num_classes=3, model_kwargs={"depth": 1, "pretrained": False}, pretrained=pretrained,
                         preprocessing=imagenet)
+
+
+def test_a_step_checkpoint_holds_the_average_of_its_own_step(tmp_path):
+    """Lightning ran the checkpoint callbacks' batch end before the module's, where the average was updated:
+    a step checkpoint held the weights of step k and the average of step k - 1."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from torch.utils.data import DataLoader, TensorDataset
+
+    torch.manual_seed(0)
+    task = ImageClassifier("resnet20_cifar", num_classes=3, pretrained=False, ema_decay=0.5, warmup_epochs=0.0)
+    data = DataLoader(TensorDataset(torch.randn(16, 3, 16, 16), torch.arange(16) % 3), batch_size=4)
+    saved = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=2, save_top_k=-1, filename="{step}")
+    pl.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_progress_bar=False, enable_model_summary=False,
+               callbacks=[saved]).fit(task, train_dataloaders=data)
+    state = torch.load(tmp_path / "step=2.ckpt", weights_only=True)["state_dict"]
+    assert int(state["ema.n_averaged"]) == 2
+    for name, value in task.ema.module.state_dict().items():
+        torch.testing.assert_close(state[f"ema.module.{name}"], value)

@@ -115,9 +115,30 @@ def test_a_resumed_fit_refuses_a_typed_learning_rate_its_restored_optimizer_woul
     capsys.readouterr()
     assert _fit("--trainer.max_epochs", "2", "--ckpt_path", "last", "--model.init_args.lr", "0.5") == 2
     assert _error(capsys) == (f"visattn: error: --model.init_args.lr 0.5: a resumed run continues with the optimizer "
-                              f"it saved, at lr {saved}; drop the option, or start a new run from the checkpoint's "
-                              f"weights with --model.init_args.pretrained {last}")
+                              f"and schedule it saved, at lr {saved}; drop the option, or start a new run from the "
+                              f"checkpoint's weights with --model.init_args.pretrained {last}")
+    # warmup_epochs too: the restored schedule kept its warm-up while the checkpoints recorded the typed one
+    assert _fit("--trainer.max_epochs", "1", "--ckpt_path", "last", "--model.init_args.warmup_epochs", "3") == 2
+    assert "--model.init_args.warmup_epochs 3.0: a resumed run continues with the optimizer and schedule" in (
+        _error(capsys))
     assert _read(last)["global_step"] == STEPS_PER_EPOCH
+
+
+def test_a_resumed_fit_of_another_length_warns_that_it_continues_the_saved_schedule(in_tmp, capsys):
+    """Resumed into a longer run, the saved cosine rose again towards the peak rate without a word."""
+    assert _fit("--trainer.max_epochs", "1") == 0
+    capsys.readouterr()
+    assert _fit("--trainer.max_epochs", "2", "--ckpt_path", "last") == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if "planned" in line]
+    last = CHECKPOINTS / "last.ckpt"
+    # the config's warm-up is longer than either run, which warms up to its last step but one
+    assert warned == [f"warning: --ckpt_path {last.resolve()}: its run planned {STEPS_PER_EPOCH} optimizer steps "
+                      f"(3 of warm-up), this one {2 * STEPS_PER_EPOCH} (7); a resumed run continues the schedule it "
+                      f"saved, whose cosine rises again after step {STEPS_PER_EPOCH}; for another length or batch "
+                      f"size, start a new run from the checkpoint's weights with --model.init_args.pretrained "
+                      f"{last.resolve()}"]
+    assert _fit("--trainer.max_epochs", "2", "--ckpt_path", "last") == 0  # the same length: no word
+    assert not [line for line in capsys.readouterr().err.splitlines() if "planned" in line]
 
 
 def test_a_fit_never_writes_beside_another_runs_checkpoints(in_tmp, capsys):
@@ -734,3 +755,24 @@ def test_predict_from_shipped_weights_scores_their_head_or_refuses_one_it_cannot
     assert main(["predict", "--config", str(_folder_predict_config(in_tmp / "two", ["cat", "dog"]))]) == 2
     assert ("visattn predict would score an untrained classifier head: the weights' classifier 'fc' does not fit "
             "num_classes=2; give --ckpt_path of a run fine-tuned on these classes") in _one_error_line(capsys)
+
+
+def test_a_checkpoint_name_that_would_write_a_metrics_slash_is_one_line_before_training(in_tmp, capsys):
+    """best-{epoch}-{val/loss:.4f} wrote best-epoch=0-val/loss=2.1280.ckpt in a folder --ckpt_path best never read."""
+    callbacks = json.loads(EPOCH_AND_LAST)
+    callbacks[0]["init_args"].update(monitor="val/loss", mode="min", filename="best-{epoch}-{val/loss:.4f}")
+    assert _fit_with(callbacks) == 2
+    assert _error(capsys) == (
+        "visattn: error: trainer.callbacks: ModelCheckpoint(filename='best-{epoch}-{val/loss:.4f}') would write "
+        "val/loss= into the file name, and its '/' makes a folder that --ckpt_path best does not look in; name it "
+        "yourself, e.g. 'val_loss={val/loss:.4f}', with auto_insert_metric_name: false")
+    assert not list(in_tmp.rglob("*.ckpt"))
+    callbacks[0]["init_args"].update(filename="best-{epoch}-val_loss={val/loss:.4f}", auto_insert_metric_name=False)
+    assert _fit_with(callbacks) == 0
+    assert main(["validate", "--config", str(CBAM_CONFIG), *QUICK, "--trainer.callbacks", json.dumps(callbacks),
+                 "--ckpt_path", "best"]) == 0
+
+
+def _fit_with(callbacks: list) -> int:
+    return main(["fit", "--config", str(CBAM_CONFIG), *QUICK, "--trainer.max_epochs", "1",
+                 "--trainer.callbacks", json.dumps(callbacks)])

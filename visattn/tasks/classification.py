@@ -352,13 +352,13 @@ class ImageClassifier(GuardedTask, pl.LightningModule):
         self.log("train/loss", loss, prog_bar=True)
         return self.loss_guard.check(self, loss)
 
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        self._steps_before_batch = self.trainer.global_step
-
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        # Once per optimizer step: a batch that only accumulates steps nothing. Lightning counts a batch whose
-        # loss was skipped as a step with no update, so the average then takes in the weights unchanged.
-        if self.ema is not None and self.trainer.global_step > self._steps_before_batch:
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        # Once per optimizer step (a batch that only accumulates steps nothing), and here rather than at batch
+        # end, which Lightning reaches after the checkpoint callbacks': a step checkpoint held the average one
+        # update behind its weights. A step whose loss was skipped updates no weight, so the average then
+        # takes in the weights unchanged.
+        if self.ema is not None:
             self.ema.update_parameters(self.model)
 
     @skip_missing_batch
@@ -396,10 +396,32 @@ def adamw_warmup_cosine(task: pl.LightningModule) -> dict[str, Any]:
     groups = weight_decay_groups(task.model, task.hparams.weight_decay, lr=task.hparams.lr,
                                  backbone_lr_scale=task.hparams.get("backbone_lr_scale", 1.0))
     optimizer = torch.optim.AdamW(groups, lr=task.hparams.lr)
-    total = max(_scheduled_steps(task.trainer), 1)
-    warmup = min(int(task.hparams.warmup_epochs * _steps_per_epoch(task.trainer, total)), total - 1)
-    scheduler = warmup_cosine(optimizer, warmup, total)
+    scheduler = warmup_cosine(optimizer, *_planned_schedule(task))
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def _planned_schedule(task: pl.LightningModule) -> tuple[int, int]:
+    """This run's warm-up steps and total optimizer steps."""
+    total = max(_scheduled_steps(task.trainer), 1)
+    return min(int(task.hparams.warmup_epochs * _steps_per_epoch(task.trainer, total)), total - 1), total
+
+
+def warn_of_a_changed_schedule(task: pl.LightningModule) -> None:
+    """One line when a resumed fit's schedule (its length or batches per epoch) is not the one the checkpoint's
+    run planned: the run continues the schedule it restores, whose cosine rises again after its planned end
+    (a 4-epoch run resumed to 7 ended at 1.99e-3 of a 2e-3 peak), without a word."""
+    path = task.trainer.ckpt_path
+    restored = task.lr_schedulers() if path else None
+    if not isinstance(restored, SequentialLR) or not isinstance(restored._schedulers[-1], CosineAnnealingLR):
+        return  # a fresh run, or a schedule visattn did not build
+    warmup, total = _planned_schedule(task)
+    saved_warmup, saved_cosine = restored._milestones[-1], restored._schedulers[-1].T_max
+    if (saved_warmup, saved_cosine) != (warmup, max(total - warmup, 1)):
+        saved_total = saved_warmup + saved_cosine
+        warnings.warn(f"--ckpt_path {path}: its run planned {saved_total} optimizer steps ({saved_warmup} of warm-up), "
+                      f"this one {total} ({warmup}); a resumed run continues the schedule it saved, whose cosine rises "
+                      f"again after step {saved_total}; for another length or batch size, start a new run from the "
+                      f"checkpoint's weights with --model.init_args.pretrained {path}", VisattnWarning, stacklevel=2)
 
 
 def enable_grad_checkpointing(model: nn.Module, model_name: str) -> None:

@@ -127,7 +127,8 @@ class NonFiniteLossGuard:
 
 class GuardedTask:
     """The hooks every visattn task shares, before its LightningModule base: a skipped step's gradients are
-    dropped (its ``loss_guard``, :class:`NonFiniteLossGuard`), and DDP processes draw apart."""
+    dropped (its ``loss_guard``, :class:`NonFiniteLossGuard`), a resumed fit whose schedule changed is warned
+    about, and DDP processes draw apart."""
 
     loss_guard: NonFiniteLossGuard
 
@@ -135,6 +136,9 @@ class GuardedTask:
         self.loss_guard.drop_skipped_gradients(self)
 
     def on_train_start(self) -> None:
+        from .classification import warn_of_a_changed_schedule  # it imports this module
+
+        warn_of_a_changed_schedule(self)
         if self.trainer.world_size > 1:
             seed_apart(self.trainer.global_rank)
 

@@ -336,7 +336,7 @@ def _resumed_checkpoint(ckpt_path: Optional[str], callbacks: Any) -> Optional[Pa
 
 
 # Task hyperparameters that a resumed fit takes from the optimizer state it restores, whatever is typed.
-_RESTORED_WITH_THE_OPTIMIZER = ("lr", "weight_decay", "backbone_lr_scale")
+_RESTORED_WITH_THE_OPTIMIZER = ("lr", "weight_decay", "backbone_lr_scale", "warmup_epochs")
 
 
 def _refuse_overrides_the_optimizer_restores(path: Path, typed: dict[str, Any]) -> None:
@@ -350,8 +350,8 @@ def _refuse_overrides_the_optimizer_restores(path: Path, typed: dict[str, Any]) 
         return
     for key in _RESTORED_WITH_THE_OPTIMIZER:
         if key in typed and key in theirs and typed[key] != theirs[key]:
-            raise ConfigError(f"--model.init_args.{key} {typed[key]}: a resumed run continues with the optimizer it "
-                              f"saved, at {key} {theirs[key]}; drop the option, or start a new run from the "
+            raise ConfigError(f"--model.init_args.{key} {typed[key]}: a resumed run continues with the optimizer and "
+                              f"schedule it saved, at {key} {theirs[key]}; drop the option, or start a new run from the "
                               f"checkpoint's weights with --model.init_args.pretrained {path}")
 
 
@@ -443,6 +443,21 @@ def _check_monitored_validation(trainer: pl.Trainer, model: pl.LightningModule,
         raise ConfigError(f"trainer.callbacks: {type(callback).__name__}(monitor={callback.monitor!r}) would never "
                           f"see {callback.monitor}, as this run never validates ({reason}); {fix}, monitor a train/ "
                           "metric, or drop the callback")
+
+
+def _check_checkpoint_names(trainer: pl.Trainer) -> None:
+    """One line before training for a ModelCheckpoint ``filename`` whose metric Lightning would write by name:
+    visattn's metric names hold a "/", which made a folder (``best-epoch=4-val/loss=2.1280.ckpt``) that
+    ``--ckpt_path best`` and the checks on an earlier run's checkpoints do not look in."""
+    for callback in trainer.checkpoint_callbacks:
+        if not isinstance(callback, ModelCheckpoint) or not callback.auto_insert_metric_name:
+            continue
+        named = [name for name in re.findall(r"\{([^}:]+)", callback.filename or "") if "/" in name]
+        if named:
+            raise ConfigError(f"trainer.callbacks: ModelCheckpoint(filename={callback.filename!r}) would write "
+                              f"{named[0]}= into the file name, and its '/' makes a folder that --ckpt_path best "
+                              f"does not look in; name it yourself, e.g. '{named[0].replace('/', '_')}="
+                              f"{{{named[0]}:.4f}}', with auto_insert_metric_name: false")
 
 
 def _first_validation_step(trainer: pl.Trainer, datamodule: Optional[pl.LightningDataModule]) -> Optional[int]:
@@ -836,6 +851,7 @@ class VisattnCLI(LightningCLI):
         _check_task_data(self._get(self.config, "model"), self._get(self.config, "data"))
 
     def before_fit(self) -> None:
+        _check_checkpoint_names(self.trainer)
         _check_monitored_validation(self.trainer, self.model, self.datamodule)
 
     def instantiate_classes(self) -> None:
