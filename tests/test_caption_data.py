@@ -169,7 +169,7 @@ def test_karpathy_datamodule_coco_variant_without_validation(tmp_path):
     assert dm.val_dataloader() == []
     with pytest.raises(ConfigError, match="test_annotations"):
         dm.test_dataloader()
-    with pytest.raises(ConfigError, match="either data.split_json or data.train_annotations"):
+    with pytest.raises(ConfigError, match="either data.init_args.split_json or data.init_args.train_annotations"):
         KarpathyCaptionDataModule(None, str(images_dir))
 
 

@@ -204,10 +204,18 @@ def test_coco_detection_one_line_errors(tmp_path):
     with pytest.raises(ConfigError, match=r"category ids \[99\]"):
         CocoDetection(tmp_path / "bad_category.json", images_dir)
     for categories, message in ([], "lists no categories"), (
-            [{"id": 1, "name": "cat"}, {"id": 2, "name": "cat"}], r"category names \['cat'\] are given to several ids"):
+            [{"id": 1, "name": "cat"}, {"id": 2, "name": "cat"}], r"category names \['cat'\] are given to several ids"), (
+            # the id mapped to the last name only: "person" never trained, its boxes trained as "pedestrian"
+            [{"id": 1, "name": "person"}, {"id": 1, "name": "pedestrian"}],
+            r"category ids \[1\] are given to several categories; give each category its own id"):
         (tmp_path / "odd_categories.json").write_text(json.dumps({**data, "annotations": [], "categories": categories}))
         with pytest.raises(ConfigError, match=message):
             CocoDetection(tmp_path / "odd_categories.json", images_dir)
+    boolean = json.loads(path.read_text())
+    boolean["annotations"][0]["category_id"] = True  # it was read as category 1
+    (tmp_path / "boolean_category.json").write_text(json.dumps(boolean))
+    with pytest.raises(ConfigError, match=r"annotation \d+ has category_id true; write category ids as whole numbers"):
+        CocoDetection(tmp_path / "boolean_category.json", images_dir)
     del data["categories"]
     (tmp_path / "no_categories.json").write_text(json.dumps(data))
     with pytest.raises(ConfigError, match="not COCO instances JSON"):
@@ -507,3 +515,15 @@ def test_validation_images_that_do_not_decode_are_one_line_at_setup_not_after_an
     dm.hparams.val_images_dir = str(images_dir)
     dm.setup("fit")
     assert len(dm.datasets["val"]) == len(dm.datasets["train"])
+
+
+def test_a_coco_dataset_spec_splits_after_the_json_and_names_both_parts():
+    # It split at the last colon: an images folder holding one was cut, and an empty part read the working folder.
+    from visattn.data.coco import coco_spec
+
+    assert coco_spec("coco:ann/val.json:photos:2024") == ("ann/val.json", "photos:2024")
+    assert coco_spec("coco:val.json:images") == ("val.json", "images")
+    assert coco_spec("coco:labels:images") == ("labels", "images")  # no .json: the last colon
+    for spec in ("coco:val.json:", "coco::images"):
+        with pytest.raises(ConfigError, match=f"^--dataset {spec}: name the annotations file and the images folder"):
+            coco_spec(spec)

@@ -114,6 +114,10 @@ CASES = {
                                               "--split", "banana"],
                                  "--split banana: a coco: dataset is scored on the annotations file it names; drop "
                                  "--split and name the split's file instead"),
+    # Path("") is the working folder: its files of matching names were scored, exit 0
+    "coco_without_images_folder": (lambda tmp: ["evaluate", "--model", DETECTOR, "--dataset", "coco:val.json:"],
+                                   "--dataset coco:val.json:: name the annotations file and the images folder, e.g. "
+                                   "coco:annotations/captions_val2014.json:val2014"),
     "missing_data_path": (lambda tmp: ["fit", "--config", str(IMAGEFOLDER_CONFIG), "--data.init_args.root", "/nope"],
                           "/nope: no such folder"),
     "unknown_model_in_config": (lambda tmp: [*FIT, "--model.init_args.model_name", "cbam_resnt20_cifar"],

@@ -309,7 +309,8 @@ class KarpathyCaptionDataModule(_CaptionDataModule):
         self.save_hyperparameters()
         self._check_options()
         if (split_json is None) == (train_annotations is None):
-            raise ConfigError("KarpathyCaptionDataModule: give either data.split_json or data.train_annotations (COCO)")
+            raise ConfigError("KarpathyCaptionDataModule: give either data.init_args.split_json or "
+                              "data.init_args.train_annotations (COCO)")
         if split_json is not None:
             entries = read_karpathy(split_json)
             self.karpathy_splits = {e["split"] for e in entries}

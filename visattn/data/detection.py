@@ -243,6 +243,11 @@ class CocoDetection(ImageFiles):
         if repeated:
             raise ConfigError(f"{self.annotations}: category names {repeated} are given to several ids; "
                               "give each category its own name")
+        ids = [c["id"] for c in categories]
+        shared = sorted({i for i in ids if ids.count(i) > 1})
+        if shared:  # the id would map to the last of them, and the others would never train
+            raise ConfigError(f"{self.annotations}: category ids {shared} are given to several categories; "
+                              "give each category its own id")
         if class_names is None:
             return names, {c["id"]: k for k, c in enumerate(categories)}
         index = {name: k for k, name in enumerate(class_names)}
@@ -259,6 +264,10 @@ class CocoDetection(ImageFiles):
         image_ids = [image["id"] for image in images]
         check_image_ids(self.annotations, images, [a["image_id"] for a in annotations])
         self._check_annotation_ids(annotations)
+        odd = next((a for a in annotations if not _is_whole(a["category_id"])), None)
+        if odd is not None:  # true is 1 to a dict: it was read as category 1
+            raise ConfigError(f"{self.annotations}: annotation {json.dumps(odd.get('id'))} has category_id "
+                              f"{json.dumps(odd['category_id'])}; write category ids as whole numbers, as COCO does")
         unknown = {a["category_id"] for a in annotations} - set(label_of)
         if unknown:
             hint = json_type_hint(next(iter(unknown)), list(label_of))

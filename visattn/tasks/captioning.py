@@ -466,7 +466,7 @@ def evaluation_loader(captioner: Captioner, spec: str, split: str = "test", *, l
     """Batches of ``fashion-scenes`` (``limit`` scenes of ``split``, default as many as the training run
     scored, else 1000, drawn at the model's input size) or ``coco:ANNOTATIONS.json:IMAGES_DIR``, with references (and boxes for scenes)."""
     from ..data.caption_datamodules import CaptionSamples, SceneImages, collate_captions
-    from ..data.coco import CocoCaptions
+    from ..data.coco import CocoCaptions, coco_spec
     from ..data.image_folder import evaluation_batches, seeded_subset
     from ..data.scenes import recorded_scenes
 
@@ -477,7 +477,7 @@ def evaluation_loader(captioner: Captioner, spec: str, split: str = "test", *, l
         size = int(captioner.preprocessing["input_size"][-1])
         source = SceneImages(recorded_scenes(captioner.preprocessing, split, limit, canvas_size=size), transform)
     elif spec.startswith("coco:") and spec.count(":") >= 2:
-        annotations, _, images_dir = spec[len("coco:"):].rpartition(":")
+        annotations, images_dir = coco_spec(spec)
         source = CocoCaptions(annotations, images_dir, transform=transform)
         source = seeded_subset(source, limit)
     else:
