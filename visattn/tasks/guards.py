@@ -139,7 +139,7 @@ class GuardedTask:
         from .classification import warn_of_a_changed_schedule  # it imports this module
 
         warn_of_a_changed_schedule(self)
-        if self.trainer.world_size > 1:
+        if self.trainer.world_size > 1 and self.trainer.ckpt_path is None:  # a resume restores each process's states
             seed_apart(self.trainer.global_rank)
 
 

@@ -74,6 +74,7 @@ from ..pretrained import check_state_dict, checkpoint_follows, scored_as_built
 from ..registry import split_model_name
 from .classification import EDITED_CHECKPOINT, read_checkpoint
 from .distributed import gather_shares
+from .guards import seed_apart
 
 log = logging.getLogger(__name__)
 
@@ -671,32 +672,53 @@ class RandomStateCheckpoint(Callback):
     Augmentation pipelines that own a generator (visattn's recipes) reseed from each epoch's DataLoader
     seed, which these restored states draw again, so a run resumed at an epoch's end augments as the
     uninterrupted run did. A resumed run starts with a sanity-check validation that an uninterrupted run
-    does not have at that point; it leaves the states as it found them. The states are stored as
-    tensors and tuples, so checkpoints still load with ``weights_only=True``.
+    does not have at that point; it leaves the states as it found them. Under DDP every process's states
+    are gathered into the checkpoint and each process takes its own back (another process count draws
+    apart afresh). The states are stored as tensors and tuples, so checkpoints still load with
+    ``weights_only=True``.
     """
 
     def __init__(self) -> None:
         self._before_sanity_check: dict[str, Any] = {}
 
     def on_sanity_check_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._before_sanity_check = self.state_dict()
+        self._before_sanity_check = _random_states()
 
     def on_sanity_check_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.load_state_dict(self._before_sanity_check)
+        _set_random_states(self._before_sanity_check)
 
     def state_dict(self) -> dict[str, Any]:
-        kind, keys, position, has_gauss, gauss = np.random.get_state()
-        return {"python": random.getstate(), "numpy": (kind, torch.from_numpy(keys.copy()), position, has_gauss, gauss),
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+        if torch.distributed.is_available() and torch.distributed.is_initialized():  # every process saves
+            return {"ranks": gather_shares(_random_states())}  # (DDP processes draw apart: GuardedTask)
+        return _random_states()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        random.setstate(state_dict["python"])
-        kind, keys, position, has_gauss, gauss = state_dict["numpy"]
-        np.random.set_state((kind, keys.numpy(), position, has_gauss, gauss))
-        torch.set_rng_state(state_dict["torch"])
-        if state_dict["cuda"] and len(state_dict["cuda"]) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(state_dict["cuda"])
+        if "ranks" not in state_dict:
+            _set_random_states(state_dict)
+            return
+        ranks = state_dict["ranks"]
+        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        _set_random_states(ranks[rank if rank < len(ranks) else 0])
+        if len(ranks) != (torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1):
+            seed_apart(rank)  # another process count: the saved states do not fit, so draw apart afresh
+
+
+def _random_states() -> dict[str, Any]:
+    """This process's Python, NumPy and torch (CPU and CUDA) random states, as tensors and tuples."""
+    kind, keys, position, has_gauss, gauss = np.random.get_state()
+    # NumPy's uint32 keys as int64: torch cannot unpickle a uint32 tensor, as all_gather_object does under DDP
+    numpy_state = (kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss)
+    return {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def _set_random_states(state_dict: dict[str, Any]) -> None:
+    random.setstate(state_dict["python"])
+    kind, keys, position, has_gauss, gauss = state_dict["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
+    torch.set_rng_state(state_dict["torch"])
+    if state_dict["cuda"] and len(state_dict["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state_dict["cuda"])
 
 
 class JsonPredictionWriter(BasePredictionWriter):
@@ -705,7 +727,8 @@ class JsonPredictionWriter(BasePredictionWriter):
 
     A classifier's record holds its ``topk`` classes with names and probabilities, a captioner's its
     caption, a detector's its boxes with labels and scores, in the shapes ``visattn classify|caption|detect
-    --json`` print; an image file that could not be read, its ``error``, as they print; another task's output is written as lists, one line per batch. The file is replaced
+    --json`` print; an image file that could not be read, its ``error``, as they print; another task's output
+    is written as lists, one line per batch. The file is replaced
     whole once all batches are done, so a run that fails leaves the previous one. An earlier run's file is
     replaced (the printed line says so); a file of that name visattn did not write is refused before predicting.
 
