@@ -132,6 +132,21 @@ def test_evaluate_classify_and_save_weights(in_tmp, capsys, monkeypatch):
     assert json.loads((weights / "index.json").read_text())["cbam_resnet20_cifar.unit"]["metrics"]["test/n"] == 50
 
 
+def test_a_run_fine_tuned_from_shipped_weights_saves_and_reloads_by_name(in_tmp, capsys, monkeypatch):
+    """save-weights named the file vit_tiny_patch4_28.fmnist.mine and refused it: the run's model_name holds a tag.
+    The tag's builder arguments (4 blocks, no class token) must come along, or the weights rebuild as a 12-block ViT."""
+    ckpt = _fit(in_tmp, "--trainer.max_steps", "2", "--model.init_args.model_name", "vit_tiny_patch4_28.fmnist",
+                config=VIT_CONFIG)
+    weights = in_tmp / "weights"
+    monkeypatch.setenv("VISATTN_WEIGHTS", str(weights))
+    assert main(["save-weights", "--checkpoint", str(ckpt), "--tag", "mine", "--out-dir", str(weights)]) == 0
+    assert json.loads((weights / "index.json").read_text())["vit_tiny_patch4_28.mine"]["model_kwargs"] == {
+        "class_token": False, "depth": 4, "global_pool": "avg"}
+    tuned, saved = load_classifier(checkpoint=str(ckpt)), load_classifier("vit_tiny_patch4_28.mine")
+    images = torch.randn(3, 3, 28, 28)
+    torch.testing.assert_close(saved.predict(images), tuned.predict(images))
+
+
 def test_bad_config_value_is_one_line(in_tmp, capsys):
     assert main(["fit", "--config", str(CBAM_CONFIG), "--trainer.max_epochs", "many"]) == 2
     err = capsys.readouterr().err.strip()

@@ -686,3 +686,21 @@ def test_a_one_channel_classifier_trains_from_its_config_and_evaluates_on_gray_i
     assert main(["evaluate", "--checkpoint", str(checkpoint), "--dataset", "fashion-mnist", "--limit", "16",
                  "--json"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["n"] == 16
+
+
+def test_class_folders_match_the_classes_in_either_unicode_form(tmp_path):
+    """A folder named "café" as macOS writes it (decomposed, NFD) was refused as not among the classes, in a
+    message naming two names that look identical."""
+    import unicodedata
+
+    from PIL import Image
+
+    from visattn.data.image_folder import ImageFolder
+
+    trained = [unicodedata.normalize("NFC", "café crème"), "zebra"]
+    for name in (unicodedata.normalize("NFD", "café crème"), "zebra"):
+        (tmp_path / name).mkdir()
+        Image.new("RGB", (8, 8)).save(tmp_path / name / "0.png")
+    folder = ImageFolder(tmp_path, classes=trained)
+    assert [(path.parent.name, label) for path, label in folder.samples] == [
+        (unicodedata.normalize("NFD", "café crème"), 0), ("zebra", 1)]

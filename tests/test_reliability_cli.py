@@ -86,6 +86,10 @@ def _broken_link(tmp_path: Path) -> str:
 CASES = {
     "unknown_cli_key": (lambda tmp: [*FIT, "--trainer.no_such_key", "1"], "no_such_key"),
     "unknown_config_key": (lambda tmp: ["fit", "--config", _config_with(tmp, learning_rate=0.1)], "learning_rate"),
+    # the nearest argument of the class, and where its arguments are listed (`fit --help` lists the task's only)
+    "misspelt_data_option": (lambda tmp: [*FIT, "--data.init_args.val_fractoin", "0.2"],
+                             "Option 'val_fractoin' is not accepted; did you mean val_fraction? `visattn fit "
+                             "--data.help visattn.data.FashionMNISTDataModule` lists what it takes"),
     "wrong_type_in_config": (lambda tmp: ["fit", "--config", _config_with(tmp, lr="fast")], '"lr": Expected'),
     "wrong_type_on_cli": (lambda tmp: ["evaluate", "--model", "m", "--dataset", "fashion-mnist", "--img-size", "two"],
                           "--img-size: invalid int"),

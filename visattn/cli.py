@@ -300,11 +300,13 @@ def cmd_save_weights(args: argparse.Namespace) -> int:
     if args.config is not None and not Path(args.config).is_file():  # recorded in the index as the recipe
         raise ConfigError(f"--config {args.config}: no such file; give the config that trained the checkpoint, "
                           "or leave --config out")
+    # First: the folder may be the $VISATTN_WEIGHTS that loading a run fine-tuned from ARCH.TAG reads the tag from
+    folder = prepare_output_dir(args.out_dir, flag="--out-dir")
     task = ("detection" if is_detector(checkpoint=args.checkpoint) else
             "captioning" if is_captioner(checkpoint=args.checkpoint) else "classification")
     load = {"classification": load_classifier, "captioning": load_captioner, "detection": load_detector}[task]
     loaded = load(checkpoint=args.checkpoint, device=args.device)
-    path = prepare_output_dir(args.out_dir, flag="--out-dir") / f"{loaded.arch}.{args.tag}.safetensors"
+    path = folder / f"{loaded.arch}.{args.tag}.safetensors"
     if not args.overwrite:
         refuse_existing_weights(path)  # before the test-set measurement, which can take minutes
     scores = _test_scores(task, loaded, args.dataset, args.limit) if args.dataset else {}

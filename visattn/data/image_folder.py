@@ -16,6 +16,7 @@ import bisect
 import copy
 import functools
 import os
+import unicodedata
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -171,7 +172,10 @@ class ImageFolder(ImageFiles):
                               "can be decoded (see the warnings); replace them or remove the class folder")
 
     def _find_samples(self) -> list[tuple[Path, int]]:
-        extra = sorted(set(find_classes(self.root)) - set(self.classes))
+        # Names compared in one Unicode form: macOS and its zip files write "café" decomposed (NFD), which
+        # looked the same as the trained class and was refused.
+        folders = {unicodedata.normalize("NFC", name): name for name in find_classes(self.root)}
+        extra = sorted(folders[name] for name in set(folders) - {unicodedata.normalize("NFC", c) for c in self.classes})
         if extra:
             known = ", ".join(self.classes)
             raise ConfigError(f"{self.root}: class folders {extra} are not among the classes ({known}); "
@@ -179,8 +183,8 @@ class ImageFolder(ImageFiles):
         samples = [
             (path, label)
             for label, name in enumerate(self.classes)
-            if (self.root / name).is_dir()
-            for path in list_images(self.root / name)
+            if (folder := folders.get(unicodedata.normalize("NFC", name))) is not None
+            for path in list_images(self.root / folder)
         ]
         if not samples:
             raise ConfigError(f"{self.root}: no image files in its class folders ({_LAYOUT})")

@@ -644,8 +644,11 @@ def _classifier_from_checkpoint(path: Path, img_size: Optional[int], device: tor
         net.pretrained_cfg = timm_pretrained_cfg(net, preprocessing)
     else:  # a timm model keeps the rest of its own pretrained_cfg (its head's name, its weights' source)
         net.pretrained_cfg = {**net.pretrained_cfg, **timm_data_config(preprocessing)}
-    return Classifier(inference_model(net, device), labels, preprocessing, str(path), hparams["model_name"],
-                      dict(hparams.get("model_kwargs") or {}))
+    # A run fine-tuned from ARCH.TAG is a model of ARCH with the tag's builder arguments (save-weights names its
+    # file ARCH.NEWTAG, which the tag in the name made ARCH.TAG.NEWTAG, refused); timm: names stay whole.
+    arch, kwargs = ((hparams["model_name"], dict(hparams.get("model_kwargs") or {}))
+                    if hparams["model_name"].startswith("timm:") else checkpoint_model_kwargs(hparams))
+    return Classifier(inference_model(net, device), labels, preprocessing, str(path), arch, kwargs)
 
 
 def _classifier_preprocessing(recorded: Optional[dict[str, Any]], net: nn.Module, *, source: str,

@@ -1047,10 +1047,25 @@ def _build_and_run(argv: list[str]) -> VisattnCLI:
             model_overrides=_model_overrides(argv),
         )
     except ArgumentError as err:
-        raise ConfigError(f"{' '.join(argv[:3])}: {_first_line(err)}; see `visattn {argv[0]} --help`") from None
+        text = _first_line(err)
+        raise ConfigError(f"{' '.join(argv[:3])}: {text}{_unaccepted_option_hint(text, argv[0])}") from None
     except MisconfigurationException as err:  # a setting Lightning refuses once the run starts
         raise ConfigError(f"{argv[0]}: {_first_line(err).rstrip('.')}; fix the setting it names in the "
                           "config or with --SECTION.KEY VALUE") from None
+
+
+def _unaccepted_option_hint(text: str, subcommand: str) -> str:
+    """For jsonargparse's "Problem with given class_path 'C': Option 'O' is not accepted", C's nearest argument to
+    O and where C's arguments are listed (``--help`` lists the task's, not a data module's); else ``--help``."""
+    found = re.search(r"class_path '([\w.]+)': Option '(\w+)' is not accepted", text)
+    cls = _imported(found.group(1)) if found else None
+    if cls is None:
+        return f"; see `visattn {subcommand} --help`"
+    taken = [name for name in inspect.signature(cls.__init__).parameters if name not in ("self", "args", "kwargs")]
+    close = difflib.get_close_matches(found.group(2), taken, n=3, cutoff=0.5)
+    section = re.match(r'"(\w+)"', text).group(1) if re.match(r'"(\w+)"', text) else "model"
+    meant = f"did you mean {' or '.join(close)}? " if close else ""
+    return f"; {meant}`visattn {subcommand} --{section}.help {found.group(1)}` lists what it takes"
 
 
 def _visattn_cause(err: BaseException) -> Optional[VisattnError]:
