@@ -264,8 +264,8 @@ class CocoDetection(ImageFiles):
         image_ids = [image["id"] for image in images]
         check_image_ids(self.annotations, images, [a["image_id"] for a in annotations])
         self._check_annotation_ids(annotations)
-        odd = next((a for a in annotations if not _is_whole(a["category_id"])), None)
-        if odd is not None:  # true is 1 to a dict: it was read as category 1
+        odd = next((a for a in annotations if isinstance(a["category_id"], bool)), None)
+        if odd is not None:  # true is 1 to a dict: it was read as category 1 (other types are unknown ids below)
             raise ConfigError(f"{self.annotations}: annotation {json.dumps(odd.get('id'))} has category_id "
                               f"{json.dumps(odd['category_id'])}; write category ids as whole numbers, as COCO does")
         unknown = {a["category_id"] for a in annotations} - set(label_of)
