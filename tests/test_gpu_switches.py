@@ -102,7 +102,31 @@ def test_flash_attention_in_float32_on_cuda_is_one_line_before_training(device, 
             check_sdpa_backend("flash", torch.device(device), precision)
     else:
         check_sdpa_backend("flash", torch.device(device), precision)
-    check_sdpa_backend("efficient", torch.device(device), precision)
+    if device == "cuda":
+        check_sdpa_backend("efficient", torch.device(device), precision)
+
+
+@pytest.mark.parametrize("backend", ["efficient", "cudnn"])
+def test_an_attention_kernel_the_cpu_lacks_is_one_line_before_training(backend):
+    """The CPU has flash and math kernels only: "No viable backend" was a traceback in the sanity check."""
+    with pytest.raises(ConfigError, match=f"^model.init_args.sdpa_backend {backend}: the CPU has no {backend} "
+                                          "attention kernel; use math or flash there"):
+        _fit(ImageClassifier(**TINY_VIT, sdpa_backend=backend))
+
+
+def test_grad_checkpointing_recomputes_under_the_steps_sdpa_backend():
+    """The backward pass ran outside the restriction, so the recomputation chose another kernel than the
+    forward and torch's checkpoint check failed at the first backward (the shipped ViT config's math)."""
+    task = ImageClassifier(**TINY_VIT, grad_checkpointing=True, sdpa_backend="math")
+    before = [p.detach().clone() for p in task.model.parameters()]
+    _fit(task)
+    assert all(not torch.equal(b, p) for b, p in zip(before, task.model.parameters()))
+
+
+def test_an_average_of_weights_kept_in_16_bits_is_one_line():
+    """bf16-true kept the EMA in bf16, whose steps of 0.001 mostly rounded away: it stayed near the start."""
+    with pytest.raises(ConfigError, match="^model.init_args.ema_decay with trainer.precision bf16-true: the average"):
+        _fit(ImageClassifier(**TINY_VIT, ema_decay=0.999), precision="bf16-true")
 
 
 def test_grad_checkpointing_switches_the_vit_and_trains(monkeypatch):

@@ -324,6 +324,16 @@ class ImageClassifier(GuardedTask, pl.LightningModule):
     def setup(self, stage: str) -> None:
         # The device the run is on: the model itself moves there only after this hook.
         check_sdpa_backend(self.hparams.sdpa_backend, self.trainer.strategy.root_device, str(self.trainer.precision))
+        if self.ema is not None and str(self.trainer.precision) in ("bf16-true", "16-true"):
+            raise ConfigError(f"model.init_args.ema_decay with trainer.precision {self.trainer.precision}: the average "
+                              "would be kept in 16 bits, which cannot take its small steps (it stayed near the "
+                              "starting weights); use trainer.precision bf16-mixed, whose weights are float32")
+
+    def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+        # Under the steps' sdpa_backend too: gradient checkpointing recomputes the attention here, and another
+        # kernel than the forward's failed torch's recomputation check.
+        with self.attention_kernel():
+            super().backward(loss, *args, **kwargs)
 
     def configure_model(self) -> None:
         # nn.Module.compile compiles in place, so state-dict keys (and checkpoints) are unchanged.
@@ -434,7 +444,11 @@ def enable_grad_checkpointing(model: nn.Module, model_name: str) -> None:
 
 def check_sdpa_backend(backend: Optional[str], device: torch.device, precision: str) -> None:
     """CUDA's flash kernel takes fp16 and bf16 only: in float32 every attention call would fail with
-    "No available kernel" (the CPU's flash kernel takes float32, so CPU runs do not tell)."""
+    "No available kernel" (the CPU's flash kernel takes float32, so CPU runs do not tell). The CPU has
+    only the flash and math kernels: the others failed at the sanity check's first attention."""
+    if backend in ("efficient", "cudnn") and device.type == "cpu":
+        raise ConfigError(f"model.init_args.sdpa_backend {backend}: the CPU has no {backend} attention kernel; use "
+                          "math or flash there, or null to let PyTorch choose")
     if backend == "flash" and device.type == "cuda" and not precision.startswith(("16", "bf16")):
         raise ConfigError(f"model.init_args.sdpa_backend flash: CUDA's flash kernel needs 16-bit inputs, and "
                           f"trainer.precision is {precision}; use --trainer.precision bf16-mixed, or sdpa_backend "
