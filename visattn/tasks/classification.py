@@ -324,7 +324,7 @@ class ImageClassifier(GuardedTask, pl.LightningModule):
     def setup(self, stage: str) -> None:
         # The device the run is on: the model itself moves there only after this hook.
         check_sdpa_backend(self.hparams.sdpa_backend, self.trainer.strategy.root_device, str(self.trainer.precision))
-        if self.ema is not None and str(self.trainer.precision) in ("bf16-true", "16-true"):
+        if stage == "fit" and self.ema is not None and str(self.trainer.precision) in ("bf16-true", "16-true"):
             raise ConfigError(f"model.init_args.ema_decay with trainer.precision {self.trainer.precision}: the average "
                               "would be kept in 16 bits, which cannot take its small steps (it stayed near the "
                               "starting weights); use trainer.precision bf16-mixed, whose weights are float32")
