@@ -49,13 +49,21 @@ class ArgumentError(ConfigError):
         return ConfigError(f"{flag} {shlex.quote(str(self.value))}: {self.reason}")
 
 
+def keyword_names(function: Callable[..., Any]) -> Optional[list[str]]:
+    """The keyword arguments ``function`` (a class's ``__init__``: without ``self``) takes by name; None when
+    it takes any (``**kwargs``)."""
+    parameters = inspect.signature(function).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in parameters):
+        return None
+    return [p.name for p in parameters if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name != "self"]
+
+
 def check_keyword_arguments(owner: str, function: Callable[..., Any], kwargs: dict[str, Any]) -> None:
     """One line naming the first of ``kwargs`` that ``function`` (a class: its constructor) does not
     take, with the nearest name or the list it does take; a TypeError from deep inside otherwise."""
-    parameters = inspect.signature(function).parameters.values()
-    if any(p.kind is p.VAR_KEYWORD for p in parameters):
+    accepted = keyword_names(function)
+    if accepted is None:
         return
-    accepted = [p.name for p in parameters if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name != "self"]
     for name in kwargs:
         if name not in accepted:
             close = difflib.get_close_matches(name, accepted, n=1)

@@ -55,7 +55,6 @@ KarpathySplit = Literal["train", "val", "test", "restval"]
 Transform = Callable[[np.ndarray], torch.Tensor]
 
 
-
 def coco_spec(spec: str) -> tuple[str, str]:
     """``(ANNOTATIONS.json, IMAGES_DIR)`` of a ``--dataset coco:ANNOTATIONS.json:IMAGES_DIR``, split after
     ``.json`` so that the images folder may hold a colon; one line when either part is empty (``Path("")`` is
@@ -67,6 +66,7 @@ def coco_spec(spec: str) -> tuple[str, str]:
         raise ConfigError(f"--dataset {spec}: name the annotations file and the images folder, e.g. "
                           "coco:annotations/captions_val2014.json:val2014")
     return annotations, images_dir
+
 
 class CaptionImages(ImageFiles):
     """Image files with their reference captions; ``dataset[i]`` is ``(image, captions)``.

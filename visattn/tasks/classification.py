@@ -577,10 +577,14 @@ def inference_target(model: Optional[str], checkpoint: Optional[str], device: st
 
 def checkpoint_model_kwargs(hparams: dict[str, Any], **overrides: Any) -> tuple[str, dict[str, Any]]:
     """Architecture and builder arguments of a training checkpoint's model: the shipped weights entry's
-    ``model_kwargs`` when training started from ``arch.tag``, then the run's own, then ``overrides``."""
+    ``model_kwargs`` when training started from ``arch.tag``, then the run's own, then ``overrides``. A
+    ``timm:`` name is its architecture whole (its dot names timm's weights, not a visattn tag)."""
+    own = {**dict(hparams.get("model_kwargs") or {}), **overrides}
+    if hparams["model_name"].startswith("timm:"):
+        return hparams["model_name"], own
     arch, tag = split_model_name(hparams["model_name"])
     started_from = find_weights_entry(arch, tag).get("model_kwargs", {}) if tag else {}  # fine-tuned shipped weights
-    return arch, {**started_from, **dict(hparams.get("model_kwargs") or {}), **overrides}
+    return arch, {**started_from, **own}
 
 
 @dataclass
@@ -659,9 +663,8 @@ def _classifier_from_checkpoint(path: Path, img_size: Optional[int], device: tor
     else:  # a timm model keeps the rest of its own pretrained_cfg (its head's name, its weights' source)
         net.pretrained_cfg = {**net.pretrained_cfg, **timm_data_config(preprocessing)}
     # A run fine-tuned from ARCH.TAG is a model of ARCH with the tag's builder arguments (save-weights names its
-    # file ARCH.NEWTAG, which the tag in the name made ARCH.TAG.NEWTAG, refused); timm: names stay whole.
-    arch, kwargs = ((hparams["model_name"], dict(hparams.get("model_kwargs") or {}))
-                    if hparams["model_name"].startswith("timm:") else checkpoint_model_kwargs(hparams))
+    # file ARCH.NEWTAG, which the tag in the name made ARCH.TAG.NEWTAG, refused).
+    arch, kwargs = checkpoint_model_kwargs(hparams)
     return Classifier(inference_model(net, device), labels, preprocessing, str(path), arch, kwargs)
 
 

@@ -68,7 +68,7 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from ..data.datamodules import SplitLoadersMixin
 from ..data.image_folder import image_files_of
-from ..errors import ConfigError, VisattnError, VisattnWarning, WeightsError
+from ..errors import ConfigError, VisattnError, VisattnWarning, WeightsError, keyword_names
 from ..fileio import atomic_path, refuse_replacing_others_files
 from ..pretrained import check_state_dict, checkpoint_follows, scored_as_built
 from ..registry import split_model_name
@@ -1061,9 +1061,9 @@ def _unaccepted_option_hint(text: str, subcommand: str) -> str:
     cls = _imported(found.group(1)) if found else None
     if cls is None:
         return f"; see `visattn {subcommand} --help`"
-    taken = [name for name in inspect.signature(cls.__init__).parameters if name not in ("self", "args", "kwargs")]
-    close = difflib.get_close_matches(found.group(2), taken, n=3, cutoff=0.5)
-    section = re.match(r'"(\w+)"', text).group(1) if re.match(r'"(\w+)"', text) else "model"
+    close = difflib.get_close_matches(found.group(2), keyword_names(cls.__init__) or [], n=3, cutoff=0.5)
+    section = re.match(r'"(\w+)"', text)
+    section = section.group(1) if section else "model"
     meant = f"did you mean {' or '.join(close)}? " if close else ""
     return f"; {meant}`visattn {subcommand} --{section}.help {found.group(1)}` lists what it takes"
 
