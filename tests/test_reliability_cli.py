@@ -839,6 +839,24 @@ def test_an_unknown_option_points_to_its_own_commands_help(command, capsys):
     assert err.endswith(f"; see `visattn {command} --help`\n"), err
 
 
+@pytest.mark.parametrize("command, shown", [
+    ("classify", ["--topk TOPK", "(default: 1)", "(default: 32)", "(default: auto)"]),
+    ("detect", ["(default: 0.5)", "(default: 8)"]),
+    ("evaluate", ["images per forward pass (default: 256)", "(default: 0)"]),
+    ("export", ["(default: 17)", "(default: onnx)"]),
+])
+def test_command_help_gives_each_default_and_what_paths_take(command, shown, capsys):
+    """Defaults were in a few options' help only (`--topk`'s and `--batch-size`'s were not); PATH had no help."""
+    with pytest.raises(SystemExit) as exit:
+        main([command, "--help"])
+    assert exit.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines at the terminal's width
+    assert all(text in out for text in shown), out
+    assert "(default: None)" not in out and "(default: False)" not in out and "(default: 17) (default" not in out
+    if command in ("classify", "detect"):
+        assert "PATH image files, and folders whose image files" in out
+
+
 @pytest.mark.parametrize("command, attention_out, threshold, note", [
     ("caption", "A", [], "; attention: A/good.png"),
     ("detect", "A", ["--score-threshold", "0.5"], "; attention: A/good.png"),

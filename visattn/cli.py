@@ -28,6 +28,8 @@ if TYPE_CHECKING:  # commands import what they use when they run, so `visattn --
 
 DEFAULT_BEAM_SIZE = 5  # caption, evaluate and save-weights score captioners with this beam width
 DEFAULT_MAX_LEN = 20  # and captions of at most this many words
+IMAGE_PATHS_HELP = ("image files, and folders whose image files (by extension: .jpg, .png, .webp, ...; hidden files "
+                    "skipped) are read with their sub-folders'")
 
 
 def count_parameters(name: str) -> int:
@@ -444,12 +446,29 @@ class _OneLineErrorParser(argparse.ArgumentParser):
         self.exit(2, f"visattn: error: {self.prog}: {message}; see `{self.prog} --help`\n")
 
 
+class _HelpWithDefaults(argparse.HelpFormatter):
+    """Each option's help ends with its default, unless that is nothing (None, an off switch) or the help
+    already says what happens without the option. argparse's ArgumentDefaultsHelpFormatter also prints
+    ``(default: None)`` and ``(default: False)``."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        nothing = action.default is None or action.default is False or action.default == argparse.SUPPRESS
+        if nothing or action.required or "default" in text:  # `is`: a default of 0 is one to show
+            return text
+        return f"{text} (default: %(default)s)" if text else "default: %(default)s"
+
+
 class _CommandParser(_OneLineErrorParser):
     """A sub-command's parser. argparse reports a missing required option before an unknown one (`--checkpiont X`
     read as "--model or --checkpoint is required") and unknown ones from the top parser (`see visattn --help`);
     here an unknown option wins, named with the nearest of this command's options and this command's --help."""
 
     _args: Sequence[str] = ()  # what the last parse was given, for error()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpWithDefaults)
+        super().__init__(*args, **kwargs)
 
     def parse_known_args(self, args: Optional[Sequence[str]] = None,  # type: ignore[override]
                          namespace: Optional[argparse.Namespace] = None) -> tuple[argparse.Namespace, list[str]]:
@@ -529,7 +548,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="test (default) or train; val too for fashion-scenes and fashion-mnist-pairs/canvas "
                                "(not for coco:, whose file is the split)")
     evaluate.add_argument("--json", action="store_true", help="print only the JSON line")
-    evaluate.add_argument("--batch-size", type=positive_int, default=256)
+    evaluate.add_argument("--batch-size", type=positive_int, default=256, help="images per forward pass")
     evaluate.add_argument("--num-workers", type=worker_count, default=0,
                           help=f"DataLoader worker processes (at most {MAX_WORKERS_PER_CPU} per CPU)")
     evaluate.add_argument("--limit", type=positive_int, default=None,
@@ -550,7 +569,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(func=cmd_evaluate)
 
     classify = sub.add_parser("classify", help="classify image files and folders (recursively)")
-    classify.add_argument("paths", nargs="+", metavar="PATH")
+    classify.add_argument("paths", nargs="+", metavar="PATH", help=IMAGE_PATHS_HELP)
     _add_model_source(classify)
     _add_device(classify)
     classify.add_argument("--topk", type=positive_int, default=1, help="labels per file, most likely first")
@@ -559,7 +578,7 @@ def build_parser() -> argparse.ArgumentParser:
     classify.set_defaults(func=cmd_classify)
 
     caption = sub.add_parser("caption", help="caption image files and folders (recursively)")
-    caption.add_argument("paths", nargs="+", metavar="PATH")
+    caption.add_argument("paths", nargs="+", metavar="PATH", help=IMAGE_PATHS_HELP)
     _add_model_source(caption)
     _add_device(caption)
     caption.add_argument("--beam-size", type=positive_int, default=DEFAULT_BEAM_SIZE, help="beam width (1: greedy)")
@@ -575,7 +594,7 @@ def build_parser() -> argparse.ArgumentParser:
     caption.set_defaults(func=cmd_caption)
 
     detect = sub.add_parser("detect", help="detect objects in image files and folders (recursively)")
-    detect.add_argument("paths", nargs="+", metavar="PATH")
+    detect.add_argument("paths", nargs="+", metavar="PATH", help=IMAGE_PATHS_HELP)
     _add_model_source(detect)
     _add_device(detect)
     detect.add_argument("--score-threshold", type=unit_interval, default=0.5,
@@ -625,10 +644,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = sub.add_parser("export", help="export a classifier to ONNX (dynamic batch axis), with labels as metadata")
     _add_model_source(export)
-    export.add_argument("--format", choices=["onnx"], default="onnx")
+    export.add_argument("--format", choices=["onnx"], default="onnx", help="file format")
     export.add_argument("--out", required=True,
                         help="the file to write, e.g. model.onnx; an earlier export is replaced, any other file never")
-    export.add_argument("--opset", type=int, default=17, help="ONNX opset version (default: 17)")
+    export.add_argument("--opset", type=int, default=17, help="ONNX opset version")
     export.set_defaults(func=cmd_export)
     return parser
 
