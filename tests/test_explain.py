@@ -827,6 +827,54 @@ def test_grad_cam_of_a_timm_cnn_defaults_to_its_last_feature_stage(name, stage):
         default_target_layer(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten()))
 
 
+@pytest.mark.parametrize("name, stage", [
+    ("levit_128s", "stages.2"), ("efficientformer_l1", "stages.3"), ("xcit_nano_12_p16_224", "blocks.11"),
+    ("coat_lite_tiny", "serial_blocks4.1"),  # feature_info names the ModuleList, which the forward never calls
+    ("mvitv2_tiny", "stages.3"), ("twins_svt_small", "blocks.3.3"),  # feature_info names "block.3", which is missing
+])
+def test_grad_cam_lays_timm_transformer_tokens_out_as_timm_does(name, stage):
+    """Explain's default Grad-CAM refused these timm families in one line (tokens, a tuple, a missing module).
+    Their tokens must lie as timm's own forward_intermediates lays out its last stage's map."""
+    import timm
+
+    model = timm.create_model(name, num_classes=3).eval()
+    assert default_target_layer(model) is model.get_submodule(stage)
+    images = torch.randn(2, 3, 224, 224)
+    captured = []
+    handle = model.get_submodule(stage).register_forward_hook(lambda m, a, out: captured.append(out))
+    with torch.enable_grad():
+        inputs = images.clone().requires_grad_(True)
+        logits = model(inputs)
+        tokens = captured[0][0] if isinstance(captured[0], tuple) else captured[0]  # MViTv2: (tokens, feat_size)
+        (grads,) = torch.autograd.grad(logits.gather(1, logits.argmax(1, keepdim=True)).sum(), tokens)
+    handle.remove()
+    with torch.no_grad():
+        timm_map = model.forward_intermediates(images, intermediates_only=True)[-1]  # (B, C, h, w), timm's layout
+    rows, cols = timm_map.shape[-2:]
+    prefix = tokens.shape[1] - rows * cols  # CoaT's class token
+    assert torch.equal(tokens[:, prefix:].detach().transpose(1, 2).reshape(timm_map.shape), timm_map)
+    weights = grads[:, prefix:].mean(dim=1)  # (B, C)
+    expected = torch.relu(torch.einsum("bnc,bc->bn", tokens[:, prefix:].detach(), weights)).reshape(2, rows, cols)
+    maps, _ = grad_cam(model, images)
+    torch.testing.assert_close(maps, expected)
+
+
+def test_grad_cam_of_timm_pit_and_crossvit_explains_their_first_map():
+    """PiT's and CrossViT's stages return a tuple or list, which Grad-CAM refused as "not a tensor"; PiT's last
+    stage's map does not reach the class score, which was a traceback."""
+    import timm
+
+    images = torch.randn(1, 3, 240, 240)
+    crossvit = timm.create_model("crossvit_tiny_240", num_classes=3).eval()
+    assert grad_cam(crossvit, images)[0].shape == (1, 20, 20)  # the small-patch branch, 12 px patches
+    pit = timm.create_model("pit_ti_224", num_classes=3).eval()
+    with pytest.raises(ConfigError, match=r"^the class score does not depend on the map of the Grad-CAM layer "
+                                          r"transformers.2 \(timm's PiT .*, e.g. transformers.2.blocks.3$"):
+        grad_cam(pit, images[..., :224, :224])
+    maps, _ = grad_cam(pit, images[..., :224, :224], layer="transformers.2.blocks.3")
+    assert maps.shape == (1, 7, 7) and maps.isfinite().all()
+
+
 def test_grad_cam_before_the_class_token_is_added_keeps_every_patch():
     """On a class-token ViT, --layer patch_embed dropped a real patch as if it were the class token."""
     model = create_model("vit_tiny_patch4_28", depth=1, num_classes=3).eval()
@@ -1179,7 +1227,8 @@ def test_grad_cam_of_a_channels_last_timm_model_equals_the_reference():
 
 
 def test_a_timm_model_whose_feature_info_names_a_missing_module_asks_for_a_layer_in_one_line():
-    # timm's MViTv2 lists a module it does not have: get_submodule's AttributeError was a traceback.
+    # timm's MViTv2 lists a module it does not have: get_submodule's AttributeError was a traceback. (MViTv2's
+    # and Twins' own last `stages`/`blocks` are taken instead; this model has neither.)
     from visattn.explain.gradcam import default_target_layer
 
     class Named(torch.nn.Module):
@@ -1187,8 +1236,8 @@ def test_a_timm_model_whose_feature_info_names_a_missing_module_asks_for_a_layer
 
         def __init__(self) -> None:
             super().__init__()
-            self.blocks = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3))
+            self.body = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3))
 
     with pytest.raises(ConfigError, match=r"no default Grad-CAM layer for Named; name one with --layer .*: a stage "
-                                          r"among blocks"):
+                                          r"among body"):
         default_target_layer(Named())

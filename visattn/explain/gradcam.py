@@ -4,7 +4,10 @@ Gradient-based Localization").
 The target layer's activations ``A`` (channels ``k``) are weighted by the spatial mean of the
 class score's gradient, ``w_k = mean_ij dy_c / dA_kij``, and ``relu(sum_k w_k A_k)`` is the map.
 For a Vision Transformer the target layer yields tokens ``(B, N, C)``: the prefix (class) tokens
-are dropped and the patch tokens are laid back on their grid, ``(B, C, rows, cols)``.
+are dropped and the patch tokens are laid back on their grid, ``(B, C, rows, cols)``. Tokens of other
+timm transformers (LeViT, XCiT, EfficientFormer, CoaT, CrossViT, MViTv2) are laid out the same way, on
+the grid of the image's aspect that their count (less 0 to 2 prefix tokens) fills; a layer that
+returns a tuple (PiT's map and class tokens, CrossViT's branches) is explained by its first map.
 
 Default target layers: the last stage of a ResNet (``layer4``, or ``layer3`` in the CIFAR
 layout) or of a timm CNN (its ``feature_info``'s last module), and the first norm of the last ViT block (``blocks[-1].norm1``), whose patch tokens
@@ -12,7 +15,8 @@ still carry spatial information (the final norm's do not reach the class-token h
 """
 from __future__ import annotations
 
-from typing import Union
+import math
+from typing import Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -26,7 +30,7 @@ TargetClass = Union[int, Tensor, None]
 
 def default_target_layer(model: nn.Module) -> nn.Module:
     """``blocks[-1].norm1`` of a ViT, else the last stage of a ResNet (``model.stage_names[-1]``) or of a
-    timm CNN (its ``feature_info``'s last module)."""
+    timm model (its ``feature_info``'s last module; where that is missing, its last ``stages`` or ``blocks``)."""
     if is_vit(model):
         return model.blocks[-1].norm1
     stages = getattr(model, "stage_names", None)
@@ -35,9 +39,11 @@ def default_target_layer(model: nn.Module) -> nn.Module:
     features = getattr(model, "feature_info", None)
     if isinstance(features, list) and features and isinstance(features[-1], dict) and "module" in features[-1]:
         try:
-            return model.get_submodule(features[-1]["module"])
-        except AttributeError:  # timm's MViTv2 names a module it does not have
-            pass
+            return _called(model.get_submodule(features[-1]["module"]))
+        except AttributeError:  # timm's MViTv2 and Twins name a module they do not have ("block.3")
+            last = getattr(model, "stages", None) or getattr(model, "blocks", None)
+            if isinstance(last, (nn.ModuleList, nn.Sequential)) and len(last):
+                return _called(last[-1])
     top = ", ".join(name for name, _ in model.named_children())
     raise ConfigError(f"no default Grad-CAM layer for {type(model).__name__}; name one with --layer (layer= in "
                       f"Python): a stage among {top}")
@@ -60,7 +66,61 @@ def resolve_target_layer(model: nn.Module, layer: Union[str, int, nn.Module, Non
     if layer not in modules:
         stages = ", ".join(n for n in modules if n and "." not in n)
         raise ArgumentError("layer", layer, f"no such module; top-level modules are {stages}")
-    return modules[layer]
+    return _called(modules[layer])
+
+
+def _called(module: nn.Module) -> nn.Module:
+    """The module itself, or the last one of a ModuleList, which the forward never calls as a whole
+    (timm's CoaT names one in its ``feature_info``)."""
+    while isinstance(module, nn.ModuleList) and len(module):
+        module = module[-1]
+    return module
+
+
+def _unused_layer_message(model: nn.Module, target: nn.Module) -> str:
+    name = next(n for n, m in model.named_modules() if m is target)
+    blocks = getattr(target, "blocks", None)
+    example = f", e.g. {name}.blocks.{len(blocks) - 1}" if isinstance(blocks, nn.Sequential) and len(blocks) else ""
+    return (f"the class score does not depend on the map of the Grad-CAM layer {name or 'the model'} (timm's PiT "
+            f"passes on only the class token of its last stage); name a layer inside it with --layer (layer= in "
+            f"Python){example}")
+
+
+def _first_map(output: object) -> Optional[Tensor]:
+    """The layer's output, or the first ``(B, C, H, W)`` map or ``(B, N, C)`` tokens of a tuple or list."""
+    if torch.is_tensor(output) or not isinstance(output, (tuple, list)):
+        return output if torch.is_tensor(output) else None
+    return next((t for t in output if torch.is_tensor(t) and t.ndim in (3, 4)), None)
+
+
+def _token_grid(count: int, image_size: tuple[int, int]) -> Optional[tuple[int, int]]:
+    """``(rows, cols)`` with ``rows * cols == count`` that some stride ``s`` gives for the image,
+    ``rows = ceil(H / s)`` and ``cols = ceil(W / s)``; ``None`` if none does (a square image: a square grid)."""
+    height, width = image_size
+    for rows in range(1, count + 1):
+        cols = count // rows
+        if rows * cols != count:
+            continue
+        low = max(height / rows, width / cols)  # strides at which ceil(H / s) == rows and ceil(W / s) == cols
+        high = min(height / (rows - 1) if rows > 1 else math.inf, width / (cols - 1) if cols > 1 else math.inf)
+        if low < high:
+            return rows, cols
+    return None
+
+
+def _transformer_tokens_map(model: nn.Module, tokens: Tensor, image_size: tuple[int, int]) -> Tensor:
+    """Tokens ``(B, N, C)`` of a transformer other than a ViT on their grid; the model's prefix tokens (class,
+    distillation) first, else none to two, as many as leave a grid of the image (XCiT adds its class
+    token after the blocks, CoaT's and CrossViT's do not say how many they have)."""
+    declared = getattr(model, "num_prefix_tokens", None)
+    for prefix in dict.fromkeys(p for p in (declared, 0, 1, 2) if isinstance(p, int) and p < tokens.shape[1]):
+        grid = _token_grid(tokens.shape[1] - prefix, image_size)
+        if grid:
+            patches = tokens[:, prefix:]  # (B, rows * cols, C)
+            return patches.transpose(1, 2).reshape(patches.shape[0], patches.shape[2], *grid)
+    raise ConfigError(f"the Grad-CAM layer gives {tokens.shape[1]} tokens, which lie on no grid of a "
+                      f"{image_size[0]}x{image_size[1]} image; name a layer of {type(model).__name__} that gives a "
+                      "map with layer= (--layer)")
 
 
 def _as_feature_map(model: nn.Module, activation: Tensor, image_size: tuple[int, int]) -> Tensor:
@@ -77,6 +137,8 @@ def _as_feature_map(model: nn.Module, activation: Tensor, image_size: tuple[int,
                               "pick a layer inside the transformer blocks")
         # C from the tokens, not -1: an empty batch leaves -1 undetermined
         return patches.transpose(1, 2).reshape(patches.shape[0], patches.shape[2], rows, cols)  # (B, C, rows, cols)
+    if activation.ndim == 3:
+        return _transformer_tokens_map(model, activation, image_size)
     raise ConfigError(f"the Grad-CAM layer outputs shape {tuple(activation.shape)}, not a (B, C, H, W) map or a ViT's "
                       f"patch tokens; name a layer of {type(model).__name__} that gives a map with layer= (--layer)")
 
@@ -124,11 +186,16 @@ def grad_cam(
     target = resolve_target_layer(model, layer)
     captured: list[Tensor] = []
 
-    def capture(module: nn.Module, args: tuple, output: Tensor) -> Tensor:
-        captured.append(output)
+    def capture(module: nn.Module, args: tuple, output: object) -> object:
+        explained = _first_map(output)
+        if explained is None:
+            return output
+        captured.append(explained)
         # The rest of the forward gets a copy: an in-place op after the layer (ReLU(inplace=True) after a
         # BN) would otherwise overwrite the activation explained with its own output.
-        return output.clone() if torch.is_tensor(output) else output
+        if torch.is_tensor(output):
+            return explained.clone()
+        return type(output)(t.clone() if t is explained else t for t in output)
 
     handle = target.register_forward_hook(capture)
     try:
@@ -138,10 +205,12 @@ def grad_cam(
             inputs = images.detach().clone().requires_grad_(True)
             logits = model(inputs)
             classes = _class_index(logits, target_class)
-            if not captured or not torch.is_tensor(captured[-1]):
-                raise ConfigError("the Grad-CAM layer did not produce a tensor in the forward pass; pick another layer")
+            if not captured:
+                raise ConfigError("the Grad-CAM layer did not produce a map in the forward pass; pick another layer")
             score = logits.gather(1, classes[:, None]).sum()  # images are independent in eval mode
-            (grads,) = torch.autograd.grad(score, captured[-1])
+            (grads,) = torch.autograd.grad(score, captured[-1], allow_unused=True)
+            if grads is None:
+                raise ConfigError(_unused_layer_message(model, target))
     finally:
         handle.remove()
     size = tuple(images.shape[-2:])
