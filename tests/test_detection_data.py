@@ -394,6 +394,31 @@ def test_boxes_in_the_stored_frame_turn_with_an_exif_rotated_photo(tmp_path, ori
     assert not [w for w in recwarn if "declares" in str(w.message)]
 
 
+@pytest.mark.parametrize("orientation, declared", [(3, (48, 32)), (2, (48, 32)), (6, None)])
+def test_an_exif_turn_that_leaves_the_boxes_frame_unknown_is_warned_once(tmp_path, orientation, declared):
+    """A half-turned or mirrored photo keeps its size, and one without a declared size has none to compare:
+    its boxes are taken to be on the displayed photo, which was silent (an audit's boxes drawn on the stored
+    pixels then missed their objects)."""
+    path, images_dir = _write_oriented_photo(tmp_path, orientation, declared=declared or (48, 32))
+    if declared is None:
+        path = _rewritten(path, lambda data: [image.pop(side) for image in data["images"] for side in ("width", "height")])
+    dataset = CocoDetection(path, images_dir)
+    with pytest.warns(UserWarning, match=rf"p.jpg: EXIF orientation {orientation} turns or mirrors its pixels and "
+                                         r".*; if they were drawn on the stored pixels, remove the EXIF orientation"):
+        _, target = dataset[0]
+    assert target["boxes"].tolist() == [[8, 8, 24, 16]]  # as given
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dataset[0]  # once per dataset
+
+
+def test_an_upright_photo_reads_without_a_frame_warning(tmp_path):
+    path, images_dir = _write_oriented_photo(tmp_path, 1, declared=(48, 32))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        CocoDetection(path, images_dir)[0]
+
+
 def test_a_decoded_size_other_than_the_declared_one_is_warned_once_naming_the_file(tmp_path):
     path, images_dir = _write_oriented_photo(tmp_path, 1, declared=(64, 32))
     dataset = CocoDetection(path, images_dir)

@@ -223,6 +223,9 @@ class CocoDetection(ImageFiles):
                 "and file_name, annotations with image_id, category_id and bbox, categories with id and name"
             ) from None
         self._size_warned = torch.zeros(len(self.paths), dtype=torch.bool).share_memory_()  # as _bad: once over workers
+        # EXIF orientation read once per image over workers; one warning per dataset for a frame its size cannot tell
+        self._orientation_read = torch.zeros(len(self.paths), dtype=torch.bool).share_memory_()
+        self._frame_warned = torch.zeros(1, dtype=torch.bool).share_memory_()
 
     @property
     def num_objects(self) -> int:
@@ -346,6 +349,7 @@ class CocoDetection(ImageFiles):
         disagreement with the declared size is warned about once per file."""
         declared = self._declared_sizes[i]
         if declared is None or declared == decoded:
+            self._warn_of_an_unknown_frame(i, declared, has_boxes=len(boxes) > 0)
             return boxes
         orientation = _exif_orientation(self.paths[i]) if declared == decoded[::-1] else 1
         if orientation in _AXES_SWAPPING:
@@ -356,6 +360,23 @@ class CocoDetection(ImageFiles):
                           f"{self.annotations} declares {declared[1]}x{declared[0]}; its boxes may miss the objects: "
                           "fix its width and height or the image", VisattnWarning, stacklevel=3)
         return boxes
+
+    def _warn_of_an_unknown_frame(self, i: int, declared: tuple[int, int] | None, *, has_boxes: bool) -> None:
+        """Warn, for the first such photo of the dataset, when its EXIF orientation moved the pixels but nothing
+        tells whether its boxes were drawn before or after (a mirror or half turn keeps the size; so does any
+        turn of a square photo, or of one whose size the JSON leaves out): they are taken as drawn after."""
+        if not has_boxes or self._orientation_read[i] or self._frame_warned[0]:
+            return
+        self._orientation_read[i] = True
+        orientation = _exif_orientation(self.paths[i])
+        if orientation == 1:
+            return
+        self._frame_warned[0] = True
+        why = "declares no width and height" if declared is None else "declares a size the turn does not change"
+        warnings.warn(f"{self.paths[i]}: EXIF orientation {orientation} turns or mirrors its pixels and {self.annotations} "
+                      f"{why}, so its boxes are taken to be on the photo as displayed; if they were drawn on the "
+                      "stored pixels, remove the EXIF orientation from such photos (warned for the first one only)",
+                      VisattnWarning, stacklevel=4)
 
 
 def require_boxes(dataset: Dataset, source: str | os.PathLike) -> None:
