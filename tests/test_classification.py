@@ -354,6 +354,26 @@ def test_an_image_folder_is_scored_by_class_name_not_folder_position(tmp_path):
         evaluation_dataset(spec, "test", classifier.transform(), classifier.class_names)
 
 
+def test_an_image_folder_with_a_class_named_like_a_split_is_scored_as_classes(tmp_path):
+    """A class folder `train` (CIFAR-100 has one) was taken for a split folder: without --split there was "no test/
+    folder", with --split train "no class sub-folders", so the folder could not be scored at all."""
+    from fixtures_images import write_image_folder
+
+    from visattn.cli import evaluation_split
+    from visattn.tasks.classification import Classifier, evaluate_classifier, evaluation_dataset
+
+    root = write_image_folder(tmp_path / "vehicles", classes=("bus", "train"), per_class=2)  # gray 0, 40
+    classifier = Classifier(_BrightnessOracle([0.0, 40 / 255]), ["bus", "train"],
+                            {"input_size": [3, 16, 16], "mean": [0.0] * 3, "std": [1.0] * 3}, "oracle", "oracle", {})
+    spec = f"imagefolder:{root}"
+    split = evaluation_split(spec, None)
+    assert split is None  # scored whole
+    metrics = evaluate_classifier(classifier, evaluation_dataset(spec, split, classifier.transform(), ["bus", "train"]))
+    assert metrics["top1"] == 1.0 and metrics["n"] == 4
+    (root / "bus").rename(root / "test")  # only split names: a split layout (with one class each)
+    assert evaluation_split(spec, None) == "test"
+
+
 @pytest.mark.parametrize("dataset", ["fashion-mnist", "fashion-mnist-pairs"])
 def test_a_classifier_of_other_labels_is_not_scored_on_fashion_mnist_by_position(dataset):
     """Their targets are Fashion-MNIST label indices: a cat/dog/fox model would be scored as if 'cat' were T-shirt/top."""

@@ -764,8 +764,12 @@ def evaluation_dataset(spec: str, split: str, transform: ImageTransform, class_n
 
 
 def split_folders(root: Path) -> list[str]:
-    """The split folders (``train``, ``val``, ``test``) an image folder has."""
-    return [name for name in SPLIT_FOLDERS if (root / name).is_dir()]
+    """The split folders (``train``, ``val``, ``test``) an image folder has: none when it holds other
+    folders too, which are classes, one of them maybe named like a split (CIFAR-100's ``train``)."""
+    if not root.is_dir():
+        return []
+    folders = {path.name for path in root.iterdir() if path.is_dir() and not path.name.startswith(".")}
+    return [name for name in SPLIT_FOLDERS if name in folders] if folders <= set(SPLIT_FOLDERS) else []
 
 
 def imagefolder_root(spec: str) -> Path:
