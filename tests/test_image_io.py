@@ -318,3 +318,23 @@ def test_a_missing_path_among_others_is_listed_for_its_own_error_line(tmp_path):
     assert list_images([missing, a]) == [missing, a]
     with pytest.raises(ImageDecodeError, match="missing.png: no such file or folder"):
         list_images([missing, tmp_path / "gone"])
+
+
+@pytest.mark.parametrize("values, expected", [
+    ([[0.5, 0.5]], [128, 128]),  # one value: it was black whatever it was
+    ([[0.0, 0.25]], [0, 64]),  # within 0..1: x 255, as torchvision reads floats, not stretched to 255
+    ([[-1.0, 3.0]], [0, 255]),  # outside 0..1: stretched
+    ([[300.0, 300.0]], [255, 255]),
+])
+def test_float_images_keep_their_brightness(tmp_path, values, expected):
+    Image.fromarray(np.array(values, np.float32)).save(tmp_path / "f.tif")
+    assert decode_image(tmp_path / "f.tif")[0, :, 0].tolist() == expected
+
+
+def test_the_transparent_value_of_a_16_bit_gray_png_is_blended_like_any_other_transparency(tmp_path):
+    """Its tRNS key was ignored: transparent pixels came out dark gray, where 8-bit and palette ones are white."""
+    pixels = np.array([[1000, 65535]], np.uint16)
+    Image.fromarray(pixels).save(tmp_path / "g16.png", transparency=1000)
+    assert Image.open(tmp_path / "g16.png").info["transparency"] == 1000
+    assert decode_image(tmp_path / "g16.png").tolist() == [[[255, 255, 255], [255, 255, 255]]]
+    assert decode_image(tmp_path / "g16.png", background=(0, 0, 255))[0].tolist() == [[0, 0, 255], [255, 255, 255]]

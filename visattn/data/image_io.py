@@ -242,7 +242,11 @@ def _exif_transpose(img: Image.Image) -> None:
 
 def _to_rgb(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
     if img.mode in _HIGH_DEPTH_MODES:
-        return Image.fromarray(_rescale_to_uint8(img)).convert("RGB")
+        rgb = np.repeat(_rescale_to_uint8(img)[..., None], 3, axis=2)  # (H, W, 3)
+        key = img.info.get("transparency")
+        if isinstance(key, int):  # a 16-bit gray PNG's tRNS chunk: the one gray value that is transparent
+            rgb[np.asarray(img) == key] = background
+        return Image.fromarray(rgb)
     if img.mode in _ALPHA_MODES or "transparency" in img.info:
         rgba = img.convert("RGBA")
         canvas = Image.new("RGBA", rgba.size, (*background, 255))
@@ -253,16 +257,21 @@ def _to_rgb(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
 def _rescale_to_uint8(img: Image.Image) -> np.ndarray:
     """Map 16-bit, 32-bit and float pixels to 0..255 by their range instead of clipping.
 
-    Integer pixels that fit in 16 bits use the full 16-bit range, so brightness stays comparable
-    across images; wider integers and floats are stretched from their min to their max.
+    Integer pixels that fit in 16 bits use the full 16-bit range, and floats within 0..1 that range
+    (torchvision's convention), so brightness stays comparable across images; wider integers and
+    other floats are stretched from their min to their max, and an image of one such value is clipped
+    to 0..255 (it was black whatever its value).
     """
     values = np.asarray(img, dtype=np.float64)  # (H, W), a copy
     values[~np.isfinite(values)] = 0.0
     low, high = float(values.min()), float(values.max())
-    if img.mode != "F" and low >= 0 and high <= 65535:
+    if img.mode == "F" and low >= 0 and high <= 1:
+        low, high = 0.0, 1.0
+    elif img.mode != "F" and low >= 0 and high <= 65535:
         low, high = 0.0, 65535.0
-    scale = 255.0 / (high - low) if high > low else 0.0
-    return np.rint((values - low) * scale).astype(np.uint8)
+    elif high == low:
+        return np.clip(np.rint(values), 0, 255).astype(np.uint8)
+    return np.rint((values - low) * (255.0 / (high - low))).astype(np.uint8)
 
 
 def _reason(err: Exception, source: ImageSource) -> str:
