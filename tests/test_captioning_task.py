@@ -340,6 +340,34 @@ def test_fine_tuning_a_shipped_captioner_on_other_words_keeps_all_but_the_per_wo
     assert torch.equal(same.model.state_dict()["embed.weight"], reference["embed.weight"])
 
 
+@pytest.mark.parametrize("given_as", ["pretrained", "model_kwargs"])
+def test_a_new_run_starts_from_a_training_checkpoint_of_its_own_or_another_vocabulary(tmp_path, given_as):
+    """The resume warning's `--model.init_args.pretrained CKPT` was refused by the captioning task, and the route
+    that worked, `model_kwargs: {pretrained: CKPT}`, loaded a vocabulary of as many other words row for row
+    (each id's embedding that of the word it had before) and was a shape error for one of another size."""
+    from test_reliability_inputs import TINY_SAT, VOCAB, write_captioner_checkpoint
+
+    path = str(write_captioner_checkpoint(tmp_path / "first.ckpt"))
+    earlier = {k.removeprefix("model."): v for k, v in torch.load(path, weights_only=True)["state_dict"].items()}
+
+    def started(vocab: list[str]) -> dict[str, torch.Tensor]:
+        start = {"pretrained": path} if given_as == "pretrained" else {"model_kwargs": {**TINY_SAT, "pretrained": path}}
+        kwargs = {"model_kwargs": TINY_SAT, **start}
+        return CaptioningTask(vocab=vocab, **kwargs).model.state_dict()
+
+    same = started(VOCAB)
+    assert all(torch.equal(same[k], earlier[k]) for k in earlier)
+    for other in (VOCAB[:4] + ["a", "blue", "top"], VOCAB + ["bag"]):  # as many words, and one more
+        with pytest.warns(UserWarning, match=rf"first.ckpt: its weights were trained on another vocabulary \(7 tokens; "
+                                             rf"this data's has {len(other)}\): the word embedding and output layer"):
+            tuned = started(other)
+        kept = [k for k in earlier if not k.startswith(("embed.", "fc."))]
+        assert kept and all(torch.equal(tuned[k], earlier[k]) for k in kept)
+        assert not torch.equal(tuned["embed.weight"][:7], earlier["embed.weight"])
+    with pytest.raises(ConfigError, match="^model.init_args.pretrained and model_kwargs.pretrained both name"):
+        CaptioningTask(vocab=VOCAB, model_kwargs={**TINY_SAT, "pretrained": path}, pretrained=path)
+
+
 def test_a_checkpoint_scored_on_data_of_another_vocabulary_is_refused_and_typed_settings_hold(tmp_path, monkeypatch,
                                                                                             capsys):
     """`test`, `predict` and a resumed `fit` link the data's vocabulary into the model: the same number of words

@@ -11,7 +11,7 @@ import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
 import lightning.pytorch as pl
 import numpy as np
@@ -31,7 +31,8 @@ from ..explain.pointing import pointing_hit
 from ..fileio import attention_note, output_paths
 from ..layers.patch_embed import is_count
 from ..models.show_attend_tell import DecodedCaptions, doubly_stochastic_penalty
-from ..pretrained import find_weights_entry, load_weights, read_state_dict, starting_weights_skipped
+from ..pretrained import (find_weights_entry, load_weights, named_weights_entry, read_state_dict,
+                          starting_weights_skipped)
 from ..registry import create_model, model_task, split_model_name
 from .classification import (EDITED_CHECKPOINT, Classifier, adamw_warmup_cosine, check_data_size,
                              checkpoint_model_kwargs, inference_model, inference_target, load_checkpoint_weights,
@@ -176,24 +177,55 @@ def _numpy(x: Any) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 
 
-def build_captioner(model_name: str, vocab: Vocabulary, model_kwargs: dict[str, Any]) -> nn.Module:
-    """The captioner ``model_name`` names, for ``vocab``. Shipped ``ARCH.TAG`` weights of another vocabulary
-    are loaded but for the layers per token id (``vocab_layers``), which start afresh with a warning:
-    their rows would read each id as the word it had in the other vocabulary (or not fit its size)."""
-    arch, tag = split_model_name(model_name)
-    entry = find_weights_entry(arch, tag) if tag is not None else {}
-    recorded = entry.get("vocab")
-    if recorded is None or recorded == vocab.to_list() or "pretrained" in model_kwargs or starting_weights_skipped():
-        return create_model(model_name, vocab_size=len(vocab), **model_kwargs)
-    model = create_model(model_name, pretrained=False, vocab_size=len(vocab), **model_kwargs)
+def build_captioner(model_name: str, vocab: Vocabulary, model_kwargs: dict[str, Any],
+                    pretrained: Optional[Union[bool, str]] = None) -> nn.Module:
+    """The captioner ``model_name`` names, for ``vocab``, from the weights ``pretrained`` names (as
+    ``create_model``'s; also taken from ``model_kwargs``). Weights recorded with another vocabulary (shipped
+    ``ARCH.TAG`` weights, a training checkpoint) are loaded but for the layers per token id
+    (``vocab_layers``), which start afresh with a warning: their rows would read each id as the word it
+    had in the other vocabulary (or not fit its size)."""
+    kwargs = dict(model_kwargs)
+    if "pretrained" in kwargs:
+        if pretrained is not None:
+            raise ConfigError("model.init_args.pretrained and model_kwargs.pretrained both name starting weights; "
+                              "give pretrained only")
+        pretrained = kwargs.pop("pretrained")
+    recorded, source = _starting_vocabulary(model_name, pretrained)
+    if recorded is None or recorded == vocab.to_list():
+        return create_model(model_name, vocab_size=len(vocab), pretrained=pretrained, **kwargs)
+    model = create_model(model_name, pretrained=False, vocab_size=len(vocab), **kwargs)
     per_token = tuple(f"{name}." for name in type(model).vocab_layers)
-    state = {k: v for k, v in read_state_dict(entry["path"], sha256=entry["sha256"]).items()
-             if not k.startswith(per_token)}
-    warnings.warn(f"{model_name}: its weights were trained on another vocabulary ({len(recorded)} tokens; this data's "
-                  f"has {len(vocab)}): the word embedding and output layer start afresh, the rest is loaded",
-                  VisattnWarning, stacklevel=2)
-    load_weights(model, state, strict=False, origin=entry["path"])
+    fresh = {k: v for k, v in model.state_dict().items() if k.startswith(per_token)}
+    state = {**{k: v for k, v in source().items() if not k.startswith(per_token)}, **fresh}
+    warnings.warn(f"{pretrained if isinstance(pretrained, str) else model_name}: its weights were trained on another "
+                  f"vocabulary ({len(recorded)} tokens; this data's has {len(vocab)}): the word embedding and output "
+                  "layer start afresh, the rest is loaded", VisattnWarning, stacklevel=2)
+    load_weights(model, state, origin=pretrained if isinstance(pretrained, str) else model_name)
     return model
+
+
+def _starting_vocabulary(model_name: str, pretrained: Optional[Union[bool, str]],
+                         ) -> tuple[Optional[list[str]], Callable[[], dict[str, Tensor]]]:
+    """The vocabulary recorded with the weights a captioner starts from (a shipped entry's, or a training
+    checkpoint's hyperparameters), and how to read those weights; ``None`` when nothing is read or nothing
+    recorded one (random init, a plain weights file)."""
+    nothing = (None, dict)
+    if pretrained is False or starting_weights_skipped():
+        return nothing
+    if isinstance(pretrained, str):
+        entry = named_weights_entry(pretrained)
+        if entry is None and Path(pretrained).suffix == ".ckpt":
+            path = Path(pretrained)
+            hparams = read_checkpoint(path, lazy=True).get("hyper_parameters") or {}
+            return hparams.get("vocab"), lambda: read_state_dict(path)
+        if entry is None:
+            return nothing
+    else:
+        arch, tag = split_model_name(model_name)
+        entry = find_weights_entry(arch, tag) if tag is not None else None
+        if entry is None:
+            return nothing
+    return entry.get("vocab"), lambda: read_state_dict(entry["path"], sha256=entry["sha256"])
 
 
 class CaptioningTask(GuardedTask, pl.LightningModule):
@@ -202,6 +234,11 @@ class CaptioningTask(GuardedTask, pl.LightningModule):
     Args:
         model_name: a registered ``sat_*`` architecture (``visattn models 'sat_*'``), or ``arch.tag``.
         model_kwargs: extra builder arguments (``encoder_name``, ``grid_size``, ``hidden_dim``, ...).
+        pretrained: None (the default): as the model name says, an ``arch.tag`` starts from its shipped
+            weights and a bare architecture from random init (but for its encoder's); False: no
+            captioner weights, even for ``arch.tag``; a weights file, a training checkpoint or an
+            ``ARCH.TAG`` to start from (a new run from an earlier one's weights). Weights of another
+            vocabulary start the word embedding and output layer afresh, with a warning.
         vocab: every token in id order (``Vocabulary.to_list()``), linked from the datamodule.
         preprocessing: ``input_size``, ``mean``, ``std``, ``recipe`` of the evaluation transform,
             linked from the datamodule; saved in checkpoints for inference.
@@ -227,6 +264,7 @@ class CaptioningTask(GuardedTask, pl.LightningModule):
         self,
         model_name: str = "sat_cbam_resnet_scenes",
         model_kwargs: Optional[dict[str, Any]] = None,
+        pretrained: Optional[Union[bool, str]] = None,
         vocab: Optional[list[str]] = None,
         preprocessing: Optional[dict[str, Any]] = None,
         lr: float = 1e-3,
@@ -247,7 +285,7 @@ class CaptioningTask(GuardedTask, pl.LightningModule):
             raise ConfigError("CaptioningTask needs a vocabulary: link data.vocab in the config (see configs/captioning/)")
         self.save_hyperparameters()
         self.vocab = Vocabulary.from_list(vocab)
-        self.model = build_captioner(model_name, self.vocab, dict(model_kwargs or {}))
+        self.model = build_captioner(model_name, self.vocab, dict(model_kwargs or {}), pretrained)
         check_data_size(self.model, model_name, preprocessing)
         self.val_metrics = CaptionMetrics(self.vocab, meteor=meteor)
         self.test_metrics = CaptionMetrics(self.vocab, meteor=meteor)
