@@ -343,6 +343,45 @@ def test_a_karpathy_file_without_a_val_split_trains_without_validation(tmp_path)
     dm = KarpathyCaptionDataModule(str(split_json), str(images_dir), batch_size=2, num_workers=0, img_size=8,
                                    min_count=1)
     assert dm.val_dataloader() == [] and len(next(iter(dm.test_dataloader()))["images"]) == 1
+    # A checkpoint monitoring val/cider is refused before training: the fix named COCO's val_annotations.
+    import lightning.pytorch as pl
+
+    from test_reliability_inputs import TINY_SAT
+    from visattn.tasks.captioning import CaptioningTask
+    from visattn.tasks.lightning_cli import _never_validates
+
+    trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, accelerator="cpu")
+    task = CaptioningTask(vocab=dm.vocab, model_kwargs=TINY_SAT)
+    assert _never_validates(trainer, task, dm) == ("KarpathyCaptionDataModule holds no validation data",
+                                                   f'give some images of {split_json} the split "val"')
+
+
+@pytest.mark.parametrize("sentence", [{"raw": None, "tokens": None}, {"raw": 5}, {"text": "a red top"}, "a red top",
+                                      {"raw": "  ", "tokens": [1, 2]}])
+def test_a_karpathy_sentence_without_text_is_one_line_naming_its_image(tmp_path, sentence):
+    """They were "not a Karpathy split JSON (bad or missing 'int' object has no attribute 'strip')", naming no image."""
+    split_json, _ = write_karpathy(tmp_path)
+    _rewrite_json(split_json, lambda data: data["images"][0]["sentences"].insert(1, sentence))
+    name = json.loads(split_json.read_text())["images"][0]["filename"]
+    with pytest.raises(ConfigError, match=rf"dataset_tiny\.json: sentence 1 of image (\w+/)?{re.escape(name)} is .*, with "
+                                          r'no text; give each sentence its "raw" text as a string \(or "tokens"'):
+        read_karpathy(split_json)
+
+
+def test_sentences_read_raw_text_or_else_their_tokens(tmp_path):
+    split_json, _ = write_karpathy(tmp_path)
+    _rewrite_json(split_json, lambda data: data["images"][0].update(sentences=[
+        {"raw": "A Red top.", "tokens": ["x"]}, {"raw": "", "tokens": ["a", "blue", "bag"]}, {"tokens": ["a", "hat"]},
+        {"raw": "  "}]))
+    assert read_karpathy(split_json)[0]["captions"] == ["A Red top.", "a blue bag", "a hat"]  # the blank one left out
+
+
+def test_a_karpathy_file_with_no_training_image_says_so_not_that_min_count_is_too_high(tmp_path):
+    split_json, images_dir = write_karpathy(tmp_path)
+    _rewrite_json(split_json, lambda data: [image.update(split="test") for image in data["images"]])
+    with pytest.raises(ConfigError, match=r"dataset_tiny\.json: no image is in the training splits \['train', "
+                                          r"'restval'\] \(data.init_args.train_splits\); its splits are \['test'\]$"):
+        KarpathyCaptionDataModule(str(split_json), str(images_dir), min_count=1)
 
 
 def test_a_karpathy_image_listed_twice_is_one_line(tmp_path):

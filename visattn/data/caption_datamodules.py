@@ -315,6 +315,9 @@ class KarpathyCaptionDataModule(_CaptionDataModule):
             entries = read_karpathy(split_json)
             self.karpathy_splits = {e["split"] for e in entries}
             captions = [c for e in entries if e["split"] in set(train_splits) for c in e["captions"]]
+            if not captions:  # the vocabulary's own error would blame min_count
+                raise ConfigError(f"{split_json}: no image is in the training splits {list(train_splits)} "
+                                  f"(data.init_args.train_splits); its splits are {sorted(self.karpathy_splits)}")
         else:
             captions = [c for cs in CocoCaptions(train_annotations, images_dir).captions for c in cs]
         self.vocabulary = training_vocabulary(captions, min_count)
@@ -348,6 +351,13 @@ class KarpathyCaptionDataModule(_CaptionDataModule):
             raise ConfigError(f"KarpathyCaptionDataModule: set data.init_args.{split}_annotations to use the {split} "
                               "split")
         return CocoCaptions(annotations, split_images_dir(h, split), transform=transform)
+
+    def how_to_validate(self) -> str:
+        """What to give this data module for a validation split, where it has none."""
+        h = self.hparams
+        if h.split_json is not None:
+            return f'give some images of {h.split_json} the split "val"'
+        return "set data.init_args.val_annotations (and val_images_dir, if its images are in another folder)"
 
     def _validation_source(self) -> tuple[str, str]:
         h = self.hparams

@@ -24,6 +24,7 @@ import contextlib
 import io
 import json
 import os
+import reprlib
 import warnings
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -189,7 +190,7 @@ def read_karpathy(path: str | os.PathLike) -> list[dict]:
     try:
         for image in data["images"]:
             entry = {"filename": image["filename"], "filepath": image.get("filepath") or "", "split": image["split"]}
-            given = [s.get("raw") or " ".join(s["tokens"]) for s in image["sentences"]]
+            given = [_sentence_text(Path(path), entry, k, s) for k, s in enumerate(image["sentences"])]
             captions = _with_words(given)
             if captions:
                 entries.append({**entry, "captions": captions})
@@ -203,6 +204,21 @@ def read_karpathy(path: str | os.PathLike) -> list[dict]:
     _check_wordless(Path(path), wordless, kept=len(entries))
     _refuse_repeated_images(Path(path), [os.path.join(e["filepath"], e["filename"]) for e in entries])
     return entries
+
+
+def _sentence_text(path: Path, entry: dict, index: int, sentence: Any) -> str:
+    """A Karpathy sentence's ``raw`` text, or its ``tokens`` joined when ``raw`` is empty or absent; one line
+    naming the image and the sentence when neither is text."""
+    raw = sentence.get("raw") if isinstance(sentence, dict) else None
+    tokens = sentence.get("tokens") if isinstance(sentence, dict) else None
+    if isinstance(raw, str) and (raw.strip() or tokens is None):
+        return raw  # a blank one has no word, and is left out as such
+    words = isinstance(tokens, list) and all(isinstance(token, str) for token in tokens)
+    if words and (raw is None or isinstance(raw, str)):
+        return " ".join(tokens)
+    name = os.path.join(entry["filepath"], entry["filename"])
+    raise ConfigError(f"{path}: sentence {index} of image {name} is {reprlib.repr(sentence)}, with no text; give "
+                      'each sentence its "raw" text as a string (or "tokens", a list of words)')
 
 
 def _refuse_repeated_images(path: Path, names: list[str]) -> None:

@@ -488,6 +488,8 @@ def _never_validates(trainer: pl.Trainer, model: pl.LightningModule,
     if isinstance(datamodule, SplitLoadersMixin) and trainer.num_devices * trainer.num_nodes == 1:
         datamodule.setup("fit")
         if len(datamodule.datasets.get("val", ())) == 0:
+            if hasattr(datamodule, "how_to_validate"):
+                return f"{type(datamodule).__name__} holds no validation data", datamodule.how_to_validate()
             given = ", ".join(f"{key} {json.dumps(value)}" for key, value in datamodule.hparams.items()
                               if key.startswith(("val", "num_val"))
                               and isinstance(value, (str, int, float, type(None))))
