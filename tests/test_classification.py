@@ -462,6 +462,28 @@ def test_a_timm_classifier_loads_the_pretrained_file_it_is_given(tmp_path):
         build_classifier("timm:resnet18", 3, pretrained="/no/such.pth")
 
 
+@pytest.mark.parametrize("name, head", [("mobilenetv3_small_050", ("classifier",)), ("resnet18", ("fc",)),
+                                        ("deit_tiny_distilled_patch16_224", ("head", "head_dist"))])
+def test_a_timm_classifier_fine_tunes_a_file_of_another_label_count_dropping_timms_head(tmp_path, name, head):
+    """timm names its head in pretrained_cfg, not as visattn's `classifier` string: a MobileNet's (whose `classifier`
+    is the Linear itself) was a TypeError traceback at every load, and any other timm model's head of another size
+    a shape error blaming the architecture, where timm drops it."""
+    import timm
+    from safetensors.torch import save_file
+
+    from visattn.tasks.classification import build_classifier
+
+    source = timm.create_model(name, num_classes=7)
+    save_file(source.state_dict(), tmp_path / "w.safetensors")
+    same = build_classifier(f"timm:{name}", 7, pretrained=str(tmp_path / "w.safetensors"))
+    assert all(torch.equal(a, b) for a, b in zip(same.state_dict().values(), source.state_dict().values()))
+    with pytest.warns(UserWarning, match=rf"checkpoint classifier '{', '.join(head)}' does not fit num_classes=3: "
+                                         "dropped .*; the new head is randomly initialised, so fine-tune it"):
+        tuned = build_classifier(f"timm:{name}", 3, pretrained=str(tmp_path / "w.safetensors"))
+    body = {k: v for k, v in source.state_dict().items() if not k.startswith(tuple(f"{h}." for h in head))}
+    assert body and all(torch.equal(tuned.state_dict()[k], v) for k, v in body.items())
+
+
 SHIPPED_CLASSIFIER = "vit_tiny_patch4_28.fmnist"  # small; its entry records ViT hyperparameters and 10 labels
 
 

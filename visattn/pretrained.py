@@ -781,12 +781,13 @@ def _drop_mismatched_head(
     the error to raise instead, once the rest of the weights fit: when not ``new_head``, or when the head
     is only partly there (its missing keys would keep their random init without a word). A model
     without a head (``num_classes=0``, a backbone) drops the checkpoint's quietly."""
-    head = getattr(model, "classifier", None)
+    head = classifier_name(model)
     if head is None:
         return state, None, None
+    prefixes = tuple(f"{name}." for name in head.split(", "))
     own = model.state_dict()
-    own_head = [k for k in own if k.startswith(head + ".") and not k.endswith(".num_batches_tracked")]
-    state_head = [k for k in state if k.startswith(head + ".")]
+    own_head = [k for k in own if k.startswith(prefixes) and not k.endswith(".num_batches_tracked")]
+    state_head = [k for k in state if k.startswith(prefixes)]
     # A head is kept or dropped whole: a bias that fits beside a weight that does not is not that head's.
     dropped = state_head if any(k not in own or own[k].shape != state[k].shape for k in state_head) else []
     kept = {k: v for k, v in state.items() if k not in dropped}
@@ -816,6 +817,18 @@ def _drop_mismatched_head(
     return kept, warning, None
 
 
+def classifier_name(model: nn.Module) -> Optional[str]:
+    """The module name(s) of a model's classifier head, ``", "``-joined: visattn models give it as ``classifier``;
+    timm's in their ``pretrained_cfg`` (where ``classifier`` may be the head module itself: EfficientNet, MobileNet)."""
+    head = getattr(model, "classifier", None)
+    if isinstance(head, str):
+        return head
+    cfg = getattr(model, "pretrained_cfg", None)
+    named = cfg.get("classifier") if isinstance(cfg, dict) else None
+    names = [named] if isinstance(named, str) else list(named) if isinstance(named, (tuple, list)) else []
+    return ", ".join(names) if names and all(isinstance(name, str) for name in names) else None
+
+
 def check_state_dict(
     model: nn.Module, state: StateDict, *, strict: bool, source: Any, fix: Optional[str] = None
 ) -> None:
@@ -828,10 +841,11 @@ def check_state_dict(
     if not own.keys() & state.keys():
         raise WeightsError(f"{source}: weights do not fit {type(model).__name__} (no key in common"
                            f"{_wrapper_hint(state, own)}); {fix or 'load weights saved from this architecture'}")
-    head = getattr(model, "classifier", None)
+    head = classifier_name(model)
+    heads = tuple(f"{name}." for name in head.split(", ")) if head else ()
     # Checkpoints from before PyTorch 0.4.1, and frozen-BatchNorm ones (torchvision's detectors), have no
     # BatchNorm step counters; they only matter with momentum=None.
-    missing = [k for k in own if k not in state and not (head and k.startswith(head + "."))
+    missing = [k for k in own if k not in state and not (heads and k.startswith(heads))
                and not k.endswith(".num_batches_tracked")]
     unexpected = [k for k in state if k not in own]
     shape = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in state if k in own and own[k].shape != state[k].shape]

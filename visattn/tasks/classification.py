@@ -30,9 +30,9 @@ from ..errors import ConfigError, UnknownModelError, VisattnWarning, WeightsErro
 from ..layers.patch_embed import fixed_input_size, is_count
 from ..models.vit import NO_WEIGHT_DECAY
 from ..modes import eval_mode
-from ..pretrained import (TRAINING_CHECKPOINTS, checkpoint_follows, find_weights_entry, load_weights, metadata_problem,
-                          named_weights_entry, read_pickle_checkpoint, refuse_an_untrained_head, require_regular_file,
-                          starting_weights_skipped, timm_pretrained_cfg, weights_preprocessing)
+from ..pretrained import (TRAINING_CHECKPOINTS, checkpoint_follows, classifier_name, find_weights_entry, load_weights,
+                          metadata_problem, named_weights_entry, read_pickle_checkpoint, refuse_an_untrained_head,
+                          require_regular_file, starting_weights_skipped, timm_pretrained_cfg, weights_preprocessing)
 from ..registry import check_timm_name, create_model, model_arguments, model_family, model_task, split_model_name
 from .guards import GuardedTask, NonFiniteLossGuard, batch_of_one_is_one_line, skip_missing_batch
 
@@ -137,7 +137,7 @@ def match_class_order(model: nn.Module, model_name: str, pretrained: Optional[Un
     problem = (f"the data's class names {_first_names(unknown)} are not among the starting weights' labels "
                f"({_first_names(recorded)})")
     refuse_an_untrained_head(problem)
-    warnings.warn(f"{problem}: classifier {model.classifier!r} is randomly initialised, so fine-tune it",
+    warnings.warn(f"{problem}: classifier {classifier_name(model)!r} is randomly initialised, so fine-tune it",
                   VisattnWarning, stacklevel=3)
 
 
@@ -169,8 +169,8 @@ def starting_weights_labels(model_name: str, pretrained: Optional[Union[bool, st
 
 def _head_linear(model: nn.Module) -> Optional[nn.Linear]:
     """The last ``nn.Linear`` of the model's ``classifier`` (the head :func:`load_weights` drops when its size differs)."""
-    head = getattr(model, "classifier", None)
-    linears = [m for m in model.get_submodule(head).modules() if isinstance(m, nn.Linear)] if head else []
+    head = classifier_name(model)
+    linears = [m for m in model.get_submodule(head.split(", ")[0]).modules() if isinstance(m, nn.Linear)] if head else []
     return linears[-1] if linears else None
 
 
