@@ -912,6 +912,21 @@ def test_a_timm_run_checkpoint_gives_timm_the_preprocessing_the_run_recorded(tmp
     assert loaded.model.pretrained_cfg["classifier"] == "head"  # the rest of timm's own cfg stays
 
 
+def test_save_weights_of_a_timm_run_says_to_use_the_checkpoint_and_writes_nothing(tmp_path, capsys):
+    """It said "name the file after its architecture", which save-weights names itself."""
+    from visattn.cli import main
+
+    task = ImageClassifier("timm:resnet10t", num_classes=3)
+    path = tmp_path / "run.ckpt"
+    torch.save({"state_dict": task.state_dict(), "hyper_parameters": dict(task.hparams)}, path)
+    assert main(["save-weights", "--checkpoint", str(path), "--tag", "mine", "--out-dir", str(tmp_path / "w")]) == 2
+    assert capsys.readouterr().err == (f"visattn: error: --checkpoint {path}: a timm:resnet10t run has no visattn "
+                                       "architecture to index its weights under; use the checkpoint itself (classify, "
+                                       "evaluate, explain and export take --checkpoint, Python "
+                                       "load_classifier(checkpoint=...))\n")
+    assert not any((tmp_path / "w").iterdir())
+
+
 @pytest.mark.parametrize("pretrained", [None, False])
 def test_timm_weights_asked_for_in_model_kwargs_warn_of_other_normalisation_as_the_pretrained_option_does(
         monkeypatch, offline, pretrained):

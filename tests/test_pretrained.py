@@ -2,6 +2,7 @@
 import json
 import os
 import pickle
+import re
 
 import pytest
 import torch
@@ -73,7 +74,20 @@ def test_sha256_mismatch_is_refused(weights_tmp):
     data = bytearray(path.read_bytes())
     data[-1] ^= 0xFF
     path.write_bytes(bytes(data))
-    with pytest.raises(WeightsError, match="sha256 mismatch") as err:
+    # a user's folder: git holds no copy of the file, as the hint for shipped weights says
+    with pytest.raises(WeightsError, match=r"sha256 mismatch, .*; restore it, or save the weights again") as err:
+        create_model(f"{ARCH}.unit")
+    _assert_one_line_naming(err, path)
+
+
+def test_an_index_entry_whose_file_is_gone_is_named_as_such(weights_tmp):
+    """It said "weights file not found, nor weights of that name" and pointed to `visattn models --pretrained`,
+    which lists the entry."""
+    path = weights_tmp / f"{ARCH}.unit.safetensors"
+    save_weights(_model(), path, model_kwargs=SMALL)
+    path.unlink()
+    with pytest.raises(WeightsError, match=rf"the weights file of an entry in {re.escape(str(weights_tmp / 'index.json'))} "
+                                           "is missing; restore the file, or remove its entry from that index") as err:
         create_model(f"{ARCH}.unit")
     _assert_one_line_naming(err, path)
 
@@ -355,6 +369,27 @@ def test_hub_weights_already_in_the_local_cache_load_offline(hf_cache, source):
     _cache_hub_weights(hf_cache, "timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k", cached)
     model = create_model("vit_tiny_patch16_224", pretrained=source)
     torch.testing.assert_close(model.state_dict(), cached, rtol=0, atol=0)
+
+
+class _RunsCode:
+    def __init__(self, marker) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_an_unsafe_pickle_in_the_cache_for_a_timm_name_is_refused_as_such(hf_cache, tmp_path):
+    """It was "could not fetch weights (...); download the file where the hub is reachable": it had been fetched."""
+    entry, commit = hf_cache / "models--timm--resnet18.tv_in1k", "0" * 40
+    (entry / "snapshots" / commit).mkdir(parents=True)
+    (entry / "refs").mkdir()
+    (entry / "refs" / "main").write_text(commit)
+    torch.save({"state_dict": _RunsCode(tmp_path / "ran")}, entry / "snapshots" / commit / "pytorch_model.bin")
+    with pytest.raises(WeightsError, match=r"^timm:resnet18.tv_in1k: .*pytorch_model.bin: refused, the pickle holds "
+                                           r".* \(it could run code\)"):
+        create_model("resnet18", pretrained="timm:resnet18.tv_in1k")
+    assert not (tmp_path / "ran").exists()
 
 
 @pytest.mark.parametrize("kwargs, differs", [

@@ -308,6 +308,10 @@ def cmd_save_weights(args: argparse.Namespace) -> int:
             "captioning" if is_captioner(checkpoint=args.checkpoint) else "classification")
     load = {"classification": load_classifier, "captioning": load_captioner, "detection": load_detector}[task]
     loaded = load(checkpoint=args.checkpoint, device=args.device)
+    if loaded.arch.startswith("timm:"):  # the index names visattn architectures, which build its weights
+        raise ConfigError(f"--checkpoint {args.checkpoint}: a {loaded.arch} run has no visattn architecture to index "
+                          "its weights under; use the checkpoint itself (classify, evaluate, explain and export take "
+                          "--checkpoint, Python load_classifier(checkpoint=...))")
     path = folder / f"{loaded.arch}.{args.tag}.safetensors"
     if not args.overwrite:
         refuse_existing_weights(path)  # before the test-set measurement, which can take minutes

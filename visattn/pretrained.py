@@ -348,13 +348,18 @@ def sha256_of(path: Union[str, Path]) -> str:
 def read_state_dict(path: Union[str, Path], *, sha256: Optional[str] = None) -> StateDict:
     """Read a ``.safetensors`` or (weights-only) pickle checkpoint into a flat ``{name: tensor}`` dict."""
     path = Path(path)
+    if sha256 is not None:  # an index entry's file
+        require_regular_file(path, missing=f"the weights file of an entry in {path.parent / 'index.json'} is missing; "
+                             "restore the file, or remove its entry from that index")
     require_regular_file(path, missing=f"weights file not found, nor weights of that name ({_searched()}); check the "
                          "path, see `visattn models --pretrained` for ARCH.TAG names, or give false for no weights")
     # Indexed safetensors weights are hashed and loaded from the same bytes: a file swapped between a check
     # and a second read would load unchecked.
     data = path.read_bytes() if sha256 is not None and path.suffix == ".safetensors" else None
     if sha256 is not None and (sha256_of(path) if data is None else hashlib.sha256(data).hexdigest()) != sha256:
-        raise WeightsError(f"{path}: sha256 mismatch, the file is corrupt or was replaced; restore it from git")
+        restore = "restore it from git" if path.parent.resolve() == shipped_weights_dir().resolve() else \
+            "restore it, or save the weights again (visattn save-weights --overwrite)"
+        raise WeightsError(f"{path}: sha256 mismatch, the file is corrupt or was replaced; {restore}")
     if path.suffix == ".safetensors":
         try:
             state = load_file(path, device="cpu") if data is None else load_safetensors_bytes(data)
@@ -918,6 +923,8 @@ def _fetch_timm(name: str, *, into: nn.Module) -> tuple[StateDict, Optional[tupl
         overlay = {"file": str(cached)} if cached is not None else None
         model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay)
     except Exception as err:  # timm raises many kinds when the hub is unreachable
+        if cached is not None and "weights_only" in str(err):  # fetched, and refused as a pickle by torch.load
+            raise WeightsError(f"timm:{name}: {cached}: refused, {_refused_pickle(str(err))}") from None
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise WeightsError(
             f"timm:{name}: could not fetch weights ({reason}); download the file where the hub is "
