@@ -411,10 +411,31 @@ def test_timm_vit_weights_that_compute_otherwise_are_refused_for_visattns_vit(kw
     with pytest.raises(WeightsError, match=rf"^timm:vit_x\.tag: {differs}.* that visattn's ViT computes, so its weights "
                                            r"would load and give other outputs; use timm's own model, model_name "
                                            r"'timm:vit_x'$"):
-        _refuse_other_vit_computation(weights, "vit_x.tag", into=create_model("vit_tiny_patch16_224", **small))
-    _refuse_other_vit_computation(weights, "vit_x.tag", into=timm.create_model("vit_tiny_patch16_224", **small))
+        _refuse_other_vit_computation(weights, "timm:vit_x.tag", "vit_x", into=create_model("vit_tiny_patch16_224", **small))
+    _refuse_other_vit_computation(weights, "timm:vit_x.tag", "vit_x", into=timm.create_model("vit_tiny_patch16_224", **small))
     plain = timm.create_model("vit_tiny_patch16_224", **small)
-    _refuse_other_vit_computation(plain, "vit_x.tag", into=create_model("vit_tiny_patch16_224", **small))
+    _refuse_other_vit_computation(plain, "timm:vit_x.tag", "vit_x", into=create_model("vit_tiny_patch16_224", **small))
+
+
+def test_hub_weights_whose_config_names_a_vit_that_computes_otherwise_are_refused(hf_cache):
+    """timm: names were checked, hf-hub: ones not: a post-norm ViT's repository loaded into visattn's pre-norm ViT
+    and gave other logits (3.8 off in an audit), though its config.json names the architecture."""
+    import json
+
+    import timm
+
+    small = {"depth": 1, "embed_dim": 64, "num_heads": 2, "img_size": 32, "patch_size": 16}
+    state = timm.create_model("vit_tiny_patch16_224", **small).state_dict()
+    _cache_hub_weights(hf_cache, "timm/vit_base_patch16_rpn_224.sw_in1k", state)
+    snapshot = next((hf_cache / "models--timm--vit_base_patch16_rpn_224.sw_in1k" / "snapshots").iterdir())
+    (snapshot / "config.json").write_text(json.dumps({"architecture": "vit_base_patch16_rpn_224", "num_classes": 1000}))
+    with pytest.raises(WeightsError, match=r"^hf-hub:timm/vit_base_patch16_rpn_224.sw_in1k: its blocks are timm's "
+                                           r"ResPostBlock, .*; use timm's own model, model_name "
+                                           r"'timm:vit_base_patch16_rpn_224'$"):
+        create_model("vit_tiny_patch16_224", **small, pretrained="hf-hub:timm/vit_base_patch16_rpn_224.sw_in1k")
+    (snapshot / "config.json").write_text(json.dumps({"architecture": "vit_tiny_patch16_224", "num_classes": 1000}))
+    model = create_model("vit_tiny_patch16_224", **small, pretrained="hf-hub:timm/vit_base_patch16_rpn_224.sw_in1k")
+    torch.testing.assert_close(model.state_dict(), state, rtol=0, atol=0)
 
 
 def test_timm_vit_weights_reach_a_grid_of_as_many_patches_in_another_shape_as_timm_resamples_them(hf_cache, tmp_path):

@@ -705,7 +705,9 @@ def load_weights(
     elif str(source).startswith("timm:"):
         state, grid = _fetch_timm(str(source)[5:], into=model)
     elif str(source).startswith("hf-hub:"):
-        state = read_state_dict(_fetch_hf_hub(str(source)[7:]))
+        weights = _fetch_hf_hub(str(source)[7:])
+        _refuse_other_hub_vit(str(source)[7:], weights, into=model)
+        state = read_state_dict(weights)
     elif (entry := named_weights_entry(str(source))) is not None:
         state = read_state_dict(entry["path"], sha256=entry["sha256"])
     else:
@@ -930,11 +932,11 @@ def _fetch_timm(name: str, *, into: nn.Module) -> tuple[StateDict, Optional[tupl
             f"timm:{name}: could not fetch weights ({reason}); download the file where the hub is "
             "reachable and pass pretrained='FILE.safetensors'"
         ) from None
-    _refuse_other_vit_computation(model, name, into=into)
+    _refuse_other_vit_computation(model, f"timm:{name}", name.split(".")[0], into=into)
     return model.state_dict(), tuple(getattr(getattr(model, "patch_embed", None), "grid_size", ())) or None
 
 
-def _refuse_other_vit_computation(model: nn.Module, name: str, *, into: nn.Module) -> None:
+def _refuse_other_vit_computation(model: nn.Module, source: str, arch: str, *, into: nn.Module) -> None:
     """One line for a timm ViT whose weights have the keys and shapes of ``into``, visattn's ViT, but that
     computes otherwise: post-norm or parallel blocks, an MLP activation other than exact GELU, another
     LayerNorm epsilon. They would load strictly and give other logits (timm's residual post-norm ViT-B by 6.0)."""
@@ -953,8 +955,33 @@ def _refuse_other_vit_computation(model: nn.Module, name: str, *, into: nn.Modul
         differs = f"its norms are {norm}, not LayerNorm with eps 1e-6"
     else:
         return
-    raise WeightsError(f"timm:{name}: {differs} that visattn's ViT computes, so its weights would load and give "
-                       f"other outputs; use timm's own model, model_name 'timm:{name.split('.')[0]}'")
+    raise WeightsError(f"{source}: {differs} that visattn's ViT computes, so its weights would load and give "
+                       f"other outputs; use timm's own model, model_name 'timm:{arch}'")
+
+
+def _refuse_other_hub_vit(repo: str, weights: Path, *, into: nn.Module) -> None:
+    """:func:`_refuse_other_vit_computation` for the timm architecture a hub repository's ``config.json``
+    names beside its weights (built on the meta device: nothing is read or allocated); nothing when the
+    repository has no such file or names no architecture timm knows."""
+    config = weights.parent / "config.json"
+    if not config.is_file():
+        try:
+            from huggingface_hub import hf_hub_download
+
+            config = Path(hf_hub_download(repo, "config.json"))
+        except Exception:  # noqa: BLE001 -- offline, or a repository without one: nothing says what it holds
+            return
+    try:
+        import timm
+
+        described = json.loads(config.read_text())
+        with torch.device("meta"):
+            model = timm.create_model(described["architecture"], pretrained=False,
+                                      num_classes=described.get("num_classes", 1000),
+                                      **(described.get("model_args") or {}))
+    except Exception:  # noqa: BLE001 -- not timm's layout, or an architecture this timm lacks
+        return
+    _refuse_other_vit_computation(model, f"hf-hub:{repo}", described["architecture"], into=into)
 
 
 def _cached_timm_file(name: str) -> Optional[Path]:
