@@ -494,6 +494,20 @@ def test_an_output_folder_inside_the_input_folder_is_not_read_as_input(command, 
     assert [path.name for path in (tmp_path / "photos" / "drawn").iterdir()] == ["good.png"]
 
 
+def test_photos_in_an_output_folder_inside_the_input_are_named_not_skipped_silently(tmp_path, monkeypatch, capsys):
+    """An audit's --attention-out inside its photo tree left three of four photos uncaptioned, exit 0, without a word."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("a/x.jpg", "a/y.jpg", "b/x.jpg"):
+        _photo(tmp_path / "photos" / name)
+    assert main(["caption", "photos", "--model", CAPTIONER, "--attention-out", "photos/a", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert [json.loads(line)["file"] for line in captured.out.splitlines()] == ["photos/b/x.jpg"]
+    assert captured.err == ("warning: not read as input: photos/a/x.jpg and 1 more in the output folder, which visattn "
+                            "did not write; name them as inputs, or write the output elsewhere\n")
+    assert main(["caption", "photos", "--model", CAPTIONER, "--attention-out", "photos/a", "--json"]) == 0
+    assert "and 1 more" in capsys.readouterr().err  # its own drawing there is not counted
+
+
 @pytest.mark.parametrize("command, flag", [(["detect", "photos", "--model", DETECTOR, "--out", "photos/sub"], "--out"),
                                            (["caption", "photos", "--model", CAPTIONER, "--attention-out", "photos/sub"],
                                             "--attention-out")])
@@ -503,8 +517,10 @@ def test_an_output_folder_never_replaces_a_file_visattn_did_not_write(command, f
     users = _photo(tmp_path / "photos" / "sub" / "good.png", side=40)  # not read: inside the output folder
     before = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
     assert main(command) == 2
-    assert capsys.readouterr().err == (f"visattn: error: {flag} would replace photos/sub/good.png, which visattn did "
-                                       f"not write; move that file or choose another {flag} folder\n")
+    assert capsys.readouterr().err == (
+        "warning: not read as input: photos/sub/good.png in the output folder, which visattn did not write; name them "
+        f"as inputs, or write the output elsewhere\nvisattn: error: {flag} would replace photos/sub/good.png, which "
+        f"visattn did not write; move that file or choose another {flag} folder\n")
     assert {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()} == before
     users.rename(tmp_path / "photos" / "mine.png")
     assert main(command + ["--json"]) == 0

@@ -24,8 +24,8 @@ from typing import Any, Optional
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..errors import ConfigError, ImageDecodeError, VisattnError, one_line
-from ..fileio import missing_reason
+from ..errors import ConfigError, ImageDecodeError, VisattnError, VisattnWarning, one_line
+from ..fileio import missing_reason, written_by_visattn
 
 __all__ = ["DEFAULT_MAX_PIXELS", "IMAGE_EXTENSIONS", "ImageFile", "decode_image", "list_images", "run_in_batches"]
 
@@ -149,7 +149,8 @@ def list_images(paths: PathLike | Iterable[PathLike], *, recursive: bool = True,
         exclude: folders whose files a folder of ``paths`` that holds them does not contribute
             (``None``s ignored): a command's output folder inside its input folder, so that a second
             run does not take the first run's drawings for input. A folder of ``paths`` that is
-            itself excluded still counts: its files are the user's.
+            itself excluded still counts: its files are the user's. Image files in them that visattn
+            did not write are named in a warning.
 
     Raises:
         ImageDecodeError: none of the paths exists.
@@ -159,14 +160,23 @@ def list_images(paths: PathLike | Iterable[PathLike], *, recursive: bool = True,
         raise ImageDecodeError(f"{paths[0]}: {missing_reason(paths[0], 'file or folder')}")
     found: dict[str, Path] = {}  # each file's real path -> the path it was first named by, in order
     skipped = [Path(folder).resolve() for folder in exclude if folder]
+    left_out: list[Path] = []  # image files of an output folder that visattn did not write
     for path in map(Path, paths):
         if path.is_dir():
             inside = [folder for folder in skipped if path.resolve() in folder.parents]
-            files = (file for file in _folder_files(path, recursive) if _is_image_file(file, inside))
-            for file in sorted(files):
-                found.setdefault(os.path.realpath(file), file)
+            images = [file for file in _folder_files(path, recursive) if file.suffix.lower() in IMAGE_EXTENSIONS]
+            for file in sorted(images):
+                if inside and any(folder in file.resolve().parents for folder in inside):
+                    left_out += [] if written_by_visattn(file) else [file]
+                else:
+                    found.setdefault(os.path.realpath(file), file)
         else:  # a file, or a path that does not exist: decoding it says so on its own line, and the rest go on
             found.setdefault(os.path.realpath(path), path)
+    left_out = [file for file in left_out if os.path.realpath(file) not in found]
+    if left_out:
+        more = f" and {len(left_out) - 1} more" if len(left_out) > 1 else ""
+        warnings.warn(f"not read as input: {left_out[0]}{more} in the output folder, which visattn did not write; "
+                      "name them as inputs, or write the output elsewhere", VisattnWarning, stacklevel=2)
     if not found and not allow_empty:
         named = " ".join(map(str, paths))
         raise ConfigError(f"no image files found in {named}; give image files or folders holding them")
@@ -188,12 +198,6 @@ def _folder_files(root: Path, recursive: bool) -> Iterator[Path]:
         seen.add(real)
         subfolders[:] = sorted(name for name in subfolders if recursive and not name.startswith("."))
         yield from (Path(folder, name) for name in names if not name.startswith("."))
-
-
-def _is_image_file(path: Path, skipped: list[Path]) -> bool:
-    if path.suffix.lower() not in IMAGE_EXTENSIONS:
-        return False
-    return not skipped or not any(folder in path.resolve().parents for folder in skipped)
 
 
 def _checked_source(source: object) -> ImageSource:
