@@ -5,6 +5,7 @@ import functools
 import inspect
 import json
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -258,6 +259,13 @@ def test_karpathy_sentences_without_a_word_are_dropped_and_their_image_left_out(
         entries = read_karpathy(split_json)
     assert "4.png" not in [e["filename"] for e in entries]
     assert entries[1]["captions"] == ["Two cats sleep", "cats on a sofa", "a cat"]
+    with warnings.catch_warnings(record=True) as seen:  # the data module reads the file once per split: said once
+        warnings.simplefilter("always")
+        dm = KarpathyCaptionDataModule(str(split_json), str(images_dir), batch_size=2, num_workers=0, img_size=8,
+                                       min_count=1)
+        dm.setup("fit")
+        dm.setup("test")
+    assert [str(w.message).count("left out 4.png") for w in seen] == [1]
 
 
 def _karpathy_without_words(tmp_path):

@@ -18,8 +18,10 @@ Scenes are not augmented: captions name positions, so any crop or flip would con
 """
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable, Iterable, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -51,6 +53,15 @@ def training_vocabulary(captions: Iterable[str], min_count: int) -> Vocabulary:
         return Vocabulary.build(captions, min_count=min_count)
     except ArgumentError as err:
         raise err.for_flag(f"data.init_args.{err.argument}") from None
+
+
+@contextlib.contextmanager
+def _wordless_images_said() -> Iterator[None]:
+    """Quiet about images without a caption in words while a file is read again: building the vocabulary from
+    it said so once."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*: no caption with a word in it$")
+        yield
 
 
 class CaptionSamples(Dataset):
@@ -343,14 +354,16 @@ class KarpathyCaptionDataModule(_CaptionDataModule):
             if split == "val" and "val" not in self.karpathy_splits:
                 return CaptionImages([])  # no validation, as for COCO files without val_annotations
             splits = h.train_splits if split == "train" else split
-            return KarpathyCaptions(h.split_json, h.images_dir, split=splits, transform=transform)
+            with _wordless_images_said():
+                return KarpathyCaptions(h.split_json, h.images_dir, split=splits, transform=transform)
         annotations = {"train": h.train_annotations, "val": h.val_annotations, "test": h.test_annotations}[split]
         if annotations is None and split == "val":
             return CaptionImages([])  # empty: no validation
         if annotations is None:
             raise ConfigError(f"KarpathyCaptionDataModule: set data.init_args.{split}_annotations to use the {split} "
                               "split")
-        return CocoCaptions(annotations, split_images_dir(h, split), transform=transform)
+        with _wordless_images_said() if split == "train" else contextlib.nullcontext():
+            return CocoCaptions(annotations, split_images_dir(h, split), transform=transform)
 
     def how_to_validate(self) -> str:
         """What to give this data module for a validation split, where it has none."""
