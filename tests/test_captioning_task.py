@@ -368,6 +368,26 @@ def test_a_new_run_starts_from_a_training_checkpoint_of_its_own_or_another_vocab
         CaptioningTask(vocab=VOCAB, model_kwargs={**TINY_SAT, "pretrained": path}, pretrained=path)
 
 
+def test_evaluate_scores_a_split_of_a_karpathy_file(tmp_path, capsys):
+    """evaluate and save-weights took fashion-scenes and coco: only: a run trained on a Karpathy file could be
+    scored only by `visattn test` with that run's exact training file."""
+    from test_reliability_inputs import write_captioner_checkpoint
+
+    split_json, images_dir = write_karpathy(tmp_path)
+    checkpoint = str(write_captioner_checkpoint(tmp_path / "run.ckpt"))
+    spec = f"karpathy:{split_json}:{images_dir}"
+    scored = {}
+    for split in (None, "train", "val"):
+        options = ["--split", split] if split else []
+        assert main(["evaluate", "--checkpoint", checkpoint, "--dataset", spec, "--json", "--beam-size", "1", *options]) == 0
+        scored[split] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert {split: metrics["n"] for split, metrics in scored.items()} == {None: 1, "train": 2, "val": 1}  # broken.jpg out
+    assert all(0.0 <= metrics["bleu4"] <= 1.0 and "cider" in metrics for metrics in scored.values())
+    assert main(["evaluate", "--checkpoint", checkpoint, "--dataset", f"karpathy:{split_json}:"]) == 2
+    assert capsys.readouterr().err.startswith(f"visattn: error: --dataset karpathy:{split_json}:: name the split file "
+                                              "and the images folder, e.g. karpathy:")
+
+
 def test_a_checkpoint_scored_on_data_of_another_vocabulary_is_refused_and_typed_settings_hold(tmp_path, monkeypatch,
                                                                                             capsys):
     """`test`, `predict` and a resumed `fit` link the data's vocabulary into the model: the same number of words

@@ -547,10 +547,11 @@ def build_parser() -> argparse.ArgumentParser:
                           help="classifiers: fashion-mnist, imagefolder:DIR, or fashion-scenes / fashion-mnist-canvas "
                                "(single items on a 64 px canvas, adding the pointing game) / fashion-mnist-pairs "
                                "(two items: each class's Grad-CAM must find its own); "
-                               "captioners and detectors: fashion-scenes or coco:ANN.json:IMAGES")
+                               "captioners and detectors: fashion-scenes or coco:ANN.json:IMAGES; captioners also "
+                               "karpathy:SPLITS.json:IMAGES")
     evaluate.add_argument("--split", default=None,
-                          help="test (default) or train; val too for fashion-scenes and fashion-mnist-pairs/canvas "
-                               "(not for coco:, whose file is the split)")
+                          help="test (default) or train; val too for fashion-scenes, fashion-mnist-pairs/canvas and "
+                               "karpathy: (not for coco:, whose file is the split)")
     evaluate.add_argument("--json", action="store_true", help="print only the JSON line")
     evaluate.add_argument("--batch-size", type=positive_int, default=256, help="images per forward pass")
     evaluate.add_argument("--num-workers", type=worker_count, default=0,

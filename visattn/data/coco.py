@@ -57,15 +57,18 @@ Transform = Callable[[np.ndarray], torch.Tensor]
 
 
 def coco_spec(spec: str) -> tuple[str, str]:
-    """``(ANNOTATIONS.json, IMAGES_DIR)`` of a ``--dataset coco:ANNOTATIONS.json:IMAGES_DIR``, split after
-    ``.json`` so that the images folder may hold a colon; one line when either part is empty (``Path("")`` is
-    the working folder, which the user did not name: its files of matching names were scored)."""
-    rest = spec[len("coco:"):]
+    """``(FILE.json, IMAGES_DIR)`` of a ``--dataset coco:ANNOTATIONS.json:IMAGES_DIR`` (or
+    ``karpathy:SPLITS.json:IMAGES_DIR``), split after ``.json`` so that the images folder may hold a colon; one
+    line when either part is empty (``Path("")`` is the working folder, which the user did not name: its files
+    of matching names were scored)."""
+    kind, _, rest = spec.partition(":")
     cut = rest.find(".json:")
     annotations, images_dir = (rest[:cut + 5], rest[cut + 6:]) if cut >= 0 else rest.rpartition(":")[::2]
     if not annotations or not images_dir:
-        raise ConfigError(f"--dataset {spec}: name the annotations file and the images folder, e.g. "
-                          "coco:annotations/captions_val2014.json:val2014")
+        example = "karpathy:dataset_flickr8k.json:Flicker8k_Dataset" if kind == "karpathy" else \
+            "coco:annotations/captions_val2014.json:val2014"
+        raise ConfigError(f"--dataset {spec}: name the {'split' if kind == 'karpathy' else 'annotations'} file and "
+                          f"the images folder, e.g. {example}")
     return annotations, images_dir
 
 

@@ -502,9 +502,10 @@ def caption_files(captioner: Captioner, paths: Sequence[str], *, beam_size: int 
 def evaluation_loader(captioner: Captioner, spec: str, split: str = "test", *, limit: Optional[int] = None,
                       batch_size: int = 64, num_workers: int = 0) -> DataLoader:
     """Batches of ``fashion-scenes`` (``limit`` scenes of ``split``, default as many as the training run
-    scored, else 1000, drawn at the model's input size) or ``coco:ANNOTATIONS.json:IMAGES_DIR``, with references (and boxes for scenes)."""
+    scored, else 1000, drawn at the model's input size), ``coco:ANNOTATIONS.json:IMAGES_DIR`` or
+    ``karpathy:SPLITS.json:IMAGES_DIR`` (its images of ``split``), with references (and boxes for scenes)."""
     from ..data.caption_datamodules import CaptionSamples, SceneImages, collate_captions
-    from ..data.coco import CocoCaptions, coco_spec
+    from ..data.coco import CocoCaptions, KarpathyCaptions, coco_spec
     from ..data.image_folder import evaluation_batches, seeded_subset
     from ..data.scenes import recorded_scenes
 
@@ -516,10 +517,13 @@ def evaluation_loader(captioner: Captioner, spec: str, split: str = "test", *, l
         source = SceneImages(recorded_scenes(captioner.preprocessing, split, limit, canvas_size=size), transform)
     elif spec.startswith("coco:") and spec.count(":") >= 2:
         annotations, images_dir = coco_spec(spec)
-        source = CocoCaptions(annotations, images_dir, transform=transform)
-        source = seeded_subset(source, limit)
+        source = seeded_subset(CocoCaptions(annotations, images_dir, transform=transform), limit)
+    elif spec.startswith("karpathy:") and spec.count(":") >= 2:
+        split_json, images_dir = coco_spec(spec)
+        source = seeded_subset(KarpathyCaptions(split_json, images_dir, split=split, transform=transform), limit)
     else:
-        raise ConfigError(f"--dataset {spec}: captioners take fashion-scenes or coco:ANNOTATIONS.json:IMAGES_DIR")
+        raise ConfigError(f"--dataset {spec}: captioners take fashion-scenes, coco:ANNOTATIONS.json:IMAGES_DIR or "
+                          "karpathy:SPLITS.json:IMAGES_DIR")
     return evaluation_batches(CaptionSamples(source, captioner.vocab), batch_size=batch_size, num_workers=num_workers,
                               collate=functools.partial(collate_captions, pad_id=captioner.vocab.pad_id))
 
