@@ -912,9 +912,16 @@ def test_a_grad_cam_map_that_is_zero_everywhere_warns_with_the_fix():
 
     model = create_model("vit_tiny_patch4_28", depth=1, num_classes=3).eval()
     image = torch.randn(3, 28, 28)
-    with pytest.warns(VisattnWarning, match=r"^the Grad-CAM map at layer norm is zero everywhere: .* pick another "
-                                            r"layer \(layer=, or --layer\)$"):
+    with pytest.warns(VisattnWarning, match=r"^the Grad-CAM map at layer norm is zero everywhere: no activation there "
+                                            r"weighs for the class \(a class-token ViT's final norm reaches only the "
+                                            r"class token\); pick another layer \(layer=, or --layer\)$"):
         assert not explain(model, image, "gradcam", layer="norm").any()
+    pooled = create_model("vit_tiny_patch4_28", depth=1, num_classes=3, class_token=False, global_pool="avg").eval()
+    with torch.no_grad():
+        pooled.head.weight.zero_()  # no class weighs any activation: the map is zero, and a ViT without a class token
+    with pytest.warns(VisattnWarning, match=r"weighs for the class; pick another layer") as seen:
+        explain(pooled, image, "gradcam")
+    assert "class token" not in str(seen[0].message)
     with warnings.catch_warnings():
         warnings.simplefilter("error", VisattnWarning)
         assert explain(model, image, "gradcam").any()

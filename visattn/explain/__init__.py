@@ -190,9 +190,11 @@ def explain(
         raise ConfigError(f"image tensor has shape {tuple(image_tensor.shape)}; give one image (3, H, W)")
     maps = explain_batch(model, images, method, layer=layer, head=head, target_class=target_class)
     if method == "gradcam" and not maps[0].any():  # it drew as a blank figure without a word
+        why = (" (a class-token ViT's final norm reaches only the class token)"
+               if is_vit(model) and getattr(model, "num_prefix_tokens", 0) else "")
         warnings.warn(f"the Grad-CAM map at layer {layer if layer is not None else '(default)'} is zero everywhere: "
-                      "no activation there weighs for the class (a class-token ViT's final norm reaches only the "
-                      "class token); pick another layer (layer=, or --layer)", VisattnWarning, stacklevel=2)
+                      f"no activation there weighs for the class{why}; pick another layer (layer=, or --layer)",
+                      VisattnWarning, stacklevel=2)
     size = tuple(images.shape[-2:])
     return resize_map(maps[0], size, centres=map_centres(model, maps.shape[-2:], size))
 
