@@ -870,7 +870,7 @@ def test_command_help_gives_each_default_and_what_paths_take(command, shown, cap
     assert all(text in out for text in shown), out
     assert "(default: None)" not in out and "(default: False)" not in out and "(default: 17) (default" not in out
     if command in ("classify", "detect"):
-        assert "PATH image files, and folders whose image files" in out
+        assert "PATH image files or folders; a folder's image files (by extension" in out
 
 
 @pytest.mark.parametrize("command, attention_out, threshold, note", [

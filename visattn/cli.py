@@ -28,8 +28,8 @@ if TYPE_CHECKING:  # commands import what they use when they run, so `visattn --
 
 DEFAULT_BEAM_SIZE = 5  # caption, evaluate and save-weights score captioners with this beam width
 DEFAULT_MAX_LEN = 20  # and captions of at most this many words
-IMAGE_PATHS_HELP = ("image files, and folders whose image files (by extension: .jpg, .png, .webp, ...; hidden files "
-                    "skipped) are read with their sub-folders'")
+IMAGE_PATHS_HELP = ("image files or folders; a folder's image files (by extension: .jpg, .png, .webp, ...) are read, "
+                    "also in its sub-folders, hidden files skipped")
 
 
 def count_parameters(name: str) -> int:

@@ -56,7 +56,7 @@ def training_vocabulary(captions: Iterable[str], min_count: int) -> Vocabulary:
 
 
 @contextlib.contextmanager
-def _wordless_images_said() -> Iterator[None]:
+def _quiet_about_wordless_images() -> Iterator[None]:
     """Quiet about images without a caption in words while a file is read again: building the vocabulary from
     it said so once."""
     with warnings.catch_warnings():
@@ -354,7 +354,7 @@ class KarpathyCaptionDataModule(_CaptionDataModule):
             if split == "val" and "val" not in self.karpathy_splits:
                 return CaptionImages([])  # no validation, as for COCO files without val_annotations
             splits = h.train_splits if split == "train" else split
-            with _wordless_images_said():
+            with _quiet_about_wordless_images():
                 return KarpathyCaptions(h.split_json, h.images_dir, split=splits, transform=transform)
         annotations = {"train": h.train_annotations, "val": h.val_annotations, "test": h.test_annotations}[split]
         if annotations is None and split == "val":
@@ -362,7 +362,7 @@ class KarpathyCaptionDataModule(_CaptionDataModule):
         if annotations is None:
             raise ConfigError(f"KarpathyCaptionDataModule: set data.init_args.{split}_annotations to use the {split} "
                               "split")
-        with _wordless_images_said() if split == "train" else contextlib.nullcontext():
+        with _quiet_about_wordless_images() if split == "train" else contextlib.nullcontext():
             return CocoCaptions(annotations, split_images_dir(h, split), transform=transform)
 
     def how_to_validate(self) -> str:

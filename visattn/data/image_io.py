@@ -166,10 +166,10 @@ def list_images(paths: PathLike | Iterable[PathLike], *, recursive: bool = True,
             inside = [folder for folder in skipped if path.resolve() in folder.parents]
             images = [file for file in _folder_files(path, recursive) if file.suffix.lower() in IMAGE_EXTENSIONS]
             for file in sorted(images):
-                if inside and any(folder in file.resolve().parents for folder in inside):
-                    left_out += [] if written_by_visattn(file) else [file]
-                else:
+                if not (inside and any(folder in file.resolve().parents for folder in inside)):
                     found.setdefault(os.path.realpath(file), file)
+                elif not written_by_visattn(file):  # an earlier run's output is no input; a user's file is named
+                    left_out.append(file)
         else:  # a file, or a path that does not exist: decoding it says so on its own line, and the rest go on
             found.setdefault(os.path.realpath(path), path)
     left_out = [file for file in left_out if os.path.realpath(file) not in found]
