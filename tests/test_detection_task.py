@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from torch import nn
 
 from test_detection_data import CLASS_NAMES, write_coco_instances
@@ -14,6 +15,8 @@ from visattn.cli import main
 from visattn.errors import ConfigError
 from visattn.pretrained import load_index
 from visattn.tasks.detection import DetectionTask, Detector, evaluate_detector, load_detector
+
+REPO = Path(__file__).resolve().parents[1]
 
 BACKBONE = {"layers": [1, 1, 1], "widths": [8, 16, 32]}
 TINY = {
@@ -94,6 +97,27 @@ def _fit(head: str, tmp_path, annotations, images_dir) -> str:
     assert hparams["num_classes"] == 3 and hparams["class_names"] == CLASS_NAMES
     assert hparams["preprocessing"] == {"recipe": "detection"}
     return str(checkpoint)
+
+
+def test_the_coco_template_trains_on_a_users_instances_json(tmp_path):
+    """There was no config for one's own COCO data: the scenes configs needed the data class swapped, and their 64 px
+    architectures shrank every photo to at most 64 px."""
+    config = REPO / "configs" / "detection" / "coco_template.yaml"
+    settings = yaml.safe_load(config.read_text())
+    assert settings["model"]["init_args"]["model_kwargs"]["min_size"] == 800  # photo size, as torchvision's
+    annotations, images_dir = write_coco_instances(tmp_path)
+    out = tmp_path / "run"
+    assert main(["fit", "--config", str(config), "--trainer.max_steps", "2", "--trainer.enable_progress_bar", "false",
+                 "--trainer.default_root_dir", str(out), "--trainer.logger", "false", "--trainer.callbacks",
+                 json.dumps([{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                              "init_args": {"dirpath": str(out / "ckpt"), "monitor": "val/map", "mode": "max",
+                                            "save_last": True}}]),
+                 "--model.init_args.model_name", "fcos_resnet20_cifar", "--model.init_args.model_kwargs",
+                 json.dumps(TINY["fcos"]), "--data.init_args.train_annotations", str(annotations),
+                 "--data.init_args.images_dir", str(images_dir), "--data.init_args.val_annotations", str(annotations),
+                 "--data.init_args.batch_size", "2", "--data.init_args.num_workers", "0"]) == 0
+    hparams = torch.load(out / "ckpt" / "last.ckpt", map_location="cpu", weights_only=True)["hyper_parameters"]
+    assert hparams["class_names"] == CLASS_NAMES
 
 
 @pytest.mark.slow
