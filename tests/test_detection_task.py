@@ -99,7 +99,7 @@ def _fit(head: str, tmp_path, annotations, images_dir) -> str:
     return str(checkpoint)
 
 
-def test_the_coco_template_trains_on_a_users_instances_json(tmp_path):
+def test_the_coco_template_trains_on_a_users_instances_json(tmp_path, capsys):
     """There was no config for one's own COCO data: the scenes configs needed the data class swapped, and their 64 px
     architectures shrank every photo to at most 64 px."""
     config = REPO / "configs" / "detection" / "coco_template.yaml"
@@ -118,6 +118,16 @@ def test_the_coco_template_trains_on_a_users_instances_json(tmp_path):
                  "--data.init_args.batch_size", "2", "--data.init_args.num_workers", "0"]) == 0
     hparams = torch.load(out / "ckpt" / "last.ckpt", map_location="cpu", weights_only=True)["hyper_parameters"]
     assert hparams["class_names"] == CLASS_NAMES
+    # validate without validation annotations printed no metric and exited 0
+    capsys.readouterr()
+    assert main(["validate", "--config", str(config), "--ckpt_path", str(out / "ckpt" / "last.ckpt"),
+                 "--trainer.logger", "false", "--trainer.callbacks", "[]", "--model.init_args.model_name",
+                 "fcos_resnet20_cifar", "--model.init_args.model_kwargs", json.dumps(TINY["fcos"]),
+                 "--data.init_args.train_annotations", str(annotations), "--data.init_args.images_dir", str(images_dir),
+                 "--data.init_args.num_workers", "0"]) == 2
+    assert capsys.readouterr().err.endswith("visattn: error: validate: CocoDetectionDataModule holds no validation "
+                                            "data; set data.init_args.val_annotations (and val_images_dir, if its "
+                                            "images are in another folder)\n")
 
 
 @pytest.mark.slow

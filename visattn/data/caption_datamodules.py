@@ -30,7 +30,7 @@ from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import Dataset
 
 from ..errors import ArgumentError, ConfigError
-from .datamodules import COCO_VALIDATION_FIX, SplitLoadersMixin, check_img_size, split_images_dir
+from .datamodules import COCO_VALIDATION_FIX, COCO_VALIDATION_SETTING, SplitLoadersMixin, check_img_size, split_images_dir
 from .coco import CaptionImages, CocoCaptions, KarpathyCaptions, KarpathySplit, read_karpathy
 from .scenes import SCENES_MEAN, SCENES_STD, FashionScenes, scene_settings
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, ImageTransform, Recipe, eval_transform_of, train_transforms
@@ -370,7 +370,7 @@ class KarpathyCaptionDataModule(_CaptionDataModule):
         h = self.hparams
         if h.split_json is not None:
             return f'give some images of {h.split_json} the split "val"'
-        return "set data.init_args.val_annotations (and val_images_dir, if its images are in another folder)"
+        return COCO_VALIDATION_SETTING
 
     def _validation_source(self) -> tuple[str, str]:
         h = self.hparams

@@ -11,6 +11,7 @@ recorded ``preprocessing`` then says so, and evaluation and inference read gray 
 from __future__ import annotations
 
 import functools
+import json
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -125,6 +126,12 @@ class SplitLoadersMixin:
     datasets: dict[Split, Dataset]
     collate_fn: Optional[Callable[[list], Any]] = None
 
+    def how_to_validate(self) -> str:
+        """What to give this data module for a validation split, where it has none."""
+        given = ", ".join(f"{key} {json.dumps(value)}" for key, value in self.hparams.items()
+                          if key.startswith(("val", "num_val")) and isinstance(value, (str, int, float, type(None))))
+        return f"give it validation data (now data.init_args {given})" if given else "give it validation data"
+
     def _check_loader_options(self) -> None:
         """One line for a batch size under 1, or a worker count under 0 or over the machine's :func:`max_workers`."""
         h = self.hparams
@@ -223,6 +230,8 @@ def split_images_dir(hparams: Any, split: Split) -> str:
 
 
 COCO_VALIDATION_FIX = "point data.val_images_dir at the folder holding them, or replace them"
+# What a data module of COCO files needs for a validation split
+COCO_VALIDATION_SETTING = "set data.init_args.val_annotations (and val_images_dir, if its images are in another folder)"
 
 
 class _ClassificationDataModule(SplitLoadersMixin, pl.LightningDataModule):

@@ -33,7 +33,7 @@ from torch.utils.data import Dataset, Subset
 
 from ..errors import ConfigError, VisattnWarning
 from .coco import check_image_ids, image_paths, json_type_hint, load_coco, require_images_dir
-from .datamodules import COCO_VALIDATION_FIX, SplitLoadersMixin, split_images_dir
+from .datamodules import COCO_VALIDATION_FIX, COCO_VALIDATION_SETTING, SplitLoadersMixin, split_images_dir
 from .image_folder import ImageFiles
 from .image_io import DEFAULT_MAX_PIXELS
 from .scenes import ITEM_WORDS, FashionScenes, scene_settings
@@ -606,6 +606,9 @@ class CocoDetectionDataModule(_DetectionDataModule):
     def num_skipped(self) -> int:
         """Broken image files skipped so far, over all splits set up."""
         return sum(dataset.num_skipped for dataset in self.datasets.values() if isinstance(dataset, CocoDetection))
+
+    def how_to_validate(self) -> str:
+        return COCO_VALIDATION_SETTING
 
     def _source(self, split: Split, transform: DetectionTransform) -> Dataset:
         h = self.hparams

@@ -483,18 +483,18 @@ def _never_validates(trainer: pl.Trainer, model: pl.LightningModule,
                 f"set trainer.check_val_every_n_epoch to at most {epochs}")
     if not is_overridden("validation_step", model):
         return f"{type(model).__name__} has no validation_step", "use a model with a validation_step"
-    # visattn's data modules keep what setup builds, so the setup in fit reuses it: nothing is read twice.
+    return _missing_validation_data(trainer, datamodule, "fit")
+
+
+def _missing_validation_data(trainer: pl.Trainer, datamodule: Optional[pl.LightningDataModule],
+                             stage: str) -> Optional[tuple[str, str]]:
+    """That a visattn data module holds no validation data, and the fix; None when it holds some (or may)."""
+    # visattn's data modules keep what setup builds, so the setup in the run reuses it: nothing is read twice.
     # With several processes each sets up its own data once launched, after prepare_data; not here.
     if isinstance(datamodule, SplitLoadersMixin) and trainer.num_devices * trainer.num_nodes == 1:
-        datamodule.setup("fit")
+        datamodule.setup(stage)
         if len(datamodule.datasets.get("val", ())) == 0:
-            if hasattr(datamodule, "how_to_validate"):
-                return f"{type(datamodule).__name__} holds no validation data", datamodule.how_to_validate()
-            given = ", ".join(f"{key} {json.dumps(value)}" for key, value in datamodule.hparams.items()
-                              if key.startswith(("val", "num_val"))
-                              and isinstance(value, (str, int, float, type(None))))
-            return (f"{type(datamodule).__name__} holds no validation data",
-                    f"give it validation data (now data.init_args {given})" if given else "give it validation data")
+            return f"{type(datamodule).__name__} holds no validation data", datamodule.how_to_validate()
     return None
 
 
@@ -878,6 +878,11 @@ class VisattnCLI(LightningCLI):
     def before_fit(self) -> None:
         _check_checkpoint_names(self.trainer)
         _check_monitored_validation(self.trainer, self.model, self.datamodule)
+
+    def before_validate(self) -> None:
+        missing = _missing_validation_data(self.trainer, self.datamodule, "validate")
+        if missing is not None:  # Lightning validates nothing, prints no metric and exits 0
+            raise ConfigError(f"validate: {missing[0]}; {missing[1]}")
 
     def instantiate_classes(self) -> None:
         # A checkpoint replaces every weight: the model's starting weights are neither read nor warned about.
