@@ -400,6 +400,35 @@ def test_a_karpathy_image_listed_twice_is_one_line(tmp_path):
         read_karpathy(split_json)
 
 
+@pytest.mark.parametrize("corpus", ["coco", "karpathy", "instances"])
+def test_evaluating_on_a_folder_holding_none_of_the_listed_images_is_one_line(tmp_path, corpus, capsys):
+    """A warning per image, then "the evaluation dataset is empty; check --dataset, --split and --limit", none of
+    which was the cause (another split's folder, say)."""
+    from types import SimpleNamespace
+
+    from test_detection_data import CLASS_NAMES, write_coco_instances
+    from test_reliability_inputs import write_captioner_checkpoint
+    from visattn.cli import main
+    from visattn.tasks.detection import evaluation_loader
+
+    other = tmp_path / "other"
+    other.mkdir()
+    if corpus == "instances":
+        path, _ = write_coco_instances(tmp_path)
+        first = json.loads(path.read_text())["images"][0]["file_name"]
+        with pytest.raises(ConfigError, match=rf"^{re.escape(str(other))}: holds none of the \d+ images "
+                                              rf"{re.escape(str(path))} lists \(e.g. {re.escape(first)}\); give the "
+                                              "folder holding them$"):
+            evaluation_loader(SimpleNamespace(class_names=CLASS_NAMES), f"coco:{path}:{other}")
+        return
+    path, _ = write_coco_captions(tmp_path) if corpus == "coco" else write_karpathy(tmp_path)
+    checkpoint = str(write_captioner_checkpoint(tmp_path / "run.ckpt"))
+    assert main(["evaluate", "--checkpoint", checkpoint, "--dataset", f"{corpus}:{path}:{other}"]) == 2
+    assert capsys.readouterr().err == (f"visattn: error: {other}: holds none of the {3 if corpus == 'coco' else 1} "
+                                       f"images {path} lists (e.g. {'0' if corpus == 'coco' else '5'}.png); give the folder holding "
+                                       "them\n")
+
+
 @pytest.mark.parametrize("corpus", ["coco", "karpathy"])
 def test_a_missing_images_folder_is_one_line_naming_it(tmp_path, corpus):
     """A warning per image, then "the evaluation dataset is empty", never naming the folder."""

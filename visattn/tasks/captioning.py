@@ -505,7 +505,7 @@ def evaluation_loader(captioner: Captioner, spec: str, split: str = "test", *, l
     scored, else 1000, drawn at the model's input size), ``coco:ANNOTATIONS.json:IMAGES_DIR`` or
     ``karpathy:SPLITS.json:IMAGES_DIR`` (its images of ``split``), with references (and boxes for scenes)."""
     from ..data.caption_datamodules import CaptionSamples, SceneImages, collate_captions
-    from ..data.coco import CocoCaptions, KarpathyCaptions, coco_spec
+    from ..data.coco import CocoCaptions, KarpathyCaptions, coco_spec, require_some_image
     from ..data.image_folder import evaluation_batches, seeded_subset
     from ..data.scenes import recorded_scenes
 
@@ -515,12 +515,14 @@ def evaluation_loader(captioner: Captioner, spec: str, split: str = "test", *, l
             raise ConfigError(f"--split {split}: fashion-scenes has the splits train, val and test")
         size = int(captioner.preprocessing["input_size"][-1])
         source = SceneImages(recorded_scenes(captioner.preprocessing, split, limit, canvas_size=size), transform)
-    elif spec.startswith("coco:") and spec.count(":") >= 2:
+    elif spec.startswith(("coco:", "karpathy:")) and spec.count(":") >= 2:
         annotations, images_dir = coco_spec(spec)
-        source = seeded_subset(CocoCaptions(annotations, images_dir, transform=transform), limit)
-    elif spec.startswith("karpathy:") and spec.count(":") >= 2:
-        split_json, images_dir = coco_spec(spec)
-        source = seeded_subset(KarpathyCaptions(split_json, images_dir, split=split, transform=transform), limit)
+        if spec.startswith("coco:"):
+            images = CocoCaptions(annotations, images_dir, transform=transform)
+        else:
+            images = KarpathyCaptions(annotations, images_dir, split=split, transform=transform)
+        require_some_image(images.paths, Path(images_dir), Path(annotations))
+        source = seeded_subset(images, limit)
     else:
         raise ConfigError(f"--dataset {spec}: captioners take fashion-scenes, coco:ANNOTATIONS.json:IMAGES_DIR or "
                           "karpathy:SPLITS.json:IMAGES_DIR")

@@ -305,7 +305,7 @@ def evaluation_loader(detector: Detector, spec: str, split: str = "test", *, lim
                       batch_size: int = 16, num_workers: int = 0) -> DataLoader:
     """Batches of ``fashion-scenes`` (``limit`` scenes of ``split``, default as many as the training run
     scored, else 1000, at the training canvas size) or ``coco:ANNOTATIONS.json:IMAGES_DIR`` (categories mapped by name onto the detector's classes)."""
-    from ..data.coco import coco_spec
+    from ..data.coco import coco_spec, require_some_image
 
     if spec == "fashion-scenes":
         if split not in ("train", "val", "test"):
@@ -314,6 +314,7 @@ def evaluation_loader(detector: Detector, spec: str, split: str = "test", *, lim
     elif spec.startswith("coco:") and spec.count(":") >= 2:
         annotations, images_dir = coco_spec(spec)
         dataset = CocoDetection(annotations, images_dir, class_names=detector.class_names, evaluation=True)
+        require_some_image(dataset.paths, Path(images_dir), Path(annotations))
         dataset = seeded_subset(dataset, limit)
         require_boxes(dataset, annotations)  # with none, mAP is -1
     else:
