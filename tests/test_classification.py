@@ -823,6 +823,27 @@ def test_fine_tuning_a_shipped_classifier_on_other_label_names_starts_a_new_head
     assert torch.equal(task.model.conv1.weight, shipped["conv1.weight"])
 
 
+@pytest.mark.parametrize("name", ["se_resnet20_cifar", "timm:resnet10t", "timm:deit_tiny_distilled_patch16_224"])
+def test_a_new_run_from_a_checkpoint_matches_its_class_names_as_from_shipped_weights(tmp_path, name):
+    """The checkpoint's class_names were not read: the head was kept by position (a timm model's always), each
+    row scoring another class, on data of the same names in another order or of other names."""
+    kwargs = {"model_kwargs": {"depth": 1, "img_size": 32}} if "deit" in name else {}
+    first = ImageClassifier(name, num_classes=3, class_names=["bird", "cat", "dog"], **kwargs).eval()
+    path = tmp_path / "first.ckpt"
+    torch.save({"state_dict": first.state_dict(), "hyper_parameters": dict(first.hparams)}, path)
+    images = torch.randn(2, 3, 32, 32)
+    reordered = ImageClassifier(name, num_classes=3, class_names=["dog", "bird", "cat"], pretrained=str(path),
+                                **kwargs).eval()
+    with torch.no_grad():
+        before, after = first(images), reordered(images)
+    torch.testing.assert_close(after, before[:, [2, 0, 1]])
+    with pytest.warns(UserWarning, match=r"class names fox are not among the starting weights' labels "
+                                         r"\(bird, cat, dog\): classifier .* is randomly initialised"):
+        other = ImageClassifier(name, num_classes=3, class_names=["cat", "dog", "fox"], pretrained=str(path), **kwargs)
+    with torch.no_grad():
+        assert not torch.allclose(other.eval()(images), before)
+
+
 @pytest.fixture
 def offline(monkeypatch):
     """Every way timm fetches weights fails, as with HF_HUB_OFFLINE=1 and no cache."""

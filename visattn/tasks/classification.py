@@ -117,7 +117,7 @@ def match_class_order(model: nn.Module, model_name: str, pretrained: Optional[Un
     was kept by position, each row scoring another class. A head of another size was dropped already.
     Detectors permute and reset their own heads (``reorder_classes``, ``reset_class_head``); a classifier's is
     the last ``nn.Linear`` of its ``classifier``."""
-    if not class_names or model_name.startswith("timm:") or starting_weights_skipped():
+    if not class_names or starting_weights_skipped():
         return
     recorded = list(starting_weights_labels(model_name, pretrained) or [])
     as_folders = {label.replace("/", "_"): label for label in recorded}  # an image folder's name for a label
@@ -145,15 +145,20 @@ def _class_head_edits(model: nn.Module) -> tuple[Optional[Callable[[list[int]], 
     """``(reorder(rows), reset())`` of ``model``'s class head; ``(None, None)`` without one."""
     if hasattr(model, "reorder_classes"):
         return model.reorder_classes, model.reset_class_head
-    head = _head_linear(model)
-    if head is None:
+    heads = _head_linears(model)
+    if not heads:
         return None, None
 
     def reorder(rows: list[int]) -> None:
-        head.weight.copy_(head.weight[rows])
-        if head.bias is not None:
-            head.bias.copy_(head.bias[rows])
-    return reorder, head.reset_parameters
+        for head in heads:
+            head.weight.copy_(head.weight[rows])
+            if head.bias is not None:
+                head.bias.copy_(head.bias[rows])
+
+    def reset() -> None:
+        for head in heads:
+            head.reset_parameters()
+    return reorder, reset
 
 
 def _first_names(names: Sequence[str]) -> str:
@@ -161,17 +166,30 @@ def _first_names(names: Sequence[str]) -> str:
 
 
 def starting_weights_labels(model_name: str, pretrained: Optional[Union[bool, str]]) -> Optional[list[str]]:
-    """The labels recorded with the shipped weights a model starts from (``arch.tag``, ``pretrained=True`` or
-    another ``"ARCH.TAG"``); None for none, a file, or timm's or the hub's weights."""
-    entry = model_arguments(model_name, pretrained=pretrained)[1] or named_weights_entry(pretrained)
+    """The labels recorded with the weights a model starts from: shipped weights (``arch.tag``, ``pretrained=True``
+    or another ``"ARCH.TAG"``), or a training checkpoint's ``class_names`` (a new run from an earlier one's weights);
+    None for none, a plain weights file, or timm's or the hub's weights."""
+    entry = named_weights_entry(pretrained)
+    if entry is None and isinstance(pretrained, str) and Path(pretrained).suffix == ".ckpt":
+        try:
+            checkpoint = read_pickle_checkpoint(Path(pretrained), lazy=True)
+        except WeightsError:  # loading it says what is wrong with it
+            return None
+        hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
+        return hparams.get("class_names") if isinstance(hparams, dict) else None
+    if model_name.startswith("timm:"):
+        return None
+    entry = entry or model_arguments(model_name, pretrained=pretrained)[1]
     return (entry or {}).get("labels")
 
 
-def _head_linear(model: nn.Module) -> Optional[nn.Linear]:
-    """The last ``nn.Linear`` of the model's ``classifier`` (the head :func:`load_weights` drops when its size differs)."""
-    head = classifier_name(model)
-    linears = [m for m in model.get_submodule(head.split(", ")[0]).modules() if isinstance(m, nn.Linear)] if head else []
-    return linears[-1] if linears else None
+def _head_linears(model: nn.Module) -> list[nn.Linear]:
+    """The last ``nn.Linear`` of each of the model's classifier heads (:func:`classifier_name`: a distilled DeiT
+    has two), which :func:`load_weights` drops when their size differs."""
+    heads = classifier_name(model)
+    linears = [[m for m in model.get_submodule(name).modules() if isinstance(m, nn.Linear)]
+               for name in (heads.split(", ") if heads else [])]
+    return [found[-1] for found in linears if found]
 
 
 def check_data_size(model: nn.Module, model_name: str, preprocessing: Optional[dict[str, Any]]) -> None:
