@@ -484,6 +484,25 @@ def test_a_timm_classifier_fine_tunes_a_file_of_another_label_count_dropping_tim
     assert body and all(torch.equal(tuned.state_dict()[k], v) for k, v in body.items())
 
 
+def test_a_timm_vit_built_for_another_size_takes_a_file_of_weights_as_timm_resamples_them(tmp_path):
+    """The size check's own hint (set model_kwargs.img_size: position embeddings are resampled) ended in a pos_embed
+    shape error: nothing resampled a timm model's file, as timm's checkpoint filter does for its pretrained loads."""
+    import timm
+    from safetensors.torch import save_file
+
+    from visattn.tasks.classification import build_classifier
+
+    source = timm.create_model("vit_tiny_patch16_224", depth=1, num_classes=3)
+    save_file(source.state_dict(), tmp_path / "w.safetensors")
+    ours = build_classifier("timm:vit_tiny_patch16_224", 3, {"depth": 1, "img_size": 64},
+                            pretrained=str(tmp_path / "w.safetensors")).state_dict()
+    timms = timm.create_model("vit_tiny_patch16_224", depth=1, num_classes=3, img_size=64, pretrained=True,
+                              pretrained_cfg_overlay={"file": str(tmp_path / "w.safetensors")}).state_dict()
+    assert ours["pos_embed"].shape == (1, 17, 192)
+    # timm resets the head of weights recorded for another num_classes than 1000; the file's fits here
+    assert all(torch.equal(ours[k], v) for k, v in timms.items() if not k.startswith("head."))
+
+
 SHIPPED_CLASSIFIER = "vit_tiny_patch4_28.fmnist"  # small; its entry records ViT hyperparameters and 10 labels
 
 

@@ -32,7 +32,7 @@ from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
-from .errors import ConfigError, UnknownModelError, VisattnWarning, WeightsError
+from .errors import ConfigError, UnknownModelError, VisattnWarning, WeightsError, one_line
 from .fileio import atomic_path, atomic_write_text, exclusive_lock
 from .layers.patch_embed import fixed_input_size
 
@@ -719,6 +719,8 @@ def load_weights(
             state = adapt(state, source_grid=grid)
         except WeightsError as err:  # a layout the model cannot take (e.g. register tokens): name the file
             raise WeightsError(f"{named}: {err}") from None
+    else:
+        state = _timm_filtered(model, state, source=named)
     state, head_warning, head_error = _drop_mismatched_head(model, state, source=named, new_head=new_head)
     state, channels_warning = _adapt_input_channels(model, state, source=named)
     check_state_dict(model, state, strict=strict, source=named, fix=fix)
@@ -731,6 +733,22 @@ def load_weights(
         warnings.warn(warning, VisattnWarning, stacklevel=2)
     model.load_state_dict(state, strict=False)
     return wrapper
+
+
+def _timm_filtered(model: nn.Module, state: StateDict, *, source: Any) -> StateDict:
+    """``state`` through the checkpoint filter of a timm model's module, as timm's own pretrained loading runs
+    it: a ViT's position embeddings resampled to the grid of the model's ``img_size``, its patch projection
+    to its ``patch_size`` (a ViT built for 384 px refused 224 px weights). Other models' state as it is."""
+    module = sys.modules.get(type(model).__module__)
+    filter_fn = getattr(module, "checkpoint_filter_fn", None) if module and module.__name__.startswith("timm.") else None
+    if filter_fn is None:
+        return state
+    try:
+        return filter_fn(state, model)
+    except (KeyError, RuntimeError, ValueError, TypeError, AttributeError) as err:
+        raise WeightsError(f"{source}: timm's checkpoint filter for {type(model).__name__} could not read it "
+                           f"({one_line(str(err)) or type(err).__name__}); give weights saved from a timm model of "
+                           "this architecture") from None
 
 
 def _refuse_whole_numbers(model: nn.Module, state: StateDict, *, source: Any) -> None:
