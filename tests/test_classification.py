@@ -1,5 +1,6 @@
 """The classification front end: configs, fit/evaluate/classify/save-weights, DDP and resume after SIGKILL."""
 import json
+import re
 import os
 import signal
 import subprocess
@@ -501,6 +502,35 @@ def test_a_timm_vit_built_for_another_size_takes_a_file_of_weights_as_timm_resam
     assert ours["pos_embed"].shape == (1, 17, 192)
     # timm resets the head of weights recorded for another num_classes than 1000; the file's fits here
     assert all(torch.equal(ours[k], v) for k, v in timms.items() if not k.startswith("head."))
+
+
+def test_a_timm_checkpoint_scored_at_another_img_size_is_resampled_or_refused_in_one_line(tmp_path):
+    """evaluate --img-size on a timm ViT checkpoint was a traceback (the model was built at its training size while
+    the preprocessing said the new one), and so was LeViT's, whose attention biases fit one size only."""
+    from timm.layers import resample_abs_pos_embed
+
+    task = ImageClassifier("timm:vit_tiny_patch16_224", num_classes=3, model_kwargs={"depth": 1, "img_size": 32})
+    path = tmp_path / "vit.ckpt"
+    torch.save({"state_dict": task.state_dict(), "hyper_parameters": dict(task.hparams)}, path)
+    loaded = load_classifier(checkpoint=str(path), img_size=64)
+    assert loaded.predict(torch.randn(2, 3, 64, 64)).shape == (2, 3) and loaded.preprocessing["input_size"] == [3, 64, 64]
+    torch.testing.assert_close(loaded.model.pos_embed, resample_abs_pos_embed(task.model.pos_embed, (4, 4),
+                                                                              num_prefix_tokens=1))
+    levit = ImageClassifier("timm:levit_128s", num_classes=3)
+    path = tmp_path / "levit.ckpt"
+    torch.save({"state_dict": levit.state_dict(), "hyper_parameters": dict(levit.hparams)}, path)
+    with pytest.raises(ConfigError, match=rf"^--img-size 64: timm:levit_128s cannot take 64 px images with the weights of "
+                                          rf"{re.escape(str(path))} \(.*attention_biases.*\); leave --img-size out$"):
+        load_classifier(checkpoint=str(path), img_size=64)
+
+
+def test_a_timm_model_of_fixed_size_without_a_patch_grid_refuses_data_of_another_size_before_training():
+    """timm's LeViT at 64 px data failed in the first step, a 153-line traceback after the trainer had set up."""
+    preprocessing = {"input_size": [3, 64, 64], "mean": [0.5] * 3, "std": [0.5] * 3, "recipe": "small"}
+    with pytest.raises(ConfigError, match=r"^data.init_args.img_size=64 but timm:levit_128s cannot take 64x64 images "
+                                          r"\(.*\); set model.init_args.model_kwargs.img_size: 64, or data img_size"):
+        ImageClassifier("timm:levit_128s", num_classes=3, preprocessing=preprocessing)
+    ImageClassifier("timm:levit_128s", num_classes=3, preprocessing=preprocessing, model_kwargs={"img_size": 64})
 
 
 SHIPPED_CLASSIFIER = "vit_tiny_patch4_28.fmnist"  # small; its entry records ViT hyperparameters and 10 labels

@@ -26,7 +26,7 @@ from ..data.image_folder import ImageFolder, evaluation_batches, seeded_subset
 from ..data.transforms import (CLASSIFIER_PREPROCESSING, ImageTransform, check_image_batch, default_preprocessing,
                                eval_transform_of, preprocessing_problem, timm_data_config, to_model_input)
 from ..devices import inference_device, model_device
-from ..errors import ConfigError, UnknownModelError, VisattnWarning, WeightsError
+from ..errors import ConfigError, UnknownModelError, VisattnWarning, WeightsError, one_line
 from ..layers.patch_embed import fixed_input_size, is_count
 from ..models.vit import NO_WEIGHT_DECAY
 from ..modes import eval_mode
@@ -196,12 +196,27 @@ def check_data_size(model: nn.Module, model_name: str, preprocessing: Optional[d
     """Refuse data of another size than a ViT's position embeddings are laid out for, naming both config keys,
     before a run starts: the patch embedding would refuse the first batch, after the trainer had set up."""
     size = fixed_input_size(model)
+    if preprocessing and size is None and (getattr(model, "pretrained_cfg", None) or {}).get("fixed_input_size"):
+        _check_runs_at(model, model_name, preprocessing["input_size"])  # timm's LeViT: sized attention biases
     if not preprocessing or size is None or tuple(preprocessing["input_size"][1:]) == size:
         return
     data_size = preprocessing["input_size"][-1]
     raise ConfigError(f"data.init_args.img_size={data_size} but {model_name} takes {size[0]}x{size[1]} images; set "
                       f"model.init_args.model_kwargs.img_size: {data_size} (pretrained position embeddings are "
                       f"resampled), or data img_size {size[0]}")
+
+
+def _check_runs_at(model: nn.Module, model_name: str, input_size: Sequence[int]) -> None:
+    """One line unless ``model``, which records a fixed input size but has no patch grid to read it from, runs on
+    one image of ``input_size`` ``[C, H, W]``: it failed in the first step, after the trainer had set up."""
+    try:
+        with torch.no_grad(), eval_mode(model):
+            model(torch.zeros(1, *input_size))
+    except (RuntimeError, AssertionError, ValueError) as err:
+        data_size = input_size[-1]
+        raise ConfigError(f"data.init_args.img_size={data_size} but {model_name} cannot take {data_size}x{data_size} "
+                          f"images ({one_line(str(err))}); set model.init_args.model_kwargs.img_size: {data_size}, or "
+                          "data img_size to the size it was built for") from None
 
 
 # `sdpa_backend` names -> the kernel F.scaled_dot_product_attention is restricted to.
@@ -668,10 +683,16 @@ def _classifier_from_checkpoint(path: Path, img_size: Optional[int], device: tor
         raise WeightsError(f"{path}: not a visattn classification checkpoint (no model_name and num_classes); "
                            "pass --model ARCH.TAG instead")
     model_kwargs = {**(hparams.get("model_kwargs") or {}), **_size_kwargs(hparams["model_name"], img_size)}
-    # The checkpoint holds every weight: neither an arch.tag run's shipped weights nor timm's are read again.
-    with checkpoint_follows():
-        net = build_classifier(hparams["model_name"], hparams["num_classes"], model_kwargs, pretrained=False)
-    load_checkpoint_weights(net, checkpoint, path)
+    try:
+        # The checkpoint holds every weight: neither an arch.tag run's shipped weights nor timm's are read again.
+        with checkpoint_follows():
+            net = build_classifier(hparams["model_name"], hparams["num_classes"], model_kwargs, pretrained=False)
+        load_checkpoint_weights(net, checkpoint, path)
+    except (ConfigError, WeightsError) as err:
+        if img_size is None or "img_size" not in model_kwargs or not hparams["model_name"].startswith("timm:"):
+            raise
+        raise ConfigError(f"--img-size {img_size}: {hparams['model_name']} cannot take {img_size} px images with the "
+                          f"weights of {path} ({err}); leave --img-size out") from None
     labels = recorded_labels(hparams.get("class_names"), hparams["num_classes"], str(path))
     recorded = _classifier_preprocessing(hparams.get("preprocessing"), net, source=f"{path}: hyper_parameters.",
                                          fix=EDITED_CHECKPOINT)
@@ -716,10 +737,16 @@ def recorded_labels(recorded: Optional[Sequence[str]], num_classes: int, source:
 
 
 def _size_kwargs(arch: str, img_size: Optional[int]) -> dict[str, Any]:
-    """Builder arguments for another input size: only ViTs have a size-bound part (position embeddings)."""
-    if img_size is None or arch.startswith("timm:") or model_family(arch) != "vit":
+    """Builder arguments for another input size: only ViTs have a size-bound part (position embeddings), and
+    timm's models that record a fixed input size (ViTs, Swin, LeViT), whose weights timm's filter resamples."""
+    if img_size is None:
         return {}
-    return {"img_size": img_size}
+    if arch.startswith("timm:"):
+        import timm
+
+        cfg = timm.models.get_pretrained_cfg(arch[len("timm:"):])
+        return {"img_size": img_size} if getattr(cfg, "fixed_input_size", False) else {}
+    return {"img_size": img_size} if model_family(arch) == "vit" else {}
 
 
 def _resized(preprocessing: dict[str, Any], img_size: Optional[int]) -> dict[str, Any]:
