@@ -1007,10 +1007,12 @@ def test_timm_weights_asked_for_in_model_kwargs_warn_of_other_normalisation_as_t
     import timm.models._builder
 
     from visattn.errors import VisattnWarning
+    from visattn.tasks import classification
 
     fetched = []  # what timm would download: the weights the run starts from
     monkeypatch.setattr(timm.models._builder, "load_pretrained",
                         lambda model, pretrained_cfg, **kwargs: fetched.append(pretrained_cfg["hf_hub_id"]))
+    monkeypatch.setattr(classification, "offline_timm_file", lambda name: None)  # as where the hub is reachable
     name, imagenet = "timm:vit_tiny_patch16_224.augreg_in21k", {
         "input_size": [3, 224, 224], "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
     with pytest.warns(VisattnWarning, match=r"^the data normalises with mean \[0.485, 0.456, 0.406\], std .* but the "

@@ -392,6 +392,24 @@ def test_an_unsafe_pickle_in_the_cache_for_a_timm_name_is_refused_as_such(hf_cac
     assert not (tmp_path / "ran").exists()
 
 
+def test_timm_weights_asked_for_in_model_kwargs_load_from_the_cache_offline_or_say_why_not(hf_cache):
+    """Offline, timm retried the hub five times and the error blamed model_kwargs ("check their names and values");
+    weights already in the cache were not used."""
+    import timm
+
+    from visattn.tasks.classification import build_classifier
+
+    with pytest.raises(WeightsError, match=r"^timm:resnet10t: cannot fetch weights \(HF_HUB_OFFLINE is set\) and none "
+                                           r"are in the Hugging Face cache"):
+        build_classifier("timm:resnet10t", 3, {"pretrained": True})
+    torch.manual_seed(0)
+    cached = timm.create_model("resnet10t").state_dict()
+    repo = timm.models.get_pretrained_cfg("resnet10t").hf_hub_id
+    _cache_hub_weights(hf_cache, repo, cached)
+    model = build_classifier("timm:resnet10t", 1000, {"pretrained": True})
+    torch.testing.assert_close(model.state_dict(), cached, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("kwargs, differs", [
     ({"block_fn": "ResPostBlock"}, "its blocks are timm's ResPostBlock, not the pre-norm Block"),
     ({"act_layer": "quick_gelu"}, "its MLP activation is QuickGELU"),

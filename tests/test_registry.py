@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -201,3 +202,12 @@ def test_a_timm_name_timm_lacks_names_close_ones_or_the_weights_it_has(build):
     with pytest.raises(UnknownModelError, match=r"^timm has no weights 'vit_tiny_patch16_224.nope': "
                                                 r"vit_tiny_patch16_224's are vit_tiny_patch16_224.augreg_in21k, "):
         build("vit_tiny_patch16_224.nope")
+
+
+@pytest.mark.parametrize("name", ["timm:resnet10t", "timm:resnet10t.a1_in1k"])
+def test_create_model_of_a_timm_name_says_where_timm_models_are_built(name):
+    """It suggested unrelated visattn models (resnet101, bam_resnet101, ...)."""
+    with pytest.raises(UnknownModelError, match=rf"^'{re.escape(name)}': create_model builds visattn's registered "
+                                                r"models; build a timm model with visattn.tasks.classification"
+                                                rf".build_classifier\('{re.escape(name)}', num_classes\)"):
+        create_model(name)

@@ -937,7 +937,7 @@ def _fetch_timm(name: str, *, into: nn.Module) -> tuple[StateDict, Optional[tupl
     from .registry import check_timm_name
 
     check_timm_name(name)
-    cached = _offline_weights(f"timm:{name}", _cached_timm_file(name))
+    cached = offline_timm_file(name)
     try:
         # a cached file goes through timm's own loading (its checkpoint filter) as a download would
         overlay = {"file": str(cached)} if cached is not None else None
@@ -1000,6 +1000,12 @@ def _refuse_other_hub_vit(repo: str, weights: Path, *, into: nn.Module) -> None:
     except Exception:  # noqa: BLE001 -- not timm's layout, or an architecture this timm lacks
         return
     _refuse_other_vit_computation(model, f"hf-hub:{repo}", described["architecture"], into=into)
+
+
+def offline_timm_file(name: str) -> Optional[Path]:
+    """timm's weights ``name`` in the local Hugging Face cache when the hub cannot be reached (None where it
+    can: timm fetches them); one line when it cannot and none are cached."""
+    return _offline_weights(f"timm:{name}", _cached_timm_file(name))
 
 
 def _cached_timm_file(name: str) -> Optional[Path]:

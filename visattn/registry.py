@@ -61,6 +61,11 @@ def _resolve_arch(name: str, *, tag: Optional[str] = None) -> str:
     _import_models()
     if name in _model_entrypoints:
         return name
+    if name.startswith("timm:"):  # the tasks' model_name and pretrained take these; the registry holds visattn's
+        name = name if tag is None else f"{name}.{tag}"
+        raise UnknownModelError(f"{name!r}: create_model builds visattn's registered models; build a timm model with "
+                                f"visattn.tasks.classification.build_classifier({name!r}, num_classes) (or "
+                                "timm.create_model), or train one with model_name timm:NAME in a config")
     close = _close_archs(name, tag)
     hint = f"did you mean {', '.join(close)}?" if close else "run `visattn models` to list them."
     named = f"{name!r}" if tag is None else f"{name!r} (the architecture of '{name}.{tag}')"

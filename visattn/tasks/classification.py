@@ -31,8 +31,9 @@ from ..layers.patch_embed import fixed_input_size, is_count
 from ..models.vit import NO_WEIGHT_DECAY
 from ..modes import eval_mode
 from ..pretrained import (TRAINING_CHECKPOINTS, checkpoint_follows, classifier_name, find_weights_entry, load_weights,
-                          metadata_problem, named_weights_entry, read_pickle_checkpoint, refuse_an_untrained_head,
-                          require_regular_file, starting_weights_skipped, timm_pretrained_cfg, weights_preprocessing)
+                          metadata_problem, named_weights_entry, offline_timm_file, read_pickle_checkpoint,
+                          refuse_an_untrained_head, require_regular_file, starting_weights_skipped, timm_pretrained_cfg,
+                          weights_preprocessing)
 from ..registry import check_timm_name, create_model, model_arguments, model_family, model_task, split_model_name
 from .guards import GuardedTask, NonFiniteLossGuard, batch_of_one_is_one_line, skip_missing_batch
 
@@ -54,6 +55,11 @@ def build_classifier(model_name: str, num_classes: int, model_kwargs: Optional[d
         check_timm_name(model_name[5:])
         if starting_weights_skipped():  # the checkpoint loaded next holds every weight: no download, no file
             kwargs = {key: value for key, value in kwargs.items() if key not in TIMM_STARTING_WEIGHTS}
+        elif kwargs.get("pretrained") and "pretrained_cfg_overlay" not in kwargs:
+            # offline: the cached file, or one line (timm retried the hub and the error blamed model_kwargs)
+            cached = offline_timm_file(model_name[5:])
+            if cached is not None:
+                kwargs["pretrained_cfg_overlay"] = {"file": str(cached)}
         model = timm.create_model(model_name[5:], num_classes=num_classes, **kwargs)
         if pretrained:
             load_weights(model, model_name if pretrained is True else pretrained, strict=strict)
