@@ -419,6 +419,18 @@ def test_an_upright_photo_reads_without_a_frame_warning(tmp_path):
         CocoDetection(path, images_dir)[0]
 
 
+def test_a_training_category_without_a_box_is_warned_about(tmp_path):
+    """It trained a class that never saw an example, without a word."""
+    path, images_dir = write_coco_instances(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        CocoDetectionDataModule(str(path), str(images_dir), num_workers=0)
+    path = _rewritten(path, lambda data: data["categories"].append({"id": 99, "name": "hat"}))
+    with pytest.warns(UserWarning, match=r"edited.json: categories \['hat'\] have no object box to learn from, yet the "
+                                         r"detector gets a class for each; add their boxes or remove them"):
+        CocoDetectionDataModule(str(path), str(images_dir), num_workers=0)
+
+
 def test_a_decoded_size_other_than_the_declared_one_is_warned_once_naming_the_file(tmp_path):
     path, images_dir = _write_oriented_photo(tmp_path, 1, declared=(64, 32))
     dataset = CocoDetection(path, images_dir)

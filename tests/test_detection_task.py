@@ -3,6 +3,7 @@ fixture (FCOS and DETR), then `visattn evaluate`, `visattn detect` and `visattn 
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -626,3 +627,19 @@ def test_a_rerun_that_finds_nothing_leaves_no_earlier_attention_panel_behind(tmp
     assert main([*detect, "--score-threshold", "1.0"]) == 0
     again = json.loads(capsys.readouterr().out)
     assert again["detections"] == [] and again["attention"] is None and not any(out.iterdir())
+
+
+@pytest.mark.parametrize("shape, size", [((32, 48), (384, 256)), ((20, 3000), (3000, 20)), ((10, 700), (3500, 50))])
+def test_drawn_detections_enlarge_small_images_but_not_strips_past_4096_px(tmp_path, shape, size):
+    """Small images are enlarged so that labels can be read; a 3000x20 panorama was drawn 39000 px wide."""
+    from PIL import Image
+
+    from visattn.tasks.detection import draw_detections
+
+    image = np.zeros((*shape, 3), np.uint8)
+    detection = {"box": [2.0, 2.0, 8.0, 8.0], "label": "bag", "score": 0.9, "index": 0}
+    draw_detections(image, [detection], tmp_path / "drawn.png")
+    drawn = np.asarray(Image.open(tmp_path / "drawn.png"))
+    assert (drawn.shape[1], drawn.shape[0]) == size
+    scale = size[0] // shape[1]
+    assert drawn[8 * scale - 1, 5 * scale].any() and not drawn[5 * scale, 5 * scale].any()  # its edge, not its inside

@@ -379,6 +379,17 @@ class CocoDetection(ImageFiles):
                       VisattnWarning, stacklevel=4)
 
 
+def _warn_of_classes_without_boxes(dataset: CocoDetection) -> None:
+    """A training category without a box gets a class the head learns from no example (as detectron2's
+    instance histogram would show)."""
+    seen = set().union(*(labels[crowd == 0].tolist() for _, labels, crowd in dataset.targets))
+    empty = [name for index, name in enumerate(dataset.class_names) if index not in seen]
+    if empty:
+        warnings.warn(f"{dataset.annotations}: categories {empty} have no object box to learn from, yet the detector "
+                      "gets a class for each; add their boxes or remove them from categories", VisattnWarning,
+                      stacklevel=3)
+
+
 def require_boxes(dataset: Dataset, source: str | os.PathLike) -> None:
     """One line unless ``dataset`` (a :class:`CocoDetection` or a ``Subset`` of one) holds an object
     box (crowd regions are none): without one, mAP has nothing to score detections against."""
@@ -597,6 +608,7 @@ class CocoDetectionDataModule(_DetectionDataModule):
             raise ConfigError(f"{train_annotations}: no object box to learn from (no annotations, or only crowd "
                               "regions or dropped boxes); give the instances JSON with the training boxes")
         self._class_names = train.class_names
+        _warn_of_classes_without_boxes(train)
 
     @property
     def class_names(self) -> list[str]:

@@ -337,6 +337,7 @@ def evaluate_detector(detector: Detector, batches: Iterable[Batch]) -> dict[str,
 # One colour per class (cycled), readable on black FashionScenes canvases and on photos.
 _BOX_COLOURS = ("red", "lime", "deepskyblue", "yellow", "orange", "magenta", "cyan", "white", "pink", "violet")
 _MIN_DRAWN_SIDE = 256  # small images are enlarged before drawing, so the labels stay readable
+_MAX_DRAWN_SIDE = 4096  # ... but not a strip beyond this (a 3000x20 panorama was drawn 39000 px wide)
 
 
 def detect_files(detector: Detector, paths: Sequence[str], *, score_threshold: float = 0.5,
@@ -418,7 +419,8 @@ def draw_detections(image: np.ndarray, detections: Sequence[dict[str, Any]], pat
     from PIL import Image, PngImagePlugin
     from torchvision.utils import draw_bounding_boxes
 
-    scale = max(1, -(-_MIN_DRAWN_SIDE // min(image.shape[:2])))  # ceil: nearest-neighbour enlargement
+    # ceil: nearest-neighbour enlargement, to a whole factor that keeps the long side within the cap
+    scale = max(1, min(-(-_MIN_DRAWN_SIDE // min(image.shape[:2])), _MAX_DRAWN_SIDE // max(image.shape[:2])))
     pixels = torch.tensor(image).permute(2, 0, 1)  # (3, H, W) uint8, a copy: decoded arrays are read-only
     pixels = pixels.repeat_interleave(scale, dim=1).repeat_interleave(scale, dim=2)
     if detections:
