@@ -753,6 +753,21 @@ def test_a_checkpoint_monitoring_validation_in_a_run_without_it_is_refused_befor
     assert not (tmp_path / "outputs").exists()  # refused before anything was trained or written
 
 
+def test_a_logger_turned_off_beside_a_learning_rate_monitor_names_both_settings(tmp_path, monkeypatch, capsys):
+    """Lightning's "Cannot use `LearningRateMonitor` callback with `Trainer` that has no logger" was told to fix "the
+    setting it names", which it does not."""
+    from fixtures_images import write_image_folder
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["visattn"])
+    write_image_folder(tmp_path / "photos", per_class=4)
+    assert main(["fit", "--config", str(IMAGEFOLDER_CONFIG), "--data.init_args.root", "photos", *SMALL_FOLDER_FIT,
+                 "--trainer.logger", "false", "--trainer.max_steps", "1"]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "visattn: error: fit: trainer.logger is off, and trainer.callbacks' LearningRateMonitor logs to it; drop "
+        "LearningRateMonitor from trainer.callbacks, or keep a logger")
+
+
 def test_a_run_without_validation_and_no_monitored_callback_trains(tmp_path, monkeypatch, capsys):
     from fixtures_images import write_image_folder
 

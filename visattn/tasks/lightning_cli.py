@@ -1057,6 +1057,10 @@ def _build_and_run(argv: list[str]) -> VisattnCLI:
         text = _first_line(err)
         raise ConfigError(f"{' '.join(argv[:3])}: {text}{_unaccepted_option_hint(text, argv[0])}") from None
     except MisconfigurationException as err:  # a setting Lightning refuses once the run starts
+        loggerless = re.match(r"Cannot use `(\w+)` callback with `Trainer` that has no logger", _first_line(err))
+        if loggerless:
+            raise ConfigError(f"{argv[0]}: trainer.logger is off, and trainer.callbacks' {loggerless[1]} logs to it; "
+                              f"drop {loggerless[1]} from trainer.callbacks, or keep a logger") from None
         raise ConfigError(f"{argv[0]}: {_first_line(err).rstrip('.')}; fix the setting it names in the "
                           "config or with --SECTION.KEY VALUE") from None
 
