@@ -90,6 +90,24 @@ def test_caption_metrics_score_each_word_with_its_own_map_past_an_unknown_word()
     assert captions == ["a top bag"] and metrics.hits == [True, True]
 
 
+def test_a_frozen_encoder_keeps_its_batch_norm_statistics_through_a_lightning_fit():
+    """Its weights stayed, but Lightning never calls train(), whose override put the encoder in eval mode: its
+    batch norms kept learning their statistics from the new data (63 of 162 encoder entries moved in an audit)."""
+    import lightning.pytorch as pl
+
+    torch.manual_seed(0)
+    task = CaptioningTask(model_kwargs={**json.loads(TINY_MODEL), "freeze_encoder": True}, vocab=VOCAB)
+    before = {k: v.clone() for k, v in task.model.encoder.state_dict().items()}
+    batches = [{"images": torch.randn(2, 3, 32, 32) * 3 + 1, "captions": torch.tensor([[1, 4, 5, 2], [1, 6, 2, 0]])}
+               for _ in range(3)]
+    trainer = pl.Trainer(max_steps=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, accelerator="cpu")
+    trainer.fit(task, torch.utils.data.DataLoader(batches, batch_size=None))
+    after = task.model.encoder.state_dict()
+    assert any(k.endswith("running_mean") for k in after)
+    assert all(torch.equal(after[k], v) for k, v in before.items())
+
+
 def test_task_loss_ignores_padding_and_needs_a_vocabulary():
     torch.manual_seed(0)
     task = CaptioningTask(model_kwargs=json.loads(TINY_MODEL), vocab=VOCAB, alpha_c=0.0)

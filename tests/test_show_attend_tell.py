@@ -330,6 +330,33 @@ def test_vit_encoder_is_built_for_img_size(encoder_name, img_size, grid):
     assert decoded.attention[0].shape[1:] == (grid, grid)
 
 
+@pytest.mark.parametrize("encoder_name, encoder_kwargs", [
+    ("timm:swin_tiny_patch4_window7_224", {"embed_dim": 24, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 1, 1],
+                                           "window_size": 2}),
+    ("timm:mambaout_femto", {}),
+])
+def test_a_channels_last_timm_encoder_is_read_as_such_and_built_for_img_size(encoder_name, encoder_kwargs):
+    """Its (B, H, W, C) features were pooled over W and C, a traceback at the attention; a Swin kept timm's 224 px,
+    and the size error's hint (model_kwargs.img_size) led nowhere."""
+    torch.manual_seed(0)
+    net = ShowAttendTell(vocab_size=VOCAB, encoder_name=encoder_name, encoder_kwargs=encoder_kwargs, img_size=64,
+                         grid_size=2, embed_dim=8, hidden_dim=8, attn_dim=8).eval()
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(net.feature_map(images), net.encoder.forward_features(images).permute(0, 3, 1, 2))
+    assert net.greedy_decode(images, max_len=3).attention[0].shape[1:] == (2, 2)
+    if "swin" in encoder_name:
+        assert tuple(net.encoder.patch_embed.img_size) == (64, 64)
+
+
+@pytest.mark.parametrize("grid_size", [0, -2, 2.5, None, (2, 0), True])
+def test_a_grid_size_that_is_no_count_is_one_line(grid_size):
+    """0 trained a run of NaN losses, every step skipped, and exited 0; -2 was a traceback at the first step."""
+    with pytest.raises(ConfigError, match=r"^grid_size=.*: give a whole number >= 1 or a \(height, width\) pair"):
+        ShowAttendTell(vocab_size=VOCAB, encoder_name="vit_tiny_patch4_28", encoder_kwargs={"depth": 1}, img_size=28,
+                       grid_size=grid_size)
+
+
 def test_vit_encoder_size_given_twice_must_agree():
     ShowAttendTell(vocab_size=VOCAB, encoder_name="vit_tiny_patch4_28", encoder_kwargs={"depth": 1, "img_size": (56, 56)},
                    img_size=56)

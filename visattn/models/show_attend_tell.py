@@ -27,8 +27,6 @@ from ..registry import check_timm_name, create_model, model_family, register_mod
 
 PAD_ID, START_ID, END_ID = 0, 1, 2
 GridSize = Union[int, tuple[int, int]]
-# timm modules whose models lay out position embeddings for an ``img_size`` fixed at build time.
-_TIMM_VIT_MODULES = ("vision_transformer", "deit", "beit", "eva")
 
 
 @dataclass
@@ -81,17 +79,19 @@ def _check_decoding(*, max_len: int, beam_size: int = 1, length_penalty: float =
                           "total log-probability, 1 by its mean per word)")
 
 
-def _is_vit(name: str) -> bool:
+def _takes_one_size(name: str) -> bool:
+    """Whether the encoder is built for one input size: a ViT (its position embeddings), or a timm model that
+    records a fixed input size (Swin's windows, LeViT's attention biases too)."""
     if name.startswith("timm:"):
         import timm
 
-        return timm.models.is_model_in_modules(timm.models.get_arch_name(name[5:]), _TIMM_VIT_MODULES)
+        return bool(getattr(timm.models.get_pretrained_cfg(name[5:]), "fixed_input_size", False))
     return model_family(split_model_name(name)[0]) == "vit"
 
 
 def _build_encoder(name: str, kwargs: dict[str, Any], pretrained: Union[bool, str, None],
                    img_size: Optional[int]) -> nn.Module:
-    if img_size and _is_vit(name):  # a ViT's position embeddings fix its input size at build time
+    if img_size and _takes_one_size(name):  # built for the captioner's size
         given = kwargs.setdefault("img_size", img_size)
         if to_2tuple(given) != to_2tuple(img_size):
             raise ConfigError(f"img_size={img_size} but encoder_kwargs img_size={given}: give the size once, as img_size")
@@ -152,12 +152,12 @@ class ShowAttendTell(nn.Module):
         self.vocab_size = vocab_size
         self.encoder = _build_encoder(encoder_name, dict(encoder_kwargs or {}), encoder_pretrained, img_size)
         self.freeze_encoder = freeze_encoder
-        if freeze_encoder:
-            self.encoder.requires_grad_(False)
+        if freeze_encoder:  # eval mode now: Lightning does not call train(), whose override keeps it there
+            self.encoder.requires_grad_(False).eval()
         channels = getattr(self.encoder, "input_size", (3, 224, 224))[0]
         default_size = tuple(getattr(self.encoder, "input_size", (3, 224, 224))[1:])
         self.input_size = (channels, *((img_size, img_size) if img_size else default_size))
-        self.grid = (grid_size, grid_size) if isinstance(grid_size, int) else tuple(grid_size)
+        self.grid = to_2tuple(grid_size, "grid_size")  # 0 trained NaN losses to the end, a negative one a traceback
         self.pool = nn.AdaptiveAvgPool2d(self.grid)
         self.feature_dim = feature_dim = self.encoder.num_features
 
@@ -189,6 +189,8 @@ class ShowAttendTell(nn.Module):
     def feature_map(self, images: Tensor) -> Tensor:
         """The encoder's map ``(B, C, h, w)`` before pooling (a ViT's patch tokens laid on their grid)."""
         x = self.encoder.forward_features(images)
+        if x.ndim == 4 and getattr(self.encoder, "output_fmt", "NCHW") == "NHWC":  # timm's Swin, MambaOut
+            x = x.permute(0, 3, 1, 2)
         if x.ndim == 3:  # ViT tokens (B, prefix + N, C): drop class/register tokens, lay out the patch grid
             x = x[:, getattr(self.encoder, "num_prefix_tokens", 0):]
             side = int(x.shape[1] ** 0.5)
