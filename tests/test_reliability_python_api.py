@@ -222,3 +222,22 @@ def test_timm_weights_visattn_evaluates_as_timm_does_load_without_a_warning():
         warnings.simplefilter("error")
         assert weights_preprocessing(None, "timm:resnet50.a1_in1k")["recipe"] == "photo"
         assert weights_preprocessing(None, "timm:vit_base_patch16_clip_384.laion2b_ft_in12k_in1k")["recipe"] == "small"
+
+
+@pytest.mark.parametrize("task, kwargs, key, source", [
+    ("classification", {"model_name": "se_resnet20_cifar", "num_classes": 3}, "num_classes",
+     "model.init_args.num_classes"),
+    ("detection", {"model_name": "fcos_resnet20_cifar", "num_classes": 3}, "num_classes", "model.init_args.num_classes"),
+    ("captioning", {"vocab": ["<pad>", "<start>", "<end>", "<unk>", "a"]}, "vocab_size",
+     r"model.init_args.vocab \(the data's vocabulary\)"),
+])
+def test_a_model_kwargs_key_the_task_sets_from_the_data_is_one_line(task, kwargs, key, source):
+    """It was "could not be built with them (... got multiple values for keyword argument 'num_classes')"."""
+    from visattn.tasks.captioning import CaptioningTask
+    from visattn.tasks.classification import ImageClassifier
+    from visattn.tasks.detection import DetectionTask
+
+    build = {"classification": ImageClassifier, "detection": DetectionTask, "captioning": CaptioningTask}[task]
+    with pytest.raises(ConfigError, match=rf"^model.init_args.model_kwargs.{key}: {source} sets it, from the data; "
+                                          "drop it from model_kwargs$"):
+        build(model_kwargs={key: 10}, **kwargs)

@@ -36,7 +36,7 @@ from ..pretrained import (find_weights_entry, load_weights, named_weights_entry,
 from ..registry import create_model, model_task, split_model_name
 from .classification import (EDITED_CHECKPOINT, Classifier, adamw_warmup_cosine, check_data_size,
                              checkpoint_model_kwargs, inference_model, inference_target, load_checkpoint_weights,
-                             read_checkpoint, require_task, sample_mean_loss, task_checkpoint)
+                             read_checkpoint, refuse_linked_kwargs, require_task, sample_mean_loss, task_checkpoint)
 from .distributed import gather_shares, in_split_order
 from .guards import GuardedTask, NonFiniteLossGuard, batch_of_one_is_one_line, skip_missing_batch
 
@@ -285,6 +285,7 @@ class CaptioningTask(GuardedTask, pl.LightningModule):
             raise ConfigError("CaptioningTask needs a vocabulary: link data.vocab in the config (see configs/captioning/)")
         self.save_hyperparameters()
         self.vocab = Vocabulary.from_list(vocab)
+        refuse_linked_kwargs(model_kwargs, vocab_size="model.init_args.vocab (the data's vocabulary)")
         self.model = build_captioner(model_name, self.vocab, dict(model_kwargs or {}), pretrained)
         check_data_size(self.model, model_name, preprocessing)
         self.val_metrics = CaptionMetrics(self.vocab, meteor=meteor)

@@ -67,6 +67,15 @@ def build_classifier(model_name: str, num_classes: int, model_kwargs: Optional[d
     return create_model(model_name, num_classes=num_classes, pretrained=pretrained, strict=strict, **kwargs)
 
 
+def refuse_linked_kwargs(model_kwargs: Optional[dict], **linked: str) -> None:
+    """One line for a ``model_kwargs`` key the task sets itself from the data (``num_classes``, a captioner's
+    ``vocab_size``): the builder got it twice ("multiple values for keyword argument")."""
+    for key, source in linked.items():
+        if key in (model_kwargs or {}):
+            raise ConfigError(f"model.init_args.model_kwargs.{key}: {source} sets it, from the data; drop it from "
+                              "model_kwargs")
+
+
 def _starting_weights(model_name: str, model_kwargs: Optional[dict],
                       pretrained: Optional[Union[bool, str]]) -> Optional[Union[bool, str]]:
     """The weights a model starts from, as ``pretrained`` names them: a timm model built with ``pretrained``
@@ -319,6 +328,7 @@ class ImageClassifier(GuardedTask, pl.LightningModule):
         if sdpa_backend is not None and sdpa_backend not in SDPA_BACKENDS:
             raise ConfigError(f"sdpa_backend={sdpa_backend!r}: use one of {', '.join(SDPA_BACKENDS)}, or null for automatic")
         self.save_hyperparameters()
+        refuse_linked_kwargs(model_kwargs, num_classes="model.init_args.num_classes")
         self.model = build_classifier(model_name, num_classes, model_kwargs, pretrained, strict)
         check_data_size(self.model, model_name, preprocessing)
         starting = _starting_weights(model_name, model_kwargs, pretrained)

@@ -31,7 +31,7 @@ from ..pretrained import find_weights_entry
 from ..registry import create_model, is_model, model_family, split_model_name
 from .classification import (Classifier, adamw_warmup_cosine, checkpoint_model_kwargs, inference_model,
                              inference_target, load_checkpoint_weights, match_class_order, read_checkpoint,
-                             recorded_labels, require_task, task_checkpoint)
+                             recorded_labels, refuse_linked_kwargs, require_task, task_checkpoint)
 from .distributed import gather_shares, in_split_order
 from .guards import GuardedTask, NonFiniteLossGuard, batch_of_one_is_one_line, skip_missing_batch
 
@@ -136,6 +136,7 @@ class DetectionTask(GuardedTask, pl.LightningModule):
         if class_names is not None and len(class_names) != num_classes:
             raise ConfigError(f"{len(class_names)} class_names for num_classes={num_classes}; link both from the data")
         self.save_hyperparameters()
+        refuse_linked_kwargs(model_kwargs, num_classes="model.init_args.num_classes")
         self.model = create_model(model_name, num_classes=num_classes, pretrained=pretrained, strict=strict,
                                   **dict(model_kwargs or {}))
         match_class_order(self.model, model_name, pretrained, class_names)
