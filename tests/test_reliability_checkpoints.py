@@ -321,7 +321,8 @@ TRAINER_MISTAKES = {
                                        "trainer.accelerator gpu: this machine has no gpu device; use"),
     "fit_from_best": (["--ckpt_path", "best"], "fit --ckpt_path best: fit resumes a run, from --ckpt_path last"),
     "logs_where_nothing_can_be_written": (["--trainer.logger.init_args.save_dir", "/proc/visattn-logs"],
-                                          "save_dir /proc/visattn-logs: No such file or directory; give a folder"),
+                                          "logger's save_dir /proc/visattn-logs: cannot write there (No such file "
+                                          "or directory); choose a writable logger's save_dir folder"),
     "label_smoothing_above_one": (["--model.init_args.label_smoothing", "1.5"],
                                   "model.init_args.label_smoothing 1.5: give a share of the target between 0 and 1"),
     "a_linked_value_in_the_model_section": (["--model.init_args.num_classes", "5"],

@@ -248,6 +248,21 @@ def test_a_closed_output_pipe_ends_quietly(monkeypatch, capfd):
     assert capfd.readouterr().err == ""
 
 
+def test_results_written_to_a_full_disk_or_a_closed_output_are_one_line_not_lost_silently(monkeypatch, capsys):
+    """`classify ... > /dev/full` was a traceback (or Python's "Exception ignored" at exit), and with standard
+    output closed (`>&-`) every result was dropped and the exit code said 0."""
+    with open("/dev/full", "w") as full:
+        monkeypatch.setattr(sys, "stdout", full)
+        assert main(["models", "se_*"]) == 1
+        monkeypatch.undo()
+    assert capsys.readouterr().err == ("visattn: error: writing standard output: No space left on device; send it "
+                                       "where there is room\n")
+    monkeypatch.setattr(sys, "stdout", None)
+    assert main(["models"]) == 2
+    assert capsys.readouterr().err.startswith("visattn: error: standard output is closed, and visattn writes its "
+                                              "results there; give it a file (> FILE) or /dev/null")
+
+
 class _UndecodableClass(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return 2
@@ -751,6 +766,50 @@ def test_a_checkpoint_monitoring_validation_in_a_run_without_it_is_refused_befor
     assert named in errors[0] and errors[0].endswith(", monitor a train/ metric, or drop the callback"), err
     assert "Traceback" not in err and "could not find the monitored key" not in err
     assert not (tmp_path / "outputs").exists()  # refused before anything was trained or written
+
+
+def test_a_checkpoint_folder_that_cannot_be_written_is_one_line_before_training(tmp_path, monkeypatch, capsys):
+    """A file where the folder goes (or a read-only one) was found at the first save, after a whole epoch."""
+    from fixtures_images import write_image_folder
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["visattn"])
+    write_image_folder(tmp_path / "photos", per_class=4)
+    (tmp_path / "outputs" / "imagefolder_template").mkdir(parents=True)
+    (tmp_path / "outputs" / "imagefolder_template" / "checkpoints").write_text("my notes\n")
+    trained = []
+    monkeypatch.setattr(ImageClassifier, "training_step", lambda *args: trained.append(1))
+    assert main(["fit", "--config", str(IMAGEFOLDER_CONFIG), "--data.init_args.root", "photos", *SMALL_FOLDER_FIT]) == 2
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert err == (f"visattn: error: ModelCheckpoint dirpath {tmp_path}/outputs/imagefolder_template/checkpoints: "
+                   "cannot write there (a file stands where a folder is needed); choose a writable ModelCheckpoint "
+                   "dirpath folder")
+    assert not trained and (tmp_path / "outputs" / "imagefolder_template" / "checkpoints").read_text() == "my notes\n"
+
+
+def test_a_full_disk_at_a_checkpoint_save_is_one_line_and_leaves_no_partial_file(tmp_path, monkeypatch, capsys):
+    """torch's zip writer reports a full disk as a RuntimeError ("unexpected pos ..."), which no handler took for a
+    write error: a 60-line traceback."""
+    from collections import namedtuple
+
+    import visattn.tasks.lightning_cli as lightning_cli
+    from fixtures_images import write_image_folder
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["visattn"])
+    write_image_folder(tmp_path / "photos", per_class=4)
+
+    def disk_full(obj, file, *args, **kwargs):
+        Path(file).write_bytes(b"PK\x03\x04 part of a checkpoint")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 5578816 vs 5578708")
+
+    monkeypatch.setattr(lightning_cli.torch, "save", disk_full)
+    monkeypatch.setattr(lightning_cli.shutil, "disk_usage", lambda path: namedtuple("Usage", "total used free")(1, 1, 0))
+    assert main(["fit", "--config", str(IMAGEFOLDER_CONFIG), "--data.init_args.root", "photos", *SMALL_FOLDER_FIT]) == 2
+    folder = tmp_path / "outputs" / "imagefolder_template" / "checkpoints"
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert err.startswith(f"visattn: error: the ModelCheckpoint dirpath {folder}: No space left on device ({folder}/")
+    assert err.endswith("); give a folder you can write to") and not list(folder.iterdir())
 
 
 def test_a_logger_turned_off_beside_a_learning_rate_monitor_names_both_settings(tmp_path, monkeypatch, capsys):

@@ -7,6 +7,7 @@ naming the thing and the fix, with exit code 2 and no traceback. A warning visat
 import argparse
 import contextlib
 import difflib
+import errno
 import json
 import math
 import os
@@ -679,6 +680,10 @@ def one_line_warnings() -> Iterator[None]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if sys.stdout is None:  # started with `>&-`: print() would drop every result, and the exit code say 0
+        print("visattn: error: standard output is closed, and visattn writes its results there; give it a file "
+              "(> FILE) or /dev/null", file=sys.stderr)
+        return 2
     for stream in (sys.stdout, sys.stderr):
         # A file name the console's encoding lacks (a cp1252 console, a C locale) prints escaped, not as a crash.
         if hasattr(stream, "reconfigure"):
@@ -693,7 +698,9 @@ def _run(argv: list[str]) -> int:
             return run_lightning(argv)
         args = build_parser().parse_args(argv)
         func: Callable[[argparse.Namespace], int] = args.func
-        return func(args)
+        code = func(args)
+        sys.stdout.flush()  # here, where a full disk is one line, not at the exit's flush
+        return code
     except VisattnError as err:
         print(f"visattn: error: {error_line(err)}", file=sys.stderr)
         return 2
@@ -704,6 +711,11 @@ def _run(argv: list[str]) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush cannot fail again
         return 141  # 128 + SIGPIPE, what a shell reports for a command killed by a closed pipe
     except OSError as err:
+        if err.filename is None and err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush would fail again
+            print(f"visattn: error: writing standard output: {err.strerror}; send it where there is room",
+                  file=sys.stderr)
+            return 1
         if err.filename is None:
             raise
         # The last safety net: commands name the option and the fix first (visattn.fileio.output_errors).

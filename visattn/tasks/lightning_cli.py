@@ -36,6 +36,7 @@ Ctrl-C ends every command with ``visattn: interrupted`` and exit code 130, as el
 """
 import contextlib
 import difflib
+import errno
 import glob
 import importlib
 import inspect
@@ -45,6 +46,7 @@ import math
 import os
 import random
 import re
+import shutil
 import signal
 import sys
 import traceback
@@ -69,7 +71,7 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from ..data.datamodules import SplitLoadersMixin
 from ..data.image_folder import image_files_of
 from ..errors import ConfigError, VisattnError, VisattnWarning, WeightsError, keyword_names
-from ..fileio import atomic_path, refuse_replacing_others_files
+from ..fileio import atomic_path, prepare_output_dir, refuse_replacing_others_files
 from ..pretrained import check_state_dict, checkpoint_follows, scored_as_built
 from ..registry import split_model_name
 from .classification import EDITED_CHECKPOINT, read_checkpoint
@@ -111,8 +113,13 @@ class SafeCheckpointIO(TorchCheckpointIO):
         if storage_options is not None or "://" in str(path):  # remote filesystems: Lightning's own writer
             return super().save_checkpoint(checkpoint, path, storage_options)
         path = Path(path)
-        with atomic_path(path) as tmp:
-            torch.save(checkpoint, tmp)
+        try:
+            with atomic_path(path) as tmp:
+                torch.save(checkpoint, tmp)
+        except RuntimeError as err:  # torch's zip writer reports a full disk as "unexpected pos ..." (no errno)
+            full = shutil.disk_usage(path.parent).free < 1 << 20
+            reason = os.strerror(errno.ENOSPC) if full else f"torch could not write it: {_first_line(err)}"
+            raise OSError(errno.ENOSPC if full else errno.EIO, reason, str(path)) from None
         for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):  # left by a writer that was killed
             stale.unlink(missing_ok=True)
 
@@ -878,6 +885,8 @@ class VisattnCLI(LightningCLI):
     def before_fit(self) -> None:
         _check_checkpoint_names(self.trainer)
         _check_monitored_validation(self.trainer, self.model, self.datamodule)
+        for setting, folder in _written_folders(self.trainer):  # before training, not after its first epoch
+            prepare_output_dir(folder, flag=setting)
 
     def before_validate(self) -> None:
         missing = _missing_validation_data(self.trainer, self.datamodule, "validate")
