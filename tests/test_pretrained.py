@@ -80,6 +80,26 @@ def test_sha256_mismatch_is_refused(weights_tmp):
     _assert_one_line_naming(err, path)
 
 
+def test_a_weights_folder_that_cannot_be_read_is_named_with_the_fix(tmp_path, monkeypatch):
+    """It was "w/index.json: Permission denied", from the last-resort handler, naming neither VISATTN_WEIGHTS nor a fix."""
+    from pathlib import Path
+
+    folder = tmp_path / "w"
+    folder.mkdir()
+    real_exists = Path.exists
+
+    def unreadable(path, *args, **kwargs):
+        if path.parent == folder:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_exists(path, *args, **kwargs)
+
+    monkeypatch.setenv("VISATTN_WEIGHTS", str(folder))
+    monkeypatch.setattr(Path, "exists", unreadable)
+    with pytest.raises(WeightsError, match=rf"^the weights folder {re.escape(str(folder))} cannot be read \(Permission "
+                                           r"denied\); fix its permissions, or take it out of VISATTN_WEIGHTS$"):
+        create_model("se_resnet20_cifar.fmnist")
+
+
 def test_an_index_entry_whose_file_is_gone_is_named_as_such(weights_tmp):
     """It said "weights file not found, nor weights of that name" and pointed to `visattn models --pretrained`,
     which lists the entry."""

@@ -812,6 +812,20 @@ def test_a_full_disk_at_a_checkpoint_save_is_one_line_and_leaves_no_partial_file
     assert err.endswith("); give a folder you can write to") and not list(folder.iterdir())
 
 
+@pytest.mark.parametrize("command", [["detect", "good.png", "--model", DETECTOR, "--out", "drawn"],
+                                     ["explain", "good.png", "--model", CLASSIFIER, "--out", "drawn"]])
+def test_an_output_that_is_a_link_to_nowhere_is_named_as_such_and_kept(command, tmp_path, monkeypatch, capsys):
+    """A folder link to nowhere was "a file stands where a folder is needed"; explain --out replaced the user's link
+    with a regular file."""
+    monkeypatch.chdir(tmp_path)
+    _photo(tmp_path / "good.png")
+    (tmp_path / "drawn").symlink_to(tmp_path / "nowhere" / "x")
+    assert main(command) == 2
+    assert capsys.readouterr().err == (f"visattn: error: --out drawn: a link to {tmp_path}/nowhere/x, which does not "
+                                       "exist; create its target or give another --out\n")
+    assert (tmp_path / "drawn").is_symlink()
+
+
 def test_a_logger_turned_off_beside_a_learning_rate_monitor_names_both_settings(tmp_path, monkeypatch, capsys):
     """Lightning's "Cannot use `LearningRateMonitor` callback with `Trainer` that has no logger" was told to fix "the
     setting it names", which it does not."""

@@ -120,9 +120,18 @@ def write_failure(err: OSError, kind: str) -> str:
 def prepare_output_dir(path: PathLike, *, flag: str) -> Path:
     """Create the output folder ``path`` (the value of ``flag``) and check that it takes a new file."""
     path = Path(path)
+    _refuse_a_dangling_link(path, flag=flag)
     with output_errors(path, flag=flag):
         _writable_dir(path)
     return path
+
+
+def _refuse_a_dangling_link(path: Path, *, flag: str) -> None:
+    """A link to nowhere read as "a file stands where a folder is needed", and an output file written there
+    replaced the user's link with a regular file."""
+    if path.is_symlink() and not path.exists():
+        raise ConfigError(f"{flag} {path}: a link to {os.readlink(path)}, which does not exist; create its target "
+                          f"or give another {flag}")
 
 
 def prepare_output_file(path: PathLike, *, flag: str, inputs: Iterable[PathLike] = (),
@@ -135,6 +144,7 @@ def prepare_output_file(path: PathLike, *, flag: str, inputs: Iterable[PathLike]
     if os.fspath(path).endswith(("/", os.sep)):  # Path() would drop the slash and write a file of that name
         raise ConfigError(f"{flag} {os.fspath(path)}: names a folder; give a file path in it")
     path = Path(path)
+    _refuse_a_dangling_link(path, flag=flag)
     with output_errors(path, flag=flag, kind="file"):
         if path.is_dir():
             raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))

@@ -169,8 +169,12 @@ def _folder_indexes() -> Iterator[dict[str, dict[str, Any]]]:
 def _read_index(index_file: Path) -> dict[str, dict[str, Any]]:
     """The entries of ``index_file`` as stored (``{}`` when there is none), checked for the shape every
     reader relies on; the one place an index is read."""
-    if not index_file.exists():
-        return {}
+    try:
+        if not index_file.exists():
+            return {}
+    except PermissionError as err:  # a folder of VISATTN_WEIGHTS that this user cannot read
+        raise WeightsError(f"the weights folder {index_file.parent} cannot be read ({err.strerror}); fix its "
+                           "permissions, or take it out of VISATTN_WEIGHTS") from None
     try:
         raw = json.loads(index_file.read_text())
     except (OSError, json.JSONDecodeError) as err:
