@@ -810,10 +810,10 @@ def _drop_mismatched_head(
     the error to raise instead, once the rest of the weights fit: when not ``new_head``, or when the head
     is only partly there (its missing keys would keep their random init without a word). A model
     without a head (``num_classes=0``, a backbone) drops the checkpoint's quietly."""
-    head = classifier_name(model)
-    if head is None:
+    names = classifier_names(model)
+    if not names:
         return state, None, None
-    prefixes = tuple(f"{name}." for name in head.split(", "))
+    head, prefixes = ", ".join(names), tuple(f"{name}." for name in names)
     own = model.state_dict()
     own_head = [k for k in own if k.startswith(prefixes) and not k.endswith(".num_batches_tracked")]
     state_head = [k for k in state if k.startswith(prefixes)]
@@ -846,16 +846,17 @@ def _drop_mismatched_head(
     return kept, warning, None
 
 
-def classifier_name(model: nn.Module) -> Optional[str]:
-    """The module name(s) of a model's classifier head, ``", "``-joined: visattn models give it as ``classifier``;
-    timm's in their ``pretrained_cfg`` (where ``classifier`` may be the head module itself: EfficientNet, MobileNet)."""
+def classifier_names(model: nn.Module) -> tuple[str, ...]:
+    """The module names of a model's classifier heads (a distilled DeiT has two; none: no head): visattn models
+    give theirs as ``classifier``; timm's in their ``pretrained_cfg`` (where ``classifier`` may be the head
+    module itself: EfficientNet, MobileNet)."""
     head = getattr(model, "classifier", None)
     if isinstance(head, str):
-        return head
+        return (head,)
     cfg = getattr(model, "pretrained_cfg", None)
     named = cfg.get("classifier") if isinstance(cfg, dict) else None
-    names = [named] if isinstance(named, str) else list(named) if isinstance(named, (tuple, list)) else []
-    return ", ".join(names) if names and all(isinstance(name, str) for name in names) else None
+    names = (named,) if isinstance(named, str) else tuple(named) if isinstance(named, (tuple, list)) else ()
+    return names if all(isinstance(name, str) for name in names) else ()
 
 
 def check_state_dict(
@@ -870,8 +871,7 @@ def check_state_dict(
     if not own.keys() & state.keys():
         raise WeightsError(f"{source}: weights do not fit {type(model).__name__} (no key in common"
                            f"{_wrapper_hint(state, own)}); {fix or 'load weights saved from this architecture'}")
-    head = classifier_name(model)
-    heads = tuple(f"{name}." for name in head.split(", ")) if head else ()
+    heads = tuple(f"{name}." for name in classifier_names(model))
     # Checkpoints from before PyTorch 0.4.1, and frozen-BatchNorm ones (torchvision's detectors), have no
     # BatchNorm step counters; they only matter with momentum=None.
     missing = [k for k in own if k not in state and not (heads and k.startswith(heads))

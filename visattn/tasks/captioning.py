@@ -36,7 +36,8 @@ from ..pretrained import (find_weights_entry, load_weights, named_weights_entry,
 from ..registry import create_model, model_task, split_model_name
 from .classification import (EDITED_CHECKPOINT, Classifier, adamw_warmup_cosine, check_data_size,
                              checkpoint_model_kwargs, inference_model, inference_target, load_checkpoint_weights,
-                             read_checkpoint, refuse_linked_kwargs, require_task, sample_mean_loss, task_checkpoint)
+                             read_checkpoint, refuse_linked_kwargs, require_task, sample_mean_loss,
+                             starting_checkpoint_settings, task_checkpoint)
 from .distributed import gather_shares, in_split_order
 from .guards import GuardedTask, NonFiniteLossGuard, batch_of_one_is_one_line, skip_missing_batch
 
@@ -212,12 +213,11 @@ def _starting_vocabulary(model_name: str, pretrained: Optional[Union[bool, str]]
     nothing = (None, dict)
     if pretrained is False or starting_weights_skipped():
         return nothing
+    settings = starting_checkpoint_settings(pretrained)
+    if settings is not None:
+        return settings.get("vocab"), lambda: read_state_dict(pretrained)
     if isinstance(pretrained, str):
         entry = named_weights_entry(pretrained)
-        if entry is None and Path(pretrained).suffix == ".ckpt":
-            path = Path(pretrained)
-            hparams = read_checkpoint(path, lazy=True).get("hyper_parameters") or {}
-            return hparams.get("vocab"), lambda: read_state_dict(path)
         if entry is None:
             return nothing
     else:

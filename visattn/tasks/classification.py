@@ -30,7 +30,7 @@ from ..errors import ConfigError, UnknownModelError, VisattnWarning, WeightsErro
 from ..layers.patch_embed import fixed_input_size, is_count
 from ..models.vit import NO_WEIGHT_DECAY
 from ..modes import eval_mode
-from ..pretrained import (TRAINING_CHECKPOINTS, checkpoint_follows, classifier_name, find_weights_entry, load_weights,
+from ..pretrained import (TRAINING_CHECKPOINTS, checkpoint_follows, classifier_names, find_weights_entry, load_weights,
                           metadata_problem, named_weights_entry, offline_timm_file, read_pickle_checkpoint,
                           refuse_an_untrained_head, require_regular_file, starting_weights_skipped, timm_pretrained_cfg,
                           weights_preprocessing)
@@ -152,8 +152,9 @@ def match_class_order(model: nn.Module, model_name: str, pretrained: Optional[Un
     problem = (f"the data's class names {_first_names(unknown)} are not among the starting weights' labels "
                f"({_first_names(recorded)})")
     refuse_an_untrained_head(problem)
-    warnings.warn(f"{problem}: classifier {classifier_name(model)!r} is randomly initialised, so fine-tune it",
-                  VisattnWarning, stacklevel=3)
+    head = ", ".join(classifier_names(model))
+    warnings.warn(f"{problem}: classifier {head!r} is randomly initialised, so fine-tune it", VisattnWarning,
+                  stacklevel=3)
 
 
 def _class_head_edits(model: nn.Module) -> tuple[Optional[Callable[[list[int]], None]], Optional[Callable[[], None]]]:
@@ -184,26 +185,34 @@ def starting_weights_labels(model_name: str, pretrained: Optional[Union[bool, st
     """The labels recorded with the weights a model starts from: shipped weights (``arch.tag``, ``pretrained=True``
     or another ``"ARCH.TAG"``), or a training checkpoint's ``class_names`` (a new run from an earlier one's weights);
     None for none, a plain weights file, or timm's or the hub's weights."""
-    entry = named_weights_entry(pretrained)
-    if entry is None and isinstance(pretrained, str) and Path(pretrained).suffix == ".ckpt":
-        try:
-            checkpoint = read_pickle_checkpoint(Path(pretrained), lazy=True)
-        except WeightsError:  # loading it says what is wrong with it
-            return None
-        hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
-        return hparams.get("class_names") if isinstance(hparams, dict) else None
+    settings = starting_checkpoint_settings(pretrained)
+    if settings is not None:
+        return settings.get("class_names")
     if model_name.startswith("timm:"):
         return None
-    entry = entry or model_arguments(model_name, pretrained=pretrained)[1]
+    entry = named_weights_entry(pretrained) or model_arguments(model_name, pretrained=pretrained)[1]
     return (entry or {}).get("labels")
 
 
+def starting_checkpoint_settings(pretrained: Optional[Union[bool, str]]) -> Optional[dict[str, Any]]:
+    """The hyperparameters of a training checkpoint given as starting weights (``pretrained: last.ckpt``, a new run
+    from an earlier one's weights); None for anything else, or a file that is no Lightning checkpoint (loading
+    it says what is wrong with it)."""
+    if not isinstance(pretrained, str) or Path(pretrained).suffix != ".ckpt" or named_weights_entry(pretrained):
+        return None
+    try:
+        checkpoint = read_pickle_checkpoint(Path(pretrained), lazy=True)
+    except WeightsError:
+        return None
+    settings = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
+    return settings if isinstance(settings, dict) else None
+
+
 def _head_linears(model: nn.Module) -> list[nn.Linear]:
-    """The last ``nn.Linear`` of each of the model's classifier heads (:func:`classifier_name`: a distilled DeiT
+    """The last ``nn.Linear`` of each of the model's classifier heads (:func:`classifier_names`: a distilled DeiT
     has two), which :func:`load_weights` drops when their size differs."""
-    heads = classifier_name(model)
     linears = [[m for m in model.get_submodule(name).modules() if isinstance(m, nn.Linear)]
-               for name in (heads.split(", ") if heads else [])]
+               for name in classifier_names(model)]
     return [found[-1] for found in linears if found]
 
 
