@@ -535,8 +535,10 @@ def test_pretrained_takes_a_shipped_arch_tag_from_any_folder(weights_tmp, tmp_pa
     monkeypatch.chdir(tmp_path)
     loaded = create_model(ARCH, num_classes=10, pretrained=f"{ARCH}.unit", **SMALL).eval()
     assert torch.equal(_logits(loaded), _logits(model))
-    with pytest.raises(WeightsError, match=rf"weights file not found, nor weights of that name \(searched {weights_tmp}, "
-                                           r".*\).*--pretrained"):
+    # a relative name is looked for in the working folder first: the message says which, as a config's
+    # relative pretrained path is not read from the config's folder
+    with pytest.raises(WeightsError, match=rf"weights file not found \(in the working folder {tmp_path}\), nor weights "
+                                           rf"of that name \(searched {weights_tmp}, .*\).*--pretrained"):
         create_model(ARCH, pretrained=f"{ARCH}.nope", **SMALL)
 
 
@@ -1208,7 +1210,8 @@ def test_weights_found_in_no_folder_name_the_folders_searched(two_folders, capsy
                               "`visattn models --pretrained`, or pass pretrained='FILE.safetensors'")
     with pytest.raises(WeightsError) as err:
         create_model(ARCH, pretrained=f"{ARCH}.nope")
-    assert str(err.value).startswith(f"{ARCH}.nope: weights file not found, nor weights of that name ({searched}); ")
+    assert str(err.value).startswith(f"{ARCH}.nope: weights file not found (in the working folder {os.getcwd()}), nor "
+                                     f"weights of that name ({searched}); ")
     assert main(["classify", "x.png", "--model", f"{ARCH}.nope"]) == 2
     assert capsys.readouterr().err == f"visattn: error: {expected}\n"
 

@@ -931,6 +931,17 @@ def test_a_mistyped_option_is_named_before_a_missing_required_one(args, named, c
     assert capsys.readouterr().err == f"visattn: error: {named}; see `visattn classify --help`\n"
 
 
+def test_a_file_named_like_an_option_gets_the_hint_to_name_it_as_a_path(tmp_path, monkeypatch, capsys):
+    """`classify -dash.png` said "unrecognized argument -dash.png" without saying how to give such a file."""
+    monkeypatch.chdir(tmp_path)
+    _photo(tmp_path / "-dash.png")
+    with pytest.raises(SystemExit) as exit:
+        main(["classify", "-dash.png", "--model", CLASSIFIER])
+    assert exit.value.code == 2 and capsys.readouterr().err == ("visattn: error: visattn classify: unrecognized argument -dash.png (a file? name "
+                                       "it ./-dash.png, or put -- before it); see `visattn classify --help`\n")
+    assert main(["classify", "--model", CLASSIFIER, "--", "-dash.png"]) == 0
+
+
 @pytest.mark.parametrize("command", ["models", "evaluate", "classify", "caption", "detect", "explain", "save-weights",
                                      "export"])
 def test_an_unknown_option_points_to_its_own_commands_help(command, capsys):

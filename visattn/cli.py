@@ -523,6 +523,8 @@ def _unrecognized(unknown: Sequence[str], known: Sequence[str]) -> str:
 
     if len(unknown) == 1:
         nearest = meant(unknown[0])
+        if nearest is None and os.path.lexists(unknown[0]):  # a file named like an option: `classify -dash.png`
+            return f"unrecognized argument {unknown[0]} (a file? name it ./{unknown[0]}, or put -- before it)"
         return f"unrecognized argument {unknown[0]}" + (f" (did you mean {nearest}?)" if nearest else "")
     named = [f"{name} (did you mean {meant(name)}?)" if meant(name) else name for name in unknown]
     return f"unrecognized arguments {', '.join(named)}"

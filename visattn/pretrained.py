@@ -355,8 +355,10 @@ def read_state_dict(path: Union[str, Path], *, sha256: Optional[str] = None) -> 
     if sha256 is not None:  # an index entry's file
         require_regular_file(path, missing=f"the weights file of an entry in {path.parent / 'index.json'} is missing; "
                              "restore the file, or remove its entry from that index")
-    require_regular_file(path, missing=f"weights file not found, nor weights of that name ({_searched()}); check the "
-                         "path, see `visattn models --pretrained` for ARCH.TAG names, or give false for no weights")
+    # a relative path is read from the working folder, not the config's: say which, when it is not there
+    where = "" if path.is_absolute() else f" (in the working folder {Path.cwd()})"
+    require_regular_file(path, missing=f"weights file not found{where}, nor weights of that name ({_searched()}); check "
+                         "the path, see `visattn models --pretrained` for ARCH.TAG names, or give false for no weights")
     # Indexed safetensors weights are hashed and loaded from the same bytes: a file swapped between a check
     # and a second read would load unchecked.
     data = path.read_bytes() if sha256 is not None and path.suffix == ".safetensors" else None
