@@ -710,11 +710,11 @@ def _run(argv: list[str]) -> int:
         print("visattn: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # the reader went away, as `visattn classify photos/ | head` does: stop quietly
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush cannot fail again
+        _stdout_to_devnull()
         return 141  # 128 + SIGPIPE, what a shell reports for a command killed by a closed pipe
     except OSError as err:
         if err.filename is None and err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO):
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush would fail again
+            _stdout_to_devnull()
             print(f"visattn: error: writing standard output: {err.strerror}; send it where there is room",
                   file=sys.stderr)
             return 1
@@ -723,6 +723,11 @@ def _run(argv: list[str]) -> int:
         # The last safety net: commands name the option and the fix first (visattn.fileio.output_errors).
         print(f"visattn: error: {one_line(f'{err.filename}: {err.strerror or err}')}", file=sys.stderr)
         return 2
+
+
+def _stdout_to_devnull() -> None:
+    """After a failed write to standard output: the exit's flush would fail again, and print Python's own error."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 if __name__ == "__main__":

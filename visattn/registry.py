@@ -47,6 +47,17 @@ def model_family(name: str) -> str:
     return _model_family[_resolve_arch(arch, tag=tag)]
 
 
+def built_for_one_size(name: str) -> bool:
+    """Whether ``name`` (``arch``, ``arch.tag`` or ``timm:NAME``) is built for one input size, which its builder's
+    ``img_size`` sets: a ViT (its position embeddings), or a timm model that records a fixed input size (Swin's
+    windows, LeViT's attention biases too)."""
+    if name.startswith("timm:"):
+        import timm
+
+        return bool(getattr(timm.models.get_pretrained_cfg(name[len("timm:"):]), "fixed_input_size", False))
+    return model_family(name) == "vit"
+
+
 def model_task(name: str) -> str:
     """``"classification"``, ``"captioning"`` or ``"detection"`` for ``arch``, ``arch.tag`` or ``timm:NAME``."""
     if name.startswith("timm:"):

@@ -88,9 +88,11 @@ def _unused_layer_message(model: nn.Module, target: nn.Module) -> str:
 
 def _first_map(output: object) -> Optional[Tensor]:
     """The layer's output, or the first ``(B, C, H, W)`` map or ``(B, N, C)`` tokens of a tuple or list."""
-    if torch.is_tensor(output) or not isinstance(output, (tuple, list)):
-        return output if torch.is_tensor(output) else None
-    return next((t for t in output if torch.is_tensor(t) and t.ndim in (3, 4)), None)
+    if torch.is_tensor(output):
+        return output
+    if isinstance(output, (tuple, list)):
+        return next((t for t in output if torch.is_tensor(t) and t.ndim in (3, 4)), None)
+    return None
 
 
 def _token_grid(count: int, image_size: tuple[int, int]) -> Optional[tuple[int, int]]:

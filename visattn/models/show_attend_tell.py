@@ -23,7 +23,7 @@ from ..layers.lstm_cell import SigmoidLSTMCell
 from ..layers.onednn_linear import linear
 from ..layers.patch_embed import is_count, is_number, to_2tuple
 from ..modes import eval_mode
-from ..registry import check_timm_name, create_model, model_family, register_model, split_model_name
+from ..registry import built_for_one_size, check_timm_name, create_model, register_model
 
 PAD_ID, START_ID, END_ID = 0, 1, 2
 GridSize = Union[int, tuple[int, int]]
@@ -79,19 +79,9 @@ def _check_decoding(*, max_len: int, beam_size: int = 1, length_penalty: float =
                           "total log-probability, 1 by its mean per word)")
 
 
-def _takes_one_size(name: str) -> bool:
-    """Whether the encoder is built for one input size: a ViT (its position embeddings), or a timm model that
-    records a fixed input size (Swin's windows, LeViT's attention biases too)."""
-    if name.startswith("timm:"):
-        import timm
-
-        return bool(getattr(timm.models.get_pretrained_cfg(name[5:]), "fixed_input_size", False))
-    return model_family(split_model_name(name)[0]) == "vit"
-
-
 def _build_encoder(name: str, kwargs: dict[str, Any], pretrained: Union[bool, str, None],
                    img_size: Optional[int]) -> nn.Module:
-    if img_size and _takes_one_size(name):  # built for the captioner's size
+    if img_size and built_for_one_size(name):  # built for the captioner's size
         given = kwargs.setdefault("img_size", img_size)
         if to_2tuple(given) != to_2tuple(img_size):
             raise ConfigError(f"img_size={img_size} but encoder_kwargs img_size={given}: give the size once, as img_size")

@@ -218,13 +218,11 @@ def _starting_vocabulary(model_name: str, pretrained: Optional[Union[bool, str]]
         return settings.get("vocab"), lambda: read_state_dict(pretrained)
     if isinstance(pretrained, str):
         entry = named_weights_entry(pretrained)
-        if entry is None:
-            return nothing
     else:
         arch, tag = split_model_name(model_name)
         entry = find_weights_entry(arch, tag) if tag is not None else None
-        if entry is None:
-            return nothing
+    if entry is None:
+        return nothing
     return entry.get("vocab"), lambda: read_state_dict(entry["path"], sha256=entry["sha256"])
 
 

@@ -34,7 +34,8 @@ from ..pretrained import (TRAINING_CHECKPOINTS, checkpoint_follows, classifier_n
                           metadata_problem, named_weights_entry, offline_timm_file, read_pickle_checkpoint,
                           refuse_an_untrained_head, require_regular_file, starting_weights_skipped, timm_pretrained_cfg,
                           weights_preprocessing)
-from ..registry import check_timm_name, create_model, model_arguments, model_family, model_task, split_model_name
+from ..registry import (built_for_one_size, check_timm_name, create_model, model_arguments, model_task,
+                        split_model_name)
 from .guards import GuardedTask, NonFiniteLossGuard, batch_of_one_is_one_line, skip_missing_batch
 
 
@@ -762,16 +763,9 @@ def recorded_labels(recorded: Optional[Sequence[str]], num_classes: int, source:
 
 
 def _size_kwargs(arch: str, img_size: Optional[int]) -> dict[str, Any]:
-    """Builder arguments for another input size: only ViTs have a size-bound part (position embeddings), and
-    timm's models that record a fixed input size (ViTs, Swin, LeViT), whose weights timm's filter resamples."""
-    if img_size is None:
-        return {}
-    if arch.startswith("timm:"):
-        import timm
-
-        cfg = timm.models.get_pretrained_cfg(arch[len("timm:"):])
-        return {"img_size": img_size} if getattr(cfg, "fixed_input_size", False) else {}
-    return {"img_size": img_size} if model_family(arch) == "vit" else {}
+    """Builder arguments for another input size, for a model built for one (:func:`built_for_one_size`: a timm
+    model's weights are then resampled by timm's filter); CNNs pool globally anyway."""
+    return {"img_size": img_size} if img_size is not None and built_for_one_size(arch) else {}
 
 
 def _resized(preprocessing: dict[str, Any], img_size: Optional[int]) -> dict[str, Any]:
