@@ -29,7 +29,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import load_file
-from safetensors.torch import save as safetensors_bytes
+from safetensors.torch import save as unordered_safetensors_bytes
 from torch import nn
 
 from .errors import ConfigError, UnknownModelError, VisattnWarning, WeightsError, one_line
@@ -638,6 +638,21 @@ def save_weights(model: nn.Module, path: Union[str, Path], *, overwrite: bool = 
     data = safetensors_bytes(tensors, metadata={"arch": arch, "format": "pt"})
     entry = {"file": path.name, "num_classes": getattr(model, "num_classes", None), **meta}
     return _write_weights_and_entry(path, data, entry, overwrite=overwrite)
+
+
+def safetensors_bytes(tensors: StateDict, metadata: dict[str, str]) -> bytes:
+    """The safetensors file of ``tensors``, the same bytes for the same weights in every process.
+
+    safetensors writes its JSON header from a hash map, so the order of its keys (and with it the
+    file's sha256) changed from one save to the next. The header is written again with sorted keys,
+    padded with spaces to 8 bytes as the format asks; the tensors' offsets are into the data that
+    follows, which does not move.
+    """
+    data = unordered_safetensors_bytes(tensors, metadata=metadata)
+    header_size = int.from_bytes(data[:8], "little")
+    header = json.dumps(json.loads(data[8:8 + header_size]), sort_keys=True, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)
+    return len(header).to_bytes(8, "little") + header + data[8 + header_size:]
 
 
 def _write_weights_and_entry(path: Path, data: bytes, entry: dict[str, Any], *, overwrite: bool) -> dict[str, Any]:
