@@ -82,10 +82,11 @@ def test_timm_weights_give_identical_logits(tmp_path):
     assert_same_logits(model, reference)
 
 
-def test_plain_weights_load_non_strictly_into_cbam(torchvision_weights):
+@pytest.mark.parametrize("strict", [False, "attention"])
+def test_plain_weights_load_non_strictly_into_cbam(torchvision_weights, strict):
     path, reference = torchvision_weights["resnet50"]
     with pytest.warns(UserWarning, match=r"layer1\.0\.attn\.channel"):
-        model = create_model("cbam_resnet50", pretrained=path, strict=False)
+        model = create_model("cbam_resnet50", pretrained=path, strict=strict)
     torch.testing.assert_close(model.layer3[2].conv2.weight, reference.layer3[2].conv2.weight)
     torch.testing.assert_close(model.fc.weight, reference.fc.weight)
     with pytest.raises(WeightsError, match=r"layer1\.0\.attn"):
@@ -96,8 +97,39 @@ def test_plain_weights_load_non_strictly_into_cbam(torchvision_weights):
 def test_identity_initialised_attention_keeps_pretrained_logits(arch, torchvision_weights):
     path, reference = torchvision_weights["resnet18"]
     with pytest.warns(UserWarning, match="missing"):
-        model = create_model(arch, pretrained=path, strict=False)
+        model = create_model(arch, pretrained=path, strict="attention")
     assert_same_logits(model, reference)
+
+
+def _other_depths_weights_are_refused(build, path):
+    with pytest.raises(WeightsError, match=r"^\S*resnet18\.pth: weights do not fit ResNet \(missing outside its "
+                       r"attention modules: layer1\.2\.conv1\.weight, .*\); give weights of this architecture"):
+        build(path)
+
+
+@pytest.mark.parametrize("arch", ["resnet34", "cbam_resnet34", "bam_resnet34", "nl_resnet34"])
+def test_strict_attention_lets_only_attention_modules_be_missing(arch, torchvision_weights):
+    path, _ = torchvision_weights["resnet18"]
+    _other_depths_weights_are_refused(lambda p: create_model(arch, pretrained=p, strict="attention"), path)
+    with pytest.warns(UserWarning, match="loaded non-strictly; kept init for missing"):  # False: any init
+        create_model(arch, pretrained=path, strict=False)
+    with pytest.raises(ConfigError, match=r"strict='attentions': give True .*, 'attention' .* or False"):
+        create_model(arch, strict="attentions")
+
+
+def test_encoders_and_backbones_take_a_plain_resnets_weights_but_not_another_depths(torchvision_weights):
+    # Their builders chose to load non-strictly: resnet18 weights in a resnet34 encoder or backbone had
+    # left 80 of its weights at their init with a warning.
+    from visattn.models.detection import create_backbone
+    from visattn.models.show_attend_tell import ShowAttendTell
+
+    path, reference = torchvision_weights["resnet18"]
+    with pytest.warns(UserWarning, match=r"kept init for missing layer1\.0\.attn"):
+        body = create_backbone("cbam_resnet18", pretrained=str(path))
+    torch.testing.assert_close(body.layer4[1].conv2.weight, reference.layer4[1].conv2.weight)
+    _other_depths_weights_are_refused(lambda p: create_backbone("cbam_resnet34", pretrained=p), path)
+    _other_depths_weights_are_refused(
+        lambda p: ShowAttendTell(vocab_size=20, encoder_name="resnet34", encoder_pretrained=p), path)
 
 
 def test_resnet50_parameter_counts_match_the_papers():

@@ -34,7 +34,9 @@ from torch import nn
 
 from .errors import ConfigError, UnknownModelError, VisattnWarning, WeightsError, one_line
 from .fileio import atomic_path, atomic_write_text, exclusive_lock
+from .layers.create_attn import ATTN_LAYERS
 from .layers.patch_embed import fixed_input_size
+from .registry import Strictness
 
 StateDict = dict[str, torch.Tensor]
 
@@ -233,7 +235,6 @@ def timm_pretrained_cfg(model: nn.Module, preprocessing: Optional[dict[str, Any]
     ``preprocessing`` (what it lacks: the defaults of weights that recorded none), so that timm's data
     helpers (``resolve_data_config``, ``create_transform``) preprocess as visattn does, not for ImageNet."""
     from .data.transforms import default_preprocessing, timm_data_config
-    from .layers.patch_embed import fixed_input_size
 
     built = default_preprocessing(model)
     preprocessing = {**built, **(preprocessing or {})}
@@ -692,7 +693,7 @@ def load_weights(
     model: nn.Module,
     source: Union[str, Path, StateDict],
     *,
-    strict: bool = True,
+    strict: Strictness = True,
     sha256: Optional[str] = None,
     new_head: bool = True,
     origin: Optional[Union[str, Path]] = None,
@@ -707,7 +708,8 @@ def load_weights(
     :class:`WeightsError`, as it is for weights saved with this very model; a head only partly there
     always is. Any other difference raises :class:`WeightsError` listing the keys (before any error
     about the head), unless ``strict=False``, which keeps the model's own initialisation for keys the
-    checkpoint lacks and warns with their names. ``origin``: the file a state-dict ``source`` came
+    checkpoint lacks and warns with their names; ``strict="attention"`` does so only for keys of
+    attention modules (a plain ResNet's weights in ``cbam_resnet50``). ``origin``: the file a state-dict ``source`` came
     from, for the messages; ``fix``: what their hint says to do when the keys do not fit. Inside
     :func:`checkpoint_follows` nothing is loaded.
     """
@@ -877,12 +879,13 @@ def classifier_names(model: nn.Module) -> tuple[str, ...]:
 
 
 def check_state_dict(
-    model: nn.Module, state: StateDict, *, strict: bool, source: Any, fix: Optional[str] = None
+    model: nn.Module, state: StateDict, *, strict: Strictness, source: Any, fix: Optional[str] = None
 ) -> None:
     """Raise :class:`WeightsError` naming ``source`` and the keys when ``state`` does not fit ``model``.
 
-    Missing and unexpected keys count only when ``strict``; shapes always, and so does a state that
-    shares no key with the model. ``fix`` replaces the hint.
+    Missing and unexpected keys count only when ``strict`` is True, missing keys outside the model's
+    attention modules when it is ``"attention"``; shapes always, and so does a state that shares no key
+    with the model. ``fix`` replaces the hint.
     """
     own = model.state_dict()
     if not own.keys() & state.keys():
@@ -895,13 +898,17 @@ def check_state_dict(
                and not k.endswith(".num_batches_tracked")]
     unexpected = [k for k in state if k not in own]
     shape = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in state if k in own and own[k].shape != state[k].shape]
-    if shape or (strict and (missing or unexpected)):
+    if shape or (strict is True and (missing or unexpected)):
         parts = [f"{label}: {_key_list(keys)}" for label, keys in
                  (("missing", missing), ("unexpected", unexpected), ("wrong shape", shape)) if keys]
-        hint = fix or ("check the architecture and its kwargs (depth, widths, ...); pass strict=False only when "
-                       "the missing keys are modules added on top of the weights' architecture, such as "
-                       "attention modules on a plain ResNet" if not shape else "check the architecture and its kwargs")
+        hint = fix or ("check the architecture and its kwargs (depth, widths, ...); pass strict='attention' when "
+                       "the missing keys are attention modules added to the weights' architecture (a plain ResNet's "
+                       "weights in cbam_resnet50)" if not shape else "check the architecture and its kwargs")
         raise WeightsError(f"{source}: weights do not fit {type(model).__name__} ({'; '.join(parts)}); {hint}")
+    if strict == "attention" and (core := [k for k in missing if not k.startswith(_attention_prefixes(model))]):
+        # another depth's weights (resnet18's in a resnet34) had left whole blocks at their init with a warning
+        raise WeightsError(f"{source}: weights do not fit {type(model).__name__} (missing outside its attention "
+                           f"modules: {_key_list(core)}); {fix or 'give weights of this architecture or of its plain version'}")
     if missing or unexpected:
         warnings.warn(
             f"{source}: loaded non-strictly; kept init for missing {_key_list(missing)}; "
@@ -909,6 +916,12 @@ def check_state_dict(
             VisattnWarning,
             stacklevel=3,
         )
+
+
+def _attention_prefixes(model: nn.Module) -> tuple[str, ...]:
+    """``("layer1.0.attn.", ...)``: where the model's attention modules (SE, CBAM, ..., non-local) keep their weights."""
+    kinds = tuple(ATTN_LAYERS.values())
+    return tuple(f"{name}." for name, module in model.named_modules() if isinstance(module, kinds))
 
 
 def _wrapper_hint(state: StateDict, own: StateDict) -> str:

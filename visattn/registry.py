@@ -7,11 +7,15 @@ import difflib
 import fnmatch
 import typing
 from collections.abc import Iterable, Sequence
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Literal, Optional, Union
 
 from torch import nn
 
 from .errors import ConfigError, UnknownModelError, check_keyword_arguments
+
+# True: every weight must fit; "attention": only attention modules added to the weights' architecture
+# (SE, CBAM, ... on a plain ResNet) may be missing; False: any missing weight keeps its initialisation.
+Strictness = Union[bool, Literal["attention"]]
 
 Patterns = Union[str, Sequence[str]]  # one fnmatch pattern, or several (a name matching any)
 
@@ -216,7 +220,7 @@ def create_model(
     *,
     pretrained: Union[bool, str, None] = None,
     num_classes: Optional[int] = None,
-    strict: bool = True,
+    strict: Strictness = True,
     **kwargs,
 ) -> nn.Module:
     """Build a registered model, optionally with weights.
@@ -231,14 +235,16 @@ def create_model(
             ``"ARCH.TAG"`` (e.g. a backbone's); ``"timm:NAME"`` or ``"hf-hub:ORG/REPO"``.
         num_classes: classifier size. Defaults to the weights entry's label count for ``arch.tag``
             or ``pretrained=True``; a value that differs from the checkpoint drops its head with a warning.
-        strict: when ``False``, parameters the checkpoint lacks (e.g. new attention modules on a
-            plain backbone) keep their initialisation and a warning lists them.
+        strict: when ``"attention"``, parameters of attention modules the checkpoint lacks (a plain
+            backbone's weights in an SE or CBAM one) keep their initialisation and a warning lists them;
+            when ``False``, any parameter the checkpoint lacks does.
         **kwargs: architecture hyperparameters passed to the builder (``img_size``, ``drop_path_rate``, ...).
     """
     from .pretrained import load_weights, timm_pretrained_cfg, weights_preprocessing
 
-    if not isinstance(strict, bool):  # "no" is true
-        raise ConfigError(f"strict={strict!r}: give True (every weight must fit) or False")
+    if not isinstance(strict, bool) and strict != "attention":  # "no" is true
+        raise ConfigError(f"strict={strict!r}: give True (every weight must fit), 'attention' (attention modules "
+                          "may be new) or False (any weight may be missing)")
     arch, entry, kwargs = model_arguments(name, pretrained=pretrained, num_classes=num_classes, **kwargs)
     model = _model_entrypoints[arch](**kwargs)
     model.visattn_name = f"{arch}.{entry['tag']}" if entry else arch

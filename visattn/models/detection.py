@@ -77,8 +77,8 @@ def create_backbone(
     kwargs = dict(kwargs or {})
     if family == "vit":
         kwargs.setdefault("img_size", -(-max_size // 32) * 32)
-    # strict=False: a plain ResNet checkpoint leaves a CBAM backbone's attention modules at their init.
-    return create_model(name, pretrained=pretrained, num_classes=0, strict=False, **kwargs)
+    # A plain ResNet checkpoint leaves a CBAM backbone's attention modules at their init.
+    return create_model(name, pretrained=pretrained, num_classes=0, strict="attention", **kwargs)
 
 
 def resnet_stage_channels(body: ResNet) -> list[int]:
@@ -281,7 +281,7 @@ class FcosDetector(FCOS):
         num_classes: object classes (no background class).
         backbone_kwargs: builder arguments of the backbone (``widths``, ``img_size``, ``drop_path_rate``, ...).
         pretrained_backbone: ``pretrained`` for the backbone: ``True`` for its default shipped weights,
-            another shipped ``ARCH.TAG``, or a file.
+            another shipped ``ARCH.TAG``, or a file, loaded with ``strict="attention"``.
         out_channels: channels of the pyramid and the head; a multiple of 32 (the head's GroupNorm).
         fpn_stages: ResNet stages that feed the FPN (default: the last three).
         pyramid_scales: ViT pyramid scales relative to the patch grid.
@@ -468,7 +468,7 @@ class DetrDetector(nn.Module):
         num_classes: object classes, without the "no object" class.
         backbone_kwargs: builder arguments of the backbone.
         pretrained_backbone: ``pretrained`` for the backbone: ``True`` for its default shipped weights,
-            another shipped ``ARCH.TAG``, or a file.
+            another shipped ``ARCH.TAG``, or a file, loaded with ``strict="attention"``.
         hidden_dim: transformer token size.
         num_heads: attention heads.
         num_encoder_layers: encoder depth.

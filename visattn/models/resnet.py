@@ -8,7 +8,7 @@ Papers:
 
 Parameter names are torchvision's (``conv1, bn1, layer1..layer4, fc``; blocks ``conv1, bn1, conv2,
 bn2, (conv3, bn3), downsample.0/.1``), so torchvision and timm ResNet checkpoints load as they are;
-the attention modules add keys of their own, which ``strict=False`` leaves at their initialisation.
+the attention modules add keys of their own, which ``strict="attention"`` leaves at their initialisation.
 timm names the block attention ``se`` whatever its type; ``adapt_state_dict`` renames it to ``attn`` for SE and ECA.
 
 Where each attention goes, following its paper:

@@ -93,9 +93,9 @@ def _build_encoder(name: str, kwargs: dict[str, Any], pretrained: Union[bool, st
         check_timm_name(name[5:])
         encoder = timm.create_model(name[5:], num_classes=0, **kwargs)
         if pretrained:  # a file, or timm's own weights through the hub check that fails fast offline
-            load_weights(encoder, name if pretrained is True else pretrained, strict=False)
+            load_weights(encoder, name if pretrained is True else pretrained, strict="attention")
         return encoder
-    return create_model(name, pretrained=pretrained, num_classes=0, strict=False, **kwargs)
+    return create_model(name, pretrained=pretrained, num_classes=0, strict="attention", **kwargs)
 
 
 class ShowAttendTell(nn.Module):
@@ -106,7 +106,8 @@ class ShowAttendTell(nn.Module):
         encoder_name: registered CNN or ViT, or ``timm:NAME``; its ``forward_features`` is used.
         encoder_kwargs: builder arguments of the encoder (``img_size``, ``widths``, ...).
         encoder_pretrained: passed to ``create_model(..., pretrained=...)`` for the encoder (``None``: as
-            ``encoder_name`` says, so ``ARCH.TAG`` loads those weights).
+            ``encoder_name`` says, so ``ARCH.TAG`` loads those weights), with ``strict="attention"``: a plain
+            ResNet's weights fit an attention ResNet of its depth.
         freeze_encoder: keep the encoder's weights fixed (and its norms in eval mode).
         img_size: input size (a ViT encoder is built for it); ``None`` takes the encoder's ``input_size``.
         grid_size: the feature map is average-pooled to this grid (the paper's 14x14 is VGG's stride-16 map

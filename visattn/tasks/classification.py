@@ -34,7 +34,7 @@ from ..pretrained import (TRAINING_CHECKPOINTS, checkpoint_follows, classifier_n
                           metadata_problem, named_weights_entry, offline_timm_file, read_pickle_checkpoint,
                           refuse_an_untrained_head, require_regular_file, starting_weights_skipped, timm_pretrained_cfg,
                           weights_preprocessing)
-from ..registry import (built_for_one_size, check_timm_name, create_model, model_arguments, model_task,
+from ..registry import (Strictness, built_for_one_size, check_timm_name, create_model, model_arguments, model_task,
                         split_model_name)
 from .guards import GuardedTask, NonFiniteLossGuard, batch_of_one_is_one_line, skip_missing_batch
 
@@ -44,7 +44,7 @@ TIMM_STARTING_WEIGHTS = ("pretrained", "pretrained_cfg_overlay", "pretrained_cfg
 
 
 def build_classifier(model_name: str, num_classes: int, model_kwargs: Optional[dict] = None,
-                     pretrained: Optional[Union[bool, str]] = None, strict: bool = True) -> nn.Module:
+                     pretrained: Optional[Union[bool, str]] = None, strict: Strictness = True) -> nn.Module:
     """A registered model, or any timm model when ``model_name`` is ``"timm:NAME"``; ``pretrained`` as
     :func:`visattn.create_model` takes it (None: as the model name says, an ``arch.tag`` loads its
     shipped weights; False: no weights, even for ``arch.tag``; ``True`` for a timm model: timm's own
@@ -319,7 +319,7 @@ class ImageClassifier(GuardedTask, pl.LightningModule):
         num_classes: int = 10,
         model_kwargs: Optional[dict[str, Any]] = None,
         pretrained: Optional[Union[bool, str]] = None,
-        strict: bool = True,
+        strict: Strictness = True,
         lr: float = 1e-3,
         weight_decay: float = 0.05,
         warmup_epochs: float = 1.0,

@@ -28,7 +28,7 @@ from ..explain.detections import detection_maps
 from ..modes import eval_mode
 from ..fileio import PNG_SOFTWARE, atomic_path, attention_note, output_errors, output_paths
 from ..pretrained import find_weights_entry
-from ..registry import create_model, is_model, model_family, split_model_name
+from ..registry import Strictness, create_model, is_model, model_family, split_model_name
 from .classification import (Classifier, adamw_warmup_cosine, checkpoint_model_kwargs, inference_model,
                              inference_target, load_checkpoint_weights, match_class_order, read_checkpoint,
                              recorded_labels, refuse_linked_kwargs, require_task, task_checkpoint)
@@ -120,7 +120,7 @@ class DetectionTask(GuardedTask, pl.LightningModule):
         num_classes: int = 10,
         model_kwargs: Optional[dict[str, Any]] = None,
         pretrained: Optional[Union[bool, str]] = None,
-        strict: bool = True,
+        strict: Strictness = True,
         lr: float = 1e-3,
         weight_decay: float = 0.05,
         warmup_epochs: float = 1.0,
