@@ -338,17 +338,20 @@ def test_attention_panels_are_drawn_on_what_the_model_saw_not_the_whole_file(tmp
     assert placed == [CellCentres(*[tuple(8 * k + 0.5 for k in range(8))] * 2)]  # the encoder's stride-8 cells
 
 
-def test_fine_tuning_a_shipped_captioner_on_other_words_keeps_all_but_the_per_word_layers():
+@pytest.mark.parametrize("named", [{"model_name": "sat_cbam_resnet_scenes.scenes"},
+                                   {"model_name": "sat_cbam_resnet_scenes", "pretrained": True}])
+def test_fine_tuning_a_shipped_captioner_on_other_words_keeps_all_but_the_per_word_layers(named):
     # It was a shape error blaming the architecture; and a vocabulary of the same size would have loaded
-    # each id's embedding for the word it had in the shipped vocabulary.
+    # each id's embedding for the word it had in the shipped vocabulary (pretrained=True on the bare
+    # architecture, its default weights, still did).
     from visattn.tasks.captioning import load_captioner
 
     shipped = create_model("sat_cbam_resnet_scenes.scenes")
     own = Vocabulary.from_list(Vocabulary.build(["a red bag on grass", "a blue sky"] * 5, min_count=1).to_list())
-    with pytest.warns(UserWarning, match=r"sat_cbam_resnet_scenes.scenes: its weights were trained on another "
+    with pytest.warns(UserWarning, match=r"sat_cbam_resnet_scenes(.scenes)?: its weights were trained on another "
                                          r"vocabulary \(\d+ tokens; this data's has \d+\): the word embedding and "
                                          "output layer start afresh, the rest is loaded"):
-        task = CaptioningTask(model_name="sat_cbam_resnet_scenes.scenes", vocab=own.to_list())
+        task = CaptioningTask(vocab=own.to_list(), **named)
     tuned, reference = task.model.state_dict(), shipped.state_dict()
     assert tuned["embed.weight"].shape[0] == len(own) and tuned["fc.weight"].shape[0] == len(own)
     kept = [k for k in reference if not k.startswith(("embed.", "fc."))]

@@ -219,8 +219,8 @@ def _starting_vocabulary(model_name: str, pretrained: Optional[Union[bool, str]]
     if isinstance(pretrained, str):
         entry = named_weights_entry(pretrained)
     else:
-        arch, tag = split_model_name(model_name)
-        entry = find_weights_entry(arch, tag) if tag is not None else None
+        arch, tag = split_model_name(model_name)  # True on a bare architecture: its default weights
+        entry = find_weights_entry(arch, tag) if tag is not None or pretrained is True else None
     if entry is None:
         return nothing
     return entry.get("vocab"), lambda: read_state_dict(entry["path"], sha256=entry["sha256"])
