@@ -403,6 +403,7 @@ def test_evaluate_scores_a_split_of_a_karpathy_file(tmp_path, capsys):
         assert main(["evaluate", "--checkpoint", checkpoint, "--dataset", spec, "--json", "--beam-size", "1", *options]) == 0
         scored[split] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert {split: metrics["n"] for split, metrics in scored.items()} == {None: 1, "train": 2, "val": 1}  # broken.jpg out
+    assert {split: metrics["skipped"] for split, metrics in scored.items()} == {None: 0, "train": 1, "val": 0}
     assert all(0.0 <= metrics["bleu4"] <= 1.0 and "cider" in metrics for metrics in scored.values())
     assert main(["evaluate", "--checkpoint", checkpoint, "--dataset", f"karpathy:{split_json}:"]) == 2
     assert capsys.readouterr().err.startswith(f"visattn: error: --dataset karpathy:{split_json}:: name the split file "

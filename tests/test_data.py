@@ -455,7 +455,10 @@ def test_evaluation_leaves_broken_files_out_and_scores_each_image_once(tmp_path)
 
     classifier = load_classifier("se_resnet20_cifar")
     folder = ImageFolder(root, classifier.transform())
-    assert evaluate_classifier(classifier, folder, batch_size=4)["n"] == 6
+    scored = evaluate_classifier(classifier, folder, batch_size=4)
+    assert (scored["n"], scored["skipped"]) == (6, 2)  # those left out are counted (they were in no field)
+    scored = evaluate_classifier(classifier, ImageFolder(root, classifier.transform()), batch_size=4, num_workers=2)
+    assert (scored["n"], scored["skipped"]) == (6, 2)  # also when workers decode
 
 
 def _gray_data_module(tmp_path: Path, per_class: int) -> ImageFolderDataModule:

@@ -139,7 +139,8 @@ def test_fit_tiny_coco_fcos_then_evaluate_detect_and_save(tmp_path, weights_tmp,
 
     assert main(["evaluate", "--checkpoint", checkpoint, "--dataset", f"coco:{annotations}:{images_dir}"]) == 0
     metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert set(metrics) == {"map", "map50", "n"} and metrics["n"] == 3 and -1.0 <= metrics["map50"] <= 1.0  # broken.png left out
+    assert set(metrics) == {"map", "map50", "n", "skipped"} and -1.0 <= metrics["map50"] <= 1.0
+    assert (metrics["n"], metrics["skipped"]) == (3, 1)  # broken.png left out, and counted
 
     files = [str(images_dir / name) for name in ("a.png", "broken.png", "b.png")]
     out = tmp_path / "drawn"
@@ -169,7 +170,7 @@ def test_fit_tiny_coco_detr_then_evaluate(tmp_path, capsys):
     code = main(["evaluate", "--checkpoint", checkpoint, "--dataset", f"coco:{annotations}:{images_dir}", "--json"])
     assert code == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 1 and set(json.loads(lines[0])) == {"map", "map50", "n"}
+    assert len(lines) == 1 and json.loads(lines[0])["n"] == 3 and json.loads(lines[0])["skipped"] == 1
     assert main(["evaluate", "--checkpoint", checkpoint, "--dataset", "imagenet"]) == 2
     assert "detectors take fashion-scenes or coco:" in capsys.readouterr().err
 

@@ -265,6 +265,13 @@ def image_files_of(dataset: Optional[Dataset]) -> tuple[Optional[ImageFiles], Se
     return image_files_of(inner) if isinstance(inner, Dataset) else (None, ())
 
 
+def skipped_images(dataset: Optional[Dataset]) -> dict[str, int]:
+    """``{"skipped": k}``: the image files under ``dataset`` (see :func:`image_files_of`) that failed to
+    decode so far, which an evaluation left out; empty for data not read from files."""
+    files, _ = image_files_of(dataset)
+    return {} if files is None else {"skipped": files.num_skipped}
+
+
 def collate_present(samples: Sequence[Any], collate: Callable[[list], Any] = default_collate) -> Any:
     """``collate`` over the samples that are not ``None`` (broken files left out); ``None`` when none is.
 

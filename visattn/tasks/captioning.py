@@ -533,8 +533,10 @@ def evaluation_loader(captioner: Captioner, spec: str, split: str = "test", *, l
 def evaluate_captioner(captioner: Captioner, batches: Iterable[dict[str, Any]], *, beam_size: int = 5,
                        max_len: Optional[int] = None, length_penalty: float = 1.0,
                        meteor: bool = False) -> dict[str, Any]:
-    """BLEU-1..4, CIDEr (METEOR if asked), pointing (when the batches carry boxes) and ``n``;
-    ``None`` batches (only broken image files) are passed over."""
+    """BLEU-1..4, CIDEr (METEOR if asked), pointing (when the batches carry boxes), ``n`` and, for a
+    DataLoader of image files, ``skipped``; ``None`` batches (only broken image files) are passed over."""
+    from ..data.image_folder import skipped_images
+
     metrics = CaptionMetrics(captioner.vocab, meteor=meteor)
     for batch in (b for b in batches if b is not None):
         decoded = captioner.caption(batch["images"], beam_size=beam_size, max_len=max_len,
@@ -542,4 +544,5 @@ def evaluate_captioner(captioner: Captioner, batches: Iterable[dict[str, Any]], 
         metrics.update(decoded, batch, functools.partial(attention_centres, captioner.model))
     if not metrics.hypotheses:
         raise ConfigError("the evaluation dataset is empty; check --dataset, --split and --limit")
-    return {k: round(v, 6) if isinstance(v, float) else v for k, v in metrics.compute().items()}
+    scores = {k: round(v, 6) if isinstance(v, float) else v for k, v in metrics.compute().items()}
+    return {**scores, **skipped_images(getattr(batches, "dataset", None))}

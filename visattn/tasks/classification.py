@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from ..data.fashion_mnist import FASHION_MNIST_CLASSES, FashionMNIST
-from ..data.image_folder import ImageFolder, evaluation_batches, seeded_subset
+from ..data.image_folder import ImageFolder, evaluation_batches, seeded_subset, skipped_images
 from ..data.transforms import (CLASSIFIER_PREPROCESSING, ImageTransform, check_image_batch, default_preprocessing,
                                eval_transform_of, preprocessing_problem, timm_data_config, to_model_input)
 from ..devices import inference_device, model_device
@@ -858,7 +858,8 @@ def check_fashion_mnist_labels(class_names: Sequence[str], dataset: str) -> None
 def evaluate_classifier(classifier: Classifier, dataset: Dataset, *, batch_size: int = 256,
                         num_workers: int = 0, limit: Optional[int] = None) -> dict[str, Any]:
     """Top-1/top-5 accuracy of ``classifier`` over ``dataset`` (``limit`` samples drawn across it with
-    a fixed seed, if given); broken image files are left out, and ``n`` counts the images scored."""
+    a fixed seed, if given); broken image files are left out, ``n`` counts the images scored and
+    ``skipped`` (for image files) those left out."""
     dataset = seeded_subset(dataset, limit)
     metrics = accuracy_metrics(len(classifier.class_names), prefix="")
     batches = evaluation_batches(dataset, batch_size=batch_size, num_workers=num_workers)
@@ -868,4 +869,4 @@ def evaluate_classifier(classifier: Classifier, dataset: Dataset, *, batch_size:
         n += len(targets)
     if n == 0:
         raise ConfigError("the evaluation dataset is empty; check --dataset and --split")
-    return {**{k: round(float(v), 6) for k, v in metrics.compute().items()}, "n": n}
+    return {**{k: round(float(v), 6) for k, v in metrics.compute().items()}, "n": n, **skipped_images(dataset)}

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from torchmetrics.detection import MeanAveragePrecision
 
 from ..data.detection import CocoDetection, SceneDetection, Target, collate_detection, require_boxes
-from ..data.image_folder import evaluation_batches, seeded_subset
+from ..data.image_folder import evaluation_batches, seeded_subset, skipped_images
 from ..data.transforms import check_unit_images, to_model_input
 from ..errors import ConfigError, WeightsError, one_line
 from ..layers.patch_embed import is_count, is_number
@@ -324,15 +324,16 @@ def evaluation_loader(detector: Detector, spec: str, split: str = "test", *, lim
 
 
 def evaluate_detector(detector: Detector, batches: Iterable[Batch]) -> dict[str, Any]:
-    """``map`` (IoU 0.50:0.95), ``map50`` and ``n`` (images) of ``detector`` over ``(images, targets)``
-    batches; ``None`` batches (only broken image files) are passed over."""
+    """``map`` (IoU 0.50:0.95), ``map50``, ``n`` (images) and, for a DataLoader of image files,
+    ``skipped`` of ``detector`` over ``(images, targets)`` batches; ``None`` batches (only broken image
+    files) are passed over."""
     metric, n = detection_map(), 0
     for images, targets in (b for b in batches if b is not None):
         metric.update(detector.detect(images), targets)
         n += len(images)
     if n == 0:
         raise ConfigError("the evaluation dataset is empty; check --dataset, --split and --limit")
-    return {**map_scores(metric), "n": n}
+    return {**map_scores(metric), "n": n, **skipped_images(getattr(batches, "dataset", None))}
 
 
 # One colour per class (cycled), readable on black FashionScenes canvases and on photos.
