@@ -185,6 +185,32 @@ def test_bad_configurations_raise_config_errors():
         create_model("fcos_vit_small_patch16_224", fpn_stages=(2, 3), backbone_kwargs={"depth": 1})
 
 
+BAD_IMAGE_SETTINGS = [  # each had built, then given detections from a 1 px image, NaN boxes or none at all
+    ({"min_size": 0}, r"min_size=0: give a whole number >= 1"),
+    ({"max_size": 0}, r"max_size=0: give a whole number >= 1"),
+    ({"image_std": [0.0, 0.0, 0.0]}, r"image_std=\[0.0, 0.0, 0.0\]: give 3 finite numbers above 0, one per RGB"),
+    ({"image_std": []}, r"image_std=\[\]: give 3 finite"),  # had been ImageNet's without a word
+    ({"image_mean": [0.5]}, r"image_mean=\[0.5\]: give 3 finite numbers, one per RGB channel"),
+]
+
+
+@pytest.mark.parametrize("name", HEADS)
+@pytest.mark.parametrize("setting, message", BAD_IMAGE_SETTINGS)
+def test_resize_and_normalisation_settings_that_give_no_real_detection_are_one_line(name, setting, message):
+    with pytest.raises(ConfigError, match=f"^{message}"):
+        create_model(name, **setting)
+
+
+@pytest.mark.parametrize("setting, message", [({"score_thresh": 2.0}, "score_thresh=2.0: give a number from 0 to 1"),
+                                              ({"score_thresh": float("nan")}, "score_thresh=nan: give a number"),
+                                              ({"nms_thresh": -0.1}, "nms_thresh=-0.1: give a number from 0 to 1"),
+                                              ({"out_channels": 0}, "out_channels=0: give a whole number >= 1"),
+                                              ({"detections_per_img": 0}, "detections_per_img=0: give a whole")])
+def test_fcos_thresholds_and_sizes_that_never_detect_are_one_line(setting, message):
+    with pytest.raises(ConfigError, match=f"^{message}"):  # a threshold above 1 or NaN never kept a detection
+        create_model("fcos_resnet20_cifar", **setting)
+
+
 def test_detector_transform_keeps_a_pixel_of_a_panorama_and_maps_boxes_back():
     from visattn.models.detection import DetectorTransform
 

@@ -39,7 +39,7 @@ from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastL
 
 from ..errors import ConfigError
 from ..layers.detr_transformer import DetrTransformer
-from ..layers.patch_embed import check_count
+from ..layers.patch_embed import check_count, is_number
 from ..layers.pos_embed import resample_abs_pos_embed
 from ..layers.simple_feature_pyramid import SimpleFeaturePyramid
 from ..layers.sine_pos_embed import sine_position_encoding_2d
@@ -178,6 +178,27 @@ class VitPyramid(nn.Module):
 
     def forward(self, x: Tensor) -> "OrderedDict[str, Tensor]":
         return self.pyramid(vit_feature_map(self.body, x))
+
+
+def check_image_settings(*, min_size: object, max_size: object, image_mean: object, image_std: object) -> None:
+    """One line for resize and normalisation settings that give a result which looks like one: a size of 0
+    resized every image to 1 px, which still gave confident boxes, and a std of 0 gave NaN boxes."""
+    check_count("min_size", min_size)
+    check_count("max_size", max_size)
+    for name, values, low in (("image_mean", image_mean, -math.inf), ("image_std", image_std, 0.0)):
+        if values is not None and not (isinstance(values, (list, tuple)) and len(values) == 3
+                                       and all(is_number(v) and low < v < math.inf for v in values)):
+            above = " above 0" if low == 0 else ""
+            raise ConfigError(f"{name}={values!r}: give 3 finite numbers{above}, one per RGB channel (or leave it "
+                              "out for ImageNet's)")
+
+
+def check_probability(name: str, value: object) -> float:
+    """``value`` when it is a number from 0 to 1, else one line naming ``name``: a score threshold above 1 or
+    NaN never kept a detection."""
+    if not (is_number(value) and 0 <= value <= 1):
+        raise ConfigError(f"{name}={value!r}: give a number from 0 to 1")
+    return float(value)
 
 
 def _size_divisible(stride: int) -> int:
@@ -321,7 +342,12 @@ class FcosDetector(FCOS):
         topk_candidates: int = 1000,
     ) -> None:
         check_count("num_classes", num_classes)  # a zero-size class head failed in its first forward
-        if out_channels % 32:
+        check_image_settings(min_size=min_size, max_size=max_size, image_mean=image_mean, image_std=image_std)
+        for name, value in (("score_thresh", score_thresh), ("nms_thresh", nms_thresh)):
+            check_probability(name, value)
+        for name, value in (("detections_per_img", detections_per_img), ("topk_candidates", topk_candidates)):
+            check_count(name, value)
+        if check_count("out_channels", out_channels) % 32:
             raise ConfigError(f"out_channels={out_channels}: FCOS's GroupNorm(32) head needs a multiple of 32")
         body = create_backbone(backbone, kwargs=backbone_kwargs, pretrained=pretrained_backbone, max_size=max_size)
         if isinstance(body, ResNet):
@@ -517,6 +543,7 @@ class DetrDetector(nn.Module):
         super().__init__()
         check_count("num_classes", num_classes)
         check_count("num_queries", num_queries)  # with none, it never detected anything, without a word
+        check_image_settings(min_size=min_size, max_size=max_size, image_mean=image_mean, image_std=image_std)
         self.num_classes = num_classes
         self.input_size = (3, min_size, min_size)
         self.aux_loss, self.eos_coef = aux_loss, eos_coef
