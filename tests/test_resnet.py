@@ -132,6 +132,37 @@ def test_encoders_and_backbones_take_a_plain_resnets_weights_but_not_another_dep
         lambda p: ShowAttendTell(vocab_size=20, encoder_name="resnet34", encoder_pretrained=p), path)
 
 
+@pytest.mark.parametrize("arch, layers, expected", [
+    ("nl_resnet20_cifar", (5, 5, 5), ["layer2.0", "layer2.2", "layer3.0", "layer3.2", "layer3.4"]),  # layer3.4 was left out
+    ("nl_resnet20_cifar", (2, 2, 2), ["layer2.0", "layer3.0"]),  # refused, blaming non_local_blocks
+    ("nl_resnet50", (1, 1, 1, 1), ["layer2.0", "layer3.0"]),  # refused as "multiple values for 'layers'"
+])
+def test_non_local_blocks_go_where_the_paper_puts_them_for_the_layers_given(arch, layers, expected):
+    widths = {} if arch.endswith("50") else {"widths": (8,) * len(layers)}
+    model = create_model(arch, layers=layers, **widths)
+    assert [name.removesuffix(".non_local") for name, m in model.named_modules() if isinstance(m, NonLocalBlock)] == expected
+
+
+def test_gc_attention_goes_in_all_but_the_first_of_the_stages_given():
+    model = create_model("gc_resnet20_cifar", layers=(2, 2), widths=(16, 32))  # was refused, blaming attn_stages
+    assert [n for n, m in model.named_modules() if isinstance(m, GlobalContextBlock)] == ["layer2.0.attn", "layer2.1.attn"]
+    with pytest.raises(ConfigError, match=r"^layers=\[2\]: gc attention needs at least 2 stages$"):
+        create_model("gc_resnet20_cifar", layers=(2,), widths=(16,))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"widths": (8, 16)}, r"layers=\[2, 2, 2, 2\] and widths=\[8, 16\]: give one width per stage \(4 stages, 2 widths\)"),
+    ({"widths": (8, 16, 32, 64, 128)}, r"layers=\[2, 2, 2, 2\] and widths=\[8, 16, 32, 64, 128\]: give one width per"),
+    ({"layers": (-1, 1, 1, 1)}, r"layers=\(-1, 1, 1, 1\): give a list of whole numbers >= 1, one per stage"),
+    ({"layers": ()}, r"layers=\(\): give a list of whole numbers"),
+    ({"block": "x"}, r"block='x': give a block class, BasicBlock or Bottleneck"),
+])
+def test_a_stage_layout_that_would_fail_in_its_first_forward_is_one_line_at_build(kwargs, message):
+    # fewer widths built fewer stages, then an AttributeError for layer3 in the forward; more, a shape error
+    with pytest.raises(ConfigError, match=f"^{message}"):
+        create_model("resnet18", **kwargs)
+
+
 def test_resnet50_parameter_counts_match_the_papers():
     base = n_params(build_on_meta("resnet50"))
     assert base == 25_557_032

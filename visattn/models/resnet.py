@@ -37,7 +37,7 @@ from ..layers.create_attn import create_attn
 from ..layers.drop_path import DropPath, check_rate
 from ..layers.eca import EfficientChannelAttention
 from ..layers.global_pool import GlobalPool2d, PoolType, check_pool_type
-from ..layers.patch_embed import check_count, check_image_layout
+from ..layers.patch_embed import check_count, check_image_layout, is_count
 from ..layers.se import SqueezeExcite
 from ..registry import register_model
 
@@ -211,6 +211,7 @@ class ResNet(nn.Module):
         check_rate("drop_path_rate", drop_path_rate)
         _check_head(num_classes, global_pool)
         non_local_blocks = _stage_numbers(non_local_blocks)
+        _check_stages(block, layers, widths)
         _check_placement(layers, attn_stages, non_local_blocks)
         attn_kwargs = attn_kwargs or {}
         self.num_classes = num_classes
@@ -372,6 +373,19 @@ def _stage_numbers(non_local_blocks: Optional[Mapping]) -> dict[int, tuple[int, 
     return blocks
 
 
+def _check_stages(block: object, layers: object, widths: object) -> None:
+    """One line for a stage layout that would build and fail in its first forward (fewer ``widths`` than
+    ``layers`` built fewer stages: no ``layer3``) or deep in the construction (a negative depth)."""
+    if not (isinstance(block, type) and issubclass(block, nn.Module)):
+        raise ConfigError(f"block={block!r}: give a block class, BasicBlock or Bottleneck (visattn.models.resnet)")
+    for name, values in (("layers", layers), ("widths", widths)):
+        if not (isinstance(values, Sequence) and values and all(is_count(v) for v in values)):
+            raise ConfigError(f"{name}={values!r}: give a list of whole numbers >= 1, one per stage")
+    if len(layers) != len(widths):
+        raise ConfigError(f"layers={list(layers)} and widths={list(widths)}: give one width per stage "
+                          f"({len(layers)} stages, {len(widths)} widths)")
+
+
 def _check_placement(
     layers: Sequence[int], attn_stages: Optional[Sequence[int]], non_local_blocks: Optional[Mapping]
 ) -> None:
@@ -388,11 +402,17 @@ def _check_placement(
 
 def paper_non_local_blocks(layers: Sequence[int]) -> dict[int, tuple[int, ...]]:
     """Wang 2018's 5-block setting: every other block of stage 2 (at most 2) and stage 3 (at most 3)."""
-    return {2: tuple(range(0, layers[1], 2))[:2], 3: tuple(range(0, layers[2], 2))[:3]}
+    return {stage: tuple(range(0, layers[stage - 1], 2))[:most] for stage, most in ((2, 2), (3, 3))
+            if stage <= len(layers)}
 
 
 def _attn_placement(attn: Optional[str], layers: Sequence[int]) -> dict:
-    """ResNet keyword arguments that put attention ``attn`` where its paper puts it."""
+    """ResNet keyword arguments that put attention ``attn`` where its paper puts it, for the stage depths
+    ``layers`` the model is built with."""
+    if attn in ("non_local", "gc", "bam"):
+        _check_stages(BasicBlock, layers, layers)  # before placing blocks by them
+        if len(layers) < 2:  # non-local and GC go in stages 2 on, BAM between stages: none would be built
+            raise ConfigError(f"layers={list(layers)}: {attn} attention needs at least 2 stages")
     if attn == "bam":
         return {"bam": True}
     if attn == "non_local":
@@ -414,12 +434,18 @@ CIFAR_WIDTHS = (28, 56, 112)
 
 def _create_resnet(depth: int, attn: Optional[str] = None, **kwargs) -> ResNet:
     block, layers = _IMAGENET_DEPTHS[depth]
-    return ResNet(block=block, layers=layers, **{**_attn_placement(attn, layers), **kwargs})
+    return _create_placed(attn, {"block": block, "layers": layers}, kwargs)
 
 
 def _create_resnet_cifar(attn: Optional[str] = None, **kwargs) -> ResNet:
     defaults = dict(block=BasicBlock, layers=CIFAR_LAYERS, widths=CIFAR_WIDTHS, small_input=True, num_classes=10)
-    return ResNet(**{**defaults, **_attn_placement(attn, CIFAR_LAYERS), **kwargs})
+    return _create_placed(attn, defaults, kwargs)
+
+
+def _create_placed(attn: Optional[str], defaults: dict, kwargs: dict) -> ResNet:
+    # the user's ``layers`` over the defaults (as timm's builders take them), and attention placed for them
+    arguments = {**defaults, **kwargs}
+    return ResNet(**{**defaults, **_attn_placement(attn, arguments["layers"]), **kwargs})
 
 
 def _running_stats_kept(block: nn.Module) -> tuple[contextlib.nullcontext, contextlib.AbstractContextManager]:
