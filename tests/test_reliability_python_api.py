@@ -194,11 +194,32 @@ def test_features_only_weights_are_not_loaded_as_a_classifier(weights_tmp):
     ("se_resnet20_cifar", dict(drop_rate=1), r"^drop_rate=1: give a drop probability"),
     ("fcos_se_resnet20_cifar", dict(num_classes=0), r"^num_classes=0: give a whole number >= 1"),
     ("detr_se_resnet20_cifar", dict(num_queries=0), r"^num_queries=0: give a whole number >= 1"),  # never detected
-    ("se_resnet20_cifar", dict(strict="no"), r"^strict='no': give True \(every weight must fit\) or False"),
+    ("se_resnet20_cifar", dict(strict="no"), r"^strict='no': give True \(every weight must fit\), 'attention'"),
+    # From a Python-API audit: each was a ZeroDivisionError or TypeError, or built and misbehaved later
+    ("vit_tiny_patch4_28", dict(num_heads=0), r"^num_heads=0: give a whole number >= 1$"),
+    ("vit_tiny_patch4_28", dict(embed_dim=0), r"^embed_dim=0: give a whole number >= 1$"),
+    ("sat_cbam_resnet_scenes", dict(img_size=0), r"^img_size=0: give a whole number >= 1$"),  # was 224 px
+    ("sat_cbam_resnet_scenes", dict(img_size=(64, 96)), r"^img_size=\(64, 96\): give a whole number"),
+    ("sat_cbam_resnet_scenes", dict(vocab_size="100"), r"^vocab_size='100': give a whole number above 2"),
+    ("sat_cbam_resnet_scenes", dict(dropout=2.0), r"^dropout=2.0: give a drop probability"),
+    ("sat_cbam_resnet_scenes", dict(hidden_dim=0), r"^hidden_dim=0: give a whole number >= 1$"),
 ])
 def test_builder_arguments_that_fail_later_or_deep_inside_are_one_line(arch, kwargs, message):
     with pytest.raises(ConfigError, match=message):
         create_model(arch, **kwargs)
+
+
+@pytest.mark.parametrize("arch", ["vit_tiny_patch4_28", "se_resnet20_cifar"])
+@pytest.mark.parametrize("given, message", [
+    (lambda: torch.zeros(1, 3, 28, 28, dtype=torch.uint8), r"^input holds uint8 values; give normalised floating-point"),
+    (lambda: [torch.zeros(3, 28, 28)], r"^input is a list, not a tensor; give a batch tensor \(B, 3, H, W\), e.g. "
+                                       r"torch.stack\(images\)$"),
+    (lambda: torch.zeros(1, 3, 28, 28).numpy(), r"^input is a ndarray, not a tensor; .* e.g. torch.as_tensor\(x\)$"),
+])
+def test_classifier_inputs_that_are_no_float_tensor_are_one_line(arch, given, message):
+    # they were "'list' object has no attribute 'ndim'" or a dtype error from the first convolution
+    with pytest.raises(ConfigError, match=message):
+        create_model(arch).eval()(given())
 
 
 @pytest.mark.parametrize("name, mode", [("dm_nfnet_f0.dm_in1k", "'squash' and crop_pct 0.9"),

@@ -57,6 +57,13 @@ def check_image_layout(x: torch.Tensor, in_chans: int) -> None:
     Skipped while ``torch.fx`` traces the model (torchvision's ``create_feature_extractor``): no shapes then."""
     if isinstance(x, torch.fx.Proxy):
         return
+    if not isinstance(x, torch.Tensor):  # a list had been "'list' object has no attribute 'ndim'"
+        how = "torch.stack(images)" if isinstance(x, (list, tuple)) else "torch.as_tensor(x)"
+        raise ConfigError(f"input is a {type(x).__name__}, not a tensor; give a batch tensor (B, {in_chans}, H, W), "
+                          f"e.g. {how}")
+    if not x.is_floating_point():  # uint8 pixels reached the first convolution as a dtype error
+        raise ConfigError(f"input holds {str(x.dtype).removeprefix('torch.')} values; give normalised floating-point "
+                          "images, as timm's create_transform(**resolve_data_config(model=model)) makes them")
     expected = f"the model expects a batch (B, {in_chans}, H, W)"
     if x.ndim != 4:
         fix = "add the batch dimension with x.unsqueeze(0)" if x.ndim == 3 else "give a batch of images"

@@ -19,9 +19,10 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..layers.additive_attention import AdditiveAttention
+from ..layers.drop_path import check_rate
 from ..layers.lstm_cell import SigmoidLSTMCell
 from ..layers.onednn_linear import linear
-from ..layers.patch_embed import is_count, is_number, to_2tuple
+from ..layers.patch_embed import check_count, is_count, is_number, to_2tuple
 from ..modes import eval_mode
 from ..registry import built_for_one_size, check_timm_name, create_model, register_model
 
@@ -138,8 +139,14 @@ class ShowAttendTell(nn.Module):
         deep_output: bool = False,
     ) -> None:
         super().__init__()
-        if vocab_size <= END_ID:
-            raise ConfigError(f"vocab_size={vocab_size}: a vocabulary needs at least PAD, START and END; build it from captions")
+        if not (is_count(vocab_size) and vocab_size > END_ID):
+            raise ConfigError(f"vocab_size={vocab_size!r}: give a whole number above {END_ID} (a vocabulary holds "
+                              "PAD, START, END and its words); build it from captions")
+        if img_size is not None:  # 0 had been read as unset (224 px), others reached the transforms
+            check_count("img_size", img_size)
+        for name, width in (("embed_dim", embed_dim), ("hidden_dim", hidden_dim), ("attn_dim", attn_dim)):
+            check_count(name, width)
+        check_rate("dropout", dropout)
         self.vocab_size = vocab_size
         self.encoder = _build_encoder(encoder_name, dict(encoder_kwargs or {}), encoder_pretrained, img_size)
         self.freeze_encoder = freeze_encoder
@@ -147,7 +154,7 @@ class ShowAttendTell(nn.Module):
             self.encoder.requires_grad_(False).eval()
         channels = getattr(self.encoder, "input_size", (3, 224, 224))[0]
         default_size = tuple(getattr(self.encoder, "input_size", (3, 224, 224))[1:])
-        self.input_size = (channels, *((img_size, img_size) if img_size else default_size))
+        self.input_size = (channels, *(default_size if img_size is None else (img_size, img_size)))
         self.grid = to_2tuple(grid_size, "grid_size")  # 0 trained NaN losses to the end, a negative one a traceback
         self.pool = nn.AdaptiveAvgPool2d(self.grid)
         self.feature_dim = feature_dim = self.encoder.num_features

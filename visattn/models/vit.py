@@ -117,7 +117,8 @@ class VisionTransformer(nn.Module):
     ) -> None:
         super().__init__()
         _check_pool(global_pool, class_token)
-        check_count("depth", depth)
+        for name, count in (("depth", depth), ("embed_dim", embed_dim), ("num_heads", num_heads)):
+            check_count(name, count)  # a width or head count of 0 was a ZeroDivisionError
         for name, rate in (("drop_rate", drop_rate), ("pos_drop_rate", pos_drop_rate), ("proj_drop_rate", proj_drop_rate),
                            ("attn_drop_rate", attn_drop_rate), ("drop_path_rate", drop_path_rate)):
             check_rate(name, rate)
