@@ -193,6 +193,26 @@ def check_image_settings(*, min_size: object, max_size: object, image_mean: obje
                               "out for ImageNet's)")
 
 
+def check_image_list(images: object) -> None:
+    """One line unless ``images`` is a list of floating-point ``(3, H, W)`` tensors, what a detector's forward
+    takes; shapes and types only, so no device sync (a channels-last image, or one tensor for the batch, had
+    been torchvision's error from deep inside its transform)."""
+    if isinstance(images, torch.fx.Proxy):
+        return
+    if not isinstance(images, (list, tuple)):
+        kind = f"one tensor of shape {tuple(images.shape)}" if isinstance(images, Tensor) else f"a {type(images).__name__}"
+        raise ConfigError(f"images: {kind}, not a list of (3, H, W) tensors; pass [image] for one image")
+    for k, image in enumerate(images):
+        if not (isinstance(image, Tensor) and image.ndim == 3 and image.shape[0] == 3 and image.is_floating_point()):
+            what = f"shape {tuple(image.shape)}, {str(image.dtype).removeprefix('torch.')}" if isinstance(image, Tensor) \
+                else f"a {type(image).__name__}"
+            fix = "give float RGB pixels in 0..1"
+            if isinstance(image, Tensor) and image.ndim == 3 and image.is_floating_point():
+                fix = ("it is channels-last: image.permute(2, 0, 1)" if image.shape[-1] == 3 else
+                       "for a gray image: image.expand(3, -1, -1)" if image.shape[0] == 1 else fix)
+            raise ConfigError(f"image {k}: {what}, but a detector takes (3, H, W) floats in 0..1; {fix}")
+
+
 def check_probability(name: str, value: object) -> float:
     """``value`` when it is a number from 0 to 1, else one line naming ``name``: a score threshold above 1 or
     NaN never kept a detection."""
@@ -373,6 +393,7 @@ class FcosDetector(FCOS):
         self.head.register_forward_hook(_head_outputs_to_float32)
 
     def forward(self, images: list[Tensor], targets: Optional[Targets] = None) -> Union[dict[str, Tensor], Detections]:
+        check_image_list(images)
         if self.training:
             _check_targets(targets, num_images=len(images), num_classes=self.num_classes)
             return super().forward(images, targets)
@@ -569,6 +590,7 @@ class DetrDetector(nn.Module):
         self.bbox_embed = MLP(hidden_dim, [hidden_dim, hidden_dim, 4], activation_layer=nn.ReLU)
 
     def forward(self, images: list[Tensor], targets: Optional[Targets] = None) -> Union[dict[str, Tensor], Detections]:
+        check_image_list(images)
         if not self.training:
             return detect_by_size(self._detect, images)
         _check_targets(targets, num_images=len(images), num_classes=self.num_classes)
