@@ -198,10 +198,10 @@ CASES = {
                                       "trainer.precision 16-true: float16 weights trained on the CPU give a NaN loss "
                                       "within the first steps; use --trainer.precision bf16-mixed or 32-true on the CPU"),
     # from a fit audit: these named "the model and data sections", the wrong folder or no setting at all
-    "model_kwargs_the_model_cannot_take": (lambda tmp: [*FIT, "--model.init_args.model_kwargs", "{layers: 3}"],
-                                           'model.init_args.model_kwargs {"layers": 3}: cbam_resnet20_cifar could not '
-                                           "be built with them (object of type 'int' has no len()); check their names "
-                                           "and values"),
+    "model_kwargs_the_model_cannot_take": (lambda tmp: [*FIT, "--model.init_args.model_kwargs", "{attn_kwargs: 3}"],
+                                           'model.init_args.model_kwargs {"attn_kwargs": 3}: cbam_resnet20_cifar could '
+                                           "not be built with them (visattn.layers.create_attn.create_attn() argument "
+                                           "after ** must be a mapping, not int); check their names and values"),
     "callback_argument_it_refuses": (lambda tmp: [*FIT, "--trainer.callbacks", "[{class_path: lightning.pytorch."
                                                   "callbacks.ModelCheckpoint, init_args: {mode: maxx}}]"],
                                      "error: trainer.callbacks: ModelCheckpoint: `mode` can be min, max but got maxx; "
@@ -787,6 +787,37 @@ def test_a_checkpoint_folder_that_cannot_be_written_is_one_line_before_training(
     assert not trained and (tmp_path / "outputs" / "imagefolder_template" / "checkpoints").read_text() == "my notes\n"
 
 
+def test_a_fit_into_a_checkpoint_folder_another_fit_is_writing_is_one_line_before_training(tmp_path, monkeypatch,
+                                                                                            capsys):
+    """Two runs of one config (two terminals) had saved into one folder, each overwriting the other's last.ckpt."""
+    from fixtures_images import write_image_folder
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["visattn"])
+    write_image_folder(tmp_path / "photos", per_class=4)
+    folder = tmp_path / "outputs" / "imagefolder_template" / "checkpoints"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; from visattn.fileio import claim_folder; "
+                               f"claim_folder({str(folder)!r}, setting='x', task='y'); print('held', flush=True); "
+                               "sys.stdin.read()"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        trained = []
+        monkeypatch.setattr(ImageClassifier, "training_step", lambda *args: trained.append(1))
+        fit = ["fit", "--config", str(IMAGEFOLDER_CONFIG), "--data.init_args.root", "photos", *SMALL_FOLDER_FIT]
+        assert main(fit) == 2
+        err = capsys.readouterr().err.splitlines()[-1]
+        assert err == (f"visattn: error: ModelCheckpoint dirpath {folder}: another visattn fit (process {holder.pid}) "
+                       "is writing there; wait for it to end, or give this run another folder")
+        assert not trained and sorted(p.name for p in folder.iterdir()) == [".visattn.lock"]
+    finally:
+        holder.communicate("")
+    monkeypatch.undo()  # the training step back: once the other run has ended, the folder is this run's
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["visattn"])
+    assert main(fit) == 0 and (folder / "last.ckpt").is_file()
+    assert main([*fit, "--ckpt_path", "last", "--trainer.max_epochs", "2"]) == 0  # this process holds it: resumes
+
+
 def test_a_full_disk_at_a_checkpoint_save_is_one_line_and_leaves_no_partial_file(tmp_path, monkeypatch, capsys):
     """torch's zip writer reports a full disk as a RuntimeError ("unexpected pos ..."), which no handler took for a
     write error: a 60-line traceback."""
@@ -809,7 +840,8 @@ def test_a_full_disk_at_a_checkpoint_save_is_one_line_and_leaves_no_partial_file
     folder = tmp_path / "outputs" / "imagefolder_template" / "checkpoints"
     err = capsys.readouterr().err.splitlines()[-1]
     assert err.startswith(f"visattn: error: the ModelCheckpoint dirpath {folder}: No space left on device ({folder}/")
-    assert err.endswith("); give a folder you can write to") and not list(folder.iterdir())
+    assert err.endswith("); give a folder you can write to")
+    assert [p.name for p in folder.iterdir()] == [".visattn.lock"]  # no partial checkpoint; the run's claim
 
 
 @pytest.mark.parametrize("command", [["detect", "good.png", "--model", DETECTOR, "--out", "drawn"],

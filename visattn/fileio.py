@@ -63,6 +63,34 @@ def exclusive_lock(path: Union[str, Path]) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
+_held_locks: dict[str, int] = {}  # lock file -> its descriptor, held until the process exits
+
+
+def claim_folder(folder: PathLike, *, setting: str, task: str) -> None:
+    """Hold an exclusive lock on ``folder/.visattn.lock`` until this process exits, so that two processes do not
+    write one folder's files at once (two runs of one config had overwritten each other's ``last.ckpt``); one
+    line naming the other process when one holds it. Claiming a folder this process holds is a no-op;
+    filesystems without locks (some network mounts) are not checked."""
+    path = os.path.abspath(os.path.join(folder, ".visattn.lock"))
+    if path in _held_locks:
+        return
+    os.makedirs(folder, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        other = os.read(fd, 32).decode(errors="replace").strip()
+        os.close(fd)
+        raise ConfigError(f"{setting} {folder}: another {task} (process {other or 'unknown'}) is writing there; wait "
+                          "for it to end, or give this run another folder") from None
+    except OSError:
+        os.close(fd)
+        return
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    _held_locks[path] = fd
+
+
 def unique_path(directory: Union[str, Path], stem: str, used: set[str], suffix: str = ".png") -> Path:
     """``directory/stem.png``, or ``stem-2.png``, ``stem-3.png``... when an earlier output in ``used`` took the
     name; a stem too long for a file name is shortened (see :func:`fitted_name`)."""

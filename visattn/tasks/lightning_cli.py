@@ -66,12 +66,13 @@ from lightning.pytorch.callbacks import (BasePredictionWriter, Callback, EarlySt
                                          RichProgressBar)
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins import CheckpointIO, TorchCheckpointIO
+from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from ..data.datamodules import SplitLoadersMixin
 from ..data.image_folder import image_files_of
 from ..errors import ConfigError, VisattnError, VisattnWarning, WeightsError, keyword_names
-from ..fileio import atomic_path, prepare_output_dir, refuse_replacing_others_files
+from ..fileio import atomic_path, claim_folder, prepare_output_dir, refuse_replacing_others_files
 from ..pretrained import check_state_dict, checkpoint_follows, scored_as_built
 from ..registry import split_model_name
 from .classification import EDITED_CHECKPOINT, read_checkpoint
@@ -887,6 +888,11 @@ class VisattnCLI(LightningCLI):
         _check_monitored_validation(self.trainer, self.model, self.datamodule)
         for setting, folder in _written_folders(self.trainer):  # before training, not after its first epoch
             prepare_output_dir(folder, flag=setting)
+        # Ranks other than 0 (Lightning starts them as this command again) write no checkpoint: no claim.
+        if rank_zero_only.rank == 0 and os.environ.get("NODE_RANK", "0") == "0":
+            for callback in self.trainer.checkpoint_callbacks:
+                if getattr(callback, "dirpath", None):
+                    claim_folder(callback.dirpath, setting="ModelCheckpoint dirpath", task="visattn fit")
 
     def before_validate(self) -> None:
         missing = _missing_validation_data(self.trainer, self.datamodule, "validate")
