@@ -4,6 +4,7 @@ import contextlib
 import json
 import os
 import pickle
+import re
 import resource
 import subprocess
 import sys
@@ -194,6 +195,13 @@ CASES = {
     "zero_max_epochs": (lambda tmp: [*FIT, "--trainer.max_epochs", "0"],
                         "trainer.max_epochs 0: the run would train on no batch"),  # exit 0, no checkpoint
     # from a fit audit: a NaN loss from the first steps, then blamed on the learning rate
+    # from a config audit: Lightning ignored a scheduler given alone; an optimizer replaced the task's AdamW, warm-up
+    # and cosine while the checkpoint recorded the task's lr and warm-up as used
+    "lr_scheduler_the_task_would_ignore": (lambda tmp: [*FIT, "--lr_scheduler", "StepLR", "--lr_scheduler.step_size", "1"],
+                                           "lr_scheduler: visattn's tasks build their AdamW, warm-up and cosine schedule "
+                                           "from model.init_args lr, weight_decay and warmup_epochs; set those instead"),
+    "optimizer_in_place_of_the_tasks": (lambda tmp: [*FIT, "--optimizer", "SGD", "--optimizer.lr", "0.1"],
+                                        "optimizer: visattn's tasks build their AdamW"),
     "half_precision_weights_on_cpu": (lambda tmp: [*FIT, "--trainer.precision", "16-true"],
                                       "trainer.precision 16-true: float16 weights trained on the CPU give a NaN loss "
                                       "within the first steps; use --trainer.precision bf16-mixed or 32-true on the CPU"),
@@ -785,6 +793,28 @@ def test_a_checkpoint_folder_that_cannot_be_written_is_one_line_before_training(
                    "cannot write there (a file stands where a folder is needed); choose a writable ModelCheckpoint "
                    "dirpath folder")
     assert not trained and (tmp_path / "outputs" / "imagefolder_template" / "checkpoints").read_text() == "my notes\n"
+
+
+@pytest.mark.parametrize("naming", ["-c", "short class names"])
+def test_a_task_named_by_c_or_a_short_class_name_gets_the_datas_labels(naming, tmp_path, monkeypatch, capsys):
+    """`-c` (which --help lists) and `class_path: ImageClassifier` had trained the task's default 10-class head on
+    3 classes, with no labels or preprocessing in the checkpoint, exit 0."""
+    from fixtures_images import write_image_folder
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["visattn"])
+    write_image_folder(tmp_path / "photos", classes=("cat", "dog", "fox"), per_class=4)
+    config = IMAGEFOLDER_CONFIG
+    if naming != "-c":
+        config = tmp_path / "short.yaml"
+        config.write_text(re.sub(r"class_path: visattn\.(tasks|data)\.\w+\.", "class_path: ",
+                                 IMAGEFOLDER_CONFIG.read_text()))
+        assert "class_path: ImageClassifier" in config.read_text()
+    flag = "-c" if naming == "-c" else "--config"
+    assert main(["fit", flag, str(config), "--data.init_args.root", "photos", *SMALL_FOLDER_FIT]) == 0
+    saved = torch.load(tmp_path / "outputs" / "imagefolder_template" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert saved["hyper_parameters"]["num_classes"] == 3
+    assert saved["hyper_parameters"]["class_names"] == ["cat", "dog", "fox"] and saved["hyper_parameters"]["preprocessing"]
 
 
 def test_a_fit_into_a_checkpoint_folder_another_fit_is_writing_is_one_line_before_training(tmp_path, monkeypatch,

@@ -547,13 +547,22 @@ def _first_difference(ours: list[str], theirs: list[str], thing: str, things: st
 
 
 def _imported(class_path: Optional[str]) -> Optional[type]:
-    if not class_path or "." not in class_path:
+    if not class_path:
         return None
+    if "." not in class_path:  # a short name, which LightningCLI resolves among the classes imported
+        bases = (pl.LightningModule, pl.LightningDataModule)
+        return next((cls for base in bases for cls in _subclasses(base) if cls.__name__ == class_path), None)
     module, _, name = class_path.rpartition(".")
     try:
         return getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError):
         return None  # LightningCLI reports the bad class_path itself
+
+
+def _subclasses(cls: type) -> Iterator[type]:
+    for sub in cls.__subclasses__():
+        yield sub
+        yield from _subclasses(sub)
 
 
 def _refuse_half_weights_on_cpu(trainer: pl.Trainer) -> None:
@@ -878,6 +887,19 @@ class VisattnCLI(LightningCLI):
             self.config[subcommand].model.init_args[key] = value
 
     def before_instantiate_classes(self) -> None:
+        # The links were chosen from the command line before parsing: a way of naming the task that reading
+        # missed would train without the data's labels and preprocessing (a 10-class head on 3 classes).
+        task = _imported(self._get(self.config, "model").get("class_path"))
+        if tuple(getattr(task, "linked_data_attributes", ())) != self.linked_data_attributes:
+            raise ConfigError(f"model.class_path {task.__name__ if task else '?'}: name the task in a --config file or "
+                              "with --model.class_path visattn.tasks.MODULE.CLASS, so that the data's labels reach it")
+        for key in ("optimizer", "lr_scheduler"):
+            if self._get(self.config, key) is not None:
+                # Lightning ignored a scheduler given alone, and an optimizer replaced the task's AdamW, warm-up and
+                # cosine while the checkpoint recorded the task's lr and warm-up as used
+                raise ConfigError(f"{key}: visattn's tasks build their AdamW, warm-up and cosine schedule from "
+                                  "model.init_args lr, weight_decay and warmup_epochs; set those instead, and drop "
+                                  f"{key}")
         _check_settings(self._get(self.config, "model"), self._get(self.config, "trainer"))
         if self.subcommand == "fit":
             _check_training(self._get(self.config, "model"), self._get(self.config, "trainer"))
@@ -1104,12 +1126,20 @@ def _visattn_cause(err: BaseException) -> Optional[VisattnError]:
     return None
 
 
+# The modules of the tasks and data modules a config may name by class name alone (ImageClassifier), as
+# LightningCLI resolves such names among the classes imported.
+TASK_MODULES = ("visattn.tasks.classification", "visattn.tasks.captioning", "visattn.tasks.detection",
+                "visattn.data.datamodules", "visattn.data.caption_datamodules", "visattn.data.detection")
+
+
 def _task_links(argv: list[str]) -> tuple[str, ...]:
     """``linked_data_attributes`` of the task class the config (or a ``--model.class_path`` override) names."""
+    for module in TASK_MODULES:
+        importlib.import_module(module)
     class_path = None
     argv = [part for arg in argv for part in (arg.split("=", 1) if arg.startswith("--") else [arg])]
     for flag, value in zip(argv, argv[1:]):
-        if flag == "--config":
+        if flag in ("--config", "-c"):
             class_path = _config_model_class(Path(value)) or class_path
         elif flag in ("--model", "--model.class_path"):
             class_path = value
