@@ -688,6 +688,20 @@ def test_a_one_channel_classifier_classifies_its_own_images(weights_tmp, tmp_pat
         (["a", "b", "c"][int(i)], float(probs[i])) for i in probs.argsort(descending=True)]
 
 
+@pytest.mark.parametrize("value", [-10.0, float("nan")])
+def test_a_backbone_lr_scale_or_attention_weight_that_is_not_finite_or_negative_is_one_line(value):
+    # from a config audit: a negative scale trained the backbone up the loss, NaN gave a NaN loss; both exit 0
+    from visattn.tasks.captioning import CaptioningTask
+    from visattn.tasks.classification import adamw_warmup_cosine
+    from visattn.tasks.detection import DetectionTask
+
+    task = DetectionTask(model_name="fcos_resnet20_cifar", num_classes=2, backbone_lr_scale=value)
+    with pytest.raises(ConfigError, match=rf"^model.init_args.backbone_lr_scale={value}: give a finite value of 0 or"):
+        adamw_warmup_cosine(task)
+    with pytest.raises(ConfigError, match=rf"^model.init_args.alpha_c={value}: give a finite weight of 0 or more"):
+        CaptioningTask(vocab=["<pad>", "<start>", "<end>", "<unk>", "a"], alpha_c=value)
+
+
 def test_an_input_size_of_two_channels_is_one_line():
     with pytest.raises(ConfigError, match=r"input_size=\(2, 28, 28\).*3 channels \(RGB\) or 1 \(gray\)"):
         eval_transforms((2, 28, 28))

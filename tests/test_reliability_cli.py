@@ -33,6 +33,12 @@ IMAGEFOLDER_CONFIG = REPO / "configs" / "classification" / "imagefolder_template
 FIT = ["fit", "--config", str(CBAM_CONFIG), *QUICK, "--trainer.max_epochs", "1"]
 
 
+def _scenes_run(subcommand: str) -> list[str]:
+    return [subcommand, "--config", str(REPO / "configs" / "detection" / "fcos_scenes.yaml"), "--trainer.fast_dev_run",
+            "true", "--data.init_args.num_workers", "0", "--data.init_args.num_train", "16", "--data.init_args.num_val",
+            "8", "--data.init_args.num_test", "8", "--model.init_args.model_name", "fcos_se_resnet20_cifar.scenes"]
+
+
 def _config_with(tmp_path: Path, **init_args) -> str:
     """The CBAM config with ``init_args`` of its model section replaced or added."""
     config = yaml.safe_load(CBAM_CONFIG.read_text())
@@ -202,6 +208,14 @@ CASES = {
                                            "from model.init_args lr, weight_decay and warmup_epochs; set those instead"),
     "optimizer_in_place_of_the_tasks": (lambda tmp: [*FIT, "--optimizer", "SGD", "--optimizer.lr", "0.1"],
                                         "optimizer: visattn's tasks build their AdamW"),
+    # from a config audit: a training split of none was a sampler's ValueError, a test split of none scored nothing
+    "no_training_scene": (lambda tmp: [*_scenes_run("fit"), "--data.init_args.num_train", "0"],
+                          "data: FashionScenesDetectionDataModule holds no train samples; data.init_args.num_train is "
+                          "0: give 1 or more"),
+    "no_test_scene": (lambda tmp: [*_scenes_run("test"), "--data.init_args.num_test", "0"],
+                      "data: FashionScenesDetectionDataModule holds no test samples; data.init_args.num_test is 0"),
+    "no_scene_to_predict": (lambda tmp: [*_scenes_run("predict"), "--data.init_args.num_test", "0"],
+                            "holds no test samples"),
     "half_precision_weights_on_cpu": (lambda tmp: [*FIT, "--trainer.precision", "16-true"],
                                       "trainer.precision 16-true: float16 weights trained on the CPU give a NaN loss "
                                       "within the first steps; use --trainer.precision bf16-mixed or 32-true on the CPU"),

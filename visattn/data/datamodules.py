@@ -193,6 +193,11 @@ class SplitLoadersMixin:
     def _loader(self, split: Split, *, evaluation: bool = False) -> DataLoader:
         """``split``'s loader; ``evaluation`` (validation and test) scores each sample once under DDP."""
         dataset, train = self._dataset(split), split == "train"
+        if not len(dataset):  # training failed in the sampler; test and predict scored nothing with exit 0
+            count = self.hparams.get(f"num_{split}")
+            fix = (f"data.init_args.num_{split} is {count}: give 1 or more" if count is not None
+                   else f"check what data.init_args gives the {split} split")
+            raise ConfigError(f"data: {type(self).__name__} holds no {split} samples; {fix}")
         if not train:
             for_evaluation(dataset)
         workers = self.hparams.num_workers

@@ -8,6 +8,7 @@ their places there, :func:`attention_centres`) must fall inside the item's box.
 import contextlib
 import functools
 import io
+import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,7 @@ from ..explain import map_centres
 from ..explain.cell_centres import CellCentres
 from ..explain.pointing import pointing_hit
 from ..fileio import attention_note, output_paths
-from ..layers.patch_embed import is_count
+from ..layers.patch_embed import is_count, is_number
 from ..models.show_attend_tell import DecodedCaptions, doubly_stochastic_penalty
 from ..pretrained import (find_weights_entry, load_weights, named_weights_entry, read_state_dict,
                           starting_weights_skipped)
@@ -281,6 +282,8 @@ class CaptioningTask(GuardedTask, pl.LightningModule):
             raise ConfigError(f"model_name={model_name!r} is not a captioner; pick one of `visattn models 'sat_*'`")
         if not vocab:
             raise ConfigError("CaptioningTask needs a vocabulary: link data.vocab in the config (see configs/captioning/)")
+        if not (is_number(alpha_c) and 0 <= alpha_c < math.inf):  # a negative one rewarded uneven attention
+            raise ConfigError(f"model.init_args.alpha_c={alpha_c!r}: give a finite weight of 0 or more (1 in the paper)")
         self.save_hyperparameters()
         self.vocab = Vocabulary.from_list(vocab)
         refuse_linked_kwargs(model_kwargs, vocab_size="model.init_args.vocab (the data's vocabulary)")

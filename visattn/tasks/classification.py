@@ -459,8 +459,9 @@ class ImageClassifier(GuardedTask, pl.LightningModule):
 def adamw_warmup_cosine(task: pl.LightningModule) -> dict[str, Any]:
     """AdamW over ``task.model`` with warm-up + cosine stepped per batch, from the task's ``lr``,
     ``weight_decay`` and ``warmup_epochs`` hyperparameters; shared by every visattn task."""
-    for key in ("lr", "weight_decay", "warmup_epochs"):  # a YAML .nan or .inf reaches here unchecked
-        if not math.isfinite(task.hparams[key]) or task.hparams[key] < 0:
+    # A YAML .nan or .inf reaches here unchecked; a negative backbone_lr_scale made the backbone climb the loss.
+    for key in ("lr", "weight_decay", "warmup_epochs", "backbone_lr_scale"):
+        if key in task.hparams and (not math.isfinite(task.hparams[key]) or task.hparams[key] < 0):
             raise ConfigError(f"model.init_args.{key}={task.hparams[key]}: give a finite value of 0 or more")
     groups = weight_decay_groups(task.model, task.hparams.weight_decay, lr=task.hparams.lr,
                                  backbone_lr_scale=task.hparams.get("backbone_lr_scale", 1.0))
