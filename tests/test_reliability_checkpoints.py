@@ -122,6 +122,13 @@ def test_a_resumed_fit_refuses_a_typed_learning_rate_its_restored_optimizer_woul
     assert "--model.init_args.warmup_epochs 3.0: a resumed run continues with the optimizer and schedule" in (
         _error(capsys))
     assert _read(last)["global_step"] == STEPS_PER_EPOCH
+    # from a config audit: the same lr from a second config file was taken without a word, and recorded
+    Path("lr.yaml").write_text("model:\n  init_args:\n    lr: 0.5\n")
+    assert _fit("--trainer.max_epochs", "2", "--ckpt_path", "last", "--config", "lr.yaml") == 2
+    assert _error(capsys) == (f"visattn: error: model.init_args.lr (from the config) 0.5: a resumed run continues with "
+                              f"the optimizer and schedule it saved, at lr {saved}; give the checkpoint's {saved}, or "
+                              f"start a new run from the checkpoint's weights with --model.init_args.pretrained {last}")
+    assert _read(last)["global_step"] == STEPS_PER_EPOCH
 
 
 def test_a_resumed_fit_of_another_length_warns_that_it_continues_the_saved_schedule(in_tmp, capsys):

@@ -52,7 +52,7 @@ import sys
 import traceback
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -348,20 +348,23 @@ def _resumed_checkpoint(ckpt_path: Optional[str], callbacks: Any) -> Optional[Pa
 _RESTORED_WITH_THE_OPTIMIZER = ("lr", "weight_decay", "backbone_lr_scale", "warmup_epochs")
 
 
-def _refuse_overrides_the_optimizer_restores(path: Path, typed: dict[str, Any]) -> None:
-    """One line for ``--model.init_args.lr`` (or weight decay) typed for a resumed fit: the run continued
-    at the saved optimizer's values while its checkpoints recorded the typed ones."""
-    if not set(typed) & set(_RESTORED_WITH_THE_OPTIMIZER):
+def _refuse_overrides_the_optimizer_restores(path: Path, given: dict[str, Any], typed: Sequence[str]) -> None:
+    """One line for an ``lr`` (or weight decay, warm-up) that a resumed fit is given, typed or in a config, other
+    than its checkpoint's: the run continued at the saved optimizer's values while its checkpoints recorded the
+    given ones (a config's were taken without a word)."""
+    if not set(given) & set(_RESTORED_WITH_THE_OPTIMIZER):
         return
     try:
         theirs = read_checkpoint(path, lazy=True).get("hyper_parameters") or {}
     except WeightsError:  # a damaged last checkpoint: the run's checkpoint IO falls back, or says so
         return
     for key in _RESTORED_WITH_THE_OPTIMIZER:
-        if key in typed and key in theirs and typed[key] != theirs[key]:
-            raise ConfigError(f"--model.init_args.{key} {typed[key]}: a resumed run continues with the optimizer and "
-                              f"schedule it saved, at {key} {theirs[key]}; drop the option, or start a new run from the "
-                              f"checkpoint's weights with --model.init_args.pretrained {path}")
+        if key in given and key in theirs and given[key] != theirs[key]:
+            where, fix = ((f"--model.init_args.{key}", "drop the option") if key in typed else
+                          (f"model.init_args.{key} (from the config)", f"give the checkpoint's {theirs[key]}"))
+            raise ConfigError(f"{where} {given[key]}: a resumed run continues with the optimizer and schedule it "
+                              f"saved, at {key} {theirs[key]}; {fix}, or start a new run from the checkpoint's "
+                              f"weights with --model.init_args.pretrained {path}")
 
 
 def _described(class_path: Optional[str], model_name: Any) -> str:
@@ -880,7 +883,7 @@ class VisattnCLI(LightningCLI):
                      if key in (settings.model.get("init_args") or {})}
             resumed = _resumed_checkpoint(settings.ckpt_path, settings.trainer.get("callbacks"))
             if subcommand == "fit" and resumed is not None:
-                _refuse_overrides_the_optimizer_restores(resumed, typed)
+                _refuse_overrides_the_optimizer_restores(resumed, dict(settings.model.get("init_args") or {}), list(typed))
         super()._parse_ckpt_path()
         # LightningCLI put the checkpoint's hyperparameters over what was typed on the command line
         for key, value in typed.items():
