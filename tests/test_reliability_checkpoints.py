@@ -129,6 +129,9 @@ def test_a_resumed_fit_refuses_a_typed_learning_rate_its_restored_optimizer_woul
                               f"the optimizer and schedule it saved, at lr {saved}; give the checkpoint's {saved}, or "
                               f"start a new run from the checkpoint's weights with --model.init_args.pretrained {last}")
     assert _read(last)["global_step"] == STEPS_PER_EPOCH
+    # a resume file that is not there is named as such (it was blamed on the folder's earlier run)
+    assert _fit("--trainer.max_epochs", "2", "--ckpt_path", "nope.ckpt") == 2
+    assert _error(capsys).startswith("visattn: error: nope.ckpt: checkpoint not found; check the path")
 
 
 def test_a_resumed_fit_of_another_length_warns_that_it_continues_the_saved_schedule(in_tmp, capsys):

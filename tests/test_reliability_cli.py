@@ -167,6 +167,10 @@ CASES = {
     # from a CLI audit: each of these named the wrong thing, or nothing a user could act on
     "empty_config": (lambda tmp: ["fit", "--config", _written(tmp, "empty.yaml", "# nothing yet\n")],
                      "empty.yaml is empty; a config maps model:, data: and trainer: to their settings"),
+    # from a config audit: a YAML error in a second config was reported under the first one's name, and no line
+    "second_config_not_yaml": (lambda tmp: [*FIT, "--config", _written(tmp, "bad.yaml", "model:\n  init_args:\n    lr: [1,\n")],
+                               "bad.yaml: not valid YAML (expected the node content, but found '<stream end>' at "
+                               "line 4, column 1); mend the file"),
     "config_of_a_list": (lambda tmp: ["validate", "--config", _written(tmp, "list.yaml", "- model\n")],
                          "list.yaml holds a YAML list, not settings"),
     "imagefolder_dataset_that_is_a_file": (lambda tmp: ["evaluate", "--model", "se_resnet20_cifar.fmnist", "--dataset",

@@ -234,6 +234,8 @@ def _refuse_mixed_runs(ckpt_path: Optional[str], callbacks: Any) -> None:
             raise ConfigError(f"--ckpt_path last: {newest.parent} holds no last checkpoint; resume from its newest "
                               f"with --ckpt_path {newest}")
         return
+    if ckpt_path not in (None, "best") and not Path(ckpt_path).exists():
+        return  # named as missing where the path is checked: it was blamed on the folder's earlier run
     folders = {folder.resolve() for folder in _checkpoint_folders(callbacks)}
     if ckpt_path is None or Path(ckpt_path).resolve().parent not in folders:
         _refuse_earlier_run(callbacks)
@@ -1160,7 +1162,12 @@ def _config_model_class(path: Path) -> Optional[str]:
         settings = yaml.safe_load(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError:  # jsonargparse's own read ends in a traceback
         raise ConfigError(f"--config {path}: not UTF-8 text; give a YAML config saved as UTF-8") from None
-    except (OSError, yaml.YAMLError):
+    except yaml.YAMLError as err:  # LightningCLI named the first --config, whichever file it was, and no line
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"--config {path}: not valid YAML ({getattr(err, 'problem', None) or 'unreadable'}{where}); "
+                          "mend the file") from None
+    except OSError:
         return None  # LightningCLI reports unreadable configs with their own message
     if not isinstance(settings, dict):  # jsonargparse says only "Unexpected config:"
         what = "is empty" if settings is None else f"holds a YAML {type(settings).__name__}, not settings"
