@@ -134,6 +134,21 @@ def test_a_resumed_fit_refuses_a_typed_learning_rate_its_restored_optimizer_woul
     assert _error(capsys).startswith("visattn: error: nope.ckpt: checkpoint not found; check the path")
 
 
+def test_a_run_from_a_checkpoint_takes_the_settings_given_but_what_its_weights_were_built_as(in_tmp, monkeypatch):
+    """LightningCLI parses a checkpoint's hyperparameters over the config's model: a config's label_smoothing (or a
+    captioner's beam_size) and a typed `model_kwargs.KEY` were dropped for the checkpoint's without a word."""
+    assert _fit("--trainer.max_epochs", "1", "--model.init_args.label_smoothing", "0.7") == 0
+    seen = []
+    monkeypatch.setattr(ImageClassifier, "test_step", lambda self, batch, index: seen.append(
+        (self.hparams.label_smoothing, self.hparams.model_kwargs.get("drop_rate"), self.model.drop.p)))
+    Path("smoothing.yaml").write_text("model:\n  init_args:\n    label_smoothing: 0.0\n")
+    test = ["test", "--config", str(CBAM_CONFIG), *QUICK, "--ckpt_path", "last", "--trainer.limit_test_batches", "1"]
+    assert main([*test, "--config", "smoothing.yaml", "--model.init_args.model_kwargs.drop_rate", "0.25"]) == 0
+    assert seen == [(0.0, 0.25, 0.25)]
+    saved = _read(CHECKPOINTS / "last.ckpt")["hyper_parameters"]
+    assert saved["label_smoothing"] == 0.7 and "drop_rate" not in saved["model_kwargs"]
+
+
 def test_a_resumed_fit_of_another_length_warns_that_it_continues_the_saved_schedule(in_tmp, capsys):
     """Resumed into a longer run, the saved cosine rose again towards the peak rate without a word."""
     assert _fit("--trainer.max_epochs", "1") == 0

@@ -35,6 +35,7 @@ the file an earlier predict wrote, and refuses one visattn did not write.
 Ctrl-C ends every command with ``visattn: interrupted`` and exit code 130, as elsewhere in visattn.
 """
 import contextlib
+import copy
 import difflib
 import errno
 import glob
@@ -59,7 +60,7 @@ import torch
 import yaml
 
 import lightning.pytorch as pl
-from jsonargparse import ArgumentError
+from jsonargparse import ArgumentError, Namespace
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import (BasePredictionWriter, Callback, EarlyStopping, ModelCheckpoint, ProgressBar,
@@ -367,6 +368,27 @@ def _refuse_overrides_the_optimizer_restores(path: Path, given: dict[str, Any], 
             raise ConfigError(f"{where} {given[key]}: a resumed run continues with the optimizer and schedule it "
                               f"saved, at {key} {theirs[key]}; {fix}, or start a new run from the checkpoint's "
                               f"weights with --model.init_args.pretrained {path}")
+
+
+# What a checkpoint's weights were built as: LightningCLI builds the model from the checkpoint's values of these.
+_BUILT_AS = ("model_name", "model_kwargs", "pretrained", "strict", "ema_decay")
+
+
+def _keep_given_settings(built: Namespace, given: dict[str, Any], typed: Sequence[str]) -> None:
+    """Put back over the checkpoint's hyperparameters, which LightningCLI (2.6) parses over the config's model
+    for any ``--ckpt_path`` file, the settings the config and command line give: all but what the weights were
+    built as (:data:`_BUILT_AS`), unless typed, and typed keys inside ``model_kwargs``. A config's ``beam_size``
+    or ``label_smoothing``, and ``--model.init_args.model_kwargs.detections_per_img``, had been dropped for the
+    checkpoint's without a word."""
+    for key, value in given.items():
+        if key in built and (key not in _BUILT_AS or key in typed):
+            built[key] = value
+    for path in (path.split(".") for path in typed if "." in path):
+        inner, source = built.get(path[0]), given.get(path[0])
+        for part in path[1:-1]:
+            inner, source = (inner or {}).get(part), (source or {}).get(part)
+        if isinstance(inner, dict) and isinstance(source, dict) and path[-1] in source:
+            inner[path[-1]] = source[path[-1]]
 
 
 def _described(class_path: Optional[str], model_name: Any) -> str:
@@ -872,24 +894,24 @@ class VisattnCLI(LightningCLI):
             parser.link_arguments(f"data.{key}", f"model.init_args.{key}", apply_on="instantiate")
 
     def _parse_ckpt_path(self) -> None:
-        subcommand, typed = self.config.get("subcommand"), {}
-        if subcommand is not None:
-            settings = self.config[subcommand]
-            settings["ckpt_path"] = _resolve_ckpt_path(subcommand, settings)
-            # LightningCLI (2.6) swaps the config's model for the one a checkpoint file's hyperparameters
-            # describe; this is the last point where the config's model is known.
-            _refuse_linked_overrides(settings.model, self.linked_data_attributes)
-            if settings.ckpt_path is not None and Path(settings.ckpt_path).is_file():
-                _check_checkpoint_model(Path(settings.ckpt_path), settings.model, resuming=subcommand == "fit")
-            typed = {key: settings.model.init_args[key] for key in self.model_overrides
-                     if key in (settings.model.get("init_args") or {})}
-            resumed = _resumed_checkpoint(settings.ckpt_path, settings.trainer.get("callbacks"))
-            if subcommand == "fit" and resumed is not None:
-                _refuse_overrides_the_optimizer_restores(resumed, dict(settings.model.get("init_args") or {}), list(typed))
+        subcommand = self.config.get("subcommand")
+        if subcommand is None:
+            return super()._parse_ckpt_path()
+        settings = self.config[subcommand]
+        settings["ckpt_path"] = _resolve_ckpt_path(subcommand, settings)
+        # LightningCLI (2.6) swaps the config's model for the one a checkpoint file's hyperparameters
+        # describe; this is the last point where the config's model is known.
+        _refuse_linked_overrides(settings.model, self.linked_data_attributes)
+        if settings.ckpt_path is not None and Path(settings.ckpt_path).is_file():
+            _check_checkpoint_model(Path(settings.ckpt_path), settings.model, resuming=subcommand == "fit")
+        given = copy.deepcopy(vars(settings.model.get("init_args") or Namespace()))
+        resumed = _resumed_checkpoint(settings.ckpt_path, settings.trainer.get("callbacks"))
+        if subcommand == "fit" and resumed is not None:
+            typed = [path.partition(".")[0] for path in self.model_overrides]
+            _refuse_overrides_the_optimizer_restores(resumed, given, typed)
         super()._parse_ckpt_path()
-        # LightningCLI put the checkpoint's hyperparameters over what was typed on the command line
-        for key, value in typed.items():
-            self.config[subcommand].model.init_args[key] = value
+        if "init_args" in self.config[subcommand].model:
+            _keep_given_settings(self.config[subcommand].model.init_args, given, self.model_overrides)
 
     def before_instantiate_classes(self) -> None:
         # The links were chosen from the command line before parsing: a way of naming the task that reading
@@ -1152,9 +1174,11 @@ def _task_links(argv: list[str]) -> tuple[str, ...]:
 
 
 def _model_overrides(argv: list[str]) -> tuple[str, ...]:
-    """The model ``init_args`` keys ``argv`` sets (``--model.init_args.KEY`` or ``--model.KEY``)."""
-    typed = (re.fullmatch(r"--model\.(?:init_args\.)?(\w+)(=.*)?", arg) for arg in argv)
-    return tuple(match[1] for match in typed if match and match[1] not in ("class_path", "init_args", "dict_kwargs"))
+    """The model ``init_args`` keys ``argv`` sets (``--model.init_args.KEY`` or ``--model.KEY``), dotted for keys
+    inside one (``model_kwargs.depth``)."""
+    typed = (re.fullmatch(r"--model\.(?:init_args\.)?(\w+(?:\.\w+)*)(=.*)?", arg) for arg in argv)
+    return tuple(match[1] for match in typed if match and match[1].partition(".")[0] not in ("class_path", "init_args",
+                                                                                           "dict_kwargs"))
 
 
 def _config_model_class(path: Path) -> Optional[str]:
