@@ -122,6 +122,8 @@ def test_discard_keeps_the_class_tokens_own_attention():
     assert kept[0, 0, 0] == pytest.approx(0.01) and kept[0, 1, 2] == 0
     with pytest.raises(ConfigError, match="discard_ratio"):
         discard_lowest(attn, ratio=1.0)
+    with pytest.raises(ConfigError, match=r"^discard_ratio='0.5': use a number in \[0, 1\)$"):  # was a TypeError
+        discard_lowest(attn, ratio="0.5")
     with pytest.raises(ConfigError, match="head_fusion"):
         attention_rollout([attn[:, None]], (1, 2), head_fusion="median")
 
@@ -611,7 +613,7 @@ def test_images_that_are_no_model_input_are_one_line(bad, message):
         explain_batch(classifier.model, bad, "gradcam")
 
 
-@pytest.mark.parametrize("target_class", ["3", [1, 2, 3], 2.5])
+@pytest.mark.parametrize("target_class", ["3", [1, 2, 3], 2.5, True])  # True had explained class 1
 def test_a_target_class_that_is_no_index_is_one_line(target_class):
     model = create_model("resnet20_cifar", num_classes=10).eval()
     with pytest.raises(ConfigError, match="give one class index, or one per image"):
@@ -893,6 +895,24 @@ def test_grad_cam_before_the_class_token_is_added_keeps_every_patch():
     torch.testing.assert_close(maps[0], expected)
 
 
+def test_caption_word_panels_draw_a_squashed_model_input_at_its_sources_shape(tmp_path, monkeypatch):
+    """From an explainability audit: `caption --attention-out` drew a 120x40 photo, squashed to the captioner's
+    64x64 input, as a square, as explain had before."""
+    import visattn.explain.overlay as overlay
+
+    Image.fromarray(np.full((40, 120, 3), 200, np.uint8)).save(tmp_path / "wide.png")
+    drawn, draw = [], overlay.word_panels_figure
+
+    def kept(*args, **kwargs):
+        drawn.append(draw(*args, **kwargs))
+        return drawn[-1]
+
+    monkeypatch.setattr(overlay, "word_panels_figure", kept)
+    assert main(["caption", str(tmp_path / "wide.png"), "--model", "sat_cbam_resnet_scenes.scenes",
+                 "--attention-out", str(tmp_path / "panels")]) == 0
+    assert len(drawn) == 1 and drawn[0].axes[0].get_aspect() == pytest.approx(1 / 3)
+
+
 def test_explain_draws_a_squashed_model_input_at_its_sources_shape(tmp_path):
     """The small recipe squashes the whole image to the input size: a 120x40 photo was drawn as a square."""
     source = np.zeros((40, 120, 3), np.uint8)
@@ -925,6 +945,26 @@ def test_a_grad_cam_map_that_is_zero_everywhere_warns_with_the_fix():
     with warnings.catch_warnings():
         warnings.simplefilter("error", VisattnWarning)
         assert explain(model, image, "gradcam").any()
+
+
+def test_a_grad_cam_map_of_one_cell_or_for_an_asked_class_warns_for_its_own_cause():
+    """From an explainability audit: a ResNet-18's last stage at 32 px is 1x1, a constant map drawn as a blank
+    figure without a word; and a zero map of an asked-for class (no evidence for it) was blamed on the layer."""
+    from visattn.errors import VisattnWarning
+
+    torch.manual_seed(0)
+    model = create_model("resnet18", num_classes=4).eval()
+    with pytest.warns(VisattnWarning, match=r"^the Grad-CAM map at layer \(default\) is the same over its whole 1x1 "
+                                            r"grid, so it shows no place; pick an earlier layer"):
+        explain(model, torch.rand(3, 32, 32), "gradcam")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", VisattnWarning)
+        explain(model, torch.rand(3, 32, 32), "gradcam", layer="layer3")  # 2x2: a place
+    with torch.no_grad():
+        model.fc.weight[2].fill_(-1.0)  # every activation weighs against class 2
+    with pytest.warns(VisattnWarning, match=r"^the Grad-CAM map at layer layer3 is zero everywhere: nothing there "
+                                            r"weighs for class 2, which the image may not show"):
+        assert not explain(model, torch.rand(3, 64, 64), "gradcam", layer="layer3", target_class=2).any()
 
 
 def _resnet_with_average_pooling(model: nn.Module) -> nn.Module:

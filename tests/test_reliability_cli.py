@@ -627,6 +627,9 @@ def test_explain_writes_the_format_its_suffix_names(tmp_path, monkeypatch, capsy
     assert capsys.readouterr().err == ("visattn: error: map.xyz: cannot write .xyz images; "
                                        "name the file .png, .jpg, .svg or .pdf\n")
     assert not (tmp_path / "map.xyz").exists()
+    for suffix in ("tiff", "webp", "eps"):  # matplotlib writes them, but unmarked: a rerun refused to replace them
+        assert main(["explain", "img.png", "--model", CLASSIFIER, "--out", f"map.{suffix}"]) == 2
+        assert capsys.readouterr().err.startswith(f"visattn: error: map.{suffix}: cannot write .{suffix} images; name")
 
 
 @pytest.mark.parametrize("index, problem", [("[1, 2]", 'not a JSON object of "ARCH.TAG": entry'),

@@ -98,6 +98,7 @@ class ImageFile:
     image: Optional[np.ndarray] = None  # (H, W, 3) uint8, with keep_images
     prepared: Any = None  # what ``prepare`` made of the image
     error: Optional[VisattnError] = None
+    source_shape: tuple[int, ...] = ()  # the decoded image's (H, W, 3), kept or not
 
     def error_line(self, as_json: bool = False) -> str:
         """The one-line report of an unreadable file: a JSON record or ``PATH: error: REASON``."""
@@ -126,7 +127,7 @@ def run_in_batches(
 def _read_one(path: Path, prepare: Callable[[np.ndarray], Any], keep_image: bool) -> ImageFile:
     try:
         image = decode_image(path)
-        return ImageFile(path, image if keep_image else None, prepare(image))
+        return ImageFile(path, image if keep_image else None, prepare(image), source_shape=image.shape)
     except VisattnError as err:
         return ImageFile(path, error=err)
 

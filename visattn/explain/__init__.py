@@ -12,7 +12,7 @@ method          families                    what the map is
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING, Literal, Optional, Sequence, Union, get_args
+from typing import TYPE_CHECKING, Any, Literal, Optional, Sequence, Union, get_args
 
 import albumentations as A
 import numpy as np
@@ -189,14 +189,27 @@ def explain(
     if images.shape[0] != 1:
         raise ConfigError(f"image tensor has shape {tuple(image_tensor.shape)}; give one image (3, H, W)")
     maps = explain_batch(model, images, method, layer=layer, head=head, target_class=target_class)
-    if method == "gradcam" and not maps[0].any():  # it drew as a blank figure without a word
-        why = (" (a class-token ViT's final norm reaches only the class token)"
-               if is_vit(model) and getattr(model, "num_prefix_tokens", 0) else "")
-        warnings.warn(f"the Grad-CAM map at layer {layer if layer is not None else '(default)'} is zero everywhere: "
-                      f"no activation there weighs for the class{why}; pick another layer (layer=, or --layer)",
-                      VisattnWarning, stacklevel=2)
+    if method == "gradcam" and maps[0].amax() == maps[0].amin():  # it drew as a blank figure without a word
+        warnings.warn(_blank_grad_cam(model, maps[0], layer, target_class), VisattnWarning, stacklevel=2)
     size = tuple(images.shape[-2:])
     return resize_map(maps[0], size, centres=map_centres(model, maps.shape[-2:], size))
+
+
+def _blank_grad_cam(model: nn.Module, cam: Tensor, layer: Optional[str], target_class: Any) -> str:
+    """Why a Grad-CAM map is the same everywhere, and what to do: a grid of one cell (a ResNet's last stage at
+    32 px) shows no place; a zero map of an asked-for class can be the answer (Grad-CAM keeps only evidence for
+    the class); of the predicted class it points at the layer."""
+    at = f"the Grad-CAM map at layer {layer if layer is not None else '(default)'}"
+    height, width = cam.shape[-2:]
+    if cam.any() or height * width == 1:
+        return (f"{at} is the same over its whole {height}x{width} grid, so it shows no place; pick an earlier layer, "
+                "with a finer grid (layer=, or --layer), or give larger images")
+    if target_class is not None:
+        return (f"{at} is zero everywhere: nothing there weighs for class {target_class!r}, which the image may not "
+                "show (Grad-CAM keeps only evidence for the class); another layer may still find some")
+    why = (" (a class-token ViT's final norm reaches only the class token)"
+           if is_vit(model) and getattr(model, "num_prefix_tokens", 0) else "")
+    return f"{at} is zero everywhere: no activation there weighs for the class{why}; pick another layer (layer=, or --layer)"
 
 
 def model_view(image_tensor: Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
@@ -257,19 +270,21 @@ def explain_image(
     if explained is not None and explained != index:
         title += f" for {classifier.class_names[explained]}"
     seen = model_view(tensor, classifier.preprocessing["mean"], classifier.preprocessing["std"])
-    fig = overlay_figure(seen, heatmap, title=title, pixel_aspect=_squashed_pixel_aspect(classifier, image, tensor))
+    aspect = squashed_pixel_aspect(classifier.preprocessing, image.shape, tensor.shape)
+    fig = overlay_figure(seen, heatmap, title=title, pixel_aspect=aspect)
     save_figure(fig, target, argument="out")
     shown = classifier.class_names[index if explained is None else explained]
     return {"label": label, "index": index, "prob": round(float(probs[index]), 4), "method": method,
             "explained": shown, "out": str(out)}
 
 
-def _squashed_pixel_aspect(classifier: Classifier, image: np.ndarray, tensor: Tensor) -> float:
-    """Height over width of a model-input pixel in the source image: the ``small`` recipe squashes the whole
-    image to the input size (a 120x40 photo drew as a 28x28 square); the ``photo`` recipe's crop keeps its shape."""
-    if classifier.preprocessing.get("recipe") != "small":
+def squashed_pixel_aspect(preprocessing: dict, source_shape: Sequence[int], input_shape: Sequence[int]) -> float:
+    """Height over width of a model-input pixel (``input_shape`` ``(..., H, W)``) in the source image
+    (``source_shape`` ``(H, W, ...)``): the ``small`` recipe squashes the whole image to the input size (a 120x40
+    photo drew as a 28x28 square); the ``photo`` recipe's crop keeps its shape."""
+    if preprocessing.get("recipe") != "small":
         return 1.0
-    (height, width), (rows, cols) = image.shape[:2], tensor.shape[-2:]
+    (height, width), (rows, cols) = source_shape[:2], input_shape[-2:]
     return (height / rows) / (width / cols)
 
 

@@ -150,7 +150,7 @@ def _class_index(logits: Tensor, target_class: TargetClass) -> Tensor:
         return logits.argmax(dim=1)
     try:
         index = torch.as_tensor(target_class, device=logits.device)
-        if index.is_floating_point() or index.ndim > 1:
+        if index.is_floating_point() or index.dtype == torch.bool or index.ndim > 1:  # True had been class 1
             raise TypeError
         index = index.long().expand(logits.shape[0])
     except (TypeError, ValueError, RuntimeError):

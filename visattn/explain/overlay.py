@@ -182,8 +182,10 @@ def word_panels_figure(
     cmap: str = "gray",
     alpha: float = 0.6,
     centres: Optional[CellCentres] = None,
+    pixel_aspect: float = 1.0,
 ) -> Figure:
-    """The figure :func:`save_word_panels` writes; see it for the arguments."""
+    """The figure :func:`save_word_panels` writes; see it for the arguments (``pixel_aspect`` as
+    :func:`overlay_figure` takes it)."""
     image = _check_image(image)
     if len(words) != len(maps) or not words:
         raise ConfigError(f"got {len(words)} words and {len(maps)} maps; give one map per word (at least one)")
@@ -192,7 +194,7 @@ def word_panels_figure(
     fig = _figure(figsize=(2.0 * columns, 2.2 * rows))
     axes = np.atleast_1d(fig.subplots(rows, columns, squeeze=False)).ravel()
     for axis, word, heat in zip(axes, words, maps):
-        axis.imshow(heatmap_overlay(image, heat, cmap=cmap, alpha=alpha, centres=centres))
+        axis.imshow(heatmap_overlay(image, heat, cmap=cmap, alpha=alpha, centres=centres), aspect=pixel_aspect)
         axis.set_title(word)
     for axis in axes:
         axis.set_axis_off()
@@ -206,12 +208,17 @@ def _figure(figsize: tuple[float, float]) -> Figure:
     return fig
 
 
+# The formats whose files visattn marks as its own (figure_mark), so that a rerun may replace them: a .tiff or
+# .webp figure was written once, then refused as a file "visattn did not write".
+FIGURE_FORMATS = ("png", "jpg", "jpeg", "svg", "pdf")
+
+
 def figure_format(path: PathLike) -> str:
-    """The image format ``path``'s suffix names (``png`` without one); one line for one matplotlib cannot write."""
+    """The image format ``path``'s suffix names (``png`` without one); one line for one visattn does not write."""
     suffix = os.path.splitext(os.fspath(path))[1].lower().lstrip(".")
     if not suffix:
         return "png"
-    if suffix not in FigureCanvasAgg.get_supported_filetypes() or suffix == "pgf":  # .pgf needs a LaTeX install
+    if suffix not in FIGURE_FORMATS:
         raise ConfigError(f"{path}: cannot write .{suffix} images; name the file .png, .jpg, .svg or .pdf")
     return suffix
 

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError
+from ..layers.patch_embed import is_number
 from .attention import token_map
 
 HeadFusion = Literal["mean", "max", "min"]
@@ -40,8 +41,8 @@ def discard_lowest(attn: Tensor, ratio: float, num_prefix_tokens: int = 1) -> Te
 
     The prefix tokens' attention to themselves (the class token's own entry) is never discarded.
     """
-    if not 0.0 <= ratio < 1.0:
-        raise ConfigError(f"discard_ratio={ratio}: use a value in [0, 1)")
+    if not (is_number(ratio) and 0.0 <= ratio < 1.0):  # a string was a TypeError
+        raise ConfigError(f"discard_ratio={ratio!r}: use a number in [0, 1)")
     count = int(attn.shape[-1] * attn.shape[-1] * ratio)
     if count == 0:
         return attn

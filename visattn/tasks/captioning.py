@@ -466,7 +466,7 @@ def caption_files(captioner: Captioner, paths: Sequence[str], *, beam_size: int 
     import json
 
     from ..data.image_io import list_images, run_in_batches
-    from ..explain import model_view
+    from ..explain import model_view, squashed_pixel_aspect
     from ..explain.overlay import save_panels, word_panels_figure
 
     files = list_images(list(paths), allow_empty=False, exclude=[attention_out])
@@ -494,7 +494,9 @@ def caption_files(captioner: Captioner, paths: Sequence[str], *, beam_size: int 
             if words:
                 # The maps cover what the model saw: the photo recipe's centre crop, not the whole file.
                 seen = model_view(item.prepared, captioner.preprocessing["mean"], captioner.preprocessing["std"])
-                fig = word_panels_figure(seen, words, list(attention.numpy()), centres=centres_of(seen.shape[:2]))
+                aspect = squashed_pixel_aspect(captioner.preprocessing, item.source_shape, item.prepared.shape)
+                fig = word_panels_figure(seen, words, list(attention.numpy()), centres=centres_of(seen.shape[:2]),
+                                         pixel_aspect=aspect)
             record["attention"] = save_panels(fig, target, flag=flag, folder=attention_out)
         line = f"{item.path}: {record['caption']}{attention_note(record, 'words')}"
         print(json.dumps(record) if as_json else one_line(line))
