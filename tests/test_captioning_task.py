@@ -325,7 +325,7 @@ def test_attention_panels_are_drawn_on_what_the_model_saw_not_the_whole_file(tmp
     Image.fromarray(image).save(tmp_path / "wide.png")
     drawn, placed = [], []
 
-    def word_panels_figure(image, *args, centres):
+    def word_panels_figure(image, *args, centres, pixel_aspect):
         drawn.append(image)
         placed.append(centres)
         return Figure()

@@ -361,6 +361,8 @@ def _refuse_overrides_the_optimizer_restores(path: Path, given: dict[str, Any], 
         theirs = read_checkpoint(path, lazy=True).get("hyper_parameters") or {}
     except WeightsError:  # a damaged last checkpoint: the run's checkpoint IO falls back, or says so
         return
+    if theirs.get("model_name") != given.get("model_name"):
+        return  # another model's checkpoint: its weights are refused at the load, which names the real mistake
     for key in _RESTORED_WITH_THE_OPTIMIZER:
         if key in given and key in theirs and given[key] != theirs[key]:
             where, fix = ((f"--model.init_args.{key}", "drop the option") if key in typed else
