@@ -70,6 +70,8 @@ def test_overlay_resizes_normalises_and_blends():
         heatmap_overlay(image, np.zeros((2, 2, 2)))
     with pytest.raises(ConfigError, match="colour map"):
         heatmap_overlay(image, heat, cmap="no-such-map")
+    with pytest.raises(ConfigError, match="^heatmap holds NaN or infinite values"):  # drawn as no relevance before
+        heatmap_overlay(image, np.array([[0.0, np.nan], [0.0, 5.0]]))
 
 
 def test_save_overlay_and_word_panels_write_pngs(tmp_path):

@@ -80,6 +80,8 @@ def heatmap_overlay(
         raise ConfigError(f"alpha={alpha}: use a value between 0 and 1")
     if cmap not in colormaps:
         raise ConfigError(f"cmap={cmap!r}: not a matplotlib colour map; try 'jet', 'viridis' or 'inferno'")
+    if not np.isfinite(np.asarray(heatmap, dtype=np.float32)).all():  # it drew NaN as no relevance, without a word
+        raise ConfigError("heatmap holds NaN or infinite values; check how it was computed (a division by zero?)")
     heat = normalize_map(resize_map(heatmap, image.shape[:2], centres=centres))
     colours = colormaps[cmap](heat)[..., :3] * 255.0  # (H, W, 3) RGB, drop alpha
     blended = (1.0 - alpha) * image.astype(np.float32) + alpha * colours
