@@ -994,6 +994,10 @@ def test_a_timm_run_checkpoint_gives_timm_the_preprocessing_the_run_recorded(tmp
         "input_size": (3, 224, 224), "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),
         "crop_pct": 0.875, "crop_mode": "center", "interpolation": "bilinear"}
     assert loaded.model.pretrained_cfg["classifier"] == "head"  # the rest of timm's own cfg stays
+    # timm's alias for older code: it had kept timm's ImageNet cfg beside the replaced pretrained_cfg
+    assert loaded.model.default_cfg is loaded.model.pretrained_cfg
+    shipped = load_classifier("se_resnet20_cifar.fmnist").model
+    assert shipped.default_cfg is shipped.pretrained_cfg and shipped.default_cfg["input_size"] == (3, 28, 28)
 
 
 def test_save_weights_of_a_timm_run_says_to_use_the_checkpoint_and_writes_nothing(tmp_path, capsys):

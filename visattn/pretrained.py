@@ -230,6 +230,12 @@ def metadata_problem(meta: dict[str, Any]) -> Optional[str]:
     return preprocessing_problem(meta["preprocessing"]) if meta.get("preprocessing") is not None else None
 
 
+def set_pretrained_cfg(model: nn.Module, cfg: dict[str, Any]) -> None:
+    """Give ``model`` its ``pretrained_cfg`` and, as timm's models carry it for older code, the same dict as
+    ``default_cfg`` (a timm model's had kept its own after visattn replaced its ``pretrained_cfg``)."""
+    model.pretrained_cfg = model.default_cfg = cfg
+
+
 def timm_pretrained_cfg(model: nn.Module, preprocessing: Optional[dict[str, Any]]) -> dict[str, Any]:
     """A classifier's ``pretrained_cfg`` as timm's models carry it, from its weights' recorded
     ``preprocessing`` (what it lacks: the defaults of weights that recorded none), so that timm's data

@@ -240,7 +240,7 @@ def create_model(
             when ``False``, any parameter the checkpoint lacks does.
         **kwargs: architecture hyperparameters passed to the builder (``img_size``, ``drop_path_rate``, ...).
     """
-    from .pretrained import load_weights, timm_pretrained_cfg, weights_preprocessing
+    from .pretrained import load_weights, set_pretrained_cfg, timm_pretrained_cfg, weights_preprocessing
 
     if not isinstance(strict, bool) and strict != "attention":  # "no" is true
         raise ConfigError(f"strict={strict!r}: give True (every weight must fit), 'attention' (attention modules "
@@ -255,5 +255,5 @@ def create_model(
     elif pretrained:
         load_weights(model, pretrained, strict=strict)
     if model_task(arch) == "classification":
-        model.pretrained_cfg = timm_pretrained_cfg(model, weights_preprocessing(entry, pretrained))
+        set_pretrained_cfg(model, timm_pretrained_cfg(model, weights_preprocessing(entry, pretrained)))
     return model

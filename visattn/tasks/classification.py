@@ -32,8 +32,8 @@ from ..models.vit import NO_WEIGHT_DECAY
 from ..modes import eval_mode
 from ..pretrained import (TRAINING_CHECKPOINTS, checkpoint_follows, classifier_names, find_weights_entry, load_weights,
                           metadata_problem, named_weights_entry, offline_timm_file, read_pickle_checkpoint,
-                          refuse_an_untrained_head, require_regular_file, starting_weights_skipped, timm_pretrained_cfg,
-                          weights_preprocessing)
+                          refuse_an_untrained_head, require_regular_file, set_pretrained_cfg, starting_weights_skipped,
+                          timm_pretrained_cfg, weights_preprocessing)
 from ..registry import (Strictness, built_for_one_size, check_timm_name, create_model, model_arguments, model_task,
                         split_model_name)
 from .guards import GuardedTask, NonFiniteLossGuard, batch_of_one_is_one_line, skip_missing_batch
@@ -699,7 +699,7 @@ def load_classifier(model: Optional[str] = None, checkpoint: Optional[str] = Non
         fix="record input_size [C, H, W], mean and std there, or save the weights again with "
             "`visattn save-weights --checkpoint`")
     preprocessing = _resized(recorded, img_size)
-    net.pretrained_cfg = timm_pretrained_cfg(net, preprocessing)  # at img_size
+    set_pretrained_cfg(net, timm_pretrained_cfg(net, preprocessing))  # at img_size
     return Classifier(net, labels, preprocessing, f"{arch}.{entry['tag']}",
                       arch, dict(entry.get("model_kwargs") or {}))
 
@@ -725,9 +725,9 @@ def _classifier_from_checkpoint(path: Path, img_size: Optional[int], device: tor
                                          fix=EDITED_CHECKPOINT)
     preprocessing = _resized(recorded, img_size)
     if hasattr(net, "visattn_name"):
-        net.pretrained_cfg = timm_pretrained_cfg(net, preprocessing)
+        set_pretrained_cfg(net, timm_pretrained_cfg(net, preprocessing))
     else:  # a timm model keeps the rest of its own pretrained_cfg (its head's name, its weights' source)
-        net.pretrained_cfg = {**net.pretrained_cfg, **timm_data_config(preprocessing)}
+        set_pretrained_cfg(net, {**net.pretrained_cfg, **timm_data_config(preprocessing)})
     # A run fine-tuned from ARCH.TAG is a model of ARCH with the tag's builder arguments (save-weights names its
     # file ARCH.NEWTAG, which the tag in the name made ARCH.TAG.NEWTAG, refused).
     arch, kwargs = checkpoint_model_kwargs(hparams)
