@@ -310,6 +310,19 @@ def test_a_classifiers_validation_loss_on_unequal_shares_is_one_processs(tmp_pat
     assert ranks == [pytest.approx(single, rel=1e-5)] * 2
 
 
+def test_an_evaluation_loss_is_the_mean_over_samples_and_reads_nan_when_one_is():
+    """torchmetrics 1.9 drops the weights under nan_strategy "disable": the mean of batch means (2.0 here), so a
+    split's val/loss and test/loss depended on its batching and on the process count."""
+    from visattn.tasks.classification import sample_mean_loss
+
+    loss = sample_mean_loss()
+    loss.update(torch.tensor(1.0), weight=1)
+    loss.update(torch.tensor(3.0), weight=3)  # a batch of 3 whose mean loss is 3
+    assert float(loss.compute()) == 2.5
+    loss.update(torch.tensor(float("nan")), weight=2)
+    assert torch.isnan(loss.compute())
+
+
 class _Draws(GuardedTask, pl.LightningModule):
     """Records the random numbers each training step draws from torch, NumPy and ``random``."""
 
