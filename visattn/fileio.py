@@ -67,11 +67,13 @@ _held_locks: dict[str, int] = {}  # lock file -> its descriptor, held until the 
 
 
 def claim_folder(folder: PathLike, *, setting: str, task: str) -> None:
-    """Hold an exclusive lock on ``folder/.visattn.lock`` until this process exits, so that two processes do not
-    write one folder's files at once (two runs of one config had overwritten each other's ``last.ckpt``); one
-    line naming the other process when one holds it. Claiming a folder this process holds is a no-op;
-    filesystems without locks (some network mounts) are not checked."""
-    path = os.path.abspath(os.path.join(folder, ".visattn.lock"))
+    """Hold an exclusive lock on ``.NAME.visattn.lock`` beside ``folder`` until this process exits, so that two
+    processes do not write one folder's files at once (two runs of one config had overwritten each other's
+    ``last.ckpt``); one line naming the other process when one holds it. The lock file stays out of the folder,
+    whose files Lightning counts (it warned of a folder not empty). Claiming a folder this process holds is a
+    no-op; filesystems without locks (some network mounts) are not checked."""
+    folder = os.path.abspath(folder)
+    path = os.path.join(os.path.dirname(folder), f".{os.path.basename(folder)}.visattn.lock")
     if path in _held_locks:
         return
     os.makedirs(folder, exist_ok=True)
