@@ -310,6 +310,29 @@ def test_a_classifiers_validation_loss_on_unequal_shares_is_one_processs(tmp_pat
     assert ranks == [pytest.approx(single, rel=1e-5)] * 2
 
 
+def _validate_on_photos(root: str, devices: int) -> dict:
+    from visattn.data.datamodules import ImageFolderDataModule
+    from visattn.tasks.classification import ImageClassifier
+
+    torch.manual_seed(0)
+    model = ImageClassifier("resnet20_cifar", num_classes=2, pretrained=False)
+    data = ImageFolderDataModule(f"{root}/photos", val_root=f"{root}/photos", img_size=8, batch_size=4, num_workers=0,
+                                 augment=False)
+    return _trainer(root, devices).validate(model, datamodule=data, verbose=False)[0]
+
+
+def test_a_process_whose_share_of_images_is_all_broken_scores_as_one_process_does(tmp_path):
+    """From a DDP audit: the second process's share is only cat/broken.jpg, so its steps logged nothing and the
+    first synced the metrics alone: a 60-line gloo traceback, exit 1 (fit blamed the checkpoint's monitor)."""
+    from fixtures_images import write_image_folder
+
+    write_image_folder(tmp_path / "photos", per_class=1, broken=("cat",))  # cat/0.png, cat/broken.jpg, dog/0.png
+    ranks = _in_two_processes(functools.partial(_validate_on_photos, str(tmp_path), devices=2), tmp_path / "val")
+    single = _validate_on_photos(str(tmp_path), devices=1)
+    assert set(single) == {"val/loss", "val/top1", "val/top5"}
+    assert ranks == [pytest.approx(single, rel=1e-5)] * 2
+
+
 def test_an_evaluation_loss_is_the_mean_over_samples_and_reads_nan_when_one_is():
     """torchmetrics 1.9 drops the weights under nan_strategy "disable": the mean of batch means (2.0 here), so a
     split's val/loss and test/loss depended on its batching and on the process count."""

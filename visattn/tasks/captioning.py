@@ -40,7 +40,8 @@ from .classification import (EDITED_CHECKPOINT, Classifier, adamw_warmup_cosine,
                              read_checkpoint, refuse_linked_kwargs, require_task, sample_mean_loss,
                              starting_checkpoint_settings, task_checkpoint)
 from .distributed import gather_shares, in_split_order
-from .guards import GuardedTask, NonFiniteLossGuard, batch_of_one_is_one_line, skip_missing_batch
+from .guards import (GuardedTask, NonFiniteLossGuard, any_process_scored, batch_of_one_is_one_line,
+                     skip_missing_batch)
 
 _ITEM_CLASS = {word: k for k, word in enumerate(ITEM_WORDS)}
 
@@ -319,10 +320,11 @@ class CaptioningTask(GuardedTask, pl.LightningModule):
     @skip_missing_batch
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self.val_xent.update(self.caption_loss(batch)[0], weight=len(batch["images"]))
-        self.log("val/xent", self.val_xent)
         self.val_metrics.update(self(batch["images"]), batch, functools.partial(attention_centres, self.model))
 
     def on_validation_epoch_end(self) -> None:
+        if any_process_scored(self, self.val_xent):  # Lightning computes, syncs and resets what is logged here
+            self.log("val/xent", self.val_xent)
         self._log_metrics(self.val_metrics, "val/")
 
     @skip_missing_batch

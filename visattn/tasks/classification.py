@@ -36,7 +36,8 @@ from ..pretrained import (TRAINING_CHECKPOINTS, checkpoint_follows, classifier_n
                           timm_pretrained_cfg, weights_preprocessing)
 from ..registry import (Strictness, built_for_one_size, check_timm_name, create_model, model_arguments, model_task,
                         split_model_name)
-from .guards import GuardedTask, NonFiniteLossGuard, batch_of_one_is_one_line, skip_missing_batch
+from .guards import (GuardedTask, NonFiniteLossGuard, any_process_scored, batch_of_one_is_one_line,
+                     skip_missing_batch)
 
 
 # timm.create_model arguments that fetch or name its starting weights.
@@ -434,20 +435,28 @@ class ImageClassifier(GuardedTask, pl.LightningModule):
 
     @skip_missing_batch
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, self.val_metrics, self.val_loss, "val/loss")
+        self._evaluate(batch, self.val_metrics, self.val_loss)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_evaluation(self.val_metrics, self.val_loss, "val/loss")
 
     @skip_missing_batch
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, self.test_metrics, self.test_loss, "test/loss")
+        self._evaluate(batch, self.test_metrics, self.test_loss)
 
-    def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], metrics: MetricCollection, loss: MeanMetric,
-                  loss_name: str) -> None:
+    def on_test_epoch_end(self) -> None:
+        self._log_evaluation(self.test_metrics, self.test_loss, "test/loss")
+
+    def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], metrics: MetricCollection, loss: MeanMetric) -> None:
         images, targets = batch
         logits = self(images)
         metrics.update(logits, targets)
         loss.update(self.criterion(logits, targets), weight=len(targets))
-        self.log(loss_name, loss)
-        self.log_dict(metrics, prog_bar=True)
+
+    def _log_evaluation(self, metrics: MetricCollection, loss: MeanMetric, loss_name: str) -> None:
+        if any_process_scored(self, loss):  # Lightning computes, syncs and resets what is logged here
+            self.log(loss_name, loss)
+            self.log_dict(metrics, prog_bar=True)
 
     @skip_missing_batch
     def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:

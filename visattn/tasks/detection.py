@@ -33,7 +33,8 @@ from .classification import (Classifier, adamw_warmup_cosine, checkpoint_model_k
                              inference_target, load_checkpoint_weights, match_class_order, read_checkpoint,
                              recorded_labels, refuse_linked_kwargs, require_task, task_checkpoint)
 from .distributed import gather_shares, in_split_order
-from .guards import GuardedTask, NonFiniteLossGuard, batch_of_one_is_one_line, skip_missing_batch
+from .guards import (GuardedTask, NonFiniteLossGuard, any_process_scored, batch_of_one_is_one_line,
+                     skip_missing_batch)
 
 if TYPE_CHECKING:
     from ..data.scenes import FashionScenes
@@ -174,9 +175,7 @@ class DetectionTask(GuardedTask, pl.LightningModule):
         self._log_map(self.test_map, "test/")
 
     def _log_map(self, metric: MeanAveragePrecision, prefix: str) -> None:
-        # The sanity check may stop before any update. Under DDP every rank computes when any updated: the
-        # compute gathers, and a rank whose images all failed to decode left the others waiting alone.
-        if self.trainer.strategy.reduce_boolean_decision(bool(metric.update_count), all=False):
+        if any_process_scored(self, metric):
             self.log_dict({prefix + k: v for k, v in map_scores(metric).items()}, prog_bar=True)
         metric.reset()
 

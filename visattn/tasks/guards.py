@@ -2,7 +2,8 @@
 
 :class:`NonFiniteLossGuard` skips an update whose loss is NaN or infinite and stops the run, with a
 message that says what to try, when that happens several steps in a row. :func:`skip_missing_batch`
-lets evaluation steps pass over a batch whose image files were all broken.
+lets evaluation steps pass over a batch whose image files were all broken, and :func:`any_process_scored`
+tells epoch-end hooks, which every process reaches, whether there is a metric to log.
 """
 import functools
 import logging
@@ -28,6 +29,13 @@ def skip_missing_batch(step: Callable[..., Any]) -> Callable[..., Any]:
     def guarded(self: pl.LightningModule, batch: Any, *args: Any, **kwargs: Any) -> Any:
         return None if batch is None else step(self, batch, *args, **kwargs)
     return guarded
+
+
+def any_process_scored(task: pl.LightningModule, metric: Any) -> bool:
+    """Whether any process updated ``metric`` (a torchmetrics metric) this epoch. Metrics are logged from epoch-end
+    hooks under this test: a process whose share of images all failed to decode logged nothing from its steps,
+    and the others synced the metric alone (a gloo traceback); the sanity check may stop before any update."""
+    return task.trainer.strategy.reduce_boolean_decision(bool(metric.update_count), all=False)
 
 
 def batch_of_one_is_one_line(step: Callable[..., Any]) -> Callable[..., Any]:
