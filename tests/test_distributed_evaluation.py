@@ -333,6 +333,26 @@ def test_a_process_whose_share_of_images_is_all_broken_scores_as_one_process_doe
     assert ranks == [pytest.approx(single, rel=1e-5)] * 2
 
 
+def _validate_no_data(root: str, devices: int) -> str:
+    from visattn.errors import ConfigError
+    from visattn.tasks.lightning_cli import LaunchedDataCheck
+
+    trainer = pl.Trainer(accelerator="cpu", devices=devices, strategy="ddp", default_root_dir=root, logger=False,
+                         enable_progress_bar=False, enable_model_summary=False, callbacks=[LaunchedDataCheck()])
+    try:
+        trainer.validate(_Counter(), datamodule=_Numbers(n_eval=0), verbose=False)
+    except ConfigError as err:
+        return str(err)
+    return "validated"
+
+
+def test_validate_without_validation_data_is_one_line_in_every_process(tmp_path):
+    """From a DDP audit: the check that one process makes before the run was skipped with several, so validate
+    scored nothing and exited 0 (and a fit monitoring val/top1 never wrote its best checkpoint)."""
+    ranks = _in_two_processes(functools.partial(_validate_no_data, str(tmp_path), devices=2), tmp_path / "none")
+    assert ranks == ["validate: _Numbers holds no validation data; give it validation data"] * 2
+
+
 def test_an_evaluation_loss_is_the_mean_over_samples_and_reads_nan_when_one_is():
     """torchmetrics 1.9 drops the weights under nan_strategy "disable": the mean of batch means (2.0 here), so a
     split's val/loss and test/loss depended on its batching and on the process count."""

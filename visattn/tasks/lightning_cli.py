@@ -463,9 +463,7 @@ def _check_monitored_validation(trainer: pl.Trainer, model: pl.LightningModule,
     """One line before training when a ModelCheckpoint or (strict) EarlyStopping monitors a validation
     metric and the run never validates: Lightning would only warn that the key is missing and never write
     the best checkpoint (or stop with a traceback in EarlyStopping), after the whole run."""
-    watched = [c for c in [*trainer.checkpoint_callbacks, *trainer.early_stopping_callbacks]
-               if isinstance(getattr(c, "monitor", None), str) and _VALIDATION_KEY.match(c.monitor)
-               and (not isinstance(c, EarlyStopping) or c.strict)]
+    watched = _validation_monitors(trainer)
     if not watched:
         return
     never = _never_validates(trainer, model, datamodule)
@@ -476,11 +474,25 @@ def _check_monitored_validation(trainer: pl.Trainer, model: pl.LightningModule,
                       f"{first}): {type(watched[0]).__name__}(monitor={watched[0].monitor!r}) will see no "
                       f"{watched[0].monitor}; use last.ckpt, or train {first} steps or more", VisattnWarning)
     if never is not None:
-        reason, fix = never
-        callback = watched[0]
-        raise ConfigError(f"trainer.callbacks: {type(callback).__name__}(monitor={callback.monitor!r}) would never "
-                          f"see {callback.monitor}, as this run never validates ({reason}); {fix}, monitor a train/ "
-                          "metric, or drop the callback")
+        raise _never_seen(watched[0], never)
+
+
+def _validating_nothing(missing: tuple[str, str]) -> ConfigError:
+    return ConfigError(f"validate: {missing[0]}; {missing[1]}")
+
+
+def _validation_monitors(trainer: pl.Trainer) -> list[Callback]:
+    """The run's ModelCheckpoint and (strict) EarlyStopping callbacks that monitor a validation metric."""
+    return [c for c in [*trainer.checkpoint_callbacks, *trainer.early_stopping_callbacks]
+            if isinstance(getattr(c, "monitor", None), str) and _VALIDATION_KEY.match(c.monitor)
+            and (not isinstance(c, EarlyStopping) or c.strict)]
+
+
+def _never_seen(callback: Callback, never: tuple[str, str]) -> ConfigError:
+    reason, fix = never
+    return ConfigError(f"trainer.callbacks: {type(callback).__name__}(monitor={callback.monitor!r}) would never "
+                       f"see {callback.monitor}, as this run never validates ({reason}); {fix}, monitor a train/ "
+                       "metric, or drop the callback")
 
 
 def _check_checkpoint_names(trainer: pl.Trainer) -> None:
@@ -524,11 +536,13 @@ def _never_validates(trainer: pl.Trainer, model: pl.LightningModule,
 
 
 def _missing_validation_data(trainer: pl.Trainer, datamodule: Optional[pl.LightningDataModule],
-                             stage: str) -> Optional[tuple[str, str]]:
-    """That a visattn data module holds no validation data, and the fix; None when it holds some (or may)."""
+                             stage: str, *, launched: bool = False) -> Optional[tuple[str, str]]:
+    """That a visattn data module holds no validation data, and the fix; None when it holds some (or may).
+    ``launched``: asked inside a run of several processes, once each has set up its data."""
     # visattn's data modules keep what setup builds, so the setup in the run reuses it: nothing is read twice.
-    # With several processes each sets up its own data once launched, after prepare_data; not here.
-    if isinstance(datamodule, SplitLoadersMixin) and trainer.num_devices * trainer.num_nodes == 1:
+    # With several processes each sets up its own data once launched, after prepare_data: LaunchedDataCheck
+    # asks then.
+    if isinstance(datamodule, SplitLoadersMixin) and (launched or trainer.num_devices * trainer.num_nodes == 1):
         datamodule.setup(stage)
         if len(datamodule.datasets.get("val", ())) == 0:
             return f"{type(datamodule).__name__} holds no validation data", datamodule.how_to_validate()
@@ -711,6 +725,23 @@ class MonitoredMetricCheck(Callback):
                 raise ConfigError(f"{named}: the run logs no {callback.monitor}; did you mean {close[0]}?")
             warnings.warn(f"{named}: the sanity check logged no {callback.monitor}, only {', '.join(logged)}",
                           VisattnWarning)
+
+
+class LaunchedDataCheck(Callback):
+    """In a run of several processes, once each has set up its data: the checks one process makes before the
+    run, that ``validate`` has validation data and that a fit monitoring a validation metric validates. Every
+    process raises the same line together (none waits on another); before, validate exited 0 with no metric,
+    and a fit monitoring val/top1 trained to its end and never wrote its best checkpoint."""
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if trainer.world_size == 1 or stage not in ("fit", "validate"):
+            return
+        missing = _missing_validation_data(trainer, trainer.datamodule, stage, launched=True)
+        if missing is not None and stage == "validate":
+            raise _validating_nothing(missing)
+        watched = _validation_monitors(trainer)
+        if missing is not None and watched:
+            raise _never_seen(watched[0], missing)
 
 
 class RandomStateCheckpoint(Callback):
@@ -948,7 +979,7 @@ class VisattnCLI(LightningCLI):
     def before_validate(self) -> None:
         missing = _missing_validation_data(self.trainer, self.datamodule, "validate")
         if missing is not None:  # Lightning validates nothing, prints no metric and exits 0
-            raise ConfigError(f"validate: {missing[0]}; {missing[1]}")
+            raise _validating_nothing(missing)
 
     def instantiate_classes(self) -> None:
         # A checkpoint replaces every weight: the model's starting weights are neither read nor warned about.
@@ -1032,6 +1063,8 @@ class VisattnCLI(LightningCLI):
             callbacks = [*callbacks, RandomStateCheckpoint()]
         if self.subcommand == "fit":
             callbacks = [*callbacks, MonitoredMetricCheck()]
+        if self.subcommand in ("fit", "validate"):
+            callbacks = [*callbacks, LaunchedDataCheck()]
         if self.subcommand == "predict" and not any(isinstance(c, BasePredictionWriter) for c in callbacks):
             callbacks = [*callbacks, JsonPredictionWriter()]
         return callbacks
