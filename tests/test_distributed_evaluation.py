@@ -150,6 +150,19 @@ def _attached(data: _Numbers, rank: int, replicas: int, use_distributed_sampler:
     return data
 
 
+def test_predicting_fewer_samples_than_processes_is_one_line():
+    """From a DDP audit: Lightning's predict sampler failed an assertion on the process without a sample (a
+    traceback on each), where evaluation splits warn; padding would write a prediction twice."""
+    from visattn.errors import ConfigError
+
+    data = _attached(_Numbers(n_eval=1), rank=0, replicas=2)
+    data.setup("predict")
+    with pytest.raises(ConfigError, match=r"^predict: the test split holds fewer samples \(1\) than processes \(2\); "
+                                          r"predict with trainer.devices 1 or fewer$"):
+        data.predict_dataloader()
+    assert len(_attached(_Numbers(n_eval=2), rank=0, replicas=2).predict_dataloader().dataset) == 2
+
+
 def test_evaluation_loaders_split_the_data_between_processes_without_repeats():
     shards = []
     for rank in (0, 1):

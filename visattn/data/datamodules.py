@@ -224,6 +224,11 @@ class SplitLoadersMixin:
         return self._loader("test", evaluation=True)
 
     def predict_dataloader(self) -> DataLoader:
+        kwargs = getattr(getattr(self, "trainer", None), "distributed_sampler_kwargs", None) or {}
+        processes, n = kwargs.get("num_replicas", 1), len(self._dataset("test"))
+        if 0 < n < processes:  # Lightning's predict sampler failed an assertion (padding would write records twice)
+            raise ConfigError(f"predict: the test split holds fewer samples ({n}) than processes ({processes}); "
+                              f"predict with trainer.devices {n} or fewer")
         return self._loader("test")
 
 
