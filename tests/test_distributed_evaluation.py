@@ -292,6 +292,38 @@ def test_a_non_finite_loss_on_one_rank_skips_the_update_on_every_rank_under_ddp(
     assert skipped == before and after != skipped  # no weight decay or momentum moved the skipped step's weights
 
 
+class _NaNInSecondMicroBatch(_NaNOnRankOne):
+    """Loss NaN in the second micro-batch of the first accumulation window, on the last process."""
+
+    def training_step(self, batch, batch_idx):
+        (x,) = batch
+        loss = self.net(x[:, None]).square().mean()
+        if batch_idx == 1 and self.global_rank == self.trainer.world_size - 1:
+            loss = loss * float("nan")
+        self.loss_guard.watch(self.net)
+        return self.loss_guard.check(self, loss)
+
+
+def _accumulated_fit(devices: int) -> dict:
+    torch.manual_seed(0)
+    task, start = _NaNInSecondMicroBatch(), None
+    start = [float(p.detach().sum()) for p in task.net.parameters()]
+    pl.Trainer(accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto", max_steps=1,
+               accumulate_grad_batches=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+               enable_model_summary=False, limit_val_batches=0).fit(task, datamodule=_Numbers())
+    return {"start": start, "after": task.weights[-1], "skipped": task.loss_guard.skipped}
+
+
+def test_a_non_finite_micro_batch_keeps_the_windows_good_gradients_as_in_one_process(tmp_path):
+    """From a DDP audit: under DDP the skipped micro-batch dropped the gradients of the window's good ones, so the
+    step updated nothing; one process updated with them."""
+    single = _accumulated_fit(devices=1)
+    ranks = _in_two_processes(functools.partial(_accumulated_fit, devices=2), tmp_path / "accumulated")
+    for run in (single, *ranks):
+        assert run["skipped"] == 1 and run["after"] != run["start"]
+    assert ranks[0] == ranks[1]
+
+
 class _Images(SplitLoadersMixin, pl.LightningDataModule):
     """N_EVAL seeded 8-px images of 3 classes to validate on: 3 on one process, 2 on the other."""
 

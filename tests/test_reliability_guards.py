@@ -115,3 +115,12 @@ def test_the_learning_rate_is_blamed_only_after_an_update_and_by_its_config_key(
         guard.check(task, nan)
     stopped_at = f"training stopped at step {first_bad_step + 1}: the loss was nan for 2 steps in a row"
     assert str(stopped.value) == f"{stopped_at} {cause}"
+
+
+def test_a_process_whose_own_loss_was_finite_says_another_process_had_the_bad_one():
+    """From a DDP audit: the processes whose loss was finite reported it as the bad one ("the loss was 2.226")."""
+    other_was_bad = SimpleNamespace(reduce_boolean_decision=lambda finite, all: False, world_size=1)
+    task = SimpleNamespace(global_step=3, trainer=SimpleNamespace(strategy=other_was_bad), log=lambda *a, **k: None)
+    with pytest.raises(NonFiniteLossError, match="^training stopped at step 3: the loss was not finite on another "
+                                                 "process for 1 steps in a row"):
+        NonFiniteLossGuard(max_bad_steps=1).check(task, torch.tensor(2.226))

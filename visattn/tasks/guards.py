@@ -81,7 +81,8 @@ class NonFiniteLossGuard:
         self.skipped = 0
         self._first_bad_step = 0  # the global step at which the bad steps in a row began
         self._saved_buffers: list[tuple[Tensor, Tensor]] = []
-        self._drop_gradients = False
+        self._skipping = False  # check() returned a zero loss in place of a bad one (DDP)
+        self._gradless: list[nn.Parameter] = []  # parameters without a gradient before that loss's backward
 
     def watch(self, model: nn.Module) -> None:
         """Keep a copy of ``model``'s floating-point buffers (BatchNorm statistics) before a forward pass."""
@@ -89,7 +90,7 @@ class NonFiniteLossGuard:
 
     def check(self, task: pl.LightningModule, loss: Tensor) -> Optional[Tensor]:
         """``loss`` when it is finite on every rank; otherwise undo the buffer updates, log and return ``None``."""
-        finite = bool(torch.isfinite(loss.detach()).all())
+        finite_here = finite = bool(torch.isfinite(loss.detach()).all())
         strategy = _strategy(task)
         if strategy is not None:
             finite = strategy.reduce_boolean_decision(finite, all=True)
@@ -99,7 +100,9 @@ class NonFiniteLossGuard:
         with torch.no_grad():
             for buffer, saved in self._saved_buffers:
                 buffer.copy_(saved)
-        value, step = loss.detach().float().sum().item(), task.global_step
+        # a process whose own loss was finite had reported that value as the bad one
+        value = loss.detach().float().sum().item() if not finite_here else "not finite on another process"
+        step = task.global_step
         self.bad_in_a_row += 1
         self.skipped += 1
         self._first_bad_step = step if self.bad_in_a_row == 1 else self._first_bad_step
@@ -112,17 +115,27 @@ class NonFiniteLossGuard:
         if strategy is None or strategy.world_size == 1:
             return None
         # Lightning refuses None from a step under DDP, whose backward must reach every parameter on every
-        # rank: a zero loss through all of them, whose gradients drop_skipped_gradients then removes.
-        self._drop_gradients = True
+        # rank: a zero loss through all of them. It adds nothing to gradients that earlier micro-batches of an
+        # accumulation window left (one process keeps them too); drop_skipped_gradients removes the zeros it gives
+        # parameters that had none.
+        self._skipping = True
         return sum((p.sum() * 0.0 for p in task.parameters() if p.requires_grad), loss.new_zeros(()))
 
-    def drop_skipped_gradients(self, task: pl.LightningModule) -> None:
-        """After the backward pass of a step :meth:`check` skipped under DDP: no gradients, so the optimizer
-        leaves each weight and its state as they were, as it does for a skipped step in one process."""
-        if self._drop_gradients:
-            for parameter in task.parameters():
-                parameter.grad = None
-            self._drop_gradients = False
+    def note_gradients(self, task: pl.LightningModule) -> None:
+        """Before the backward pass (after Lightning zeroes gradients, which it does after the step): which
+        parameters have no gradient, for :meth:`drop_skipped_gradients`."""
+        if self._skipping:
+            self._gradless = [p for p in task.parameters() if p.requires_grad and p.grad is None]
+            self._skipping = False
+
+    def drop_skipped_gradients(self) -> None:
+        """After the backward pass of a step :meth:`check` skipped under DDP: no gradient where there was none
+        before it, so the optimizer leaves those weights and their state as they were, as it does for a skipped
+        step in one process. Gradients of earlier micro-batches of an accumulation window stay (they were
+        dropped, so the window's good micro-batches updated nothing with several processes and did with one)."""
+        for parameter in self._gradless:
+            parameter.grad = None
+        self._gradless = []
 
     def _likely_cause(self) -> str:
         if self._first_bad_step == 0:  # skipped steps update nothing: the weights are the starting ones
@@ -140,8 +153,11 @@ class GuardedTask:
 
     loss_guard: NonFiniteLossGuard
 
+    def on_before_backward(self, loss: Tensor) -> None:
+        self.loss_guard.note_gradients(self)
+
     def on_after_backward(self) -> None:
-        self.loss_guard.drop_skipped_gradients(self)
+        self.loss_guard.drop_skipped_gradients()
 
     def on_train_start(self) -> None:
         from .classification import warn_of_a_changed_schedule  # it imports this module
