@@ -244,7 +244,7 @@ def test_detector_transform_keeps_a_pixel_of_a_panorama_and_maps_boxes_back():
     assert torch.equal(transform([ordinary])[0].tensors, reference([ordinary])[0].tensors)
 
 
-BOX_RULE = "boxes are (N, 4) finite x1, y1, x2, y2 with x2 > x1 and y2 > y1"
+BOX_RULE = "boxes are (N, 4) finite x1, y1, x2, y2 with x2 > x1 and y2 > y1, in pixels of their 56x48 image"
 BAD_TARGETS = {  # second image's target -> the one-line error
     "label_is_no_object_class": ({"labels": torch.tensor([4])}, 'targets[1]["labels"]: 4 is outside 0..3 '
                                  "(num_classes=4); labels are 0-based class indices"),
@@ -258,6 +258,11 @@ BAD_TARGETS = {  # second image's target -> the one-line error
                        f'targets[1]["boxes"][0] [10.0, 8.0, 10.0, 40.0]: {BOX_RULE}'),
     "nan_box": ({"boxes": torch.tensor([[10.0, 8.0, float("nan"), 40.0]])},
                 f'targets[1]["boxes"][0] [10.0, 8.0, nan, 40.0]: {BOX_RULE}'),
+    # wholly outside the 56x48 image: FCOS found no location for it, DETR coordinates past 1
+    "box_right_of_the_image": ({"boxes": torch.tensor([[60.0, 8.0, 70.0, 40.0]])},
+                               f'targets[1]["boxes"][0] [60.0, 8.0, 70.0, 40.0]: {BOX_RULE}'),
+    "box_above_the_image": ({"boxes": torch.tensor([[10.0, -20.0, 30.0, -2.0]])},
+                            f'targets[1]["boxes"][0] [10.0, -20.0, 30.0, -2.0]: {BOX_RULE}'),
     "float_labels": ({"labels": torch.tensor([2.0])},
                      'targets[1]["labels"]: dtype torch.float32; labels are int64 class indices, e.g. labels.long()'),
     "bool_labels": ({"labels": torch.tensor([True])},
@@ -316,9 +321,9 @@ def test_data_pipeline_targets_pass_the_training_check():
     labels = [0, 1, 2, 3, 1, 2]
     torch.manual_seed(0)
     for transform in (eval_detection_transforms(), train_detection_transforms(scale=(0.5, 2.0), translate=0.4)):
-        targets = [transform(image, boxes, labels)[1] for _ in range(20)]
+        images, targets = zip(*(transform(image, boxes, labels) for _ in range(20)))
         assert targets[0]["boxes"].dtype == torch.float32 and targets[0]["labels"].dtype == torch.int64
-        _check_targets(targets, num_images=len(targets), num_classes=4)
+        _check_targets(list(targets), images=images, num_classes=4)
 
 
 def test_a_backbone_named_with_its_weights_tag_says_where_the_tag_goes():

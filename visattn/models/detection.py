@@ -250,12 +250,14 @@ def detect_by_size(detect: Callable[[list[Tensor]], Detections], images: list[Te
 # ---------------------------------------------------------------------------------------------
 
 
-def _check_targets(targets: Any, *, num_images: int, num_classes: int) -> None:
+def _check_targets(targets: Any, *, images: Sequence[Tensor], num_classes: int) -> None:
     """Refuse training targets that the losses would misread (a label equal to ``num_classes`` is
-    DETR's "no object", an inverted box gives a negative GIoU loss) or that crash deep inside torchvision.
+    DETR's "no object", an inverted box gives a negative GIoU loss, a box wholly outside its image gave
+    FCOS no location and DETR coordinates past 1) or that crash deep inside torchvision.
 
     Runs every training step, so the value checks of the whole batch cost one device sync.
     """
+    num_images = len(images)
     if targets is None:
         raise ConfigError('targets: none in train mode; give one {"boxes", "labels"} dict per image, '
                           "or call model.eval() to detect")
@@ -267,7 +269,9 @@ def _check_targets(targets: Any, *, num_images: int, num_classes: int) -> None:
     for i, target in enumerate(targets):
         boxes, labels = _target_tensors(target, index=i)
         x1, y1, x2, y2 = boxes.unbind(-1)
-        bad_boxes = ~boxes.isfinite().all(-1) | (x2 <= x1) | (y2 <= y1)  # (N,)
+        height, width = images[i].shape[-2:]
+        outside = (x2 <= 0) | (y2 <= 0) | (x1 >= width) | (y1 >= height)
+        bad_boxes = ~boxes.isfinite().all(-1) | (x2 <= x1) | (y2 <= y1) | outside  # (N,)
         bad_labels = (labels < 0) | (labels >= num_classes)  # (N,)
         masks.append((bad_boxes, bad_labels))
         flags.append(torch.stack([bad_boxes.any(), bad_labels.any()]))
@@ -276,8 +280,9 @@ def _check_targets(targets: Any, *, num_images: int, num_classes: int) -> None:
         if any_bad_box:
             j = int(bad_boxes.nonzero()[0, 0])
             box = [round(v, 2) for v in targets[i]["boxes"][j].tolist()]
+            height, width = images[i].shape[-2:]
             raise ConfigError(f'targets[{i}]["boxes"][{j}] {box}: boxes are (N, 4) finite x1, y1, x2, y2 '
-                              "with x2 > x1 and y2 > y1")
+                              f"with x2 > x1 and y2 > y1, in pixels of their {width}x{height} image")
         if any_bad_label:
             label = int(targets[i]["labels"][bad_labels][0])
             raise ConfigError(f'targets[{i}]["labels"]: {label} is outside 0..{num_classes - 1} '
@@ -395,7 +400,7 @@ class FcosDetector(FCOS):
     def forward(self, images: list[Tensor], targets: Optional[Targets] = None) -> Union[dict[str, Tensor], Detections]:
         check_image_list(images)
         if self.training:
-            _check_targets(targets, num_images=len(images), num_classes=self.num_classes)
+            _check_targets(targets, images=images, num_classes=self.num_classes)
             return super().forward(images, targets)
         return _without_empty_boxes(detect_by_size(super().forward, images))
 
@@ -593,7 +598,7 @@ class DetrDetector(nn.Module):
         check_image_list(images)
         if not self.training:
             return detect_by_size(self._detect, images)
-        _check_targets(targets, num_images=len(images), num_classes=self.num_classes)
+        _check_targets(targets, images=images, num_classes=self.num_classes)
         self._check_query_count(targets)
         batch, targets = self.transform(images, targets)
         logits, boxes = self._predict(batch.tensors, batch.image_sizes)  # (L, B, Q, K + 1), (L, B, Q, 4)
