@@ -911,7 +911,8 @@ def check_state_dict(
                        "the missing keys are attention modules added to the weights' architecture (a plain ResNet's "
                        "weights in cbam_resnet50)" if not shape else "check the architecture and its kwargs")
         raise WeightsError(f"{source}: weights do not fit {type(model).__name__} ({'; '.join(parts)}); {hint}")
-    if strict == "attention" and (core := [k for k in missing if not k.startswith(_attention_prefixes(model))]):
+    attention = _attention_prefixes(model) if strict == "attention" else ()
+    if strict == "attention" and (core := [k for k in missing if not k.startswith(attention)]):
         # another depth's weights (resnet18's in a resnet34) had left whole blocks at their init with a warning
         raise WeightsError(f"{source}: weights do not fit {type(model).__name__} (missing outside its attention "
                            f"modules: {_key_list(core)}); {fix or 'give weights of this architecture or of its plain version'}")

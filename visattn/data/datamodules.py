@@ -174,9 +174,8 @@ class SplitLoadersMixin:
         ``use_distributed_sampler`` is off; also, with a warning when padding repeats samples, when a
         process would get no sample (it would skip the epoch-end sync the others wait in).
         """
-        trainer = getattr(self, "trainer", None)
-        kwargs = getattr(trainer, "distributed_sampler_kwargs", None)
-        if not kwargs or kwargs.get("num_replicas", 1) < 2:
+        trainer, kwargs = getattr(self, "trainer", None), self._sampler_kwargs()
+        if kwargs.get("num_replicas", 1) < 2:
             return None
         if not getattr(getattr(trainer, "_accelerator_connector", None), "use_distributed_sampler", True):
             return None
@@ -189,6 +188,10 @@ class SplitLoadersMixin:
                       f"give it at least {processes} samples, or evaluate with trainer.devices 1", VisattnWarning,
                       stacklevel=2)
         return None
+
+    def _sampler_kwargs(self) -> dict[str, Any]:
+        """The attached trainer's ``distributed_sampler_kwargs`` (``num_replicas``, ``rank``); empty without one."""
+        return getattr(getattr(self, "trainer", None), "distributed_sampler_kwargs", None) or {}
 
     def _loader(self, split: Split, *, evaluation: bool = False) -> DataLoader:
         """``split``'s loader; ``evaluation`` (validation and test) scores each sample once under DDP."""
@@ -224,8 +227,7 @@ class SplitLoadersMixin:
         return self._loader("test", evaluation=True)
 
     def predict_dataloader(self) -> DataLoader:
-        kwargs = getattr(getattr(self, "trainer", None), "distributed_sampler_kwargs", None) or {}
-        processes, n = kwargs.get("num_replicas", 1), len(self._dataset("test"))
+        processes, n = self._sampler_kwargs().get("num_replicas", 1), len(self._dataset("test"))
         if 0 < n < processes:  # Lightning's predict sampler failed an assertion (padding would write records twice)
             raise ConfigError(f"predict: the test split holds fewer samples ({n}) than processes ({processes}); "
                               f"predict with trainer.devices {n} or fewer")

@@ -378,12 +378,16 @@ def _check_stages(block: object, layers: object, widths: object) -> None:
     ``layers`` built fewer stages: no ``layer3``) or deep in the construction (a negative depth)."""
     if not (isinstance(block, type) and issubclass(block, nn.Module)):
         raise ConfigError(f"block={block!r}: give a block class, BasicBlock or Bottleneck (visattn.models.resnet)")
-    for name, values in (("layers", layers), ("widths", widths)):
-        if not (isinstance(values, Sequence) and values and all(is_count(v) for v in values)):
-            raise ConfigError(f"{name}={values!r}: give a list of whole numbers >= 1, one per stage")
+    _check_per_stage("layers", layers)
+    _check_per_stage("widths", widths)
     if len(layers) != len(widths):
         raise ConfigError(f"layers={list(layers)} and widths={list(widths)}: give one width per stage "
                           f"({len(layers)} stages, {len(widths)} widths)")
+
+
+def _check_per_stage(name: str, values: object) -> None:
+    if not (isinstance(values, Sequence) and values and all(is_count(v) for v in values)):
+        raise ConfigError(f"{name}={values!r}: give a list of whole numbers >= 1, one per stage")
 
 
 def _check_placement(
@@ -410,7 +414,7 @@ def _attn_placement(attn: Optional[str], layers: Sequence[int]) -> dict:
     """ResNet keyword arguments that put attention ``attn`` where its paper puts it, for the stage depths
     ``layers`` the model is built with."""
     if attn in ("non_local", "gc", "bam"):
-        _check_stages(BasicBlock, layers, layers)  # before placing blocks by them
+        _check_per_stage("layers", layers)  # before placing blocks by them
         if len(layers) < 2:  # non-local and GC go in stages 2 on, BAM between stages: none would be built
             raise ConfigError(f"layers={list(layers)}: {attn} attention needs at least 2 stages")
     if attn == "bam":
@@ -444,8 +448,8 @@ def _create_resnet_cifar(attn: Optional[str] = None, **kwargs) -> ResNet:
 
 def _create_placed(attn: Optional[str], defaults: dict, kwargs: dict) -> ResNet:
     # the user's ``layers`` over the defaults (as timm's builders take them), and attention placed for them
-    arguments = {**defaults, **kwargs}
-    return ResNet(**{**defaults, **_attn_placement(attn, arguments["layers"]), **kwargs})
+    placement = _attn_placement(attn, kwargs.get("layers", defaults["layers"]))
+    return ResNet(**{**defaults, **placement, **kwargs})
 
 
 def _running_stats_kept(block: nn.Module) -> tuple[contextlib.nullcontext, contextlib.AbstractContextManager]:
