@@ -1055,6 +1055,15 @@ def test_command_help_gives_each_default_and_what_paths_take(command, shown, cap
         assert "PATH image files or folders; a folder's image files (by extension" in out
 
 
+def test_a_config_commands_help_names_visattn_under_python_m(monkeypatch, capsys):
+    """Under `python -m visattn.cli` the usage line had read `cli.py [options] fit`."""
+    monkeypatch.setattr(sys, "argv", [str(Path("visattn") / "cli.py"), "fit", "--help"])
+    with pytest.raises(SystemExit) as exit:
+        main(["fit", "--help"])
+    assert exit.value.code == 0
+    assert capsys.readouterr().out.startswith("usage: visattn [options] fit ")
+
+
 @pytest.mark.parametrize("command, attention_out, threshold, note", [
     ("caption", "A", [], "; attention: A/good.png"),
     ("detect", "A", ["--score-threshold", "0.5"], "; attention: A/good.png"),

@@ -1147,7 +1147,7 @@ def _build_and_run(argv: list[str]) -> VisattnCLI:
             subclass_mode_model=True,
             subclass_mode_data=True,
             args=None if argv == sys.argv[1:] else argv,  # LightningCLI warns when both are given
-            parser_kwargs={"exit_on_error": False},
+            parser_kwargs={"exit_on_error": False, "prog": "visattn"},  # not cli.py under python -m
             save_config_kwargs={"overwrite": True},
             linked_data_attributes=_task_links(argv),
             model_overrides=_model_overrides(argv),
