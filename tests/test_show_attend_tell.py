@@ -319,6 +319,25 @@ def test_teacher_forcing_refuses_captions_without_a_word_to_predict(model, image
                                   "give (B, L) ids with L >= 2")
 
 
+@pytest.mark.parametrize("captions, message", [
+    (torch.tensor([[START_ID, VOCAB, END_ID]] * 3), f"captions hold token id {VOCAB} but vocab_size={VOCAB}"),
+    (torch.tensor([[START_ID, -1, END_ID]] * 3), f"captions hold token id -1 but vocab_size={VOCAB}"),
+    (torch.tensor([[START_ID, END_ID]]), "1 captions for 3 images; give one caption row per image"),
+    (torch.tensor([[1.0, 2.0]] * 3), "captions are torch.float32; give token ids (B, L) as a torch.long tensor"),
+    ([[START_ID, END_ID]] * 3, "captions are list; give token ids (B, L) as a torch.long tensor"),
+])
+def test_teacher_forcing_names_captions_that_do_not_fit_the_model(model, images, captions, message):
+    """Each had been torch's error: "index out of range in self", a size mismatch deep in torch.cat, a dtype error."""
+    with pytest.raises(ConfigError) as refused:
+        model(images, captions)
+    assert str(refused.value).startswith(message)
+
+
+def test_teacher_forcing_an_empty_batch_gives_empty_logits_and_maps(model):
+    logits, alphas = model(torch.zeros(0, 3, 32, 32), torch.zeros(0, 5, dtype=torch.long))
+    assert logits.shape == (0, 4, VOCAB) and alphas.shape == (0, 4, model.encode(torch.zeros(1, 3, 32, 32)).shape[1])
+
+
 @pytest.mark.parametrize("encoder_name, img_size, grid", [("vit_tiny_patch4_28", 56, 7), ("timm:vit_tiny_patch16_224", 64, 2)])
 def test_vit_encoder_is_built_for_img_size(encoder_name, img_size, grid):
     torch.manual_seed(0)

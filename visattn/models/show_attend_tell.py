@@ -265,10 +265,11 @@ class ShowAttendTell(nn.Module):
             images: ``(B, 3, H, W)`` normalised images.
             captions: ``(B, L)`` token ids ``START ... END PAD ...``; ``T = L - 1``.
         """
-        if captions.ndim != 2 or captions.shape[1] < 2:
-            raise ConfigError(f"captions of shape {tuple(captions.shape)}: captions need START and at least one more "
-                              "token; give (B, L) ids with L >= 2")
+        self._check_captions(captions, images)
         features = self.encode(images)
+        if not len(features):  # LSTM state of no rows cannot be laid out per image
+            return features.new_zeros(0, captions.shape[1] - 1, self.vocab_size), features.new_zeros(
+                0, captions.shape[1] - 1, features.shape[1])
         projected = self.attention.project_features(features)
         state = self.init_state(features)
         logits, alphas = [], []
@@ -277,6 +278,22 @@ class ShowAttendTell(nn.Module):
             logits.append(step_logits)
             alphas.append(alpha)
         return torch.stack(logits, dim=1), torch.stack(alphas, dim=1)
+
+    def _check_captions(self, captions: Tensor, images: Tensor) -> None:
+        if not isinstance(captions, Tensor) or captions.dtype not in (torch.long, torch.int):
+            raise ConfigError(f"captions are {getattr(captions, 'dtype', type(captions).__name__)}; give token ids "
+                              "(B, L) as a torch.long tensor")
+        if captions.ndim != 2 or captions.shape[1] < 2:
+            raise ConfigError(f"captions of shape {tuple(captions.shape)}: captions need START and at least one more "
+                              "token; give (B, L) ids with L >= 2")
+        if len(captions) != len(images):
+            raise ConfigError(f"{len(captions)} captions for {len(images)} images; give one caption row per image")
+        # Checked where it costs no device sync; CUDA's embedding stops with a device-side assert instead.
+        if captions.device.type == "cpu" and captions.numel() and not 0 <= captions.min() <= captions.max() < \
+                self.vocab_size:
+            bad = captions[(captions < 0) | (captions >= self.vocab_size)][0].item()
+            raise ConfigError(f"captions hold token id {bad} but vocab_size={self.vocab_size}; give ids from "
+                              "0 to vocab_size - 1, encoded with the vocabulary the model was built for")
 
     # -- decoding ---------------------------------------------------------------------------
 
