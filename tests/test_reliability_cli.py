@@ -8,6 +8,7 @@ import re
 import resource
 import subprocess
 import sys
+import tomllib
 import warnings
 from pathlib import Path
 
@@ -1053,6 +1054,31 @@ def test_command_help_gives_each_default_and_what_paths_take(command, shown, cap
     assert "(default: None)" not in out and "(default: False)" not in out and "(default: 17) (default" not in out
     if command in ("classify", "detect"):
         assert "PATH image files or folders; a folder's image files (by extension" in out
+
+
+# Ctrl-C while the command imports torch, as a meta-path hook raises it at torch's import.
+_INTERRUPTED_IMPORTING_TORCH = """
+import sys
+class Interrupt:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch":
+            raise KeyboardInterrupt
+sys.meta_path.insert(0, Interrupt())
+from visattn.__main__ import main
+sys.exit(main())
+"""
+
+
+def test_ctrl_c_while_the_command_starts_is_one_line_and_import_visattn_leaves_torch_unimported():
+    """Ctrl-C in the command's first second or two had been a traceback of wherever torch's import was."""
+    proc = subprocess.run([sys.executable, "-c", _INTERRUPTED_IMPORTING_TORCH, "models"], capture_output=True,
+                          text=True, timeout=120)
+    assert (proc.returncode, proc.stderr) == (130, "visattn: interrupted\n")
+    probe = "import sys, visattn; print('torch' in sys.modules, visattn.create_model.__module__, 'torch' in sys.modules)"
+    found = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
+    assert found.stdout.split() == ["False", "visattn.registry", "True"]
+    entry = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]["visattn"]
+    assert entry == "visattn.__main__:main"
 
 
 def test_a_config_commands_help_names_visattn_under_python_m(monkeypatch, capsys):
