@@ -1,6 +1,7 @@
 """CaptioningTask, caption metrics, `visattn fit` on a tiny Karpathy corpus, `visattn caption` and `evaluate`."""
 import json
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from test_data import needs_fashion_mnist
 from visattn import create_model, save_weights
 from visattn.cli import main
 from visattn.data.vocab import Vocabulary
-from visattn.errors import ConfigError, WeightsError
+from visattn.errors import ConfigError, VisattnWarning, WeightsError
 from visattn.explain import CellCentres
 from visattn.tasks.captioning import (CaptionMetrics, Captioner, CaptioningTask, caption_scores, decode,
                                       load_captioner, pointing_hits)
@@ -359,6 +360,26 @@ def test_fine_tuning_a_shipped_captioner_on_other_words_keeps_all_but_the_per_wo
     shipped_words = load_captioner("sat_cbam_resnet_scenes.scenes").vocab.to_list()
     same = CaptioningTask(model_name="sat_cbam_resnet_scenes.scenes", vocab=shipped_words)
     assert torch.equal(same.model.state_dict()["embed.weight"], reference["embed.weight"])
+
+
+def test_a_captioner_started_from_weights_of_other_normalisation_warns_as_a_classifier_does():
+    """Fashion-MNIST encoder weights (mean 0.286, std 0.353), and the shipped captioner's scenes statistics, had
+    taken a photo data module's ImageNet normalisation without a word."""
+    imagenet = {"input_size": [3, 32, 32], "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    encoder = {"encoder_name": "se_resnet20_cifar", "encoder_pretrained": "se_resnet20_cifar.fmnist", "img_size": 32,
+               "grid_size": 4, "embed_dim": 8, "hidden_dim": 8, "attn_dim": 8}
+    trained_with = r"^the data normalises with mean \[0.485, 0.456, 0.406\], std .* but the starting weights were trained "
+    with pytest.warns(VisattnWarning, match=trained_with + r"with mean \[0.286, 0.286, 0.286\]"):
+        CaptioningTask(model_kwargs=encoder, vocab=VOCAB, preprocessing=imagenet)
+    shipped = load_captioner("sat_cbam_resnet_scenes.scenes")
+    with pytest.warns(VisattnWarning, match=trained_with + rf"with mean \[{shipped.preprocessing['mean'][0]}"):
+        CaptioningTask(model_name="sat_cbam_resnet_scenes.scenes", vocab=shipped.vocab.to_list(),
+                       preprocessing={**imagenet, "input_size": shipped.preprocessing["input_size"]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", VisattnWarning)
+        CaptioningTask(model_kwargs=encoder, vocab=VOCAB, preprocessing={**imagenet, "mean": [0.286] * 3,
+                                                                         "std": [0.353] * 3})
+        CaptioningTask(model_kwargs={**encoder, "encoder_pretrained": False}, vocab=VOCAB, preprocessing=imagenet)
 
 
 @pytest.mark.parametrize("given_as", ["pretrained", "model_kwargs"])

@@ -1,6 +1,7 @@
 """DetectionTask and detection inference: mAP on hand-made predictions, `visattn fit` on a tiny COCO
 fixture (FCOS and DETR), then `visattn evaluate`, `visattn detect` and `visattn save-weights`."""
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from test_detection_data import CLASS_NAMES, write_coco_instances
 from test_data import needs_fashion_mnist
 from visattn import create_model
 from visattn.cli import main
-from visattn.errors import ConfigError
+from visattn.errors import ConfigError, VisattnWarning
 from visattn.pretrained import load_index
 from visattn.tasks.detection import DetectionTask, Detector, evaluate_detector, load_detector
 
@@ -247,12 +248,32 @@ def test_scenes_configs_start_from_the_fmnist_backbone_they_were_trained_from(he
     repo = Path(__file__).resolve().parents[1]
     monkeypatch.chdir(tmp_path)  # the backbone is named ARCH.TAG, so any working directory will do
     init_args = yaml.safe_load((repo / "configs" / "detection" / f"{head}_scenes.yaml").read_text())["model"]["init_args"]
-    task = DetectionTask(model_name=init_args["model_name"], model_kwargs=init_args["model_kwargs"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", VisattnWarning)  # the configs give the normalisation the weights trained with
+        task = DetectionTask(model_name=init_args["model_name"], model_kwargs=init_args["model_kwargs"])
+    assert task.model.transform.image_mean == [0.485, 0.456, 0.406]
     # the shipped detectors' recipe: stage 1 (0.9418), not the architecture's default weights (stage 4)
     expected = read_state_dict(repo / "weights" / "se_resnet20_cifar.fmnist.safetensors")
     backbone = {k: v for k, v in task.model.state_dict().items() if k.endswith("layer1.0.conv1.weight")}
     assert len(backbone) == 1
     torch.testing.assert_close(next(iter(backbone.values())), expected["layer1.0.conv1.weight"])
+
+
+@pytest.mark.parametrize("head", ["fcos", "detr"])
+def test_a_backbone_started_from_weights_of_other_normalisation_warns_unless_the_detectors_is_given(head):
+    """Fashion-MNIST backbone weights (mean 0.286, std 0.353) had taken ImageNet's normalisation without a word
+    (their own top-1 fell from 0.9455 to 0.352 on it); classifiers warned."""
+    head_kwargs = {k: v for k, v in TINY[head].items() if k != "backbone_kwargs"}  # the weights' widths
+    kwargs = {"backbone": "se_resnet20_cifar", "pretrained_backbone": "se_resnet20_cifar.fmnist", **head_kwargs}
+    with pytest.warns(VisattnWarning, match=r"^the detector normalises with mean \[0.485, 0.456, 0.406\], std .* but its "
+                                            r"backbone's starting weights were trained with mean \[0.286, 0.286, 0.286\]"
+                                            r".*; set model.init_args.model_kwargs.image_mean and image_std"):
+        DetectionTask(f"{head}_resnet20_cifar", num_classes=3, model_kwargs=kwargs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", VisattnWarning)
+        DetectionTask(f"{head}_resnet20_cifar", num_classes=3,
+                      model_kwargs={**kwargs, "image_mean": [0.286] * 3, "image_std": [0.353] * 3})
+        DetectionTask(f"{head}_resnet20_cifar", num_classes=3, model_kwargs={**kwargs, "pretrained_backbone": False})
 
 
 def _tiny_detector(head: str) -> Detector:

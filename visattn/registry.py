@@ -254,6 +254,9 @@ def create_model(
         load_weights(model, entry["path"], strict=strict, sha256=entry["sha256"])
     elif pretrained:
         load_weights(model, pretrained, strict=strict)
+    # What the loaded weights were trained with (None: no weights, or a file that recorded nothing), which the
+    # tasks compare with the data's normalisation when the model is a captioner's encoder or a detector's backbone.
+    model.visattn_recorded_preprocessing = weights_preprocessing(entry, pretrained)
     if model_task(arch) == "classification":
-        set_pretrained_cfg(model, timm_pretrained_cfg(model, weights_preprocessing(entry, pretrained)))
+        set_pretrained_cfg(model, timm_pretrained_cfg(model, model.visattn_recorded_preprocessing))
     return model

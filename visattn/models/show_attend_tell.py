@@ -89,12 +89,14 @@ def _build_encoder(name: str, kwargs: dict[str, Any], pretrained: Union[bool, st
     if name.startswith("timm:"):
         import timm
 
-        from ..pretrained import load_weights
+        from ..pretrained import load_weights, weights_preprocessing
 
         check_timm_name(name[5:])
         encoder = timm.create_model(name[5:], num_classes=0, **kwargs)
-        if pretrained:  # a file, or timm's own weights through the hub check that fails fast offline
-            load_weights(encoder, name if pretrained is True else pretrained, strict="attention")
+        weights = name if pretrained is True else pretrained
+        if weights:  # a file, or timm's own weights through the hub check that fails fast offline
+            load_weights(encoder, weights, strict="attention")
+        encoder.visattn_recorded_preprocessing = weights_preprocessing(None, weights)  # as create_model's
         return encoder
     return create_model(name, pretrained=pretrained, num_classes=0, strict="attention", **kwargs)
 

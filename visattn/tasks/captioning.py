@@ -38,7 +38,7 @@ from ..registry import create_model, model_task, split_model_name
 from .classification import (EDITED_CHECKPOINT, Classifier, adamw_warmup_cosine, check_data_size,
                              checkpoint_model_kwargs, inference_model, inference_target, load_checkpoint_weights,
                              read_checkpoint, refuse_linked_kwargs, require_task, sample_mean_loss,
-                             starting_checkpoint_settings, task_checkpoint)
+                             starting_checkpoint_settings, task_checkpoint, warn_if_normalised_otherwise)
 from .distributed import gather_shares, in_split_order
 from .guards import (GuardedTask, NonFiniteLossGuard, any_process_scored, batch_of_one_is_one_line,
                      skip_missing_batch)
@@ -193,31 +193,35 @@ def build_captioner(model_name: str, vocab: Vocabulary, model_kwargs: dict[str, 
             raise ConfigError("model.init_args.pretrained and model_kwargs.pretrained both name starting weights; "
                               "give pretrained only")
         pretrained = kwargs.pop("pretrained")
-    recorded, source = _starting_vocabulary(model_name, pretrained)
+    record, source = _starting_record(model_name, pretrained)
+    recorded = record.get("vocab")
     if recorded is None or recorded == vocab.to_list():
-        return create_model(model_name, vocab_size=len(vocab), pretrained=pretrained, **kwargs)
-    model = create_model(model_name, pretrained=False, vocab_size=len(vocab), **kwargs)
-    per_token = tuple(f"{name}." for name in type(model).vocab_layers)
-    fresh = {k: v for k, v in model.state_dict().items() if k.startswith(per_token)}
-    state = {**{k: v for k, v in source().items() if not k.startswith(per_token)}, **fresh}
-    warnings.warn(f"{pretrained if isinstance(pretrained, str) else model_name}: its weights were trained on another "
-                  f"vocabulary ({len(recorded)} tokens; this data's has {len(vocab)}): the word embedding and output "
-                  "layer start afresh, the rest is loaded", VisattnWarning, stacklevel=2)
-    load_weights(model, state, origin=pretrained if isinstance(pretrained, str) else model_name)
+        model = create_model(model_name, vocab_size=len(vocab), pretrained=pretrained, **kwargs)
+    else:
+        model = create_model(model_name, pretrained=False, vocab_size=len(vocab), **kwargs)
+        per_token = tuple(f"{name}." for name in type(model).vocab_layers)
+        fresh = {k: v for k, v in model.state_dict().items() if k.startswith(per_token)}
+        state = {**{k: v for k, v in source().items() if not k.startswith(per_token)}, **fresh}
+        warnings.warn(f"{pretrained if isinstance(pretrained, str) else model_name}: its weights were trained on "
+                      f"another vocabulary ({len(recorded)} tokens; this data's has {len(vocab)}): the word embedding "
+                      "and output layer start afresh, the rest is loaded", VisattnWarning, stacklevel=2)
+        load_weights(model, state, origin=pretrained if isinstance(pretrained, str) else model_name)
+    if record.get("preprocessing"):  # also a training checkpoint's, which create_model does not read
+        model.visattn_recorded_preprocessing = record["preprocessing"]
     return model
 
 
-def _starting_vocabulary(model_name: str, pretrained: Optional[Union[bool, str]],
-                         ) -> tuple[Optional[list[str]], Callable[[], dict[str, Tensor]]]:
-    """The vocabulary recorded with the weights a captioner starts from (a shipped entry's, or a training
-    checkpoint's hyperparameters), and how to read those weights; ``None`` when nothing is read or nothing
-    recorded one (random init, a plain weights file)."""
-    nothing = (None, dict)
+def _starting_record(model_name: str, pretrained: Optional[Union[bool, str]],
+                     ) -> tuple[dict[str, Any], Callable[[], dict[str, Tensor]]]:
+    """What was recorded with the weights a captioner starts from (a shipped entry, or a training checkpoint's
+    hyperparameters: ``vocab``, ``preprocessing``), and how to read those weights; ``{}`` when nothing is read or
+    nothing recorded (random init, a plain weights file)."""
+    nothing: tuple[dict[str, Any], Callable[[], dict[str, Tensor]]] = ({}, dict)
     if pretrained is False or starting_weights_skipped():
         return nothing
     settings = starting_checkpoint_settings(pretrained)
     if settings is not None:
-        return settings.get("vocab"), lambda: read_state_dict(pretrained)
+        return settings, lambda: read_state_dict(pretrained)
     if isinstance(pretrained, str):
         entry = named_weights_entry(pretrained)
     else:
@@ -225,7 +229,7 @@ def _starting_vocabulary(model_name: str, pretrained: Optional[Union[bool, str]]
         entry = find_weights_entry(arch, tag) if tag is not None or pretrained is True else None
     if entry is None:
         return nothing
-    return entry.get("vocab"), lambda: read_state_dict(entry["path"], sha256=entry["sha256"])
+    return entry, lambda: read_state_dict(entry["path"], sha256=entry["sha256"])
 
 
 class CaptioningTask(GuardedTask, pl.LightningModule):
@@ -290,6 +294,9 @@ class CaptioningTask(GuardedTask, pl.LightningModule):
         refuse_linked_kwargs(model_kwargs, vocab_size="model.init_args.vocab (the data's vocabulary)")
         self.model = build_captioner(model_name, self.vocab, dict(model_kwargs or {}), pretrained)
         check_data_size(self.model, model_name, preprocessing)
+        # The captioner's own weights' record, else its encoder's (encoder_pretrained)
+        recorded = [getattr(m, "visattn_recorded_preprocessing", None) for m in (self.model, self.model.encoder)]
+        warn_if_normalised_otherwise(recorded[0] or recorded[1], preprocessing or {})
         self.val_metrics = CaptionMetrics(self.vocab, meteor=meteor)
         self.test_metrics = CaptionMetrics(self.vocab, meteor=meteor)
         self.val_xent = sample_mean_loss()

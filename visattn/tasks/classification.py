@@ -100,17 +100,25 @@ def _warn_if_normalised_otherwise(model_name: str, pretrained: Optional[Union[bo
     else:
         entry, weights = model_arguments(model_name, pretrained=pretrained)[1], pretrained
     recorded = weights_preprocessing(entry, weights) or {}
-    differs = _differing(recorded, preprocessing, ("mean", "std"))
-    if differs:
-        warnings.warn(f"the data normalises with {_listed(preprocessing, differs)} but the starting weights were "
-                      f"trained with {_listed(recorded, differs)}; set data.init_args.mean and std to the weights' "
-                      "values, unless that is meant", VisattnWarning, stacklevel=2)
+    warn_if_normalised_otherwise(recorded, preprocessing)
     photos = recorded.get("recipe", "photo") == preprocessing.get("recipe", "photo") == "photo"  # others crop nothing
     differs = _differing(recorded, preprocessing, ("crop_pct", "interpolation")) if photos else []
     if differs:  # an image folder's defaults (0.875, bilinear) under timm's augreg ViTs (0.9, bicubic)
         warnings.warn(f"the data evaluates with {_listed(preprocessing, differs)} but the starting weights were "
                       f"evaluated with {_listed(recorded, differs)}; set data.init_args.{' and '.join(differs)} to the "
                       "weights' values, unless that is meant", VisattnWarning, stacklevel=2)
+
+
+def warn_if_normalised_otherwise(recorded: Optional[dict[str, Any]], given: dict[str, Any], *,
+                                 normaliser: str = "the data", weights: str = "the starting weights",
+                                 setting: str = "data.init_args.mean and std") -> None:
+    """Warn when ``given``'s mean and std differ from those the starting weights ``recorded`` they were trained
+    with (``None``: no weights, or none recorded); not while a checkpoint's weights follow."""
+    differs = [] if starting_weights_skipped() else _differing(recorded or {}, given, ("mean", "std"))
+    if differs:
+        warnings.warn(f"{normaliser} normalises with {_listed(given, differs)} but {weights} were trained with "
+                      f"{_listed(recorded, differs)}; set {setting} to the weights' values, unless that is meant",
+                      VisattnWarning, stacklevel=3)
 
 
 def _differing(recorded: dict[str, Any], given: dict[str, Any], keys: Sequence[str]) -> list[str]:

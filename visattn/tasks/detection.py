@@ -31,7 +31,8 @@ from ..pretrained import find_weights_entry
 from ..registry import Strictness, create_model, is_model, model_family, split_model_name
 from .classification import (Classifier, adamw_warmup_cosine, checkpoint_model_kwargs, inference_model,
                              inference_target, load_checkpoint_weights, match_class_order, read_checkpoint,
-                             recorded_labels, refuse_linked_kwargs, require_task, task_checkpoint)
+                             recorded_labels, refuse_linked_kwargs, require_task, task_checkpoint,
+                             warn_if_normalised_otherwise)
 from .distributed import gather_shares, in_split_order
 from .guards import (GuardedTask, NonFiniteLossGuard, any_process_scored, batch_of_one_is_one_line,
                      skip_missing_batch)
@@ -141,6 +142,13 @@ class DetectionTask(GuardedTask, pl.LightningModule):
         self.model = create_model(model_name, num_classes=num_classes, pretrained=pretrained, strict=strict,
                                   **dict(model_kwargs or {}))
         match_class_order(self.model, model_name, pretrained, class_names)
+        whole_detector = pretrained or (pretrained is None and split_model_name(model_name)[1] is not None)
+        if not whole_detector and not {"image_mean", "image_std"} & set(model_kwargs or {}):  # given ones are meant
+            transform = self.model.transform
+            warn_if_normalised_otherwise(
+                backbone_preprocessing(self.model), {"mean": transform.image_mean, "std": transform.image_std},
+                normaliser="the detector",
+                weights="its backbone's starting weights", setting="model.init_args.model_kwargs.image_mean and image_std")
         self.loss_guard = NonFiniteLossGuard(max_bad_steps)
         self.val_map = detection_map()
         self.test_map = detection_map()
@@ -186,6 +194,13 @@ class DetectionTask(GuardedTask, pl.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         return adamw_warmup_cosine(self)
+
+
+def backbone_preprocessing(detector: nn.Module) -> Optional[dict[str, Any]]:
+    """What the weights a detector's backbone was built from were trained with (``pretrained_backbone``);
+    ``None`` when it was built from none, or from a file that recorded nothing."""
+    return next((module.visattn_recorded_preprocessing for module in detector.modules() if module is not detector
+                 and getattr(module, "visattn_recorded_preprocessing", None)), None)
 
 
 # ---------------------------------------------------------------------------------------------
