@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import gzip
+import random
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from fixtures_images import write_image_folder
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from visattn.data import (
@@ -222,8 +224,9 @@ def test_a_non_square_photo_evaluation_keeps_the_aspect_ratio_as_timm(input_size
         torch.testing.assert_close(ours(image), by_timm, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
 @pytest.mark.parametrize("shape", [(375, 500), (60, 300), (28, 28), (20, 90)])
-def test_the_small_recipe_resizes_training_images_as_evaluation_does(shape):
+def test_the_small_recipe_resizes_training_images_as_evaluation_does(shape, interpolation):
     """Training resized with OpenCV's linear filter (4 pixels whatever the scale) and evaluation with PIL's,
     which averages what a shrunk pixel covers: a 375x500 image at 64 px differed by 0.14 on average. OpenCV's
     area filter then averaged only where both sides shrink: rows 3 px apart in a 60x300 image became moire."""
@@ -231,13 +234,14 @@ def test_the_small_recipe_resizes_training_images_as_evaluation_does(shape):
     ramp = np.linspace(0, 255, shape[1])[None, :, None] + rng.normal(0, 40, (*shape, 3))
     ramp[::3] = 255  # fine rows
     image = np.clip(ramp, 0, 255).astype(np.uint8)
-    trained = train_transforms(64, recipe="small", padding=0, hflip=False)(image)
-    evaluated = eval_transforms(64, recipe="small")(image)
+    trained = train_transforms(64, recipe="small", padding=0, hflip=False, interpolation=interpolation)(image)
+    evaluated = eval_transforms(64, recipe="small", interpolation=interpolation)(image)
     torch.testing.assert_close(trained, evaluated, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
 @pytest.mark.parametrize("shape", [(60, 300), (375, 500), (40, 30)])
-def test_the_photo_recipe_resizes_its_crop_as_timms_training_transform_does(shape):
+def test_the_photo_recipe_resizes_its_crop_as_timms_training_transform_does(shape, interpolation):
     """Its crop was resized by OpenCV's area filter whenever one side shrank: no averaging along a side
     that shrinks unless both do, and steps along one that grows (a 40x30 crop at 64 px). A crop of the
     whole image (scale 1, the image's ratio) leaves nothing random but the filter."""
@@ -246,10 +250,30 @@ def test_the_photo_recipe_resizes_its_crop_as_timms_training_transform_does(shap
 
     image = np.random.default_rng(0).integers(0, 256, (*shape, 3), dtype=np.uint8)
     ratio = shape[1] / shape[0]
-    ours = train_transforms(64, scale=(1.0, 1.0), ratio=(ratio, ratio), hflip=False)(image)
+    ours = train_transforms(64, scale=(1.0, 1.0), ratio=(ratio, ratio), hflip=False, interpolation=interpolation)
     by_timm = create_transform(64, is_training=True, scale=(1.0, 1.0), ratio=(ratio, ratio), hflip=0.0,
-                               color_jitter=None, interpolation="bilinear")(Image.fromarray(image))
-    torch.testing.assert_close(ours, by_timm, rtol=0, atol=1e-6)
+                               color_jitter=None, interpolation=interpolation)(Image.fromarray(image))
+    torch.testing.assert_close(ours(image), by_timm, rtol=0, atol=1e-6)
+
+
+def test_an_image_folder_trains_with_the_filter_it_evaluates_with(tmp_path):
+    """`interpolation: bicubic` had set evaluation's filter only: training resized bilinear. The small recipe's
+    training image is the evaluation image, padded, shifted by up to 4 px and maybe flipped."""
+    image = np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    for name in ("cat", "dog"):
+        (tmp_path / name).mkdir()
+        Image.fromarray(image).save(tmp_path / name / "a.png")
+    data = ImageFolderDataModule(tmp_path, img_size=32, recipe="small", interpolation="bicubic")
+    evaluated, train = data.eval_transform()(image), data.train_transform()
+    for seed in range(4):
+        random.seed(seed)
+        np.random.seed(seed)
+        trained = train(image)
+        views = [view[:, max(dy, 0):32 + min(dy, 0), max(dx, 0):32 + min(dx, 0)]
+                 for view in (evaluated, evaluated.flip(-1)) for dy in range(-4, 5) for dx in range(-4, 5)]
+        shifted = [trained[:, max(-dy, 0):32 + min(-dy, 0), max(-dx, 0):32 + min(-dx, 0)]
+                   for _ in range(2) for dy in range(-4, 5) for dx in range(-4, 5)]
+        assert any(torch.allclose(a, b, atol=1e-6) for a, b in zip(views, shifted))
 
 
 def test_unknown_recipe():

@@ -280,7 +280,8 @@ class _ClassificationDataModule(SplitLoadersMixin, pl.LightningDataModule):
         h, p = self.hparams, self.preprocessing
         if not h.augment:
             return self.eval_transform()
-        return train_transforms(p["input_size"], p["mean"], p["std"], recipe=h.recipe)
+        return train_transforms(p["input_size"], p["mean"], p["std"], recipe=h.recipe,
+                                interpolation=p.get("interpolation", DEFAULT_INTERPOLATION))
 
     def eval_transform(self) -> ImageTransform:
         return eval_transform_of(self.preprocessing)
@@ -408,7 +409,8 @@ class ImageFolderDataModule(_ClassificationDataModule):
         recipe: transform recipe, ``"photo"`` (resized crop) or ``"small"`` (pad + crop).
         crop_pct: ``"photo"`` evaluation: the centre crop's share of the resized image (timm's ``crop_pct``;
             fine-tuning timm weights, give their ``pretrained_cfg``'s, e.g. 0.9 for its augreg ViTs).
-        interpolation: evaluation resize filter, ``"bilinear"`` or ``"bicubic"`` (timm's ViTs: bicubic).
+        interpolation: resize filter, ``"bilinear"`` or ``"bicubic"`` (timm's ViTs: bicubic), of evaluation and of
+            training's crops (``"photo"``) or whole images (``"small"``), as timm's training transform.
         limit: use at most this many samples of each split (quick runs and tests).
         channels: image channels the model takes: 3 (RGB) or 1 (gray, for ``in_chans`` 1; ``mean`` and
             ``std`` keep their first value).

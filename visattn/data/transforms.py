@@ -12,7 +12,7 @@ Evaluation resizes as timm's ``create_transform`` does (torchvision on a PIL ima
 which average over the pixels a shrunk one covers, sizes truncated, torchvision's crop offset), so
 timm's weights see what timm gives them. OpenCV's linear resize samples 4 pixels whatever the scale
 and left moiré on shrunk photos. Training resizes the same way: the ``small`` recipe with evaluation's
-resize, the ``photo`` recipe's random crops with PIL's bilinear filter, as timm's training transform
+resize, the ``photo`` recipe's random crops with evaluation's PIL filter, as timm's training transform
 (OpenCV's area filter averages only where both sides shrink).
 """
 from __future__ import annotations
@@ -159,6 +159,7 @@ def train_transforms(
     padding: int = 4,
     hflip: bool = True,
     color_jitter: float = 0.0,
+    interpolation: Interpolation = DEFAULT_INTERPOLATION,
 ) -> ImageTransform:
     """Training augmentation.
 
@@ -172,15 +173,20 @@ def train_transforms(
         padding: ``"small"`` only: zero padding on each side before the random crop.
         hflip: random horizontal flips.
         color_jitter: brightness/contrast/saturation jitter strength; 0 turns it off.
+        interpolation: the filter resizing crops (``"photo"``) or whole images (``"small"``): evaluation's,
+            as timm's training transform takes its data config's.
     """
     _check_normalization(mean, std)
+    problem = _interpolation_problem(interpolation)
+    if problem:
+        raise ConfigError(problem)
     height, width = _height_width(input_size)
     if recipe == "photo":
         steps: list[A.BasicTransform] = [
-            PilRandomResizedCrop((height, width), scale=scale, ratio=ratio)]
+            PilRandomResizedCrop((height, width), scale=scale, ratio=ratio, resize_filter=interpolation)]
     elif recipe == "small":
         steps = [
-            PilResize((height, width), None, DEFAULT_INTERPOLATION),  # evaluation's resize, whatever the shape
+            PilResize((height, width), None, interpolation),  # evaluation's resize, whatever the shape
             A.PadIfNeeded(height + 2 * padding, width + 2 * padding, border_mode=0, fill=0),
             A.RandomCrop(height, width),
         ]
@@ -277,12 +283,17 @@ class PilResize(A.DualTransform):
 
 class PilRandomResizedCrop(A.RandomResizedCrop):
     """Albumentations' ``RandomResizedCrop`` (timm's crop sampling, boxes moved with it) with the crop
-    resized by PIL's bilinear filter, as timm's training transform and visattn's evaluation resize: OpenCV's
-    area filter averages only where both sides shrink, and steps where one side grows."""
+    resized by PIL's ``resize_filter`` (bilinear or bicubic), as timm's training transform and visattn's
+    evaluation resize: OpenCV's area filter averages only where both sides shrink, and steps where one side grows."""
+
+    def __init__(self, size: tuple[int, int], *, scale: tuple[float, float], ratio: tuple[float, float],
+                 resize_filter: Interpolation = DEFAULT_INTERPOLATION) -> None:
+        super().__init__(size, scale=scale, ratio=ratio)
+        self.resize_filter = resize_filter
 
     def apply(self, img: np.ndarray, crop_coords: tuple[int, int, int, int], **params: object) -> np.ndarray:
         x_min, y_min, x_max, y_max = crop_coords
-        return pil_resize(img[y_min:y_max, x_min:x_max], self.size, DEFAULT_INTERPOLATION)
+        return pil_resize(img[y_min:y_max, x_min:x_max], self.size, self.resize_filter)
 
 
 def pil_resize(image: np.ndarray, size: Sequence[int], interpolation: Interpolation) -> np.ndarray:
