@@ -376,6 +376,43 @@ def test_a_karpathy_sentence_without_text_is_one_line_naming_its_image(tmp_path,
         read_karpathy(split_json)
 
 
+@pytest.mark.parametrize("change, message", [
+    (lambda image: image.update(filename=5), r"images\[0\]'s filename is 5; give it as a file or folder name"),
+    (lambda image: image.update(filepath=["a"]), r'image "\w+\.png"\'s filepath is \["a"\]; give it as a file'),
+    (lambda image: image.update(split=["test"]), r'image "\w+\.png"\'s split is \["test"\]; give it as one split'),
+    (lambda image: image.update(split=1), r'image "\w+\.png"\'s split is 1; give it as one split name'),
+    (lambda image: image.pop("split"), r'not a Karpathy split JSON: images\[0\] has no "split"; give each image its "filename"'),
+    (lambda image: image.update(sentences="a red top"), r'image "\w+\.png"\'s sentences are \'a red top\'; give a list'),
+])
+def test_a_karpathy_image_field_that_is_not_text_is_one_line_naming_it(tmp_path, change, message):
+    """A number or list as filename, filepath or split had been a traceback of the path join or of an unhashable
+    type in `visattn evaluate`, and a line naming neither file nor image in `fit`; a split 1 left the image out."""
+    split_json, _ = write_karpathy(tmp_path)
+    _rewrite_json(split_json, lambda data: change(data["images"][0]))
+    with pytest.raises(ConfigError, match=r"dataset_tiny\.json: " + message):
+        read_karpathy(split_json)
+
+
+_IMAGES_AN_OBJECT = (lambda data: data.update(images={"a": 1}),
+                     r'"images" is object \{\'a\': 1\}, not a list; give "images" as a list')
+_AN_IMAGE_A_NAME = (lambda data: data.update(images=["a.png"]),
+                    r"images\[0\] is string 'a.png', not an object; give each of images")
+
+
+@pytest.mark.parametrize("reader, change, message", [
+    ("karpathy", *_IMAGES_AN_OBJECT), ("karpathy", *_AN_IMAGE_A_NAME), ("coco", *_IMAGES_AN_OBJECT),
+    ("coco", *_AN_IMAGE_A_NAME),
+    ("coco", lambda data: data.update(annotations=[5]), r"annotations\[0\] is number 5, not an object"),
+    ("coco", lambda data: data.update(annotations=None), r'"annotations" is null, not a list'),
+])
+def test_a_caption_file_whose_lists_hold_no_objects_is_one_line_naming_the_list(tmp_path, reader, change, message):
+    """The line had quoted Python: "bad or missing string indices must be integers, not 'str'"."""
+    path = write_karpathy(tmp_path)[0] if reader == "karpathy" else write_coco_captions(tmp_path)[0]
+    _rewrite_json(path, change)
+    with pytest.raises(ConfigError, match=rf"{re.escape(path.name)}: {message}"):
+        read_karpathy(path) if reader == "karpathy" else CocoCaptions(path, tmp_path)
+
+
 def test_sentences_read_raw_text_or_else_their_tokens(tmp_path):
     split_json, _ = write_karpathy(tmp_path)
     _rewrite_json(split_json, lambda data: data["images"][0].update(sentences=[

@@ -191,8 +191,8 @@ def read_karpathy(path: str | os.PathLike) -> list[dict]:
     data = _read_json(Path(path))
     entries, wordless = [], []
     try:
-        for image in data["images"]:
-            entry = {"filename": image["filename"], "filepath": image.get("filepath") or "", "split": image["split"]}
+        for index, image in enumerate(_object_list(Path(path), data, "images", required=True)):
+            entry = _karpathy_entry(Path(path), index, image)
             given = [_sentence_text(Path(path), entry, k, s) for k, s in enumerate(image["sentences"])]
             captions = _with_words(given)
             if captions:
@@ -207,6 +207,45 @@ def read_karpathy(path: str | os.PathLike) -> list[dict]:
     _check_wordless(Path(path), wordless, kept=len(entries))
     _refuse_repeated_images(Path(path), [os.path.join(e["filepath"], e["filename"]) for e in entries])
     return entries
+
+
+def _karpathy_entry(path: Path, index: int, image: dict) -> dict:
+    """An image's ``filename``, ``filepath`` and ``split``; one line naming the image and the field that is not
+    text (a number had been a traceback of the path join, a list of splits one of an unhashable type)."""
+    for field in ("filename", "split", "sentences"):
+        if field not in image:
+            raise ConfigError(f'{path}: not a Karpathy split JSON: images[{index}] has no "{field}"; give each '
+                              'image its "filename", "split" ("train", "val", "test", ...) and "sentences"')
+    entry = {"filename": image["filename"], "filepath": image.get("filepath") or "", "split": image["split"]}
+    for field, value in entry.items():
+        if not isinstance(value, str) or (field != "filepath" and not value):
+            name = f"image {json.dumps(image['filename'])}" if field != "filename" else f"images[{index}]"
+            raise ConfigError(f"{path}: {name}'s {field} is {json.dumps(value)}; give it as "
+                              f"{'one split name' if field == 'split' else 'a file or folder name'} in quotes")
+    if not isinstance(image["sentences"], list):
+        raise ConfigError(f"{path}: image {json.dumps(entry['filename'])}'s sentences are "
+                          f"{reprlib.repr(image['sentences'])}; give a list of {{\"raw\": TEXT}} objects")
+    return entry
+
+
+def _object_list(path: Path, data: dict, key: str, *, required: bool = False) -> list[dict]:
+    """``data[key]``, a list of JSON objects; one line naming the key or the entry that is not (Python's "string
+    indices must be integers" had been the message). ``[]`` for a key not there, unless ``required``."""
+    if key not in data and not required:
+        return []
+    entries = data.get(key)
+    if not isinstance(entries, list):
+        given = "missing" if key not in data else _described(entries)
+        raise ConfigError(f'{path}: "{key}" is {given}, not a list; give "{key}" as a list of objects')
+    odd = next((k for k, entry in enumerate(entries) if not isinstance(entry, dict)), None)
+    if odd is not None:
+        raise ConfigError(f"{path}: {key}[{odd}] is {_described(entries[odd])}, not an object; give each of {key} "
+                          "as {...}")
+    return entries
+
+
+def _described(value: Any) -> str:
+    return "null" if value is None else f"{_json_type(value)} {reprlib.repr(value)}"
 
 
 def _sentence_text(path: Path, entry: dict, index: int, sentence: Any) -> str:
@@ -277,6 +316,8 @@ def load_coco(path: Path):  # -> pycocotools.coco.COCO
     from pycocotools.coco import COCO  # imported on first use: CLI commands that never read COCO start faster
 
     data = _read_json(path)  # our one-line errors for missing or invalid files
+    for key in ("images", "annotations", "categories"):
+        _object_list(path, data, key)
     coco = COCO()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
