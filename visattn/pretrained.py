@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import load_file
 from safetensors.torch import save as unordered_safetensors_bytes
@@ -258,7 +258,9 @@ def weights_preprocessing(entry: Optional[dict[str, Any]], pretrained: Any) -> O
     entry = entry if entry is not None else named_weights_entry(pretrained)
     if entry is not None:
         return entry.get("preprocessing")
-    if not (isinstance(pretrained, str) and pretrained.startswith("timm:")):  # a file has recorded nothing
+    if isinstance(pretrained, (str, Path)) and str(pretrained).endswith(".safetensors"):
+        return _file_preprocessing(Path(pretrained))
+    if not (isinstance(pretrained, str) and pretrained.startswith("timm:")):  # other files record nothing
         return None
     import timm
 
@@ -276,6 +278,17 @@ def weights_preprocessing(entry: Optional[dict[str, Any]], pretrained: Any) -> O
                       "other inputs than timm gives it", VisattnWarning, stacklevel=2)
     recorded = {"mean": list(cfg.mean), "std": list(cfg.std), "crop_pct": cfg.crop_pct, "recipe": recipe}
     return {**recorded, **({"interpolation": cfg.interpolation} if cfg.interpolation in INTERPOLATIONS else {})}
+
+
+def _file_preprocessing(path: Path) -> Optional[dict[str, Any]]:
+    """The preprocessing :func:`save_weights` wrote into a safetensors file's header; None for files it did not
+    write (timm's, the hub's, visattn's before it recorded them there) or a header that does not read."""
+    try:
+        with safe_open(str(path), framework="pt") as weights:
+            recorded = (weights.metadata() or {}).get("preprocessing")
+        return json.loads(recorded) if recorded else None
+    except (OSError, ValueError, SafetensorError):  # loading the weights says what is wrong
+        return None
 
 
 def named_weights_entry(pretrained: Any) -> Optional[dict[str, Any]]:
@@ -642,7 +655,9 @@ def save_weights(model: nn.Module, path: Union[str, Path], *, overwrite: bool = 
     _read_index(path.parent / INDEX_NAME)  # before anything is written, so a bad index leaves no orphan
     # clone() breaks storage sharing, which safetensors refuses.
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-    data = safetensors_bytes(tensors, metadata={"arch": arch, "format": "pt"})
+    # The preprocessing in the file too, for a model built from it by path (pretrained=FILE), which reads no index.
+    recorded = {"preprocessing": json.dumps(meta["preprocessing"], sort_keys=True)} if meta.get("preprocessing") else {}
+    data = safetensors_bytes(tensors, metadata={"arch": arch, "format": "pt", **recorded})
     entry = {"file": path.name, "num_classes": getattr(model, "num_classes", None), **meta}
     return _write_weights_and_entry(path, data, entry, overwrite=overwrite)
 

@@ -252,7 +252,7 @@ def create_model(
     model.visattn_kwargs = {k: v for k, v in kwargs.items() if k != "num_classes"}
     if entry is not None:
         load_weights(model, entry["path"], strict=strict, sha256=entry["sha256"])
-    elif pretrained:
+    elif pretrained is not None and pretrained is not False:  # an empty state dict too: load_weights refuses it
         load_weights(model, pretrained, strict=strict)
     # What the loaded weights were trained with (None: no weights, or a file that recorded nothing), which the
     # tasks compare with the data's normalisation when the model is a captioner's encoder or a detector's backbone.
