@@ -113,7 +113,7 @@ def test_evaluate_classify_and_save_weights(in_tmp, capsys, monkeypatch):
 
     weights = in_tmp / "weights"
     monkeypatch.setenv("VISATTN_WEIGHTS", str(weights))
-    assert main(["save-weights", "--checkpoint", str(ckpt), "--tag", "unit", "--out-dir", str(weights)]) == 0
+    assert main(["save-weights", "--checkpoint", str(ckpt), "--tag", "unit", "--out-dir", str(weights), "--default"]) == 0
     entry = json.loads((weights / "index.json").read_text())["cbam_resnet20_cifar.unit"]
     assert entry["labels"][0] == "T-shirt/top" and entry["preprocessing"]["input_size"] == [3, 28, 28]
     capsys.readouterr()
@@ -130,7 +130,8 @@ def test_evaluate_classify_and_save_weights(in_tmp, capsys, monkeypatch):
     capsys.readouterr()
     assert main([*again, "--limit", "50", "--overwrite"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["test/n"] == 50
-    assert json.loads((weights / "index.json").read_text())["cbam_resnet20_cifar.unit"]["metrics"]["test/n"] == 50
+    overwritten = json.loads((weights / "index.json").read_text())["cbam_resnet20_cifar.unit"]
+    assert overwritten["metrics"]["test/n"] == 50 and overwritten["default"]  # the mark stays without --default
 
 
 def test_a_run_fine_tuned_from_shipped_weights_saves_and_reloads_by_name(in_tmp, capsys, monkeypatch):

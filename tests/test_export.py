@@ -102,6 +102,9 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert excinfo.value.code == 2  # a user mistake, like the missing checkpoint above
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "tflite" in err
+    # refused before anything is made: the folders of --out had been left behind
+    assert main(["export", "--model", "se_resnet20_cifar.fmnist", "--out", str(tmp_path / "new" / "sub" / "m.pt")]) == 2
+    assert "give the file the .onnx suffix" in capsys.readouterr().err and not (tmp_path / "new").exists()
 
 
 @pytest.mark.parametrize("opset, message", [
@@ -147,6 +150,20 @@ def test_export_replaces_only_its_own_onnx_files(tmp_path, capsys, name, content
     assert content is None or target.read_bytes() == content
     assert main(["export", "--model", "se_resnet20_cifar.fmnist", "--out", str(tmp_path / "m.onnx")]) == 0
     assert main(["export", "--model", "se_resnet20_cifar.fmnist", "--out", str(tmp_path / "m.onnx")]) == 0  # its own
+
+
+def test_an_export_onto_a_link_replaces_its_target_and_keeps_the_link(tmp_path, capsys):
+    """The link had been replaced by a file, and its target, what anything following the link reads, kept the
+    earlier model while the command said it wrote."""
+    (tmp_path / "real").mkdir()
+    target, link = tmp_path / "real" / "deploy.onnx", tmp_path / "current.onnx"
+    assert main(["export", "--model", "se_resnet20_cifar.fmnist", "--out", str(target)]) == 0
+    earlier = target.read_bytes()
+    link.symlink_to(target)
+    assert main(["export", "--model", "se_resnet20_cifar.fmnist_stage2", "--out", str(link)]) == 0
+    assert link.is_symlink() and link.resolve() == target and target.read_bytes() != earlier
+    assert sorted(p.name for p in target.parent.iterdir()) == ["deploy.onnx"]  # no temporary file left
+    assert {p.key: p.value for p in onnx.load(str(link)).metadata_props}["source"] == "se_resnet20_cifar.fmnist_stage2"
 
 
 def test_onnx_sessions_do_not_spin_between_runs(tmp_path):

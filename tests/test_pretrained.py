@@ -102,6 +102,20 @@ def test_a_new_default_is_the_architectures_only_default(weights_tmp):
     assert torch.equal(_logits(create_model(ARCH, pretrained=True).eval()), _logits(second))
 
 
+def test_overwriting_the_default_weights_keeps_them_the_default_unless_told_otherwise(weights_tmp):
+    """`save-weights --overwrite` without --default (re-measuring with --dataset) had dropped the mark: the bare
+    architecture name then loaded other weights without a word."""
+    first, second = _model(), _model(depth=1)
+    save_weights(first, weights_tmp / f"{ARCH}.first.safetensors", model_kwargs=SMALL)
+    save_weights(second, weights_tmp / f"{ARCH}.mine.safetensors", model_kwargs={"depth": 1}, default=True)
+    save_weights(second, weights_tmp / f"{ARCH}.mine.safetensors", model_kwargs={"depth": 1}, overwrite=True)
+    assert [name for name, entry in load_index(weights_tmp).items() if entry.get("default")] == [f"{ARCH}.mine"]
+    assert torch.equal(_logits(create_model(ARCH, pretrained=True).eval()), _logits(second))
+    save_weights(second, weights_tmp / f"{ARCH}.mine.safetensors", model_kwargs={"depth": 1}, overwrite=True,
+                 default=False)
+    assert not any(entry.get("default") for entry in load_index(weights_tmp).values())
+
+
 @pytest.mark.parametrize("name", ["weights", f"{ARCH}.my tag", f"{ARCH}.$(id)", f"{ARCH}.a\nb", f"{ARCH}.a.b",
                                   f"{ARCH}." + "t" * 300])
 def test_save_weights_rejects_bad_names(name, tmp_path):

@@ -323,7 +323,8 @@ def cmd_save_weights(args: argparse.Namespace) -> int:
     with output_errors(args.out_dir, flag="--out-dir"):
         entry = save_weights(loaded.model, path, overwrite=args.overwrite, task=task, dataset=args.dataset,
                              preprocessing=loaded.preprocessing, model_kwargs=loaded.model_kwargs,
-                             config=args.config, metrics=metrics, default=args.default, **names)
+                             config=args.config, metrics=metrics, **({"default": True} if args.default else {}),
+                             **names)
     print(f"wrote {path} (sha256 {entry['sha256'][:12]}...) and its entry in {path.parent / 'index.json'}")
     print(json.dumps(metrics))
     return 0
@@ -643,7 +644,8 @@ def build_parser() -> argparse.ArgumentParser:
     save.add_argument("--limit", type=positive_int, default=None,
                       help="measure on N test samples drawn with a fixed seed (the count is recorded as test/n)")
     save.add_argument("--config", default=None, help="the config that trained it, recorded in the index")
-    save.add_argument("--default", action="store_true", help="make it the architecture's default weights")
+    save.add_argument("--default", action="store_true", help="make it the architecture's default weights (an "
+                      "--overwrite keeps the mark of the entry it replaces)")
     save.add_argument("--overwrite", action="store_true",
                       help="replace existing weights of the same ARCH.TAG in --out-dir, or hide those of a later "
                            "VISATTN_WEIGHTS folder or the shipped ones")

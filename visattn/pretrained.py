@@ -696,6 +696,8 @@ def _write_weights_and_entry(path: Path, data: bytes, entry: dict[str, Any], *, 
         index = _read_index(index_file)
         tmp.write_bytes(data)  # written from Python: a full disk is an OSError, as for every other output
         entry = {**entry, "sha256": sha256_of(tmp)}
+        if "default" not in entry and index.get(name, {}).get("default"):
+            entry["default"] = True  # an overwrite keeps the mark unless told otherwise (default=False)
         if entry.get("default"):
             for other_name, other in index.items():
                 if split_model_name(other_name)[0] == arch:
