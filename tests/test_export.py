@@ -59,6 +59,16 @@ def test_metadata_is_stored(tmp_path):
     assert json.loads(props["labels"]) == ["a", "b"] and props["arch"] == "x"
 
 
+def test_export_onnx_with_metadata_it_cannot_store_is_one_line_and_leaves_the_earlier_file(tmp_path):
+    """The file had been replaced before the metadata failed, with a raw TypeError."""
+    model = create_model("vit_tiny_patch4_28", depth=1, num_classes=2)
+    path = export_onnx(model, tmp_path / "m.onnx", input_size=(3, 28, 28), metadata={"arch": "x"})
+    earlier = path.read_bytes()
+    with pytest.raises(ConfigError, match=r"^metadata: Object of type object is not JSON serializable; give strings"):
+        export_onnx(model, path, input_size=(3, 28, 28), metadata={"x": object()})
+    assert path.read_bytes() == earlier and [p.name for p in tmp_path.iterdir()] == ["m.onnx"]
+
+
 def test_bad_input_size_is_a_config_error(tmp_path):
     model = torch.nn.Linear(4, 2)  # no input_size attribute to fall back on
     with pytest.raises(ConfigError, match="input_size"):

@@ -81,21 +81,23 @@ def export_onnx(
         The path written.
     """
     size = _input_size(model, input_size)
+    properties = _metadata_props(metadata or {})
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     example = torch.zeros(2, *size)  # batch 2, so the tracer cannot specialise on a batch of one
-    with eval_mode(model), warnings.catch_warnings(), torch.no_grad(), _graph_dump_silenced():
+    # A failed export leaves an existing file as it was (it had been replaced before the metadata failed).
+    with atomic_path(path) as written, eval_mode(model), warnings.catch_warnings(), torch.no_grad(), \
+            _graph_dump_silenced():
         # Expected while tracing: the exporter's own deprecation notice, and the shape checks
         # (PatchEmbed's image-size test) that become constants for this fixed input size.
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         torch.onnx.export(
-            _Logits(model), (example,), str(path), dynamo=False, opset_version=opset,
+            _Logits(model), (example,), str(written), dynamo=False, opset_version=opset,
             input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
             dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
         )
-    if metadata:
-        _add_metadata(path, metadata)
+        if properties:
+            _add_metadata(written, properties)
     return path
 
 
@@ -145,12 +147,20 @@ def _exported_here(path: Path) -> bool:
     return {"source", "arch", "labels", "preprocessing"} <= keys
 
 
-def _add_metadata(path: Path, metadata: Mapping[str, Any]) -> None:
+def _metadata_props(metadata: Mapping[str, Any]) -> dict[str, str]:
+    """``metadata`` as ONNX's string properties: strings as they are, anything else as JSON."""
+    try:
+        return {str(key): value if isinstance(value, str) else json.dumps(value) for key, value in metadata.items()}
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"metadata: {err}; give strings, numbers, lists and dicts of them") from None
+
+
+def _add_metadata(path: Path, properties: Mapping[str, str]) -> None:
     import onnx
 
     proto = onnx.load(str(path))
-    for key, value in metadata.items():
-        proto.metadata_props.add(key=str(key), value=value if isinstance(value, str) else json.dumps(value))
+    for key, value in properties.items():
+        proto.metadata_props.add(key=key, value=value)
     onnx.save(proto, str(path))
 
 
