@@ -1077,6 +1077,9 @@ def test_ctrl_c_while_the_command_starts_is_one_line_and_import_visattn_leaves_t
     probe = "import sys, visattn; print('torch' in sys.modules, visattn.create_model.__module__, 'torch' in sys.modules)"
     found = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
     assert found.stdout.split() == ["False", "visattn.registry", "True"]
+    import visattn
+
+    assert all(callable(getattr(visattn, name)) for name in visattn.__all__)  # each name the package lists
     entry = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]["visattn"]
     assert entry == "visattn.__main__:main"
 

@@ -27,7 +27,16 @@ _LAZY = {
     "load_weights": "pretrained",
     "save_weights": "pretrained",
 }
-__all__ = ["VisattnError", *sorted(_LAZY)]
+__all__ = [
+    "VisattnError",
+    "create_model",
+    "is_model",
+    "list_models",
+    "list_pretrained",
+    "load_weights",
+    "register_model",
+    "save_weights",
+]
 
 
 def __getattr__(name: str) -> Any:
