@@ -196,7 +196,7 @@ CASES = {
                                                         "--limit", "5"],
                                            "--limit 5: it limits the --dataset measurement; give --dataset too"),
     "export_out_not_onnx": (lambda tmp: ["export", "--model", "se_resnet20_cifar.fmnist", "--out", "model.pt"],
-                            "--out model.pt: export writes an ONNX model; give the file the .onnx suffix"),
+                            "--out model.pt: --out writes a .onnx file; give the file the .onnx suffix"),
     "broken_link_as_the_only_path": (lambda tmp: ["classify", _broken_link(tmp), "--model", "se_resnet20_cifar.fmnist"],
                                      "photo.png: a link to"),
     "zero_check_val_every_n_epoch": (lambda tmp: [*FIT, "--trainer.check_val_every_n_epoch", "0"],

@@ -180,11 +180,10 @@ def export_classifier(
     if opset not in SUPPORTED_OPSETS:
         raise ConfigError(f"--opset {opset}: the exporter writes opsets {SUPPORTED_OPSETS.start} to "
                           f"{SUPPORTED_OPSETS.stop - 1}; use the default --opset {DEFAULT_OPSET}")
-    # A .pt or .safetensors name would hide an ONNX file; checked before the output's folder is made.
-    if Path(out).suffix.lower() != ".onnx":
-        raise ConfigError(f"--out {out}: export writes an ONNX model; give the file the .onnx suffix")
     classifier = load_classifier(model, checkpoint)
-    out = prepare_output_file(out, flag="--out", inputs=model_files(model, checkpoint), ours=_exported_here)
+    # A .pt or .safetensors name would hide an ONNX file.
+    out = prepare_output_file(out, flag="--out", inputs=model_files(model, checkpoint), ours=_exported_here,
+                              suffix=".onnx")
     metadata = {"source": classifier.name, "arch": classifier.arch, "labels": classifier.class_names,
                 "preprocessing": classifier.preprocessing}
     input_size = classifier.preprocessing["input_size"]

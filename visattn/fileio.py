@@ -167,10 +167,11 @@ def _refuse_a_dangling_link(path: Path, *, flag: str) -> None:
 
 
 def prepare_output_file(path: PathLike, *, flag: str, inputs: Iterable[PathLike] = (),
-                        ours: Optional[Callable[[Path], bool]] = None) -> Path:
+                        ours: Optional[Callable[[Path], bool]] = None, suffix: Optional[str] = None) -> Path:
     """Check that ``path`` (the value of ``flag``) can be written as a file, creating its folder, that it is
-    none of the command's ``inputs`` and that a file already there is one visattn wrote (``ours``, default
-    :func:`written_by_visattn`): a rerun replaces its own output, never a user's photo, checkpoint or config."""
+    none of the command's ``inputs``, has ``suffix`` (checked before the folder is made) and that a file already
+    there is one visattn wrote (``ours``, default :func:`written_by_visattn`): a rerun replaces its own output,
+    never a user's photo, checkpoint or config."""
     if os.fspath(path) == "-":  # the usual name for standard output, which an image or model file does not go to
         raise ConfigError(f"{flag} -: {flag} writes a file, not standard output; give a file path")
     if os.fspath(path).endswith(("/", os.sep)):  # Path() would drop the slash and write a file of that name
@@ -180,8 +181,11 @@ def prepare_output_file(path: PathLike, *, flag: str, inputs: Iterable[PathLike]
     with output_errors(path, flag=flag, kind="file"):
         if path.is_dir():
             raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
-        _writable_dir(path.parent)
     refuse_overwriting_inputs([path], inputs, flag=flag, kind="file")
+    if suffix is not None and path.suffix.lower() != suffix:
+        raise ConfigError(f"{flag} {path}: {flag} writes a {suffix} file; give the file the {suffix} suffix")
+    with output_errors(path, flag=flag, kind="file"):
+        _writable_dir(path.parent)
     if path.is_file():  # not a FIFO, which reading would block on, nor a device: atomic_path names those
         refuse_replacing_others_files([path], flag=flag, kind="file", ours=ours)
     return path
