@@ -151,6 +151,16 @@ def test_other_num_classes_drops_only_the_classifier(name, tmp_path):
     assert _detect(loaded)[0]["labels"].max() < 7
 
 
+@pytest.mark.parametrize("name", ["fcos_vit_small_patch16_224", "detr_vit_small_patch16_224"])
+def test_every_parameter_of_an_average_pooled_vit_backbone_gets_a_gradient(name):
+    """The backbone kept the norm only its pooled output takes, whose weights got no gradient: DDP stopped at
+    the second step of a detector on an average-pooled ViT (the shipped vit_tiny_patch4_28.fmnist's layout)."""
+    model = _build(name, min_size=64, max_size=64,
+                   backbone_kwargs={"depth": 1, "global_pool": "avg", "class_token": False}).train()
+    sum(model(_images(), _targets()).values()).backward()
+    assert [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
+
+
 def test_vit_backbone_takes_any_size_through_resampled_positions():
     model = _build("fcos_vit_small_patch16_224", min_size=64, max_size=96, backbone_kwargs={"depth": 1}).eval()
     assert model.backbone.body.grid_size == (6, 6)  # laid out for max_size

@@ -182,11 +182,15 @@ def test_step_shapes(model, images):
     assert logits.shape == (3, VOCAB) and h.shape == c.shape == (3, 24) and alpha.shape == (3, 16)
 
 
-def test_every_parameter_gets_a_gradient():
+@pytest.mark.parametrize("encoder", [{}, {"encoder_name": "vit_tiny_patch4_28", "img_size": 28, "grid_size": 7,
+                                          "encoder_kwargs": {"depth": 1, "global_pool": "avg", "class_token": False}}])
+def test_every_parameter_gets_a_gradient(encoder):
+    """An average-pooled ViT encoder (the shipped vit_tiny_patch4_28.fmnist's layout) kept the norm only its
+    pooled output takes, whose weights got no gradient: DDP stopped at the second step."""
     torch.manual_seed(0)
-    net = create_model("sat_cbam_resnet_scenes", **{**TINY, "deep_output": True}).train()
+    net = create_model("sat_cbam_resnet_scenes", **{**TINY, "deep_output": True, **encoder}).train()
     captions = torch.tensor([[START_ID, 5, 6, END_ID]] * 2)
-    logits, _ = net(torch.randn(2, 3, 32, 32), captions)
+    logits, _ = net(torch.randn(2, 3, *net.input_size[1:]), captions)
     logits.square().mean().backward()
     missing = [n for n, p in net.named_parameters() if p.grad is None]
     assert not missing, missing

@@ -45,7 +45,7 @@ from ..layers.simple_feature_pyramid import SimpleFeaturePyramid
 from ..layers.sine_pos_embed import sine_position_encoding_2d
 from ..registry import create_model, model_family, register_model, split_model_name
 from .resnet import ResNet
-from .vit import VisionTransformer
+from .vit import VisionTransformer, drop_pooled_head
 
 Targets = list[dict[str, Tensor]]
 Detections = list[dict[str, Tensor]]
@@ -78,7 +78,7 @@ def create_backbone(
     if family == "vit":
         kwargs.setdefault("img_size", -(-max_size // 32) * 32)
     # A plain ResNet checkpoint leaves a CBAM backbone's attention modules at their init.
-    return create_model(name, pretrained=pretrained, num_classes=0, strict="attention", **kwargs)
+    return drop_pooled_head(create_model(name, pretrained=pretrained, num_classes=0, strict="attention", **kwargs))
 
 
 def resnet_stage_channels(body: ResNet) -> list[int]:

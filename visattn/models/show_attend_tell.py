@@ -25,6 +25,7 @@ from ..layers.onednn_linear import linear
 from ..layers.patch_embed import check_count, is_count, is_number, to_2tuple
 from ..modes import eval_mode
 from ..registry import built_for_one_size, check_timm_name, create_model, register_model
+from .vit import drop_pooled_head
 
 PAD_ID, START_ID, END_ID = 0, 1, 2
 GridSize = Union[int, tuple[int, int]]
@@ -97,8 +98,8 @@ def _build_encoder(name: str, kwargs: dict[str, Any], pretrained: Union[bool, st
         if weights:  # a file, or timm's own weights through the hub check that fails fast offline
             load_weights(encoder, weights, strict="attention")
         encoder.visattn_recorded_preprocessing = weights_preprocessing(None, weights)  # as create_model's
-        return encoder
-    return create_model(name, pretrained=pretrained, num_classes=0, strict="attention", **kwargs)
+        return drop_pooled_head(encoder)
+    return drop_pooled_head(create_model(name, pretrained=pretrained, num_classes=0, strict="attention", **kwargs))
 
 
 class ShowAttendTell(nn.Module):

@@ -284,6 +284,17 @@ class VisionTransformer(nn.Module):
                           f"old_size=({side}, {side})) or load them as timm:NAME", VisattnWarning, stacklevel=3)
 
 
+def drop_pooled_head(model: nn.Module) -> nn.Module:
+    """``model`` (a visattn or timm ViT used for its tokens: a captioner's encoder, a detector's backbone)
+    without the layers only its pooled output goes through, ``fc_norm`` (built by ``global_pool='avg'``) and
+    timm's ``attn_pool``: their weights would get no gradient, on which DDP stops at the second step."""
+    if isinstance(getattr(model, "fc_norm", None), nn.Module):
+        model.fc_norm = nn.Identity()
+    if isinstance(getattr(model, "attn_pool", None), nn.Module):
+        model.attn_pool = None
+    return model
+
+
 def _check_pool(global_pool: str, class_token: bool) -> None:
     if global_pool not in ("token", "avg"):
         raise ConfigError(f"global_pool={global_pool!r}: use 'token' or 'avg'")
