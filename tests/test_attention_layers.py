@@ -89,6 +89,14 @@ def test_bam_applies_its_gate_residually():
     torch.testing.assert_close(module(x), x * (1 + module.last_gate["gate"]))
 
 
+def test_bam_training_on_one_image_is_one_line_and_evaluating_one_is_fine():
+    """Its channel gate's BatchNorm had failed in torch's words, naming neither BAM nor the fix."""
+    module = create_attn("bam", CHANNELS)
+    with pytest.raises(ConfigError, match=r"^BAM's channel gate: a training batch of one image, .*or call model.eval"):
+        module(torch.randn(1, CHANNELS, 6, 9))
+    assert module.eval()(torch.randn(1, CHANNELS, 6, 9)).shape == (1, CHANNELS, 6, 9)
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_gradients_reach_every_parameter(name):
     torch.manual_seed(0)

@@ -106,11 +106,13 @@ def test_torch_export_gives_the_same_logits_at_any_batch_size(name):
     torch.testing.assert_close(exported.module()(x), model(x))
 
 
-def test_torchvision_feature_extractor_returns_resnet_stages():
+@pytest.mark.parametrize("name, stages", [("cbam_resnet20_cifar", ("layer2", "layer3")),
+                                         ("bam_resnet20_cifar", ("bam2", "layer3"))])  # BAM checks its batch size
+def test_torchvision_feature_extractor_returns_resnet_stages(name, stages):
     from torchvision.models.feature_extraction import create_feature_extractor
-    model = _build("cbam_resnet20_cifar").eval()
+    model = _build(name).eval()
     x = torch.randn(INPUT)
-    features = create_feature_extractor(model, {"layer2": "c3", "layer3": "c4"})(x)
+    features = create_feature_extractor(model, dict(zip(stages, ("c3", "c4"))))(x)
     _, c3, c4 = model.forward_stages(x)
     torch.testing.assert_close(features["c3"], c3)
     torch.testing.assert_close(features["c4"], c4)

@@ -1317,7 +1317,7 @@ def test_training_bam_on_batches_of_one_image_is_one_line(tmp_path, monkeypatch,
            "--model.init_args.model_name", "bam_resnet20_cifar", "--data.init_args.batch_size", "1"]
     assert main(fit) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        "visattn: error: a training batch of one image: the model's BatchNorm normalises each channel over the "
-        "batch (BAM's channel gate, or a 1x1 feature map) and needs 2 or more; set data.init_args.batch_size to "
-        "2 or more")
+        "visattn: error: BAM's channel gate: a training batch of one image, and its BatchNorm normalises each "
+        "channel over the batch; train with batches of 2 or more images (data.init_args.batch_size), or call "
+        "model.eval()")
     assert main([*fit[:-1], "2"]) == 0

@@ -10,6 +10,7 @@ rather than inside every block.
 import torch
 from torch import Tensor, nn
 
+from ..errors import ConfigError
 from .se import reduced_channels
 
 
@@ -28,6 +29,11 @@ class BamChannelBranch(nn.Module):
         self.mlp = nn.Sequential(*_conv_bn_relu(channels, hidden), nn.Conv2d(hidden, channels, kernel_size=1))
 
     def forward(self, x: Tensor) -> Tensor:
+        # torch's BatchNorm error named neither BAM nor the fix; torch.fx's trace has no sizes to check
+        if self.training and not isinstance(x, torch.fx.Proxy) and x.shape[0] == 1:
+            raise ConfigError("BAM's channel gate: a training batch of one image, and its BatchNorm normalises each "
+                              "channel over the batch; train with batches of 2 or more images "
+                              "(data.init_args.batch_size), or call model.eval()")
         return self.mlp(x.mean(dim=(2, 3), keepdim=True))
 
 
