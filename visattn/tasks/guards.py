@@ -39,8 +39,8 @@ def any_process_scored(task: pl.LightningModule, metric: Any) -> bool:
 
 
 def batch_of_one_is_one_line(step: Callable[..., Any]) -> Callable[..., Any]:
-    """A training step whose BatchNorm meets one value per channel (a batch of one image through BAM's
-    pooled channel gate, or a 1x1 map) fails in one line naming the batch size, not in torch's words."""
+    """A training step whose BatchNorm meets one value per channel (a batch of one image reaching a 1x1 map;
+    BAM's pooled channel gate says so itself) fails in one line naming the batch size, not in torch's words."""
     @functools.wraps(step)
     def guarded(self: pl.LightningModule, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -49,7 +49,7 @@ def batch_of_one_is_one_line(step: Callable[..., Any]) -> Callable[..., Any]:
             if "Expected more than 1 value per channel when training" not in str(err):
                 raise
             raise ConfigError("a training batch of one image: the model's BatchNorm normalises each channel over "
-                              "the batch (BAM's channel gate, or a 1x1 feature map) and needs 2 or more; set "
+                              "the batch (on a 1x1 feature map) and needs 2 or more; set "
                               "data.init_args.batch_size to 2 or more") from None
     return guarded
 
