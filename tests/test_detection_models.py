@@ -227,6 +227,8 @@ def test_fcos_thresholds_and_sizes_that_never_detect_are_one_line(setting, messa
                                       r"in 0..1; it is channels-last: image.permute\(2, 0, 1\)$"),
     (lambda: torch.rand(3, 64, 64), r"^images: one tensor of shape \(3, 64, 64\), not a list of \(3, H, W\) tensors; "
                                     r"pass \[image\] for one image$"),
+    (lambda: torch.rand(2, 3, 64, 64), r"^images: one tensor of shape \(2, 3, 64, 64\), not a list of \(3, H, W\) "
+                                       r"tensors; pass list\(images\) for a batch$"),
     (lambda: [torch.zeros(3, 8, 8, dtype=torch.uint8)],
      r"^image 0: shape \(3, 8, 8\), uint8, .*; give float RGB pixels"),
     (lambda: [torch.rand(1, 8, 8)], r"^image 0: .*; for a gray image: image.expand\(3, -1, -1\)$"),

@@ -201,7 +201,9 @@ def check_image_list(images: object) -> None:
         return
     if not isinstance(images, (list, tuple)):
         kind = f"one tensor of shape {tuple(images.shape)}" if isinstance(images, Tensor) else f"a {type(images).__name__}"
-        raise ConfigError(f"images: {kind}, not a list of (3, H, W) tensors; pass [image] for one image")
+        batch = isinstance(images, Tensor) and images.ndim == 4
+        raise ConfigError(f"images: {kind}, not a list of (3, H, W) tensors; pass "
+                          f"{'list(images) for a batch' if batch else '[image] for one image'}")
     for k, image in enumerate(images):
         if not (isinstance(image, Tensor) and image.ndim == 3 and image.shape[0] == 3 and image.is_floating_point()):
             what = f"shape {tuple(image.shape)}, {str(image.dtype).removeprefix('torch.')}" if isinstance(image, Tensor) \
