@@ -1266,7 +1266,8 @@ def test_weights_found_in_no_folder_name_the_folders_searched(two_folders, capsy
     with pytest.raises(UnknownModelError) as err:
         create_model("cbam_resnet20_cifar", pretrained=True)
     assert str(err.value) == (f"no shipped weights for cbam_resnet20_cifar, nor saved ones ({searched}): see "
-                              "`visattn models --pretrained`, or pass pretrained='FILE.safetensors'")
+                              "`visattn models --pretrained`; weights of your own load from a training checkpoint "
+                              "(--checkpoint FILE.ckpt) or, in Python, a file (pretrained='FILE.safetensors')")
     with pytest.raises(WeightsError) as err:
         create_model(ARCH, pretrained=f"{ARCH}.nope")
     assert str(err.value).startswith(f"{ARCH}.nope: weights file not found (in the working folder {os.getcwd()}), nor "

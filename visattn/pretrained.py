@@ -331,7 +331,8 @@ def find_weights_entry(arch: str, tag: Optional[str] = None) -> dict[str, Any]:
         raise UnknownModelError(f"no weights {arch}.{tag!s} ({_searched()}): weights for {arch} are {have}")
     if not entries:
         raise UnknownModelError(f"no shipped weights for {arch}, nor saved ones ({_searched()}): see "
-                                "`visattn models --pretrained`, or pass pretrained='FILE.safetensors'")
+                                "`visattn models --pretrained`; weights of your own load from a training checkpoint "
+                                "(--checkpoint FILE.ckpt) or, in Python, a file (pretrained='FILE.safetensors')")
     return entries[sorted(entries)[0]]
 
 
