@@ -537,6 +537,33 @@ def test_an_image_without_a_file_name_is_one_line_naming_the_image(tmp_path, fil
                                  "give each image the name of its file in the images folder")
 
 
+def test_a_folder_holding_none_of_a_splits_images_is_one_line_naming_its_setting_before_training(tmp_path):
+    """Training warned once per image and failed after building the model and validating, naming no setting;
+    `test` warned once per image and scored nothing with exit 0 (its folder defaults to the training one)."""
+    path, images_dir = write_coco_instances(tmp_path)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ConfigError, match=rf"^{empty}: holds none of the \d+ images {path} lists \(e.g. .*\); give "
+                                          "the folder holding them as data.init_args.images_dir$"):
+        CocoDetectionDataModule(str(path), str(empty), num_workers=0)
+    dm = CocoDetectionDataModule(str(path), str(images_dir), test_annotations=str(path), test_images_dir=str(empty),
+                                 num_workers=0)
+    for stage in ("test", "predict"):
+        with pytest.raises(ConfigError, match=r"as data.init_args.test_images_dir$"):
+            dm.setup(stage)
+
+
+def test_testing_on_a_file_without_object_boxes_is_one_line_and_predicting_on_it_is_fine(tmp_path):
+    """`test` had reported mAP -1 as the score, with exit 0; validation and `evaluate` refused it."""
+    path, images_dir = write_coco_instances(tmp_path)
+    unlabelled = _rewritten(path, lambda data: data.update(annotations=[]))
+    dm = CocoDetectionDataModule(str(path), str(images_dir), test_annotations=str(unlabelled), num_workers=0)
+    dm.setup("predict")
+    assert len(dm.predict_dataloader().dataset) == len(COCO_IMAGES)
+    with pytest.raises(ConfigError, match=rf"^{unlabelled}: no object box to score detections against"):
+        dm.setup("test")
+
+
 def test_validation_images_that_do_not_decode_are_one_line_at_setup_not_after_an_epoch(tmp_path, recwarn):
     # COCO keeps validation images in their own folder (val2014/): given the training folder, none is found.
     path, images_dir = write_coco_instances(tmp_path)
@@ -544,9 +571,14 @@ def test_validation_images_that_do_not_decode_are_one_line_at_setup_not_after_an
     elsewhere.mkdir()
     dm = CocoDetectionDataModule(str(path), str(images_dir), val_annotations=str(path),
                                  val_images_dir=str(elsewhere), num_workers=0)
+    with pytest.raises(ConfigError, match=rf"^{elsewhere}: holds none of the \d+ images {path} lists \(e.g. .*\); "
+                                          "give the folder holding them as data.init_args.val_images_dir$"):
+        dm.setup("fit")
+    for image in images_dir.iterdir():  # the files there, but none decodes
+        (elsewhere / image.name).write_bytes(b"not an image")
     with pytest.raises(ConfigError, match=rf"^{path} \(images in {elsewhere}\): none of its \d+ validation image files "
-                                          r"can be decoded \(see the warnings\); point data.val_images_dir at the "
-                                          "folder holding them, or replace them$"):
+                                          r"can be decoded \(see the warnings\); point data.init_args.val_images_dir "
+                                          "at the folder holding them, or replace them$"):
         dm.setup("fit")
     assert "train" not in dm.datasets  # a second setup reads the files again
     dm.hparams.val_images_dir = str(images_dir)

@@ -346,13 +346,15 @@ def image_paths(annotations: Path, images: list[dict], images_dir: Path) -> list
     return [images_dir / image["file_name"] for image in images]
 
 
-def require_some_image(paths: Sequence[Path], images_dir: Path, annotations: Path) -> None:
-    """One line when ``images_dir`` holds none of the images a file lists (another split's folder, say): a
-    warning per image, then "the evaluation dataset is empty" naming options that were not given. Stops at the
-    first found. (The data modules say which setting names the folder, once their validation split reads nothing.)"""
+def require_some_image(paths: Sequence[Path], images_dir: Path, annotations: Path, *,
+                       setting: str | None = None) -> None:
+    """One line when ``images_dir`` (the value of ``setting``, where a data module's) holds none of the images a
+    file lists (another split's folder, say): a warning per image, then "the evaluation dataset is empty" naming
+    options that were not given, or a run that scored nothing. Stops at the first found."""
     if paths and not any(os.path.lexists(path) for path in paths):
         raise ConfigError(f"{images_dir}: holds none of the {len(paths)} images {annotations} lists (e.g. "
-                          f"{paths[0].relative_to(images_dir)}); give the folder holding them")
+                          f"{paths[0].relative_to(images_dir)}); give the folder holding them"
+                          + (f" as {setting}" if setting else ""))
 
 
 def check_image_ids(annotations: Path, images: list[dict], referenced: list[Any]) -> None:

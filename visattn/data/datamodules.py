@@ -241,7 +241,7 @@ def split_images_dir(hparams: Any, split: Split) -> str:
     return own or hparams.images_dir
 
 
-COCO_VALIDATION_FIX = "point data.val_images_dir at the folder holding them, or replace them"
+COCO_VALIDATION_FIX = "point data.init_args.val_images_dir at the folder holding them, or replace them"
 # What a data module of COCO files needs for a validation split
 COCO_VALIDATION_SETTING = "set data.init_args.val_annotations (and val_images_dir, if its images are in another folder)"
 

@@ -32,7 +32,7 @@ from PIL import Image
 from torch.utils.data import Dataset, Subset
 
 from ..errors import ConfigError, VisattnWarning
-from .coco import check_image_ids, image_paths, json_type_hint, load_coco, require_images_dir
+from .coco import check_image_ids, image_paths, json_type_hint, load_coco, require_images_dir, require_some_image
 from .datamodules import COCO_VALIDATION_FIX, COCO_VALIDATION_SETTING, SplitLoadersMixin, split_images_dir
 from .image_folder import ImageFiles
 from .image_io import DEFAULT_MAX_PIXELS
@@ -503,8 +503,9 @@ class _DetectionDataModule(SplitLoadersMixin, pl.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit", "validate") and "train" not in self.datasets:
-            self.datasets["train"] = self._source("train", self.train_transform())
-            self.datasets["val"] = self._source("val", eval_detection_transforms())
+            # both or neither: a split refused here is read again at the next setup
+            train, val = self._source("train", self.train_transform()), self._source("val", eval_detection_transforms())
+            self.datasets.update(train=train, val=val)
             self._check_validation_readable()
         if stage in (None, "test", "predict") and "test" not in self.datasets:
             self.datasets["test"] = self._source("test", eval_detection_transforms())
@@ -572,6 +573,11 @@ class FashionScenesDetectionDataModule(_DetectionDataModule):
         return SceneDetection(self._scenes(split), transform)
 
 
+# The setting naming each split's images folder (val and test default to the training one's)
+_IMAGES_DIRS = {"train": "data.init_args.images_dir", "val": "data.init_args.val_images_dir",
+                "test": "data.init_args.test_images_dir"}
+
+
 class CocoDetectionDataModule(_DetectionDataModule):
     """Users' images with COCO instances JSON files (the classes are the training file's categories).
 
@@ -604,6 +610,8 @@ class CocoDetectionDataModule(_DetectionDataModule):
         self.save_hyperparameters()
         self._check_loader_options()
         train = CocoDetection(train_annotations, images_dir)  # fails early
+        # before the model is built and validation runs: one line, not a warning per image at the first epoch
+        require_some_image(train.paths, Path(images_dir), Path(train_annotations), setting=_IMAGES_DIRS["train"])
         if not train.num_objects:
             raise ConfigError(f"{train_annotations}: no object box to learn from (no annotations, or only crowd "
                               "regions or dropped boxes); give the instances JSON with the training boxes")
@@ -631,9 +639,17 @@ class CocoDetectionDataModule(_DetectionDataModule):
             raise ConfigError(f"CocoDetectionDataModule: set data.init_args.{split}_annotations to use the {split} split")
         dataset = CocoDetection(annotations, split_images_dir(h, split), transform=transform,
                                 class_names=self._class_names, evaluation=split != "train")
+        # `test` had warned once per image and scored nothing, with exit 0
+        require_some_image(dataset.paths, Path(split_images_dir(h, split)), Path(annotations),
+                           setting=_IMAGES_DIRS[split])
         if split == "val":  # with no box, val/map is -1 every epoch, and checkpoints are chosen on it
             require_boxes(dataset, annotations)
         return dataset
+
+    def setup(self, stage: str | None = None) -> None:
+        super().setup(stage)
+        if stage == "test":  # mAP -1 had been reported as the score; predict needs no boxes
+            require_boxes(self.datasets["test"], self.hparams.test_annotations)
 
     def _validation_source(self) -> tuple[str, str]:
         h = self.hparams
