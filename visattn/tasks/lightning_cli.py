@@ -77,6 +77,7 @@ from ..fileio import atomic_path, claim_folder, prepare_output_dir, refuse_repla
 from ..pretrained import check_state_dict, checkpoint_follows, scored_as_built
 from ..registry import split_model_name
 from .classification import EDITED_CHECKPOINT, read_checkpoint
+from .detection import class_label, detection_records
 from .distributed import gather_shares
 from .guards import seed_apart
 
@@ -886,22 +887,14 @@ def _prediction_records(prediction: Any, hparams: Any, topk: int) -> Optional[li
     names = hparams.get("class_names") or []
     if isinstance(prediction, torch.Tensor) and prediction.ndim == 2:  # a classifier's probabilities (B, classes)
         top = prediction.float().topk(min(topk, prediction.shape[1]), dim=1)
-        return [{"predictions": [{"label": _label(names, k), "index": k, "prob": p}
+        return [{"predictions": [{"label": class_label(names, k), "index": k, "prob": p}
                                  for p, k in zip(probs, ks)]}
                 for probs, ks in zip(top.values.tolist(), top.indices.tolist())]
     if isinstance(prediction, list) and all(isinstance(p, str) for p in prediction):  # a captioner's captions
         return [{"caption": caption} for caption in prediction]
     if isinstance(prediction, list) and all(isinstance(p, dict) and "boxes" in p for p in prediction):  # detections
-        return [{"detections": [{"label": _label(names, k), "index": k, "score": score,
-                                 "box": [round(v, 1) for v in box]}
-                                for box, score, k in zip(found["boxes"].tolist(), found["scores"].tolist(),
-                                                         found["labels"].tolist())]}
-                for found in prediction]
+        return [{"detections": detection_records(found, names)} for found in prediction]
     return None
-
-
-def _label(names: list[str], index: int) -> str:
-    return names[index] if index < len(names) else str(index)
 
 
 def _as_lists(value: Any) -> Any:
