@@ -412,11 +412,16 @@ def test_an_exif_turn_that_leaves_the_boxes_frame_unknown_is_warned_once(tmp_pat
         dataset[0]  # once per dataset
 
 
-def test_an_upright_photo_reads_without_a_frame_warning(tmp_path):
-    path, images_dir = _write_oriented_photo(tmp_path, 1, declared=(48, 32))
+@pytest.mark.parametrize("orientation, declared", [(1, (48, 32)), (6, (32, 48)), (8, (32, 48))])
+def test_an_upright_photo_or_one_declared_at_its_displayed_size_reads_without_a_frame_warning(
+        tmp_path, orientation, declared):
+    """A quarter-turned non-square photo whose file declares its displayed size had been warned about as if the
+    turn kept its size, with advice that would have put its boxes on the wrong pixels."""
+    path, images_dir = _write_oriented_photo(tmp_path, orientation, declared=declared)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        CocoDetection(path, images_dir)[0]
+        image, target = CocoDetection(path, images_dir)[0]
+    assert tuple(image.shape[1:]) == declared[::-1] and target["boxes"].tolist() == [[8, 8, 24, 16]]  # as given
 
 
 def test_a_training_category_without_a_box_is_warned_about(tmp_path):

@@ -369,8 +369,8 @@ class CocoDetection(ImageFiles):
             return
         self._orientation_read[i] = True
         orientation = _exif_orientation(self.paths[i])
-        if orientation == 1:
-            return
+        if orientation == 1 or (declared is not None and declared[0] != declared[1] and orientation in _AXES_SWAPPING):
+            return  # a turn that swaps a non-square photo's sides, whose declared size is then the displayed one's
         self._frame_warned[0] = True
         why = "declares no width and height" if declared is None else "declares a size the turn does not change"
         warnings.warn(f"{self.paths[i]}: EXIF orientation {orientation} turns or mirrors its pixels and {self.annotations} "
