@@ -352,7 +352,7 @@ TRAINER_MISTAKES = {
                                   "model.init_args.label_smoothing 1.5: give a share of the target between 0 and 1"),
     "a_linked_value_in_the_model_section": (["--model.init_args.num_classes", "5"],
                                             "model.init_args.num_classes: the data section sets it (data.num_classes "
-                                            "is linked to it); set it there"),
+                                            "is linked to it); drop it from the model section"),  # no setting there
     "a_data_module_of_another_task": (["--data", "visattn.data.caption_datamodules.FashionScenesCaptionDataModule"],
                                       "data: FashionScenesCaptionDataModule holds captioning data, and "
                                       "ImageClassifier trains classification; give a classification data module"),

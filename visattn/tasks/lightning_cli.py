@@ -572,7 +572,8 @@ def _check_channels(model: pl.LightningModule, datamodule: Any) -> None:
 
 
 def _refuse_linked_overrides(model: Any, linked: tuple[str, ...]) -> None:
-    """A model value the data section links in would be replaced by the data's without a word."""
+    """A model value the data section links in would be replaced by the data's without a word. No data module
+    takes these as settings (they come from its files: a COCO file's categories), so the fix is to drop it."""
     task, init_args = _imported(getattr(model, "class_path", None)), getattr(model, "init_args", None) or {}
     if task is None:
         return
@@ -580,7 +581,7 @@ def _refuse_linked_overrides(model: Any, linked: tuple[str, ...]) -> None:
     for key in linked:
         if key in init_args and key in defaults and init_args[key] != defaults[key].default:
             raise ConfigError(f"model.init_args.{key}: the data section sets it (data.{key} is linked to it); "
-                              "set it there, or drop it from the model section")
+                              "drop it from the model section")
 
 
 def _first_difference(ours: list[str], theirs: list[str], thing: str, things: str) -> str:
