@@ -144,11 +144,10 @@ class DetectionTask(GuardedTask, pl.LightningModule):
         match_class_order(self.model, model_name, pretrained, class_names)
         whole_detector = pretrained or (pretrained is None and split_model_name(model_name)[1] is not None)
         if not whole_detector and not {"image_mean", "image_std"} & set(model_kwargs or {}):  # given ones are meant
-            transform = self.model.transform
-            warn_if_normalised_otherwise(
-                backbone_preprocessing(self.model), {"mean": transform.image_mean, "std": transform.image_std},
-                normaliser="the detector",
-                weights="its backbone's starting weights", setting="model.init_args.model_kwargs.image_mean and image_std")
+            given = {"mean": self.model.transform.image_mean, "std": self.model.transform.image_std}
+            warn_if_normalised_otherwise(backbone_preprocessing(self.model), given, normaliser="the detector",
+                                         weights="its backbone's starting weights",
+                                         setting="model.init_args.model_kwargs.image_mean and image_std")
         self.loss_guard = NonFiniteLossGuard(max_bad_steps)
         self.val_map = detection_map()
         self.test_map = detection_map()
