@@ -472,6 +472,21 @@ def test_boxes_the_pipelines_would_drop_are_dropped_when_read_with_one_warning(t
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         CocoDetection(path, images_dir)  # valid boxes: no warning
+    # once per run: the data module's setup had read the training file again, and warned again
+    with pytest.warns(VisattnWarning) as caught:
+        dm = CocoDetectionDataModule(str(edited), str(images_dir), num_workers=0)
+        dm.setup("fit")
+    assert len([w for w in caught if "dropped 2 of 5 boxes" in str(w.message)]) == 1
+    assert dm.datasets["train"].transform is not CocoDetection(path, images_dir).transform  # the training pipeline
+
+
+@pytest.mark.parametrize("key", ["images", "annotations", "categories"])
+def test_an_entry_without_an_id_is_one_line_naming_it(tmp_path, key):
+    """It was "not COCO JSON (bad or missing 'id')", naming neither the list nor the entry."""
+    path, images_dir = write_coco_instances(tmp_path)
+    edited = _rewritten(path, lambda data: data[key][0].pop("id"))
+    with pytest.raises(ConfigError, match=rf'^{edited}: not COCO JSON: {key}\[0\] has no "id"; give each of {key} its own id$'):
+        CocoDetection(edited, images_dir)
 
 
 def test_annotations_whose_boxes_are_all_invalid_are_one_line_for_scoring_and_training(tmp_path):

@@ -317,7 +317,9 @@ def load_coco(path: Path):  # -> pycocotools.coco.COCO
 
     data = _read_json(path)  # our one-line errors for missing or invalid files
     for key in ("images", "annotations", "categories"):
-        _object_list(path, data, key)
+        odd = next((k for k, entry in enumerate(_object_list(path, data, key)) if "id" not in entry), None)
+        if odd is not None:  # pycocotools' KeyError named neither the list nor the entry
+            raise ConfigError(f'{path}: not COCO JSON: {key}[{odd}] has no "id"; give each of {key} its own id')
     coco = COCO()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress

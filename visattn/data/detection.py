@@ -609,7 +609,7 @@ class CocoDetectionDataModule(_DetectionDataModule):
         super().__init__()
         self.save_hyperparameters()
         self._check_loader_options()
-        train = CocoDetection(train_annotations, images_dir)  # fails early
+        self._train = train = CocoDetection(train_annotations, images_dir)  # fails early; setup reuses it
         # before the model is built and validation runs: one line, not a warning per image at the first epoch
         require_some_image(train.paths, Path(images_dir), Path(train_annotations), setting=_IMAGES_DIRS["train"])
         if not train.num_objects:
@@ -637,8 +637,11 @@ class CocoDetectionDataModule(_DetectionDataModule):
             return []  # empty: no validation
         if annotations is None:
             raise ConfigError(f"CocoDetectionDataModule: set data.init_args.{split}_annotations to use the {split} split")
+        if split == "train":  # read once: its dropped-box warnings had been given twice
+            self._train.transform = transform
+            return self._train
         dataset = CocoDetection(annotations, split_images_dir(h, split), transform=transform,
-                                class_names=self._class_names, evaluation=split != "train")
+                                class_names=self._class_names, evaluation=True)
         # `test` had warned once per image and scored nothing, with exit 0
         require_some_image(dataset.paths, Path(split_images_dir(h, split)), Path(annotations),
                            setting=_IMAGES_DIRS[split])
