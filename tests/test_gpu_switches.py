@@ -151,3 +151,19 @@ def test_grad_checkpointing_on_a_model_without_it_is_one_line():
     with pytest.raises(ConfigError, match="grad_checkpointing: timm:dla46_c cannot recompute") as err:
         ImageClassifier(model_name="timm:dla46_c", num_classes=3, grad_checkpointing=True)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("precision", ["bf16-true", "16-true"])
+@pytest.mark.parametrize("task", ["captioner", "detector"])
+def test_16_bit_weights_for_a_captioner_or_detector_are_one_line_before_the_run(task, precision):
+    """Lightning casts every float of a batch too: the captioner's first validation failed on the scenes' bf16 item
+    boxes with a traceback, and a detector's target check blamed the data for boxes it had not cast."""
+    from visattn.tasks.captioning import CaptioningTask
+    from visattn.tasks.detection import DetectionTask
+
+    built = (CaptioningTask(vocab=["<pad>", "<start>", "<end>", "<unk>", "top"]) if task == "captioner"
+             else DetectionTask(num_classes=3))
+    trainer = pl.Trainer(precision=precision, accelerator="cpu", logger=False, enable_progress_bar=False,
+                         enable_model_summary=False)
+    with pytest.raises(ConfigError, match=rf"^trainer.precision {precision}: .*; use trainer.precision bf16-mixed"):
+        trainer.validate(built, DataLoader(TensorDataset(torch.zeros(2)), batch_size=1))

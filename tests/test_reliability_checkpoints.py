@@ -348,6 +348,9 @@ TRAINER_MISTAKES = {
     "logs_where_nothing_can_be_written": (["--trainer.logger.init_args.save_dir", "/proc/visattn-logs"],
                                           "logger's save_dir /proc/visattn-logs: cannot write there (No such file "
                                           "or directory); choose a writable logger's save_dir folder"),
+    "a_precision_needing_a_package_not_installed": (["--trainer.precision", "transformer-engine"],
+                                                    "fit: a setting needs a package this environment lacks: "
+                                                    "Requirement 'transformer_engine"),  # a traceback
     "label_smoothing_above_one": (["--model.init_args.label_smoothing", "1.5"],
                                   "model.init_args.label_smoothing 1.5: give a share of the target between 0 and 1"),
     "a_linked_value_in_the_model_section": (["--model.init_args.num_classes", "5"],

@@ -167,6 +167,15 @@ class GuardedTask:
             seed_apart(self.trainer.global_rank)
 
 
+def refuse_16_bit_weights(task: pl.LightningModule, why: str) -> None:
+    """One line before the run when ``trainer.precision`` keeps weights and batches in 16 bits (``bf16-true``,
+    ``16-true``), which ``why`` says this task cannot take: Lightning casts every float of a batch too."""
+    precision = str(task.trainer.precision)
+    if precision in ("bf16-true", "16-true"):
+        raise ConfigError(f"trainer.precision {precision}: {why}; use trainer.precision bf16-mixed (16-bit "
+                          "arithmetic, float32 weights) or 32-true")
+
+
 def seed_apart(rank: int) -> None:
     """Reseed torch, NumPy and ``random`` with this process's seed plus ``rank``: ``seed_everything`` seeds
     every DDP process alike, so each drew the same dropout, drop-path and MixUp/CutMix numbers (and

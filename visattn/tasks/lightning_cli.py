@@ -1149,6 +1149,12 @@ def _build_and_run(argv: list[str]) -> VisattnCLI:
     except ArgumentError as err:
         text = _first_line(err)
         raise ConfigError(f"{' '.join(argv[:3])}: {text}{_unaccepted_option_hint(text, argv[0])}") from None
+    except ModuleNotFoundError as err:
+        # Lightning's requirement check for a setting it offers (trainer.precision transformer-engine)
+        if not re.match(r"Requirement '.+' not met", _first_line(err)):
+            raise
+        raise ConfigError(f"{argv[0]}: a setting needs a package this environment lacks: "
+                          f"{_first_line(err).rstrip('.')}; install it, or choose another setting") from None
     except MisconfigurationException as err:  # a setting Lightning refuses once the run starts
         loggerless = re.match(r"Cannot use `(\w+)` callback with `Trainer` that has no logger", _first_line(err))
         if loggerless:
