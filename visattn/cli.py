@@ -630,7 +630,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="attention head 0..N-1 (method attention; default: mean)")
     explain.add_argument("--class", dest="target_class", default=None, help="class index or name (gradcam)")
     explain.add_argument("--out", required=True,
-                         help="output image file: PNG, or the format its suffix names (.jpg, .svg, .pdf, ...); "
+                         help="output image file: .png, .jpg, .jpeg, .svg or .pdf, the format its suffix names; "
                               "a map visattn wrote there is replaced, any other file never")
     explain.set_defaults(func=cmd_explain)
 
