@@ -167,3 +167,12 @@ def test_16_bit_weights_for_a_captioner_or_detector_are_one_line_before_the_run(
                          enable_model_summary=False)
     with pytest.raises(ConfigError, match=rf"^trainer.precision {precision}: .*; use trainer.precision bf16-mixed"):
         trainer.validate(built, DataLoader(TensorDataset(torch.zeros(2)), batch_size=1))
+
+
+def test_predicted_probabilities_are_float32_under_bf16_autocast():
+    """The shipped configs' bf16-mixed gave predict bf16 probabilities: ties among the top 5, and sums off 1."""
+    task = ImageClassifier(**TINY_VIT).eval()
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+        probabilities = task.predict_step(torch.randn(4, 3, 28, 28), 0)
+    assert probabilities.dtype == torch.float32
+    torch.testing.assert_close(probabilities.sum(dim=-1), torch.ones(4))

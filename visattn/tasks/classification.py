@@ -469,7 +469,8 @@ class ImageClassifier(GuardedTask, pl.LightningModule):
     @skip_missing_batch
     def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         images = batch[0] if isinstance(batch, (tuple, list)) else batch
-        return self(images).softmax(dim=-1)
+        # in float32 under bf16 autocast (the configs' precision), whose bf16 softmax had tied top-5 probabilities
+        return self(images).float().softmax(dim=-1)
 
     def configure_optimizers(self) -> dict[str, Any]:
         return adamw_warmup_cosine(self)
