@@ -176,3 +176,18 @@ def test_predicted_probabilities_are_float32_under_bf16_autocast():
         probabilities = task.predict_step(torch.randn(4, 3, 28, 28), 0)
     assert probabilities.dtype == torch.float32
     torch.testing.assert_close(probabilities.sum(dim=-1), torch.ones(4))
+
+
+def test_an_sdpa_backend_for_a_model_without_scaled_dot_product_attention_warns_that_it_does_nothing():
+    """On an attention ResNet (no layer calls F.scaled_dot_product_attention) it had changed nothing silently."""
+    import warnings
+
+    from visattn.errors import VisattnWarning
+
+    with pytest.warns(VisattnWarning, match=r"^model.init_args.sdpa_backend math: se_resnet20_cifar has no "
+                                            r"scaled-dot-product attention .*; drop it$"):
+        ImageClassifier("se_resnet20_cifar", num_classes=3, sdpa_backend="math")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", VisattnWarning)
+        ImageClassifier(**TINY_VIT, sdpa_backend="math")
+        ImageClassifier("timm:vit_tiny_patch16_224", num_classes=3, model_kwargs={"depth": 1}, sdpa_backend="math")

@@ -27,6 +27,7 @@ from ..data.transforms import (CLASSIFIER_PREPROCESSING, ImageTransform, check_i
                                eval_transform_of, preprocessing_problem, timm_data_config, to_model_input)
 from ..devices import inference_device, model_device
 from ..errors import ConfigError, UnknownModelError, VisattnWarning, WeightsError, one_line
+from ..layers.attention import SelfAttention
 from ..layers.patch_embed import fixed_input_size, is_count
 from ..models.vit import NO_WEIGHT_DECAY
 from ..modes import eval_mode
@@ -347,7 +348,8 @@ class ImageClassifier(GuardedTask, pl.LightningModule):
     ) -> None:
         super().__init__()
         if sdpa_backend is not None and sdpa_backend not in SDPA_BACKENDS:
-            raise ConfigError(f"sdpa_backend={sdpa_backend!r}: use one of {', '.join(SDPA_BACKENDS)}, or null for automatic")
+            raise ConfigError(f"model.init_args.sdpa_backend={sdpa_backend!r}: use one of {', '.join(SDPA_BACKENDS)}, "
+                              "or null for automatic")
         self.save_hyperparameters()
         refuse_linked_kwargs(model_kwargs, num_classes="model.init_args.num_classes")
         self.model = build_classifier(model_name, num_classes, model_kwargs, pretrained, strict)
@@ -355,6 +357,9 @@ class ImageClassifier(GuardedTask, pl.LightningModule):
         starting = _starting_weights(model_name, model_kwargs, pretrained)
         match_class_order(self.model, model_name, starting, class_names)
         _warn_if_normalised_otherwise(model_name, starting, preprocessing)
+        if sdpa_backend is not None and not _calls_sdpa(self.model):  # an attention ResNet: it had been silent
+            warnings.warn(f"model.init_args.sdpa_backend {sdpa_backend}: {model_name} has no scaled-dot-product "
+                          "attention for it to pick a kernel for, so it changes nothing; drop it", VisattnWarning)
         if grad_checkpointing:
             enable_grad_checkpointing(self.model, model_name)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
@@ -520,6 +525,12 @@ def enable_grad_checkpointing(model: nn.Module, model_name: str) -> None:
     except (AttributeError, AssertionError, NotImplementedError):  # timm's models without it assert
         raise ConfigError(f"model.init_args.grad_checkpointing: {model_name} cannot recompute its activations; "
                           "visattn's ViTs and ResNets and most timm models can; set it to false") from None
+
+
+def _calls_sdpa(model: nn.Module) -> bool:
+    """Whether one of ``model``'s layers calls ``F.scaled_dot_product_attention``: visattn's self-attention, or
+    timm's attention layers (which carry ``fused_attn``)."""
+    return any(isinstance(module, SelfAttention) or hasattr(module, "fused_attn") for module in model.modules())
 
 
 def check_sdpa_backend(backend: Optional[str], device: torch.device, precision: str) -> None:
