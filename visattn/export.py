@@ -80,25 +80,31 @@ def export_onnx(
     Returns:
         The path written.
     """
+    path = Path(path)
+    # A failed export leaves an existing file as it was (it had been replaced before the metadata failed).
+    with atomic_path(path) as written:
+        _write_onnx(model, written, input_size=input_size, opset=opset, metadata=metadata)
+    return path
+
+
+def _write_onnx(model: nn.Module, path: Path, *, input_size: Optional[Sequence[int]], opset: int,
+                metadata: Optional[Mapping[str, Any]]) -> None:
+    """:func:`export_onnx`'s graph and metadata, written straight to ``path`` (a caller's temporary file)."""
     size = _input_size(model, input_size)
     properties = _metadata_props(metadata or {})
-    path = Path(path)
     example = torch.zeros(2, *size)  # batch 2, so the tracer cannot specialise on a batch of one
-    # A failed export leaves an existing file as it was (it had been replaced before the metadata failed).
-    with atomic_path(path) as written, eval_mode(model), warnings.catch_warnings(), torch.no_grad(), \
-            _graph_dump_silenced():
+    with eval_mode(model), warnings.catch_warnings(), torch.no_grad(), _graph_dump_silenced():
         # Expected while tracing: the exporter's own deprecation notice, and the shape checks
         # (PatchEmbed's image-size test) that become constants for this fixed input size.
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         torch.onnx.export(
-            _Logits(model), (example,), str(written), dynamo=False, opset_version=opset,
+            _Logits(model), (example,), str(path), dynamo=False, opset_version=opset,
             input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
             dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
         )
-        if properties:
-            _add_metadata(written, properties)
-    return path
+    if properties:
+        _add_metadata(path, properties)
 
 
 def onnx_session(path: str | os.PathLike, *, threads: Optional[int] = None) -> Any:
@@ -200,7 +206,7 @@ def _export_at_opset(model: nn.Module, path: Path, *, input_size: Sequence[int],
     """Export and open the file in onnxruntime; the exporter or onnxruntime refusing a chosen opset
     for some operator is one line (file errors go on to the caller)."""
     try:
-        export_onnx(model, path, input_size=input_size, opset=opset, metadata=metadata)
+        _write_onnx(model, path, input_size=input_size, opset=opset, metadata=metadata)  # inside its atomic_path
         return onnx_session(path)
     except (VisattnError, OSError):
         raise

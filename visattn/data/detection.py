@@ -615,12 +615,11 @@ class CocoDetectionDataModule(_DetectionDataModule):
         if not train.num_objects:
             raise ConfigError(f"{train_annotations}: no object box to learn from (no annotations, or only crowd "
                               "regions or dropped boxes); give the instances JSON with the training boxes")
-        self._class_names = train.class_names
         _warn_of_classes_without_boxes(train)
 
     @property
     def class_names(self) -> list[str]:
-        return list(self._class_names)
+        return list(self._train.class_names)
 
     @property
     def num_skipped(self) -> int:
@@ -641,7 +640,7 @@ class CocoDetectionDataModule(_DetectionDataModule):
             self._train.transform = transform
             return self._train
         dataset = CocoDetection(annotations, split_images_dir(h, split), transform=transform,
-                                class_names=self._class_names, evaluation=True)
+                                class_names=self._train.class_names, evaluation=True)
         # `test` had warned once per image and scored nothing, with exit 0
         require_some_image(dataset.paths, Path(split_images_dir(h, split)), Path(annotations),
                            setting=_IMAGES_DIRS[split])

@@ -295,8 +295,9 @@ class CaptioningTask(GuardedTask, pl.LightningModule):
         self.model = build_captioner(model_name, self.vocab, dict(model_kwargs or {}), pretrained)
         check_data_size(self.model, model_name, preprocessing)
         # The captioner's own weights' record, else its encoder's (encoder_pretrained)
-        recorded = [getattr(m, "visattn_recorded_preprocessing", None) for m in (self.model, self.model.encoder)]
-        warn_if_normalised_otherwise(recorded[0] or recorded[1], preprocessing or {})
+        recorded = (getattr(self.model, "visattn_recorded_preprocessing", None)
+                    or getattr(self.model.encoder, "visattn_recorded_preprocessing", None))
+        warn_if_normalised_otherwise(recorded, preprocessing or {})
         self.val_metrics = CaptionMetrics(self.vocab, meteor=meteor)
         self.test_metrics = CaptionMetrics(self.vocab, meteor=meteor)
         self.val_xent = sample_mean_loss()
