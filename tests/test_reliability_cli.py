@@ -1084,13 +1084,19 @@ def test_ctrl_c_while_the_command_starts_is_one_line_and_import_visattn_leaves_t
     assert entry == "visattn.__main__:main"
 
 
-def test_a_config_commands_help_names_visattn_under_python_m(monkeypatch, capsys):
-    """Under `python -m visattn.cli` the usage line had read `cli.py [options] fit`."""
-    monkeypatch.setattr(sys, "argv", [str(Path("visattn") / "cli.py"), "fit", "--help"])
+@pytest.mark.parametrize("script, argv, usage", [
+    (Path("visattn") / "cli.py", ["fit", "--help"], "usage: visattn [options] fit "),
+    (Path("visattn") / "__main__.py", ["fit", "--data.help", "visattn.data.FashionMNISTDataModule"],
+     "usage: visattn [--data.batch_size BATCH_SIZE]"),
+])
+def test_a_config_commands_help_names_visattn_under_python_m(script, argv, usage, monkeypatch, capsys):
+    """Under `python -m visattn.cli` the usage line had read `cli.py [options] fit`, and a data module's help
+    under `python -m visattn` `__main__.py [--data.batch_size ...]`."""
+    monkeypatch.setattr(sys, "argv", [str(script), *argv])
     with pytest.raises(SystemExit) as exit:
-        main(["fit", "--help"])
+        main(argv)
     assert exit.value.code == 0
-    assert capsys.readouterr().out.startswith("usage: visattn [options] fit ")
+    assert capsys.readouterr().out.startswith(usage)
 
 
 @pytest.mark.parametrize("command, attention_out, threshold, note", [

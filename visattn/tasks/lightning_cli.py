@@ -1133,6 +1133,14 @@ def _log_filter(keep: Callable[[logging.LogRecord], bool], log: logging.Logger =
         log.removeFilter(keep)
 
 
+class _VisattnParser(LightningArgumentParser):
+    """Says ``visattn`` in every usage line, also those jsonargparse builds for ``--data.help CLASS`` (not
+    ``cli.py`` or ``__main__.py`` under ``python -m``)."""
+
+    def __init__(self, *args: Any, prog: str = "visattn", **kwargs: Any) -> None:
+        super().__init__(*args, prog=prog, **kwargs)
+
+
 def _build_and_run(argv: list[str]) -> VisattnCLI:
     try:
         return VisattnCLI(
@@ -1141,7 +1149,8 @@ def _build_and_run(argv: list[str]) -> VisattnCLI:
             subclass_mode_model=True,
             subclass_mode_data=True,
             args=None if argv == sys.argv[1:] else argv,  # LightningCLI warns when both are given
-            parser_kwargs={"exit_on_error": False, "prog": "visattn"},  # not cli.py under python -m
+            parser_kwargs={"exit_on_error": False},
+            parser_class=_VisattnParser,
             save_config_kwargs={"overwrite": True},
             linked_data_attributes=_task_links(argv),
             model_overrides=_model_overrides(argv),
