@@ -41,7 +41,7 @@ from .classification import (EDITED_CHECKPOINT, Classifier, adamw_warmup_cosine,
                              starting_checkpoint_settings, task_checkpoint, warn_if_normalised_otherwise)
 from .distributed import gather_shares, in_split_order
 from .guards import (GuardedTask, NonFiniteLossGuard, any_process_scored, batch_of_one_is_one_line,
-                     refuse_16_bit_weights, skip_missing_batch)
+                     refuse_cast_batches, skip_missing_batch)
 
 _ITEM_CLASS = {word: k for k, word in enumerate(ITEM_WORDS)}
 
@@ -305,7 +305,7 @@ class CaptioningTask(GuardedTask, pl.LightningModule):
 
     def setup(self, stage: str) -> None:
         # a traceback in the first validation: the scenes' item boxes reached the pointing score in bf16
-        refuse_16_bit_weights(self, "the captioner scores captions and attention from float32 batches and "
+        refuse_cast_batches(self, "the captioner scores captions and attention from float32 batches and "
                                     "keeps its beam scores in float32")
 
     def forward(self, images: Tensor) -> DecodedCaptions:

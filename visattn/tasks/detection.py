@@ -35,7 +35,7 @@ from .classification import (Classifier, adamw_warmup_cosine, checkpoint_model_k
                              warn_if_normalised_otherwise)
 from .distributed import gather_shares, in_split_order
 from .guards import (GuardedTask, NonFiniteLossGuard, any_process_scored, batch_of_one_is_one_line,
-                     refuse_16_bit_weights, skip_missing_batch)
+                     refuse_cast_batches, skip_missing_batch)
 
 if TYPE_CHECKING:
     from ..data.scenes import FashionScenes
@@ -153,8 +153,10 @@ class DetectionTask(GuardedTask, pl.LightningModule):
         self.test_map = detection_map()
 
     def setup(self, stage: str) -> None:
-        # the target check had blamed the data for boxes Lightning cast to bf16
-        refuse_16_bit_weights(self, "a detector's boxes, box losses and matching need float32")
+        # the target check had blamed the data for boxes Lightning cast to bf16 or float64 (torchvision's
+        # GIoU loss fails in float64 too)
+        refuse_cast_batches(self, "a detector's boxes, box losses and matching need float32",
+                            precisions=("bf16-true", "16-true", "64-true"))
 
     def forward(self, images: list[Tensor]) -> Detections:
         return self.model(images)

@@ -167,11 +167,13 @@ class GuardedTask:
             seed_apart(self.trainer.global_rank)
 
 
-def refuse_16_bit_weights(task: pl.LightningModule, why: str) -> None:
-    """One line before the run when ``trainer.precision`` keeps weights and batches in 16 bits (``bf16-true``,
-    ``16-true``), which ``why`` says this task cannot take: Lightning casts every float of a batch too."""
+def refuse_cast_batches(task: pl.LightningModule, why: str,
+                        precisions: tuple[str, ...] = ("bf16-true", "16-true")) -> None:
+    """One line before the run when ``trainer.precision`` is one of ``precisions``, which keep weights and
+    batches in another dtype than float32, and ``why`` says this task cannot take: Lightning casts every
+    float of a batch too."""
     precision = str(task.trainer.precision)
-    if precision in ("bf16-true", "16-true"):
+    if precision in precisions:
         raise ConfigError(f"trainer.precision {precision}: {why}; use trainer.precision bf16-mixed (16-bit "
                           "arithmetic, float32 weights) or 32-true")
 
