@@ -471,6 +471,17 @@ def test_an_unsafe_pickle_in_the_cache_for_a_timm_name_is_refused_as_such(hf_cac
     assert not (tmp_path / "ran").exists()
 
 
+def test_a_timm_hub_model_offline_without_its_config_cached_is_one_line(hf_cache):
+    """timm reads an hf-hub: name's config.json before any weights: huggingface_hub's error about the local cache
+    had been wrapped in "could not be built (...); check model.init_args"."""
+    from visattn.tasks.classification import build_classifier
+
+    with pytest.raises(WeightsError, match=r"^timm:hf-hub:timm/resnet10t.a1_in1k: timm reads its config.json from the "
+                                           r"Hugging Face hub, which cannot be reached, and the file is not in the "
+                                           r"Hugging Face cache; run it once where the hub is reachable"):
+        build_classifier("timm:hf-hub:timm/resnet10t.a1_in1k", 3)
+
+
 def test_timm_weights_asked_for_in_model_kwargs_load_from_the_cache_offline_or_say_why_not(hf_cache):
     """Offline, timm retried the hub five times and the error blamed model_kwargs ("check their names and values");
     weights already in the cache were not used."""

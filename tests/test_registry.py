@@ -204,6 +204,15 @@ def test_a_timm_name_timm_lacks_names_close_ones_or_the_weights_it_has(build):
         build("vit_tiny_patch16_224.nope")
 
 
+def test_create_model_of_a_hub_name_says_timm_builds_it():
+    """ORG/REPO.TAG had been read as an architecture: "unknown model 'hf-hub:timm/resnet18' ... did you mean
+    bam_resnet18, cbam_resnet18?"."""
+    name = "hf-hub:timm/resnet18.a1_in1k"
+    with pytest.raises(UnknownModelError, match=rf"^'{name}': a hub model is built by timm: name it 'timm:{name}' "
+                                                rf".* create_model\(ARCH, pretrained='{name}'\)$"):
+        create_model(name)
+
+
 @pytest.mark.parametrize("name", ["timm:resnet10t", "timm:resnet10t.a1_in1k"])
 def test_create_model_of_a_timm_name_says_where_timm_models_are_built(name):
     """It suggested unrelated visattn models (resnet101, bam_resnet101, ...)."""

@@ -429,6 +429,8 @@ OUTPUT_AND_OPTION_CASES = {
                                  "pass it with --checkpoint FILE"),
     "model_given_a_timm_name": (lambda tmp: ["classify", "x.png", "--model", "timm:resnet18"],
                                 "--model: 'timm:resnet18': timm: names go in a `visattn fit` config"),
+    "model_given_a_hub_name": (lambda tmp: ["classify", "x.png", "--model", "hf-hub:timm/resnet18.a1_in1k"],
+                               "--model: 'hf-hub:timm/resnet18.a1_in1k': hf-hub: names go in a `visattn fit` config"),
     "checkpoint_given_a_weights_file": (lambda tmp: ["classify", "x.png", "--checkpoint", _vit_weights(tmp)],
                                         "vit.safetensors: not a Lightning checkpoint (no state_dict); --checkpoint "
                                         "and --ckpt_path take the .ckpt files `visattn fit` writes"),

@@ -409,10 +409,12 @@ def weights_tag(text: str) -> str:
 
 
 def model_name(text: str) -> str:
-    """argparse type for --model: a registered name or ARCH.TAG; a file or a timm: name is told which option takes it."""
-    if text.startswith("timm:"):
+    """argparse type for --model: a registered name or ARCH.TAG; a file, a timm: or a hub name is told which
+    option takes it."""
+    hub = next((prefix for prefix in ("timm:", "hf-hub:", "hf_hub:") if text.startswith(prefix)), None)
+    if hub:  # checked before files: a hub name has a slash (it had been called a file)
         raise argparse.ArgumentTypeError(
-            f"{text!r}: timm: names go in a `visattn fit` config (a classifier's model_name, a captioner's "
+            f"{text!r}: {hub} names go in a `visattn fit` config (a classifier's model_name, a captioner's "
             "encoder_name, or pretrained), then --checkpoint takes the trained checkpoint; --model takes a "
             "registered name or ARCH.TAG (`visattn models`)")
     if "/" in text or os.sep in text or text.endswith(WEIGHTS_SUFFIXES):

@@ -81,6 +81,11 @@ def _resolve_arch(name: str, *, tag: Optional[str] = None) -> str:
         raise UnknownModelError(f"{name!r}: create_model builds visattn's registered models; build a timm model with "
                                 f"visattn.tasks.classification.build_classifier({name!r}, num_classes) (or "
                                 "timm.create_model), or train one with model_name timm:NAME in a config")
+    if name.startswith(("hf-hub:", "hf_hub:")):  # ORG/REPO[.TAG] was read as ARCH.TAG
+        name = name if tag is None else f"{name}.{tag}"
+        raise UnknownModelError(f"{name!r}: a hub model is built by timm: name it 'timm:{name}' (a config's "
+                                f"model_name, or build_classifier), or load hub weights into a visattn architecture "
+                                f"with create_model(ARCH, pretrained={name!r})")
     close = _close_archs(name, tag)
     hint = f"did you mean {', '.join(close)}?" if close else "run `visattn models` to list them."
     named = f"{name!r}" if tag is None else f"{name!r} (the architecture of '{name}.{tag}')"

@@ -53,8 +53,6 @@ def build_classifier(model_name: str, num_classes: int, model_kwargs: Optional[d
     weights of NAME, None or False for a timm model: none)."""
     kwargs = dict(model_kwargs or {})
     if model_name.startswith("timm:"):
-        import timm
-
         check_timm_name(model_name[5:])
         if starting_weights_skipped():  # the checkpoint loaded next holds every weight: no download, no file
             kwargs = {key: value for key, value in kwargs.items() if key not in TIMM_STARTING_WEIGHTS}
@@ -63,11 +61,23 @@ def build_classifier(model_name: str, num_classes: int, model_kwargs: Optional[d
             cached = offline_timm_file(model_name[5:])
             if cached is not None:
                 kwargs["pretrained_cfg_overlay"] = {"file": str(cached)}
-        model = timm.create_model(model_name[5:], num_classes=num_classes, **kwargs)
+        model = _create_timm_model(model_name[5:], num_classes=num_classes, **kwargs)
         if pretrained:
             load_weights(model, model_name if pretrained is True else pretrained, strict=strict)
         return model
     return create_model(model_name, num_classes=num_classes, pretrained=pretrained, strict=strict, **kwargs)
+
+
+def _create_timm_model(name: str, **kwargs: Any) -> nn.Module:
+    import timm
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return timm.create_model(name, **kwargs)
+    except LocalEntryNotFoundError:  # an hf-hub: name's config.json, which timm reads first, even without weights
+        raise WeightsError(f"timm:{name}: timm reads its config.json from the Hugging Face hub, which cannot be "
+                           "reached, and the file is not in the Hugging Face cache; run it once where the hub is "
+                           "reachable (it caches under $HF_HOME), or name the architecture: timm:ARCH") from None
 
 
 def refuse_linked_kwargs(model_kwargs: Optional[dict], **linked: str) -> None:
