@@ -411,6 +411,22 @@ def test_image_folder_data_module(tmp_path):
         data.test_dataloader()
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # the skipped file's warning; num_skipped counts it
+def test_an_image_folders_max_pixels_reaches_its_datasets(tmp_path):
+    """Photos over the default 64 Mi pixels (a 108 MP phone photo) could not be trained on: the data module had
+    no setting for the limit its datasets apply."""
+    root = write_image_folder(tmp_path / "train", per_class=3)  # 24x32 = 768 pixels each
+    Image.new("RGB", (40, 40)).save(root / "cat" / "large.png")
+    for max_pixels, skipped in [(1000, 1), (1600, 0)]:
+        data = ImageFolderDataModule(str(root), val_root=str(root), img_size=16, batch_size=8, num_workers=0,
+                                     max_pixels=max_pixels)
+        data.setup("fit")
+        assert sum(len(images) for images, _ in data.val_dataloader()) == 7 - skipped
+        assert data.num_skipped == skipped
+    with pytest.raises(ConfigError, match=r"^data.init_args.max_pixels=0: give the most pixels \(width x height\) "):
+        ImageFolderDataModule(str(root), max_pixels=0)
+
+
 def test_image_folder_data_module_separate_roots(tmp_path):
     root = write_image_folder(tmp_path / "train", per_class=3)
     val_root = write_image_folder(tmp_path / "val", classes=("dog",), per_class=2)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import threading
 import warnings
 from pathlib import Path
@@ -21,7 +22,7 @@ from fixtures_images import (
 )
 from PIL import Image, ImageFile
 
-from visattn.data.image_io import DEFAULT_MAX_PIXELS, decode_image, list_images, run_in_batches
+from visattn.data.image_io import DEFAULT_MAX_PIXELS, allow_pixels, decode_image, list_images, run_in_batches
 from visattn.errors import ConfigError, ImageDecodeError, VisattnError
 
 
@@ -166,6 +167,33 @@ def test_bomb_header_is_refused_before_any_pixel_memory_without_warnings(tmp_pat
             decode_image(path)
     assert loads == []
     assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
+
+
+@pytest.mark.parametrize("size", [(10000, 10000), (14000, 14000)], ids=["over-pillows-warning", "over-pillows-error"])
+def test_max_pixels_is_the_limit_a_larger_image_is_decoded_under(tmp_path, size, monkeypatch):
+    """A 100 MP photo (108 MP phone sensors) stayed refused at any max_pixels: Pillow's warning, made an error,
+    refused it first; above Pillow's error, allow_pixels (what --max-pixels calls) raises Pillow's limit too."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # restored after allow_pixels
+    path = tmp_path / "photo.png"
+    path.write_bytes(png_header_bomb(*size))
+    loads = []  # the header passed every check once the decoder allocates the pixels: stop it there
+
+    def stop(img):
+        loads.append(img.size)
+        raise OSError("stopped before allocating")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", stop)
+    limit = size[0] * size[1]
+    refusal = (re.escape("over the limit of 99999999 (possible decompression bomb; for files you trust, raise the "
+                         "limit: --max-pixels N") if size == (10000, 10000) else
+               r"over Pillow's limit of 178956970 pixels \(possible decompression bomb; for files you trust, "
+               "--max-pixels N above it raises it too")
+    with pytest.raises(ImageDecodeError, match=refusal):
+        decode_image(path, max_pixels=limit - 1 if size == (10000, 10000) else limit)
+    allow_pixels(limit)
+    with pytest.raises(ImageDecodeError, match="photo.png: cannot decode image: stopped before allocating"):
+        decode_image(path, max_pixels=limit)
+    assert loads == [size]
 
 
 def test_max_pixels_refuses_a_good_image(corpus):

@@ -1329,3 +1329,29 @@ def test_training_bam_on_batches_of_one_image_is_one_line(tmp_path, monkeypatch,
         "channel over the batch; train with batches of 2 or more images (data.init_args.batch_size), or call "
         "model.eval()")
     assert main([*fit[:-1], "2"]) == 0
+
+
+@pytest.mark.parametrize("command", [["classify", "--model", CLASSIFIER], ["caption", "--model", CAPTIONER],
+                                     ["detect", "--model", DETECTOR], ["explain", "--model", CLASSIFIER, "--out", "m.png"]])
+def test_max_pixels_is_the_image_limit_of_each_command_that_reads_files(command, tmp_path, monkeypatch, capsys):
+    """A photo over 64 Mi pixels (a 108 MP phone photo) had no way through: the refusal said to raise max_pixels,
+    which no command took."""
+    monkeypatch.chdir(tmp_path)
+    Image.new("RGB", (40, 30), "white").save("photo.png")  # 1200 pixels
+    name, *options = command
+    run = [name, "photo.png", *options]
+    refused = main([*run, "--max-pixels", "1199"])
+    captured = capsys.readouterr()
+    refusal = re.search(r"photo.png: (error: )?image is 40x30 = 1200 pixels, over the limit of 1199 \(possible "
+                        r"decompression bomb; for files you trust, raise the limit: --max-pixels N, "
+                        r"data.init_args.max_pixels, or max_pixels=N in Python\)\n", captured.out + captured.err)
+    assert refused in (1, 2) and refusal
+    assert main([*run, "--max-pixels", "1200"]) == 0
+
+
+def test_the_max_pixels_help_gives_the_default_limit(capsys):
+    from visattn.data import DEFAULT_MAX_PIXELS
+
+    with pytest.raises(SystemExit):
+        main(["classify", "--help"])
+    assert f"(default: {DEFAULT_MAX_PIXELS}, 64 Mi)" in " ".join(capsys.readouterr().out.split())

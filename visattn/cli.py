@@ -220,7 +220,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
     detector = load_detector(args.model, args.checkpoint, device=args.device)
     failures, total = detect_files(detector, args.paths, score_threshold=args.score_threshold, out=args.out,
-                                   attention_out=args.attention_out, as_json=args.json, batch_size=args.batch_size)
+                                   attention_out=args.attention_out, as_json=args.json, batch_size=args.batch_size,
+                                   max_pixels=max_pixels(args))
     if failures:
         print(f"visattn: {failures} of {total} files could not be read", file=sys.stderr)
     return 1 if failures else 0
@@ -232,7 +233,7 @@ def cmd_caption(args: argparse.Namespace) -> int:
     captioner = load_captioner(args.model, args.checkpoint, device=args.device)
     failures, total = caption_files(captioner, args.paths, beam_size=args.beam_size, max_len=args.max_len,
                                     length_penalty=args.length_penalty, attention_out=args.attention_out,
-                                    as_json=args.json, batch_size=args.batch_size)
+                                    as_json=args.json, batch_size=args.batch_size, max_pixels=max_pixels(args))
     if failures:
         print(f"visattn: {failures} of {total} files could not be captioned", file=sys.stderr)
     return 1 if failures else 0
@@ -248,7 +249,8 @@ def cmd_classify(args: argparse.Namespace) -> int:
     def predict_batch(images: list[torch.Tensor]) -> torch.Tensor:
         return classifier.predict(torch.stack(images))
 
-    for item, probs in run_in_batches(files, args.batch_size, classifier.transform(), predict_batch):
+    for item, probs in run_in_batches(files, args.batch_size, classifier.transform(), predict_batch,
+                                      max_pixels=max_pixels(args)):
         if item.error is not None:
             failures += 1
             print(item.error_line(args.json))
@@ -279,7 +281,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     classifier = load_classifier(args.model, args.checkpoint, device=args.device)
     figure_format(args.out)  # a suffix matplotlib cannot write, refused before the work
     out = prepare_output_file(args.out, flag="--out", inputs=[args.path, *model_files(args.model, args.checkpoint)])
-    image = decode_image(args.path)
+    image = decode_image(args.path, max_pixels=max_pixels(args))
     try:
         result = explain_image(classifier, image, args.method, out,
                                layer=args.layer, head=args.head, target_class=args.target_class)
@@ -443,6 +445,21 @@ def _add_model_source(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--checkpoint", help="a Lightning checkpoint written by `visattn fit`")
 
 
+def _add_max_pixels(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max-pixels", type=positive_int, default=None, metavar="N",
+                        help="refuse image files whose header declares more pixels (width x height), before decoding "
+                             "them: a guard against decompression bombs (default: 67108864, 64 Mi)")
+
+
+def max_pixels(args: argparse.Namespace) -> int:
+    """The command's ``--max-pixels``, Pillow's own limit raised to it (for this process)."""
+    from .data.image_io import DEFAULT_MAX_PIXELS, allow_pixels
+
+    limit = args.max_pixels or DEFAULT_MAX_PIXELS
+    allow_pixels(limit)
+    return limit
+
+
 def _add_device(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help=f"where the model runs: {DEVICE_CHOICES}")
 
@@ -583,6 +600,7 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_argument("paths", nargs="+", metavar="PATH", help=IMAGE_PATHS_HELP)
     _add_model_source(classify)
     _add_device(classify)
+    _add_max_pixels(classify)
     classify.add_argument("--topk", type=positive_int, default=1, help="labels per file, most likely first")
     classify.add_argument("--json", action="store_true", help="one JSON object per file")
     classify.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass")
@@ -592,6 +610,7 @@ def build_parser() -> argparse.ArgumentParser:
     caption.add_argument("paths", nargs="+", metavar="PATH", help=IMAGE_PATHS_HELP)
     _add_model_source(caption)
     _add_device(caption)
+    _add_max_pixels(caption)
     caption.add_argument("--beam-size", type=positive_int, default=DEFAULT_BEAM_SIZE, help="beam width (1: greedy)")
     caption.add_argument("--max-len", type=positive_int, default=None,
                          help=f"longest caption in words (default: the checkpoint's max_len, else {DEFAULT_MAX_LEN})")
@@ -608,6 +627,7 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("paths", nargs="+", metavar="PATH", help=IMAGE_PATHS_HELP)
     _add_model_source(detect)
     _add_device(detect)
+    _add_max_pixels(detect)
     detect.add_argument("--score-threshold", type=unit_interval, default=0.5,
                         help="keep detections scoring at least this (0 to 1)")
     detect.add_argument("--out", default=None, metavar="DIR",
@@ -625,6 +645,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("path", metavar="PATH", help="image file")
     _add_model_source(explain)
     _add_device(explain)
+    _add_max_pixels(explain)
     explain.add_argument("--method", default="gradcam", choices=("rollout", "attention", "gradcam", "gates"),
                          help="rollout/attention (ViTs), gradcam (all), gates (CBAM/BAM/coord/NL/GC ResNets)")
     explain.add_argument("--layer", default=None, help="block index (ViT) or module name, e.g. layer3")

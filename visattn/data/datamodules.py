@@ -29,6 +29,7 @@ from ..errors import ConfigError, VisattnWarning
 from ..layers.patch_embed import is_count
 from .fashion_mnist import (FASHION_MNIST_CLASSES, FASHION_MNIST_MEAN, FASHION_MNIST_STD, FashionMNIST,
                            find_fashion_mnist)
+from .image_io import DEFAULT_MAX_PIXELS
 from .image_folder import (ImageFolder, check_class_count, collate_present, find_classes, for_evaluation,
                            image_files_of, seeded_subset)
 from .transforms import (
@@ -414,6 +415,8 @@ class ImageFolderDataModule(_ClassificationDataModule):
         limit: use at most this many samples of each split (quick runs and tests).
         channels: image channels the model takes: 3 (RGB) or 1 (gray, for ``in_chans`` 1; ``mean`` and
             ``std`` keep their first value).
+        max_pixels: image files whose header declares more pixels (width x height) are skipped, with a
+            warning, before decoding: a guard against decompression bombs (see ``decode_image``).
     """
 
     def __init__(
@@ -435,10 +438,14 @@ class ImageFolderDataModule(_ClassificationDataModule):
         interpolation: Interpolation = DEFAULT_INTERPOLATION,
         limit: int | None = None,
         channels: int = 3,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self._check_options()
+        if not is_count(max_pixels):
+            raise ConfigError(f"data.init_args.max_pixels={max_pixels!r}: give the most pixels (width x height) an "
+                              f"image file may declare, e.g. {DEFAULT_MAX_PIXELS}")
         self._class_names = find_classes(root)  # fails early, and num_classes is known now
         check_class_count(root, self._class_names)  # before the model is built with num_classes=1
 
@@ -459,12 +466,14 @@ class ImageFolderDataModule(_ClassificationDataModule):
                 "(the test split is never carved from root)"
             )
         # The training folder defines the classes: built without classes=, it refuses an empty class folder.
-        return ImageFolder(root, transform, classes=None if split == "train" else self._class_names)
+        return ImageFolder(root, transform, classes=None if split == "train" else self._class_names,
+                           max_pixels=self.hparams.max_pixels)
 
     def _train_val_sets(self) -> tuple[Dataset, Dataset]:
         if self.hparams.val_root is None:
             return self._carved_train_val_sets()
-        val = ImageFolder(self.hparams.val_root, self.eval_transform(), classes=self._class_names)
+        val = ImageFolder(self.hparams.val_root, self.eval_transform(), classes=self._class_names,
+                          max_pixels=self.hparams.max_pixels)
         return self._source("train", self.train_transform()), val
 
     def _carved_train_val_sets(self) -> tuple[Subset, Subset]:

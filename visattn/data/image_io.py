@@ -29,8 +29,10 @@ from ..fileio import missing_reason, written_by_visattn
 
 __all__ = ["DEFAULT_MAX_PIXELS", "IMAGE_EXTENSIONS", "ImageFile", "decode_image", "list_images", "run_in_batches"]
 
-# 64 megapixels: above any camera photo people classify, below Pillow's own warning threshold.
+# 64 megapixels: above most camera photos (not 108 or 200 MP phone sensors at full resolution), below
+# Pillow's own warning threshold.
 DEFAULT_MAX_PIXELS = 64 * 1024 * 1024
+RAISE_MAX_PIXELS = "raise the limit: --max-pixels N, data.init_args.max_pixels, or max_pixels=N in Python"
 # HEIC/HEIF cannot be decoded; they are listed so that a folder scan reports each one instead of
 # skipping it silently.
 IMAGE_EXTENSIONS = frozenset(
@@ -59,7 +61,7 @@ def decode_image(
     Args:
         source: a path, or the encoded bytes of an image (``bytes``, ``bytearray`` or ``memoryview``).
         max_pixels: refuse images whose header declares more than this many pixels (width x
-            height). Pillow's own limit (``PIL.Image.MAX_IMAGE_PIXELS``) also applies.
+            height). Pillow refuses images over twice ``PIL.Image.MAX_IMAGE_PIXELS`` (179M pixels) itself.
         background: RGB colour that transparent pixels are blended onto.
 
     Returns:
@@ -78,7 +80,9 @@ def decode_image(
         if not isinstance(source, bytes):
             _check_regular_file(source)
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # max_pixels is the limit, checked next from the header: Pillow's warning (over 89M pixels) had
+            # refused images max_pixels let through
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(fp, formats=_available_formats()) as img:
                 _check_size(img.size, max_pixels)
                 img.load()  # decodes now, so truncated data fails inside this try
@@ -109,27 +113,34 @@ class ImageFile:
 
 def run_in_batches(
     files: Sequence[PathLike], batch_size: int, prepare: Callable[[np.ndarray], Any],
-    run: Callable[[list[Any]], Iterable[Any]], *, keep_images: bool = False,
+    run: Callable[[list[Any]], Iterable[Any]], *, keep_images: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> Iterator[tuple[ImageFile, Any]]:
     """``(file, result)`` for each of ``files`` in order, decoded and ``prepare``-d ``batch_size`` at a
     time so that ``run`` (a model) sees each batch's readable files at once. An unreadable file comes
     with its one-line ``error`` and result ``None``; the others go on. ``keep_images`` keeps each
     decoded ``image`` (for drawing on it); otherwise a batch holds only the prepared inputs, not
-    ``batch_size`` full-resolution photos."""
+    ``batch_size`` full-resolution photos; ``max_pixels`` as :func:`decode_image` takes it."""
     for start in range(0, len(files), batch_size):
-        batch = [_read_one(Path(path), prepare, keep_images) for path in files[start : start + batch_size]]
+        batch = [_read_one(Path(path), prepare, keep_images, max_pixels) for path in files[start : start + batch_size]]
         readable = [item.prepared for item in batch if item.error is None]
         results = iter(run(readable) if readable else ())
         for item in batch:
             yield item, None if item.error is not None else next(results)
 
 
-def _read_one(path: Path, prepare: Callable[[np.ndarray], Any], keep_image: bool) -> ImageFile:
+def _read_one(path: Path, prepare: Callable[[np.ndarray], Any], keep_image: bool, max_pixels: int) -> ImageFile:
     try:
-        image = decode_image(path)
+        image = decode_image(path, max_pixels=max_pixels)
         return ImageFile(path, image if keep_image else None, prepare(image), source_shape=image.shape)
     except VisattnError as err:
         return ImageFile(path, error=err)
+
+
+def allow_pixels(max_pixels: int) -> None:
+    """Raise Pillow's own limit (``PIL.Image.MAX_IMAGE_PIXELS``, process-wide) so that images up to
+    ``max_pixels`` open: what the commands' ``--max-pixels`` does beside passing it to :func:`decode_image`."""
+    if Image.MAX_IMAGE_PIXELS is not None and 2 * Image.MAX_IMAGE_PIXELS < max_pixels:
+        Image.MAX_IMAGE_PIXELS = max_pixels // 2 + 1
 
 
 def list_images(paths: PathLike | Iterable[PathLike], *, recursive: bool = True, allow_empty: bool = True,
@@ -234,7 +245,7 @@ def _check_size(size: tuple[int, int], max_pixels: int) -> None:
     if width * height > max_pixels:
         raise ImageDecodeError(
             f"image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels} "
-            "(possible decompression bomb; raise max_pixels only for files you trust)"
+            f"(possible decompression bomb; for files you trust, {RAISE_MAX_PIXELS})"
         )
 
 
@@ -288,9 +299,10 @@ def _reason(err: Exception, source: ImageSource) -> str:
         return "is a folder, not an image file"
     if isinstance(err, PermissionError):
         return "permission denied"
-    if isinstance(err, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
-        limit = Image.MAX_IMAGE_PIXELS
-        return f"image is over Pillow's limit of {limit} pixels (possible decompression bomb)"
+    if isinstance(err, Image.DecompressionBombError):
+        limit = 2 * Image.MAX_IMAGE_PIXELS  # where Pillow's warning becomes this error
+        return (f"image is over Pillow's limit of {limit} pixels (possible decompression bomb; for files you trust, "
+                "--max-pixels N above it raises it too, or raise PIL.Image.MAX_IMAGE_PIXELS in Python)")
     if isinstance(err, UnidentifiedImageError):
         return _unidentified_reason(_head(source, 12))
     text = " ".join(str(err).split()) or type(err).__name__

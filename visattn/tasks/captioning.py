@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
+from ..data.image_io import DEFAULT_MAX_PIXELS
 from ..data.scenes import ITEM_WORDS
 from ..data.transforms import check_image_batch, to_model_input
 from ..data.vocab import Vocabulary, tokenize
@@ -469,14 +470,14 @@ def is_captioner(model: Optional[str] = None, checkpoint: Optional[str] = None) 
 
 def caption_files(captioner: Captioner, paths: Sequence[str], *, beam_size: int = 5, max_len: Optional[int] = None,
                   length_penalty: float = 1.0, attention_out: Optional[str] = None, as_json: bool = False,
-                  batch_size: int = 32) -> tuple[int, int]:
+                  batch_size: int = 32, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
     """Print one caption per image file (folders are searched recursively); returns ``(failures, files)``.
 
     Files are decoded and captioned ``batch_size`` at a time, in one beam search (the same captions
     as one at a time, several times faster). A file that cannot be read is reported on its own line
     and the others go on. With ``attention_out``, a PNG per image, ``STEM.png``, shows each word's
     attention; every name is planned before anything is written, and one that would replace an
-    input file is refused.
+    input file is refused. ``max_pixels`` as :func:`~visattn.data.image_io.decode_image` takes it.
     """
     import json
 
@@ -495,7 +496,7 @@ def caption_files(captioner: Captioner, paths: Sequence[str], *, beam_size: int 
         return zip(decoded.tokens, decoded.attention)
 
     failures = 0
-    results = run_in_batches(files, batch_size, captioner.transform(), caption_batch)
+    results = run_in_batches(files, batch_size, captioner.transform(), caption_batch, max_pixels=max_pixels)
     for (item, result), target in zip(results, targets):
         if item.error is not None:
             failures += 1

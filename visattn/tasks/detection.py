@@ -21,6 +21,7 @@ from torchmetrics.detection import MeanAveragePrecision
 
 from ..data.detection import CocoDetection, SceneDetection, Target, collate_detection, require_boxes
 from ..data.image_folder import evaluation_batches, seeded_subset, skipped_images
+from ..data.image_io import DEFAULT_MAX_PIXELS
 from ..data.transforms import check_unit_images, to_model_input
 from ..errors import ConfigError, WeightsError, one_line
 from ..layers.patch_embed import is_count, is_number
@@ -363,7 +364,7 @@ _MAX_DRAWN_SIDE = 4096  # ... but not a strip beyond this (a 3000x20 panorama wa
 
 def detect_files(detector: Detector, paths: Sequence[str], *, score_threshold: float = 0.5,
                  out: Optional[str] = None, attention_out: Optional[str] = None, as_json: bool = False,
-                 batch_size: int = 8) -> tuple[int, int]:
+                 batch_size: int = 8, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
     """Print the detections of each image file (folders are searched recursively); returns ``(failures, files)``.
 
     Files are decoded and detected ``batch_size`` at a time, in one forward pass. A file that cannot
@@ -371,7 +372,8 @@ def detect_files(detector: Detector, paths: Sequence[str], *, score_threshold: f
     ``STEM.png``, shows the boxes with their labels and scores; with ``attention_out``, a PNG per
     image has one panel per detection showing where it looked (see :meth:`Detector.detect`),
     ``STEM-attention.png`` when it is the ``out`` folder too. Every output name is planned before
-    anything is written, and one that would replace an input file is refused.
+    anything is written, and one that would replace an input file is refused. ``max_pixels`` as
+    :func:`~visattn.data.image_io.decode_image` takes it.
     """
     import json
 
@@ -382,7 +384,8 @@ def detect_files(detector: Detector, paths: Sequence[str], *, score_threshold: f
     targets = _output_targets(files, out=out, attention_out=attention_out)
     failures = 0
     detect_batch = partial(detector.detect, score_threshold=score_threshold, attention=bool(attention_out))
-    results = run_in_batches(files, batch_size, to_tensor, detect_batch, keep_images=bool(out or attention_out))
+    results = run_in_batches(files, batch_size, to_tensor, detect_batch, keep_images=bool(out or attention_out),
+                             max_pixels=max_pixels)
     for (item, found), drawn, panels in zip(results, targets["--out"], targets["--attention-out"]):
         if item.error is not None:
             failures += 1
