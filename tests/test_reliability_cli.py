@@ -525,6 +525,21 @@ def test_detect_out_and_attention_out_in_one_folder_write_two_files(tmp_path, mo
     assert sorted(path.name for path in (tmp_path / "D").iterdir()) == ["good-attention.png", "good.png"]
 
 
+def test_in_one_folder_each_drawing_pairs_with_its_own_panels_by_name(tmp_path, monkeypatch, capsys):
+    """An input named p-attention.png gave its drawing the name of p.png's panels (p.png's went to p-attention-2.png),
+    and names that differ only in case (X.png, x.png) are one file on macOS and Windows."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("p.png", "p-attention.png", "sub/p.png", "X.png", "x.png"):
+        _photo(tmp_path / "in" / name)
+    assert main(["detect", "in", "--model", DETECTOR, "--score-threshold", "0", "--out", "D", "--attention-out", "D",
+                 "--json"]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    drawn = [Path(record["drawn"]).name for record in records]
+    assert [Path(record["attention"]).name for record in records] == [f"{Path(n).stem}-attention.png" for n in drawn]
+    written = [path.name.casefold() for path in (tmp_path / "D").iterdir()]
+    assert len(records) == 5 and len(set(written)) == len(written) == 10, written
+
+
 @pytest.mark.parametrize("command", [["detect", "photos", "--model", DETECTOR, "--out", "photos/drawn", "--json"],
                                      ["caption", "photos", "--model", CAPTIONER, "--attention-out", "photos/drawn",
                                       "--json"]])

@@ -95,15 +95,20 @@ def claim_folder(folder: PathLike, *, setting: str, task: str) -> None:
     _held_locks[path] = fd
 
 
-def unique_path(directory: Union[str, Path], stem: str, used: set[str], suffix: str = ".png") -> Path:
-    """``directory/stem.png``, or ``stem-2.png``, ``stem-3.png``... when an earlier output in ``used`` took the
-    name; a stem too long for a file name is shortened (see :func:`fitted_name`)."""
-    name, n = fitted_name(stem, suffix), 1
-    while name in used:
+def unique_paths(directory: Union[str, Path], stem: str, used: set[str], tags: Sequence[str] = ("",),
+                 suffix: str = ".png") -> list[Path]:
+    """``directory/stem{tag}.png`` for each of ``tags``, or ``stem-2{tag}.png``, ``stem-3{tag}.png``... with the
+    first number that leaves every name free of ``used`` (earlier outputs' names, compared case-insensitively:
+    ``X.png`` and ``x.png`` are one file on macOS and Windows), so that one input's outputs pair by name; a stem
+    too long for a file name is shortened (see :func:`fitted_name`)."""
+    n = 1
+    while True:
+        number = f"-{n}" if n > 1 else ""
+        names = [fitted_name(stem, f"{number}{tag}{suffix}") for tag in tags]
+        if not any(name.casefold() in used for name in names):
+            used.update(name.casefold() for name in names)
+            return [Path(directory) / name for name in names]
         n += 1
-        name = fitted_name(stem, f"-{n}{suffix}")
-    used.add(name)
-    return Path(directory) / name
 
 
 def fitted_name(stem: str, suffix: str, *, limit: int = NAME_MAX) -> str:
@@ -192,19 +197,19 @@ def prepare_output_file(path: PathLike, *, flag: str, inputs: Iterable[PathLike]
 
 
 def output_paths(inputs: Sequence[Path], directory: Optional[PathLike], *, flag: str,
-                 used: Optional[set[str]] = None, tag: str = "") -> list[Optional[Path]]:
-    """``directory/STEM{tag}.png`` for each input file (see :func:`unique_path`; ``used``: names other
-    outputs took), planned before anything is written: the folder is prepared (:func:`prepare_output_dir`)
-    and a name that would replace an input is refused up front. No ``directory`` (the option not
-    given): ``None`` for each file."""
+                 tags: Sequence[str] = ("",)) -> dict[str, list[Optional[Path]]]:
+    """For each of ``tags``, ``directory/STEM{tag}.png`` for each input file (see :func:`unique_paths`), planned
+    before anything is written: the folder is prepared (:func:`prepare_output_dir`) and a name that would
+    replace an input is refused up front. No ``directory`` (the option not given): ``None`` for each file."""
     if not directory:
-        return [None] * len(inputs)
+        return {tag: [None] * len(inputs) for tag in tags}
     directory = prepare_output_dir(directory, flag=flag)
-    used = set() if used is None else used
-    outputs = [unique_path(directory, f"{path.stem}{tag}", used) for path in inputs]
+    used: set[str] = set()
+    planned = [unique_paths(directory, path.stem, used, tags) for path in inputs]
+    outputs = [output for paths in planned for output in paths]
     refuse_overwriting_inputs(outputs, inputs, flag=flag)
     refuse_replacing_others_files(outputs, flag=flag)
-    return outputs
+    return {tag: [paths[k] for paths in planned] for k, tag in enumerate(tags)}
 
 
 def refuse_replacing_others_files(outputs: Iterable[Path], *, flag: str, kind: str = "folder",

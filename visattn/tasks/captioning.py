@@ -487,7 +487,7 @@ def caption_files(captioner: Captioner, paths: Sequence[str], *, beam_size: int 
 
     files = list_images(list(paths), allow_empty=False, exclude=[attention_out])
     flag = "--attention-out"
-    targets = output_paths(files, attention_out, flag=flag)
+    targets = output_paths(files, attention_out, flag=flag)[""]
     centres_of = functools.lru_cache(maxsize=None)(functools.partial(attention_centres, captioner.model))
 
     def caption_batch(images: list[Tensor]) -> Iterable[tuple[Tensor, Tensor]]:

@@ -398,13 +398,14 @@ def detect_files(detector: Detector, paths: Sequence[str], *, score_threshold: f
 
 
 def _output_targets(files: list[Path], *, out: Optional[str], attention_out: Optional[str]) -> dict[str, list]:
-    """Each file's drawing (``--out``) and attention panels (``--attention-out``), ``None`` where not asked for."""
-    targets, used = {}, {}  # used: names taken in each folder, shared when both options name one
-    for flag, folder in (("--out", out), ("--attention-out", attention_out)):
-        key = Path(folder).resolve() if folder else None
-        tag = "-attention" if key in used else ""  # the --out folder: panels named apart from drawings
-        targets[flag] = output_paths(files, folder, flag=flag, used=used.setdefault(key, set()), tag=tag)
-    return targets
+    """Each file's drawing (``--out``) and attention panels (``--attention-out``), ``None`` where not asked for.
+    In one folder, an image's drawing ``NAME.png`` has its panels in ``NAME-attention.png`` (one ``-N`` for both:
+    named apart, an input named ``p-attention.png`` had given its drawing the panels' name of ``p.png``)."""
+    if out and attention_out and Path(out).resolve() == Path(attention_out).resolve():
+        named = output_paths(files, out, flag="--out", tags=("", "-attention"))
+        return {"--out": named[""], "--attention-out": named["-attention"]}
+    return {flag: output_paths(files, folder, flag=flag)[""]
+            for flag, folder in (("--out", out), ("--attention-out", attention_out))}
 
 
 def _write_drawings(record: dict[str, Any], image: np.ndarray, found: dict[str, Tensor], *,
