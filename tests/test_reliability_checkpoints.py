@@ -187,6 +187,31 @@ def test_a_fit_never_writes_beside_another_runs_checkpoints(in_tmp, capsys):
     assert sorted(folder.glob("*.ckpt")) == kept
 
 
+def test_resuming_last_where_no_checkpoint_folder_is_named_is_one_line(in_tmp, capsys):
+    """Lightning's own ModelCheckpoint writes into each run's new logs/version_N folder: --ckpt_path last found no
+    checkpoint, and the run trained afresh with a warning, exit 0."""
+    assert _fit_with([]) == 0
+    capsys.readouterr()
+    assert main(["fit", "--config", str(CBAM_CONFIG), *QUICK, "--trainer.max_epochs", "2", "--trainer.callbacks", "[]",
+                 "--ckpt_path", "last"]) == 2
+    assert _error(capsys) == ("visattn: error: fit --ckpt_path last: the config gives no ModelCheckpoint a dirpath, so "
+                              "each run checkpoints into its own new logs folder and none is found to resume "
+                              "(Lightning would train afresh); resume with --ckpt_path FILE, and give a "
+                              "ModelCheckpoint a dirpath and save_last: true for next time")
+
+
+def test_runs_without_a_logger_keep_each_others_saved_configs(in_tmp):
+    """Without a logger every run saves its config into default_root_dir: a validate replaced the config of the
+    fit that trained its weights."""
+    run = ["--config", str(CBAM_CONFIG), *QUICK, "--trainer.max_epochs", "1", "--trainer.callbacks", EPOCH_AND_LAST,
+           "--trainer.logger", "false", "--trainer.default_root_dir", "run"]
+    assert main(["fit", *run]) == 0
+    fitted = (in_tmp / "run" / "config.yaml").read_text()
+    assert main(["validate", *run, "--ckpt_path", "last"]) == 0
+    assert (in_tmp / "run" / "config.yaml").read_text() == fitted
+    assert "ckpt_path: null" in fitted and "ckpt_path: null" not in (in_tmp / "run" / "config-2.yaml").read_text()
+
+
 def test_a_misspelt_monitored_metric_is_one_line_before_the_first_epoch(in_tmp, capsys):
     """Lightning named it only after the first epoch, whose best checkpoint was then never written."""
     callbacks = json.loads(EPOCH_AND_LAST)

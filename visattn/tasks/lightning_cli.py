@@ -41,6 +41,7 @@ import errno
 import glob
 import importlib
 import inspect
+import itertools
 import json
 import logging
 import math
@@ -65,7 +66,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import (BasePredictionWriter, Callback, EarlyStopping, ModelCheckpoint, ProgressBar,
                                          RichProgressBar)
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.plugins import CheckpointIO, TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.model_helpers import is_overridden
@@ -230,6 +231,11 @@ def _refuse_mixed_runs(ckpt_path: Optional[str], callbacks: Any) -> None:
     """A fit writes into the config's checkpoint folders only as the run they hold: resuming it (``last``, or
     one of its files), or a new run into empty folders (also one started from another run's checkpoint)."""
     if ckpt_path == "last":
+        if not _checkpoint_folders(callbacks):  # Lightning's own checkpoints go to each run's new version_N folder
+            raise ConfigError("fit --ckpt_path last: the config gives no ModelCheckpoint a dirpath, so each run "
+                              "checkpoints into its own new logs folder and none is found to resume (Lightning "
+                              "would train afresh); resume with --ckpt_path FILE, and give a ModelCheckpoint a "
+                              "dirpath and save_last: true for next time")
         others = [path for folder in _checkpoint_folders(callbacks) for path in folder.glob("*.ckpt")]
         if others and not _last_checkpoints(callbacks):  # Lightning would warn and train afresh beside them
             newest = max(others, key=lambda path: path.stat().st_mtime)
@@ -686,10 +692,12 @@ _TRAINER_SETTINGS = frozenset(inspect.signature(pl.Trainer.__init__).parameters)
 
 
 def _written_folders(trainer: pl.Trainer) -> list[tuple[str, str]]:
-    """The folders the run's checkpoint callbacks and loggers write to, each with the setting that names it."""
+    """The folders the run's checkpoint callbacks and loggers write to, each with the setting that names it,
+    once (the configs' two ModelCheckpoints share a folder)."""
     folders = [("ModelCheckpoint dirpath", c.dirpath) for c in trainer.checkpoint_callbacks
                if getattr(c, "dirpath", None)]
-    return folders + [("logger's save_dir", logger.save_dir) for logger in trainer.loggers if logger.save_dir]
+    folders += [("logger's save_dir", logger.save_dir) for logger in trainer.loggers if logger.save_dir]
+    return list(dict.fromkeys(folders))
 
 
 def _output_error(trainer: pl.Trainer, err: OSError, default_root_dir: Optional[str]) -> Optional[ConfigError]:
@@ -1133,6 +1141,22 @@ def _log_filter(keep: Callable[[logging.LogRecord], bool], log: logging.Logger =
         log.removeFilter(keep)
 
 
+class SaveConfigBesideEarlier(SaveConfigCallback):
+    """Saves the run's settings as LightningCLI does, into its log folder, as ``config.yaml`` or, where an earlier
+    run's is, ``config-2.yaml``, ``config-3.yaml``...: without a logger every run of a ``default_root_dir`` saves
+    into that folder, and a ``validate`` had replaced the config of the ``fit`` that trained its weights."""
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if not self.already_saved and self.save_to_log_dir:
+            folder = Path(trainer.log_dir)  # broadcast by Lightning: every process names the same file
+            free = None
+            if trainer.is_global_zero:
+                names = (f"config-{n}.yaml" if n > 1 else "config.yaml" for n in itertools.count(1))
+                free = next(name for name in names if not (folder / name).exists())
+            self.config_filename = trainer.strategy.broadcast(free)
+        super().setup(trainer, pl_module, stage)
+
+
 class _VisattnParser(LightningArgumentParser):
     """Says ``visattn`` in every usage line, also those jsonargparse builds for ``--data.help CLASS`` (not
     ``cli.py`` or ``__main__.py`` under ``python -m``)."""
@@ -1151,7 +1175,8 @@ def _build_and_run(argv: list[str]) -> VisattnCLI:
             args=None if argv == sys.argv[1:] else argv,  # LightningCLI warns when both are given
             parser_kwargs={"exit_on_error": False},
             parser_class=_VisattnParser,
-            save_config_kwargs={"overwrite": True},
+            save_config_callback=SaveConfigBesideEarlier,
+            save_config_kwargs={"overwrite": True},  # into a name no file has (SaveConfigBesideEarlier)
             linked_data_attributes=_task_links(argv),
             model_overrides=_model_overrides(argv),
         )
@@ -1181,7 +1206,7 @@ def _unaccepted_option_hint(text: str, subcommand: str) -> str:
     if cls is None:
         return f"; see `visattn {subcommand} --help`"
     close = difflib.get_close_matches(found.group(2), keyword_names(cls.__init__) or [], n=3, cutoff=0.5)
-    section = re.match(r'"(\w+)"', text)
+    section = re.match(r'"([\w.]+)"', text)  # also "trainer.callbacks"
     section = section.group(1) if section else "model"
     meant = f"did you mean {' or '.join(close)}? " if close else ""
     return f"; {meant}`visattn {subcommand} --{section}.help {found.group(1)}` lists what it takes"
