@@ -134,9 +134,12 @@ def test_bad_files_raise_one_line_error_naming_the_file(corpus, name):
 
 @pytest.mark.parametrize(
     ("name", "reason"),
-    [("truncated_jpg", "truncated"), ("empty_jpg", "empty"), ("text_png", "not a supported image")],
+    [("truncated_jpg", r"truncated .*\(re-export or remove the file\)$"),
+     ("empty_jpg", "empty file .0 bytes.; copy it again from its source, or remove it$"),
+     ("text_png", "not a supported image .*; give JPEG, PNG, WebP, TIFF, BMP, GIF or AVIF files, or remove it$")],
 )
-def test_bad_files_say_why(corpus, name, reason):
+def test_bad_files_say_why_and_what_to_do(corpus, name, reason):
+    """An empty or unsupported file had been named without a fix."""
     with pytest.raises(ImageDecodeError, match=reason):
         decode_image(corpus[name])
 
@@ -346,6 +349,16 @@ def test_a_missing_path_among_others_is_listed_for_its_own_error_line(tmp_path):
     assert list_images([missing, a]) == [missing, a]
     with pytest.raises(ImageDecodeError, match="missing.png: no such file or folder"):
         list_images([missing, tmp_path / "gone"])
+
+
+def test_when_no_path_exists_each_is_named(tmp_path):
+    """Only the first was named: two typos took two runs to find."""
+    paths = [tmp_path / f"typo{k}.png" for k in range(5)]
+    with pytest.raises(ImageDecodeError) as error:
+        list_images(paths[:2])
+    assert str(error.value) == f"{paths[0]}: no such file or folder; {paths[1]}: no such file or folder"
+    with pytest.raises(ImageDecodeError, match=r"typo2.png: no such file or folder; and 2 more paths that do not exist$"):
+        list_images(paths)
 
 
 @pytest.mark.parametrize("values, expected", [

@@ -6,6 +6,7 @@ import os
 import pickle
 import re
 import resource
+import signal
 import subprocess
 import sys
 import tomllib
@@ -693,7 +694,8 @@ def test_an_unreadable_file_is_named_once(tmp_path, capsys):
     text = tmp_path / "text.jpg"
     text.write_text("not an image")
     assert main(["classify", str(text), "--model", CLASSIFIER]) == 1
-    assert capsys.readouterr().out == f"{text}: error: not a supported image (unknown format or not an image at all)\n"
+    assert capsys.readouterr().out == (f"{text}: error: not a supported image (unknown format or not an image at all); "
+                                       "give JPEG, PNG, WebP, TIFF, BMP, GIF or AVIF files, or remove it\n")
 
 
 def test_a_read_only_one_pixel_image_converts_without_a_torch_warning():
@@ -1374,3 +1376,22 @@ def test_the_max_pixels_help_gives_the_default_limit(capsys):
     with pytest.raises(SystemExit):
         main(["classify", "--help"])
     assert f"(default: {DEFAULT_MAX_PIXELS}, 64 Mi)" in " ".join(capsys.readouterr().out.split())
+
+
+def test_sigterm_while_writing_is_one_line_and_leaves_no_temp_file(tmp_path, monkeypatch, capsys):
+    """kill, timeout or docker stop ended the process at once, leaving the half-written temp file in the folder."""
+    from matplotlib.figure import Figure
+
+    monkeypatch.chdir(tmp_path)
+    _photo(tmp_path / "img.png")
+    handler = signal.getsignal(signal.SIGTERM)
+
+    def terminated_mid_write(self, fname, **kwargs):
+        Path(fname).write_bytes(b"\x89PNG half")
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(Figure, "savefig", terminated_mid_write)
+    assert main(["explain", "img.png", "--model", CLASSIFIER, "--out", "maps/img.png"]) == 143
+    assert capsys.readouterr().err == "visattn: terminated\n"
+    assert list((tmp_path / "maps").iterdir()) == []
+    assert signal.getsignal(signal.SIGTERM) is handler  # the caller's handler is back

@@ -11,6 +11,7 @@ import errno
 import json
 import math
 import os
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -719,15 +720,41 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return _run(argv)
 
 
+class _Terminated(BaseException):
+    """SIGTERM (``kill``, ``timeout``, ``docker stop``, a batch scheduler), raised where the command is, so that
+    its ``finally`` blocks run: Python's default ended the process at once, leaving a temp file in the output
+    folder. Lightning's commands keep Lightning's own handling."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_exception() -> Iterator[None]:
+    def terminate(signum: int, frame: Any) -> None:
+        raise _Terminated
+
+    try:
+        previous = signal.signal(signal.SIGTERM, terminate)
+    except ValueError:  # not the main thread: only it may set handlers
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _run(argv: list[str]) -> int:
     try:
         if argv and argv[0] in LIGHTNING_COMMANDS:
             return run_lightning(argv)
         args = build_parser().parse_args(argv)
         func: Callable[[argparse.Namespace], int] = args.func
-        code = func(args)
+        with _sigterm_as_exception():
+            code = func(args)
         sys.stdout.flush()  # here, where a full disk is one line, not at the exit's flush
         return code
+    except _Terminated:
+        print("visattn: terminated", file=sys.stderr)
+        return 143  # 128 + SIGTERM, what a shell reports for a command the signal ended
     except VisattnError as err:
         print(f"visattn: error: {error_line(err)}", file=sys.stderr)
         return 2

@@ -168,8 +168,10 @@ def list_images(paths: PathLike | Iterable[PathLike], *, recursive: bool = True,
         ImageDecodeError: none of the paths exists.
     """
     paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
-    if paths and not any(Path(path).exists() for path in paths):
-        raise ImageDecodeError(f"{paths[0]}: {missing_reason(paths[0], 'file or folder')}")
+    if paths and not any(Path(path).exists() for path in paths):  # each named: two typos took two runs to find
+        named = [f"{path}: {missing_reason(path, 'file or folder')}" for path in paths[:3]]
+        more = [f"and {len(paths) - 3} more paths that do not exist"] if len(paths) > 3 else []
+        raise ImageDecodeError("; ".join(named + more))
     found: dict[str, Path] = {}  # each file's real path -> the path it was first named by, in order
     skipped = [Path(folder).resolve() for folder in exclude if folder]
     left_out: list[Path] = []  # image files of an output folder that visattn did not write
@@ -320,7 +322,8 @@ def _head(source: ImageSource, size: int) -> bytes:
 
 def _unidentified_reason(head: bytes) -> str:
     if not head:
-        return "empty file (0 bytes)"
+        return "empty file (0 bytes); copy it again from its source, or remove it"
     if head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS:
         return "HEIC/HEIF is not supported by Pillow; convert it to JPEG or PNG"
-    return "not a supported image (unknown format or not an image at all)"
+    return ("not a supported image (unknown format or not an image at all); give JPEG, PNG, WebP, TIFF, BMP, GIF "
+            "or AVIF files, or remove it")
