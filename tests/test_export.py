@@ -1,5 +1,6 @@
 """ONNX export: onnxruntime gives PyTorch's logits for a ViT and an attention ResNet, at any batch size."""
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -183,3 +184,15 @@ def test_onnx_sessions_do_not_spin_between_runs(tmp_path):
     options = onnx_session(path, threads=2).get_session_options()
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     assert options.intra_op_num_threads == 2
+
+
+def test_without_the_onnx_packages_exporting_and_running_are_one_line_each(tmp_path, monkeypatch):
+    """They are an extra (visattn[export]): torch's exporter failed deep inside with "Module onnx is not installed!"."""
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(ConfigError, match=r"^exporting to ONNX needs the onnx package; run `pip install "
+                                          r"'visattn\[export\]'`$"):
+        export_onnx(create_model("resnet18", num_classes=2), tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()
+    with pytest.raises(ConfigError, match=r"^onnxruntime is not installed; run `pip install 'visattn\[export\]'`"):
+        onnx_session(tmp_path / "m.onnx")

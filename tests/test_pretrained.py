@@ -1438,6 +1438,28 @@ def test_the_search_path_expands_home_and_searches_each_folder_once(tmp_path, mo
     _save_own(mine, "mine")
     assert find_weights_entry(ARCH, "mine")["path"] == str(mine / f"{ARCH}.mine.safetensors")
 
+def test_an_installed_package_saves_the_users_weights_in_their_data_folder(tmp_path, monkeypatch):
+    """save-weights wrote into site-packages: the next install replaced the index, and the weights were gone from
+    the listing while their files stayed. A source checkout keeps saving into weights/, where the shipped ones are
+    made."""
+    import visattn
+    from visattn import pretrained
+    from visattn.cli import build_parser
+
+    monkeypatch.delenv("VISATTN_WEIGHTS", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    assert pretrained.user_weights_dir() is None
+    assert pretrained.weights_dir() == pretrained.shipped_weights_dir()
+    monkeypatch.setattr(pretrained, "_installed_package", lambda: True)
+    user = tmp_path / "data" / "visattn" / "weights"
+    assert pretrained.weights_search_path() == [user, pretrained.shipped_weights_dir()]
+    save_args = build_parser().parse_args(["save-weights", "--checkpoint", "x.ckpt", "--tag", "t"])
+    assert save_args.out_dir == str(user)
+    assert ARCH + ".fmnist" in visattn.list_pretrained()  # the shipped ones, past a folder not made yet
+    _save_own(user, "mine")
+    assert pretrained.find_weights_entry(ARCH, "mine")["path"] == str(user / f"{ARCH}.mine.safetensors")
+
+
 def test_weights_refused_as_already_saved_get_no_warning_about_what_they_lack(tmp_path, recwarn):
     """The "saved without preprocessing or labels" warning came before the refusal, for weights never saved."""
     from visattn.errors import VisattnWarning

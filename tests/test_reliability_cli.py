@@ -1395,3 +1395,37 @@ def test_sigterm_while_writing_is_one_line_and_leaves_no_temp_file(tmp_path, mon
     assert capsys.readouterr().err == "visattn: terminated\n"
     assert list((tmp_path / "maps").iterdir()) == []
     assert signal.getsignal(signal.SIGTERM) is handler  # the caller's handler is back
+
+
+def test_the_demo_without_the_repositorys_configs_says_where_it_runs(monkeypatch):
+    """A pip-installed package has no configs/: the demo's first fit named a missing file under site-packages."""
+    from visattn import demo
+
+    monkeypatch.setattr(demo, "CONFIG", demo.REPO / "configs" / "classification" / "gone.yaml")
+    with pytest.raises(SystemExit) as exit:
+        demo.main()
+    assert exit.value.code == ("demo: configs/classification/gone.yaml is not here; the demo runs from a clone of the "
+                               "visattn repository (`make demo`), whose configs a pip install does not bring")
+
+
+def test_without_fcntl_as_on_windows_visattn_imports_and_locks_with_msvcrt(tmp_path, monkeypatch):
+    """fileio imported fcntl, which Windows lacks: `import visattn` and every command stopped there."""
+    from types import SimpleNamespace
+
+    from visattn.fileio import claim_folder, exclusive_lock
+
+    probe = "import sys; sys.modules['fcntl'] = None; import visattn.cli, visattn.fileio; print('ok')"
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120).stdout == "ok\n"
+    calls = []
+    msvcrt = SimpleNamespace(LK_LOCK=1, LK_NBLCK=2, locking=lambda fd, mode, size: calls.append((mode, size)))
+    monkeypatch.setitem(sys.modules, "fcntl", None)
+    monkeypatch.setitem(sys.modules, "msvcrt", msvcrt)
+    with exclusive_lock(tmp_path / "index.json.lock"):
+        assert calls == [(1, 1)]
+
+    def held(fd, mode, size):
+        raise OSError(13, "Permission denied")
+
+    msvcrt.locking = held
+    with pytest.raises(ConfigError, match=r"another fit \(process unknown\) is writing there"):
+        claim_folder(tmp_path / "checkpoints", setting="ModelCheckpoint dirpath", task="fit")

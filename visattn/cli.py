@@ -663,7 +663,8 @@ def build_parser() -> argparse.ArgumentParser:
     save.add_argument("--checkpoint", required=True, help="training checkpoint (.ckpt) to convert")
     save.add_argument("--tag", required=True, type=weights_tag, help="weights tag, e.g. fmnist")
     save.add_argument("--out-dir", default=str(weights_dir()),
-                      help="weights folder (default: the first VISATTN_WEIGHTS folder, else the shipped one)")
+                      help="weights folder (default: the first VISATTN_WEIGHTS folder, else ~/.local/share/visattn/"
+                           "weights when installed, or weights/ in a source checkout)")
     save.add_argument("--dataset", default=None, help="measure test metrics on this dataset and record them")
     save.add_argument("--limit", type=positive_int, default=None,
                       help="measure on N test samples drawn with a fixed seed (the count is recorded as test/n)")

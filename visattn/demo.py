@@ -82,6 +82,9 @@ def set_aside_previous_run(folder: Path) -> None:
 
 
 def main() -> None:
+    if not CONFIG.is_file():  # a pip-installed package: the configs stay in the repository
+        sys.exit(f"demo: {CONFIG.relative_to(REPO)} is not here; the demo runs from a clone of the visattn repository "
+                 "(`make demo`), whose configs a pip install does not bring")
     checkpoint = OUT / "checkpoints" / "last.ckpt"
     set_aside_previous_run(OUT / "checkpoints")
     print("visattn demo: train CBAM-ResNet-20 (841K parameters) for 2 epochs on 4000 Fashion-MNIST images")

@@ -9,6 +9,7 @@ nodes, so the file runs on any onnxruntime build.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import os
 import sys
@@ -90,6 +91,7 @@ def export_onnx(
 def _write_onnx(model: nn.Module, path: Path, *, input_size: Optional[Sequence[int]], opset: int,
                 metadata: Optional[Mapping[str, Any]]) -> None:
     """:func:`export_onnx`'s graph and metadata, written straight to ``path`` (a caller's temporary file)."""
+    _require_onnx()
     size = _input_size(model, input_size)
     properties = _metadata_props(metadata or {})
     example = torch.zeros(2, *size)  # batch 2, so the tracer cannot specialise on a batch of one
@@ -107,12 +109,21 @@ def _write_onnx(model: nn.Module, path: Path, *, input_size: Optional[Sequence[i
         _add_metadata(path, properties)
 
 
+def _require_onnx() -> None:
+    """One line before the export when the onnx package is missing (an optional dependency): torch's exporter
+    failed deep inside with a traceback."""
+    try:
+        importlib.import_module("onnx")
+    except ImportError:
+        raise ConfigError("exporting to ONNX needs the onnx package; run `pip install 'visattn[export]'`") from None
+
+
 def onnx_session(path: str | os.PathLike, *, threads: Optional[int] = None) -> Any:
     """An onnxruntime CPU ``InferenceSession`` for ``path`` (``threads``: intra-op threads, default: all)."""
     try:
         import onnxruntime as ort
     except ImportError:
-        raise ConfigError("onnxruntime is not installed; run `pip install onnxruntime` to run ONNX files") from None
+        raise ConfigError("onnxruntime is not installed; run `pip install 'visattn[export]'` to run ONNX files") from None
     if not Path(path).is_file():
         raise WeightsError(f"{path}: ONNX file not found; write it with `visattn export`")
     options = ort.SessionOptions()

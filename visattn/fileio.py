@@ -7,7 +7,6 @@ input file, is one line naming the option before anything is written; and they w
 """
 import contextlib
 import errno
-import fcntl
 import os
 import tempfile
 from pathlib import Path
@@ -59,10 +58,27 @@ def exclusive_lock(path: Union[str, Path]) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        _lock(fd, wait=True)
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def _lock(fd: int, *, wait: bool) -> None:
+    """An exclusive lock on the open file ``fd``, released when it is closed: ``flock`` on POSIX, a lock on its
+    first byte on Windows, which has no ``fcntl`` (importing it there had stopped ``import visattn``).
+    BlockingIOError when another process holds it and ``wait`` is false."""
+    try:
+        import fcntl
+    except ImportError:
+        import msvcrt
+
+        try:
+            msvcrt.locking(fd, msvcrt.LK_LOCK if wait else msvcrt.LK_NBLCK, 1)
+        except OSError as err:  # LK_LOCK gives up after 10 s, LK_NBLCK at once
+            raise BlockingIOError(err.errno, "locked by another process") from err
+        return
+    fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
 
 
 _held_locks: dict[str, int] = {}  # lock file -> its descriptor, held until the process exits
@@ -81,9 +97,12 @@ def claim_folder(folder: PathLike, *, setting: str, task: str) -> None:
     os.makedirs(folder, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        _lock(fd, wait=False)
     except BlockingIOError:
-        other = os.read(fd, 32).decode(errors="replace").strip()
+        try:
+            other = os.read(fd, 32).decode(errors="replace").strip()
+        except OSError:  # Windows refuses reads of a region another process locked
+            other = ""
         os.close(fd)
         raise ConfigError(f"{setting} {folder}: another {task} (process {other or 'unknown'}) is writing there; wait "
                           "for it to end, or give this run another folder") from None

@@ -103,9 +103,9 @@ def refuse_an_untrained_head(problem: str) -> None:
 
 def weights_search_path() -> list[Path]:
     """The folders ``ARCH.TAG`` weights are looked up in, in order: those of ``$VISATTN_WEIGHTS``
-    (separated by ``os.pathsep``, as in ``PATH``; ``~`` expanded; empty ones skipped), then
-    :func:`shipped_weights_dir`. A folder named twice (relatively, through a link, or the shipped one
-    named in it) is searched once, where it is first named.
+    (separated by ``os.pathsep``, as in ``PATH``; ``~`` expanded; empty ones skipped), then, in an installed
+    package, :func:`user_weights_dir`, then :func:`shipped_weights_dir`. A folder named twice (relatively,
+    through a link, or the shipped one named in it) is searched once, where it is first named.
 
     An ``ARCH.TAG`` in an earlier folder hides the same name in a later one. An architecture's default
     weights (``pretrained=True``, or ``ARCH`` alone on the command line) are those marked ``"default":
@@ -114,15 +114,30 @@ def weights_search_path() -> list[Path]:
     """
     own = [Path(folder).expanduser() for folder in os.environ.get("VISATTN_WEIGHTS", "").split(os.pathsep) if folder]
     by_place: dict[Path, Path] = {}
-    for folder in [*own, shipped_weights_dir()]:
+    user = user_weights_dir()
+    for folder in [*own, *([user] if user else []), shipped_weights_dir()]:
         by_place.setdefault(folder.resolve(), folder)
     return list(by_place.values())
 
 
 def weights_dir() -> Path:
     """The folder visattn saves weights to (``visattn save-weights``'s default): the first folder of
-    ``$VISATTN_WEIGHTS``, else :func:`shipped_weights_dir`."""
+    ``$VISATTN_WEIGHTS``, else :func:`user_weights_dir` in an installed package, else the source checkout's
+    ``weights/`` (where the shipped weights are made)."""
     return weights_search_path()[0]
+
+
+def user_weights_dir() -> Optional[Path]:
+    """An installed package's folder for the user's own weights, ``$XDG_DATA_HOME/visattn/weights``
+    (``~/.local/share/visattn/weights``): ``save-weights`` had written into site-packages, whose next install
+    replaced the index and orphaned the files. ``None`` in a source checkout."""
+    if not _installed_package():
+        return None
+    return Path(os.environ.get("XDG_DATA_HOME") or "~/.local/share").expanduser() / "visattn" / "weights"
+
+
+def _installed_package() -> bool:
+    return shipped_weights_dir().parent == Path(__file__).resolve().parent  # a wheel's visattn/weights
 
 
 def shipped_weights_dir() -> Path:
@@ -339,9 +354,9 @@ def find_weights_entry(arch: str, tag: Optional[str] = None) -> dict[str, Any]:
 def _require_own_weights_folders() -> None:
     """One line naming a ``$VISATTN_WEIGHTS`` folder that is not there: skipped, it would let a later
     folder's weights of the same name load, or be listed, instead of the user's."""
-    shipped = shipped_weights_dir().resolve()
+    unchecked = {shipped_weights_dir().resolve(), *([user.resolve()] if (user := user_weights_dir()) else [])}
     for folder in weights_search_path():
-        if not folder.is_dir() and folder.resolve() != shipped:
+        if not folder.is_dir() and folder.resolve() not in unchecked:  # the user folder is made at the first save
             problem = "is not a folder" if folder.exists() else "does not exist"
             raise WeightsError(f"the weights folder {folder} in VISATTN_WEIGHTS {problem}; create it, or take it "
                                "out of VISATTN_WEIGHTS")
