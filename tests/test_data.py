@@ -747,3 +747,43 @@ def test_class_folders_match_the_classes_in_either_unicode_form(tmp_path):
     folder = ImageFolder(tmp_path, classes=trained)
     assert [(path.parent.name, label) for path, label in folder.samples] == [
         (unicodedata.normalize("NFD", "café crème"), 0), ("zebra", 1)]
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(map(_same, a, b))
+    return a == b
+
+
+@needs_fashion_mnist
+@pytest.mark.filterwarnings("ignore::visattn.data.SkippedImageWarning")
+def test_every_data_modules_loaders_pickle_for_spawned_workers(tmp_path):
+    """macOS and Windows start DataLoader workers by spawning, which pickles each loader's dataset, collate and
+    worker_init functions (fork shares them, so Linux runs never showed a lambda or a lock there)."""
+    import pickle
+
+    from fixtures_captions import write_karpathy
+    from test_detection_data import write_coco_instances
+    from visattn.data import (CocoDetectionDataModule, FashionScenesCaptionDataModule,
+                              FashionScenesDetectionDataModule, KarpathyCaptionDataModule)
+
+    karpathy, karpathy_images = write_karpathy(tmp_path / "karpathy")
+    coco, coco_images = write_coco_instances(tmp_path / "coco")
+    scenes = {"num_train": 4, "num_val": 2, "num_test": 2, "canvas_size": 32}
+    modules = [FashionMNISTDataModule(limit=8, img_size=28), ImageFolderDataModule(str(write_image_folder(
+                   tmp_path / "folder")), img_size=16),
+               KarpathyCaptionDataModule(str(karpathy), str(karpathy_images), img_size=8, min_count=1),
+               CocoDetectionDataModule(str(coco), str(coco_images), val_annotations=str(coco)),
+               FashionScenesCaptionDataModule(img_size=32, **scenes), FashionScenesDetectionDataModule(**scenes)]
+    for module in modules:
+        module.setup("fit")
+        for split, loader in (("train", module.train_dataloader()), ("val", module.val_dataloader())):
+            dataset, collate, init = pickle.loads(pickle.dumps((loader.dataset, loader.collate_fn,
+                                                                 loader.worker_init_fn)))
+            assert type(dataset) is type(loader.dataset) and len(dataset) == len(loader.dataset), module
+            if split == "val":  # evaluation samples are deterministic
+                assert _same(dataset[0], loader.dataset[0]), module

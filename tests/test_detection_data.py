@@ -225,6 +225,20 @@ def test_coco_detection_one_line_errors(tmp_path):
 # --- data modules --------------------------------------------------------------------------
 
 
+@pytest.mark.filterwarnings("ignore::visattn.data.SkippedImageWarning")
+def test_a_broken_file_shared_by_splits_is_counted_once(tmp_path):
+    """Each split counted it: one broken file in train, val and test was reported as 3 skipped (an image folder's
+    data module counted it once)."""
+    path, images_dir = write_coco_instances(tmp_path)
+    dm = CocoDetectionDataModule(str(path), str(images_dir), val_annotations=str(path), test_annotations=str(path),
+                                 batch_size=2, num_workers=0)
+    dm.setup("fit")
+    dm.setup("test")
+    for loader in (dm.train_dataloader(), dm.val_dataloader(), dm.test_dataloader()):
+        list(loader)
+    assert dm.num_skipped == 1
+
+
 def test_coco_data_module_classes_loaders_and_missing_splits(tmp_path):
     path, images_dir = write_coco_instances(tmp_path)
     dm = CocoDetectionDataModule(str(path), str(images_dir), batch_size=2, num_workers=0)

@@ -339,8 +339,8 @@ class KarpathyCaptionDataModule(_CaptionDataModule):
 
     @property
     def num_skipped(self) -> int:
-        """Broken image files skipped so far, over all splits set up."""
-        return sum(samples.dataset.num_skipped for samples in self.datasets.values())
+        """Broken image files skipped so far, each counted once over all splits set up (splits may share files)."""
+        return len({path for samples in self.datasets.values() for path in samples.dataset.skipped})
 
     def train_transform(self) -> ImageTransform:
         h = self.hparams

@@ -623,8 +623,9 @@ class CocoDetectionDataModule(_DetectionDataModule):
 
     @property
     def num_skipped(self) -> int:
-        """Broken image files skipped so far, over all splits set up."""
-        return sum(dataset.num_skipped for dataset in self.datasets.values() if isinstance(dataset, CocoDetection))
+        """Broken image files skipped so far, each counted once over all splits set up (splits may share files)."""
+        return len({path for dataset in self.datasets.values() if isinstance(dataset, CocoDetection)
+                    for path in dataset.skipped})
 
     def how_to_validate(self) -> str:
         return COCO_VALIDATION_SETTING
