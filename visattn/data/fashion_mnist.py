@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import gzip
 import os
+import warnings
 import zlib
 from pathlib import Path
 from typing import Callable, Literal, Sequence
@@ -76,18 +77,28 @@ class FashionMNIST(Dataset):
     ) -> None:
         self.split = split
         self.transform = transform
-        self.images, self.labels = load_fashion_mnist(split, root=root)  # (N, 28, 28), (N,)
+        images, labels = load_fashion_mnist(split, root=root)
+        self.images, self.labels = shared_tensor(images), shared_tensor(labels)  # (N, 28, 28) uint8, (N,)
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        rgb = np.repeat(self.images[index][:, :, None], 3, axis=2)  # (28, 28, 3)
+        rgb = np.repeat(self.images[index].numpy()[:, :, None], 3, axis=2)  # (28, 28, 3)
         image = self.transform(rgb) if self.transform is not None else to_tensor(rgb)
         return image, int(self.labels[index])
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(split={self.split!r}, n={len(self)}, transform={self.transform})"
+
+
+def shared_tensor(array: np.ndarray) -> torch.Tensor:
+    """A read-only cached ``array`` as a tensor over its memory, which is never written: a spawned DataLoader
+    worker (macOS, Windows) receives a tensor as shared memory, where an array was copied into each one (47 MB
+    of training images a worker)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(array)
 
 
 def load_fashion_mnist(

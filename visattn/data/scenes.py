@@ -35,7 +35,7 @@ from torch.utils.data import Dataset
 
 from ..errors import ConfigError
 from ..fileio import atomic_write_text
-from .fashion_mnist import load_fashion_mnist
+from .fashion_mnist import load_fashion_mnist, shared_tensor
 
 __all__ = [
     "COLORS",
@@ -151,7 +151,7 @@ class FashionScenes(Dataset):
         pool = np.arange(len(labels))
         if split != "test":
             pool = pool[_VAL_START:] if split == "val" else pool[:_VAL_START]
-        self._images = images  # (M, 28, 28) uint8
+        self._images = shared_tensor(images)  # (M, 28, 28) uint8
         self._pool_by_class = [pool[labels[pool] == k] for k in range(len(ITEM_WORDS))]
         if any(len(p) == 0 for p in self._pool_by_class):
             raise ConfigError(f"Fashion-MNIST {split} items: some classes have no images; check the idx files")
@@ -203,7 +203,7 @@ class FashionScenes(Dataset):
     def _render_item(self, rng: np.random.Generator, source: int, color: str) -> np.ndarray:
         """The tinted, scaled item cropped to its visible pixels: ``(h, w, 3)`` uint8."""
         side = int(rng.integers(self.side_range[0], self.side_range[1] + 1))
-        gray = self._images[source]
+        gray = self._images[source].numpy()
         interpolation = cv2.INTER_AREA if side < gray.shape[0] else cv2.INTER_LINEAR
         gray = cv2.resize(gray, (side, side), interpolation=interpolation)
         rgb = np.array(COLORS[color], np.uint16)
