@@ -1429,3 +1429,19 @@ def test_without_fcntl_as_on_windows_visattn_imports_and_locks_with_msvcrt(tmp_p
     msvcrt.locking = held
     with pytest.raises(ConfigError, match=r"another fit \(process unknown\) is writing there"):
         claim_folder(tmp_path / "checkpoints", setting="ModelCheckpoint dirpath", task="fit")
+
+
+def test_evaluate_on_an_image_folder_takes_max_pixels(tmp_path, monkeypatch, capsys):
+    """Its skip warning said to raise --max-pixels, which evaluate did not take; other datasets refuse it."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ds" / "Bag").mkdir(parents=True)
+    Image.new("RGB", (40, 30), "white").save(tmp_path / "ds" / "Bag" / "big.png")  # 1200 pixels
+    Image.new("RGB", (20, 20), "white").save(tmp_path / "ds" / "Bag" / "small.png")
+    evaluate = ["evaluate", "--model", CLASSIFIER, "--dataset", "imagefolder:ds", "--json", "--max-pixels"]
+    for limit, counted in [("1199", {"n": 1, "skipped": 1}), ("1200", {"n": 2, "skipped": 0})]:
+        assert main([*evaluate, limit]) == 0
+        metrics = json.loads(capsys.readouterr().out.splitlines()[-1])
+        assert {key: metrics[key] for key in counted} == counted
+    assert main(["evaluate", "--model", CLASSIFIER, "--dataset", "fashion-mnist", "--max-pixels", "5"]) == 2
+    assert capsys.readouterr().err == ("visattn: error: --max-pixels: it limits the image files of a classifier's "
+                                       "imagefolder: dataset, not fashion-mnist; drop it\n")

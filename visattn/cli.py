@@ -130,6 +130,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.pointing_target is not None and args.dataset not in ONE_ITEM_POINTING:
         raise ConfigError(f"--pointing-target: applies to the one-item scenes {' and '.join(ONE_ITEM_POINTING)}, "
                           f"not {args.dataset}; drop it")
+    if args.max_pixels is not None and not (args.dataset.startswith("imagefolder:") and not (detector or captioner)):
+        raise ConfigError(f"--max-pixels: it limits the image files of a classifier's imagefolder: dataset, not "
+                          f"{args.dataset}; drop it")
     args.split = evaluation_split(args.dataset, args.split)
     if detector:
         return cmd_evaluate_detector(args)
@@ -139,7 +142,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.dataset in POINTING_DATASETS:  # single-object scenes: accuracy and the pointing game
         metrics = cmd_evaluate_pointing(classifier, args)
     else:
-        dataset = evaluation_dataset(args.dataset, args.split, classifier.transform(), classifier.class_names)
+        dataset = evaluation_dataset(args.dataset, args.split, classifier.transform(), classifier.class_names,
+                                     max_pixels=max_pixels(args))
         metrics = evaluate_classifier(classifier, dataset, batch_size=args.batch_size,
                                       num_workers=args.num_workers, limit=args.limit)
     print_metrics(classifier.name, args, metrics)
@@ -591,6 +595,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="captioners: rank hypotheses by log p / length ** this (0: unnormalised; default 1)")
     evaluate.add_argument("--img-size", type=int, default=None,
                           help="classifiers: score at this square input size (ViT position embeddings are resampled)")
+    _add_max_pixels(evaluate)
     evaluate.add_argument("--pointing-target", choices=["label", "prediction"], default=None,
                           help="classifiers on fashion-scenes / fashion-mnist-canvas: score the Grad-CAM map of the "
                                "item's class (label, the default, as Zhang et al.'s pointing game does) or of the "

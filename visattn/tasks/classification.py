@@ -23,6 +23,7 @@ from torchvision.transforms import v2
 
 from ..data.fashion_mnist import FASHION_MNIST_CLASSES, FashionMNIST
 from ..data.image_folder import ImageFolder, evaluation_batches, seeded_subset, skipped_images
+from ..data.image_io import DEFAULT_MAX_PIXELS
 from ..data.transforms import (CLASSIFIER_PREPROCESSING, ImageTransform, check_image_batch, default_preprocessing,
                                eval_transform_of, preprocessing_problem, timm_data_config, to_model_input)
 from ..devices import inference_device, model_device
@@ -849,10 +850,12 @@ def load_checkpoint_weights(net: nn.Module, checkpoint: dict[str, Any], path: Pa
 SPLIT_FOLDERS = ("train", "val", "test")
 
 
-def evaluation_dataset(spec: str, split: str, transform: ImageTransform, class_names: Sequence[str]) -> Dataset:
+def evaluation_dataset(spec: str, split: str, transform: ImageTransform, class_names: Sequence[str], *,
+                       max_pixels: int = DEFAULT_MAX_PIXELS) -> Dataset:
     """``fashion-mnist`` (split train|test) or ``imagefolder:DIR``: ``DIR/<split>/<class>/`` when DIR
     has split folders, else ``DIR/<class>/`` (``split`` None). Class folders are matched to ``class_names`` (the
-    classifier's labels, in label order) by name, a ``/`` in a label being ``_`` in its folder name."""
+    classifier's labels, in label order) by name, a ``/`` in a label being ``_`` in its folder name; its image
+    files may declare up to ``max_pixels`` pixels."""
     if spec == "fashion-mnist":
         if split not in ("train", "test"):
             raise ConfigError(f"--split {split}: fashion-mnist has the splits train and test")
@@ -864,7 +867,7 @@ def evaluation_dataset(spec: str, split: str, transform: ImageTransform, class_n
         if splits and split not in splits:
             raise ConfigError(f"--split {split}: {root} has no {split}/ folder; its splits are {', '.join(splits)}")
         folders = [name.replace("/", "_") for name in class_names]
-        return ImageFolder(root / split if splits else root, transform, classes=folders)
+        return ImageFolder(root / split if splits else root, transform, classes=folders, max_pixels=max_pixels)
     raise ConfigError(f"--dataset {spec}: a classifier is scored on fashion-mnist or imagefolder:DIR (and, by "
                       "`visattn evaluate`, on the pointing scenes fashion-scenes, fashion-mnist-canvas, fashion-mnist-pairs)")
 
