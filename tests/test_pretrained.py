@@ -1136,7 +1136,8 @@ def test_models_built_for_a_checkpoint_read_no_starting_weights(recwarn):
 
 
 def test_an_installed_wheel_carries_every_package_and_the_shipped_weights(tmp_path):
-    """The wheel held no weights: an installed (not editable) visattn listed none and said to reinstall."""
+    """The wheel held no weights: an installed (not editable) visattn listed none and said to reinstall. It saves the
+    user's weights in their data folder, not into the installed package."""
     import shutil
     import subprocess
     import sys
@@ -1158,14 +1159,15 @@ def test_an_installed_wheel_carries_every_package_and_the_shipped_weights(tmp_pa
     probe = ("import importlib, sys; sys.meta_path = [f for f in sys.meta_path if '__editable__' not in f.__module__]; "
              "import visattn, visattn.pretrained as p; "
              f"print(*[importlib.import_module(m).__file__ for m in {packages}], sep='\\n'); "
-             "print(visattn.__file__, p.weights_dir(), visattn.list_pretrained(), sep='\\n'); "
+             "print(visattn.__file__, p.shipped_weights_dir(), p.weights_dir(), visattn.list_pretrained(), sep='\\n'); "
              "visattn.create_model('se_resnet20_cifar.fmnist')")
     env = {k: v for k, v in os.environ.items() if k != "VISATTN_WEIGHTS"}
-    found = subprocess.run([sys.executable, "-c", probe], env={**env, "PYTHONPATH": str(tmp_path / "site")},
+    env.update(PYTHONPATH=str(tmp_path / "site"), XDG_DATA_HOME=str(tmp_path / "data"))
+    found = subprocess.run([sys.executable, "-c", probe], env=env,
                            cwd=tmp_path, check=True, capture_output=True, text=True).stdout.splitlines()
     site = tmp_path / "site" / "visattn"
     assert found[:-1] == [*(str(site / m[8:] / "__init__.py") for m in packages), str(site / "__init__.py"),
-                          str(site / "weights")]
+                          str(site / "weights"), str(tmp_path / "data" / "visattn" / "weights")]
     assert found[-1] == str(sorted(json.loads((repo / "weights" / "index.json").read_text())))
 
 
