@@ -1445,3 +1445,23 @@ def test_evaluate_on_an_image_folder_takes_max_pixels(tmp_path, monkeypatch, cap
     assert main(["evaluate", "--model", CLASSIFIER, "--dataset", "fashion-mnist", "--max-pixels", "5"]) == 2
     assert capsys.readouterr().err == ("visattn: error: --max-pixels: it limits the image files of a classifier's "
                                        "imagefolder: dataset, not fashion-mnist; drop it\n")
+
+
+@pytest.mark.parametrize("error", [MemoryError(), RuntimeError("[enforce fail at alloc_cpu.cpp:121] data. "
+                                                                "DefaultCPUAllocator: can't allocate memory: you tried "
+                                                                "to allocate 3070000000 bytes. Error code 12")])
+def test_running_out_of_memory_is_one_line(error, monkeypatch, capsys):
+    """A detector's --attention-out on an 8000x6000 photo ended in the allocator's traceback."""
+    from visattn import cli
+
+    def exhausted(args):
+        raise error
+
+    monkeypatch.setattr(cli, "cmd_models", exhausted)
+    assert main(["models"]) == 1
+    assert capsys.readouterr().err == ("visattn: error: out of memory; give fewer or smaller images at once "
+                                       "(--batch-size 1, or photos resized first), a higher --score-threshold for "
+                                       "--attention-out, or --device cpu\n")
+    monkeypatch.setattr(cli, "cmd_models", lambda args: (_ for _ in ()).throw(RuntimeError("a bug")))
+    with pytest.raises(RuntimeError, match="a bug"):  # any other RuntimeError keeps its traceback
+        main(["models"])

@@ -781,6 +781,17 @@ def _run(argv: list[str]) -> int:
         # The last safety net: commands name the option and the fix first (visattn.fileio.output_errors).
         print(f"visattn: error: {one_line(f'{err.filename}: {err.strerror or err}')}", file=sys.stderr)
         return 2
+    except (MemoryError, RuntimeError) as err:  # torch's allocators raise RuntimeError (OutOfMemoryError on CUDA)
+        if not _out_of_memory(err):
+            raise
+        print("visattn: error: out of memory; give fewer or smaller images at once (--batch-size 1, or photos "
+              "resized first), a higher --score-threshold for --attention-out, or --device cpu", file=sys.stderr)
+        return 1
+
+
+def _out_of_memory(err: BaseException) -> bool:
+    return (isinstance(err, (MemoryError, torch.OutOfMemoryError))
+            or "can't allocate memory" in str(err) or "out of memory" in str(err).lower())
 
 
 def _stdout_to_devnull() -> None:

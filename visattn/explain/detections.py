@@ -91,10 +91,16 @@ def detection_saliency(model: nn.Module, images: list[Tensor], *, min_score: flo
         detections = _scoring(model(inputs), min_score)
         maps = []
         for pixels, found in zip(inputs, detections):
-            gradients = [torch.autograd.grad(score, pixels, retain_graph=True)[0] for score in found["scores"]]
-            maps.append(torch.stack([(g * pixels).sum(dim=0).abs() for g in gradients]).detach() if gradients
-                        else pixels.new_zeros((0, *pixels.shape[-2:])))
+            # each (3, H, W) gradient reduced to its (H, W) map at once: kept for every detection, a photo's
+            # gradients had taken gigabytes (93 detections of a 12 MP photo: 13 GB)
+            image_maps = [_gradient_times_input(score, pixels) for score in found["scores"]]
+            maps.append(torch.stack(image_maps) if image_maps else pixels.new_zeros((0, *pixels.shape[-2:])))
     return [{k: v.detach() for k, v in found.items()} for found in detections], maps
+
+
+def _gradient_times_input(score: Tensor, pixels: Tensor) -> Tensor:
+    gradient = torch.autograd.grad(score, pixels, retain_graph=True)[0]  # (3, H, W)
+    return (gradient * pixels).sum(dim=0).abs().detach()  # (H, W)
 
 
 def _scoring(detections: Detections, min_score: float) -> Detections:
