@@ -792,10 +792,12 @@ def test_every_data_modules_loaders_pickle_for_spawned_workers(tmp_path):
 @needs_fashion_mnist
 def test_spawned_workers_share_the_fashion_mnist_images_instead_of_copying_them():
     """Each spawned worker (macOS, Windows) received a copy of the split's arrays: 47 MB of training images."""
-    import torch.multiprocessing  # noqa: F401 -- registers the tensor reductions DataLoader workers are sent with
     from multiprocessing.reduction import ForkingPickler
+
+    from torch.multiprocessing.reductions import init_reductions
 
     from visattn.data.scenes import FashionScenes
 
+    init_reductions()  # the tensor reductions DataLoader workers are sent with (torch.multiprocessing does this)
     assert len(ForkingPickler.dumps(FashionMNIST("train"))) < 10_000
     assert len(ForkingPickler.dumps(FashionScenes("val", num_scenes=2))) < 200_000  # the item pools' indices
