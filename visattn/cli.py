@@ -23,7 +23,8 @@ from .devices import DEVICE_CHOICES, MAX_WORKERS_PER_CPU, max_workers
 from .errors import (ONE_LINE_WARNINGS_ENV, ArgumentError, ConfigError, VisattnError, error_line, one_line,
                      one_line_showwarning)
 from .pretrained import WEIGHTS_SUFFIXES, weights_dir
-from .registry import create_model, list_models, list_pretrained, model_arguments, model_family, split_model_name
+from .registry import (HUB_PREFIXES, create_model, list_models, list_pretrained, model_arguments, model_family,
+                       split_model_name)
 
 if TYPE_CHECKING:  # commands import what they use when they run, so `visattn --help` starts fast
     from .data.scenes import FashionScenes
@@ -418,7 +419,7 @@ def weights_tag(text: str) -> str:
 def model_name(text: str) -> str:
     """argparse type for --model: a registered name or ARCH.TAG; a file, a timm: or a hub name is told which
     option takes it."""
-    hub = next((prefix for prefix in ("timm:", "hf-hub:", "hf_hub:") if text.startswith(prefix)), None)
+    hub = next((prefix for prefix in ("timm:", *HUB_PREFIXES) if text.startswith(prefix)), None)
     if hub:  # checked before files: a hub name has a slash (it had been called a file)
         raise argparse.ArgumentTypeError(
             f"{text!r}: {hub} names go in a `visattn fit` config (a classifier's model_name, a captioner's "

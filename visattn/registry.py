@@ -70,6 +70,10 @@ def model_task(name: str) -> str:
     return {"detection": "detection", "show_attend_tell": "captioning"}.get(family, "classification")
 
 
+# The hub repositories timm builds models from by name (timm:hf-hub:ORG/REPO), spelled either way.
+HUB_PREFIXES = ("hf-hub:", "hf_hub:")
+
+
 def _resolve_arch(name: str, *, tag: Optional[str] = None) -> str:
     """``name`` if registered; otherwise UnknownModelError naming up to 3 close architectures (``tag``:
     the ``.TAG`` the name carried, so that architectures shipping those weights come first)."""
@@ -81,7 +85,7 @@ def _resolve_arch(name: str, *, tag: Optional[str] = None) -> str:
         raise UnknownModelError(f"{name!r}: create_model builds visattn's registered models; build a timm model with "
                                 f"visattn.tasks.classification.build_classifier({name!r}, num_classes) (or "
                                 "timm.create_model), or train one with model_name timm:NAME in a config")
-    if name.startswith(("hf-hub:", "hf_hub:")):  # ORG/REPO[.TAG] was read as ARCH.TAG
+    if name.startswith(HUB_PREFIXES):  # ORG/REPO[.TAG] was read as ARCH.TAG
         name = name if tag is None else f"{name}.{tag}"
         raise UnknownModelError(f"{name!r}: a hub model is built by timm: name it 'timm:{name}' (a config's "
                                 f"model_name, or build_classifier), or load hub weights into a visattn architecture "
@@ -112,7 +116,7 @@ def check_timm_name(name: str) -> None:
     weights fetch took it for the network."""
     import timm
 
-    if name.startswith(("hf-hub:", "hf_hub:", "local-dir:")):  # timm finds these itself
+    if name.startswith((*HUB_PREFIXES, "local-dir:")):  # timm finds these itself
         return
     arch = timm.models.get_arch_name(name)
     if not timm.models.is_model(arch):

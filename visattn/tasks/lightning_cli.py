@@ -41,7 +41,6 @@ import errno
 import glob
 import importlib
 import inspect
-import itertools
 import json
 import logging
 import math
@@ -74,7 +73,7 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from ..data.datamodules import SplitLoadersMixin
 from ..data.image_folder import image_files_of
 from ..errors import ConfigError, VisattnError, VisattnWarning, WeightsError, keyword_names
-from ..fileio import atomic_path, claim_folder, prepare_output_dir, refuse_replacing_others_files
+from ..fileio import atomic_path, claim_folder, prepare_output_dir, refuse_replacing_others_files, unique_paths
 from ..pretrained import check_state_dict, checkpoint_follows, scored_as_built
 from ..registry import split_model_name
 from .classification import EDITED_CHECKPOINT, read_checkpoint
@@ -1150,9 +1149,9 @@ class SaveConfigBesideEarlier(SaveConfigCallback):
         if not self.already_saved and self.save_to_log_dir:
             folder = Path(trainer.log_dir)  # broadcast by Lightning: every process names the same file
             free = None
-            if trainer.is_global_zero:
-                names = (f"config-{n}.yaml" if n > 1 else "config.yaml" for n in itertools.count(1))
-                free = next(name for name in names if not (folder / name).exists())
+            if trainer.is_global_zero:  # numbered as the commands number their outputs
+                taken = {path.name.casefold() for path in folder.iterdir()} if folder.is_dir() else set()
+                free = unique_paths(folder, "config", taken, suffix=".yaml")[0].name
             self.config_filename = trainer.strategy.broadcast(free)
         super().setup(trainer, pl_module, stage)
 
