@@ -774,14 +774,17 @@ def test_every_data_modules_loaders_pickle_for_spawned_workers(tmp_path):
     karpathy, karpathy_images = write_karpathy(tmp_path / "karpathy")
     coco, coco_images = write_coco_instances(tmp_path / "coco")
     scenes = {"num_train": 4, "num_val": 2, "num_test": 2, "canvas_size": 32}
-    modules = [FashionMNISTDataModule(limit=8, img_size=28), ImageFolderDataModule(str(write_image_folder(
-                   tmp_path / "folder")), img_size=16),
-               KarpathyCaptionDataModule(str(karpathy), str(karpathy_images), img_size=8, min_count=1),
-               CocoDetectionDataModule(str(coco), str(coco_images), val_annotations=str(coco)),
-               FashionScenesCaptionDataModule(img_size=32, **scenes), FashionScenesDetectionDataModule(**scenes)]
+    kept = {"persistent_workers": True}  # training workers too: their dataset is wrapped to reseed them
+    modules = [FashionMNISTDataModule(limit=8, img_size=28, **kept), ImageFolderDataModule(str(write_image_folder(
+                   tmp_path / "folder")), img_size=16, **kept),
+               KarpathyCaptionDataModule(str(karpathy), str(karpathy_images), img_size=8, min_count=1, **kept),
+               CocoDetectionDataModule(str(coco), str(coco_images), val_annotations=str(coco), **kept),
+               FashionScenesCaptionDataModule(img_size=32, **scenes, **kept),
+               FashionScenesDetectionDataModule(**scenes, **kept)]
     for module in modules:
         module.setup("fit")
         for split, loader in (("train", module.train_dataloader()), ("val", module.val_dataloader())):
+            assert loader.persistent_workers, (module, split)
             dataset, collate, init = pickle.loads(pickle.dumps((loader.dataset, loader.collate_fn,
                                                                  loader.worker_init_fn)))
             assert type(dataset) is type(loader.dataset) and len(dataset) == len(loader.dataset), module

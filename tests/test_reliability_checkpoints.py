@@ -590,7 +590,10 @@ def test_ctrl_c_after_a_checkpoint_says_how_to_resume(in_tmp, monkeypatch, capfd
 
 
 class _AugmentedImages(torch.utils.data.Dataset):
-    """Eight images through a fresh training transform: its draws are all that varies."""
+    """Eight images through a fresh training transform: its draws are all that varies. ``other_draws``
+    adds a draw from each random module a dataset may use (a caption dataset picks a caption with torch)."""
+
+    other_draws = False
 
     def __init__(self) -> None:
         import numpy as np
@@ -604,45 +607,69 @@ class _AugmentedImages(torch.utils.data.Dataset):
         return len(self.images)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        return self.transform(self.images[index])
+        image = self.transform(self.images[index]).flatten().float()
+        if not self.other_draws:
+            return image
+        import random
+
+        import numpy as np
+
+        return torch.cat([image, torch.rand(1), torch.tensor([np.random.rand(), random.random()])])
 
 
-def _augmented_train_loader(workers: int) -> torch.utils.data.DataLoader:
+def _augmented_train_loader(workers: int, persistent: bool = False) -> torch.utils.data.DataLoader:
     """The training DataLoader a data module builds (the mixin's), over new objects as a new process has."""
     from lightning.fabric.utilities.data import AttributeDict
 
     from visattn.data.datamodules import SplitLoadersMixin
 
     class Module(SplitLoadersMixin):
-        hparams = AttributeDict(batch_size=2, num_workers=workers, augment=True)
+        hparams = AttributeDict(batch_size=2, num_workers=workers, augment=True, persistent_workers=persistent)
 
     module = Module()
     module.datasets = {"train": _AugmentedImages()}
     return module.train_dataloader()
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_augmentation_of_an_epoch_is_the_same_whether_the_epoch_before_ran_in_this_process(workers):
+@pytest.mark.parametrize("workers, persistent", [(0, False), (2, False), (2, True)])
+def test_augmentation_of_an_epoch_is_the_same_whether_the_epoch_before_ran_in_this_process(workers, persistent):
     torch.manual_seed(0)
-    loader = _augmented_train_loader(workers)
+    loader = _augmented_train_loader(workers, persistent)
     first = torch.cat(list(loader))
     state = torch.get_rng_state()  # what a checkpoint written after the first epoch holds
     second = torch.cat(list(loader))
 
     torch.manual_seed(0)  # a resumed run: seeded alike, new data objects, the random state restored
-    loader = _augmented_train_loader(workers)
+    loader = _augmented_train_loader(workers, persistent)
     torch.set_rng_state(state)
     resumed = torch.cat(list(loader))
     # (In the main process a new pipeline drew the first epoch's augmentations again; persistent
-    # workers carried their random states over from the first epoch, which new ones start without.)
+    # workers not reseeded carried their random states over from the first epoch.)
     torch.testing.assert_close(resumed, second, rtol=0, atol=0)
     assert not torch.equal(first, second)
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_a_resumed_run_with_augmentation_reaches_the_uninterrupted_runs_weights(tmp_path, monkeypatch, workers):
+def test_persistent_training_workers_draw_each_epoch_what_new_workers_draw(monkeypatch):
+    from lightning.fabric.utilities.seed import pl_worker_init_function
+
+    monkeypatch.setattr(_AugmentedImages, "other_draws", True)
+    epochs = {}
+    for persistent in (False, True):
+        torch.manual_seed(0)
+        loader = _augmented_train_loader(2, persistent)
+        loader.worker_init_fn = pl_worker_init_function  # as Lightning sets it under seed_everything(workers=True)
+        epochs[persistent] = [torch.cat(list(loader)) for _ in range(3)]
+        assert loader.persistent_workers is persistent
+    for new, kept in zip(epochs[False], epochs[True]):
+        torch.testing.assert_close(kept, new, rtol=0, atol=0)  # the shuffle and every draw
+    assert not torch.equal(epochs[True][1], epochs[True][2])
+
+
+@pytest.mark.parametrize("workers, persistent", [(0, False), (2, False), (2, True)])
+def test_a_resumed_run_with_augmentation_reaches_the_uninterrupted_runs_weights(tmp_path, monkeypatch, workers,
+                                                                               persistent):
     run = ["--trainer.max_epochs", "2", "--data.init_args.augment", "true",
-           "--data.init_args.num_workers", str(workers)]
+           "--data.init_args.num_workers", str(workers), "--data.init_args.persistent_workers", str(persistent)]
     uninterrupted, interrupted = _straight_and_interrupted_runs(tmp_path, monkeypatch, run)
     assert _fit(*run, "--ckpt_path", "last") == 0
 

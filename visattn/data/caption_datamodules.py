@@ -204,6 +204,8 @@ class FashionScenesCaptionDataModule(_CaptionDataModule):
     Args:
         batch_size: samples per batch.
         num_workers: DataLoader worker processes (0 loads in the main process).
+        persistent_workers: keep the training workers from epoch to epoch instead of starting new ones
+            (seconds an epoch under spawn, as on macOS and Windows); they draw what new ones would.
         canvas_size: side of the generated scenes in pixels.
         img_size: side of the square images the model takes; default: ``canvas_size``.
         num_train: training scenes.
@@ -230,6 +232,7 @@ class FashionScenesCaptionDataModule(_CaptionDataModule):
         *,
         batch_size: int = 64,
         num_workers: int = 2,
+        persistent_workers: bool = False,
         canvas_size: int = 64,
         img_size: int | None = None,
         num_train: int = 20000,
@@ -282,6 +285,8 @@ class KarpathyCaptionDataModule(_CaptionDataModule):
         images_dir: the images folder (Karpathy ``filepath`` and COCO ``file_name`` are relative to it).
         batch_size: samples per batch.
         num_workers: DataLoader worker processes (0 loads in the main process).
+        persistent_workers: keep the training workers from epoch to epoch instead of starting new ones
+            (seconds an epoch under spawn, as on macOS and Windows); they draw what new ones would.
         img_size: side of the square images the model takes.
         max_caption_len: longest encoded caption, ``<start>`` and ``<end>`` included.
         min_count: words seen fewer times in the training captions become ``<unk>``.
@@ -303,6 +308,7 @@ class KarpathyCaptionDataModule(_CaptionDataModule):
         *,
         batch_size: int = 32,
         num_workers: int = 2,
+        persistent_workers: bool = False,
         img_size: int = 224,
         max_caption_len: int = 20,
         min_count: int = 5,

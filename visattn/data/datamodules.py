@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import json
+import random
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset, default_collate
+from torch.utils.data._utils.worker import _generate_state
 from torch.utils.data.dataloader import _BaseDataLoaderIter, _SingleProcessDataLoaderIter
 
 from ..devices import MAX_WORKERS_PER_CPU, max_workers
@@ -89,10 +91,60 @@ class EpochSeededLoader(DataLoader):
     from the base seed torch draws from the main random state for every iterator (a worker's seed is that
     plus its id), so each epoch's draws depend on the run's random state, not on the epochs before it in
     this process; :class:`~visattn.data.transforms.ImageTransform` reseeds from it at the epoch's first call.
+
+    Persistent workers over a :class:`WorkerReseeded` dataset are seeded the same way: from the second
+    epoch on, the loader draws the base seed a new iterator would draw and the workers reseed from it,
+    then run the ``worker_init_fn`` (Lightning's reseeds them again under ``seed_everything(workers=True)``),
+    so they draw what new workers would.
     """
+
+    def __iter__(self) -> _BaseDataLoaderIter:
+        reseeded = self.dataset if self.persistent_workers and isinstance(self.dataset, WorkerReseeded) else None
+        if reseeded is not None and self._iterator is None:
+            reseeded.worker_init_fn = self.worker_init_fn  # set after construction by Lightning; workers copy it
+        elif reseeded is not None:
+            reseeded.epoch_seed.fill_(torch.empty((), dtype=torch.int64).random_(generator=self.generator))
+        return super().__iter__()
 
     def _get_iterator(self) -> _BaseDataLoaderIter:
         return _EpochSeededIterator(self) if self.num_workers == 0 else super()._get_iterator()
+
+
+class WorkerReseeded(Dataset):
+    """``dataset`` for persistent DataLoader workers, which reseed ``random``, numpy and torch as torch
+    seeds a new worker, and run ``worker_init_fn`` as a new worker does, whenever the loader sets
+    ``epoch_seed`` (shared memory) to another base seed.
+
+    A new worker is seeded once, from its iterator's base seed; a persistent one would carry its random
+    states from epoch to epoch, which a run resumed at an epoch's end starts without.
+    """
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+        self.epoch_seed = torch.full((), -1, dtype=torch.int64).share_memory_()  # -1: the first epoch's own seeds
+        self._seeded_from = -1
+        self.worker_init_fn: Optional[Callable[[int], None]] = None
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> Any:
+        base_seed = int(self.epoch_seed)
+        if base_seed != self._seeded_from:
+            self._seeded_from = base_seed
+            self._seed_as_new_worker(base_seed)
+        return self.dataset[index]
+
+    def _seed_as_new_worker(self, base_seed: int) -> None:
+        """This worker's random states as torch's worker loop sets them in a new worker of ``base_seed``."""
+        worker = torch.utils.data.get_worker_info()
+        if worker is None:  # read in the main process, whose random states are the run's
+            return
+        random.seed(base_seed + worker.id)
+        torch.manual_seed(base_seed + worker.id)
+        np.random.seed(_generate_state(base_seed, worker.id))
+        if self.worker_init_fn is not None:
+            self.worker_init_fn(worker.id)
 
 
 class _EpochSeededIterator(_SingleProcessDataLoaderIter):
@@ -114,10 +166,9 @@ class SplitLoadersMixin:
     a batch of only broken files is ``None``, which the tasks' steps skip.
 
     Augmentation draws from the seed torch draws for each epoch's DataLoader iterator (:class:`EpochSeededLoader`),
-    so a run resumed at an epoch's end draws what the uninterrupted run drew. Training workers therefore
-    start afresh each epoch (only evaluation workers persist): persistent ones would carry their random
-    states from epoch to epoch, which a resumed run starts without, and skip the base-seed draw of later
-    epochs, which the resumed run's first epoch makes (its shuffle would differ).
+    so a run resumed at an epoch's end draws what the uninterrupted run drew. Evaluation workers persist;
+    training workers persist when ``hparams.persistent_workers`` says so, reseeded each epoch as new
+    ones are (:class:`WorkerReseeded`), and otherwise start afresh each epoch.
 
     Under several processes (DDP) validation and test split their data between the processes without
     repeating a sample (:meth:`_evaluation_sampler`), so each sample is scored once, as in one process;
@@ -205,8 +256,9 @@ class SplitLoadersMixin:
         if not train:
             for_evaluation(dataset)
         workers = self.hparams.num_workers
+        persistent = workers > 0 and (not train or self.hparams.get("persistent_workers", False))
         return EpochSeededLoader(
-            dataset,
+            WorkerReseeded(dataset) if persistent and train else dataset,
             batch_size=self.hparams.batch_size,
             shuffle=train,
             sampler=self._evaluation_sampler(dataset, split) if evaluation else None,
@@ -214,7 +266,7 @@ class SplitLoadersMixin:
             drop_last=train and len(dataset) > self.hparams.batch_size,
             collate_fn=functools.partial(collate_present, collate=self.collate_fn or default_collate),
             num_workers=workers,
-            persistent_workers=workers > 0 and not train,
+            persistent_workers=persistent,
             pin_memory=torch.cuda.is_available(),
         )
 
@@ -343,6 +395,8 @@ class FashionMNISTDataModule(_ClassificationDataModule):
     Args:
         batch_size: samples per batch.
         num_workers: DataLoader worker processes (0 loads in the main process).
+        persistent_workers: keep the training workers from epoch to epoch instead of starting new ones
+            (seconds an epoch under spawn, as on macOS and Windows); they draw what new ones would.
         img_size: side of the square images the model takes (the 28x28 images are resized).
         mean: per-channel normalisation mean (default: Fashion-MNIST's own statistics).
         std: per-channel normalisation standard deviation.
@@ -360,6 +414,7 @@ class FashionMNISTDataModule(_ClassificationDataModule):
         *,
         batch_size: int = 128,
         num_workers: int = 2,
+        persistent_workers: bool = False,
         img_size: int = 28,
         mean: Sequence[float] = FASHION_MNIST_MEAN,
         std: Sequence[float] = FASHION_MNIST_STD,
@@ -400,6 +455,8 @@ class ImageFolderDataModule(_ClassificationDataModule):
         test_root: test images in the same layout; needed only for ``test`` and ``predict``.
         batch_size: samples per batch.
         num_workers: DataLoader worker processes (0 loads in the main process).
+        persistent_workers: keep the training workers from epoch to epoch instead of starting new ones
+            (seconds an epoch under spawn, as on macOS and Windows); they draw what new ones would.
         img_size: side of the square images the model takes.
         mean: per-channel normalisation mean (default: ImageNet's).
         std: per-channel normalisation standard deviation.
@@ -427,6 +484,7 @@ class ImageFolderDataModule(_ClassificationDataModule):
         test_root: str | None = None,
         batch_size: int = 128,
         num_workers: int = 2,
+        persistent_workers: bool = False,
         img_size: int = 224,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,

@@ -521,6 +521,8 @@ class FashionScenesDetectionDataModule(_DetectionDataModule):
     Args:
         batch_size: samples per batch.
         num_workers: DataLoader worker processes (0 loads in the main process).
+        persistent_workers: keep the training workers from epoch to epoch instead of starting new ones
+            (seconds an epoch under spawn, as on macOS and Windows); they draw what new ones would.
         canvas_size: side of the generated scenes in pixels.
         num_train: training scenes.
         num_val: validation scenes.
@@ -537,6 +539,7 @@ class FashionScenesDetectionDataModule(_DetectionDataModule):
         *,
         batch_size: int = 32,
         num_workers: int = 2,
+        persistent_workers: bool = False,
         canvas_size: int = 64,
         num_train: int = 20000,
         num_val: int = 500,
@@ -590,6 +593,8 @@ class CocoDetectionDataModule(_DetectionDataModule):
         test_images_dir: the test images folder; default: ``images_dir``.
         batch_size: samples per batch.
         num_workers: DataLoader worker processes (0 loads in the main process).
+        persistent_workers: keep the training workers from epoch to epoch instead of starting new ones
+            (seconds an epoch under spawn, as on macOS and Windows); they draw what new ones would.
         augment: flip, zoom, shift and colour-jitter training images (boxes follow).
     """
 
@@ -604,6 +609,7 @@ class CocoDetectionDataModule(_DetectionDataModule):
         test_images_dir: str | None = None,
         batch_size: int = 8,
         num_workers: int = 2,
+        persistent_workers: bool = False,
         augment: bool = True,
     ) -> None:
         super().__init__()

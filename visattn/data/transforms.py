@@ -93,8 +93,9 @@ class ImageTransform:
 
     The random state is re-seeded on the first call of each random stream: in a DataLoader's
     single-process iterator, from that iterator's seed (:class:`AugmentationStream`); elsewhere
-    once per process from ``torch.initial_seed()``, which a DataLoader worker's is (its iterator's
-    base seed plus its id, unless a ``worker_init_fn`` reseeds it). So workers draw different
+    from ``torch.initial_seed()`` whenever the process's is new, which a DataLoader worker's is (its
+    iterator's base seed plus its id, unless a ``worker_init_fn`` reseeds it; a persistent worker's
+    each epoch, :class:`~visattn.data.datamodules.WorkerReseeded`). So workers draw different
     augmentations, ``lightning.seed_everything`` makes runs repeatable, and an epoch's draws
     depend on the seed its iterator drew, not on the epochs before it in this process.
 
@@ -103,14 +104,14 @@ class ImageTransform:
             ``ToTensorV2`` is appended, so the result is a CHW tensor.
     """
 
-    _seeded_for: object = None  # the stream (or process id) the pipeline was last seeded for
+    _seeded_for: object = None  # the stream (or process id and torch seed) the pipeline was last seeded for
 
     def __init__(self, transforms: Sequence[A.BasicTransform]) -> None:
         self.pipeline = A.Compose([*transforms, ToTensorV2()])
 
     def _seed_once(self) -> None:
         stream = _active_stream.get()
-        key = os.getpid() if stream is None else stream
+        key = (os.getpid(), torch.initial_seed()) if stream is None else stream
         if key != self._seeded_for:
             self.pipeline.set_random_seed((torch.initial_seed() if stream is None else stream.seed) % 2**32)
             self._seeded_for = key
