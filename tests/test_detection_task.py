@@ -444,6 +444,51 @@ def test_fcos_saliency_holds_one_pixel_gradient_at_a_time(monkeypatch):
     assert max(alive) == 0
 
 
+@pytest.mark.parametrize("name, tolerance", [("fcos_resnet20_cifar", 1e-6), ("detr_resnet20_cifar", 0.05)])
+def test_detection_maps_shrunk_to_a_longest_side_are_the_full_maps_over_blocks(name, tolerance):
+    """`detect --attention-out` asks for maps at most 512 px on a side: at a 12 MP photo's full pixels they took
+    48 MB a detection (a 16-query DETR: 3.6 GB, and 8000x6000 ran out of memory). Gradient x input is averaged over
+    blocks; DETR's cells are sampled at the smaller image's pixels (within a few percent of the block average,
+    where a block straddles cells or the border)."""
+    import torch.nn.functional as F
+
+    from visattn.explain.detections import detection_maps
+
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=3, pretrained_backbone=False, **TINY[name[:4]]).eval()
+    image = torch.rand(3, 96, 128)
+    found, full = detection_maps(model, [image])
+    shrunk_found, shrunk = detection_maps(model, [image], max_side=32)
+    assert full[0].shape[1:] == (96, 128) and shrunk[0].shape == (len(full[0]), 24, 32) and len(full[0]) >= 2
+    torch.testing.assert_close(shrunk_found[0]["boxes"], found[0]["boxes"], rtol=0, atol=0)
+    averaged = F.interpolate(full[0][:, None], size=(24, 32), mode="area")[:, 0]
+    assert (shrunk[0] - averaged).abs().max() <= tolerance * full[0].abs().max()
+    torch.testing.assert_close(detection_maps(model, [image], max_side=128)[1][0], full[0], rtol=0, atol=0)
+
+
+@needs_fashion_mnist
+def test_attention_panels_of_a_large_photo_are_drawn_from_maps_at_most_512_px(tmp_path, monkeypatch, capsys):
+    from PIL import Image
+
+    from visattn.data.scenes import FashionScenes
+    from visattn.explain import overlay
+
+    Image.fromarray(FashionScenes("test", num_scenes=1)[0].image).resize((1200, 900)).save(tmp_path / "big.png")
+    drawn = []
+    panels = overlay.word_panels_figure
+
+    def recorded(image, titles, maps, **kwargs):
+        drawn.append((image.shape[:2], {m.shape for m in maps}))
+        return panels(image, titles, maps, **kwargs)
+
+    monkeypatch.setattr(overlay, "word_panels_figure", recorded)
+    assert main(["detect", str(tmp_path / "big.png"), "--model", "detr_se_resnet20_cifar.scenes", "--score-threshold",
+                 "0", "--attention-out", str(tmp_path / "panels"), "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert len(record["detections"]) == 16 and Path(record["attention"]).is_file()
+    assert drawn == [((384, 512), {(384, 512)})]
+
+
 def test_evaluate_on_annotations_whose_boxes_are_all_invalid_is_one_line_not_map_minus_one(tmp_path, capsys):
     """`require_boxes` counted the boxes before the pipelines dropped them, and `evaluate` printed map -1.0.
     Evaluation scores boxes as annotated (outside the image, zero-area, as COCOeval does): only inverted ones go."""

@@ -10,15 +10,17 @@
   Zisserman, "Deep Inside Convolutional Networks", ICLR 2014 workshop (arXiv:1312.6034).
 
 Both take torchvision-API detectors on ``(3, H, W)`` images in 0..1; each detection's map is at its
-image's size.
+image's size, or at most ``max_side`` pixels on its longer side (to draw it: a 12 MP photo's maps take
+48 MB a detection at its full size).
 """
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from ..errors import ConfigError
 from ..models.detection import detect_by_size
@@ -33,27 +35,37 @@ def has_decoder_attention(model: nn.Module) -> bool:
     return hasattr(getattr(model, "transformer", None), "decoder")
 
 
-def detection_maps(model: nn.Module, images: list[Tensor], *, min_score: float = 0.0) -> tuple[Detections, list[Tensor]]:
+def detection_maps(model: nn.Module, images: list[Tensor], *, min_score: float = 0.0,
+                   max_side: Optional[int] = None) -> tuple[Detections, list[Tensor]]:
     """Detections of ``model`` in eval mode scoring at least ``min_score`` (as ``model(images)`` gives
-    them) and, per image, the maps ``(D, H, W)`` of its ``D`` detections at that image's size: the
-    query's cross-attention of a DETR-style detector, else gradient × input of the detection's score."""
+    them) and, per image, the maps ``(D, H, W)`` of its ``D`` detections at that image's size (shrunk to
+    :func:`map_size` with ``max_side``): the query's cross-attention of a DETR-style detector, else
+    gradient × input of the detection's score."""
     if has_decoder_attention(model):
-        return detection_attention(model, images, min_score=min_score)
-    return detection_saliency(model, images, min_score=min_score)
+        return detection_attention(model, images, min_score=min_score, max_side=max_side)
+    return detection_saliency(model, images, min_score=min_score, max_side=max_side)
 
 
-def detection_attention(model: nn.Module, images: list[Tensor], *, min_score: float = 0.0) -> tuple[Detections, list[Tensor]]:
+def map_size(image_size: tuple[int, int], max_side: Optional[int] = None) -> tuple[int, int]:
+    """``image_size`` ``(H, W)`` scaled so that its longer side is at most ``max_side`` (None: as it is)."""
+    scale = 1.0 if max_side is None else min(1.0, max_side / max(image_size))
+    return max(1, round(image_size[0] * scale)), max(1, round(image_size[1] * scale))
+
+
+def detection_attention(model: nn.Module, images: list[Tensor], *, min_score: float = 0.0,
+                        max_side: Optional[int] = None) -> tuple[Detections, list[Tensor]]:
     """A DETR-style detector's detections and each one's last-decoder-layer cross-attention, averaged
     over heads (each sums to 1 over the feature grid before resizing); see :func:`detection_maps`."""
     if not has_decoder_attention(model):
         raise ConfigError(f"{type(model).__name__} has no decoder attention to show; use a DETR-style "
                           "detector (`visattn models 'detr_*'`)")
     # One forward per image size, as the detector itself runs them: the attention read is that forward's.
-    found = detect_by_size(partial(_with_attention, model, min_score=min_score), images)
+    found = detect_by_size(partial(_with_attention, model, min_score=min_score, max_side=max_side), images)
     return [{k: v for k, v in f.items() if k != "attention"} for f in found], [f["attention"] for f in found]
 
 
-def _with_attention(model: nn.Module, images: list[Tensor], *, min_score: float) -> Detections:
+def _with_attention(model: nn.Module, images: list[Tensor], *, min_score: float,
+                    max_side: Optional[int]) -> Detections:
     """:func:`detection_attention` of same-size images, each detection's map under ``"attention"``."""
     attention = model.transformer.decoder[-1].cross_attn
     seen: dict[str, Any] = {}
@@ -72,13 +84,15 @@ def _with_attention(model: nn.Module, images: list[Tensor], *, min_score: float)
             hook.remove()
     rows, cols = seen["grid"]
     grids = [image_probs[found["queries"]].view(-1, rows, cols) for image_probs, found in zip(probs, detections)]
-    maps = _on_images(grids, seen["batch"], images, model.backbone)
+    maps = _on_images(grids, seen["batch"], images, model.backbone, max_side)
     return [{**found, "attention": image_maps} for found, image_maps in zip(detections, maps)]
 
 
-def detection_saliency(model: nn.Module, images: list[Tensor], *, min_score: float = 0.0) -> tuple[Detections, list[Tensor]]:
+def detection_saliency(model: nn.Module, images: list[Tensor], *, min_score: float = 0.0,
+                       max_side: Optional[int] = None) -> tuple[Detections, list[Tensor]]:
     """A detector's detections and each one's gradient × input map ``|Σ_c x_c ∂s/∂x_c|`` over its
-    image's 0..1 pixels ``x``, for its score ``s``; see :func:`detection_maps`.
+    image's 0..1 pixels ``x``, for its score ``s``, averaged over blocks of pixels when shrunk by
+    ``max_side``; see :func:`detection_maps`.
 
     One backward pass per detection scoring at least ``min_score``. Grad-CAM was tried and left out:
     on the shipped FCOS (87 detections of 40 test scenes) its maps peaked in their detection's box
@@ -93,8 +107,9 @@ def detection_saliency(model: nn.Module, images: list[Tensor], *, min_score: flo
         for pixels, found in zip(inputs, detections):
             # each (3, H, W) gradient reduced to its (H, W) map at once: kept for every detection, a photo's
             # gradients had taken gigabytes (93 detections of a 12 MP photo: 13 GB)
-            image_maps = [_gradient_times_input(score, pixels) for score in found["scores"]]
-            maps.append(torch.stack(image_maps) if image_maps else pixels.new_zeros((0, *pixels.shape[-2:])))
+            size = map_size(tuple(pixels.shape[-2:]), max_side)
+            image_maps = [_shrunk(_gradient_times_input(score, pixels), size) for score in found["scores"]]
+            maps.append(torch.stack(image_maps) if image_maps else pixels.new_zeros((0, *size)))
     return [{k: v.detach() for k, v in found.items()} for found in detections], maps
 
 
@@ -103,19 +118,25 @@ def _gradient_times_input(score: Tensor, pixels: Tensor) -> Tensor:
     return (gradient * pixels).sum(dim=0).abs().detach()  # (H, W)
 
 
+def _shrunk(heat: Tensor, size: tuple[int, int]) -> Tensor:
+    """An ``(H, W)`` map averaged over blocks to ``size`` (itself at its own size)."""
+    return heat if tuple(heat.shape) == size else F.interpolate(heat[None, None], size=size, mode="area")[0, 0]
+
+
 def _scoring(detections: Detections, min_score: float) -> Detections:
     return [{k: v[found["scores"] >= min_score] for k, v in found.items()} for found in detections]
 
 
-def _on_images(grids: list[Tensor], batch: Any, images: list[Tensor], backbone: nn.Module) -> list[Tensor]:
+def _on_images(grids: list[Tensor], batch: Any, images: list[Tensor], backbone: nn.Module,
+               max_side: Optional[int] = None) -> list[Tensor]:
     """Each image's ``(D, rows, cols)`` maps over the padded batch ``batch`` (an ``ImageList``) at its own
-    pixels, ``(D, H, W)``: the cells sit where ``backbone``'s do in the padded batch (:func:`map_centres`),
+    pixels, ``(D, H, W)``, or :func:`map_size`'s: the cells sit where ``backbone``'s do in the padded batch (:func:`map_centres`),
     which holds the image resized to ``image_sizes`` in its top-left corner (so a cell the image does not
     fill stays where it was)."""
     padded = tuple(batch.tensors.shape[-2:])
     maps = []
     for grid, (height, width), image in zip(grids, batch.image_sizes, images):
-        size = tuple(image.shape[-2:])
+        size = map_size(tuple(image.shape[-2:]), max_side)
         centres = map_centres(backbone, grid.shape[-2:], padded).scaled(size[0] / height, size[1] / width)
         maps.append(centres.resample(grid.float(), size))
     return maps

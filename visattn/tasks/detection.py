@@ -229,14 +229,15 @@ class Detector:
 
     @torch.inference_mode()
     def detect(self, images: Sequence[Tensor], *, score_threshold: Optional[float] = None,
-               attention: bool = False) -> Detections:
+               attention: bool = False, attention_max_side: Optional[int] = None) -> Detections:
         """Per image ``{"boxes": (M, 4) xyxy pixels, "scores": (M,), "labels": (M,)}`` on the CPU,
         scoring at least ``score_threshold`` (None: the model's own, FCOS's ``score_thresh``, DETR's 0),
         for ``(3, H, W)`` images in 0..1 on any device.
 
         ``attention`` adds ``"attention"`` ``(M, H, W)``: where each detection looked, its query's
         cross-attention for DETR-style detectors, else gradient × input of its score
-        (:func:`visattn.explain.detections.detection_maps`).
+        (:func:`visattn.explain.detections.detection_maps`); ``attention_max_side`` shrinks the maps so
+        that their longer side is at most that many pixels.
         """
         check_unit_images(images)
         # NaN kept every detection from passing, without a word
@@ -250,7 +251,7 @@ class Detector:
         # eval_mode: a detector in training mode wants targets and returns losses
         with eval_mode(self.model), _score_floor_at_most(self.model, score_threshold):
             if attention:
-                detections, maps = detection_maps(self.model, images, min_score=threshold)
+                detections, maps = detection_maps(self.model, images, min_score=threshold, max_side=attention_max_side)
                 detections = [{**d, "attention": m} for d, m in zip(detections, maps)]
             else:
                 detections = self.model(images)
@@ -360,6 +361,9 @@ def evaluate_detector(detector: Detector, batches: Iterable[Batch]) -> dict[str,
 _BOX_COLOURS = ("red", "lime", "deepskyblue", "yellow", "orange", "magenta", "cyan", "white", "pink", "violet")
 _MIN_DRAWN_SIDE = 256  # small images are enlarged before drawing, so the labels stay readable
 _MAX_DRAWN_SIDE = 4096  # ... but not a strip beyond this (a 3000x20 panorama was drawn 39000 px wide)
+# An attention panel is 200 px wide (2 in at 100 dpi); maps at a 12 MP photo's pixels took 48 MB a detection
+# (a 16-query DETR: 3.6 GB and 76 s against 11 s without maps; 8000x6000 ran out of memory).
+_PANEL_SIDE = 512
 
 
 def detect_files(detector: Detector, paths: Sequence[str], *, score_threshold: float = 0.5,
@@ -383,7 +387,8 @@ def detect_files(detector: Detector, paths: Sequence[str], *, score_threshold: f
     files = list_images(list(paths), allow_empty=False, exclude=[out, attention_out])
     targets = _output_targets(files, out=out, attention_out=attention_out)
     failures = 0
-    detect_batch = partial(detector.detect, score_threshold=score_threshold, attention=bool(attention_out))
+    detect_batch = partial(detector.detect, score_threshold=score_threshold, attention=bool(attention_out),
+                           attention_max_side=_PANEL_SIDE)
     results = run_in_batches(files, batch_size, to_tensor, detect_batch, keep_images=bool(out or attention_out),
                              max_pixels=max_pixels)
     for (item, found), drawn, panels in zip(results, targets["--out"], targets["--attention-out"]):
@@ -422,8 +427,18 @@ def _write_drawings(record: dict[str, Any], image: np.ndarray, found: dict[str, 
         fig = None
         if record["detections"]:
             titles = [f"{d['label']} {d['score']:.2f}" for d in record["detections"]]
-            fig = word_panels_figure(image, titles, list(found["attention"].numpy()))
+            maps = found["attention"].numpy()
+            fig = word_panels_figure(_resized(image, maps.shape[-2:]), titles, list(maps))
         record["attention"] = save_panels(fig, panels, flag="--attention-out", folder=panels.parent)
+
+
+def _resized(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """An ``(H, W, 3)`` uint8 image at ``size`` ``(h, w)``."""
+    if image.shape[:2] == tuple(size):
+        return image
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.Resampling.LANCZOS))
 
 
 def detection_records(found: dict[str, Tensor], class_names: Sequence[str]) -> list[dict[str, Any]]:
