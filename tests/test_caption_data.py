@@ -25,8 +25,8 @@ from visattn.data import (
     read_karpathy,
     tokenize,
 )
-from visattn.data.vocab import END, PAD, START, UNK
-from visattn.errors import ConfigError
+from visattn.data.vocab import END, PAD, SPECIAL_TOKENS, START, UNK
+from visattn.errors import ConfigError, VisattnWarning
 
 # --- vocabulary ----------------------------------------------------------------------------
 
@@ -63,6 +63,61 @@ def test_vocabulary_list_round_trip_and_bad_lists():
         Vocabulary.from_list(["a", "b"])
     with pytest.raises(ConfigError, match=r"\['a'\] appear more than once"):
         Vocabulary.from_list([PAD, START, END, UNK, "a", "a"])
+
+
+def test_caption_text_shows_unknown_words_and_joins_unspaced_scripts_as_written():
+    """An all-<unk> caption printed as "" (a caption of unknown words read as an empty one), and Japanese
+    printed a space between every character; the scored text still drops <unk>."""
+    vocab = Vocabulary.build(["日本語の青 a red bag"])
+    ids = vocab.encode("日本語の青 a red <unk> zebra")
+    assert vocab.caption_text(ids) == "日本語の青 a red <unk> <unk>"
+    assert vocab.decode(ids) == "日 本 語 の 青 a red"
+    assert vocab.caption_text([3, 3, 2, 4]) == "<unk> <unk>" and vocab.decode([3, 3]) == ""
+    assert vocab.words([vocab.token_id("red"), 3, 0]) == ["red", "<unk>", ""]  # panel titles
+    assert tokenize(vocab.caption_text(ids)) == tokenize(vocab.decode(ids)) + ["unk", "unk"]
+
+
+@pytest.mark.parametrize("word, tokenized", [("Dog", "['dog']"), ("t-shirt", "['t', 'shirt']"), ("", "no word"),
+                                             ("a b", "['a', 'b']"), ("cafe\u0301", "['café']")])
+def test_a_vocabulary_word_the_tokeniser_never_gives_is_one_line(word, tokenized):
+    """Captions are encoded through tokenize, so such a word was never a caption's: every caption with "Dog"
+    trained as <unk>, without a word."""
+    for build in (Vocabulary, lambda words: Vocabulary.from_list([*SPECIAL_TOKENS, *words])):
+        with pytest.raises(ConfigError) as err:
+            build(["a", word])
+        assert str(err.value).startswith(f"vocab: {word!r} is not a word captions are split into")
+        assert f"gives {tokenized})" in str(err.value) if tokenized != "no word" else "gives no word)" in str(err.value)
+
+
+def test_a_cut_that_drops_many_captions_or_a_words_every_use_warns_naming_the_setting(tmp_path):
+    """max_caption_len 3 cut all 96 training captions of an audit to one word, without a word."""
+    split_json, images_dir = write_karpathy(tmp_path)
+    kwargs = {"split_json": str(split_json), "images_dir": str(images_dir), "img_size": 8, "min_count": 1}
+    with pytest.warns(VisattnWarning) as caught:
+        KarpathyCaptionDataModule(**kwargs, max_caption_len=3)
+    message = str(caption_cut_warning(caught).message)
+    assert message.startswith("data.init_args.max_caption_len 3 keeps 1 word: 7 of the 7 training captions")
+    assert "vocabulary words occur only past the cut" in message and message.endswith("keep every caption whole")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", VisattnWarning)
+        KarpathyCaptionDataModule(**kwargs, max_caption_len=20)
+
+
+def caption_cut_warning(caught) -> warnings.WarningMessage:
+    return next(w for w in caught if "max_caption_len" in str(w.message))
+
+
+def test_min_count_below_one_names_the_setting(tmp_path):
+    split_json, images_dir = write_karpathy(tmp_path)
+    with pytest.raises(ConfigError, match=r"^data.init_args.min_count 0: give 1 or more"):
+        KarpathyCaptionDataModule(str(split_json), str(images_dir), min_count=0)
+
+
+def test_a_json_file_with_a_byte_order_mark_is_read(tmp_path):
+    """Windows editors save UTF-8 with a byte-order mark; such a file was refused as not JSON."""
+    split_json, images_dir = write_karpathy(tmp_path)
+    split_json.write_bytes(b"\xef\xbb\xbf" + split_json.read_bytes())
+    assert len(KarpathyCaptions(split_json, images_dir, split="train")) == 3
 
 
 # --- readers -------------------------------------------------------------------------------

@@ -897,6 +897,24 @@ def test_grad_cam_before_the_class_token_is_added_keeps_every_patch():
     torch.testing.assert_close(maps[0], expected)
 
 
+def test_titles_the_font_cannot_draw_are_one_warning_naming_them(tmp_path):
+    """A Japanese caption's panels warned once per character, from inside matplotlib, that a glyph was missing."""
+    from matplotlib.font_manager import FontProperties, findfont
+    from matplotlib.ft2font import FT2Font
+
+    from visattn.errors import VisattnWarning
+
+    if FT2Font(findfont(FontProperties())).get_char_index(ord("日")):
+        pytest.skip("the default font here draws Japanese")
+    image = np.zeros((16, 16, 3), np.uint8)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        save_word_panels(image, ["日", "本", "a"], [np.random.rand(4, 4)] * 3, tmp_path / "words.png")
+    assert (tmp_path / "words.png").is_file()
+    assert [(w.category, str(w.message).split(",")[0]) for w in caught] == [
+        (VisattnWarning, "the font DejaVu Sans has no 日本")]
+
+
 def test_caption_word_panels_draw_a_squashed_model_input_at_its_sources_shape(tmp_path, monkeypatch):
     """From an explainability audit: `caption --attention-out` drew a 120x40 photo, squashed to the captioner's
     64x64 input, as a square, as explain had before."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import warnings
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Literal
 
@@ -29,12 +30,12 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import Dataset
 
-from ..errors import ArgumentError, ConfigError
+from ..errors import ArgumentError, ConfigError, VisattnWarning
 from .datamodules import COCO_VALIDATION_FIX, COCO_VALIDATION_SETTING, SplitLoadersMixin, check_img_size, split_images_dir
 from .coco import CaptionImages, CocoCaptions, KarpathyCaptions, KarpathySplit, read_karpathy
 from .scenes import SCENES_MEAN, SCENES_STD, FashionScenes, scene_settings
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, ImageTransform, Recipe, eval_transform_of, train_transforms
-from .vocab import Vocabulary
+from .vocab import SPECIAL_TOKENS, Vocabulary, tokenize
 
 __all__ = [
     "CaptionSamples",
@@ -47,12 +48,34 @@ __all__ = [
 Split = Literal["train", "val", "test"]
 
 
-def training_vocabulary(captions: Iterable[str], min_count: int) -> Vocabulary:
-    """:meth:`Vocabulary.build`, its errors naming the data module's setting."""
+def training_vocabulary(captions: Iterable[str], min_count: int, max_caption_len: int) -> Vocabulary:
+    """:meth:`Vocabulary.build`, its errors naming the data module's setting; warns when training cuts
+    (:class:`CaptionSamples` keeps ``max_caption_len - 2`` words) more than 1% of ``captions``, or every
+    occurrence of a vocabulary word."""
+    room = max_caption_len - 2
+    counts, kept, lengths = Counter(), Counter(), []
+    for caption in captions:
+        words = tokenize(caption)
+        counts.update(words)
+        kept.update(words[:room])
+        lengths.append(len(words))
     try:
-        return Vocabulary.build(captions, min_count=min_count)
+        vocab = Vocabulary.from_counts(counts, min_count=min_count)
     except ArgumentError as err:
         raise err.for_flag(f"data.init_args.{err.argument}") from None
+    _warn_of_cut_captions(lengths, room, [w for w in vocab.to_list()[len(SPECIAL_TOKENS):] if not kept[w]])
+    return vocab
+
+
+def _warn_of_cut_captions(lengths: list[int], room: int, never_kept: list[str]) -> None:
+    cut = sum(n > room for n in lengths)
+    if cut <= 0.01 * len(lengths) and not never_kept:
+        return
+    unlearnt = (f"; {len(never_kept)} vocabulary words occur only past the cut ({', '.join(never_kept[:3])}"
+                f"{', ...' if len(never_kept) > 3 else ''}), so the model never learns to say them" if never_kept else "")
+    warnings.warn(f"data.init_args.max_caption_len {room + 2} keeps {room} word{'s' if room != 1 else ''}: {cut} of the {len(lengths)} "
+                  f"training captions read for the vocabulary ({cut / len(lengths):.1%}) are longer, up to {max(lengths)} words, and train cut "
+                  f"short{unlearnt}; give {max(lengths) + 2} to keep every caption whole", VisattnWarning, stacklevel=3)
 
 
 @contextlib.contextmanager
@@ -253,7 +276,7 @@ class FashionScenesCaptionDataModule(_CaptionDataModule):
         self._check_options()
         train = self._scenes("train")  # checks the scene options and finds Fashion-MNIST early
         captions = (c for i in range(min(vocab_scenes, len(train))) for c in train[i].captions)
-        self.vocabulary = training_vocabulary(captions, min_count)
+        self.vocabulary = training_vocabulary(captions, min_count, max_caption_len)
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -337,7 +360,7 @@ class KarpathyCaptionDataModule(_CaptionDataModule):
                                   f"(data.init_args.train_splits); its splits are {sorted(self.karpathy_splits)}")
         else:
             captions = [c for cs in CocoCaptions(train_annotations, images_dir).captions for c in cs]
-        self.vocabulary = training_vocabulary(captions, min_count)
+        self.vocabulary = training_vocabulary(captions, min_count, max_caption_len)
 
     @property
     def input_size(self) -> tuple[int, int]:

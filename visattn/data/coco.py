@@ -300,7 +300,7 @@ def _check_wordless(path: Path, wordless: list[str], *, kept: int) -> None:
 
 def _read_json(path: Path) -> dict:
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:  # a byte-order mark, as Windows editors write, is no error
             data = json.load(f)
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file; give the path of the annotations JSON") from None

@@ -16,7 +16,7 @@ import functools
 import re
 import unicodedata
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 from ..errors import ArgumentError, ConfigError
 
@@ -54,6 +54,18 @@ def _word_pattern() -> re.Pattern:
     return re.compile(rf"[{_UNSPACED}]{tail}*|{letter}(?:{letter}|{tail})*")
 
 
+_UNSPACED_CHAR = re.compile(f"[{_UNSPACED}]")
+
+
+def _require_token(word: str) -> None:
+    """One line for a vocabulary word that :func:`tokenize` does not give as it is."""
+    if tokenize(word) != [word]:
+        gives = f"gives {tokenize(word)}" if tokenize(word) else "gives no word"
+        raise ConfigError(f"vocab: {word!r} is not a word captions are split into (visattn.data.vocab.tokenize, "
+                          f"which NFKC-normalises and case-folds, {gives}); give words as tokenize gives them, or "
+                          "build it with Vocabulary.build(captions)")
+
+
 def _char_ranges(codes: Iterable[int]) -> str:
     """Ascending code points as the ``a-b`` ranges of a regex character class."""
     runs: list[list[int]] = []
@@ -69,11 +81,15 @@ class Vocabulary:
     """Word <-> id mapping with the special tokens at ids 0 (pad), 1 (start), 2 (end), 3 (unknown).
 
     Args:
-        tokens: the words, in id order from id 4 on; repeats and special tokens are dropped.
+        tokens: the words, in id order from id 4 on, each one that :func:`tokenize` gives (captions
+            are encoded through it: a word it never gives, such as ``"Dog"`` or ``"t-shirt"``, is never
+            a caption's, so it is refused); repeats and special tokens are dropped.
     """
 
     def __init__(self, tokens: Sequence[str] = ()) -> None:
         words = dict.fromkeys(t for t in tokens if t not in SPECIAL_TOKENS)  # an ordered set
+        for word in words:
+            _require_token(word)
         self._tokens = [*SPECIAL_TOKENS, *words]
         self._ids = {token: i for i, token in enumerate(self._tokens)}
 
@@ -81,9 +97,13 @@ class Vocabulary:
     def build(cls, captions: Iterable[str], *, min_count: int = 1) -> Vocabulary:
         """The words that occur at least ``min_count`` times in ``captions``, most frequent first
         (ties in alphabetical order, so the result does not depend on the caption order)."""
+        return cls.from_counts(Counter(word for caption in captions for word in tokenize(caption)), min_count=min_count)
+
+    @classmethod
+    def from_counts(cls, counts: Counter, *, min_count: int = 1) -> Vocabulary:
+        """:meth:`build` from the captions' word counts."""
         if min_count < 1:
-            raise ConfigError(f"min_count={min_count}: must be >= 1")
-        counts = Counter(word for caption in captions for word in tokenize(caption))
+            raise ArgumentError("min_count", min_count, "give 1 or more (words seen fewer times become <unk>)")
         kept = sorted((w for w, n in counts.items() if n >= min_count), key=lambda w: (-counts[w], w))
         if not kept:  # every caption would train as <unk>s, and the model could only say nothing
             raise ArgumentError("min_count", min_count, f"no word occurs {min_count} times or more in the "
@@ -159,17 +179,30 @@ class Vocabulary:
         return [self.start_id, *ids, self.end_id]
 
     def words(self, ids: Iterable[int]) -> list[str]:
-        """One word per id, aligned with ``ids`` (and so with per-token attention maps): a special
-        token such as ``<unk>`` gives ``""``."""
-        return [self._tokens[int(i)] if int(i) >= len(SPECIAL_TOKENS) else "" for i in ids]
+        """One word per id, aligned with ``ids`` (and so with per-token attention maps): ``<unk>`` for an
+        unknown word, ``""`` for the other special tokens."""
+        return [self._tokens[int(i)] if int(i) >= len(SPECIAL_TOKENS) or int(i) == self.unk_id else "" for i in ids]
 
     def decode(self, ids: Iterable[int]) -> str:
-        """Words of ``ids`` joined by spaces: stops at the first ``<end>``, drops the other special tokens."""
-        words = []
+        """The text BLEU and CIDEr score: words of ``ids`` joined by spaces up to the first ``<end>``, the
+        other special tokens dropped (a generated ``<unk>`` can only be wrong)."""
+        return " ".join(word for word in self._until_end(ids) if word not in SPECIAL_TOKENS)
+
+    def caption_text(self, ids: Iterable[int]) -> str:
+        """The caption people read: words of ``ids`` up to the first ``<end>``, an unknown word shown as
+        ``<unk>`` (not left out: a caption of unknown words read as an empty one), and no space between two
+        characters of a script written without spaces (Chinese, Japanese, Thai, ...; :func:`tokenize`
+        splits them into characters)."""
+        text = ""
+        for word in self._until_end(ids):
+            if word in (PAD, START):
+                continue
+            unspaced = text and _UNSPACED_CHAR.match(text[-1]) and _UNSPACED_CHAR.match(word[0])
+            text += word if not text or unspaced else " " + word
+        return text
+
+    def _until_end(self, ids: Iterable[int]) -> Iterator[str]:
         for i in ids:
-            i = int(i)
-            if i == self.end_id:
-                break
-            if i >= len(SPECIAL_TOKENS):
-                words.append(self._tokens[i])
-        return " ".join(words)
+            if int(i) == self.end_id:
+                return
+            yield self._tokens[int(i)]

@@ -13,6 +13,10 @@ from __future__ import annotations
 
 import math
 import os
+import re
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -24,7 +28,7 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
-from ..errors import ArgumentError, ConfigError
+from ..errors import ArgumentError, ConfigError, VisattnWarning
 from ..fileio import (atomic_path, figure_mark, output_errors, prepare_output_file, remove_stale_output,
                       write_failure)
 from .cell_centres import CellCentres
@@ -242,12 +246,36 @@ def save_figure(fig: Figure, path: PathLike, *, argument: Optional[str] = None) 
     # The temp file's .tmp suffix would make matplotlib guess the format: name it from the real one.
     image_format = figure_format(path)
     try:
-        with atomic_path(path) as tmp:  # a failed write (disk full) leaves an earlier file as it was
+        with atomic_path(path) as tmp, _missing_glyphs_in_one_warning():  # a failed write leaves an earlier file
             fig.savefig(tmp, format=image_format, dpi=100, **figure_mark(image_format))  # a rerun may replace it
     except OSError as err:
         if argument is None:
             raise
         raise ArgumentError(argument, os.fspath(path), write_failure(err, "file")) from None
+
+
+_MISSING_GLYPH = re.compile(r"Glyph (\d+) \(.*\) missing from font\(s\) (.+)\.$")
+
+
+@contextmanager
+def _missing_glyphs_in_one_warning() -> Iterator[None]:
+    """matplotlib warns once for each character its fonts cannot draw (a Chinese caption's panel titles:
+    a line each, pointing into matplotlib); one warning names them all and the fix. Other warnings pass."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    missing: dict[str, str] = {}
+    for warning in caught:
+        glyph = _MISSING_GLYPH.match(str(warning.message))
+        if glyph:
+            missing[chr(int(glyph.group(1)))] = glyph.group(2)
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    if missing:
+        chars = "".join(sorted(missing))
+        warnings.warn(f"the font {next(iter(missing.values()))} has no {chars[:20]}{'...' if len(chars) > 20 else ''}, "
+                      "drawn as boxes in the titles; install a font that has them (e.g. Noto Sans CJK) and name it "
+                      "in matplotlib's font.family", VisattnWarning, stacklevel=4)
 
 
 def save_panels(fig: Optional[Figure], path: Path, *, flag: str, folder: PathLike) -> Optional[str]:

@@ -148,7 +148,7 @@ class CaptionMetrics:
                 self.centres[size] = centres_of(size)
             centres = self.centres[size]
             for ids, maps, boxes, labels in zip(decoded.tokens, decoded.attention, batch["boxes"], batch["labels"]):
-                words = self.vocab.words(ids.tolist())  # one per map; the caption drops <unk>
+                words = self.vocab.words(ids.tolist())  # one per map
                 self.hits += pointing_hits(words, maps.cpu(), _numpy(boxes), _numpy(labels), centres)
         return captions
 
@@ -359,7 +359,7 @@ class CaptioningTask(GuardedTask, pl.LightningModule):
     @skip_missing_batch
     def predict_step(self, batch: Any, batch_idx: int) -> list[str]:
         images = batch["images"] if isinstance(batch, dict) else batch[0] if isinstance(batch, (tuple, list)) else batch
-        return [self.vocab.decode(ids.tolist()) for ids in self(images).tokens]
+        return [self.vocab.caption_text(ids.tolist()) for ids in self(images).tokens]
 
     def configure_optimizers(self) -> dict[str, Any]:
         return adamw_warmup_cosine(self)
@@ -504,7 +504,7 @@ def caption_files(captioner: Captioner, paths: Sequence[str], *, beam_size: int 
             continue
         tokens, attention = result
         words = captioner.vocab.words(tokens.tolist())
-        record = {"file": str(item.path), "caption": captioner.vocab.decode(tokens.tolist())}  # as predict and evaluate
+        record = {"file": str(item.path), "caption": captioner.vocab.caption_text(tokens.tolist())}  # as predict writes it
         if target is not None:  # asked for: the record says where it went, or null for an empty caption
             fig = None
             if words:
