@@ -186,6 +186,28 @@ def test_evaluate_emits_metric_keys(tmp_path, weights_tmp, capsys):
     assert 0.0 <= metrics["bleu1"] <= 1.0
 
 
+def test_caption_prints_and_titles_unknown_words_as_unk(tmp_path, capsys, monkeypatch):
+    """A caption of unknown words printed as "" beside panels without titles, exit 0."""
+    from visattn.explain import overlay
+    from visattn.tasks import captioning
+
+    def unknown_words(model, images, **kwargs):
+        decoded = decode(model, images, **kwargs)
+        decoded.tokens = [torch.full_like(t, 3) for t in decoded.tokens]  # every word <unk>
+        return decoded
+
+    titles = []
+    panels = overlay.word_panels_figure
+    monkeypatch.setattr(captioning, "decode", unknown_words)
+    monkeypatch.setattr(overlay, "word_panels_figure", lambda image, words, *a, **k: titles.append(words) or
+                        panels(image, words, *a, **k))
+    Image.new("RGB", (64, 64), (90, 90, 90)).save(tmp_path / "grey.png")
+    assert main(["caption", str(tmp_path / "grey.png"), "--model", "sat_cbam_resnet_scenes.scenes", "--beam-size", "1",
+                 "--json", "--attention-out", str(tmp_path / "panels")]) == 0
+    caption = json.loads(capsys.readouterr().out)["caption"]
+    assert caption and set(caption.split()) == {"<unk>"} and titles == [caption.split()]
+
+
 @needs_fashion_mnist
 def test_shipped_scenes_captioner_rebuilds_from_its_index_entry_and_describes_test_scenes():
     from visattn.tasks.captioning import evaluate_captioner, evaluation_loader
