@@ -356,6 +356,21 @@ def test_an_image_folder_is_scored_by_class_name_not_folder_position(tmp_path):
         evaluation_dataset(spec, "test", classifier.transform(), classifier.class_names)
 
 
+def test_labels_that_share_a_class_folder_are_one_line_not_each_image_scored_twice(tmp_path):
+    """Labels 'a/b' and 'a_b' both read folder a_b: each of its images was scored once under each label (n doubled,
+    that folder's accuracy at most 50%), without a word."""
+    from fixtures_images import write_image_folder
+
+    from visattn.data.image_folder import ImageFolder
+    from visattn.tasks.classification import evaluation_dataset
+
+    root = write_image_folder(tmp_path / "photos", classes=("a_b", "c"), per_class=2)
+    with pytest.raises(ConfigError, match=r"labels 'a/b' and 'a_b' both read the class folder a_b \("):
+        evaluation_dataset(f"imagefolder:{root}", None, None, ["a/b", "a_b", "c"])
+    with pytest.raises(ConfigError, match=r"^classes: \['a_b'\] appear more than once; give each class once$"):
+        ImageFolder(root, classes=["a_b", "c", "a_b"])
+
+
 def test_an_image_folder_with_a_class_named_like_a_split_is_scored_as_classes(tmp_path):
     """A class folder `train` (CIFAR-100 has one) was taken for a split folder: without --split there was "no test/
     folder", with --split train "no class sub-folders", so the folder could not be scored at all."""

@@ -18,6 +18,7 @@ import functools
 import os
 import unicodedata
 import warnings
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -132,6 +133,9 @@ class ImageFolder(ImageFiles):
         self.root = Path(root)
         self.transform = transform
         self.classes = list(classes) if classes is not None else find_classes(self.root)
+        repeated = sorted(name for name, n in Counter(unicodedata.normalize("NFC", c) for c in self.classes).items() if n > 1)
+        if repeated:  # their folder's images were read once under each label
+            raise ConfigError(f"classes: {repeated} appear more than once; give each class once")
         self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
         self.samples = self._find_samples()
         if classes is None:  # the classes come from this folder: each must be one a model can learn

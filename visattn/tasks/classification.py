@@ -866,10 +866,23 @@ def evaluation_dataset(spec: str, split: str, transform: ImageTransform, class_n
         splits = split_folders(root)
         if splits and split not in splits:
             raise ConfigError(f"--split {split}: {root} has no {split}/ folder; its splits are {', '.join(splits)}")
-        folders = [name.replace("/", "_") for name in class_names]
-        return ImageFolder(root / split if splits else root, transform, classes=folders, max_pixels=max_pixels)
+        return ImageFolder(root / split if splits else root, transform, classes=_class_folders(spec, class_names),
+                           max_pixels=max_pixels)
     raise ConfigError(f"--dataset {spec}: a classifier is scored on fashion-mnist or imagefolder:DIR (and, by "
                       "`visattn evaluate`, on the pointing scenes fashion-scenes, fashion-mnist-canvas, fashion-mnist-pairs)")
+
+
+def _class_folders(spec: str, class_names: Sequence[str]) -> list[str]:
+    """The folder name of each label, a ``/`` being ``_``; one line when two labels share one (each image
+    of the folder was scored once under each label)."""
+    label_of_folder: dict[str, str] = {}
+    for name in class_names:
+        other = label_of_folder.setdefault(name.replace("/", "_"), name)
+        if other != name:
+            raise ConfigError(f"{spec}: the classifier's labels {other!r} and {name!r} both read the class folder "
+                              f"{name.replace('/', '_')} (a '/' in a label is '_' in its folder's name), so its "
+                              "images cannot be scored; evaluate a model whose labels differ there")
+    return [name.replace("/", "_") for name in class_names]
 
 
 def split_folders(root: Path) -> list[str]:
