@@ -436,6 +436,23 @@ def test_hub_sources_fail_fast_offline(hf_cache, source):
     assert source in str(err.value) and "\n" not in str(err.value)
 
 
+def test_a_timm_local_dir_loads_offline_and_a_wrong_folder_is_one_line(hf_cache, tmp_path):
+    """`timm:local-dir:FOLDER` (timm's route for a folder of config.json and weights) was refused offline as
+    weights the hub could not fetch: a local folder needs no hub."""
+    import timm
+    from timm.models import save_for_hf
+
+    torch.manual_seed(0)
+    reference = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=16).eval()
+    save_for_hf(reference, tmp_path / "folder", safe_serialization=True)
+    model = create_model("vit_tiny_patch16_224", img_size=32, pretrained=f"timm:local-dir:{tmp_path / 'folder'}").eval()
+    images = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(model(images), reference(images), rtol=0, atol=0)
+    with pytest.raises(WeightsError, match=r"^timm:local-dir:\S*nowhere: could not read weights \(.*\); give a folder "
+                                           r"holding timm's config.json and model.safetensors"):
+        create_model("vit_tiny_patch16_224", pretrained=f"timm:local-dir:{tmp_path / 'nowhere'}")
+
+
 @pytest.mark.parametrize("source", ["timm:vit_tiny_patch16_224",  # timm's default tag, augreg_in21k_ft_in1k
                                     "timm:vit_tiny_patch16_224.augreg_in21k_ft_in1k",
                                     "hf-hub:timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k"])
@@ -877,6 +894,25 @@ def test_a_timm_training_checkpoint_loads_its_ema_weights(tmp_path):
     torch.testing.assert_close(best.state_dict(), ema.module.state_dict(), rtol=0, atol=0)
     raw = create_model(ARCH, **SMALL, pretrained=str(tmp_path / "raw" / "checkpoint-0.pth.tar"))
     torch.testing.assert_close(raw.state_dict(), model.state_dict(), rtol=0, atol=0)
+
+
+def test_a_deit_training_checkpoint_loads_its_ema_weights(tmp_path):
+    """DeiT's main.py saves {'model', 'model_ema', 'args', ...}: the raw weights had loaded, 2.6 off timm's logits
+    (timm's load_checkpoint takes the EMA copy)."""
+    import argparse
+
+    from timm.models import load_checkpoint
+
+    model = _model()
+    averaged = {k: v + 1 if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    path = tmp_path / "checkpoint.pth"
+    torch.save({"model": model.state_dict(), "model_ema": averaged, "epoch": 299,
+                "args": argparse.Namespace(model=ARCH)}, path)
+    loaded = create_model(ARCH, **SMALL, pretrained=str(path))
+    torch.testing.assert_close(loaded.state_dict(), averaged, rtol=0, atol=0)
+    reference = _model()
+    load_checkpoint(reference, str(path))
+    torch.testing.assert_close(reference.state_dict(), averaged, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("arch, kwargs, message", [

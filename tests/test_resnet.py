@@ -117,6 +117,22 @@ def test_strict_attention_lets_only_attention_modules_be_missing(arch, torchvisi
         create_model(arch, strict="attentions")
 
 
+def test_strict_attention_refuses_keys_the_model_lacks_outside_its_attention_modules(tmp_path, torchvision_weights):
+    """A resnet34's weights loaded into a resnet18, and an SE-ResNet's into a plain one, with only a warning:
+    whole blocks, or the SE gates the weights were trained with, were dropped."""
+    torch.manual_seed(0)
+    deeper = tmp_path / "resnet34.pth"
+    torch.save(torchvision.models.resnet34().state_dict(), deeper)
+    with pytest.raises(WeightsError, match=r"\(unexpected outside its attention modules: layer1\.2\.conv1\.weight, "):
+        create_model("cbam_resnet18", pretrained=deeper, strict="attention")
+    se = tmp_path / "se_resnet18.pth"
+    torch.save(create_model("se_resnet18").state_dict(), se)
+    with pytest.raises(WeightsError, match=r"\(unexpected outside its attention modules: layer1\.0\.attn\.fc1\.weight"):
+        create_model("resnet18", pretrained=se, strict="attention")
+    with pytest.warns(UserWarning, match=r"ignored unexpected layer1\.0\.attn\.fc1\.weight"):  # SE's gates swapped out
+        create_model("eca_resnet18", pretrained=se, strict="attention")
+
+
 def test_encoders_and_backbones_take_a_plain_resnets_weights_but_not_another_depths(torchvision_weights):
     # Their builders chose to load non-strictly: resnet18 weights in a resnet34 encoder or backbone had
     # left 80 of its weights at their init with a warning.

@@ -46,8 +46,9 @@ WEIGHTS_SUFFIXES = (".safetensors", *_PICKLE_SUFFIXES)
 # What every reader of an index entry relies on; the rest (task, labels, metrics, ...) is optional.
 _ENTRY_KEYS = ("file", "sha256")
 # Wrappers that training code puts around the weights dict, most specific first; a timm training
-# checkpoint keeps its EMA weights (the ones it validated) beside the raw ones, as a visattn task does.
-_NESTED_KEYS = ("state_dict_ema", "state_dict", "model", "module")
+# checkpoint keeps its EMA weights (the ones it validated) beside the raw ones, as a visattn task does, and
+# DeiT's as "model_ema" beside "model" (timm's load_checkpoint takes either EMA first).
+_NESTED_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model", "module")
 # Plain data a pickle may hold besides tensors: timm's training checkpoints carry the run's ``args``.
 _SAFE_GLOBALS = [argparse.Namespace]
 # Prefixes added around a whole model by DDP, torch.compile and Lightning modules (``self.model``).
@@ -747,8 +748,8 @@ def load_weights(
     :class:`WeightsError`, as it is for weights saved with this very model; a head only partly there
     always is. Any other difference raises :class:`WeightsError` listing the keys (before any error
     about the head), unless ``strict=False``, which keeps the model's own initialisation for keys the
-    checkpoint lacks and warns with their names; ``strict="attention"`` does so only for keys of
-    attention modules (a plain ResNet's weights in ``cbam_resnet50``). ``origin``: the file a state-dict ``source`` came
+    checkpoint lacks and warns with their names; ``strict="attention"`` does so only for keys of the
+    model's attention modules (a plain ResNet's weights in ``cbam_resnet50``, SE's in it). ``origin``: the file a state-dict ``source`` came
     from, for the messages; ``fix``: what their hint says to do when the keys do not fit. Inside
     :func:`checkpoint_follows` nothing is loaded.
     """
@@ -922,9 +923,9 @@ def check_state_dict(
 ) -> None:
     """Raise :class:`WeightsError` naming ``source`` and the keys when ``state`` does not fit ``model``.
 
-    Missing and unexpected keys count only when ``strict`` is True, missing keys outside the model's
-    attention modules when it is ``"attention"``; shapes always, and so does a state that shares no key
-    with the model. ``fix`` replaces the hint.
+    Missing and unexpected keys count only when ``strict`` is True, those outside the model's attention
+    modules when it is ``"attention"``; shapes always, and so does a state that shares no key with the
+    model. ``fix`` replaces the hint.
     """
     own = model.state_dict()
     if not own.keys() & state.keys():
@@ -945,10 +946,14 @@ def check_state_dict(
                        "weights in cbam_resnet50)" if not shape else "check the architecture and its kwargs")
         raise WeightsError(f"{source}: weights do not fit {type(model).__name__} ({'; '.join(parts)}); {hint}")
     attention = _attention_prefixes(model) if strict == "attention" else ()
-    if strict == "attention" and (core := [k for k in missing if not k.startswith(attention)]):
-        # another depth's weights (resnet18's in a resnet34) had left whole blocks at their init with a warning
-        raise WeightsError(f"{source}: weights do not fit {type(model).__name__} (missing outside its attention "
-                           f"modules: {_key_list(core)}); {fix or 'give weights of this architecture or of its plain version'}")
+    outside = {label: [k for k in keys if not k.startswith(attention)]
+               for label, keys in (("missing", missing), ("unexpected", unexpected))} if strict == "attention" else {}
+    if any(outside.values()):
+        # another depth's weights (resnet18's in a resnet34, resnet101's in a resnet50) had left whole blocks at
+        # their init, or been dropped, with a warning
+        parts = "; ".join(f"{label} outside its attention modules: {_key_list(keys)}" for label, keys in outside.items() if keys)
+        raise WeightsError(f"{source}: weights do not fit {type(model).__name__} ({parts}); "
+                           f"{fix or 'give weights of this architecture or of its plain version'}")
     if missing or unexpected:
         warnings.warn(
             f"{source}: loaded non-strictly; kept init for missing {_key_list(missing)}; "
@@ -1020,6 +1025,9 @@ def _fetch_timm(name: str, *, into: nn.Module) -> tuple[StateDict, Optional[tupl
         if cached is not None and "weights_only" in str(err):  # fetched, and refused as a pickle by torch.load
             raise WeightsError(f"timm:{name}: {cached}: refused, {_refused_pickle(str(err))}") from None
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        if name.startswith("local-dir:"):
+            raise WeightsError(f"timm:{name}: could not read weights ({reason}); give a folder holding timm's "
+                               "config.json and model.safetensors, as timm.models.save_for_hf writes") from None
         raise WeightsError(
             f"timm:{name}: could not fetch weights ({reason}); download the file where the hub is "
             "reachable and pass pretrained='FILE.safetensors'"
@@ -1078,7 +1086,10 @@ def _refuse_other_hub_vit(repo: str, weights: Path, *, into: nn.Module) -> None:
 
 def offline_timm_file(name: str) -> Optional[Path]:
     """timm's weights ``name`` in the local Hugging Face cache when the hub cannot be reached (None where it
-    can: timm fetches them); one line when it cannot and none are cached."""
+    can: timm fetches them); one line when it cannot and none are cached. None for ``local-dir:FOLDER``,
+    which timm reads from the folder without the hub."""
+    if name.startswith("local-dir:"):
+        return None
     return _offline_weights(f"timm:{name}", _cached_timm_file(name))
 
 

@@ -26,7 +26,7 @@ stages of three BasicBlocks), widened from 16/32/64 to 28/56/112 channels for 28
 import contextlib
 import re
 from functools import partial
-from typing import Iterator, Mapping, Optional, Sequence, Union
+from typing import Any, Iterator, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
@@ -318,6 +318,14 @@ class ResNet(nn.Module):
 
     def get_classifier(self) -> nn.Module:
         return self.fc
+
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """timm's parameter groups, in depth order (layer-wise learning-rate decay in
+        ``timm.optim.create_optimizer_v2(..., layer_decay=)``): the stem, then each block (``coarse``: each
+        stage); a BAM module with its stage's last block (``coarse``: with its stage)."""
+        if coarse:
+            return {"stem": r"^conv1|bn1|maxpool", "blocks": [(r"^layer(\d+)", None), (r"^bam(\d+)", None)]}
+        return {"stem": r"^conv1|bn1|maxpool", "blocks": [(r"^layer(\d+)\.(\d+)", None), (r"^bam(\d+)", (99999,))]}
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Keep only each block's input for the backward pass and recompute the rest there (timm's

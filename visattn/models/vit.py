@@ -6,7 +6,7 @@ embeddings are resampled when the checkpoint's patch grid differs from the model
 """
 import math
 import warnings
-from typing import Literal, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 import torch
 from torch import nn
@@ -167,6 +167,12 @@ class VisionTransformer(nn.Module):
     def no_weight_decay(self) -> set[str]:
         """Names timm's optimizer factory (``timm.optim.create_optimizer_v2``) trains without weight decay."""
         return set(NO_WEIGHT_DECAY)
+
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """timm's parameter groups, in depth order (layer-wise learning-rate decay in
+        ``timm.optim.create_optimizer_v2(..., layer_decay=)``): the embeddings, then each block, the final norm
+        with the last block."""
+        return {"stem": r"^cls_token|pos_embed|patch_embed", "blocks": [(r"^blocks\.(\d+)", None), (r"^norm", (99999,))]}
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Keep only each block's input for the backward pass and recompute the rest there (timm's
