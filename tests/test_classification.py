@@ -228,6 +228,8 @@ def test_weight_decay_groups_and_a_slower_backbone():
     plain = weight_decay_groups(model, 0.05)
     assert [(len(g["params"]), g["weight_decay"], "lr" in g) for g in plain] == [(2, 0.05, False), (2, 0.0, False)]
     scaled = torch.optim.AdamW(weight_decay_groups(model, 0.05, lr=1e-3, backbone_lr_scale=0.1), lr=1e-3)
+    # LearningRateMonitor's columns were lr-AdamW/pg1, pg2, ...: named, they say which group is which
+    assert [g["name"] for g in scaled.param_groups] == ["decay", "no_decay", "backbone_decay", "backbone_no_decay"]
     by_param = {id(p): g["lr"] for g in scaled.param_groups for p in g["params"]}
     assert by_param[id(model.backbone.weight)] == by_param[id(model.backbone.bias)] == pytest.approx(1e-4)
     assert by_param[id(model.head.weight)] == by_param[id(model.head.bias)] == pytest.approx(1e-3)

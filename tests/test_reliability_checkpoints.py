@@ -224,6 +224,34 @@ def test_a_misspelt_monitored_metric_is_one_line_before_the_first_epoch(in_tmp, 
     assert not list((in_tmp / CHECKPOINTS).glob("*.ckpt"))
 
 
+@pytest.mark.parametrize("callback", ["ModelCheckpoint", "EarlyStopping"])
+@pytest.mark.parametrize("sanity_steps", [2, 0])
+def test_a_monitored_metric_the_run_does_not_log_is_one_line_naming_those_it_does(in_tmp, capsys, callback,
+                                                                                  sanity_steps):
+    """A name with no close match was only a warning: after the first epoch ModelCheckpoint refused in Lightning's
+    words and EarlyStopping in a 57-line traceback; with no sanity check nothing was checked before them."""
+    callbacks = [{"class_path": f"lightning.pytorch.callbacks.{callback}", "init_args": {"monitor": "val/accuracy"}}]
+    args = ["fit", "--config", str(CBAM_CONFIG), *QUICK, "--trainer.max_epochs", "2", "--trainer.callbacks",
+            json.dumps(callbacks), "--trainer.num_sanity_val_steps", str(sanity_steps)]
+    assert main(args) == 2
+    assert _error(capsys) == (f"visattn: error: trainer.callbacks: {callback}(monitor='val/accuracy'): the run logs "
+                              "no val/accuracy; monitor one it logs: val/loss, val/top1, val/top5")
+
+
+def test_a_logger_that_cannot_be_built_is_one_line_naming_trainer_logger(in_tmp, capsys):
+    """TensorBoardLogger without tensorboard installed was blamed on "the model and data sections"."""
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX"):
+        pytest.skip("tensorboard is installed here")
+    args = ["fit", "--config", str(CBAM_CONFIG), *QUICK, "--trainer.max_epochs", "1", "--trainer.logger.class_path",
+            "lightning.pytorch.loggers.TensorBoardLogger", "--trainer.logger.init_args.save_dir", "tb"]
+    assert main(args) == 2
+    error = _error(capsys)
+    assert error.startswith("visattn: error: trainer.logger: TensorBoardLogger could not be built (Neither `tensorboard`")
+    assert error.endswith("; install what it needs, fix its init_args, or keep the configs' CSVLogger")
+
+
 def test_damaged_last_checkpoint_falls_back_to_the_newest_good_one(in_tmp, capsys, caplog):
     assert _fit("--trainer.max_epochs", "2") == 0
     last = in_tmp / CHECKPOINTS / "last.ckpt"

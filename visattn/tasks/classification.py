@@ -584,6 +584,7 @@ def weight_decay_groups(model: nn.Module, weight_decay: float, *, lr: Optional[f
                         backbone_lr_scale: float = 1.0) -> list[dict[str, Any]]:
     """Optimizer parameter groups: ``weight_decay`` on weights, none on biases, norms, position embeddings and tokens.
 
+    The groups are named (``decay``, ``no_decay``) for LearningRateMonitor's columns.
     With ``backbone_lr_scale != 1`` the backbone's parameters (detectors) get two more groups at
     ``lr * backbone_lr_scale``, as DETR trains its pretrained backbone ten times slower than its head:
     those named ``model.backbone_prefix`` (``backbone.`` when the model names none), which leaves out
@@ -603,7 +604,9 @@ def weight_decay_groups(model: nn.Module, weight_decay: float, *, lr: Optional[f
             groups.setdefault((backbone, decay), []).append(param)
     if backbone_lr_scale != 1.0 and lr is None:
         raise ConfigError("backbone_lr_scale needs the base lr")
+    # named, so that LearningRateMonitor's columns say which is which (lr-AdamW/no_decay, not pg1 and pg2)
     return [{"params": params, "weight_decay": weight_decay if decay else 0.0,
+             "name": f"{'backbone_' if backbone else ''}{'decay' if decay else 'no_decay'}",
              **({"lr": lr * backbone_lr_scale} if backbone else {})}
             for (backbone, decay), params in groups.items() if params or not backbone]
 

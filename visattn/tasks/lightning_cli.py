@@ -66,6 +66,7 @@ from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import (BasePredictionWriter, Callback, EarlyStopping, ModelCheckpoint, ProgressBar,
                                          RichProgressBar)
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import Logger
 from lightning.pytorch.plugins import CheckpointIO, TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.model_helpers import is_overridden
@@ -626,7 +627,7 @@ def _refuse_half_weights_on_cpu(trainer: pl.Trainer) -> None:
 
 
 # What the config's model, data and trainer.callbacks sections build.
-_SECTION_CLASSES = (pl.LightningModule, pl.LightningDataModule, Callback)
+_SECTION_CLASSES = (pl.LightningModule, pl.LightningDataModule, Callback, Logger)
 
 
 def _building_error(err: Exception, model: Any) -> ConfigError:
@@ -641,6 +642,9 @@ def _building_error(err: Exception, model: Any) -> ConfigError:
                            "config's trainer.callbacks")
     if isinstance(built, pl.LightningDataModule):
         return ConfigError(f"data: {type(built).__name__} could not be built ({message}); check data.init_args")
+    if isinstance(built, Logger):  # TensorBoardLogger without tensorboard installed, WandbLogger without wandb
+        return ConfigError(f"trainer.logger: {type(built).__name__} could not be built ({message}); install what "
+                           "it needs, fix its init_args, or keep the configs' CSVLogger")
     return ConfigError(f"config: {message}; check the model and data sections")
 
 
@@ -716,24 +720,40 @@ def _output_error(trainer: pl.Trainer, err: OSError, default_root_dir: Optional[
 
 
 class MonitoredMetricCheck(Callback):
-    """After the sanity check, before any training: one line when a ModelCheckpoint or EarlyStopping monitors
-    a validation metric the run does not log but one close to it (``val/top_1`` for ``val/top1``), a warning
-    listing what it logs for another name (a metric may be left out of a sanity check's few batches).
-    Lightning said so only after the first epoch, whose best checkpoint was then never written."""
+    """After the sanity check, before any training (else after the first validation, with
+    ``num_sanity_val_steps 0``): one line when a ModelCheckpoint or EarlyStopping monitors a validation
+    metric the run does not log, naming the closest (``val/top_1`` for ``val/top1``) or those it logs; a
+    warning for an EarlyStopping with ``strict`` off, which goes on without it. Lightning said so only after
+    the first epoch, whose best checkpoint was then never written (EarlyStopping in a traceback)."""
+
+    checked = False
 
     def on_sanity_check_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._check(trainer)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not (self.checked or trainer.sanity_checking):
+            self._check(trainer)
+
+    def _check(self, trainer: pl.Trainer) -> None:
         logged = sorted(key for key in trainer.callback_metrics if _VALIDATION_KEY.match(key))
+        self.checked = bool(logged)  # a sanity check of broken images only logs nothing
         watched = [c for c in [*trainer.checkpoint_callbacks, *trainer.early_stopping_callbacks]
                    if isinstance(getattr(c, "monitor", None), str) and _VALIDATION_KEY.match(c.monitor)]
         for callback in watched if logged else []:
-            if callback.monitor in logged:
-                continue
-            named = f"trainer.callbacks: {type(callback).__name__}(monitor={callback.monitor!r})"
-            close = difflib.get_close_matches(callback.monitor, logged, n=1, cutoff=0.8)
-            if close:
-                raise ConfigError(f"{named}: the run logs no {callback.monitor}; did you mean {close[0]}?")
-            warnings.warn(f"{named}: the sanity check logged no {callback.monitor}, only {', '.join(logged)}",
-                          VisattnWarning)
+            if callback.monitor not in logged:
+                _refuse_unlogged_monitor(callback, logged)
+
+
+def _refuse_unlogged_monitor(callback: Callback, logged: list[str]) -> None:
+    named = f"trainer.callbacks: {type(callback).__name__}(monitor={callback.monitor!r})"
+    close = difflib.get_close_matches(callback.monitor, logged, n=1, cutoff=0.8)
+    if close:
+        raise ConfigError(f"{named}: the run logs no {callback.monitor}; did you mean {close[0]}?")
+    if isinstance(callback, EarlyStopping) and not callback.strict:
+        warnings.warn(f"{named}: the run logs no {callback.monitor}, only {', '.join(logged)}", VisattnWarning)
+        return
+    raise ConfigError(f"{named}: the run logs no {callback.monitor}; monitor one it logs: {', '.join(logged)}")
 
 
 class LaunchedDataCheck(Callback):
@@ -1063,7 +1083,7 @@ class VisattnCLI(LightningCLI):
         if not any(isinstance(c, RandomStateCheckpoint) for c in callbacks):
             callbacks = [*callbacks, RandomStateCheckpoint()]
         if self.subcommand == "fit":
-            callbacks = [*callbacks, MonitoredMetricCheck()]
+            callbacks = [MonitoredMetricCheck(), *callbacks]  # its validation end before EarlyStopping's
         if self.subcommand in ("fit", "validate"):
             callbacks = [*callbacks, LaunchedDataCheck()]
         if self.subcommand == "predict" and not any(isinstance(c, BasePredictionWriter) for c in callbacks):
