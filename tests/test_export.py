@@ -8,8 +8,8 @@ import torch
 
 from visattn import create_model, export
 from visattn.cli import main
-from visattn.errors import ConfigError, WeightsError
-from visattn.export import export_onnx, onnx_max_difference, onnx_session
+from visattn.errors import ArgumentError, ConfigError, ExportMismatchError, WeightsError
+from visattn.export import checked_difference, export_onnx, onnx_max_difference, onnx_session
 
 onnx = pytest.importorskip("onnx")
 onnxruntime = pytest.importorskip("onnxruntime")
@@ -119,7 +119,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("opset, message", [
-    (3, "--opset 3: the exporter writes opsets 9 to 20; use the default --opset 17"),
+    (3, "--opset 3: the exporter writes opsets 9 to 20; use the default, 17"),
     # in range, but SDPA has no ONNX form before opset 14: the exporter's reason, without its graph dump
     (13, "--opset 13: Exporting the operator 'aten::scaled_dot_product_attention' to ONNX opset version 13"),
 ])
@@ -128,6 +128,129 @@ def test_an_opset_that_cannot_hold_the_model_is_one_line_and_nothing_on_stdout(o
     code = main(["export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "m.onnx"), "--opset", str(opset)])
     out, err = capfd.readouterr()
     assert code == 2 and out == "" and err.count("\n") == 1 and message in err
+
+
+@pytest.mark.parametrize("name, opset, message", [
+    ("vit_tiny_patch4_28", 13, r"^opset=13: Exporting the operator 'aten::scaled_dot_product_attention' to ONNX opset "
+                               r"version 13 is not supported\..*; use the default, 17$"),
+    # the exporter's own line quoted a node of the traced graph (%110 : Long(device=cpu) = onnx::Gather...)
+    ("coord_resnet20_cifar", 9, r"^opset=9: the exporter cannot write this model's graph at opset 9; use the default, 17$"),
+])
+def test_export_onnx_at_an_opset_the_model_needs_more_than_is_one_line_naming_opset(name, opset, message, tmp_path):
+    """The Python export raised the exporter's exception (and the README promised opsets 9-20 to every family)."""
+    model = create_model(name, num_classes=2, **({"depth": 1} if name.startswith("vit") else {}))
+    with pytest.raises(ArgumentError, match=message):
+        export_onnx(model, tmp_path / "m.onnx", opset=opset)
+    assert list(tmp_path.iterdir()) == []
+    export_onnx(model, tmp_path / "m.onnx", opset=14)  # the first opset both write
+
+
+class _TracedBranch(torch.nn.Module):
+    """Logits doubled for any image but black: the trace of a black example keeps the other branch."""
+    input_size = (3, 4, 4)
+
+    def forward(self, images):
+        return images.flatten(1)[:, :2] * (2.0 if bool(images.abs().sum() > 0) else 1.0)
+
+
+class _TracedBatch(torch.nn.Module):
+    """A tensor made at the batch size as a number: the graph keeps the traced 2."""
+    input_size = (3, 4, 4)
+
+    def forward(self, images):
+        return images.flatten(1)[:, :2] + torch.zeros(int(images.shape[0]), 2)
+
+
+class _TracedBatchColumn(torch.nn.Module):
+    """A column made at the batch size as a number, joined on: onnxruntime cannot join 2 rows to 1."""
+    input_size = (3, 4, 4)
+
+    def forward(self, images):
+        return torch.cat([images.flatten(1)[:, :2], torch.zeros(int(images.shape[0]), 1)], dim=1)
+
+
+@pytest.mark.parametrize("model, message", [
+    (_TracedBranch(), r"^onnxruntime's logits differ from PyTorch's \(largest difference [0-9.]+, tolerance 0\.001 "
+                      r"absolute and relative, batch 1\); nothing was written: try another opset$"),
+    (_TracedBatch(), r"^onnxruntime's logits for a batch of 1 have shape \(2, 2\), PyTorch's \(1, 2\); nothing was "
+                     r"written: try another opset$"),
+    (_TracedBatchColumn(), r"^onnxruntime cannot run the exported graph on a batch of 1 \(.+\); nothing was written$"),
+])
+def test_an_export_that_computes_other_logits_is_refused(model, message, tmp_path):
+    """The check measured only the traced batch of 2 and never compared the difference with a tolerance."""
+    session = onnx_session(export_onnx(model, tmp_path / "m.onnx"))
+    with pytest.raises(ExportMismatchError, match=message):
+        checked_difference(model, session, model.input_size)
+
+
+def test_cli_export_whose_logits_differ_exits_2_and_keeps_the_earlier_file(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "m.onnx"
+    assert main(["export", "--model", "se_resnet20_cifar.fmnist", "--out", str(out)]) == 0
+    exported = out.read_bytes()
+    real_session = export.onnx_session
+
+    class Shifted:  # onnxruntime's logits, off by 0.01
+        def __init__(self, path):
+            self.session = real_session(path)
+
+        def run(self, names, feeds):
+            return [self.session.run(names, feeds)[0] + 0.01]
+
+    monkeypatch.setattr(export, "onnx_session", Shifted)
+    capsys.readouterr()
+    assert main(["export", "--model", "se_resnet20_cifar.fmnist_stage2", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "visattn: error: onnxruntime's logits differ from PyTorch's" in err
+    assert out.read_bytes() == exported and [p.name for p in tmp_path.iterdir()] == ["m.onnx"]
+
+
+def test_a_rerun_onto_an_earlier_export_says_which_it_replaced(tmp_path, capsys):
+    """The second model's file silently took the place of the first's."""
+    out = tmp_path / "m.onnx"
+    assert main(["export", "--model", "se_resnet20_cifar.fmnist", "--out", str(out)]) == 0
+    assert "replacing" not in capsys.readouterr().out
+    assert main(["export", "--model", "vit_tiny_patch4_28.fmnist", "--out", str(out)]) == 0
+    assert "dynamic batch, replacing an earlier export of se_resnet20_cifar.fmnist);" in capsys.readouterr().out
+
+
+def test_export_onnx_takes_the_input_size_the_weights_were_trained_at(tmp_path):
+    """se_resnet20_cifar.fmnist's architecture says 32 px and its weights 28: the graph took 32, and images
+    prepared as its weights' preprocessing says were refused by onnxruntime."""
+    model = create_model("se_resnet20_cifar.fmnist")
+    assert model.input_size == (3, 32, 32) and model.pretrained_cfg["input_size"] == (3, 28, 28)
+    session = onnx_session(export_onnx(model, tmp_path / "m.onnx"))
+    assert session.get_inputs()[0].shape == ["batch", 3, 28, 28]
+    session = onnx_session(export_onnx(create_model("se_resnet20_cifar"), tmp_path / "bare.onnx"))
+    assert session.get_inputs()[0].shape == ["batch", 3, 32, 32]  # no weights: the architecture's size
+
+
+@pytest.mark.parametrize("name, message", [
+    ("sat_cbam_resnet_scenes", r"^sat_cbam_resnet_scenes is a captioner, not a classifier; use `visattn caption`"),
+    ("fcos_resnet20_cifar", r"^fcos_resnet20_cifar is a detector, not a classifier; use `visattn detect`"),
+])
+def test_export_onnx_of_a_captioner_or_detector_names_its_command(name, message, tmp_path):
+    """A captioner raised a raw TypeError (forward() missing 'captions'), a detector advice about lists of images
+    that export_onnx cannot take, with tensor(2) for its batch."""
+    with pytest.raises(ConfigError, match=message):
+        export_onnx(create_model(name), tmp_path / "m.onnx", input_size=(3, 32, 32))
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_export_onnx_of_16_bit_weights_is_one_line(dtype, tmp_path):
+    """A raw RuntimeError: Input type (torch.FloatTensor) and weight type (torch.HalfTensor) should be the same."""
+    model = create_model("resnet20_cifar", num_classes=2).to(dtype)
+    with pytest.raises(ConfigError, match=rf"^the model's weights are {dtype}: ONNX export writes float32 graphs; "
+                                          r"export model\.float\(\)"):
+        export_onnx(model, tmp_path / "m.onnx")
+
+
+def test_a_vit_traced_at_another_size_names_it_in_numbers(tmp_path):
+    """The tracer's sizes are tensors: the line read input is (tensor(32), tensor(32))."""
+    model = create_model("vit_tiny_patch4_28", depth=1, num_classes=2)
+    with pytest.raises(ConfigError, match=r"^input is \(32, 32\) but the model expects \(28, 28\); resize the image "
+                                          r"or build the model with img_size=\(32, 32\)$"):
+        export_onnx(model, tmp_path / "m.onnx", input_size=(3, 32, 32))
 
 
 def test_an_export_that_fails_its_check_leaves_the_earlier_file_and_no_other(tmp_path, monkeypatch, capsys):

@@ -359,9 +359,13 @@ def _test_scores(task: str, loaded: Any, dataset: str, limit: Optional[int]) -> 
 def cmd_export(args: argparse.Namespace) -> int:
     from .export import export_classifier
 
-    path, difference = export_classifier(args.model, args.checkpoint, out=args.out, opset=args.opset)
-    print(f"wrote {path} ({args.format}, opset {args.opset}, dynamic batch); "
-          f"onnxruntime vs PyTorch max |logit difference| {difference:.2e}")
+    try:
+        written = export_classifier(args.model, args.checkpoint, out=args.out, opset=args.opset)
+    except ArgumentError as err:  # opset is the one argument export_classifier checks
+        raise err.for_flag("--opset") from None
+    replaced = f", replacing an earlier export of {written.replaced}" if written.replaced else ""
+    print(f"wrote {written.path} ({args.format}, opset {args.opset}, dynamic batch{replaced}); "
+          f"onnxruntime vs PyTorch max |logit difference| {written.difference:.2e}")
     return 0
 
 
@@ -688,7 +692,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", choices=["onnx"], default="onnx", help="file format")
     export.add_argument("--out", required=True,
                         help="the file to write, e.g. model.onnx; an earlier export is replaced, any other file never")
-    export.add_argument("--opset", type=int, default=17, help="ONNX opset version")
+    export.add_argument("--opset", type=int, default=17, help="ONNX opset version, 9 to 20 (ViTs: 14 or later)")
     export.set_defaults(func=cmd_export)
     return parser
 

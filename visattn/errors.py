@@ -33,6 +33,10 @@ class ConfigError(VisattnError, ValueError):
     """A config file, key or value that is invalid."""
 
 
+class ExportMismatchError(VisattnError, RuntimeError):
+    """An exported file whose runtime does not compute what the model computes (nothing is written)."""
+
+
 class ArgumentError(ConfigError):
     """A bad value of a function's argument that a command also takes as a flag. The message names
     it as Python writes it (``layer=5: ...``); :meth:`for_flag` names the flag (``--layer 5: ...``)."""

@@ -4,7 +4,7 @@ The export traces ``model(images)`` with the TorchScript-based exporter (the tor
 one needs ``onnxscript``, which visattn does not depend on). The batch axis stays dynamic; the
 image size is fixed, as the position embeddings of a ViT are laid out for one grid. The ViT's
 default attention path (``F.scaled_dot_product_attention``) exports as plain MatMul/Softmax
-nodes, so the file runs on any onnxruntime build.
+nodes from opset 14 on, so the file runs on any onnxruntime build.
 """
 from __future__ import annotations
 
@@ -16,13 +16,13 @@ import sys
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import numpy as np
 import torch
 from torch import nn
 
-from .errors import ConfigError, VisattnError, WeightsError
+from .errors import ArgumentError, ConfigError, ExportMismatchError, VisattnError, WeightsError
 from .modes import eval_mode
 from .fileio import atomic_path, output_errors, prepare_output_file
 
@@ -32,6 +32,9 @@ DEFAULT_OPSET = 17  # LayerNormalization is a native op from 17 on
 # What the TorchScript-based exporter writes in torch 2.x; outside it, it dumps its graph and fails.
 SUPPORTED_OPSETS = range(9, 21)
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
+# onnxruntime's logits must be within this of PyTorch's, absolute and relative (np.allclose's atol and rtol):
+# timm's exporter asserts 3 decimals; float32 kernels in another order differ by about 1e-6.
+MATCH_TOLERANCE = 1e-3
 
 
 @contextlib.contextmanager
@@ -74,8 +77,9 @@ def export_onnx(
         model: a classifier taking normalised images; it is exported in eval mode and left in
             the mode it was in.
         path: the ``.onnx`` file to write; missing parent folders are created.
-        input_size: ``(C, H, W)`` of one image; default: the model's ``input_size`` attribute.
-        opset: ONNX opset version.
+        input_size: ``(C, H, W)`` of one image; default: the size its weights were trained at
+            (``pretrained_cfg["input_size"]``, as timm's exporter takes it), else its ``input_size``.
+        opset: ONNX opset version, 9 to 20; ViTs need 14 or later.
         metadata: stored as string ``metadata_props`` in the file (e.g. labels, preprocessing).
 
     Returns:
@@ -92,6 +96,8 @@ def _write_onnx(model: nn.Module, path: Path, *, input_size: Optional[Sequence[i
                 metadata: Optional[Mapping[str, Any]]) -> None:
     """:func:`export_onnx`'s graph and metadata, written straight to ``path`` (a caller's temporary file)."""
     _require_onnx()
+    check_opset(opset)
+    _require_float32_classifier(model)
     size = _input_size(model, input_size)
     properties = _metadata_props(metadata or {})
     example = torch.zeros(2, *size)  # batch 2, so the tracer cannot specialise on a batch of one
@@ -100,13 +106,50 @@ def _write_onnx(model: nn.Module, path: Path, *, input_size: Optional[Sequence[i
         # (PatchEmbed's image-size test) that become constants for this fixed input size.
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        torch.onnx.export(
-            _Logits(model), (example,), str(path), dynamo=False, opset_version=opset,
-            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-        )
+        try:
+            torch.onnx.export(
+                _Logits(model), (example,), str(path), dynamo=False, opset_version=opset,
+                input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            )
+        except (VisattnError, OSError):
+            raise
+        except Exception as err:
+            if opset == DEFAULT_OPSET:
+                raise  # every visattn classifier exports at the default: a failure there is a bug to report
+            raise _opset_error(opset, err) from None
     if properties:
         _add_metadata(path, properties)
+
+
+def check_opset(opset: int) -> None:
+    """One line for an opset outside what the exporter writes (it dumps its graph and fails)."""
+    if opset not in SUPPORTED_OPSETS:
+        raise ArgumentError("opset", opset, f"the exporter writes opsets {SUPPORTED_OPSETS.start} to "
+                                            f"{SUPPORTED_OPSETS.stop - 1}; use the default, {DEFAULT_OPSET}")
+
+
+def _opset_error(opset: int, err: Exception) -> ArgumentError:
+    """The exporter refusing an operator at ``opset``: its reason when it names the operator (a ViT's
+    attention before 14), not the graph node it quotes otherwise (coordinate attention's pooling at 9)."""
+    reason = (str(err).strip().splitlines() or [""])[0]
+    if not reason.startswith("Exporting the operator"):
+        reason = f"the exporter cannot write this model's graph at opset {opset}"
+    return ArgumentError("opset", opset, f"{reason[:200]}; use the default, {DEFAULT_OPSET}")
+
+
+def _require_float32_classifier(model: nn.Module) -> None:
+    """One line for what the exporter cannot trace as a classifier: a captioner or detector (a raw TypeError
+    or a message about lists of images) and 16-bit weights (a dtype RuntimeError on the float32 example)."""
+    from .tasks.classification import require_task
+
+    name = getattr(model, "visattn_name", None)  # set by create_model; a model built elsewhere is taken as it is
+    if name:
+        require_task(name, "classification")
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()} - {torch.float32}
+    if dtypes:
+        raise ConfigError(f"the model's weights are {', '.join(sorted(map(str, dtypes)))}: ONNX export writes float32 "
+                          "graphs; export model.float() (onnxruntime runs them on any CPU)")
 
 
 def _require_onnx() -> None:
@@ -145,7 +188,8 @@ def onnx_max_difference(model: nn.Module, session: Any, images: torch.Tensor) ->
 
 
 def _input_size(model: nn.Module, input_size: Optional[Sequence[int]]) -> tuple[int, ...]:
-    size = tuple(input_size if input_size is not None else getattr(model, "input_size", ()))
+    trained_at = (getattr(model, "pretrained_cfg", None) or {}).get("input_size")
+    size = tuple(input_size if input_size is not None else trained_at or getattr(model, "input_size", ()))
     if len(size) != 3 or min(size) < 1:
         raise ConfigError(
             f"input_size={input_size!r}: give the (C, H, W) of one image, e.g. input_size=(3, 224, 224)"
@@ -153,15 +197,16 @@ def _input_size(model: nn.Module, input_size: Optional[Sequence[int]]) -> tuple[
     return tuple(int(s) for s in size)
 
 
-def _exported_here(path: Path) -> bool:
-    """Whether ``path`` is an ONNX model this exporter wrote (its metadata names the source weights and labels)."""
+def exported_source(path: Path) -> Optional[str]:
+    """The weights an ONNX model at ``path`` was exported from, when this exporter wrote it (its metadata
+    names them with their labels and preprocessing); None for any other file."""
     import onnx
 
     try:
-        keys = {prop.key for prop in onnx.load(str(path), load_external_data=False).metadata_props}
+        props = {prop.key: prop.value for prop in onnx.load(str(path), load_external_data=False).metadata_props}
     except Exception:  # onnx raises protobuf's DecodeError and others on a file that is no ONNX model
-        return False
-    return {"source", "arch", "labels", "preprocessing"} <= keys
+        return None
+    return props["source"] if {"source", "arch", "labels", "preprocessing"} <= props.keys() else None
 
 
 def _metadata_props(metadata: Mapping[str, Any]) -> dict[str, str]:
@@ -181,48 +226,65 @@ def _add_metadata(path: Path, properties: Mapping[str, str]) -> None:
     onnx.save(proto, str(path))
 
 
+class Export(NamedTuple):
+    """What :func:`export_classifier` wrote: the file, onnxruntime's largest logit difference from PyTorch, and
+    the source of the earlier export it replaced (None when there was none)."""
+
+    path: Path
+    difference: float
+    replaced: Optional[str]
+
+
 def export_classifier(
     model: Optional[str] = None, checkpoint: Optional[str] = None, *, out: str | os.PathLike,
     opset: int = DEFAULT_OPSET,
-) -> tuple[Path, float]:
+) -> Export:
     """``visattn export``: shipped weights ``ARCH.TAG`` or a training checkpoint to ONNX.
 
-    The file carries the labels and preprocessing as metadata. Returns the path and the largest
-    logit difference between onnxruntime and PyTorch on a random batch of two images. ``out`` is
-    checked before the export: a folder, an unwritable place or the weights it exports is one line.
+    The file carries the labels and preprocessing as metadata. onnxruntime runs it on random images at
+    batches 1 and 3 (the graph is traced at 2), and the file is kept only when its logits are PyTorch's
+    within :data:`MATCH_TOLERANCE`. ``out`` is checked before the export: a folder, an unwritable place
+    or the weights it exports is one line.
     """
     from .pretrained import model_files
     from .tasks.classification import load_classifier
 
-    if opset not in SUPPORTED_OPSETS:
-        raise ConfigError(f"--opset {opset}: the exporter writes opsets {SUPPORTED_OPSETS.start} to "
-                          f"{SUPPORTED_OPSETS.stop - 1}; use the default --opset {DEFAULT_OPSET}")
+    check_opset(opset)
     classifier = load_classifier(model, checkpoint)
     # A .pt or .safetensors name would hide an ONNX file.
-    out = prepare_output_file(out, flag="--out", inputs=model_files(model, checkpoint), ours=_exported_here,
-                              suffix=".onnx")
+    out = prepare_output_file(out, flag="--out", inputs=model_files(model, checkpoint),
+                              ours=lambda path: exported_source(path) is not None, suffix=".onnx")
+    replaced = exported_source(out) if out.is_file() else None
     metadata = {"source": classifier.name, "arch": classifier.arch, "labels": classifier.class_names,
                 "preprocessing": classifier.preprocessing}
     input_size = classifier.preprocessing["input_size"]
-    images = torch.randn(2, *input_size, generator=torch.Generator().manual_seed(0))
-    # a failed export leaves no file, and an existing one as it was
+    # a failed export or check leaves no file, and an existing one as it was
     with output_errors(out, flag="--out", kind="file"), atomic_path(out) as written:
-        session = _export_at_opset(classifier.model, written, input_size=input_size, opset=opset, metadata=metadata)
-        difference = onnx_max_difference(classifier.model, session, images)
-    return out, difference
+        _write_onnx(classifier.model, written, input_size=input_size, opset=opset, metadata=metadata)
+        difference = checked_difference(classifier.model, onnx_session(written), input_size)
+    return Export(out, difference, replaced)
 
 
-def _export_at_opset(model: nn.Module, path: Path, *, input_size: Sequence[int], opset: int,
-                     metadata: Mapping[str, Any]) -> Any:
-    """Export and open the file in onnxruntime; the exporter or onnxruntime refusing a chosen opset
-    for some operator is one line (file errors go on to the caller)."""
-    try:
-        _write_onnx(model, path, input_size=input_size, opset=opset, metadata=metadata)  # inside its atomic_path
-        return onnx_session(path)
-    except (VisattnError, OSError):
-        raise
-    except Exception as err:
-        if opset == DEFAULT_OPSET:
-            raise  # every visattn classifier exports at the default: a failure there is a bug to report
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise ConfigError(f"--opset {opset}: {reason[:200]}; use the default --opset {DEFAULT_OPSET}") from None
+def checked_difference(model: nn.Module, session: Any, input_size: Sequence[int]) -> float:
+    """onnxruntime's largest logit difference from ``model``'s on random images at batches 1 and 3, where a
+    batch size the trace kept would show; ExportMismatchError when it is beyond :data:`MATCH_TOLERANCE`."""
+    generator = torch.Generator().manual_seed(0)
+    largest = 0.0
+    for batch in (1, 3):
+        images = torch.randn(batch, *input_size, generator=generator)
+        with eval_mode(model), torch.no_grad():
+            expected = model(images).numpy()
+        try:
+            actual = session.run([OUTPUT_NAME], {INPUT_NAME: images.numpy()})[0]
+        except Exception as err:  # onnxruntime's own error types, e.g. a graph that kept the traced batch of 2
+            raise ExportMismatchError(f"onnxruntime cannot run the exported graph on a batch of {batch} "
+                                      f"({str(err).strip().splitlines()[0][:160]}); nothing was written") from None
+        if actual.shape != expected.shape:
+            raise ExportMismatchError(f"onnxruntime's logits for a batch of {batch} have shape {actual.shape}, PyTorch's "
+                                      f"{expected.shape}; nothing was written: try another opset")
+        if not np.allclose(actual, expected, rtol=MATCH_TOLERANCE, atol=MATCH_TOLERANCE):
+            raise ExportMismatchError(
+                f"onnxruntime's logits differ from PyTorch's (largest difference {np.abs(actual - expected).max():.3g}, "
+                f"tolerance {MATCH_TOLERANCE} absolute and relative, batch {batch}); nothing was written: try another opset")
+        largest = max(largest, float(np.abs(actual - expected).max()))
+    return largest

@@ -104,8 +104,9 @@ class PatchEmbed(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_image_layout(x, self.in_chans)
         if not isinstance(x, torch.fx.Proxy) and x.shape[-2:] != self.img_size:
+            size = tuple(int(s) for s in x.shape[-2:])  # the ONNX tracer gives sizes as tensors
             raise ConfigError(
-                f"input is {tuple(x.shape[-2:])} but the model expects {self.img_size}; "
-                f"resize the image or build the model with img_size={tuple(x.shape[-2:])}"
+                f"input is {size} but the model expects {self.img_size}; "
+                f"resize the image or build the model with img_size={size}"
             )
         return self.proj(x).flatten(2).transpose(1, 2)  # (B, num_patches, embed_dim)
