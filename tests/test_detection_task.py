@@ -16,7 +16,7 @@ from visattn import create_model
 from visattn.cli import main
 from visattn.errors import ConfigError, VisattnWarning
 from visattn.pretrained import load_index
-from visattn.tasks.detection import DetectionTask, Detector, evaluate_detector, load_detector
+from visattn.tasks.detection import DetectionTask, Detector, detection_records, evaluate_detector, load_detector
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -67,6 +67,17 @@ def test_map_of_perfect_shifted_and_mislabelled_predictions():
     assert scores["map50"] == 1.0 and 0.2 < scores["map"] < 0.8
     swapped = {k: {**p, "labels": 1 - p["labels"]} for k, p in perfect.items()}
     assert _map_of(swapped, targets)["map50"] == 0.0
+
+
+def test_detection_records_name_category_ids_where_the_run_recorded_them():
+    found = {"boxes": torch.tensor([[1.0, 2.0, 3.0, 4.0], [0.0, 0.0, 5.0, 5.0]]), "scores": torch.tensor([0.9, 0.4]),
+             "labels": torch.tensor([1, 0])}
+    assert detection_records(found, ["cat", "dog"], [17, 4]) == [
+        {"label": "dog", "index": 1, "category_id": 4, "score": pytest.approx(0.9), "box": [1.0, 2.0, 3.0, 4.0]},
+        {"label": "cat", "index": 0, "category_id": 17, "score": pytest.approx(0.4), "box": [0.0, 0.0, 5.0, 5.0]}]
+    # no ids recorded (FashionScenes, a checkpoint from before), or none for a class: no category_id, not a guess
+    assert all("category_id" not in d for d in detection_records(found, ["cat", "dog"]))
+    assert ["category_id" in d for d in detection_records(found, ["cat", "dog"], [None, 4])] == [True, False]
 
 
 def test_task_refuses_a_model_that_is_no_detector():
@@ -120,6 +131,14 @@ def test_the_coco_template_trains_on_a_users_instances_json(tmp_path, capsys):
                  "--data.init_args.batch_size", "2", "--data.init_args.num_workers", "0"]) == 0
     hparams = torch.load(out / "ckpt" / "last.ckpt", map_location="cpu", weights_only=True)["hyper_parameters"]
     assert hparams["class_names"] == CLASS_NAMES
+    # Each detection names its category's id in the user's file (3, 5, 7 here): the label index (0, 1, 2) was all
+    # there was to give COCOeval, where it matched no category, or with ids 1..K the wrong ones.
+    assert hparams["category_ids"] == [3, 5, 7]
+    capsys.readouterr()
+    assert main(["detect", str(images_dir / "a.png"), str(images_dir / "b.png"), "--checkpoint",
+                 str(out / "ckpt" / "last.ckpt"), "--score-threshold", "0", "--json"]) == 0
+    found = [d for line in capsys.readouterr().out.splitlines() for d in json.loads(line)["detections"]]
+    assert found and {(d["label"], d["category_id"]) for d in found} <= {("cat", 3), ("bird", 5), ("dog", 7)}
     # validate without validation annotations printed no metric and exited 0
     capsys.readouterr()
     assert main(["validate", "--config", str(config), "--ckpt_path", str(out / "ckpt" / "last.ckpt"),

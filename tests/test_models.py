@@ -134,3 +134,95 @@ def test_layer_wise_lr_decay_groups_parameters_as_timm_does(name, timm_name):
     ours, theirs = scales(create_model(name)), scales(timm.create_model(timm_name))
     shared = ours.keys() & theirs.keys()  # SE's gates are named attn here, se in timm
     assert len(shared) >= 152 and {k: ours[k] for k in shared} == {k: theirs[k] for k in shared}
+
+
+def _timm_pair(tmp_path, name, timm_name, **kwargs):
+    """A timm model with random weights (BN statistics too) and the visattn model loaded from its file."""
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    reference = timm.create_model(timm_name, **kwargs).eval()
+    for module in reference.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.normal_()
+            module.running_var.uniform_(0.5, 2.0)
+    path = tmp_path / f"{timm_name}.safetensors"
+    save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, path)
+    return reference, create_model(name, pretrained=str(path), **kwargs).eval(), path
+
+
+TIMM_FEATURE_PAIRS = [("resnet18", "resnet18", {}, 64), ("se_resnet18", "seresnet18", {}, 64),
+                      ("vit_tiny_patch16_224", "vit_tiny_patch16_224", dict(img_size=32, depth=3), 32)]
+
+
+@pytest.mark.parametrize("name, timm_name, kwargs, size", TIMM_FEATURE_PAIRS)
+def test_forward_intermediates_and_features_only_equal_timms(tmp_path, name, timm_name, kwargs, size):
+    """timm's feature API (forward_intermediates, feature_info, features_only=True) was missing: a timm user's
+    backbone code failed on visattn's models."""
+    import timm
+
+    reference, model, path = _timm_pair(tmp_path, name, timm_name, **kwargs)
+    describe = lambda info: [(level["num_chs"], level["reduction"]) for level in info]  # noqa: E731
+    assert describe(model.feature_info) == describe(reference.feature_info)
+    x = torch.randn(2, 3, size, size)
+    options = [{}, dict(indices=2), dict(indices=[0, -1], stop_early=True)]
+    if name.startswith("vit"):
+        options += [dict(indices=[1], norm=True, output_fmt="NLC"), dict(indices=1, return_prefix_tokens=True)]
+    with torch.no_grad():
+        for option in options:
+            ours, theirs = model.forward_intermediates(x, **option), reference.forward_intermediates(x, **option)
+            torch.testing.assert_close(ours[0], theirs[0], rtol=0, atol=0)
+            assert len(ours[1]) == len(theirs[1])
+            for mine, timms in zip(ours[1], theirs[1]):
+                torch.testing.assert_close(mine, timms, rtol=0, atol=0)
+        backbone = create_model(name, pretrained=str(path), features_only=True, out_indices=(1, 2), **kwargs).eval()
+        timm_backbone = timm.create_model(timm_name, features_only=True, out_indices=(1, 2), pretrained=True,
+                                          pretrained_cfg_overlay=dict(file=str(path)), **kwargs).eval()
+        for mine, timms in zip(backbone(x), timm_backbone(x), strict=True):
+            torch.testing.assert_close(mine, timms, rtol=0, atol=0)
+    assert backbone.feature_info.channels() == timm_backbone.feature_info.channels()
+    assert backbone.feature_info.reduction() == timm_backbone.feature_info.reduction()
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(backbone) == count(timm_backbone) < count(model)  # the layers past level 2 and the head dropped
+
+
+@pytest.mark.parametrize("name", CLASSIFIERS)
+def test_feature_maps_are_what_feature_info_says_and_survive_pruning(name):
+    from visattn.models.features import features_only
+
+    model = _build(name).eval()
+    x = torch.randn(INPUT)
+    with torch.no_grad():
+        final, maps = model.forward_intermediates(x)
+        torch.testing.assert_close(final, model.forward_features(x))
+        assert len(maps) == len(model.feature_info)
+        for level, feature in zip(model.feature_info, maps):
+            side = -(-INPUT[-1] // level["reduction"])
+            assert feature.shape == (INPUT[0], level["num_chs"], side, side), level["module"]
+        kept = features_only(model, out_indices=(0, 1))
+        for mine, before in zip(kept(x), maps[:2], strict=True):
+            torch.testing.assert_close(mine, before)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: create_model("resnet20_cifar").forward_intermediates(torch.randn(1, 3, 32, 32), indices=[4]),
+     r"^indices=\[4\]: feature index 4 is out of range \(0 to 3\); give an int n \(the last n levels\) or a list "
+     r"of level indices from 0 to 3$"),
+    (lambda: create_model("resnet20_cifar").forward_intermediates(torch.randn(1, 3, 32, 32), indices=[]),
+     r"^indices=\[\]: take at least one of the 4 feature levels$"),
+    (lambda: create_model("resnet20_cifar").forward_intermediates(torch.randn(1, 3, 32, 32), output_fmt="NLC"),
+     r"^output_fmt='NLC': a ResNet's feature maps are NCHW; drop output_fmt$"),
+    (lambda: create_model("vit_tiny_patch4_28", depth=2, features_only=True, out_indices=3),
+     r"^out_indices=3: last-n \(3\) is out of range \(1 to 2\)"),
+    (lambda: create_model("resnet20_cifar", out_indices=(1, 2)),
+     r"^out_indices=\(1, 2\): selects the maps of features_only=True; add it, or drop out_indices$"),
+    (lambda: create_model("fcos_resnet20_cifar", features_only=True),
+     r"^features_only=True: fcos_resnet20_cifar is a detection model; build its backbone, a classifier, with "
+     r"features_only=True$"),
+])
+def test_feature_api_mistakes_are_one_line(call, message):
+    from visattn.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        call()

@@ -11,7 +11,7 @@ from typing import Any, Callable, Literal, Optional, Union
 
 from torch import nn
 
-from .errors import ConfigError, UnknownModelError, check_keyword_arguments
+from .errors import ArgumentError, ConfigError, UnknownModelError, check_keyword_arguments
 
 # True: every weight must fit; "attention": only attention modules added to the weights' architecture
 # (SE, CBAM, ... on a plain ResNet) may be missing; False: any missing weight keeps its initialisation.
@@ -230,6 +230,8 @@ def create_model(
     pretrained: Union[bool, str, None] = None,
     num_classes: Optional[int] = None,
     strict: Strictness = True,
+    features_only: bool = False,
+    out_indices: Union[int, Sequence[int], None] = None,
     **kwargs,
 ) -> nn.Module:
     """Build a registered model, optionally with weights.
@@ -247,6 +249,12 @@ def create_model(
         strict: when ``"attention"``, parameters of attention modules the checkpoint lacks (a plain
             backbone's weights in an SE or CBAM one) keep their initialisation and a warning lists them;
             when ``False``, any parameter the checkpoint lacks does.
+        features_only: a classifier's feature maps instead of its logits, as timm's ``features_only``: the
+            model returns the list of maps at ``out_indices`` (its ``feature_info`` gives their channels and
+            strides), without the layers past the last one or the head.
+        out_indices: the levels of ``features_only``: an int takes the last n, a sequence those listed
+            (negative from the end); default, as timm: every level of a ResNet (0 the stem, k stage k),
+            a ViT's last three blocks.
         **kwargs: architecture hyperparameters passed to the builder (``img_size``, ``drop_path_rate``, ...).
     """
     from .pretrained import load_weights, set_pretrained_cfg, timm_pretrained_cfg, weights_preprocessing
@@ -254,7 +262,13 @@ def create_model(
     if not isinstance(strict, bool) and strict != "attention":  # "no" is true
         raise ConfigError(f"strict={strict!r}: give True (every weight must fit), 'attention' (attention modules "
                           "may be new) or False (any weight may be missing)")
+    if out_indices is not None and not features_only:
+        raise ArgumentError("out_indices", out_indices, "selects the maps of features_only=True; add it, or drop "
+                                                        "out_indices")
     arch, entry, kwargs = model_arguments(name, pretrained=pretrained, num_classes=num_classes, **kwargs)
+    if features_only and model_task(arch) != "classification":
+        raise ArgumentError("features_only", True, f"{arch} is a {model_task(arch)} model; build its backbone, a "
+                                                   "classifier, with features_only=True")
     model = _model_entrypoints[arch](**kwargs)
     model.visattn_name = f"{arch}.{entry['tag']}" if entry else arch
     # what save_weights records, so that the weights rebuild this model by name
@@ -268,4 +282,8 @@ def create_model(
     model.visattn_recorded_preprocessing = weights_preprocessing(entry, pretrained)
     if model_task(arch) == "classification":
         set_pretrained_cfg(model, timm_pretrained_cfg(model, model.visattn_recorded_preprocessing))
+    if features_only:
+        from .models.features import features_only as feature_maps
+
+        model = feature_maps(model, out_indices)
     return model

@@ -22,7 +22,7 @@ import warnings
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Optional
 
 import albumentations as A
 import lightning.pytorch as pl
@@ -209,6 +209,9 @@ class CocoDetection(ImageFiles):
         coco = load_coco(self.annotations)
         try:
             self.class_names, label_of = self._labels(coco.dataset["categories"], class_names)
+            # each label's category id in this file (None for a training class the file does not list)
+            id_of = {label: category for category, label in label_of.items()}
+            self.category_ids = [id_of.get(label) for label in range(len(self.class_names))]
             images = _in_id_order(coco.dataset["images"])
             self._track(image_paths(self.annotations, images, images_dir), max_pixels)
             if not self.paths:
@@ -494,6 +497,12 @@ class _DetectionDataModule(SplitLoadersMixin, pl.LightningDataModule):
         return len(self.class_names)
 
     @property
+    def category_ids(self) -> Optional[list[int]]:
+        """Each label's category id in the data's annotation files (COCO's), which checkpoints keep so that
+        detections name them; None for data without such ids."""
+        return None
+
+    @property
     def preprocessing(self) -> dict[str, Any]:
         """Detectors take 0..1 RGB pixels and normalise and resize inside the model."""
         return {"recipe": "detection"}
@@ -626,6 +635,10 @@ class CocoDetectionDataModule(_DetectionDataModule):
     @property
     def class_names(self) -> list[str]:
         return list(self._train.class_names)
+
+    @property
+    def category_ids(self) -> list[int]:
+        return list(self._train.category_ids)
 
     @property
     def num_skipped(self) -> int:

@@ -40,6 +40,7 @@ from ..layers.global_pool import GlobalPool2d, PoolType, check_pool_type
 from ..layers.patch_embed import check_count, check_image_layout, is_count
 from ..layers.se import SqueezeExcite
 from ..registry import register_model
+from .features import Indices, take_indices
 
 
 def _conv3x3(in_chs: int, out_chs: int, stride: int = 1) -> nn.Conv2d:
@@ -221,10 +222,11 @@ class ResNet(nn.Module):
         self._make_stages(
             block, layers, widths, attn_layer, attn_stages, non_local_blocks, attn_kwargs, drop_path_rate
         )
-        self.num_features = widths[-1] * block.expansion
+        self.num_features = self.head_hidden_size = widths[-1] * block.expansion
         if bam:
             for i, width in enumerate(widths[:-1], start=1):
                 setattr(self, f"bam{i}", create_attn("bam", width * block.expansion, **attn_kwargs))
+        self.feature_info = _feature_info(block, widths, small_input, bam)
         self.global_pool = GlobalPool2d(global_pool)
         self.drop = nn.Dropout(drop_rate)
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
@@ -287,16 +289,49 @@ class ResNet(nn.Module):
 
     def forward_stages(self, x: Tensor) -> list[Tensor]:
         """Every stage's output (after its BAM, where there is one), finest first: the features an FPN takes."""
+        return self.forward_intermediates(x, indices=list(range(1, len(self.feature_info))), intermediates_only=True)
+
+    def forward_intermediates(
+        self, x: Tensor, indices: Indices = None, norm: bool = False, stop_early: bool = False,
+        output_fmt: str = "NCHW", intermediates_only: bool = False,
+    ) -> Union[list[Tensor], tuple[Tensor, list[Tensor]]]:
+        """timm's feature API: ``(forward_features(x), maps)``, or the maps alone with ``intermediates_only``.
+        Level 0 is the stem after its ReLU (before the max-pool), level k stage k's output after its BAM;
+        ``indices`` takes the last n levels (an int), those listed, or all (None); ``stop_early`` skips the stages
+        past the last one taken; ``norm`` has no final norm to apply, as in timm's ResNets."""
+        if output_fmt != "NCHW":
+            raise ConfigError(f"output_fmt={output_fmt!r}: a ResNet's feature maps are NCHW; drop output_fmt")
+        taken, last = take_indices(len(self.feature_info), indices)
         check_image_layout(x, self.conv1.in_channels)
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        outputs = []
-        for i, name in enumerate(self.stage_names, start=1):
+        x = self.relu(self.bn1(self.conv1(x)))
+        maps = [x] if 0 in taken else []
+        x = self.maxpool(x)
+        for i, name in enumerate(self.stage_names[:last] if stop_early else self.stage_names, start=1):
             x = self._run_stage(getattr(self, name), x)
             bam = getattr(self, f"bam{i}", None)
             if bam is not None:
                 x = bam(x)
-            outputs.append(x)
-        return outputs
+            if i in taken:
+                maps.append(x)
+        return maps if intermediates_only else (x, maps)
+
+    def prune_intermediate_layers(self, indices: Indices = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """Drop the stages past the last level in ``indices`` (and the head, with ``prune_head`` or when stages
+        go), as timm's ResNets do for a features-only model; returns the levels taken."""
+        taken, last = take_indices(len(self.feature_info), indices)
+        for i, name in enumerate(self.stage_names, start=1):
+            if i > last:
+                setattr(self, name, nn.Sequential())  # empty: the map passes through unchanged
+                if hasattr(self, f"bam{i}"):
+                    setattr(self, f"bam{i}", nn.Identity())
+        if last == 0:
+            self.maxpool = nn.Identity()
+        if last < len(self.stage_names):
+            self.num_features = self.head_hidden_size = self.feature_info[last]["num_chs"]
+        if prune_head or last < len(self.stage_names):
+            self.reset_classifier(0, "")
+        return taken
 
     def _run_stage(self, stage: nn.Sequential, x: Tensor) -> Tensor:
         if not (self.grad_checkpointing and self.training and torch.is_grad_enabled()):
@@ -361,6 +396,18 @@ class ResNet(nn.Module):
 # Block attention whose timm module has the same parameters and maths (timm seresnet*, and a
 # plain-stem timm ResNet built with attn_layer="eca"), so the rename alone gives the same logits.
 _TIMM_SAME_ATTN = (SqueezeExcite, EfficientChannelAttention)
+
+
+def _feature_info(block: BlockType, widths: Sequence[int], small_input: bool, bam: bool) -> list[dict[str, Any]]:
+    """timm's ``feature_info``: channels, stride and module of the stem's output and each stage's."""
+    reduction = 1 if small_input else 2
+    info = [dict(num_chs=widths[0], reduction=reduction, module="relu")]
+    reduction *= 1 if small_input else 2  # the max-pool
+    for stage, planes in enumerate(widths, start=1):
+        reduction *= 2 if stage > 1 else 1
+        module = f"bam{stage}" if bam and stage < len(widths) else f"layer{stage}"
+        info.append(dict(num_chs=planes * block.expansion, reduction=reduction, module=module))
+    return info
 
 
 def _check_head(num_classes: int, global_pool: str) -> None:

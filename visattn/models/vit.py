@@ -20,6 +20,7 @@ from ..layers.mlp import Mlp
 from ..layers.patch_embed import PatchEmbed, check_count
 from ..layers.pos_embed import resample_abs_pos_embed
 from ..registry import register_model
+from .features import Indices, take_indices
 
 Attentions = list[torch.Tensor]
 # Parameters trained without weight decay, as in timm (which reads them from ``no_weight_decay()``).
@@ -125,7 +126,7 @@ class VisionTransformer(nn.Module):
         use_fc_norm = global_pool == "avg" if fc_norm is None else fc_norm
         self.num_classes = num_classes
         self.global_pool = global_pool
-        self.num_features = self.embed_dim = embed_dim
+        self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
         self.num_prefix_tokens = 1 if class_token else 0
 
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
@@ -144,6 +145,8 @@ class VisionTransformer(nn.Module):
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         self.grad_checkpointing = False
+        self.feature_info = [dict(module=f"blocks.{i}", num_chs=embed_dim, reduction=max(self.patch_embed.patch_size))
+                             for i in range(depth)]
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -215,6 +218,50 @@ class VisionTransformer(nn.Module):
             x, attn = block(x, return_attention=True)
             attentions.append(attn)
         return self.norm(x), attentions
+
+    def _run_block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            return checkpoint(block, x, use_reentrant=False)
+        return block(x)
+
+    def forward_intermediates(
+        self, x: torch.Tensor, indices: Indices = None, return_prefix_tokens: bool = False, norm: bool = False,
+        stop_early: bool = False, output_fmt: str = "NCHW", intermediates_only: bool = False,
+    ) -> Union[list, tuple[torch.Tensor, list]]:
+        """timm's feature API: ``(forward_features(x), maps)``, or the maps alone with ``intermediates_only``.
+        Level i is block i's patch tokens, ``(B, C, h, w)`` (``output_fmt="NLC"``: ``(B, h * w, C)``), each
+        ``(tokens, prefix tokens)`` with ``return_prefix_tokens``; ``norm`` passes them through the final norm;
+        ``indices`` takes the last n blocks (an int), those listed, or all (None); ``stop_early`` skips the
+        blocks past the last one taken."""
+        if output_fmt not in ("NCHW", "NLC"):
+            raise ConfigError(f"output_fmt={output_fmt!r}: give 'NCHW' (maps) or 'NLC' (tokens)")
+        taken, last = take_indices(len(self.feature_info), indices)
+        x = self._pos_embed(self.patch_embed(x))
+        maps = []
+        for i, block in enumerate(self.blocks[:last + 1] if stop_early else self.blocks):
+            x = self._run_block(block, x)
+            if i in taken:
+                maps.append(self.norm(x) if norm else x)
+        prefixes = [y[:, :self.num_prefix_tokens] for y in maps]
+        maps = [y[:, self.num_prefix_tokens:] for y in maps]  # (B, h * w, C)
+        if output_fmt == "NCHW":
+            maps = [y.reshape(y.shape[0], *self.grid_size, -1).permute(0, 3, 1, 2).contiguous() for y in maps]
+        if return_prefix_tokens and self.num_prefix_tokens:
+            maps = list(zip(maps, prefixes))
+        return maps if intermediates_only else (self.norm(x), maps)
+
+    def prune_intermediate_layers(self, indices: Indices = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """Drop the blocks past the last one in ``indices``, the final norm with ``prune_norm`` and the head
+        with ``prune_head``, as timm's ViTs do for a features-only model; returns the blocks taken."""
+        taken, last = take_indices(len(self.feature_info), indices)
+        self.blocks = self.blocks[:last + 1]
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.fc_norm = nn.Identity()
+            self.reset_classifier(0)
+        return taken
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         if self.global_pool == "avg":

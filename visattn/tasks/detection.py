@@ -108,6 +108,8 @@ class DetectionTask(GuardedTask, pl.LightningModule):
         warmup_epochs: linear warm-up length, then cosine decay to zero over the run.
         backbone_lr_scale: the backbone's learning rate as a fraction of ``lr`` (DETR: 0.1).
         class_names: label names, linked from the datamodule; saved in checkpoints for inference.
+        category_ids: each label's category id in the training annotations (COCO's), linked from the
+            datamodule; saved in checkpoints, so that detections name them (None: data without ids).
         preprocessing: what inference needs to prepare images, linked from the datamodule.
         max_bad_steps: a step whose loss is NaN or infinite is skipped (and logged as
             ``train/skipped_steps``); this many in a row stop the run with a message.
@@ -115,7 +117,7 @@ class DetectionTask(GuardedTask, pl.LightningModule):
 
     task = "detection"  # the data modules it takes say the same
     # Given once in the data section of a config and linked here by `visattn fit` (see lightning_cli.py).
-    linked_data_attributes = ("num_classes", "class_names", "preprocessing")
+    linked_data_attributes = ("num_classes", "class_names", "category_ids", "preprocessing")
 
     def __init__(
         self,
@@ -129,6 +131,7 @@ class DetectionTask(GuardedTask, pl.LightningModule):
         warmup_epochs: float = 1.0,
         backbone_lr_scale: float = 1.0,
         class_names: Optional[list[str]] = None,
+        category_ids: Optional[list[int]] = None,
         preprocessing: Optional[dict[str, Any]] = None,
         max_bad_steps: int = 5,
     ) -> None:
@@ -138,6 +141,8 @@ class DetectionTask(GuardedTask, pl.LightningModule):
                               "or `visattn models 'detr_*'`")
         if class_names is not None and len(class_names) != num_classes:
             raise ConfigError(f"{len(class_names)} class_names for num_classes={num_classes}; link both from the data")
+        if category_ids is not None and len(category_ids) != num_classes:
+            raise ConfigError(f"{len(category_ids)} category_ids for num_classes={num_classes}; link both from the data")
         self.save_hyperparameters()
         refuse_linked_kwargs(model_kwargs, num_classes="model.init_args.num_classes")
         self.model = create_model(model_name, num_classes=num_classes, pretrained=pretrained, strict=strict,
@@ -224,6 +229,7 @@ class Detector:
     name: str  # arch.tag or the checkpoint path
     arch: str
     model_kwargs: dict[str, Any]
+    category_ids: Optional[list[int]] = None  # each label's id in the training annotations (COCO's), where known
 
     device = Classifier.device
 
@@ -299,7 +305,8 @@ def _detector_from_checkpoint(path: Path, device: torch.device) -> Detector:
     net = create_model(arch, num_classes=hparams["num_classes"], **kwargs)
     load_checkpoint_weights(net, checkpoint, path)
     labels = recorded_labels(hparams.get("class_names"), hparams["num_classes"], str(path))
-    return Detector(inference_model(net, device), labels, dict(hparams.get("preprocessing") or {}), str(path), arch, kwargs)
+    return Detector(inference_model(net, device), labels, dict(hparams.get("preprocessing") or {}), str(path), arch, kwargs,
+                    hparams.get("category_ids"))
 
 
 def is_detector(model: Optional[str] = None, checkpoint: Optional[str] = None) -> bool:
@@ -396,7 +403,8 @@ def detect_files(detector: Detector, paths: Sequence[str], *, score_threshold: f
             failures += 1
             print(item.error_line(as_json))
             continue
-        record = {"file": str(item.path), "detections": detection_records(found, detector.class_names)}
+        record = {"file": str(item.path),
+                  "detections": detection_records(found, detector.class_names, detector.category_ids)}
         _write_drawings(record, item.image, found, drawn=drawn, panels=panels)
         print(json.dumps(record) if as_json else _detection_line(record, score_threshold))
     return failures, len(files)
@@ -441,12 +449,19 @@ def _resized(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.Resampling.LANCZOS))
 
 
-def detection_records(found: dict[str, Tensor], class_names: Sequence[str]) -> list[dict[str, Any]]:
+def detection_records(found: dict[str, Tensor], class_names: Sequence[str],
+                      category_ids: Optional[Sequence[Optional[int]]] = None) -> list[dict[str, Any]]:
     """One image's detections as ``detect --json`` and ``predict`` write them: label (its index where the names
-    are unknown), index, score and xyxy box in pixels, at full precision, so COCOeval on them gives the mAP
-    visattn reports (boxes rounded to 0.1 px had moved it by 0.002)."""
-    return [{"label": class_label(class_names, k), "index": k, "score": score, "box": box}
-            for box, score, k in zip(found["boxes"].tolist(), found["scores"].tolist(), found["labels"].tolist())]
+    are unknown), index, the training annotations' ``category_id`` where the run recorded them (the label
+    index is no COCO id: ids 1..K scored 0.033 against 0.094), score and xyxy box in pixels, at full precision,
+    so COCOeval on them gives the mAP visattn reports (boxes rounded to 0.1 px had moved it by 0.002)."""
+    records = []
+    for box, score, k in zip(found["boxes"].tolist(), found["scores"].tolist(), found["labels"].tolist()):
+        record = {"label": class_label(class_names, k), "index": k}
+        if category_ids and k < len(category_ids) and category_ids[k] is not None:
+            record["category_id"] = category_ids[k]
+        records.append({**record, "score": score, "box": box})
+    return records
 
 
 def class_label(names: Sequence[str], index: int) -> str:

@@ -921,7 +921,7 @@ def _prediction_records(prediction: Any, hparams: Any, topk: int) -> Optional[li
     if isinstance(prediction, list) and all(isinstance(p, str) for p in prediction):  # a captioner's captions
         return [{"caption": caption} for caption in prediction]
     if isinstance(prediction, list) and all(isinstance(p, dict) and "boxes" in p for p in prediction):  # detections
-        return [{"detections": detection_records(found, names)} for found in prediction]
+        return [{"detections": detection_records(found, names, hparams.get("category_ids"))} for found in prediction]
     return None
 
 
