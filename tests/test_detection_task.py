@@ -178,6 +178,7 @@ def test_fit_tiny_coco_fcos_then_evaluate_detect_and_save(tmp_path, weights_tmp,
     entry = json.loads((weights_tmp / "index.json").read_text())[f"{arch}.tiny"]
     assert entry["task"] == "detection" and entry["labels"] == CLASS_NAMES and entry["num_classes"] == 3
     shipped, trained = load_detector(model=f"{arch}.tiny"), load_detector(checkpoint=checkpoint)
+    assert entry["category_ids"] == shipped.category_ids == trained.category_ids == [3, 5, 7]  # the file's ids
     image = [torch.rand(3, 40, 48)]
     torch.testing.assert_close(shipped.detect(image)[0]["scores"], trained.detect(image)[0]["scores"])
 

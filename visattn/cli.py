@@ -328,6 +328,8 @@ def cmd_save_weights(args: argparse.Namespace) -> int:
     metrics = {f"test/{k}": v for k, v in scores.items()}
     names = ({"vocab": loaded.vocab.to_list(), "max_len": loaded.max_len} if task == "captioning"
              else {"labels": loaded.class_names})
+    if getattr(loaded, "category_ids", None):  # a detector trained on COCO files: what its detections name
+        names["category_ids"] = loaded.category_ids
     with output_errors(args.out_dir, flag="--out-dir"):
         entry = save_weights(loaded.model, path, overwrite=args.overwrite, task=task, dataset=args.dataset,
                              preprocessing=loaded.preprocessing, model_kwargs=loaded.model_kwargs,

@@ -232,6 +232,8 @@ _METADATA_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "labels": (_is_label_list, "a list of label names, one per class"),
     "default": (lambda v: isinstance(v, bool), "true or false (whether these are the architecture's default weights)"),
     "class_names": (_is_label_list, "a list of label names, one per class"),
+    "category_ids": (lambda v: isinstance(v, (list, tuple)) and all(i is None or (isinstance(i, int) and not isinstance(
+        i, bool)) for i in v), "a list of whole-number category ids, one per class"),
 }
 
 

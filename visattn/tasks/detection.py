@@ -292,7 +292,7 @@ def load_detector(model: Optional[str] = None, checkpoint: Optional[str] = None,
     net = inference_model(create_model(f"{arch}.{entry['tag']}"), target)
     labels = recorded_labels(entry.get("labels"), net.num_classes, f"{arch}.{entry['tag']}'s index entry")
     return Detector(net, labels, dict(entry.get("preprocessing") or {}), f"{arch}.{entry['tag']}", arch,
-                    dict(entry.get("model_kwargs") or {}))
+                    dict(entry.get("model_kwargs") or {}), entry.get("category_ids"))
 
 
 def _detector_from_checkpoint(path: Path, device: torch.device) -> Detector:
