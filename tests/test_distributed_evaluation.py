@@ -523,6 +523,30 @@ def _detr_losses_of_this_rank() -> dict:
     return _detr_losses([image], [target])
 
 
+def _fcos_losses(images: list, targets: list) -> dict:
+    from visattn import create_model
+
+    torch.manual_seed(0)
+    model = create_model("fcos_cbam_resnet20_cifar", num_classes=4).eval()
+    model.training = True  # losses, with batch norm fixed: the same features in any batch
+    return {k: float(v) for k, v in model(images, targets).items()}
+
+
+def _fcos_losses_of_this_rank() -> dict:
+    image, target = _detr_scene(torch.distributed.get_rank())
+    return _fcos_losses([image], [target])
+
+
+def test_fcos_losses_under_ddp_average_to_one_process_on_the_whole_batch(tmp_path):
+    """torchvision's FCOS divides by each process's own foreground locations: the process with one box weighed
+    its locations about three times as much as the one with three boxes did."""
+    ranks = _in_two_processes(_fcos_losses_of_this_rank, tmp_path / "fcos")
+    whole = _fcos_losses(*map(list, zip(*(_detr_scene(i) for i in (0, 1)))))
+    assert set(whole) == {"classification", "bbox_regression", "bbox_ctrness"}
+    for key in whole:
+        assert (ranks[0][key] + ranks[1][key]) / 2 == pytest.approx(whole[key], rel=1e-5), key
+
+
 def test_detr_box_losses_under_ddp_average_to_one_process_on_the_whole_batch(tmp_path):
     # Each process divided its box losses by its own box count: 1 box here and 3 there weighed the one box 3 times.
     ranks = _in_two_processes(_detr_losses_of_this_rank, tmp_path / "detr")

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 from torchvision.models.detection import FCOS
+from torchvision.models.detection.fcos import FCOSHead
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 from torchvision.ops import (MLP, box_convert, clip_boxes_to_image, generalized_box_iou, generalized_box_iou_loss,
@@ -387,7 +388,8 @@ class FcosDetector(FCOS):
         anchor_generator = AnchorGenerator(tuple((s,) for s in neck.strides), ((1.0,),) * len(neck.strides))
         super().__init__(
             neck, num_classes, min_size=min_size, max_size=max_size, image_mean=image_mean, image_std=image_std,
-            anchor_generator=anchor_generator, center_sampling_radius=center_sampling_radius,
+            anchor_generator=anchor_generator, head=FcosHead(out_channels, 1, num_classes),
+            center_sampling_radius=center_sampling_radius,
             score_thresh=score_thresh, nms_thresh=nms_thresh, detections_per_img=detections_per_img,
             topk_candidates=topk_candidates, size_divisible=_size_divisible(max(neck.strides[:-2])),
         )
@@ -419,6 +421,19 @@ class FcosDetector(FCOS):
         logits = self.head.classification_head.cls_logits
         nn.init.normal_(logits.weight, std=0.01)
         nn.init.constant_(logits.bias, -math.log((1 - 0.01) / 0.01))
+
+
+class FcosHead(FCOSHead):
+    """torchvision's FCOS head, its losses divided by the foreground locations averaged over DDP processes, as
+    mmdetection's FCOS divides them: divided by each process's own count (torchvision's), a process with few
+    objects weighed each of them more than one process on the whole batch does."""
+
+    def compute_loss(self, targets: Targets, head_outputs: dict[str, Tensor], anchors: list[Tensor],
+                     matched_idxs: list[Tensor]) -> dict[str, Tensor]:
+        losses = super().compute_loss(targets, head_outputs, anchors, matched_idxs)
+        own = max(1.0, float(sum(int((matched >= 0).sum()) for matched in matched_idxs)))
+        scale = own / mean_over_processes(own, head_outputs["cls_logits"].device)
+        return {name: loss * scale for name, loss in losses.items()}
 
 
 def _without_empty_boxes(detections: Detections) -> Detections:
@@ -495,15 +510,16 @@ def hungarian_match(
     return matches
 
 
-def _boxes_per_process(targets: Targets, device: torch.device) -> float:
-    """The batch's target boxes, averaged over DDP processes (at least 1): DETR's normaliser. DDP averages the
-    processes' gradients, so each process's box losses summed over its boxes divided by this equal one process's
-    on the whole batch; divided by its own count, a process with few boxes weighed each of them more."""
-    count = torch.tensor(float(sum(len(t["labels"]) for t in targets)), device=device)
+def mean_over_processes(count: float, device: torch.device) -> float:
+    """``count`` averaged over DDP processes (itself in one process), at least 1: the normaliser of a loss summed
+    over boxes or locations. DDP averages the processes' gradients, so each process's summed loss divided by this
+    equals one process's on the whole batch; divided by its own count, a process with few boxes weighed each of
+    them more."""
+    total = torch.tensor(float(count), device=device)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.all_reduce(count)
-        count = count / torch.distributed.get_world_size()
-    return max(float(count), 1.0)
+        torch.distributed.all_reduce(total)
+        total = total / torch.distributed.get_world_size()
+    return max(float(total), 1.0)
 
 
 class DetrDetector(nn.Module):
@@ -647,7 +663,7 @@ class DetrDetector(nn.Module):
         return self.class_embed(tokens).float(), self.bbox_embed(tokens).float().sigmoid()
 
     def _losses(self, logits: Tensor, boxes: Tensor, targets: Targets) -> dict[str, Tensor]:
-        num_boxes = _boxes_per_process(targets, logits.device)
+        num_boxes = mean_over_processes(sum(len(t["labels"]) for t in targets), logits.device)  # DETR's normaliser
         losses = self._set_losses(logits[-1], boxes[-1], targets, num_boxes)
         if self.aux_loss:
             for i in range(len(logits) - 1):
