@@ -1465,3 +1465,19 @@ def test_running_out_of_memory_is_one_line(error, monkeypatch, capsys):
     monkeypatch.setattr(cli, "cmd_models", lambda args: (_ for _ in ()).throw(RuntimeError("a bug")))
     with pytest.raises(RuntimeError, match="a bug"):  # any other RuntimeError keeps its traceback
         main(["models"])
+
+
+def test_version_is_one_line_naming_visattn_and_the_libraries_results_depend_on(capsys):
+    """`visattn --version` was "the following arguments are required: COMMAND", exit 2."""
+    from importlib.metadata import version
+
+    import visattn
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    out = capsys.readouterr().out
+    assert out == (f"visattn {visattn.__version__} (torch {version('torch')}, torchvision {version('torchvision')}, "
+                   f"timm {version('timm')}, lightning {version('lightning')}; Python {sys.version.split()[0]})\n")
+    # the version the package is installed as
+    assert visattn.__version__ == tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]

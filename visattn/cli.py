@@ -562,8 +562,34 @@ def _unrecognized(unknown: Sequence[str], known: Sequence[str]) -> str:
     return f"unrecognized arguments {', '.join(named)}"
 
 
+def version_line() -> str:
+    """visattn's version with those of the libraries its results depend on, as a bug report wants them."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from . import __version__
+
+    def installed(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    libraries = ", ".join(f"{name} {installed(name)}" for name in ("torch", "torchvision", "timm", "lightning"))
+    return f"visattn {__version__} ({libraries}; Python {sys.version.split()[0]})"
+
+
+class _PrintVersion(argparse.Action):
+    """``--version`` on one line (argparse's own wraps it at the terminal's width)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> None:
+        print(version_line())
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _OneLineErrorParser(prog="visattn", description="Vision attention model zoo.")
+    parser.add_argument("--version", action=_PrintVersion, nargs=0,
+                        help="print visattn's version and its libraries' (torch, torchvision, timm, lightning)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_CommandParser)
     for name in LIGHTNING_COMMANDS:  # listed for --help; main() hands them to LightningCLI
         sub.add_parser(name, help=f"{name} from a YAML config (LightningCLI): visattn {name} --config FILE", add_help=False)
