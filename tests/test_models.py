@@ -215,6 +215,17 @@ def test_feature_maps_are_what_feature_info_says_and_survive_pruning(name):
      r"^output_fmt='NLC': a ResNet's feature maps are NCHW; drop output_fmt$"),
     (lambda: create_model("vit_tiny_patch4_28", depth=2, features_only=True, out_indices=3),
      r"^out_indices=3: last-n \(3\) is out of range \(1 to 2\)"),
+    (lambda: create_model("resnet20_cifar").forward_intermediates(torch.randn(1, 3, 32, 32), indices=2.0),
+     r"^indices=2\.0: give an int n \(the last n levels\) or a list of level indices from 0 to 3$"),  # a TypeError
+    (lambda: create_model("resnet20_cifar").forward_intermediates(torch.randn(1, 3, 32, 32), indices=[1.5]),
+     r"^indices=\[1\.5\]: give an int n"),  # no maps at all, without a word
+    (lambda: create_model("resnet20_cifar", features_only=True, out_indices=True), r"^out_indices=True: give an int n"),
+    (lambda: create_model("resnet20_cifar", features_only=True, out_indices=(2, 0)),
+     r"^out_indices=\(2, 0\): give each level once, shallowest first$"),  # feature_info described other maps
+    (lambda: create_model("resnet20_cifar", features_only=True, out_indices=(1, 1)),
+     r"^out_indices=\(1, 1\): give each level once, shallowest first$"),
+    (lambda: create_model("resnet20_cifar", features_only="no"),
+     r"^features_only='no': give True \(feature maps\) or False \(the classifier\)$"),
     (lambda: create_model("resnet20_cifar", out_indices=(1, 2)),
      r"^out_indices=\(1, 2\): selects the maps of features_only=True; add it, or drop out_indices$"),
     (lambda: create_model("fcos_resnet20_cifar", features_only=True),
@@ -226,3 +237,38 @@ def test_feature_api_mistakes_are_one_line(call, message):
 
     with pytest.raises(ConfigError, match=message):
         call()
+
+
+def test_whole_numbers_of_numpy_and_torch_select_levels_as_ints():
+    import numpy as np
+
+    model = create_model("resnet20_cifar", num_classes=2).eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        expected = model.forward_intermediates(x, indices=[1, 3], intermediates_only=True)
+        for indices in ([np.int64(1), torch.tensor(3)], np.array([1, 3]), torch.tensor([1, -1])):
+            for mine, theirs in zip(model.forward_intermediates(x, indices=indices, intermediates_only=True), expected,
+                                    strict=True):
+                torch.testing.assert_close(mine, theirs)
+
+
+def test_a_pruned_vit_counts_its_levels_from_the_blocks_it_kept_as_timm_does(tmp_path):
+    """Levels were counted from feature_info, which pruning keeps whole: indices=1 on a depth-4 ViT pruned to
+    two blocks returned no map, and a second prune named a block that was gone."""
+    reference, model, _ = _timm_pair(tmp_path, "vit_tiny_patch16_224", "vit_tiny_patch16_224", img_size=32, depth=4)
+    assert model.prune_intermediate_layers([1]) == reference.prune_intermediate_layers([1]) == [1]
+    assert model.prune_intermediate_layers(1) == reference.prune_intermediate_layers(1) == [1]
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        for indices in (1, [-1], None):
+            ours = model.forward_intermediates(x, indices=indices, intermediates_only=True)
+            theirs = reference.forward_intermediates(x, indices=indices, intermediates_only=True)
+            assert len(ours) == len(theirs) >= 1
+            for mine, timms in zip(ours, theirs):
+                torch.testing.assert_close(mine, timms, rtol=0, atol=0)
+
+
+def test_a_shallow_vits_default_levels_are_all_it_has():
+    """A depth-2 ViT with features_only=True failed naming out_indices=3, which the caller never gave."""
+    backbone = create_model("vit_tiny_patch4_28", depth=2, num_classes=2, features_only=True)
+    assert len(backbone(torch.randn(1, 3, 28, 28))) == 2

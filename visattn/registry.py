@@ -262,6 +262,8 @@ def create_model(
     if not isinstance(strict, bool) and strict != "attention":  # "no" is true
         raise ConfigError(f"strict={strict!r}: give True (every weight must fit), 'attention' (attention modules "
                           "may be new) or False (any weight may be missing)")
+    if not isinstance(features_only, bool):  # "no" is true
+        raise ArgumentError("features_only", features_only, "give True (feature maps) or False (the classifier)")
     if out_indices is not None and not features_only:
         raise ArgumentError("out_indices", out_indices, "selects the maps of features_only=True; add it, or drop "
                                                         "out_indices")

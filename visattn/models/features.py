@@ -1,6 +1,7 @@
 """timm's feature-extraction API on visattn's classifiers: the levels ``forward_intermediates`` takes, and the
 ``create_model(..., features_only=True)`` model, timm's own ``FeatureGetterNet`` around the classifier."""
-from typing import Sequence, Union
+import operator
+from typing import Any, Optional, Sequence, Union
 
 from timm.models._features import FeatureGetterNet, feature_take_indices  # timm exports neither at the top
 from torch import nn
@@ -12,15 +13,37 @@ Indices = Union[int, Sequence[int], None]
 
 def take_indices(count: int, indices: Indices, *, argument: str = "indices") -> tuple[list[int], int]:
     """timm's ``feature_take_indices`` over ``count`` levels (None: all; n: the last n; a sequence: those, negative
-    counted from the end) and the largest taken, with a selection outside them one line naming ``argument``
-    (timm asserts)."""
-    if indices is not None and not isinstance(indices, int) and len(indices) == 0:
+    counted from the end) and the largest taken, with a selection that is none of these or outside the levels one
+    line naming ``argument`` (timm asserts, or raises a TypeError)."""
+    hint = f"give an int n (the last n levels) or a list of level indices from 0 to {count - 1}"
+    selection = _whole_numbers(indices)
+    if indices is not None and selection is None:
+        raise ArgumentError(argument, indices, hint)
+    if isinstance(selection, list) and not selection:
         raise ArgumentError(argument, indices, f"take at least one of the {count} feature levels")
     try:
-        return feature_take_indices(count, indices)
-    except (AssertionError, TypeError) as err:
-        raise ArgumentError(argument, indices, f"{err}; give an int n (the last n levels) or a list of level "
-                                               f"indices from 0 to {count - 1}") from None
+        return feature_take_indices(count, selection)
+    except AssertionError as err:
+        raise ArgumentError(argument, indices, f"{err}; {hint}") from None
+
+
+def _whole_numbers(indices: Any) -> Union[int, list[int], None]:
+    """``indices`` as an int or a list of ints (NumPy's and 0-d tensors' too); None for anything else (floats,
+    booleans, text)."""
+    def whole(value: Any) -> Optional[int]:
+        if isinstance(value, bool):
+            return None
+        try:
+            return operator.index(value)
+        except TypeError:
+            return None
+
+    if whole(indices) is not None:
+        return whole(indices)
+    if isinstance(indices, (str, bytes)) or not hasattr(indices, "__iter__"):
+        return None
+    values = [whole(value) for value in indices]
+    return None if None in values else values
 
 
 def features_only(model: nn.Module, out_indices: Indices = None) -> nn.Module:
@@ -30,9 +53,12 @@ def features_only(model: nn.Module, out_indices: Indices = None) -> nn.Module:
     if not hasattr(model, "forward_intermediates"):
         raise ConfigError(f"features_only=True: {type(model).__name__} has no feature levels (forward_intermediates); "
                           "build a ResNet or ViT classifier")
+    levels = len(model.feature_info)
     if out_indices is None:
-        out_indices = 3 if hasattr(model, "blocks") else len(model.feature_info)
-    kept, _ = take_indices(len(model.feature_info), out_indices, argument="out_indices")
+        out_indices = min(3, levels) if hasattr(model, "blocks") else levels
+    kept, _ = take_indices(levels, out_indices, argument="out_indices")
+    if kept != sorted(set(kept)):  # the maps come in depth order, once each: feature_info would describe others
+        raise ArgumentError("out_indices", out_indices, "give each level once, shallowest first")
     wrapped = FeatureGetterNet(model, out_indices=kept)
     wrapped.pretrained_cfg = wrapped.default_cfg = getattr(model, "pretrained_cfg", None)
     return wrapped

@@ -235,7 +235,7 @@ class VisionTransformer(nn.Module):
         blocks past the last one taken."""
         if output_fmt not in ("NCHW", "NLC"):
             raise ConfigError(f"output_fmt={output_fmt!r}: give 'NCHW' (maps) or 'NLC' (tokens)")
-        taken, last = take_indices(len(self.feature_info), indices)
+        taken, last = take_indices(len(self.blocks), indices)  # as timm: pruning shortens blocks
         x = self._pos_embed(self.patch_embed(x))
         maps = []
         for i, block in enumerate(self.blocks[:last + 1] if stop_early else self.blocks):
@@ -254,7 +254,7 @@ class VisionTransformer(nn.Module):
                                   prune_head: bool = True) -> list[int]:
         """Drop the blocks past the last one in ``indices``, the final norm with ``prune_norm`` and the head
         with ``prune_head``, as timm's ViTs do for a features-only model; returns the blocks taken."""
-        taken, last = take_indices(len(self.feature_info), indices)
+        taken, last = take_indices(len(self.blocks), indices)  # as timm: pruning shortens blocks
         self.blocks = self.blocks[:last + 1]
         if prune_norm:
             self.norm = nn.Identity()
