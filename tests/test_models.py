@@ -272,3 +272,17 @@ def test_a_shallow_vits_default_levels_are_all_it_has():
     """A depth-2 ViT with features_only=True failed naming out_indices=3, which the caller never gave."""
     backbone = create_model("vit_tiny_patch4_28", depth=2, num_classes=2, features_only=True)
     assert len(backbone(torch.randn(1, 3, 28, 28))) == 2
+
+
+def test_torchvision_feature_extractor_returns_vit_blocks():
+    """torchvision traces every argument of forward: the ViT's `if return_attention` was a TraceError."""
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    model = _build("vit_tiny_patch4_32").eval()
+    x = torch.randn(INPUT)
+    features = create_feature_extractor(model, {"blocks.1": "block", "head": "logits"})(x)
+    with torch.no_grad():
+        (patches, prefix), = model.forward_intermediates(x, indices=[1], output_fmt="NLC", return_prefix_tokens=True,
+                                                         intermediates_only=True)
+        torch.testing.assert_close(features["block"], torch.cat([prefix, patches], dim=1))
+        torch.testing.assert_close(features["logits"], model(x))

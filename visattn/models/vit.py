@@ -276,7 +276,8 @@ class VisionTransformer(nn.Module):
     ) -> Union[torch.Tensor, tuple[torch.Tensor, Attentions]]:
         """Logits ``(B, num_classes)``; with ``return_attention=True``, ``(logits, attentions)``
         where ``attentions`` holds one ``(B, heads, N, N)`` tensor per block."""
-        if return_attention:
+        # torchvision's create_feature_extractor traces every argument of forward: the default path for it
+        if not isinstance(return_attention, torch.fx.Proxy) and return_attention:
             x, attentions = self.forward_features(x, return_attention=True)
             return self.forward_head(x), attentions
         return self.forward_head(self.forward_features(x))
