@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from visattn import create_model, export
+from visattn import create_model, export, list_models
 from visattn.cli import main
 from visattn.errors import ArgumentError, ConfigError, ExportMismatchError, WeightsError
 from visattn.export import checked_difference, export_onnx, onnx_max_difference, onnx_session
@@ -171,7 +171,7 @@ class _TracedBatchColumn(torch.nn.Module):
 
 @pytest.mark.parametrize("model, message", [
     (_TracedBranch(), r"^onnxruntime's logits differ from PyTorch's \(largest difference [0-9.]+, tolerance 0\.001 "
-                      r"absolute and relative, batch 1\); nothing was written: try another opset$"),
+                      r"absolute and relative, a batch of 1\); nothing was written: try another opset$"),
     (_TracedBatch(), r"^onnxruntime's logits for a batch of 1 have shape \(2, 2\), PyTorch's \(1, 2\); nothing was "
                      r"written: try another opset$"),
     (_TracedBatchColumn(), r"^onnxruntime cannot run the exported graph on a batch of 1 \(.+\); nothing was written$"),
@@ -319,3 +319,30 @@ def test_without_the_onnx_packages_exporting_and_running_are_one_line_each(tmp_p
     assert not (tmp_path / "m.onnx").exists()
     with pytest.raises(ConfigError, match=r"^onnxruntime is not installed; run `pip install 'visattn\[export\]'`"):
         onnx_session(tmp_path / "m.onnx")
+
+
+@pytest.mark.parametrize("name", list_models("*resnet20_cifar", exclude_filters=["fcos_*", "detr_*"]))
+def test_a_resnet_exported_with_dynamic_size_takes_any_image_size(name, tmp_path):
+    """Every exported graph took the traced size only (onnxruntime: "Got invalid dimensions"), though a ResNet
+    takes any size; timm's exporter has --dynamic-size."""
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=4).eval()
+    path = export_onnx(model, tmp_path / "m.onnx", input_size=(3, 32, 32), dynamic_size=True)
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape == ["batch", 3, "height", "width"]
+    for shape in ((1, 3, 48, 40), (2, 3, 24, 80)):
+        images = torch.randn(shape)
+        with torch.no_grad():
+            expected = model(images).numpy()
+        assert np.abs(session.run(None, {"images": images.numpy()})[0] - expected).max() <= 1e-4
+
+
+def test_cli_export_with_dynamic_size(tmp_path, capsys):
+    out = tmp_path / "m.onnx"
+    assert main(["export", "--model", "se_resnet20_cifar.fmnist", "--out", str(out), "--dynamic-size"]) == 0
+    assert "(onnx, opset 17, dynamic batch and image size);" in capsys.readouterr().out
+    assert onnx_session(out).get_inputs()[0].shape == ["batch", 3, "height", "width"]
+    # a ViT's position embeddings are laid out for one grid
+    assert main(["export", "--model", "vit_tiny_patch4_28.fmnist", "--out", str(out), "--dynamic-size"]) == 2
+    assert capsys.readouterr().err == ("visattn: error: --dynamic-size: VisionTransformer takes 28x28 images only (its "
+                                       "position embeddings are laid out for one grid); export it without\n")

@@ -362,11 +362,15 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .export import export_classifier
 
     try:
-        written = export_classifier(args.model, args.checkpoint, out=args.out, opset=args.opset)
-    except ArgumentError as err:  # opset is the one argument export_classifier checks
+        written = export_classifier(args.model, args.checkpoint, out=args.out, opset=args.opset,
+                                    dynamic_size=args.dynamic_size)
+    except ArgumentError as err:
+        if err.argument == "dynamic_size":  # a switch: no value to quote
+            raise ConfigError(f"--dynamic-size: {err.reason}") from None
         raise err.for_flag("--opset") from None
     replaced = f", replacing an earlier export of {written.replaced}" if written.replaced else ""
-    print(f"wrote {written.path} ({args.format}, opset {args.opset}, dynamic batch{replaced}); "
+    dynamic = "dynamic batch and image size" if args.dynamic_size else "dynamic batch"
+    print(f"wrote {written.path} ({args.format}, opset {args.opset}, {dynamic}{replaced}); "
           f"onnxruntime vs PyTorch max |logit difference| {written.difference:.2e}")
     return 0
 
@@ -721,6 +725,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True,
                         help="the file to write, e.g. model.onnx; an earlier export is replaced, any other file never")
     export.add_argument("--opset", type=int, default=17, help="ONNX opset version, 9 to 20 (ViTs: 14 or later)")
+    export.add_argument("--dynamic-size", action="store_true",
+                        help="the file takes images of any height and width (ResNets; a ViT takes its own size only)")
     export.set_defaults(func=cmd_export)
     return parser
 

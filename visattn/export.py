@@ -2,7 +2,8 @@
 
 The export traces ``model(images)`` with the TorchScript-based exporter (the torch.export-based
 one needs ``onnxscript``, which visattn does not depend on). The batch axis stays dynamic; the
-image size is fixed, as the position embeddings of a ViT are laid out for one grid. The ViT's
+image size is fixed unless ``dynamic_size`` asks for any (a ResNet's: the position embeddings of a
+ViT are laid out for one grid). The ViT's
 default attention path (``F.scaled_dot_product_attention``) exports as plain MatMul/Softmax
 nodes from opset 14 on, so the file runs on any onnxruntime build.
 """
@@ -25,6 +26,7 @@ from torch import nn
 from .errors import ArgumentError, ConfigError, ExportMismatchError, VisattnError, WeightsError
 from .modes import eval_mode
 from .fileio import atomic_path, output_errors, prepare_output_file
+from .layers.patch_embed import fixed_input_size
 
 __all__ = ["DEFAULT_OPSET", "export_classifier", "export_onnx", "onnx_max_difference", "onnx_session"]
 
@@ -70,6 +72,7 @@ def export_onnx(
     input_size: Optional[Sequence[int]] = None,
     opset: int = DEFAULT_OPSET,
     metadata: Optional[Mapping[str, Any]] = None,
+    dynamic_size: bool = False,
 ) -> Path:
     """Write ``model`` as an ONNX graph from ``images (batch, C, H, W)`` to ``logits (batch, classes)``.
 
@@ -81,6 +84,8 @@ def export_onnx(
             (``pretrained_cfg["input_size"]``, as timm's exporter takes it), else its ``input_size``.
         opset: ONNX opset version, 9 to 20; ViTs need 14 or later.
         metadata: stored as string ``metadata_props`` in the file (e.g. labels, preprocessing).
+        dynamic_size: the graph takes images of any height and width, as timm's ``--dynamic-size``
+            (a ResNet's; a ViT takes the size its position embeddings are laid out for only).
 
     Returns:
         The path written.
@@ -88,16 +93,21 @@ def export_onnx(
     path = Path(path)
     # A failed export leaves an existing file as it was (it had been replaced before the metadata failed).
     with atomic_path(path) as written:
-        _write_onnx(model, written, input_size=input_size, opset=opset, metadata=metadata)
+        _write_onnx(model, written, input_size=input_size, opset=opset, metadata=metadata, dynamic_size=dynamic_size)
     return path
 
 
 def _write_onnx(model: nn.Module, path: Path, *, input_size: Optional[Sequence[int]], opset: int,
-                metadata: Optional[Mapping[str, Any]]) -> None:
+                metadata: Optional[Mapping[str, Any]], dynamic_size: bool = False) -> None:
     """:func:`export_onnx`'s graph and metadata, written straight to ``path`` (a caller's temporary file)."""
     _require_onnx()
     check_opset(opset)
     _require_float32_classifier(model)
+    fixed = fixed_input_size(model)
+    if dynamic_size and fixed is not None:
+        raise ArgumentError("dynamic_size", True, f"{type(model).__name__} takes {fixed[0]}x{fixed[1]} images only (its "
+                                                  "position embeddings are laid out for one grid); export it without")
+    image_axes = {0: "batch", 2: "height", 3: "width"} if dynamic_size else {0: "batch"}
     size = _input_size(model, input_size)
     properties = _metadata_props(metadata or {})
     example = torch.zeros(2, *size)  # batch 2, so the tracer cannot specialise on a batch of one
@@ -110,7 +120,7 @@ def _write_onnx(model: nn.Module, path: Path, *, input_size: Optional[Sequence[i
             torch.onnx.export(
                 _Logits(model), (example,), str(path), dynamo=False, opset_version=opset,
                 input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                dynamic_axes={INPUT_NAME: image_axes, OUTPUT_NAME: {0: "batch"}},
             )
         except (VisattnError, OSError):
             raise
@@ -237,13 +247,13 @@ class Export(NamedTuple):
 
 def export_classifier(
     model: Optional[str] = None, checkpoint: Optional[str] = None, *, out: str | os.PathLike,
-    opset: int = DEFAULT_OPSET,
+    opset: int = DEFAULT_OPSET, dynamic_size: bool = False,
 ) -> Export:
     """``visattn export``: shipped weights ``ARCH.TAG`` or a training checkpoint to ONNX.
 
     The file carries the labels and preprocessing as metadata. onnxruntime runs it on random images at
-    batches 1 and 3 (the graph is traced at 2), and the file is kept only when its logits are PyTorch's
-    within :data:`MATCH_TOLERANCE`. ``out`` is checked before the export: a folder, an unwritable place
+    batches 1 and 3 (the graph is traced at 2; with ``dynamic_size`` also at a larger size), and the file is
+    kept only when its logits are PyTorch's within :data:`MATCH_TOLERANCE`. ``out`` is checked before the export: a folder, an unwritable place
     or the weights it exports is one line.
     """
     from .pretrained import model_files
@@ -260,31 +270,38 @@ def export_classifier(
     input_size = classifier.preprocessing["input_size"]
     # a failed export or check leaves no file, and an existing one as it was
     with output_errors(out, flag="--out", kind="file"), atomic_path(out) as written:
-        _write_onnx(classifier.model, written, input_size=input_size, opset=opset, metadata=metadata)
-        difference = checked_difference(classifier.model, onnx_session(written), input_size)
+        _write_onnx(classifier.model, written, input_size=input_size, opset=opset, metadata=metadata,
+                    dynamic_size=dynamic_size)
+        difference = checked_difference(classifier.model, onnx_session(written), input_size, dynamic_size=dynamic_size)
     return Export(out, difference, replaced)
 
 
-def checked_difference(model: nn.Module, session: Any, input_size: Sequence[int]) -> float:
+def checked_difference(model: nn.Module, session: Any, input_size: Sequence[int], *, dynamic_size: bool = False) -> float:
     """onnxruntime's largest logit difference from ``model``'s on random images at batches 1 and 3, where a
-    batch size the trace kept would show; ExportMismatchError when it is beyond :data:`MATCH_TOLERANCE`."""
+    batch size the trace kept would show (``dynamic_size``: and at 1.5 times the height and width, where an
+    image size it kept would); ExportMismatchError when it is beyond :data:`MATCH_TOLERANCE`."""
     generator = torch.Generator().manual_seed(0)
+    channels, height, width = input_size
+    shapes = [(1, channels, height, width), (3, channels, height, width)]
+    if dynamic_size:
+        shapes.append((2, channels, height * 3 // 2, width * 3 // 2))
     largest = 0.0
-    for batch in (1, 3):
-        images = torch.randn(batch, *input_size, generator=generator)
+    for shape in shapes:
+        what = f"a batch of {shape[0]}" + (f" at {shape[2]}x{shape[3]}" if shape[2:] != (height, width) else "")
+        images = torch.randn(*shape, generator=generator)
         with eval_mode(model), torch.no_grad():
             expected = model(images).numpy()
         try:
             actual = session.run([OUTPUT_NAME], {INPUT_NAME: images.numpy()})[0]
         except Exception as err:  # onnxruntime's own error types, e.g. a graph that kept the traced batch of 2
-            raise ExportMismatchError(f"onnxruntime cannot run the exported graph on a batch of {batch} "
+            raise ExportMismatchError(f"onnxruntime cannot run the exported graph on {what} "
                                       f"({str(err).strip().splitlines()[0][:160]}); nothing was written") from None
         if actual.shape != expected.shape:
-            raise ExportMismatchError(f"onnxruntime's logits for a batch of {batch} have shape {actual.shape}, PyTorch's "
+            raise ExportMismatchError(f"onnxruntime's logits for {what} have shape {actual.shape}, PyTorch's "
                                       f"{expected.shape}; nothing was written: try another opset")
         if not np.allclose(actual, expected, rtol=MATCH_TOLERANCE, atol=MATCH_TOLERANCE):
             raise ExportMismatchError(
                 f"onnxruntime's logits differ from PyTorch's (largest difference {np.abs(actual - expected).max():.3g}, "
-                f"tolerance {MATCH_TOLERANCE} absolute and relative, batch {batch}); nothing was written: try another opset")
+                f"tolerance {MATCH_TOLERANCE} absolute and relative, {what}); nothing was written: try another opset")
         largest = max(largest, float(np.abs(actual - expected).max()))
     return largest
