@@ -6,9 +6,11 @@ import warnings
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from fixtures_captions import write_karpathy
+from test_classification import REPO
 from test_data import needs_fashion_mnist
 from visattn import create_model, save_weights
 from visattn.cli import main
@@ -168,6 +170,33 @@ def test_fit_tiny_karpathy_then_caption_and_save_weights(tmp_path, weights_tmp, 
     expected, got = captioner.caption(images, beam_size=2), shipped.caption(images, beam_size=2)
     assert all(torch.equal(a, b) for a, b in zip(expected.tokens, got.tokens))
     torch.testing.assert_close(got.scores, expected.scores)
+
+
+def test_the_karpathy_template_trains_on_a_users_caption_file(tmp_path, capsys):
+    """There was no config for one's own captions: the scenes config needed its data class swapped (an audit of
+    training on users' data did so), and its 64 px FashionScenes captioner was kept for photos."""
+    config = REPO / "configs" / "captioning" / "karpathy_template.yaml"
+    settings = yaml.safe_load(config.read_text())
+    assert settings["model"]["init_args"]["model_name"] == "sat_resnet50" and settings["data"]["init_args"]["img_size"] == 224
+    split_json, images_dir = write_karpathy(tmp_path)
+    out = tmp_path / "run"
+    tiny_encoder = {"encoder_pretrained": False, "encoder_kwargs": {"layers": [1, 1, 1, 1], "widths": [8, 8, 16, 16]},
+                    "embed_dim": 16, "hidden_dim": 16, "attn_dim": 16, "grid_size": 2}
+    assert main(["fit", "--config", str(config), "--trainer.max_steps", "2", "--trainer.enable_progress_bar", "false",
+                 "--trainer.default_root_dir", str(out), "--trainer.logger", "false", "--trainer.callbacks",
+                 json.dumps([{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                              "init_args": {"dirpath": str(out / "ckpt"), "monitor": "val/cider", "mode": "max",
+                                            "save_last": True}}]),
+                 "--model.init_args.model_kwargs", json.dumps(tiny_encoder), "--model.init_args.max_len", "4",
+                 "--data.init_args.split_json", str(split_json), "--data.init_args.images_dir", str(images_dir),
+                 "--data.init_args.img_size", "64", "--data.init_args.batch_size", "2",
+                 "--data.init_args.num_workers", "0", "--data.init_args.min_count", "1"]) == 0
+    captioner = load_captioner(checkpoint=str(out / "ckpt" / "last.ckpt"))
+    assert captioner.arch == "sat_resnet50" and "dog" in captioner.vocab.to_list()
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(out / "ckpt" / "last.ckpt"), "--dataset",
+                 f"karpathy:{split_json}:{images_dir}", "--split", "test", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["n"] == 1
 
 
 @needs_fashion_mnist
