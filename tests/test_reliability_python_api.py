@@ -262,3 +262,109 @@ def test_a_model_kwargs_key_the_task_sets_from_the_data_is_one_line(task, kwargs
     with pytest.raises(ConfigError, match=rf"^model.init_args.model_kwargs.{key}: {source} sets it, from the data; "
                                           "drop it from model_kwargs$"):
         build(model_kwargs={key: 10}, **kwargs)
+
+
+def _interleaved(module, first, second) -> dict:
+    """``first()`` in thread A and ``second()`` in thread B, B started while A's forward is at ``module``, where A
+    waits until B is done (1 s at most): without a lock B's whole call runs inside A's."""
+    import threading
+
+    at_module, b_done, results = threading.Event(), threading.Event(), {}
+
+    def hold_a(*_):
+        if threading.current_thread().name == "A":
+            at_module.set()
+            b_done.wait(1.0)
+
+    def call(name, fn):
+        try:
+            results[name] = fn()
+        except Exception as err:  # a wrong result or a misleading error: either is the finding
+            results[name] = err
+        if name == "B":
+            b_done.set()
+
+    handle = module.register_forward_hook(hold_a)
+    a = threading.Thread(target=call, args=("A", first), name="A")
+    a.start()
+    assert at_module.wait(30)
+    b = threading.Thread(target=call, args=("B", second), name="B")
+    b.start()
+    a.join(60), b.join(60)
+    handle.remove()
+    return results
+
+
+def _hooks_left(model) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+@pytest.mark.parametrize("method", ["gradcam", "gates"])
+def test_explain_from_two_threads_gives_each_its_own_map_and_leaves_the_model_as_it_was(method):
+    """Grad-CAM's hook recorded the other thread's forward, and gates read the other thread's kept gates: a
+    thread got the other image's map or a misleading error, and keep_gate stayed on."""
+    from visattn.explain import explain, gate_modules
+
+    torch.manual_seed(0)
+    model = create_model("cbam_resnet20_cifar", num_classes=10).eval()
+    first, second = torch.randn(3, 32, 32), torch.randn(3, 32, 32)
+    expected = {"A": explain(model, first, method), "B": explain(model, second, method)}
+    results = _interleaved(model.fc, lambda: explain(model, first, method), lambda: explain(model, second, method))
+    for name in "AB":
+        assert not isinstance(results[name], Exception), results[name]
+        torch.testing.assert_close(torch.as_tensor(results[name]), torch.as_tensor(expected[name]))
+    assert _hooks_left(model) == 0 and not any(m.keep_gate for m in gate_modules(model).values())
+
+
+def test_detect_from_two_threads_keeps_each_calls_threshold_and_attention():
+    """A thread's lowered FCOS score floor stayed lowered for the rest of the process (100 detections instead of
+    19 at the default), and DETR's attention maps were taken from the other thread's images."""
+    from visattn.tasks.detection import load_detector
+
+    fcos, detr = load_detector("fcos_se_resnet20_cifar.scenes"), load_detector("detr_se_resnet20_cifar.scenes")
+    torch.manual_seed(0)
+    first, second = [torch.rand(3, 64, 64)], [torch.rand(3, 64, 64) * 0.5]
+    default = fcos.detect(first)[0]["scores"]
+    results = _interleaved(fcos.model.head, lambda: fcos.detect(first, score_threshold=0.01),
+                           lambda: fcos.detect(second, score_threshold=0.001))
+    torch.testing.assert_close(results["A"][0]["scores"], fcos.detect(first, score_threshold=0.01)[0]["scores"])
+    torch.testing.assert_close(results["B"][0]["scores"], fcos.detect(second, score_threshold=0.001)[0]["scores"])
+    assert fcos.model.score_thresh == 0.05 and torch.equal(fcos.detect(first)[0]["scores"], default)
+    expected = {"A": detr.detect(first, attention=True), "B": detr.detect(second, attention=True)}
+    results = _interleaved(detr.model.bbox_embed, lambda: detr.detect(first, attention=True),
+                           lambda: detr.detect(second, attention=True))
+    for name in "AB":
+        assert not isinstance(results[name], Exception), results[name]
+        torch.testing.assert_close(results[name][0]["attention"], expected[name][0]["attention"])
+    assert _hooks_left(detr.model) == 0 and not detr.model.transformer.decoder[-1].cross_attn.keep_attention
+
+
+def test_predictions_are_ordinary_tensors_the_caller_can_write_and_differentiate():
+    """They were inference tensors: an in-place write or autograd on them raised a RuntimeError."""
+    from visattn.tasks.captioning import load_captioner
+    from visattn.tasks.classification import load_classifier
+    from visattn.tasks.detection import load_detector
+
+    probs = load_classifier("se_resnet20_cifar.fmnist").predict(torch.randn(2, 3, 28, 28))
+    probs[probs < 0.1] = 0.0
+    found = load_detector("fcos_se_resnet20_cifar.scenes").detect([torch.rand(3, 64, 64)], score_threshold=0.0)
+    found[0]["boxes"] += 1.0
+    decoded = load_captioner("sat_cbam_resnet_scenes.scenes").caption(torch.randn(2, 3, 64, 64), beam_size=2)
+    decoded.attention[0].mul_(2.0)
+    assert (probs * torch.ones(1, requires_grad=True)).sum().requires_grad
+    # one caption's maps are its own, not a view holding every image's
+    assert all(maps.untyped_storage().nbytes() == maps.numel() * maps.element_size() for maps in decoded.attention)
+
+
+def test_evaluation_leaves_the_callers_random_numbers_as_they_were():
+    """Its DataLoader drew the workers' seeds from the global RNG, so scoring between two draws changed them."""
+    from torch.utils.data import TensorDataset
+
+    from visattn.tasks.classification import evaluate_classifier, load_classifier
+
+    classifier = load_classifier("se_resnet20_cifar.fmnist")
+    images = TensorDataset(torch.randn(6, 3, 28, 28), torch.randint(0, 10, (6,)))
+    torch.manual_seed(5)
+    before = torch.get_rng_state()
+    evaluate_classifier(classifier, images, batch_size=4)
+    assert torch.equal(torch.get_rng_state(), before)

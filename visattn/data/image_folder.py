@@ -289,8 +289,10 @@ def evaluation_batches(dataset: Dataset, *, batch_size: int, num_workers: int = 
                        collate: Callable[[list], Any] = default_collate) -> DataLoader:
     """Batches of ``dataset`` in order that score each image once (:func:`for_evaluation`); a batch of
     only broken files is ``None``, which the caller passes over."""
+    # its own generator: the workers' seeds had been drawn from the caller's global RNG, which scoring advanced
     return DataLoader(for_evaluation(dataset), batch_size=batch_size, num_workers=num_workers,
-                      collate_fn=functools.partial(collate_present, collate=collate))
+                      collate_fn=functools.partial(collate_present, collate=collate),
+                      generator=torch.Generator().manual_seed(0))
 
 
 def seeded_subset(dataset: Dataset, limit: Optional[int], *, seed: int = 0) -> Dataset:

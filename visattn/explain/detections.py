@@ -25,7 +25,7 @@ from torch.nn import functional as F
 from ..errors import ConfigError
 from ..models.detection import detect_by_size
 from .cell_centres import map_centres
-from ..modes import eval_mode
+from ..modes import eval_mode, model_lock
 
 Detections = list[dict[str, Tensor]]
 
@@ -69,19 +69,20 @@ def _with_attention(model: nn.Module, images: list[Tensor], *, min_score: float,
     """:func:`detection_attention` of same-size images, each detection's map under ``"attention"``."""
     attention = model.transformer.decoder[-1].cross_attn
     seen: dict[str, Any] = {}
-    hooks = [model.transform.register_forward_hook(lambda module, args, out: seen.update(batch=out[0])),
-             model.input_proj.register_forward_hook(lambda module, args, out: seen.update(grid=out.shape[-2:]))]
-    kept, attention.keep_attention = attention.keep_attention, True
-    try:
-        with torch.no_grad():
-            detections = _scoring(model(images), min_score)
-        probs = attention.last_attention.float().mean(dim=1)  # (B, Q, h * w)
-    finally:
-        attention.keep_attention = kept  # a caller that keeps the attention itself still has it
-        if not kept:
-            attention.last_attention = None
-        for hook in hooks:
-            hook.remove()
+    with model_lock(model):  # the flag and hooks are this call's alone (another thread's maps were taken)
+        hooks = [model.transform.register_forward_hook(lambda module, args, out: seen.update(batch=out[0])),
+                 model.input_proj.register_forward_hook(lambda module, args, out: seen.update(grid=out.shape[-2:]))]
+        kept, attention.keep_attention = attention.keep_attention, True
+        try:
+            with torch.no_grad():
+                detections = _scoring(model(images), min_score)
+            probs = attention.last_attention.float().mean(dim=1)  # (B, Q, h * w)
+        finally:
+            attention.keep_attention = kept  # a caller that keeps the attention itself still has it
+            if not kept:
+                attention.last_attention = None
+            for hook in hooks:
+                hook.remove()
     rows, cols = seen["grid"]
     grids = [image_probs[found["queries"]].view(-1, rows, cols) for image_probs, found in zip(probs, detections)]
     maps = _on_images(grids, seen["batch"], images, model.backbone, max_side)

@@ -80,22 +80,22 @@ def gate_maps(model: nn.Module, images: Tensor) -> tuple[Tensor, "OrderedDict[st
     if not modules:
         raise ConfigError(f"{type(model).__name__} has no spatial attention gates (CBAM, BAM, coord, non-local, GC); "
                           "use method 'gradcam' (or 'rollout'/'attention' for ViTs)")
-    saved = {name: m.keep_gate for name, m in modules.items()}
-    sizes: dict[str, tuple[int, int]] = {}
-    hooks = [m.register_forward_hook(_record_input_size(sizes, name)) for name, m in modules.items()]
-    try:
-        for m in modules.values():
-            m.keep_gate, m.last_gate = True, {}
-        with eval_mode(model):
+    with eval_mode(model):  # and the model's lock: the flags and hooks are this call's alone
+        saved = {name: m.keep_gate for name, m in modules.items()}
+        sizes: dict[str, tuple[int, int]] = {}
+        hooks = [m.register_forward_hook(_record_input_size(sizes, name)) for name, m in modules.items()]
+        try:
+            for m in modules.values():
+                m.keep_gate, m.last_gate = True, {}
             logits = model(images)
-        maps = OrderedDict()
-        for name in sizes:  # hooks fire in forward order
-            maps[name] = spatial_gate(modules[name].last_gate, sizes[name]).float()
-    finally:
-        for hook in hooks:
-            hook.remove()
-        for name, m in modules.items():
-            m.keep_gate = saved[name]
-            if not m.keep_gate:
-                m.last_gate = {}  # do not hold on to a batch's gates the user did not ask for
+            maps = OrderedDict()
+            for name in sizes:  # hooks fire in forward order
+                maps[name] = spatial_gate(modules[name].last_gate, sizes[name]).float()
+        finally:
+            for hook in hooks:
+                hook.remove()
+            for name, m in modules.items():
+                m.keep_gate = saved[name]
+                if not m.keep_gate:
+                    m.last_gate = {}  # do not hold on to a batch's gates the user did not ask for
     return logits, maps

@@ -199,11 +199,12 @@ def grad_cam(
             return explained.clone()
         return type(output)(t.clone() if t is explained else t for t in output)
 
-    handle = target.register_forward_hook(capture)
-    try:
-        # Works under an outer inference_mode / no_grad; the input needs a gradient even if the
-        # parameters are frozen, so every activation is on the autograd graph.
-        with torch.inference_mode(False), torch.enable_grad(), eval_mode(model):
+    # Works under an outer inference_mode / no_grad; the input needs a gradient even if the parameters are
+    # frozen, so every activation is on the autograd graph. The model's lock (eval_mode) keeps the hook this
+    # call's: it had recorded another thread's forward.
+    with torch.inference_mode(False), torch.enable_grad(), eval_mode(model):
+        handle = target.register_forward_hook(capture)
+        try:
             inputs = images.detach().clone().requires_grad_(True)
             logits = model(inputs)
             classes = _class_index(logits, target_class)
@@ -213,8 +214,8 @@ def grad_cam(
             (grads,) = torch.autograd.grad(score, captured[-1], allow_unused=True)
             if grads is None:
                 raise ConfigError(_unused_layer_message(model, target))
-    finally:
-        handle.remove()
+        finally:
+            handle.remove()
     size = tuple(images.shape[-2:])
     features = _as_feature_map(model, captured[-1].detach(), size)
     grads = _as_feature_map(model, grads, size)

@@ -412,7 +412,7 @@ class ShowAttendTell(nn.Module):
         out_tokens, out_maps = [], []
         for ids, maps, n in zip(tokens, alphas, lengths):
             out_tokens.append(ids[:n])
-            out_maps.append(maps[:n].reshape(n, *self.grid))
+            out_maps.append(maps[:n].reshape(n, *self.grid).clone())  # its own: a view kept every image's maps
         return DecodedCaptions(out_tokens, out_maps, scores)
 
 

@@ -386,7 +386,7 @@ class Captioner:
     transform = Classifier.transform
     device = Classifier.device
 
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: its tensors refuse in-place writes and autograd in the caller's code
     def caption(self, images: Tensor, *, beam_size: int = 5, max_len: Optional[int] = None,
                 length_penalty: float = 1.0) -> DecodedCaptions:
         """Captions of normalised images ``(B, 3, H, W)`` on any device, returned on the CPU, of at most

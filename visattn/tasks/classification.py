@@ -710,7 +710,7 @@ class Classifier:
     def device(self) -> torch.device:
         return model_device(self.model)
 
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: its tensors refuse in-place writes and autograd in the caller's code
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         """Class probabilities ``(B, num_classes)`` on the CPU for normalised images ``(B, 3, H, W)``
         on any device."""

@@ -233,7 +233,7 @@ class Detector:
 
     device = Classifier.device
 
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: its tensors refuse in-place writes and autograd in the caller's code
     def detect(self, images: Sequence[Tensor], *, score_threshold: Optional[float] = None,
                attention: bool = False, attention_max_side: Optional[int] = None) -> Detections:
         """Per image ``{"boxes": (M, 4) xyxy pixels, "scores": (M,), "labels": (M,)}`` on the CPU,
