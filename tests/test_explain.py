@@ -439,6 +439,51 @@ def test_cli_explain_errors_are_one_line(tmp_path, capsys):
     assert not out.exists()
 
 
+def test_explain_writes_a_map_of_each_image_of_files_and_folders(tmp_path, capsys):
+    """explain took one image: a folder of photos meant a shell loop loading the model once per photo."""
+    photos = tmp_path / "photos"
+    (photos / "sub").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for path in (photos / "shirt.png", photos / "sub" / "shirt.png", photos / "bag.png"):
+        Image.fromarray(rng.integers(0, 256, (28, 28, 3), dtype=np.uint8)).save(path)
+    (photos / "broken.png").write_bytes(b"not a png")
+    maps = photos / "maps"  # inside the input folder: not read as input, then or at a rerun
+    args = ["explain", str(photos), "--model", "se_resnet20_cifar.fmnist", "--out-dir", str(maps), "--json"]
+    for _ in range(2):  # a rerun replaces its own maps
+        assert main(args) == 1  # broken.png could not be read; the others were explained
+        out, err = capsys.readouterr()
+        records = [json.loads(line) for line in out.splitlines()]
+        assert [Path(r["file"]).relative_to(photos).as_posix() for r in records] == [
+            "bag.png", "broken.png", "shirt.png", "sub/shirt.png"]
+        assert "error" in records[1] and err == "visattn: 1 of 4 files could not be explained\n"
+        assert [Path(r["map"]).name for r in records if "map" in r] == ["bag.png", "shirt.png", "shirt-2.png"]
+        assert sorted(p.name for p in maps.iterdir()) == ["bag.png", "shirt-2.png", "shirt.png"]
+    # each map is the one `--out` draws for its image alone
+    assert main(["explain", str(photos / "sub" / "shirt.png"), "--model", "se_resnet20_cifar.fmnist",
+                 "--out", str(tmp_path / "alone.png"), "--json"]) == 0
+    alone = json.loads(capsys.readouterr().out)
+    assert {k: v for k, v in alone.items() if k != "map"} == {k: v for k, v in records[3].items() if k != "map"}
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "alone.png")), np.asarray(Image.open(maps / "shirt-2.png")))
+
+
+@pytest.mark.parametrize("where, message", [
+    ("neither", "explain: give --out FILE for the map of one image, or --out-dir DIR for a map of each image file "
+                "and folder given (DIR/STEM.png)"),
+    ("both", "explain: give --out FILE for the map of one image, or --out-dir DIR"),
+    ("folder", "names the map of one image file; give --out-dir DIR for a map of each of"),
+])
+def test_explain_output_mistakes_are_one_line(tmp_path, capsys, where, message):
+    (tmp_path / "photos").mkdir()
+    Image.new("RGB", (28, 28)).save(tmp_path / "photos" / "a.png")
+    source = str(tmp_path / "photos" / ("" if where == "folder" else "a.png"))
+    outputs = {"neither": [], "both": ["--out", str(tmp_path / "m.png"), "--out-dir", str(tmp_path / "maps")],
+               "folder": ["--out", str(tmp_path / "m.png")]}[where]
+    assert main(["explain", source, "--model", "se_resnet20_cifar.fmnist", *outputs]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["photos"]
+
+
 # ------------------------------------------------------------------ pointing game over scenes, `evaluate`
 
 

@@ -277,25 +277,60 @@ EXPLAIN_FLAGS = {"method": "--method", "layer": "--layer", "head": "--head", "ta
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from .data.image_io import decode_image
-    from .explain import explain_image
+    from .data.image_io import decode_image, list_images, run_in_batches
     from .explain.overlay import figure_format
-    from .fileio import prepare_output_file
+    from .fileio import output_paths, prepare_output_file
     from .pretrained import model_files
     from .tasks.classification import load_classifier
 
+    if (args.out is None) == (args.out_dir is None):
+        raise ConfigError("explain: give --out FILE for the map of one image, or --out-dir DIR for a map of each "
+                          "image file and folder given (DIR/STEM.png)")
+    if args.out is not None and (len(args.paths) > 1 or Path(args.paths[0]).is_dir()):
+        raise ConfigError(f"--out {args.out}: names the map of one image file; give --out-dir DIR for a map of each "
+                          f"of {', '.join(args.paths[:3])}{' ...' if len(args.paths) > 3 else ''}")
     classifier = load_classifier(args.model, args.checkpoint, device=args.device)
-    figure_format(args.out)  # a suffix matplotlib cannot write, refused before the work
-    out = prepare_output_file(args.out, flag="--out", inputs=[args.path, *model_files(args.model, args.checkpoint)])
-    image = decode_image(args.path, max_pixels=max_pixels(args))
+    if args.out is not None:
+        figure_format(args.out)  # a suffix matplotlib cannot write, refused before the work
+        out = prepare_output_file(args.out, flag="--out", inputs=[*args.paths, *model_files(args.model, args.checkpoint)])
+        _print_explained(args, args.paths[0], _explained(classifier, decode_image(args.paths[0], max_pixels=max_pixels(args)),
+                                                         args, out))
+        return 0
+    files = list_images(args.paths, allow_empty=False, exclude=[args.out_dir])
+    maps = output_paths(files, args.out_dir, flag="--out-dir")[""]
+    failures = 0
+    decoded = run_in_batches(files, 1, lambda image: image, lambda images: images, max_pixels=max_pixels(args))
+    for (item, image), out in zip(decoded, maps):
+        if item.error is not None:
+            failures += 1
+            print(item.error_line(args.json))
+            continue
+        _print_explained(args, item.path, _explained(classifier, image, args, out))
+    if failures:
+        print(f"visattn: {failures} of {len(files)} files could not be explained", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def _explained(classifier: Any, image: Any, args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """``explain_image`` as ``visattn explain`` asks for it, its argument errors naming the flags."""
+    from .explain import explain_image
+
     try:
         result = explain_image(classifier, image, args.method, out,
                                layer=args.layer, head=args.head, target_class=args.target_class)
     except ArgumentError as err:
         raise err.for_flag(EXPLAIN_FLAGS[err.argument]) from None
+    return {**result, "map": str(out)}
+
+
+def _print_explained(args: argparse.Namespace, path: Any, result: dict[str, Any]) -> None:
+    if args.json:
+        print(json.dumps({"file": str(path), "label": result["label"], "prob": result["prob"],
+                          "explained": result["explained"], "method": args.method, "map": result["map"]}))
+        return
     explained = f" of {result['explained']}" if result["explained"] != result["label"] else ""
-    print(f"{args.path}: {result['label']} {result['prob']:.3f}; {args.method} map{explained} written to {args.out}")
-    return 0
+    print(one_line(f"{path}: {result['label']} {result['prob']:.3f}; {args.method} map{explained} written to "
+                   f"{result['map']}"))
 
 
 def cmd_save_weights(args: argparse.Namespace) -> int:
@@ -685,7 +720,8 @@ def build_parser() -> argparse.ArgumentParser:
     detect.set_defaults(func=cmd_detect)
 
     explain = sub.add_parser("explain", help="draw where a classifier looks in an image (map and label, PNG by default)")
-    explain.add_argument("path", metavar="PATH", help="image file")
+    explain.add_argument("paths", nargs="+", metavar="PATH",
+                         help="image file (with --out), or image files and folders, searched recursively (--out-dir)")
     _add_model_source(explain)
     _add_device(explain)
     _add_max_pixels(explain)
@@ -695,9 +731,13 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--head", type=non_negative_int, default=None,
                          help="attention head 0..N-1 (method attention; default: mean)")
     explain.add_argument("--class", dest="target_class", default=None, help="class index or name (gradcam)")
-    explain.add_argument("--out", required=True,
-                         help="output image file: .png, .jpg, .jpeg, .svg or .pdf, the format its suffix names; "
+    explain.add_argument("--out", default=None,
+                         help="the map of one image: .png, .jpg, .jpeg, .svg or .pdf, the format its suffix names; "
                               "a map visattn wrote there is replaced, any other file never")
+    explain.add_argument("--out-dir", default=None,
+                         help="a map of each image, DIR/STEM.png (names numbered apart where stems repeat)")
+    explain.add_argument("--json", action="store_true",
+                         help="one JSON record per file: label, prob, the class explained and the map's path")
     explain.set_defaults(func=cmd_explain)
 
     save = sub.add_parser("save-weights", help="turn a training checkpoint (classifier, captioner or detector) "
