@@ -230,3 +230,27 @@ def test_weights_of_another_patch_size_load_as_timm_loads_them(tmp_path):
     x = torch.randn(2, 3, 112, 112)
     with torch.no_grad():
         torch.testing.assert_close(ours(x), ref(x), rtol=0, atol=0)
+
+
+def test_set_input_size_resizes_as_timms_does_and_is_what_saved_weights_rebuild(tmp_path, weights_tmp):
+    """timm's set_input_size was missing: a timm user's fine-tuning code at another resolution failed."""
+    from visattn import save_weights
+
+    reference, path = _timm_file(tmp_path, "vit_tiny_patch16_224", img_size=32, depth=2)
+    model = create_model("vit_tiny_patch16_224", img_size=32, depth=2, pretrained=str(path)).eval()
+    for change in (dict(img_size=64), dict(img_size=(48, 64)), dict(patch_size=8), dict(img_size=96, patch_size=12)):
+        reference.set_input_size(**change)
+        model.set_input_size(**change)
+        x = torch.randn(2, 3, *reference.patch_embed.img_size)
+        with torch.no_grad():
+            torch.testing.assert_close(model(x), reference(x), rtol=0, atol=0)
+        assert model.input_size == model.pretrained_cfg["input_size"] == (3, *reference.patch_embed.img_size)
+    with pytest.raises(ConfigError, match=r"^img_size=\(100, 100\) is not divisible by patch_size=\(12, 12\)"):
+        model.set_input_size(img_size=100)
+    assert model.input_size == (3, 96, 96)  # left as it was
+    save_weights(model, weights_tmp / "vit_tiny_patch16_224.resized.safetensors", labels=[str(i) for i in range(1000)],
+                 preprocessing=dict(input_size=[3, 96, 96], mean=[0.5] * 3, std=[0.5] * 3))
+    rebuilt = create_model("vit_tiny_patch16_224.resized").eval()
+    x = torch.randn(1, 3, 96, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(x), model(x))

@@ -92,14 +92,37 @@ class PatchEmbed(nn.Module):
         embed_dim: int = 768,
     ) -> None:
         super().__init__()
-        self.img_size = to_2tuple(img_size, "img_size")
-        self.patch_size = to_2tuple(patch_size, "patch_size")
         self.in_chans = check_count("in_chans", in_chans)
-        if any(i % p for i, p in zip(self.img_size, self.patch_size)):
-            raise ConfigError(f"img_size={self.img_size} is not divisible by patch_size={self.patch_size}; change one of them")
-        self.grid_size = (self.img_size[0] // self.patch_size[0], self.img_size[1] // self.patch_size[1])
-        self.num_patches = self.grid_size[0] * self.grid_size[1]
+        self._set_grid(img_size, patch_size)
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=self.patch_size, stride=self.patch_size)
+
+    def _set_grid(self, img_size: Union[int, tuple[int, int]], patch_size: Union[int, tuple[int, int]]) -> None:
+        img_size, patch_size = to_2tuple(img_size, "img_size"), to_2tuple(patch_size, "patch_size")
+        if any(i % p for i, p in zip(img_size, patch_size)):
+            raise ConfigError(f"img_size={img_size} is not divisible by patch_size={patch_size}; change one of them")
+        self.img_size, self.patch_size = img_size, patch_size
+        self.grid_size = (img_size[0] // patch_size[0], img_size[1] // patch_size[1])
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
+
+    @torch.no_grad()
+    def set_input_size(self, img_size: Union[int, tuple[int, int], None] = None,
+                       patch_size: Union[int, tuple[int, int], None] = None) -> None:
+        """Take ``img_size`` images in ``patch_size`` patches (None: as now), the projection's kernel resampled to
+        a new patch size by FlexiViT's pseudo-inverse (Beyer et al. 2023), as timm's ``set_input_size``."""
+        from timm.layers import resample_patch_embed
+
+        old_patch = self.patch_size
+        self._set_grid(self.img_size if img_size is None else img_size,
+                       old_patch if patch_size is None else patch_size)
+        if self.patch_size != old_patch:
+            proj = nn.Conv2d(self.proj.in_channels, self.proj.out_channels, kernel_size=self.patch_size,
+                             stride=self.patch_size, bias=self.proj.bias is not None,
+                             device=self.proj.weight.device, dtype=self.proj.weight.dtype)
+            proj.weight.copy_(resample_patch_embed(self.proj.weight, list(self.patch_size)))
+            if self.proj.bias is not None:
+                proj.bias.copy_(self.proj.bias)
+            proj.requires_grad_(self.proj.weight.requires_grad).train(self.proj.training)
+            self.proj = proj
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_image_layout(x, self.in_chans)

@@ -196,6 +196,26 @@ class VisionTransformer(nn.Module):
         self.num_classes = num_classes
         self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
 
+    def set_input_size(self, img_size: Union[int, tuple[int, int], None] = None,
+                       patch_size: Union[int, tuple[int, int], None] = None) -> None:
+        """Take ``img_size`` images in ``patch_size`` patches (None: as now), as timm's ``set_input_size``: the
+        position embeddings resampled to the new patch grid, the patch projection to the new patch size. The
+        new size is what ``input_size``, ``pretrained_cfg`` and ``save_weights`` then record."""
+        old_grid = self.grid_size
+        self.patch_embed.set_input_size(img_size, patch_size)
+        if self.grid_size != old_grid:
+            resampled = resample_abs_pos_embed(self.pos_embed.detach(), new_size=self.grid_size, old_size=old_grid,
+                                               num_prefix_tokens=self.num_prefix_tokens)
+            self.pos_embed = nn.Parameter(resampled, requires_grad=self.pos_embed.requires_grad)
+        self.input_size = (self.input_size[0], *self.patch_embed.img_size)
+        for level in self.feature_info:
+            level["reduction"] = max(self.patch_embed.patch_size)
+        if isinstance(getattr(self, "pretrained_cfg", None), dict) and "input_size" in self.pretrained_cfg:
+            self.pretrained_cfg["input_size"] = self.input_size
+        if hasattr(self, "visattn_kwargs"):  # so that ARCH.TAG rebuilds the model at this size
+            self.visattn_kwargs = {**self.visattn_kwargs, "img_size": self.patch_embed.img_size,
+                                   "patch_size": self.patch_embed.patch_size}
+
     def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
