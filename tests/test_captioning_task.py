@@ -111,6 +111,21 @@ def test_a_frozen_encoder_keeps_its_batch_norm_statistics_through_a_lightning_fi
     assert all(torch.equal(after[k], v) for k, v in before.items())
 
 
+def test_training_logs_the_optimised_loss_as_train_loss_as_every_task_does():
+    """The captioner logged train/xent and train/attn_reg only: a train/loss monitor or plot had nothing to read."""
+    import lightning.pytorch as pl
+
+    torch.manual_seed(0)
+    task = CaptioningTask(model_kwargs=json.loads(TINY_MODEL), vocab=VOCAB, alpha_c=1.0)
+    batch = {"images": torch.randn(2, 3, 32, 32), "captions": torch.tensor([[1, 4, 5, 2], [1, 6, 2, 0]])}
+    trainer = pl.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, accelerator="cpu")
+    trainer.fit(task, torch.utils.data.DataLoader([batch], batch_size=None))
+    logged = trainer.callback_metrics
+    assert float(logged["train/attn_reg"]) > 0
+    assert float(logged["train/loss"]) == pytest.approx(float(logged["train/xent"] + logged["train/attn_reg"]))
+
+
 def test_task_loss_ignores_padding_and_needs_a_vocabulary():
     torch.manual_seed(0)
     task = CaptioningTask(model_kwargs=json.loads(TINY_MODEL), vocab=VOCAB, alpha_c=0.0)

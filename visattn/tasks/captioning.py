@@ -327,9 +327,12 @@ class CaptioningTask(GuardedTask, pl.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Optional[Tensor]:
         self.loss_guard.watch(self.model)
         cross_entropy, penalty = self.caption_loss(batch)
-        self.log("train/xent", cross_entropy, prog_bar=True)
+        loss = cross_entropy + penalty
+        # train/loss, what is optimised, under the name the classifier and detector tasks log it by
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/xent", cross_entropy)
         self.log("train/attn_reg", penalty)
-        return self.loss_guard.check(self, cross_entropy + penalty)
+        return self.loss_guard.check(self, loss)
 
     @skip_missing_batch
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
