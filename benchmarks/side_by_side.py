@@ -75,6 +75,18 @@ def matmul_peak(size: Optional[int] = None, repeats: int = 20, *, device: str = 
     return 2 * size**3 / best
 
 
+def product_peaks(size: Optional[int] = None, *, device: str = "cpu", precision: str = "fp32") -> dict[str, float]:
+    """:func:`matmul_peak` of torch's matmul (MKL on a CPU) and, in fp32 on a CPU, of oneDNN's inner product,
+    which torch also carries and which ran at more than twice MKL's rate on the AMD CPU: an MFU is taken
+    against the faster, the rate the CPU is known to reach."""
+    from visattn.layers.onednn_linear import linear as onednn_linear
+
+    peaks = {"matmul": matmul_peak(size, device=device, precision=precision)}
+    if torch.device(device).type == "cpu" and precision == "fp32":
+        peaks["onednn"] = matmul_peak(size, device=device, precision=precision, product=onednn_linear)
+    return peaks
+
+
 def synchronize() -> None:
     """Wait for the GPU's queued work, once a GPU was used; nothing on CPU."""
     if torch.cuda.is_initialized():
@@ -121,10 +133,10 @@ LOGIT_TOLERANCE = {"fp32": 1e-3, "bf16": 0.1, "fp16": 0.1}
 
 
 def require_agreement(agree: bool, what: str) -> None:
-    """After the figures are printed, exit non-zero in one line when the two sides' outputs differ: their
-    speeds would compare different work."""
+    """Before anything is timed, exit non-zero in one line when the two sides' outputs differ: their speeds
+    would compare different work, and no figure is printed."""
     if not agree:
-        raise SystemExit(f"error: {what}, so the ratio above compares different work")
+        raise SystemExit(f"error: {what}, so timing them would compare different work; nothing was measured")
 
 
 def _timed(run: Callable[[], Any]) -> tuple[Any, float]:

@@ -37,6 +37,8 @@ def _check_ratio(row: dict, numerator: str, denominator: str) -> None:
 def test_vit_vs_timm(capsys, monkeypatch):
     out, figures = run_smoke(capsys, monkeypatch, "vit_vs_timm.py")
     assert figures["benchmark"] == "vit_vs_timm" and figures["peak_matmul_gflops"] > 0
+    # MFU against the faster of torch's matmul and oneDNN's inner product (MKL's alone overstated it 2x on AMD)
+    assert figures["peak_gflops"] == max(figures["peak_matmul_gflops"], figures["peak_onednn_gflops"])
     assert [(r["model"], r["mode"]) for r in figures["results"]] == [
         ("vit_tiny_patch16_224", "inference"), ("vit_tiny_patch16_224", "train_step")]
     for row in figures["results"]:
@@ -182,8 +184,23 @@ def test_a_benchmark_whose_two_sides_disagree_exits_non_zero(monkeypatch, capsys
     import side_by_side
 
     side_by_side.require_agreement(True, "unused")
-    with pytest.raises(SystemExit, match="error: captions differ, so the ratio above compares different work"):
+    with pytest.raises(SystemExit, match="error: captions differ, so timing them would compare different work; "
+                                         "nothing was measured"):
         side_by_side.require_agreement(False, "captions differ")
+
+
+@pytest.mark.parametrize("script", ["vit_vs_timm.py", "onnx_speed.py"])
+def test_a_benchmark_whose_sides_disagree_prints_no_figure(script, monkeypatch, capsys):
+    """The check ran after the figures: a forced mismatch printed visattn/timm 1.053, then the error."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import side_by_side
+
+    monkeypatch.setattr(side_by_side, "LOGIT_TOLERANCE", {"fp32": -1.0, "bf16": -1.0})  # any difference disagrees
+    monkeypatch.setattr(sys, "argv", [script, "--smoke", "--threads", "1"])
+    with pytest.raises(SystemExit, match="nothing was measured"):
+        runpy.run_path(str(BENCHMARKS / script), run_name="__main__")
+    out = capsys.readouterr().out
+    assert "img/s" not in out and "ratio" not in out and "{" not in out
 
 
 @needs_fashion_mnist
