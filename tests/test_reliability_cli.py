@@ -1481,3 +1481,19 @@ def test_version_is_one_line_naming_visattn_and_the_libraries_results_depend_on(
                    f"timm {version('timm')}, lightning {version('lightning')}; Python {sys.version.split()[0]})\n")
     # the version the package is installed as
     assert visattn.__version__ == tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+
+
+def test_an_abbreviated_option_is_unknown_and_names_the_option_meant(tmp_path, capsys, monkeypatch):
+    """argparse took `--out` for `--out-dir`: `save-weights --out w.safetensors` made a folder named w.safetensors."""
+    monkeypatch.chdir(tmp_path)
+    for args in (["save-weights", "--checkpoint", "run.ckpt", "--tag", "t", "--out", "w.safetensors"],
+                 ["classify", "x.png", "--model", "se_resnet20_cifar.fmnist", "--top", "2"]):
+        with pytest.raises(SystemExit) as exited:
+            main(args)
+        assert exited.value.code == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["visattn: error: visattn save-weights: unrecognized argument --out (did you mean --out-dir?); see "
+                   "`visattn save-weights --help`",
+                   "visattn: error: visattn classify: unrecognized argument --top (did you mean --topk?); see "
+                   "`visattn classify --help`"]
+    assert list(tmp_path.iterdir()) == []

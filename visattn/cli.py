@@ -544,6 +544,8 @@ class _CommandParser(_OneLineErrorParser):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("formatter_class", _HelpWithDefaults)
+        # no abbreviations: `save-weights --out w.safetensors` was read as --out-dir and made a folder of that name
+        kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
 
     def parse_known_args(self, args: Optional[Sequence[str]] = None,  # type: ignore[override]
@@ -565,15 +567,15 @@ class _CommandParser(_OneLineErrorParser):
 
 def _unknown_options(args: Sequence[str], known: Sequence[str]) -> list[str]:
     """The options in ``args`` that are none of ``known``, as argparse reads them: ``--name=value``
-    is ``--name``; ``-``, negative numbers, text with spaces and anything after ``--`` are values; a
-    prefix of a known option is its abbreviation (argparse names an ambiguous one itself)."""
+    is ``--name``; ``-``, negative numbers, text with spaces and anything after ``--`` are values. A
+    prefix of a known option is unknown too: the commands take no abbreviations."""
     unknown = []
     for arg in args:
         if arg == "--":
             break
         name = arg.split("=", 1)[0]
         if arg.startswith("-") and arg != "-" and " " not in arg and not _is_number(arg) \
-                and not any(option.startswith(name) for option in known):
+                and name not in known:
             unknown.append(name)
     return unknown
 

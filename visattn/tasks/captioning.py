@@ -336,7 +336,10 @@ class CaptioningTask(GuardedTask, pl.LightningModule):
 
     @skip_missing_batch
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self.val_xent.update(self.caption_loss(batch)[0], weight=len(batch["images"]))
+        # weighted by the batch's words, over which caption_loss averages: val/xent is then the mean over the
+        # split's words whatever the batching (weighted by images, it moved with the batch size and process count)
+        words = int((batch["captions"][:, 1:] != self.vocab.pad_id).sum())
+        self.val_xent.update(self.caption_loss(batch)[0], weight=words)
         self.val_metrics.update(self(batch["images"]), batch, functools.partial(attention_centres, self.model))
 
     def on_validation_epoch_end(self) -> None:
