@@ -51,6 +51,31 @@ def test_nan_batch_is_skipped_leaving_weights_and_batchnorm_statistics_untouched
     assert trainer.callback_metrics["train/skipped_steps"] == 1 and task.loss_guard.bad_in_a_row == 0
 
 
+class _Losses(pl.Callback):
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = (outputs or {}).get("loss")  # a skipped step returned None
+        self.losses.append(float("nan") if loss is None else float(loss))
+
+
+def test_the_epochs_training_loss_is_the_sample_mean_of_its_finite_losses():
+    """Only each logged step's loss was logged: one batch's value, with nothing for the epoch as a whole."""
+    torch.manual_seed(0)
+    task = ImageClassifier("cbam_resnet20_cifar", num_classes=3, model_kwargs=TINY_RESNET, warmup_epochs=0, lr=0.0)
+    batches = [(torch.randn(4, 3, 28, 28), torch.tensor([0, 1, 2, 0])),
+               (torch.full((2, 3, 28, 28), float("nan")), torch.tensor([1, 2])),  # skipped: out of the mean
+               (torch.randn(2, 3, 28, 28), torch.tensor([2, 2]))]
+    seen = _Losses()
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, callbacks=[seen])
+    trainer.fit(task, DataLoader(batches, batch_size=None))
+    first, skipped, last = seen.losses
+    assert skipped != skipped  # NaN: the step was skipped
+    assert float(trainer.callback_metrics["train/loss_epoch"]) == pytest.approx((4 * first + 2 * last) / 6, rel=1e-5)
+
+
 def test_captioning_step_with_nan_loss_is_skipped():
     torch.manual_seed(0)
     vocab = ["<pad>", "<start>", "<end>", "<unk>", "a", "top"]

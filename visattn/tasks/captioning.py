@@ -41,7 +41,7 @@ from .classification import (EDITED_CHECKPOINT, Classifier, adamw_warmup_cosine,
                              read_checkpoint, refuse_linked_kwargs, require_task, sample_mean_loss,
                              starting_checkpoint_settings, task_checkpoint, warn_if_normalised_otherwise)
 from .distributed import gather_shares, in_split_order
-from .guards import (GuardedTask, NonFiniteLossGuard, any_process_scored, batch_of_one_is_one_line,
+from .guards import (GuardedTask, NonFiniteLossGuard, TrainingLoss, any_process_scored, batch_of_one_is_one_line,
                      refuse_cast_batches, skip_missing_batch)
 
 _ITEM_CLASS = {word: k for k, word in enumerate(ITEM_WORDS)}
@@ -303,6 +303,7 @@ class CaptioningTask(GuardedTask, pl.LightningModule):
         self.test_metrics = CaptionMetrics(self.vocab, meteor=meteor)
         self.val_xent = sample_mean_loss()
         self.loss_guard = NonFiniteLossGuard(max_bad_steps)
+        self.train_loss = TrainingLoss()
 
     def setup(self, stage: str) -> None:
         # a traceback in the first validation: the scenes' item boxes reached the pointing score in bf16
@@ -329,7 +330,7 @@ class CaptioningTask(GuardedTask, pl.LightningModule):
         cross_entropy, penalty = self.caption_loss(batch)
         loss = cross_entropy + penalty
         # train/loss, what is optimised, under the name the classifier and detector tasks log it by
-        self.log("train/loss", loss, prog_bar=True)
+        self.train_loss.log(self, loss, batch_size=len(batch["images"]))
         self.log("train/xent", cross_entropy)
         self.log("train/attn_reg", penalty)
         return self.loss_guard.check(self, loss)

@@ -38,7 +38,7 @@ from ..pretrained import (TRAINING_CHECKPOINTS, checkpoint_follows, classifier_n
                           timm_pretrained_cfg, weights_preprocessing)
 from ..registry import (Strictness, built_for_one_size, check_timm_name, create_model, model_arguments, model_task,
                         split_model_name)
-from .guards import (GuardedTask, NonFiniteLossGuard, any_process_scored, batch_of_one_is_one_line,
+from .guards import (GuardedTask, NonFiniteLossGuard, TrainingLoss, any_process_scored, batch_of_one_is_one_line,
                      skip_missing_batch)
 
 
@@ -380,6 +380,7 @@ class ImageClassifier(GuardedTask, pl.LightningModule):
         self.test_metrics = accuracy_metrics(num_classes, "test/")
         self.val_loss, self.test_loss = sample_mean_loss(), sample_mean_loss()
         self.loss_guard = NonFiniteLossGuard(max_bad_steps)
+        self.train_loss = TrainingLoss()
 
     @staticmethod
     def _batch_mix(num_classes: int, mixup_alpha: float, cutmix_alpha: float) -> Optional[v2.Transform]:
@@ -445,7 +446,7 @@ class ImageClassifier(GuardedTask, pl.LightningModule):
         with self.attention_kernel():
             logits = self.model(images)
         loss = self.criterion(logits, targets)
-        self.log("train/loss", loss, prog_bar=True)
+        self.train_loss.log(self, loss, batch_size=len(images))
         return self.loss_guard.check(self, loss)
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:

@@ -35,7 +35,7 @@ from .classification import (Classifier, adamw_warmup_cosine, checkpoint_model_k
                              recorded_labels, refuse_linked_kwargs, require_task, task_checkpoint,
                              warn_if_normalised_otherwise)
 from .distributed import gather_shares, in_split_order
-from .guards import (GuardedTask, NonFiniteLossGuard, any_process_scored, batch_of_one_is_one_line,
+from .guards import (GuardedTask, NonFiniteLossGuard, TrainingLoss, any_process_scored, batch_of_one_is_one_line,
                      refuse_cast_batches, skip_missing_batch)
 
 if TYPE_CHECKING:
@@ -155,6 +155,7 @@ class DetectionTask(GuardedTask, pl.LightningModule):
                                          weights="its backbone's starting weights",
                                          setting="model.init_args.model_kwargs.image_mean and image_std")
         self.loss_guard = NonFiniteLossGuard(max_bad_steps)
+        self.train_loss = TrainingLoss()
         self.val_map = detection_map()
         self.test_map = detection_map()
 
@@ -174,7 +175,7 @@ class DetectionTask(GuardedTask, pl.LightningModule):
         losses = self.model(images, targets)
         loss = sum(losses.values())
         self.log_dict({f"train/{name}": value for name, value in losses.items()}, batch_size=len(images))
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(images))
+        self.train_loss.log(self, loss, batch_size=len(images))
         return self.loss_guard.check(self, loss)
 
     @skip_missing_batch

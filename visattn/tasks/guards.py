@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from lightning.pytorch.strategies import Strategy
 from torch import Tensor, nn
+from torchmetrics import MeanMetric
 
 from ..errors import ConfigError, VisattnError
 
@@ -56,6 +57,21 @@ def batch_of_one_is_one_line(step: Callable[..., Any]) -> Callable[..., Any]:
 
 class NonFiniteLossError(VisattnError, RuntimeError):
     """The loss was not finite for too many training steps in a row."""
+
+
+class TrainingLoss(MeanMetric):
+    """A task's training loss as it logs it: ``train/loss`` at each logged step (and on the progress bar), and
+    ``train/loss_epoch``, the mean over the epoch's samples of the finite losses (a step's value alone is one
+    batch's; a skipped step's NaN or inf stays out of the mean, as its update does)."""
+
+    def __init__(self) -> None:
+        super().__init__(nan_strategy="ignore")
+
+    def log(self, task: pl.LightningModule, loss: Tensor, batch_size: int) -> None:
+        task.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        detached = loss.detach().float()
+        self.update(torch.where(torch.isfinite(detached), detached, torch.nan), weight=batch_size)  # no sync
+        task.log("train/loss_epoch", self, on_step=False, on_epoch=True)
 
 
 class NonFiniteLossGuard:
