@@ -149,3 +149,16 @@ def test_a_process_whose_own_loss_was_finite_says_another_process_had_the_bad_on
     with pytest.raises(NonFiniteLossError, match="^training stopped at step 3: the loss was not finite on another "
                                                  "process for 1 steps in a row"):
         NonFiniteLossGuard(max_bad_steps=1).check(task, torch.tensor(2.226))
+
+
+def test_a_bf16_models_loss_is_computed_in_float32():
+    """Under trainer.precision bf16-true the loss came from bf16 logits: val/loss 0.640625 against 0.644870."""
+    torch.manual_seed(0)
+    task = ImageClassifier("cbam_resnet20_cifar", num_classes=3, model_kwargs=TINY_RESNET).eval()
+    task.model.to(torch.bfloat16)  # the weights as bf16-true keeps them
+    images, labels = torch.randn(8, 3, 28, 28).to(torch.bfloat16), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    with torch.no_grad():
+        task._evaluate((images, labels), task.val_metrics, task.val_loss)
+        expected = task.criterion(task.model(images).float(), labels)
+    loss = task.val_loss.compute()
+    assert loss.dtype == torch.float32 and float(loss) == pytest.approx(float(expected), rel=1e-6)
