@@ -346,3 +346,26 @@ def test_cli_export_with_dynamic_size(tmp_path, capsys):
     assert main(["export", "--model", "vit_tiny_patch4_28.fmnist", "--out", str(out), "--dynamic-size"]) == 2
     assert capsys.readouterr().err == ("visattn: error: --dynamic-size: VisionTransformer takes 28x28 images only (its "
                                        "position embeddings are laid out for one grid); export it without\n")
+
+
+def test_onnxruntime_refusing_a_chosen_opset_is_one_line(tmp_path, monkeypatch, capsys):
+    def refuse(path, **kwargs):
+        raise RuntimeError("[ONNXRuntimeError] : 9 : NOT_IMPLEMENTED : Could not find an implementation for Gather(13)")
+
+    monkeypatch.setattr(export, "onnx_session", refuse)
+    out = tmp_path / "m.onnx"
+    assert main(["export", "--model", "se_resnet20_cifar.fmnist", "--out", str(out), "--opset", "14"]) == 2
+    assert capsys.readouterr().err == ("visattn: error: --opset 14: [ONNXRuntimeError] : 9 : NOT_IMPLEMENTED : Could not "
+                                       "find an implementation for Gather(13); use the default, 17\n")
+    assert not out.exists()
+
+
+def test_a_rerun_reads_the_earlier_export_once(tmp_path, monkeypatch):
+    """An ONNX file holds the model's weights: its metadata was read twice, to keep it and to name it."""
+    out = tmp_path / "m.onnx"
+    assert main(["export", "--model", "se_resnet20_cifar.fmnist", "--out", str(out)]) == 0
+    reads = []
+    real = export.exported_source
+    monkeypatch.setattr(export, "exported_source", lambda path: reads.append(path) or real(path))
+    assert export.export_classifier("se_resnet20_cifar.fmnist", out=out).replaced == "se_resnet20_cifar.fmnist"
+    assert reads == [out]

@@ -116,18 +116,12 @@ def _write_onnx(model: nn.Module, path: Path, *, input_size: Optional[Sequence[i
         # (PatchEmbed's image-size test) that become constants for this fixed input size.
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        try:
+        with _opset_refusals(opset):
             torch.onnx.export(
                 _Logits(model), (example,), str(path), dynamo=False, opset_version=opset,
                 input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                 dynamic_axes={INPUT_NAME: image_axes, OUTPUT_NAME: {0: "batch"}},
             )
-        except (VisattnError, OSError):
-            raise
-        except Exception as err:
-            if opset == DEFAULT_OPSET:
-                raise  # every visattn classifier exports at the default: a failure there is a bug to report
-            raise _opset_error(opset, err) from None
     if properties:
         _add_metadata(path, properties)
 
@@ -139,13 +133,23 @@ def check_opset(opset: int) -> None:
                                             f"{SUPPORTED_OPSETS.stop - 1}; use the default, {DEFAULT_OPSET}")
 
 
-def _opset_error(opset: int, err: Exception) -> ArgumentError:
-    """The exporter refusing an operator at ``opset``: its reason when it names the operator (a ViT's
-    attention before 14), not the graph node it quotes otherwise (coordinate attention's pooling at 9)."""
-    reason = (str(err).strip().splitlines() or [""])[0]
-    if not reason.startswith("Exporting the operator"):
-        reason = f"the exporter cannot write this model's graph at opset {opset}"
-    return ArgumentError("opset", opset, f"{reason[:200]}; use the default, {DEFAULT_OPSET}")
+@contextlib.contextmanager
+def _opset_refusals(opset: int) -> Iterator[None]:
+    """The exporter or onnxruntime refusing an operator at a chosen ``opset`` as one line naming it: their
+    reason when it names the operator (a ViT's attention before 14, onnxruntime's missing kernel), not the
+    graph node the exporter quotes otherwise (coordinate attention's pooling at 9). At the default, which every visattn classifier exports
+    at, a failure is a bug to report and goes on as it is; so do visattn's and file errors."""
+    try:
+        yield
+    except (VisattnError, OSError):
+        raise
+    except Exception as err:
+        if opset == DEFAULT_OPSET:
+            raise
+        reason = (str(err).strip().splitlines() or [""])[0]
+        if not reason.startswith(("Exporting the operator", "[ONNXRuntimeError]")):
+            reason = f"the exporter cannot write this model's graph at opset {opset}"
+        raise ArgumentError("opset", opset, f"{reason[:200]}; use the default, {DEFAULT_OPSET}") from None
 
 
 def _require_float32_classifier(model: nn.Module) -> None:
@@ -261,10 +265,14 @@ def export_classifier(
 
     check_opset(opset)
     classifier = load_classifier(model, checkpoint)
+    earlier: dict[Path, Optional[str]] = {}  # each file's source, read once (an ONNX file holds the weights)
+
+    def ours(path: Path) -> bool:
+        earlier[path] = exported_source(path)
+        return earlier[path] is not None
+
     # A .pt or .safetensors name would hide an ONNX file.
-    out = prepare_output_file(out, flag="--out", inputs=model_files(model, checkpoint),
-                              ours=lambda path: exported_source(path) is not None, suffix=".onnx")
-    replaced = exported_source(out) if out.is_file() else None
+    out = prepare_output_file(out, flag="--out", inputs=model_files(model, checkpoint), ours=ours, suffix=".onnx")
     metadata = {"source": classifier.name, "arch": classifier.arch, "labels": classifier.class_names,
                 "preprocessing": classifier.preprocessing}
     input_size = classifier.preprocessing["input_size"]
@@ -272,8 +280,10 @@ def export_classifier(
     with output_errors(out, flag="--out", kind="file"), atomic_path(out) as written:
         _write_onnx(classifier.model, written, input_size=input_size, opset=opset, metadata=metadata,
                     dynamic_size=dynamic_size)
-        difference = checked_difference(classifier.model, onnx_session(written), input_size, dynamic_size=dynamic_size)
-    return Export(out, difference, replaced)
+        with _opset_refusals(opset):  # onnxruntime may refuse an operator at the chosen opset too
+            session = onnx_session(written)
+        difference = checked_difference(classifier.model, session, input_size, dynamic_size=dynamic_size)
+    return Export(out, difference, earlier.get(out))
 
 
 def checked_difference(model: nn.Module, session: Any, input_size: Sequence[int], *, dynamic_size: bool = False) -> float:

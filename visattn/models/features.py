@@ -38,8 +38,9 @@ def _whole_numbers(indices: Any) -> Union[int, list[int], None]:
         except TypeError:
             return None
 
-    if whole(indices) is not None:
-        return whole(indices)
+    single = whole(indices)
+    if single is not None:
+        return single
     if isinstance(indices, (str, bytes)) or not hasattr(indices, "__iter__"):
         return None
     values = [whole(value) for value in indices]
