@@ -776,7 +776,7 @@ def test_every_data_modules_loaders_pickle_for_spawned_workers(tmp_path):
     scenes = {"num_train": 4, "num_val": 2, "num_test": 2, "canvas_size": 32}
     kept = {"persistent_workers": True}  # training workers too: their dataset is wrapped to reseed them
     modules = [FashionMNISTDataModule(limit=8, img_size=28, **kept), ImageFolderDataModule(str(write_image_folder(
-                   tmp_path / "folder")), img_size=16, **kept),
+                   tmp_path / "folder")), img_size=16, auto_augment="rand-m9-mstd0.5-inc1", random_erasing=0.25, **kept),
                KarpathyCaptionDataModule(str(karpathy), str(karpathy_images), img_size=8, min_count=1, **kept),
                CocoDetectionDataModule(str(coco), str(coco_images), val_annotations=str(coco), **kept),
                FashionScenesCaptionDataModule(img_size=32, **scenes, **kept),

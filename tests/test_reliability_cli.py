@@ -124,6 +124,10 @@ CASES = {
                                    f"main process) to {4 * (os.cpu_count() or 1)} (4 per CPU; more only compete"),
     "negative_workers_in_config": (lambda tmp: [*FIT, "--data.init_args.num_workers", "-1"],
                                    "data.init_args.num_workers=-1: give 0 (load in the main process) to"),
+    "unreadable_auto_augment_in_config": (lambda tmp: [*FIT, "--data.init_args.auto_augment", "rand-x9"],
+                                          "data.init_args.auto_augment='rand-x9': timm cannot read it"),
+    "crop_scale_for_the_small_recipe": (lambda tmp: [*FIT, "--data.init_args.scale", "[0.08, 1.0]"],
+                                        "data.init_args.scale: the 'small' recipe pads and crops at full size"),
     "negative_gradient_clip_val": (lambda tmp: [*FIT, "--trainer.gradient_clip_val", "-1"],
                                    "trainer.gradient_clip_val=-1: give the positive norm to clip gradients to, "
                                    "or 0 for no clipping"),

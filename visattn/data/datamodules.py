@@ -43,6 +43,7 @@ from .transforms import (
     ImageTransform,
     Interpolation,
     Recipe,
+    augmentation_problem,
     eval_transform_of,
     preprocessing_problem,
     train_transforms,
@@ -333,7 +334,10 @@ class _ClassificationDataModule(SplitLoadersMixin, pl.LightningDataModule):
         h, p = self.hparams, self.preprocessing
         if not h.augment:
             return self.eval_transform()
-        return train_transforms(p["input_size"], p["mean"], p["std"], recipe=h.recipe,
+        scale = {} if h.scale is None else {"scale": tuple(h.scale)}
+        return train_transforms(p["input_size"], p["mean"], p["std"], recipe=h.recipe, **scale, hflip=h.hflip,
+                                color_jitter=h.color_jitter, auto_augment=h.auto_augment,
+                                random_erasing=h.random_erasing,
                                 interpolation=p.get("interpolation", DEFAULT_INTERPOLATION))
 
     def eval_transform(self) -> ImageTransform:
@@ -379,7 +383,27 @@ class _ClassificationDataModule(SplitLoadersMixin, pl.LightningDataModule):
         problem = preprocessing_problem(self.preprocessing)
         if problem:
             raise ConfigError(f"data.init_args.{problem.removeprefix('preprocessing.')}")
+        self._check_augmentation_options()
         self._check_loader_options()
+
+    def _check_augmentation_options(self) -> None:
+        """One line for a training augmentation setting that cannot be used, or that would change nothing."""
+        h = self.hparams
+        problem = augmentation_problem(scale=(0.6, 1.0) if h.scale is None else h.scale, color_jitter=h.color_jitter,
+                                       auto_augment=h.auto_augment, random_erasing=h.random_erasing)
+        if problem:
+            raise ConfigError(f"data.init_args.{problem}")
+        if h.scale is not None and h.recipe != "photo":
+            raise ConfigError(f"data.init_args.scale: the {h.recipe!r} recipe pads and crops at full size, so a crop "
+                              "scale changes nothing; set recipe photo, or leave scale out")
+        asked = [name for name, off in AUGMENTATION_DEFAULTS.items() if h[name] != off]
+        if asked and not h.augment:
+            raise ConfigError(f"data.init_args.{asked[0]}: augment is false, so training images are not augmented; "
+                              f"set augment true, or leave {asked[0]} out")
+
+
+# The classification data modules' augmentation settings that add to their recipe, at their values that add nothing.
+AUGMENTATION_DEFAULTS = {"scale": None, "color_jitter": 0.0, "auto_augment": None, "random_erasing": 0.0}
 
 
 def check_img_size(img_size: object) -> None:
@@ -404,6 +428,14 @@ class FashionMNISTDataModule(_ClassificationDataModule):
         seed: seed of the validation split (and of the subset ``limit`` picks).
         augment: augment training images (``False``: training uses the evaluation transform).
         recipe: transform recipe, ``"small"`` (pad + crop) or ``"photo"`` (resized crop).
+        hflip: flip half the training images left to right (``False`` for digits, text or signs).
+        scale: ``"photo"`` only: the least and most of the image a training crop keeps (default ``[0.6, 1.0]``;
+            timm's and torchvision's ImageNet recipe: ``[0.08, 1.0]``).
+        color_jitter: brightness, contrast and saturation jitter on every training image; 0: none.
+        auto_augment: timm's augmentation policy string, e.g. ``"rand-m9-mstd0.5-inc1"`` (RandAugment, DeiT's);
+            None: none.
+        random_erasing: probability of erasing a random rectangle of a training image (timm's ``re_prob``;
+            DeiT's 0.25); 0: none.
         limit: use at most this many samples of each split (quick runs and tests).
         root: folder holding the idx files; default: ``$VISATTN_DATA``, then the Debian package.
         channels: image channels the model takes: 3 (the gray values repeated) or 1 (for ``in_chans`` 1).
@@ -422,6 +454,11 @@ class FashionMNISTDataModule(_ClassificationDataModule):
         seed: int = 0,
         augment: bool = True,
         recipe: Recipe = "small",
+        hflip: bool = True,
+        scale: tuple[float, float] | None = None,
+        color_jitter: float = 0.0,
+        auto_augment: str | None = None,
+        random_erasing: float = 0.0,
         limit: int | None = None,
         root: str | None = None,
         channels: int = 3,
@@ -465,6 +502,14 @@ class ImageFolderDataModule(_ClassificationDataModule):
         seed: seed of the validation split (and of the subset ``limit`` picks).
         augment: augment training images (``False``: training uses the evaluation transform).
         recipe: transform recipe, ``"photo"`` (resized crop) or ``"small"`` (pad + crop).
+        hflip: flip half the training images left to right (``False`` for digits, text or signs).
+        scale: ``"photo"`` only: the least and most of the image a training crop keeps (default ``[0.6, 1.0]``;
+            timm's and torchvision's ImageNet recipe: ``[0.08, 1.0]``).
+        color_jitter: brightness, contrast and saturation jitter on every training image; 0: none.
+        auto_augment: timm's augmentation policy string, e.g. ``"rand-m9-mstd0.5-inc1"`` (RandAugment, DeiT's);
+            None: none.
+        random_erasing: probability of erasing a random rectangle of a training image (timm's ``re_prob``;
+            DeiT's 0.25); 0: none.
         crop_pct: ``"photo"`` evaluation: the centre crop's share of the resized image (timm's ``crop_pct``;
             fine-tuning timm weights, give their ``pretrained_cfg``'s, e.g. 0.9 for its augreg ViTs).
         interpolation: resize filter, ``"bilinear"`` or ``"bicubic"`` (timm's ViTs: bicubic), of evaluation and of
@@ -492,6 +537,11 @@ class ImageFolderDataModule(_ClassificationDataModule):
         seed: int = 0,
         augment: bool = True,
         recipe: Recipe = "photo",
+        hflip: bool = True,
+        scale: tuple[float, float] | None = None,
+        color_jitter: float = 0.0,
+        auto_augment: str | None = None,
+        random_erasing: float = 0.0,
         crop_pct: float = DEFAULT_CROP_PCT,
         interpolation: Interpolation = DEFAULT_INTERPOLATION,
         limit: int | None = None,

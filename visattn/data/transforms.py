@@ -36,11 +36,13 @@ from torchvision.transforms import functional as TF
 
 from ..errors import ConfigError
 from ..layers.patch_embed import is_count, is_number
+from .auto_augment import TimmAutoAugment, auto_augment_problem
 
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "AugmentationStream",
+    "augmentation_problem",
     "ImageTransform",
     "Recipe",
     "eval_transforms",
@@ -160,9 +162,11 @@ def train_transforms(
     padding: int = 4,
     hflip: bool = True,
     color_jitter: float = 0.0,
+    auto_augment: str | None = None,
+    random_erasing: float = 0.0,
     interpolation: Interpolation = DEFAULT_INTERPOLATION,
 ) -> ImageTransform:
-    """Training augmentation.
+    """Training augmentation: crop, flip, ``auto_augment``, colour jitter, random erasing, in timm's order.
 
     Args:
         input_size: output size: ``S``, ``(H, W)`` or timm-style ``(C, H, W)``.
@@ -174,11 +178,17 @@ def train_transforms(
         padding: ``"small"`` only: zero padding on each side before the random crop.
         hflip: random horizontal flips.
         color_jitter: brightness/contrast/saturation jitter strength; 0 turns it off.
+        auto_augment: timm's policy string (``"rand-m9-mstd0.5-inc1"``: RandAugment, DeiT's; ``"augmix-m5-w4-d2"``;
+            ``"original"``: AutoAugment), see :class:`~visattn.data.auto_augment.TimmAutoAugment`; None: none.
+            Unlike timm, colour jitter stays on beside it when asked for.
+        random_erasing: the probability of erasing a rectangle of 2-33% of the image (aspect 0.3-3.3) with
+            random pixels (Zhong et al., "Random Erasing Data Augmentation", AAAI 2020; timm's ``re_prob``).
         interpolation: the filter resizing crops (``"photo"``) or whole images (``"small"``): evaluation's,
             as timm's training transform takes its data config's.
     """
     _check_normalization(mean, std)
-    problem = _interpolation_problem(interpolation)
+    problem = _interpolation_problem(interpolation) or augmentation_problem(
+        scale=scale, color_jitter=color_jitter, auto_augment=auto_augment, random_erasing=random_erasing)
     if problem:
         raise ConfigError(problem)
     height, width = _height_width(input_size)
@@ -195,9 +205,36 @@ def train_transforms(
         raise _unknown_recipe(recipe)
     if hflip:
         steps.append(A.HorizontalFlip(p=0.5))
+    if auto_augment is not None:
+        steps.append(TimmAutoAugment(auto_augment, input_size=(height, width), mean=mean, interpolation=interpolation))
     if color_jitter > 0:  # every image, as timm's ColorJitter (albumentations' default is half of them)
         steps.append(A.ColorJitter(color_jitter, color_jitter, color_jitter, hue=0.0, p=1.0))
-    return ImageTransform([*steps, *_channel_steps(input_size), A.Normalize(mean, std)])
+    steps += _channel_steps(input_size)
+    if random_erasing > 0:
+        steps.append(RandomErasing(scale=(0.02, 1 / 3), ratio=(0.3, 3.3), fill="random", p=random_erasing))
+    return ImageTransform([*steps, A.Normalize(mean, std)])
+
+
+def augmentation_problem(*, scale: object = (0.6, 1.0), color_jitter: object = 0.0, auto_augment: object = None,
+                         random_erasing: object = 0.0) -> str | None:
+    """``SETTING=VALUE: what to give`` for a training augmentation setting :func:`train_transforms` cannot
+    use; None when all can be used."""
+    if not (isinstance(scale, (list, tuple)) and len(scale) == 2 and all(map(is_number, scale))
+            and 0 < scale[0] <= scale[1] <= 1):
+        return f"scale={reprlib.repr(scale)}: give the least and most of the image a crop keeps, e.g. [0.08, 1.0]"
+    if not (is_number(color_jitter) and 0 <= color_jitter < math.inf):
+        return f"color_jitter={color_jitter!r}: give a strength of 0 (off) or more, e.g. 0.4"
+    if not (is_number(random_erasing) and 0 <= random_erasing <= 1):
+        return f"random_erasing={random_erasing!r}: give the probability of erasing, 0 (off) to 1, e.g. 0.25"
+    return None if auto_augment is None else auto_augment_problem(auto_augment)
+
+
+class RandomErasing(A.Erasing):
+    """Albumentations' ``Erasing``; an image too narrow for any rectangle passes unchanged, as albumentations
+    means it to (its 2.0 version left out a parameter then, and failed)."""
+
+    def get_params_dependent_on_data(self, params: dict, data: dict) -> dict:
+        return {"seed": 0, **super().get_params_dependent_on_data(params, data)}
 
 
 def eval_transforms(

@@ -1,0 +1,171 @@
+"""Training augmentation beyond the recipes' crops: timm's auto-augment policies, random erasing, and the
+data modules' settings for them."""
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+from fixtures_images import write_image_folder
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from visattn.data import FashionMNISTDataModule, ImageFolderDataModule, train_transforms
+from visattn.data.auto_augment import TimmAutoAugment
+from visattn.errors import ConfigError
+
+POLICIES = ["rand-m9-mstd0.5-inc1", "augmix-m5-w4-d2", "original"]
+
+
+def _photo(shape: tuple[int, int] = (40, 48)) -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, (*shape, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+@pytest.mark.parametrize("policy", POLICIES)
+def test_a_policy_gives_what_timms_training_transform_gives_under_the_same_seed(policy, interpolation):
+    """The policy timm's `create_transform(auto_augment=...)` builds (translations scaled to the input size,
+    areas moved in filled with the mean, the recipe's filter), seeded as the pipeline seeds each image."""
+    from timm.data import create_transform
+
+    mean = (0.2, 0.5, 0.7)
+    by_timm = next(step for step in create_transform(32, is_training=True, auto_augment=policy, mean=mean,
+                                                     interpolation=interpolation).transforms
+                   if type(step).__name__ in ("RandAugment", "AugMixAugment", "AutoAugment"))
+    ours = TimmAutoAugment(policy, input_size=(32, 32), mean=mean, interpolation=interpolation)
+    image = _photo((32, 32))
+    changed = 0
+    for seed in range(12):
+        random.seed(seed)
+        np.random.seed(seed)
+        expected = np.asarray(by_timm(Image.fromarray(image)))
+        got = ours.apply(image, seed=seed)
+        np.testing.assert_array_equal(got, expected)
+        changed += not np.array_equal(got, image)
+    assert changed >= 6  # the policy does something
+
+
+def test_auto_augment_draws_from_the_pipelines_seed_and_leaves_the_global_random_states_alone():
+    """timm's operations draw from Python's and NumPy's global states: unseeded, they would repeat in every
+    worker, a resumed epoch would draw otherwise, and the pipeline would move the user's states."""
+    image = _photo()
+    runs = []
+    for global_seed in (1, 2):
+        random.seed(global_seed)
+        np.random.seed(global_seed)
+        python_state, numpy_state = random.getstate(), np.random.get_state()[1].copy()
+        torch.manual_seed(123)
+        transform = train_transforms(32, auto_augment="rand-m9-mstd0.5-inc1")
+        runs.append(torch.stack([transform(image) for _ in range(6)]))
+        assert random.getstate() == python_state and np.array_equal(np.random.get_state()[1], numpy_state)
+    torch.testing.assert_close(runs[0], runs[1], rtol=0, atol=0)
+    assert len({tuple(view.flatten().tolist()) for view in runs[0]}) == 6  # still random from call to call
+
+
+class _AutoAugmentedImage(Dataset):
+    """One image, auto-augmented only: samples differ by the policy's draws alone."""
+
+    def __init__(self) -> None:
+        self.image = _photo((32, 32))
+        self.transform = train_transforms(32, recipe="small", padding=0, hflip=False, auto_augment="original")
+
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.transform(self.image)
+
+
+def test_dataloader_workers_draw_different_policies():
+    batches = list(DataLoader(_AutoAugmentedImage(), batch_size=4, num_workers=2))  # one batch per worker
+    assert not torch.equal(batches[0], batches[1])
+
+
+def test_auto_augment_changes_images_the_recipe_alone_leaves_as_they_are():
+    image = _photo((32, 32))
+    torch.manual_seed(0)
+    plain = train_transforms(32, recipe="small", padding=0, hflip=False)
+    augmented = train_transforms(32, recipe="small", padding=0, hflip=False, auto_augment="rand-m9-mstd0.5-inc1")
+    assert all(torch.equal(plain(image), plain(image)) for _ in range(3))
+    assert sum(not torch.equal(augmented(image), plain(image)) for _ in range(8)) >= 4
+
+
+@pytest.mark.parametrize("shape", [(32, 32), (24, 48)])
+def test_random_erasing_fills_one_rectangle_of_2_to_33_percent_with_random_pixels(shape):
+    """Zhong et al.'s erasing, timm's `re_prob`: with probability 1 every image loses one rectangle, its area
+    within the scale range, its pixels replaced by noise (a constant gray image shows exactly where)."""
+    gray = np.full((*shape, 3), 128, dtype=np.uint8)
+    plain = train_transforms(shape, recipe="small", padding=0, hflip=False)(gray)
+    erasing = train_transforms(shape, recipe="small", padding=0, hflip=False, random_erasing=1.0)
+    areas = []
+    for _ in range(20):
+        changed = (erasing(gray) != plain).any(dim=0)  # (H, W)
+        rows, cols = changed.any(dim=1).nonzero().flatten(), changed.any(dim=0).nonzero().flatten()
+        box = changed[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+        assert box.all()  # one filled rectangle
+        areas.append(changed.sum().item() / changed.numel())
+    assert 0.02 - 0.01 <= min(areas) and max(areas) <= 1 / 3 + 0.03  # rounding to whole pixels
+    assert max(areas) - min(areas) > 0.05  # rectangles of many sizes
+
+
+def test_random_erasing_at_a_probability_erases_that_share_of_images():
+    gray = np.full((32, 32, 3), 128, dtype=np.uint8)
+    plain = train_transforms(32, recipe="small", padding=0, hflip=False)(gray)
+    torch.manual_seed(0)
+    erasing = train_transforms(32, recipe="small", padding=0, hflip=False, random_erasing=0.25)
+    erased = sum(not torch.equal(erasing(gray), plain) for _ in range(400))
+    assert 70 <= erased <= 130  # 100 expected; binomial sd 8.7
+    never = train_transforms(32, recipe="small", padding=0, hflip=False, random_erasing=0.0)
+    assert all(torch.equal(never(gray), plain) for _ in range(20))
+
+
+def test_an_image_too_narrow_for_any_rectangle_passes_random_erasing_unchanged():
+    """Albumentations 2.0's Erasing failed with a TypeError when no rectangle fit (a 1x40 image)."""
+    strip = np.full((1, 40, 3), 128, dtype=np.uint8)
+    plain = train_transforms((1, 40), recipe="small", padding=0, hflip=False)(strip)
+    erasing = train_transforms((1, 40), recipe="small", padding=0, hflip=False, random_erasing=1.0)
+    assert torch.equal(erasing(strip), plain)
+
+
+def test_a_one_channel_model_gets_auto_augmented_and_erased_gray_images():
+    data = FashionMNISTDataModule(num_workers=0, channels=1, auto_augment="rand-m9-mstd0.5-inc1", random_erasing=0.5)
+    steps = [type(step).__name__ for step in data.train_transform().pipeline.transforms]
+    assert steps.index("TimmAutoAugment") < steps.index("ToGray") < steps.index("RandomErasing") < steps.index("Normalize")
+    assert data.train_transform()(_photo((28, 28))).shape == (1, 28, 28)
+
+
+def test_the_data_modules_settings_reach_the_training_transform_only(tmp_path):
+    write_image_folder(tmp_path / "train", classes=("cat", "dog"), per_class=2)
+    data = ImageFolderDataModule(str(tmp_path / "train"), img_size=32, hflip=False, scale=(0.08, 1.0),
+                                 color_jitter=0.4, auto_augment="rand-m9-mstd0.5-inc1", random_erasing=0.25)
+    steps = {type(step).__name__: step for step in data.train_transform().pipeline.transforms}
+    assert "HorizontalFlip" not in steps and steps["PilRandomResizedCrop"].scale == (0.08, 1.0)
+    assert steps["TimmAutoAugment"].config == "rand-m9-mstd0.5-inc1" and steps["RandomErasing"].p == 0.25
+    assert "ColorJitter" in steps
+    assert [type(step).__name__ for step in data.eval_transform().pipeline.transforms] == [
+        "PilResize", "Normalize", "ToTensorV2"]
+    default = ImageFolderDataModule(str(tmp_path / "train"), img_size=32)
+    steps = [type(step).__name__ for step in default.train_transform().pipeline.transforms]
+    assert steps == ["PilRandomResizedCrop", "HorizontalFlip", "Normalize", "ToTensorV2"]
+    assert default.train_transform().pipeline.transforms[0].scale == (0.6, 1.0)
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    ({"auto_augment": "rand-x9"}, "data.init_args.auto_augment='rand-x9': timm cannot read it"),
+    ({"auto_augment": ""}, "data.init_args.auto_augment='': timm cannot read it"),
+    ({"random_erasing": 1.5}, "data.init_args.random_erasing=1.5: give the probability of erasing, 0 (off) to 1"),
+    ({"random_erasing": math.nan}, "data.init_args.random_erasing=nan: give the probability"),
+    ({"color_jitter": -0.1}, "data.init_args.color_jitter=-0.1: give a strength of 0 (off) or more"),
+    ({"scale": (0.5, 0.2), "recipe": "photo"}, "data.init_args.scale=(0.5, 0.2): give the least and most"),
+    ({"scale": (0.0, 1.0), "recipe": "photo"}, "data.init_args.scale=(0.0, 1.0): give the least and most"),
+    ({"scale": (0.08, 1.0)}, "data.init_args.scale: the 'small' recipe pads and crops at full size, so a crop "
+                             "scale changes nothing; set recipe photo, or leave scale out"),
+    ({"augment": False, "auto_augment": "original"}, "data.init_args.auto_augment: augment is false, so training "
+                                                     "images are not augmented; set augment true, or leave "
+                                                     "auto_augment out"),
+])
+def test_augmentation_settings_that_cannot_be_used_or_change_nothing_are_one_line(settings, message):
+    with pytest.raises(ConfigError, match="^" + message.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
+        FashionMNISTDataModule(num_workers=0, **settings)
