@@ -235,6 +235,97 @@ def test_weight_decay_groups_and_a_slower_backbone():
     assert by_param[id(model.head.weight)] == by_param[id(model.head.bias)] == pytest.approx(1e-3)
 
 
+@pytest.mark.parametrize("name", ["vit_tiny_patch16_224", "se_resnet20_cifar", "resnet50"])
+def test_layer_decay_gives_each_parameter_timms_learning_rate_and_weight_decay(name):
+    """BEiT's fine-tuning recipe, as timm's `create_optimizer_v2(layer_decay=0.75)` scales it: the task had no
+    layer-wise decay, so `visattn fit` trained every layer of a fine-tuned ViT at the head's rate."""
+    from timm.optim import create_optimizer_v2
+
+    model = create_model(name)
+    names = {id(p): n for n, p in model.named_parameters()}
+    ours = {names[id(p)]: (g["lr"], g["weight_decay"])
+            for g in weight_decay_groups(model, 0.05, lr=1e-3, layer_decay=0.75) for p in g["params"]}
+    theirs = {names[id(p)]: (1e-3 * g["lr_scale"], g["weight_decay"])
+              for g in create_optimizer_v2(model, "adamw", lr=1e-3, weight_decay=0.05, layer_decay=0.75).param_groups
+              for p in g["params"]}
+    assert ours.keys() == theirs.keys() == set(names.values())
+    assert all(ours[k][0] == pytest.approx(theirs[k][0], rel=1e-12) and ours[k][1] == theirs[k][1] for k in ours)
+    rates = sorted({lr for lr, _ in ours.values()})
+    assert len(rates) >= 8 and rates[-1] == 1e-3 and rates[-2] == pytest.approx(0.75e-3)  # the head at lr
+
+
+def test_layer_decay_holds_through_warm_up_and_cosine_in_a_run():
+    """Each group's rate keeps its share of the head's through the schedule, and the groups are named for the
+    learning-rate monitor (`layer_3_decay`)."""
+    import lightning.pytorch as pl
+    from torch.utils.data import DataLoader, TensorDataset
+
+    task = ImageClassifier("vit_tiny_patch4_28", num_classes=3, model_kwargs={"depth": 2}, layer_decay=0.5,
+                           warmup_epochs=1)
+    data = DataLoader(TensorDataset(torch.randn(8, 3, 28, 28), torch.tensor([0, 1, 2, 0] * 2)), batch_size=2)
+    seen: list[list[tuple[str, float]]] = []
+
+    class Rates(pl.Callback):
+        def on_train_batch_start(self, trainer, *args):
+            seen.append([(g["name"], g["lr"]) for g in trainer.optimizers[0].param_groups])
+
+    trainer = pl.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, accelerator="cpu", limit_val_batches=0, callbacks=[Rates()])
+    trainer.fit(task, data)
+    heads = []
+    for groups in seen:
+        layers = {name: int(name.split("_")[1]) for name, _ in groups}
+        head = dict(groups)[f"layer_{max(layers.values())}_decay"]
+        assert all(lr == pytest.approx(head * 0.5 ** (max(layers.values()) - layers[name]), rel=1e-9)
+                   for name, lr in groups)
+        heads.append(head)
+    assert len(seen) == 8 and heads[0] < heads[4] == pytest.approx(1e-3) and heads[-1] < heads[4]  # warm-up, cosine
+
+
+def test_a_resumed_fit_with_another_layer_decay_is_one_line(tmp_path):
+    """torch's optimizer refused the checkpoint's state with a traceback (another number of parameter groups)."""
+    import lightning.pytorch as pl
+    from torch.utils.data import DataLoader, TensorDataset
+
+    data = DataLoader(TensorDataset(torch.randn(4, 3, 28, 28), torch.tensor([0, 1, 2, 0])), batch_size=2)
+
+    def fit(layer_decay, epochs, ckpt_path=None):
+        task = ImageClassifier("vit_tiny_patch4_28", num_classes=3, model_kwargs={"depth": 2}, layer_decay=layer_decay)
+        trainer = pl.Trainer(max_epochs=epochs, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                             accelerator="cpu", limit_val_batches=0, default_root_dir=tmp_path)
+        trainer.fit(task, data, ckpt_path=ckpt_path)
+        return trainer
+
+    fit(None, 1).save_checkpoint(tmp_path / "saved.ckpt")
+    with pytest.raises(ConfigError, match=r"^--ckpt_path .*saved.ckpt: its run grouped the parameters as decay "
+                                          r"\(\d+\), no_decay \(\d+\), this run's settings as layer_0_no_decay \(3\), layer_0_decay"):
+        fit(0.75, 2, tmp_path / "saved.ckpt")
+    assert fit(None, 2, tmp_path / "saved.ckpt").global_step == 4  # the same settings resume
+
+
+@pytest.mark.parametrize(("value", "model_name", "message"), [
+    (0.0, "resnet20_cifar", "model.init_args.layer_decay=0.0: give each layer's learning rate as a fraction"),
+    (1.5, "resnet20_cifar", "model.init_args.layer_decay=1.5: give each layer's learning rate as a fraction"),
+    (float("nan"), "resnet20_cifar", "model.init_args.layer_decay=nan: give"),
+])
+def test_a_layer_decay_that_is_no_fraction_is_one_line(value, model_name, message):
+    with pytest.raises(ConfigError, match="^" + message.replace("(", r"\(").replace(")", r"\)")):
+        ImageClassifier(model_name, num_classes=3, layer_decay=value)
+
+
+def test_layer_decay_on_a_model_without_layers_to_tell_apart_is_one_line():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    with pytest.raises(ConfigError, match=r"^model.init_args.layer_decay: Sequential has no group_matcher\(\) to tell "
+                                          r"its layers apart; leave layer_decay out$"):
+        weight_decay_groups(model, 0.05, lr=1e-3, layer_decay=0.75)
+    model.group_matcher = lambda coarse=False: {"stem": r"^\d+"}  # every parameter one group
+    with pytest.raises(ConfigError, match="parameters are all one layer, so layer-wise decay would change nothing"):
+        weight_decay_groups(model, 0.05, lr=1e-3, layer_decay=0.75)
+    task = ImageClassifier("vit_tiny_patch4_28", num_classes=3, model_kwargs={"depth": 2}, layer_decay=0.75)
+    with pytest.raises(ConfigError, match="backbone_lr_scale and layer_decay need the base lr"):
+        weight_decay_groups(task.model, 0.05, layer_decay=0.75)
+
+
 def test_ema_mixup_and_cutmix_train_step():
     task = ImageClassifier("cbam_resnet20_cifar", num_classes=10, mixup_alpha=0.2, cutmix_alpha=1.0, ema_decay=0.9)
     images, targets = torch.randn(4, 3, 28, 28), torch.tensor([0, 1, 2, 3])

@@ -29,7 +29,7 @@ from ..data.transforms import (CLASSIFIER_PREPROCESSING, ImageTransform, check_i
 from ..devices import inference_device, model_device
 from ..errors import ConfigError, UnknownModelError, VisattnWarning, WeightsError, one_line
 from ..layers.attention import SelfAttention
-from ..layers.patch_embed import fixed_input_size, is_count
+from ..layers.patch_embed import fixed_input_size, is_count, is_number
 from ..models.vit import NO_WEIGHT_DECAY
 from ..modes import eval_mode
 from ..pretrained import (TRAINING_CHECKPOINTS, checkpoint_follows, classifier_names, find_weights_entry, load_weights,
@@ -313,6 +313,9 @@ class ImageClassifier(GuardedTask, pl.LightningModule):
         label_smoothing: cross-entropy label smoothing.
         mixup_alpha: MixUp Beta(α, α); 0 disables it.
         cutmix_alpha: CutMix Beta(α, α); 0 disables it. With both, each batch picks one.
+        layer_decay: layer-wise learning-rate decay for fine-tuning (BEiT's; timm's ``--layer-decay``, e.g.
+            0.75): each layer of the model's ``group_matcher`` learns at this fraction of the layer above's
+            rate, the head at ``lr``; None: every layer at ``lr``.
         ema_decay: keep an exponential moving average of the weights (e.g. 0.999) and evaluate
             with it; None disables it.
         class_names: label names, linked from the datamodule; saved in checkpoints for inference.
@@ -349,6 +352,7 @@ class ImageClassifier(GuardedTask, pl.LightningModule):
         label_smoothing: float = 0.1,
         mixup_alpha: float = 0.0,
         cutmix_alpha: float = 0.0,
+        layer_decay: Optional[float] = None,
         ema_decay: Optional[float] = None,
         class_names: Optional[list[str]] = None,
         preprocessing: Optional[dict[str, Any]] = None,
@@ -361,6 +365,9 @@ class ImageClassifier(GuardedTask, pl.LightningModule):
         if sdpa_backend is not None and sdpa_backend not in SDPA_BACKENDS:
             raise ConfigError(f"model.init_args.sdpa_backend={sdpa_backend!r}: use one of {', '.join(SDPA_BACKENDS)}, "
                               "or null for automatic")
+        if layer_decay is not None and not (is_number(layer_decay) and 0 < layer_decay <= 1):
+            raise ConfigError(f"model.init_args.layer_decay={layer_decay!r}: give each layer's learning rate as a "
+                              "fraction of the next one's, above 0 and at most 1 (e.g. 0.75), or null for none")
         self.save_hyperparameters()
         refuse_linked_kwargs(model_kwargs, num_classes="model.init_args.num_classes")
         self.model = build_classifier(model_name, num_classes, model_kwargs, pretrained, strict)
@@ -496,15 +503,42 @@ class ImageClassifier(GuardedTask, pl.LightningModule):
 def adamw_warmup_cosine(task: pl.LightningModule) -> dict[str, Any]:
     """AdamW over ``task.model`` with warm-up + cosine stepped per batch, from the task's ``lr``,
     ``weight_decay`` and ``warmup_epochs`` hyperparameters; shared by every visattn task."""
+    optimizer = torch.optim.AdamW(task_parameter_groups(task), lr=task.hparams.lr)
+    scheduler = warmup_cosine(optimizer, *_planned_schedule(task))
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def task_parameter_groups(task: pl.LightningModule) -> list[dict[str, Any]]:
+    """:func:`weight_decay_groups` of ``task.model`` with the task's ``weight_decay``, ``lr``, ``backbone_lr_scale``
+    and ``layer_decay`` hyperparameters."""
     # A YAML .nan or .inf reaches here unchecked; a negative backbone_lr_scale made the backbone climb the loss.
     for key in ("lr", "weight_decay", "warmup_epochs", "backbone_lr_scale"):
         if key in task.hparams and (not math.isfinite(task.hparams[key]) or task.hparams[key] < 0):
             raise ConfigError(f"model.init_args.{key}={task.hparams[key]}: give a finite value of 0 or more")
-    groups = weight_decay_groups(task.model, task.hparams.weight_decay, lr=task.hparams.lr,
-                                 backbone_lr_scale=task.hparams.get("backbone_lr_scale", 1.0))
-    optimizer = torch.optim.AdamW(groups, lr=task.hparams.lr)
-    scheduler = warmup_cosine(optimizer, *_planned_schedule(task))
-    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+    return weight_decay_groups(task.model, task.hparams.weight_decay, lr=task.hparams.lr,
+                               backbone_lr_scale=task.hparams.get("backbone_lr_scale", 1.0),
+                               layer_decay=task.hparams.get("layer_decay"))
+
+
+def refuse_other_parameter_groups(task: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+    """One line when a resumed fit would group the parameters otherwise than the checkpoint's optimizer did
+    (another ``layer_decay`` or ``backbone_lr_scale``): torch's optimizer refused its state with a traceback."""
+    states = checkpoint.get("optimizer_states") or [{}]
+    saved = [(group.get("name"), len(group["params"])) for group in states[0].get("param_groups", [])]
+    now = [(group["name"], len(group["params"])) for group in task_parameter_groups(task)]
+    # Checkpoints from before the groups were named hold sizes only.
+    if saved and (len(saved) != len(now) or any(name not in (None, other) or size != other_size
+                                                 for (name, size), (other, other_size) in zip(saved, now))):
+        path = task.trainer.ckpt_path
+        raise ConfigError(f"--ckpt_path {path}: its run grouped the parameters as {_names(saved)}, this run's "
+                          f"settings as {_names(now)}; resume with the settings it was saved with (layer_decay, "
+                          f"backbone_lr_scale), or start a new run from its weights with --model.init_args.pretrained "
+                          f"{path}")
+
+
+def _names(groups: list[tuple[Optional[str], int]]) -> str:
+    names = [f"{name or 'unnamed'} ({size})" for name, size in groups]
+    return ", ".join(names) if len(names) <= 4 else f"{', '.join(names[:3])}, ... ({len(names)} groups)"
 
 
 def _planned_schedule(task: pl.LightningModule) -> tuple[int, int]:
@@ -582,7 +616,7 @@ def _steps_per_epoch(trainer: pl.Trainer, total: int) -> float:
 
 
 def weight_decay_groups(model: nn.Module, weight_decay: float, *, lr: Optional[float] = None,
-                        backbone_lr_scale: float = 1.0) -> list[dict[str, Any]]:
+                        backbone_lr_scale: float = 1.0, layer_decay: Optional[float] = None) -> list[dict[str, Any]]:
     """Optimizer parameter groups: ``weight_decay`` on weights, none on biases, norms, position embeddings and tokens.
 
     The groups are named (``decay``, ``no_decay``) for LearningRateMonitor's columns.
@@ -590,26 +624,52 @@ def weight_decay_groups(model: nn.Module, weight_decay: float, *, lr: Optional[f
     ``lr * backbone_lr_scale``, as DETR trains its pretrained backbone ten times slower than its head:
     those named ``model.backbone_prefix`` (``backbone.`` when the model names none), which leaves out
     an FCOS's newly made FPN.
+    With ``layer_decay`` (layer-wise learning-rate decay, BEiT's fine-tuning recipe) each layer of the model's
+    ``group_matcher`` gets ``lr * layer_decay ** (layers above it)``, as timm's ``param_groups_layer_decay``
+    scales them (groups ``layer_K_decay``, ``layer_K_no_decay``): the head learns at ``lr``, the stem slowest.
     """
     prefix = getattr(model, "backbone_prefix", "backbone.")
     # What the model lists itself (fnmatch patterns), as timm's optimizer factory reads it: a Swin's relative
     # position bias tables, a DeiT's distillation token, a LeViT's attention biases.
     undecayed = model.no_weight_decay() if callable(getattr(model, "no_weight_decay", None)) else set()
-    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {(False, True): [], (False, False): []}
+    layers = layer_ids(model) if layer_decay is not None else {}
+    top = max(layers.values(), default=0)
+    groups: dict[tuple[bool, int, bool], list[nn.Parameter]] = {} if layers else {(False, 0, True): [],
+                                                                                  (False, 0, False): []}
     for name, param in model.named_parameters():
         if param.requires_grad:
             # Biases, norm scales, position embeddings and tokens are 1-D or named so: no decay.
             decay = not (param.ndim <= 1 or name.endswith(NO_WEIGHT_DECAY)
                          or any(fnmatch.fnmatch(name, pattern) for pattern in undecayed))
             backbone = backbone_lr_scale != 1.0 and name.startswith(prefix)
-            groups.setdefault((backbone, decay), []).append(param)
-    if backbone_lr_scale != 1.0 and lr is None:
-        raise ConfigError("backbone_lr_scale needs the base lr")
+            groups.setdefault((backbone, layers.get(name, top), decay), []).append(param)
+    if (backbone_lr_scale != 1.0 or layers) and lr is None:
+        raise ConfigError("backbone_lr_scale and layer_decay need the base lr")
+
+    def group_lr(backbone: bool, layer: int) -> dict[str, float]:
+        scale = (backbone_lr_scale if backbone else 1.0) * (layer_decay ** (top - layer) if layers else 1.0)
+        return {"lr": lr * scale} if backbone or layers else {}
+
     # named, so that LearningRateMonitor's columns say which is which (lr-AdamW/no_decay, not pg1 and pg2)
     return [{"params": params, "weight_decay": weight_decay if decay else 0.0,
-             "name": f"{'backbone_' if backbone else ''}{'decay' if decay else 'no_decay'}",
-             **({"lr": lr * backbone_lr_scale} if backbone else {})}
-            for (backbone, decay), params in groups.items() if params or not backbone]
+             "name": f"{'backbone_' if backbone else ''}{f'layer_{layer}_' if layers else ''}"
+                     f"{'decay' if decay else 'no_decay'}", **group_lr(backbone, layer)}
+            for (backbone, layer, decay), params in groups.items() if params or not backbone]
+
+
+def layer_ids(model: nn.Module) -> dict[str, int]:
+    """Each parameter's layer, counted from the input (0), by the model's ``group_matcher``, as timm's
+    layer-wise decay counts them; one line when the model has no matcher or all its parameters are one layer."""
+    from timm.models import group_parameters
+
+    if not callable(getattr(model, "group_matcher", None)):
+        raise ConfigError(f"model.init_args.layer_decay: {type(model).__name__} has no group_matcher() to tell its "
+                          "layers apart; leave layer_decay out")
+    layers = group_parameters(model, model.group_matcher(coarse=False), reverse=True)
+    if len(set(layers.values())) < 2:
+        raise ConfigError(f"model.init_args.layer_decay: {type(model).__name__}'s parameters are all one layer, so "
+                          "layer-wise decay would change nothing; leave layer_decay out")
+    return layers
 
 
 def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int) -> LRScheduler:
