@@ -1,10 +1,15 @@
 import os
+from pathlib import Path
 
 import pytest
 import torch
 
 # Tests never reach a hub; fail fast instead of retrying.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The Python processes tests start import the visattn under test, as pytest does, not the one an editable
+# install points at (another checkout's, whose behaviour a test would then check).
+os.environ["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1]),
+                                            *filter(None, [os.environ.get("PYTHONPATH")])])
 torch.set_num_threads(1)  # two xdist workers share two cores
 
 

@@ -2,6 +2,7 @@
 import json
 import re
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -277,6 +278,30 @@ def test_caption_prints_and_titles_unknown_words_as_unk(tmp_path, capsys, monkey
                  "--json", "--attention-out", str(tmp_path / "panels")]) == 0
     caption = json.loads(capsys.readouterr().out)["caption"]
     assert caption and set(caption.split()) == {"<unk>"} and titles == [caption.split()]
+
+
+def test_a_caption_rerun_with_an_empty_caption_leaves_no_earlier_attention_panel_behind(tmp_path, monkeypatch, capsys):
+    """An image whose caption is now empty has nothing to draw: the earlier run's panel of its words goes, beside
+    the record's null (the panel had stayed, showing words the caption no longer had)."""
+    from visattn.tasks import captioning
+
+    Image.new("RGB", (64, 64), (90, 90, 90)).save(tmp_path / "grey.png")
+    out = tmp_path / "panels"
+    caption = ["caption", str(tmp_path / "grey.png"), "--model", "sat_cbam_resnet_scenes.scenes", "--beam-size", "1",
+               "--json", "--attention-out", str(out)]
+    assert main(caption) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["caption"] and Path(first["attention"]).is_file()
+
+    def no_words(model, images, **kwargs):
+        decoded = decode(model, images, **kwargs)
+        decoded.tokens, decoded.attention = [t[:0] for t in decoded.tokens], [a[:0] for a in decoded.attention]
+        return decoded
+
+    monkeypatch.setattr(captioning, "decode", no_words)
+    assert main(caption) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["caption"] == "" and again["attention"] is None and not any(out.iterdir())
 
 
 @needs_fashion_mnist

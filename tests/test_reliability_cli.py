@@ -124,6 +124,10 @@ CASES = {
                                    f"main process) to {4 * (os.cpu_count() or 1)} (4 per CPU; more only compete"),
     "negative_workers_in_config": (lambda tmp: [*FIT, "--data.init_args.num_workers", "-1"],
                                    "data.init_args.num_workers=-1: give 0 (load in the main process) to"),
+    # YAML's .nan passes a `clip < 0` check, and Lightning then blamed another setting
+    "nan_gradient_clip_val_in_config": (lambda tmp: [*FIT, "--config", _written(tmp, "nan.yaml",
+                                                                                "trainer:\n  gradient_clip_val: .nan\n")],
+                                        "trainer.gradient_clip_val=nan: give the positive norm to clip gradients to"),
     "unreadable_auto_augment_in_config": (lambda tmp: [*FIT, "--data.init_args.auto_augment", "rand-x9"],
                                           "data.init_args.auto_augment='rand-x9': timm cannot read it"),
     "crop_scale_for_the_small_recipe": (lambda tmp: [*FIT, "--data.init_args.scale", "[0.08, 1.0]"],

@@ -152,7 +152,8 @@ def test_a_process_whose_own_loss_was_finite_says_another_process_had_the_bad_on
 
 
 def test_a_bf16_models_loss_is_computed_in_float32():
-    """Under trainer.precision bf16-true the loss came from bf16 logits: val/loss 0.640625 against 0.644870."""
+    """Under trainer.precision bf16-true the loss came from bf16 logits: val/loss 0.640625 against 0.644870; the
+    training loss too."""
     torch.manual_seed(0)
     task = ImageClassifier("cbam_resnet20_cifar", num_classes=3, model_kwargs=TINY_RESNET).eval()
     task.model.to(torch.bfloat16)  # the weights as bf16-true keeps them
@@ -162,3 +163,5 @@ def test_a_bf16_models_loss_is_computed_in_float32():
         expected = task.criterion(task.model(images).float(), labels)
     loss = task.val_loss.compute()
     assert loss.dtype == torch.float32 and float(loss) == pytest.approx(float(expected), rel=1e-6)
+    trained = task.training_step((images, labels), 0)  # train/loss, from the same bf16 logits
+    assert trained.dtype == torch.float32 and float(trained) == pytest.approx(float(expected), rel=1e-6)
