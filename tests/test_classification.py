@@ -777,6 +777,50 @@ def test_top1_and_top5_accuracy_equal_a_hand_count_where_they_differ():
     assert evaluate_classifier(classifier, dataset, batch_size=8) == {"top1": 0.35, "top5": 0.75, "n": 20}
 
 
+def test_per_class_accuracy_equals_a_hand_count_and_leaves_out_classes_without_samples():
+    """Each class's accuracy, count and most frequent wrong prediction, counted here from the logits' argmax; the
+    mean over the classes that have samples (a split of a subset of the classes scored absent ones as 0)."""
+    from visattn.tasks.classification import Classifier, evaluate_classifier
+
+    num_classes, labels = 10, torch.arange(20) % 10
+    logits = _ranked_logits(labels, [1] * 7 + [2, 3, 4, 5, 5, 4, 3, 2] + [6, 7, 8, 9, 10], num_classes)
+    # class 9 has no sample, class 0 only its correctly ranked one, class 7 one wrongly ranked
+    keep = (labels != 9) & (torch.arange(20) != 10) & (torch.arange(20) != 17)
+    logits, labels = logits[keep], labels[keep]
+    names = [f"c{k}" for k in range(num_classes)]
+    predicted = logits.argmax(1)
+    expected = {}
+    for k in range(9):
+        rows = labels == k
+        wrong = predicted[rows & (predicted != k)].tolist()
+        expected[f"c{k}"] = {"accuracy": round((predicted[rows] == k).float().mean().item(), 6), "n": int(rows.sum()),
+                             "mistaken_for": f"c{max(set(wrong), key=wrong.count)}" if wrong else None}
+    images = torch.arange(len(labels), dtype=torch.float)[:, None, None, None].expand(-1, 3, 4, 4).clone()
+    classifier = Classifier(_LookupLogits(logits), names, {"input_size": [3, 4, 4], "mean": [0.0] * 3,
+                                                           "std": [1.0] * 3}, "lookup", "lookup", {})
+    scores = evaluate_classifier(classifier, list(zip(images, labels)), batch_size=5, per_class=True)
+    assert scores["per_class"] == expected and "c9" not in scores["per_class"]
+    assert scores["mean_class_accuracy"] == pytest.approx(sum(c["accuracy"] for c in expected.values()) / 9, abs=1e-6)
+    assert scores["top1"] == pytest.approx(7 / 16) and scores["mean_class_accuracy"] == pytest.approx(4 / 9)
+    assert expected["c0"] == {"accuracy": 1.0, "n": 1, "mistaken_for": None}
+
+
+def test_evaluate_per_class_prints_a_line_per_class_and_refuses_what_it_cannot_score(capsys):
+    assert main(["evaluate", "--model", "se_resnet20_cifar.fmnist", "--dataset", "fashion-mnist", "--limit", "200",
+                 "--per-class"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    scores = json.loads(lines[-1])
+    assert [line.split(":")[0].strip() for line in lines[1:-1]] == list(scores["per_class"])
+    assert sum(c["n"] for c in scores["per_class"].values()) == scores["n"] == 200
+    for model, dataset, message in (("fcos_se_resnet20_cifar.scenes", "fashion-scenes", "--per-class: "
+                                     "fcos_se_resnet20_cifar.scenes is a detector, and only a classifier takes "
+                                     "--per-class; drop it"),
+                                    ("se_resnet20_cifar.fmnist", "fashion-mnist-canvas", "--per-class: "
+                                     "fashion-mnist-canvas scores the pointing game")):
+        assert main(["evaluate", "--model", model, "--dataset", dataset, "--per-class"]) == 2
+        assert capsys.readouterr().err.startswith(f"visattn: error: {message}")
+
+
 def test_a_one_channel_classifier_classifies_its_own_images(weights_tmp, tmp_path, capsys):
     # in_chans=1: the model's transform gives gray (1, H, W) images, from the files and through the command.
     torch.manual_seed(0)

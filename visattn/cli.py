@@ -100,7 +100,11 @@ def print_metrics(name: str, args: argparse.Namespace, metrics: dict, settings: 
     if not args.json:
         split = f" {args.split}" if args.split else ""
         how = f" ({settings})" if settings else ""
-        print(f"{name} on {args.dataset}{split}{how}: " + ", ".join(f"{k}={v}" for k, v in metrics.items()))
+        scalars = {k: v for k, v in metrics.items() if k != "per_class"}
+        print(f"{name} on {args.dataset}{split}{how}: " + ", ".join(f"{k}={v}" for k, v in scalars.items()))
+        for label, scores in metrics.get("per_class", {}).items():
+            mistaken = f", most often mistaken for {scores['mistaken_for']}" if scores["mistaken_for"] else ""
+            print(one_line(f"  {label}: accuracy {scores['accuracy']} of {scores['n']}{mistaken}"))
     print(json.dumps(metrics))
 
 
@@ -141,12 +145,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return cmd_evaluate_captioner(args)
     classifier = load_classifier(args.model, args.checkpoint, img_size=args.img_size, device=args.device)
     if args.dataset in POINTING_DATASETS:  # single-object scenes: accuracy and the pointing game
+        if args.per_class:
+            raise ConfigError(f"--per-class: {args.dataset} scores the pointing game, whose scenes are drawn at "
+                              "random; score per-class accuracy on fashion-mnist or an imagefolder: dataset")
         metrics = cmd_evaluate_pointing(classifier, args)
     else:
         dataset = evaluation_dataset(args.dataset, args.split, classifier.transform(), classifier.class_names,
                                      max_pixels=max_pixels(args))
         metrics = evaluate_classifier(classifier, dataset, batch_size=args.batch_size,
-                                      num_workers=args.num_workers, limit=args.limit)
+                                      num_workers=args.num_workers, limit=args.limit, per_class=bool(args.per_class))
     print_metrics(classifier.name, args, metrics)
     return 0
 
@@ -173,7 +180,7 @@ def evaluation_split(dataset: str, split: Optional[str]) -> Optional[str]:
 # evaluate's options that only one kind of model takes; any other would silently ignore them
 MODEL_KIND_OPTIONS = {"beam_size": ("--beam-size", "captioner"), "max_len": ("--max-len", "captioner"),
                       "length_penalty": ("--length-penalty", "captioner"), "img_size": ("--img-size", "classifier"),
-                      "pointing_target": ("--pointing-target", "classifier")}
+                      "pointing_target": ("--pointing-target", "classifier"), "per_class": ("--per-class", "classifier")}
 
 
 def check_evaluate_options(args: argparse.Namespace, kind: str) -> None:
@@ -669,6 +676,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="captioners: rank hypotheses by log p / length ** this (0: unnormalised; default 1)")
     evaluate.add_argument("--img-size", type=int, default=None,
                           help="classifiers: score at this square input size (ViT position embeddings are resampled)")
+    evaluate.add_argument("--per-class", action="store_true", default=None,
+                          help="classifiers: add each class's accuracy, sample count and the class it was most often "
+                               "mistaken for, and the mean over classes (mean_class_accuracy)")
     _add_max_pixels(evaluate)
     evaluate.add_argument("--pointing-target", choices=["label", "prediction"], default=None,
                           help="classifiers on fashion-scenes / fashion-mnist-canvas: score the Grad-CAM map of the "

@@ -17,7 +17,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, SequentialLR
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torchmetrics import MeanMetric, MetricCollection
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
@@ -978,17 +978,41 @@ def check_fashion_mnist_labels(class_names: Sequence[str], dataset: str) -> None
 
 @torch.inference_mode()
 def evaluate_classifier(classifier: Classifier, dataset: Dataset, *, batch_size: int = 256,
-                        num_workers: int = 0, limit: Optional[int] = None) -> dict[str, Any]:
+                        num_workers: int = 0, limit: Optional[int] = None, per_class: bool = False) -> dict[str, Any]:
     """Top-1/top-5 accuracy of ``classifier`` over ``dataset`` (``limit`` samples drawn across it with
     a fixed seed, if given); broken image files are left out, ``n`` counts the images scored and
-    ``skipped`` (for image files) those left out."""
+    ``skipped`` (for image files) those left out. ``per_class`` adds :func:`class_accuracies`."""
     dataset = seeded_subset(dataset, limit)
-    metrics = accuracy_metrics(len(classifier.class_names), prefix="")
+    num_classes = len(classifier.class_names)
+    metrics = accuracy_metrics(num_classes, prefix="")
+    confusion = MulticlassConfusionMatrix(num_classes) if per_class else None
     batches = evaluation_batches(dataset, batch_size=batch_size, num_workers=num_workers)
     n = 0
     for images, targets in (b for b in batches if b is not None):
-        metrics.update(classifier.predict(images), targets)
+        scores = classifier.predict(images)
+        metrics.update(scores, targets)
+        if confusion is not None:
+            confusion.update(scores, targets)
         n += len(targets)
     if n == 0:
         raise ConfigError("the evaluation dataset is empty; check --dataset and --split")
-    return {**{k: round(float(v), 6) for k, v in metrics.compute().items()}, "n": n, **skipped_images(dataset)}
+    by_class = class_accuracies(confusion.compute(), classifier.class_names) if confusion is not None else {}
+    return {**{k: round(float(v), 6) for k, v in metrics.compute().items()}, "n": n, **by_class,
+            **skipped_images(dataset)}
+
+
+def class_accuracies(confusion: torch.Tensor, class_names: Sequence[str]) -> dict[str, Any]:
+    """From a ``(true, predicted)`` confusion matrix: ``mean_class_accuracy`` (the mean over the classes that
+    have samples of each one's accuracy, what a skewed split's top-1 hides) and ``per_class``: each such
+    class's ``accuracy``, ``n`` and the class its samples were most often mistaken for (``mistaken_for``,
+    null when never)."""
+    per_class = {}
+    for k, row in enumerate(confusion.tolist()):
+        n = sum(row)
+        if n:
+            wrong = [count if j != k else 0 for j, count in enumerate(row)]
+            mistaken = max(range(len(row)), key=wrong.__getitem__)
+            per_class[class_names[k]] = {"accuracy": round(row[k] / n, 6), "n": n,
+                                         "mistaken_for": class_names[mistaken] if wrong[mistaken] else None}
+    mean = sum(c["accuracy"] for c in per_class.values()) / len(per_class)
+    return {"mean_class_accuracy": round(mean, 6), "per_class": per_class}
