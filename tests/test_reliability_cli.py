@@ -128,6 +128,19 @@ CASES = {
     "nan_gradient_clip_val_in_config": (lambda tmp: [*FIT, "--config", _written(tmp, "nan.yaml",
                                                                                 "trainer:\n  gradient_clip_val: .nan\n")],
                                         "trainer.gradient_clip_val=nan: give the positive norm to clip gradients to"),
+    # from a trainer-options audit: SWA reset the EMA copy's batch norms and left them so (val/top1 0.57 -> 0.17)
+    "swa_with_ema": (lambda tmp: [*FIT, "--model.init_args.ema_decay", "0.9", "--trainer.callbacks+=StochasticWeightAveraging",
+                                  "--trainer.callbacks.swa_lrs", "0.001"],
+                     "trainer.callbacks StochasticWeightAveraging with model.init_args.ema_decay: both average"),
+    "backbone_finetuning_without_a_backbone": (lambda tmp: [*FIT, "--trainer.callbacks+=BackboneFinetuning"],
+                                               "trainer.callbacks BackboneFinetuning: it unfreezes the task's backbone "
+                                               "attribute, and ImageClassifier has none; train the early layers slower "
+                                               "with model.init_args.layer_decay instead"),
+    "last_epoch_never_validated": (lambda tmp: [*FIT, "--trainer.max_epochs", "3", "--trainer.check_val_every_n_epoch", "2"],
+                                   "trainer.check_val_every_n_epoch 2 with trainer.max_epochs 3: the last 1 epoch(s) "
+                                   "would be neither validated nor checkpointed"),
+    "seed_out_of_bounds": (lambda tmp: [*FIT, "--seed_everything", "99999999999"],
+                           "seed_everything=99999999999: give a whole number from 0 to 4294967295"),
     "unreadable_auto_augment_in_config": (lambda tmp: [*FIT, "--data.init_args.auto_augment", "rand-x9"],
                                           "data.init_args.auto_augment='rand-x9': timm cannot read it"),
     "crop_scale_for_the_small_recipe": (lambda tmp: [*FIT, "--data.init_args.scale", "[0.08, 1.0]"],
@@ -274,6 +287,27 @@ def test_user_mistake_is_one_line_and_exit_code_2(case, tmp_path, monkeypatch, c
     assert expected in errors[0] and "Traceback" not in err
     if "--json" in args:
         assert out == ""  # nothing on stdout that a JSON reader would choke on
+
+
+@needs_fashion_mnist
+@pytest.mark.parametrize("missing", [ModuleNotFoundError("No module named 'stats_pkg'", name="stats_pkg"),
+                                     ModuleNotFoundError("`Monitor` cannot log CPU stats as `stats_pkg` is not "
+                                                         "installed.")])
+def test_a_package_a_callback_needs_once_the_run_starts_is_one_line(missing, tmp_path, monkeypatch, capsys):
+    """DeviceStatsMonitor without psutil ended `fit` in a traceback, at the start of training."""
+    from visattn.tasks import lightning_cli
+
+    def needs_a_package(*args):
+        raise missing
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["visattn"])
+    monkeypatch.setattr(lightning_cli.MonitoredMetricCheck, "on_sanity_check_end", needs_a_package)
+    assert main(FIT) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("visattn: error: fit: ")]
+    assert "Traceback" not in err and len(errors) == 1 and err.strip().splitlines()[-1] == errors[0]
+    assert "stats_pkg" in errors[0] and errors[0].endswith("drop the setting that uses it")
 
 
 def test_a_closed_output_pipe_ends_quietly(monkeypatch, capfd):

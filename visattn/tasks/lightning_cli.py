@@ -63,8 +63,8 @@ import lightning.pytorch as pl
 from jsonargparse import ArgumentError, Namespace
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.accelerators import CPUAccelerator
-from lightning.pytorch.callbacks import (BasePredictionWriter, Callback, EarlyStopping, ModelCheckpoint, ProgressBar,
-                                         RichProgressBar)
+from lightning.pytorch.callbacks import (BackboneFinetuning, BasePredictionWriter, Callback, EarlyStopping,
+                                         ModelCheckpoint, ProgressBar, RichProgressBar, StochasticWeightAveraging)
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.plugins import CheckpointIO, TorchCheckpointIO
@@ -1053,6 +1053,9 @@ class VisattnCLI(LightningCLI):
             raise ConfigError(f"trainer.gradient_clip_val={clip}: give the positive norm to clip gradients to, "
                               "or 0 for no clipping")
         kwargs["callbacks"] = self._callbacks(config)
+        if self.subcommand == "fit":
+            _refuse_callbacks_the_task_cannot_serve(kwargs["callbacks"], self.model)
+            _refuse_unsaved_last_epochs(config)
         plugins = config.get("plugins") or []
         plugins = plugins if isinstance(plugins, list) else [plugins]
         # SafeCheckpointIO by default, unless the config chose a CheckpointIO (as a plugin or in its strategy).
@@ -1090,6 +1093,13 @@ class VisattnCLI(LightningCLI):
             callbacks = [*callbacks, JsonPredictionWriter()]
         return callbacks
 
+    def _set_seed(self) -> None:
+        seed = self._get(self.config, "seed_everything")
+        if not isinstance(seed, bool) and not (isinstance(seed, int) and 0 <= seed < 2**32):
+            raise ConfigError(f"seed_everything={seed!r}: give a whole number from 0 to {2**32 - 1}, true for a random "
+                              "one, or false for none")
+        super()._set_seed()
+
     def _left_last_checkpoint(self) -> bool:
         # Only this run's: a fresh fit refuses folders that hold an earlier run's checkpoints.
         folders = [Path(c.dirpath) for c in self.trainer.checkpoint_callbacks if getattr(c, "dirpath", None)]
@@ -1111,6 +1121,12 @@ class VisattnCLI(LightningCLI):
             if mapped is None:
                 raise
             raise mapped from None
+        except ModuleNotFoundError as err:  # a package a chosen callback or logger needs once the run starts
+            if err.name is None:  # raised by Lightning with its own words (DeviceStatsMonitor without psutil)
+                raise ConfigError(f"{subcommand}: {_first_line(err).strip().rstrip('.')}; install the package it "
+                                  "names, or drop the setting that uses it") from None
+            raise ConfigError(f"{subcommand}: the package {err.name} is not installed, and {_importer(err)} needs it; "
+                              f"install it (pip install {err.name}), or drop the setting that uses it") from None
         except OSError as err:
             mapped = _output_error(self.trainer, err, self._get(self.config, "trainer").get("default_root_dir"))
             if mapped is None:
@@ -1119,6 +1135,38 @@ class VisattnCLI(LightningCLI):
         finally:
             if signal.getsignal(signal.SIGINT) is not sigint:  # Lightning ignores Ctrl-C from its shutdown on
                 signal.signal(signal.SIGINT, sigint)
+
+
+def _importer(err: ModuleNotFoundError) -> str:
+    """The module whose import failed with ``err`` (the deepest frame outside Python's import machinery)."""
+    names = [frame.f_globals.get("__name__", "") for frame, _ in traceback.walk_tb(err.__traceback__)]
+    named = [name for name in names if name and not name.startswith("importlib")]
+    return named[-1] if named else "the run"
+
+
+def _refuse_callbacks_the_task_cannot_serve(callbacks: list[Callback], task: pl.LightningModule) -> None:
+    """One line for Lightning callbacks that need what the task does not have or cannot combine with."""
+    if getattr(task, "ema", None) is not None and any(isinstance(c, StochasticWeightAveraging) for c in callbacks):
+        # SWA resets every batch norm, the average's too, and re-estimates only those of the weights it trains
+        raise ConfigError("trainer.callbacks StochasticWeightAveraging with model.init_args.ema_decay: both average "
+                          "the weights, and SWA's batch-norm update misses the EMA copy that is evaluated; use one "
+                          "of them")
+    if not hasattr(task, "backbone") and any(isinstance(c, BackboneFinetuning) for c in callbacks):
+        slower = "backbone_lr_scale" if "backbone_lr_scale" in task.hparams else "layer_decay"
+        raise ConfigError(f"trainer.callbacks BackboneFinetuning: it unfreezes the task's backbone attribute, and "
+                          f"{type(task).__name__} has none; train the early layers slower with "
+                          f"model.init_args.{slower} instead")
+
+
+def _refuse_unsaved_last_epochs(trainer_config: dict[str, Any]) -> None:
+    """One line when ``check_val_every_n_epoch`` would leave the run's last epochs unvalidated: the checkpoints
+    are written after validation, so their training was lost (a 3-epoch run's last.ckpt held epoch 2)."""
+    every, epochs = trainer_config.get("check_val_every_n_epoch") or 1, trainer_config.get("max_epochs")
+    bounded_by_epochs = trainer_config.get("max_steps") in (None, -1)
+    if every > 1 and bounded_by_epochs and isinstance(epochs, int) and epochs > 0 and epochs % every:
+        raise ConfigError(f"trainer.check_val_every_n_epoch {every} with trainer.max_epochs {epochs}: the last "
+                          f"{epochs % every} epoch(s) would be neither validated nor checkpointed (checkpoints are "
+                          f"written after validation); give a max_epochs that is a multiple of {every}")
 
 
 # Lightning logs "Detected KeyboardInterrupt, attempting graceful shutdown ..." here, which visattn says in one
