@@ -139,6 +139,9 @@ CASES = {
     "last_epoch_never_validated": (lambda tmp: [*FIT, "--trainer.max_epochs", "3", "--trainer.check_val_every_n_epoch", "2"],
                                    "trainer.check_val_every_n_epoch 2 with trainer.max_epochs 3: the last 1 epoch(s) "
                                    "would be neither validated nor checkpointed"),
+    # Lightning's own words name the trainer part to fix; the line had sent users to the model and data sections
+    "barebones_with_the_configs_logger": (lambda tmp: [*FIT, "--trainer.barebones", "true"],
+                                          "barebones mode.; check the trainer.logger section"),
     "seed_out_of_bounds": (lambda tmp: [*FIT, "--seed_everything", "99999999999"],
                            "seed_everything=99999999999: give a whole number from 0 to 4294967295"),
     "unreadable_auto_augment_in_config": (lambda tmp: [*FIT, "--data.init_args.auto_augment", "rand-x9"],

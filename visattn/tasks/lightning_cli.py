@@ -645,7 +645,17 @@ def _building_error(err: Exception, model: Any) -> ConfigError:
     if isinstance(built, Logger):  # TensorBoardLogger without tensorboard installed, WandbLogger without wandb
         return ConfigError(f"trainer.logger: {type(built).__name__} could not be built ({message}); install what "
                            "it needs, fix its init_args, or keep the configs' CSVLogger")
-    return ConfigError(f"config: {message}; check the model and data sections")
+    return ConfigError(f"config: {message}; check the {_section_in(message)}")
+
+
+def _section_in(message: str) -> str:
+    """The config section a building error's own words point to (a Timer's or Trainer's name): the model and data
+    sections unless they name a trainer part."""
+    for word, section in (("Callback", "trainer.callbacks section"), ("Logger", "trainer.logger section"),
+                          ("Trainer", "trainer section")):
+        if word in message:
+            return section
+    return "model and data sections"
 
 
 def _being_built(err: BaseException) -> tuple[Any, Optional[BaseException]]:
