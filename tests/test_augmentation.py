@@ -47,6 +47,21 @@ def test_a_policy_gives_what_timms_training_transform_gives_under_the_same_seed(
     assert changed >= 6  # the policy does something
 
 
+@pytest.mark.parametrize("policy", ["rand-m9-mstd0.5-inc1", "rand-m10-inc1", "v0"])
+def test_policies_that_posterize_to_no_bit_give_black_images_instead_of_failing(policy):
+    """Pillow 11 refuses to keep 0 bits, which timm's increasing posterize asks for at magnitude 10 (DeiT's policy
+    reaches it through its magnitude noise): about 1 image in 500 raised ValueError, and the epoch died."""
+    from visattn.data.auto_augment import posterize
+
+    transform = TimmAutoAugment(policy, input_size=(32, 32))
+    image = _photo((32, 32))
+    for seed in range(400):
+        assert transform.apply(image, seed=seed).shape == (32, 32, 3)
+    black = np.asarray(posterize(Image.fromarray(image), 0))
+    assert black.shape == image.shape and not black.any()
+    np.testing.assert_array_equal(np.asarray(posterize(Image.fromarray(image), 8)), image)
+
+
 def test_auto_augment_draws_from_the_pipelines_seed_and_leaves_the_global_random_states_alone():
     """timm's operations draw from Python's and NumPy's global states: unseeded, they would repeat in every
     worker, a resumed epoch would draw otherwise, and the pipeline would move the user's states."""
@@ -155,6 +170,13 @@ def test_the_data_modules_settings_reach_the_training_transform_only(tmp_path):
 @pytest.mark.parametrize(("settings", "message"), [
     ({"auto_augment": "rand-x9"}, "data.init_args.auto_augment='rand-x9': timm cannot read it"),
     ({"auto_augment": ""}, "data.init_args.auto_augment='': timm cannot read it"),
+    # read by timm without a word (from a features audit): nothing applied, images darkened, a failing first image
+    ({"auto_augment": "rand-m9-n0"}, "data.init_args.auto_augment='rand-m9-n0': n0 applies no operation"),
+    ({"auto_augment": "rand-m9-p0"}, "data.init_args.auto_augment='rand-m9-p0': p0 applies each operation with"),
+    ({"auto_augment": "rand-m99"}, "data.init_args.auto_augment='rand-m99': magnitude 99 is above the largest timm "
+                                   "applies (10, mmax), so it would act as 10"),
+    ({"auto_augment": "augmix-m5-w0"}, "data.init_args.auto_augment='augmix-m5-w0': w0 mixes no augmented chain"),
+    ({"auto_augment": "augmix-m5-w4-d2-a0"}, "data.init_args.auto_augment='augmix-m5-w4-d2-a0': a0 gives no mixing"),
     ({"random_erasing": 1.5}, "data.init_args.random_erasing=1.5: give the probability of erasing, 0 (off) to 1"),
     ({"random_erasing": math.nan}, "data.init_args.random_erasing=nan: give the probability"),
     ({"color_jitter": -0.1}, "data.init_args.color_jitter=-0.1: give a strength of 0 (off) or more"),

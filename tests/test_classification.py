@@ -283,7 +283,8 @@ def test_layer_decay_holds_through_warm_up_and_cosine_in_a_run():
 
 
 def test_a_resumed_fit_with_another_layer_decay_is_one_line(tmp_path):
-    """torch's optimizer refused the checkpoint's state with a traceback (another number of parameter groups)."""
+    """torch's optimizer refused the checkpoint's state with a traceback (another number of parameter groups), and
+    another decay of the same groups resumed at the saved rates without a word (from a features audit)."""
     import lightning.pytorch as pl
     from torch.utils.data import DataLoader, TensorDataset
 
@@ -298,9 +299,16 @@ def test_a_resumed_fit_with_another_layer_decay_is_one_line(tmp_path):
 
     fit(None, 1).save_checkpoint(tmp_path / "saved.ckpt")
     with pytest.raises(ConfigError, match=r"^--ckpt_path .*saved.ckpt: its run grouped the parameters as decay "
-                                          r"\(\d+\), no_decay \(\d+\), this run's settings as layer_0_no_decay \(3\), layer_0_decay"):
+                                          r"\(\d+\), no_decay \(\d+\), this run's settings as "
+                                          r"layer_0_no_decay \(3, lr x0.422\), layer_0_decay"):
         fit(0.75, 2, tmp_path / "saved.ckpt")
     assert fit(None, 2, tmp_path / "saved.ckpt").global_step == 4  # the same settings resume
+    # the same groups at other shares of the rate: the optimizer had restored the saved rates without a word
+    fit(0.75, 1).save_checkpoint(tmp_path / "decayed.ckpt")
+    with pytest.raises(ConfigError, match=r"its run grouped the parameters as layer_0_no_decay \(3, lr x0.422\), .*"
+                                          r"this run's settings as layer_0_no_decay \(3, lr x0.125\)"):
+        fit(0.5, 2, tmp_path / "decayed.ckpt")
+    assert fit(0.75, 2, tmp_path / "decayed.ckpt").global_step == 4
 
 
 @pytest.mark.parametrize(("value", "model_name", "message"), [

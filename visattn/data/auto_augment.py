@@ -21,6 +21,7 @@ from typing import Callable
 import albumentations as A
 import numpy as np
 from PIL import Image
+from timm.data import auto_augment as timm_auto_augment
 from timm.data.auto_augment import augment_and_mix_transform, auto_augment_transform, rand_augment_transform
 from timm.data.transforms import str_to_pil_interp
 
@@ -65,10 +66,24 @@ def timm_policy(config: str, *, input_size: int | Sequence[int], mean: Sequence[
     hparams = {"translate_const": int(shorter * 0.45), "img_mean": tuple(fill * 3 if len(fill) == 1 else fill),
                "interpolation": str_to_pil_interp(interpolation)}
     if config.startswith("rand"):
-        return rand_augment_transform(config, hparams)
-    if config.startswith("augmix"):
-        return augment_and_mix_transform(config, {**hparams, "translate_pct": 0.3})
-    return auto_augment_transform(config, hparams)
+        policy = rand_augment_transform(config, hparams)
+    elif config.startswith("augmix"):
+        policy = augment_and_mix_transform(config, {**hparams, "translate_pct": 0.3})
+    else:
+        policy = auto_augment_transform(config, hparams)
+    ops = getattr(policy, "ops", None) or [op for sub_policy in policy.policy for op in sub_policy]
+    for op in ops:
+        if op.aug_fn is timm_auto_augment.posterize:
+            op.aug_fn = posterize
+    return policy
+
+
+def posterize(img: Image.Image, bits_to_keep: int, **kwargs: object) -> Image.Image:
+    """timm's posterize, keeping no bit as the Pillow it was written for did (a black image): Pillow 11 refuses 0
+    bits, which DeiT's ``rand-m9-mstd0.5-inc1`` asks for at magnitude 10, and a training epoch died in a ValueError."""
+    if bits_to_keep <= 0:
+        return Image.new(img.mode, img.size)
+    return timm_auto_augment.posterize(img, bits_to_keep)
 
 
 def auto_augment_problem(config: object) -> str | None:
@@ -76,9 +91,29 @@ def auto_augment_problem(config: object) -> str | None:
     if not isinstance(config, str):
         return f"auto_augment={config!r}: give a timm policy string, e.g. {AUTO_AUGMENT_EXAMPLES}"
     try:
-        timm_policy(config, input_size=224, mean=(0.5,), interpolation="bilinear")
+        policy = timm_policy(config, input_size=224, mean=(0.5,), interpolation="bilinear")
     except (AssertionError, KeyError, ValueError, IndexError) as error:  # what timm's parsers raise
         return f"auto_augment={config!r}: timm cannot read it ({error}); give e.g. {AUTO_AUGMENT_EXAMPLES}"
+    problem = _degenerate_setting(policy)
+    return f"auto_augment={config!r}: {problem}" if problem else None
+
+
+def _degenerate_setting(policy: object) -> str | None:
+    """What in a policy timm reads without a word would augment nothing, fail, or not be what it says."""
+    if getattr(policy, "num_layers", 1) < 1:
+        return "n0 applies no operation to any image; give n1 or more (timm's default: n2)"
+    if getattr(policy, "width", 1) < 1:
+        return "w0 mixes no augmented chain (every image came out darkened); give w1 or more (timm's default: w3)"
+    if getattr(policy, "alpha", 1) <= 0:
+        return "a0 gives no mixing weights (the first image failed); give an alpha above 0 (timm's default: a1)"
+    ops = getattr(policy, "ops", None) or []
+    if any(op.prob <= 0 for op in ops):
+        return "p0 applies each operation with probability 0; give a probability above 0 (timm's default: p0.5)"
+    too_strong = next((op for op in ops if op.magnitude > (op.magnitude_max or 10)), None)
+    if too_strong is not None:
+        top = too_strong.magnitude_max or 10
+        return (f"magnitude {too_strong.magnitude:g} is above the largest timm applies ({top:g}, mmax), so it would "
+                f"act as {top:g}; give m{top:g} or less, or raise mmax")
     return None
 
 

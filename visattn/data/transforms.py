@@ -181,8 +181,8 @@ def train_transforms(
         auto_augment: timm's policy string (``"rand-m9-mstd0.5-inc1"``: RandAugment, DeiT's; ``"augmix-m5-w4-d2"``;
             ``"original"``: AutoAugment), see :class:`~visattn.data.auto_augment.TimmAutoAugment`; None: none.
             Unlike timm, colour jitter stays on beside it when asked for.
-        random_erasing: the probability of erasing a rectangle of 2-33% of the image (aspect 0.3-3.3) with
-            random pixels (Zhong et al., "Random Erasing Data Augmentation", AAAI 2020; timm's ``re_prob``).
+        random_erasing: the probability of erasing a rectangle of 2-33% of the image (at most 30% of a square
+            one; aspect 0.3-3.3, drawn uniformly) with random pixels (Zhong et al., "Random Erasing Data Augmentation", AAAI 2020; timm's ``re_prob``).
         interpolation: the filter resizing crops (``"photo"``) or whole images (``"small"``): evaluation's,
             as timm's training transform takes its data config's.
     """

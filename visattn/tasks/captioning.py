@@ -36,7 +36,7 @@ from ..models.show_attend_tell import DecodedCaptions, doubly_stochastic_penalty
 from ..pretrained import (find_weights_entry, load_weights, named_weights_entry, read_state_dict,
                           starting_weights_skipped)
 from ..registry import create_model, model_task, split_model_name
-from .classification import (EDITED_CHECKPOINT, Classifier, adamw_warmup_cosine, check_data_size,
+from .classification import (EDITED_CHECKPOINT, Classifier, WarmupCosineAdamW, check_data_size,
                              checkpoint_model_kwargs, inference_model, inference_target, load_checkpoint_weights,
                              read_checkpoint, refuse_linked_kwargs, require_task, sample_mean_loss,
                              starting_checkpoint_settings, task_checkpoint, warn_if_normalised_otherwise)
@@ -233,7 +233,7 @@ def _starting_record(model_name: str, pretrained: Optional[Union[bool, str]],
     return entry, lambda: read_state_dict(entry["path"], sha256=entry["sha256"])
 
 
-class CaptioningTask(GuardedTask, pl.LightningModule):
+class CaptioningTask(WarmupCosineAdamW, GuardedTask, pl.LightningModule):
     """Train and evaluate a Show, Attend and Tell captioner.
 
     Args:
@@ -367,9 +367,6 @@ class CaptioningTask(GuardedTask, pl.LightningModule):
     def predict_step(self, batch: Any, batch_idx: int) -> list[str]:
         images = batch["images"] if isinstance(batch, dict) else batch[0] if isinstance(batch, (tuple, list)) else batch
         return [self.vocab.caption_text(ids.tolist()) for ids in self(images).tokens]
-
-    def configure_optimizers(self) -> dict[str, Any]:
-        return adamw_warmup_cosine(self)
 
 
 # ---------------------------------------------------------------------------------------------

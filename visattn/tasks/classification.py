@@ -294,7 +294,19 @@ def accuracy_metrics(num_classes: int, prefix: str) -> MetricCollection:
     )
 
 
-class ImageClassifier(GuardedTask, pl.LightningModule):
+class WarmupCosineAdamW:
+    """The optimizer of every visattn task, :func:`adamw_warmup_cosine`; a resumed fit whose settings would group
+    the parameters otherwise than its checkpoint's optimizer is one line (:func:`refuse_other_parameter_groups`)."""
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        return adamw_warmup_cosine(self)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self._trainer is not None and self.trainer.state.fn == "fit":
+            refuse_other_parameter_groups(self, checkpoint)
+
+
+class ImageClassifier(WarmupCosineAdamW, GuardedTask, pl.LightningModule):
     """Train and evaluate an image classifier.
 
     Args:
@@ -496,9 +508,6 @@ class ImageClassifier(GuardedTask, pl.LightningModule):
         # in float32 under bf16 autocast (the configs' precision), whose bf16 softmax had tied top-5 probabilities
         return self(images).float().softmax(dim=-1)
 
-    def configure_optimizers(self) -> dict[str, Any]:
-        return adamw_warmup_cosine(self)
-
 
 def adamw_warmup_cosine(task: pl.LightningModule) -> dict[str, Any]:
     """AdamW over ``task.model`` with warm-up + cosine stepped per batch, from the task's ``lr``,
@@ -521,14 +530,18 @@ def task_parameter_groups(task: pl.LightningModule) -> list[dict[str, Any]]:
 
 
 def refuse_other_parameter_groups(task: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
-    """One line when a resumed fit would group the parameters otherwise than the checkpoint's optimizer did
-    (another ``layer_decay`` or ``backbone_lr_scale``): torch's optimizer refused its state with a traceback."""
+    """One line when a resumed fit would group the parameters, or share the learning rate among the groups,
+    otherwise than the checkpoint's optimizer did (another ``layer_decay`` or ``backbone_lr_scale``): torch's
+    optimizer refused another grouping with a traceback, and restored the saved rates over other shares silently."""
     states = checkpoint.get("optimizer_states") or [{}]
-    saved = [(group.get("name"), len(group["params"])) for group in states[0].get("param_groups", [])]
-    now = [(group["name"], len(group["params"])) for group in task_parameter_groups(task)]
+    saved = _group_shares([(group.get("name"), len(group["params"]), group.get("initial_lr", group.get("lr")))
+                           for group in states[0].get("param_groups", [])])
+    now = _group_shares([(group["name"], len(group["params"]), group.get("lr", task.hparams.lr))
+                         for group in task_parameter_groups(task)])
     # Checkpoints from before the groups were named hold sizes only.
-    if saved and (len(saved) != len(now) or any(name not in (None, other) or size != other_size
-                                                 for (name, size), (other, other_size) in zip(saved, now))):
+    if saved and (len(saved) != len(now) or any(
+            name not in (None, other) or size != other_size or not math.isclose(share, other_share, rel_tol=1e-6)
+            for (name, size, share), (other, other_size, other_share) in zip(saved, now))):
         path = task.trainer.ckpt_path
         raise ConfigError(f"--ckpt_path {path}: its run grouped the parameters as {_names(saved)}, this run's "
                           f"settings as {_names(now)}; resume with the settings it was saved with (layer_decay, "
@@ -536,8 +549,14 @@ def refuse_other_parameter_groups(task: pl.LightningModule, checkpoint: dict[str
                           f"{path}")
 
 
-def _names(groups: list[tuple[Optional[str], int]]) -> str:
-    names = [f"{name or 'unnamed'} ({size})" for name, size in groups]
+def _group_shares(groups: list[tuple[Optional[str], int, Optional[float]]]) -> list[tuple[Optional[str], int, float]]:
+    """Each group's learning rate as a share of the highest (1 for all when a rate is missing or 0)."""
+    top = max((rate or 0 for _, _, rate in groups), default=0)
+    return [(name, size, rate / top if top and rate else 1.0) for name, size, rate in groups]
+
+
+def _names(groups: list[tuple[Optional[str], int, float]]) -> str:
+    names = [f"{name or 'unnamed'} ({size}{'' if share == 1 else f', lr x{share:.3g}'})" for name, size, share in groups]
     return ", ".join(names) if len(names) <= 4 else f"{', '.join(names[:3])}, ... ({len(names)} groups)"
 
 

@@ -30,7 +30,7 @@ from ..modes import eval_mode
 from ..fileio import PNG_SOFTWARE, atomic_path, attention_note, output_errors, output_paths
 from ..pretrained import find_weights_entry
 from ..registry import Strictness, create_model, is_model, model_family, split_model_name
-from .classification import (Classifier, adamw_warmup_cosine, checkpoint_model_kwargs, inference_model,
+from .classification import (Classifier, WarmupCosineAdamW, checkpoint_model_kwargs, inference_model,
                              inference_target, load_checkpoint_weights, match_class_order, read_checkpoint,
                              recorded_labels, refuse_linked_kwargs, require_task, task_checkpoint,
                              warn_if_normalised_otherwise)
@@ -87,7 +87,7 @@ def is_detection_arch(name: str) -> bool:
 # ---------------------------------------------------------------------------------------------
 
 
-class DetectionTask(GuardedTask, pl.LightningModule):
+class DetectionTask(WarmupCosineAdamW, GuardedTask, pl.LightningModule):
     """Train and evaluate a detector.
 
     Args:
@@ -203,9 +203,6 @@ class DetectionTask(GuardedTask, pl.LightningModule):
     def predict_step(self, batch: Any, batch_idx: int) -> Detections:
         images = batch[0] if isinstance(batch, tuple) else batch
         return self(images)
-
-    def configure_optimizers(self) -> dict[str, Any]:
-        return adamw_warmup_cosine(self)
 
 
 def backbone_preprocessing(detector: nn.Module) -> Optional[dict[str, Any]]:

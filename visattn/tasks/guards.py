@@ -165,7 +165,7 @@ class NonFiniteLossGuard:
 class GuardedTask:
     """The hooks every visattn task shares, before its LightningModule base: a skipped step's gradients are
     dropped (its ``loss_guard``, :class:`NonFiniteLossGuard`), a resumed fit whose schedule changed is warned
-    about and one whose parameter groups changed refused, and DDP processes draw apart."""
+    about, and DDP processes draw apart."""
 
     loss_guard: NonFiniteLossGuard
 
@@ -174,12 +174,6 @@ class GuardedTask:
 
     def on_after_backward(self) -> None:
         self.loss_guard.drop_skipped_gradients()
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        from .classification import refuse_other_parameter_groups  # it imports this module
-
-        if self._trainer is not None and self.trainer.state.fn == "fit":
-            refuse_other_parameter_groups(self, checkpoint)
 
     def on_train_start(self) -> None:
         from .classification import warn_of_a_changed_schedule  # it imports this module

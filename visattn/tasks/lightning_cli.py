@@ -1173,7 +1173,8 @@ def _refuse_unsaved_last_epochs(trainer_config: dict[str, Any]) -> None:
     are written after validation, so their training was lost (a 3-epoch run's last.ckpt held epoch 2)."""
     every, epochs = trainer_config.get("check_val_every_n_epoch") or 1, trainer_config.get("max_epochs")
     bounded_by_epochs = trainer_config.get("max_steps") in (None, -1)
-    if every > 1 and bounded_by_epochs and isinstance(epochs, int) and epochs > 0 and epochs % every:
+    # Fewer epochs than that validate none: MonitoredMetricCheck names it for a checkpoint that monitors validation.
+    if every > 1 and bounded_by_epochs and isinstance(epochs, int) and epochs > every and epochs % every:
         raise ConfigError(f"trainer.check_val_every_n_epoch {every} with trainer.max_epochs {epochs}: the last "
                           f"{epochs % every} epoch(s) would be neither validated nor checkpointed (checkpoints are "
                           f"written after validation); give a max_epochs that is a multiple of {every}")
