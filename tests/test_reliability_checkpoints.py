@@ -884,6 +884,19 @@ def test_a_checkpoint_name_that_would_write_a_metrics_slash_is_one_line_before_t
                  "--ckpt_path", "best"]) == 0
 
 
+def test_a_checkpoint_name_of_a_metric_the_run_does_not_log_is_one_line_before_training(in_tmp, capsys):
+    """best-{epoch}-{val_loss:.4f} wrote best-epoch=0-val_loss=0.0000.ckpt: Lightning fills a metric it lacks with 0
+    (from a trainer-options audit)."""
+    callbacks = json.loads(EPOCH_AND_LAST)
+    callbacks[0]["init_args"].update(monitor="val/loss", mode="min", filename="best-{epoch}-{val_loss:.4f}")
+    assert _fit_with(callbacks) == 2
+    assert _error(capsys) == (
+        "visattn: error: trainer.callbacks: ModelCheckpoint(filename='best-{epoch}-{val_loss:.4f}'): the run logs no "
+        "val_loss, which Lightning would write as 0; did you mean val/loss? write it as 'val_loss={val/loss:.4f}' "
+        "with auto_insert_metric_name: false")
+    assert not list(in_tmp.rglob("*.ckpt"))
+
+
 def _fit_with(callbacks: list) -> int:
     return main(["fit", "--config", str(CBAM_CONFIG), *QUICK, "--trainer.max_epochs", "1",
                  "--trainer.callbacks", json.dumps(callbacks)])

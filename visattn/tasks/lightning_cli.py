@@ -753,6 +753,8 @@ class MonitoredMetricCheck(Callback):
         for callback in watched if logged else []:
             if callback.monitor not in logged:
                 _refuse_unlogged_monitor(callback, logged)
+        for callback in trainer.checkpoint_callbacks if logged else []:
+            _refuse_unlogged_filename_metric(callback, trainer, logged)
 
 
 def _refuse_unlogged_monitor(callback: Callback, logged: list[str]) -> None:
@@ -764,6 +766,17 @@ def _refuse_unlogged_monitor(callback: Callback, logged: list[str]) -> None:
         warnings.warn(f"{named}: the run logs no {callback.monitor}, only {', '.join(logged)}", VisattnWarning)
         return
     raise ConfigError(f"{named}: the run logs no {callback.monitor}; monitor one it logs: {', '.join(logged)}")
+
+
+def _refuse_unlogged_filename_metric(callback: Callback, trainer: pl.Trainer, logged: list[str]) -> None:
+    """One line for a ModelCheckpoint ``filename`` field naming a metric the run does not log but nearly names
+    one of its validation metrics (``{val_loss}`` for ``val/loss``): Lightning wrote it as 0 into every name."""
+    for field in re.findall(r"\{([^}:]+)", getattr(callback, "filename", None) or ""):
+        close = difflib.get_close_matches(field, logged, n=1, cutoff=0.8)
+        if field not in ("epoch", "step") and field not in trainer.callback_metrics and close:
+            raise ConfigError(f"trainer.callbacks: ModelCheckpoint(filename={callback.filename!r}): the run logs no "
+                              f"{field}, which Lightning would write as 0; did you mean {close[0]}? write it as "
+                              f"'{close[0].replace('/', '_')}={{{close[0]}:.4f}}' with auto_insert_metric_name: false")
 
 
 class LaunchedDataCheck(Callback):
