@@ -550,6 +550,14 @@ def test_fast_dev_run_writes_no_checkpoint_and_a_run_too_short_to_warm_up_resume
     assert resumed["global_step"] > 1 and "_schedulers" in resumed["lr_schedulers"][0]
 
 
+def test_a_fit_with_checkpointing_off_runs_and_writes_no_checkpoint(in_tmp):
+    """Lightning refused the configs' ModelCheckpoint callbacks under enable_checkpointing false, and only
+    `--trainer.callbacks=[]` (every callback) removed them (from a trainer-options audit)."""
+    assert main(["fit", "--config", str(CBAM_CONFIG), *QUICK, "--trainer.max_steps", "2",
+                 "--trainer.enable_checkpointing", "false"]) == 0
+    assert not list(in_tmp.rglob("*.ckpt")) and list(in_tmp.rglob("metrics.csv"))  # the logger still writes
+
+
 def test_fit_from_an_explicitly_named_damaged_checkpoint_is_one_line_and_resumes_nothing(in_tmp, capsys):
     assert main(["fit", "--config", str(CBAM_CONFIG), *QUICK, "--trainer.max_steps", "1"]) == 0
     damaged = in_tmp / CHECKPOINTS / "copy.ckpt"  # beside good checkpoints the fallback used to pick instead

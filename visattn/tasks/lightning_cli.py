@@ -1099,9 +1099,10 @@ class VisattnCLI(LightningCLI):
         """The config's callbacks and visattn's defaults, which a config can replace with its own."""
         callbacks = config.get("callbacks") or []
         callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
-        if config.get("fast_dev_run"):
-            # Lightning skips their saves then, but for save_last's at the end: a last.ckpt of a
-            # one-batch run that a later --ckpt_path last would resume.
+        if config.get("fast_dev_run") or config.get("enable_checkpointing") is False:
+            # fast_dev_run: Lightning skips their saves, but for save_last's at the end: a last.ckpt of a one-batch
+            # run that a later --ckpt_path last would resume. enable_checkpointing false: Lightning refused the
+            # configs' checkpoint callbacks, which only `--trainer.callbacks=[]` (all callbacks) removed.
             callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
         # Rich progress bar by default; a config can still pick another bar or turn bars off.
         if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
