@@ -121,6 +121,10 @@ def test_a_resumed_fit_refuses_a_typed_learning_rate_its_restored_optimizer_woul
     assert _fit("--trainer.max_epochs", "1", "--ckpt_path", "last", "--model.init_args.warmup_epochs", "3") == 2
     assert "--model.init_args.warmup_epochs 3.0: a resumed run continues with the optimizer and schedule" in (
         _error(capsys))
+    # layer_decay too: the restored optimizer kept the saved layers' rates (from a features audit)
+    assert _fit("--trainer.max_epochs", "2", "--ckpt_path", "last", "--model.init_args.layer_decay", "0.5") == 2
+    assert "--model.init_args.layer_decay 0.5: a resumed run continues with the optimizer and schedule it saved, at " \
+           "layer_decay None" in _error(capsys)
     assert _read(last)["global_step"] == STEPS_PER_EPOCH
     # from a config audit: the same lr from a second config file was taken without a word, and recorded
     Path("lr.yaml").write_text("model:\n  init_args:\n    lr: 0.5\n")

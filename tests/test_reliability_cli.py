@@ -1109,7 +1109,7 @@ def test_an_unknown_option_points_to_its_own_commands_help(command, capsys):
 @pytest.mark.parametrize("command, shown", [
     ("classify", ["--topk TOPK", "(default: 1)", "(default: 32)", "(default: auto)"]),
     ("detect", ["(default: 0.5)", "(default: 8)"]),
-    ("evaluate", ["images per forward pass (default: 256)", "(default: 0)"]),
+    ("evaluate", ["16 for detectors) (default: 256)", "(default: 0)"]),
     ("export", ["(default: 17)", "(default: onnx)"]),
 ])
 def test_command_help_gives_each_default_and_what_paths_take(command, shown, capsys):
@@ -1165,6 +1165,18 @@ def test_a_config_commands_help_names_visattn_under_python_m(script, argv, usage
         main(argv)
     assert exit.value.code == 0
     assert capsys.readouterr().out.startswith(usage)
+
+
+def test_fit_help_does_not_offer_the_optimizer_options_every_run_refuses(monkeypatch, capsys):
+    """`fit --help` listed LightningCLI's --optimizer and --lr_scheduler, which visattn refuses in one line pointing
+    to the task's lr, weight_decay and warmup_epochs (from a help-text audit)."""
+    monkeypatch.setattr(sys, "argv", ["visattn", "fit", "--help"])
+    with pytest.raises(SystemExit):
+        main(["fit", "--help"])
+    shown = capsys.readouterr().out
+    assert "--model.help" in shown and "--optimizer" not in shown and "--lr_scheduler" not in shown
+    assert main(["fit", "--config", str(CBAM_CONFIG), "--optimizer", "torch.optim.SGD"]) == 2
+    assert "set those instead, and drop optimizer" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("command, attention_out, threshold, note", [

@@ -503,10 +503,10 @@ def _add_model_source(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--checkpoint", help="a Lightning checkpoint written by `visattn fit`")
 
 
-def _add_max_pixels(parser: argparse.ArgumentParser) -> None:
+def _add_max_pixels(parser: argparse.ArgumentParser, *, applies: str = "") -> None:
     parser.add_argument("--max-pixels", type=positive_int, default=None, metavar="N",
-                        help="refuse image files whose header declares more pixels (width x height), before decoding "
-                             "them: a guard against decompression bombs (default: 67108864, 64 Mi)")
+                        help=f"{applies}refuse image files whose header declares more pixels (width x height), before "
+                             "decoding them: a guard against decompression bombs (default: 67108864, 64 Mi)")
 
 
 def max_pixels(args: argparse.Namespace) -> int:
@@ -659,14 +659,18 @@ def build_parser() -> argparse.ArgumentParser:
                                "captioners and detectors: fashion-scenes or coco:ANN.json:IMAGES; captioners also "
                                "karpathy:SPLITS.json:IMAGES")
     evaluate.add_argument("--split", default=None,
-                          help="test (default) or train; val too for fashion-scenes, fashion-mnist-pairs/canvas and "
-                               "karpathy: (not for coco:, whose file is the split)")
+                          help="test (default) or train; val too for fashion-scenes, fashion-mnist-pairs/canvas, "
+                               "karpathy: and an imagefolder:DIR with split folders (none for an imagefolder without "
+                               "them, which is scored whole, or for coco:, whose file is the split)")
     evaluate.add_argument("--json", action="store_true", help="print only the JSON line")
-    evaluate.add_argument("--batch-size", type=positive_int, default=256, help="images per forward pass")
+    evaluate.add_argument("--batch-size", type=positive_int, default=256,
+                          help="images per forward pass (at most 64 for captioners and the pointing scenes, 16 for "
+                               "detectors)")
     evaluate.add_argument("--num-workers", type=worker_count, default=0,
                           help=f"DataLoader worker processes (at most {MAX_WORKERS_PER_CPU} per CPU)")
     evaluate.add_argument("--limit", type=positive_int, default=None,
-                          help="score N samples drawn across the dataset with a fixed seed (scenes: the first N)")
+                          help="score N samples drawn across the dataset with a fixed seed; scenes: the first N "
+                               "(default: 1000, or as many as a captioner's or detector's training run scored)")
     evaluate.add_argument("--beam-size", type=positive_int, default=None,
                           help=f"captioners: beam width (1: greedy; default {DEFAULT_BEAM_SIZE})")
     evaluate.add_argument("--max-len", type=positive_int, default=None,
@@ -678,12 +682,13 @@ def build_parser() -> argparse.ArgumentParser:
                           help="classifiers: score at this square input size (ViT position embeddings are resampled)")
     evaluate.add_argument("--per-class", action="store_true", default=None,
                           help="classifiers: add each class's accuracy, sample count and the class it was most often "
-                               "mistaken for, and the mean over classes (mean_class_accuracy)")
-    _add_max_pixels(evaluate)
+                               "mistaken for, and the mean over classes (mean_class_accuracy); not on the pointing "
+                               "scenes")
+    _add_max_pixels(evaluate, applies="classifiers on an imagefolder: dataset: ")
     evaluate.add_argument("--pointing-target", choices=["label", "prediction"], default=None,
                           help="classifiers on fashion-scenes / fashion-mnist-canvas: score the Grad-CAM map of the "
                                "item's class (label, the default, as Zhang et al.'s pointing game does) or of the "
-                               "predicted class")
+                               "predicted class; not for ViTs, scored with rollout")
     evaluate.set_defaults(func=cmd_evaluate)
 
     classify = sub.add_parser("classify", help="classify image files and folders (recursively)")
@@ -739,15 +744,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_max_pixels(explain)
     explain.add_argument("--method", default="gradcam", choices=("rollout", "attention", "gradcam", "gates"),
                          help="rollout/attention (ViTs), gradcam (all), gates (CBAM/BAM/coord/NL/GC ResNets)")
-    explain.add_argument("--layer", default=None, help="block index (ViT) or module name, e.g. layer3")
+    explain.add_argument("--layer", default=None,
+                         help="attention: block index (default: the last); gradcam: module name, e.g. layer3, or a "
+                              "ViT's block index (default: the last stage); gates: module name or index among the "
+                              "spatial gates (default: the mean of all); rollout takes none")
     explain.add_argument("--head", type=non_negative_int, default=None,
                          help="attention head 0..N-1 (method attention; default: mean)")
     explain.add_argument("--class", dest="target_class", default=None, help="class index or name (gradcam)")
     explain.add_argument("--out", default=None,
                          help="the map of one image: .png, .jpg, .jpeg, .svg or .pdf, the format its suffix names; "
-                              "a map visattn wrote there is replaced, any other file never")
+                              "a map visattn wrote there is replaced, any other file never (give --out or --out-dir)")
     explain.add_argument("--out-dir", default=None,
-                         help="a map of each image, DIR/STEM.png (names numbered apart where stems repeat)")
+                         help="a map of each image, DIR/STEM.png (names numbered apart where stems repeat; give --out "
+                              "or --out-dir)")
     explain.add_argument("--json", action="store_true",
                          help="one JSON record per file: label, prob, the class explained and the map's path")
     explain.set_defaults(func=cmd_explain)

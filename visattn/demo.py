@@ -78,7 +78,7 @@ def set_aside_previous_run(folder: Path) -> None:
         previous = folder.with_name(f"{folder.name}-previous")
         shutil.rmtree(previous, ignore_errors=True)
         folder.rename(previous)
-        print(f"visattn demo: the previous demo run's checkpoints are now in {previous}")
+        print(f"demo: the previous demo run's checkpoints are now in {previous}")
 
 
 def main() -> None:
@@ -87,7 +87,7 @@ def main() -> None:
                  "(`make demo`), whose configs a pip install does not bring")
     checkpoint = OUT / "checkpoints" / "last.ckpt"
     set_aside_previous_run(OUT / "checkpoints")
-    print("visattn demo: train CBAM-ResNet-20 (841K parameters) for 2 epochs on 4000 Fashion-MNIST images")
+    print("demo: train CBAM-ResNet-20 (841K parameters) for 2 epochs on 4000 Fashion-MNIST images")
     run("fit", "--config", str(CONFIG))
     print("\nTest accuracy of the demo model on all 10000 Fashion-MNIST test images:")
     run("evaluate", "--checkpoint", str(checkpoint), "--dataset", "fashion-mnist", "--split", "test")

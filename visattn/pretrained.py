@@ -376,6 +376,7 @@ def _searched() -> str:
 
 
 def sha256_of(path: Union[str, Path]) -> str:
+    """The hex SHA-256 of the file at ``path``, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

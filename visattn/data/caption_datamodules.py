@@ -372,6 +372,8 @@ class KarpathyCaptionDataModule(_CaptionDataModule):
         return len({path for samples in self.datasets.values() for path in samples.dataset.skipped})
 
     def train_transform(self) -> ImageTransform:
+        """The photo recipe's random crops (no flips: captions say left and right), or evaluation's transform
+        when ``augment`` is off."""
         h = self.hparams
         if not h.augment:
             return self.eval_transform()

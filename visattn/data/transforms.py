@@ -80,6 +80,7 @@ class AugmentationStream:
 
     @contextmanager
     def active(self) -> Iterator[None]:
+        """This stream as the one pipelines called inside draw from."""
         token = _active_stream.set(self)
         try:
             yield

@@ -127,6 +127,7 @@ class CaptionMetrics:
         self.reset()
 
     def reset(self) -> None:
+        """Forget the captions and references gathered so far."""
         self.hypotheses: list[str] = []
         self.references: list[list[str]] = []
         self.hits: list[bool] = []
@@ -165,6 +166,8 @@ class CaptionMetrics:
         self.has_boxes = any(shard[3] for shard in shards)
 
     def compute(self) -> dict[str, float]:
+        """BLEU-1..4 and CIDEr (METEOR when asked for) of the captions gathered, and the pointing game's score
+        when the data had item boxes."""
         scores = caption_scores(self.hypotheses, self.references, meteor=self.meteor)
         if self.has_boxes:  # None when no caption named an item that occurs once
             scores["pointing"] = float(np.mean(self.hits)) if self.hits else None
@@ -393,7 +396,7 @@ class Captioner:
     @torch.no_grad()  # not inference_mode: its tensors refuse in-place writes and autograd in the caller's code
     def caption(self, images: Tensor, *, beam_size: int = 5, max_len: Optional[int] = None,
                 length_penalty: float = 1.0) -> DecodedCaptions:
-        """Captions of normalised images ``(B, 3, H, W)`` on any device, returned on the CPU, of at most
+        """Captions of normalised images ``(B, C, H, W)`` (C the model's channels) on any device, returned on the CPU, of at most
         ``max_len`` words (default :attr:`max_len`)."""
         max_len = self.max_len if max_len is None else max_len
         check_image_batch(images, channels=self.preprocessing["input_size"][0])

@@ -585,6 +585,7 @@ def warn_of_a_changed_schedule(task: pl.LightningModule) -> None:
 
 
 def enable_grad_checkpointing(model: nn.Module, model_name: str) -> None:
+    """``model.set_grad_checkpointing(True)``; one line naming ``model_name`` for a model without it."""
     try:
         model.set_grad_checkpointing(True)
     except (AttributeError, AssertionError, NotImplementedError):  # timm's models without it assert
@@ -784,6 +785,7 @@ class Classifier:
     model_kwargs: dict[str, Any]
 
     def transform(self) -> ImageTransform:
+        """The evaluation transform the weights record: an ``(H, W, 3)`` uint8 RGB array to the model's input."""
         return eval_transform_of(self.preprocessing)
 
     @property
@@ -792,7 +794,7 @@ class Classifier:
 
     @torch.no_grad()  # not inference_mode: its tensors refuse in-place writes and autograd in the caller's code
     def predict(self, images: torch.Tensor) -> torch.Tensor:
-        """Class probabilities ``(B, num_classes)`` on the CPU for normalised images ``(B, 3, H, W)``
+        """Class probabilities ``(B, num_classes)`` on the CPU for normalised images ``(B, C, H, W)`` (C the model's channels)
         on any device."""
         check_image_batch(images, channels=self.preprocessing["input_size"][0])
         with eval_mode(self.model):  # a model the caller set training would drop out and update batch norms

@@ -34,6 +34,7 @@ the file an earlier predict wrote, and refuses one visattn did not write.
 
 Ctrl-C ends every command with ``visattn: interrupted`` and exit code 130, as elsewhere in visattn.
 """
+import argparse
 import contextlib
 import copy
 import difflib
@@ -355,7 +356,7 @@ def _resumed_checkpoint(ckpt_path: Optional[str], callbacks: Any) -> Optional[Pa
 
 
 # Task hyperparameters that a resumed fit takes from the optimizer state it restores, whatever is typed.
-_RESTORED_WITH_THE_OPTIMIZER = ("lr", "weight_decay", "backbone_lr_scale", "warmup_epochs")
+_RESTORED_WITH_THE_OPTIMIZER = ("lr", "weight_decay", "backbone_lr_scale", "layer_decay", "warmup_epochs")
 
 
 def _refuse_overrides_the_optimizer_restores(path: Path, given: dict[str, Any], typed: Sequence[str]) -> None:
@@ -969,6 +970,17 @@ class VisattnCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         for key in self.linked_data_attributes:
             parser.link_arguments(f"data.{key}", f"model.init_args.{key}", apply_on="instantiate")
+
+    def _add_arguments(self, parser: LightningArgumentParser) -> None:
+        super()._add_arguments(parser)
+        # LightningCLI's --optimizer and --lr_scheduler stay parsed, so that before_instantiate_classes names the
+        # task's own settings instead; --help no longer offers what every run refuses.
+        for group in parser._action_groups:
+            refused = [a for a in group._group_actions if a.dest.partition(".")[0] in ("optimizer", "lr_scheduler")]
+            for action in refused:
+                action.help = argparse.SUPPRESS
+            if refused and len(refused) == len(group._group_actions):
+                group.title = group.description = None
 
     def _parse_ckpt_path(self) -> None:
         subcommand = self.config.get("subcommand")
