@@ -172,6 +172,9 @@ def test_the_data_modules_settings_reach_the_training_transform_only(tmp_path):
     ({"auto_augment": ""}, "data.init_args.auto_augment='': timm cannot read it"),
     # read by timm without a word (from a features audit): nothing applied, images darkened, a failing first image
     ({"auto_augment": "rand-m9-n0"}, "data.init_args.auto_augment='rand-m9-n0': n0 applies no operation"),
+    ({"auto_augment": "rand-m9-mstd0.5-incl"}, "data.init_args.auto_augment='rand-m9-mstd0.5-incl': its section "
+                                               "'incl' has no number, which timm skips"),
+    ({"auto_augment": "randaugment"}, "data.init_args.auto_augment='randaugment': timm cannot read it; give e.g."),
     ({"auto_augment": "rand-m9-p0"}, "data.init_args.auto_augment='rand-m9-p0': p0 applies each operation with"),
     ({"auto_augment": "rand-m99"}, "data.init_args.auto_augment='rand-m99': magnitude 99 is above the largest timm "
                                    "applies (10, mmax), so it would act as 10"),

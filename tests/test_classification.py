@@ -18,7 +18,7 @@ from PIL import Image
 from visattn import create_model, save_weights
 from visattn.cli import main
 from visattn.data.transforms import eval_transforms
-from visattn.errors import ConfigError, WeightsError
+from visattn.errors import ConfigError, VisattnWarning, WeightsError
 from visattn.tasks.captioning import CaptioningTask, load_captioner
 from visattn.tasks.classification import (Classifier, ImageClassifier, load_classifier, warmup_cosine,
                                          weight_decay_groups)
@@ -332,6 +332,24 @@ def test_layer_decay_on_a_model_without_layers_to_tell_apart_is_one_line():
     task = ImageClassifier("vit_tiny_patch4_28", num_classes=3, model_kwargs={"depth": 2}, layer_decay=0.75)
     with pytest.raises(ConfigError, match="backbone_lr_scale and layer_decay need the base lr"):
         weight_decay_groups(task.model, 0.05, layer_decay=0.75)
+
+
+@pytest.mark.parametrize(("decay", "warned"), [(0.999, True), (0.5, False)])
+def test_an_average_that_a_short_run_leaves_near_the_starting_weights_is_warned_about(decay, warned, recwarn):
+    """ema_decay 0.999 over a 39-step fine-tune kept 96% of the starting weights in the average validation scored:
+    every validation at chance, without a word (from a fine-tuning journey audit)."""
+    import lightning.pytorch as pl
+    from torch.utils.data import DataLoader, TensorDataset
+
+    task = ImageClassifier("resnet20_cifar", num_classes=3, ema_decay=decay)
+    data = DataLoader(TensorDataset(torch.randn(8, 3, 28, 28), torch.tensor([0, 1, 2, 0] * 2)), batch_size=4)
+    pl.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+               enable_model_summary=False, accelerator="cpu", limit_val_batches=0).fit(task, data)
+    messages = [str(w.message) for w in recwarn if issubclass(w.category, VisattnWarning)]
+    expected = ("model.init_args.ema_decay 0.999 over this run's 4 optimizer steps keeps 100% of the starting weights "
+                "in the average that validation scores and the checkpoints hold; give about 0.316 for so short a "
+                "run, or null for no average")
+    assert (expected in messages) is warned and (warned or not any("ema_decay" in m for m in messages))
 
 
 def test_ema_mixup_and_cutmix_train_step():
@@ -1117,6 +1135,31 @@ def test_fine_tuning_timm_weights_with_other_normalisation_warns_as_for_shipped_
         ImageClassifier(name, num_classes=3, model_kwargs=small, pretrained=True,
                         preprocessing={**imagenet, "mean": [0.5] * 3, "std": [0.5] * 3})
         ImageClassifier(name, num_classes=3, model_kwargs=small, pretrained=False, preprocessing=imagenet)
+
+
+def test_fine_tuning_a_timm_local_dir_with_other_normalisation_warns_from_its_config(tmp_path, offline):
+    """`pretrained: timm:local-dir:FOLDER` whose config.json records mean and std 0.5 trained on ImageNet's statistics
+    without a word: timm's registry knows no such name (from a fine-tuning journey audit)."""
+    import json
+    import warnings
+
+    import timm
+    from timm.models import save_for_hf
+
+    reference = timm.create_model("resnet18", num_classes=3, pretrained_cfg_overlay={"mean": (0.5,) * 3,
+                                                                                      "std": (0.5,) * 3})
+    save_for_hf(reference, tmp_path / "folder", safe_serialization=True)
+    assert json.loads((tmp_path / "folder" / "config.json").read_text())["pretrained_cfg"]["mean"] == [0.5] * 3
+    imagenet = {"input_size": [3, 32, 32], "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    source = f"timm:local-dir:{tmp_path / 'folder'}"
+    with pytest.warns(VisattnWarning, match=r"^the data normalises with mean \[0.485, 0.456, 0.406\], std .* but the "
+                                            r"starting weights were trained with mean \[0.5, 0.5, 0.5\]"):
+        ImageClassifier("resnet18", num_classes=3, pretrained=source, preprocessing=imagenet)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", VisattnWarning)
+        ImageClassifier("resnet18", num_classes=3, pretrained=source,
+                        preprocessing={**imagenet, "mean": [0.5] * 3, "std": [0.5] * 3, "crop_pct": 0.95,
+                                       "interpolation": "bicubic"})  # timm's resnet18 records these
 
 
 def test_fine_tuning_timm_weights_with_another_crop_or_filter_warns(monkeypatch, offline):

@@ -427,6 +427,21 @@ def test_an_image_folders_max_pixels_reaches_its_datasets(tmp_path):
         ImageFolderDataModule(str(root), max_pixels=0)
 
 
+def test_an_image_folder_of_split_folders_is_one_line_naming_the_roots_to_give(tmp_path):
+    """A root holding train/ and test/ (the layout `evaluate --dataset imagefolder:DIR` reads) had trained a
+    two-class "test vs train" model without a word (from a fine-tuning journey audit)."""
+    for split in ("train", "test"):
+        write_image_folder(tmp_path / "photos" / split)
+    with pytest.raises(ConfigError, match=rf"^data.init_args.root {tmp_path}/photos: its folders are the splits train, "
+                                          rf"test, not classes; give root {tmp_path}/photos/train, test_root "
+                                          rf"{tmp_path}/photos/test$"):
+        ImageFolderDataModule(str(tmp_path / "photos"))
+    data = ImageFolderDataModule(str(tmp_path / "photos" / "train"), test_root=str(tmp_path / "photos" / "test"))
+    assert data.class_names == ["cat", "dog"]
+    write_image_folder(tmp_path / "photos" / "bird")  # a class beside folders named like splits: all classes
+    assert ImageFolderDataModule(str(tmp_path / "photos")).class_names == ["bird", "test", "train"]
+
+
 def test_image_folder_data_module_separate_roots(tmp_path):
     root = write_image_folder(tmp_path / "train", per_class=3)
     val_root = write_image_folder(tmp_path / "val", classes=("dog",), per_class=2)

@@ -162,7 +162,8 @@ def evaluation_split(dataset: str, split: Optional[str]) -> Optional[str]:
     """``--split``, ``test`` when not given; ``None`` for a ``coco:`` dataset, whose annotations file is
     the split, and for an image folder without split folders, which is scored whole (a ``--split`` there
     was accepted and printed as if it had chosen the images)."""
-    from .tasks.classification import SPLIT_FOLDERS, imagefolder_root, split_folders
+    from .data.image_folder import SPLIT_FOLDERS, split_folders
+    from .tasks.classification import imagefolder_root
 
     root = imagefolder_root(dataset) if dataset.startswith("imagefolder:") else None
     if dataset.startswith("coco:"):

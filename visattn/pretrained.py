@@ -9,6 +9,7 @@ folders of ``$VISATTN_WEIGHTS`` (a user's own weights, laid out the same way) ar
 import argparse
 import contextlib
 import contextvars
+import dataclasses
 import hashlib
 import inspect
 import json
@@ -280,11 +281,9 @@ def weights_preprocessing(entry: Optional[dict[str, Any]], pretrained: Any) -> O
         return _file_preprocessing(Path(pretrained))
     if not (isinstance(pretrained, str) and pretrained.startswith("timm:")):  # other files record nothing
         return None
-    import timm
-
     from .data.transforms import INTERPOLATIONS
 
-    cfg = timm.models.get_pretrained_cfg(pretrained[5:])
+    cfg = _timm_pretrained_cfg(pretrained[5:])
     if cfg is None:
         return None
     # input_size is left to the model, which may be built for another size than timm's weights
@@ -296,6 +295,22 @@ def weights_preprocessing(entry: Optional[dict[str, Any]], pretrained: Any) -> O
                       "other inputs than timm gives it", VisattnWarning, stacklevel=2)
     recorded = {"mean": list(cfg.mean), "std": list(cfg.std), "crop_pct": cfg.crop_pct, "recipe": recipe}
     return {**recorded, **({"interpolation": cfg.interpolation} if cfg.interpolation in INTERPOLATIONS else {})}
+
+
+def _timm_pretrained_cfg(name: str) -> Optional[Any]:
+    """timm's record of weights ``name``: its registry's, or for ``local-dir:FOLDER`` the ``pretrained_cfg`` of the
+    folder's config.json (what ``timm.models.save_for_hf`` writes; the registry knows no such name, so the weights'
+    statistics were never compared with the data's); None when there is none."""
+    import timm
+
+    if not name.startswith("local-dir:"):
+        return timm.models.get_pretrained_cfg(name)
+    try:
+        recorded = json.loads((Path(name.removeprefix("local-dir:")) / "config.json").read_text()).get("pretrained_cfg")
+    except (OSError, ValueError, AttributeError):  # loading the weights names the folder's problem
+        return None
+    known = {field.name for field in dataclasses.fields(timm.models.PretrainedCfg)}
+    return timm.models.PretrainedCfg(**{k: v for k, v in recorded.items() if k in known}) if recorded else None
 
 
 def _file_preprocessing(path: Path) -> Optional[dict[str, Any]]:

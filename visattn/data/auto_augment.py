@@ -14,6 +14,7 @@ resumes, distinct workers) and leave the global states as they were.
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Callable
@@ -90,10 +91,17 @@ def auto_augment_problem(config: object) -> str | None:
     """``auto_augment=CONFIG: what to give`` unless timm builds a policy from ``config``; None when it does."""
     if not isinstance(config, str):
         return f"auto_augment={config!r}: give a timm policy string, e.g. {AUTO_AUGMENT_EXAMPLES}"
+    # timm skips a section without a number without a word: a typo (inc1 as incl) would go unnoticed
+    valueless = [part for part in config.split("-")[1:] if config.startswith(("rand", "augmix"))
+                 and not re.fullmatch(r"[a-z]+\d.*", part)]
+    if valueless:
+        return (f"auto_augment={config!r}: its section {valueless[0]!r} has no number, which timm skips; give each "
+                f"setting with its value, e.g. m9, mstd0.5, inc1")
     try:
         policy = timm_policy(config, input_size=224, mean=(0.5,), interpolation="bilinear")
     except (AssertionError, KeyError, ValueError, IndexError) as error:  # what timm's parsers raise
-        return f"auto_augment={config!r}: timm cannot read it ({error}); give e.g. {AUTO_AUGMENT_EXAMPLES}"
+        why = f" ({error})" if str(error) else ""
+        return f"auto_augment={config!r}: timm cannot read it{why}; give e.g. {AUTO_AUGMENT_EXAMPLES}"
     problem = _degenerate_setting(policy)
     return f"auto_augment={config!r}: {problem}" if problem else None
 

@@ -33,7 +33,7 @@ from .fashion_mnist import (FASHION_MNIST_CLASSES, FASHION_MNIST_MEAN, FASHION_M
                            find_fashion_mnist)
 from .image_io import DEFAULT_MAX_PIXELS
 from .image_folder import (ImageFolder, check_class_count, collate_present, find_classes, for_evaluation,
-                           image_files_of, seeded_subset)
+                           image_files_of, seeded_subset, split_folders)
 from .transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -555,6 +555,12 @@ class ImageFolderDataModule(_ClassificationDataModule):
             raise ConfigError(f"data.init_args.max_pixels={max_pixels!r}: give the most pixels (width x height) an "
                               f"image file may declare, e.g. {DEFAULT_MAX_PIXELS}")
         self._class_names = find_classes(root)  # fails early, and num_classes is known now
+        splits = split_folders(Path(root))
+        if splits:  # a split-folder layout, as evaluate's imagefolder: reads: it had trained a "test vs train" model
+            given = ", ".join(f"{key} {Path(root) / name}" for key, name in
+                              (("root", "train"), ("val_root", "val"), ("test_root", "test")) if name in splits)
+            raise ConfigError(f"data.init_args.root {root}: its folders are the splits {', '.join(splits)}, not "
+                              f"classes; give {given}")
         check_class_count(root, self._class_names)  # before the model is built with num_classes=1
 
     @property

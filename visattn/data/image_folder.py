@@ -305,6 +305,18 @@ def seeded_subset(dataset: Dataset, limit: Optional[int], *, seed: int = 0) -> D
     return Subset(dataset, sorted(pick.tolist()))
 
 
+SPLIT_FOLDERS = ("train", "val", "test")
+
+
+def split_folders(root: Path) -> list[str]:
+    """The split folders (``train``, ``val``, ``test``) an image folder has: none when it holds other
+    folders too, which are classes, one of them maybe named like a split (CIFAR-100's ``train``)."""
+    if not root.is_dir():
+        return []
+    folders = {path.name for path in root.iterdir() if path.is_dir() and not path.name.startswith(".")}
+    return [name for name in SPLIT_FOLDERS if name in folders] if folders <= set(SPLIT_FOLDERS) else []
+
+
 def find_classes(root: str | os.PathLike) -> list[str]:
     """Sorted names of the class sub-folders of ``root`` (hidden folders ignored).
 
