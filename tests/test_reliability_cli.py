@@ -1167,6 +1167,19 @@ def test_a_config_commands_help_names_visattn_under_python_m(script, argv, usage
     assert capsys.readouterr().out.startswith(usage)
 
 
+def test_a_tasks_and_data_modules_help_show_docstring_markup_as_plain_words(monkeypatch, capsys):
+    """`--model.help` said `see :func:`visattn.create_model`.` and ``"photo"`` with its backticks (a help-text audit)."""
+    shown = []
+    for argv in (["fit", "--model.help", "visattn.tasks.classification.ImageClassifier"],
+                 ["fit", "--data.help", "visattn.data.ImageFolderDataModule"]):
+        monkeypatch.setattr(sys, "argv", ["visattn", *argv])
+        with pytest.raises(SystemExit):
+            main(argv)
+        shown.append(" ".join(capsys.readouterr().out.split()))
+    assert all("``" not in text and ":func:" not in text and ":class:" not in text for text in shown)
+    assert "see visattn.create_model." in shown[0] and '"photo" (resized crop)' in shown[1]
+
+
 def test_fit_help_does_not_offer_the_optimizer_options_every_run_refuses(monkeypatch, capsys):
     """`fit --help` listed LightningCLI's --optimizer and --lr_scheduler, which visattn refuses in one line pointing
     to the task's lr, weight_decay and warmup_epochs (from a help-text audit)."""

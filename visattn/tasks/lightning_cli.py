@@ -1268,6 +1268,24 @@ class _VisattnParser(LightningArgumentParser):
     def __init__(self, *args: Any, prog: str = "visattn", **kwargs: Any) -> None:
         super().__init__(*args, prog=prog, **kwargs)
 
+    def format_help(self) -> str:
+        return plain_help(super().format_help())
+
+
+# Sphinx roles and literals in the docstrings LightningCLI shows as help: :func:`visattn.create_model`, ``"photo"``.
+_REST_MARKUP = re.compile(r":(?:func|class|meth|attr|mod|data):`(~?)([^`]+)`|``([^`]+)``")
+
+
+def plain_help(text: str) -> str:
+    """``text`` with reST roles and double-backtick literals as the plain words they mark (``:class:`~a.B``` as B)."""
+    def plain(match: re.Match) -> str:
+        short, target, literal = match.groups()
+        if literal is not None:
+            return literal
+        return target.rpartition(".")[2] if short else target
+
+    return _REST_MARKUP.sub(plain, text)
+
 
 def _build_and_run(argv: list[str]) -> VisattnCLI:
     try:
