@@ -252,6 +252,8 @@ def test_layer_decay_gives_each_parameter_timms_learning_rate_and_weight_decay(n
     assert all(ours[k][0] == pytest.approx(theirs[k][0], rel=1e-12) and ours[k][1] == theirs[k][1] for k in ours)
     rates = sorted({lr for lr, _ in ours.values()})
     assert len(rates) >= 8 and rates[-1] == 1e-3 and rates[-2] == pytest.approx(0.75e-3)  # the head at lr
+    names = [g["name"] for g in weight_decay_groups(model, 0.05, lr=1e-3, layer_decay=0.75)]
+    assert sorted(names) == sorted(names, key=lambda n: (int(n.split("_")[1]), n))  # the monitor's columns in order
 
 
 def test_layer_decay_holds_through_warm_up_and_cosine_in_a_run():

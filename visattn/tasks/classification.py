@@ -692,7 +692,8 @@ def weight_decay_groups(model: nn.Module, weight_decay: float, *, lr: Optional[f
 
     # named, so that LearningRateMonitor's columns say which is which (lr-AdamW/no_decay, not pg1 and pg2)
     return [{"params": params, "weight_decay": weight_decay if decay else 0.0,
-             "name": f"{'backbone_' if backbone else ''}{f'layer_{layer}_' if layers else ''}"
+             # layer ids zero-padded, so that the learning-rate monitor's columns sort in layer order
+             "name": f"{'backbone_' if backbone else ''}{f'layer_{layer:0{len(str(top))}d}_' if layers else ''}"
                      f"{'decay' if decay else 'no_decay'}", **group_lr(backbone, layer)}
             for (backbone, layer, decay), params in groups.items() if params or not backbone]
 
