@@ -1278,7 +1278,10 @@ def test_save_weights_writes_into_the_first_visattn_weights_folder_only(two_fold
     _save_own(second, "other")
     before = {folder: {p.name: p.read_bytes() for p in folder.iterdir()} for folder in (second, shipped_weights_dir())}
     assert main(["save-weights", "--checkpoint", str(_checkpoint(tmp_path / "run.ckpt")), "--tag", "t"]) == 0
-    assert f"wrote {first / 'cbam_resnet20_cifar.t.safetensors'} " in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"wrote {first / 'cbam_resnet20_cifar.t.safetensors'} " in out
+    # without --dataset the entry holds no metrics: said, not only shown as {} (from a fine-tuning journey audit)
+    assert "; it records no metrics: give --dataset to score the test split\n{}\n" in out
     assert set(load_index(first)) == {"cbam_resnet20_cifar.t"}
     assert {folder: {p.name: p.read_bytes() for p in folder.iterdir()} for folder in before} == before
     assert create_model("cbam_resnet20_cifar.t").num_classes == 3  # found there by name

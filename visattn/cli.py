@@ -378,7 +378,8 @@ def cmd_save_weights(args: argparse.Namespace) -> int:
                              preprocessing=loaded.preprocessing, model_kwargs=loaded.model_kwargs,
                              config=args.config, metrics=metrics, **({"default": True} if args.default else {}),
                              **names)
-    print(f"wrote {path} (sha256 {entry['sha256'][:12]}...) and its entry in {path.parent / 'index.json'}")
+    unscored = "" if metrics else "; it records no metrics: give --dataset to score the test split"
+    print(f"wrote {path} (sha256 {entry['sha256'][:12]}...) and its entry in {path.parent / 'index.json'}{unscored}")
     print(json.dumps(metrics))
     return 0
 
