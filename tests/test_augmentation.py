@@ -167,6 +167,15 @@ def test_the_data_modules_settings_reach_the_training_transform_only(tmp_path):
     assert default.train_transform().pipeline.transforms[0].scale == (0.6, 1.0)
 
 
+@pytest.mark.parametrize("policy", ["rand-m9-mstd0.5-inc1", "rand-m9-tweights", "rand-m15-mmax20", "rand-n3-m10-p0.8",
+                                    "augmix-m5-w4-d2", "augmix-m3-w2-d1-a0.5-b1", "original", "v0", "3a"])
+def test_policy_strings_timm_documents_are_taken(policy):
+    """A check on policy strings must not refuse timm's own forms (`tweights` has no number, as timm means it)."""
+    steps = [type(step).__name__ for step in FashionMNISTDataModule(num_workers=0, auto_augment=policy)
+             .train_transform().pipeline.transforms]
+    assert "TimmAutoAugment" in steps
+
+
 @pytest.mark.parametrize(("settings", "message"), [
     ({"auto_augment": "rand-x9"}, "data.init_args.auto_augment='rand-x9': timm cannot read it"),
     ({"auto_augment": ""}, "data.init_args.auto_augment='': timm cannot read it"),

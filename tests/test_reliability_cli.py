@@ -313,6 +313,37 @@ def test_a_package_a_callback_needs_once_the_run_starts_is_one_line(missing, tmp
     assert "stats_pkg" in errors[0] and errors[0].endswith("drop the setting that uses it")
 
 
+@needs_fashion_mnist
+def test_a_module_missing_from_an_installed_package_is_not_passed_off_as_a_setting(tmp_path, monkeypatch):
+    """Only a package that is not installed is the user's to install: a module missing inside one (a bug, or a
+    broken install) keeps its traceback instead of advice to `pip install torch` (from a code review)."""
+    from visattn.tasks import lightning_cli
+
+    def missing_inside_torch(*args):
+        raise ModuleNotFoundError("No module named 'torch.nonexistent'", name="torch.nonexistent")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["visattn"])
+    monkeypatch.setattr(lightning_cli.MonitoredMetricCheck, "on_sanity_check_end", missing_inside_torch)
+    with pytest.raises(ModuleNotFoundError, match="torch.nonexistent"):
+        main(FIT)
+
+
+@needs_fashion_mnist
+@pytest.mark.parametrize("settings", [["--trainer.enable_checkpointing", "false"],
+                                      ["--trainer.callbacks+=ModelCheckpoint",
+                                       "--trainer.callbacks.save_on_train_epoch_end", "true"]])
+def test_validation_every_second_epoch_of_three_runs_where_nothing_is_lost(settings, tmp_path, monkeypatch):
+    """The refusal of a last epoch neither validated nor checkpointed holds for checkpoints written after validation
+    only: it had stopped runs that checkpoint nothing or save at epoch ends (a code review)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["visattn"])
+    validated = ["--trainer.max_epochs", "3", "--trainer.check_val_every_n_epoch", "2"]
+    if settings[0].startswith("--trainer.callbacks"):  # the configs' own callbacks would still be refused
+        settings = ["--trainer.callbacks=[]", *settings]
+    assert main([*FIT, *validated, *settings]) == 0
+
+
 def test_a_closed_output_pipe_ends_quietly(monkeypatch, capfd):
     import visattn.cli as cli
 

@@ -302,15 +302,18 @@ def _timm_pretrained_cfg(name: str) -> Optional[Any]:
     folder's config.json (what ``timm.models.save_for_hf`` writes; the registry knows no such name, so the weights'
     statistics were never compared with the data's); None when there is none."""
     import timm
+    from timm.models._hub import load_model_config_from_path
 
     if not name.startswith("local-dir:"):
         return timm.models.get_pretrained_cfg(name)
     try:
-        recorded = json.loads((Path(name.removeprefix("local-dir:")) / "config.json").read_text()).get("pretrained_cfg")
-    except (OSError, ValueError, AttributeError):  # loading the weights names the folder's problem
+        recorded = load_model_config_from_path(name.removeprefix("local-dir:"))[0]
+    except Exception:  # timm's reader raises many kinds; loading the weights names the folder's problem
+        return None
+    if not isinstance(recorded, dict):
         return None
     known = {field.name for field in dataclasses.fields(timm.models.PretrainedCfg)}
-    return timm.models.PretrainedCfg(**{k: v for k, v in recorded.items() if k in known}) if recorded else None
+    return timm.models.PretrainedCfg(**{k: v for k, v in recorded.items() if k in known})
 
 
 def _file_preprocessing(path: Path) -> Optional[dict[str, Any]]:

@@ -92,8 +92,9 @@ def auto_augment_problem(config: object) -> str | None:
     if not isinstance(config, str):
         return f"auto_augment={config!r}: give a timm policy string, e.g. {AUTO_AUGMENT_EXAMPLES}"
     # timm skips a section without a number without a word: a typo (inc1 as incl) would go unnoticed
+    # (RandAugment's t section names an op set, e.g. tweights, as timm reads it)
     valueless = [part for part in config.split("-")[1:] if config.startswith(("rand", "augmix"))
-                 and not re.fullmatch(r"[a-z]+\d.*", part)]
+                 and not re.fullmatch(r"[a-z]+\d.*", part) and not (config.startswith("rand") and part.startswith("t"))]
     if valueless:
         return (f"auto_augment={config!r}: its section {valueless[0]!r} has no number, which timm skips; give each "
                 f"setting with its value, e.g. m9, mstd0.5, inc1")

@@ -36,7 +36,7 @@ from ..models.show_attend_tell import DecodedCaptions, doubly_stochastic_penalty
 from ..pretrained import (find_weights_entry, load_weights, named_weights_entry, read_state_dict,
                           starting_weights_skipped)
 from ..registry import create_model, model_task, split_model_name
-from .classification import (EDITED_CHECKPOINT, Classifier, WarmupCosineAdamW, check_data_size,
+from .classification import (EDITED_CHECKPOINT, Classifier, check_data_size,
                              checkpoint_model_kwargs, inference_model, inference_target, load_checkpoint_weights,
                              read_checkpoint, refuse_linked_kwargs, require_task, sample_mean_loss,
                              starting_checkpoint_settings, task_checkpoint, warn_if_normalised_otherwise)
@@ -236,7 +236,7 @@ def _starting_record(model_name: str, pretrained: Optional[Union[bool, str]],
     return entry, lambda: read_state_dict(entry["path"], sha256=entry["sha256"])
 
 
-class CaptioningTask(WarmupCosineAdamW, GuardedTask, pl.LightningModule):
+class CaptioningTask(GuardedTask, pl.LightningModule):
     """Train and evaluate a Show, Attend and Tell captioner.
 
     Args:

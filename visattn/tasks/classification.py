@@ -294,19 +294,7 @@ def accuracy_metrics(num_classes: int, prefix: str) -> MetricCollection:
     )
 
 
-class WarmupCosineAdamW:
-    """The optimizer of every visattn task, :func:`adamw_warmup_cosine`; a resumed fit whose settings would group
-    the parameters otherwise than its checkpoint's optimizer is one line (:func:`refuse_other_parameter_groups`)."""
-
-    def configure_optimizers(self) -> dict[str, Any]:
-        return adamw_warmup_cosine(self)
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if self._trainer is not None and self.trainer.state.fn == "fit":
-            refuse_other_parameter_groups(self, checkpoint)
-
-
-class ImageClassifier(WarmupCosineAdamW, GuardedTask, pl.LightningModule):
+class ImageClassifier(GuardedTask, pl.LightningModule):
     """Train and evaluate an image classifier.
 
     Args:
@@ -536,7 +524,10 @@ def task_parameter_groups(task: pl.LightningModule) -> list[dict[str, Any]]:
 def refuse_other_parameter_groups(task: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
     """One line when a resumed fit would group the parameters, or share the learning rate among the groups,
     otherwise than the checkpoint's optimizer did (another ``layer_decay`` or ``backbone_lr_scale``): torch's
-    optimizer refused another grouping with a traceback, and restored the saved rates over other shares silently."""
+    optimizer refused another grouping with a traceback, and restored the saved rates over other shares silently.
+    ``visattn fit`` names such a setting from the checkpoint's hyperparameters before the run; this reads the
+    optimizer's state, for runs started otherwise (``Trainer.fit(ckpt_path=...)``) and checkpoints that predate
+    the setting."""
     states = checkpoint.get("optimizer_states") or [{}]
     saved = _group_shares([(group.get("name"), len(group["params"]), group.get("initial_lr", group.get("lr")))
                            for group in states[0].get("param_groups", [])])

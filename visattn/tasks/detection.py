@@ -30,7 +30,7 @@ from ..modes import eval_mode
 from ..fileio import PNG_SOFTWARE, atomic_path, attention_note, output_errors, output_paths
 from ..pretrained import find_weights_entry
 from ..registry import Strictness, create_model, is_model, model_family, split_model_name
-from .classification import (Classifier, WarmupCosineAdamW, checkpoint_model_kwargs, inference_model,
+from .classification import (Classifier, checkpoint_model_kwargs, inference_model,
                              inference_target, load_checkpoint_weights, match_class_order, read_checkpoint,
                              recorded_labels, refuse_linked_kwargs, require_task, task_checkpoint,
                              warn_if_normalised_otherwise)
@@ -87,7 +87,7 @@ def is_detection_arch(name: str) -> bool:
 # ---------------------------------------------------------------------------------------------
 
 
-class DetectionTask(WarmupCosineAdamW, GuardedTask, pl.LightningModule):
+class DetectionTask(GuardedTask, pl.LightningModule):
     """Train and evaluate a detector.
 
     Args:

@@ -163,11 +163,25 @@ class NonFiniteLossGuard:
 
 
 class GuardedTask:
-    """The hooks every visattn task shares, before its LightningModule base: a skipped step's gradients are
-    dropped (its ``loss_guard``, :class:`NonFiniteLossGuard`), a resumed fit whose schedule changed is warned
-    about, and DDP processes draw apart."""
+    """The hooks every visattn task shares, before its LightningModule base: the optimizer
+    (:func:`~visattn.tasks.classification.adamw_warmup_cosine`), a skipped step's gradients dropped (its
+    ``loss_guard``, :class:`NonFiniteLossGuard`), a resumed fit whose schedule changed warned about and one whose
+    parameter groups changed refused, and DDP processes drawing apart."""
 
     loss_guard: NonFiniteLossGuard
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        from .classification import adamw_warmup_cosine  # it imports this module
+
+        return adamw_warmup_cosine(self)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        from .classification import refuse_other_parameter_groups  # it imports this module
+
+        super().on_load_checkpoint(checkpoint)
+        ours = type(self).configure_optimizers is GuardedTask.configure_optimizers  # a task may build its own
+        if ours and self._trainer is not None and self.trainer.state.fn == "fit":
+            refuse_other_parameter_groups(self, checkpoint)
 
     def on_before_backward(self, loss: Tensor) -> None:
         self.loss_guard.note_gradients(self)

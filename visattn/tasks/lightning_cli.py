@@ -41,6 +41,7 @@ import difflib
 import errno
 import glob
 import importlib
+import importlib.util
 import inspect
 import json
 import logging
@@ -1090,7 +1091,7 @@ class VisattnCLI(LightningCLI):
         kwargs["callbacks"] = self._callbacks(config)
         if self.subcommand == "fit":
             _refuse_callbacks_the_task_cannot_serve(kwargs["callbacks"], self.model)
-            _refuse_unsaved_last_epochs(config)
+            _refuse_unsaved_last_epochs(config, kwargs["callbacks"])
         plugins = config.get("plugins") or []
         plugins = plugins if isinstance(plugins, list) else [plugins]
         # SafeCheckpointIO by default, unless the config chose a CheckpointIO (as a plugin or in its strategy).
@@ -1161,8 +1162,11 @@ class VisattnCLI(LightningCLI):
             if err.name is None:  # raised by Lightning with its own words (DeviceStatsMonitor without psutil)
                 raise ConfigError(f"{subcommand}: {_first_line(err).strip().rstrip('.')}; install the package it "
                                   "names, or drop the setting that uses it") from None
-            raise ConfigError(f"{subcommand}: the package {err.name} is not installed, and {_importer(err)} needs it; "
-                              f"install it (pip install {err.name}), or drop the setting that uses it") from None
+            package = err.name.partition(".")[0]
+            if importlib.util.find_spec(package) is not None:  # a module missing from an installed package: a bug
+                raise
+            raise ConfigError(f"{subcommand}: the module {package} is not installed, and {_importer(err)} needs it; "
+                              f"install the package that provides it, or drop the setting that uses it") from None
         except OSError as err:
             mapped = _output_error(self.trainer, err, self._get(self.config, "trainer").get("default_root_dir"))
             if mapped is None:
@@ -1188,16 +1192,22 @@ def _refuse_callbacks_the_task_cannot_serve(callbacks: list[Callback], task: pl.
                           "the weights, and SWA's batch-norm update misses the EMA copy that is evaluated; use one "
                           "of them")
     if not hasattr(task, "backbone") and any(isinstance(c, BackboneFinetuning) for c in callbacks):
-        slower = "backbone_lr_scale" if "backbone_lr_scale" in task.hparams else "layer_decay"
+        slower = next((key for key in ("backbone_lr_scale", "layer_decay") if key in task.hparams), None)
+        fix = f"train the early layers slower with model.init_args.{slower} instead" if slower else "drop it"
         raise ConfigError(f"trainer.callbacks BackboneFinetuning: it unfreezes the task's backbone attribute, and "
-                          f"{type(task).__name__} has none; train the early layers slower with "
-                          f"model.init_args.{slower} instead")
+                          f"{type(task).__name__} has none; {fix}")
 
 
-def _refuse_unsaved_last_epochs(trainer_config: dict[str, Any]) -> None:
+def _refuse_unsaved_last_epochs(trainer_config: dict[str, Any], callbacks: list[Callback]) -> None:
     """One line when ``check_val_every_n_epoch`` would leave the run's last epochs unvalidated: the checkpoints
-    are written after validation, so their training was lost (a 3-epoch run's last.ckpt held epoch 2)."""
+    are written after validation, so their training was lost (a 3-epoch run's last.ckpt held epoch 2). Not for
+    a run that validates or checkpoints nothing, or whose checkpoints are written at epoch or step ends too."""
     every, epochs = trainer_config.get("check_val_every_n_epoch") or 1, trainer_config.get("max_epochs")
+    after_validation = [c for c in callbacks if isinstance(c, ModelCheckpoint)]
+    if (not after_validation or trainer_config.get("limit_val_batches") == 0 or trainer_config.get("fast_dev_run")
+            or any(c._save_on_train_epoch_end or c._every_n_train_steps or c._train_time_interval
+                   for c in after_validation)):
+        return
     bounded_by_epochs = trainer_config.get("max_steps") in (None, -1)
     # Fewer epochs than that validate none: MonitoredMetricCheck names it for a checkpoint that monitors validation.
     if every > 1 and bounded_by_epochs and isinstance(epochs, int) and epochs > every and epochs % every:
