@@ -1203,10 +1203,10 @@ def _refuse_unsaved_last_epochs(trainer_config: dict[str, Any], callbacks: list[
     are written after validation, so their training was lost (a 3-epoch run's last.ckpt held epoch 2). Not for
     a run that validates or checkpoints nothing, or whose checkpoints are written at epoch or step ends too."""
     every, epochs = trainer_config.get("check_val_every_n_epoch") or 1, trainer_config.get("max_epochs")
-    after_validation = [c for c in callbacks if isinstance(c, ModelCheckpoint)]
-    if (not after_validation or trainer_config.get("limit_val_batches") == 0 or trainer_config.get("fast_dev_run")
+    checkpoints = [c for c in callbacks if isinstance(c, ModelCheckpoint)]
+    if (not checkpoints or trainer_config.get("limit_val_batches") == 0 or trainer_config.get("fast_dev_run")
             or any(c._save_on_train_epoch_end or c._every_n_train_steps or c._train_time_interval
-                   for c in after_validation)):
+                   for c in checkpoints)):
         return
     bounded_by_epochs = trainer_config.get("max_steps") in (None, -1)
     # Fewer epochs than that validate none: MonitoredMetricCheck names it for a checkpoint that monitors validation.
