@@ -334,11 +334,17 @@ class _ClassificationDataModule(SplitLoadersMixin, pl.LightningDataModule):
         h, p = self.hparams, self.preprocessing
         if not h.augment:
             return self.eval_transform()
-        scale = {} if h.scale is None else {"scale": tuple(h.scale)}
-        return train_transforms(p["input_size"], p["mean"], p["std"], recipe=h.recipe, **scale, hflip=h.hflip,
-                                color_jitter=h.color_jitter, auto_augment=h.auto_augment,
-                                random_erasing=h.random_erasing,
+        return train_transforms(p["input_size"], p["mean"], p["std"], recipe=h.recipe, hflip=h.hflip,
+                                **self._augmentation_settings(),
                                 interpolation=p.get("interpolation", DEFAULT_INTERPOLATION))
+
+    def _augmentation_settings(self) -> dict[str, Any]:
+        """The augmentation settings given to :func:`train_transforms` and checked by :func:`augmentation_problem`
+        (an unset ``scale`` leaves the recipe's)."""
+        h = self.hparams
+        scale = {} if h.scale is None else {"scale": h.scale}
+        return {**scale, "color_jitter": h.color_jitter, "auto_augment": h.auto_augment,
+                "random_erasing": h.random_erasing}
 
     def eval_transform(self) -> ImageTransform:
         return eval_transform_of(self.preprocessing)
@@ -389,8 +395,7 @@ class _ClassificationDataModule(SplitLoadersMixin, pl.LightningDataModule):
     def _check_augmentation_options(self) -> None:
         """One line for a training augmentation setting that cannot be used, or that would change nothing."""
         h = self.hparams
-        problem = augmentation_problem(scale=(0.6, 1.0) if h.scale is None else h.scale, color_jitter=h.color_jitter,
-                                       auto_augment=h.auto_augment, random_erasing=h.random_erasing)
+        problem = augmentation_problem(**self._augmentation_settings())
         if problem:
             raise ConfigError(f"data.init_args.{problem}")
         if h.scale is not None and h.recipe != "photo":

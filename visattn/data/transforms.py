@@ -64,6 +64,7 @@ INTERPOLATIONS = ("bilinear", "bicubic")
 DEFAULT_INTERPOLATION: Interpolation = "bilinear"  # torchvision's ImageNet evaluation; timm records its own per weights
 DEFAULT_CROP_PCT = 0.875  # timm's and torchvision's ImageNet evaluation: 224 of 256
 InputSize = int | Sequence[int]
+PHOTO_CROP_SCALE = (0.6, 1.0)  # the photo recipe's training crops: the share of the image a crop keeps
 
 
 class AugmentationStream:
@@ -158,7 +159,7 @@ def train_transforms(
     std: Sequence[float] = IMAGENET_STD,
     *,
     recipe: Recipe = "photo",
-    scale: tuple[float, float] = (0.6, 1.0),
+    scale: tuple[float, float] = PHOTO_CROP_SCALE,
     ratio: tuple[float, float] = (3 / 4, 4 / 3),
     padding: int = 4,
     hflip: bool = True,
@@ -216,7 +217,7 @@ def train_transforms(
     return ImageTransform([*steps, A.Normalize(mean, std)])
 
 
-def augmentation_problem(*, scale: object = (0.6, 1.0), color_jitter: object = 0.0, auto_augment: object = None,
+def augmentation_problem(*, scale: object = PHOTO_CROP_SCALE, color_jitter: object = 0.0, auto_augment: object = None,
                          random_erasing: object = 0.0) -> str | None:
     """``SETTING=VALUE: what to give`` for a training augmentation setting :func:`train_transforms` cannot
     use; None when all can be used."""
