@@ -391,16 +391,30 @@ def test_a_checkpoint_of_another_architecture_names_the_backbone_keys_not_the_he
         assert "wrong shape: conv1.weight (28, 3, 3, 3) vs (64, 3, 7, 7)" in message and "fc" not in message
 
 
+@pytest.mark.parametrize("theirs, ours, said", [
+    (("resnet50", {}), ("resnet18", {}), "3, 4, 6, 3 blocks in layer1–layer4, ResNet 2, 2, 2, 2"),
+    (("vit_tiny_patch4_28", {"depth": 3}), ("vit_tiny_patch4_28", {"depth": 2}), "3 blocks, VisionTransformer 2"),
+])
+def test_weights_of_another_depth_say_so_beside_the_keys(theirs, ours, said):
+    """A deeper network's weights were refused with only lists of keys and shapes, the depth left to be inferred."""
+    state = create_model(theirs[0], **theirs[1]).state_dict()
+    with pytest.raises(WeightsError) as err:
+        load_weights(create_model(ours[0], **ours[1]), state, origin="deep.safetensors")
+    assert str(err.value).endswith(f"; another depth: the weights hold {said}; build the architecture of their depth, "
+                                   "or give weights of this one")
+    load_weights(create_model(ours[0], **ours[1]), create_model(ours[0], **ours[1]).state_dict())  # same depth loads
+
+
 def test_mismatch_lists_missing_unexpected_and_shapes(tmp_path):
     state = _model().state_dict()
     del state["blocks.1.mlp.fc2.bias"]
-    state["blocks.9.extra"] = torch.zeros(1)
+    state["norm.extra"] = torch.zeros(1)
     path = tmp_path / "w.safetensors"
     save_file(state, path)
     with pytest.raises(WeightsError) as err:
         create_model(ARCH, **SMALL, pretrained=str(path))
     message = str(err.value)
-    assert "missing: blocks.1.mlp.fc2.bias" in message and "unexpected: blocks.9.extra" in message
+    assert "missing: blocks.1.mlp.fc2.bias" in message and "unexpected: norm.extra" in message
     assert "strict='attention'" in message
     with pytest.warns(UserWarning, match="kept init for missing blocks.1.mlp.fc2.bias"):
         create_model(ARCH, **SMALL, pretrained=str(path), strict=False)

@@ -1,6 +1,7 @@
 """Config and CLI mistakes: each is one line naming the thing and the fix, exit code 2, no traceback."""
 import ast
 import contextlib
+import importlib.util
 import json
 import os
 import pickle
@@ -142,6 +143,14 @@ CASES = {
     # Lightning's own words name the trainer part to fix; the line had sent users to the model and data sections
     "barebones_with_the_configs_logger": (lambda tmp: [*FIT, "--trainer.barebones", "true"],
                                           "barebones mode.; check the trainer.logger section"),
+    # one of a list of callbacks or loggers: jsonargparse's union listed every form, the bad one's complaint among them
+    "wrong_type_for_an_added_callback": (lambda tmp: [*FIT, "--trainer.callbacks+=ModelCheckpoint",
+                                                      "--trainer.callbacks.save_top_k", "many"],
+                                         '"trainer.callbacks": ModelCheckpoint: "save_top_k": Expected a <class \'int\'>.'
+                                         " Got value: many; see `visattn fit --help`"),
+    "added_logger_without_its_required_setting": (lambda tmp: [*FIT, "--trainer.logger+=TensorBoardLogger"],
+                                                  '"trainer.logger": TensorBoardLogger: the following arguments are '
+                                                  "required: save_dir; see"),
     "seed_out_of_bounds": (lambda tmp: [*FIT, "--seed_everything", "99999999999"],
                            "seed_everything=99999999999: give a whole number from 0 to 4294967295"),
     "unreadable_auto_augment_in_config": (lambda tmp: [*FIT, "--data.init_args.auto_augment", "rand-x9"],
@@ -342,6 +351,31 @@ def test_validation_every_second_epoch_of_three_runs_where_nothing_is_lost(setti
     if settings[0].startswith("--trainer.callbacks"):  # the configs' own callbacks would still be refused
         settings = ["--trainer.callbacks=[]", *settings]
     assert main([*FIT, *validated, *settings]) == 0
+
+
+@needs_fashion_mnist
+@pytest.mark.skipif(any(importlib.util.find_spec(name) for name in ("tensorboard", "tensorboardX")),
+                    reason="TensorBoardLogger builds where tensorboard is installed")
+def test_an_added_logger_missing_its_package_is_named_with_its_section(tmp_path, monkeypatch, capsys):
+    """With a second logger (`+=`) the line had dumped both loggers' settings and pointed nowhere."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["visattn"])
+    assert main([*FIT, "--trainer.logger+=TensorBoardLogger", "--trainer.logger.save_dir", "tb"]) == 2
+    error = capsys.readouterr().err.splitlines()[-1]
+    assert error.startswith("visattn: error: trainer.logger: TensorBoardLogger could not be built (Neither `tensorboard` "
+                            "nor `tensorboardX` is available.") and "Namespace" not in error
+
+
+@needs_fashion_mnist
+def test_a_callback_whose_default_is_an_enum_member_runs_with_it(tmp_path, monkeypatch):
+    """jsonargparse read Timer's ``interval`` default (``Interval.step``) into the config and then refused it:
+    `--trainer.callbacks+=Timer` ended in a line blaming the callbacks unless the interval was typed (audit)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["visattn"])
+    assert main([*FIT, "--trainer.callbacks+=Timer", "--trainer.callbacks.duration", "00:00:10:00"]) == 0
+    saved = yaml.safe_load(next(tmp_path.rglob("config.yaml")).read_text())
+    timer = next(c for c in saved["trainer"]["callbacks"] if c["class_path"].endswith("Timer"))
+    assert timer["init_args"]["interval"] == "step"
 
 
 def test_a_closed_output_pipe_ends_quietly(monkeypatch, capfd):

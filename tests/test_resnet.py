@@ -103,7 +103,9 @@ def test_identity_initialised_attention_keeps_pretrained_logits(arch, torchvisio
 
 def _other_depths_weights_are_refused(build, path):
     with pytest.raises(WeightsError, match=r"^\S*resnet18\.pth: weights do not fit ResNet \(missing outside its "
-                       r"attention modules: layer1\.2\.conv1\.weight, .*\); give weights of this architecture"):
+                       r"attention modules: layer1\.2\.conv1\.weight, .*\); another depth: the weights hold 2, 2, 2, "
+                       r"2 blocks in layer1–layer4, ResNet 3, 4, 6, 3; build the architecture of their depth, or give "
+                       r"weights of this one$"):
         build(path)
 
 

@@ -24,7 +24,7 @@ import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Iterable, Optional, Union
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -965,7 +965,8 @@ def check_state_dict(
         hint = fix or ("check the architecture and its kwargs (depth, widths, ...); pass strict='attention' when "
                        "the missing keys are attention modules added to the weights' architecture (a plain ResNet's "
                        "weights in cbam_resnet50)" if not shape else "check the architecture and its kwargs")
-        raise WeightsError(f"{source}: weights do not fit {type(model).__name__} ({'; '.join(parts)}); {hint}")
+        raise WeightsError(f"{source}: weights do not fit {type(model).__name__} ({'; '.join(parts)}); "
+                           f"{_depth_hint(state, own, model, fix) or hint}")
     attention = _attention_prefixes(model) if strict == "attention" else ()
     outside = {label: [k for k in keys if not k.startswith(attention)]
                for label, keys in (("missing", missing), ("unexpected", unexpected))} if strict == "attention" else {}
@@ -973,8 +974,8 @@ def check_state_dict(
         # another depth's weights (resnet18's in a resnet34, resnet101's in a resnet50) had left whole blocks at
         # their init, or been dropped, with a warning
         parts = "; ".join(f"{label} outside its attention modules: {_key_list(keys)}" for label, keys in outside.items() if keys)
-        raise WeightsError(f"{source}: weights do not fit {type(model).__name__} ({parts}); "
-                           f"{fix or 'give weights of this architecture or of its plain version'}")
+        hint = _depth_hint(state, own, model, fix) or fix or "give weights of this architecture or of its plain version"
+        raise WeightsError(f"{source}: weights do not fit {type(model).__name__} ({parts}); {hint}")
     if missing or unexpected:
         warnings.warn(
             f"{source}: loaded non-strictly; kept init for missing {_key_list(missing)}; "
@@ -982,6 +983,31 @@ def check_state_dict(
             VisattnWarning,
             stacklevel=3,
         )
+
+
+# A block's key: its stage (ResNet's layer1, ViT's blocks, also under a detector's backbone) and its index there.
+_BLOCK_KEY = re.compile(r"^(.*?(?:layer\d+|blocks))\.(\d+)\.")
+
+
+def _depth_hint(state: StateDict, own: StateDict, model: nn.Module, fix: Optional[str] = None) -> str:
+    """``another depth: the weights hold 3, 4, 6, 3 blocks in layer1–layer4, ResNet 2, 2, 2, 2; build ...`` when the
+    two count other blocks in a stage (resnet50's weights in a resnet18), else empty: the key lists alone hid it."""
+    def blocks(keys: Iterable[str]) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for found in filter(None, map(_BLOCK_KEY.match, keys)):
+            counts[found[1]] = max(counts.get(found[1], 0), int(found[2]) + 1)
+        return counts
+
+    theirs, ours = blocks(state), blocks(own)
+    if not theirs or not ours or theirs == ours:
+        return ""
+    stages = sorted(theirs.keys() | ours.keys(), key=lambda stage: [int(t) if t.isdigit() else t
+                                                                  for t in re.split(r"(\d+)", stage)])
+    where = f" in {stages[0]}–{stages[-1]}" if len(stages) > 1 else ""
+    def listed(counts: dict[str, int]) -> str:
+        return ", ".join(str(counts.get(stage, 0)) for stage in stages)
+    return (f"another depth: the weights hold {listed(theirs)} blocks{where}, {type(model).__name__} {listed(ours)}; "
+            f"{fix or 'build the architecture of their depth, or give weights of this one'}")
 
 
 def _attention_prefixes(model: nn.Module) -> tuple[str, ...]:

@@ -38,6 +38,7 @@ import argparse
 import contextlib
 import copy
 import difflib
+import enum
 import errno
 import glob
 import importlib
@@ -637,16 +638,21 @@ def _building_error(err: Exception, model: Any) -> ConfigError:
     raised it, with that class's own message (not jsonargparse's list of the forms a section may take)."""
     built, cause = _being_built(err)
     message = _first_line(cause or err)
+    problem = _CLASS_PROBLEM.search(str(err))
+    if built is None and problem is not None:  # one of a list of loggers or callbacks: its own complaint
+        built_class, message = _imported(problem[2]) or type(None), message.partition(": ")[2]
+    else:
+        built_class = type(built)
+    name = getattr(built_class, "__name__", "?")
     if isinstance(built, pl.LightningModule):
         return _model_error(built, message, model)
-    if isinstance(built, Callback):
-        return ConfigError(f"trainer.callbacks: {type(built).__name__}: {message}; fix its init_args in the "
-                           "config's trainer.callbacks")
-    if isinstance(built, pl.LightningDataModule):
-        return ConfigError(f"data: {type(built).__name__} could not be built ({message}); check data.init_args")
-    if isinstance(built, Logger):  # TensorBoardLogger without tensorboard installed, WandbLogger without wandb
-        return ConfigError(f"trainer.logger: {type(built).__name__} could not be built ({message}); install what "
-                           "it needs, fix its init_args, or keep the configs' CSVLogger")
+    if issubclass(built_class, Callback):
+        return ConfigError(f"trainer.callbacks: {name}: {message}; fix its init_args in the config's trainer.callbacks")
+    if issubclass(built_class, pl.LightningDataModule):
+        return ConfigError(f"data: {name} could not be built ({message}); check data.init_args")
+    if issubclass(built_class, Logger):  # TensorBoardLogger without tensorboard installed, WandbLogger without wandb
+        return ConfigError(f"trainer.logger: {name} could not be built ({message}); install what it needs, fix its "
+                           "init_args, or keep the configs' CSVLogger")
     return ConfigError(f"config: {message}; check the {_section_in(message)}")
 
 
@@ -950,6 +956,19 @@ def _prediction_records(prediction: Any, hparams: Any, topk: int) -> Optional[li
     return None
 
 
+def _plain_enum_values(config: Namespace) -> None:
+    """Replaces enum members in ``config`` by their values. jsonargparse reads a default such as Timer's
+    ``interval: str = Interval.step`` into the config as the member, then refuses it when checking the config
+    ("cannot represent an object"), so the callback was usable only with the setting typed."""
+    for key, value in config.items():
+        if isinstance(value, enum.Enum):
+            config[key] = value.value
+        elif isinstance(value, list):
+            for item in value:
+                if isinstance(item, Namespace):
+                    _plain_enum_values(item)
+
+
 def _as_lists(value: Any) -> Any:
     """``value`` with tensors as (nested) lists, so ``json.dumps`` takes it; other objects as their text."""
     if isinstance(value, torch.Tensor):
@@ -1004,6 +1023,7 @@ class VisattnCLI(LightningCLI):
             _keep_given_settings(self.config[subcommand].model.init_args, given, self.model_overrides)
 
     def before_instantiate_classes(self) -> None:
+        _plain_enum_values(self.config)
         # The links were chosen from the command line before parsing: a way of naming the task that reading
         # missed would train without the data's labels and preprocessing (a 10-class head on 3 classes).
         task = _imported(self._get(self.config, "model").get("class_path"))
@@ -1313,8 +1333,7 @@ def _build_and_run(argv: list[str]) -> VisattnCLI:
             model_overrides=_model_overrides(argv),
         )
     except ArgumentError as err:
-        text = _first_line(err)
-        raise ConfigError(f"{' '.join(argv[:3])}: {text}{_unaccepted_option_hint(text, argv[0])}") from None
+        raise ConfigError(f"{' '.join(argv[:3])}: {_first_line(err)}{_unaccepted_option_hint(err, argv[0])}") from None
     except ModuleNotFoundError as err:
         # Lightning's requirement check for a setting it offers (trainer.precision transformer-engine)
         if not re.match(r"Requirement '.+' not met", _first_line(err)):
@@ -1330,18 +1349,19 @@ def _build_and_run(argv: list[str]) -> VisattnCLI:
                           "config or with --SECTION.KEY VALUE") from None
 
 
-def _unaccepted_option_hint(text: str, subcommand: str) -> str:
+def _unaccepted_option_hint(err: Exception, subcommand: str) -> str:
     """For jsonargparse's "Problem with given class_path 'C': Option 'O' is not accepted", C's nearest argument to
     O and where C's arguments are listed (``--help`` lists the task's, not a data module's); else ``--help``."""
-    found = re.search(r"class_path '([\w.]+)': Option '(\w+)' is not accepted", text)
-    cls = _imported(found.group(1)) if found else None
+    problem = _CLASS_PROBLEM.search(str(err))
+    found = re.search(r"Option '(\w+)' is not accepted", problem[3]) if problem else None
+    cls = _imported(problem[2]) if found else None
     if cls is None:
         return f"; see `visattn {subcommand} --help`"
-    close = difflib.get_close_matches(found.group(2), keyword_names(cls.__init__) or [], n=3, cutoff=0.5)
-    section = re.match(r'"([\w.]+)"', text)  # also "trainer.callbacks"
+    close = difflib.get_close_matches(found.group(1), keyword_names(cls.__init__) or [], n=3, cutoff=0.5)
+    section = re.match(r'Parser key "([\w.]+)"', str(err))  # also "trainer.callbacks"
     section = section.group(1) if section else "model"
     meant = f"did you mean {' or '.join(close)}? " if close else ""
-    return f"; {meant}`visattn {subcommand} --{section}.help {found.group(1)}` lists what it takes"
+    return f"; {meant}`visattn {subcommand} --{section}.help {problem[2]}` lists what it takes"
 
 
 def _visattn_cause(err: BaseException) -> Optional[VisattnError]:
@@ -1404,11 +1424,21 @@ def _config_model_class(path: Path) -> Optional[str]:
 
 # Lines of jsonargparse's multi-line errors that say nothing about what to fix.
 _NOISE = ("Does not validate against", "Subtypes:", "Errors:", "Given value type:", "Given value:",
-          "- Expected a <class 'NoneType'>")
+          "Expected a <class 'NoneType'>")
+
+# The first entry of a jsonargparse union error naming a class (a callback's or logger's): its class path, and its
+# lines, indented under it. The union's other entries say only that the value is no bool, None or base class.
+_CLASS_PROBLEM = re.compile(r"^( *)- Problem with given class_path '([\w.]+)':\n((?:\1 +\S.*\n?)+)", re.M)
 
 
 def _first_line(err: Exception) -> str:
-    """jsonargparse's error folded onto one line, without the lines that only list type unions."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    kept = [line.lstrip("- ") for line in lines if not line.startswith(_NOISE)]
-    return " ".join(kept).replace("Parser key ", "") or type(err).__name__
+    """jsonargparse's error folded onto one line, without the lines that only list type unions; of a union over
+    classes, the named class's own complaint (``TensorBoardLogger: the following arguments are required: ...``)."""
+    text = str(err)
+    problem = _CLASS_PROBLEM.search(text)
+    if problem is not None:
+        key = re.match(r'Parser key "[\w.]+":', text)
+        text = f"{key[0] if key else ''}\n{problem[2].rpartition('.')[2]}:\n{problem[3]}"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    kept = [line for line in (line.lstrip("- ") for line in lines) if not line.startswith(_NOISE)]
+    return " ".join(dict.fromkeys(kept)).replace("Parser key ", "") or type(err).__name__
