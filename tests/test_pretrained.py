@@ -1191,18 +1191,24 @@ def test_an_installed_wheel_carries_every_package_and_the_shipped_weights(tmp_pa
     import shutil
     import subprocess
     import sys
+    import zipfile
     from pathlib import Path
 
     pytest.importorskip("setuptools")
     repo, source = Path(__file__).resolve().parents[1], tmp_path / "source"
     for folder in ("visattn", "weights"):  # a copy: a build writes build/ into its source folder
         shutil.copytree(repo / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__"))
-    for file in ("pyproject.toml", "README.md"):
+    for file in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy(repo / file, source / file)
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
     subprocess.run([*pip, "wheel", str(source), "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist")],
                    check=True, cwd=tmp_path)
     wheel = next((tmp_path / "dist").glob("visattn-*.whl"))
+    with zipfile.ZipFile(wheel) as archive:  # Apache-2.0 asks that copies passed on carry the licence's text
+        metadata = archive.read(next(n for n in archive.namelist() if n.endswith(".dist-info/METADATA"))).decode()
+        licence = [n for n in archive.namelist() if n.endswith(".dist-info/licenses/LICENSE")]
+        assert "License-Expression: Apache-2.0" in metadata.splitlines() and len(licence) == 1
+        assert archive.read(licence[0]) == (repo / "LICENSE").read_bytes()
     subprocess.run([*pip, "install", "--no-deps", "--target", str(tmp_path / "site"), str(wheel)], check=True)
     packages = sorted(f"visattn.{p.parent.name}" for p in (repo / "visattn").glob("*/__init__.py"))
     # The checkout's editable install maps visattn's subpackages to it: out of the way, so that only the wheel's import.
@@ -1219,6 +1225,33 @@ def test_an_installed_wheel_carries_every_package_and_the_shipped_weights(tmp_pa
     assert found[:-1] == [*(str(site / m[8:] / "__init__.py") for m in packages), str(site / "__init__.py"),
                           str(site / "weights"), str(tmp_path / "data" / "visattn" / "weights")]
     assert found[-1] == str(sorted(json.loads((repo / "weights" / "index.json").read_text())))
+
+
+def test_every_package_visattn_imports_is_a_declared_dependency():
+    """scenes.py imported cv2, which only albumentations' own requirements brought (a packaging audit)."""
+    import ast
+    import importlib.metadata
+    import re
+    import sys
+    import tomllib
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    project = tomllib.loads((repo / "pyproject.toml").read_text())["project"]
+    declared = {re.match(r"[\w.-]+", spec)[0].lower().replace("_", "-")
+                for spec in [*project["dependencies"], *project["optional-dependencies"]["export"]]}
+    imported = set()
+    for path in (repo / "visattn").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported.update(alias.name.partition(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                imported.add(node.module.partition(".")[0])
+    third_party = imported - set(sys.stdlib_module_names) - {"visattn"}
+    installed = importlib.metadata.packages_distributions()
+    undeclared = {name: installed.get(name) for name in third_party
+                  if not {d.lower().replace("_", "-") for d in installed.get(name, [])} & declared}
+    assert undeclared == {}
 
 
 def _save_own(folder, tag, *, seed=0, **meta):
