@@ -151,6 +151,22 @@ CASES = {
     "added_logger_without_its_required_setting": (lambda tmp: [*FIT, "--trainer.logger+=TensorBoardLogger"],
                                                   '"trainer.logger": TensorBoardLogger: the following arguments are '
                                                   "required: save_dir; see"),
+    # from a journey audit: Lightning's default mode min kept the epoch of mAP 0, and stopped a run whose CIDEr rose
+    "early_stopping_on_accuracy_without_mode_max": (lambda tmp: [*FIT, "--trainer.callbacks+=EarlyStopping",
+                                                                 "--trainer.callbacks.monitor", "val/top1"],
+                                                    "trainer.callbacks: EarlyStopping(monitor='val/top1', mode='min') "
+                                                    "stops the run while it improves: val/top1 is better higher; give "
+                                                    "it mode max (--trainer.callbacks.mode max after it)"),
+    "two_early_stoppings_of_the_same_settings": (lambda tmp: [*FIT, *["--trainer.callbacks+=EarlyStopping",
+                                                                      "--trainer.callbacks.monitor", "val/loss"] * 2],
+                                                 "trainer.callbacks: two EarlyStoppings of the same settings "
+                                                 "(EarlyStopping{'monitor': 'val/loss', 'mode': 'min'}) keep one saved "
+                                                 "state between them; drop one"),
+    "added_checkpoint_writing_the_configs_files": (lambda tmp: [*FIT, "--trainer.callbacks+=ModelCheckpoint",
+                                                                "--trainer.callbacks.dirpath",
+                                                                "outputs/cbam_resnet_fmnist/checkpoints",
+                                                                "--trainer.callbacks.filename", "latest-{epoch:03d}"],
+                                                   "write the same files into "),
     "seed_out_of_bounds": (lambda tmp: [*FIT, "--seed_everything", "99999999999"],
                            "seed_everything=99999999999: give a whole number from 0 to 4294967295"),
     "unreadable_auto_augment_in_config": (lambda tmp: [*FIT, "--data.init_args.auto_augment", "rand-x9"],
@@ -364,6 +380,51 @@ def test_an_added_logger_missing_its_package_is_named_with_its_section(tmp_path,
     error = capsys.readouterr().err.splitlines()[-1]
     assert error.startswith("visattn: error: trainer.logger: TensorBoardLogger could not be built (Neither `tensorboard` "
                             "nor `tensorboardX` is available.") and "Namespace" not in error
+
+
+@needs_fashion_mnist
+def test_a_checkpoint_added_beside_the_configs_own_of_the_same_settings_keeps_every_epoch_and_resumes(
+        tmp_path, monkeypatch, capsys):
+    """Lightning keys a checkpoint callback's saved state by monitor, mode and interval alone: one added to keep every
+    epoch beside the config's latest one stopped the run with a traceback (a journey audit). It also drew a warning
+    that default_root_dir left "the config's" folder behind, though the user had set no default_root_dir."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["visattn"])
+    keep_all = ["--trainer.callbacks+=ModelCheckpoint", "--trainer.callbacks.dirpath", "mine",
+                "--trainer.callbacks.save_top_k", "-1"]
+    assert main([*FIT, "--trainer.max_epochs", "1", *keep_all]) == 0
+    assert "default_root_dir" not in capsys.readouterr().err
+    assert main([*FIT, "--trainer.max_epochs", "2", *keep_all, "--ckpt_path", "last"]) == 0
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["epoch=0-step=4.ckpt", "epoch=1-step=8.ckpt"]
+    states = torch.load(tmp_path / "mine" / "epoch=1-step=8.ckpt", weights_only=False)["callbacks"]
+    ours = [key for key in states if key.startswith("ModelCheckpoint") and str(tmp_path / "mine") in key]
+    assert len(ours) == 1 and states[ours[0]]["dirpath"] == str(tmp_path / "mine")
+
+
+def test_checkpoint_callbacks_keyed_apart_still_pickle_as_ddp_spawn_sends_them():
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from visattn.tasks.lightning_cli import _keyed_apart
+
+    callbacks = _keyed_apart([ModelCheckpoint(dirpath="a"), ModelCheckpoint(dirpath="b", save_top_k=-1)])
+    copies = pickle.loads(pickle.dumps(callbacks))
+    assert [c.state_key for c in copies] == [c.state_key for c in callbacks] and len({c.state_key for c in copies}) == 2
+
+
+@pytest.mark.parametrize("monitor, mode, refused", [
+    ("val/map50", "min", True), ("val/cider", "min", True), ("val/pointing", "min", True), ("val/bleu4", "min", True),
+    ("val/xent", "max", True), ("train/loss", "max", True), ("val/map50", "max", False), ("val/loss", "min", False),
+    ("val/custom", "min", False), ("val/custom", "max", False),
+])
+def test_a_monitor_against_its_metrics_direction_is_refused(monitor, mode, refused):
+    from types import SimpleNamespace
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+    from visattn.tasks.lightning_cli import _refuse_monitors_the_wrong_way
+
+    for callback in (ModelCheckpoint(monitor=monitor, mode=mode), EarlyStopping(monitor=monitor, mode=mode)):
+        trainer = SimpleNamespace(checkpoint_callbacks=[callback] * isinstance(callback, ModelCheckpoint),
+                                  early_stopping_callbacks=[callback] * isinstance(callback, EarlyStopping))
+        with pytest.raises(ConfigError, match="is better") if refused else contextlib.nullcontext():
+            _refuse_monitors_the_wrong_way(trainer)
 
 
 @needs_fashion_mnist

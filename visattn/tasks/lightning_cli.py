@@ -40,6 +40,7 @@ import copy
 import difflib
 import enum
 import errno
+import functools
 import glob
 import importlib
 import importlib.util
@@ -454,14 +455,17 @@ def _check_training(model: Any, trainer: Any) -> None:
 
 
 def _warn_of_folders_elsewhere(trainer: pl.Trainer) -> None:
-    """``trainer.default_root_dir`` moves neither checkpoints nor logs whose folders the config names: a
-    run given another one wrote into ./outputs/... (into the repository, run from there), without a word."""
+    """A ``--trainer.default_root_dir`` typed on the command line moves neither checkpoints nor logs whose folders
+    the config names: a run given another one wrote into ./outputs/... (into the repository, run from there),
+    without a word. (Not said for a callback the user added with its own folder, the config's root unchanged.)"""
     root = Path(trainer.default_root_dir).resolve()
     elsewhere = [f"{setting} {folder}" for setting, folder in _written_folders(trainer)
                  if root != Path(folder).resolve() and root not in Path(folder).resolve().parents]
     if elsewhere:
+        stay = ("stay where they are; set those too to move them" if len(elsewhere) > 1 else
+                "stays where it is; set it too to move it")
         warnings.warn(f"trainer.default_root_dir {trainer.default_root_dir}: the config's {', '.join(elsewhere)} "
-                      "stay where they are; set those too to move them", VisattnWarning)
+                      f"{stay}", VisattnWarning)
 
 
 # A monitored key that only validation logs (the tasks log val/top1, val/map50, val/cider).
@@ -485,6 +489,56 @@ def _check_monitored_validation(trainer: pl.Trainer, model: pl.LightningModule,
                       f"{watched[0].monitor}; use last.ckpt, or train {first} steps or more", VisattnWarning)
     if never is not None:
         raise _never_seen(watched[0], never)
+
+
+# The last part of the names of the metrics visattn's tasks log: accuracies, BLEU, CIDEr, pointing and mAP are
+# better higher, losses lower.
+_BETTER_HIGHER = re.compile(r"top\d+|mean_class_accuracy|bleu\d|cider|pointing|map(50|75)?")
+_BETTER_LOWER = re.compile(r"\w*(loss|xent|attn_reg)")
+
+
+def _refuse_monitors_the_wrong_way(trainer: pl.Trainer) -> None:
+    """One line before training for a ModelCheckpoint or EarlyStopping whose ``mode`` goes against its metric:
+    Lightning's default ``min`` on ``val/map50`` kept the epoch of mAP 0, and on ``val/cider`` stopped a run
+    whose CIDEr rose (a journey audit), both without a word."""
+    for callback in [*trainer.checkpoint_callbacks, *trainer.early_stopping_callbacks]:
+        monitor, mode = getattr(callback, "monitor", None), getattr(callback, "mode", None)
+        name = monitor.rpartition("/")[2] if isinstance(monitor, str) else ""
+        better = "max" if _BETTER_HIGHER.fullmatch(name) else "min" if _BETTER_LOWER.fullmatch(name) else mode
+        if mode != better:
+            harm = ("keeps the worst checkpoints" if isinstance(callback, ModelCheckpoint) else
+                    "stops the run while it improves")
+            raise ConfigError(f"trainer.callbacks: {type(callback).__name__}(monitor={monitor!r}, mode={mode!r}) "
+                              f"{harm}: {monitor} is better {'higher' if better == 'max' else 'lower'}; give it mode "
+                              f"{better} (--trainer.callbacks.mode {better} after it)")
+
+
+def _keyed_apart(callbacks: list[Callback]) -> list[Callback]:
+    """``callbacks``, a ModelCheckpoint added beside one of the same monitor, mode and interval keyed by its files
+    too: Lightning keys a checkpoint callback's saved state by those alone, and stopped the run with a traceback
+    (`--trainer.callbacks+=ModelCheckpoint --trainer.callbacks.save_top_k -1` beside the configs' latest one).
+    Other stateful callbacks twice over, or two checkpoints writing the same files, are one line."""
+    keyed: dict[str, Callback] = {}
+    for callback in callbacks:
+        if not is_overridden("state_dict", instance=callback, parent=Callback):
+            continue
+        earlier = keyed.get(callback.state_key)
+        if isinstance(earlier, ModelCheckpoint) and type(callback) is ModelCheckpoint:
+            files = {"dirpath": callback.dirpath, "filename": callback.filename}
+            if files == {"dirpath": earlier.dirpath, "filename": earlier.filename}:
+                raise ConfigError(f"trainer.callbacks: two ModelCheckpoints of the same settings ({callback.state_key}) "
+                                  f"write the same files into {callback.dirpath}; give the one you add another dirpath "
+                                  "or filename")
+            callback._generate_state_key = functools.partial(_state_key_with_files, callback, files)
+        elif earlier is not None:
+            raise ConfigError(f"trainer.callbacks: two {type(callback).__name__}s of the same settings "
+                              f"({callback.state_key}) keep one saved state between them; drop one")
+        keyed[callback.state_key] = callback
+    return callbacks
+
+
+def _state_key_with_files(callback: ModelCheckpoint, files: dict[str, Any], **settings: Any) -> str:
+    return Callback._generate_state_key(callback, **settings, **files)
 
 
 def _validating_nothing(missing: tuple[str, str]) -> ConfigError:
@@ -982,9 +1036,10 @@ def _as_lists(value: Any) -> Any:
 
 class VisattnCLI(LightningCLI):
     def __init__(self, *args: Any, linked_data_attributes: tuple[str, ...] = (),
-                 model_overrides: tuple[str, ...] = (), **kwargs: Any) -> None:
+                 model_overrides: tuple[str, ...] = (), root_typed: bool = False, **kwargs: Any) -> None:
         self.linked_data_attributes = linked_data_attributes
         self.model_overrides = model_overrides  # model init_args given on the command line
+        self.root_typed = root_typed  # --trainer.default_root_dir given on the command line
         super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -1044,6 +1099,7 @@ class VisattnCLI(LightningCLI):
 
     def before_fit(self) -> None:
         _check_checkpoint_names(self.trainer)
+        _refuse_monitors_the_wrong_way(self.trainer)
         _check_monitored_validation(self.trainer, self.model, self.datamodule)
         for setting, folder in _written_folders(self.trainer):  # before training, not after its first epoch
             prepare_output_dir(folder, flag=setting)
@@ -1108,7 +1164,7 @@ class VisattnCLI(LightningCLI):
         if clip is not None and not (math.isfinite(clip) and clip >= 0):  # a negative norm turns the gradients round
             raise ConfigError(f"trainer.gradient_clip_val={clip}: give the positive norm to clip gradients to, "
                               "or 0 for no clipping")
-        kwargs["callbacks"] = self._callbacks(config)
+        kwargs["callbacks"] = _keyed_apart(self._callbacks(config))
         if self.subcommand == "fit":
             _refuse_callbacks_the_task_cannot_serve(kwargs["callbacks"], self.model)
             _refuse_unsaved_last_epochs(config, kwargs["callbacks"])
@@ -1125,7 +1181,8 @@ class VisattnCLI(LightningCLI):
             raise _trainer_error(err, config) from None
         if self.subcommand == "fit":
             _refuse_half_weights_on_cpu(trainer)
-            _warn_of_folders_elsewhere(trainer)
+            if self.root_typed:
+                _warn_of_folders_elsewhere(trainer)
         return trainer
 
     def _callbacks(self, config: dict[str, Any]) -> list[Callback]:
@@ -1331,6 +1388,7 @@ def _build_and_run(argv: list[str]) -> VisattnCLI:
             save_config_kwargs={"overwrite": True},  # into a name no file has (SaveConfigBesideEarlier)
             linked_data_attributes=_task_links(argv),
             model_overrides=_model_overrides(argv),
+            root_typed=any(arg.partition("=")[0] == "--trainer.default_root_dir" for arg in argv),
         )
     except ArgumentError as err:
         raise ConfigError(f"{' '.join(argv[:3])}: {_first_line(err)}{_unaccepted_option_hint(err, argv[0])}") from None
