@@ -754,3 +754,29 @@ def test_drawn_detections_enlarge_small_images_but_not_strips_past_4096_px(tmp_p
     assert (drawn.shape[1], drawn.shape[0]) == size
     scale = size[0] // shape[1]
     assert drawn[8 * scale - 1, 5 * scale].any() and not drawn[5 * scale, 5 * scale].any()  # its edge, not its inside
+
+
+@needs_fashion_mnist
+def test_a_folder_given_to_two_commands_keeps_each_ones_outputs(tmp_path, capsys):
+    """`caption --attention-out D` then `detect --out D` replaced the caption's panel STEM.png without a word, exit 0
+    (a journey audit): each command's rerun replaces its own outputs only."""
+    from PIL import Image
+
+    from visattn.data.scenes import FashionScenes
+
+    Image.fromarray(FashionScenes("test", num_scenes=1)[0].image).save(tmp_path / "scene.png")
+    shared, scene = tmp_path / "shared", str(tmp_path / "scene.png")
+    caption = ["caption", scene, "--model", "sat_cbam_resnet_scenes.scenes", "--attention-out", str(shared)]
+    assert main(caption) == 0
+    panel = (shared / "scene.png").read_bytes()
+    for command in (["detect", scene, "--model", "fcos_se_resnet20_cifar.scenes", "--out", str(shared)],
+                    ["explain", scene, "--model", "se_resnet20_cifar.fmnist", "--out-dir", str(shared)]):
+        assert main(command) == 2
+        flag = command[-2]
+        assert capsys.readouterr().err.splitlines()[-1] == (
+            f"visattn: error: {flag} would replace {shared / 'scene.png'}, which `visattn caption` wrote; choose "
+            f"another {flag} folder, or move that file")
+    assert (shared / "scene.png").read_bytes() == panel
+    assert main(caption) == 0 and main(["detect", scene, "--model", "fcos_se_resnet20_cifar.scenes", "--out",
+                                        str(tmp_path / "drawn")]) == 0
+    assert main(["detect", scene, "--model", "fcos_se_resnet20_cifar.scenes", "--out", str(tmp_path / "drawn")]) == 0

@@ -19,6 +19,9 @@ PathLike = Union[str, Path]
 # The PNG "Software" text of every image a command writes into an output folder: a rerun replaces the
 # files carrying it and refuses any other, such as a user's own photo of the same name.
 PNG_SOFTWARE = "visattn"
+# The PNG text naming the command whose folder output a file is (caption, detect, explain): one command's output
+# replaced another's of the same name, in a folder both were given, without a word.
+PNG_COMMAND = "visattn-command"
 NAME_MAX = 255  # bytes in one file name on Linux filesystems (ext4, xfs, btrfs, tmpfs)
 _TEMP_EXTRA = len("..XXXXXXXX.tmp")  # what atomic_path's temp name adds to the name it is made from
 
@@ -215,11 +218,12 @@ def prepare_output_file(path: PathLike, *, flag: str, inputs: Iterable[PathLike]
     return path
 
 
-def output_paths(inputs: Sequence[Path], directory: Optional[PathLike], *, flag: str,
+def output_paths(inputs: Sequence[Path], directory: Optional[PathLike], *, flag: str, command: str,
                  tags: Sequence[str] = ("",)) -> dict[str, list[Optional[Path]]]:
     """For each of ``tags``, ``directory/STEM{tag}.png`` for each input file (see :func:`unique_paths`), planned
     before anything is written: the folder is prepared (:func:`prepare_output_dir`) and a name that would
-    replace an input is refused up front. No ``directory`` (the option not given): ``None`` for each file."""
+    replace an input, or another ``command``'s output, is refused up front. No ``directory`` (the option not
+    given): ``None`` for each file."""
     if not directory:
         return {tag: [None] * len(inputs) for tag in tags}
     directory = prepare_output_dir(directory, flag=flag)
@@ -227,18 +231,25 @@ def output_paths(inputs: Sequence[Path], directory: Optional[PathLike], *, flag:
     planned = [unique_paths(directory, path.stem, used, tags) for path in inputs]
     outputs = [output for paths in planned for output in paths]
     refuse_overwriting_inputs(outputs, inputs, flag=flag)
-    refuse_replacing_others_files(outputs, flag=flag)
+    refuse_replacing_others_files(outputs, flag=flag, command=command)
     return {tag: [paths[k] for paths in planned] for k, tag in enumerate(tags)}
 
 
 def refuse_replacing_others_files(outputs: Iterable[Path], *, flag: str, kind: str = "folder",
-                                  ours: Optional[Callable[[Path], bool]] = None) -> None:
+                                  ours: Optional[Callable[[Path], bool]] = None, command: Optional[str] = None) -> None:
     """One line naming ``flag`` when a planned output name is taken by a file visattn did not write
-    (``ours``, default :func:`written_by_visattn`, false): a user's file there, which an output must not replace."""
+    (``ours``, default :func:`written_by_visattn`, false): a user's file there, which an output must not replace;
+    or, given the ``command`` writing, by another command's output (:func:`written_by_command`)."""
     for output in outputs:
-        if os.path.lexists(output) and not (ours or written_by_visattn)(output):
+        if not os.path.lexists(output):
+            continue
+        if not (ours or written_by_visattn)(output):
             raise ConfigError(f"{flag} would replace {output}, which visattn did not write; "
                               f"move that file or choose another {flag} {kind}")
+        other = written_by_command(output) if command else None
+        if other not in (None, command):
+            raise ConfigError(f"{flag} would replace {output}, which `visattn {other}` wrote; choose another {flag} "
+                              f"{kind}, or move that file")
 
 
 def remove_stale_output(path: PathLike) -> None:
@@ -263,11 +274,25 @@ def written_by_visattn(path: PathLike) -> bool:
         return False
 
 
-def figure_mark(image_format: str) -> dict[str, Any]:
+def written_by_command(path: PathLike) -> Optional[str]:
+    """The command whose folder output the PNG ``path`` is (its :data:`PNG_COMMAND` text); None for any other file."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.info.get(PNG_COMMAND) if image.format == "PNG" else None
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+
+
+def figure_mark(image_format: str, command: Optional[str] = None) -> dict[str, Any]:
     """matplotlib ``savefig`` arguments marking a figure of ``image_format`` as visattn's (see
-    :func:`written_by_visattn`): PNG text, a JPEG comment, PDF and SVG creator metadata."""
+    :func:`written_by_visattn`): PNG text, a JPEG comment, PDF and SVG creator metadata; a PNG also names the
+    ``command`` whose output it is."""
     if image_format in ("jpg", "jpeg"):
         return {"pil_kwargs": {"comment": PNG_SOFTWARE.encode()}}
+    if image_format == "png" and command:
+        return {"metadata": {"Software": PNG_SOFTWARE, PNG_COMMAND: command}}
     key = {"png": "Software", "pdf": "Creator", "svg": "Creator"}.get(image_format)
     return {"metadata": {key: PNG_SOFTWARE}} if key else {}
 

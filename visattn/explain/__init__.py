@@ -272,7 +272,7 @@ def explain_image(
     seen = model_view(tensor, classifier.preprocessing["mean"], classifier.preprocessing["std"])
     aspect = squashed_pixel_aspect(classifier.preprocessing, image.shape, tensor.shape)
     fig = overlay_figure(seen, heatmap, title=title, pixel_aspect=aspect)
-    save_figure(fig, target, argument="out")
+    save_figure(fig, target, argument="out", command="explain")
     shown = classifier.class_names[index if explained is None else explained]
     return {"label": label, "index": index, "prob": round(float(probs[index]), 4), "method": method,
             "explained": shown, "out": str(out)}

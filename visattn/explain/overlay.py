@@ -239,15 +239,16 @@ def check_figure_path(path: PathLike, *, flag: str) -> Path:
     return prepare_output_file(path, flag=flag)
 
 
-def save_figure(fig: Figure, path: PathLike, *, argument: Optional[str] = None) -> None:
-    """Write ``fig`` to ``path`` atomically, marked as visattn's (see :func:`visattn.fileio.figure_mark`).
+def save_figure(fig: Figure, path: PathLike, *, argument: Optional[str] = None, command: Optional[str] = None) -> None:
+    """Write ``fig`` to ``path`` atomically, marked as visattn's and as ``command``'s output (see
+    :func:`visattn.fileio.figure_mark`).
     A failed write (a full disk, past the path's check) is one line naming ``argument``, the function
     argument ``path`` came in by; without one the OSError is left to the caller to name its option."""
     # The temp file's .tmp suffix would make matplotlib guess the format: name it from the real one.
     image_format = figure_format(path)
     try:
         with atomic_path(path) as tmp, _missing_glyphs_in_one_warning():  # a failed write leaves an earlier file
-            fig.savefig(tmp, format=image_format, dpi=100, **figure_mark(image_format))  # a rerun may replace it
+            fig.savefig(tmp, format=image_format, dpi=100, **figure_mark(image_format, command))  # a rerun may replace it
     except OSError as err:
         if argument is None:
             raise
@@ -278,7 +279,7 @@ def _missing_glyphs_in_one_warning() -> Iterator[None]:
                       "in matplotlib's font.family", VisattnWarning, stacklevel=4)
 
 
-def save_panels(fig: Optional[Figure], path: Path, *, flag: str, folder: PathLike) -> Optional[str]:
+def save_panels(fig: Optional[Figure], path: Path, *, flag: str, folder: PathLike, command: str) -> Optional[str]:
     """A command's per-image panels (``caption``/``detect --attention-out``, the option ``flag`` naming
     ``folder``): ``fig`` written to ``path``, which is returned; ``None`` when there is nothing to draw
     (an empty caption, no detection), an earlier run's panel of that name removed so it cannot pass for
@@ -287,5 +288,5 @@ def save_panels(fig: Optional[Figure], path: Path, *, flag: str, folder: PathLik
         remove_stale_output(path)
         return None
     with output_errors(folder, flag=flag):
-        save_figure(fig, check_figure_path(path, flag=flag))
+        save_figure(fig, check_figure_path(path, flag=flag), command=command)
     return str(path)

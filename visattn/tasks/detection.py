@@ -27,7 +27,7 @@ from ..errors import ConfigError, WeightsError, one_line
 from ..layers.patch_embed import is_count, is_number
 from ..explain.detections import detection_maps
 from ..modes import eval_mode
-from ..fileio import PNG_SOFTWARE, atomic_path, attention_note, output_errors, output_paths
+from ..fileio import PNG_COMMAND, PNG_SOFTWARE, atomic_path, attention_note, output_errors, output_paths
 from ..pretrained import find_weights_entry
 from ..registry import Strictness, create_model, is_model, model_family, split_model_name
 from .classification import (Classifier, checkpoint_model_kwargs, inference_model,
@@ -413,9 +413,9 @@ def _output_targets(files: list[Path], *, out: Optional[str], attention_out: Opt
     In one folder, an image's drawing ``NAME.png`` has its panels in ``NAME-attention.png`` (one ``-N`` for both:
     named apart, an input named ``p-attention.png`` had given its drawing the panels' name of ``p.png``)."""
     if out and attention_out and Path(out).resolve() == Path(attention_out).resolve():
-        named = output_paths(files, out, flag="--out", tags=("", "-attention"))
+        named = output_paths(files, out, flag="--out", command="detect", tags=("", "-attention"))
         return {"--out": named[""], "--attention-out": named["-attention"]}
-    return {flag: output_paths(files, folder, flag=flag)[""]
+    return {flag: output_paths(files, folder, flag=flag, command="detect")[""]
             for flag, folder in (("--out", out), ("--attention-out", attention_out))}
 
 
@@ -435,7 +435,7 @@ def _write_drawings(record: dict[str, Any], image: np.ndarray, found: dict[str, 
             titles = [f"{d['label']} {d['score']:.2f}" for d in record["detections"]]
             maps = found["attention"].numpy()
             fig = word_panels_figure(_resized(image, maps.shape[-2:]), titles, list(maps))
-        record["attention"] = save_panels(fig, panels, flag="--attention-out", folder=panels.parent)
+        record["attention"] = save_panels(fig, panels, flag="--attention-out", folder=panels.parent, command="detect")
 
 
 def _resized(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -492,4 +492,5 @@ def draw_detections(image: np.ndarray, detections: Sequence[dict[str, Any]], pat
     with atomic_path(path) as tmp:
         mark = PngImagePlugin.PngInfo()
         mark.add_text("Software", PNG_SOFTWARE)  # a rerun may replace this file (fileio.written_by_visattn)
+        mark.add_text(PNG_COMMAND, "detect")  # but not caption's or explain's output (fileio.written_by_command)
         Image.fromarray(pixels.permute(1, 2, 0).numpy()).save(tmp, format="PNG", pnginfo=mark)
