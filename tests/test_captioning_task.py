@@ -611,3 +611,24 @@ def test_caption_decodes_as_long_as_the_checkpoints_run_unless_told(tmp_path, mo
     monkeypatch.setenv("VISATTN_WEIGHTS", str(tmp_path / "weights"))
     assert main(["save-weights", "--checkpoint", str(checkpoint), "--tag", "short", "--out-dir", str(tmp_path / "weights")]) == 0
     assert captioning.load_captioner("sat_cbam_resnet_scenes.short").max_len == 3
+
+
+def test_a_captioners_validation_decodes_and_scores_with_its_weight_average():
+    """Only the classifier task kept a weight average (`ema_decay` was refused as an unknown option here)."""
+    torch.manual_seed(0)
+    task = CaptioningTask(model_kwargs=json.loads(TINY_MODEL), vocab=VOCAB, ema_decay=0.5)
+    task.ema.update_parameters(task.model)  # the first update copies the weights
+    with torch.no_grad():
+        for p in task.model.parameters():
+            p.add_(torch.randn_like(p))
+    task.optimizer_step(0, 0, torch.optim.SGD(task.model.parameters(), lr=0.0))  # halfway to the moved weights
+    task.eval()
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    decoded, averaged, trained = (task(images), decode(task.ema.module, images, max_len=20),
+                                  decode(task.model, images, max_len=20))
+    assert all(torch.equal(a, b) for a, b in zip(decoded.attention, averaged.attention, strict=True))
+    assert not all(a.shape == b.shape and torch.equal(a, b) for a, b in zip(decoded.attention, trained.attention))
+    captions = torch.tensor([[1, 4, 5, 2], [1, 6, 7, 2]])
+    batch = {"images": images, "captions": captions}
+    with torch.no_grad():
+        assert task.caption_loss(batch, task.eval_model)[0] != task.caption_loss(batch)[0]

@@ -780,3 +780,41 @@ def test_a_folder_given_to_two_commands_keeps_each_ones_outputs(tmp_path, capsys
     assert main(caption) == 0 and main(["detect", scene, "--model", "fcos_se_resnet20_cifar.scenes", "--out",
                                         str(tmp_path / "drawn")]) == 0
     assert main(["detect", scene, "--model", "fcos_se_resnet20_cifar.scenes", "--out", str(tmp_path / "drawn")]) == 0
+
+
+@pytest.mark.parametrize("head", ["fcos", "detr"])
+def test_a_detectors_validation_and_testing_detect_with_its_weight_average(head):
+    """Only the classifier task kept a weight average (`ema_decay` was refused as an unknown option here)."""
+    torch.manual_seed(0)
+    kwargs = {**TINY[head], **({"score_thresh": 0.0} if head == "fcos" else {})}
+    task = DetectionTask(f"{head}_resnet20_cifar", num_classes=3, model_kwargs=kwargs, ema_decay=0.5)
+    task.ema.update_parameters(task.model)  # the first update copies the weights
+    with torch.no_grad():
+        for p in task.model.parameters():
+            p.add_(torch.randn_like(p))
+    task.optimizer_step(0, 0, torch.optim.SGD(task.model.parameters(), lr=0.0))  # halfway to the moved weights
+    task.eval()
+    images = [torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(1))]
+    found, averaged, trained = task(images)[0], task.ema.module(images)[0], task.model(images)[0]
+    assert len(found["boxes"]) and all(torch.equal(found[k], averaged[k]) for k in found)
+    assert not torch.equal(found["scores"], trained["scores"][:len(found["scores"])])
+
+
+def test_a_detector_fit_with_ema_checkpoints_the_average_that_evaluate_reads(tmp_path, capsys):
+    annotations, images_dir = write_coco_instances(tmp_path)
+    out = tmp_path / "run"
+    assert main(["fit", "--config", "configs/detection/fcos_scenes.yaml", "--trainer.max_steps", "3",
+                 "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(out),
+                 "--trainer.logger", "false", "--trainer.precision", "32-true", "--trainer.callbacks",
+                 json.dumps([{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                              "init_args": {"dirpath": str(out / "ckpt"), "save_last": True}}]),
+                 "--model.init_args.model_name", "fcos_resnet20_cifar", "--model.init_args.ema_decay", "0.5",
+                 "--model.init_args.model_kwargs", json.dumps(TINY["fcos"]),
+                 "--data", "visattn.data.detection.CocoDetectionDataModule", "--data.train_annotations",
+                 str(annotations), "--data.images_dir", str(images_dir), "--data.val_annotations", str(annotations),
+                 "--data.batch_size", "2", "--data.num_workers", "0"]) == 0
+    state = torch.load(out / "ckpt" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    assert int(state["ema.n_averaged"]) == 3
+    read = load_detector(checkpoint=str(out / "ckpt" / "last.ckpt")).model.state_dict()
+    assert all(torch.equal(read[k], state[f"ema.module.{k}"]) for k in read)
+    assert any(not torch.equal(read[k], state[f"model.{k}"]) for k in read)

@@ -42,7 +42,7 @@ from .classification import (EDITED_CHECKPOINT, Classifier, check_data_size,
                              starting_checkpoint_settings, task_checkpoint, warn_if_normalised_otherwise)
 from .distributed import gather_shares, in_split_order
 from .guards import (GuardedTask, NonFiniteLossGuard, TrainingLoss, any_process_scored, batch_of_one_is_one_line,
-                     refuse_cast_batches, skip_missing_batch)
+                     refuse_cast_batches, skip_missing_batch, weight_average)
 
 _ITEM_CLASS = {word: k for k, word in enumerate(ITEM_WORDS)}
 
@@ -260,6 +260,8 @@ class CaptioningTask(GuardedTask, pl.LightningModule):
         beam_size: validation/test decoding: 1 is greedy, more is beam search.
         length_penalty: beam search ranks hypotheses by ``log p / length ** length_penalty``.
         meteor: also compute METEOR (needs Java; slower).
+        ema_decay: keep an exponential moving average of the weights (e.g. 0.999), which validation and
+            testing decode with and checkpoints' weights are read from; None disables it.
         max_bad_steps: a step whose loss is NaN or infinite is skipped (and logged as
             ``train/skipped_steps``); this many in a row stop the run with a message.
     """
@@ -284,6 +286,7 @@ class CaptioningTask(GuardedTask, pl.LightningModule):
         beam_size: int = 1,
         length_penalty: float = 1.0,
         meteor: bool = False,
+        ema_decay: Optional[float] = None,
         max_bad_steps: int = 5,
     ) -> None:
         super().__init__()
@@ -302,6 +305,7 @@ class CaptioningTask(GuardedTask, pl.LightningModule):
         recorded = (getattr(self.model, "visattn_recorded_preprocessing", None)
                     or getattr(self.model.encoder, "visattn_recorded_preprocessing", None))
         warn_if_normalised_otherwise(recorded, preprocessing or {})
+        self.ema = weight_average(self.model, ema_decay)
         self.val_metrics = CaptionMetrics(self.vocab, meteor=meteor)
         self.test_metrics = CaptionMetrics(self.vocab, meteor=meteor)
         self.val_xent = sample_mean_loss()
@@ -315,12 +319,14 @@ class CaptioningTask(GuardedTask, pl.LightningModule):
 
     def forward(self, images: Tensor) -> DecodedCaptions:
         h = self.hparams
-        return decode(self.model, images, beam_size=h.beam_size, max_len=h.max_len, length_penalty=h.length_penalty)
+        return decode(self.eval_model, images, beam_size=h.beam_size, max_len=h.max_len,
+                      length_penalty=h.length_penalty)
 
-    def caption_loss(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
-        """Teacher-forced cross-entropy over real words (PAD ignored) and the attention regulariser."""
+    def caption_loss(self, batch: dict[str, Any], model: Optional[nn.Module] = None) -> tuple[Tensor, Tensor]:
+        """Teacher-forced cross-entropy over real words (PAD ignored) and the attention regulariser, of ``model``
+        (the trained weights by default)."""
         captions = batch["captions"]
-        logits, alphas = self.model(batch["images"], captions)  # (B, T, V), (B, T, P)
+        logits, alphas = (model or self.model)(batch["images"], captions)  # (B, T, V), (B, T, P)
         targets = captions[:, 1:]
         cross_entropy = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=self.vocab.pad_id,
                                         label_smoothing=self.hparams.label_smoothing)
@@ -343,8 +349,8 @@ class CaptioningTask(GuardedTask, pl.LightningModule):
         # weighted by the batch's words, over which caption_loss averages: val/xent is then the mean over the
         # split's words whatever the batching (weighted by images, it moved with the batch size and process count)
         words = int((batch["captions"][:, 1:] != self.vocab.pad_id).sum())
-        self.val_xent.update(self.caption_loss(batch)[0], weight=words)
-        self.val_metrics.update(self(batch["images"]), batch, functools.partial(attention_centres, self.model))
+        self.val_xent.update(self.caption_loss(batch, self.eval_model)[0], weight=words)
+        self.val_metrics.update(self(batch["images"]), batch, functools.partial(attention_centres, self.eval_model))
 
     def on_validation_epoch_end(self) -> None:
         if any_process_scored(self, self.val_xent):  # Lightning computes, syncs and resets what is logged here
@@ -353,7 +359,7 @@ class CaptioningTask(GuardedTask, pl.LightningModule):
 
     @skip_missing_batch
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self.test_metrics.update(self(batch["images"]), batch, functools.partial(attention_centres, self.model))
+        self.test_metrics.update(self(batch["images"]), batch, functools.partial(attention_centres, self.eval_model))
 
     def on_test_epoch_end(self) -> None:
         self._log_metrics(self.test_metrics, "test/")

@@ -15,7 +15,6 @@ import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, SequentialLR
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 from torch.utils.data import Dataset
@@ -39,7 +38,7 @@ from ..pretrained import (TRAINING_CHECKPOINTS, checkpoint_follows, classifier_n
 from ..registry import (Strictness, built_for_one_size, check_timm_name, create_model, model_arguments, model_task,
                         split_model_name)
 from .guards import (GuardedTask, NonFiniteLossGuard, TrainingLoss, any_process_scored, batch_of_one_is_one_line,
-                     skip_missing_batch)
+                     skip_missing_batch, weight_average)
 
 
 # timm.create_model arguments that fetch or name its starting weights.
@@ -382,7 +381,7 @@ class ImageClassifier(GuardedTask, pl.LightningModule):
             enable_grad_checkpointing(self.model, model_name)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.batch_mix = self._batch_mix(num_classes, mixup_alpha, cutmix_alpha)
-        self.ema = self._ema(self.model, ema_decay)
+        self.ema = weight_average(self.model, ema_decay)
         self.val_metrics = accuracy_metrics(num_classes, "val/")
         self.test_metrics = accuracy_metrics(num_classes, "test/")
         self.val_loss, self.test_loss = sample_mean_loss(), sample_mean_loss()
@@ -398,26 +397,6 @@ class ImageClassifier(GuardedTask, pl.LightningModule):
         mixes = ([v2.MixUp(alpha=mixup_alpha, num_classes=num_classes)] if mixup_alpha > 0 else []) + (
             [v2.CutMix(alpha=cutmix_alpha, num_classes=num_classes)] if cutmix_alpha > 0 else [])
         return v2.RandomChoice(mixes) if mixes else None
-
-    @staticmethod
-    def _ema(model: nn.Module, decay: Optional[float]) -> Optional[AveragedModel]:
-        if not decay:
-            return None
-        if not 0 <= decay < 1:  # at 1 the average never moves, and validation would score the initial weights
-            raise ConfigError(f"model.init_args.ema_decay={decay}: give a decay of at least 0 and below 1, e.g. 0.999, "
-                              "or null for no average")
-        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
-        ema.requires_grad_(False)  # updated by averaging, never by gradients (and DDP must not wait for them)
-        return ema
-
-    @property
-    def eval_model(self) -> nn.Module:
-        """The EMA weights when enabled, else the trained weights."""
-        return self.ema.module if self.ema is not None else self.model
-
-    def on_train_start(self) -> None:
-        super().on_train_start()
-        warn_of_a_starting_average(self)
 
     def setup(self, stage: str) -> None:
         # The device the run is on: the model itself moves there only after this hook.
@@ -459,15 +438,6 @@ class ImageClassifier(GuardedTask, pl.LightningModule):
         loss = self.criterion(logits.float(), targets)  # bf16-true's bf16 logits gave a loss of 3 digits
         self.train_loss.log(self, loss, batch_size=len(images))
         return self.loss_guard.check(self, loss)
-
-    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
-        super().optimizer_step(*args, **kwargs)
-        # Once per optimizer step (a batch that only accumulates steps nothing), and here rather than at batch
-        # end, which Lightning reaches after the checkpoint callbacks': a step checkpoint held the average one
-        # update behind its weights. A step whose loss was skipped updates no weight, so the average then
-        # takes in the weights unchanged.
-        if self.ema is not None:
-            self.ema.update_parameters(self.model)
 
     @skip_missing_batch
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:

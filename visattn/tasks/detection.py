@@ -36,7 +36,7 @@ from .classification import (Classifier, checkpoint_model_kwargs, inference_mode
                              warn_if_normalised_otherwise)
 from .distributed import gather_shares, in_split_order
 from .guards import (GuardedTask, NonFiniteLossGuard, TrainingLoss, any_process_scored, batch_of_one_is_one_line,
-                     refuse_cast_batches, skip_missing_batch)
+                     refuse_cast_batches, skip_missing_batch, weight_average)
 
 if TYPE_CHECKING:
     from ..data.scenes import FashionScenes
@@ -111,6 +111,8 @@ class DetectionTask(GuardedTask, pl.LightningModule):
         category_ids: each label's category id in the training annotations (COCO's), linked from the
             datamodule; saved in checkpoints, so that detections name them (None: data without ids).
         preprocessing: what inference needs to prepare images, linked from the datamodule.
+        ema_decay: keep an exponential moving average of the weights (e.g. 0.999), which validation and
+            testing detect with and checkpoints' weights are read from; None disables it.
         max_bad_steps: a step whose loss is NaN or infinite is skipped (and logged as
             ``train/skipped_steps``); this many in a row stop the run with a message.
     """
@@ -133,6 +135,7 @@ class DetectionTask(GuardedTask, pl.LightningModule):
         class_names: Optional[list[str]] = None,
         category_ids: Optional[list[int]] = None,
         preprocessing: Optional[dict[str, Any]] = None,
+        ema_decay: Optional[float] = None,
         max_bad_steps: int = 5,
     ) -> None:
         super().__init__()
@@ -154,6 +157,7 @@ class DetectionTask(GuardedTask, pl.LightningModule):
             warn_if_normalised_otherwise(backbone_preprocessing(self.model), given, normaliser="the detector",
                                          weights="its backbone's starting weights",
                                          setting="model.init_args.model_kwargs.image_mean and image_std")
+        self.ema = weight_average(self.model, ema_decay)
         self.loss_guard = NonFiniteLossGuard(max_bad_steps)
         self.train_loss = TrainingLoss()
         self.val_map = detection_map()
@@ -166,7 +170,7 @@ class DetectionTask(GuardedTask, pl.LightningModule):
                             precisions=("bf16-true", "16-true", "64-true"))
 
     def forward(self, images: list[Tensor]) -> Detections:
-        return self.model(images)
+        return self.eval_model(images)
 
     @batch_of_one_is_one_line
     def training_step(self, batch: Batch, batch_idx: int) -> Optional[Tensor]:

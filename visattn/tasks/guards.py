@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from lightning.pytorch.strategies import Strategy
 from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torchmetrics import MeanMetric
 
 from ..errors import ConfigError, VisattnError
@@ -162,13 +163,43 @@ class NonFiniteLossGuard:
                 "(model.init_args.lr), set trainer.gradient_clip_val (e.g. 1.0), or check the data")
 
 
+def weight_average(model: nn.Module, decay: Optional[float]) -> Optional[AveragedModel]:
+    """An exponential moving average of ``model``'s weights and buffers (Polyak & Juditsky, 1992; timm's
+    ``ModelEmaV3``), each step keeping ``decay`` of the average; None for no ``decay``."""
+    if not decay:
+        return None
+    if not 0 <= decay < 1:  # at 1 the average never moves, and validation would score the initial weights
+        raise ConfigError(f"model.init_args.ema_decay={decay}: give a decay of at least 0 and below 1, e.g. 0.999, "
+                          "or null for no average")
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    ema.requires_grad_(False)  # updated by averaging, never by gradients (and DDP must not wait for them)
+    return ema
+
+
 class GuardedTask:
     """The hooks every visattn task shares, before its LightningModule base: the optimizer
     (:func:`~visattn.tasks.classification.adamw_warmup_cosine`), a skipped step's gradients dropped (its
-    ``loss_guard``, :class:`NonFiniteLossGuard`), a resumed fit whose schedule changed warned about and one whose
-    parameter groups changed refused, and DDP processes drawing apart."""
+    ``loss_guard``, :class:`NonFiniteLossGuard`), the weight average (``ema``, :func:`weight_average`) updated
+    and evaluated, a resumed fit whose schedule changed warned about and one whose parameter groups changed
+    refused, and DDP processes drawing apart."""
 
     loss_guard: NonFiniteLossGuard
+    model: nn.Module
+    ema: Optional[AveragedModel]  # each task sets it (a class default would hide nn.Module's submodule)
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights validation, testing and prediction use: the average when there is one, else the trained."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        # Once per optimizer step (a batch that only accumulates steps nothing), and here rather than at batch
+        # end, which Lightning reaches after the checkpoint callbacks': a step checkpoint held the average one
+        # update behind its weights. A step whose loss was skipped updates no weight, so the average then
+        # takes in the weights unchanged.
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
 
     def configure_optimizers(self) -> dict[str, Any]:
         from .classification import adamw_warmup_cosine  # it imports this module
@@ -190,9 +221,10 @@ class GuardedTask:
         self.loss_guard.drop_skipped_gradients()
 
     def on_train_start(self) -> None:
-        from .classification import warn_of_a_changed_schedule  # it imports this module
+        from .classification import warn_of_a_changed_schedule, warn_of_a_starting_average  # they import this module
 
         warn_of_a_changed_schedule(self)
+        warn_of_a_starting_average(self)
         if self.trainer.world_size > 1 and self.trainer.ckpt_path is None:  # a resume restores each process's states
             seed_apart(self.trainer.global_rank)
 
