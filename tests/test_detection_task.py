@@ -774,12 +774,15 @@ def test_a_folder_given_to_two_commands_keeps_each_ones_outputs(tmp_path, capsys
         assert main(command) == 2
         flag = command[-2]
         assert capsys.readouterr().err.splitlines()[-1] == (
-            f"visattn: error: {flag} would replace {shared / 'scene.png'}, which `visattn caption` wrote; choose "
-            f"another {flag} folder, or move that file")
+            f"visattn: error: {flag} would replace {shared / 'scene.png'}, which `visattn caption --attention-out` "
+            f"wrote; choose another {flag} folder, or move that file")
     assert (shared / "scene.png").read_bytes() == panel
-    assert main(caption) == 0 and main(["detect", scene, "--model", "fcos_se_resnet20_cifar.scenes", "--out",
-                                        str(tmp_path / "drawn")]) == 0
-    assert main(["detect", scene, "--model", "fcos_se_resnet20_cifar.scenes", "--out", str(tmp_path / "drawn")]) == 0
+    detect = ["detect", scene, "--model", "fcos_se_resnet20_cifar.scenes", "--score-threshold", "0.05"]
+    assert main(caption) == 0 and main([*detect, "--attention-out", str(tmp_path / "drawn")]) == 0
+    assert main([*detect, "--attention-out", str(tmp_path / "drawn")]) == 0  # a rerun replaces its own
+    assert main([*detect, "--out", str(tmp_path / "drawn")]) == 2  # a panel of detect's other output
+    assert capsys.readouterr().err.splitlines()[-1].endswith("which `visattn detect --attention-out` wrote; choose "
+                                                             "another --out folder, or move that file")
 
 
 @pytest.mark.parametrize("head", ["fcos", "detr"])

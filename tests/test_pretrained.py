@@ -389,6 +389,7 @@ def test_a_checkpoint_of_another_architecture_names_the_backbone_keys_not_the_he
         message = str(err.value)
         assert message.startswith("run.ckpt: weights do not fit ResNet (missing: layer4.0.conv1.weight")
         assert "wrong shape: conv1.weight (28, 3, 3, 3) vs (64, 3, 7, 7)" in message and "fc" not in message
+        assert "another depth" not in message  # three stages against four: another architecture, not a depth
 
 
 @pytest.mark.parametrize("theirs, ours, said", [
@@ -408,14 +409,14 @@ def test_weights_of_another_depth_say_so_beside_the_keys(theirs, ours, said):
 def test_mismatch_lists_missing_unexpected_and_shapes(tmp_path):
     state = _model().state_dict()
     del state["blocks.1.mlp.fc2.bias"]
-    state["norm.extra"] = torch.zeros(1)
+    state["blocks.9.extra"] = torch.zeros(1)
     path = tmp_path / "w.safetensors"
     save_file(state, path)
     with pytest.raises(WeightsError) as err:
         create_model(ARCH, **SMALL, pretrained=str(path))
     message = str(err.value)
-    assert "missing: blocks.1.mlp.fc2.bias" in message and "unexpected: norm.extra" in message
-    assert "strict='attention'" in message
+    assert "missing: blocks.1.mlp.fc2.bias" in message and "unexpected: blocks.9.extra" in message
+    assert "strict='attention'" in message and "another depth" not in message  # a stray key is no block
     with pytest.warns(UserWarning, match="kept init for missing blocks.1.mlp.fc2.bias"):
         create_model(ARCH, **SMALL, pretrained=str(path), strict=False)
     with pytest.raises(WeightsError, match=r"wrong shape: blocks.0.attn.proj.bias \(192,\) vs \(384,\)"):

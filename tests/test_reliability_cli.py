@@ -155,8 +155,8 @@ CASES = {
     "early_stopping_on_accuracy_without_mode_max": (lambda tmp: [*FIT, "--trainer.callbacks+=EarlyStopping",
                                                                  "--trainer.callbacks.monitor", "val/top1"],
                                                     "trainer.callbacks: EarlyStopping(monitor='val/top1', mode='min') "
-                                                    "stops the run while it improves: val/top1 is better higher; give "
-                                                    "it mode max (--trainer.callbacks.mode max after it)"),
+                                                    "stops the run while it improves: val/top1 is better higher; set "
+                                                    "its mode to max"),
     "two_early_stoppings_of_the_same_settings": (lambda tmp: [*FIT, *["--trainer.callbacks+=EarlyStopping",
                                                                       "--trainer.callbacks.monitor", "val/loss"] * 2],
                                                  "trainer.callbacks: two EarlyStoppings of the same settings "
@@ -167,6 +167,11 @@ CASES = {
                                                                 "outputs/cbam_resnet_fmnist/checkpoints",
                                                                 "--trainer.callbacks.filename", "latest-{epoch:03d}"],
                                                    "write the same files into "),
+    "misspelt_callback_class": (lambda tmp: [*FIT, "--trainer.callbacks+=ModelChekpoint"],
+                                "trainer.callbacks: no callback class named ModelChekpoint; did you mean "
+                                "ModelCheckpoint? give one of lightning.pytorch.callbacks's classes by name"),
+    "misspelt_logger_class": (lambda tmp: [*FIT, "--trainer.logger+=CSVLoger"],
+                              "trainer.logger: no logger class named CSVLoger; did you mean CSVLogger?"),
     "seed_out_of_bounds": (lambda tmp: [*FIT, "--seed_everything", "99999999999"],
                            "seed_everything=99999999999: give a whole number from 0 to 4294967295"),
     "unreadable_auto_augment_in_config": (lambda tmp: [*FIT, "--data.init_args.auto_augment", "rand-x9"],
@@ -397,7 +402,7 @@ def test_a_checkpoint_added_beside_the_configs_own_of_the_same_settings_keeps_ev
     assert main([*FIT, "--trainer.max_epochs", "2", *keep_all, "--ckpt_path", "last"]) == 0
     assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["epoch=0-step=4.ckpt", "epoch=1-step=8.ckpt"]
     states = torch.load(tmp_path / "mine" / "epoch=1-step=8.ckpt", weights_only=False)["callbacks"]
-    ours = [key for key in states if key.startswith("ModelCheckpoint") and str(tmp_path / "mine") in key]
+    ours = [key for key in states if key.startswith("ModelCheckpoint") and "'dirpath': 'mine'" in key]
     assert len(ours) == 1 and states[ours[0]]["dirpath"] == str(tmp_path / "mine")
 
 
@@ -408,6 +413,11 @@ def test_checkpoint_callbacks_keyed_apart_still_pickle_as_ddp_spawn_sends_them()
     callbacks = _keyed_apart([ModelCheckpoint(dirpath="a"), ModelCheckpoint(dirpath="b", save_top_k=-1)])
     copies = pickle.loads(pickle.dumps(callbacks))
     assert [c.state_key for c in copies] == [c.state_key for c in callbacks] and len({c.state_key for c in copies}) == 2
+    # a third writing the second's files was compared with the first only, and met Lightning's traceback (a review)
+    with pytest.raises(ConfigError, match="write the same files into .*/b; give the one you add another dirpath"):
+        _keyed_apart([ModelCheckpoint(dirpath="a"), ModelCheckpoint(dirpath="b"), ModelCheckpoint(dirpath="b")])
+    with pytest.raises(ConfigError, match="write the same files into the run's checkpoints folder;"):
+        _keyed_apart([ModelCheckpoint(), ModelCheckpoint(save_top_k=-1)])
 
 
 @pytest.mark.parametrize("monitor, mode, refused", [
@@ -1192,6 +1202,16 @@ def test_a_fit_that_would_not_learn_or_writes_elsewhere_than_asked_says_so(tmp_p
     moved = [line for line in err.splitlines() if line.startswith("warning: trainer.default_root_dir elsewhere: ")]
     assert len(moved) == 1 and moved[0].count(f"ModelCheckpoint dirpath {tmp_path}/outputs/") == 1, err  # it was twice
     assert moved[0].endswith(" stay where they are; set those too to move them"), err
+    # given in a second config file rather than typed, it is warned about alike
+    (tmp_path / "root.yaml").write_text("trainer:\n  default_root_dir: second\n")
+    with _warnings_shown_as_on_a_terminal():
+        assert main(["fit", "--config", str(IMAGEFOLDER_CONFIG), "--config", "root.yaml", "--data.init_args.root",
+                     "photos", *SMALL_FOLDER_FIT, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1",
+                     "--trainer.callbacks=[]", "--trainer.callbacks+=ModelCheckpoint", "--trainer.callbacks.dirpath",
+                     "mine"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: trainer.default_root_dir second: the config's logger's save_dir " in err, err
+    assert "ModelCheckpoint dirpath" not in err  # the one typed is where it was asked to be
 
 
 @pytest.mark.parametrize("args, named", [

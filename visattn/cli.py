@@ -305,7 +305,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
                                                          args, out))
         return 0
     files = list_images(args.paths, allow_empty=False, exclude=[args.out_dir])
-    maps = output_paths(files, args.out_dir, flag="--out-dir", command="explain")[""]
+    maps = output_paths(files, args.out_dir, flag="--out-dir", commands={"": "explain"})[""]
     failures = 0
     decoded = run_in_batches(files, 1, lambda image: image, lambda images: images, max_pixels=max_pixels(args))
     for (item, image), out in zip(decoded, maps):

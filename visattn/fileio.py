@@ -218,12 +218,13 @@ def prepare_output_file(path: PathLike, *, flag: str, inputs: Iterable[PathLike]
     return path
 
 
-def output_paths(inputs: Sequence[Path], directory: Optional[PathLike], *, flag: str, command: str,
-                 tags: Sequence[str] = ("",)) -> dict[str, list[Optional[Path]]]:
-    """For each of ``tags``, ``directory/STEM{tag}.png`` for each input file (see :func:`unique_paths`), planned
-    before anything is written: the folder is prepared (:func:`prepare_output_dir`) and a name that would
-    replace an input, or another ``command``'s output, is refused up front. No ``directory`` (the option not
-    given): ``None`` for each file."""
+def output_paths(inputs: Sequence[Path], directory: Optional[PathLike], *, flag: str,
+                 commands: dict[str, str]) -> dict[str, list[Optional[Path]]]:
+    """For each tag of ``commands``, ``directory/STEM{tag}.png`` for each input file (see :func:`unique_paths`),
+    planned before anything is written: the folder is prepared (:func:`prepare_output_dir`) and a name that would
+    replace an input, or an output of another command than the tag's (``"detect --out"``), is refused up front.
+    No ``directory`` (the option not given): ``None`` for each file."""
+    tags = list(commands)
     if not directory:
         return {tag: [None] * len(inputs) for tag in tags}
     directory = prepare_output_dir(directory, flag=flag)
@@ -231,7 +232,8 @@ def output_paths(inputs: Sequence[Path], directory: Optional[PathLike], *, flag:
     planned = [unique_paths(directory, path.stem, used, tags) for path in inputs]
     outputs = [output for paths in planned for output in paths]
     refuse_overwriting_inputs(outputs, inputs, flag=flag)
-    refuse_replacing_others_files(outputs, flag=flag, command=command)
+    for k, tag in enumerate(tags):
+        refuse_replacing_others_files([paths[k] for paths in planned], flag=flag, command=commands[tag])
     return {tag: [paths[k] for paths in planned] for k, tag in enumerate(tags)}
 
 

@@ -986,23 +986,24 @@ def check_state_dict(
 
 
 # A block's key: its stage (ResNet's layer1, ViT's blocks, also under a detector's backbone) and its index there.
-_BLOCK_KEY = re.compile(r"^(.*?(?:layer\d+|blocks))\.(\d+)\.")
+_BLOCK_KEY = re.compile(r"^((?:.*\.)?(?:layer\d+|blocks))\.(\d+)\.")
 
 
 def _depth_hint(state: StateDict, own: StateDict, model: nn.Module, fix: Optional[str] = None) -> str:
     """``another depth: the weights hold 3, 4, 6, 3 blocks in layer1–layer4, ResNet 2, 2, 2, 2; build ...`` when the
-    two count other blocks in a stage (resnet50's weights in a resnet18), else empty: the key lists alone hid it."""
-    def blocks(keys: Iterable[str]) -> dict[str, int]:
-        counts: dict[str, int] = {}
+    two have the same stages, each of blocks numbered from 0 without a gap, and count other blocks in one
+    (resnet50's weights in a resnet18), else empty: the key lists alone hid it. Other stages (a CIFAR ResNet's three
+    against four) are another architecture, and a gap a stray key, not a depth."""
+    def blocks(keys: Iterable[str]) -> dict[str, Optional[int]]:
+        indices: dict[str, set[int]] = {}
         for found in filter(None, map(_BLOCK_KEY.match, keys)):
-            counts[found[1]] = max(counts.get(found[1], 0), int(found[2]) + 1)
-        return counts
+            indices.setdefault(found[1], set()).add(int(found[2]))
+        return {stage: len(found) if found == set(range(len(found))) else None for stage, found in indices.items()}
 
     theirs, ours = blocks(state), blocks(own)
-    if not theirs or not ours or theirs == ours:
+    if not theirs or theirs.keys() != ours.keys() or None in theirs.values() or theirs == ours:
         return ""
-    stages = sorted(theirs.keys() | ours.keys(), key=lambda stage: [int(t) if t.isdigit() else t
-                                                                  for t in re.split(r"(\d+)", stage)])
+    stages = sorted(theirs, key=lambda stage: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", stage)])
     where = f" in {stages[0]}–{stages[-1]}" if len(stages) > 1 else ""
     def listed(counts: dict[str, int]) -> str:
         return ", ".join(str(counts.get(stage, 0)) for stage in stages)

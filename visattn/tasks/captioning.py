@@ -500,7 +500,7 @@ def caption_files(captioner: Captioner, paths: Sequence[str], *, beam_size: int 
 
     files = list_images(list(paths), allow_empty=False, exclude=[attention_out])
     flag = "--attention-out"
-    targets = output_paths(files, attention_out, flag=flag, command="caption")[""]
+    targets = output_paths(files, attention_out, flag=flag, commands={"": "caption --attention-out"})[""]
     centres_of = functools.lru_cache(maxsize=None)(functools.partial(attention_centres, captioner.model))
 
     def caption_batch(images: list[Tensor]) -> Iterable[tuple[Tensor, Tensor]]:
@@ -526,7 +526,8 @@ def caption_files(captioner: Captioner, paths: Sequence[str], *, beam_size: int 
                 aspect = squashed_pixel_aspect(captioner.preprocessing, item.source_shape, item.prepared.shape)
                 fig = word_panels_figure(seen, words, list(attention.numpy()), centres=centres_of(seen.shape[:2]),
                                          pixel_aspect=aspect)
-            record["attention"] = save_panels(fig, target, flag=flag, folder=attention_out, command="caption")
+            record["attention"] = save_panels(fig, target, flag=flag, folder=attention_out,
+                                              command="caption --attention-out")
         line = f"{item.path}: {record['caption']}{attention_note(record, 'words')}"
         print(json.dumps(record) if as_json else one_line(line))
     return failures, len(files)

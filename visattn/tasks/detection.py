@@ -417,9 +417,9 @@ def _output_targets(files: list[Path], *, out: Optional[str], attention_out: Opt
     In one folder, an image's drawing ``NAME.png`` has its panels in ``NAME-attention.png`` (one ``-N`` for both:
     named apart, an input named ``p-attention.png`` had given its drawing the panels' name of ``p.png``)."""
     if out and attention_out and Path(out).resolve() == Path(attention_out).resolve():
-        named = output_paths(files, out, flag="--out", command="detect", tags=("", "-attention"))
+        named = output_paths(files, out, flag="--out", commands={"": "detect --out", "-attention": "detect --attention-out"})
         return {"--out": named[""], "--attention-out": named["-attention"]}
-    return {flag: output_paths(files, folder, flag=flag, command="detect")[""]
+    return {flag: output_paths(files, folder, flag=flag, commands={"": f"detect {flag}"})[""]
             for flag, folder in (("--out", out), ("--attention-out", attention_out))}
 
 
@@ -439,7 +439,8 @@ def _write_drawings(record: dict[str, Any], image: np.ndarray, found: dict[str, 
             titles = [f"{d['label']} {d['score']:.2f}" for d in record["detections"]]
             maps = found["attention"].numpy()
             fig = word_panels_figure(_resized(image, maps.shape[-2:]), titles, list(maps))
-        record["attention"] = save_panels(fig, panels, flag="--attention-out", folder=panels.parent, command="detect")
+        record["attention"] = save_panels(fig, panels, flag="--attention-out", folder=panels.parent,
+                                          command="detect --attention-out")
 
 
 def _resized(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -496,5 +497,5 @@ def draw_detections(image: np.ndarray, detections: Sequence[dict[str, Any]], pat
     with atomic_path(path) as tmp:
         mark = PngImagePlugin.PngInfo()
         mark.add_text("Software", PNG_SOFTWARE)  # a rerun may replace this file (fileio.written_by_visattn)
-        mark.add_text(PNG_COMMAND, "detect")  # but not caption's or explain's output (fileio.written_by_command)
+        mark.add_text(PNG_COMMAND, "detect --out")  # but not another command's output (fileio.written_by_command)
         Image.fromarray(pixels.permute(1, 2, 0).numpy()).save(tmp, format="PNG", pnginfo=mark)

@@ -185,12 +185,13 @@ class GuardedTask:
 
     loss_guard: NonFiniteLossGuard
     model: nn.Module
-    ema: Optional[AveragedModel]  # each task sets it (a class default would hide nn.Module's submodule)
+    ema: Optional[AveragedModel]  # set by the task; no class default, which would hide nn.Module's submodule
 
     @property
     def eval_model(self) -> nn.Module:
         """The weights validation, testing and prediction use: the average when there is one, else the trained."""
-        return self.ema.module if self.ema is not None else self.model
+        ema = getattr(self, "ema", None)
+        return ema.module if ema is not None else self.model
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         super().optimizer_step(*args, **kwargs)
@@ -198,7 +199,7 @@ class GuardedTask:
         # end, which Lightning reaches after the checkpoint callbacks': a step checkpoint held the average one
         # update behind its weights. A step whose loss was skipped updates no weight, so the average then
         # takes in the weights unchanged.
-        if self.ema is not None:
+        if getattr(self, "ema", None) is not None:
             self.ema.update_parameters(self.model)
 
     def configure_optimizers(self) -> dict[str, Any]:

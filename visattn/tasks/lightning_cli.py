@@ -454,13 +454,14 @@ def _check_training(model: Any, trainer: Any) -> None:
                       "the learning rate never reaches model.init_args.lr; shorten the warm-up", VisattnWarning)
 
 
-def _warn_of_folders_elsewhere(trainer: pl.Trainer) -> None:
-    """A ``--trainer.default_root_dir`` typed on the command line moves neither checkpoints nor logs whose folders
-    the config names: a run given another one wrote into ./outputs/... (into the repository, run from there),
-    without a word. (Not said for a callback the user added with its own folder, the config's root unchanged.)"""
-    root = Path(trainer.default_root_dir).resolve()
+def _warn_of_folders_elsewhere(trainer: pl.Trainer, typed: Sequence[str] = ()) -> None:
+    """``trainer.default_root_dir`` moves neither checkpoints nor logs whose folders the config names: a
+    run given another one wrote into ./outputs/... (into the repository, run from there), without a word.
+    Folders ``typed`` on the command line (an added callback's ``dirpath``) are where they were asked to be."""
+    root, asked = Path(trainer.default_root_dir).resolve(), {Path(folder).resolve() for folder in typed}
     elsewhere = [f"{setting} {folder}" for setting, folder in _written_folders(trainer)
-                 if root != Path(folder).resolve() and root not in Path(folder).resolve().parents]
+                 if root != Path(folder).resolve() and root not in Path(folder).resolve().parents
+                 and Path(folder).resolve() not in asked]
     if elsewhere:
         stay = ("stay where they are; set those too to move them" if len(elsewhere) > 1 else
                 "stays where it is; set it too to move it")
@@ -493,7 +494,7 @@ def _check_monitored_validation(trainer: pl.Trainer, model: pl.LightningModule,
 
 # The last part of the names of the metrics visattn's tasks log: accuracies, BLEU, CIDEr, pointing and mAP are
 # better higher, losses lower.
-_BETTER_HIGHER = re.compile(r"top\d+|mean_class_accuracy|bleu\d|cider|pointing|map(50|75)?")
+_BETTER_HIGHER = re.compile(r"top\d+|bleu\d|cider|meteor|pointing|map(50)?")
 _BETTER_LOWER = re.compile(r"\w*(loss|xent|attn_reg)")
 
 
@@ -509,8 +510,8 @@ def _refuse_monitors_the_wrong_way(trainer: pl.Trainer) -> None:
             harm = ("keeps the worst checkpoints" if isinstance(callback, ModelCheckpoint) else
                     "stops the run while it improves")
             raise ConfigError(f"trainer.callbacks: {type(callback).__name__}(monitor={monitor!r}, mode={mode!r}) "
-                              f"{harm}: {monitor} is better {'higher' if better == 'max' else 'lower'}; give it mode "
-                              f"{better} (--trainer.callbacks.mode {better} after it)")
+                              f"{harm}: {monitor} is better {'higher' if better == 'max' else 'lower'}; set its "
+                              f"mode to {better}")
 
 
 def _keyed_apart(callbacks: list[Callback]) -> list[Callback]:
@@ -518,26 +519,31 @@ def _keyed_apart(callbacks: list[Callback]) -> list[Callback]:
     too: Lightning keys a checkpoint callback's saved state by those alone, and stopped the run with a traceback
     (`--trainer.callbacks+=ModelCheckpoint --trainer.callbacks.save_top_k -1` beside the configs' latest one).
     Other stateful callbacks twice over, or two checkpoints writing the same files, are one line."""
-    keyed: dict[str, Callback] = {}
+    files_of: dict[str, list[dict[str, Any]]] = {}  # each state key's checkpoints' folders and file patterns
     for callback in callbacks:
         if not is_overridden("state_dict", instance=callback, parent=Callback):
             continue
-        earlier = keyed.get(callback.state_key)
-        if isinstance(earlier, ModelCheckpoint) and type(callback) is ModelCheckpoint:
-            files = {"dirpath": callback.dirpath, "filename": callback.filename}
-            if files == {"dirpath": earlier.dirpath, "filename": earlier.filename}:
-                raise ConfigError(f"trainer.callbacks: two ModelCheckpoints of the same settings ({callback.state_key}) "
-                                  f"write the same files into {callback.dirpath}; give the one you add another dirpath "
-                                  "or filename")
+        key = callback.state_key
+        if not isinstance(callback, ModelCheckpoint):
+            if key in files_of:
+                raise ConfigError(f"trainer.callbacks: two {type(callback).__name__}s of the same settings ({key}) "
+                                  "keep one saved state between them; drop one")
+            files_of[key] = []
+            continue
+        # relative: a project moved, or run from elsewhere with the same config, keys the state alike
+        files = {"dirpath": callback.dirpath and os.path.relpath(callback.dirpath), "filename": callback.filename}
+        if files in files_of.get(key, []):
+            where = callback.dirpath or "the run's checkpoints folder"
+            raise ConfigError(f"trainer.callbacks: two ModelCheckpoints of the same settings ({key}) write the same "
+                              f"files into {where}; give the one you add another dirpath or filename")
+        if key in files_of:
             callback._generate_state_key = functools.partial(_state_key_with_files, callback, files)
-        elif earlier is not None:
-            raise ConfigError(f"trainer.callbacks: two {type(callback).__name__}s of the same settings "
-                              f"({callback.state_key}) keep one saved state between them; drop one")
-        keyed[callback.state_key] = callback
+        files_of.setdefault(key, []).append(files)
     return callbacks
 
 
 def _state_key_with_files(callback: ModelCheckpoint, files: dict[str, Any], **settings: Any) -> str:
+    # A module-level function, not a lambda: ddp_spawn pickles the trainer's callbacks.
     return Callback._generate_state_key(callback, **settings, **files)
 
 
@@ -692,9 +698,9 @@ def _building_error(err: Exception, model: Any) -> ConfigError:
     raised it, with that class's own message (not jsonargparse's list of the forms a section may take)."""
     built, cause = _being_built(err)
     message = _first_line(cause or err)
-    problem = _CLASS_PROBLEM.search(str(err))
+    problem = _class_problem(err)
     if built is None and problem is not None:  # one of a list of loggers or callbacks: its own complaint
-        built_class, message = _imported(problem[2]) or type(None), message.partition(": ")[2]
+        built_class, message = _imported(problem[0]) or type(None), problem[1]
     else:
         built_class = type(built)
     name = getattr(built_class, "__name__", "?")
@@ -1015,7 +1021,7 @@ def _plain_enum_values(config: Namespace) -> None:
     ``interval: str = Interval.step`` into the config as the member, then refuses it when checking the config
     ("cannot represent an object"), so the callback was usable only with the setting typed."""
     for key, value in config.items():
-        if isinstance(value, enum.Enum):
+        if isinstance(value, enum.Enum) and value.name == value.value:  # the value is what jsonargparse reads back
             config[key] = value.value
         elif isinstance(value, list):
             for item in value:
@@ -1036,10 +1042,10 @@ def _as_lists(value: Any) -> Any:
 
 class VisattnCLI(LightningCLI):
     def __init__(self, *args: Any, linked_data_attributes: tuple[str, ...] = (),
-                 model_overrides: tuple[str, ...] = (), root_typed: bool = False, **kwargs: Any) -> None:
+                 model_overrides: tuple[str, ...] = (), typed_folders: tuple[str, ...] = (), **kwargs: Any) -> None:
         self.linked_data_attributes = linked_data_attributes
         self.model_overrides = model_overrides  # model init_args given on the command line
-        self.root_typed = root_typed  # --trainer.default_root_dir given on the command line
+        self.typed_folders = typed_folders  # callbacks' and loggers' folders given on the command line
         super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -1181,8 +1187,7 @@ class VisattnCLI(LightningCLI):
             raise _trainer_error(err, config) from None
         if self.subcommand == "fit":
             _refuse_half_weights_on_cpu(trainer)
-            if self.root_typed:
-                _warn_of_folders_elsewhere(trainer)
+            _warn_of_folders_elsewhere(trainer, self.typed_folders)
         return trainer
 
     def _callbacks(self, config: dict[str, Any]) -> list[Callback]:
@@ -1388,9 +1393,13 @@ def _build_and_run(argv: list[str]) -> VisattnCLI:
             save_config_kwargs={"overwrite": True},  # into a name no file has (SaveConfigBesideEarlier)
             linked_data_attributes=_task_links(argv),
             model_overrides=_model_overrides(argv),
-            root_typed=any(arg.partition("=")[0] == "--trainer.default_root_dir" for arg in argv),
+            typed_folders=_typed_values(argv, ("--trainer.callbacks.dirpath", "--trainer.callbacks.init_args.dirpath",
+                                               "--trainer.logger.save_dir", "--trainer.logger.init_args.save_dir")),
         )
     except ArgumentError as err:
+        unknown = _unknown_trainer_class(err)
+        if unknown is not None:
+            raise unknown from None
         raise ConfigError(f"{' '.join(argv[:3])}: {_first_line(err)}{_unaccepted_option_hint(err, argv[0])}") from None
     except ModuleNotFoundError as err:
         # Lightning's requirement check for a setting it offers (trainer.precision transformer-engine)
@@ -1407,19 +1416,33 @@ def _build_and_run(argv: list[str]) -> VisattnCLI:
                           "config or with --SECTION.KEY VALUE") from None
 
 
+def _unknown_trainer_class(err: Exception) -> Optional[ConfigError]:
+    """One line for a callback or logger class that jsonargparse cannot import (``--trainer.callbacks+=ModelChekpoint``:
+    "Expected a path but ... Expected a dot import path string"), with Lightning's nearest; None for other errors."""
+    found = re.search(r'Parser key "trainer\.(callbacks|logger)":.*Expected a dot import path string: ([\w.]+)',
+                      str(err), re.S)
+    if found is None:
+        return None
+    kind, module = ("callback", pl.callbacks) if found[1] == "callbacks" else ("logger", pl.loggers)
+    close = difflib.get_close_matches(found[2].rpartition(".")[2], module.__all__, n=1, cutoff=0.6)
+    meant = f"did you mean {close[0]}? " if close else ""
+    return ConfigError(f"trainer.{found[1]}: no {kind} class named {found[2]}; {meant}give one of "
+                       f"{module.__name__}'s classes by name, or a class path (package.module.Class)")
+
+
 def _unaccepted_option_hint(err: Exception, subcommand: str) -> str:
     """For jsonargparse's "Problem with given class_path 'C': Option 'O' is not accepted", C's nearest argument to
     O and where C's arguments are listed (``--help`` lists the task's, not a data module's); else ``--help``."""
-    problem = _CLASS_PROBLEM.search(str(err))
-    found = re.search(r"Option '(\w+)' is not accepted", problem[3]) if problem else None
-    cls = _imported(problem[2]) if found else None
+    problem = _class_problem(err)
+    found = re.search(r"Option '(\w+)' is not accepted", problem[1]) if problem else None
+    cls = _imported(problem[0]) if found else None
     if cls is None:
         return f"; see `visattn {subcommand} --help`"
     close = difflib.get_close_matches(found.group(1), keyword_names(cls.__init__) or [], n=3, cutoff=0.5)
     section = re.match(r'Parser key "([\w.]+)"', str(err))  # also "trainer.callbacks"
     section = section.group(1) if section else "model"
     meant = f"did you mean {' or '.join(close)}? " if close else ""
-    return f"; {meant}`visattn {subcommand} --{section}.help {problem[2]}` lists what it takes"
+    return f"; {meant}`visattn {subcommand} --{section}.help {problem[0]}` lists what it takes"
 
 
 def _visattn_cause(err: BaseException) -> Optional[VisattnError]:
@@ -1450,6 +1473,16 @@ def _task_links(argv: list[str]) -> tuple[str, ...]:
         elif flag in ("--model", "--model.class_path"):
             class_path = value
     return tuple(getattr(_imported(class_path), "linked_data_attributes", ()))
+
+
+def _typed_values(argv: list[str], options: Sequence[str]) -> tuple[str, ...]:
+    """The values ``argv`` gives any of ``options`` (``--option VALUE`` or ``--option=VALUE``)."""
+    values = []
+    for k, arg in enumerate(argv):
+        option, equals, value = arg.partition("=")
+        if option in options:
+            values += [value] if equals else argv[k + 1:k + 2]
+    return tuple(values)
 
 
 def _model_overrides(argv: list[str]) -> tuple[str, ...]:
@@ -1492,11 +1525,20 @@ _CLASS_PROBLEM = re.compile(r"^( *)- Problem with given class_path '([\w.]+)':\n
 def _first_line(err: Exception) -> str:
     """jsonargparse's error folded onto one line, without the lines that only list type unions; of a union over
     classes, the named class's own complaint (``TensorBoardLogger: the following arguments are required: ...``)."""
-    text = str(err)
-    problem = _CLASS_PROBLEM.search(text)
-    if problem is not None:
-        key = re.match(r'Parser key "[\w.]+":', text)
-        text = f"{key[0] if key else ''}\n{problem[2].rpartition('.')[2]}:\n{problem[3]}"
+    problem = _class_problem(err)
+    if problem is None:
+        return _folded(str(err)) or type(err).__name__
+    key = re.match(r'Parser key ("[\w.]+"):', str(err))
+    return f"{key[1] + ': ' if key else ''}{problem[0].rpartition('.')[2]}: {problem[1]}"
+
+
+def _class_problem(err: Exception) -> Optional[tuple[str, str]]:
+    """The class path and the folded complaint of the union error's entry naming a class; None without one."""
+    found = _CLASS_PROBLEM.search(str(err))
+    return (found[2], _folded(found[3])) if found else None
+
+
+def _folded(text: str) -> str:
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     kept = [line for line in (line.lstrip("- ") for line in lines) if not line.startswith(_NOISE)]
-    return " ".join(dict.fromkeys(kept)).replace("Parser key ", "") or type(err).__name__
+    return " ".join(dict.fromkeys(kept)).replace("Parser key ", "")
