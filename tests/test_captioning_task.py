@@ -13,6 +13,7 @@ from PIL import Image
 from fixtures_captions import write_karpathy
 from test_classification import REPO
 from test_data import needs_fashion_mnist
+from test_detection_task import average_apart_from_the_trained_weights
 from visattn import create_model, save_weights
 from visattn.cli import main
 from visattn.data.vocab import Vocabulary
@@ -616,13 +617,8 @@ def test_caption_decodes_as_long_as_the_checkpoints_run_unless_told(tmp_path, mo
 def test_a_captioners_validation_decodes_and_scores_with_its_weight_average():
     """Only the classifier task kept a weight average (`ema_decay` was refused as an unknown option here)."""
     torch.manual_seed(0)
-    task = CaptioningTask(model_kwargs=json.loads(TINY_MODEL), vocab=VOCAB, ema_decay=0.5)
-    task.ema.update_parameters(task.model)  # the first update copies the weights
-    with torch.no_grad():
-        for p in task.model.parameters():
-            p.add_(torch.randn_like(p))
-    task.optimizer_step(0, 0, torch.optim.SGD(task.model.parameters(), lr=0.0))  # halfway to the moved weights
-    task.eval()
+    task = average_apart_from_the_trained_weights(
+        CaptioningTask(model_kwargs=json.loads(TINY_MODEL), vocab=VOCAB, ema_decay=0.5))
     images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     decoded, averaged, trained = (task(images), decode(task.ema.module, images, max_len=20),
                                   decode(task.model, images, max_len=20))

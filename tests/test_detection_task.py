@@ -785,18 +785,23 @@ def test_a_folder_given_to_two_commands_keeps_each_ones_outputs(tmp_path, capsys
                                                              "another --out folder, or move that file")
 
 
+def average_apart_from_the_trained_weights(task):
+    """``task`` in eval mode, its weight average (``ema_decay`` 0.5) halfway between its weights and those moved."""
+    task.ema.update_parameters(task.model)  # the first update copies the weights
+    with torch.no_grad():
+        for p in task.model.parameters():
+            p.add_(torch.randn_like(p))
+    task.optimizer_step(0, 0, torch.optim.SGD(task.model.parameters(), lr=0.0))  # averages in the moved weights
+    return task.eval()
+
+
 @pytest.mark.parametrize("head", ["fcos", "detr"])
 def test_a_detectors_validation_and_testing_detect_with_its_weight_average(head):
     """Only the classifier task kept a weight average (`ema_decay` was refused as an unknown option here)."""
     torch.manual_seed(0)
     kwargs = {**TINY[head], **({"score_thresh": 0.0} if head == "fcos" else {})}
-    task = DetectionTask(f"{head}_resnet20_cifar", num_classes=3, model_kwargs=kwargs, ema_decay=0.5)
-    task.ema.update_parameters(task.model)  # the first update copies the weights
-    with torch.no_grad():
-        for p in task.model.parameters():
-            p.add_(torch.randn_like(p))
-    task.optimizer_step(0, 0, torch.optim.SGD(task.model.parameters(), lr=0.0))  # halfway to the moved weights
-    task.eval()
+    task = average_apart_from_the_trained_weights(
+        DetectionTask(f"{head}_resnet20_cifar", num_classes=3, model_kwargs=kwargs, ema_decay=0.5))
     images = [torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(1))]
     found, averaged, trained = task(images)[0], task.ema.module(images)[0], task.model(images)[0]
     assert len(found["boxes"]) and all(torch.equal(found[k], averaged[k]) for k in found)
