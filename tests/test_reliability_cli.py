@@ -438,6 +438,23 @@ def test_a_monitor_against_its_metrics_direction_is_refused(monitor, mode, refus
 
 
 @needs_fashion_mnist
+@pytest.mark.parametrize("first, then, said", [
+    ("null", "0.9", "was trained without a weight average, and this run keeps one (model.init_args.ema_decay 0.9)"),
+    ("0.9", "null", "holds a weight average (ema_decay), and this run keeps none"),
+])
+def test_resuming_with_another_weight_average_setting_names_ema_decay(first, then, said, tmp_path, monkeypatch, capsys):
+    """The keys' mismatch had been blamed on "the model and model_kwargs this config builds" (an EMA audit)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["visattn"])
+    assert main([*FIT, "--model.init_args.ema_decay", first]) == 0
+    assert main([*FIT, "--trainer.max_epochs", "2", "--ckpt_path", "last", "--model.init_args.ema_decay", then]) == 2
+    last = tmp_path / "outputs" / "cbam_resnet_fmnist" / "checkpoints" / "last.ckpt"
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"visattn: error: --ckpt_path {last} {said}; drop the ema_decay setting, which then comes from the "
+        f"checkpoint, or start a new run from its weights with --model.init_args.pretrained {last}")
+
+
+@needs_fashion_mnist
 def test_a_callback_whose_default_is_an_enum_member_runs_with_it(tmp_path, monkeypatch):
     """jsonargparse read Timer's ``interval`` default (``Interval.step``) into the config and then refused it:
     `--trainer.callbacks+=Timer` ended in a line blaming the callbacks unless the interval was typed (audit)."""

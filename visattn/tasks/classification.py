@@ -532,18 +532,19 @@ def _planned_schedule(task: pl.LightningModule) -> tuple[int, int]:
 
 
 def warn_of_a_starting_average(task: pl.LightningModule) -> None:
-    """One line when the run is too short for its EMA: after ``n`` steps the average keeps ``ema_decay ** n`` of
-    the starting weights, and it is what validation scores and the checkpoints hold (0.999 over a 39-step
-    fine-tune kept 96%: every validation at chance while the trained weights scored 0.64, without a word)."""
+    """One line when the run is too short for its EMA: the average starts as a copy of the weights after the first
+    step, which keep ``ema_decay ** (n - 1)`` of it after ``n`` steps, and it is what validation scores and the
+    checkpoints hold (0.999 over a 39-step fine-tune kept 96%: every validation at chance while the trained
+    weights scored 0.64, without a word)."""
     decay = task.hparams.get("ema_decay")
-    if not decay:
-        return
     total = _planned_schedule(task)[1]
-    kept = decay ** total
+    if not decay or total < 2:
+        return
+    kept = decay ** (total - 1)
     if kept > 0.5:
-        shorter = math.floor(0.01 ** (1 / total) * 1000) / 1000  # leaves 1% of the start after the run
+        shorter = math.floor(0.01 ** (1 / (total - 1)) * 1000) / 1000  # leaves 1% of the first step's after the run
         warnings.warn(f"model.init_args.ema_decay {decay} over this run's {total} optimizer steps keeps {kept:.0%} of "
-                      f"the starting weights in the average that validation scores and the checkpoints hold; give "
+                      f"the first step's weights in the average that validation scores and the checkpoints hold; give "
                       f"about {shorter} for so short a run, or null for no average", VisattnWarning, stacklevel=2)
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from lightning.pytorch.strategies import Strategy
 from torch import Tensor, nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 from torchmetrics import MeanMetric
 
 from ..errors import ConfigError, VisattnError
@@ -171,9 +171,25 @@ def weight_average(model: nn.Module, decay: Optional[float]) -> Optional[Average
     if not 0 <= decay < 1:  # at 1 the average never moves, and validation would score the initial weights
         raise ConfigError(f"model.init_args.ema_decay={decay}: give a decay of at least 0 and below 1, e.g. 0.999, "
                           "or null for no average")
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    ema = AveragedModel(model, multi_avg_fn=ExponentialAverageUpdate(decay), use_buffers=True)
     ema.requires_grad_(False)  # updated by averaging, never by gradients (and DDP must not wait for them)
     return ema
+
+
+class ExponentialAverageUpdate:
+    """torch's ``get_ema_multi_avg_fn(decay)`` as an object that pickles: ``ddp_spawn`` sends the task to its
+    processes, and torch's function, a closure, stopped the run with a traceback."""
+
+    def __init__(self, decay: float) -> None:
+        self.decay = decay
+
+    @torch.no_grad()
+    def __call__(self, averaged: list[Tensor], current: list[Tensor], _: Any) -> None:
+        if torch.is_floating_point(averaged[0]) or torch.is_complex(averaged[0]):  # what foreach lerp takes
+            torch._foreach_lerp_(averaged, current, 1 - self.decay)
+        else:
+            for mean, value in zip(averaged, current, strict=True):
+                mean.copy_(mean * self.decay + value * (1 - self.decay))
 
 
 class GuardedTask:

@@ -136,6 +136,8 @@ class SafeCheckpointIO(TorchCheckpointIO):
         if "://" in str(path):
             return super().load_checkpoint(path, map_location, weights_only=True)
         path = Path(path)
+        if path.name == _SPAWN_WEIGHTS:  # the trained weights ddp_spawn's rank 0 hands back, a bare state dict
+            return torch.load(path, map_location=map_location, weights_only=True)
         try:
             checkpoint = read_checkpoint(path)
         except WeightsError as err:
@@ -143,9 +145,28 @@ class SafeCheckpointIO(TorchCheckpointIO):
                 raise
             path, checkpoint = _newest_good_checkpoint(path, err)
         if self.module is not None:
+            _refuse_another_average(self.module, checkpoint["state_dict"], path)
             check_state_dict(self.module, checkpoint["state_dict"], strict=getattr(self.module, "strict_loading", True),
                              source=path, fix="use a checkpoint of the model and model_kwargs this config builds")
         return checkpoint
+
+
+def _refuse_another_average(task: torch.nn.Module, state: dict[str, Any], path: Path) -> None:
+    """One line naming ``ema_decay`` when the checkpoint holds a weight average and the task keeps none, or the
+    reverse: the keys' mismatch had been blamed on "the model and model_kwargs this config builds"."""
+    theirs, ours = any(key.startswith("ema.") for key in state), getattr(task, "ema", None) is not None
+    if theirs == ours:
+        return
+    held = ("was trained without a weight average, and this run keeps one (model.init_args.ema_decay "
+            f"{task.hparams.get('ema_decay')})" if ours else "holds a weight average (ema_decay), and this run keeps none")
+    raise ConfigError(f"--ckpt_path {path} {held}; drop the ema_decay setting, which then comes from the checkpoint, "
+                      f"or start a new run from its weights with --model.init_args.pretrained {path}")
+
+
+# The file in a fresh temporary folder through which Lightning's ddp_spawn returns rank 0's weights to the main
+# process (saved and read by the checkpoint IO, then removed): read as a checkpoint, it ended a finished run in
+# "not a Lightning checkpoint".
+_SPAWN_WEIGHTS = ".temp.ckpt"
 
 
 def _newest_good_checkpoint(damaged: Path, err: WeightsError) -> tuple[Path, dict[str, Any]]:
