@@ -763,6 +763,7 @@ def test_a_folder_given_to_two_commands_keeps_each_ones_outputs(tmp_path, capsys
     from PIL import Image
 
     from visattn.data.scenes import FashionScenes
+    from visattn.fileio import written_by_command
 
     Image.fromarray(FashionScenes("test", num_scenes=1)[0].image).save(tmp_path / "scene.png")
     shared, scene = tmp_path / "shared", str(tmp_path / "scene.png")
@@ -783,6 +784,17 @@ def test_a_folder_given_to_two_commands_keeps_each_ones_outputs(tmp_path, capsys
     assert main([*detect, "--out", str(tmp_path / "drawn")]) == 2  # a panel of detect's other output
     assert capsys.readouterr().err.splitlines()[-1].endswith("which `visattn detect --attention-out` wrote; choose "
                                                              "another --out folder, or move that file")
+    # the other way round: each command's outputs carry its mark
+    for first, command in (([*detect, "--out"], "detect --out"),
+                           (["explain", scene, "--model", "se_resnet20_cifar.fmnist", "--out-dir"], "explain")):
+        folder = tmp_path / command.replace(" ", "")
+        assert main([*first, str(folder)]) == 0 and written_by_command(folder / "scene.png") == command
+        assert main([*caption[:-1], str(folder)]) == 2
+        assert capsys.readouterr().err.splitlines()[-1].endswith(f"which `visattn {command}` wrote; choose another "
+                                                                 "--attention-out folder, or move that file")
+    both = [*detect, "--out", str(tmp_path / "both"), "--attention-out", str(tmp_path / "both")]
+    assert main(both) == 0 and main(both) == 0  # one folder for both outputs, rerun
+    assert written_by_command(tmp_path / "both" / "scene-attention.png") == "detect --attention-out"
 
 
 def average_apart_from_the_trained_weights(task):

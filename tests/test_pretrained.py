@@ -406,6 +406,12 @@ def test_weights_of_another_depth_say_so_beside_the_keys(theirs, ours, said):
     load_weights(create_model(ours[0], **ours[1]), create_model(ours[0], **ours[1]).state_dict())  # same depth loads
 
 
+def test_weights_of_the_same_depth_in_another_attention_resnet_are_no_depth():
+    with pytest.raises(WeightsError) as err:
+        load_weights(create_model("cbam_resnet20_cifar"), create_model("se_resnet20_cifar").state_dict(), origin="se")
+    assert "another depth" not in str(err.value) and "strict='attention'" in str(err.value)
+
+
 def test_mismatch_lists_missing_unexpected_and_shapes(tmp_path):
     state = _model().state_dict()
     del state["blocks.1.mlp.fc2.bias"]

@@ -411,6 +411,9 @@ def test_checkpoint_callbacks_keyed_apart_still_pickle_as_ddp_spawn_sends_them()
     from visattn.tasks.lightning_cli import _keyed_apart
 
     callbacks = _keyed_apart([ModelCheckpoint(dirpath="a"), ModelCheckpoint(dirpath="b", save_top_k=-1)])
+    # the first keeps Lightning's own key, under which earlier runs (and plain Lightning) saved its state
+    assert callbacks[0].state_key == ModelCheckpoint(dirpath="a").state_key != callbacks[1].state_key
+    assert _keyed_apart([lone := ModelCheckpoint(dirpath="c", monitor="val/loss")])[0].state_key == lone.state_key
     copies = pickle.loads(pickle.dumps(callbacks))
     assert [c.state_key for c in copies] == [c.state_key for c in callbacks] and len({c.state_key for c in copies}) == 2
     # a third writing the second's files was compared with the first only, and met Lightning's traceback (a review)
@@ -420,9 +423,18 @@ def test_checkpoint_callbacks_keyed_apart_still_pickle_as_ddp_spawn_sends_them()
         _keyed_apart([ModelCheckpoint(), ModelCheckpoint(save_top_k=-1)])
 
 
+def test_folders_typed_on_the_command_line_are_read_in_both_forms():
+    from visattn.tasks.lightning_cli import _typed_values
+
+    argv = ["fit", "--trainer.callbacks.dirpath", "a", "--trainer.logger.save_dir=b", "--trainer.callbacks.dirpath=c",
+            "--model.init_args.lr", "d"]
+    assert _typed_values(argv, ("--trainer.callbacks.dirpath", "--trainer.logger.save_dir")) == ("a", "b", "c")
+
+
 @pytest.mark.parametrize("monitor, mode, refused", [
     ("val/map50", "min", True), ("val/cider", "min", True), ("val/pointing", "min", True), ("val/bleu4", "min", True),
-    ("val/xent", "max", True), ("train/loss", "max", True), ("val/map50", "max", False), ("val/loss", "min", False),
+    ("val/map", "min", True), ("val/meteor", "min", True), ("val/top5", "min", True), ("val/xent", "max", True),
+    ("train/loss", "max", True), ("train/attn_reg", "max", True), ("val/map50", "max", False), ("val/loss", "min", False),
     ("val/custom", "min", False), ("val/custom", "max", False),
 ])
 def test_a_monitor_against_its_metrics_direction_is_refused(monitor, mode, refused):
