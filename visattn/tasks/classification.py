@@ -537,8 +537,8 @@ def warn_of_a_starting_average(task: pl.LightningModule) -> None:
     checkpoints hold (0.999 over a 39-step fine-tune kept 96%: every validation at chance while the trained
     weights scored 0.64, without a word)."""
     decay = task.hparams.get("ema_decay")
-    total = _planned_schedule(task)[1]
-    if not decay or total < 2:
+    total = _planned_schedule(task)[1] if decay else 0
+    if total < 2:
         return
     kept = decay ** (total - 1)
     if kept > 0.5:

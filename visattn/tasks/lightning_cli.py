@@ -155,8 +155,9 @@ def _refuse_another_average(task: torch.nn.Module, state: dict[str, Any], path: 
     """One line naming ``ema_decay`` when the checkpoint holds a weight average and the task keeps none, or the
     reverse: the keys' mismatch had been blamed on "the model and model_kwargs this config builds"."""
     theirs, ours = any(key.startswith("ema.") for key in state), getattr(task, "ema", None) is not None
-    if theirs == ours:
-        return
+    trained = {key for key in task.state_dict() if not key.startswith("ema.")}
+    if theirs == ours or trained != {key for key in state if not key.startswith("ema.")}:
+        return  # the same, or another model too, which check_state_dict names
     held = ("was trained without a weight average, and this run keeps one (model.init_args.ema_decay "
             f"{task.hparams.get('ema_decay')})" if ours else "holds a weight average (ema_decay), and this run keeps none")
     raise ConfigError(f"--ckpt_path {path} {held}; drop the ema_decay setting, which then comes from the checkpoint, "
