@@ -469,11 +469,17 @@ def test_fine_tuning_a_shipped_captioner_on_other_words_keeps_all_but_the_per_wo
     shipped = create_model("sat_cbam_resnet_scenes.scenes")
     own = Vocabulary.from_list(Vocabulary.build(["a red bag on grass", "a blue sky"] * 5, min_count=1).to_list())
     with pytest.warns(UserWarning, match=r"sat_cbam_resnet_scenes(.scenes)?: its weights were trained on another "
-                                         r"vocabulary \(\d+ tokens; this data's has \d+\): the word embedding and "
-                                         "output layer start afresh, the rest is loaded"):
+                                         r"vocabulary \(\d+ tokens; this data's has 11, 9 of them in both\): the word "
+                                         "embedding's and output layer's rows of those 9 move to their words' new "
+                                         "ids, the other words' start afresh, the rest is loaded"):
         task = CaptioningTask(vocab=own.to_list(), **named)
     tuned, reference = task.model.state_dict(), shipped.state_dict()
     assert tuned["embed.weight"].shape[0] == len(own) and tuned["fc.weight"].shape[0] == len(own)
+    theirs = load_captioner("sat_cbam_resnet_scenes.scenes").vocab.to_list()
+    for new, word in enumerate(own.to_list()):  # a shared word's rows follow it to its new id (they had started afresh)
+        if word in theirs:
+            for key in ("embed.weight", "fc.weight", "fc.bias"):
+                assert torch.equal(tuned[key][new], reference[key][theirs.index(word)]), (word, key)
     kept = [k for k in reference if not k.startswith(("embed.", "fc."))]
     assert kept and all(torch.equal(tuned[k], reference[k]) for k in kept)
     shipped_words = load_captioner("sat_cbam_resnet_scenes.scenes").vocab.to_list()
@@ -519,12 +525,17 @@ def test_a_new_run_starts_from_a_training_checkpoint_of_its_own_or_another_vocab
     same = started(VOCAB)
     assert all(torch.equal(same[k], earlier[k]) for k in earlier)
     for other in (VOCAB[:4] + ["a", "blue", "top"], VOCAB + ["bag"]):  # as many words, and one more
+        shared = len(set(other) & set(VOCAB))
         with pytest.warns(UserWarning, match=rf"first.ckpt: its weights were trained on another vocabulary \(7 tokens; "
-                                             rf"this data's has {len(other)}\): the word embedding and output layer"):
+                                             rf"this data's has {len(other)}, {shared} of them in both\)"):
             tuned = started(other)
         kept = [k for k in earlier if not k.startswith(("embed.", "fc."))]
         assert kept and all(torch.equal(tuned[k], earlier[k]) for k in kept)
-        assert not torch.equal(tuned["embed.weight"][:7], earlier["embed.weight"])
+        for new, word in enumerate(other):  # each id's row is its word's, not the row of the id's earlier word
+            if word in VOCAB:
+                assert torch.equal(tuned["embed.weight"][new], earlier["embed.weight"][VOCAB.index(word)])
+            else:
+                assert not any(torch.equal(tuned["embed.weight"][new], row) for row in earlier["embed.weight"])
     with pytest.raises(ConfigError, match="^model.init_args.pretrained and model_kwargs.pretrained both name"):
         CaptioningTask(vocab=VOCAB, model_kwargs={**TINY_SAT, "pretrained": path}, pretrained=path)
 

@@ -188,9 +188,10 @@ def build_captioner(model_name: str, vocab: Vocabulary, model_kwargs: dict[str, 
                     pretrained: Optional[Union[bool, str]] = None) -> nn.Module:
     """The captioner ``model_name`` names, for ``vocab``, from the weights ``pretrained`` names (as
     ``create_model``'s; also taken from ``model_kwargs``). Weights recorded with another vocabulary (shipped
-    ``ARCH.TAG`` weights, a training checkpoint) are loaded but for the layers per token id
-    (``vocab_layers``), which start afresh with a warning: their rows would read each id as the word it
-    had in the other vocabulary (or not fit its size)."""
+    ``ARCH.TAG`` weights, a training checkpoint) are loaded with the rows of the layers per token id
+    (``vocab_layers``) moved to each word's id in ``vocab``, words the weights never saw starting afresh, with a
+    warning: loaded as they were, their rows would read each id as the word it had in the other vocabulary (or
+    not fit its size)."""
     kwargs = dict(model_kwargs)
     if "pretrained" in kwargs:
         if pretrained is not None:
@@ -203,16 +204,33 @@ def build_captioner(model_name: str, vocab: Vocabulary, model_kwargs: dict[str, 
         model = create_model(model_name, vocab_size=len(vocab), pretrained=pretrained, **kwargs)
     else:
         model = create_model(model_name, pretrained=False, vocab_size=len(vocab), **kwargs)
-        per_token = tuple(f"{name}." for name in type(model).vocab_layers)
-        fresh = {k: v for k, v in model.state_dict().items() if k.startswith(per_token)}
-        state = {**{k: v for k, v in source().items() if not k.startswith(per_token)}, **fresh}
+        state, shared = _rows_by_word(source(), model, recorded, vocab.to_list())
         warnings.warn(f"{pretrained if isinstance(pretrained, str) else model_name}: its weights were trained on "
-                      f"another vocabulary ({len(recorded)} tokens; this data's has {len(vocab)}): the word embedding "
-                      "and output layer start afresh, the rest is loaded", VisattnWarning, stacklevel=2)
+                      f"another vocabulary ({len(recorded)} tokens; this data's has {len(vocab)}, {shared} of them in "
+                      f"both): the word embedding's and output layer's rows of those {shared} move to their words' "
+                      "new ids, the other words' start afresh, the rest is loaded", VisattnWarning, stacklevel=2)
         load_weights(model, state, origin=pretrained if isinstance(pretrained, str) else model_name)
     if record.get("preprocessing"):  # also a training checkpoint's, which create_model does not read
         model.visattn_recorded_preprocessing = record["preprocessing"]
     return model
+
+
+def _rows_by_word(state: dict[str, Tensor], model: nn.Module, theirs: list[str], ours: list[str],
+                  ) -> tuple[dict[str, Tensor], int]:
+    """``state`` with each per-token layer's rows (``vocab_layers``: one row per token id) in ``ours``'s order: a
+    word both vocabularies hold keeps its trained row, the others take ``model``'s fresh ones; and how many words
+    are shared."""
+    at = {word: k for k, word in enumerate(theirs)}
+    moved = [(new, at[word]) for new, word in enumerate(ours) if word in at]
+    per_token = tuple(f"{name}." for name in type(model).vocab_layers)
+    rows = {}
+    for key, fresh in model.state_dict().items():
+        if key.startswith(per_token):
+            rows[key] = fresh.clone()
+            if moved and key in state:
+                new, old = (torch.tensor(ids) for ids in zip(*moved))
+                rows[key][new] = state[key][old].to(fresh.dtype)
+    return {**{k: v for k, v in state.items() if not k.startswith(per_token)}, **rows}, len(moved)
 
 
 def _starting_record(model_name: str, pretrained: Optional[Union[bool, str]],
