@@ -641,3 +641,12 @@ def test_a_captioners_validation_decodes_and_scores_with_its_weight_average():
         task.validation_step(batch, 0)
         averaged, trained = task.caption_loss(batch, task.ema.module)[0], task.caption_loss(batch)[0]
     assert torch.isclose(task.val_xent.compute(), averaged) and not torch.isclose(averaged, trained)
+
+
+def test_weights_of_another_width_and_vocabulary_are_refused_naming_the_shapes():
+    """Moving the per-word rows to the new ids must not meet rows of another width first (an index error)."""
+    with pytest.raises(WeightsError, match=r"^sat_cbam_resnet_scenes.scenes: weights do not fit ShowAttendTell \(wrong "
+                                           r"shape: "):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", VisattnWarning)
+            CaptioningTask(model_name="sat_cbam_resnet_scenes.scenes", vocab=VOCAB, model_kwargs={"embed_dim": 32})

@@ -227,7 +227,7 @@ def _rows_by_word(state: dict[str, Tensor], model: nn.Module, theirs: list[str],
     for key, fresh in model.state_dict().items():
         if key.startswith(per_token):
             rows[key] = fresh.clone()
-            if moved and key in state:
+            if moved and key in state and state[key].shape[1:] == fresh.shape[1:]:  # else load_weights names it
                 new, old = (torch.tensor(ids) for ids in zip(*moved))
                 rows[key][new] = state[key][old].to(fresh.dtype)
     return {**{k: v for k, v in state.items() if not k.startswith(per_token)}, **rows}, len(moved)
