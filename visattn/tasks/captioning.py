@@ -518,7 +518,7 @@ def caption_files(captioner: Captioner, paths: Sequence[str], *, beam_size: int 
 
     files = list_images(list(paths), allow_empty=False, exclude=[attention_out])
     flag = "--attention-out"
-    targets = output_paths(files, attention_out, flag=flag, commands={"": "caption --attention-out"})[""]
+    targets = output_paths(files, attention_out, flag=flag, commands={"": f"caption {flag}"})[""]
     centres_of = functools.lru_cache(maxsize=None)(functools.partial(attention_centres, captioner.model))
 
     def caption_batch(images: list[Tensor]) -> Iterable[tuple[Tensor, Tensor]]:
@@ -544,8 +544,7 @@ def caption_files(captioner: Captioner, paths: Sequence[str], *, beam_size: int 
                 aspect = squashed_pixel_aspect(captioner.preprocessing, item.source_shape, item.prepared.shape)
                 fig = word_panels_figure(seen, words, list(attention.numpy()), centres=centres_of(seen.shape[:2]),
                                          pixel_aspect=aspect)
-            record["attention"] = save_panels(fig, target, flag=flag, folder=attention_out,
-                                              command="caption --attention-out")
+            record["attention"] = save_panels(fig, target, flag=flag, folder=attention_out, command=f"caption {flag}")
         line = f"{item.path}: {record['caption']}{attention_note(record, 'words')}"
         print(json.dumps(record) if as_json else one_line(line))
     return failures, len(files)

@@ -412,15 +412,19 @@ def detect_files(detector: Detector, paths: Sequence[str], *, score_threshold: f
     return failures, len(files)
 
 
+# What detect's two outputs are marked as written by (fileio.PNG_COMMAND): the drawings and the attention panels.
+_DRAWINGS, _PANELS = "detect --out", "detect --attention-out"
+
+
 def _output_targets(files: list[Path], *, out: Optional[str], attention_out: Optional[str]) -> dict[str, list]:
     """Each file's drawing (``--out``) and attention panels (``--attention-out``), ``None`` where not asked for.
     In one folder, an image's drawing ``NAME.png`` has its panels in ``NAME-attention.png`` (one ``-N`` for both:
     named apart, an input named ``p-attention.png`` had given its drawing the panels' name of ``p.png``)."""
     if out and attention_out and Path(out).resolve() == Path(attention_out).resolve():
-        named = output_paths(files, out, flag="--out", commands={"": "detect --out", "-attention": "detect --attention-out"})
+        named = output_paths(files, out, flag="--out", commands={"": _DRAWINGS, "-attention": _PANELS})
         return {"--out": named[""], "--attention-out": named["-attention"]}
-    return {flag: output_paths(files, folder, flag=flag, commands={"": f"detect {flag}"})[""]
-            for flag, folder in (("--out", out), ("--attention-out", attention_out))}
+    return {flag: output_paths(files, folder, flag=flag, commands={"": command})[""]
+            for flag, folder, command in (("--out", out, _DRAWINGS), ("--attention-out", attention_out, _PANELS))}
 
 
 def _write_drawings(record: dict[str, Any], image: np.ndarray, found: dict[str, Tensor], *,
@@ -439,8 +443,7 @@ def _write_drawings(record: dict[str, Any], image: np.ndarray, found: dict[str, 
             titles = [f"{d['label']} {d['score']:.2f}" for d in record["detections"]]
             maps = found["attention"].numpy()
             fig = word_panels_figure(_resized(image, maps.shape[-2:]), titles, list(maps))
-        record["attention"] = save_panels(fig, panels, flag="--attention-out", folder=panels.parent,
-                                          command="detect --attention-out")
+        record["attention"] = save_panels(fig, panels, flag="--attention-out", folder=panels.parent, command=_PANELS)
 
 
 def _resized(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -497,5 +500,5 @@ def draw_detections(image: np.ndarray, detections: Sequence[dict[str, Any]], pat
     with atomic_path(path) as tmp:
         mark = PngImagePlugin.PngInfo()
         mark.add_text("Software", PNG_SOFTWARE)  # a rerun may replace this file (fileio.written_by_visattn)
-        mark.add_text(PNG_COMMAND, "detect --out")  # but not another command's output (fileio.written_by_command)
+        mark.add_text(PNG_COMMAND, _DRAWINGS)  # but not another command's output (fileio.written_by_command)
         Image.fromarray(pixels.permute(1, 2, 0).numpy()).save(tmp, format="PNG", pnginfo=mark)

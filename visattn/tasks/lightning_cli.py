@@ -155,9 +155,11 @@ def _refuse_another_average(task: torch.nn.Module, state: dict[str, Any], path: 
     """One line naming ``ema_decay`` when the checkpoint holds a weight average and the task keeps none, or the
     reverse: the keys' mismatch had been blamed on "the model and model_kwargs this config builds"."""
     theirs, ours = any(key.startswith("ema.") for key in state), getattr(task, "ema", None) is not None
+    if theirs == ours:
+        return
     trained = {key for key in task.state_dict() if not key.startswith("ema.")}
-    if theirs == ours or trained != {key for key in state if not key.startswith("ema.")}:
-        return  # the same, or another model too, which check_state_dict names
+    if trained != {key for key in state if not key.startswith("ema.")}:
+        return  # another model too, which check_state_dict names
     held = ("was trained without a weight average, and this run keeps one (model.init_args.ema_decay "
             f"{task.hparams.get('ema_decay')})" if ours else "holds a weight average (ema_decay), and this run keeps none")
     raise ConfigError(f"--ckpt_path {path} {held}; drop the ema_decay setting, which then comes from the checkpoint, "
@@ -482,8 +484,7 @@ def _warn_of_folders_elsewhere(trainer: pl.Trainer, typed: Sequence[str] = ()) -
     Folders ``typed`` on the command line (an added callback's ``dirpath``) are where they were asked to be."""
     root, asked = Path(trainer.default_root_dir).resolve(), {Path(folder).resolve() for folder in typed}
     elsewhere = [f"{setting} {folder}" for setting, folder in _written_folders(trainer)
-                 if root != Path(folder).resolve() and root not in Path(folder).resolve().parents
-                 and Path(folder).resolve() not in asked]
+                 if (where := Path(folder).resolve()) != root and root not in where.parents and where not in asked]
     if elsewhere:
         stay = ("stay where they are; set those too to move them" if len(elsewhere) > 1 else
                 "stays where it is; set it too to move it")
