@@ -1194,7 +1194,8 @@ def test_models_built_for_a_checkpoint_read_no_starting_weights(recwarn):
 
 def test_an_installed_wheel_carries_every_package_and_the_shipped_weights(tmp_path):
     """The wheel held no weights: an installed (not editable) visattn listed none and said to reinstall. It saves the
-    user's weights in their data folder, not into the installed package."""
+    user's weights in their data folder, not into the installed package. It carries the configs, and the README's
+    ``fit --config configs/...`` runs from a folder without them (LightningCLI said "File does not exist")."""
     import shutil
     import subprocess
     import sys
@@ -1203,7 +1204,7 @@ def test_an_installed_wheel_carries_every_package_and_the_shipped_weights(tmp_pa
 
     pytest.importorskip("setuptools")
     repo, source = Path(__file__).resolve().parents[1], tmp_path / "source"
-    for folder in ("visattn", "weights"):  # a copy: a build writes build/ into its source folder
+    for folder in ("visattn", "weights", "configs"):  # a copy: a build writes build/ into its source folder
         shutil.copytree(repo / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__"))
     for file in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy(repo / file, source / file)
@@ -1223,15 +1224,24 @@ def test_an_installed_wheel_carries_every_package_and_the_shipped_weights(tmp_pa
              "import visattn, visattn.pretrained as p; "
              f"print(*[importlib.import_module(m).__file__ for m in {packages}], sep='\\n'); "
              "print(visattn.__file__, p.shipped_weights_dir(), p.weights_dir(), visattn.list_pretrained(), sep='\\n'); "
-             "visattn.create_model('se_resnet20_cifar.fmnist')")
+             "visattn.create_model('se_resnet20_cifar.fmnist'); from visattn.cli import main; "
+             "main(['fit', '--config', 'configs/classification/vit_fmnist.yaml', '--print_config'])")
     env = {k: v for k, v in os.environ.items() if k != "VISATTN_WEIGHTS"}
     env.update(PYTHONPATH=str(tmp_path / "site"), XDG_DATA_HOME=str(tmp_path / "data"))
-    found = subprocess.run([sys.executable, "-c", probe], env=env,
-                           cwd=tmp_path, check=True, capture_output=True, text=True).stdout.splitlines()
-    site = tmp_path / "site" / "visattn"
+    probed = subprocess.run([sys.executable, "-c", probe], env=env, cwd=tmp_path, check=True, capture_output=True,
+                            text=True)
+    site, (found, printed) = tmp_path / "site" / "visattn", probed.stdout.split("# lightning.pytorch", 1)
+    found = found.splitlines()
     assert found[:-1] == [*(str(site / m[8:] / "__init__.py") for m in packages), str(site / "__init__.py"),
                           str(site / "weights"), str(tmp_path / "data" / "visattn" / "weights")]
     assert found[-1] == str(sorted(json.loads((repo / "weights" / "index.json").read_text())))
+    shipped = site / "configs" / "classification" / "vit_fmnist.yaml"
+    assert "model_name: vit_tiny_patch4_28" in printed and "default_root_dir: outputs/vit_fmnist" in printed
+    assert probed.stderr == (f"visattn: no configs/classification/vit_fmnist.yaml here; using the shipped config "
+                             f"{site / 'configs' / 'classification' / 'vit_fmnist.yaml'}\n")
+    assert shipped.read_bytes() == (repo / "configs" / "classification" / "vit_fmnist.yaml").read_bytes()
+    assert sorted(p.relative_to(site).as_posix() for p in (site / "configs").rglob("*.yaml")) == \
+        sorted(p.relative_to(repo).as_posix() for p in (repo / "configs").rglob("*.yaml"))
 
 
 def test_every_package_visattn_imports_is_a_declared_dependency():
@@ -1545,7 +1555,7 @@ def test_an_installed_package_saves_the_users_weights_in_their_data_folder(tmp_p
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
     assert pretrained.user_weights_dir() is None
     assert pretrained.weights_dir() == pretrained.shipped_weights_dir()
-    monkeypatch.setattr(pretrained, "_installed_package", lambda: True)
+    monkeypatch.setattr(pretrained, "installed_package", lambda: True)
     user = tmp_path / "data" / "visattn" / "weights"
     assert pretrained.weights_search_path() == [user, pretrained.shipped_weights_dir()]
     save_args = build_parser().parse_args(["save-weights", "--checkpoint", "x.ckpt", "--tag", "t"])

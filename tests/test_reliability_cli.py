@@ -1642,15 +1642,62 @@ def test_sigterm_while_writing_is_one_line_and_leaves_no_temp_file(tmp_path, mon
     assert signal.getsignal(signal.SIGTERM) is handler  # the caller's handler is back
 
 
-def test_the_demo_without_the_repositorys_configs_says_where_it_runs(monkeypatch):
-    """A pip-installed package has no configs/: the demo's first fit named a missing file under site-packages."""
-    from visattn import demo
+def test_a_shipped_config_runs_by_its_readme_name_from_any_folder(tmp_path, monkeypatch, capsys):
+    """The README's ``fit --config configs/...`` said "File does not exist" outside the checkout's root, and a pip
+    install carried no configs; a file of that name in the working folder still comes first, and a misspelt name
+    gets the nearest shipped ones."""
+    from visattn.cli import main
 
-    monkeypatch.setattr(demo, "CONFIG", demo.REPO / "configs" / "classification" / "gone.yaml")
+    monkeypatch.chdir(tmp_path)
+    shipped = Path(__file__).resolve().parents[1] / "configs" / "classification" / "vit_fmnist.yaml"
+    for config in (["--config", "configs/classification/vit_fmnist.yaml"], ["-c", "classification/vit_fmnist.yaml"],
+                   ["--config=configs/classification/vit_fmnist.yaml"]):
+        with pytest.raises(SystemExit) as exit:
+            main(["fit", *config, "--print_config"])
+        printed = capsys.readouterr()
+        assert exit.value.code == 0 and "default_root_dir: outputs/vit_fmnist" in printed.out
+        name = config[-1].partition("=")[2] or config[-1]
+        assert printed.err == f"visattn: no {name} here; using the shipped config {shipped}\n"
+    own = tmp_path / "configs" / "classification" / "vit_fmnist.yaml"
+    own.parent.mkdir(parents=True)
+    own.write_text(shipped.read_text().replace("default_root_dir: outputs/vit_fmnist", "default_root_dir: mine"))
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", "configs/classification/vit_fmnist.yaml", "--print_config"])
+    printed = capsys.readouterr()
+    assert "default_root_dir: mine" in printed.out and printed.err == ""
+    assert main(["fit", "--config", "configs/classification/vit_fmnst.yaml"]) == 2
+    assert capsys.readouterr().err == ("visattn: error: --config configs/classification/vit_fmnst.yaml: no such file; "
+                                       "did you mean configs/classification/vit_fmnist.yaml or "
+                                       "configs/classification/vit_fmnist_stage3.yaml?\n")
+    assert main(["validate", "--config", str(tmp_path / "gone.yaml")]) == 2
+    gone = tmp_path / "gone.yaml"
+    assert capsys.readouterr().err == (f"visattn: error: --config {gone}: no such file; give a config's path, or a "
+                                       "shipped one (configs/<task>/<experiment>.yaml, as the README lists)\n")
+
+
+def test_save_weights_records_a_shipped_config_by_its_readme_name(tmp_path, monkeypatch):
+    """The README's config names were refused outside the checkout's root ("no such file")."""
+    from visattn.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    config = "configs/classification/se_resnet20_fmnist.yaml"
+    assert main(_save_weights(tmp_path, "--out-dir", "w", "--config", config)) == 0
+    entry, = json.loads((tmp_path / "w" / "index.json").read_text()).values()
+    assert entry["config"] == config
+
+
+def test_the_demo_trains_from_the_shipped_config_and_names_it_when_gone(tmp_path, monkeypatch):
+    """A pip-installed package had no configs/, so the demo ran only from a clone; it now carries them."""
+    from visattn import demo
+    from visattn.shipped import shipped_folder
+
+    assert demo.CONFIG == shipped_folder("configs") / "classification" / "demo_cbam_fmnist.yaml"
+    assert demo.CONFIG.is_file()
+    monkeypatch.setattr(demo, "CONFIG", tmp_path / "gone.yaml")
     with pytest.raises(SystemExit) as exit:
         demo.main()
-    assert exit.value.code == ("demo: configs/classification/gone.yaml is not here; the demo runs from a clone of the "
-                               "visattn repository (`make demo`), whose configs a pip install does not bring")
+    assert exit.value.code == (f"demo: {tmp_path / 'gone.yaml'} is not here; reinstall visattn, or restore configs/ in "
+                               "a clone (git checkout configs)")
 
 
 def test_without_fcntl_as_on_windows_visattn_imports_and_locks_with_msvcrt(tmp_path, monkeypatch):

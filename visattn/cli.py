@@ -25,6 +25,7 @@ from .errors import (ONE_LINE_WARNINGS_ENV, ArgumentError, ConfigError, VisattnE
 from .pretrained import WEIGHTS_SUFFIXES, weights_dir
 from .registry import (HUB_PREFIXES, create_model, list_models, list_pretrained, model_arguments, model_family,
                        split_model_name)
+from .shipped import shipped_config
 
 if TYPE_CHECKING:  # commands import what they use when they run, so `visattn --help` starts fast
     from .data.scenes import FashionScenes
@@ -351,7 +352,8 @@ def cmd_save_weights(args: argparse.Namespace) -> int:
     if args.limit is not None and not args.dataset:
         raise ConfigError(f"--limit {args.limit}: it limits the --dataset measurement; give --dataset too, "
                           "or drop --limit")
-    if args.config is not None and not Path(args.config).is_file():  # recorded in the index as the recipe
+    # Recorded in the index as the recipe, as given: a shipped config's README name stays valid elsewhere.
+    if args.config is not None and not Path(args.config).is_file() and shipped_config(args.config) is None:
         raise ConfigError(f"--config {args.config}: no such file; give the config that trained the checkpoint, "
                           "or leave --config out")
     # First: the folder may be the $VISATTN_WEIGHTS that loading a run fine-tuned from ARCH.TAG reads the tag from

@@ -16,9 +16,9 @@ from .data.fashion_mnist import FASHION_MNIST_CLASSES, load_fashion_mnist
 from .data.scenes import FashionScenes
 from .pretrained import load_index
 from .registry import model_family, split_model_name
+from .shipped import shipped_folder
 
-REPO = Path(__file__).resolve().parents[1]
-CONFIG = REPO / "configs" / "classification" / "demo_cbam_fmnist.yaml"
+CONFIG = shipped_folder("configs") / "classification" / "demo_cbam_fmnist.yaml"
 OUT = Path("outputs") / "demo"
 
 
@@ -82,9 +82,9 @@ def set_aside_previous_run(folder: Path) -> None:
 
 
 def main() -> None:
-    if not CONFIG.is_file():  # a pip-installed package: the configs stay in the repository
-        sys.exit(f"demo: {CONFIG.relative_to(REPO)} is not here; the demo runs from a clone of the visattn repository "
-                 "(`make demo`), whose configs a pip install does not bring")
+    if not CONFIG.is_file():
+        sys.exit(f"demo: {CONFIG} is not here; reinstall visattn, or restore configs/ in a clone "
+                 "(git checkout configs)")
     checkpoint = OUT / "checkpoints" / "last.ckpt"
     set_aside_previous_run(OUT / "checkpoints")
     print("demo: train CBAM-ResNet-20 (841K parameters) for 2 epochs on 4000 Fashion-MNIST images")

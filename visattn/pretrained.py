@@ -38,6 +38,7 @@ from .fileio import atomic_path, atomic_write_text, exclusive_lock
 from .layers.create_attn import ATTN_LAYERS
 from .layers.patch_embed import fixed_input_size
 from .registry import Strictness
+from .shipped import installed_package, shipped_folder
 
 StateDict = dict[str, torch.Tensor]
 
@@ -133,20 +134,15 @@ def user_weights_dir() -> Optional[Path]:
     """An installed package's folder for the user's own weights, ``$XDG_DATA_HOME/visattn/weights``
     (``~/.local/share/visattn/weights``): ``save-weights`` had written into site-packages, whose next install
     replaced the index and orphaned the files. ``None`` in a source checkout."""
-    if not _installed_package():
+    if not installed_package():
         return None
     return Path(os.environ.get("XDG_DATA_HOME") or "~/.local/share").expanduser() / "visattn" / "weights"
-
-
-def _installed_package() -> bool:
-    return shipped_weights_dir().parent == Path(__file__).resolve().parent  # a wheel's visattn/weights
 
 
 def shipped_weights_dir() -> Path:
     """The weights visattn ships: ``visattn/weights`` in an installed wheel, ``weights/`` beside the package
     in a source checkout (pyproject.toml maps the one to the other)."""
-    packaged = Path(__file__).resolve().parent / "weights"
-    return packaged if packaged.is_dir() else Path(__file__).resolve().parents[1] / "weights"
+    return shipped_folder("weights")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -81,6 +81,7 @@ from ..errors import ConfigError, VisattnError, VisattnWarning, WeightsError, ke
 from ..fileio import atomic_path, claim_folder, prepare_output_dir, refuse_replacing_others_files, unique_paths
 from ..pretrained import check_state_dict, checkpoint_follows, scored_as_built
 from ..registry import split_model_name
+from ..shipped import nearest_shipped_configs, shipped_config
 from .classification import EDITED_CHECKPOINT, read_checkpoint
 from .detection import class_label, detection_records
 from .distributed import gather_shares
@@ -1340,7 +1341,33 @@ def run_lightning_cli(argv: list[str]) -> VisattnCLI:
         # Lightning's model summary sizes bf16 models as fp32.
         warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
         warnings.filterwarnings("ignore", message=r"Precision .* is not supported by the model summary")
-        return _build_and_run(argv)
+        # What it guards against, args and sys.argv that disagree, is a shipped config's path put for its name.
+        warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended")
+        return _build_and_run(_with_shipped_configs(argv))
+
+
+def _with_shipped_configs(argv: list[str]) -> list[str]:
+    """``argv`` with each ``--config`` that names no file here but a shipped config (``configs/<task>/x.yaml``, the
+    README's commands, run from another folder or a pip install) given as that config's path."""
+    resolved = list(argv)
+    for k, arg in enumerate(argv):
+        if arg in ("--config", "-c") and k + 1 < len(argv):
+            at, value, prefix = k + 1, argv[k + 1], ""
+        elif arg.startswith("--config="):
+            at, value, prefix = k, arg.partition("=")[2], "--config="
+        else:
+            continue
+        shipped = shipped_config(value)
+        if shipped is None and not Path(value).exists():  # jsonargparse's line names no shipped config
+            nearest = nearest_shipped_configs(value)
+            fix = f"did you mean {' or '.join(nearest)}?" if nearest else \
+                "give a config's path, or a shipped one (configs/<task>/<experiment>.yaml, as the README lists)"
+            raise ConfigError(f"--config {value}: no such file; {fix}")
+        if shipped is not None:
+            resolved[at] = prefix + str(shipped)
+            if rank_zero_only.rank == 0:  # Lightning starts the other processes as this command again
+                print(f"visattn: no {value} here; using the shipped config {shipped}", file=sys.stderr)
+    return resolved
 
 
 # torch.compile on a CPU machine logs "No CUDA runtime is found, using CUDA_HOME=..." here.
@@ -1409,7 +1436,7 @@ def _build_and_run(argv: list[str]) -> VisattnCLI:
             pl.LightningDataModule,
             subclass_mode_model=True,
             subclass_mode_data=True,
-            args=None if argv == sys.argv[1:] else argv,  # LightningCLI warns when both are given
+            args=argv,
             parser_kwargs={"exit_on_error": False},
             parser_class=_VisattnParser,
             save_config_callback=SaveConfigBesideEarlier,
