@@ -360,6 +360,24 @@ def test_an_image_gets_the_detections_it_gets_alone_whatever_it_is_batched_with(
             torch.testing.assert_close(together[key], single[key])
 
 
+def test_fcos_finds_nothing_in_the_padding_past_an_image_of_another_aspect():
+    """A scene with a black band added (64x96) is resized to 43x64 and padded to 64x64: the shipped FCOS, trained on
+    square scenes, found objects in the padding, clipped them to 0.6 px slivers along the image's bottom edge and
+    ranked them first (0.81, 0.78)."""
+    from torchvision.ops import box_iou
+
+    from visattn.data.scenes import FashionScenes
+    from visattn.data.transforms import to_tensor
+    from visattn.tasks.detection import load_detector
+
+    detector = load_detector("fcos_se_resnet20_cifar.scenes")
+    scene = to_tensor(FashionScenes("test", num_scenes=1)[0].image)
+    square, wide = detector.detect([scene, torch.cat([scene, torch.zeros(3, 64, 32)], dim=2)], score_threshold=0.5)
+    sides = (wide["boxes"][:, 2:] - wide["boxes"][:, :2]).min(dim=1).values
+    assert len(wide["boxes"]) >= 2 and sides.min() > 10
+    assert box_iou(wide["boxes"][:1], square["boxes"]).max() > 0.9  # the best is one of the scene's items
+
+
 def test_a_non_finite_detr_prediction_gives_a_non_finite_loss_for_the_guard_not_a_matching_error():
     """scipy's assignment refused the NaN cost matrix, so the task's non-finite-loss guard never saw the step."""
     model = _build("detr_cbam_resnet20_cifar").train()

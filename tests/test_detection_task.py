@@ -14,7 +14,7 @@ from test_detection_data import CLASS_NAMES, write_coco_instances
 from test_data import needs_fashion_mnist
 from visattn import create_model
 from visattn.cli import main
-from visattn.errors import ConfigError, VisattnWarning
+from visattn.errors import ArgumentError, ConfigError, VisattnWarning
 from visattn.pretrained import load_index
 from visattn.tasks.detection import DetectionTask, Detector, detection_records, evaluate_detector, load_detector
 
@@ -257,6 +257,20 @@ def test_shipped_detectors_look_at_what_they_found(name):
             row, col = divmod(int(heat.argmax()), heat.shape[1])
             hits.append(x0 <= col <= x1 and y0 <= row <= y1)
     assert len(hits) >= 6 and sum(hits) / len(hits) >= 0.9  # the peak of a detection's map lies in its box
+
+
+@pytest.mark.parametrize("max_side", [0, -5, 2.5, True])
+def test_an_attention_max_side_that_is_no_count_of_pixels_is_one_line(max_side):
+    """0 and -5 had drawn 1x1 maps."""
+    from visattn.explain.detections import detection_maps
+    from visattn.tasks.detection import load_detector
+
+    detector, image = load_detector("detr_se_resnet20_cifar.scenes"), torch.rand(3, 64, 64)
+    with pytest.raises(ArgumentError, match=rf"^attention_max_side={max_side!r}: give a whole number of pixels >= 1"):
+        detector.detect([image], attention=True, attention_max_side=max_side)
+    with pytest.raises(ArgumentError, match=rf"^max_side={max_side!r}: give a whole number of pixels >= 1"):
+        detection_maps(detector.model, [image], max_side=max_side)
+    assert detector.detect([image], attention=True, attention_max_side=16)[0]["attention"].shape[1:] == (16, 16)
 
 
 @pytest.mark.parametrize("head", ["fcos", "detr"])

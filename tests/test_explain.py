@@ -312,6 +312,19 @@ def test_a_peak_on_the_edge_two_boxes_share_is_in_one_of_them_as_pixels_are():
     assert not pointing_hit(patches, [8, 8, 12, 14], (28, 28)) and pointing_hit(patches, [8, 14, 12, 20], (28, 28))
 
 
+@pytest.mark.parametrize("arch, settings, method", [
+    ("cbam_resnet20_cifar", {}, "gradcam"), ("cbam_resnet20_cifar", {}, "gates"),
+    ("vit_tiny_patch16_224", {"img_size": 32, "patch_size": 8, "depth": 2}, "rollout")])
+def test_a_compiled_or_data_parallel_model_is_explained_as_the_model_inside(arch, settings, method):
+    """torch.compile's wrapper named no model family: Grad-CAM blamed timm's PiT and rollout called a visattn ViT
+    "built elsewhere"."""
+    torch.manual_seed(0)
+    model, image = create_model(arch, num_classes=5, **settings).eval(), torch.randn(3, 32, 32)
+    expected = explain(model, image, method)
+    for wrapped in (torch.compile(model), nn.DataParallel(model)):
+        np.testing.assert_array_equal(explain(wrapped, image, method), expected)
+
+
 def test_pointing_upsamples_a_coarse_map_to_the_image():
     coarse = np.array([[0.0, 0.0], [0.0, 1.0]])  # hottest cell: bottom-right quadrant
     assert pointing_hit(coarse, [32, 32, 64, 64], (64, 64))
@@ -321,8 +334,13 @@ def test_pointing_upsamples_a_coarse_map_to_the_image():
     maps = [coarse, coarse, np.ones((2, 2))]
     boxes = [[32, 32, 64, 64], [0, 0, 32, 32], [0, 0, 64, 64]]
     assert pointing_accuracy(maps, boxes, [(64, 64)] * 3) == pytest.approx(1 / 3)
+    # explain_batch's (B, h, w) maps: `not maps` had raised numpy's and torch's ambiguous-truth errors
+    for batch in (np.stack(maps), torch.tensor(np.stack(maps))):
+        assert pointing_accuracy(batch, boxes, [(64, 64)] * 3) == pytest.approx(1 / 3)
     with pytest.raises(ConfigError, match="one of each per sample"):
         pointing_accuracy(maps, boxes[:2], [(64, 64)] * 3)
+    with pytest.raises(ConfigError, match="one of each per sample"):
+        pointing_accuracy(torch.zeros(0, 2, 2), [], [])
 
 
 # ------------------------------------------------- trained tiny models point at the object they name

@@ -605,6 +605,41 @@ def test_timm_vit_weights_reach_a_grid_of_as_many_patches_in_another_shape_as_ti
         create_model("vit_tiny_patch16_224", img_size=(112, 448), pretrained=str(cached))
 
 
+@pytest.mark.parametrize("trained_on, built_for", [((16, 64), (32, 32)), ((32, 48), (64, 96))])
+def test_a_non_square_vits_saved_weights_reach_another_size_from_the_grid_they_record(weights_tmp, trained_on,
+                                                                                    built_for):
+    """A 2x8 grid's 16 positions were kept as a 4x4 model's, without a word, and a 4x6 grid's 24 were refused as
+    no square grid; the file and the index record the size they were trained on, which timm resamples from."""
+    torch.manual_seed(0)
+    settings = {"patch_size": 8, "depth": 1, "num_classes": 3}
+    saved = create_model("vit_tiny_patch16_224", img_size=trained_on, **settings).eval()
+    path = weights_tmp / "vit_tiny_patch16_224.wide.safetensors"
+    save_weights(saved, path, labels=["a", "b", "c"],
+                 preprocessing={"input_size": [3, *trained_on], "mean": [0.5] * 3, "std": [0.5] * 3})
+    expected = create_model("vit_tiny_patch16_224", img_size=trained_on, **settings).eval()
+    expected.load_state_dict(saved.state_dict())
+    expected.set_input_size(img_size=built_for)  # timm's resampling from the grid it was built for
+    images = torch.randn(2, 3, *built_for)
+    for model in (create_model("vit_tiny_patch16_224.wide", img_size=built_for),
+                  create_model("vit_tiny_patch16_224", pretrained=str(path), img_size=built_for, **settings)):
+        with torch.no_grad():
+            torch.testing.assert_close(model.eval()(images), expected(images), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("arch, size", [("resnet18", 32), (ARCH, 28)])
+def test_a_features_only_models_own_weights_load_back(tmp_path, arch, size):
+    """Its keys sit under `model.` (timm's FeatureGetterNet), which loading stripped as a Lightning task's prefix:
+    "no key in common" for the model's own state dict."""
+    torch.manual_seed(0)
+    trained = create_model(arch, features_only=True, out_indices=(1, 2))
+    save_file(trained.state_dict(), tmp_path / "maps.safetensors")
+    images = torch.randn(2, 3, size, size)
+    for source in (trained.state_dict(), str(tmp_path / "maps.safetensors")):
+        loaded = load_weights(create_model(arch, features_only=True, out_indices=(1, 2)), source)
+        for ours, theirs in zip(loaded.eval()(images), trained.eval()(images)):
+            torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+
+
 def test_corrupt_index_names_the_file(weights_tmp):
     (weights_tmp / "index.json").write_text("{not json")
     with pytest.raises(WeightsError, match="index.json"):

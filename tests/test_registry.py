@@ -1,13 +1,14 @@
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 import visattn
 from visattn import create_model, list_models, list_pretrained, register_model
 from visattn.cli import main
-from visattn.errors import ConfigError, UnknownModelError
+from visattn.errors import ArgumentError, ConfigError, UnknownModelError
 from visattn.tasks.classification import build_classifier
 
 
@@ -112,6 +113,36 @@ def test_a_misspelled_builder_argument_is_one_line_with_the_nearest_name(name):
     typo = meant.replace("s", "", 1)
     with pytest.raises(ConfigError, match=rf"^{name} has no argument '{typo}': did you mean {meant}\?$"):
         create_model(name, **{typo: 5})
+
+
+def _flag_and_number_arguments(name):
+    """The builder class's keyword arguments annotated ``bool`` and ``float`` (optional or not)."""
+    import typing
+
+    hints = typing.get_type_hints(typing.get_type_hints(visattn.registry._model_entrypoints[name])["return"].__init__)
+    kinds = {arg: tuple(k for k in (typing.get_args(hint) if typing.get_origin(hint) is typing.Union else (hint,))
+                        if k is not type(None)) for arg, hint in hints.items()}
+    return [arg for arg, kind in kinds.items() if kind == (bool,)], [arg for arg, kind in kinds.items() if kind == (float,)]
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_a_flag_or_number_builder_argument_of_another_type_is_one_line(name):
+    """"no" is true: ``class_token="no"`` built a class token and ``qkv_bias="no"`` a bias, and ``mlp_ratio="4"``
+    failed inside torch with a multi-line error."""
+    flags, numbers = _flag_and_number_arguments(name)
+    for argument, value in [*((flag, "no") for flag in flags), *((number, "4") for number in numbers)]:
+        kind = "True or False" if argument in flags else "a number"
+        with pytest.raises(ArgumentError, match=rf"^{argument}='{value}': {name} takes {kind}, not a str$"):
+            create_model(name, **{argument: value})
+
+
+def test_flags_and_numbers_of_their_kinds_build():
+    assert "class_token" in _flag_and_number_arguments("vit_tiny_patch4_28")[0]
+    assert "zero_init_residual" in _flag_and_number_arguments("resnet18")[0]
+    assert "mlp_ratio" in _flag_and_number_arguments("vit_tiny_patch4_28")[1]
+    model = create_model("vit_tiny_patch4_28", class_token=False, global_pool="avg", qkv_bias=False, mlp_ratio=2,
+                         init_values=None, drop_rate=np.float64(0.1))
+    assert model.cls_token is None and model.blocks[0].attn.qkv.bias is None and model.blocks[0].mlp.fc1.out_features == 384
 
 
 def test_an_unknown_builder_argument_lists_what_the_architecture_takes():

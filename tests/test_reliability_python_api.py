@@ -187,7 +187,7 @@ def test_features_only_weights_are_not_loaded_as_a_classifier(weights_tmp):
 
 
 @pytest.mark.parametrize("arch, kwargs, message", [
-    ("vit_tiny_patch4_28", dict(drop_path_rate="0.1"), r"^drop_path_rate='0.1': give a drop probability from 0 up to"),
+    ("vit_tiny_patch4_28", dict(drop_path_rate="0.1"), r"^drop_path_rate='0.1': vit_tiny_patch4_28 takes a number, not a str$"),
     ("vit_tiny_patch4_28", dict(drop_path_rate=2.0), r"^drop_path_rate=2.0: give a drop probability"),  # failed in training
     ("vit_tiny_patch4_28", dict(attn_drop_rate=-1), r"^attn_drop_rate=-1: give a drop probability"),
     ("vit_tiny_patch4_28", dict(num_heads=5), r"^num_heads=5: the width 192 must split evenly into heads"),
@@ -203,6 +203,11 @@ def test_features_only_weights_are_not_loaded_as_a_classifier(weights_tmp):
     ("sat_cbam_resnet_scenes", dict(vocab_size="100"), r"^vocab_size='100': give a whole number above 2"),
     ("sat_cbam_resnet_scenes", dict(dropout=2.0), r"^dropout=2.0: give a drop probability"),
     ("sat_cbam_resnet_scenes", dict(hidden_dim=0), r"^hidden_dim=0: give a whole number >= 1$"),
+    # From a second Python-API audit: a bare ValueError; "no" built a class token; "4" failed inside torch
+    ("detr_se_resnet20_cifar", dict(hidden_dim=100), r"^num_heads=8: the width 100 must split evenly into heads"),
+    ("vit_tiny_patch4_28", dict(class_token="no", global_pool="avg"), r"^class_token='no': vit_tiny_patch4_28 takes "
+                                                                      r"True or False, not a str$"),
+    ("vit_tiny_patch4_28", dict(mlp_ratio="4"), r"^mlp_ratio='4': vit_tiny_patch4_28 takes a number, not a str$"),
 ])
 def test_builder_arguments_that_fail_later_or_deep_inside_are_one_line(arch, kwargs, message):
     with pytest.raises(ConfigError, match=message):

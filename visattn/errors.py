@@ -7,6 +7,8 @@ import difflib
 import inspect
 import shlex
 import sys
+import typing
+from numbers import Real
 from typing import Any, Callable, Optional, TextIO
 
 # Set by the CLI while a command runs, so that DataLoader workers it spawns print warnings as it does.
@@ -73,6 +75,26 @@ def check_keyword_arguments(owner: str, function: Callable[..., Any], kwargs: di
             close = difflib.get_close_matches(name, accepted, n=1)
             hint = f"did you mean {close[0]}?" if close else f"it takes {', '.join(accepted)}"
             raise ConfigError(f"{owner} has no argument {name!r}: {hint}")
+
+
+def check_keyword_types(owner: str, function: Callable[..., Any], kwargs: dict[str, Any]) -> None:
+    """One line naming the first of ``kwargs`` that ``function`` annotates as a flag (``bool``) or a ``float``,
+    optional or not, and that is no such value: ``class_token="no"`` had built a class token ("no" is true),
+    and ``mlp_ratio="4"`` failed deep inside torch. Other annotations are the function's own to check."""
+    try:
+        hints = typing.get_type_hints(function)
+    except (NameError, TypeError):  # an annotation that does not resolve here says nothing to check against
+        return
+    for name, value in kwargs.items():
+        hint = hints.get(name)
+        kinds = typing.get_args(hint) if typing.get_origin(hint) is typing.Union else (hint,)
+        if value is None and type(None) in kinds:
+            continue
+        kinds = tuple(kind for kind in kinds if kind is not type(None))
+        if kinds == (bool,) and not isinstance(value, bool):
+            raise ArgumentError(name, value, f"{owner} takes True or False, not a {type(value).__name__}")
+        if kinds == (float,) and not (isinstance(value, Real) and not isinstance(value, bool)):
+            raise ArgumentError(name, value, f"{owner} takes a number, not a {type(value).__name__}")
 
 
 class VisattnWarning(UserWarning):

@@ -31,6 +31,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import load_file
 from safetensors.torch import save as unordered_safetensors_bytes
+from timm.models._features import FeatureGetterNet  # timm does not export it at the top
 from torch import nn
 
 from .errors import ConfigError, UnknownModelError, VisattnWarning, WeightsError, one_line
@@ -604,15 +605,19 @@ def _warn_unless_described(path: Path, arch: str, meta: dict[str, Any]) -> None:
 
 
 def _bare_model(model: nn.Module) -> nn.Module:
-    """The model inside ``torch.compile``'s (``_orig_mod``) and (Distributed)DataParallel's (``module``)
-    wrappers, nested in any order, or a loaded Classifier's, Captioner's or Detector's (``.model``);
-    ``model`` itself when it is not wrapped."""
+    """The :func:`unwrapped` model, or a loaded Classifier's, Captioner's or Detector's (``.model``)."""
     if not isinstance(model, nn.Module):
         inner = getattr(model, "model", None)
         if not isinstance(inner, nn.Module):
             raise WeightsError(f"model={reprlib.repr(model)}: not a torch module; give the model itself, "
                                "e.g. create_model('resnet18')")
         model = inner
+    return unwrapped(model)
+
+
+def unwrapped(model: nn.Module) -> nn.Module:
+    """The model inside ``torch.compile``'s (``_orig_mod``) and (Distributed)DataParallel's (``module``)
+    wrappers, nested in any order; ``model`` itself when it is not wrapped."""
     while True:
         if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
             model = model.module
@@ -776,6 +781,8 @@ def load_weights(
         raise WeightsError(f"weights source {source!r}: give a file path, a shipped ARCH.TAG, 'timm:NAME', "
                            "'hf-hub:ORG/REPO' or a state dict")
     wrapper, model = model, _bare_model(model)
+    if isinstance(model, FeatureGetterNet):  # features_only=True: its keys are its classifier's under `model.`,
+        model = model.model                  # which weights lose as a Lightning task's prefix
     if any(p.is_meta for p in model.parameters()):
         raise WeightsError(f"{type(model).__name__} is on the meta device, where loading weights does nothing; "
                            "build it on the CPU or a GPU, or call model.to_empty(device=...) first")
@@ -790,8 +797,10 @@ def load_weights(
         state = read_state_dict(weights)
     elif (entry := named_weights_entry(str(source))) is not None:
         state = read_state_dict(entry["path"], sha256=entry["sha256"])
+        grid = _recorded_grid(entry.get("preprocessing"), state)
     else:
         state = read_state_dict(source, sha256=sha256)
+        grid = _recorded_grid(_file_preprocessing(Path(source)), state)
     named = origin or (source if not isinstance(source, dict) else "state dict")
     adapt = getattr(model, "adapt_state_dict", None)
     if adapt is not None:
@@ -813,6 +822,20 @@ def load_weights(
         warnings.warn(warning, VisattnWarning, stacklevel=2)
     model.load_state_dict(state, strict=False)
     return wrapper
+
+
+def _recorded_grid(preprocessing: Optional[dict[str, Any]], state: StateDict) -> Optional[tuple[int, int]]:
+    """The patch grid a ViT's weights saved by visattn were trained on: their recorded input size over their
+    patch size, where the position embeddings hold that grid. Their positions alone do not say it: a 2x8 grid's
+    16 were laid out as a 4x4 one's, without a word. None for other weights."""
+    size = (preprocessing or {}).get("input_size")
+    patch, positions = state.get("patch_embed.proj.weight"), state.get("pos_embed")
+    if not size or len(size) != 3 or patch is None or positions is None or positions.ndim != 3:
+        return None
+    (height, width), (patch_height, patch_width) = size[1:], patch.shape[-2:]
+    grid = (height // patch_height, width // patch_width)
+    fills = positions.shape[1] == grid[0] * grid[1] + ("cls_token" in state)
+    return grid if fills and height % patch_height == 0 and width % patch_width == 0 else None
 
 
 def _timm_filtered(model: nn.Module, state: StateDict, *, source: Any) -> StateDict:

@@ -11,7 +11,7 @@ from typing import Any, Callable, Literal, Optional, Union
 
 from torch import nn
 
-from .errors import ArgumentError, ConfigError, UnknownModelError, check_keyword_arguments
+from .errors import ArgumentError, ConfigError, UnknownModelError, check_keyword_arguments, check_keyword_types
 
 # True: every weight must fit; "attention": only attention modules added to the weights' architecture
 # (SE, CBAM, ... on a plain ResNet) may be missing; False: any missing weight keeps its initialisation.
@@ -222,6 +222,7 @@ def _check_builder_arguments(arch: str, kwargs: dict[str, Any]) -> None:
     model_class = typing.get_type_hints(_model_entrypoints[arch]).get("return")  # every builder names its class
     if isinstance(model_class, type):
         check_keyword_arguments(arch, model_class.__init__, kwargs)
+        check_keyword_types(arch, model_class.__init__, kwargs)
 
 
 def create_model(

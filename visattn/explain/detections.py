@@ -22,7 +22,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ..errors import ConfigError
+from ..errors import ArgumentError, ConfigError
+from ..layers.patch_embed import is_count
 from ..models.detection import detect_by_size
 from .cell_centres import map_centres
 from ..modes import eval_mode, model_lock
@@ -41,9 +42,16 @@ def detection_maps(model: nn.Module, images: list[Tensor], *, min_score: float =
     them) and, per image, the maps ``(D, H, W)`` of its ``D`` detections at that image's size (shrunk to
     :func:`map_size` with ``max_side``): the query's cross-attention of a DETR-style detector, else
     gradient × input of the detection's score."""
+    check_max_side(max_side)
     if has_decoder_attention(model):
         return detection_attention(model, images, min_score=min_score, max_side=max_side)
     return detection_saliency(model, images, min_score=min_score, max_side=max_side)
+
+
+def check_max_side(value: Optional[int], argument: str = "max_side") -> None:
+    """One line unless ``value`` is a whole number of pixels or None: 0 or -5 had drawn 1x1 maps."""
+    if value is not None and not is_count(value):
+        raise ArgumentError(argument, value, "give a whole number of pixels >= 1, or None for the images' size")
 
 
 def map_size(image_size: tuple[int, int], max_side: Optional[int] = None) -> tuple[int, int]:

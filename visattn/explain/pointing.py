@@ -99,14 +99,14 @@ def pointing_accuracy(
     """Fraction of ``maps`` whose maximum lands in the matching box(es); see :func:`pointing_hit`.
 
     Args:
-        maps: one ``(h, w)`` map per sample.
+        maps: one ``(h, w)`` map per sample, or a ``(B, h, w)`` batch of them (what ``explain_batch`` returns).
         boxes: one ``(4,)`` or ``(K, 4)`` xyxy box array per sample, in its image's pixels.
         image_sizes: one ``(H, W)`` per sample.
         tolerance: pixels by which every box is grown on each side.
         centres: where the maps' cells sit on their images (:func:`~visattn.explain.map_centres`; default:
             equal blocks of each image).
     """
-    if not len(maps) == len(boxes) == len(image_sizes) or not maps:
+    if not len(maps) == len(boxes) == len(image_sizes) or len(maps) == 0:  # `not maps` fails on a batch tensor
         raise ConfigError(f"got {len(maps)} maps, {len(boxes)} boxes and {len(image_sizes)} image sizes; "
                           "give one of each per sample (at least one)")
     hits = sum(pointing_hit(m, b, s, tolerance=tolerance, centres=centres) for m, b, s in zip(maps, boxes, image_sizes))

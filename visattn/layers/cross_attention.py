@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ConfigError
 from .attention import attention_probs
 
 
@@ -41,8 +42,9 @@ class CrossAttention(nn.Module):
         proj_drop: float = 0.0,
     ) -> None:
         super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"dim={dim} is not divisible by num_heads={num_heads}")
+        if dim % num_heads:  # as Attention's: a DETR's hidden_dim of 100 with 8 heads was a bare ValueError
+            raise ConfigError(f"num_heads={num_heads}: the width {dim} must split evenly into heads; give a divisor "
+                              f"of {dim}")
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.q = nn.Linear(dim, dim, bias=qkv_bias)

@@ -408,6 +408,22 @@ class FcosDetector(FCOS):
             return super().forward(images, targets)
         return _without_empty_boxes(detect_by_size(super().forward, images))
 
+    def postprocess_detections(self, head_outputs: dict[str, list[Tensor]], anchors: list[list[Tensor]],
+                               image_shapes: list[tuple[int, int]]) -> Detections:
+        """torchvision's, without the locations in the padding the transform adds past each resized image (to
+        ``size_divisible``, and to the batch's largest): a model that never saw such a flat band found objects
+        there, clipped to slivers along the image's edge, and ranked them above the real ones."""
+        detections = []
+        for index, (height, width) in enumerate(image_shapes):
+            centres = [(level[:, :2] + level[:, 2:]) / 2 for level in anchors[index]]  # each (locations, 2): x, y
+            inside = [(xy[:, 0] < width) & (xy[:, 1] < height) for xy in centres]
+            # each output a list over levels of (1, locations inside, channels)
+            outputs = {name: [level[index:index + 1, kept] for level, kept in zip(levels, inside)]
+                       for name, levels in head_outputs.items()}
+            kept_anchors = [[level[kept] for level, kept in zip(anchors[index], inside)]]
+            detections += super().postprocess_detections(outputs, kept_anchors, [(height, width)])
+        return detections
+
     @torch.no_grad()
     def reorder_classes(self, order: Sequence[int]) -> None:
         """Make class ``k`` the class that was ``order[k]``: one output channel per class (one anchor per location)."""

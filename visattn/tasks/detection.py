@@ -25,7 +25,7 @@ from ..data.image_io import DEFAULT_MAX_PIXELS
 from ..data.transforms import check_unit_images, to_model_input
 from ..errors import ConfigError, WeightsError, one_line
 from ..layers.patch_embed import is_count, is_number
-from ..explain.detections import detection_maps
+from ..explain.detections import check_max_side, detection_maps
 from ..modes import eval_mode
 from ..fileio import PNG_COMMAND, PNG_SOFTWARE, atomic_path, attention_note, output_errors, output_paths
 from ..pretrained import find_weights_entry
@@ -252,6 +252,7 @@ class Detector:
         if score_threshold is not None and not (is_number(score_threshold) and 0 <= score_threshold <= 1):
             raise ConfigError(f"score_threshold={score_threshold!r}: give a number from 0 to 1, or None for the "
                               "model's own")
+        check_max_side(attention_max_side, "attention_max_side")
         images = [to_model_input(image, self.model) for image in images]
         if not images:
             return []
