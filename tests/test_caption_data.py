@@ -25,6 +25,7 @@ from visattn.data import (
     read_karpathy,
     tokenize,
 )
+from visattn.data.coco import image_file
 from visattn.data.vocab import END, PAD, SPECIAL_TOKENS, START, UNK
 from visattn.errors import ConfigError, VisattnWarning
 
@@ -131,6 +132,22 @@ def test_karpathy_splits_subfolders_and_captions(tmp_path):
     image, captions = KarpathyCaptions(split_json, images_dir, split="test")[0]
     assert image.shape == (3, 12, 16) and captions == ["a fish swims", "fish in water"]
     assert torch.allclose(image, torch.full_like(image, image_value("5.png") / 255))
+
+
+def test_windows_made_paths_find_their_images_in_subfolders(tmp_path):
+    """A backslash ``filepath`` or ``file_name`` was a file of that name, so the image was skipped as "no such
+    file" and the scores taken over the rest; a name whose backslashes are its own stays as it is."""
+    split_json, images_dir = write_karpathy(tmp_path)
+    data = json.loads(split_json.read_text())
+    for image in data["images"]:
+        if image.get("filepath") == "sub":
+            image["filepath"], image["filename"] = "", f"sub\\{image['filename']}"
+    split_json.write_text(json.dumps(data))
+    train = KarpathyCaptions(split_json, images_dir, split=["train", "restval"])
+    assert train.paths[1] == images_dir / "sub" / "1.png"
+    (images_dir / "odd\\name.png").write_bytes((images_dir / "0.png").read_bytes())
+    assert image_file(images_dir, "odd\\name.png") == images_dir / "odd\\name.png"
+    assert image_file(images_dir, "gone\\x.png") == images_dir / "gone\\x.png"  # "no such file", as named
 
 
 def test_broken_image_is_skipped_counted_and_replaced(tmp_path):
@@ -511,7 +528,7 @@ def test_evaluating_on_a_folder_holding_none_of_the_listed_images_is_one_line(tm
         with pytest.raises(ConfigError, match=rf"^{re.escape(str(other))}: holds none of the \d+ images "
                                               rf"{re.escape(str(path))} lists \(e.g. {re.escape(first)}\); give the "
                                               "folder holding them$"):
-            evaluation_loader(SimpleNamespace(class_names=CLASS_NAMES), f"coco:{path}:{other}")
+            evaluation_loader(SimpleNamespace(class_names=CLASS_NAMES, category_ids=None), f"coco:{path}:{other}")
         return
     path, _ = write_coco_captions(tmp_path) if corpus == "coco" else write_karpathy(tmp_path)
     checkpoint = str(write_captioner_checkpoint(tmp_path / "run.ckpt"))

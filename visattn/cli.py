@@ -665,7 +665,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", default=None,
                           help="test (default) or train; val too for fashion-scenes, fashion-mnist-pairs/canvas, "
                                "karpathy: and an imagefolder:DIR with split folders (none for an imagefolder without "
-                               "them, which is scored whole, or for coco:, whose file is the split)")
+                               "them, which is scored whole, or for coco:, whose file is the split); karpathy: also "
+                               "restval, which fit trains on beside train")
     evaluate.add_argument("--json", action="store_true", help="print only the JSON line")
     evaluate.add_argument("--batch-size", type=positive_int, default=256,
                           help="images per forward pass (at most 64 for captioners and the pointing scenes, 16 for "

@@ -28,7 +28,7 @@ import reprlib
 import warnings
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import Any, Callable, Literal
 
 import numpy as np
@@ -173,7 +173,8 @@ class KarpathyCaptions(CaptionImages):
         splits = {split} if isinstance(split, str) else set(split)
         entries = read_karpathy(self.split_json)
         require_images_dir(images_dir, self.split_json)
-        samples = [(images_dir / e["filepath"] / e["filename"], e["captions"]) for e in entries if e["split"] in splits]
+        samples = [(image_file(images_dir, os.path.join(e["filepath"], e["filename"])), e["captions"]) for e in entries
+                   if e["split"] in splits]
         if not samples:
             found = sorted({e["split"] for e in entries})
             raise ConfigError(f"{self.split_json}: no images with captions in split {sorted(splits)} (it has {found})")
@@ -345,7 +346,17 @@ def image_paths(annotations: Path, images: list[dict], images_dir: Path) -> list
     if odd is not None:
         raise ConfigError(f"{annotations}: image {json.dumps(odd.get('id'))}'s file_name {json.dumps(odd['file_name'])} is not "
                           "a file name; give each image the name of its file in the images folder")
-    return [images_dir / image["file_name"] for image in images]
+    return [image_file(images_dir, image["file_name"]) for image in images]
+
+
+def image_file(images_dir: Path, name: str) -> Path:
+    """``images_dir / name``, reading a Windows-made name's backslashes as folders where only that file is there
+    (``sub\\a.jpg``: the image had been skipped as "no such file", and the mAP taken over the rest)."""
+    path = images_dir / name
+    if "\\" in name and not os.path.lexists(path):
+        posix = images_dir / PureWindowsPath(name).as_posix()
+        return posix if os.path.lexists(posix) else path
+    return path
 
 
 def require_some_image(paths: Sequence[Path], images_dir: Path, annotations: Path, *,

@@ -345,7 +345,8 @@ def evaluation_loader(detector: Detector, spec: str, split: str = "test", *, lim
         dataset = SceneDetection(detector_scenes(detector, split, limit))
     elif spec.startswith("coco:") and spec.count(":") >= 2:
         annotations, images_dir = coco_spec(spec)
-        dataset = CocoDetection(annotations, images_dir, class_names=detector.class_names, evaluation=True)
+        dataset = CocoDetection(annotations, images_dir, class_names=detector.class_names,
+                                category_ids=detector.category_ids, evaluation=True)
         require_some_image(dataset.paths, Path(images_dir), Path(annotations))
         dataset = seeded_subset(dataset, limit)
         require_boxes(dataset, annotations)  # with none, mAP is -1
