@@ -299,6 +299,17 @@ def figure_mark(image_format: str, command: Optional[str] = None) -> dict[str, A
     return {"metadata": {key: PNG_SOFTWARE}} if key else {}
 
 
+def png_mark(command: str) -> Any:
+    """PIL's ``pnginfo`` marking a PNG as ``command``'s output, as :func:`figure_mark` marks matplotlib's: a
+    rerun may replace it (:func:`written_by_visattn`), another command may not (:func:`written_by_command`)."""
+    from PIL import PngImagePlugin
+
+    mark = PngImagePlugin.PngInfo()
+    for key, value in figure_mark("png", command)["metadata"].items():
+        mark.add_text(key, value)
+    return mark
+
+
 def _names_creator(path: Path) -> bool:
     try:
         data = path.read_bytes()[:1 << 20]  # matplotlib's figures are small; a large file is not one of ours

@@ -27,7 +27,7 @@ from ..errors import ConfigError, WeightsError, one_line
 from ..layers.patch_embed import is_count, is_number
 from ..explain.detections import check_max_side, detection_maps
 from ..modes import eval_mode
-from ..fileio import PNG_COMMAND, PNG_SOFTWARE, atomic_path, attention_note, output_errors, output_paths
+from ..fileio import atomic_path, attention_note, output_errors, output_paths, png_mark
 from ..pretrained import find_weights_entry
 from ..registry import Strictness, create_model, is_model, model_family, split_model_name
 from .classification import (Classifier, checkpoint_model_kwargs, inference_model,
@@ -487,7 +487,7 @@ def _detection_line(record: dict[str, Any], score_threshold: float) -> str:
 
 def draw_detections(image: np.ndarray, detections: Sequence[dict[str, Any]], path: Path) -> None:
     """Write ``image`` (``(H, W, 3)`` uint8) with each detection's box, label and score as a PNG."""
-    from PIL import Image, PngImagePlugin
+    from PIL import Image
     from torchvision.utils import draw_bounding_boxes
 
     # ceil: nearest-neighbour enlargement, to a whole factor that keeps the long side within the cap
@@ -500,7 +500,4 @@ def draw_detections(image: np.ndarray, detections: Sequence[dict[str, Any]], pat
         colours = [_BOX_COLOURS[d["index"] % len(_BOX_COLOURS)] for d in detections]
         pixels = draw_bounding_boxes(pixels, boxes, labels=labels, colors=colours, width=max(1, scale // 2))
     with atomic_path(path) as tmp:
-        mark = PngImagePlugin.PngInfo()
-        mark.add_text("Software", PNG_SOFTWARE)  # a rerun may replace this file (fileio.written_by_visattn)
-        mark.add_text(PNG_COMMAND, _DRAWINGS)  # but not another command's output (fileio.written_by_command)
-        Image.fromarray(pixels.permute(1, 2, 0).numpy()).save(tmp, format="PNG", pnginfo=mark)
+        Image.fromarray(pixels.permute(1, 2, 0).numpy()).save(tmp, format="PNG", pnginfo=png_mark(_DRAWINGS))
