@@ -31,7 +31,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 import side_by_side
 from visattn.data import FashionMNISTDataModule
 from visattn.registry import create_model
-from visattn.tasks.classification import warmup_cosine, weight_decay_groups
+from visattn.tasks.optimization import warmup_cosine, weight_decay_groups
 from visattn.tasks.lightning_cli import run_lightning_cli
 
 REPO = Path(__file__).resolve().parents[1]

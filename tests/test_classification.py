@@ -21,9 +21,9 @@ from visattn.cli import main
 from visattn.data.transforms import eval_transforms
 from visattn.errors import ConfigError, VisattnWarning, WeightsError
 from visattn.tasks.captioning import CaptioningTask, load_captioner
-from visattn.tasks.classification import (Classifier, ImageClassifier, load_classifier, warmup_cosine,
-                                         weight_decay_groups)
+from visattn.tasks.classification import Classifier, ImageClassifier, load_classifier
 from visattn.tasks.detection import load_detector
+from visattn.tasks.optimization import adamw_warmup_cosine, warmup_cosine, weight_decay_groups
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs" / "classification").glob("*.yaml"))
@@ -184,8 +184,6 @@ def test_warmup_cosine_schedule():
 def test_warm_up_lasts_its_epochs_when_max_steps_ends_the_run(max_epochs, accumulate, expected):
     """An epoch of 20 batches, a run of 30 steps, warmup_epochs 1: the warm-up had been 0 or 29 steps."""
     from lightning.pytorch.utilities import AttributeDict
-    from visattn.tasks.classification import adamw_warmup_cosine
-
     trainer = SimpleNamespace(estimated_stepping_batches=30, num_training_batches=20, max_epochs=max_epochs,
                               accumulate_grad_batches=accumulate)
     task = SimpleNamespace(model=torch.nn.Linear(2, 2), trainer=trainer,
@@ -201,8 +199,6 @@ def test_warm_up_lasts_its_epochs_in_a_lightning_run_bounded_by_max_steps_alone(
     import lightning.pytorch as pl
     from lightning.pytorch.utilities import AttributeDict
     from torch.utils.data import DataLoader, TensorDataset
-
-    from visattn.tasks.classification import adamw_warmup_cosine
 
     class Task(pl.LightningModule):
         def __init__(self) -> None:
@@ -903,7 +899,6 @@ def test_a_one_channel_classifier_classifies_its_own_images(weights_tmp, tmp_pat
 def test_a_backbone_lr_scale_or_attention_weight_that_is_not_finite_or_negative_is_one_line(value):
     # from a config audit: a negative scale trained the backbone up the loss, NaN gave a NaN loss; both exit 0
     from visattn.tasks.captioning import CaptioningTask
-    from visattn.tasks.classification import adamw_warmup_cosine
     from visattn.tasks.detection import DetectionTask
 
     task = DetectionTask(model_name="fcos_resnet20_cifar", num_classes=2, backbone_lr_scale=value)
@@ -921,7 +916,6 @@ def test_an_input_size_of_two_channels_is_one_line():
 @pytest.mark.parametrize("key, value", [("lr", float("nan")), ("lr", float("inf")), ("weight_decay", float("nan")),
                                         ("lr", -1e-3), ("warmup_epochs", -1.0)])
 def test_a_learning_rate_weight_decay_or_warmup_that_is_not_finite_or_negative_is_one_line(key, value):
-    from visattn.tasks.classification import adamw_warmup_cosine
     task = ImageClassifier(model_name="resnet20_cifar", num_classes=3, **{key: value})
     with pytest.raises(ConfigError, match=rf"model.init_args.{key}={value}: give a finite value of 0 or more"):
         adamw_warmup_cosine(task)
@@ -1039,8 +1033,6 @@ def test_a_checkpoint_validated_on_folders_of_other_classes_is_refused(in_tmp, c
 def test_a_run_of_no_set_length_is_one_line_naming_max_epochs_and_max_steps(max_epochs, max_steps, stepping):
     """max_epochs -1 (or null) with only max_time set ended in OverflowError: float infinity to integer."""
     from lightning.pytorch.utilities import AttributeDict
-    from visattn.tasks.classification import adamw_warmup_cosine
-
     trainer = SimpleNamespace(estimated_stepping_batches=stepping, num_training_batches=float("inf"),
                               max_epochs=max_epochs, max_steps=max_steps, accumulate_grad_batches=1)
     task = SimpleNamespace(model=torch.nn.Linear(2, 2), trainer=trainer,

@@ -202,7 +202,7 @@ def test_grad_checkpointing_leaves_inference_and_attention_maps_alone():
 
 def test_timm_optimizer_factory_trains_position_embeddings_and_class_token_without_decay():
     from timm.optim import create_optimizer_v2
-    from visattn.tasks.classification import weight_decay_groups
+    from visattn.tasks.optimization import weight_decay_groups
     model = create_model("vit_tiny_patch4_28", num_classes=3, depth=1)
     reference = timm.create_model("vit_tiny_patch16_224", num_classes=3, depth=1, img_size=28, patch_size=4)
 

@@ -19,6 +19,8 @@ from torch.optim.swa_utils import AveragedModel
 from torchmetrics import MeanMetric
 
 from ..errors import ConfigError, VisattnError
+from .optimization import (adamw_warmup_cosine, refuse_other_parameter_groups, warn_of_a_changed_schedule,
+                           warn_of_a_starting_average)
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +196,7 @@ class ExponentialAverageUpdate:
 
 class GuardedTask:
     """The hooks every visattn task shares, before its LightningModule base: the optimizer
-    (:func:`~visattn.tasks.classification.adamw_warmup_cosine`), a skipped step's gradients dropped (its
+    (:func:`~visattn.tasks.optimization.adamw_warmup_cosine`), a skipped step's gradients dropped (its
     ``loss_guard``, :class:`NonFiniteLossGuard`), the weight average (``ema``, :func:`weight_average`) updated
     and evaluated, a resumed fit whose schedule changed warned about and one whose parameter groups changed
     refused, and DDP processes drawing apart."""
@@ -219,13 +221,9 @@ class GuardedTask:
             self.ema.update_parameters(self.model)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        from .classification import adamw_warmup_cosine  # it imports this module
-
         return adamw_warmup_cosine(self)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        from .classification import refuse_other_parameter_groups  # it imports this module
-
         super().on_load_checkpoint(checkpoint)
         ours = type(self).configure_optimizers is GuardedTask.configure_optimizers  # a task may build its own
         if ours and self._trainer is not None and self.trainer.state.fn == "fit":
@@ -238,8 +236,6 @@ class GuardedTask:
         self.loss_guard.drop_skipped_gradients()
 
     def on_train_start(self) -> None:
-        from .classification import warn_of_a_changed_schedule, warn_of_a_starting_average  # they import this module
-
         warn_of_a_changed_schedule(self)
         warn_of_a_starting_average(self)
         if self.trainer.world_size > 1 and self.trainer.ckpt_path is None:  # a resume restores each process's states
