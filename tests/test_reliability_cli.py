@@ -1672,7 +1672,27 @@ def test_a_shipped_config_runs_by_its_readme_name_from_any_folder(tmp_path, monk
     assert main(["validate", "--config", str(tmp_path / "gone.yaml")]) == 2
     gone = tmp_path / "gone.yaml"
     assert capsys.readouterr().err == (f"visattn: error: --config {gone}: no such file; give a config's path, or a "
-                                       "shipped one (configs/<task>/<experiment>.yaml, as the README lists)\n")
+                                       "shipped one's name (`visattn configs` lists them)\n")
+
+
+def test_visattn_configs_lists_every_shipped_config_with_what_it_trains(tmp_path, monkeypatch, capsys):
+    from visattn.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    repo = Path(__file__).resolve().parents[1]
+    assert main(["configs"]) == 0
+    *rows, footer = capsys.readouterr().out.splitlines()
+    assert [row.split()[0] for row in rows] == sorted(p.relative_to(repo).as_posix() for p in repo.glob("configs/*/*.yaml"))
+    assert "configs/classification/cbam_resnet_fmnist.yaml         CBAM-ResNet (CIFAR-style, <1M parameters) on " \
+           "Fashion-MNIST." in rows
+    assert footer.startswith(f"(shipped in {repo / 'configs'}; ")
+    assert main(["configs", "detection/*scenes*"]) == 0
+    assert [row.split()[0] for row in capsys.readouterr().out.splitlines()[:-1]] == [
+        "configs/detection/detr_scenes.yaml", "configs/detection/detr_scenes_stage2.yaml",
+        "configs/detection/fcos_scenes.yaml"]
+    assert main(["configs", "zzz"]) == 2
+    assert capsys.readouterr().err == ("visattn: error: no shipped config matches 'zzz'; see `visattn configs` for the "
+                                       "full list\n")
 
 
 def test_save_weights_records_a_shipped_config_by_its_readme_name(tmp_path, monkeypatch):

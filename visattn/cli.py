@@ -8,9 +8,12 @@ import argparse
 import contextlib
 import difflib
 import errno
+import fnmatch
+import itertools
 import json
 import math
 import os
+import re
 import signal
 import sys
 import warnings
@@ -25,7 +28,7 @@ from .errors import (ONE_LINE_WARNINGS_ENV, ArgumentError, ConfigError, VisattnE
 from .pretrained import WEIGHTS_SUFFIXES, weights_dir
 from .registry import (HUB_PREFIXES, create_model, list_models, list_pretrained, model_arguments, model_family,
                        split_model_name)
-from .shipped import shipped_config
+from .shipped import shipped_config, shipped_config_names, shipped_folder
 
 if TYPE_CHECKING:  # commands import what they use when they run, so `visattn --help` starts fast
     from .data.scenes import FashionScenes
@@ -70,6 +73,27 @@ def cmd_models(args: argparse.Namespace) -> int:
     for row in [header, *rows]:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
     return 0
+
+
+def cmd_configs(args: argparse.Namespace) -> int:
+    names = [name for name in shipped_config_names() if fnmatch.fnmatch(name, f"*{args.pattern}*")]
+    if not names:
+        raise ConfigError(f"no shipped config matches {args.pattern!r}; see `visattn configs` for the full list")
+    rows = [(name, _first_comment(shipped_folder("configs") / name.removeprefix("configs/"))) for name in names]
+    width = max(len(name) for name, _ in rows)
+    for name, about in rows:
+        print(f"{name.ljust(width)}  {about}".rstrip())
+    print(f"(shipped in {shipped_folder('configs')}; `--config NAME` runs one from any folder, and a copy of it "
+          "in the working folder under that name comes first)")
+    return 0
+
+
+def _first_comment(path: Path, width: int = 100) -> str:
+    """The first sentence of a config's opening comment (what it trains), cut to ``width`` characters at a word."""
+    lines = itertools.takewhile(lambda line: line.startswith("#"), path.read_text(encoding="utf-8").splitlines())
+    text = " ".join(line.removeprefix("#").strip() for line in lines)
+    sentence = re.split(r"(?<=\.)\s", text, maxsplit=1)[0]
+    return sentence if len(sentence) <= width else sentence[:width].rsplit(" ", 1)[0] + " ..."
 
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
@@ -651,6 +675,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="list the weights (ARCH.TAG), those in VISATTN_WEIGHTS folders and the shipped "
                              "ones, each with its own parameter count")
     models.set_defaults(func=cmd_models)
+
+    configs = sub.add_parser("configs", help="list the shipped training configs, each with what it trains")
+    configs.add_argument("pattern", nargs="?", default="", help="part of a config's name or an fnmatch pattern, e.g. 'fmnist' or 'detection/*'")
+    configs.set_defaults(func=cmd_configs)
 
     evaluate = sub.add_parser("evaluate",
                               help="score a classifier, captioner or detector; the last line is the metrics as JSON")

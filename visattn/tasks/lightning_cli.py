@@ -1361,7 +1361,7 @@ def _with_shipped_configs(argv: list[str]) -> list[str]:
         if shipped is None and not Path(value).exists():  # jsonargparse's line names no shipped config
             nearest = nearest_shipped_configs(value)
             fix = f"did you mean {' or '.join(nearest)}?" if nearest else \
-                "give a config's path, or a shipped one (configs/<task>/<experiment>.yaml, as the README lists)"
+                "give a config's path, or a shipped one's name (`visattn configs` lists them)"
             raise ConfigError(f"--config {value}: no such file; {fix}")
         if shipped is not None:
             resolved[at] = prefix + str(shipped)
