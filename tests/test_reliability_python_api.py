@@ -208,6 +208,10 @@ def test_features_only_weights_are_not_loaded_as_a_classifier(weights_tmp):
     ("vit_tiny_patch4_28", dict(class_token="no", global_pool="avg"), r"^class_token='no': vit_tiny_patch4_28 takes "
                                                                       r"True or False, not a str$"),
     ("vit_tiny_patch4_28", dict(mlp_ratio="4"), r"^mlp_ratio='4': vit_tiny_patch4_28 takes a number, not a str$"),
+    # a config's model_kwargs (dict[str, Any], which nothing converts): YAML 1.1 reads 1e-5 as text
+    ("vit_tiny_patch4_28", dict(init_values="1e-5"), r"^init_values='1e-5': vit_tiny_patch4_28 takes a number, not a "
+                                                     r"str \(YAML reads 1e-5 as text; write it with a decimal point, "
+                                                     r"e.g. 1.0e-5\)$"),
 ])
 def test_builder_arguments_that_fail_later_or_deep_inside_are_one_line(arch, kwargs, message):
     with pytest.raises(ConfigError, match=message):

@@ -5,6 +5,7 @@ and each :class:`VisattnWarning` as one line (:func:`one_line_showwarning`).
 """
 import difflib
 import inspect
+import re
 import shlex
 import sys
 import typing
@@ -94,7 +95,15 @@ def check_keyword_types(owner: str, function: Callable[..., Any], kwargs: dict[s
         if kinds == (bool,) and not isinstance(value, bool):
             raise ArgumentError(name, value, f"{owner} takes True or False, not a {type(value).__name__}")
         if kinds == (float,) and not (isinstance(value, Real) and not isinstance(value, bool)):
-            raise ArgumentError(name, value, f"{owner} takes a number, not a {type(value).__name__}")
+            raise ArgumentError(name, value, f"{owner} takes a number, not a {type(value).__name__}"
+                                             f"{_yaml_number_hint(value)}")
+
+
+def _yaml_number_hint(value: Any) -> str:
+    """YAML 1.1 (PyYAML's, so LightningCLI's) reads ``1e-5`` as text: a number needs a point in its mantissa."""
+    if isinstance(value, str) and re.fullmatch(r"[-+]?\d+[eE][-+]?\d+", value.strip()):
+        return f" (YAML reads {value} as text; write it with a decimal point, e.g. 1.0e-5)"
+    return ""
 
 
 class VisattnWarning(UserWarning):
