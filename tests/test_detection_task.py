@@ -205,6 +205,30 @@ def test_fit_tiny_coco_detr_then_evaluate(tmp_path, capsys):
     assert sorted(Path(r["attention"]).name for r in readable) == sorted(p.name for p in (tmp_path / "attention").iterdir())
 
 
+def test_a_detr_with_fewer_queries_than_a_training_image_has_objects_is_refused_before_training(tmp_path, capsys):
+    """The check ran in the training forward only: a run stopped when the shuffle reached such an image, which on a
+    large COCO file may be deep into an epoch (a data audit)."""
+    annotations, images_dir = write_coco_instances(tmp_path)  # a.png: 2 objects (and a crowd region)
+    out = tmp_path / "run"
+    code = main(["fit", "--config", "configs/detection/detr_scenes.yaml", "--trainer.max_steps", "3",
+                 "--trainer.default_root_dir", str(out), "--trainer.logger", "false",
+                 "--trainer.callbacks", json.dumps([{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                                                     "init_args": {"dirpath": str(out / "ckpt")}}]),
+                 "--model.model_kwargs", json.dumps({**TINY["detr"], "num_queries": 1}),
+                 "--data", "visattn.data.detection.CocoDetectionDataModule", "--data.train_annotations",
+                 str(annotations), "--data.images_dir", str(images_dir), "--data.num_workers", "0"])
+    assert code == 2 and not list(out.rglob("*.ckpt"))
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "visattn: error: the training data: an image holds 2 objects, more than num_queries=1 (one object per query; "
+        "the rest would go unmatched); build the model with num_queries of at least 2 (in a config: model_kwargs: "
+        "{num_queries: 2})")
+    code = main(["fit", "--config", "configs/detection/detr_scenes.yaml", "--trainer.max_steps", "1",
+                 "--trainer.default_root_dir", str(out), "--trainer.logger", "false",
+                 "--model.model_kwargs", json.dumps({**TINY["detr"], "num_queries": 2}),
+                 "--data.init_args.num_train", "8", "--data.init_args.max_items", "3"])
+    assert code == 2 and "an image holds 3 objects, more than num_queries=2" in capsys.readouterr().err
+
+
 def test_detr_attention_maps_are_the_queries_own_and_leave_the_model_as_it_was():
     torch.manual_seed(0)
     model = create_model("detr_resnet20_cifar", num_classes=3, pretrained_backbone=False, **TINY["detr"]).eval()

@@ -516,6 +516,11 @@ class _DetectionDataModule(SplitLoadersMixin, pl.LightningDataModule):
         return len(self.class_names)
 
     @property
+    def most_objects(self) -> int:
+        """The most object boxes one training image can hold, which a DETR-style detector needs queries for."""
+        raise NotImplementedError
+
+    @property
     def category_ids(self) -> Optional[list[int]]:
         """Each label's category id in the data's annotation files (COCO's), which checkpoints keep so that
         detections name them; None for data without such ids."""
@@ -588,6 +593,10 @@ class FashionScenesDetectionDataModule(_DetectionDataModule):
         return list(ITEM_WORDS)
 
     @property
+    def most_objects(self) -> int:
+        return self.hparams.max_items
+
+    @property
     def preprocessing(self) -> dict[str, Any]:
         """Also the scene size and how the scenes are drawn, so ``visattn evaluate --dataset fashion-scenes``
         draws the same scenes."""
@@ -658,6 +667,10 @@ class CocoDetectionDataModule(_DetectionDataModule):
     @property
     def category_ids(self) -> list[int]:
         return list(self._train.category_ids)
+
+    @property
+    def most_objects(self) -> int:
+        return max(int((crowd == 0).sum()) for _, _, crowd in self._train.targets)
 
     @property
     def num_skipped(self) -> int:

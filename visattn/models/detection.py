@@ -633,7 +633,7 @@ class DetrDetector(nn.Module):
         if not self.training:
             return detect_by_size(self._detect, images)
         _check_targets(targets, images=images, num_classes=self.num_classes)
-        self._check_query_count(targets)
+        self.check_query_count(max((len(t["labels"]) for t in targets), default=0))
         batch, targets = self.transform(images, targets)
         logits, boxes = self._predict(batch.tensors, batch.image_sizes)  # (L, B, Q, K + 1), (L, B, Q, 4)
         return self._losses(logits, boxes, _normalised_targets(targets, batch.image_sizes))
@@ -648,14 +648,14 @@ class DetrDetector(nn.Module):
     def reset_class_head(self) -> None:
         self.class_embed.reset_parameters()
 
-    def _check_query_count(self, targets: Targets) -> None:
-        """Matching is one-to-one: objects beyond ``num_queries`` would go unmatched and untrained, without a word."""
-        most = max((len(t["labels"]) for t in targets), default=0)
+    def check_query_count(self, most: int, source: str = "targets") -> None:
+        """One line when an image of ``source`` holds ``most`` objects, more than ``num_queries``: matching is
+        one-to-one, and the objects beyond would go unmatched and untrained, without a word."""
         queries = self.query_embed.num_embeddings
         if most > queries:
-            raise ConfigError(f"targets: an image holds {most} objects, more than num_queries={queries} (one object per "
-                              f"query; the rest would go unmatched); build the model with num_queries of at least {most} "
-                              "(in a config: model_kwargs: {num_queries: N})")
+            raise ConfigError(f"{source}: an image holds {most} objects, more than num_queries={queries} (one object "
+                              f"per query; the rest would go unmatched); build the model with num_queries of at least "
+                              f"{most} (in a config: model_kwargs: {{num_queries: {most}}})")
 
     def _detect(self, images: list[Tensor]) -> Detections:
         original_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
