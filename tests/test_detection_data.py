@@ -208,10 +208,23 @@ def test_a_split_giving_the_training_categories_other_ids_is_warned_of(tmp_path)
         '"cat": id 0 here, 3 there); they are matched by name, but predictions name the training ids; give the '
         "categories their training ids"]
     assert moved[0][1]["labels"].tolist() == [0, 2]  # still cat and dog
+    data["categories"] = [{**c, "id": {7: 7, 0: 3, 1: 9}[c["id"]]} for c in data["categories"]]  # bird alone moved
+    data["annotations"] = [{**a, "category_id": {7: 7, 0: 3, 1: 9}[a["category_id"]]} for a in data["annotations"]]
+    (tmp_path / "one.json").write_text(json.dumps(data))
+    with pytest.warns(VisattnWarning, match=r'one.json: 1 of its categories .* \(e.g. "bird": id 9 here, 5 there\)'):
+        CocoDetection(tmp_path / "one.json", images_dir, class_names=trained.class_names,
+                      category_ids=trained.category_ids)
+    # the data module's validation and test files are checked against its training file
+    with pytest.warns(VisattnWarning, match=r"val.json: 2 of its categories have other ids"):
+        CocoDetectionDataModule(str(path), str(images_dir), val_annotations=str(tmp_path / "val.json"),
+                                num_workers=0).setup("fit")
     with warnings.catch_warnings():
         warnings.simplefilter("error", VisattnWarning)
         CocoDetection(path, images_dir, class_names=trained.class_names, category_ids=trained.category_ids)
-        CocoDetection(path, images_dir, class_names=["cat", "bird", "dog", "fish"], category_ids=[3, 5, 7, None])
+        # ids unknown on either side (a class the file lacks, or whose training id was not recorded) are no move
+        CocoDetection(path, images_dir, class_names=["cat", "bird", "dog", "fish"], category_ids=[3, 5, 7, 4])
+        CocoDetection(tmp_path / "val.json", images_dir, class_names=trained.class_names,
+                      category_ids=[None, None, 7])
 
 
 def test_evaluation_keeps_crowd_regions_flagged_and_leaves_broken_images_out(tmp_path):

@@ -372,10 +372,13 @@ def test_fcos_finds_nothing_in_the_padding_past_an_image_of_another_aspect():
 
     detector = load_detector("fcos_se_resnet20_cifar.scenes")
     scene = to_tensor(FashionScenes("test", num_scenes=1)[0].image)
-    square, wide = detector.detect([scene, torch.cat([scene, torch.zeros(3, 64, 32)], dim=2)], score_threshold=0.5)
-    sides = (wide["boxes"][:, 2:] - wide["boxes"][:, :2]).min(dim=1).values
-    assert len(wide["boxes"]) >= 2 and sides.min() > 10
-    assert box_iou(wide["boxes"][:1], square["boxes"]).max() > 0.9  # the best is one of the scene's items
+    band = torch.zeros(3, 64, 32)
+    square, wide, tall = detector.detect([scene, torch.cat([scene, band], dim=2), torch.cat([scene, band.mT], dim=1)],
+                                         score_threshold=0.5)
+    for padded in (wide, tall):  # padded below, and to the right
+        sides = (padded["boxes"][:, 2:] - padded["boxes"][:, :2]).min(dim=1).values
+        assert len(padded["boxes"]) >= 2 and sides.min() > 10
+        assert box_iou(padded["boxes"][:1], square["boxes"]).max() > 0.9  # the best is one of the scene's items
 
 
 def test_a_non_finite_detr_prediction_gives_a_non_finite_loss_for_the_guard_not_a_matching_error():

@@ -620,8 +620,10 @@ def test_a_non_square_vits_saved_weights_reach_another_size_from_the_grid_they_r
     expected.load_state_dict(saved.state_dict())
     expected.set_input_size(img_size=built_for)  # timm's resampling from the grid it was built for
     images = torch.randn(2, 3, *built_for)
-    for model in (create_model("vit_tiny_patch16_224.wide", img_size=built_for),
-                  create_model("vit_tiny_patch16_224", pretrained=str(path), img_size=built_for, **settings)):
+    for model in (create_model("vit_tiny_patch16_224.wide", img_size=built_for),  # the file's record
+                  create_model("vit_tiny_patch16_224", pretrained=str(path), img_size=built_for, **settings),
+                  load_weights(create_model("vit_tiny_patch16_224", img_size=built_for, **settings),
+                               "vit_tiny_patch16_224.wide")):  # the index entry's
         with torch.no_grad():
             torch.testing.assert_close(model.eval()(images), expected(images), rtol=0, atol=1e-6)
 

@@ -1675,6 +1675,27 @@ def test_a_shipped_config_runs_by_its_readme_name_from_any_folder(tmp_path, monk
                                        "shipped one's name (`visattn configs` lists them)\n")
 
 
+def test_config_settings_urls_and_home_paths_stay_jsonargparses_and_no_shipped_name_leaves_the_folder(
+        tmp_path, monkeypatch, capsys):
+    """A code review: inline settings, `~` paths and fsspec URLs, which jsonargparse reads, were refused as "no such
+    file"; `../Makefile` ran the repository's Makefile as "the shipped config"."""
+    from visattn.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "mine.yaml").write_text(yaml.safe_dump({"trainer": {"max_epochs": 3}}))
+    for config in (["--config", "~/mine.yaml"], ["--config=~/mine.yaml"],
+                   ["--config", "configs/classification/vit_fmnist.yaml", "--config", '{"trainer": {"max_epochs": 7}}']):
+        with pytest.raises(SystemExit) as exit:
+            main(["fit", *config, "--print_config"])
+        assert exit.value.code == 0 and re.search(r"max_epochs: [37]\n", capsys.readouterr().out)
+    assert main(["fit", "--config", "memory://gone.yaml"]) == 2
+    assert "Path does not exist: 'memory://gone.yaml'" in capsys.readouterr().err
+    for outside in ("../Makefile", "classification/../../Makefile", "../pyproject.toml"):
+        assert main(["fit", "--config", outside]) == 2
+        assert "shipped" not in capsys.readouterr().err
+
+
 def test_visattn_configs_lists_every_shipped_config_with_what_it_trains(tmp_path, monkeypatch, capsys):
     from visattn.cli import main
 
@@ -1686,6 +1707,8 @@ def test_visattn_configs_lists_every_shipped_config_with_what_it_trains(tmp_path
     assert "configs/classification/cbam_resnet_fmnist.yaml         CBAM-ResNet (CIFAR-style, <1M parameters) on " \
            "Fashion-MNIST." in rows
     assert footer.startswith(f"(shipped in {repo / 'configs'}; ")
+    assert main(["configs", "fmnist"]) == 0  # a part of the name, as the README's `visattn configs fmnist`
+    assert len(capsys.readouterr().out.splitlines()) == 1 + sum(1 for p in repo.glob("configs/*/*fmnist*.yaml"))
     assert main(["configs", "detection/*scenes*"]) == 0
     assert [row.split()[0] for row in capsys.readouterr().out.splitlines()[:-1]] == [
         "configs/detection/detr_scenes.yaml", "configs/detection/detr_scenes_stage2.yaml",

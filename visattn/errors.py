@@ -12,6 +12,8 @@ import typing
 from numbers import Real
 from typing import Any, Callable, Optional, TextIO
 
+import numpy as np
+
 # Set by the CLI while a command runs, so that DataLoader workers it spawns print warnings as it does.
 ONE_LINE_WARNINGS_ENV = "VISATTN_ONE_LINE_WARNINGS"
 
@@ -92,11 +94,15 @@ def check_keyword_types(owner: str, function: Callable[..., Any], kwargs: dict[s
         if value is None and type(None) in kinds:
             continue
         kinds = tuple(kind for kind in kinds if kind is not type(None))
-        if kinds == (bool,) and not isinstance(value, bool):
-            raise ArgumentError(name, value, f"{owner} takes True or False, not a {type(value).__name__}")
-        if kinds == (float,) and not (isinstance(value, Real) and not isinstance(value, bool)):
-            raise ArgumentError(name, value, f"{owner} takes a number, not a {type(value).__name__}"
-                                             f"{_yaml_number_hint(value)}")
+        if kinds == (bool,) and not isinstance(value, (bool, np.bool_)):
+            raise ArgumentError(name, value, f"{owner} takes True or False, not {_a_type(value)}")
+        if kinds == (float,) and not (isinstance(value, Real) and not isinstance(value, (bool, np.bool_))):
+            raise ArgumentError(name, value, f"{owner} takes a number, not {_a_type(value)}{_yaml_number_hint(value)}")
+
+
+def _a_type(value: Any) -> str:
+    name = type(value).__name__
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
 
 
 def _yaml_number_hint(value: Any) -> str:

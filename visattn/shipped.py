@@ -21,16 +21,28 @@ def installed_package() -> bool:
     return shipped_folder("weights").parent == PACKAGE
 
 
+CONFIG_SUFFIXES = (".yaml", ".yml")
+
+
+def config_file_name(value: Union[str, Path]) -> bool:
+    """Whether a ``--config`` value names a YAML file, rather than holding the settings themselves (jsonargparse
+    reads ``{"trainer": ...}`` as a config) or naming a URL (``s3://``, which LightningCLI reads through fsspec)."""
+    text = str(value)
+    return text.lower().endswith(CONFIG_SUFFIXES) and "://" not in text and "\n" not in text and "{" not in text
+
+
 def shipped_config(value: Union[str, Path]) -> Optional[Path]:
     """The shipped config a ``--config`` value names when no file is there: ``configs/classification/x.yaml``
     (the README's form, from any folder or a pip install) or ``classification/x.yaml``. ``None`` for an existing
-    file, an absolute path, or a name no shipped config has."""
+    file, an absolute or ``~`` path, settings or a URL, or a name no shipped config has (one outside the configs
+    folder, ``../Makefile``, too)."""
     path = Path(value)
-    if path.is_absolute() or path.exists():
+    if not config_file_name(value) or path.expanduser().is_absolute() or path.exists():
         return None
     parts = path.parts[1:] if path.parts[:1] == ("configs",) else path.parts
-    candidate = shipped_folder("configs").joinpath(*parts) if parts else None
-    return candidate if candidate is not None and candidate.is_file() else None
+    folder = shipped_folder("configs").resolve()
+    candidate = folder.joinpath(*parts).resolve() if parts else folder
+    return candidate if candidate.is_relative_to(folder) and candidate.is_file() else None
 
 
 def shipped_config_names() -> list[str]:

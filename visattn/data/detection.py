@@ -516,9 +516,10 @@ class _DetectionDataModule(SplitLoadersMixin, pl.LightningDataModule):
         return len(self.class_names)
 
     @property
-    def most_objects(self) -> int:
-        """The most object boxes one training image can hold, which a DETR-style detector needs queries for."""
-        raise NotImplementedError
+    def most_objects(self) -> Optional[int]:
+        """The most object boxes one training image can hold, which a DETR-style detector needs queries for
+        (None: not known before the images are read)."""
+        return None
 
     @property
     def category_ids(self) -> Optional[list[int]]:

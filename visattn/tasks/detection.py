@@ -169,8 +169,9 @@ class DetectionTask(GuardedTask, pl.LightningModule):
         refuse_cast_batches(self, "a detector's boxes, box losses and matching need float32",
                             precisions=("bf16-true", "16-true", "64-true"))
         check = getattr(self.model, "check_query_count", None)  # DETR's: before training, not when shuffled to
-        if stage == "fit" and check is not None and hasattr(self.trainer.datamodule, "most_objects"):
-            check(self.trainer.datamodule.most_objects, source="the training data")
+        most = getattr(self.trainer.datamodule, "most_objects", None)
+        if stage == "fit" and check is not None and most is not None:
+            check(most, source="the training data")
 
     def forward(self, images: list[Tensor]) -> Detections:
         return self.eval_model(images)

@@ -81,7 +81,7 @@ from ..errors import ConfigError, VisattnError, VisattnWarning, WeightsError, ke
 from ..fileio import atomic_path, claim_folder, prepare_output_dir, refuse_replacing_others_files, unique_paths
 from ..pretrained import check_state_dict, checkpoint_follows, scored_as_built
 from ..registry import split_model_name
-from ..shipped import nearest_shipped_configs, shipped_config
+from ..shipped import config_file_name, nearest_shipped_configs, shipped_config
 from .classification import EDITED_CHECKPOINT, read_checkpoint
 from .detection import class_label, detection_records
 from .distributed import gather_shares
@@ -1358,7 +1358,8 @@ def _with_shipped_configs(argv: list[str]) -> list[str]:
         else:
             continue
         shipped = shipped_config(value)
-        if shipped is None and not Path(value).exists():  # jsonargparse's line names no shipped config
+        # jsonargparse's line names no shipped config; settings, URLs and `~` paths are its to read
+        if shipped is None and config_file_name(value) and not Path(value).expanduser().exists():
             nearest = nearest_shipped_configs(value)
             fix = f"did you mean {' or '.join(nearest)}?" if nearest else \
                 "give a config's path, or a shipped one's name (`visattn configs` lists them)"
