@@ -794,6 +794,25 @@ def test_drawn_detections_enlarge_small_images_but_not_strips_past_4096_px(tmp_p
     assert drawn[8 * scale - 1, 5 * scale].any() and not drawn[5 * scale, 5 * scale].any()  # its edge, not its inside
 
 
+@pytest.mark.parametrize("height, width, line, label", [(64, 64, 2, 8), (1500, 2000, 5, 25), (4500, 6000, 15, 80)])
+def test_drawn_boxes_and_labels_grow_with_the_photo(tmp_path, height, width, line, label):
+    """An audit: an 8000x6000 photo's box was a 1 px line and its label torchvision's 11 px bitmap font."""
+    from PIL import Image
+
+    from visattn.tasks.detection import draw_detections
+
+    box = [0.4 * width, 0.4 * height, 0.6 * width, 0.6 * height]
+    draw_detections(np.zeros((height, width, 3), np.uint8), [{"box": box, "label": "bag", "score": 0.9, "index": 0}],
+                    tmp_path / "drawn.png")
+    drawn = np.asarray(Image.open(tmp_path / "drawn.png").convert("RGB"))
+    scale = drawn.shape[1] // width  # small images are enlarged first
+    x0, y0, x1, y1 = (round(v * scale) for v in box)
+    left_edge = drawn[(y0 + y1) // 2, x0 - 1:x0 + line + 1].any(-1)
+    assert left_edge[1:-1].all() and not left_edge[0]  # a line at least `line` pixels wide, from the box's edge
+    inside = drawn[y0 + line + 1:y1 - line - 1, x0 + line + 1:x1 - line - 1]
+    assert len(np.nonzero(inside.any(-1).any(-1))[0]) >= label  # the label's rows, under the box's top edge
+
+
 @needs_fashion_mnist
 def test_a_folder_given_to_two_commands_keeps_each_ones_outputs(tmp_path, capsys):
     """`caption --attention-out D` then `detect --out D` replaced the caption's panel STEM.png without a word, exit 0

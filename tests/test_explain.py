@@ -1009,6 +1009,41 @@ def test_explain_draws_a_squashed_model_input_at_its_sources_shape(tmp_path):
     assert (np.ptp(cols) + 1) / (np.ptp(rows) + 1) == pytest.approx(3.0, rel=0.02)
 
 
+@pytest.mark.parametrize("recipe, drawn_on, title", [("photo", "centre crop", "the model's centre crop"),
+                                                      ("small", "whole image", "image")])
+def test_explain_says_when_it_draws_the_photo_recipes_centre_crop(tmp_path, monkeypatch, capsys, recipe, drawn_on,
+                                                                  title):
+    """An audit: a wide photo's map covered the model's centre crop, under the title "image", so an object off the
+    centre was in neither panel, without a word."""
+    import visattn.explain as explain_module
+    from visattn.explain import explain_image
+
+    titles = []
+    figure = explain_module.overlay_figure
+    monkeypatch.setattr(explain_module, "overlay_figure",
+                        lambda *args, **kwargs: titles.append(kwargs["image_title"]) or figure(*args, **kwargs))
+    preprocessing = {"input_size": [3, 32, 32], "mean": [0.5] * 3, "std": [0.5] * 3, "recipe": recipe}
+    classifier = Classifier(create_model("cbam_resnet20_cifar", num_classes=3).eval(), ["a", "b", "c"], preprocessing,
+                            "tiny", "cbam_resnet20_cifar", {})
+    result = explain_image(classifier, np.zeros((40, 120, 3), np.uint8), "gradcam", str(tmp_path / "map.png"))
+    assert result["drawn_on"] == drawn_on and titles == [title] and (tmp_path / "map.png").is_file()
+    from types import SimpleNamespace
+
+    from visattn.cli import _print_explained
+
+    _print_explained(SimpleNamespace(json=False, method="gradcam"), "wide.png", {**result, "map": "map.png"})
+    crop = " (of the centre crop the model saw)" if recipe == "photo" else ""
+    assert capsys.readouterr().out == f"wide.png: {result['label']} {result['prob']:.3f}; gradcam map{crop} written to map.png\n"
+
+
+def test_a_class_given_by_name_to_a_method_without_classes_is_named_as_given(tmp_path, capsys):
+    """`--class Bag` with `--method rollout` said `--class 8: applies to gradcam only`."""
+    Image.fromarray(np.zeros((28, 28, 3), np.uint8)).save(tmp_path / "x.png")
+    assert main(["explain", str(tmp_path / "x.png"), "--model", "vit_tiny_patch4_28.fmnist", "--method", "rollout",
+                 "--class", "Bag", "--out", str(tmp_path / "m.png")]) == 2
+    assert capsys.readouterr().err.startswith("visattn: error: --class Bag: applies to gradcam only")
+
+
 def test_a_grad_cam_map_that_is_zero_everywhere_warns_with_the_fix():
     """At a class-token ViT's final norm the map is all zero (only the class token reaches the head): a blank figure."""
     from visattn.errors import VisattnWarning

@@ -359,10 +359,12 @@ def _explained(classifier: Any, image: Any, args: argparse.Namespace, out: Path)
 def _print_explained(args: argparse.Namespace, path: Any, result: dict[str, Any]) -> None:
     if args.json:
         print(json.dumps({"file": str(path), "label": result["label"], "prob": result["prob"],
-                          "explained": result["explained"], "method": args.method, "map": result["map"]}))
+                          "explained": result["explained"], "method": args.method, "drawn_on": result["drawn_on"],
+                          "map": result["map"]}))
         return
     explained = f" of {result['explained']}" if result["explained"] != result["label"] else ""
-    print(one_line(f"{path}: {result['label']} {result['prob']:.3f}; {args.method} map{explained} written to "
+    crop = " (of the centre crop the model saw)" if result["drawn_on"] == "centre crop" else ""
+    print(one_line(f"{path}: {result['label']} {result['prob']:.3f}; {args.method} map{explained}{crop} written to "
                    f"{result['map']}"))
 
 

@@ -249,33 +249,42 @@ def explain_image(
         classifier: a :class:`visattn.tasks.classification.Classifier`.
         image: ``(H, W, 3)`` uint8 RGB image, e.g. from ``decode_image``.
         method: see :func:`explain`.
-        out: image path (PNG unless its suffix names another format): the image as the model sees it,
-            the map over it, and the predicted label. A file already there is replaced only if visattn
-            wrote it.
+        out: image path (PNG unless its suffix names another format): the image as the model sees it (the
+            photo recipe's centre crop, so titled; the ``small`` recipe's whole image, at its own shape), the map
+            over it, and the predicted label. A file already there is replaced only if visattn wrote it.
         layer, head: see :func:`explain`.
         target_class: ``gradcam`` only: class index or name to explain (default: the prediction).
 
     Returns:
-        ``{"label", "index", "prob", "method", "explained", "out"}``: the prediction, the class whose
-        map was drawn and the written file.
+        ``{"label", "index", "prob", "method", "explained", "drawn_on", "out"}``: the prediction, the class
+        whose map was drawn, ``"centre crop"`` or ``"whole image"`` and the written file.
     """
     target = check_figure_path(out, flag="out")  # before the work, as `visattn explain` checks --out
     tensor = classifier.transform()(image).to(classifier.device)  # (3, h, w), normalised
     probs = classifier.predict(tensor[None])[0]
     index = int(probs.argmax())
     explained = _class_to_index(target_class, classifier.class_names)
-    heatmap = explain(classifier.model, tensor, method, layer=layer, head=head, target_class=explained)
+    try:
+        heatmap = explain(classifier.model, tensor, method, layer=layer, head=head, target_class=explained)
+    except ArgumentError as err:  # it names the index a class name was turned into (--class 8 for --class Bag)
+        if err.argument != "target_class":
+            raise
+        raise ArgumentError("target_class", target_class, err.reason) from None
     label = classifier.class_names[index]
     title = f"{label} ({float(probs[index]):.2f}), {method}"
     if explained is not None and explained != index:
         title += f" for {classifier.class_names[explained]}"
     seen = model_view(tensor, classifier.preprocessing["mean"], classifier.preprocessing["std"])
     aspect = squashed_pixel_aspect(classifier.preprocessing, image.shape, tensor.shape)
-    fig = overlay_figure(seen, heatmap, title=title, pixel_aspect=aspect)
+    # the photo recipe's model sees a centre crop, and the map covers only that: an object off the centre of a wide
+    # photo was in neither panel, under the title "image"
+    drawn_on = "centre crop" if classifier.preprocessing.get("recipe") == "photo" else "whole image"
+    fig = overlay_figure(seen, heatmap, title=title, pixel_aspect=aspect,
+                         image_title="the model's centre crop" if drawn_on == "centre crop" else "image")
     save_figure(fig, target, argument="out", command="explain")
     shown = classifier.class_names[index if explained is None else explained]
     return {"label": label, "index": index, "prob": round(float(probs[index]), 4), "method": method,
-            "explained": shown, "out": str(out)}
+            "explained": shown, "drawn_on": drawn_on, "out": str(out)}
 
 
 def squashed_pixel_aspect(preprocessing: dict, source_shape: Sequence[int], input_shape: Sequence[int]) -> float:

@@ -133,14 +133,16 @@ def overlay_figure(
     alpha: float = 0.5,
     pixel_aspect: float = 1.0,
     centres: Optional[CellCentres] = None,
+    image_title: str = "image",
 ) -> Figure:
-    """The figure :func:`save_overlay` writes; see it for the arguments."""
+    """The figure :func:`save_overlay` writes; see it for the arguments. ``image_title`` names the left panel
+    (what the model saw: an image, or a crop of one)."""
     image = _check_image(image)
     blended = heatmap_overlay(image, heatmap, cmap=cmap, alpha=alpha, centres=centres)
     fig = _figure(figsize=(7.5, 3.6))
     left, right = fig.subplots(1, 2)
     left.imshow(image, aspect=pixel_aspect)
-    left.set_title("image")
+    left.set_title(image_title)
     right.imshow(blended, aspect=pixel_aspect)
     right.set_title("map")
     fig.colorbar(ScalarMappable(norm=Normalize(0.0, 1.0), cmap=cmap), ax=right, label="relevance (normalised)")

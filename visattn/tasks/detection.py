@@ -8,7 +8,7 @@ COCO mAP (IoU 0.50:0.95) and mAP@0.5 from torchmetrics' ``MeanAveragePrecision``
 """
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Optional, Sequence, Union
 
@@ -489,6 +489,17 @@ def _detection_line(record: dict[str, Any], score_threshold: float) -> str:
     return one_line(f"{record['file']}: {boxes}{drawn}{attention_note(record, 'detections')}")
 
 
+_BITMAP_FONT_SIZE = 11  # px, torchvision's default label font (PIL's bitmap font), kept for drawings up to 600 px
+
+
+@lru_cache(maxsize=1)
+def _label_font() -> str:
+    """A TrueType font that scales (matplotlib's DejaVu Sans, which it always ships)."""
+    from matplotlib import font_manager
+
+    return font_manager.findfont("DejaVu Sans")
+
+
 def draw_detections(image: np.ndarray, detections: Sequence[dict[str, Any]], path: Path) -> None:
     """Write ``image`` (``(H, W, 3)`` uint8) with each detection's box, label and score as a PNG."""
     from PIL import Image
@@ -502,6 +513,11 @@ def draw_detections(image: np.ndarray, detections: Sequence[dict[str, Any]], pat
         boxes = torch.tensor([d["box"] for d in detections], dtype=torch.float32) * scale
         labels = [f"{d['label']} {d['score']:.2f}" for d in detections]
         colours = [_BOX_COLOURS[d["index"] % len(_BOX_COLOURS)] for d in detections]
-        pixels = draw_bounding_boxes(pixels, boxes, labels=labels, colors=colours, width=max(1, scale // 2))
+        # Lines and labels grow with the drawing: on an 8000x6000 photo a 1 px box and torchvision's 11 px bitmap
+        # font could not be seen at any viewing size.
+        side = min(pixels.shape[-2:])  # the shorter: a label as tall as a strip would hide it
+        font = {"font": _label_font(), "font_size": side // 50} if side // 50 > _BITMAP_FONT_SIZE else {}
+        pixels = draw_bounding_boxes(pixels, boxes, labels=labels, colors=colours, width=max(1, scale // 2, side // 300),
+                                     **font)
     with atomic_path(path) as tmp:
         Image.fromarray(pixels.permute(1, 2, 0).numpy()).save(tmp, format="PNG", pnginfo=png_mark(_DRAWINGS))
