@@ -629,7 +629,7 @@ def test_a_non_square_vits_saved_weights_reach_another_size_from_the_grid_they_r
 
 
 @pytest.mark.parametrize("arch, size", [("resnet18", 32), (ARCH, 28)])
-def test_a_features_only_models_own_weights_load_back(tmp_path, arch, size):
+def test_a_features_only_model_loads_its_own_weights_and_its_classifiers(tmp_path, arch, size):
     """Its keys sit under `model.` (timm's FeatureGetterNet), which loading stripped as a Lightning task's prefix:
     "no key in common" for the model's own state dict."""
     torch.manual_seed(0)
@@ -640,6 +640,16 @@ def test_a_features_only_models_own_weights_load_back(tmp_path, arch, size):
         loaded = load_weights(create_model(arch, features_only=True, out_indices=(1, 2)), source)
         for ours, theirs in zip(loaded.eval()(images), trained.eval()(images)):
             torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+    # a classifier's weights, as features_only=True builds from them: the layers it prunes were "unexpected"
+    classifier = create_model(arch)
+    save_file(classifier.state_dict(), tmp_path / "classifier.safetensors")
+    built = create_model(arch, features_only=True, out_indices=(1, 2), pretrained=str(tmp_path / "classifier.safetensors"))
+    loaded = load_weights(create_model(arch, features_only=True, out_indices=(1, 2)), classifier.state_dict())
+    for ours, theirs in zip(loaded.eval()(images), built.eval()(images)):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+    with pytest.raises(WeightsError, match="missing"):  # a shallower classifier's still do not fit
+        load_weights(create_model(arch, features_only=True), {k: v for k, v in classifier.state_dict().items()
+                                                              if not k.startswith(("layer4", "blocks.3"))})
 
 
 def test_corrupt_index_names_the_file(weights_tmp):

@@ -781,8 +781,9 @@ def load_weights(
         raise WeightsError(f"weights source {source!r}: give a file path, a shipped ARCH.TAG, 'timm:NAME', "
                            "'hf-hub:ORG/REPO' or a state dict")
     wrapper, model = model, _bare_model(model)
-    if isinstance(model, FeatureGetterNet):  # features_only=True: its keys are its classifier's under `model.`,
-        model = model.model                  # which weights lose as a Lightning task's prefix
+    features_only = isinstance(model, FeatureGetterNet)
+    if features_only:  # its keys are its classifier's under `model.`, which weights lose as a Lightning task's prefix
+        model = model.model
     if any(p.is_meta for p in model.parameters()):
         raise WeightsError(f"{type(model).__name__} is on the meta device, where loading weights does nothing; "
                            "build it on the CPU or a GPU, or call model.to_empty(device=...) first")
@@ -810,6 +811,8 @@ def load_weights(
             raise WeightsError(f"{named}: {err}") from None
     else:
         state = _timm_filtered(model, state, source=named)
+    if features_only:
+        state = _without_pruned_layers(model, state)
     state, head_warning, head_error = _drop_mismatched_head(model, state, source=named, new_head=new_head)
     state, channels_warning = _adapt_input_channels(model, state, source=named)
     check_state_dict(model, state, strict=strict, source=named, fix=fix)
@@ -822,6 +825,20 @@ def load_weights(
         warnings.warn(warning, VisattnWarning, stacklevel=2)
     model.load_state_dict(state, strict=False)
     return wrapper
+
+
+def _without_pruned_layers(model: nn.Module, state: StateDict) -> StateDict:
+    """``state`` less the layers a features-only ``model`` pruned (those past its last level, and the head), so that
+    a classifier's weights load into it as timm's ``features_only`` builds it from them; they were "unexpected"."""
+    kept = model.state_dict()
+    modules, blocks = {key.partition(".")[0] for key in kept}, len(getattr(model, "blocks", ()))
+
+    def pruned(key: str) -> bool:
+        module, _, rest = key.partition(".")
+        index = rest.partition(".")[0]
+        return module not in modules or (module == "blocks" and index.isdigit() and int(index) >= blocks)
+
+    return {key: value for key, value in state.items() if key in kept or not pruned(key)}
 
 
 def _recorded_grid(preprocessing: Optional[dict[str, Any]], state: StateDict) -> Optional[tuple[int, int]]:
