@@ -353,6 +353,22 @@ def test_an_average_that_a_short_run_leaves_near_the_starting_weights_is_warned_
     assert float(task.ema.n_averaged) == 4  # the copy after the first step, then three updates
 
 
+def test_the_runs_warnings_at_train_start_are_said_by_the_first_process_only(monkeypatch):
+    """Under DDP each process had warned of the short run's average (and a changed schedule) again."""
+    from types import SimpleNamespace
+
+    import visattn.tasks.guards as guards
+
+    said = []
+    monkeypatch.setattr(guards, "warn_of_a_starting_average", lambda task: said.append("average"))
+    monkeypatch.setattr(guards, "warn_of_a_changed_schedule", lambda task: said.append("schedule"))
+    task = ImageClassifier("resnet20_cifar", num_classes=3, ema_decay=0.999)
+    for first in (False, True):
+        task._trainer = SimpleNamespace(is_global_zero=first, world_size=1, ckpt_path=None)
+        task.on_train_start()
+    assert said == ["schedule", "average"]
+
+
 def test_ema_mixup_and_cutmix_train_step():
     task = ImageClassifier("cbam_resnet20_cifar", num_classes=10, mixup_alpha=0.2, cutmix_alpha=1.0, ema_decay=0.9)
     images, targets = torch.randn(4, 3, 28, 28), torch.tensor([0, 1, 2, 3])

@@ -236,8 +236,9 @@ class GuardedTask:
         self.loss_guard.drop_skipped_gradients()
 
     def on_train_start(self) -> None:
-        warn_of_a_changed_schedule(self)
-        warn_of_a_starting_average(self)
+        if self.trainer.is_global_zero:  # the run's, not a process's: each DDP process had said them again
+            warn_of_a_changed_schedule(self)
+            warn_of_a_starting_average(self)
         if self.trainer.world_size > 1 and self.trainer.ckpt_path is None:  # a resume restores each process's states
             seed_apart(self.trainer.global_rank)
 
