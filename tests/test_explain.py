@@ -1010,6 +1010,7 @@ def test_explain_draws_a_squashed_model_input_at_its_sources_shape(tmp_path):
 
 
 @pytest.mark.parametrize("recipe, drawn_on, title", [("photo", "centre crop", "the model's centre crop"),
+                                                      (None, "centre crop", "the model's centre crop"),  # as saved
                                                       ("small", "whole image", "image")])
 def test_explain_says_when_it_draws_the_photo_recipes_centre_crop(tmp_path, monkeypatch, capsys, recipe, drawn_on,
                                                                   title):
@@ -1022,7 +1023,8 @@ def test_explain_says_when_it_draws_the_photo_recipes_centre_crop(tmp_path, monk
     figure = explain_module.overlay_figure
     monkeypatch.setattr(explain_module, "overlay_figure",
                         lambda *args, **kwargs: titles.append(kwargs["image_title"]) or figure(*args, **kwargs))
-    preprocessing = {"input_size": [3, 32, 32], "mean": [0.5] * 3, "std": [0.5] * 3, "recipe": recipe}
+    preprocessing = {"input_size": [3, 32, 32], "mean": [0.5] * 3, "std": [0.5] * 3}  # no recipe: the photo one
+    preprocessing.update({"recipe": recipe} if recipe else {})
     classifier = Classifier(create_model("cbam_resnet20_cifar", num_classes=3).eval(), ["a", "b", "c"], preprocessing,
                             "tiny", "cbam_resnet20_cifar", {})
     result = explain_image(classifier, np.zeros((40, 120, 3), np.uint8), "gradcam", str(tmp_path / "map.png"))
@@ -1032,8 +1034,10 @@ def test_explain_says_when_it_draws_the_photo_recipes_centre_crop(tmp_path, monk
     from visattn.cli import _print_explained
 
     _print_explained(SimpleNamespace(json=False, method="gradcam"), "wide.png", {**result, "map": "map.png"})
-    crop = " (of the centre crop the model saw)" if recipe == "photo" else ""
+    crop = " (of the centre crop the model saw)" if drawn_on == "centre crop" else ""
     assert capsys.readouterr().out == f"wide.png: {result['label']} {result['prob']:.3f}; gradcam map{crop} written to map.png\n"
+    _print_explained(SimpleNamespace(json=True, method="gradcam"), "wide.png", {**result, "map": "map.png"})
+    assert json.loads(capsys.readouterr().out)["drawn_on"] == drawn_on
 
 
 def test_a_class_given_by_name_to_a_method_without_classes_is_named_as_given(tmp_path, capsys):

@@ -650,6 +650,11 @@ def test_a_features_only_model_loads_its_own_weights_and_its_classifiers(tmp_pat
     with pytest.raises(WeightsError, match="missing"):  # a shallower classifier's still do not fit
         load_weights(create_model(arch, features_only=True), {k: v for k, v in classifier.state_dict().items()
                                                               if not k.startswith(("layer4", "blocks.3"))})
+    # nor a deeper one's, or one with attention modules the model lacks: only what its pruning took is left out
+    other = create_model("bam_resnet18" if arch == "resnet18" else arch, **({} if arch == "resnet18" else {"depth": 6}))
+    with pytest.raises(WeightsError, match=r"unexpected: (bam1|blocks\.4)\."):
+        load_weights(create_model(arch, features_only=True, **({} if arch == "resnet18" else {"depth": 4})),
+                     other.state_dict())
 
 
 def test_corrupt_index_names_the_file(weights_tmp):

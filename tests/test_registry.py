@@ -136,14 +136,20 @@ def test_a_flag_or_number_builder_argument_of_another_type_is_one_line(name):
             create_model(name, **{argument: value})
 
 
-def test_flags_and_numbers_of_their_kinds_build():
+def test_flags_and_numbers_of_their_kinds_build(weights_tmp):
+    from visattn import save_weights
+
+    tmp_path = weights_tmp
     assert "class_token" in _flag_and_number_arguments("vit_tiny_patch4_28")[0]
     assert "zero_init_residual" in _flag_and_number_arguments("resnet18")[0]
     assert "mlp_ratio" in _flag_and_number_arguments("vit_tiny_patch4_28")[1]
     model = create_model("vit_tiny_patch4_28", class_token=False, global_pool="avg", qkv_bias=np.False_, mlp_ratio=2,
                          init_values=None, drop_rate=np.float64(0.1))
     assert model.cls_token is None and model.blocks[0].attn.qkv.bias is None and model.blocks[0].mlp.fc1.out_features == 384
-    # a code review: numpy's bool is named bool too ("takes True or False, not a bool")
+    # a code review: numpy's bool is named bool too ("takes True or False, not a bool"), and the index is JSON
+    save_weights(model, tmp_path / "vit_tiny_patch4_28.npbool.safetensors", labels=[str(k) for k in range(1000)],
+                 preprocessing={"input_size": [3, 28, 28], "mean": [0.5] * 3, "std": [0.5] * 3})
+    assert create_model("vit_tiny_patch4_28.npbool").blocks[0].attn.qkv.bias is None
     for arguments, message in [({"mlp_ratio": True}, "mlp_ratio=True: vit_tiny_patch4_28 takes a number, not a bool"),
                                ({"qkv_bias": 0}, "qkv_bias=0: vit_tiny_patch4_28 takes True or False, not an int")]:
         with pytest.raises(ArgumentError, match=f"^{re.escape(message)}$"):

@@ -1694,6 +1694,12 @@ def test_config_settings_urls_and_home_paths_stay_jsonargparses_and_no_shipped_n
     for outside in ("../Makefile", "classification/../../Makefile", "../pyproject.toml"):
         assert main(["fit", "--config", outside]) == 2
         assert "shipped" not in capsys.readouterr().err
+    from visattn import shipped
+
+    (tmp_path / "package" / "configs").mkdir(parents=True)
+    (tmp_path / "package" / "beside.yaml").write_text("trainer: {max_epochs: 2}\n")
+    monkeypatch.setattr(shipped, "shipped_folder", lambda name: tmp_path / "package" / name)
+    assert shipped.shipped_config("../beside.yaml") is None and shipped.shipped_config("x/../../beside.yaml") is None
 
 
 def test_visattn_configs_lists_every_shipped_config_with_what_it_trains(tmp_path, monkeypatch, capsys):

@@ -828,17 +828,19 @@ def load_weights(
 
 
 def _without_pruned_layers(model: nn.Module, state: StateDict) -> StateDict:
-    """``state`` less the layers a features-only ``model`` pruned (those past its last level, and the head), so that
-    a classifier's weights load into it as timm's ``features_only`` builds it from them; they were "unexpected"."""
-    kept = model.state_dict()
-    modules, blocks = {key.partition(".")[0] for key in kept}, len(getattr(model, "blocks", ()))
+    """``state`` less the layers a features-only ``model`` of visattn's registry pruned (those past its last level,
+    and the head), so that its classifier's weights load into it as ``features_only=True`` builds it from them; they
+    were "unexpected". Keys the whole classifier lacks too (another depth's blocks, attention modules) stay."""
+    from .registry import create_model, split_model_name
 
-    def pruned(key: str) -> bool:
-        module, _, rest = key.partition(".")
-        index = rest.partition(".")[0]
-        return module not in modules or (module == "blocks" and index.isdigit() and int(index) >= blocks)
-
-    return {key: value for key, value in state.items() if key in kept or not pruned(key)}
+    name = getattr(model, "visattn_name", None)
+    if name is None:  # built elsewhere (timm): what its pruning took is not known here
+        return state
+    with torch.device("meta"):  # the keys only
+        whole = create_model(split_model_name(name)[0], pretrained=False,
+                             **{**getattr(model, "visattn_kwargs", {}), "num_classes": model.num_classes})
+    pruned = set(whole.state_dict()) - set(model.state_dict())
+    return {key: value for key, value in state.items() if key not in pruned}
 
 
 def _recorded_grid(preprocessing: Optional[dict[str, Any]], state: StateDict) -> Optional[tuple[int, int]]:

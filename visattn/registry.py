@@ -9,6 +9,7 @@ import typing
 from collections.abc import Iterable, Sequence
 from typing import Any, Callable, Literal, Optional, Union
 
+import numpy as np
 from torch import nn
 
 from .errors import ArgumentError, ConfigError, UnknownModelError, check_keyword_arguments, check_keyword_types
@@ -274,8 +275,10 @@ def create_model(
                                                    "classifier, with features_only=True")
     model = _model_entrypoints[arch](**kwargs)
     model.visattn_name = f"{arch}.{entry['tag']}" if entry else arch
-    # what save_weights records, so that the weights rebuild this model by name
-    model.visattn_kwargs = {k: v for k, v in kwargs.items() if k != "num_classes"}
+    # what save_weights records, so that the weights rebuild this model by name (numpy's scalars as Python's: the
+    # index is JSON)
+    model.visattn_kwargs = {k: v.item() if isinstance(v, np.generic) else v for k, v in kwargs.items()
+                            if k != "num_classes"}
     if entry is not None:
         load_weights(model, entry["path"], strict=strict, sha256=entry["sha256"])
     elif pretrained is not None and pretrained is not False:  # an empty state dict too: load_weights refuses it

@@ -278,7 +278,7 @@ def explain_image(
     aspect = squashed_pixel_aspect(classifier.preprocessing, image.shape, tensor.shape)
     # the photo recipe's model sees a centre crop, and the map covers only that: an object off the centre of a wide
     # photo was in neither panel, under the title "image"
-    drawn_on = "centre crop" if classifier.preprocessing.get("recipe") == "photo" else "whole image"
+    drawn_on = "centre crop" if classifier.preprocessing.get("recipe", "photo") == "photo" else "whole image"
     fig = overlay_figure(seen, heatmap, title=title, pixel_aspect=aspect,
                          image_title="the model's centre crop" if drawn_on == "centre crop" else "image")
     save_figure(fig, target, argument="out", command="explain")

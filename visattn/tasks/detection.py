@@ -489,7 +489,7 @@ def _detection_line(record: dict[str, Any], score_threshold: float) -> str:
     return one_line(f"{record['file']}: {boxes}{drawn}{attention_note(record, 'detections')}")
 
 
-_BITMAP_FONT_SIZE = 11  # px, torchvision's default label font (PIL's bitmap font), kept for drawings up to 600 px
+_BITMAP_FONT_SIZE = 11  # px, about torchvision's default label font (PIL's default), kept for drawings under 600 px
 
 
 @lru_cache(maxsize=1)
