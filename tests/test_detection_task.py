@@ -794,6 +794,23 @@ def test_drawn_detections_enlarge_small_images_but_not_strips_past_4096_px(tmp_p
     assert drawn[8 * scale - 1, 5 * scale].any() and not drawn[5 * scale, 5 * scale].any()  # its edge, not its inside
 
 
+def test_a_label_font_that_does_not_open_draws_with_torchvisions(tmp_path, monkeypatch):
+    """A review: a broken font file was a traceback in `detect --out` on photos of 600 px or more."""
+    from matplotlib import font_manager
+
+    import visattn.tasks.detection as detection
+
+    (tmp_path / "broken.ttf").write_bytes(b"not a font")
+    monkeypatch.setattr(font_manager, "findfont", lambda name: str(tmp_path / "broken.ttf"))
+    detection._label_font.cache_clear()
+    try:
+        detection.draw_detections(np.zeros((900, 1200, 3), np.uint8), [{"box": [100.0, 100.0, 500.0, 500.0],
+                                  "label": "bag", "score": 0.9, "index": 0}], tmp_path / "drawn.png")
+    finally:
+        detection._label_font.cache_clear()
+    assert (tmp_path / "drawn.png").is_file()
+
+
 def test_fcos_maps_that_will_take_minutes_are_warned_of(monkeypatch):
     """An audit: FCOS's maps of 87 detections of a 48 MP photo took 143 s, one backward pass each, without a word."""
     import visattn.explain.detections as module

@@ -493,11 +493,18 @@ _BITMAP_FONT_SIZE = 11  # px, about torchvision's default label font (PIL's defa
 
 
 @lru_cache(maxsize=1)
-def _label_font() -> str:
-    """A TrueType font that scales (matplotlib's DejaVu Sans, which it always ships)."""
+def _label_font() -> Optional[str]:
+    """A TrueType font that scales: matplotlib's DejaVu Sans, which it ships; None where it does not open (a broken
+    install), for torchvision's own font, which does not grow, rather than a traceback."""
     from matplotlib import font_manager
+    from PIL import ImageFont
 
-    return font_manager.findfont("DejaVu Sans")
+    path = font_manager.findfont("DejaVu Sans")
+    try:
+        ImageFont.truetype(path, _BITMAP_FONT_SIZE)
+    except OSError:
+        return None
+    return path
 
 
 def draw_detections(image: np.ndarray, detections: Sequence[dict[str, Any]], path: Path) -> None:
@@ -516,7 +523,8 @@ def draw_detections(image: np.ndarray, detections: Sequence[dict[str, Any]], pat
         # Lines and labels grow with the drawing: on an 8000x6000 photo a 1 px box and torchvision's 11 px bitmap
         # font could not be seen at any viewing size.
         side = min(pixels.shape[-2:])  # the shorter: a label as tall as a strip would hide it
-        font = {"font": _label_font(), "font_size": side // 50} if side // 50 > _BITMAP_FONT_SIZE else {}
+        grows = side // 50 > _BITMAP_FONT_SIZE and _label_font() is not None
+        font = {"font": _label_font(), "font_size": side // 50} if grows else {}
         pixels = draw_bounding_boxes(pixels, boxes, labels=labels, colors=colours, width=max(1, scale // 2, side // 300),
                                      **font)
     with atomic_path(path) as tmp:
