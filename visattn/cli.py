@@ -679,7 +679,8 @@ def build_parser() -> argparse.ArgumentParser:
     models.set_defaults(func=cmd_models)
 
     configs = sub.add_parser("configs", help="list the shipped training configs, each with what it trains")
-    configs.add_argument("pattern", nargs="?", default="", help="part of a config's name or an fnmatch pattern, e.g. 'fmnist' or 'detection/*'")
+    configs.add_argument("pattern", nargs="?", default="",
+                         help="part of a config's name or an fnmatch pattern, e.g. 'fmnist' or 'detection/*'")
     configs.set_defaults(func=cmd_configs)
 
     evaluate = sub.add_parser("evaluate",

@@ -801,7 +801,8 @@ def load_weights(
         grid = _recorded_grid(entry.get("preprocessing"), state)
     else:
         state = read_state_dict(source, sha256=sha256)
-        grid = _recorded_grid(_file_preprocessing(Path(source)), state)
+        if "pos_embed" in state:  # a ViT's: the file's header read again only for the grid it records
+            grid = _recorded_grid(_file_preprocessing(Path(source)), state)
     named = origin or (source if not isinstance(source, dict) else "state dict")
     adapt = getattr(model, "adapt_state_dict", None)
     if adapt is not None:

@@ -21,7 +21,7 @@ import math
 import os
 import warnings
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -239,7 +239,7 @@ class CocoDetection(ImageFiles):
     @property
     def num_objects(self) -> int:
         """Boxes of objects over all images (crowd regions are none): what a detector learns from and is scored on."""
-        return _count_objects(self, range(len(self)))
+        return sum(_objects_per_image(self, range(len(self))))
 
     def _warn_of_moved_ids(self, trained_ids: Sequence[int | None]) -> None:
         """Categories are matched to the training classes by name, so scores hold; but detections name their
@@ -418,14 +418,15 @@ def require_boxes(dataset: Dataset, source: str | os.PathLike) -> None:
     indices = range(len(dataset))
     if isinstance(dataset, Subset):
         dataset, indices = dataset.dataset, dataset.indices
-    if isinstance(dataset, CocoDetection) and not _count_objects(dataset, indices):
+    if isinstance(dataset, CocoDetection) and not sum(_objects_per_image(dataset, indices)):
         raise ConfigError(f"{source}: no object box to score detections against in the {len(indices)} images read "
                           "(no annotations, or only crowd regions or dropped boxes); "
                           "give the instances JSON with the boxes")
 
 
-def _count_objects(dataset: CocoDetection, indices: Sequence[int]) -> int:
-    return sum(int((dataset.targets[i][2] == 0).sum()) for i in indices)
+def _objects_per_image(dataset: CocoDetection, indices: Sequence[int]) -> Iterator[int]:
+    """Each image's object boxes (crowd regions are none)."""
+    return (int((dataset.targets[i][2] == 0).sum()) for i in indices)
 
 
 # EXIF orientations that swap width and height (PIL's exif_transpose): whether x, then y, is mirrored
@@ -671,7 +672,7 @@ class CocoDetectionDataModule(_DetectionDataModule):
 
     @property
     def most_objects(self) -> int:
-        return max(int((crowd == 0).sum()) for _, _, crowd in self._train.targets)
+        return max(_objects_per_image(self._train, range(len(self._train))))
 
     @property
     def num_skipped(self) -> int:

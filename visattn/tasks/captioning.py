@@ -222,13 +222,13 @@ def _rows_by_word(state: dict[str, Tensor], model: nn.Module, theirs: list[str],
     are shared."""
     at = {word: k for k, word in enumerate(theirs)}
     moved = [(new, at[word]) for new, word in enumerate(ours) if word in at]
+    new, old = (torch.tensor(ids, dtype=torch.long) for ids in zip(*moved)) if moved else (None, None)
     per_token = tuple(f"{name}." for name in type(model).vocab_layers)
     rows = {}
     for key, fresh in model.state_dict().items():
         if key.startswith(per_token):
             rows[key] = fresh.clone()
             if moved and key in state and state[key].shape[1:] == fresh.shape[1:]:  # else load_weights names it
-                new, old = (torch.tensor(ids) for ids in zip(*moved))
                 rows[key][new] = state[key][old].to(fresh.dtype)
     return {**{k: v for k, v in state.items() if not k.startswith(per_token)}, **rows}, len(moved)
 
@@ -518,7 +518,8 @@ def caption_files(captioner: Captioner, paths: Sequence[str], *, beam_size: int 
 
     files = list_images(list(paths), allow_empty=False, exclude=[attention_out])
     flag = "--attention-out"
-    targets = output_paths(files, attention_out, flag=flag, commands={"": f"caption {flag}"})[""]
+    command = f"caption {flag}"  # what its panels are marked as written by (fileio.PNG_COMMAND)
+    targets = output_paths(files, attention_out, flag=flag, commands={"": command})[""]
     centres_of = functools.lru_cache(maxsize=None)(functools.partial(attention_centres, captioner.model))
 
     def caption_batch(images: list[Tensor]) -> Iterable[tuple[Tensor, Tensor]]:
@@ -544,7 +545,7 @@ def caption_files(captioner: Captioner, paths: Sequence[str], *, beam_size: int 
                 aspect = squashed_pixel_aspect(captioner.preprocessing, item.source_shape, item.prepared.shape)
                 fig = word_panels_figure(seen, words, list(attention.numpy()), centres=centres_of(seen.shape[:2]),
                                          pixel_aspect=aspect)
-            record["attention"] = save_panels(fig, target, flag=flag, folder=attention_out, command=f"caption {flag}")
+            record["attention"] = save_panels(fig, target, flag=flag, folder=attention_out, command=command)
         line = f"{item.path}: {record['caption']}{attention_note(record, 'words')}"
         print(json.dumps(record) if as_json else one_line(line))
     return failures, len(files)
