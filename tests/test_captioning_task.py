@@ -243,20 +243,40 @@ def test_the_karpathy_template_trains_on_a_users_caption_file(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["n"] == 1
 
 
-@needs_fashion_mnist
-def test_evaluate_emits_metric_keys(tmp_path, weights_tmp, capsys):
+def save_tiny_captioner(weights_folder: Path) -> None:
+    """An untrained tiny captioner saved as ``sat_cbam_resnet_scenes.tiny``."""
     torch.manual_seed(0)
     task = CaptioningTask(model_kwargs=json.loads(TINY_MODEL), vocab=VOCAB)
     preprocessing = {"input_size": [3, 32, 32], "mean": [0.1] * 3, "std": [0.25] * 3, "recipe": "small"}
-    save_weights(task.model, weights_tmp / "sat_cbam_resnet_scenes.tiny.safetensors", task="captioning",
+    save_weights(task.model, weights_folder / "sat_cbam_resnet_scenes.tiny.safetensors", task="captioning",
                  vocab=VOCAB, preprocessing=preprocessing,
                  model_kwargs={**json.loads(TINY_MODEL), "vocab_size": len(VOCAB)})
+
+
+def evaluate_tiny_captioner(capsys) -> dict:
     code = main(["evaluate", "--model", "sat_cbam_resnet_scenes.tiny", "--dataset", "fashion-scenes",
                  "--limit", "6", "--beam-size", "2", "--json"])
     assert code == 0
-    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+@needs_fashion_mnist
+def test_evaluate_emits_metric_keys(tmp_path, weights_tmp, capsys):
+    save_tiny_captioner(weights_tmp)
+    metrics = evaluate_tiny_captioner(capsys)
     assert {"bleu1", "bleu2", "bleu3", "bleu4", "cider", "n"} <= set(metrics) and metrics["n"] == 6
     assert 0.0 <= metrics["bleu1"] <= 1.0
+
+
+@needs_fashion_mnist
+def test_evaluate_reports_a_tiny_score_to_six_significant_digits_not_as_zero(weights_tmp, capsys, monkeypatch):
+    """A BLEU-4 of 4.5e-07 (an untrained model's) had been printed as 0.0, which reads as no match at all."""
+    scores = CaptionMetrics.compute
+    monkeypatch.setattr(CaptionMetrics, "compute", lambda self: {**scores(self), "bleu4": 4.5123456e-07,
+                                                                  "cider": 0.1234567})
+    save_tiny_captioner(weights_tmp)
+    metrics = evaluate_tiny_captioner(capsys)
+    assert metrics["bleu4"] == 4.51235e-07 and metrics["cider"] == 0.123457
 
 
 def test_caption_prints_and_titles_unknown_words_as_unk(tmp_path, capsys, monkeypatch):

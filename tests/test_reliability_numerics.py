@@ -11,6 +11,7 @@ from visattn.layers.additive_attention import AdditiveAttention
 from visattn.layers.attention import SelfAttention
 from visattn.layers.create_attn import ATTN_LAYERS, create_attn
 from visattn.models.show_attend_tell import PAD_ID, doubly_stochastic_penalty
+from visattn.scores import reported_score
 
 # bf16 has float32's range, so activations of 1e4 must pass everywhere. fp16 tops out at 65504: a
 # convolution over 1e4-sized activations overflows in any network (loss scaling exists for that), so
@@ -106,3 +107,9 @@ def test_caption_decoder_with_padded_captions_stays_finite(dtype, scale):
     images = torch.randn(2, 3, 32, 32) * scale
     captions = torch.tensor([[1, 4, 5, 6, 2, 0, 0], [1, 7, 2, 0, 0, 0, 0]])  # the second is mostly padding
     _finite_forward_and_backward(_CaptionLoss(model), images, captions, dtype=dtype)
+
+
+@pytest.mark.parametrize("value, shown", [(0.0, 0.0), (0.7161564, 0.716156), (4.3778712, 4.377871), (0.0012345678, 0.001235),
+                                          (4.5123456e-07, 4.51235e-07), (-1.0, -1.0)])
+def test_scores_are_reported_to_six_decimals_or_six_significant_digits_below_a_thousandth(value, shown):
+    assert reported_score(value) == shown

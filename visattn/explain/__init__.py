@@ -26,6 +26,7 @@ from .attention import (as_index, as_module, attention_map, check_gives_attentio
 from .cell_centres import CellCentres, map_centres
 from .gates import gate_maps, gate_modules
 from ..modes import eval_mode
+from ..scores import reported_score
 from .gradcam import grad_cam
 from .overlay import (check_figure_path, heatmap_overlay, normalize_map, overlay_figure, resize_map, save_figure,
                       save_overlay, save_word_panels)
@@ -357,7 +358,7 @@ def evaluate_pointing(
         raise ConfigError("no scenes to score; check --dataset, --split and --limit")
     if method == "gradcam":
         method = f"gradcam of the {'true' if by_label else 'predicted'} class"
-    return {"top1": round(correct / n, 6), "pointing": round(hits / n, 6), "pointing_method": method, "n": n}
+    return {"top1": reported_score(correct / n), "pointing": reported_score(hits / n), "pointing_method": method, "n": n}
 
 
 def evaluate_class_pointing(
@@ -393,7 +394,7 @@ def evaluate_class_pointing(
         n += len(boxes)
     if n == 0:
         raise ConfigError("no scenes to score; check --dataset, --split and --limit")
-    return {"pointing": round(hits / n, 6), "pointing_method": "gradcam of each class present", "n": n}
+    return {"pointing": reported_score(hits / n), "pointing_method": "gradcam of each class present", "n": n}
 
 
 def _class_queries(pipeline: A.Compose, scenes: Sequence[Scene], indices: range) -> tuple[Tensor, Tensor, list]:

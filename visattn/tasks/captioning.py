@@ -36,6 +36,7 @@ from ..models.show_attend_tell import DecodedCaptions, doubly_stochastic_penalty
 from ..pretrained import (find_weights_entry, load_weights, named_weights_entry, read_state_dict,
                           starting_weights_skipped)
 from ..registry import create_model, model_task, split_model_name
+from ..scores import reported_score
 from .classification import (EDITED_CHECKPOINT, Classifier, check_data_size,
                              checkpoint_model_kwargs, inference_model, inference_target, load_checkpoint_weights,
                              read_checkpoint, refuse_linked_kwargs, require_task, sample_mean_loss,
@@ -597,5 +598,5 @@ def evaluate_captioner(captioner: Captioner, batches: Iterable[dict[str, Any]], 
         metrics.update(decoded, batch, functools.partial(attention_centres, captioner.model))
     if not metrics.hypotheses:
         raise ConfigError("the evaluation dataset is empty; check --dataset, --split and --limit")
-    scores = {k: round(v, 6) if isinstance(v, float) else v for k, v in metrics.compute().items()}
+    scores = {k: reported_score(v) if isinstance(v, float) else v for k, v in metrics.compute().items()}
     return {**scores, **skipped_images(getattr(batches, "dataset", None))}

@@ -34,6 +34,7 @@ from ..pretrained import (TRAINING_CHECKPOINTS, checkpoint_follows, classifier_n
                           timm_pretrained_cfg, weights_preprocessing)
 from ..registry import (Strictness, built_for_one_size, check_timm_name, create_model, model_arguments, model_task,
                         split_model_name)
+from ..scores import reported_score
 from .guards import (GuardedTask, NonFiniteLossGuard, TrainingLoss, any_process_scored, batch_of_one_is_one_line,
                      skip_missing_batch, weight_average)
 
@@ -798,7 +799,7 @@ def evaluate_classifier(classifier: Classifier, dataset: Dataset, *, batch_size:
     if n == 0:
         raise ConfigError("the evaluation dataset is empty; check --dataset and --split")
     by_class = class_accuracies(confusion.compute(), classifier.class_names) if confusion is not None else {}
-    return {**{k: round(float(v), 6) for k, v in metrics.compute().items()}, "n": n, **by_class,
+    return {**{k: reported_score(v) for k, v in metrics.compute().items()}, "n": n, **by_class,
             **skipped_images(dataset)}
 
 
@@ -813,7 +814,7 @@ def class_accuracies(confusion: torch.Tensor, class_names: Sequence[str]) -> dic
         if n:
             wrong = [count if j != k else 0 for j, count in enumerate(row)]
             mistaken = max(range(len(row)), key=wrong.__getitem__)
-            per_class[class_names[k]] = {"accuracy": round(row[k] / n, 6), "n": n,
+            per_class[class_names[k]] = {"accuracy": reported_score(row[k] / n), "n": n,
                                          "mistaken_for": class_names[mistaken] if wrong[mistaken] else None}
     mean = sum(c["accuracy"] for c in per_class.values()) / len(per_class)
-    return {"mean_class_accuracy": round(mean, 6), "per_class": per_class}
+    return {"mean_class_accuracy": reported_score(mean), "per_class": per_class}

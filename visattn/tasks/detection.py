@@ -30,6 +30,7 @@ from ..modes import eval_mode
 from ..fileio import atomic_path, attention_note, output_errors, output_paths, png_mark
 from ..pretrained import find_weights_entry
 from ..registry import Strictness, create_model, is_model, model_family, split_model_name
+from ..scores import reported_score
 from .classification import (Classifier, checkpoint_model_kwargs, inference_model,
                              inference_target, load_checkpoint_weights, match_class_order, read_checkpoint,
                              recorded_labels, refuse_linked_kwargs, require_task, task_checkpoint,
@@ -73,7 +74,7 @@ def detection_map() -> MeanAveragePrecision:
 def map_scores(metric: MeanAveragePrecision) -> dict[str, float]:
     """``map`` (IoU 0.50:0.95) and ``map50``; -1 when the data holds no ground-truth box."""
     scores = metric.compute()
-    return {"map": round(float(scores["map"]), 6), "map50": round(float(scores["map_50"]), 6)}
+    return {"map": reported_score(scores["map"]), "map50": reported_score(scores["map_50"])}
 
 
 def is_detection_arch(name: str) -> bool:
