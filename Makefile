@@ -23,7 +23,7 @@ test: venv data
 	$(BIN)/python -m pytest -n 2 --dist load -q
 
 demo: venv data
-	$(BIN)/python -m visattn.demo
+	$(BIN)/visattn demo
 
 # benchmarks/gpu.sh on a bare GPU image (Python 3.12): the wheels it lacks and the Fashion-MNIST test files.
 GPU_WHEELS := albumentations==2.0.8 albucore==0.0.24 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 \

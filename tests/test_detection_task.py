@@ -929,3 +929,19 @@ def test_a_detector_fit_with_ema_checkpoints_the_average_that_evaluate_reads(tmp
     read = load_detector(checkpoint=str(out / "ckpt" / "last.ckpt")).model.state_dict()
     assert all(torch.equal(read[k], state[f"ema.module.{k}"]) for k in read)
     assert any(not torch.equal(read[k], state[f"model.{k}"]) for k in read)
+
+
+def test_detect_prints_boxes_to_a_tenth_of_a_pixel_and_json_keeps_every_digit(tmp_path, capsys):
+    """Boxes printed at full precision (``2.0851621627807617``) made a five-detection line 500 characters long."""
+    from PIL import Image
+
+    from visattn.data.scenes import FashionScenes
+
+    Image.fromarray(FashionScenes("test", num_scenes=1)[0].image).save(tmp_path / "scene.png")
+    detect = ["detect", str(tmp_path / "scene.png"), "--model", "fcos_se_resnet20_cifar.scenes"]
+    assert main([*detect, "--json"]) == 0
+    found = json.loads(capsys.readouterr().out)["detections"]
+    assert found and any(v != round(v, 1) for d in found for v in d["box"])
+    assert main(detect) == 0
+    expected = ", ".join(f"{d['label']} {d['score']:.2f} [{', '.join(f'{v:.1f}' for v in d['box'])}]" for d in found)
+    assert capsys.readouterr().out == f"{tmp_path / 'scene.png'}: {expected}\n"

@@ -107,6 +107,17 @@ def _error(capsys) -> str:
     return lines[0]
 
 
+def test_a_resumed_fit_is_not_warned_that_its_checkpoint_folder_holds_files(in_tmp, capsys, recwarn):
+    """Lightning warned of a non-empty checkpoint folder on every `--ckpt_path last`, naming its own source file;
+    a fresh run into such a folder is refused (with what to do) before Lightning's check."""
+    assert _fit("--trainer.max_epochs", "1") == 0
+    capsys.readouterr()
+    recwarn.clear()
+    assert _fit("--trainer.max_epochs", "2", "--ckpt_path", "last") == 0
+    assert not [w for w in recwarn if "exists and is not empty" in str(w.message)]
+    assert "exists and is not empty" not in capsys.readouterr().err
+
+
 def test_a_resumed_fit_refuses_a_typed_learning_rate_its_restored_optimizer_would_override(in_tmp, capsys):
     """It trained on at the saved lr while its checkpoints recorded the typed one."""
     assert _fit("--trainer.max_epochs", "1") == 0

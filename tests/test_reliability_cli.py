@@ -1735,7 +1735,7 @@ def test_save_weights_records_a_shipped_config_by_its_readme_name(tmp_path, monk
     assert entry["config"] == config
 
 
-def test_the_demo_trains_from_the_shipped_config_and_names_it_when_gone(tmp_path, monkeypatch):
+def test_the_demo_trains_from_the_shipped_config_and_names_it_when_gone(tmp_path, monkeypatch, capsys):
     """A pip-installed package had no configs/, so the demo ran only from a clone; it now carries them."""
     from visattn import demo
     from visattn.shipped import shipped_folder
@@ -1743,10 +1743,23 @@ def test_the_demo_trains_from_the_shipped_config_and_names_it_when_gone(tmp_path
     assert demo.CONFIG == shipped_folder("configs") / "classification" / "demo_cbam_fmnist.yaml"
     assert demo.CONFIG.is_file()
     monkeypatch.setattr(demo, "CONFIG", tmp_path / "gone.yaml")
-    with pytest.raises(SystemExit) as exit:
-        demo.main()
-    assert exit.value.code == (f"demo: {tmp_path / 'gone.yaml'} is not here; reinstall visattn, or restore configs/ in "
-                               "a clone (git checkout configs)")
+    assert main(["demo"]) == 2
+    assert capsys.readouterr().err == (f"visattn: error: demo: {tmp_path / 'gone.yaml'} is not here; reinstall visattn, "
+                                       "or restore configs/ in a clone (git checkout configs)\n")
+
+
+def test_the_demo_is_a_command_of_its_own_and_a_failed_step_is_one_line_naming_it(tmp_path, monkeypatch, capsys):
+    """A pip install has no Makefile, and nothing named the demo's command: `make demo` was the only way in."""
+    from visattn import demo
+
+    from visattn.cli import build_parser
+
+    assert "demo" in build_parser().format_help()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(demo, "CONFIG", REPO / "README.md")  # the fit that reads it as a config fails
+    assert main(["demo"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "visattn: error: demo: `visattn fit` failed with exit code 2; its error is above"
 
 
 def test_without_fcntl_as_on_windows_visattn_imports_and_locks_with_msvcrt(tmp_path, monkeypatch):

@@ -96,6 +96,13 @@ def _first_comment(path: Path, width: int = 100) -> str:
     return sentence if len(sentence) <= width else sentence[:width].rsplit(" ", 1)[0] + " ..."
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import main as demo
+
+    demo()
+    return 0
+
+
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 
 
@@ -683,6 +690,10 @@ def build_parser() -> argparse.ArgumentParser:
                          help="part of a config's name or an fnmatch pattern, e.g. 'fmnist' or 'detection/*'")
     configs.set_defaults(func=cmd_configs)
 
+    demo = sub.add_parser("demo", help="train an attention CNN briefly, score, use and explain it, and run the shipped "
+                                       "captioner and detectors, writing outputs/demo/ (what `make demo` runs)")
+    demo.set_defaults(func=cmd_demo)
+
     evaluate = sub.add_parser("evaluate",
                               help="score a classifier, captioner or detector; the last line is the metrics as JSON")
     _add_model_source(evaluate)
@@ -798,7 +809,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain.set_defaults(func=cmd_explain)
 
     save = sub.add_parser("save-weights", help="turn a training checkpoint (classifier, captioner or detector) "
-                          "into weights/ARCH.TAG.safetensors + index entry")
+                          "into ARCH.TAG.safetensors + index entry in the weights folder (see --out-dir)")
     save.add_argument("--checkpoint", required=True, help="training checkpoint (.ckpt) to convert")
     save.add_argument("--tag", required=True, type=weights_tag, help="weights tag, e.g. fmnist")
     save.add_argument("--out-dir", default=str(weights_dir()),

@@ -1,4 +1,4 @@
-"""``make demo``: train an attention CNN briefly on Fashion-MNIST, score it on the test set, use it,
+"""``visattn demo`` (what ``make demo`` runs): train an attention CNN briefly on Fashion-MNIST, score it on the test set, use it,
 caption FashionScenes test images with the shipped captioner, drawing where each word looked, run
 the shipped detectors on the same scenes, and draw where the shipped classifiers look.
 
@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image
 
 from . import cli
+from .errors import VisattnError
 from .data.fashion_mnist import FASHION_MNIST_CLASSES, load_fashion_mnist
 from .data.scenes import FashionScenes
 from .pretrained import load_index
@@ -26,7 +27,7 @@ def run(*argv: str) -> None:
     print(f"\n$ visattn {' '.join(argv)}", flush=True)
     code = cli.main(list(argv))
     if code != 0:
-        sys.exit(f"demo: `visattn {argv[0]}` failed with exit code {code}")
+        raise VisattnError(f"demo: `visattn {argv[0]}` failed with exit code {code}; its error is above")
 
 
 def write_test_images(folder: Path, count: int = 6) -> list[Path]:
@@ -83,8 +84,8 @@ def set_aside_previous_run(folder: Path) -> None:
 
 def main() -> None:
     if not CONFIG.is_file():
-        sys.exit(f"demo: {CONFIG} is not here; reinstall visattn, or restore configs/ in a clone "
-                 "(git checkout configs)")
+        raise VisattnError(f"demo: {CONFIG} is not here; reinstall visattn, or restore configs/ in a clone "
+                           "(git checkout configs)")
     checkpoint = OUT / "checkpoints" / "last.ckpt"
     set_aside_previous_run(OUT / "checkpoints")
     print("demo: train CBAM-ResNet-20 (841K parameters) for 2 epochs on 4000 Fashion-MNIST images")
@@ -124,4 +125,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.main(["demo"]))

@@ -484,7 +484,8 @@ def class_label(names: Sequence[str], index: int) -> str:
 
 def _detection_line(record: dict[str, Any], score_threshold: float) -> str:
     found = record["detections"]
-    boxes = (", ".join(f"{d['label']} {d['score']:.2f} [{', '.join(str(v) for v in d['box'])}]" for d in found)
+    # to 0.1 px: five boxes at full precision made a 500-character line (--json keeps every digit)
+    boxes = (", ".join(f"{d['label']} {d['score']:.2f} [{', '.join(f'{v:.1f}' for v in d['box'])}]" for d in found)
              if found else f"no objects scoring {score_threshold} or more")
     drawn = f"; drawn: {record['drawn']}" if "drawn" in record else ""
     return one_line(f"{record['file']}: {boxes}{drawn}{attention_note(record, 'detections')}")

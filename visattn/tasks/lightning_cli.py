@@ -1343,6 +1343,8 @@ def run_lightning_cli(argv: list[str]) -> VisattnCLI:
         warnings.filterwarnings("ignore", message=r"Precision .* is not supported by the model summary")
         # What it guards against, args and sys.argv that disagree, is a shipped config's path put for its name.
         warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended")
+        # A fresh fit refuses a folder holding checkpoints (_refuse_earlier_run), so this is every resume's.
+        warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
         return _build_and_run(_with_shipped_configs(argv))
 
 
