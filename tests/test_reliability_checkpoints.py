@@ -107,6 +107,15 @@ def _error(capsys) -> str:
     return lines[0]
 
 
+def test_fit_ckpt_path_last_with_nothing_to_resume_starts_afresh_saying_so_in_one_line(in_tmp, capsys, recwarn):
+    """A job restarted until it finishes starts with nothing to resume; Lightning's warning named its own file."""
+    assert _fit("--trainer.max_epochs", "1", "--ckpt_path", "last") == 0
+    said = [line for line in capsys.readouterr().err.splitlines() if "last" in line]
+    assert said == [f"warning: --ckpt_path last: nothing to resume in {CHECKPOINTS} yet, so this fit starts afresh"]
+    assert not [w for w in recwarn if "no last checkpoint available" in str(w.message)]
+    assert _read(in_tmp / CHECKPOINTS / "last.ckpt")["global_step"] == STEPS_PER_EPOCH
+
+
 def test_a_resumed_fit_is_not_warned_that_its_checkpoint_folder_holds_files(in_tmp, capsys, recwarn):
     """Lightning warned of a non-empty checkpoint folder on every `--ckpt_path last`, naming its own source file;
     a fresh run into such a folder is refused (with what to do) before Lightning's check."""

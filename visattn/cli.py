@@ -4,6 +4,7 @@ Every error a user can cause (:class:`~visattn.errors.VisattnError`) is printed 
 naming the thing and the fix, with exit code 2 and no traceback. A warning visattn itself issues
 (a skipped unreadable image, ...) is printed as one line too, ``warning: MESSAGE``.
 """
+import _thread
 import argparse
 import contextlib
 import difflib
@@ -23,8 +24,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence
 import torch
 
 from .devices import DEVICE_CHOICES, MAX_WORKERS_PER_CPU, max_workers
-from .errors import (ONE_LINE_WARNINGS_ENV, ArgumentError, ConfigError, VisattnError, error_line, one_line,
-                     one_line_showwarning)
+from .errors import (ONE_LINE_WARNINGS_ENV, ArgumentError, ConfigError, NotATrainingCheckpoint, VisattnError,
+                     WeightsError, error_line, one_line, one_line_showwarning)
 from .pretrained import WEIGHTS_SUFFIXES, weights_dir
 from .registry import (HUB_PREFIXES, create_model, list_models, list_pretrained, model_arguments, model_family,
                        split_model_name)
@@ -391,10 +392,15 @@ def cmd_save_weights(args: argparse.Namespace) -> int:
                           "or leave --config out")
     # First: the folder may be the $VISATTN_WEIGHTS that loading a run fine-tuned from ARCH.TAG reads the tag from
     folder = prepare_output_dir(args.out_dir, flag="--out-dir")
-    task = ("detection" if is_detector(checkpoint=args.checkpoint) else
-            "captioning" if is_captioner(checkpoint=args.checkpoint) else "classification")
-    load = {"classification": load_classifier, "captioning": load_captioner, "detection": load_detector}[task]
-    loaded = load(checkpoint=args.checkpoint, device=args.device)
+    try:
+        task = ("detection" if is_detector(checkpoint=args.checkpoint) else
+                "captioning" if is_captioner(checkpoint=args.checkpoint) else "classification")
+        load = {"classification": load_classifier, "captioning": load_captioner, "detection": load_detector}[task]
+        loaded = load(checkpoint=args.checkpoint, device=args.device)
+    except NotATrainingCheckpoint as err:  # its fix names --model, which save-weights does not take
+        raise WeightsError(f"{err.path}: {err.problem}; save-weights turns the .ckpt files `visattn fit` writes into "
+                           "weights (to index a weights file, load it with create_model(ARCH, pretrained=FILE) and "
+                           "save it with visattn.save_weights in Python)") from None
     if loaded.arch.startswith("timm:"):  # the index names visattn architectures, which build its weights
         raise ConfigError(f"--checkpoint {args.checkpoint}: a {loaded.arch} run has no visattn architecture to index "
                           "its weights under; use the checkpoint itself (classify, evaluate, explain and export take "
@@ -869,8 +875,34 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         # A file name the console's encoding lacks (a cp1252 console, a C locale) prints escaped, not as a crash.
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
-    with one_line_warnings():
+    with one_line_warnings(), _interrupts_kept():
         return _run(argv)
+
+
+@contextlib.contextmanager
+def _interrupts_kept() -> Iterator[None]:
+    """Ctrl-C that lands while Python runs a weakref callback or ``__del__`` (garbage collection, often mid-batch)
+    raises KeyboardInterrupt where Python can only print it and go on: the command had run to its end. Such an
+    interrupt is raised in the main thread again, where the command stops as it does for any other."""
+    previous = sys.unraisablehook
+
+    def hook(unraisable: Any) -> None:
+        if isinstance(unraisable.exc_value, KeyboardInterrupt):
+            # From a thread of its own, which runs once this one lets go of the GIL: after the hook has returned.
+            # (threading.Thread.start waits for the thread, which raised the interrupt inside the hook again.)
+            try:
+                _thread.start_new_thread(_thread.interrupt_main, ())
+            except KeyboardInterrupt:  # it came at once all the same
+                _thread.start_new_thread(_thread.interrupt_main, ())
+        else:
+            previous(unraisable)
+
+    sys.unraisablehook = hook
+    try:
+        yield
+    finally:
+        if sys.unraisablehook is hook:  # unless someone replaced it in between: theirs stays
+            sys.unraisablehook = previous
 
 
 class _Terminated(BaseException):

@@ -30,6 +30,18 @@ class WeightsError(VisattnError, RuntimeError):
     """A weights file that is missing, corrupt, hostile or does not fit the model."""
 
 
+class NotATrainingCheckpoint(WeightsError):
+    """A ``--checkpoint`` file that is not a ``visattn fit`` checkpoint: ``problem`` is what it lacks, ``fix`` what the
+    commands that also take weights (``--model``) suggest; ``save-weights`` gives its own."""
+
+    def __init__(self, path: Any, problem: str, fix: str) -> None:
+        super().__init__(f"{path}: {problem}; {fix}")
+        self.path, self.problem, self.fix = path, problem, fix
+
+    def __reduce__(self) -> tuple:
+        return type(self), (self.path, self.problem, self.fix)
+
+
 class ImageDecodeError(VisattnError, ValueError):
     """An image file that cannot be decoded safely (truncated, empty, not an image, too large)."""
 

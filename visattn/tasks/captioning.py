@@ -25,7 +25,7 @@ from ..data.image_io import DEFAULT_MAX_PIXELS
 from ..data.scenes import ITEM_WORDS
 from ..data.transforms import check_image_batch, to_model_input
 from ..data.vocab import Vocabulary, tokenize
-from ..errors import ConfigError, VisattnWarning, WeightsError, one_line
+from ..errors import ConfigError, NotATrainingCheckpoint, VisattnWarning, WeightsError, one_line
 from ..modes import eval_mode
 from ..explain import map_centres
 from ..explain.cell_centres import CellCentres
@@ -463,7 +463,7 @@ def load_captioner(model: Optional[str] = None, checkpoint: Optional[str] = None
 def _captioner_from_checkpoint(path: Path, device: torch.device) -> Captioner:
     checkpoint, hparams = task_checkpoint(path, "captioning")
     if not hparams.get("vocab") or "model_name" not in hparams:
-        raise WeightsError(f"{path}: not a visattn captioning checkpoint (no vocab); pass --model ARCH.TAG instead")
+        raise NotATrainingCheckpoint(path, "not a visattn captioning checkpoint (no vocab)", "pass --model ARCH.TAG instead")
     vocab = Vocabulary.from_list(hparams["vocab"])
     # The checkpoint holds every weight: the encoder's own pretrained weights need not be fetched again.
     arch, kwargs = checkpoint_model_kwargs(hparams, vocab_size=len(vocab), encoder_pretrained=False)

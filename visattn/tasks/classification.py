@@ -24,7 +24,7 @@ from ..data.image_io import DEFAULT_MAX_PIXELS
 from ..data.transforms import (CLASSIFIER_PREPROCESSING, ImageTransform, check_image_batch, default_preprocessing,
                                eval_transform_of, preprocessing_problem, timm_data_config, to_model_input)
 from ..devices import inference_device, model_device
-from ..errors import ConfigError, UnknownModelError, VisattnWarning, WeightsError, one_line
+from ..errors import ConfigError, NotATrainingCheckpoint, UnknownModelError, VisattnWarning, WeightsError, one_line
 from ..layers.attention import SelfAttention
 from ..layers.patch_embed import fixed_input_size, is_count, is_number
 from ..modes import eval_mode
@@ -627,8 +627,8 @@ def load_classifier(model: Optional[str] = None, checkpoint: Optional[str] = Non
 def _classifier_from_checkpoint(path: Path, img_size: Optional[int], device: torch.device) -> Classifier:
     checkpoint, hparams = task_checkpoint(path, "classification")
     if "model_name" not in hparams or hparams.get("num_classes") is None:
-        raise WeightsError(f"{path}: not a visattn classification checkpoint (no model_name and num_classes); "
-                           "pass --model ARCH.TAG instead")
+        raise NotATrainingCheckpoint(path, "not a visattn classification checkpoint (no model_name and num_classes)",
+                                     "pass --model ARCH.TAG instead")
     model_kwargs = {**(hparams.get("model_kwargs") or {}), **_size_kwargs(hparams["model_name"], img_size)}
     try:
         # The checkpoint holds every weight: neither an arch.tag run's shipped weights nor timm's are read again.
@@ -703,9 +703,10 @@ def read_checkpoint(path: Path, *, lazy: bool = False) -> dict[str, Any]:
                          "checkpoints/)")
     checkpoint = read_pickle_checkpoint(path, lazy=lazy)
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
-        raise WeightsError(f"{path}: not a Lightning checkpoint (no state_dict); {TRAINING_CHECKPOINTS}: use shipped "
-                           "weights with --model ARCH.TAG, train from a weights file with --model.pretrained FILE, or "
-                           "load one in Python with create_model(ARCH, pretrained=FILE)")
+        raise NotATrainingCheckpoint(path, "not a Lightning checkpoint (no state_dict)",
+                                     f"{TRAINING_CHECKPOINTS}: use shipped weights with --model ARCH.TAG, train from a "
+                                     "weights file with --model.pretrained FILE, or load one in Python with "
+                                     "create_model(ARCH, pretrained=FILE)")
     hparams = checkpoint.get("hyper_parameters")
     if hparams is not None and not isinstance(hparams, dict):
         raise WeightsError(f"{path}: hyper_parameters={reprlib.repr(hparams)}: give the run's arguments as an object; "

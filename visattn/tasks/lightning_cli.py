@@ -19,7 +19,8 @@ starts from no weights rather than score it.
 model from the checkpoint's hyperparameters, so another model would otherwise run in its place. A
 fresh ``fit``, or one from another run's checkpoint, refuses a checkpoint folder that holds an earlier
 run's checkpoints (Lightning would write ``last-v1.ckpt`` beside them), and ``fit --ckpt_path last`` one
-whose run left no last checkpoint; ``fast_dev_run`` writes no checkpoints. A resumed fit refuses a typed
+whose run left no last checkpoint (with no checkpoint at all it starts afresh, saying so, as a job restarted until
+it finishes wants); ``fast_dev_run`` writes no checkpoints. A resumed fit refuses a typed
 ``lr`` or ``weight_decay``, which its restored optimizer would override. A ``fit`` whose ModelCheckpoint
 or EarlyStopping monitors a ``val/`` metric is refused before training when the run would never validate (no
 validation data, ``limit_val_batches 0``, ``check_val_every_n_epoch`` past ``max_epochs``): Lightning would
@@ -270,6 +271,9 @@ def _refuse_mixed_runs(ckpt_path: Optional[str], callbacks: Any) -> None:
             newest = max(others, key=lambda path: path.stat().st_mtime)
             raise ConfigError(f"--ckpt_path last: {newest.parent} holds no last checkpoint; resume from its newest "
                               f"with --ckpt_path {newest}")
+        if not others and rank_zero_only.rank == 0:  # in place of Lightning's, which named its own source file
+            warnings.warn(f"--ckpt_path last: nothing to resume in {', '.join(map(str, _checkpoint_folders(callbacks)))}"
+                          " yet, so this fit starts afresh", VisattnWarning)
         return
     if ckpt_path not in (None, "best") and not Path(ckpt_path).exists():
         return  # named as missing where the path is checked: it was blamed on the folder's earlier run
@@ -1345,6 +1349,7 @@ def run_lightning_cli(argv: list[str]) -> VisattnCLI:
         warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended")
         # A fresh fit refuses a folder holding checkpoints (_refuse_earlier_run), so this is every resume's.
         warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+        warnings.filterwarnings("ignore", message=r'\.fit\(ckpt_path="last"\) is set, but there is no last checkpoint')
         return _build_and_run(_with_shipped_configs(argv))
 
 
