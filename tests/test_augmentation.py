@@ -168,7 +168,8 @@ def test_the_data_modules_settings_reach_the_training_transform_only(tmp_path):
 
 
 @pytest.mark.parametrize("policy", ["rand-m9-mstd0.5-inc1", "rand-m9-tweights", "rand-m15-mmax20", "rand-n3-m10-p0.8",
-                                    "augmix-m5-w4-d2", "augmix-m3-w2-d1-a0.5-b1", "original", "v0", "3a"])
+                                    "augmix-m5-w4-d2", "augmix-m3-w2-d1-a0.5-b1", "original", "v0", "3a",
+                                    "original-mstd0.5"])
 def test_policy_strings_timm_documents_are_taken(policy):
     """A check on policy strings must not refuse timm's own forms (`tweights` has no number, as timm means it)."""
     steps = [type(step).__name__ for step in FashionMNISTDataModule(num_workers=0, auto_augment=policy)
@@ -185,6 +186,9 @@ def test_policy_strings_timm_documents_are_taken(policy):
                                                "'incl' has no number, which timm skips"),
     ({"auto_augment": "randaugment"}, "data.init_args.auto_augment='randaugment': timm cannot read it; give e.g."),
     ({"auto_augment": "rand-m9-p0"}, "data.init_args.auto_augment='rand-m9-p0': p0 applies each operation with"),
+    # from a recipe audit against timm: both were read without a word
+    ({"auto_augment": "original-foo"}, "data.init_args.auto_augment='original-foo': its section 'foo' has no number"),
+    ({"auto_augment": "rand-m9-p1.5"}, "data.init_args.auto_augment='rand-m9-p1.5': a probability above 1 acts as 1"),
     ({"auto_augment": "rand-m99"}, "data.init_args.auto_augment='rand-m99': magnitude 99 is above the largest timm "
                                    "applies (10, mmax), so it would act as 10"),
     ({"auto_augment": "augmix-m5-w0"}, "data.init_args.auto_augment='augmix-m5-w0': w0 mixes no augmented chain"),

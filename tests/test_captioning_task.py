@@ -670,3 +670,16 @@ def test_weights_of_another_width_and_vocabulary_are_refused_naming_the_shapes()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", VisattnWarning)
             CaptioningTask(model_name="sat_cbam_resnet_scenes.scenes", vocab=VOCAB, model_kwargs={"embed_dim": 32})
+
+
+def test_validation_cross_entropy_leaves_the_training_label_smoothing_out():
+    torch.manual_seed(0)
+    task = CaptioningTask(model_kwargs=json.loads(TINY_MODEL), vocab=VOCAB, label_smoothing=0.2).eval()
+    batch = {"images": torch.rand(2, 3, 32, 32), "captions": torch.tensor([[1, 4, 5, 6, 2], [1, 4, 7, 2, 0]]),
+             "references": [["a red top"], ["a bag"]]}
+    with torch.no_grad():
+        task.validation_step(batch, 0)
+        logits, _ = task.model(batch["images"], batch["captions"])
+    plain = torch.nn.functional.cross_entropy(logits.transpose(1, 2), batch["captions"][:, 1:], ignore_index=0)
+    assert float(task.val_xent.compute()) == pytest.approx(float(plain), rel=1e-5)
+    assert float(task.caption_loss(batch)[0]) != pytest.approx(float(plain), rel=1e-5)  # training smooths

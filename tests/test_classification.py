@@ -423,17 +423,36 @@ def test_ddp_spawn_fit_with_a_weight_average(in_tmp):
     assert int(state["state_dict"]["ema.n_averaged"]) == 2
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.int64])
-def test_the_average_updates_as_torchs_ema_function(dtype):
+def test_the_average_updates_floats_as_torchs_ema_function_and_copies_counts():
     from torch.optim.swa_utils import get_ema_multi_avg_fn
     from visattn.tasks.guards import ExponentialAverageUpdate
 
-    start, step = [torch.arange(6, dtype=dtype) * 7, torch.ones(3, dtype=dtype)], [torch.arange(6, dtype=dtype),
-                                                                                 torch.full((3,), 9, dtype=dtype)]
-    ours, theirs = [t.clone() for t in start], [t.clone() for t in start]
-    pickle.loads(pickle.dumps(ExponentialAverageUpdate(0.9)))(ours, step, 1)
-    get_ema_multi_avg_fn(0.9)(theirs, step, 1)
-    assert all(torch.equal(a, b) for a, b in zip(ours, theirs))
+    update = pickle.loads(pickle.dumps(ExponentialAverageUpdate(0.9)))
+    for dtype in (torch.float32, torch.int64):
+        start, step = [torch.arange(6, dtype=dtype) * 7, torch.ones(3, dtype=dtype)], [torch.arange(6, dtype=dtype),
+                                                                                     torch.full((3,), 9, dtype=dtype)]
+        ours, theirs = [t.clone() for t in start], [t.clone() for t in start]
+        update(ours, step, 1)
+        get_ema_multi_avg_fn(0.9)(theirs, step, 1)
+        assert all(torch.equal(a, b if dtype.is_floating_point else s) for a, b, s in zip(ours, theirs, step))
+
+
+def test_the_averages_batch_norm_counts_are_the_models_as_in_timms_model_ema():
+    """An audit against timm's ModelEmaV3: the int64 num_batches_tracked was averaged and truncated, staying at 1."""
+    from timm.utils import ModelEmaV3
+    from torch import nn
+    from visattn.tasks.guards import weight_average
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3))
+    ema, timm_ema = weight_average(model, 0.9), ModelEmaV3(model, decay=0.9)
+    for step in range(6):
+        model(torch.randn(4, 3))
+        ema.update_parameters(model)
+        timm_ema.update(model, step=step + 1)  # timm counts updates from 1: the first copies the weights, as ours
+    ours, theirs = ema.module.state_dict(), timm_ema.module.state_dict()
+    assert int(ours["1.num_batches_tracked"]) == int(model[1].num_batches_tracked) == 6
+    assert all(torch.allclose(ours[k].float(), theirs[k].float(), atol=1e-6) for k in theirs)
 
 
 @pytest.mark.slow
@@ -1307,3 +1326,17 @@ def test_a_step_checkpoint_holds_the_average_of_its_own_step(tmp_path):
     assert int(state["ema.n_averaged"]) == 2
     for name, value in task.ema.module.state_dict().items():
         torch.testing.assert_close(state[f"ema.module.{name}"], value)
+
+
+def test_validation_loss_is_the_labels_plain_cross_entropy_as_timm_validates_while_training_smooths():
+    """A recipe audit: val/loss took the training loss's label smoothing (1.14 where timm's validate read 0.56 on the
+    same logits), so it could not be compared with timm's logs and never came near 0."""
+    torch.manual_seed(0)
+    task = ImageClassifier("resnet20_cifar", num_classes=3, label_smoothing=0.1).eval()
+    images, labels = torch.randn(6, 3, 28, 28), torch.tensor([0, 1, 2, 0, 1, 2])
+    with torch.no_grad():
+        task._evaluate((images, labels), task.val_metrics, task.val_loss)
+        logits = task.model(images)
+    plain = torch.nn.functional.cross_entropy(logits, labels)
+    assert float(task.val_loss.compute()) == pytest.approx(float(plain), rel=1e-6)
+    assert float(task.criterion(logits, labels)) != pytest.approx(float(plain), rel=1e-5)  # training smooths

@@ -93,8 +93,8 @@ def auto_augment_problem(config: object) -> str | None:
         return f"auto_augment={config!r}: give a timm policy string, e.g. {AUTO_AUGMENT_EXAMPLES}"
     # timm skips a section without a number without a word: a typo (inc1 as incl) would go unnoticed
     # (RandAugment's t section names an op set, e.g. tweights, as timm reads it)
-    valueless = [part for part in config.split("-")[1:] if config.startswith(("rand", "augmix"))
-                 and not re.fullmatch(r"[a-z]+\d.*", part) and not (config.startswith("rand") and part.startswith("t"))]
+    valueless = [part for part in config.split("-")[1:] if not re.fullmatch(r"[a-z]+\d.*", part)
+                 and not (config.startswith("rand") and part.startswith("t"))]
     if valueless:
         return (f"auto_augment={config!r}: its section {valueless[0]!r} has no number, which timm skips; give each "
                 f"setting with its value, e.g. m9, mstd0.5, inc1")
@@ -118,6 +118,8 @@ def _degenerate_setting(policy: object) -> str | None:
     ops = getattr(policy, "ops", None) or []
     if any(op.prob <= 0 for op in ops):
         return "p0 applies each operation with probability 0; give a probability above 0 (timm's default: p0.5)"
+    if any(op.prob > 1 for op in ops):
+        return "a probability above 1 acts as 1; give p1 or less (timm's default: p0.5)"
     too_strong = next((op for op in ops if op.magnitude > (op.magnitude_max or 10)), None)
     if too_strong is not None:
         top = too_strong.magnitude_max or 10

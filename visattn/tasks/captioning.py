@@ -274,7 +274,7 @@ class CaptioningTask(GuardedTask, pl.LightningModule):
             (the word embeddings are decayed, as timm decays every 2-d weight).
         warmup_epochs: linear warm-up length, then cosine decay to zero.
         alpha_c: λ of the doubly stochastic attention regulariser.
-        label_smoothing: cross-entropy label smoothing.
+        label_smoothing: the training loss's label smoothing (``val/xent`` is unsmoothed).
         max_len: longest generated caption, in words.
         beam_size: validation/test decoding: 1 is greedy, more is beam search.
         length_penalty: beam search ranks hypotheses by ``log p / length ** length_penalty``.
@@ -341,14 +341,16 @@ class CaptioningTask(GuardedTask, pl.LightningModule):
         return decode(self.eval_model, images, beam_size=h.beam_size, max_len=h.max_len,
                       length_penalty=h.length_penalty)
 
-    def caption_loss(self, batch: dict[str, Any], model: Optional[nn.Module] = None) -> tuple[Tensor, Tensor]:
-        """Teacher-forced cross-entropy over real words (PAD ignored) and the attention regulariser, of ``model``
-        (the trained weights by default)."""
+    def caption_loss(self, batch: dict[str, Any], model: Optional[nn.Module] = None, *,
+                     smoothed: bool = True) -> tuple[Tensor, Tensor]:
+        """Teacher-forced cross-entropy over real words (PAD ignored), with the run's ``label_smoothing`` unless not
+        ``smoothed`` (validation's, as timm validates), and the attention regulariser, of ``model`` (the trained
+        weights by default)."""
         captions = batch["captions"]
         logits, alphas = (model or self.model)(batch["images"], captions)  # (B, T, V), (B, T, P)
         targets = captions[:, 1:]
         cross_entropy = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=self.vocab.pad_id,
-                                        label_smoothing=self.hparams.label_smoothing)
+                                        label_smoothing=self.hparams.label_smoothing if smoothed else 0.0)
         penalty = doubly_stochastic_penalty(alphas, targets != self.vocab.pad_id, self.hparams.alpha_c)
         return cross_entropy, penalty
 
@@ -368,7 +370,7 @@ class CaptioningTask(GuardedTask, pl.LightningModule):
         # weighted by the batch's words, over which caption_loss averages: val/xent is then the mean over the
         # split's words whatever the batching (weighted by images, it moved with the batch size and process count)
         words = int((batch["captions"][:, 1:] != self.vocab.pad_id).sum())
-        self.val_xent.update(self.caption_loss(batch, self.eval_model)[0], weight=words)
+        self.val_xent.update(self.caption_loss(batch, self.eval_model, smoothed=False)[0], weight=words)
         self.val_metrics.update(self(batch["images"]), batch, functools.partial(attention_centres, self.eval_model))
 
     def on_validation_epoch_end(self) -> None:

@@ -166,8 +166,9 @@ class NonFiniteLossGuard:
 
 
 def weight_average(model: nn.Module, decay: Optional[float]) -> Optional[AveragedModel]:
-    """An exponential moving average of ``model``'s weights and buffers (Polyak & Juditsky, 1992; timm's
-    ``ModelEmaV3``), each step keeping ``decay`` of the average; None for no ``decay``."""
+    """An exponential moving average of ``model``'s weights and float buffers (Polyak & Juditsky, 1992; timm's
+    ``ModelEmaV3``), each step keeping ``decay`` of the average, with integer buffers (batch norm's
+    ``num_batches_tracked``) copied; None for no ``decay``."""
     if not decay:
         return None
     if not 0 <= decay < 1:  # at 1 the average never moves, and validation would score the initial weights
@@ -189,9 +190,8 @@ class ExponentialAverageUpdate:
     def __call__(self, averaged: list[Tensor], current: list[Tensor], _: Any) -> None:
         if torch.is_floating_point(averaged[0]) or torch.is_complex(averaged[0]):  # what foreach lerp takes
             torch._foreach_lerp_(averaged, current, 1 - self.decay)
-        else:
-            for mean, value in zip(averaged, current, strict=True):
-                mean.copy_(mean * self.decay + value * (1 - self.decay))
+        else:  # counts, as timm's ModelEmaV3 keeps them: an average truncated to int stayed at the first step's
+            torch._foreach_copy_(averaged, current)
 
 
 class GuardedTask:
