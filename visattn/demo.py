@@ -1,6 +1,6 @@
-"""``visattn demo`` (what ``make demo`` runs): train an attention CNN briefly on Fashion-MNIST, score it on the test set, use it,
-caption FashionScenes test images with the shipped captioner, drawing where each word looked, run
-the shipped detectors on the same scenes, and draw where the shipped classifiers look.
+"""``visattn demo`` (what ``make demo`` runs): train an attention CNN briefly on Fashion-MNIST, score it on
+the test set, use it, caption FashionScenes test images with the shipped captioner, drawing where each
+word looked, run the shipped detectors on the same scenes, and draw where the shipped classifiers look.
 
 Every step runs a real ``visattn`` command, printed before it runs, so each can be repeated by hand.
 """
