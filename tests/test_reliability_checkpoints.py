@@ -116,6 +116,17 @@ def test_fit_ckpt_path_last_with_nothing_to_resume_starts_afresh_saying_so_in_on
     assert _read(in_tmp / CHECKPOINTS / "last.ckpt")["global_step"] == STEPS_PER_EPOCH
 
 
+@pytest.mark.parametrize("command", ["validate", "fit"])
+def test_a_missing_ckpt_path_file_is_the_only_line_before_any_setup(command, in_tmp):
+    """A path typo came after Lightning's "Seed set", "GPU available" and "Restoring states" lines (logged to the
+    terminal, which a subprocess shows as a user sees it)."""
+    proc = subprocess.run([sys.executable, "-m", "visattn", command, "--config", str(CBAM_CONFIG), *QUICK,
+                           "--ckpt_path", "nope.ckpt"], cwd=in_tmp, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.startswith("visattn: error: nope.ckpt: checkpoint not found; check the path"), proc.stderr
+    assert len(proc.stderr.splitlines()) == 1, proc.stderr
+
+
 def test_a_resumed_fit_is_not_warned_that_its_checkpoint_folder_holds_files(in_tmp, capsys, recwarn):
     """Lightning warned of a non-empty checkpoint folder on every `--ckpt_path last`, naming its own source file;
     a fresh run into such a folder is refused (with what to do) before Lightning's check."""

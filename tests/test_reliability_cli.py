@@ -233,6 +233,10 @@ CASES = {
     "ema_decay_of_one": (lambda tmp: [*FIT, "--model.init_args.ema_decay", "1.0"],
                          "model.init_args.ema_decay=1.0: give a decay of at least 0 and below 1"),
     # from a CLI audit: each of these named the wrong thing, or nothing a user could act on
+    "config_is_a_folder": (lambda tmp: ["fit", "--config", str(REPO / "configs" / "detection")],
+                           "--config " + str(REPO / "configs" / "detection") + ": a folder (it holds coco_template.yaml, "
+                           "detr_scenes.yaml, detr_scenes_stage2.yaml, ...); give a config file, or a shipped config's "
+                           "name (`visattn configs` lists them)"),
     "empty_config": (lambda tmp: ["fit", "--config", _written(tmp, "empty.yaml", "# nothing yet\n")],
                      "empty.yaml is empty; a config maps model:, data: and trainer: to their settings"),
     # from a config audit: a YAML error in a second config was reported under the first one's name, and no line

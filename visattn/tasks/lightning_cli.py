@@ -1100,7 +1100,8 @@ class VisattnCLI(LightningCLI):
         # LightningCLI (2.6) swaps the config's model for the one a checkpoint file's hyperparameters
         # describe; this is the last point where the config's model is known.
         _refuse_linked_overrides(settings.model, self.linked_data_attributes)
-        if settings.ckpt_path is not None and Path(settings.ckpt_path).is_file():
+        # a missing file too, before Lightning's setup lines (a path typo was the fifth line)
+        if settings.ckpt_path is not None and "://" not in str(settings.ckpt_path) and settings.ckpt_path != "hpc":
             _check_checkpoint_model(Path(settings.ckpt_path), settings.model, resuming=subcommand == "fit")
         given = copy.deepcopy(vars(settings.model.get("init_args") or Namespace()))
         resumed = _resumed_checkpoint(settings.ckpt_path, settings.trainer.get("callbacks"))
@@ -1364,6 +1365,11 @@ def _with_shipped_configs(argv: list[str]) -> list[str]:
             at, value, prefix = k, arg.partition("=")[2], "--config="
         else:
             continue
+        if Path(value).expanduser().is_dir():  # jsonargparse's "Path is not a file" gave no way on
+            held = sorted(path.name for path in Path(value).expanduser().glob("*.yaml"))
+            inside = f" (it holds {', '.join(held[:3])}{', ...' if len(held) > 3 else ''})" if held else ""
+            raise ConfigError(f"--config {value}: a folder{inside}; give a config file, or a shipped config's name "
+                              "(`visattn configs` lists them)")
         shipped = shipped_config(value)
         # jsonargparse's line names no shipped config; settings, URLs and `~` paths are its to read
         if shipped is None and config_file_name(value) and not Path(value).expanduser().exists():
