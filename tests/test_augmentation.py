@@ -188,6 +188,9 @@ def test_policy_strings_timm_documents_are_taken(policy):
     ({"auto_augment": "rand-m9-p0"}, "data.init_args.auto_augment='rand-m9-p0': p0 applies each operation with"),
     # from a recipe audit against timm: both were read without a word
     ({"auto_augment": "original-foo"}, "data.init_args.auto_augment='original-foo': its section 'foo' has no number"),
+    ({"auto_augment": "original-tweights"}, "data.init_args.auto_augment='original-tweights': its section "
+                                            "'tweights' has no number, which timm skips; give each setting with its "
+                                            "value, e.g. mstd0.5"),
     ({"auto_augment": "rand-m9-p1.5"}, "data.init_args.auto_augment='rand-m9-p1.5': a probability above 1 acts as 1"),
     ({"auto_augment": "rand-m99"}, "data.init_args.auto_augment='rand-m99': magnitude 99 is above the largest timm "
                                    "applies (10, mmax), so it would act as 10"),

@@ -945,3 +945,13 @@ def test_detect_prints_boxes_to_a_tenth_of_a_pixel_and_json_keeps_every_digit(tm
     assert main(detect) == 0
     expected = ", ".join(f"{d['label']} {d['score']:.2f} [{', '.join(f'{v:.1f}' for v in d['box'])}]" for d in found)
     assert capsys.readouterr().out == f"{tmp_path / 'scene.png'}: {expected}\n"
+
+
+def test_map_scores_report_a_tiny_map_to_six_significant_digits():
+    """An untrained detector's mAP of 4e-07 was printed as 0.0."""
+    from types import SimpleNamespace
+
+    from visattn.tasks.detection import map_scores
+
+    metric = SimpleNamespace(compute=lambda: {"map": torch.tensor(4.1234567e-07), "map_50": torch.tensor(0.12345678)})
+    assert map_scores(metric) == {"map": 4.12346e-07, "map50": 0.123457}

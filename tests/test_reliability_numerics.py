@@ -110,6 +110,8 @@ def test_caption_decoder_with_padded_captions_stays_finite(dtype, scale):
 
 
 @pytest.mark.parametrize("value, shown", [(0.0, 0.0), (0.7161564, 0.716156), (4.3778712, 4.377871), (0.0012345678, 0.001235),
-                                          (4.5123456e-07, 4.51235e-07), (-1.0, -1.0)])
+                                          (4.5123456e-07, 4.51235e-07), (-1.0, -1.0),
+                                          (0.000123456789, 0.000123457), (-0.000123456789, -0.000123457),
+                                          (-1234.5678912, -1234.567891)])
 def test_scores_are_reported_to_six_decimals_or_six_significant_digits_below_a_thousandth(value, shown):
     assert reported_score(value) == shown

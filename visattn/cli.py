@@ -17,6 +17,7 @@ import os
 import re
 import signal
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence
@@ -98,9 +99,12 @@ def _first_comment(path: Path, width: int = 100) -> str:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import main as demo
+    from .demo import StepStopped, main as demo
 
-    demo()
+    try:
+        demo()
+    except StepStopped as stopped:
+        return stopped.code
     return 0
 
 
@@ -875,34 +879,52 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         # A file name the console's encoding lacks (a cp1252 console, a C locale) prints escaped, not as a crash.
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
-    with one_line_warnings(), _interrupts_kept():
-        return _run(argv)
+    with one_line_warnings(), _interrupts_kept() as interrupts:
+        return interrupts.settled(_run(argv))
+
+
+class _KeptInterrupts:
+    """Ctrl-C that lands while Python runs a weakref callback or ``__del__`` (garbage collection, often mid-batch)
+    raises KeyboardInterrupt where Python can only print it and go on: the command had run to its end. As
+    ``sys.unraisablehook`` this raises such an interrupt in the main thread again, where the command stops as it
+    does for any other; :meth:`settled` keeps one still on its way inside the command."""
+
+    def __init__(self, previous_hook: Callable[[Any], None]) -> None:
+        self.previous_hook, self.in_flight = previous_hook, False
+
+    def __call__(self, unraisable: Any) -> None:
+        if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+            return self.previous_hook(unraisable)
+        self.in_flight = True
+        # From a thread of its own, which runs once this one lets go of the GIL: after the hook has returned.
+        # (threading.Thread.start waits for the thread, which raised the interrupt inside the hook again.)
+        try:
+            _thread.start_new_thread(_thread.interrupt_main, ())
+        except KeyboardInterrupt:  # it came at once all the same
+            _thread.start_new_thread(_thread.interrupt_main, ())
+
+    def settled(self, code: int) -> int:
+        """``code``, or 130 after the interrupt raised again when the command ended before it arrived."""
+        if not self.in_flight or code == 130:
+            return code
+        try:
+            for _ in range(100):  # it comes within a thread switch; lost, had it landed in this hook's last steps
+                time.sleep(0.01)
+        except KeyboardInterrupt:
+            pass
+        print("visattn: interrupted", file=sys.stderr)
+        return 130
 
 
 @contextlib.contextmanager
-def _interrupts_kept() -> Iterator[None]:
-    """Ctrl-C that lands while Python runs a weakref callback or ``__del__`` (garbage collection, often mid-batch)
-    raises KeyboardInterrupt where Python can only print it and go on: the command had run to its end. Such an
-    interrupt is raised in the main thread again, where the command stops as it does for any other."""
-    previous = sys.unraisablehook
-
-    def hook(unraisable: Any) -> None:
-        if isinstance(unraisable.exc_value, KeyboardInterrupt):
-            # From a thread of its own, which runs once this one lets go of the GIL: after the hook has returned.
-            # (threading.Thread.start waits for the thread, which raised the interrupt inside the hook again.)
-            try:
-                _thread.start_new_thread(_thread.interrupt_main, ())
-            except KeyboardInterrupt:  # it came at once all the same
-                _thread.start_new_thread(_thread.interrupt_main, ())
-        else:
-            previous(unraisable)
-
+def _interrupts_kept() -> Iterator[_KeptInterrupts]:
+    hook = _KeptInterrupts(sys.unraisablehook)
     sys.unraisablehook = hook
     try:
-        yield
+        yield hook
     finally:
         if sys.unraisablehook is hook:  # unless someone replaced it in between: theirs stays
-            sys.unraisablehook = previous
+            sys.unraisablehook = hook.previous_hook
 
 
 class _Terminated(BaseException):

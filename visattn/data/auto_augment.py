@@ -96,8 +96,9 @@ def auto_augment_problem(config: object) -> str | None:
     valueless = [part for part in config.split("-")[1:] if not re.fullmatch(r"[a-z]+\d.*", part)
                  and not (config.startswith("rand") and part.startswith("t"))]
     if valueless:
+        example = "m9, mstd0.5, inc1" if config.startswith(("rand", "augmix")) else "mstd0.5"  # AutoAugment's only
         return (f"auto_augment={config!r}: its section {valueless[0]!r} has no number, which timm skips; give each "
-                f"setting with its value, e.g. m9, mstd0.5, inc1")
+                f"setting with its value, e.g. {example}")
     try:
         policy = timm_policy(config, input_size=224, mean=(0.5,), interpolation="bilinear")
     except (AssertionError, KeyError, ValueError, IndexError) as error:  # what timm's parsers raise

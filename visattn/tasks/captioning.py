@@ -465,7 +465,8 @@ def load_captioner(model: Optional[str] = None, checkpoint: Optional[str] = None
 def _captioner_from_checkpoint(path: Path, device: torch.device) -> Captioner:
     checkpoint, hparams = task_checkpoint(path, "captioning")
     if not hparams.get("vocab") or "model_name" not in hparams:
-        raise NotATrainingCheckpoint(path, "not a visattn captioning checkpoint (no vocab)", "pass --model ARCH.TAG instead")
+        raise NotATrainingCheckpoint(path, "not a visattn captioning checkpoint (no vocab and model_name)",
+                                     "pass --model ARCH.TAG instead")
     vocab = Vocabulary.from_list(hparams["vocab"])
     # The checkpoint holds every weight: the encoder's own pretrained weights need not be fetched again.
     arch, kwargs = checkpoint_model_kwargs(hparams, vocab_size=len(vocab), encoder_pretrained=False)

@@ -180,8 +180,9 @@ def weight_average(model: nn.Module, decay: Optional[float]) -> Optional[Average
 
 
 class ExponentialAverageUpdate:
-    """torch's ``get_ema_multi_avg_fn(decay)`` as an object that pickles: ``ddp_spawn`` sends the task to its
-    processes, and torch's function, a closure, stopped the run with a traceback."""
+    """torch's ``get_ema_multi_avg_fn(decay)`` as an object that pickles (``ddp_spawn`` sends the task to its
+    processes, and torch's function, a closure, stopped the run with a traceback), copying integer tensors as timm's
+    ``ModelEmaV3`` does where torch's averages and truncates them."""
 
     def __init__(self, decay: float) -> None:
         self.decay = decay

@@ -1101,10 +1101,15 @@ class VisattnCLI(LightningCLI):
         # describe; this is the last point where the config's model is known.
         _refuse_linked_overrides(settings.model, self.linked_data_attributes)
         # a missing file too, before Lightning's setup lines (a path typo was the fifth line)
-        if settings.ckpt_path is not None and "://" not in str(settings.ckpt_path) and settings.ckpt_path != "hpc":
+        if settings.ckpt_path not in (None, "best", "last", "hpc") and "://" not in str(settings.ckpt_path):
             _check_checkpoint_model(Path(settings.ckpt_path), settings.model, resuming=subcommand == "fit")
         given = copy.deepcopy(vars(settings.model.get("init_args") or Namespace()))
         resumed = _resumed_checkpoint(settings.ckpt_path, settings.trainer.get("callbacks"))
+        if subcommand == "fit" and resumed is not None:
+            # A resumed run's folder holds its checkpoints (Lightning warned on every resume, naming its own file);
+            # a fresh run's warning stays, for a folder _refuse_earlier_run does not see (no dirpath given).
+            # (run_lightning_cli's catch_warnings ends the filter with the command.)
+            warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
         if subcommand == "fit" and resumed is not None:
             typed = [path.partition(".")[0] for path in self.model_overrides]
             _refuse_overrides_the_optimizer_restores(resumed, given, typed)
@@ -1348,8 +1353,6 @@ def run_lightning_cli(argv: list[str]) -> VisattnCLI:
         warnings.filterwarnings("ignore", message=r"Precision .* is not supported by the model summary")
         # What it guards against, args and sys.argv that disagree, is a shipped config's path put for its name.
         warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended")
-        # A fresh fit refuses a folder holding checkpoints (_refuse_earlier_run), so this is every resume's.
-        warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
         warnings.filterwarnings("ignore", message=r'\.fit\(ckpt_path="last"\) is set, but there is no last checkpoint')
         return _build_and_run(_with_shipped_configs(argv))
 
