@@ -1410,3 +1410,15 @@ def test_a_timm_model_whose_feature_info_names_a_missing_module_asks_for_a_layer
     with pytest.raises(ConfigError, match=r"no default Grad-CAM layer for Named; name one with --layer .*: a stage "
                                           r"among body"):
         default_target_layer(Named())
+
+
+def test_explain_gives_the_probability_classify_gives(tmp_path, capsys):
+    """explain rounded it to 4 places and printed that to 3: 0.643 where classify said 0.644 (a fine-tune audit)."""
+    Image.fromarray(np.random.default_rng(3).integers(0, 256, (28, 28, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    model = ["--model", "se_resnet20_cifar.fmnist"]
+    assert main(["classify", str(tmp_path / "a.png"), *model, "--json"]) == 0
+    top = json.loads(capsys.readouterr().out)["predictions"][0]
+    assert main(["explain", str(tmp_path / "a.png"), *model, "--out", str(tmp_path / "map.png"), "--json"]) == 0
+    explained = json.loads(capsys.readouterr().out)
+    assert (explained["label"], explained["prob"]) == (top["label"], pytest.approx(top["prob"], abs=1e-6))
+    assert explained["prob"] != round(explained["prob"], 4)

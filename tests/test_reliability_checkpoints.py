@@ -107,6 +107,22 @@ def _error(capsys) -> str:
     return lines[0]
 
 
+def test_resuming_a_run_that_has_reached_its_end_says_that_it_trained_nothing(in_tmp, capsys):
+    """A fine-tune audit: resumed with the same max_epochs, fit trained nothing and exited 0, with only Lightning's
+    "`Trainer.fit` stopped: `max_epochs=1` reached"."""
+    assert _fit("--trainer.max_epochs", "1") == 0
+    capsys.readouterr()
+    assert _fit("--trainer.max_epochs", "1", "--ckpt_path", "last") == 0
+    said = [line for line in capsys.readouterr().err.splitlines() if "trained nothing" in line]
+    assert said == [f"warning: --ckpt_path {(in_tmp / CHECKPOINTS / 'last.ckpt').resolve()}: its run had already "
+                    f"reached its end (trainer.max_epochs 1, max_steps -1; at step {STEPS_PER_EPOCH}), so this fit "
+                    "trained nothing; to train on, start a new run from its weights with --model.init_args.pretrained "
+                    f"{(in_tmp / CHECKPOINTS / 'last.ckpt').resolve()} (raising max_epochs continues its schedule, whose "
+                    "cosine rises again from 0)"]
+    assert _fit("--trainer.max_epochs", "2", "--ckpt_path", "last") == 0  # one that trains says nothing of it
+    assert "trained nothing" not in capsys.readouterr().err
+
+
 def test_fit_ckpt_path_last_with_nothing_to_resume_starts_afresh_saying_so_in_one_line(in_tmp, capsys, recwarn):
     """A job restarted until it finishes starts with nothing to resume; Lightning's warning named its own file."""
     assert _fit("--trainer.max_epochs", "1", "--ckpt_path", "last") == 0
@@ -976,3 +992,17 @@ def test_the_nothing_to_resume_warning_is_the_first_processs_only(tmp_path, monk
     monkeypatch.setattr(rank_zero_only, "rank", 1)
     lightning_cli._refuse_mixed_runs("last", callbacks)
     assert not recwarn.list
+
+
+@pytest.mark.parametrize("pretrained, warned", [([], True), (["--model.init_args.pretrained", "false"], False)])
+def test_a_timm_model_left_without_starting_weights_is_said_to_start_from_random_ones(pretrained, warned, in_tmp,
+                                                                                      capsys):
+    """pretrained null loads an ARCH.TAG's weights but none of timm's: a fine-tune of timm:resnet18 ran from scratch
+    without a word."""
+    assert _fit("--model.init_args.model_name", "timm:resnet18", "--trainer.max_steps", "1",
+                "--trainer.limit_val_batches", "1", *pretrained) == 0
+    said = [line for line in capsys.readouterr().err.splitlines() if "random weights" in line]
+    assert said == (["warning: model.init_args.model_name timm:resnet18 starts from random weights: pretrained null "
+                     "loads none of timm's; give model.init_args.pretrained true for timm's weights of resnet18 (from "
+                     "the hub or its cache) or a weights FILE, or pretrained false to say that random is meant"]
+                    if warned else [])

@@ -77,6 +77,12 @@ def _edited_checkpoint(tmp_path: Path, *, model_name: str = "cbam_resnet20_cifar
     return str(path)
 
 
+def _split_folders(tmp_path: Path, *splits: str) -> Path:
+    for split in splits:
+        (tmp_path / "shapes" / split / "circle").mkdir(parents=True)
+    return tmp_path / "shapes"
+
+
 def _checkpoint_without_a_model_name(tmp_path: Path, *, captioner: bool = False) -> str:
     write = write_captioner_checkpoint if captioner else write_classifier_checkpoint
     path = write(tmp_path / "unnamed.ckpt")
@@ -637,6 +643,12 @@ OUTPUT_AND_OPTION_CASES = {
                                          "turns the .ckpt files `visattn fit` writes into weights (to index a weights "
                                          "file, load it with create_model(ARCH, pretrained=FILE) and save it with "
                                          "visattn.save_weights in Python)"),
+    # from a fine-tune audit: it named --split, which save-weights does not take
+    "save_weights_dataset_without_a_test_split": (
+        lambda tmp: _save_weights(tmp, "--out-dir", "w", "--dataset",
+                                  f"imagefolder:{_split_folders(tmp, 'train', 'val')}"),
+        "/shapes: save-weights records scores of a test split, and it has no test/ folder (its splits: train, val); "
+        "give imagefolder:DIR of held-out images, or leave --dataset out"),
     "save_weights_from_a_captioner_checkpoint_without_a_model_name": (
         lambda tmp: ["save-weights", "--checkpoint", _checkpoint_without_a_model_name(tmp, captioner=True), "--tag",
                      "t", "--out-dir", str(tmp / "w")],
@@ -736,6 +748,7 @@ def test_ctrl_c_that_lands_in_a_weakref_callback_still_stops_the_command(files_s
         thing = Thing()
         ref = weakref.ref(thing, callback)
         del thing
+        assert ref() is None  # collected, its callback run
         for _ in range(files_still_to_do):
             time.sleep(0.005)
         return 0

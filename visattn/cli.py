@@ -432,8 +432,14 @@ def cmd_save_weights(args: argparse.Namespace) -> int:
 def _test_scores(task: str, loaded: Any, dataset: str, limit: Optional[int]) -> dict[str, Any]:
     """The metrics `visattn evaluate` gives on ``dataset``'s test split (its first ``limit`` samples)."""
     if task == "classification":
-        from .tasks.classification import evaluate_classifier, evaluation_dataset
+        from .data.image_folder import split_folders
+        from .tasks.classification import evaluate_classifier, evaluation_dataset, imagefolder_root
 
+        splits = split_folders(imagefolder_root(dataset)) if dataset.startswith("imagefolder:") else []
+        if splits and "test" not in splits:  # evaluation_dataset's line named --split, which save-weights lacks
+            raise ConfigError(f"--dataset {dataset}: save-weights records scores of a test split, and it has no test/ "
+                              f"folder (its splits: {', '.join(splits)}); give imagefolder:DIR of held-out images, "
+                              "or leave --dataset out")
         test_set = evaluation_dataset(dataset, "test", loaded.transform(), loaded.class_names)
         return evaluate_classifier(loaded, test_set, limit=limit)
     if task == "detection":

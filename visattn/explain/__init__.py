@@ -284,7 +284,7 @@ def explain_image(
                          image_title="the model's centre crop" if drawn_on == "centre crop" else "image")
     save_figure(fig, target, argument="out", command="explain")
     shown = classifier.class_names[index if explained is None else explained]
-    return {"label": label, "index": index, "prob": round(float(probs[index]), 4), "method": method,
+    return {"label": label, "index": index, "prob": float(probs[index]), "method": method,
             "explained": shown, "drawn_on": drawn_on, "out": str(out)}
 
 

@@ -20,7 +20,7 @@ from torchmetrics import MeanMetric
 
 from ..errors import ConfigError, VisattnError
 from .optimization import (adamw_warmup_cosine, refuse_other_parameter_groups, warn_of_a_changed_schedule,
-                           warn_of_a_starting_average)
+                           warn_of_a_finished_run, warn_of_a_starting_average)
 
 log = logging.getLogger(__name__)
 
@@ -236,12 +236,20 @@ class GuardedTask:
     def on_after_backward(self) -> None:
         self.loss_guard.drop_skipped_gradients()
 
+    def on_fit_start(self) -> None:
+        self._trained_this_fit = False
+
     def on_train_start(self) -> None:
+        self._trained_this_fit = True  # not called when a resumed run has already reached its end
         if self.trainer.is_global_zero:  # the run's, not a process's: each DDP process had said them again
             warn_of_a_changed_schedule(self)
             warn_of_a_starting_average(self)
         if self.trainer.world_size > 1 and self.trainer.ckpt_path is None:  # a resume restores each process's states
             seed_apart(self.trainer.global_rank)
+
+    def on_fit_end(self) -> None:
+        if self.trainer.ckpt_path and not self._trained_this_fit and self.trainer.is_global_zero:
+            warn_of_a_finished_run(self)
 
 
 def refuse_cast_batches(task: pl.LightningModule, why: str,

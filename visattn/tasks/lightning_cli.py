@@ -83,7 +83,7 @@ from ..fileio import atomic_path, claim_folder, prepare_output_dir, refuse_repla
 from ..pretrained import check_state_dict, checkpoint_follows, scored_as_built
 from ..registry import split_model_name
 from ..shipped import config_file_name, nearest_shipped_configs, shipped_config
-from .classification import EDITED_CHECKPOINT, read_checkpoint
+from .classification import EDITED_CHECKPOINT, TIMM_STARTING_WEIGHTS, read_checkpoint
 from .detection import class_label, detection_records
 from .distributed import gather_shares
 from .guards import seed_apart
@@ -440,6 +440,19 @@ def _described(class_path: Optional[str], model_name: Any) -> str:
 
 # Task hyperparameters that torch's optimizer refuses, with a traceback, only once training starts.
 _NON_NEGATIVE = {"lr": ("a learning rate", "0.001"), "weight_decay": ("a weight decay", "0.05")}
+
+
+def _warn_of_random_timm_weights(model: Any) -> None:
+    """One line when a ``timm:NAME`` model starts from random weights because ``pretrained`` was left null, which
+    loads an ``ARCH.TAG``'s weights but none of timm's (a fine-tune audit's ran from scratch without a word)."""
+    init_args = getattr(model, "init_args", None) or {}
+    name, kwargs = init_args.get("model_name"), init_args.get("model_kwargs") or {}
+    if (isinstance(name, str) and name.startswith("timm:") and init_args.get("pretrained") is None
+            and not any(kwargs.get(key) for key in TIMM_STARTING_WEIGHTS)):
+        warnings.warn(f"model.init_args.model_name {name} starts from random weights: pretrained null loads none "
+                      f"of timm's; give model.init_args.pretrained true for timm's weights of {name[5:]} (from the "
+                      "hub or its cache) or a weights FILE, or pretrained false to say that random is meant",
+                      VisattnWarning)
 
 
 def _check_settings(model: Any, trainer: Any) -> None:
@@ -1135,6 +1148,8 @@ class VisattnCLI(LightningCLI):
         _check_settings(self._get(self.config, "model"), self._get(self.config, "trainer"))
         if self.subcommand == "fit":
             _check_training(self._get(self.config, "model"), self._get(self.config, "trainer"))
+            if self._get(self.config, "ckpt_path") is None:  # a resume's weights are its checkpoint's
+                _warn_of_random_timm_weights(self._get(self.config, "model"))
         _check_task_data(self._get(self.config, "model"), self._get(self.config, "data"))
 
     def before_fit(self) -> None:

@@ -111,6 +111,16 @@ def warn_of_a_changed_schedule(task: pl.LightningModule) -> None:
                       f"checkpoint's weights with --model.init_args.pretrained {path}", VisattnWarning, stacklevel=2)
 
 
+def warn_of_a_finished_run(task: pl.LightningModule) -> None:
+    """One line when a resumed fit trained nothing, its run having reached trainer.max_epochs or max_steps: Lightning
+    said only "`Trainer.fit` stopped: `max_epochs=3` reached", exit 0, as for a run that trained."""
+    path, trainer = task.trainer.ckpt_path, task.trainer
+    warnings.warn(f"--ckpt_path {path}: its run had already reached its end (trainer.max_epochs {trainer.max_epochs}, "
+                  f"max_steps {trainer.max_steps}; at step {trainer.global_step}), so this fit trained nothing; to "
+                  f"train on, start a new run from its weights with --model.init_args.pretrained {path} (raising "
+                  "max_epochs continues its schedule, whose cosine rises again from 0)", VisattnWarning, stacklevel=2)
+
+
 def _scheduled_steps(trainer: pl.Trainer) -> int:
     """The run's optimizer steps, which the cosine decays over; one line when nothing bounds them: Lightning
     counts max_epochs -1 (or null with max_time) as infinite, and data of unknown length without max_steps as -1."""
