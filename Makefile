@@ -25,9 +25,11 @@ test: venv data
 demo: venv data
 	$(BIN)/visattn demo
 
-# benchmarks/gpu.sh on a bare GPU image (Python 3.12): the wheels it lacks and the Fashion-MNIST test files.
+# benchmarks/gpu.sh on a bare GPU image (Python 3.12): the wheels it lacks, pycocoevalcap's BLEU and CIDEr
+# scorers (its wheel's Java tools make it 104 MB, past what the device tool carries) and the Fashion-MNIST test files.
 GPU_WHEELS := albumentations==2.0.8 albucore==0.0.24 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 \
-	typing-inspection==0.4.5 simsimd==6.5.16 stringzilla==5.3.2
+	typing-inspection==0.4.5 simsimd==6.5.16 stringzilla==5.3.2 pycocotools==2.0.11
+SCORERS := pycocoevalcap==1.2
 GPU_PLATFORMS := $(foreach tag,manylinux_2_28 manylinux_2_17 manylinux2014,--platform $(tag)_x86_64)
 
 gpu-bundle: venv data
@@ -35,6 +37,10 @@ gpu-bundle: venv data
 	cp $(FMNIST)/t10k-* .gpu/fashion-mnist/
 	$(BIN)/pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 		$(GPU_PLATFORMS) -d .gpu/wheels $(GPU_WHEELS)
+	$(BIN)/pip download --quiet --no-deps -d .gpu/scorers $(SCORERS)
+	$(BIN)/python -c "import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall('.gpu/site', [n for n in \
+		zipfile.ZipFile(sys.argv[1]).namelist() if n.split('/')[1] in ('__init__.py', 'bleu', 'cider')])" .gpu/scorers/*.whl
+	rm -rf .gpu/scorers
 
 clean:
 	rm -rf $(VENV) lightning_logs outputs .pytest_cache

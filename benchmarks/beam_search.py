@@ -4,7 +4,7 @@
     python benchmarks/beam_search.py --device cuda
 
 Both decode the same FashionScenes test images with the shipped captioner; the captions must be
-identical (the script exits with an error after its figures otherwise), and the figure is captions
+identical (the script exits with an error before timing anything otherwise), and the figure is captions
 per second and its ratio. The ratio has a ceiling: one-image
 decoding's time over the time batched decoding would take running its FLOPs (FlopCounterMode) at
 the faster of the two product rates measured here: torch's matmul and oneDNN's inner product, which

@@ -4,7 +4,8 @@
 # script's output goes to stdout and to $OUT (default outputs/gpu).
 #
 #   make gpu-bundle          # on a CPU machine with network: .gpu/ holds the wheels a bare GPU image
-#                            # lacks (albumentations and its needs) and the Fashion-MNIST test files
+#                            # lacks (albumentations and its needs, pycocotools), pycocoevalcap's BLEU and
+#                            # CIDEr scorers and the Fashion-MNIST test files
 #   bash benchmarks/gpu.sh   # on the GPU machine, from the repository root, with .gpu/ beside it
 #
 # DEVICE=cpu SMOKE=1 runs the same commands at smoke sizes (how the tests check this script).
@@ -21,6 +22,7 @@ if [ "$device" != cpu ] && [ -d .gpu/wheels ]; then  # wheels for the GPU image'
         --target /tmp/visattn-deps .gpu/wheels/*.whl
     export PYTHONPATH="/tmp/visattn-deps${PYTHONPATH:+:$PYTHONPATH}"
 fi
+if [ "$device" != cpu ] && [ -d .gpu/site ]; then export PYTHONPATH="$PWD/.gpu/site:$PYTHONPATH"; fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 if [ -d .gpu/fashion-mnist ]; then export VISATTN_DATA="$PWD/.gpu"; fi
 if command -v nvidia-smi >/dev/null; then

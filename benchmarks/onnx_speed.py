@@ -2,8 +2,8 @@
 
     python benchmarks/onnx_speed.py [--models vit_small_patch16_224 cbam_resnet18] [--batch 16] [--smoke]
 
-Both run the same weights with the same number of intra-op threads; the script exits with an error, after
-printing the figures, when their logits differ by more than 1e-3.
+Both run the same weights with the same number of intra-op threads; the script exits with an error before
+timing anything, printing no figure, when their logits differ by more than 1e-3.
 The script also times one fp32 matrix product in each library (torch's own, MKL here; oneDNN's, which torch
 also carries; onnxruntime's MLAS), since the models spend most of their time in such products.
 """

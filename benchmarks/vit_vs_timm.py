@@ -11,8 +11,8 @@ counter has no formula for the fused CPU kernel and would count its QK^T and att
 matmul peak in the run's precision measured here, in this process, on the same device and threads:
 the best of samples taken before each model, as load from other processes only ever lowers it.
 ``--grad-checkpointing`` applies to the training steps only (timm's models checkpoint without gradients
-too, visattn's do not). The script exits with an error, after printing the figures, when the two models'
-logits on the same weights differ by more than ``side_by_side.LOGIT_TOLERANCE``.
+too, visattn's do not). The script exits with an error before timing anything, printing no figure, when the
+two models' logits on the same weights differ by more than ``side_by_side.LOGIT_TOLERANCE``.
 """
 from __future__ import annotations
 
