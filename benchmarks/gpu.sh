@@ -22,7 +22,7 @@ if [ "$device" != cpu ] && [ -d .gpu/wheels ]; then  # wheels for the GPU image'
         --target /tmp/visattn-deps .gpu/wheels/*.whl
     export PYTHONPATH="/tmp/visattn-deps${PYTHONPATH:+:$PYTHONPATH}"
 fi
-if [ "$device" != cpu ] && [ -d .gpu/site ]; then export PYTHONPATH="$PWD/.gpu/site:$PYTHONPATH"; fi
+if [ "$device" != cpu ] && [ -d .gpu/site ]; then export PYTHONPATH="$PWD/.gpu/site${PYTHONPATH:+:$PYTHONPATH}"; fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 if [ -d .gpu/fashion-mnist ]; then export VISATTN_DATA="$PWD/.gpu"; fi
 if command -v nvidia-smi >/dev/null; then

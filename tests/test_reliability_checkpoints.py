@@ -994,11 +994,17 @@ def test_the_nothing_to_resume_warning_is_the_first_processs_only(tmp_path, monk
     assert not recwarn.list
 
 
-@pytest.mark.parametrize("pretrained, warned", [([], True), (["--model.init_args.pretrained", "false"], False)])
-def test_a_timm_model_left_without_starting_weights_is_said_to_start_from_random_ones(pretrained, warned, in_tmp,
+@pytest.mark.parametrize("starting, warned", [("null", True), ("false", False), ("timm's checkpoint_path", False)])
+def test_a_timm_model_left_without_starting_weights_is_said_to_start_from_random_ones(starting, warned, in_tmp,
                                                                                       capsys):
     """pretrained null loads an ARCH.TAG's weights but none of timm's: a fine-tune of timm:resnet18 ran from scratch
     without a word."""
+    import timm
+
+    pretrained = {"null": [], "false": ["--model.init_args.pretrained", "false"]}.get(starting)
+    if pretrained is None:  # timm loads the file itself
+        torch.save(timm.create_model("resnet18", num_classes=10).state_dict(), in_tmp / "resnet18.pth")
+        pretrained = ["--model.init_args.model_kwargs", json.dumps({"checkpoint_path": str(in_tmp / "resnet18.pth")})]
     assert _fit("--model.init_args.model_name", "timm:resnet18", "--trainer.max_steps", "1",
                 "--trainer.limit_val_batches", "1", *pretrained) == 0
     said = [line for line in capsys.readouterr().err.splitlines() if "random weights" in line]

@@ -17,6 +17,7 @@ import os
 import re
 import signal
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -925,6 +926,9 @@ class _KeptInterrupts:
 @contextlib.contextmanager
 def _interrupts_kept() -> Iterator[_KeptInterrupts]:
     hook = _KeptInterrupts(sys.unraisablehook)
+    if threading.current_thread() is not threading.main_thread():  # Ctrl-C is the main thread's, not this command's
+        yield hook
+        return
     sys.unraisablehook = hook
     try:
         yield hook

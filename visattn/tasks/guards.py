@@ -248,7 +248,9 @@ class GuardedTask:
             seed_apart(self.trainer.global_rank)
 
     def on_fit_end(self) -> None:
-        if self.trainer.ckpt_path and not self._trained_this_fit and self.trainer.is_global_zero:
+        # (fast_dev_run's one step may be what stopped it)
+        if (self.trainer.ckpt_path and not self._trained_this_fit and self.trainer.is_global_zero
+                and not self.trainer.fast_dev_run):
             warn_of_a_finished_run(self)
 
 

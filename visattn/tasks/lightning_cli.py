@@ -83,7 +83,7 @@ from ..fileio import atomic_path, claim_folder, prepare_output_dir, refuse_repla
 from ..pretrained import check_state_dict, checkpoint_follows, scored_as_built
 from ..registry import split_model_name
 from ..shipped import config_file_name, nearest_shipped_configs, shipped_config
-from .classification import EDITED_CHECKPOINT, TIMM_STARTING_WEIGHTS, read_checkpoint
+from .classification import EDITED_CHECKPOINT, read_checkpoint
 from .detection import class_label, detection_records
 from .distributed import gather_shares
 from .guards import seed_apart
@@ -448,7 +448,8 @@ def _warn_of_random_timm_weights(model: Any) -> None:
     init_args = getattr(model, "init_args", None) or {}
     name, kwargs = init_args.get("model_name"), init_args.get("model_kwargs") or {}
     if (isinstance(name, str) and name.startswith("timm:") and init_args.get("pretrained") is None
-            and not any(kwargs.get(key) for key in TIMM_STARTING_WEIGHTS)):
+            and rank_zero_only.rank == 0  # Lightning starts the other processes as this command again
+            and not (kwargs.get("pretrained") or kwargs.get("checkpoint_path"))):  # what loads timm's weights
         warnings.warn(f"model.init_args.model_name {name} starts from random weights: pretrained null loads none "
                       f"of timm's; give model.init_args.pretrained true for timm's weights of {name[5:]} (from the "
                       "hub or its cache) or a weights FILE, or pretrained false to say that random is meant",
