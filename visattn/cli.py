@@ -816,8 +816,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="attention head 0..N-1 (method attention; default: mean)")
     explain.add_argument("--class", dest="target_class", default=None, help="class index or name (gradcam)")
     explain.add_argument("--out", default=None,
-                         help="the map of one image: .png, .jpg, .jpeg, .svg or .pdf, the format its suffix names (PNG without one); "
-                              "a map visattn wrote there is replaced, any other file never (give --out or --out-dir)")
+                         help="the map of one image: .png, .jpg, .jpeg, .svg or .pdf, the format its suffix names "
+                              "(PNG without one); a map visattn wrote there is replaced, any other file never (give --out or --out-dir)")
     explain.add_argument("--out-dir", default=None,
                          help="a map of each image, DIR/STEM.png (names numbered apart where stems repeat; give --out "
                               "or --out-dir)")

@@ -358,7 +358,8 @@ def evaluate_pointing(
         raise ConfigError("no scenes to score; check --dataset, --split and --limit")
     if method == "gradcam":
         method = f"gradcam of the {'true' if by_label else 'predicted'} class"
-    return {"top1": reported_score(correct / n), "pointing": reported_score(hits / n), "pointing_method": method, "n": n}
+    return {"top1": reported_score(correct / n), "pointing": reported_score(hits / n), "pointing_method": method,
+            "n": n}
 
 
 def evaluate_class_pointing(

@@ -527,7 +527,7 @@ def draw_detections(image: np.ndarray, detections: Sequence[dict[str, Any]], pat
         side = min(pixels.shape[-2:])  # the shorter: a label as tall as a strip would hide it
         grows = side // 50 > _BITMAP_FONT_SIZE and _label_font() is not None
         font = {"font": _label_font(), "font_size": side // 50} if grows else {}
-        pixels = draw_bounding_boxes(pixels, boxes, labels=labels, colors=colours, width=max(1, scale // 2, side // 300),
-                                     **font)
+        width = max(1, scale // 2, side // 300)
+        pixels = draw_bounding_boxes(pixels, boxes, labels=labels, colors=colours, width=width, **font)
     with atomic_path(path) as tmp:
         Image.fromarray(pixels.permute(1, 2, 0).numpy()).save(tmp, format="PNG", pnginfo=png_mark(_DRAWINGS))

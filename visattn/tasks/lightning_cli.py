@@ -272,8 +272,9 @@ def _refuse_mixed_runs(ckpt_path: Optional[str], callbacks: Any) -> None:
             raise ConfigError(f"--ckpt_path last: {newest.parent} holds no last checkpoint; resume from its newest "
                               f"with --ckpt_path {newest}")
         if not others and rank_zero_only.rank == 0:  # in place of Lightning's, which named its own source file
-            warnings.warn(f"--ckpt_path last: nothing to resume in {', '.join(map(str, _checkpoint_folders(callbacks)))}"
-                          " yet, so this fit starts afresh", VisattnWarning)
+            folders = ", ".join(map(str, _checkpoint_folders(callbacks)))
+            warnings.warn(f"--ckpt_path last: nothing to resume in {folders} yet, so this fit starts afresh",
+                          VisattnWarning)
         return
     if ckpt_path not in (None, "best") and not Path(ckpt_path).exists():
         return  # named as missing where the path is checked: it was blamed on the folder's earlier run
@@ -1124,7 +1125,6 @@ class VisattnCLI(LightningCLI):
             # a fresh run's warning stays, for a folder _refuse_earlier_run does not see (no dirpath given).
             # (run_lightning_cli's catch_warnings ends the filter with the command.)
             warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
-        if subcommand == "fit" and resumed is not None:
             typed = [path.partition(".")[0] for path in self.model_overrides]
             _refuse_overrides_the_optimizer_restores(resumed, given, typed)
         super()._parse_ckpt_path()
