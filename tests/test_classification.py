@@ -19,7 +19,7 @@ from PIL import Image
 from visattn import create_model, save_weights
 from visattn.cli import main
 from visattn.data.transforms import eval_transforms
-from visattn.errors import ConfigError, VisattnWarning, WeightsError
+from visattn.errors import ConfigError, MissingSplit, VisattnWarning, WeightsError
 from visattn.tasks.captioning import CaptioningTask, load_captioner
 from visattn.tasks.classification import Classifier, ImageClassifier, load_classifier
 from visattn.tasks.detection import load_detector
@@ -531,8 +531,11 @@ def test_an_image_folder_is_scored_by_class_name_not_folder_position(tmp_path):
     spec = f"imagefolder:{root.parent}"
     dataset = evaluation_dataset(spec, "test", classifier.transform(), classifier.class_names)
     assert evaluate_classifier(classifier, dataset)["top1"] == 1.0
-    with pytest.raises(ConfigError, match=r"--split val: .*photos has no val/ folder; its splits are test"):
+    with pytest.raises(MissingSplit, match=r"--split val: .*photos has no val/ folder; its splits are test") as caught:
         evaluation_dataset(spec, "val", classifier.transform(), classifier.class_names)
+    assert (caught.value.split, caught.value.splits) == ("val", ["test"])  # what save-weights rephrases
+    copy = pickle.loads(pickle.dumps(caught.value))
+    assert type(copy) is MissingSplit and str(copy) == str(caught.value)
     (root / "fox").mkdir()  # a folder that is none of the labels
     with pytest.raises(ConfigError, match=r"class folders \['fox'\] are not among the classes"):
         evaluation_dataset(spec, "test", classifier.transform(), classifier.class_names)

@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence
 import torch
 
 from .devices import DEVICE_CHOICES, MAX_WORKERS_PER_CPU, max_workers
-from .errors import (ONE_LINE_WARNINGS_ENV, ArgumentError, ConfigError, NotATrainingCheckpoint, VisattnError,
-                     WeightsError, error_line, one_line, one_line_showwarning)
+from .errors import (ONE_LINE_WARNINGS_ENV, ArgumentError, ConfigError, MissingSplit, NotATrainingCheckpoint,
+                     VisattnError, WeightsError, error_line, one_line, one_line_showwarning)
 from .pretrained import WEIGHTS_SUFFIXES, weights_dir
 from .registry import (HUB_PREFIXES, create_model, list_models, list_pretrained, model_arguments, model_family,
                        split_model_name)
@@ -433,15 +433,14 @@ def cmd_save_weights(args: argparse.Namespace) -> int:
 def _test_scores(task: str, loaded: Any, dataset: str, limit: Optional[int]) -> dict[str, Any]:
     """The metrics `visattn evaluate` gives on ``dataset``'s test split (its first ``limit`` samples)."""
     if task == "classification":
-        from .data.image_folder import split_folders
-        from .tasks.classification import evaluate_classifier, evaluation_dataset, imagefolder_root
+        from .tasks.classification import evaluate_classifier, evaluation_dataset
 
-        splits = split_folders(imagefolder_root(dataset)) if dataset.startswith("imagefolder:") else []
-        if splits and "test" not in splits:  # evaluation_dataset's line named --split, which save-weights lacks
+        try:
+            test_set = evaluation_dataset(dataset, "test", loaded.transform(), loaded.class_names)
+        except MissingSplit as err:  # its line names --split, which save-weights does not take
             raise ConfigError(f"--dataset {dataset}: save-weights records scores of a test split, and it has no test/ "
-                              f"folder (its splits: {', '.join(splits)}); give imagefolder:DIR of held-out images, "
-                              "or leave --dataset out")
-        test_set = evaluation_dataset(dataset, "test", loaded.transform(), loaded.class_names)
+                              f"folder (its splits: {', '.join(err.splits)}); give imagefolder:DIR of held-out images, "
+                              "or leave --dataset out") from None
         return evaluate_classifier(loaded, test_set, limit=limit)
     if task == "detection":
         from .tasks.detection import evaluate_detector, evaluation_loader

@@ -50,6 +50,18 @@ class ConfigError(VisattnError, ValueError):
     """A config file, key or value that is invalid."""
 
 
+class MissingSplit(ConfigError):
+    """A dataset folder split into ``splits`` (e.g. train/, val/) that lacks the ``split`` asked for; commands
+    that take no ``--split`` (``save-weights``) say what they need instead."""
+
+    def __init__(self, root: Any, split: str, splits: list[str]) -> None:
+        super().__init__(f"--split {split}: {root} has no {split}/ folder; its splits are {', '.join(splits)}")
+        self.root, self.split, self.splits = root, split, splits
+
+    def __reduce__(self) -> tuple:
+        return type(self), (self.root, self.split, self.splits)
+
+
 class ExportMismatchError(VisattnError, RuntimeError):
     """An exported file whose runtime does not compute what the model computes (nothing is written)."""
 

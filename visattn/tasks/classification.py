@@ -25,7 +25,8 @@ from ..data.image_io import DEFAULT_MAX_PIXELS
 from ..data.transforms import (CLASSIFIER_PREPROCESSING, ImageTransform, check_image_batch, default_preprocessing,
                                eval_transform_of, preprocessing_problem, timm_data_config, to_model_input)
 from ..devices import inference_device, model_device
-from ..errors import ConfigError, NotATrainingCheckpoint, UnknownModelError, VisattnWarning, WeightsError, one_line
+from ..errors import (ConfigError, MissingSplit, NotATrainingCheckpoint, UnknownModelError, VisattnWarning, WeightsError,
+                      one_line)
 from ..layers.attention import SelfAttention
 from ..layers.patch_embed import fixed_input_size, is_count, is_number
 from ..modes import eval_mode
@@ -744,7 +745,7 @@ def evaluation_dataset(spec: str, split: str, transform: ImageTransform, class_n
         root = imagefolder_root(spec)
         splits = split_folders(root)
         if splits and split not in splits:
-            raise ConfigError(f"--split {split}: {root} has no {split}/ folder; its splits are {', '.join(splits)}")
+            raise MissingSplit(root, split, splits)
         return ImageFolder(root / split if splits else root, transform, classes=_class_folders(spec, class_names),
                            max_pixels=max_pixels)
     raise ConfigError(f"--dataset {spec}: a classifier is scored on fashion-mnist or imagefolder:DIR (and, by "
