@@ -178,6 +178,10 @@ def test_wrong_arguments_name_the_fix_and_the_argument_as_python_writes_it():
     vit = _tiny_vit()
     with pytest.raises(ConfigError, match="^method='attention': does not fit ResNet; use gradcam or gates$"):
         explain(create_model("cbam_resnet20_cifar", **SMALL_CNN), torch.randn(3, 28, 28), "attention")
+    with pytest.raises(ConfigError, match=r"^method='gates': does not fit ResNet, which has no spatial attention gates "
+                                          r"\(CBAM, BAM, coord, non-local, GC\), only ECA gates, which weigh whole "
+                                          r"channels alike at every place; use gradcam$"):
+        explain(create_model("eca_resnet20_cifar", **SMALL_CNN), torch.randn(3, 28, 28), "gates")
     with pytest.raises(ConfigError, match="^head=0: applies to method attention only"):
         explain(vit, torch.randn(3, 28, 28), "rollout", head=0)
     with pytest.raises(ConfigError, match="^target_class=1: applies to gradcam only"):
@@ -283,8 +287,11 @@ def test_gate_maps_reduce_each_gate_as_documented():
         else:
             expected = gate["affinity"].mean(dim=1).reshape(1, 14, 14)
         torch.testing.assert_close(maps[name], expected)
-    with pytest.raises(ConfigError, match="no spatial attention gates"):
+    with pytest.raises(ConfigError, match=r"no spatial attention gates \(CBAM, BAM, coord, non-local, GC\), only SE "
+                                          r"gates, which weigh whole channels alike at every place; use method 'gradcam'"):
         gate_maps(create_model("se_resnet20_cifar", **SMALL_CNN), images)
+    with pytest.raises(ConfigError, match=r"GC\); use method 'gradcam'"):  # no attention module at all
+        gate_maps(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten()), images)
 
 
 # ---------------------------------------------------------------------------------------- pointing

@@ -24,7 +24,7 @@ from ..errors import ArgumentError, ConfigError, VisattnWarning
 from .attention import (as_index, as_module, attention_map, check_gives_attention, collect_attentions,
                         gives_attention, input_channels, is_vit, model_batch, token_grid)
 from .cell_centres import CellCentres, map_centres
-from .gates import gate_maps, gate_modules
+from .gates import gate_maps, gate_modules, missing_gates
 from ..modes import eval_mode
 from ..scores import reported_score
 from .gradcam import grad_cam
@@ -79,7 +79,8 @@ def _check_arguments(model: nn.Module, method: str, layer, head, target_class) -
         check_gives_attention(model, method=method)
     fits = applicable_methods(model)
     if method not in fits:
-        raise ArgumentError("method", method, f"does not fit {type(model).__name__}; use {' or '.join(fits)}")
+        lacks = f", which has {missing_gates(model)}" if method == "gates" else ""
+        raise ArgumentError("method", method, f"does not fit {type(model).__name__}{lacks}; use {' or '.join(fits)}")
     if head is not None and method != "attention":
         raise ArgumentError("head", head, f"applies to method attention only, not {method}; drop it")
     if layer is not None and method == "rollout":

@@ -28,17 +28,28 @@ from ..errors import ConfigError
 from ..layers.bam import Bam
 from ..layers.cbam import Cbam
 from ..layers.coord import CoordinateAttention
+from ..layers.eca import EfficientChannelAttention
 from ..layers.global_context import GlobalContextBlock
 from ..layers.non_local import NonLocalBlock
+from ..layers.se import SqueezeExcite
 from ..modes import eval_mode
 from .attention import as_module
 
 SPATIAL_GATE_TYPES = (Cbam, Bam, CoordinateAttention, NonLocalBlock, GlobalContextBlock)
+CHANNEL_GATE_TYPES = {SqueezeExcite: "SE", EfficientChannelAttention: "ECA"}
 
 
 def gate_modules(model: nn.Module) -> dict[str, nn.Module]:
     """The attention modules of ``model`` with a spatial gate, by name, in definition order."""
     return {name: m for name, m in model.named_modules() if isinstance(m, SPATIAL_GATE_TYPES)}
+
+
+def missing_gates(model: nn.Module) -> str:
+    """What a model without spatial gates lacks, and why its SE or ECA modules give no map: their gates weigh
+    whole channels, the same at every place."""
+    kinds = sorted({CHANNEL_GATE_TYPES[type(m)] for m in model.modules() if type(m) in CHANNEL_GATE_TYPES})
+    channels_only = f", only {' and '.join(kinds)} gates, which weigh whole channels alike at every place" if kinds else ""
+    return f"no spatial attention gates (CBAM, BAM, coord, non-local, GC){channels_only}"
 
 
 def spatial_gate(gate: dict[str, Tensor], feature_size: tuple[int, int]) -> Tensor:
@@ -78,7 +89,7 @@ def gate_maps(model: nn.Module, images: Tensor) -> tuple[Tensor, "OrderedDict[st
     model = as_module(model)
     modules = gate_modules(model)
     if not modules:
-        raise ConfigError(f"{type(model).__name__} has no spatial attention gates (CBAM, BAM, coord, non-local, GC); "
+        raise ConfigError(f"{type(model).__name__} has {missing_gates(model)}; "
                           "use method 'gradcam' (or 'rollout'/'attention' for ViTs)")
     with eval_mode(model):  # and the model's lock: the flags and hooks are this call's alone
         saved = {name: m.keep_gate for name, m in modules.items()}
