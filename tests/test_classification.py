@@ -333,11 +333,12 @@ def test_layer_decay_on_a_model_without_layers_to_tell_apart_is_one_line():
         weight_decay_groups(task.model, 0.05, layer_decay=0.75)
 
 
-@pytest.mark.parametrize(("decay", "kept"), [(0.999, "100%"), (0.8, "51%"), (0.5, None)])
+@pytest.mark.parametrize(("decay", "kept"), [(0.999, "100%"), (0.6, "22%"), (0.45, None)])
 def test_an_average_that_a_short_run_leaves_near_the_starting_weights_is_warned_about(decay, kept, recwarn):
     """ema_decay 0.999 over a 39-step fine-tune kept 96% of the starting weights in the average validation scored:
     every validation at chance, without a word (from a fine-tuning journey audit). The average starts as a copy of
-    the first step's weights: 4 steps keep decay**3 of them (decay**4 had been said, an EMA audit)."""
+    the first step's weights: 4 steps keep decay**3 of them (decay**4 had been said, an EMA audit). Above a tenth
+    is warned about: 0.9 over 10 steps kept 39%, which had passed unsaid, and scored 0.325 where the weights scored 0.600."""
     import lightning.pytorch as pl
     from torch.utils.data import DataLoader, TensorDataset
 
