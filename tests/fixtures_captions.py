@@ -21,7 +21,7 @@ KARPATHY_IMAGES = [
     ("4.png", "", "val", ["a bird flies"]),
     ("5.png", "", "test", ["a fish swims", "fish in water"]),
 ]
-# COCO fixture: image id -> (file name, captions); image 7 has no caption and is left out
+# COCO fixture: image id -> (file name, captions); image 7 has no caption and is left out, with a warning
 COCO_IMAGES = {
     1: ("0.png", ["A red dog runs.", "a dog running"]),
     2: ("broken.jpg", ["never seen"]),

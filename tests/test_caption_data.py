@@ -223,6 +223,19 @@ def test_karpathy_datamodule_vocab_from_train_only_and_batches(tmp_path):
     assert test["captions"].tolist() == [[vocab.start_id, a, vocab.unk_id, vocab.unk_id, vocab.end_id]]
 
 
+@pytest.mark.parametrize(("min_count", "said"), [(2, "2 leaves 43% of the 23 words of the training captions out of "
+                                                    "the vocabulary: they train as <unk>, which the scores leave out; "
+                                                    "give 1, which leaves 0%"), (1, None)])
+def test_a_min_count_that_leaves_many_training_words_unknown_warns(tmp_path, min_count, said, recwarn):
+    """min_count 50 had turned 74% of an audit's training words into <unk>, without a word; the fixture's 10 words
+    seen once are 43% of its 23."""
+    split_json, images_dir = write_karpathy(tmp_path)
+    KarpathyCaptionDataModule(str(split_json), str(images_dir), batch_size=2, num_workers=0, img_size=8,
+                              min_count=min_count)
+    lines = [str(w.message) for w in recwarn if "min_count" in str(w.message)]
+    assert lines == ([f"data.init_args.min_count {said}"] if said else [])
+
+
 def test_a_min_count_no_word_reaches_is_one_line_naming_the_setting(tmp_path):
     """Every training caption became <start> <unk>... <end>, and the model could only learn to say nothing."""
     split_json, images_dir = write_karpathy(tmp_path)
@@ -312,9 +325,11 @@ def test_coco_captions_without_a_word_are_dropped_and_their_image_left_out(tmp_p
         for ann in data["annotations"]:
             ann["caption"] = " ¿…? " if ann["image_id"] == 5 else ann["caption"]
         data["annotations"].append({"id": 99, "image_id": 1, "caption": "   "})
+        data["images"].append({"id": 6, "file_name": "1.png"})  # no caption at all: had been left out unsaid
 
     _rewrite_json(annotations, wordless)
-    with pytest.warns(SkippedImageWarning, match=r"captions\.json: left out 5\.png: no caption with a word"):
+    with pytest.warns(SkippedImageWarning, match=r"captions\.json: left out 5\.png, 3\.png, 1\.png: no caption with a "
+                                                 "word"):
         dataset = CocoCaptions(annotations, images_dir)
     assert dataset.image_ids == [1, 2] and dataset.captions[0] == ["A red dog runs.", "a dog running"]
 
@@ -325,11 +340,12 @@ def test_karpathy_sentences_without_a_word_are_dropped_and_their_image_left_out(
     def wordless(data):
         data["images"][1]["sentences"].append({"raw": "", "tokens": []})
         data["images"][4]["sentences"] = [{"raw": "...", "tokens": []}]  # 4.png, the only val image
+        data["images"][3]["sentences"] = []  # had been left out unsaid: the scored n shrank (an audit)
 
     _rewrite_json(split_json, wordless)
-    with pytest.warns(SkippedImageWarning, match=r"dataset_tiny\.json: left out 4\.png: no caption with a word"):
+    with pytest.warns(SkippedImageWarning, match=r"dataset_tiny\.json: left out 3\.png, 4\.png: no caption with a word"):
         entries = read_karpathy(split_json)
-    assert "4.png" not in [e["filename"] for e in entries]
+    assert {"3.png", "4.png"}.isdisjoint(e["filename"] for e in entries)
     assert entries[1]["captions"] == ["Two cats sleep", "cats on a sofa", "a cat"]
     with warnings.catch_warnings(record=True) as seen:  # the data module reads the file once per split: said once
         warnings.simplefilter("always")
@@ -337,7 +353,7 @@ def test_karpathy_sentences_without_a_word_are_dropped_and_their_image_left_out(
                                        min_count=1)
         dm.setup("fit")
         dm.setup("test")
-    assert [str(w.message).count("left out 4.png") for w in seen] == [1]
+    assert [str(w.message).count("left out 3.png, 4.png") for w in seen] == [1]
 
 
 def _karpathy_without_words(tmp_path):
@@ -533,9 +549,10 @@ def test_evaluating_on_a_folder_holding_none_of_the_listed_images_is_one_line(tm
     path, _ = write_coco_captions(tmp_path) if corpus == "coco" else write_karpathy(tmp_path)
     checkpoint = str(write_captioner_checkpoint(tmp_path / "run.ckpt"))
     assert main(["evaluate", "--checkpoint", checkpoint, "--dataset", f"{corpus}:{path}:{other}"]) == 2
-    assert capsys.readouterr().err == (f"visattn: error: {other}: holds none of the {3 if corpus == 'coco' else 1} "
-                                       f"images {path} lists (e.g. {'0' if corpus == 'coco' else '5'}.png); give the folder holding "
-                                       "them\n")
+    uncaptioned = [f"warning: {path}: left out 3.png: no caption with a word in it"] if corpus == "coco" else []
+    assert capsys.readouterr().err.splitlines() == [*uncaptioned, (
+        f"visattn: error: {other}: holds none of the {3 if corpus == 'coco' else 1} images {path} lists "
+        f"(e.g. {'0' if corpus == 'coco' else '5'}.png); give the folder holding them")]
 
 
 @pytest.mark.parametrize("corpus", ["coco", "karpathy"])

@@ -955,3 +955,17 @@ def test_map_scores_report_a_tiny_map_to_six_significant_digits():
 
     metric = SimpleNamespace(compute=lambda: {"map": torch.tensor(4.1234567e-07), "map_50": torch.tensor(0.12345678)})
     assert map_scores(metric) == {"map": 4.12346e-07, "map50": 0.123457}
+
+
+def test_a_fit_without_validation_data_says_nothing_of_lightnings_empty_loader_list(tmp_path, capsys, recwarn):
+    """No val_annotations trains without validation, as documented, yet Lightning's "Total length of `list` across
+    ranks is zero", naming its own source file, was printed (a fine-tune audit)."""
+    annotations, images_dir = write_coco_instances(tmp_path)
+    assert main(["fit", "--config", "configs/detection/fcos_scenes.yaml", "--trainer.max_steps", "1",
+                 "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(tmp_path / "run"),
+                 "--trainer.logger", "false", "--trainer.callbacks", "[]", "--trainer.enable_checkpointing", "false",
+                 "--model.model_kwargs", json.dumps(TINY["fcos"]), "--data", "visattn.data.detection.CocoDetectionDataModule",
+                 "--data.train_annotations", str(annotations), "--data.images_dir", str(images_dir),
+                 "--data.batch_size", "2", "--data.num_workers", "0"]) == 0
+    said = capsys.readouterr().err + "".join(str(w.message) for w in recwarn)
+    assert "across ranks is zero" not in said

@@ -136,7 +136,7 @@ class CocoCaptions(CaptionImages):
                 if captions:
                     samples.append((path, captions))
                     self.image_ids.append(image["id"])
-                elif given:
+                else:  # no caption, or none with a word: scored n would drop it unsaid
                     wordless.append(image["file_name"])
         except (KeyError, TypeError, AttributeError) as err:
             raise ConfigError(
@@ -198,7 +198,7 @@ def read_karpathy(path: str | os.PathLike) -> list[dict]:
             captions = _with_words(given)
             if captions:
                 entries.append({**entry, "captions": captions})
-            elif given:
+            else:  # "sentences": [] too, which had left the image out of the scored n unsaid
                 wordless.append(os.path.join(entry["filepath"], entry["filename"]))
     except (KeyError, TypeError, AttributeError) as err:
         raise ConfigError(

@@ -1370,6 +1370,8 @@ def run_lightning_cli(argv: list[str]) -> VisattnCLI:
         # What it guards against, args and sys.argv that disagree, is a shipped config's path put for its name.
         warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended")
         warnings.filterwarnings("ignore", message=r'\.fit\(ckpt_path="last"\) is set, but there is no last checkpoint')
+        # A data module without validation data gives [] on purpose: the run trains without validation.
+        warnings.filterwarnings("ignore", message=r"Total length of `list` across ranks is zero")
         return _build_and_run(_with_shipped_configs(argv))
 
 
