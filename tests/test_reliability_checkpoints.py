@@ -671,6 +671,19 @@ def test_ctrl_c_in_a_lightning_command_is_one_line_and_exit_code_130(subcommand,
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Lightning had set it to ignore Ctrl-C
 
 
+@pytest.mark.parametrize("rank", [0, 1])
+def test_ctrl_c_is_said_by_the_first_process_only(rank, monkeypatch, capsys):
+    """Ctrl-C reaches every process of a DDP run, and each had printed the line (3 runs in 4 of a DDP audit)."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    import visattn.tasks.lightning_cli as lightning_cli
+
+    monkeypatch.setattr(lightning_cli, "run_lightning_cli", _ctrl_c)
+    monkeypatch.setattr(rank_zero_only, "rank", rank)
+    assert main(["validate", "--config", str(CBAM_CONFIG)]) == 130
+    assert capsys.readouterr().err == ("visattn: interrupted\n" if rank == 0 else "")
+
+
 def test_ctrl_c_after_a_checkpoint_says_how_to_resume(in_tmp, monkeypatch, capfd):
     real_step = ImageClassifier.training_step
 

@@ -1287,6 +1287,29 @@ def test_a_smoke_run_that_ends_before_validating_says_so_in_one_line(tmp_path, m
     assert not any("Tip:" in record.getMessage() for record in caplog.records)
 
 
+def test_the_config_warnings_of_a_fit_are_the_first_processs_to_say(tmp_path, monkeypatch, capsys):
+    """Lightning starts a DDP run's other processes as the same command: the lr 0 and warm-up warnings had come
+    once per process (a DDP audit); the other processes build the run without a word."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    from fixtures_images import write_image_folder
+
+    monkeypatch.setattr(sys, "argv", ["visattn"])
+    photos = write_image_folder(tmp_path / "photos", per_class=4)
+    said = []
+    for rank in (1, 0):
+        (tmp_path / f"rank{rank}").mkdir()
+        monkeypatch.chdir(tmp_path / f"rank{rank}")  # each run its own outputs/
+        monkeypatch.setattr(rank_zero_only, "rank", rank)
+        with _warnings_shown_as_on_a_terminal():
+            assert main(["fit", "--config", str(IMAGEFOLDER_CONFIG), "--data.init_args.root", str(photos),
+                         *SMALL_FOLDER_FIT, "--model.init_args.lr", "0", "--model.init_args.warmup_epochs", "5",
+                         "--trainer.limit_train_batches", "1", "--trainer.default_root_dir", "elsewhere"]) == 0
+        said.append([line.partition(":")[2].split()[0] for line in capsys.readouterr().err.splitlines()
+                     if line.startswith("warning: ")])
+    assert said == [[], ["model.init_args.lr", "model.init_args.warmup_epochs", "trainer.default_root_dir"]]
+
+
 def test_a_fit_that_would_not_learn_or_writes_elsewhere_than_asked_says_so(tmp_path, monkeypatch, capsys):
     """lr 0, a warm-up longer than the run and a default_root_dir that the config's checkpoint and log
     folders ignore went by without a word (the run wrote into ./outputs)."""

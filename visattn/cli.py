@@ -114,12 +114,15 @@ LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 
 def run_lightning(argv: Sequence[str]) -> int:
     """``visattn fit|validate|test|predict --config FILE [--section.key value ...]`` through LightningCLI."""
+    from lightning.pytorch.utilities import rank_zero_only
+
     from .tasks.lightning_cli import run_lightning_cli
 
     try:
         run_lightning_cli(list(argv))
     except KeyboardInterrupt as interrupt:  # also after Lightning's shutdown, which run_lightning_cli turns into this
-        print(f"visattn: interrupted{_resume_hint(argv[0], interrupt)}", file=sys.stderr)
+        if rank_zero_only.rank == 0:  # Ctrl-C reaches every DDP process: the line had come once per process
+            print(f"visattn: interrupted{_resume_hint(argv[0], interrupt)}", file=sys.stderr)
         return 130
     return 0
 

@@ -271,7 +271,7 @@ def _refuse_mixed_runs(ckpt_path: Optional[str], callbacks: Any) -> None:
             newest = max(others, key=lambda path: path.stat().st_mtime)
             raise ConfigError(f"--ckpt_path last: {newest.parent} holds no last checkpoint; resume from its newest "
                               f"with --ckpt_path {newest}")
-        if not others and rank_zero_only.rank == 0:  # in place of Lightning's, which named its own source file
+        if not others:  # in place of Lightning's, which named its own source file
             folders = ", ".join(map(str, _checkpoint_folders(callbacks)))
             warnings.warn(f"--ckpt_path last: nothing to resume in {folders} yet, so this fit starts afresh",
                           VisattnWarning)
@@ -449,7 +449,6 @@ def _warn_of_random_timm_weights(model: Any) -> None:
     init_args = getattr(model, "init_args", None) or {}
     name, kwargs = init_args.get("model_name"), init_args.get("model_kwargs") or {}
     if (isinstance(name, str) and name.startswith("timm:") and init_args.get("pretrained") is None
-            and rank_zero_only.rank == 0  # Lightning starts the other processes as this command again
             and not (kwargs.get("pretrained") or kwargs.get("checkpoint_path"))):  # what loads timm's weights
         warnings.warn(f"model.init_args.model_name {name} starts from random weights: pretrained null loads none "
                       f"of timm's; give model.init_args.pretrained true for timm's weights of {name[5:]} (from the "
@@ -1083,6 +1082,20 @@ def _as_lists(value: Any) -> Any:
     return value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
 
 
+@contextlib.contextmanager
+def _said_by_the_first_process() -> Iterator[None]:
+    """Lightning starts a run's other processes as this command again: what reading the config and building the
+    run warn of is the first process's to say (under DDP the warm-up, lr 0 and weights warnings came once per
+    process). Warnings of training itself, a process's own batches, are every process's. The first process's
+    filters set meanwhile stay (for Lightning's warnings, which only it gives)."""
+    if rank_zero_only.rank == 0:
+        yield
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", VisattnWarning)
+        yield
+
+
 class VisattnCLI(LightningCLI):
     def __init__(self, *args: Any, linked_data_attributes: tuple[str, ...] = (),
                  model_overrides: tuple[str, ...] = (), typed_folders: tuple[str, ...] = (), **kwargs: Any) -> None:
@@ -1107,6 +1120,10 @@ class VisattnCLI(LightningCLI):
                 group.title = group.description = None
 
     def _parse_ckpt_path(self) -> None:
+        with _said_by_the_first_process():
+            self._parse_and_check_ckpt_path()
+
+    def _parse_and_check_ckpt_path(self) -> None:
         subcommand = self.config.get("subcommand")
         if subcommand is None:
             return super()._parse_ckpt_path()
@@ -1132,6 +1149,10 @@ class VisattnCLI(LightningCLI):
             _keep_given_settings(self.config[subcommand].model.init_args, given, self.model_overrides)
 
     def before_instantiate_classes(self) -> None:
+        with _said_by_the_first_process():
+            self._check_config()
+
+    def _check_config(self) -> None:
         _plain_enum_values(self.config)
         # The links were chosen from the command line before parsing: a way of naming the task that reading
         # missed would train without the data's labels and preprocessing (a 10-class head on 3 classes).
@@ -1154,6 +1175,10 @@ class VisattnCLI(LightningCLI):
         _check_task_data(self._get(self.config, "model"), self._get(self.config, "data"))
 
     def before_fit(self) -> None:
+        with _said_by_the_first_process():
+            self._check_fit()
+
+    def _check_fit(self) -> None:
         _check_checkpoint_names(self.trainer)
         _refuse_monitors_the_wrong_way(self.trainer)
         _check_monitored_validation(self.trainer, self.model, self.datamodule)
@@ -1180,7 +1205,7 @@ class VisattnCLI(LightningCLI):
         else:
             building = contextlib.nullcontext()
         try:
-            with building:
+            with building, _said_by_the_first_process():
                 super().instantiate_classes()
             self._check_data_fits_checkpoint()
             _check_channels(self.model, self.datamodule)
