@@ -553,3 +553,26 @@ def test_detr_box_losses_under_ddp_average_to_one_process_on_the_whole_batch(tmp
     whole = _detr_losses(*map(list, zip(*(_detr_scene(i) for i in (0, 1)))))
     for key in [k for k in whole if k.startswith(("loss_bbox", "loss_giou"))]:
         assert (ranks[0][key] + ranks[1][key]) / 2 == pytest.approx(whole[key], rel=1e-5), key
+
+
+def _detector_validation_of_this_rank() -> dict:
+    import warnings
+
+    from visattn.tasks.detection import DetectionTask
+
+    torch.manual_seed(0)
+    task = DetectionTask("fcos_cbam_resnet20_cifar", num_classes=4)
+    scenes = [_detr_scene(i % 2) for i in range(N_EVAL)]
+    loader = torch.utils.data.DataLoader(scenes, batch_size=2, collate_fn=lambda batch: tuple(map(list, zip(*batch))))
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        scores = _trainer("unused", devices=2).validate(task, loader, verbose=False)[0]
+    return {"scores": scores, "sync advice": [str(w.message) for w in said if "sync_dist" in str(w.message)]}
+
+
+def test_a_detectors_validation_map_under_ddp_is_not_said_to_need_syncing(tmp_path):
+    """mAP is gathered from every process before it is logged, yet Lightning advised sync_dist=True for val/map and
+    val/map50, as if each process had logged its own share's (a DDP audit)."""
+    ranks = _in_two_processes(_detector_validation_of_this_rank, tmp_path / "validate")
+    assert [rank["sync advice"] for rank in ranks] == [[], []]
+    assert ranks[0]["scores"] == ranks[1]["scores"] and set(ranks[0]["scores"]) == {"val/map", "val/map50"}

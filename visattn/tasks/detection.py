@@ -205,7 +205,8 @@ class DetectionTask(GuardedTask, pl.LightningModule):
 
     def _log_map(self, metric: MeanAveragePrecision, prefix: str) -> None:
         if any_process_scored(self, metric):
-            self.log_dict({prefix + k: v for k, v in map_scores(metric).items()}, prog_bar=True)
+            # the same in every process once gathered; synced so that Lightning does not advise it
+            self.log_dict({prefix + k: v for k, v in map_scores(metric).items()}, prog_bar=True, sync_dist=True)
         metric.reset()
 
     @skip_missing_batch
