@@ -170,13 +170,25 @@ def test_a_data_module_root_that_is_not_there_is_named_by_its_setting(tmp_path):
     with pytest.raises(ConfigError) as info:
         data.prepare_data()
     assert str(info.value) == (f"data.init_args.root={tmp_path / 'nodata'}: no such folder; give the folder holding "
-                               "t10k-images-idx3-ubyte(.gz) and t10k-labels-idx1-ubyte(.gz), or leave "
+                               "train-images-idx3-ubyte(.gz) and train-labels-idx1-ubyte(.gz), or leave "
                                "data.init_args.root out to read $VISATTN_DATA or /usr/share/datasets/fashion-mnist")
-    _write_fake_fashion_mnist(tmp_path / "nodata", prefixes=("t10k",))
-    data.prepare_data()  # the test files serve prepare_data; training needs its own
-    with pytest.raises(ConfigError, match=rf"^data.init_args.root={tmp_path / 'nodata'}: holds no Fashion-MNIST "
-                                          "train idx files"):
-        data.setup("fit")
+
+
+@pytest.mark.parametrize("stage, needed", [("fit", "train"), ("validate", "train"), ("test", "t10k"),
+                                           ("predict", "t10k")])
+def test_a_data_module_prepares_only_the_split_its_stage_reads(tmp_path, stage, needed):
+    """A fit, which carves validation from the train split, had refused to start without the t10k files
+    (a DDP audit's VISATTN_DATA held only the train files)."""
+    from types import SimpleNamespace
+
+    data = FashionMNISTDataModule(root=str(tmp_path), num_workers=0)
+    data.trainer = SimpleNamespace(state=SimpleNamespace(fn=stage))
+    other = "t10k" if needed == "train" else "train"
+    _write_fake_fashion_mnist(tmp_path, prefixes=(other,))
+    with pytest.raises(ConfigError, match=rf"holds no Fashion-MNIST {'test' if needed == 't10k' else 'train'} idx"):
+        data.prepare_data()
+    _write_fake_fashion_mnist(tmp_path, prefixes=(needed,))
+    data.prepare_data()
 
 
 # --- transforms ----------------------------------------------------------------------------

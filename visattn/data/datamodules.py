@@ -477,7 +477,11 @@ class FashionMNISTDataModule(_ClassificationDataModule):
         return list(FASHION_MNIST_CLASSES)
 
     def prepare_data(self) -> None:
-        FashionMNIST("test", root=self._root("test"))  # find (or download) the files once, early
+        """Find (or download) the files once, early: the train split's for fit and validate (validation is carved
+        from it), the test split's for test and predict (a fit had required the t10k files it never reads)."""
+        stage = getattr(getattr(self.trainer, "state", None), "fn", None)
+        split = "test" if stage in ("test", "predict") else "train"
+        find_fashion_mnist(self.hparams.root, splits=(split,), setting="data.init_args.root")
 
     def _source(self, split: Literal["train", "test"], transform: ImageTransform) -> Dataset:
         return FashionMNIST(split, transform, root=self._root(split))
