@@ -1025,3 +1025,14 @@ def test_a_timm_model_left_without_starting_weights_is_said_to_start_from_random
                      "loads none of timm's; give model.init_args.pretrained true for timm's weights of resnet18 (from "
                      "the hub or its cache) or a weights FILE, or pretrained false to say that random is meant"]
                     if warned else [])
+
+
+def test_a_timm_checkpoint_path_that_is_not_there_is_one_line(in_tmp, capsys):
+    """timm raises FileNotFoundError without a message, which jsonargparse could not format: a 60-line traceback
+    ending in an IndexError (a DDP audit)."""
+    missing = in_tmp / "nope.pth"
+    assert _fit("--model.init_args.model_name", "timm:resnet18", "--trainer.max_steps", "1", "--model.init_args."
+                "model_kwargs", json.dumps({"checkpoint_path": str(missing)})) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"visattn: error: model.init_args.model_kwargs.checkpoint_path {missing}: no such file; give the path of a "
+        "weights file timm can load (.pth, .bin, .safetensors)"]

@@ -61,6 +61,10 @@ def build_classifier(model_name: str, num_classes: int, model_kwargs: Optional[d
             cached = offline_timm_file(model_name[5:])
             if cached is not None:
                 kwargs["pretrained_cfg_overlay"] = {"file": str(cached)}
+        checkpoint = kwargs.get("checkpoint_path")
+        if checkpoint and not Path(checkpoint).is_file():  # timm's FileNotFoundError has no message: a traceback
+            raise WeightsError(f"model.init_args.model_kwargs.checkpoint_path {checkpoint}: no such file; give the "
+                               "path of a weights file timm can load (.pth, .bin, .safetensors)")
         model = _create_timm_model(model_name[5:], num_classes=num_classes, **kwargs)
         if pretrained:
             load_weights(model, model_name if pretrained is True else pretrained, strict=strict)
