@@ -1628,3 +1628,62 @@ def test_weights_refused_as_already_saved_get_no_warning_about_what_they_lack(tm
     with pytest.raises(WeightsError, match="already exist"):
         save_weights(_model(), path, model_kwargs=SMALL)
     assert not [w for w in recwarn if issubclass(w.category, VisattnWarning)]
+
+
+def _cache_timm_hub_model(cache, repo: str, arch: str, state) -> None:
+    """``state`` and timm's config.json of ``arch`` as hub repository ``repo`` in the local cache."""
+    import json
+
+    import timm
+
+    _cache_hub_weights(cache, repo, state)
+    snapshot = next((cache / f"models--{repo.replace('/', '--')}" / "snapshots").iterdir())
+    pretrained_cfg = timm.models.get_pretrained_cfg(arch).to_dict()
+    (snapshot / "config.json").write_text(json.dumps({"architecture": arch, "num_classes": 1000,
+                                                      "pretrained_cfg": pretrained_cfg}))
+
+
+def test_a_timm_hub_name_loads_from_the_cache_offline(hf_cache):
+    """timm:hf-hub:ORG/REPO was refused offline as "none are in the Hugging Face cache" while they were: timm has
+    no pretrained config of a hub name to find the repository by (an offline-weights audit)."""
+    import timm
+
+    from visattn.tasks.classification import build_classifier
+
+    torch.manual_seed(0)
+    cached = timm.create_model("resnet10t").state_dict()
+    _cache_timm_hub_model(hf_cache, "timm/resnet10t.a1_in1k", "resnet10t", cached)
+    for model in (build_classifier("timm:hf-hub:timm/resnet10t.a1_in1k", 1000, {"pretrained": True}),
+                  build_classifier("timm:hf-hub:timm/resnet10t.a1_in1k", 1000, pretrained=True)):
+        torch.testing.assert_close(model.state_dict(), cached, rtol=0, atol=0)
+
+
+def test_an_unreachable_hub_is_not_retried_for_files_the_cache_may_hold(hf_cache, monkeypatch):
+    """Unreachable without HF_HUB_OFFLINE set, huggingface_hub retried a hub name's config.json for 25-29 s, printing
+    a dozen "Retrying" lines, before the cache (or one line) answered (an offline-weights audit)."""
+    import socket
+
+    import timm
+    from huggingface_hub import constants
+
+    from visattn.tasks.classification import build_classifier
+
+    connections = []
+
+    def unreachable(address, *args, **kwargs):  # visattn's one probe of the hub, then any request's connection
+        connections.append(address)
+        raise OSError(-2, "Name or service not known")
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    with pytest.raises(WeightsError, match=r"^timm:hf-hub:timm/resnet10t.a1_in1k: timm reads its config.json from the "
+                                           r"Hugging Face hub, which cannot be reached"):
+        build_classifier("timm:hf-hub:timm/resnet10t.a1_in1k", 3)
+    assert connections == [("huggingface.co", 443)]
+    torch.manual_seed(0)
+    vit = timm.create_model("vit_tiny_patch16_224").state_dict()
+    _cache_hub_weights(hf_cache, "timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k", vit)  # no config.json beside
+    model = create_model("vit_tiny_patch16_224", pretrained="hf-hub:timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k")
+    torch.testing.assert_close(model.state_dict(), vit, rtol=0, atol=0)
+    assert connections == [("huggingface.co", 443)] * 2
+    assert constants.HF_HUB_OFFLINE is False  # huggingface_hub's offline mode lasts as long as those calls only

@@ -793,8 +793,10 @@ def load_weights(
     elif str(source).startswith("timm:"):
         state, grid = _fetch_timm(str(source)[5:], into=model)
     elif str(source).startswith("hf-hub:"):
-        weights = _fetch_hf_hub(str(source)[7:])
-        _refuse_other_hub_vit(str(source)[7:], weights, into=model)
+        repo = str(source)[7:]
+        cached = _offline_weights(str(source), _cached_hub_file(repo))  # the cache's where the hub cannot be reached
+        weights = cached or _fetch_hf_hub(repo)
+        _refuse_other_hub_vit(repo, weights, into=model, offline=cached is not None)
         state = read_state_dict(weights)
     elif (entry := named_weights_entry(str(source))) is not None:
         state = read_state_dict(entry["path"], sha256=entry["sha256"])
@@ -1073,21 +1075,42 @@ def _key_list(keys: list[str], limit: int = 8) -> str:
     return ", ".join(keys[:limit]) + more
 
 
-def _offline_weights(source: str, cached: Optional[Path]) -> Optional[Path]:
-    """None where the hub can be reached (found in a second, instead of minutes of retries), so that
-    the download checks for newer weights; else ``cached``, the weights already in the local Hugging Face
-    cache, which load without it; one line when there are none."""
+def unreachable_hub() -> Optional[str]:
+    """Why the Hugging Face hub cannot be reached (offline mode, or no connection within 3 s: found in a second,
+    instead of minutes of retries); None when it can."""
     from urllib.parse import urlparse
 
     from huggingface_hub import constants
 
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
     host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
-    reason = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else None
-    if reason is None:
-        try:
-            socket.create_connection((host, 443), timeout=3).close()
-        except OSError as err:
-            reason = f"{host} unreachable: {err.strerror or err}"
+    try:
+        socket.create_connection((host, 443), timeout=3).close()
+    except OSError as err:
+        return f"{host} unreachable: {err.strerror or err}"
+    return None
+
+
+@contextlib.contextmanager
+def hub_cache_only(offline: bool) -> Iterator[None]:
+    """huggingface_hub's offline mode (what ``HF_HUB_OFFLINE=1`` sets) while ``offline``: the files timm reads from
+    the hub, a hub name's config.json first, come from the local cache at once, or fail at once, instead of after
+    25 s of retries and a dozen "Retrying" lines."""
+    from huggingface_hub import constants
+
+    saved = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = saved or offline  # read at each request (huggingface_hub's is_offline_mode)
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = saved
+
+
+def _offline_weights(source: str, cached: Optional[Path]) -> Optional[Path]:
+    """None where the hub can be reached, so that the download checks for newer weights; else ``cached``, the
+    weights already in the local Hugging Face cache, which load without it; one line when there are none."""
+    reason = unreachable_hub()
     if reason and cached is None:
         raise WeightsError(
             f"{source}: cannot fetch weights ({reason}) and none are in the Hugging Face cache; download the "
@@ -1107,7 +1130,8 @@ def _fetch_timm(name: str, *, into: nn.Module) -> tuple[StateDict, Optional[tupl
     try:
         # a cached file goes through timm's own loading (its checkpoint filter) as a download would
         overlay = {"file": str(cached)} if cached is not None else None
-        model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay)
+        with hub_cache_only(cached is not None):  # an hf-hub: name's config.json too
+            model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay)
     except Exception as err:  # timm raises many kinds when the hub is unreachable
         if cached is not None and "weights_only" in str(err):  # fetched, and refused as a pickle by torch.load
             raise WeightsError(f"timm:{name}: {cached}: refused, {_refused_pickle(str(err))}") from None
@@ -1146,16 +1170,18 @@ def _refuse_other_vit_computation(model: nn.Module, source: str, arch: str, *, i
                        f"other outputs; use timm's own model, model_name 'timm:{arch}'")
 
 
-def _refuse_other_hub_vit(repo: str, weights: Path, *, into: nn.Module) -> None:
+def _refuse_other_hub_vit(repo: str, weights: Path, *, into: nn.Module, offline: bool) -> None:
     """:func:`_refuse_other_vit_computation` for the timm architecture a hub repository's ``config.json``
     names beside its weights (built on the meta device: nothing is read or allocated); nothing when the
-    repository has no such file or names no architecture timm knows."""
+    repository has no such file or names no architecture timm knows. ``offline``: the hub cannot be reached, and
+    only a cached config.json is read."""
     config = weights.parent / "config.json"
     if not config.is_file():
         try:
             from huggingface_hub import hf_hub_download
 
-            config = Path(hf_hub_download(repo, "config.json"))
+            with hub_cache_only(offline):
+                config = Path(hf_hub_download(repo, "config.json"))
         except Exception:  # noqa: BLE001 -- offline, or a repository without one: nothing says what it holds
             return
     try:
@@ -1184,6 +1210,11 @@ def _cached_timm_file(name: str) -> Optional[Path]:
     """The file of timm's weights ``name`` already in the local Hugging Face cache; None when not there."""
     import timm
 
+    from .registry import HUB_PREFIXES
+
+    if name.startswith(HUB_PREFIXES):  # timm has no pretrained config of a hub name: the name is the repository
+        repo, _, revision = name.partition(":")[2].partition("@")
+        return _cached_hub_file(repo, revision)
     try:
         cfg = timm.models.get_pretrained_cfg(name)
     except RuntimeError:  # a tag timm does not know: timm.create_model says so
@@ -1214,9 +1245,6 @@ def _cached_hub_file(repo: str, revision: str = "") -> Optional[Path]:
 def _fetch_hf_hub(repo: str) -> Path:
     from huggingface_hub import hf_hub_download
 
-    cached = _offline_weights(f"hf-hub:{repo}", _cached_hub_file(repo))
-    if cached is not None:
-        return cached
     errors = []
     for filename in _HUB_FILES:
         try:

@@ -30,12 +30,12 @@ from ..errors import (ConfigError, MissingSplit, NotATrainingCheckpoint, Unknown
 from ..layers.attention import SelfAttention
 from ..layers.patch_embed import fixed_input_size, is_count, is_number
 from ..modes import eval_mode
-from ..pretrained import (TRAINING_CHECKPOINTS, checkpoint_follows, classifier_names, find_weights_entry, load_weights,
-                          metadata_problem, named_weights_entry, offline_timm_file, read_pickle_checkpoint,
-                          refuse_an_untrained_head, require_regular_file, set_pretrained_cfg, starting_weights_skipped,
-                          timm_pretrained_cfg, weights_preprocessing)
-from ..registry import (Strictness, built_for_one_size, check_timm_name, create_model, model_arguments, model_task,
-                        split_model_name)
+from ..pretrained import (TRAINING_CHECKPOINTS, checkpoint_follows, classifier_names, find_weights_entry,
+                          hub_cache_only, load_weights, metadata_problem, named_weights_entry, offline_timm_file,
+                          read_pickle_checkpoint, refuse_an_untrained_head, require_regular_file, set_pretrained_cfg,
+                          starting_weights_skipped, timm_pretrained_cfg, unreachable_hub, weights_preprocessing)
+from ..registry import (HUB_PREFIXES, Strictness, built_for_one_size, check_timm_name, create_model, model_arguments,
+                        model_task, split_model_name)
 from ..scores import reported_score
 from .guards import (GuardedTask, NonFiniteLossGuard, TrainingLoss, any_process_scored, batch_of_one_is_one_line,
                      skip_missing_batch, weight_average)
@@ -76,8 +76,10 @@ def _create_timm_model(name: str, **kwargs: Any) -> nn.Module:
     import timm
     from huggingface_hub.errors import LocalEntryNotFoundError
 
+    offline = name.startswith(HUB_PREFIXES) and unreachable_hub() is not None
     try:
-        return timm.create_model(name, **kwargs)
+        with hub_cache_only(offline):  # the config.json timm reads first: cached, or one line at once
+            return timm.create_model(name, **kwargs)
     except LocalEntryNotFoundError:  # an hf-hub: name's config.json, which timm reads first, even without weights
         raise WeightsError(f"timm:{name}: timm reads its config.json from the Hugging Face hub, which cannot be "
                            "reached, and the file is not in the Hugging Face cache; run it once where the hub is "
