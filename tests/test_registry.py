@@ -229,6 +229,16 @@ def test_list_models_takes_several_patterns_and_exclusions_as_timm_does():
     assert list_pretrained(exclude_filters="*.scenes") == [n for n in shipped if not n.endswith(".scenes")]
     # timm's empty filter lists everything (an empty user filter had listed nothing)
     assert list_models("") == list_models([]) == list_models() and list_pretrained("") == shipped
+    # by name, as timm names it (a timm user's list_models(filter=...) had been a TypeError)
+    assert list_models(filter="deit_t*") == ["deit_tiny_patch16_224"] and list_pretrained(filter="") == shipped
+
+
+def test_create_model_takes_pretrained_second_as_timm_does():
+    """timm.create_model(name, True), in many a timm tutorial, had been a TypeError (a timm-parity audit)."""
+    torch.testing.assert_close(create_model("se_resnet20_cifar", True).state_dict(),
+                               create_model("se_resnet20_cifar", pretrained=True).state_dict(), rtol=0, atol=0)
+    shipped, random = (create_model("se_resnet20_cifar", weights).conv1.weight for weights in (True, False))
+    assert not torch.equal(shipped, random)
 
 
 @pytest.mark.parametrize("build", [

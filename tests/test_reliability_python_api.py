@@ -151,7 +151,7 @@ def test_is_model_takes_a_tagged_name_as_timm_does_and_is_exported():
 
 
 @pytest.mark.parametrize("call, message", [
-    (lambda: __import__("visattn").list_models(5), r"^pattern=5: give an fnmatch pattern such as 'vit_\*'"),
+    (lambda: __import__("visattn").list_models(5), r"^filter=5: give an fnmatch pattern such as 'vit_\*'"),
     (lambda: __import__("visattn").list_models(exclude_filters=[None]), r"^exclude_filters=\[None\]: give an fnmatch"),
     (lambda: create_model("SE_RESNET20_CIFAR"), "^unknown model 'SE_RESNET20_CIFAR': did you mean se_resnet20_cifar"),
     (lambda: create_model("resnet18", pretrained=""), "^pretrained='': give a weights file, True, a shipped ARCH.TAG"),

@@ -147,28 +147,29 @@ def split_model_name(name: str) -> tuple[str, Optional[str]]:
     return arch, (tag or None)
 
 
-def list_models(pattern: Patterns = "*", pretrained: bool = False, *, exclude_filters: Patterns = ()) -> list[str]:
-    """Sorted registered architectures matching an fnmatch ``pattern`` (or any of a list, as in timm) and
-    none of ``exclude_filters``; ``pretrained`` keeps those with weights."""
+def list_models(filter: Patterns = "*", pretrained: bool = False, *, exclude_filters: Patterns = ()) -> list[str]:
+    """Sorted registered architectures matching an fnmatch pattern ``filter`` (or any of a list; named as in timm)
+    and none of ``exclude_filters``; ``pretrained`` keeps those with weights."""
     _import_models()
-    names = _matching(_model_entrypoints, pattern, exclude_filters)
+    names = _matching(_model_entrypoints, filter, exclude_filters)
     if pretrained:
         with_weights = {split_model_name(n)[0] for n in list_pretrained()}
         names = [n for n in names if n in with_weights]
     return names
 
 
-def list_pretrained(pattern: Patterns = "*", *, exclude_filters: Patterns = ()) -> list[str]:
-    """Sorted ``arch.tag`` names of the weights (shipped, or in a $VISATTN_WEIGHTS folder) matching ``pattern`` and none of ``exclude_filters``."""
+def list_pretrained(filter: Patterns = "*", *, exclude_filters: Patterns = ()) -> list[str]:
+    """Sorted ``arch.tag`` names of the weights (shipped, or in a $VISATTN_WEIGHTS folder) matching ``filter`` and
+    none of ``exclude_filters``."""
     from .pretrained import load_index
 
-    return _matching(load_index(), pattern, exclude_filters)
+    return _matching(load_index(), filter, exclude_filters)
 
 
 def _matching(names: Iterable[str], pattern: Optional[Patterns], exclude_filters: Optional[Patterns]) -> list[str]:
     if isinstance(pattern, (str, list, tuple)) and not pattern:  # timm's filter='' (or []) lists everything
         pattern = None
-    include, exclude = (_patterns(pattern, "pattern", default=["*"]), _patterns(exclude_filters, "exclude_filters"))
+    include, exclude = (_patterns(pattern, "filter", default=["*"]), _patterns(exclude_filters, "exclude_filters"))
     return sorted(n for n in names if any(fnmatch.fnmatchcase(n, p) for p in include)
                   and not any(fnmatch.fnmatchcase(n, p) for p in exclude))
 
@@ -228,8 +229,8 @@ def _check_builder_arguments(arch: str, kwargs: dict[str, Any]) -> None:
 
 def create_model(
     name: str,
+    pretrained: Union[bool, str, None] = None,  # also second by position, as timm.create_model takes it
     *,
-    pretrained: Union[bool, str, None] = None,
     num_classes: Optional[int] = None,
     strict: Strictness = True,
     features_only: bool = False,
