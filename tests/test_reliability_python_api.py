@@ -155,6 +155,10 @@ def test_is_model_takes_a_tagged_name_as_timm_does_and_is_exported():
     (lambda: __import__("visattn").list_models(exclude_filters=[None]), r"^exclude_filters=\[None\]: give an fnmatch"),
     (lambda: create_model("SE_RESNET20_CIFAR"), "^unknown model 'SE_RESNET20_CIFAR': did you mean se_resnet20_cifar"),
     (lambda: create_model("resnet18", pretrained=""), "^pretrained='': give a weights file, True, a shipped ARCH.TAG"),
+    # a TypeError deep inside ("'>' not supported between instances of 'str' and 'int'"), and -1 taken
+    (lambda: create_model("resnet20_cifar").reset_classifier("10"), r"^num_classes='10': give a whole number of class"),
+    (lambda: create_model("resnet20_cifar").reset_classifier(-1), r"^num_classes=-1: give a whole number of classes"),
+    (lambda: create_model("vit_tiny_patch4_28", depth=1).reset_classifier(-1), r"^num_classes=-1: give a whole num"),
 ])
 def test_registry_arguments_it_cannot_use_are_one_line(call, message):
     with pytest.raises(VisattnError, match=message):

@@ -211,9 +211,7 @@ def model_arguments(
         if num_classes is None:
             num_classes = entry.get("num_classes")
     if num_classes is not None:
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
-            raise ConfigError(f"num_classes={num_classes!r}: give a whole number of classes (0: features only)")
-        kwargs["num_classes"] = num_classes
+        kwargs["num_classes"] = check_num_classes(num_classes)
     _check_builder_arguments(arch, kwargs)
     return arch, (None if pretrained is False else entry), kwargs
 
@@ -225,6 +223,14 @@ def _check_builder_arguments(arch: str, kwargs: dict[str, Any]) -> None:
     if isinstance(model_class, type):
         check_keyword_arguments(arch, model_class.__init__, kwargs)
         check_keyword_types(arch, model_class.__init__, kwargs)
+
+
+def check_num_classes(num_classes: Any) -> int:
+    """``num_classes`` when it is a whole number of classes, 0 for features only; one line otherwise (also for the
+    models' ``reset_classifier``, where "10" had been a TypeError deep inside and -1 taken)."""
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+        raise ConfigError(f"num_classes={num_classes!r}: give a whole number of classes (0: features only)")
+    return num_classes
 
 
 def create_model(

@@ -39,7 +39,7 @@ from ..layers.eca import EfficientChannelAttention
 from ..layers.global_pool import GlobalPool2d, PoolType, check_pool_type
 from ..layers.patch_embed import check_count, check_image_layout, is_count
 from ..layers.se import SqueezeExcite
-from ..registry import register_model
+from ..registry import check_num_classes, register_model
 from .features import Indices, take_indices
 
 
@@ -379,7 +379,7 @@ class ResNet(nn.Module):
         ``global_pool`` switches the pooling as in timm (``None`` keeps it)."""
         if global_pool is None:
             global_pool = self.global_pool.pool_type
-        _check_head(num_classes, global_pool)
+        _check_head(check_num_classes(num_classes), global_pool)
         if global_pool != self.global_pool.pool_type and hasattr(self, "visattn_kwargs"):
             # what save_weights records, so that ARCH.TAG rebuilds with this pooling
             self.visattn_kwargs = {**self.visattn_kwargs, "global_pool": global_pool}
