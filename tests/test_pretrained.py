@@ -1178,6 +1178,26 @@ def test_timm_data_helpers_preprocess_for_the_model_as_built_not_as_its_weights_
     assert model(create_transform(**config)(image)[None]).shape == (1, 10)
 
 
+def test_timm_data_helpers_normalise_each_of_more_than_three_channels():
+    """in_chans=4 gave 4 channels but R, G and B's 3 values: timm's transform failed on the first RGBA image (a
+    timm-parity audit). The fourth takes R's, as the stem's weights for it repeat R's."""
+    import numpy as np
+    from PIL import Image
+    from timm.data import create_transform, resolve_data_config
+
+    from visattn.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+    model = create_model("se_resnet20_cifar.fmnist", in_chans=4).eval()
+    config = resolve_data_config(model=model)
+    assert config["input_size"][0] == 4 and len(config["mean"]) == len(config["std"]) == 4
+    assert config["mean"][3] == config["mean"][0] and config["std"][3] == config["std"][0]
+    photo = create_model("resnet20_cifar", in_chans=5)
+    assert resolve_data_config(model=photo)["mean"] == pytest.approx((*IMAGENET_MEAN, *IMAGENET_MEAN[:2]))
+    assert resolve_data_config(model=photo)["std"] == pytest.approx((*IMAGENET_STD, *IMAGENET_STD[:2]))
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 30, 4), dtype=np.uint8), mode="RGBA")
+    assert model(create_transform(**config)(image)[None]).shape == (1, 10)
+
+
 def test_a_classifier_from_a_training_checkpoint_carries_its_recorded_preprocessing_for_timm(tmp_path):
     from test_export import _checkpoint
     from timm.data import resolve_data_config

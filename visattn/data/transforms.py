@@ -357,11 +357,16 @@ def timm_data_config(preprocessing: dict) -> dict:
     transform: the photo recipe is timm's centre crop at ``crop_pct`` 0.875, the small one its
     ``"squash"`` resize of the whole image."""
     photo = preprocessing.get("recipe", "photo") == "photo"
-    # A one-channel model is normalised with the first channel's values, as albumentations does a gray image;
-    # three of them made timm's Normalize fail on its one-channel input_size.
+    # One value per input channel, or timm's Normalize fails: a one-channel model takes the first channel's, as
+    # albumentations does a gray image; channels past the third repeat R, G and B's, as the stem's weights do
+    # for them (timm's adapt_input_conv).
     channels = preprocessing["input_size"][0]
-    return {"input_size": tuple(preprocessing["input_size"]), "mean": tuple(preprocessing["mean"])[:channels],
-            "std": tuple(preprocessing["std"])[:channels], "interpolation": preprocessing.get("interpolation", DEFAULT_INTERPOLATION),
+
+    def per_channel(values: Sequence[float]) -> tuple:
+        return tuple(values[k % len(values)] for k in range(channels))
+
+    return {"input_size": tuple(preprocessing["input_size"]), "mean": per_channel(preprocessing["mean"]),
+            "std": per_channel(preprocessing["std"]), "interpolation": preprocessing.get("interpolation", DEFAULT_INTERPOLATION),
             "crop_pct": preprocessing.get("crop_pct", DEFAULT_CROP_PCT) if photo else 1.0,
             "crop_mode": "center" if photo else "squash"}
 
