@@ -232,6 +232,30 @@ def test_weights_of_another_patch_size_load_as_timm_loads_them(tmp_path):
         torch.testing.assert_close(ours(x), ref(x), rtol=0, atol=0)
 
 
+def test_token_pooled_weights_for_an_average_pooled_vit_name_the_settings_that_load_them(tmp_path):
+    """The hint had been strict='attention', which does not apply, where fc_norm=False (their norm kept) or
+    strict=False (fc_norm afresh, as timm) load them (a timm-parity audit)."""
+    from visattn.errors import WeightsError
+
+    reference, path = _timm_file(tmp_path, "vit_tiny_patch16_224", img_size=32, depth=2)
+    small = dict(img_size=32, depth=2, num_classes=10, global_pool="avg")
+    with pytest.raises(WeightsError, match=r"\(missing: fc_norm.weight, fc_norm.bias; unexpected: norm.bias, "
+                                           r"norm.weight\); the weights normalise the tokens before pooling \(norm\), "
+                                           r"this model after it \(fc_norm, which global_pool='avg' builds\): pass "
+                                           r"fc_norm=False to keep their norm, or strict=False to start fc_norm afresh"):
+        create_model("vit_tiny_patch16_224", pretrained=str(path), **small)
+    kept = create_model("vit_tiny_patch16_224", pretrained=str(path), fc_norm=False, **small).eval()
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(kept.forward_head(kept.forward_features(x), pre_logits=True),
+                               reference.forward_features(x)[:, 1:].mean(dim=1), rtol=0, atol=1e-6)
+    (tmp_path / "avg").mkdir()
+    _, averaged = _timm_file(tmp_path / "avg", "vit_tiny_patch16_224", img_size=32, depth=2, global_pool="avg")
+    with pytest.raises(WeightsError, match=r"the weights normalise after pooling \(fc_norm\), this model the tokens "
+                                           r"before it \(norm\): pass fc_norm=True to keep theirs"):
+        create_model("vit_tiny_patch16_224", pretrained=str(averaged), img_size=32, depth=2)
+    create_model("vit_tiny_patch16_224", pretrained=str(averaged), img_size=32, depth=2, fc_norm=True)
+
+
 def test_set_input_size_resizes_as_timms_does_and_is_what_saved_weights_rebuild(tmp_path, weights_tmp):
     """timm's set_input_size was missing: a timm user's fine-tuning code at another resolution failed."""
     from visattn import save_weights

@@ -1007,7 +1007,7 @@ def check_state_dict(
                        "the missing keys are attention modules added to the weights' architecture (a plain ResNet's "
                        "weights in cbam_resnet50)" if not shape else "check the architecture and its kwargs")
         raise WeightsError(f"{source}: weights do not fit {type(model).__name__} ({'; '.join(parts)}); "
-                           f"{_depth_hint(state, own, model, fix) or hint}")
+                           f"{_depth_hint(state, own, model, fix) or _final_norm_hint(missing, unexpected) or hint}")
     attention = _attention_prefixes(model) if strict == "attention" else ()
     outside = {label: [k for k in keys if not k.startswith(attention)]
                for label, keys in (("missing", missing), ("unexpected", unexpected))} if strict == "attention" else {}
@@ -1028,6 +1028,21 @@ def check_state_dict(
 
 # A block's key: its stage (ResNet's layer1, ViT's blocks, also under a detector's backbone) and its index there.
 _BLOCK_KEY = re.compile(r"^((?:.*\.)?(?:layer\d+|blocks))\.(\d+)\.")
+
+
+def _final_norm_hint(missing: list[str], unexpected: list[str]) -> str:
+    """How to load a ViT's weights whose final norm sits on the other side of pooling (timm's token-pooled weights
+    in a ``global_pool='avg'`` model, which builds ``fc_norm``), else empty: the hint had been strict='attention',
+    which does not apply (a timm-parity audit)."""
+    before, after = {"norm.weight", "norm.bias"}, {"fc_norm.weight", "fc_norm.bias"}
+    if set(missing) == after and set(unexpected) == before:
+        return ("the weights normalise the tokens before pooling (norm), this model after it (fc_norm, which "
+                "global_pool='avg' builds): pass fc_norm=False to keep their norm, or strict=False to start fc_norm "
+                "afresh, as timm does")
+    if set(missing) == before and set(unexpected) == after:
+        return ("the weights normalise after pooling (fc_norm), this model the tokens before it (norm): pass "
+                "fc_norm=True to keep theirs")
+    return ""
 
 
 def _depth_hint(state: StateDict, own: StateDict, model: nn.Module, fix: Optional[str] = None) -> str:
