@@ -148,6 +148,21 @@ def test_eval_pipeline_clips_and_drops_exactly():
     assert target["boxes"].tolist() == [[0, 0, 10, 10], [25, 5, 30, 15], [0, 0, 30, 20]]
 
 
+def test_boxes_of_exactly_the_least_side_survive_the_pipelines_wherever_they_are():
+    """albumentations' float32 round trip brought a 1 px side back as 0.99999: boxes the reader keeps were dropped
+    at 80 of 119 x positions of a 120 px wide image, without a word (an augmentation audit)."""
+    image = np.zeros((48, 120, 3), np.uint8)
+    wide = np.array([[x, 4, x + MIN_BOX_SIDE, 20] for x in range(119)], np.float32)  # 1 px wide at every x
+    high = np.array([[4, y, 20, y + MIN_BOX_SIDE] for y in range(47)], np.float32)  # 1 px high at every y
+    for boxes in (wide, high):
+        labels = np.arange(len(boxes))
+        for pipeline in (train_detection_transforms(hflip=False, scale=(1.0, 1.0), translate=0.0, color_jitter=0.0),
+                         eval_detection_transforms()):
+            _, target = pipeline(image, boxes, labels)
+            assert target["labels"].tolist() == labels.tolist()
+            torch.testing.assert_close(target["boxes"], torch.from_numpy(boxes), rtol=0, atol=1e-4)
+
+
 def test_train_pipeline_and_collate_accept_images_without_boxes():
     image = np.zeros((16, 24, 3), np.uint8)
     samples = [train_detection_transforms()(image, np.zeros((0, 4)), np.zeros(0)) for _ in range(2)]
