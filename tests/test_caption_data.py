@@ -236,6 +236,22 @@ def test_a_min_count_that_leaves_many_training_words_unknown_warns(tmp_path, min
     assert lines == ([f"data.init_args.min_count {said}"] if said else [])
 
 
+def test_the_min_count_suggested_for_many_unknown_words_is_the_highest_that_leaves_a_twentieth(recwarn):
+    from collections import Counter
+
+    from visattn.data.caption_datamodules import _warn_of_unknown_words
+
+    counts = Counter({"a": 60, "b": 20, "c": 8, "d": 6, "e": 3, "f": 2, "g": 1})  # 100 words
+    _warn_of_unknown_words(counts, 10)  # c to g, 20%, out; 4 would leave e, f, g (6%), 3 leaves f, g (3%)
+    _warn_of_unknown_words(counts, 7)  # d to g, 12%
+    _warn_of_unknown_words(counts, 6)  # e, f, g: 6%, under a tenth
+    assert [str(w.message).partition(" out of the vocabulary")[::2] for w in recwarn] == [
+        ("data.init_args.min_count 10 leaves 20% of the 100 words of the training captions",
+         ": they train as <unk>, which the scores leave out; give 3, which leaves 3%"),
+        ("data.init_args.min_count 7 leaves 12% of the 100 words of the training captions",
+         ": they train as <unk>, which the scores leave out; give 3, which leaves 3%")]
+
+
 def test_a_min_count_no_word_reaches_is_one_line_naming_the_setting(tmp_path):
     """Every training caption became <start> <unk>... <end>, and the model could only learn to say nothing."""
     split_json, images_dir = write_karpathy(tmp_path)
@@ -332,6 +348,15 @@ def test_coco_captions_without_a_word_are_dropped_and_their_image_left_out(tmp_p
                                                  "word"):
         dataset = CocoCaptions(annotations, images_dir)
     assert dataset.image_ids == [1, 2] and dataset.captions[0] == ["A red dog runs.", "a dog running"]
+
+
+def test_a_coco_file_without_any_caption_is_asked_whether_it_is_a_captions_file(tmp_path):
+    """Since images without a caption are left out with a warning, such a file had been said to hold no caption with
+    a word in it (a review)."""
+    annotations, images_dir = write_coco_captions(tmp_path)
+    _rewrite_json(annotations, lambda data: data.update(annotations=[]))
+    with pytest.raises(ConfigError, match=r"captions\.json: no image has a caption; is it a COCO captions file\?$"):
+        CocoCaptions(annotations, images_dir)
 
 
 def test_karpathy_sentences_without_a_word_are_dropped_and_their_image_left_out(tmp_path):

@@ -1707,3 +1707,24 @@ def test_an_unreachable_hub_is_not_retried_for_files_the_cache_may_hold(hf_cache
     torch.testing.assert_close(model.state_dict(), vit, rtol=0, atol=0)
     assert connections == [("huggingface.co", 443)] * 2
     assert constants.HF_HUB_OFFLINE is False  # huggingface_hub's offline mode lasts as long as those calls only
+
+
+def test_a_hub_behind_an_https_proxy_is_not_called_unreachable_by_a_direct_probe(monkeypatch):
+    """The probe connects directly, which a proxied network refuses: huggingface_hub's requests, which go through
+    the proxy, tell instead (a review: building a timm:hf-hub: model had been sent offline)."""
+    import socket
+
+    from huggingface_hub import constants
+
+    from visattn.pretrained import unreachable_hub
+
+    def refused(*args, **kwargs):
+        raise OSError(111, "Connection refused")
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(socket, "create_connection", refused)
+    for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    assert unreachable_hub() == "huggingface.co unreachable: Connection refused"
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    assert unreachable_hub() is None

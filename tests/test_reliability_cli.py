@@ -1302,12 +1302,15 @@ def test_the_config_warnings_of_a_fit_are_the_first_processs_to_say(tmp_path, mo
         monkeypatch.chdir(tmp_path / f"rank{rank}")  # each run its own outputs/
         monkeypatch.setattr(rank_zero_only, "rank", rank)
         with _warnings_shown_as_on_a_terminal():
+            # parsing (--ckpt_path last, nothing to resume), checking (lr), building the trainer (default_root_dir)
+            # and before_fit (max_steps ends the run before its first validation) warn
             assert main(["fit", "--config", str(IMAGEFOLDER_CONFIG), "--data.init_args.root", str(photos),
-                         *SMALL_FOLDER_FIT, "--model.init_args.lr", "0", "--model.init_args.warmup_epochs", "5",
-                         "--trainer.limit_train_batches", "1", "--trainer.default_root_dir", "elsewhere"]) == 0
+                         *SMALL_FOLDER_FIT, "--model.init_args.lr", "0", "--data.init_args.batch_size", "2",
+                         "--trainer.max_steps", "1", "--trainer.default_root_dir", "elsewhere",
+                         "--ckpt_path", "last"]) == 0
         said.append([line.partition(":")[2].split()[0] for line in capsys.readouterr().err.splitlines()
                      if line.startswith("warning: ")])
-    assert said == [[], ["model.init_args.lr", "model.init_args.warmup_epochs", "trainer.default_root_dir"]]
+    assert said == [[], ["--ckpt_path", "model.init_args.lr", "trainer.default_root_dir", "trainer.max_steps"]]
 
 
 def test_a_fit_that_would_not_learn_or_writes_elsewhere_than_asked_says_so(tmp_path, monkeypatch, capsys):

@@ -150,6 +150,23 @@ def test_is_model_takes_a_tagged_name_as_timm_does_and_is_exported():
     assert not visattn.is_model("no_such_arch.fmnist") and not visattn.is_model(["se_resnet20_cifar"])
 
 
+def test_reset_classifier_takes_numpys_whole_numbers_as_create_model_does():
+    import numpy as np
+
+    for model in (create_model("resnet20_cifar", num_classes=np.int64(3)), create_model("vit_tiny_patch4_28", depth=1)):
+        model.reset_classifier(np.int64(5))
+        assert type(model.num_classes) is int and model(torch.randn(1, 3, 28, 28)).shape == (1, 5)
+
+
+def test_list_models_former_pattern_keyword_still_lists_with_a_warning():
+    import visattn
+
+    with pytest.warns(FutureWarning, match=r"^pattern= is now filter=, as timm names it"):
+        assert visattn.list_models(pattern="deit_t*") == visattn.list_models(filter="deit_t*") == ["deit_tiny_patch16_224"]
+    with pytest.warns(FutureWarning, match=r"^pattern= is now filter="):
+        assert visattn.list_pretrained(pattern="vit_*") == visattn.list_pretrained("vit_*")
+
+
 @pytest.mark.parametrize("call, message", [
     (lambda: __import__("visattn").list_models(5), r"^filter=5: give an fnmatch pattern such as 'vit_\*'"),
     (lambda: __import__("visattn").list_models(exclude_filters=[None]), r"^exclude_filters=\[None\]: give an fnmatch"),

@@ -1038,7 +1038,7 @@ def _final_norm_hint(missing: list[str], unexpected: list[str]) -> str:
     if set(missing) == after and set(unexpected) == before:
         return ("the weights normalise the tokens before pooling (norm), this model after it (fc_norm, which "
                 "global_pool='avg' builds): pass fc_norm=False to keep their norm, or strict=False to start fc_norm "
-                "afresh, as timm does")
+                "afresh")
     if set(missing) == before and set(unexpected) == after:
         return ("the weights normalise after pooling (fc_norm), this model the tokens before it (norm): pass "
                 "fc_norm=True to keep theirs")
@@ -1094,11 +1094,14 @@ def unreachable_hub() -> Optional[str]:
     """Why the Hugging Face hub cannot be reached (offline mode, or no connection within 3 s: found in a second,
     instead of minutes of retries); None when it can."""
     from urllib.parse import urlparse
+    from urllib.request import getproxies
 
     from huggingface_hub import constants
 
     if constants.HF_HUB_OFFLINE:
         return "HF_HUB_OFFLINE is set"
+    if getproxies().get("https"):  # reached through the proxy, if at all: huggingface_hub's requests tell
+        return None
     host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
     try:
         socket.create_connection((host, 443), timeout=3).close()

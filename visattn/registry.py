@@ -5,7 +5,9 @@ A registry key is always the name of the function that builds the model, so
 """
 import difflib
 import fnmatch
+import numbers
 import typing
+import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any, Callable, Literal, Optional, Union
 
@@ -147,23 +149,34 @@ def split_model_name(name: str) -> tuple[str, Optional[str]]:
     return arch, (tag or None)
 
 
-def list_models(filter: Patterns = "*", pretrained: bool = False, *, exclude_filters: Patterns = ()) -> list[str]:
+def list_models(filter: Patterns = "*", pretrained: bool = False, *, exclude_filters: Patterns = (),
+                pattern: Optional[Patterns] = None) -> list[str]:
     """Sorted registered architectures matching an fnmatch pattern ``filter`` (or any of a list; named as in timm)
-    and none of ``exclude_filters``; ``pretrained`` keeps those with weights."""
+    and none of ``exclude_filters``; ``pretrained`` keeps those with weights. ``pattern``: ``filter``'s former
+    name, deprecated."""
     _import_models()
-    names = _matching(_model_entrypoints, filter, exclude_filters)
+    names = _matching(_model_entrypoints, _renamed_pattern(filter, pattern), exclude_filters)
     if pretrained:
         with_weights = {split_model_name(n)[0] for n in list_pretrained()}
         names = [n for n in names if n in with_weights]
     return names
 
 
-def list_pretrained(filter: Patterns = "*", *, exclude_filters: Patterns = ()) -> list[str]:
+def list_pretrained(filter: Patterns = "*", *, exclude_filters: Patterns = (),
+                    pattern: Optional[Patterns] = None) -> list[str]:
     """Sorted ``arch.tag`` names of the weights (shipped, or in a $VISATTN_WEIGHTS folder) matching ``filter`` and
-    none of ``exclude_filters``."""
+    none of ``exclude_filters``. ``pattern``: ``filter``'s former name, deprecated."""
     from .pretrained import load_index
 
-    return _matching(load_index(), filter, exclude_filters)
+    return _matching(load_index(), _renamed_pattern(filter, pattern), exclude_filters)
+
+
+def _renamed_pattern(filter: Patterns, pattern: Optional[Patterns]) -> Patterns:
+    """``filter``, or ``pattern`` (its name before it took timm's) with a warning."""
+    if pattern is None:
+        return filter
+    warnings.warn("pattern= is now filter=, as timm names it; pattern= will be removed", FutureWarning, stacklevel=3)
+    return pattern
 
 
 def _matching(names: Iterable[str], pattern: Optional[Patterns], exclude_filters: Optional[Patterns]) -> list[str]:
@@ -226,11 +239,11 @@ def _check_builder_arguments(arch: str, kwargs: dict[str, Any]) -> None:
 
 
 def check_num_classes(num_classes: Any) -> int:
-    """``num_classes`` when it is a whole number of classes, 0 for features only; one line otherwise (also for the
-    models' ``reset_classifier``, where "10" had been a TypeError deep inside and -1 taken)."""
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
-        raise ConfigError(f"num_classes={num_classes!r}: give a whole number of classes (0: features only)")
-    return num_classes
+    """``num_classes`` as an int when it is a whole number of classes (numpy's too), 0 for features only; one line
+    otherwise (also for the models' ``reset_classifier``, where "10" had been a TypeError deep inside and -1 taken)."""
+    if not isinstance(num_classes, bool) and isinstance(num_classes, numbers.Integral) and num_classes >= 0:
+        return int(num_classes)
+    raise ConfigError(f"num_classes={num_classes!r}: give a whole number of classes (0: features only)")
 
 
 def create_model(

@@ -128,6 +128,8 @@ class CocoCaptions(CaptionImages):
         try:
             images = coco.dataset.get("images", [])
             paths = image_paths(self.annotations, images, images_dir)
+            if not coco.dataset.get("annotations"):  # before the images left out for want of a caption
+                raise ConfigError(f"{self.annotations}: no image has a caption; is it a COCO captions file?")
             check_image_ids(self.annotations, images, [ann["image_id"] for ann in coco.dataset.get("annotations", [])])
             _check_caption_texts(self.annotations, coco.dataset.get("annotations", []))
             for image, path in zip(images, paths):
@@ -144,8 +146,6 @@ class CocoCaptions(CaptionImages):
                 "expected images with id and file_name, annotations with image_id and caption"
             ) from None
         _check_wordless(self.annotations, wordless, kept=len(samples))
-        if not samples:
-            raise ConfigError(f"{self.annotations}: no image has a caption; is it a COCO captions file?")
         super().__init__(samples, transform=transform, max_pixels=max_pixels)
 
 

@@ -379,7 +379,8 @@ class ResNet(nn.Module):
         ``global_pool`` switches the pooling as in timm (``None`` keeps it)."""
         if global_pool is None:
             global_pool = self.global_pool.pool_type
-        _check_head(check_num_classes(num_classes), global_pool)
+        num_classes = check_num_classes(num_classes)
+        _check_head(num_classes, global_pool)
         if global_pool != self.global_pool.pool_type and hasattr(self, "visattn_kwargs"):
             # what save_weights records, so that ARCH.TAG rebuilds with this pooling
             self.visattn_kwargs = {**self.visattn_kwargs, "global_pool": global_pool}

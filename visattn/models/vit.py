@@ -187,7 +187,7 @@ class VisionTransformer(nn.Module):
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         """A fresh ``head`` of ``num_classes`` outputs (0: identity); ``global_pool`` switches the pooling
         and, as in timm, leaves ``norm`` / ``fc_norm`` as they were built."""
-        check_num_classes(num_classes)
+        num_classes = check_num_classes(num_classes)
         if global_pool is not None:
             _check_pool(global_pool, self.cls_token is not None)
             self.global_pool = global_pool

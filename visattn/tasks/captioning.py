@@ -388,9 +388,9 @@ class CaptioningTask(GuardedTask, pl.LightningModule):
     def _log_metrics(self, metrics: CaptionMetrics, prefix: str) -> None:
         metrics.gather()
         if metrics.hypotheses:
-            scores = metrics.compute()  # the same in every process once gathered
+            scores = metrics.compute()  # the same in every process once gathered: max keeps every digit (a mean not)
             self.log_dict({prefix + k: v for k, v in scores.items() if k != "n" and v is not None}, prog_bar=True,
-                          sync_dist=True)
+                          sync_dist=True, reduce_fx="max")
         metrics.reset()
 
     @skip_missing_batch

@@ -205,8 +205,10 @@ class DetectionTask(GuardedTask, pl.LightningModule):
 
     def _log_map(self, metric: MeanAveragePrecision, prefix: str) -> None:
         if any_process_scored(self, metric):
-            # the same in every process once gathered; synced so that Lightning does not advise it
-            self.log_dict({prefix + k: v for k, v in map_scores(metric).items()}, prog_bar=True, sync_dist=True)
+            # the same in every process once gathered; synced (by max, which keeps every digit of equal values, where
+            # a mean of three moved them by 6e-8) so that Lightning does not advise it
+            self.log_dict({prefix + k: v for k, v in map_scores(metric).items()}, prog_bar=True, sync_dist=True,
+                          reduce_fx="max")
         metric.reset()
 
     @skip_missing_batch
