@@ -79,7 +79,7 @@ def _check_arguments(model: nn.Module, method: str, layer, head, target_class) -
         check_gives_attention(model, method=method)
     fits = applicable_methods(model)
     if method not in fits:
-        lacks = f", which has {missing_gates(model)}" if method == "gates" else ""
+        lacks = f", which has {missing_gates(model)}" if method == "gates" and not is_vit(model) else ""
         raise ArgumentError("method", method, f"does not fit {type(model).__name__}{lacks}; use {' or '.join(fits)}")
     if head is not None and method != "attention":
         raise ArgumentError("head", head, f"applies to method attention only, not {method}; drop it")
