@@ -684,6 +684,45 @@ def test_ctrl_c_is_said_by_the_first_process_only(rank, monkeypatch, capsys):
     assert capsys.readouterr().err == ("visattn: interrupted\n" if rank == 0 else "")
 
 
+def test_sigterm_in_fit_stops_the_run_at_its_next_step_and_is_no_success(in_tmp, monkeypatch, capfd):
+    """timeout, docker stop or a scheduler's SIGTERM: Lightning stops at the next step with a SystemExit without a
+    code, so a preempted run exited 0 as a finished one, without a line (an audit of preemption)."""
+    import os
+    import signal
+
+    real_step, sent = ImageClassifier.training_step, []
+
+    def terminated_in_the_second_epoch(self, *args, **kwargs):
+        if self.current_epoch == 1 and not sent:
+            sent.append(os.kill(os.getpid(), signal.SIGTERM))
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(ImageClassifier, "training_step", terminated_in_the_second_epoch)
+    handler = signal.getsignal(signal.SIGTERM)
+    fit = ["fit", "--config", str(CBAM_CONFIG), *QUICK, *SHIPPED_WEIGHTS, "--trainer.max_epochs", "3",
+           "--trainer.callbacks", EPOCH_AND_LAST]
+    assert main(fit) == 143
+    assert capfd.readouterr().err.strip().splitlines()[-1] == "visattn: terminated; resume with --ckpt_path last"
+    assert _read(in_tmp / CHECKPOINTS / "last.ckpt")["epoch"] == 0  # the finished epoch's, whole
+    assert signal.getsignal(signal.SIGTERM) is handler
+
+
+def test_sigterm_while_a_lightning_command_reads_its_config_is_one_line(monkeypatch, capsys):
+    """Before Lightning's handling starts, SIGTERM ended the process at once, without a line (an audit)."""
+    import os
+    import signal
+
+    import visattn.tasks.lightning_cli as lightning_cli
+
+    def terminated(argv):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return argv
+
+    monkeypatch.setattr(lightning_cli, "_with_shipped_configs", terminated)
+    assert main(["fit", "--config", str(CBAM_CONFIG)]) == 143
+    assert capsys.readouterr().err == "visattn: terminated\n"
+
+
 def test_ctrl_c_after_a_checkpoint_says_how_to_resume(in_tmp, monkeypatch, capfd):
     real_step = ImageClassifier.training_step
 

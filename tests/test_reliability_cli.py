@@ -1726,23 +1726,26 @@ def test_the_max_pixels_help_gives_the_default_limit(capsys):
     assert f"(default: {DEFAULT_MAX_PIXELS}, 64 Mi)" in " ".join(capsys.readouterr().out.split())
 
 
-def test_sigterm_while_writing_is_one_line_and_leaves_no_temp_file(tmp_path, monkeypatch, capsys):
-    """kill, timeout or docker stop ended the process at once, leaving the half-written temp file in the folder."""
+@pytest.mark.parametrize("signum, line", [(signal.SIGTERM, "visattn: terminated"),
+                                          (signal.SIGHUP, "visattn: terminated (hangup: the terminal closed)")])
+def test_sigterm_while_writing_is_one_line_and_leaves_no_temp_file(tmp_path, monkeypatch, capsys, signum, line):
+    """kill, timeout or docker stop ended the process at once, leaving the half-written temp file in the folder;
+    so did SIGHUP, a closed terminal, which no command handled (an audit of preemption: exit 129, no line)."""
     from matplotlib.figure import Figure
 
     monkeypatch.chdir(tmp_path)
     _photo(tmp_path / "img.png")
-    handler = signal.getsignal(signal.SIGTERM)
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}
 
     def terminated_mid_write(self, fname, **kwargs):
         Path(fname).write_bytes(b"\x89PNG half")
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signum)
 
     monkeypatch.setattr(Figure, "savefig", terminated_mid_write)
-    assert main(["explain", "img.png", "--model", CLASSIFIER, "--out", "maps/img.png"]) == 143
-    assert capsys.readouterr().err == "visattn: terminated\n"
+    assert main(["explain", "img.png", "--model", CLASSIFIER, "--out", "maps/img.png"]) == 128 + signum
+    assert capsys.readouterr().err == line + "\n"
     assert list((tmp_path / "maps").iterdir()) == []
-    assert signal.getsignal(signal.SIGTERM) is handler  # the caller's handler is back
+    assert {s: signal.getsignal(s) for s in handlers} == handlers  # the caller's handlers are back
 
 
 def test_a_shipped_config_runs_by_its_readme_name_from_any_folder(tmp_path, monkeypatch, capsys):
@@ -1865,7 +1868,7 @@ def test_the_demo_is_a_command_of_its_own_and_a_failed_step_is_one_line_naming_i
     assert err[-1] == "visattn: error: demo: `visattn fit` failed with exit code 2; its error is above"
     # Ctrl-C in a step ends the demo as it ends the step: one line, exit code 130 (a review: it was an error, 2);
     # so do a closed pipe (141) and SIGTERM (143), which the step has said
-    for code in (130, 141, 143):
+    for code in (129, 130, 141, 143):
         monkeypatch.setattr(demo.cli, "run_lightning", lambda argv, code=code: code)
         assert main(["demo"]) == code
         assert "error" not in capsys.readouterr().err

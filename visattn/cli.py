@@ -119,11 +119,17 @@ def run_lightning(argv: Sequence[str]) -> int:
     from .tasks.lightning_cli import run_lightning_cli
 
     try:
-        run_lightning_cli(list(argv))
+        with _stop_signals_as_exception():  # from the first moment; Lightning's SIGTERM handling once it runs
+            run_lightning_cli(list(argv))
+    except _Terminated as terminated:  # before or after Lightning's handling, or SIGHUP, which Lightning leaves
+        if rank_zero_only.rank == 0:
+            print(terminated.line(), file=sys.stderr)
+        return 128 + terminated.signum
     except KeyboardInterrupt as interrupt:  # also after Lightning's shutdown, which run_lightning_cli turns into this
         if rank_zero_only.rank == 0:  # Ctrl-C reaches every DDP process: the line had come once per process
-            print(f"visattn: interrupted{_resume_hint(argv[0], interrupt)}", file=sys.stderr)
-        return 130
+            stopped = "terminated" if getattr(interrupt, "terminated", False) else "interrupted"
+            print(f"visattn: {stopped}{_resume_hint(argv[0], interrupt)}", file=sys.stderr)
+        return 128 + signal.SIGTERM if getattr(interrupt, "terminated", False) else 130
     return 0
 
 
@@ -940,25 +946,40 @@ def _interrupts_kept() -> Iterator[_KeptInterrupts]:
 
 
 class _Terminated(BaseException):
-    """SIGTERM (``kill``, ``timeout``, ``docker stop``, a batch scheduler), raised where the command is, so that
-    its ``finally`` blocks run: Python's default ended the process at once, leaving a temp file in the output
-    folder. Lightning's commands keep Lightning's own handling."""
+    """SIGTERM (``kill``, ``timeout``, ``docker stop``, a batch scheduler) or SIGHUP (the terminal closed), raised
+    where the command is, so that its ``finally`` blocks run: Python's default ended the process at once, leaving a
+    temp file in the output folder."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+    def line(self) -> str:
+        return "visattn: terminated" + (" (hangup: the terminal closed)" if self.signum == _SIGHUP else "")
+
+
+_SIGHUP = getattr(signal, "SIGHUP", None)  # not on Windows
+_STOP_SIGNALS = tuple(s for s in (signal.SIGTERM, _SIGHUP) if s is not None)
 
 
 @contextlib.contextmanager
-def _sigterm_as_exception() -> Iterator[None]:
+def _stop_signals_as_exception() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise :class:`_Terminated` in the command. While a Lightning run is under way, Lightning's
+    SIGTERM handler, which calls this one too, stops it at its next step instead (see run_lightning)."""
     def terminate(signum: int, frame: Any) -> None:
-        raise _Terminated
+        if signal.getsignal(signum) is terminate:  # else Lightning's, which composes it: Lightning stops the run
+            raise _Terminated(signum)
 
     try:
-        previous = signal.signal(signal.SIGTERM, terminate)
+        previous = {signum: signal.signal(signum, terminate) for signum in _STOP_SIGNALS}
     except ValueError:  # not the main thread: only it may set handlers
         yield
         return
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _run(argv: list[str]) -> int:
@@ -967,13 +988,13 @@ def _run(argv: list[str]) -> int:
             return run_lightning(argv)
         args = build_parser().parse_args(argv)
         func: Callable[[argparse.Namespace], int] = args.func
-        with _sigterm_as_exception():
+        with _stop_signals_as_exception():
             code = func(args)
         sys.stdout.flush()  # here, where a full disk is one line, not at the exit's flush
         return code
-    except _Terminated:
-        print("visattn: terminated", file=sys.stderr)
-        return 143  # 128 + SIGTERM, what a shell reports for a command the signal ended
+    except _Terminated as terminated:
+        print(terminated.line(), file=sys.stderr)
+        return 128 + terminated.signum  # what a shell reports for a command the signal ended (143 for SIGTERM)
     except VisattnError as err:
         print(f"visattn: error: {error_line(err)}", file=sys.stderr)
         return 2

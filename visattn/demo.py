@@ -24,8 +24,8 @@ OUT = Path("outputs") / "demo"
 
 
 class StepStopped(Exception):
-    """A step interrupted (130), terminated (143) or whose reader went away (141): it said so; the demo ends with
-    its exit code, as the step alone would."""
+    """A step interrupted (130), terminated (143), hung up on (129) or whose reader went away (141): it said so; the
+    demo ends with its exit code, as the step alone would."""
 
     def __init__(self, code: int) -> None:
         super().__init__(code)
@@ -35,7 +35,7 @@ class StepStopped(Exception):
 def run(*argv: str) -> None:
     print(f"\n$ visattn {' '.join(argv)}", flush=True)
     code = cli.main(list(argv))
-    if code in (130, 141, 143):
+    if code in (129, 130, 141, 143):
         raise StepStopped(code)
     if code != 0:
         raise VisattnError(f"demo: `visattn {argv[0]}` failed with exit code {code}; its error is above")

@@ -74,6 +74,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.plugins import CheckpointIO, TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from ..data.datamodules import SplitLoadersMixin
@@ -92,11 +93,12 @@ log = logging.getLogger(__name__)
 
 
 class Interrupted(KeyboardInterrupt):
-    """Ctrl-C in a Lightning command; ``resumable``: the run left a last checkpoint for ``--ckpt_path last``."""
+    """Ctrl-C in a Lightning command, or with ``terminated`` SIGTERM, which Lightning stops the run for at its next
+    step; ``resumable``: the run left a last checkpoint for ``--ckpt_path last``."""
 
-    def __init__(self, resumable: bool) -> None:
+    def __init__(self, resumable: bool, *, terminated: bool = False) -> None:
         super().__init__()
-        self.resumable = resumable
+        self.resumable, self.terminated = resumable, terminated
 
 
 class SafeCheckpointIO(TorchCheckpointIO):
@@ -1306,6 +1308,8 @@ class VisattnCLI(LightningCLI):
                 super()._run_subcommand(subcommand)
         except KeyboardInterrupt:  # before Lightning's own handling started, e.g. while reading the data
             raise Interrupted(self._left_last_checkpoint()) from None
+        except SIGTERMException:  # a SystemExit without a code: a preempted run had exited 0, as a finished one
+            raise Interrupted(self._left_last_checkpoint(), terminated=True) from None
         except SystemExit as exit:
             if isinstance(exit.__context__, KeyboardInterrupt):  # Lightning's shutdown after Ctrl-C exits with 1
                 raise Interrupted(self._left_last_checkpoint()) from None
