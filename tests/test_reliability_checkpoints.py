@@ -591,6 +591,30 @@ def test_predict_writes_one_json_line_per_sample_and_says_where(in_tmp, capsys):
     assert sum(r["predictions"][0]["prob"] for r in records) / 64 > 0.6  # trained weights, not a uniform guess
 
 
+def test_predictions_that_cannot_be_written_name_the_runs_folder_and_keep_the_earlier_file(in_tmp, monkeypatch,
+                                                                                           capsys):
+    """A file-size limit (or a full disk) at predictions.jsonl was blamed on standard output, which was empty, with
+    exit 1 (a preemption audit)."""
+    import errno
+
+    written = in_tmp / "outputs" / CBAM_CONFIG.stem / "predictions.jsonl"
+    written.parent.mkdir(parents=True)
+    written.write_text("")  # an earlier predict's, with no predictions
+    real_write_text = Path.write_text
+
+    def too_large(self, *args, **kwargs):
+        if self.name.startswith(".predictions.jsonl."):
+            raise OSError(errno.EFBIG, "File too large")  # as a write(2) reports it: no file name
+        return real_write_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", too_large)
+    assert main(["predict", "--config", str(CBAM_CONFIG), *QUICK, *SHIPPED_WEIGHTS]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"visattn: error: trainer.default_root_dir {written.parent.relative_to(in_tmp)}: cannot write there (File too "
+        "large); free some space or choose another trainer.default_root_dir folder")
+    assert written.read_text() == "" and not list(written.parent.glob(".predictions.jsonl*"))  # no temp file left
+
+
 def test_prediction_records_of_captioners_and_detectors():
     from visattn.tasks.lightning_cli import _prediction_records
 

@@ -896,6 +896,8 @@ def test_an_input_name_near_the_length_limit_gets_a_shortened_output_name(comman
 
 
 @pytest.mark.parametrize("command", [["explain", "img.png", "--model", CLASSIFIER, "--out", "out/img.png"],
+                                     # it named --out, which a folder of images cannot take (a preemption audit)
+                                     ["explain", "img.png", "--model", CLASSIFIER, "--out-dir", "out"],
                                      ["detect", "img.png", "--model", DETECTOR, "--out", "out"]])
 def test_a_write_that_runs_out_of_space_keeps_the_earlier_file(command, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
@@ -911,8 +913,10 @@ def test_a_write_that_runs_out_of_space_keeps_the_earlier_file(command, tmp_path
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
     err = capsys.readouterr().err
-    assert code == 2 and err.startswith("visattn: error: --out out") and err.count("\n") == 1, err
+    flag = command[-2]
+    assert code == 2 and err.startswith(f"visattn: error: {flag} out") and err.count("\n") == 1, err
     assert "cannot write there (File too large); free some space or choose another" in err
+    assert err.endswith("choose another --out-dir folder\n") == (flag == "--out-dir"), err
     assert earlier.read_bytes() == before and list(earlier.parent.iterdir()) == [earlier]
 
 
@@ -1180,9 +1184,15 @@ def test_a_fit_into_a_checkpoint_folder_another_fit_is_writing_is_one_line_befor
     assert main([*fit, "--ckpt_path", "last", "--trainer.max_epochs", "2"]) == 0  # this process holds it: resumes
 
 
-def test_a_full_disk_at_a_checkpoint_save_is_one_line_and_leaves_no_partial_file(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("free, size_limit, reason", [
+    (0, None, "No space left on device"),
+    # it was "torch could not write it: [enforce fail ...]; give a folder you can write to" (a preemption audit)
+    (1 << 30, 5000, "File too large: the file-size limit (ulimit -f) is 5000 bytes")])
+def test_a_full_disk_at_a_checkpoint_save_is_one_line_and_leaves_no_partial_file(tmp_path, monkeypatch, capsys, free,
+                                                                                 size_limit, reason):
     """torch's zip writer reports a full disk as a RuntimeError ("unexpected pos ..."), which no handler took for a
     write error: a 60-line traceback."""
+    import resource
     from collections import namedtuple
 
     import visattn.tasks.lightning_cli as lightning_cli
@@ -1197,12 +1207,15 @@ def test_a_full_disk_at_a_checkpoint_save_is_one_line_and_leaves_no_partial_file
         raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 5578816 vs 5578708")
 
     monkeypatch.setattr(lightning_cli.torch, "save", disk_full)
-    monkeypatch.setattr(lightning_cli.shutil, "disk_usage", lambda path: namedtuple("Usage", "total used free")(1, 1, 0))
+    monkeypatch.setattr(lightning_cli.shutil, "disk_usage", lambda path: namedtuple("Usage", "total used free")(1, 1,
+                                                                                                             free))
+    limit = resource.RLIM_INFINITY if size_limit is None else size_limit
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (limit, limit))
     assert main(["fit", "--config", str(IMAGEFOLDER_CONFIG), "--data.init_args.root", "photos", *SMALL_FOLDER_FIT]) == 2
     folder = tmp_path / "outputs" / "imagefolder_template" / "checkpoints"
     err = capsys.readouterr().err.splitlines()[-1]
-    assert err.startswith(f"visattn: error: the ModelCheckpoint dirpath {folder}: No space left on device ({folder}/")
-    assert err.endswith("); give a folder you can write to")
+    assert err.startswith(f"visattn: error: the ModelCheckpoint dirpath {folder}: {reason} ({folder}/")
+    assert err.endswith("); free some space, or give another folder")
     assert not list(folder.iterdir())  # no partial checkpoint
 
 

@@ -374,6 +374,9 @@ def _explained(classifier: Any, image: Any, args: argparse.Namespace, out: Path)
         result = explain_image(classifier, image, args.method, out,
                                layer=args.layer, head=args.head, target_class=args.target_class)
     except ArgumentError as err:
+        if err.argument == "out" and args.out_dir is not None:  # a map of --out-dir's: --out cannot be given then
+            raise ConfigError(f"--out-dir {args.out_dir}: {err.value}: {err.reason.removesuffix(' file')} --out-dir "
+                              "folder") from None
         raise err.for_flag(EXPLAIN_FLAGS[err.argument]) from None
     return {**result, "map": str(out)}
 

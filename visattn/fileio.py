@@ -172,7 +172,7 @@ def write_failure(err: OSError, kind: str) -> str:
     """Why a write failed and the fix, for a message that has named the path: ``cannot write there (No
     space left on device); free some space or choose another KIND``."""
     reason = _OS_REASONS.get(err.errno) or err.strerror or str(err)
-    fix = "free some space or choose another" if err.errno in _FULL else "choose a writable"
+    fix = "free some space or choose another" if err.errno in FULL_ERRNOS else "choose a writable"
     return f"cannot write there ({reason}); {fix} {kind}"
 
 
@@ -342,7 +342,7 @@ def refuse_overwriting_inputs(outputs: Iterable[PathLike], inputs: Iterable[Path
 _OS_REASONS = {errno.EEXIST: "a file stands where a folder is needed",
                errno.ENOTDIR: "a file stands where a folder is needed",
                errno.EISDIR: "it is a folder"}
-_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # the disk, a quota or the file size limit (ulimit -f)
+FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # the disk, a quota or the file size limit (ulimit -f)
 
 
 def _writable_dir(path: Path) -> None:

@@ -80,7 +80,8 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from ..data.datamodules import SplitLoadersMixin
 from ..data.image_folder import image_files_of
 from ..errors import ConfigError, VisattnError, VisattnWarning, WeightsError, keyword_names
-from ..fileio import atomic_path, claim_folder, prepare_output_dir, refuse_replacing_others_files, unique_paths
+from ..fileio import (FULL_ERRNOS, atomic_path, claim_folder, output_errors, prepare_output_dir,
+                      refuse_replacing_others_files, unique_paths)
 from ..pretrained import check_state_dict, checkpoint_follows, scored_as_built
 from ..registry import split_model_name
 from ..shipped import config_file_name, nearest_shipped_configs, shipped_config
@@ -99,6 +100,22 @@ class Interrupted(KeyboardInterrupt):
     def __init__(self, resumable: bool, *, terminated: bool = False) -> None:
         super().__init__()
         self.resumable, self.terminated = resumable, terminated
+
+
+def _failed_write(path: Path, err: RuntimeError) -> tuple[int, str]:
+    """errno and reason of a torch write that failed without them: a full disk, the file-size limit (``ulimit -f``:
+    it had been "torch could not write it" and "give a folder you can write to"), else torch's words."""
+    if shutil.disk_usage(path.parent).free < 1 << 20:
+        return errno.ENOSPC, os.strerror(errno.ENOSPC)
+    try:
+        import resource
+
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    except (ImportError, OSError):  # Windows has no such limit
+        limit = None
+    if limit is not None and limit != resource.RLIM_INFINITY:
+        return errno.EFBIG, f"{os.strerror(errno.EFBIG)}: the file-size limit (ulimit -f) is {limit} bytes"
+    return errno.EIO, f"torch could not write it: {_first_line(err)}"
 
 
 class SafeCheckpointIO(TorchCheckpointIO):
@@ -129,9 +146,7 @@ class SafeCheckpointIO(TorchCheckpointIO):
             with atomic_path(path) as tmp:
                 torch.save(checkpoint, tmp)
         except RuntimeError as err:  # torch's zip writer reports a full disk as "unexpected pos ..." (no errno)
-            full = shutil.disk_usage(path.parent).free < 1 << 20
-            reason = os.strerror(errno.ENOSPC) if full else f"torch could not write it: {_first_line(err)}"
-            raise OSError(errno.ENOSPC if full else errno.EIO, reason, str(path)) from None
+            raise OSError(*_failed_write(path, err), str(path)) from None
         for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):  # left by a writer that was killed
             stale.unlink(missing_ok=True)
 
@@ -837,7 +852,8 @@ def _output_error(trainer: pl.Trainer, err: OSError, default_root_dir: Optional[
         folder = Path(os.path.abspath(folder))
         if failed == folder or folder in failed.parents or failed in folder.parents:
             where = "" if failed == folder else f" ({failed})"
-            return ConfigError(f"{setting} {folder}: {err.strerror or err}{where}; give a folder you can write to")
+            fix = "free some space, or give another folder" if err.errno in FULL_ERRNOS else "give a folder you can write to"
+            return ConfigError(f"{setting} {folder}: {err.strerror or err}{where}; {fix}")
     return None
 
 
@@ -1022,7 +1038,8 @@ class JsonPredictionWriter(BasePredictionWriter):
                 records.sort(key=lambda record: record["sample"])
         path = _predictions_path(trainer)
         replaced = " (replacing the earlier predictions there)" if path.exists() else ""
-        with atomic_path(path) as tmp:
+        # a failed write names the folder (it had been taken for standard output's: a file-size limit, a full disk)
+        with output_errors(path.parent, flag="trainer.default_root_dir"), atomic_path(path) as tmp:
             tmp.write_text("".join(json.dumps(record) + "\n" for record in records))
         unread = sum("error" in record for record in records)
         failed = f"; {unread} could not be read (their records hold the error)" if unread else ""
