@@ -1761,6 +1761,20 @@ def test_sigterm_while_writing_is_one_line_and_leaves_no_temp_file(tmp_path, mon
     assert {s: signal.getsignal(s) for s in handlers} == handlers  # the caller's handlers are back
 
 
+def test_a_killed_writers_temp_file_goes_at_the_next_write_of_its_file(tmp_path, monkeypatch, capsys):
+    """Only checkpoints' were removed: a map's, an export's or a weights file's, left by SIGKILL, stayed for good (a
+    preemption audit); another file's stays until that file is written."""
+    monkeypatch.chdir(tmp_path)
+    _photo(tmp_path / "img.png")
+    maps = tmp_path / "maps"
+    maps.mkdir()
+    stale, others = maps / ".img.png.k1lled0a.tmp", maps / ".img.png.x.k1lled0a.tmp"
+    for path in (stale, others):
+        path.write_bytes(b"\x89PNG half")
+    assert main(["explain", "img.png", "--model", CLASSIFIER, "--out", "maps/img.png"]) == 0
+    assert sorted(p.name for p in maps.iterdir()) == [others.name, "img.png"]
+
+
 def test_a_shipped_config_runs_by_its_readme_name_from_any_folder(tmp_path, monkeypatch, capsys):
     """The README's ``fit --config configs/...`` said "File does not exist" outside the checkout's root, and a pip
     install carried no configs; a file of that name in the working folder still comes first, and a misspelt name

@@ -7,6 +7,7 @@ input file, is one line naming the option before anything is written; and they w
 """
 import contextlib
 import errno
+import glob
 import os
 import tempfile
 from pathlib import Path
@@ -28,7 +29,8 @@ _TEMP_EXTRA = len("..XXXXXXXX.tmp")  # what atomic_path's temp name adds to the 
 
 @contextlib.contextmanager
 def atomic_path(path: Union[str, Path]) -> Iterator[Path]:
-    """Yield a temp path beside ``path``; on success fsync it and ``os.replace`` it into place. A device,
+    """Yield a temp path beside ``path``; on success fsync it and ``os.replace`` it into place, and remove the temp
+    files of ``path`` that killed writers left (SIGKILL, a power cut: only checkpoints' had been). A device,
     FIFO or socket at ``path`` is refused: replacing it would delete it (``--out /dev/null`` as root). A link
     is written through: its target is replaced, and the link kept (it had been replaced by a file, while the
     target anything following the link reads kept the old contents)."""
@@ -47,6 +49,8 @@ def atomic_path(path: Union[str, Path]) -> Iterator[Path]:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp, path)
         _fsync_dir(path.parent)
+        for stale in path.parent.glob(f"{glob.escape(prefix)}{'?' * 8}.tmp"):  # mkstemp's 8 random characters
+            stale.unlink(missing_ok=True)
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -147,8 +147,6 @@ class SafeCheckpointIO(TorchCheckpointIO):
                 torch.save(checkpoint, tmp)
         except RuntimeError as err:  # torch's zip writer reports a full disk as "unexpected pos ..." (no errno)
             raise OSError(*_failed_write(path, err), str(path)) from None
-        for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):  # left by a writer that was killed
-            stale.unlink(missing_ok=True)
 
     def load_checkpoint(self, path: Any, map_location: Optional[Callable] = None,
                         weights_only: Optional[bool] = None) -> dict[str, Any]:
