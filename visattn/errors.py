@@ -140,6 +140,11 @@ class VisattnWarning(UserWarning):
     """Base class of every warning visattn issues; the CLI prints these as one line."""
 
 
+class DeprecatedArgumentWarning(VisattnWarning, FutureWarning):
+    """An argument visattn has renamed or will remove: shown to users by default (Python hides DeprecationWarning
+    outside ``__main__``)."""
+
+
 def one_line_showwarning(previous: Callable[..., None]) -> Callable[..., None]:
     """A ``warnings.showwarning`` printing a :class:`VisattnWarning` as ``warning: MESSAGE`` instead of
     Python's two lines (``FILE:LINE: Category: MESSAGE`` and the source line); others go to ``previous``."""

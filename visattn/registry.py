@@ -14,7 +14,8 @@ from typing import Any, Callable, Literal, Optional, Union
 import numpy as np
 from torch import nn
 
-from .errors import ArgumentError, ConfigError, UnknownModelError, check_keyword_arguments, check_keyword_types
+from .errors import (ArgumentError, ConfigError, DeprecatedArgumentWarning, UnknownModelError, check_keyword_arguments,
+                     check_keyword_types)
 
 # True: every weight must fit; "attention": only attention modules added to the weights' architecture
 # (SE, CBAM, ... on a plain ResNet) may be missing; False: any missing weight keeps its initialisation.
@@ -175,7 +176,8 @@ def _renamed_pattern(filter: Patterns, pattern: Optional[Patterns]) -> Patterns:
     """``filter``, or ``pattern`` (its name before it took timm's) with a warning."""
     if pattern is None:
         return filter
-    warnings.warn("pattern= is now filter=, as timm names it; pattern= will be removed", FutureWarning, stacklevel=3)
+    warnings.warn("pattern= is now filter=, as timm names it; pattern= will be removed", DeprecatedArgumentWarning,
+                  stacklevel=3)
     return pattern
 
 
