@@ -172,6 +172,13 @@ def test_list_models_former_pattern_keyword_still_lists_with_a_warning():
     (lambda: __import__("visattn").list_models(exclude_filters=[None]), r"^exclude_filters=\[None\]: give an fnmatch"),
     (lambda: create_model("SE_RESNET20_CIFAR"), "^unknown model 'SE_RESNET20_CIFAR': did you mean se_resnet20_cifar"),
     (lambda: create_model("resnet18", pretrained=""), "^pretrained='': give a weights file, True, a shipped ARCH.TAG"),
+    # timm's ways of naming a weights file had been "has no argument ...: it takes block, layers, ..." (a timm audit)
+    (lambda: create_model("resnet18", pretrained_cfg_overlay={"file": "w.pth"}),
+     r"^resnet18 has no argument 'pretrained_cfg_overlay', which timm.create_model takes: give create_model\(\.\.\., "
+     r"pretrained='FILE'\) for a weights file; a model's preprocessing comes from its weights"),
+    (lambda: create_model("resnet18", checkpoint_path="w.pth"),
+     r"^resnet18 has no argument 'checkpoint_path', which timm.create_model takes: give create_model\(\.\.\., "
+     r"pretrained='FILE'\) for a weights file$"),
     # a TypeError deep inside ("'>' not supported between instances of 'str' and 'int'"), and -1 taken
     (lambda: create_model("resnet20_cifar").reset_classifier("10"), r"^num_classes='10': give a whole number of class"),
     (lambda: create_model("resnet20_cifar").reset_classifier(-1), r"^num_classes=-1: give a whole number of classes"),

@@ -231,9 +231,20 @@ def model_arguments(
     return arch, (None if pretrained is False else entry), kwargs
 
 
+# timm.create_model's ways of naming weights and their preprocessing, and visattn's for them.
+_WEIGHTS_FILE = "give create_model(..., pretrained='FILE') for a weights file"
+_PREPROCESSING = ("a model's preprocessing comes from its weights (an index entry, a checkpoint or timm:NAME); set "
+                  "model.pretrained_cfg after building it to change what timm's data helpers read")
+_TIMM_ONLY_ARGUMENTS = {"checkpoint_path": _WEIGHTS_FILE, "pretrained_cfg_overlay": f"{_WEIGHTS_FILE}; {_PREPROCESSING}",
+                        "pretrained_cfg": f"{_WEIGHTS_FILE}; {_PREPROCESSING}"}
+
+
 def _check_builder_arguments(arch: str, kwargs: dict[str, Any]) -> None:
     """A keyword the architecture's class does not take is one line with the nearest name, not a
     TypeError from deep inside its constructor."""
+    for name, instead in _TIMM_ONLY_ARGUMENTS.items():
+        if name in kwargs:  # one line with visattn's way, not "it takes img_size, ..."
+            raise ConfigError(f"{arch} has no argument {name!r}, which timm.create_model takes: {instead}")
     model_class = typing.get_type_hints(_model_entrypoints[arch]).get("return")  # every builder names its class
     if isinstance(model_class, type):
         check_keyword_arguments(arch, model_class.__init__, kwargs)
