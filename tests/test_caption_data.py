@@ -368,7 +368,8 @@ def test_karpathy_sentences_without_a_word_are_dropped_and_their_image_left_out(
         data["images"][3]["sentences"] = []  # had been left out unsaid: the scored n shrank (an audit)
 
     _rewrite_json(split_json, wordless)
-    with pytest.warns(SkippedImageWarning, match=r"dataset_tiny\.json: left out 3\.png, 4\.png: no caption with a word"):
+    with pytest.warns(SkippedImageWarning, match=r"dataset_tiny\.json: left out 3\.png, 4\.png: no caption with a "
+                                                 "word"):
         entries = read_karpathy(split_json)
     assert {"3.png", "4.png"}.isdisjoint(e["filename"] for e in entries)
     assert entries[1]["captions"] == ["Two cats sleep", "cats on a sofa", "a cat"]

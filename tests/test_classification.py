@@ -338,7 +338,8 @@ def test_an_average_that_a_short_run_leaves_near_the_starting_weights_is_warned_
     """ema_decay 0.999 over a 39-step fine-tune kept 96% of the starting weights in the average validation scored:
     every validation at chance, without a word (from a fine-tuning journey audit). The average starts as a copy of
     the first step's weights: 4 steps keep decay**3 of them (decay**4 had been said, an EMA audit). Above a tenth
-    is warned about: 0.9 over 10 steps kept 39%, which had passed unsaid, and scored 0.325 where the weights scored 0.600."""
+    is warned about: 0.9 over 10 steps kept 39%, which had passed unsaid, and scored 0.325 where the weights scored
+    0.600."""
     import lightning.pytorch as pl
     from torch.utils.data import DataLoader, TensorDataset
 

@@ -964,7 +964,8 @@ def test_a_fit_without_validation_data_says_nothing_of_lightnings_empty_loader_l
     assert main(["fit", "--config", "configs/detection/fcos_scenes.yaml", "--trainer.max_steps", "1",
                  "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(tmp_path / "run"),
                  "--trainer.logger", "false", "--trainer.callbacks", "[]", "--trainer.enable_checkpointing", "false",
-                 "--model.model_kwargs", json.dumps(TINY["fcos"]), "--data", "visattn.data.detection.CocoDetectionDataModule",
+                 "--model.model_kwargs", json.dumps(TINY["fcos"]),
+                 "--data", "visattn.data.detection.CocoDetectionDataModule",
                  "--data.train_annotations", str(annotations), "--data.images_dir", str(images_dir),
                  "--data.batch_size", "2", "--data.num_workers", "0"]) == 0
     said = capsys.readouterr().err + "".join(str(w.message) for w in recwarn)

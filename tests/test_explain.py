@@ -288,7 +288,8 @@ def test_gate_maps_reduce_each_gate_as_documented():
             expected = gate["affinity"].mean(dim=1).reshape(1, 14, 14)
         torch.testing.assert_close(maps[name], expected)
     with pytest.raises(ConfigError, match=r"no spatial attention gates \(CBAM, BAM, coord, non-local, GC\), only SE "
-                                          r"gates, which weigh whole channels alike at every place; use method 'gradcam'"):
+                                          r"gates, which weigh whole channels alike at every place; use method "
+                                          r"'gradcam'"):
         gate_maps(create_model("se_resnet20_cifar", **SMALL_CNN), images)
     with pytest.raises(ConfigError, match=r"GC\); use method 'gradcam'"):  # no attention module at all
         gate_maps(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten()), images)

@@ -1054,7 +1054,8 @@ def _fit_with(callbacks: list) -> int:
 
 
 def test_nothing_to_resume_is_warned_about_in_place_of_lightnings_line(tmp_path, recwarn):
-    """(The first process's only: test_reliability_cli.py::test_the_config_warnings_of_a_fit_are_the_first_processs_to_say.)"""
+    """(The first process's only:
+    test_reliability_cli.py::test_the_config_warnings_of_a_fit_are_the_first_processs_to_say.)"""
     from jsonargparse import Namespace
 
     from visattn.tasks import lightning_cli

@@ -162,7 +162,8 @@ def test_list_models_former_pattern_keyword_still_lists_with_a_warning():
     import visattn
 
     with pytest.warns(FutureWarning, match=r"^pattern= is now filter=, as timm names it"):
-        assert visattn.list_models(pattern="deit_t*") == visattn.list_models(filter="deit_t*") == ["deit_tiny_patch16_224"]
+        listed = visattn.list_models(pattern="deit_t*")
+    assert listed == visattn.list_models(filter="deit_t*") == ["deit_tiny_patch16_224"]
     with pytest.warns(FutureWarning, match=r"^pattern= is now filter="):
         assert visattn.list_pretrained(pattern="vit_*") == visattn.list_pretrained("vit_*")
 

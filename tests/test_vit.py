@@ -242,7 +242,8 @@ def test_token_pooled_weights_for_an_average_pooled_vit_name_the_settings_that_l
     with pytest.raises(WeightsError, match=r"\(missing: fc_norm.weight, fc_norm.bias; unexpected: norm.bias, "
                                            r"norm.weight\); the weights normalise the tokens before pooling \(norm\), "
                                            r"this model after it \(fc_norm, which global_pool='avg' builds\): pass "
-                                           r"fc_norm=False to keep their norm, or strict=False to start fc_norm afresh"):
+                                           r"fc_norm=False to keep their norm, or strict=False to start fc_norm "
+                                           r"afresh"):
         create_model("vit_tiny_patch16_224", pretrained=str(path), **small)
     kept = create_model("vit_tiny_patch16_224", pretrained=str(path), fc_norm=False, **small).eval()
     x = torch.randn(2, 3, 32, 32)

@@ -235,7 +235,8 @@ def model_arguments(
 _WEIGHTS_FILE = "give create_model(..., pretrained='FILE') for a weights file"
 _PREPROCESSING = ("a model's preprocessing comes from its weights (an index entry, a checkpoint or timm:NAME); set "
                   "model.pretrained_cfg after building it to change what timm's data helpers read")
-_TIMM_ONLY_ARGUMENTS = {"checkpoint_path": _WEIGHTS_FILE, "pretrained_cfg_overlay": f"{_WEIGHTS_FILE}; {_PREPROCESSING}",
+_TIMM_ONLY_ARGUMENTS = {"checkpoint_path": _WEIGHTS_FILE,
+                        "pretrained_cfg_overlay": f"{_WEIGHTS_FILE}; {_PREPROCESSING}",
                         "pretrained_cfg": f"{_WEIGHTS_FILE}; {_PREPROCESSING}"}
 
 

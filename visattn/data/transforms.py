@@ -366,7 +366,8 @@ def timm_data_config(preprocessing: dict) -> dict:
         return tuple(values[k % len(values)] for k in range(channels))
 
     return {"input_size": tuple(preprocessing["input_size"]), "mean": per_channel(preprocessing["mean"]),
-            "std": per_channel(preprocessing["std"]), "interpolation": preprocessing.get("interpolation", DEFAULT_INTERPOLATION),
+            "std": per_channel(preprocessing["std"]),
+            "interpolation": preprocessing.get("interpolation", DEFAULT_INTERPOLATION),
             "crop_pct": preprocessing.get("crop_pct", DEFAULT_CROP_PCT) if photo else 1.0,
             "crop_mode": "center" if photo else "squash"}
 

@@ -48,8 +48,8 @@ def missing_gates(model: nn.Module) -> str:
     """What a model without spatial gates lacks, and why its SE or ECA modules give no map: their gates weigh
     whole channels, the same at every place."""
     kinds = sorted({CHANNEL_GATE_TYPES[type(m)] for m in model.modules() if type(m) in CHANNEL_GATE_TYPES})
-    channels_only = f", only {' and '.join(kinds)} gates, which weigh whole channels alike at every place" if kinds else ""
-    return f"no spatial attention gates (CBAM, BAM, coord, non-local, GC){channels_only}"
+    only = f", only {' and '.join(kinds)} gates, which weigh whole channels alike at every place" if kinds else ""
+    return f"no spatial attention gates (CBAM, BAM, coord, non-local, GC){only}"
 
 
 def spatial_gate(gate: dict[str, Tensor], feature_size: tuple[int, int]) -> Tensor:

@@ -25,8 +25,8 @@ from ..data.image_io import DEFAULT_MAX_PIXELS
 from ..data.transforms import (CLASSIFIER_PREPROCESSING, ImageTransform, check_image_batch, default_preprocessing,
                                eval_transform_of, preprocessing_problem, timm_data_config, to_model_input)
 from ..devices import inference_device, model_device
-from ..errors import (ConfigError, MissingSplit, NotATrainingCheckpoint, UnknownModelError, VisattnWarning, WeightsError,
-                      one_line)
+from ..errors import (ConfigError, MissingSplit, NotATrainingCheckpoint, UnknownModelError, VisattnWarning,
+                      WeightsError, one_line)
 from ..layers.attention import SelfAttention
 from ..layers.patch_embed import fixed_input_size, is_count, is_number
 from ..modes import eval_mode

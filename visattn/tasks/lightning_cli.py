@@ -850,7 +850,8 @@ def _output_error(trainer: pl.Trainer, err: OSError, default_root_dir: Optional[
         folder = Path(os.path.abspath(folder))
         if failed == folder or folder in failed.parents or failed in folder.parents:
             where = "" if failed == folder else f" ({failed})"
-            fix = "free some space, or give another folder" if err.errno in FULL_ERRNOS else "give a folder you can write to"
+            full = err.errno in FULL_ERRNOS
+            fix = "free some space, or give another folder" if full else "give a folder you can write to"
             return ConfigError(f"{setting} {folder}: {err.strerror or err}{where}; {fix}")
     return None
 
