@@ -166,6 +166,8 @@ def test_list_models_former_pattern_keyword_still_lists_with_a_warning():
     assert listed == visattn.list_models(filter="deit_t*") == ["deit_tiny_patch16_224"]
     with pytest.warns(FutureWarning, match=r"^pattern= is now filter="):
         assert visattn.list_pretrained(pattern="vit_*") == visattn.list_pretrained("vit_*")
+    with pytest.raises(ConfigError, match=r"^filter='resnet18\*' and pattern='vit\*': pattern= is filter='s former"):
+        visattn.list_models("resnet18*", pattern="vit*")  # had listed the ViTs
 
 
 @pytest.mark.parametrize("call, message", [

@@ -967,14 +967,24 @@ _STOP_SIGNALS = tuple(s for s in (signal.SIGTERM, _SIGHUP) if s is not None)
 
 @contextlib.contextmanager
 def _stop_signals_as_exception() -> Iterator[None]:
-    """SIGTERM and SIGHUP raise :class:`_Terminated` in the command. While a Lightning run is under way, Lightning's
-    SIGTERM handler, which calls this one too, stops it at its next step instead (see run_lightning)."""
+    """SIGTERM and SIGHUP raise :class:`_Terminated` in the command, once: a second one while the command cleans up
+    is ignored. While a Lightning run is under way, Lightning's SIGTERM handler, which calls this one too, stops it
+    at its next step instead (see run_lightning), and SIGHUP is sent on as SIGTERM (Lightning leaves SIGHUP, whose
+    exception had left DDP's other processes waiting). A signal ignored when the command started (``nohup``) stays
+    ignored."""
     def terminate(signum: int, frame: Any) -> None:
-        if signal.getsignal(signum) is terminate:  # else Lightning's, which composes it: Lightning stops the run
-            raise _Terminated(signum)
+        if signal.getsignal(signum) is not terminate:  # Lightning's, which composes it: Lightning stops the run
+            return
+        if signal.getsignal(signal.SIGTERM) is not terminate:  # SIGHUP in a Lightning run: stopped as by SIGTERM
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        for stop in handled:
+            signal.signal(stop, signal.SIG_IGN)
+        raise _Terminated(signum)
 
     try:
-        previous = {signum: signal.signal(signum, terminate) for signum in _STOP_SIGNALS}
+        handled = [signum for signum in _STOP_SIGNALS if signal.getsignal(signum) is not signal.SIG_IGN]
+        previous = {signum: signal.signal(signum, terminate) for signum in handled}
     except ValueError:  # not the main thread: only it may set handlers
         yield
         return

@@ -8,6 +8,7 @@ input file, is one line naming the option before anything is written; and they w
 import contextlib
 import errno
 import glob
+import importlib.util
 import os
 import tempfile
 from pathlib import Path
@@ -40,19 +41,39 @@ def atomic_path(path: Union[str, Path]) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     prefix = f".{fitted_name(path.name, '', limit=NAME_MAX - _TEMP_EXTRA)}."
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=".tmp")
-    os.close(fd)
     tmp = Path(tmp)
     try:
+        if _ADVISORY_LOCKS:  # held while it is written: the sweep below passes over a living writer's temp
+            _lock(fd, wait=False)
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp, path)
         _fsync_dir(path.parent)
-        for stale in path.parent.glob(f"{glob.escape(prefix)}{'?' * 8}.tmp"):  # mkstemp's 8 random characters
-            stale.unlink(missing_ok=True)
+        _remove_dead_writers_temps(path.parent.glob(f"{glob.escape(prefix)}{'?' * 8}.tmp"))  # mkstemp's 8 characters
     finally:
+        os.close(fd)
         tmp.unlink(missing_ok=True)
+
+
+def _remove_dead_writers_temps(temps: Iterable[Path]) -> None:
+    """Delete the temp files no process holds locked: their writers were killed (another writer of the same file,
+    at work, holds its own). Not on Windows, whose locks would also stop the writer's own writes."""
+    if not _ADVISORY_LOCKS:
+        return
+    for temp in temps:
+        try:
+            fd = os.open(temp, os.O_RDWR)
+        except OSError:  # gone meanwhile, or not ours to open
+            continue
+        try:
+            _lock(fd, wait=False)
+        except BlockingIOError:
+            continue
+        finally:
+            os.close(fd)
+        temp.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -87,6 +108,8 @@ def _lock(fd: int, *, wait: bool) -> None:
         return
     fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
 
+
+_ADVISORY_LOCKS = importlib.util.find_spec("fcntl") is not None  # flock's; Windows' byte locks bar other writes
 
 _held_locks: dict[str, int] = {}  # lock file -> its descriptor, held until the process exits
 

@@ -176,6 +176,9 @@ def _renamed_pattern(filter: Patterns, pattern: Optional[Patterns]) -> Patterns:
     """``filter``, or ``pattern`` (its name before it took timm's) with a warning."""
     if pattern is None:
         return filter
+    if filter != "*":  # the two had been taken as pattern's alone
+        raise ConfigError(f"filter={filter!r} and pattern={pattern!r}: pattern= is filter='s former name; give filter= "
+                          "only")
     warnings.warn("pattern= is now filter=, as timm names it; pattern= will be removed", DeprecatedArgumentWarning,
                   stacklevel=3)
     return pattern

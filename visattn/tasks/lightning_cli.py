@@ -113,7 +113,8 @@ def _failed_write(path: Path, err: RuntimeError) -> tuple[int, str]:
         limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
     except (ImportError, OSError):  # Windows has no such limit
         limit = None
-    if limit is not None and limit != resource.RLIM_INFINITY:
+    reached = re.search(r"unexpected pos (\d+)", str(err))  # where the write stopped
+    if limit is not None and limit != resource.RLIM_INFINITY and reached and int(reached[1]) >= limit - (1 << 20):
         return errno.EFBIG, f"{os.strerror(errno.EFBIG)}: the file-size limit (ulimit -f) is {limit} bytes"
     return errno.EIO, f"torch could not write it: {_first_line(err)}"
 
