@@ -733,6 +733,23 @@ def test_sigterm_in_fit_stops_the_run_at_its_next_step_and_is_no_success(in_tmp,
     assert signal.getsignal(signal.SIGTERM) is handler
 
 
+def test_sigterm_in_predict_stops_it_writing_nothing(in_tmp, monkeypatch, capsys):
+    """Lightning's predict loop never looks at SIGTERM: predict ran to its end and exited 0 (a review)."""
+    import os
+    import signal
+
+    real_step = ImageClassifier.predict_step
+
+    def terminated(self, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(ImageClassifier, "predict_step", terminated)
+    assert main(["predict", "--config", str(CBAM_CONFIG), *QUICK, *SHIPPED_WEIGHTS]) == 143
+    assert capsys.readouterr().err.splitlines()[-1] == "visattn: terminated"
+    assert not (in_tmp / "outputs" / CBAM_CONFIG.stem / "predictions.jsonl").exists()
+
+
 def test_sigterm_while_a_lightning_command_reads_its_config_is_one_line(monkeypatch, capsys):
     """Before Lightning's handling starts, SIGTERM ended the process at once, without a line (an audit)."""
     import os

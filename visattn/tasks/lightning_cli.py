@@ -857,6 +857,17 @@ def _output_error(trainer: pl.Trainer, err: OSError, default_root_dir: Optional[
     return None
 
 
+class StopAfterSigterm(Callback):
+    """Stop after the batch in which SIGTERM came, in every loop: Lightning's predict loop never looks (a `predict`
+    sent SIGTERM ran to its end and exited 0), and its evaluation loops not after their last batch."""
+
+    def _stop_if_told(self, trainer: pl.Trainer, *args: Any) -> None:
+        if trainer.received_sigterm:
+            raise SIGTERMException
+
+    on_predict_batch_end = on_validation_batch_end = on_test_batch_end = _stop_if_told
+
+
 class MonitoredMetricCheck(Callback):
     """After the sanity check, before any training (else after the first validation, with
     ``num_sanity_val_steps 0``): one line when a ModelCheckpoint or EarlyStopping monitors a validation
@@ -1304,7 +1315,7 @@ class VisattnCLI(LightningCLI):
             callbacks = [*callbacks, LaunchedDataCheck()]
         if self.subcommand == "predict" and not any(isinstance(c, BasePredictionWriter) for c in callbacks):
             callbacks = [*callbacks, JsonPredictionWriter()]
-        return callbacks
+        return [*callbacks, StopAfterSigterm()]
 
     def _set_seed(self) -> None:
         seed = self._get(self.config, "seed_everything")
