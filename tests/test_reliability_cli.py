@@ -1788,6 +1788,28 @@ def test_a_hangup_that_nohup_ignores_stays_ignored(tmp_path, monkeypatch, capsys
     assert (tmp_path / "maps" / "img.png").is_file() and "terminated" not in capsys.readouterr().err
 
 
+def test_a_forked_worker_ends_by_a_stop_signal_as_by_default():
+    """A DataLoader worker forked inside a command raised the command's exception on a hangup: a traceback per
+    worker (a review); it ends as the signal's default ends a process."""
+    import time
+
+    from visattn.cli import _stop_signals_as_exception
+
+    ready, started = os.pipe()
+    with _stop_signals_as_exception():
+        pid = os.fork()
+        if pid == 0:  # the worker: says it runs (a signal in fork's first moments is dropped), then waits
+            os.write(started, b"x")
+            time.sleep(10)
+            os._exit(0)
+        os.read(ready, 1)
+        os.kill(pid, signal.SIGHUP)
+        _, status = os.waitpid(pid, 0)
+    os.close(ready)
+    os.close(started)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGHUP
+
+
 def test_a_killed_writers_temp_file_goes_at_the_next_write_of_its_file(tmp_path, monkeypatch, capsys):
     """Only checkpoints' were removed: a map's, an export's or a weights file's, left by SIGKILL, stayed for good (a
     preemption audit); another file's stays until that file is written."""

@@ -973,6 +973,10 @@ def _stop_signals_as_exception() -> Iterator[None]:
     exception had left DDP's other processes waiting). A signal ignored when the command started (``nohup``) stays
     ignored."""
     def terminate(signum: int, frame: Any) -> None:
+        if os.getpid() != installed_by:  # a forked DataLoader worker: it ends as by default, without a traceback
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
         if signal.getsignal(signum) is not terminate:  # Lightning's, which composes it: Lightning stops the run
             return
         if signal.getsignal(signal.SIGTERM) is not terminate:  # SIGHUP in a Lightning run: stopped as by SIGTERM
@@ -982,6 +986,7 @@ def _stop_signals_as_exception() -> Iterator[None]:
             signal.signal(stop, signal.SIG_IGN)
         raise _Terminated(signum)
 
+    installed_by = os.getpid()
     try:
         handled = [signum for signum in _STOP_SIGNALS if signal.getsignal(signum) is not signal.SIG_IGN]
         previous = {signum: signal.signal(signum, terminate) for signum in handled}
@@ -992,7 +997,7 @@ def _stop_signals_as_exception() -> Iterator[None]:
         yield
     finally:
         for signum, handler in previous.items():
-            signal.signal(signum, handler)
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)  # None: set from C, not Python
 
 
 def _run(argv: list[str]) -> int:
