@@ -1,4 +1,5 @@
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1]),
                                             *filter(None, [os.environ.get("PYTHONPATH")])])
 torch.set_num_threads(1)  # two xdist workers share two cores
+
+
+@pytest.fixture
+def hangup_not_ignored():
+    """SIGHUP as a terminal's session has it: a test run under nohup (as CI may be) ignores it, which visattn's
+    commands then keep ignoring."""
+    previous = signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    yield
+    signal.signal(signal.SIGHUP, previous)
 
 
 @pytest.fixture

@@ -709,6 +709,7 @@ def test_ctrl_c_is_said_by_the_first_process_only(rank, monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP"])
+@pytest.mark.usefixtures("hangup_not_ignored")
 def test_sigterm_in_fit_stops_the_run_at_its_next_step_and_is_no_success(in_tmp, monkeypatch, capfd, signame):
     """timeout, docker stop or a scheduler's SIGTERM: Lightning stops at the next step with a SystemExit without a
     code, so a preempted run exited 0 as a finished one, without a line (an audit of preemption). SIGHUP, which

@@ -1746,6 +1746,7 @@ def test_the_max_pixels_help_gives_the_default_limit(capsys):
 
 @pytest.mark.parametrize("signum, line", [(signal.SIGTERM, "visattn: terminated"),
                                           (signal.SIGHUP, "visattn: terminated (hangup: the terminal closed)")])
+@pytest.mark.usefixtures("hangup_not_ignored")
 def test_sigterm_while_writing_is_one_line_and_leaves_no_temp_file(tmp_path, monkeypatch, capsys, signum, line):
     """kill, timeout or docker stop ended the process at once, leaving the half-written temp file in the folder;
     so did SIGHUP, a closed terminal, which no command handled (an audit of preemption: exit 129, no line)."""
@@ -1788,6 +1789,7 @@ def test_a_hangup_that_nohup_ignores_stays_ignored(tmp_path, monkeypatch, capsys
     assert (tmp_path / "maps" / "img.png").is_file() and "terminated" not in capsys.readouterr().err
 
 
+@pytest.mark.usefixtures("hangup_not_ignored")
 def test_a_forked_worker_ends_by_a_stop_signal_as_by_default():
     """A DataLoader worker forked inside a command raised the command's exception on a hangup: a traceback per
     worker (a review); it ends as the signal's default ends a process."""
