@@ -1706,6 +1706,11 @@ def test_an_unreachable_hub_is_not_retried_for_files_the_cache_may_hold(hf_cache
     model = create_model("vit_tiny_patch16_224", pretrained="hf-hub:timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k")
     torch.testing.assert_close(model.state_dict(), vit, rtol=0, atol=0)
     assert connections == [("huggingface.co", 443)] * 2
+    resnet = timm.create_model("resnet10t").state_dict()
+    _cache_timm_hub_model(hf_cache, "timm/resnet10t.a1_in1k", "resnet10t", resnet)
+    model = build_classifier("timm:hf-hub:timm/resnet10t.a1_in1k", 1000, {"pretrained": True})
+    torch.testing.assert_close(model.state_dict(), resnet, rtol=0, atol=0)
+    assert connections == [("huggingface.co", 443)] * 3  # one probe for the weights and the model (it was two)
     assert constants.HF_HUB_OFFLINE is False  # huggingface_hub's offline mode lasts as long as those calls only
 
 

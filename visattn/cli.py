@@ -126,10 +126,11 @@ def run_lightning(argv: Sequence[str]) -> int:
             print(terminated.line(), file=sys.stderr)
         return 128 + terminated.signum
     except KeyboardInterrupt as interrupt:  # also after Lightning's shutdown, which run_lightning_cli turns into this
+        terminated = getattr(interrupt, "terminated", False)  # SIGTERM, which Lightning stopped the run for
         if rank_zero_only.rank == 0:  # Ctrl-C reaches every DDP process: the line had come once per process
-            stopped = "terminated" if getattr(interrupt, "terminated", False) else "interrupted"
+            stopped = "terminated" if terminated else "interrupted"
             print(f"visattn: {stopped}{_resume_hint(argv[0], interrupt)}", file=sys.stderr)
-        return 128 + signal.SIGTERM if getattr(interrupt, "terminated", False) else 130
+        return 128 + signal.SIGTERM if terminated else 130
     return 0
 
 

@@ -128,10 +128,11 @@ class CocoCaptions(CaptionImages):
         try:
             images = coco.dataset.get("images", [])
             paths = image_paths(self.annotations, images, images_dir)
-            if not coco.dataset.get("annotations"):  # before the images left out for want of a caption
+            annotations = coco.dataset.get("annotations", [])
+            if not annotations:  # before the images left out for want of a caption
                 raise ConfigError(f"{self.annotations}: no image has a caption; is it a COCO captions file?")
-            check_image_ids(self.annotations, images, [ann["image_id"] for ann in coco.dataset.get("annotations", [])])
-            _check_caption_texts(self.annotations, coco.dataset.get("annotations", []))
+            check_image_ids(self.annotations, images, [ann["image_id"] for ann in annotations])
+            _check_caption_texts(self.annotations, annotations)
             for image, path in zip(images, paths):
                 given = [ann["caption"] for ann in coco.imgToAnns.get(image["id"], [])]
                 captions = _with_words(given)

@@ -54,29 +54,33 @@ def build_classifier(model_name: str, num_classes: int, model_kwargs: Optional[d
     kwargs = dict(model_kwargs or {})
     if model_name.startswith("timm:"):
         check_timm_name(model_name[5:])
+        offline = None  # whether the hub can be reached: asked here for weights, else by _create_timm_model
         if starting_weights_skipped():  # the checkpoint loaded next holds every weight: no download, no file
             kwargs = {key: value for key, value in kwargs.items() if key not in TIMM_STARTING_WEIGHTS}
         elif kwargs.get("pretrained") and "pretrained_cfg_overlay" not in kwargs:
             # offline: the cached file, or one line (timm retried the hub and the error blamed model_kwargs)
             cached = offline_timm_file(model_name[5:])
-            if cached is not None:
+            offline = cached is not None
+            if offline:
                 kwargs["pretrained_cfg_overlay"] = {"file": str(cached)}
         checkpoint = kwargs.get("checkpoint_path")
         if checkpoint and not Path(checkpoint).is_file():  # timm's FileNotFoundError has no message: a traceback
             raise WeightsError(f"model.init_args.model_kwargs.checkpoint_path {checkpoint}: no such file; give the "
                                "path of a weights file timm can load (.pth, .bin, .safetensors)")
-        model = _create_timm_model(model_name[5:], num_classes=num_classes, **kwargs)
+        model = _create_timm_model(model_name[5:], offline=offline, num_classes=num_classes, **kwargs)
         if pretrained:
             load_weights(model, model_name if pretrained is True else pretrained, strict=strict)
         return model
     return create_model(model_name, num_classes=num_classes, pretrained=pretrained, strict=strict, **kwargs)
 
 
-def _create_timm_model(name: str, **kwargs: Any) -> nn.Module:
+def _create_timm_model(name: str, *, offline: Optional[bool] = None, **kwargs: Any) -> nn.Module:
+    """``timm.create_model``; ``offline``: whether the hub is known to be unreachable (None: a hub name asks, once)."""
     import timm
     from huggingface_hub.errors import LocalEntryNotFoundError
 
-    offline = name.startswith(HUB_PREFIXES) and unreachable_hub() is not None
+    if offline is None:
+        offline = name.startswith(HUB_PREFIXES) and unreachable_hub() is not None
     try:
         with hub_cache_only(offline):  # the config.json timm reads first: cached, or one line at once
             return timm.create_model(name, **kwargs)
