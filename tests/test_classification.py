@@ -1041,6 +1041,7 @@ def test_data_of_another_size_than_a_vit_takes_is_refused_at_build_naming_both_c
 def test_models_that_take_any_size_accept_data_of_any_size():
     data = {"input_size": [3, 32, 32], "mean": [0.5] * 3, "std": [0.5] * 3}
     ImageClassifier("vit_tiny_patch4_28", model_kwargs={"img_size": 32, "depth": 1}, preprocessing=data)
+    ImageClassifier("vit_tiny_patch4_28", model_kwargs={"depth": 1, "dynamic_img_size": True}, preprocessing=data)
     ImageClassifier("timm:vit_tiny_patch16_224", model_kwargs={"depth": 1, "dynamic_img_size": True}, preprocessing=data)
     ImageClassifier("cbam_resnet20_cifar", preprocessing={**data, "input_size": [3, 48, 48]})
     CaptioningTask("sat_cbam_resnet_scenes", vocab=VOCAB, preprocessing=data)

@@ -147,13 +147,17 @@ def _timm_pair(tmp_path, name, timm_name, **kwargs):
         if isinstance(module, torch.nn.BatchNorm2d):
             module.running_mean.normal_()
             module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.normal_(1, 0.1)  # timm zero-initialises each block's last BN, silencing the branch
+            module.bias.data.normal_(0, 0.1)
     path = tmp_path / f"{timm_name}.safetensors"
     save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, path)
     return reference, create_model(name, pretrained=str(path), **kwargs).eval(), path
 
 
 TIMM_FEATURE_PAIRS = [("resnet18", "resnet18", {}, 64), ("se_resnet18", "seresnet18", {}, 64),
-                      ("vit_tiny_patch16_224", "vit_tiny_patch16_224", dict(img_size=32, depth=3), 32)]
+                      ("eca_resnet50t", "ecaresnet50t", {}, 64),
+                      ("vit_tiny_patch16_224", "vit_tiny_patch16_224", dict(img_size=32, depth=3), 32),
+                      ("vit_tiny_patch16_224", "vit_tiny_patch16_224", dict(img_size=32, depth=3, dynamic_img_size=True), 48)]
 
 
 @pytest.mark.parametrize("name, timm_name, kwargs, size", TIMM_FEATURE_PAIRS)

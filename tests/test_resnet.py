@@ -10,7 +10,7 @@ from torch import nn
 
 from fixtures_memory import checkpointed_share
 from visattn import create_model, list_models
-from visattn.errors import ConfigError, WeightsError
+from visattn.errors import ConfigError, VisattnWarning, WeightsError
 from visattn.layers.bam import Bam
 from visattn.layers.cbam import Cbam
 from visattn.layers.global_context import GlobalContextBlock
@@ -32,12 +32,15 @@ def build_on_meta(arch: str) -> nn.Module:
 
 
 def randomize_bn_stats(model: nn.Module) -> nn.Module:
-    """Non-trivial running statistics, so a buffer that fails to load changes the eval logits."""
+    """Non-trivial running statistics and affine weights, so a buffer that fails to load changes the eval logits
+    and no residual branch is silenced by timm's zero-initialised last BN (``zero_init_last``)."""
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):
                 m.running_mean.normal_(0, 0.1)
                 m.running_var.uniform_(0.5, 1.5)
+                m.weight.normal_(1, 0.1)
+                m.bias.normal_(0, 0.1)
     return model.eval()
 
 
@@ -531,3 +534,66 @@ def test_classifier_task_switches_resnet_grad_checkpointing():
     task = ImageClassifier(model_name="resnet20_cifar", num_classes=3, grad_checkpointing=True)
     assert task.model.grad_checkpointing
     assert not ImageClassifier(model_name="resnet20_cifar", num_classes=3).model.grad_checkpointing
+
+
+@pytest.mark.parametrize("timm_name, arch", [("resnet18d", "resnet18d"), ("resnet50d", "resnet50d"),
+                                             ("ecaresnet50d", "eca_resnet50d"), ("ecaresnet50t", "eca_resnet50t")])
+def test_timm_resnet_d_weights_load_strictly_with_same_logits(timm_name, arch, tmp_path):
+    """timm's deep-stem, average-pooled-shortcut ResNets (ResNet-D) had no layout here: their weights were refused."""
+    torch.manual_seed(0)
+    reference = randomize_bn_stats(timm.create_model(timm_name, num_classes=5))
+    path = tmp_path / f"{timm_name}.pth"
+    torch.save(reference.state_dict(), path)
+    model = create_model(arch, num_classes=5, pretrained=str(path)).eval()  # strict: no missing / unexpected keys
+    assert n_params(model) == n_params(reference)
+    x = torch.randn(2, 3, 45, 33)  # odd sides: the shortcut's average pool rounds up, as timm's
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference(x), atol=1e-5, rtol=0)
+
+
+def test_any_attention_resnet_takes_the_deep_stem_and_a_plain_resnet_d_s_weights(tmp_path):
+    torch.manual_seed(0)
+    reference = randomize_bn_stats(timm.create_model("resnet18d", num_classes=5))
+    path = tmp_path / "resnet18d.pth"
+    torch.save(reference.state_dict(), path)
+    with pytest.warns(VisattnWarning, match=r"loaded non-strictly; kept init for missing layer2\.0\.attn\.attn_logits"):
+        model = create_model("gc_resnet18", num_classes=5, stem_type="deep", avg_down=True, pretrained=str(path),
+                             strict="attention")
+    assert_same_logits(model, reference)  # global context blocks start as the identity
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(stem_type="tiered"), r"^stem_type='tiered': give '' \(the 7x7 conv\), 'deep' or 'deep_tiered'$"),
+    (dict(stem_type="deep", small_input=True), r"^stem_type='deep' with small_input=True: the CIFAR stem"),
+    (dict(stem_type="deep", stem_width=0), r"^stem_width=0: give a whole number >= 1$"),
+    (dict(stem_type="deep_tiered", stem_width=3), r"^stem_width=3: a tiered stem's first conv takes 3/4 of it"),
+])
+def test_bad_stem_arguments_are_one_line(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        create_model("resnet18", **kwargs)
+
+
+@pytest.mark.parametrize("timm_name, arch, output_stride", [("resnet18", "resnet18", 8), ("seresnet50", "se_resnet50", 16),
+                                                            ("resnet50d", "resnet50d", 8), ("resnet50d", "resnet50d", 16)])
+def test_output_stride_dilates_as_timms_resnets_do(timm_name, arch, output_stride, tmp_path):
+    """timm's ``output_stride`` (DeepLab-style dilated stages) was refused as an unknown argument."""
+    torch.manual_seed(0)
+    reference = randomize_bn_stats(timm.create_model(timm_name, num_classes=5, output_stride=output_stride))
+    path = tmp_path / f"{timm_name}.pth"
+    torch.save(reference.state_dict(), path)
+    model = create_model(arch, num_classes=5, output_stride=output_stride, pretrained=str(path)).eval()
+    describe = lambda info: [(level["num_chs"], level["reduction"]) for level in info]  # noqa: E731
+    assert describe(model.feature_info) == describe(reference.feature_info)
+    x = torch.randn(2, 3, 45, 33)
+    with torch.no_grad():
+        (ours, our_maps), (theirs, their_maps) = model.forward_intermediates(x), reference.forward_intermediates(x)
+        torch.testing.assert_close(model.forward_head(ours), reference.forward_head(theirs), atol=1e-5, rtol=0)
+        for mine, timms in zip(our_maps, their_maps, strict=True):
+            torch.testing.assert_close(mine, timms, atol=1e-5, rtol=0)
+    assert our_maps[-1].shape[-2:] == (-(-45 // output_stride), -(-33 // output_stride))
+
+
+@pytest.mark.parametrize("output_stride", [12, 0, "8", True])
+def test_an_output_stride_that_is_not_a_power_of_two_is_one_line(output_stride):
+    with pytest.raises(ConfigError, match=rf"^output_stride={output_stride!r}: give a power of two"):
+        create_model("resnet18", output_stride=output_stride)

@@ -279,3 +279,30 @@ def test_set_input_size_resizes_as_timms_does_and_is_what_saved_weights_rebuild(
     x = torch.randn(1, 3, 96, 96)
     with torch.no_grad():
         torch.testing.assert_close(rebuilt(x), model(x))
+
+
+def test_dynamic_img_size_gives_timms_logits_and_maps_at_any_size(tmp_path):
+    """timm's ``dynamic_img_size`` was refused as an unknown argument: a timm user's any-size inference failed."""
+    reference, path = _timm_file(tmp_path, "vit_tiny_patch16_224", img_size=32, depth=2, dynamic_img_size=True)
+    model = create_model("vit_tiny_patch16_224", img_size=32, depth=2, dynamic_img_size=True, pretrained=str(path))
+    model.eval()
+    with torch.no_grad():
+        for size in ((32, 32), (48, 80), (16, 112)):
+            x = torch.randn(2, 3, *size)
+            torch.testing.assert_close(model(x), reference(x), rtol=0, atol=0)
+            ours, theirs = model.forward_intermediates(x, indices=1), reference.forward_intermediates(x, indices=1)
+            torch.testing.assert_close(ours[1][0], theirs[1][0], rtol=0, atol=0)
+            assert ours[1][0].shape[-2:] == (size[0] // 16, size[1] // 16)
+    assert model.pos_embed.shape == (1, 1 + 4, 192)  # stored on the grid it was built for
+
+
+def test_dynamic_img_size_refuses_sides_that_are_not_multiples_of_the_patch_and_a_fixed_size_names_it():
+    dynamic = create_model("vit_tiny_patch4_28", depth=1, dynamic_img_size=True)
+    with pytest.raises(ConfigError, match=r"^input is \(30, 32\), whose sides are not multiples of the patch size "
+                                          r"\(4, 4\); resize or crop the image to multiples of it$"):
+        dynamic(torch.randn(1, 3, 30, 32))
+    fixed = create_model("vit_tiny_patch4_28", depth=1)
+    with pytest.raises(ConfigError, match=r"^input is \(30, 32\) but the model expects \(28, 28\); resize the image$"):
+        fixed(torch.randn(1, 3, 30, 32))  # no img_size to suggest: 30 is not a multiple of 4
+    with pytest.raises(ConfigError, match=r"build the model with img_size=\(32, 32\) or dynamic_img_size=True$"):
+        fixed(torch.randn(1, 3, 32, 32))

@@ -82,6 +82,8 @@ class PatchEmbed(nn.Module):
         patch_size: patch height and width; must divide ``img_size``.
         in_chans: input channels.
         embed_dim: token size.
+        strict_img_size: refuse inputs of another size than ``img_size`` (timm's name); False takes any size
+            whose sides are multiples of the patch (a ViT's ``dynamic_img_size``).
     """
 
     def __init__(
@@ -90,9 +92,11 @@ class PatchEmbed(nn.Module):
         patch_size: Union[int, tuple[int, int]] = 16,
         in_chans: int = 3,
         embed_dim: int = 768,
+        strict_img_size: bool = True,
     ) -> None:
         super().__init__()
         self.in_chans = check_count("in_chans", in_chans)
+        self.strict_img_size = strict_img_size
         self._set_grid(img_size, patch_size)
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=self.patch_size, stride=self.patch_size)
 
@@ -126,10 +130,15 @@ class PatchEmbed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_image_layout(x, self.in_chans)
-        if not isinstance(x, torch.fx.Proxy) and x.shape[-2:] != self.img_size:
-            size = tuple(int(s) for s in x.shape[-2:])  # the ONNX tracer gives sizes as tensors
-            raise ConfigError(
-                f"input is {size} but the model expects {self.img_size}; "
-                f"resize the image or build the model with img_size={size}"
-            )
+        if not isinstance(x, torch.fx.Proxy):
+            self._check_size(tuple(int(s) for s in x.shape[-2:]))  # the ONNX tracer gives sizes as tensors
         return self.proj(x).flatten(2).transpose(1, 2)  # (B, num_patches, embed_dim)
+
+    def _check_size(self, size: tuple[int, int]) -> None:
+        fits = not any(s % p for s, p in zip(size, self.patch_size))
+        if self.strict_img_size and size != self.img_size:
+            how = f", or build the model with img_size={size} or dynamic_img_size=True" if fits else ""
+            raise ConfigError(f"input is {size} but the model expects {self.img_size}; resize the image{how}")
+        if not self.strict_img_size and not fits:
+            raise ConfigError(f"input is {size}, whose sides are not multiples of the patch size {self.patch_size}; "
+                              "resize or crop the image to multiples of it")

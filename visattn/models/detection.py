@@ -89,8 +89,7 @@ def resnet_stage_channels(body: ResNet) -> list[int]:
 
 def resnet_stage_strides(body: ResNet) -> list[int]:
     """Stride of each stage's output: the stem's (4 for ImageNet, 1 for CIFAR), doubled by every later stage."""
-    stem = body.conv1.stride[0] * (2 if isinstance(body.maxpool, nn.MaxPool2d) else 1)
-    return [stem * 2**i for i in range(len(body.stage_names))]
+    return [info["reduction"] for info in body.feature_info[1:]]
 
 
 def vit_feature_map(body: VisionTransformer, x: Tensor) -> Tensor:

@@ -2,6 +2,8 @@
 
 Papers:
 - He, Zhang, Ren, Sun, "Deep Residual Learning for Image Recognition", CVPR 2016 (arXiv:1512.03385).
+- He, Zhang, Zhang, Zhang, Xie, Li, "Bag of Tricks for Image Classification with Convolutional Neural
+  Networks", CVPR 2019 (arXiv:1812.01187): ResNet-D, a deep 3x3 stem and average-pooled shortcuts.
 - Attention modules: SE (Hu 2018), ECA (Wang 2020), CBAM (Woo 2018), BAM (Park 2018),
   coordinate attention (Hou 2021), non-local (Wang 2018), global context (Cao 2019);
   see ``visattn/layers/``.
@@ -19,6 +21,10 @@ Where each attention goes, following its paper:
 - Non-local: ``block.non_local`` after the residual add of every other block (the first, third,
   ...) of ``layer2`` (at most 2) and ``layer3`` (at most 3): the paper's 5-block ResNet-50 setting.
 
+``*d`` variants are ResNet-D (``stem_type="deep"``, ``avg_down=True``, as timm's ``resnet50d``), ``*t`` the
+tiered deep stem (timm's ``ecaresnet50t``); their keys are timm's (``conv1.0/.1/.3/.4/.6``, shortcut
+``downsample.1/.2``). Any ResNet takes the two arguments.
+
 ``*_resnet20_cifar`` variants are the He 2016 CIFAR layout (3x3 stride-1 stem, no max-pool, three
 stages of three BasicBlocks), widened from 16/32/64 to 28/56/112 channels for 28-64 px inputs:
 0.83M parameters plain, 0.84M with CBAM, every variant under 1M.
@@ -26,7 +32,7 @@ stages of three BasicBlocks), widened from 16/32/64 to 28/56/112 channels for 28
 import contextlib
 import re
 from functools import partial
-from typing import Any, Iterator, Mapping, Optional, Sequence, Union
+from typing import Any, Iterator, Literal, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
@@ -43,19 +49,49 @@ from ..registry import check_num_classes, register_model
 from .features import Indices, take_indices
 
 
-def _conv3x3(in_chs: int, out_chs: int, stride: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(in_chs, out_chs, kernel_size=3, stride=stride, padding=1, bias=False)
+def _conv3x3(in_chs: int, out_chs: int, stride: int = 1, dilation: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_chs, out_chs, kernel_size=3, stride=stride, padding=dilation, dilation=dilation, bias=False)
 
 
 def _conv1x1(in_chs: int, out_chs: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_chs, out_chs, kernel_size=1, stride=stride, bias=False)
 
 
-def _downsample(in_chs: int, out_chs: int, stride: int) -> Optional[nn.Module]:
-    """Projection shortcut (1x1 conv + BN) where the shape changes, else ``None`` (identity)."""
+def _downsample(in_chs: int, out_chs: int, stride: int, avg_down: bool = False,
+                dilated: bool = False) -> Optional[nn.Module]:
+    """Projection shortcut (1x1 conv + BN) where the shape changes, else ``None`` (identity). ``avg_down``
+    (ResNet-D) averages 2x2 before a stride-1 projection, where the strided 1x1 conv drops 3 of 4 positions;
+    at a stage that dilates instead of striding, timm averages 2x2 at stride 1 (``dilated``)."""
     if stride == 1 and in_chs == out_chs:
         return None
-    return nn.Sequential(_conv1x1(in_chs, out_chs, stride), nn.BatchNorm2d(out_chs))
+    if not avg_down:
+        return nn.Sequential(_conv1x1(in_chs, out_chs, stride), nn.BatchNorm2d(out_chs))
+    if stride > 1:
+        pool = nn.AvgPool2d(2, stride, ceil_mode=True, count_include_pad=False)
+    else:
+        pool = _SamePaddedAverage() if dilated else nn.Identity()
+    return nn.Sequential(pool, _conv1x1(in_chs, out_chs), nn.BatchNorm2d(out_chs))
+
+
+class _SamePaddedAverage(nn.Module):
+    """2x2 mean at stride 1 over the input zero-padded by one row and column at the far edges (timm's
+    ``AvgPool2dSame(2, 1)``, whose padding counts in the mean): the shortcut of a dilated ResNet-D stage."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return nn.functional.avg_pool2d(nn.functional.pad(x, (0, 1, 0, 1)), 2, stride=1)
+
+
+StemType = Literal["", "deep", "deep_tiered"]
+
+
+def _deep_stem(in_chans: int, out_chs: int, stem_width: int, tiered: bool) -> nn.Sequential:
+    """ResNet-C/D's three 3x3 convs in place of the 7x7 (the first strided); tiered narrows the first to 3/4."""
+    first = 3 * (stem_width // 4) if tiered else stem_width
+    return nn.Sequential(
+        _conv3x3(in_chans, first, stride=2), nn.BatchNorm2d(first), nn.ReLU(inplace=True),
+        _conv3x3(first, stem_width), nn.BatchNorm2d(stem_width), nn.ReLU(inplace=True),
+        _conv3x3(stem_width, out_chs),
+    )
 
 
 class _ResidualBlock(nn.Module):
@@ -98,6 +134,8 @@ class BasicBlock(_ResidualBlock):
         planes: int,
         *,
         stride: int = 1,
+        dilation: int = 1,
+        first_dilation: Optional[int] = None,
         downsample: Optional[nn.Module] = None,
         attn_layer: Optional[str] = None,
         attn_kwargs: Optional[Mapping] = None,
@@ -105,9 +143,9 @@ class BasicBlock(_ResidualBlock):
         drop_path: float = 0.0,
     ):
         super().__init__()
-        self.conv1 = _conv3x3(in_chs, planes, stride)
+        self.conv1 = _conv3x3(in_chs, planes, stride, first_dilation or dilation)
         self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = _conv3x3(planes, planes)
+        self.conv2 = _conv3x3(planes, planes, dilation=dilation)
         self.bn2 = nn.BatchNorm2d(planes)
         self._init_residual(planes, downsample, attn_layer, attn_kwargs, non_local, drop_path)
 
@@ -131,6 +169,8 @@ class Bottleneck(_ResidualBlock):
         planes: int,
         *,
         stride: int = 1,
+        dilation: int = 1,
+        first_dilation: Optional[int] = None,
         downsample: Optional[nn.Module] = None,
         attn_layer: Optional[str] = None,
         attn_kwargs: Optional[Mapping] = None,
@@ -141,7 +181,7 @@ class Bottleneck(_ResidualBlock):
         out_chs = planes * self.expansion
         self.conv1 = _conv1x1(in_chs, planes)
         self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = _conv3x3(planes, planes, stride)
+        self.conv2 = _conv3x3(planes, planes, stride, first_dilation or dilation)
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv3 = _conv1x1(planes, out_chs)
         self.bn3 = nn.BatchNorm2d(out_chs)
@@ -170,6 +210,12 @@ class ResNet(nn.Module):
         num_classes: classifier size; 0 leaves ``fc`` an identity (features only).
         in_chans: input image channels.
         small_input: CIFAR stem (3x3 stride-1 conv, no max-pool) for 28-64 px images.
+        stem_type: ``""`` the 7x7 conv; ``"deep"`` three 3x3 convs of ``stem_width``, ``stem_width`` and
+            ``widths[0]`` channels (ResNet-C); ``"deep_tiered"`` the first of them 3/4 as wide (timm's ``*t``).
+        stem_width: the deep stem's inner width (timm's default for its ``*d`` and ``*t`` models).
+        avg_down: average-pool shortcuts (ResNet-D): 2x2 average, then a stride-1 1x1 projection.
+        output_stride: the final map's stride, a power of two (timm's 8, 16 or 32): stages past it dilate their
+            3x3 convs instead of striding (Yu & Koltun 2016, as DeepLab's backbones), keeping every weight's shape.
         attn_layer: ``create_attn`` name placed as ``block.attn`` in the blocks of ``attn_stages``.
         attn_stages: 1-based stages that get ``attn_layer``; ``None`` for all.
         bam: put a BAM module after every stage but the last (``bam1``, ``bam2``, ...).
@@ -196,6 +242,10 @@ class ResNet(nn.Module):
         num_classes: int = 1000,
         in_chans: int = 3,
         small_input: bool = False,
+        stem_type: StemType = "",
+        stem_width: int = 32,
+        avg_down: bool = False,
+        output_stride: int = 32,
         attn_layer: Optional[str] = None,
         attn_stages: Optional[Sequence[int]] = None,
         bam: bool = False,
@@ -211,31 +261,36 @@ class ResNet(nn.Module):
         check_rate("drop_rate", drop_rate)
         check_rate("drop_path_rate", drop_path_rate)
         _check_head(num_classes, global_pool)
+        _check_stem(stem_type, stem_width, small_input)
+        plan = _stage_plan(len(layers), 1 if small_input else 4, _check_output_stride(output_stride))
         non_local_blocks = _stage_numbers(non_local_blocks)
         _check_stages(block, layers, widths)
         _check_placement(layers, attn_stages, non_local_blocks)
         attn_kwargs = attn_kwargs or {}
         self.num_classes = num_classes
+        self.in_chans = in_chans
         self.input_size = (in_chans, 32, 32) if small_input else (in_chans, 224, 224)
-        self._make_stem(in_chans, widths[0], small_input)
+        self._make_stem(in_chans, widths[0], small_input, stem_type, stem_width)
         self.stage_names = [f"layer{i}" for i in range(1, len(layers) + 1)]
         self._make_stages(
-            block, layers, widths, attn_layer, attn_stages, non_local_blocks, attn_kwargs, drop_path_rate
+            block, layers, widths, plan, attn_layer, attn_stages, non_local_blocks, attn_kwargs, drop_path_rate, avg_down
         )
         self.num_features = self.head_hidden_size = widths[-1] * block.expansion
         if bam:
             for i, width in enumerate(widths[:-1], start=1):
                 setattr(self, f"bam{i}", create_attn("bam", width * block.expansion, **attn_kwargs))
-        self.feature_info = _feature_info(block, widths, small_input, bam)
+        self.feature_info = _feature_info(block, widths, small_input, plan, bam)
         self.global_pool = GlobalPool2d(global_pool)
         self.drop = nn.Dropout(drop_rate)
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         self.grad_checkpointing = False
         self._init_weights(zero_init_residual)
 
-    def _make_stem(self, in_chans: int, width: int, small_input: bool) -> None:
+    def _make_stem(self, in_chans: int, width: int, small_input: bool, stem_type: StemType, stem_width: int) -> None:
         if small_input:
             self.conv1 = _conv3x3(in_chans, width)
+        elif stem_type:
+            self.conv1 = _deep_stem(in_chans, width, stem_width, tiered=stem_type == "deep_tiered")
         else:
             self.conv1 = nn.Conv2d(in_chans, width, kernel_size=7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
@@ -247,25 +302,30 @@ class ResNet(nn.Module):
         block: BlockType,
         layers: Sequence[int],
         widths: Sequence[int],
+        plan: Sequence[tuple[int, int, int]],
         attn_layer: Optional[str],
         attn_stages: Optional[Sequence[int]],
         non_local_blocks: Optional[Mapping[int, Sequence[int]]],
         attn_kwargs: Mapping,
         drop_path_rate: float,
+        avg_down: bool,
     ) -> None:
         num_blocks = sum(layers)
         drop_paths = [drop_path_rate * i / max(num_blocks - 1, 1) for i in range(num_blocks)]
         in_chs = widths[0]
-        for stage, (depth, planes) in enumerate(zip(layers, widths), start=1):
+        for stage, (depth, planes, (stage_stride, dilation, _)) in enumerate(zip(layers, widths, plan), start=1):
             with_non_local = set((non_local_blocks or {}).get(stage, ()))
+            previous_dilation = plan[stage - 2][1] if stage > 1 else 1
             blocks = []
             for i in range(depth):
-                stride = 2 if stage > 1 and i == 0 else 1
+                stride = stage_stride if i == 0 else 1
                 blocks.append(block(
                     in_chs,
                     planes,
                     stride=stride,
-                    downsample=_downsample(in_chs, planes * block.expansion, stride),
+                    dilation=dilation,
+                    first_dilation=previous_dilation if i == 0 else dilation,
+                    downsample=_downsample(in_chs, planes * block.expansion, stride, avg_down, dilated=dilation > 1),
                     attn_layer=attn_layer if attn_stages is None or stage in attn_stages else None,
                     attn_kwargs=attn_kwargs,
                     non_local=i in with_non_local,
@@ -302,7 +362,7 @@ class ResNet(nn.Module):
         if output_fmt != "NCHW":
             raise ConfigError(f"output_fmt={output_fmt!r}: a ResNet's feature maps are NCHW; drop output_fmt")
         taken, last = take_indices(len(self.feature_info), indices)
-        check_image_layout(x, self.conv1.in_channels)
+        check_image_layout(x, self.in_chans)
         x = self.relu(self.bn1(self.conv1(x)))
         maps = [x] if 0 in taken else []
         x = self.maxpool(x)
@@ -345,7 +405,8 @@ class ResNet(nn.Module):
         return x
 
     def forward_features(self, x: Tensor) -> Tensor:
-        """Pre-pool feature map ``(B, num_features, H / 32, W / 32)`` (``H / 4`` for the CIFAR layout)."""
+        """Pre-pool feature map ``(B, num_features, H / 32, W / 32)`` (``H / 4`` for the CIFAR layout, ``H / 8``
+        or ``H / 16`` at those ``output_stride``)."""
         return self.forward_stages(x)[-1]
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
@@ -403,16 +464,34 @@ class ResNet(nn.Module):
 _TIMM_SAME_ATTN = (SqueezeExcite, EfficientChannelAttention)
 
 
-def _feature_info(block: BlockType, widths: Sequence[int], small_input: bool, bam: bool) -> list[dict[str, Any]]:
+def _stage_plan(num_stages: int, first_reduction: int, output_stride: int) -> list[tuple[int, int, int]]:
+    """Each stage's stride, dilation and output reduction: a stage whose stride would take the map past
+    ``output_stride`` dilates by it instead (timm's ``make_blocks``)."""
+    plan, reduction, dilation = [], first_reduction, 1
+    for stage in range(1, num_stages + 1):
+        stride = 2 if stage > 1 else 1
+        if reduction >= output_stride:
+            dilation, stride = dilation * stride, 1
+        reduction *= stride
+        plan.append((stride, dilation, reduction))
+    return plan
+
+
+def _feature_info(block: BlockType, widths: Sequence[int], small_input: bool, plan: Sequence[tuple[int, int, int]],
+                  bam: bool) -> list[dict[str, Any]]:
     """timm's ``feature_info``: channels, stride and module of the stem's output and each stage's."""
-    reduction = 1 if small_input else 2
-    info = [dict(num_chs=widths[0], reduction=reduction, module="relu")]
-    reduction *= 1 if small_input else 2  # the max-pool
-    for stage, planes in enumerate(widths, start=1):
-        reduction *= 2 if stage > 1 else 1
+    info = [dict(num_chs=widths[0], reduction=1 if small_input else 2, module="relu")]
+    for stage, (planes, (_, _, reduction)) in enumerate(zip(widths, plan), start=1):
         module = f"bam{stage}" if bam and stage < len(widths) else f"layer{stage}"
         info.append(dict(num_chs=planes * block.expansion, reduction=reduction, module=module))
     return info
+
+
+def _check_output_stride(output_stride: object) -> int:
+    if not is_count(output_stride) or output_stride & (output_stride - 1):
+        raise ConfigError(f"output_stride={output_stride!r}: give a power of two (8, 16 or 32 for an ImageNet "
+                          "ResNet; 32 does not dilate)")
+    return int(output_stride)
 
 
 def _check_head(num_classes: int, global_pool: str) -> None:
@@ -420,6 +499,17 @@ def _check_head(num_classes: int, global_pool: str) -> None:
     if check_pool_type(global_pool) == "" and num_classes > 0:
         raise ConfigError(f"global_pool='' leaves the feature map unpooled and num_classes={num_classes} needs "
                           "pooled features: give num_classes=0 for the map, or global_pool='avg'")
+
+
+def _check_stem(stem_type: object, stem_width: object, small_input: bool) -> None:
+    if stem_type not in ("", "deep", "deep_tiered"):
+        raise ConfigError(f"stem_type={stem_type!r}: give '' (the 7x7 conv), 'deep' or 'deep_tiered'")
+    if stem_type and small_input:
+        raise ConfigError(f"stem_type={stem_type!r} with small_input=True: the CIFAR stem is one stride-1 3x3 conv; "
+                          "give stem_type='' or small_input=False")
+    check_count("stem_width", stem_width)
+    if stem_type == "deep_tiered" and stem_width < 4:
+        raise ConfigError(f"stem_width={stem_width}: a tiered stem's first conv takes 3/4 of it; give at least 4")
 
 
 def _stage_numbers(non_local_blocks: Optional[Mapping]) -> dict[int, tuple[int, ...]]:
@@ -499,6 +589,10 @@ CIFAR_WIDTHS = (28, 56, 112)
 def _create_resnet(depth: int, attn: Optional[str] = None, **kwargs) -> ResNet:
     block, layers = _IMAGENET_DEPTHS[depth]
     return _create_placed(attn, {"block": block, "layers": layers}, kwargs)
+
+
+def _create_resnet_d(depth: int, attn: Optional[str] = None, stem_type: StemType = "deep", **kwargs) -> ResNet:
+    return _create_resnet(depth, attn, **{"stem_type": stem_type, "avg_down": True, **kwargs})
 
 
 def _create_resnet_cifar(attn: Optional[str] = None, **kwargs) -> ResNet:
@@ -724,6 +818,48 @@ def nl_resnet101(**kwargs) -> ResNet:
 def gc_resnet101(**kwargs) -> ResNet:
     """ResNet-101 with global context blocks in stages 2-4 (Cao 2019)."""
     return _create_resnet(101, attn="gc", **kwargs)
+
+
+@register_model
+def resnet18d(**kwargs) -> ResNet:
+    """ResNet-18-D: deep stem, average-pooled shortcuts (He 2019); timm's ``resnet18d`` weights load."""
+    return _create_resnet_d(18, **kwargs)
+
+
+@register_model
+def resnet34d(**kwargs) -> ResNet:
+    """ResNet-34-D: deep stem, average-pooled shortcuts (He 2019); timm's ``resnet34d`` weights load."""
+    return _create_resnet_d(34, **kwargs)
+
+
+@register_model
+def resnet50d(**kwargs) -> ResNet:
+    """ResNet-50-D: deep stem, average-pooled shortcuts (He 2019); timm's ``resnet50d`` weights load."""
+    return _create_resnet_d(50, **kwargs)
+
+
+@register_model
+def resnet101d(**kwargs) -> ResNet:
+    """ResNet-101-D: deep stem, average-pooled shortcuts (He 2019); timm's ``resnet101d`` weights load."""
+    return _create_resnet_d(101, **kwargs)
+
+
+@register_model
+def eca_resnet50d(**kwargs) -> ResNet:
+    """ResNet-50-D with ECA in every block (Wang 2020); timm's ``ecaresnet50d`` weights load."""
+    return _create_resnet_d(50, attn="eca", **kwargs)
+
+
+@register_model
+def eca_resnet101d(**kwargs) -> ResNet:
+    """ResNet-101-D with ECA in every block (Wang 2020); timm's ``ecaresnet101d`` weights load."""
+    return _create_resnet_d(101, attn="eca", **kwargs)
+
+
+@register_model
+def eca_resnet50t(**kwargs) -> ResNet:
+    """ResNet-50-D with a tiered deep stem and ECA in every block; timm's ``ecaresnet50t`` weights load."""
+    return _create_resnet_d(50, attn="eca", stem_type="deep_tiered", **kwargs)
 
 
 @register_model

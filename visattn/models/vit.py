@@ -90,6 +90,9 @@ class VisionTransformer(nn.Module):
         proj_drop_rate: dropout after attention and MLP projections.
         attn_drop_rate: dropout on attention probabilities.
         drop_path_rate: stochastic depth, increased linearly to this value over the blocks.
+        dynamic_img_size: take images of any size whose sides are multiples of the patch, the position embeddings
+            resampled to each batch's grid in every forward (timm's switch of the same name); ``img_size`` is then
+            the grid they are stored on.
     """
 
     classifier = "head"
@@ -115,6 +118,7 @@ class VisionTransformer(nn.Module):
         proj_drop_rate: float = 0.0,
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
+        dynamic_img_size: bool = False,
     ) -> None:
         super().__init__()
         _check_pool(global_pool, class_token)
@@ -129,7 +133,8 @@ class VisionTransformer(nn.Module):
         self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
         self.num_prefix_tokens = 1 if class_token else 0
 
-        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
+        self.dynamic_img_size = dynamic_img_size
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, strict_img_size=not dynamic_img_size)
         self.input_size = (in_chans, *self.patch_embed.img_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
         self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + self.num_prefix_tokens, embed_dim))
@@ -217,17 +222,30 @@ class VisionTransformer(nn.Module):
             self.visattn_kwargs = {**self.visattn_kwargs, "img_size": self.patch_embed.img_size,
                                    "patch_size": self.patch_embed.patch_size}
 
-    def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
+    def _token_grid(self, x: torch.Tensor) -> tuple[int, int]:
+        """The patch grid of images ``x``: ``grid_size`` unless the model takes any size."""
+        if not self.dynamic_img_size:
+            return self.grid_size
+        return x.shape[-2] // self.patch_embed.patch_size[0], x.shape[-1] // self.patch_embed.patch_size[1]
+
+    def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Patch tokens with the prefix and position embeddings added, ``(B, prefix + N, C)``, and their grid."""
+        grid = self._token_grid(x)
+        x = self.patch_embed(x)
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
-        return self.pos_drop(x + self.pos_embed)  # (B, prefix + N, C)
+        pos_embed = self.pos_embed
+        if grid != self.grid_size:
+            pos_embed = resample_abs_pos_embed(pos_embed, new_size=grid, old_size=self.grid_size,
+                                               num_prefix_tokens=self.num_prefix_tokens)
+        return self.pos_drop(x + pos_embed), grid
 
     def forward_features(
         self, x: torch.Tensor, return_attention: bool = False
     ) -> Union[torch.Tensor, tuple[torch.Tensor, Attentions]]:
         """Tokens after the last block and norm, ``(B, prefix + N, C)``; with ``return_attention``
         also each block's attention probabilities, a list of ``(B, heads, prefix + N, prefix + N)``."""
-        x = self._pos_embed(self.patch_embed(x))
+        x, _ = self._embed(x)
         if not return_attention:
             if self.grad_checkpointing and torch.is_grad_enabled():
                 for block in self.blocks:
@@ -257,7 +275,7 @@ class VisionTransformer(nn.Module):
         if output_fmt not in ("NCHW", "NLC"):
             raise ConfigError(f"output_fmt={output_fmt!r}: give 'NCHW' (maps) or 'NLC' (tokens)")
         taken, last = take_indices(len(self.blocks), indices)  # as timm: pruning shortens blocks
-        x = self._pos_embed(self.patch_embed(x))
+        x, grid = self._embed(x)
         maps = []
         for i, block in enumerate(self.blocks[:last + 1] if stop_early else self.blocks):
             x = self._run_block(block, x)
@@ -266,7 +284,7 @@ class VisionTransformer(nn.Module):
         prefixes = [y[:, :self.num_prefix_tokens] for y in maps]
         maps = [y[:, self.num_prefix_tokens:] for y in maps]  # (B, h * w, C)
         if output_fmt == "NCHW":
-            maps = [y.reshape(y.shape[0], *self.grid_size, -1).permute(0, 3, 1, 2).contiguous() for y in maps]
+            maps = [y.reshape(y.shape[0], *grid, -1).permute(0, 3, 1, 2).contiguous() for y in maps]
         if return_prefix_tokens and self.num_prefix_tokens:
             maps = list(zip(maps, prefixes))
         return maps if intermediates_only else (self.norm(x), maps)
