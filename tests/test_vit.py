@@ -163,8 +163,10 @@ def test_reset_classifier_and_get_classifier_match_timm(tmp_path):
 
 def test_reset_classifier_refuses_unsupported_pooling():
     model = create_model("vit_tiny_patch4_28", depth=1)
-    with pytest.raises(ConfigError, match="global_pool='max'"):
-        model.reset_classifier(5, "max")
+    with pytest.raises(ConfigError, match=r"^global_pool='map': use 'token', 'avg', 'max', 'avgmax' or ''"):
+        model.reset_classifier(5, "map")
+    with pytest.raises(ConfigError, match=r"^global_pool='' leaves the tokens unpooled and num_classes=5 needs"):
+        model.reset_classifier(5, "")
     without_token = create_model("vit_tiny_patch4_28", depth=1, class_token=False, global_pool="avg")
     with pytest.raises(ConfigError, match="class_token=True"):
         without_token.reset_classifier(5, "token")
@@ -306,3 +308,20 @@ def test_dynamic_img_size_refuses_sides_that_are_not_multiples_of_the_patch_and_
         fixed(torch.randn(1, 3, 30, 32))  # no img_size to suggest: 30 is not a multiple of 4
     with pytest.raises(ConfigError, match=r"build the model with img_size=\(32, 32\) or dynamic_img_size=True$"):
         fixed(torch.randn(1, 3, 32, 32))
+
+
+@pytest.mark.parametrize("pool, num_classes", [("max", 5), ("avgmax", 5), ("", 0)])
+def test_timms_other_poolings_give_its_logits_and_tokens(pool, num_classes, tmp_path):
+    """timm's ViTs pool by max, avgmax or not at all; visattn took only 'token' and 'avg'."""
+    reference, path = _timm_file(tmp_path, "vit_tiny_patch16_224", img_size=32, depth=2, global_pool=pool,
+                                 num_classes=num_classes)
+    model = create_model("vit_tiny_patch16_224", img_size=32, depth=2, global_pool=pool, num_classes=num_classes,
+                         pretrained=str(path)).eval()  # strict: fc_norm built where timm builds it
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference(x), rtol=0, atol=0)
+        reference.reset_classifier(0, "avg")
+        model.reset_classifier(0, "avg")
+        torch.testing.assert_close(model(x), reference(x), rtol=0, atol=0)
+    with pytest.raises(ConfigError, match=r"^global_pool='' leaves the tokens unpooled and num_classes=3 needs"):
+        create_model("vit_tiny_patch4_28", depth=1, global_pool="", num_classes=3)

@@ -25,6 +25,7 @@ from .attention import (as_index, as_module, attention_map, check_gives_attentio
                         gives_attention, input_channels, is_vit, model_batch, token_grid)
 from .cell_centres import CellCentres, map_centres
 from .gates import gate_maps, gate_modules, missing_gates
+from ..models.vit import PATCH_POOLS
 from ..modes import eval_mode
 from ..scores import reported_score
 from .gradcam import grad_cam
@@ -142,7 +143,8 @@ def explain_batch(
     with eval_mode(model):
         _, attentions = collect_attentions(model, images)
     grid = token_grid(model, images.shape[-2:])
-    pooled = getattr(model, "global_pool", "token") == "avg"  # the head reads the patch tokens' mean
+    # the head reads the patch tokens (their mean, max or both), not the class token
+    pooled = getattr(model, "global_pool", "token") in PATCH_POOLS
     if method == "rollout":
         return attention_rollout(attentions, grid, num_prefix_tokens=model.num_prefix_tokens,
                                  head_fusion=head_fusion, discard_ratio=discard_ratio, pooled=pooled)[0]

@@ -23,6 +23,9 @@ from ..registry import check_num_classes, register_model
 from .features import Indices, take_indices
 
 Attentions = list[torch.Tensor]
+PoolType = Literal["token", "avg", "avgmax", "max", ""]
+# Poolings that read the patch tokens (not the class token); timm builds fc_norm for them by default.
+PATCH_POOLS = ("avg", "avgmax", "max")
 # Parameters trained without weight decay, as in timm (which reads them from ``no_weight_decay()``).
 NO_WEIGHT_DECAY = ("pos_embed", "cls_token")
 
@@ -76,7 +79,9 @@ class VisionTransformer(nn.Module):
         patch_size: patch size; must divide ``img_size``.
         in_chans: input channels.
         num_classes: classes; 0 gives a model without head (``forward`` returns pooled features).
-        global_pool: ``"token"`` (class token) or ``"avg"`` (mean of patch tokens).
+        global_pool: ``"token"`` (class token), ``"avg"``, ``"max"`` or ``"avgmax"`` (mean of the two) over the
+            patch tokens, as timm's; ``""`` for none, where ``forward`` returns the ``(B, prefix + N, C)`` tokens and
+            ``num_classes`` must be 0.
         embed_dim: token size.
         depth: number of blocks.
         num_heads: attention heads per block.
@@ -84,7 +89,7 @@ class VisionTransformer(nn.Module):
         qkv_bias: bias on the QKV projection.
         init_values: LayerScale init; None disables LayerScale.
         class_token: prepend a learned class token.
-        fc_norm: put the final norm after pooling; None means "when ``global_pool='avg'``", as in timm.
+        fc_norm: put the final norm after pooling; None means "when pooling patch tokens", as in timm.
         drop_rate: dropout before the head.
         pos_drop_rate: dropout after adding position embeddings.
         proj_drop_rate: dropout after attention and MLP projections.
@@ -104,7 +109,7 @@ class VisionTransformer(nn.Module):
         patch_size: Union[int, tuple[int, int]] = 16,
         in_chans: int = 3,
         num_classes: int = 1000,
-        global_pool: Literal["token", "avg"] = "token",
+        global_pool: PoolType = "token",
         embed_dim: int = 768,
         depth: int = 12,
         num_heads: int = 12,
@@ -121,13 +126,13 @@ class VisionTransformer(nn.Module):
         dynamic_img_size: bool = False,
     ) -> None:
         super().__init__()
-        _check_pool(global_pool, class_token)
+        _check_pool(global_pool, class_token, num_classes)
         for name, count in (("depth", depth), ("embed_dim", embed_dim), ("num_heads", num_heads)):
             check_count(name, count)  # a width or head count of 0 was a ZeroDivisionError
         for name, rate in (("drop_rate", drop_rate), ("pos_drop_rate", pos_drop_rate), ("proj_drop_rate", proj_drop_rate),
                            ("attn_drop_rate", attn_drop_rate), ("drop_path_rate", drop_path_rate)):
             check_rate(name, rate)
-        use_fc_norm = global_pool == "avg" if fc_norm is None else fc_norm
+        use_fc_norm = global_pool in PATCH_POOLS if fc_norm is None else fc_norm
         self.num_classes = num_classes
         self.global_pool = global_pool
         self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
@@ -193,8 +198,8 @@ class VisionTransformer(nn.Module):
         """A fresh ``head`` of ``num_classes`` outputs (0: identity); ``global_pool`` switches the pooling
         and, as in timm, leaves ``norm`` / ``fc_norm`` as they were built."""
         num_classes = check_num_classes(num_classes)
+        _check_pool(self.global_pool if global_pool is None else global_pool, self.cls_token is not None, num_classes)
         if global_pool is not None:
-            _check_pool(global_pool, self.cls_token is not None)
             self.global_pool = global_pool
             if hasattr(self, "visattn_kwargs"):  # what save_weights records, so that ARCH.TAG pools the same way
                 built_norm = not isinstance(self.fc_norm, nn.Identity)  # fc_norm defaults from global_pool
@@ -303,11 +308,7 @@ class VisionTransformer(nn.Module):
         return taken
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        if self.global_pool == "avg":
-            x = x[:, self.num_prefix_tokens:].mean(dim=1)
-        else:
-            x = x[:, 0]
-        x = self.head_drop(self.fc_norm(x))
+        x = self.head_drop(self.fc_norm(_pool_tokens(x, self.global_pool, self.num_prefix_tokens)))
         return x if pre_logits else self.head(x)
 
     def forward(
@@ -388,11 +389,28 @@ def drop_pooled_head(model: nn.Module) -> nn.Module:
     return model
 
 
-def _check_pool(global_pool: str, class_token: bool) -> None:
-    if global_pool not in ("token", "avg"):
-        raise ConfigError(f"global_pool={global_pool!r}: use 'token' or 'avg'")
+def _pool_tokens(x: torch.Tensor, global_pool: str, num_prefix_tokens: int) -> torch.Tensor:
+    """``(B, C)`` from the ``(B, prefix + N, C)`` tokens (timm's ``global_pool_nlc``); the tokens for ``""``."""
+    if global_pool == "token":
+        return x[:, 0]
+    if not global_pool:
+        return x
+    patches = x[:, num_prefix_tokens:]
+    if global_pool == "avg":
+        return patches.mean(dim=1)
+    if global_pool == "max":
+        return patches.amax(dim=1)
+    return 0.5 * (patches.amax(dim=1) + patches.mean(dim=1))  # avgmax
+
+
+def _check_pool(global_pool: str, class_token: bool, num_classes: int) -> None:
+    if global_pool not in ("token", *PATCH_POOLS, ""):
+        raise ConfigError(f"global_pool={global_pool!r}: use 'token', 'avg', 'max', 'avgmax' or '' (no pooling)")
     if global_pool == "token" and not class_token:
         raise ConfigError("global_pool='token' needs class_token=True; use global_pool='avg' without it")
+    if global_pool == "" and num_classes > 0:
+        raise ConfigError(f"global_pool='' leaves the tokens unpooled and num_classes={num_classes} needs pooled "
+                          "features: give num_classes=0 for the tokens, or global_pool='token' or 'avg'")
 
 
 def convert_torchvision_vit(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
