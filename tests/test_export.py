@@ -348,6 +348,21 @@ def test_cli_export_with_dynamic_size(tmp_path, capsys):
                                        "position embeddings are laid out for one grid); export it without\n")
 
 
+def test_a_vit_of_any_size_exports_at_one_and_refuses_dynamic_size(tmp_path):
+    """Its position embeddings are resampled in Python: a dynamic-size graph traced at 28 px failed at any other
+    size in onnxruntime ("Attempting to broadcast an axis by a dimension other than 1"), and one traced at another
+    size than it was built for did not export (ONNX has no antialiased bicubic resize)."""
+    model = create_model("vit_tiny_patch4_28", depth=1, num_classes=3, dynamic_img_size=True).eval()
+    with pytest.raises(ArgumentError, match=r"^dynamic_size=True: VisionTransformer resamples its position embeddings "
+                                            r"to each image size in Python"):
+        export_onnx(model, tmp_path / "m.onnx", dynamic_size=True)
+    path = export_onnx(model, tmp_path / "m.onnx", input_size=(3, 32, 24))
+    images = torch.randn(2, 3, 32, 24)
+    with torch.no_grad():
+        expected = model(images).numpy()
+    assert np.abs(onnx_session(path).run(None, {"images": images.numpy()})[0] - expected).max() <= 1e-4
+
+
 def test_onnxruntime_refusing_a_chosen_opset_is_one_line(tmp_path, monkeypatch, capsys):
     def refuse(path, **kwargs):
         raise RuntimeError("[ONNXRuntimeError] : 9 : NOT_IMPLEMENTED : Could not find an implementation for Gather(13)")

@@ -10,6 +10,7 @@ nodes from opset 14 on, so the file runs on any onnxruntime build.
 from __future__ import annotations
 
 import contextlib
+import copy
 import importlib
 import json
 import os
@@ -107,6 +108,10 @@ def _write_onnx(model: nn.Module, path: Path, *, input_size: Optional[Sequence[i
     if dynamic_size and fixed is not None:
         raise ArgumentError("dynamic_size", True, f"{type(model).__name__} takes {fixed[0]}x{fixed[1]} images only (its "
                                                   "position embeddings are laid out for one grid); export it without")
+    if dynamic_size and getattr(model, "dynamic_img_size", False):  # visattn's ViTs and timm's
+        raise ArgumentError("dynamic_size", True, f"{type(model).__name__} resamples its position embeddings to each "
+                                                  "image size in Python, which the traced graph would fix at one; "
+                                                  "export it at one size without")
     image_axes = {0: "batch", 2: "height", 3: "width"} if dynamic_size else {0: "batch"}
     size = _input_size(model, input_size)
     properties = _metadata_props(metadata or {})
@@ -118,12 +123,23 @@ def _write_onnx(model: nn.Module, path: Path, *, input_size: Optional[Sequence[i
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         with _opset_refusals(opset):
             torch.onnx.export(
-                _Logits(model), (example,), str(path), dynamo=False, opset_version=opset,
+                _Logits(_at_traced_size(model, size)), (example,), str(path), dynamo=False, opset_version=opset,
                 input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                 dynamic_axes={INPUT_NAME: image_axes, OUTPUT_NAME: {0: "batch"}},
             )
     if properties:
         _add_metadata(path, properties)
+
+
+def _at_traced_size(model: nn.Module, size: Sequence[int]) -> nn.Module:
+    """``model``, or for a ViT of any size traced at another than it was built for, a copy built for that size: it
+    resamples its position embeddings in Python with antialiased bicubic interpolation, which ONNX has no operator
+    for; the copy holds them resampled the same way, as constants."""
+    if not getattr(model, "dynamic_img_size", False) or tuple(size[1:]) == tuple(model.patch_embed.img_size):
+        return model
+    resized = copy.deepcopy(model)
+    resized.set_input_size(img_size=tuple(size[1:]))
+    return resized
 
 
 def check_opset(opset: int) -> None:
