@@ -597,3 +597,35 @@ def test_output_stride_dilates_as_timms_resnets_do(timm_name, arch, output_strid
 def test_an_output_stride_that_is_not_a_power_of_two_is_one_line(output_stride):
     with pytest.raises(ConfigError, match=rf"^output_stride={output_stride!r}: give a power of two"):
         create_model("resnet18", output_stride=output_stride)
+
+
+@pytest.mark.parametrize("source, source_name, arch", [
+    ("timm", "seresnext50_32x4d", "se_resnext50_32x4d"), ("timm", "resnext50_32x4d", "resnext50_32x4d"),
+    ("torchvision", "resnext50_32x4d", "resnext50_32x4d"), ("torchvision", "wide_resnet50_2", "wide_resnet50_2"),
+])
+def test_resnext_and_wide_resnet_weights_load_strictly_with_same_logits(source, source_name, arch, tmp_path):
+    """Grouped (ResNeXt) and widened Bottlenecks had no layout here: SE-ResNeXt, the SE paper's own model, and
+    torchvision's ResNeXt and Wide ResNet weights were refused."""
+    torch.manual_seed(0)
+    build = timm.create_model if source == "timm" else getattr(torchvision.models, source_name)
+    reference = randomize_bn_stats(build(source_name) if source == "timm" else build())
+    path = tmp_path / f"{source_name}.pth"
+    torch.save(reference.state_dict(), path)
+    model = create_model(arch, pretrained=str(path))  # strict: no missing / unexpected keys
+    assert n_params(model) == n_params(reference)
+    assert_same_logits(model, reference)
+
+
+def test_a_resnext_backbone_gives_its_stages_channels_to_the_pyramid():
+    from visattn.models.detection import resnet_stage_channels
+
+    with torch.device("meta"):
+        body = create_model("resnext50_32x4d", num_classes=0)
+    assert resnet_stage_channels(body) == [256, 512, 1024, 2048]  # not 4x the grouped conv's width (512, ...)
+
+
+@pytest.mark.parametrize("kwargs", [dict(cardinality=32), dict(base_width=128)])
+def test_a_grouped_or_widened_basic_block_resnet_is_one_line(kwargs):
+    with pytest.raises(ConfigError, match=r"^cardinality=\d+, base_width=\d+: a BasicBlock ResNet \(ResNet-18/34, the "
+                                          r"CIFAR layout\) has no grouped or widened 3x3 conv"):
+        create_model("resnet18", **kwargs)

@@ -83,8 +83,7 @@ def create_backbone(
 
 
 def resnet_stage_channels(body: ResNet) -> list[int]:
-    # Every block's conv1 has ``planes`` outputs and the block ends with ``planes * expansion``.
-    return [getattr(body, n)[-1].conv1.out_channels * type(getattr(body, n)[-1]).expansion for n in body.stage_names]
+    return [info["num_chs"] for info in body.feature_info[1:]]
 
 
 def resnet_stage_strides(body: ResNet) -> list[int]:

@@ -4,6 +4,8 @@ Papers:
 - He, Zhang, Ren, Sun, "Deep Residual Learning for Image Recognition", CVPR 2016 (arXiv:1512.03385).
 - He, Zhang, Zhang, Zhang, Xie, Li, "Bag of Tricks for Image Classification with Convolutional Neural
   Networks", CVPR 2019 (arXiv:1812.01187): ResNet-D, a deep 3x3 stem and average-pooled shortcuts.
+- Xie, Girshick, Dollar, Tu, He, "Aggregated Residual Transformations for Deep Neural Networks", CVPR 2017
+  (arXiv:1611.05431): ResNeXt's grouped 3x3 convs; Zagoruyko & Komodakis 2016 (arXiv:1605.07146): wide ResNets.
 - Attention modules: SE (Hu 2018), ECA (Wang 2020), CBAM (Woo 2018), BAM (Park 2018),
   coordinate attention (Hou 2021), non-local (Wang 2018), global context (Cao 2019);
   see ``visattn/layers/``.
@@ -49,8 +51,9 @@ from ..registry import check_num_classes, register_model
 from .features import Indices, take_indices
 
 
-def _conv3x3(in_chs: int, out_chs: int, stride: int = 1, dilation: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(in_chs, out_chs, kernel_size=3, stride=stride, padding=dilation, dilation=dilation, bias=False)
+def _conv3x3(in_chs: int, out_chs: int, stride: int = 1, dilation: int = 1, groups: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_chs, out_chs, kernel_size=3, stride=stride, padding=dilation, dilation=dilation,
+                     groups=groups, bias=False)
 
 
 def _conv1x1(in_chs: int, out_chs: int, stride: int = 1) -> nn.Conv2d:
@@ -159,7 +162,8 @@ class BasicBlock(_ResidualBlock):
 
 
 class Bottleneck(_ResidualBlock):
-    """1x1 reduce, 3x3 (carrying the stride, "ResNet v1.5" as in torchvision), 1x1 expand by 4."""
+    """1x1 reduce, 3x3 (carrying the stride, "ResNet v1.5" as in torchvision), 1x1 expand by 4; the 3x3 in
+    ``cardinality`` groups of ``base_width / 64 * planes`` channels each (ResNeXt; 1 group of ``planes`` plain)."""
 
     expansion = 4
 
@@ -171,6 +175,8 @@ class Bottleneck(_ResidualBlock):
         stride: int = 1,
         dilation: int = 1,
         first_dilation: Optional[int] = None,
+        cardinality: int = 1,
+        base_width: int = 64,
         downsample: Optional[nn.Module] = None,
         attn_layer: Optional[str] = None,
         attn_kwargs: Optional[Mapping] = None,
@@ -179,11 +185,12 @@ class Bottleneck(_ResidualBlock):
     ):
         super().__init__()
         out_chs = planes * self.expansion
-        self.conv1 = _conv1x1(in_chs, planes)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = _conv3x3(planes, planes, stride, first_dilation or dilation)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = _conv1x1(planes, out_chs)
+        width = int(planes * base_width / 64) * cardinality  # as torchvision and timm round it
+        self.conv1 = _conv1x1(in_chs, width)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = _conv3x3(width, width, stride, first_dilation or dilation, groups=cardinality)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = _conv1x1(width, out_chs)
         self.bn3 = nn.BatchNorm2d(out_chs)
         self._init_residual(out_chs, downsample, attn_layer, attn_kwargs, non_local, drop_path)
 
@@ -214,6 +221,9 @@ class ResNet(nn.Module):
             ``widths[0]`` channels (ResNet-C); ``"deep_tiered"`` the first of them 3/4 as wide (timm's ``*t``).
         stem_width: the deep stem's inner width (timm's default for its ``*d`` and ``*t`` models).
         avg_down: average-pool shortcuts (ResNet-D): 2x2 average, then a stride-1 1x1 projection.
+        cardinality: groups of a Bottleneck's 3x3 conv (ResNeXt's; timm's name, torchvision's ``groups``).
+        base_width: channels of each group per 64 ``planes`` (timm's name, torchvision's ``width_per_group``):
+            ResNeXt-50 32x4d is 32 groups of 4, Wide ResNet-50-2 one group at 128.
         output_stride: the final map's stride, a power of two (timm's 8, 16 or 32): stages past it dilate their
             3x3 convs instead of striding (Yu & Koltun 2016, as DeepLab's backbones), keeping every weight's shape.
         attn_layer: ``create_attn`` name placed as ``block.attn`` in the blocks of ``attn_stages``.
@@ -246,6 +256,8 @@ class ResNet(nn.Module):
         stem_width: int = 32,
         avg_down: bool = False,
         output_stride: int = 32,
+        cardinality: int = 1,
+        base_width: int = 64,
         attn_layer: Optional[str] = None,
         attn_stages: Optional[Sequence[int]] = None,
         bam: bool = False,
@@ -262,6 +274,7 @@ class ResNet(nn.Module):
         check_rate("drop_path_rate", drop_path_rate)
         _check_head(num_classes, global_pool)
         _check_stem(stem_type, stem_width, small_input)
+        group_kwargs = _group_kwargs(block, cardinality, base_width)
         plan = _stage_plan(len(layers), 1 if small_input else 4, _check_output_stride(output_stride))
         non_local_blocks = _stage_numbers(non_local_blocks)
         _check_stages(block, layers, widths)
@@ -273,7 +286,8 @@ class ResNet(nn.Module):
         self._make_stem(in_chans, widths[0], small_input, stem_type, stem_width)
         self.stage_names = [f"layer{i}" for i in range(1, len(layers) + 1)]
         self._make_stages(
-            block, layers, widths, plan, attn_layer, attn_stages, non_local_blocks, attn_kwargs, drop_path_rate, avg_down
+            block, layers, widths, plan, attn_layer, attn_stages, non_local_blocks, attn_kwargs, drop_path_rate, avg_down,
+            group_kwargs,
         )
         self.num_features = self.head_hidden_size = widths[-1] * block.expansion
         if bam:
@@ -309,6 +323,7 @@ class ResNet(nn.Module):
         attn_kwargs: Mapping,
         drop_path_rate: float,
         avg_down: bool,
+        group_kwargs: Mapping[str, int],
     ) -> None:
         num_blocks = sum(layers)
         drop_paths = [drop_path_rate * i / max(num_blocks - 1, 1) for i in range(num_blocks)]
@@ -330,6 +345,7 @@ class ResNet(nn.Module):
                     attn_kwargs=attn_kwargs,
                     non_local=i in with_non_local,
                     drop_path=drop_paths.pop(0),
+                    **group_kwargs,
                 ))
                 in_chs = planes * block.expansion
             setattr(self, f"layer{stage}", nn.Sequential(*blocks))
@@ -487,6 +503,18 @@ def _feature_info(block: BlockType, widths: Sequence[int], small_input: bool, pl
     return info
 
 
+def _group_kwargs(block: BlockType, cardinality: object, base_width: object) -> dict[str, int]:
+    """The block's ``cardinality`` and ``base_width``; none for a BasicBlock, which has no grouped layout."""
+    cardinality, base_width = check_count("cardinality", cardinality), check_count("base_width", base_width)
+    if block is Bottleneck:
+        return {"cardinality": cardinality, "base_width": base_width}
+    if (cardinality, base_width) != (1, 64):
+        raise ConfigError(f"cardinality={cardinality}, base_width={base_width}: a BasicBlock ResNet (ResNet-18/34, "
+                          "the CIFAR layout) has no grouped or widened 3x3 conv; give block=Bottleneck, or the defaults "
+                          "1 and 64")
+    return {}
+
+
 def _check_output_stride(output_stride: object) -> int:
     if not is_count(output_stride) or output_stride & (output_stride - 1):
         raise ConfigError(f"output_stride={output_stride!r}: give a power of two (8, 16 or 32 for an ImageNet "
@@ -593,6 +621,10 @@ def _create_resnet(depth: int, attn: Optional[str] = None, **kwargs) -> ResNet:
 
 def _create_resnet_d(depth: int, attn: Optional[str] = None, stem_type: StemType = "deep", **kwargs) -> ResNet:
     return _create_resnet(depth, attn, **{"stem_type": stem_type, "avg_down": True, **kwargs})
+
+
+def _create_resnext(depth: int, cardinality: int, base_width: int, attn: Optional[str] = None, **kwargs) -> ResNet:
+    return _create_resnet(depth, attn, **{"cardinality": cardinality, "base_width": base_width, **kwargs})
 
 
 def _create_resnet_cifar(attn: Optional[str] = None, **kwargs) -> ResNet:
@@ -860,6 +892,36 @@ def eca_resnet101d(**kwargs) -> ResNet:
 def eca_resnet50t(**kwargs) -> ResNet:
     """ResNet-50-D with a tiered deep stem and ECA in every block; timm's ``ecaresnet50t`` weights load."""
     return _create_resnet_d(50, attn="eca", stem_type="deep_tiered", **kwargs)
+
+
+@register_model
+def resnext50_32x4d(**kwargs) -> ResNet:
+    """ResNeXt-50 32x4d (Xie 2017); torchvision's and timm's weights load."""
+    return _create_resnext(50, 32, 4, **kwargs)
+
+
+@register_model
+def resnext101_32x8d(**kwargs) -> ResNet:
+    """ResNeXt-101 32x8d (Xie 2017); torchvision's and timm's weights load."""
+    return _create_resnext(101, 32, 8, **kwargs)
+
+
+@register_model
+def wide_resnet50_2(**kwargs) -> ResNet:
+    """Wide ResNet-50-2: Bottleneck 3x3 convs twice as wide (Zagoruyko 2016); torchvision's and timm's weights load."""
+    return _create_resnext(50, 1, 128, **kwargs)
+
+
+@register_model
+def se_resnext50_32x4d(**kwargs) -> ResNet:
+    """SE-ResNeXt-50 32x4d (Hu 2018); timm's ``seresnext50_32x4d`` weights load."""
+    return _create_resnext(50, 32, 4, attn="se", **kwargs)
+
+
+@register_model
+def se_resnext101_32x4d(**kwargs) -> ResNet:
+    """SE-ResNeXt-101 32x4d (Hu 2018); timm's ``seresnext101_32x4d`` weights load."""
+    return _create_resnext(101, 32, 4, attn="se", **kwargs)
 
 
 @register_model
