@@ -482,14 +482,42 @@ def test_explain_writes_a_map_of_each_image_of_files_and_folders(tmp_path, capsy
         assert [Path(r["file"]).relative_to(photos).as_posix() for r in records] == [
             "bag.png", "broken.png", "shirt.png", "sub/shirt.png"]
         assert "error" in records[1] and err == "visattn: 1 of 4 files could not be explained\n"
-        assert [Path(r["map"]).name for r in records if "map" in r] == ["bag.png", "shirt.png", "shirt-2.png"]
-        assert sorted(p.name for p in maps.iterdir()) == ["bag.png", "shirt-2.png", "shirt.png"]
+        assert [Path(r["map"]).relative_to(maps).as_posix() for r in records if "map" in r] == [
+            "bag.png", "shirt.png", "sub/shirt.png"]  # the input tree, mirrored
+        assert sorted(p.relative_to(maps).as_posix() for p in maps.rglob("*.png")) == ["bag.png", "shirt.png",
+                                                                                     "sub/shirt.png"]
     # each map is the one `--out` draws for its image alone
     assert main(["explain", str(photos / "sub" / "shirt.png"), "--model", "se_resnet20_cifar.fmnist",
                  "--out", str(tmp_path / "alone.png"), "--json"]) == 0
     alone = json.loads(capsys.readouterr().out)
     assert {k: v for k, v in alone.items() if k != "map"} == {k: v for k, v in records[3].items() if k != "map"}
-    assert np.array_equal(np.asarray(Image.open(tmp_path / "alone.png")), np.asarray(Image.open(maps / "shirt-2.png")))
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "alone.png")), np.asarray(Image.open(maps / "sub" / "shirt.png")))
+
+
+def test_output_names_mirror_the_input_tree_so_adding_an_image_renames_no_other(tmp_path, capsys):
+    """Outputs were numbered across one flat folder in path order: an image added to one sub-folder renamed the maps
+    of others, and item_0-2.png then held another image's map (exit 0, without a word)."""
+    photos, maps = tmp_path / "photos", tmp_path / "maps"
+    rng = np.random.default_rng(0)
+
+    def add(sub: str) -> None:
+        (photos / sub).mkdir(parents=True)
+        Image.fromarray(rng.integers(0, 256, (28, 28, 3), dtype=np.uint8)).save(photos / sub / "item_0.png")
+
+    def explain_all() -> dict[str, bytes]:
+        assert main(["explain", str(photos), "--model", "se_resnet20_cifar.fmnist", "--out-dir", str(maps),
+                     "--json"]) == 0
+        records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert [Path(r["map"]).relative_to(maps) for r in records] == [Path(r["file"]).relative_to(photos)
+                                                                       for r in records]
+        return {Path(r["file"]).parent.name: Path(r["map"]).read_bytes() for r in records}
+
+    for sub in ("s0", "s2"):
+        add(sub)
+    before = explain_all()
+    add("s1")
+    after = explain_all()
+    assert after["s0"] == before["s0"] and after["s2"] == before["s2"] and set(after) == {"s0", "s1", "s2"}
 
 
 @pytest.mark.parametrize("where, message", [

@@ -379,3 +379,32 @@ def test_the_transparent_value_of_a_16_bit_gray_png_is_blended_like_any_other_tr
     assert Image.open(tmp_path / "g16.png").info["transparency"] == 1000
     assert decode_image(tmp_path / "g16.png").tolist() == [[[255, 255, 255], [255, 255, 255]]]
     assert decode_image(tmp_path / "g16.png", background=(0, 0, 255))[0].tolist() == [[0, 0, 255], [255, 255, 255]]
+
+
+def test_a_folder_that_cannot_be_listed_is_reported_on_its_own_line_not_passed_over(tmp_path, monkeypatch, capsys):
+    """``os.walk`` passed over a folder it could not list (no read permission, an I/O error): its images were left
+    out of the output and the count without a word, and such a folder given alone was "no image files found"."""
+    from visattn.cli import main
+
+    Image.new("RGB", (28, 28)).save(tmp_path / "ok.png")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    Image.new("RGB", (28, 28)).save(locked / "inside.png")
+    scandir = os.scandir
+
+    def refuse_locked(path=".", *args, **kwargs):  # as chmod 000 does for a user that is not root
+        if os.fspath(path) == str(locked):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return scandir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "scandir", refuse_locked)
+    assert list_images([tmp_path]) == [locked, tmp_path / "ok.png"]
+    reason = (r"a folder that cannot be listed \(Permission denied\), so its images were not read; give read "
+              r"permission to it \(chmod \+rx\) or leave it out$")
+    with pytest.raises(ImageDecodeError, match=f"^{re.escape(str(locked))}: {reason}"):
+        decode_image(locked)
+    for paths, total in (([tmp_path], 2), ([locked], 1)):
+        assert main(["classify", *map(str, paths), "--model", "se_resnet20_cifar.fmnist"]) == 1
+        out, err = capsys.readouterr()
+        assert re.search(f"^{re.escape(str(locked))}: error: {reason}", out, re.M), out
+        assert err == f"visattn: 1 of {total} files could not be classified\n"

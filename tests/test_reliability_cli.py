@@ -828,7 +828,7 @@ def test_in_one_folder_each_drawing_pairs_with_its_own_panels_by_name(tmp_path, 
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     drawn = [Path(record["drawn"]).name for record in records]
     assert [Path(record["attention"]).name for record in records] == [f"{Path(n).stem}-attention.png" for n in drawn]
-    written = [path.name.casefold() for path in (tmp_path / "D").iterdir()]
+    written = [path.relative_to(tmp_path / "D").as_posix().casefold() for path in (tmp_path / "D").rglob("*.png")]
     assert len(records) == 5 and len(set(written)) == len(written) == 10, written
 
 
@@ -2050,3 +2050,18 @@ def test_an_abbreviated_option_is_unknown_and_names_the_option_meant(tmp_path, c
                    "visattn: error: visattn classify: unrecognized argument --top (did you mean --topk?); see "
                    "`visattn classify --help`"]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_naming_many_outputs_of_one_stem_tries_each_number_once(monkeypatch):
+    """Each name of a stem met before counted up from 1 again: naming 8000 inputs of one stem took minutes before
+    the first image was read."""
+    from visattn import fileio
+
+    tried = []
+    fitted_name = fileio.fitted_name
+    monkeypatch.setattr(fileio, "fitted_name", lambda *args, **kwargs: tried.append(args) or fitted_name(*args, **kwargs))
+    used, numbers = set(), {}
+    named = [fileio.unique_paths("D", "Image", used, numbers=numbers)[0].name for _ in range(300)]
+    assert named[:3] == ["Image.png", "Image-2.png", "Image-3.png"] and len(set(named)) == 300
+    assert len(tried) == 300  # one try each, not 300 * 301 / 2
+    assert fileio.unique_paths("D", "image", used, numbers=numbers)[0].name == "image-301.png"  # case-insensitive

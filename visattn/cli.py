@@ -341,7 +341,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
     if (args.out is None) == (args.out_dir is None):
         raise ConfigError("explain: give --out FILE for the map of one image, or --out-dir DIR for a map of each "
-                          "image file and folder given (DIR/STEM.png)")
+                          "image file and folder given (DIR/SUB/STEM.png)")
     if args.out is not None and (len(args.paths) > 1 or Path(args.paths[0]).is_dir()):
         raise ConfigError(f"--out {args.out}: names the map of one image file; give --out-dir DIR for a map of each "
                           f"of {', '.join(args.paths[:3])}{' ...' if len(args.paths) > 3 else ''}")
@@ -788,7 +788,8 @@ def build_parser() -> argparse.ArgumentParser:
     caption.add_argument("--length-penalty", type=finite_float, default=1.0,
                          help="rank hypotheses by log p / length ** this (0: unnormalised)")
     caption.add_argument("--attention-out", "--out", dest="attention_out", default=None, metavar="DIR",
-                         help="write one PNG per image, a panel per word, named after the image (STEM.png); "
+                         help="write one PNG per image, a panel per word, named after the image (SUB/STEM.png: "
+                              "the folders below the inputs' common folder mirrored); "
                               "files of an earlier run are replaced, input images never")
     caption.add_argument("--json", action="store_true", help="one JSON object per file")
     caption.add_argument("--batch-size", type=positive_int, default=32, help="images per beam search")
@@ -802,7 +803,8 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--score-threshold", type=unit_interval, default=0.5,
                         help="keep detections scoring at least this (0 to 1)")
     detect.add_argument("--out", default=None, metavar="DIR",
-                        help="write one PNG per image with the boxes drawn, named after the image (STEM.png); "
+                        help="write one PNG per image with the boxes drawn, named after the image (SUB/STEM.png: "
+                             "the folders below the inputs' common folder mirrored); "
                              "files of an earlier run are replaced, input images never")
     detect.add_argument("--attention-out", default=None, metavar="DIR",
                         help="one PNG per image, a panel per detection showing where it looked "
@@ -831,8 +833,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="the map of one image: .png, .jpg, .jpeg, .svg or .pdf, the format its suffix names "
                               "(PNG without one); a map visattn wrote there is replaced, any other file never (give --out or --out-dir)")
     explain.add_argument("--out-dir", default=None,
-                         help="a map of each image, DIR/STEM.png (names numbered apart where stems repeat; give --out "
-                              "or --out-dir)")
+                         help="a map of each image, DIR/SUB/STEM.png (the folders below the inputs' common folder "
+                              "mirrored; give --out or --out-dir)")
     explain.add_argument("--json", action="store_true",
                          help="one JSON record per file: label, prob, the class explained and the map's path")
     explain.set_defaults(func=cmd_explain)

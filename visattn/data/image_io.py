@@ -178,8 +178,10 @@ def list_images(paths: PathLike | Iterable[PathLike], *, recursive: bool = True,
     for path in map(Path, paths):
         if path.is_dir():
             inside = [folder for folder in skipped if path.resolve() in folder.parents]
-            images = [file for file in _folder_files(path, recursive) if file.suffix.lower() in IMAGE_EXTENSIONS]
-            for file in sorted(images):
+            unlisted: list[Path] = []  # folders whose listing failed: each reported on its own line, as a file is
+            images = [file for file in _folder_files(path, recursive, unlisted)
+                      if file.suffix.lower() in IMAGE_EXTENSIONS]
+            for file in sorted(images + unlisted):
                 if not (inside and any(folder in file.resolve().parents for folder in inside)):
                     found.setdefault(os.path.realpath(file), file)
                 elif not written_by_visattn(file):  # an earlier run's output is no input; a user's file is named
@@ -197,14 +199,20 @@ def list_images(paths: PathLike | Iterable[PathLike], *, recursive: bool = True,
     return list(found.values())
 
 
-def _folder_files(root: Path, recursive: bool) -> Iterator[Path]:
+def _folder_files(root: Path, recursive: bool, unlisted: list[Path]) -> Iterator[Path]:
     """Everything under ``root`` that is not a folder (dangling links and pipes too, so that reading
     them reports them), hidden names skipped; symlinked sub-folders are followed, each real folder once.
     A link to a folder above ``root`` is not: it would list ``root``'s neighbours as ``root``'s own (an
-    image-folder class taking the other classes' images)."""
+    image-folder class taking the other classes' images). Folders that cannot be listed go to ``unlisted``
+    (``os.walk`` passed over them: a folder without read permission lost its images without a word)."""
     seen: set[str] = set()  # real paths: a link back up the tree ends here instead of looping
     above = Path(os.path.realpath(root)).parents
-    for folder, subfolders, names in os.walk(root, followlinks=True):
+
+    def unreadable(err: OSError) -> None:
+        if err.filename is not None:
+            unlisted.append(Path(err.filename))
+
+    for folder, subfolders, names in os.walk(root, followlinks=True, onerror=unreadable):
         real = os.path.realpath(folder)
         if real in seen or Path(real) in above:
             subfolders.clear()
@@ -298,7 +306,7 @@ def _reason(err: Exception, source: ImageSource) -> str:
     if isinstance(err, OSError) and err.errno == errno.ELOOP:
         return "symbolic link loop; point the link at an image file"
     if isinstance(err, IsADirectoryError):
-        return "is a folder, not an image file"
+        return _folder_reason(source)
     if isinstance(err, PermissionError):
         return "permission denied"
     if isinstance(err, Image.DecompressionBombError):
@@ -311,6 +319,16 @@ def _reason(err: Exception, source: ImageSource) -> str:
     if "truncated" in text.lower() or isinstance(err, (EOFError, SyntaxError)):
         return f"truncated or corrupt image data: {text} (re-export or remove the file)"
     return f"cannot decode image: {text}"
+
+
+def _folder_reason(folder: ImageSource) -> str:
+    """Why a folder stands where an image file was read: one a scan could not list lost its images."""
+    try:
+        os.scandir(folder).close()
+    except OSError as err:
+        return (f"a folder that cannot be listed ({err.strerror or type(err).__name__}), so its images were not "
+                "read; give read permission to it (chmod +rx) or leave it out")
+    return "is a folder, not an image file"
 
 
 def _head(source: ImageSource, size: int) -> bytes:

@@ -453,8 +453,8 @@ _UNIT_RANGE_SLACK = 0.05
 
 
 def check_unit_images(images: object, *, channels: int = 3) -> None:
-    """One line unless ``images`` is a sequence (or stacked batch) of floating-point ``(channels, H, W)``
-    tensors with pixels in 0..1 and at least one pixel, what detectors take (they normalise inside; sizes may differ)."""
+    """One line unless ``images`` is a sequence (or stacked batch) of ``(channels, H, W)`` tensors of floats in 0..1
+    or uint8 pixels, with at least one pixel, what detectors take (they normalise inside; sizes may differ)."""
     fix = "decode files with visattn.data.image_io.decode_image and convert them with visattn.data.transforms.to_tensor"
     if isinstance(images, (str, bytes)) or not isinstance(images, (Sequence, torch.Tensor)):
         raise ConfigError(f"images: a {type(images).__name__}, not a list of ({channels}, H, W) tensors; {fix}")
@@ -462,14 +462,15 @@ def check_unit_images(images: object, *, channels: int = 3) -> None:
         raise ConfigError(f"images: one tensor of shape {tuple(images.shape)}, not a list of images; pass [image] "
                           f"for one image, or a list (or a stacked batch) of ({channels}, H, W) tensors")
     for k, image in enumerate(images):
-        _check_float_pixels(image, f"image {k}", (channels, "H", "W"), "floats in 0..1", fix)
+        _check_float_pixels(image, f"image {k}", (channels, "H", "W"), "floats in 0..1 or uint8", fix, bytes_ok=True)
         if not image.numel():  # resizing it to the model's size would divide by zero
             raise ConfigError(f"image {k}: shape {tuple(image.shape)} has no pixels; leave it out, or check how it "
                               "was decoded or cropped")
     # (n, 2) pixel ranges read back together: one device sync for the batch, not one per image.
-    ranges = [torch.stack(torch.aminmax(image)).float() for image in images]
+    floats = [k for k, image in enumerate(images) if image.is_floating_point()]  # uint8 pixels are in range
+    ranges = [torch.stack(torch.aminmax(images[k])).float() for k in floats]
     spans = torch.stack([r.to(ranges[0].device) for r in ranges]).tolist() if ranges else []
-    for k, (low, high) in enumerate(spans):
+    for k, (low, high) in zip(floats, spans):
         if not (math.isfinite(low) and math.isfinite(high)):  # a NaN pixel makes both NaN, so it passed the range
             raise ConfigError(f"image {k}: some pixels are NaN or infinite; {_NON_FINITE_FIX}")
         if low < -_UNIT_RANGE_SLACK or high > 1 + _UNIT_RANGE_SLACK:
@@ -477,15 +478,17 @@ def check_unit_images(images: object, *, channels: int = 3) -> None:
                               "divide by 255 (and pass them unnormalised: detectors normalise inside)")
 
 
-def _check_float_pixels(images: object, name: str, dims: tuple[int | str, ...], pixels: str, fix: str) -> None:
-    """One line unless ``images`` is a floating-point tensor shaped ``dims`` (an int: that size; a str: any)."""
+def _check_float_pixels(images: object, name: str, dims: tuple[int | str, ...], pixels: str, fix: str,
+                        bytes_ok: bool = False) -> None:
+    """One line unless ``images`` is a floating-point (or with ``bytes_ok``, uint8) tensor shaped ``dims`` (an int:
+    that size; a str: any)."""
     shape = f"({', '.join(map(str, dims))})"
     if not isinstance(images, torch.Tensor):
         raise ConfigError(f"{name}: a {type(images).__name__}, not a tensor {shape}; {fix}")
     fixed = [(i, size) for i, size in enumerate(dims) if isinstance(size, int)]
     if images.ndim != len(dims) or any(images.shape[i] != size for i, size in fixed):
         raise ConfigError(f"{name}: shape {tuple(images.shape)}, not {shape}; {fix}")
-    if not images.is_floating_point():
+    if not (images.is_floating_point() or bytes_ok and images.dtype == torch.uint8):
         raise ConfigError(f"{name}: {images.dtype} pixels, not {pixels}; {fix}")
 
 
@@ -494,6 +497,12 @@ def to_model_input(images: torch.Tensor, model: nn.Module) -> torch.Tensor:
     (``np.random.rand``, ``array / 255.``) or half ones give what float32 ones give a float32 model."""
     weight = next((p for p in model.parameters() if p.is_floating_point()), None)
     return images if weight is None else images.to(weight.device, weight.dtype)
+
+
+def to_byte_tensor(image: np.ndarray) -> torch.Tensor:
+    """``(H, W, 3)`` uint8 array -> ``(3, H, W)`` uint8 tensor: a quarter of :func:`to_tensor`'s memory, for
+    detectors, whose transform turns each image into floats in its turn."""
+    return torch.from_numpy(np.array(image.transpose(2, 0, 1)))  # a writable copy: decoded arrays are read-only
 
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:

@@ -110,7 +110,17 @@ def vit_feature_map(body: VisionTransformer, x: Tensor) -> Tensor:
 
 class DetectorTransform(GeneralizedRCNNTransform):
     """torchvision's detection transform (normalise, resize, batch), except that no side is resized
-    to zero: a 3000x20 panorama at ``max_size`` 128 keeps a 1 px height instead of crashing."""
+    to zero: a 3000x20 panorama at ``max_size`` 128 keeps a 1 px height instead of crashing, and uint8
+    images become floats in 0..1 one at a time, as they are normalised (a batch of photos converted up front
+    held four bytes a pixel each: 6.4 GB for eight 48-megapixel photos)."""
+
+    def normalize(self, image: Tensor) -> Tensor:
+        if image.dtype != torch.uint8:
+            return super().normalize(image)
+        image = unit_floats(image)  # a copy of its own: normalised in place, as torchvision's arithmetic
+        mean = torch.as_tensor(self.image_mean, dtype=image.dtype, device=image.device)
+        std = torch.as_tensor(self.image_std, dtype=image.dtype, device=image.device)
+        return image.sub_(mean[:, None, None]).div_(std[:, None, None])
 
     def resize(self, image: Tensor, target: Optional[dict[str, Tensor]] = None) -> tuple[Tensor, Optional[dict[str, Tensor]]]:
         height, width = image.shape[-2:]
@@ -123,6 +133,11 @@ class DetectorTransform(GeneralizedRCNNTransform):
         if target is not None:
             target = {**target, "boxes": resize_boxes(target["boxes"], (height, width), new_size)}
         return image, target
+
+
+def unit_floats(image: Tensor) -> Tensor:
+    """uint8 pixels as float32 in 0..1, as ``visattn.data.transforms.to_tensor`` gives them."""
+    return image.to(torch.float32).div_(255)
 
 
 class ResNetFpn(nn.Module):
@@ -193,8 +208,8 @@ def check_image_settings(*, min_size: object, max_size: object, image_mean: obje
 
 
 def check_image_list(images: object) -> None:
-    """One line unless ``images`` is a list of floating-point ``(3, H, W)`` tensors, what a detector's forward
-    takes; shapes and types only, so no device sync (a channels-last image, or one tensor for the batch, had
+    """One line unless ``images`` is a list of ``(3, H, W)`` tensors of floats in 0..1 or uint8, what a detector's
+    forward takes; shapes and types only, so no device sync (a channels-last image, or one tensor for the batch, had
     been torchvision's error from deep inside its transform)."""
     if isinstance(images, torch.fx.Proxy):
         return
@@ -204,14 +219,15 @@ def check_image_list(images: object) -> None:
         raise ConfigError(f"images: {kind}, not a list of (3, H, W) tensors; pass "
                           f"{'list(images) for a batch' if batch else '[image] for one image'}")
     for k, image in enumerate(images):
-        if not (isinstance(image, Tensor) and image.ndim == 3 and image.shape[0] == 3 and image.is_floating_point()):
+        pixels = isinstance(image, Tensor) and (image.is_floating_point() or image.dtype == torch.uint8)
+        if not (pixels and image.ndim == 3 and image.shape[0] == 3):
             what = f"shape {tuple(image.shape)}, {str(image.dtype).removeprefix('torch.')}" if isinstance(image, Tensor) \
                 else f"a {type(image).__name__}"
-            fix = "give float RGB pixels in 0..1"
-            if isinstance(image, Tensor) and image.ndim == 3 and image.is_floating_point():
+            fix = "give float RGB pixels in 0..1 (or uint8 ones)"
+            if pixels and image.ndim == 3:
                 fix = ("it is channels-last: image.permute(2, 0, 1)" if image.shape[-1] == 3 else
                        "for a gray image: image.expand(3, -1, -1)" if image.shape[0] == 1 else fix)
-            raise ConfigError(f"image {k}: {what}, but a detector takes (3, H, W) floats in 0..1; {fix}")
+            raise ConfigError(f"image {k}: {what}, but a detector takes (3, H, W) floats in 0..1 or uint8; {fix}")
 
 
 def check_probability(name: str, value: object) -> float:
