@@ -1347,3 +1347,37 @@ def test_validation_loss_is_the_labels_plain_cross_entropy_as_timm_validates_whi
     plain = torch.nn.functional.cross_entropy(logits, labels)
     assert float(task.val_loss.compute()) == pytest.approx(float(plain), rel=1e-6)
     assert float(task.criterion(logits, labels)) != pytest.approx(float(plain), rel=1e-5)  # training smooths
+
+
+def test_an_image_folder_whose_files_all_fail_to_decode_says_so_not_empty(tmp_path, capsys):
+    """It said "the evaluation dataset is empty; check --dataset and --split" of a folder of two image files."""
+    for name in ("Bag/fake.png", "Trouser/broken.jpg"):
+        (tmp_path / "photos" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "photos" / name).write_bytes(b"not an image")
+    assert main(["evaluate", "--model", "se_resnet20_cifar.fmnist", "--dataset", f"imagefolder:{tmp_path / 'photos'}"]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == ("visattn: error: none of the 2 image files drawn could be decoded "
+                                                        "(the warnings name each); replace or remove them")
+
+
+def test_image_files_beside_the_class_folders_are_named_not_left_out_unsaid(tmp_path):
+    """An image left unsorted in the folder's root was in no class and left out: n shrank without a word."""
+    from visattn.data.image_folder import ImageFolder
+
+    root = _image_folder(tmp_path / "photos", per_class=2)
+    Image.new("RGB", (8, 8)).save(root / "stray.png")
+    Image.new("RGB", (8, 8)).save(root / "other.jpg")
+    (root / "notes.txt").write_text("not an image")
+    with pytest.warns(VisattnWarning, match=r"photos: other\.jpg and 1 more image files sit beside the class folders, "
+                                            r"in no class, and are not read; move each into its class's folder$"):
+        dataset = ImageFolder(root)
+    assert len(dataset) == 4
+
+
+@pytest.mark.parametrize("img_size, fits", [(30, "28 or 32"), (2, "4")])
+def test_an_img_size_the_vits_patches_do_not_divide_names_the_option_and_sizes_that_fit(img_size, fits):
+    """It read "img_size=(30, 30) is not divisible by patch_size=(4, 4); change one of them": neither is an option."""
+    from visattn.tasks.classification import load_classifier
+
+    with pytest.raises(ConfigError, match=rf"^--img-size {img_size}: vit_tiny_patch4_28\.fmnist takes sides that are "
+                                          rf"multiples of its 4-pixel patches; give {fits}$"):
+        load_classifier("vit_tiny_patch4_28.fmnist", img_size=img_size)

@@ -15,7 +15,7 @@ from visattn import create_model
 from visattn.cli import main
 from visattn.data import FASHION_MNIST_CLASSES
 from visattn.data.scenes import Scene
-from visattn.errors import ArgumentError, ConfigError
+from visattn.errors import ArgumentError, ConfigError, VisattnWarning
 from visattn.explain import (
     applicable_methods,
     attention_map,
@@ -1458,3 +1458,20 @@ def test_explain_gives_the_probability_classify_gives(tmp_path, capsys):
     explained = json.loads(capsys.readouterr().out)
     assert (explained["label"], explained["prob"]) == (top["label"], pytest.approx(top["prob"], abs=1e-6))
     assert explained["prob"] != round(explained["prob"], 4)
+
+
+def test_a_class_given_by_number_where_labels_are_numbers_says_how_it_was_read():
+    """With labels "1".."10", class "0" (an index) and "1" (a label) both explained label "1", without a word."""
+    from visattn.explain import _class_to_index
+
+    labels = [str(k) for k in range(1, 11)]
+    with pytest.warns(VisattnWarning, match=r"^class '1': read as the label, class 0 \('1'\), as names are read before "
+                                            r"indices$"):
+        assert _class_to_index("1", labels) == 0
+    with pytest.warns(VisattnWarning, match=r"^class '0': read as the index, class 0 \('1'\)"):
+        assert _class_to_index("0", labels) == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _class_to_index("2", ["cat", "dog", "fox"]) == 2 and _class_to_index("dog", ["cat", "dog", "fox"]) == 1
+    with pytest.raises(ArgumentError, match=r"not a class of this model; use an index 0\.\.2 or one of cat, dog, fox$"):
+        _class_to_index("-1", ["cat", "dog", "fox"])

@@ -746,7 +746,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help=f"DataLoader worker processes (at most {MAX_WORKERS_PER_CPU} per CPU)")
     evaluate.add_argument("--limit", type=positive_int, default=None,
                           help="score N samples drawn across the dataset with a fixed seed; scenes: the first N "
-                               "(default: 1000, or as many as a captioner's or detector's training run scored)")
+                               "(default: all of fashion-mnist, imagefolder:, coco: and karpathy:; 1000 scenes, or "
+                               "as many as a captioner's or detector's training run scored)")
     evaluate.add_argument("--beam-size", type=positive_int, default=None,
                           help=f"captioners: beam width (1: greedy; default {DEFAULT_BEAM_SIZE})")
     evaluate.add_argument("--max-len", type=positive_int, default=None,

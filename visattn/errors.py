@@ -62,6 +62,18 @@ class MissingSplit(ConfigError):
         return type(self), (self.root, self.split, self.splits)
 
 
+class ImageSizeNotDivisible(ConfigError):
+    """An image size a patch embedding cannot split into whole patches; commands that take ``--img-size`` name it
+    and the sizes that fit instead."""
+
+    def __init__(self, img_size: tuple[int, int], patch_size: tuple[int, int]) -> None:
+        super().__init__(f"img_size={img_size} is not divisible by patch_size={patch_size}; change one of them")
+        self.img_size, self.patch_size = img_size, patch_size
+
+    def __reduce__(self) -> tuple:
+        return type(self), (self.img_size, self.patch_size)
+
+
 class ExportMismatchError(VisattnError, RuntimeError):
     """An exported file whose runtime does not compute what the model computes (nothing is written)."""
 

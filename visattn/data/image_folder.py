@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 
 from ..errors import ConfigError, ImageDecodeError, VisattnWarning
 from ..fileio import not_a_folder
-from .image_io import DEFAULT_MAX_PIXELS, decode_image, list_images
+from .image_io import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, decode_image, list_images
 from .transforms import to_tensor
 
 __all__ = ["ImageFiles", "ImageFolder", "SkippedImageWarning", "collate_present", "decode_next_good",
@@ -138,6 +138,7 @@ class ImageFolder(ImageFiles):
             raise ConfigError(f"classes: {repeated} appear more than once; give each class once")
         self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
         self.samples = self._find_samples()
+        self._warn_of_loose_images()
         if classes is None:  # the classes come from this folder: each must be one a model can learn
             self._check_found_classes()
         self._track([path for path, _ in self.samples], max_pixels)
@@ -193,6 +194,15 @@ class ImageFolder(ImageFiles):
         if not samples:
             raise ConfigError(f"{self.root}: no image files in its class folders ({_LAYOUT})")
         return samples
+
+    def _warn_of_loose_images(self) -> None:
+        """Image files beside the class folders belong to no class: read as no sample, they shrank ``n`` unsaid."""
+        loose = sorted(path.name for path in self.root.iterdir() if path.suffix.lower() in IMAGE_EXTENSIONS
+                       and not path.name.startswith(".") and not path.is_dir())
+        if loose:
+            more = f" and {len(loose) - 1} more image files" if len(loose) > 1 else ""
+            warnings.warn(f"{self.root}: {loose[0]}{more} sit beside the class folders, in no class, and are not read; "
+                          "move each into its class's folder", VisattnWarning, stacklevel=3)
 
     def _check_found_classes(self) -> None:
         check_class_count(self.root, self.classes)

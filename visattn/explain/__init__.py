@@ -227,14 +227,20 @@ def model_view(image_tensor: Tensor, mean: Sequence[float], std: Sequence[float]
 
 
 def _class_to_index(target_class: Union[int, str, None], class_names: Sequence[str]) -> Optional[int]:
+    """A class name's index, else a number's; where labels are numbers too, a warning says which was read (with
+    labels "1".."10", "0" and "1" had both meant label "1", without a word)."""
     if target_class is None or isinstance(target_class, int):
         return target_class
-    if target_class in class_names:
-        return list(class_names).index(target_class)
-    if str(target_class).isdigit():
-        return int(target_class)
-    raise ArgumentError("target_class", target_class,
-                        f"not a class of this model; use an index or one of {', '.join(class_names)}")
+    names, text = list(class_names), str(target_class)
+    if target_class not in names and not text.isdigit():
+        raise ArgumentError("target_class", target_class, f"not a class of this model; use an index 0..{len(names) - 1} "
+                                                          f"or one of {', '.join(names)}")
+    index = names.index(target_class) if target_class in names else int(text)
+    if text.isdigit() and any(name.isdigit() for name in names) and index < len(names):
+        how = "the label" if target_class in names else "the index"
+        warnings.warn(f"class {text!r}: read as {how}, class {index} ({names[index]!r}), as names are read before "
+                      "indices", VisattnWarning, stacklevel=3)
+    return index
 
 
 def explain_image(

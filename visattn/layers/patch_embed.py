@@ -5,7 +5,7 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, ImageSizeNotDivisible
 
 
 def is_count(value: object) -> bool:
@@ -103,7 +103,7 @@ class PatchEmbed(nn.Module):
     def _set_grid(self, img_size: Union[int, tuple[int, int]], patch_size: Union[int, tuple[int, int]]) -> None:
         img_size, patch_size = to_2tuple(img_size, "img_size"), to_2tuple(patch_size, "patch_size")
         if any(i % p for i, p in zip(img_size, patch_size)):
-            raise ConfigError(f"img_size={img_size} is not divisible by patch_size={patch_size}; change one of them")
+            raise ImageSizeNotDivisible(img_size, patch_size)
         self.img_size, self.patch_size = img_size, patch_size
         self.grid_size = (img_size[0] // patch_size[0], img_size[1] // patch_size[1])
         self.num_patches = self.grid_size[0] * self.grid_size[1]

@@ -6,7 +6,7 @@ import reprlib
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 import lightning.pytorch as pl
 import numpy as np
@@ -25,8 +25,8 @@ from ..data.image_io import DEFAULT_MAX_PIXELS
 from ..data.transforms import (CLASSIFIER_PREPROCESSING, ImageTransform, check_image_batch, default_preprocessing,
                                eval_transform_of, preprocessing_problem, timm_data_config, to_model_input)
 from ..devices import inference_device, model_device
-from ..errors import (ConfigError, MissingSplit, NotATrainingCheckpoint, UnknownModelError, VisattnWarning,
-                      WeightsError, one_line)
+from ..errors import (ConfigError, ImageSizeNotDivisible, MissingSplit, NotATrainingCheckpoint, UnknownModelError,
+                      VisattnWarning, WeightsError, one_line)
 from ..layers.attention import SelfAttention
 from ..layers.patch_embed import fixed_input_size, is_count, is_number
 from ..modes import eval_mode
@@ -624,7 +624,8 @@ def load_classifier(model: Optional[str] = None, checkpoint: Optional[str] = Non
     require_task(model, "classification")
     arch, tag = split_model_name(model)
     entry = find_weights_entry(arch, tag)
-    net = inference_model(create_model(f"{arch}.{entry['tag']}", **_size_kwargs(arch, img_size)), target)
+    with _img_size_named(img_size, f"{arch}.{entry['tag']}"):
+        net = inference_model(create_model(f"{arch}.{entry['tag']}", **_size_kwargs(arch, img_size)), target)
     _require_classes(net.num_classes, f"{arch}.{entry['tag']}")
     labels = recorded_labels(entry.get("labels"), net.num_classes, f"{arch}.{entry['tag']}'s index entry")
     # save_weights(model, path) alone records no preprocessing: the model's default, as for checkpoints.
@@ -646,7 +647,7 @@ def _classifier_from_checkpoint(path: Path, img_size: Optional[int], device: tor
     model_kwargs = {**(hparams.get("model_kwargs") or {}), **_size_kwargs(hparams["model_name"], img_size)}
     try:
         # The checkpoint holds every weight: neither an arch.tag run's shipped weights nor timm's are read again.
-        with checkpoint_follows():
+        with checkpoint_follows(), _img_size_named(img_size, hparams["model_name"]):
             net = build_classifier(hparams["model_name"], hparams["num_classes"], model_kwargs, pretrained=False)
         load_checkpoint_weights(net, checkpoint, path)
     except (ConfigError, WeightsError) as err:
@@ -701,6 +702,21 @@ def _size_kwargs(arch: str, img_size: Optional[int]) -> dict[str, Any]:
     """Builder arguments for another input size, for a model built for one (:func:`built_for_one_size`: a timm
     model's weights are then resampled by timm's filter); CNNs pool globally anyway."""
     return {"img_size": img_size} if img_size is not None and built_for_one_size(arch) else {}
+
+
+@contextlib.contextmanager
+def _img_size_named(img_size: Optional[int], name: str) -> Iterator[None]:
+    """A size the model's patches do not divide as one line naming ``--img-size`` and the sizes that fit (it named
+    the builder's ``img_size`` and ``patch_size``, which the command line cannot change)."""
+    try:
+        yield
+    except ImageSizeNotDivisible as err:
+        if img_size is None:
+            raise
+        step = math.lcm(*err.patch_size)
+        fits = [size for size in (img_size // step * step, (img_size // step + 1) * step) if size > 0]
+        raise ConfigError(f"--img-size {img_size}: {name} takes sides that are multiples of its {step}-pixel patches; "
+                          f"give {' or '.join(map(str, fits))}") from None
 
 
 def _resized(preprocessing: dict[str, Any], img_size: Optional[int]) -> dict[str, Any]:
@@ -812,6 +828,10 @@ def evaluate_classifier(classifier: Classifier, dataset: Dataset, *, batch_size:
             confusion.update(scores, targets)
         n += len(targets)
     if n == 0:
+        skipped = skipped_images(dataset).get("skipped")
+        if skipped:  # it read "empty" of a folder of images that all failed to decode
+            raise ConfigError(f"none of the {skipped} image files drawn could be decoded (the warnings name each); "
+                              "replace or remove them")
         raise ConfigError("the evaluation dataset is empty; check --dataset and --split")
     by_class = class_accuracies(confusion.compute(), classifier.class_names) if confusion is not None else {}
     return {**{k: reported_score(v) for k, v in metrics.compute().items()}, "n": n, **by_class,
@@ -822,14 +842,15 @@ def class_accuracies(confusion: torch.Tensor, class_names: Sequence[str]) -> dic
     """From a ``(true, predicted)`` confusion matrix: ``mean_class_accuracy`` (the mean over the classes that
     have samples of each one's accuracy, what a skewed split's top-1 hides) and ``per_class``: each such
     class's ``accuracy``, ``n`` and the class its samples were most often mistaken for (``mistaken_for``,
-    null when never)."""
-    per_class = {}
+    null when never; the lowest-numbered of classes taken for it as often)."""
+    per_class, accuracies = {}, []
     for k, row in enumerate(confusion.tolist()):
         n = sum(row)
         if n:
             wrong = [count if j != k else 0 for j, count in enumerate(row)]
             mistaken = max(range(len(row)), key=wrong.__getitem__)
+            accuracies.append(row[k] / n)
             per_class[class_names[k]] = {"accuracy": reported_score(row[k] / n), "n": n,
                                          "mistaken_for": class_names[mistaken] if wrong[mistaken] else None}
-    mean = sum(c["accuracy"] for c in per_class.values()) / len(per_class)
+    mean = sum(accuracies) / len(accuracies)  # of the unrounded accuracies
     return {"mean_class_accuracy": reported_score(mean), "per_class": per_class}
