@@ -1354,9 +1354,10 @@ def test_an_image_folder_whose_files_all_fail_to_decode_says_so_not_empty(tmp_pa
     for name in ("Bag/fake.png", "Trouser/broken.jpg"):
         (tmp_path / "photos" / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / "photos" / name).write_bytes(b"not an image")
-    assert main(["evaluate", "--model", "se_resnet20_cifar.fmnist", "--dataset", f"imagefolder:{tmp_path / 'photos'}"]) == 2
-    assert capsys.readouterr().err.splitlines()[-1] == ("visattn: error: none of the 2 image files drawn could be decoded "
-                                                        "(the warnings name each); replace or remove them")
+    dataset = f"imagefolder:{tmp_path / 'photos'}"
+    assert main(["evaluate", "--model", "se_resnet20_cifar.fmnist", "--dataset", dataset]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == ("visattn: error: none of the 2 image files drawn could be "
+                                                        "decoded (the warnings name each); replace or remove them")
 
 
 def test_image_files_beside_the_class_folders_are_named_not_left_out_unsaid(tmp_path):

@@ -342,7 +342,8 @@ def _tiny_detector(head: str) -> Detector:
 
 
 @pytest.mark.parametrize("images, message", [
-    ([torch.randint(0, 256, (3, 40, 48), dtype=torch.int32)], "image 0: torch.int32 pixels, not floats in 0..1 or uint8"),
+    ([torch.randint(0, 256, (3, 40, 48), dtype=torch.int32)],
+     "image 0: torch.int32 pixels, not floats in 0..1 or uint8"),
     ([torch.rand(3, 40, 48), torch.rand(3, 40, 48) * 255],
      r"image 1: pixels span .*, not 0..1; pixels in 0..255\? divide by 255"),
     ([torch.rand(1, 40, 48)], r"image 0: shape \(1, 40, 48\), not \(3, H, W\)"),

@@ -491,7 +491,8 @@ def test_explain_writes_a_map_of_each_image_of_files_and_folders(tmp_path, capsy
                  "--out", str(tmp_path / "alone.png"), "--json"]) == 0
     alone = json.loads(capsys.readouterr().out)
     assert {k: v for k, v in alone.items() if k != "map"} == {k: v for k, v in records[3].items() if k != "map"}
-    assert np.array_equal(np.asarray(Image.open(tmp_path / "alone.png")), np.asarray(Image.open(maps / "sub" / "shirt.png")))
+    alone_map, folder_map = Image.open(tmp_path / "alone.png"), Image.open(maps / "sub" / "shirt.png")
+    assert np.array_equal(np.asarray(alone_map), np.asarray(folder_map))
 
 
 def test_output_names_mirror_the_input_tree_so_adding_an_image_renames_no_other(tmp_path, capsys):

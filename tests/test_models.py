@@ -157,7 +157,8 @@ def _timm_pair(tmp_path, name, timm_name, **kwargs):
 TIMM_FEATURE_PAIRS = [("resnet18", "resnet18", {}, 64), ("se_resnet18", "seresnet18", {}, 64),
                       ("eca_resnet50t", "ecaresnet50t", {}, 64),
                       ("vit_tiny_patch16_224", "vit_tiny_patch16_224", dict(img_size=32, depth=3), 32),
-                      ("vit_tiny_patch16_224", "vit_tiny_patch16_224", dict(img_size=32, depth=3, dynamic_img_size=True), 48)]
+                      ("vit_tiny_patch16_224", "vit_tiny_patch16_224",
+                       dict(img_size=32, depth=3, dynamic_img_size=True), 48)]
 
 
 @pytest.mark.parametrize("name, timm_name, kwargs, size", TIMM_FEATURE_PAIRS)

@@ -2059,7 +2059,8 @@ def test_naming_many_outputs_of_one_stem_tries_each_number_once(monkeypatch):
 
     tried = []
     fitted_name = fileio.fitted_name
-    monkeypatch.setattr(fileio, "fitted_name", lambda *args, **kwargs: tried.append(args) or fitted_name(*args, **kwargs))
+    monkeypatch.setattr(fileio, "fitted_name",
+                        lambda *args, **kwargs: tried.append(args) or fitted_name(*args, **kwargs))
     used, numbers = set(), {}
     named = [fileio.unique_paths("D", "Image", used, numbers=numbers)[0].name for _ in range(300)]
     assert named[:3] == ["Image.png", "Image-2.png", "Image-3.png"] and len(set(named)) == 300

@@ -573,8 +573,9 @@ def test_bad_stem_arguments_are_one_line(kwargs, message):
         create_model("resnet18", **kwargs)
 
 
-@pytest.mark.parametrize("timm_name, arch, output_stride", [("resnet18", "resnet18", 8), ("seresnet50", "se_resnet50", 16),
-                                                            ("resnet50d", "resnet50d", 8), ("resnet50d", "resnet50d", 16)])
+@pytest.mark.parametrize("timm_name, arch, output_stride", [
+    ("resnet18", "resnet18", 8), ("seresnet50", "se_resnet50", 16), ("resnet50d", "resnet50d", 8),
+    ("resnet50d", "resnet50d", 16)])
 def test_output_stride_dilates_as_timms_resnets_do(timm_name, arch, output_stride, tmp_path):
     """timm's ``output_stride`` (DeepLab-style dilated stages) was refused as an unknown argument."""
     torch.manual_seed(0)

@@ -233,8 +233,8 @@ def _class_to_index(target_class: Union[int, str, None], class_names: Sequence[s
         return target_class
     names, text = list(class_names), str(target_class)
     if target_class not in names and not text.isdigit():
-        raise ArgumentError("target_class", target_class, f"not a class of this model; use an index 0..{len(names) - 1} "
-                                                          f"or one of {', '.join(names)}")
+        raise ArgumentError("target_class", target_class,
+                            f"not a class of this model; use an index 0..{len(names) - 1} or one of {', '.join(names)}")
     index = names.index(target_class) if target_class in names else int(text)
     if text.isdigit() and any(name.isdigit() for name in names) and index < len(names):
         how = "the label" if target_class in names else "the index"

@@ -286,8 +286,8 @@ class ResNet(nn.Module):
         self._make_stem(in_chans, widths[0], small_input, stem_type, stem_width)
         self.stage_names = [f"layer{i}" for i in range(1, len(layers) + 1)]
         self._make_stages(
-            block, layers, widths, plan, attn_layer, attn_stages, non_local_blocks, attn_kwargs, drop_path_rate, avg_down,
-            group_kwargs,
+            block, layers, widths, plan, attn_layer, attn_stages, non_local_blocks, attn_kwargs, drop_path_rate,
+            avg_down, group_kwargs,
         )
         self.num_features = self.head_hidden_size = widths[-1] * block.expansion
         if bam:
@@ -510,8 +510,8 @@ def _group_kwargs(block: BlockType, cardinality: object, base_width: object) -> 
         return {"cardinality": cardinality, "base_width": base_width}
     if (cardinality, base_width) != (1, 64):
         raise ConfigError(f"cardinality={cardinality}, base_width={base_width}: a BasicBlock ResNet (ResNet-18/34, "
-                          "the CIFAR layout) has no grouped or widened 3x3 conv; give block=Bottleneck, or the defaults "
-                          "1 and 64")
+                          "the CIFAR layout) has no grouped or widened 3x3 conv; give block=Bottleneck, or the "
+                          "defaults 1 and 64")
     return {}
 
 
