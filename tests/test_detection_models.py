@@ -224,13 +224,13 @@ def test_fcos_thresholds_and_sizes_that_never_detect_are_one_line(setting, messa
 @pytest.mark.parametrize("name", HEADS)
 @pytest.mark.parametrize("images, message", [
     (lambda: [torch.rand(64, 64, 3)], r"^image 0: shape \(64, 64, 3\), float32, but a detector takes \(3, H, W\) floats "
-                                      r"in 0..1; it is channels-last: image.permute\(2, 0, 1\)$"),
+                                      r"in 0..1 or uint8; it is channels-last: image.permute\(2, 0, 1\)$"),
     (lambda: torch.rand(3, 64, 64), r"^images: one tensor of shape \(3, 64, 64\), not a list of \(3, H, W\) tensors; "
                                     r"pass \[image\] for one image$"),
     (lambda: torch.rand(2, 3, 64, 64), r"^images: one tensor of shape \(2, 3, 64, 64\), not a list of \(3, H, W\) "
                                        r"tensors; pass list\(images\) for a batch$"),
-    (lambda: [torch.zeros(3, 8, 8, dtype=torch.uint8)],
-     r"^image 0: shape \(3, 8, 8\), uint8, .*; give float RGB pixels"),
+    (lambda: [torch.zeros(3, 8, 8, dtype=torch.int32)],
+     r"^image 0: shape \(3, 8, 8\), int32, .*; give float RGB pixels in 0..1 \(or uint8 ones\)$"),
     (lambda: [torch.rand(1, 8, 8)], r"^image 0: .*; for a gray image: image.expand\(3, -1, -1\)$"),
 ])
 def test_a_detector_forward_given_images_it_cannot_take_is_one_line(name, images, message):

@@ -523,7 +523,7 @@ def test_output_names_mirror_the_input_tree_so_adding_an_image_renames_no_other(
 
 @pytest.mark.parametrize("where, message", [
     ("neither", "explain: give --out FILE for the map of one image, or --out-dir DIR for a map of each image file "
-                "and folder given (DIR/STEM.png)"),
+                "and folder given (DIR/SUB/STEM.png)"),
     ("both", "explain: give --out FILE for the map of one image, or --out-dir DIR"),
     ("folder", "names the map of one image file; give --out-dir DIR for a map of each of"),
 ])

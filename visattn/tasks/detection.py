@@ -280,10 +280,12 @@ class Detector:
     def _model_input(self, image: Tensor, *, as_floats: bool) -> Tensor:
         """``image`` on the model's device; uint8 kept for a float32 model's transform to convert in turn, unless
         ``as_floats`` (gradient x input needs floats) or the model computes in another dtype."""
-        weight = next(self.model.parameters())
-        if image.dtype == torch.uint8 and (as_floats or weight.dtype != torch.float32):
+        if image.dtype == torch.uint8:
+            weight = next((p for p in self.model.parameters() if p.is_floating_point()), None)
+            if weight is not None and weight.dtype == torch.float32 and not as_floats:
+                return image.to(weight.device)
             image = unit_floats(image)
-        return image.to(weight.device) if image.dtype == torch.uint8 else to_model_input(image, self.model)
+        return to_model_input(image, self.model)
 
 
 @contextmanager
