@@ -1368,10 +1368,12 @@ def test_image_files_beside_the_class_folders_are_named_not_left_out_unsaid(tmp_
     Image.new("RGB", (8, 8)).save(root / "stray.png")
     Image.new("RGB", (8, 8)).save(root / "other.jpg")
     (root / "notes.txt").write_text("not an image")
+    (root / "scans.png").mkdir()  # a class folder, whatever its name
+    Image.new("RGB", (8, 8)).save(root / "scans.png" / "0.png")
     with pytest.warns(VisattnWarning, match=r"photos: other\.jpg and 1 more image files sit beside the class folders, "
                                             r"in no class, and are not read; move each into its class's folder$"):
         dataset = ImageFolder(root)
-    assert len(dataset) == 4
+    assert len(dataset) == 5 and dataset.classes == ["blue", "red", "scans.png"]
 
 
 @pytest.mark.parametrize("img_size, fits", [(30, "28 or 32"), (2, "4")])
@@ -1382,3 +1384,20 @@ def test_an_img_size_the_vits_patches_do_not_divide_names_the_option_and_sizes_t
     with pytest.raises(ConfigError, match=rf"^--img-size {img_size}: vit_tiny_patch4_28\.fmnist takes sides that are "
                                           rf"multiples of its 4-pixel patches; give {fits}$"):
         load_classifier("vit_tiny_patch4_28.fmnist", img_size=img_size)
+
+
+def test_data_a_vit_of_any_size_cannot_split_into_patches_is_refused_at_build_naming_the_key():
+    """It failed in the first step, after the trainer had set up, with "input is (30, 30), ..." naming no key."""
+    data = {"input_size": [3, 30, 30], "mean": [0.5] * 3, "std": [0.5] * 3}
+    with pytest.raises(ConfigError, match=r"^data\.init_args\.img_size=30 but vit_tiny_patch4_28 takes sides that are "
+                                          r"multiples of its 4-pixel patches; set data img_size to 28 or 32$"):
+        ImageClassifier("vit_tiny_patch4_28", model_kwargs={"depth": 1, "dynamic_img_size": True}, preprocessing=data)
+
+
+def test_mean_class_accuracy_averages_the_unrounded_accuracies():
+    """Averaged after rounding each to 6 digits, 0, 2/3 and 2/3 gave 0.444445 where their mean is 0.4444444."""
+    from visattn.tasks.classification import class_accuracies
+
+    scores = class_accuracies(torch.tensor([[0, 1, 0], [0, 2, 1], [1, 0, 2]]), ["a", "b", "c"])
+    assert scores["mean_class_accuracy"] == 0.444444
+    assert [c["accuracy"] for c in scores["per_class"].values()] == [0.0, 0.666667, 0.666667]

@@ -365,11 +365,18 @@ def test_uint8_images_give_what_their_floats_give_and_detect_files_passes_them_a
     detector = _tiny_detector(head)
     rng = np.random.default_rng(0)
     photos = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in ((40, 48), (56, 30), (40, 48))]
-    for attention in (False, True):
+    normalised, normalize = [], detector.model.transform.normalize
+    monkeypatch.setattr(detector.model.transform, "normalize",
+                        lambda image: normalised.append(image.dtype) or normalize(image))
+    for attention, dtype in ((False, torch.float32), (True, torch.float32), (False, torch.bfloat16)):
+        detector.model.to(dtype)
         floats = detector.detect([to_tensor(p) for p in photos], score_threshold=0.0, attention=attention)
+        normalised.clear()
         as_bytes = detector.detect([to_byte_tensor(p) for p in photos], score_threshold=0.0, attention=attention)
+        assert set(normalised) == {torch.uint8 if dtype == torch.float32 and not attention else dtype}
         for mine, theirs in zip(as_bytes, floats, strict=True):
             assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+    detector.model.float()
     given = []
     monkeypatch.setattr(Detector, "detect", lambda self, images, **kwargs: given.extend(images) or [{}] * len(images))
     monkeypatch.setattr("visattn.tasks.detection.detection_records", lambda *args: [])

@@ -2052,7 +2052,7 @@ def test_an_abbreviated_option_is_unknown_and_names_the_option_meant(tmp_path, c
     assert list(tmp_path.iterdir()) == []
 
 
-def test_naming_many_outputs_of_one_stem_tries_each_number_once(monkeypatch):
+def test_naming_many_outputs_of_one_stem_tries_each_number_once(monkeypatch, tmp_path):
     """Each name of a stem met before counted up from 1 again: naming 8000 inputs of one stem took minutes before
     the first image was read."""
     from visattn import fileio
@@ -2066,3 +2066,6 @@ def test_naming_many_outputs_of_one_stem_tries_each_number_once(monkeypatch):
     assert named[:3] == ["Image.png", "Image-2.png", "Image-3.png"] and len(set(named)) == 300
     assert len(tried) == 300  # one try each, not 300 * 301 / 2
     assert fileio.unique_paths("D", "image", used, numbers=numbers)[0].name == "image-301.png"  # case-insensitive
+    tried.clear()
+    planned = fileio.output_paths([Path("in/x.png")] * 300, tmp_path / "D", flag="--out", commands={"": "detect"})
+    assert planned[""][-1] == tmp_path / "D" / "x-300.png" and len(tried) == 300

@@ -557,8 +557,8 @@ def test_any_attention_resnet_takes_the_deep_stem_and_a_plain_resnet_d_s_weights
     path = tmp_path / "resnet18d.pth"
     torch.save(reference.state_dict(), path)
     with pytest.warns(VisattnWarning, match=r"loaded non-strictly; kept init for missing layer2\.0\.attn\.attn_logits"):
-        model = create_model("gc_resnet18", num_classes=5, stem_type="deep", avg_down=True, pretrained=str(path),
-                             strict="attention")
+        model = create_model("gc_resnet18", num_classes=5, stem_type="deep", stem_width=32, avg_down=True,
+                             pretrained=str(path), strict="attention")
     assert_same_logits(model, reference)  # global context blocks start as the identity
 
 
@@ -600,6 +600,13 @@ def test_an_output_stride_that_is_not_a_power_of_two_is_one_line(output_stride):
         create_model("resnet18", output_stride=output_stride)
 
 
+def test_an_output_stride_below_the_stems_is_one_line():
+    """2 gave the stem's stride, 4, without a word."""
+    with pytest.raises(ConfigError, match=r"^output_stride=2: the stem alone strides 4; give 4 or more"):
+        create_model("resnet18", output_stride=2)
+    assert create_model("resnet20_cifar", output_stride=2).feature_info[-1]["reduction"] == 2
+
+
 @pytest.mark.parametrize("source, source_name, arch", [
     ("timm", "seresnext50_32x4d", "se_resnext50_32x4d"), ("timm", "resnext50_32x4d", "resnext50_32x4d"),
     ("torchvision", "resnext50_32x4d", "resnext50_32x4d"), ("torchvision", "wide_resnet50_2", "wide_resnet50_2"),
@@ -630,3 +637,35 @@ def test_a_grouped_or_widened_basic_block_resnet_is_one_line(kwargs):
     with pytest.raises(ConfigError, match=r"^cardinality=\d+, base_width=\d+: a BasicBlock ResNet \(ResNet-18/34, the "
                                           r"CIFAR layout\) has no grouped or widened 3x3 conv"):
         create_model("resnet18", **kwargs)
+
+
+@pytest.mark.parametrize("arch, kwargs", [("resnet18", dict(stem_type="deep")),
+                                          ("resnet50", dict(stem_type="deep_tiered", stem_width=48, avg_down=True))])
+def test_a_deep_stem_of_any_width_is_timms(arch, kwargs, tmp_path):
+    """The deep stem ended at ``widths[0]`` channels whatever its ``stem_width``, where timm's ends at twice it (and
+    defaults to 64 wide): timm's weights of such stems did not load."""
+    torch.manual_seed(0)
+    reference = randomize_bn_stats(timm.create_model(arch, num_classes=5, **kwargs))
+    path = tmp_path / f"{arch}.pth"
+    torch.save(reference.state_dict(), path)
+    model = create_model(arch, num_classes=5, pretrained=str(path), **kwargs)
+    assert n_params(model) == n_params(reference)
+    assert [level["num_chs"] for level in model.feature_info] == [level["num_chs"] for level in reference.feature_info]
+    assert_same_logits(model, reference)
+
+
+@pytest.mark.parametrize("timm_name, arch, kwargs, hint", [
+    ("resnet18", "resnet18d", {}, r"the weights have the 7x7 stem \(conv1\): build a ResNet without stem_type "
+                                  r"\(resnet50, not resnet50d\), avg_down=False$"),
+    ("resnet18d", "resnet18", {}, r"the weights have a deep stem \(conv1\.0-conv1\.6\): build the ResNet-D "
+                                  r"\(resnet50d\), or pass stem_type='deep', stem_width=32, avg_down=True$"),
+    ("ecaresnet50t", "resnet50", dict(attn_layer="eca"),
+     r"or pass stem_type='deep_tiered', stem_width=32, avg_down=True$"),
+])
+def test_weights_of_the_other_stem_name_the_settings_that_load_them(timm_name, arch, kwargs, hint, tmp_path):
+    """Plain weights in a ResNet-D (or the reverse) listed some 700 characters of keys and no way to load them."""
+    path = tmp_path / f"{timm_name}.pth"
+    with torch.device("meta"):
+        torch.save({k: torch.empty(v.shape) for k, v in timm.create_model(timm_name).state_dict().items()}, path)
+    with pytest.raises(WeightsError, match=hint):
+        create_model(arch, pretrained=str(path), **kwargs)

@@ -243,8 +243,8 @@ def test_token_pooled_weights_for_an_average_pooled_vit_name_the_settings_that_l
     small = dict(img_size=32, depth=2, num_classes=10, global_pool="avg")
     with pytest.raises(WeightsError, match=r"\(missing: fc_norm.weight, fc_norm.bias; unexpected: norm.bias, "
                                            r"norm.weight\); the weights normalise the tokens before pooling \(norm\), "
-                                           r"this model after it \(fc_norm, which global_pool='avg' builds\): pass "
-                                           r"fc_norm=False to keep their norm, or strict=False to start fc_norm "
+                                           r"this model after it \(fc_norm, which pooling the patch tokens builds\): "
+                                           r"pass fc_norm=False to keep their norm, or strict=False to start fc_norm "
                                            r"afresh"):
         create_model("vit_tiny_patch16_224", pretrained=str(path), **small)
     kept = create_model("vit_tiny_patch16_224", pretrained=str(path), fc_norm=False, **small).eval()
@@ -325,3 +325,15 @@ def test_timms_other_poolings_give_its_logits_and_tokens(pool, num_classes, tmp_
         torch.testing.assert_close(model(x), reference(x), rtol=0, atol=0)
     with pytest.raises(ConfigError, match=r"^global_pool='' leaves the tokens unpooled and num_classes=3 needs"):
         create_model("vit_tiny_patch4_28", depth=1, global_pool="", num_classes=3)
+
+
+def test_a_vit_of_any_size_traces_with_fx_for_every_size():
+    """Its grid came from a branch on the input's size, which torchvision's create_feature_extractor (fx) refused."""
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    model = create_model("vit_tiny_patch16_224", img_size=32, depth=2, dynamic_img_size=True, num_classes=3).eval()
+    extractor = create_feature_extractor(model, {"head": "logits"})
+    with torch.no_grad():
+        for size in ((32, 32), (48, 80)):
+            x = torch.randn(2, 3, *size)
+            torch.testing.assert_close(extractor(x)["logits"], model(x), rtol=0, atol=0)

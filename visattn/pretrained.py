@@ -1006,8 +1006,9 @@ def check_state_dict(
         hint = fix or ("check the architecture and its kwargs (depth, widths, ...); pass strict='attention' when "
                        "the missing keys are attention modules added to the weights' architecture (a plain ResNet's "
                        "weights in cbam_resnet50)" if not shape else "check the architecture and its kwargs")
-        raise WeightsError(f"{source}: weights do not fit {type(model).__name__} ({'; '.join(parts)}); "
-                           f"{_depth_hint(state, own, model, fix) or _final_norm_hint(missing, unexpected) or hint}")
+        hint = (_depth_hint(state, own, model, fix) or _stem_hint(state, own) or _final_norm_hint(missing, unexpected)
+                or hint)
+        raise WeightsError(f"{source}: weights do not fit {type(model).__name__} ({'; '.join(parts)}); {hint}")
     attention = _attention_prefixes(model) if strict == "attention" else ()
     outside = {label: [k for k in keys if not k.startswith(attention)]
                for label, keys in (("missing", missing), ("unexpected", unexpected))} if strict == "attention" else {}
@@ -1037,11 +1038,26 @@ def _final_norm_hint(missing: list[str], unexpected: list[str]) -> str:
     before, after = {"norm.weight", "norm.bias"}, {"fc_norm.weight", "fc_norm.bias"}
     if set(missing) == after and set(unexpected) == before:
         return ("the weights normalise the tokens before pooling (norm), this model after it (fc_norm, which "
-                "global_pool='avg' builds): pass fc_norm=False to keep their norm, or strict=False to start fc_norm "
-                "afresh")
+                "pooling the patch tokens builds): pass fc_norm=False to keep their norm, or strict=False to start "
+                "fc_norm afresh")
     if set(missing) == before and set(unexpected) == after:
         return ("the weights normalise after pooling (fc_norm), this model the tokens before it (norm): pass "
                 "fc_norm=True to keep theirs")
+    return ""
+
+
+def _stem_hint(state: StateDict, own: StateDict) -> str:
+    """How to build a ResNet for weights of the other stem (a 7x7 conv, or ResNet-D's three 3x3 convs), else empty:
+    their key lists alone (some 700 characters) did not say it."""
+    avg_down = any(re.search(r"\.downsample\.2\.weight$", key) for key in state)
+    if "conv1.weight" in state and "conv1.0.weight" in own:
+        return (f"the weights have the 7x7 stem (conv1): build a ResNet without stem_type (resnet50, not resnet50d)"
+                f"{', with avg_down=True' if avg_down else ', avg_down=False'}")
+    if "conv1.0.weight" in state and "conv1.weight" in own and "conv1.3.weight" in state:
+        width = state["conv1.3.weight"].shape[0]
+        tiered = state["conv1.0.weight"].shape[0] != width
+        return (f"the weights have a deep stem (conv1.0-conv1.6): build the ResNet-D (resnet50d), or pass "
+                f"stem_type={'deep_tiered' if tiered else 'deep'!r}, stem_width={width}, avg_down={avg_down}")
     return ""
 
 

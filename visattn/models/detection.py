@@ -87,7 +87,8 @@ def resnet_stage_channels(body: ResNet) -> list[int]:
 
 
 def resnet_stage_strides(body: ResNet) -> list[int]:
-    """Stride of each stage's output: the stem's (4 for ImageNet, 1 for CIFAR), doubled by every later stage."""
+    """Stride of each stage's output (``feature_info``'s reductions): the stem's (4 for ImageNet, 1 for CIFAR), doubled
+    by every later stage up to an ``output_stride``."""
     return [info["reduction"] for info in body.feature_info[1:]]
 
 

@@ -88,7 +88,8 @@ StemType = Literal["", "deep", "deep_tiered"]
 
 
 def _deep_stem(in_chans: int, out_chs: int, stem_width: int, tiered: bool) -> nn.Sequential:
-    """ResNet-C/D's three 3x3 convs in place of the 7x7 (the first strided); tiered narrows the first to 3/4."""
+    """ResNet-C/D's three 3x3 convs in place of the 7x7 (the first strided), of ``stem_width``, ``stem_width`` and
+    ``out_chs`` channels; tiered narrows the first to 3/4."""
     first = 3 * (stem_width // 4) if tiered else stem_width
     return nn.Sequential(
         _conv3x3(in_chans, first, stride=2), nn.BatchNorm2d(first), nn.ReLU(inplace=True),
@@ -217,9 +218,11 @@ class ResNet(nn.Module):
         num_classes: classifier size; 0 leaves ``fc`` an identity (features only).
         in_chans: input image channels.
         small_input: CIFAR stem (3x3 stride-1 conv, no max-pool) for 28-64 px images.
-        stem_type: ``""`` the 7x7 conv; ``"deep"`` three 3x3 convs of ``stem_width``, ``stem_width`` and
-            ``widths[0]`` channels (ResNet-C); ``"deep_tiered"`` the first of them 3/4 as wide (timm's ``*t``).
-        stem_width: the deep stem's inner width (timm's default for its ``*d`` and ``*t`` models).
+        stem_type: ``""`` the 7x7 conv to ``widths[0]`` channels; ``"deep"`` three 3x3 convs of ``stem_width``,
+            ``stem_width`` and ``2 * stem_width`` channels (ResNet-C), which the first stage takes in, as timm's;
+            ``"deep_tiered"`` the first of them 3/4 as wide (timm's ``*t``).
+        stem_width: the deep stem's inner width: timm's default, 64; its ``*d`` and ``*t`` models (and visattn's)
+            take 32, a stem ending at 64 channels.
         avg_down: average-pool shortcuts (ResNet-D): 2x2 average, then a stride-1 1x1 projection.
         cardinality: groups of a Bottleneck's 3x3 conv (ResNeXt's; timm's name, torchvision's ``groups``).
         base_width: channels of each group per 64 ``planes`` (timm's name, torchvision's ``width_per_group``):
@@ -253,7 +256,7 @@ class ResNet(nn.Module):
         in_chans: int = 3,
         small_input: bool = False,
         stem_type: StemType = "",
-        stem_width: int = 32,
+        stem_width: int = 64,
         avg_down: bool = False,
         output_stride: int = 32,
         cardinality: int = 1,
@@ -275,7 +278,8 @@ class ResNet(nn.Module):
         _check_head(num_classes, global_pool)
         _check_stem(stem_type, stem_width, small_input)
         group_kwargs = _group_kwargs(block, cardinality, base_width)
-        plan = _stage_plan(len(layers), 1 if small_input else 4, _check_output_stride(output_stride))
+        first_reduction = 1 if small_input else 4  # the stem's stride
+        plan = _stage_plan(len(layers), first_reduction, _check_output_stride(output_stride, first_reduction))
         non_local_blocks = _stage_numbers(non_local_blocks)
         _check_stages(block, layers, widths)
         _check_placement(layers, attn_stages, non_local_blocks)
@@ -283,17 +287,18 @@ class ResNet(nn.Module):
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.input_size = (in_chans, 32, 32) if small_input else (in_chans, 224, 224)
-        self._make_stem(in_chans, widths[0], small_input, stem_type, stem_width)
+        stem_chs = 2 * stem_width if stem_type else widths[0]
+        self._make_stem(in_chans, stem_chs, small_input, stem_type, stem_width)
         self.stage_names = [f"layer{i}" for i in range(1, len(layers) + 1)]
         self._make_stages(
-            block, layers, widths, plan, attn_layer, attn_stages, non_local_blocks, attn_kwargs, drop_path_rate,
-            avg_down, group_kwargs,
+            block, stem_chs, layers, widths, plan, attn_layer, attn_stages, non_local_blocks, attn_kwargs,
+            drop_path_rate, avg_down, group_kwargs,
         )
         self.num_features = self.head_hidden_size = widths[-1] * block.expansion
         if bam:
             for i, width in enumerate(widths[:-1], start=1):
                 setattr(self, f"bam{i}", create_attn("bam", width * block.expansion, **attn_kwargs))
-        self.feature_info = _feature_info(block, widths, small_input, plan, bam)
+        self.feature_info = _feature_info(block, stem_chs, widths, small_input, plan, bam)
         self.global_pool = GlobalPool2d(global_pool)
         self.drop = nn.Dropout(drop_rate)
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
@@ -314,6 +319,7 @@ class ResNet(nn.Module):
     def _make_stages(
         self,
         block: BlockType,
+        stem_chs: int,
         layers: Sequence[int],
         widths: Sequence[int],
         plan: Sequence[tuple[int, int, int]],
@@ -327,7 +333,7 @@ class ResNet(nn.Module):
     ) -> None:
         num_blocks = sum(layers)
         drop_paths = [drop_path_rate * i / max(num_blocks - 1, 1) for i in range(num_blocks)]
-        in_chs = widths[0]
+        in_chs = stem_chs
         for stage, (depth, planes, (stage_stride, dilation, _)) in enumerate(zip(layers, widths, plan), start=1):
             with_non_local = set((non_local_blocks or {}).get(stage, ()))
             previous_dilation = plan[stage - 2][1] if stage > 1 else 1
@@ -493,10 +499,10 @@ def _stage_plan(num_stages: int, first_reduction: int, output_stride: int) -> li
     return plan
 
 
-def _feature_info(block: BlockType, widths: Sequence[int], small_input: bool, plan: Sequence[tuple[int, int, int]],
-                  bam: bool) -> list[dict[str, Any]]:
+def _feature_info(block: BlockType, stem_chs: int, widths: Sequence[int], small_input: bool,
+                  plan: Sequence[tuple[int, int, int]], bam: bool) -> list[dict[str, Any]]:
     """timm's ``feature_info``: channels, stride and module of the stem's output and each stage's."""
-    info = [dict(num_chs=widths[0], reduction=1 if small_input else 2, module="relu")]
+    info = [dict(num_chs=stem_chs, reduction=1 if small_input else 2, module="relu")]
     for stage, (planes, (_, _, reduction)) in enumerate(zip(widths, plan), start=1):
         module = f"bam{stage}" if bam and stage < len(widths) else f"layer{stage}"
         info.append(dict(num_chs=planes * block.expansion, reduction=reduction, module=module))
@@ -515,10 +521,13 @@ def _group_kwargs(block: BlockType, cardinality: object, base_width: object) -> 
     return {}
 
 
-def _check_output_stride(output_stride: object) -> int:
+def _check_output_stride(output_stride: object, first_reduction: int) -> int:
     if not is_count(output_stride) or output_stride & (output_stride - 1):
         raise ConfigError(f"output_stride={output_stride!r}: give a power of two (8, 16 or 32 for an ImageNet "
                           "ResNet; 32 does not dilate)")
+    if output_stride < first_reduction:  # it gave the stem's stride without a word
+        raise ConfigError(f"output_stride={output_stride}: the stem alone strides {first_reduction}; give "
+                          f"{first_reduction} or more (8, 16 or 32 for an ImageNet ResNet)")
     return int(output_stride)
 
 
@@ -620,7 +629,7 @@ def _create_resnet(depth: int, attn: Optional[str] = None, **kwargs) -> ResNet:
 
 
 def _create_resnet_d(depth: int, attn: Optional[str] = None, stem_type: StemType = "deep", **kwargs) -> ResNet:
-    return _create_resnet(depth, attn, **{"stem_type": stem_type, "avg_down": True, **kwargs})
+    return _create_resnet(depth, attn, **{"stem_type": stem_type, "stem_width": 32, "avg_down": True, **kwargs})
 
 
 def _create_resnext(depth: int, cardinality: int, base_width: int, attn: Optional[str] = None, **kwargs) -> ResNet:

@@ -12,7 +12,7 @@ gates the context with ``β = sigmoid(f_beta(h))`` and predicts the next word fr
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Optional, Union
+from typing import Any, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
@@ -194,8 +194,7 @@ class ShowAttendTell(nn.Module):
             x = x.permute(0, 3, 1, 2)
         if x.ndim == 3:  # ViT tokens (B, prefix + N, C): drop class/register tokens, lay out the patch grid
             x = x[:, getattr(self.encoder, "num_prefix_tokens", 0):]
-            side = int(x.shape[1] ** 0.5)
-            grid_h, grid_w = getattr(getattr(self.encoder, "patch_embed", None), "grid_size", (side, side))
+            grid_h, grid_w = _token_grid(self.encoder, images.shape[-2:], x.shape[1])
             x = x.transpose(1, 2).reshape(x.shape[0], x.shape[2], grid_h, grid_w)  # (B, C, h, w)
         return x
 
@@ -414,6 +413,20 @@ class ShowAttendTell(nn.Module):
             out_tokens.append(ids[:n])
             out_maps.append(maps[:n].reshape(n, *self.grid).clone())  # its own: a view kept every image's maps
         return DecodedCaptions(out_tokens, out_maps, scores)
+
+
+def _token_grid(encoder: nn.Module, image_size: Sequence[int], tokens: int) -> tuple[int, int]:
+    """The ``(h, w)`` grid of a ViT encoder's patch tokens for images of ``image_size``: the grid it was built for,
+    or for one built with ``dynamic_img_size`` the input's (the built grid laid a 32x64 image's tokens out wrong)."""
+    embed = getattr(encoder, "patch_embed", None)
+    if embed is None:
+        side = math.isqrt(tokens)
+        return side, side
+    if getattr(encoder, "dynamic_img_size", False):
+        (patch_h, patch_w), padded = embed.patch_size, getattr(embed, "dynamic_img_pad", False)  # timm's pads up
+        height, width = int(image_size[0]), int(image_size[1])
+        return (-(-height // patch_h), -(-width // patch_w)) if padded else (height // patch_h, width // patch_w)
+    return tuple(embed.grid_size)
 
 
 def _apply(layer: nn.Linear, x: Tensor) -> Tensor:

@@ -240,9 +240,8 @@ class VisionTransformer(nn.Module):
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
         pos_embed = self.pos_embed
-        if grid != self.grid_size:
-            pos_embed = resample_abs_pos_embed(pos_embed, new_size=grid, old_size=self.grid_size,
-                                               num_prefix_tokens=self.num_prefix_tokens)
+        if self.dynamic_img_size:  # a call, not a branch on the grid, so that fx traces it as one
+            pos_embed = _pos_embed_for_grid(pos_embed, grid, self.grid_size, self.num_prefix_tokens)
         return self.pos_drop(x + pos_embed), grid
 
     def forward_features(
@@ -387,6 +386,14 @@ def drop_pooled_head(model: nn.Module) -> nn.Module:
     if isinstance(getattr(model, "attn_pool", None), nn.Module):
         model.attn_pool = None
     return model
+
+
+@torch.fx.wrap
+def _pos_embed_for_grid(pos_embed: torch.Tensor, grid: tuple[int, int], built_grid: tuple[int, int],
+                        num_prefix_tokens: int) -> torch.Tensor:
+    """``pos_embed`` resampled from ``built_grid`` to ``grid`` (itself when they are one): one leaf in an fx graph,
+    whose sizes are known only when it runs."""
+    return resample_abs_pos_embed(pos_embed, new_size=grid, old_size=built_grid, num_prefix_tokens=num_prefix_tokens)
 
 
 def _pool_tokens(x: torch.Tensor, global_pool: str, num_prefix_tokens: int) -> torch.Tensor:

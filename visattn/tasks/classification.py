@@ -253,12 +253,32 @@ def check_data_size(model: nn.Module, model_name: str, preprocessing: Optional[d
     size = fixed_input_size(model)
     if preprocessing and size is None and (getattr(model, "pretrained_cfg", None) or {}).get("fixed_input_size"):
         _check_runs_at(model, model_name, preprocessing["input_size"])  # timm's LeViT: sized attention biases
+    if preprocessing and size is None and getattr(model, "dynamic_img_size", False):
+        _check_whole_patches(model, model_name, preprocessing["input_size"])
     if not preprocessing or size is None or tuple(preprocessing["input_size"][1:]) == size:
         return
     data_size = preprocessing["input_size"][-1]
     raise ConfigError(f"data.init_args.img_size={data_size} but {model_name} takes {size[0]}x{size[1]} images; set "
                       f"model.init_args.model_kwargs.img_size: {data_size} (pretrained position embeddings are "
                       f"resampled), or data img_size {size[0]}")
+
+
+def _check_whole_patches(model: nn.Module, model_name: str, input_size: Sequence[int]) -> None:
+    """A ViT of any size takes sides that are multiples of its patch: another failed in the first step, after the
+    trainer had set up, naming no config key. (timm's ``dynamic_img_pad`` pads any size.)"""
+    embed = model.patch_embed
+    step = math.lcm(*embed.patch_size)
+    if getattr(embed, "dynamic_img_pad", False) or not any(side % step for side in input_size[1:]):
+        return
+    data_size = input_size[-1]
+    fits = " or ".join(map(str, _sizes_that_fit(data_size, step)))
+    raise ConfigError(f"data.init_args.img_size={data_size} but {model_name} takes sides that are multiples of its "
+                      f"{step}-pixel patches; set data img_size to {fits}")
+
+
+def _sizes_that_fit(size: int, step: int) -> list[int]:
+    """The multiples of ``step`` next below and above ``size`` (above only, when none is below)."""
+    return [fit for fit in (size // step * step, (size // step + 1) * step) if fit > 0]
 
 
 def _check_runs_at(model: nn.Module, model_name: str, input_size: Sequence[int]) -> None:
@@ -714,9 +734,8 @@ def _img_size_named(img_size: Optional[int], name: str) -> Iterator[None]:
         if img_size is None:
             raise
         step = math.lcm(*err.patch_size)
-        fits = [size for size in (img_size // step * step, (img_size // step + 1) * step) if size > 0]
         raise ConfigError(f"--img-size {img_size}: {name} takes sides that are multiples of its {step}-pixel patches; "
-                          f"give {' or '.join(map(str, fits))}") from None
+                          f"give {' or '.join(map(str, _sizes_that_fit(img_size, step)))}") from None
 
 
 def _resized(preprocessing: dict[str, Any], img_size: Optional[int]) -> dict[str, Any]:
