@@ -1386,12 +1386,17 @@ def test_an_img_size_the_vits_patches_do_not_divide_names_the_option_and_sizes_t
         load_classifier("vit_tiny_patch4_28.fmnist", img_size=img_size)
 
 
-def test_data_a_vit_of_any_size_cannot_split_into_patches_is_refused_at_build_naming_the_key():
-    """It failed in the first step, after the trainer had set up, with "input is (30, 30), ..." naming no key."""
+@pytest.mark.parametrize("name, fits", [("vit_tiny_patch4_28", "28 or 32"), ("timm:vit_tiny_patch16_224", "16 or 32")])
+def test_data_a_vit_of_any_size_cannot_split_into_patches_is_refused_at_build_naming_the_key(name, fits):
+    """It failed in the first step, after the trainer had set up, with "input is (30, 30), ..." naming no key (timm's
+    got a hint to set model_kwargs.img_size, after which it was refused alike); timm's padding patch embedding takes
+    any size."""
     data = {"input_size": [3, 30, 30], "mean": [0.5] * 3, "std": [0.5] * 3}
-    with pytest.raises(ConfigError, match=r"^data\.init_args\.img_size=30 but vit_tiny_patch4_28 takes sides that are "
-                                          r"multiples of its 4-pixel patches; set data img_size to 28 or 32$"):
-        ImageClassifier("vit_tiny_patch4_28", model_kwargs={"depth": 1, "dynamic_img_size": True}, preprocessing=data)
+    with pytest.raises(ConfigError, match=rf"^data\.init_args\.img_size=30 but {name} takes sides that are "
+                                          rf"multiples of its \d+-pixel patches; set data img_size to {fits}$"):
+        ImageClassifier(name, model_kwargs={"depth": 1, "dynamic_img_size": True}, preprocessing=data)
+    ImageClassifier("timm:vit_tiny_patch16_224", model_kwargs={"depth": 1, "dynamic_img_size": True,
+                                                               "dynamic_img_pad": True}, preprocessing=data)
 
 
 def test_mean_class_accuracy_averages_the_unrounded_accuracies():

@@ -377,7 +377,16 @@ def test_uint8_images_give_what_their_floats_give_and_detect_files_passes_them_a
         for mine, theirs in zip(as_bytes, floats, strict=True):
             assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
     detector.model.float()
+    class NoParameters(nn.Module):  # an oracle or a wrapper: nothing to take a device or dtype from
+        def forward(self, images: list) -> list:
+            given.extend(image.dtype for image in images)
+            return [{"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.long)}
+                    for _ in images]
+
     given = []
+    Detector(NoParameters(), CLASS_NAMES, {}, "oracle", "oracle", {}).detect([to_byte_tensor(photos[0])])
+    assert given == [torch.float32]  # it had raised StopIteration
+    given.clear()
     monkeypatch.setattr(Detector, "detect", lambda self, images, **kwargs: given.extend(images) or [{}] * len(images))
     monkeypatch.setattr("visattn.tasks.detection.detection_records", lambda *args: [])
     Image.fromarray(photos[0]).save(tmp_path / "photo.png")

@@ -604,6 +604,7 @@ def test_an_output_stride_below_the_stems_is_one_line():
     """2 gave the stem's stride, 4, without a word."""
     with pytest.raises(ConfigError, match=r"^output_stride=2: the stem alone strides 4; give 4 or more"):
         create_model("resnet18", output_stride=2)
+    assert [level["reduction"] for level in create_model("resnet18", output_stride=4).feature_info] == [2, 4, 4, 4, 4]
     assert create_model("resnet20_cifar", output_stride=2).feature_info[-1]["reduction"] == 2
 
 
@@ -660,7 +661,9 @@ def test_a_deep_stem_of_any_width_is_timms(arch, kwargs, tmp_path):
     ("resnet18d", "resnet18", {}, r"the weights have a deep stem \(conv1\.0-conv1\.6\): build the ResNet-D "
                                   r"\(resnet50d\), or pass stem_type='deep', stem_width=32, avg_down=True$"),
     ("ecaresnet50t", "resnet50", dict(attn_layer="eca"),
-     r"or pass stem_type='deep_tiered', stem_width=32, avg_down=True$"),
+     r"deep stem \(conv1\.0-conv1\.6\): pass stem_type='deep_tiered', stem_width=32, avg_down=True$"),
+    ("resnet50d", "resnet50", dict(stem_type="deep", avg_down=True),  # timm's stem_width, 64 unless given
+     r"the weights' deep stem is another \(32, 32 wide\): pass stem_type='deep', stem_width=32, avg_down=True$"),
 ])
 def test_weights_of_the_other_stem_name_the_settings_that_load_them(timm_name, arch, kwargs, hint, tmp_path):
     """Plain weights in a ResNet-D (or the reverse) listed some 700 characters of keys and no way to load them."""

@@ -353,18 +353,20 @@ def test_vit_encoder_is_built_for_img_size(encoder_name, img_size, grid):
     assert decoded.attention[0].shape[1:] == (grid, grid)
 
 
-@pytest.mark.parametrize("encoder_name", ["vit_tiny_patch16_224", "timm:vit_tiny_patch16_224"])
-def test_a_vit_encoder_of_any_size_lays_out_the_inputs_grid(encoder_name):
+@pytest.mark.parametrize("encoder_name, padded", [("vit_tiny_patch16_224", False), ("timm:vit_tiny_patch16_224", False),
+                                                   ("timm:vit_tiny_patch16_224", True)])
+def test_a_vit_encoder_of_any_size_lays_out_the_inputs_grid(encoder_name, padded):
     """A ``dynamic_img_size`` encoder's tokens were laid out on the grid it was built for: a 64x32 image's 8 tokens
     as 2x4 instead of 4x2 (silently transposed), and a 48x48 image's as a RuntimeError."""
     torch.manual_seed(0)
+    encoder_kwargs = {"depth": 1, "dynamic_img_size": True, **({"dynamic_img_pad": True} if padded else {})}
     net = ShowAttendTell(vocab_size=VOCAB, encoder_name=encoder_name, img_size=32, grid_size=2, embed_dim=8,
-                         hidden_dim=8, attn_dim=8, encoder_kwargs={"depth": 1, "dynamic_img_size": True}).eval()
-    for size in ((64, 32), (48, 48)):
+                         hidden_dim=8, attn_dim=8, encoder_kwargs=encoder_kwargs).eval()
+    for size in ((64, 32), (48, 48), *([(40, 24)] if padded else [])):  # timm's padding takes 40x24 as 48x32
         images = torch.randn(2, 3, *size)
         with torch.no_grad():
             tokens = net.encoder.forward_features(images)[:, net.encoder.num_prefix_tokens:]  # (B, h * w, C)
-            expected = tokens.transpose(1, 2).reshape(2, -1, size[0] // 16, size[1] // 16)
+            expected = tokens.transpose(1, 2).reshape(2, -1, -(-size[0] // 16), -(-size[1] // 16))
             torch.testing.assert_close(net.feature_map(images), expected, rtol=0, atol=0)
 
 

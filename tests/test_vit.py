@@ -337,3 +337,5 @@ def test_a_vit_of_any_size_traces_with_fx_for_every_size():
         for size in ((32, 32), (48, 80)):
             x = torch.randn(2, 3, *size)
             torch.testing.assert_close(extractor(x)["logits"], model(x), rtol=0, atol=0)
+        with pytest.raises(ConfigError, match=r"^input is \(40, 40\), whose sides are not multiples of the patch size"):
+            extractor(torch.randn(1, 3, 40, 40))  # the graph had cropped it to 32x32 without a word

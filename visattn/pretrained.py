@@ -1053,11 +1053,17 @@ def _stem_hint(state: StateDict, own: StateDict) -> str:
     if "conv1.weight" in state and "conv1.0.weight" in own:
         return (f"the weights have the 7x7 stem (conv1): build a ResNet without stem_type (resnet50, not resnet50d)"
                 f"{', with avg_down=True' if avg_down else ', avg_down=False'}")
-    if "conv1.0.weight" in state and "conv1.weight" in own and "conv1.3.weight" in state:
-        width = state["conv1.3.weight"].shape[0]
-        tiered = state["conv1.0.weight"].shape[0] != width
-        return (f"the weights have a deep stem (conv1.0-conv1.6): build the ResNet-D (resnet50d), or pass "
-                f"stem_type={'deep_tiered' if tiered else 'deep'!r}, stem_width={width}, avg_down={avg_down}")
+    if "conv1.0.weight" not in state or "conv1.3.weight" not in state:
+        return ""
+    width = state["conv1.3.weight"].shape[0]
+    tiered = state["conv1.0.weight"].shape[0] != width
+    settings = f"stem_type={'deep_tiered' if tiered else 'deep'!r}, stem_width={width}, avg_down={avg_down}"
+    if "conv1.weight" in own:
+        d_model = "build the ResNet-D (resnet50d), or " if (width, tiered, avg_down) == (32, False, True) else ""
+        return f"the weights have a deep stem (conv1.0-conv1.6): {d_model}pass {settings}"
+    stem = ("conv1.0.weight", "conv1.3.weight")
+    if all(key in own for key in stem) and any(own[key].shape != state[key].shape for key in stem):
+        return f"the weights' deep stem is another ({state['conv1.0.weight'].shape[0]}, {width} wide): pass {settings}"
     return ""
 
 

@@ -139,6 +139,12 @@ class PatchEmbed(nn.Module):
         if self.strict_img_size and size != self.img_size:
             how = f", or build the model with img_size={size} or dynamic_img_size=True" if fits else ""
             raise ConfigError(f"input is {size} but the model expects {self.img_size}; resize the image{how}")
-        if not self.strict_img_size and not fits:
-            raise ConfigError(f"input is {size}, whose sides are not multiples of the patch size {self.patch_size}; "
-                              "resize or crop the image to multiples of it")
+        if not self.strict_img_size:
+            check_whole_patches(size, self.patch_size)
+
+
+def check_whole_patches(size: tuple[int, int], patch_size: tuple[int, int]) -> None:
+    """One line unless each side of ``size`` is a multiple of the patch's: a ViT of any size takes those only."""
+    if any(s % p for s, p in zip(size, patch_size)):
+        raise ConfigError(f"input is {size}, whose sides are not multiples of the patch size {patch_size}; "
+                          "resize or crop the image to multiples of it")

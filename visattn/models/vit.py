@@ -17,7 +17,7 @@ from ..layers.attention import SelfAttention
 from ..layers.drop_path import DropPath, check_rate
 from ..layers.layer_scale import LayerScale
 from ..layers.mlp import Mlp
-from ..layers.patch_embed import PatchEmbed, check_count
+from ..layers.patch_embed import PatchEmbed, check_count, check_whole_patches
 from ..layers.pos_embed import resample_abs_pos_embed
 from ..registry import check_num_classes, register_model
 from .features import Indices, take_indices
@@ -229,9 +229,7 @@ class VisionTransformer(nn.Module):
 
     def _token_grid(self, x: torch.Tensor) -> tuple[int, int]:
         """The patch grid of images ``x``: ``grid_size`` unless the model takes any size."""
-        if not self.dynamic_img_size:
-            return self.grid_size
-        return x.shape[-2] // self.patch_embed.patch_size[0], x.shape[-1] // self.patch_embed.patch_size[1]
+        return _whole_patch_grid(x, self.patch_embed.patch_size) if self.dynamic_img_size else self.grid_size
 
     def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """Patch tokens with the prefix and position embeddings added, ``(B, prefix + N, C)``, and their grid."""
@@ -386,6 +384,15 @@ def drop_pooled_head(model: nn.Module) -> nn.Module:
     if isinstance(getattr(model, "attn_pool", None), nn.Module):
         model.attn_pool = None
     return model
+
+
+@torch.fx.wrap
+def _whole_patch_grid(x: torch.Tensor, patch_size: tuple[int, int]) -> tuple[int, int]:
+    """The patch grid of images ``x``, checked to be whole when the model runs, also as an fx graph (which skips the
+    patch embedding's checks: its sizes are symbols there, and a traced model cropped a 40x40 image to 32x32)."""
+    size = (int(x.shape[-2]), int(x.shape[-1]))
+    check_whole_patches(size, patch_size)
+    return size[0] // patch_size[0], size[1] // patch_size[1]
 
 
 @torch.fx.wrap

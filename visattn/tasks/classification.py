@@ -251,10 +251,10 @@ def check_data_size(model: nn.Module, model_name: str, preprocessing: Optional[d
     """Refuse data of another size than a ViT's position embeddings are laid out for, naming both config keys,
     before a run starts: the patch embedding would refuse the first batch, after the trainer had set up."""
     size = fixed_input_size(model)
-    if preprocessing and size is None and (getattr(model, "pretrained_cfg", None) or {}).get("fixed_input_size"):
-        _check_runs_at(model, model_name, preprocessing["input_size"])  # timm's LeViT: sized attention biases
-    if preprocessing and size is None and getattr(model, "dynamic_img_size", False):
+    if preprocessing and size is None and getattr(model, "dynamic_img_size", False):  # timm's still records fixed
         _check_whole_patches(model, model_name, preprocessing["input_size"])
+    elif preprocessing and size is None and (getattr(model, "pretrained_cfg", None) or {}).get("fixed_input_size"):
+        _check_runs_at(model, model_name, preprocessing["input_size"])  # timm's LeViT: sized attention biases
     if not preprocessing or size is None or tuple(preprocessing["input_size"][1:]) == size:
         return
     data_size = preprocessing["input_size"][-1]
