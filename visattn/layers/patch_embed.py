@@ -1,6 +1,6 @@
 """Patch embedding: image to a sequence of patch tokens (Dosovitskiy et al. 2020, "An Image is Worth 16x16 Words")."""
 from numbers import Integral, Real
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -102,7 +102,7 @@ class PatchEmbed(nn.Module):
 
     def _set_grid(self, img_size: Union[int, tuple[int, int]], patch_size: Union[int, tuple[int, int]]) -> None:
         img_size, patch_size = to_2tuple(img_size, "img_size"), to_2tuple(patch_size, "patch_size")
-        if any(i % p for i, p in zip(img_size, patch_size)):
+        if not whole_patches(img_size, patch_size):
             raise ImageSizeNotDivisible(img_size, patch_size)
         self.img_size, self.patch_size = img_size, patch_size
         self.grid_size = (img_size[0] // patch_size[0], img_size[1] // patch_size[1])
@@ -135,16 +135,21 @@ class PatchEmbed(nn.Module):
         return self.proj(x).flatten(2).transpose(1, 2)  # (B, num_patches, embed_dim)
 
     def _check_size(self, size: tuple[int, int]) -> None:
-        fits = not any(s % p for s, p in zip(size, self.patch_size))
         if self.strict_img_size and size != self.img_size:
+            fits = whole_patches(size, self.patch_size)
             how = f", or build the model with img_size={size} or dynamic_img_size=True" if fits else ""
             raise ConfigError(f"input is {size} but the model expects {self.img_size}; resize the image{how}")
         if not self.strict_img_size:
             check_whole_patches(size, self.patch_size)
 
 
+def whole_patches(size: Sequence[int], patch_size: Sequence[int]) -> bool:
+    """Whether each side of ``size`` is a multiple of the patch's."""
+    return not any(s % p for s, p in zip(size, patch_size))
+
+
 def check_whole_patches(size: tuple[int, int], patch_size: tuple[int, int]) -> None:
     """One line unless each side of ``size`` is a multiple of the patch's: a ViT of any size takes those only."""
-    if any(s % p for s, p in zip(size, patch_size)):
+    if not whole_patches(size, patch_size):
         raise ConfigError(f"input is {size}, whose sides are not multiples of the patch size {patch_size}; "
                           "resize or crop the image to multiples of it")

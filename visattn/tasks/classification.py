@@ -28,7 +28,7 @@ from ..devices import inference_device, model_device
 from ..errors import (ConfigError, ImageSizeNotDivisible, MissingSplit, NotATrainingCheckpoint, UnknownModelError,
                       VisattnWarning, WeightsError, one_line)
 from ..layers.attention import SelfAttention
-from ..layers.patch_embed import fixed_input_size, is_count, is_number
+from ..layers.patch_embed import fixed_input_size, is_count, is_number, whole_patches
 from ..modes import eval_mode
 from ..pretrained import (TRAINING_CHECKPOINTS, checkpoint_follows, classifier_names, find_weights_entry,
                           hub_cache_only, load_weights, metadata_problem, named_weights_entry, offline_timm_file,
@@ -267,18 +267,19 @@ def _check_whole_patches(model: nn.Module, model_name: str, input_size: Sequence
     """A ViT of any size takes sides that are multiples of its patch: another failed in the first step, after the
     trainer had set up, naming no config key. (timm's ``dynamic_img_pad`` pads any size.)"""
     embed = model.patch_embed
-    step = math.lcm(*embed.patch_size)
-    if getattr(embed, "dynamic_img_pad", False) or not any(side % step for side in input_size[1:]):
+    if getattr(embed, "dynamic_img_pad", False) or whole_patches(input_size[1:], embed.patch_size):
         return
     data_size = input_size[-1]
-    fits = " or ".join(map(str, _sizes_that_fit(data_size, step)))
-    raise ConfigError(f"data.init_args.img_size={data_size} but {model_name} takes sides that are multiples of its "
-                      f"{step}-pixel patches; set data img_size to {fits}")
+    sides, fits = _sides_that_fit(data_size, embed.patch_size)
+    raise ConfigError(f"data.init_args.img_size={data_size} but {model_name} {sides}; set data img_size to {fits}")
 
 
-def _sizes_that_fit(size: int, step: int) -> list[int]:
-    """The multiples of ``step`` next below and above ``size`` (above only, when none is below)."""
-    return [fit for fit in (size // step * step, (size // step + 1) * step) if fit > 0]
+def _sides_that_fit(size: int, patch_size: Sequence[int]) -> tuple[str, str]:
+    """What square sides patches of ``patch_size`` take, and the two next below and above ``size`` (above only when
+    none is below), as the lines refusing ``size`` say them."""
+    step = math.lcm(*patch_size)
+    fits = [fit for fit in (size // step * step, (size // step + 1) * step) if fit > 0]
+    return f"takes sides that are multiples of its {step}-pixel patches", " or ".join(map(str, fits))
 
 
 def _check_runs_at(model: nn.Module, model_name: str, input_size: Sequence[int]) -> None:
@@ -733,9 +734,8 @@ def _img_size_named(img_size: Optional[int], name: str) -> Iterator[None]:
     except ImageSizeNotDivisible as err:
         if img_size is None:
             raise
-        step = math.lcm(*err.patch_size)
-        raise ConfigError(f"--img-size {img_size}: {name} takes sides that are multiples of its {step}-pixel patches; "
-                          f"give {' or '.join(map(str, _sizes_that_fit(img_size, step)))}") from None
+        sides, fits = _sides_that_fit(img_size, err.patch_size)
+        raise ConfigError(f"--img-size {img_size}: {name} {sides}; give {fits}") from None
 
 
 def _resized(preprocessing: dict[str, Any], img_size: Optional[int]) -> dict[str, Any]:

@@ -263,7 +263,7 @@ class Detector:
             raise ConfigError(f"score_threshold={score_threshold!r}: give a number from 0 to 1, or None for the "
                               "model's own")
         check_max_side(attention_max_side, "attention_max_side")
-        images = [self._model_input(image, as_floats=attention) for image in images]
+        images = self._model_inputs(images, as_floats=attention)
         if not images:
             return []
         threshold = 0.0 if score_threshold is None else score_threshold
@@ -276,16 +276,14 @@ class Detector:
                 detections = self.model(images)
         return [{k: v[d["scores"] >= threshold].cpu() for k, v in d.items()} for d in detections]
 
-
-    def _model_input(self, image: Tensor, *, as_floats: bool) -> Tensor:
-        """``image`` on the model's device; uint8 kept for a float32 model's transform to convert in turn, unless
-        ``as_floats`` (gradient x input needs floats) or the model computes in another dtype."""
-        if image.dtype == torch.uint8:
-            weight = next((p for p in self.model.parameters() if p.is_floating_point()), None)
-            if weight is not None and weight.dtype == torch.float32 and not as_floats:
-                return image.to(weight.device)
-            image = unit_floats(image)
-        return to_model_input(image, self.model)
+    def _model_inputs(self, images: Sequence[Tensor], *, as_floats: bool) -> list[Tensor]:
+        """``images`` on the model's device; uint8 ones kept for a float32 model's transform to convert in turn,
+        unless ``as_floats`` (gradient x input needs floats) or the model computes in another dtype (or has none)."""
+        weight = next((p for p in self.model.parameters() if p.is_floating_point()), None)
+        keep_bytes = weight is not None and weight.dtype == torch.float32 and not as_floats
+        return [image.to(weight.device) if keep_bytes and image.dtype == torch.uint8 else
+                to_model_input(unit_floats(image) if image.dtype == torch.uint8 else image, self.model)
+                for image in images]
 
 
 @contextmanager
