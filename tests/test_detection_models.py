@@ -7,7 +7,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from visattn import create_model
 from visattn.errors import ConfigError
 from visattn.layers.sine_pos_embed import sine_position_encoding_2d
-from visattn.models.detection import hungarian_match
+from visattn.models.detection import hungarian_match, vit_feature_map
 
 HEADS = ["fcos_cbam_resnet20_cifar", "detr_cbam_resnet20_cifar"]
 SIZES = [(64, 64), (48, 56)]  # two images of different sizes in one batch
@@ -172,6 +172,25 @@ def test_vit_backbone_takes_any_size_through_resampled_positions():
                   num_encoder_layers=1, num_decoder_layers=1)
     losses = detr.train()(list(images), _targets())
     assert all(torch.isfinite(v) for v in losses.values())
+
+
+@pytest.mark.parametrize("layout", [
+    {}, {"reg_tokens": 2, "no_embed_class": True},
+    {"class_token": False, "reg_tokens": 1, "no_embed_class": True, "global_pool": "avg"}])
+def test_a_vit_backbones_map_is_its_last_blocks_normed_patch_tokens_in_every_prefix_layout(layout):
+    """The detector's ViT map is computed apart from the ViT's forward: register tokens (DINOv2's) and positions for
+    the patches only (DeiT III's) must go in as the ViT puts them, at its own size and at any other."""
+    torch.manual_seed(0)
+    body = create_model("vit_small_patch16_224", img_size=(48, 64), depth=2, num_classes=0, dynamic_img_size=True,
+                        **layout).eval()
+    with torch.no_grad():
+        for token in (body.cls_token, body.reg_token):
+            if token is not None:
+                token.normal_()  # initialised near zero, they would hide a misplaced token
+        for size in ((48, 64), (32, 96)):
+            x = torch.randn(2, 3, *size)
+            expected = body.forward_intermediates(x, indices=1, norm=True, intermediates_only=True)[0]
+            torch.testing.assert_close(vit_feature_map(body, x), expected)
 
 
 def test_sine_encoding_ignores_padding():

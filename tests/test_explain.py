@@ -1095,12 +1095,14 @@ def test_a_grad_cam_map_that_is_zero_everywhere_warns_with_the_fix():
                                             r"weighs for the class \(a class-token ViT's final norm reaches only the "
                                             r"class token\); pick another layer \(layer=, or --layer\)$"):
         assert not explain(model, image, "gradcam", layer="norm").any()
-    pooled = create_model("vit_tiny_patch4_28", depth=1, num_classes=3, class_token=False, global_pool="avg").eval()
-    with torch.no_grad():
-        pooled.head.weight.zero_()  # no class weighs any activation: the map is zero, and a ViT without a class token
-    with pytest.warns(VisattnWarning, match=r"weighs for the class; pick another layer") as seen:
-        explain(pooled, image, "gradcam")
-    assert "class token" not in str(seen[0].message)
+    for registers in (0, 2):  # register tokens are prefix tokens, but pooling does not read them
+        pooled = create_model("vit_tiny_patch4_28", depth=1, num_classes=3, class_token=False, global_pool="avg",
+                              reg_tokens=registers).eval()
+        with torch.no_grad():
+            pooled.head.weight.zero_()  # no class weighs any activation: the map is zero, and no class token is why
+        with pytest.warns(VisattnWarning, match=r"weighs for the class; pick another layer") as seen:
+            explain(pooled, image, "gradcam")
+        assert "class token" not in str(seen[0].message)
     with warnings.catch_warnings():
         warnings.simplefilter("error", VisattnWarning)
         assert explain(model, image, "gradcam").any()

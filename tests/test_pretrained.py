@@ -871,7 +871,16 @@ def test_a_captioners_timm_encoder_loads_the_file_it_is_given(tmp_path):
 
 
 @pytest.mark.parametrize("timm_kwargs, visattn_kwargs, message", [
-    ({"reg_tokens": 4}, {}, "the weights have register tokens"),
+    ({"reg_tokens": 4}, {}, r"the weights have 4 register tokens \(reg_token\) and this model 0; build it with "
+                            "reg_tokens=4$"),
+    ({"reg_tokens": 4, "no_embed_class": True}, {"reg_tokens": 1, "no_embed_class": True}, "the weights have 4 "
+                                                                                        "register tokens .* model 1;"),
+    ({"no_embed_class": True}, {}, r"pos_embed \(1, 196, 192\) does not hold a square patch grid after 1 prefix "
+                                   r"tokens; its positions leave out the prefix tokens \(class, registers\): build the "
+                                   "model with no_embed_class=True$"),
+    ({"reg_tokens": 3}, {"reg_tokens": 3, "no_embed_class": True},
+     r"pos_embed \(1, 200, 192\) does not hold a square patch grid after 0 prefix tokens; its positions hold one for "
+     "each of the prefix tokens"),
     ({}, {"class_token": False, "global_pool": "avg"}, "the weights have a class token and this model does not; "
                                                        "build it with class_token=True"),
     ({"class_token": False, "global_pool": "avg"}, {}, "the weights lack a class token and this model does"),

@@ -1,4 +1,6 @@
 """ViT parity with timm and torchvision, attention outputs, and position-embedding resampling."""
+import re
+
 import pytest
 import timm
 import torch
@@ -12,51 +14,73 @@ from visattn.errors import ConfigError
 from visattn.layers.pos_embed import resample_abs_pos_embed
 from visattn.models.vit import VisionTransformer
 
-TIMM_NAMES = [n for n in list_models("vit_*") + list_models("deit_*") if n in timm.list_models()]
+TIMM_NAMES = [n for n in list_models(["vit_*", "deit*"]) if n in timm.list_models()]
 
 
 def _timm_file(tmp_path, name, **kwargs):
     torch.manual_seed(0)
     reference = timm.create_model(name, **kwargs).eval()
+    with torch.no_grad():  # LayerScale's 1e-5 init and the prefix tokens' 1e-6 would hide a misplaced block or token
+        for key, value in reference.named_parameters():
+            if key.endswith(("gamma", "cls_token", "reg_token")):
+                value.normal_()
     path = tmp_path / f"{name}.safetensors"
     save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, path)
     return reference, path
 
 
 def test_timm_names_cover_the_standard_models():
-    assert {"vit_tiny_patch16_224", "vit_large_patch16_224", "vit_base_patch32_224", "deit_base_patch16_224"} <= set(TIMM_NAMES)
+    assert {"vit_tiny_patch16_224", "vit_large_patch16_224", "vit_base_patch32_224", "deit_base_patch16_224",
+            "deit3_small_patch16_224", "vit_small_patch14_dinov2", "vit_base_patch14_reg4_dinov2",
+            "vit_base_patch16_reg4_gap_256"} <= set(TIMM_NAMES)
+
+
+def _small_size(name: str) -> int:
+    """A side of a few whole patches of the ViT ``name`` (timm's names give the patch)."""
+    patch = int(re.search(r"patch(\d+)", name).group(1))
+    return patch * max(2, 32 // patch)
 
 
 @pytest.mark.parametrize("name", TIMM_NAMES)
 def test_timm_state_dict_loads_strictly_with_same_logits(tmp_path, name):
     # Two blocks keep ViT-L fast; names, shapes and maths per block are what is compared.
-    reference, path = _timm_file(tmp_path, name, img_size=32, depth=2)
-    ours = create_model(name, img_size=32, depth=2, pretrained=str(path)).eval()
+    size = _small_size(name)
+    reference, path = _timm_file(tmp_path, name, img_size=size, depth=2, num_classes=5)
+    ours = create_model(name, img_size=size, depth=2, num_classes=5, pretrained=str(path)).eval()
     # The logits come from the model exactly as visattn's loader left it.
-    x = torch.randn(2, 3, 32, 32)
+    x = torch.randn(2, 3, size, size)
     with torch.no_grad():
         assert (ours(x) - reference(x)).abs().max() <= 1e-4
+        assert (ours.forward_features(x) - reference.forward_features(x)).abs().max() <= 1e-4  # the prefix tokens too
     # Identical names and shapes: timm's state dict loads strictly into a fresh model.
-    fresh = create_model(name, img_size=32, depth=2)
+    fresh = create_model(name, img_size=size, depth=2, num_classes=5)
     result = fresh.load_state_dict(reference.state_dict(), strict=True)
     assert not result.missing_keys and not result.unexpected_keys
 
 
-@pytest.mark.parametrize("name", ["vit_tiny_patch16_224", "deit_small_patch16_224"])
+@pytest.mark.parametrize("name", ["vit_tiny_patch16_224", "deit_small_patch16_224", "deit3_small_patch16_224",
+                                  "vit_small_patch14_reg4_dinov2"])
 def test_timm_parity_at_native_resolution(tmp_path, name):
     reference, path = _timm_file(tmp_path, name)
     ours = create_model(name, pretrained=str(path)).eval()
-    x = torch.randn(1, 3, 224, 224)
+    x = torch.randn(1, 3, *reference.patch_embed.img_size)  # 518 px for DINOv2
     with torch.no_grad():
         assert (ours(x) - reference(x)).abs().max() <= 1e-4
 
 
-def test_pos_embed_resampled_like_timm_when_img_size_differs(tmp_path):
-    _, path = _timm_file(tmp_path, "vit_tiny_patch16_224")
-    timm_resized = timm.create_model("vit_tiny_patch16_224", img_size=64, pretrained=True,
-                                     pretrained_cfg_overlay={"file": str(path)}).eval()
-    ours = create_model("vit_tiny_patch16_224", img_size=64, pretrained=str(path)).eval()
-    assert ours.pos_embed.shape == (1, 1 + 16, 192)
+# timm's layouts of the prefix tokens: the class token's position in pos_embed; registers (DINOv2's) and
+# no_embed_class (DeiT III's) with positions for the patches only; registers without a class token
+PREFIX_LAYOUTS = [{}, {"reg_tokens": 2, "no_embed_class": True},
+                  {"class_token": False, "reg_tokens": 1, "no_embed_class": True, "global_pool": "avg"}]
+
+
+@pytest.mark.parametrize("layout", PREFIX_LAYOUTS)
+def test_pos_embed_resampled_like_timm_when_img_size_differs(tmp_path, layout):
+    _, path = _timm_file(tmp_path, "vit_tiny_patch16_224", depth=2, **layout)
+    timm_resized = timm.create_model("vit_tiny_patch16_224", img_size=64, depth=2, pretrained=True,
+                                     pretrained_cfg_overlay={"file": str(path)}, **layout).eval()
+    ours = create_model("vit_tiny_patch16_224", img_size=64, depth=2, pretrained=str(path), **layout).eval()
+    assert ours.pos_embed.shape == (1, 16 + (0 if layout else 1), 192)
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert (ours(x) - timm_resized(x)).abs().max() <= 1e-4
@@ -259,12 +283,13 @@ def test_token_pooled_weights_for_an_average_pooled_vit_name_the_settings_that_l
     create_model("vit_tiny_patch16_224", pretrained=str(averaged), img_size=32, depth=2, fc_norm=True)
 
 
-def test_set_input_size_resizes_as_timms_does_and_is_what_saved_weights_rebuild(tmp_path, weights_tmp):
+@pytest.mark.parametrize("layout", PREFIX_LAYOUTS)
+def test_set_input_size_resizes_as_timms_does_and_is_what_saved_weights_rebuild(tmp_path, weights_tmp, layout):
     """timm's set_input_size was missing: a timm user's fine-tuning code at another resolution failed."""
     from visattn import save_weights
 
-    reference, path = _timm_file(tmp_path, "vit_tiny_patch16_224", img_size=32, depth=2)
-    model = create_model("vit_tiny_patch16_224", img_size=32, depth=2, pretrained=str(path)).eval()
+    reference, path = _timm_file(tmp_path, "vit_tiny_patch16_224", img_size=32, depth=2, **layout)
+    model = create_model("vit_tiny_patch16_224", img_size=32, depth=2, pretrained=str(path), **layout).eval()
     for change in (dict(img_size=64), dict(img_size=(48, 64)), dict(patch_size=8), dict(img_size=96, patch_size=12)):
         reference.set_input_size(**change)
         model.set_input_size(**change)
@@ -283,10 +308,13 @@ def test_set_input_size_resizes_as_timms_does_and_is_what_saved_weights_rebuild(
         torch.testing.assert_close(rebuilt(x), model(x))
 
 
-def test_dynamic_img_size_gives_timms_logits_and_maps_at_any_size(tmp_path):
+@pytest.mark.parametrize("layout", PREFIX_LAYOUTS)
+def test_dynamic_img_size_gives_timms_logits_and_maps_at_any_size(tmp_path, layout):
     """timm's ``dynamic_img_size`` was refused as an unknown argument: a timm user's any-size inference failed."""
-    reference, path = _timm_file(tmp_path, "vit_tiny_patch16_224", img_size=32, depth=2, dynamic_img_size=True)
-    model = create_model("vit_tiny_patch16_224", img_size=32, depth=2, dynamic_img_size=True, pretrained=str(path))
+    reference, path = _timm_file(tmp_path, "vit_tiny_patch16_224", img_size=32, depth=2, dynamic_img_size=True,
+                                 **layout)
+    model = create_model("vit_tiny_patch16_224", img_size=32, depth=2, dynamic_img_size=True, pretrained=str(path),
+                         **layout)
     model.eval()
     with torch.no_grad():
         for size in ((32, 32), (48, 80), (16, 112)):
@@ -295,7 +323,7 @@ def test_dynamic_img_size_gives_timms_logits_and_maps_at_any_size(tmp_path):
             ours, theirs = model.forward_intermediates(x, indices=1), reference.forward_intermediates(x, indices=1)
             torch.testing.assert_close(ours[1][0], theirs[1][0], rtol=0, atol=0)
             assert ours[1][0].shape[-2:] == (size[0] // 16, size[1] // 16)
-    assert model.pos_embed.shape == (1, 1 + 4, 192)  # stored on the grid it was built for
+    assert model.pos_embed.shape == (1, 4 + (0 if layout else 1), 192)  # stored on the grid it was built for
 
 
 def test_dynamic_img_size_refuses_sides_that_are_not_multiples_of_the_patch_and_a_fixed_size_names_it():
@@ -339,3 +367,19 @@ def test_a_vit_of_any_size_traces_with_fx_for_every_size():
             torch.testing.assert_close(extractor(x)["logits"], model(x), rtol=0, atol=0)
         with pytest.raises(ConfigError, match=r"^input is \(40, 40\), whose sides are not multiples of the patch size"):
             extractor(torch.randn(1, 3, 40, 40))  # the graph had cropped it to 32x32 without a word
+
+
+@pytest.mark.parametrize("layout", PREFIX_LAYOUTS)
+def test_saved_weights_of_a_non_square_grid_resample_from_it_in_every_prefix_layout(weights_tmp, layout):
+    """The grid recorded with visattn's weights was read only where the positions held one for the class token."""
+    from visattn import save_weights
+
+    torch.manual_seed(0)
+    wide = create_model("vit_tiny_patch16_224", img_size=(32, 64), depth=1, num_classes=3, **layout)
+    save_weights(wide, weights_tmp / "vit_tiny_patch16_224.wide.safetensors", labels=["a", "b", "c"],
+                 preprocessing=dict(input_size=[3, 32, 64], mean=[0.5] * 3, std=[0.5] * 3))
+    square = create_model("vit_tiny_patch16_224", img_size=64, depth=1, num_classes=3,
+                          pretrained="vit_tiny_patch16_224.wide", **layout)
+    expected = resample_abs_pos_embed(wide.pos_embed.detach(), (4, 4), old_size=(2, 4),
+                                      num_prefix_tokens=wide.embedded_prefix_tokens)
+    torch.testing.assert_close(square.pos_embed.detach(), expected, rtol=0, atol=0)

@@ -856,7 +856,8 @@ def _recorded_grid(preprocessing: Optional[dict[str, Any]], state: StateDict) ->
         return None
     (height, width), (patch_height, patch_width) = size[1:], patch.shape[-2:]
     grid = (height // patch_height, width // patch_width)
-    fills = positions.shape[1] == grid[0] * grid[1] + ("cls_token" in state)
+    prefix = ("cls_token" in state) + (state["reg_token"].shape[1] if "reg_token" in state else 0)
+    fills = positions.shape[1] - grid[0] * grid[1] in (0, prefix)  # no_embed_class leaves the prefix out
     return grid if fills and height % patch_height == 0 and width % patch_width == 0 else None
 
 

@@ -212,7 +212,7 @@ def _blank_grad_cam(model: nn.Module, cam: Tensor, layer: Optional[str], target_
         return (f"{at} is zero everywhere: nothing there weighs for class {target_class!r}, which the image may not "
                 "show (Grad-CAM keeps only evidence for the class); another layer may still find some")
     why = (" (a class-token ViT's final norm reaches only the class token)"
-           if is_vit(model) and getattr(model, "num_prefix_tokens", 0) else "")
+           if is_vit(model) and getattr(model, "global_pool", None) == "token" else "")
     return f"{at} is zero everywhere: no activation there weighs for the class{why}; pick another layer (layer=, or --layer)"
 
 

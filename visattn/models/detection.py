@@ -101,11 +101,9 @@ def vit_feature_map(body: VisionTransformer, x: Tensor) -> Tensor:
     batch, channels, *grid = tokens.shape
     tokens = tokens.flatten(2).transpose(1, 2)  # (B, h * w, C)
     pos = resample_abs_pos_embed(
-        body.pos_embed, new_size=tuple(grid), old_size=body.grid_size, num_prefix_tokens=body.num_prefix_tokens
+        body.pos_embed, new_size=tuple(grid), old_size=body.grid_size, num_prefix_tokens=body.embedded_prefix_tokens
     )
-    if body.cls_token is not None:
-        tokens = torch.cat([body.cls_token.expand(batch, -1, -1), tokens], dim=1)
-    tokens = body.norm(body.blocks(body.pos_drop(tokens + pos)))
+    tokens = body.norm(body.blocks(body.with_prefix_and_positions(tokens, pos)))
     return tokens[:, body.num_prefix_tokens:].transpose(1, 2).reshape(batch, channels, *grid)
 
 

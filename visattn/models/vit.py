@@ -17,7 +17,7 @@ from ..layers.attention import SelfAttention
 from ..layers.drop_path import DropPath, check_rate
 from ..layers.layer_scale import LayerScale
 from ..layers.mlp import Mlp
-from ..layers.patch_embed import PatchEmbed, check_count, check_whole_patches
+from ..layers.patch_embed import PatchEmbed, check_count, check_whole_patches, is_count
 from ..layers.pos_embed import resample_abs_pos_embed
 from ..registry import check_num_classes, register_model
 from .features import Indices, take_indices
@@ -27,7 +27,7 @@ PoolType = Literal["token", "avg", "avgmax", "max", ""]
 # Poolings that read the patch tokens (not the class token); timm builds fc_norm for them by default.
 PATCH_POOLS = ("avg", "avgmax", "max")
 # Parameters trained without weight decay, as in timm (which reads them from ``no_weight_decay()``).
-NO_WEIGHT_DECAY = ("pos_embed", "cls_token")
+NO_WEIGHT_DECAY = ("pos_embed", "cls_token", "reg_token")
 
 
 def _layer_norm(dim: int) -> nn.LayerNorm:
@@ -89,6 +89,10 @@ class VisionTransformer(nn.Module):
         qkv_bias: bias on the QKV projection.
         init_values: LayerScale init; None disables LayerScale.
         class_token: prepend a learned class token.
+        reg_tokens: learned register tokens after the class token (Darcet et al. 2024, "Vision Transformers Need
+            Registers"), which no pooling reads.
+        no_embed_class: position embeddings for the patches only, added before the class and register tokens are
+            put in front (DeiT III, DINOv2 with registers); else one for every token, added after.
         fc_norm: put the final norm after pooling; None means "when pooling patch tokens", as in timm.
         drop_rate: dropout before the head.
         pos_drop_rate: dropout after adding position embeddings.
@@ -117,6 +121,8 @@ class VisionTransformer(nn.Module):
         qkv_bias: bool = True,
         init_values: Optional[float] = None,
         class_token: bool = True,
+        reg_tokens: int = 0,
+        no_embed_class: bool = False,
         fc_norm: Optional[bool] = None,
         drop_rate: float = 0.0,
         pos_drop_rate: float = 0.0,
@@ -129,6 +135,8 @@ class VisionTransformer(nn.Module):
         _check_pool(global_pool, class_token, num_classes)
         for name, count in (("depth", depth), ("embed_dim", embed_dim), ("num_heads", num_heads)):
             check_count(name, count)  # a width or head count of 0 was a ZeroDivisionError
+        if not (is_count(reg_tokens) or (reg_tokens == 0 and type(reg_tokens) is int)):  # noqa: E721 (False == 0)
+            raise ConfigError(f"reg_tokens={reg_tokens!r}: give a whole number >= 0 (0: no register tokens)")
         for name, rate in (("drop_rate", drop_rate), ("pos_drop_rate", pos_drop_rate), ("proj_drop_rate", proj_drop_rate),
                            ("attn_drop_rate", attn_drop_rate), ("drop_path_rate", drop_path_rate)):
             check_rate(name, rate)
@@ -136,13 +144,17 @@ class VisionTransformer(nn.Module):
         self.num_classes = num_classes
         self.global_pool = global_pool
         self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
-        self.num_prefix_tokens = 1 if class_token else 0
+        self.num_prefix_tokens = int(class_token) + reg_tokens
+        self.num_reg_tokens = reg_tokens
+        self.no_embed_class = no_embed_class
 
         self.dynamic_img_size = dynamic_img_size
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, strict_img_size=not dynamic_img_size)
         self.input_size = (in_chans, *self.patch_embed.img_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
-        self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + self.num_prefix_tokens, embed_dim))
+        self.reg_token = nn.Parameter(torch.zeros(1, reg_tokens, embed_dim)) if reg_tokens else None
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + self.embedded_prefix_tokens,
+                                                  embed_dim))
         self.pos_drop = nn.Dropout(pos_drop_rate)
         rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # stochastic depth decay rule
         self.blocks = nn.Sequential(*[
@@ -162,8 +174,9 @@ class VisionTransformer(nn.Module):
     def init_weights(self) -> None:
         """timm's default ViT init: truncated normal (std 0.02) for linears and position embeddings."""
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        if self.cls_token is not None:
-            nn.init.normal_(self.cls_token, std=1e-6)
+        for token in (self.cls_token, self.reg_token):
+            if token is not None:
+                nn.init.normal_(token, std=1e-6)
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.trunc_normal_(module.weight, std=0.02)
@@ -173,6 +186,11 @@ class VisionTransformer(nn.Module):
     @property
     def grid_size(self) -> tuple[int, int]:
         return self.patch_embed.grid_size
+
+    @property
+    def embedded_prefix_tokens(self) -> int:
+        """The prefix tokens ``pos_embed`` holds positions for, before the patches' (none with ``no_embed_class``)."""
+        return 0 if self.no_embed_class else self.num_prefix_tokens
 
     def get_classifier(self) -> nn.Module:
         return self.head
@@ -185,7 +203,8 @@ class VisionTransformer(nn.Module):
         """timm's parameter groups, in depth order (layer-wise learning-rate decay in
         ``timm.optim.create_optimizer_v2(..., layer_decay=)``): the embeddings, then each block, the final norm
         with the last block."""
-        return {"stem": r"^cls_token|pos_embed|patch_embed", "blocks": [(r"^blocks\.(\d+)", None), (r"^norm", (99999,))]}
+        return {"stem": r"^cls_token|reg_token|pos_embed|patch_embed",
+                "blocks": [(r"^blocks\.(\d+)", None), (r"^norm", (99999,))]}
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Keep only each block's input for the backward pass and recompute the rest there (timm's
@@ -216,7 +235,7 @@ class VisionTransformer(nn.Module):
         self.patch_embed.set_input_size(img_size, patch_size)
         if self.grid_size != old_grid:
             resampled = resample_abs_pos_embed(self.pos_embed.detach(), new_size=self.grid_size, old_size=old_grid,
-                                               num_prefix_tokens=self.num_prefix_tokens)
+                                               num_prefix_tokens=self.embedded_prefix_tokens)
             self.pos_embed = nn.Parameter(resampled, requires_grad=self.pos_embed.requires_grad)
         self.input_size = (self.input_size[0], *self.patch_embed.img_size)
         for level in self.feature_info:
@@ -234,13 +253,22 @@ class VisionTransformer(nn.Module):
     def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """Patch tokens with the prefix and position embeddings added, ``(B, prefix + N, C)``, and their grid."""
         grid = self._token_grid(x)
-        x = self.patch_embed(x)
-        if self.cls_token is not None:
-            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
         pos_embed = self.pos_embed
         if self.dynamic_img_size:  # a call, not a branch on the grid, so that fx traces it as one
-            pos_embed = _pos_embed_for_grid(pos_embed, grid, self.grid_size, self.num_prefix_tokens)
-        return self.pos_drop(x + pos_embed), grid
+            pos_embed = _pos_embed_for_grid(pos_embed, grid, self.grid_size, self.embedded_prefix_tokens)
+        return self.with_prefix_and_positions(self.patch_embed(x), pos_embed), grid
+
+    def with_prefix_and_positions(self, x: torch.Tensor, pos_embed: torch.Tensor) -> torch.Tensor:
+        """Patch tokens ``(B, N, C)`` with the class and register tokens put in front and ``pos_embed`` (laid out for
+        their grid) added, in timm's order for ``no_embed_class``, then position dropout: ``(B, prefix + N, C)``."""
+        prefix = [token.expand(x.shape[0], -1, -1) for token in (self.cls_token, self.reg_token) if token is not None]
+        if self.no_embed_class:
+            x = x + pos_embed
+        if prefix:
+            x = torch.cat([*prefix, x], dim=1)
+        if not self.no_embed_class:
+            x = x + pos_embed
+        return self.pos_drop(x)
 
     def forward_features(
         self, x: torch.Tensor, return_attention: bool = False
@@ -329,9 +357,10 @@ class VisionTransformer(nn.Module):
         if "dist_token" in state:
             raise WeightsError("the weights are a distilled DeiT (dist_token, head_dist), which visattn does not "
                                "register; load a plain deit_*_patch16_224 or vit_* checkpoint")
-        if "reg_token" in state:
-            raise WeightsError("the weights have register tokens (reg_token), which visattn's ViT does not have; "
-                               "load a checkpoint without registers")
+        registers = state["reg_token"].shape[1] if "reg_token" in state else 0
+        if registers != self.num_reg_tokens:
+            raise WeightsError(f"the weights have {registers} register tokens (reg_token) and this model "
+                               f"{self.num_reg_tokens}; build it with reg_tokens={registers}")
         if "pos_embed" in state and ("cls_token" in state) != (self.cls_token is not None):
             if "cls_token" in state:
                 raise WeightsError("the weights have a class token and this model does not; build it with "
@@ -353,16 +382,27 @@ class VisionTransformer(nn.Module):
         it, else from the square grid its positions fill; kept when it has this model's shape and no recorded
         grid says otherwise."""
         if source_grid is None and pos_embed.shape == self.pos_embed.shape:
-            self._warn_if_another_grid(pos_embed.shape[1] - self.num_prefix_tokens)
+            self._warn_if_another_grid(pos_embed.shape[1] - self.embedded_prefix_tokens)
             return pos_embed
+        if not _holds_grid(pos_embed.shape[1] - self.embedded_prefix_tokens, source_grid):
+            grid = "a square patch grid" if source_grid is None else f"the {source_grid[0]}x{source_grid[1]} patch grid"
+            hint = self._layout_hint(pos_embed, source_grid)
+            raise WeightsError(f"pos_embed {tuple(pos_embed.shape)} does not hold {grid} after "
+                               f"{self.embedded_prefix_tokens} prefix tokens; {hint}")
         if source_grid is not None and tuple(source_grid) == tuple(self.grid_size):
             return pos_embed
-        patches = pos_embed.shape[1] - self.num_prefix_tokens
-        if source_grid is None and (patches < 1 or math.isqrt(patches) ** 2 != patches):
-            raise WeightsError(f"pos_embed {tuple(pos_embed.shape)} does not hold a square patch grid after "
-                               f"{self.num_prefix_tokens} prefix tokens; the weights are for another layout")
         return resample_abs_pos_embed(pos_embed, new_size=self.grid_size, old_size=source_grid,
-                                      num_prefix_tokens=self.num_prefix_tokens)
+                                      num_prefix_tokens=self.embedded_prefix_tokens)
+
+    def _layout_hint(self, pos_embed: torch.Tensor, source_grid: Optional[tuple[int, int]]) -> str:
+        """What to build for weights whose position embeddings do not fit: the other ``no_embed_class`` where
+        they are laid out that way (DeiT III's and DINOv2-with-registers' leave the prefix tokens out)."""
+        other_prefix = self.num_prefix_tokens - self.embedded_prefix_tokens
+        if self.num_prefix_tokens and _holds_grid(pos_embed.shape[1] - other_prefix, source_grid):
+            held = "leave out" if self.embedded_prefix_tokens else "hold one for each of"
+            return (f"its positions {held} the prefix tokens (class, registers): build the model with "
+                    f"no_embed_class={not self.no_embed_class}")
+        return "the weights are for another layout"
 
     def _warn_if_another_grid(self, patches: int) -> None:
         """Weights holding as many positions as this non-square grid, and as a square one, may be for either:
@@ -384,6 +424,13 @@ def drop_pooled_head(model: nn.Module) -> nn.Module:
     if isinstance(getattr(model, "attn_pool", None), nn.Module):
         model.attn_pool = None
     return model
+
+
+def _holds_grid(patches: int, grid: Optional[tuple[int, int]]) -> bool:
+    """Whether ``patches`` positions fill ``grid``, or a square one when it is not known."""
+    if grid is None:
+        return patches >= 1 and math.isqrt(patches) ** 2 == patches
+    return patches == grid[0] * grid[1]
 
 
 @torch.fx.wrap
@@ -511,6 +558,55 @@ def deit_small_patch16_224(**kwargs) -> VisionTransformer:
 def deit_base_patch16_224(**kwargs) -> VisionTransformer:
     """DeiT-B/16, 224 px."""
     return _create_vit(dict(patch_size=16, embed_dim=768, depth=12, num_heads=12), kwargs)
+
+
+@register_model
+def deit3_small_patch16_224(**kwargs) -> VisionTransformer:
+    """DeiT III-S/16, 224 px (Touvron et al. 2022, "DeiT III: Revenge of the ViT"): LayerScale, no class position."""
+    return _create_vit(dict(patch_size=16, embed_dim=384, depth=12, num_heads=6, no_embed_class=True,
+                            init_values=1e-6), kwargs)
+
+
+@register_model
+def deit3_base_patch16_224(**kwargs) -> VisionTransformer:
+    """DeiT III-B/16, 224 px."""
+    return _create_vit(dict(patch_size=16, embed_dim=768, depth=12, num_heads=12, no_embed_class=True,
+                            init_values=1e-6), kwargs)
+
+
+@register_model
+def vit_small_patch14_dinov2(**kwargs) -> VisionTransformer:
+    """DINOv2 ViT-S/14, 518 px (Oquab et al. 2023), a feature extractor: no head unless num_classes is given."""
+    return _create_vit(dict(img_size=518, patch_size=14, embed_dim=384, depth=12, num_heads=6, init_values=1e-5,
+                            num_classes=0), kwargs)
+
+
+@register_model
+def vit_base_patch14_dinov2(**kwargs) -> VisionTransformer:
+    """DINOv2 ViT-B/14, 518 px."""
+    return _create_vit(dict(img_size=518, patch_size=14, embed_dim=768, depth=12, num_heads=12, init_values=1e-5,
+                            num_classes=0), kwargs)
+
+
+@register_model
+def vit_small_patch14_reg4_dinov2(**kwargs) -> VisionTransformer:
+    """DINOv2 ViT-S/14 with 4 register tokens (Darcet et al. 2024), 518 px."""
+    return _create_vit(dict(img_size=518, patch_size=14, embed_dim=384, depth=12, num_heads=6, init_values=1e-5,
+                            reg_tokens=4, no_embed_class=True, num_classes=0), kwargs)
+
+
+@register_model
+def vit_base_patch14_reg4_dinov2(**kwargs) -> VisionTransformer:
+    """DINOv2 ViT-B/14 with 4 register tokens, 518 px."""
+    return _create_vit(dict(img_size=518, patch_size=14, embed_dim=768, depth=12, num_heads=12, init_values=1e-5,
+                            reg_tokens=4, no_embed_class=True, num_classes=0), kwargs)
+
+
+@register_model
+def vit_base_patch16_reg4_gap_256(**kwargs) -> VisionTransformer:
+    """ViT-B/16, 256 px, with 4 register tokens and no class token: the patch tokens are averaged."""
+    return _create_vit(dict(img_size=256, patch_size=16, embed_dim=768, depth=12, num_heads=12, class_token=False,
+                            reg_tokens=4, no_embed_class=True, global_pool="avg"), kwargs)
 
 
 @register_model
