@@ -157,6 +157,27 @@ def _timm_pair(tmp_path, name, timm_name, **kwargs):
     return reference, create_model(name, pretrained=str(path), **kwargs).eval(), path
 
 
+def test_timms_test_time_pooling_and_hub_export_take_a_visattn_classifier(tmp_path):
+    """From a timm user's audit: ``apply_test_time_pool`` (timm's validate.py --test-pool) failed on a missing
+    ``pool_size`` and ``save_for_hf`` (push_to_hf_hub) on a missing ``architecture``."""
+    from timm.layers import apply_test_time_pool
+    from timm.models import save_for_hf
+
+    reference, model, _ = _timm_pair(tmp_path, "resnet18", "resnet18", num_classes=5)
+    larger = {"input_size": (3, 256, 256)}  # above the 224 px the configs give: test-time pooling applies
+    pooled_reference, used = apply_test_time_pool(reference, larger)
+    pooled, used_too = apply_test_time_pool(model, larger)
+    x = torch.randn(2, 3, 256, 256)
+    with torch.no_grad():
+        assert used and used_too
+        torch.testing.assert_close(pooled(x), pooled_reference(x), rtol=0, atol=0)
+    saved = create_model("resnet18", num_classes=5)
+    save_for_hf(saved, tmp_path / "hub")
+    reloaded = create_model("resnet18", pretrained=f"timm:local-dir:{tmp_path / 'hub'}")
+    assert reloaded.num_classes == 5 and reloaded.pretrained_cfg["architecture"] == "resnet18"
+    assert all(torch.equal(a, b) for a, b in zip(reloaded.state_dict().values(), saved.state_dict().values()))
+
+
 TIMM_FEATURE_PAIRS = [("resnet18", "resnet18", {}, 64), ("se_resnet18", "seresnet18", {}, 64),
                       ("eca_resnet50t", "ecaresnet50t", {}, 64),
                       ("vit_tiny_patch16_224", "vit_tiny_patch16_224", dict(img_size=32, depth=3), 32),
@@ -274,6 +295,9 @@ def test_a_pruned_vit_counts_its_levels_from_the_blocks_it_kept_as_timm_does(tmp
             assert len(ours) == len(theirs) >= 1
             for mine, timms in zip(ours, theirs):
                 torch.testing.assert_close(mine, timms, rtol=0, atol=0)
+        # the head and its pooling pruned: the tokens (B, 1 + N, C), as timm gives (the pooled class token had been)
+        torch.testing.assert_close(model(x), reference(x), rtol=0, atol=0)
+        assert model(x).shape == (2, 5, 192)
 
 
 def test_a_shallow_vits_default_levels_are_all_it_has():

@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 
 from visattn import create_model, load_weights, save_weights
 from visattn.data.transforms import IMAGENET_MEAN
-from visattn.errors import VisattnWarning, WeightsError
+from visattn.errors import UnknownModelError, VisattnWarning, WeightsError
 from visattn.pretrained import (checkpoint_follows, load_index, read_state_dict, sha256_of,
                                  starting_weights_skipped)
 
@@ -361,6 +361,21 @@ def test_other_num_classes_drops_the_head_with_a_warning(tmp_path):
         model = create_model(ARCH, **SMALL, num_classes=3, pretrained=str(path))
     assert model.head.out_features == 3
     assert torch.equal(model.blocks[0].attn.qkv.weight, source["blocks.0.attn.qkv.weight"])
+
+
+@pytest.mark.parametrize("arch, kwargs", [(ARCH, SMALL), ("resnet18", {})])
+def test_weights_with_another_head_build_that_head_when_no_num_classes_is_given(tmp_path, recwarn, arch, kwargs):
+    """From a timm user's audit: a 10-class fine-tune's file built the default 1000-class model, its trained head
+    dropped for a random one with only a warning (timm refuses the size mismatch)."""
+    torch.manual_seed(0)
+    source = create_model(arch, **kwargs, num_classes=10).eval()
+    path = tmp_path / "w.safetensors"
+    save_file(source.state_dict(), path)
+    for loaded in (create_model(arch, **kwargs, pretrained=str(path)),
+                   create_model(arch, **kwargs, pretrained=source.state_dict())):
+        assert loaded.num_classes == loaded.pretrained_cfg["num_classes"] == 10
+        assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), source.state_dict().values()))
+    assert not [w for w in recwarn if issubclass(w.category, VisattnWarning)]
 
 
 @pytest.mark.parametrize("strict", [True, False])
@@ -1451,7 +1466,6 @@ def test_an_architectures_default_weights_come_from_the_first_folder_that_marks_
 
 def test_weights_found_in_no_folder_name_the_folders_searched(two_folders, capsys):
     from visattn.cli import main
-    from visattn.errors import UnknownModelError
     from visattn.pretrained import shipped_weights_dir
 
     first, second = two_folders
@@ -1471,6 +1485,15 @@ def test_weights_found_in_no_folder_name_the_folders_searched(two_folders, capsy
                                      f"weights of that name ({searched}); ")
     assert main(["classify", "x.png", "--model", f"{ARCH}.nope"]) == 2
     assert capsys.readouterr().err == f"visattn: error: {expected}\n"
+
+
+@pytest.mark.parametrize("kwargs, named", [({"name": "resnet18.a1_in1k"}, "resnet18.a1_in1k"),
+                                           ({"name": "resnet18.a1_in1k", "pretrained": False}, "resnet18.a1_in1k"),
+                                           ({"name": "resnet18", "pretrained": True}, "resnet18")])
+def test_a_timm_weights_name_says_how_timms_weights_load(kwargs, named):
+    """From a timm user's audit: timm's ``ARCH.TAG`` names were refused without a word of ``timm:``."""
+    with pytest.raises(UnknownModelError, match=rf"; timm's weights of that name load as pretrained='timm:{named}'$"):
+        create_model(**kwargs)
 
 
 def test_a_message_about_an_index_entry_names_the_index_it_came_from(two_folders):

@@ -179,9 +179,21 @@ def test_list_models_former_pattern_keyword_still_lists_with_a_warning():
     (lambda: create_model("resnet18", pretrained_cfg_overlay={"file": "w.pth"}),
      r"^resnet18 has no argument 'pretrained_cfg_overlay', which timm.create_model takes: give create_model\(\.\.\., "
      r"pretrained='FILE'\) for a weights file; a model's preprocessing comes from its weights"),
+    # timm's usual idiom, with pretrained=True: "no shipped weights for resnet18" had hidden why (a timm user's audit)
+    (lambda: create_model("resnet18", pretrained=True, pretrained_cfg_overlay={"file": "w.pth"}),
+     r"^resnet18 has no argument 'pretrained_cfg_overlay', which timm.create_model takes"),
     (lambda: create_model("resnet18", checkpoint_path="w.pth"),
      r"^resnet18 has no argument 'checkpoint_path', which timm.create_model takes: give create_model\(\.\.\., "
      r"pretrained='FILE'\) for a weights file$"),
+    # timm's arguments visattn's classes lack had been "did you mean drop_rate?" (a timm user's audit)
+    (lambda: create_model("resnet18", drop_block_rate=0.1),
+     r"^resnet18 has no argument 'drop_block_rate': timm's ResNet takes it, visattn's ResNet does not; timm's own "
+     r"model takes it: model name 'timm:resnet18'$"),
+    (lambda: create_model("cbam_resnet18", block_args={}),
+     r"^cbam_resnet18 has no argument 'block_args': timm's ResNet takes it, visattn's ResNet does not$"),
+    (lambda: create_model("resnet18", zero_init_last=True),
+     r"^resnet18 has no argument 'zero_init_last', which timm's ResNet takes: visattn's name for it is "
+     r"zero_init_residual$"),
     # a TypeError deep inside ("'>' not supported between instances of 'str' and 'int'"), and -1 taken
     (lambda: create_model("resnet20_cifar").reset_classifier("10"), r"^num_classes='10': give a whole number of class"),
     (lambda: create_model("resnet20_cifar").reset_classifier(-1), r"^num_classes=-1: give a whole number of classes"),

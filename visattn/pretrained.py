@@ -264,7 +264,26 @@ def timm_pretrained_cfg(model: nn.Module, preprocessing: Optional[dict[str, Any]
     recorded_size = preprocessing["input_size"]
     preprocessing["input_size"] = [built["input_size"][0], *(fixed_input_size(model) or recorded_size[1:])]
     data = timm_data_config(preprocessing)
-    return {**data, "num_classes": model.num_classes, "classifier": type(model).classifier}
+    return {**data, **_timm_model_fields(model, data["input_size"]), "num_classes": model.num_classes,
+            "classifier": type(model).classifier}
+
+
+def _timm_model_fields(model: nn.Module, input_size: tuple[int, ...]) -> dict[str, Any]:
+    """The fields of a ``pretrained_cfg`` that timm's tools read besides the data's: the architecture
+    (``save_for_hf`` failed without it), the first convolution, whether the input size is fixed and, for a
+    convolutional classifier, the size of its last map at ``input_size`` (``apply_test_time_pool`` failed
+    without it; a ViT's, as timm's, has none)."""
+    from .registry import split_model_name
+
+    arch = split_model_name(getattr(model, "visattn_name", type(model).__name__))[0]
+    fixed = fixed_input_size(model) is not None
+    fields = {"architecture": arch, "fixed_input_size": fixed,
+              "first_conv": next((name for name, module in model.named_modules() if isinstance(module, nn.Conv2d)),
+                                 None)}
+    levels = getattr(model, "feature_info", None)
+    if not fixed and isinstance(levels, list) and levels:
+        fields["pool_size"] = tuple(math.ceil(side / levels[-1]["reduction"]) for side in input_size[1:])
+    return fields
 
 
 def weights_preprocessing(entry: Optional[dict[str, Any]], pretrained: Any) -> Optional[dict[str, Any]]:
@@ -361,12 +380,26 @@ def find_weights_entry(arch: str, tag: Optional[str] = None) -> dict[str, Any]:
             return entries[marked]
     if tag is not None:
         have = ", ".join(f"{arch}.{t}" for t in sorted(entries)) or "none"
-        raise UnknownModelError(f"no weights {arch}.{tag!s} ({_searched()}): weights for {arch} are {have}")
+        raise UnknownModelError(f"no weights {arch}.{tag!s} ({_searched()}): weights for {arch} are {have}"
+                                f"{_timm_weights_hint(f'{arch}.{tag}')}")
     if not entries:
         raise UnknownModelError(f"no shipped weights for {arch}, nor saved ones ({_searched()}): see "
                                 "`visattn models --pretrained`; weights of your own load from a training checkpoint "
-                                "(--checkpoint FILE.ckpt) or, in Python, a file (pretrained='FILE.safetensors')")
+                                "(--checkpoint FILE.ckpt) or, in Python, a file (pretrained='FILE.safetensors')"
+                                f"{_timm_weights_hint(arch)}")
     return entries[sorted(entries)[0]]
+
+
+def _timm_weights_hint(name: str) -> str:
+    """How timm's weights of ``name`` load, where timm has weights of that name (a timm user's ``resnet18.a1_in1k``
+    was refused without a word of them); else nothing."""
+    import timm.models
+
+    try:
+        known = timm.models.get_pretrained_cfg(name) is not None
+    except RuntimeError:  # a tag timm has no weights of
+        known = False
+    return f"; timm's weights of that name load as pretrained='timm:{name}'" if known else ""
 
 
 def _require_own_weights_folders() -> None:
@@ -758,6 +791,7 @@ def load_weights(
     strict: Strictness = True,
     sha256: Optional[str] = None,
     new_head: bool = True,
+    head_from_weights: bool = False,
     origin: Optional[Union[str, Path]] = None,
     fix: Optional[str] = None,
 ) -> nn.Module:
@@ -768,8 +802,9 @@ def load_weights(
     (which also resamples position embeddings). A classifier head of another size (or none) is
     dropped with a warning, to be fine-tuned, unless ``new_head=False``: then it is a
     :class:`WeightsError`, as it is for weights saved with this very model; a head only partly there
-    always is. Any other difference raises :class:`WeightsError` listing the keys (before any error
-    about the head), unless ``strict=False``, which keeps the model's own initialisation for keys the
+    always is. ``head_from_weights``: a head of another size sets the model's class count instead (what
+    :func:`~visattn.create_model` does when no ``num_classes`` is given). Any other difference raises
+    :class:`WeightsError` listing the keys (before any error about the head), unless ``strict=False``, which keeps the model's own initialisation for keys the
     checkpoint lacks and warns with their names; ``strict="attention"`` does so only for keys of the
     model's attention modules (a plain ResNet's weights in ``cbam_resnet50``, SE's in it). ``origin``: the file a state-dict ``source`` came
     from, for the messages; ``fix``: what their hint says to do when the keys do not fit. Inside
@@ -816,6 +851,8 @@ def load_weights(
         state = _timm_filtered(model, state, source=named)
     if features_only:
         state = _without_pruned_layers(model, state)
+    elif head_from_weights:
+        _take_the_weights_class_count(model, state)
     state, head_warning, head_error = _drop_mismatched_head(model, state, source=named, new_head=new_head)
     state, channels_warning = _adapt_input_channels(model, state, source=named)
     check_state_dict(model, state, strict=strict, source=named, fix=fix)
@@ -922,6 +959,18 @@ def _adapt_input_conv(in_chans: int, weight: torch.Tensor) -> torch.Tensor:
     else:
         adapted = rgb.repeat(1, math.ceil(in_chans / 3), 1, 1)[:, :in_chans] * (3 / in_chans)
     return adapted.to(weight.dtype)
+
+
+def _take_the_weights_class_count(model: nn.Module, state: StateDict) -> None:
+    """``model``'s classifier reset to the class count of the weights' head where the two differ in it alone (a
+    10-class fine-tune's file in a model built with the default 1000 had its head dropped for a random one)."""
+    names = classifier_names(model)
+    if len(names) != 1 or not callable(getattr(model, "reset_classifier", None)):
+        return
+    own, theirs = model.state_dict().get(f"{names[0]}.weight"), state.get(f"{names[0]}.weight")
+    if (own is not None and theirs is not None and own.ndim == theirs.ndim == 2 and own.shape[1] == theirs.shape[1]
+            and own.shape[0] != theirs.shape[0]):
+        model.reset_classifier(int(theirs.shape[0]))
 
 
 def _drop_mismatched_head(

@@ -15,7 +15,7 @@ import numpy as np
 from torch import nn
 
 from .errors import (ArgumentError, ConfigError, DeprecatedArgumentWarning, UnknownModelError, check_keyword_arguments,
-                     check_keyword_types)
+                     check_keyword_types, keyword_names)
 
 # True: every weight must fit; "attention": only attention modules added to the weights' architecture
 # (SE, CBAM, ... on a plain ResNet) may be missing; False: any missing weight keeps its initialisation.
@@ -223,6 +223,7 @@ def model_arguments(
     if tag is not None and not isinstance(pretrained, bool) and pretrained is not None:
         raise ConfigError(f"{name} names shipped weights and pretrained={pretrained!r} other weights; "
                           f"give one: create_model({arch!r}, pretrained={pretrained!r}) or create_model({name!r})")
+    _refuse_timm_only_arguments(arch, kwargs)  # before the weights are looked up: "no shipped weights" hid why
     entry = find_weights_entry(arch, tag) if tag is not None or pretrained is True else None
     if entry is not None:  # the weights' architecture, whether or not they load
         kwargs = {**(entry.get("model_kwargs") or {}), **kwargs}
@@ -243,16 +244,44 @@ _TIMM_ONLY_ARGUMENTS = {"checkpoint_path": _WEIGHTS_FILE,
                         "pretrained_cfg": f"{_WEIGHTS_FILE}; {_PREPROCESSING}"}
 
 
+def _refuse_timm_only_arguments(arch: str, kwargs: dict[str, Any]) -> None:
+    """timm's ways of naming weights as one line with visattn's way, not "it takes img_size, ..."."""
+    for name, instead in _TIMM_ONLY_ARGUMENTS.items():
+        if name in kwargs:
+            raise ConfigError(f"{arch} has no argument {name!r}, which timm.create_model takes: {instead}")
+
+
 def _check_builder_arguments(arch: str, kwargs: dict[str, Any]) -> None:
     """A keyword the architecture's class does not take is one line with the nearest name, not a
     TypeError from deep inside its constructor."""
-    for name, instead in _TIMM_ONLY_ARGUMENTS.items():
-        if name in kwargs:  # one line with visattn's way, not "it takes img_size, ..."
-            raise ConfigError(f"{arch} has no argument {name!r}, which timm.create_model takes: {instead}")
     model_class = typing.get_type_hints(_model_entrypoints[arch]).get("return")  # every builder names its class
     if isinstance(model_class, type):
+        _refuse_timm_class_arguments(arch, model_class, kwargs)
         check_keyword_arguments(arch, model_class.__init__, kwargs)
         check_keyword_types(arch, model_class.__init__, kwargs)
+
+
+# timm's builder arguments that visattn's classes take under another name
+_OUR_NAMES_OF_TIMMS = {"zero_init_last": "zero_init_residual"}
+
+
+def _refuse_timm_class_arguments(arch: str, model_class: type, kwargs: dict[str, Any]) -> None:
+    """A keyword that timm's class of the same name takes and visattn's does not (``drop_block_rate``, ``act_layer``)
+    as one line saying so, not the nearest visattn name ("did you mean drop_rate?" for ``drop_block_rate``)."""
+    import timm
+    import timm.models
+
+    theirs, ours = getattr(timm.models, model_class.__name__, None), keyword_names(model_class.__init__)
+    if not isinstance(theirs, type) or ours is None:
+        return
+    for name in kwargs:
+        if name in _OUR_NAMES_OF_TIMMS and _OUR_NAMES_OF_TIMMS[name] in ours:
+            raise ConfigError(f"{arch} has no argument {name!r}, which timm's {theirs.__name__} takes: visattn's "
+                              f"name for it is {_OUR_NAMES_OF_TIMMS[name]}")
+        if name not in ours and name in (keyword_names(theirs.__init__) or ()):
+            instead = f"; timm's own model takes it: model name 'timm:{arch}'" if timm.is_model(arch) else ""
+            raise ConfigError(f"{arch} has no argument {name!r}: timm's {theirs.__name__} takes it, visattn's "
+                              f"{model_class.__name__} does not{instead}")
 
 
 def check_num_classes(num_classes: Any) -> int:
@@ -284,7 +313,8 @@ def create_model(
             shipped weights; a path to a ``.safetensors``/``.pth``/``.bin`` file; another shipped
             ``"ARCH.TAG"`` (e.g. a backbone's); ``"timm:NAME"`` or ``"hf-hub:ORG/REPO"``.
         num_classes: classifier size. Defaults to the weights entry's label count for ``arch.tag``
-            or ``pretrained=True``; a value that differs from the checkpoint drops its head with a warning.
+            or ``pretrained=True``, and to the head's size in other weights given as ``pretrained`` (a file,
+            ``timm:NAME``); a value that differs from the checkpoint drops its head with a warning.
         strict: when ``"attention"``, parameters of attention modules the checkpoint lacks (a plain
             backbone's weights in an SE or CBAM one) keep their initialisation and a warning lists them;
             when ``False``, any parameter the checkpoint lacks does.
@@ -319,7 +349,7 @@ def create_model(
     if entry is not None:
         load_weights(model, entry["path"], strict=strict, sha256=entry["sha256"])
     elif pretrained is not None and pretrained is not False:  # an empty state dict too: load_weights refuses it
-        load_weights(model, pretrained, strict=strict)
+        load_weights(model, pretrained, strict=strict, head_from_weights=num_classes is None)
     # What the loaded weights were trained with (None: no weights, or a file that recorded nothing), which the
     # tasks compare with the data's normalisation when the model is a captioner's encoder or a detector's backbone.
     model.visattn_recorded_preprocessing = weights_preprocessing(entry, pretrained)

@@ -321,15 +321,16 @@ class VisionTransformer(nn.Module):
 
     def prune_intermediate_layers(self, indices: Indices = 1, prune_norm: bool = False,
                                   prune_head: bool = True) -> list[int]:
-        """Drop the blocks past the last one in ``indices``, the final norm with ``prune_norm`` and the head
-        with ``prune_head``, as timm's ViTs do for a features-only model; returns the blocks taken."""
+        """Drop the blocks past the last one in ``indices``, the final norm with ``prune_norm`` and the head and
+        pooling with ``prune_head`` (``forward`` then gives the tokens), as timm's ViTs do for a features-only model;
+        returns the blocks taken."""
         taken, last = take_indices(len(self.blocks), indices)  # as timm: pruning shortens blocks
         self.blocks = self.blocks[:last + 1]
         if prune_norm:
             self.norm = nn.Identity()
         if prune_head:
             self.fc_norm = nn.Identity()
-            self.reset_classifier(0)
+            self.reset_classifier(0, "")
         return taken
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
