@@ -1085,6 +1085,25 @@ def test_a_class_given_by_name_to_a_method_without_classes_is_named_as_given(tmp
     assert capsys.readouterr().err.startswith("visattn: error: --class Bag: applies to gradcam only")
 
 
+@pytest.mark.parametrize("method", ["rollout", "attention"])
+def test_a_vit_with_registers_and_no_class_token_is_explained_by_its_patch_rows(method):
+    """Register 0's row had been read as the class token's (a register-token audit): registers are prefix tokens
+    that no head reads, so without a class token the map is the patch tokens' rows averaged."""
+    torch.manual_seed(0)
+    model = create_model("vit_tiny_patch4_28", depth=2, num_classes=0, class_token=False, global_pool="",
+                         reg_tokens=3).eval()
+    image = torch.randn(1, 3, 28, 28)
+    with torch.no_grad():
+        _, attentions = model(image, return_attention=True)
+    if method == "rollout":
+        expected = attention_rollout(attentions, (7, 7), num_prefix_tokens=3, pooled=True)[0]
+    else:
+        expected = attention_map(attentions, (7, 7), num_prefix_tokens=3, pooled=True)
+    registers_row = attention_map(attentions, (7, 7), num_prefix_tokens=3)
+    assert not torch.allclose(expected, registers_row)
+    torch.testing.assert_close(explain_batch(model, image, method), expected)
+
+
 def test_a_grad_cam_map_that_is_zero_everywhere_warns_with_the_fix():
     """At a class-token ViT's final norm the map is all zero (only the class token reaches the head): a blank figure."""
     from visattn.errors import VisattnWarning
@@ -1106,6 +1125,18 @@ def test_a_grad_cam_map_that_is_zero_everywhere_warns_with_the_fix():
     with warnings.catch_warnings():
         warnings.simplefilter("error", VisattnWarning)
         assert explain(model, image, "gradcam").any()
+
+
+@pytest.mark.parametrize("arch, settings", [("vit_small_patch14_reg4_dinov2", {"img_size": 28, "depth": 1}),
+                                            ("vit_tiny_patch4_28", {"depth": 1, "global_pool": ""}),
+                                            ("resnet20_cifar", {})])
+def test_grad_cam_of_a_model_without_a_head_is_one_line(arch, settings):
+    """It had explained the largest pooled feature of a headless model as a class (a DINOv2 builds none by
+    default), and a (B, 384) tensor of "classes" for unpooled tokens (a register-token audit)."""
+    model = create_model(arch, num_classes=0, **settings).eval()
+    with pytest.raises(ConfigError, match=rf"^Grad-CAM explains a class score, and this {type(model).__name__} has "
+                                          r"no classifier head \(num_classes=0\); build it with num_classes=N"):
+        explain(model, torch.randn(3, 28, 28), "gradcam")
 
 
 def test_a_grad_cam_map_of_one_cell_or_for_an_asked_class_warns_for_its_own_cause():

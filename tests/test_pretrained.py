@@ -885,17 +885,30 @@ def test_a_captioners_timm_encoder_loads_the_file_it_is_given(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(encoder.state_dict().values(), captioner.encoder.state_dict().values()))
 
 
+@pytest.mark.parametrize("registers, side", [(4, 3), (8, 5)])
+@pytest.mark.parametrize("no_embed_class", [True, False])
+def test_vit_weights_of_this_grid_in_the_other_position_layout_are_refused_not_resampled(registers, side,
+                                                                                          no_embed_class):
+    """From a register-token audit: 9 positions of a 3x3 grid laid out without prefix positions passed for a 2x2
+    grid after 5 prefix tokens (and 25 of a 5x5 one for 4x4 after 9), resampled without a word."""
+    kwargs = dict(img_size=16 * side, patch_size=16, depth=1, embed_dim=32, num_heads=2, reg_tokens=registers)
+    state = create_model("vit_tiny_patch16_224", no_embed_class=no_embed_class, **kwargs).state_dict()
+    with pytest.raises(WeightsError, match=rf"holds this model's {side}x{side} grid in the other position layout; .* "
+                                           rf"build the model with no_embed_class={no_embed_class}$"):
+        create_model("vit_tiny_patch16_224", no_embed_class=not no_embed_class, pretrained=state, **kwargs)
+
+
 @pytest.mark.parametrize("timm_kwargs, visattn_kwargs, message", [
     ({"reg_tokens": 4}, {}, r"the weights have 4 register tokens \(reg_token\) and this model 0; build it with "
                             "reg_tokens=4$"),
     ({"reg_tokens": 4, "no_embed_class": True}, {"reg_tokens": 1, "no_embed_class": True}, "the weights have 4 "
                                                                                         "register tokens .* model 1;"),
-    ({"no_embed_class": True}, {}, r"pos_embed \(1, 196, 192\) does not hold a square patch grid after 1 prefix "
-                                   r"tokens; its positions leave out the prefix tokens \(class, registers\): build the "
-                                   "model with no_embed_class=True$"),
+    ({"no_embed_class": True}, {"img_size": 64}, r"pos_embed \(1, 196, 192\) does not hold a square patch grid after 1 "
+                                                 r"prefix tokens; its positions leave out the prefix tokens \(class, "
+                                                 r"registers\): build the model with no_embed_class=True$"),
     ({"reg_tokens": 3}, {"reg_tokens": 3, "no_embed_class": True},
-     r"pos_embed \(1, 200, 192\) does not hold a square patch grid after 0 prefix tokens; its positions hold one for "
-     "each of the prefix tokens"),
+     r"pos_embed \(1, 200, 192\) holds this model's 14x14 grid in the other position layout; its positions hold one "
+     "for each of the prefix tokens"),
     ({}, {"class_token": False, "global_pool": "avg"}, "the weights have a class token and this model does not; "
                                                        "build it with class_token=True"),
     ({"class_token": False, "global_pool": "avg"}, {}, "the weights lack a class token and this model does"),

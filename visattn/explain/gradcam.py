@@ -184,6 +184,10 @@ def grad_cam(
         explained class of each image ``(B,)``.
     """
     model = as_module(model)
+    if getattr(model, "num_classes", None) == 0:  # it had explained the largest pooled feature as a class
+        raise ConfigError(f"Grad-CAM explains a class score, and this {type(model).__name__} has no classifier head "
+                          "(num_classes=0); build it with num_classes=N or load a classifier's weights (a ViT's "
+                          "attention is explained without one: method 'rollout' or 'attention')")
     images = model_batch(model, images)
     target = resolve_target_layer(model, layer)
     captured: list[Tensor] = []

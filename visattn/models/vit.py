@@ -385,6 +385,14 @@ class VisionTransformer(nn.Module):
         if source_grid is None and pos_embed.shape == self.pos_embed.shape:
             self._warn_if_another_grid(pos_embed.shape[1] - self.embedded_prefix_tokens)
             return pos_embed
+        other_prefix = self.num_prefix_tokens - self.embedded_prefix_tokens
+        if source_grid is None and self.num_prefix_tokens and (
+                pos_embed.shape[1] - other_prefix == self.patch_embed.num_patches):
+            # this model's grid in the other layout: read in its own, a 3x3 grid's 9 positions had passed for a 2x2
+            # one after 5 prefix tokens, resampled without a word
+            raise WeightsError(f"pos_embed {tuple(pos_embed.shape)} holds this model's {self.grid_size[0]}x"
+                               f"{self.grid_size[1]} grid in the other position layout; "
+                               f"{self._layout_hint(pos_embed, None)}")
         if not _holds_grid(pos_embed.shape[1] - self.embedded_prefix_tokens, source_grid):
             grid = "a square patch grid" if source_grid is None else f"the {source_grid[0]}x{source_grid[1]} patch grid"
             hint = self._layout_hint(pos_embed, source_grid)
