@@ -1086,20 +1086,23 @@ def test_a_class_given_by_name_to_a_method_without_classes_is_named_as_given(tmp
 
 
 @pytest.mark.parametrize("method", ["rollout", "attention"])
-def test_a_vit_with_registers_and_no_class_token_is_explained_by_its_patch_rows(method):
+@pytest.mark.parametrize("settings", [dict(num_classes=0, class_token=False, global_pool="", reg_tokens=3),
+                                      dict(num_classes=3, global_pool="map", reg_tokens=2)])
+def test_a_vit_whose_head_reads_no_class_token_is_explained_by_its_patch_rows(method, settings):
     """Register 0's row had been read as the class token's (a register-token audit): registers are prefix tokens
-    that no head reads, so without a class token the map is the patch tokens' rows averaged."""
+    that no head reads, so without a class token the map is the patch tokens' rows averaged; so it is where an
+    attention pool ('map') reads the patch tokens past a class token."""
     torch.manual_seed(0)
-    model = create_model("vit_tiny_patch4_28", depth=2, num_classes=0, class_token=False, global_pool="",
-                         reg_tokens=3).eval()
+    model = create_model("vit_tiny_patch4_28", depth=2, **settings).eval()
     image = torch.randn(1, 3, 28, 28)
     with torch.no_grad():
         _, attentions = model(image, return_attention=True)
+    prefix = model.num_prefix_tokens
     if method == "rollout":
-        expected = attention_rollout(attentions, (7, 7), num_prefix_tokens=3, pooled=True)[0]
+        expected = attention_rollout(attentions, (7, 7), num_prefix_tokens=prefix, pooled=True)[0]
     else:
-        expected = attention_map(attentions, (7, 7), num_prefix_tokens=3, pooled=True)
-    registers_row = attention_map(attentions, (7, 7), num_prefix_tokens=3)
+        expected = attention_map(attentions, (7, 7), num_prefix_tokens=prefix, pooled=True)
+    registers_row = attention_map(attentions, (7, 7), num_prefix_tokens=prefix)
     assert not torch.allclose(expected, registers_row)
     torch.testing.assert_close(explain_batch(model, image, method), expected)
 

@@ -6,7 +6,7 @@ from visattn import create_model, list_models
 from visattn.registry import model_family
 
 # Small inputs keep the whole sweep fast; families whose input size is fixed at build time get it here.
-BUILD_KWARGS = {"vit": {"img_size": 32}}
+BUILD_KWARGS = {"vit": {"img_size": 32, "depth": 2}}  # two blocks: ViT-L and SigLIP-so400m would take 20 s a test
 INPUT = (2, 3, 32, 32)
 # Captioners take (images, captions) and have no classifier head; tests/test_show_attend_tell.py sweeps them.
 # Detectors take lists of images and targets; test_detector_losses_and_detections sweeps them below.

@@ -912,6 +912,11 @@ def test_vit_weights_of_this_grid_in_the_other_position_layout_are_refused_not_r
     ({}, {"class_token": False, "global_pool": "avg"}, "the weights have a class token and this model does not; "
                                                        "build it with class_token=True"),
     ({"class_token": False, "global_pool": "avg"}, {}, "the weights lack a class token and this model does"),
+    ({"class_token": False, "global_pool": "map"}, {"class_token": False, "global_pool": "avg"},
+     r"the weights pool by attention \(attn_pool, SigLIP's head\) and this model does not; build it with "
+     "global_pool='map'$"),
+    ({"class_token": False, "global_pool": "avg"}, {"class_token": False, "global_pool": "map"},
+     r"the weights have no attention pool \(attn_pool\) and this model pools by one; build it with global_pool='avg'$"),
 ])
 def test_a_vit_checkpoint_of_another_token_layout_names_the_file_and_the_cause(tmp_path, timm_kwargs, visattn_kwargs,
                                                                               message):

@@ -187,7 +187,10 @@ def test_reset_classifier_and_get_classifier_match_timm(tmp_path):
 
 def test_reset_classifier_refuses_unsupported_pooling():
     model = create_model("vit_tiny_patch4_28", depth=1)
-    with pytest.raises(ConfigError, match=r"^global_pool='map': use 'token', 'avg', 'max', 'avgmax' or ''"):
+    with pytest.raises(ConfigError, match=r"^global_pool='prr': use 'token', 'avg', 'max', 'avgmax', 'map' or ''"):
+        model.reset_classifier(5, "prr")
+    with pytest.raises(ConfigError, match=r"^global_pool='map' needs the attention pool's weights, which this model "
+                                          r"was built without; build it with global_pool='map'$"):
         model.reset_classifier(5, "map")
     with pytest.raises(ConfigError, match=r"^global_pool='' leaves the tokens unpooled and num_classes=5 needs"):
         model.reset_classifier(5, "")
@@ -338,9 +341,10 @@ def test_dynamic_img_size_refuses_sides_that_are_not_multiples_of_the_patch_and_
         fixed(torch.randn(1, 3, 32, 32))
 
 
-@pytest.mark.parametrize("pool, num_classes", [("max", 5), ("avgmax", 5), ("", 0)])
+@pytest.mark.parametrize("pool, num_classes", [("max", 5), ("avgmax", 5), ("", 0), ("map", 5), ("map", 0)])
 def test_timms_other_poolings_give_its_logits_and_tokens(pool, num_classes, tmp_path):
-    """timm's ViTs pool by max, avgmax or not at all; visattn took only 'token' and 'avg'."""
+    """timm's ViTs pool by max, avgmax, a learned query's attention (SigLIP's 'map') or not at all; visattn took
+    only 'token' and 'avg'. Switching from 'map' drops the attention pool, as timm's reset_classifier does."""
     reference, path = _timm_file(tmp_path, "vit_tiny_patch16_224", img_size=32, depth=2, global_pool=pool,
                                  num_classes=num_classes)
     model = create_model("vit_tiny_patch16_224", img_size=32, depth=2, global_pool=pool, num_classes=num_classes,

@@ -143,10 +143,11 @@ def explain_batch(
     with eval_mode(model):
         _, attentions = collect_attentions(model, images)
     grid = token_grid(model, images.shape[-2:])
-    # the head reads the patch tokens (their mean, max or both), not the class token; without a class token the
-    # prefix tokens are registers, whose rows no head reads (register 0's had been taken for the class token's)
-    pooled = getattr(model, "global_pool", "token") in PATCH_POOLS or (hasattr(model, "cls_token")
-                                                                        and model.cls_token is None)
+    # the head reads the patch tokens (their mean, max or both, or by a learned query's attention), not the class
+    # token; without a class token the prefix tokens are registers, whose rows no head reads (register 0's had been
+    # taken for the class token's)
+    pooled = getattr(model, "global_pool", "token") in (*PATCH_POOLS, "map") or (hasattr(model, "cls_token")
+                                                                                 and model.cls_token is None)
     if method == "rollout":
         return attention_rollout(attentions, grid, num_prefix_tokens=model.num_prefix_tokens,
                                  head_fusion=head_fusion, discard_ratio=discard_ratio, pooled=pooled)[0]

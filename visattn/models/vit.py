@@ -14,6 +14,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..errors import ConfigError, VisattnWarning, WeightsError
 from ..layers.attention import SelfAttention
+from ..layers.attention_pool import AttentionPoolLatent
 from ..layers.drop_path import DropPath, check_rate
 from ..layers.layer_scale import LayerScale
 from ..layers.mlp import Mlp
@@ -23,7 +24,7 @@ from ..registry import check_num_classes, register_model
 from .features import Indices, take_indices
 
 Attentions = list[torch.Tensor]
-PoolType = Literal["token", "avg", "avgmax", "max", ""]
+PoolType = Literal["token", "avg", "avgmax", "max", "map", ""]
 # Poolings that read the patch tokens (not the class token); timm builds fc_norm for them by default.
 PATCH_POOLS = ("avg", "avgmax", "max")
 # Parameters trained without weight decay, as in timm (which reads them from ``no_weight_decay()``).
@@ -80,8 +81,8 @@ class VisionTransformer(nn.Module):
         in_chans: input channels.
         num_classes: classes; 0 gives a model without head (``forward`` returns pooled features).
         global_pool: ``"token"`` (class token), ``"avg"``, ``"max"`` or ``"avgmax"`` (mean of the two) over the
-            patch tokens, as timm's; ``""`` for none, where ``forward`` returns the ``(B, prefix + N, C)`` tokens and
-            ``num_classes`` must be 0.
+            patch tokens, or ``"map"``, a learned query's attention over them (SigLIP's head), as timm's; ``""``
+            for none, where ``forward`` returns the ``(B, prefix + N, C)`` tokens and ``num_classes`` must be 0.
         embed_dim: token size.
         depth: number of blocks.
         num_heads: attention heads per block.
@@ -163,6 +164,8 @@ class VisionTransformer(nn.Module):
             for rate in rates
         ])
         self.norm = nn.Identity() if use_fc_norm else _layer_norm(embed_dim)
+        self.attn_pool = (AttentionPoolLatent(embed_dim, num_heads, mlp_ratio=mlp_ratio) if global_pool == "map"
+                          else None)
         self.fc_norm = _layer_norm(embed_dim) if use_fc_norm else nn.Identity()
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
@@ -218,7 +221,12 @@ class VisionTransformer(nn.Module):
         and, as in timm, leaves ``norm`` / ``fc_norm`` as they were built."""
         num_classes = check_num_classes(num_classes)
         _check_pool(self.global_pool if global_pool is None else global_pool, self.cls_token is not None, num_classes)
+        if global_pool == "map" and self.attn_pool is None:
+            raise ConfigError("global_pool='map' needs the attention pool's weights, which this model was built "
+                              "without; build it with global_pool='map'")
         if global_pool is not None:
+            if global_pool != "map":
+                self.attn_pool = None  # as timm: another pooling drops it
             self.global_pool = global_pool
             if hasattr(self, "visattn_kwargs"):  # what save_weights records, so that ARCH.TAG pools the same way
                 built_norm = not isinstance(self.fc_norm, nn.Identity)  # fc_norm defaults from global_pool
@@ -334,7 +342,11 @@ class VisionTransformer(nn.Module):
         return taken
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.head_drop(self.fc_norm(_pool_tokens(x, self.global_pool, self.num_prefix_tokens)))
+        if self.attn_pool is not None:
+            x = self.attn_pool(x[:, self.num_prefix_tokens:])
+        else:
+            x = _pool_tokens(x, self.global_pool, self.num_prefix_tokens)
+        x = self.head_drop(self.fc_norm(x))
         return x if pre_logits else self.head(x)
 
     def forward(
@@ -368,6 +380,12 @@ class VisionTransformer(nn.Module):
                                    "class_token=True")
             raise WeightsError("the weights lack a class token and this model does; build it with "
                                "class_token=False, global_pool='avg'")
+        if "pos_embed" in state and ("attn_pool.latent" in state) != (self.attn_pool is not None):
+            if "attn_pool.latent" in state:
+                raise WeightsError("the weights pool by attention (attn_pool, SigLIP's head) and this model does "
+                                   "not; build it with global_pool='map'")
+            raise WeightsError(f"the weights have no attention pool (attn_pool) and this model pools by one; build "
+                               f"it with global_pool={'token' if 'cls_token' in state else 'avg'!r}")
         patch_weight = state.get("patch_embed.proj.weight")
         if patch_weight is not None and tuple(patch_weight.shape[-2:]) != tuple(self.patch_embed.patch_size):
             # FlexiViT's pseudo-inverse resize (Beyer et al. 2023): timm's, as its checkpoint filter loads such weights
@@ -470,12 +488,15 @@ def _pool_tokens(x: torch.Tensor, global_pool: str, num_prefix_tokens: int) -> t
         return patches.mean(dim=1)
     if global_pool == "max":
         return patches.amax(dim=1)
+    if global_pool == "map":  # the model's attention pool reads them, dropped from a backbone, which pools nothing
+        raise ConfigError("global_pool='map': this ViT's attention pool was dropped (a backbone's); use its tokens")
     return 0.5 * (patches.amax(dim=1) + patches.mean(dim=1))  # avgmax
 
 
 def _check_pool(global_pool: str, class_token: bool, num_classes: int) -> None:
-    if global_pool not in ("token", *PATCH_POOLS, ""):
-        raise ConfigError(f"global_pool={global_pool!r}: use 'token', 'avg', 'max', 'avgmax' or '' (no pooling)")
+    if global_pool not in ("token", *PATCH_POOLS, "map", ""):
+        raise ConfigError(f"global_pool={global_pool!r}: use 'token', 'avg', 'max', 'avgmax', 'map' or '' (no "
+                          "pooling)")
     if global_pool == "token" and not class_token:
         raise ConfigError("global_pool='token' needs class_token=True; use global_pool='avg' without it")
     if global_pool == "" and num_classes > 0:
@@ -616,6 +637,21 @@ def vit_base_patch16_reg4_gap_256(**kwargs) -> VisionTransformer:
     """ViT-B/16, 256 px, with 4 register tokens and no class token: the patch tokens are averaged."""
     return _create_vit(dict(img_size=256, patch_size=16, embed_dim=768, depth=12, num_heads=12, class_token=False,
                             reg_tokens=4, no_embed_class=True, global_pool="avg"), kwargs)
+
+
+@register_model
+def vit_base_patch16_siglip_224(**kwargs) -> VisionTransformer:
+    """SigLIP's ViT-B/16 image encoder, 224 px (Zhai et al. 2023): no class token, attention-pooled; no head unless
+    num_classes is given."""
+    return _create_vit(dict(patch_size=16, embed_dim=768, depth=12, num_heads=12, class_token=False,
+                            global_pool="map", num_classes=0), kwargs)
+
+
+@register_model
+def vit_so400m_patch14_siglip_224(**kwargs) -> VisionTransformer:
+    """SigLIP's shape-optimised 400M ViT/14 image encoder, 224 px (Alabdulmohsin et al. 2023)."""
+    return _create_vit(dict(patch_size=14, embed_dim=1152, depth=27, num_heads=16, mlp_ratio=3.7362,
+                            class_token=False, global_pool="map", num_classes=0), kwargs)
 
 
 @register_model

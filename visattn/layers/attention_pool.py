@@ -1,0 +1,54 @@
+"""Multihead attention pooling (MAP): a learned query attends over the tokens and an MLP follows (Lee et al. 2019,
+"Set Transformer", pooling by multihead attention; the ViT head of Zhai et al. 2022, "Scaling Vision Transformers",
+which SigLIP's encoders use).
+
+Parameter names and maths are timm's ``AttentionPoolLatent`` with one latent query, so its weights load.
+"""
+from typing import Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attention import attention_probs
+from .mlp import Mlp
+
+
+class AttentionPoolLatent(nn.Module):
+    """``(B, N, C)`` tokens to one ``(B, C)`` vector: a learned latent query's multi-head attention over them,
+    projected, then a pre-norm MLP with a residual.
+
+    Args:
+        dim: token size.
+        num_heads: attention heads; ``dim`` must divide by them.
+        mlp_ratio: MLP hidden size over ``dim``.
+    """
+
+    def __init__(self, dim: int, num_heads: int = 8, *, mlp_ratio: float = 4.0) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim**-0.5
+        self.latent = nn.Parameter(torch.zeros(1, 1, dim))
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, dim * 2)
+        self.proj = nn.Linear(dim, dim)
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        nn.init.trunc_normal_(self.latent, std=dim**-0.5)
+
+    def forward(
+        self, x: torch.Tensor, return_attention: bool = False
+    ) -> Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """The pooled ``(B, C)``; with ``return_attention`` also the query's ``(B, heads, N)`` attention over ``x``."""
+        batch, tokens, dim = x.shape
+        q = self.q(self.latent).reshape(1, self.num_heads, 1, self.head_dim).expand(batch, -1, -1, -1)
+        k, v = self.kv(x).reshape(batch, tokens, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        if return_attention:
+            attn = attention_probs(q, k, self.scale)  # (B, heads, 1, N)
+            pooled = attn.to(v.dtype) @ v
+        else:
+            pooled = F.scaled_dot_product_attention(q, k, v)  # (B, heads, 1, head_dim)
+        pooled = self.proj(pooled.reshape(batch, dim))
+        pooled = pooled + self.mlp(self.norm(pooled))
+        return (pooled, attn[:, :, 0]) if return_attention else pooled
