@@ -578,6 +578,22 @@ def test_timm_vit_weights_that_compute_otherwise_are_refused_for_visattns_vit(kw
     _refuse_other_vit_computation(plain, "timm:vit_x.tag", "vit_x", into=create_model("vit_tiny_patch16_224", **small))
 
 
+def test_timm_vit_weights_of_another_norm_epsilon_name_the_setting_that_takes_them():
+    """CLIP's towers norm with eps 1e-5: refused for a ViT built with timm's 1e-6, taken by one built with norm_eps."""
+    import timm
+
+    from visattn.pretrained import _refuse_other_vit_computation
+
+    small = {"depth": 1, "embed_dim": 64, "num_heads": 2, "img_size": 32}
+    clip = timm.create_model("vit_base_patch16_clip_224", **small)
+    with pytest.raises(WeightsError, match=r"^timm:clip: its norms are LayerNorm\(\(64,\), eps=1e-05.*\), not "
+                                           r"LayerNorm with the eps 1e-06 that visattn's ViT computes, so its weights "
+                                           r"would load and give other outputs; build the model with norm_eps=1e-05, "
+                                           r"or use timm's own model, model_name 'timm:clip'$"):
+        _refuse_other_vit_computation(clip, "timm:clip", "clip", into=create_model("vit_base_patch16_224", **small))
+    _refuse_other_vit_computation(clip, "timm:clip", "clip", into=create_model("vit_base_patch16_clip_224", **small))
+
+
 def test_hub_weights_whose_config_names_a_vit_that_computes_otherwise_are_refused(hf_cache):
     """timm: names were checked, hf-hub: ones not: a post-norm ViT's repository loaded into visattn's pre-norm ViT
     and gave other logits (3.8 off in an audit), though its config.json names the architecture."""
@@ -912,6 +928,10 @@ def test_vit_weights_of_this_grid_in_the_other_position_layout_are_refused_not_r
     ({}, {"class_token": False, "global_pool": "avg"}, "the weights have a class token and this model does not; "
                                                        "build it with class_token=True"),
     ({"class_token": False, "global_pool": "avg"}, {}, "the weights lack a class token and this model does"),
+    ({"pre_norm": True}, {}, r"the weights have a norm before the blocks \(norm_pre, CLIP's\) and this model does not; "
+                             "build it with pre_norm=True$"),
+    ({}, {"pre_norm": True}, r"the weights lack a norm before the blocks \(norm_pre, CLIP's\) and this model does; "
+                             "build it with pre_norm=False$"),
     ({"class_token": False, "global_pool": "map"}, {"class_token": False, "global_pool": "avg"},
      r"the weights pool by attention \(attn_pool, SigLIP's head\) and this model does not; build it with "
      "global_pool='map'$"),

@@ -1240,24 +1240,28 @@ def _fetch_timm(name: str, *, into: nn.Module) -> tuple[StateDict, Optional[tupl
 def _refuse_other_vit_computation(model: nn.Module, source: str, arch: str, *, into: nn.Module) -> None:
     """One line for a timm ViT whose weights have the keys and shapes of ``into``, visattn's ViT, but that
     computes otherwise: post-norm or parallel blocks, an MLP activation other than exact GELU, another
-    LayerNorm epsilon. They would load strictly and give other logits (timm's residual post-norm ViT-B by 6.0)."""
+    LayerNorm epsilon than the model's ``norm_eps``. They would load strictly and give other logits (timm's residual
+    post-norm ViT-B by 6.0)."""
     from timm.models.vision_transformer import Block, VisionTransformer
 
     if not isinstance(model, VisionTransformer) or isinstance(into, VisionTransformer):  # timm's own: as trained
         return
     block = model.blocks[0]
     act = getattr(getattr(block, "mlp", None), "act", None)
-    norm = getattr(block, "norm1", None)
+    norm, own_eps = getattr(block, "norm1", None), getattr(into, "norm_eps", 1e-6)
+    fix = f"use timm's own model, model_name 'timm:{arch}'"
     if type(block) is not Block:
         differs = f"its blocks are timm's {type(block).__name__}, not the pre-norm Block"
     elif not (type(act) is nn.GELU and act.approximate == "none"):
         differs = f"its MLP activation is {act}, not exact GELU"
-    elif not (isinstance(norm, nn.LayerNorm) and norm.eps == 1e-6):
-        differs = f"its norms are {norm}, not LayerNorm with eps 1e-6"
+    elif not (isinstance(norm, nn.LayerNorm) and norm.eps == own_eps):
+        differs = f"its norms are {norm}, not LayerNorm with the eps {own_eps}"
+        if isinstance(norm, nn.LayerNorm):
+            fix = f"build the model with norm_eps={norm.eps}, or {fix}"
     else:
         return
     raise WeightsError(f"{source}: {differs} that visattn's ViT computes, so its weights would load and give "
-                       f"other outputs; use timm's own model, model_name 'timm:{arch}'")
+                       f"other outputs; {fix}")
 
 
 def _refuse_other_hub_vit(repo: str, weights: Path, *, into: nn.Module, offline: bool) -> None:

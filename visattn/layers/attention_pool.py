@@ -22,9 +22,10 @@ class AttentionPoolLatent(nn.Module):
         dim: token size.
         num_heads: attention heads; ``dim`` must divide by them.
         mlp_ratio: MLP hidden size over ``dim``.
+        norm_eps: the MLP's LayerNorm epsilon.
     """
 
-    def __init__(self, dim: int, num_heads: int = 8, *, mlp_ratio: float = 4.0) -> None:
+    def __init__(self, dim: int, num_heads: int = 8, *, mlp_ratio: float = 4.0, norm_eps: float = 1e-6) -> None:
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
@@ -33,7 +34,7 @@ class AttentionPoolLatent(nn.Module):
         self.q = nn.Linear(dim, dim)
         self.kv = nn.Linear(dim, dim * 2)
         self.proj = nn.Linear(dim, dim)
-        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.norm = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         nn.init.trunc_normal_(self.latent, std=dim**-0.5)
 

@@ -84,6 +84,7 @@ class PatchEmbed(nn.Module):
         embed_dim: token size.
         strict_img_size: refuse inputs of another size than ``img_size`` (timm's name); False takes any size
             whose sides are multiples of the patch (a ViT's ``dynamic_img_size``).
+        bias: a bias on the projection (CLIP's has none: a norm follows it).
     """
 
     def __init__(
@@ -93,12 +94,13 @@ class PatchEmbed(nn.Module):
         in_chans: int = 3,
         embed_dim: int = 768,
         strict_img_size: bool = True,
+        bias: bool = True,
     ) -> None:
         super().__init__()
         self.in_chans = check_count("in_chans", in_chans)
         self.strict_img_size = strict_img_size
         self._set_grid(img_size, patch_size)
-        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=self.patch_size, stride=self.patch_size)
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=self.patch_size, stride=self.patch_size, bias=bias)
 
     def _set_grid(self, img_size: Union[int, tuple[int, int]], patch_size: Union[int, tuple[int, int]]) -> None:
         img_size, patch_size = to_2tuple(img_size, "img_size"), to_2tuple(patch_size, "patch_size")

@@ -31,8 +31,8 @@ PATCH_POOLS = ("avg", "avgmax", "max")
 NO_WEIGHT_DECAY = ("pos_embed", "cls_token", "reg_token")
 
 
-def _layer_norm(dim: int) -> nn.LayerNorm:
-    return nn.LayerNorm(dim, eps=1e-6)
+def _layer_norm(dim: int, eps: float = 1e-6) -> nn.LayerNorm:
+    return nn.LayerNorm(dim, eps=eps)
 
 
 class Block(nn.Module):
@@ -49,13 +49,14 @@ class Block(nn.Module):
         proj_drop: float = 0.0,
         attn_drop: float = 0.0,
         drop_path: float = 0.0,
+        norm_eps: float = 1e-6,
     ) -> None:
         super().__init__()
-        self.norm1 = _layer_norm(dim)
+        self.norm1 = _layer_norm(dim, norm_eps)
         self.attn = SelfAttention(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop)
         self.ls1 = LayerScale(dim, init_values) if init_values else nn.Identity()
         self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.norm2 = _layer_norm(dim)
+        self.norm2 = _layer_norm(dim, norm_eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=proj_drop)
         self.ls2 = LayerScale(dim, init_values) if init_values else nn.Identity()
         self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
@@ -94,6 +95,9 @@ class VisionTransformer(nn.Module):
             Registers"), which no pooling reads.
         no_embed_class: position embeddings for the patches only, added before the class and register tokens are
             put in front (DeiT III, DINOv2 with registers); else one for every token, added after.
+        pre_norm: a LayerNorm on the tokens before the blocks, and no bias on the patch projection (CLIP's image
+            tower, Radford et al. 2021), as timm's switch of the same name.
+        norm_eps: every LayerNorm's epsilon: timm's 1e-6, CLIP's 1e-5.
         fc_norm: put the final norm after pooling; None means "when pooling patch tokens", as in timm.
         drop_rate: dropout before the head.
         pos_drop_rate: dropout after adding position embeddings.
@@ -124,6 +128,7 @@ class VisionTransformer(nn.Module):
         class_token: bool = True,
         reg_tokens: int = 0,
         no_embed_class: bool = False,
+        pre_norm: bool = False,
         fc_norm: Optional[bool] = None,
         drop_rate: float = 0.0,
         pos_drop_rate: float = 0.0,
@@ -131,6 +136,7 @@ class VisionTransformer(nn.Module):
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
         dynamic_img_size: bool = False,
+        norm_eps: float = 1e-6,
     ) -> None:
         super().__init__()
         _check_pool(global_pool, class_token, num_classes)
@@ -141,6 +147,8 @@ class VisionTransformer(nn.Module):
         for name, rate in (("drop_rate", drop_rate), ("pos_drop_rate", pos_drop_rate), ("proj_drop_rate", proj_drop_rate),
                            ("attn_drop_rate", attn_drop_rate), ("drop_path_rate", drop_path_rate)):
             check_rate(name, rate)
+        if not norm_eps > 0:  # a zero epsilon divides by zero on a constant token
+            raise ConfigError(f"norm_eps={norm_eps!r}: give a small positive number, timm's 1e-6 or CLIP's 1e-5")
         use_fc_norm = global_pool in PATCH_POOLS if fc_norm is None else fc_norm
         self.num_classes = num_classes
         self.global_pool = global_pool
@@ -150,23 +158,26 @@ class VisionTransformer(nn.Module):
         self.no_embed_class = no_embed_class
 
         self.dynamic_img_size = dynamic_img_size
-        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, strict_img_size=not dynamic_img_size)
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, strict_img_size=not dynamic_img_size,
+                                      bias=not pre_norm)
         self.input_size = (in_chans, *self.patch_embed.img_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
         self.reg_token = nn.Parameter(torch.zeros(1, reg_tokens, embed_dim)) if reg_tokens else None
         self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + self.embedded_prefix_tokens,
                                                   embed_dim))
         self.pos_drop = nn.Dropout(pos_drop_rate)
+        self.norm_eps = norm_eps
+        self.norm_pre = _layer_norm(embed_dim, norm_eps) if pre_norm else nn.Identity()
         rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # stochastic depth decay rule
         self.blocks = nn.Sequential(*[
             Block(embed_dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, init_values=init_values,
-                  proj_drop=proj_drop_rate, attn_drop=attn_drop_rate, drop_path=rate)
+                  proj_drop=proj_drop_rate, attn_drop=attn_drop_rate, drop_path=rate, norm_eps=norm_eps)
             for rate in rates
         ])
-        self.norm = nn.Identity() if use_fc_norm else _layer_norm(embed_dim)
-        self.attn_pool = (AttentionPoolLatent(embed_dim, num_heads, mlp_ratio=mlp_ratio) if global_pool == "map"
-                          else None)
-        self.fc_norm = _layer_norm(embed_dim) if use_fc_norm else nn.Identity()
+        self.norm = nn.Identity() if use_fc_norm else _layer_norm(embed_dim, norm_eps)
+        self.attn_pool = (AttentionPoolLatent(embed_dim, num_heads, mlp_ratio=mlp_ratio, norm_eps=norm_eps)
+                          if global_pool == "map" else None)
+        self.fc_norm = _layer_norm(embed_dim, norm_eps) if use_fc_norm else nn.Identity()
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         self.grad_checkpointing = False
@@ -206,7 +217,7 @@ class VisionTransformer(nn.Module):
         """timm's parameter groups, in depth order (layer-wise learning-rate decay in
         ``timm.optim.create_optimizer_v2(..., layer_decay=)``): the embeddings, then each block, the final norm
         with the last block."""
-        return {"stem": r"^cls_token|reg_token|pos_embed|patch_embed",
+        return {"stem": r"^cls_token|reg_token|pos_embed|patch_embed|norm_pre",
                 "blocks": [(r"^blocks\.(\d+)", None), (r"^norm", (99999,))]}
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -268,7 +279,8 @@ class VisionTransformer(nn.Module):
 
     def with_prefix_and_positions(self, x: torch.Tensor, pos_embed: torch.Tensor) -> torch.Tensor:
         """Patch tokens ``(B, N, C)`` with the class and register tokens put in front and ``pos_embed`` (laid out for
-        their grid) added, in timm's order for ``no_embed_class``, then position dropout: ``(B, prefix + N, C)``."""
+        their grid) added, in timm's order for ``no_embed_class``, then position dropout and ``norm_pre`` (CLIP's):
+        ``(B, prefix + N, C)``."""
         prefix = [token.expand(x.shape[0], -1, -1) for token in (self.cls_token, self.reg_token) if token is not None]
         if self.no_embed_class:
             x = x + pos_embed
@@ -276,7 +288,7 @@ class VisionTransformer(nn.Module):
             x = torch.cat([*prefix, x], dim=1)
         if not self.no_embed_class:
             x = x + pos_embed
-        return self.pos_drop(x)
+        return self.norm_pre(self.pos_drop(x))
 
     def forward_features(
         self, x: torch.Tensor, return_attention: bool = False
@@ -386,6 +398,11 @@ class VisionTransformer(nn.Module):
                                    "not; build it with global_pool='map'")
             raise WeightsError(f"the weights have no attention pool (attn_pool) and this model pools by one; build "
                                f"it with global_pool={'token' if 'cls_token' in state else 'avg'!r}")
+        pre_norm = "norm_pre.weight" in state
+        if "pos_embed" in state and pre_norm == isinstance(self.norm_pre, nn.Identity):
+            raise WeightsError(f"the weights {'have' if pre_norm else 'lack'} a norm before the blocks (norm_pre, "
+                               f"CLIP's) and this model {'does not' if pre_norm else 'does'}; build it with "
+                               f"pre_norm={pre_norm}")
         patch_weight = state.get("patch_embed.proj.weight")
         if patch_weight is not None and tuple(patch_weight.shape[-2:]) != tuple(self.patch_embed.patch_size):
             # FlexiViT's pseudo-inverse resize (Beyer et al. 2023): timm's, as its checkpoint filter loads such weights
@@ -652,6 +669,20 @@ def vit_so400m_patch14_siglip_224(**kwargs) -> VisionTransformer:
     """SigLIP's shape-optimised 400M ViT/14 image encoder, 224 px (Alabdulmohsin et al. 2023)."""
     return _create_vit(dict(patch_size=14, embed_dim=1152, depth=27, num_heads=16, mlp_ratio=3.7362,
                             class_token=False, global_pool="map", num_classes=0), kwargs)
+
+
+@register_model
+def vit_base_patch16_clip_224(**kwargs) -> VisionTransformer:
+    """CLIP's ViT-B/16 image tower, 224 px (Radford et al. 2021): a norm before the blocks, LayerNorm eps 1e-5."""
+    return _create_vit(dict(patch_size=16, embed_dim=768, depth=12, num_heads=12, pre_norm=True, norm_eps=1e-5),
+                       kwargs)
+
+
+@register_model
+def vit_base_patch32_clip_224(**kwargs) -> VisionTransformer:
+    """CLIP's ViT-B/32 image tower, 224 px."""
+    return _create_vit(dict(patch_size=32, embed_dim=768, depth=12, num_heads=12, pre_norm=True, norm_eps=1e-5),
+                       kwargs)
 
 
 @register_model
