@@ -1086,14 +1086,12 @@ def test_a_class_given_by_name_to_a_method_without_classes_is_named_as_given(tmp
 
 
 @pytest.mark.parametrize("method", ["rollout", "attention"])
-@pytest.mark.parametrize("settings", [dict(num_classes=0, class_token=False, global_pool="", reg_tokens=3),
-                                      dict(num_classes=3, global_pool="map", reg_tokens=2)])
-def test_a_vit_whose_head_reads_no_class_token_is_explained_by_its_patch_rows(method, settings):
+def test_a_vit_whose_head_reads_no_class_token_is_explained_by_its_patch_rows(method):
     """Register 0's row had been read as the class token's (a register-token audit): registers are prefix tokens
-    that no head reads, so without a class token the map is the patch tokens' rows averaged; so it is where an
-    attention pool ('map') reads the patch tokens past a class token."""
+    that no head reads, so without a class token the map is the patch tokens' rows averaged."""
     torch.manual_seed(0)
-    model = create_model("vit_tiny_patch4_28", depth=2, **settings).eval()
+    model = create_model("vit_tiny_patch4_28", depth=2, num_classes=0, class_token=False, global_pool="",
+                         reg_tokens=3).eval()
     image = torch.randn(1, 3, 28, 28)
     with torch.no_grad():
         _, attentions = model(image, return_attention=True)
@@ -1104,6 +1102,34 @@ def test_a_vit_whose_head_reads_no_class_token_is_explained_by_its_patch_rows(me
         expected = attention_map(attentions, (7, 7), num_prefix_tokens=prefix, pooled=True)
     registers_row = attention_map(attentions, (7, 7), num_prefix_tokens=prefix)
     assert not torch.allclose(expected, registers_row)
+    torch.testing.assert_close(explain_batch(model, image, method), expected)
+
+
+@pytest.mark.parametrize("method", ["rollout", "attention"])
+def test_an_attention_pooled_vit_is_explained_by_its_patch_rows_as_its_pool_reads_them(method):
+    """SigLIP's head (global_pool='map') reads the patch tokens by a learned query's attention: the map weighs the
+    patch tokens' rows by it (averaged over the pool's heads), computed here from the pool's weights by hand."""
+    torch.manual_seed(0)
+    model = create_model("vit_tiny_patch4_28", depth=2, num_classes=3, global_pool="map", reg_tokens=2).eval()
+    image = torch.randn(1, 3, 28, 28)
+    pool, heads, width = model.attn_pool, model.attn_pool.num_heads, model.embed_dim
+    with torch.no_grad():
+        pool.latent.normal_(0, 3)  # initialised small, its attention is near the uniform mean it must differ from
+        for block in model.blocks:
+            block.attn.qkv.weight.mul_(10)  # so too the blocks' own, whose rows would all look alike
+        _, attentions = model(image, return_attention=True)
+        tokens = model.forward_features(image)[0, model.num_prefix_tokens:]  # (49, C)
+        query = pool.q(pool.latent)[0, 0].reshape(heads, width // heads)
+        keys = pool.kv(tokens)[:, :width].reshape(49, heads, width // heads)
+        reading = torch.softmax(torch.einsum("hd,nhd->hn", query, keys) * (width // heads) ** -0.5, -1).mean(0)
+    prefix = model.num_prefix_tokens
+    if method == "rollout":
+        rows = attention_rollout(attentions, (7, 7), num_prefix_tokens=prefix)[1][0]  # (N, N)
+    else:
+        rows = attentions[-1][0].mean(0)
+    expected = (reading @ rows[prefix:, prefix:]).reshape(1, 7, 7)
+    mean_rows = rows[prefix:, prefix:].mean(0).reshape(1, 7, 7)
+    assert not torch.allclose(expected, mean_rows, atol=1e-4)
     torch.testing.assert_close(explain_batch(model, image, method), expected)
 
 

@@ -25,6 +25,7 @@ from .attention import (as_index, as_module, attention_map, check_gives_attentio
                         gives_attention, input_channels, is_vit, model_batch, token_grid)
 from .cell_centres import CellCentres, map_centres
 from .gates import gate_maps, gate_modules, missing_gates
+from ..layers.attention_pool import AttentionPoolLatent
 from ..models.vit import PATCH_POOLS
 from ..modes import eval_mode
 from ..scores import reported_score
@@ -142,17 +143,27 @@ def explain_batch(
         return _gate_map(model, images, layer)
     with eval_mode(model):
         _, attentions = collect_attentions(model, images)
+        pooled = _patch_reading(model, images)
     grid = token_grid(model, images.shape[-2:])
-    # the head reads the patch tokens (their mean, max or both, or by a learned query's attention), not the class
-    # token; without a class token the prefix tokens are registers, whose rows no head reads (register 0's had been
-    # taken for the class token's)
-    pooled = getattr(model, "global_pool", "token") in (*PATCH_POOLS, "map") or (hasattr(model, "cls_token")
-                                                                                 and model.cls_token is None)
     if method == "rollout":
         return attention_rollout(attentions, grid, num_prefix_tokens=model.num_prefix_tokens,
                                  head_fusion=head_fusion, discard_ratio=discard_ratio, pooled=pooled)[0]
     return attention_map(attentions, grid, layer=_block_index(layer), head=head,
                          num_prefix_tokens=model.num_prefix_tokens, pooled=pooled)
+
+
+def _patch_reading(model: nn.Module, images: Tensor) -> Union[bool, Tensor]:
+    """Whether the head reads the patch tokens rather than the class token (their mean, max or both), or, for
+    visattn's attention pool, how much it reads of each, ``(B, patches)``, its query's attention averaged over heads.
+    Without a class token the prefix tokens are registers, whose rows no head reads (register 0's had been taken
+    for the class token's)."""
+    pool = getattr(model, "attn_pool", None)
+    if isinstance(pool, AttentionPoolLatent):
+        with torch.no_grad():
+            tokens = model.forward_features(images)[:, model.num_prefix_tokens:]
+            return pool(tokens, return_attention=True)[1].mean(dim=1)
+    no_class_token = hasattr(model, "cls_token") and model.cls_token is None
+    return getattr(model, "global_pool", "token") in (*PATCH_POOLS, "map") or no_class_token
 
 
 def _block_index(layer: Union[str, int, None]) -> int:

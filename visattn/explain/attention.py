@@ -101,15 +101,21 @@ def collect_attentions(model: nn.Module, images: Tensor) -> tuple[Tensor, list[T
     return logits, list(attentions)
 
 
-def token_map(rows: Tensor, grid: tuple[int, int], num_prefix_tokens: int, *, pooled: bool = False) -> Tensor:
+def token_map(rows: Tensor, grid: tuple[int, int], num_prefix_tokens: int, *,
+              pooled: Union[bool, Tensor] = False) -> Tensor:
     """``(B, N, N)`` attention (or rollout) -> ``(B, rows, cols)`` map over the patches.
 
     The rows of the tokens the head reads: the class token's, or, when the head pools the patch
     tokens (``pooled``, ``global_pool="avg"``; always without prefix tokens), the patch tokens' rows
-    averaged.
+    averaged, or weighted by ``pooled`` where it holds how much an attention pool reads of each patch token,
+    ``(B, rows * cols)`` (``global_pool="map"``).
     """
-    reads_class_token = num_prefix_tokens > 0 and not pooled
-    weights = rows[:, 0] if reads_class_token else rows[:, num_prefix_tokens:].mean(dim=1)  # (B, N)
+    if torch.is_tensor(pooled):
+        weights = (pooled[:, :, None].to(rows.dtype) * rows[:, num_prefix_tokens:]).sum(dim=1)  # (B, N)
+    elif num_prefix_tokens > 0 and not pooled:
+        weights = rows[:, 0]
+    else:
+        weights = rows[:, num_prefix_tokens:].mean(dim=1)
     patches = weights[:, num_prefix_tokens:]  # (B, rows * cols)
     if patches.shape[1] != grid[0] * grid[1]:
         raise ConfigError(f"{patches.shape[1]} patch tokens do not fill a {grid[0]}x{grid[1]} grid; "
@@ -124,7 +130,7 @@ def attention_map(
     layer: int = -1,
     head: Optional[int] = None,
     num_prefix_tokens: int = 1,
-    pooled: bool = False,
+    pooled: Union[bool, Tensor] = False,
 ) -> Tensor:
     """One layer's attention over the patch grid.
 
@@ -136,7 +142,8 @@ def attention_map(
         num_prefix_tokens: class/register tokens before the patches; with none, the map is the
             attention each patch receives averaged over all query tokens.
         pooled: the head averages the patch tokens (``global_pool="avg"``) instead of reading the
-            class token: the map is then their rows' mean, as without prefix tokens.
+            class token: the map is then their rows' mean, as without prefix tokens; or ``(B, rows * cols)``
+            weights, an attention pool's reading of each patch token, for their rows' weighted sum.
 
     Returns:
         ``(B, rows, cols)`` map.

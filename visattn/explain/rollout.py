@@ -13,7 +13,7 @@ tokens' attention to themselves kept.
 """
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from typing import Literal, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -62,7 +62,7 @@ def attention_rollout(
     num_prefix_tokens: int = 1,
     head_fusion: HeadFusion = "mean",
     discard_ratio: float = 0.0,
-    pooled: bool = False,
+    pooled: Union[bool, Tensor] = False,
 ) -> tuple[Tensor, Tensor]:
     """Roll attention out through all blocks.
 
@@ -75,7 +75,8 @@ def attention_rollout(
         discard_ratio: fraction of each fused matrix's smallest entries set to zero before
             adding the identity (the paper keeps all: 0; vit-explain's option).
         pooled: the head averages the patch tokens (``global_pool="avg"``): the map is their
-            rows' mean instead of the class token's row.
+            rows' mean instead of the class token's row; or ``(B, rows * cols)`` weights, an attention pool's
+            reading of each patch token (``global_pool="map"``), for their rows' weighted sum.
 
     Returns:
         ``(map, rollout)``: the ``(B, rows, cols)`` map over the patches and the full
