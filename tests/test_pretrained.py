@@ -555,8 +555,12 @@ def test_timm_weights_asked_for_in_model_kwargs_load_from_the_cache_offline_or_s
 
 @pytest.mark.parametrize("kwargs, differs", [
     ({"block_fn": "ResPostBlock"}, "its blocks are timm's ResPostBlock, not the pre-norm Block"),
-    ({"act_layer": "quick_gelu"}, "its MLP activation is QuickGELU"),
-    ({"act_layer": "gelu_tanh"}, r"its MLP activation is GELUTanh\(\)"),
+    ({"act_layer": "quick_gelu"}, r"its MLP activation is QuickGELU\(\), not the 'gelu'.*; build the model with "
+                                  "act_layer='quick_gelu', or"),
+    ({"act_layer": "gelu_tanh"}, r"its MLP activation is GELUTanh\(\), not the 'gelu'.*; build the model with "
+                                 "act_layer='gelu_tanh', or"),
+    ({"act_layer": "relu"}, r"its MLP activation is ReLU\(\), not the 'gelu' that visattn's ViT computes, so its "
+                            "weights would load and give other outputs;"),
 ])
 def test_timm_vit_weights_that_compute_otherwise_are_refused_for_visattns_vit(kwargs, differs):
     """Their keys and shapes are a plain ViT's, so they loaded strictly and gave other logits (timm's
@@ -569,10 +573,12 @@ def test_timm_vit_weights_that_compute_otherwise_are_refused_for_visattns_vit(kw
     kwargs = {**kwargs, "block_fn": ResPostBlock} if "block_fn" in kwargs else kwargs
     small = {"depth": 1, "embed_dim": 64, "num_heads": 2, "img_size": 32, "patch_size": 16}
     weights = timm.create_model("vit_tiny_patch16_224", **small, **kwargs)
-    with pytest.raises(WeightsError, match=rf"^timm:vit_x\.tag: {differs}.* that visattn's ViT computes, so its weights "
-                                           r"would load and give other outputs; use timm's own model, model_name "
+    with pytest.raises(WeightsError, match=rf"^timm:vit_x\.tag: {differs}.* use timm's own model, model_name "
                                            r"'timm:vit_x'$"):
         _refuse_other_vit_computation(weights, "timm:vit_x.tag", "vit_x", into=create_model("vit_tiny_patch16_224", **small))
+    if "act_layer" in kwargs and kwargs["act_layer"] != "relu":  # visattn's ViT computes these too
+        _refuse_other_vit_computation(weights, "timm:vit_x.tag", "vit_x",
+                                      into=create_model("vit_tiny_patch16_224", **small, **kwargs))
     _refuse_other_vit_computation(weights, "timm:vit_x.tag", "vit_x", into=timm.create_model("vit_tiny_patch16_224", **small))
     plain = timm.create_model("vit_tiny_patch16_224", **small)
     _refuse_other_vit_computation(plain, "timm:vit_x.tag", "vit_x", into=create_model("vit_tiny_patch16_224", **small))

@@ -191,6 +191,8 @@ def test_list_models_former_pattern_keyword_still_lists_with_a_warning():
      r"model takes it: model name 'timm:resnet18'$"),
     (lambda: create_model("cbam_resnet18", block_args={}),
      r"^cbam_resnet18 has no argument 'block_args': timm's ResNet takes it, visattn's ResNet does not$"),
+    (lambda: create_model("vit_tiny_patch4_28", act_layer="relu"),
+     r"^act_layer='relu': use 'gelu' \(exact\), 'gelu_tanh' or 'quick_gelu' \(OpenAI CLIP's\)$"),
     (lambda: create_model("resnet18", zero_init_last=True),
      r"^resnet18 has no argument 'zero_init_last', which timm's ResNet takes: visattn's name for it is "
      r"zero_init_residual$"),

@@ -1249,11 +1249,14 @@ def _refuse_other_vit_computation(model: nn.Module, source: str, arch: str, *, i
     block = model.blocks[0]
     act = getattr(getattr(block, "mlp", None), "act", None)
     norm, own_eps = getattr(block, "norm1", None), getattr(into, "norm_eps", 1e-6)
+    own_act, their_act = getattr(into, "act_layer", "gelu"), _activation_name(act)
     fix = f"use timm's own model, model_name 'timm:{arch}'"
     if type(block) is not Block:
         differs = f"its blocks are timm's {type(block).__name__}, not the pre-norm Block"
-    elif not (type(act) is nn.GELU and act.approximate == "none"):
-        differs = f"its MLP activation is {act}, not exact GELU"
+    elif their_act != own_act:
+        differs = f"its MLP activation is {act}, not the {own_act!r}"
+        if their_act is not None:
+            fix = f"build the model with act_layer={their_act!r}, or {fix}"
     elif not (isinstance(norm, nn.LayerNorm) and norm.eps == own_eps):
         differs = f"its norms are {norm}, not LayerNorm with the eps {own_eps}"
         if isinstance(norm, nn.LayerNorm):
@@ -1262,6 +1265,13 @@ def _refuse_other_vit_computation(model: nn.Module, source: str, arch: str, *, i
         return
     raise WeightsError(f"{source}: {differs} that visattn's ViT computes, so its weights would load and give "
                        f"other outputs; {fix}")
+
+
+def _activation_name(act: Optional[nn.Module]) -> Optional[str]:
+    """The ``act_layer`` name of a timm MLP activation visattn's ViT computes too; None for others."""
+    if type(act) is nn.GELU:
+        return "gelu" if act.approximate == "none" else "gelu_tanh"
+    return {"GELUTanh": "gelu_tanh", "QuickGELU": "quick_gelu"}.get(type(act).__name__)
 
 
 def _refuse_other_hub_vit(repo: str, weights: Path, *, into: nn.Module, offline: bool) -> None:

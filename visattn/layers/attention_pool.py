@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import attention_probs
-from .mlp import Mlp
+from .mlp import Activation, Mlp
 
 
 class AttentionPoolLatent(nn.Module):
@@ -23,9 +23,11 @@ class AttentionPoolLatent(nn.Module):
         num_heads: attention heads; ``dim`` must divide by them.
         mlp_ratio: MLP hidden size over ``dim``.
         norm_eps: the MLP's LayerNorm epsilon.
+        act_layer: the MLP's activation (see :class:`~visattn.layers.mlp.Mlp`).
     """
 
-    def __init__(self, dim: int, num_heads: int = 8, *, mlp_ratio: float = 4.0, norm_eps: float = 1e-6) -> None:
+    def __init__(self, dim: int, num_heads: int = 8, *, mlp_ratio: float = 4.0, norm_eps: float = 1e-6,
+                 act_layer: Activation = "gelu") -> None:
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
@@ -35,7 +37,7 @@ class AttentionPoolLatent(nn.Module):
         self.kv = nn.Linear(dim, dim * 2)
         self.proj = nn.Linear(dim, dim)
         self.norm = nn.LayerNorm(dim, eps=norm_eps)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer)
         nn.init.trunc_normal_(self.latent, std=dim**-0.5)
 
     def forward(

@@ -17,7 +17,7 @@ from ..layers.attention import SelfAttention
 from ..layers.attention_pool import AttentionPoolLatent
 from ..layers.drop_path import DropPath, check_rate
 from ..layers.layer_scale import LayerScale
-from ..layers.mlp import Mlp
+from ..layers.mlp import Activation, Mlp
 from ..layers.patch_embed import PatchEmbed, check_count, check_whole_patches, is_count
 from ..layers.pos_embed import resample_abs_pos_embed
 from ..registry import check_num_classes, register_model
@@ -50,6 +50,7 @@ class Block(nn.Module):
         attn_drop: float = 0.0,
         drop_path: float = 0.0,
         norm_eps: float = 1e-6,
+        act_layer: Activation = "gelu",
     ) -> None:
         super().__init__()
         self.norm1 = _layer_norm(dim, norm_eps)
@@ -57,7 +58,7 @@ class Block(nn.Module):
         self.ls1 = LayerScale(dim, init_values) if init_values else nn.Identity()
         self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = _layer_norm(dim, norm_eps)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=proj_drop)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=proj_drop, act_layer=act_layer)
         self.ls2 = LayerScale(dim, init_values) if init_values else nn.Identity()
         self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
@@ -98,6 +99,8 @@ class VisionTransformer(nn.Module):
         pre_norm: a LayerNorm on the tokens before the blocks, and no bias on the patch projection (CLIP's image
             tower, Radford et al. 2021), as timm's switch of the same name.
         norm_eps: every LayerNorm's epsilon: timm's 1e-6, CLIP's 1e-5.
+        act_layer: the MLPs' activation (timm's names): ``"gelu"`` (exact), ``"gelu_tanh"`` or ``"quick_gelu"``
+            (OpenAI CLIP's weights were trained with it).
         fc_norm: put the final norm after pooling; None means "when pooling patch tokens", as in timm.
         drop_rate: dropout before the head.
         pos_drop_rate: dropout after adding position embeddings.
@@ -137,6 +140,7 @@ class VisionTransformer(nn.Module):
         drop_path_rate: float = 0.0,
         dynamic_img_size: bool = False,
         norm_eps: float = 1e-6,
+        act_layer: Activation = "gelu",
     ) -> None:
         super().__init__()
         _check_pool(global_pool, class_token, num_classes)
@@ -166,17 +170,18 @@ class VisionTransformer(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + self.embedded_prefix_tokens,
                                                   embed_dim))
         self.pos_drop = nn.Dropout(pos_drop_rate)
-        self.norm_eps = norm_eps
+        self.norm_eps, self.act_layer = norm_eps, act_layer  # what timm's weights are checked to compute against
         self.norm_pre = _layer_norm(embed_dim, norm_eps) if pre_norm else nn.Identity()
         rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # stochastic depth decay rule
         self.blocks = nn.Sequential(*[
             Block(embed_dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, init_values=init_values,
-                  proj_drop=proj_drop_rate, attn_drop=attn_drop_rate, drop_path=rate, norm_eps=norm_eps)
+                  proj_drop=proj_drop_rate, attn_drop=attn_drop_rate, drop_path=rate, norm_eps=norm_eps,
+                  act_layer=act_layer)
             for rate in rates
         ])
         self.norm = nn.Identity() if use_fc_norm else _layer_norm(embed_dim, norm_eps)
-        self.attn_pool = (AttentionPoolLatent(embed_dim, num_heads, mlp_ratio=mlp_ratio, norm_eps=norm_eps)
-                          if global_pool == "map" else None)
+        self.attn_pool = (AttentionPoolLatent(embed_dim, num_heads, mlp_ratio=mlp_ratio, norm_eps=norm_eps,
+                                              act_layer=act_layer) if global_pool == "map" else None)
         self.fc_norm = _layer_norm(embed_dim, norm_eps) if use_fc_norm else nn.Identity()
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
@@ -683,6 +688,20 @@ def vit_base_patch32_clip_224(**kwargs) -> VisionTransformer:
     """CLIP's ViT-B/32 image tower, 224 px."""
     return _create_vit(dict(patch_size=32, embed_dim=768, depth=12, num_heads=12, pre_norm=True, norm_eps=1e-5),
                        kwargs)
+
+
+@register_model
+def vit_base_patch16_clip_quickgelu_224(**kwargs) -> VisionTransformer:
+    """CLIP's ViT-B/16 image tower with QuickGELU, which OpenAI's CLIP weights were trained with."""
+    return _create_vit(dict(patch_size=16, embed_dim=768, depth=12, num_heads=12, pre_norm=True, norm_eps=1e-5,
+                            act_layer="quick_gelu"), kwargs)
+
+
+@register_model
+def vit_base_patch32_clip_quickgelu_224(**kwargs) -> VisionTransformer:
+    """CLIP's ViT-B/32 image tower with QuickGELU."""
+    return _create_vit(dict(patch_size=32, embed_dim=768, depth=12, num_heads=12, pre_norm=True, norm_eps=1e-5,
+                            act_layer="quick_gelu"), kwargs)
 
 
 @register_model
