@@ -363,7 +363,8 @@ def test_other_num_classes_drops_the_head_with_a_warning(tmp_path):
     assert torch.equal(model.blocks[0].attn.qkv.weight, source["blocks.0.attn.qkv.weight"])
 
 
-@pytest.mark.parametrize("arch, kwargs", [(ARCH, SMALL), ("resnet18", {})])
+@pytest.mark.parametrize("arch, kwargs", [(ARCH, SMALL), ("resnet18", {}),
+                                          ("vit_small_patch14_dinov2", {"img_size": 28, "depth": 1})])  # headless
 def test_weights_with_another_head_build_that_head_when_no_num_classes_is_given(tmp_path, recwarn, arch, kwargs):
     """From a timm user's audit: a 10-class fine-tune's file built the default 1000-class model, its trained head
     dropped for a random one with only a warning (timm refuses the size mismatch)."""

@@ -963,13 +963,15 @@ def _adapt_input_conv(in_chans: int, weight: torch.Tensor) -> torch.Tensor:
 
 def _take_the_weights_class_count(model: nn.Module, state: StateDict) -> None:
     """``model``'s classifier reset to the class count of the weights' head where the two differ in it alone (a
-    10-class fine-tune's file in a model built with the default 1000 had its head dropped for a random one)."""
+    10-class fine-tune's file in a model built with the default 1000 had its head dropped for a random one, and
+    in a model built headless by default, a DINOv2's, without a word)."""
     names = classifier_names(model)
     if len(names) != 1 or not callable(getattr(model, "reset_classifier", None)):
         return
     own, theirs = model.state_dict().get(f"{names[0]}.weight"), state.get(f"{names[0]}.weight")
-    if (own is not None and theirs is not None and own.ndim == theirs.ndim == 2 and own.shape[1] == theirs.shape[1]
-            and own.shape[0] != theirs.shape[0]):
+    width = own.shape[1] if own is not None and own.ndim == 2 else getattr(model, "num_features", None)
+    if theirs is not None and theirs.ndim == 2 and theirs.shape[1] == width and (
+            own is None or own.shape[0] != theirs.shape[0]):
         model.reset_classifier(int(theirs.shape[0]))
 
 
