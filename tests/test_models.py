@@ -122,7 +122,9 @@ def test_torchvision_feature_extractor_returns_resnet_stages(name, stages):
 
 
 @pytest.mark.parametrize("name, timm_name", [("vit_tiny_patch16_224", "vit_tiny_patch16_224"), ("resnet50", "resnet50"),
-                                             ("se_resnet50", "seresnet50")])
+                                             ("se_resnet50", "seresnet50"),
+                                             ("vit_small_patch14_reg4_dinov2", "vit_small_patch14_reg4_dinov2"),
+                                             ("vit_base_patch16_clip_224", "vit_base_patch16_clip_224")])
 def test_layer_wise_lr_decay_groups_parameters_as_timm_does(name, timm_name):
     """timm's create_optimizer_v2(layer_decay=) asks the model's group_matcher; without one it grouped by another
     rule, and 96 of a ViT-Ti's 152 parameters (114 of a ResNet-50's 161) got other learning rates than on timm."""
@@ -171,6 +173,14 @@ def test_timms_test_time_pooling_and_hub_export_take_a_visattn_classifier(tmp_pa
     with torch.no_grad():
         assert used and used_too
         torch.testing.assert_close(pooled(x), pooled_reference(x), rtol=0, atol=0)
+    # the last map's size, rounded up as the stride-2 convolutions round (225 x 193 px: 8 x 7)
+    from visattn.pretrained import timm_pretrained_cfg
+
+    odd = timm_pretrained_cfg(model, {"input_size": [3, 225, 193]})
+    with torch.no_grad():
+        assert odd["pool_size"] == tuple(model.forward_features(torch.zeros(1, 3, 225, 193)).shape[-2:]) == (8, 7)
+    # a ViT has none, also one taking any size: timm's pooling would wrap its tokens and fail
+    assert "pool_size" not in create_model("vit_tiny_patch4_28", depth=1, dynamic_img_size=True).pretrained_cfg
     saved = create_model("resnet18", num_classes=5)
     save_for_hf(saved, tmp_path / "hub")
     reloaded = create_model("resnet18", pretrained=f"timm:local-dir:{tmp_path / 'hub'}")

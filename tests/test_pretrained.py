@@ -924,6 +924,8 @@ def test_vit_weights_of_this_grid_in_the_other_position_layout_are_refused_not_r
 @pytest.mark.parametrize("timm_kwargs, visattn_kwargs, message", [
     ({"reg_tokens": 4}, {}, r"the weights have 4 register tokens \(reg_token\) and this model 0; build it with "
                             "reg_tokens=4$"),
+    ({}, {"reg_tokens": 4}, r"the weights have 0 register tokens \(reg_token\) and this model 4; build it with "
+                            "reg_tokens=0$"),
     ({"reg_tokens": 4, "no_embed_class": True}, {"reg_tokens": 1, "no_embed_class": True}, "the weights have 4 "
                                                                                         "register tokens .* model 1;"),
     ({"no_embed_class": True}, {"img_size": 64}, r"pos_embed \(1, 196, 192\) does not hold a square patch grid after 1 "
@@ -1539,6 +1541,39 @@ def test_a_timm_weights_name_says_how_timms_weights_load(kwargs, named):
     """From a timm user's audit: timm's ``ARCH.TAG`` names were refused without a word of ``timm:``."""
     with pytest.raises(UnknownModelError, match=rf"; timm's weights of that name load as pretrained='timm:{named}'$"):
         create_model(**kwargs)
+
+
+def test_no_timm_weights_hint_for_a_name_timm_ships_untrained():
+    from visattn.pretrained import _timm_weights_hint
+
+    assert _timm_weights_hint("vit_base_patch16_reg4_gap_256") == ""  # timm's default tag is "untrained"
+    assert _timm_weights_hint("vit_base_patch16_reg4_gap_256.untrained") == ""
+    assert _timm_weights_hint("resnet18").startswith("; timm's weights")
+
+
+@pytest.mark.parametrize("arch", ["resnet20_cifar", "vit_tiny_patch4_28"])
+def test_a_head_built_from_the_weights_is_where_the_model_is_and_of_its_dtype(arch):
+    """A reset head had been float32 (on the CPU) in a bf16 model, which then failed in its first forward; timm makes
+    it where the model's weights are."""
+    model = create_model(arch, depth=1, num_classes=3) if arch.startswith("vit") else create_model(arch, num_classes=3)
+    ten_classes = {**model.state_dict()}
+    head = type(model).classifier
+    ten_classes[f"{head}.weight"] = torch.randn(10, ten_classes[f"{head}.weight"].shape[1])
+    ten_classes[f"{head}.bias"] = torch.randn(10)
+    model = model.to(torch.bfloat16).eval()
+    load_weights(model, ten_classes, head_from_weights=True)
+    assert getattr(model, head).weight.dtype == torch.bfloat16 and model.num_classes == 10
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 28, 28, dtype=torch.bfloat16)).shape == (1, 10)
+
+
+def test_a_partial_state_dict_loads_non_strictly_into_a_vit_with_registers():
+    """A head alone had been refused as weights of 0 register tokens ("build it with reg_tokens=0")."""
+    model = create_model("vit_tiny_patch4_28", depth=1, num_classes=3, reg_tokens=2)
+    head = {"head.weight": torch.zeros(3, 192), "head.bias": torch.ones(3)}
+    with pytest.warns(VisattnWarning):
+        load_weights(model, head, strict=False)
+    assert torch.equal(model.head.bias, torch.ones(3))
 
 
 def test_a_message_about_an_index_entry_names_the_index_it_came_from(two_folders):

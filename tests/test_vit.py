@@ -167,6 +167,30 @@ def test_bad_builder_arguments_are_config_errors(kwargs, name):
         create_model("vit_tiny_patch4_28", **kwargs)
 
 
+@pytest.mark.parametrize("bad", [-1, True, 1.5, "4", None])
+def test_a_register_count_that_is_no_count_is_one_line(bad):
+    with pytest.raises(ConfigError, match=rf"^reg_tokens={bad!r}: give a whole number >= 0 \(0: no register tokens\)$"):
+        create_model("vit_tiny_patch4_28", depth=1, reg_tokens=bad)
+
+
+def test_register_tokens_take_numpys_counts_and_timms_init():
+    import numpy as np
+
+    assert create_model("vit_tiny_patch4_28", depth=1, reg_tokens=np.int64(0)).reg_token is None
+    model = create_model("vit_tiny_patch4_28", depth=1, reg_tokens=np.int64(2))
+    assert model.reg_token.shape == (1, 2, 192) and model.num_prefix_tokens == 3
+    assert 0 < model.reg_token.abs().max() < 1e-4  # timm's normal init at std 1e-6
+
+
+def test_a_vit_whose_attention_pool_was_dropped_refuses_to_pool():
+    """A backbone's ViT drops its attention pool (no gradient would reach it); pooling had fallen to avgmax."""
+    from visattn.models.vit import drop_pooled_head
+
+    model = drop_pooled_head(create_model("vit_base_patch16_siglip_224", img_size=32, depth=1, num_classes=3))
+    with pytest.raises(ConfigError, match="attention pool was dropped"):
+        model(torch.zeros(1, 3, 32, 32))
+
+
 def test_img_size_pairs_are_accepted():
     assert create_model("vit_tiny_patch4_28", img_size=[28, 32], depth=1).grid_size == (7, 8)
 

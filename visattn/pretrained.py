@@ -272,7 +272,7 @@ def _timm_model_fields(model: nn.Module, input_size: tuple[int, ...]) -> dict[st
     """The fields of a ``pretrained_cfg`` that timm's tools read besides the data's: the architecture
     (``save_for_hf`` failed without it), the first convolution, whether the input size is fixed and, for a
     convolutional classifier, the size of its last map at ``input_size`` (``apply_test_time_pool`` failed
-    without it; a ViT's, as timm's, has none)."""
+    without it; a ViT's, as timm's, has none, also at any size: timm's pooling would wrap its tokens)."""
     from .registry import split_model_name
 
     arch = split_model_name(getattr(model, "visattn_name", type(model).__name__))[0]
@@ -281,7 +281,7 @@ def _timm_model_fields(model: nn.Module, input_size: tuple[int, ...]) -> dict[st
               "first_conv": next((name for name, module in model.named_modules() if isinstance(module, nn.Conv2d)),
                                  None)}
     levels = getattr(model, "feature_info", None)
-    if not fixed and isinstance(levels, list) and levels:
+    if getattr(model, "patch_embed", None) is None and isinstance(levels, list) and levels:
         fields["pool_size"] = tuple(math.ceil(side / levels[-1]["reduction"]) for side in input_size[1:])
     return fields
 
@@ -396,9 +396,10 @@ def _timm_weights_hint(name: str) -> str:
     import timm.models
 
     try:
-        known = timm.models.get_pretrained_cfg(name) is not None
+        cfg = timm.models.get_pretrained_cfg(name)
     except RuntimeError:  # a tag timm has no weights of
-        known = False
+        cfg = None
+    known = cfg is not None and cfg.has_weights  # an "untrained" tag has a cfg and no weights
     return f"; timm's weights of that name load as pretrained='timm:{name}'" if known else ""
 
 

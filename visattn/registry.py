@@ -292,6 +292,17 @@ def check_num_classes(num_classes: Any) -> int:
     raise ConfigError(f"num_classes={num_classes!r}: give a whole number of classes (0: features only)")
 
 
+def classifier_head(model: nn.Module, in_features: int, num_classes: int) -> nn.Module:
+    """A fresh ``nn.Linear(in_features, num_classes)`` on the device and in the dtype of ``model``'s weights, as timm's
+    ``reset_classifier`` makes it (a head reset on a bf16 model had been float32, and failed in its first forward);
+    ``nn.Identity`` for 0 classes."""
+    if num_classes == 0:
+        return nn.Identity()
+    weight = next((p for p in model.parameters() if p.is_floating_point()), None)
+    where = {} if weight is None else {"device": weight.device, "dtype": weight.dtype}
+    return nn.Linear(in_features, num_classes, **where)
+
+
 def create_model(
     name: str,
     pretrained: Union[bool, str, None] = None,  # also second by position, as timm.create_model takes it

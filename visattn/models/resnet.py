@@ -47,7 +47,7 @@ from ..layers.eca import EfficientChannelAttention
 from ..layers.global_pool import GlobalPool2d, PoolType, check_pool_type
 from ..layers.patch_embed import check_count, check_image_layout, is_count
 from ..layers.se import SqueezeExcite
-from ..registry import check_num_classes, register_model
+from ..registry import check_num_classes, classifier_head, register_model
 from .features import Indices, take_indices
 
 
@@ -469,7 +469,7 @@ class ResNet(nn.Module):
             self.visattn_kwargs = {**self.visattn_kwargs, "global_pool": global_pool}
         self.global_pool = GlobalPool2d(global_pool)
         self.num_classes = num_classes
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.fc = classifier_head(self, self.num_features, num_classes)
 
     def adapt_state_dict(self, state: dict[str, Tensor], *,
                          source_grid: Optional[tuple[int, int]] = None) -> dict[str, Tensor]:

@@ -6,6 +6,7 @@ embeddings are resampled when the checkpoint's patch grid differs from the model
 """
 import math
 import warnings
+from numbers import Integral
 from typing import Any, Literal, Optional, Union
 
 import torch
@@ -18,9 +19,9 @@ from ..layers.attention_pool import AttentionPoolLatent
 from ..layers.drop_path import DropPath, check_rate
 from ..layers.layer_scale import LayerScale
 from ..layers.mlp import Activation, Mlp
-from ..layers.patch_embed import PatchEmbed, check_count, check_whole_patches, is_count
+from ..layers.patch_embed import PatchEmbed, check_count, check_whole_patches
 from ..layers.pos_embed import resample_abs_pos_embed
-from ..registry import check_num_classes, register_model
+from ..registry import check_num_classes, classifier_head, register_model
 from .features import Indices, take_indices
 
 Attentions = list[torch.Tensor]
@@ -146,8 +147,9 @@ class VisionTransformer(nn.Module):
         _check_pool(global_pool, class_token, num_classes)
         for name, count in (("depth", depth), ("embed_dim", embed_dim), ("num_heads", num_heads)):
             check_count(name, count)  # a width or head count of 0 was a ZeroDivisionError
-        if not (is_count(reg_tokens) or (reg_tokens == 0 and type(reg_tokens) is int)):  # noqa: E721 (False == 0)
+        if isinstance(reg_tokens, bool) or not isinstance(reg_tokens, Integral) or reg_tokens < 0:  # False == 0
             raise ConfigError(f"reg_tokens={reg_tokens!r}: give a whole number >= 0 (0: no register tokens)")
+        reg_tokens = int(reg_tokens)
         for name, rate in (("drop_rate", drop_rate), ("pos_drop_rate", pos_drop_rate), ("proj_drop_rate", proj_drop_rate),
                            ("attn_drop_rate", attn_drop_rate), ("drop_path_rate", drop_path_rate)):
             check_rate(name, rate)
@@ -211,6 +213,11 @@ class VisionTransformer(nn.Module):
         """The prefix tokens ``pos_embed`` holds positions for, before the patches' (none with ``no_embed_class``)."""
         return 0 if self.no_embed_class else self.num_prefix_tokens
 
+    @property
+    def _other_layouts_prefix(self) -> int:
+        """The prefix positions of the other ``no_embed_class`` layout: what weights laid out that way hold."""
+        return self.num_prefix_tokens - self.embedded_prefix_tokens
+
     def get_classifier(self) -> nn.Module:
         return self.head
 
@@ -248,7 +255,7 @@ class VisionTransformer(nn.Module):
                 built_norm = not isinstance(self.fc_norm, nn.Identity)  # fc_norm defaults from global_pool
                 self.visattn_kwargs = {**self.visattn_kwargs, "global_pool": global_pool, "fc_norm": built_norm}
         self.num_classes = num_classes
-        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = classifier_head(self, self.embed_dim, num_classes)
 
     def set_input_size(self, img_size: Union[int, tuple[int, int], None] = None,
                        patch_size: Union[int, tuple[int, int], None] = None) -> None:
@@ -388,7 +395,7 @@ class VisionTransformer(nn.Module):
             raise WeightsError("the weights are a distilled DeiT (dist_token, head_dist), which visattn does not "
                                "register; load a plain deit_*_patch16_224 or vit_* checkpoint")
         registers = state["reg_token"].shape[1] if "reg_token" in state else 0
-        if registers != self.num_reg_tokens:
+        if "pos_embed" in state and registers != self.num_reg_tokens:  # a partial state dict says nothing of them
             raise WeightsError(f"the weights have {registers} register tokens (reg_token) and this model "
                                f"{self.num_reg_tokens}; build it with reg_tokens={registers}")
         if "pos_embed" in state and ("cls_token" in state) != (self.cls_token is not None):
@@ -425,9 +432,8 @@ class VisionTransformer(nn.Module):
         if source_grid is None and pos_embed.shape == self.pos_embed.shape:
             self._warn_if_another_grid(pos_embed.shape[1] - self.embedded_prefix_tokens)
             return pos_embed
-        other_prefix = self.num_prefix_tokens - self.embedded_prefix_tokens
         if source_grid is None and self.num_prefix_tokens and (
-                pos_embed.shape[1] - other_prefix == self.patch_embed.num_patches):
+                pos_embed.shape[1] - self._other_layouts_prefix == self.patch_embed.num_patches):
             # this model's grid in the other layout: read in its own, a 3x3 grid's 9 positions had passed for a 2x2
             # one after 5 prefix tokens, resampled without a word
             raise WeightsError(f"pos_embed {tuple(pos_embed.shape)} holds this model's {self.grid_size[0]}x"
@@ -446,8 +452,7 @@ class VisionTransformer(nn.Module):
     def _layout_hint(self, pos_embed: torch.Tensor, source_grid: Optional[tuple[int, int]]) -> str:
         """What to build for weights whose position embeddings do not fit: the other ``no_embed_class`` where
         they are laid out that way (DeiT III's and DINOv2-with-registers' leave the prefix tokens out)."""
-        other_prefix = self.num_prefix_tokens - self.embedded_prefix_tokens
-        if self.num_prefix_tokens and _holds_grid(pos_embed.shape[1] - other_prefix, source_grid):
+        if self.num_prefix_tokens and _holds_grid(pos_embed.shape[1] - self._other_layouts_prefix, source_grid):
             held = "leave out" if self.embedded_prefix_tokens else "hold one for each of"
             return (f"its positions {held} the prefix tokens (class, registers): build the model with "
                     f"no_embed_class={not self.no_embed_class}")
