@@ -173,6 +173,12 @@ def test_a_register_count_that_is_no_count_is_one_line(bad):
         create_model("vit_tiny_patch4_28", depth=1, reg_tokens=bad)
 
 
+@pytest.mark.parametrize("bad", [0, -1e-6, "1e-5"])
+def test_a_norm_epsilon_that_is_not_positive_is_one_line(bad):
+    with pytest.raises(ConfigError, match=rf"^norm_eps={bad!r}: give a small positive number, timm's 1e-6 or CLIP's"):
+        VisionTransformer(img_size=28, patch_size=4, depth=1, embed_dim=32, num_heads=2, norm_eps=bad)
+
+
 def test_register_tokens_take_numpys_counts_and_timms_init():
     import numpy as np
 

@@ -19,7 +19,7 @@ from ..layers.attention_pool import AttentionPoolLatent
 from ..layers.drop_path import DropPath, check_rate
 from ..layers.layer_scale import LayerScale
 from ..layers.mlp import Activation, Mlp
-from ..layers.patch_embed import PatchEmbed, check_count, check_whole_patches
+from ..layers.patch_embed import PatchEmbed, check_count, check_whole_patches, is_number
 from ..layers.pos_embed import resample_abs_pos_embed
 from ..registry import check_num_classes, classifier_head, register_model
 from .features import Indices, take_indices
@@ -145,16 +145,11 @@ class VisionTransformer(nn.Module):
     ) -> None:
         super().__init__()
         _check_pool(global_pool, class_token, num_classes)
-        for name, count in (("depth", depth), ("embed_dim", embed_dim), ("num_heads", num_heads)):
-            check_count(name, count)  # a width or head count of 0 was a ZeroDivisionError
-        if isinstance(reg_tokens, bool) or not isinstance(reg_tokens, Integral) or reg_tokens < 0:  # False == 0
-            raise ConfigError(f"reg_tokens={reg_tokens!r}: give a whole number >= 0 (0: no register tokens)")
-        reg_tokens = int(reg_tokens)
+        reg_tokens = _check_sizes(depth=depth, embed_dim=embed_dim, num_heads=num_heads, reg_tokens=reg_tokens,
+                                  norm_eps=norm_eps)
         for name, rate in (("drop_rate", drop_rate), ("pos_drop_rate", pos_drop_rate), ("proj_drop_rate", proj_drop_rate),
                            ("attn_drop_rate", attn_drop_rate), ("drop_path_rate", drop_path_rate)):
             check_rate(name, rate)
-        if not norm_eps > 0:  # a zero epsilon divides by zero on a constant token
-            raise ConfigError(f"norm_eps={norm_eps!r}: give a small positive number, timm's 1e-6 or CLIP's 1e-5")
         use_fc_norm = global_pool in PATCH_POOLS if fc_norm is None else fc_norm
         self.num_classes = num_classes
         self.global_pool = global_pool
@@ -518,6 +513,17 @@ def _pool_tokens(x: torch.Tensor, global_pool: str, num_prefix_tokens: int) -> t
     if global_pool == "map":  # the model's attention pool reads them, dropped from a backbone, which pools nothing
         raise ConfigError("global_pool='map': this ViT's attention pool was dropped (a backbone's); use its tokens")
     return 0.5 * (patches.amax(dim=1) + patches.mean(dim=1))  # avgmax
+
+
+def _check_sizes(*, depth: int, embed_dim: int, num_heads: int, reg_tokens: int, norm_eps: float) -> int:
+    """One line for a size the ViT cannot be built with; the register count as an int."""
+    for name, count in (("depth", depth), ("embed_dim", embed_dim), ("num_heads", num_heads)):
+        check_count(name, count)  # a width or head count of 0 was a ZeroDivisionError
+    if isinstance(reg_tokens, bool) or not isinstance(reg_tokens, Integral) or reg_tokens < 0:  # False == 0
+        raise ConfigError(f"reg_tokens={reg_tokens!r}: give a whole number >= 0 (0: no register tokens)")
+    if not (is_number(norm_eps) and norm_eps > 0):  # a zero epsilon divides by zero on a constant token
+        raise ConfigError(f"norm_eps={norm_eps!r}: give a small positive number, timm's 1e-6 or CLIP's 1e-5")
+    return int(reg_tokens)
 
 
 def _check_pool(global_pool: str, class_token: bool, num_classes: int) -> None:
