@@ -521,7 +521,7 @@ def _check_sizes(*, depth: int, embed_dim: int, num_heads: int, reg_tokens: int,
         check_count(name, count)  # a width or head count of 0 was a ZeroDivisionError
     if isinstance(reg_tokens, bool) or not isinstance(reg_tokens, Integral) or reg_tokens < 0:  # False == 0
         raise ConfigError(f"reg_tokens={reg_tokens!r}: give a whole number >= 0 (0: no register tokens)")
-    if not (is_number(norm_eps) and norm_eps > 0):  # a zero epsilon divides by zero on a constant token
+    if not (is_number(norm_eps) and 0 < norm_eps < math.inf):  # 0 divides by 0 on a constant token, inf erases all
         raise ConfigError(f"norm_eps={norm_eps!r}: give a small positive number, timm's 1e-6 or CLIP's 1e-5")
     return int(reg_tokens)
 
@@ -703,16 +703,17 @@ def vit_base_patch32_clip_224(**kwargs) -> VisionTransformer:
 
 @register_model
 def vit_base_patch16_clip_quickgelu_224(**kwargs) -> VisionTransformer:
-    """CLIP's ViT-B/16 image tower with QuickGELU, which OpenAI's CLIP weights were trained with."""
+    """CLIP's ViT-B/16 image tower with QuickGELU, which OpenAI's CLIP weights were trained with; its head is CLIP's
+    512-wide image projection, as timm's default weights have it."""
     return _create_vit(dict(patch_size=16, embed_dim=768, depth=12, num_heads=12, pre_norm=True, norm_eps=1e-5,
-                            act_layer="quick_gelu"), kwargs)
+                            act_layer="quick_gelu", num_classes=512), kwargs)
 
 
 @register_model
 def vit_base_patch32_clip_quickgelu_224(**kwargs) -> VisionTransformer:
-    """CLIP's ViT-B/32 image tower with QuickGELU."""
+    """CLIP's ViT-B/32 image tower with QuickGELU and CLIP's 512-wide image projection as its head."""
     return _create_vit(dict(patch_size=32, embed_dim=768, depth=12, num_heads=12, pre_norm=True, norm_eps=1e-5,
-                            act_layer="quick_gelu"), kwargs)
+                            act_layer="quick_gelu", num_classes=512), kwargs)
 
 
 @register_model
