@@ -141,6 +141,23 @@ def test_layer_wise_lr_decay_groups_parameters_as_timm_does(name, timm_name):
     assert len(shared) >= 152 and {k: ours[k] for k in shared} == {k: theirs[k] for k in shared}
 
 
+@pytest.mark.parametrize("name", [n for n in CLASSIFIERS if n in __import__("timm").list_models()])
+def test_a_name_timm_has_builds_timms_defaults(name):
+    """Built by name alone, as timm's: its head (none for DINOv2 and SigLIP, CLIP's 512-wide projection for the
+    QuickGELU towers, which had got 1000 classes, so that timm's state dict did not load), a ViT's input size and
+    the parameters, key for key."""
+    import timm
+
+    with torch.device("meta"):
+        ours, theirs = create_model(name), timm.create_model(name)
+    assert ours.num_classes == theirs.num_classes
+    assert ours.pretrained_cfg["fixed_input_size"] == theirs.pretrained_cfg["fixed_input_size"]
+    if ours.pretrained_cfg["fixed_input_size"]:  # a CNN's is its weights' choice (timm's ResNet-101-D trains at 256)
+        assert ours.pretrained_cfg["input_size"][1:] == tuple(theirs.pretrained_cfg["input_size"][1:])
+    shapes = [(key, value.shape) for key, value in ours.state_dict().items()]
+    assert shapes == [(key, value.shape) for key, value in theirs.state_dict().items()]
+
+
 def _timm_pair(tmp_path, name, timm_name, **kwargs):
     """A timm model with random weights (BN statistics too) and the visattn model loaded from its file."""
     import timm

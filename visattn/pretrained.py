@@ -804,11 +804,12 @@ def load_weights(
     dropped with a warning, to be fine-tuned, unless ``new_head=False``: then it is a
     :class:`WeightsError`, as it is for weights saved with this very model; a head only partly there
     always is. ``head_from_weights``: a head of another size sets the model's class count instead (what
-    :func:`~visattn.create_model` does when no ``num_classes`` is given). Any other difference raises
-    :class:`WeightsError` listing the keys (before any error about the head), unless ``strict=False``, which keeps the model's own initialisation for keys the
+    :func:`~visattn.create_model` does when no ``num_classes`` is given, or its architecture builds no head
+    by default, as DINOv2's). Any other difference raises :class:`WeightsError` listing the keys (before any
+    error about the head), unless ``strict=False``, which keeps the model's own initialisation for keys the
     checkpoint lacks and warns with their names; ``strict="attention"`` does so only for keys of the
-    model's attention modules (a plain ResNet's weights in ``cbam_resnet50``, SE's in it). ``origin``: the file a state-dict ``source`` came
-    from, for the messages; ``fix``: what their hint says to do when the keys do not fit. Inside
+    model's attention modules (a plain ResNet's weights in ``cbam_resnet50``, SE's in it). ``origin``: the file a
+    state-dict ``source`` came from, for the messages; ``fix``: what their hint says to do when the keys do not fit. Inside
     :func:`checkpoint_follows` nothing is loaded.
     """
     if starting_weights_skipped():
