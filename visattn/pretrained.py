@@ -809,8 +809,8 @@ def load_weights(
     error about the head), unless ``strict=False``, which keeps the model's own initialisation for keys the
     checkpoint lacks and warns with their names; ``strict="attention"`` does so only for keys of the
     model's attention modules (a plain ResNet's weights in ``cbam_resnet50``, SE's in it). ``origin``: the file a
-    state-dict ``source`` came from, for the messages; ``fix``: what their hint says to do when the keys do not fit. Inside
-    :func:`checkpoint_follows` nothing is loaded.
+    state-dict ``source`` came from, for the messages; ``fix``: what their hint says to do when the keys do not
+    fit. Inside :func:`checkpoint_follows` nothing is loaded.
     """
     if starting_weights_skipped():
         return model
