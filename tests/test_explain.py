@@ -820,14 +820,19 @@ def test_grad_cam_checks_its_images_in_one_line():
         grad_cam(_tiny_vit(), torch.zeros(1, 3, 28, 28, dtype=torch.uint8))
 
 
-def _timm_vit_and_its_visattn_twin() -> tuple[nn.Module, nn.Module]:
+def _timm_vit_and_its_visattn_twin(**settings) -> tuple[nn.Module, nn.Module]:
     import timm
 
     from visattn import load_weights
 
     torch.manual_seed(0)
-    kwargs = dict(depth=2, num_classes=5, img_size=32, patch_size=4)
+    kwargs = dict(depth=2, num_classes=5, img_size=32, patch_size=4, **settings)
     timm_vit = timm.create_model("vit_tiny_patch16_224", **kwargs).eval()
+    with torch.no_grad():
+        for block in timm_vit.blocks:
+            block.attn.qkv.weight.mul_(10)  # peaked attention: at init every row is near uniform, hiding a wrong one
+        if timm_vit.attn_pool is not None:
+            timm_vit.attn_pool.latent.normal_(0, 3)
     twin = create_model("vit_tiny_patch16_224", **kwargs)
     load_weights(twin, timm_vit.state_dict())
     return timm_vit, twin.eval()
@@ -843,19 +848,41 @@ def test_grad_cam_explains_a_timm_vit_as_its_weight_identical_visattn_twin():
         torch.testing.assert_close(explain_batch(timm_vit, images, "gradcam", layer=layer),
                                    explain_batch(twin, images, "gradcam", layer=layer), atol=1e-5, rtol=1e-4)
     assert explain(timm_vit, images[0], "gradcam").shape == (32, 32)
-    assert applicable_methods(timm_vit) == ("gradcam",)
+    assert applicable_methods(timm_vit) == ("rollout", "attention", "gradcam")
 
 
 @pytest.mark.parametrize("method", ["rollout", "attention"])
-def test_attention_maps_of_a_timm_vit_are_refused_in_one_accurate_line(method):
+@pytest.mark.parametrize("settings", [{}, {"reg_tokens": 2, "no_embed_class": True},
+                                      {"class_token": False, "global_pool": "map"}])
+def test_attention_maps_of_a_timm_vit_are_its_visattn_twins(method, settings):
+    """timm's ViTs compute attention in fused kernels and had been refused rollout and attention maps; their
+    probabilities are recomputed from each block's input as visattn's ViT gives its own (a map-pooled one's rows
+    weighed by timm's pool)."""
+    timm_vit, twin = _timm_vit_and_its_visattn_twin(**settings)
+    images = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(explain_batch(timm_vit, images, method), explain_batch(twin, images, method))
+    if method == "rollout":  # the recomputed attention is the one timm's blocks ran on: their logits are untouched
+        from visattn.explain.attention import collect_attentions
+
+        with torch.no_grad():
+            logits, attentions = collect_attentions(timm_vit, images)
+            torch.testing.assert_close(logits, timm_vit(images), rtol=0, atol=0)
+            assert len(attentions) == 2 and attentions[0].shape[-1] == 64 + timm_vit.num_prefix_tokens
+
+
+def test_attention_maps_of_a_timm_vit_of_other_attention_are_refused_in_one_accurate_line():
+    from timm.layers.attention import Attention
+
     from visattn.explain.attention import collect_attentions
 
     timm_vit, _ = _timm_vit_and_its_visattn_twin()
-    with pytest.raises(ConfigError, match=f"^method='{method}': only visattn ViTs give their attention; "
-                                          "use method 'gradcam' for VisionTransformer built elsewhere"):
-        explain(timm_vit, torch.randn(3, 32, 32), method)
-    with pytest.raises(ConfigError, match="only visattn ViTs give their attention"):
+    timm_vit.blocks[1].attn.__class__ = type("RotaryAttention", (Attention,), {})  # timm's Eva and RoPE ViTs' kind
+    with pytest.raises(ConfigError, match="^method='rollout': only visattn's ViTs and timm's of its plain Attention "
+                                          "give their attention; use method 'gradcam' for VisionTransformer$"):
+        explain(timm_vit, torch.randn(3, 32, 32), "rollout")
+    with pytest.raises(ConfigError, match="only visattn's ViTs and timm's of its plain Attention give their attention"):
         collect_attentions(timm_vit, torch.randn(1, 3, 32, 32))
+    assert applicable_methods(timm_vit) == ("gradcam",)
 
 
 @pytest.mark.parametrize("grid, size", [(7, 28), (7, 64), (8, 64), (14, 224)])

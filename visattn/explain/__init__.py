@@ -21,11 +21,10 @@ from torch import Tensor, nn
 
 from ..data.transforms import check_image_batch
 from ..errors import ArgumentError, ConfigError, VisattnWarning
-from .attention import (as_index, as_module, attention_map, check_gives_attention, collect_attentions,
-                        gives_attention, input_channels, is_vit, model_batch, token_grid)
+from .attention import (as_index, as_module, attention_map, attention_pool_reading, check_gives_attention,
+                        collect_attentions, gives_attention, input_channels, is_vit, model_batch, token_grid)
 from .cell_centres import CellCentres, map_centres
 from .gates import gate_maps, gate_modules, missing_gates
-from ..layers.attention_pool import AttentionPoolLatent
 from ..models.vit import PATCH_POOLS
 from ..modes import eval_mode
 from ..scores import reported_score
@@ -153,15 +152,14 @@ def explain_batch(
 
 
 def _patch_reading(model: nn.Module, images: Tensor) -> Union[bool, Tensor]:
-    """Whether the head reads the patch tokens rather than the class token (their mean, max or both), or, for
-    visattn's attention pool, how much it reads of each, ``(B, patches)``, its query's attention averaged over heads.
-    Without a class token the prefix tokens are registers, whose rows no head reads (register 0's had been taken
-    for the class token's)."""
+    """Whether the head reads the patch tokens rather than the class token (their mean, max or both), or, for an
+    attention pool of one query, how much it reads of each, ``(B, patches)``. Without a class token the prefix
+    tokens are registers, whose rows no head reads (register 0's had been taken for the class token's)."""
     pool = getattr(model, "attn_pool", None)
-    if isinstance(pool, AttentionPoolLatent):
+    if pool is not None and getattr(pool, "latent", None) is not None and pool.latent.shape[1] == 1 and (
+            getattr(pool, "pos_embed", None) is None):
         with torch.no_grad():
-            tokens = model.forward_features(images)[:, model.num_prefix_tokens:]
-            return pool(tokens, return_attention=True)[1].mean(dim=1)
+            return attention_pool_reading(pool, model.forward_features(images)[:, model.num_prefix_tokens:])
     no_class_token = hasattr(model, "cls_token") and model.cls_token is None
     return getattr(model, "global_pool", "token") in (*PATCH_POOLS, "map") or no_class_token
 

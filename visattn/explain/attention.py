@@ -3,7 +3,9 @@
 pays to each image patch.
 
 The attention comes from ``model(x, return_attention=True)``, which visattn ViTs compute on an
-explicit softmax path, so it is available even when fused scaled-dot-product attention is on.
+explicit softmax path, so it is available even when fused scaled-dot-product attention is on; timm's ViTs of
+its plain ``Attention`` have it recomputed from each block's input, caught by a hook, as their fused kernel
+computes it.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from torch import Tensor, nn
 
 from ..data.transforms import check_image_batch, to_model_input
 from ..errors import ArgumentError, ConfigError
+from ..layers.attention import attention_probs
 from ..pretrained import unwrapped
 
 
@@ -38,9 +41,21 @@ def is_vit(model: nn.Module) -> bool:
 
 
 def gives_attention(model: nn.Module) -> bool:
-    """Whether ``model`` is a ViT returning per-block attention, ``forward(x, return_attention=True)``:
-    visattn's are; timm's compute it inside fused kernels and do not."""
-    return is_vit(model) and "return_attention" in inspect.signature(model.forward).parameters
+    """Whether ``model`` is a ViT whose per-block attention can be read: visattn's return it
+    (``forward(x, return_attention=True)``); timm's compute it inside fused kernels, and it is recomputed here for
+    those whose every block has timm's plain ``Attention``."""
+    if not is_vit(model):
+        return False
+    return "return_attention" in inspect.signature(model.forward).parameters or bool(_timm_attentions(model))
+
+
+def _timm_attentions(model: nn.Module) -> list[nn.Module]:
+    """The blocks' attention modules of a timm ViT whose probabilities :func:`collect_attentions` recomputes exactly
+    (timm's ``Attention``: ``qkv``, its q and k norms, the scaled softmax); none for others (rotary, windowed)."""
+    from timm.layers.attention import Attention
+
+    modules = [getattr(block, "attn", None) for block in getattr(model, "blocks", ())]
+    return modules if modules and all(type(module) is Attention for module in modules) else []
 
 
 def check_gives_attention(model: nn.Module, *, method: Optional[str] = None) -> None:
@@ -50,7 +65,8 @@ def check_gives_attention(model: nn.Module, *, method: Optional[str] = None) -> 
         return
     name = type(model).__name__
     if is_vit(model):
-        reason = f"only visattn ViTs give their attention; use method 'gradcam' for {name} built elsewhere (e.g. by timm)"
+        reason = (f"only visattn's ViTs and timm's of its plain Attention give their attention; use method 'gradcam' "
+                  f"for {name}")
         if method is not None:
             raise ArgumentError("method", method, reason)
         raise ConfigError(f"attention maps: {reason}")
@@ -97,8 +113,34 @@ def as_index(layer: Union[str, int, None]) -> Optional[int]:
 def collect_attentions(model: nn.Module, images: Tensor) -> tuple[Tensor, list[Tensor]]:
     """Logits ``(B, classes)`` and every block's attention probabilities, a list of ``(B, heads, N, N)``."""
     check_gives_attention(model)
-    logits, attentions = model(images, return_attention=True)
-    return logits, list(attentions)
+    modules = _timm_attentions(model)
+    if not modules:
+        logits, attentions = model(images, return_attention=True)
+        return logits, list(attentions)
+    inputs: list[Tensor] = []
+    handles = [module.register_forward_pre_hook(lambda module, args: inputs.append(args[0])) for module in modules]
+    try:
+        logits = model(images)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return logits, [_timm_attention_probs(module, x) for module, x in zip(modules, inputs, strict=True)]
+
+
+def _timm_attention_probs(module: nn.Module, x: Tensor) -> Tensor:
+    """timm's ``Attention`` probabilities for its input ``x`` ``(B, N, C)``: ``(B, heads, N, N)``."""
+    qkv = module.qkv(x).reshape(x.shape[0], x.shape[1], 3, module.num_heads, module.head_dim).permute(2, 0, 3, 1, 4)
+    return attention_probs(module.q_norm(qkv[0]), module.k_norm(qkv[1]), module.scale)
+
+
+def attention_pool_reading(pool: nn.Module, tokens: Tensor) -> Tensor:
+    """How much an attention pool (visattn's or timm's ``AttentionPoolLatent`` with one latent query) reads of each
+    of the patch tokens it pools, ``(B, N)``: its query's attention over them, averaged over its heads."""
+    batch, count, width = tokens.shape
+    query = pool.q(pool.latent).reshape(1, pool.num_heads, 1, pool.head_dim).expand(batch, -1, -1, -1)
+    keys = pool.kv(tokens).reshape(batch, count, 2, pool.num_heads, pool.head_dim)[:, :, 0].transpose(1, 2)
+    query, keys = getattr(pool, "q_norm", nn.Identity())(query), getattr(pool, "k_norm", nn.Identity())(keys)
+    return attention_probs(query, keys, pool.scale)[:, :, 0].mean(dim=1)  # (B, N)
 
 
 def token_map(rows: Tensor, grid: tuple[int, int], num_prefix_tokens: int, *,

@@ -4,13 +4,10 @@ which SigLIP's encoders use).
 
 Parameter names and maths are timm's ``AttentionPoolLatent`` with one latent query, so its weights load.
 """
-from typing import Union
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import attention_probs
 from .mlp import Activation, Mlp
 
 
@@ -40,18 +37,11 @@ class AttentionPoolLatent(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer)
         nn.init.trunc_normal_(self.latent, std=dim**-0.5)
 
-    def forward(
-        self, x: torch.Tensor, return_attention: bool = False
-    ) -> Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        """The pooled ``(B, C)``; with ``return_attention`` also the query's ``(B, heads, N)`` attention over ``x``."""
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The pooled ``(B, C)``; explain reads the query's attention with ``attention_pool_reading``."""
         batch, tokens, dim = x.shape
         q = self.q(self.latent).reshape(1, self.num_heads, 1, self.head_dim).expand(batch, -1, -1, -1)
         k, v = self.kv(x).reshape(batch, tokens, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        if return_attention:
-            attn = attention_probs(q, k, self.scale)  # (B, heads, 1, N)
-            pooled = attn.to(v.dtype) @ v
-        else:
-            pooled = F.scaled_dot_product_attention(q, k, v)  # (B, heads, 1, head_dim)
+        pooled = F.scaled_dot_product_attention(q, k, v)  # (B, heads, 1, head_dim)
         pooled = self.proj(pooled.reshape(batch, dim))
-        pooled = pooled + self.mlp(self.norm(pooled))
-        return (pooled, attn[:, :, 0]) if return_attention else pooled
+        return pooled + self.mlp(self.norm(pooled))
