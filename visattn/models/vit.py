@@ -639,7 +639,7 @@ def deit3_base_patch16_224(**kwargs) -> VisionTransformer:
 
 @register_model
 def vit_small_patch14_dinov2(**kwargs) -> VisionTransformer:
-    """DINOv2 ViT-S/14, 518 px (Oquab et al. 2023), a feature extractor: no head unless num_classes is given."""
+    """DINOv2 ViT-S/14, 518 px (Oquab et al. 2023), a feature extractor: no head unless num_classes or weights with one say."""
     return _create_vit(dict(img_size=518, patch_size=14, embed_dim=384, depth=12, num_heads=6, init_values=1e-5,
                             num_classes=0), kwargs)
 
