@@ -639,7 +639,8 @@ def deit3_base_patch16_224(**kwargs) -> VisionTransformer:
 
 @register_model
 def vit_small_patch14_dinov2(**kwargs) -> VisionTransformer:
-    """DINOv2 ViT-S/14, 518 px (Oquab et al. 2023), a feature extractor: no head unless num_classes or weights with one say."""
+    """DINOv2 ViT-S/14, 518 px (Oquab et al. 2023), a feature extractor: no head unless num_classes, or weights
+    with one, say otherwise."""
     return _create_vit(dict(img_size=518, patch_size=14, embed_dim=384, depth=12, num_heads=6, init_values=1e-5,
                             num_classes=0), kwargs)
 
@@ -675,7 +676,7 @@ def vit_base_patch16_reg4_gap_256(**kwargs) -> VisionTransformer:
 @register_model
 def vit_base_patch16_siglip_224(**kwargs) -> VisionTransformer:
     """SigLIP's ViT-B/16 image encoder, 224 px (Zhai et al. 2023): no class token, attention-pooled; no head unless
-    num_classes is given."""
+    num_classes, or weights with one, say otherwise."""
     return _create_vit(dict(patch_size=16, embed_dim=768, depth=12, num_heads=12, class_token=False,
                             global_pool="map", num_classes=0), kwargs)
 
