@@ -870,6 +870,75 @@ def test_attention_maps_of_a_timm_vit_are_its_visattn_twins(method, settings):
             assert len(attentions) == 2 and attentions[0].shape[-1] == 64 + timm_vit.num_prefix_tokens
 
 
+def test_a_timm_vits_recomputed_attention_is_its_unfused_softmax_with_q_and_k_norms_and_leaves_no_hook():
+    """From a review: the recomputed probabilities must apply timm's q and k norms (qk_norm=True), as its unfused
+    path does, and the hooks that catch each block's input must go (they would keep every later forward's)."""
+    import timm
+
+    from visattn.explain.attention import collect_attentions
+
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=2, qk_norm=True).eval()
+    softmaxes = []
+    for block in model.blocks:
+        block.attn.fused_attn = False
+        block.attn.attn_drop.register_forward_pre_hook(lambda module, args: softmaxes.append(args[0]))
+        with torch.no_grad():
+            block.attn.q_norm.weight.normal_(1, 0.5)
+            block.attn.k_norm.bias.normal_(0, 0.5)
+    images = torch.randn(2, 3, 32, 32)
+    _, attentions = collect_attentions(model, images)
+    assert len(softmaxes) == 2
+    for mine, timms in zip(attentions, softmaxes):
+        torch.testing.assert_close(mine, timms, rtol=0, atol=1e-6)
+    assert not any(block.attn._forward_pre_hooks for block in model.blocks)
+
+
+def test_a_timm_pool_that_reads_the_prefix_tokens_too_is_taken_as_a_mean():
+    """timm's pool_include_prefix pools registers with the patches; reading only the patches' share of its softmax,
+    renormalised, had misweighed them (by up to 0.05 in a review)."""
+    import timm
+
+    from visattn.explain.attention import collect_attentions
+
+    torch.manual_seed(0)
+    timm_vit = timm.create_model("vit_tiny_patch16_224", depth=2, num_classes=5, img_size=32, patch_size=4,
+                                 class_token=False, global_pool="map", reg_tokens=1, pool_include_prefix=True).eval()
+    images = torch.randn(2, 3, 32, 32)
+    attentions = collect_attentions(timm_vit, images)[1]
+    expected = attention_rollout(attentions, (8, 8), num_prefix_tokens=1, pooled=True)[0]
+    torch.testing.assert_close(explain_batch(timm_vit, images, "rollout"), expected)
+
+
+def test_a_timm_vit_running_a_block_twice_is_refused_in_one_line():
+    timm_vit, _ = _timm_vit_and_its_visattn_twin()
+    timm_vit.blocks = nn.Sequential(timm_vit.blocks[0], timm_vit.blocks[0])
+    with pytest.raises(ConfigError, match=r"^VisionTransformer ran its blocks' attention otherwise than once each in "
+                                          r"order; use method 'gradcam'$"):
+        explain_batch(timm_vit, torch.randn(1, 3, 32, 32), "rollout")
+
+
+@pytest.mark.parametrize("latents, pooling", [(1, "token"), (2, "token"), (3, "avg")])
+def test_a_timm_attention_pools_reading_is_its_queries_softmax(latents, pooling):
+    """timm's pool of several latent queries keeps the first's output (or their mean): its reading is that query's
+    softmax over the tokens (or their mean), with its q and k norms, heads averaged; by hand here."""
+    from timm.layers.attention_pool import AttentionPoolLatent as TimmPool
+
+    from visattn.explain.attention import attention_pool_reading
+
+    torch.manual_seed(0)
+    pool = TimmPool(32, num_heads=4, latent_len=latents, pool_type=pooling, qk_norm=True).eval()
+    tokens = torch.randn(2, 9, 32)
+    with torch.no_grad():
+        pool.latent.normal_(0, 3)
+        pool.q_norm.weight.normal_(1, 0.5)
+        query = pool.q_norm(pool.q(pool.latent).reshape(latents, 4, 8).transpose(0, 1))  # (heads, latents, 8)
+        keys = pool.k_norm(pool.kv(tokens)[..., :32].reshape(2, 9, 4, 8).transpose(1, 2))  # (B, heads, N, 8)
+        softmax = torch.softmax(torch.einsum("hld,bhnd->bhln", query, keys) / 8 ** 0.5, -1)  # (B, heads, L, N)
+        expected = (softmax.mean(2) if pooling == "avg" else softmax[:, :, 0]).mean(1)
+        torch.testing.assert_close(attention_pool_reading(pool, tokens), expected)
+
+
 def test_attention_maps_of_a_timm_vit_of_other_attention_are_refused_in_one_accurate_line():
     from timm.layers.attention import Attention
 

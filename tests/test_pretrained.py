@@ -583,6 +583,8 @@ def test_timm_vit_weights_that_compute_otherwise_are_refused_for_visattns_vit(kw
     _refuse_other_vit_computation(weights, "timm:vit_x.tag", "vit_x", into=timm.create_model("vit_tiny_patch16_224", **small))
     plain = timm.create_model("vit_tiny_patch16_224", **small)
     _refuse_other_vit_computation(plain, "timm:vit_x.tag", "vit_x", into=create_model("vit_tiny_patch16_224", **small))
+    named = timm.create_model("vit_tiny_patch16_224", **small, act_layer="gelu")  # timm's own exact GELU class
+    _refuse_other_vit_computation(named, "timm:vit_x.tag", "vit_x", into=create_model("vit_tiny_patch16_224", **small))
 
 
 def test_timm_vit_weights_of_another_norm_epsilon_name_the_setting_that_takes_them():

@@ -167,6 +167,33 @@ def test_bad_builder_arguments_are_config_errors(kwargs, name):
         create_model("vit_tiny_patch4_28", **kwargs)
 
 
+@pytest.mark.parametrize("act_layer", ["gelu_tanh", "quick_gelu"])
+def test_clip_settings_give_timms_logits_where_their_approximations_show(act_layer):
+    """From a review: an activation left exact in the blocks or the attention pool, or the pre-norm's epsilon at
+    1e-6, stayed within the 1e-4 of the parity tests; weights three times larger make them show."""
+    from functools import partial
+
+    from visattn import load_weights
+
+    kwargs = dict(img_size=32, depth=2, pre_norm=True, class_token=False, global_pool="map", num_classes=5)
+    torch.manual_seed(0)
+    reference = timm.create_model("vit_tiny_patch16_224", act_layer=act_layer,
+                                  norm_layer=partial(torch.nn.LayerNorm, eps=1e-5), **kwargs).eval()
+    with torch.no_grad():
+        for module in reference.modules():
+            if isinstance(module, torch.nn.Linear):
+                module.weight.mul_(3)
+    ours = load_weights(create_model("vit_tiny_patch16_224", act_layer=act_layer, norm_eps=1e-5, **kwargs).eval(),
+                        reference.state_dict())
+    exact = load_weights(create_model("vit_tiny_patch16_224", norm_eps=1e-5, **kwargs).eval(), reference.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), reference(x), rtol=0, atol=1e-5)
+        assert (exact(x) - reference(x)).abs().max() > 1e-4  # the approximation shows at this scale, 10x the tolerance
+    assert {m.eps for m in ours.modules() if isinstance(m, torch.nn.LayerNorm)} == {1e-5}
+    assert {type(block.mlp.act) for block in [*ours.blocks, ours.attn_pool]} == {type(ours.blocks[0].mlp.act)}
+
+
 @pytest.mark.parametrize("bad", [-1, True, 1.5, "4", None])
 def test_a_register_count_that_is_no_count_is_one_line(bad):
     with pytest.raises(ConfigError, match=rf"^reg_tokens={bad!r}: give a whole number >= 0 \(0: no register tokens\)$"):

@@ -1275,7 +1275,7 @@ def _activation_name(act: Optional[nn.Module]) -> Optional[str]:
     """The ``act_layer`` name of a timm MLP activation visattn's ViT computes too; None for others."""
     if type(act) is nn.GELU:
         return "gelu" if act.approximate == "none" else "gelu_tanh"
-    return {"GELUTanh": "gelu_tanh", "QuickGELU": "quick_gelu"}.get(type(act).__name__)
+    return {"GELU": "gelu", "GELUTanh": "gelu_tanh", "QuickGELU": "quick_gelu"}.get(type(act).__name__)  # timm's
 
 
 def _refuse_other_hub_vit(repo: str, weights: Path, *, into: nn.Module, offline: bool) -> None:

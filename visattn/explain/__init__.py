@@ -153,11 +153,11 @@ def explain_batch(
 
 def _patch_reading(model: nn.Module, images: Tensor) -> Union[bool, Tensor]:
     """Whether the head reads the patch tokens rather than the class token (their mean, max or both), or, for an
-    attention pool of one query, how much it reads of each, ``(B, patches)``. Without a class token the prefix
-    tokens are registers, whose rows no head reads (register 0's had been taken for the class token's)."""
+    attention pool of the patch tokens, how much it reads of each, ``(B, patches)``. Without a class token the
+    prefix tokens are registers, whose rows no head reads (register 0's had been taken for the class token's). A
+    timm pool reading the prefix tokens too (``pool_include_prefix``) is taken as a mean."""
     pool = getattr(model, "attn_pool", None)
-    if pool is not None and getattr(pool, "latent", None) is not None and pool.latent.shape[1] == 1 and (
-            getattr(pool, "pos_embed", None) is None):
+    if getattr(pool, "latent", None) is not None and not getattr(model, "pool_include_prefix", False):
         with torch.no_grad():
             return attention_pool_reading(pool, model.forward_features(images)[:, model.num_prefix_tokens:])
     no_class_token = hasattr(model, "cls_token") and model.cls_token is None

@@ -46,13 +46,17 @@ def gives_attention(model: nn.Module) -> bool:
     those whose every block has timm's plain ``Attention``."""
     if not is_vit(model):
         return False
-    return "return_attention" in inspect.signature(model.forward).parameters or bool(_timm_attentions(model))
+    return _returns_attention(model) or bool(_timm_attentions(model))
+
+
+def _returns_attention(model: nn.Module) -> bool:
+    return "return_attention" in inspect.signature(model.forward).parameters
 
 
 def _timm_attentions(model: nn.Module) -> list[nn.Module]:
     """The blocks' attention modules of a timm ViT whose probabilities :func:`collect_attentions` recomputes exactly
     (timm's ``Attention``: ``qkv``, its q and k norms, the scaled softmax); none for others (rotary, windowed)."""
-    from timm.layers.attention import Attention
+    from timm.models.vision_transformer import Attention  # where every timm 1.0 has it
 
     modules = [getattr(block, "attn", None) for block in getattr(model, "blocks", ())]
     return modules if modules and all(type(module) is Attention for module in modules) else []
@@ -112,19 +116,24 @@ def as_index(layer: Union[str, int, None]) -> Optional[int]:
 @torch.no_grad()
 def collect_attentions(model: nn.Module, images: Tensor) -> tuple[Tensor, list[Tensor]]:
     """Logits ``(B, classes)`` and every block's attention probabilities, a list of ``(B, heads, N, N)``."""
+    model = as_module(model)  # a compiled model runs no hook added after its first call
     check_gives_attention(model)
-    modules = _timm_attentions(model)
-    if not modules:
+    if _returns_attention(model):
         logits, attentions = model(images, return_attention=True)
         return logits, list(attentions)
-    inputs: list[Tensor] = []
-    handles = [module.register_forward_pre_hook(lambda module, args: inputs.append(args[0])) for module in modules]
+    modules = _timm_attentions(model)
+    inputs: list[tuple[nn.Module, Tensor]] = []
+    handles = [module.register_forward_pre_hook(lambda module, args: inputs.append((module, args[0])))
+               for module in modules]
     try:
         logits = model(images)
     finally:
         for handle in handles:
             handle.remove()
-    return logits, [_timm_attention_probs(module, x) for module, x in zip(modules, inputs, strict=True)]
+    if [module for module, _ in inputs] != modules:  # a block run twice, or skipped: the maps would be another's
+        raise ConfigError(f"{type(model).__name__} ran its blocks' attention otherwise than once each in order; "
+                          "use method 'gradcam'")
+    return logits, [_timm_attention_probs(module, x) for module, x in inputs]
 
 
 def _timm_attention_probs(module: nn.Module, x: Tensor) -> Tensor:
@@ -134,13 +143,19 @@ def _timm_attention_probs(module: nn.Module, x: Tensor) -> Tensor:
 
 
 def attention_pool_reading(pool: nn.Module, tokens: Tensor) -> Tensor:
-    """How much an attention pool (visattn's or timm's ``AttentionPoolLatent`` with one latent query) reads of each
-    of the patch tokens it pools, ``(B, N)``: its query's attention over them, averaged over its heads."""
-    batch, count, width = tokens.shape
-    query = pool.q(pool.latent).reshape(1, pool.num_heads, 1, pool.head_dim).expand(batch, -1, -1, -1)
+    """How much an attention pool (visattn's or timm's ``AttentionPoolLatent``) reads of each of the tokens it
+    pools, ``(B, N)``: its query's attention over them, averaged over its heads (timm's several latent queries:
+    the first's, whose output it keeps, or their mean where it averages them)."""
+    if getattr(pool, "pos_embed", None) is not None:  # timm's "abs" pool embeds the tokens' positions first
+        tokens = tokens + pool.pos_embed.unsqueeze(0).to(tokens.dtype)
+    batch, count, _ = tokens.shape
+    latents = pool.latent.shape[1]
+    query = pool.q(pool.latent).reshape(1, latents, pool.num_heads, pool.head_dim).transpose(1, 2)
     keys = pool.kv(tokens).reshape(batch, count, 2, pool.num_heads, pool.head_dim)[:, :, 0].transpose(1, 2)
     query, keys = getattr(pool, "q_norm", nn.Identity())(query), getattr(pool, "k_norm", nn.Identity())(keys)
-    return attention_probs(query, keys, pool.scale)[:, :, 0].mean(dim=1)  # (B, N)
+    probs = attention_probs(query.expand(batch, -1, -1, -1), keys, pool.scale)  # (B, heads, latents, N)
+    reading = probs.mean(dim=2) if getattr(pool, "pool", "token") == "avg" else probs[:, :, 0]
+    return reading.mean(dim=1)
 
 
 def token_map(rows: Tensor, grid: tuple[int, int], num_prefix_tokens: int, *,
