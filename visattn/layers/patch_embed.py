@@ -150,6 +150,15 @@ def whole_patches(size: Sequence[int], patch_size: Sequence[int]) -> bool:
     return not any(s % p for s, p in zip(size, patch_size))
 
 
+def patch_grid(patch_embed: nn.Module, image_size: Sequence[int]) -> tuple[int, int]:
+    """The ``(rows, cols)`` patch grid a patch embedding (visattn's or timm's) makes of an ``image_size = (H, W)``
+    image: its whole patches, or with timm's ``dynamic_img_pad`` the image padded up to whole patches."""
+    (patch_h, patch_w), height, width = patch_embed.patch_size, int(image_size[0]), int(image_size[1])
+    if getattr(patch_embed, "dynamic_img_pad", False):
+        return -(-height // patch_h), -(-width // patch_w)
+    return height // patch_h, width // patch_w
+
+
 def check_whole_patches(size: tuple[int, int], patch_size: tuple[int, int]) -> None:
     """One line unless each side of ``size`` is a multiple of the patch's: a ViT of any size takes those only."""
     if not whole_patches(size, patch_size):

@@ -22,7 +22,7 @@ from ..layers.additive_attention import AdditiveAttention
 from ..layers.drop_path import check_rate
 from ..layers.lstm_cell import SigmoidLSTMCell
 from ..layers.onednn_linear import linear
-from ..layers.patch_embed import check_count, is_count, is_number, to_2tuple
+from ..layers.patch_embed import check_count, is_count, is_number, patch_grid, to_2tuple
 from ..modes import eval_mode
 from ..registry import built_for_one_size, check_timm_name, create_model, register_model
 from .vit import drop_pooled_head
@@ -423,9 +423,7 @@ def _token_grid(encoder: nn.Module, image_size: Sequence[int], tokens: int) -> t
         side = math.isqrt(tokens)
         return side, side
     if getattr(encoder, "dynamic_img_size", False):
-        (patch_h, patch_w), padded = embed.patch_size, getattr(embed, "dynamic_img_pad", False)  # timm's pads up
-        height, width = int(image_size[0]), int(image_size[1])
-        return (-(-height // patch_h), -(-width // patch_w)) if padded else (height // patch_h, width // patch_w)
+        return patch_grid(embed, image_size)
     return tuple(embed.grid_size)
 
 
