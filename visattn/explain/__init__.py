@@ -22,7 +22,8 @@ from torch import Tensor, nn
 from ..data.transforms import check_image_batch
 from ..errors import ArgumentError, ConfigError, VisattnWarning
 from .attention import (as_index, as_module, attention_map, attention_pool_reading, check_gives_attention,
-                        collect_attentions, gives_attention, input_channels, is_vit, model_batch, token_grid)
+                        collect_attentions, gives_attention, input_channels, is_vit, model_batch, recorded_inputs,
+                        token_grid)
 from .cell_centres import CellCentres, map_centres
 from .gates import gate_maps, gate_modules, missing_gates
 from ..models.vit import PATCH_POOLS
@@ -140,9 +141,10 @@ def explain_batch(
         return grad_cam(model, images, layer=layer, target_class=target_class)[0]
     if method == "gates":
         return _gate_map(model, images, layer)
-    with eval_mode(model):
-        _, attentions = collect_attentions(model, images)
-        pooled = _patch_reading(model, images)
+    pool = _read_attention_pool(model)
+    with eval_mode(model), recorded_inputs([pool] if pool is not None else []) as pool_inputs:
+        _, attentions = collect_attentions(model, images)  # the pool's input caught on the way: no second forward
+    pooled = _patch_reading(model, pool_inputs)
     grid = token_grid(model, images.shape[-2:])
     if method == "rollout":
         return attention_rollout(attentions, grid, num_prefix_tokens=model.num_prefix_tokens,
@@ -151,15 +153,24 @@ def explain_batch(
                          num_prefix_tokens=model.num_prefix_tokens, pooled=pooled)
 
 
-def _patch_reading(model: nn.Module, images: Tensor) -> Union[bool, Tensor]:
-    """Whether the head reads the patch tokens rather than the class token (their mean, max or both), or, for an
-    attention pool of the patch tokens, how much it reads of each, ``(B, patches)``. Without a class token the
-    prefix tokens are registers, whose rows no head reads (register 0's had been taken for the class token's). A
-    timm pool reading the prefix tokens too (``pool_include_prefix``) is taken as a mean."""
+def _read_attention_pool(model: nn.Module) -> Optional[nn.Module]:
+    """The attention pool whose reading of the patch tokens weighs their rows: visattn's or timm's, but not one of
+    timm's that reads the prefix tokens too (``pool_include_prefix``), which is taken as a mean."""
     pool = getattr(model, "attn_pool", None)
-    if getattr(pool, "latent", None) is not None and not getattr(model, "pool_include_prefix", False):
+    if getattr(pool, "latent", None) is None or getattr(model, "pool_include_prefix", False):
+        return None
+    return pool
+
+
+def _patch_reading(model: nn.Module, pool_inputs: list[tuple[nn.Module, Tensor]]) -> Union[bool, Tensor]:
+    """Whether the head reads the patch tokens rather than the class token (their mean, max or both), or, given the
+    patch tokens an attention pool took (``pool_inputs``), how much it reads of each, ``(B, patches)``. Without a
+    class token the prefix tokens are registers, whose rows no head reads (register 0's had been taken for the
+    class token's)."""
+    if pool_inputs:
+        pool, tokens = pool_inputs[-1]
         with torch.no_grad():
-            return attention_pool_reading(pool, model.forward_features(images)[:, model.num_prefix_tokens:])
+            return attention_pool_reading(pool, tokens)
     no_class_token = hasattr(model, "cls_token") and model.cls_token is None
     return getattr(model, "global_pool", "token") in (*PATCH_POOLS, "map") or no_class_token
 

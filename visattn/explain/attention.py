@@ -9,8 +9,9 @@ computes it.
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
-from typing import Optional, Sequence, Union
+from typing import Iterator, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
@@ -18,6 +19,7 @@ from torch import Tensor, nn
 from ..data.transforms import check_image_batch, to_model_input
 from ..errors import ArgumentError, ConfigError
 from ..layers.attention import attention_probs
+from ..layers.patch_embed import patch_grid
 from ..pretrained import unwrapped
 
 
@@ -96,12 +98,9 @@ def model_batch(model: nn.Module, images: Tensor) -> Tensor:
 def token_grid(model: nn.Module, image_size: Sequence[int]) -> tuple[int, int]:
     """Patch grid ``(rows, cols)`` of a ViT for an input of ``image_size = (H, W)``."""
     embed = getattr(model, "patch_embed", None)
-    patch = getattr(embed, "patch_size", None)
-    if patch is None:
+    if getattr(embed, "patch_size", None) is None:
         return tuple(model.grid_size)
-    if getattr(embed, "dynamic_img_pad", False):  # timm pads the input up to whole patches
-        return -(-image_size[0] // patch[0]), -(-image_size[1] // patch[1])
-    return image_size[0] // patch[0], image_size[1] // patch[1]
+    return patch_grid(embed, image_size)
 
 
 def as_index(layer: Union[str, int, None]) -> Optional[int]:
@@ -122,18 +121,26 @@ def collect_attentions(model: nn.Module, images: Tensor) -> tuple[Tensor, list[T
         logits, attentions = model(images, return_attention=True)
         return logits, list(attentions)
     modules = _timm_attentions(model)
-    inputs: list[tuple[nn.Module, Tensor]] = []
-    handles = [module.register_forward_pre_hook(lambda module, args: inputs.append((module, args[0])))
-               for module in modules]
-    try:
+    with recorded_inputs(modules) as inputs:
         logits = model(images)
-    finally:
-        for handle in handles:
-            handle.remove()
     if [module for module, _ in inputs] != modules:  # a block run twice, or skipped: the maps would be another's
         raise ConfigError(f"{type(model).__name__} ran its blocks' attention otherwise than once each in order; "
                           "use method 'gradcam'")
     return logits, [_timm_attention_probs(module, x) for module, x in inputs]
+
+
+@contextlib.contextmanager
+def recorded_inputs(modules: Sequence[nn.Module]) -> Iterator[list[tuple[nn.Module, Tensor]]]:
+    """Each call of ``modules`` inside the block, in call order, as ``(module, its first input)``: caught by forward
+    pre-hooks, which are removed on the way out (left on, they would keep every later forward's inputs)."""
+    inputs: list[tuple[nn.Module, Tensor]] = []
+    handles = [module.register_forward_pre_hook(lambda module, args: inputs.append((module, args[0])))
+               for module in modules]
+    try:
+        yield inputs
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def _timm_attention_probs(module: nn.Module, x: Tensor) -> Tensor:
