@@ -1202,6 +1202,35 @@ def test_fine_tuning_timm_weights_with_other_normalisation_warns_as_for_shipped_
         ImageClassifier(name, num_classes=3, model_kwargs=small, pretrained=False, preprocessing=imagenet)
 
 
+def test_a_clip_file_recording_nothing_is_taken_as_trained_with_clips_statistics(tmp_path):
+    """A CLIP tower's weights from the hub record no statistics: fine-tuning them on ImageNet's went by without a word
+    and `classify` evaluated them with ImageNet's, while every CLIP weights were trained with OpenAI's."""
+    import warnings
+
+    import timm
+    from safetensors.torch import save_file
+
+    from visattn.errors import VisattnWarning
+    from visattn.models.vit import OPENAI_CLIP_EVALUATION
+
+    small = {"depth": 1, "img_size": 32}
+    path = tmp_path / "open_clip.safetensors"
+    save_file(timm.create_model("vit_base_patch32_clip_224", num_classes=3, **small).state_dict(), path)
+    imagenet = {"input_size": [3, 32, 32], "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    with pytest.warns(VisattnWarning, match=r"^the data normalises with mean \[0.485, 0.456, 0.406\], std .* but the "
+                                            r"starting weights were trained with mean \[0.4814"):
+        ImageClassifier("vit_base_patch32_clip_224", num_classes=3, model_kwargs=small, pretrained=str(path),
+                        preprocessing=imagenet)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", VisattnWarning)
+        ImageClassifier("vit_base_patch32_clip_224", num_classes=3, model_kwargs=small, pretrained=str(path),
+                        preprocessing={**imagenet, **OPENAI_CLIP_EVALUATION})
+        ImageClassifier("vit_base_patch32_clip_224", num_classes=3, model_kwargs=small, preprocessing=imagenet)
+    loaded = create_model("vit_base_patch32_clip_224", pretrained=str(path), **small)
+    assert loaded.visattn_recorded_preprocessing == OPENAI_CLIP_EVALUATION
+    assert create_model("vit_base_patch32_clip_224", **small).visattn_recorded_preprocessing is None  # no weights
+
+
 def test_fine_tuning_a_timm_local_dir_with_other_normalisation_warns_from_its_config(tmp_path, offline):
     """`pretrained: timm:local-dir:FOLDER` whose config.json records mean and std 0.5 trained on ImageNet's statistics
     without a word: timm's registry knows no such name (from a fine-tuning journey audit)."""

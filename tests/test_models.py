@@ -1,4 +1,6 @@
 """Registry-wide model checks, parametrized over every registered architecture (as timm's tests are)."""
+import re
+
 import pytest
 import torch
 
@@ -156,6 +158,42 @@ def test_a_name_timm_has_builds_timms_defaults(name):
         assert ours.pretrained_cfg["input_size"][1:] == tuple(theirs.pretrained_cfg["input_size"][1:])
     shapes = [(key, value.shape) for key, value in ours.state_dict().items()]
     assert shapes == [(key, value.shape) for key, value in theirs.state_dict().items()]
+
+
+def _timm_names() -> dict[str, str]:
+    """Each classifier whose timm weights load, with timm's name for it: its own, or the one its docstring gives."""
+    import timm
+
+    from visattn.registry import _model_entrypoints
+
+    named = {name: re.search(r"timm's ``(\w+)`` weights load", _model_entrypoints[name].__doc__ or "")
+             for name in CLASSIFIERS}
+    return {name: found.group(1) if found else name for name, found in named.items()
+            if found or name in timm.list_models()}
+
+
+@pytest.mark.parametrize("name, timm_name", sorted(_timm_names().items()))
+def test_a_model_is_evaluated_as_every_weights_timm_publishes_for_it(name, timm_name):
+    """Built by name (so also with weights that record nothing, such as a CLIP file from the hub), a model's
+    ``pretrained_cfg`` has each of mean, std, filter and crop that all of timm's weights of that name share
+    (OpenAI CLIP's statistics, 0.5 for SigLIP's and Google's ViTs, bicubic for every ViT and ResNet-D), else
+    visattn's default: CLIP's towers had ImageNet's statistics, every ViT bilinear, which timm's data helpers and
+    visattn's inference then used."""
+    import timm
+
+    cfgs = [timm.models.get_pretrained_cfg(tag) for tag in timm.list_pretrained(f"{timm_name}.*")]
+    defaults = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225), "interpolation": "bilinear",
+                "crop_pct": 0.875}
+    expected = {}
+    for field, default in defaults.items():
+        published = {getattr(cfg, field) for cfg in cfgs}
+        expected[field] = published.pop() if len(published) == 1 else default
+    with torch.device("meta"):
+        cfg = create_model(name).pretrained_cfg
+    def rounded(value):  # timm's statistics and visattn's agree to float rounding
+        return tuple(round(v, 6) for v in value) if isinstance(value, (tuple, list)) else value
+
+    assert {field: rounded(cfg[field]) for field in defaults} == {k: rounded(v) for k, v in expected.items()}
 
 
 def _timm_pair(tmp_path, name, timm_name, **kwargs):

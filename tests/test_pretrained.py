@@ -895,8 +895,13 @@ def test_saved_weights_rebuild_without_the_backbone_file_they_started_from(weigh
 
 def test_a_classifier_saved_without_labels_or_preprocessing_warns(weights_tmp):
     model = create_model(ARCH, num_classes=10, **SMALL)
-    with pytest.warns(UserWarning, match=r"saved without preprocessing or labels; loading it will assume ImageNet"):
+    with pytest.warns(UserWarning, match=r"saved without preprocessing or labels; loading it will assume \w+'s "
+                                         r"default mean \[0.485, 0.456, 0.406\] and std \[0.229"):
         save_weights(model, weights_tmp / f"{ARCH}.bare.safetensors")
+    clip = create_model("vit_base_patch32_clip_224", num_classes=2, depth=1, img_size=32)
+    with pytest.warns(UserWarning, match=r"saved without preprocessing; loading it will assume "
+                                         r"vit_base_patch32_clip_224's default mean \[0.4814.*\]; pass"):
+        save_weights(clip, weights_tmp / "vit_base_patch32_clip_224.bare.safetensors", labels=["a", "b"])
 
 
 def test_a_captioners_timm_encoder_loads_the_file_it_is_given(tmp_path):
@@ -1204,12 +1209,15 @@ def test_save_weights_refuses_an_entry_its_index_would_refuse_before_writing(wei
 
 
 @pytest.mark.parametrize("height, width", [(375, 500), (333, 250), (28, 28)])
-@pytest.mark.parametrize("name", ["se_resnet20_cifar.fmnist", "vit_tiny_patch4_28.fmnist", "resnet18", "timm_augreg"])
+@pytest.mark.parametrize("name", ["se_resnet20_cifar.fmnist", "vit_tiny_patch4_28.fmnist", "resnet18", "timm_augreg",
+                                  "deit_tiny_patch16_224", "recorded_without_filter"])
 def test_timm_data_helpers_preprocess_a_model_as_visattn_does(name, height, width, request):
     """timm's ``create_transform(**resolve_data_config(model=m))`` and visattn's own transform agree to float
     rounding on noise (where aliasing shows most). resolve_data_config had read no pretrained_cfg (ImageNet's
     224-px crop for a 28-px model); visattn's OpenCV resize did not antialias a shrunk image, rounded the
-    resized side and the crop offset otherwise than torchvision, and dropped recorded crop_pct and interpolation."""
+    resized side and the crop offset otherwise than torchvision, and dropped recorded crop_pct and interpolation.
+    DeiT's weights are all evaluated bicubic at crop 0.9; weights of such an architecture recording no filter are
+    evaluated with visattn's default, bilinear, on both sides."""
     import numpy as np
     from PIL import Image
     from timm.data import create_transform, resolve_data_config
@@ -1224,6 +1232,12 @@ def test_timm_data_helpers_preprocess_a_model_as_visattn_does(name, height, widt
         save_weights(create_model("vit_tiny_patch4_32", num_classes=2), weights_tmp / "vit_tiny_patch4_32.augreg.safetensors",
                      labels=["a", "b"], preprocessing=shipped)
         name = "vit_tiny_patch4_32.augreg"
+    if name == "recorded_without_filter":  # as a Fashion-MNIST run records its settings: no crop, no filter
+        weights_tmp = request.getfixturevalue("weights_tmp")
+        recorded = {"input_size": [3, 32, 32], "mean": [0.5] * 3, "std": [0.5] * 3, "recipe": "photo"}
+        save_weights(create_model("deit_tiny_patch16_224", img_size=32, depth=1, num_classes=2),
+                     weights_tmp / "deit_tiny_patch16_224.gray.safetensors", labels=["a", "b"], preprocessing=recorded)
+        name = "deit_tiny_patch16_224.gray"
     classifier = load_classifier(name) if "." in name else None
     model = classifier.model if classifier else create_model(name)
     config = resolve_data_config(model=model)
@@ -1296,11 +1310,13 @@ def test_weights_from_timm_by_name_carry_timms_preprocessing_for_them(monkeypatc
 
     monkeypatch.setattr(pretrained, "_fetch_timm",
                         lambda name, into: (timm.create_model(name, pretrained=False).state_dict(), None))
-    model = create_model("vit_tiny_patch16_224", pretrained="timm:vit_tiny_patch16_224.augreg_in21k_ft_in1k", img_size=32)
+    small = {"img_size": 32}
+    model = create_model("vit_small_patch16_224", pretrained="timm:vit_small_patch16_224.augreg_in21k_ft_in1k", **small)
     config = resolve_data_config(model=model)
     assert config == {"input_size": (3, 32, 32), "interpolation": "bicubic", "mean": (0.5, 0.5, 0.5),
                       "std": (0.5, 0.5, 0.5), "crop_pct": 0.9, "crop_mode": "center"}
-    assert resolve_data_config(model=create_model("vit_tiny_patch16_224", img_size=32))["mean"] == IMAGENET_MEAN
+    # timm's weights of this name differ in their statistics (DeiT's are ImageNet's)
+    assert resolve_data_config(model=create_model("vit_small_patch16_224", **small))["mean"] == IMAGENET_MEAN
 
 
 def test_a_one_channel_models_timm_config_normalises_as_visattn_does():

@@ -7,6 +7,7 @@ folders of ``$VISATTN_WEIGHTS`` (a user's own weights, laid out the same way) ar
 ``torch.load(weights_only=True)``: a pickle that would run code is refused, never retried with full unpickling.
 """
 import argparse
+import copy
 import contextlib
 import contextvars
 import dataclasses
@@ -258,7 +259,7 @@ def timm_pretrained_cfg(model: nn.Module, preprocessing: Optional[dict[str, Any]
     helpers (``resolve_data_config``, ``create_transform``) preprocess as visattn does, not for ImageNet."""
     from .data.transforms import default_preprocessing, timm_data_config
 
-    built = default_preprocessing(model)
+    built = default_preprocessing(model, published=not preprocessing)  # a recorded field's gap: bilinear, not bicubic
     preprocessing = {**built, **(preprocessing or {})}
     # The model as built, not as the weights were: in_chans=1, or a ViT's img_size=56 for 28 px weights
     recorded_size = preprocessing["input_size"]
@@ -311,6 +312,18 @@ def weights_preprocessing(entry: Optional[dict[str, Any]], pretrained: Any) -> O
                       "other inputs than timm gives it", VisattnWarning, stacklevel=2)
     recorded = {"mean": list(cfg.mean), "std": list(cfg.std), "crop_pct": cfg.crop_pct, "recipe": recipe}
     return {**recorded, **({"interpolation": cfg.interpolation} if cfg.interpolation in INTERPOLATIONS else {})}
+
+
+def loaded_weights_preprocessing(model: nn.Module, entry: Optional[dict[str, Any]],
+                                 pretrained: Any) -> Optional[dict[str, Any]]:
+    """What the weights loaded into ``model`` were trained with: :func:`weights_preprocessing`'s record, else for
+    weights that record none how every weights published for its architecture were evaluated (a CLIP file from
+    the hub; ``published_preprocessing``); None when no weights were loaded."""
+    recorded = weights_preprocessing(entry, pretrained)
+    loaded = entry is not None or (pretrained is not None and pretrained is not False)
+    if recorded is None and loaded and getattr(model, "published_preprocessing", None):
+        return copy.deepcopy(model.published_preprocessing)
+    return recorded
 
 
 def _timm_pretrained_cfg(name: str) -> Optional[Any]:
@@ -592,7 +605,7 @@ _WEIGHT_SOURCES = ("pretrained_backbone", "encoder_pretrained")
 
 def _incomplete_classifier_preprocessing(arch: str, meta: dict[str, Any]) -> Optional[str]:
     """What a classifier's recorded ``preprocessing`` lacks that loading it needs (none recorded is
-    allowed: it loads with ImageNet's, see :func:`_warn_unless_described`)."""
+    allowed: it loads with its architecture's default, see :func:`_warn_unless_described`)."""
     from .data.transforms import CLASSIFIER_PREPROCESSING, preprocessing_problem
     from .registry import model_task
 
@@ -626,16 +639,20 @@ def _contradiction(model: nn.Module, arch: str, meta: dict[str, Any]) -> Optiona
     return None
 
 
-def _warn_unless_described(path: Path, arch: str, meta: dict[str, Any]) -> None:
-    """A classifier saved without ``preprocessing`` or ``labels`` loads with ImageNet's normalisation
-    and labels "0".."N-1": right for photos, silently wrong for anything else."""
+def _warn_unless_described(path: Path, arch: str, model: nn.Module, meta: dict[str, Any]) -> None:
+    """A classifier saved without ``preprocessing`` or ``labels`` loads with its architecture's default
+    normalisation (ImageNet's, or CLIP's, ...) and labels "0".."N-1": silently wrong for anything else."""
+    from .data.transforms import default_preprocessing
     from .registry import model_task
 
     missing = [key for key in ("preprocessing", "labels") if not meta.get(key)]
     if model_task(arch) == "classification" and missing:
-        warnings.warn(f"{path}: saved without {' or '.join(missing)}; loading it will assume ImageNet's mean and "
-                      "std and labels '0'..'N-1'; pass preprocessing=dict(input_size=..., mean=..., std=...) "
-                      "and labels=[...] to save_weights", VisattnWarning, stacklevel=3)
+        assumed = default_preprocessing(model)
+        assumptions = {"preprocessing": f"{arch}'s default mean {assumed['mean']} and std {assumed['std']}",
+                       "labels": "labels '0'..'N-1'"}
+        warnings.warn(f"{path}: saved without {' or '.join(missing)}; loading it will assume "
+                      f"{' and '.join(assumptions[key] for key in missing)}; pass preprocessing=dict(input_size=..., "
+                      "mean=..., std=...) and labels=[...] to save_weights", VisattnWarning, stacklevel=3)
 
 
 def _bare_model(model: nn.Module) -> nn.Module:
@@ -724,7 +741,7 @@ def save_weights(model: nn.Module, path: Union[str, Path], *, overwrite: bool = 
         raise WeightsError(f"{path}: the index entry must be plain JSON ({err}); pass numbers as float(x)") from None
     if not overwrite:
         refuse_existing_weights(path)
-    _warn_unless_described(path, arch, meta)  # only for weights that will be saved
+    _warn_unless_described(path, arch, model, meta)  # only for weights that will be saved
     _read_index(path.parent / INDEX_NAME)  # before anything is written, so a bad index leaves no orphan
     # clone() breaks storage sharing, which safetensors refuses.
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}

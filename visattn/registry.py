@@ -5,6 +5,7 @@ A registry key is always the name of the function that builds the model, so
 """
 import difflib
 import fnmatch
+import functools
 import numbers
 import typing
 import warnings
@@ -35,6 +36,21 @@ def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
     _model_entrypoints[name] = fn
     _model_family[name] = fn.__module__.rsplit(".", 1)[-1]
     return fn
+
+
+def evaluated_with(**preprocessing: Any) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorate an entrypoint with how every weights published for its architecture were evaluated, where all of
+    timm's for the name agree and differ from visattn's defaults (ImageNet's ``mean`` and ``std``, ``bilinear``
+    ``interpolation``, ``crop_pct`` 0.875): weights that record nothing (a file from the hub) are evaluated so, and
+    fine-tuning compares the data's settings with these. The model carries them as ``published_preprocessing``."""
+    def decorate(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        @functools.wraps(builder)
+        def build(**kwargs: Any) -> nn.Module:
+            model = builder(**kwargs)
+            model.published_preprocessing = preprocessing
+            return model
+        return build
+    return decorate
 
 
 def _import_models() -> None:
@@ -337,7 +353,7 @@ def create_model(
             a ViT's last three blocks.
         **kwargs: architecture hyperparameters passed to the builder (``img_size``, ``drop_path_rate``, ...).
     """
-    from .pretrained import load_weights, set_pretrained_cfg, timm_pretrained_cfg, weights_preprocessing
+    from .pretrained import load_weights, loaded_weights_preprocessing, set_pretrained_cfg, timm_pretrained_cfg
 
     if not isinstance(strict, bool) and strict != "attention":  # "no" is true
         raise ConfigError(f"strict={strict!r}: give True (every weight must fit), 'attention' (attention modules "
@@ -361,9 +377,9 @@ def create_model(
         load_weights(model, entry["path"], strict=strict, sha256=entry["sha256"])
     elif pretrained is not None and pretrained is not False:  # an empty state dict too: load_weights refuses it
         load_weights(model, pretrained, strict=strict, head_from_weights=num_classes is None)
-    # What the loaded weights were trained with (None: no weights, or a file that recorded nothing), which the
-    # tasks compare with the data's normalisation when the model is a captioner's encoder or a detector's backbone.
-    model.visattn_recorded_preprocessing = weights_preprocessing(entry, pretrained)
+    # What the loaded weights were trained with (None: no weights, or a file that recorded nothing of an architecture
+    # whose weights share no statistics), which the tasks compare with the data's normalisation.
+    model.visattn_recorded_preprocessing = loaded_weights_preprocessing(model, entry, pretrained)
     if model_task(arch) == "classification":
         set_pretrained_cfg(model, timm_pretrained_cfg(model, model.visattn_recorded_preprocessing))
     if features_only:

@@ -17,6 +17,7 @@ resize, the ``photo`` recipe's random crops with evaluation's PIL filter, as tim
 """
 from __future__ import annotations
 
+import copy
 import math
 import os
 import reprlib
@@ -344,11 +345,14 @@ def pil_resize(image: np.ndarray, size: Sequence[int], interpolation: Interpolat
     return np.asarray(TF.resize(Image.fromarray(image), list(size), interpolation=InterpolationMode(interpolation)))
 
 
-def default_preprocessing(model: nn.Module) -> dict:
-    """The evaluation settings of a classifier whose weights recorded none: its input size, ImageNet's
-    statistics and the photo recipe (what torchvision's and timm's ImageNet weights expect)."""
+def default_preprocessing(model: nn.Module, *, published: bool = True) -> dict:
+    """The evaluation settings of a classifier whose weights recorded none: its input size, ImageNet's statistics
+    and the photo recipe (what torchvision's and timm's ImageNet weights expect), under, if ``published``, how every
+    weights published for its architecture were evaluated (``published_preprocessing``: CLIP's statistics, a ViT's
+    bicubic filter). Without: the defaults that recorded settings lacking a field are evaluated with."""
     size = list(getattr(model, "input_size", (3, 224, 224)))
-    return {"input_size": size, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "recipe": "photo"}
+    published = copy.deepcopy(getattr(model, "published_preprocessing", {})) if published else {}
+    return {"input_size": size, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "recipe": "photo", **published}
 
 
 def timm_data_config(preprocessing: dict) -> dict:

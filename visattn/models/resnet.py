@@ -47,7 +47,7 @@ from ..layers.eca import EfficientChannelAttention
 from ..layers.global_pool import GlobalPool2d, PoolType, check_pool_type
 from ..layers.patch_embed import check_count, check_image_layout, is_count
 from ..layers.se import SqueezeExcite
-from ..registry import check_num_classes, classifier_head, register_model
+from ..registry import check_num_classes, classifier_head, evaluated_with, register_model
 from .features import Indices, take_indices
 
 
@@ -862,42 +862,49 @@ def gc_resnet101(**kwargs) -> ResNet:
 
 
 @register_model
+@evaluated_with(interpolation="bicubic")
 def resnet18d(**kwargs) -> ResNet:
     """ResNet-18-D: deep stem, average-pooled shortcuts (He 2019); timm's ``resnet18d`` weights load."""
     return _create_resnet_d(18, **kwargs)
 
 
 @register_model
+@evaluated_with(interpolation="bicubic")
 def resnet34d(**kwargs) -> ResNet:
     """ResNet-34-D: deep stem, average-pooled shortcuts (He 2019); timm's ``resnet34d`` weights load."""
     return _create_resnet_d(34, **kwargs)
 
 
 @register_model
+@evaluated_with(interpolation="bicubic")
 def resnet50d(**kwargs) -> ResNet:
     """ResNet-50-D: deep stem, average-pooled shortcuts (He 2019); timm's ``resnet50d`` weights load."""
     return _create_resnet_d(50, **kwargs)
 
 
 @register_model
+@evaluated_with(interpolation="bicubic")
 def resnet101d(**kwargs) -> ResNet:
     """ResNet-101-D: deep stem, average-pooled shortcuts (He 2019); timm's ``resnet101d`` weights load."""
     return _create_resnet_d(101, **kwargs)
 
 
 @register_model
+@evaluated_with(interpolation="bicubic")
 def eca_resnet50d(**kwargs) -> ResNet:
     """ResNet-50-D with ECA in every block (Wang 2020); timm's ``ecaresnet50d`` weights load."""
     return _create_resnet_d(50, attn="eca", **kwargs)
 
 
 @register_model
+@evaluated_with(interpolation="bicubic")
 def eca_resnet101d(**kwargs) -> ResNet:
     """ResNet-101-D with ECA in every block (Wang 2020); timm's ``ecaresnet101d`` weights load."""
     return _create_resnet_d(101, attn="eca", **kwargs)
 
 
 @register_model
+@evaluated_with(interpolation="bicubic")
 def eca_resnet50t(**kwargs) -> ResNet:
     """ResNet-50-D with a tiered deep stem and ECA in every block; timm's ``ecaresnet50t`` weights load."""
     return _create_resnet_d(50, attn="eca", stem_type="deep_tiered", **kwargs)
@@ -922,12 +929,14 @@ def wide_resnet50_2(**kwargs) -> ResNet:
 
 
 @register_model
+@evaluated_with(interpolation="bicubic")
 def se_resnext50_32x4d(**kwargs) -> ResNet:
     """SE-ResNeXt-50 32x4d (Hu 2018); timm's ``seresnext50_32x4d`` weights load."""
     return _create_resnext(50, 32, 4, attn="se", **kwargs)
 
 
 @register_model
+@evaluated_with(interpolation="bicubic")
 def se_resnext101_32x4d(**kwargs) -> ResNet:
     """SE-ResNeXt-101 32x4d (Hu 2018); timm's ``seresnext101_32x4d`` weights load."""
     return _create_resnext(101, 32, 4, attn="se", **kwargs)

@@ -21,7 +21,7 @@ from ..layers.layer_scale import LayerScale
 from ..layers.mlp import Activation, Mlp
 from ..layers.patch_embed import PatchEmbed, check_count, check_whole_patches, is_number
 from ..layers.pos_embed import resample_abs_pos_embed
-from ..registry import check_num_classes, classifier_head, register_model
+from ..registry import check_num_classes, classifier_head, evaluated_with, register_model
 from .features import Indices, take_indices
 
 Attentions = list[torch.Tensor]
@@ -30,6 +30,10 @@ PoolType = Literal["token", "avg", "avgmax", "max", "map", ""]
 PATCH_POOLS = ("avg", "avgmax", "max")
 # Parameters trained without weight decay, as in timm (which reads them from ``no_weight_decay()``).
 NO_WEIGHT_DECAY = ("pos_embed", "cls_token", "reg_token")
+# How Google's ViT weights (also SigLIP's) and OpenAI's CLIP weights were evaluated (timm's records).
+GOOGLE_VIT_EVALUATION = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "interpolation": "bicubic", "crop_pct": 0.9}
+OPENAI_CLIP_EVALUATION = {"mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711],
+                          "interpolation": "bicubic"}
 
 
 def _layer_norm(dim: int, eps: float = 1e-6) -> nn.LayerNorm:
@@ -576,54 +580,63 @@ def _create_vit(model_args: dict, kwargs: dict) -> VisionTransformer:
 
 
 @register_model
+@evaluated_with(**GOOGLE_VIT_EVALUATION)
 def vit_tiny_patch16_224(**kwargs) -> VisionTransformer:
     """ViT-Ti/16, 224 px."""
     return _create_vit(dict(patch_size=16, embed_dim=192, depth=12, num_heads=3), kwargs)
 
 
 @register_model
+@evaluated_with(interpolation="bicubic", crop_pct=0.9)
 def vit_small_patch16_224(**kwargs) -> VisionTransformer:
     """ViT-S/16, 224 px."""
     return _create_vit(dict(patch_size=16, embed_dim=384, depth=12, num_heads=6), kwargs)
 
 
 @register_model
+@evaluated_with(interpolation="bicubic")
 def vit_base_patch16_224(**kwargs) -> VisionTransformer:
     """ViT-B/16, 224 px."""
     return _create_vit(dict(patch_size=16, embed_dim=768, depth=12, num_heads=12), kwargs)
 
 
 @register_model
+@evaluated_with(**GOOGLE_VIT_EVALUATION)
 def vit_base_patch32_224(**kwargs) -> VisionTransformer:
     """ViT-B/32, 224 px."""
     return _create_vit(dict(patch_size=32, embed_dim=768, depth=12, num_heads=12), kwargs)
 
 
 @register_model
+@evaluated_with(interpolation="bicubic", crop_pct=0.9)
 def vit_large_patch16_224(**kwargs) -> VisionTransformer:
     """ViT-L/16, 224 px."""
     return _create_vit(dict(patch_size=16, embed_dim=1024, depth=24, num_heads=16), kwargs)
 
 
 @register_model
+@evaluated_with(interpolation="bicubic", crop_pct=0.9)
 def deit_tiny_patch16_224(**kwargs) -> VisionTransformer:
     """DeiT-Ti/16, 224 px (architecture of ViT-Ti, DeiT training recipe)."""
     return _create_vit(dict(patch_size=16, embed_dim=192, depth=12, num_heads=3), kwargs)
 
 
 @register_model
+@evaluated_with(interpolation="bicubic", crop_pct=0.9)
 def deit_small_patch16_224(**kwargs) -> VisionTransformer:
     """DeiT-S/16, 224 px."""
     return _create_vit(dict(patch_size=16, embed_dim=384, depth=12, num_heads=6), kwargs)
 
 
 @register_model
+@evaluated_with(interpolation="bicubic", crop_pct=0.9)
 def deit_base_patch16_224(**kwargs) -> VisionTransformer:
     """DeiT-B/16, 224 px."""
     return _create_vit(dict(patch_size=16, embed_dim=768, depth=12, num_heads=12), kwargs)
 
 
 @register_model
+@evaluated_with(interpolation="bicubic")
 def deit3_small_patch16_224(**kwargs) -> VisionTransformer:
     """DeiT III-S/16, 224 px (Touvron et al. 2022, "DeiT III: Revenge of the ViT"): LayerScale, no class position."""
     return _create_vit(dict(patch_size=16, embed_dim=384, depth=12, num_heads=6, no_embed_class=True,
@@ -631,6 +644,7 @@ def deit3_small_patch16_224(**kwargs) -> VisionTransformer:
 
 
 @register_model
+@evaluated_with(interpolation="bicubic")
 def deit3_base_patch16_224(**kwargs) -> VisionTransformer:
     """DeiT III-B/16, 224 px."""
     return _create_vit(dict(patch_size=16, embed_dim=768, depth=12, num_heads=12, no_embed_class=True,
@@ -638,6 +652,7 @@ def deit3_base_patch16_224(**kwargs) -> VisionTransformer:
 
 
 @register_model
+@evaluated_with(interpolation="bicubic", crop_pct=1.0)
 def vit_small_patch14_dinov2(**kwargs) -> VisionTransformer:
     """DINOv2 ViT-S/14, 518 px (Oquab et al. 2023), a feature extractor: no head unless num_classes, or weights
     with one, say otherwise."""
@@ -646,6 +661,7 @@ def vit_small_patch14_dinov2(**kwargs) -> VisionTransformer:
 
 
 @register_model
+@evaluated_with(interpolation="bicubic", crop_pct=1.0)
 def vit_base_patch14_dinov2(**kwargs) -> VisionTransformer:
     """DINOv2 ViT-B/14, 518 px."""
     return _create_vit(dict(img_size=518, patch_size=14, embed_dim=768, depth=12, num_heads=12, init_values=1e-5,
@@ -653,6 +669,7 @@ def vit_base_patch14_dinov2(**kwargs) -> VisionTransformer:
 
 
 @register_model
+@evaluated_with(interpolation="bicubic", crop_pct=1.0)
 def vit_small_patch14_reg4_dinov2(**kwargs) -> VisionTransformer:
     """DINOv2 ViT-S/14 with 4 register tokens (Darcet et al. 2024), 518 px."""
     return _create_vit(dict(img_size=518, patch_size=14, embed_dim=384, depth=12, num_heads=6, init_values=1e-5,
@@ -660,6 +677,7 @@ def vit_small_patch14_reg4_dinov2(**kwargs) -> VisionTransformer:
 
 
 @register_model
+@evaluated_with(interpolation="bicubic", crop_pct=1.0)
 def vit_base_patch14_reg4_dinov2(**kwargs) -> VisionTransformer:
     """DINOv2 ViT-B/14 with 4 register tokens, 518 px."""
     return _create_vit(dict(img_size=518, patch_size=14, embed_dim=768, depth=12, num_heads=12, init_values=1e-5,
@@ -674,6 +692,7 @@ def vit_base_patch16_reg4_gap_256(**kwargs) -> VisionTransformer:
 
 
 @register_model
+@evaluated_with(**GOOGLE_VIT_EVALUATION)
 def vit_base_patch16_siglip_224(**kwargs) -> VisionTransformer:
     """SigLIP's ViT-B/16 image encoder, 224 px (Zhai et al. 2023): no class token, attention-pooled; no head unless
     num_classes, or weights with one, say otherwise."""
@@ -682,6 +701,7 @@ def vit_base_patch16_siglip_224(**kwargs) -> VisionTransformer:
 
 
 @register_model
+@evaluated_with(**GOOGLE_VIT_EVALUATION)
 def vit_so400m_patch14_siglip_224(**kwargs) -> VisionTransformer:
     """SigLIP's shape-optimised 400M ViT/14 image encoder, 224 px (Alabdulmohsin et al. 2023)."""
     return _create_vit(dict(patch_size=14, embed_dim=1152, depth=27, num_heads=16, mlp_ratio=3.7362,
@@ -689,6 +709,7 @@ def vit_so400m_patch14_siglip_224(**kwargs) -> VisionTransformer:
 
 
 @register_model
+@evaluated_with(**OPENAI_CLIP_EVALUATION)
 def vit_base_patch16_clip_224(**kwargs) -> VisionTransformer:
     """CLIP's ViT-B/16 image tower, 224 px (Radford et al. 2021): a norm before the blocks, LayerNorm eps 1e-5."""
     return _create_vit(dict(patch_size=16, embed_dim=768, depth=12, num_heads=12, pre_norm=True, norm_eps=1e-5),
@@ -696,6 +717,7 @@ def vit_base_patch16_clip_224(**kwargs) -> VisionTransformer:
 
 
 @register_model
+@evaluated_with(**OPENAI_CLIP_EVALUATION)
 def vit_base_patch32_clip_224(**kwargs) -> VisionTransformer:
     """CLIP's ViT-B/32 image tower, 224 px."""
     return _create_vit(dict(patch_size=32, embed_dim=768, depth=12, num_heads=12, pre_norm=True, norm_eps=1e-5),
@@ -703,6 +725,7 @@ def vit_base_patch32_clip_224(**kwargs) -> VisionTransformer:
 
 
 @register_model
+@evaluated_with(**OPENAI_CLIP_EVALUATION)
 def vit_base_patch16_clip_quickgelu_224(**kwargs) -> VisionTransformer:
     """CLIP's ViT-B/16 image tower with QuickGELU, which OpenAI's CLIP weights were trained with; its head is CLIP's
     512-wide image projection, as timm's default weights have it."""
@@ -711,6 +734,7 @@ def vit_base_patch16_clip_quickgelu_224(**kwargs) -> VisionTransformer:
 
 
 @register_model
+@evaluated_with(**OPENAI_CLIP_EVALUATION)
 def vit_base_patch32_clip_quickgelu_224(**kwargs) -> VisionTransformer:
     """CLIP's ViT-B/32 image tower with QuickGELU and CLIP's 512-wide image projection as its head."""
     return _create_vit(dict(patch_size=32, embed_dim=768, depth=12, num_heads=12, pre_norm=True, norm_eps=1e-5,

@@ -110,17 +110,17 @@ def _starting_weights(model_name: str, model_kwargs: Optional[dict],
     return pretrained
 
 
-def _warn_if_normalised_otherwise(model_name: str, pretrained: Optional[Union[bool, str]],
+def _warn_if_normalised_otherwise(model: nn.Module, model_name: str, pretrained: Optional[Union[bool, str]],
                                   preprocessing: Optional[dict[str, Any]]) -> None:
-    """Warn when the data normalises images otherwise than the starting weights recorded they were trained:
-    fine-tuning Fashion-MNIST weights with an image folder's ImageNet defaults went by without a word."""
+    """Warn when the data normalises images otherwise than the starting weights recorded they were trained (or,
+    recording none, as every weights of their architecture were): fine-tuning Fashion-MNIST weights with an image
+    folder's ImageNet defaults went by without a word."""
     if not preprocessing or starting_weights_skipped():
         return
     if model_name.startswith("timm:"):  # pretrained=True: timm's own weights of NAME, as build_classifier loads
-        entry, weights = None, model_name if pretrained is True else pretrained
-    else:
-        entry, weights = model_arguments(model_name, pretrained=pretrained)[1], pretrained
-    recorded = weights_preprocessing(entry, weights) or {}
+        recorded = weights_preprocessing(None, model_name if pretrained is True else pretrained) or {}
+    else:  # as create_model found them
+        recorded = model.visattn_recorded_preprocessing or {}
     warn_if_normalised_otherwise(recorded, preprocessing)
     photos = recorded.get("recipe", "photo") == preprocessing.get("recipe", "photo") == "photo"  # others crop nothing
     differs = _differing(recorded, preprocessing, ("crop_pct", "interpolation")) if photos else []
@@ -404,7 +404,7 @@ class ImageClassifier(GuardedTask, pl.LightningModule):
         check_data_size(self.model, model_name, preprocessing)
         starting = _starting_weights(model_name, model_kwargs, pretrained)
         match_class_order(self.model, model_name, starting, class_names)
-        _warn_if_normalised_otherwise(model_name, starting, preprocessing)
+        _warn_if_normalised_otherwise(self.model, model_name, starting, preprocessing)
         if sdpa_backend is not None and not _calls_sdpa(self.model):  # an attention ResNet: it had been silent
             warnings.warn(f"model.init_args.sdpa_backend {sdpa_backend}: {model_name} has no scaled-dot-product "
                           "attention for it to pick a kernel for, so it changes nothing; drop it", VisattnWarning)
