@@ -340,7 +340,7 @@ def test_reset_classifier_takes_timms_global_pool_argument():
     model = create_model("resnet20_cifar", num_classes=3)
     model.reset_classifier(5, "avg")  # as code written for timm calls it
     assert model.get_classifier().out_features == 5 and model(torch.randn(1, 3, 32, 32)).shape == (1, 5)
-    with pytest.raises(ConfigError, match=r"global_pool='median': use 'avg', 'max', 'avgmax', or ''"):
+    with pytest.raises(ConfigError, match=r"global_pool='median': use 'avg', 'max', 'avgmax', 'catavgmax', or ''"):
         model.reset_classifier(5, "median")
 
 
@@ -363,7 +363,7 @@ def test_an_attention_argument_the_layer_does_not_take_is_one_line(name, attn_kw
 
 # --- timm's global_pool, zero-init of the last BN and set_grad_checkpointing ---------------------------------------
 
-POOLS = ["avg", "max", "avgmax", ""]
+POOLS = ["avg", "max", "avgmax", "catavgmax", ""]
 
 
 def timm_resnet18_pair(tmp_path, pool: str, num_classes: int) -> tuple[nn.Module, nn.Module]:
@@ -386,6 +386,8 @@ def test_global_pool_gives_timms_logits_and_features(pool, tmp_path):
         torch.testing.assert_close(ours.forward_head(features, pre_logits=True),
                                    reference.forward_head(reference.forward_features(x), pre_logits=True),
                                    atol=1e-5, rtol=0)
+    # catavgmax: the classifier takes both poolings' 512 channels side by side
+    assert (ours.num_features, ours.head_hidden_size) == (reference.num_features, reference.head_hidden_size)
     if pool == "":  # no pooling: forward is forward_features, as timm's with num_classes=0
         assert torch.equal(ours(x), features) and features.shape == (2, 512, 3, 3)
 
@@ -400,7 +402,28 @@ def test_global_pool_types_pool_differently():
     torch.testing.assert_close(pooled["avg"], features.mean((2, 3)))
     torch.testing.assert_close(pooled["max"], features.amax((2, 3)))
     torch.testing.assert_close(pooled["avgmax"], 0.5 * (pooled["avg"] + pooled["max"]))
+    assert torch.equal(pooled["catavgmax"], torch.cat((pooled["avg"], pooled["max"]), dim=1))
     assert torch.equal(pooled[""], features)
+
+
+def test_weights_of_another_pooling_width_name_the_global_pool_that_takes_them(tmp_path):
+    """timm's catavgmax head takes twice the channels: its file in an average-pooled model dropped the head as one
+    that "does not fit num_classes=1000", though the class count was the weights' own."""
+    from visattn import load_weights
+
+    torch.manual_seed(0)
+    path = tmp_path / "catavgmax.pth"
+    torch.save(timm.create_model("resnet18", global_pool="catavgmax", num_classes=7).state_dict(), path)
+    with pytest.warns(VisattnWarning, match=r"^checkpoint classifier 'fc' takes 1024 features where this model's "
+                                            r"pooling gives 512 \(build it with global_pool='catavgmax'"):
+        create_model("resnet18", pretrained=str(path))
+    with pytest.raises(WeightsError, match=r"classifier 'fc' takes 1024 features where this model's pooling gives 512"):
+        load_weights(create_model("resnet18", num_classes=7), str(path), new_head=False)
+    torch.save(timm.create_model("resnet18", num_classes=7).state_dict(), path)
+    with pytest.warns(VisattnWarning, match=r"takes 512 features where this model's pooling gives 1024 \(build it "
+                                            r"with the global_pool they were trained with"):
+        create_model("resnet18", global_pool="catavgmax", pretrained=str(path))
+    assert create_model("resnet18", global_pool="catavgmax", num_classes=7).fc.in_features == 1024
 
 
 @pytest.mark.parametrize("pool", POOLS)

@@ -988,7 +988,8 @@ def _take_the_weights_class_count(model: nn.Module, state: StateDict) -> None:
     if len(names) != 1 or not callable(getattr(model, "reset_classifier", None)):
         return
     own, theirs = model.state_dict().get(f"{names[0]}.weight"), state.get(f"{names[0]}.weight")
-    width = own.shape[1] if own is not None and own.ndim == 2 else getattr(model, "num_features", None)
+    width = own.shape[1] if own is not None and own.ndim == 2 else getattr(model, "head_hidden_size",
+                                                                             getattr(model, "num_features", None))
     if theirs is not None and theirs.ndim == 2 and theirs.shape[1] == width and (
             own is None or own.shape[0] != theirs.shape[0]):
         model.reset_classifier(int(theirs.shape[0]))
@@ -1016,7 +1017,8 @@ def _drop_mismatched_head(
         return kept, None, None
     absent = [k for k in own_head if k not in state]
     if dropped:
-        problem = f"classifier {head!r} does not fit num_classes={getattr(model, 'num_classes', '?')}"
+        problem = (_head_width_problem(model, head, own, state, names)
+                   or f"classifier {head!r} does not fit num_classes={getattr(model, 'num_classes', '?')}")
         refuse_an_untrained_head(f"the weights' {problem}")
         shapes = ", ".join(f"{k} {tuple(state[k].shape)}" for k in dropped)
         error = f"its {problem} recorded with it ({shapes})"
@@ -1036,6 +1038,25 @@ def _drop_mismatched_head(
     if not new_head:
         return kept, None, f"{source}: {error}; the file was edited or damaged: use the checkpoint as training wrote it"
     return kept, warning, None
+
+
+def _head_width_problem(model: nn.Module, head: str, own: StateDict, state: StateDict,
+                        names: tuple[str, ...]) -> Optional[str]:
+    """What differs when the weights' linear head takes features of another width than the model's pooling gives
+    (timm's ``catavgmax`` doubles them); None when the widths agree."""
+    own_weight, weight = own.get(f"{names[0]}.weight"), state.get(f"{names[0]}.weight")
+    if own_weight is None or weight is None or own_weight.ndim != 2 or weight.ndim != 2:
+        return None
+    theirs, ours = weight.shape[1], own_weight.shape[1]
+    if theirs == ours:
+        return None
+    pool = getattr(getattr(model, "global_pool", None), "pool_type", None)
+    hint = ""
+    if pool is not None and theirs == 2 * ours:
+        hint = " (build it with global_pool='catavgmax', which they were trained with)"
+    elif pool == "catavgmax" and ours == 2 * theirs:
+        hint = " (build it with the global_pool they were trained with: 'avg', 'max' or 'avgmax')"
+    return f"classifier {head!r} takes {theirs} features where this model's pooling gives {ours}{hint}"
 
 
 def classifier_names(model: nn.Module) -> tuple[str, ...]:

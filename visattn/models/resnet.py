@@ -236,9 +236,10 @@ class ResNet(nn.Module):
         attn_kwargs: keyword arguments for every attention module built (e.g. ``keep_gate=True``).
         drop_rate: dropout before the classifier.
         drop_path_rate: stochastic depth of the last block, rising linearly from 0 at the first.
-        global_pool: timm's head pooling: ``"avg"``, ``"max"``, ``"avgmax"`` (mean of the two), or ``""``
-            for none, where ``forward`` returns the ``(B, num_features, h, w)`` map and ``num_classes``
-            must be 0 (timm builds a classifier on it and fails at the first forward).
+        global_pool: timm's head pooling: ``"avg"``, ``"max"``, ``"avgmax"`` (mean of the two), ``"catavgmax"``
+            (both, concatenated: the classifier takes ``head_hidden_size = 2 * num_features``), or ``""`` for none,
+            where ``forward`` returns the ``(B, num_features, h, w)`` map and ``num_classes`` must be 0 (timm
+            builds a classifier on it and fails at the first forward).
         zero_init_residual: zero the last BN's weight (gamma) in every block, so that each block starts
             as ``relu(shortcut(x))`` (Goyal et al. 2017); torchvision's name, timm's ``zero_init_last``.
             timm defaults to True; False here, the init the README's measured training runs used.
@@ -294,14 +295,15 @@ class ResNet(nn.Module):
             block, stem_chs, layers, widths, plan, attn_layer, attn_stages, non_local_blocks, attn_kwargs,
             drop_path_rate, avg_down, group_kwargs,
         )
-        self.num_features = self.head_hidden_size = widths[-1] * block.expansion
+        self.num_features = widths[-1] * block.expansion
         if bam:
             for i, width in enumerate(widths[:-1], start=1):
                 setattr(self, f"bam{i}", create_attn("bam", width * block.expansion, **attn_kwargs))
         self.feature_info = _feature_info(block, stem_chs, widths, small_input, plan, bam)
         self.global_pool = GlobalPool2d(global_pool)
         self.drop = nn.Dropout(drop_rate)
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.head_hidden_size = self.num_features * self.global_pool.feat_mult()  # what the classifier takes
+        self.fc = nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
         self.grad_checkpointing = False
         self._init_weights(zero_init_residual)
 
@@ -410,7 +412,7 @@ class ResNet(nn.Module):
         if last == 0:
             self.maxpool = nn.Identity()
         if last < len(self.stage_names):
-            self.num_features = self.head_hidden_size = self.feature_info[last]["num_chs"]
+            self.num_features = self.feature_info[last]["num_chs"]
         if prune_head or last < len(self.stage_names):
             self.reset_classifier(0, "")
         return taken
@@ -432,7 +434,7 @@ class ResNet(nn.Module):
         return self.forward_stages(x)[-1]
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        x = self.drop(self.global_pool(x))  # (B, num_features); unpooled (B, num_features, h, w) for ""
+        x = self.drop(self.global_pool(x))  # (B, head_hidden_size); unpooled (B, num_features, h, w) for ""
         return x if pre_logits else self.fc(x)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -469,7 +471,8 @@ class ResNet(nn.Module):
             self.visattn_kwargs = {**self.visattn_kwargs, "global_pool": global_pool}
         self.global_pool = GlobalPool2d(global_pool)
         self.num_classes = num_classes
-        self.fc = classifier_head(self, self.num_features, num_classes)
+        self.head_hidden_size = self.num_features * self.global_pool.feat_mult()
+        self.fc = classifier_head(self, self.head_hidden_size, num_classes)
 
     def adapt_state_dict(self, state: dict[str, Tensor], *,
                          source_grid: Optional[tuple[int, int]] = None) -> dict[str, Tensor]:
