@@ -1226,9 +1226,44 @@ def test_a_clip_file_recording_nothing_is_taken_as_trained_with_clips_statistics
         ImageClassifier("vit_base_patch32_clip_224", num_classes=3, model_kwargs=small, pretrained=str(path),
                         preprocessing={**imagenet, **OPENAI_CLIP_EVALUATION})
         ImageClassifier("vit_base_patch32_clip_224", num_classes=3, model_kwargs=small, preprocessing=imagenet)
+        ImageClassifier("vit_base_patch32_clip_224", num_classes=3, model_kwargs=small, pretrained=False,
+                        preprocessing=imagenet)
     loaded = create_model("vit_base_patch32_clip_224", pretrained=str(path), **small)
     assert loaded.visattn_recorded_preprocessing == OPENAI_CLIP_EVALUATION
     assert create_model("vit_base_patch32_clip_224", **small).visattn_recorded_preprocessing is None  # no weights
+    assert create_model("vit_base_patch32_clip_224", pretrained=False, **small).visattn_recorded_preprocessing is None
+
+
+def test_a_visattn_checkpoint_as_starting_weights_is_taken_as_trained_with_what_it_records(tmp_path):
+    """A stage-1 training checkpoint of an architecture whose published weights use other statistics (Google's ViT-Ti:
+    0.5, bicubic, 0.9) was taken as recording nothing: fine-tuning on the ImageNet statistics it was trained with
+    warned to switch to 0.5. Its hyper_parameters are read; a visattn file recording none stays unknown."""
+    import warnings
+
+    from visattn.errors import VisattnWarning
+
+    small = {"img_size": 32, "depth": 1}
+    recorded = {"input_size": [3, 32, 32], "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+                "recipe": "photo", "crop_pct": 0.875, "interpolation": "bilinear"}
+    model = create_model("vit_tiny_patch16_224", num_classes=3, **small)
+    state = {f"model.{k}": v for k, v in model.state_dict().items()}
+    path = tmp_path / "stage1.ckpt"
+    torch.save({"state_dict": state, "hyper_parameters": {"model_name": "vit_tiny_patch16_224", "num_classes": 3,
+                                                          "preprocessing": recorded}}, path)
+    assert create_model("vit_tiny_patch16_224", num_classes=3, pretrained=str(path),
+                        **small).visattn_recorded_preprocessing == recorded
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", VisattnWarning)
+        ImageClassifier("vit_tiny_patch16_224", num_classes=3, model_kwargs=small, pretrained=str(path),
+                        preprocessing=recorded)
+    with pytest.warns(VisattnWarning, match=r"^the data normalises with mean \[0.5, 0.5, 0.5\], std .* but the "
+                                            r"starting weights were trained with mean \[0.485"):
+        ImageClassifier("vit_tiny_patch16_224", num_classes=3, model_kwargs=small, pretrained=str(path),
+                        preprocessing={**recorded, "mean": [0.5] * 3, "std": [0.5] * 3})
+    torch.save({"state_dict": state, "hyper_parameters": {"model_name": "vit_tiny_patch16_224", "num_classes": 3}},
+               path)
+    assert create_model("vit_tiny_patch16_224", num_classes=3, pretrained=str(path),
+                        **small).visattn_recorded_preprocessing is None
 
 
 def test_fine_tuning_a_timm_local_dir_with_other_normalisation_warns_from_its_config(tmp_path, offline):

@@ -196,6 +196,34 @@ def test_a_model_is_evaluated_as_every_weights_timm_publishes_for_it(name, timm_
     assert {field: rounded(cfg[field]) for field in defaults} == {k: rounded(v) for k, v in expected.items()}
 
 
+def test_changing_one_models_published_settings_changes_no_other():
+    """Every model of a name shared one dict of its published settings (and its lists with the module's constant):
+    a crop or mean set on one model's became the next one's."""
+    from visattn.data.transforms import default_preprocessing
+
+    first = create_model("vit_base_patch32_clip_224", img_size=32, depth=1)
+    first.published_preprocessing["mean"][0] = 9.0
+    default_preprocessing(first)["std"][0] = 9.0
+    first.pretrained_cfg["crop_pct"] = 0.1
+    second = create_model("vit_base_patch32_clip_224", img_size=32, depth=1)
+    assert second.published_preprocessing["mean"][0] == pytest.approx(0.48145466)
+    assert default_preprocessing(second)["std"][0] == pytest.approx(0.26862954)
+    assert second.pretrained_cfg["crop_pct"] == 0.875
+
+
+def test_a_features_only_model_is_preprocessed_as_its_classifier():
+    """The feature wrapper kept timm's pretrained_cfg (CLIP's statistics) but visattn's transforms read ImageNet's."""
+    from timm.data import resolve_data_config
+
+    from visattn.data.transforms import default_preprocessing, timm_data_config
+
+    wrapped = create_model("vit_base_patch32_clip_224", features_only=True, img_size=32, depth=2)
+    by_timm, ours = resolve_data_config(model=wrapped), timm_data_config(default_preprocessing(wrapped))
+    del by_timm["input_size"], ours["input_size"]  # the wrapper has no input size of its own
+    assert by_timm == ours
+    assert default_preprocessing(wrapped)["mean"][0] == pytest.approx(0.48145466)
+
+
 def _timm_pair(tmp_path, name, timm_name, **kwargs):
     """A timm model with random weights (BN statistics too) and the visattn model loaded from its file."""
     import timm

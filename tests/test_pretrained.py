@@ -422,6 +422,29 @@ def test_weights_of_another_depth_say_so_beside_the_keys(theirs, ours, said):
     load_weights(create_model(ours[0], **ours[1]), create_model(ours[0], **ours[1]).state_dict())  # same depth loads
 
 
+@pytest.mark.parametrize("theirs, ours, said", [
+    ("resnet34", "resnet50", "the weights have BasicBlocks (two: ResNet-18, -34), this model Bottleneck blocks"),
+    ("resnet50", "resnet34", "the weights have Bottleneck blocks (three convolutions: ResNet-50 and deeper), this "
+                             "model BasicBlocks"),
+    ("resnext50_32x4d", "resnet50", "the weights' first 3x3 convolution is 128 wide with groups=32, this model's 64 "
+                                    "with groups=1: pass cardinality=32, base_width=4"),
+    ("wide_resnet50_2", "resnet50", "is 128 wide with groups=1, this model's 64 with groups=1: pass cardinality=1, "
+                                    "base_width=128"),
+])
+def test_resnet_weights_of_another_block_say_which(theirs, ours, said):
+    """resnet34's weights in a resnet50 (the same 3, 4, 6, 3 blocks, so no depth to name), and ResNeXt's or Wide
+    ResNet's, were 776 characters of keys ending "check the architecture and its kwargs" (a torchvision user's
+    audit)."""
+    import torchvision
+
+    state = getattr(torchvision.models, theirs)().state_dict()
+    with pytest.raises(WeightsError, match=re.escape(said)):
+        load_weights(create_model(ours), state, origin="torchvision.pth")
+    named = re.search(r"cardinality=(\d+), base_width=(\d+)", said)
+    if named:  # the settings named build the model the weights load into
+        load_weights(create_model(ours, cardinality=int(named[1]), base_width=int(named[2])), state)
+
+
 def test_weights_of_the_same_depth_in_another_attention_resnet_are_no_depth():
     with pytest.raises(WeightsError) as err:
         load_weights(create_model("cbam_resnet20_cifar"), create_model("se_resnet20_cifar").state_dict(), origin="se")
@@ -896,12 +919,25 @@ def test_saved_weights_rebuild_without_the_backbone_file_they_started_from(weigh
 def test_a_classifier_saved_without_labels_or_preprocessing_warns(weights_tmp):
     model = create_model(ARCH, num_classes=10, **SMALL)
     with pytest.warns(UserWarning, match=r"saved without preprocessing or labels; loading it will assume \w+'s "
-                                         r"default mean \[0.485, 0.456, 0.406\] and std \[0.229"):
+                                         r"default mean \[0.485, 0.456, 0.406\], std \[0.229, 0.224, 0.225\] and "
+                                         r"labels"):
         save_weights(model, weights_tmp / f"{ARCH}.bare.safetensors")
     clip = create_model("vit_base_patch32_clip_224", num_classes=2, depth=1, img_size=32)
     with pytest.warns(UserWarning, match=r"saved without preprocessing; loading it will assume "
-                                         r"vit_base_patch32_clip_224's default mean \[0.4814.*\]; pass"):
+                                         r"vit_base_patch32_clip_224's default mean \[0.4814.*\], interpolation "
+                                         r"bicubic; pass"):
         save_weights(clip, weights_tmp / "vit_base_patch32_clip_224.bare.safetensors", labels=["a", "b"])
+    # ... as loading it does, in visattn's transform and timm's data helpers alike
+    from timm.data import resolve_data_config
+
+    from visattn.data.transforms import timm_data_config
+    from visattn.models.vit import OPENAI_CLIP_EVALUATION
+    from visattn.tasks.classification import load_classifier
+
+    loaded = load_classifier("vit_base_patch32_clip_224.bare")
+    assert {key: loaded.preprocessing[key] for key in OPENAI_CLIP_EVALUATION} == OPENAI_CLIP_EVALUATION
+    config, by_timm = timm_data_config(loaded.preprocessing), resolve_data_config(model=loaded.model)
+    assert by_timm == {key: config[key] for key in by_timm}
 
 
 def test_a_captioners_timm_encoder_loads_the_file_it_is_given(tmp_path):
@@ -1064,6 +1100,22 @@ def test_a_deit_training_checkpoint_loads_its_ema_weights(tmp_path):
     reference = _model()
     load_checkpoint(reference, str(path))
     torch.testing.assert_close(reference.state_dict(), averaged, rtol=0, atol=0)
+
+
+def test_a_torchvision_reference_training_checkpoint_loads_its_ema_weights(tmp_path):
+    """torchvision's references/classification train.py --model-ema saves its ExponentialMovingAverage (an
+    AveragedModel: ``module.*`` keys and an ``n_averaged`` count) as ``model_ema``: "no key in common"."""
+    import argparse
+
+    model = _model()
+    ema = torch.optim.swa_utils.AveragedModel(model)
+    for parameter in ema.parameters():
+        parameter.data += 1
+    path = tmp_path / "checkpoint.pth"
+    torch.save({"model": model.state_dict(), "model_ema": ema.state_dict(), "optimizer": {}, "epoch": 3,
+                "args": argparse.Namespace(model="resnet50")}, path)
+    loaded = create_model(ARCH, **SMALL, pretrained=str(path))
+    torch.testing.assert_close(loaded.state_dict(), ema.module.state_dict(), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("arch, kwargs, message", [

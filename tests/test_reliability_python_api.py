@@ -185,6 +185,12 @@ def test_list_models_former_pattern_keyword_still_lists_with_a_warning():
     (lambda: create_model("resnet18", checkpoint_path="w.pth"),
      r"^resnet18 has no argument 'checkpoint_path', which timm.create_model takes: give create_model\(\.\.\., "
      r"pretrained='FILE'\) for a weights file$"),
+    # torchvision's had been "did you mean widths?" (a torchvision user's audit)
+    (lambda: create_model("resnet50", weights="IMAGENET1K_V1"),
+     r"^resnet50 has no argument 'weights', which torchvision's builders take: save torchvision's weights with "
+     r"torch.save\(Weights.get_state_dict\(\), 'FILE.pth'\) and give create_model\(\.\.\., pretrained='FILE.pth'\)"),
+    (lambda: create_model("fcos_resnet50", weights_backbone=None),
+     r"^fcos_resnet50 has no argument 'weights_backbone', which torchvision's builders take"),
     # timm's arguments visattn's classes lack had been "did you mean drop_rate?" (a timm user's audit)
     (lambda: create_model("resnet18", drop_block_rate=0.1),
      r"^resnet18 has no argument 'drop_block_rate': timm's ResNet takes it, visattn's ResNet does not; timm's own "

@@ -10,7 +10,7 @@ from timm.layers import resample_abs_pos_embed as timm_resample
 
 from fixtures_memory import checkpointed_share
 from visattn import create_model, list_models
-from visattn.errors import ConfigError
+from visattn.errors import ConfigError, VisattnWarning
 from visattn.layers.pos_embed import resample_abs_pos_embed
 from visattn.models.vit import VisionTransformer
 
@@ -99,6 +99,7 @@ def test_torchvision_layout_is_converted(tmp_path):
     torch.manual_seed(0)
     tv = torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2,
                                               hidden_dim=64, mlp_dim=256, num_classes=10).eval()
+    torch.nn.init.normal_(tv.heads.head.weight)  # torchvision starts it at zero: logits that ignore the image
     path = tmp_path / "tv.pth"
     torch.save(tv.state_dict(), path)
     ours = VisionTransformer(img_size=32, patch_size=8, depth=2, num_heads=2, embed_dim=64, num_classes=10)
@@ -107,7 +108,28 @@ def test_torchvision_layout_is_converted(tmp_path):
     load_weights(ours.eval(), path)
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        assert (ours(x) - tv(x)).abs().max() <= 1e-4
+        assert tv(x).std() > 0.1 and (ours(x) - tv(x)).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_torchvision_vit_weights_are_taken_as_trained_with_imagenets_statistics(tmp_path, suffix):
+    """timm's ViT-B/32 weights are all Google's (mean and std 0.5, bicubic, crop 0.9), torchvision's ImageNet's
+    (bilinear for its V1 weights): a torchvision file by path was evaluated as Google's, 2.46 normalised units off,
+    and fine-tuning on torchvision's own statistics warned to switch to 0.5."""
+    from safetensors.torch import save_file
+    from timm.data import resolve_data_config
+
+    tv = torchvision.models.VisionTransformer(image_size=32, patch_size=32, num_layers=1, num_heads=12,
+                                              hidden_dim=768, mlp_dim=3072, num_classes=10)
+    path = tmp_path / f"vit_b_32{suffix}"
+    torch.save(tv.state_dict(), path) if suffix == ".pth" else save_file(tv.state_dict(), path)
+    model = create_model("vit_base_patch32_224", pretrained=str(path), img_size=32, depth=1)
+    assert model.visattn_recorded_preprocessing == {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    assert resolve_data_config(model=model) == {"input_size": (3, 32, 32), "mean": (0.485, 0.456, 0.406),
+                                                "std": (0.229, 0.224, 0.225), "interpolation": "bilinear",
+                                                "crop_pct": 0.875, "crop_mode": "center"}
+    timm_layout = create_model("vit_base_patch32_224", pretrained=model.state_dict(), img_size=32, depth=1)
+    assert timm_layout.visattn_recorded_preprocessing["mean"] == [0.5] * 3  # as every timm weights of the name
 
 
 def test_return_attention_gives_every_layer():
@@ -312,7 +334,9 @@ def test_weights_of_another_patch_size_load_as_timm_loads_them(tmp_path):
     kwargs = dict(patch_size=8, img_size=112, num_classes=10)
     ref = timm.create_model("vit_tiny_patch16_224", pretrained=True, **kwargs,
                             pretrained_cfg_overlay=dict(file=str(path), num_classes=10)).eval()
-    ours = create_model("vit_tiny_patch16_224", pretrained=str(path), **kwargs).eval()
+    with pytest.warns(VisattnWarning, match=r"^the weights' 16x16 px patch projection is resampled to this model's "
+                                            r"8x8 px patches \(FlexiViT's resize\): .* build it with their patch_size"):
+        ours = create_model("vit_tiny_patch16_224", pretrained=str(path), **kwargs).eval()  # a wrong file said nothing
     x = torch.randn(2, 3, 112, 112)
     with torch.no_grad():
         torch.testing.assert_close(ours(x), ref(x), rtol=0, atol=0)

@@ -25,7 +25,7 @@ import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Union
+from typing import Any, Callable, Iterable, Literal, Optional, Union
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -294,9 +294,9 @@ def weights_preprocessing(entry: Optional[dict[str, Any]], pretrained: Any) -> O
     entry = entry if entry is not None else named_weights_entry(pretrained)
     if entry is not None:
         return entry.get("preprocessing")
-    if isinstance(pretrained, (str, Path)) and str(pretrained).endswith(".safetensors"):
-        return _file_preprocessing(Path(pretrained))
-    if not (isinstance(pretrained, str) and pretrained.startswith("timm:")):  # other files record nothing
+    if isinstance(pretrained, (str, Path)) and not str(pretrained).startswith(("timm:", "hf-hub:")):
+        return _file_preprocessing(Path(pretrained))  # a training checkpoint's hyper_parameters too
+    if not (isinstance(pretrained, str) and pretrained.startswith("timm:")):  # the hub's record nothing
         return None
     from .data.transforms import INTERPOLATIONS
 
@@ -317,13 +317,21 @@ def weights_preprocessing(entry: Optional[dict[str, Any]], pretrained: Any) -> O
 def loaded_weights_preprocessing(model: nn.Module, entry: Optional[dict[str, Any]],
                                  pretrained: Any) -> Optional[dict[str, Any]]:
     """What the weights loaded into ``model`` were trained with: :func:`weights_preprocessing`'s record, else for
-    weights that record none how every weights published for its architecture were evaluated (a CLIP file from
-    the hub; ``published_preprocessing``); None when no weights were loaded."""
+    weights that record none how every weights timm publishes for its architecture were evaluated (a CLIP file from
+    the hub; ``published_preprocessing``); None when no weights were loaded, visattn's recorded none (they may have
+    been trained with anything); torchvision's ViTs' statistics for weights in their layout."""
+    from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+    entry = entry if entry is not None else named_weights_entry(pretrained)
     recorded = weights_preprocessing(entry, pretrained)
-    loaded = entry is not None or (pretrained is not None and pretrained is not False)
-    if recorded is None and loaded and getattr(model, "published_preprocessing", None):
+    if recorded is not None or entry is not None or pretrained is None or pretrained is False:
+        return recorded
+    origin = _weights_origin(pretrained)
+    if origin == "torchvision":  # every torchvision ViT weights: ImageNet's statistics (filters and crops differ)
+        return {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+    if origin == "other" and getattr(model, "published_preprocessing", None):
         return copy.deepcopy(model.published_preprocessing)
-    return recorded
+    return None
 
 
 def _timm_pretrained_cfg(name: str) -> Optional[Any]:
@@ -346,14 +354,52 @@ def _timm_pretrained_cfg(name: str) -> Optional[Any]:
 
 
 def _file_preprocessing(path: Path) -> Optional[dict[str, Any]]:
-    """The preprocessing :func:`save_weights` wrote into a safetensors file's header; None for files it did not
-    write (timm's, the hub's, visattn's before it recorded them there) or a header that does not read."""
+    """The preprocessing visattn recorded in a weights file (:func:`_file_record`); None for files it did not write
+    (timm's, the hub's, visattn's before it recorded them there) or that do not read."""
+    return _file_record(path)[1]
+
+
+WeightsOrigin = Literal["visattn", "torchvision", "other"]
+
+
+def _file_record(path: Path) -> tuple[WeightsOrigin, Optional[dict[str, Any]]]:
+    """Who wrote the weights file ``path``: visattn (:func:`save_weights`' safetensors header names the ``arch``; a
+    training checkpoint holds ``hyper_parameters``), torchvision (a ViT in its layout: those weights are evaluated
+    with ImageNet's statistics, bilinear, not as timm's of the name), or another; and the preprocessing visattn
+    recorded there (None: none). A file that does not read is another's here: loading it says what is wrong."""
+    if path.suffix == ".safetensors":
+        try:
+            with safe_open(str(path), framework="pt") as weights:
+                header, keys = weights.metadata() or {}, list(weights.keys())
+        except (OSError, ValueError, SafetensorError):
+            return "other", None
+        recorded = json.loads(header["preprocessing"]) if header.get("preprocessing") else None
+        return ("visattn" if "arch" in header else _state_origin(keys)), recorded
+    if path.suffix not in _PICKLE_SUFFIXES or not path.is_file():
+        return "other", None
     try:
-        with safe_open(str(path), framework="pt") as weights:
-            recorded = (weights.metadata() or {}).get("preprocessing")
-        return json.loads(recorded) if recorded else None
-    except (OSError, ValueError, SafetensorError):  # loading the weights says what is wrong
-        return None
+        checkpoint = read_pickle_checkpoint(path, lazy=True)  # the tensors memory-mapped, not read
+        hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
+        if isinstance(hparams, dict):
+            recorded = hparams.get("preprocessing")
+            return "visattn", recorded if isinstance(recorded, dict) else None
+        return _state_origin(_unwrap(checkpoint, path)), None
+    except WeightsError:
+        return "other", None
+
+
+def _state_origin(keys: Iterable[str]) -> WeightsOrigin:
+    """torchvision for a ViT state dict in torchvision's layout (its patch embedding ``conv_proj``), else other."""
+    return "torchvision" if any(key.endswith("conv_proj.weight") for key in keys) else "other"
+
+
+def _weights_origin(pretrained: Any) -> WeightsOrigin:
+    """Who wrote the weights ``pretrained`` names (a file, a state dict, a ``timm:`` or ``hf-hub:`` name)."""
+    if isinstance(pretrained, dict):
+        return _state_origin(pretrained)
+    if isinstance(pretrained, (str, Path)) and not str(pretrained).startswith(("timm:", "hf-hub:")):
+        return _file_record(Path(pretrained))[0]
+    return "other"
 
 
 def named_weights_entry(pretrained: Any) -> Optional[dict[str, Any]]:
@@ -569,8 +615,11 @@ def _is_tensor_dict(state: dict) -> bool:
 
 def _strip_prefixes(state: StateDict) -> StateDict:
     """The model's own keys: a Lightning task's EMA copy (else its ``model.`` part, which sits beside
-    other state), then without wrapper prefixes, in any nesting (``model._orig_mod.``, ``module.model.``)."""
+    other state), then without wrapper prefixes, in any nesting (``model._orig_mod.``, ``module.model.``). A
+    weight average's own state dict (torchvision's ``model_ema``) drops its ``n_averaged`` count beside ``module.``."""
     state = _under(state, _EMA_PREFIX) or _under(state, "model.") or state
+    if "n_averaged" in state and len(_under(state, "module.")) == len(state) - 1:
+        state = _under(state, "module.")
     while True:
         wrapped = next((owned for prefix in _PREFIXES if len(owned := _under(state, prefix)) == len(state)), None)
         if not wrapped:
@@ -648,8 +697,9 @@ def _warn_unless_described(path: Path, arch: str, model: nn.Module, meta: dict[s
     missing = [key for key in ("preprocessing", "labels") if not meta.get(key)]
     if model_task(arch) == "classification" and missing:
         assumed = default_preprocessing(model)
-        assumptions = {"preprocessing": f"{arch}'s default mean {assumed['mean']} and std {assumed['std']}",
-                       "labels": "labels '0'..'N-1'"}
+        settings = ", ".join(f"{key} {assumed[key]}" for key in ("mean", "std", "interpolation", "crop_pct")
+                             if key in assumed)
+        assumptions = {"preprocessing": f"{arch}'s default {settings}", "labels": "labels '0'..'N-1'"}
         warnings.warn(f"{path}: saved without {' or '.join(missing)}; loading it will assume "
                       f"{' and '.join(assumptions[key] for key in missing)}; pass preprocessing=dict(input_size=..., "
                       "mean=..., std=...) and labels=[...] to save_weights", VisattnWarning, stacklevel=3)
@@ -1098,8 +1148,8 @@ def check_state_dict(
         hint = fix or ("check the architecture and its kwargs (depth, widths, ...); pass strict='attention' when "
                        "the missing keys are attention modules added to the weights' architecture (a plain ResNet's "
                        "weights in cbam_resnet50)" if not shape else "check the architecture and its kwargs")
-        hint = (_depth_hint(state, own, model, fix) or _stem_hint(state, own) or _final_norm_hint(missing, unexpected)
-                or hint)
+        hint = (_depth_hint(state, own, model, fix) or _block_hint(state, own) or _stem_hint(state, own)
+                or _final_norm_hint(missing, unexpected) or hint)
         raise WeightsError(f"{source}: weights do not fit {type(model).__name__} ({'; '.join(parts)}); {hint}")
     attention = _attention_prefixes(model) if strict == "attention" else ()
     outside = {label: [k for k in keys if not k.startswith(attention)]
@@ -1136,6 +1186,28 @@ def _final_norm_hint(missing: list[str], unexpected: list[str]) -> str:
         return ("the weights normalise after pooling (fc_norm), this model the tokens before it (norm): pass "
                 "fc_norm=True to keep theirs")
     return ""
+
+
+def _block_hint(state: StateDict, own: StateDict) -> str:
+    """How to build a ResNet for weights of the other block (resnet34's in a resnet50: the same 3, 4, 6, 3 blocks) or
+    of other 3x3 convolutions (ResNeXt's groups, Wide ResNet's width), else empty: a 776-character key list had said
+    only "check the architecture"."""
+    first, third, grouped = "layer1.0.conv1.weight", "layer1.0.conv3.weight", "layer1.0.conv2.weight"
+    if first not in state or first not in own:
+        return ""
+    if (third in state) != (third in own):
+        bottleneck = "Bottleneck blocks (three convolutions: ResNet-50 and deeper)"
+        basic = "BasicBlocks (two: ResNet-18, -34)"
+        theirs, ours = (bottleneck, basic) if third in state else (basic, bottleneck)
+        return (f"the weights have {theirs}, this model {ours}: build the ResNet of their blocks (resnet34 and "
+                "resnet50 both hold 3, 4, 6, 3)")
+    if third not in state or grouped not in own or state[grouped].shape == own[grouped].shape:
+        return ""
+    width, groups = state[grouped].shape[0], state[first].shape[0] // state[grouped].shape[1]
+    return (f"the weights' first 3x3 convolution is {width} wide with groups={groups}, this model's "
+            f"{own[grouped].shape[0]} with groups={own[first].shape[0] // own[grouped].shape[1]}: pass "
+            f"cardinality={groups}, base_width={width // groups} (resnext50_32x4d: 32 and 4; wide_resnet50_2: 1 and "
+            "128)")
 
 
 def _stem_hint(state: StateDict, own: StateDict) -> str:

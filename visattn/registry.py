@@ -3,6 +3,7 @@
 A registry key is always the name of the function that builds the model, so
 ``grep -rn "def cbam_resnet18"`` finds its definition.
 """
+import copy
 import difflib
 import fnmatch
 import functools
@@ -47,7 +48,7 @@ def evaluated_with(**preprocessing: Any) -> Callable[[Callable[..., nn.Module]],
         @functools.wraps(builder)
         def build(**kwargs: Any) -> nn.Module:
             model = builder(**kwargs)
-            model.published_preprocessing = preprocessing
+            model.published_preprocessing = copy.deepcopy(preprocessing)  # the model's own: the next keeps these
             return model
         return build
     return decorate
@@ -239,7 +240,7 @@ def model_arguments(
     if tag is not None and not isinstance(pretrained, bool) and pretrained is not None:
         raise ConfigError(f"{name} names shipped weights and pretrained={pretrained!r} other weights; "
                           f"give one: create_model({arch!r}, pretrained={pretrained!r}) or create_model({name!r})")
-    _refuse_timm_only_arguments(arch, kwargs)  # before the weights are looked up: "no shipped weights" hid why
+    _refuse_other_libraries_arguments(arch, kwargs)  # before the weights are looked up: "no shipped weights" hid why
     entry = find_weights_entry(arch, tag) if tag is not None or pretrained is True else None
     if entry is not None:  # the weights' architecture, whether or not they load
         kwargs = {**(entry.get("model_kwargs") or {}), **kwargs}
@@ -255,16 +256,23 @@ def model_arguments(
 _WEIGHTS_FILE = "give create_model(..., pretrained='FILE') for a weights file"
 _PREPROCESSING = ("a model's preprocessing comes from its weights (an index entry, a checkpoint or timm:NAME); set "
                   "model.pretrained_cfg after building it to change what timm's data helpers read")
-_TIMM_ONLY_ARGUMENTS = {"checkpoint_path": _WEIGHTS_FILE,
-                        "pretrained_cfg_overlay": f"{_WEIGHTS_FILE}; {_PREPROCESSING}",
-                        "pretrained_cfg": f"{_WEIGHTS_FILE}; {_PREPROCESSING}"}
+# torchvision's builders name their weights by a WeightsEnum: visattn loads its state dict from a file
+_TORCHVISION_WEIGHTS = ("save torchvision's weights with torch.save(Weights.get_state_dict(), 'FILE.pth') and give "
+                        "create_model(..., pretrained='FILE.pth'); without weights is the default")
+_OTHER_LIBRARIES_ARGUMENTS = {
+    "checkpoint_path": ("timm.create_model takes", _WEIGHTS_FILE),
+    "pretrained_cfg_overlay": ("timm.create_model takes", f"{_WEIGHTS_FILE}; {_PREPROCESSING}"),
+    "pretrained_cfg": ("timm.create_model takes", f"{_WEIGHTS_FILE}; {_PREPROCESSING}"),
+    "weights": ("torchvision's builders take", _TORCHVISION_WEIGHTS),
+    "weights_backbone": ("torchvision's builders take", _TORCHVISION_WEIGHTS)}
 
 
-def _refuse_timm_only_arguments(arch: str, kwargs: dict[str, Any]) -> None:
-    """timm's ways of naming weights as one line with visattn's way, not "it takes img_size, ..."."""
-    for name, instead in _TIMM_ONLY_ARGUMENTS.items():
+def _refuse_other_libraries_arguments(arch: str, kwargs: dict[str, Any]) -> None:
+    """timm's and torchvision's ways of naming weights as one line with visattn's way, not "it takes img_size, ..."
+    (torchvision's ``weights`` had been "did you mean widths?")."""
+    for name, (taken_by, instead) in _OTHER_LIBRARIES_ARGUMENTS.items():
         if name in kwargs:
-            raise ConfigError(f"{arch} has no argument {name!r}, which timm.create_model takes: {instead}")
+            raise ConfigError(f"{arch} has no argument {name!r}, which {taken_by}: {instead}")
 
 
 def _check_builder_arguments(arch: str, kwargs: dict[str, Any]) -> None:

@@ -62,4 +62,6 @@ def features_only(model: nn.Module, out_indices: Indices = None) -> nn.Module:
         raise ArgumentError("out_indices", out_indices, "give each level once, shallowest first")
     wrapped = FeatureGetterNet(model, out_indices=kept)
     wrapped.pretrained_cfg = wrapped.default_cfg = getattr(model, "pretrained_cfg", None)
+    if hasattr(model, "published_preprocessing"):  # as visattn's transforms read it, beside timm's pretrained_cfg
+        wrapped.published_preprocessing = model.published_preprocessing
     return wrapped

@@ -419,6 +419,10 @@ class VisionTransformer(nn.Module):
             # FlexiViT's pseudo-inverse resize (Beyer et al. 2023): timm's, as its checkpoint filter loads such weights
             from timm.layers import resample_patch_embed
 
+            theirs, ours = "x".join(map(str, patch_weight.shape[-2:])), "x".join(map(str, self.patch_embed.patch_size))
+            warnings.warn(f"the weights' {theirs} px patch projection is resampled to this model's {ours} px patches "
+                          "(FlexiViT's resize): the model computes otherwise than the weights did; build it with "
+                          "their patch_size to keep their outputs, or fine-tune", VisattnWarning, stacklevel=4)
             state = {**state, "patch_embed.proj.weight": resample_patch_embed(patch_weight, list(self.patch_embed.patch_size))}
         if "pos_embed" in state:
             state = {**state, "pos_embed": self._pos_embed_on_grid(state["pos_embed"], source_grid)}
