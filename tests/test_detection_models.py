@@ -151,6 +151,43 @@ def test_other_num_classes_drops_only_the_classifier(name, tmp_path):
     assert _detect(loaded)[0]["labels"].max() < 7
 
 
+@pytest.mark.parametrize("name", HEADS)
+def test_weights_of_another_class_count_build_their_head_when_no_num_classes_is_given(name, tmp_path):
+    """A 4-class detector's file built into the default 80 classes dropped its trained head for a random one, with a
+    warning; classifiers build the weights' head (a torchvision user's audit: its 91-class FCOS weights)."""
+    import warnings
+
+    model = _build(name)
+    path = tmp_path / "detector.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loaded = create_model(name, pretrained=str(path))
+    assert loaded.num_classes == 4
+    for ours, theirs in zip(_detect(model), _detect(loaded)):
+        for key in ("boxes", "scores", "labels"):
+            assert torch.equal(ours[key], theirs[key])
+    loss = loaded.train()(_images(), _targets())  # the losses take the new class count (a label of 3 fits)
+    assert all(torch.isfinite(value) for value in loss.values())
+
+
+def test_torchvisions_91_class_fcos_weights_give_its_detections_built_by_name():
+    from torchvision.models.detection import fcos_resnet50_fpn
+
+    torch.manual_seed(0)
+    reference = fcos_resnet50_fpn(weights=None, weights_backbone=None, num_classes=91, min_size=128, max_size=160,
+                                  score_thresh=0.05).eval()
+    model = create_model("fcos_resnet50", pretrained=reference.state_dict(), min_size=128, max_size=160).eval()
+    assert model.num_classes == 91
+    image = [torch.rand(3, 128, 160)]  # a multiple of 32 a side: no padding, which visattn masks
+    with torch.no_grad():
+        ours, theirs = model(image)[0], reference(image)[0]
+    sized = ((theirs["boxes"][:, 2:] - theirs["boxes"][:, :2]) > 0).all(dim=1)  # visattn drops zero-size boxes
+    assert sized.sum() > 50
+    for key in ("boxes", "scores", "labels"):
+        torch.testing.assert_close(ours[key], theirs[key][sized])
+
+
 @pytest.mark.parametrize("name", ["fcos_vit_small_patch16_224", "detr_vit_small_patch16_224"])
 def test_every_parameter_of_an_average_pooled_vit_backbone_gets_a_gradient(name):
     """The backbone kept the norm only its pooled output takes, whose weights got no gradient: DDP stopped at

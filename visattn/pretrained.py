@@ -1037,6 +1037,11 @@ def _take_the_weights_class_count(model: nn.Module, state: StateDict) -> None:
     names = classifier_names(model)
     if len(names) != 1 or not callable(getattr(model, "reset_classifier", None)):
         return
+    if callable(getattr(model, "classes_in", None)):  # a detector's head: a convolution, or classes and no-object
+        count = model.classes_in(state)
+        if count and count != model.num_classes:
+            model.reset_classifier(count)
+        return
     own, theirs = model.state_dict().get(f"{names[0]}.weight"), state.get(f"{names[0]}.weight")
     width = own.shape[1] if own is not None and own.ndim == 2 else getattr(model, "head_hidden_size",
                                                                              getattr(model, "num_features", None))

@@ -451,6 +451,20 @@ class FcosDetector(FCOS):
         nn.init.normal_(logits.weight, std=0.01)
         nn.init.constant_(logits.bias, -math.log((1 - 0.01) / 0.01))
 
+    def classes_in(self, state: dict[str, Tensor]) -> Optional[int]:
+        """The class count of a state dict's class logits that take this head's features; None without them."""
+        weight, ours = state.get(f"{self.classifier}.weight"), self.head.classification_head.cls_logits.weight
+        return int(weight.shape[0]) if weight is not None and weight.shape[1:] == ours.shape[1:] else None
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """A fresh class head of ``num_classes`` outputs, as torchvision initialises it (timm's method's name)."""
+        check_count("num_classes", num_classes)
+        head, old = self.head.classification_head, self.head.classification_head.cls_logits
+        head.cls_logits = nn.Conv2d(old.in_channels, num_classes, old.kernel_size, padding=old.padding,
+                                    device=old.weight.device, dtype=old.weight.dtype)  # one anchor per location
+        head.num_classes = self.num_classes = num_classes
+        self.reset_class_head()
+
 
 class FcosHead(FCOSHead):
     """torchvision's FCOS head, its losses divided by the foreground locations averaged over DDP processes, as
@@ -660,6 +674,19 @@ class DetrDetector(nn.Module):
 
     def reset_class_head(self) -> None:
         self.class_embed.reset_parameters()
+
+    def classes_in(self, state: dict[str, Tensor]) -> Optional[int]:
+        """The class count of a state dict's class layer that takes this model's features (less "no object")."""
+        weight = state.get(f"{self.classifier}.weight")
+        fits = weight is not None and weight.ndim == 2 and weight.shape[1] == self.class_embed.in_features
+        return int(weight.shape[0]) - 1 if fits else None
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """A fresh class layer of ``num_classes`` classes and "no object" (timm's method's name)."""
+        check_count("num_classes", num_classes)
+        weight = self.class_embed.weight
+        self.class_embed = nn.Linear(weight.shape[1], num_classes + 1, device=weight.device, dtype=weight.dtype)
+        self.num_classes = num_classes
 
     def check_query_count(self, most: int, source: str = "targets") -> None:
         """One line when an image of ``source`` holds ``most`` objects, more than ``num_queries``: matching is
