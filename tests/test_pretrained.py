@@ -1102,6 +1102,39 @@ def test_a_deit_training_checkpoint_loads_its_ema_weights(tmp_path):
     torch.testing.assert_close(reference.state_dict(), averaged, rtol=0, atol=0)
 
 
+def test_a_visattn_file_recording_no_preprocessing_stays_unknown(tmp_path):
+    """Weights visattn saved without preprocessing may have been trained with anything: not taken as evaluated as
+    timm's of the name (resnet18d's: bicubic), which fine-tuning would have warned about."""
+    import warnings
+
+    save_weights(create_model("resnet18d", num_classes=3), tmp_path / "resnet18d.mine.safetensors",
+                 labels=["a", "b", "c"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loaded = create_model("resnet18d", pretrained=str(tmp_path / "resnet18d.mine.safetensors"))
+    assert loaded.visattn_recorded_preprocessing is None
+
+
+@pytest.mark.parametrize("header", ["{not json", '"abc"', "[1, 2]", '{"mean": null, "std": [1, 1, 1]}'])
+def test_recorded_preprocessing_that_builds_no_transform_is_one_line_naming_the_file(tmp_path, header):
+    """A header that is no JSON had become a JSONDecodeError naming nothing; a checkpoint's settings a TypeError in
+    timm's data helpers (mean None), or a model whose transform failed later (an unknown filter)."""
+    state = create_model("resnet18", num_classes=3).state_dict()
+    save_file(state, tmp_path / "w.safetensors", metadata={"preprocessing": header})
+    if header == "{not json":  # no JSON: no record (loading reads the tensors)
+        model = create_model("resnet18", pretrained=str(tmp_path / "w.safetensors"))
+        assert model.visattn_recorded_preprocessing is None
+    else:
+        with pytest.raises(WeightsError, match=r"w.safetensors: the header's preprocessing.* the file was edited or "
+                                               r"damaged"):
+            create_model("resnet18", pretrained=str(tmp_path / "w.safetensors"))
+    for bad in ({"mean": None, "std": None}, {"mean": "abc", "std": [1, 1, 1]}, {"interpolation": "nonsense"}):
+        torch.save({"hyper_parameters": {"model_name": "resnet18", "preprocessing": bad},
+                    "state_dict": {f"model.{k}": v for k, v in state.items()}}, tmp_path / "run.ckpt")
+        with pytest.raises(WeightsError, match=r"run.ckpt: hyper_parameters.preprocessing\.(mean|interpolation)="):
+            create_model("resnet18", pretrained=str(tmp_path / "run.ckpt"))
+
+
 def test_a_torchvision_reference_training_checkpoint_loads_its_ema_weights(tmp_path):
     """torchvision's references/classification train.py --model-ema saves its ExponentialMovingAverage (an
     AveragedModel: ``module.*`` keys and an ``n_averaged`` count) as ``model_ema``: "no key in common"."""

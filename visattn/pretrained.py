@@ -323,10 +323,15 @@ def loaded_weights_preprocessing(model: nn.Module, entry: Optional[dict[str, Any
     from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
     entry = entry if entry is not None else named_weights_entry(pretrained)
-    recorded = weights_preprocessing(entry, pretrained)
-    if recorded is not None or entry is not None or pretrained is None or pretrained is False:
+    if entry is not None or pretrained is None or pretrained is False:
+        return weights_preprocessing(entry, pretrained)
+    if isinstance(pretrained, (str, Path)) and not str(pretrained).startswith(("timm:", "hf-hub:")):
+        origin, recorded = _file_record(Path(pretrained))  # read once
+    else:
+        origin = _state_origin(pretrained) if isinstance(pretrained, dict) else "other"  # timm's, the hub's: other
+        recorded = weights_preprocessing(None, pretrained)
+    if recorded is not None:
         return recorded
-    origin = _weights_origin(pretrained)
     if origin == "torchvision":  # every torchvision ViT weights: ImageNet's statistics (filters and crops differ)
         return {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
     if origin == "other" and getattr(model, "published_preprocessing", None):
@@ -364,42 +369,48 @@ WeightsOrigin = Literal["visattn", "torchvision", "other"]
 
 def _file_record(path: Path) -> tuple[WeightsOrigin, Optional[dict[str, Any]]]:
     """Who wrote the weights file ``path``: visattn (:func:`save_weights`' safetensors header names the ``arch``; a
-    training checkpoint holds ``hyper_parameters``), torchvision (a ViT in its layout: those weights are evaluated
-    with ImageNet's statistics, bilinear, not as timm's of the name), or another; and the preprocessing visattn
-    recorded there (None: none). A file that does not read is another's here: loading it says what is wrong."""
+    training checkpoint's ``hyper_parameters`` its ``model_name``), torchvision (a ViT in its layout: those weights
+    are evaluated with ImageNet's statistics, not as timm's of the name), or another; and the preprocessing visattn
+    recorded there (None: none), or one line when that would build no transform. A file that does not read is
+    another's here: loading it says what is wrong."""
+    from .data.transforms import preprocessing_problem
+
+    origin, recorded, where = _read_file_record(path)
+    problem = preprocessing_problem(recorded) if recorded is not None else None
+    if problem:  # it had failed in timm's data helpers, or later in a transform
+        raise WeightsError(f"{path}: {where}{problem}; the file was edited or damaged: record settings a transform "
+                           "takes, or save the weights again")
+    return origin, recorded
+
+
+def _read_file_record(path: Path) -> tuple[WeightsOrigin, Any, str]:
+    """:func:`_file_record`'s origin and recorded preprocessing as read (unchecked), and where they were read from."""
     if path.suffix == ".safetensors":
         try:
             with safe_open(str(path), framework="pt") as weights:
                 header, keys = weights.metadata() or {}, list(weights.keys())
-        except (OSError, ValueError, SafetensorError):
-            return "other", None
-        recorded = json.loads(header["preprocessing"]) if header.get("preprocessing") else None
-        return ("visattn" if "arch" in header else _state_origin(keys)), recorded
+            recorded = json.loads(header["preprocessing"]) if header.get("preprocessing") else None
+        except (OSError, ValueError, SafetensorError):  # a header that is no JSON: ValueError
+            return "other", None, ""
+        return ("visattn" if "arch" in header else _state_origin(keys)), recorded, "the header's "
     if path.suffix not in _PICKLE_SUFFIXES or not path.is_file():
-        return "other", None
+        return "other", None, ""
     try:
         checkpoint = read_pickle_checkpoint(path, lazy=True)  # the tensors memory-mapped, not read
-        hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
-        if isinstance(hparams, dict):
-            recorded = hparams.get("preprocessing")
-            return "visattn", recorded if isinstance(recorded, dict) else None
-        return _state_origin(_unwrap(checkpoint, path)), None
     except WeightsError:
-        return "other", None
+        return "other", None, ""
+    hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
+    if isinstance(hparams, dict) and "model_name" in hparams:  # a visattn task's (another Lightning project's: no)
+        return "visattn", hparams.get("preprocessing"), "hyper_parameters."
+    try:
+        return _state_origin(_unwrap(checkpoint, path)), None, ""
+    except WeightsError:
+        return "other", None, ""
 
 
 def _state_origin(keys: Iterable[str]) -> WeightsOrigin:
     """torchvision for a ViT state dict in torchvision's layout (its patch embedding ``conv_proj``), else other."""
     return "torchvision" if any(key.endswith("conv_proj.weight") for key in keys) else "other"
-
-
-def _weights_origin(pretrained: Any) -> WeightsOrigin:
-    """Who wrote the weights ``pretrained`` names (a file, a state dict, a ``timm:`` or ``hf-hub:`` name)."""
-    if isinstance(pretrained, dict):
-        return _state_origin(pretrained)
-    if isinstance(pretrained, (str, Path)) and not str(pretrained).startswith(("timm:", "hf-hub:")):
-        return _file_record(Path(pretrained))[0]
-    return "other"
 
 
 def named_weights_entry(pretrained: Any) -> Optional[dict[str, Any]]:
