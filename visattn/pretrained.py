@@ -7,9 +7,9 @@ folders of ``$VISATTN_WEIGHTS`` (a user's own weights, laid out the same way) ar
 ``torch.load(weights_only=True)``: a pickle that would run code is refused, never retried with full unpickling.
 """
 import argparse
-import copy
 import contextlib
 import contextvars
+import copy
 import dataclasses
 import hashlib
 import inspect
