@@ -174,6 +174,9 @@ def test_list_models_former_pattern_keyword_still_lists_with_a_warning():
     (lambda: __import__("visattn").list_models(5), r"^filter=5: give an fnmatch pattern such as 'vit_\*'"),
     (lambda: __import__("visattn").list_models(exclude_filters=[None]), r"^exclude_filters=\[None\]: give an fnmatch"),
     (lambda: create_model("SE_RESNET20_CIFAR"), "^unknown model 'SE_RESNET20_CIFAR': did you mean se_resnet20_cifar"),
+    # "did you mean vit_base_patch16_224, ..." had not said which one torchvision's weights fit (a torchvision audit)
+    (lambda: create_model("vit_b_32"), r"^unknown model 'vit_b_32': torchvision's name for visattn's "
+                                       r"vit_base_patch32_224, into which its weights load \(create_model\("),
     (lambda: create_model("resnet18", pretrained=""), "^pretrained='': give a weights file, True, a shipped ARCH.TAG"),
     # timm's ways of naming a weights file had been "has no argument ...: it takes block, layers, ..." (a timm audit)
     (lambda: create_model("resnet18", pretrained_cfg_overlay={"file": "w.pth"}),

@@ -1215,8 +1215,7 @@ def _block_hint(state: StateDict, own: StateDict) -> str:
         bottleneck = "Bottleneck blocks (three convolutions: ResNet-50 and deeper)"
         basic = "BasicBlocks (two: ResNet-18, -34)"
         theirs, ours = (bottleneck, basic) if third in state else (basic, bottleneck)
-        return (f"the weights have {theirs}, this model {ours}: build the ResNet of their blocks (resnet34 and "
-                "resnet50 both hold 3, 4, 6, 3)")
+        return f"the weights have {theirs}, this model {ours}: build the ResNet of their blocks"
     if third not in state or grouped not in own or state[grouped].shape == own[grouped].shape:
         return ""
     width, groups = state[grouped].shape[0], state[first].shape[0] // state[grouped].shape[1]

@@ -91,6 +91,10 @@ def model_task(name: str) -> str:
     return {"detection": "detection", "show_attend_tell": "captioning"}.get(family, "classification")
 
 
+# torchvision's names of architectures visattn has under timm's (its ResNets share theirs)
+_TORCHVISION_NAMES = {"vit_b_16": "vit_base_patch16_224", "vit_b_32": "vit_base_patch32_224",
+                      "vit_l_16": "vit_large_patch16_224"}
+
 # The hub repositories timm builds models from by name (timm:hf-hub:ORG/REPO), spelled either way.
 HUB_PREFIXES = ("hf-hub:", "hf_hub:")
 
@@ -113,6 +117,9 @@ def _resolve_arch(name: str, *, tag: Optional[str] = None) -> str:
                                 f"with create_model(ARCH, pretrained={name!r})")
     close = _close_archs(name, tag)
     hint = f"did you mean {', '.join(close)}?" if close else "run `visattn models` to list them."
+    if name in _TORCHVISION_NAMES:  # whose weights load into visattn's of another name
+        hint = (f"torchvision's name for visattn's {_TORCHVISION_NAMES[name]}, into which its weights load "
+                f"(create_model({_TORCHVISION_NAMES[name]!r}, pretrained='FILE.pth'))")
     named = f"{name!r}" if tag is None else f"{name!r} (the architecture of '{name}.{tag}')"
     raise UnknownModelError(f"unknown model {named}: {hint}")
 
