@@ -44,7 +44,7 @@ from ..layers.patch_embed import check_count, is_number
 from ..layers.pos_embed import resample_abs_pos_embed
 from ..layers.simple_feature_pyramid import SimpleFeaturePyramid
 from ..layers.sine_pos_embed import sine_position_encoding_2d
-from ..registry import create_model, model_family, register_model, split_model_name
+from ..registry import classifier_head, create_model, model_family, register_model, split_model_name
 from .resnet import ResNet
 from .vit import VisionTransformer, drop_pooled_head
 
@@ -684,8 +684,7 @@ class DetrDetector(nn.Module):
     def reset_classifier(self, num_classes: int) -> None:
         """A fresh class layer of ``num_classes`` classes and "no object" (timm's method's name)."""
         check_count("num_classes", num_classes)
-        weight = self.class_embed.weight
-        self.class_embed = nn.Linear(weight.shape[1], num_classes + 1, device=weight.device, dtype=weight.dtype)
+        self.class_embed = classifier_head(self, self.class_embed.in_features, num_classes + 1)
         self.num_classes = num_classes
 
     def check_query_count(self, most: int, source: str = "targets") -> None:

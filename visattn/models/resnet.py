@@ -302,7 +302,6 @@ class ResNet(nn.Module):
         self.feature_info = _feature_info(block, stem_chs, widths, small_input, plan, bam)
         self.global_pool = GlobalPool2d(global_pool)
         self.drop = nn.Dropout(drop_rate)
-        self.head_hidden_size = self.num_features * self.global_pool.feat_mult()  # what the classifier takes
         self.fc = nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
         self.grad_checkpointing = False
         self._init_weights(zero_init_residual)
@@ -428,6 +427,11 @@ class ResNet(nn.Module):
             x = checkpoint(block, x, use_reentrant=False, **kept)
         return x
 
+    @property
+    def head_hidden_size(self) -> int:
+        """The features the classifier takes: the pooled ``num_features``, twice them for ``catavgmax`` (timm's)."""
+        return self.num_features * self.global_pool.feat_mult()
+
     def forward_features(self, x: Tensor) -> Tensor:
         """Pre-pool feature map ``(B, num_features, H / 32, W / 32)`` (``H / 4`` for the CIFAR layout, ``H / 8``
         or ``H / 16`` at those ``output_stride``)."""
@@ -471,7 +475,6 @@ class ResNet(nn.Module):
             self.visattn_kwargs = {**self.visattn_kwargs, "global_pool": global_pool}
         self.global_pool = GlobalPool2d(global_pool)
         self.num_classes = num_classes
-        self.head_hidden_size = self.num_features * self.global_pool.feat_mult()
         self.fc = classifier_head(self, self.head_hidden_size, num_classes)
 
     def adapt_state_dict(self, state: dict[str, Tensor], *,
