@@ -90,6 +90,19 @@ def test_lightning_overhead(capsys, monkeypatch, tmp_path):
     assert list(tmp_path.iterdir()) == [], "runs write into temporary folders only"
 
 
+def test_weights_loading(capsys, monkeypatch):
+    out, figures = run_smoke(capsys, monkeypatch, "weights_loading.py")
+    assert [(r["model"], r["format"]) for r in figures["results"]] == [
+        (model, fmt) for model in ("vit_tiny_patch16_224", "resnet18") for fmt in ("none", "safetensors", "pth")]
+    for row in figures["results"]:
+        _check_ratio(row, "timm_s", "visattn_s")
+        if row["format"] == "none":  # the build alone: random weights, nothing to compare
+            assert row["max_logit_diff"] is None and row["mib"] == 0.0
+        else:  # one file, the same weights on both sides
+            assert row["max_logit_diff"] == 0.0 and row["mib"] > 0
+    assert "timm/visattn" in out
+
+
 def test_beam_search(capsys, monkeypatch):
     out, figures = run_smoke(capsys, monkeypatch, "beam_search.py")
     assert figures["benchmark"] == "beam_search" and figures["batch"] == 4 and figures["beam_size"] == 5
@@ -189,7 +202,7 @@ def test_a_benchmark_whose_two_sides_disagree_exits_non_zero(monkeypatch, capsys
         side_by_side.require_agreement(False, "captions differ")
 
 
-@pytest.mark.parametrize("script", ["vit_vs_timm.py", "onnx_speed.py"])
+@pytest.mark.parametrize("script", ["vit_vs_timm.py", "onnx_speed.py", "weights_loading.py"])
 def test_a_benchmark_whose_sides_disagree_prints_no_figure(script, monkeypatch, capsys):
     """The check ran after the figures: a forced mismatch printed visattn/timm 1.053, then the error."""
     monkeypatch.syspath_prepend(str(BENCHMARKS))

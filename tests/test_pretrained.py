@@ -1163,10 +1163,10 @@ def test_weights_that_do_not_fit_raise_without_a_warning_about_the_head_first(re
     assert not [w for w in recwarn if issubclass(w.category, VisattnWarning)], [str(w.message) for w in recwarn]
 
 
-@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("bad", [[float("nan")], [float("inf")], [float("inf"), float("-inf")]])
 def test_weights_holding_nan_or_inf_are_refused_naming_the_tensor(tmp_path, bad):
     state = {k: v.clone().contiguous() for k, v in _model(num_classes=10).state_dict().items()}
-    state["head.weight"][3, 1] = bad  # what a diverged run saves
+    state["head.weight"][3, :len(bad)] = torch.tensor(bad)  # what a diverged run saves
     save_file(state, tmp_path / "diverged.safetensors")
     model = _model(num_classes=10)
     before = _logits(model)
@@ -1175,6 +1175,17 @@ def test_weights_holding_nan_or_inf_are_refused_naming_the_tensor(tmp_path, bad)
     assert str(err.value) == (f"{tmp_path / 'diverged.safetensors'}: tensor 'head.weight' holds NaN or Inf values; "
                               "the file is corrupt or from a diverged run: use an earlier checkpoint")
     assert torch.equal(_logits(model), before)  # nothing loaded
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_weights_whose_sum_overflows_load(tmp_path, dtype):
+    """Every value is finite though their sum is not: the check reads the sum first, then each value."""
+    state = {k: v.to(dtype).contiguous() for k, v in _model(num_classes=10).state_dict().items()}
+    state["head.weight"][:] = torch.finfo(dtype).max / 2
+    assert not torch.isfinite(state["head.weight"].sum())
+    save_file(state, tmp_path / "half.safetensors")
+    model = load_weights(_model(num_classes=10), tmp_path / "half.safetensors")
+    assert torch.equal(model.head.weight, state["head.weight"].float())
 
 
 def test_a_fifo_given_as_weights_is_not_a_regular_file_and_is_not_read(tmp_path):
