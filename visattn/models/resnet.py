@@ -40,6 +40,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from ..devices import model_device
 from ..errors import ConfigError
 from ..layers.create_attn import create_attn
 from ..layers.drop_path import DropPath, check_rate
@@ -358,6 +359,8 @@ class ResNet(nn.Module):
             setattr(self, f"layer{stage}", nn.Sequential(*blocks))
 
     def _init_weights(self, zero_init_last: bool) -> None:
+        if model_device(self).type == "meta":  # torch's kaiming_normal_ draws even there: half a meta build's time
+            return
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
