@@ -136,7 +136,7 @@ def require_agreement(agree: bool, what: str) -> None:
     """Before anything is timed, exit non-zero in one line when the two sides' outputs differ: their speeds
     would compare different work, and no figure is printed."""
     if not agree:
-        raise SystemExit(f"error: {what}, so timing them would compare different work; nothing was measured")
+        raise SystemExit(f"error: {what}, so timing them would compare different work; no figure is printed")
 
 
 def _timed(run: Callable[[], Any]) -> tuple[Any, float]:

@@ -1014,8 +1014,10 @@ def _refuse_non_finite(state: StateDict, *, source: Any) -> None:
 
 def _all_finite(tensor: torch.Tensor) -> bool:
     # A finite sum proves every value finite (NaN and Inf carry through addition) in a twentieth of isfinite's time,
-    # which had been most of loading ViT-B's weights; a sum that overflows (float16's) is checked value by value.
-    return bool(torch.isfinite(tensor.sum())) or bool(torch.isfinite(tensor).all())
+    # which had been most of loading ViT-B's weights; a sum that overflows is checked value by value. Both in float32
+    # (float64's own): torch sums no float8 tensor on the CPU, and checks only some of them for NaN.
+    wide = torch.float64 if tensor.dtype == torch.float64 else torch.float32
+    return bool(torch.isfinite(tensor.sum(dtype=wide))) or bool(torch.isfinite(tensor.to(wide)).all())
 
 
 def _adapt_input_channels(model: nn.Module, state: StateDict, *, source: Any) -> tuple[StateDict, Optional[str]]:
