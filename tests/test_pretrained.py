@@ -1853,7 +1853,7 @@ def test_an_installed_package_saves_the_users_weights_in_their_data_folder(tmp_p
     made."""
     import visattn
     from visattn import pretrained
-    from visattn.cli import build_parser
+    from visattn.cli import main
 
     monkeypatch.delenv("VISATTN_WEIGHTS", raising=False)
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
@@ -1862,9 +1862,9 @@ def test_an_installed_package_saves_the_users_weights_in_their_data_folder(tmp_p
     monkeypatch.setattr(pretrained, "installed_package", lambda: True)
     user = tmp_path / "data" / "visattn" / "weights"
     assert pretrained.weights_search_path() == [user, pretrained.shipped_weights_dir()]
-    save_args = build_parser().parse_args(["save-weights", "--checkpoint", "x.ckpt", "--tag", "t"])
-    assert save_args.out_dir == str(user)
     assert ARCH + ".fmnist" in visattn.list_pretrained()  # the shipped ones, past a folder not made yet
+    # save-weights without --out-dir prepares the user's folder before it reads the checkpoint
+    assert main(["save-weights", "--checkpoint", str(tmp_path / "x.ckpt"), "--tag", "t"]) == 2 and user.is_dir()
     _save_own(user, "mine")
     assert pretrained.find_weights_entry(ARCH, "mine")["path"] == str(user / f"{ARCH}.mine.safetensors")
 

@@ -1448,6 +1448,34 @@ def test_ctrl_c_while_the_command_starts_is_one_line_and_import_visattn_leaves_t
     assert entry == "visattn.__main__:main"
 
 
+# Each --help, --version and a usage mistake, in one process: the exit codes, then whether torch or timm came in.
+_HELP_WITHOUT_TORCH = """
+import argparse, contextlib, io, sys
+from visattn.cli import LIGHTNING_COMMANDS, build_parser, main
+subcommands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+argvs = [["--help"], ["--version"], ["classify"], ["models", "--bogus"]]
+argvs += [[name, "--help"] for name in subcommands if name not in LIGHTNING_COMMANDS]
+codes = []
+for argv in argvs:
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        try:
+            codes.append(main(argv))
+        except SystemExit as exit:
+            codes.append(exit.code)
+print(len(argvs), *codes, 'torch' in sys.modules, 'timm' in sys.modules)
+"""
+
+
+def test_help_version_and_usage_mistakes_answer_without_importing_torch():
+    """`visattn --help` took 4 s, a command's --help and a mistyped option as long: the command imported torch
+    and timm (through visattn.pretrained) before reading its arguments; now each takes about 0.1 s."""
+    found = subprocess.run([sys.executable, "-c", _HELP_WITHOUT_TORCH], capture_output=True, text=True, timeout=120,
+                           check=True)
+    count, *codes, torch_imported, timm_imported = found.stdout.split()
+    assert int(count) == len(codes) > 4 and codes == ["0", "0", "2", "2"] + ["0"] * (len(codes) - 4), found.stdout
+    assert (torch_imported, timm_imported) == ("False", "False")
+
+
 @pytest.mark.parametrize("script, argv, usage", [
     (Path("visattn") / "cli.py", ["fit", "--help"], "usage: visattn [options] fit "),
     (Path("visattn") / "__main__.py", ["fit", "--data.help", "visattn.data.FashionMNISTDataModule"],

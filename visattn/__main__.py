@@ -1,7 +1,7 @@
 """``visattn`` and ``python -m visattn``: the command, with Ctrl-C one line from the first moment.
 
-:mod:`visattn.cli` imports torch, which takes a second or two; Ctrl-C in that time had been a traceback
-of wherever the import was.
+Ctrl-C while :mod:`visattn.cli` is imported is answered here; after that, by the command's own handling (its
+commands import torch, a second or two, only when they run).
 """
 import sys
 

@@ -23,17 +23,14 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence
 
-import torch
-
 from .devices import DEVICE_CHOICES, MAX_WORKERS_PER_CPU, max_workers
 from .errors import (ONE_LINE_WARNINGS_ENV, ArgumentError, ConfigError, MissingSplit, NotATrainingCheckpoint,
                      VisattnError, WeightsError, error_line, one_line, one_line_showwarning)
-from .pretrained import WEIGHTS_SUFFIXES, weights_dir
-from .registry import (HUB_PREFIXES, create_model, list_models, list_pretrained, model_arguments, model_family,
-                       split_model_name)
 from .shipped import shipped_config, shipped_config_names, shipped_folder
 
-if TYPE_CHECKING:  # commands import what they use when they run, so `visattn --help` starts fast
+# Commands import torch and what they use when they run: `visattn --help`, a command's --help and a usage
+# mistake are answered in a fraction of a second, not after the seconds torch and timm take to import.
+if TYPE_CHECKING:
     from .data.scenes import FashionScenes
 
 DEFAULT_BEAM_SIZE = 5  # caption, evaluate and save-weights score captioners with this beam width
@@ -45,6 +42,10 @@ IMAGE_PATHS_HELP = ("image files or folders; a folder's image files (by extensio
 def count_parameters(name: str) -> int:
     """Parameter count of a registered architecture, or of shipped weights ``ARCH.TAG`` as their entry
     builds the model, built on the meta device (no memory, no init cost, no weights read)."""
+    import torch
+
+    from .registry import create_model, model_arguments
+
     arch, _, kwargs = model_arguments(name)
     with torch.device("meta"):
         model = create_model(arch, **kwargs)
@@ -56,6 +57,8 @@ def _format_count(n: int) -> str:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
+    from .registry import list_models, list_pretrained, model_family, split_model_name
+
     names = list_models(args.pattern, pretrained=args.pretrained)
     if not names:
         which = "model with shipped or saved weights" if args.pretrained else "model"
@@ -302,6 +305,8 @@ def cmd_caption(args: argparse.Namespace) -> int:
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
+    import torch
+
     from .data.image_io import list_images, run_in_batches
     from .tasks.classification import load_classifier
 
@@ -396,7 +401,7 @@ def _print_explained(args: argparse.Namespace, path: Any, result: dict[str, Any]
 
 def cmd_save_weights(args: argparse.Namespace) -> int:
     from .fileio import output_errors, prepare_output_dir
-    from .pretrained import refuse_existing_weights, save_weights
+    from .pretrained import refuse_existing_weights, save_weights, weights_dir
     from .tasks.captioning import is_captioner, load_captioner
     from .tasks.classification import load_classifier
     from .tasks.detection import is_detector, load_detector
@@ -409,7 +414,7 @@ def cmd_save_weights(args: argparse.Namespace) -> int:
         raise ConfigError(f"--config {args.config}: no such file; give the config that trained the checkpoint, "
                           "or leave --config out")
     # First: the folder may be the $VISATTN_WEIGHTS that loading a run fine-tuned from ARCH.TAG reads the tag from
-    folder = prepare_output_dir(args.out_dir, flag="--out-dir")
+    folder = prepare_output_dir(weights_dir() if args.out_dir is None else args.out_dir, flag="--out-dir")
     try:
         task = ("detection" if is_detector(checkpoint=args.checkpoint) else
                 "captioning" if is_captioner(checkpoint=args.checkpoint) else "classification")
@@ -432,7 +437,7 @@ def cmd_save_weights(args: argparse.Namespace) -> int:
              else {"labels": loaded.class_names})
     if getattr(loaded, "category_ids", None):  # a detector trained on COCO files: what its detections name
         names["category_ids"] = loaded.category_ids
-    with output_errors(args.out_dir, flag="--out-dir"):
+    with output_errors(folder, flag="--out-dir"):
         entry = save_weights(loaded.model, path, overwrite=args.overwrite, task=task, dataset=args.dataset,
                              preprocessing=loaded.preprocessing, model_kwargs=loaded.model_kwargs,
                              config=args.config, metrics=metrics, **({"default": True} if args.default else {}),
@@ -537,6 +542,9 @@ def weights_tag(text: str) -> str:
 def model_name(text: str) -> str:
     """argparse type for --model: a registered name or ARCH.TAG; a file, a timm: or a hub name is told which
     option takes it."""
+    from .pretrained import WEIGHTS_SUFFIXES
+    from .registry import HUB_PREFIXES
+
     hub = next((prefix for prefix in ("timm:", *HUB_PREFIXES) if text.startswith(prefix)), None)
     if hub:  # checked before files: a hub name has a slash (it had been called a file)
         raise argparse.ArgumentTypeError(
@@ -844,7 +852,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "into ARCH.TAG.safetensors + index entry in the weights folder (see --out-dir)")
     save.add_argument("--checkpoint", required=True, help="training checkpoint (.ckpt) to convert")
     save.add_argument("--tag", required=True, type=weights_tag, help="weights tag, e.g. fmnist")
-    save.add_argument("--out-dir", default=str(weights_dir()),
+    save.add_argument("--out-dir", default=None,
                       help="weights folder (default: the first VISATTN_WEIGHTS folder, else ~/.local/share/visattn/"
                            "weights when installed, or weights/ in a source checkout)")
     save.add_argument("--dataset", default=None, help="measure test metrics on this dataset and record them")
@@ -1046,6 +1054,8 @@ def _run(argv: list[str]) -> int:
 
 
 def _out_of_memory(err: BaseException) -> bool:
+    import torch
+
     return (isinstance(err, (MemoryError, torch.OutOfMemoryError))
             or "can't allocate memory" in str(err) or "out of memory" in str(err).lower())
 

@@ -1,20 +1,23 @@
 """Where inference runs: ``--device`` names checked against this machine; how many loader workers it takes."""
 import itertools
 import os
-from typing import Union
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Union
 
 from .errors import ConfigError
+
+if TYPE_CHECKING:  # imported where used: the command's parser reads this module's names before torch is imported
+    import torch
+    from torch import nn
 
 DEVICE_CHOICES = "cpu, cuda, cuda:N, mps, or auto (CUDA when there is one, else an Apple GPU (MPS), else the CPU)"
 
 
-def inference_device(name: Union[str, torch.device] = "cpu") -> torch.device:
+def inference_device(name: Union[str, "torch.device"] = "cpu") -> "torch.device":
     """The device ``--device NAME`` names, checked against this machine: one it lacks is a
     :class:`ConfigError` before any weights are read. ``auto`` is the first CUDA device, else MPS,
     else the CPU: the order Lightning's ``accelerator="auto"`` trains on."""
+    import torch
+
     if isinstance(name, torch.device):
         name = str(name)
     if not isinstance(name, str):
@@ -37,8 +40,10 @@ def inference_device(name: Union[str, torch.device] = "cpu") -> torch.device:
     return device
 
 
-def model_device(model: nn.Module) -> torch.device:
+def model_device(model: "nn.Module") -> "torch.device":
     """Where ``model``'s weights are; the CPU for a model without any."""
+    import torch
+
     weight = next(itertools.chain(model.parameters(), model.buffers()), None)
     return torch.device("cpu") if weight is None else weight.device
 
