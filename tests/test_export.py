@@ -345,7 +345,8 @@ def test_cli_export_with_dynamic_size(tmp_path, capsys):
     # a ViT's position embeddings are laid out for one grid
     assert main(["export", "--model", "vit_tiny_patch4_28.fmnist", "--out", str(out), "--dynamic-size"]) == 2
     assert capsys.readouterr().err == ("visattn: error: --dynamic-size: VisionTransformer takes 28x28 images only (its "
-                                       "position embeddings are laid out for one grid); export it without\n")
+                                       "position embeddings are laid out for one grid); export it at that size: "
+                                       "leave --dynamic-size out\n")
 
 
 def test_a_vit_of_any_size_exports_at_one_and_refuses_dynamic_size(tmp_path):
@@ -354,7 +355,7 @@ def test_a_vit_of_any_size_exports_at_one_and_refuses_dynamic_size(tmp_path):
     size than it was built for did not export (ONNX has no antialiased bicubic resize)."""
     model = create_model("vit_tiny_patch4_28", depth=1, num_classes=3, dynamic_img_size=True).eval()
     with pytest.raises(ArgumentError, match=r"^dynamic_size=True: VisionTransformer resamples its position embeddings "
-                                            r"to each image size in Python"):
+                                            r"to each image size in Python, .*; export it at one size$"):
         export_onnx(model, tmp_path / "m.onnx", dynamic_size=True)
     path = export_onnx(model, tmp_path / "m.onnx", input_size=(3, 32, 24))
     images = torch.randn(2, 3, 32, 24)

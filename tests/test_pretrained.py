@@ -765,6 +765,22 @@ def test_pretrained_takes_a_shipped_arch_tag_from_any_folder(weights_tmp, tmp_pa
         create_model(ARCH, pretrained=f"{ARCH}.nope", **SMALL)
 
 
+@pytest.mark.parametrize("start, config", [
+    ("outputs/vit_fmnist/checkpoints/last.ckpt", "configs/classification/vit_fmnist.yaml"),
+    ("outputs/detr_scenes/checkpoints/last.ckpt", "configs/detection/detr_scenes.yaml"),
+])
+def test_a_later_stages_missing_start_names_the_shipped_run_that_writes_it(start, config, tmp_path, monkeypatch):
+    """A stage-2 config run first said only "check the path" of its stage-1 checkpoint (a README audit)."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(WeightsError, match=rf"^{start}: weights file not found \(in the working folder {tmp_path}\), "
+                                           rf".*; `visattn fit --config {config}` trains it: run that here first, or "
+                                           "give false for no weights$"):
+        create_model(ARCH, pretrained=start, **SMALL)
+    # a folder whose name only starts as that run's (outputs/vit_fmnist) is not in it
+    with pytest.raises(WeightsError, match="; check the path, see `visattn models --pretrained`"):
+        create_model(ARCH, pretrained="outputs/vit_fmnist_stage/last.ckpt", **SMALL)
+
+
 def test_save_weights_refuses_before_writing_anything(tmp_path):
     model = _model()
     with pytest.raises(WeightsError, match="the model is a vit_tiny_patch4_28, not a resnet18"):

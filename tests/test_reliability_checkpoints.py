@@ -670,6 +670,11 @@ def test_fresh_fit_into_a_folder_with_an_earlier_runs_checkpoints_is_refused(in_
     assert (f"{CHECKPOINTS} holds checkpoints of an earlier run; resume it with --ckpt_path last, or start afresh "
             "after moving them elsewhere") in _one_error_line(capsys)
     assert {p.name: p.read_bytes() for p in (in_tmp / CHECKPOINTS).iterdir()} == before  # nothing moved or deleted
+    # A misspelt model is named first: the folder had been the only error, and the name the next one (a README audit).
+    for name, named in (("cbam_resnet20_cifr", "unknown model 'cbam_resnet20_cifr': did you mean cbam_resnet20_cifar"),
+                        ("se_resnet20_cifar.fmnst", "no weights se_resnet20_cifar.fmnst")):
+        assert main([*fit, "--model.init_args.model_name", name]) == 2
+        assert _one_error_line(capsys).startswith(f"visattn: error: {named}")
 
 
 def _ctrl_c(*args, **kwargs):

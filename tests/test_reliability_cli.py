@@ -1516,6 +1516,16 @@ def test_fit_help_does_not_offer_the_optimizer_options_every_run_refuses(monkeyp
     assert "set those instead, and drop optimizer" in capsys.readouterr().err
 
 
+def test_an_unrecognized_config_command_option_is_named_with_the_nearest_and_not_blamed_on_the_config(capsys):
+    """`fit --config FILE --trainer.max_stepz 1` said "fit --config FILE: unrecognized arguments: --trainer.max_stepz 1",
+    naming no option it takes (a README audit)."""
+    assert main(["fit", "--config", str(CBAM_CONFIG), "--trainer.max_stepz", "1"]) == 2
+    assert capsys.readouterr().err == ("visattn: error: fit: unrecognized argument --trainer.max_stepz (did you mean "
+                                       "--trainer.max_steps?); see `visattn fit --help`\n")
+    assert main(["test", "--config", str(CBAM_CONFIG), "--bogus"]) == 2
+    assert capsys.readouterr().err == "visattn: error: test: unrecognized argument --bogus; see `visattn test --help`\n"
+
+
 @pytest.mark.parametrize("command, attention_out, threshold, note", [
     ("caption", "A", [], "; attention: A/good.png"),
     ("detect", "A", ["--score-threshold", "0.5"], "; attention: A/good.png"),
@@ -1890,6 +1900,10 @@ def test_a_shipped_config_runs_by_its_readme_name_from_any_folder(tmp_path, monk
     assert capsys.readouterr().err == ("visattn: error: --config configs/classification/vit_fmnst.yaml: no such file; "
                                        "did you mean configs/classification/vit_fmnist.yaml or "
                                        "configs/classification/vit_fmnist_stage3.yaml?\n")
+    # a name as `visattn configs` lists them, without its folder or .yaml (jsonargparse's "File does not exist")
+    assert main(["fit", "--config", "cbam_resnet_fmnist"]) == 2
+    assert capsys.readouterr().err == ("visattn: error: --config cbam_resnet_fmnist: no such file; did you mean "
+                                       "configs/classification/cbam_resnet_fmnist.yaml?\n")
     assert main(["validate", "--config", str(tmp_path / "gone.yaml")]) == 2
     gone = tmp_path / "gone.yaml"
     assert capsys.readouterr().err == (f"visattn: error: --config {gone}: no such file; give a config's path, or a "

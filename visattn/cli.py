@@ -479,7 +479,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                                     dynamic_size=args.dynamic_size)
     except ArgumentError as err:
         if err.argument == "dynamic_size":  # a switch: no value to quote
-            raise ConfigError(f"--dynamic-size: {err.reason}") from None
+            raise ConfigError(f"--dynamic-size: {err.reason}: leave --dynamic-size out") from None
         raise err.for_flag("--opset") from None
     replaced = f", replacing an earlier export of {written.replaced}" if written.replaced else ""
     dynamic = "dynamic batch and image size" if args.dynamic_size else "dynamic batch"

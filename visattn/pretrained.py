@@ -40,7 +40,7 @@ from .fileio import atomic_path, atomic_write_text, exclusive_lock
 from .layers.create_attn import ATTN_LAYERS
 from .layers.patch_embed import fixed_input_size
 from .registry import Strictness
-from .shipped import installed_package, shipped_folder
+from .shipped import installed_package, shipped_config_writing, shipped_folder
 
 StateDict = dict[str, torch.Tensor]
 
@@ -516,8 +516,11 @@ def read_state_dict(path: Union[str, Path], *, sha256: Optional[str] = None) -> 
                              "restore the file, or remove its entry from that index")
     # a relative path is read from the working folder, not the config's: say which, when it is not there
     where = "" if path.is_absolute() else f" (in the working folder {Path.cwd()})"
-    require_regular_file(path, missing=f"weights file not found{where}, nor weights of that name ({_searched()}); check "
-                         "the path, see `visattn models --pretrained` for ARCH.TAG names, or give false for no weights")
+    earlier_run = shipped_config_writing(path) if not path.exists() else None
+    fix = (f"`visattn fit --config {earlier_run}` trains it: run that here first, or give false for no weights"
+           if earlier_run else "check the path, see `visattn models --pretrained` for ARCH.TAG names, or give false for "
+           "no weights")
+    require_regular_file(path, missing=f"weights file not found{where}, nor weights of that name ({_searched()}); {fix}")
     # Indexed safetensors weights are hashed and loaded from the same bytes: a file swapped between a check
     # and a second read would load unchecked.
     data = path.read_bytes() if sha256 is not None and path.suffix == ".safetensors" else None

@@ -4,6 +4,8 @@ A source checkout keeps them at the repository's root, beside the package; pypro
 installed wheel as ``visattn/weights`` and ``visattn/configs``, where an installed package finds them.
 """
 import difflib
+import os
+import re
 from pathlib import Path
 from typing import Optional, Union
 
@@ -51,8 +53,30 @@ def shipped_config_names() -> list[str]:
     return sorted(f"configs/{path.relative_to(folder).as_posix()}" for path in folder.glob("*/*.yaml"))
 
 
+def shipped_config_writing(path: Union[str, Path]) -> Optional[str]:
+    """The shipped config (its README name) whose run, started in the working folder, writes ``path``: the
+    ``trainer.default_root_dir`` it trains into holds ``path`` (a later stage's start, ``outputs/vit_fmnist/...``)."""
+    import yaml  # only for this message's look at the configs
+
+    target = Path(os.path.abspath(path))
+    for name in shipped_config_names():
+        settings = yaml.safe_load((shipped_folder("configs") / name.removeprefix("configs/")).read_text(encoding="utf-8"))
+        trainer = settings.get("trainer") if isinstance(settings, dict) else None
+        root = trainer.get("default_root_dir") if isinstance(trainer, dict) else None
+        if isinstance(root, str) and target.is_relative_to(os.path.abspath(root)):
+            return name
+    return None
+
+
+def bare_config_name(value: Union[str, Path]) -> bool:
+    """Whether a ``--config`` value is a name without a suffix (``cbam_resnet_fmnist``), not settings or a URL."""
+    return re.fullmatch(r"[\w/-]+", str(value)) is not None
+
+
 def nearest_shipped_configs(value: Union[str, Path]) -> list[str]:
-    """The shipped configs whose names are nearest ``value`` (a misspelt one), nearest first."""
+    """The shipped configs whose names are nearest ``value`` (a misspelt one, or one without ``.yaml``),
+    nearest first."""
     name = Path(value).as_posix()
+    name = name if name.lower().endswith(CONFIG_SUFFIXES) else f"{name}.yaml"
     name = name if name.startswith("configs/") else f"configs/{name}"
     return difflib.get_close_matches(name, shipped_config_names(), n=2, cutoff=0.8)

@@ -58,7 +58,7 @@ import sys
 import traceback
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, NoReturn, Optional, Sequence
 
 import numpy as np
 import torch
@@ -83,8 +83,8 @@ from ..errors import ConfigError, VisattnError, VisattnWarning, WeightsError, ke
 from ..fileio import (FULL_ERRNOS, atomic_path, claim_folder, output_errors, prepare_output_dir,
                       refuse_replacing_others_files, unique_paths)
 from ..pretrained import check_state_dict, checkpoint_follows, scored_as_built
-from ..registry import split_model_name
-from ..shipped import config_file_name, nearest_shipped_configs, shipped_config
+from ..registry import HUB_PREFIXES, model_arguments, split_model_name
+from ..shipped import bare_config_name, config_file_name, nearest_shipped_configs, shipped_config
 from .classification import EDITED_CHECKPOINT, read_checkpoint
 from .detection import class_label, detection_records
 from .distributed import gather_shares
@@ -457,6 +457,14 @@ def _described(class_path: Optional[str], model_name: Any) -> str:
 
 # Task hyperparameters that torch's optimizer refuses, with a traceback, only once training starts.
 _NON_NEGATIVE = {"lr": ("a learning rate", "0.001"), "weight_decay": ("a weight decay", "0.05")}
+
+
+def _check_model_name(model: Any) -> None:
+    """An unknown visattn ``model_name`` with its nearest names, before the checks of the folders the run writes:
+    an earlier run's checkpoints there had been the only error, and the misspelt name came after that was fixed."""
+    name = (getattr(model, "init_args", None) or {}).get("model_name")
+    if isinstance(name, str) and not name.startswith(("timm:", *HUB_PREFIXES)):  # timm's are checked as it builds
+        model_arguments(name)  # an unknown ARCH or TAG: UnknownModelError with the nearest names
 
 
 def _warn_of_random_timm_weights(model: Any) -> None:
@@ -1158,6 +1166,7 @@ class VisattnCLI(LightningCLI):
         if subcommand is None:
             return super()._parse_ckpt_path()
         settings = self.config[subcommand]
+        _check_model_name(settings.get("model"))
         settings["ckpt_path"] = _resolve_ckpt_path(subcommand, settings)
         # LightningCLI (2.6) swaps the config's model for the one a checkpoint file's hyperparameters
         # describe; this is the last point where the config's model is known.
@@ -1450,7 +1459,8 @@ def _with_shipped_configs(argv: list[str]) -> list[str]:
                               "(`visattn configs` lists them)")
         shipped = shipped_config(value)
         # jsonargparse's line names no shipped config; settings, URLs and `~` paths are its to read
-        if shipped is None and config_file_name(value) and not Path(value).expanduser().exists():
+        named = config_file_name(value) or bare_config_name(value)
+        if shipped is None and named and not Path(value).expanduser().exists():
             nearest = nearest_shipped_configs(value)
             fix = f"did you mean {' or '.join(nearest)}?" if nearest else \
                 "give a config's path, or a shipped one's name (`visattn configs` lists them)"
@@ -1505,6 +1515,14 @@ class _VisattnParser(LightningArgumentParser):
     def format_help(self) -> str:
         return plain_help(super().format_help())
 
+    def error(self, message: str, ex: Optional[Exception] = None) -> NoReturn:
+        """An unrecognized option (``--trainer.max_stepz 1``) is named alone, with the nearest this parser takes."""
+        unknown = re.match(r"unrecognized arguments: (--[\w.-]+)", message)
+        if unknown:
+            close = difflib.get_close_matches(unknown[1], list(self._option_string_actions), n=1, cutoff=0.8)
+            message = f"unrecognized argument {unknown[1]}" + (f" (did you mean {close[0]}?)" if close else "")
+        super().error(message, ex)
+
 
 # Sphinx roles and literals in the docstrings LightningCLI shows as help: :func:`visattn.create_model`, ``"photo"``.
 _REST_MARKUP = re.compile(r":(?:func|class|meth|attr|mod|data):`(~?)([^`]+)`|``([^`]+)``")
@@ -1542,7 +1560,8 @@ def _build_and_run(argv: list[str]) -> VisattnCLI:
         unknown = _unknown_trainer_class(err)
         if unknown is not None:
             raise unknown from None
-        raise ConfigError(f"{' '.join(argv[:3])}: {_first_line(err)}{_unaccepted_option_hint(err, argv[0])}") from None
+        blamed = argv[:1] if str(err).startswith("unrecognized argument ") else argv[:3]  # the option, not the config
+        raise ConfigError(f"{' '.join(blamed)}: {_first_line(err)}{_unaccepted_option_hint(err, argv[0])}") from None
     except ModuleNotFoundError as err:
         # Lightning's requirement check for a setting it offers (trainer.precision transformer-engine)
         if not re.match(r"Requirement '.+' not met", _first_line(err)):
