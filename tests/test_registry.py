@@ -1,4 +1,8 @@
+import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -272,3 +276,63 @@ def test_create_model_of_a_timm_name_says_where_timm_models_are_built(name):
                                                 r"models; build a timm model with visattn.tasks.classification"
                                                 rf".build_classifier\('{re.escape(name)}', num_classes\)"):
         create_model(name)
+
+
+_PLUGIN_MODULE = '''
+from visattn import create_model, register_model
+
+
+@register_model
+def tiny_cbam_resnet8_cifar(**kwargs):
+    """Another package's model: a CIFAR-layout CBAM-ResNet-8."""
+    return create_model("cbam_resnet20_cifar", layers=(1, 1, 1), **kwargs)
+'''
+# What `pip install` of a package declaring [project.entry-points."visattn.models"] leaves on the path.
+_PLUGIN_ENTRY_POINTS = "[visattn.models]\nextra = attn_zoo_extra\nbroken = broken_zoo\ntaken = taken_zoo\n"
+_TAKEN_NAME_MODULE = "from visattn import register_model\n\n\n@register_model\ndef se_resnet20_cifar():\n    pass\n"
+_PLUGIN_PROBE = """
+import json, warnings, torch, visattn
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    names = visattn.list_models("tiny_*")
+model = visattn.create_model("tiny_cbam_resnet8_cifar", num_classes=3)
+print(json.dumps({"names": names, "logits": list(model(torch.zeros(2, 3, 28, 28)).shape),
+                  "warnings": sorted(str(w.message) for w in caught),
+                  "se_resnet20_cifar": type(visattn.create_model("se_resnet20_cifar")).__module__}))
+"""
+
+
+def test_another_packages_entry_point_models_are_registered_and_train_from_a_config(tmp_path):
+    """A model of one's own could be built in Python after importing its module, but neither listed nor trained by
+    the command, which imports only visattn's; a package whose module fails is one warning, not a broken zoo."""
+    from test_classification import CBAM_CONFIG, QUICK
+
+    site = tmp_path / "site"
+    (site / "attn_zoo_extra-0.1.dist-info").mkdir(parents=True)
+    (site / "attn_zoo_extra-0.1.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: attn-zoo-extra\n"
+                                                                    "Version: 0.1\n")
+    (site / "attn_zoo_extra-0.1.dist-info" / "entry_points.txt").write_text(_PLUGIN_ENTRY_POINTS)
+    (site / "attn_zoo_extra.py").write_text(_PLUGIN_MODULE)
+    (site / "broken_zoo.py").write_text("raise RuntimeError('boom')\n")
+    (site / "taken_zoo.py").write_text(_TAKEN_NAME_MODULE)
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    fix = "its models may be missing: fix it, or uninstall attn-zoo-extra"
+    expected_warnings = [f"visattn.models entry point broken = broken_zoo of attn-zoo-extra failed to import (RuntimeError: "
+                         f"boom); {fix}",
+                         f"visattn.models entry point taken = taken_zoo of attn-zoo-extra failed to import (ValueError: "
+                         f"model 'se_resnet20_cifar' is already registered by visattn.models.resnet); {fix}"]
+
+    def run(*argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, *argv], capture_output=True, text=True, env=env, cwd=tmp_path,
+                              timeout=300)
+
+    probe = run("-c", _PLUGIN_PROBE)
+    assert json.loads(probe.stdout) == {"names": ["tiny_cbam_resnet8_cifar"], "logits": [2, 3], "warnings": expected_warnings,
+                                        "se_resnet20_cifar": "visattn.models.resnet"}  # visattn's kept its name
+    listed = run("-m", "visattn", "models", "tiny_*")
+    assert listed.returncode == 0 and "tiny_cbam_resnet8_cifar  attn_zoo_extra" in listed.stdout
+    assert sorted(listed.stderr.splitlines()) == [f"warning: {line}" for line in expected_warnings]
+    trained = run("-m", "visattn", "fit", "--config", str(CBAM_CONFIG), *QUICK, "--trainer.fast_dev_run", "true",
+                  "--model.init_args.model_name", "tiny_cbam_resnet8_cifar")
+    assert trained.returncode == 0, trained.stderr
+    assert all(f"warning: {line}\n" in trained.stderr for line in expected_warnings)

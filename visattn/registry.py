@@ -2,6 +2,11 @@
 
 A registry key is always the name of the function that builds the model, so
 ``grep -rn "def cbam_resnet18"`` finds its definition.
+
+Other installed packages add their own models by naming a module in the ``visattn.models`` entry-point group
+(``pyproject.toml``: ``[project.entry-points."visattn.models"]`` ``mine = "my_package.models"``): it is imported
+with visattn's models, and its ``@register_model`` builders are then models like visattn's, in Python, in
+``visattn models`` and as a config's ``model_name``.
 """
 import copy
 import difflib
@@ -16,8 +21,8 @@ from typing import Any, Callable, Literal, Optional, Union
 import numpy as np
 from torch import nn
 
-from .errors import (ArgumentError, ConfigError, DeprecatedArgumentWarning, UnknownModelError, check_keyword_arguments,
-                     check_keyword_types, keyword_names)
+from .errors import (ArgumentError, ConfigError, DeprecatedArgumentWarning, UnknownModelError, VisattnWarning,
+                     check_keyword_arguments, check_keyword_types, keyword_names, one_line)
 
 # True: every weight must fit; "attention": only attention modules added to the weights' architecture
 # (SE, CBAM, ... on a plain ResNet) may be missing; False: any missing weight keeps its initialisation.
@@ -27,6 +32,8 @@ Patterns = Union[str, Sequence[str]]  # one fnmatch pattern, or several (a name 
 
 _model_entrypoints: dict[str, Callable[..., nn.Module]] = {}
 _model_family: dict[str, str] = {}  # arch -> module short name, e.g. "vit", "resnet"
+MODEL_ENTRY_POINTS = "visattn.models"  # the entry-point group of other packages' model modules
+_entry_points_imported = False
 
 
 def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -55,8 +62,29 @@ def evaluated_with(**preprocessing: Any) -> Callable[[Callable[..., nn.Module]],
 
 
 def _import_models() -> None:
-    # Importing visattn.models runs every @register_model decorator.
+    # Importing visattn.models runs every @register_model decorator; then other packages' modules run theirs.
     from . import models  # noqa: F401
+
+    _import_entry_point_models()
+
+
+def _import_entry_point_models() -> None:
+    """Import each installed package's ``visattn.models`` module, once. One that fails to import (or registers
+    a name taken) is a warning naming it and its package; visattn's models and the other packages' still load."""
+    global _entry_points_imported
+    if _entry_points_imported:
+        return
+    _entry_points_imported = True  # first: a module that builds a model as it is imported comes back here
+    from importlib.metadata import entry_points
+
+    for entry in entry_points(group=MODEL_ENTRY_POINTS):
+        try:
+            entry.load()
+        except Exception as err:  # any error of another package's code: its models are missing, not visattn
+            package = entry.dist.name if entry.dist is not None else "an installed package"
+            warnings.warn(f"{MODEL_ENTRY_POINTS} entry point {entry.name} = {entry.value} of {package} failed to import "
+                          f"({type(err).__name__}: {one_line(str(err))}); its models may be missing: fix it, or "
+                          f"uninstall {package}", VisattnWarning)
 
 
 def is_model(name: str) -> bool:
