@@ -776,9 +776,12 @@ def test_a_later_stages_missing_start_names_the_shipped_run_that_writes_it(start
                                            rf".*; `visattn fit --config {config}` trains it: run that here first, or "
                                            "give false for no weights$"):
         create_model(ARCH, pretrained=start, **SMALL)
-    # a folder whose name only starts as that run's (outputs/vit_fmnist) is not in it
-    with pytest.raises(WeightsError, match="; check the path, see `visattn models --pretrained`"):
-        create_model(ARCH, pretrained="outputs/vit_fmnist_stage/last.ckpt", **SMALL)
+    # a folder whose name only starts as that run's (outputs/vit_fmnist) is not in it; once the run has started
+    # here, a missing file of it is a wrong name (lst.ckpt), not a run to start
+    (tmp_path / start).parent.mkdir(parents=True)
+    for path in ("outputs/vit_fmnist_stage/last.ckpt", start.replace("last.ckpt", "lst.ckpt")):
+        with pytest.raises(WeightsError, match="; check the path, see `visattn models --pretrained`"):
+            create_model(ARCH, pretrained=path, **SMALL)
 
 
 def test_save_weights_refuses_before_writing_anything(tmp_path):

@@ -279,6 +279,7 @@ def test_create_model_of_a_timm_name_says_where_timm_models_are_built(name):
 
 
 _PLUGIN_MODULE = '''
+from torch import nn
 from visattn import create_model, register_model
 
 
@@ -286,18 +287,49 @@ from visattn import create_model, register_model
 def tiny_cbam_resnet8_cifar(**kwargs):
     """Another package's model: a CIFAR-layout CBAM-ResNet-8."""
     return create_model("cbam_resnet20_cifar", layers=(1, 1, 1), **kwargs)
+
+
+class TinyNet(nn.Module):  # written by hand: its class count, and no `classifier` naming its head
+    def __init__(self, num_classes=10, in_chans=3):
+        super().__init__()
+        self.num_classes = num_classes
+        self.layers = nn.Sequential(nn.Conv2d(in_chans, 8, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                    nn.Linear(8, num_classes))
+
+    def forward(self, x):
+        return self.layers(x)
+
+
+@register_model
+def tiny_own_net(**kwargs):
+    return TinyNet(**kwargs)
+
+
+@register_model
+def tiny_countless_net(**kwargs):
+    return nn.Sequential(nn.Flatten())
 '''
 # What `pip install` of a package declaring [project.entry-points."visattn.models"] leaves on the path.
-_PLUGIN_ENTRY_POINTS = "[visattn.models]\nextra = attn_zoo_extra\nbroken = broken_zoo\ntaken = taken_zoo\n"
+_PLUGIN_ENTRY_POINTS = ("[visattn.models]\nextra = attn_zoo_extra\nbroken = broken_zoo\ntaken = taken_zoo\n"
+                        "attr = attn_zoo_extra:TinyNet\n")
 _TAKEN_NAME_MODULE = "from visattn import register_model\n\n\n@register_model\ndef se_resnet20_cifar():\n    pass\n"
 _PLUGIN_PROBE = """
 import json, warnings, torch, visattn
+from visattn.registry import model_family
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
     names = visattn.list_models("tiny_*")
-model = visattn.create_model("tiny_cbam_resnet8_cifar", num_classes=3)
-print(json.dumps({"names": names, "logits": list(model(torch.zeros(2, 3, 28, 28)).shape),
-                  "warnings": sorted(str(w.message) for w in caught),
+try:
+    visattn.create_model("tiny_countless_net")
+except visattn.VisattnError as err:
+    refused = str(err)
+print(json.dumps({"names": names, "families": [model_family(name) for name in names],
+                  "logits": [list(visattn.create_model(name, num_classes=3)(torch.zeros(2, 3, 28, 28)).shape)
+                             for name in ("tiny_cbam_resnet8_cifar", "tiny_own_net")],
+                  "refused": refused, "warnings": sorted(str(w.message) for w in caught),
+                  "saved": visattn.save_weights(visattn.create_model("tiny_own_net", num_classes=3),
+                                                visattn.pretrained.weights_dir() / "tiny_own_net.mine.safetensors",
+                                                labels=["a", "b", "c"])["module"],
                   "se_resnet20_cifar": type(visattn.create_model("se_resnet20_cifar")).__module__}))
 """
 
@@ -315,24 +347,45 @@ def test_another_packages_entry_point_models_are_registered_and_train_from_a_con
     (site / "attn_zoo_extra.py").write_text(_PLUGIN_MODULE)
     (site / "broken_zoo.py").write_text("raise RuntimeError('boom')\n")
     (site / "taken_zoo.py").write_text(_TAKEN_NAME_MODULE)
-    env = {**os.environ, "PYTHONPATH": str(site)}
-    fix = "its models may be missing: fix it, or uninstall attn-zoo-extra"
-    expected_warnings = [f"visattn.models entry point broken = broken_zoo of attn-zoo-extra failed to import (RuntimeError: "
-                         f"boom); {fix}",
-                         f"visattn.models entry point taken = taken_zoo of attn-zoo-extra failed to import (ValueError: "
-                         f"model 'se_resnet20_cifar' is already registered by visattn.models.resnet); {fix}"]
+    # the tree under test stays on the path (conftest puts it there), after the package's folder
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])),
+           "VISATTN_WEIGHTS": str(tmp_path / "weights")}
+    (tmp_path / "weights").mkdir()
+    entry, fix = "visattn.models entry point", "its models may be missing: fix it, or uninstall attn-zoo-extra"
+    expected_warnings = [
+        f"{entry} attr = attn_zoo_extra:TinyNet of attn-zoo-extra names type TinyNet, not a module; name the module "
+        "whose import registers the models (attn_zoo_extra)",
+        f"{entry} broken = broken_zoo of attn-zoo-extra failed to import (RuntimeError: boom); {fix}",
+        f"{entry} taken = taken_zoo of attn-zoo-extra failed to import (ValueError: model 'se_resnet20_cifar' is "
+        f"already registered by visattn.models.resnet); {fix}"]
+    countless = ("tiny_countless_net: its builder (attn_zoo_extra) gave a Sequential without num_classes; give the "
+                 "model its head's class count as num_classes (0 without a head), as timm's models have")
 
     def run(*argv: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, *argv], capture_output=True, text=True, env=env, cwd=tmp_path,
                               timeout=300)
 
     probe = run("-c", _PLUGIN_PROBE)
-    assert json.loads(probe.stdout) == {"names": ["tiny_cbam_resnet8_cifar"], "logits": [2, 3], "warnings": expected_warnings,
-                                        "se_resnet20_cifar": "visattn.models.resnet"}  # visattn's kept its name
+    assert json.loads(probe.stdout) == {
+        "names": ["tiny_cbam_resnet8_cifar", "tiny_countless_net", "tiny_own_net"],
+        "families": ["resnet", "attn_zoo_extra", "attn_zoo_extra"],  # a wrapper of visattn's ResNet is one
+        "logits": [[2, 3], [2, 3]], "refused": countless, "warnings": expected_warnings, "saved": "attn_zoo_extra",
+        "se_resnet20_cifar": "visattn.models.resnet"}, probe.stderr  # visattn's kept its name
     listed = run("-m", "visattn", "models", "tiny_*")
-    assert listed.returncode == 0 and "tiny_cbam_resnet8_cifar  attn_zoo_extra" in listed.stdout
-    assert sorted(listed.stderr.splitlines()) == [f"warning: {line}" for line in expected_warnings]
-    trained = run("-m", "visattn", "fit", "--config", str(CBAM_CONFIG), *QUICK, "--trainer.fast_dev_run", "true",
-                  "--model.init_args.model_name", "tiny_cbam_resnet8_cifar")
-    assert trained.returncode == 0, trained.stderr
-    assert all(f"warning: {line}\n" in trained.stderr for line in expected_warnings)
+    assert listed.returncode == 0 and "tiny_cbam_resnet8_cifar  resnet" in listed.stdout
+    assert "tiny_countless_net       attn_zoo_extra  ?" in listed.stdout  # and the others still listed
+    assert sorted(listed.stderr.splitlines()) == sorted(
+        [f"warning: {line}" for line in expected_warnings]
+        + [f"warning: tiny_countless_net cannot be built to count its parameters ({countless})"])
+    for name in ("tiny_cbam_resnet8_cifar", "tiny_own_net"):
+        trained = run("-m", "visattn", "fit", "--config", str(CBAM_CONFIG), *QUICK, "--trainer.fast_dev_run", "true",
+                      "--model.init_args.model_name", name)
+        assert trained.returncode == 0, trained.stderr
+        assert all(f"warning: {line}\n" in trained.stderr for line in expected_warnings)
+    # the package uninstalled: its saved weights name the module to install
+    env["PYTHONPATH"] = os.environ.get("PYTHONPATH", "")
+    orphan = run("-m", "visattn", "classify", "--model", "tiny_own_net.mine", "photo.png")
+    assert (orphan.returncode, orphan.stderr) == (2, "visattn: error: unknown model 'tiny_own_net' (the architecture of "
+                                                     "'tiny_own_net.mine'): its weights record that attn_zoo_extra "
+                                                     "registers it, and no installed package's visattn.models entry "
+                                                     "point imports that module: install the package that has it\n")

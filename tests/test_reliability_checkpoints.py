@@ -675,6 +675,26 @@ def test_fresh_fit_into_a_folder_with_an_earlier_runs_checkpoints_is_refused(in_
                         ("se_resnet20_cifar.fmnst", "no weights se_resnet20_cifar.fmnst")):
         assert main([*fit, "--model.init_args.model_name", name]) == 2
         assert _one_error_line(capsys).startswith(f"visattn: error: {named}")
+    # ... but not a config's model that a checkpoint replaces (its hyperparameters name the model validated)
+    tagged = in_tmp / "tagged.yaml"
+    tagged.write_text("model:\n  init_args:\n    model_name: cbam_resnet20_cifar.nowhere\n")
+    assert main(["validate", "--config", str(CBAM_CONFIG), "--config", str(tagged), *QUICK,
+                 "--ckpt_path", "last"]) == 0
+
+
+def test_a_modules_own_model_name_is_not_looked_up_in_the_registry():
+    """A LightningModule of one's own may take a `model_name` that is no visattn model (a review)."""
+    from jsonargparse import Namespace
+
+    from visattn.errors import UnknownModelError
+    from visattn.tasks.lightning_cli import _check_model_name
+
+    own = Namespace(class_path="lightning.pytorch.LightningModule", init_args=Namespace(model_name="bert-base-uncased"))
+    _check_model_name(own, None)
+    task = Namespace(class_path="visattn.tasks.classification.ImageClassifier",
+                     init_args=Namespace(model_name="bert-base-uncased"))
+    with pytest.raises(UnknownModelError, match="unknown model 'bert-base-uncased'"):
+        _check_model_name(task, None)
 
 
 def _ctrl_c(*args, **kwargs):

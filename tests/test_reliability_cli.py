@@ -1524,6 +1524,13 @@ def test_an_unrecognized_config_command_option_is_named_with_the_nearest_and_not
                                        "--trainer.max_steps?); see `visattn fit --help`\n")
     assert main(["test", "--config", str(CBAM_CONFIG), "--bogus"]) == 2
     assert capsys.readouterr().err == "visattn: error: test: unrecognized argument --bogus; see `visattn test --help`\n"
+    # several, one as --option=value, and a stray word: each named (the second had been dropped), none blamed on FILE
+    assert main(["fit", "--config", str(CBAM_CONFIG), "--trainer.max_stepz=1", "--trainer.min_epochz", "-1"]) == 2
+    assert capsys.readouterr().err == ("visattn: error: fit: unrecognized arguments --trainer.max_stepz (did you mean "
+                                       "--trainer.max_steps?), --trainer.min_epochz (did you mean --trainer.min_epochs?); "
+                                       "see `visattn fit --help`\n")
+    assert main(["fit", "--config", str(CBAM_CONFIG), "extra"]) == 2
+    assert capsys.readouterr().err == "visattn: error: fit: unrecognized argument extra; see `visattn fit --help`\n"
 
 
 @pytest.mark.parametrize("command, attention_out, threshold, note", [
@@ -1901,9 +1908,11 @@ def test_a_shipped_config_runs_by_its_readme_name_from_any_folder(tmp_path, monk
                                        "did you mean configs/classification/vit_fmnist.yaml or "
                                        "configs/classification/vit_fmnist_stage3.yaml?\n")
     # a name as `visattn configs` lists them, without its folder or .yaml (jsonargparse's "File does not exist")
-    assert main(["fit", "--config", "cbam_resnet_fmnist"]) == 2
-    assert capsys.readouterr().err == ("visattn: error: --config cbam_resnet_fmnist: no such file; did you mean "
-                                       "configs/classification/cbam_resnet_fmnist.yaml?\n")
+    for name, task in (("cbam_resnet_fmnist", "classification"), ("vit_fmnist", "classification"),
+                       ("fcos_scenes", "detection")):
+        assert main(["fit", "--config", name]) == 2
+        assert capsys.readouterr().err == (f"visattn: error: --config {name}: no such file; did you mean "
+                                           f"configs/{task}/{name}.yaml?\n")
     assert main(["validate", "--config", str(tmp_path / "gone.yaml")]) == 2
     gone = tmp_path / "gone.yaml"
     assert capsys.readouterr().err == (f"visattn: error: --config {gone}: no such file; give a config's path, or a "

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence
 
 from .devices import DEVICE_CHOICES, MAX_WORKERS_PER_CPU, max_workers
 from .errors import (ONE_LINE_WARNINGS_ENV, ArgumentError, ConfigError, MissingSplit, NotATrainingCheckpoint,
-                     VisattnError, WeightsError, error_line, one_line, one_line_showwarning)
+                     VisattnError, VisattnWarning, WeightsError, error_line, one_line, one_line_showwarning)
 from .shipped import shipped_config, shipped_config_names, shipped_folder
 
 # Commands import torch and what they use when they run: `visattn --help`, a command's --help and a usage
@@ -52,8 +52,16 @@ def count_parameters(name: str) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _format_count(n: int) -> str:
-    return f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n / 1e3:.1f}K"
+def _parameter_count(name: str) -> str:
+    """:func:`count_parameters` as the listing shows it; ``?`` and a warning for a model that cannot be built (another
+    package's builder with a bug, an index entry with arguments its architecture refuses): the rest still list."""
+    try:
+        count = count_parameters(name)
+    except Exception as err:
+        reason = str(err) if isinstance(err, VisattnError) else f"{type(err).__name__}: {err}"
+        warnings.warn(f"{name} cannot be built to count its parameters ({one_line(reason)})", VisattnWarning)
+        return "?"
+    return f"{count / 1e6:.2f}M" if count >= 1e5 else f"{count / 1e3:.1f}K"
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -66,14 +74,14 @@ def cmd_models(args: argparse.Namespace) -> int:
     if args.pretrained:  # one row per ARCH.TAG: its tag's hyperparameters set its size
         names = [full for full in list_pretrained() if split_model_name(full)[0] in names]
         header = ("weights", "family", "params")
-        rows = [(n, model_family(split_model_name(n)[0]), _format_count(count_parameters(n))) for n in names]
+        rows = [(n, model_family(split_model_name(n)[0]), _parameter_count(n)) for n in names]
     else:
         tags: dict[str, list[str]] = {}
         for full in list_pretrained():
             arch, tag = split_model_name(full)
             tags.setdefault(arch, []).append(tag)
         header = ("model", "family", "params", "pretrained")
-        rows = [(n, model_family(n), _format_count(count_parameters(n)), ",".join(tags.get(n, [])) or "-")
+        rows = [(n, model_family(n), _parameter_count(n), ",".join(tags.get(n, [])) or "-")
                 for n in names]
     widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
     for row in [header, *rows]:

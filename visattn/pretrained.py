@@ -35,12 +35,12 @@ from safetensors.torch import save as unordered_safetensors_bytes
 from timm.models._features import FeatureGetterNet  # timm does not export it at the top
 from torch import nn
 
-from .errors import ConfigError, UnknownModelError, VisattnWarning, WeightsError, one_line
+from .errors import ConfigError, UnknownModelError, VisattnError, VisattnWarning, WeightsError, one_line
 from .fileio import atomic_path, atomic_write_text, exclusive_lock
 from .layers.create_attn import ATTN_LAYERS
 from .layers.patch_embed import fixed_input_size
 from .registry import Strictness
-from .shipped import installed_package, shipped_config_writing, shipped_folder
+from .shipped import installed_package, shipped_folder, unstarted_shipped_run
 
 StateDict = dict[str, torch.Tensor]
 
@@ -266,7 +266,7 @@ def timm_pretrained_cfg(model: nn.Module, preprocessing: Optional[dict[str, Any]
     preprocessing["input_size"] = [built["input_size"][0], *(fixed_input_size(model) or recorded_size[1:])]
     data = timm_data_config(preprocessing)
     return {**data, **_timm_model_fields(model, data["input_size"]), "num_classes": model.num_classes,
-            "classifier": type(model).classifier}
+            "classifier": getattr(type(model), "classifier", None)}  # the head's name, where a model names it
 
 
 def _timm_model_fields(model: nn.Module, input_size: tuple[int, ...]) -> dict[str, Any]:
@@ -460,6 +460,17 @@ def find_weights_entry(arch: str, tag: Optional[str] = None) -> dict[str, Any]:
     return entries[sorted(entries)[0]]
 
 
+def recorded_module(arch: str, tag: str) -> Optional[str]:
+    """The module that registers ``arch`` (another package's), as the index entry of ``arch.tag`` recorded it; None
+    when no entry of that name records one, or the weights folders cannot be read."""
+    with contextlib.suppress(VisattnError):
+        for index in _folder_indexes():
+            entry = next((e for e in index.values() if (e["arch"], e["tag"]) == (arch, tag)), None)
+            if entry is not None:
+                return entry.get("module")
+    return None
+
+
 def _timm_weights_hint(name: str) -> str:
     """How timm's weights of ``name`` load, where timm has weights of that name (a timm user's ``resnet18.a1_in1k``
     was refused without a word of them); else nothing."""
@@ -516,7 +527,7 @@ def read_state_dict(path: Union[str, Path], *, sha256: Optional[str] = None) -> 
                              "restore the file, or remove its entry from that index")
     # a relative path is read from the working folder, not the config's: say which, when it is not there
     where = "" if path.is_absolute() else f" (in the working folder {Path.cwd()})"
-    earlier_run = shipped_config_writing(path) if not path.exists() else None
+    earlier_run = unstarted_shipped_run(path) if not path.exists() else None
     fix = (f"`visattn fit --config {earlier_run}` trains it: run that here first, or give false for no weights"
            if earlier_run else "check the path, see `visattn models --pretrained` for ARCH.TAG names, or give false for "
            "no weights")
@@ -776,7 +787,7 @@ def save_weights(model: nn.Module, path: Union[str, Path], *, overwrite: bool = 
     Returns:
         The new index entry.
     """
-    from .registry import is_model, split_model_name
+    from .registry import is_model, model_module, split_model_name
 
     path, model = Path(path), _bare_model(model)
     arch, _, tag = path.name.removesuffix(".safetensors").partition(".")
@@ -790,6 +801,8 @@ def save_weights(model: nn.Module, path: Union[str, Path], *, overwrite: bool = 
         raise WeightsError(f"{path}: the model is a {built_as}, not a {arch}; name the file {built_as}.{tag}.safetensors")
     if meta.get("model_kwargs") is None and getattr(model, "visattn_kwargs", None):
         meta["model_kwargs"] = model.visattn_kwargs
+    if not model_module(arch).startswith("visattn."):  # another package's: what to install where it is missing
+        meta["module"] = model_module(arch)
     # The file holds every weight: rebuilding must not read where they started from, also when the
     # argument was left out (None loads what an ARCH.TAG encoder name says).
     sources = [k for k in _WEIGHT_SOURCES if k in inspect.signature(type(model).__init__).parameters]

@@ -13,6 +13,7 @@ import difflib
 import fnmatch
 import functools
 import numbers
+import threading
 import typing
 import warnings
 from collections.abc import Iterable, Sequence
@@ -34,6 +35,9 @@ _model_entrypoints: dict[str, Callable[..., nn.Module]] = {}
 _model_family: dict[str, str] = {}  # arch -> module short name, e.g. "vit", "resnet"
 MODEL_ENTRY_POINTS = "visattn.models"  # the entry-point group of other packages' model modules
 _entry_points_imported = False
+# Held while they import: another thread's lookup waits for their models (a reentrant lock: a module that builds a
+# model as it is imported comes back in the same thread, and finds them imported).
+_entry_points_lock = threading.RLock()
 
 
 def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -42,8 +46,13 @@ def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
     if name in _model_entrypoints:
         raise ValueError(f"model {name!r} is already registered by {_model_entrypoints[name].__module__}")
     _model_entrypoints[name] = fn
-    _model_family[name] = fn.__module__.rsplit(".", 1)[-1]
+    if fn.__module__.startswith("visattn."):  # another package's is found from what it builds (model_family)
+        _model_family[name] = _module_family(fn.__module__)
     return fn
+
+
+def _module_family(module: str) -> str:
+    return module.rsplit(".", 1)[-1]
 
 
 def evaluated_with(**preprocessing: Any) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
@@ -72,19 +81,27 @@ def _import_entry_point_models() -> None:
     """Import each installed package's ``visattn.models`` module, once. One that fails to import (or registers
     a name taken) is a warning naming it and its package; visattn's models and the other packages' still load."""
     global _entry_points_imported
-    if _entry_points_imported:
-        return
-    _entry_points_imported = True  # first: a module that builds a model as it is imported comes back here
+    with _entry_points_lock:
+        if not _entry_points_imported:
+            _entry_points_imported = True  # first: a module that builds a model as it is imported comes back here
+            _import_each_entry_point()
+
+
+def _import_each_entry_point() -> None:
     from importlib.metadata import entry_points
 
     for entry in entry_points(group=MODEL_ENTRY_POINTS):
+        package = entry.dist.name if entry.dist is not None else "an installed package"
+        named = f"{MODEL_ENTRY_POINTS} entry point {entry.name} = {entry.value} of {package}"
         try:
-            entry.load()
+            loaded = entry.load()
         except Exception as err:  # any error of another package's code: its models are missing, not visattn
-            package = entry.dist.name if entry.dist is not None else "an installed package"
-            warnings.warn(f"{MODEL_ENTRY_POINTS} entry point {entry.name} = {entry.value} of {package} failed to import "
-                          f"({type(err).__name__}: {one_line(str(err))}); its models may be missing: fix it, or "
-                          f"uninstall {package}", VisattnWarning)
+            warnings.warn(f"{named} failed to import ({type(err).__name__}: {one_line(str(err))}); its models may be "
+                          f"missing: fix it, or uninstall {package}", VisattnWarning)
+            continue
+        if entry.attr:  # `module:function` loads the function, which nothing would call
+            warnings.warn(f"{named} names {type(loaded).__name__} {entry.attr}, not a module; name the module whose "
+                          f"import registers the models ({entry.module})", VisattnWarning)
 
 
 def is_model(name: str) -> bool:
@@ -94,10 +111,36 @@ def is_model(name: str) -> bool:
     return isinstance(name, str) and name.partition(".")[0] in _model_entrypoints
 
 
-def model_family(name: str) -> str:
-    """The module a registered architecture (``arch`` or ``arch.tag``) lives in (``"vit"``, ``"resnet"``, ...)."""
+def model_module(name: str) -> str:
+    """The module whose ``@register_model`` builds a registered architecture (``arch`` or ``arch.tag``)."""
     arch, tag = split_model_name(name)
-    return _model_family[_resolve_arch(arch, tag=tag)]
+    return _model_entrypoints[_resolve_arch(arch, tag=tag)].__module__
+
+
+def model_family(name: str) -> str:
+    """The module a registered architecture (``arch`` or ``arch.tag``) lives in (``"vit"``, ``"resnet"``, ...); for
+    another package's, that of the visattn model it builds (:func:`_built_family`)."""
+    arch, tag = split_model_name(name)
+    arch = _resolve_arch(arch, tag=tag)
+    if arch not in _model_family:
+        _model_family[arch] = _built_family(arch)
+    return _model_family[arch]
+
+
+def _built_family(arch: str) -> str:
+    """Another package's architecture: the family of the visattn model its builder returns, built on the meta device
+    (a wrapper of visattn's ViT is a ``"vit"``: ``img_size`` and detector backbones take it as one); its builder's
+    module's name for a model of another class, or when the build fails."""
+    import torch
+
+    builder = _model_entrypoints[arch]
+    try:
+        with torch.device("meta"):
+            model = builder()
+    except Exception:  # another package's code, built without arguments: a family is no reason to fail
+        return _module_family(builder.__module__)
+    built = type(model).__module__
+    return _module_family(built if built.startswith("visattn.") else builder.__module__)
 
 
 def built_for_one_size(name: str) -> bool:
@@ -145,6 +188,13 @@ def _resolve_arch(name: str, *, tag: Optional[str] = None) -> str:
                                 f"with create_model(ARCH, pretrained={name!r})")
     close = _close_archs(name, tag)
     hint = f"did you mean {', '.join(close)}?" if close else "run `visattn models` to list them."
+    if tag is not None:
+        from .pretrained import recorded_module  # which imports this module
+
+        module = recorded_module(name, tag)
+        if module is not None:  # weights saved where another package was installed
+            hint = (f"its weights record that {module} registers it, and no installed package's "
+                    f"{MODEL_ENTRY_POINTS} entry point imports that module: install the package that has it")
     if name in _TORCHVISION_NAMES:  # whose weights load into visattn's of another name
         hint = (f"torchvision's name for visattn's {_TORCHVISION_NAMES[name]}, into which its weights load "
                 f"(create_model({_TORCHVISION_NAMES[name]!r}, pretrained='FILE.pth'))")
@@ -411,6 +461,10 @@ def create_model(
         raise ArgumentError("features_only", True, f"{arch} is a {model_task(arch)} model; build its backbone, a "
                                                    "classifier, with features_only=True")
     model = _model_entrypoints[arch](**kwargs)
+    if model_task(arch) == "classification" and not isinstance(getattr(model, "num_classes", None), int):
+        raise ConfigError(f"{arch}: its builder ({_model_entrypoints[arch].__module__}) gave a {type(model).__name__} "
+                          "without num_classes; give the model its head's class count as num_classes (0 without a "
+                          "head), as timm's models have")
     model.visattn_name = f"{arch}.{entry['tag']}" if entry else arch
     # what save_weights records, so that the weights rebuild this model by name (numpy's scalars as Python's: the
     # index is JSON)

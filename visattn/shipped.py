@@ -53,9 +53,10 @@ def shipped_config_names() -> list[str]:
     return sorted(f"configs/{path.relative_to(folder).as_posix()}" for path in folder.glob("*/*.yaml"))
 
 
-def shipped_config_writing(path: Union[str, Path]) -> Optional[str]:
-    """The shipped config (its README name) whose run, started in the working folder, writes ``path``: the
-    ``trainer.default_root_dir`` it trains into holds ``path`` (a later stage's start, ``outputs/vit_fmnist/...``)."""
+def unstarted_shipped_run(path: Union[str, Path]) -> Optional[str]:
+    """The shipped config (its README name) whose run, not yet started in the working folder, would write ``path``:
+    the ``trainer.default_root_dir`` it trains into holds ``path`` (a later stage's start, ``outputs/vit_fmnist/...``)
+    and is not there."""
     import yaml  # only for this message's look at the configs
 
     target = Path(os.path.abspath(path))
@@ -64,7 +65,7 @@ def shipped_config_writing(path: Union[str, Path]) -> Optional[str]:
         trainer = settings.get("trainer") if isinstance(settings, dict) else None
         root = trainer.get("default_root_dir") if isinstance(trainer, dict) else None
         if isinstance(root, str) and target.is_relative_to(os.path.abspath(root)):
-            return name
+            return None if os.path.exists(root) else name
     return None
 
 
@@ -78,5 +79,8 @@ def nearest_shipped_configs(value: Union[str, Path]) -> list[str]:
     nearest first."""
     name = Path(value).as_posix()
     name = name if name.lower().endswith(CONFIG_SUFFIXES) else f"{name}.yaml"
+    same_name = [config for config in shipped_config_names() if config.rsplit("/", 1)[-1] == name]
+    if same_name:  # the name without its task folder (short ones are too far from it for the cutoff below)
+        return same_name
     name = name if name.startswith("configs/") else f"configs/{name}"
     return difflib.get_close_matches(name, shipped_config_names(), n=2, cutoff=0.8)

@@ -88,7 +88,7 @@ from ..shipped import bare_config_name, config_file_name, nearest_shipped_config
 from .classification import EDITED_CHECKPOINT, read_checkpoint
 from .detection import class_label, detection_records
 from .distributed import gather_shares
-from .guards import seed_apart
+from .guards import GuardedTask, seed_apart
 
 log = logging.getLogger(__name__)
 
@@ -459,10 +459,15 @@ def _described(class_path: Optional[str], model_name: Any) -> str:
 _NON_NEGATIVE = {"lr": ("a learning rate", "0.001"), "weight_decay": ("a weight decay", "0.05")}
 
 
-def _check_model_name(model: Any) -> None:
-    """An unknown visattn ``model_name`` with its nearest names, before the checks of the folders the run writes:
-    an earlier run's checkpoints there had been the only error, and the misspelt name came after that was fixed."""
+def _check_model_name(model: Any, ckpt_path: Optional[str]) -> None:
+    """A visattn task's unknown ``model_name`` with its nearest names, before the checks of the folders the run
+    writes: an earlier run's checkpoints there had been the only error, and the misspelt name came after that was
+    fixed. Not with ``--ckpt_path``, whose file's hyperparameters replace the config's model; nor for a module of
+    one's own, whose ``model_name`` may be anything."""
+    task = _imported(getattr(model, "class_path", None))
     name = (getattr(model, "init_args", None) or {}).get("model_name")
+    if ckpt_path is not None or not (isinstance(task, type) and issubclass(task, GuardedTask)):
+        return
     if isinstance(name, str) and not name.startswith(("timm:", *HUB_PREFIXES)):  # timm's are checked as it builds
         model_arguments(name)  # an unknown ARCH or TAG: UnknownModelError with the nearest names
 
@@ -1166,7 +1171,7 @@ class VisattnCLI(LightningCLI):
         if subcommand is None:
             return super()._parse_ckpt_path()
         settings = self.config[subcommand]
-        _check_model_name(settings.get("model"))
+        _check_model_name(settings.get("model"), settings.get("ckpt_path"))
         settings["ckpt_path"] = _resolve_ckpt_path(subcommand, settings)
         # LightningCLI (2.6) swaps the config's model for the one a checkpoint file's hyperparameters
         # describe; this is the last point where the config's model is known.
@@ -1516,12 +1521,19 @@ class _VisattnParser(LightningArgumentParser):
         return plain_help(super().format_help())
 
     def error(self, message: str, ex: Optional[Exception] = None) -> NoReturn:
-        """An unrecognized option (``--trainer.max_stepz 1``) is named alone, with the nearest this parser takes."""
-        unknown = re.match(r"unrecognized arguments: (--[\w.-]+)", message)
-        if unknown:
-            close = difflib.get_close_matches(unknown[1], list(self._option_string_actions), n=1, cutoff=0.8)
-            message = f"unrecognized argument {unknown[1]}" + (f" (did you mean {close[0]}?)" if close else "")
+        """Unrecognized options (``--trainer.max_stepz 1``) are named without their values, each with the nearest
+        option this parser takes."""
+        if message.startswith("unrecognized arguments: "):
+            tokens = message.removeprefix("unrecognized arguments: ").split()
+            options = [token for token in tokens if re.match(r"-[^\d.]", token)] or tokens  # not values, "-1" too
+            plural = "s" if len(options) > 1 else ""
+            message = f"unrecognized argument{plural} {', '.join(self._with_nearest(option) for option in options)}"
         super().error(message, ex)
+
+    def _with_nearest(self, option: str) -> str:
+        name = option.partition("=")[0]
+        close = difflib.get_close_matches(name, list(self._option_string_actions), n=1, cutoff=0.8)
+        return f"{name} (did you mean {close[0]}?)" if close and name.startswith("--") else name
 
 
 # Sphinx roles and literals in the docstrings LightningCLI shows as help: :func:`visattn.create_model`, ``"photo"``.
@@ -1560,7 +1572,7 @@ def _build_and_run(argv: list[str]) -> VisattnCLI:
         unknown = _unknown_trainer_class(err)
         if unknown is not None:
             raise unknown from None
-        blamed = argv[:1] if str(err).startswith("unrecognized argument ") else argv[:3]  # the option, not the config
+        blamed = argv[:1] if str(err).startswith("unrecognized argument") else argv[:3]  # the option, not the config
         raise ConfigError(f"{' '.join(blamed)}: {_first_line(err)}{_unaccepted_option_hint(err, argv[0])}") from None
     except ModuleNotFoundError as err:
         # Lightning's requirement check for a setting it offers (trainer.precision transformer-engine)
