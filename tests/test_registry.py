@@ -385,7 +385,7 @@ def test_another_packages_entry_point_models_are_registered_and_train_from_a_con
     # the package uninstalled: its saved weights name the module to install
     env["PYTHONPATH"] = os.environ.get("PYTHONPATH", "")
     orphan = run("-m", "visattn", "classify", "--model", "tiny_own_net.mine", "photo.png")
-    assert (orphan.returncode, orphan.stderr) == (2, "visattn: error: unknown model 'tiny_own_net' (the architecture of "
-                                                     "'tiny_own_net.mine'): its weights record that attn_zoo_extra "
-                                                     "registers it, and no installed package's visattn.models entry "
-                                                     "point imports that module: install the package that has it\n")
+    assert (orphan.returncode, orphan.stderr) == (
+        2, "visattn: error: unknown model 'tiny_own_net' (the architecture of 'tiny_own_net.mine'): its weights record "
+           "that attn_zoo_extra registers it, and no installed package's visattn.models entry point imports that "
+           "module: install the package that has it\n")

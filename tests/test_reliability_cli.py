@@ -1517,8 +1517,8 @@ def test_fit_help_does_not_offer_the_optimizer_options_every_run_refuses(monkeyp
 
 
 def test_an_unrecognized_config_command_option_is_named_with_the_nearest_and_not_blamed_on_the_config(capsys):
-    """`fit --config FILE --trainer.max_stepz 1` said "fit --config FILE: unrecognized arguments: --trainer.max_stepz 1",
-    naming no option it takes (a README audit)."""
+    """`fit --config FILE --trainer.max_stepz 1` said "fit --config FILE: unrecognized arguments: --trainer.max_stepz
+    1", naming no option it takes (a README audit)."""
     assert main(["fit", "--config", str(CBAM_CONFIG), "--trainer.max_stepz", "1"]) == 2
     assert capsys.readouterr().err == ("visattn: error: fit: unrecognized argument --trainer.max_stepz (did you mean "
                                        "--trainer.max_steps?); see `visattn fit --help`\n")
@@ -1527,8 +1527,8 @@ def test_an_unrecognized_config_command_option_is_named_with_the_nearest_and_not
     # several, one as --option=value, and a stray word: each named (the second had been dropped), none blamed on FILE
     assert main(["fit", "--config", str(CBAM_CONFIG), "--trainer.max_stepz=1", "--trainer.min_epochz", "-1"]) == 2
     assert capsys.readouterr().err == ("visattn: error: fit: unrecognized arguments --trainer.max_stepz (did you mean "
-                                       "--trainer.max_steps?), --trainer.min_epochz (did you mean --trainer.min_epochs?); "
-                                       "see `visattn fit --help`\n")
+                                       "--trainer.max_steps?), --trainer.min_epochz (did you mean "
+                                       "--trainer.min_epochs?); see `visattn fit --help`\n")
     assert main(["fit", "--config", str(CBAM_CONFIG), "extra"]) == 2
     assert capsys.readouterr().err == "visattn: error: fit: unrecognized argument extra; see `visattn fit --help`\n"
 

@@ -107,7 +107,8 @@ def _write_onnx(model: nn.Module, path: Path, *, input_size: Optional[Sequence[i
     fixed = fixed_input_size(model)
     if dynamic_size and fixed is not None:
         raise ArgumentError("dynamic_size", True, f"{type(model).__name__} takes {fixed[0]}x{fixed[1]} images only (its "
-                                                  "position embeddings are laid out for one grid); export it at that size")
+                                                  "position embeddings are laid out for one grid); export it at that "
+                                                  "size")
     if dynamic_size and getattr(model, "dynamic_img_size", False):  # visattn's ViTs and timm's
         raise ArgumentError("dynamic_size", True, f"{type(model).__name__} resamples its position embeddings to each "
                                                   "image size in Python, which the traced graph would fix at one; "

@@ -528,10 +528,10 @@ def read_state_dict(path: Union[str, Path], *, sha256: Optional[str] = None) -> 
     # a relative path is read from the working folder, not the config's: say which, when it is not there
     where = "" if path.is_absolute() else f" (in the working folder {Path.cwd()})"
     earlier_run = unstarted_shipped_run(path) if not path.exists() else None
-    fix = (f"`visattn fit --config {earlier_run}` trains it: run that here first, or give false for no weights"
-           if earlier_run else "check the path, see `visattn models --pretrained` for ARCH.TAG names, or give false for "
-           "no weights")
-    require_regular_file(path, missing=f"weights file not found{where}, nor weights of that name ({_searched()}); {fix}")
+    fix = (f"`visattn fit --config {earlier_run}` trains it: run that here first" if earlier_run else
+           "check the path, see `visattn models --pretrained` for ARCH.TAG names")
+    require_regular_file(path, missing=f"weights file not found{where}, nor weights of that name ({_searched()}); "
+                                       f"{fix}, or give false for no weights")
     # Indexed safetensors weights are hashed and loaded from the same bytes: a file swapped between a check
     # and a second read would load unchecked.
     data = path.read_bytes() if sha256 is not None and path.suffix == ".safetensors" else None

@@ -61,7 +61,8 @@ def unstarted_shipped_run(path: Union[str, Path]) -> Optional[str]:
 
     target = Path(os.path.abspath(path))
     for name in shipped_config_names():
-        settings = yaml.safe_load((shipped_folder("configs") / name.removeprefix("configs/")).read_text(encoding="utf-8"))
+        config = shipped_folder("configs") / name.removeprefix("configs/")
+        settings = yaml.safe_load(config.read_text(encoding="utf-8"))
         trainer = settings.get("trainer") if isinstance(settings, dict) else None
         root = trainer.get("default_root_dir") if isinstance(trainer, dict) else None
         if isinstance(root, str) and target.is_relative_to(os.path.abspath(root)):
