@@ -233,6 +233,8 @@ _METADATA_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "class_names": (_is_label_list, "a list of label names, one per class"),
     "category_ids": (lambda v: isinstance(v, (list, tuple)) and all(i is None or (isinstance(i, int) and not isinstance(
         i, bool)) for i in v), "a list of whole-number category ids, one per class"),
+    "module": (lambda v: isinstance(v, str) and re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", v) is not None,
+               "the dotted name of the module that registers the architecture, e.g. 'my_package.models'"),
 }
 
 
@@ -801,8 +803,8 @@ def save_weights(model: nn.Module, path: Union[str, Path], *, overwrite: bool = 
         raise WeightsError(f"{path}: the model is a {built_as}, not a {arch}; name the file {built_as}.{tag}.safetensors")
     if meta.get("model_kwargs") is None and getattr(model, "visattn_kwargs", None):
         meta["model_kwargs"] = model.visattn_kwargs
-    if not model_module(arch).startswith("visattn."):  # another package's: what to install where it is missing
-        meta["module"] = model_module(arch)
+    if not model_module(arch).startswith(("visattn.", "__main__")):  # another package's: what to install where
+        meta["module"] = model_module(arch)  # it is missing (a script's models have no package to name)
     # The file holds every weight: rebuilding must not read where they started from, also when the
     # argument was left out (None loads what an ARCH.TAG encoder name says).
     sources = [k for k in _WEIGHT_SOURCES if k in inspect.signature(type(model).__init__).parameters]

@@ -13,6 +13,7 @@ import difflib
 import fnmatch
 import functools
 import numbers
+import sys
 import threading
 import typing
 import warnings
@@ -119,28 +120,26 @@ def model_module(name: str) -> str:
 
 def model_family(name: str) -> str:
     """The module a registered architecture (``arch`` or ``arch.tag``) lives in (``"vit"``, ``"resnet"``, ...); for
-    another package's, that of the visattn model it builds (:func:`_built_family`)."""
+    another package's, that of the visattn model it builds (:func:`_remember_family`)."""
     arch, tag = split_model_name(name)
     arch = _resolve_arch(arch, tag=tag)
-    if arch not in _model_family:
-        _model_family[arch] = _built_family(arch)
-    return _model_family[arch]
-
-
-def _built_family(arch: str) -> str:
-    """Another package's architecture: the family of the visattn model its builder returns, built on the meta device
-    (a wrapper of visattn's ViT is a ``"vit"``: ``img_size`` and detector backbones take it as one); its builder's
-    module's name for a model of another class, or when the build fails."""
+    if arch in _model_family:
+        return _model_family[arch]
     import torch
 
-    builder = _model_entrypoints[arch]
-    try:
+    try:  # another package's: the family of what its builder returns without arguments, on the meta device
         with torch.device("meta"):
-            model = builder()
-    except Exception:  # another package's code, built without arguments: a family is no reason to fail
-        return _module_family(builder.__module__)
+            return _remember_family(arch, _model_entrypoints[arch]())
+    except Exception:  # it needs arguments (or loads weights): its module's name until create_model has built it
+        return _module_family(_model_entrypoints[arch].__module__)
+
+
+def _remember_family(arch: str, model: nn.Module) -> str:
+    """Another package's architecture is of the family of the visattn model its builder returns (a wrapper of
+    visattn's ViT is a ``"vit"``: ``img_size`` and detector backbones take it as one), else its module's name."""
     built = type(model).__module__
-    return _module_family(built if built.startswith("visattn.") else builder.__module__)
+    family = _module_family(built if built.startswith("visattn.") else _model_entrypoints[arch].__module__)
+    return _model_family.setdefault(arch, family)
 
 
 def built_for_one_size(name: str) -> bool:
@@ -192,7 +191,10 @@ def _resolve_arch(name: str, *, tag: Optional[str] = None) -> str:
         from .pretrained import recorded_module  # which imports this module
 
         module = recorded_module(name, tag)
-        if module is not None:  # weights saved where another package was installed
+        if module in sys.modules:  # the package is there, in another version
+            hint = (f"its weights record that {module} registers it, which the installed {module} does not: install "
+                    "the version of its package that has it")
+        elif module is not None:  # weights saved where another package was installed
             hint = (f"its weights record that {module} registers it, and no installed package's "
                     f"{MODEL_ENTRY_POINTS} entry point imports that module: install the package that has it")
     if name in _TORCHVISION_NAMES:  # whose weights load into visattn's of another name
@@ -461,6 +463,7 @@ def create_model(
         raise ArgumentError("features_only", True, f"{arch} is a {model_task(arch)} model; build its backbone, a "
                                                    "classifier, with features_only=True")
     model = _model_entrypoints[arch](**kwargs)
+    _remember_family(arch, model)
     if model_task(arch) == "classification" and not isinstance(getattr(model, "num_classes", None), int):
         raise ConfigError(f"{arch}: its builder ({_model_entrypoints[arch].__module__}) gave a {type(model).__name__} "
                           "without num_classes; give the model its head's class count as num_classes (0 without a "
