@@ -466,10 +466,7 @@ def recorded_module(arch: str, tag: str) -> Optional[str]:
     """The module that registers ``arch`` (another package's), as the index entry of ``arch.tag`` recorded it; None
     when no entry of that name records one, or the weights folders cannot be read."""
     with contextlib.suppress(VisattnError):
-        for index in _folder_indexes():
-            entry = next((e for e in index.values() if (e["arch"], e["tag"]) == (arch, tag)), None)
-            if entry is not None:
-                return entry.get("module")
+        return load_index().get(f"{arch}.{tag}", {}).get("module")
     return None
 
 
@@ -803,8 +800,9 @@ def save_weights(model: nn.Module, path: Union[str, Path], *, overwrite: bool = 
         raise WeightsError(f"{path}: the model is a {built_as}, not a {arch}; name the file {built_as}.{tag}.safetensors")
     if meta.get("model_kwargs") is None and getattr(model, "visattn_kwargs", None):
         meta["model_kwargs"] = model.visattn_kwargs
-    if not model_module(arch).startswith(("visattn.", "__main__")):  # another package's: what to install where
-        meta["module"] = model_module(arch)  # it is missing (a script's models have no package to name)
+    module = model_module(arch)
+    if not module.startswith(("visattn.", "__main__")):  # another package's: what to install where it is missing
+        meta["module"] = module  # (a script's models have no package to name)
     # The file holds every weight: rebuilding must not read where they started from, also when the
     # argument was left out (None loads what an ARCH.TAG encoder name says).
     sources = [k for k in _WEIGHT_SOURCES if k in inspect.signature(type(model).__init__).parameters]

@@ -21,6 +21,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Callable, Literal, Optional, Union
 
 import numpy as np
+import torch
 from torch import nn
 
 from .errors import (ArgumentError, ConfigError, DeprecatedArgumentWarning, UnknownModelError, VisattnWarning,
@@ -125,8 +126,6 @@ def model_family(name: str) -> str:
     arch = _resolve_arch(arch, tag=tag)
     if arch in _model_family:
         return _model_family[arch]
-    import torch
-
     try:  # another package's: the family of what its builder returns without arguments, on the meta device
         with torch.device("meta"):
             return _remember_family(arch, _model_entrypoints[arch]())
