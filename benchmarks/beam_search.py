@@ -20,7 +20,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import side_by_side
 from visattn.data.scenes import FashionScenes
-from visattn.tasks.captioning import load_captioner
+from visattn.inference.captioner import load_captioner
 
 
 def scene_batch(captioner, count: int) -> torch.Tensor:

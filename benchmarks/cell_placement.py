@@ -19,7 +19,7 @@ import torch
 import visattn.explain as explain_module
 from visattn.cli import pointing_scenes
 from visattn.explain import CellCentres, evaluate_class_pointing, evaluate_pointing
-from visattn.tasks.classification import load_classifier
+from visattn.inference.classifier import load_classifier
 
 
 def shifted(fraction: float):

@@ -22,7 +22,7 @@ from onnx import TensorProto, helper
 import side_by_side
 import visattn
 from visattn.export import INPUT_NAME, export_onnx, onnx_max_difference, onnx_session
-from visattn.tasks.classification import inference_model
+from visattn.inference.checkpoints import inference_model
 
 MODELS = ("vit_small_patch16_224", "cbam_resnet18")
 

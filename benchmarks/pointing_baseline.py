@@ -35,11 +35,13 @@ from visattn.cli import pointing_scenes
 from visattn.data.scenes import FashionScenes
 from visattn.explain import evaluate_class_pointing, evaluate_pointing
 from visattn.registry import create_model, model_family
-from visattn.tasks.captioning import (attention_centres, evaluation_loader, is_captioner, load_captioner,
-                                      pointing_hits)
+from visattn.inference.captioner import attention_centres, is_captioner, load_captioner
+from visattn.tasks.captioning import evaluation_loader, pointing_hits
 from visattn.explain import CellCentres, pointing_hit
-from visattn.tasks.classification import Classifier, inference_model, load_classifier
-from visattn.tasks.detection import detector_scenes, is_detector, load_detector
+from visattn.inference.checkpoints import inference_model
+from visattn.inference.classifier import Classifier, load_classifier
+from visattn.inference.detector import is_detector, load_detector
+from visattn.tasks.detection import detector_scenes
 
 
 def untrained_copy(classifier: Classifier, seed: int, img_size: Optional[int]) -> Classifier:

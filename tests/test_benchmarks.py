@@ -105,6 +105,13 @@ def test_weights_loading(capsys, monkeypatch):
     assert "timm/visattn" in out
 
 
+def test_command_startup(capsys, monkeypatch):
+    out, figures = run_smoke(capsys, monkeypatch, "command_startup.py")
+    assert [row["command"] for row in figures["results"]] == ["classify"]
+    _check_ratio(figures["results"][0], "floor_s", "command_s")
+    assert "floor/command" in out and "import torch, torchvision, timm" in figures["floor"]
+
+
 def test_beam_search(capsys, monkeypatch):
     out, figures = run_smoke(capsys, monkeypatch, "beam_search.py")
     assert figures["benchmark"] == "beam_search" and figures["batch"] == 4 and figures["beam_size"] == 5
@@ -223,7 +230,7 @@ def test_cell_placement_scores_visattns_placement_and_the_blocks_centres(capsys,
     import visattn.explain as explain_module
     from visattn.cli import pointing_scenes
     from visattn.explain import CellCentres, evaluate_pointing
-    from visattn.tasks.classification import load_classifier
+    from visattn.inference.classifier import load_classifier
 
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     monkeypatch.setattr(sys, "argv", ["cell_placement.py", "--smoke", "--threads", "1"])

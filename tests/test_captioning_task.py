@@ -19,8 +19,8 @@ from visattn.cli import main
 from visattn.data.vocab import Vocabulary
 from visattn.errors import ConfigError, VisattnWarning, WeightsError
 from visattn.explain import CellCentres
-from visattn.tasks.captioning import (CaptionMetrics, Captioner, CaptioningTask, caption_scores, decode,
-                                      load_captioner, pointing_hits)
+from visattn.inference.captioner import Captioner, decode, load_captioner
+from visattn.tasks.captioning import CaptionMetrics, CaptioningTask, caption_scores, pointing_hits
 
 CONFIG = "configs/captioning/sat_scenes.yaml"
 TINY_MODEL = json.dumps(dict(encoder_kwargs=dict(layers=[1, 1], widths=[8, 16], small_input=False), img_size=32,
@@ -65,7 +65,7 @@ def test_pointing_hits_only_for_items_that_occur_once():
 def test_a_captioners_attention_cells_sit_where_its_encoder_looks():
     """Scored and drawn in equal blocks, the scenes captioner's 8 px cells sat 3.5 px right of and below
     their receptive fields' centres."""
-    from visattn.tasks.captioning import attention_centres
+    from visattn.inference.captioner import attention_centres
 
     scenes = create_model("sat_cbam_resnet_scenes", vocab_size=10)  # stride-8 encoder map, 8x8 grid
     assert attention_centres(scenes, (64, 64)) == CellCentres(*[tuple(8 * k + 0.5 for k in range(8))] * 2)
@@ -282,7 +282,7 @@ def test_evaluate_reports_a_tiny_score_to_six_significant_digits_not_as_zero(wei
 def test_caption_prints_and_titles_unknown_words_as_unk(tmp_path, capsys, monkeypatch):
     """A caption of unknown words printed as "" beside panels without titles, exit 0."""
     from visattn.explain import overlay
-    from visattn.tasks import captioning
+    from visattn.inference import captioner
 
     def unknown_words(model, images, **kwargs):
         decoded = decode(model, images, **kwargs)
@@ -291,7 +291,7 @@ def test_caption_prints_and_titles_unknown_words_as_unk(tmp_path, capsys, monkey
 
     titles = []
     panels = overlay.word_panels_figure
-    monkeypatch.setattr(captioning, "decode", unknown_words)
+    monkeypatch.setattr(captioner, "decode", unknown_words)
     monkeypatch.setattr(overlay, "word_panels_figure", lambda image, words, *a, **k: titles.append(words) or
                         panels(image, words, *a, **k))
     Image.new("RGB", (64, 64), (90, 90, 90)).save(tmp_path / "grey.png")
@@ -304,7 +304,7 @@ def test_caption_prints_and_titles_unknown_words_as_unk(tmp_path, capsys, monkey
 def test_a_caption_rerun_with_an_empty_caption_leaves_no_earlier_attention_panel_behind(tmp_path, monkeypatch, capsys):
     """An image whose caption is now empty has nothing to draw: the earlier run's panel of its words goes, beside
     the record's null (the panel had stayed, showing words the caption no longer had)."""
-    from visattn.tasks import captioning
+    from visattn.inference import captioner
 
     Image.new("RGB", (64, 64), (90, 90, 90)).save(tmp_path / "grey.png")
     out = tmp_path / "panels"
@@ -319,7 +319,7 @@ def test_a_caption_rerun_with_an_empty_caption_leaves_no_earlier_attention_panel
         decoded.tokens, decoded.attention = [t[:0] for t in decoded.tokens], [a[:0] for a in decoded.attention]
         return decoded
 
-    monkeypatch.setattr(captioning, "decode", no_words)
+    monkeypatch.setattr(captioner, "decode", no_words)
     assert main(caption) == 0
     again = json.loads(capsys.readouterr().out)
     assert again["caption"] == "" and again["attention"] is None and not any(out.iterdir())
@@ -457,7 +457,7 @@ def test_attention_panels_are_drawn_on_what_the_model_saw_not_the_whole_file(tmp
 
     import visattn.explain.overlay
     from visattn.explain import model_view
-    from visattn.tasks.captioning import caption_files, load_captioner
+    from visattn.inference.captioner import caption_files, load_captioner
 
     shipped = load_captioner("sat_cbam_resnet_scenes.scenes")
     captioner = dataclasses.replace(shipped, preprocessing={**shipped.preprocessing, "recipe": "photo"})
@@ -484,7 +484,7 @@ def test_fine_tuning_a_shipped_captioner_on_other_words_keeps_all_but_the_per_wo
     # It was a shape error blaming the architecture; and a vocabulary of the same size would have loaded
     # each id's embedding for the word it had in the shipped vocabulary (pretrained=True on the bare
     # architecture, its default weights, still did).
-    from visattn.tasks.captioning import load_captioner
+    from visattn.inference.captioner import load_captioner
 
     shipped = create_model("sat_cbam_resnet_scenes.scenes")
     own = Vocabulary.from_list(Vocabulary.build(["a red bag on grass", "a blue sky"] * 5, min_count=1).to_list())
@@ -619,30 +619,30 @@ def test_a_checkpoint_scored_on_data_of_another_vocabulary_is_refused_and_typed_
 def test_caption_decodes_as_long_as_the_checkpoints_run_unless_told(tmp_path, monkeypatch, capsys):
     """`caption` (and `evaluate`, which takes the same default) decoded at most 20 words whatever max_len
     the run validated with."""
-    import visattn.tasks.captioning as captioning
+    import visattn.inference.captioner as captioner
     from test_reliability_inputs import write_captioner_checkpoint
 
     checkpoint = write_captioner_checkpoint(tmp_path / "sat.ckpt", max_len=3)
     image = tmp_path / "x.png"
     Image.new("RGB", (32, 32), (200, 10, 10)).save(image)
     asked = []
-    real_decode = captioning.decode
-    monkeypatch.setattr(captioning, "decode", lambda model, images, **kw: asked.append(kw["max_len"]) or
+    real_decode = captioner.decode
+    monkeypatch.setattr(captioner, "decode", lambda model, images, **kw: asked.append(kw["max_len"]) or
                         real_decode(model, images, **kw))
     for extra in ([], ["--max-len", "6"]):
         assert main(["caption", str(image), "--checkpoint", str(checkpoint), "--json", *extra]) == 0
     assert asked == [3, 6]
     assert len(json.loads(capsys.readouterr().out.splitlines()[0])["caption"].split()) <= 3
-    assert captioning.load_captioner("sat_cbam_resnet_scenes.scenes").max_len == 20  # shipped weights record none
+    assert captioner.load_captioner("sat_cbam_resnet_scenes.scenes").max_len == 20  # shipped weights record none
     edited = torch.load(checkpoint, weights_only=True)
     edited["hyper_parameters"]["max_len"] = 0
     torch.save(edited, tmp_path / "edited.ckpt")
     with pytest.raises(WeightsError, match=r"edited.ckpt: hyper_parameters.max_len=0; the file was edited or damaged"):
-        captioning.load_captioner(checkpoint=str(tmp_path / "edited.ckpt"))
+        captioner.load_captioner(checkpoint=str(tmp_path / "edited.ckpt"))
     # save-weights records it, so the weights decode as the checkpoint does
     monkeypatch.setenv("VISATTN_WEIGHTS", str(tmp_path / "weights"))
     assert main(["save-weights", "--checkpoint", str(checkpoint), "--tag", "short", "--out-dir", str(tmp_path / "weights")]) == 0
-    assert captioning.load_captioner("sat_cbam_resnet_scenes.short").max_len == 3
+    assert captioner.load_captioner("sat_cbam_resnet_scenes.short").max_len == 3
 
 
 def test_a_captioners_validation_decodes_and_scores_with_its_weight_average():

@@ -20,9 +20,11 @@ from visattn import create_model, save_weights
 from visattn.cli import main
 from visattn.data.transforms import eval_transforms
 from visattn.errors import ConfigError, MissingSplit, VisattnWarning, WeightsError
-from visattn.tasks.captioning import CaptioningTask, load_captioner
-from visattn.tasks.classification import Classifier, ImageClassifier, load_classifier
-from visattn.tasks.detection import load_detector
+from visattn.inference.captioner import load_captioner
+from visattn.tasks.captioning import CaptioningTask
+from visattn.inference.classifier import Classifier, load_classifier
+from visattn.tasks.classification import ImageClassifier
+from visattn.inference.detector import load_detector
 from visattn.tasks.optimization import adamw_warmup_cosine, warmup_cosine, weight_decay_groups
 
 REPO = Path(__file__).resolve().parents[1]
@@ -524,7 +526,8 @@ def test_an_image_folder_is_scored_by_class_name_not_folder_position(tmp_path):
     """Folders 'T-shirt_top' and 'dog' hold the classifier's labels 2 and 1: sorted positions 0 and 1 would mislabel both."""
     from fixtures_images import write_image_folder
 
-    from visattn.tasks.classification import Classifier, evaluate_classifier, evaluation_dataset
+    from visattn.inference.classifier import Classifier
+    from visattn.tasks.classification import evaluate_classifier, evaluation_dataset
 
     root = write_image_folder(tmp_path / "photos" / "test", classes=("T-shirt_top", "dog"), per_class=2)  # gray 0, 40
     labels = ["cat", "dog", "T-shirt/top"]
@@ -564,7 +567,8 @@ def test_an_image_folder_with_a_class_named_like_a_split_is_scored_as_classes(tm
     from fixtures_images import write_image_folder
 
     from visattn.cli import evaluation_split
-    from visattn.tasks.classification import Classifier, evaluate_classifier, evaluation_dataset
+    from visattn.inference.classifier import Classifier
+    from visattn.tasks.classification import evaluate_classifier, evaluation_dataset
 
     root = write_image_folder(tmp_path / "vehicles", classes=("bus", "train"), per_class=2)  # gray 0, 40
     classifier = Classifier(_BrightnessOracle([0.0, 40 / 255]), ["bus", "train"],
@@ -656,7 +660,7 @@ def test_a_timm_classifier_loads_the_pretrained_file_it_is_given(tmp_path):
     import timm
     from safetensors.torch import save_file
 
-    from visattn.tasks.classification import build_classifier
+    from visattn.inference.classifier import build_classifier
 
     source = timm.create_model("resnet18", num_classes=3)
     save_file(source.state_dict(), tmp_path / "r18.safetensors")
@@ -675,7 +679,7 @@ def test_a_timm_classifier_fine_tunes_a_file_of_another_label_count_dropping_tim
     import timm
     from safetensors.torch import save_file
 
-    from visattn.tasks.classification import build_classifier
+    from visattn.inference.classifier import build_classifier
 
     source = timm.create_model(name, num_classes=7)
     save_file(source.state_dict(), tmp_path / "w.safetensors")
@@ -694,7 +698,7 @@ def test_a_timm_vit_built_for_another_size_takes_a_file_of_weights_as_timm_resam
     import timm
     from safetensors.torch import save_file
 
-    from visattn.tasks.classification import build_classifier
+    from visattn.inference.classifier import build_classifier
 
     source = timm.create_model("vit_tiny_patch16_224", depth=1, num_classes=3)
     save_file(source.state_dict(), tmp_path / "w.safetensors")
@@ -843,7 +847,8 @@ def _ranked_logits(labels: torch.Tensor, ranks: list[int], num_classes: int) -> 
 def test_top1_and_top5_accuracy_equal_a_hand_count_where_they_differ():
     """20 samples of 10 classes: the true class ranks 1st in 7 of them, 2nd..5th in 8 more and 6th..10th
     in the last 5, so top-1 is 7/20 and top-5 is 15/20, through the task's metrics and `evaluate_classifier`."""
-    from visattn.tasks.classification import Classifier, ImageClassifier, accuracy_metrics, evaluate_classifier
+    from visattn.inference.classifier import Classifier
+    from visattn.tasks.classification import ImageClassifier, accuracy_metrics, evaluate_classifier
 
     num_classes, labels = 10, torch.arange(20) % 10
     ranks = [1] * 7 + [2, 3, 4, 5, 5, 4, 3, 2] + [6, 7, 8, 9, 10]
@@ -874,7 +879,8 @@ def test_top1_and_top5_accuracy_equal_a_hand_count_where_they_differ():
 def test_per_class_accuracy_equals_a_hand_count_and_leaves_out_classes_without_samples():
     """Each class's accuracy, count and most frequent wrong prediction, counted here from the logits' argmax; the
     mean over the classes that have samples (a split of a subset of the classes scored absent ones as 0)."""
-    from visattn.tasks.classification import Classifier, evaluate_classifier
+    from visattn.inference.classifier import Classifier
+    from visattn.tasks.classification import evaluate_classifier
 
     num_classes, labels = 10, torch.arange(20) % 10
     logits = _ranked_logits(labels, [1] * 7 + [2, 3, 4, 5, 5, 4, 3, 2] + [6, 7, 8, 9, 10], num_classes)
@@ -994,7 +1000,7 @@ def test_a_slower_backbone_is_the_registered_backbone_not_the_pyramid_built_on_i
 
 def test_a_checkpoint_given_as_the_model_name_from_python_says_checkpoint(tmp_path):
     """load_classifier('run/last.ckpt') stripped '.ckpt' as a tag and called it an unknown model."""
-    from visattn.tasks.classification import load_classifier
+    from visattn.inference.classifier import load_classifier
 
     path = tmp_path / "last.ckpt"
     path.write_bytes(b"not read")
@@ -1189,7 +1195,7 @@ def test_fine_tuning_timm_weights_with_other_normalisation_warns_as_for_shipped_
 
     from visattn.errors import VisattnWarning
 
-    monkeypatch.setattr("visattn.tasks.classification.load_weights", lambda *args, **kwargs: None)  # no download
+    monkeypatch.setattr("visattn.inference.classifier.load_weights", lambda *args, **kwargs: None)  # no download
     name, small = "timm:vit_tiny_patch16_224.augreg_in21k", {"depth": 1}
     imagenet = {"input_size": [3, 224, 224], "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
     with pytest.warns(VisattnWarning, match=r"^the data normalises with mean \[0.485, 0.456, 0.406\], std .* but the "
@@ -1298,7 +1304,7 @@ def test_fine_tuning_timm_weights_with_another_crop_or_filter_warns(monkeypatch,
 
     from visattn.errors import VisattnWarning
 
-    monkeypatch.setattr("visattn.tasks.classification.load_weights", lambda *args, **kwargs: None)  # no download
+    monkeypatch.setattr("visattn.inference.classifier.load_weights", lambda *args, **kwargs: None)  # no download
     name, small = "timm:vit_tiny_patch16_224.augreg_in21k", {"depth": 1}
     folder = {"input_size": [3, 224, 224], "mean": [0.5] * 3, "std": [0.5] * 3, "crop_pct": 0.875,
               "interpolation": "bilinear"}
@@ -1358,12 +1364,12 @@ def test_timm_weights_asked_for_in_model_kwargs_warn_of_other_normalisation_as_t
     import timm.models._builder
 
     from visattn.errors import VisattnWarning
-    from visattn.tasks import classification
+    from visattn.inference import classifier
 
     fetched = []  # what timm would download: the weights the run starts from
     monkeypatch.setattr(timm.models._builder, "load_pretrained",
                         lambda model, pretrained_cfg, **kwargs: fetched.append(pretrained_cfg["hf_hub_id"]))
-    monkeypatch.setattr(classification, "offline_timm_file", lambda name: None)  # as where the hub is reachable
+    monkeypatch.setattr(classifier, "offline_timm_file", lambda name: None)  # as where the hub is reachable
     name, imagenet = "timm:vit_tiny_patch16_224.augreg_in21k", {
         "input_size": [3, 224, 224], "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
     with pytest.warns(VisattnWarning, match=r"^the data normalises with mean \[0.485, 0.456, 0.406\], std .* but the "
@@ -1443,7 +1449,7 @@ def test_image_files_beside_the_class_folders_are_named_not_left_out_unsaid(tmp_
 @pytest.mark.parametrize("img_size, fits", [(30, "28 or 32"), (2, "4")])
 def test_an_img_size_the_vits_patches_do_not_divide_names_the_option_and_sizes_that_fit(img_size, fits):
     """It read "img_size=(30, 30) is not divisible by patch_size=(4, 4); change one of them": neither is an option."""
-    from visattn.tasks.classification import load_classifier
+    from visattn.inference.classifier import load_classifier
 
     with pytest.raises(ConfigError, match=rf"^--img-size {img_size}: vit_tiny_patch4_28\.fmnist takes sides that are "
                                           rf"multiples of its 4-pixel patches; give {fits}$"):

@@ -466,7 +466,7 @@ def test_image_folder_data_module_separate_roots(tmp_path):
 
 
 def test_a_classifiers_transform_takes_gray_arrays_and_names_other_layouts():
-    from visattn.tasks.classification import load_classifier
+    from visattn.inference.classifier import load_classifier
 
     classifier = load_classifier("se_resnet20_cifar")
     gray = np.full((28, 28), 128, np.uint8)
@@ -504,7 +504,8 @@ def test_evaluation_leaves_broken_files_out_and_scores_each_image_once(tmp_path)
     """A substitute image would be scored twice; validation, test and `evaluate` leave broken files out."""
     import lightning.pytorch as pl
 
-    from visattn.tasks.classification import ImageClassifier, evaluate_classifier, load_classifier
+    from visattn.inference.classifier import load_classifier
+    from visattn.tasks.classification import ImageClassifier, evaluate_classifier
 
     root = write_image_folder(tmp_path / "photos", per_class=3, broken=("cat", "dog"))  # 6 good files of 8
     data = ImageFolderDataModule(str(root), test_root=str(root), img_size=28, batch_size=1, num_workers=0,
@@ -735,7 +736,7 @@ def test_a_one_channel_classifier_trains_from_its_config_and_evaluates_on_gray_i
     import json
 
     from visattn.cli import main
-    from visattn.tasks.classification import load_classifier
+    from visattn.inference.classifier import load_classifier
 
     monkeypatch.chdir(tmp_path)
     config = Path(__file__).resolve().parents[1] / "configs" / "classification" / "se_resnet20_fmnist_gray.yaml"

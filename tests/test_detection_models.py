@@ -424,7 +424,7 @@ def test_fcos_finds_nothing_in_the_padding_past_an_image_of_another_aspect():
 
     from visattn.data.scenes import FashionScenes
     from visattn.data.transforms import to_tensor
-    from visattn.tasks.detection import load_detector
+    from visattn.inference.detector import load_detector
 
     detector = load_detector("fcos_se_resnet20_cifar.scenes")
     scene = to_tensor(FashionScenes("test", num_scenes=1)[0].image)

@@ -17,7 +17,8 @@ from visattn import create_model
 from visattn.cli import main
 from visattn.errors import ArgumentError, ConfigError, VisattnWarning
 from visattn.pretrained import load_index
-from visattn.tasks.detection import DetectionTask, Detector, detection_records, evaluate_detector, load_detector
+from visattn.inference.detector import Detector, detection_records, load_detector
+from visattn.tasks.detection import DetectionTask, evaluate_detector
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -271,7 +272,7 @@ def test_fcos_maps_are_each_detections_gradient_times_input_and_leave_the_model_
 @pytest.mark.parametrize("name", ["detr_se_resnet20_cifar.scenes", "fcos_se_resnet20_cifar.scenes"])
 def test_shipped_detectors_look_at_what_they_found(name):
     from visattn.data.scenes import FashionScenes
-    from visattn.tasks.detection import load_detector
+    from visattn.inference.detector import load_detector
 
     detector = load_detector(name)
     scenes = FashionScenes("test", num_scenes=6)
@@ -288,7 +289,7 @@ def test_shipped_detectors_look_at_what_they_found(name):
 def test_an_attention_max_side_that_is_no_count_of_pixels_is_one_line(max_side):
     """0 and -5 had drawn 1x1 maps."""
     from visattn.explain.detections import detection_maps
-    from visattn.tasks.detection import load_detector
+    from visattn.inference.detector import load_detector
 
     detector, image = load_detector("detr_se_resnet20_cifar.scenes"), torch.rand(3, 64, 64)
     with pytest.raises(ArgumentError, match=rf"^attention_max_side={max_side!r}: give a whole number of pixels >= 1"):
@@ -360,7 +361,7 @@ def test_uint8_images_give_what_their_floats_give_and_detect_files_passes_them_a
     """``detect`` held each photo of a batch as float32, four bytes a pixel, though the model shrinks it: eight
     48-megapixel photos took 6.4 GB. uint8 images stay bytes until the model's transform takes each in turn."""
     from visattn.data.transforms import to_byte_tensor, to_tensor
-    from visattn.tasks.detection import detect_files
+    from visattn.inference.detector import detect_files
 
     detector = _tiny_detector(head)
     rng = np.random.default_rng(0)
@@ -388,7 +389,7 @@ def test_uint8_images_give_what_their_floats_give_and_detect_files_passes_them_a
     assert given == [torch.float32]  # it had raised StopIteration
     given.clear()
     monkeypatch.setattr(Detector, "detect", lambda self, images, **kwargs: given.extend(images) or [{}] * len(images))
-    monkeypatch.setattr("visattn.tasks.detection.detection_records", lambda *args: [])
+    monkeypatch.setattr("visattn.inference.detector.detection_records", lambda *args: [])
     Image.fromarray(photos[0]).save(tmp_path / "photo.png")
     detect_files(detector, [str(tmp_path / "photo.png")])
     assert [image.dtype for image in given] == [torch.uint8]
@@ -824,7 +825,7 @@ def test_drawn_detections_enlarge_small_images_but_not_strips_past_4096_px(tmp_p
     """Small images are enlarged so that labels can be read; a 3000x20 panorama was drawn 39000 px wide."""
     from PIL import Image
 
-    from visattn.tasks.detection import draw_detections
+    from visattn.inference.detector import draw_detections
 
     image = np.zeros((*shape, 3), np.uint8)
     detection = {"box": [2.0, 2.0, 8.0, 8.0], "label": "bag", "score": 0.9, "index": 0}
@@ -839,23 +840,23 @@ def test_a_label_font_that_does_not_open_draws_with_torchvisions(tmp_path, monke
     """A review: a broken font file was a traceback in `detect --out` on photos of 600 px or more."""
     from matplotlib import font_manager
 
-    import visattn.tasks.detection as detection
+    import visattn.inference.detector as detector
 
     (tmp_path / "broken.ttf").write_bytes(b"not a font")
     monkeypatch.setattr(font_manager, "findfont", lambda name: str(tmp_path / "broken.ttf"))
-    detection._label_font.cache_clear()
+    detector._label_font.cache_clear()
     try:
-        detection.draw_detections(np.zeros((900, 1200, 3), np.uint8), [{"box": [100.0, 100.0, 500.0, 500.0],
+        detector.draw_detections(np.zeros((900, 1200, 3), np.uint8), [{"box": [100.0, 100.0, 500.0, 500.0],
                                   "label": "bag", "score": 0.9, "index": 0}], tmp_path / "drawn.png")
     finally:
-        detection._label_font.cache_clear()
+        detector._label_font.cache_clear()
     assert (tmp_path / "drawn.png").is_file()
 
 
 def test_fcos_maps_that_will_take_minutes_are_warned_of(monkeypatch):
     """An audit: FCOS's maps of 87 detections of a 48 MP photo took 143 s, one backward pass each, without a word."""
     import visattn.explain.detections as module
-    from visattn.tasks.detection import load_detector
+    from visattn.inference.detector import load_detector
 
     detector, scene = load_detector("fcos_se_resnet20_cifar.scenes"), torch.rand(3, 64, 64)
     with warnings.catch_warnings():
@@ -874,7 +875,7 @@ def test_drawn_boxes_and_labels_grow_with_the_photo(tmp_path, height, width, lin
     """An audit: an 8000x6000 photo's box was a 1 px line and its label torchvision's 11 px bitmap font."""
     from PIL import Image
 
-    from visattn.tasks.detection import draw_detections
+    from visattn.inference.detector import draw_detections
 
     box = [0.4 * width, 0.4 * height, 0.6 * width, 0.6 * height]
     draw_detections(np.zeros((height, width, 3), np.uint8), [{"box": box, "label": "bag", "score": 0.9, "index": 0}],

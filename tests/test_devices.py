@@ -5,7 +5,7 @@ import torch
 
 from visattn.devices import inference_device
 from visattn.errors import ConfigError
-from visattn.tasks.classification import load_classifier
+from visattn.inference.classifier import load_classifier
 
 
 @pytest.fixture
@@ -67,8 +67,8 @@ def test_loaded_classifier_is_on_the_device_and_answers_on_the_cpu():
 
 
 def test_an_empty_batch_gives_empty_results():
-    from visattn.tasks.captioning import load_captioner
-    from visattn.tasks.detection import load_detector
+    from visattn.inference.captioner import load_captioner
+    from visattn.inference.detector import load_detector
 
     assert load_classifier("se_resnet20_cifar").predict(torch.zeros(0, 3, 28, 28)).shape == (0, 10)
     decoded = load_captioner("sat_cbam_resnet_scenes").caption(torch.zeros(0, 3, 64, 64))

@@ -34,7 +34,7 @@ from visattn.explain import (
 )
 from visattn.explain.gradcam import default_target_layer
 from visattn.explain.rollout import discard_lowest
-from visattn.tasks.classification import Classifier, load_classifier
+from visattn.inference.classifier import Classifier, load_classifier
 
 from fixtures_images import write_image_corpus
 from test_data import needs_fashion_mnist
@@ -776,8 +776,8 @@ def test_explain_takes_float64_and_half_images_as_float32_ones(method):
 
 def test_predict_caption_and_detect_take_float64_images_as_float32_ones():
     from visattn.data.vocab import Vocabulary
-    from visattn.tasks.captioning import Captioner
-    from visattn.tasks.detection import Detector
+    from visattn.inference.captioner import Captioner
+    from visattn.inference.detector import Detector
 
     torch.manual_seed(0)
     classifier = Classifier(create_model("resnet20_cifar", num_classes=10).eval(), [str(i) for i in range(10)],

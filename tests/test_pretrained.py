@@ -551,7 +551,7 @@ def test_an_unsafe_pickle_in_the_cache_for_a_timm_name_is_refused_as_such(hf_cac
 def test_a_timm_hub_model_offline_without_its_config_cached_is_one_line(hf_cache):
     """timm reads an hf-hub: name's config.json before any weights: huggingface_hub's error about the local cache
     had been wrapped in "could not be built (...); check model.init_args"."""
-    from visattn.tasks.classification import build_classifier
+    from visattn.inference.classifier import build_classifier
 
     with pytest.raises(WeightsError, match=r"^timm:hf-hub:timm/resnet10t.a1_in1k: timm reads its config.json from the "
                                            r"Hugging Face hub, which cannot be reached, and the file is not in the "
@@ -564,7 +564,7 @@ def test_timm_weights_asked_for_in_model_kwargs_load_from_the_cache_offline_or_s
     weights already in the cache were not used."""
     import timm
 
-    from visattn.tasks.classification import build_classifier
+    from visattn.inference.classifier import build_classifier
 
     with pytest.raises(WeightsError, match=r"^timm:resnet10t: cannot fetch weights \(HF_HUB_OFFLINE is set\) and none "
                                            r"are in the Hugging Face cache"):
@@ -951,7 +951,7 @@ def test_a_classifier_saved_without_labels_or_preprocessing_warns(weights_tmp):
 
     from visattn.data.transforms import timm_data_config
     from visattn.models.vit import OPENAI_CLIP_EVALUATION
-    from visattn.tasks.classification import load_classifier
+    from visattn.inference.classifier import load_classifier
 
     loaded = load_classifier("vit_base_patch32_clip_224.bare")
     assert {key: loaded.preprocessing[key] for key in OPENAI_CLIP_EVALUATION} == OPENAI_CLIP_EVALUATION
@@ -1279,7 +1279,7 @@ VALID_PREPROCESSING = {"input_size": [3, 28, 28], "mean": [0.5] * 3, "std": [0.5
         "num_classes_string"])
 def test_a_malformed_field_of_an_index_entry_is_one_line_naming_it(weights_tmp, capsys, field, value, problem):
     from visattn.cli import main
-    from visattn.tasks.classification import load_classifier
+    from visattn.inference.classifier import load_classifier
 
     save_weights(_model(num_classes=3), weights_tmp / f"{ARCH}.mine.safetensors", labels=list("abc"),
                  preprocessing=VALID_PREPROCESSING)
@@ -1301,7 +1301,7 @@ def test_a_malformed_field_of_an_index_entry_is_one_line_naming_it(weights_tmp, 
     ({"input_size": [3, 28, 28]}, "mean or std"),
 ], ids=["no_input_size", "no_mean_std"])
 def test_a_classifier_entry_without_what_its_transform_reads_is_one_line(weights_tmp, preprocessing, missing):
-    from visattn.tasks.classification import load_classifier
+    from visattn.inference.classifier import load_classifier
 
     save_weights(_model(num_classes=3), weights_tmp / f"{ARCH}.mine.safetensors", labels=list("abc"),
                  preprocessing=VALID_PREPROCESSING)
@@ -1344,7 +1344,7 @@ def test_timm_data_helpers_preprocess_a_model_as_visattn_does(name, height, widt
     from timm.data import create_transform, resolve_data_config
 
     from visattn.data.transforms import default_preprocessing, eval_transform_of
-    from visattn.tasks.classification import load_classifier
+    from visattn.inference.classifier import load_classifier
 
     if name == "timm_augreg":  # a ViT's settings as timm's augreg weights record them, saved and loaded back
         weights_tmp = request.getfixturevalue("weights_tmp")
@@ -1410,7 +1410,7 @@ def test_a_classifier_from_a_training_checkpoint_carries_its_recorded_preprocess
     from test_export import _checkpoint
     from timm.data import resolve_data_config
 
-    from visattn.tasks.classification import load_classifier
+    from visattn.inference.classifier import load_classifier
 
     path = _checkpoint(tmp_path / "run.ckpt")
     checkpoint = torch.load(path, weights_only=True)
@@ -1717,7 +1717,7 @@ def test_a_partial_state_dict_loads_non_strictly_into_a_vit_with_registers():
 
 def test_a_message_about_an_index_entry_names_the_index_it_came_from(two_folders):
     from visattn.pretrained import model_files
-    from visattn.tasks.classification import load_classifier
+    from visattn.inference.classifier import load_classifier
 
     first, second = two_folders
     _save_own(second, "mine")
@@ -1738,7 +1738,7 @@ def test_weights_an_earlier_folder_provides_load_past_a_broken_later_index(two_f
     from visattn import list_pretrained
     from visattn.cli import main
     from visattn.pretrained import model_files
-    from visattn.tasks.classification import load_classifier
+    from visattn.inference.classifier import load_classifier
 
     first, second = two_folders
     mine = _save_own(first, "mine", default=True)
@@ -1919,7 +1919,7 @@ def test_a_timm_hub_name_loads_from_the_cache_offline(hf_cache):
     no pretrained config of a hub name to find the repository by (an offline-weights audit)."""
     import timm
 
-    from visattn.tasks.classification import build_classifier
+    from visattn.inference.classifier import build_classifier
 
     torch.manual_seed(0)
     cached = timm.create_model("resnet10t").state_dict()
@@ -1937,7 +1937,7 @@ def test_an_unreachable_hub_is_not_retried_for_files_the_cache_may_hold(hf_cache
     import timm
     from huggingface_hub import constants
 
-    from visattn.tasks.classification import build_classifier
+    from visattn.inference.classifier import build_classifier
 
     connections = []
 

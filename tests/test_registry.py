@@ -13,7 +13,7 @@ import visattn
 from visattn import create_model, list_models, list_pretrained, register_model
 from visattn.cli import main
 from visattn.errors import ArgumentError, ConfigError, UnknownModelError
-from visattn.tasks.classification import build_classifier
+from visattn.inference.classifier import build_classifier
 
 
 def test_list_models_wildcards():
@@ -281,7 +281,7 @@ def test_create_model_of_a_hub_name_says_timm_builds_it():
 def test_create_model_of_a_timm_name_says_where_timm_models_are_built(name):
     """It suggested unrelated visattn models (resnet101, bam_resnet101, ...)."""
     with pytest.raises(UnknownModelError, match=rf"^'{re.escape(name)}': create_model builds visattn's registered "
-                                                r"models; build a timm model with visattn.tasks.classification"
+                                                r"models; build a timm model with visattn.inference.classifier"
                                                 rf".build_classifier\('{re.escape(name)}', num_classes\)"):
         create_model(name)
 

@@ -553,7 +553,7 @@ def test_a_checkpoint_naming_a_class_to_build_in_its_settings_is_refused_before_
 @pytest.mark.parametrize("setting", ["checkpoint_path", "pretrained_cfg"])
 def test_a_timm_checkpoints_settings_name_no_file_for_timm_to_read(setting, tmp_path):
     """timm.create_model read the file a checkpoint's model_kwargs named (a traceback where it was not timm's)."""
-    from visattn.tasks.classification import load_classifier
+    from visattn.inference.classifier import load_classifier
 
     task = ImageClassifier("timm:resnet10t", num_classes=3, class_names=["a", "b", "c"],
                            preprocessing=SMALL_PREPROCESSING)
@@ -1047,7 +1047,7 @@ def test_predict_from_shipped_weights_scores_their_head_or_refuses_one_it_cannot
     from PIL import Image
 
     from visattn.data import FASHION_MNIST_CLASSES
-    from visattn.tasks.classification import load_classifier
+    from visattn.inference.classifier import load_classifier
 
     folders = [name.replace("/", "_") for name in FASHION_MNIST_CLASSES]
     assert main(["predict", "--config", str(_folder_predict_config(in_tmp / "ten", folders))]) == 0

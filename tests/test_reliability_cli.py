@@ -1476,6 +1476,34 @@ def test_help_version_and_usage_mistakes_answer_without_importing_torch():
     assert (torch_imported, timm_imported) == ("False", "False")
 
 
+_INFERENCE_WITHOUT_LIGHTNING = """
+import contextlib, io, sys
+from pathlib import Path
+from PIL import Image
+from visattn.cli import main
+folder = Path(sys.argv[1])
+Image.new("RGB", (64, 64), (200, 120, 40)).save(folder / "x.png")
+argvs = [["classify", "--model", "se_resnet20_cifar.fmnist"], ["explain", "--model", "se_resnet20_cifar.fmnist",
+         "--out", str(folder / "map.png")], ["caption", "--model", "sat_cbam_resnet_scenes.scenes"],
+         ["detect", "--model", "fcos_se_resnet20_cifar.scenes"]]
+codes = []
+for argv in argvs:
+    with contextlib.redirect_stdout(io.StringIO()):
+        codes.append(main([*argv, str(folder / "x.png"), "--device", "cpu"]))
+print(*codes, *sorted({"lightning", "torchmetrics", "scipy.optimize"} & {*sys.modules}))
+"""
+
+
+def test_inference_commands_run_without_importing_lightning_or_torchmetrics(tmp_path):
+    """`classify`, `explain`, `caption` and `detect` imported Lightning and torchmetrics (about 1.2 s of a 5 s
+    `classify`) through the loaders, which sat beside the LightningModules in visattn.tasks; they live in
+    visattn.inference now, and DETR's matcher imports scipy.optimize when it matches."""
+    found = subprocess.run([sys.executable, "-c", _INFERENCE_WITHOUT_LIGHTNING, str(tmp_path)], capture_output=True,
+                           text=True, timeout=300)
+    assert found.returncode == 0, found.stderr[-2000:]
+    assert found.stdout.split() == ["0", "0", "0", "0"]
+
+
 @pytest.mark.parametrize("script, argv, usage", [
     (Path("visattn") / "cli.py", ["fit", "--help"], "usage: visattn [options] fit "),
     (Path("visattn") / "__main__.py", ["fit", "--data.help", "visattn.data.FashionMNISTDataModule"],
@@ -1692,10 +1720,11 @@ def test_a_missing_path_among_others_gets_its_own_error_line_and_the_rest_go_on(
 def test_caption_and_evaluate_decode_with_the_length_penalty_and_length_given(tmp_path, monkeypatch, capsys):
     """evaluate always decoded 20 words with length penalty 1, and caption had no --length-penalty (nor the
     --out DIR the other commands take)."""
-    from visattn.tasks import captioning
+    from visattn.inference import captioner
 
-    settings, decode = [], captioning.decode
-    monkeypatch.setattr(captioning, "decode", lambda model, images, **kw: settings.append(kw) or decode(model, images, **kw))
+    settings, decode = [], captioner.decode
+    monkeypatch.setattr(captioner, "decode",
+                        lambda model, images, **kw: settings.append(kw) or decode(model, images, **kw))
     image = tmp_path / "scene.png"
     Image.fromarray(np.full((64, 64, 3), 40, np.uint8)).save(image)
     assert main(["caption", str(image), "--model", CAPTIONER, "--length-penalty", "0.5", "--max-len", "4",

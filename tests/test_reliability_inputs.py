@@ -22,7 +22,7 @@ from visattn.data.image_folder import ImageFolder, SkippedImageWarning
 from visattn.data.transforms import check_unit_images, eval_transforms
 from visattn.errors import ConfigError
 from visattn.tasks.captioning import CaptioningTask
-from visattn.tasks.classification import load_classifier
+from visattn.inference.classifier import load_classifier
 
 PREPROCESSING = {"input_size": [3, 32, 32], "mean": [0.5] * 3, "std": [0.5] * 3, "recipe": "small"}
 TINY_SAT = dict(encoder_kwargs=dict(layers=[1, 1], widths=[8, 16], small_input=False), img_size=32, grid_size=4,

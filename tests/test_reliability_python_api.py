@@ -39,7 +39,7 @@ def _tiny_captioner():
 
 def test_a_captioners_vocabulary_must_fit_its_word_layer_when_saved_and_when_loaded(weights_tmp):
     from visattn.data.vocab import SPECIAL_TOKENS
-    from visattn.tasks.captioning import load_captioner
+    from visattn.inference.captioner import load_captioner
 
     model = _tiny_captioner()
     words = [*SPECIAL_TOKENS, *(f"w{i}" for i in range(12 - len(SPECIAL_TOKENS)))]
@@ -58,7 +58,7 @@ def test_a_captioners_vocabulary_must_fit_its_word_layer_when_saved_and_when_loa
 
 
 def test_a_detectors_label_names_must_be_one_per_class_when_loaded(weights_tmp):
-    from visattn.tasks.detection import load_detector
+    from visattn.inference.detector import load_detector
 
     save_weights(create_model("fcos_se_resnet20_cifar", num_classes=3), weights_tmp / "fcos_se_resnet20_cifar.mine.safetensors",
                  labels=["a", "b", "c"])
@@ -71,7 +71,7 @@ def test_a_detectors_label_names_must_be_one_per_class_when_loaded(weights_tmp):
 
 
 def test_a_detector_checkpoint_without_its_class_count_is_one_line(tmp_path):
-    from visattn.tasks.detection import load_detector
+    from visattn.inference.detector import load_detector
 
     path = tmp_path / "edited.ckpt"
     torch.save({"hyper_parameters": {"model_name": "fcos_se_resnet20_cifar"}, "state_dict": {}}, path)
@@ -81,7 +81,7 @@ def test_a_detector_checkpoint_without_its_class_count_is_one_line(tmp_path):
 
 
 def test_weights_load_into_a_loaded_classifier_and_refuse_what_is_no_module_or_holds_whole_numbers():
-    from visattn.tasks.classification import load_classifier
+    from visattn.inference.classifier import load_classifier
 
     classifier = load_classifier("se_resnet20_cifar.fmnist")
     other = create_model("se_resnet20_cifar", num_classes=10)
@@ -106,7 +106,7 @@ def test_a_head_that_does_not_fit_is_dropped_whole_bias_included():
 
 
 def test_decoding_and_detection_settings_that_would_mislead_are_one_line():
-    from visattn.tasks.detection import load_detector
+    from visattn.inference.detector import load_detector
 
     captioner = _tiny_captioner().eval()
     images = torch.randn(1, 3, 64, 64)
@@ -125,7 +125,7 @@ def test_decoding_and_detection_settings_that_would_mislead_are_one_line():
     (dict(device=None), "^device=None: give a device name, e.g. 'cpu', 'cuda' or 'auto'$"),
 ])
 def test_loader_arguments_of_the_wrong_type_are_one_line(kwargs, message):
-    from visattn.tasks.classification import load_classifier
+    from visattn.inference.classifier import load_classifier
 
     with pytest.raises(ConfigError, match=message):
         load_classifier("se_resnet20_cifar.fmnist", **kwargs)
@@ -134,8 +134,8 @@ def test_loader_arguments_of_the_wrong_type_are_one_line(kwargs, message):
 def test_a_path_given_as_the_model_name_is_one_line():
     from pathlib import Path
 
-    from visattn.tasks.captioning import load_captioner
-    from visattn.tasks.detection import load_detector
+    from visattn.inference.captioner import load_captioner
+    from visattn.inference.detector import load_detector
 
     for load in (load_captioner, load_detector):
         with pytest.raises(ConfigError, match="^model=PosixPath\\('x.ckpt'\\): give a registered name or ARCH.TAG as "
@@ -231,7 +231,7 @@ def test_save_weights_takes_default_as_true_or_false_only(weights_tmp):
 
 
 def test_features_only_weights_are_not_loaded_as_a_classifier(weights_tmp):
-    from visattn.tasks.classification import load_classifier
+    from visattn.inference.classifier import load_classifier
 
     save_weights(create_model("se_resnet20_cifar", num_classes=0), weights_tmp / "se_resnet20_cifar.feats.safetensors",
                  preprocessing=GRAY_28)
@@ -382,7 +382,7 @@ def test_explain_from_two_threads_gives_each_its_own_map_and_leaves_the_model_as
 def test_detect_from_two_threads_keeps_each_calls_threshold_and_attention():
     """A thread's lowered FCOS score floor stayed lowered for the rest of the process (100 detections instead of
     19 at the default), and DETR's attention maps were taken from the other thread's images."""
-    from visattn.tasks.detection import load_detector
+    from visattn.inference.detector import load_detector
 
     fcos, detr = load_detector("fcos_se_resnet20_cifar.scenes"), load_detector("detr_se_resnet20_cifar.scenes")
     torch.manual_seed(0)
@@ -404,9 +404,9 @@ def test_detect_from_two_threads_keeps_each_calls_threshold_and_attention():
 
 def test_predictions_are_ordinary_tensors_the_caller_can_write_and_differentiate():
     """They were inference tensors: an in-place write or autograd on them raised a RuntimeError."""
-    from visattn.tasks.captioning import load_captioner
-    from visattn.tasks.classification import load_classifier
-    from visattn.tasks.detection import load_detector
+    from visattn.inference.captioner import load_captioner
+    from visattn.inference.classifier import load_classifier
+    from visattn.inference.detector import load_detector
 
     probs = load_classifier("se_resnet20_cifar.fmnist").predict(torch.randn(2, 3, 28, 28))
     probs[probs < 0.1] = 0.0
@@ -423,7 +423,8 @@ def test_evaluation_leaves_the_callers_random_numbers_as_they_were():
     """Its DataLoader drew the workers' seeds from the global RNG, so scoring between two draws changed them."""
     from torch.utils.data import TensorDataset
 
-    from visattn.tasks.classification import evaluate_classifier, load_classifier
+    from visattn.inference.classifier import load_classifier
+    from visattn.tasks.classification import evaluate_classifier
 
     classifier = load_classifier("se_resnet20_cifar.fmnist")
     images = TensorDataset(torch.randn(6, 3, 28, 28), torch.randint(0, 10, (6,)))

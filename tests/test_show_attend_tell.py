@@ -141,7 +141,7 @@ def test_decoding_with_the_word_table_and_unended_rows_only_equals_stepping_ever
     """Greedy and beam decoding look each word's LSTM products up, advance only hypotheses that have
     not ended and reuse one buffer for the attention's activation; the shipped captioner's words, maps and scores on test scenes are those of full plain steps."""
     from visattn.data.scenes import FashionScenes
-    from visattn.tasks.captioning import load_captioner
+    from visattn.inference.captioner import load_captioner
 
     captioner = load_captioner("sat_cbam_resnet_scenes.scenes")
     net, transform = captioner.model, captioner.transform()
@@ -304,7 +304,7 @@ def test_decoding_refuses_settings_that_give_no_caption_in_one_line(model, image
 
 @pytest.mark.parametrize("beam_size", [True, 1.0, 2.5])
 def test_task_decode_leaves_beam_size_checks_to_the_model(model, images, beam_size):
-    from visattn.tasks.captioning import decode
+    from visattn.inference.captioner import decode
 
     with pytest.raises(ConfigError, match=f"^beam_size={beam_size}: must be >= 1, a whole number"):
         decode(model, images, beam_size=beam_size)

@@ -185,9 +185,10 @@ def pointing_scenes(dataset: str, split: str, limit: Optional[int]) -> "FashionS
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .tasks.captioning import is_captioner
-    from .tasks.classification import evaluation_dataset, evaluate_classifier, load_classifier
-    from .tasks.detection import is_detector
+    from .inference.captioner import is_captioner
+    from .inference.classifier import load_classifier
+    from .inference.detector import is_detector
+    from .tasks.classification import evaluation_dataset, evaluate_classifier
 
     detector, captioner = is_detector(args.model, args.checkpoint), is_captioner(args.model, args.checkpoint)
     check_evaluate_options(args, "detector" if detector else "captioner" if captioner else "classifier")
@@ -266,7 +267,8 @@ def cmd_evaluate_pointing(classifier, args: argparse.Namespace) -> dict:
 
 
 def cmd_evaluate_captioner(args: argparse.Namespace) -> int:
-    from .tasks.captioning import evaluate_captioner, evaluation_loader, load_captioner
+    from .inference.captioner import load_captioner
+    from .tasks.captioning import evaluate_captioner, evaluation_loader
 
     captioner = load_captioner(args.model, args.checkpoint, device=args.device)
     loader = evaluation_loader(captioner, args.dataset, args.split, limit=args.limit,
@@ -279,7 +281,8 @@ def cmd_evaluate_captioner(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate_detector(args: argparse.Namespace) -> int:
-    from .tasks.detection import evaluate_detector, evaluation_loader, load_detector
+    from .inference.detector import load_detector
+    from .tasks.detection import evaluate_detector, evaluation_loader
 
     detector = load_detector(args.model, args.checkpoint, device=args.device)
     loader = evaluation_loader(detector, args.dataset, args.split, limit=args.limit,
@@ -289,7 +292,7 @@ def cmd_evaluate_detector(args: argparse.Namespace) -> int:
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
-    from .tasks.detection import detect_files, load_detector
+    from .inference.detector import detect_files, load_detector
 
     detector = load_detector(args.model, args.checkpoint, device=args.device)
     failures, total = detect_files(detector, args.paths, score_threshold=args.score_threshold, out=args.out,
@@ -301,7 +304,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
 
 def cmd_caption(args: argparse.Namespace) -> int:
-    from .tasks.captioning import caption_files, load_captioner
+    from .inference.captioner import caption_files, load_captioner
 
     captioner = load_captioner(args.model, args.checkpoint, device=args.device)
     failures, total = caption_files(captioner, args.paths, beam_size=args.beam_size, max_len=args.max_len,
@@ -316,7 +319,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     import torch
 
     from .data.image_io import list_images, run_in_batches
-    from .tasks.classification import load_classifier
+    from .inference.classifier import load_classifier
 
     classifier = load_classifier(args.model, args.checkpoint, device=args.device)
     files = list_images(args.paths, allow_empty=False)
@@ -349,8 +352,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from .data.image_io import decode_image, list_images, run_in_batches
     from .explain.overlay import figure_format
     from .fileio import output_paths, prepare_output_file
+    from .inference.classifier import load_classifier
     from .pretrained import model_files
-    from .tasks.classification import load_classifier
 
     if (args.out is None) == (args.out_dir is None):
         raise ConfigError("explain: give --out FILE for the map of one image, or --out-dir DIR for a map of each "
@@ -409,10 +412,10 @@ def _print_explained(args: argparse.Namespace, path: Any, result: dict[str, Any]
 
 def cmd_save_weights(args: argparse.Namespace) -> int:
     from .fileio import output_errors, prepare_output_dir
+    from .inference.captioner import is_captioner, load_captioner
+    from .inference.classifier import load_classifier
+    from .inference.detector import is_detector, load_detector
     from .pretrained import refuse_existing_weights, save_weights, weights_dir
-    from .tasks.captioning import is_captioner, load_captioner
-    from .tasks.classification import load_classifier
-    from .tasks.detection import is_detector, load_detector
 
     if args.limit is not None and not args.dataset:
         raise ConfigError(f"--limit {args.limit}: it limits the --dataset measurement; give --dataset too, "

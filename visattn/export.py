@@ -172,7 +172,7 @@ def _opset_refusals(opset: int) -> Iterator[None]:
 def _require_float32_classifier(model: nn.Module) -> None:
     """One line for what the exporter cannot trace as a classifier: a captioner or detector (a raw TypeError
     or a message about lists of images) and 16-bit weights (a dtype RuntimeError on the float32 example)."""
-    from .tasks.classification import require_task
+    from .inference.checkpoints import require_task
 
     name = getattr(model, "visattn_name", None)  # set by create_model; a model built elsewhere is taken as it is
     if name:
@@ -278,7 +278,7 @@ def export_classifier(
     or the weights it exports is one line.
     """
     from .pretrained import model_files
-    from .tasks.classification import load_classifier
+    from .inference.classifier import load_classifier
 
     check_opset(opset)
     classifier = load_classifier(model, checkpoint)

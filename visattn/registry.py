@@ -177,7 +177,7 @@ def _resolve_arch(name: str, *, tag: Optional[str] = None) -> str:
     if name.startswith("timm:"):  # the tasks' model_name and pretrained take these; the registry holds visattn's
         name = name if tag is None else f"{name}.{tag}"
         raise UnknownModelError(f"{name!r}: create_model builds visattn's registered models; build a timm model with "
-                                f"visattn.tasks.classification.build_classifier({name!r}, num_classes) (or "
+                                f"visattn.inference.classifier.build_classifier({name!r}, num_classes) (or "
                                 "timm.create_model), or train one with model_name timm:NAME in a config")
     if name.startswith(HUB_PREFIXES):  # ORG/REPO[.TAG] was read as ARCH.TAG
         name = name if tag is None else f"{name}.{tag}"

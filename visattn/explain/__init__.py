@@ -38,7 +38,7 @@ from .rollout import attention_rollout
 if TYPE_CHECKING:  # tasks import Lightning; explain must not need it
     from ..data.scenes import Scene
     from ..data.transforms import ImageTransform
-    from ..tasks.classification import Classifier
+    from ..inference.classifier import Classifier
 
 __all__ = [
     "METHODS", "CellCentres", "applicable_methods", "attention_map", "attention_rollout", "evaluate_class_pointing",
@@ -279,7 +279,7 @@ def explain_image(
     """Classify and explain one decoded image with a loaded classifier and write the overlay image.
 
     Args:
-        classifier: a :class:`visattn.tasks.classification.Classifier`.
+        classifier: a :class:`visattn.inference.classifier.Classifier`.
         image: ``(H, W, 3)`` uint8 RGB image, e.g. from ``decode_image``.
         method: see :func:`explain`.
         out: image path (PNG unless its suffix names another format): the image as the model sees it (the
@@ -352,7 +352,7 @@ def evaluate_pointing(
     resize/crop (albumentations), and the map's peak on the model input must land in the box.
 
     Args:
-        classifier: a :class:`visattn.tasks.classification.Classifier`.
+        classifier: a :class:`visattn.inference.classifier.Classifier`.
         scenes: a sequence of scenes with one item each (``FashionScenes(min_items=1, max_items=1)``):
             objects with ``image`` ``(H, W, 3)`` uint8, ``boxes`` ``(1, 4)`` xyxy and ``labels`` ``(1,)``.
         method: explain method; default ``rollout`` for ViTs and ``gradcam`` for CNNs.

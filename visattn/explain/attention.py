@@ -24,7 +24,7 @@ from ..pretrained import unwrapped
 
 
 def as_module(model: object) -> nn.Module:
-    """``model``, or the network a loaded task (``load_classifier``'s :class:`~visattn.tasks.classification.Classifier`)
+    """``model``, or the network a loaded task (``load_classifier``'s :class:`~visattn.inference.classifier.Classifier`)
     holds as ``.model``, out of ``torch.compile``'s and DataParallel's wrappers (whose own class names no model
     family: a compiled ViT was "built elsewhere"); one line for anything else."""
     if isinstance(model, nn.Module):

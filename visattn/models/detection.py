@@ -28,7 +28,6 @@ from typing import Any, Optional, Union
 
 import torch
 import torch.nn.functional as F
-from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 from torchvision.models.detection import FCOS
 from torchvision.models.detection.fcos import FCOSHead
@@ -533,6 +532,8 @@ def hungarian_match(
     Returns:
         Per image ``(prediction indices, target indices)``, int64 tensors of length ``min(Q, N)``.
     """
+    from scipy.optimize import linear_sum_assignment  # a quarter second of import, for training only
+
     matches = []
     for image_logits, image_boxes, target in zip(logits.float(), boxes.float(), targets):
         if len(target["labels"]) == 0:

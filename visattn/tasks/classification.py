@@ -1,12 +1,10 @@
-"""Image classification as a LightningModule: any registered model (or ``timm:NAME``) by name."""
+"""Image classification as a LightningModule: any registered model (or ``timm:NAME``) by name, and the scoring of a
+trained classifier (`visattn evaluate`). Loading one for inference is :mod:`visattn.inference.classifier`."""
 import contextlib
 import math
-import os
-import reprlib
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import lightning.pytorch as pl
 import numpy as np
@@ -22,72 +20,18 @@ from torchvision.transforms import v2
 from ..data.fashion_mnist import FASHION_MNIST_CLASSES, FashionMNIST
 from ..data.image_folder import ImageFolder, evaluation_batches, seeded_subset, skipped_images, split_folders
 from ..data.image_io import DEFAULT_MAX_PIXELS
-from ..data.transforms import (CLASSIFIER_PREPROCESSING, ImageTransform, check_image_batch, default_preprocessing,
-                               eval_transform_of, preprocessing_problem, timm_data_config, to_model_input)
-from ..devices import inference_device, model_device
-from ..errors import (ConfigError, ImageSizeNotDivisible, MissingSplit, NotATrainingCheckpoint, UnknownModelError,
-                      VisattnWarning, WeightsError, one_line)
+from ..data.transforms import ImageTransform
+from ..errors import ConfigError, MissingSplit, VisattnWarning, WeightsError, one_line
+from ..inference.classifier import Classifier, build_classifier, sides_that_fit
 from ..layers.attention import SelfAttention
-from ..layers.patch_embed import fixed_input_size, is_count, is_number, whole_patches
+from ..layers.patch_embed import fixed_input_size, is_number, whole_patches
 from ..modes import eval_mode
-from ..pretrained import (TRAINING_CHECKPOINTS, checkpoint_follows, classifier_names, find_weights_entry,
-                          hub_cache_only, load_weights, metadata_problem, named_weights_entry, offline_timm_file,
-                          read_pickle_checkpoint, refuse_an_untrained_head, require_regular_file, set_pretrained_cfg,
-                          starting_weights_skipped, timm_pretrained_cfg, unreachable_hub, weights_preprocessing)
-from ..registry import (HUB_PREFIXES, Strictness, built_for_one_size, check_timm_name, create_model, model_arguments,
-                        model_task, split_model_name)
+from ..pretrained import (classifier_names, named_weights_entry, read_pickle_checkpoint, refuse_an_untrained_head,
+                          starting_weights_skipped, weights_preprocessing)
+from ..registry import Strictness, model_arguments
 from ..scores import reported_score
 from .guards import (GuardedTask, NonFiniteLossGuard, TrainingLoss, any_process_scored, batch_of_one_is_one_line,
                      skip_missing_batch, weight_average)
-
-
-# timm.create_model arguments that fetch or name its starting weights.
-TIMM_STARTING_WEIGHTS = ("pretrained", "pretrained_cfg_overlay", "pretrained_cfg", "checkpoint_path")
-
-
-def build_classifier(model_name: str, num_classes: int, model_kwargs: Optional[dict] = None,
-                     pretrained: Optional[Union[bool, str]] = None, strict: Strictness = True) -> nn.Module:
-    """A registered model, or any timm model when ``model_name`` is ``"timm:NAME"``; ``pretrained`` as
-    :func:`visattn.create_model` takes it (None: as the model name says, an ``arch.tag`` loads its
-    shipped weights; False: no weights, even for ``arch.tag``; ``True`` for a timm model: timm's own
-    weights of NAME, None or False for a timm model: none)."""
-    kwargs = dict(model_kwargs or {})
-    if model_name.startswith("timm:"):
-        check_timm_name(model_name[5:])
-        offline = None  # whether the hub can be reached: asked here for weights, else by _create_timm_model
-        if starting_weights_skipped():  # the checkpoint loaded next holds every weight: no download, no file
-            kwargs = {key: value for key, value in kwargs.items() if key not in TIMM_STARTING_WEIGHTS}
-        elif kwargs.get("pretrained") and "pretrained_cfg_overlay" not in kwargs:
-            # offline: the cached file, or one line (timm retried the hub and the error blamed model_kwargs)
-            cached = offline_timm_file(model_name[5:])
-            offline = cached is not None
-            if offline:
-                kwargs["pretrained_cfg_overlay"] = {"file": str(cached)}
-        checkpoint = kwargs.get("checkpoint_path")
-        if checkpoint and not Path(checkpoint).is_file():  # timm's FileNotFoundError has no message: a traceback
-            raise WeightsError(f"model.init_args.model_kwargs.checkpoint_path {checkpoint}: no such file; give the "
-                               "path of a weights file timm can load (.pth, .bin, .safetensors)")
-        model = _create_timm_model(model_name[5:], offline=offline, num_classes=num_classes, **kwargs)
-        if pretrained:
-            load_weights(model, model_name if pretrained is True else pretrained, strict=strict)
-        return model
-    return create_model(model_name, num_classes=num_classes, pretrained=pretrained, strict=strict, **kwargs)
-
-
-def _create_timm_model(name: str, *, offline: Optional[bool] = None, **kwargs: Any) -> nn.Module:
-    """``timm.create_model``; ``offline``: whether the hub is known to be unreachable (None: a hub name asks, once)."""
-    import timm
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
-    if offline is None:
-        offline = name.startswith(HUB_PREFIXES) and unreachable_hub() is not None
-    try:
-        with hub_cache_only(offline):  # the config.json timm reads first: cached, or one line at once
-            return timm.create_model(name, **kwargs)
-    except LocalEntryNotFoundError:  # an hf-hub: name's config.json, which timm reads first, even without weights
-        raise WeightsError(f"timm:{name}: timm reads its config.json from the Hugging Face hub, which cannot be "
-                           "reached, and the file is not in the Hugging Face cache; run it once where the hub is "
-                           "reachable (it caches under $HF_HOME), or name the architecture: timm:ARCH") from None
 
 
 def refuse_linked_kwargs(model_kwargs: Optional[dict], **linked: str) -> None:
@@ -270,16 +214,8 @@ def _check_whole_patches(model: nn.Module, model_name: str, input_size: Sequence
     if getattr(embed, "dynamic_img_pad", False) or whole_patches(input_size[1:], embed.patch_size):
         return
     data_size = input_size[-1]
-    sides, fits = _sides_that_fit(data_size, embed.patch_size)
+    sides, fits = sides_that_fit(data_size, embed.patch_size)
     raise ConfigError(f"data.init_args.img_size={data_size} but {model_name} {sides}; set data img_size to {fits}")
-
-
-def _sides_that_fit(size: int, patch_size: Sequence[int]) -> tuple[str, str]:
-    """What square sides patches of ``patch_size`` take, and the two next below and above ``size`` (above only when
-    none is below), as the lines refusing ``size`` say them."""
-    step = math.lcm(*patch_size)
-    fits = [fit for fit in (size // step * step, (size // step + 1) * step) if fit > 0]
-    return f"takes sides that are multiples of its {step}-pixel patches", " or ".join(map(str, fits))
 
 
 def _check_runs_at(model: nn.Module, model_name: str, input_size: Sequence[int]) -> None:
@@ -533,246 +469,8 @@ def check_sdpa_backend(backend: Optional[str], device: torch.device, precision: 
 
 
 # ---------------------------------------------------------------------------------------------
-# inference: shipped weights or training checkpoints, with their labels and preprocessing
+# `visattn evaluate`: a loaded classifier scored on a dataset
 # ---------------------------------------------------------------------------------------------
-
-
-def inference_model(model: nn.Module, device: Union[str, torch.device] = "cpu") -> nn.Module:
-    """``model`` in eval mode on ``device`` with its 4-d weights in channels-last layout.
-
-    oneDNN's CPU convolutions then run on NHWC activations with no reorder around each call: batch-64
-    inference on 2 cores of an AMD EPYC was 1.28x faster for SE-ResNet-20, 1.66x for the captioner's
-    CBAM encoder and 1.07-1.15x for the scenes detectors (ViTs: unchanged), outputs within 3e-5.
-    cuDNN prefers the same layout.
-    """
-    return model.eval().to(device=device, memory_format=torch.channels_last)
-
-
-TASK_NOUNS = {"classification": "classifier", "captioning": "captioner", "detection": "detector"}
-TASK_COMMANDS = {"classification": "`visattn classify`, `explain` or `export`", "captioning": "`visattn caption`",
-                 "detection": "`visattn detect`"}
-
-
-def require_task(name: str, task: str) -> None:
-    """One line naming the commands that do take ``name`` when it is a model for another task."""
-    actual = model_task(name)
-    if actual != task:
-        raise ConfigError(f"{name} is a {TASK_NOUNS[actual]}, not a {TASK_NOUNS[task]}; use {TASK_COMMANDS[actual]} "
-                          "(or `visattn evaluate`) with it")
-
-
-def task_checkpoint(path: Path, task: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The training checkpoint at ``path`` and its hyperparameters; one line when it holds a model for another task."""
-    checkpoint = read_checkpoint(path)
-    hparams = checkpoint.get("hyper_parameters") or {}
-    if isinstance(hparams.get("model_name"), str):
-        try:
-            require_task(hparams["model_name"], task)
-        except UnknownModelError as err:  # the message would not say which file named it
-            raise WeightsError(f"{path}: hyper_parameters.model_name: {err}") from None
-    return checkpoint, hparams
-
-
-def inference_target(model: Optional[str], checkpoint: Optional[str], device: str) -> torch.device:
-    """The device to load onto, once exactly one weights source (``--model`` or ``--checkpoint``) is
-    named; both are checked before any weights are read."""
-    if (model is None) == (checkpoint is None):
-        raise ConfigError("give exactly one of --model ARCH.TAG or --checkpoint FILE")
-    if model is not None and not isinstance(model, str):
-        raise ConfigError(f"model={reprlib.repr(model)}: give a registered name or ARCH.TAG as a string; pass a "
-                          "training checkpoint file as checkpoint=")
-    if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike)):
-        raise ConfigError(f"checkpoint={reprlib.repr(checkpoint)}: give the path of a training checkpoint")
-    if model is not None and model.endswith(".ckpt") and Path(model).is_file():  # the Python API's first argument
-        raise ConfigError(f"{model!r} is a file: model takes a registered name or ARCH.TAG; pass a training "
-                          f"checkpoint as checkpoint={model!r}")
-    return inference_device(device)
-
-
-def checkpoint_model_kwargs(hparams: dict[str, Any], **overrides: Any) -> tuple[str, dict[str, Any]]:
-    """Architecture and builder arguments of a training checkpoint's model: the shipped weights entry's
-    ``model_kwargs`` when training started from ``arch.tag``, then the run's own, then ``overrides``. A
-    ``timm:`` name is its architecture whole (its dot names timm's weights, not a visattn tag)."""
-    own = {**dict(hparams.get("model_kwargs") or {}), **overrides}
-    if hparams["model_name"].startswith("timm:"):
-        return hparams["model_name"], own
-    arch, tag = split_model_name(hparams["model_name"])
-    started_from = find_weights_entry(arch, tag).get("model_kwargs", {}) if tag else {}  # fine-tuned shipped weights
-    return arch, {**started_from, **own}
-
-
-@dataclass
-class Classifier:
-    """A model ready for inference, with what it needs to read images and name its predictions."""
-
-    model: nn.Module
-    class_names: list[str]
-    preprocessing: dict[str, Any]
-    name: str  # what it was loaded from: arch.tag or the checkpoint path
-    arch: str
-    model_kwargs: dict[str, Any]
-
-    def transform(self) -> ImageTransform:
-        """The evaluation transform the weights record: an ``(H, W, 3)`` uint8 RGB array to the model's input."""
-        return eval_transform_of(self.preprocessing)
-
-    @property
-    def device(self) -> torch.device:
-        return model_device(self.model)
-
-    @torch.no_grad()  # not inference_mode: its tensors refuse in-place writes and autograd in the caller's code
-    def predict(self, images: torch.Tensor) -> torch.Tensor:
-        """Class probabilities ``(B, num_classes)`` on the CPU for normalised images ``(B, C, H, W)`` (C the model's channels)
-        on any device."""
-        check_image_batch(images, channels=self.preprocessing["input_size"][0])
-        with eval_mode(self.model):  # a model the caller set training would drop out and update batch norms
-            return self.model(to_model_input(images, self.model)).softmax(dim=-1).cpu()
-
-
-def load_classifier(model: Optional[str] = None, checkpoint: Optional[str] = None, *,
-                    img_size: Optional[int] = None, device: str = "cpu") -> Classifier:
-    """Load ``arch.tag`` shipped weights (``arch`` alone: its default weights) or a training checkpoint
-    onto ``device`` (see :func:`visattn.devices.inference_device`).
-
-    ``img_size`` runs the classifier on ``img_size``-pixel square inputs instead of its training size:
-    a ViT's position embeddings are resampled to the new patch grid, and CNNs pool globally anyway.
-    """
-    target = inference_target(model, checkpoint, device)
-    if img_size is not None and not is_count(img_size):
-        raise ConfigError(f"--img-size {img_size!r}: give a whole number of pixels >= 1")
-    if checkpoint is not None:
-        return _classifier_from_checkpoint(Path(checkpoint), img_size, target)
-    require_task(model, "classification")
-    arch, tag = split_model_name(model)
-    entry = find_weights_entry(arch, tag)
-    with _img_size_named(img_size, f"{arch}.{entry['tag']}"):
-        net = inference_model(create_model(f"{arch}.{entry['tag']}", **_size_kwargs(arch, img_size)), target)
-    _require_classes(net.num_classes, f"{arch}.{entry['tag']}")
-    labels = recorded_labels(entry.get("labels"), net.num_classes, f"{arch}.{entry['tag']}'s index entry")
-    # save_weights(model, path) alone records no preprocessing: the model's default, as for checkpoints.
-    recorded = _classifier_preprocessing(
-        entry.get("preprocessing"), net, source=f"{entry['index']}: entry '{arch}.{entry['tag']}': ",
-        fix="record input_size [C, H, W], mean and std there, or save the weights again with "
-            "`visattn save-weights --checkpoint`")
-    preprocessing = _resized(recorded, img_size)
-    set_pretrained_cfg(net, timm_pretrained_cfg(net, preprocessing))  # at img_size
-    return Classifier(net, labels, preprocessing, f"{arch}.{entry['tag']}",
-                      arch, dict(entry.get("model_kwargs") or {}))
-
-
-def _classifier_from_checkpoint(path: Path, img_size: Optional[int], device: torch.device) -> Classifier:
-    checkpoint, hparams = task_checkpoint(path, "classification")
-    if "model_name" not in hparams or hparams.get("num_classes") is None:
-        raise NotATrainingCheckpoint(path, "not a visattn classification checkpoint (no model_name and num_classes)",
-                                     "pass --model ARCH.TAG instead")
-    model_kwargs = {**(hparams.get("model_kwargs") or {}), **_size_kwargs(hparams["model_name"], img_size)}
-    try:
-        # The checkpoint holds every weight: neither an arch.tag run's shipped weights nor timm's are read again.
-        with checkpoint_follows(), _img_size_named(img_size, hparams["model_name"]):
-            net = build_classifier(hparams["model_name"], hparams["num_classes"], model_kwargs, pretrained=False)
-        load_checkpoint_weights(net, checkpoint, path)
-    except (ConfigError, WeightsError) as err:
-        if img_size is None or "img_size" not in model_kwargs or not hparams["model_name"].startswith("timm:"):
-            raise
-        raise ConfigError(f"--img-size {img_size}: {hparams['model_name']} cannot take {img_size} px images with the "
-                          f"weights of {path} ({err}); leave --img-size out") from None
-    labels = recorded_labels(hparams.get("class_names"), hparams["num_classes"], str(path))
-    recorded = _classifier_preprocessing(hparams.get("preprocessing"), net, source=f"{path}: hyper_parameters.",
-                                         fix=EDITED_CHECKPOINT)
-    preprocessing = _resized(recorded, img_size)
-    if hasattr(net, "visattn_name"):
-        set_pretrained_cfg(net, timm_pretrained_cfg(net, preprocessing))
-    else:  # a timm model keeps the rest of its own pretrained_cfg (its head's name, its weights' source)
-        set_pretrained_cfg(net, {**net.pretrained_cfg, **timm_data_config(preprocessing)})
-    # A run fine-tuned from ARCH.TAG is a model of ARCH with the tag's builder arguments (save-weights names its
-    # file ARCH.NEWTAG, which the tag in the name made ARCH.TAG.NEWTAG, refused).
-    arch, kwargs = checkpoint_model_kwargs(hparams)
-    return Classifier(inference_model(net, device), labels, preprocessing, str(path), arch, kwargs)
-
-
-def _classifier_preprocessing(recorded: Optional[dict[str, Any]], net: nn.Module, *, source: str,
-                              fix: str) -> dict[str, Any]:
-    """The recorded evaluation-transform settings; the model's default (ImageNet's statistics) when none were
-    recorded, one line naming ``source`` and ``fix`` when some are missing."""
-    if not recorded:
-        return default_preprocessing(net)
-    problem = preprocessing_problem(recorded, required=CLASSIFIER_PREPROCESSING)
-    if problem:
-        raise WeightsError(f"{source}{problem}; {fix}")
-    return recorded
-
-
-def _require_classes(num_classes: int, name: str) -> None:
-    """A features-only model predicted a softmax over its features as if they were classes."""
-    if not num_classes:
-        raise WeightsError(f"{name}: weights without a classifier head (num_classes 0) give features, not classes; "
-                           f"build them with create_model({name!r}) to use the features, or fine-tune a head")
-
-
-def recorded_labels(recorded: Optional[Sequence[str]], num_classes: int, source: str) -> list[str]:
-    """The recorded label names, one per output; ``"0"``, ``"1"``, ... when none were recorded."""
-    if not recorded:
-        return [str(i) for i in range(num_classes)]
-    if len(recorded) != num_classes:
-        raise WeightsError(f"{source}: {len(recorded)} label names for a {num_classes}-class head; "
-                           "record one name per class (class_names / labels)")
-    return list(recorded)
-
-
-def _size_kwargs(arch: str, img_size: Optional[int]) -> dict[str, Any]:
-    """Builder arguments for another input size, for a model built for one (:func:`built_for_one_size`: a timm
-    model's weights are then resampled by timm's filter); CNNs pool globally anyway."""
-    return {"img_size": img_size} if img_size is not None and built_for_one_size(arch) else {}
-
-
-@contextlib.contextmanager
-def _img_size_named(img_size: Optional[int], name: str) -> Iterator[None]:
-    """A size the model's patches do not divide as one line naming ``--img-size`` and the sizes that fit (it named
-    the builder's ``img_size`` and ``patch_size``, which the command line cannot change)."""
-    try:
-        yield
-    except ImageSizeNotDivisible as err:
-        if img_size is None:
-            raise
-        sides, fits = _sides_that_fit(img_size, err.patch_size)
-        raise ConfigError(f"--img-size {img_size}: {name} {sides}; give {fits}") from None
-
-
-def _resized(preprocessing: dict[str, Any], img_size: Optional[int]) -> dict[str, Any]:
-    preprocessing = dict(preprocessing)
-    if img_size is not None:
-        preprocessing["input_size"] = [preprocessing["input_size"][0], img_size, img_size]
-    return preprocessing
-
-
-def read_checkpoint(path: Path, *, lazy: bool = False) -> dict[str, Any]:
-    """A Lightning checkpoint, read with ``weights_only=True``; ``lazy`` memory-maps its tensors (for a
-    look at its hyperparameters or callback states without reading the weights)."""
-    require_regular_file(path, missing="checkpoint not found; check the path (Lightning writes them under "
-                         "checkpoints/)")
-    checkpoint = read_pickle_checkpoint(path, lazy=lazy)
-    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
-        raise NotATrainingCheckpoint(path, "not a Lightning checkpoint (no state_dict)",
-                                     f"{TRAINING_CHECKPOINTS}: use shipped weights with --model ARCH.TAG, train from a "
-                                     "weights file with --model.pretrained FILE, or load one in Python with "
-                                     "create_model(ARCH, pretrained=FILE)")
-    hparams = checkpoint.get("hyper_parameters")
-    if hparams is not None and not isinstance(hparams, dict):
-        raise WeightsError(f"{path}: hyper_parameters={reprlib.repr(hparams)}: give the run's arguments as an object; "
-                           f"{EDITED_CHECKPOINT}")
-    problem = metadata_problem(hparams or {})
-    if problem:
-        raise WeightsError(f"{path}: hyper_parameters.{problem}; {EDITED_CHECKPOINT}")
-    return checkpoint
-
-
-EDITED_CHECKPOINT = "the file was edited or damaged: use the checkpoint as training wrote it"
-
-
-def load_checkpoint_weights(net: nn.Module, checkpoint: dict[str, Any], path: Path) -> None:
-    """Load a training checkpoint's weights (its EMA copy when the run kept one) into the model its
-    hyperparameters built: they fit it whole, so any key that does not is an edited or damaged file."""
-    load_weights(net, checkpoint["state_dict"], new_head=False, origin=path, fix=EDITED_CHECKPOINT)
 
 
 def evaluation_dataset(spec: str, split: str, transform: ImageTransform, class_names: Sequence[str], *,

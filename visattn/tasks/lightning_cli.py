@@ -82,11 +82,11 @@ from ..data.image_folder import image_files_of
 from ..errors import ConfigError, VisattnError, VisattnWarning, WeightsError, keyword_names
 from ..fileio import (FULL_ERRNOS, atomic_path, claim_folder, output_errors, prepare_output_dir,
                       refuse_replacing_others_files, unique_paths)
+from ..inference.checkpoints import EDITED_CHECKPOINT, read_checkpoint
+from ..inference.detector import class_label, detection_records
 from ..pretrained import check_state_dict, checkpoint_follows, scored_as_built
 from ..registry import HUB_PREFIXES, model_arguments, split_model_name
 from ..shipped import bare_config_name, config_file_name, nearest_shipped_configs, shipped_config
-from .classification import EDITED_CHECKPOINT, read_checkpoint
-from .detection import class_label, detection_records
 from .distributed import gather_shares
 from .guards import GuardedTask, seed_apart
 

@@ -1,0 +1,107 @@
+"""Reading the training checkpoints `visattn fit` writes, and preparing a loaded model for inference."""
+import os
+import reprlib
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+from torch import nn
+
+from ..devices import inference_device
+from ..errors import ConfigError, NotATrainingCheckpoint, UnknownModelError, WeightsError
+from ..pretrained import (TRAINING_CHECKPOINTS, find_weights_entry, load_weights, metadata_problem,
+                          read_pickle_checkpoint, require_regular_file)
+from ..registry import model_task, split_model_name
+
+
+def inference_model(model: nn.Module, device: Union[str, torch.device] = "cpu") -> nn.Module:
+    """``model`` in eval mode on ``device`` with its 4-d weights in channels-last layout.
+
+    oneDNN's CPU convolutions then run on NHWC activations with no reorder around each call: batch-64
+    inference on 2 cores of an AMD EPYC was 1.28x faster for SE-ResNet-20, 1.66x for the captioner's
+    CBAM encoder and 1.07-1.15x for the scenes detectors (ViTs: unchanged), outputs within 3e-5.
+    cuDNN prefers the same layout.
+    """
+    return model.eval().to(device=device, memory_format=torch.channels_last)
+
+TASK_NOUNS = {"classification": "classifier", "captioning": "captioner", "detection": "detector"}
+
+TASK_COMMANDS = {"classification": "`visattn classify`, `explain` or `export`", "captioning": "`visattn caption`",
+                 "detection": "`visattn detect`"}
+
+
+def require_task(name: str, task: str) -> None:
+    """One line naming the commands that do take ``name`` when it is a model for another task."""
+    actual = model_task(name)
+    if actual != task:
+        raise ConfigError(f"{name} is a {TASK_NOUNS[actual]}, not a {TASK_NOUNS[task]}; use {TASK_COMMANDS[actual]} "
+                          "(or `visattn evaluate`) with it")
+
+
+def task_checkpoint(path: Path, task: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The training checkpoint at ``path`` and its hyperparameters; one line when it holds a model for another task."""
+    checkpoint = read_checkpoint(path)
+    hparams = checkpoint.get("hyper_parameters") or {}
+    if isinstance(hparams.get("model_name"), str):
+        try:
+            require_task(hparams["model_name"], task)
+        except UnknownModelError as err:  # the message would not say which file named it
+            raise WeightsError(f"{path}: hyper_parameters.model_name: {err}") from None
+    return checkpoint, hparams
+
+
+def inference_target(model: Optional[str], checkpoint: Optional[str], device: str) -> torch.device:
+    """The device to load onto, once exactly one weights source (``--model`` or ``--checkpoint``) is
+    named; both are checked before any weights are read."""
+    if (model is None) == (checkpoint is None):
+        raise ConfigError("give exactly one of --model ARCH.TAG or --checkpoint FILE")
+    if model is not None and not isinstance(model, str):
+        raise ConfigError(f"model={reprlib.repr(model)}: give a registered name or ARCH.TAG as a string; pass a "
+                          "training checkpoint file as checkpoint=")
+    if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike)):
+        raise ConfigError(f"checkpoint={reprlib.repr(checkpoint)}: give the path of a training checkpoint")
+    if model is not None and model.endswith(".ckpt") and Path(model).is_file():  # the Python API's first argument
+        raise ConfigError(f"{model!r} is a file: model takes a registered name or ARCH.TAG; pass a training "
+                          f"checkpoint as checkpoint={model!r}")
+    return inference_device(device)
+
+
+def checkpoint_model_kwargs(hparams: dict[str, Any], **overrides: Any) -> tuple[str, dict[str, Any]]:
+    """Architecture and builder arguments of a training checkpoint's model: the shipped weights entry's
+    ``model_kwargs`` when training started from ``arch.tag``, then the run's own, then ``overrides``. A
+    ``timm:`` name is its architecture whole (its dot names timm's weights, not a visattn tag)."""
+    own = {**dict(hparams.get("model_kwargs") or {}), **overrides}
+    if hparams["model_name"].startswith("timm:"):
+        return hparams["model_name"], own
+    arch, tag = split_model_name(hparams["model_name"])
+    started_from = find_weights_entry(arch, tag).get("model_kwargs", {}) if tag else {}  # fine-tuned shipped weights
+    return arch, {**started_from, **own}
+
+
+def read_checkpoint(path: Path, *, lazy: bool = False) -> dict[str, Any]:
+    """A Lightning checkpoint, read with ``weights_only=True``; ``lazy`` memory-maps its tensors (for a
+    look at its hyperparameters or callback states without reading the weights)."""
+    require_regular_file(path, missing="checkpoint not found; check the path (Lightning writes them under "
+                         "checkpoints/)")
+    checkpoint = read_pickle_checkpoint(path, lazy=lazy)
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+        raise NotATrainingCheckpoint(path, "not a Lightning checkpoint (no state_dict)",
+                                     f"{TRAINING_CHECKPOINTS}: use shipped weights with --model ARCH.TAG, train from a "
+                                     "weights file with --model.pretrained FILE, or load one in Python with "
+                                     "create_model(ARCH, pretrained=FILE)")
+    hparams = checkpoint.get("hyper_parameters")
+    if hparams is not None and not isinstance(hparams, dict):
+        raise WeightsError(f"{path}: hyper_parameters={reprlib.repr(hparams)}: give the run's arguments as an object; "
+                           f"{EDITED_CHECKPOINT}")
+    problem = metadata_problem(hparams or {})
+    if problem:
+        raise WeightsError(f"{path}: hyper_parameters.{problem}; {EDITED_CHECKPOINT}")
+    return checkpoint
+
+EDITED_CHECKPOINT = "the file was edited or damaged: use the checkpoint as training wrote it"
+
+
+def load_checkpoint_weights(net: nn.Module, checkpoint: dict[str, Any], path: Path) -> None:
+    """Load a training checkpoint's weights (its EMA copy when the run kept one) into the model its
+    hyperparameters built: they fit it whole, so any key that does not is an edited or damaged file."""
+    load_weights(net, checkpoint["state_dict"], new_head=False, origin=path, fix=EDITED_CHECKPOINT)

@@ -1,0 +1,223 @@
+"""A trained image classifier: any registered model or timm model by name, loaded from shipped weights or a
+training checkpoint with its labels and preprocessing."""
+import contextlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from ..data.transforms import (CLASSIFIER_PREPROCESSING, ImageTransform, check_image_batch, default_preprocessing,
+                               eval_transform_of, preprocessing_problem, timm_data_config, to_model_input)
+from ..devices import model_device
+from ..errors import ConfigError, ImageSizeNotDivisible, NotATrainingCheckpoint, WeightsError
+from ..layers.patch_embed import is_count
+from ..modes import eval_mode
+from ..pretrained import (checkpoint_follows, find_weights_entry, hub_cache_only, load_weights, offline_timm_file,
+                          set_pretrained_cfg, starting_weights_skipped, timm_pretrained_cfg, unreachable_hub)
+from ..registry import HUB_PREFIXES, Strictness, built_for_one_size, check_timm_name, create_model, split_model_name
+from .checkpoints import (EDITED_CHECKPOINT, checkpoint_model_kwargs, inference_model, inference_target,
+                          load_checkpoint_weights, require_task, task_checkpoint)
+
+
+# timm.create_model arguments that fetch or name its starting weights.
+TIMM_STARTING_WEIGHTS = ("pretrained", "pretrained_cfg_overlay", "pretrained_cfg", "checkpoint_path")
+
+
+def build_classifier(model_name: str, num_classes: int, model_kwargs: Optional[dict] = None,
+                     pretrained: Optional[Union[bool, str]] = None, strict: Strictness = True) -> nn.Module:
+    """A registered model, or any timm model when ``model_name`` is ``"timm:NAME"``; ``pretrained`` as
+    :func:`visattn.create_model` takes it (None: as the model name says, an ``arch.tag`` loads its
+    shipped weights; False: no weights, even for ``arch.tag``; ``True`` for a timm model: timm's own
+    weights of NAME, None or False for a timm model: none)."""
+    kwargs = dict(model_kwargs or {})
+    if model_name.startswith("timm:"):
+        check_timm_name(model_name[5:])
+        offline = None  # whether the hub can be reached: asked here for weights, else by _create_timm_model
+        if starting_weights_skipped():  # the checkpoint loaded next holds every weight: no download, no file
+            kwargs = {key: value for key, value in kwargs.items() if key not in TIMM_STARTING_WEIGHTS}
+        elif kwargs.get("pretrained") and "pretrained_cfg_overlay" not in kwargs:
+            # offline: the cached file, or one line (timm retried the hub and the error blamed model_kwargs)
+            cached = offline_timm_file(model_name[5:])
+            offline = cached is not None
+            if offline:
+                kwargs["pretrained_cfg_overlay"] = {"file": str(cached)}
+        checkpoint = kwargs.get("checkpoint_path")
+        if checkpoint and not Path(checkpoint).is_file():  # timm's FileNotFoundError has no message: a traceback
+            raise WeightsError(f"model.init_args.model_kwargs.checkpoint_path {checkpoint}: no such file; give the "
+                               "path of a weights file timm can load (.pth, .bin, .safetensors)")
+        model = _create_timm_model(model_name[5:], offline=offline, num_classes=num_classes, **kwargs)
+        if pretrained:
+            load_weights(model, model_name if pretrained is True else pretrained, strict=strict)
+        return model
+    return create_model(model_name, num_classes=num_classes, pretrained=pretrained, strict=strict, **kwargs)
+
+
+def _create_timm_model(name: str, *, offline: Optional[bool] = None, **kwargs: Any) -> nn.Module:
+    """``timm.create_model``; ``offline``: whether the hub is known to be unreachable (None: a hub name asks, once)."""
+    import timm
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    if offline is None:
+        offline = name.startswith(HUB_PREFIXES) and unreachable_hub() is not None
+    try:
+        with hub_cache_only(offline):  # the config.json timm reads first: cached, or one line at once
+            return timm.create_model(name, **kwargs)
+    except LocalEntryNotFoundError:  # an hf-hub: name's config.json, which timm reads first, even without weights
+        raise WeightsError(f"timm:{name}: timm reads its config.json from the Hugging Face hub, which cannot be "
+                           "reached, and the file is not in the Hugging Face cache; run it once where the hub is "
+                           "reachable (it caches under $HF_HOME), or name the architecture: timm:ARCH") from None
+
+
+def sides_that_fit(size: int, patch_size: Sequence[int]) -> tuple[str, str]:
+    """What square sides patches of ``patch_size`` take, and the two next below and above ``size`` (above only when
+    none is below), as the lines refusing ``size`` say them."""
+    step = math.lcm(*patch_size)
+    fits = [fit for fit in (size // step * step, (size // step + 1) * step) if fit > 0]
+    return f"takes sides that are multiples of its {step}-pixel patches", " or ".join(map(str, fits))
+
+
+@dataclass
+class Classifier:
+    """A model ready for inference, with what it needs to read images and name its predictions."""
+
+    model: nn.Module
+    class_names: list[str]
+    preprocessing: dict[str, Any]
+    name: str  # what it was loaded from: arch.tag or the checkpoint path
+    arch: str
+    model_kwargs: dict[str, Any]
+
+    def transform(self) -> ImageTransform:
+        """The evaluation transform the weights record: an ``(H, W, 3)`` uint8 RGB array to the model's input."""
+        return eval_transform_of(self.preprocessing)
+
+    @property
+    def device(self) -> torch.device:
+        return model_device(self.model)
+
+    @torch.no_grad()  # not inference_mode: its tensors refuse in-place writes and autograd in the caller's code
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        """Class probabilities ``(B, num_classes)`` on the CPU for normalised images ``(B, C, H, W)`` (C the model's
+        channels) on any device."""
+        check_image_batch(images, channels=self.preprocessing["input_size"][0])
+        with eval_mode(self.model):  # a model the caller set training would drop out and update batch norms
+            return self.model(to_model_input(images, self.model)).softmax(dim=-1).cpu()
+
+
+def load_classifier(model: Optional[str] = None, checkpoint: Optional[str] = None, *,
+                    img_size: Optional[int] = None, device: str = "cpu") -> Classifier:
+    """Load ``arch.tag`` shipped weights (``arch`` alone: its default weights) or a training checkpoint
+    onto ``device`` (see :func:`visattn.devices.inference_device`).
+
+    ``img_size`` runs the classifier on ``img_size``-pixel square inputs instead of its training size:
+    a ViT's position embeddings are resampled to the new patch grid, and CNNs pool globally anyway.
+    """
+    target = inference_target(model, checkpoint, device)
+    if img_size is not None and not is_count(img_size):
+        raise ConfigError(f"--img-size {img_size!r}: give a whole number of pixels >= 1")
+    if checkpoint is not None:
+        return _classifier_from_checkpoint(Path(checkpoint), img_size, target)
+    require_task(model, "classification")
+    arch, tag = split_model_name(model)
+    entry = find_weights_entry(arch, tag)
+    with _img_size_named(img_size, f"{arch}.{entry['tag']}"):
+        net = inference_model(create_model(f"{arch}.{entry['tag']}", **_size_kwargs(arch, img_size)), target)
+    _require_classes(net.num_classes, f"{arch}.{entry['tag']}")
+    labels = recorded_labels(entry.get("labels"), net.num_classes, f"{arch}.{entry['tag']}'s index entry")
+    # save_weights(model, path) alone records no preprocessing: the model's default, as for checkpoints.
+    recorded = _classifier_preprocessing(
+        entry.get("preprocessing"), net, source=f"{entry['index']}: entry '{arch}.{entry['tag']}': ",
+        fix="record input_size [C, H, W], mean and std there, or save the weights again with "
+            "`visattn save-weights --checkpoint`")
+    preprocessing = _resized(recorded, img_size)
+    set_pretrained_cfg(net, timm_pretrained_cfg(net, preprocessing))  # at img_size
+    return Classifier(net, labels, preprocessing, f"{arch}.{entry['tag']}",
+                      arch, dict(entry.get("model_kwargs") or {}))
+
+
+def _classifier_from_checkpoint(path: Path, img_size: Optional[int], device: torch.device) -> Classifier:
+    checkpoint, hparams = task_checkpoint(path, "classification")
+    if "model_name" not in hparams or hparams.get("num_classes") is None:
+        raise NotATrainingCheckpoint(path, "not a visattn classification checkpoint (no model_name and num_classes)",
+                                     "pass --model ARCH.TAG instead")
+    model_kwargs = {**(hparams.get("model_kwargs") or {}), **_size_kwargs(hparams["model_name"], img_size)}
+    try:
+        # The checkpoint holds every weight: neither an arch.tag run's shipped weights nor timm's are read again.
+        with checkpoint_follows(), _img_size_named(img_size, hparams["model_name"]):
+            net = build_classifier(hparams["model_name"], hparams["num_classes"], model_kwargs, pretrained=False)
+        load_checkpoint_weights(net, checkpoint, path)
+    except (ConfigError, WeightsError) as err:
+        if img_size is None or "img_size" not in model_kwargs or not hparams["model_name"].startswith("timm:"):
+            raise
+        raise ConfigError(f"--img-size {img_size}: {hparams['model_name']} cannot take {img_size} px images with the "
+                          f"weights of {path} ({err}); leave --img-size out") from None
+    labels = recorded_labels(hparams.get("class_names"), hparams["num_classes"], str(path))
+    recorded = _classifier_preprocessing(hparams.get("preprocessing"), net, source=f"{path}: hyper_parameters.",
+                                         fix=EDITED_CHECKPOINT)
+    preprocessing = _resized(recorded, img_size)
+    if hasattr(net, "visattn_name"):
+        set_pretrained_cfg(net, timm_pretrained_cfg(net, preprocessing))
+    else:  # a timm model keeps the rest of its own pretrained_cfg (its head's name, its weights' source)
+        set_pretrained_cfg(net, {**net.pretrained_cfg, **timm_data_config(preprocessing)})
+    # A run fine-tuned from ARCH.TAG is a model of ARCH with the tag's builder arguments (save-weights names its
+    # file ARCH.NEWTAG, which the tag in the name made ARCH.TAG.NEWTAG, refused).
+    arch, kwargs = checkpoint_model_kwargs(hparams)
+    return Classifier(inference_model(net, device), labels, preprocessing, str(path), arch, kwargs)
+
+
+def _classifier_preprocessing(recorded: Optional[dict[str, Any]], net: nn.Module, *, source: str,
+                              fix: str) -> dict[str, Any]:
+    """The recorded evaluation-transform settings; the model's default (ImageNet's statistics) when none were
+    recorded, one line naming ``source`` and ``fix`` when some are missing."""
+    if not recorded:
+        return default_preprocessing(net)
+    problem = preprocessing_problem(recorded, required=CLASSIFIER_PREPROCESSING)
+    if problem:
+        raise WeightsError(f"{source}{problem}; {fix}")
+    return recorded
+
+
+def _require_classes(num_classes: int, name: str) -> None:
+    """A features-only model predicted a softmax over its features as if they were classes."""
+    if not num_classes:
+        raise WeightsError(f"{name}: weights without a classifier head (num_classes 0) give features, not classes; "
+                           f"build them with create_model({name!r}) to use the features, or fine-tune a head")
+
+
+def recorded_labels(recorded: Optional[Sequence[str]], num_classes: int, source: str) -> list[str]:
+    """The recorded label names, one per output; ``"0"``, ``"1"``, ... when none were recorded."""
+    if not recorded:
+        return [str(i) for i in range(num_classes)]
+    if len(recorded) != num_classes:
+        raise WeightsError(f"{source}: {len(recorded)} label names for a {num_classes}-class head; "
+                           "record one name per class (class_names / labels)")
+    return list(recorded)
+
+
+def _size_kwargs(arch: str, img_size: Optional[int]) -> dict[str, Any]:
+    """Builder arguments for another input size, for a model built for one (:func:`built_for_one_size`: a timm
+    model's weights are then resampled by timm's filter); CNNs pool globally anyway."""
+    return {"img_size": img_size} if img_size is not None and built_for_one_size(arch) else {}
+
+
+@contextlib.contextmanager
+def _img_size_named(img_size: Optional[int], name: str) -> Iterator[None]:
+    """A size the model's patches do not divide as one line naming ``--img-size`` and the sizes that fit (it named
+    the builder's ``img_size`` and ``patch_size``, which the command line cannot change)."""
+    try:
+        yield
+    except ImageSizeNotDivisible as err:
+        if img_size is None:
+            raise
+        sides, fits = sides_that_fit(img_size, err.patch_size)
+        raise ConfigError(f"--img-size {img_size}: {name} {sides}; give {fits}") from None
+
+
+def _resized(preprocessing: dict[str, Any], img_size: Optional[int]) -> dict[str, Any]:
+    preprocessing = dict(preprocessing)
+    if img_size is not None:
+        preprocessing["input_size"] = [preprocessing["input_size"][0], img_size, img_size]
+    return preprocessing
