@@ -7,6 +7,9 @@ from typing import TYPE_CHECKING, Any
 from .errors import ONE_LINE_WARNINGS_ENV, VisattnError, one_line_showwarning
 
 if TYPE_CHECKING:
+    from .inference.captioner import load_captioner
+    from .inference.classifier import load_classifier
+    from .inference.detector import load_detector
     from .pretrained import load_weights, save_weights
     from .registry import create_model, is_model, list_models, list_pretrained, register_model
 
@@ -26,6 +29,9 @@ _LAZY = {
     "register_model": "registry",
     "load_weights": "pretrained",
     "save_weights": "pretrained",
+    "load_classifier": "inference.classifier",
+    "load_captioner": "inference.captioner",
+    "load_detector": "inference.detector",
 }
 __all__ = [
     "VisattnError",
@@ -33,6 +39,9 @@ __all__ = [
     "is_model",
     "list_models",
     "list_pretrained",
+    "load_captioner",
+    "load_classifier",
+    "load_detector",
     "load_weights",
     "register_model",
     "save_weights",

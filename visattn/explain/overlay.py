@@ -18,20 +18,20 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
 import torch
-from matplotlib import colormaps
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.cm import ScalarMappable
-from matplotlib.colors import Normalize
-from matplotlib.figure import Figure
 
 from ..errors import ArgumentError, ConfigError, VisattnWarning
 from ..fileio import (atomic_path, figure_mark, output_errors, prepare_output_file, remove_stale_output,
                       write_failure)
 from .cell_centres import CellCentres
+
+# matplotlib is imported where a map is coloured or drawn: `caption` and `detect` without an attention output, which
+# import this module with visattn.explain, would spend a third of a second importing it for nothing.
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 PathLike = str | os.PathLike
 
@@ -79,6 +79,8 @@ def heatmap_overlay(
     Returns:
         ``(H, W, 3)`` uint8 RGB image.
     """
+    from matplotlib import colormaps
+
     image = _check_image(image)
     if not 0.0 <= alpha <= 1.0:
         raise ConfigError(f"alpha={alpha}: use a value between 0 and 1")
@@ -137,6 +139,9 @@ def overlay_figure(
 ) -> Figure:
     """The figure :func:`save_overlay` writes; see it for the arguments. ``image_title`` names the left panel
     (what the model saw: an image, or a crop of one)."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
     image = _check_image(image)
     blended = heatmap_overlay(image, heatmap, cmap=cmap, alpha=alpha, centres=centres)
     fig = _figure(figsize=(7.5, 3.6))
@@ -210,6 +215,9 @@ def word_panels_figure(
 
 
 def _figure(figsize: tuple[float, float]) -> Figure:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     # A bare Figure on the Agg canvas: no pyplot state, no display, safe in threads and servers.
     fig = Figure(figsize=figsize, layout="constrained")
     FigureCanvasAgg(fig)

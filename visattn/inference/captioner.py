@@ -20,7 +20,7 @@ from ..modes import eval_mode
 from ..pretrained import find_weights_entry
 from ..registry import create_model, split_model_name
 from .checkpoints import (EDITED_CHECKPOINT, checkpoint_model_kwargs, inference_model, inference_target,
-                          load_checkpoint_weights, read_checkpoint, require_task, task_checkpoint)
+                          load_checkpoint_weights, read_checkpoint, task_checkpoint, task_weights_entry)
 from .classifier import Classifier
 
 
@@ -81,9 +81,7 @@ def load_captioner(model: Optional[str] = None, checkpoint: Optional[str] = None
     target = inference_target(model, checkpoint, device)
     if checkpoint is not None:
         return _captioner_from_checkpoint(Path(checkpoint), target)
-    require_task(model, "captioning")
-    arch, tag = split_model_name(model)
-    entry = find_weights_entry(arch, tag)
+    arch, entry = task_weights_entry(model, "captioning")
     if not entry.get("vocab"):
         raise WeightsError(f"{arch}.{entry['tag']}: the weights entry has no vocab; save the weights again with "
                            "`visattn save-weights --checkpoint`, or pass vocab=Captioner.vocab.to_list() to "

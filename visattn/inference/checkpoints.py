@@ -38,6 +38,14 @@ def require_task(name: str, task: str) -> None:
                           "(or `visattn evaluate`) with it")
 
 
+def task_weights_entry(model: str, task: str) -> tuple[str, dict[str, Any]]:
+    """The architecture of the shipped weights ``model`` names (``arch.tag``, or ``arch`` alone: its default weights)
+    and their index entry; one line when they are a model for another task."""
+    require_task(model, task)
+    arch, tag = split_model_name(model)
+    return arch, find_weights_entry(arch, tag)
+
+
 def task_checkpoint(path: Path, task: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """The training checkpoint at ``path`` and its hyperparameters; one line when it holds a model for another task."""
     checkpoint = read_checkpoint(path)

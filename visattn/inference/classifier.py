@@ -15,11 +15,11 @@ from ..devices import model_device
 from ..errors import ConfigError, ImageSizeNotDivisible, NotATrainingCheckpoint, WeightsError
 from ..layers.patch_embed import is_count
 from ..modes import eval_mode
-from ..pretrained import (checkpoint_follows, find_weights_entry, hub_cache_only, load_weights, offline_timm_file,
-                          set_pretrained_cfg, starting_weights_skipped, timm_pretrained_cfg, unreachable_hub)
-from ..registry import HUB_PREFIXES, Strictness, built_for_one_size, check_timm_name, create_model, split_model_name
+from ..pretrained import (checkpoint_follows, hub_cache_only, load_weights, offline_timm_file, set_pretrained_cfg,
+                          starting_weights_skipped, timm_pretrained_cfg, unreachable_hub)
+from ..registry import HUB_PREFIXES, Strictness, built_for_one_size, check_timm_name, create_model
 from .checkpoints import (EDITED_CHECKPOINT, checkpoint_model_kwargs, inference_model, inference_target,
-                          load_checkpoint_weights, require_task, task_checkpoint)
+                          load_checkpoint_weights, task_checkpoint, task_weights_entry)
 
 
 # timm.create_model arguments that fetch or name its starting weights.
@@ -120,9 +120,7 @@ def load_classifier(model: Optional[str] = None, checkpoint: Optional[str] = Non
         raise ConfigError(f"--img-size {img_size!r}: give a whole number of pixels >= 1")
     if checkpoint is not None:
         return _classifier_from_checkpoint(Path(checkpoint), img_size, target)
-    require_task(model, "classification")
-    arch, tag = split_model_name(model)
-    entry = find_weights_entry(arch, tag)
+    arch, entry = task_weights_entry(model, "classification")
     with _img_size_named(img_size, f"{arch}.{entry['tag']}"):
         net = inference_model(create_model(f"{arch}.{entry['tag']}", **_size_kwargs(arch, img_size)), target)
     _require_classes(net.num_classes, f"{arch}.{entry['tag']}")

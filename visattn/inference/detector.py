@@ -17,10 +17,9 @@ from ..fileio import atomic_path, attention_note, output_errors, output_paths, p
 from ..layers.patch_embed import is_count, is_number
 from ..models.detection import unit_floats
 from ..modes import eval_mode
-from ..pretrained import find_weights_entry
 from ..registry import create_model, is_model, model_family, split_model_name
 from .checkpoints import (checkpoint_model_kwargs, inference_model, inference_target, load_checkpoint_weights,
-                          read_checkpoint, require_task, task_checkpoint)
+                          read_checkpoint, task_checkpoint, task_weights_entry)
 from .classifier import Classifier, recorded_labels
 
 
@@ -111,9 +110,7 @@ def load_detector(model: Optional[str] = None, checkpoint: Optional[str] = None,
     target = inference_target(model, checkpoint, device)
     if checkpoint is not None:
         return _detector_from_checkpoint(Path(checkpoint), target)
-    require_task(model, "detection")
-    arch, tag = split_model_name(model)
-    entry = find_weights_entry(arch, tag)
+    arch, entry = task_weights_entry(model, "detection")
     net = inference_model(create_model(f"{arch}.{entry['tag']}"), target)
     labels = recorded_labels(entry.get("labels"), net.num_classes, f"{arch}.{entry['tag']}'s index entry")
     return Detector(net, labels, dict(entry.get("preprocessing") or {}), f"{arch}.{entry['tag']}", arch,
