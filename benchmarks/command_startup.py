@@ -34,27 +34,35 @@ COMMANDS = {
 
 
 def process(argv: list[str], folder: Path, threads: int) -> subprocess.CompletedProcess:
-    """``python ARGV`` in ``folder`` with this checkout first on its path, one line of error when it fails."""
+    """``python ARGV`` in ``folder`` with this checkout first on its path."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     return subprocess.run([sys.executable, *argv], cwd=folder, env=env, capture_output=True, text=True)
 
 
-def compare(command: str, folder: Path, rounds: int, threads: int) -> dict:
-    argv = ["-m", "visattn", command, *COMMANDS[command], "image.png", "--device", "cpu"]
-    first = process(argv, folder, threads)
-    side_by_side.require_agreement(first.returncode == 0, f"visattn {command} exited {first.returncode} "
-                                   f"({first.stderr.strip()[-300:]})")
-    def run_command() -> None:
-        process(argv, folder, threads)
+def run_command(command: str, folder: Path, threads: int) -> str:
+    """``visattn COMMAND`` on the image, in a fresh process; its line for the image, or exit in one line when it
+    failed (a round that failed early would have timed less than the command)."""
+    ran = process(["-m", "visattn", command, *COMMANDS[command], "image.png", "--device", "cpu"], folder, threads)
+    line = next((line for line in ran.stdout.splitlines() if line.startswith("image.png: ")), None)
+    if ran.returncode != 0 or line is None:
+        raise SystemExit(f"error: visattn {command} exited {ran.returncode} without its line for the image "
+                         f"({ran.stderr.strip()[-300:]}); no figure is printed")
+    return line
 
-    def import_floor() -> None:
+
+def compare(command: str, folder: Path, rounds: int, threads: int) -> dict:
+    line = run_command(command, folder, threads)  # also warms the page cache: every round is a fresh process
+
+    def command_round() -> None:  # None: interleave times the whole call
+        run_command(command, folder, threads)
+
+    def floor_round() -> None:
         process(["-c", FLOOR], folder, threads)
 
-    # no warm-up round: each round is a fresh process anyway, the page cache warmed by the check above
-    seconds = side_by_side.interleave({"command": run_command, "floor": import_floor}, rounds=rounds, warmup=0)
+    seconds = side_by_side.interleave({"command": command_round, "floor": floor_round}, rounds=rounds, warmup=0)
     command_s, floor_s = (statistics.median(seconds[name]) for name in ("command", "floor"))
-    return {"command": command, "command_s": round(command_s, 3), "floor_s": round(floor_s, 3),
+    return {"command": command, "line": line, "command_s": round(command_s, 3), "floor_s": round(floor_s, 3),
             "ratio": round(floor_s / command_s, 3),
             "ratio_spread": side_by_side.ratio_spread(seconds, "command", "floor")}
 

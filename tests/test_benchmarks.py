@@ -4,6 +4,7 @@ Only the output format and internal consistency are checked, never a speed.
 """
 import json
 import os
+import re
 import runpy
 import subprocess
 import sys
@@ -108,6 +109,7 @@ def test_weights_loading(capsys, monkeypatch):
 def test_command_startup(capsys, monkeypatch):
     out, figures = run_smoke(capsys, monkeypatch, "command_startup.py")
     assert [row["command"] for row in figures["results"]] == ["classify"]
+    assert re.fullmatch(r"image\.png: \S+ \d\.\d{3}", figures["results"][0]["line"])  # what classify printed
     _check_ratio(figures["results"][0], "floor_s", "command_s")
     assert "floor/command" in out and "import torch, torchvision, timm" in figures["floor"]
 

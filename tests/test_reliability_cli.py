@@ -1484,7 +1484,8 @@ from visattn.cli import main
 folder = Path(sys.argv[1])
 Image.new("RGB", (64, 64), (200, 120, 40)).save(folder / "x.png")
 argvs = [["classify", "--model", "se_resnet20_cifar.fmnist"], ["caption", "--model", "sat_cbam_resnet_scenes.scenes"],
-         ["detect", "--model", "fcos_se_resnet20_cifar.scenes"],
+         ["detect", "--model", "fcos_se_resnet20_cifar.scenes"], ["classify", "--checkpoint", str(folder / "cls.ckpt")],
+         ["caption", "--checkpoint", str(folder / "sat.ckpt")], ["detect", "--checkpoint", str(folder / "fcos.ckpt")],
          ["explain", "--model", "se_resnet20_cifar.fmnist", "--out", str(folder / "map.png")]]
 for argv in argvs:
     with contextlib.redirect_stdout(io.StringIO()):
@@ -1497,11 +1498,15 @@ def test_inference_commands_run_without_importing_lightning_or_torchmetrics(tmp_
     """`classify`, `explain`, `caption` and `detect` imported Lightning and torchmetrics (about 1.2 s of a 5 s
     `classify`) through the loaders, which sat beside the LightningModules in visattn.tasks; they live in
     visattn.inference now, DETR's matcher imports scipy.optimize when it matches, and matplotlib is imported
-    when a map is drawn."""
+    when a map is drawn. Shipped weights and training checkpoints alike."""
+    write_classifier_checkpoint(tmp_path / "cls.ckpt")
+    write_captioner_checkpoint(tmp_path / "sat.ckpt")
+    write_detector_checkpoint(tmp_path / "fcos.ckpt")
     found = subprocess.run([sys.executable, "-c", _INFERENCE_WITHOUT_LIGHTNING, str(tmp_path)], capture_output=True,
                            text=True, timeout=300)
     assert found.returncode == 0, found.stderr[-2000:]
-    assert found.stdout.splitlines() == ["classify 0", "caption 0", "detect 0", "explain 0 matplotlib"]
+    assert found.stdout.splitlines() == [f"{command} 0" for command in ("classify", "caption", "detect") * 2] + [
+        "explain 0 matplotlib"]
 
 
 @pytest.mark.parametrize("script, argv, usage", [

@@ -2,6 +2,7 @@
 described otherwise than the model they hold, task wrappers where a module goes, and decoding and
 detection settings that would give wrong results without a word."""
 import json
+import re
 
 import pytest
 import torch
@@ -432,3 +433,22 @@ def test_evaluation_leaves_the_callers_random_numbers_as_they_were():
     before = torch.get_rng_state()
     evaluate_classifier(classifier, images, batch_size=4)
     assert torch.equal(torch.get_rng_state(), before)
+
+
+@pytest.mark.parametrize("old, new", [
+    ("visattn.tasks.classification.load_classifier", "visattn.inference.classifier.load_classifier"),
+    ("visattn.tasks.classification.read_checkpoint", "visattn.inference.checkpoints.read_checkpoint"),
+    ("visattn.tasks.captioning.load_captioner", "visattn.inference.captioner.load_captioner"),
+    ("visattn.tasks.detection.detect_files", "visattn.inference.detector.detect_files"),
+])
+def test_the_loaders_old_import_paths_still_give_them_with_a_warning_naming_the_new(old, new):
+    """The loaders and what they read moved to visattn.inference (their import had loaded Lightning); visattn
+    0.1.0's README named the old paths, which then raised ImportError (from a review)."""
+    import importlib
+
+    module, name = old.rsplit(".", 1)
+    with pytest.warns(FutureWarning, match=rf"^{re.escape(old)} moved to {re.escape(new)}; import it from there"):
+        found = getattr(importlib.import_module(module), name)
+    assert found is getattr(importlib.import_module(new.rsplit(".", 1)[0]), name)
+    with pytest.raises(AttributeError, match=r"has no attribute 'load_nothing'"):
+        importlib.import_module(module).load_nothing

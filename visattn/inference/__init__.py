@@ -4,3 +4,21 @@ vocabulary) and preprocessing, and the commands that run them on image files.
 Nothing here imports Lightning or torchmetrics, which training and scoring (:mod:`visattn.tasks`) need:
 `visattn classify`, `explain`, `caption` and `detect` start a second sooner without them.
 """
+import importlib
+import warnings
+from typing import Any, Callable
+
+
+def moved_here(module: str, names: dict[str, str]) -> Callable[[str], Any]:
+    """A ``__getattr__`` for the visattn.tasks ``module`` that still gives the ``names`` that moved here (each to
+    its module in this package), with a warning naming the new place: code written for visattn 0.1.0 runs on."""
+
+    def __getattr__(name: str) -> Any:
+        if name not in names:
+            raise AttributeError(f"module {module!r} has no attribute {name!r}")
+        new = f"visattn.inference.{names[name]}"
+        warnings.warn(f"{module}.{name} moved to {new}.{name}; import it from there (the old place will go)",
+                      FutureWarning, stacklevel=2)
+        return getattr(importlib.import_module(new), name)
+
+    return __getattr__

@@ -26,6 +26,7 @@ from ..data.vocab import Vocabulary, tokenize
 from ..errors import ConfigError, VisattnWarning
 from ..explain.cell_centres import CellCentres
 from ..explain.pointing import pointing_hit
+from ..inference import moved_here
 from ..inference.captioner import Captioner, attention_centres, decode
 from ..layers.patch_embed import is_number
 from ..models.show_attend_tell import DecodedCaptions, doubly_stochastic_penalty
@@ -427,3 +428,7 @@ def evaluate_captioner(captioner: Captioner, batches: Iterable[dict[str, Any]], 
         raise ConfigError("the evaluation dataset is empty; check --dataset, --split and --limit")
     scores = {k: reported_score(v) if isinstance(v, float) else v for k, v in metrics.compute().items()}
     return {**scores, **skipped_images(getattr(batches, "dataset", None))}
+
+
+# Their import loaded Lightning: visattn 0.1.0's paths still give them, with a warning.
+__getattr__ = moved_here(__name__, dict.fromkeys(("caption_files", "is_captioner", "load_captioner"), "captioner"))

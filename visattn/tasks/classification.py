@@ -22,6 +22,7 @@ from ..data.image_folder import ImageFolder, evaluation_batches, seeded_subset, 
 from ..data.image_io import DEFAULT_MAX_PIXELS
 from ..data.transforms import ImageTransform
 from ..errors import ConfigError, MissingSplit, VisattnWarning, WeightsError, one_line
+from ..inference import moved_here
 from ..inference.classifier import Classifier, build_classifier, sides_that_fit
 from ..layers.attention import SelfAttention
 from ..layers.patch_embed import fixed_input_size, is_number, whole_patches
@@ -571,3 +572,12 @@ def class_accuracies(confusion: torch.Tensor, class_names: Sequence[str]) -> dic
                                          "mistaken_for": class_names[mistaken] if wrong[mistaken] else None}
     mean = sum(accuracies) / len(accuracies)  # of the unrounded accuracies
     return {"mean_class_accuracy": reported_score(mean), "per_class": per_class}
+
+
+# Their import loaded Lightning: visattn 0.1.0's paths still give them, with a warning.
+__getattr__ = moved_here(__name__, {
+    **dict.fromkeys(("load_classifier", "recorded_labels", "TIMM_STARTING_WEIGHTS"), "classifier"),
+    **dict.fromkeys(("EDITED_CHECKPOINT", "TASK_COMMANDS", "TASK_NOUNS", "checkpoint_model_kwargs", "inference_model",
+                     "inference_target", "load_checkpoint_weights", "read_checkpoint", "require_task",
+                     "task_checkpoint"), "checkpoints"),
+})

@@ -19,6 +19,7 @@ from torchmetrics.detection import MeanAveragePrecision
 from ..data.detection import CocoDetection, SceneDetection, Target, collate_detection, require_boxes
 from ..data.image_folder import evaluation_batches, seeded_subset, skipped_images
 from ..errors import ConfigError
+from ..inference import moved_here
 from ..inference.detector import Detections, Detector, is_detection_arch
 from ..registry import Strictness, create_model, split_model_name
 from ..scores import reported_score
@@ -252,3 +253,8 @@ def evaluate_detector(detector: Detector, batches: Iterable[Batch]) -> dict[str,
     if n == 0:
         raise ConfigError("the evaluation dataset is empty; check --dataset, --split and --limit")
     return {**map_scores(metric), "n": n, **skipped_images(getattr(batches, "dataset", None))}
+
+
+# Their import loaded Lightning: visattn 0.1.0's paths still give them, with a warning.
+__getattr__ = moved_here(__name__, dict.fromkeys(("class_label", "detect_files", "detection_records", "draw_detections",
+                                                  "is_detector", "load_detector"), "detector"))
