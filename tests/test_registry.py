@@ -40,6 +40,94 @@ def test_visattns_own_families_are_known_without_building_a_model():
     assert set(list_models()) <= set(registry._model_family)
 
 
+def _register_as_another_packages(monkeypatch, builder, module: str) -> str:
+    """``builder`` registered as if ``module`` of another package had, for this test only."""
+    from visattn import registry
+
+    registry._import_models()
+    builder.__module__ = module
+    monkeypatch.setitem(registry._model_entrypoints, builder.__name__, builder)
+    monkeypatch.setattr(registry, "_model_family", dict(registry._model_family))
+    return builder.__name__
+
+
+def test_another_packages_builder_takes_its_own_arguments_whatever_class_it_annotates(monkeypatch):
+    """An audit of other packages' models: arguments were checked against the class the builder's return annotation
+    names (`width` was "e_width_net has no argument 'width'", `num_classes` of a builder annotated nn.Sequential "it
+    takes " and nothing), and an annotation naming a class imported only for type checkers was a NameError traceback
+    in `visattn fit` and create_model."""
+    from visattn.models.resnet import ResNet
+
+    def wide_net(width: int = 1, num_classes: int = 10) -> torch.nn.Sequential:
+        net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 8 * width), torch.nn.Linear(8 * width,
+                                                                                                      num_classes))
+        net.num_classes = num_classes
+        return net
+
+    def resnet_of_width(width: int = 16, **kwargs) -> ResNet:
+        return create_model("resnet20_cifar", **kwargs)
+
+    def hinted_net(**kwargs):
+        return create_model("resnet20_cifar", **kwargs)
+
+    hinted_net.__annotations__["return"] = "NotImportedHere"  # a class imported only under TYPE_CHECKING
+
+    for builder in (wide_net, resnet_of_width, hinted_net):
+        _register_as_another_packages(monkeypatch, builder, "my_package.models")
+    assert create_model("wide_net", width=2, num_classes=3)[2].weight.shape == (3, 16)
+    assert create_model("resnet_of_width", width=32, num_classes=3).num_classes == 3
+    assert create_model("hinted_net", num_classes=3).num_classes == 3
+    with pytest.raises(ConfigError, match=r"^wide_net has no argument 'widht': did you mean width\?$"):
+        create_model("wide_net", widht=2)
+
+    def no_arguments() -> torch.nn.Module:
+        return torch.nn.Identity()
+
+    _register_as_another_packages(monkeypatch, no_arguments, "my_package.models")
+    with pytest.raises(ConfigError, match=r"^no_arguments has no argument 'num_classes': it takes no keyword "
+                                          r"argument$"):
+        create_model("no_arguments", num_classes=3)
+
+
+def test_another_packages_family_is_the_visattn_class_it_builds_or_subclasses_never_its_files_name(monkeypatch):
+    """An audit of other packages' models: a subclass of visattn's detector or captioner was neither (its family was
+    its module's name), one that loads weights when built was a classifier until create_model had built it (its
+    trial build on the meta device fails), and a plain classifier in a file named detection.py was a detector."""
+    from visattn.models.detection import FcosDetector
+    from visattn.models.show_attend_tell import ShowAttendTell
+    from visattn.registry import model_family, model_task
+
+    class MyFcos(FcosDetector):
+        pass
+
+    class MySat(ShowAttendTell):
+        pass
+
+    def my_subclassed_fcos(**kwargs) -> MyFcos:
+        return MyFcos(backbone="resnet20_cifar", num_classes=3, **kwargs)
+
+    def my_subclassed_sat(**kwargs) -> MySat:
+        return MySat(encoder_name="resnet20_cifar", vocab_size=7, **kwargs)
+
+    def my_fcos_from_weights(**kwargs) -> FcosDetector:  # as a backbone's pretrained weights do on the meta device
+        if torch.empty(0).device.type == "meta":
+            raise RuntimeError("loading weights does nothing on the meta device")
+        return create_model("fcos_resnet20_cifar", num_classes=3, **kwargs)
+
+    def my_plain_net(num_classes: int = 10) -> torch.nn.Module:
+        net = torch.nn.Linear(3, num_classes)
+        net.num_classes = num_classes
+        return net
+
+    for builder in (my_subclassed_fcos, my_subclassed_sat, my_fcos_from_weights):
+        _register_as_another_packages(monkeypatch, builder, "my_package.models")
+    _register_as_another_packages(monkeypatch, my_plain_net, "my_package.detection")
+    assert [(model_family(name), model_task(name)) for name in ("my_subclassed_fcos", "my_subclassed_sat",
+                                                                  "my_fcos_from_weights", "my_plain_net")] == [
+        ("detection", "detection"), ("show_attend_tell", "captioning"), ("detection", "detection"),
+        ("my_package.detection", "classification")]
+
+
 def test_duplicate_registration_raises():
     def vit_tiny_patch16_224():
         return torch.nn.Identity()
@@ -327,7 +415,7 @@ BUILT_AS_IMPORTED = create_model("tiny_own_net")  # the registry, asked while it
 '''
 # What `pip install` of a package declaring [project.entry-points."visattn.models"] leaves on the path.
 _PLUGIN_ENTRY_POINTS = ("[visattn.models]\nextra = attn_zoo_extra\nbroken = broken_zoo\ntaken = taken_zoo\n"
-                        "attr = attn_zoo_extra:TinyNet\n")
+                        "attr = attn_zoo_extra:TinyNet\nexits = exiting_zoo\nspaced = spaced zoo\n")
 _TAKEN_NAME_MODULE = "from visattn import register_model\n\n\n@register_model\ndef se_resnet20_cifar():\n    pass\n"
 _PLUGIN_PROBE = """
 import json, warnings, torch, visattn
@@ -364,6 +452,7 @@ def test_another_packages_entry_point_models_are_registered_and_train_from_a_con
     (site / "attn_zoo_extra-0.1.dist-info" / "entry_points.txt").write_text(_PLUGIN_ENTRY_POINTS)
     (site / "attn_zoo_extra.py").write_text(_PLUGIN_MODULE)
     (site / "broken_zoo.py").write_text("raise RuntimeError('boom')\n")
+    (site / "exiting_zoo.py").write_text("import sys\nsys.exit('bye')\n")  # it had ended every visattn command
     (site / "taken_zoo.py").write_text(_TAKEN_NAME_MODULE)
     # the tree under test stays on the path (conftest puts it there), after the package's folder
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])),
@@ -374,8 +463,12 @@ def test_another_packages_entry_point_models_are_registered_and_train_from_a_con
         f"{entry} attr = attn_zoo_extra:TinyNet of attn-zoo-extra names type TinyNet, not a module; name the module "
         "whose import registers the models (attn_zoo_extra)",
         f"{entry} broken = broken_zoo of attn-zoo-extra failed to import (RuntimeError: boom); {fix}",
+        f"{entry} exits = exiting_zoo of attn-zoo-extra failed to import (SystemExit: bye); {fix}",
+        f"{entry} spaced = spaced zoo of attn-zoo-extra names no module ('spaced zoo'); give the module whose import "
+        "registers the models, e.g. my_package.models, in its pyproject.toml",
         f"{entry} taken = taken_zoo of attn-zoo-extra failed to import (ValueError: model 'se_resnet20_cifar' is "
-        f"already registered by visattn.models.resnet); {fix}"]
+        "already registered by visattn.models.resnet; give the function another name (registry keys are builder "
+        f"function names)); {fix}"]
     countless = ("tiny_countless_net: its builder (attn_zoo_extra) gave a Sequential without num_classes; give the "
                  "model its head's class count as num_classes (0 without a head), as timm's models have")
 
@@ -416,8 +509,9 @@ def test_another_packages_entry_point_models_are_registered_and_train_from_a_con
         "that attn_zoo_extra registers it, which the installed attn_zoo_extra does not: install the version of its "
         "package that has it\n")
     env["PYTHONPATH"] = os.environ.get("PYTHONPATH", "")
-    orphan = run("-m", "visattn", "classify", "--model", "tiny_own_net.mine", "photo.png")
-    assert (orphan.returncode, orphan.stderr) == (
-        2, "visattn: error: unknown model 'tiny_own_net' (the architecture of 'tiny_own_net.mine'): its weights record "
-           "that attn_zoo_extra registers it, and no installed package's visattn.models entry point imports that "
-           "module: install the package that has it\n")
+    for command in (["classify", "photo.png"], ["evaluate", "--dataset", "fashion-mnist"]):  # evaluate had no hint
+        orphan = run("-m", "visattn", command[0], "--model", "tiny_own_net.mine", *command[1:])
+        assert (orphan.returncode, orphan.stderr) == (
+            2, "visattn: error: unknown model 'tiny_own_net' (the architecture of 'tiny_own_net.mine'): its weights "
+               "record that attn_zoo_extra registers it, and no installed package's visattn.models entry point imports "
+               "that module: install the package that has it\n")

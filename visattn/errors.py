@@ -112,7 +112,8 @@ def check_keyword_arguments(owner: str, function: Callable[..., Any], kwargs: di
     for name in kwargs:
         if name not in accepted:
             close = difflib.get_close_matches(name, accepted, n=1)
-            hint = f"did you mean {close[0]}?" if close else f"it takes {', '.join(accepted)}"
+            hint = (f"did you mean {close[0]}?" if close else
+                    f"it takes {', '.join(accepted)}" if accepted else "it takes no keyword argument")
             raise ConfigError(f"{owner} has no argument {name!r}: {hint}")
 
 

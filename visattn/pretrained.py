@@ -441,7 +441,7 @@ def find_weights_entry(arch: str, tag: Optional[str] = None) -> dict[str, Any]:
     hides it, takes the default over), else its first tag in alphabetical order."""
     from .registry import _resolve_arch
 
-    arch = _resolve_arch(arch)  # an unknown architecture: UnknownModelError naming close matches
+    arch = _resolve_arch(arch, tag=tag)  # an unknown architecture: UnknownModelError naming close matches
     entries: dict[str, dict[str, Any]] = {}  # in search order, up to the folder that settles it
     for index in _folder_indexes():
         own = [e for e in index.values() if e["arch"] == arch]

@@ -34,8 +34,9 @@ Strictness = Union[bool, Literal["attention"]]
 Patterns = Union[str, Sequence[str]]  # one fnmatch pattern, or several (a name matching any)
 
 _model_entrypoints: dict[str, Callable[..., nn.Module]] = {}
-_model_family: dict[str, str] = {}  # arch -> module short name, e.g. "vit", "resnet"
+_model_family: dict[str, str] = {}  # arch -> module short name, e.g. "vit"; another package's: see model_family
 MODEL_ENTRY_POINTS = "visattn.models"  # the entry-point group of other packages' model modules
+_MODELS = "visattn.models."  # the modules of visattn's own builders and model classes
 _entry_points_imported = False
 # Held while they import: another thread's lookup waits for their models (a reentrant lock: a module that builds a
 # model as it is imported comes back in the same thread, and finds them imported).
@@ -46,7 +47,8 @@ def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
     """Register a model builder under its function name; a second registration of a name raises."""
     name = fn.__name__
     if name in _model_entrypoints:
-        raise ValueError(f"model {name!r} is already registered by {_model_entrypoints[name].__module__}")
+        raise ValueError(f"model {name!r} is already registered by {_model_entrypoints[name].__module__}; give the "
+                         "function another name (registry keys are builder function names)")
     _model_entrypoints[name] = fn
     if fn.__module__.startswith("visattn."):  # another package's is found from what it builds (model_family)
         _model_family[name] = _module_family(fn.__module__)
@@ -95,9 +97,13 @@ def _import_each_entry_point() -> None:
     for entry in entry_points(group=MODEL_ENTRY_POINTS):
         package = entry.dist.name if entry.dist is not None else "an installed package"
         named = f"{MODEL_ENTRY_POINTS} entry point {entry.name} = {entry.value} of {package}"
+        if entry.pattern.fullmatch(entry.value) is None:  # loading it failed on importlib's own AttributeError
+            warnings.warn(f"{named} names no module ('{entry.value}'); give the module whose import registers the "
+                          "models, e.g. my_package.models, in its pyproject.toml", VisattnWarning)
+            continue
         try:
             loaded = entry.load()
-        except Exception as err:  # any error of another package's code: its models are missing, not visattn
+        except (Exception, SystemExit) as err:  # its error, or its sys.exit(): its models are missing, not visattn
             warnings.warn(f"{named} failed to import ({type(err).__name__}: {one_line(str(err))}); its models may be "
                           f"missing: fix it, or uninstall {package}", VisattnWarning)
             continue
@@ -126,19 +132,35 @@ def model_family(name: str) -> str:
     arch = _resolve_arch(arch, tag=tag)
     if arch in _model_family:
         return _model_family[arch]
+    builder = _model_entrypoints[arch]
     try:  # another package's: the family of what its builder returns without arguments, on the meta device
         with torch.device("meta"):
-            return _remember_family(arch, _model_entrypoints[arch]())
-    except Exception:  # it needs arguments (or loads weights): its module's name until create_model has built it
-        return _module_family(_model_entrypoints[arch].__module__)
+            return _remember_family(arch, builder())
+    except Exception:  # it needs arguments (or loads weights): the class it names, until create_model has built it
+        return _visattn_family(_annotated_class(builder)) or builder.__module__
 
 
 def _remember_family(arch: str, model: nn.Module) -> str:
-    """Another package's architecture is of the family of the visattn model its builder returns (a wrapper of
-    visattn's ViT is a ``"vit"``: ``img_size`` and detector backbones take it as one), else its module's name."""
-    built = type(model).__module__
-    family = _module_family(built if built.startswith("visattn.") else _model_entrypoints[arch].__module__)
-    return _model_family.setdefault(arch, family)
+    """Another package's architecture is of the family of the visattn model its builder returns, or of a subclass
+    of one (a wrapper of visattn's ViT is a ``"vit"``: ``img_size`` and detector backbones take it as one); of any
+    other class, its builder's module (``"my_package.models"``: a module named ``detection`` makes no detector)."""
+    return _model_family.setdefault(arch, _visattn_family(type(model)) or _model_entrypoints[arch].__module__)
+
+
+def _visattn_family(model_class: Optional[type]) -> Optional[str]:
+    """The family of the first of ``model_class``'s classes that is one of visattn's models; None for none."""
+    found = next((c.__module__ for c in getattr(model_class, "__mro__", ()) if c.__module__.startswith(_MODELS)), None)
+    return _module_family(found) if found else None
+
+
+def _annotated_class(builder: Callable[..., nn.Module]) -> Optional[type]:
+    """The class ``builder``'s return annotation names; None for none, or one that does not resolve here (a class
+    imported only for type checkers)."""
+    try:
+        found = typing.get_type_hints(builder).get("return")
+    except Exception:  # NameError, or whatever evaluating another package's annotations raises
+        return None
+    return found if isinstance(found, type) else None
 
 
 def built_for_one_size(name: str) -> bool:
@@ -362,9 +384,14 @@ def _refuse_other_libraries_arguments(arch: str, kwargs: dict[str, Any]) -> None
 
 
 def _check_builder_arguments(arch: str, kwargs: dict[str, Any]) -> None:
-    """A keyword the architecture's class does not take is one line with the nearest name, not a
-    TypeError from deep inside its constructor."""
-    model_class = typing.get_type_hints(_model_entrypoints[arch]).get("return")  # every builder names its class
+    """A keyword the architecture's class does not take is one line with the nearest name, not a TypeError from
+    deep inside its constructor. Another package's builder is checked against its own parameters: those it takes
+    for itself are not its class's."""
+    builder = _model_entrypoints[arch]
+    if not builder.__module__.startswith(_MODELS):
+        check_keyword_arguments(arch, builder, kwargs)
+        return
+    model_class = typing.get_type_hints(builder).get("return")  # every visattn builder names its class
     if isinstance(model_class, type):
         _refuse_timm_class_arguments(arch, model_class, kwargs)
         check_keyword_arguments(arch, model_class.__init__, kwargs)
