@@ -4,6 +4,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pytest
@@ -114,18 +115,30 @@ def test_another_packages_family_is_the_visattn_class_it_builds_or_subclasses_ne
             raise RuntimeError("loading weights does nothing on the meta device")
         return create_model("fcos_resnet20_cifar", num_classes=3, **kwargs)
 
+    def my_optional_fcos(**kwargs) -> Optional[FcosDetector]:
+        return my_fcos_from_weights(**kwargs)
+
     def my_plain_net(num_classes: int = 10) -> torch.nn.Module:
         net = torch.nn.Linear(3, num_classes)
         net.num_classes = num_classes
         return net
 
-    for builder in (my_subclassed_fcos, my_subclassed_sat, my_fcos_from_weights):
+    def my_plain_net_from_weights(**kwargs):  # its annotation names a class imported only for type checkers
+        return my_fcos_from_weights(**kwargs)
+
+    my_plain_net_from_weights.__annotations__["return"] = "NotImportedHere"
+    for builder in (my_subclassed_fcos, my_subclassed_sat, my_fcos_from_weights, my_optional_fcos):
         _register_as_another_packages(monkeypatch, builder, "my_package.models")
-    _register_as_another_packages(monkeypatch, my_plain_net, "my_package.detection")
-    assert [(model_family(name), model_task(name)) for name in ("my_subclassed_fcos", "my_subclassed_sat",
-                                                                  "my_fcos_from_weights", "my_plain_net")] == [
+    for builder in (my_plain_net, my_plain_net_from_weights):
+        _register_as_another_packages(monkeypatch, builder, "my_package.detection")
+    names = ("my_subclassed_fcos", "my_subclassed_sat", "my_fcos_from_weights", "my_optional_fcos", "my_plain_net",
+             "my_plain_net_from_weights")
+    assert [(model_family(name), model_task(name)) for name in names] == [
         ("detection", "detection"), ("show_attend_tell", "captioning"), ("detection", "detection"),
-        ("my_package.detection", "classification")]
+        ("detection", "detection"), ("my_package.detection", "classification"),
+        ("my_package.detection", "classification")]  # until create_model has built it
+    create_model("my_plain_net_from_weights")
+    assert model_task("my_plain_net_from_weights") == "detection"
 
 
 def test_duplicate_registration_raises():

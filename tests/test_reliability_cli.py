@@ -1073,7 +1073,8 @@ def test_only_the_warnings_visattn_issues_change_format(monkeypatch, capsys):
                 given = node.args[1:2] + [k.value for k in node.keywords if k.arg == "category"]
                 categories[f"{source.name}:{node.lineno}"] = ast.unparse(given[0]) if given else "UserWarning"
     assert len(categories) >= 6 and set(categories.values()) <= {"VisattnWarning", "SkippedImageWarning",
-                                                                 "DeprecatedArgumentWarning"}, categories
+                                                                 "DeprecatedArgumentWarning", "MovedNameWarning"}, \
+        categories
 
 
 # ------------------------------------------------------------------ a monitored metric the run never logs

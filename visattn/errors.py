@@ -158,6 +158,10 @@ class DeprecatedArgumentWarning(VisattnWarning, FutureWarning):
     outside ``__main__``)."""
 
 
+class MovedNameWarning(VisattnWarning, FutureWarning):
+    """A name imported from the module visattn moved it out of, which still gives it, for now."""
+
+
 def one_line_showwarning(previous: Callable[..., None]) -> Callable[..., None]:
     """A ``warnings.showwarning`` printing a :class:`VisattnWarning` as ``warning: MESSAGE`` instead of
     Python's two lines (``FILE:LINE: Category: MESSAGE`` and the source line); others go to ``previous``."""

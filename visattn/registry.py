@@ -136,14 +136,14 @@ def model_family(name: str) -> str:
     try:  # another package's: the family of what its builder returns without arguments, on the meta device
         with torch.device("meta"):
             return _remember_family(arch, builder())
-    except Exception:  # it needs arguments (or loads weights): the class it names, until create_model has built it
+    except (Exception, SystemExit):  # it needs arguments (or loads weights): the class it names, until it is built
         return _visattn_family(_annotated_class(builder)) or builder.__module__
 
 
 def _remember_family(arch: str, model: nn.Module) -> str:
     """Another package's architecture is of the family of the visattn model its builder returns, or of a subclass
     of one (a wrapper of visattn's ViT is a ``"vit"``: ``img_size`` and detector backbones take it as one); of any
-    other class, its builder's module (``"my_package.models"``: a module named ``detection`` makes no detector)."""
+    other class, its builder's module (``"my_package.models"``: ``my_package.detection`` makes no detector)."""
     return _model_family.setdefault(arch, _visattn_family(type(model)) or _model_entrypoints[arch].__module__)
 
 
@@ -154,13 +154,13 @@ def _visattn_family(model_class: Optional[type]) -> Optional[str]:
 
 
 def _annotated_class(builder: Callable[..., nn.Module]) -> Optional[type]:
-    """The class ``builder``'s return annotation names; None for none, or one that does not resolve here (a class
-    imported only for type checkers)."""
+    """The class ``builder``'s return annotation names (the first class of ``Optional[...]`` or ``Union[...]``); None
+    for none, or one that does not resolve here (a class imported only for type checkers)."""
     try:
         found = typing.get_type_hints(builder).get("return")
     except Exception:  # NameError, or whatever evaluating another package's annotations raises
         return None
-    return found if isinstance(found, type) else None
+    return next((c for c in typing.get_args(found) or (found,) if isinstance(c, type)), None)
 
 
 def built_for_one_size(name: str) -> bool:

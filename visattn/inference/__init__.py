@@ -8,6 +8,8 @@ import importlib
 import warnings
 from typing import Any, Callable
 
+from ..errors import MovedNameWarning
+
 
 def moved_here(module: str, names: dict[str, str]) -> Callable[[str], Any]:
     """A ``__getattr__`` for the visattn.tasks ``module`` that still gives the ``names`` that moved here (each to
@@ -18,7 +20,7 @@ def moved_here(module: str, names: dict[str, str]) -> Callable[[str], Any]:
             raise AttributeError(f"module {module!r} has no attribute {name!r}")
         new = f"visattn.inference.{names[name]}"
         warnings.warn(f"{module}.{name} moved to {new}.{name}; import it from there (the old place will go)",
-                      FutureWarning, stacklevel=2)
+                      MovedNameWarning, stacklevel=2)
         return getattr(importlib.import_module(new), name)
 
     return __getattr__
