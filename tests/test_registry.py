@@ -141,6 +141,34 @@ def test_another_packages_family_is_the_visattn_class_it_builds_or_subclasses_ne
     assert model_task("my_plain_net_from_weights") == "detection"
 
 
+def test_a_training_checkpoint_of_another_packages_model_names_what_to_install_where_it_is_missing(monkeypatch,
+                                                                                                  tmp_path):
+    """An audit of other packages' models: saved weights named the module to install, a run's checkpoints did not
+    (`classify --checkpoint` where the package was missing said only "unknown model ...: run `visattn models`")."""
+    from visattn.errors import WeightsError
+    from visattn.inference.classifier import load_classifier
+    from visattn.tasks.classification import ImageClassifier
+
+    def my_linear_net(num_classes: int = 10) -> torch.nn.Module:
+        net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, num_classes))
+        net.num_classes = num_classes
+        return net
+
+    _register_as_another_packages(monkeypatch, my_linear_net, "my_package.models")
+    saved, own = {}, {}
+    ImageClassifier(model_name="my_linear_net", num_classes=3).on_save_checkpoint(saved)
+    ImageClassifier(model_name="resnet20_cifar", num_classes=3).on_save_checkpoint(own)
+    assert (saved, own) == ({"visattn_module": "my_package.models"}, {})
+    state = {f"model.{k}": v for k, v in my_linear_net(3).state_dict().items()}
+    torch.save({**saved, "state_dict": state, "hyper_parameters": {"model_name": "my_gone_net", "num_classes": 3}},
+               tmp_path / "run.ckpt")
+    with pytest.raises(WeightsError, match=rf"^{re.escape(str(tmp_path / 'run.ckpt'))}: hyper_parameters.model_name: "
+                                           r"unknown model 'my_gone_net': the checkpoint records that my_package\."
+                                           r"models registers it, and no installed package's visattn.models entry "
+                                           r"point imports that module: install the package that has it$"):
+        load_classifier(checkpoint=str(tmp_path / "run.ckpt"))
+
+
 def test_duplicate_registration_raises():
     def vit_tiny_patch16_224():
         return torch.nn.Identity()

@@ -786,7 +786,7 @@ def save_weights(model: nn.Module, path: Union[str, Path], *, overwrite: bool = 
     Returns:
         The new index entry.
     """
-    from .registry import is_model, model_module, split_model_name
+    from .registry import is_model, package_module, split_model_name
 
     path, model = Path(path), _bare_model(model)
     arch, _, tag = path.name.removesuffix(".safetensors").partition(".")
@@ -800,9 +800,9 @@ def save_weights(model: nn.Module, path: Union[str, Path], *, overwrite: bool = 
         raise WeightsError(f"{path}: the model is a {built_as}, not a {arch}; name the file {built_as}.{tag}.safetensors")
     if meta.get("model_kwargs") is None and getattr(model, "visattn_kwargs", None):
         meta["model_kwargs"] = model.visattn_kwargs
-    module = model_module(arch)
-    if not module.startswith(("visattn.", "__main__")):  # another package's: what to install where it is missing
-        meta["module"] = module  # (a script's models have no package to name)
+    module = package_module(arch)
+    if module is not None:  # what to install where it is missing
+        meta["module"] = module
     # The file holds every weight: rebuilding must not read where they started from, also when the
     # argument was left out (None loads what an ARCH.TAG encoder name says).
     sources = [k for k in _WEIGHT_SOURCES if k in inspect.signature(type(model).__init__).parameters]

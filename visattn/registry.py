@@ -211,18 +211,31 @@ def _resolve_arch(name: str, *, tag: Optional[str] = None) -> str:
     if tag is not None:
         from .pretrained import recorded_module  # which imports this module
 
-        module = recorded_module(name, tag)
-        if module in sys.modules:  # the package is there, in another version
-            hint = (f"its weights record that {module} registers it, which the installed {module} does not: install "
-                    "the version of its package that has it")
-        elif module is not None:  # weights saved where another package was installed
-            hint = (f"its weights record that {module} registers it, and no installed package's "
-                    f"{MODEL_ENTRY_POINTS} entry point imports that module: install the package that has it")
+        hint = missing_module_hint(recorded_module(name, tag), "its weights record") or hint
     if name in _TORCHVISION_NAMES:  # whose weights load into visattn's of another name
         hint = (f"torchvision's name for visattn's {_TORCHVISION_NAMES[name]}, into which its weights load "
                 f"(create_model({_TORCHVISION_NAMES[name]!r}, pretrained='FILE.pth'))")
     named = f"{name!r}" if tag is None else f"{name!r} (the architecture of '{name}.{tag}')"
     raise UnknownModelError(f"unknown model {named}: {hint}")
+
+
+def missing_module_hint(module: Optional[str], record: str) -> Optional[str]:
+    """What to install for an architecture that weights or a checkpoint (``record``: "its weights record") say
+    ``module`` of another package registers; None when they name none."""
+    if module in sys.modules:  # the package is there, in another version
+        return (f"{record} that {module} registers it, which the installed {module} does not: install the version "
+                "of its package that has it")
+    if module is not None:  # saved where another package was installed
+        return (f"{record} that {module} registers it, and no installed package's {MODEL_ENTRY_POINTS} entry point "
+                "imports that module: install the package that has it")
+    return None
+
+
+def package_module(name: str) -> Optional[str]:
+    """The module of another package whose ``@register_model`` builds ``name``, which weights and checkpoints of it
+    record; None for visattn's own and a script's (whose models have no package to name)."""
+    module = model_module(name)
+    return None if module.startswith(("visattn.", "__main__")) else module
 
 
 def _close_archs(name: str, tag: Optional[str], n: int = 3) -> list[str]:

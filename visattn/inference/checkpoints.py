@@ -11,7 +11,10 @@ from ..devices import inference_device
 from ..errors import ConfigError, NotATrainingCheckpoint, UnknownModelError, WeightsError
 from ..pretrained import (TRAINING_CHECKPOINTS, find_weights_entry, load_weights, metadata_problem,
                           read_pickle_checkpoint, require_regular_file)
-from ..registry import model_task, split_model_name
+from ..registry import missing_module_hint, model_task, split_model_name
+
+# A training checkpoint's record of the module of another package that registers its model (what to install).
+PACKAGE_MODULE_KEY = "visattn_module"
 
 
 def inference_model(model: nn.Module, device: Union[str, torch.device] = "cpu") -> nn.Module:
@@ -54,7 +57,10 @@ def task_checkpoint(path: Path, task: str) -> tuple[dict[str, Any], dict[str, An
         try:
             require_task(hparams["model_name"], task)
         except UnknownModelError as err:  # the message would not say which file named it
-            raise WeightsError(f"{path}: hyper_parameters.model_name: {err}") from None
+            module = checkpoint.get(PACKAGE_MODULE_KEY)
+            hint = missing_module_hint(module, "the checkpoint records") if isinstance(module, str) else None
+            problem = f"unknown model {hparams['model_name']!r}: {hint}" if hint else str(err)
+            raise WeightsError(f"{path}: hyper_parameters.model_name: {problem}") from None
     return checkpoint, hparams
 
 

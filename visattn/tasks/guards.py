@@ -19,6 +19,8 @@ from torch.optim.swa_utils import AveragedModel
 from torchmetrics import MeanMetric
 
 from ..errors import ConfigError, VisattnError
+from ..inference.checkpoints import PACKAGE_MODULE_KEY
+from ..registry import is_model, package_module
 from .optimization import (adamw_warmup_cosine, refuse_other_parameter_groups, warn_of_a_changed_schedule,
                            warn_of_a_finished_run, warn_of_a_starting_average)
 
@@ -223,6 +225,13 @@ class GuardedTask:
 
     def configure_optimizers(self) -> dict[str, Any]:
         return adamw_warmup_cosine(self)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        name = self.hparams.get("model_name")
+        module = package_module(name) if isinstance(name, str) and is_model(name) else None  # not timm: models
+        if module is not None:  # loading it where that package is missing names what to install
+            checkpoint[PACKAGE_MODULE_KEY] = module
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
