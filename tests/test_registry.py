@@ -139,6 +139,14 @@ def test_another_packages_family_is_the_visattn_class_it_builds_or_subclasses_ne
         ("my_package.detection", "classification")]  # until create_model has built it
     create_model("my_plain_net_from_weights")
     assert model_task("my_plain_net_from_weights") == "detection"
+    from visattn.tasks.captioning import CaptioningTask
+    from visattn.tasks.detection import DetectionTask
+
+    for task, classes in ((DetectionTask, "FcosDetector or DetrDetector"), (CaptioningTask, "ShowAttendTell")):
+        with pytest.raises(ConfigError, match=rf"^model_name='my_plain_net' is not a \w+ \(its builder in "
+                                              rf"my_package.detection returns none of visattn's {classes}, nor a "
+                                              r"subclass of one\); pick one of"):  # it did not say why
+            task(model_name="my_plain_net")
 
 
 def test_a_training_checkpoint_of_another_packages_model_names_what_to_install_where_it_is_missing(monkeypatch,

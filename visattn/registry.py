@@ -238,6 +238,13 @@ def package_module(name: str) -> Optional[str]:
     return None if module.startswith(("visattn.", "__main__")) else module
 
 
+def another_packages_note(name: str, classes: str) -> str:
+    """Why another package's ``name`` is not of a task whose models are visattn's ``classes``: its builder returns
+    none of them (a wrapper around one is a model of its own class); "" for visattn's own and unknown names."""
+    module = package_module(name) if is_model(name) else None
+    return f" (its builder in {module} returns none of visattn's {classes}, nor a subclass of one)" if module else ""
+
+
 def _close_archs(name: str, tag: Optional[str], n: int = 3) -> list[str]:
     """The ``n`` registered architectures nearest ``name``, deterministic: those shipping ``tag`` weights
     first (only they load ``name.tag``), then completions of ``name`` (a name cut short, ``se_resnet20``

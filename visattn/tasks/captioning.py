@@ -32,7 +32,7 @@ from ..layers.patch_embed import is_number
 from ..models.show_attend_tell import DecodedCaptions, doubly_stochastic_penalty
 from ..pretrained import (find_weights_entry, load_weights, named_weights_entry, read_state_dict,
                           starting_weights_skipped)
-from ..registry import create_model, model_task, split_model_name
+from ..registry import another_packages_note, create_model, model_task, split_model_name
 from ..scores import reported_score
 from .classification import (check_data_size, refuse_linked_kwargs, sample_mean_loss, starting_checkpoint_settings,
                              warn_if_normalised_otherwise)
@@ -286,7 +286,9 @@ class CaptioningTask(GuardedTask, pl.LightningModule):
     ) -> None:
         super().__init__()
         if model_task(model_name) != "captioning":
-            raise ConfigError(f"model_name={model_name!r} is not a captioner; pick one of `visattn models 'sat_*'`")
+            raise ConfigError(f"model_name={model_name!r} is not a captioner"
+                              f"{another_packages_note(model_name, 'ShowAttendTell')}; pick one of `visattn models "
+                              "'sat_*'`")
         if not vocab:
             raise ConfigError("CaptioningTask needs a vocabulary: link data.vocab in the config (see configs/captioning/)")
         if not (is_number(alpha_c) and 0 <= alpha_c < math.inf):  # a negative one rewarded uneven attention

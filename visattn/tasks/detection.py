@@ -21,7 +21,7 @@ from ..data.image_folder import evaluation_batches, seeded_subset, skipped_image
 from ..errors import ConfigError
 from ..inference import moved_here
 from ..inference.detector import Detections, Detector, is_detection_arch
-from ..registry import Strictness, create_model, split_model_name
+from ..registry import Strictness, another_packages_note, create_model, split_model_name
 from ..scores import reported_score
 from .classification import match_class_order, refuse_linked_kwargs, warn_if_normalised_otherwise
 from .distributed import gather_shares, in_split_order
@@ -123,8 +123,9 @@ class DetectionTask(GuardedTask, pl.LightningModule):
     ) -> None:
         super().__init__()
         if not is_detection_arch(model_name):
-            raise ConfigError(f"model_name={model_name!r} is not a detector; pick one of `visattn models 'fcos_*'` "
-                              "or `visattn models 'detr_*'`")
+            raise ConfigError(f"model_name={model_name!r} is not a detector"
+                              f"{another_packages_note(model_name, 'FcosDetector or DetrDetector')}; pick one of "
+                              "`visattn models 'fcos_*'` or `visattn models 'detr_*'`")
         if class_names is not None and len(class_names) != num_classes:
             raise ConfigError(f"{len(class_names)} class_names for num_classes={num_classes}; link both from the data")
         if category_ids is not None and len(category_ids) != num_classes:
