@@ -27,8 +27,8 @@ def inference_model(model: nn.Module, device: Union[str, torch.device] = "cpu") 
     """
     return model.eval().to(device=device, memory_format=torch.channels_last)
 
-TASK_NOUNS = {"classification": "classifier", "captioning": "captioner", "detection": "detector"}
 
+TASK_NOUNS = {"classification": "classifier", "captioning": "captioner", "detection": "detector"}
 TASK_COMMANDS = {"classification": "`visattn classify`, `explain` or `export`", "captioning": "`visattn caption`",
                  "detection": "`visattn detect`"}
 
@@ -111,6 +111,7 @@ def read_checkpoint(path: Path, *, lazy: bool = False) -> dict[str, Any]:
     if problem:
         raise WeightsError(f"{path}: hyper_parameters.{problem}; {EDITED_CHECKPOINT}")
     return checkpoint
+
 
 EDITED_CHECKPOINT = "the file was edited or damaged: use the checkpoint as training wrote it"
 

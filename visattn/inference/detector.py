@@ -140,12 +140,8 @@ def is_detector(model: Optional[str] = None, checkpoint: Optional[str] = None) -
 
 # One colour per class (cycled), readable on black FashionScenes canvases and on photos.
 _BOX_COLOURS = ("red", "lime", "deepskyblue", "yellow", "orange", "magenta", "cyan", "white", "pink", "violet")
-
 _MIN_DRAWN_SIDE = 256  # small images are enlarged before drawing, so the labels stay readable
-
 _MAX_DRAWN_SIDE = 4096  # ... but not a strip beyond this (a 3000x20 panorama was drawn 39000 px wide)
-
-
 # An attention panel is 200 px wide (2 in at 100 dpi); maps at a 12 MP photo's pixels took 48 MB a detection
 # (a 16-query DETR: 3.6 GB and 76 s against 11 s without maps; 8000x6000 ran out of memory).
 _PANEL_SIDE = 512
@@ -258,6 +254,7 @@ def _detection_line(record: dict[str, Any], score_threshold: float) -> str:
              if found else f"no objects scoring {score_threshold} or more")
     drawn = f"; drawn: {record['drawn']}" if "drawn" in record else ""
     return one_line(f"{record['file']}: {boxes}{drawn}{attention_note(record, 'detections')}")
+
 
 _BITMAP_FONT_SIZE = 11  # px, about torchvision's default label font (PIL's default), kept for drawings under 600 px
 
