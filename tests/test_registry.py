@@ -558,6 +558,10 @@ def test_another_packages_entry_point_models_are_registered_and_train_from_a_con
         "that attn_zoo_extra registers it, which the installed attn_zoo_extra does not: install the version of its "
         "package that has it\n")
     env["PYTHONPATH"] = os.environ.get("PYTHONPATH", "")
+    listed = run("-m", "visattn", "models", "--pretrained", "tiny_*")  # the weights had been left out unsaid
+    assert listed.returncode == 0 and re.search(r"^tiny_own_net\.mine +\? +\?$", listed.stdout, re.M), listed.stdout
+    assert ("warning: unknown model 'tiny_own_net' (the architecture of 'tiny_own_net.mine'): its weights record that "
+            "attn_zoo_extra registers it") in listed.stderr
     for command in (["classify", "photo.png"], ["evaluate", "--dataset", "fashion-mnist"]):  # evaluate had no hint
         orphan = run("-m", "visattn", command[0], "--model", "tiny_own_net.mine", *command[1:])
         assert (orphan.returncode, orphan.stderr) == (

@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence
 
 from .devices import DEVICE_CHOICES, MAX_WORKERS_PER_CPU, max_workers
 from .errors import (ONE_LINE_WARNINGS_ENV, ArgumentError, ConfigError, MissingSplit, NotATrainingCheckpoint,
-                     VisattnError, VisattnWarning, WeightsError, error_line, one_line, one_line_showwarning)
+                     UnknownModelError, VisattnError, VisattnWarning, WeightsError, error_line, one_line,
+                     one_line_showwarning)
 from .shipped import shipped_config, shipped_config_names, shipped_folder
 
 # Commands import torch and what they use when they run: `visattn --help`, a command's --help and a usage
@@ -67,14 +68,16 @@ def _parameter_count(name: str) -> str:
 def cmd_models(args: argparse.Namespace) -> int:
     from .registry import list_models, list_pretrained, model_family, split_model_name
 
-    names = list_models(args.pattern, pretrained=args.pretrained)
+    if args.pretrained:  # one row per ARCH.TAG: its tag's hyperparameters set its size
+        names = [full for full in list_pretrained() if fnmatch.fnmatchcase(split_model_name(full)[0], args.pattern)]
+    else:
+        names = list_models(args.pattern)
     if not names:
         which = "model with shipped or saved weights" if args.pretrained else "model"
         raise ConfigError(f"no {which} matches {args.pattern!r}; see `visattn models` for the full list")
-    if args.pretrained:  # one row per ARCH.TAG: its tag's hyperparameters set its size
-        names = [full for full in list_pretrained() if split_model_name(full)[0] in names]
+    if args.pretrained:
         header = ("weights", "family", "params")
-        rows = [(n, model_family(split_model_name(n)[0]), _parameter_count(n)) for n in names]
+        rows = [_weights_row(n) for n in names]
     else:
         tags: dict[str, list[str]] = {}
         for full in list_pretrained():
@@ -87,6 +90,19 @@ def cmd_models(args: argparse.Namespace) -> int:
     for row in [header, *rows]:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
     return 0
+
+
+def _weights_row(name: str) -> tuple[str, str, str]:
+    """``visattn models --pretrained``'s row of weights ``ARCH.TAG``; ``?`` and a warning saying what to install for
+    weights whose architecture no installed package registers (they had been left out without a word)."""
+    from .registry import model_family
+
+    try:
+        family = model_family(name)
+    except UnknownModelError as err:
+        warnings.warn(one_line(str(err)), VisattnWarning)
+        return name, "?", "?"
+    return name, family, _parameter_count(name)
 
 
 def cmd_configs(args: argparse.Namespace) -> int:
