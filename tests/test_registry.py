@@ -237,6 +237,8 @@ def test_cli_models_pretrained_counts_each_shipped_model_as_its_entry_builds_it(
     expected = f"{sum(p.numel() for p in shipped.parameters()) / 1e6:.2f}M"
     assert [line.split() for line in lines[1:]] == [["vit_tiny_patch4_28.unit", "vit", expected]]
     assert expected != "5.55M"  # the registered 12-block architecture's count
+    assert main(["models", "--pretrained", ""]) == 0  # an empty pattern lists every architecture, as list_models'
+    assert capsys.readouterr().out.splitlines() == lines
 
 
 def test_cli_models_no_match(capsys):

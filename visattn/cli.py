@@ -66,10 +66,12 @@ def _parameter_count(name: str) -> str:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from .registry import list_models, list_pretrained, model_family, split_model_name
+    from .registry import list_models, list_pretrained, matching_names, model_family, split_model_name
 
-    if args.pretrained:  # one row per ARCH.TAG: its tag's hyperparameters set its size
-        names = [full for full in list_pretrained() if fnmatch.fnmatchcase(split_model_name(full)[0], args.pattern)]
+    if args.pretrained:  # one row per ARCH.TAG: its tag's hyperparameters set its size; also of a missing package's
+        weights = list_pretrained()
+        archs = set(matching_names({split_model_name(full)[0] for full in weights}, args.pattern))
+        names = [full for full in weights if split_model_name(full)[0] in archs]
     else:
         names = list_models(args.pattern)
     if not names:

@@ -50,7 +50,7 @@ def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         raise ValueError(f"model {name!r} is already registered by {_model_entrypoints[name].__module__}; give the "
                          "function another name (registry keys are builder function names)")
     _model_entrypoints[name] = fn
-    if fn.__module__.startswith("visattn."):  # another package's is found from what it builds (model_family)
+    if fn.__module__.startswith(_MODELS):  # another package's is found from what it builds (model_family)
         _model_family[name] = _module_family(fn.__module__)
     return fn
 
@@ -231,17 +231,20 @@ def missing_module_hint(module: Optional[str], record: str) -> Optional[str]:
     return None
 
 
-def package_module(name: str) -> Optional[str]:
+def package_module(name: Any) -> Optional[str]:
     """The module of another package whose ``@register_model`` builds ``name``, which weights and checkpoints of it
-    record; None for visattn's own and a script's (whose models have no package to name)."""
+    record; None for visattn's own, a script's (whose models have no package to name) and names no builder
+    registers (``timm:NAME``, unknown ones)."""
+    if not is_model(name):
+        return None
     module = model_module(name)
-    return None if module.startswith(("visattn.", "__main__")) else module
+    return None if module.startswith((_MODELS, "__main__")) else module
 
 
 def another_packages_note(name: str, classes: str) -> str:
     """Why another package's ``name`` is not of a task whose models are visattn's ``classes``: its builder returns
     none of them (a wrapper around one is a model of its own class); "" for visattn's own and unknown names."""
-    module = package_module(name) if is_model(name) else None
+    module = package_module(name)
     return f" (its builder in {module} returns none of visattn's {classes}, nor a subclass of one)" if module else ""
 
 
@@ -301,7 +304,7 @@ def list_models(filter: Patterns = "*", pretrained: bool = False, *, exclude_fil
     and none of ``exclude_filters``; ``pretrained`` keeps those with weights. ``pattern``: ``filter``'s former
     name, deprecated."""
     _import_models()
-    names = _matching(_model_entrypoints, _renamed_pattern(filter, pattern), exclude_filters)
+    names = matching_names(_model_entrypoints, _renamed_pattern(filter, pattern), exclude_filters)
     if pretrained:
         with_weights = {split_model_name(n)[0] for n in list_pretrained()}
         names = [n for n in names if n in with_weights]
@@ -314,7 +317,7 @@ def list_pretrained(filter: Patterns = "*", *, exclude_filters: Patterns = (),
     none of ``exclude_filters``. ``pattern``: ``filter``'s former name, deprecated."""
     from .pretrained import load_index
 
-    return _matching(load_index(), _renamed_pattern(filter, pattern), exclude_filters)
+    return matching_names(load_index(), _renamed_pattern(filter, pattern), exclude_filters)
 
 
 def _renamed_pattern(filter: Patterns, pattern: Optional[Patterns]) -> Patterns:
@@ -329,7 +332,10 @@ def _renamed_pattern(filter: Patterns, pattern: Optional[Patterns]) -> Patterns:
     return pattern
 
 
-def _matching(names: Iterable[str], pattern: Optional[Patterns], exclude_filters: Optional[Patterns]) -> list[str]:
+def matching_names(names: Iterable[str], pattern: Optional[Patterns], exclude_filters: Optional[Patterns] = ()
+                   ) -> list[str]:
+    """Sorted ``names`` matching ``pattern`` (any of a list; ``''`` or ``[]``: every name) and none of
+    ``exclude_filters``, as :func:`list_models` and :func:`list_pretrained` match."""
     if isinstance(pattern, (str, list, tuple)) and not pattern:  # timm's filter='' (or []) lists everything
         pattern = None
     include, exclude = (_patterns(pattern, "filter", default=["*"]), _patterns(exclude_filters, "exclude_filters"))

@@ -20,7 +20,7 @@ from torchmetrics import MeanMetric
 
 from ..errors import ConfigError, VisattnError
 from ..inference.checkpoints import PACKAGE_MODULE_KEY
-from ..registry import is_model, package_module
+from ..registry import package_module
 from .optimization import (adamw_warmup_cosine, refuse_other_parameter_groups, warn_of_a_changed_schedule,
                            warn_of_a_finished_run, warn_of_a_starting_average)
 
@@ -228,8 +228,7 @@ class GuardedTask:
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
-        name = self.hparams.get("model_name")
-        module = package_module(name) if isinstance(name, str) and is_model(name) else None  # not timm: models
+        module = package_module(self.hparams.get("model_name"))
         if module is not None:  # loading it where that package is missing names what to install
             checkpoint[PACKAGE_MODULE_KEY] = module
 
