@@ -1454,7 +1454,9 @@ _HELP_WITHOUT_TORCH = """
 import argparse, contextlib, io, sys
 from visattn.cli import LIGHTNING_COMMANDS, build_parser, main
 subcommands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
-argvs = [["--help"], ["--version"], ["classify"], ["models", "--bogus"]]
+mistakes = [["classify"], ["models", "--bogus"], ["classify", "--model", "se_resnet20_cifar.fmnist", "--bogus"],
+            ["caption", "--model", "w.safetensors", "x.png"], ["save-weights", "x.ckpt", "--tag", "a.b"]]
+argvs = [["--help"], ["--version"], *mistakes]
 argvs += [[name, "--help"] for name in subcommands if name not in LIGHTNING_COMMANDS]
 codes = []
 for argv in argvs:
@@ -1469,11 +1471,12 @@ print(len(argvs), *codes, 'torch' in sys.modules, 'timm' in sys.modules)
 
 def test_help_version_and_usage_mistakes_answer_without_importing_torch():
     """`visattn --help` took 4 s, a command's --help and a mistyped option as long: the command imported torch
-    and timm (through visattn.pretrained) before reading its arguments; now each takes about 0.1 s."""
+    and timm (through visattn.pretrained) before reading its arguments; now each takes about 0.1 s. A mistake
+    after --model or --tag also took 4 s: checking their values imported torch."""
     found = subprocess.run([sys.executable, "-c", _HELP_WITHOUT_TORCH], capture_output=True, text=True, timeout=120,
                            check=True)
     count, *codes, torch_imported, timm_imported = found.stdout.split()
-    assert int(count) == len(codes) > 4 and codes == ["0", "0", "2", "2"] + ["0"] * (len(codes) - 4), found.stdout
+    assert int(count) == len(codes) > 7 and codes == ["0", "0"] + ["2"] * 5 + ["0"] * (len(codes) - 7), found.stdout
     assert (torch_imported, timm_imported) == ("False", "False")
 
 

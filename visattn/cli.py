@@ -28,6 +28,7 @@ from .errors import (ONE_LINE_WARNINGS_ENV, ArgumentError, ConfigError, MissingS
                      UnknownModelError, VisattnError, VisattnWarning, WeightsError, error_line, one_line,
                      one_line_showwarning)
 from .shipped import shipped_config, shipped_config_names, shipped_folder
+from .weight_names import HUB_PREFIXES, WEIGHTS_SUFFIXES, WEIGHTS_TAG
 
 # Commands import torch and what they use when they run: `visattn --help`, a command's --help and a usage
 # mistake are answered in a fraction of a second, not after the seconds torch and timm take to import.
@@ -560,8 +561,6 @@ def finite_float(text: str) -> float:
 
 def weights_tag(text: str) -> str:
     """argparse type for --tag: the TAG of the file name ARCH.TAG.safetensors."""
-    from .pretrained import WEIGHTS_TAG
-
     if not WEIGHTS_TAG.fullmatch(text):
         raise argparse.ArgumentTypeError(f"{text!r} is not a weights tag; use letters, digits, _ and - "
                                          "(no dots or slashes: the file is named ARCH.TAG.safetensors), e.g. fmnist")
@@ -571,9 +570,6 @@ def weights_tag(text: str) -> str:
 def model_name(text: str) -> str:
     """argparse type for --model: a registered name or ARCH.TAG; a file, a timm: or a hub name is told which
     option takes it."""
-    from .pretrained import WEIGHTS_SUFFIXES
-    from .registry import HUB_PREFIXES
-
     hub = next((prefix for prefix in ("timm:", *HUB_PREFIXES) if text.startswith(prefix)), None)
     if hub:  # checked before files: a hub name has a slash (it had been called a file)
         raise argparse.ArgumentTypeError(

@@ -41,12 +41,11 @@ from .layers.create_attn import ATTN_LAYERS
 from .layers.patch_embed import fixed_input_size
 from .registry import Strictness
 from .shipped import installed_package, shipped_folder, unstarted_shipped_run
+from .weight_names import HUB_PREFIXES, PICKLE_SUFFIXES, WEIGHTS_TAG
 
 StateDict = dict[str, torch.Tensor]
 
 INDEX_NAME = "index.json"
-_PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar")  # .tar: timm's model_best.pth.tar, checkpoint-N.pth.tar
-WEIGHTS_SUFFIXES = (".safetensors", *_PICKLE_SUFFIXES)
 # What every reader of an index entry relies on; the rest (task, labels, metrics, ...) is optional.
 _ENTRY_KEYS = ("file", "sha256")
 # Wrappers that training code puts around the weights dict, most specific first; a timm training
@@ -395,7 +394,7 @@ def _read_file_record(path: Path) -> tuple[WeightsOrigin, Any, str]:
         except (OSError, ValueError, SafetensorError):  # a header that is no JSON: ValueError
             return "other", None, ""
         return ("visattn" if "arch" in header else _state_origin(keys)), recorded, "the header's "
-    if path.suffix not in _PICKLE_SUFFIXES or not path.is_file():
+    if path.suffix not in PICKLE_SUFFIXES or not path.is_file():
         return "other", None, ""
     try:
         checkpoint = read_pickle_checkpoint(path, lazy=True)  # the tensors memory-mapped, not read
@@ -544,7 +543,7 @@ def read_state_dict(path: Union[str, Path], *, sha256: Optional[str] = None) -> 
         except (SafetensorError, OSError, ValueError) as err:
             reason = str(err).splitlines()[0]
             raise WeightsError(f"{path}: not a valid safetensors file ({reason}); re-download or re-export it") from None
-    elif path.suffix in _PICKLE_SUFFIXES:
+    elif path.suffix in PICKLE_SUFFIXES:
         state = read_pickle_checkpoint(path)
     else:
         raise WeightsError(f"{path}: unknown weights format {path.suffix!r}; "
@@ -763,9 +762,6 @@ def _refuse_unbuildable(model: nn.Module, path: Path, name: str, model_kwargs: d
     fix = (f"create_model({name!r}) would build another model: save one built by create_model({arch!r}, ...), "
            "or pass the builder arguments it was built with as model_kwargs={...}")
     check_state_dict(rebuilt, model.state_dict(), strict=True, source=path, fix=fix)
-
-
-WEIGHTS_TAG = re.compile(r"[\w-]+")  # the TAG of ARCH.TAG: no dots, slashes, spaces or shell characters
 
 
 def save_weights(model: nn.Module, path: Union[str, Path], *, overwrite: bool = False, **meta: Any) -> dict[str, Any]:
@@ -1466,8 +1462,6 @@ def offline_timm_file(name: str) -> Optional[Path]:
 def _cached_timm_file(name: str) -> Optional[Path]:
     """The file of timm's weights ``name`` already in the local Hugging Face cache; None when not there."""
     import timm
-
-    from .registry import HUB_PREFIXES
 
     if name.startswith(HUB_PREFIXES):  # timm has no pretrained config of a hub name: the name is the repository
         repo, _, revision = name.partition(":")[2].partition("@")

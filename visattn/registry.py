@@ -26,6 +26,7 @@ from torch import nn
 
 from .errors import (ArgumentError, ConfigError, DeprecatedArgumentWarning, UnknownModelError, VisattnWarning,
                      check_keyword_arguments, check_keyword_types, keyword_names, one_line)
+from .weight_names import HUB_PREFIXES
 
 # True: every weight must fit; "attention": only attention modules added to the weights' architecture
 # (SE, CBAM, ... on a plain ResNet) may be missing; False: any missing weight keeps its initialisation.
@@ -185,10 +186,6 @@ def model_task(name: str) -> str:
 # torchvision's names of architectures visattn has under timm's (its ResNets share theirs)
 _TORCHVISION_NAMES = {"vit_b_16": "vit_base_patch16_224", "vit_b_32": "vit_base_patch32_224",
                       "vit_l_16": "vit_large_patch16_224"}
-
-# The hub repositories timm builds models from by name (timm:hf-hub:ORG/REPO), spelled either way.
-HUB_PREFIXES = ("hf-hub:", "hf_hub:")
-
 
 def _resolve_arch(name: str, *, tag: Optional[str] = None) -> str:
     """``name`` if registered; otherwise UnknownModelError naming up to 3 close architectures (``tag``:

@@ -17,7 +17,8 @@ from ..layers.patch_embed import is_count
 from ..modes import eval_mode
 from ..pretrained import (checkpoint_follows, hub_cache_only, load_weights, offline_timm_file, set_pretrained_cfg,
                           starting_weights_skipped, timm_pretrained_cfg, unreachable_hub)
-from ..registry import HUB_PREFIXES, Strictness, built_for_one_size, check_timm_name, create_model
+from ..registry import Strictness, built_for_one_size, check_timm_name, create_model
+from ..weight_names import HUB_PREFIXES
 from .checkpoints import (EDITED_CHECKPOINT, checkpoint_model_kwargs, inference_model, inference_target,
                           load_checkpoint_weights, task_checkpoint, task_weights_entry)
 

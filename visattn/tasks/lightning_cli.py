@@ -85,8 +85,9 @@ from ..fileio import (FULL_ERRNOS, atomic_path, claim_folder, output_errors, pre
 from ..inference.checkpoints import EDITED_CHECKPOINT, read_checkpoint
 from ..inference.detector import class_label, detection_records
 from ..pretrained import check_state_dict, checkpoint_follows, scored_as_built
-from ..registry import HUB_PREFIXES, model_arguments, split_model_name
+from ..registry import model_arguments, split_model_name
 from ..shipped import bare_config_name, config_file_name, nearest_shipped_configs, shipped_config
+from ..weight_names import HUB_PREFIXES
 from .distributed import gather_shares
 from .guards import GuardedTask, seed_apart
 
