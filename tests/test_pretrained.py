@@ -10,12 +10,13 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from visattn import create_model, load_weights, save_weights
+from visattn import create_model, load_captioner, load_classifier, load_weights, save_weights
 from visattn.data.transforms import IMAGENET_MEAN
 from visattn.errors import UnknownModelError, VisattnWarning, WeightsError
 from visattn.pretrained import (checkpoint_follows, load_index, read_state_dict, sha256_of,
                                  starting_weights_skipped)
 
+REPO = Path(__file__).resolve().parents[1]
 ARCH = "vit_tiny_patch4_28"
 SMALL = {"depth": 2}
 
@@ -54,13 +55,15 @@ def test_the_same_weights_save_to_the_same_bytes(weights_tmp):
     # safetensors orders its header from a hash map: before, two saves of one model differed in
     # their bytes and sha256 about every other time.
     model, hashes = _model(), set()
-    for tag in "abcdefgh":
-        hashes.add(save_weights(model, weights_tmp / f"{ARCH}.{tag}.safetensors", model_kwargs=SMALL)["sha256"])
+    for folder in "abcdefgh":  # the name is in the file: one name, in eight folders
+        (weights_tmp / folder).mkdir()
+        hashes.add(save_weights(model, weights_tmp / folder / f"{ARCH}.h.safetensors", model_kwargs=SMALL)["sha256"])
     assert len(hashes) == 1
-    header = (weights_tmp / f"{ARCH}.a.safetensors").read_bytes()
+    header = (weights_tmp / "a" / f"{ARCH}.h.safetensors").read_bytes()
     header = json.loads(header[8:8 + int.from_bytes(header[:8], "little")])
-    assert list(header) == sorted(header) and list(header["__metadata__"]) == ["arch", "format"]
-    assert torch.equal(_logits(create_model(f"{ARCH}.h").eval()), _logits(model))
+    assert list(header) == sorted(header) and list(header["__metadata__"]) == ["arch", "entry", "format", "tag"]
+    assert torch.equal(_logits(create_model(ARCH, pretrained=str(weights_tmp / "h" / f"{ARCH}.h.safetensors")).eval()),
+                       _logits(model))
 
 
 def test_a_weights_file_built_by_path_carries_the_preprocessing_it_was_saved_with(weights_tmp, tmp_path):
@@ -85,6 +88,91 @@ def test_shipped_weights_files_record_their_entrys_preprocessing_and_carry_it_bu
             assert json.loads(weights.metadata()["preprocessing"]) == entry["preprocessing"], name
     shipped = create_model("se_resnet20_cifar", pretrained=str(repo / "weights" / "se_resnet20_cifar.fmnist.safetensors"))
     assert shipped.pretrained_cfg == create_model("se_resnet20_cifar.fmnist").pretrained_cfg
+
+
+def _moved_away(path: Path, folder: Path) -> Path:
+    """``path`` moved into ``folder`` without the index that named it (whose entry goes too)."""
+    folder.mkdir(exist_ok=True)
+    moved = folder / path.name
+    moved.write_bytes(path.read_bytes())
+    path.unlink()
+    (path.parent / "index.json").unlink()
+    return moved
+
+
+def test_a_saved_weights_file_alone_loads_by_its_path_with_its_labels_and_builder_arguments(weights_tmp, tmp_path):
+    """A file save_weights wrote recorded only its architecture and preprocessing; its labels and builder arguments
+    lived in the index beside it: copied elsewhere it lost its class names, and no loader took its path (the
+    Python API split 'w/x.tag.safetensors' into an unknown model 'w/x'). The file now records its whole entry."""
+    model = _model(num_classes=3)
+    save_weights(model, weights_tmp / f"{ARCH}.unit.safetensors", labels=["a", "b", "c"], model_kwargs=SMALL,
+                 preprocessing={"input_size": [3, 28, 28], "mean": [0.5] * 3, "std": [0.25] * 3})
+    alone = _moved_away(weights_tmp / f"{ARCH}.unit.safetensors", tmp_path / "copied")
+    classifier = load_classifier(alone)  # a Path, or its text
+    assert (classifier.name, classifier.class_names) == (f"{ARCH}.unit", ["a", "b", "c"])
+    assert classifier.preprocessing["std"] == [0.25] * 3
+    assert torch.allclose(_logits(classifier.model), _logits(model), atol=1e-5)
+    built = create_model(ARCH, pretrained=str(alone))  # depth 2 and 3 classes, from the file's entry
+    assert len(built.blocks) == 2 and built.num_classes == 3
+    assert torch.equal(_logits(built.eval()), _logits(model))
+    assert load_classifier(str(alone)).class_names == ["a", "b", "c"]
+
+
+def test_a_weights_file_given_by_path_beside_its_index_is_checked_against_its_sha256_there(weights_tmp):
+    save_weights(_model(num_classes=3), weights_tmp / f"{ARCH}.unit.safetensors", labels=["a", "b", "c"],
+                 model_kwargs=SMALL)
+    index = json.loads((weights_tmp / "index.json").read_text())
+    index[f"{ARCH}.unit"]["sha256"] = "0" * 64
+    (weights_tmp / "index.json").write_text(json.dumps(index))
+    with pytest.raises(WeightsError, match=r"sha256 mismatch, the file is corrupt or was replaced"):
+        load_classifier(weights_tmp / f"{ARCH}.unit.safetensors")
+
+
+def test_a_weights_file_copied_into_a_weights_folder_without_its_index_is_found_by_name(weights_tmp, tmp_path,
+                                                                                        monkeypatch):
+    """`VISATTN_WEIGHTS=folder` with a copied ARCH.TAG.safetensors said 'no weights ARCH.TAG', beside the file."""
+    model = _model(num_classes=3)
+    save_weights(model, weights_tmp / f"{ARCH}.unit.safetensors", labels=["a", "b", "c"], model_kwargs=SMALL)
+    copied = _moved_away(weights_tmp / f"{ARCH}.unit.safetensors", tmp_path / "copied")
+    monkeypatch.setenv("VISATTN_WEIGHTS", str(copied.parent))
+    assert load_index(copied.parent)[f"{ARCH}.unit"]["labels"] == ["a", "b", "c"]
+    assert torch.equal(_logits(create_model(f"{ARCH}.unit").eval()), _logits(model))
+
+
+def test_a_captioners_weights_file_alone_builds_its_vocabulary_and_loads_as_by_name(weights_tmp, tmp_path):
+    """create_model(ARCH, pretrained=FILE) of a captioner away from its index failed: 'wrong shape: embed.weight
+    (63, 128) vs (10000, 128)', its vocabulary size being in the index only."""
+    shipped = REPO / "weights" / "sat_cbam_resnet_scenes.scenes.safetensors"  # recorded no entry: its index's
+    captioner = load_captioner(shipped)
+    save_weights(captioner.model, weights_tmp / "sat_cbam_resnet_scenes.mine.safetensors", task="captioning",
+                 vocab=captioner.vocab.to_list(), preprocessing=captioner.preprocessing, max_len=captioner.max_len)
+    alone = _moved_away(weights_tmp / "sat_cbam_resnet_scenes.mine.safetensors", tmp_path / "copied")
+    built = create_model("sat_cbam_resnet_scenes", pretrained=str(alone))
+    assert built.vocab_size == len(captioner.vocab)
+    again = load_captioner(alone)
+    assert again.vocab.to_list() == captioner.vocab.to_list() and again.name == "sat_cbam_resnet_scenes.mine"
+    assert all(torch.equal(a, b) for a, b in zip(again.model.state_dict().values(),
+                                                  captioner.model.state_dict().values()))
+
+
+def test_a_weights_file_that_records_no_entry_away_from_its_index_is_one_line_with_the_fix(weights_tmp, tmp_path):
+    old = tmp_path / "se_resnet20_cifar.fmnist.safetensors"  # saved before files recorded their entry
+    old.write_bytes((REPO / "weights" / old.name).read_bytes())
+    with pytest.raises(WeightsError, match=r"no record of what these weights are .* create_model\(ARCH, "
+                                           r"pretrained=FILE\), or keep it beside the index.json"):
+        load_classifier(old)
+    with pytest.raises(WeightsError, match="weights file not found; check the path"):
+        load_classifier(tmp_path / "missing.safetensors")
+
+
+def test_a_damaged_entry_in_a_weights_file_is_one_line_and_skipped_in_a_folder_with_a_warning(weights_tmp):
+    damaged = weights_tmp / f"{ARCH}.bad.safetensors"
+    save_file(_model().state_dict(), str(damaged), metadata={"arch": ARCH, "tag": "bad", "entry": '{"labels": 3}'})
+    with pytest.raises(WeightsError, match=rf"^{damaged}: the weights entry it records: labels=3: give a list of "
+                                           r"label names, one per class; the file was edited or damaged"):
+        load_classifier(str(damaged))
+    with pytest.warns(VisattnWarning, match="labels=3"):
+        assert f"{ARCH}.bad" not in load_index(weights_tmp)
 
 
 def test_an_empty_state_dict_as_starting_weights_is_refused_as_load_weights_refuses_it():

@@ -675,13 +675,17 @@ OUTPUT_AND_OPTION_CASES = {
     "empty_tag": (lambda tmp: ["save-weights", "--checkpoint", "x.ckpt", "--tag", ""], "--tag: '' is not a weights tag"),
     "tag_with_a_slash": (lambda tmp: ["save-weights", "--checkpoint", "x.ckpt", "--tag", "a/b"],
                          "--tag: 'a/b' is not a weights tag"),
-    "model_given_a_weights_file": (lambda tmp: ["classify", "x.png", "--model", "/w/se_resnet20_cifar.safetensors"],
-                                   "--model: '/w/se_resnet20_cifar.safetensors' is a file: --model takes a registered "
-                                   "name or ARCH.TAG (`visattn models`); --checkpoint takes only checkpoints written "
-                                   "by `visattn fit`; register a weights file as ARCH.TAG in Python"),
+    "model_given_another_librarys_weights_file": (
+        lambda tmp: ["classify", "x.png", "--model", "/w/resnet18.pth"],
+        "--model: '/w/resnet18.pth' is not a weights file visattn saved: --model takes a registered name, ARCH.TAG "
+        "(`visattn models`) or the ARCH.TAG.safetensors file `visattn save-weights` wrote; --checkpoint FILE takes "
+        "only checkpoints written by `visattn fit`; save another library's weights as ARCH.TAG in Python"),
+    "model_given_a_missing_weights_file": (
+        lambda tmp: ["classify", _image(tmp), "--model", str(tmp / "se_resnet20_cifar.mine.safetensors")],
+        "se_resnet20_cifar.mine.safetensors: weights file not found; check the path, or give a registered name or "
+        "ARCH.TAG (`visattn models --pretrained`)"),
     "model_given_a_checkpoint": (lambda tmp: ["classify", "x.png", "--model", "runs/last.ckpt"],
-                                 "is a file: --model takes a registered name or ARCH.TAG (`visattn models`); "
-                                 "pass it with --checkpoint FILE"),
+                                 "--model: 'runs/last.ckpt' is a training checkpoint: pass it as --checkpoint FILE"),
     "model_given_a_timm_name": (lambda tmp: ["classify", "x.png", "--model", "timm:resnet18"],
                                 "--model: 'timm:resnet18': timm: names go in a `visattn fit` config"),
     "model_given_a_hub_name": (lambda tmp: ["classify", "x.png", "--model", "hf-hub:timm/resnet18.a1_in1k"],
@@ -1455,7 +1459,7 @@ import argparse, contextlib, io, sys
 from visattn.cli import LIGHTNING_COMMANDS, build_parser, main
 subcommands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
 mistakes = [["classify"], ["models", "--bogus"], ["classify", "--model", "se_resnet20_cifar.fmnist", "--bogus"],
-            ["caption", "--model", "w.safetensors", "x.png"], ["save-weights", "x.ckpt", "--tag", "a.b"]]
+            ["caption", "--model", "w.pth", "x.png"], ["save-weights", "x.ckpt", "--tag", "a.b"]]
 argvs = [["--help"], ["--version"], *mistakes]
 argvs += [[name, "--help"] for name in subcommands if name not in LIGHTNING_COMMANDS]
 codes = []

@@ -139,9 +139,12 @@ def test_a_path_given_as_the_model_name_is_one_line():
     from visattn.inference.detector import load_detector
 
     for load in (load_captioner, load_detector):
-        with pytest.raises(ConfigError, match="^model=PosixPath\\('x.ckpt'\\): give a registered name or ARCH.TAG as "
-                                              "a string; pass a training checkpoint file as checkpoint=$"):
+        with pytest.raises(ConfigError, match="^'x.ckpt' is a training checkpoint: pass it as checkpoint=$"):
             load(Path("x.ckpt"))
+        with pytest.raises(ConfigError, match="^model=3: give a registered name or ARCH.TAG as a string, or the path "
+                                              "of a weights file visattn saved; pass a training checkpoint file as "
+                                              "checkpoint=$"):
+            load(3)
 
 
 def test_is_model_takes_a_tagged_name_as_timm_does_and_is_exported():

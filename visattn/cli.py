@@ -28,7 +28,7 @@ from .errors import (ONE_LINE_WARNINGS_ENV, ArgumentError, ConfigError, MissingS
                      UnknownModelError, VisattnError, VisattnWarning, WeightsError, error_line, one_line,
                      one_line_showwarning)
 from .shipped import shipped_config, shipped_config_names, shipped_folder
-from .weight_names import HUB_PREFIXES, WEIGHTS_SUFFIXES, WEIGHTS_TAG
+from .weight_names import WEIGHTS_TAG, model_source_problem
 
 # Commands import torch and what they use when they run: `visattn --help`, a command's --help and a usage
 # mistake are answered in a fraction of a second, not after the seconds torch and timm take to import.
@@ -568,20 +568,11 @@ def weights_tag(text: str) -> str:
 
 
 def model_name(text: str) -> str:
-    """argparse type for --model: a registered name or ARCH.TAG; a file, a timm: or a hub name is told which
-    option takes it."""
-    hub = next((prefix for prefix in ("timm:", *HUB_PREFIXES) if text.startswith(prefix)), None)
-    if hub:  # checked before files: a hub name has a slash (it had been called a file)
-        raise argparse.ArgumentTypeError(
-            f"{text!r}: {hub} names go in a `visattn fit` config (a classifier's model_name, a captioner's "
-            "encoder_name, or pretrained), then --checkpoint takes the trained checkpoint; --model takes a "
-            "registered name or ARCH.TAG (`visattn models`)")
-    if "/" in text or os.sep in text or text.endswith(WEIGHTS_SUFFIXES):
-        fix = ("pass it with --checkpoint FILE" if text.endswith(".ckpt") else
-               "--checkpoint takes only checkpoints written by `visattn fit`; register a weights file as ARCH.TAG "
-               "in Python with save_weights(create_model(ARCH, pretrained=FILE), 'weights/ARCH.TAG.safetensors')")
-        raise argparse.ArgumentTypeError(f"{text!r} is a file: --model takes a registered name or ARCH.TAG "
-                                         f"(`visattn models`); {fix}")
+    """argparse type for --model: a registered name, ARCH.TAG or a visattn weights file (FILE.safetensors); another
+    file, a timm: or a hub name is told which option takes it."""
+    problem = model_source_problem(text, model="--model", checkpoint="--checkpoint FILE")
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
     return text
 
 
@@ -598,7 +589,8 @@ def _whole_number(text: str, *, minimum: int, kind: str) -> int:
 def _add_model_source(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", type=model_name,
-                        help="shipped weights ARCH.TAG (or ARCH for its default weights); see `visattn models`")
+                        help="shipped weights ARCH.TAG (or ARCH for its default weights; see `visattn models`), or "
+                             "the path of a file `visattn save-weights` wrote, ARCH.TAG.safetensors")
     source.add_argument("--checkpoint", help="a Lightning checkpoint written by `visattn fit`")
 
 
@@ -1043,6 +1035,10 @@ def _run(argv: list[str]) -> int:
             return run_lightning(argv)
         args = build_parser().parse_args(argv)
         func: Callable[[argparse.Namespace], int] = args.func
+        if getattr(args, "model", None) is not None:
+            from .pretrained import weights_name
+
+            args.model = weights_name(args.model)  # a weights file's path: its ARCH.TAG, by which it is found
         with _stop_signals_as_exception():
             code = func(args)
         sys.stdout.flush()  # here, where a full disk is one line, not at the exit's flush

@@ -153,10 +153,12 @@ def shipped_weights_dir() -> Path:
 
 def load_index(directory: Optional[Union[str, Path]] = None) -> dict[str, dict[str, Any]]:
     """Read ``directory/index.json``: ``{"arch.tag": entry}``, each entry with ``path``, ``arch``, ``tag``
-    and ``index`` (the index file it came from) filled in.
+    and ``index`` (the index file it came from) filled in; weights files in ``directory`` the index does not
+    name are there by the entry they record (:func:`file_weights_entry`), under a name the index does not take.
 
-    Without ``directory``, the indexes along :func:`weights_search_path` merged, in search order: an
-    ``arch.tag`` from an earlier folder hides the same name in a later one. A ``$VISATTN_WEIGHTS`` folder
+    Without ``directory``, the indexes along :func:`weights_search_path` merged, in search order, after the
+    files given by path (:func:`weights_name`): an ``arch.tag`` from an earlier folder hides the same name in a
+    later one. A ``$VISATTN_WEIGHTS`` folder
     that does not exist is a :class:`WeightsError`; a missing shipped folder (a broken install) adds
     nothing, so that a user's own weights still load.
     """
@@ -166,7 +168,18 @@ def load_index(directory: Optional[Union[str, Path]] = None) -> dict[str, dict[s
             for name, entry in index.items():
                 merged.setdefault(name, entry)
         return merged
-    directory, index = Path(directory), {}
+    directory = Path(directory)
+    index = _indexed_entries(directory)
+    indexed = {entry["file"] for entry in index.values()}
+    for path in sorted(directory.glob("*.safetensors")):  # copied in without their index: found by their own entry
+        if path.name not in indexed and (entry := _recorded_entry(path, skip_damaged=True)) is not None:
+            index.setdefault(f"{entry['arch']}.{entry['tag']}", entry)
+    return index
+
+
+def _indexed_entries(directory: Path) -> dict[str, dict[str, Any]]:
+    """The entries of ``directory/index.json``, with ``arch``, ``tag``, ``path`` and ``index`` filled in."""
+    index = {}
     for name, entry in _read_index(directory / INDEX_NAME).items():
         arch, _, tag = name.partition(".")
         index[name] = {**entry, "arch": arch, "tag": tag, "path": str(directory / entry["file"]),
@@ -178,6 +191,7 @@ def _folder_indexes() -> Iterator[dict[str, dict[str, Any]]]:
     """The index of each folder of :func:`weights_search_path`, in search order, each read only when reached:
     a name an earlier folder provides is found without a later folder's index, which a broken one would refuse."""
     _require_own_weights_folders()
+    yield dict(_GIVEN_FILES)
     for folder in weights_search_path():
         yield load_index(folder)
 
@@ -422,6 +436,78 @@ def named_weights_entry(pretrained: Any) -> Optional[dict[str, Any]]:
     return next((index[pretrained] for index in _folder_indexes() if pretrained in index), None)
 
 
+# Weights files given by path (--model FILE), by the ARCH.TAG they record: searched before every weights folder
+# for the rest of the process, so that what reads weights by name reads them.
+_GIVEN_FILES: dict[str, dict[str, Any]] = {}
+
+
+def weights_name(model: Union[str, os.PathLike]) -> str:
+    """The ``ARCH.TAG`` a model argument names: ``model`` itself, or for the path of a weights file visattn saved
+    (``FILE.safetensors``) the name it records, under which the file is found first from then on."""
+    if not os.fspath(model).endswith(".safetensors"):
+        return os.fspath(model)
+    path = Path(model)
+    require_regular_file(path, missing="weights file not found; check the path, or give a registered name or ARCH.TAG "
+                                       "(`visattn models --pretrained`)")
+    entry = file_weights_entry(path)
+    if entry is None:
+        raise WeightsError(f"{path}: no record of what these weights are (architecture, labels, settings): neither "
+                           f"the file (not saved by `visattn save-weights`, or before it recorded them there) nor an "
+                           f"{INDEX_NAME} beside it names it; load it in Python with create_model(ARCH, pretrained=FILE), "
+                           f"or keep it beside the {INDEX_NAME} it was saved with")
+    name = f"{entry['arch']}.{entry['tag']}"
+    _GIVEN_FILES[name] = entry
+    return name
+
+
+def file_weights_entry(source: Any) -> Optional[dict[str, Any]]:
+    """The index entry of the weights file at ``source`` (``arch``, ``tag``, ``path`` and ``index``, where it was
+    read, filled in): that of the index beside it naming the file (its sha256 checked on loading, as by name), else
+    the one :func:`save_weights` records in the file; None when neither has one (another library's weights, or
+    visattn's saved before files recorded it, away from their index), or ``source`` is no ``.safetensors`` file."""
+    if not isinstance(source, (str, os.PathLike)) or not str(source).endswith(".safetensors"):
+        return None
+    path = Path(source)
+    if not path.is_file():
+        return None
+    beside = next((entry for entry in _indexed_entries(path.parent).values() if entry["file"] == path.name), None)
+    return beside if beside is not None else _recorded_entry(path)
+
+
+def _recorded_entry(path: Path, *, skip_damaged: bool = False) -> Optional[dict[str, Any]]:
+    """The index entry :func:`save_weights` recorded in the safetensors header of ``path`` (no ``sha256``: a file
+    cannot hold its own); None for a file without one. A damaged one is one line, or with ``skip_damaged`` a
+    warning and None (a file beside others in a weights folder)."""
+    header = _safetensors_header(path)
+    if not header or "entry" not in header:
+        return None
+    try:
+        recorded = json.loads(header["entry"])
+        problem = metadata_problem(recorded) if isinstance(recorded, dict) else "not a JSON object"
+    except ValueError as err:
+        problem = f"not JSON ({err})"
+    arch, tag = header.get("arch"), header.get("tag", "")
+    if not problem and not (isinstance(arch, str) and "." not in arch and WEIGHTS_TAG.fullmatch(tag)):
+        problem = f"arch={arch!r}, tag={tag!r}: give the ARCH.TAG the weights were saved as"
+    if problem:
+        message = f"{path}: the weights entry it records: {problem}; the file was edited or damaged: save the weights again"
+        if not skip_damaged:
+            raise WeightsError(message)
+        warnings.warn(message, VisattnWarning, stacklevel=2)
+        return None
+    return {**recorded, "file": path.name, "sha256": None, "arch": arch, "tag": tag, "path": str(path),
+            "index": str(path)}
+
+
+def _safetensors_header(path: Path) -> Optional[dict[str, str]]:
+    """The metadata of the safetensors file ``path`` (``{}`` when it has none); None when it does not read as one."""
+    try:
+        with safe_open(str(path), framework="pt") as weights:
+            return weights.metadata() or {}
+    except (OSError, ValueError, SafetensorError):  # a header that is no JSON: ValueError
+        return None
+
+
 def model_files(model: Optional[str] = None, checkpoint: Optional[str] = None) -> list[Path]:
     """The files a command reads its model from, which no output may replace: ``--checkpoint``, or the
     weights of ``--model ARCH.TAG`` (or ``ARCH``) and the index."""
@@ -429,7 +515,7 @@ def model_files(model: Optional[str] = None, checkpoint: Optional[str] = None) -
 
     if checkpoint is not None:
         return [Path(checkpoint)]
-    entry = find_weights_entry(*split_model_name(model))
+    entry = find_weights_entry(*split_model_name(weights_name(model)))
     return [Path(entry["path"]), Path(entry["index"])]
 
 
@@ -818,10 +904,13 @@ def save_weights(model: nn.Module, path: Union[str, Path], *, overwrite: bool = 
     _read_index(path.parent / INDEX_NAME)  # before anything is written, so a bad index leaves no orphan
     # clone() breaks storage sharing, which safetensors refuses.
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-    # The preprocessing in the file too, for a model built from it by path (pretrained=FILE), which reads no index.
-    recorded = {"preprocessing": json.dumps(meta["preprocessing"], sort_keys=True)} if meta.get("preprocessing") else {}
-    data = safetensors_bytes(tensors, metadata={"arch": arch, "format": "pt", **recorded})
     entry = {"file": path.name, "num_classes": getattr(model, "num_classes", None), **meta}
+    # The entry in the file too (less the folder's default mark), so that the file loads as ARCH.TAG without its
+    # index: copied into another weights folder, or given by path; the preprocessing apart, as files recorded it first.
+    recorded = {"entry": json.dumps({k: v for k, v in entry.items() if k not in ("file", "default")}, sort_keys=True)}
+    if meta.get("preprocessing"):
+        recorded["preprocessing"] = json.dumps(meta["preprocessing"], sort_keys=True)
+    data = safetensors_bytes(tensors, metadata={"arch": arch, "tag": tag, "format": "pt", **recorded})
     return _write_weights_and_entry(path, data, entry, overwrite=overwrite)
 
 

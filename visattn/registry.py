@@ -358,7 +358,7 @@ def model_arguments(
     count go under the caller's; the entry loads unless ``pretrained=False``, which builds its
     architecture with random init.
     """
-    from .pretrained import find_weights_entry, named_weights_entry
+    from .pretrained import file_weights_entry, find_weights_entry, named_weights_entry
 
     arch, tag = split_model_name(name)
     arch = _resolve_arch(arch, tag=tag)  # the tag: suggestions shipping its weights first
@@ -373,6 +373,8 @@ def model_arguments(
                           f"give one: create_model({arch!r}, pretrained={pretrained!r}) or create_model({name!r})")
     _refuse_other_libraries_arguments(arch, kwargs)  # before the weights are looked up: "no shipped weights" hid why
     entry = find_weights_entry(arch, tag) if tag is not None or pretrained is True else None
+    if entry is None and tag is None and (own := file_weights_entry(pretrained)) is not None and own["arch"] == arch:
+        entry = own  # a file visattn saved for this architecture builds as its ARCH.TAG does (a captioner's vocabulary)
     if entry is not None:  # the weights' architecture, whether or not they load
         kwargs = {**(entry.get("model_kwargs") or {}), **kwargs}
         if num_classes is None:

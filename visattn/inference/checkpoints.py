@@ -10,8 +10,9 @@ from torch import nn
 from ..devices import inference_device
 from ..errors import ConfigError, NotATrainingCheckpoint, UnknownModelError, WeightsError
 from ..pretrained import (TRAINING_CHECKPOINTS, find_weights_entry, load_weights, metadata_problem,
-                          read_pickle_checkpoint, require_regular_file)
+                          read_pickle_checkpoint, require_regular_file, weights_name)
 from ..registry import missing_module_hint, model_task, split_model_name
+from ..weight_names import model_source_problem
 
 # A training checkpoint's record of the module of another package that registers its model (what to install).
 PACKAGE_MODULE_KEY = "visattn_module"
@@ -43,7 +44,9 @@ def require_task(name: str, task: str) -> None:
 
 def task_weights_entry(model: str, task: str) -> tuple[str, dict[str, Any]]:
     """The architecture of the shipped weights ``model`` names (``arch.tag``, or ``arch`` alone: its default weights)
-    and their index entry; one line when they are a model for another task."""
+    and their index entry; one line when they are a model for another task. A weights file's path
+    (``FILE.safetensors``) names the weights it records."""
+    model = weights_name(model)
     require_task(model, task)
     arch, tag = split_model_name(model)
     return arch, find_weights_entry(arch, tag)
@@ -69,14 +72,14 @@ def inference_target(model: Optional[str], checkpoint: Optional[str], device: st
     named; both are checked before any weights are read."""
     if (model is None) == (checkpoint is None):
         raise ConfigError("give exactly one of --model ARCH.TAG or --checkpoint FILE")
-    if model is not None and not isinstance(model, str):
-        raise ConfigError(f"model={reprlib.repr(model)}: give a registered name or ARCH.TAG as a string; pass a "
-                          "training checkpoint file as checkpoint=")
+    if model is not None and not isinstance(model, (str, os.PathLike)):
+        raise ConfigError(f"model={reprlib.repr(model)}: give a registered name or ARCH.TAG as a string, or the path "
+                          "of a weights file visattn saved; pass a training checkpoint file as checkpoint=")
     if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike)):
         raise ConfigError(f"checkpoint={reprlib.repr(checkpoint)}: give the path of a training checkpoint")
-    if model is not None and model.endswith(".ckpt") and Path(model).is_file():  # the Python API's first argument
-        raise ConfigError(f"{model!r} is a file: model takes a registered name or ARCH.TAG; pass a training "
-                          f"checkpoint as checkpoint={model!r}")
+    problem = model is not None and model_source_problem(os.fspath(model), model="model", checkpoint="checkpoint=")
+    if problem:  # the Python API's first argument: a checkpoint or a hub name had been split into ARCH.TAG
+        raise ConfigError(problem)
     return inference_device(device)
 
 

@@ -160,7 +160,7 @@ def _first_names(names: Sequence[str]) -> str:
 def starting_weights_labels(model_name: str, pretrained: Optional[Union[bool, str]]) -> Optional[list[str]]:
     """The labels recorded with the weights a model starts from: shipped weights (``arch.tag``, ``pretrained=True``
     or another ``"ARCH.TAG"``), or a training checkpoint's ``class_names`` (a new run from an earlier one's weights);
-    None for none, a plain weights file, or timm's or the hub's weights."""
+    None for none, a weights file that records none, or timm's or the hub's weights."""
     settings = starting_checkpoint_settings(pretrained)
     if settings is not None:
         return settings.get("class_names")
