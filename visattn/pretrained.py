@@ -453,8 +453,8 @@ def weights_name(model: Union[str, os.PathLike]) -> str:
     if entry is None:
         raise WeightsError(f"{path}: no record of what these weights are (architecture, labels, settings): neither "
                            f"the file (not saved by `visattn save-weights`, or before it recorded them there) nor an "
-                           f"{INDEX_NAME} beside it names it; load it in Python with create_model(ARCH, pretrained=FILE), "
-                           f"or keep it beside the {INDEX_NAME} it was saved with")
+                           f"{INDEX_NAME} beside it names it; load it in Python with create_model(ARCH, "
+                           f"pretrained=FILE), or keep it beside the {INDEX_NAME} it was saved with")
     name = f"{entry['arch']}.{entry['tag']}"
     _GIVEN_FILES[name] = entry
     return name
@@ -490,7 +490,8 @@ def _recorded_entry(path: Path, *, skip_damaged: bool = False) -> Optional[dict[
     if not problem and not (isinstance(arch, str) and "." not in arch and WEIGHTS_TAG.fullmatch(tag)):
         problem = f"arch={arch!r}, tag={tag!r}: give the ARCH.TAG the weights were saved as"
     if problem:
-        message = f"{path}: the weights entry it records: {problem}; the file was edited or damaged: save the weights again"
+        message = (f"{path}: the weights entry it records: {problem}; the file was edited or damaged: save the "
+                   "weights again")
         if not skip_damaged:
             raise WeightsError(message)
         warnings.warn(message, VisattnWarning, stacklevel=2)
