@@ -14,18 +14,6 @@ os.environ["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents
 torch.set_num_threads(1)  # two xdist workers share two cores
 
 
-@pytest.fixture(autouse=True)
-def no_weights_files_given_earlier():
-    """A weights file given by path (--model FILE) is found first by its ARCH.TAG for the rest of a process: each
-    test starts with none, as a command does. (Not through monkeypatch, which every test would then set up
-    first and undo last, after the other fixtures' teardown.)"""
-    import visattn.pretrained
-
-    visattn.pretrained._GIVEN_FILES.clear()
-    yield
-    visattn.pretrained._GIVEN_FILES.clear()
-
-
 @pytest.fixture
 def hangup_not_ignored():
     """SIGHUP as a terminal's session has it: a test run under nohup (as CI may be) ignores it, which visattn's

@@ -655,9 +655,11 @@ def test_weights_saved_without_preprocessing_classify_with_the_models_default(we
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["predictions"]
 
 
-def test_every_inference_command_takes_a_saved_weights_file_by_its_path_as_by_its_name(weights_tmp, tmp_path, capsys):
+def test_every_inference_command_takes_a_saved_weights_file_by_its_path_as_by_its_name(weights_tmp, tmp_path, capsys,
+                                                                                       monkeypatch):
     """`--model w/ARCH.TAG.safetensors` was "is a file: --model takes a registered name or ARCH.TAG": a file
     copied to another machine could not be used without its folder's index."""
+    torch.manual_seed(0)
     model = create_model("resnet20_cifar", num_classes=3)
     save_weights(model, weights_tmp / "resnet20_cifar.mine.safetensors", labels=["cat", "dog", "owl"],
                  preprocessing={"input_size": [3, 32, 32], "mean": [0.5] * 3, "std": [0.5] * 3})
@@ -670,7 +672,30 @@ def test_every_inference_command_takes_a_saved_weights_file_by_its_path_as_by_it
         assert main(["export", "--model", source, "--out", str(tmp_path / f"{len(outputs)}.onnx")]) == 0
         outputs[source] = capsys.readouterr().out.replace(str(tmp_path / f"{len(outputs)}.onnx"), "ONNX")
     by_name, by_path = outputs.values()
-    assert by_name == by_path and '"label": "cat"' in by_name
+    assert by_name == by_path and re.search(r'"label": "(cat|dog|owl)"', by_name)
+    monkeypatch.chdir(weights_tmp)  # a file in the working folder, named without a folder
+    assert main(["classify", str(image), "--model", "resnet20_cifar.mine.safetensors", "--json"]) == 0
+    assert capsys.readouterr().out == by_name.splitlines(keepends=True)[0]
+
+
+@pytest.mark.parametrize("starting_weights", ["vit_tiny_patch4_28.fmnist", "FILE"])
+def test_a_run_fine_tuned_from_weights_named_in_pretrained_reloads_from_its_checkpoint(starting_weights, tmp_path):
+    """`model_name: vit_tiny_patch4_28` with `pretrained: vit_tiny_patch4_28.fmnist` (or its file) builds the
+    weights' 4 blocks without a class token, which the run's model_kwargs do not record: its checkpoint was
+    rebuilt with 12 blocks and refused ("the weights lack a class token")."""
+    from visattn.pretrained import find_weights_entry
+
+    if starting_weights == "FILE":
+        entry = find_weights_entry("vit_tiny_patch4_28", "fmnist")
+        starting_weights = str(tmp_path / "vit_tiny_patch4_28.mine.safetensors")
+        save_weights(create_model("vit_tiny_patch4_28.fmnist"), starting_weights, labels=entry["labels"],
+                     preprocessing=entry["preprocessing"])
+        (tmp_path / "index.json").unlink()
+    task = ImageClassifier(model_name="vit_tiny_patch4_28", num_classes=3, pretrained=starting_weights)
+    assert len(task.model.blocks) == 4 and task.hparams["model_kwargs"] is None
+    torch.save({"state_dict": task.state_dict(), "hyper_parameters": dict(task.hparams)}, tmp_path / "last.ckpt")
+    loaded = load_classifier(checkpoint=str(tmp_path / "last.ckpt"))
+    assert len(loaded.model.blocks) == 4 and loaded.model.num_classes == 3
 
 
 def test_a_timm_classifier_loads_the_pretrained_file_it_is_given(tmp_path):

@@ -158,8 +158,9 @@ def test_a_captioners_weights_file_alone_builds_its_vocabulary_and_loads_as_by_n
 def test_a_weights_file_that_records_no_entry_away_from_its_index_is_one_line_with_the_fix(weights_tmp, tmp_path):
     old = tmp_path / "se_resnet20_cifar.fmnist.safetensors"  # saved before files recorded their entry
     old.write_bytes((REPO / "weights" / old.name).read_bytes())
-    with pytest.raises(WeightsError, match=r"no record of what these weights are .* create_model\(ARCH, "
-                                           r"pretrained=FILE\), or keep it beside the index.json"):
+    with pytest.raises(WeightsError, match=r"no record of what these weights are .*; keep it beside the index.json "
+                                           r"it was saved with, or load it in Python with create_model\(ARCH, "
+                                           r"pretrained=FILE\)$"):
         load_classifier(old)
     with pytest.raises(WeightsError, match="weights file not found; check the path"):
         load_classifier(tmp_path / "missing.safetensors")
@@ -173,6 +174,61 @@ def test_a_damaged_entry_in_a_weights_file_is_one_line_and_skipped_in_a_folder_w
         load_classifier(str(damaged))
     with pytest.warns(VisattnWarning, match="labels=3"):
         assert f"{ARCH}.bad" not in load_index(weights_tmp)
+
+
+def test_a_weights_file_records_its_entry_less_the_folders_default_mark_and_builds_only_its_own_architecture(
+        weights_tmp, tmp_path):
+    """The default mark is the folder's: a copy in another folder would have made itself that architecture's
+    default. Another architecture built from the file takes none of its entry (it had been named after the file's
+    weights)."""
+    save_weights(_model(num_classes=3), weights_tmp / f"{ARCH}.unit.safetensors", model_kwargs=SMALL, default=True)
+    with safe_open(str(weights_tmp / f"{ARCH}.unit.safetensors"), framework="pt") as weights:
+        recorded = json.loads(weights.metadata()["entry"])
+    assert recorded["model_kwargs"] == SMALL and recorded["num_classes"] == 3 and "default" not in recorded
+    resnet = create_model("resnet20_cifar", num_classes=3)
+    save_weights(resnet, weights_tmp / "resnet20_cifar.unit.safetensors")
+    alone = _moved_away(weights_tmp / "resnet20_cifar.unit.safetensors", tmp_path / "copied")
+    built = create_model("se_resnet20_cifar", pretrained=str(alone), strict="attention")
+    assert built.visattn_name == "se_resnet20_cifar" and built.num_classes == 3
+
+
+def test_a_folders_index_keeps_its_names_from_files_recording_them_and_rejects_a_header_of_no_name(weights_tmp):
+    """An unindexed file recording a name the index gives other weights does not take it (nor skip their sha256);
+    a recorded name that is no ARCH.TAG is refused, and passed over in a folder with a warning."""
+    from safetensors.torch import save_file
+
+    first, other = _model(num_classes=3), _model(num_classes=3, depth=1)
+    save_weights(first, weights_tmp / f"{ARCH}.unit.safetensors", model_kwargs=SMALL)
+    save_file(other.state_dict(), str(weights_tmp / "stray.safetensors"), metadata={
+        "arch": ARCH, "tag": "unit", "entry": json.dumps({"model_kwargs": {"depth": 1}})})
+    index = load_index(weights_tmp)
+    assert index[f"{ARCH}.unit"]["file"] == f"{ARCH}.unit.safetensors" and index[f"{ARCH}.unit"]["sha256"]
+    assert torch.equal(_logits(create_model(f"{ARCH}.unit").eval()), _logits(first))
+    for arch, tag in ((ARCH, "a/b"), (f"{ARCH}.x", "t")):
+        bad = weights_tmp / "odd.safetensors"
+        save_file(other.state_dict(), str(bad), metadata={"arch": arch, "tag": tag, "entry": "{}"})
+        with pytest.raises(WeightsError, match=rf"odd.safetensors: the weights entry it records: "
+                                               rf"arch='{re.escape(arch)}', tag='{tag}': give the ARCH.TAG"):
+            load_classifier(bad)
+        with pytest.warns(VisattnWarning, match="give the ARCH.TAG the weights were saved as"):
+            assert set(load_index(weights_tmp)) == {f"{ARCH}.unit"}
+
+
+def test_a_weights_file_beside_another_index_through_a_link_or_damaged_is_read_as_such(weights_tmp, tmp_path):
+    """An index.json of something else beside a file blocked loading it ("unreadable weights index"); a link to a
+    shipped file looked for the index beside the link; a file cut short was "not saved by visattn save-weights"."""
+    save_weights(_model(num_classes=3), weights_tmp / f"{ARCH}.unit.safetensors", labels=["a", "b", "c"],
+                 model_kwargs=SMALL)
+    alone = _moved_away(weights_tmp / f"{ARCH}.unit.safetensors", tmp_path / "downloads")
+    (alone.parent / "index.json").write_text('{"pages": [1]}')
+    assert load_classifier(alone).class_names == ["a", "b", "c"]
+    link = tmp_path / "link.safetensors"
+    link.symlink_to(REPO / "weights" / "se_resnet20_cifar.fmnist.safetensors")
+    assert load_classifier(link).class_names[0] == "T-shirt/top"
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(alone.read_bytes()[:1000])
+    with pytest.raises(WeightsError, match=rf"^{cut}: not a safetensors file that reads \(damaged, cut short"):
+        load_classifier(cut)
 
 
 def test_an_empty_state_dict_as_starting_weights_is_refused_as_load_weights_refuses_it():

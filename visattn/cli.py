@@ -1035,10 +1035,6 @@ def _run(argv: list[str]) -> int:
             return run_lightning(argv)
         args = build_parser().parse_args(argv)
         func: Callable[[argparse.Namespace], int] = args.func
-        if getattr(args, "model", None) is not None:
-            from .pretrained import weights_name
-
-            args.model = weights_name(args.model)  # a weights file's path: its ARCH.TAG, by which it is found
         with _stop_signals_as_exception():
             code = func(args)
         sys.stdout.flush()  # here, where a full disk is one line, not at the exit's flush

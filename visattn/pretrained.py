@@ -41,7 +41,7 @@ from .layers.create_attn import ATTN_LAYERS
 from .layers.patch_embed import fixed_input_size
 from .registry import Strictness
 from .shipped import installed_package, shipped_folder, unstarted_shipped_run
-from .weight_names import HUB_PREFIXES, PICKLE_SUFFIXES, WEIGHTS_TAG
+from .weight_names import HUB_PREFIXES, PICKLE_SUFFIXES, WEIGHTS_TAG, names_a_weights_file
 
 StateDict = dict[str, torch.Tensor]
 
@@ -156,9 +156,8 @@ def load_index(directory: Optional[Union[str, Path]] = None) -> dict[str, dict[s
     and ``index`` (the index file it came from) filled in; weights files in ``directory`` the index does not
     name are there by the entry they record (:func:`file_weights_entry`), under a name the index does not take.
 
-    Without ``directory``, the indexes along :func:`weights_search_path` merged, in search order, after the
-    files given by path (:func:`weights_name`): an ``arch.tag`` from an earlier folder hides the same name in a
-    later one. A ``$VISATTN_WEIGHTS`` folder
+    Without ``directory``, the indexes along :func:`weights_search_path` merged, in search order: an
+    ``arch.tag`` from an earlier folder hides the same name in a later one. A ``$VISATTN_WEIGHTS`` folder
     that does not exist is a :class:`WeightsError`; a missing shipped folder (a broken install) adds
     nothing, so that a user's own weights still load.
     """
@@ -191,7 +190,6 @@ def _folder_indexes() -> Iterator[dict[str, dict[str, Any]]]:
     """The index of each folder of :func:`weights_search_path`, in search order, each read only when reached:
     a name an earlier folder provides is found without a later folder's index, which a broken one would refuse."""
     _require_own_weights_folders()
-    yield dict(_GIVEN_FILES)
     for folder in weights_search_path():
         yield load_index(folder)
 
@@ -436,28 +434,30 @@ def named_weights_entry(pretrained: Any) -> Optional[dict[str, Any]]:
     return next((index[pretrained] for index in _folder_indexes() if pretrained in index), None)
 
 
-# Weights files given by path (--model FILE), by the ARCH.TAG they record: searched before every weights folder
-# for the rest of the process, so that what reads weights by name reads them.
-_GIVEN_FILES: dict[str, dict[str, Any]] = {}
+def model_weights_entry(model: Union[str, os.PathLike]) -> dict[str, Any]:
+    """The index entry of the weights a model argument names, with ``source``, what ``create_model``'s
+    ``pretrained`` takes to load them: ``ARCH.TAG`` (or ``ARCH``, its default weights) searched for along
+    :func:`weights_search_path`, or the path of a weights file visattn saved (``FILE.safetensors``, its entry that
+    of the index beside it, else the one it records)."""
+    from .registry import split_model_name
 
-
-def weights_name(model: Union[str, os.PathLike]) -> str:
-    """The ``ARCH.TAG`` a model argument names: ``model`` itself, or for the path of a weights file visattn saved
-    (``FILE.safetensors``) the name it records, under which the file is found first from then on."""
-    if not os.fspath(model).endswith(".safetensors"):
-        return os.fspath(model)
-    path = Path(model)
+    text = os.fspath(model)
+    if not names_a_weights_file(text):
+        entry = find_weights_entry(*split_model_name(text))
+        return {**entry, "source": f"{entry['arch']}.{entry['tag']}"}
+    path = Path(text)
     require_regular_file(path, missing="weights file not found; check the path, or give a registered name or ARCH.TAG "
                                        "(`visattn models --pretrained`)")
+    if _safetensors_header(path) is None:
+        raise WeightsError(f"{path}: not a safetensors file that reads (damaged, cut short, or not readable by this "
+                           "user); copy it again, or check its permissions")
     entry = file_weights_entry(path)
     if entry is None:
         raise WeightsError(f"{path}: no record of what these weights are (architecture, labels, settings): neither "
                            f"the file (not saved by `visattn save-weights`, or before it recorded them there) nor an "
-                           f"{INDEX_NAME} beside it names it; load it in Python with create_model(ARCH, "
-                           f"pretrained=FILE), or keep it beside the {INDEX_NAME} it was saved with")
-    name = f"{entry['arch']}.{entry['tag']}"
-    _GIVEN_FILES[name] = entry
-    return name
+                           f"{INDEX_NAME} beside it names it; keep it beside the {INDEX_NAME} it was saved with, or "
+                           "load it in Python with create_model(ARCH, pretrained=FILE)")
+    return {**entry, "source": text}
 
 
 def file_weights_entry(source: Any) -> Optional[dict[str, Any]]:
@@ -470,8 +470,12 @@ def file_weights_entry(source: Any) -> Optional[dict[str, Any]]:
     path = Path(source)
     if not path.is_file():
         return None
-    beside = next((entry for entry in _indexed_entries(path.parent).values() if entry["file"] == path.name), None)
-    return beside if beside is not None else _recorded_entry(path)
+    try:  # the index of the folder a link's target is in; an index of something else beside the file is no record
+        beside = _indexed_entries(path.resolve().parent)
+    except WeightsError:
+        beside = {}
+    entry = next((entry for entry in beside.values() if entry["file"] == path.resolve().name), None)
+    return entry if entry is not None else _recorded_entry(path)
 
 
 def _recorded_entry(path: Path, *, skip_damaged: bool = False) -> Optional[dict[str, Any]]:
@@ -511,12 +515,10 @@ def _safetensors_header(path: Path) -> Optional[dict[str, str]]:
 
 def model_files(model: Optional[str] = None, checkpoint: Optional[str] = None) -> list[Path]:
     """The files a command reads its model from, which no output may replace: ``--checkpoint``, or the
-    weights of ``--model ARCH.TAG`` (or ``ARCH``) and the index."""
-    from .registry import split_model_name
-
+    weights of ``--model`` (``ARCH.TAG``, ``ARCH`` or a weights file) and the index."""
     if checkpoint is not None:
         return [Path(checkpoint)]
-    entry = find_weights_entry(*split_model_name(weights_name(model)))
+    entry = model_weights_entry(model)
     return [Path(entry["path"]), Path(entry["index"])]
 
 

@@ -13,6 +13,11 @@ WEIGHTS_TAG = re.compile(r"[\w-]+")  # the TAG of ARCH.TAG: no dots, slashes, sp
 HUB_PREFIXES = ("hf-hub:", "hf_hub:")
 
 
+def names_a_weights_file(text: str) -> bool:
+    """Whether a model argument is the path of a weights file visattn saved, rather than a name."""
+    return text.endswith(".safetensors")
+
+
 def model_source_problem(text: str, *, model: str, checkpoint: str) -> Optional[str]:
     """Why ``text`` names no model's weights, with the option that takes it (``model`` and ``checkpoint``: the two
     options' names, ``--model`` or ``model=``); None for a registered name, ARCH.TAG or a weights file visattn saved
@@ -22,7 +27,7 @@ def model_source_problem(text: str, *, model: str, checkpoint: str) -> Optional[
         return (f"{text!r}: {hub} names go in a `visattn fit` config (a classifier's model_name, a captioner's "
                 f"encoder_name, or pretrained), then {checkpoint} takes the trained checkpoint; {model} takes a "
                 "registered name or ARCH.TAG (`visattn models`)")
-    if text.endswith(".safetensors"):
+    if names_a_weights_file(text):
         return None
     if text.endswith(".ckpt"):
         return f"{text!r} is a training checkpoint: pass it as {checkpoint}"

@@ -17,8 +17,8 @@ from ..fileio import attention_note, output_paths
 from ..layers.patch_embed import is_count
 from ..models.show_attend_tell import DecodedCaptions
 from ..modes import eval_mode
-from ..pretrained import find_weights_entry
-from ..registry import create_model, split_model_name
+from ..pretrained import model_weights_entry
+from ..registry import create_model
 from .checkpoints import (EDITED_CHECKPOINT, checkpoint_model_kwargs, inference_model, inference_target,
                           load_checkpoint_weights, read_checkpoint, task_checkpoint, task_weights_entry)
 from .classifier import Classifier
@@ -89,7 +89,7 @@ def load_captioner(model: Optional[str] = None, checkpoint: Optional[str] = None
     if not entry.get("preprocessing"):
         raise WeightsError(f"{arch}.{entry['tag']}: the weights entry has no preprocessing (input_size, mean, std); "
                            "save them with `visattn save-weights --checkpoint`, or pass preprocessing= to save_weights")
-    net = inference_model(create_model(f"{arch}.{entry['tag']}"), target)
+    net = inference_model(create_model(arch, pretrained=entry["source"]), target)
     vocab = Vocabulary.from_list(entry["vocab"])
     if len(vocab) != net.vocab_size:
         raise WeightsError(f"{entry['index']}: entry '{arch}.{entry['tag']}': {len(vocab)} vocab tokens for a "
@@ -133,8 +133,7 @@ def is_captioner(model: Optional[str] = None, checkpoint: Optional[str] = None) 
         return bool((read_checkpoint(Path(checkpoint), lazy=True).get("hyper_parameters") or {}).get("vocab"))
     if model is None:
         return False
-    arch, tag = split_model_name(model)
-    return find_weights_entry(arch, tag).get("task") == "captioning"
+    return model_weights_entry(model).get("task") == "captioning"
 
 
 def caption_files(captioner: Captioner, paths: Sequence[str], *, beam_size: int = 5, max_len: Optional[int] = None,

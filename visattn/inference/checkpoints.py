@@ -9,10 +9,10 @@ from torch import nn
 
 from ..devices import inference_device
 from ..errors import ConfigError, NotATrainingCheckpoint, UnknownModelError, WeightsError
-from ..pretrained import (TRAINING_CHECKPOINTS, find_weights_entry, load_weights, metadata_problem,
-                          read_pickle_checkpoint, require_regular_file, weights_name)
-from ..registry import missing_module_hint, model_task, split_model_name
-from ..weight_names import model_source_problem
+from ..pretrained import (TRAINING_CHECKPOINTS, load_weights, metadata_problem,
+                          model_weights_entry, read_pickle_checkpoint, require_regular_file)
+from ..registry import missing_module_hint, model_arguments, model_task
+from ..weight_names import model_source_problem, names_a_weights_file
 
 # A training checkpoint's record of the module of another package that registers its model (what to install).
 PACKAGE_MODULE_KEY = "visattn_module"
@@ -42,14 +42,15 @@ def require_task(name: str, task: str) -> None:
                           "(or `visattn evaluate`) with it")
 
 
-def task_weights_entry(model: str, task: str) -> tuple[str, dict[str, Any]]:
-    """The architecture of the shipped weights ``model`` names (``arch.tag``, or ``arch`` alone: its default weights)
-    and their index entry; one line when they are a model for another task. A weights file's path
-    (``FILE.safetensors``) names the weights it records."""
-    model = weights_name(model)
-    require_task(model, task)
-    arch, tag = split_model_name(model)
-    return arch, find_weights_entry(arch, tag)
+def task_weights_entry(model: Union[str, os.PathLike], task: str) -> tuple[str, dict[str, Any]]:
+    """The architecture of the weights ``model`` names (``arch.tag``, ``arch`` alone: its default weights, or a
+    weights file visattn saved) and their entry (:func:`~visattn.pretrained.model_weights_entry`); one line when
+    they are a model for another task."""
+    if not names_a_weights_file(os.fspath(model)):
+        require_task(os.fspath(model), task)  # before the weights are looked for: a captioner's name, not "no weights"
+    entry = model_weights_entry(model)
+    require_task(entry["arch"], task)
+    return entry["arch"], entry
 
 
 def task_checkpoint(path: Path, task: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -84,15 +85,16 @@ def inference_target(model: Optional[str], checkpoint: Optional[str], device: st
 
 
 def checkpoint_model_kwargs(hparams: dict[str, Any], **overrides: Any) -> tuple[str, dict[str, Any]]:
-    """Architecture and builder arguments of a training checkpoint's model: the shipped weights entry's
-    ``model_kwargs`` when training started from ``arch.tag``, then the run's own, then ``overrides``. A
-    ``timm:`` name is its architecture whole (its dot names timm's weights, not a visattn tag)."""
+    """Architecture and builder arguments of a training checkpoint's model, as ``create_model`` took them in
+    training: the ``model_kwargs`` of the weights entry it started from (``arch.tag``, or ``pretrained`` naming this
+    architecture's weights by name or a file visattn saved), then the run's own, then ``overrides``. A ``timm:``
+    name is its architecture whole (its dot names timm's weights, not a visattn tag)."""
     own = {**dict(hparams.get("model_kwargs") or {}), **overrides}
     if hparams["model_name"].startswith("timm:"):
         return hparams["model_name"], own
-    arch, tag = split_model_name(hparams["model_name"])
-    started_from = find_weights_entry(arch, tag).get("model_kwargs", {}) if tag else {}  # fine-tuned shipped weights
-    return arch, {**started_from, **own}
+    arch, _, kwargs = model_arguments(hparams["model_name"], pretrained=hparams.get("pretrained"), **own)
+    kwargs.pop("num_classes", None)  # the run's, which a fine-tune may have changed: the checkpoint records it
+    return arch, kwargs
 
 
 def read_checkpoint(path: Path, *, lazy: bool = False) -> dict[str, Any]:

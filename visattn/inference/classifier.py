@@ -123,7 +123,7 @@ def load_classifier(model: Optional[str] = None, checkpoint: Optional[str] = Non
         return _classifier_from_checkpoint(Path(checkpoint), img_size, target)
     arch, entry = task_weights_entry(model, "classification")
     with _img_size_named(img_size, f"{arch}.{entry['tag']}"):
-        net = inference_model(create_model(f"{arch}.{entry['tag']}", **_size_kwargs(arch, img_size)), target)
+        net = inference_model(create_model(arch, pretrained=entry["source"], **_size_kwargs(arch, img_size)), target)
     _require_classes(net.num_classes, f"{arch}.{entry['tag']}")
     labels = recorded_labels(entry.get("labels"), net.num_classes, f"{arch}.{entry['tag']}'s index entry")
     # save_weights(model, path) alone records no preprocessing: the model's default, as for checkpoints.
@@ -142,11 +142,14 @@ def _classifier_from_checkpoint(path: Path, img_size: Optional[int], device: tor
     if "model_name" not in hparams or hparams.get("num_classes") is None:
         raise NotATrainingCheckpoint(path, "not a visattn classification checkpoint (no model_name and num_classes)",
                                      "pass --model ARCH.TAG instead")
-    model_kwargs = {**(hparams.get("model_kwargs") or {}), **_size_kwargs(hparams["model_name"], img_size)}
+    # A run fine-tuned from ARCH.TAG is a model of ARCH with the tag's builder arguments (save-weights names its
+    # file ARCH.NEWTAG, which the tag in the name made ARCH.TAG.NEWTAG, refused).
+    arch, kwargs = checkpoint_model_kwargs(hparams)
+    model_kwargs = {**kwargs, **_size_kwargs(hparams["model_name"], img_size)}
     try:
-        # The checkpoint holds every weight: neither an arch.tag run's shipped weights nor timm's are read again.
+        # The checkpoint holds every weight: neither the starting weights nor timm's are read again.
         with checkpoint_follows(), _img_size_named(img_size, hparams["model_name"]):
-            net = build_classifier(hparams["model_name"], hparams["num_classes"], model_kwargs, pretrained=False)
+            net = build_classifier(arch, hparams["num_classes"], model_kwargs, pretrained=False)
         load_checkpoint_weights(net, checkpoint, path)
     except (ConfigError, WeightsError) as err:
         if img_size is None or "img_size" not in model_kwargs or not hparams["model_name"].startswith("timm:"):
@@ -161,9 +164,6 @@ def _classifier_from_checkpoint(path: Path, img_size: Optional[int], device: tor
         set_pretrained_cfg(net, timm_pretrained_cfg(net, preprocessing))
     else:  # a timm model keeps the rest of its own pretrained_cfg (its head's name, its weights' source)
         set_pretrained_cfg(net, {**net.pretrained_cfg, **timm_data_config(preprocessing)})
-    # A run fine-tuned from ARCH.TAG is a model of ARCH with the tag's builder arguments (save-weights names its
-    # file ARCH.NEWTAG, which the tag in the name made ARCH.TAG.NEWTAG, refused).
-    arch, kwargs = checkpoint_model_kwargs(hparams)
     return Classifier(inference_model(net, device), labels, preprocessing, str(path), arch, kwargs)
 
 

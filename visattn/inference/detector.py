@@ -1,4 +1,5 @@
 """A trained detector, loaded with its class names and preprocessing, and `visattn detect`."""
+import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache, partial
@@ -17,7 +18,9 @@ from ..fileio import atomic_path, attention_note, output_errors, output_paths, p
 from ..layers.patch_embed import is_count, is_number
 from ..models.detection import unit_floats
 from ..modes import eval_mode
+from ..pretrained import model_weights_entry
 from ..registry import create_model, is_model, model_family, split_model_name
+from ..weight_names import names_a_weights_file
 from .checkpoints import (checkpoint_model_kwargs, inference_model, inference_target, load_checkpoint_weights,
                           read_checkpoint, task_checkpoint, task_weights_entry)
 from .classifier import Classifier, recorded_labels
@@ -111,7 +114,7 @@ def load_detector(model: Optional[str] = None, checkpoint: Optional[str] = None,
     if checkpoint is not None:
         return _detector_from_checkpoint(Path(checkpoint), target)
     arch, entry = task_weights_entry(model, "detection")
-    net = inference_model(create_model(f"{arch}.{entry['tag']}"), target)
+    net = inference_model(create_model(arch, pretrained=entry["source"]), target)
     labels = recorded_labels(entry.get("labels"), net.num_classes, f"{arch}.{entry['tag']}'s index entry")
     return Detector(net, labels, dict(entry.get("preprocessing") or {}), f"{arch}.{entry['tag']}", arch,
                     dict(entry.get("model_kwargs") or {}), entry.get("category_ids"))
@@ -135,6 +138,8 @@ def is_detector(model: Optional[str] = None, checkpoint: Optional[str] = None) -
     """Whether ``--model`` (its architecture) or ``--checkpoint`` (its ``model_name``) is a detector."""
     if checkpoint is not None:
         model = (read_checkpoint(Path(checkpoint), lazy=True).get("hyper_parameters") or {}).get("model_name")
+    elif model is not None and names_a_weights_file(os.fspath(model)):
+        model = model_weights_entry(model)["arch"]
     return isinstance(model, str) and is_detection_arch(model)
 
 

@@ -30,7 +30,7 @@ from ..inference import moved_here
 from ..inference.captioner import Captioner, attention_centres, decode
 from ..layers.patch_embed import is_number
 from ..models.show_attend_tell import DecodedCaptions, doubly_stochastic_penalty
-from ..pretrained import (find_weights_entry, load_weights, named_weights_entry, read_state_dict,
+from ..pretrained import (file_weights_entry, find_weights_entry, load_weights, named_weights_entry, read_state_dict,
                           starting_weights_skipped)
 from ..registry import another_packages_note, create_model, model_task, split_model_name
 from ..scores import reported_score
@@ -213,8 +213,8 @@ def _rows_by_word(state: dict[str, Tensor], model: nn.Module, theirs: list[str],
 def _starting_record(model_name: str, pretrained: Optional[Union[bool, str]],
                      ) -> tuple[dict[str, Any], Callable[[], dict[str, Tensor]]]:
     """What was recorded with the weights a captioner starts from (a shipped entry, or a training checkpoint's
-    hyperparameters: ``vocab``, ``preprocessing``), and how to read those weights; ``{}`` when nothing is read or
-    nothing recorded (random init, a plain weights file)."""
+    hyperparameters, a weights file visattn saved: ``vocab``, ``preprocessing``), and how to read those weights;
+    ``{}`` when nothing is read or nothing recorded (random init, another library's weights file)."""
     nothing: tuple[dict[str, Any], Callable[[], dict[str, Tensor]]] = ({}, dict)
     if pretrained is False or starting_weights_skipped():
         return nothing
@@ -222,7 +222,7 @@ def _starting_record(model_name: str, pretrained: Optional[Union[bool, str]],
     if settings is not None:
         return settings, lambda: read_state_dict(pretrained)
     if isinstance(pretrained, str):
-        entry = named_weights_entry(pretrained)
+        entry = named_weights_entry(pretrained) or file_weights_entry(pretrained)  # a file records its vocabulary
     else:
         arch, tag = split_model_name(model_name)  # True on a bare architecture: its default weights
         entry = find_weights_entry(arch, tag) if tag is not None or pretrained is True else None

@@ -10,8 +10,8 @@ Every run gets :class:`SafeCheckpointIO` unless its config names another ``Check
 are written crash-safely and read without unpickling code, a checkpoint for another model is a
 one-line error, and ``fit --ckpt_path last`` resumes from the newest good checkpoint of the run's
 folder when its last one is damaged (a damaged FILE named explicitly is a one-line error). Every run
-also gets :class:`RandomStateCheckpoint`, so a resumed run draws the same batches as one that never
-stopped. ``validate|test|predict --ckpt_path best|last`` find the config's best or last checkpoint on
+also gets :class:`RandomStateCheckpoint`, so a run resumed at an epoch's end draws the same batches as one
+that never stopped (from a step checkpoint it does not: README, known limits). ``validate|test|predict --ckpt_path best|last`` find the config's best or last checkpoint on
 disk, so they work in a process that did not train; without ``--ckpt_path`` they refuse a model that
 starts from no weights rather than score it.
 
