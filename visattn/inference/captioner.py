@@ -76,8 +76,9 @@ class Captioner:
 
 def load_captioner(model: Optional[str] = None, checkpoint: Optional[str] = None, *,
                    device: str = "cpu") -> Captioner:
-    """Load ``arch.tag`` shipped weights (``arch`` alone: its default weights) or a training checkpoint
-    onto ``device`` (see :func:`visattn.devices.inference_device`)."""
+    """Load ``arch.tag`` shipped weights (``arch`` alone: its default weights), a weights file visattn saved
+    (``model="DIR/ARCH.TAG.safetensors"``, a path) or a training checkpoint onto ``device`` (see
+    :func:`visattn.devices.inference_device`)."""
     target = inference_target(model, checkpoint, device)
     if checkpoint is not None:
         return _captioner_from_checkpoint(Path(checkpoint), target)

@@ -110,8 +110,9 @@ class Classifier:
 
 def load_classifier(model: Optional[str] = None, checkpoint: Optional[str] = None, *,
                     img_size: Optional[int] = None, device: str = "cpu") -> Classifier:
-    """Load ``arch.tag`` shipped weights (``arch`` alone: its default weights) or a training checkpoint
-    onto ``device`` (see :func:`visattn.devices.inference_device`).
+    """Load ``arch.tag`` shipped weights (``arch`` alone: its default weights), a weights file visattn saved
+    (``model="DIR/ARCH.TAG.safetensors"``, a path) or a training checkpoint onto ``device`` (see
+    :func:`visattn.devices.inference_device`).
 
     ``img_size`` runs the classifier on ``img_size``-pixel square inputs instead of its training size:
     a ViT's position embeddings are resampled to the new patch grid, and CNNs pool globally anyway.

@@ -108,8 +108,9 @@ def _score_floor_at_most(model: nn.Module, threshold: Optional[float]) -> Iterat
 
 def load_detector(model: Optional[str] = None, checkpoint: Optional[str] = None, *,
                   device: str = "cpu") -> Detector:
-    """Load ``arch.tag`` shipped weights (``arch`` alone: its default weights) or a training checkpoint
-    onto ``device`` (see :func:`visattn.devices.inference_device`)."""
+    """Load ``arch.tag`` shipped weights (``arch`` alone: its default weights), a weights file visattn saved
+    (``model="DIR/ARCH.TAG.safetensors"``, a path) or a training checkpoint onto ``device`` (see
+    :func:`visattn.devices.inference_device`)."""
     target = inference_target(model, checkpoint, device)
     if checkpoint is not None:
         return _detector_from_checkpoint(Path(checkpoint), target)

@@ -11,9 +11,10 @@ are written crash-safely and read without unpickling code, a checkpoint for anot
 one-line error, and ``fit --ckpt_path last`` resumes from the newest good checkpoint of the run's
 folder when its last one is damaged (a damaged FILE named explicitly is a one-line error). Every run
 also gets :class:`RandomStateCheckpoint`, so a run resumed at an epoch's end draws the same batches as one
-that never stopped (from a step checkpoint it does not: README, known limits). ``validate|test|predict --ckpt_path best|last`` find the config's best or last checkpoint on
-disk, so they work in a process that did not train; without ``--ckpt_path`` they refuse a model that
-starts from no weights rather than score it.
+that never stopped (from a step checkpoint it does not: README, known limits).
+``validate|test|predict --ckpt_path best|last`` find the config's best or last checkpoint on disk, so they
+work in a process that did not train; without ``--ckpt_path`` they refuse a model that starts from no
+weights rather than score it.
 
 ``--ckpt_path FILE`` must hold the config's task class and architecture: LightningCLI builds the
 model from the checkpoint's hyperparameters, so another model would otherwise run in its place. A
