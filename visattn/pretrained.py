@@ -465,7 +465,7 @@ def file_weights_entry(source: Any) -> Optional[dict[str, Any]]:
     read, filled in): that of the index beside it naming the file (its sha256 checked on loading, as by name), else
     the one :func:`save_weights` records in the file; None when neither has one (another library's weights, or
     visattn's saved before files recorded it, away from their index), or ``source`` is no ``.safetensors`` file."""
-    if not isinstance(source, (str, os.PathLike)) or not str(source).endswith(".safetensors"):
+    if not isinstance(source, (str, os.PathLike)) or not names_a_weights_file(os.fspath(source)):
         return None
     path = Path(source)
     if not path.is_file():
