@@ -470,11 +470,12 @@ def file_weights_entry(source: Any) -> Optional[dict[str, Any]]:
     path = Path(source)
     if not path.is_file():
         return None
-    try:  # the index of the folder a link's target is in; an index of something else beside the file is no record
-        beside = _indexed_entries(path.resolve().parent)
-    except WeightsError:
+    target = path.resolve()  # the index of the folder a link's target is in
+    try:
+        beside = _indexed_entries(target.parent)
+    except WeightsError:  # an index of something else beside the file is no record of it
         beside = {}
-    entry = next((entry for entry in beside.values() if entry["file"] == path.resolve().name), None)
+    entry = next((entry for entry in beside.values() if entry["file"] == target.name), None)
     return entry if entry is not None else _recorded_entry(path)
 
 

@@ -46,10 +46,13 @@ def task_weights_entry(model: Union[str, os.PathLike], task: str) -> tuple[str, 
     """The architecture of the weights ``model`` names (``arch.tag``, ``arch`` alone: its default weights, or a
     weights file visattn saved) and their entry (:func:`~visattn.pretrained.model_weights_entry`); one line when
     they are a model for another task."""
-    if not names_a_weights_file(os.fspath(model)):
-        require_task(os.fspath(model), task)  # before the weights are looked for: a captioner's name, not "no weights"
-    entry = model_weights_entry(model)
-    require_task(entry["arch"], task)
+    text = os.fspath(model)
+    if names_a_weights_file(text):
+        entry = model_weights_entry(text)
+        require_task(entry["arch"], task)
+    else:
+        require_task(text, task)  # before the weights are looked for: a captioner's name, not "no weights"
+        entry = model_weights_entry(text)
     return entry["arch"], entry
 
 
