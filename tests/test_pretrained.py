@@ -81,13 +81,21 @@ def test_a_weights_file_built_by_path_carries_the_preprocessing_it_was_saved_wit
     assert by_path.pretrained_cfg["mean"] == (0.5,) * 3 and by_path.pretrained_cfg["crop_mode"] == "squash"
 
 
-def test_shipped_weights_files_record_their_entrys_preprocessing_and_carry_it_built_by_path():
-    repo = Path(__file__).resolve().parents[1]
-    for name, entry in load_index(repo / "weights").items():
-        with safe_open(str(repo / "weights" / entry["file"]), framework="pt") as weights:
-            assert json.loads(weights.metadata()["preprocessing"]) == entry["preprocessing"], name
-    shipped = create_model("se_resnet20_cifar", pretrained=str(repo / "weights" / "se_resnet20_cifar.fmnist.safetensors"))
+def test_shipped_weights_files_record_their_entry_and_carry_it_built_by_path_or_copied_away(tmp_path):
+    """The shipped files record their index entry, as save_weights records it, so that one copied away from the
+    index loads as by name (they had recorded only their preprocessing)."""
+    for name, entry in json.loads((REPO / "weights" / "index.json").read_text()).items():
+        with safe_open(str(REPO / "weights" / entry["file"]), framework="pt") as weights:
+            header = weights.metadata()
+        assert json.loads(header["preprocessing"]) == entry["preprocessing"], name
+        recorded = {k: v for k, v in entry.items() if k not in ("file", "default", "sha256")}
+        assert (json.loads(header["entry"]), f"{header['arch']}.{header['tag']}") == (recorded, name)
+    shipped = create_model("se_resnet20_cifar", pretrained=str(REPO / "weights" / "se_resnet20_cifar.fmnist.safetensors"))
     assert shipped.pretrained_cfg == create_model("se_resnet20_cifar.fmnist").pretrained_cfg
+    copied = tmp_path / "sat_cbam_resnet_scenes.scenes.safetensors"
+    copied.write_bytes((REPO / "weights" / copied.name).read_bytes())
+    alone, by_name = load_captioner(copied), load_captioner("sat_cbam_resnet_scenes.scenes")
+    assert (alone.name, alone.vocab.to_list()) == (by_name.name, by_name.vocab.to_list())
 
 
 def _moved_away(path: Path, folder: Path) -> Path:
@@ -142,7 +150,7 @@ def test_a_weights_file_copied_into_a_weights_folder_without_its_index_is_found_
 def test_a_captioners_weights_file_alone_builds_its_vocabulary_and_loads_as_by_name(weights_tmp, tmp_path):
     """create_model(ARCH, pretrained=FILE) of a captioner away from its index failed: 'wrong shape: embed.weight
     (63, 128) vs (10000, 128)', its vocabulary size being in the index only."""
-    shipped = REPO / "weights" / "sat_cbam_resnet_scenes.scenes.safetensors"  # recorded no entry: its index's
+    shipped = REPO / "weights" / "sat_cbam_resnet_scenes.scenes.safetensors"
     captioner = load_captioner(shipped)
     save_weights(captioner.model, weights_tmp / "sat_cbam_resnet_scenes.mine.safetensors", task="captioning",
                  vocab=captioner.vocab.to_list(), preprocessing=captioner.preprocessing, max_len=captioner.max_len)
@@ -157,7 +165,8 @@ def test_a_captioners_weights_file_alone_builds_its_vocabulary_and_loads_as_by_n
 
 def test_a_weights_file_that_records_no_entry_away_from_its_index_is_one_line_with_the_fix(weights_tmp, tmp_path):
     old = tmp_path / "se_resnet20_cifar.fmnist.safetensors"  # saved before files recorded their entry
-    old.write_bytes((REPO / "weights" / old.name).read_bytes())
+    save_file(create_model("se_resnet20_cifar", num_classes=10).state_dict(), str(old),
+              metadata={"arch": "se_resnet20_cifar", "format": "pt"})
     with pytest.raises(WeightsError, match=r"no record of what these weights are .*; keep it beside the index.json "
                                            r"it was saved with, or load it in Python with create_model\(ARCH, "
                                            r"pretrained=FILE\)$"):
