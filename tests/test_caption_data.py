@@ -182,6 +182,10 @@ def test_missing_and_invalid_json_name_the_file(tmp_path, reader):
     with pytest.raises(ConfigError, match=r"bad\.json: not readable JSON") as err:
         read(tmp_path / "bad.json")
     assert "\n" not in str(err.value)
+    (tmp_path / "folder.json").mkdir()
+    with pytest.raises(ConfigError, match=r"folder\.json: cannot be read \(Is a directory\); give the path of an "
+                                          "annotations JSON file this user may read$"):
+        read(tmp_path / "folder.json")
     (tmp_path / "list.json").write_text("[1, 2]")
     with pytest.raises(ConfigError, match=r"list\.json: top level is a list"):
         read(tmp_path / "list.json")

@@ -1396,6 +1396,20 @@ def test_save_weights_of_a_timm_run_says_to_use_the_checkpoint_and_writes_nothin
     assert not any((tmp_path / "w").iterdir())
 
 
+def test_save_weights_of_a_tag_too_long_for_a_file_name_is_one_line_before_measuring(tmp_path, capsys):
+    """It was "...safetensors: File name too long", after the --dataset measurement had run."""
+    from visattn.cli import main
+
+    task = ImageClassifier("resnet20_cifar", num_classes=3)
+    path = tmp_path / "run.ckpt"
+    torch.save({"state_dict": task.state_dict(), "hyper_parameters": dict(task.hparams)}, path)
+    assert main(["save-weights", "--checkpoint", str(path), "--tag", "t" * 240, "--out-dir", str(tmp_path / "w"),
+                 "--dataset", "imagefolder:nowhere"]) == 2
+    assert capsys.readouterr().err == (f"visattn: error: --tag {'t' * 240}: the file resnet20_cifar.TAG.safetensors "
+                                       "would have a name of 267 bytes, and file names take at most 255; give a "
+                                       "shorter tag\n")
+
+
 @pytest.mark.parametrize("pretrained", [None, False])
 def test_timm_weights_asked_for_in_model_kwargs_warn_of_other_normalisation_as_the_pretrained_option_does(
         monkeypatch, offline, pretrained):

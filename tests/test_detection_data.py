@@ -651,6 +651,23 @@ def test_a_folder_holding_none_of_a_splits_images_is_one_line_naming_its_setting
             dm.setup(stage)
 
 
+def test_a_file_listing_absolute_names_none_of_which_is_there_is_one_line_saying_so(tmp_path):
+    """It ended in a traceback (the example name was taken relative to the images folder); an images folder holds
+    absolute names nowhere, so the message names the file's names."""
+    path, images_dir = write_coco_instances(tmp_path)
+    moved = _rewritten(path, lambda data: [image.__setitem__("file_name", f"/gone/{image['file_name']}")
+                                           for image in data["images"]])
+    with pytest.raises(ConfigError, match=rf"^{moved}: none of the \d+ images it lists is where its absolute "
+                                          r"file_name says \(e.g. /gone/.*\); give each file_name relative to the "
+                                          r"images folder$"):
+        CocoDetectionDataModule(str(moved), str(images_dir), num_workers=0)
+    mixed = _rewritten(path, lambda data: data["images"][0].__setitem__("file_name", "/gone/a.png"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ConfigError, match=rf"^{empty}: holds none of the \d+ images {mixed} lists \(e.g. [^/]+\); "):
+        CocoDetectionDataModule(str(mixed), str(empty), num_workers=0)
+
+
 def test_testing_on_a_file_without_object_boxes_is_one_line_and_predicting_on_it_is_fine(tmp_path):
     """`test` had reported mAP -1 as the score, with exit 0; validation and `evaluate` refused it."""
     path, images_dir = write_coco_instances(tmp_path)

@@ -90,7 +90,8 @@ def test_shipped_weights_files_record_their_entry_and_carry_it_built_by_path_or_
         assert json.loads(header["preprocessing"]) == entry["preprocessing"], name
         recorded = {k: v for k, v in entry.items() if k not in ("file", "default", "sha256")}
         assert (json.loads(header["entry"]), f"{header['arch']}.{header['tag']}") == (recorded, name)
-    shipped = create_model("se_resnet20_cifar", pretrained=str(REPO / "weights" / "se_resnet20_cifar.fmnist.safetensors"))
+    shipped = create_model("se_resnet20_cifar",
+                           pretrained=str(REPO / "weights" / "se_resnet20_cifar.fmnist.safetensors"))
     assert shipped.pretrained_cfg == create_model("se_resnet20_cifar.fmnist").pretrained_cfg
     copied = tmp_path / "sat_cbam_resnet_scenes.scenes.safetensors"
     copied.write_bytes((REPO / "weights" / copied.name).read_bytes())
@@ -124,6 +125,20 @@ def test_a_saved_weights_file_alone_loads_by_its_path_with_its_labels_and_builde
     assert len(built.blocks) == 2 and built.num_classes == 3
     assert torch.equal(_logits(built.eval()), _logits(model))
     assert load_classifier(str(alone)).class_names == ["a", "b", "c"]
+
+
+def test_a_weights_file_with_its_suffix_in_capitals_loads_as_in_lower_case(tmp_path):
+    """A copy named MINE.SAFETENSORS was "not a weights file visattn saved" on the command line, an unknown model
+    'MINE' in Python, and "unknown weights format '.SAFETENSORS'" as create_model's pretrained."""
+    from visattn.cli import model_name
+
+    copied = tmp_path / "MINE.SAFETENSORS"
+    copied.write_bytes((REPO / "weights" / "se_resnet20_cifar.fmnist.safetensors").read_bytes())
+    classifier, by_name = load_classifier(copied), load_classifier("se_resnet20_cifar.fmnist")
+    assert (classifier.name, classifier.class_names) == (by_name.name, by_name.class_names)
+    built = create_model("se_resnet20_cifar", pretrained=str(copied))
+    assert all(torch.equal(a, b) for a, b in zip(built.state_dict().values(), by_name.model.state_dict().values()))
+    assert model_name(str(copied)) == str(copied)
 
 
 def test_a_weights_file_given_by_path_beside_its_index_is_checked_against_its_sha256_there(weights_tmp):

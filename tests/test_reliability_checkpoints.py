@@ -492,6 +492,23 @@ def test_lightning_side_config_mistakes_are_one_line(case, in_tmp, capsys):
     assert expected in _one_error_line(capsys)
 
 
+def test_a_file_given_as_the_run_folder_is_named_as_the_setting_given(in_tmp, capsys):
+    """With Lightning's default logger, whose folder is the run's, a file given as trainer.default_root_dir was named
+    "logger's save_dir", a setting the config does not hold."""
+    import yaml
+
+    config = yaml.safe_load(CBAM_CONFIG.read_text())
+    for key in ("logger", "callbacks"):
+        config["trainer"].pop(key)
+    Path("mine.yaml").write_text(yaml.safe_dump(config))
+    Path("afile").write_text("my notes\n")
+    assert main(["fit", "--config", "mine.yaml", *QUICK, "--trainer.default_root_dir", "afile"]) == 2
+    assert _one_error_line(capsys) == ("visattn: error: trainer.default_root_dir afile: cannot write there (a file "
+                                       "stands where a folder is needed); choose a writable trainer.default_root_dir "
+                                       "folder")
+    assert Path("afile").read_text() == "my notes\n"
+
+
 def _task_checkpoint(path: Path, class_path: str, hparams: dict, state_dict: dict) -> Path:
     """A checkpoint as `visattn fit` writes it: LightningCLI records the task class in the hyperparameters."""
     path.parent.mkdir(parents=True, exist_ok=True)

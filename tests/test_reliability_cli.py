@@ -849,6 +849,22 @@ def test_an_output_folder_inside_the_input_folder_is_not_read_as_input(command, 
     assert [path.name for path in (tmp_path / "photos" / "drawn").iterdir()] == ["good.png"]
 
 
+@pytest.mark.parametrize("command", [["detect", "photos", "--model", DETECTOR, "--out", "photos", "--json"],
+                                     ["caption", "photos", "--model", CAPTIONER, "--attention-out", "photos",
+                                      "--json"]])
+def test_an_input_folder_given_as_the_output_folder_reads_the_photos_not_the_earlier_drawings(
+        command, tmp_path, monkeypatch, capsys):
+    """A rerun read the first run's drawing photos/good.png as an input and refused it, "would write photos/good.png
+    over the input file photos/good.png", visattn's own drawing: no rerun into the input folder could run."""
+    monkeypatch.chdir(tmp_path)
+    _photo(tmp_path / "photos" / "good.jpg")
+    for _ in range(2):
+        assert main(command) == 0
+        records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert [record["file"] for record in records] == ["photos/good.jpg"]
+    assert sorted(path.name for path in (tmp_path / "photos").iterdir()) == ["good.jpg", "good.png"]
+
+
 def test_photos_in_an_output_folder_inside_the_input_are_named_not_skipped_silently(tmp_path, monkeypatch, capsys):
     """An audit's --attention-out inside its photo tree left three of four photos uncaptioned, exit 0, without a word."""
     monkeypatch.chdir(tmp_path)
@@ -1393,6 +1409,19 @@ def test_a_file_named_like_an_option_gets_the_hint_to_name_it_as_a_path(tmp_path
     assert exit.value.code == 2 and capsys.readouterr().err == ("visattn: error: visattn classify: unrecognized argument -dash.png (a file? name "
                                        "it ./-dash.png, or put -- before it); see `visattn classify --help`\n")
     assert main(["classify", "--model", CLASSIFIER, "--", "-dash.png"]) == 0
+
+
+def test_an_option_value_starting_with_a_dash_is_told_to_be_given_with_an_equals_sign(tmp_path, monkeypatch, capsys):
+    """`explain --out -map.png` said "unrecognized argument -map.png", a file that was to be written."""
+    monkeypatch.chdir(tmp_path)
+    _photo(tmp_path / "img.png")
+    with pytest.raises(SystemExit) as exit:
+        main(["explain", "img.png", "--model", CLASSIFIER, "--out", "-map.png"])
+    assert exit.value.code == 2 and capsys.readouterr().err == (
+        "visattn: error: visattn explain: --out -map.png: a value starting with '-' is read as an option; give it as "
+        "--out=-map.png; see `visattn explain --help`\n")
+    assert main(["explain", "img.png", "--model", CLASSIFIER, "--out=-map.png"]) == 0
+    assert (tmp_path / "-map.png").is_file()
 
 
 @pytest.mark.parametrize("command", ["models", "evaluate", "classify", "caption", "detect", "explain", "save-weights",
@@ -2162,3 +2191,49 @@ def test_naming_many_outputs_of_one_stem_tries_each_number_once(monkeypatch, tmp
     tried.clear()
     planned = fileio.output_paths([Path("in/x.png")] * 300, tmp_path / "D", flag="--out", commands={"": "detect"})
     assert planned[""][-1] == tmp_path / "D" / "x-300.png" and len(tried) == 300
+
+
+def test_a_home_folder_tilde_the_shell_left_is_the_home_folder_in_every_path_option(tmp_path, monkeypatch, capsys):
+    """The shell expands `~` as a word of its own but not after `--out-dir=` or `imagefolder:`: the folder existing
+    was "no such folder", and outputs went to a new folder named `~` in the working folder ("written to ~/maps")."""
+    from fixtures_images import write_image_folder
+
+    from visattn.data.coco import coco_spec
+
+    home, work = tmp_path / "home", tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("HOME", str(home))
+    write_image_folder(home / "photos", classes=("Trouser", "Bag"), per_class=2)
+    _photo(home / "img.png")
+    assert main(["evaluate", "--model", CLASSIFIER, "--dataset", "imagefolder:~/photos", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["n"] == 4
+    assert main(["explain", "~/img.png", f"--model={CLASSIFIER}", "--out-dir=~/maps"]) == 0
+    assert (home / "maps" / "img.png").is_file() and not (work / "~").exists()
+    assert main(["classify", "~/img.png", "--checkpoint=~/gone.ckpt"]) == 2
+    assert f"{home}/gone.ckpt: checkpoint not found" in capsys.readouterr().err
+    assert coco_spec("coco:~/a.json:~/images") == (f"{home}/a.json", f"{home}/images")
+
+
+def test_output_folders_that_cannot_be_made_are_one_line_before_any_output_is_written(tmp_path, monkeypatch, capsys):
+    """A file where a mirrored sub-folder goes, or a mirrored path past the system's length limit, stopped the run
+    after the first images' outputs were written (and "choose a writable folder" was no fix for a long path)."""
+    monkeypatch.chdir(tmp_path)
+    _photo(tmp_path / "photos" / "a.png")
+    _photo(tmp_path / "photos" / "sub" / "b.png")
+    (tmp_path / "drawn").mkdir()
+    (tmp_path / "drawn" / "sub").write_text("my notes")
+    assert main(["detect", "photos", "--model", DETECTOR, "--out", "drawn"]) == 2
+    assert capsys.readouterr().err == ("visattn: error: --out drawn/sub: cannot write there (a file stands where a "
+                                       "folder is needed); choose a writable --out folder\n")
+    deep = Path("photos", *["d" * 200] * 18)
+    _photo(tmp_path / deep / "c.png")
+    longer = "o" * 250 + "/" + "p" * 250
+    assert main(["detect", "photos", "--model", DETECTOR, "--out", longer]) == 2
+    assert capsys.readouterr().err.endswith(": cannot write there (the path or one of its names is longer than the "
+                                            "system takes); choose a shorter --out folder\n")
+    assert sorted(path.name for path in (tmp_path / "drawn").iterdir()) == ["sub"]
+    assert not any(path.is_file() for path in (tmp_path / ("o" * 250)).rglob("*"))
+    assert main(["explain", "photos/a.png", "--model", CLASSIFIER, "--out", "G" * 300 + ".png"]) == 2
+    assert capsys.readouterr().err.endswith("(the path or one of its names is longer than the system takes); choose a "
+                                            "shorter --out file\n")  # it was "GGG...png: File name too long"

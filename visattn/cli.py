@@ -459,6 +459,9 @@ def cmd_save_weights(args: argparse.Namespace) -> int:
                           "its weights under; use the checkpoint itself (classify, evaluate, explain and export take "
                           "--checkpoint, Python load_classifier(checkpoint=...))")
     path = folder / f"{loaded.arch}.{args.tag}.safetensors"
+    if len(path.name.encode()) > 255:  # before the measurement; it had been "File name too long" after it
+        raise ConfigError(f"--tag {args.tag}: the file {loaded.arch}.TAG.safetensors would have a name of "
+                          f"{len(path.name.encode())} bytes, and file names take at most 255; give a shorter tag")
     if not args.overwrite:
         refuse_existing_weights(path)  # before the test-set measurement, which can take minutes
     scores = _test_scores(task, loaded, args.dataset, args.limit) if args.dataset else {}
@@ -567,9 +570,16 @@ def weights_tag(text: str) -> str:
     return text
 
 
+def user_path(text: str) -> str:
+    """argparse type for a path: a leading ``~`` is the home folder, as the shell makes it of a word on its own but
+    not after ``--out=`` (a folder named ``~`` had been made in the working folder, and "written to ~/maps" said)."""
+    return os.path.expanduser(text)
+
+
 def model_name(text: str) -> str:
     """argparse type for --model: a registered name, ARCH.TAG or a visattn weights file (FILE.safetensors); another
     file, a timm: or a hub name is told which option takes it."""
+    text = user_path(text)
     problem = model_source_problem(text, model="--model", checkpoint="--checkpoint FILE")
     if problem:
         raise argparse.ArgumentTypeError(problem)
@@ -591,7 +601,7 @@ def _add_model_source(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--model", type=model_name,
                         help="shipped weights ARCH.TAG (or ARCH for its default weights; see `visattn models`), or "
                              "the path of a file `visattn save-weights` wrote, ARCH.TAG.safetensors")
-    source.add_argument("--checkpoint", help="a Lightning checkpoint written by `visattn fit`")
+    source.add_argument("--checkpoint", type=user_path, help="a Lightning checkpoint written by `visattn fit`")
 
 
 def _add_max_pixels(parser: argparse.ArgumentParser, *, applies: str = "") -> None:
@@ -657,7 +667,17 @@ class _CommandParser(_OneLineErrorParser):
     def error(self, message: str) -> None:
         known = self._known_options()
         unknown = _unknown_options(self._args, known)  # a typo can cause the reported error: it comes first
+        value_of = self._taking_a_value(unknown[0]) if len(unknown) == 1 else None
+        if value_of and not difflib.get_close_matches(unknown[0], known, n=1):  # `--out -x.png`, not a typo
+            super().error(f"{value_of} {unknown[0]}: a value starting with '-' is read as an option; give it as "
+                          f"{value_of}={unknown[0]}")
         super().error(_unrecognized(unknown, known) if unknown else message)
+
+    def _taking_a_value(self, arg: str) -> Optional[str]:
+        """The option ``arg`` follows in the arguments when that option takes a value, else None."""
+        at = next((i for i, given in enumerate(self._args) if given.split("=", 1)[0] == arg), 0)
+        action = self._option_string_actions.get(self._args[at - 1]) if at > 0 else None
+        return self._args[at - 1] if action is not None and action.nargs is None else None
 
     def _known_options(self) -> list[str]:
         return [option for action in self._actions for option in action.option_strings]
@@ -794,7 +814,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(func=cmd_evaluate)
 
     classify = sub.add_parser("classify", help="classify image files and folders (recursively)")
-    classify.add_argument("paths", nargs="+", metavar="PATH", help=IMAGE_PATHS_HELP)
+    classify.add_argument("paths", type=user_path, nargs="+", metavar="PATH", help=IMAGE_PATHS_HELP)
     _add_model_source(classify)
     _add_device(classify)
     _add_max_pixels(classify)
@@ -804,7 +824,7 @@ def build_parser() -> argparse.ArgumentParser:
     classify.set_defaults(func=cmd_classify)
 
     caption = sub.add_parser("caption", help="caption image files and folders (recursively)")
-    caption.add_argument("paths", nargs="+", metavar="PATH", help=IMAGE_PATHS_HELP)
+    caption.add_argument("paths", type=user_path, nargs="+", metavar="PATH", help=IMAGE_PATHS_HELP)
     _add_model_source(caption)
     _add_device(caption)
     _add_max_pixels(caption)
@@ -813,7 +833,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help=f"longest caption in words (default: the checkpoint's max_len, else {DEFAULT_MAX_LEN})")
     caption.add_argument("--length-penalty", type=finite_float, default=1.0,
                          help="rank hypotheses by log p / length ** this (0: unnormalised)")
-    caption.add_argument("--attention-out", "--out", dest="attention_out", default=None, metavar="DIR",
+    caption.add_argument("--attention-out", "--out", type=user_path, dest="attention_out", default=None,
+                         metavar="DIR",
                          help="write one PNG per image, a panel per word, named after the image (SUB/STEM.png: "
                               "the folders below the inputs' common folder mirrored); "
                               "files of an earlier run are replaced, input images never")
@@ -822,17 +843,17 @@ def build_parser() -> argparse.ArgumentParser:
     caption.set_defaults(func=cmd_caption)
 
     detect = sub.add_parser("detect", help="detect objects in image files and folders (recursively)")
-    detect.add_argument("paths", nargs="+", metavar="PATH", help=IMAGE_PATHS_HELP)
+    detect.add_argument("paths", type=user_path, nargs="+", metavar="PATH", help=IMAGE_PATHS_HELP)
     _add_model_source(detect)
     _add_device(detect)
     _add_max_pixels(detect)
     detect.add_argument("--score-threshold", type=unit_interval, default=0.5,
                         help="keep detections scoring at least this (0 to 1)")
-    detect.add_argument("--out", default=None, metavar="DIR",
+    detect.add_argument("--out", type=user_path, default=None, metavar="DIR",
                         help="write one PNG per image with the boxes drawn, named after the image (SUB/STEM.png: "
                              "the folders below the inputs' common folder mirrored); "
                              "files of an earlier run are replaced, input images never")
-    detect.add_argument("--attention-out", default=None, metavar="DIR",
+    detect.add_argument("--attention-out", type=user_path, default=None, metavar="DIR",
                         help="one PNG per image, a panel per detection showing where it looked "
                              "(DETR: its query's attention; FCOS: gradient x input of its score); "
                              "named STEM.png, or STEM-attention.png in the --out folder")
@@ -841,7 +862,7 @@ def build_parser() -> argparse.ArgumentParser:
     detect.set_defaults(func=cmd_detect)
 
     explain = sub.add_parser("explain", help="draw where a classifier looks in an image (map and label, PNG by default)")
-    explain.add_argument("paths", nargs="+", metavar="PATH",
+    explain.add_argument("paths", type=user_path, nargs="+", metavar="PATH",
                          help="image file (with --out), or image files and folders, searched recursively (--out-dir)")
     _add_model_source(explain)
     _add_device(explain)
@@ -855,10 +876,10 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--head", type=non_negative_int, default=None,
                          help="attention head 0..N-1 (method attention; default: mean)")
     explain.add_argument("--class", dest="target_class", default=None, help="class index or name (gradcam)")
-    explain.add_argument("--out", default=None,
+    explain.add_argument("--out", type=user_path, default=None,
                          help="the map of one image: .png, .jpg, .jpeg, .svg or .pdf, the format its suffix names "
                               "(PNG without one); a map visattn wrote there is replaced, any other file never (give --out or --out-dir)")
-    explain.add_argument("--out-dir", default=None,
+    explain.add_argument("--out-dir", type=user_path, default=None,
                          help="a map of each image, DIR/SUB/STEM.png (the folders below the inputs' common folder "
                               "mirrored; give --out or --out-dir)")
     explain.add_argument("--json", action="store_true",
@@ -867,15 +888,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     save = sub.add_parser("save-weights", help="turn a training checkpoint (classifier, captioner or detector) "
                           "into ARCH.TAG.safetensors + index entry in the weights folder (see --out-dir)")
-    save.add_argument("--checkpoint", required=True, help="training checkpoint (.ckpt) to convert")
+    save.add_argument("--checkpoint", type=user_path, required=True, help="training checkpoint (.ckpt) to convert")
     save.add_argument("--tag", required=True, type=weights_tag, help="weights tag, e.g. fmnist")
-    save.add_argument("--out-dir", default=None,
+    save.add_argument("--out-dir", type=user_path, default=None,
                       help="weights folder (default: the first VISATTN_WEIGHTS folder, else ~/.local/share/visattn/"
                            "weights when installed, or weights/ in a source checkout)")
     save.add_argument("--dataset", default=None, help="measure test metrics on this dataset and record them")
     save.add_argument("--limit", type=positive_int, default=None,
                       help="measure on N test samples drawn with a fixed seed (the count is recorded as test/n)")
-    save.add_argument("--config", default=None, help="the config that trained it, recorded in the index")
+    save.add_argument("--config", type=user_path, default=None,
+                      help="the config that trained it, recorded in the index")
     save.add_argument("--default", action="store_true", help="make it the architecture's default weights (an "
                       "--overwrite keeps the mark of the entry it replaces)")
     save.add_argument("--overwrite", action="store_true",
@@ -887,7 +909,7 @@ def build_parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export", help="export a classifier to ONNX (dynamic batch axis), with labels as metadata")
     _add_model_source(export)
     export.add_argument("--format", choices=["onnx"], default="onnx", help="file format")
-    export.add_argument("--out", required=True,
+    export.add_argument("--out", type=user_path, required=True,
                         help="the file to write, e.g. model.onnx; an earlier export is replaced, any other file never")
     export.add_argument("--opset", type=int, default=17, help="ONNX opset version, 9 to 20 (ViTs: 14 or later)")
     export.add_argument("--dynamic-size", action="store_true",

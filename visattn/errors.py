@@ -3,12 +3,16 @@
 The CLI prints :func:`error_line` for any :class:`VisattnError` and exits non-zero without a traceback,
 and each :class:`VisattnWarning` as one line (:func:`one_line_showwarning`).
 """
+import contextlib
 import difflib
 import inspect
 import re
 import shlex
 import sys
+import threading
 import typing
+import warnings
+from collections.abc import Iterator
 from numbers import Real
 from typing import Any, Callable, Optional, TextIO
 
@@ -160,6 +164,18 @@ class DeprecatedArgumentWarning(VisattnWarning, FutureWarning):
 
 class MovedNameWarning(VisattnWarning, FutureWarning):
     """A name imported from the module visattn moved it out of, which still gives it, for now."""
+
+
+_WARNING_FILTERS = threading.RLock()
+
+
+@contextlib.contextmanager
+def caught_warnings(*, record: bool = False) -> Iterator[Optional[list[warnings.WarningMessage]]]:
+    """``warnings.catch_warnings``, which visattn's calls enter one thread at a time: it saves the process's filter
+    list and puts it back on leaving, so two threads' blocks left out of order kept one's filter for good (an
+    ``always`` filter from explain_image in four threads, ahead of every filter the host program had set)."""
+    with _WARNING_FILTERS, warnings.catch_warnings(record=record) as caught:
+        yield caught
 
 
 def one_line_showwarning(previous: Callable[..., None]) -> Callable[..., None]:

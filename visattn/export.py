@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import ArgumentError, ConfigError, ExportMismatchError, VisattnError, WeightsError
+from .errors import ArgumentError, ConfigError, ExportMismatchError, VisattnError, WeightsError, caught_warnings
 from .modes import eval_mode
 from .fileio import atomic_path, output_errors, prepare_output_file
 from .layers.patch_embed import fixed_input_size
@@ -117,7 +117,7 @@ def _write_onnx(model: nn.Module, path: Path, *, input_size: Optional[Sequence[i
     size = _input_size(model, input_size)
     properties = _metadata_props(metadata or {})
     example = torch.zeros(2, *size)  # batch 2, so the tracer cannot specialise on a batch of one
-    with eval_mode(model), warnings.catch_warnings(), torch.no_grad(), _graph_dump_silenced():
+    with eval_mode(model), caught_warnings(), torch.no_grad(), _graph_dump_silenced():
         # Expected while tracing: the exporter's own deprecation notice, and the shape checks
         # (PatchEmbed's image-size test) that become constants for this fixed input size.
         warnings.simplefilter("ignore", DeprecationWarning)

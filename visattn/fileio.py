@@ -202,15 +202,16 @@ def write_failure(err: OSError, kind: str) -> str:
     """Why a write failed and the fix, for a message that has named the path: ``cannot write there (No
     space left on device); free some space or choose another KIND``."""
     reason = _OS_REASONS.get(err.errno) or err.strerror or str(err)
-    fix = "free some space or choose another" if err.errno in FULL_ERRNOS else "choose a writable"
+    fix = ("free some space or choose another" if err.errno in FULL_ERRNOS else
+           "choose a shorter" if err.errno == errno.ENAMETOOLONG else "choose a writable")
     return f"cannot write there ({reason}); {fix} {kind}"
 
 
 def prepare_output_dir(path: PathLike, *, flag: str) -> Path:
     """Create the output folder ``path`` (the value of ``flag``) and check that it takes a new file."""
     path = Path(path)
-    _refuse_a_dangling_link(path, flag=flag)
-    with output_errors(path, flag=flag):
+    with output_errors(path, flag=flag):  # also a path too long to look at
+        _refuse_a_dangling_link(path, flag=flag)
         _writable_dir(path)
     return path
 
@@ -234,8 +235,8 @@ def prepare_output_file(path: PathLike, *, flag: str, inputs: Iterable[PathLike]
     if os.fspath(path).endswith(("/", os.sep)):  # Path() would drop the slash and write a file of that name
         raise ConfigError(f"{flag} {os.fspath(path)}: names a folder; give a file path in it")
     path = Path(path)
-    _refuse_a_dangling_link(path, flag=flag)
-    with output_errors(path, flag=flag, kind="file"):
+    with output_errors(path, flag=flag, kind="file"):  # also a name too long to look at
+        _refuse_a_dangling_link(path, flag=flag)
         if path.is_dir():
             raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
     refuse_overwriting_inputs([path], inputs, flag=flag, kind="file")
@@ -270,6 +271,8 @@ def output_paths(inputs: Sequence[Path], directory: Optional[PathLike], *, flag:
     refuse_overwriting_inputs(outputs, inputs, flag=flag)
     for k, tag in enumerate(tags):
         refuse_replacing_others_files([paths[k] for paths in planned], flag=flag, command=commands[tag])
+    for folder in dict.fromkeys(output.parent for output in outputs):  # a file in a mirrored folder's place, or a
+        prepare_output_dir(folder, flag=flag)  # path past the system's limit, had stopped the run midway
     return {tag: [paths[k] for paths in planned] for k, tag in enumerate(tags)}
 
 
@@ -387,7 +390,8 @@ def refuse_overwriting_inputs(outputs: Iterable[PathLike], inputs: Iterable[Path
 # Reasons worded for the path the user gave, where the OS names a part of it.
 _OS_REASONS = {errno.EEXIST: "a file stands where a folder is needed",
                errno.ENOTDIR: "a file stands where a folder is needed",
-               errno.EISDIR: "it is a folder"}
+               errno.EISDIR: "it is a folder",
+               errno.ENAMETOOLONG: "the path or one of its names is longer than the system takes"}
 FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # the disk, a quota or the file size limit (ulimit -f)
 
 
@@ -405,6 +409,10 @@ def _file_key(path: PathLike) -> Optional[tuple[int, int]]:
 
 
 def _umask() -> int:
+    """The process's umask, read where the system tells it: setting it to read it back (``os.umask``, the only
+    way elsewhere) let another thread of the program create world-writable files meanwhile."""
+    with contextlib.suppress(OSError, ValueError, StopIteration), open("/proc/self/status") as status:  # Linux 4.7+
+        return next(int(line.split()[1], 8) for line in status if line.startswith("Umask:"))
     mask = os.umask(0)
     os.umask(mask)
     return mask

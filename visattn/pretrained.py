@@ -35,7 +35,8 @@ from safetensors.torch import save as unordered_safetensors_bytes
 from timm.models._features import FeatureGetterNet  # timm does not export it at the top
 from torch import nn
 
-from .errors import ConfigError, UnknownModelError, VisattnError, VisattnWarning, WeightsError, one_line
+from .errors import (ConfigError, UnknownModelError, VisattnError, VisattnWarning, WeightsError, caught_warnings,
+                     one_line)
 from .fileio import atomic_path, atomic_write_text, exclusive_lock
 from .layers.create_attn import ATTN_LAYERS
 from .layers.patch_embed import fixed_input_size
@@ -398,7 +399,7 @@ def _file_record(path: Path) -> tuple[WeightsOrigin, Optional[dict[str, Any]]]:
 
 def _read_file_record(path: Path) -> tuple[WeightsOrigin, Any, str]:
     """:func:`_file_record`'s origin and recorded preprocessing as read (unchecked), and where they were read from."""
-    if path.suffix == ".safetensors":
+    if path.suffix.lower() == ".safetensors":
         try:
             with safe_open(str(path), framework="pt") as weights:
                 header, keys = weights.metadata() or {}, list(weights.keys())
@@ -406,7 +407,7 @@ def _read_file_record(path: Path) -> tuple[WeightsOrigin, Any, str]:
         except (OSError, ValueError, SafetensorError):  # a header that is no JSON: ValueError
             return "other", None, ""
         return ("visattn" if "arch" in header else _state_origin(keys)), recorded, "the header's "
-    if path.suffix not in PICKLE_SUFFIXES or not path.is_file():
+    if path.suffix.lower() not in PICKLE_SUFFIXES or not path.is_file():
         return "other", None, ""
     try:
         checkpoint = read_pickle_checkpoint(path, lazy=True)  # the tensors memory-mapped, not read
@@ -622,18 +623,18 @@ def read_state_dict(path: Union[str, Path], *, sha256: Optional[str] = None) -> 
                                        f"{fix}, or give false for no weights")
     # Indexed safetensors weights are hashed and loaded from the same bytes: a file swapped between a check
     # and a second read would load unchecked.
-    data = path.read_bytes() if sha256 is not None and path.suffix == ".safetensors" else None
+    data = path.read_bytes() if sha256 is not None and path.suffix.lower() == ".safetensors" else None
     if sha256 is not None and (sha256_of(path) if data is None else hashlib.sha256(data).hexdigest()) != sha256:
         restore = "restore it from git" if path.parent.resolve() == shipped_weights_dir().resolve() else \
             "restore it, or save the weights again (visattn save-weights --overwrite)"
         raise WeightsError(f"{path}: sha256 mismatch, the file is corrupt or was replaced; {restore}")
-    if path.suffix == ".safetensors":
+    if path.suffix.lower() == ".safetensors":
         try:
             state = load_file(path, device="cpu") if data is None else load_safetensors_bytes(data)
         except (SafetensorError, OSError, ValueError) as err:
             reason = str(err).splitlines()[0]
             raise WeightsError(f"{path}: not a valid safetensors file ({reason}); re-download or re-export it") from None
-    elif path.suffix in PICKLE_SUFFIXES:
+    elif path.suffix.lower() in PICKLE_SUFFIXES:
         state = read_pickle_checkpoint(path)
     else:
         raise WeightsError(f"{path}: unknown weights format {path.suffix!r}; "
@@ -679,7 +680,7 @@ def read_pickle_checkpoint(path: Path, *, lazy: bool = False) -> Any:
     files are read whole), for a look at a checkpoint's hyperparameters or callback states.
     """
     try:
-        with warnings.catch_warnings(), torch.serialization.safe_globals(_SAFE_GLOBALS):
+        with caught_warnings(), torch.serialization.safe_globals(_SAFE_GLOBALS):
             # torch's note on a pickle protocol it was not written with: the load below refuses what it cannot read
             warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
             return torch.load(path, map_location="cpu", weights_only=True, mmap=lazy)
@@ -694,7 +695,8 @@ def read_pickle_checkpoint(path: Path, *, lazy: bool = False) -> Any:
             raise WeightsError(f"{path}: not a PyTorch checkpoint (no pickle torch can read); check the path, "
                                "or re-save the weights with torch.save or safetensors") from None
         raise WeightsError(f"{path}: refused, {_refused_pickle(str(err))}") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
+    except (RuntimeError, EOFError, OSError, ValueError, SafetensorError) as err:  # torch reads a *.safetensors
+        # path with safetensors, whose error is none of the others
         if lazy and "mmap can only be used" in str(err):  # the legacy (non-zip) format has no mappable storage
             return read_pickle_checkpoint(path)
         # torch's first sentence says what broke; the rest is advice this message replaces

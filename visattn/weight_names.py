@@ -14,8 +14,9 @@ HUB_PREFIXES = ("hf-hub:", "hf_hub:")
 
 
 def names_a_weights_file(text: str) -> bool:
-    """Whether a model argument is the path of a weights file visattn saved, rather than a name."""
-    return text.endswith(".safetensors")
+    """Whether a model argument is the path of a weights file visattn saved, rather than a name (``.SAFETENSORS``
+    too: a copy's suffix upper-cased was "not a weights file visattn saved")."""
+    return text.lower().endswith(".safetensors")
 
 
 def model_source_problem(text: str, *, model: str, checkpoint: str) -> Optional[str]:
@@ -29,9 +30,9 @@ def model_source_problem(text: str, *, model: str, checkpoint: str) -> Optional[
                 "registered name or ARCH.TAG (`visattn models`)")
     if names_a_weights_file(text):
         return None
-    if text.endswith(".ckpt"):
+    if text.lower().endswith(".ckpt"):
         return f"{text!r} is a training checkpoint: pass it as {checkpoint}"
-    if "/" in text or os.sep in text or text.endswith(WEIGHTS_SUFFIXES):
+    if "/" in text or os.sep in text or text.lower().endswith(WEIGHTS_SUFFIXES):
         return (f"{text!r} is not a weights file visattn saved: {model} takes a registered name, ARCH.TAG "
                 f"(`visattn models`) or the ARCH.TAG.safetensors file `visattn save-weights` wrote; {checkpoint} "
                 "takes only checkpoints written by `visattn fit`; save another library's weights as ARCH.TAG in "

@@ -30,7 +30,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import Dataset
 
-from ..errors import ArgumentError, ConfigError, VisattnWarning
+from ..errors import ArgumentError, ConfigError, VisattnWarning, caught_warnings
 from .datamodules import COCO_VALIDATION_FIX, COCO_VALIDATION_SETTING, SplitLoadersMixin, check_img_size, split_images_dir
 from .coco import CaptionImages, CocoCaptions, KarpathyCaptions, KarpathySplit, read_karpathy
 from .scenes import SCENES_MEAN, SCENES_STD, FashionScenes, scene_settings
@@ -99,7 +99,7 @@ def _warn_of_cut_captions(lengths: list[int], room: int, never_kept: list[str]) 
 def _quiet_about_wordless_images() -> Iterator[None]:
     """Quiet about images without a caption in words while a file is read again: building the vocabulary from
     it said so once."""
-    with warnings.catch_warnings():
+    with caught_warnings():
         warnings.filterwarnings("ignore", message=".*: no caption with a word in it$")
         yield
 

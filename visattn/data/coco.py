@@ -60,7 +60,7 @@ def coco_spec(spec: str) -> tuple[str, str]:
     """``(FILE.json, IMAGES_DIR)`` of a ``--dataset coco:ANNOTATIONS.json:IMAGES_DIR`` (or
     ``karpathy:SPLITS.json:IMAGES_DIR``), split after ``.json`` so that the images folder may hold a colon; one
     line when either part is empty (``Path("")`` is the working folder, which the user did not name: its files
-    of matching names were scored)."""
+    of matching names were scored). A leading ``~`` of either is the home folder: the shell leaves it after a colon."""
     kind, _, rest = spec.partition(":")
     cut = rest.find(".json:")
     annotations, images_dir = (rest[:cut + 5], rest[cut + 6:]) if cut >= 0 else rest.rpartition(":")[::2]
@@ -69,7 +69,7 @@ def coco_spec(spec: str) -> tuple[str, str]:
             "coco:annotations/captions_val2014.json:val2014"
         raise ConfigError(f"--dataset {spec}: name the {'split' if kind == 'karpathy' else 'annotations'} file and "
                           f"the images folder, e.g. {example}")
-    return annotations, images_dir
+    return os.path.expanduser(annotations), os.path.expanduser(images_dir)
 
 
 class CaptionImages(ImageFiles):
@@ -306,7 +306,10 @@ def _read_json(path: Path) -> dict:
             data = json.load(f)
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file; give the path of the annotations JSON") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+    except OSError as err:  # the file's contents are not to blame: "re-download" was no fix for a permission
+        raise ConfigError(f"{path}: cannot be read ({err.strerror or err}); give the path of an annotations JSON file "
+                          "this user may read") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ConfigError(f"{path}: not readable JSON ({_one_line(err)}); re-download or fix the file") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level is a {type(data).__name__}, expected an object with 'images'")
@@ -365,10 +368,14 @@ def require_some_image(paths: Sequence[Path], images_dir: Path, annotations: Pat
     """One line when ``images_dir`` (the value of ``setting``, where a data module's) holds none of the images a
     file lists (another split's folder, say): a warning per image, then "the evaluation dataset is empty" naming
     options that were not given, or a run that scored nothing. Stops at the first found."""
-    if paths and not any(os.path.lexists(path) for path in paths):
-        raise ConfigError(f"{images_dir}: holds none of the {len(paths)} images {annotations} lists (e.g. "
-                          f"{paths[0].relative_to(images_dir)}); give the folder holding them"
-                          + (f" as {setting}" if setting else ""))
+    if not paths or any(os.path.lexists(path) for path in paths):
+        return
+    if all(path.is_absolute() and not path.is_relative_to(images_dir) for path in paths):  # no folder finds them
+        raise ConfigError(f"{annotations}: none of the {len(paths)} images it lists is where its absolute file_name "
+                          f"says (e.g. {paths[0]}); give each file_name relative to the images folder")
+    example = next(os.path.relpath(path, images_dir) for path in paths if path.is_relative_to(images_dir))
+    raise ConfigError(f"{images_dir}: holds none of the {len(paths)} images {annotations} lists (e.g. {example}); "
+                      "give the folder holding them" + (f" as {setting}" if setting else ""))
 
 
 def check_image_ids(annotations: Path, images: list[dict], referenced: list[Any]) -> None:

@@ -32,7 +32,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Subset
 
-from ..errors import ConfigError, VisattnWarning
+from ..errors import ConfigError, VisattnWarning, caught_warnings
 from .coco import check_image_ids, image_paths, json_type_hint, load_coco, require_images_dir, require_some_image
 from .datamodules import COCO_VALIDATION_FIX, COCO_VALIDATION_SETTING, SplitLoadersMixin, split_images_dir
 from .image_folder import ImageFiles
@@ -77,7 +77,7 @@ class DetectionTransform(ImageTransform):
         bbox_params = A.BboxParams(format="pascal_voc", label_fields=["labels", "iscrowd"], clip=True,
                                    filter_invalid_bboxes=True, min_width=least, min_height=least)
         # The evaluation pipeline has no transform on purpose: its targets stay as annotated (see __call__).
-        with warnings.catch_warnings():
+        with caught_warnings():
             warnings.filterwarnings("ignore", message="Got processor for bboxes, but no transform")
             self.pipeline = A.Compose(list(transforms), bbox_params=bbox_params)
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..errors import ConfigError
+from ..errors import ConfigError, caught_warnings
 from ..fileio import not_a_folder
 from .transforms import to_tensor
 
@@ -96,7 +96,7 @@ def shared_tensor(array: np.ndarray) -> torch.Tensor:
     """A read-only cached ``array`` as a tensor over its memory, which is never written: a spawned DataLoader
     worker (macOS, Windows) receives a tensor as shared memory, where an array was copied into each one (47 MB
     of training images a worker)."""
-    with warnings.catch_warnings():
+    with caught_warnings():
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         return torch.from_numpy(array)
 

@@ -24,7 +24,7 @@ from typing import Any, Optional
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..errors import ConfigError, ImageDecodeError, VisattnError, VisattnWarning, one_line
+from ..errors import ConfigError, ImageDecodeError, VisattnError, VisattnWarning, caught_warnings, one_line
 from ..fileio import missing_reason, written_by_visattn
 
 __all__ = ["DEFAULT_MAX_PIXELS", "IMAGE_EXTENSIONS", "ImageFile", "decode_image", "list_images", "run_in_batches"]
@@ -79,19 +79,24 @@ def decode_image(
     try:
         if not isinstance(source, bytes):
             _check_regular_file(source)
-        with warnings.catch_warnings():
-            # max_pixels is the limit, checked next from the header: Pillow's warning (over 89M pixels) had
-            # refused images max_pixels let through
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(fp, formats=_available_formats()) as img:
-                _check_size(img.size, max_pixels)
-                img.load()  # decodes now, so truncated data fails inside this try
-                _exif_transpose(img)
-                return np.asarray(_to_rgb(img, background))
+        with _opened(fp) as img:
+            _check_size(img.size, max_pixels)
+            img.load()  # decodes now, so truncated data fails inside this try
+            _exif_transpose(img)
+            return np.asarray(_to_rgb(img, background))
     except ImageDecodeError as err:
         raise ImageDecodeError(f"{name}: {err}") from None
     except Exception as err:  # noqa: BLE001 -- any decoder failure is the file's fault
         raise ImageDecodeError(f"{name}: {_reason(err, source)}") from None
+
+
+def _opened(fp: Any) -> Image.Image:
+    """``Image.open`` (the header only) without Pillow's warning over 89M pixels: ``max_pixels`` is the limit,
+    checked next from the header (the warning had refused images it let through). Threads take turns on the
+    warning filters for the header's read only, not the decoding."""
+    with caught_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(fp, formats=_available_formats())
 
 
 @dataclass
@@ -161,8 +166,8 @@ def list_images(paths: PathLike | Iterable[PathLike], *, recursive: bool = True,
         exclude: folders whose files a folder of ``paths`` that holds them does not contribute
             (``None``s ignored): a command's output folder inside its input folder, so that a second
             run does not take the first run's drawings for input. A folder of ``paths`` that is
-            itself excluded still counts: its files are the user's. Image files in them that visattn
-            did not write are named in a warning.
+            itself excluded still counts, less the images visattn wrote: the others are the user's.
+            Image files in them that visattn did not write are named in a warning.
 
     Raises:
         ImageDecodeError: none of the paths exists.
@@ -178,10 +183,15 @@ def list_images(paths: PathLike | Iterable[PathLike], *, recursive: bool = True,
     for path in map(Path, paths):
         if path.is_dir():
             inside = [folder for folder in skipped if path.resolve() in folder.parents]
+            # the output folder given as input: an earlier run's drawings beside the photos had been read, then
+            # refused as inputs their own outputs would replace
+            own_output = path.resolve() in skipped
             unlisted: list[Path] = []  # folders whose listing failed: each reported on its own line, as a file is
             images = [file for file in _folder_files(path, recursive, unlisted)
                       if file.suffix.lower() in IMAGE_EXTENSIONS]
             for file in sorted(images + unlisted):
+                if own_output and written_by_visattn(file):
+                    continue
                 if not (inside and any(folder in file.resolve().parents for folder in inside)):
                     found.setdefault(os.path.realpath(file), file)
                 elif not written_by_visattn(file):  # an earlier run's output is no input; a user's file is named

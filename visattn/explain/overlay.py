@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 import numpy as np
 import torch
 
-from ..errors import ArgumentError, ConfigError, VisattnWarning
+from ..errors import ArgumentError, ConfigError, VisattnWarning, caught_warnings
 from ..fileio import (atomic_path, figure_mark, output_errors, prepare_output_file, remove_stale_output,
                       write_failure)
 from .cell_centres import CellCentres
@@ -272,7 +272,7 @@ _MISSING_GLYPH = re.compile(r"Glyph (\d+) \(.*\) missing from font\(s\) (.+)\.$"
 def _missing_glyphs_in_one_warning() -> Iterator[None]:
     """matplotlib warns once for each character its fonts cannot draw (a Chinese caption's panel titles:
     a line each, pointing into matplotlib); one warning names them all and the fix. Other warnings pass."""
-    with warnings.catch_warnings(record=True) as caught:
+    with caught_warnings(record=True) as caught:
         warnings.simplefilter("always")
         yield
     missing: dict[str, str] = {}

@@ -510,10 +510,10 @@ def _class_folders(spec: str, class_names: Sequence[str]) -> list[str]:
 
 
 def imagefolder_root(spec: str) -> Path:
-    """The folder of an ``imagefolder:DIR`` dataset."""
+    """The folder of an ``imagefolder:DIR`` dataset (``~`` the home folder: the shell leaves it after a colon)."""
     if spec == "imagefolder:":  # Path("") is the working folder, which the user did not name
         raise ConfigError("--dataset imagefolder: names no folder; give one, e.g. imagefolder:photos")
-    return Path(spec[len("imagefolder:"):])
+    return Path(spec[len("imagefolder:"):]).expanduser()
 
 
 def check_fashion_mnist_labels(class_names: Sequence[str], dataset: str) -> None:

@@ -847,10 +847,12 @@ _TRAINER_SETTINGS = frozenset(inspect.signature(pl.Trainer.__init__).parameters)
 
 def _written_folders(trainer: pl.Trainer) -> list[tuple[str, str]]:
     """The folders the run's checkpoint callbacks and loggers write to, each with the setting that names it,
-    once (the configs' two ModelCheckpoints share a folder)."""
+    once (the configs' two ModelCheckpoints share a folder); a logger's folder that is the run's folder is named
+    as the setting the user gave (a file given as trainer.default_root_dir had been "logger's save_dir")."""
     folders = [("ModelCheckpoint dirpath", c.dirpath) for c in trainer.checkpoint_callbacks
                if getattr(c, "dirpath", None)]
-    folders += [("logger's save_dir", logger.save_dir) for logger in trainer.loggers if logger.save_dir]
+    folders += [("trainer.default_root_dir" if logger.save_dir == trainer.default_root_dir else "logger's save_dir",
+                 logger.save_dir) for logger in trainer.loggers if logger.save_dir]
     return list(dict.fromkeys(folders))
 
 
