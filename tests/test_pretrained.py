@@ -1,4 +1,5 @@
 """The weights loader: round trips, layouts, safety against hostile pickles, and clear errors."""
+import argparse
 import json
 import os
 import pickle
@@ -138,7 +139,14 @@ def test_a_weights_file_with_its_suffix_in_capitals_loads_as_in_lower_case(tmp_p
     assert (classifier.name, classifier.class_names) == (by_name.name, by_name.class_names)
     built = create_model("se_resnet20_cifar", pretrained=str(copied))
     assert all(torch.equal(a, b) for a, b in zip(built.state_dict().values(), by_name.model.state_dict().values()))
+    other = create_model("cbam_resnet20_cifar", pretrained=str(copied), strict="attention")  # none of its entry
+    assert built.pretrained_cfg["mean"] == other.pretrained_cfg["mean"] == by_name.model.pretrained_cfg["mean"]
     assert model_name(str(copied)) == str(copied)
+    torch.save(by_name.model.state_dict(), tmp_path / "MINE.PTH")
+    from_pickle = create_model("se_resnet20_cifar", pretrained=str(tmp_path / "MINE.PTH"))
+    assert all(torch.equal(a, b) for a, b in zip(from_pickle.state_dict().values(), built.state_dict().values()))
+    with pytest.raises(argparse.ArgumentTypeError, match="is a training checkpoint: pass it as --checkpoint"):
+        model_name("run/LAST.CKPT")
 
 
 def test_a_weights_file_given_by_path_beside_its_index_is_checked_against_its_sha256_there(weights_tmp):

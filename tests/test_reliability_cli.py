@@ -855,14 +855,18 @@ def test_an_output_folder_inside_the_input_folder_is_not_read_as_input(command, 
 def test_an_input_folder_given_as_the_output_folder_reads_the_photos_not_the_earlier_drawings(
         command, tmp_path, monkeypatch, capsys):
     """A rerun read the first run's drawing photos/good.png as an input and refused it, "would write photos/good.png
-    over the input file photos/good.png", visattn's own drawing: no rerun into the input folder could run."""
+    over the input file photos/good.png", visattn's own drawing: no rerun into the input folder could run. Another
+    command's output there is an input, as the user's photos are."""
     monkeypatch.chdir(tmp_path)
     _photo(tmp_path / "photos" / "good.jpg")
+    assert main(["explain", "photos/good.jpg", "--model", CLASSIFIER, "--out", "photos/map.jpg"]) == 0
+    capsys.readouterr()
     for _ in range(2):
         assert main(command) == 0
         records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-        assert [record["file"] for record in records] == ["photos/good.jpg"]
-    assert sorted(path.name for path in (tmp_path / "photos").iterdir()) == ["good.jpg", "good.png"]
+        assert [record["file"] for record in records] == ["photos/good.jpg", "photos/map.jpg"]
+    assert sorted(path.name for path in (tmp_path / "photos").iterdir()) == ["good.jpg", "good.png", "map.jpg",
+                                                                            "map.png"]
 
 
 def test_photos_in_an_output_folder_inside_the_input_are_named_not_skipped_silently(tmp_path, monkeypatch, capsys):
@@ -1422,6 +1426,14 @@ def test_an_option_value_starting_with_a_dash_is_told_to_be_given_with_an_equals
         "--out=-map.png; see `visattn explain --help`\n")
     assert main(["explain", "img.png", "--model", CLASSIFIER, "--out=-map.png"]) == 0
     assert (tmp_path / "-map.png").is_file()
+    for args, told in ((["--out", "-x=1.png"], "--out -x=1.png: a value starting with '-' is read as an option; give "
+                                                "it as --out=-x=1.png"),
+                       (["--out", "--jsn"], "unrecognized argument --jsn (did you mean --json?)"),  # a typo
+                       (["--json", "-x.png"], "unrecognized argument -x.png"),  # no value to take
+                       (["--out", "--zzzzzz"], "unrecognized argument --zzzzzz")):  # an option, the value left out
+        with pytest.raises(SystemExit):
+            main(["explain", "img.png", "--model", CLASSIFIER, *args])
+        assert capsys.readouterr().err == f"visattn: error: visattn explain: {told}; see `visattn explain --help`\n"
 
 
 @pytest.mark.parametrize("command", ["models", "evaluate", "classify", "caption", "detect", "explain", "save-weights",
@@ -2210,6 +2222,11 @@ def test_a_home_folder_tilde_the_shell_left_is_the_home_folder_in_every_path_opt
     assert json.loads(capsys.readouterr().out)["n"] == 4
     assert main(["explain", "~/img.png", f"--model={CLASSIFIER}", "--out-dir=~/maps"]) == 0
     assert (home / "maps" / "img.png").is_file() and not (work / "~").exists()
+    capsys.readouterr()
+    (home / "mine.safetensors").write_bytes((Path(__file__).resolve().parents[1] / "weights" /
+                                              f"{CLASSIFIER}.safetensors").read_bytes())
+    assert main(["classify", "~/img.png", "--model=~/mine.safetensors", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["file"] == f"{home}/img.png"
     assert main(["classify", "~/img.png", "--checkpoint=~/gone.ckpt"]) == 2
     assert f"{home}/gone.ckpt: checkpoint not found" in capsys.readouterr().err
     assert coco_spec("coco:~/a.json:~/images") == (f"{home}/a.json", f"{home}/images")

@@ -524,3 +524,74 @@ def test_files_visattn_writes_take_the_umask_without_it_being_changed_meanwhile(
         monkeypatch.undo()
         os.umask(mask)
     assert (tmp_path / "out.png").stat().st_mode & 0o777 == 0o640
+
+
+def test_decoding_does_not_wait_for_another_threads_visattn_call_holding_the_warning_filters():
+    """An image's decoding waited for a checkpoint's reading or a figure's saving in another thread (0.2 s behind a
+    400 MB checkpoint); it goes on, leaving the filters to that call."""
+    import io
+    import threading
+
+    from PIL import Image
+
+    from visattn.data.image_io import decode_image
+    from visattn.errors import caught_warnings
+
+    png = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(png, format="PNG")
+    inside, decoded, order = threading.Event(), threading.Event(), []
+
+    def hold() -> None:
+        with caught_warnings():
+            inside.set()
+            order.append("decoded first" if decoded.wait(10) else "waited")
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    inside.wait(10)
+    assert decode_image(png.getvalue()).shape == (8, 8, 3)
+    decoded.set()
+    holder.join(30)
+    assert order == ["decoded first"]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="a forked process's copy of the lock")
+def test_a_process_forked_while_another_thread_holds_the_warning_filters_takes_them():
+    """DataLoader workers forked while a thread read a checkpoint inherited the lock as held, by a thread they do not
+    have: each worker's first decode waited for ever."""
+    import signal
+    import threading
+    import time
+
+    from visattn.errors import caught_warnings
+
+    inside, leave = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with caught_warnings():
+            inside.set()
+            leave.wait(60)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    inside.wait(10)
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: 0 once it has taken the filters
+            code = 1
+            try:
+                with caught_warnings():
+                    code = 0
+            finally:
+                os._exit(code)
+        deadline, (done, status) = time.monotonic() + 30, (0, 0)
+        while done == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+            done, status = os.waitpid(pid, os.WNOHANG)
+        if done == 0:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        assert done == pid and os.waitstatus_to_exitcode(status) == 0
+    finally:
+        leave.set()
+        holder.join(30)

@@ -387,7 +387,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         _print_explained(args, args.paths[0], _explained(classifier, decode_image(args.paths[0], max_pixels=max_pixels(args)),
                                                          args, out))
         return 0
-    files = list_images(args.paths, allow_empty=False, exclude=[args.out_dir])
+    files = list_images(args.paths, allow_empty=False, exclude=[args.out_dir], rerun_of=["explain"])
     maps = output_paths(files, args.out_dir, flag="--out-dir", commands={"": "explain"})[""]
     failures = 0
     decoded = run_in_batches(files, 1, lambda image: image, lambda images: images, max_pixels=max_pixels(args))
@@ -667,17 +667,19 @@ class _CommandParser(_OneLineErrorParser):
     def error(self, message: str) -> None:
         known = self._known_options()
         unknown = _unknown_options(self._args, known)  # a typo can cause the reported error: it comes first
-        value_of = self._taking_a_value(unknown[0]) if len(unknown) == 1 else None
-        if value_of and not difflib.get_close_matches(unknown[0], known, n=1):  # `--out -x.png`, not a typo
-            super().error(f"{value_of} {unknown[0]}: a value starting with '-' is read as an option; give it as "
-                          f"{value_of}={unknown[0]}")
+        value = self._dashed_value(unknown[0]) if len(unknown) == 1 and not unknown[0].startswith("--") else None
+        if value and not difflib.get_close_matches(unknown[0], known, n=1):  # `--out -x.png`, not a typo
+            option, text = value
+            super().error(f"{option} {text}: a value starting with '-' is read as an option; give it as "
+                          f"{option}={text}")
         super().error(_unrecognized(unknown, known) if unknown else message)
 
-    def _taking_a_value(self, arg: str) -> Optional[str]:
-        """The option ``arg`` follows in the arguments when that option takes a value, else None."""
-        at = next((i for i, given in enumerate(self._args) if given.split("=", 1)[0] == arg), 0)
+    def _dashed_value(self, name: str) -> Optional[tuple[str, str]]:
+        """The option and the argument as given (``-x=1.png``), where the argument read as option ``name``
+        follows an option taking a value; else None."""
+        at = next((i for i, given in enumerate(self._args) if given.split("=", 1)[0] == name), 0)
         action = self._option_string_actions.get(self._args[at - 1]) if at > 0 else None
-        return self._args[at - 1] if action is not None and action.nargs is None else None
+        return (self._args[at - 1], self._args[at]) if action is not None and action.nargs is None else None
 
     def _known_options(self) -> list[str]:
         return [option for action in self._actions for option in action.option_strings]

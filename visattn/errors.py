@@ -6,6 +6,7 @@ and each :class:`VisattnWarning` as one line (:func:`one_line_showwarning`).
 import contextlib
 import difflib
 import inspect
+import os
 import re
 import shlex
 import sys
@@ -169,6 +170,16 @@ class MovedNameWarning(VisattnWarning, FutureWarning):
 _WARNING_FILTERS = threading.RLock()
 
 
+def _new_warning_filters_lock() -> None:
+    global _WARNING_FILTERS
+    # A fork copies the lock as held when another thread held it: the child's workers waited on it for ever.
+    _WARNING_FILTERS = threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which spawns
+    os.register_at_fork(after_in_child=_new_warning_filters_lock)
+
+
 @contextlib.contextmanager
 def caught_warnings(*, record: bool = False) -> Iterator[Optional[list[warnings.WarningMessage]]]:
     """``warnings.catch_warnings``, which visattn's calls enter one thread at a time: it saves the process's filter
@@ -176,6 +187,22 @@ def caught_warnings(*, record: bool = False) -> Iterator[Optional[list[warnings.
     ``always`` filter from explain_image in four threads, ahead of every filter the host program had set)."""
     with _WARNING_FILTERS, warnings.catch_warnings(record=record) as caught:
         yield caught
+
+
+@contextlib.contextmanager
+def ignored_unless_busy(category: type[Warning]) -> Iterator[None]:
+    """``category`` ignored inside, as :func:`caught_warnings` ignores it, unless another thread's visattn call
+    holds the filters (reading a checkpoint, saving a figure): then nothing is changed and such a warning shows,
+    rather than the caller waiting for it (an image's decoding behind a 400 MB checkpoint's reading)."""
+    if not _WARNING_FILTERS.acquire(blocking=False):
+        yield
+        return
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", category)
+            yield
+    finally:
+        _WARNING_FILTERS.release()
 
 
 def one_line_showwarning(previous: Callable[..., None]) -> Callable[..., None]:

@@ -24,8 +24,8 @@ from typing import Any, Optional
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..errors import ConfigError, ImageDecodeError, VisattnError, VisattnWarning, caught_warnings, one_line
-from ..fileio import missing_reason, written_by_visattn
+from ..errors import ConfigError, ImageDecodeError, VisattnError, VisattnWarning, ignored_unless_busy, one_line
+from ..fileio import missing_reason, written_by_command, written_by_visattn
 
 __all__ = ["DEFAULT_MAX_PIXELS", "IMAGE_EXTENSIONS", "ImageFile", "decode_image", "list_images", "run_in_batches"]
 
@@ -92,10 +92,8 @@ def decode_image(
 
 def _opened(fp: Any) -> Image.Image:
     """``Image.open`` (the header only) without Pillow's warning over 89M pixels: ``max_pixels`` is the limit,
-    checked next from the header (the warning had refused images it let through). Threads take turns on the
-    warning filters for the header's read only, not the decoding."""
-    with caught_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+    checked next from the header (the warning had refused images it let through)."""
+    with ignored_unless_busy(Image.DecompressionBombWarning):
         return Image.open(fp, formats=_available_formats())
 
 
@@ -149,7 +147,7 @@ def allow_pixels(max_pixels: int) -> None:
 
 
 def list_images(paths: PathLike | Iterable[PathLike], *, recursive: bool = True, allow_empty: bool = True,
-                exclude: Iterable[Optional[PathLike]] = ()) -> list[Path]:
+                exclude: Iterable[Optional[PathLike]] = (), rerun_of: Iterable[str] = ()) -> list[Path]:
     """Expand files and folders into image file paths.
 
     Folders contribute their image files (by extension, hidden files skipped, symlinked sub-folders
@@ -166,8 +164,11 @@ def list_images(paths: PathLike | Iterable[PathLike], *, recursive: bool = True,
         exclude: folders whose files a folder of ``paths`` that holds them does not contribute
             (``None``s ignored): a command's output folder inside its input folder, so that a second
             run does not take the first run's drawings for input. A folder of ``paths`` that is
-            itself excluded still counts, less the images visattn wrote: the others are the user's.
-            Image files in them that visattn did not write are named in a warning.
+            itself excluded still counts, less the outputs of ``rerun_of``. Image files in them that
+            visattn did not write are named in a warning.
+        rerun_of: the commands writing to the ``exclude`` folders (``"detect --out"``): their outputs in an
+            input folder that is also the output folder are an earlier run's, not input; other images there,
+            those of other commands too, are.
 
     Raises:
         ImageDecodeError: none of the paths exists.
@@ -185,12 +186,12 @@ def list_images(paths: PathLike | Iterable[PathLike], *, recursive: bool = True,
             inside = [folder for folder in skipped if path.resolve() in folder.parents]
             # the output folder given as input: an earlier run's drawings beside the photos had been read, then
             # refused as inputs their own outputs would replace
-            own_output = path.resolve() in skipped
+            own_output = path.resolve() in skipped and set(rerun_of)
             unlisted: list[Path] = []  # folders whose listing failed: each reported on its own line, as a file is
             images = [file for file in _folder_files(path, recursive, unlisted)
                       if file.suffix.lower() in IMAGE_EXTENSIONS]
             for file in sorted(images + unlisted):
-                if own_output and written_by_visattn(file):
+                if own_output and written_by_command(file) in own_output:
                     continue
                 if not (inside and any(folder in file.resolve().parents for folder in inside)):
                     found.setdefault(os.path.realpath(file), file)

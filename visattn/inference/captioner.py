@@ -154,9 +154,9 @@ def caption_files(captioner: Captioner, paths: Sequence[str], *, beam_size: int 
     from ..explain import model_view, squashed_pixel_aspect
     from ..explain.overlay import save_panels, word_panels_figure
 
-    files = list_images(list(paths), allow_empty=False, exclude=[attention_out])
     flag = "--attention-out"
     command = f"caption {flag}"  # what its panels are marked as written by (fileio.PNG_COMMAND)
+    files = list_images(list(paths), allow_empty=False, exclude=[attention_out], rerun_of=[command])
     targets = output_paths(files, attention_out, flag=flag, commands={"": command})[""]
     centres_of = functools.lru_cache(maxsize=None)(functools.partial(attention_centres, captioner.model))
 

@@ -175,7 +175,8 @@ def detect_files(detector: Detector, paths: Sequence[str], *, score_threshold: f
     from ..data.image_io import list_images, run_in_batches
     from ..data.transforms import to_byte_tensor
 
-    files = list_images(list(paths), allow_empty=False, exclude=[out, attention_out])
+    files = list_images(list(paths), allow_empty=False, exclude=[out, attention_out],
+                        rerun_of=[_DRAWINGS, _PANELS])
     targets = _output_targets(files, out=out, attention_out=attention_out)
     failures = 0
     detect_batch = partial(detector.detect, score_threshold=score_threshold, attention=bool(attention_out),
