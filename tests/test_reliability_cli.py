@@ -2254,3 +2254,29 @@ def test_output_folders_that_cannot_be_made_are_one_line_before_any_output_is_wr
     assert main(["explain", "photos/a.png", "--model", CLASSIFIER, "--out", "G" * 300 + ".png"]) == 2
     assert capsys.readouterr().err.endswith("(the path or one of its names is longer than the system takes); choose a "
                                             "shorter --out file\n")  # it was "GGG...png: File name too long"
+
+
+def test_a_command_run_in_the_callers_own_process_leaves_its_settings_as_they_were(tmp_path, monkeypatch, capsys):
+    """main() called in a program's own process (a notebook) left Pillow's pixel limit raised by --max-pixels (the
+    guard against decompression bombs, for the program's own images), the output streams' error handling changed,
+    and a fit's run folder locked until the program exited (a later run there from another process was refused)."""
+    import fcntl
+
+    from fixtures_images import write_image_folder
+    from PIL import Image
+
+    monkeypatch.chdir(tmp_path)
+    _photo(tmp_path / "img.png")
+    limit, errors = Image.MAX_IMAGE_PIXELS, sys.stdout.errors
+    assert errors != "backslashreplace"
+    assert main(["classify", "img.png", "--model", CLASSIFIER, "--max-pixels", "2000000000"]) == 0
+    assert (Image.MAX_IMAGE_PIXELS, sys.stdout.errors) == (limit, errors)
+    write_image_folder(tmp_path / "photos", classes=("cat", "dog"), per_class=2)
+    assert main(["fit", "--config", str(IMAGEFOLDER_CONFIG), "--data.init_args.root", "photos", *SMALL_FOLDER_FIT,
+                 "--trainer.max_steps", "1"]) == 0
+    lock = next(tmp_path.rglob(".*.visattn.lock"))
+    fd = os.open(lock, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another open of the file: refused while the run holds it
+    finally:
+        os.close(fd)

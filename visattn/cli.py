@@ -946,12 +946,34 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("visattn: error: standard output is closed, and visattn writes its results there; give it a file "
               "(> FILE) or /dev/null", file=sys.stderr)
         return 2
-    for stream in (sys.stdout, sys.stderr):
-        # A file name the console's encoding lacks (a cp1252 console, a C locale) prints escaped, not as a crash.
-        if hasattr(stream, "reconfigure"):
-            stream.reconfigure(errors="backslashreplace")
-    with one_line_warnings(), _interrupts_kept() as interrupts:
+    with _process_settings_restored(), one_line_warnings(), _interrupts_kept() as interrupts:
+        for stream in (sys.stdout, sys.stderr):
+            # A file name the console's encoding lacks (a cp1252 console, a C locale) prints escaped, not as a crash.
+            if hasattr(stream, "reconfigure"):
+                stream.reconfigure(errors="backslashreplace")
         return interrupts.settled(_run(argv))
+
+
+@contextlib.contextmanager
+def _process_settings_restored() -> Iterator[None]:
+    """What a command sets for its whole process, put back when it returns to a program that called :func:`main` in
+    its own process (a notebook, a script): the output streams' error handling, Pillow's pixel limit that
+    ``--max-pixels`` raised (the guard against decompression bombs had stayed raised for the program's own images)
+    and the run folders ``fit`` claimed (a later run there from another process was refused while the program
+    lived)."""
+    from .fileio import held_folders, release_folders
+
+    streams = [(stream, stream.errors) for stream in (sys.stdout, sys.stderr) if hasattr(stream, "reconfigure")]
+    held = held_folders()
+    try:
+        yield
+    finally:
+        for stream, errors in streams:
+            with contextlib.suppress(ValueError, OSError):  # a stream closed meanwhile
+                stream.reconfigure(errors=errors)
+        if "visattn.data.image_io" in sys.modules:
+            sys.modules["visattn.data.image_io"].restore_pixel_limit()
+        release_folders(held_folders() - held)
 
 
 class _KeptInterrupts:

@@ -111,15 +111,16 @@ def _lock(fd: int, *, wait: bool) -> None:
 
 _ADVISORY_LOCKS = importlib.util.find_spec("fcntl") is not None  # flock's; Windows' byte locks bar other writes
 
-_held_locks: dict[str, int] = {}  # lock file -> its descriptor, held until the process exits
+_held_locks: dict[str, int] = {}  # lock file -> its descriptor, held until released or the process exits
 
 
 def claim_folder(folder: PathLike, *, setting: str, task: str) -> None:
-    """Hold an exclusive lock on ``.NAME.visattn.lock`` beside ``folder`` until this process exits, so that two
-    processes do not write one folder's files at once (two runs of one config had overwritten each other's
-    ``last.ckpt``); one line naming the other process when one holds it. The lock file stays out of the folder,
-    whose files Lightning counts (it warned of a folder not empty). Claiming a folder this process holds is a
-    no-op; filesystems without locks (some network mounts) are not checked."""
+    """Hold an exclusive lock on ``.NAME.visattn.lock`` beside ``folder`` until this process exits (or the command
+    that claimed it returns, :func:`release_folders`), so that two processes do not write one folder's files at
+    once (two runs of one config had overwritten each other's ``last.ckpt``); one line naming the other process
+    when one holds it. The lock file stays out of the folder, whose files Lightning counts (it warned of a folder
+    not empty). Claiming a folder this process holds is a no-op; filesystems without locks (some network mounts)
+    are not checked."""
     folder = os.path.abspath(folder)
     path = os.path.join(os.path.dirname(folder), f".{os.path.basename(folder)}.visattn.lock")
     if path in _held_locks:
@@ -142,6 +143,19 @@ def claim_folder(folder: PathLike, *, setting: str, task: str) -> None:
     os.ftruncate(fd, 0)
     os.write(fd, str(os.getpid()).encode())
     _held_locks[path] = fd
+
+
+def held_folders() -> set[str]:
+    """The lock files of the folders :func:`claim_folder` holds."""
+    return set(_held_locks)
+
+
+def release_folders(locks: Iterable[str]) -> None:
+    """Let go of the folders whose lock files ``locks`` names (of :func:`held_folders`)."""
+    for lock in locks:
+        fd = _held_locks.pop(lock, None)
+        if fd is not None:
+            os.close(fd)  # which releases its lock
 
 
 def unique_paths(directory: Union[str, Path], stem: str, used: set[str], tags: Sequence[str] = ("",),

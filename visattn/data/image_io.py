@@ -139,11 +139,23 @@ def _read_one(path: Path, prepare: Callable[[np.ndarray], Any], keep_image: bool
         return ImageFile(path, error=err)
 
 
+_PILLOW_LIMIT: list[Optional[int]] = []  # Pillow's limit before allow_pixels first raised it
+
+
 def allow_pixels(max_pixels: int) -> None:
     """Raise Pillow's own limit (``PIL.Image.MAX_IMAGE_PIXELS``, process-wide) so that images up to
-    ``max_pixels`` open: what the commands' ``--max-pixels`` does beside passing it to :func:`decode_image`."""
+    ``max_pixels`` open: what the commands' ``--max-pixels`` does beside passing it to :func:`decode_image`,
+    until :func:`restore_pixel_limit`."""
     if Image.MAX_IMAGE_PIXELS is not None and 2 * Image.MAX_IMAGE_PIXELS < max_pixels:
+        if not _PILLOW_LIMIT:
+            _PILLOW_LIMIT.append(Image.MAX_IMAGE_PIXELS)
         Image.MAX_IMAGE_PIXELS = max_pixels // 2 + 1
+
+
+def restore_pixel_limit() -> None:
+    """Put back the limit :func:`allow_pixels` raised."""
+    if _PILLOW_LIMIT:
+        Image.MAX_IMAGE_PIXELS = _PILLOW_LIMIT.pop()
 
 
 def list_images(paths: PathLike | Iterable[PathLike], *, recursive: bool = True, allow_empty: bool = True,
