@@ -696,35 +696,6 @@ def test_a_run_fine_tuned_from_weights_named_in_pretrained_reloads_from_its_chec
     torch.save({"state_dict": task.state_dict(), "hyper_parameters": dict(task.hparams)}, tmp_path / "last.ckpt")
     loaded = load_classifier(checkpoint=str(tmp_path / "last.ckpt"))
     assert len(loaded.model.blocks) == 4 and loaded.model.num_classes == 3
-    # The checkpoint records the builder arguments, so that it loads with the starting weights gone (it was refused)
-    checkpoint = {"state_dict": task.state_dict(), "hyper_parameters": dict(task.hparams)}
-    task.on_save_checkpoint(checkpoint)  # as Lightning calls it
-    assert checkpoint["hyper_parameters"]["model_kwargs"] == {"class_token": False, "depth": 4, "global_pool": "avg"}
-    assert task.hparams["model_kwargs"] is None
-    torch.save(checkpoint, tmp_path / "recorded.ckpt")
-    if starting_weights.endswith(".safetensors"):
-        Path(starting_weights).unlink()
-        loaded = load_classifier(checkpoint=str(tmp_path / "recorded.ckpt"))
-        assert len(loaded.model.blocks) == 4 and loaded.model.num_classes == 3
-
-
-def test_a_run_started_from_a_weights_file_since_removed_is_tested_resumed_and_loaded_from_its_checkpoint(
-        in_tmp):
-    """The checkpoint was rebuilt from the starting file's entry: with the file gone, `test --ckpt_path`, a resume
-    and `classify --checkpoint` refused it as weights of another model ("the weights lack a class token")."""
-    from visattn.pretrained import find_weights_entry
-
-    entry = find_weights_entry("vit_tiny_patch4_28", "fmnist")
-    start = in_tmp / "w" / "vit_tiny_patch4_28.mine.safetensors"
-    save_weights(create_model("vit_tiny_patch4_28.fmnist"), start, labels=entry["labels"],
-                 preprocessing=entry["preprocessing"])
-    run = ["--config", str(VIT_CONFIG), *QUICK, "--model.init_args.model_name", "vit_tiny_patch4_28"]
-    assert main(["fit", *run, "--model.init_args.pretrained", str(start), "--trainer.max_steps", "1"]) == 0
-    start.unlink()
-    last = next(in_tmp.rglob("last.ckpt"))
-    assert main(["test", *run, "--ckpt_path", str(last)]) == 0
-    assert main(["fit", *run, "--ckpt_path", "last", "--trainer.max_steps", "2"]) == 0
-    assert len(load_classifier(checkpoint=str(last)).model.blocks) == 4
 
 
 def test_a_timm_classifier_loads_the_pretrained_file_it_is_given(tmp_path):

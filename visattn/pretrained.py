@@ -764,8 +764,7 @@ def refuse_existing_weights(path: Union[str, Path]) -> None:
 
 
 # Builder arguments that name weights to start from (a backbone's, an encoder's).
-# Builder arguments that load a part's starting weights (a detector's backbone, a captioner's encoder).
-WEIGHT_SOURCES = ("pretrained_backbone", "encoder_pretrained")
+_WEIGHT_SOURCES = ("pretrained_backbone", "encoder_pretrained")
 
 
 def _incomplete_classifier_preprocessing(arch: str, meta: dict[str, Any]) -> Optional[str]:
@@ -894,7 +893,7 @@ def save_weights(model: nn.Module, path: Union[str, Path], *, overwrite: bool = 
         meta["module"] = module
     # The file holds every weight: rebuilding must not read where they started from, also when the
     # argument was left out (None loads what an ARCH.TAG encoder name says).
-    sources = [k for k in WEIGHT_SOURCES if k in inspect.signature(type(model).__init__).parameters]
+    sources = [k for k in _WEIGHT_SOURCES if k in inspect.signature(type(model).__init__).parameters]
     if meta.get("model_kwargs") or sources:
         meta["model_kwargs"] = {**(meta.get("model_kwargs") or {}), **dict.fromkeys(sources, False)}
     problem = metadata_problem(meta) or _incomplete_classifier_preprocessing(arch, meta) or _contradiction(model, arch, meta)

@@ -20,7 +20,6 @@ from torchmetrics import MeanMetric
 
 from ..errors import ConfigError, VisattnError
 from ..inference.checkpoints import PACKAGE_MODULE_KEY
-from ..pretrained import WEIGHT_SOURCES
 from ..registry import package_module
 from .optimization import (adamw_warmup_cosine, refuse_other_parameter_groups, warn_of_a_changed_schedule,
                            warn_of_a_finished_run, warn_of_a_starting_average)
@@ -198,23 +197,6 @@ class ExponentialAverageUpdate:
             torch._foreach_copy_(averaged, current)
 
 
-# Builder arguments a task sets itself, from the data: a checkpoint's model_kwargs must not give them twice.
-LINKED_BUILDER_ARGUMENTS = ("num_classes", "vocab_size")
-
-
-def built_with(model: nn.Module) -> Optional[dict[str, Any]]:
-    """The builder arguments ``model`` was built with (those of the weights it started from under the run's own),
-    less what the task sets from the data, for a checkpoint's ``model_kwargs``: rebuilt from the starting weights'
-    entry again, a checkpoint of a run started from a weights file that had since moved was refused ("the weights
-    lack a class token"). Parts' starting weights are not read again: the checkpoint holds every weight. None for
-    a model visattn's registry did not build (``timm:``)."""
-    built = getattr(model, "visattn_kwargs", None)
-    if built is None:
-        return None
-    return {key: (False if key in WEIGHT_SOURCES else value) for key, value in built.items()
-            if key not in LINKED_BUILDER_ARGUMENTS}
-
-
 class GuardedTask:
     """The hooks every visattn task shares, before its LightningModule base: the optimizer
     (:func:`~visattn.tasks.optimization.adamw_warmup_cosine`), a skipped step's gradients dropped (its
@@ -249,9 +231,6 @@ class GuardedTask:
         module = package_module(self.hparams.get("model_name"))
         if module is not None:  # loading it where that package is missing names what to install
             checkpoint[PACKAGE_MODULE_KEY] = module
-        built = built_with(self.model)
-        if built is not None and "hyper_parameters" in checkpoint:  # a copy: Lightning may give the module's own
-            checkpoint["hyper_parameters"] = {**checkpoint["hyper_parameters"], "model_kwargs": built}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
