@@ -849,14 +849,16 @@ def test_an_output_folder_inside_the_input_folder_is_not_read_as_input(command, 
     assert [path.name for path in (tmp_path / "photos" / "drawn").iterdir()] == ["good.png"]
 
 
-@pytest.mark.parametrize("command", [["detect", "photos", "--model", DETECTOR, "--out", "photos", "--json"],
-                                     ["caption", "photos", "--model", CAPTIONER, "--attention-out", "photos",
-                                      "--json"]])
+@pytest.mark.parametrize("command, written", [
+    (["detect", "photos", "--model", DETECTOR, "--out", "photos", "--attention-out", "photos", "--score-threshold",
+      "0.05", "--json"], ["good.png", "good-attention.png", "map.png", "map-attention.png"]),
+    (["caption", "photos", "--model", CAPTIONER, "--attention-out", "photos", "--json"], ["good.png", "map.png"]),
+    (["explain", "photos", "--model", CLASSIFIER, "--out-dir", "photos", "--json"], ["good.png", "map.png"])])
 def test_an_input_folder_given_as_the_output_folder_reads_the_photos_not_the_earlier_drawings(
-        command, tmp_path, monkeypatch, capsys):
+        command, written, tmp_path, monkeypatch, capsys):
     """A rerun read the first run's drawing photos/good.png as an input and refused it, "would write photos/good.png
     over the input file photos/good.png", visattn's own drawing: no rerun into the input folder could run. Another
-    command's output there is an input, as the user's photos are."""
+    command's output there is an input, as the user's photos are (a PNG of the name an output takes is refused)."""
     monkeypatch.chdir(tmp_path)
     _photo(tmp_path / "photos" / "good.jpg")
     assert main(["explain", "photos/good.jpg", "--model", CLASSIFIER, "--out", "photos/map.jpg"]) == 0
@@ -865,8 +867,11 @@ def test_an_input_folder_given_as_the_output_folder_reads_the_photos_not_the_ear
         assert main(command) == 0
         records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
         assert [record["file"] for record in records] == ["photos/good.jpg", "photos/map.jpg"]
-    assert sorted(path.name for path in (tmp_path / "photos").iterdir()) == ["good.jpg", "good.png", "map.jpg",
-                                                                            "map.png"]
+    assert sorted(path.name for path in (tmp_path / "photos").iterdir()) == sorted(["good.jpg", "map.jpg", *written])
+    if command[0] != "explain":  # another command's PNG: an input, whose output would replace it
+        assert main(["explain", "photos/good.jpg", "--model", CLASSIFIER, "--out", "photos/other.png"]) == 0
+        assert main(command) == 2
+        assert "over the input file photos/other.png" in capsys.readouterr().err
 
 
 def test_photos_in_an_output_folder_inside_the_input_are_named_not_skipped_silently(tmp_path, monkeypatch, capsys):
@@ -2265,18 +2270,63 @@ def test_a_command_run_in_the_callers_own_process_leaves_its_settings_as_they_we
     from fixtures_images import write_image_folder
     from PIL import Image
 
+    from visattn.fileio import claim_folder, claims_released
+
+    def held(lock: Path) -> bool:
+        fd = os.open(lock, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another open of the file: refused while it is held
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+
     monkeypatch.chdir(tmp_path)
     _photo(tmp_path / "img.png")
+    program = claims_released()
+    program.__enter__()  # what the program claims before: it stays held
+    claim_folder(tmp_path / "mine", setting="mine", task="a program's own run")
     limit, errors = Image.MAX_IMAGE_PIXELS, sys.stdout.errors
-    assert errors != "backslashreplace"
-    assert main(["classify", "img.png", "--model", CLASSIFIER, "--max-pixels", "2000000000"]) == 0
-    assert (Image.MAX_IMAGE_PIXELS, sys.stdout.errors) == (limit, errors)
+    sys.stdout.reconfigure(errors="surrogateescape")
+    try:
+        assert main(["classify", "img.png", "--model", CLASSIFIER, "--max-pixels", "2000000000"]) == 0
+        assert (Image.MAX_IMAGE_PIXELS, sys.stdout.errors) == (limit, "surrogateescape")
+    finally:
+        sys.stdout.reconfigure(errors=errors)
     write_image_folder(tmp_path / "photos", classes=("cat", "dog"), per_class=2)
     assert main(["fit", "--config", str(IMAGEFOLDER_CONFIG), "--data.init_args.root", "photos", *SMALL_FOLDER_FIT,
                  "--trainer.max_steps", "1"]) == 0
-    lock = next(tmp_path.rglob(".*.visattn.lock"))
-    fd = os.open(lock, os.O_RDWR)
+    assert not held(next(tmp_path.glob("outputs/*/.checkpoints.visattn.lock")))
+    assert held(tmp_path / ".mine.visattn.lock")
+    program.__exit__(None, None, None)
+
+
+def test_a_command_returning_in_one_thread_leaves_another_threads_run_folder_claimed(tmp_path):
+    """Two commands run in one program's threads: the one that returned first let go of every folder claimed while it
+    ran, the other's running fit's too, so another process could write into it."""
+    import fcntl
+    import threading
+
+    from visattn.fileio import claim_folder, claims_released
+
+    claimed, returned = threading.Event(), threading.Event()
+
+    def a_fit() -> None:
+        with claims_released():
+            claim_folder(tmp_path / "run", setting="trainer.default_root_dir", task="visattn fit")
+            claimed.set()
+            returned.wait(30)
+
+    fit = threading.Thread(target=a_fit)
+    fit.start()
+    with claims_released():  # another command, returning first
+        claimed.wait(30)
+    fd = os.open(tmp_path / ".run.visattn.lock", os.O_RDWR)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another open of the file: refused while the run holds it
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     finally:
         os.close(fd)
+        returned.set()
+        fit.join(30)

@@ -558,17 +558,21 @@ def test_decoding_does_not_wait_for_another_threads_visattn_call_holding_the_war
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="a forked process's copy of the lock")
 def test_a_process_forked_while_another_thread_holds_the_warning_filters_takes_them():
     """DataLoader workers forked while a thread read a checkpoint inherited the lock as held, by a thread they do not
-    have: each worker's first decode waited for ever."""
+    have: each worker's first decode waited for ever. They inherit the filters and display outside that thread's
+    block, not its own (an `always` filter and a recording display had swallowed every warning of the child)."""
     import signal
     import threading
     import time
+    import warnings
 
     from visattn.errors import caught_warnings
 
     inside, leave = threading.Event(), threading.Event()
+    filters, display = list(warnings.filters), warnings.showwarning
 
     def hold() -> None:
-        with caught_warnings():
+        with caught_warnings(record=True):
+            warnings.simplefilter("always")
             inside.set()
             leave.wait(60)
 
@@ -577,11 +581,11 @@ def test_a_process_forked_while_another_thread_holds_the_warning_filters_takes_t
     inside.wait(10)
     try:
         pid = os.fork()
-        if pid == 0:  # the child: 0 once it has taken the filters
+        if pid == 0:  # the child: 0 once it has taken the filters, as they were outside the other thread's block
             code = 1
             try:
                 with caught_warnings():
-                    code = 0
+                    code = 0 if (warnings.filters, warnings.showwarning) == (filters, display) else 3
             finally:
                 os._exit(code)
         deadline, (done, status) = time.monotonic() + 30, (0, 0)

@@ -954,26 +954,43 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return interrupts.settled(_run(argv))
 
 
+_commands_running, _settings_outside, _SETTINGS = [0], [], threading.Lock()
+
+
 @contextlib.contextmanager
 def _process_settings_restored() -> Iterator[None]:
     """What a command sets for its whole process, put back when it returns to a program that called :func:`main` in
-    its own process (a notebook, a script): the output streams' error handling, Pillow's pixel limit that
-    ``--max-pixels`` raised (the guard against decompression bombs had stayed raised for the program's own images)
-    and the run folders ``fit`` claimed (a later run there from another process was refused while the program
-    lived)."""
-    from .fileio import held_folders, release_folders
+    its own process (a notebook, a script), once no other command of the program still runs: the output streams'
+    error handling and Pillow's pixel limit that ``--max-pixels`` raised (the guard against decompression bombs had
+    stayed raised for the program's own images); and the run folders this command's ``fit`` claimed (a later run
+    there from another process was refused while the program lived)."""
+    from .fileio import claims_released
 
-    streams = [(stream, stream.errors) for stream in (sys.stdout, sys.stderr) if hasattr(stream, "reconfigure")]
-    held = held_folders()
+    with _SETTINGS:
+        if _commands_running[0] == 0:
+            image = sys.modules.get("PIL.Image")
+            _settings_outside[:] = [[(stream, stream.errors) for stream in (sys.stdout, sys.stderr)
+                                     if hasattr(stream, "reconfigure")], image and image.MAX_IMAGE_PIXELS]
+        _commands_running[0] += 1
     try:
-        yield
+        with claims_released():
+            yield
     finally:
-        for stream, errors in streams:
-            with contextlib.suppress(ValueError, OSError):  # a stream closed meanwhile
-                stream.reconfigure(errors=errors)
-        if "visattn.data.image_io" in sys.modules:
-            sys.modules["visattn.data.image_io"].restore_pixel_limit()
-        release_folders(held_folders() - held)
+        with _SETTINGS:
+            _commands_running[0] -= 1
+            if _commands_running[0] == 0:
+                _put_back(*_settings_outside)
+
+
+def _put_back(streams: list[tuple[Any, str]], pixels: Optional[int]) -> None:
+    for stream, errors in streams:
+        with contextlib.suppress(ValueError, OSError):  # a stream closed meanwhile
+            stream.reconfigure(errors=errors)
+    image_io = sys.modules.get("visattn.data.image_io")
+    if pixels is not None:  # Pillow was loaded, with this limit
+        sys.modules["PIL.Image"].MAX_IMAGE_PIXELS = pixels
+    elif image_io is not None:  # loaded by the command: the limit it had then
+        image_io.restore_pixel_limit()
 
 
 class _KeptInterrupts:

@@ -168,16 +168,40 @@ class MovedNameWarning(VisattnWarning, FutureWarning):
 
 
 _WARNING_FILTERS = threading.RLock()
+# The filters and display outside visattn's blocks, while one is entered: what a process forked meanwhile puts back.
+_outside: list[tuple[list[Any], Callable[..., None]]] = []
 
 
-def _new_warning_filters_lock() -> None:
+def _after_fork_in_child() -> None:
+    """A fork copies the lock as held when another thread held it (the child's DataLoader workers waited on it for
+    ever), and that thread's filters (an ``always`` filter and a recording display: each warning of the child was
+    swallowed); the child has neither that thread nor its block."""
     global _WARNING_FILTERS
-    # A fork copies the lock as held when another thread held it: the child's workers waited on it for ever.
     _WARNING_FILTERS = threading.RLock()
+    if _outside:
+        warnings.filters[:], warnings.showwarning = _outside.pop()
+        _outside.clear()
 
 
 if hasattr(os, "register_at_fork"):  # not on Windows, which spawns
-    os.register_at_fork(after_in_child=_new_warning_filters_lock)
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+@contextlib.contextmanager
+def _filters_held(lock: threading.RLock, record: bool) -> Iterator[Optional[list[warnings.WarningMessage]]]:
+    """``warnings.catch_warnings`` inside ``lock``, which the caller holds, recording the state outside for a fork."""
+    if not _outside:  # the outermost block (the lock is re-entrant)
+        _outside.append((list(warnings.filters), warnings.showwarning))
+        outermost = True
+    else:
+        outermost = False
+    try:
+        with warnings.catch_warnings(record=record) as caught:
+            yield caught
+    finally:
+        if outermost:
+            _outside.clear()
+        lock.release()
 
 
 @contextlib.contextmanager
@@ -185,7 +209,9 @@ def caught_warnings(*, record: bool = False) -> Iterator[Optional[list[warnings.
     """``warnings.catch_warnings``, which visattn's calls enter one thread at a time: it saves the process's filter
     list and puts it back on leaving, so two threads' blocks left out of order kept one's filter for good (an
     ``always`` filter from explain_image in four threads, ahead of every filter the host program had set)."""
-    with _WARNING_FILTERS, warnings.catch_warnings(record=record) as caught:
+    lock = _WARNING_FILTERS
+    lock.acquire()
+    with _filters_held(lock, record) as caught:
         yield caught
 
 
@@ -194,15 +220,13 @@ def ignored_unless_busy(category: type[Warning]) -> Iterator[None]:
     """``category`` ignored inside, as :func:`caught_warnings` ignores it, unless another thread's visattn call
     holds the filters (reading a checkpoint, saving a figure): then nothing is changed and such a warning shows,
     rather than the caller waiting for it (an image's decoding behind a 400 MB checkpoint's reading)."""
-    if not _WARNING_FILTERS.acquire(blocking=False):
+    lock = _WARNING_FILTERS
+    if not lock.acquire(blocking=False):
         yield
         return
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", category)
-            yield
-    finally:
-        _WARNING_FILTERS.release()
+    with _filters_held(lock, record=False):
+        warnings.simplefilter("ignore", category)
+        yield
 
 
 def one_line_showwarning(previous: Callable[..., None]) -> Callable[..., None]:

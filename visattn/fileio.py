@@ -11,6 +11,7 @@ import glob
 import importlib.util
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, Union
 
@@ -112,11 +113,12 @@ def _lock(fd: int, *, wait: bool) -> None:
 _ADVISORY_LOCKS = importlib.util.find_spec("fcntl") is not None  # flock's; Windows' byte locks bar other writes
 
 _held_locks: dict[str, int] = {}  # lock file -> its descriptor, held until released or the process exits
+_claims = threading.local()  # .made: the lock files claimed in this thread inside claims_released
 
 
 def claim_folder(folder: PathLike, *, setting: str, task: str) -> None:
     """Hold an exclusive lock on ``.NAME.visattn.lock`` beside ``folder`` until this process exits (or the command
-    that claimed it returns, :func:`release_folders`), so that two processes do not write one folder's files at
+    that claimed it returns, :func:`claims_released`), so that two processes do not write one folder's files at
     once (two runs of one config had overwritten each other's ``last.ckpt``); one line naming the other process
     when one holds it. The lock file stays out of the folder, whose files Lightning counts (it warned of a folder
     not empty). Claiming a folder this process holds is a no-op; filesystems without locks (some network mounts)
@@ -143,19 +145,24 @@ def claim_folder(folder: PathLike, *, setting: str, task: str) -> None:
     os.ftruncate(fd, 0)
     os.write(fd, str(os.getpid()).encode())
     _held_locks[path] = fd
+    if getattr(_claims, "made", None) is not None:
+        _claims.made.append(path)
 
 
-def held_folders() -> set[str]:
-    """The lock files of the folders :func:`claim_folder` holds."""
-    return set(_held_locks)
-
-
-def release_folders(locks: Iterable[str]) -> None:
-    """Let go of the folders whose lock files ``locks`` names (of :func:`held_folders`)."""
-    for lock in locks:
-        fd = _held_locks.pop(lock, None)
-        if fd is not None:
-            os.close(fd)  # which releases its lock
+@contextlib.contextmanager
+def claims_released() -> Iterator[None]:
+    """Let go, on leaving, of the folders :func:`claim_folder` claims inside, in this thread: a command's run folders,
+    for a program that runs commands in its own process. Those claimed before, or by other threads, stay held."""
+    outer = getattr(_claims, "made", None)
+    _claims.made = []
+    try:
+        yield
+    finally:
+        made, _claims.made = _claims.made, outer
+        for lock in made:
+            fd = _held_locks.pop(lock, None)
+            if fd is not None:
+                os.close(fd)  # which releases its lock
 
 
 def unique_paths(directory: Union[str, Path], stem: str, used: set[str], tags: Sequence[str] = ("",),
