@@ -180,7 +180,6 @@ def _after_fork_in_child() -> None:
     _WARNING_FILTERS = threading.RLock()
     if _outside:
         warnings.filters[:], warnings.showwarning = _outside.pop()
-        _outside.clear()
 
 
 if hasattr(os, "register_at_fork"):  # not on Windows, which spawns
@@ -190,11 +189,9 @@ if hasattr(os, "register_at_fork"):  # not on Windows, which spawns
 @contextlib.contextmanager
 def _filters_held(lock: threading.RLock, record: bool) -> Iterator[Optional[list[warnings.WarningMessage]]]:
     """``warnings.catch_warnings`` inside ``lock``, which the caller holds, recording the state outside for a fork."""
-    if not _outside:  # the outermost block (the lock is re-entrant)
+    outermost = not _outside  # the lock is re-entrant: an inner block records nothing
+    if outermost:
         _outside.append((list(warnings.filters), warnings.showwarning))
-        outermost = True
-    else:
-        outermost = False
     try:
         with warnings.catch_warnings(record=record) as caught:
             yield caught

@@ -292,8 +292,9 @@ def output_paths(inputs: Sequence[Path], directory: Optional[PathLike], *, flag:
     refuse_overwriting_inputs(outputs, inputs, flag=flag)
     for k, tag in enumerate(tags):
         refuse_replacing_others_files([paths[k] for paths in planned], flag=flag, command=commands[tag])
-    for folder in dict.fromkeys(output.parent for output in outputs):  # a file in a mirrored folder's place, or a
-        prepare_output_dir(folder, flag=flag)  # path past the system's limit, had stopped the run midway
+    # Mirrored folders made now: a file in one's place, or a path past the system's limit, had stopped the run midway
+    for folder in dict.fromkeys(output.parent for output in outputs if output.parent != directory):
+        prepare_output_dir(folder, flag=flag)
     return {tag: [paths[k] for paths in planned] for k, tag in enumerate(tags)}
 
 

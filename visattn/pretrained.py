@@ -623,12 +623,13 @@ def read_state_dict(path: Union[str, Path], *, sha256: Optional[str] = None) -> 
                                        f"{fix}, or give false for no weights")
     # Indexed safetensors weights are hashed and loaded from the same bytes: a file swapped between a check
     # and a second read would load unchecked.
-    data = path.read_bytes() if sha256 is not None and path.suffix.lower() == ".safetensors" else None
+    safetensors = path.suffix.lower() == ".safetensors"
+    data = path.read_bytes() if sha256 is not None and safetensors else None
     if sha256 is not None and (sha256_of(path) if data is None else hashlib.sha256(data).hexdigest()) != sha256:
         restore = "restore it from git" if path.parent.resolve() == shipped_weights_dir().resolve() else \
             "restore it, or save the weights again (visattn save-weights --overwrite)"
         raise WeightsError(f"{path}: sha256 mismatch, the file is corrupt or was replaced; {restore}")
-    if path.suffix.lower() == ".safetensors":
+    if safetensors:
         try:
             state = load_file(path, device="cpu") if data is None else load_safetensors_bytes(data)
         except (SafetensorError, OSError, ValueError) as err:

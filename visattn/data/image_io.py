@@ -192,18 +192,19 @@ def list_images(paths: PathLike | Iterable[PathLike], *, recursive: bool = True,
         raise ImageDecodeError("; ".join(named + more))
     found: dict[str, Path] = {}  # each file's real path -> the path it was first named by, in order
     skipped = [Path(folder).resolve() for folder in exclude if folder]
+    rerun = set(rerun_of)
     left_out: list[Path] = []  # image files of an output folder that visattn did not write
     for path in map(Path, paths):
         if path.is_dir():
             inside = [folder for folder in skipped if path.resolve() in folder.parents]
             # the output folder given as input: an earlier run's drawings beside the photos had been read, then
             # refused as inputs their own outputs would replace
-            own_output = path.resolve() in skipped and set(rerun_of)
+            own_output = path.resolve() in skipped
             unlisted: list[Path] = []  # folders whose listing failed: each reported on its own line, as a file is
             images = [file for file in _folder_files(path, recursive, unlisted)
                       if file.suffix.lower() in IMAGE_EXTENSIONS]
             for file in sorted(images + unlisted):
-                if own_output and written_by_command(file) in own_output:
+                if own_output and written_by_command(file) in rerun:
                     continue
                 if not (inside and any(folder in file.resolve().parents for folder in inside)):
                     found.setdefault(os.path.realpath(file), file)
