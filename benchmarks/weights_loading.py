@@ -5,12 +5,12 @@
 
 Each round builds the model and loads one file on both sides, the same file: visattn's
 ``create_model(NAME, pretrained=FILE)`` and timm's ``create_model(NAME, pretrained=True,
-pretrained_cfg_overlay={"file": FILE})``. Both initialise the model before loading, as both always do;
-visattn also checks what it loads (the layout, the head, NaN or Inf, integer values) and reads what the file
-records. The file holds random weights in timm's layout, saved once (``pth``: ``torch.save``'s zip format). The
-two models' logits on one image are compared before anything is timed; the ratio is timm's seconds per load over
-visattn's (above 1: visattn loads faster). Format ``none`` times the build alone, with random weights: the part
-of a load that is initialisation.
+pretrained_cfg_overlay={"file": FILE})``. timm initialises the model before loading; visattn builds it on the meta
+device and, as the file's tensors fill it, puts them in it uninitialised. visattn also checks what it loads (the
+layout, the head, NaN or Inf, integer values) and reads what the file records. The file holds random weights in
+timm's layout, saved once (``pth``: ``torch.save``'s zip format). The two models' logits on one image are compared
+before anything is timed; the ratio is timm's seconds per load over visattn's (above 1: visattn loads faster).
+Format ``none`` times the build alone, with random weights: the part of timm's load that is initialisation.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ import side_by_side
 import visattn
 
 MODELS = ("vit_base_patch16_224", "resnet50")
-FORMATS = ("none", "safetensors", "pth")  # none: the model built with random weights, which both do before loading
+FORMATS = ("none", "safetensors", "pth")  # none: the model built with random weights, which timm does before loading
 SMOKE_MODELS = {"vit_tiny_patch16_224": {"img_size": 32, "depth": 2}, "resnet18": {}}
 
 

@@ -11,7 +11,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from visattn import create_model, load_captioner, load_classifier, load_weights, save_weights
+from visattn import create_model, list_pretrained, load_captioner, load_classifier, load_weights, save_weights
 from visattn.data.transforms import IMAGENET_MEAN
 from visattn.errors import UnknownModelError, VisattnWarning, WeightsError
 from visattn.pretrained import (checkpoint_follows, load_index, read_state_dict, sha256_of,
@@ -1046,6 +1046,105 @@ def test_loading_into_a_meta_model_is_refused_not_a_silent_no_op():
         model = create_model(ARCH, **SMALL)
     with pytest.raises(WeightsError, match="on the meta device, where loading weights does nothing"):
         load_weights(model, _model().state_dict())
+
+
+def _same_tensors(model, reference) -> bool:
+    ours, theirs = model.state_dict(), reference.state_dict()
+    return ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours) and [
+        p.requires_grad for p in model.parameters()] == [p.requires_grad for p in reference.parameters()]
+
+
+@pytest.mark.parametrize("name", list_pretrained())
+def test_weights_that_fill_the_model_load_into_it_uninitialised_drawing_no_random_numbers(name):
+    """create_model builds a model for weights on the meta device and puts them there without initialising it
+    first (ViT-B's random init had been most of a load's time): the tensors of the model built, then loaded, and
+    torch's random numbers as they were."""
+    reference = load_weights(create_model(name, pretrained=False), name)
+    torch.manual_seed(0)
+    before = torch.random.get_rng_state()
+    model = create_model(name)
+    assert torch.equal(torch.random.get_rng_state(), before)
+    assert _same_tensors(model, reference) and model.training == reference.training
+
+
+def test_weights_that_leave_part_of_the_model_new_initialise_it_as_a_model_built_then_loaded(tmp_path):
+    """A new head, or attention modules a plain ResNet's weights lack, take their initialisation: the model built
+    on the meta device is built again for them, drawing random numbers as a model built, then loaded, does."""
+    plain = tmp_path / "resnet20.safetensors"  # of 5 classes: the model's head takes them, the default being 10
+    save_file(create_model("resnet20_cifar", num_classes=5).state_dict(), plain)
+    for arch, weights, kwargs in (("se_resnet20_cifar", "se_resnet20_cifar.fmnist", {"num_classes": 3}),
+                                  ("cbam_resnet20_cifar", str(plain), {"strict": "attention"})):
+        with pytest.warns(VisattnWarning):
+            torch.manual_seed(0)
+            model = create_model(arch, pretrained=weights, **kwargs)
+            torch.manual_seed(0)
+            reference = create_model(arch, num_classes=kwargs.get("num_classes", 10))
+            load_weights(reference, weights, strict=kwargs.get("strict", True), head_from_weights="strict" in kwargs)
+        assert _same_tensors(model, reference) and model.visattn_name.startswith(arch)
+    assert model.num_classes == 5
+
+
+def test_weights_without_batch_norm_step_counters_load_them_as_zero(tmp_path):
+    path = tmp_path / "no_counters.safetensors"
+    torch.manual_seed(0)
+    reference = create_model("se_resnet20_cifar")
+    save_file({k: v for k, v in reference.state_dict().items() if not k.endswith("num_batches_tracked")}, path)
+    assert _same_tensors(create_model("se_resnet20_cifar", pretrained=str(path)), reference)
+
+
+class _NetWithMoreThanItsState(torch.nn.Module):
+    """Tensors its state dict does not fill: a buffer it does not save, a plain tensor attribute, a shared weight."""
+
+    def __init__(self, num_classes: int = 4):
+        super().__init__()
+        self.num_classes = num_classes
+        self.register_buffer("offsets", torch.arange(float(num_classes)), persistent=False)
+        self.scale = torch.tensor(2.0)
+        self.first, self.second = torch.nn.Linear(3, 3), torch.nn.Linear(3, num_classes)
+        self.second.weight = torch.nn.Parameter(self.first.weight[:num_classes].clone()) if num_classes != 3 else (
+            self.first.weight)
+
+    def forward(self, x):
+        return self.second(self.first(x)) * self.scale + self.offsets
+
+
+def _net_with_more_than_its_state(num_classes: int = 3) -> _NetWithMoreThanItsState:
+    return _NetWithMoreThanItsState(num_classes)
+
+
+def _net_built_from_values(num_classes: int = 3) -> torch.nn.Module:
+    width = int(torch.tensor(3.0).item())  # no value on the meta device: the builder fails there
+    net = torch.nn.Linear(width, num_classes)
+    net.num_classes = num_classes
+    return net
+
+
+def test_another_packages_model_that_a_state_dict_does_not_fill_or_that_the_meta_device_fails_loads_whole(
+        monkeypatch, tmp_path):
+    from visattn import registry
+
+    registry._import_models()
+    models = []
+    for builder in (_net_with_more_than_its_state, _net_built_from_values):
+        monkeypatch.setitem(registry._model_entrypoints, builder.__name__, builder)
+        torch.manual_seed(0)
+        saved = builder()
+        path = tmp_path / f"{builder.__name__}.safetensors"
+        save_file({k: v.clone() for k, v in saved.state_dict().items()}, path)
+        models.append(create_model(builder.__name__, pretrained=str(path)))
+        x = torch.randn(2, 3)
+        torch.testing.assert_close(models[-1](x), saved(x), rtol=0, atol=0)
+    assert models[0].first.weight is models[0].second.weight and models[1].weight.device.type == "cpu"
+
+
+def test_within_a_meta_build_weights_are_checked_and_nothing_is_loaded():
+    """A captioner's encoder built for its weights is built within its meta build: loading into it had failed."""
+    with torch.device("meta"):
+        model = create_model("sat_cbam_resnet_scenes", vocab_size=9, encoder_name="se_resnet20_cifar",
+                             encoder_pretrained="se_resnet20_cifar.fmnist")
+        assert all(p.is_meta for p in model.parameters())
+        with pytest.raises(WeightsError, match="weights do not fit"):
+            create_model("resnet20_cifar", pretrained="vit_tiny_patch4_28.fmnist")
 
 
 @pytest.mark.parametrize("source", [None, 3])

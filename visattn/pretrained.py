@@ -981,6 +981,7 @@ def load_weights(
     head_from_weights: bool = False,
     origin: Optional[Union[str, Path]] = None,
     fix: Optional[str] = None,
+    initialise: Optional[Callable[[], nn.Module]] = None,
 ) -> nn.Module:
     """Load weights into ``model`` from a file, shipped weights ``"ARCH.TAG"`` (when no file has that
     name), ``"timm:NAME"``, ``"hf-hub:ORG/REPO"`` or a state dict.
@@ -997,6 +998,11 @@ def load_weights(
     model's attention modules (a plain ResNet's weights in ``cbam_resnet50``, SE's in it). ``origin``: the file a
     state-dict ``source`` came from, for the messages; ``fix``: what their hint says to do when the keys do not
     fit. Inside :func:`checkpoint_follows` nothing is loaded.
+
+    A ``model`` built on the meta device takes ``initialise``, which builds it for real: where the weights fill the
+    model it is put on torch's default device without being initialised and takes them (no init time, no random
+    numbers drawn), else ``initialise()``'s model takes them and is returned. Within a meta build (the default
+    device is meta) the weights are checked and nothing is loaded.
     """
     if starting_weights_skipped():
         return model
@@ -1007,9 +1013,10 @@ def load_weights(
     features_only = isinstance(model, FeatureGetterNet)
     if features_only:  # its keys are its classifier's under `model.`, which weights lose as a Lightning task's prefix
         model = model.model
-    if any(p.is_meta for p in model.parameters()):
+    on_meta = any(p.is_meta for p in model.parameters())
+    if on_meta and initialise is None and torch.get_default_device().type != "meta":
         raise WeightsError(f"{type(model).__name__} is on the meta device, where loading weights does nothing; "
-                           "build it on the CPU or a GPU, or call model.to_empty(device=...) first")
+                           "build it on the CPU or a GPU, or pass initialise= (a builder of it there)")
     grid = None  # the patch grid a ViT's weights were trained on, where the source records it
     if isinstance(source, dict):
         state = _strip_prefixes(source)
@@ -1051,8 +1058,42 @@ def load_weights(
     # Only now: before weights that do not fit at all, or hold NaN, the warnings would mislead.
     for warning in filter(None, (channels_warning, head_warning)):
         warnings.warn(warning, VisattnWarning, stacklevel=2)
-    model.load_state_dict(state, strict=False)
+    if not on_meta:
+        model.load_state_dict(state, strict=False)
+    elif initialise is not None:
+        return _materialised(wrapper, model, state, initialise)
     return wrapper
+
+
+def _materialised(wrapper: nn.Module, model: nn.Module, state: StateDict,
+                  initialise: Callable[[], nn.Module]) -> nn.Module:
+    """``wrapper`` (``model``, or what holds it), built on the meta device, with ``state`` loaded on torch's default
+    device, uninitialised before where ``state`` fills ``model``; else ``initialise()``'s model with ``state`` loaded
+    over its initialisation (a new head, attention modules new to the weights, buffers no state dict holds)."""
+    own = model.state_dict()
+    counters = [key for key in own if key not in state and key.endswith(".num_batches_tracked")]  # initially 0
+    if len(own.keys() & state.keys()) + len(counters) == len(own) and not _holds_tensors_besides_its_state(model):
+        wrapper.to_empty(device=torch.get_default_device())
+        model.load_state_dict(state, strict=False)
+        for key in counters:
+            model.get_buffer(key).zero_()
+        return wrapper
+    real = initialise()
+    bare = _bare_model(real)
+    bare = bare.model if isinstance(bare, FeatureGetterNet) else bare
+    if getattr(bare, "num_classes", None) != getattr(model, "num_classes", None):  # reset to the weights' count
+        bare.reset_classifier(model.num_classes)
+    bare.load_state_dict(state, strict=False)
+    return real
+
+
+def _holds_tensors_besides_its_state(model: nn.Module) -> bool:
+    """Whether ``model`` holds tensors its state dict cannot fill: buffers it does not save, tensors kept as plain
+    attributes, or parameters shared between modules (which moving it off the meta device would untie)."""
+    shared = len(list(model.named_parameters(remove_duplicate=False))) != len(list(model.parameters()))
+    return shared or any(module._non_persistent_buffers_set or any(isinstance(v, torch.Tensor) for v in
+                                                                   vars(module).values())
+                         for module in model.modules())
 
 
 def _without_pruned_layers(model: nn.Module, state: StateDict) -> StateDict:

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import (ArgumentError, ConfigError, DeprecatedArgumentWarning, UnknownModelError, VisattnWarning,
-                     check_keyword_arguments, check_keyword_types, keyword_names, one_line)
+from .errors import (ArgumentError, ConfigError, DeprecatedArgumentWarning, UnknownModelError, VisattnError,
+                     VisattnWarning, check_keyword_arguments, check_keyword_types, keyword_names, one_line)
 from .weight_names import HUB_PREFIXES
 
 # True: every weight must fit; "attention": only attention modules added to the weights' architecture
@@ -465,6 +465,26 @@ def classifier_head(model: nn.Module, in_features: int, num_classes: int) -> nn.
     return nn.Linear(in_features, num_classes, **where)
 
 
+def _built(arch: str, kwargs: dict[str, Any], *,
+           for_weights: bool) -> tuple[nn.Module, Optional[Callable[[], nn.Module]]]:
+    """``arch`` built with ``kwargs``, and the builder :func:`~visattn.pretrained.load_weights` initialises it with
+    where weights leave part of it uninitialised. For weights (``for_weights``) it is built on the meta device, and
+    never initialised where they fill it: ViT-B's random init had been most of a load's time, and a load drew from
+    torch's random numbers. Not within another meta build (a captioner's encoder), whose model stays there."""
+    from .pretrained import starting_weights_skipped
+
+    build = functools.partial(_model_entrypoints[arch], **kwargs)
+    if not for_weights or starting_weights_skipped() or torch.get_default_device().type == "meta":
+        return build(), None
+    try:
+        with torch.device("meta"):
+            return build(), build
+    except VisattnError:
+        raise
+    except Exception:  # noqa: BLE001 -- another package's builder that reads its tensors' values (.item())
+        return build(), None
+
+
 def create_model(
     name: str,
     pretrained: Union[bool, str, None] = None,  # also second by position, as timm.create_model takes it
@@ -513,21 +533,23 @@ def create_model(
     if features_only and model_task(arch) != "classification":
         raise ArgumentError("features_only", True, f"{arch} is a {model_task(arch)} model; build its backbone, a "
                                                    "classifier, with features_only=True")
-    model = _model_entrypoints[arch](**kwargs)
+    weighted = entry is not None or (pretrained is not None and pretrained is not False)
+    model, initialise = _built(arch, kwargs, for_weights=weighted)
     _remember_family(arch, model)
     if model_task(arch) == "classification" and not isinstance(getattr(model, "num_classes", None), int):
         raise ConfigError(f"{arch}: its builder ({_model_entrypoints[arch].__module__}) gave a {type(model).__name__} "
                           "without num_classes; give the model its head's class count as num_classes (0 without a "
                           "head), as timm's models have")
+    if entry is not None:
+        model = load_weights(model, entry["path"], strict=strict, sha256=entry["sha256"], initialise=initialise)
+    elif weighted:  # an empty state dict too: load_weights refuses it
+        model = load_weights(model, pretrained, strict=strict, head_from_weights=num_classes is None,
+                             initialise=initialise)
     model.visattn_name = f"{arch}.{entry['tag']}" if entry else arch
     # what save_weights records, so that the weights rebuild this model by name (numpy's scalars as Python's: the
     # index is JSON)
     model.visattn_kwargs = {k: v.item() if isinstance(v, np.generic) else v for k, v in kwargs.items()
                             if k != "num_classes"}
-    if entry is not None:
-        load_weights(model, entry["path"], strict=strict, sha256=entry["sha256"])
-    elif pretrained is not None and pretrained is not False:  # an empty state dict too: load_weights refuses it
-        load_weights(model, pretrained, strict=strict, head_from_weights=num_classes is None)
     # What the loaded weights were trained with (None: no weights, or a file that recorded nothing of an architecture
     # whose weights share no statistics), which the tasks compare with the data's normalisation.
     model.visattn_recorded_preprocessing = loaded_weights_preprocessing(model, entry, pretrained)
