@@ -1147,6 +1147,26 @@ def test_within_a_meta_build_weights_are_checked_and_nothing_is_loaded():
             create_model("resnet20_cifar", pretrained="vit_tiny_patch4_28.fmnist")
 
 
+def test_a_training_checkpoint_loads_for_inference_without_initialising_its_model(tmp_path):
+    """load_classifier, load_captioner and load_detector build a checkpoint's model on the meta device, as its
+    weights replace every value: they had initialised it first."""
+    from test_reliability_checkpoints import _classifier_checkpoint
+    from test_reliability_inputs import write_captioner_checkpoint, write_detector_checkpoint
+
+    from visattn import load_detector
+
+    written = {load_classifier: _classifier_checkpoint(tmp_path / "classifier.ckpt"),
+               load_captioner: write_captioner_checkpoint(tmp_path / "captioner.ckpt"),
+               load_detector: write_detector_checkpoint(tmp_path / "detector.ckpt")}
+    for load, path in written.items():
+        saved = torch.load(path, weights_only=True)["state_dict"]
+        before = torch.random.get_rng_state()
+        model = load(checkpoint=str(path)).model
+        assert torch.equal(torch.random.get_rng_state(), before)
+        loaded = model.state_dict()
+        assert loaded and all(torch.equal(value, saved[f"model.{key}"]) for key, value in loaded.items())
+
+
 @pytest.mark.parametrize("source", [None, 3])
 def test_a_weights_source_of_another_type_is_one_line(source):
     with pytest.raises(WeightsError, match="give a file path, a shipped ARCH.TAG"):

@@ -971,6 +971,23 @@ def _write_weights_and_entry(path: Path, data: bytes, entry: dict[str, Any], *, 
 # ---------------------------------------------------------------------------------------------
 
 
+def built_for_weights(build: Callable[[], nn.Module]) -> tuple[nn.Module, Optional[Callable[[], nn.Module]]]:
+    """``build()``'s model for weights to load next, and the builder :func:`load_weights` takes as ``initialise``. It
+    is built on the meta device, and never initialised where the weights fill it: ViT-B's random init had been most
+    of a load's time, and a load drew from torch's random numbers. It is built for real (no builder returned) inside
+    :func:`checkpoint_follows`, which loads nothing, and where a builder cannot build on the meta device (another
+    package's that reads its tensors' values); within another meta build (a captioner's encoder) it stays there."""
+    if starting_weights_skipped() or torch.get_default_device().type == "meta":
+        return build(), None
+    try:
+        with torch.device("meta"):
+            return build(), build
+    except VisattnError:
+        raise
+    except Exception:  # noqa: BLE001 -- a builder that needs real tensors (.item())
+        return build(), None
+
+
 def load_weights(
     model: nn.Module,
     source: Union[str, Path, StateDict],

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import (ArgumentError, ConfigError, DeprecatedArgumentWarning, UnknownModelError, VisattnError,
-                     VisattnWarning, check_keyword_arguments, check_keyword_types, keyword_names, one_line)
+from .errors import (ArgumentError, ConfigError, DeprecatedArgumentWarning, UnknownModelError, VisattnWarning,
+                     check_keyword_arguments, check_keyword_types, keyword_names, one_line)
 from .weight_names import HUB_PREFIXES
 
 # True: every weight must fit; "attention": only attention modules added to the weights' architecture
@@ -465,26 +465,6 @@ def classifier_head(model: nn.Module, in_features: int, num_classes: int) -> nn.
     return nn.Linear(in_features, num_classes, **where)
 
 
-def _built(arch: str, kwargs: dict[str, Any], *,
-           for_weights: bool) -> tuple[nn.Module, Optional[Callable[[], nn.Module]]]:
-    """``arch`` built with ``kwargs``, and the builder :func:`~visattn.pretrained.load_weights` initialises it with
-    where weights leave part of it uninitialised. For weights (``for_weights``) it is built on the meta device, and
-    never initialised where they fill it: ViT-B's random init had been most of a load's time, and a load drew from
-    torch's random numbers. Not within another meta build (a captioner's encoder), whose model stays there."""
-    from .pretrained import starting_weights_skipped
-
-    build = functools.partial(_model_entrypoints[arch], **kwargs)
-    if not for_weights or starting_weights_skipped() or torch.get_default_device().type == "meta":
-        return build(), None
-    try:
-        with torch.device("meta"):
-            return build(), build
-    except VisattnError:
-        raise
-    except Exception:  # noqa: BLE001 -- another package's builder that reads its tensors' values (.item())
-        return build(), None
-
-
 def create_model(
     name: str,
     pretrained: Union[bool, str, None] = None,  # also second by position, as timm.create_model takes it
@@ -519,7 +499,8 @@ def create_model(
             a ViT's last three blocks.
         **kwargs: architecture hyperparameters passed to the builder (``img_size``, ``drop_path_rate``, ...).
     """
-    from .pretrained import load_weights, loaded_weights_preprocessing, set_pretrained_cfg, timm_pretrained_cfg
+    from .pretrained import (built_for_weights, load_weights, loaded_weights_preprocessing, set_pretrained_cfg,
+                             timm_pretrained_cfg)
 
     if not isinstance(strict, bool) and strict != "attention":  # "no" is true
         raise ConfigError(f"strict={strict!r}: give True (every weight must fit), 'attention' (attention modules "
@@ -534,7 +515,8 @@ def create_model(
         raise ArgumentError("features_only", True, f"{arch} is a {model_task(arch)} model; build its backbone, a "
                                                    "classifier, with features_only=True")
     weighted = entry is not None or (pretrained is not None and pretrained is not False)
-    model, initialise = _built(arch, kwargs, for_weights=weighted)
+    build = functools.partial(_model_entrypoints[arch], **kwargs)
+    model, initialise = built_for_weights(build) if weighted else (build(), None)
     _remember_family(arch, model)
     if model_task(arch) == "classification" and not isinstance(getattr(model, "num_classes", None), int):
         raise ConfigError(f"{arch}: its builder ({_model_entrypoints[arch].__module__}) gave a {type(model).__name__} "

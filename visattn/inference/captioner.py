@@ -19,8 +19,8 @@ from ..models.show_attend_tell import DecodedCaptions
 from ..modes import eval_mode
 from ..pretrained import model_weights_entry
 from ..registry import create_model
-from .checkpoints import (EDITED_CHECKPOINT, checkpoint_model_kwargs, inference_model, inference_target,
-                          load_checkpoint_weights, read_checkpoint, task_checkpoint, task_weights_entry)
+from .checkpoints import (EDITED_CHECKPOINT, checkpoint_model, checkpoint_model_kwargs, inference_model,
+                          inference_target, read_checkpoint, task_checkpoint, task_weights_entry)
 from .classifier import Classifier
 
 
@@ -109,8 +109,7 @@ def _captioner_from_checkpoint(path: Path, device: torch.device) -> Captioner:
     vocab = Vocabulary.from_list(hparams["vocab"])
     # The checkpoint holds every weight: the encoder's own pretrained weights need not be fetched again.
     arch, kwargs = checkpoint_model_kwargs(hparams, vocab_size=len(vocab), encoder_pretrained=False)
-    net = create_model(arch, **kwargs)
-    load_checkpoint_weights(net, checkpoint, path)
+    net = checkpoint_model(functools.partial(create_model, arch, **kwargs), checkpoint, path)
     preprocessing = hparams.get("preprocessing")
     if not preprocessing:
         raise WeightsError(f"{path}: the checkpoint has no preprocessing; train it with a config that links "

@@ -2,14 +2,14 @@
 import os
 import reprlib
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import torch
 from torch import nn
 
 from ..devices import inference_device
 from ..errors import ConfigError, NotATrainingCheckpoint, UnknownModelError, WeightsError
-from ..pretrained import (TRAINING_CHECKPOINTS, load_weights, metadata_problem,
+from ..pretrained import (TRAINING_CHECKPOINTS, built_for_weights, load_weights, metadata_problem,
                           model_weights_entry, read_pickle_checkpoint, require_regular_file)
 from ..registry import missing_module_hint, model_arguments, model_task
 from ..weight_names import model_source_problem, names_a_weights_file
@@ -124,7 +124,17 @@ def read_checkpoint(path: Path, *, lazy: bool = False) -> dict[str, Any]:
 EDITED_CHECKPOINT = "the file was edited or damaged: use the checkpoint as training wrote it"
 
 
-def load_checkpoint_weights(net: nn.Module, checkpoint: dict[str, Any], path: Path) -> None:
+def load_checkpoint_weights(net: nn.Module, checkpoint: dict[str, Any], path: Path, *,
+                            initialise: Optional[Callable[[], nn.Module]] = None) -> nn.Module:
     """Load a training checkpoint's weights (its EMA copy when the run kept one) into the model its
-    hyperparameters built: they fit it whole, so any key that does not is an edited or damaged file."""
-    load_weights(net, checkpoint["state_dict"], new_head=False, origin=path, fix=EDITED_CHECKPOINT)
+    hyperparameters built: they fit it whole, so any key that does not is an edited or damaged file. The model, as
+    :func:`~visattn.pretrained.load_weights` returns it (``initialise``: its builder, for one on the meta device)."""
+    return load_weights(net, checkpoint["state_dict"], new_head=False, origin=path, fix=EDITED_CHECKPOINT,
+                        initialise=initialise)
+
+
+def checkpoint_model(build: Callable[[], nn.Module], checkpoint: dict[str, Any], path: Path) -> nn.Module:
+    """``build()``'s model with a training checkpoint's weights, built on the meta device
+    (:func:`~visattn.pretrained.built_for_weights`): not initialised for weights that replace every value."""
+    net, initialise = built_for_weights(build)
+    return load_checkpoint_weights(net, checkpoint, path, initialise=initialise)

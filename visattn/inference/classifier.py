@@ -19,8 +19,8 @@ from ..pretrained import (checkpoint_follows, hub_cache_only, load_weights, offl
                           starting_weights_skipped, timm_pretrained_cfg, unreachable_hub)
 from ..registry import Strictness, built_for_one_size, check_timm_name, create_model
 from ..weight_names import HUB_PREFIXES
-from .checkpoints import (EDITED_CHECKPOINT, checkpoint_model_kwargs, inference_model, inference_target,
-                          load_checkpoint_weights, task_checkpoint, task_weights_entry)
+from .checkpoints import (EDITED_CHECKPOINT, checkpoint_model, checkpoint_model_kwargs, inference_model,
+                          inference_target, task_checkpoint, task_weights_entry)
 
 
 # timm.create_model arguments that fetch or name its starting weights.
@@ -147,11 +147,13 @@ def _classifier_from_checkpoint(path: Path, img_size: Optional[int], device: tor
     # file ARCH.NEWTAG, which the tag in the name made ARCH.TAG.NEWTAG, refused).
     arch, kwargs = checkpoint_model_kwargs(hparams)
     model_kwargs = {**kwargs, **_size_kwargs(hparams["model_name"], img_size)}
-    try:
+    def build() -> nn.Module:
         # The checkpoint holds every weight: neither the starting weights nor timm's are read again.
         with checkpoint_follows(), _img_size_named(img_size, hparams["model_name"]):
-            net = build_classifier(arch, hparams["num_classes"], model_kwargs, pretrained=False)
-        load_checkpoint_weights(net, checkpoint, path)
+            return build_classifier(arch, hparams["num_classes"], model_kwargs, pretrained=False)
+
+    try:
+        net = checkpoint_model(build, checkpoint, path)
     except (ConfigError, WeightsError) as err:
         if img_size is None or "img_size" not in model_kwargs or not hparams["model_name"].startswith("timm:"):
             raise

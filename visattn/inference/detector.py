@@ -21,7 +21,7 @@ from ..modes import eval_mode
 from ..pretrained import model_weights_entry
 from ..registry import create_model, is_model, model_family, split_model_name
 from ..weight_names import names_a_weights_file
-from .checkpoints import (checkpoint_model_kwargs, inference_model, inference_target, load_checkpoint_weights,
+from .checkpoints import (checkpoint_model, checkpoint_model_kwargs, inference_model, inference_target,
                           read_checkpoint, task_checkpoint, task_weights_entry)
 from .classifier import Classifier, recorded_labels
 
@@ -128,8 +128,7 @@ def _detector_from_checkpoint(path: Path, device: torch.device) -> Detector:
                            "pass a checkpoint written by `visattn fit --config configs/detection/...`")
     # The checkpoint holds every weight: the backbone's own pretrained weights need not be read again.
     arch, kwargs = checkpoint_model_kwargs(hparams, pretrained_backbone=False)
-    net = create_model(arch, num_classes=hparams["num_classes"], **kwargs)
-    load_checkpoint_weights(net, checkpoint, path)
+    net = checkpoint_model(partial(create_model, arch, num_classes=hparams["num_classes"], **kwargs), checkpoint, path)
     labels = recorded_labels(hparams.get("class_names"), hparams["num_classes"], str(path))
     return Detector(inference_model(net, device), labels, dict(hparams.get("preprocessing") or {}), str(path), arch,
                     kwargs, hparams.get("category_ids"))
