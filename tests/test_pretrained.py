@@ -1,9 +1,11 @@
 """The weights loader: round trips, layouts, safety against hostile pickles, and clear errors."""
 import argparse
+import functools
 import json
 import os
 import pickle
 import re
+import warnings
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,7 @@ from safetensors.torch import save_file
 
 from visattn import create_model, list_pretrained, load_captioner, load_classifier, load_weights, save_weights
 from visattn.data.transforms import IMAGENET_MEAN
-from visattn.errors import UnknownModelError, VisattnWarning, WeightsError
+from visattn.errors import ConfigError, UnknownModelError, VisattnWarning, WeightsError
 from visattn.pretrained import (checkpoint_follows, load_index, read_state_dict, sha256_of,
                                  starting_weights_skipped)
 
@@ -515,8 +517,6 @@ def test_saved_weights_rebuild_the_model_they_were_saved_from_by_name(weights_tm
 
 
 def test_a_tag_and_other_weights_together_are_one_line(weights_tmp, tmp_path):
-    from visattn.errors import ConfigError
-
     save_weights(_model(), weights_tmp / f"{ARCH}.unit.safetensors")
     with pytest.raises(ConfigError, match=f"{ARCH}.unit names shipped weights and pretrained='mine.pth'"):
         create_model(f"{ARCH}.unit", pretrained="mine.pth")
@@ -1092,49 +1092,95 @@ def test_weights_without_batch_norm_step_counters_load_them_as_zero(tmp_path):
     assert _same_tensors(create_model("se_resnet20_cifar", pretrained=str(path)), reference)
 
 
-class _NetWithMoreThanItsState(torch.nn.Module):
-    """Tensors its state dict does not fill: a buffer it does not save, a plain tensor attribute, a shared weight."""
+class _Inner(torch.nn.Module):
+    """One kind of tensor a state dict does not fill, one module down: a buffer it does not save, a plain tensor
+    attribute, or a weight shared by two layers."""
 
-    def __init__(self, num_classes: int = 4):
+    def __init__(self, kind: str):
         super().__init__()
-        self.num_classes = num_classes
-        self.register_buffer("offsets", torch.arange(float(num_classes)), persistent=False)
-        self.scale = torch.tensor(2.0)
-        self.first, self.second = torch.nn.Linear(3, 3), torch.nn.Linear(3, num_classes)
-        self.second.weight = torch.nn.Parameter(self.first.weight[:num_classes].clone()) if num_classes != 3 else (
-            self.first.weight)
+        self.first, self.second = torch.nn.Linear(3, 3), torch.nn.Linear(3, 3)
+        self.register_buffer("offsets", torch.arange(3.0), persistent=kind != "unsaved_buffer")
+        self.scale = torch.tensor(2.0) if kind == "tensor_attribute" else 2.0
+        if kind == "shared_weight":
+            self.second.weight = self.first.weight
 
     def forward(self, x):
         return self.second(self.first(x)) * self.scale + self.offsets
 
 
-def _net_with_more_than_its_state(num_classes: int = 3) -> _NetWithMoreThanItsState:
-    return _NetWithMoreThanItsState(num_classes)
+def _three_class(net: torch.nn.Module) -> torch.nn.Module:
+    net.num_classes = 3
+    return net
+
+
+def _net_with_an_unsaved_buffer(num_classes: int = 3) -> torch.nn.Module:
+    return _three_class(torch.nn.Sequential(_Inner("unsaved_buffer")))
+
+
+def _net_with_a_tensor_attribute(num_classes: int = 3) -> torch.nn.Module:
+    return _three_class(torch.nn.Sequential(_Inner("tensor_attribute")))
+
+
+def _net_with_a_shared_weight(num_classes: int = 3) -> torch.nn.Module:
+    return _three_class(torch.nn.Sequential(_Inner("shared_weight")))
 
 
 def _net_built_from_values(num_classes: int = 3) -> torch.nn.Module:
     width = int(torch.tensor(3.0).item())  # no value on the meta device: the builder fails there
-    net = torch.nn.Linear(width, num_classes)
-    net.num_classes = num_classes
-    return net
+    return _three_class(torch.nn.Linear(width, num_classes))
 
 
+@pytest.mark.parametrize("builder", [_net_with_an_unsaved_buffer, _net_with_a_tensor_attribute,
+                                     _net_with_a_shared_weight, _net_built_from_values])
 def test_another_packages_model_that_a_state_dict_does_not_fill_or_that_the_meta_device_fails_loads_whole(
-        monkeypatch, tmp_path):
+        builder, monkeypatch, tmp_path):
     from visattn import registry
 
     registry._import_models()
-    models = []
-    for builder in (_net_with_more_than_its_state, _net_built_from_values):
-        monkeypatch.setitem(registry._model_entrypoints, builder.__name__, builder)
-        torch.manual_seed(0)
-        saved = builder()
-        path = tmp_path / f"{builder.__name__}.safetensors"
-        save_file({k: v.clone() for k, v in saved.state_dict().items()}, path)
-        models.append(create_model(builder.__name__, pretrained=str(path)))
-        x = torch.randn(2, 3)
-        torch.testing.assert_close(models[-1](x), saved(x), rtol=0, atol=0)
-    assert models[0].first.weight is models[0].second.weight and models[1].weight.device.type == "cpu"
+    monkeypatch.setitem(registry._model_entrypoints, builder.__name__, builder)
+    torch.manual_seed(0)
+    saved = builder()
+    path = tmp_path / f"{builder.__name__}.safetensors"
+    save_file({k: v.clone() for k, v in saved.state_dict().items()}, path)
+    model = create_model(builder.__name__, pretrained=str(path))
+    x = torch.randn(2, 3)
+    torch.testing.assert_close(model(x), saved(x), rtol=0, atol=0)
+    if builder is _net_with_a_shared_weight:
+        assert model[0].first.weight is model[0].second.weight
+
+
+def test_a_builders_own_error_on_the_meta_device_is_raised_without_building_again(monkeypatch, tmp_path):
+    from visattn import registry
+
+    devices = []
+
+    def _net_refusing_its_arguments(num_classes: int = 3) -> torch.nn.Module:
+        devices.append(torch.empty(0).device.type)
+        raise ConfigError("width=0: give a width of 1 or more")
+
+    registry._import_models()
+    monkeypatch.setitem(registry._model_entrypoints, _net_refusing_its_arguments.__name__, _net_refusing_its_arguments)
+    save_file({"weight": torch.zeros(3, 3)}, tmp_path / "w.safetensors")
+    with pytest.raises(ConfigError, match="width=0"):
+        create_model("_net_refusing_its_arguments", pretrained=str(tmp_path / "w.safetensors"))
+    assert devices == ["meta"]
+
+
+def test_load_weights_fills_a_features_only_model_built_on_the_meta_device_or_initialises_it_for_new_parts(tmp_path):
+    plain = tmp_path / "resnet20.safetensors"
+    torch.manual_seed(0)
+    save_file(create_model("resnet20_cifar").state_dict(), plain)
+    for arch, strict in (("resnet20_cifar", True), ("cbam_resnet20_cifar", "attention")):
+        build = functools.partial(create_model, arch, features_only=True)
+        with torch.device("meta"):
+            meta = build()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", VisattnWarning)  # the attention modules' init kept
+            torch.manual_seed(1)
+            model = load_weights(meta, str(plain), strict=strict, initialise=build)
+            torch.manual_seed(1)
+            reference = load_weights(build(), str(plain), strict=strict)
+        assert type(model) is type(reference) and _same_tensors(model, reference)
 
 
 def test_within_a_meta_build_weights_are_checked_and_nothing_is_loaded():
