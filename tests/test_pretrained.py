@@ -1093,19 +1093,23 @@ def test_weights_without_batch_norm_step_counters_load_them_as_zero(tmp_path):
 
 
 class _Inner(torch.nn.Module):
-    """One kind of tensor a state dict does not fill, one module down: a buffer it does not save, a plain tensor
-    attribute, or a weight shared by two layers."""
+    """One kind of tensor a state dict does not fill, one module down: a buffer it does not save, a tensor attribute
+    (or one in a list), or a weight or buffer shared by two modules."""
 
     def __init__(self, kind: str):
         super().__init__()
         self.first, self.second = torch.nn.Linear(3, 3), torch.nn.Linear(3, 3)
         self.register_buffer("offsets", torch.arange(3.0), persistent=kind != "unsaved_buffer")
-        self.scale = torch.tensor(2.0) if kind == "tensor_attribute" else 2.0
+        self.scale = torch.tensor(2.0) if kind == "tensor_attribute" else [torch.tensor(2.0)] if (
+            kind == "tensor_list") else 2.0
         if kind == "shared_weight":
             self.second.weight = self.first.weight
+        if kind == "shared_buffer":
+            self.first.register_buffer("offsets", self.offsets)
 
     def forward(self, x):
-        return self.second(self.first(x)) * self.scale + self.offsets
+        scale = self.scale[0] if isinstance(self.scale, list) else self.scale
+        return self.second(self.first(x)) * scale + self.offsets
 
 
 def _three_class(net: torch.nn.Module) -> torch.nn.Module:
@@ -1121,6 +1125,14 @@ def _net_with_a_tensor_attribute(num_classes: int = 3) -> torch.nn.Module:
     return _three_class(torch.nn.Sequential(_Inner("tensor_attribute")))
 
 
+def _net_with_a_tensor_list(num_classes: int = 3) -> torch.nn.Module:
+    return _three_class(torch.nn.Sequential(_Inner("tensor_list")))
+
+
+def _net_with_a_shared_buffer(num_classes: int = 3) -> torch.nn.Module:
+    return _three_class(torch.nn.Sequential(_Inner("shared_buffer")))
+
+
 def _net_with_a_shared_weight(num_classes: int = 3) -> torch.nn.Module:
     return _three_class(torch.nn.Sequential(_Inner("shared_weight")))
 
@@ -1130,39 +1142,72 @@ def _net_built_from_values(num_classes: int = 3) -> torch.nn.Module:
     return _three_class(torch.nn.Linear(width, num_classes))
 
 
-@pytest.mark.parametrize("builder", [_net_with_an_unsaved_buffer, _net_with_a_tensor_attribute,
-                                     _net_with_a_shared_weight, _net_built_from_values])
-def test_another_packages_model_that_a_state_dict_does_not_fill_or_that_the_meta_device_fails_loads_whole(
-        builder, monkeypatch, tmp_path):
-    from visattn import registry
+def _net_with_a_marked_parameter(num_classes: int = 3) -> torch.nn.Module:
+    net = torch.nn.Sequential(_Inner("marked_parameter"))
+    net[0].first.weight.no_weight_decay = True  # read by its package's optimiser grouping
+    return _three_class(net)
 
-    registry._import_models()
-    monkeypatch.setitem(registry._model_entrypoints, builder.__name__, builder)
+
+@pytest.mark.parametrize("builder", [_net_with_an_unsaved_buffer, _net_with_a_tensor_attribute, _net_with_a_tensor_list,
+                                     _net_with_a_shared_weight, _net_with_a_shared_buffer,
+                                     _net_with_a_marked_parameter])
+def test_load_weights_into_a_meta_model_holding_tensors_a_state_dict_cannot_fill_initialises_it(builder, tmp_path):
     torch.manual_seed(0)
     saved = builder()
     path = tmp_path / f"{builder.__name__}.safetensors"
     save_file({k: v.clone() for k, v in saved.state_dict().items()}, path)
-    model = create_model(builder.__name__, pretrained=str(path))
+    with torch.device("meta"):
+        meta = builder()
+    model = load_weights(meta, str(path), initialise=builder)
     x = torch.randn(2, 3)
     torch.testing.assert_close(model(x), saved(x), rtol=0, atol=0)
-    if builder is _net_with_a_shared_weight:
-        assert model[0].first.weight is model[0].second.weight
+    assert (model[0].first.weight is model[0].second.weight) == (builder is _net_with_a_shared_weight)
+    assert (model[0].first._buffers.get("offsets") is model[0].offsets) == (builder is _net_with_a_shared_buffer)
+    assert getattr(model[0].first.weight, "no_weight_decay", False) == (builder is _net_with_a_marked_parameter)
 
 
-def test_a_builders_own_error_on_the_meta_device_is_raised_without_building_again(monkeypatch, tmp_path):
+def test_another_packages_builder_is_built_once_for_real_for_weights(monkeypatch, tmp_path):
+    """Another package's builder may draw random numbers, warn, or keep tensors where weights cannot reach them (in a
+    list): create_model builds it as it did, once and on the CPU, and only visattn's own on the meta device."""
     from visattn import registry
 
     devices = []
 
-    def _net_refusing_its_arguments(num_classes: int = 3) -> torch.nn.Module:
+    def _net_of_another_package(num_classes: int = 3) -> torch.nn.Module:
+        devices.append(torch.empty(0).device.type)
+        net = _three_class(torch.nn.Linear(3, num_classes))
+        net.scales = [torch.full((num_classes,), 2.0)]
+        return net
+
+    registry._import_models()
+    monkeypatch.setitem(registry._model_entrypoints, _net_of_another_package.__name__, _net_of_another_package)
+    save_file({k: v.clone() for k, v in _net_of_another_package().state_dict().items()}, tmp_path / "w.safetensors")
+    devices.clear()
+    model = create_model("_net_of_another_package", pretrained=str(tmp_path / "w.safetensors"))
+    assert devices == ["cpu"] and model.scales[0].device.type == "cpu"
+
+
+def test_a_meta_model_given_with_its_builder_where_loading_is_skipped_is_built_for_real(tmp_path):
+    with torch.device("meta"):
+        meta = _net_with_a_tensor_attribute()
+    with checkpoint_follows():
+        model = load_weights(meta, str(tmp_path / "never_read.safetensors"), initialise=_net_with_a_tensor_attribute)
+    assert not any(p.is_meta for p in model.parameters()) and not model[0].scale.is_meta
+
+
+def test_a_builder_failing_on_the_meta_device_builds_for_real_and_its_own_error_is_raised_once():
+    from visattn.pretrained import built_for_weights
+
+    devices = []
+
+    def refusing() -> torch.nn.Module:
         devices.append(torch.empty(0).device.type)
         raise ConfigError("width=0: give a width of 1 or more")
 
-    registry._import_models()
-    monkeypatch.setitem(registry._model_entrypoints, _net_refusing_its_arguments.__name__, _net_refusing_its_arguments)
-    save_file({"weight": torch.zeros(3, 3)}, tmp_path / "w.safetensors")
+    model, initialise = built_for_weights(_net_built_from_values)
+    assert model.weight.device.type == "cpu" and initialise is None
     with pytest.raises(ConfigError, match="width=0"):
-        create_model("_net_refusing_its_arguments", pretrained=str(tmp_path / "w.safetensors"))
+        built_for_weights(refusing)
     assert devices == ["meta"]
 
 
@@ -1183,14 +1228,53 @@ def test_load_weights_fills_a_features_only_model_built_on_the_meta_device_or_in
         assert type(model) is type(reference) and _same_tensors(model, reference)
 
 
-def test_within_a_meta_build_weights_are_checked_and_nothing_is_loaded():
-    """A captioner's encoder built for its weights is built within its meta build: loading into it had failed."""
-    with torch.device("meta"):
-        model = create_model("sat_cbam_resnet_scenes", vocab_size=9, encoder_name="se_resnet20_cifar",
-                             encoder_pretrained="se_resnet20_cifar.fmnist")
-        assert all(p.is_meta for p in model.parameters())
-        with pytest.raises(WeightsError, match="weights do not fit"):
-            create_model("resnet20_cifar", pretrained="vit_tiny_patch4_28.fmnist")
+def test_a_parts_own_weights_inside_a_model_built_for_weights_are_checked_and_a_users_meta_build_is_refused(tmp_path):
+    """A captioner's encoder built for its weights (encoder_pretrained) inside the captioner's meta build: they are
+    checked and the captioner's weights fill it (loading into the encoder had been refused there). A model the caller
+    builds on the meta device with weights is refused as before: to_empty would have given it garbage for them."""
+    kwargs = dict(vocab_size=9, encoder_name="se_resnet20_cifar", encoder_pretrained="se_resnet20_cifar.fmnist")
+    reference = create_model("sat_cbam_resnet_scenes", **kwargs)
+    path = tmp_path / "captioner.safetensors"
+    save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, path)
+    assert _same_tensors(create_model("sat_cbam_resnet_scenes", pretrained=str(path), **kwargs), reference)
+    with pytest.raises(WeightsError, match="weights do not fit"):
+        create_model("sat_cbam_resnet_scenes", pretrained=str(path),
+                     **{**kwargs, "encoder_pretrained": "vit_tiny_patch4_28.fmnist"})
+    with torch.device("meta"), pytest.raises(WeightsError, match="on the meta device, where loading weights does"):
+        create_model("se_resnet20_cifar.fmnist")
+
+
+def test_a_part_built_with_its_own_weights_draws_as_without_them_so_a_seeded_recipe_initialises_the_rest_alike():
+    """A detector's backbone weights (the shipped detectors' recipes: seed_everything 0 and a pretrained backbone):
+    building the backbone on the meta device had left the random numbers of the detector's own layers otherwise."""
+    torch.manual_seed(0)
+    with_weights = create_model("fcos_se_resnet20_cifar", pretrained_backbone="se_resnet20_cifar.fmnist")
+    drawn = torch.random.get_rng_state()
+    torch.manual_seed(0)
+    without = create_model("fcos_se_resnet20_cifar", pretrained_backbone=False)
+    assert torch.equal(torch.random.get_rng_state(), drawn)
+    ours, theirs = with_weights.state_dict(), without.state_dict()
+    assert {key.split(".")[1] for key in ours if not torch.equal(ours[key], theirs[key])} == {"body"}
+
+
+def test_warnings_of_a_parts_weights_are_given_once_when_the_model_is_built_again_for_new_layers(tmp_path):
+    """A detector's backbone weights warn as they load in its meta build; a new head builds it again for real."""
+    plain, detector = tmp_path / "resnet20.safetensors", tmp_path / "fcos.safetensors"
+    save_file(create_model("resnet20_cifar").state_dict(), plain)
+    save_file(create_model("fcos_cbam_resnet20_cifar").state_dict(), detector)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.manual_seed(0)
+        model = create_model("fcos_cbam_resnet20_cifar", pretrained=str(detector), pretrained_backbone=str(plain),
+                             num_classes=3)
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == len(set(messages)) == 2, messages  # the backbone's new attention modules, the new head
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reference = load_weights(create_model("fcos_cbam_resnet20_cifar", pretrained_backbone=str(plain),
+                                              num_classes=3), str(detector))
+    assert _same_tensors(model, reference)
 
 
 def test_a_training_checkpoint_loads_for_inference_without_initialising_its_model(tmp_path):

@@ -63,6 +63,9 @@ _EMA_PREFIX = "ema.module."
 
 # Set while models are built for a training checkpoint that replaces every weight (``--ckpt_path``).
 _CHECKPOINT_FOLLOWS = contextvars.ContextVar("visattn_checkpoint_follows", default=False)
+# Inside built_for_weights' meta build: a part's own weights (a captioner's encoder's) are checked, not loaded.
+_WEIGHTS_CHECKED_ONLY = contextvars.ContextVar("visattn_weights_checked_only", default=False)
+_BUILDING_PARTS = contextvars.ContextVar("visattn_building_parts", default=False)  # inside a builder: building_parts
 
 
 @contextlib.contextmanager
@@ -971,21 +974,41 @@ def _write_weights_and_entry(path: Path, data: bytes, entry: dict[str, Any], *, 
 # ---------------------------------------------------------------------------------------------
 
 
-def built_for_weights(build: Callable[[], nn.Module]) -> tuple[nn.Module, Optional[Callable[[], nn.Module]]]:
+def building_parts(build: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
+    """``build``, which builds the models it holds with their own weights (a detector's backbone, a captioner's
+    encoder) as parts: for real, initialised and then loaded, as before, so that a seeded run draws the same numbers
+    for the rest of the model (the shipped detectors' recipes) as it did."""
+    def built() -> nn.Module:
+        token = _BUILDING_PARTS.set(True)
+        try:
+            return build()
+        finally:
+            _BUILDING_PARTS.reset(token)
+    return built
+
+
+def built_for_weights(build: Callable[[], nn.Module], *,
+                      on_meta: bool = True) -> tuple[nn.Module, Optional[Callable[[], nn.Module]]]:
     """``build()``'s model for weights to load next, and the builder :func:`load_weights` takes as ``initialise``. It
     is built on the meta device, and never initialised where the weights fill it: ViT-B's random init had been most
-    of a load's time, and a load drew from torch's random numbers. It is built for real (no builder returned) inside
-    :func:`checkpoint_follows`, which loads nothing, and where a builder cannot build on the meta device (another
-    package's that reads its tensors' values); within another meta build (a captioner's encoder) it stays there."""
-    if starting_weights_skipped() or torch.get_default_device().type == "meta":
+    of a load's time, and a load drew from torch's random numbers. It is built for real (no builder returned) where
+    not ``on_meta`` (another package's builder, which may draw, warn or keep tensors out of weights' reach), inside
+    :func:`checkpoint_follows`, which loads nothing, where the builder fails on the meta device, and for a part
+    (:func:`building_parts`): a part of a model built here on the meta device stays there, its weights only checked."""
+    if (not on_meta or _BUILDING_PARTS.get() or starting_weights_skipped()
+            or torch.get_default_device().type == "meta"):
         return build(), None
+    token = _WEIGHTS_CHECKED_ONLY.set(True)
     try:
         with torch.device("meta"):
             return build(), build
     except VisattnError:
         raise
     except Exception:  # noqa: BLE001 -- a builder that needs real tensors (.item())
-        return build(), None
+        pass
+    finally:
+        _WEIGHTS_CHECKED_ONLY.reset(token)
+    return build(), None
 
 
 def load_weights(
@@ -1018,11 +1041,11 @@ def load_weights(
 
     A ``model`` built on the meta device takes ``initialise``, which builds it for real: where the weights fill the
     model it is put on torch's default device without being initialised and takes them (no init time, no random
-    numbers drawn), else ``initialise()``'s model takes them and is returned. Within a meta build (the default
-    device is meta) the weights are checked and nothing is loaded.
+    numbers drawn), else ``initialise()``'s model takes them and is returned. Inside :func:`built_for_weights`' meta
+    build of a model holding ``model`` (a captioner's encoder) the weights are checked and nothing is loaded.
     """
     if starting_weights_skipped():
-        return model
+        return initialise() if initialise is not None and any(p.is_meta for p in model.parameters()) else model
     if not isinstance(source, (str, os.PathLike, dict)):
         raise WeightsError(f"weights source {source!r}: give a file path, a shipped ARCH.TAG, 'timm:NAME', "
                            "'hf-hub:ORG/REPO' or a state dict")
@@ -1031,7 +1054,7 @@ def load_weights(
     if features_only:  # its keys are its classifier's under `model.`, which weights lose as a Lightning task's prefix
         model = model.model
     on_meta = any(p.is_meta for p in model.parameters())
-    if on_meta and initialise is None and torch.get_default_device().type != "meta":
+    if on_meta and initialise is None and not _WEIGHTS_CHECKED_ONLY.get():
         raise WeightsError(f"{type(model).__name__} is on the meta device, where loading weights does nothing; "
                            "build it on the CPU or a GPU, or pass initialise= (a builder of it there)")
     grid = None  # the patch grid a ViT's weights were trained on, where the source records it
@@ -1095,7 +1118,9 @@ def _materialised(wrapper: nn.Module, model: nn.Module, state: StateDict,
         for key in counters:
             model.get_buffer(key).zero_()
         return wrapper
-    real = initialise()
+    with caught_warnings():
+        warnings.simplefilter("ignore", VisattnWarning)  # given once, as the builder built the model on the meta device
+        real = initialise()
     bare = _bare_model(real)
     bare = bare.model if isinstance(bare, FeatureGetterNet) else bare
     if getattr(bare, "num_classes", None) != getattr(model, "num_classes", None):  # reset to the weights' count
@@ -1105,12 +1130,24 @@ def _materialised(wrapper: nn.Module, model: nn.Module, state: StateDict,
 
 
 def _holds_tensors_besides_its_state(model: nn.Module) -> bool:
-    """Whether ``model`` holds tensors its state dict cannot fill: buffers it does not save, tensors kept as plain
-    attributes, or parameters shared between modules (which moving it off the meta device would untie)."""
-    shared = len(list(model.named_parameters(remove_duplicate=False))) != len(list(model.parameters()))
-    return shared or any(module._non_persistent_buffers_set or any(isinstance(v, torch.Tensor) for v in
-                                                                   vars(module).values())
-                         for module in model.modules())
+    """Whether ``model`` holds tensors its state dict cannot fill: buffers it does not save, meta tensors kept as
+    attributes (or in a list, tuple or dict), or tensors shared between modules, and parameters of a subclass or with
+    attributes (which moving it off the meta device would untie or lose). A tensor deeper in another object is not
+    seen: such a model's ``initialise`` is for its builder's caller to give or not."""
+    shared = (len(list(model.named_parameters(remove_duplicate=False))) != len(list(model.parameters()))
+              or len(list(model.named_buffers(remove_duplicate=False))) != len(list(model.buffers())))
+    marked = any(type(p) is not nn.Parameter or vars(p) for p in model.parameters())  # lost: to_empty makes new ones
+    return shared or marked or any(
+        module._non_persistent_buffers_set or any(_holds_a_meta_tensor(value) for name, value in vars(module).items()
+                                                  if name not in ("_parameters", "_buffers", "_modules"))
+        for module in model.modules())
+
+
+def _holds_a_meta_tensor(value: Any) -> bool:
+    """Whether an attribute's value is a tensor on the meta device or a list, tuple or dict holding one (not a deeper
+    object's); one made on a device named in its code (torchvision's anchors, on the CPU) holds its values."""
+    values = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else (value,)
+    return any(isinstance(item, torch.Tensor) and item.is_meta for item in values)
 
 
 def _without_pruned_layers(model: nn.Module, state: StateDict) -> StateDict:

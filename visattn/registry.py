@@ -120,6 +120,15 @@ def is_model(name: str) -> bool:
     return isinstance(name, str) and name.partition(".")[0] in _model_entrypoints
 
 
+def built_by_visattn(arch: str) -> bool:
+    """Whether visattn's own builder makes registered architecture ``arch`` (not another package's, not
+    ``timm:NAME``): such a model builds alike on the meta device, drawing nothing and warning of nothing, and holds
+    nothing weights cannot fill, as :func:`~visattn.pretrained.built_for_weights` needs."""
+    _import_models()
+    builder = _model_entrypoints.get(arch)
+    return builder is not None and builder.__module__.startswith(f"{__package__}.")
+
+
 def model_module(name: str) -> str:
     """The module whose ``@register_model`` builds a registered architecture (``arch`` or ``arch.tag``)."""
     arch, tag = split_model_name(name)
@@ -499,8 +508,8 @@ def create_model(
             a ViT's last three blocks.
         **kwargs: architecture hyperparameters passed to the builder (``img_size``, ``drop_path_rate``, ...).
     """
-    from .pretrained import (built_for_weights, load_weights, loaded_weights_preprocessing, set_pretrained_cfg,
-                             timm_pretrained_cfg)
+    from .pretrained import (building_parts, built_for_weights, load_weights, loaded_weights_preprocessing,
+                             set_pretrained_cfg, timm_pretrained_cfg)
 
     if not isinstance(strict, bool) and strict != "attention":  # "no" is true
         raise ConfigError(f"strict={strict!r}: give True (every weight must fit), 'attention' (attention modules "
@@ -515,8 +524,8 @@ def create_model(
         raise ArgumentError("features_only", True, f"{arch} is a {model_task(arch)} model; build its backbone, a "
                                                    "classifier, with features_only=True")
     weighted = entry is not None or (pretrained is not None and pretrained is not False)
-    build = functools.partial(_model_entrypoints[arch], **kwargs)
-    model, initialise = built_for_weights(build) if weighted else (build(), None)
+    build = building_parts(functools.partial(_model_entrypoints[arch], **kwargs))
+    model, initialise = built_for_weights(build, on_meta=built_by_visattn(arch)) if weighted else (build(), None)
     _remember_family(arch, model)
     if model_task(arch) == "classification" and not isinstance(getattr(model, "num_classes", None), int):
         raise ConfigError(f"{arch}: its builder ({_model_entrypoints[arch].__module__}) gave a {type(model).__name__} "

@@ -109,7 +109,7 @@ def _captioner_from_checkpoint(path: Path, device: torch.device) -> Captioner:
     vocab = Vocabulary.from_list(hparams["vocab"])
     # The checkpoint holds every weight: the encoder's own pretrained weights need not be fetched again.
     arch, kwargs = checkpoint_model_kwargs(hparams, vocab_size=len(vocab), encoder_pretrained=False)
-    net = checkpoint_model(functools.partial(create_model, arch, **kwargs), checkpoint, path)
+    net = checkpoint_model(arch, functools.partial(create_model, arch, **kwargs), checkpoint, path)
     preprocessing = hparams.get("preprocessing")
     if not preprocessing:
         raise WeightsError(f"{path}: the checkpoint has no preprocessing; train it with a config that links "

@@ -11,7 +11,7 @@ from ..devices import inference_device
 from ..errors import ConfigError, NotATrainingCheckpoint, UnknownModelError, WeightsError
 from ..pretrained import (TRAINING_CHECKPOINTS, built_for_weights, load_weights, metadata_problem,
                           model_weights_entry, read_pickle_checkpoint, require_regular_file)
-from ..registry import missing_module_hint, model_arguments, model_task
+from ..registry import built_by_visattn, missing_module_hint, model_arguments, model_task
 from ..weight_names import model_source_problem, names_a_weights_file
 
 # A training checkpoint's record of the module of another package that registers its model (what to install).
@@ -133,8 +133,8 @@ def load_checkpoint_weights(net: nn.Module, checkpoint: dict[str, Any], path: Pa
                         initialise=initialise)
 
 
-def checkpoint_model(build: Callable[[], nn.Module], checkpoint: dict[str, Any], path: Path) -> nn.Module:
-    """``build()``'s model with a training checkpoint's weights, built on the meta device
-    (:func:`~visattn.pretrained.built_for_weights`): not initialised for weights that replace every value."""
-    net, initialise = built_for_weights(build)
+def checkpoint_model(arch: str, build: Callable[[], nn.Module], checkpoint: dict[str, Any], path: Path) -> nn.Module:
+    """``build()``'s model of ``arch`` with a training checkpoint's weights, built on the meta device where visattn
+    builds ``arch`` (:func:`~visattn.pretrained.built_for_weights`): not initialised for weights replacing it all."""
+    net, initialise = built_for_weights(build, on_meta=built_by_visattn(arch))
     return load_checkpoint_weights(net, checkpoint, path, initialise=initialise)

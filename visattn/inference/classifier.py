@@ -153,7 +153,7 @@ def _classifier_from_checkpoint(path: Path, img_size: Optional[int], device: tor
             return build_classifier(arch, hparams["num_classes"], model_kwargs, pretrained=False)
 
     try:
-        net = checkpoint_model(build, checkpoint, path)
+        net = checkpoint_model(arch, build, checkpoint, path)
     except (ConfigError, WeightsError) as err:
         if img_size is None or "img_size" not in model_kwargs or not hparams["model_name"].startswith("timm:"):
             raise

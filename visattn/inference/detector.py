@@ -128,7 +128,8 @@ def _detector_from_checkpoint(path: Path, device: torch.device) -> Detector:
                            "pass a checkpoint written by `visattn fit --config configs/detection/...`")
     # The checkpoint holds every weight: the backbone's own pretrained weights need not be read again.
     arch, kwargs = checkpoint_model_kwargs(hparams, pretrained_backbone=False)
-    net = checkpoint_model(partial(create_model, arch, num_classes=hparams["num_classes"], **kwargs), checkpoint, path)
+    net = checkpoint_model(arch, partial(create_model, arch, num_classes=hparams["num_classes"], **kwargs), checkpoint,
+                           path)
     labels = recorded_labels(hparams.get("class_names"), hparams["num_classes"], str(path))
     return Detector(inference_model(net, device), labels, dict(hparams.get("preprocessing") or {}), str(path), arch,
                     kwargs, hparams.get("category_ids"))
