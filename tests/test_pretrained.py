@@ -1228,18 +1228,22 @@ def test_load_weights_fills_a_features_only_model_built_on_the_meta_device_or_in
         assert type(model) is type(reference) and _same_tensors(model, reference)
 
 
-def test_a_parts_own_weights_inside_a_model_built_for_weights_are_checked_and_a_users_meta_build_is_refused(tmp_path):
-    """A captioner's encoder built for its weights (encoder_pretrained) inside the captioner's meta build: they are
-    checked and the captioner's weights fill it (loading into the encoder had been refused there). A model the caller
-    builds on the meta device with weights is refused as before: to_empty would have given it garbage for them."""
+def test_a_parts_starting_weights_are_read_only_where_the_models_weights_leave_it_new_and_a_users_meta_build_is_refused(
+        tmp_path):
+    """A captioner's encoder weights (encoder_pretrained) are not read where the captioner's weights fill it, as for
+    a checkpoint (loading into the encoder on the meta device had been refused), and are where those leave part of it
+    new. A model the caller builds on the meta device with weights is refused as before: to_empty would have given it
+    garbage for them."""
     kwargs = dict(vocab_size=9, encoder_name="se_resnet20_cifar", encoder_pretrained="se_resnet20_cifar.fmnist")
     reference = create_model("sat_cbam_resnet_scenes", **kwargs)
-    path = tmp_path / "captioner.safetensors"
+    path, partial = tmp_path / "captioner.safetensors", tmp_path / "without_its_output_layer.safetensors"
     save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, path)
-    assert _same_tensors(create_model("sat_cbam_resnet_scenes", pretrained=str(path), **kwargs), reference)
-    with pytest.raises(WeightsError, match="weights do not fit"):
-        create_model("sat_cbam_resnet_scenes", pretrained=str(path),
-                     **{**kwargs, "encoder_pretrained": "vit_tiny_patch4_28.fmnist"})
+    save_file({k: v.contiguous() for k, v in reference.state_dict().items() if not k.startswith("fc.")}, partial)
+    gone = {**kwargs, "encoder_pretrained": str(tmp_path / "gone.safetensors")}
+    assert _same_tensors(create_model("sat_cbam_resnet_scenes", pretrained=str(path), **gone), reference)
+    with pytest.warns(VisattnWarning, match="kept init for missing fc.weight"), pytest.raises(
+            WeightsError, match="gone.safetensors"):
+        create_model("sat_cbam_resnet_scenes", pretrained=str(partial), strict=False, **gone)
     with torch.device("meta"), pytest.raises(WeightsError, match="on the meta device, where loading weights does"):
         create_model("se_resnet20_cifar.fmnist")
 

@@ -63,8 +63,6 @@ _EMA_PREFIX = "ema.module."
 
 # Set while models are built for a training checkpoint that replaces every weight (``--ckpt_path``).
 _CHECKPOINT_FOLLOWS = contextvars.ContextVar("visattn_checkpoint_follows", default=False)
-# Inside built_for_weights' meta build: a part's own weights (a captioner's encoder's) are checked, not loaded.
-_WEIGHTS_CHECKED_ONLY = contextvars.ContextVar("visattn_weights_checked_only", default=False)
 _BUILDING_PARTS = contextvars.ContextVar("visattn_building_parts", default=False)  # inside a builder: building_parts
 
 
@@ -994,21 +992,19 @@ def built_for_weights(build: Callable[[], nn.Module], *,
     of a load's time, and a load drew from torch's random numbers. It is built for real (no builder returned) where
     not ``on_meta`` (another package's builder, which may draw, warn or keep tensors out of weights' reach), inside
     :func:`checkpoint_follows`, which loads nothing, where the builder fails on the meta device, and for a part
-    (:func:`building_parts`): a part of a model built here on the meta device stays there, its weights only checked."""
+    (:func:`building_parts`). A part of a model built here on the meta device is built there without its own starting
+    weights, as for a checkpoint: the model's weights replace them, or, where they leave part of it new, the model is
+    built again for real, its parts with their weights (read, and warned about, once)."""
     if (not on_meta or _BUILDING_PARTS.get() or starting_weights_skipped()
             or torch.get_default_device().type == "meta"):
         return build(), None
-    token = _WEIGHTS_CHECKED_ONLY.set(True)
     try:
-        with torch.device("meta"):
+        with torch.device("meta"), checkpoint_follows():
             return build(), build
     except VisattnError:
         raise
     except Exception:  # noqa: BLE001 -- a builder that needs real tensors (.item())
-        pass
-    finally:
-        _WEIGHTS_CHECKED_ONLY.reset(token)
-    return build(), None
+        return build(), None
 
 
 def load_weights(
@@ -1041,8 +1037,7 @@ def load_weights(
 
     A ``model`` built on the meta device takes ``initialise``, which builds it for real: where the weights fill the
     model it is put on torch's default device without being initialised and takes them (no init time, no random
-    numbers drawn), else ``initialise()``'s model takes them and is returned. Inside :func:`built_for_weights`' meta
-    build of a model holding ``model`` (a captioner's encoder) the weights are checked and nothing is loaded.
+    numbers drawn), else ``initialise()``'s model takes them and is returned.
     """
     if starting_weights_skipped():
         return initialise() if initialise is not None and any(p.is_meta for p in model.parameters()) else model
@@ -1054,9 +1049,9 @@ def load_weights(
     if features_only:  # its keys are its classifier's under `model.`, which weights lose as a Lightning task's prefix
         model = model.model
     on_meta = any(p.is_meta for p in model.parameters())
-    if on_meta and initialise is None and not _WEIGHTS_CHECKED_ONLY.get():
+    if on_meta and initialise is None:
         raise WeightsError(f"{type(model).__name__} is on the meta device, where loading weights does nothing; "
-                           "build it on the CPU or a GPU, or pass initialise= (a builder of it there)")
+                           "build it on the CPU or a GPU, or call model.to_empty(device=...) first")
     grid = None  # the patch grid a ViT's weights were trained on, where the source records it
     if isinstance(source, dict):
         state = _strip_prefixes(source)
@@ -1118,9 +1113,7 @@ def _materialised(wrapper: nn.Module, model: nn.Module, state: StateDict,
         for key in counters:
             model.get_buffer(key).zero_()
         return wrapper
-    with caught_warnings():
-        warnings.simplefilter("ignore", VisattnWarning)  # given once, as the builder built the model on the meta device
-        real = initialise()
+    real = initialise()
     bare = _bare_model(real)
     bare = bare.model if isinstance(bare, FeatureGetterNet) else bare
     if getattr(bare, "num_classes", None) != getattr(model, "num_classes", None):  # reset to the weights' count
