@@ -1044,10 +1044,8 @@ def load_weights(
     if not isinstance(source, (str, os.PathLike, dict)):
         raise WeightsError(f"weights source {source!r}: give a file path, a shipped ARCH.TAG, 'timm:NAME', "
                            "'hf-hub:ORG/REPO' or a state dict")
-    wrapper, model = model, _bare_model(model)
-    features_only = isinstance(model, FeatureGetterNet)
-    if features_only:  # its keys are its classifier's under `model.`, which weights lose as a Lightning task's prefix
-        model = model.model
+    wrapper, model = model, _weights_module(model)
+    features_only = isinstance(_bare_model(wrapper), FeatureGetterNet)
     on_meta = any(p.is_meta for p in model.parameters())
     if on_meta and initialise is None:
         raise WeightsError(f"{type(model).__name__} is on the meta device, where loading weights does nothing; "
@@ -1114,12 +1112,18 @@ def _materialised(wrapper: nn.Module, model: nn.Module, state: StateDict,
             model.get_buffer(key).zero_()
         return wrapper
     real = initialise()
-    bare = _bare_model(real)
-    bare = bare.model if isinstance(bare, FeatureGetterNet) else bare
-    if getattr(bare, "num_classes", None) != getattr(model, "num_classes", None):  # reset to the weights' count
-        bare.reset_classifier(model.num_classes)
-    bare.load_state_dict(state, strict=False)
+    module = _weights_module(real)
+    if getattr(module, "num_classes", None) != getattr(model, "num_classes", None):  # reset to the weights' count
+        module.reset_classifier(model.num_classes)
+    module.load_state_dict(state, strict=False)
     return real
+
+
+def _weights_module(model: nn.Module) -> nn.Module:
+    """The module whose state dict loaded weights fill: the :func:`_bare_model`, or a features-only model's
+    classifier (its keys are the classifier's under ``model.``, which weights lose as a Lightning task's prefix)."""
+    bare = _bare_model(model)
+    return bare.model if isinstance(bare, FeatureGetterNet) else bare
 
 
 def _holds_tensors_besides_its_state(model: nn.Module) -> bool:
