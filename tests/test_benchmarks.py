@@ -106,6 +106,15 @@ def test_weights_loading(capsys, monkeypatch):
     assert "timm/visattn" in out
 
 
+def test_checkpoint_loading(capsys, monkeypatch):
+    out, figures = run_smoke(capsys, monkeypatch, "checkpoint_loading.py")
+    assert [r["model"] for r in figures["results"]] == ["vit_tiny_patch16_224", "resnet18"]
+    for row in figures["results"]:  # one checkpoint, loaded by each side
+        _check_ratio(row, "lightning_s", "visattn_s")
+        assert row["max_logit_diff"] <= 1e-4 and row["mib"] > 0  # visattn's model is channels-last: sums reordered
+    assert "Lightning/visattn" in out
+
+
 def test_command_startup(capsys, monkeypatch):
     out, figures = run_smoke(capsys, monkeypatch, "command_startup.py")
     assert [row["command"] for row in figures["results"]] == ["classify"]
@@ -213,7 +222,8 @@ def test_a_benchmark_whose_two_sides_disagree_exits_non_zero(monkeypatch, capsys
         side_by_side.require_agreement(False, "captions differ")
 
 
-@pytest.mark.parametrize("script", ["vit_vs_timm.py", "onnx_speed.py", "weights_loading.py"])
+@pytest.mark.parametrize("script", ["vit_vs_timm.py", "onnx_speed.py", "weights_loading.py",
+                                    "checkpoint_loading.py"])
 def test_a_benchmark_whose_sides_disagree_prints_no_figure(script, monkeypatch, capsys):
     """The check ran after the figures: a forced mismatch printed visattn/timm 1.053, then the error."""
     monkeypatch.syspath_prepend(str(BENCHMARKS))

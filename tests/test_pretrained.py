@@ -1301,6 +1301,37 @@ def test_a_training_checkpoint_loads_for_inference_without_initialising_its_mode
         assert loaded and all(torch.equal(value, saved[f"model.{key}"]) for key, value in loaded.items())
 
 
+@pytest.mark.parametrize("zip_format", [True, False])
+def test_pickled_weights_are_read_through_a_map_and_the_model_keeps_its_own_copy(tmp_path, monkeypatch, zip_format):
+    """A ``.pth`` file's and a training checkpoint's tensors are memory-mapped (torch's zip format; the legacy one is
+    read whole), read only where the model takes them, a checkpoint's optimizer states never; the model holds its own
+    copy: the file rewritten in place leaves it as loaded."""
+    from test_reliability_checkpoints import _classifier_checkpoint
+
+    weights, checkpoint = tmp_path / "weights.pth", _classifier_checkpoint(tmp_path / "run.ckpt")
+    torch.save(_model().state_dict(), weights, _use_new_zipfile_serialization=zip_format)
+    torch.save(torch.load(checkpoint, weights_only=True), checkpoint, _use_new_zipfile_serialization=zip_format)
+    saved = {path: {key.removeprefix("model."): value for key, value in _state(path).items()}
+             for path in (weights, checkpoint)}
+    mapped = []
+    monkeypatch.setattr(torch, "load", lambda *args, load=torch.load, **kwargs: mapped.append(kwargs.get("mmap"))
+                        or load(*args, **kwargs))
+    models = {weights: create_model(ARCH, **SMALL, pretrained=str(weights)),
+              checkpoint: load_classifier(checkpoint=str(checkpoint)).model}
+    assert mapped and mapped == ([True] * len(mapped) if zip_format else [True, False] * (len(mapped) // 2))
+    for path, model in models.items():
+        with open(path, "r+b") as file:
+            file.write(bytes(path.stat().st_size))
+        assert model.state_dict().keys() == saved[path].keys()
+        assert all(torch.equal(value, saved[path][key]) for key, value in model.state_dict().items())
+
+
+def _state(path: Path) -> dict[str, torch.Tensor]:
+    """The state dict a pickled file holds, read whole."""
+    checkpoint = torch.load(path, weights_only=True)
+    return checkpoint.get("state_dict", checkpoint)
+
+
 @pytest.mark.parametrize("source", [None, 3])
 def test_a_weights_source_of_another_type_is_one_line(source):
     with pytest.raises(WeightsError, match="give a file path, a shipped ARCH.TAG"):

@@ -637,7 +637,7 @@ def read_state_dict(path: Union[str, Path], *, sha256: Optional[str] = None) -> 
             reason = str(err).splitlines()[0]
             raise WeightsError(f"{path}: not a valid safetensors file ({reason}); re-download or re-export it") from None
     elif path.suffix.lower() in PICKLE_SUFFIXES:
-        state = read_pickle_checkpoint(path)
+        state = read_pickle_checkpoint(path, lazy=True)  # copied from the page cache as it loads: read once
     else:
         raise WeightsError(f"{path}: unknown weights format {path.suffix!r}; "
                            "use .safetensors, .pth, .pt, .bin, .ckpt or .pth.tar")
@@ -679,7 +679,8 @@ def read_pickle_checkpoint(path: Path, *, lazy: bool = False) -> Any:
     """``torch.load(weights_only=True)``; a pickle that needs anything beyond tensors and plain containers is refused.
 
     ``lazy`` memory-maps the tensors instead of reading them (files in torch's zip format; older
-    files are read whole), for a look at a checkpoint's hyperparameters or callback states.
+    files, and any the mapping fails on, are read whole): only the tensors used are read, from the page cache into
+    the model that loads them, not first into memory of their own (a training checkpoint's optimizer states never).
     """
     try:
         with caught_warnings(), torch.serialization.safe_globals(_SAFE_GLOBALS):
@@ -699,7 +700,7 @@ def read_pickle_checkpoint(path: Path, *, lazy: bool = False) -> Any:
         raise WeightsError(f"{path}: refused, {_refused_pickle(str(err))}") from None
     except (RuntimeError, EOFError, OSError, ValueError, SafetensorError) as err:  # torch reads a *.safetensors
         # path with safetensors, whose error is none of the others
-        if lazy and "mmap can only be used" in str(err):  # the legacy (non-zip) format has no mappable storage
+        if lazy:  # the legacy (non-zip) format has no mappable storage; a damaged file is named as read whole
             return read_pickle_checkpoint(path)
         # torch's first sentence says what broke; the rest is advice this message replaces
         reason = str(err).splitlines()[0].split(". ")[0] if str(err) else type(err).__name__

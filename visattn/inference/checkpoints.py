@@ -58,7 +58,7 @@ def task_weights_entry(model: Union[str, os.PathLike], task: str) -> tuple[str, 
 
 def task_checkpoint(path: Path, task: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """The training checkpoint at ``path`` and its hyperparameters; one line when it holds a model for another task."""
-    checkpoint = read_checkpoint(path)
+    checkpoint = read_checkpoint(path, lazy=True)  # the optimizer's states are never read
     hparams = checkpoint.get("hyper_parameters") or {}
     if isinstance(hparams.get("model_name"), str):
         try:
