@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import statistics
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -22,11 +21,10 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import side_by_side
+from weights_loading import load_round, parsed_models
 from visattn import load_classifier
 from visattn.tasks.classification import ImageClassifier
 
-MODELS = ("vit_base_patch16_224", "resnet50")
-SMOKE_MODELS = {"vit_tiny_patch16_224": {"img_size": 32, "depth": 2}, "resnet18": {}}
 NUM_CLASSES = 10
 
 
@@ -51,12 +49,6 @@ def lightning_load(path: Path) -> torch.nn.Module:
     return ImageClassifier.load_from_checkpoint(path, map_location="cpu", weights_only=True).model
 
 
-def load_round(load: Callable[[Path], torch.nn.Module], path: Path) -> side_by_side.Candidate:
-    def run() -> None:  # timed by the caller: returns no seconds of its own
-        load(path)
-    return run
-
-
 def compare(name: str, path: Path, size: int, rounds: int) -> dict:
     """Seconds per load of the checkpoint at ``path`` on each side."""
     image = torch.randn(1, 3, size, size)
@@ -75,13 +67,7 @@ def compare(name: str, path: Path, size: int, rounds: int) -> dict:
 
 
 def main() -> None:
-    parser = side_by_side.parser(__doc__.splitlines()[0], rounds=7)
-    parser.add_argument("--models", nargs="+", default=list(MODELS))
-    args = parser.parse_args()
-    models = {name: {} for name in args.models}
-    if args.smoke:
-        models, args.rounds = SMOKE_MODELS, 1
-    torch.set_num_threads(args.threads)
+    args, models = parsed_models(side_by_side.parser(__doc__.splitlines()[0], rounds=7))
     results = []
     with tempfile.TemporaryDirectory() as folder:
         for name, kwargs in models.items():

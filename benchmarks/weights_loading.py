@@ -14,11 +14,12 @@ Format ``none`` times the build alone, with random weights: the part of timm's l
 """
 from __future__ import annotations
 
+import argparse
 import statistics
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import timm
 import torch
@@ -51,11 +52,23 @@ def timm_load(name: str, kwargs: dict, path: Optional[Path]) -> torch.nn.Module:
     return timm.create_model(name, pretrained=path is not None, **overlay, **kwargs)
 
 
-def load_round(load: Callable[[str, dict, Optional[Path]], torch.nn.Module], name: str, kwargs: dict,
-               path: Optional[Path]) -> side_by_side.Candidate:
+def load_round(load: Callable[..., torch.nn.Module], *arguments: Any) -> side_by_side.Candidate:
+    """``load(*arguments)``, timed by the caller (it returns no seconds of its own)."""
     def run() -> None:
-        load(name, kwargs, path)
+        load(*arguments)
     return run
+
+
+def parsed_models(parser: argparse.ArgumentParser) -> tuple[argparse.Namespace, dict[str, dict]]:
+    """``parser``'s arguments, with ``--models``, and the models to load with their builder arguments (``--smoke``:
+    tiny ones, one round); torch's thread count set."""
+    parser.add_argument("--models", nargs="+", default=list(MODELS))
+    args = parser.parse_args()
+    models = {name: {} for name in args.models}
+    if args.smoke:
+        models, args.rounds = SMOKE_MODELS, 1
+    torch.set_num_threads(args.threads)
+    return args, models
 
 
 def compare(name: str, kwargs: dict, path: Optional[Path], rounds: int) -> dict:
@@ -82,13 +95,8 @@ def compare(name: str, kwargs: dict, path: Optional[Path], rounds: int) -> dict:
 
 def main() -> None:
     parser = side_by_side.parser(__doc__.splitlines()[0], rounds=7)
-    parser.add_argument("--models", nargs="+", default=list(MODELS))
     parser.add_argument("--formats", nargs="+", choices=FORMATS, default=list(FORMATS))
-    args = parser.parse_args()
-    models = {name: {} for name in args.models}
-    if args.smoke:
-        models, args.rounds = SMOKE_MODELS, 1
-    torch.set_num_threads(args.threads)
+    args, models = parsed_models(parser)
     results = []
     with tempfile.TemporaryDirectory() as folder:
         for name, kwargs in models.items():

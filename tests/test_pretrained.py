@@ -1326,6 +1326,84 @@ def test_pickled_weights_are_read_through_a_map_and_the_model_keeps_its_own_copy
         assert all(torch.equal(value, saved[path][key]) for key, value in model.state_dict().items())
 
 
+@pytest.mark.parametrize("fmt", ["pth", "safetensors", "dict"])
+def test_weights_load_into_tensors_of_the_models_own_sharing_no_memory(tmp_path, fmt):
+    """The model takes the tensors a weights file was read into, not a copy, but never one it would share: views of one
+    tensor, a tensor under two names, the caller's own state dict, another dtype's. Each parameter changes alone."""
+    state = _model().state_dict()
+    rows = torch.randn(2, state["blocks.0.norm1.weight"].numel())
+    if fmt == "pth":  # views of one storage, and one tensor under two names, as torch.save keeps them
+        state["blocks.0.norm1.weight"], state["blocks.0.norm2.weight"] = rows[0], rows[1]
+        state["blocks.1.norm1.weight"] = state["blocks.0.norm1.weight"]
+        state["blocks.0.attn.proj.weight"] = state["blocks.0.attn.proj.weight"].t().contiguous().t()  # strided
+    state["head.weight"] = state["head.weight"].double()
+    given = {key: value.clone() for key, value in state.items()}
+    if fmt == "pth":
+        torch.save(state, tmp_path / "w.pth")
+    elif fmt == "safetensors":
+        save_file(state, tmp_path / "w.safetensors")
+    with torch.device("meta"):
+        meta = create_model(ARCH, **SMALL)
+    model = load_weights(meta, state if fmt == "dict" else str(tmp_path / f"w.{fmt}"),
+                         initialise=functools.partial(create_model, ARCH, **SMALL))
+    loaded = model.state_dict()
+    assert all(torch.equal(value, given[key].float() if key == "head.weight" else given[key])
+               for key, value in loaded.items())
+    assert loaded["head.weight"].dtype == torch.float32 and all(value.is_contiguous() for value in loaded.values())
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(1)
+    assert all(torch.equal(value, given[key].to(value.dtype) + 1) for key, value in model.state_dict().items()
+               if not key.endswith("num_batches_tracked"))
+    assert all(torch.equal(value, given[key]) for key, value in state.items())  # the caller's, untouched
+
+
+class _FusedQK(torch.nn.Module):
+    """Weights whose ``adapt_state_dict`` splits a fused ``qk.weight`` into views of it, and ties ``v`` and ``o`` to
+    one tensor (layouts of other libraries)."""
+
+    def __init__(self):
+        super().__init__()
+        self.q, self.k, self.v, self.o = (torch.nn.Linear(4, 4, bias=False) for _ in range(4))
+
+    def adapt_state_dict(self, state, *, source_grid=None):
+        fused = state["qk.weight"]  # (8, 4): q's rows, then k's
+        return {"q.weight": fused[:4], "k.weight": fused[4:], "v.weight": state["vo.weight"],
+                "o.weight": state["vo.weight"]}
+
+
+def test_weights_an_adapter_splits_or_ties_load_into_tensors_of_their_own(tmp_path):
+    fused, tied = torch.randn(8, 4), torch.randn(4, 4)
+    save_file({"qk.weight": fused, "vo.weight": tied}, tmp_path / "fused.safetensors")
+    with torch.device("meta"):
+        meta = _FusedQK()
+    model = load_weights(meta, str(tmp_path / "fused.safetensors"), initialise=_FusedQK)
+    with torch.no_grad():
+        model.q.weight.add_(1)
+        model.v.weight.add_(1)
+    assert torch.equal(model.q.weight, fused[:4] + 1) and torch.equal(model.k.weight, fused[4:])
+    assert torch.equal(model.v.weight, tied + 1) and torch.equal(model.o.weight, tied)
+    assert all(p.untyped_storage().nbytes() == p.nbytes for p in model.parameters())  # no larger tensor kept alive
+
+
+class _CopiesIntoItsWeights(torch.nn.Linear):
+    """Loads as some modules do, copying into its own tensors (a copy into a meta tensor does nothing)."""
+
+    def _load_from_state_dict(self, state_dict, prefix, *args):
+        with torch.no_grad():
+            self.weight.copy_(state_dict[prefix + "weight"])
+            self.bias.copy_(state_dict[prefix + "bias"])
+
+
+def test_a_module_that_copies_into_its_weights_as_it_loads_is_built_for_real_to_take_them(tmp_path):
+    saved = _CopiesIntoItsWeights(3, 2)
+    save_file({k: v.clone() for k, v in saved.state_dict().items()}, tmp_path / "w.safetensors")
+    with torch.device("meta"):
+        meta = _CopiesIntoItsWeights(3, 2)
+    model = load_weights(meta, str(tmp_path / "w.safetensors"), initialise=lambda: _CopiesIntoItsWeights(3, 2))
+    assert not model.weight.is_meta and torch.equal(model.weight, saved.weight) and torch.equal(model.bias, saved.bias)
+
+
 def _state(path: Path) -> dict[str, torch.Tensor]:
     """The state dict a pickled file holds, read whole."""
     checkpoint = torch.load(path, weights_only=True)

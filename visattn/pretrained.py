@@ -610,7 +610,12 @@ def sha256_of(path: Union[str, Path]) -> str:
 
 
 def read_state_dict(path: Union[str, Path], *, sha256: Optional[str] = None) -> StateDict:
-    """Read a ``.safetensors`` or (weights-only) pickle checkpoint into a flat ``{name: tensor}`` dict."""
+    """Read a ``.safetensors`` or (weights-only) pickle checkpoint into a flat ``{name: tensor}`` dict.
+
+    The file is memory-mapped (safetensors, torch's zip format) and the state dict's tensors copied out of it at once,
+    so a checkpoint's optimizer states are never read, and the tensors are the dict's own: what is checked is what
+    loads, and the file rewritten or cut after this returns changes nothing.
+    """
     path = Path(path)
     if sha256 is not None:  # an index entry's file
         require_regular_file(path, missing=f"the weights file of an entry in {path.parent / 'index.json'} is missing; "
@@ -632,16 +637,18 @@ def read_state_dict(path: Union[str, Path], *, sha256: Optional[str] = None) -> 
         raise WeightsError(f"{path}: sha256 mismatch, the file is corrupt or was replaced; {restore}")
     if safetensors:
         try:
+            # the bytes' tensors are their own; load_file's are views of the file's map
             state = load_file(path, device="cpu") if data is None else load_safetensors_bytes(data)
         except (SafetensorError, OSError, ValueError) as err:
             reason = str(err).splitlines()[0]
             raise WeightsError(f"{path}: not a valid safetensors file ({reason}); re-download or re-export it") from None
     elif path.suffix.lower() in PICKLE_SUFFIXES:
-        state = read_pickle_checkpoint(path, lazy=True)  # copied from the page cache as it loads: read once
+        state = read_pickle_checkpoint(path, lazy=True)
     else:
         raise WeightsError(f"{path}: unknown weights format {path.suffix!r}; "
                            "use .safetensors, .pth, .pt, .bin, .ckpt or .pth.tar")
-    return _strip_prefixes(_unwrap(state, path))
+    state = _strip_prefixes(_unwrap(state, path))
+    return state if data is not None else {key: value.clone() for key, value in state.items()}
 
 
 def require_regular_file(path: Path, *, missing: str) -> None:
@@ -1095,29 +1102,44 @@ def load_weights(
     if not on_meta:
         model.load_state_dict(state, strict=False)
     elif initialise is not None:
-        return _materialised(wrapper, model, state, initialise)
+        return _materialised(wrapper, model, state, initialise, owned=not isinstance(source, dict))
     return wrapper
 
 
 def _materialised(wrapper: nn.Module, model: nn.Module, state: StateDict,
-                  initialise: Callable[[], nn.Module]) -> nn.Module:
+                  initialise: Callable[[], nn.Module], *, owned: bool) -> nn.Module:
     """``wrapper`` (``model``, or what holds it), built on the meta device, with ``state`` loaded on torch's default
-    device, uninitialised before where ``state`` fills ``model``; else ``initialise()``'s model with ``state`` loaded
-    over its initialisation (a new head, attention modules new to the weights, buffers no state dict holds)."""
+    device, uninitialised before where ``state`` fills ``model``: its tensors become the model's (``owned``: read
+    here, no other holder), or copies of them; else ``initialise()``'s model with ``state`` loaded over its
+    initialisation (a new head, attention modules new to the weights, buffers no state dict holds)."""
     own = model.state_dict()
     counters = [key for key in own if key not in state and key.endswith(".num_batches_tracked")]  # initially 0
     if len(own.keys() & state.keys()) + len(counters) == len(own) and not _holds_tensors_besides_its_state(model):
-        wrapper.to_empty(device=torch.get_default_device())
-        model.load_state_dict(state, strict=False)
-        for key in counters:
-            model.get_buffer(key).zero_()
-        return wrapper
+        taken: set[int] = set()
+        filled = {key: _model_tensor(state[key] if key in state else torch.zeros((), dtype=torch.long), own[key],
+                                     owned=owned, taken=taken) for key in own}
+        model.load_state_dict(filled, assign=True)
+        # a module loading its own way (copying into its meta tensors) or a wrapper's own tensors stay on meta
+        if not any(tensor.is_meta for tensor in (*wrapper.parameters(), *wrapper.buffers())):
+            return wrapper
     real = initialise()
     module = _weights_module(real)
     if getattr(module, "num_classes", None) != getattr(model, "num_classes", None):  # reset to the weights' count
         module.reset_classifier(model.num_classes)
     module.load_state_dict(state, strict=False)
     return real
+
+
+def _model_tensor(value: torch.Tensor, like: torch.Tensor, *, owned: bool, taken: set[int]) -> torch.Tensor:
+    """``value`` as the model's tensor ``like`` (its dtype, on torch's default device, contiguous): ``value`` itself
+    where it is ``owned`` and alone in its memory (not a view, not another key's), else a copy."""
+    moved = value.to(device=torch.get_default_device(), dtype=like.dtype)
+    storage = moved.untyped_storage()
+    alone = moved is not value or (owned and storage.data_ptr() not in taken and storage.nbytes() == moved.nbytes)
+    if not alone or not moved.is_contiguous():
+        moved = moved.clone(memory_format=torch.contiguous_format)
+    taken.add(moved.untyped_storage().data_ptr())
+    return moved
 
 
 def _weights_module(model: nn.Module) -> nn.Module:
