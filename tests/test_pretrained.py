@@ -1065,6 +1065,7 @@ def test_weights_that_fill_the_model_load_into_it_uninitialised_drawing_no_rando
     model = create_model(name)
     assert torch.equal(torch.random.get_rng_state(), before)
     assert _same_tensors(model, reference) and model.training == reference.training
+    assert all(value.untyped_storage().resizable() for value in model.state_dict().values())  # as torch allocates
 
 
 def test_weights_that_leave_part_of_the_model_new_initialise_it_as_a_model_built_then_loaded(tmp_path):
@@ -1304,8 +1305,10 @@ def test_a_training_checkpoint_loads_for_inference_without_initialising_its_mode
 @pytest.mark.parametrize("zip_format", [True, False])
 def test_pickled_weights_are_read_through_a_map_and_the_model_keeps_its_own_copy(tmp_path, monkeypatch, zip_format):
     """A ``.pth`` file's and a training checkpoint's tensors are memory-mapped (torch's zip format; the legacy one is
-    read whole), read only where the model takes them, a checkpoint's optimizer states never; the model holds its own
-    copy: the file rewritten in place leaves it as loaded."""
+    read whole), a checkpoint's optimizer states never read, and the weights copied out of the map at once: the file
+    rewritten in place once it was read (during the load, before its checks, as another process might) or after
+    leaves the model as first read."""
+    import visattn.pretrained as pretrained
     from test_reliability_checkpoints import _classifier_checkpoint
 
     weights, checkpoint = tmp_path / "weights.pth", _classifier_checkpoint(tmp_path / "run.ckpt")
@@ -1313,17 +1316,31 @@ def test_pickled_weights_are_read_through_a_map_and_the_model_keeps_its_own_copy
     torch.save(torch.load(checkpoint, weights_only=True), checkpoint, _use_new_zipfile_serialization=zip_format)
     saved = {path: {key.removeprefix("model."): value for key, value in _state(path).items()}
              for path in (weights, checkpoint)}
-    mapped = []
-    monkeypatch.setattr(torch, "load", lambda *args, load=torch.load, **kwargs: mapped.append(kwargs.get("mmap"))
-                        or load(*args, **kwargs))
-    models = {weights: create_model(ARCH, **SMALL, pretrained=str(weights)),
-              checkpoint: load_classifier(checkpoint=str(checkpoint)).model}
-    assert mapped and mapped == ([True] * len(mapped) if zip_format else [True, False] * (len(mapped) // 2))
+    first_read, loading, torch_load = {}, [], torch.load  # whether torch.load first read each file mapped
+
+    def recorded_load(path, *args, **kwargs):
+        first_read.setdefault(Path(path), kwargs.get("mmap"))
+        return torch_load(path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", recorded_load)
+    monkeypatch.setattr(pretrained, "check_state_dict", lambda *args, check=pretrained.check_state_dict, **kwargs:
+                        _zeroed(loading[-1]) or check(*args, **kwargs))
+    models = {}
+    for path, load in ((weights, lambda: create_model(ARCH, **SMALL, pretrained=str(path))),
+                       (checkpoint, lambda: load_classifier(checkpoint=str(path)).model)):
+        loading.append(path)
+        models[path] = load()
+    assert first_read == {weights: True, checkpoint: True}  # the legacy format: then read whole
     for path, model in models.items():
-        with open(path, "r+b") as file:
-            file.write(bytes(path.stat().st_size))
+        _zeroed(path)
         assert model.state_dict().keys() == saved[path].keys()
         assert all(torch.equal(value, saved[path][key]) for key, value in model.state_dict().items())
+
+
+def _zeroed(path: Path) -> None:
+    """``path`` rewritten in place, its bytes all zero (the same inode and size)."""
+    with open(path, "r+b") as file:
+        file.write(bytes(path.stat().st_size))
 
 
 @pytest.mark.parametrize("fmt", ["pth", "safetensors", "dict"])

@@ -612,9 +612,9 @@ def sha256_of(path: Union[str, Path]) -> str:
 def read_state_dict(path: Union[str, Path], *, sha256: Optional[str] = None) -> StateDict:
     """Read a ``.safetensors`` or (weights-only) pickle checkpoint into a flat ``{name: tensor}`` dict.
 
-    The file is memory-mapped (safetensors, torch's zip format) and the state dict's tensors copied out of it at once,
-    so a checkpoint's optimizer states are never read, and the tensors are the dict's own: what is checked is what
-    loads, and the file rewritten or cut after this returns changes nothing.
+    The file is memory-mapped (safetensors, torch's zip format; an index entry's is read whole, to be hashed) and the
+    state dict's tensors copied out of it at once, so a checkpoint's optimizer states are never read, and the tensors
+    are the dict's own: what is checked is what loads, and the file rewritten or cut after this returns changes nothing.
     """
     path = Path(path)
     if sha256 is not None:  # an index entry's file
@@ -637,7 +637,6 @@ def read_state_dict(path: Union[str, Path], *, sha256: Optional[str] = None) -> 
         raise WeightsError(f"{path}: sha256 mismatch, the file is corrupt or was replaced; {restore}")
     if safetensors:
         try:
-            # the bytes' tensors are their own; load_file's are views of the file's map
             state = load_file(path, device="cpu") if data is None else load_safetensors_bytes(data)
         except (SafetensorError, OSError, ValueError) as err:
             reason = str(err).splitlines()[0]
@@ -648,7 +647,18 @@ def read_state_dict(path: Union[str, Path], *, sha256: Optional[str] = None) -> 
         raise WeightsError(f"{path}: unknown weights format {path.suffix!r}; "
                            "use .safetensors, .pth, .pt, .bin, .ckpt or .pth.tar")
     state = _strip_prefixes(_unwrap(state, path))
-    return state if data is not None else {key: value.clone() for key, value in state.items()}
+    return state if data is not None else copied_out_of_the_map(state)  # the bytes' tensors are their own
+
+
+def copied_out_of_the_map(state: dict[str, Any]) -> dict[str, Any]:
+    """``state`` with copies of its tensors, which a memory-mapped read left views of the file: a file rewritten or cut
+    after this changes nothing (cut while they are still views, it ends the process with SIGBUS)."""
+    return {key: value.clone() if isinstance(value, torch.Tensor) else value for key, value in state.items()}
+
+
+class CopiedForOneLoad(dict):
+    """A state dict of tensors copied for the one :func:`load_weights` it is given to (a training checkpoint's, read
+    for inference): a model built on the meta device takes them as its own, as it does a file's, not copies again."""
 
 
 def require_regular_file(path: Path, *, missing: str) -> None:
@@ -686,8 +696,8 @@ def read_pickle_checkpoint(path: Path, *, lazy: bool = False) -> Any:
     """``torch.load(weights_only=True)``; a pickle that needs anything beyond tensors and plain containers is refused.
 
     ``lazy`` memory-maps the tensors instead of reading them (files in torch's zip format; older
-    files, and any the mapping fails on, are read whole): only the tensors used are read, from the page cache into
-    the model that loads them, not first into memory of their own (a training checkpoint's optimizer states never).
+    files, and any the mapping fails on, are read whole): a tensor is read only where it is used, as it is copied out
+    of the map (:func:`copied_out_of_the_map`), so a training checkpoint's optimizer states never are.
     """
     try:
         with caught_warnings(), torch.serialization.safe_globals(_SAFE_GLOBALS):
@@ -1102,7 +1112,8 @@ def load_weights(
     if not on_meta:
         model.load_state_dict(state, strict=False)
     elif initialise is not None:
-        return _materialised(wrapper, model, state, initialise, owned=not isinstance(source, dict))
+        owned = not isinstance(source, dict) or isinstance(source, CopiedForOneLoad)
+        return _materialised(wrapper, model, state, initialise, owned=owned)
     return wrapper
 
 
@@ -1132,10 +1143,11 @@ def _materialised(wrapper: nn.Module, model: nn.Module, state: StateDict,
 
 def _model_tensor(value: torch.Tensor, like: torch.Tensor, *, owned: bool, taken: set[int]) -> torch.Tensor:
     """``value`` as the model's tensor ``like`` (its dtype, on torch's default device, contiguous): ``value`` itself
-    where it is ``owned`` and alone in its memory (not a view, not another key's), else a copy."""
+    where it is ``owned`` and alone in memory torch allocated (not a view, not another key's), else a copy."""
     moved = value.to(device=torch.get_default_device(), dtype=like.dtype)
     storage = moved.untyped_storage()
-    alone = moved is not value or (owned and storage.data_ptr() not in taken and storage.nbytes() == moved.nbytes)
+    alone = moved is not value or (owned and storage.data_ptr() not in taken and storage.nbytes() == moved.nbytes
+                                   and storage.resizable())  # not a bytearray's: safetensors' bytes loads
     if not alone or not moved.is_contiguous():
         moved = moved.clone(memory_format=torch.contiguous_format)
     taken.add(moved.untyped_storage().data_ptr())

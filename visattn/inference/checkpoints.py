@@ -9,8 +9,9 @@ from torch import nn
 
 from ..devices import inference_device
 from ..errors import ConfigError, NotATrainingCheckpoint, UnknownModelError, WeightsError
-from ..pretrained import (TRAINING_CHECKPOINTS, built_for_weights, load_weights, metadata_problem,
-                          model_weights_entry, read_pickle_checkpoint, require_regular_file)
+from ..pretrained import (TRAINING_CHECKPOINTS, CopiedForOneLoad, built_for_weights, copied_out_of_the_map,
+                          load_weights, metadata_problem, model_weights_entry, read_pickle_checkpoint,
+                          require_regular_file)
 from ..registry import built_by_visattn, missing_module_hint, model_arguments, model_task
 from ..weight_names import model_source_problem, names_a_weights_file
 
@@ -59,6 +60,7 @@ def task_weights_entry(model: Union[str, os.PathLike], task: str) -> tuple[str, 
 def task_checkpoint(path: Path, task: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """The training checkpoint at ``path`` and its hyperparameters; one line when it holds a model for another task."""
     checkpoint = read_checkpoint(path, lazy=True)  # the optimizer's states are never read
+    checkpoint["state_dict"] = CopiedForOneLoad(copied_out_of_the_map(checkpoint["state_dict"]))
     hparams = checkpoint.get("hyper_parameters") or {}
     if isinstance(hparams.get("model_name"), str):
         try:
