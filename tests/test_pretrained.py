@@ -1337,6 +1337,22 @@ def test_pickled_weights_are_read_through_a_map_and_the_model_keeps_its_own_copy
         assert all(torch.equal(value, saved[path][key]) for key, value in model.state_dict().items())
 
 
+def test_a_pickled_weights_file_is_read_once_for_its_weights_and_what_it_records(tmp_path, monkeypatch):
+    """A ViT's load looks for the patch grid its file records and create_model for the preprocessing: both read with
+    the weights, not by a torch.load each (three reads of the file, each a whole one in torch's legacy format)."""
+    from test_reliability_checkpoints import SMALL_PREPROCESSING, _classifier_checkpoint
+
+    weights, checkpoint = tmp_path / "vit.pth", _classifier_checkpoint(tmp_path / "run.ckpt")
+    torch.save(_model().state_dict(), weights)
+    reads, torch_load = [], torch.load
+    monkeypatch.setattr(torch, "load", lambda *args, **kwargs: reads.append(args[0]) or torch_load(*args, **kwargs))
+    create_model(ARCH, **SMALL, pretrained=str(weights))
+    load_weights(_model(), str(weights))
+    model = create_model("resnet20_cifar", pretrained=str(checkpoint))
+    assert reads == [weights, weights, checkpoint]
+    assert model.visattn_recorded_preprocessing == SMALL_PREPROCESSING and model.num_classes == 3
+
+
 def _zeroed(path: Path) -> None:
     """``path`` rewritten in place, its bytes all zero (the same inode and size)."""
     with open(path, "r+b") as file:

@@ -83,6 +83,23 @@ def starting_weights_skipped() -> bool:
     return _CHECKPOINT_FOLLOWS.get()
 
 
+# What weights files record (their _read_file_record), by path, while a model is built and loaded from them.
+_FILE_RECORDS = contextvars.ContextVar("visattn_file_records", default=None)
+
+
+@contextlib.contextmanager
+def file_records_read_once() -> Iterator[None]:
+    """Read what a weights file records (the writer, the preprocessing) from it once inside: a ViT's load looks for
+    its patch grid and create_model for the preprocessing, which for a pickle had been a ``torch.load`` each beside
+    the weights' own."""
+    token = _FILE_RECORDS.set({}) if _FILE_RECORDS.get() is None else None
+    try:
+        yield
+    finally:
+        if token is not None:
+            _FILE_RECORDS.reset(token)
+
+
 # Set while `visattn validate`, `test` or `predict` build a model that no checkpoint follows: its starting
 # weights are what gets scored, so a head they cannot fill would be scored untrained.
 _SCORED_AS_BUILT = contextvars.ContextVar("visattn_scored_as_built", default=None)
@@ -399,7 +416,18 @@ def _file_record(path: Path) -> tuple[WeightsOrigin, Optional[dict[str, Any]]]:
 
 
 def _read_file_record(path: Path) -> tuple[WeightsOrigin, Any, str]:
-    """:func:`_file_record`'s origin and recorded preprocessing as read (unchecked), and where they were read from."""
+    """:func:`_file_record`'s origin and recorded preprocessing as read (unchecked), and where they were read from;
+    inside :func:`file_records_read_once`, read from the file once (a copy each time)."""
+    records = _FILE_RECORDS.get()
+    if records is None:
+        return _file_record_as_read(path)
+    if path not in records:
+        records[path] = _file_record_as_read(path)
+    return copy.deepcopy(records[path])
+
+
+def _file_record_as_read(path: Path) -> tuple[WeightsOrigin, Any, str]:
+    """:func:`_read_file_record`'s, read from the file (for a pickle, a ``torch.load`` of its own)."""
     if path.suffix.lower() == ".safetensors":
         try:
             with safe_open(str(path), framework="pt") as weights:
@@ -414,6 +442,11 @@ def _read_file_record(path: Path) -> tuple[WeightsOrigin, Any, str]:
         checkpoint = read_pickle_checkpoint(path, lazy=True)  # the tensors memory-mapped, not read
     except WeightsError:
         return "other", None, ""
+    return _pickle_record(checkpoint, path)
+
+
+def _pickle_record(checkpoint: Any, path: Path) -> tuple[WeightsOrigin, Any, str]:
+    """What the pickle at ``path``, read as ``checkpoint``, records (:func:`_read_file_record`)."""
     hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
     if isinstance(hparams, dict) and "model_name" in hparams:  # a visattn task's (another Lightning project's: no)
         return "visattn", hparams.get("preprocessing"), "hyper_parameters."
@@ -643,6 +676,8 @@ def read_state_dict(path: Union[str, Path], *, sha256: Optional[str] = None) -> 
             raise WeightsError(f"{path}: not a valid safetensors file ({reason}); re-download or re-export it") from None
     elif path.suffix.lower() in PICKLE_SUFFIXES:
         state = read_pickle_checkpoint(path, lazy=True)
+        if (records := _FILE_RECORDS.get()) is not None:  # what it records, read with it
+            records.setdefault(path, _pickle_record(state, path))
     else:
         raise WeightsError(f"{path}: unknown weights format {path.suffix!r}; "
                            "use .safetensors, .pth, .pt, .bin, .ckpt or .pth.tar")
@@ -1025,6 +1060,7 @@ def built_for_weights(build: Callable[[], nn.Module], *,
         return build(), None
 
 
+@file_records_read_once()
 def load_weights(
     model: nn.Module,
     source: Union[str, Path, StateDict],

@@ -508,8 +508,8 @@ def create_model(
             a ViT's last three blocks.
         **kwargs: architecture hyperparameters passed to the builder (``img_size``, ``drop_path_rate``, ...).
     """
-    from .pretrained import (building_parts, built_for_weights, load_weights, loaded_weights_preprocessing,
-                             set_pretrained_cfg, timm_pretrained_cfg)
+    from .pretrained import (building_parts, built_for_weights, file_records_read_once, load_weights,
+                             loaded_weights_preprocessing, set_pretrained_cfg, timm_pretrained_cfg)
 
     if not isinstance(strict, bool) and strict != "attention":  # "no" is true
         raise ConfigError(f"strict={strict!r}: give True (every weight must fit), 'attention' (attention modules "
@@ -531,19 +531,20 @@ def create_model(
         raise ConfigError(f"{arch}: its builder ({_model_entrypoints[arch].__module__}) gave a {type(model).__name__} "
                           "without num_classes; give the model its head's class count as num_classes (0 without a "
                           "head), as timm's models have")
-    if entry is not None:
-        model = load_weights(model, entry["path"], strict=strict, sha256=entry["sha256"], initialise=initialise)
-    elif weighted:  # an empty state dict too: load_weights refuses it
-        model = load_weights(model, pretrained, strict=strict, head_from_weights=num_classes is None,
-                             initialise=initialise)
+    with file_records_read_once():  # a pickle's record read with its weights, not again
+        if entry is not None:
+            model = load_weights(model, entry["path"], strict=strict, sha256=entry["sha256"], initialise=initialise)
+        elif weighted:  # an empty state dict too: load_weights refuses it
+            model = load_weights(model, pretrained, strict=strict, head_from_weights=num_classes is None,
+                                 initialise=initialise)
+        # What the loaded weights were trained with (None: no weights, or a file that recorded nothing of an
+        # architecture whose weights share no statistics), which the tasks compare with the data's normalisation.
+        model.visattn_recorded_preprocessing = loaded_weights_preprocessing(model, entry, pretrained)
     model.visattn_name = f"{arch}.{entry['tag']}" if entry else arch
     # what save_weights records, so that the weights rebuild this model by name (numpy's scalars as Python's: the
     # index is JSON)
     model.visattn_kwargs = {k: v.item() if isinstance(v, np.generic) else v for k, v in kwargs.items()
                             if k != "num_classes"}
-    # What the loaded weights were trained with (None: no weights, or a file that recorded nothing of an architecture
-    # whose weights share no statistics), which the tasks compare with the data's normalisation.
-    model.visattn_recorded_preprocessing = loaded_weights_preprocessing(model, entry, pretrained)
     if model_task(arch) == "classification":
         set_pretrained_cfg(model, timm_pretrained_cfg(model, model.visattn_recorded_preprocessing))
     if features_only:
