@@ -1204,7 +1204,7 @@ def _holds_tensors_besides_its_state(model: nn.Module) -> bool:
     seen: such a model's ``initialise`` is for its builder's caller to give or not."""
     shared = (len(list(model.named_parameters(remove_duplicate=False))) != len(list(model.parameters()))
               or len(list(model.named_buffers(remove_duplicate=False))) != len(list(model.buffers())))
-    marked = any(type(p) is not nn.Parameter or vars(p) for p in model.parameters())  # lost: to_empty makes new ones
+    marked = any(type(p) is not nn.Parameter or vars(p) for p in model.parameters())  # lost: loading makes new ones
     return shared or marked or any(
         module._non_persistent_buffers_set or any(_holds_a_meta_tensor(value) for name, value in vars(module).items()
                                                   if name not in ("_parameters", "_buffers", "_modules"))
