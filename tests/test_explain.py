@@ -1503,17 +1503,20 @@ def test_explain_image_and_save_overlay_never_replace_a_file_visattn_did_not_wri
         assert png.format == "PNG"
 
 
-@pytest.mark.parametrize("out, reason", [("folder", "it is a folder"),
-                                         ("notes.txt/map.png", "a file stands where a folder is needed")])
-def test_an_out_that_takes_no_file_is_one_line_naming_out(out, reason, tmp_path):
+# The file in the way is named where it is not the output path itself.
+@pytest.mark.parametrize("out, where, reason", [("folder", "there", "it is a folder"),
+                                                ("notes.txt/map.png", ".*notes.txt",
+                                                 "a file stands where a folder is needed")])
+def test_an_out_that_takes_no_file_is_one_line_naming_out(out, where, reason, tmp_path):
     from visattn.explain import explain_image
 
     (tmp_path / "folder").mkdir()
     (tmp_path / "notes.txt").write_text("mine")
     image = np.zeros((28, 28, 3), np.uint8)
-    with pytest.raises(ConfigError, match=rf"^out .*{out}: cannot write there \({reason}\); choose a writable out file$"):
+    with pytest.raises(ConfigError, match=rf"^out .*{out}: cannot write {where} \({reason}\); choose a writable out "
+                                          "file$"):
         explain_image(load_classifier("se_resnet20_cifar.fmnist"), image, "gradcam", tmp_path / out)
-    with pytest.raises(ConfigError, match=rf"^path .*{out}: cannot write there \({reason}\)"):
+    with pytest.raises(ConfigError, match=rf"^path .*{out}: cannot write {where} \({reason}\)"):
         save_overlay(image, np.random.rand(7, 7), tmp_path / out)
     assert (tmp_path / "notes.txt").read_text() == "mine" and not any((tmp_path / "folder").iterdir())
 

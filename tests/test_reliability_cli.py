@@ -620,12 +620,12 @@ OUTPUT_AND_OPTION_CASES = {
                                                          "--attention-out", "/proc/self"],
                                             "choose a writable --attention-out folder"),
     "explain_out_under_a_file": (lambda tmp: ["explain", _image(tmp), "--model", CLASSIFIER, "--out", f"{_a_file(tmp)}/x.png"],
-                                 "--out afile/x.png: cannot write there (a file stands where a folder is needed); "
+                                 "--out afile/x.png: cannot write afile (a file stands where a folder is needed); "
                                  "choose a writable --out file"),
     "export_out_is_a_folder": (lambda tmp: ["export", "--model", CLASSIFIER, "--out", _a_folder(tmp)],
                                "--out adir: cannot write there (it is a folder); choose a writable --out file"),
     "export_out_under_a_file": (lambda tmp: ["export", "--model", CLASSIFIER, "--out", f"{_a_file(tmp)}/m.onnx"],
-                                "--out afile/m.onnx: cannot write there"),
+                                "--out afile/m.onnx: cannot write afile (a file stands where a folder is needed)"),
     "export_path_problem_at_another_opset": (lambda tmp: ["export", "--model", CLASSIFIER, "--opset", "13",
                                                           "--out", "/proc/m.onnx"],
                                              "--out /proc/m.onnx: cannot write there"),
@@ -659,6 +659,10 @@ OUTPUT_AND_OPTION_CASES = {
         "unnamed.ckpt: not a visattn classification checkpoint (no model_name and num_classes); save-weights turns"),
     "save_weights_out_dir_is_a_file": (lambda tmp: _save_weights(tmp, "--out-dir", _a_file(tmp)),
                                        "--out-dir afile: cannot write there"),
+    # it had named the folder, which is one ("--out-dir w: cannot write there (it is a folder)")
+    "save_weights_index_lock_is_a_folder": (
+        lambda tmp: (tmp / "w" / "index.json.lock").mkdir(parents=True) or _save_weights(tmp, "--out-dir", "w"),
+        "--out-dir w: cannot write w/index.json.lock (it is a folder); choose a writable --out-dir folder"),
     "score_threshold_nan": (lambda tmp: ["detect", "x.png", "--model", "m", "--score-threshold", "nan"],
                             "--score-threshold: 'nan' is not a number from 0 to 1"),
     "score_threshold_negative": (lambda tmp: ["detect", "x.png", "--model", "m", "--score-threshold", "-1"],
@@ -2235,6 +2239,19 @@ def test_a_home_folder_tilde_the_shell_left_is_the_home_folder_in_every_path_opt
     assert main(["classify", "~/img.png", "--checkpoint=~/gone.ckpt"]) == 2
     assert f"{home}/gone.ckpt: checkpoint not found" in capsys.readouterr().err
     assert coco_spec("coco:~/a.json:~/images") == (f"{home}/a.json", f"{home}/images")
+
+
+def test_save_weights_names_visattn_weights_for_the_folder_it_gave(tmp_path, monkeypatch, capsys):
+    """Without --out-dir, save-weights writes into $VISATTN_WEIGHTS's first folder; a failure there had been
+    reported as "--out-dir ...", an option the user had not given."""
+    monkeypatch.chdir(tmp_path)
+    checkpoint = str(write_classifier_checkpoint(tmp_path / "run.ckpt"))
+    monkeypatch.setenv("VISATTN_WEIGHTS", f"{_a_file(tmp_path)}{os.pathsep}elsewhere")
+    assert main(["save-weights", "--checkpoint", checkpoint, "--tag", "t"]) == 2
+    assert capsys.readouterr().err == ("visattn: error: $VISATTN_WEIGHTS afile: cannot write there (a file stands "
+                                       "where a folder is needed); choose a writable $VISATTN_WEIGHTS folder\n")
+    assert main(["save-weights", "--checkpoint", checkpoint, "--tag", "t", "--out-dir", "afile/w"]) == 2
+    assert capsys.readouterr().err.startswith("visattn: error: --out-dir afile/w: cannot write there")
 
 
 def test_output_folders_that_cannot_be_made_are_one_line_before_any_output_is_written(tmp_path, monkeypatch, capsys):

@@ -443,8 +443,11 @@ def cmd_save_weights(args: argparse.Namespace) -> int:
     if args.config is not None and not Path(args.config).is_file() and shipped_config(args.config) is None:
         raise ConfigError(f"--config {args.config}: no such file; give the config that trained the checkpoint, "
                           "or leave --config out")
-    # First: the folder may be the $VISATTN_WEIGHTS that loading a run fine-tuned from ARCH.TAG reads the tag from
-    folder = prepare_output_dir(weights_dir() if args.out_dir is None else args.out_dir, flag="--out-dir")
+    # First: the folder may be the $VISATTN_WEIGHTS that loading a run fine-tuned from ARCH.TAG reads the tag from.
+    # Its errors name where the folder came from: the variable's, not a --out-dir the user never gave.
+    flag = "$VISATTN_WEIGHTS" if args.out_dir is None and os.environ.get("VISATTN_WEIGHTS", "").strip(os.pathsep) \
+        else "--out-dir"
+    folder = prepare_output_dir(weights_dir() if args.out_dir is None else args.out_dir, flag=flag)
     try:
         task = ("detection" if is_detector(checkpoint=args.checkpoint) else
                 "captioning" if is_captioner(checkpoint=args.checkpoint) else "classification")
@@ -470,7 +473,7 @@ def cmd_save_weights(args: argparse.Namespace) -> int:
              else {"labels": loaded.class_names})
     if getattr(loaded, "category_ids", None):  # a detector trained on COCO files: what its detections name
         names["category_ids"] = loaded.category_ids
-    with output_errors(folder, flag="--out-dir"):
+    with output_errors(folder, flag=flag):
         entry = save_weights(loaded.model, path, overwrite=args.overwrite, task=task, dataset=args.dataset,
                              preprocessing=loaded.preprocessing, model_kwargs=loaded.model_kwargs,
                              config=args.config, metrics=metrics, **({"default": True} if args.default else {}),

@@ -216,16 +216,25 @@ def output_errors(path: PathLike, *, flag: str, kind: str = "folder") -> Iterato
     try:
         yield
     except OSError as err:
-        raise ConfigError(f"{flag} {path}: {write_failure(err, f'{flag} {kind}')}") from None
+        raise ConfigError(f"{flag} {path}: {write_failure(err, f'{flag} {kind}', _in_the_way(err, path))}") from None
 
 
-def write_failure(err: OSError, kind: str) -> str:
+def _in_the_way(err: OSError, path: PathLike) -> str:
+    """Where in ``path`` a write failed, for :func:`write_failure`: the file or folder standing where another is
+    needed when it is not ``path`` itself (a folder named like the weights index's lock file inside an output
+    folder had been reported as "--out-dir DIR: cannot write there (it is a folder)"); else ``there``."""
+    if err.errno in _SHAPE_ERRNOS and err.filename is not None and Path(os.fsdecode(err.filename)) != Path(path):
+        return os.fsdecode(err.filename)
+    return "there"
+
+
+def write_failure(err: OSError, kind: str, where: str = "there") -> str:
     """Why a write failed and the fix, for a message that has named the path: ``cannot write there (No
-    space left on device); free some space or choose another KIND``."""
+    space left on device); free some space or choose another KIND``; ``where`` names what failed inside it."""
     reason = _OS_REASONS.get(err.errno) or err.strerror or str(err)
     fix = ("free some space or choose another" if err.errno in FULL_ERRNOS else
            "choose a shorter" if err.errno == errno.ENAMETOOLONG else "choose a writable")
-    return f"cannot write there ({reason}); {fix} {kind}"
+    return f"cannot write {where} ({reason}); {fix} {kind}"
 
 
 def prepare_output_dir(path: PathLike, *, flag: str) -> Path:
@@ -414,6 +423,7 @@ _OS_REASONS = {errno.EEXIST: "a file stands where a folder is needed",
                errno.ENOTDIR: "a file stands where a folder is needed",
                errno.EISDIR: "it is a folder",
                errno.ENAMETOOLONG: "the path or one of its names is longer than the system takes"}
+_SHAPE_ERRNOS = (errno.EEXIST, errno.ENOTDIR, errno.EISDIR)  # a file or folder in the way of what is written
 FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # the disk, a quota or the file size limit (ulimit -f)
 
 
