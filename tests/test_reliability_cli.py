@@ -2254,6 +2254,19 @@ def test_save_weights_names_visattn_weights_for_the_folder_it_gave(tmp_path, mon
     assert capsys.readouterr().err.startswith("visattn: error: --out-dir afile/w: cannot write there")
 
 
+def test_a_refused_attention_out_leaves_no_empty_out_folders(tmp_path, monkeypatch, capsys):
+    """detect made --out's mirrored folders, then refused --attention-out: the empty tree stayed behind. Folders that
+    were there before stay, as does anything in them."""
+    monkeypatch.chdir(tmp_path)
+    _photo(tmp_path / "photos" / "a.png")
+    _photo(tmp_path / "photos" / "sub" / "b.png")
+    (tmp_path / "kept").mkdir()
+    for out in ["new/drawn", "kept/drawn"]:
+        assert main(["detect", "photos", "--model", DETECTOR, "--out", out, "--attention-out", _a_file(tmp_path)]) == 2
+        assert capsys.readouterr().err.startswith("visattn: error: --attention-out afile: cannot write there")
+    assert not (tmp_path / "new").exists() and list((tmp_path / "kept").iterdir()) == []
+
+
 def test_output_folders_that_cannot_be_made_are_one_line_before_any_output_is_written(tmp_path, monkeypatch, capsys):
     """A file where a mirrored sub-folder goes, or a mirrored path past the system's length limit, stopped the run
     after the first images' outputs were written (and "choose a writable folder" was no fix for a long path)."""

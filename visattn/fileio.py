@@ -307,6 +307,32 @@ def output_paths(inputs: Sequence[Path], directory: Optional[PathLike], *, flag:
     return {tag: [paths[k] for paths in planned] for k, tag in enumerate(tags)}
 
 
+@contextlib.contextmanager
+def new_folders_removed_on_error(*paths: Optional[PathLike]) -> Iterator[None]:
+    """The folders ``paths`` and their parents that do not exist yet are removed again, where still empty, if the
+    block raises: planning a second output folder that is refused left the first one's tree of empty mirrored
+    folders behind. Only empty folders go (``rmdir``), never a file."""
+    new = [top for path in paths if path for top in [_first_missing(Path(path))] if top is not None]
+    try:
+        yield
+    except BaseException:
+        for top in new:
+            for folder, _, _ in os.walk(top, topdown=False):
+                with contextlib.suppress(OSError):
+                    os.rmdir(folder)
+        raise
+
+
+def _first_missing(path: Path) -> Optional[Path]:
+    """The outermost of ``path`` and its parents that does not exist; None when ``path`` exists."""
+    missing = None
+    for folder in [path, *path.parents]:
+        if os.path.lexists(folder):
+            break
+        missing = folder
+    return missing
+
+
 def _folders_below_common(inputs: Sequence[Path]) -> list[Path]:
     """Each input's folder relative to the folder holding them all (``.`` for the files directly in it)."""
     folders = [os.path.dirname(os.path.abspath(path)) for path in inputs]

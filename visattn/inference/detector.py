@@ -14,7 +14,7 @@ from ..data.image_io import DEFAULT_MAX_PIXELS
 from ..data.transforms import check_unit_images, to_model_input
 from ..errors import ConfigError, WeightsError, one_line
 from ..explain.detections import check_max_side, detection_maps
-from ..fileio import atomic_path, attention_note, output_errors, output_paths, png_mark
+from ..fileio import atomic_path, attention_note, new_folders_removed_on_error, output_errors, output_paths, png_mark
 from ..layers.patch_embed import is_count, is_number
 from ..models.detection import unit_floats
 from ..modes import eval_mode
@@ -202,8 +202,9 @@ def _output_targets(files: list[Path], *, out: Optional[str], attention_out: Opt
     if out and attention_out and Path(out).resolve() == Path(attention_out).resolve():
         named = output_paths(files, out, flag="--out", commands={"": _DRAWINGS, "-attention": _PANELS})
         return {"--out": named[""], "--attention-out": named["-attention"]}
-    return {flag: output_paths(files, folder, flag=flag, commands={"": command})[""]
-            for flag, folder, command in (("--out", out, _DRAWINGS), ("--attention-out", attention_out, _PANELS))}
+    with new_folders_removed_on_error(out, attention_out):
+        return {flag: output_paths(files, folder, flag=flag, commands={"": command})[""]
+                for flag, folder, command in (("--out", out, _DRAWINGS), ("--attention-out", attention_out, _PANELS))}
 
 
 def _write_drawings(record: dict[str, Any], image: np.ndarray, found: dict[str, Tensor], *,
