@@ -360,10 +360,15 @@ def test_token_pooled_weights_for_an_average_pooled_vit_name_the_settings_that_l
     torch.testing.assert_close(kept.forward_head(kept.forward_features(x), pre_logits=True),
                                reference.forward_features(x)[:, 1:].mean(dim=1), rtol=0, atol=1e-6)
     (tmp_path / "avg").mkdir()
-    _, averaged = _timm_file(tmp_path / "avg", "vit_tiny_patch16_224", img_size=32, depth=2, global_pool="avg")
+    pooled, averaged = _timm_file(tmp_path / "avg", "vit_tiny_patch16_224", img_size=32, depth=2, global_pool="avg")
     with pytest.raises(WeightsError, match=r"the weights normalise after pooling \(fc_norm\), this model the tokens "
-                                           r"before it \(norm\): pass fc_norm=True to keep theirs"):
+                                           r"before it \(norm\): pass global_pool='avg' if they pool the patch "
+                                           r"tokens \(MAE, BEiT, timm's \*_gap_\* weights\), or fc_norm=True if "
+                                           r"they pool the class token$"):
         create_model("vit_tiny_patch16_224", pretrained=str(averaged), img_size=32, depth=2)
+    # The hint's first setting computes what the weights' own model did (fc_norm=True alone had given other logits).
+    average = create_model("vit_tiny_patch16_224", pretrained=str(averaged), img_size=32, depth=2, global_pool="avg")
+    torch.testing.assert_close(average.eval()(x), pooled.eval()(x), rtol=0, atol=1e-6)
     create_model("vit_tiny_patch16_224", pretrained=str(averaged), img_size=32, depth=2, fc_norm=True)
 
 

@@ -1478,8 +1478,11 @@ def _final_norm_hint(missing: list[str], unexpected: list[str]) -> str:
                 "pooling the patch tokens builds): pass fc_norm=False to keep their norm, or strict=False to start "
                 "fc_norm afresh")
     if set(missing) == before and set(unexpected) == after:
+        # fc_norm=True alone had been the hint: it loads them strictly into a token-pooled model, which computes
+        # other logits than the average-pooled model (MAE, BEiT, timm's *_gap_*) such weights usually come from.
         return ("the weights normalise after pooling (fc_norm), this model the tokens before it (norm): pass "
-                "fc_norm=True to keep theirs")
+                "global_pool='avg' if they pool the patch tokens (MAE, BEiT, timm's *_gap_* weights), or "
+                "fc_norm=True if they pool the class token")
     return ""
 
 
