@@ -691,9 +691,11 @@ def test_a_timm_local_dir_loads_offline_and_a_wrong_folder_is_one_line(hf_cache,
 
 @pytest.mark.parametrize("source", ["timm:vit_tiny_patch16_224",  # timm's default tag, augreg_in21k_ft_in1k
                                     "timm:vit_tiny_patch16_224.augreg_in21k_ft_in1k",
-                                    "hf-hub:timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k"])
+                                    "hf-hub:timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k",
+                                    "hf_hub:timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k"])
 def test_hub_weights_already_in_the_local_cache_load_offline(hf_cache, source):
-    """Weights downloaded once were refused offline: the hub check came before any look at the cache."""
+    """Weights downloaded once were refused offline: the hub check came before any look at the cache. timm's other
+    spelling, hf_hub:, had been looked for as a file (which create_model's own hint for such a name suggested)."""
     import timm
 
     torch.manual_seed(3)

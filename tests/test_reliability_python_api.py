@@ -212,7 +212,7 @@ def test_list_models_former_pattern_keyword_still_lists_with_a_warning():
     # timm's arguments visattn's classes lack had been "did you mean drop_rate?" (a timm user's audit)
     (lambda: create_model("resnet18", drop_block_rate=0.1),
      r"^resnet18 has no argument 'drop_block_rate': timm's ResNet takes it, visattn's ResNet does not; timm's own "
-     r"model takes it: model name 'timm:resnet18'$"),
+     r"model takes it: model_name timm:resnet18 in a config, timm.create_model\('resnet18', \.\.\.\) in Python$"),
     (lambda: create_model("cbam_resnet18", block_args={}),
      r"^cbam_resnet18 has no argument 'block_args': timm's ResNet takes it, visattn's ResNet does not$"),
     (lambda: create_model("vit_tiny_patch4_28", act_layer="relu"),

@@ -326,7 +326,7 @@ def weights_preprocessing(entry: Optional[dict[str, Any]], pretrained: Any) -> O
     entry = entry if entry is not None else named_weights_entry(pretrained)
     if entry is not None:
         return entry.get("preprocessing")
-    if isinstance(pretrained, (str, Path)) and not str(pretrained).startswith(("timm:", "hf-hub:")):
+    if isinstance(pretrained, (str, Path)) and not str(pretrained).startswith(("timm:", *HUB_PREFIXES)):
         return _file_preprocessing(Path(pretrained))  # a training checkpoint's hyper_parameters too
     if not (isinstance(pretrained, str) and pretrained.startswith("timm:")):  # the hub's record nothing
         return None
@@ -357,7 +357,7 @@ def loaded_weights_preprocessing(model: nn.Module, entry: Optional[dict[str, Any
     entry = entry if entry is not None else named_weights_entry(pretrained)
     if entry is not None or pretrained is None or pretrained is False:
         return weights_preprocessing(entry, pretrained)
-    if isinstance(pretrained, (str, Path)) and not str(pretrained).startswith(("timm:", "hf-hub:")):
+    if isinstance(pretrained, (str, Path)) and not str(pretrained).startswith(("timm:", *HUB_PREFIXES)):
         origin, recorded = _file_record(Path(pretrained))  # read once
     else:
         origin = _state_origin(pretrained) if isinstance(pretrained, dict) else "other"  # timm's, the hub's: other
@@ -464,7 +464,7 @@ def _state_origin(keys: Iterable[str]) -> WeightsOrigin:
 def named_weights_entry(pretrained: Any) -> Optional[dict[str, Any]]:
     """The index entry of weights given by name, ``pretrained="ARCH.TAG"``; None for a file, a
     ``timm:``/``hf-hub:`` name, or anything else."""
-    if not isinstance(pretrained, str) or pretrained.startswith(("timm:", "hf-hub:")) or Path(pretrained).exists():
+    if not isinstance(pretrained, str) or pretrained.startswith(("timm:", *HUB_PREFIXES)) or Path(pretrained).exists():
         return None
     return next((index[pretrained] for index in _folder_indexes() if pretrained in index), None)
 
@@ -1109,8 +1109,8 @@ def load_weights(
         state = _strip_prefixes(source)
     elif str(source).startswith("timm:"):
         state, grid = _fetch_timm(str(source)[5:], into=model)
-    elif str(source).startswith("hf-hub:"):
-        repo = str(source)[7:]
+    elif str(source).startswith(HUB_PREFIXES):  # timm reads hf_hub: too
+        repo = str(source)[len("hf-hub:"):]
         cached = _offline_weights(str(source), _cached_hub_file(repo))  # the cache's where the hub cannot be reached
         weights = cached or _fetch_hf_hub(repo)
         _refuse_other_hub_vit(repo, weights, into=model, offline=cached is not None)

@@ -450,7 +450,9 @@ def _refuse_timm_class_arguments(arch: str, model_class: type, kwargs: dict[str,
             raise ConfigError(f"{arch} has no argument {name!r}, which timm's {theirs.__name__} takes: visattn's "
                               f"name for it is {_OUR_NAMES_OF_TIMMS[name]}")
         if name not in ours and name in (keyword_names(theirs.__init__) or ()):
-            instead = f"; timm's own model takes it: model name 'timm:{arch}'" if timm.is_model(arch) else ""
+            # create_model refuses timm: names, which the tasks' model_name takes
+            instead = (f"; timm's own model takes it: model_name timm:{arch} in a config, "
+                       f"timm.create_model({arch!r}, ...) in Python") if timm.is_model(arch) else ""
             raise ConfigError(f"{arch} has no argument {name!r}: timm's {theirs.__name__} takes it, visattn's "
                               f"{model_class.__name__} does not{instead}")
 
