@@ -346,6 +346,30 @@ def test_feature_maps_are_what_feature_info_says_and_survive_pruning(name):
             torch.testing.assert_close(mine, before)
 
 
+@pytest.mark.parametrize("name", ["resnet20_cifar", "vit_tiny_patch4_28"])
+def test_a_features_only_model_checkpoints_its_blocks_when_told(name, monkeypatch):
+    """timm's features-only ResNet (FeatureListNet) takes set_grad_checkpointing; visattn's had no such method."""
+    import visattn.models.resnet as resnet
+    import visattn.models.vit as vit
+
+    calls = []
+
+    def counted(function, *args, **kwargs):
+        calls.append(function)
+        return torch.utils.checkpoint.checkpoint(function, *args, **kwargs)
+
+    for module in (resnet, vit):
+        monkeypatch.setattr(module, "checkpoint", counted)
+    torch.manual_seed(0)
+    model = create_model(name, features_only=True, **({"depth": 2} if name.startswith("vit") else {}))
+    x = torch.randn(2, 3, 28, 28)
+    plain = torch.autograd.grad(sum(m.sum() for m in model(x)), list(model.parameters()))
+    model.set_grad_checkpointing()
+    checkpointed = torch.autograd.grad(sum(m.sum() for m in model(x)), list(model.parameters()))
+    assert calls and model.model.grad_checkpointing
+    torch.testing.assert_close(checkpointed, plain, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("call, message", [
     (lambda: create_model("resnet20_cifar").forward_intermediates(torch.randn(1, 3, 32, 32), indices=[4]),
      r"^indices=\[4\]: feature index 4 is out of range \(0 to 3\); give an int n \(the last n levels\) or a list "

@@ -47,6 +47,14 @@ def _whole_numbers(indices: Any) -> Union[int, list[int], None]:
     return None if None in values else values
 
 
+class FeatureLevels(FeatureGetterNet):
+    """timm's ``FeatureGetterNet`` with the model's ``set_grad_checkpointing``, which timm's ``FeatureListNet`` (its
+    features-only ResNets) has: backbone code calling it on the features-only model failed (a timm user's audit)."""
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.model.set_grad_checkpointing(enable)
+
+
 def features_only(model: nn.Module, out_indices: Indices = None) -> nn.Module:
     """``model`` returning the list of its feature maps at ``out_indices`` (timm's defaults: every level of a
     ResNet, a ViT's last three blocks), its layers past the last one taken and its head dropped, as timm's
@@ -60,7 +68,7 @@ def features_only(model: nn.Module, out_indices: Indices = None) -> nn.Module:
     kept, _ = take_indices(levels, out_indices, argument="out_indices")
     if kept != sorted(set(kept)):  # the maps come in depth order, once each: feature_info would describe others
         raise ArgumentError("out_indices", out_indices, "give each level once, shallowest first")
-    wrapped = FeatureGetterNet(model, out_indices=kept)
+    wrapped = FeatureLevels(model, out_indices=kept)
     wrapped.pretrained_cfg = wrapped.default_cfg = getattr(model, "pretrained_cfg", None)
     if hasattr(model, "published_preprocessing"):  # as visattn's transforms read it, beside timm's pretrained_cfg
         wrapped.published_preprocessing = model.published_preprocessing
