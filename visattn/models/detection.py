@@ -16,7 +16,10 @@ Every detector follows torchvision's detection API: ``model(images, targets)`` w
 whose labels are 0-based class ids ``0..num_classes-1``; training targets outside that contract
 (inverted or non-finite boxes included) raise a one-line ``ConfigError``. ``train()`` mode returns a
 dict of scalar losses (their sum is the training objective); ``eval()`` mode returns one
-``{"boxes", "scores", "labels"}`` dict per image in input pixels. Normalisation and resizing happen
+``{"boxes", "scores", "labels"}`` dict per image in input pixels, sorted by score: FCOS's from
+``score_thresh``, at most ``detections_per_img`` of them (fewer where zero-size boxes were among those
+kept), DETR's one per query, unthresholded (as DETR's), with ``"queries"``, the query behind each
+(its attention map's). Normalisation and resizing happen
 inside, in torchvision's ``GeneralizedRCNNTransform`` (``min_size``, ``max_size``, ``image_mean``,
 ``image_std``). In ``eval()`` mode images of different sizes run in separate batches of one size
 (:func:`detect_by_size`), so an image's detections never depend on the images batched with it.
@@ -767,11 +770,14 @@ class DetrDetector(nn.Module):
 
 
 def _normalised_targets(targets: Targets, image_sizes: list[tuple[int, int]]) -> Targets:
-    """Target boxes as cxcywh relative to each (resized, unpadded) image, the space DETR predicts in."""
+    """Target boxes as cxcywh relative to each (resized, unpadded) image, the space DETR predicts in. A box past the
+    image's edge is its part inside (as DETR's data pipeline crops them): its centre and size past 1 are no box the
+    sigmoid can give, and it had been matched and scored as if it were."""
     out = []
     for target, (height, width) in zip(targets, image_sizes):
         scale = target["boxes"].new_tensor([width, height, width, height])
-        out.append({"boxes": box_convert(target["boxes"], "xyxy", "cxcywh") / scale, "labels": target["labels"]})
+        boxes = clip_boxes_to_image(target["boxes"], (height, width))
+        out.append({"boxes": box_convert(boxes, "xyxy", "cxcywh") / scale, "labels": target["labels"]})
     return out
 
 
