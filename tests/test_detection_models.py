@@ -243,6 +243,60 @@ def test_a_vit_backbones_map_is_its_last_blocks_normed_patch_tokens_in_every_pre
             torch.testing.assert_close(vit_feature_map(body, x), expected)
 
 
+def test_frozen_backbone_norms_give_the_losses_of_torchvisions_fcos_with_frozen_batch_norms():
+    """torchvision builds its detectors on pretrained backbones with FrozenBatchNorm2d: its COCO FCOS weights
+    fine-tuned in visattn re-estimated the statistics from each batch (a torchvision user's audit)."""
+    from torchvision.models import resnet50
+    from torchvision.models.detection import FCOS
+    from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+    from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    torch.manual_seed(0)
+    body = _resnet_fpn_extractor(resnet50(norm_layer=FrozenBatchNorm2d), 5, returned_layers=[2, 3, 4],
+                                 extra_blocks=LastLevelP6P7(256, 256))
+    reference = FCOS(body, 91, min_size=128, max_size=160).train()
+    with torch.no_grad():  # statistics a batch's would not give
+        for name, buffer in reference.named_buffers():
+            buffer.copy_(torch.rand_like(buffer) + 0.5 if "running_var" in name else torch.randn_like(buffer) / 10)
+    images = [torch.rand(3, 128, 160)]
+    targets = [{"boxes": torch.tensor([[10.0, 20.0, 90.0, 100.0]]), "labels": torch.tensor([3])}]
+    expected = reference(images, targets)
+    for freeze in (True, False):
+        model = create_model("fcos_resnet50", pretrained=reference.state_dict(), min_size=128, max_size=160,
+                             freeze_backbone_norms=freeze).eval().train()
+        losses = model(images, targets)
+        assert torch.allclose(torch.stack(list(losses.values())), torch.stack(list(expected.values())),
+                              rtol=1e-5) == freeze
+
+
+@pytest.mark.parametrize("name", HEADS)
+def test_frozen_backbone_norms_keep_what_the_weights_brought_through_training(name):
+    model = _build(name, freeze_backbone_norms=True)
+    norms = [module for module in model.modules() if isinstance(module, torch.nn.BatchNorm2d)]
+    before = [{k: v.clone() for k, v in module.state_dict().items()} for module in norms]
+    convs = {k: v.clone() for k, v in model.named_parameters() if "backbone" in k and "conv" in k}
+    assert len(norms) == 21  # the stem's, two in each of 9 blocks, two downsamplings'
+    assert not any(p.requires_grad for module in norms for p in module.parameters())
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    for _ in range(2):
+        model.eval().train()  # Lightning's switches after each validation
+        sum(model(_images(), _targets()).values()).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    for module, state in zip(norms, before):
+        assert all(torch.equal(module.state_dict()[k], v) for k, v in state.items())
+    assert len(convs) > 20 and all(not torch.equal(dict(model.named_parameters())[k], v) for k, v in convs.items())
+    rebuilt = _build(name, freeze_backbone_norms=True, pretrained=model.state_dict())
+    assert not any(m.training or m.weight.requires_grad for m in rebuilt.modules() if isinstance(m, torch.nn.BatchNorm2d))
+
+
+def test_frozen_backbone_norms_of_a_vit_are_one_line():
+    with pytest.raises(ConfigError, match=r"^freeze_backbone_norms=True: the backbone has no batch norm \(a ViT "
+                                          r"normalises each token\); leave freeze_backbone_norms False$"):
+        create_model("detr_vit_small_patch16_224", backbone_kwargs={"depth": 1}, freeze_backbone_norms=True)
+
+
 def test_sine_encoding_ignores_padding():
     alone = sine_position_encoding_2d(torch.zeros(1, 4, 5, dtype=torch.bool), 16)
     padded_mask = torch.ones(1, 6, 8, dtype=torch.bool)

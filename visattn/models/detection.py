@@ -32,6 +32,7 @@ from typing import Any, Optional, Union
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm  # BatchNorm1d-3d and SyncBatchNorm
 from torchvision.models.detection import FCOS
 from torchvision.models.detection.fcos import FCOSHead
 from torchvision.models.detection.anchor_utils import AnchorGenerator
@@ -82,6 +83,22 @@ def create_backbone(
         kwargs.setdefault("img_size", -(-max_size // 32) * 32)
     # A plain ResNet checkpoint leaves a CBAM backbone's attention modules at their init.
     return drop_pooled_head(create_model(name, pretrained=pretrained, num_classes=0, strict="attention", **kwargs))
+
+
+def freeze_norms(backbone: nn.Module, freeze: bool) -> None:
+    """With ``freeze``, a ResNet backbone's batch norms (its attention modules' too) keep the statistics and scale
+    its weights brought, as torchvision's ``FrozenBatchNorm2d`` keeps them in its detectors built on pretrained
+    backbones, and DETR's: eval mode and no gradient, here and in every later ``train()`` (the detectors'
+    override). Without, a few photos a batch re-estimated them (a torchvision user's audit: 106 running
+    statistics moved in one step of torchvision's COCO weights)."""
+    if not freeze:
+        return
+    if isinstance(backbone, VisionTransformer) or not any(isinstance(m, _BatchNorm) for m in backbone.modules()):
+        raise ConfigError("freeze_backbone_norms=True: the backbone has no batch norm (a ViT normalises each token); "
+                          "leave freeze_backbone_norms False")
+    for module in backbone.modules():
+        if isinstance(module, _BatchNorm):
+            module.eval().requires_grad_(False)
 
 
 def resnet_stage_channels(body: ResNet) -> list[int]:
@@ -359,6 +376,9 @@ class FcosDetector(FCOS):
         nms_thresh: class-wise NMS IoU threshold.
         detections_per_img: most detections kept per image.
         topk_candidates: most candidates per level before NMS.
+        freeze_backbone_norms: keep a ResNet backbone's batch norms as its weights brought them
+            (:func:`freeze_norms`), for fine-tuning from ``pretrained_backbone`` or torchvision's FCOS weights at a
+            few photos a batch.
     """
 
     classifier = "head.classification_head.cls_logits"
@@ -383,6 +403,7 @@ class FcosDetector(FCOS):
         nms_thresh: float = 0.6,
         detections_per_img: int = 100,
         topk_candidates: int = 1000,
+        freeze_backbone_norms: bool = False,
     ) -> None:
         check_count("num_classes", num_classes)  # a zero-size class head failed in its first forward
         check_image_settings(min_size=min_size, max_size=max_size, image_mean=image_mean, image_std=image_std)
@@ -415,6 +436,13 @@ class FcosDetector(FCOS):
         self.num_classes = num_classes
         self.input_size = (3, min_size, min_size)
         self.head.register_forward_hook(_head_outputs_to_float32)
+        self.freeze_backbone_norms = freeze_backbone_norms
+        freeze_norms(body, freeze_backbone_norms)
+
+    def train(self, mode: bool = True) -> "FcosDetector":
+        super().train(mode)
+        freeze_norms(self.backbone.body, self.freeze_backbone_norms)
+        return self
 
     def forward(self, images: list[Tensor], targets: Optional[Targets] = None) -> Union[dict[str, Tensor], Detections]:
         check_image_list(images)
@@ -602,6 +630,8 @@ class DetrDetector(nn.Module):
         max_size: ... and their long side at most this.
         image_mean: per-channel mean of the 0..1 input (default ImageNet's).
         image_std: per-channel std (default ImageNet's).
+        freeze_backbone_norms: keep a ResNet backbone's batch norms as its weights brought them
+            (:func:`freeze_norms`), as DETR trains; for fine-tuning from ``pretrained_backbone``.
     """
 
     classifier = "class_embed"
@@ -630,6 +660,7 @@ class DetrDetector(nn.Module):
         max_size: int = 1333,
         image_mean: Optional[list[float]] = None,
         image_std: Optional[list[float]] = None,
+        freeze_backbone_norms: bool = False,
     ) -> None:
         super().__init__()
         check_count("num_classes", num_classes)
@@ -642,6 +673,8 @@ class DetrDetector(nn.Module):
         self.backbone = create_backbone(
             backbone, kwargs=backbone_kwargs, pretrained=pretrained_backbone, max_size=max_size
         )
+        self.freeze_backbone_norms = freeze_backbone_norms
+        freeze_norms(self.backbone, freeze_backbone_norms)
         if isinstance(self.backbone, ResNet):
             channels, stride = resnet_stage_channels(self.backbone)[-1], resnet_stage_strides(self.backbone)[-1]
         else:
@@ -658,6 +691,11 @@ class DetrDetector(nn.Module):
         self.query_embed = nn.Embedding(num_queries, hidden_dim)
         self.class_embed = nn.Linear(hidden_dim, num_classes + 1)
         self.bbox_embed = MLP(hidden_dim, [hidden_dim, hidden_dim, 4], activation_layer=nn.ReLU)
+
+    def train(self, mode: bool = True) -> "DetrDetector":
+        super().train(mode)
+        freeze_norms(self.backbone, self.freeze_backbone_norms)
+        return self
 
     def forward(self, images: list[Tensor], targets: Optional[Targets] = None) -> Union[dict[str, Tensor], Detections]:
         check_image_list(images)
