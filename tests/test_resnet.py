@@ -293,6 +293,18 @@ def test_timm_se_resnet_weights_load_strictly_with_same_logits(timm_name, arch, 
     assert_same_logits(model, reference)
 
 
+@pytest.mark.parametrize("arch, timm_name", [("se_resnet18", "seresnet18"), ("eca_resnet50d", "ecaresnet50d"),
+                                             ("resnet18d", "resnet18d"), ("vit_tiny_patch16_224", "vit_tiny_patch16_224")])
+def test_weights_go_back_to_timm_by_timm_state_dict(arch, timm_name):
+    """A timm user's SE- and ECA-ResNets fine-tuned here did not load into timm (their attention is `attn` here)."""
+    torch.manual_seed(0)
+    size = {"img_size": 32} if arch.startswith("vit") else {}
+    model = randomize_bn_stats(create_model(arch, num_classes=5, **size)).eval()
+    reference = timm.create_model(timm_name, num_classes=5, **size).eval()
+    reference.load_state_dict(model.timm_state_dict())  # strict
+    assert_same_logits(model, reference)
+
+
 def test_timm_eca_resnet_with_the_plain_stem_loads_with_same_logits(tmp_path):
     torch.manual_seed(0)
     block_args = {"attn_layer": "eca"}

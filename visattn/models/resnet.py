@@ -489,6 +489,16 @@ class ResNet(nn.Module):
             return state
         return {re.sub(r"^(layer\d+\.\d+)\.se\.", r"\1.attn.", key): value for key, value in state.items()}
 
+    def timm_state_dict(self) -> dict[str, Tensor]:
+        """This model's weights as timm's ResNet of the same layout names them, for its ``load_state_dict``: SE and
+        ECA block attention under ``se`` (what :meth:`adapt_state_dict` reads back), the rest as they are. timm's
+        names drop the first underscore: ``se_resnet50`` is its ``seresnet50``, ``eca_resnet50d`` its
+        ``ecaresnet50d``. (Only timm's direction had been read: such weights fine-tuned here did not load there.)"""
+        state = self.state_dict()
+        if not any(isinstance(m, _TIMM_SAME_ATTN) for m in self.modules()):
+            return state
+        return {re.sub(r"^(layer\d+\.\d+)\.attn\.", r"\1.se.", key): value for key, value in state.items()}
+
 
 # Block attention whose timm module has the same parameters and maths (timm seresnet*, and a
 # plain-stem timm ResNet built with attn_layer="eca"), so the rename alone gives the same logits.

@@ -383,6 +383,11 @@ class VisionTransformer(nn.Module):
             return self.forward_head(x), attentions
         return self.forward_head(self.forward_features(x))
 
+    def timm_state_dict(self) -> dict[str, torch.Tensor]:
+        """This model's weights for the ``load_state_dict`` of timm's ViT of the same settings (the ResNets' method
+        of the name renames block attention; a ViT's keys are timm's already)."""
+        return self.state_dict()
+
     def adapt_state_dict(self, state: dict[str, torch.Tensor], *,
                          source_grid: Optional[tuple[int, int]] = None) -> dict[str, torch.Tensor]:
         """Convert a torchvision ViT state dict to timm names and resample the patch projection to this patch
