@@ -194,6 +194,14 @@ def test_list_models_former_pattern_keyword_still_lists_with_a_warning():
                                        r"vit_base_patch32_224, into which its weights load \(create_model\("),
     (lambda: create_model("resnet18", pretrained=""), "^pretrained='': give a weights file, True, a shipped ARCH.TAG"),
     # timm's ways of naming a weights file had been "has no argument ...: it takes block, layers, ..." (a timm audit)
+    # timm's layer-config switches had been answered with the builder's argument list (a timm user's audit)
+    (lambda: create_model("resnet18", scriptable=True),
+     r"^resnet18 has no argument 'scriptable', which timm.create_model takes: leave it out \(visattn builds one "
+     r"variant of each layer: trace, torch.export or `visattn export` the model as built; TorchScript scripting is "
+     r"not supported\)$"),
+    (lambda: create_model("vit_tiny_patch4_28", exportable=True), r"^vit_tiny_patch4_28 has no argument 'exportable'"),
+    (lambda: create_model("resnet18", cache_dir="/tmp/hub"),
+     r"^resnet18 has no argument 'cache_dir', which timm.create_model takes: set \$HF_HUB_CACHE"),
     (lambda: create_model("resnet18", pretrained_cfg_overlay={"file": "w.pth"}),
      r"^resnet18 has no argument 'pretrained_cfg_overlay', which timm.create_model takes: give create_model\(\.\.\., "
      r"pretrained='FILE'\) for a weights file; a model's preprocessing comes from its weights"),

@@ -401,10 +401,17 @@ _PREPROCESSING = ("a model's preprocessing comes from its weights (an index entr
 # torchvision's builders name their weights by a WeightsEnum: visattn loads its state dict from a file
 _TORCHVISION_WEIGHTS = ("save torchvision's weights with torch.save(Weights.get_state_dict(), 'FILE.pth') and give "
                         "create_model(..., pretrained='FILE.pth'); without weights is the default")
+_ONE_VARIANT = "visattn builds one variant of each layer: trace, torch.export or `visattn export` the model as built"
 _OTHER_LIBRARIES_ARGUMENTS = {
     "checkpoint_path": ("timm.create_model takes", _WEIGHTS_FILE),
     "pretrained_cfg_overlay": ("timm.create_model takes", f"{_WEIGHTS_FILE}; {_PREPROCESSING}"),
     "pretrained_cfg": ("timm.create_model takes", f"{_WEIGHTS_FILE}; {_PREPROCESSING}"),
+    # timm's layer-config switches: visattn's layers have no scripted or export-only variants to switch to
+    "scriptable": ("timm.create_model takes", f"leave it out ({_ONE_VARIANT}; TorchScript scripting is not "
+                   "supported)"),
+    "exportable": ("timm.create_model takes", f"leave it out ({_ONE_VARIANT})"),
+    "no_jit": ("timm.create_model takes", f"leave it out ({_ONE_VARIANT})"),
+    "cache_dir": ("timm.create_model takes", "set $HF_HUB_CACHE (or $HF_HOME) for where hub weights are kept"),
     "weights": ("torchvision's builders take", _TORCHVISION_WEIGHTS),
     "weights_backbone": ("torchvision's builders take", _TORCHVISION_WEIGHTS)}
 
