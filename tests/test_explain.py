@@ -351,6 +351,18 @@ def test_pointing_upsamples_a_coarse_map_to_the_image():
         pointing_accuracy(torch.zeros(0, 2, 2), [], [])
 
 
+@pytest.mark.parametrize("box, tolerance, message", [
+    ([40, 0, 20, 64], 0.0, r"^box=\[40, 0, 20, 64\]: give finite x1, y1, x2, y2 pixels with x2 >= x1 and y2 >= y1$"),
+    ([[0, 0, 8, 8], [0, float("nan"), 64, 64]], 0.0, r"^box='\.\.\.': give finite"),
+    ([0, 0, 64, 64], float("nan"), r"^tolerance=nan: give pixels >= 0 to grow each box by$"),
+    ([0, 0, 64, 64], -3, r"^tolerance=-3: give pixels >= 0"),
+])
+def test_pointing_at_boxes_or_a_tolerance_that_are_no_place_is_one_line(box, tolerance, message):
+    """An inverted or NaN box and a NaN tolerance had counted as misses without a word (an explain audit)."""
+    with pytest.raises(ConfigError, match=message):
+        pointing_accuracy([np.eye(4)], [box], [(64, 64)], tolerance=tolerance)
+
+
 # ------------------------------------------------- trained tiny models point at the object they name
 
 COLOURS = torch.eye(3)  # class = colour of the square: red, green, blue
