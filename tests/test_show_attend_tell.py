@@ -197,13 +197,29 @@ def test_every_parameter_gets_a_gradient(encoder):
 
 
 def test_doubly_stochastic_penalty_on_hand_made_alphas():
-    # two steps over three regions: column sums (1.0, 0.5, 0.5) -> (0 + 0.25 + 0.25) = 0.5
+    # two steps over three regions: column sums (1.0, 0.5, 0.5) -> (0 + 0.25 + 0.25) = 0.5 over 2 words
     alphas = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 0.5, 0.5]]])
-    assert doubly_stochastic_penalty(alphas).item() == pytest.approx(0.5)
-    assert doubly_stochastic_penalty(alphas, weight=2.0).item() == pytest.approx(1.0)
-    # masking the second step leaves column sums (1, 0, 0) -> 0 + 1 + 1 = 2
+    assert doubly_stochastic_penalty(alphas).item() == pytest.approx(0.25)
+    assert doubly_stochastic_penalty(alphas, weight=2.0).item() == pytest.approx(0.5)
+    # masking the second step leaves column sums (1, 0, 0) -> 0 + 1 + 1 = 2 over 1 word
     mask = torch.tensor([[True, False]])
     assert doubly_stochastic_penalty(alphas, mask).item() == pytest.approx(2.0)
+
+
+def test_the_attention_regulariser_weighs_against_the_words_as_in_the_papers_loss():
+    """Xu et al.'s loss is a caption's summed negative log-likelihood plus λ Σ_p (1 - Σ_t α_tp)²; over words, as the
+    cross-entropy is averaged, the regulariser is that loss's term over the batch's words (it had been averaged
+    per caption, as many times stronger as captions have words)."""
+    torch.manual_seed(0)
+    alphas = torch.rand(3, 5, 4).softmax(dim=-1)
+    lengths = torch.tensor([5, 2, 3])
+    mask = torch.arange(5)[None] < lengths[:, None]
+    logits, targets = torch.randn(3, 5, 7), torch.randint(1, 7, (3, 5)).masked_fill(~mask, 0)
+    papers = sum(F.cross_entropy(logits[b, :n], targets[b, :n], reduction="sum")
+                 + 0.7 * (1 - alphas[b, :n].sum(dim=0)).square().sum() for b, n in enumerate(lengths))
+    ours = (F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=0)
+            + doubly_stochastic_penalty(alphas, mask, weight=0.7))
+    assert ours.item() == pytest.approx(papers.item() / lengths.sum().item(), rel=1e-6)
 
 
 def test_greedy_outputs_words_and_maps(scripted, images):

@@ -249,7 +249,8 @@ class CaptioningTask(GuardedTask, pl.LightningModule):
         weight_decay: AdamW weight decay, not applied to biases, norms, position embeddings and tokens
             (the word embeddings are decayed, as timm decays every 2-d weight).
         warmup_epochs: linear warm-up length, then cosine decay to zero.
-        alpha_c: λ of the doubly stochastic attention regulariser.
+        alpha_c: λ of the doubly stochastic attention regulariser, weighed against the words as in the paper's
+            loss (:func:`~visattn.models.show_attend_tell.doubly_stochastic_penalty`).
         label_smoothing: the training loss's label smoothing (``val/xent`` is unsmoothed).
         max_len: longest generated caption, in words.
         beam_size: validation/test decoding: 1 is greedy, more is beam search.
