@@ -77,7 +77,7 @@ def test_a_captioners_attention_cells_sit_where_its_encoder_looks():
 
 
 def test_caption_metrics_score_each_word_with_its_own_map_past_an_unknown_word():
-    """The caption text drops <unk>, its map stays: words and maps must be paired per token."""
+    """Words and maps must be paired per token, past an <unk> too."""
     from visattn.data.vocab import Vocabulary
     from visattn.models.show_attend_tell import DecodedCaptions
     from visattn.tasks.captioning import CaptionMetrics
@@ -92,7 +92,23 @@ def test_caption_metrics_score_each_word_with_its_own_map_past_an_unknown_word()
     captions = metrics.update(DecodedCaptions([ids], [maps], torch.zeros(1)),
                               {"images": torch.zeros(1, 3, 8, 8), "references": [["a top and a bag"]], "boxes": boxes,
                                "labels": labels}, lambda size: CellCentres.blocks((2, 2), size))
-    assert captions == ["a top bag"] and metrics.hits == [True, True]
+    assert captions == ["a top <unk> bag"] and metrics.hits == [True, True]
+
+
+def test_a_generated_unknown_word_is_scored_as_a_word_no_reference_holds():
+    """Left out of the scored text, it had made "a red <unk> bag on the left" score as the reference itself
+    (BLEU-1..4 1.0, a captioning audit)."""
+    from visattn.models.show_attend_tell import DecodedCaptions
+
+    vocab = Vocabulary(["a", "red", "bag", "on", "the", "left"])
+    reference = "a red bag on the left"
+    ids = torch.tensor(vocab.encode("a red zebra bag on the left")[1:])
+    metrics = CaptionMetrics(vocab)
+    metrics.update(DecodedCaptions([ids], [torch.zeros(len(ids), 2, 2)], torch.zeros(1)),
+                   {"images": torch.zeros(1, 3, 8, 8), "references": [[reference]]}, lambda size: None)
+    scores = metrics.compute()
+    assert scores["bleu1"] == pytest.approx(6 / 7) and scores["bleu4"] < 0.6
+    assert scores == {**caption_scores(["a red unk bag on the left"], [[reference]]), "n": 1}
 
 
 def test_a_frozen_encoder_keeps_its_batch_norm_statistics_through_a_lightning_fit():
