@@ -1,6 +1,7 @@
 """CaptioningTask, caption metrics, `visattn fit` on a tiny Karpathy corpus, `visattn caption` and `evaluate`."""
 import json
 import re
+import shutil
 import warnings
 from pathlib import Path
 
@@ -32,7 +33,7 @@ def test_caption_scores_perfect_and_wrong():
     refs = [["a red top", "a red top on the left"], ["a blue bag", "there is a blue bag"]]
     perfect = caption_scores(["a red top on the left", "there is a blue bag"], refs)
     assert perfect["bleu1"] == pytest.approx(1.0) and perfect["bleu4"] == pytest.approx(1.0, abs=1e-6)
-    assert set(perfect) == {"bleu1", "bleu2", "bleu3", "bleu4", "cider"}
+    assert set(perfect) == {"bleu1", "bleu2", "bleu3", "bleu4", "rouge_l", "cider"} and perfect["rouge_l"] == 1.0
     wrong = caption_scores(["green boot", "pink sandal"], refs)
     assert wrong["bleu1"] < 0.01 and wrong["cider"] < perfect["cider"]
     with pytest.raises(ConfigError, match="2 captions for 1 images"):
@@ -280,8 +281,18 @@ def evaluate_tiny_captioner(capsys) -> dict:
 def test_evaluate_emits_metric_keys(tmp_path, weights_tmp, capsys):
     save_tiny_captioner(weights_tmp)
     metrics = evaluate_tiny_captioner(capsys)
-    assert {"bleu1", "bleu2", "bleu3", "bleu4", "cider", "n"} <= set(metrics) and metrics["n"] == 6
-    assert 0.0 <= metrics["bleu1"] <= 1.0
+    assert {"bleu1", "bleu2", "bleu3", "bleu4", "rouge_l", "cider", "n"} <= set(metrics) and metrics["n"] == 6
+    assert 0.0 <= metrics["bleu1"] <= 1.0 and "meteor" not in metrics
+
+
+@needs_fashion_mnist
+@pytest.mark.skipif(shutil.which("java") is None, reason="METEOR runs Java")
+def test_evaluate_adds_meteor_when_asked(weights_tmp, capsys):
+    """METEOR was only reachable from a config's model.init_args.meteor (a captioning audit)."""
+    save_tiny_captioner(weights_tmp)
+    assert main(["evaluate", "--model", "sat_cbam_resnet_scenes.tiny", "--dataset", "fashion-scenes", "--limit", "2",
+                 "--beam-size", "1", "--meteor", "--json"]) == 0
+    assert 0.0 <= json.loads(capsys.readouterr().out.strip().splitlines()[-1])["meteor"] <= 1.0
 
 
 @needs_fashion_mnist
@@ -445,6 +456,7 @@ def test_caption_scores_give_each_bleu_order_and_cider_of_a_partial_overlap():
 
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.rouge.rouge import Rouge
 
     from visattn.data.vocab import tokenize
 
@@ -458,11 +470,29 @@ def test_caption_scores_give_each_bleu_order_and_cider_of_a_partial_overlap():
     with contextlib.redirect_stdout(io.StringIO()):
         bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
         cider, _ = Cider().compute_score(gts, res)
-    expected = {"bleu1": bleu[0], "bleu2": bleu[1], "bleu3": bleu[2], "bleu4": bleu[3], "cider": cider}
+    expected = {"bleu1": bleu[0], "bleu2": bleu[1], "bleu3": bleu[2], "bleu4": bleu[3], "cider": cider,
+                "rouge_l": Rouge().compute_score(gts, res)[0]}  # ROUGE-L had been left out (a captioning audit)
     # a mid-range case: every order strictly lower than the one before, none near 0 or 1
     assert 0.05 < expected["bleu4"] < expected["bleu3"] < expected["bleu2"] < expected["bleu1"] < 0.95
     scores = caption_scores(hypotheses, refs)
     assert scores == pytest.approx(expected, rel=1e-9, abs=1e-12)
+    if shutil.which("java") is not None:  # METEOR runs Java
+        from pycocoevalcap.meteor.meteor import Meteor
+
+        meteor = caption_scores(hypotheses, refs, meteor=True)["meteor"]
+        assert 0.1 < meteor < 0.9 and meteor == pytest.approx(Meteor().compute_score(gts, res)[0], rel=1e-9)
+
+
+def test_meteor_without_java_is_one_line(monkeypatch, capsys):
+    """pycocoevalcap's METEOR runs a jar: without Java it was a FileNotFoundError traceback."""
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(ConfigError, match=r"^meteor=True: METEOR runs Java .*no `java` is on PATH; install a Java "
+                                          r"runtime"):
+        caption_scores(["a red top"], [["a red top"]], meteor=True)
+    with pytest.raises(ConfigError, match=r"^model.init_args.meteor=true: METEOR runs Java"):  # before training
+        CaptioningTask(model_kwargs=json.loads(TINY_MODEL), vocab=VOCAB, meteor=True)
+    assert main(["evaluate", "--model", "sat_cbam_resnet_scenes.scenes", "--dataset", "fashion-scenes", "--meteor"]) == 2
+    assert capsys.readouterr().err.startswith("visattn: error: --meteor: METEOR runs Java")  # before any captioning
 
 
 def test_attention_panels_are_drawn_on_what_the_model_saw_not_the_whole_file(tmp_path, monkeypatch, capsys):

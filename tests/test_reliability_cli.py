@@ -657,6 +657,9 @@ OUTPUT_AND_OPTION_CASES = {
         lambda tmp: ["save-weights", "--checkpoint", _checkpoint_without_a_model_name(tmp), "--tag", "t",
                      "--out-dir", str(tmp / "w")],
         "unnamed.ckpt: not a visattn classification checkpoint (no model_name and num_classes); save-weights turns"),
+    "meteor_for_a_classifier": (lambda tmp: ["evaluate", "--model", CLASSIFIER, "--dataset", "fashion-mnist",
+                                             "--meteor"],
+                                f"--meteor: {CLASSIFIER} is a classifier, and only a captioner takes --meteor; drop it"),
     "save_weights_out_dir_is_a_file": (lambda tmp: _save_weights(tmp, "--out-dir", _a_file(tmp)),
                                        "--out-dir afile: cannot write there"),
     # it had named the folder, which is one ("--out-dir w: cannot write there (it is a folder)")

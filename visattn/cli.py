@@ -259,7 +259,8 @@ def evaluation_split(dataset: str, split: Optional[str]) -> Optional[str]:
 
 # evaluate's options that only one kind of model takes; any other would silently ignore them
 MODEL_KIND_OPTIONS = {"beam_size": ("--beam-size", "captioner"), "max_len": ("--max-len", "captioner"),
-                      "length_penalty": ("--length-penalty", "captioner"), "img_size": ("--img-size", "classifier"),
+                      "length_penalty": ("--length-penalty", "captioner"), "meteor": ("--meteor", "captioner"),
+                      "img_size": ("--img-size", "classifier"),
                       "pointing_target": ("--pointing-target", "classifier"), "per_class": ("--per-class", "classifier")}
 
 
@@ -287,14 +288,16 @@ def cmd_evaluate_pointing(classifier, args: argparse.Namespace) -> dict:
 
 def cmd_evaluate_captioner(args: argparse.Namespace) -> int:
     from .inference.captioner import load_captioner
-    from .tasks.captioning import evaluate_captioner, evaluation_loader
+    from .tasks.captioning import check_java, evaluate_captioner, evaluation_loader
 
+    if args.meteor:
+        check_java("--meteor")
     captioner = load_captioner(args.model, args.checkpoint, device=args.device)
     loader = evaluation_loader(captioner, args.dataset, args.split, limit=args.limit,
                                batch_size=min(args.batch_size, 64), num_workers=args.num_workers)
     decoding = dict(beam_size=args.beam_size or DEFAULT_BEAM_SIZE, max_len=args.max_len or captioner.max_len,
                     length_penalty=1.0 if args.length_penalty is None else args.length_penalty)
-    metrics = evaluate_captioner(captioner, loader, **decoding)
+    metrics = evaluate_captioner(captioner, loader, **decoding, meteor=bool(args.meteor))
     print_metrics(captioner.name, args, metrics, settings=", ".join(f"{k} {v}" for k, v in decoding.items()))
     return 0
 
@@ -805,6 +808,8 @@ def build_parser() -> argparse.ArgumentParser:
                                f"{DEFAULT_MAX_LEN})")
     evaluate.add_argument("--length-penalty", type=finite_float, default=None,
                           help="captioners: rank hypotheses by log p / length ** this (0: unnormalised; default 1)")
+    evaluate.add_argument("--meteor", action="store_true", default=None,
+                          help="captioners: add METEOR (pycocoevalcap's; it runs Java)")
     evaluate.add_argument("--img-size", type=int, default=None,
                           help="classifiers: score at this square input size (ViT position embeddings are resampled)")
     evaluate.add_argument("--per-class", action="store_true", default=None,

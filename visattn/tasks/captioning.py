@@ -1,7 +1,7 @@
 """Image captioning as a LightningModule (Show, Attend and Tell), its metrics, and the scoring of a trained
 captioner (`visattn evaluate`). Loading one for inference is :mod:`visattn.inference.captioner`.
 
-Metrics: BLEU-1..4 and CIDEr from pycocoevalcap (METEOR too when asked for; it runs Java), and
+Metrics: BLEU-1..4, ROUGE-L and CIDEr from pycocoevalcap (METEOR too when asked for; it runs Java), and
 the pointing game on FashionScenes: for every generated item word (``ITEM_WORDS``) whose class
 occurs exactly once in the scene, the peak of that word's attention map on the image (its cells at
 their places there, :func:`attention_centres`) must fall inside the item's box.
@@ -10,6 +10,7 @@ import contextlib
 import functools
 import io
 import math
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence, Union
@@ -48,10 +49,23 @@ _ITEM_CLASS = {word: k for k, word in enumerate(ITEM_WORDS)}
 # ---------------------------------------------------------------------------------------------
 
 
+def check_java(setting: str) -> None:
+    """One line naming ``setting`` when METEOR cannot run: pycocoevalcap's runs a Java jar, and without Java it was
+    a FileNotFoundError traceback, after every image had been captioned."""
+    if shutil.which("java") is None:
+        raise ConfigError(f"{setting}: METEOR runs Java (pycocoevalcap's METEOR 1.5 jar), and no `java` is on PATH; "
+                          "install a Java runtime (e.g. apt-get install default-jre-headless), or leave METEOR out")
+
+
 def caption_scores(hypotheses: Sequence[str], references: Sequence[Sequence[str]], *, meteor: bool = False) -> dict[str, float]:
-    """Corpus BLEU-1..4 and CIDEr (and METEOR if asked) of one hypothesis per image against its references."""
+    """Corpus BLEU-1..4, ROUGE-L and CIDEr (and METEOR if asked) of one hypothesis per image against its
+    references, as coco-caption computes them."""
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.rouge.rouge import Rouge
+
+    if meteor:
+        check_java("meteor=True")
 
     if len(hypotheses) != len(references) or not hypotheses:
         raise ConfigError(f"got {len(hypotheses)} captions for {len(references)} images; give one per image")
@@ -67,6 +81,7 @@ def caption_scores(hypotheses: Sequence[str], references: Sequence[Sequence[str]
         bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
         cider, _ = Cider().compute_score(gts, res)
     scores = {f"bleu{n}": float(b) for n, b in enumerate(bleu, start=1)}
+    scores["rouge_l"] = float(Rouge().compute_score(gts, res)[0])
     scores["cider"] = float(cider)
     if meteor:
         from pycocoevalcap.meteor.meteor import Meteor
@@ -143,7 +158,7 @@ class CaptionMetrics:
         self.has_boxes = any(shard[3] for shard in shards)
 
     def compute(self) -> dict[str, float]:
-        """BLEU-1..4 and CIDEr (METEOR when asked for) of the captions gathered, and the pointing game's score
+        """BLEU-1..4, ROUGE-L and CIDEr (METEOR when asked for) of the captions gathered, and the pointing game's score
         when the data had item boxes."""
         scores = caption_scores(self.hypotheses, self.references, meteor=self.meteor)
         if self.has_boxes:  # None when no caption named an item that occurs once
@@ -292,6 +307,8 @@ class CaptioningTask(GuardedTask, pl.LightningModule):
                               "'sat_*'`")
         if not vocab:
             raise ConfigError("CaptioningTask needs a vocabulary: link data.vocab in the config (see configs/captioning/)")
+        if meteor:
+            check_java("model.init_args.meteor=true")
         if not (is_number(alpha_c) and 0 <= alpha_c < math.inf):  # a negative one rewarded uneven attention
             raise ConfigError(f"model.init_args.alpha_c={alpha_c!r}: give a finite weight of 0 or more (1 in the paper)")
         self.save_hyperparameters()
@@ -418,7 +435,7 @@ def evaluation_loader(captioner: Captioner, spec: str, split: str = "test", *, l
 def evaluate_captioner(captioner: Captioner, batches: Iterable[dict[str, Any]], *, beam_size: int = 5,
                        max_len: Optional[int] = None, length_penalty: float = 1.0,
                        meteor: bool = False) -> dict[str, Any]:
-    """BLEU-1..4, CIDEr (METEOR if asked), pointing (when the batches carry boxes), ``n`` and, for a
+    """BLEU-1..4, ROUGE-L, CIDEr (METEOR if asked), pointing (when the batches carry boxes), ``n`` and, for a
     DataLoader of image files, ``skipped``; ``None`` batches (only broken image files) are passed over."""
     from ..data.image_folder import skipped_images
 

@@ -567,7 +567,7 @@ def _check_monitored_validation(trainer: pl.Trainer, model: pl.LightningModule,
 
 # The last part of the names of the metrics visattn's tasks log: accuracies, BLEU, CIDEr, pointing and mAP are
 # better higher, losses lower.
-_BETTER_HIGHER = re.compile(r"top\d+|bleu\d|cider|meteor|pointing|map(50)?")
+_BETTER_HIGHER = re.compile(r"top\d+|bleu\d|rouge_l|cider|meteor|pointing|map(50)?")
 _BETTER_LOWER = re.compile(r"\w*(loss|xent|attn_reg)")
 
 
