@@ -38,6 +38,8 @@ def test_caption_scores_perfect_and_wrong():
     assert wrong["bleu1"] < 0.01 and wrong["cider"] < perfect["cider"]
     with pytest.raises(ConfigError, match="2 captions for 1 images"):
         caption_scores(["a", "b"], [["a"]])
+    with pytest.warns(VisattnWarning, match=r"^CIDEr of one image is 0 whatever its caption"):  # it read as a miss
+        assert caption_scores(["a red top"], [["a red top"]])["cider"] == 0.0
 
 
 def test_caption_scores_drop_wordless_references_and_refuse_an_image_with_none():

@@ -83,6 +83,9 @@ def caption_scores(hypotheses: Sequence[str], references: Sequence[Sequence[str]
     scores = {f"bleu{n}": float(b) for n, b in enumerate(bleu, start=1)}
     scores["rouge_l"] = float(Rouge().compute_score(gts, res)[0])
     scores["cider"] = float(cider)
+    if len(hypotheses) == 1:  # every n-gram is in every image's references: all weights log(1) = 0
+        warnings.warn("CIDEr of one image is 0 whatever its caption (it weighs each n-gram by how few images' "
+                      "references hold it); score more images", VisattnWarning, stacklevel=2)
     if meteor:
         from pycocoevalcap.meteor.meteor import Meteor
 
