@@ -291,6 +291,38 @@ def test_frozen_backbone_norms_keep_what_the_weights_brought_through_training(na
     assert not any(m.training or m.weight.requires_grad for m in rebuilt.modules() if isinstance(m, torch.nn.BatchNorm2d))
 
 
+def test_trainable_backbone_layers_train_what_torchvisions_do():
+    """torchvision's detector builders take trainable_backbone_layers (its FCOS trains 3 of 5 on pretrained
+    backbones); visattn's detectors trained every layer."""
+    from torchvision.models import resnet50
+    from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+
+    for trainable in (0, 3, 5):
+        reference = _resnet_fpn_extractor(resnet50(), trainable).body
+        model = create_model("fcos_resnet50", trainable_backbone_layers=trainable).backbone.body
+        assert ({k for k, p in model.named_parameters() if p.requires_grad}
+                == {k for k, p in reference.named_parameters() if p.requires_grad})
+    detr = _build("detr_cbam_resnet20_cifar", trainable_backbone_layers=1)  # 3 stages: the last one only
+    assert {k.split(".")[1] for k, p in detr.named_parameters() if k.startswith("backbone.") and p.requires_grad} \
+        == {"layer3"}
+    bam = _build("fcos_cbam_resnet20_cifar", backbone="bam_resnet20_cifar", trainable_backbone_layers=2)
+    assert {k.split(".")[2] for k, p in bam.named_parameters() if k.startswith("backbone.body") and p.requires_grad} \
+        == {"layer2", "bam2", "layer3"}  # a BAM module with the stage it follows
+
+
+@pytest.mark.parametrize("name, setting, message", [
+    ("detr_cbam_resnet20_cifar", 5, r"^trainable_backbone_layers=5: give 0 to 4 \(the stem and 3 stages, counted from "
+                                    r"the last\), or None for all$"),
+    ("fcos_cbam_resnet20_cifar", -1, r"^trainable_backbone_layers=-1: give 0 to 4"),
+    ("fcos_cbam_resnet20_cifar", True, r"^trainable_backbone_layers=True: give 0 to 4"),
+])
+def test_trainable_backbone_layers_out_of_range_are_one_line(name, setting, message):
+    with pytest.raises(ConfigError, match=message):
+        _build(name, trainable_backbone_layers=setting)
+    with pytest.raises(ConfigError, match=r"^trainable_backbone_layers=2 counts a ResNet backbone's stem and stages"):
+        create_model("detr_vit_small_patch16_224", backbone_kwargs={"depth": 1}, trainable_backbone_layers=2)
+
+
 def test_frozen_backbone_norms_of_a_vit_are_one_line():
     with pytest.raises(ConfigError, match=r"^freeze_backbone_norms=True: the backbone has no batch norm \(a ViT "
                                           r"normalises each token\); leave freeze_backbone_norms False$"):

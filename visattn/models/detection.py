@@ -26,6 +26,7 @@ inside, in torchvision's ``GeneralizedRCNNTransform`` (``min_size``, ``max_size`
 """
 import math
 from collections import OrderedDict
+from numbers import Integral
 from collections.abc import Callable, Sequence
 from typing import Any, Optional, Union
 
@@ -99,6 +100,26 @@ def freeze_norms(backbone: nn.Module, freeze: bool) -> None:
     for module in backbone.modules():
         if isinstance(module, _BatchNorm):
             module.eval().requires_grad_(False)
+
+
+def freeze_leading_layers(backbone: nn.Module, trainable: Optional[int]) -> None:
+    """torchvision's ``trainable_backbone_layers``: only the last ``trainable`` of a ResNet backbone's stem and stages
+    (a BAM module with the stage it follows) keep their gradients; ``None``: all of them."""
+    if trainable is None:
+        return
+    if not isinstance(backbone, ResNet):
+        raise ConfigError(f"trainable_backbone_layers={trainable!r} counts a ResNet backbone's stem and stages; "
+                          "a ViT backbone has neither: leave it None")
+    layers = ["stem", *backbone.stage_names]
+    if not (isinstance(trainable, Integral) and not isinstance(trainable, bool) and 0 <= trainable <= len(layers)):
+        raise ConfigError(f"trainable_backbone_layers={trainable!r}: give 0 to {len(layers)} (the stem and "
+                          f"{len(layers) - 1} stages, counted from the last), or None for all")
+    frozen = layers[:len(layers) - trainable]
+    for name, parameter in backbone.named_parameters():
+        top = name.split(".")[0]
+        layer = top if top.startswith("layer") else f"layer{top[3:]}" if top.startswith("bam") else "stem"
+        if layer in frozen:
+            parameter.requires_grad_(False)
 
 
 def resnet_stage_channels(body: ResNet) -> list[int]:
@@ -379,6 +400,8 @@ class FcosDetector(FCOS):
         freeze_backbone_norms: keep a ResNet backbone's batch norms as its weights brought them
             (:func:`freeze_norms`), for fine-tuning from ``pretrained_backbone`` or torchvision's FCOS weights at a
             few photos a batch.
+        trainable_backbone_layers: train only the last this many of a ResNet backbone's stem and stages
+            (torchvision's argument; its FCOS trains 3 of 5 on pretrained backbones); None: all.
     """
 
     classifier = "head.classification_head.cls_logits"
@@ -404,6 +427,7 @@ class FcosDetector(FCOS):
         detections_per_img: int = 100,
         topk_candidates: int = 1000,
         freeze_backbone_norms: bool = False,
+        trainable_backbone_layers: Optional[int] = None,
     ) -> None:
         check_count("num_classes", num_classes)  # a zero-size class head failed in its first forward
         check_image_settings(min_size=min_size, max_size=max_size, image_mean=image_mean, image_std=image_std)
@@ -438,6 +462,7 @@ class FcosDetector(FCOS):
         self.head.register_forward_hook(_head_outputs_to_float32)
         self.freeze_backbone_norms = freeze_backbone_norms
         freeze_norms(body, freeze_backbone_norms)
+        freeze_leading_layers(body, trainable_backbone_layers)
 
     def train(self, mode: bool = True) -> "FcosDetector":
         super().train(mode)
@@ -632,6 +657,8 @@ class DetrDetector(nn.Module):
         image_std: per-channel std (default ImageNet's).
         freeze_backbone_norms: keep a ResNet backbone's batch norms as its weights brought them
             (:func:`freeze_norms`), as DETR trains; for fine-tuning from ``pretrained_backbone``.
+        trainable_backbone_layers: train only the last this many of a ResNet backbone's stem and stages
+            (torchvision's argument; DETR trains 4 of 5, the stem frozen); None: all.
     """
 
     classifier = "class_embed"
@@ -661,6 +688,7 @@ class DetrDetector(nn.Module):
         image_mean: Optional[list[float]] = None,
         image_std: Optional[list[float]] = None,
         freeze_backbone_norms: bool = False,
+        trainable_backbone_layers: Optional[int] = None,
     ) -> None:
         super().__init__()
         check_count("num_classes", num_classes)
@@ -675,6 +703,7 @@ class DetrDetector(nn.Module):
         )
         self.freeze_backbone_norms = freeze_backbone_norms
         freeze_norms(self.backbone, freeze_backbone_norms)
+        freeze_leading_layers(self.backbone, trainable_backbone_layers)
         if isinstance(self.backbone, ResNet):
             channels, stride = resnet_stage_channels(self.backbone)[-1], resnet_stage_strides(self.backbone)[-1]
         else:
