@@ -610,7 +610,7 @@ OUTPUT_AND_OPTION_CASES = {
                              "--out afile: cannot write there (a file stands where a folder is needed); "
                              "choose a writable --out folder"),
     "detect_out_under_a_file": (lambda tmp: ["detect", _image(tmp), "--model", DETECTOR, "--out", f"{_a_file(tmp)}/sub"],
-                                "--out afile/sub: cannot write there (a file stands where a folder is needed)"),
+                                "--out afile/sub: cannot write afile (a file stands where a folder is needed)"),
     "detect_out_takes_no_file": (lambda tmp: ["detect", _image(tmp), "--model", DETECTOR, "--out", "/proc/self"],
                                  "--out /proc/self: cannot write there"),
     "caption_attention_out_is_a_file": (lambda tmp: ["caption", _image(tmp), "--model", CAPTIONER,
@@ -662,6 +662,12 @@ OUTPUT_AND_OPTION_CASES = {
                                 f"--meteor: {CLASSIFIER} is a classifier, and only a captioner takes --meteor; drop it"),
     "save_weights_out_dir_is_a_file": (lambda tmp: _save_weights(tmp, "--out-dir", _a_file(tmp)),
                                        "--out-dir afile: cannot write there"),
+    # it had named the temp file moved there, as if it were the folder
+    "save_weights_file_is_a_folder": (
+        lambda tmp: (tmp / "w" / "cbam_resnet20_cifar.t.safetensors").mkdir(parents=True)
+        or _save_weights(tmp, "--out-dir", "w", "--overwrite"),
+        "--out-dir w: cannot write w/cbam_resnet20_cifar.t.safetensors (it is a folder); choose a writable --out-dir "
+        "folder"),
     # it had named the folder, which is one ("--out-dir w: cannot write there (it is a folder)")
     "save_weights_index_lock_is_a_folder": (
         lambda tmp: (tmp / "w" / "index.json.lock").mkdir(parents=True) or _save_weights(tmp, "--out-dir", "w"),
@@ -2247,6 +2253,8 @@ def test_a_home_folder_tilde_the_shell_left_is_the_home_folder_in_every_path_opt
 def test_save_weights_names_visattn_weights_for_the_folder_it_gave(tmp_path, monkeypatch, capsys):
     """Without --out-dir, save-weights writes into $VISATTN_WEIGHTS's first folder; a failure there had been
     reported as "--out-dir ...", an option the user had not given."""
+    import visattn.pretrained as pretrained
+
     monkeypatch.chdir(tmp_path)
     checkpoint = str(write_classifier_checkpoint(tmp_path / "run.ckpt"))
     monkeypatch.setenv("VISATTN_WEIGHTS", f"{_a_file(tmp_path)}{os.pathsep}elsewhere")
@@ -2254,7 +2262,31 @@ def test_save_weights_names_visattn_weights_for_the_folder_it_gave(tmp_path, mon
     assert capsys.readouterr().err == ("visattn: error: $VISATTN_WEIGHTS afile: cannot write there (a file stands "
                                        "where a folder is needed); choose a writable $VISATTN_WEIGHTS folder\n")
     assert main(["save-weights", "--checkpoint", checkpoint, "--tag", "t", "--out-dir", "afile/w"]) == 2
-    assert capsys.readouterr().err.startswith("visattn: error: --out-dir afile/w: cannot write there")
+    assert capsys.readouterr().err.startswith("visattn: error: --out-dir afile/w: cannot write afile (a file stands")
+    (tmp_path / "w" / "index.json.lock").mkdir(parents=True)  # failing inside the save, past the folder's check
+    monkeypatch.setenv("VISATTN_WEIGHTS", "w")
+    assert main(["save-weights", "--checkpoint", checkpoint, "--tag", "t"]) == 2
+    assert capsys.readouterr().err.startswith("visattn: error: $VISATTN_WEIGHTS w: cannot write w/index.json.lock (it "
+                                              "is a folder)")
+    monkeypatch.setenv("VISATTN_WEIGHTS", os.pathsep)  # no folder in it: the default folder, which --out-dir replaces
+    monkeypatch.setattr(pretrained, "weights_dir", lambda: Path("afile", "default"))
+    assert main(["save-weights", "--checkpoint", checkpoint, "--tag", "t"]) == 2
+    assert capsys.readouterr().err.startswith("visattn: error: --out-dir afile/default: cannot write afile")
+
+
+def test_new_folders_are_removed_on_error_only_where_empty(tmp_path):
+    """What the block made is undone only as far as it is empty: a file written there, and any folder that
+    existed before, stay."""
+    from visattn.fileio import new_folders_removed_on_error
+
+    (tmp_path / "old").mkdir()
+    with pytest.raises(KeyboardInterrupt), new_folders_removed_on_error(tmp_path / "old" / "new" / "deep", None):
+        (tmp_path / "old" / "new" / "deep" / "empty").mkdir(parents=True)
+        (tmp_path / "old" / "new" / "kept").mkdir()
+        (tmp_path / "old" / "new" / "kept" / "note.txt").write_text("mine")
+        raise KeyboardInterrupt
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
+        "old", "old/new", "old/new/kept", "old/new/kept/note.txt"]
 
 
 def test_a_refused_attention_out_leaves_no_empty_out_folders(tmp_path, monkeypatch, capsys):
@@ -2288,7 +2320,12 @@ def test_output_folders_that_cannot_be_made_are_one_line_before_any_output_is_wr
     assert capsys.readouterr().err.endswith(": cannot write there (the path or one of its names is longer than the "
                                             "system takes); choose a shorter --out folder\n")
     assert sorted(path.name for path in (tmp_path / "drawn").iterdir()) == ["sub"]
-    assert not any(path.is_file() for path in (tmp_path / ("o" * 250)).rglob("*"))
+    # nor a tree of empty folders, for any command that mirrors (they had stayed)
+    for command in (["detect", "photos", "--model", DETECTOR, "--out", longer, "--attention-out", longer],
+                    ["explain", "photos", "--model", CLASSIFIER, "--out-dir", longer],
+                    ["caption", "photos", "--model", CAPTIONER, "--attention-out", longer]):
+        assert main(command) == 2 and "choose a shorter" in capsys.readouterr().err
+    assert not (tmp_path / ("o" * 250)).exists()
     assert main(["explain", "photos/a.png", "--model", CLASSIFIER, "--out", "G" * 300 + ".png"]) == 2
     assert capsys.readouterr().err.endswith("(the path or one of its names is longer than the system takes); choose a "
                                             "shorter --out file\n")  # it was "GGG...png: File name too long"

@@ -222,10 +222,15 @@ def output_errors(path: PathLike, *, flag: str, kind: str = "folder") -> Iterato
 def _in_the_way(err: OSError, path: PathLike) -> str:
     """Where in ``path`` a write failed, for :func:`write_failure`: the file or folder standing where another is
     needed when it is not ``path`` itself (a folder named like the weights index's lock file inside an output
-    folder had been reported as "--out-dir DIR: cannot write there (it is a folder)"); else ``there``."""
-    if err.errno in _SHAPE_ERRNOS and err.filename is not None and Path(os.fsdecode(err.filename)) != Path(path):
-        return os.fsdecode(err.filename)
-    return "there"
+    folder had been reported as "--out-dir DIR: cannot write there (it is a folder)"); else ``there``. That is the
+    target of a move (``filename2``: not the temp file moved), and for a path below a file, the file."""
+    named = err.filename2 if err.filename2 is not None else err.filename
+    if err.errno not in _SHAPE_ERRNOS or named is None:
+        return "there"
+    named = Path(os.fsdecode(named))
+    while not os.path.lexists(named) and named != named.parent:  # makedirs names the first folder below the file
+        named = named.parent
+    return "there" if named == Path(path) else os.fspath(named)
 
 
 def write_failure(err: OSError, kind: str, where: str = "there") -> str:
@@ -291,6 +296,13 @@ def output_paths(inputs: Sequence[Path], directory: Optional[PathLike], *, flag:
     tags = list(commands)
     if not directory:
         return {tag: [None] * len(inputs) for tag in tags}
+    with new_folders_removed_on_error(directory):  # a refused name or mirrored folder: no empty tree left
+        return _planned_outputs(inputs, directory, flag=flag, commands=commands)
+
+
+def _planned_outputs(inputs: Sequence[Path], directory: PathLike, *, flag: str,
+                     commands: dict[str, str]) -> dict[str, list[Optional[Path]]]:
+    tags = list(commands)
     directory = prepare_output_dir(directory, flag=flag)
     used: dict[Path, tuple[set[str], dict[str, int]]] = {}  # per output folder: names taken, stems' next numbers
     planned = []
@@ -312,7 +324,7 @@ def new_folders_removed_on_error(*paths: Optional[PathLike]) -> Iterator[None]:
     """The folders ``paths`` and their parents that do not exist yet are removed again, where still empty, if the
     block raises: planning a second output folder that is refused left the first one's tree of empty mirrored
     folders behind. Only empty folders go (``rmdir``), never a file."""
-    new = [top for path in paths if path for top in [_first_missing(Path(path))] if top is not None]
+    new = [top for path in paths if path for top in [_first_missing(Path(os.path.abspath(path)))] if top is not None]
     try:
         yield
     except BaseException:
