@@ -81,6 +81,8 @@ def test_detr_trains_on_the_part_of_a_box_inside_the_image():
     past, inside = _targets(), _targets()
     past[0]["boxes"][1] = torch.tensor([34.0, 30.0, 90.0, 70.0])  # the first image is 64 x 64
     inside[0]["boxes"][1] = torch.tensor([34.0, 30.0, 64.0, 64.0])
+    past[1]["boxes"][0] = torch.tensor([10.0, 30.0, 30.0, 52.0])  # the second 48 high, 56 wide
+    inside[1]["boxes"][0] = torch.tensor([10.0, 30.0, 30.0, 48.0])
     model = _build("detr_cbam_resnet20_cifar").train()
     torch.manual_seed(2)
     clipped = model(_images(), past)
@@ -321,6 +323,27 @@ def test_trainable_backbone_layers_out_of_range_are_one_line(name, setting, mess
         _build(name, trainable_backbone_layers=setting)
     with pytest.raises(ConfigError, match=r"^trainable_backbone_layers=2 counts a ResNet backbone's stem and stages"):
         create_model("detr_vit_small_patch16_224", backbone_kwargs={"depth": 1}, trainable_backbone_layers=2)
+
+
+@pytest.mark.parametrize("backbone, attention_norms", [("nl_resnet20_cifar", 4), ("bam_resnet20_cifar", 8)])
+def test_frozen_backbone_norms_leave_attention_modules_to_train(backbone, attention_norms):
+    """A non-local block's output norm starts at zero: frozen with the rest, the block stayed off for good (a
+    review: none of its 40 parameters got a gradient), and BAM's fresh norms never learned."""
+    model = _build("fcos_cbam_resnet20_cifar", backbone=backbone, freeze_backbone_norms=True).train()
+    norms = {name: m for name, m in model.backbone.body.named_modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    training = {name for name, m in norms.items() if m.training and m.weight.requires_grad}
+    assert len(training) == attention_norms and all("non_local" in n or n.startswith("bam") for n in training)
+    assert len(norms) - len(training) == 21  # the convolutions' norms, frozen
+    sum(model(_images(), _targets()).values()).backward()  # the zero-initialised norms move off zero first
+    assert all(norms[name].weight.grad.abs().sum() > 0 for name in training)
+
+
+def test_frozen_backbone_norms_stay_frozen_as_sync_batch_norms():
+    """Lightning's sync_batchnorm converts them for DDP; every later train() had to keep the converted ones too."""
+    model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(_build("detr_cbam_resnet20_cifar", freeze_backbone_norms=True))
+    norms = [m for m in model.backbone.modules() if isinstance(m, torch.nn.SyncBatchNorm)]
+    model.eval().train()
+    assert len(norms) == 21 and not any(m.training or m.weight.requires_grad for m in norms)
 
 
 def test_frozen_backbone_norms_of_a_vit_are_one_line():

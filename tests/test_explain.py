@@ -356,11 +356,14 @@ def test_pointing_upsamples_a_coarse_map_to_the_image():
     ([[0, 0, 8, 8], [0, float("nan"), 64, 64]], 0.0, r"^box='\.\.\.': give finite"),
     ([0, 0, 64, 64], float("nan"), r"^tolerance=nan: give pixels >= 0 to grow each box by$"),
     ([0, 0, 64, 64], -3, r"^tolerance=-3: give pixels >= 0"),
+    ([0, 40, 64, 20], 0.0, r"^box=\[0, 40, 64, 20\]: give finite"),  # upside down
+    ([0, 0, 64, 64], float("inf"), r"^tolerance=inf: give pixels >= 0"),  # every box hit
 ])
 def test_pointing_at_boxes_or_a_tolerance_that_are_no_place_is_one_line(box, tolerance, message):
     """An inverted or NaN box and a NaN tolerance had counted as misses without a word (an explain audit)."""
     with pytest.raises(ConfigError, match=message):
         pointing_accuracy([np.eye(4)], [box], [(64, 64)], tolerance=tolerance)
+    assert pointing_accuracy([np.eye(4)], [[8, 8, 8, 8]], [(64, 64)]) == 0.0  # an empty box is a place, never hit
 
 
 # ------------------------------------------------- trained tiny models point at the object they name

@@ -368,6 +368,8 @@ def test_a_features_only_model_checkpoints_its_blocks_when_told(name, monkeypatc
     checkpointed = torch.autograd.grad(sum(m.sum() for m in model(x)), list(model.parameters()))
     assert calls and model.model.grad_checkpointing
     torch.testing.assert_close(checkpointed, plain, rtol=0, atol=0)
+    model.set_grad_checkpointing(False)
+    assert not model.model.grad_checkpointing
 
 
 @pytest.mark.parametrize("call, message", [

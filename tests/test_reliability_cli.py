@@ -452,7 +452,7 @@ def test_folders_typed_on_the_command_line_are_read_in_both_forms():
 
 @pytest.mark.parametrize("monitor, mode, refused", [
     ("val/map50", "min", True), ("val/cider", "min", True), ("val/pointing", "min", True), ("val/bleu4", "min", True),
-    ("val/map", "min", True), ("val/meteor", "min", True), ("val/top5", "min", True), ("val/xent", "max", True),
+    ("val/map", "min", True), ("val/meteor", "min", True), ("val/rouge_l", "min", True), ("val/top5", "min", True), ("val/xent", "max", True),
     ("train/loss", "max", True), ("train/attn_reg", "max", True), ("val/map50", "max", False), ("val/loss", "min", False),
     ("val/custom", "min", False), ("val/custom", "max", False),
 ])

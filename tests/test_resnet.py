@@ -305,6 +305,15 @@ def test_weights_go_back_to_timm_by_timm_state_dict(arch, timm_name):
     assert_same_logits(model, reference)
 
 
+@pytest.mark.parametrize("arch, module", [("cbam_resnet18", "Cbam"), ("bam_resnet18", "Bam"),
+                                          ("nl_resnet18", "NonLocalBlock")])
+def test_attention_timm_lacks_has_no_timm_state_dict(arch, module):
+    """Given under visattn's names, a non-strict load in timm dropped every attention weight without a word."""
+    with pytest.raises(ConfigError, match=rf"^timm_state_dict: timm's ResNets have no {module} module; save this "
+                                          r"model's weights with visattn.save_weights"):
+        create_model(arch).timm_state_dict()
+
+
 def test_timm_eca_resnet_with_the_plain_stem_loads_with_same_logits(tmp_path):
     torch.manual_seed(0)
     block_args = {"attn_layer": "eca"}

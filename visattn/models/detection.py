@@ -43,6 +43,7 @@ from torchvision.ops import (MLP, box_convert, clip_boxes_to_image, generalized_
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelP6P7
 
 from ..errors import ConfigError
+from ..layers.create_attn import ATTN_LAYERS
 from ..layers.detr_transformer import DetrTransformer
 from ..layers.patch_embed import check_count, is_number
 from ..layers.pos_embed import resample_abs_pos_embed
@@ -87,18 +88,21 @@ def create_backbone(
 
 
 def freeze_norms(backbone: nn.Module, freeze: bool) -> None:
-    """With ``freeze``, a ResNet backbone's batch norms (its attention modules' too) keep the statistics and scale
-    its weights brought, as torchvision's ``FrozenBatchNorm2d`` keeps them in its detectors built on pretrained
-    backbones, and DETR's: eval mode and no gradient, here and in every later ``train()`` (the detectors'
-    override). Without, a few photos a batch re-estimated them (a torchvision user's audit: 106 running
-    statistics moved in one step of torchvision's COCO weights)."""
+    """With ``freeze``, the batch norms of a ResNet backbone's convolutions (stem, blocks, shortcuts) keep the
+    statistics and scale its weights brought, as torchvision's ``FrozenBatchNorm2d`` keeps them in its detectors
+    built on pretrained backbones, and DETR's: eval mode and no gradient, here and in every later ``train()`` (the
+    detectors' override). Without, a few photos a batch re-estimated them (a torchvision user's audit: 106 running
+    statistics moved in one step of torchvision's COCO weights). Attention modules' norms train: they start afresh
+    from a plain ResNet's weights, and a non-local block's, initialised to zero, frozen kept the block off."""
     if not freeze:
         return
     if isinstance(backbone, VisionTransformer) or not any(isinstance(m, _BatchNorm) for m in backbone.modules()):
         raise ConfigError("freeze_backbone_norms=True: the backbone has no batch norm (a ViT normalises each token); "
                           "leave freeze_backbone_norms False")
+    attention = {id(inner) for module in backbone.modules() if isinstance(module, tuple(ATTN_LAYERS.values()))
+                 for inner in module.modules()}
     for module in backbone.modules():
-        if isinstance(module, _BatchNorm):
+        if isinstance(module, _BatchNorm) and id(module) not in attention:
             module.eval().requires_grad_(False)
 
 

@@ -42,7 +42,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..devices import model_device
 from ..errors import ConfigError
-from ..layers.create_attn import create_attn
+from ..layers.create_attn import ATTN_LAYERS, create_attn
 from ..layers.drop_path import DropPath, check_rate
 from ..layers.eca import EfficientChannelAttention
 from ..layers.global_pool import GlobalPool2d, PoolType, check_pool_type
@@ -493,7 +493,15 @@ class ResNet(nn.Module):
         """This model's weights as timm's ResNet of the same layout names them, for its ``load_state_dict``: SE and
         ECA block attention under ``se`` (what :meth:`adapt_state_dict` reads back), the rest as they are. timm's
         names drop the first underscore: ``se_resnet50`` is its ``seresnet50``, ``eca_resnet50d`` its
-        ``ecaresnet50d``. (Only timm's direction had been read: such weights fine-tuned here did not load there.)"""
+        ``ecaresnet50d``. (Only timm's direction had been read: such weights fine-tuned here did not load there.)
+        Attention timm's ResNets lack (CBAM, BAM, coordinate, global-context, non-local) is one line: its weights
+        had been given under visattn's names, which a non-strict load in timm drops without a word."""
+        other = next((m for m in self.modules() if isinstance(m, tuple(ATTN_LAYERS.values()))
+                      and not isinstance(m, _TIMM_SAME_ATTN)), None)
+        if other is not None:
+            raise ConfigError(f"timm_state_dict: timm's ResNets have no {type(other).__name__} module; save this "
+                              "model's weights with visattn.save_weights or torch.save(model.state_dict(), ...) "
+                              "(timm_state_dict covers plain, SE and ECA ResNets)")
         state = self.state_dict()
         if not any(isinstance(m, _TIMM_SAME_ATTN) for m in self.modules()):
             return state
