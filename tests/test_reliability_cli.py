@@ -299,6 +299,11 @@ CASES = {
                       "data: FashionScenesDetectionDataModule holds no test samples; data.init_args.num_test is 0"),
     "no_scene_to_predict": (lambda tmp: [*_scenes_run("predict"), "--data.init_args.num_test", "0"],
                             "holds no test samples"),
+    # from a check of DDP on the CPU: a ValueError traceback from each process
+    "sync_batchnorm_on_cpu_processes": (lambda tmp: [*FIT, "--trainer.strategy", "ddp", "--trainer.devices", "2",
+                                                     "--trainer.accelerator", "cpu", "--trainer.sync_batchnorm", "true"],
+                                        "trainer.sync_batchnorm true: torch's SyncBatchNorm runs on GPUs only (DDP "
+                                        "refuses it on the CPU); set it false there"),
     "half_precision_weights_on_cpu": (lambda tmp: [*FIT, "--trainer.precision", "16-true"],
                                       "trainer.precision 16-true: float16 weights trained on the CPU give a NaN loss "
                                       "within the first steps; use --trainer.precision bf16-mixed or 32-true on the CPU"),

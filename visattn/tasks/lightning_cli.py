@@ -762,6 +762,14 @@ def _refuse_half_weights_on_cpu(trainer: pl.Trainer) -> None:
                           "(16-true is for GPUs)")
 
 
+def _refuse_sync_batchnorm_on_cpu(trainer: pl.Trainer, config: dict[str, Any]) -> None:
+    """torch's DDP refuses SyncBatchNorm layers on the CPU: several CPU processes with ``sync_batchnorm`` ended in a
+    ValueError traceback from each process as training started."""
+    if config.get("sync_batchnorm") and trainer.world_size > 1 and isinstance(trainer.accelerator, CPUAccelerator):
+        raise ConfigError("trainer.sync_batchnorm true: torch's SyncBatchNorm runs on GPUs only (DDP refuses it on the "
+                          "CPU); set it false there, where each process normalises its own batches")
+
+
 # What the config's model, data and trainer.callbacks sections build.
 _SECTION_CLASSES = (pl.LightningModule, pl.LightningDataModule, Callback, Logger)
 
@@ -1310,6 +1318,7 @@ class VisattnCLI(LightningCLI):
             raise _trainer_error(err, config) from None
         if self.subcommand == "fit":
             _refuse_half_weights_on_cpu(trainer)
+            _refuse_sync_batchnorm_on_cpu(trainer, config)
             _warn_of_folders_elsewhere(trainer, self.typed_folders)
         return trainer
 
