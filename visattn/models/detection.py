@@ -401,8 +401,8 @@ class FcosDetector(FCOS):
         nms_thresh: class-wise NMS IoU threshold.
         detections_per_img: most detections kept per image.
         topk_candidates: most candidates per level before NMS.
-        freeze_backbone_norms: keep a ResNet backbone's batch norms as its weights brought them
-            (:func:`freeze_norms`), for fine-tuning from ``pretrained_backbone`` or torchvision's FCOS weights at a
+        freeze_backbone_norms: keep the batch norms of a ResNet backbone's convolutions as its weights brought
+            them (:func:`freeze_norms`), for fine-tuning from ``pretrained_backbone`` or torchvision's FCOS weights at a
             few photos a batch.
         trainable_backbone_layers: train only the last this many of a ResNet backbone's stem and stages
             (torchvision's argument; its FCOS trains 3 of 5 on pretrained backbones); None: all.
@@ -659,10 +659,10 @@ class DetrDetector(nn.Module):
         max_size: ... and their long side at most this.
         image_mean: per-channel mean of the 0..1 input (default ImageNet's).
         image_std: per-channel std (default ImageNet's).
-        freeze_backbone_norms: keep a ResNet backbone's batch norms as its weights brought them
-            (:func:`freeze_norms`), as DETR trains; for fine-tuning from ``pretrained_backbone``.
+        freeze_backbone_norms: keep the batch norms of a ResNet backbone's convolutions as its weights brought
+            them (:func:`freeze_norms`), as DETR trains; for fine-tuning from ``pretrained_backbone``.
         trainable_backbone_layers: train only the last this many of a ResNet backbone's stem and stages
-            (torchvision's argument; DETR trains 4 of 5, the stem frozen); None: all.
+            (torchvision's argument; DETR trains 3 of 5, the stem and layer1 frozen); None: all.
     """
 
     classifier = "class_embed"
