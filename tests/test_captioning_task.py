@@ -112,6 +112,9 @@ def test_a_generated_unknown_word_is_scored_as_a_word_no_reference_holds():
     scores = metrics.compute()
     assert scores["bleu1"] == pytest.approx(6 / 7) and scores["bleu4"] < 0.6
     assert scores == {**caption_scores(["a red unk bag on the left"], [[reference]]), "n": 1}
+    # nor a placeholder a reference holds (tokenised to "unk", it had matched one: BLEU-4 1.0, a review)
+    for placeholder in ("UNK", "<unk>"):
+        assert caption_scores(["a red <unk> bag"], [[f"a red {placeholder} bag"]])["bleu1"] == pytest.approx(3 / 4)
 
 
 def test_a_frozen_encoder_keeps_its_batch_norm_statistics_through_a_lightning_fit():
