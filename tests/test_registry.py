@@ -392,6 +392,14 @@ def test_create_model_takes_pretrained_second_as_timm_does():
     assert not torch.equal(shipped, random)
 
 
+def test_timms_switches_asking_for_nothing_build_as_without_them():
+    """Ported timm code passes scriptable=False (and exportable, no_jit, cache_dir unset): each had been refused."""
+    torch.manual_seed(0)
+    switched = create_model("resnet20_cifar", scriptable=False, exportable=None, no_jit=False, cache_dir=None)
+    torch.manual_seed(0)
+    torch.testing.assert_close(switched.state_dict(), create_model("resnet20_cifar").state_dict(), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("build", [
     lambda name: create_model("vit_tiny_patch16_224", pretrained=f"timm:{name}"),
     lambda name: build_classifier(f"timm:{name}", 10),

@@ -380,6 +380,8 @@ def model_arguments(
     if tag is not None and not isinstance(pretrained, bool) and pretrained is not None:
         raise ConfigError(f"{name} names shipped weights and pretrained={pretrained!r} other weights; "
                           f"give one: create_model({arch!r}, pretrained={pretrained!r}) or create_model({name!r})")
+    # timm's switches left at a value that asks for nothing (scriptable=False, as ported scripts pass them) build
+    kwargs = {k: v for k, v in kwargs.items() if not (k in _TIMM_SWITCHES and not v)}
     _refuse_other_libraries_arguments(arch, kwargs)  # before the weights are looked up: "no shipped weights" hid why
     entry = find_weights_entry(arch, tag) if tag is not None or pretrained is True else None
     if entry is None and tag is None and (own := file_weights_entry(pretrained)) is not None and own["arch"] == arch:
@@ -401,6 +403,7 @@ _PREPROCESSING = ("a model's preprocessing comes from its weights (an index entr
 # torchvision's builders name their weights by a WeightsEnum: visattn loads its state dict from a file
 _TORCHVISION_WEIGHTS = ("save torchvision's weights with torch.save(Weights.get_state_dict(), 'FILE.pth') and give "
                         "create_model(..., pretrained='FILE.pth'); without weights is the default")
+_TIMM_SWITCHES = ("scriptable", "exportable", "no_jit", "cache_dir")
 _ONE_VARIANT = "visattn builds one variant of each layer: trace, torch.export or `visattn export` the model as built"
 _OTHER_LIBRARIES_ARGUMENTS = {
     "checkpoint_path": ("timm.create_model takes", _WEIGHTS_FILE),
