@@ -301,7 +301,9 @@ def test_a_resumed_fit_with_another_layer_decay_is_one_line(tmp_path):
     fit(None, 1).save_checkpoint(tmp_path / "saved.ckpt")
     with pytest.raises(ConfigError, match=r"^--ckpt_path .*saved.ckpt: its run grouped the parameters as decay "
                                           r"\(\d+\), no_decay \(\d+\), this run's settings as "
-                                          r"layer_0_no_decay \(3, lr x0.422\), layer_0_decay"):
+                                          r"layer_0_no_decay \(3, lr x0.422\), layer_0_decay.*; resume with the "
+                                          r"settings it was saved with \(layer_decay, backbone_lr_scale, and what "
+                                          r"trains: a detector's trainable_backbone_layers\)"):
         fit(0.75, 2, tmp_path / "saved.ckpt")
     assert fit(None, 2, tmp_path / "saved.ckpt").global_step == 4  # the same settings resume
     # the same groups at other shares of the rate: the optimizer had restored the saved rates without a word

@@ -312,6 +312,19 @@ def test_trainable_backbone_layers_train_what_torchvisions_do():
         == {"layer2", "bam2", "layer3"}  # a BAM module with the stage it follows
 
 
+@pytest.mark.parametrize("name", HEADS)
+def test_layers_left_out_of_training_keep_their_batch_norm_statistics(name):
+    """torchvision's frozen layers are always on FrozenBatchNorm2d; here their statistics had moved with each batch
+    unless freeze_backbone_norms was set too (a fine-tuning audit: 63 of 63 in 2 steps)."""
+    model = _build(name, trainable_backbone_layers=1)
+    body = model.backbone.body if name.startswith("fcos") else model.backbone
+    before = {k: v.clone() for k, v in body.state_dict().items() if "running" in k}
+    model.eval().train()  # Lightning's switches after each validation
+    model(_images(), _targets())
+    moved = {k.split(".")[0] for k, v in body.state_dict().items() if "running" in k and not torch.equal(v, before[k])}
+    assert moved == {"layer3"}  # the one stage left to train
+
+
 @pytest.mark.parametrize("name, setting, message", [
     ("detr_cbam_resnet20_cifar", 5, r"^trainable_backbone_layers=5: give 0 to 4 \(the stem and 3 stages, counted from "
                                     r"the last\), or None for all$"),

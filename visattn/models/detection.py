@@ -108,7 +108,9 @@ def freeze_norms(backbone: nn.Module, freeze: bool) -> None:
 
 def freeze_leading_layers(backbone: nn.Module, trainable: Optional[int]) -> None:
     """torchvision's ``trainable_backbone_layers``: only the last ``trainable`` of a ResNet backbone's stem and stages
-    (a BAM module with the stage it follows) keep their gradients; ``None``: all of them."""
+    (a BAM module with the stage it follows) train; ``None``: all of them. The others keep their weights and their
+    batch norms' statistics (eval mode, here and in every later ``train()``), as torchvision's, whose frozen layers
+    are always on ``FrozenBatchNorm2d``: their statistics had moved with each batch (a fine-tuning audit)."""
     if trainable is None:
         return
     if not isinstance(backbone, ResNet):
@@ -119,11 +121,13 @@ def freeze_leading_layers(backbone: nn.Module, trainable: Optional[int]) -> None
         raise ConfigError(f"trainable_backbone_layers={trainable!r}: give 0 to {len(layers)} (the stem and "
                           f"{len(layers) - 1} stages, counted from the last), or None for all")
     frozen = layers[:len(layers) - trainable]
-    for name, parameter in backbone.named_parameters():
+    for name, module in backbone.named_modules():
         top = name.split(".")[0]
         layer = top if top.startswith("layer") else f"layer{top[3:]}" if top.startswith("bam") else "stem"
-        if layer in frozen:
-            parameter.requires_grad_(False)
+        if name and layer in frozen:
+            module.requires_grad_(False)
+            if isinstance(module, _BatchNorm):
+                module.eval()
 
 
 def resnet_stage_channels(body: ResNet) -> list[int]:
@@ -464,13 +468,14 @@ class FcosDetector(FCOS):
         self.num_classes = num_classes
         self.input_size = (3, min_size, min_size)
         self.head.register_forward_hook(_head_outputs_to_float32)
-        self.freeze_backbone_norms = freeze_backbone_norms
+        self.freeze_backbone_norms, self.trainable_backbone_layers = freeze_backbone_norms, trainable_backbone_layers
         freeze_norms(body, freeze_backbone_norms)
         freeze_leading_layers(body, trainable_backbone_layers)
 
     def train(self, mode: bool = True) -> "FcosDetector":
         super().train(mode)
         freeze_norms(self.backbone.body, self.freeze_backbone_norms)
+        freeze_leading_layers(self.backbone.body, self.trainable_backbone_layers)
         return self
 
     def forward(self, images: list[Tensor], targets: Optional[Targets] = None) -> Union[dict[str, Tensor], Detections]:
@@ -705,7 +710,7 @@ class DetrDetector(nn.Module):
         self.backbone = create_backbone(
             backbone, kwargs=backbone_kwargs, pretrained=pretrained_backbone, max_size=max_size
         )
-        self.freeze_backbone_norms = freeze_backbone_norms
+        self.freeze_backbone_norms, self.trainable_backbone_layers = freeze_backbone_norms, trainable_backbone_layers
         freeze_norms(self.backbone, freeze_backbone_norms)
         freeze_leading_layers(self.backbone, trainable_backbone_layers)
         if isinstance(self.backbone, ResNet):
@@ -728,6 +733,7 @@ class DetrDetector(nn.Module):
     def train(self, mode: bool = True) -> "DetrDetector":
         super().train(mode)
         freeze_norms(self.backbone, self.freeze_backbone_norms)
+        freeze_leading_layers(self.backbone, self.trainable_backbone_layers)
         return self
 
     def forward(self, images: list[Tensor], targets: Optional[Targets] = None) -> Union[dict[str, Tensor], Detections]:

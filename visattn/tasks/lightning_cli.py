@@ -1126,6 +1126,22 @@ def _plain_enum_values(config: Namespace) -> None:
                     _plain_enum_values(item)
 
 
+def _nulls_in_model_dicts(model: Any) -> None:
+    """``null`` for a key of a task's dict argument on the command line (``--model.init_args.model_kwargs.KEY
+    null``) is None: jsonargparse passes it into a subclass's dict as the text ``'None'``, which the builder then
+    refused, naming None as the fix (a detection fine-tuning audit). No builder takes that text."""
+    init_args = getattr(model, "init_args", None) or {}
+    for key, value in init_args.items():
+        if isinstance(value, dict):
+            init_args[key] = _with_nulls(value)
+
+
+def _with_nulls(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _with_nulls(v) for k, v in value.items()}
+    return None if value == "None" else value
+
+
 def _as_lists(value: Any) -> Any:
     """``value`` with tensors as (nested) lists, so ``json.dumps`` takes it; other objects as their text."""
     if isinstance(value, torch.Tensor):
@@ -1210,6 +1226,7 @@ class VisattnCLI(LightningCLI):
 
     def _check_config(self) -> None:
         _plain_enum_values(self.config)
+        _nulls_in_model_dicts(self._get(self.config, "model"))
         # The links were chosen from the command line before parsing: a way of naming the task that reading
         # missed would train without the data's labels and preprocessing (a 10-class head on 3 classes).
         task = _imported(self._get(self.config, "model").get("class_path"))

@@ -55,8 +55,8 @@ def refuse_other_parameter_groups(task: pl.LightningModule, checkpoint: dict[str
         path = task.trainer.ckpt_path
         raise ConfigError(f"--ckpt_path {path}: its run grouped the parameters as {_names(saved)}, this run's "
                           f"settings as {_names(now)}; resume with the settings it was saved with (layer_decay, "
-                          f"backbone_lr_scale), or start a new run from its weights with --model.init_args.pretrained "
-                          f"{path}")
+                          f"backbone_lr_scale, and what trains: a detector's trainable_backbone_layers), or start a "
+                          f"new run from its weights with --model.init_args.pretrained {path}")
 
 
 def _group_shares(groups: list[tuple[Optional[str], int, Optional[float]]]) -> list[tuple[Optional[str], int, float]]:
