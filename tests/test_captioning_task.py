@@ -496,7 +496,8 @@ def test_meteor_without_java_is_one_line(monkeypatch, capsys):
         caption_scores(["a red top"], [["a red top"]], meteor=True)
     with pytest.raises(ConfigError, match=r"^model.init_args.meteor=true: METEOR runs Java"):  # before training
         CaptioningTask(model_kwargs=json.loads(TINY_MODEL), vocab=VOCAB, meteor=True)
-    assert main(["evaluate", "--model", "sat_cbam_resnet_scenes.scenes", "--dataset", "fashion-scenes", "--meteor"]) == 2
+    assert main(["evaluate", "--model", "sat_cbam_resnet_scenes.scenes", "--dataset", "fashion-scenes",
+                 "--meteor"]) == 2
     assert capsys.readouterr().err.startswith("visattn: error: --meteor: METEOR runs Java")  # before any captioning
 
 

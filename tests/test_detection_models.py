@@ -290,7 +290,8 @@ def test_frozen_backbone_norms_keep_what_the_weights_brought_through_training(na
         assert all(torch.equal(module.state_dict()[k], v) for k, v in state.items())
     assert len(convs) > 20 and all(not torch.equal(dict(model.named_parameters())[k], v) for k, v in convs.items())
     rebuilt = _build(name, freeze_backbone_norms=True, pretrained=model.state_dict())
-    assert not any(m.training or m.weight.requires_grad for m in rebuilt.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert not any(m.training or m.weight.requires_grad
+                   for m in rebuilt.modules() if isinstance(m, torch.nn.BatchNorm2d))
 
 
 def test_trainable_backbone_layers_train_what_torchvisions_do():
@@ -353,7 +354,8 @@ def test_frozen_backbone_norms_leave_attention_modules_to_train(backbone, attent
 
 def test_frozen_backbone_norms_stay_frozen_as_sync_batch_norms():
     """Lightning's sync_batchnorm converts them for DDP; every later train() had to keep the converted ones too."""
-    model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(_build("detr_cbam_resnet20_cifar", freeze_backbone_norms=True))
+    built = _build("detr_cbam_resnet20_cifar", freeze_backbone_norms=True)
+    model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(built)
     norms = [m for m in model.backbone.modules() if isinstance(m, torch.nn.SyncBatchNorm)]
     model.eval().train()
     assert len(norms) == 21 and not any(m.training or m.weight.requires_grad for m in norms)

@@ -301,7 +301,8 @@ CASES = {
                             "holds no test samples"),
     # from a check of DDP on the CPU: a ValueError traceback from each process
     "sync_batchnorm_on_cpu_processes": (lambda tmp: [*FIT, "--trainer.strategy", "ddp", "--trainer.devices", "2",
-                                                     "--trainer.accelerator", "cpu", "--trainer.sync_batchnorm", "true"],
+                                                     "--trainer.accelerator", "cpu",
+                                                     "--trainer.sync_batchnorm", "true"],
                                         "trainer.sync_batchnorm true: torch's SyncBatchNorm runs on GPUs only (DDP "
                                         "refuses it on the CPU); set it false there"),
     "half_precision_weights_on_cpu": (lambda tmp: [*FIT, "--trainer.precision", "16-true"],
@@ -457,7 +458,8 @@ def test_folders_typed_on_the_command_line_are_read_in_both_forms():
 
 @pytest.mark.parametrize("monitor, mode, refused", [
     ("val/map50", "min", True), ("val/cider", "min", True), ("val/pointing", "min", True), ("val/bleu4", "min", True),
-    ("val/map", "min", True), ("val/meteor", "min", True), ("val/rouge_l", "min", True), ("val/top5", "min", True), ("val/xent", "max", True),
+    ("val/map", "min", True), ("val/meteor", "min", True), ("val/rouge_l", "min", True), ("val/top5", "min", True),
+    ("val/xent", "max", True),
     ("train/loss", "max", True), ("train/attn_reg", "max", True), ("val/map50", "max", False), ("val/loss", "min", False),
     ("val/custom", "min", False), ("val/custom", "max", False),
 ])
@@ -664,7 +666,8 @@ OUTPUT_AND_OPTION_CASES = {
         "unnamed.ckpt: not a visattn classification checkpoint (no model_name and num_classes); save-weights turns"),
     "meteor_for_a_classifier": (lambda tmp: ["evaluate", "--model", CLASSIFIER, "--dataset", "fashion-mnist",
                                              "--meteor"],
-                                f"--meteor: {CLASSIFIER} is a classifier, and only a captioner takes --meteor; drop it"),
+                                f"--meteor: {CLASSIFIER} is a classifier, and only a captioner takes --meteor; "
+                                "drop it"),
     "save_weights_out_dir_is_a_file": (lambda tmp: _save_weights(tmp, "--out-dir", _a_file(tmp)),
                                        "--out-dir afile: cannot write there"),
     # it had named the temp file moved there, as if it were the folder

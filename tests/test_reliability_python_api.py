@@ -200,8 +200,10 @@ def test_list_models_former_pattern_keyword_still_lists_with_a_warning():
      r"variant of each layer: trace, torch.export or `visattn export` the model as built; TorchScript scripting is "
      r"not supported\)$"),
     (lambda: create_model("vit_tiny_patch4_28", exportable=True), r"^vit_tiny_patch4_28 has no argument 'exportable'"),
-    (lambda: create_model("resnet18", no_jit=True), r"^resnet18 has no argument 'no_jit', which timm.create_model takes"),
-    (lambda: create_model("resnet18", scriptable=False, cache_dir="/tmp/hub"), r"^resnet18 has no argument 'cache_dir'"),
+    (lambda: create_model("resnet18", no_jit=True),
+     r"^resnet18 has no argument 'no_jit', which timm.create_model takes"),
+    (lambda: create_model("resnet18", scriptable=False, cache_dir="/tmp/hub"),
+     r"^resnet18 has no argument 'cache_dir'"),
     (lambda: create_model("resnet18", cache_dir="/tmp/hub"),
      r"^resnet18 has no argument 'cache_dir', which timm.create_model takes: set \$HF_HUB_CACHE"),
     (lambda: create_model("resnet18", pretrained_cfg_overlay={"file": "w.pth"}),

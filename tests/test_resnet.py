@@ -294,7 +294,8 @@ def test_timm_se_resnet_weights_load_strictly_with_same_logits(timm_name, arch, 
 
 
 @pytest.mark.parametrize("arch, timm_name", [("se_resnet18", "seresnet18"), ("eca_resnet50d", "ecaresnet50d"),
-                                             ("resnet18d", "resnet18d"), ("vit_tiny_patch16_224", "vit_tiny_patch16_224")])
+                                             ("resnet18d", "resnet18d"),
+                                             ("vit_tiny_patch16_224", "vit_tiny_patch16_224")])
 def test_weights_go_back_to_timm_by_timm_state_dict(arch, timm_name):
     """A timm user's SE- and ECA-ResNets fine-tuned here did not load into timm (their attention is `attn` here)."""
     torch.manual_seed(0)

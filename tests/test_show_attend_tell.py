@@ -207,8 +207,8 @@ def test_doubly_stochastic_penalty_on_hand_made_alphas():
 
 
 def test_the_attention_regulariser_weighs_against_the_words_as_in_the_papers_loss():
-    """Xu et al.'s loss is a caption's summed negative log-likelihood plus λ Σ_p (1 - Σ_t α_tp)²; over words, as the
-    cross-entropy is averaged, the regulariser is that loss's term over the batch's words (it had been averaged
+    """Xu et al.'s loss is a caption's summed negative log-likelihood plus λ Σ_p (1 - Σ_t α_tp)²; over words, as
+    the cross-entropy is averaged, the regulariser is that loss's term over the batch's words (it had been averaged
     per caption, as many times stronger as captions have words)."""
     torch.manual_seed(0)
     alphas = torch.rand(3, 5, 4).softmax(dim=-1)
