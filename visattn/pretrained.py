@@ -42,7 +42,7 @@ from .layers.create_attn import ATTN_LAYERS
 from .layers.patch_embed import fixed_input_size
 from .registry import Strictness
 from .shipped import installed_package, shipped_folder, unstarted_shipped_run
-from .weight_names import HUB_PREFIXES, PICKLE_SUFFIXES, WEIGHTS_TAG, names_a_weights_file
+from .weight_names import FETCHED_PREFIXES, HUB_PREFIXES, PICKLE_SUFFIXES, WEIGHTS_TAG, names_a_weights_file
 
 StateDict = dict[str, torch.Tensor]
 
@@ -326,7 +326,7 @@ def weights_preprocessing(entry: Optional[dict[str, Any]], pretrained: Any) -> O
     entry = entry if entry is not None else named_weights_entry(pretrained)
     if entry is not None:
         return entry.get("preprocessing")
-    if isinstance(pretrained, (str, Path)) and not str(pretrained).startswith(("timm:", *HUB_PREFIXES)):
+    if isinstance(pretrained, (str, Path)) and not str(pretrained).startswith(FETCHED_PREFIXES):
         return _file_preprocessing(Path(pretrained))  # a training checkpoint's hyper_parameters too
     if not (isinstance(pretrained, str) and pretrained.startswith("timm:")):  # the hub's record nothing
         return None
@@ -357,7 +357,7 @@ def loaded_weights_preprocessing(model: nn.Module, entry: Optional[dict[str, Any
     entry = entry if entry is not None else named_weights_entry(pretrained)
     if entry is not None or pretrained is None or pretrained is False:
         return weights_preprocessing(entry, pretrained)
-    if isinstance(pretrained, (str, Path)) and not str(pretrained).startswith(("timm:", *HUB_PREFIXES)):
+    if isinstance(pretrained, (str, Path)) and not str(pretrained).startswith(FETCHED_PREFIXES):
         origin, recorded = _file_record(Path(pretrained))  # read once
     else:
         origin = _state_origin(pretrained) if isinstance(pretrained, dict) else "other"  # timm's, the hub's: other
@@ -464,7 +464,7 @@ def _state_origin(keys: Iterable[str]) -> WeightsOrigin:
 def named_weights_entry(pretrained: Any) -> Optional[dict[str, Any]]:
     """The index entry of weights given by name, ``pretrained="ARCH.TAG"``; None for a file, a
     ``timm:``/``hf-hub:`` name, or anything else."""
-    if not isinstance(pretrained, str) or pretrained.startswith(("timm:", *HUB_PREFIXES)) or Path(pretrained).exists():
+    if not isinstance(pretrained, str) or pretrained.startswith(FETCHED_PREFIXES) or Path(pretrained).exists():
         return None
     return next((index[pretrained] for index in _folder_indexes() if pretrained in index), None)
 

@@ -11,6 +11,8 @@ WEIGHTS_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
 WEIGHTS_TAG = re.compile(r"[\w-]+")  # the TAG of ARCH.TAG: no dots, slashes, spaces or shell characters
 # The hub repositories timm builds models from by name (timm:hf-hub:ORG/REPO), spelled either way.
 HUB_PREFIXES = ("hf-hub:", "hf_hub:")
+# Weights named for timm or the hub to fetch (timm:NAME, hf-hub:ORG/REPO), not a file or ARCH.TAG
+FETCHED_PREFIXES = ("timm:", *HUB_PREFIXES)
 
 
 def names_a_weights_file(text: str) -> bool:
@@ -23,7 +25,7 @@ def model_source_problem(text: str, *, model: str, checkpoint: str) -> Optional[
     """Why ``text`` names no model's weights, with the option that takes it (``model`` and ``checkpoint``: the two
     options' names, ``--model`` or ``model=``); None for a registered name, ARCH.TAG or a weights file visattn saved
     (``FILE.safetensors``, checked where it is read)."""
-    hub = next((prefix for prefix in ("timm:", *HUB_PREFIXES) if text.startswith(prefix)), None)
+    hub = next((prefix for prefix in FETCHED_PREFIXES if text.startswith(prefix)), None)
     if hub:  # checked before files: a hub name has a slash (it had been called a file)
         return (f"{text!r}: {hub} names go in a `visattn fit` config (a classifier's model_name, a captioner's "
                 f"encoder_name, or pretrained), then {checkpoint} takes the trained checkpoint; {model} takes a "

@@ -88,7 +88,7 @@ from ..inference.detector import class_label, detection_records
 from ..pretrained import check_state_dict, checkpoint_follows, scored_as_built
 from ..registry import model_arguments, split_model_name
 from ..shipped import bare_config_name, config_file_name, nearest_shipped_configs, shipped_config
-from ..weight_names import HUB_PREFIXES
+from ..weight_names import FETCHED_PREFIXES
 from .distributed import gather_shares
 from .guards import GuardedTask, seed_apart
 
@@ -470,7 +470,7 @@ def _check_model_name(model: Any, ckpt_path: Optional[str]) -> None:
     name = (getattr(model, "init_args", None) or {}).get("model_name")
     if ckpt_path is not None or not (isinstance(task, type) and issubclass(task, GuardedTask)):
         return
-    if isinstance(name, str) and not name.startswith(("timm:", *HUB_PREFIXES)):  # timm's are checked as it builds
+    if isinstance(name, str) and not name.startswith(FETCHED_PREFIXES):  # timm's are checked as it builds
         model_arguments(name)  # an unknown ARCH or TAG: UnknownModelError with the nearest names
 
 
