@@ -57,6 +57,9 @@ class BamSpatialBranch(nn.Module):
 class Bam(nn.Module):
     """BAM: ``x * (1 + sigmoid(channel(x) + spatial(x)))``; the batch norms follow the authors' code.
 
+    The branches are added as in the paper (eq. 2); the authors' released code multiplies them, so its weights
+    give another function here.
+
     Explainability: set ``keep_gate = True`` and each forward stores detached tensors in [0, 1]:
     ``last_gate = {"gate": (B, C, H, W), "channel": (B, C, 1, 1), "spatial": (B, 1, H, W)}``, where
     ``"gate"`` is the applied gate and ``"channel"``/``"spatial"`` are each branch's logits through

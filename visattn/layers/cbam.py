@@ -40,6 +40,10 @@ class ChannelGate(nn.Module):
 class SpatialGate(nn.Module):
     """``sigmoid(conv_kxk([max_c(x), mean_c(x)]))``: one weight per position, shared by all channels.
 
+    The maps are stacked ``[max, mean]`` as in the authors' code (the paper's eq. 3 and timm write ``[mean, max]``);
+    the convolution has a bias and no norm, as in eq. 3 (the authors' code and timm's ``CbamModule`` add a batch
+    norm), so their weights need the norm folded in and the input channels swapped.
+
     Args:
         kernel_size: odd size of the square convolution (7 in the paper).
     """

@@ -41,7 +41,14 @@ class GlobalContextBlock(nn.Module):
         )
         self.keep_gate = keep_gate
         self.last_gate: dict[str, Tensor] = {}
+        self.init_affinity()
         self.zero_init_last()
+
+    def init_affinity(self) -> None:
+        """Kaiming fan-in init of the attention logits, as the authors' code: a ResNet's fan-out init gives this
+        one-output conv weights of std sqrt(2), and the softmax starts one-hot, passing its logits no gradient."""
+        nn.init.kaiming_normal_(self.attn_logits.weight, mode="fan_in", nonlinearity="relu")
+        nn.init.zeros_(self.attn_logits.bias)
 
     def zero_init_last(self) -> None:
         """Zero the transform's output conv so the block starts as the identity."""

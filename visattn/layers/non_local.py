@@ -38,7 +38,15 @@ class NonLocalBlock(nn.Module):
         self.norm = nn.BatchNorm2d(channels)
         self.keep_gate = keep_gate
         self.last_gate: dict[str, Tensor] = {}
+        self.init_affinity()
         self.zero_init_last()
+
+    def init_affinity(self) -> None:
+        """Draw the embeddings from N(0, 0.01) as the authors' code does: with a ResNet's fan-out init of its
+        convs the unscaled dot products are large and the softmax starts one-hot, passing its logits no gradient."""
+        for conv in (self.theta, self.phi, self.g):
+            nn.init.normal_(conv.weight, std=0.01)
+            nn.init.zeros_(conv.bias)
 
     def zero_init_last(self) -> None:
         """Zero the output BN so the block starts as the identity (Sec. 4.1 of the paper)."""

@@ -14,8 +14,9 @@ from .patch_embed import check_count
 def reduced_channels(channels: int, reduction: int, min_channels: int = 8) -> int:
     """Hidden width of an attention bottleneck: ``channels // reduction``, at least ``min_channels``.
 
-    The floor keeps the bottleneck meaningful on narrow networks (e.g. 16-channel CIFAR stages);
-    ImageNet ResNets (``channels >= 64 * reduction / 8``) are unaffected by it.
+    The floor keeps the bottleneck meaningful on narrow networks (e.g. 16-channel CIFAR stages). With the
+    default floor of 8 and reduction 16 it also widens the 64-channel first stage of ResNet-18/34 to 8 (timm's
+    SE rounds to 8 there too; the CBAM and BAM authors' code has 4).
     """
     return max(channels // check_count("reduction", reduction), min_channels)
 

@@ -21,7 +21,8 @@ Where each attention goes, following its paper:
 - Global context: ``block.attn`` likewise, but not in the first stage (``c3+c4+c5`` in the paper).
 - BAM: between stages, ``bam1``/``bam2``/``bam3`` after ``layer1``/``layer2``/``layer3``.
 - Non-local: ``block.non_local`` after the residual add of every other block (the first, third,
-  ...) of ``layer2`` (at most 2) and ``layer3`` (at most 3): the paper's 5-block ResNet-50 setting.
+  ...) of ``layer2`` (at most 2) and ``layer3`` (at most 3): the paper's 5-block ResNet-50 setting. The
+  authors' code puts them after the second, fourth, ... (``non_local_blocks={2: (1, 3), 3: (1, 3, 5)}``).
 
 ``*d`` variants are ResNet-D (``stem_type="deep"``, ``avg_down=True``, as timm's ``resnet50d``), ``*t`` the
 tiered deep stem (timm's ``ecaresnet50t``); their keys are timm's (``conv1.0/.1/.3/.4/.6``, shortcut
@@ -368,6 +369,8 @@ class ResNet(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
         for m in self.modules():
+            if hasattr(m, "init_affinity"):  # the fan-out init above would saturate their softmax
+                m.init_affinity()
             # Non-local / GC blocks start as the identity; the blocks only when asked to.
             is_block = isinstance(m, _ResidualBlock)
             if hasattr(m, "zero_init_last") and (zero_init_last or not is_block):
@@ -494,12 +497,14 @@ class ResNet(nn.Module):
         ECA block attention under ``se`` (what :meth:`adapt_state_dict` reads back), the rest as they are. timm's
         names drop the first underscore: ``se_resnet50`` is its ``seresnet50``, ``eca_resnet50d`` its
         ``ecaresnet50d``. (Only timm's direction had been read: such weights fine-tuned here did not load there.)
-        Attention timm's ResNets lack (CBAM, BAM, coordinate, global-context, non-local) is one line: its weights
-        had been given under visattn's names, which a non-strict load in timm drops without a word."""
+        Attention timm's ResNets lack or parametrise otherwise (CBAM, BAM, coordinate, global-context, non-local) is
+        one line: its weights had been given under visattn's names, which a non-strict load in timm drops without a
+        word."""
         other = next((m for m in self.modules() if isinstance(m, tuple(ATTN_LAYERS.values()))
                       and not isinstance(m, _TIMM_SAME_ATTN)), None)
         if other is not None:
-            raise ConfigError(f"timm_state_dict: timm's ResNets have no {type(other).__name__} module; save this "
+            raise ConfigError(f"timm_state_dict: timm's ResNets have no {type(other).__name__} of the same parameters "
+                              "(where timm has that attention, its widths, norms or biases differ); save this "
                               "model's weights with visattn.save_weights or torch.save(model.state_dict(), ...) "
                               "(timm_state_dict covers plain, SE and ECA ResNets)")
         state = self.state_dict()
