@@ -4,12 +4,14 @@ detection settings that would give wrong results without a word."""
 import json
 import os
 import re
+import sys
+import warnings
 
 import pytest
 import torch
 
 from visattn import create_model, load_captioner, load_classifier, load_detector
-from visattn.errors import ConfigError, VisattnError, WeightsError
+from visattn.errors import ConfigError, VisattnError, VisattnWarning, WeightsError
 from visattn.pretrained import load_weights, save_weights
 
 GRAY_28 = dict(input_size=[3, 28, 28], mean=[0.5] * 3, std=[0.5] * 3)
@@ -32,6 +34,20 @@ def test_save_weights_refuses_a_description_the_model_contradicts_and_writes_not
     with pytest.raises(WeightsError, match=f"^{weights_tmp}/{arch}.bad.safetensors: {message}"):
         save_weights(model, weights_tmp / f"{arch}.bad.safetensors", **meta)
     assert not list(weights_tmp.iterdir())
+
+
+def test_a_warning_of_loading_weights_names_the_callers_line(tmp_path):
+    """A fixed stacklevel had named contextlib.py:81, where the warning passed through a ``with`` block."""
+    path = tmp_path / "plain.pth"
+    torch.save(create_model("resnet20_cifar").state_dict(), path)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        create_model("se_resnet20_cifar.fmnist", pretrained=True, num_classes=5)  # a head dropped
+        create_model("se_resnet20_cifar", pretrained=str(path), strict="attention")  # attention left at its init
+    shown = [(w.filename, w.lineno) for w in seen if issubclass(w.category, VisattnWarning)]
+    line = sys._getframe().f_lineno
+    assert len(shown) >= 2 and {filename for filename, _ in shown} == {__file__}, shown
+    assert {lineno for _, lineno in shown} == {line - 3, line - 2}, shown
 
 
 def _tiny_captioner():
@@ -310,6 +326,25 @@ def test_classifier_inputs_that_are_no_float_tensor_are_one_line(arch, given, me
     # they were "'list' object has no attribute 'ndim'" or a dtype error from the first convolution
     with pytest.raises(ConfigError, match=message):
         create_model(arch).eval()(given())
+
+
+@pytest.mark.parametrize("arch", ["vit_tiny_patch4_28", "se_resnet20_cifar"])
+def test_inputs_of_another_dtype_or_device_than_the_weights_are_one_line_unless_autocast_casts_them(arch):
+    """torch's "Input type (CPUBFloat16Type) and weight type (torch.FloatTensor) should be the same or input should
+    be a MKLDNN tensor ..." had been the message of a notebook's commonest slip."""
+    model, x = create_model(arch).eval(), torch.randn(1, 3, 28, 28)
+    with pytest.raises(ConfigError, match=r"^input holds bfloat16 values but the model's weights are float32; cast "
+                                          r"it with x.to\(torch.float32\)$"):
+        model(x.bfloat16())
+    with pytest.raises(ConfigError, match=r"^input is on meta but the model's weights are on cpu; move it with "
+                                          r"x.to\('cpu'\)$"):
+        model(x.to("meta"))
+    with torch.autocast("cpu", torch.bfloat16):
+        assert model(x).dtype == torch.bfloat16
+        with pytest.raises(ConfigError, match=r"^input holds float64 values but the model's weights are float32"):
+            model(x.double())
+    model.bfloat16()
+    torch.testing.assert_close(model(x.bfloat16()), model.float()(x).bfloat16(), atol=0.1, rtol=0.1)
 
 
 @pytest.mark.parametrize("name, mode", [("dm_nfnet_f0.dm_in1k", "'squash' and crop_pct 0.9"),

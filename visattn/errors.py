@@ -158,6 +158,22 @@ class VisattnWarning(UserWarning):
     """Base class of every warning visattn issues; the CLI prints these as one line."""
 
 
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+# Frames between visattn and its caller that are not the caller's code: a ``with`` block's context manager, a
+# module's ``__call__``.
+_PASSED_THROUGH = (contextlib.__file__, os.path.join("torch", "nn", "modules", "module.py"))
+
+
+def outside_visattn() -> int:
+    """The ``stacklevel`` of a ``warnings.warn`` called where this is: the first frame outside visattn, so the warning
+    names the user's line (a fixed level had named contextlib.py where the warning passed through a ``with``)."""
+    frame, level = sys._getframe(1), 1
+    while frame.f_back is not None and (frame.f_code.co_filename.startswith(_PACKAGE_DIR)
+                                        or frame.f_code.co_filename.endswith(_PASSED_THROUGH)):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 class DeprecatedArgumentWarning(VisattnWarning, FutureWarning):
     """An argument visattn has renamed or will remove: shown to users by default (Python hides DeprecationWarning
     outside ``__main__``)."""

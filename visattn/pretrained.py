@@ -36,7 +36,7 @@ from timm.models._features import FeatureGetterNet  # timm does not export it at
 from torch import nn
 
 from .errors import (ConfigError, UnknownModelError, VisattnError, VisattnWarning, WeightsError, caught_warnings,
-                     one_line)
+    one_line, outside_visattn)
 from .fileio import atomic_path, atomic_write_text, exclusive_lock
 from .layers.create_attn import ATTN_LAYERS
 from .layers.patch_embed import fixed_input_size
@@ -341,7 +341,7 @@ def weights_preprocessing(entry: Optional[dict[str, Any]], pretrained: Any) -> O
         done = "resize the whole image to the input size" if recipe == "small" else "centre-crop"
         warnings.warn(f"{pretrained}: timm evaluates these weights with crop_mode {cfg.crop_mode!r} and crop_pct "
                       f"{cfg.crop_pct}, which visattn's transforms do not do; they {done} instead, so the model sees "
-                      "other inputs than timm gives it", VisattnWarning, stacklevel=2)
+                      "other inputs than timm gives it", VisattnWarning, stacklevel=outside_visattn())
     recorded = {"mean": list(cfg.mean), "std": list(cfg.std), "crop_pct": cfg.crop_pct, "recipe": recipe}
     return {**recorded, **({"interpolation": cfg.interpolation} if cfg.interpolation in INTERPOLATIONS else {})}
 
@@ -534,7 +534,7 @@ def _recorded_entry(path: Path, *, skip_damaged: bool = False) -> Optional[dict[
                    "weights again")
         if not skip_damaged:
             raise WeightsError(message)
-        warnings.warn(message, VisattnWarning, stacklevel=2)
+        warnings.warn(message, VisattnWarning, stacklevel=outside_visattn())
         return None
     return {**recorded, "file": path.name, "sha256": None, "arch": arch, "tag": tag, "path": str(path),
             "index": str(path)}
@@ -872,7 +872,8 @@ def _warn_unless_described(path: Path, arch: str, model: nn.Module, meta: dict[s
         assumptions = {"preprocessing": f"{arch}'s default {settings}", "labels": "labels '0'..'N-1'"}
         warnings.warn(f"{path}: saved without {' or '.join(missing)}; loading it will assume "
                       f"{' and '.join(assumptions[key] for key in missing)}; pass preprocessing=dict(input_size=..., "
-                      "mean=..., std=...) and labels=[...] to save_weights", VisattnWarning, stacklevel=3)
+                      "mean=..., std=...) and labels=[...] to save_weights",
+                      VisattnWarning, stacklevel=outside_visattn())
 
 
 def _bare_model(model: nn.Module) -> nn.Module:
@@ -1144,7 +1145,7 @@ def load_weights(
     _refuse_whole_numbers(model, state, source=named)
     # Only now: before weights that do not fit at all, or hold NaN, the warnings would mislead.
     for warning in filter(None, (channels_warning, head_warning)):
-        warnings.warn(warning, VisattnWarning, stacklevel=2)
+        warnings.warn(warning, VisattnWarning, stacklevel=outside_visattn())
     if not on_meta:
         model.load_state_dict(state, strict=False)
     elif initialise is not None:
@@ -1460,7 +1461,7 @@ def check_state_dict(
             f"{source}: loaded non-strictly; kept init for missing {_key_list(missing)}; "
             f"ignored unexpected {_key_list(unexpected)}",
             VisattnWarning,
-            stacklevel=3,
+            stacklevel=outside_visattn(),
         )
 
 

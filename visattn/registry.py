@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from .errors import (ArgumentError, ConfigError, DeprecatedArgumentWarning, UnknownModelError, VisattnWarning,
-                     check_keyword_arguments, check_keyword_types, keyword_names, one_line)
+    check_keyword_arguments, check_keyword_types, keyword_names, one_line, outside_visattn)
 from .weight_names import HUB_PREFIXES
 
 # True: every weight must fit; "attention": only attention modules added to the weights' architecture
@@ -334,7 +334,7 @@ def _renamed_pattern(filter: Patterns, pattern: Optional[Patterns]) -> Patterns:
         raise ConfigError(f"filter={filter!r} and pattern={pattern!r}: pattern= is filter='s former name; give filter= "
                           "only")
     warnings.warn("pattern= is now filter=, as timm names it; pattern= will be removed", DeprecatedArgumentWarning,
-                  stacklevel=3)
+                  stacklevel=outside_visattn())
     return pattern
 
 

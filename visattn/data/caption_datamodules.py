@@ -30,7 +30,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import Dataset
 
-from ..errors import ArgumentError, ConfigError, VisattnWarning, caught_warnings
+from ..errors import ArgumentError, ConfigError, VisattnWarning, caught_warnings, outside_visattn
 from .datamodules import COCO_VALIDATION_FIX, COCO_VALIDATION_SETTING, SplitLoadersMixin, check_img_size, split_images_dir
 from .coco import CaptionImages, CocoCaptions, KarpathyCaptions, KarpathySplit, read_karpathy
 from .scenes import SCENES_MEAN, SCENES_STD, FashionScenes, scene_settings
@@ -81,7 +81,7 @@ def _warn_of_unknown_words(counts: Counter, min_count: int, *, most: float = 0.1
     lower = max(m for m in range(1, min_count) if rare(m) <= suggested)
     warnings.warn(f"data.init_args.min_count {min_count} leaves {rare(min_count):.0%} of the {total} words of the "
                   f"training captions out of the vocabulary: they train as <unk>, which the scores leave out; give "
-                  f"{lower}, which leaves {rare(lower):.0%}", VisattnWarning, stacklevel=3)
+                  f"{lower}, which leaves {rare(lower):.0%}", VisattnWarning, stacklevel=outside_visattn())
 
 
 def _warn_of_cut_captions(lengths: list[int], room: int, never_kept: list[str]) -> None:
@@ -92,7 +92,8 @@ def _warn_of_cut_captions(lengths: list[int], room: int, never_kept: list[str]) 
                 f"{', ...' if len(never_kept) > 3 else ''}), so the model never learns to say them" if never_kept else "")
     warnings.warn(f"data.init_args.max_caption_len {room + 2} keeps {room} word{'s' if room != 1 else ''}: {cut} of the {len(lengths)} "
                   f"training captions read for the vocabulary ({cut / len(lengths):.1%}) are longer, up to {max(lengths)} words, and train cut "
-                  f"short{unlearnt}; give {max(lengths) + 2} to keep every caption whole", VisattnWarning, stacklevel=3)
+                  f"short{unlearnt}; give {max(lengths) + 2} to keep every caption whole",
+                  VisattnWarning, stacklevel=outside_visattn())
 
 
 @contextlib.contextmanager

@@ -34,7 +34,7 @@ from typing import Any, Callable, Literal
 import numpy as np
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, outside_visattn
 from ..fileio import not_a_folder
 from .image_folder import ImageFiles, SkippedImageWarning
 from .image_io import DEFAULT_MAX_PIXELS
@@ -297,7 +297,7 @@ def _check_wordless(path: Path, wordless: list[str], *, kept: int) -> None:
     if wordless:
         more = f" and {len(wordless) - 3} more" if len(wordless) > 3 else ""
         warnings.warn(f"{path}: left out {', '.join(wordless[:3])}{more}: no caption with a word in it",
-                      SkippedImageWarning, stacklevel=3)
+                      SkippedImageWarning, stacklevel=outside_visattn())
 
 
 def _read_json(path: Path) -> dict:

@@ -27,7 +27,7 @@ from torch.utils.data._utils.worker import _generate_state
 from torch.utils.data.dataloader import _BaseDataLoaderIter, _SingleProcessDataLoaderIter
 
 from ..devices import MAX_WORKERS_PER_CPU, max_workers
-from ..errors import ConfigError, VisattnWarning
+from ..errors import ConfigError, VisattnWarning, outside_visattn
 from ..layers.patch_embed import is_count
 from .fashion_mnist import (FASHION_MNIST_CLASSES, FASHION_MNIST_MEAN, FASHION_MNIST_STD, FashionMNIST,
                            find_fashion_mnist)
@@ -239,7 +239,7 @@ class SplitLoadersMixin:
         warnings.warn(f"the {split} split is padded from {n} to {processes} samples for {processes} processes (a "
                       f"process without a sample would hold the others up), so its metrics count {repeated} twice; "
                       f"give it at least {processes} samples, or evaluate with trainer.devices 1", VisattnWarning,
-                      stacklevel=2)
+                      stacklevel=outside_visattn())
         return None
 
     def _sampler_kwargs(self) -> dict[str, Any]:

@@ -32,7 +32,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Subset
 
-from ..errors import ConfigError, VisattnWarning, caught_warnings
+from ..errors import ConfigError, VisattnWarning, caught_warnings, outside_visattn
 from .coco import check_image_ids, image_paths, json_type_hint, load_coco, require_images_dir, require_some_image
 from .datamodules import COCO_VALIDATION_FIX, COCO_VALIDATION_SETTING, SplitLoadersMixin, split_images_dir
 from .image_folder import ImageFiles
@@ -255,7 +255,7 @@ class CocoDetection(ImageFiles):
             warnings.warn(f"{self.annotations}: {len(moved)} of its categories have other ids than in the training "
                           f"annotations (e.g. {json.dumps(name)}: id {here} here, {there} there); they are matched by "
                           "name, but predictions name the training ids; give the categories their training ids",
-                          VisattnWarning, stacklevel=3)
+                          VisattnWarning, stacklevel=outside_visattn())
 
     def _labels(self, categories: list[dict], class_names: Sequence[str] | None) -> tuple[list[str], dict[int, int]]:
         """Class names in label order and ``{category id: label}``."""
@@ -338,7 +338,7 @@ class CocoDetection(ImageFiles):
             reasons = ", ".join(f"{n} {why}" for why, n in dropped.most_common())
             warnings.warn(f"{self.annotations}: dropped {dropped.total()} of {sum(len(t[0]) for t in targets)} boxes "
                           f"({reasons}; e.g. annotation {json.dumps(example.get('id'))}'s bbox {json.dumps(example['bbox'])}); "
-                          "fix or remove those annotations", VisattnWarning, stacklevel=4)
+                          "fix or remove those annotations", VisattnWarning, stacklevel=outside_visattn())
         return kept
 
     def _bbox(self, annotation: dict) -> list[float]:
@@ -383,7 +383,7 @@ class CocoDetection(ImageFiles):
             self._size_warned[i] = True
             warnings.warn(f"{self.paths[i]}: decoded {decoded[1]}x{decoded[0]} (width x height), but "
                           f"{self.annotations} declares {declared[1]}x{declared[0]}; its boxes may miss the objects: "
-                          "fix its width and height or the image", VisattnWarning, stacklevel=3)
+                          "fix its width and height or the image", VisattnWarning, stacklevel=outside_visattn())
         return boxes
 
     def _warn_of_an_unknown_frame(self, i: int, declared: tuple[int, int] | None, *, has_boxes: bool) -> None:
@@ -401,7 +401,7 @@ class CocoDetection(ImageFiles):
         warnings.warn(f"{self.paths[i]}: EXIF orientation {orientation} turns or mirrors its pixels and {self.annotations} "
                       f"{why}, so its boxes are taken to be on the photo as displayed; if they were drawn on the "
                       "stored pixels, remove the EXIF orientation from such photos (warned for the first one only)",
-                      VisattnWarning, stacklevel=4)
+                      VisattnWarning, stacklevel=outside_visattn())
 
 
 def _warn_of_classes_without_boxes(dataset: CocoDetection) -> None:
@@ -412,7 +412,7 @@ def _warn_of_classes_without_boxes(dataset: CocoDetection) -> None:
     if empty:
         warnings.warn(f"{dataset.annotations}: categories {empty} have no object box to learn from, yet the detector "
                       "gets a class for each; add their boxes or remove them from categories", VisattnWarning,
-                      stacklevel=3)
+                      stacklevel=outside_visattn())
 
 
 def require_boxes(dataset: Dataset, source: str | os.PathLike) -> None:

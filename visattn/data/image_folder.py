@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 
-from ..errors import ConfigError, ImageDecodeError, VisattnWarning
+from ..errors import ConfigError, ImageDecodeError, VisattnWarning, outside_visattn
 from ..fileio import not_a_folder
 from .image_io import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, decode_image, list_images
 from .transforms import to_tensor
@@ -202,7 +202,7 @@ class ImageFolder(ImageFiles):
         if loose:
             more = f" and {len(loose) - 1} more image files" if len(loose) > 1 else ""
             warnings.warn(f"{self.root}: {loose[0]}{more} sit beside the class folders, in no class, and are not read; "
-                          "move each into its class's folder", VisattnWarning, stacklevel=3)
+                          "move each into its class's folder", VisattnWarning, stacklevel=outside_visattn())
 
     def _check_found_classes(self) -> None:
         check_class_count(self.root, self.classes)
@@ -249,7 +249,7 @@ def _decode_or_mark(paths: Sequence[Path], bad: torch.Tensor, i: int, max_pixels
         return decode_image(paths[i], max_pixels=max_pixels)
     except ImageDecodeError as err:
         bad[i] = True
-        warnings.warn(f"skipping {err}", SkippedImageWarning, stacklevel=4)
+        warnings.warn(f"skipping {err}", SkippedImageWarning, stacklevel=outside_visattn())
         return None
 
 

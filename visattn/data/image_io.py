@@ -24,7 +24,8 @@ from typing import Any, Optional
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..errors import ConfigError, ImageDecodeError, VisattnError, VisattnWarning, ignored_unless_busy, one_line
+from ..errors import (ConfigError, ImageDecodeError, VisattnError, VisattnWarning, ignored_unless_busy, one_line,
+    outside_visattn)
 from ..fileio import missing_reason, written_by_command, written_by_visattn
 
 __all__ = ["DEFAULT_MAX_PIXELS", "IMAGE_EXTENSIONS", "ImageFile", "decode_image", "list_images", "run_in_batches"]
@@ -216,7 +217,8 @@ def list_images(paths: PathLike | Iterable[PathLike], *, recursive: bool = True,
     if left_out:
         more = f" and {len(left_out) - 1} more" if len(left_out) > 1 else ""
         warnings.warn(f"not read as input: {left_out[0]}{more} in the output folder, which visattn did not write; "
-                      "name them as inputs, or write the output elsewhere", VisattnWarning, stacklevel=2)
+                      "name them as inputs, or write the output elsewhere",
+                      VisattnWarning, stacklevel=outside_visattn())
     if not found and not allow_empty:
         named = " ".join(map(str, paths))
         raise ConfigError(f"no image files found in {named}; give image files or folders holding them")

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from ..data.transforms import check_image_batch
-from ..errors import ArgumentError, ConfigError, VisattnWarning
+from ..errors import ArgumentError, ConfigError, VisattnWarning, outside_visattn
 from .attention import (as_index, as_module, attention_map, attention_pool_reading, check_gives_attention,
                         collect_attentions, gives_attention, input_channels, is_vit, model_batch, recorded_inputs,
                         token_grid)
@@ -217,7 +217,8 @@ def explain(
         raise ConfigError(f"image tensor has shape {tuple(image_tensor.shape)}; give one image (3, H, W)")
     maps = explain_batch(model, images, method, layer=layer, head=head, target_class=target_class)
     if method == "gradcam" and maps[0].amax() == maps[0].amin():  # it drew as a blank figure without a word
-        warnings.warn(_blank_grad_cam(model, maps[0], layer, target_class), VisattnWarning, stacklevel=2)
+        warnings.warn(_blank_grad_cam(model, maps[0], layer, target_class),
+                      VisattnWarning, stacklevel=outside_visattn())
     size = tuple(images.shape[-2:])
     return resize_map(maps[0], size, centres=map_centres(model, maps.shape[-2:], size))
 
@@ -262,7 +263,7 @@ def _class_to_index(target_class: Union[int, str, None], class_names: Sequence[s
     if text.isdigit() and any(name.isdigit() for name in names) and index < len(names):
         how = "the label" if target_class in names else "the index"
         warnings.warn(f"class {text!r}: read as {how}, class {index} ({names[index]!r}), as names are read before "
-                      "indices", VisattnWarning, stacklevel=3)
+                      "indices", VisattnWarning, stacklevel=outside_visattn())
     return index
 
 

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ..errors import ArgumentError, ConfigError, VisattnWarning
+from ..errors import ArgumentError, ConfigError, VisattnWarning, outside_visattn
 from ..layers.patch_embed import is_count
 from ..models.detection import detect_by_size
 from .cell_centres import map_centres
@@ -135,7 +135,7 @@ def _warn_of_a_long_wait(detections: Detections, images: list[Tensor]) -> None:
         count, largest = sum(count for count, _ in passes), max(pixels for _, pixels in passes) / 1e6
         warnings.warn(f"attention maps of {count} detections take a backward pass each, through images of up to "
                       f"{largest:.3g} MP: this may take minutes; raise the score threshold (--score-threshold) for "
-                      "fewer detections, or give smaller images", VisattnWarning, stacklevel=4)
+                      "fewer detections, or give smaller images", VisattnWarning, stacklevel=outside_visattn())
 
 
 def _gradient_times_input(score: Tensor, pixels: Tensor) -> Tensor:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 import numpy as np
 import torch
 
-from ..errors import ArgumentError, ConfigError, VisattnWarning, caught_warnings
+from ..errors import ArgumentError, ConfigError, VisattnWarning, caught_warnings, outside_visattn
 from ..fileio import (atomic_path, figure_mark, output_errors, prepare_output_file, remove_stale_output,
                       write_failure)
 from .cell_centres import CellCentres
@@ -286,7 +286,7 @@ def _missing_glyphs_in_one_warning() -> Iterator[None]:
         chars = "".join(sorted(missing))
         warnings.warn(f"the font {next(iter(missing.values()))} has no {chars[:20]}{'...' if len(chars) > 20 else ''}, "
                       "drawn as boxes in the titles; install a font that has them (e.g. Noto Sans CJK) and name it "
-                      "in matplotlib's font.family", VisattnWarning, stacklevel=4)
+                      "in matplotlib's font.family", VisattnWarning, stacklevel=outside_visattn())
 
 
 def save_panels(fig: Optional[Figure], path: Path, *, flag: str, folder: PathLike, command: str) -> Optional[str]:

@@ -8,7 +8,7 @@ import importlib
 import warnings
 from typing import Any, Callable
 
-from ..errors import MovedNameWarning
+from ..errors import MovedNameWarning, outside_visattn
 
 
 def moved_here(module: str, names: dict[str, str]) -> Callable[[str], Any]:
@@ -20,7 +20,7 @@ def moved_here(module: str, names: dict[str, str]) -> Callable[[str], Any]:
             raise AttributeError(f"module {module!r} has no attribute {name!r}")
         new = f"visattn.inference.{names[name]}"
         warnings.warn(f"{module}.{name} moved to {new}.{name}; import it from there (the old place will go)",
-                      MovedNameWarning, stacklevel=2)
+                      MovedNameWarning, stacklevel=outside_visattn())
         return getattr(importlib.import_module(new), name)
 
     return __getattr__

@@ -52,9 +52,10 @@ def to_2tuple(value: Union[int, tuple[int, int]], name: str = "size") -> tuple[i
     return int(pair[0]), int(pair[1])
 
 
-def check_image_layout(x: torch.Tensor, in_chans: int) -> None:
-    """One line unless ``x`` is a channels-first batch ``(B, in_chans, H, W)``; shapes only, so no device sync.
-    Skipped while ``torch.fx`` traces the model (torchvision's ``create_feature_extractor``): no shapes then."""
+def check_image_layout(x: torch.Tensor, in_chans: int, weight: torch.Tensor) -> None:
+    """One line unless ``x`` is a channels-first batch ``(B, in_chans, H, W)`` of ``weight``'s device and dtype
+    (another dtype under autocast); shapes only, so no device sync. Skipped while ``torch.fx`` traces the model
+    (torchvision's ``create_feature_extractor``): no shapes then."""
     if isinstance(x, torch.fx.Proxy):
         return
     if not isinstance(x, torch.Tensor):  # a list had been "'list' object has no attribute 'ndim'"
@@ -72,6 +73,15 @@ def check_image_layout(x: torch.Tensor, in_chans: int) -> None:
         fix = ("it is channels-last: x.permute(0, 3, 1, 2)" if x.shape[-1] == in_chans
                else f"give {in_chans}-channel images or build the model with in_chans={x.shape[1]}")
         raise ConfigError(f"input has shape {tuple(x.shape)} but {expected}; {fix}")
+    # torch's own messages: "Input type (CPUBFloat16Type) and weight type (torch.FloatTensor) should be the same ..."
+    if x.device != weight.device:
+        raise ConfigError(f"input is on {x.device} but the model's weights are on {weight.device}; move it with "
+                          f"x.to('{weight.device}')")
+    cast = torch.is_autocast_enabled(x.device.type) and x.dtype != torch.float64  # autocast leaves float64 alone
+    if x.dtype != weight.dtype and not cast:
+        dtype = str(weight.dtype).removeprefix("torch.")
+        raise ConfigError(f"input holds {str(x.dtype).removeprefix('torch.')} values but the model's weights are "
+                          f"{dtype}; cast it with x.to(torch.{dtype})")
 
 
 class PatchEmbed(nn.Module):
@@ -131,7 +141,7 @@ class PatchEmbed(nn.Module):
             self.proj = proj
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_image_layout(x, self.in_chans)
+        check_image_layout(x, self.in_chans, self.proj.weight)
         if not isinstance(x, torch.fx.Proxy):
             self._check_size(tuple(int(s) for s in x.shape[-2:]))  # the ONNX tracer gives sizes as tensors
         return self.proj(x).flatten(2).transpose(1, 2)  # (B, num_patches, embed_dim)

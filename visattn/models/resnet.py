@@ -391,7 +391,7 @@ class ResNet(nn.Module):
         if output_fmt != "NCHW":
             raise ConfigError(f"output_fmt={output_fmt!r}: a ResNet's feature maps are NCHW; drop output_fmt")
         taken, last = take_indices(len(self.feature_info), indices)
-        check_image_layout(x, self.in_chans)
+        check_image_layout(x, self.in_chans, self.bn1.weight)
         x = self.relu(self.bn1(self.conv1(x)))
         maps = [x] if 0 in taken else []
         x = self.maxpool(x)

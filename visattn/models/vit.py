@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..errors import ConfigError, VisattnWarning, WeightsError
+from ..errors import ConfigError, VisattnWarning, WeightsError, outside_visattn
 from ..layers.attention import SelfAttention
 from ..layers.attention_pool import AttentionPoolLatent
 from ..layers.drop_path import DropPath, check_rate
@@ -427,7 +427,8 @@ class VisionTransformer(nn.Module):
             theirs, ours = "x".join(map(str, patch_weight.shape[-2:])), "x".join(map(str, self.patch_embed.patch_size))
             warnings.warn(f"the weights' {theirs} px patch projection is resampled to this model's {ours} px patches "
                           "(FlexiViT's resize): the model computes otherwise than the weights did; build it with "
-                          "their patch_size to keep their outputs, or fine-tune", VisattnWarning, stacklevel=4)
+                          "their patch_size to keep their outputs, or fine-tune",
+                          VisattnWarning, stacklevel=outside_visattn())
             state = {**state, "patch_embed.proj.weight": resample_patch_embed(patch_weight, list(self.patch_embed.patch_size))}
         if "pos_embed" in state:
             state = {**state, "pos_embed": self._pos_embed_on_grid(state["pos_embed"], source_grid)}
@@ -474,7 +475,8 @@ class VisionTransformer(nn.Module):
             warnings.warn(f"pos_embed: the weights' {patches} positions were kept as this model's {self.grid_size[0]}x"
                           f"{self.grid_size[1]} grid; if they were trained on a {side}x{side} grid (a square image), "
                           f"they sit wrong: resample them with visattn.layers.pos_embed.resample_abs_pos_embed(..., "
-                          f"old_size=({side}, {side})) or load them as timm:NAME", VisattnWarning, stacklevel=3)
+                          f"old_size=({side}, {side})) or load them as timm:NAME",
+                          VisattnWarning, stacklevel=outside_visattn())
 
 
 def drop_pooled_head(model: nn.Module) -> nn.Module:

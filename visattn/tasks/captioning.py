@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 
 from ..data.scenes import ITEM_WORDS
 from ..data.vocab import UNK, Vocabulary, tokenize
-from ..errors import ConfigError, VisattnWarning
+from ..errors import ConfigError, VisattnWarning, outside_visattn
 from ..explain.cell_centres import CellCentres
 from ..explain.pointing import pointing_hit
 from ..inference import moved_here
@@ -85,7 +85,7 @@ def caption_scores(hypotheses: Sequence[str], references: Sequence[Sequence[str]
     scores["cider"] = float(cider)
     if len(hypotheses) == 1:  # every n-gram is in every image's references: all weights log(1) = 0
         warnings.warn("CIDEr of one image is 0 whatever its caption (it weighs each n-gram by how few images' "
-                      "references hold it); score more images", VisattnWarning, stacklevel=2)
+                      "references hold it); score more images", VisattnWarning, stacklevel=outside_visattn())
     if meteor:
         from pycocoevalcap.meteor.meteor import Meteor
 
@@ -210,7 +210,8 @@ def build_captioner(model_name: str, vocab: Vocabulary, model_kwargs: dict[str, 
         warnings.warn(f"{pretrained if isinstance(pretrained, str) else model_name}: its weights were trained on "
                       f"another vocabulary ({len(recorded)} tokens; this data's has {len(vocab)}, {shared} of them in "
                       f"both): the word embedding's and output layer's rows of those {shared} move to their words' "
-                      "new ids, the other words' start afresh, the rest is loaded", VisattnWarning, stacklevel=2)
+                      "new ids, the other words' start afresh, the rest is loaded",
+                      VisattnWarning, stacklevel=outside_visattn())
         load_weights(model, state, origin=pretrained if isinstance(pretrained, str) else model_name)
     if record.get("preprocessing"):  # also a training checkpoint's, which create_model does not read
         model.visattn_recorded_preprocessing = record["preprocessing"]

@@ -21,7 +21,7 @@ from ..data.fashion_mnist import FASHION_MNIST_CLASSES, FashionMNIST
 from ..data.image_folder import ImageFolder, evaluation_batches, seeded_subset, skipped_images, split_folders
 from ..data.image_io import DEFAULT_MAX_PIXELS
 from ..data.transforms import ImageTransform
-from ..errors import ConfigError, MissingSplit, VisattnWarning, WeightsError, one_line
+from ..errors import ConfigError, MissingSplit, VisattnWarning, WeightsError, one_line, outside_visattn
 from ..inference import moved_here
 from ..inference.classifier import Classifier, build_classifier, sides_that_fit
 from ..layers.attention import SelfAttention
@@ -72,7 +72,7 @@ def _warn_if_normalised_otherwise(model: nn.Module, model_name: str, pretrained:
     if differs:  # an image folder's defaults (0.875, bilinear) under timm's augreg ViTs (0.9, bicubic)
         warnings.warn(f"the data evaluates with {_listed(preprocessing, differs)} but the starting weights were "
                       f"evaluated with {_listed(recorded, differs)}; set data.init_args.{' and '.join(differs)} to the "
-                      "weights' values, unless that is meant", VisattnWarning, stacklevel=2)
+                      "weights' values, unless that is meant", VisattnWarning, stacklevel=outside_visattn())
 
 
 def warn_if_normalised_otherwise(recorded: Optional[dict[str, Any]], given: dict[str, Any], *,
@@ -84,7 +84,7 @@ def warn_if_normalised_otherwise(recorded: Optional[dict[str, Any]], given: dict
     if differs:
         warnings.warn(f"{normaliser} normalises with {_listed(given, differs)} but {weights} were trained with "
                       f"{_listed(recorded, differs)}; set {setting} to the weights' values, unless that is meant",
-                      VisattnWarning, stacklevel=3)
+                      VisattnWarning, stacklevel=outside_visattn())
 
 
 def _differing(recorded: dict[str, Any], given: dict[str, Any], keys: Sequence[str]) -> list[str]:
@@ -130,7 +130,7 @@ def match_class_order(model: nn.Module, model_name: str, pretrained: Optional[Un
     refuse_an_untrained_head(problem)
     head = ", ".join(classifier_names(model))
     warnings.warn(f"{problem}: classifier {head!r} is randomly initialised, so fine-tune it", VisattnWarning,
-                  stacklevel=3)
+                  stacklevel=outside_visattn())
 
 
 def _class_head_edits(model: nn.Module) -> tuple[Optional[Callable[[list[int]], None]], Optional[Callable[[], None]]]:

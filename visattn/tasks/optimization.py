@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, SequentialLR
 
-from ..errors import ConfigError, VisattnWarning
+from ..errors import ConfigError, VisattnWarning, outside_visattn
 from ..models.vit import NO_WEIGHT_DECAY
 
 
@@ -90,7 +90,8 @@ def warn_of_a_starting_average(task: pl.LightningModule) -> None:
         shorter = math.floor(0.01 ** (1 / (total - 1)) * 1000) / 1000  # leaves 1% of the first step's after the run
         warnings.warn(f"model.init_args.ema_decay {decay} over this run's {total} optimizer steps keeps {kept:.0%} of "
                       f"the first step's weights in the average that validation scores and the checkpoints hold; give "
-                      f"about {shorter} for so short a run, or null for no average", VisattnWarning, stacklevel=2)
+                      f"about {shorter} for so short a run, or null for no average",
+                      VisattnWarning, stacklevel=outside_visattn())
 
 
 def warn_of_a_changed_schedule(task: pl.LightningModule) -> None:
@@ -108,7 +109,8 @@ def warn_of_a_changed_schedule(task: pl.LightningModule) -> None:
         warnings.warn(f"--ckpt_path {path}: its run planned {saved_total} optimizer steps ({saved_warmup} of warm-up), "
                       f"this one {total} ({warmup}); a resumed run continues the schedule it saved, whose cosine rises "
                       f"again after step {saved_total}; for another length or batch size, start a new run from the "
-                      f"checkpoint's weights with --model.init_args.pretrained {path}", VisattnWarning, stacklevel=2)
+                      f"checkpoint's weights with --model.init_args.pretrained {path}",
+                      VisattnWarning, stacklevel=outside_visattn())
 
 
 def warn_of_a_finished_run(task: pl.LightningModule) -> None:
@@ -118,7 +120,8 @@ def warn_of_a_finished_run(task: pl.LightningModule) -> None:
     warnings.warn(f"--ckpt_path {path}: its run had already reached its end (trainer.max_epochs {trainer.max_epochs}, "
                   f"max_steps {trainer.max_steps}; at step {trainer.global_step}), so this fit trained nothing; to "
                   f"train on, start a new run from its weights with --model.init_args.pretrained {path} (raising "
-                  "max_epochs continues its schedule, whose cosine rises again from 0)", VisattnWarning, stacklevel=2)
+                  "max_epochs continues its schedule, whose cosine rises again from 0)",
+                  VisattnWarning, stacklevel=outside_visattn())
 
 
 def _scheduled_steps(trainer: pl.Trainer) -> int:
