@@ -444,32 +444,47 @@ def test_scoring_annotations_without_an_object_box_is_one_line(tmp_path, keep):
         assert dataset.num_objects == 4  # a.png's crowd region is no object
 
 
-def _write_oriented_photo(root: Path, orientation: int, declared: tuple[int, int]) -> tuple[Path, Path]:
-    """A 48x32 JPEG stored with a white 16x8 block at x 8..24, y 8..16 and EXIF ``orientation``; its
-    instances JSON gives that block's box in the stored frame and ``declared`` (width, height)."""
+def _write_oriented_photo(root: Path, orientation: int, declared: tuple[int, int],
+                          suffix: str = "jpg") -> tuple[Path, Path]:
+    """A 48x32 image (a JPEG unless ``suffix`` says otherwise) stored with a white 16x8 block at x 8..24, y 8..16
+    and EXIF ``orientation``; its instances JSON gives that block's box in the stored frame and ``declared``
+    (width, height)."""
     images_dir = root / "photos"
     images_dir.mkdir()
     pixels = np.zeros((32, 48, 3), np.uint8)
     pixels[8:16, 8:24] = 255
     exif = Image.Exif()
     exif[0x0112] = orientation
-    Image.fromarray(pixels).save(images_dir / "p.jpg", exif=exif.tobytes(), quality=95)
-    data = {"images": [{"id": 1, "file_name": "p.jpg", "width": declared[0], "height": declared[1]}],
+    Image.fromarray(pixels).save(images_dir / f"p.{suffix}", exif=exif.tobytes(), quality=95)
+    data = {"images": [{"id": 1, "file_name": f"p.{suffix}", "width": declared[0], "height": declared[1]}],
             "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [8, 8, 16, 8], "iscrowd": 0}],
             "categories": [{"id": 1, "name": "block"}]}
     (root / "photo.json").write_text(json.dumps(data))
     return root / "photo.json", images_dir
 
 
-@pytest.mark.parametrize("orientation", [5, 6, 7, 8])
-def test_boxes_in_the_stored_frame_turn_with_an_exif_rotated_photo(tmp_path, orientation, recwarn):
-    path, images_dir = _write_oriented_photo(tmp_path, orientation, declared=(48, 32))
+@pytest.mark.parametrize("orientation, suffix", [(5, "jpg"), (6, "jpg"), (7, "jpg"), (8, "jpg"), (6, "png"),
+                                                 (6, "webp"), (6, "tiff"), (6, "avif")])
+def test_boxes_in_the_stored_frame_turn_with_an_exif_rotated_photo(tmp_path, orientation, suffix, recwarn):
+    """An AVIF's boxes had stayed put while its pixels turned: its orientation was read as 1."""
+    path, images_dir = _write_oriented_photo(tmp_path, orientation, declared=(48, 32), suffix=suffix)
     image, target = CocoDetection(path, images_dir)[0]
     ys, xs = np.nonzero(image[0].numpy() > 0.5)
     assert image.shape == (3, 48, 32)  # turned a quarter
     torch.testing.assert_close(target["boxes"][0], torch.tensor([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1],
                                                                 dtype=torch.float32), atol=1e-3, rtol=0)
     assert not [w for w in recwarn if "declares" in str(w.message)]
+
+
+@pytest.mark.parametrize("hflip", [False, True])
+def test_coco_training_augmentation_flips_only_with_hflip(tmp_path, hflip):
+    """Detection had always flipped under augment: text, signs, or left and right hands could not keep the rest."""
+    path, images_dir = _write_oriented_photo(tmp_path, 1, declared=(48, 32))  # the block's centre at x 16 of 48
+    dm = CocoDetectionDataModule(str(path), str(images_dir), num_workers=0, hflip=hflip)
+    dm.setup("fit")
+    boxes = [dm.datasets["train"][0][1]["boxes"][0] for _ in range(30)]
+    centres = [((box[0] + box[2]) / 2).item() for box in boxes]
+    assert min(centres) < 24 and (max(centres) > 24) == hflip  # zoom and shift keep it left of the middle
 
 
 @pytest.mark.parametrize("orientation, declared", [(3, (48, 32)), (2, (48, 32)), (6, None)])

@@ -22,7 +22,7 @@ from fixtures_images import (
 )
 from PIL import Image, ImageFile
 
-from visattn.data.image_io import DEFAULT_MAX_PIXELS, allow_pixels, decode_image, list_images, run_in_batches
+from visattn.data.image_io import DEFAULT_MAX_PIXELS, decode_image, list_images, run_in_batches
 from visattn.errors import ConfigError, ImageDecodeError, VisattnError
 
 
@@ -175,8 +175,9 @@ def test_bomb_header_is_refused_before_any_pixel_memory_without_warnings(tmp_pat
 @pytest.mark.parametrize("size", [(10000, 10000), (14000, 14000)], ids=["over-pillows-warning", "over-pillows-error"])
 def test_max_pixels_is_the_limit_a_larger_image_is_decoded_under(tmp_path, size, monkeypatch):
     """A 100 MP photo (108 MP phone sensors) stayed refused at any max_pixels: Pillow's warning, made an error,
-    refused it first; above Pillow's error, allow_pixels (what --max-pixels calls) raises Pillow's limit too."""
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # restored after allow_pixels
+    refused it first; above Pillow's error, max_pixels raises Pillow's limit too (only allow_pixels, which
+    --max-pixels calls, had: a data module's max_pixels was refused by Pillow)."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # decode_image raises it
     path = tmp_path / "photo.png"
     path.write_bytes(png_header_bomb(*size))
     loads = []  # the header passed every check once the decoder allocates the pixels: stop it there
@@ -187,13 +188,14 @@ def test_max_pixels_is_the_limit_a_larger_image_is_decoded_under(tmp_path, size,
 
     monkeypatch.setattr(ImageFile.ImageFile, "load", stop)
     limit = size[0] * size[1]
-    refusal = (re.escape("over the limit of 99999999 (possible decompression bomb; for files you trust, raise the "
-                         "limit: --max-pixels N") if size == (10000, 10000) else
-               r"over Pillow's limit of 178956970 pixels \(possible decompression bomb; for files you trust, "
-               "--max-pixels N above it raises it too")
-    with pytest.raises(ImageDecodeError, match=refusal):
-        decode_image(path, max_pixels=limit - 1 if size == (10000, 10000) else limit)
-    allow_pixels(limit)
+    if size == (14000, 14000):  # at the default max_pixels, Pillow's limit refuses it first
+        with pytest.raises(ImageDecodeError, match=r"over Pillow's limit of 178956970 pixels \(possible decompression "
+                           r"bomb; for files you trust, raise the limit: --max-pixels N, data.init_args.max_pixels, or "
+                           r"max_pixels=N in Python\)$"):
+            decode_image(path)
+    with pytest.raises(ImageDecodeError, match=re.escape(f"over the limit of {limit - 1} (possible decompression "
+                                                         "bomb; for files you trust, raise the limit: --max-pixels N")):
+        decode_image(path, max_pixels=limit - 1)
     with pytest.raises(ImageDecodeError, match="photo.png: cannot decode image: stopped before allocating"):
         decode_image(path, max_pixels=limit)
     assert loads == [size]

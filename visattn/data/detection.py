@@ -29,14 +29,13 @@ import albumentations as A
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset, Subset
 
 from ..errors import ConfigError, VisattnWarning, caught_warnings, outside_visattn
 from .coco import check_image_ids, image_paths, json_type_hint, load_coco, require_images_dir, require_some_image
 from .datamodules import COCO_VALIDATION_FIX, COCO_VALIDATION_SETTING, SplitLoadersMixin, split_images_dir
 from .image_folder import ImageFiles
-from .image_io import DEFAULT_MAX_PIXELS
+from .image_io import DEFAULT_MAX_PIXELS, exif_orientation
 from .scenes import ITEM_WORDS, FashionScenes, scene_settings
 from .transforms import ImageTransform, to_tensor
 
@@ -376,7 +375,7 @@ class CocoDetection(ImageFiles):
         if declared is None or declared == decoded:
             self._warn_of_an_unknown_frame(i, declared, has_boxes=len(boxes) > 0)
             return boxes
-        orientation = _exif_orientation(self.paths[i]) if declared == decoded[::-1] else 1
+        orientation = exif_orientation(self.paths[i]) if declared == decoded[::-1] else 1
         if orientation in _AXES_SWAPPING:
             return _turn_boxes(boxes, orientation, height=decoded[0], width=decoded[1])
         if not self._size_warned[i]:
@@ -393,7 +392,7 @@ class CocoDetection(ImageFiles):
         if not has_boxes or self._orientation_read[i] or self._frame_warned[0]:
             return
         self._orientation_read[i] = True
-        orientation = _exif_orientation(self.paths[i])
+        orientation = exif_orientation(self.paths[i])
         if orientation == 1 or (declared is not None and declared[0] != declared[1] and orientation in _AXES_SWAPPING):
             return  # a turn that swaps a non-square photo's sides, whose declared size is then the displayed one's
         self._frame_warned[0] = True
@@ -466,15 +465,6 @@ def _turn_boxes(boxes: np.ndarray, orientation: int, *, height: int, width: int)
     return np.stack([x1, y1, x2, y2], axis=1)
 
 
-def _exif_orientation(path: Path) -> int:
-    """``path``'s EXIF orientation; 1 (as stored) when it has none or it cannot be read, as decoding does."""
-    try:
-        with Image.open(path, formats=("JPEG", "PNG", "TIFF", "WEBP")) as img:
-            return int(img.getexif().get(0x0112, 1))
-    except Exception:  # noqa: BLE001 -- the pixels decoded; a broken EXIF block only leaves them unturned
-        return 1
-
-
 def _declared_size(image: dict) -> tuple[int, int] | None:
     """The ``(height, width)`` an image entry declares; ``None`` without both (COCO tools often leave them out)."""
     size = image.get("height"), image.get("width")
@@ -537,7 +527,8 @@ class _DetectionDataModule(SplitLoadersMixin, pl.LightningDataModule):
         return {"recipe": "detection"}
 
     def train_transform(self) -> DetectionTransform:
-        return train_detection_transforms() if self.hparams.augment else eval_detection_transforms()
+        h = self.hparams
+        return train_detection_transforms(hflip=h.hflip) if h.augment else eval_detection_transforms()
 
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit", "validate") and "train" not in self.datasets:
@@ -569,6 +560,7 @@ class FashionScenesDetectionDataModule(_DetectionDataModule):
         max_items: most items per scene.
         seed: seed of the scenes.
         augment: flip, zoom, shift and colour-jitter training scenes (boxes follow).
+        hflip: with ``augment``, flip half the training scenes left to right.
         root: folder holding the Fashion-MNIST idx files; default: ``$VISATTN_DATA``, then the Debian package.
     """
 
@@ -586,6 +578,7 @@ class FashionScenesDetectionDataModule(_DetectionDataModule):
         max_items: int = 3,
         seed: int = 0,
         augment: bool = True,
+        hflip: bool = True,
         root: str | None = None,
     ) -> None:
         super().__init__()
@@ -638,6 +631,8 @@ class CocoDetectionDataModule(_DetectionDataModule):
         persistent_workers: keep the training workers from epoch to epoch instead of starting new ones
             (seconds an epoch under spawn, as on macOS and Windows); they draw what new ones would.
         augment: flip, zoom, shift and colour-jitter training images (boxes follow).
+        hflip: with ``augment``, flip half the training images left to right (``False`` for text, signs, or
+            classes such as left and right hands; the rest of ``augment`` stays).
     """
 
     def __init__(
@@ -653,6 +648,7 @@ class CocoDetectionDataModule(_DetectionDataModule):
         num_workers: int = 2,
         persistent_workers: bool = False,
         augment: bool = True,
+        hflip: bool = True,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()

@@ -62,7 +62,8 @@ def decode_image(
     Args:
         source: a path, or the encoded bytes of an image (``bytes``, ``bytearray`` or ``memoryview``).
         max_pixels: refuse images whose header declares more than this many pixels (width x
-            height). Pillow refuses images over twice ``PIL.Image.MAX_IMAGE_PIXELS`` (179M pixels) itself.
+            height). Above Pillow's own limit (twice ``PIL.Image.MAX_IMAGE_PIXELS``, 179M pixels) it raises
+            that limit, process-wide, as :func:`allow_pixels` does.
         background: RGB colour that transparent pixels are blended onto.
 
     Returns:
@@ -77,6 +78,7 @@ def decode_image(
     _check_background(background)
     name = "<bytes>" if isinstance(source, bytes) else os.fspath(source)
     fp = io.BytesIO(source) if isinstance(source, bytes) else source
+    allow_pixels(max_pixels)  # a data module's max_pixels above Pillow's limit had been refused by Pillow
     try:
         if not isinstance(source, bytes):
             _check_regular_file(source)
@@ -89,6 +91,17 @@ def decode_image(
         raise ImageDecodeError(f"{name}: {err}") from None
     except Exception as err:  # noqa: BLE001 -- any decoder failure is the file's fault
         raise ImageDecodeError(f"{name}: {_reason(err, source)}") from None
+
+
+def exif_orientation(path: Path) -> int:
+    """``path``'s EXIF orientation tag, read from each format :func:`decode_image` turns by it (AVIF's had been read
+    as 1, so detection boxes stayed put while its pixels turned); 1 (as stored) without one or where it cannot be
+    read, as decoding then leaves the pixels."""
+    try:
+        with _opened(path) as img:
+            return int(img.getexif().get(0x0112, 1))
+    except Exception:  # noqa: BLE001 -- the pixels decoded; a broken EXIF block only leaves them unturned
+        return 1
 
 
 def _opened(fp: Any) -> Image.Image:
@@ -338,7 +351,7 @@ def _reason(err: Exception, source: ImageSource) -> str:
     if isinstance(err, Image.DecompressionBombError):
         limit = 2 * Image.MAX_IMAGE_PIXELS  # where Pillow's warning becomes this error
         return (f"image is over Pillow's limit of {limit} pixels (possible decompression bomb; for files you trust, "
-                "--max-pixels N above it raises it too, or raise PIL.Image.MAX_IMAGE_PIXELS in Python)")
+                f"{RAISE_MAX_PIXELS})")
     if isinstance(err, UnidentifiedImageError):
         return _unidentified_reason(_head(source, 12))
     text = " ".join(str(err).split()) or type(err).__name__
