@@ -358,6 +358,10 @@ def test_pointing_upsamples_a_coarse_map_to_the_image():
     ([0, 0, 64, 64], -3, r"^tolerance=-3: give pixels >= 0"),
     ([0, 40, 64, 20], 0.0, r"^box=\[0, 40, 64, 20\]: give finite"),  # upside down
     ([0, 0, 64, 64], float("inf"), r"^tolerance=inf: give pixels >= 0"),  # every box hit
+    # numpy's "cannot reshape array of size 3 into shape (4)" (a Python-API audit)
+    ([0, 0, 64], 0.0, r"^box=\[0, 0, 64\]: give x1, y1, x2, y2 pixels, or a \(K, 4\) array of such boxes$"),
+    ([[0, 0, 8, 8], [0, 0]], 0.0, r"^box=\[\[0, 0, 8, 8\], \[0, 0\]\]: give x1, y1, x2, y2 pixels"),
+    (np.zeros((3, 1, 4)), 0.0, r"^box=an array of shape \(3, 1, 4\): give x1, y1, x2, y2 pixels"),
 ])
 def test_pointing_at_boxes_or_a_tolerance_that_are_no_place_is_one_line(box, tolerance, message):
     """An inverted or NaN box and a NaN tolerance had counted as misses without a word (an explain audit)."""

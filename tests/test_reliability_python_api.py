@@ -50,6 +50,24 @@ def test_a_warning_of_loading_weights_names_the_callers_line(tmp_path):
     assert {lineno for _, lineno in shown} == {line - 3, line - 2}, shown
 
 
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L", "P", "I;16"])
+def test_a_classifiers_transform_takes_a_pil_image_as_decode_image_reads_its_file(tmp_path, mode):
+    """timm's and torchvision's transforms take PIL images, which notebooks open; this one had refused them."""
+    import numpy as np
+    from PIL import Image
+
+    from visattn.data.image_io import decode_image
+
+    pixels = np.random.default_rng(0).integers(0, 256, (40, 30, 4), dtype=np.uint8)
+    pixels[:10, :, 3] = 0  # transparent rows: blended on white, as decoding does
+    image = Image.fromarray(pixels, "RGBA") if mode == "RGBA" else Image.fromarray(pixels[..., :3]).convert(mode)
+    image.save(tmp_path / "x.png")
+    transform = load_classifier("se_resnet20_cifar.fmnist").transform()
+    torch.testing.assert_close(transform(image), transform(decode_image(tmp_path / "x.png")), atol=0, rtol=0)
+    with pytest.raises(ConfigError, match=r"^image: a list, not an \(H, W, 3\) uint8 array"):
+        transform([image])
+
+
 def _tiny_captioner():
     return create_model("sat_cbam_resnet_scenes", vocab_size=12, encoder_kwargs=dict(layers=(1, 1), widths=(8, 16)),
                         embed_dim=8, hidden_dim=8, attn_dim=8)

@@ -86,7 +86,7 @@ def decode_image(
             _check_size(img.size, max_pixels)
             img.load()  # decodes now, so truncated data fails inside this try
             _exif_transpose(img)
-            return np.asarray(_to_rgb(img, background))
+            return rgb_pixels(img, background)
     except ImageDecodeError as err:
         raise ImageDecodeError(f"{name}: {err}") from None
     except Exception as err:  # noqa: BLE001 -- any decoder failure is the file's fault
@@ -303,6 +303,12 @@ def _exif_transpose(img: Image.Image) -> None:
         ImageOps.exif_transpose(img, in_place=True)
     except Exception:  # noqa: BLE001 -- broken EXIF is common in real photos; pixels are fine
         pass
+
+
+def rgb_pixels(img: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) -> np.ndarray:
+    """``(H, W, 3)`` uint8 pixels of an opened image as :func:`decode_image` gives a file's (transparency blended
+    onto ``background``, 16-bit and float pixels rescaled), without its EXIF turn: a PIL image a user opened."""
+    return np.asarray(_to_rgb(img, background))
 
 
 def _to_rgb(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:

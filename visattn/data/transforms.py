@@ -38,6 +38,7 @@ from torchvision.transforms import functional as TF
 from ..errors import ConfigError
 from ..layers.patch_embed import is_count, is_number
 from .auto_augment import TimmAutoAugment, auto_augment_problem
+from .image_io import rgb_pixels
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -130,8 +131,12 @@ class ImageTransform:
         return f"{type(self).__name__}([{steps}])"
 
 
-def rgb_array(image: np.ndarray) -> np.ndarray:
-    """``(H, W, 3)`` uint8 as it is; gray ``(H, W)`` or ``(H, W, 1)`` repeated to 3 channels; else one line."""
+def rgb_array(image: np.ndarray | Image.Image) -> np.ndarray:
+    """``(H, W, 3)`` uint8 as it is; gray ``(H, W)`` or ``(H, W, 1)`` repeated to 3 channels; a PIL image as
+    :func:`~visattn.data.image_io.decode_image` converts a file's (as timm's and torchvision's transforms take it);
+    else one line."""
+    if isinstance(image, Image.Image):
+        return rgb_pixels(image)
     if not isinstance(image, np.ndarray):
         raise ConfigError(f"image: a {type(image).__name__}, not an (H, W, 3) uint8 array; "
                           "read files with visattn.data.image_io.decode_image")

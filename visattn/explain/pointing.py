@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from ..errors import ArgumentError, ConfigError
+from ..errors import ArgumentError, ConfigError, one_line
 from .cell_centres import CellCentres
 
 
@@ -75,9 +75,16 @@ def pointing_hit(
         tolerance: pixels by which every box is grown on each side.
         centres: where the map's cells sit on the image.
     """
-    boxes = np.asarray(box, dtype=np.float64).reshape(-1, 4)
-    if boxes.size == 0:
+    try:
+        boxes = np.asarray(box, dtype=np.float64)
+    except (TypeError, ValueError):  # ragged lists or text
+        boxes = None
+    if boxes is not None and boxes.size == 0:
         raise ConfigError("pointing needs at least one box")
+    if boxes is None or boxes.ndim not in (1, 2) or boxes.shape[-1] != 4:  # numpy's reshape error had been the message
+        given = one_line(repr(box)) if boxes is None or boxes.size <= 8 else f"an array of shape {boxes.shape}"
+        raise ConfigError(f"box={given}: give x1, y1, x2, y2 pixels, or a (K, 4) array of such boxes")
+    boxes = boxes.reshape(-1, 4)
     # Each had been a miss without a word, lowering the accuracy of a dataset with swapped or NaN boxes.
     if not np.isfinite(boxes).all() or (boxes[:, 2:] < boxes[:, :2]).any():
         raise ArgumentError("box", box if boxes.shape[0] == 1 else "...", "give finite x1, y1, x2, y2 pixels with "
