@@ -249,6 +249,19 @@ def test_gradcam_default_layers_and_inference_mode():
     assert maps.shape == (1, 7, 7) and maps.max() > 0 and cifar.training  # mode restored
 
 
+def test_gradcam_layer_by_the_name_of_a_sequentials_child_on_a_model_that_is_no_vit():
+    """"0" had always been read as a ViT block index: an nn.Sequential's (torchvision's features.N) children could
+    be chosen only by passing the module (a Python-API audit)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    images = torch.randn(2, 3, 16, 16)
+    maps, _ = grad_cam(model, images, layer="0")
+    torch.testing.assert_close(maps, grad_cam(model, images, layer=model[0])[0], rtol=0, atol=0)
+    assert maps.shape == (2, 14, 14)
+    with pytest.raises(ArgumentError, match=r"^layer='7': a block index needs a ViT; name a module instead"):
+        grad_cam(model, images, layer="7")
+
+
 def test_gradcam_on_vit_at_a_non_default_non_square_size():
     model = _tiny_vit(img_size=(20, 36))  # a 5 x 9 patch grid instead of the default 7 x 7
     images = torch.randn(2, 3, 20, 36)

@@ -50,19 +50,22 @@ def default_target_layer(model: nn.Module) -> nn.Module:
 
 
 def resolve_target_layer(model: nn.Module, layer: Union[str, int, nn.Module, None]) -> nn.Module:
-    """A module given by name (``"layer3"``, ``"blocks.5.norm1"``), by ViT block index, or the default."""
+    """A module given by name (``"layer3"``, ``"blocks.5.norm1"``, an ``nn.Sequential``'s ``"0"``), by ViT block
+    index, or the default."""
     if layer is None:
         return default_target_layer(model)
     if isinstance(layer, nn.Module):
         return layer
+    modules = dict(model.named_modules())
     index = as_index(layer)
+    if index is not None and not is_vit(model) and isinstance(layer, str) and layer in modules:
+        index = None  # an nn.Sequential's child (torchvision's features.N at the top: "0")
     if index is not None:
         if not is_vit(model):
             raise ArgumentError("layer", layer, "a block index needs a ViT; name a module instead, e.g. 'layer3'")
         if not -len(model.blocks) <= index < len(model.blocks):
             raise ArgumentError("layer", layer, f"this model has {len(model.blocks)} blocks")
         return model.blocks[index].norm1
-    modules = dict(model.named_modules())
     if layer not in modules:
         stages = ", ".join(n for n in modules if n and "." not in n)
         raise ArgumentError("layer", layer, f"no such module; top-level modules are {stages}")
