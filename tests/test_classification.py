@@ -127,12 +127,16 @@ def test_evaluate_classify_and_save_weights(in_tmp, capsys, monkeypatch):
     saved = (weights / "cbam_resnet20_cifar.unit.safetensors").read_bytes()
     again = ["save-weights", "--checkpoint", str(ckpt), "--tag", "unit", "--out-dir", str(weights),
              "--dataset", "fashion-mnist"]
+    import visattn.cli
+
+    measured, measure = [], visattn.cli._test_scores  # a refusal after the measurement had passed the checks above
+    monkeypatch.setattr(visattn.cli, "_test_scores", lambda *args: measured.append(args) or measure(*args))
     assert main(again) == 2
     assert "cbam_resnet20_cifar.unit already exist; pick another --tag, or pass --overwrite" in capsys.readouterr().err
-    assert (weights / "cbam_resnet20_cifar.unit.safetensors").read_bytes() == saved
+    assert (weights / "cbam_resnet20_cifar.unit.safetensors").read_bytes() == saved and measured == []
     capsys.readouterr()
     assert main([*again, "--limit", "50", "--overwrite"]) == 0
-    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["test/n"] == 50
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["test/n"] == 50 and len(measured) == 1
     overwritten = json.loads((weights / "index.json").read_text())["cbam_resnet20_cifar.unit"]
     assert overwritten["metrics"]["test/n"] == 50 and overwritten["default"]  # the mark stays without --default
 
