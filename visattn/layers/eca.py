@@ -29,7 +29,8 @@ class EfficientChannelAttention(nn.Module):
 
     Args:
         channels: number of input (and output) channels; sets the kernel size.
-        kernel_size: explicit odd 1-D kernel size, overriding the adaptive one.
+        kernel_size: explicit odd 1-D kernel size, overriding the adaptive one. (The formula gives a ResNet-50
+            5, 5, 5, 7 over its stages, as timm's; the authors' released ECA-Net50 weights use 3, 5, 5, 7.)
         gamma: slope of the adaptive kernel-size mapping.
         b: offset of the adaptive kernel-size mapping.
         keep_gate: store the gate in ``last_gate`` on every forward.
