@@ -30,11 +30,29 @@ def run_smoke(capsys, monkeypatch, script: str, *extra: str) -> tuple[str, dict]
     return out, figures
 
 
-def _check_ratio(row: dict, numerator: str, denominator: str) -> None:
+def _check_ratio(row: dict, numerator: str, denominator: str, out: str, printed: tuple[str, ...] = ()) -> None:
+    """The JSON row's ratio is its two rates' quotient, and a printed line shows ``printed`` (default: the two rates
+    and the ratio, in that order) as the JSON holds them: the README's rows are copied from the printed table."""
     assert row[numerator] > 0 and row[denominator] > 0
     assert row["ratio"] == pytest.approx(row[numerator] / row[denominator], rel=0.02)
     low, high = row["ratio_spread"]  # the same quotient per round: --smoke's one round gives [ratio, ratio]
     assert low - 0.01 <= row["ratio"] <= high + 0.01  # beam_search.py rounds its ratio to 2 places
+    _printed_in_order(out, row, printed or (numerator, denominator, "ratio"))
+
+
+_NUMBER = re.compile(r"\d+(?:\.(\d+))?")
+
+
+def _printed_in_order(out: str, row: dict, keys: tuple[str, ...]) -> None:
+    """The printed output (not its JSON line) shows ``row``'s values under ``keys`` in that order, each as printed
+    (rounded): on one line of a table, or on the lines of a table and its summary."""
+    printed = "\n".join(out.strip().splitlines()[:-1])
+    numbers = [(float(m.group()), len(m.group(1) or "")) for m in _NUMBER.finditer(printed)]
+    start = 0
+    for key in keys:
+        start = next((i + 1 for i, (value, places) in enumerate(numbers[start:], start)
+                      if abs(value - row[key]) <= 0.5 * 10 ** -places + 1e-9), None)
+        assert start is not None, f"the printed output does not show {keys} = {[row[k] for k in keys]} in order:\n{out}"
 
 
 def test_vit_vs_timm(capsys, monkeypatch):
@@ -45,7 +63,7 @@ def test_vit_vs_timm(capsys, monkeypatch):
     assert [(r["model"], r["mode"]) for r in figures["results"]] == [
         ("vit_tiny_patch16_224", "inference"), ("vit_tiny_patch16_224", "train_step")]
     for row in figures["results"]:
-        _check_ratio(row, "visattn_img_s", "timm_img_s")
+        _check_ratio(row, "visattn_img_s", "timm_img_s", out)
         assert row["max_logit_diff"] < 1e-4, "both models must hold the same weights"
         assert 0 < row["mfu_visattn"] and 0 < row["mfu_timm"]
     inference, train = figures["results"]
@@ -55,10 +73,10 @@ def test_vit_vs_timm(capsys, monkeypatch):
 
 
 def test_vit_vs_timm_with_grad_checkpointing(capsys, monkeypatch):
-    _, figures = run_smoke(capsys, monkeypatch, "vit_vs_timm.py", "--grad-checkpointing")
+    out, figures = run_smoke(capsys, monkeypatch, "vit_vs_timm.py", "--grad-checkpointing")
     assert figures["grad_checkpointing"] is True
     inference, train = figures["results"]
-    _check_ratio(train, "visattn_img_s", "timm_img_s")
+    _check_ratio(train, "visattn_img_s", "timm_img_s", out)
     # MFU counts the model's FLOPs: the recomputed forward is not among them.
     assert train["gflops_per_img"] == pytest.approx(3 * inference["gflops_per_img"], rel=0.1)
     plain = run_smoke(capsys, monkeypatch, "vit_vs_timm.py")[1]["results"][1]
@@ -67,29 +85,30 @@ def test_vit_vs_timm_with_grad_checkpointing(capsys, monkeypatch):
     assert train["visattn_saved_mib_per_img"] * 3 < plain["visattn_saved_mib_per_img"] == plain["timm_saved_mib_per_img"]
 
 def test_onnx_speed(capsys, monkeypatch):
-    _, figures = run_smoke(capsys, monkeypatch, "onnx_speed.py")
+    out, figures = run_smoke(capsys, monkeypatch, "onnx_speed.py")
     assert [r["model"] for r in figures["results"]] == ["vit_tiny_patch16_224", "cbam_resnet20_cifar"]
     for row in figures["results"]:
-        _check_ratio(row, "onnxruntime_img_s", "pytorch_img_s")
+        _check_ratio(row, "onnxruntime_img_s", "pytorch_img_s", out,
+                     printed=("pytorch_img_s", "onnxruntime_img_s", "ratio"))
         assert row["max_logit_diff"] < 1e-3
     assert set(figures["matmul_gflops"]) == {"torch", "onednn", "onnxruntime"}  # each checked against torch's product
     assert all(rate > 0 for rate in figures["matmul_gflops"].values())
 
 
 def test_data_pipeline(capsys, monkeypatch):
-    _, figures = run_smoke(capsys, monkeypatch, "data_pipeline.py")
+    out, figures = run_smoke(capsys, monkeypatch, "data_pipeline.py")
     pipelines = [r["pipeline"] for r in figures["results"]]
     assert pipelines[0].startswith("decode+train_transform png") and pipelines[1].startswith("decode+train_transform jpeg")
     assert pipelines[2].startswith("train_transform") and pipelines[3] == "fashion-mnist train batches"
     for row in figures["results"]:
-        _check_ratio(row, "visattn_img_s", "reference_img_s")
+        _check_ratio(row, "visattn_img_s", "reference_img_s", out)
 
 
 def test_lightning_overhead(capsys, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
-    _, figures = run_smoke(capsys, monkeypatch, "lightning_overhead.py", "--num-workers", "0")
+    out, figures = run_smoke(capsys, monkeypatch, "lightning_overhead.py", "--num-workers", "0")
     assert figures["model"] == "cbam_resnet20_cifar" and figures["timed_steps"] == 3
-    _check_ratio(figures, "lightning_img_s", "bare_img_s")
+    _check_ratio(figures, "lightning_img_s", "bare_img_s", out)
     assert list(tmp_path.iterdir()) == [], "runs write into temporary folders only"
 
 
@@ -98,7 +117,7 @@ def test_weights_loading(capsys, monkeypatch):
     assert [(r["model"], r["format"]) for r in figures["results"]] == [
         (model, fmt) for model in ("vit_tiny_patch16_224", "resnet18") for fmt in ("none", "safetensors", "pth")]
     for row in figures["results"]:
-        _check_ratio(row, "timm_s", "visattn_s")
+        _check_ratio(row, "timm_s", "visattn_s", out, printed=("visattn_s", "timm_s", "ratio"))
         if row["format"] == "none":  # the build alone: random weights, nothing to compare
             assert row["max_logit_diff"] is None and row["mib"] == 0.0
         else:  # one file, the same weights on both sides
@@ -110,7 +129,7 @@ def test_checkpoint_loading(capsys, monkeypatch):
     out, figures = run_smoke(capsys, monkeypatch, "checkpoint_loading.py")
     assert [r["model"] for r in figures["results"]] == ["vit_tiny_patch16_224", "resnet18"]
     for row in figures["results"]:  # one checkpoint, loaded by each side
-        _check_ratio(row, "lightning_s", "visattn_s")
+        _check_ratio(row, "lightning_s", "visattn_s", out, printed=("visattn_s", "lightning_s", "ratio"))
         assert row["max_logit_diff"] <= 1e-4 and row["mib"] > 0  # visattn's model is channels-last: sums reordered
     assert "Lightning/visattn" in out
 
@@ -119,7 +138,7 @@ def test_command_startup(capsys, monkeypatch):
     out, figures = run_smoke(capsys, monkeypatch, "command_startup.py")
     assert [row["command"] for row in figures["results"]] == ["classify"]
     assert re.fullmatch(r"image\.png: \S+ \d\.\d{3}", figures["results"][0]["line"])  # what classify printed
-    _check_ratio(figures["results"][0], "floor_s", "command_s")
+    _check_ratio(figures["results"][0], "floor_s", "command_s", out, printed=("command_s", "floor_s", "ratio"))
     assert "floor/command" in out and "import torch, torchvision, timm" in figures["floor"]
 
 
@@ -127,7 +146,7 @@ def test_beam_search(capsys, monkeypatch):
     out, figures = run_smoke(capsys, monkeypatch, "beam_search.py")
     assert figures["benchmark"] == "beam_search" and figures["batch"] == 4 and figures["beam_size"] == 5
     assert figures["identical_captions"] is True  # batching must not change a single word
-    _check_ratio(figures, "batched_captions_s", "per_image_captions_s")
+    _check_ratio(figures, "batched_captions_s", "per_image_captions_s", out)
     assert "batched / per-image" in out
     # The ceiling: one-image decoding's seconds over batched decoding's FLOPs at the faster product rate.
     per_image_seconds = figures["batch"] / figures["per_image_captions_s"]
