@@ -210,3 +210,55 @@ def test_policy_strings_timm_documents_are_taken(policy):
 def test_augmentation_settings_that_cannot_be_used_or_change_nothing_are_one_line(settings, message):
     with pytest.raises(ConfigError, match="^" + message.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
         FashionMNISTDataModule(num_workers=0, **settings)
+
+
+# ------------------------------------------------- what each step draws (from a mutation review of the transforms)
+
+
+def _marked(size: int = 28, at: tuple[int, int] = (5, 9)) -> np.ndarray:
+    image = np.zeros((size, size, 3), np.uint8)
+    image[at] = 255
+    return image
+
+
+def _marker_at(tensor: torch.Tensor) -> tuple[int, int]:
+    plane = tensor[0]
+    return tuple(int(i) for i in (plane == plane.max()).nonzero()[0])
+
+
+def test_small_recipe_flips_about_half_the_images_and_shifts_by_up_to_its_padding():
+    """Every image flipped, and half the padding, had passed: timm's and CIFAR's pad-4 random crop and flip."""
+    torch.manual_seed(0)
+    transform = train_transforms(28, (0.0,) * 3, (1.0,) * 3, recipe="small", padding=4, hflip=True)
+    flips, rows = 0, set()
+    for _ in range(400):
+        r, c = _marker_at(transform(_marked()))
+        rows.add(r - 5)
+        shift_plain, shift_flipped = c - 9, c - (27 - 9)
+        flips += abs(shift_flipped) <= 4 and abs(shift_plain) > 4
+    assert 0.35 < flips / 400 < 0.65
+    assert rows == set(range(-4, 5))  # every shift of the 4-pixel padding, and none further
+
+
+def test_the_centre_crop_moves_boxes_by_torchvisions_offset():
+    """Boxes land where torchvision's CenterCrop puts the pixels (a floor instead of its rounding had passed)."""
+    import albumentations as A
+
+    from visattn.data.transforms import PilResize
+
+    image = _marked(31, (10, 10))
+    step = A.Compose([PilResize(31, (28, 28), "bilinear")],
+                     bbox_params=A.BboxParams(format="pascal_voc", label_fields=["labels"]))
+    out = step(image=image, bboxes=np.array([[10, 10, 11, 11]], np.float32), labels=[0])
+    r, c = map(int, np.argwhere(out["image"][..., 0] == 255)[0])
+    np.testing.assert_allclose(out["bboxes"][0], [c, r, c + 1, r + 1], atol=1e-4)
+
+
+def test_colour_jitter_changes_every_image_as_timms_does():
+    """albumentations' default p=0.5 would leave half the images unjittered; that had passed."""
+    torch.manual_seed(0)
+    image = np.full((16, 16, 3), (120, 90, 60), np.uint8)
+    transform = train_transforms(16, (0.0,) * 3, (1.0,) * 3, recipe="small", padding=0, hflip=False, color_jitter=0.4)
+    plain = torch.from_numpy(image.transpose(2, 0, 1).astype(np.float32) / 255)
+    unchanged = sum(torch.allclose(transform(image), plain, atol=1 / 255) for _ in range(100))
+    assert unchanged <= 5

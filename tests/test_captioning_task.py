@@ -735,3 +735,46 @@ def test_validation_cross_entropy_leaves_the_training_label_smoothing_out():
     plain = torch.nn.functional.cross_entropy(logits.transpose(1, 2), batch["captions"][:, 1:], ignore_index=0)
     assert float(task.val_xent.compute()) == pytest.approx(float(plain), rel=1e-5)
     assert float(task.caption_loss(batch)[0]) != pytest.approx(float(plain), rel=1e-5)  # training smooths
+
+
+# ------------------------------------------------- the losses the steps optimise (from a mutation review)
+
+
+def test_the_attention_penalty_of_a_padded_batch_is_that_of_its_captions_alone():
+    """Padded steps counted, and alpha_c ignored, had passed: the paper's λ Σ_p (1 - Σ_t α_tp)² over each caption's
+    own steps, summed over captions and divided by their words."""
+    torch.manual_seed(0)
+    task = CaptioningTask(model_kwargs=json.loads(TINY_MODEL), vocab=VOCAB, alpha_c=0.7).eval()
+    images = torch.randn(2, 3, 32, 32)
+    captions = torch.tensor([[1, 4, 5, 6, 2, 0], [1, 7, 2, 0, 0, 0]])
+    with torch.no_grad():
+        _, penalty = task.caption_loss({"images": images, "captions": captions})
+        total, words = 0.0, 0
+        for i, length in enumerate([5, 3]):
+            _, alphas = task.model(images[i:i + 1], captions[i:i + 1, :length])  # (1, length-1, P), no padding
+            total += (1 - alphas.sum(dim=1)).square().sum()
+            words += length - 1
+    assert penalty.item() == pytest.approx(0.7 * total.item() / words, rel=1e-5)
+
+
+def test_the_training_loss_adds_the_attention_penalty():
+    torch.manual_seed(0)
+    task = CaptioningTask(model_kwargs=json.loads(TINY_MODEL), vocab=VOCAB, alpha_c=1.0).eval()
+    batch = {"images": torch.randn(2, 3, 32, 32), "captions": torch.tensor([[1, 4, 5, 6, 2, 0], [1, 7, 2, 0, 0, 0]])}
+    with torch.no_grad():
+        xent, penalty = task.caption_loss(batch)
+        loss = task.training_step(batch, 0)
+    assert penalty > 0 and loss.item() == pytest.approx((xent + penalty).item(), rel=1e-6)
+
+
+def test_validation_and_test_decode_with_the_tasks_length_penalty(monkeypatch):
+    """The task passing 1.0 instead of its length_penalty had passed: beam search's own normalisation is tested,
+    not that the setting reaches it."""
+    import visattn.tasks.captioning as captioning
+
+    seen = []
+    monkeypatch.setattr(captioning, "decode", lambda model, images, **kw: seen.append(kw) or None)
+    task = CaptioningTask(model_kwargs=json.loads(TINY_MODEL), vocab=VOCAB, beam_size=3, length_penalty=0.6,
+                          max_len=7)
+    task(torch.randn(1, 3, 32, 32))
+    assert seen == [dict(beam_size=3, max_len=7, length_penalty=0.6)]

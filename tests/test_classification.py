@@ -1538,3 +1538,82 @@ def test_mean_class_accuracy_averages_the_unrounded_accuracies():
     scores = class_accuracies(torch.tensor([[0, 1, 0], [0, 2, 1], [1, 0, 2]]), ["a", "b", "c"])
     assert scores["mean_class_accuracy"] == 0.444444
     assert [c["accuracy"] for c in scores["per_class"].values()] == [0.0, 0.666667, 0.666667]
+
+
+# ------------------------------------------------- what the steps compute (from a mutation review of the tasks)
+
+
+def _mutation_review_batch(n: int = 6, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, 28, 28, generator=generator), torch.arange(n) % 10
+
+
+def test_forward_validation_and_predict_use_the_weight_average():
+    """forward on the trained weights passed every test: validation, test and predict would not score the average
+    the checkpoints keep."""
+    torch.manual_seed(0)
+    task = ImageClassifier("resnet20_cifar", num_classes=10, ema_decay=0.5)
+    task.ema.update_parameters(task.model)  # the first update copies
+    with torch.no_grad():
+        for p in task.model.parameters():
+            p.add_(0.5)  # the trained weights now differ from the average
+    task.eval()
+    images, _ = _mutation_review_batch()
+    with torch.no_grad():
+        averaged, trained, got = task.ema.module(images), task.model(images), task(images)
+    assert not torch.allclose(averaged, trained)
+    torch.testing.assert_close(got, averaged)
+
+
+@pytest.mark.parametrize("mixup, cutmix", [(0.2, 0.0), (0.0, 1.0), (0.4, 1.0)])
+def test_the_training_loss_is_that_of_timm_style_mixed_images_and_soft_labels(mixup, cutmix):
+    """The mix never applied, MixUp built as CutMix and both applied to every batch had each passed (the only test
+    asked for a finite loss); with both, each batch takes one, as timm's mixup_switch_prob."""
+    from torch.nn import functional as F
+    from torchvision.transforms import v2
+
+    task = ImageClassifier("resnet20_cifar", num_classes=10, mixup_alpha=mixup, cutmix_alpha=cutmix,
+                           label_smoothing=0.1)
+    images, targets = _mutation_review_batch(8)
+    mixes = ([v2.MixUp(alpha=mixup, num_classes=10)] if mixup else []) + (
+        [v2.CutMix(alpha=cutmix, num_classes=10)] if cutmix else [])
+    torch.manual_seed(123)
+    mixed, soft = v2.RandomChoice(mixes)(images, targets)
+    assert soft.shape == (8, 10)
+    state = {k: v.clone() for k, v in task.model.state_dict().items()}
+    expected = F.cross_entropy(task.model(mixed).float(), soft, label_smoothing=0.1)
+    task.model.load_state_dict(state)  # the forward above moved batch norm's running statistics
+    torch.manual_seed(123)
+    torch.testing.assert_close(task.training_step((images, targets), 0), expected)
+
+
+def test_predict_step_gives_probabilities_of_the_forward_logits():
+    """`visattn predict` writes these as "prob": logits had passed."""
+    task = ImageClassifier("resnet20_cifar", num_classes=10).eval()
+    images, _ = _mutation_review_batch()
+    with torch.no_grad():
+        probs, logits = task.predict_step(images, 0), task(images)
+    torch.testing.assert_close(probs.sum(dim=1), torch.ones(len(images)))
+    torch.testing.assert_close(probs, logits.softmax(dim=-1))
+
+
+def test_validation_scores_the_validation_batches_into_the_validation_metrics():
+    """Validation updating the test metrics had passed: val/top1 would be computed from metrics never updated."""
+    task = ImageClassifier("resnet20_cifar", num_classes=10).eval()
+    images, targets = _mutation_review_batch(20)
+    with torch.no_grad():
+        task.validation_step((images, targets), 0)
+        hand = (task(images).argmax(dim=1) == targets).float().mean()
+    assert task.test_metrics["top1"].update_count == 0
+    torch.testing.assert_close(task.val_metrics.compute()["val/top1"], hand)
+
+
+@pytest.mark.parametrize("name, kwargs", [("sat_vit_small_patch16_224", dict(vocab_size=20, encoder_pretrained=False)),
+                                          ("detr_vit_small_patch16_224", dict(num_classes=3))])
+def test_a_nested_vits_position_embedding_and_class_token_are_not_decayed(name, kwargs):
+    """The outer model lists no no_weight_decay(): only the name check keeps them out, and dropping it passed."""
+    model = create_model(name, pretrained=False, **kwargs)
+    undecayed = {id(p) for g in weight_decay_groups(model, 0.05) if g["weight_decay"] == 0 for p in g["params"]}
+    nested = {n: p for n, p in model.named_parameters() if n.endswith(("pos_embed", "cls_token"))}
+    assert len(nested) == 2 and all(p.ndim == 3 for p in nested.values())
+    assert all(id(p) in undecayed for p in nested.values()), sorted(nested)

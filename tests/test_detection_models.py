@@ -592,3 +592,31 @@ def test_detr_refuses_an_image_with_more_objects_than_queries_in_one_line():
                                           r"of at least 5"):
         model(_images(), [_targets()[0], crowded])
     assert torch.isfinite(sum(model(_images(), [_targets()[0], {k: v[:4] for k, v in crowded.items()}]).values()))
+
+
+def test_detr_set_losses_weigh_as_detrs_set_criterion():
+    """DETR's SetCriterion: the no-object class weighed eos_coef in a weighted-mean cross entropy, L1 and 1 - GIoU
+    summed per target box (eos_coef and giou_weight ignored had passed: only the loss names were tested)."""
+    from torchvision.ops import box_convert, generalized_box_iou
+
+    torch.manual_seed(0)
+    model = create_model("detr_resnet20_cifar", num_classes=3, pretrained=False)
+    assert (model.eos_coef, model.bbox_weight, model.giou_weight) == (0.1, 5.0, 2.0)
+    logits = torch.randn(1, 4, 4)  # (B, Q, classes + no-object)
+    boxes = torch.tensor([[[0.5, 0.5, 0.4, 0.4], [0.3, 0.3, 0.2, 0.2], [0.7, 0.6, 0.3, 0.5], [0.2, 0.8, 0.1, 0.1]]])
+    targets = [{"labels": torch.tensor([2, 0]), "boxes": torch.tensor([[0.45, 0.5, 0.5, 0.3], [0.25, 0.3, 0.2, 0.3]])}]
+    got = model._set_losses(logits, boxes, targets, num_boxes=2.0)
+    (pred, tgt), = hungarian_match(logits, boxes, targets, class_weight=model.class_weight,
+                                   bbox_weight=model.bbox_weight, giou_weight=model.giou_weight)
+    classes = torch.full((4,), 3)
+    classes[pred] = targets[0]["labels"][tgt]
+    weights = torch.where(classes == 3, 0.1, 1.0)
+    nll = -logits[0].log_softmax(-1)[torch.arange(4), classes]
+    ce = (weights * nll).sum() / weights.sum()
+    matched, wanted = boxes[0, pred], targets[0]["boxes"][tgt]
+    l1 = (matched - wanted).abs().sum() / 2.0
+    giou = (1 - generalized_box_iou(box_convert(matched, "cxcywh", "xyxy"),
+                                    box_convert(wanted, "cxcywh", "xyxy")).diagonal()).sum() / 2.0
+    assert got["loss_ce"].item() == pytest.approx(model.class_weight * ce.item(), rel=1e-5)
+    assert got["loss_bbox"].item() == pytest.approx(5.0 * l1.item(), rel=1e-5)
+    assert got["loss_giou"].item() == pytest.approx(2.0 * giou.item(), rel=1e-5)

@@ -1014,3 +1014,18 @@ def test_a_fit_without_validation_data_says_nothing_of_lightnings_empty_loader_l
                  "--data.batch_size", "2", "--data.num_workers", "0"]) == 0
     said = capsys.readouterr().err + "".join(str(w.message) for w in recwarn)
     assert "across ranks is zero" not in said
+
+
+@pytest.mark.parametrize("head", ["fcos", "detr"])
+def test_the_training_loss_is_the_sum_of_the_detectors_losses_as_torchvision_trains(head):
+    """Their mean had passed: a hidden learning-rate cut by the number of terms (18 for DETR's 6 decoder layers)."""
+    torch.manual_seed(0)
+    task = DetectionTask(f"{head}_resnet20_cifar", num_classes=3, model_kwargs=TINY[head])
+    images = [torch.rand(3, 64, 64) for _ in range(2)]
+    targets = [{"boxes": torch.tensor([[4.0, 6.0, 30.0, 40.0]]), "labels": torch.tensor([1])} for _ in range(2)]
+    torch.manual_seed(1)
+    loss = task.training_step((images, targets), 0)
+    torch.manual_seed(1)
+    losses = task.model(images, targets)
+    assert len(losses) > 1
+    assert loss.item() == pytest.approx(sum(losses.values()).item(), rel=1e-5)
