@@ -1669,3 +1669,44 @@ def test_a_class_given_by_number_where_labels_are_numbers_says_how_it_was_read()
         assert _class_to_index("2", ["cat", "dog", "fox"]) == 2 and _class_to_index("dog", ["cat", "dog", "fox"]) == 1
     with pytest.raises(ArgumentError, match=r"not a class of this model; use an index 0\.\.2 or one of cat, dog, fox$"):
         _class_to_index("-1", ["cat", "dog", "fox"])
+
+
+# ------------------------------------------------- drawing and fusing as documented (from a mutation review)
+
+
+def test_an_overlay_is_the_colour_map_of_the_min_max_scaled_map_whatever_its_offset():
+    """Rollout and attention maps lie in a narrow positive band: scaled by their maximum alone (which passed) they
+    drew nearly uniform; the colour map given is the one drawn (always 'jet' passed too)."""
+    from matplotlib import colormaps
+
+    from visattn.explain.overlay import normalize_map
+
+    np.testing.assert_allclose(normalize_map(np.array([[2.0, 3.0], [4.0, 6.0]])), [[0, 0.25], [0.5, 1]])
+    image, heat = np.zeros((4, 4, 3), np.uint8), np.array([[0.02, 0.03], [0.04, 0.05]])
+    for cmap in ("gray", "viridis"):
+        drawn = heatmap_overlay(image, heat + 0.5, cmap=cmap, alpha=1.0)  # float32 rounding: a level at most
+        assert np.abs(drawn.astype(int) - heatmap_overlay(image, heat, cmap=cmap, alpha=1.0)).max() <= 1
+        expected = np.rint(colormaps[cmap](np.array([0.0, 1 / 3, 2 / 3, 1.0]))[:, :3] * 255)
+        np.testing.assert_allclose(drawn[[0, 0, 3, 3], [0, 3, 0, 3]], expected, atol=1)
+
+
+@pytest.mark.parametrize("fusion, reduce", [("mean", torch.mean), ("max", torch.amax), ("min", torch.amin)])
+def test_head_fusion_reduces_over_the_heads_as_named(fusion, reduce):
+    """min fusion computing max passed: only the rows' sums were checked."""
+    from visattn.explain.rollout import fuse_heads
+
+    attn = torch.rand(2, 3, 5, 5)
+    torch.testing.assert_close(fuse_heads(attn, fusion), reduce(attn, dim=1), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("side", ["left", "top", "right", "bottom"])
+def test_pointing_tolerance_grows_the_box_on_every_side(side):
+    """A tolerance left off the top edge passed: one side had been tested."""
+    grid = np.zeros((16, 16))
+    row, col = {"left": (8, 2), "top": (2, 8), "right": (8, 13), "bottom": (13, 8)}[side]
+    grid[row, col] = 1.0  # peaks at the pixel centre (col + 0.5, row + 0.5) of a 16 px image
+    box = [4, 4, 12, 12]
+    assert not pointing_hit(grid, box, (16, 16))
+    gap = {"left": 4 - 2.5, "top": 4 - 2.5, "right": 13.5 - 12, "bottom": 13.5 - 12}[side]
+    assert pointing_hit(grid, box, (16, 16), tolerance=gap + 0.1)
+    assert not pointing_hit(grid, box, (16, 16), tolerance=gap - 0.1)

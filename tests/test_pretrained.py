@@ -1857,8 +1857,9 @@ VALID_PREPROCESSING = {"input_size": [3, 28, 28], "mean": [0.5] * 3, "std": [0.5
      "preprocessing.input_size=[28, 28]: give [C, H, W], C being 1 (gray) or 3 (RGB)"),
     ("labels", [1, 2, 3], "labels=[1, 2, 3]: give a list of label names, one per class"),
     ("num_classes", "3", "num_classes='3': give a whole number of classes (0: features only)"),
+    ("num_classes", True, "num_classes=True: give a whole number of classes (0: features only)"),  # Python's 1
 ], ids=["model_kwargs_list", "preprocessing_list", "zero_std", "nan_mean", "input_size_pair", "labels_ints",
-        "num_classes_string"])
+        "num_classes_string", "num_classes_true"])
 def test_a_malformed_field_of_an_index_entry_is_one_line_naming_it(weights_tmp, capsys, field, value, problem):
     from visattn.cli import main
     from visattn.inference.classifier import load_classifier
@@ -1876,6 +1877,19 @@ def test_a_malformed_field_of_an_index_entry_is_one_line_naming_it(weights_tmp, 
         assert str(err.value) == expected
     assert main(["classify", "x.png", "--model", f"{ARCH}.mine"]) == 2
     assert capsys.readouterr().err == f"visattn: error: {expected}\n"
+
+
+@pytest.mark.parametrize("edit", [lambda entry: entry.pop("sha256"), lambda entry: entry.update(sha256=None)],
+                         ids=["no_sha256", "null_sha256"])
+def test_an_index_entry_without_its_sha256_is_one_line_not_loaded_unchecked(weights_tmp, edit):
+    """Deleting the hash would otherwise turn its check off without a word (a mutation review: untested)."""
+    save_weights(_model(num_classes=3), weights_tmp / f"{ARCH}.mine.safetensors")
+    index = json.loads((weights_tmp / "index.json").read_text())
+    edit(index[f"{ARCH}.mine"])
+    (weights_tmp / "index.json").write_text(json.dumps(index))
+    with pytest.raises(WeightsError, match=rf"unreadable weights index \(entry '{ARCH}.mine' is not an \"ARCH.TAG\" "
+                                           r"object with \"file\" and \"sha256\" strings\); restore it"):
+        create_model(f"{ARCH}.mine")
 
 
 @pytest.mark.parametrize("preprocessing, missing", [

@@ -455,6 +455,9 @@ def test_weights_of_another_pooling_width_name_the_global_pool_that_takes_them(t
         create_model("resnet18", pretrained=str(path))
     with pytest.raises(WeightsError, match=r"classifier 'fc' takes 1024 features where this model's pooling gives 512"):
         load_weights(create_model("resnet18", num_classes=7), str(path), new_head=False)
+    with pytest.warns(VisattnWarning, match="the new head is randomly initialised"):  # its bias fits: still dropped
+        seven = create_model("resnet18", num_classes=7, pretrained=str(path))
+    assert not torch.equal(seven.fc.bias, torch.load(path, weights_only=True)["fc.bias"])  # a head is kept whole or not
     torch.save(timm.create_model("resnet18", num_classes=7).state_dict(), path)
     with pytest.warns(VisattnWarning, match=r"takes 512 features where this model's pooling gives 1024 \(build it "
                                             r"with the global_pool they were trained with"):
