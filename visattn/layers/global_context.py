@@ -47,6 +47,8 @@ class GlobalContextBlock(nn.Module):
     def init_affinity(self) -> None:
         """Kaiming fan-in init of the attention logits, as the authors' code: a ResNet's fan-out init gives this
         one-output conv weights of std sqrt(2), and the softmax starts one-hot, passing its logits no gradient."""
+        if self.attn_logits.weight.is_meta:  # torch's kaiming_normal_ draws even there (a meta build's time)
+            return
         nn.init.kaiming_normal_(self.attn_logits.weight, mode="fan_in", nonlinearity="relu")
         nn.init.zeros_(self.attn_logits.bias)
 
