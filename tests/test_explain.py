@@ -1710,3 +1710,12 @@ def test_pointing_tolerance_grows_the_box_on_every_side(side):
     gap = {"left": 4 - 2.5, "top": 4 - 2.5, "right": 13.5 - 12, "bottom": 13.5 - 12}[side]
     assert pointing_hit(grid, box, (16, 16), tolerance=gap + 0.1)
     assert not pointing_hit(grid, box, (16, 16), tolerance=gap - 0.1)
+
+
+def test_attention_maps_read_with_too_few_prefix_tokens_are_one_line_naming_num_prefix_tokens():
+    """Taking the last rows*cols tokens as patches had passed: a 4-register ViT read with num_prefix_tokens=1
+    would map a register row onto the grid without a word."""
+    attn = torch.softmax(torch.randn(1, 2, 21, 21), dim=-1)  # class token, 4 registers, 4x4 patches
+    assert attention_map([attn], (4, 4), num_prefix_tokens=5).shape == (1, 4, 4)
+    with pytest.raises(ConfigError, match=r"^20 patch tokens do not fill a 4x4 grid; check num_prefix_tokens$"):
+        attention_map([attn], (4, 4), num_prefix_tokens=1)
