@@ -620,3 +620,98 @@ def test_detr_set_losses_weigh_as_detrs_set_criterion():
     assert got["loss_ce"].item() == pytest.approx(model.class_weight * ce.item(), rel=1e-5)
     assert got["loss_bbox"].item() == pytest.approx(5.0 * l1.item(), rel=1e-5)
     assert got["loss_giou"].item() == pytest.approx(2.0 * giou.item(), rel=1e-5)
+
+
+def test_detr_normalises_target_boxes_by_width_then_height_of_a_non_square_image():
+    """DETR predicts cxcywh relative to the image, x over its width and y over its height; on square test images
+    a width/height swap in normalising the training targets passed."""
+    model = _build("detr_resnet20_cifar").train()  # resizes 40x80 to 32x64: boxes scale by 0.8
+    seen = []
+    model._losses = lambda logits, boxes, targets: seen.append(targets) or {}
+    image = torch.rand(3, 40, 80)
+    model([image], [{"boxes": torch.tensor([[8.0, 4.0, 24.0, 20.0]]), "labels": torch.tensor([1])}])
+    # centre (16, 12), size (16, 16) over width 80 and height 40, by hand
+    torch.testing.assert_close(seen[0][0]["boxes"], torch.tensor([[16 / 80, 12 / 40, 16 / 80, 16 / 40]]))
+
+
+def test_detr_scales_its_predicted_boxes_to_pixels_by_width_then_height_of_a_non_square_image():
+    """DETR's PostProcess scales cxcywh boxes by [w, h, w, h]; a swap passed the square test images unnoticed."""
+    model = _build("detr_resnet20_cifar").eval()
+    queries = model.query_embed.num_embeddings
+    logits = torch.zeros(1, 1, queries, model.num_classes + 1)
+    logits[..., 0, 2] = 5.0  # query 0 is surely class 2
+    boxes = torch.tensor([0.5, 0.25, 0.5, 0.5]).expand(1, 1, queries, 4)
+    model._predict = lambda images, image_sizes: (logits.expand(-1, len(images), -1, -1),
+                                                  boxes.expand(-1, len(images), -1, -1))
+    with torch.no_grad():
+        detections, = model([torch.rand(3, 40, 80)])  # height 40, width 80
+    assert detections["labels"][0].item() == 2
+    # x 0.25..0.75 of width 80, y 0..0.5 of height 40
+    torch.testing.assert_close(detections["boxes"][0], torch.tensor([20.0, 0.0, 60.0, 20.0]))
+
+
+def test_detr_padding_mask_covers_the_rows_below_and_columns_right_of_each_image():
+    """A batch pads each image below and to the right; a mask with rows and columns swapped passed square images."""
+    from visattn.models.detection import _padding_mask
+
+    batch = torch.zeros(2, 3, 8, 12)
+    mask = _padding_mask(batch, [(8, 12), (4, 10)], (8, 12))
+    expected = torch.ones(2, 8, 12, dtype=torch.bool)
+    expected[0] = False
+    expected[1, :4, :10] = False  # image 2: 4 rows high, 10 columns wide
+    assert torch.equal(mask, expected)
+    # at stride 2 (nearest): rows 0, 2 and columns 0, 2, ..., 8 of the image are its own
+    halved = _padding_mask(batch, [(8, 12), (4, 10)], (4, 6))
+    assert torch.equal(halved[1], torch.tensor([[False] * 5 + [True]] * 2 + [[True] * 6] * 2))
+    assert not halved[0].any()
+
+
+def test_hungarian_match_uses_detrs_l1_box_cost_where_an_l2_cost_pairs_otherwise():
+    """DETR's HungarianMatcher cost is -p(class) + 5 L1 - 2 GIoU; an L2 box distance pairs these boxes the other
+    way round and had passed, the tested cases pairing alike under either distance."""
+    from scipy.optimize import linear_sum_assignment
+    from torchvision.ops import box_convert, generalized_box_iou
+
+    predicted = torch.tensor([[0.4, 0.7, 0.2, 0.6], [0.2, 0.8, 0.2, 0.4]])  # cxcywh
+    targets = [{"boxes": torch.tensor([[0.4, 0.5, 0.8, 0.8], [0.3, 0.6, 0.3, 0.6]]), "labels": torch.tensor([1, 3])}]
+    logits = torch.zeros(1, 2, 5)
+    giou = generalized_box_iou(box_convert(predicted, "cxcywh", "xyxy"), box_convert(targets[0]["boxes"], "cxcywh",
+                                                                                         "xyxy"))
+    offsets = predicted[:, None] - targets[0]["boxes"][None]
+    prob = logits[0].softmax(-1)[:, targets[0]["labels"]]
+    pairings = {}
+    for name, distance in (("l1", offsets.abs().sum(-1)), ("l2", offsets.square().sum(-1).sqrt())):
+        cost = 1.0 * -prob + 5.0 * distance + 2.0 * -giou
+        pairings[name] = linear_sum_assignment(cost.numpy())[1].tolist()
+    assert pairings == {"l1": [0, 1], "l2": [1, 0]}
+    (pred, tgt), = hungarian_match(logits, predicted[None], targets)
+    assert pred.tolist() == [0, 1] and tgt.tolist() == pairings["l1"]
+
+
+@pytest.mark.parametrize("name, kwargs, strides", [
+    ("fcos_resnet20_cifar", {}, [4, 8, 16]),
+    ("fcos_resnet20_cifar", {"fpn_stages": (1, 2, 3)}, [1, 2, 4, 8, 16]),
+    ("fcos_vit_small_patch16_224", {"min_size": 64, "max_size": 96, "backbone_kwargs": {"depth": 1}},
+     [8, 16, 32, 64, 128]),
+])
+def test_each_fcos_levels_stride_and_anchor_size_is_the_padded_input_over_its_maps_size(name, kwargs, strides):
+    """FCOS assigns each level the boxes of [4, 8) x its anchor size, which torchvision sets to the level's stride;
+    P7 given twice P5's stride instead of 4x, or a ViT pyramid's strides inverted, had passed."""
+    model = _build(name, **kwargs).eval()
+    size = (128, 256) if "vit" in name else (64, 96)
+    with torch.no_grad():
+        levels = list(model.backbone(torch.rand(1, 3, *size)).values())
+    measured = [size[0] // x.shape[-2] for x in levels]
+    assert measured == [size[1] // x.shape[-1] for x in levels] == strides
+    assert model.backbone.strides == strides
+    assert model.anchor_generator.sizes == tuple((s,) for s in strides)
+
+
+def test_fcos_resnet50_anchor_sizes_are_torchvisions_fcos_resnet50_fpn():
+    """torchvision's fcos_resnet50_fpn sets anchor sizes 8 ... 128 on P3-P7, each level's stride."""
+    from torchvision.models.detection import fcos_resnet50_fpn
+
+    theirs = fcos_resnet50_fpn(weights=None, weights_backbone=None, num_classes=80)
+    ours = _build("fcos_resnet50", backbone_kwargs={"layers": (1, 1, 1, 1)})
+    assert ours.anchor_generator.sizes == theirs.anchor_generator.sizes == ((8,), (16,), (32,), (64,), (128,))
+    assert ours.backbone.strides == [8, 16, 32, 64, 128]

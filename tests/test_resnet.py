@@ -734,3 +734,41 @@ def test_weights_of_the_other_stem_name_the_settings_that_load_them(timm_name, a
         torch.save({k: torch.empty(v.shape) for k, v in timm.create_model(timm_name).state_dict().items()}, path)
     with pytest.raises(WeightsError, match=hint):
         create_model(arch, pretrained=str(path), **kwargs)
+
+
+def _block_drop_path_rates(model: nn.Module) -> list[float]:
+    blocks = [block for stage in (model.layer1, model.layer2, model.layer3, model.layer4) for block in stage]
+    return [getattr(block.drop_path, "drop_prob", 0.0) for block in blocks]
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+def test_a_resnets_stochastic_depth_rises_linearly_over_all_its_blocks_as_timms(arch):
+    """timm's ResNets drop block i of n with drop_path_rate * i / (n - 1), counted over every stage."""
+    with torch.device("meta"):
+        ours = create_model(arch, drop_path_rate=0.3)
+        theirs = timm.create_model(arch, drop_path_rate=0.3)
+    blocks = len(_block_drop_path_rates(theirs))
+    assert _block_drop_path_rates(ours) == pytest.approx(_block_drop_path_rates(theirs))
+    assert _block_drop_path_rates(ours) == pytest.approx([0.3 * i / (blocks - 1) for i in range(blocks)])
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_a_resnet_with_stochastic_depth_gives_timms_outputs_under_the_same_seed(training, tmp_path):
+    """Training drops whole residual branches and rescales the kept ones by 1 / keep_prob, drawn as timm draws
+    them; eval drops nothing, the same at every call. Unscaled, or dropping in eval, stochastic depth had passed."""
+    torch.manual_seed(0)
+    reference = randomize_bn_stats(timm.create_model("resnet18", num_classes=5, drop_path_rate=0.5))
+    path = tmp_path / "resnet18.pth"
+    torch.save(reference.state_dict(), path)
+    model = create_model("resnet18", num_classes=5, drop_path_rate=0.5, pretrained=str(path))
+    model.train(training)
+    reference.train(training)
+    x = torch.randn(8, 3, 32, 32)
+    outputs = []
+    with torch.no_grad():
+        for net, seed in ((model, 3), (reference, 3), (model, 4)):  # in eval, another seed draws nothing else
+            torch.manual_seed(seed)
+            outputs.append(net(x))
+    torch.testing.assert_close(outputs[0], outputs[1], atol=1e-5, rtol=0)
+    if not training:
+        torch.testing.assert_close(outputs[2], outputs[0], rtol=0, atol=0)

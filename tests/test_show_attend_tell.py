@@ -609,3 +609,124 @@ def test_encoder_kwargs_add_to_the_scenes_captioners_encoder_layout():
     dropping = create_model("sat_cbam_resnet_scenes", encoder_kwargs={"drop_path_rate": 0.1})
     assert {k: v.shape for k, v in dropping.state_dict().items()} == {k: v.shape for k, v in built.state_dict().items()}
     assert [m.drop_prob for m in dropping.encoder.modules() if isinstance(m, DropPath)][-1] == pytest.approx(0.1)
+
+
+def _papers_step(net, features, words, state):
+    """One decoder step written out from Xu et al.'s equations with ``net``'s weights and ``torch.nn.LSTMCell``:
+    α from the additive attention, ``z = sigmoid(f_beta(h)) * Σ_p α_p a_p``, the LSTM fed ``[E y_{t-1}, z]``
+    and, with deep output, logits ``fc(E y_{t-1} + L_h h_t + L_z z)`` (eq. 7)."""
+    h, c = state
+    hidden = torch.tanh(net.attention.feature_proj(features) + net.attention.query_proj(h)[:, None])
+    alpha = net.attention.score(hidden).squeeze(-1).softmax(-1)  # (B, P)
+    beta = torch.sigmoid(net.f_beta(h))
+    z = beta * torch.einsum("bp,bpc->bc", alpha, features)
+    cell = torch.nn.LSTMCell(net.lstm.input_size, net.lstm.hidden_size)
+    cell.load_state_dict(net.lstm.state_dict())
+    embedded = net.embed(words)
+    h, c = cell(torch.cat([embedded, z], dim=1), (h, c))
+    out = embedded + net.out_h(h) + net.out_z(z) if net.deep_output else h
+    return net.fc(out), (h, c), alpha
+
+
+@torch.no_grad()
+def test_the_initial_lstm_state_is_tanh_of_a_linear_map_of_the_mean_region_feature(model):
+    """h_0 = tanh(f_init_h(mean_p a_p)) (the paper's section 3.1.2): taken from the first region alone, it passed."""
+    features = torch.randn(2, 16, model.feature_dim, generator=torch.Generator().manual_seed(4))
+    features[:, 0] += 5.0  # the first region far from the mean
+    mean = features.mean(dim=1)
+    h, c = model.init_state(features)
+    torch.testing.assert_close(h, torch.tanh(F.linear(mean, model.init_h.weight, model.init_h.bias)))
+    torch.testing.assert_close(c, torch.tanh(F.linear(mean, model.init_c.weight, model.init_c.bias)))
+
+
+@torch.no_grad()
+def test_the_context_gate_is_a_sigmoid_of_the_hidden_state_as_in_the_paper():
+    """β = sigmoid(f_beta(h)) gates the context (section 4.2.1); a tanh gate (0 where the sigmoid gives 0.5) passed."""
+    torch.manual_seed(0)
+    net = create_model("sat_cbam_resnet_scenes", **TINY).eval()
+    net.f_beta.weight.zero_()
+    net.f_beta.bias.copy_(torch.linspace(-3.0, 3.0, net.feature_dim))  # β = sigmoid(bias): 0.05 ... 0.95
+    features = torch.randn(2, 16, net.feature_dim, generator=torch.Generator().manual_seed(5))
+    state = net.init_state(features)
+    words = torch.tensor([4, 7])
+    logits, (h, c), alpha = net.step(features, net.attention.project_features(features), words, state)
+    expected_logits, (expected_h, expected_c), expected_alpha = _papers_step(net, features, words, state)
+    torch.testing.assert_close(alpha, expected_alpha)
+    torch.testing.assert_close(h, expected_h)
+    torch.testing.assert_close(c, expected_c)
+    torch.testing.assert_close(logits, expected_logits)
+
+
+@torch.no_grad()
+def test_deep_output_adds_the_previous_words_embedding_to_the_hidden_and_context_terms():
+    """The paper's eq. 7 predicts from E y_{t-1} + L_h h_t + L_z z_t; leaving out the word's embedding passed."""
+    torch.manual_seed(0)
+    net = create_model("sat_cbam_resnet_scenes", **TINY).eval()
+    assert net.deep_output
+    features = torch.randn(2, 16, net.feature_dim, generator=torch.Generator().manual_seed(6))
+    state = net.init_state(features)
+    words = torch.tensor([4, 7])
+    projected = net.attention.project_features(features)
+    logits, _, _ = net.step(features, projected, words, state)
+    torch.testing.assert_close(logits, _papers_step(net, features, words, state)[0])
+    for layer in (net.out_h, net.out_z):  # L_h = L_z = 0: the logits are fc(E y_{t-1}) alone
+        layer.weight.zero_()
+        layer.bias.zero_()
+    logits, _, _ = net.step(features, projected, words, state)
+    torch.testing.assert_close(logits, F.linear(net.embed.weight[words], net.fc.weight, net.fc.bias))
+
+
+@torch.no_grad()
+def test_step_t_logits_depend_only_on_the_words_before_it(model, images):
+    """Teacher forcing's logits at step t predict captions[:, t + 1] from captions[:, :t + 1]; fed the very
+    word they predict (captions[:, t + 1]), they passed."""
+    captions = torch.tensor([[START_ID, 5, 6, 7, END_ID], [START_ID, 4, 9, END_ID, PAD_ID],
+                             [START_ID, 8, 9, 10, 11]])
+    logits, alphas = model(images, captions)
+    for k in range(1, captions.shape[1]):
+        changed = captions.clone()
+        changed[:, k] = torch.where(captions[:, k] == 3, 4, 3)  # another word at position k
+        changed_logits, changed_alphas = model(images, changed)
+        torch.testing.assert_close(changed_logits[:, :k], logits[:, :k], rtol=0, atol=0)
+        torch.testing.assert_close(changed_alphas[:, :k], alphas[:, :k], rtol=0, atol=0)
+        if k < logits.shape[1]:
+            assert not torch.allclose(changed_logits[:, k], logits[:, k], atol=1e-4), k
+
+
+@torch.no_grad()
+def test_teacher_forcing_equals_the_decoding_recurrence_fed_the_same_words(model, images):
+    """forward() must be the paper's recurrence fed captions[:, t] at step t; fed captions[:, t + 1], it passed."""
+    captions = torch.tensor([[START_ID, 5, 6, 7, END_ID], [START_ID, 4, 9, END_ID, PAD_ID],
+                             [START_ID, 8, 9, 10, 11]])
+    logits, alphas = model(images, captions)
+    features = model.encode(images)
+    state = model.init_state(features)
+    for t in range(captions.shape[1] - 1):
+        step_logits, state, alpha = _papers_step(model, features, captions[:, t], state)
+        torch.testing.assert_close(logits[:, t], step_logits)
+        torch.testing.assert_close(alphas[:, t], alpha)
+
+
+def test_beam_search_counts_end_in_the_length_that_normalises_a_captions_score():
+    """The score is log p / length ** length_penalty with END counted, as documented; leaving END out of the length
+    flips the winner here (a finished [3] against a cut-off [4, 6, 7]) and had passed."""
+    from math import log
+
+    torch.manual_seed(0)
+    net = create_model("sat_cbam_resnet_scenes", **TINY).eval()
+    table = torch.zeros(VOCAB, VOCAB)  # log-probabilities of the next word given the previous one
+    for previous, choices in {START_ID: {3: 0.5, 4: 0.5}, 3: {END_ID: 0.8, 5: 0.2}, 4: {6: 0.55, 8: 0.45},
+                              6: {7: 0.6, 10: 0.4}}.items():
+        table[previous] = float("-inf")
+        for word, p in choices.items():
+            table[previous, word] = log(p)
+
+    def step(features, projected, words, state, *_):
+        return table[words], state, torch.full((len(words), 16), 1 / 16)
+
+    net.step = step
+    # beams: [3, END] with p = 0.4 (2 tokens with END) and [4, 6, 7] with p = 0.165, cut off by max_len = 3
+    out = net.beam_search(torch.zeros(1, 3, 32, 32), beam_size=2, max_len=3, length_penalty=1.0)
+    assert log(0.4) / 2 > log(0.165) / 3 > log(0.4) / 1  # END counted: [3] wins; END left out: [4, 6, 7]
+    assert out.tokens[0].tolist() == [3] == reference_beam_search(net, torch.zeros(3, 32, 32), 2, 3, 1.0)
+    assert out.scores[0].item() == pytest.approx(log(0.4) / 2, rel=1e-5)

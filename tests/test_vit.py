@@ -475,3 +475,50 @@ def test_saved_weights_of_a_non_square_grid_resample_from_it_in_every_prefix_lay
     expected = resample_abs_pos_embed(wide.pos_embed.detach(), (4, 4), old_size=(2, 4),
                                       num_prefix_tokens=wide.embedded_prefix_tokens)
     torch.testing.assert_close(square.pos_embed.detach(), expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_drop_path_drops_and_rescales_as_timms_under_the_same_seed(training):
+    """Stochastic depth keeps a sample's branch scaled by 1 / keep_prob in training and is the identity in eval, as
+    timm's drop_path; left unscaled, or dropping in eval, it had passed."""
+    from timm.layers import drop_path as timm_drop_path
+
+    from visattn.layers.drop_path import DropPath, drop_path
+
+    x = torch.randn(64, 3, 5, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(7)
+    theirs = timm_drop_path(x, 0.25, training)
+    torch.manual_seed(7)
+    torch.testing.assert_close(drop_path(x, 0.25, training), theirs)
+    torch.manual_seed(7)
+    torch.testing.assert_close(DropPath(0.25).train(training)(x), theirs)
+    kept = (theirs != 0).flatten(1).all(dim=1)
+    assert 0 < kept.sum() < 64 if training else kept.all()
+
+
+def _drop_path_rates(model):
+    return [getattr(getattr(block, f"drop_path{i}"), "drop_prob", 0.0) for block in model.blocks for i in (1, 2)]
+
+
+def test_a_vits_stochastic_depth_rises_linearly_over_its_blocks_as_timms():
+    """timm's ViT drops block i with drop_path_rate * i / (depth - 1); the same rate in every block had passed."""
+    kwargs = dict(img_size=32, depth=5, drop_path_rate=0.2)
+    ours = create_model("vit_tiny_patch16_224", **kwargs)
+    theirs = timm.create_model("vit_tiny_patch16_224", **kwargs)
+    assert _drop_path_rates(ours) == pytest.approx(_drop_path_rates(theirs))
+    assert _drop_path_rates(ours) == pytest.approx([0.0, 0.0, 0.05, 0.05, 0.1, 0.1, 0.15, 0.15, 0.2, 0.2])
+
+
+def test_a_vit_with_stochastic_depth_gives_timms_logits_in_eval_every_time(tmp_path):
+    """Stochastic depth is training's alone: in eval a ViT built with drop_path_rate gives timm's logits, the same
+    at every call (dropping in eval had passed, the tests' models having no stochastic depth)."""
+    reference, path = _timm_file(tmp_path, "vit_tiny_patch16_224", img_size=32, depth=2, num_classes=5,
+                                 drop_path_rate=0.5)
+    ours = create_model("vit_tiny_patch16_224", img_size=32, depth=2, num_classes=5, drop_path_rate=0.5,
+                        pretrained=str(path)).eval()
+    x = torch.randn(8, 3, 32, 32)
+    with torch.no_grad():
+        first, second = ours(x), ours(x)
+        expected = reference(x)
+    torch.testing.assert_close(first, second, rtol=0, atol=0)
+    assert (first - expected).abs().max() <= 1e-4
