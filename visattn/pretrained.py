@@ -36,7 +36,7 @@ from timm.models._features import FeatureGetterNet  # timm does not export it at
 from torch import nn
 
 from .errors import (ConfigError, UnknownModelError, VisattnError, VisattnWarning, WeightsError, caught_warnings,
-    one_line, outside_visattn)
+                     one_line, outside_visattn)
 from .fileio import atomic_path, atomic_write_text, exclusive_lock
 from .layers.create_attn import ATTN_LAYERS
 from .layers.patch_embed import fixed_input_size

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from .errors import (ArgumentError, ConfigError, DeprecatedArgumentWarning, UnknownModelError, VisattnWarning,
-    check_keyword_arguments, check_keyword_types, keyword_names, one_line, outside_visattn)
+                     check_keyword_arguments, check_keyword_types, keyword_names, one_line, outside_visattn)
 from .weight_names import HUB_PREFIXES
 
 # True: every weight must fit; "attention": only attention modules added to the weights' architecture

@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import (ConfigError, ImageDecodeError, VisattnError, VisattnWarning, ignored_unless_busy, one_line,
-    outside_visattn)
+                      outside_visattn)
 from ..fileio import missing_reason, written_by_command, written_by_visattn
 
 __all__ = ["DEFAULT_MAX_PIXELS", "IMAGE_EXTENSIONS", "ImageFile", "decode_image", "list_images", "run_in_batches"]
