@@ -617,12 +617,11 @@ def _add_max_pixels(parser: argparse.ArgumentParser, *, applies: str = "") -> No
 
 
 def max_pixels(args: argparse.Namespace) -> int:
-    """The command's ``--max-pixels``, Pillow's own limit raised to it (for this process)."""
-    from .data.image_io import DEFAULT_MAX_PIXELS, allow_pixels
+    """The command's ``--max-pixels`` (``decode_image`` raises Pillow's own limit to it where that is lower, also in
+    DataLoader workers; the command puts Pillow's back at its end)."""
+    from .data.image_io import DEFAULT_MAX_PIXELS
 
-    limit = args.max_pixels or DEFAULT_MAX_PIXELS
-    allow_pixels(limit)
-    return limit
+    return args.max_pixels or DEFAULT_MAX_PIXELS
 
 
 def _add_device(parser: argparse.ArgumentParser) -> None:

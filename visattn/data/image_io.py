@@ -158,8 +158,7 @@ _PILLOW_LIMIT: list[Optional[int]] = []  # Pillow's limit before allow_pixels fi
 
 def allow_pixels(max_pixels: int) -> None:
     """Raise Pillow's own limit (``PIL.Image.MAX_IMAGE_PIXELS``, process-wide) so that images up to
-    ``max_pixels`` open: what the commands' ``--max-pixels`` does beside passing it to :func:`decode_image`,
-    until :func:`restore_pixel_limit`."""
+    ``max_pixels`` open, as :func:`decode_image` does with its ``max_pixels``, until :func:`restore_pixel_limit`."""
     if Image.MAX_IMAGE_PIXELS is not None and 2 * Image.MAX_IMAGE_PIXELS < max_pixels:
         if not _PILLOW_LIMIT:
             _PILLOW_LIMIT.append(Image.MAX_IMAGE_PIXELS)
