@@ -8,9 +8,14 @@ from torch import nn
 from ..errors import ConfigError, ImageSizeNotDivisible
 
 
+def is_whole(value: object) -> bool:
+    """Whether ``value`` is a whole number >= 0 (``True`` is not one, though Python counts it as 1)."""
+    return isinstance(value, Integral) and not isinstance(value, bool) and value >= 0
+
+
 def is_count(value: object) -> bool:
-    """Whether ``value`` is a whole number >= 1 (``True`` is not one, though Python counts it as 1)."""
-    return isinstance(value, Integral) and not isinstance(value, bool) and value >= 1
+    """Whether ``value`` is a whole number >= 1."""
+    return is_whole(value) and value >= 1
 
 
 def is_number(value: object) -> bool:

@@ -26,7 +26,6 @@ inside, in torchvision's ``GeneralizedRCNNTransform`` (``min_size``, ``max_size`
 """
 import math
 from collections import OrderedDict
-from numbers import Integral
 from collections.abc import Callable, Sequence
 from typing import Any, Optional, Union
 
@@ -45,7 +44,7 @@ from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastL
 from ..errors import ConfigError
 from ..layers.create_attn import ATTN_LAYERS
 from ..layers.detr_transformer import DetrTransformer
-from ..layers.patch_embed import check_count, is_number
+from ..layers.patch_embed import check_count, is_number, is_whole
 from ..layers.pos_embed import resample_abs_pos_embed
 from ..layers.simple_feature_pyramid import SimpleFeaturePyramid
 from ..layers.sine_pos_embed import sine_position_encoding_2d
@@ -117,7 +116,7 @@ def freeze_leading_layers(backbone: nn.Module, trainable: Optional[int]) -> None
         raise ConfigError(f"trainable_backbone_layers={trainable!r} counts a ResNet backbone's stem and stages; "
                           "a ViT backbone has neither: leave it None")
     layers = ["stem", *backbone.stage_names]
-    if not (isinstance(trainable, Integral) and not isinstance(trainable, bool) and 0 <= trainable <= len(layers)):
+    if not (is_whole(trainable) and trainable <= len(layers)):
         raise ConfigError(f"trainable_backbone_layers={trainable!r}: give 0 to {len(layers)} (the stem and "
                           f"{len(layers) - 1} stages, counted from the last), or None for all")
     frozen = layers[:len(layers) - trainable]
