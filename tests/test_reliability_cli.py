@@ -328,13 +328,10 @@ CASES = {
 
 
 def _coco_edited(tmp_path: Path, change) -> tuple[Path, Path]:
-    from test_detection_data import write_coco_instances
+    from test_detection_data import _rewritten, write_coco_instances
 
     path, images_dir = write_coco_instances(tmp_path / "coco")
-    data = json.loads(path.read_text())
-    change(data)
-    path.write_text(json.dumps(data))
-    return path, images_dir
+    return _rewritten(path, change), images_dir
 
 
 def _evaluate_on_coco(tmp_path: Path, change) -> list[str]:
@@ -383,12 +380,12 @@ CASES.update({
     "image_folder_with_an_empty_class": (lambda tmp: _fit_on_image_folder(_folder_with_an_empty_class(tmp)),
                                          "photos: class folders ['fox'] hold no image files; add images or remove them"),
     "coco_without_categories": (lambda tmp: _evaluate_on_coco(tmp, lambda data: data.update(categories=[])),
-                                "instances.json: lists no categories; a detector needs at least one"),
+                                "edited.json: lists no categories; a detector needs at least one"),
     "coco_name_on_several_ids": (lambda tmp: _evaluate_on_coco(tmp, _second_category_named_as_the_first),
-                                 "instances.json: category names ['dog'] are given to several ids; give each category "
+                                 "edited.json: category names ['dog'] are given to several ids; give each category "
                                  "its own name"),
     "coco_training_without_boxes": (_fit_on_coco_without_boxes,
-                                    "instances.json: no object box to learn from (no annotations, or only crowd "
+                                    "edited.json: no object box to learn from (no annotations, or only crowd "
                                     "regions or dropped boxes)"),
     "garbage_weights_file": (lambda tmp: ["classify", "x.png", "--model", _garbage_weights(tmp)],
                              "bad.safetensors: not a safetensors file that reads (damaged, cut short, or not readable "
