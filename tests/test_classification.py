@@ -1613,7 +1613,6 @@ def test_validation_scores_the_validation_batches_into_the_validation_metrics():
 def test_a_nested_vits_position_embedding_and_class_token_are_not_decayed(name, kwargs):
     """The outer model lists no no_weight_decay(): only the name check keeps them out, and dropping it passed."""
     model = create_model(name, pretrained=False, **kwargs)
-    undecayed = {id(p) for g in weight_decay_groups(model, 0.05) if g["weight_decay"] == 0 for p in g["params"]}
     nested = {n: p for n, p in model.named_parameters() if n.endswith(("pos_embed", "cls_token"))}
     assert len(nested) == 2 and all(p.ndim == 3 for p in nested.values())
-    assert all(id(p) in undecayed for p in nested.values()), sorted(nested)
+    assert set(nested) <= _undecayed(model, weight_decay_groups(model, 0.05)), sorted(nested)
