@@ -176,7 +176,7 @@ def test_bomb_header_is_refused_before_any_pixel_memory_without_warnings(tmp_pat
 def test_max_pixels_is_the_limit_a_larger_image_is_decoded_under(tmp_path, size, monkeypatch):
     """A 100 MP photo (108 MP phone sensors) stayed refused at any max_pixels: Pillow's warning, made an error,
     refused it first; above Pillow's error, max_pixels raises Pillow's limit too (only allow_pixels, which
-    --max-pixels calls, had: a data module's max_pixels was refused by Pillow)."""
+    --max-pixels called, had: a data module's max_pixels was refused by Pillow)."""
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # decode_image raises it
     path = tmp_path / "photo.png"
     path.write_bytes(png_header_bomb(*size))
