@@ -378,7 +378,8 @@ CASES.update({
     "image_folder_with_one_class": (lambda tmp: _fit_on_image_folder(_one_class_folder(tmp)),
                                     "photos: one class folder (cat); a classifier needs two or more"),
     "image_folder_with_an_empty_class": (lambda tmp: _fit_on_image_folder(_folder_with_an_empty_class(tmp)),
-                                         "photos: class folders ['fox'] hold no image files; add images or remove them"),
+                                         "photos: class folders ['fox'] hold no image files; add images or "
+                                         "remove them"),
     "coco_without_categories": (lambda tmp: _evaluate_on_coco(tmp, lambda data: data.update(categories=[])),
                                 "edited.json: lists no categories; a detector needs at least one"),
     "coco_name_on_several_ids": (lambda tmp: _evaluate_on_coco(tmp, _second_category_named_as_the_first),
