@@ -21,7 +21,7 @@ from visattn.data.vocab import Vocabulary
 from visattn.errors import ConfigError, VisattnWarning, WeightsError
 from visattn.explain import CellCentres
 from visattn.inference.captioner import Captioner, decode, load_captioner
-from visattn.tasks.captioning import CaptionMetrics, CaptioningTask, caption_scores, pointing_hits
+from visattn.tasks.captioning import CaptionMetrics, CaptioningTask, caption_scores, evaluate_captioner, pointing_hits
 
 CONFIG = "configs/captioning/sat_scenes.yaml"
 TINY_MODEL = json.dumps(dict(encoder_kwargs=dict(layers=[1, 1], widths=[8, 16], small_input=False), img_size=32,
@@ -359,7 +359,7 @@ def test_a_caption_rerun_with_an_empty_caption_leaves_no_earlier_attention_panel
 
 @needs_fashion_mnist
 def test_shipped_scenes_captioner_rebuilds_from_its_index_entry_and_describes_test_scenes():
-    from visattn.tasks.captioning import evaluate_captioner, evaluation_loader
+    from visattn.tasks.captioning import evaluation_loader
 
     captioner = load_captioner("sat_cbam_resnet_scenes.scenes")
     assert captioner.model.vocab_size == len(captioner.vocab) and captioner.model.input_size == (3, 64, 64)
@@ -383,7 +383,7 @@ def test_evaluation_leaves_a_broken_coco_image_out(tmp_path):
     from fixtures_captions import write_coco_captions
 
     from visattn.data import SkippedImageWarning
-    from visattn.tasks.captioning import evaluate_captioner, evaluation_loader
+    from visattn.tasks.captioning import evaluation_loader
 
     annotations, images_dir = write_coco_captions(tmp_path)
     captioner = load_captioner("sat_cbam_resnet_scenes.scenes")
@@ -496,6 +496,13 @@ def test_meteor_without_java_is_one_line(monkeypatch, capsys):
         caption_scores(["a red top"], [["a red top"]], meteor=True)
     with pytest.raises(ConfigError, match=r"^model.init_args.meteor=true: METEOR runs Java"):  # before training
         CaptioningTask(model_kwargs=json.loads(TINY_MODEL), vocab=VOCAB, meteor=True)
+
+    def batches():
+        raise AssertionError("captioned before METEOR was refused")
+        yield
+
+    with pytest.raises(ConfigError, match=r"^meteor=True: METEOR runs Java"):
+        evaluate_captioner(load_captioner("sat_cbam_resnet_scenes.scenes"), batches(), meteor=True)
     assert main(["evaluate", "--model", "sat_cbam_resnet_scenes.scenes", "--dataset", "fashion-scenes",
                  "--meteor"]) == 2
     assert capsys.readouterr().err.startswith("visattn: error: --meteor: METEOR runs Java")  # before any captioning

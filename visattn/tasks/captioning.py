@@ -450,6 +450,8 @@ def evaluate_captioner(captioner: Captioner, batches: Iterable[dict[str, Any]], 
     DataLoader of image files, ``skipped``; ``None`` batches (only broken image files) are passed over."""
     from ..data.image_folder import skipped_images
 
+    if meteor:  # before captioning, not after it in caption_scores
+        check_java("meteor=True")
     metrics = CaptionMetrics(captioner.vocab, meteor=meteor)
     for batch in (b for b in batches if b is not None):
         decoded = captioner.caption(batch["images"], beam_size=beam_size, max_len=max_len,
