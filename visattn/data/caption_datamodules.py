@@ -33,7 +33,7 @@ from torch.utils.data import Dataset
 from ..errors import ArgumentError, ConfigError, VisattnWarning, caught_warnings, outside_visattn
 from .datamodules import COCO_VALIDATION_FIX, COCO_VALIDATION_SETTING, SplitLoadersMixin, check_img_size, split_images_dir
 from .coco import CaptionImages, CocoCaptions, KarpathyCaptions, KarpathySplit, read_karpathy
-from .scenes import SCENES_MEAN, SCENES_STD, FashionScenes, scene_settings
+from .scenes import SCENES_MEAN, SCENES_STD, FashionScenes, scene_settings, scenes_split
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, ImageTransform, Recipe, eval_transform_of, train_transforms
 from .vocab import SPECIAL_TOKENS, Vocabulary, tokenize
 
@@ -292,7 +292,7 @@ class FashionScenesCaptionDataModule(_CaptionDataModule):
         super().__init__()
         self.save_hyperparameters()
         self._check_options()
-        train = self._scenes("train")  # checks the scene options and finds Fashion-MNIST early
+        train = scenes_split(self.hparams, "train")  # checks the scene options and finds Fashion-MNIST early
         captions = (c for i in range(min(vocab_scenes, len(train))) for c in train[i].captions)
         self.vocabulary = training_vocabulary(captions, min_count, max_caption_len)
 
@@ -306,14 +306,8 @@ class FashionScenesCaptionDataModule(_CaptionDataModule):
         """Also how the scenes are drawn, so ``visattn evaluate --dataset fashion-scenes`` draws the same."""
         return {**super().preprocessing, "scenes": scene_settings(self.hparams)}
 
-    def _scenes(self, split: Split) -> FashionScenes:
-        h = self.hparams
-        sizes = {"train": h.num_train, "val": h.num_val, "test": h.num_test}
-        return FashionScenes(split, num_scenes=sizes[split], canvas_size=h.canvas_size, min_items=h.min_items,
-                             max_items=h.max_items, seed=h.seed, root=h.root)
-
     def _source(self, split: Split, transform: ImageTransform) -> Dataset:
-        return SceneImages(self._scenes(split), transform)
+        return SceneImages(scenes_split(self.hparams, split), transform)
 
 
 class KarpathyCaptionDataModule(_CaptionDataModule):

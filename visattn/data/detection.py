@@ -36,7 +36,7 @@ from .coco import check_image_ids, image_paths, json_type_hint, load_coco, requi
 from .datamodules import COCO_VALIDATION_FIX, COCO_VALIDATION_SETTING, SplitLoadersMixin, split_images_dir
 from .image_folder import ImageFiles
 from .image_io import DEFAULT_MAX_PIXELS, exif_orientation
-from .scenes import ITEM_WORDS, FashionScenes, scene_settings
+from .scenes import ITEM_WORDS, FashionScenes, scene_settings, scenes_split
 from .transforms import ImageTransform, to_tensor
 
 __all__ = [
@@ -584,7 +584,7 @@ class FashionScenesDetectionDataModule(_DetectionDataModule):
         super().__init__()
         self.save_hyperparameters()
         self._check_loader_options()
-        self._scenes("test")  # checks the scene options and finds Fashion-MNIST early
+        scenes_split(self.hparams, "test")  # checks the scene options and finds Fashion-MNIST early
 
     @property
     def class_names(self) -> list[str]:
@@ -601,14 +601,8 @@ class FashionScenesDetectionDataModule(_DetectionDataModule):
         side = self.hparams.canvas_size
         return {**super().preprocessing, "input_size": [3, side, side], "scenes": scene_settings(self.hparams)}
 
-    def _scenes(self, split: Split) -> FashionScenes:
-        h = self.hparams
-        sizes = {"train": h.num_train, "val": h.num_val, "test": h.num_test}
-        return FashionScenes(split, num_scenes=sizes[split], canvas_size=h.canvas_size, min_items=h.min_items,
-                             max_items=h.max_items, seed=h.seed, root=h.root)
-
     def _source(self, split: Split, transform: DetectionTransform) -> Dataset:
-        return SceneDetection(self._scenes(split), transform)
+        return SceneDetection(scenes_split(self.hparams, split), transform)
 
 
 # The setting naming each split's images folder (val and test default to the training one's)

@@ -410,6 +410,14 @@ def scene_settings(hparams: Any) -> dict[str, int]:
     return {key: int(hparams[key]) for key in (*_DRAWN_BY, *_SCORED_SIZES)}
 
 
+def scenes_split(hparams: Any, split: Split) -> FashionScenes:
+    """The scenes of ``split`` a data module's settings draw (``num_train``, ``num_val`` or ``num_test`` of
+    them, with its canvas size, item counts, seed and Fashion-MNIST ``root``)."""
+    return FashionScenes(split, num_scenes=hparams[f"num_{split}"], canvas_size=hparams["canvas_size"],
+                         min_items=hparams["min_items"], max_items=hparams["max_items"], seed=hparams["seed"],
+                         root=hparams["root"])
+
+
 def recorded_scenes(preprocessing: dict[str, Any], split: Split, num_scenes: int | None = None, *,
                     canvas_size: int) -> FashionScenes:
     """``num_scenes`` scenes of ``split`` drawn with the settings ``preprocessing["scenes"]`` records
