@@ -563,9 +563,9 @@ def find_weights_entry(arch: str, tag: Optional[str] = None) -> dict[str, Any]:
     default entry when ``tag`` is None: the one marked ``"default": true`` by the first folder of
     :func:`weights_search_path` that marks one for it (an earlier folder's entry of the same name, which
     hides it, takes the default over), else its first tag in alphabetical order."""
-    from .registry import _resolve_arch
+    from .registry import resolve_arch
 
-    arch = _resolve_arch(arch, tag=tag)  # an unknown architecture: UnknownModelError naming close matches
+    arch = resolve_arch(arch, tag=tag)  # an unknown architecture: UnknownModelError naming close matches
     entries: dict[str, dict[str, Any]] = {}  # in search order, up to the folder that settles it
     for index in _folder_indexes():
         own = [e for e in index.values() if e["arch"] == arch]

@@ -132,14 +132,14 @@ def built_by_visattn(arch: str) -> bool:
 def model_module(name: str) -> str:
     """The module whose ``@register_model`` builds a registered architecture (``arch`` or ``arch.tag``)."""
     arch, tag = split_model_name(name)
-    return _model_entrypoints[_resolve_arch(arch, tag=tag)].__module__
+    return _model_entrypoints[resolve_arch(arch, tag=tag)].__module__
 
 
 def model_family(name: str) -> str:
     """The module a registered architecture (``arch`` or ``arch.tag``) lives in (``"vit"``, ``"resnet"``, ...); for
     another package's, that of the visattn model it builds (:func:`_remember_family`)."""
     arch, tag = split_model_name(name)
-    arch = _resolve_arch(arch, tag=tag)
+    arch = resolve_arch(arch, tag=tag)
     if arch in _model_family:
         return _model_family[arch]
     builder = _model_entrypoints[arch]
@@ -196,7 +196,7 @@ def model_task(name: str) -> str:
 _TORCHVISION_NAMES = {"vit_b_16": "vit_base_patch16_224", "vit_b_32": "vit_base_patch32_224",
                       "vit_l_16": "vit_large_patch16_224"}
 
-def _resolve_arch(name: str, *, tag: Optional[str] = None) -> str:
+def resolve_arch(name: str, *, tag: Optional[str] = None) -> str:
     """``name`` if registered; otherwise UnknownModelError naming up to 3 close architectures (``tag``:
     the ``.TAG`` the name carried, so that architectures shipping those weights come first)."""
     _import_models()
@@ -370,7 +370,7 @@ def model_arguments(
     from .pretrained import file_weights_entry, find_weights_entry, named_weights_entry
 
     arch, tag = split_model_name(name)
-    arch = _resolve_arch(arch, tag=tag)  # the tag: suggestions shipping its weights first
+    arch = resolve_arch(arch, tag=tag)  # the tag: suggestions shipping its weights first
     if pretrained == "":  # it built random weights without a word
         raise ConfigError("pretrained='': give a weights file, True, a shipped ARCH.TAG, 'timm:NAME' or "
                           "'hf-hub:ORG/REPO'; None or False for no weights")

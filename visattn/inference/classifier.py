@@ -132,7 +132,7 @@ def load_classifier(model: Optional[str] = None, checkpoint: Optional[str] = Non
         entry.get("preprocessing"), net, source=f"{entry['index']}: entry '{arch}.{entry['tag']}': ",
         fix="record input_size [C, H, W], mean and std there, or save the weights again with "
             "`visattn save-weights --checkpoint`")
-    preprocessing = _resized(recorded, img_size)
+    preprocessing = _with_input_size(recorded, img_size)
     set_pretrained_cfg(net, timm_pretrained_cfg(net, preprocessing))  # at img_size
     return Classifier(net, labels, preprocessing, f"{arch}.{entry['tag']}",
                       arch, dict(entry.get("model_kwargs") or {}))
@@ -162,7 +162,7 @@ def _classifier_from_checkpoint(path: Path, img_size: Optional[int], device: tor
     labels = recorded_labels(hparams.get("class_names"), hparams["num_classes"], str(path))
     recorded = _classifier_preprocessing(hparams.get("preprocessing"), net, source=f"{path}: hyper_parameters.",
                                          fix=EDITED_CHECKPOINT)
-    preprocessing = _resized(recorded, img_size)
+    preprocessing = _with_input_size(recorded, img_size)
     if hasattr(net, "visattn_name"):
         set_pretrained_cfg(net, timm_pretrained_cfg(net, preprocessing))
     else:  # a timm model keeps the rest of its own pretrained_cfg (its head's name, its weights' source)
@@ -218,7 +218,7 @@ def _img_size_named(img_size: Optional[int], name: str) -> Iterator[None]:
         raise ConfigError(f"--img-size {img_size}: {name} {sides}; give {fits}") from None
 
 
-def _resized(preprocessing: dict[str, Any], img_size: Optional[int]) -> dict[str, Any]:
+def _with_input_size(preprocessing: dict[str, Any], img_size: Optional[int]) -> dict[str, Any]:
     preprocessing = dict(preprocessing)
     if img_size is not None:
         preprocessing["input_size"] = [preprocessing["input_size"][0], img_size, img_size]
