@@ -753,12 +753,21 @@ class _PrintVersion(argparse.Action):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``visattn`` command line: LightningCLI's commands, then one ``_add_*_command`` per command of its own."""
     parser = _OneLineErrorParser(prog="visattn", description="Vision attention model zoo.")
     parser.add_argument("--version", action=_PrintVersion, nargs=0,
                         help="print visattn's version and its libraries' (torch, torchvision, timm, lightning)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_CommandParser)
     for name in LIGHTNING_COMMANDS:  # listed for --help; main() hands them to LightningCLI
         sub.add_parser(name, help=f"{name} from a YAML config (LightningCLI): visattn {name} --config FILE", add_help=False)
+    for add_command in (_add_models_command, _add_configs_command, _add_demo_command, _add_evaluate_command,
+                        _add_classify_command, _add_caption_command, _add_detect_command, _add_explain_command,
+                        _add_save_weights_command, _add_export_command):
+        add_command(sub)
+    return parser
+
+
+def _add_models_command(sub: argparse._SubParsersAction) -> None:
     models = sub.add_parser("models", help="list registered models with parameter counts and pretrained tags")
     models.add_argument("pattern", nargs="?", default="*", help="fnmatch pattern, e.g. 'cbam_*'")
     models.add_argument("--pretrained", action="store_true",
@@ -766,15 +775,21 @@ def build_parser() -> argparse.ArgumentParser:
                              "ones, each with its own parameter count")
     models.set_defaults(func=cmd_models)
 
+
+def _add_configs_command(sub: argparse._SubParsersAction) -> None:
     configs = sub.add_parser("configs", help="list the shipped training configs, each with what it trains")
     configs.add_argument("pattern", nargs="?", default="",
                          help="part of a config's name or an fnmatch pattern, e.g. 'fmnist' or 'detection/*'")
     configs.set_defaults(func=cmd_configs)
 
+
+def _add_demo_command(sub: argparse._SubParsersAction) -> None:
     demo = sub.add_parser("demo", help="train an attention CNN briefly, score, use and explain it, and run the shipped "
                                        "captioner and detectors, writing outputs/demo/ (what `make demo` runs)")
     demo.set_defaults(func=cmd_demo)
 
+
+def _add_evaluate_command(sub: argparse._SubParsersAction) -> None:
     evaluate = sub.add_parser("evaluate",
                               help="score a classifier, captioner or detector; the last line is the metrics as JSON")
     _add_model_source(evaluate)
@@ -822,6 +837,8 @@ def build_parser() -> argparse.ArgumentParser:
                                "predicted class; not for ViTs, scored with rollout")
     evaluate.set_defaults(func=cmd_evaluate)
 
+
+def _add_classify_command(sub: argparse._SubParsersAction) -> None:
     classify = sub.add_parser("classify", help="classify image files and folders (recursively)")
     classify.add_argument("paths", type=user_path, nargs="+", metavar="PATH", help=IMAGE_PATHS_HELP)
     _add_model_source(classify)
@@ -832,6 +849,8 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass")
     classify.set_defaults(func=cmd_classify)
 
+
+def _add_caption_command(sub: argparse._SubParsersAction) -> None:
     caption = sub.add_parser("caption", help="caption image files and folders (recursively)")
     caption.add_argument("paths", type=user_path, nargs="+", metavar="PATH", help=IMAGE_PATHS_HELP)
     _add_model_source(caption)
@@ -851,6 +870,8 @@ def build_parser() -> argparse.ArgumentParser:
     caption.add_argument("--batch-size", type=positive_int, default=32, help="images per beam search")
     caption.set_defaults(func=cmd_caption)
 
+
+def _add_detect_command(sub: argparse._SubParsersAction) -> None:
     detect = sub.add_parser("detect", help="detect objects in image files and folders (recursively)")
     detect.add_argument("paths", type=user_path, nargs="+", metavar="PATH", help=IMAGE_PATHS_HELP)
     _add_model_source(detect)
@@ -870,6 +891,8 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--batch-size", type=positive_int, default=8, help="images per forward pass")
     detect.set_defaults(func=cmd_detect)
 
+
+def _add_explain_command(sub: argparse._SubParsersAction) -> None:
     explain = sub.add_parser("explain", help="draw where a classifier looks in an image (map and label, PNG by default)")
     explain.add_argument("paths", type=user_path, nargs="+", metavar="PATH",
                          help="image file (with --out), or image files and folders, searched recursively (--out-dir)")
@@ -895,6 +918,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="one JSON record per file: label, prob, the class explained and the map's path")
     explain.set_defaults(func=cmd_explain)
 
+
+def _add_save_weights_command(sub: argparse._SubParsersAction) -> None:
     save = sub.add_parser("save-weights", help="turn a training checkpoint (classifier, captioner or detector) "
                           "into ARCH.TAG.safetensors + index entry in the weights folder (see --out-dir)")
     save.add_argument("--checkpoint", type=user_path, required=True, help="training checkpoint (.ckpt) to convert")
@@ -915,6 +940,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device(save)
     save.set_defaults(func=cmd_save_weights)
 
+
+def _add_export_command(sub: argparse._SubParsersAction) -> None:
     export = sub.add_parser("export", help="export a classifier to ONNX (dynamic batch axis), with labels as metadata")
     _add_model_source(export)
     export.add_argument("--format", choices=["onnx"], default="onnx", help="file format")
@@ -924,7 +951,6 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--dynamic-size", action="store_true",
                         help="the file takes images of any height and width (ResNets; a ViT takes its own size only)")
     export.set_defaults(func=cmd_export)
-    return parser
 
 
 @contextlib.contextmanager
