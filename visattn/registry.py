@@ -520,29 +520,15 @@ def create_model(
             a ViT's last three blocks.
         **kwargs: architecture hyperparameters passed to the builder (``img_size``, ``drop_path_rate``, ...).
     """
-    from .pretrained import (building_parts, built_for_weights, file_records_read_once, load_weights,
-                             loaded_weights_preprocessing, set_pretrained_cfg, timm_pretrained_cfg)
+    from .pretrained import file_records_read_once, load_weights, loaded_weights_preprocessing
 
-    if not isinstance(strict, bool) and strict != "attention":  # "no" is true
-        raise ConfigError(f"strict={strict!r}: give True (every weight must fit), 'attention' (attention modules "
-                          "may be new) or False (any weight may be missing)")
-    if not isinstance(features_only, bool):  # "no" is true
-        raise ArgumentError("features_only", features_only, "give True (feature maps) or False (the classifier)")
-    if out_indices is not None and not features_only:
-        raise ArgumentError("out_indices", out_indices, "selects the maps of features_only=True; add it, or drop "
-                                                        "out_indices")
+    _check_create_options(strict=strict, features_only=features_only, out_indices=out_indices)
     arch, entry, kwargs = model_arguments(name, pretrained=pretrained, num_classes=num_classes, **kwargs)
     if features_only and model_task(arch) != "classification":
         raise ArgumentError("features_only", True, f"{arch} is a {model_task(arch)} model; build its backbone, a "
                                                    "classifier, with features_only=True")
     weighted = entry is not None or (pretrained is not None and pretrained is not False)
-    build = building_parts(functools.partial(_model_entrypoints[arch], **kwargs))
-    model, initialise = built_for_weights(build, on_meta=built_by_visattn(arch)) if weighted else (build(), None)
-    _remember_family(arch, model)
-    if model_task(arch) == "classification" and not isinstance(getattr(model, "num_classes", None), int):
-        raise ConfigError(f"{arch}: its builder ({_model_entrypoints[arch].__module__}) gave a {type(model).__name__} "
-                          "without num_classes; give the model its head's class count as num_classes (0 without a "
-                          "head), as timm's models have")
+    model, initialise = _built(arch, kwargs, weighted=weighted)
     with file_records_read_once():  # a pickle's record read with its weights, not again
         if entry is not None:
             model = load_weights(model, entry["path"], strict=strict, sha256=entry["sha256"], initialise=initialise)
@@ -552,15 +538,48 @@ def create_model(
         # What the loaded weights were trained with (None: no weights, or a file that recorded nothing of an
         # architecture whose weights share no statistics), which the tasks compare with the data's normalisation.
         model.visattn_recorded_preprocessing = loaded_weights_preprocessing(model, entry, pretrained)
-    model.visattn_name = f"{arch}.{entry['tag']}" if entry else arch
-    # what save_weights records, so that the weights rebuild this model by name (numpy's scalars as Python's: the
-    # index is JSON)
-    model.visattn_kwargs = {k: v.item() if isinstance(v, np.generic) else v for k, v in kwargs.items()
-                            if k != "num_classes"}
-    if model_task(arch) == "classification":
-        set_pretrained_cfg(model, timm_pretrained_cfg(model, model.visattn_recorded_preprocessing))
+    _record_provenance(model, arch, entry, kwargs)
     if features_only:
         from .models.features import features_only as feature_maps
 
         model = feature_maps(model, out_indices)
     return model
+
+
+def _check_create_options(*, strict: object, features_only: object, out_indices: object) -> None:
+    if not isinstance(strict, bool) and strict != "attention":  # "no" is true
+        raise ConfigError(f"strict={strict!r}: give True (every weight must fit), 'attention' (attention modules "
+                          "may be new) or False (any weight may be missing)")
+    if not isinstance(features_only, bool):  # "no" is true
+        raise ArgumentError("features_only", features_only, "give True (feature maps) or False (the classifier)")
+    if out_indices is not None and not features_only:
+        raise ArgumentError("out_indices", out_indices, "selects the maps of features_only=True; add it, or drop "
+                                                        "out_indices")
+
+
+def _built(arch: str, kwargs: dict[str, Any], *, weighted: bool) -> tuple[nn.Module, Optional[Callable[[], nn.Module]]]:
+    """The model ``arch``'s builder gives and, when weights load next (``weighted``), the builder
+    :func:`~visattn.pretrained.load_weights` takes as ``initialise`` (see ``built_for_weights``)."""
+    from .pretrained import building_parts, built_for_weights
+
+    build = building_parts(functools.partial(_model_entrypoints[arch], **kwargs))
+    model, initialise = built_for_weights(build, on_meta=built_by_visattn(arch)) if weighted else (build(), None)
+    _remember_family(arch, model)
+    if model_task(arch) == "classification" and not isinstance(getattr(model, "num_classes", None), int):
+        raise ConfigError(f"{arch}: its builder ({_model_entrypoints[arch].__module__}) gave a {type(model).__name__} "
+                          "without num_classes; give the model its head's class count as num_classes (0 without a "
+                          "head), as timm's models have")
+    return model, initialise
+
+
+def _record_provenance(model: nn.Module, arch: str, entry: Optional[dict[str, Any]], kwargs: dict[str, Any]) -> None:
+    """Set what the model was built as: ``visattn_name``, ``visattn_kwargs`` (what save_weights records, so that
+    the weights rebuild this model by name) and, for a classifier, timm's ``pretrained_cfg``."""
+    from .pretrained import set_pretrained_cfg, timm_pretrained_cfg
+
+    model.visattn_name = f"{arch}.{entry['tag']}" if entry else arch
+    # numpy's scalars as Python's: the index is JSON
+    model.visattn_kwargs = {k: v.item() if isinstance(v, np.generic) else v for k, v in kwargs.items()
+                            if k != "num_classes"}
+    if model_task(arch) == "classification":
+        set_pretrained_cfg(model, timm_pretrained_cfg(model, model.visattn_recorded_preprocessing))
