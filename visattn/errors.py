@@ -124,8 +124,8 @@ def check_keyword_arguments(owner: str, function: Callable[..., Any], kwargs: di
 
 def check_keyword_types(owner: str, function: Callable[..., Any], kwargs: dict[str, Any]) -> None:
     """One line naming the first of ``kwargs`` that ``function`` annotates as a flag (``bool``) or a ``float``,
-    optional or not, and that is no such value: ``class_token="no"`` had built a class token ("no" is true),
-    and ``mlp_ratio="4"`` failed deep inside torch. Other annotations are the function's own to check."""
+    optional or not, and that is no such value: ``class_token="no"`` would build a class token ("no" is true),
+    and ``mlp_ratio="4"`` fail deep inside torch. Other annotations are the function's own to check."""
     try:
         hints = typing.get_type_hints(function)
     except (NameError, TypeError):  # an annotation that does not resolve here says nothing to check against
@@ -166,7 +166,7 @@ _PASSED_THROUGH = (contextlib.__file__, os.path.join("torch", "nn", "modules", "
 
 def outside_visattn() -> int:
     """The ``stacklevel`` of a ``warnings.warn`` called where this is: the first frame outside visattn, so the warning
-    names the user's line (a fixed level had named contextlib.py where the warning passed through a ``with``)."""
+    names the user's line (a fixed level names contextlib.py where the warning passes through a ``with``)."""
     frame, level = sys._getframe(1), 1
     while frame.f_back is not None and (frame.f_code.co_filename.startswith(_PACKAGE_DIR)
                                         or frame.f_code.co_filename.endswith(_PASSED_THROUGH)):
@@ -220,8 +220,8 @@ def _filters_held(lock: threading.RLock, record: bool) -> Iterator[Optional[list
 @contextlib.contextmanager
 def caught_warnings(*, record: bool = False) -> Iterator[Optional[list[warnings.WarningMessage]]]:
     """``warnings.catch_warnings``, which visattn's calls enter one thread at a time: it saves the process's filter
-    list and puts it back on leaving, so two threads' blocks left out of order kept one's filter for good (an
-    ``always`` filter from explain_image in four threads, ahead of every filter the host program had set)."""
+    list and puts it back on leaving, so two threads' blocks left out of order would keep one's filter for good
+    (an ``always`` filter from explain_image in four threads, ahead of every filter the host program set)."""
     lock = _WARNING_FILTERS
     lock.acquire()
     with _filters_held(lock, record) as caught:

@@ -92,7 +92,7 @@ def export_onnx(
         The path written.
     """
     path = Path(path)
-    # A failed export leaves an existing file as it was (it had been replaced before the metadata failed).
+    # A failed export leaves an existing file as it was, even when the metadata fails after the graph is written.
     with atomic_path(path) as written:
         _write_onnx(model, written, input_size=input_size, opset=opset, metadata=metadata, dynamic_size=dynamic_size)
     return path
@@ -185,7 +185,7 @@ def _require_float32_classifier(model: nn.Module) -> None:
 
 def _require_onnx() -> None:
     """One line before the export when the onnx package is missing (an optional dependency): torch's exporter
-    failed deep inside with a traceback."""
+    would fail deep inside with a traceback."""
     try:
         importlib.import_module("onnx")
     except ImportError:
@@ -203,8 +203,8 @@ def onnx_session(path: str | os.PathLike, *, threads: Optional[int] = None) -> A
     options = ort.SessionOptions()
     if threads is not None:
         options.intra_op_num_threads = threads
-    # Idle workers sleep instead of spinning: spinning after each run took a core from whatever ran next
-    # in the process (PyTorch's rounds in benchmarks/onnx_speed.py ran 1.5x slower on 2 cores).
+    # Idle workers sleep instead of spinning: spinning after each run takes a core from whatever runs next
+    # in the process (PyTorch's rounds in benchmarks/onnx_speed.py run 1.5x slower on 2 cores).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 

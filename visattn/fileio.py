@@ -22,8 +22,8 @@ PathLike = Union[str, Path]
 # The PNG "Software" text of every image a command writes into an output folder: a rerun replaces the
 # files carrying it and refuses any other, such as a user's own photo of the same name.
 PNG_SOFTWARE = "visattn"
-# The PNG text naming the command whose folder output a file is (caption, detect, explain): one command's output
-# replaced another's of the same name, in a folder both were given, without a word.
+# The PNG text naming the command whose folder output a file is (caption, detect, explain), so that one command's
+# output never silently replaces another's of the same name in a folder both are given.
 PNG_COMMAND = "visattn-command"
 NAME_MAX = 255  # bytes in one file name on Linux filesystems (ext4, xfs, btrfs, tmpfs)
 _TEMP_EXTRA = len("..XXXXXXXX.tmp")  # what atomic_path's temp name adds to the name it is made from
@@ -32,10 +32,10 @@ _TEMP_EXTRA = len("..XXXXXXXX.tmp")  # what atomic_path's temp name adds to the 
 @contextlib.contextmanager
 def atomic_path(path: Union[str, Path]) -> Iterator[Path]:
     """Yield a temp path beside ``path``; on success fsync it and ``os.replace`` it into place, and remove the temp
-    files of ``path`` that killed writers left (SIGKILL, a power cut: only checkpoints' had been). A device,
-    FIFO or socket at ``path`` is refused: replacing it would delete it (``--out /dev/null`` as root). A link
-    is written through: its target is replaced, and the link kept (it had been replaced by a file, while the
-    target anything following the link reads kept the old contents)."""
+    files of ``path`` that killed writers left (SIGKILL, a power cut), for every kind of file, not only checkpoints.
+    A device, FIFO or socket at ``path`` is refused: replacing it would delete it (``--out /dev/null`` as root). A
+    link is written through: its target is replaced, and the link kept (replacing the link by a file would leave
+    the old contents in the target that anything following the link reads)."""
     path = Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)
     if path.exists() and not path.is_file() and not path.is_dir():
         raise OSError(errno.EINVAL, "not a regular file (a device, FIFO or socket); give a file path", str(path))
@@ -95,7 +95,7 @@ def exclusive_lock(path: Union[str, Path]) -> Iterator[None]:
 
 def _lock(fd: int, *, wait: bool) -> None:
     """An exclusive lock on the open file ``fd``, released when it is closed: ``flock`` on POSIX, a lock on its
-    first byte on Windows, which has no ``fcntl`` (importing it there had stopped ``import visattn``).
+    first byte on Windows, which has no ``fcntl`` (imported here, not at the top, so ``import visattn`` works there).
     BlockingIOError when another process holds it and ``wait`` is false."""
     try:
         import fcntl
@@ -119,9 +119,9 @@ _claims = threading.local()  # .made: the lock files claimed in this thread insi
 def claim_folder(folder: PathLike, *, setting: str, task: str) -> None:
     """Hold an exclusive lock on ``.NAME.visattn.lock`` beside ``folder`` until this process exits (or the command
     that claimed it returns, :func:`claims_released`), so that two processes do not write one folder's files at
-    once (two runs of one config had overwritten each other's ``last.ckpt``); one line naming the other process
-    when one holds it. The lock file stays out of the folder, whose files Lightning counts (it warned of a folder
-    not empty). Claiming a folder this process holds is a no-op; filesystems without locks (some network mounts)
+    once (two runs of one config would overwrite each other's ``last.ckpt``); one line naming the other process
+    when one holds it. The lock file stays out of the folder, whose files Lightning counts (it would warn of a
+    folder not empty). Claiming a folder this process holds is a no-op; filesystems without locks (some network mounts)
     are not checked."""
     folder = os.path.abspath(folder)
     path = os.path.join(os.path.dirname(folder), f".{os.path.basename(folder)}.visattn.lock")
@@ -221,8 +221,8 @@ def output_errors(path: PathLike, *, flag: str, kind: str = "folder") -> Iterato
 
 def _in_the_way(err: OSError, path: PathLike) -> str:
     """Where in ``path`` a write failed, for :func:`write_failure`: the file or folder standing where another is
-    needed when it is not ``path`` itself (a folder named like the weights index's lock file inside an output
-    folder had been reported as "--out-dir DIR: cannot write there (it is a folder)"); else ``there``. That is the
+    needed when it is not ``path`` itself (e.g. a folder named like the weights index's lock file inside an output
+    folder, which is to blame rather than the output folder); else ``there``. That is the
     target of a move (``filename2``: not the temp file moved), and for a path below a file, the file."""
     named = err.filename2 if err.filename2 is not None else err.filename
     if err.errno not in _SHAPE_ERRNOS or named is None:
@@ -313,7 +313,7 @@ def _planned_outputs(inputs: Sequence[Path], directory: PathLike, *, flag: str,
     refuse_overwriting_inputs(outputs, inputs, flag=flag)
     for k, tag in enumerate(tags):
         refuse_replacing_others_files([paths[k] for paths in planned], flag=flag, command=commands[tag])
-    # Mirrored folders made now: a file in one's place, or a path past the system's limit, had stopped the run midway
+    # Mirrored folders made now: a file in one's place, or a path past the system's limit, would stop the run midway
     for folder in dict.fromkeys(output.parent for output in outputs if output.parent != directory):
         prepare_output_dir(folder, flag=flag)
     return {tag: [paths[k] for paths in planned] for k, tag in enumerate(tags)}

@@ -15,7 +15,7 @@ _LOCKS_LOCK = threading.Lock()
 def model_lock(model: nn.Module) -> Iterator[nn.Module]:
     """Hold ``model``'s own re-entrant lock: what a visattn call changes on a model for its duration (its mode,
     Grad-CAM's hook, kept gates and attention, FCOS's score floor) is seen by no call from another thread, which
-    waits (two threads had each other's maps, and a model left changed). Kept beside the model, not on it, so
+    waits (else two threads can get each other's maps, and leave a model changed). Kept beside the model, not on it, so
     that the model pickles and copies as before."""
     with _LOCKS_LOCK:
         lock = _LOCKS.get(model)

@@ -26,7 +26,7 @@ def model_source_problem(text: str, *, model: str, checkpoint: str) -> Optional[
     options' names, ``--model`` or ``model=``); None for a registered name, ARCH.TAG or a weights file visattn saved
     (``FILE.safetensors``, checked where it is read)."""
     hub = next((prefix for prefix in FETCHED_PREFIXES if text.startswith(prefix)), None)
-    if hub:  # checked before files: a hub name has a slash (it had been called a file)
+    if hub:  # checked before files: a hub name has a slash, so it would pass for a file's path
         return (f"{text!r}: {hub} names go in a `visattn fit` config (a classifier's model_name, a captioner's "
                 f"encoder_name, or pretrained), then {checkpoint} takes the trained checkpoint; {model} takes a "
                 "registered name or ARCH.TAG (`visattn models`)")

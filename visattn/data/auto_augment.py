@@ -91,7 +91,7 @@ def auto_augment_problem(config: object) -> str | None:
     """``auto_augment=CONFIG: what to give`` unless timm builds a policy from ``config``; None when it does."""
     if not isinstance(config, str):
         return f"auto_augment={config!r}: give a timm policy string, e.g. {AUTO_AUGMENT_EXAMPLES}"
-    # timm skips a section without a number without a word: a typo (inc1 as incl) would go unnoticed
+    # timm silently skips a section without a number: a typo (inc1 as incl) would go unnoticed
     # (RandAugment's t section names an op set, e.g. tweights, as timm reads it)
     valueless = [part for part in config.split("-")[1:] if not re.fullmatch(r"[a-z]+\d.*", part)
                  and not (config.startswith("rand") and part.startswith("t"))]
@@ -109,7 +109,7 @@ def auto_augment_problem(config: object) -> str | None:
 
 
 def _degenerate_setting(policy: object) -> str | None:
-    """What in a policy timm reads without a word would augment nothing, fail, or not be what it says."""
+    """What in a policy timm silently accepts would augment nothing, fail, or not be what it says."""
     if getattr(policy, "num_layers", 1) < 1:
         return "n0 applies no operation to any image; give n1 or more (timm's default: n2)"
     if getattr(policy, "width", 1) < 1:

@@ -140,7 +140,12 @@ class CaptionSamples(Dataset):
 
 class SceneImages(Dataset):
     """FashionScenes as ``(image, captions, {"boxes", "labels"})`` with boxes in the frame of the
-    transformed image (the transform must resize the whole canvas, like the ``"small"`` eval recipe)."""
+    transformed image (the transform must resize the whole canvas, like the ``"small"`` eval recipe).
+
+    Args:
+        scenes: the generated scenes of one split.
+        transform: the image transform, applied to each scene's canvas.
+    """
 
     def __init__(self, scenes: FashionScenes, transform: ImageTransform) -> None:
         self.scenes, self.transform = scenes, transform

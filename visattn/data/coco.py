@@ -199,7 +199,7 @@ def read_karpathy(path: str | os.PathLike) -> list[dict]:
             captions = _with_words(given)
             if captions:
                 entries.append({**entry, "captions": captions})
-            else:  # "sentences": [] too, which had left the image out of the scored n unsaid
+            else:  # "sentences": [] too, so that no image leaves the scored n unsaid
                 wordless.append(os.path.join(entry["filepath"], entry["filename"]))
     except (KeyError, TypeError, AttributeError) as err:
         raise ConfigError(
@@ -213,7 +213,7 @@ def read_karpathy(path: str | os.PathLike) -> list[dict]:
 
 def _karpathy_entry(path: Path, index: int, image: dict) -> dict:
     """An image's ``filename``, ``filepath`` and ``split``; one line naming the image and the field that is not
-    text (a number had been a traceback of the path join, a list of splits one of an unhashable type)."""
+    text (else a number is a traceback of the path join, a list of splits one of an unhashable type)."""
     for field in ("filename", "split", "sentences"):
         if field not in image:
             raise ConfigError(f'{path}: not a Karpathy split JSON: images[{index}] has no "{field}"; give each '
@@ -231,8 +231,8 @@ def _karpathy_entry(path: Path, index: int, image: dict) -> dict:
 
 
 def _object_list(path: Path, data: dict, key: str, *, required: bool = False) -> list[dict]:
-    """``data[key]``, a list of JSON objects; one line naming the key or the entry that is not (Python's "string
-    indices must be integers" had been the message). ``[]`` for a key not there, unless ``required``."""
+    """``data[key]``, a list of JSON objects; one line naming the key or the entry that is not (instead of Python's
+    "string indices must be integers"). ``[]`` for a key not there, unless ``required``."""
     if key not in data and not required:
         return []
     entries = data.get(key)
@@ -306,7 +306,7 @@ def _read_json(path: Path) -> dict:
             data = json.load(f)
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file; give the path of the annotations JSON") from None
-    except OSError as err:  # the file's contents are not to blame: "re-download" was no fix for a permission
+    except OSError as err:  # the file's contents are not to blame: "re-download" is no fix for a permission
         raise ConfigError(f"{path}: cannot be read ({err.strerror or err}); give the path of an annotations JSON file "
                           "this user may read") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -355,7 +355,7 @@ def image_paths(annotations: Path, images: list[dict], images_dir: Path) -> list
 
 def image_file(images_dir: Path, name: str) -> Path:
     """``images_dir / name``, reading a Windows-made name's backslashes as folders where only that file is there
-    (``sub\\a.jpg``: the image had been skipped as "no such file", and the mAP taken over the rest)."""
+    (``sub\\a.jpg``: else the image is skipped as "no such file", and the mAP taken over the rest)."""
     path = images_dir / name
     if "\\" in name and not os.path.lexists(path):
         posix = images_dir / PureWindowsPath(name).as_posix()

@@ -249,7 +249,7 @@ class SplitLoadersMixin:
     def _loader(self, split: Split, *, evaluation: bool = False) -> DataLoader:
         """``split``'s loader; ``evaluation`` (validation and test) scores each sample once under DDP."""
         dataset, train = self._dataset(split), split == "train"
-        if not len(dataset):  # training failed in the sampler; test and predict scored nothing with exit 0
+        if not len(dataset):  # training would fail in the sampler; test and predict score nothing with exit 0
             count = self.hparams.get(f"num_{split}")
             fix = (f"data.init_args.num_{split} is {count}: give 1 or more" if count is not None
                    else f"check what data.init_args gives the {split} split")
@@ -282,7 +282,7 @@ class SplitLoadersMixin:
 
     def predict_dataloader(self) -> DataLoader:
         processes, n = self._sampler_kwargs().get("num_replicas", 1), len(self._dataset("test"))
-        if 0 < n < processes:  # Lightning's predict sampler failed an assertion (padding would write records twice)
+        if 0 < n < processes:  # Lightning's predict sampler fails an assertion (padding would write records twice)
             raise ConfigError(f"predict: the test split holds fewer samples ({n}) than processes ({processes}); "
                               f"predict with trainer.devices {n} or fewer")
         return self._loader("test")
@@ -478,7 +478,7 @@ class FashionMNISTDataModule(_ClassificationDataModule):
 
     def prepare_data(self) -> None:
         """Find (or download) the files once, early: the train split's for fit and validate (validation is carved
-        from it), the test split's for test and predict (a fit had required the t10k files it never reads)."""
+        from it), the test split's for test and predict (a fit does not require the t10k files it never reads)."""
         stage = getattr(getattr(self.trainer, "state", None), "fn", None)
         split = "test" if stage in ("test", "predict") else "train"
         find_fashion_mnist(self.hparams.root, splits=(split,), setting="data.init_args.root")
@@ -565,7 +565,7 @@ class ImageFolderDataModule(_ClassificationDataModule):
                               f"image file may declare, e.g. {DEFAULT_MAX_PIXELS}")
         self._class_names = find_classes(root)  # fails early, and num_classes is known now
         splits = split_folders(Path(root))
-        if splits:  # a split-folder layout, as evaluate's imagefolder: reads: it had trained a "test vs train" model
+        if splits:  # a split-folder layout, as evaluate's imagefolder: reads: it would train a "test vs train" model
             given = ", ".join(f"{key} {Path(root) / name}" for key, name in
                               (("root", "train"), ("val_root", "val"), ("test_root", "test")) if name in splits)
             raise ConfigError(f"data.init_args.root {root}: its folders are the splits {', '.join(splits)}, not "

@@ -134,7 +134,7 @@ class ImageFolder(ImageFiles):
         self.transform = transform
         self.classes = list(classes) if classes is not None else find_classes(self.root)
         repeated = sorted(name for name, n in Counter(unicodedata.normalize("NFC", c) for c in self.classes).items() if n > 1)
-        if repeated:  # their folder's images were read once under each label
+        if repeated:  # their folder's images would be read once under each label
             raise ConfigError(f"classes: {repeated} appear more than once; give each class once")
         self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
         self.samples = self._find_samples()
@@ -178,7 +178,7 @@ class ImageFolder(ImageFiles):
 
     def _find_samples(self) -> list[tuple[Path, int]]:
         # Names compared in one Unicode form: macOS and its zip files write "café" decomposed (NFD), which
-        # looked the same as the trained class and was refused.
+        # looks the same as the trained class but would be refused.
         folders = {unicodedata.normalize("NFC", name): name for name in find_classes(self.root)}
         extra = sorted(folders[name] for name in set(folders) - {unicodedata.normalize("NFC", c) for c in self.classes})
         if extra:
@@ -299,7 +299,7 @@ def evaluation_batches(dataset: Dataset, *, batch_size: int, num_workers: int = 
                        collate: Callable[[list], Any] = default_collate) -> DataLoader:
     """Batches of ``dataset`` in order that score each image once (:func:`for_evaluation`); a batch of
     only broken files is ``None``, which the caller passes over."""
-    # its own generator: the workers' seeds had been drawn from the caller's global RNG, which scoring advanced
+    # its own generator: the workers' seeds are not drawn from the caller's global RNG, so scoring leaves it as it was
     return DataLoader(for_evaluation(dataset), batch_size=batch_size, num_workers=num_workers,
                       collate_fn=functools.partial(collate_present, collate=collate),
                       generator=torch.Generator().manual_seed(0))

@@ -78,7 +78,7 @@ def decode_image(
     _check_background(background)
     name = "<bytes>" if isinstance(source, bytes) else os.fspath(source)
     fp = io.BytesIO(source) if isinstance(source, bytes) else source
-    allow_pixels(max_pixels)  # a data module's max_pixels above Pillow's limit had been refused by Pillow
+    allow_pixels(max_pixels)  # else Pillow refuses a data module's max_pixels above its own limit
     try:
         if not isinstance(source, bytes):
             _check_regular_file(source)
@@ -94,9 +94,9 @@ def decode_image(
 
 
 def exif_orientation(path: Path) -> int:
-    """``path``'s EXIF orientation tag, read from each format :func:`decode_image` turns by it (AVIF's had been read
-    as 1, so detection boxes stayed put while its pixels turned); 1 (as stored) without one or where it cannot be
-    read, as decoding then leaves the pixels."""
+    """``path``'s EXIF orientation tag, read from each format :func:`decode_image` turns by it (AVIF's included:
+    read as 1, detection boxes would stay put while its pixels turn); 1 (as stored) without one or where it cannot
+    be read, as decoding then leaves the pixels."""
     try:
         with _opened(path) as img:
             return int(img.getexif().get(0x0112, 1))
@@ -106,7 +106,7 @@ def exif_orientation(path: Path) -> int:
 
 def _opened(fp: Any) -> Image.Image:
     """``Image.open`` (the header only) without Pillow's warning over 89M pixels: ``max_pixels`` is the limit,
-    checked next from the header (the warning had refused images it let through)."""
+    checked next from the header (the warning would refuse images that limit lets through)."""
     with ignored_unless_busy(Image.DecompressionBombWarning):
         return Image.open(fp, formats=_available_formats())
 
@@ -199,7 +199,7 @@ def list_images(paths: PathLike | Iterable[PathLike], *, recursive: bool = True,
         ImageDecodeError: none of the paths exists.
     """
     paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
-    if paths and not any(Path(path).exists() for path in paths):  # each named: two typos took two runs to find
+    if paths and not any(Path(path).exists() for path in paths):  # each named, so two typos take one run to find
         named = [f"{path}: {missing_reason(path, 'file or folder')}" for path in paths[:3]]
         more = [f"and {len(paths) - 3} more paths that do not exist"] if len(paths) > 3 else []
         raise ImageDecodeError("; ".join(named + more))
@@ -210,8 +210,8 @@ def list_images(paths: PathLike | Iterable[PathLike], *, recursive: bool = True,
     for path in map(Path, paths):
         if path.is_dir():
             inside = [folder for folder in skipped if path.resolve() in folder.parents]
-            # the output folder given as input: an earlier run's drawings beside the photos had been read, then
-            # refused as inputs their own outputs would replace
+            # the output folder given as input: an earlier run's drawings beside the photos are skipped, not read and
+            # then refused as inputs their own outputs would replace
             own_output = path.resolve() in skipped
             unlisted: list[Path] = []  # folders whose listing failed: each reported on its own line, as a file is
             images = [file for file in _folder_files(path, recursive, unlisted)
@@ -242,7 +242,7 @@ def _folder_files(root: Path, recursive: bool, unlisted: list[Path]) -> Iterator
     them reports them), hidden names skipped; symlinked sub-folders are followed, each real folder once.
     A link to a folder above ``root`` is not: it would list ``root``'s neighbours as ``root``'s own (an
     image-folder class taking the other classes' images). Folders that cannot be listed go to ``unlisted``
-    (``os.walk`` passed over them: a folder without read permission lost its images without a word)."""
+    (``os.walk`` passes over them: a folder without read permission would silently lose its images)."""
     seen: set[str] = set()  # real paths: a link back up the tree ends here instead of looping
     above = Path(os.path.realpath(root)).parents
 

@@ -146,7 +146,7 @@ def rgb_array(image: np.ndarray | Image.Image) -> np.ndarray:
                           "visattn.data.image_io.decode_image (it converts RGBA, palette and CMYK)")
     if image.dtype != np.uint8:  # PIL's resize refused other dtypes with a TypeError; rescaling them is a guess
         raise ConfigError(f"image: {image.dtype} pixels, not uint8 0..255; {_uint8_fix(image.dtype)}")
-    if not image.size:  # resizing it to the model's size divided by zero, or gave a blank input
+    if not image.size:  # resizing it to the model's size would divide by zero, or give a blank input
         raise ConfigError(f"image: shape {image.shape} has no pixels; check how it was decoded or cropped")
     return np.repeat(image.reshape(*image.shape[:2], 1), 3, axis=2) if gray else image
 
@@ -239,7 +239,7 @@ def augmentation_problem(*, scale: object = PHOTO_CROP_SCALE, color_jitter: obje
 
 class RandomErasing(A.Erasing):
     """Albumentations' ``Erasing``; an image too narrow for any rectangle passes unchanged, as albumentations
-    means it to (its 2.0 version left out a parameter then, and failed)."""
+    means it to (its 2.0 version leaves out a parameter then, and fails)."""
 
     def get_params_dependent_on_data(self, params: dict, data: dict) -> dict:
         return {"seed": 0, **super().get_params_dependent_on_data(params, data)}
@@ -285,9 +285,15 @@ def eval_transforms(
 
 class PilResize(A.DualTransform):
     """torchvision's ``Resize(size)`` then ``CenterCrop(crop)`` on the PIL image of an RGB array, as in
-    timm's evaluation transform; boxes move with the image. ``size``: the shorter side (an int, the longer
-    one truncated as torchvision does) or ``(H, W)``: exactly, or with ``keep_ratio`` the smallest size of the
-    image's aspect ratio covering it, sides rounded (timm's ``ResizeKeepRatio``); ``crop`` ``None``: no crop."""
+    timm's evaluation transform; boxes move with the image.
+
+    Args:
+        size: the shorter side (an int, the longer one truncated as torchvision does) or ``(H, W)``.
+        crop: ``(H, W)`` of the centre crop; ``None`` for no crop.
+        interpolation: PIL filter name (e.g. ``"bilinear"``, ``"bicubic"``).
+        keep_ratio: resize to the smallest size of the image's aspect ratio covering ``size`` ``(H, W)``, sides
+            rounded (timm's ``ResizeKeepRatio``), instead of to ``size`` exactly.
+    """
 
     def __init__(self, size: int | tuple[int, int], crop: tuple[int, int] | None, interpolation: Interpolation,
                  keep_ratio: bool = False) -> None:
@@ -330,7 +336,14 @@ class PilResize(A.DualTransform):
 class PilRandomResizedCrop(A.RandomResizedCrop):
     """Albumentations' ``RandomResizedCrop`` (timm's crop sampling, boxes moved with it) with the crop
     resized by PIL's ``resize_filter`` (bilinear or bicubic), as timm's training transform and visattn's
-    evaluation resize: OpenCV's area filter averages only where both sides shrink, and steps where one side grows."""
+    evaluation resize: OpenCV's area filter averages only where both sides shrink, and steps where one side grows.
+
+    Args:
+        size: ``(H, W)`` output size.
+        scale: range of the crop's area as a fraction of the image's.
+        ratio: range of the crop's aspect ratio (width over height).
+        resize_filter: PIL filter the crop is resized with (``"bilinear"`` or ``"bicubic"``).
+    """
 
     def __init__(self, size: tuple[int, int], *, scale: tuple[float, float], ratio: tuple[float, float],
                  resize_filter: Interpolation = DEFAULT_INTERPOLATION) -> None:
@@ -435,8 +448,8 @@ def _check_normalization(mean: object, std: object) -> None:
 
 def _statistics_problem(name: str, values: object) -> str | None:
     """``NAME=VALUES: what to give`` unless ``values`` (a ``mean`` or ``std``) is 1 or 3 finite numbers,
-    those of a std above 0: a std of 0 makes every pixel inf or NaN, and albumentations takes another
-    count without a word, normalising channels with values meant for others."""
+    those of a std above 0: a std of 0 makes every pixel inf or NaN, and albumentations silently takes another
+    count, normalising channels with values meant for others."""
     numbers = values if isinstance(values, (list, tuple)) else [values]
     low = 0 if name == "std" else -math.inf
     if len(numbers) in (1, 3) and all(is_number(v) and low < v < math.inf for v in numbers):
@@ -453,7 +466,7 @@ def check_image_batch(images: object, *, channels: int = 3) -> None:
     evaluation transform gives stacked (a path, an array or uint8 pixels are not)."""
     fix = "decode files with visattn.data.image_io.decode_image and apply the model's transform()"
     _check_float_pixels(images, "images", ("B", channels, "H", "W"), "normalised floats", fix)
-    if not torch.isfinite(images).all():  # NaN probabilities, captions and maps came back without a word
+    if not torch.isfinite(images).all():  # else NaN probabilities, captions and maps come back silently
         raise ConfigError(f"images: some pixels are NaN or infinite; {_NON_FINITE_FIX}")
 
 
@@ -517,7 +530,7 @@ def to_byte_tensor(image: np.ndarray) -> torch.Tensor:
 def to_tensor(image: np.ndarray) -> torch.Tensor:
     """``(H, W, 3)`` uint8 array -> ``(3, H, W)`` float32 tensor in 0..1, no normalisation."""
     # One writable float copy: torch warns about wrapping a read-only array (decoded images are),
-    # which ascontiguousarray passed through when the transpose was already contiguous (1x1 images).
+    # which ascontiguousarray passes through when the transpose is already contiguous (1x1 images).
     return torch.from_numpy(np.array(image.transpose(2, 0, 1), dtype=np.float32)).div_(255)
 
 

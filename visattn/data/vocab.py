@@ -185,8 +185,8 @@ class Vocabulary:
 
     def decode(self, ids: Iterable[int]) -> str:
         """The text BLEU and CIDEr score: words of ``ids`` joined by spaces up to the first ``<end>``, ``<pad>`` and
-        ``<start>`` dropped. A generated ``<unk>`` stays, a word no reference holds (dropped, it had made
-        "a red <unk> bag" score as the reference "a red bag", BLEU-4 1.0: a captioning audit)."""
+        ``<start>`` dropped. A generated ``<unk>`` stays, a word no reference holds (dropped, it would make
+        "a red <unk> bag" score as the reference "a red bag", BLEU-4 1.0)."""
         return " ".join(word for word in self._until_end(ids) if word not in (PAD, START))
 
     def caption_text(self, ids: Iterable[int]) -> str:

@@ -165,8 +165,8 @@ def _read_attention_pool(model: nn.Module) -> Optional[nn.Module]:
 def _patch_reading(model: nn.Module, pool_inputs: list[tuple[nn.Module, Tensor]]) -> Union[bool, Tensor]:
     """Whether the head reads the patch tokens rather than the class token (their mean, max or both), or, given the
     patch tokens an attention pool took (``pool_inputs``), how much it reads of each, ``(B, patches)``. Without a
-    class token the prefix tokens are registers, whose rows no head reads (register 0's had been taken for the
-    class token's)."""
+    class token the prefix tokens are registers, whose rows no head reads (register 0's is not the class
+    token's)."""
     if pool_inputs:
         pool, tokens = pool_inputs[-1]
         with torch.no_grad():
@@ -216,7 +216,7 @@ def explain(
     if images.shape[0] != 1:
         raise ConfigError(f"image tensor has shape {tuple(image_tensor.shape)}; give one image (3, H, W)")
     maps = explain_batch(model, images, method, layer=layer, head=head, target_class=target_class)
-    if method == "gradcam" and maps[0].amax() == maps[0].amin():  # it drew as a blank figure without a word
+    if method == "gradcam" and maps[0].amax() == maps[0].amin():  # it would draw a blank figure: say why
         warnings.warn(_blank_grad_cam(model, maps[0], layer, target_class),
                       VisattnWarning, stacklevel=outside_visattn())
     size = tuple(images.shape[-2:])
@@ -243,7 +243,7 @@ def _blank_grad_cam(model: nn.Module, cam: Tensor, layer: Optional[str], target_
 def model_view(image_tensor: Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
     """Undo normalisation: a ``(3, H, W)`` model input (``(1, H, W)`` gray) back to the ``(H, W, 3)``
     uint8 image the model saw."""
-    channels = image_tensor.shape[0]  # a gray input was normalised with the first channel's values
+    channels = image_tensor.shape[0]  # a gray input is normalised with the first channel's values
     mean_t = torch.as_tensor(mean, dtype=torch.float32)[:channels, None, None]
     std_t = torch.as_tensor(std, dtype=torch.float32)[:channels, None, None]
     pixels = (image_tensor.detach().float().cpu() * std_t + mean_t).clamp(0, 1).expand(3, -1, -1)
@@ -252,7 +252,7 @@ def model_view(image_tensor: Tensor, mean: Sequence[float], std: Sequence[float]
 
 def _class_to_index(target_class: Union[int, str, None], class_names: Sequence[str]) -> Optional[int]:
     """A class name's index, else a number's; where labels are numbers too, a warning says which was read (with
-    labels "1".."10", "0" and "1" had both meant label "1", without a word)."""
+    labels "1".."10", "0" and "1" would otherwise both silently mean label "1")."""
     if target_class is None or isinstance(target_class, int):
         return target_class
     names, text = list(class_names), str(target_class)
@@ -310,8 +310,8 @@ def explain_image(
         title += f" for {classifier.class_names[explained]}"
     seen = model_view(tensor, classifier.preprocessing["mean"], classifier.preprocessing["std"])
     aspect = squashed_pixel_aspect(classifier.preprocessing, image.shape, tensor.shape)
-    # the photo recipe's model sees a centre crop, and the map covers only that: an object off the centre of a wide
-    # photo was in neither panel, under the title "image"
+    # the photo recipe's model sees a centre crop, and the map covers only that: titled "image", an object off the
+    # centre of a wide photo would be in neither panel
     drawn_on = "centre crop" if classifier.preprocessing.get("recipe", "photo") == "photo" else "whole image"
     fig = overlay_figure(seen, heatmap, title=title, pixel_aspect=aspect,
                          image_title="the model's centre crop" if drawn_on == "centre crop" else "image")

@@ -145,6 +145,7 @@ def recorded_inputs(modules: Sequence[nn.Module]) -> Iterator[list[tuple[nn.Modu
 
 def _timm_attention_probs(module: nn.Module, x: Tensor) -> Tensor:
     """timm's ``Attention`` probabilities for its input ``x`` ``(B, N, C)``: ``(B, heads, N, N)``."""
+    # (3, B, heads, N, head_dim)
     qkv = module.qkv(x).reshape(x.shape[0], x.shape[1], 3, module.num_heads, module.head_dim).permute(2, 0, 3, 1, 4)
     return attention_probs(module.q_norm(qkv[0]), module.k_norm(qkv[1]), module.scale)
 
@@ -157,6 +158,7 @@ def attention_pool_reading(pool: nn.Module, tokens: Tensor) -> Tensor:
         tokens = tokens + pool.pos_embed.unsqueeze(0).to(tokens.dtype)
     batch, count, _ = tokens.shape
     latents = pool.latent.shape[1]
+    # query (1, heads, latents, head_dim); keys (B, heads, N, head_dim), the kv projection's first half
     query = pool.q(pool.latent).reshape(1, latents, pool.num_heads, pool.head_dim).transpose(1, 2)
     keys = pool.kv(tokens).reshape(batch, count, 2, pool.num_heads, pool.head_dim)[:, :, 0].transpose(1, 2)
     query, keys = getattr(pool, "q_norm", nn.Identity())(query), getattr(pool, "k_norm", nn.Identity())(keys)

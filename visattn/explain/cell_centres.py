@@ -113,7 +113,7 @@ def centred_strides(model: nn.Module) -> bool:
     """Whether every downsampling in ``model`` is an odd kernel centred by its padding, so a stride-s cell
     ``k`` looks at pixel ``s k``: each strided convolution or pooling layer, or a visattn or timm ResNet
     (ResNet-D's 2x2 average-pooled shortcuts sit half a pixel of each stage's input to the lower right, which adds
-    up over the stages: an audit measured a uniform-weight ResNet-50-D's gradient centre 7 px off its cell's)."""
+    up over the stages: a uniform-weight ResNet-50-D's gradient centre lies 7 px off its cell's)."""
     if isinstance(model, (ResNet, TimmResNet)):
         return True
     strided = [m for m in model.modules() if isinstance(m, _DOWNSAMPLING) and max(_pair(m.stride)) > 1]

@@ -50,7 +50,7 @@ def detection_maps(model: nn.Module, images: list[Tensor], *, min_score: float =
 
 
 def check_max_side(value: Optional[int], argument: str = "max_side") -> None:
-    """One line unless ``value`` is a whole number of pixels or None: 0 or -5 had drawn 1x1 maps."""
+    """One line unless ``value`` is a whole number of pixels or None: 0 or -5 would draw 1x1 maps."""
     if value is not None and not is_count(value):
         raise ArgumentError(argument, value, "give a whole number of pixels >= 1, or None for the images' size")
 
@@ -78,7 +78,7 @@ def _with_attention(model: nn.Module, images: list[Tensor], *, min_score: float,
     """:func:`detection_attention` of same-size images, each detection's map under ``"attention"``."""
     attention = model.transformer.decoder[-1].cross_attn
     seen: dict[str, Any] = {}
-    with model_lock(model):  # the flag and hooks are this call's alone (another thread's maps were taken)
+    with model_lock(model):  # the flag and hooks are this call's alone, so no other thread's maps are taken
         hooks = [model.transform.register_forward_hook(lambda module, args, out: seen.update(batch=out[0])),
                  model.input_proj.register_forward_hook(lambda module, args, out: seen.update(grid=out.shape[-2:]))]
         kept, attention.keep_attention = attention.keep_attention, True
@@ -117,7 +117,7 @@ def detection_saliency(model: nn.Module, images: list[Tensor], *, min_score: flo
         maps = []
         for pixels, found in zip(inputs, detections):
             # each (3, H, W) gradient reduced to its (H, W) map at once: kept for every detection, a photo's
-            # gradients had taken gigabytes (93 detections of a 12 MP photo: 13 GB)
+            # gradients take gigabytes (93 detections of a 12 MP photo: 13 GB)
             size = map_size(tuple(pixels.shape[-2:]), max_side)
             image_maps = [_shrunk(_gradient_times_input(score, pixels), size) for score in found["scores"]]
             maps.append(torch.stack(image_maps) if image_maps else pixels.new_zeros((0, *size)))

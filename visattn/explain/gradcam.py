@@ -122,7 +122,7 @@ def _transformer_tokens_map(model: nn.Module, tokens: Tensor, image_size: tuple[
         grid = _token_grid(tokens.shape[1] - prefix, image_size)
         if grid:
             patches = tokens[:, prefix:]  # (B, rows * cols, C)
-            return patches.transpose(1, 2).reshape(patches.shape[0], patches.shape[2], *grid)
+            return patches.transpose(1, 2).reshape(patches.shape[0], patches.shape[2], *grid)  # (B, C, rows, cols)
     raise ConfigError(f"the Grad-CAM layer gives {tokens.shape[1]} tokens, which lie on no grid of a "
                       f"{image_size[0]}x{image_size[1]} image; name a layer of {type(model).__name__} that gives a "
                       "map with layer= (--layer)")
@@ -153,7 +153,7 @@ def _class_index(logits: Tensor, target_class: TargetClass) -> Tensor:
         return logits.argmax(dim=1)
     try:
         index = torch.as_tensor(target_class, device=logits.device)
-        if index.is_floating_point() or index.dtype == torch.bool or index.ndim > 1:  # True had been class 1
+        if index.is_floating_point() or index.dtype == torch.bool or index.ndim > 1:  # True would be class 1
             raise TypeError
         index = index.long().expand(logits.shape[0])
     except (TypeError, ValueError, RuntimeError):
@@ -187,7 +187,7 @@ def grad_cam(
         explained class of each image ``(B,)``.
     """
     model = as_module(model)
-    if getattr(model, "num_classes", None) == 0:  # it had explained the largest pooled feature as a class
+    if getattr(model, "num_classes", None) == 0:  # it would explain the largest pooled feature as a class
         raise ConfigError(f"Grad-CAM explains a class score, and this {type(model).__name__} has no classifier head "
                           "(num_classes=0); build it with num_classes=N or load a classifier's weights (a ViT's "
                           "attention is explained without one: method 'rollout' or 'attention')")
@@ -208,7 +208,7 @@ def grad_cam(
 
     # Works under an outer inference_mode / no_grad; the input needs a gradient even if the parameters are
     # frozen, so every activation is on the autograd graph. The model's lock (eval_mode) keeps the hook this
-    # call's: it had recorded another thread's forward.
+    # call's: without it, the hook can record another thread's forward.
     with torch.inference_mode(False), torch.enable_grad(), eval_mode(model):
         handle = target.register_forward_hook(capture)
         try:

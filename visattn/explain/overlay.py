@@ -86,7 +86,7 @@ def heatmap_overlay(
         raise ConfigError(f"alpha={alpha}: use a value between 0 and 1")
     if cmap not in colormaps:
         raise ConfigError(f"cmap={cmap!r}: not a matplotlib colour map; try 'jet', 'viridis' or 'inferno'")
-    if not np.isfinite(np.asarray(heatmap, dtype=np.float32)).all():  # it drew NaN as no relevance, without a word
+    if not np.isfinite(np.asarray(heatmap, dtype=np.float32)).all():  # NaN would silently draw as no relevance
         raise ConfigError("heatmap holds NaN or infinite values; check how it was computed (a division by zero?)")
     heat = normalize_map(resize_map(heatmap, image.shape[:2], centres=centres))
     colours = colormaps[cmap](heat)[..., :3] * 255.0  # (H, W, 3) RGB, drop alpha
@@ -224,8 +224,8 @@ def _figure(figsize: tuple[float, float]) -> Figure:
     return fig
 
 
-# The formats whose files visattn marks as its own (figure_mark), so that a rerun may replace them: a .tiff or
-# .webp figure was written once, then refused as a file "visattn did not write".
+# The formats visattn draws figures in: each takes the mark (figure_mark) by which a rerun may replace the file.
+# Others are refused before drawing (a .tiff could be written once, then refused as a file "visattn did not write").
 FIGURE_FORMATS = ("png", "jpg", "jpeg", "svg", "pdf")
 
 

@@ -11,8 +11,8 @@ columns ``a..b`` has ``x1 = a, x2 = b + 1``). A ``(h, w)`` map's cells sit where
 :class:`~visattn.explain.cell_centres.CellCentres` puts them (equal blocks unless told: a CNN's cells
 at their receptive fields' centres), as it is drawn, and that surface peaks at its maximum cell's
 centre, which is the point tested; for a plateau of equal maximum cells, the plateau's centre.
-(Taking the maximum pixel of the map upsampled to pixels instead missed the cell centres by half a
-pixel, and a lone maximum cell among low neighbours then lost to a flatter, lower region elsewhere.)
+(Taking the maximum pixel of the map upsampled to pixels instead misses the cell centres by half a
+pixel, and a lone maximum cell among low neighbours then loses to a flatter, lower region elsewhere.)
 A constant map has no maximum and always misses. The tolerance grows each box by that many pixels
 on every side (a square margin, not the disk of TorchRay's implementation).
 """
@@ -81,11 +81,11 @@ def pointing_hit(
         boxes = None
     if boxes is not None and boxes.size == 0:
         raise ConfigError("pointing needs at least one box")
-    if boxes is None or boxes.ndim not in (1, 2) or boxes.shape[-1] != 4:  # numpy's reshape error had been the message
+    if boxes is None or boxes.ndim not in (1, 2) or boxes.shape[-1] != 4:  # one line instead of numpy's reshape error
         given = one_line(repr(box)) if boxes is None or boxes.size <= 8 else f"an array of shape {boxes.shape}"
         raise ConfigError(f"box={given}: give x1, y1, x2, y2 pixels, or a (K, 4) array of such boxes")
     boxes = boxes.reshape(-1, 4)
-    # Each had been a miss without a word, lowering the accuracy of a dataset with swapped or NaN boxes.
+    # Each would silently count as a miss, lowering the accuracy of a dataset with swapped or NaN boxes.
     if not np.isfinite(boxes).all() or (boxes[:, 2:] < boxes[:, :2]).any():
         raise ArgumentError("box", box if boxes.shape[0] == 1 else "...", "give finite x1, y1, x2, y2 pixels with "
                             "x2 >= x1 and y2 >= y1")

@@ -41,7 +41,7 @@ def discard_lowest(attn: Tensor, ratio: float, num_prefix_tokens: int = 1) -> Te
 
     The prefix tokens' attention to themselves (the class token's own entry) is never discarded.
     """
-    if not (is_number(ratio) and 0.0 <= ratio < 1.0):  # a string was a TypeError
+    if not (is_number(ratio) and 0.0 <= ratio < 1.0):  # a string would be a TypeError
         raise ConfigError(f"discard_ratio={ratio!r}: use a number in [0, 1)")
     count = int(attn.shape[-1] * attn.shape[-1] * ratio)
     if count == 0:

@@ -84,7 +84,7 @@ def inference_target(model: Optional[str], checkpoint: Optional[str], device: st
     if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike)):
         raise ConfigError(f"checkpoint={reprlib.repr(checkpoint)}: give the path of a training checkpoint")
     problem = model is not None and model_source_problem(os.fspath(model), model="model", checkpoint="checkpoint=")
-    if problem:  # the Python API's first argument: a checkpoint or a hub name had been split into ARCH.TAG
+    if problem:  # a checkpoint or hub name given first would be split as ARCH.TAG
         raise ConfigError(problem)
     return inference_device(device)
 

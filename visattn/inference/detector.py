@@ -63,7 +63,7 @@ class Detector:
         that their longer side is at most that many pixels.
         """
         check_unit_images(images)
-        # NaN kept every detection from passing, without a word
+        # NaN would silently keep every detection from passing
         if score_threshold is not None and not (is_number(score_threshold) and 0 <= score_threshold <= 1):
             raise ConfigError(f"score_threshold={score_threshold!r}: give a number from 0 to 1, or None for the "
                               "model's own")
@@ -147,8 +147,8 @@ def is_detector(model: Optional[str] = None, checkpoint: Optional[str] = None) -
 # One colour per class (cycled), readable on black FashionScenes canvases and on photos.
 _BOX_COLOURS = ("red", "lime", "deepskyblue", "yellow", "orange", "magenta", "cyan", "white", "pink", "violet")
 _MIN_DRAWN_SIDE = 256  # small images are enlarged before drawing, so the labels stay readable
-_MAX_DRAWN_SIDE = 4096  # ... but not a strip beyond this (a 3000x20 panorama was drawn 39000 px wide)
-# An attention panel is 200 px wide (2 in at 100 dpi); maps at a 12 MP photo's pixels took 48 MB a detection
+_MAX_DRAWN_SIDE = 4096  # ... but not a strip beyond this (a 3000x20 panorama would be drawn 39000 px wide)
+# An attention panel is 200 px wide (2 in at 100 dpi); maps at a 12 MP photo's pixels take 48 MB a detection
 # (a 16-query DETR: 3.6 GB and 76 s against 11 s without maps; 8000x6000 ran out of memory).
 _PANEL_SIDE = 512
 
@@ -198,7 +198,7 @@ def detect_files(detector: Detector, paths: Sequence[str], *, score_threshold: f
 def _output_targets(files: list[Path], *, out: Optional[str], attention_out: Optional[str]) -> dict[str, list]:
     """Each file's drawing (``--out``) and attention panels (``--attention-out``), ``None`` where not asked for.
     In one folder, an image's drawing ``NAME.png`` has its panels in ``NAME-attention.png`` (one ``-N`` for both:
-    named apart, an input named ``p-attention.png`` had given its drawing the panels' name of ``p.png``)."""
+    named apart, an input named ``p-attention.png`` would give its drawing the panels' name of ``p.png``)."""
     if out and attention_out and Path(out).resolve() == Path(attention_out).resolve():
         named = output_paths(files, out, flag="--out", commands={"": _DRAWINGS, "-attention": _PANELS})
         return {"--out": named[""], "--attention-out": named["-attention"]}
@@ -240,7 +240,7 @@ def detection_records(found: dict[str, Tensor], class_names: Sequence[str],
     """One image's detections as ``detect --json`` and ``predict`` write them: label (its index where the names
     are unknown), index, the training annotations' ``category_id`` where the run recorded them (the label
     index is no COCO id: ids 1..K scored 0.033 against 0.094), score and xyxy box in pixels, at full precision,
-    so COCOeval on them gives the mAP visattn reports (boxes rounded to 0.1 px had moved it by 0.002)."""
+    so COCOeval on them gives the mAP visattn reports (boxes rounded to 0.1 px move it by 0.002)."""
     records = []
     for box, score, k in zip(found["boxes"].tolist(), found["scores"].tolist(), found["labels"].tolist()):
         record = {"label": class_label(class_names, k), "index": k}

@@ -80,11 +80,13 @@ class AdditiveAttention(nn.Module):
         else:
             per_image = queries.shape[1]
             images = rows // per_image
+            # (R, P, attn_dim): each attending query's image's projected features
             gates = torch.index_select(projected, 0, images, out=_view(gates_buffer, (len(rows), *projected.shape[1:])))
-            gates.add_(doubled_query.flatten(0, 1).index_select(0, rows)[:, None])
+            gates.add_(doubled_query.flatten(0, 1).index_select(0, rows)[:, None])  # + (R, 1, attn_dim)
             row_alpha = self._weights(gates.sigmoid_(), None if mask is None else mask.index_select(0, images))  # (R, P)
+            # (B * M, P), zero for the queries outside rows
             alpha = row_alpha.new_zeros(queries.shape[0] * per_image, row_alpha.shape[1]).index_copy_(0, rows, row_alpha)
-            alpha = alpha.unflatten(0, queries.shape[:2])
+            alpha = alpha.unflatten(0, queries.shape[:2])  # (B, M, P)
         context = torch.bmm(alpha, features)  # (B, M, feature_dim)
         return (context[:, 0], alpha[:, 0]) if one_query else (context, alpha)
 

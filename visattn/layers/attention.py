@@ -52,6 +52,7 @@ class SelfAttention(nn.Module):
         self, x: torch.Tensor, return_attention: bool = False
     ) -> Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         B, N, C = x.shape
+        # (3, B, heads, N, head_dim)
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (B, heads, N, head_dim)
         attn: Optional[torch.Tensor] = None

@@ -40,8 +40,10 @@ class AttentionPoolLatent(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The pooled ``(B, C)``; explain reads the query's attention with ``attention_pool_reading``."""
         batch, tokens, dim = x.shape
+        # (B, heads, 1, head_dim): the one latent query, shared by the batch
         q = self.q(self.latent).reshape(1, self.num_heads, 1, self.head_dim).expand(batch, -1, -1, -1)
+        # each (B, heads, N, head_dim)
         k, v = self.kv(x).reshape(batch, tokens, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         pooled = F.scaled_dot_product_attention(q, k, v)  # (B, heads, 1, head_dim)
-        pooled = self.proj(pooled.reshape(batch, dim))
+        pooled = self.proj(pooled.reshape(batch, dim))  # (B, C): with one query, heads * head_dim in order
         return pooled + self.mlp(self.norm(pooled))

@@ -21,7 +21,13 @@ def _conv_bn_relu(in_chs: int, out_chs: int, kernel_size: int = 1, dilation: int
 
 
 class BamChannelBranch(nn.Module):
-    """Channel logits ``(B, C, 1, 1)`` from the average-pooled descriptor through a bottleneck MLP."""
+    """Channel logits ``(B, C, 1, 1)`` from the average-pooled descriptor through a bottleneck MLP.
+
+    Args:
+        channels: number of input (and output) channels.
+        reduction: bottleneck ratio; the hidden width is ``channels // reduction``.
+        min_hidden: lower bound on the hidden width.
+    """
 
     def __init__(self, channels: int, *, reduction: int = 16, min_hidden: int = 8):
         super().__init__()
@@ -29,7 +35,7 @@ class BamChannelBranch(nn.Module):
         self.mlp = nn.Sequential(*_conv_bn_relu(channels, hidden), nn.Conv2d(hidden, channels, kernel_size=1))
 
     def forward(self, x: Tensor) -> Tensor:
-        # torch's BatchNorm error named neither BAM nor the fix; torch.fx's trace has no sizes to check
+        # torch's BatchNorm error names neither BAM nor the fix; torch.fx's trace has no sizes to check
         if self.training and not isinstance(x, torch.fx.Proxy) and x.shape[0] == 1:
             raise ConfigError("BAM's channel gate: a training batch of one image, and its BatchNorm normalises each "
                               "channel over the batch; train with batches of 2 or more images "
@@ -38,7 +44,15 @@ class BamChannelBranch(nn.Module):
 
 
 class BamSpatialBranch(nn.Module):
-    """Spatial logits ``(B, 1, H, W)``: 1x1 reduce, ``num_dilated`` dilated 3x3 convs, 1x1 to one map."""
+    """Spatial logits ``(B, 1, H, W)``: 1x1 reduce, ``num_dilated`` dilated 3x3 convs, 1x1 to one map.
+
+    Args:
+        channels: number of input channels.
+        reduction: bottleneck ratio; the hidden width is ``channels // reduction``.
+        min_hidden: lower bound on the hidden width.
+        dilation: dilation of the 3x3 convolutions.
+        num_dilated: how many dilated 3x3 convolutions.
+    """
 
     def __init__(
         self, channels: int, *, reduction: int = 16, min_hidden: int = 8, dilation: int = 4, num_dilated: int = 2

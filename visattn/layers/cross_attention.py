@@ -42,7 +42,7 @@ class CrossAttention(nn.Module):
         proj_drop: float = 0.0,
     ) -> None:
         super().__init__()
-        if dim % num_heads:  # as Attention's: a DETR's hidden_dim of 100 with 8 heads was a bare ValueError
+        if dim % num_heads:  # as Attention's: a DETR's hidden_dim of 100 with 8 heads is otherwise a bare ValueError
             raise ConfigError(f"num_heads={num_heads}: the width {dim} must split evenly into heads; give a divisor "
                               f"of {dim}")
         self.num_heads = num_heads

@@ -21,7 +21,14 @@ from .mlp import Mlp
 
 
 class DetrEncoderLayer(nn.Module):
-    """``x = norm1(x + attn(x + pos, x + pos, x))`` then ``x = norm2(x + mlp(x))``."""
+    """``x = norm1(x + attn(x + pos, x + pos, x))`` then ``x = norm2(x + mlp(x))``.
+
+    Args:
+        dim: token size.
+        num_heads: attention heads; ``dim`` must divide by them.
+        mlp_ratio: MLP hidden size over ``dim``.
+        dropout: dropout on attention probabilities, after attention and in the MLP.
+    """
 
     def __init__(self, dim: int, num_heads: int, *, mlp_ratio: float = 8.0, dropout: float = 0.1) -> None:
         super().__init__()
@@ -38,7 +45,14 @@ class DetrEncoderLayer(nn.Module):
 
 
 class DetrDecoderLayer(nn.Module):
-    """Self-attention among the queries, cross-attention to the memory, then the MLP; each post-norm."""
+    """Self-attention among the queries, cross-attention to the memory, then the MLP; each post-norm.
+
+    Args:
+        dim: token size, of the queries and the memory.
+        num_heads: attention heads; ``dim`` must divide by them.
+        mlp_ratio: MLP hidden size over ``dim``.
+        dropout: dropout on attention probabilities, after each attention and in the MLP.
+    """
 
     def __init__(self, dim: int, num_heads: int, *, mlp_ratio: float = 8.0, dropout: float = 0.1) -> None:
         super().__init__()

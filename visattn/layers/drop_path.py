@@ -8,7 +8,7 @@ from .patch_embed import is_number
 
 def check_rate(name: str, value: object) -> float:
     """``value`` when it is a drop probability ``0 <= p < 1``, else a :class:`ConfigError` naming ``name``: a
-    string reached torch as a TypeError, and a stochastic depth of 2.0 failed only in the first training step."""
+    string would reach torch as a TypeError, and a stochastic depth of 2.0 fail only in the first training step."""
     if not (is_number(value) and 0 <= value < 1):
         raise ConfigError(f"{name}={value!r}: give a drop probability from 0 up to (not including) 1, e.g. 0.1")
     return float(value)
@@ -24,6 +24,12 @@ def drop_path(x: torch.Tensor, drop_prob: float = 0.0, training: bool = False) -
 
 
 class DropPath(nn.Module):
+    """:func:`drop_path` as a module: active in training mode only.
+
+    Args:
+        drop_prob: probability of zeroing a sample's residual branch.
+    """
+
     def __init__(self, drop_prob: float = 0.0) -> None:
         super().__init__()
         self.drop_prob = drop_prob

@@ -63,7 +63,7 @@ def check_image_layout(x: torch.Tensor, in_chans: int, weight: torch.Tensor) -> 
     (torchvision's ``create_feature_extractor``): no shapes then."""
     if isinstance(x, torch.fx.Proxy):
         return
-    if not isinstance(x, torch.Tensor):  # a list had been "'list' object has no attribute 'ndim'"
+    if not isinstance(x, torch.Tensor):  # one line instead of "'list' object has no attribute 'ndim'"
         how = "torch.stack(images)" if isinstance(x, (list, tuple)) else "torch.as_tensor(x)"
         raise ConfigError(f"input is a {type(x).__name__}, not a tensor; give a batch tensor (B, {in_chans}, H, W), "
                           f"e.g. {how}")

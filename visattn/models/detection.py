@@ -90,8 +90,8 @@ def freeze_norms(backbone: nn.Module, freeze: bool) -> None:
     """With ``freeze``, the batch norms of a ResNet backbone's convolutions (stem, blocks, shortcuts) keep the
     statistics and scale its weights brought, as torchvision's ``FrozenBatchNorm2d`` keeps them in its detectors
     built on pretrained backbones, and DETR's: eval mode and no gradient, here and in every later ``train()`` (the
-    detectors' override). Without, a few photos a batch re-estimated them (a torchvision user's audit: 106 running
-    statistics moved in one step of torchvision's COCO weights). Attention modules' norms train: they start afresh
+    detectors' override). Without, a few photos a batch re-estimate them (106 running statistics move in one step
+    of torchvision's COCO weights). Attention modules' norms train: they start afresh
     from a plain ResNet's weights, and a non-local block's, initialised to zero, frozen kept the block off."""
     if not freeze:
         return
@@ -109,7 +109,7 @@ def freeze_leading_layers(backbone: nn.Module, trainable: Optional[int]) -> None
     """torchvision's ``trainable_backbone_layers``: only the last ``trainable`` of a ResNet backbone's stem and stages
     (a BAM module with the stage it follows) train; ``None``: all of them. The others keep their weights and their
     batch norms' statistics (eval mode, here and in every later ``train()``), as torchvision's, whose frozen layers
-    are always on ``FrozenBatchNorm2d``: their statistics had moved with each batch (a fine-tuning audit)."""
+    are always on ``FrozenBatchNorm2d``: in train mode their statistics would move with each batch."""
     if trainable is None:
         return
     if not isinstance(backbone, ResNet):
@@ -151,7 +151,7 @@ def vit_feature_map(body: VisionTransformer, x: Tensor) -> Tensor:
         body.pos_embed, new_size=tuple(grid), old_size=body.grid_size, num_prefix_tokens=body.embedded_prefix_tokens
     )
     tokens = body.norm(body.blocks(body.with_prefix_and_positions(tokens, pos)))
-    return tokens[:, body.num_prefix_tokens:].transpose(1, 2).reshape(batch, channels, *grid)
+    return tokens[:, body.num_prefix_tokens:].transpose(1, 2).reshape(batch, channels, *grid)  # (B, C, h, w)
 
 
 class DetectorTransform(GeneralizedRCNNTransform):
@@ -242,7 +242,7 @@ class VitPyramid(nn.Module):
 
 def check_image_settings(*, min_size: object, max_size: object, image_mean: object, image_std: object) -> None:
     """One line for resize and normalisation settings that give a result which looks like one: a size of 0
-    resized every image to 1 px, which still gave confident boxes, and a std of 0 gave NaN boxes."""
+    resizes every image to 1 px, which still gives confident boxes, and a std of 0 gives NaN boxes."""
     check_count("min_size", min_size)
     check_count("max_size", max_size)
     for name, values, low in (("image_mean", image_mean, -math.inf), ("image_std", image_std, 0.0)):
@@ -255,8 +255,8 @@ def check_image_settings(*, min_size: object, max_size: object, image_mean: obje
 
 def check_image_list(images: object) -> None:
     """One line unless ``images`` is a list of ``(3, H, W)`` tensors of floats in 0..1 or uint8, what a detector's
-    forward takes; shapes and types only, so no device sync (a channels-last image, or one tensor for the batch, had
-    been torchvision's error from deep inside its transform)."""
+    forward takes; shapes and types only, so no device sync (a channels-last image, or one tensor for the batch, is
+    otherwise torchvision's error from deep inside its transform)."""
     if isinstance(images, torch.fx.Proxy):
         return
     if not isinstance(images, (list, tuple)):
@@ -315,7 +315,7 @@ def detect_by_size(detect: Callable[[list[Tensor]], Detections], images: list[Te
 
 def _check_targets(targets: Any, *, images: Sequence[Tensor], num_classes: int) -> None:
     """Refuse training targets that the losses would misread (a label equal to ``num_classes`` is
-    DETR's "no object", an inverted box gives a negative GIoU loss, a box wholly outside its image gave
+    DETR's "no object", an inverted box gives a negative GIoU loss, a box wholly outside its image gives
     FCOS no location and DETR coordinates past 1) or that crash deep inside torchvision.
 
     Runs every training step, so the value checks of the whole batch cost one device sync.
@@ -436,7 +436,7 @@ class FcosDetector(FCOS):
         freeze_backbone_norms: bool = False,
         trainable_backbone_layers: Optional[int] = None,
     ) -> None:
-        check_count("num_classes", num_classes)  # a zero-size class head failed in its first forward
+        check_count("num_classes", num_classes)  # a zero-size class head fails in its first forward
         check_image_settings(min_size=min_size, max_size=max_size, image_mean=image_mean, image_std=image_std)
         for name, value in (("score_thresh", score_thresh), ("nms_thresh", nms_thresh)):
             check_probability(name, value)
@@ -700,7 +700,7 @@ class DetrDetector(nn.Module):
     ) -> None:
         super().__init__()
         check_count("num_classes", num_classes)
-        check_count("num_queries", num_queries)  # with none, it never detected anything, without a word
+        check_count("num_queries", num_queries)  # with none, it would silently detect nothing
         check_image_settings(min_size=min_size, max_size=max_size, image_mean=image_mean, image_std=image_std)
         self.num_classes = num_classes
         self.input_size = (3, min_size, min_size)
@@ -769,7 +769,7 @@ class DetrDetector(nn.Module):
 
     def check_query_count(self, most: int, source: str = "targets") -> None:
         """One line when an image of ``source`` holds ``most`` objects, more than ``num_queries``: matching is
-        one-to-one, and the objects beyond would go unmatched and untrained, without a word."""
+        one-to-one, and the objects beyond would silently go unmatched and untrained."""
         queries = self.query_embed.num_embeddings
         if most > queries:
             raise ConfigError(f"{source}: an image holds {most} objects, more than num_queries={queries} (one object "
@@ -791,6 +791,7 @@ class DetrDetector(nn.Module):
         x = self.input_proj(features)  # (B, D, h, w)
         padding = _padding_mask(images, image_sizes, x.shape[-2:])  # (B, h, w)
         pos = sine_position_encoding_2d(padding, x.shape[1]).to(x.dtype)
+        # features and positions flattened to (B, h * w, D) tokens, the padding to (B, h * w)
         tokens = self.transformer(
             x.flatten(2).transpose(1, 2), pos.flatten(2).transpose(1, 2), self.query_embed.weight, padding.flatten(1)
         )  # (L, B, Q, D)
@@ -848,7 +849,7 @@ class DetrDetector(nn.Module):
 def _normalised_targets(targets: Targets, image_sizes: list[tuple[int, int]]) -> Targets:
     """Target boxes as cxcywh relative to each (resized, unpadded) image, the space DETR predicts in. A box past the
     image's edge is its part inside (as DETR's data pipeline crops them): its centre and size past 1 are no box the
-    sigmoid can give, and it had been matched and scored as if it were."""
+    sigmoid can give, yet it would be matched and scored as if it were."""
     out = []
     for target, (height, width) in zip(targets, image_sizes):
         scale = target["boxes"].new_tensor([width, height, width, height])

@@ -49,7 +49,7 @@ def _whole_numbers(indices: Any) -> Union[int, list[int], None]:
 
 class FeatureLevels(FeatureGetterNet):
     """timm's ``FeatureGetterNet`` with the model's ``set_grad_checkpointing``, which timm's ``FeatureListNet`` (its
-    features-only ResNets) has: backbone code calling it on the features-only model failed (a timm user's audit)."""
+    features-only ResNets) has, so that backbone code may call it on the features-only model."""
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.model.set_grad_checkpointing(enable)

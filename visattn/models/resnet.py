@@ -130,7 +130,20 @@ class _ResidualBlock(nn.Module):
 
 
 class BasicBlock(_ResidualBlock):
-    """Two 3x3 convs (ResNet-18/34 and the CIFAR ResNets)."""
+    """Two 3x3 convs (ResNet-18/34 and the CIFAR ResNets).
+
+    Args:
+        in_chs: input channels.
+        planes: channels of both convs, and the output's (``expansion`` 1).
+        stride: the first conv's stride.
+        dilation: dilation of the second conv, and of the first unless ``first_dilation`` is given.
+        first_dilation: dilation of the first conv in a stage's first block, where it differs from ``dilation``.
+        downsample: shortcut projection when the block changes shape; ``None`` for the identity.
+        attn_layer: ``create_attn`` name of the attention applied before the residual add; ``None`` for none.
+        attn_kwargs: keyword arguments for the attention and non-local modules (e.g. ``keep_gate=True``).
+        non_local: put a non-local block after the residual add.
+        drop_path: stochastic depth rate of the residual branch.
+    """
 
     expansion = 1
 
@@ -166,7 +179,23 @@ class BasicBlock(_ResidualBlock):
 
 class Bottleneck(_ResidualBlock):
     """1x1 reduce, 3x3 (carrying the stride, "ResNet v1.5" as in torchvision), 1x1 expand by 4; the 3x3 in
-    ``cardinality`` groups of ``base_width / 64 * planes`` channels each (ResNeXt; 1 group of ``planes`` plain)."""
+    ``cardinality`` groups of ``base_width / 64 * planes`` channels each (ResNeXt; 1 group of ``planes`` plain).
+
+    Args:
+        in_chs: input channels.
+        planes: the block's width; the 3x3 conv has ``int(planes * base_width / 64) * cardinality`` channels,
+            the output ``planes * 4``.
+        stride: the 3x3 conv's stride.
+        dilation: dilation of the 3x3 conv, unless ``first_dilation`` is given.
+        first_dilation: dilation of the 3x3 conv in a stage's first block, where it differs from ``dilation``.
+        cardinality: groups of the 3x3 conv.
+        base_width: channels of each group per 64 ``planes``.
+        downsample: shortcut projection when the block changes shape; ``None`` for the identity.
+        attn_layer: ``create_attn`` name of the attention applied before the residual add; ``None`` for none.
+        attn_kwargs: keyword arguments for the attention and non-local modules (e.g. ``keep_gate=True``).
+        non_local: put a non-local block after the residual add.
+        drop_path: stochastic depth rate of the residual branch.
+    """
 
     expansion = 4
 
@@ -426,7 +455,7 @@ class ResNet(nn.Module):
         if not (self.grad_checkpointing and self.training and torch.is_grad_enabled()):
             return stage(x)
         # Compiled, the recomputation's running-statistics updates are not applied again (measured: as without
-        # checkpointing, to 6e-7), and dynamo takes only dispatch modes as a context_fn (it failed to compile).
+        # checkpointing, to 6e-7), and dynamo takes only dispatch modes as a context_fn (others fail to compile).
         compiled = torch.compiler.is_compiling()
         for block in stage:  # per block, as timm's checkpoint_seq over the stages
             kept = {} if compiled else {"context_fn": partial(_running_stats_kept, block)}
@@ -496,10 +525,9 @@ class ResNet(nn.Module):
         """This model's weights as timm's ResNet of the same layout names them, for its ``load_state_dict``: SE and
         ECA block attention under ``se`` (what :meth:`adapt_state_dict` reads back), the rest as they are. timm's
         names drop the first underscore: ``se_resnet50`` is its ``seresnet50``, ``eca_resnet50d`` its
-        ``ecaresnet50d``. (Only timm's direction had been read: such weights fine-tuned here did not load there.)
+        ``ecaresnet50d``. (The reverse of reading timm's weights, so that weights fine-tuned here load there.)
         Attention timm's ResNets lack or parametrise otherwise (CBAM, BAM, coordinate, global-context, non-local) is
-        one line: its weights had been given under visattn's names, which a non-strict load in timm drops without a
-        word."""
+        one line: its weights under visattn's names would be silently dropped by a non-strict load in timm."""
         other = next((m for m in self.modules() if isinstance(m, tuple(ATTN_LAYERS.values()))
                       and not isinstance(m, _TIMM_SAME_ATTN)), None)
         if other is not None:
@@ -557,7 +585,7 @@ def _check_output_stride(output_stride: object, first_reduction: int) -> int:
     if not is_count(output_stride) or output_stride & (output_stride - 1):
         raise ConfigError(f"output_stride={output_stride!r}: give a power of two (8, 16 or 32 for an ImageNet "
                           "ResNet; 32 does not dilate)")
-    if output_stride < first_reduction:  # it gave the stem's stride without a word
+    if output_stride < first_reduction:  # it would silently give the stem's stride
         raise ConfigError(f"output_stride={output_stride}: the stem alone strides {first_reduction}; give "
                           f"{first_reduction} or more (8, 16 or 32 for an ImageNet ResNet)")
     return int(output_stride)

@@ -52,8 +52,8 @@ class DecodedCaptions:
 def doubly_stochastic_penalty(alphas: Tensor, mask: Optional[Tensor] = None, weight: float = 1.0) -> Tensor:
     """The paper's regulariser ``λ Σ_p (1 - Σ_t α_tp)²`` per word: summed over the batch's captions and divided by
     their words, as the cross-entropy it is added to is averaged over words. The paper adds it to a caption's
-    summed negative log-likelihood; averaged per caption instead, it had weighed as many times the paper's λ as a
-    caption has words (a captioning audit: 89% of the loss at λ = 1).
+    summed negative log-likelihood; averaged per caption instead, it would weigh as many times the paper's λ as a
+    caption has words (89% of the loss at λ = 1).
 
     Args:
         alphas: ``(B, T, P)`` attention weights of each step.
@@ -149,7 +149,7 @@ class ShowAttendTell(nn.Module):
         if not (is_count(vocab_size) and vocab_size > END_ID):
             raise ConfigError(f"vocab_size={vocab_size!r}: give a whole number above {END_ID} (a vocabulary holds "
                               "PAD, START, END and its words); build it from captions")
-        if img_size is not None:  # 0 had been read as unset (224 px), others reached the transforms
+        if img_size is not None:  # 0 would be read as unset (224 px), other bad values would reach the transforms
             check_count("img_size", img_size)
         for name, width in (("embed_dim", embed_dim), ("hidden_dim", hidden_dim), ("attn_dim", attn_dim)):
             check_count(name, width)
@@ -380,7 +380,9 @@ class ShowAttendTell(nn.Module):
             survivors = (beam + torch.arange(0, len(active) * width, width, device=images.device)[:, None]).view(-1)
             trail.add(words.view(-1), alpha.index_select(0, survivors),
                       survivors if kept is None else kept.index_select(0, survivors))
+            # (b, K): the flags of the hypotheses continued, and those that chose END now
             finished = finished.view(-1).index_select(0, survivors).view(len(active), k) | (words == END_ID)
+            # LSTM (h, c), each (b*K, hidden_dim), follow their hypotheses; words (b*K,), the next step's input
             state, words = (state[0].index_select(0, survivors), state[1].index_select(0, survivors)), words.view(-1)
             complete = finished.all(dim=1)  # (b,)
             kept = None

@@ -30,7 +30,7 @@ PoolType = Literal["token", "avg", "avgmax", "max", "map", ""]
 PATCH_POOLS = ("avg", "avgmax", "max")
 # Parameters trained without weight decay, as in timm (which reads them from ``no_weight_decay()``).
 NO_WEIGHT_DECAY = ("pos_embed", "cls_token", "reg_token")
-# How Google's ViT weights (also SigLIP's) and OpenAI's CLIP weights were evaluated (timm's records).
+# How Google's ViT weights (also SigLIP's) and OpenAI's CLIP weights are evaluated (timm's records).
 GOOGLE_VIT_EVALUATION = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "interpolation": "bicubic", "crop_pct": 0.9}
 OPENAI_CLIP_EVALUATION = {"mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711],
                           "interpolation": "bicubic"}
@@ -41,7 +41,20 @@ def _layer_norm(dim: int, eps: float = 1e-6) -> nn.LayerNorm:
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block: ``x + attn(norm1(x))`` then ``x + mlp(norm2(x))``."""
+    """Pre-norm transformer block: ``x + attn(norm1(x))`` then ``x + mlp(norm2(x))``.
+
+    Args:
+        dim: token size.
+        num_heads: attention heads; ``dim`` must divide by them.
+        mlp_ratio: MLP hidden size over ``dim``.
+        qkv_bias: bias on the QKV projection.
+        init_values: LayerScale init; None disables LayerScale.
+        proj_drop: dropout after the attention projection and in the MLP.
+        attn_drop: dropout on the attention probabilities.
+        drop_path: stochastic depth rate of both residual branches.
+        norm_eps: the LayerNorms' epsilon.
+        act_layer: the MLP's activation (see :class:`~visattn.layers.mlp.Mlp`).
+    """
 
     def __init__(
         self,
@@ -345,7 +358,7 @@ class VisionTransformer(nn.Module):
         prefixes = [y[:, :self.num_prefix_tokens] for y in maps]
         maps = [y[:, self.num_prefix_tokens:] for y in maps]  # (B, h * w, C)
         if output_fmt == "NCHW":
-            maps = [y.reshape(y.shape[0], *grid, -1).permute(0, 3, 1, 2).contiguous() for y in maps]
+            maps = [y.reshape(y.shape[0], *grid, -1).permute(0, 3, 1, 2).contiguous() for y in maps]  # (B, C, h, w)
         if return_prefix_tokens and self.num_prefix_tokens:
             maps = list(zip(maps, prefixes))
         return maps if intermediates_only else (self.norm(x), maps)
@@ -443,8 +456,8 @@ class VisionTransformer(nn.Module):
             return pos_embed
         if source_grid is None and self.num_prefix_tokens and (
                 pos_embed.shape[1] - self._other_layouts_prefix == self.patch_embed.num_patches):
-            # this model's grid in the other layout: read in its own, a 3x3 grid's 9 positions had passed for a 2x2
-            # one after 5 prefix tokens, resampled without a word
+            # this model's grid in the other layout: read in its own, a 3x3 grid's 9 positions would pass for a 2x2
+            # one after 5 prefix tokens and be silently resampled
             raise WeightsError(f"pos_embed {tuple(pos_embed.shape)} holds this model's {self.grid_size[0]}x"
                                f"{self.grid_size[1]} grid in the other position layout; "
                                f"{self._layout_hint(pos_embed, None)}")
@@ -533,7 +546,7 @@ def _pool_tokens(x: torch.Tensor, global_pool: str, num_prefix_tokens: int) -> t
 def _check_sizes(*, depth: int, embed_dim: int, num_heads: int, reg_tokens: int, norm_eps: float) -> int:
     """One line for a size the ViT cannot be built with; the register count as an int."""
     for name, count in (("depth", depth), ("embed_dim", embed_dim), ("num_heads", num_heads)):
-        check_count(name, count)  # a width or head count of 0 was a ZeroDivisionError
+        check_count(name, count)  # a width or head count of 0 would be a ZeroDivisionError
     if isinstance(reg_tokens, bool) or not isinstance(reg_tokens, Integral) or reg_tokens < 0:  # False == 0
         raise ConfigError(f"reg_tokens={reg_tokens!r}: give a whole number >= 0 (0: no register tokens)")
     if not (is_number(norm_eps) and 0 < norm_eps < math.inf):  # 0 divides by 0 on a constant token, inf erases all

@@ -50,8 +50,8 @@ _ITEM_CLASS = {word: k for k, word in enumerate(ITEM_WORDS)}
 
 
 def check_java(setting: str) -> None:
-    """One line naming ``setting`` when METEOR cannot run: pycocoevalcap's runs a Java jar, and without Java it was
-    a FileNotFoundError traceback, after every image had been captioned."""
+    """One line naming ``setting`` when METEOR cannot run: pycocoevalcap's runs a Java jar, and without Java it is
+    a FileNotFoundError traceback, after every image has been captioned."""
     if shutil.which("java") is None:
         raise ConfigError(f"{setting}: METEOR runs Java (pycocoevalcap's METEOR 1.5 jar), and no `java` is on PATH; "
                           "install a Java runtime (e.g. apt-get install default-jre-headless), or leave METEOR out")
@@ -122,7 +122,12 @@ def pointing_hits(
 
 
 class CaptionMetrics:
-    """Accumulates generated captions, references and pointing hits over batches; ``compute()`` scores them."""
+    """Accumulates generated captions, references and pointing hits over batches; ``compute()`` scores them.
+
+    Args:
+        vocab: the vocabulary the captions' token ids are decoded with.
+        meteor: also compute METEOR (needs Java; slower).
+    """
 
     def __init__(self, vocab: Vocabulary, *, meteor: bool = False) -> None:
         self.vocab, self.meteor = vocab, meteor

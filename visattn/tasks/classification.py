@@ -59,7 +59,7 @@ def _warn_if_normalised_otherwise(model: nn.Module, model_name: str, pretrained:
                                   preprocessing: Optional[dict[str, Any]]) -> None:
     """Warn when the data normalises images otherwise than the starting weights recorded they were trained (or,
     recording none, as every weights of their architecture were): fine-tuning Fashion-MNIST weights with an image
-    folder's ImageNet defaults went by without a word."""
+    folder's ImageNet defaults would otherwise go unnoticed."""
     if not preprocessing or starting_weights_skipped():
         return
     if model_name.startswith("timm:"):  # pretrained=True: timm's own weights of NAME, as build_classifier loads
@@ -194,7 +194,7 @@ def _head_linears(model: nn.Module) -> list[nn.Linear]:
 
 def check_data_size(model: nn.Module, model_name: str, preprocessing: Optional[dict[str, Any]]) -> None:
     """Refuse data of another size than a ViT's position embeddings are laid out for, naming both config keys,
-    before a run starts: the patch embedding would refuse the first batch, after the trainer had set up."""
+    before a run starts: the patch embedding would refuse the first batch, after the trainer has set up."""
     size = fixed_input_size(model)
     if preprocessing and size is None and getattr(model, "dynamic_img_size", False):  # timm's still records fixed
         _check_whole_patches(model, model_name, preprocessing["input_size"])
@@ -209,8 +209,8 @@ def check_data_size(model: nn.Module, model_name: str, preprocessing: Optional[d
 
 
 def _check_whole_patches(model: nn.Module, model_name: str, input_size: Sequence[int]) -> None:
-    """A ViT of any size takes sides that are multiples of its patch: another failed in the first step, after the
-    trainer had set up, naming no config key. (timm's ``dynamic_img_pad`` pads any size.)"""
+    """A ViT of any size takes sides that are multiples of its patch: another would fail in the first step, after
+    the trainer has set up, naming no config key. (timm's ``dynamic_img_pad`` pads any size.)"""
     embed = model.patch_embed
     if getattr(embed, "dynamic_img_pad", False) or whole_patches(input_size[1:], embed.patch_size):
         return
@@ -221,7 +221,7 @@ def _check_whole_patches(model: nn.Module, model_name: str, input_size: Sequence
 
 def _check_runs_at(model: nn.Module, model_name: str, input_size: Sequence[int]) -> None:
     """One line unless ``model``, which records a fixed input size but has no patch grid to read it from, runs on
-    one image of ``input_size`` ``[C, H, W]``: it failed in the first step, after the trainer had set up."""
+    one image of ``input_size`` ``[C, H, W]``: else it fails in the first step, after the trainer has set up."""
     try:
         with torch.no_grad(), eval_mode(model):
             model(torch.zeros(1, *input_size))
@@ -246,7 +246,7 @@ def sample_mean_loss() -> MeanMetric:
     tensor's mean divides by Lightning's integer count averaged over processes (100 for shares of 101
     and 100)."""
     # A NaN loss reads NaN, as it would in one process: NaN "replaced" by NaN. (torchmetrics 1.9's "disable" drops
-    # the weights, so the mean was of batch means: 2.3469 against the samples' 2.3413 on a 7-sample split.)
+    # the weights, giving the mean of batch means: 2.3469 against the samples' 2.3413 on a 7-sample split.)
     return MeanMetric(nan_strategy=float("nan"))
 
 
@@ -342,7 +342,7 @@ class ImageClassifier(GuardedTask, pl.LightningModule):
         starting = _starting_weights(model_name, model_kwargs, pretrained)
         match_class_order(self.model, model_name, starting, class_names)
         _warn_if_normalised_otherwise(self.model, model_name, starting, preprocessing)
-        if sdpa_backend is not None and not _calls_sdpa(self.model):  # an attention ResNet: it had been silent
+        if sdpa_backend is not None and not _calls_sdpa(self.model):  # e.g. an attention ResNet
             warnings.warn(f"model.init_args.sdpa_backend {sdpa_backend}: {model_name} has no scaled-dot-product "
                           "attention for it to pick a kernel for, so it changes nothing; drop it", VisattnWarning)
         if grad_checkpointing:
@@ -376,7 +376,7 @@ class ImageClassifier(GuardedTask, pl.LightningModule):
 
     def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
         # Under the steps' sdpa_backend too: gradient checkpointing recomputes the attention here, and another
-        # kernel than the forward's failed torch's recomputation check.
+        # kernel than the forward's fails torch's recomputation check.
         with self.attention_kernel():
             super().backward(loss, *args, **kwargs)
 
@@ -403,7 +403,7 @@ class ImageClassifier(GuardedTask, pl.LightningModule):
         self.loss_guard.watch(self.model)
         with self.attention_kernel():
             logits = self.model(images)
-        loss = self.criterion(logits.float(), targets)  # bf16-true's bf16 logits gave a loss of 3 digits
+        loss = self.criterion(logits.float(), targets)  # bf16-true's bf16 logits give a loss of 3 digits
         self.train_loss.log(self, loss, batch_size=len(images))
         return self.loss_guard.check(self, loss)
 
@@ -425,8 +425,8 @@ class ImageClassifier(GuardedTask, pl.LightningModule):
         images, targets = batch
         logits = self(images).float()  # bf16-true's bf16 logits: a val/loss of 3 significant digits (0.640625)
         metrics.update(logits, targets)
-        # the labels' plain cross-entropy, as timm validates: with the training loss's smoothing val/loss had a
-        # floor above 0 and read 1.14 where timm's read 0.56 on the same logits
+        # the labels' plain cross-entropy, as timm validates: the training loss's smoothing would give val/loss a
+        # floor above 0 (1.14 where timm reads 0.56 on the same logits)
         loss.update(F.cross_entropy(logits, targets), weight=len(targets))
 
     def _log_evaluation(self, metrics: MetricCollection, loss: MeanMetric, loss_name: str) -> None:
@@ -437,7 +437,7 @@ class ImageClassifier(GuardedTask, pl.LightningModule):
     @skip_missing_batch
     def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         images = batch[0] if isinstance(batch, (tuple, list)) else batch
-        # in float32 under bf16 autocast (the configs' precision), whose bf16 softmax had tied top-5 probabilities
+        # in float32 under bf16 autocast (the configs' precision): a bf16 softmax ties top-5 probabilities
         return self(images).float().softmax(dim=-1)
 
 
@@ -459,7 +459,7 @@ def _calls_sdpa(model: nn.Module) -> bool:
 def check_sdpa_backend(backend: Optional[str], device: torch.device, precision: str) -> None:
     """CUDA's flash kernel takes fp16 and bf16 only: in float32 every attention call would fail with
     "No available kernel" (the CPU's flash kernel takes float32, so CPU runs do not tell). The CPU has
-    only the flash and math kernels: the others failed at the sanity check's first attention."""
+    only the flash and math kernels: the others fail at the sanity check's first attention."""
     if backend in ("efficient", "cudnn") and device.type == "cpu":
         raise ConfigError(f"model.init_args.sdpa_backend {backend}: the CPU has no {backend} attention kernel; use "
                           "math or flash there, or null to let PyTorch choose")
@@ -547,7 +547,7 @@ def evaluate_classifier(classifier: Classifier, dataset: Dataset, *, batch_size:
         n += len(targets)
     if n == 0:
         skipped = skipped_images(dataset).get("skipped")
-        if skipped:  # it read "empty" of a folder of images that all failed to decode
+        if skipped:  # not "empty": the folder's images all failed to decode
             raise ConfigError(f"none of the {skipped} image files drawn could be decoded (the warnings name each); "
                               "replace or remove them")
         raise ConfigError("the evaluation dataset is empty; check --dataset and --split")

@@ -148,8 +148,8 @@ class DetectionTask(GuardedTask, pl.LightningModule):
         self.test_map = detection_map()
 
     def setup(self, stage: str) -> None:
-        # the target check had blamed the data for boxes Lightning cast to bf16 or float64 (torchvision's
-        # GIoU loss fails in float64 too)
+        # refused up front: the target check would blame the data for boxes Lightning casts to bf16 or float64
+        # (torchvision's GIoU loss fails in float64 too)
         refuse_cast_batches(self, "a detector's boxes, box losses and matching need float32",
                             precisions=("bf16-true", "16-true", "64-true"))
         check = getattr(self.model, "check_query_count", None)  # DETR's: before training, not when shuffled to

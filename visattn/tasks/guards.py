@@ -39,8 +39,8 @@ def skip_missing_batch(step: Callable[..., Any]) -> Callable[..., Any]:
 
 def any_process_scored(task: pl.LightningModule, metric: Any) -> bool:
     """Whether any process updated ``metric`` (a torchmetrics metric) this epoch. Metrics are logged from epoch-end
-    hooks under this test: a process whose share of images all failed to decode logged nothing from its steps,
-    and the others synced the metric alone (a gloo traceback); the sanity check may stop before any update."""
+    hooks under this test: a process whose share of images all failed to decode logs nothing from its steps,
+    and the others would sync the metric alone (a gloo traceback); the sanity check may stop before any update."""
     return task.trainer.strategy.reduce_boolean_decision(bool(metric.update_count), all=False)
 
 
@@ -121,7 +121,7 @@ class NonFiniteLossGuard:
         with torch.no_grad():
             for buffer, saved in self._saved_buffers:
                 buffer.copy_(saved)
-        # a process whose own loss was finite had reported that value as the bad one
+        # a process whose own loss is finite must not report that value as the bad one
         value = loss.detach().float().sum().item() if not finite_here else "not finite on another process"
         step = task.global_step
         self.bad_in_a_row += 1
@@ -183,7 +183,7 @@ def weight_average(model: nn.Module, decay: Optional[float]) -> Optional[Average
 
 class ExponentialAverageUpdate:
     """torch's ``get_ema_multi_avg_fn(decay)`` as an object that pickles (``ddp_spawn`` sends the task to its
-    processes, and torch's function, a closure, stopped the run with a traceback), copying integer tensors as timm's
+    processes, and torch's function, a closure, cannot be pickled), copying integer tensors as timm's
     ``ModelEmaV3`` does where torch's averages and truncates them."""
 
     def __init__(self, decay: float) -> None:
@@ -249,7 +249,7 @@ class GuardedTask:
 
     def on_train_start(self) -> None:
         self._trained_this_fit = True  # not called when a resumed run has already reached its end
-        if self.trainer.is_global_zero:  # the run's, not a process's: each DDP process had said them again
+        if self.trainer.is_global_zero:  # once per run, not once per DDP process
             warn_of_a_changed_schedule(self)
             warn_of_a_starting_average(self)
         if self.trainer.world_size > 1 and self.trainer.ckpt_path is None:  # a resume restores each process's states

@@ -105,8 +105,8 @@ class Interrupted(KeyboardInterrupt):
 
 
 def _failed_write(path: Path, err: RuntimeError) -> tuple[int, str]:
-    """errno and reason of a torch write that failed without them: a full disk, the file-size limit (``ulimit -f``:
-    it had been "torch could not write it" and "give a folder you can write to"), else torch's words."""
+    """errno and reason of a torch write that failed without them: a full disk, the file-size limit (``ulimit -f``,
+    which another folder does not fix), else torch's words."""
     if shutil.disk_usage(path.parent).free < 1 << 20:
         return errno.ENOSPC, os.strerror(errno.ENOSPC)
     try:
@@ -173,7 +173,7 @@ class SafeCheckpointIO(TorchCheckpointIO):
 
 def _refuse_another_average(task: torch.nn.Module, state: dict[str, Any], path: Path) -> None:
     """One line naming ``ema_decay`` when the checkpoint holds a weight average and the task keeps none, or the
-    reverse: the keys' mismatch had been blamed on "the model and model_kwargs this config builds"."""
+    reverse: the keys' mismatch is not the fault of "the model and model_kwargs this config builds"."""
     theirs, ours = any(key.startswith("ema.") for key in state), getattr(task, "ema", None) is not None
     if theirs == ours:
         return
@@ -295,7 +295,7 @@ def _refuse_mixed_runs(ckpt_path: Optional[str], callbacks: Any) -> None:
                           VisattnWarning)
         return
     if ckpt_path not in (None, "best") and not Path(ckpt_path).exists():
-        return  # named as missing where the path is checked: it was blamed on the folder's earlier run
+        return  # named as missing where the path is checked, not blamed on the folder's earlier run
     folders = {folder.resolve() for folder in _checkpoint_folders(callbacks)}
     if ckpt_path is None or Path(ckpt_path).resolve().parent not in folders:
         _refuse_earlier_run(callbacks)
@@ -412,8 +412,8 @@ _RESTORED_WITH_THE_OPTIMIZER = ("lr", "weight_decay", "backbone_lr_scale", "laye
 
 def _refuse_overrides_the_optimizer_restores(path: Path, given: dict[str, Any], typed: Sequence[str]) -> None:
     """One line for an ``lr`` (or weight decay, warm-up) that a resumed fit is given, typed or in a config, other
-    than its checkpoint's: the run continued at the saved optimizer's values while its checkpoints recorded the
-    given ones (a config's were taken without a word)."""
+    than its checkpoint's: the run would continue at the saved optimizer's values while its checkpoints record the
+    given ones (a config's too, silently)."""
     if not set(given) & set(_RESTORED_WITH_THE_OPTIMIZER):
         return
     try:
@@ -439,8 +439,8 @@ def _keep_given_settings(built: Namespace, given: dict[str, Any], typed: Sequenc
     """Put back over the checkpoint's hyperparameters, which LightningCLI (2.6) parses over the config's model
     for any ``--ckpt_path`` file, the settings the config and command line give: all but what the weights were
     built as (:data:`_BUILT_AS`), unless typed, and typed keys inside ``model_kwargs``. A config's ``beam_size``
-    or ``label_smoothing``, and ``--model.init_args.model_kwargs.detections_per_img``, had been dropped for the
-    checkpoint's without a word."""
+    or ``label_smoothing``, and ``--model.init_args.model_kwargs.detections_per_img``, would otherwise be silently
+    dropped for the checkpoint's."""
     for key, value in given.items():
         if key in built and (key not in _BUILT_AS or key in typed):
             built[key] = value
@@ -463,8 +463,8 @@ _NON_NEGATIVE = {"lr": ("a learning rate", "0.001"), "weight_decay": ("a weight 
 
 def _check_model_name(model: Any, ckpt_path: Optional[str]) -> None:
     """A visattn task's unknown ``model_name`` with its nearest names, before the checks of the folders the run
-    writes: an earlier run's checkpoints there had been the only error, and the misspelt name came after that was
-    fixed. Not with ``--ckpt_path``, whose file's hyperparameters replace the config's model; nor for a module of
+    writes, so that an earlier run's checkpoints there do not hide the misspelt name until they are dealt
+    with. Not with ``--ckpt_path``, whose file's hyperparameters replace the config's model; nor for a module of
     one's own, whose ``model_name`` may be anything."""
     task = _imported(getattr(model, "class_path", None))
     name = (getattr(model, "init_args", None) or {}).get("model_name")
@@ -476,7 +476,7 @@ def _check_model_name(model: Any, ckpt_path: Optional[str]) -> None:
 
 def _warn_of_random_timm_weights(model: Any) -> None:
     """One line when a ``timm:NAME`` model starts from random weights because ``pretrained`` was left null, which
-    loads an ``ARCH.TAG``'s weights but none of timm's (a fine-tune audit's ran from scratch without a word)."""
+    loads an ``ARCH.TAG``'s weights but none of timm's (a fine-tune would otherwise silently start from scratch)."""
     init_args = getattr(model, "init_args", None) or {}
     name, kwargs = init_args.get("model_name"), init_args.get("model_kwargs") or {}
     if (isinstance(name, str) and name.startswith("timm:") and init_args.get("pretrained") is None
@@ -508,7 +508,7 @@ def _check_settings(model: Any, trainer: Any) -> None:
 
 
 def _check_training(model: Any, trainer: Any) -> None:
-    """A fit that would crash, or train nothing without a word (exit 0, no checkpoint, weights unchanged)."""
+    """A fit that would crash, or silently train nothing (exit 0, no checkpoint, weights unchanged)."""
     every = trainer.get("check_val_every_n_epoch")
     if isinstance(every, int) and every < 1:  # Lightning divides by it
         raise ConfigError(f"trainer.check_val_every_n_epoch {every}: give 1 or more (validate every that many "
@@ -530,7 +530,7 @@ def _check_training(model: Any, trainer: Any) -> None:
 
 def _warn_of_folders_elsewhere(trainer: pl.Trainer, typed: Sequence[str] = ()) -> None:
     """``trainer.default_root_dir`` moves neither checkpoints nor logs whose folders the config names: a
-    run given another one wrote into ./outputs/... (into the repository, run from there), without a word.
+    run given another one writes them into ./outputs/... (into the repository, run from there), so say so.
     Folders ``typed`` on the command line (an added callback's ``dirpath``) are where they were asked to be."""
     root, asked = Path(trainer.default_root_dir).resolve(), {Path(folder).resolve() for folder in typed}
     elsewhere = [f"{setting} {folder}" for setting, folder in _written_folders(trainer)
@@ -573,8 +573,8 @@ _BETTER_LOWER = re.compile(r"\w*(loss|xent|attn_reg)")
 
 def _refuse_monitors_the_wrong_way(trainer: pl.Trainer) -> None:
     """One line before training for a ModelCheckpoint or EarlyStopping whose ``mode`` goes against its metric:
-    Lightning's default ``min`` on ``val/map50`` kept the epoch of mAP 0, and on ``val/cider`` stopped a run
-    whose CIDEr rose (a journey audit), both without a word."""
+    Lightning's default ``min`` on ``val/map50`` keeps the epoch of mAP 0, and on ``val/cider`` stops a run
+    whose CIDEr rises, both silently."""
     for callback in [*trainer.checkpoint_callbacks, *trainer.early_stopping_callbacks]:
         monitor, mode = getattr(callback, "monitor", None), getattr(callback, "mode", None)
         name = monitor.rpartition("/")[2] if isinstance(monitor, str) else ""
@@ -589,7 +589,7 @@ def _refuse_monitors_the_wrong_way(trainer: pl.Trainer) -> None:
 
 def _keyed_apart(callbacks: list[Callback]) -> list[Callback]:
     """``callbacks``, a ModelCheckpoint added beside one of the same monitor, mode and interval keyed by its files
-    too: Lightning keys a checkpoint callback's saved state by those alone, and stopped the run with a traceback
+    too: Lightning keys a checkpoint callback's saved state by those alone, and stops the run with a traceback
     (`--trainer.callbacks+=ModelCheckpoint --trainer.callbacks.save_top_k -1` beside the configs' latest one).
     Other stateful callbacks twice over, or two checkpoints writing the same files, are one line."""
     files_of: dict[str, list[dict[str, Any]]] = {}  # each state key's checkpoints' folders and file patterns
@@ -714,7 +714,7 @@ def _check_channels(model: pl.LightningModule, datamodule: Any) -> None:
 
 
 def _refuse_linked_overrides(model: Any, linked: tuple[str, ...]) -> None:
-    """A model value the data section links in would be replaced by the data's without a word. No data module
+    """A model value the data section links in would be silently replaced by the data's. No data module
     takes these as settings (they come from its files: a COCO file's categories), so the fix is to drop it."""
     task, init_args = _imported(getattr(model, "class_path", None)), getattr(model, "init_args", None) or {}
     if task is None:
@@ -754,8 +754,8 @@ def _subclasses(cls: type) -> Iterator[type]:
 
 def _refuse_half_weights_on_cpu(trainer: pl.Trainer) -> None:
     """float16 weights trained on the CPU give a NaN loss within the first steps (Lightning turns only
-    ``16-mixed`` into ``bf16-mixed`` there): the loss guard stopped the run blaming the learning rate, and a
-    shorter run ended with exit 0 and nothing learnt."""
+    ``16-mixed`` into ``bf16-mixed`` there): the loss guard would stop the run blaming the learning rate, and a
+    shorter run end with exit 0 and nothing learnt."""
     if trainer.precision == "16-true" and isinstance(trainer.accelerator, CPUAccelerator):
         raise ConfigError(f"trainer.precision {trainer.precision}: float16 weights trained on the CPU give a NaN loss "
                           "within the first steps; use --trainer.precision bf16-mixed or 32-true on the CPU "
@@ -856,7 +856,7 @@ _TRAINER_SETTINGS = frozenset(inspect.signature(pl.Trainer.__init__).parameters)
 def _written_folders(trainer: pl.Trainer) -> list[tuple[str, str]]:
     """The folders the run's checkpoint callbacks and loggers write to, each with the setting that names it,
     once (the configs' two ModelCheckpoints share a folder); a logger's folder that is the run's folder is named
-    as the setting the user gave (a file given as trainer.default_root_dir had been "logger's save_dir")."""
+    as the setting the user gave (a file given as trainer.default_root_dir, not "logger's save_dir")."""
     folders = [("ModelCheckpoint dirpath", c.dirpath) for c in trainer.checkpoint_callbacks
                if getattr(c, "dirpath", None)]
     folders += [("trainer.default_root_dir" if logger.save_dir == trainer.default_root_dir else "logger's save_dir",
@@ -884,7 +884,7 @@ def _output_error(trainer: pl.Trainer, err: OSError, default_root_dir: Optional[
 
 class StopAfterSigterm(Callback):
     """Stop after the batch in which SIGTERM came, in every loop: Lightning's predict loop never looks (a `predict`
-    sent SIGTERM ran to its end and exited 0), and its evaluation loops not after their last batch."""
+    sent SIGTERM would run to its end and exit 0), and its evaluation loops not after their last batch."""
 
     def _stop_if_told(self, trainer: pl.Trainer, *args: Any) -> None:
         if trainer.received_sigterm:
@@ -1074,7 +1074,7 @@ class JsonPredictionWriter(BasePredictionWriter):
                 records.sort(key=lambda record: record["sample"])
         path = _predictions_path(trainer)
         replaced = " (replacing the earlier predictions there)" if path.exists() else ""
-        # a failed write names the folder (it had been taken for standard output's: a file-size limit, a full disk)
+        # a failed write names the folder (a file-size limit, a full disk), not standard output
         with output_errors(path.parent, flag="trainer.default_root_dir"), atomic_path(path) as tmp:
             tmp.write_text("".join(json.dumps(record) + "\n" for record in records))
         unread = sum("error" in record for record in records)
@@ -1128,8 +1128,8 @@ def _plain_enum_values(config: Namespace) -> None:
 
 def _nulls_in_model_dicts(model: Any) -> None:
     """``null`` for a key of a task's dict argument on the command line (``--model.init_args.model_kwargs.KEY
-    null``) is None: jsonargparse passes it into a subclass's dict as the text ``'None'``, which the builder then
-    refused, naming None as the fix (a detection fine-tuning audit). No builder takes that text."""
+    null``) is None: jsonargparse passes it into a subclass's dict as the text ``'None'``, which the builder would
+    refuse, naming None as the fix. No builder takes that text."""
     init_args = getattr(model, "init_args", None) or {}
     for key, value in init_args.items():
         if isinstance(value, dict):
@@ -1156,8 +1156,8 @@ def _as_lists(value: Any) -> Any:
 @contextlib.contextmanager
 def _said_by_the_first_process() -> Iterator[None]:
     """Lightning starts a run's other processes as this command again: what reading the config and building the
-    run warn of is the first process's to say (under DDP the warm-up, lr 0 and weights warnings came once per
-    process). Warnings of training itself, a process's own batches, are every process's. The first process's
+    run warn of is the first process's to say (under DDP the warm-up, lr 0 and weights warnings would come once
+    per process). Warnings of training itself, a process's own batches, are every process's. The first process's
     filters set meanwhile stay (for Lightning's warnings, which only it gives)."""
     if rank_zero_only.rank == 0:
         yield
@@ -1204,7 +1204,7 @@ class VisattnCLI(LightningCLI):
         # LightningCLI (2.6) swaps the config's model for the one a checkpoint file's hyperparameters
         # describe; this is the last point where the config's model is known.
         _refuse_linked_overrides(settings.model, self.linked_data_attributes)
-        # a missing file too, before Lightning's setup lines (a path typo was the fifth line)
+        # a missing file too, before Lightning's setup lines, so a path typo is the first line of output
         if settings.ckpt_path not in (None, "best", "last", "hpc") and "://" not in str(settings.ckpt_path):
             _check_checkpoint_model(Path(settings.ckpt_path), settings.model, resuming=subcommand == "fit")
         given = copy.deepcopy(vars(settings.model.get("init_args") or Namespace()))
@@ -1297,7 +1297,7 @@ class VisattnCLI(LightningCLI):
 
     def _check_data_fits_checkpoint(self) -> None:
         """The data's labels or vocabulary, linked into the model, must be the checkpoint's: the same count in
-        another order decoded every id as another word (or class) without a word of warning."""
+        another order would silently decode every id as another word (or class)."""
         path = self._checkpoint_file()
         if path is None:
             return
@@ -1380,7 +1380,7 @@ class VisattnCLI(LightningCLI):
                 super()._run_subcommand(subcommand)
         except KeyboardInterrupt:  # before Lightning's own handling started, e.g. while reading the data
             raise Interrupted(self._left_last_checkpoint()) from None
-        except SIGTERMException:  # a SystemExit without a code: a preempted run had exited 0, as a finished one
+        except SIGTERMException:  # a SystemExit without a code: a preempted run would exit 0, as a finished one
             raise Interrupted(self._left_last_checkpoint(), terminated=True) from None
         except SystemExit as exit:
             if isinstance(exit.__context__, KeyboardInterrupt):  # Lightning's shutdown after Ctrl-C exits with 1
@@ -1433,7 +1433,7 @@ def _refuse_callbacks_the_task_cannot_serve(callbacks: list[Callback], task: pl.
 
 def _refuse_unsaved_last_epochs(trainer_config: dict[str, Any], callbacks: list[Callback]) -> None:
     """One line when ``check_val_every_n_epoch`` would leave the run's last epochs unvalidated: the checkpoints
-    are written after validation, so their training was lost (a 3-epoch run's last.ckpt held epoch 2). Not for
+    are written after validation, so their training would be lost (a 3-epoch run's last.ckpt holds epoch 2). Not for
     a run that validates or checkpoints nothing, or whose checkpoints are written at epoch or step ends too."""
     every, epochs = trainer_config.get("check_val_every_n_epoch") or 1, trainer_config.get("max_epochs")
     checkpoints = [c for c in callbacks if isinstance(c, ModelCheckpoint)]
@@ -1487,7 +1487,7 @@ def _with_shipped_configs(argv: list[str]) -> list[str]:
             at, value, prefix = k, arg.partition("=")[2], "--config="
         else:
             continue
-        if Path(value).expanduser().is_dir():  # jsonargparse's "Path is not a file" gave no way on
+        if Path(value).expanduser().is_dir():  # jsonargparse's "Path is not a file" names no config to give
             held = sorted(path.name for path in Path(value).expanduser().glob("*.yaml"))
             inside = f" (it holds {', '.join(held[:3])}{', ...' if len(held) > 3 else ''})" if held else ""
             raise ConfigError(f"--config {value}: a folder{inside}; give a config file, or a shipped config's name "
@@ -1527,7 +1527,7 @@ def _log_filter(keep: Callable[[logging.LogRecord], bool], log: logging.Logger =
 class SaveConfigBesideEarlier(SaveConfigCallback):
     """Saves the run's settings as LightningCLI does, into its log folder, as ``config.yaml`` or, where an earlier
     run's is, ``config-2.yaml``, ``config-3.yaml``...: without a logger every run of a ``default_root_dir`` saves
-    into that folder, and a ``validate`` had replaced the config of the ``fit`` that trained its weights."""
+    into that folder, and a ``validate`` would replace the config of the ``fit`` that trained its weights."""
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if not self.already_saved and self.save_to_log_dir:
@@ -1701,7 +1701,7 @@ def _config_model_class(path: Path) -> Optional[str]:
         settings = yaml.safe_load(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError:  # jsonargparse's own read ends in a traceback
         raise ConfigError(f"--config {path}: not UTF-8 text; give a YAML config saved as UTF-8") from None
-    except yaml.YAMLError as err:  # LightningCLI named the first --config, whichever file it was, and no line
+    except yaml.YAMLError as err:  # LightningCLI names the first --config, whichever file it is, and no line
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError(f"--config {path}: not valid YAML ({getattr(err, 'problem', None) or 'unreadable'}{where}); "

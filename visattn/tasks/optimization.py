@@ -79,8 +79,8 @@ def _planned_schedule(task: pl.LightningModule) -> tuple[int, int]:
 def warn_of_a_starting_average(task: pl.LightningModule) -> None:
     """One line when the run is too short for its EMA: the average starts as a copy of the weights after the first
     step, which keep ``ema_decay ** (n - 1)`` of it after ``n`` steps, and it is what validation scores and the
-    checkpoints hold (0.999 over a 39-step fine-tune kept 96%: every validation at chance while the trained
-    weights scored 0.64, without a word; 0.9 over 10 steps kept 39% and scored 0.325 against 0.600)."""
+    checkpoints hold (0.999 over a 39-step fine-tune keeps 96%: every validation at chance while the trained
+    weights score 0.64; 0.9 over 10 steps keeps 39% and scores 0.325 against 0.600)."""
     decay = task.hparams.get("ema_decay")
     total = _planned_schedule(task)[1] if decay else 0
     if total < 2:
@@ -97,7 +97,7 @@ def warn_of_a_starting_average(task: pl.LightningModule) -> None:
 def warn_of_a_changed_schedule(task: pl.LightningModule) -> None:
     """One line when a resumed fit's schedule (its length or batches per epoch) is not the one the checkpoint's
     run planned: the run continues the schedule it restores, whose cosine rises again after its planned end
-    (a 4-epoch run resumed to 7 ended at 1.99e-3 of a 2e-3 peak), without a word."""
+    (a 4-epoch run resumed to 7 ends at 1.99e-3 of a 2e-3 peak)."""
     path = task.trainer.ckpt_path
     restored = task.lr_schedulers() if path else None
     if not isinstance(restored, SequentialLR) or not isinstance(restored._schedulers[-1], CosineAnnealingLR):
@@ -115,7 +115,7 @@ def warn_of_a_changed_schedule(task: pl.LightningModule) -> None:
 
 def warn_of_a_finished_run(task: pl.LightningModule) -> None:
     """One line when a resumed fit trained nothing, its run having reached trainer.max_epochs or max_steps: Lightning
-    said only "`Trainer.fit` stopped: `max_epochs=3` reached", exit 0, as for a run that trained."""
+    says only "`Trainer.fit` stopped: `max_epochs=3` reached", exit 0, as for a run that trained."""
     path, trainer = task.trainer.ckpt_path, task.trainer
     warnings.warn(f"--ckpt_path {path}: its run had already reached its end (trainer.max_epochs {trainer.max_epochs}, "
                   f"max_steps {trainer.max_steps}; at step {trainer.global_step}), so this fit trained nothing; to "
