@@ -699,13 +699,13 @@ def _unknown_options(args: Sequence[str], known: Sequence[str]) -> list[str]:
         if arg == "--":
             break
         name = arg.split("=", 1)[0]
-        if arg.startswith("-") and arg != "-" and " " not in arg and not _is_number(arg) \
+        if arg.startswith("-") and arg != "-" and " " not in arg and not _reads_as_number(arg) \
                 and name not in known:
             unknown.append(name)
     return unknown
 
 
-def _is_number(text: str) -> bool:
+def _reads_as_number(text: str) -> bool:
     try:
         float(text)
     except ValueError:

@@ -14,7 +14,7 @@ import threading
 import typing
 import warnings
 from collections.abc import Iterator
-from numbers import Real
+from numbers import Integral, Real
 from typing import Any, Callable, Optional, TextIO
 
 import numpy as np
@@ -152,6 +152,37 @@ def _yaml_number_hint(value: Any) -> str:
     if isinstance(value, str) and re.fullmatch(r"[-+]?\d+[eE][-+]?\d+", value.strip()):
         return f" (YAML reads {value} as text; write it with a decimal point, e.g. 1.0e-5)"
     return ""
+
+
+def is_whole(value: object) -> bool:
+    """Whether ``value`` is a whole number >= 0 (``True`` is not one, though Python counts it as 1)."""
+    return isinstance(value, Integral) and not isinstance(value, bool) and value >= 0
+
+
+def is_count(value: object) -> bool:
+    """Whether ``value`` is a whole number >= 1."""
+    return is_whole(value) and value >= 1
+
+
+def is_number(value: object) -> bool:
+    """Whether ``value`` is a real number (``True`` is not one, though Python counts it as 1)."""
+    return isinstance(value, Real) and not isinstance(value, bool)
+
+
+def check_count(name: str, value: object) -> int:
+    """``value`` when it is a whole number >= 1, else a :class:`ConfigError` naming ``name``."""
+    if not is_count(value):
+        raise ConfigError(f"{name}={value!r}: give a whole number >= 1")
+    return int(value)
+
+
+def check_odd_kernel(name: str, value: object) -> int:
+    """``value`` when it is an odd whole number >= 1, else a :class:`ConfigError` naming ``name``: "same" padding
+    of ``(k - 1) / 2`` keeps a map's size only for odd kernels."""
+    if not is_count(value) or value % 2 == 0:
+        raise ConfigError(f"{name}={value!r}: give an odd whole number (3, 5, 7, ...): an even kernel changes the "
+                          "map's size")
+    return int(value)
 
 
 class VisattnWarning(UserWarning):

@@ -36,7 +36,7 @@ from timm.models._features import FeatureGetterNet  # timm does not export it at
 from torch import nn
 
 from .errors import (ConfigError, UnknownModelError, VisattnError, VisattnWarning, WeightsError, caught_warnings,
-                     one_line, outside_visattn)
+                     is_whole, one_line, outside_visattn)
 from .fileio import atomic_path, atomic_write_text, exclusive_lock
 from .layers.create_attn import ATTN_LAYERS
 from .layers.patch_embed import fixed_input_size
@@ -254,8 +254,7 @@ def _is_label_list(value: Any) -> bool:
 # readers rely on and what to give instead; ``None`` is what a field left out reads as.
 _METADATA_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model_name": (lambda v: isinstance(v, str), "a model name, e.g. 'se_resnet20_cifar'"),
-    "num_classes": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
-                    "a whole number of classes (0: features only)"),
+    "num_classes": (is_whole, "a whole number of classes (0: features only)"),
     "model_kwargs": (lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v),
                      "an object of builder arguments, e.g. {'depth': 4}"),
     "labels": (_is_label_list, "a list of label names, one per class"),

@@ -12,7 +12,6 @@ import copy
 import difflib
 import fnmatch
 import functools
-import numbers
 import sys
 import threading
 import typing
@@ -25,7 +24,8 @@ import torch
 from torch import nn
 
 from .errors import (ArgumentError, ConfigError, DeprecatedArgumentWarning, UnknownModelError, VisattnWarning,
-                     check_keyword_arguments, check_keyword_types, keyword_names, one_line, outside_visattn)
+                     check_keyword_arguments, check_keyword_types, is_whole, keyword_names, one_line,
+                     outside_visattn)
 from .weight_names import HUB_PREFIXES
 
 # True: every weight must fit; "attention": only attention modules added to the weights' architecture
@@ -469,8 +469,8 @@ def _refuse_timm_class_arguments(arch: str, model_class: type, kwargs: dict[str,
 
 def check_num_classes(num_classes: Any) -> int:
     """``num_classes`` as an int when it is a whole number of classes (numpy's too), 0 for features only; one line
-    otherwise (also for the models' ``reset_classifier``, where "10" had been a TypeError deep inside and -1 taken)."""
-    if not isinstance(num_classes, bool) and isinstance(num_classes, numbers.Integral) and num_classes >= 0:
+    otherwise (also for the models' ``reset_classifier``, where "10" would be a TypeError deep inside and -1 taken)."""
+    if is_whole(num_classes):
         return int(num_classes)
     raise ConfigError(f"num_classes={num_classes!r}: give a whole number of classes (0: features only)")
 

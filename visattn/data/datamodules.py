@@ -27,8 +27,7 @@ from torch.utils.data._utils.worker import _generate_state
 from torch.utils.data.dataloader import _BaseDataLoaderIter, _SingleProcessDataLoaderIter
 
 from ..devices import MAX_WORKERS_PER_CPU, max_workers
-from ..errors import ConfigError, VisattnWarning, outside_visattn
-from ..layers.patch_embed import is_count
+from ..errors import ConfigError, VisattnWarning, is_count, outside_visattn
 from .fashion_mnist import (FASHION_MNIST_CLASSES, FASHION_MNIST_MEAN, FASHION_MNIST_STD, FashionMNIST,
                            find_fashion_mnist)
 from .image_io import DEFAULT_MAX_PIXELS

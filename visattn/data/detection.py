@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
-from ..errors import ConfigError, VisattnWarning, caught_warnings, outside_visattn
+from ..errors import ConfigError, VisattnWarning, caught_warnings, is_number, is_whole, outside_visattn
 from .coco import check_image_ids, image_paths, json_type_hint, load_coco, require_images_dir, require_some_image
 from .datamodules import COCO_VALIDATION_FIX, COCO_VALIDATION_SETTING, SplitLoadersMixin, split_images_dir
 from .image_folder import ImageFiles
@@ -258,7 +258,7 @@ class CocoDetection(ImageFiles):
 
     def _labels(self, categories: list[dict], class_names: Sequence[str] | None) -> tuple[list[str], dict[int, int]]:
         """Class names in label order and ``{category id: label}``."""
-        odd = next((c for c in categories if not _is_whole(c["id"])), None)
+        odd = next((c for c in categories if not is_whole(c["id"])), None)
         if odd is not None:  # labels follow the sorted ids, and "10" sorts before "2"
             raise ConfigError(f"{self.annotations}: category {json.dumps(odd.get('name'))} has id {json.dumps(odd['id'])}; "
                               "write category ids as whole numbers, as COCO does")
@@ -342,7 +342,7 @@ class CocoDetection(ImageFiles):
 
     def _bbox(self, annotation: dict) -> list[float]:
         bbox = annotation["bbox"]
-        if not (isinstance(bbox, list) and len(bbox) == 4 and all(map(_is_number, bbox))):
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(is_number(v) and math.isfinite(v) for v in bbox)):
             raise ConfigError(f"{self.annotations}: annotation {json.dumps(annotation['id'])}'s bbox {json.dumps(bbox)} is "
                               "not [x, y, width, height]; fix or remove that annotation")
         return bbox
@@ -468,17 +468,9 @@ def _turn_boxes(boxes: np.ndarray, orientation: int, *, height: int, width: int)
 def _declared_size(image: dict) -> tuple[int, int] | None:
     """The ``(height, width)`` an image entry declares; ``None`` without both (COCO tools often leave them out)."""
     size = image.get("height"), image.get("width")
-    if all(_is_number(side) and float(side).is_integer() and side > 0 for side in size):
+    if all(is_number(side) and float(side).is_integer() and side > 0 for side in size):
         return int(size[0]), int(size[1])
     return None
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _is_whole(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,15 +17,14 @@ import stat
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from numbers import Integral
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..errors import (ConfigError, ImageDecodeError, VisattnError, VisattnWarning, ignored_unless_busy, one_line,
-                      outside_visattn)
+from ..errors import (ConfigError, ImageDecodeError, VisattnError, VisattnWarning, ignored_unless_busy, is_whole,
+                      one_line, outside_visattn)
 from ..fileio import missing_reason, written_by_command, written_by_visattn
 
 __all__ = ["DEFAULT_MAX_PIXELS", "IMAGE_EXTENSIONS", "ImageFile", "decode_image", "list_images", "run_in_batches"]
@@ -271,7 +270,7 @@ def _checked_source(source: object) -> ImageSource:
 
 def _check_background(background: object) -> None:
     if not (isinstance(background, (tuple, list)) and len(background) == 3
-            and all(isinstance(v, Integral) and not isinstance(v, bool) and 0 <= v <= 255 for v in background)):
+            and all(is_whole(v) and v <= 255 for v in background)):
         raise ConfigError(f"background={reprlib.repr(background)}: give an RGB colour, three ints 0..255, "
                           "e.g. (255, 255, 255) for white")
 

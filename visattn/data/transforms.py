@@ -35,8 +35,7 @@ from torch import nn
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
-from ..errors import ConfigError
-from ..layers.patch_embed import is_count, is_number
+from ..errors import ConfigError, is_count, is_number
 from .auto_augment import TimmAutoAugment, auto_augment_problem
 from .image_io import rgb_pixels
 

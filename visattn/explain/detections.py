@@ -23,8 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ..errors import ArgumentError, ConfigError, VisattnWarning, outside_visattn
-from ..layers.patch_embed import is_count
+from ..errors import ArgumentError, ConfigError, VisattnWarning, is_count, outside_visattn
 from ..models.detection import detect_by_size
 from .cell_centres import map_centres
 from ..modes import eval_mode, model_lock

@@ -18,8 +18,7 @@ from typing import Literal, Sequence, Union
 import torch
 from torch import Tensor
 
-from ..errors import ConfigError
-from ..layers.patch_embed import is_number
+from ..errors import ConfigError, is_number
 from .attention import token_map
 
 HeadFusion = Literal["mean", "max", "min"]

@@ -10,11 +10,10 @@ from torch import Tensor, nn
 from ..data.image_io import DEFAULT_MAX_PIXELS
 from ..data.transforms import check_image_batch, to_model_input
 from ..data.vocab import Vocabulary
-from ..errors import NotATrainingCheckpoint, WeightsError, one_line
+from ..errors import NotATrainingCheckpoint, WeightsError, is_count, one_line
 from ..explain import map_centres
 from ..explain.cell_centres import CellCentres
 from ..fileio import attention_note, output_paths
-from ..layers.patch_embed import is_count
 from ..models.show_attend_tell import DecodedCaptions
 from ..modes import eval_mode
 from ..pretrained import model_weights_entry

@@ -12,8 +12,7 @@ from torch import nn
 from ..data.transforms import (CLASSIFIER_PREPROCESSING, ImageTransform, check_image_batch, default_preprocessing,
                                eval_transform_of, preprocessing_problem, timm_data_config, to_model_input)
 from ..devices import model_device
-from ..errors import ConfigError, ImageSizeNotDivisible, NotATrainingCheckpoint, WeightsError
-from ..layers.patch_embed import is_count
+from ..errors import ConfigError, ImageSizeNotDivisible, NotATrainingCheckpoint, WeightsError, is_count
 from ..modes import eval_mode
 from ..pretrained import (checkpoint_follows, hub_cache_only, load_weights, offline_timm_file, set_pretrained_cfg,
                           starting_weights_skipped, timm_pretrained_cfg, unreachable_hub)

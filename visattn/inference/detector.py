@@ -12,10 +12,9 @@ from torch import Tensor, nn
 
 from ..data.image_io import DEFAULT_MAX_PIXELS
 from ..data.transforms import check_unit_images, to_model_input
-from ..errors import ConfigError, WeightsError, one_line
+from ..errors import ConfigError, WeightsError, is_count, is_number, one_line
 from ..explain.detections import check_max_side, detection_maps
 from ..fileio import atomic_path, attention_note, new_folders_removed_on_error, output_errors, output_paths, png_mark
-from ..layers.patch_embed import is_count, is_number
 from ..models.detection import unit_floats
 from ..modes import eval_mode
 from ..pretrained import model_weights_entry

@@ -9,7 +9,7 @@ shared MLP, then a spatial gate from a 7x7 convolution over the channel-wise max
 import torch
 from torch import Tensor, nn
 
-from .patch_embed import check_odd_kernel
+from ..errors import check_odd_kernel
 from .se import reduced_channels
 
 

@@ -2,8 +2,7 @@
 import torch
 from torch import nn
 
-from ..errors import ConfigError
-from .patch_embed import is_number
+from ..errors import ConfigError, is_number
 
 
 def check_rate(name: str, value: object) -> float:

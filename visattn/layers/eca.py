@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from .patch_embed import check_odd_kernel
+from ..errors import check_odd_kernel
 
 
 def eca_kernel_size(channels: int, gamma: int = 2, b: int = 1) -> int:

@@ -8,7 +8,7 @@ feature map through a two-layer bottleneck MLP (reduction ratio 16).
 import torch
 from torch import Tensor, nn
 
-from .patch_embed import check_count
+from ..errors import check_count
 
 
 def reduced_channels(channels: int, reduction: int, min_channels: int = 8) -> int:

@@ -41,10 +41,9 @@ from torchvision.ops import (MLP, box_convert, clip_boxes_to_image, generalized_
                              remove_small_boxes)
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelP6P7
 
-from ..errors import ConfigError
+from ..errors import ConfigError, check_count, is_number, is_whole
 from ..layers.create_attn import ATTN_LAYERS
 from ..layers.detr_transformer import DetrTransformer
-from ..layers.patch_embed import check_count, is_number, is_whole
 from ..layers.pos_embed import resample_abs_pos_embed
 from ..layers.simple_feature_pyramid import SimpleFeaturePyramid
 from ..layers.sine_pos_embed import sine_position_encoding_2d

@@ -42,12 +42,12 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from ..devices import model_device
-from ..errors import ConfigError
+from ..errors import ConfigError, check_count, is_count
 from ..layers.create_attn import ATTN_LAYERS, create_attn
 from ..layers.drop_path import DropPath, check_rate
 from ..layers.eca import EfficientChannelAttention
 from ..layers.global_pool import GlobalPool2d, PoolType, check_pool_type
-from ..layers.patch_embed import check_count, check_image_layout, is_count
+from ..layers.patch_embed import check_image_layout
 from ..layers.se import SqueezeExcite
 from ..registry import check_num_classes, classifier_head, evaluated_with, register_model
 from .features import Indices, take_indices

@@ -17,12 +17,12 @@ from typing import Any, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, check_count, is_count, is_number
 from ..layers.additive_attention import AdditiveAttention
 from ..layers.drop_path import check_rate
 from ..layers.lstm_cell import SigmoidLSTMCell
 from ..layers.onednn_linear import linear
-from ..layers.patch_embed import check_count, is_count, is_number, patch_grid, to_2tuple
+from ..layers.patch_embed import patch_grid, to_2tuple
 from ..modes import eval_mode
 from ..registry import built_for_one_size, check_timm_name, create_model, register_model
 from .vit import drop_pooled_head

@@ -13,13 +13,13 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..errors import ConfigError, VisattnWarning, WeightsError, outside_visattn
+from ..errors import ConfigError, VisattnWarning, WeightsError, check_count, is_number, outside_visattn
 from ..layers.attention import SelfAttention
 from ..layers.attention_pool import AttentionPoolLatent
 from ..layers.drop_path import DropPath, check_rate
 from ..layers.layer_scale import LayerScale
 from ..layers.mlp import Activation, Mlp
-from ..layers.patch_embed import PatchEmbed, check_count, check_whole_patches, is_number
+from ..layers.patch_embed import PatchEmbed, check_whole_patches
 from ..layers.pos_embed import resample_abs_pos_embed
 from ..registry import check_num_classes, classifier_head, evaluated_with, register_model
 from .features import Indices, take_indices

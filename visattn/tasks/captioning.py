@@ -24,12 +24,11 @@ from torch.utils.data import DataLoader
 
 from ..data.scenes import ITEM_WORDS
 from ..data.vocab import UNK, Vocabulary, tokenize
-from ..errors import ConfigError, VisattnWarning, outside_visattn
+from ..errors import ConfigError, VisattnWarning, is_number, outside_visattn
 from ..explain.cell_centres import CellCentres
 from ..explain.pointing import pointing_hit
 from ..inference import moved_here
 from ..inference.captioner import Captioner, attention_centres, decode
-from ..layers.patch_embed import is_number
 from ..models.show_attend_tell import DecodedCaptions, doubly_stochastic_penalty
 from ..pretrained import (file_weights_entry, find_weights_entry, load_weights, named_weights_entry, read_state_dict,
                           starting_weights_skipped)

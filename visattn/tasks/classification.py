@@ -21,11 +21,11 @@ from ..data.fashion_mnist import FASHION_MNIST_CLASSES, FashionMNIST
 from ..data.image_folder import ImageFolder, evaluation_batches, seeded_subset, skipped_images, split_folders
 from ..data.image_io import DEFAULT_MAX_PIXELS
 from ..data.transforms import ImageTransform
-from ..errors import ConfigError, MissingSplit, VisattnWarning, WeightsError, one_line, outside_visattn
+from ..errors import ConfigError, MissingSplit, VisattnWarning, WeightsError, is_number, one_line, outside_visattn
 from ..inference import moved_here
 from ..inference.classifier import Classifier, build_classifier, sides_that_fit
 from ..layers.attention import SelfAttention
-from ..layers.patch_embed import fixed_input_size, is_number, whole_patches
+from ..layers.patch_embed import fixed_input_size, whole_patches
 from ..modes import eval_mode
 from ..pretrained import (classifier_names, named_weights_entry, read_pickle_checkpoint, refuse_an_untrained_head,
                           starting_weights_skipped, weights_preprocessing)
