@@ -299,6 +299,7 @@ class CaptioningTask(GuardedTask, pl.LightningModule):
     def __init__(
         self,
         model_name: str = "sat_cbam_resnet_scenes",
+        *,
         model_kwargs: Optional[dict[str, Any]] = None,
         pretrained: Optional[Union[bool, str]] = None,
         vocab: Optional[list[str]] = None,

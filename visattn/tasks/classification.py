@@ -309,6 +309,7 @@ class ImageClassifier(GuardedTask, pl.LightningModule):
     def __init__(
         self,
         model_name: str = "cbam_resnet20_cifar",
+        *,
         num_classes: int = 10,
         model_kwargs: Optional[dict[str, Any]] = None,
         pretrained: Optional[Union[bool, str]] = None,

@@ -107,6 +107,7 @@ class DetectionTask(GuardedTask, pl.LightningModule):
     def __init__(
         self,
         model_name: str = "fcos_cbam_resnet20_cifar",
+        *,
         num_classes: int = 10,
         model_kwargs: Optional[dict[str, Any]] = None,
         pretrained: Optional[Union[bool, str]] = None,
