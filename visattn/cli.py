@@ -97,7 +97,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def _weights_row(name: str) -> tuple[str, str, str]:
     """``visattn models --pretrained``'s row of weights ``ARCH.TAG``; ``?`` and a warning saying what to install for
-    weights whose architecture no installed package registers (they had been left out without a word)."""
+    weights whose architecture no installed package registers (rather than silently left out)."""
     from .registry import model_family
 
     try:
@@ -157,7 +157,7 @@ def run_lightning(argv: Sequence[str]) -> int:
         return 128 + terminated.signum
     except KeyboardInterrupt as interrupt:  # also after Lightning's shutdown, which run_lightning_cli turns into this
         terminated = getattr(interrupt, "terminated", False)  # SIGTERM, which Lightning stopped the run for
-        if rank_zero_only.rank == 0:  # Ctrl-C reaches every DDP process: the line had come once per process
+        if rank_zero_only.rank == 0:  # Ctrl-C reaches every DDP process: one line, not one per process
             stopped = "terminated" if terminated else "interrupted"
             print(f"visattn: {stopped}{_resume_hint(argv[0], interrupt)}", file=sys.stderr)
         return 128 + signal.SIGTERM if terminated else 130
@@ -240,7 +240,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def evaluation_split(dataset: str, split: Optional[str]) -> Optional[str]:
     """``--split``, ``test`` when not given; ``None`` for a ``coco:`` dataset, whose annotations file is
     the split, and for an image folder without split folders, which is scored whole (a ``--split`` there
-    was accepted and printed as if it had chosen the images)."""
+    is refused: it would be printed as if it had chosen the images)."""
     from .data.image_folder import SPLIT_FOLDERS, split_folders
     from .tasks.classification import imagefolder_root
 
@@ -465,7 +465,7 @@ def cmd_save_weights(args: argparse.Namespace) -> int:
                           "its weights under; use the checkpoint itself (classify, evaluate, explain and export take "
                           "--checkpoint, Python load_classifier(checkpoint=...))")
     path = folder / f"{loaded.arch}.{args.tag}.safetensors"
-    if len(path.name.encode()) > 255:  # before the measurement; it had been "File name too long" after it
+    if len(path.name.encode()) > 255:  # before the measurement, not "File name too long" after it
         raise ConfigError(f"--tag {args.tag}: the file {loaded.arch}.TAG.safetensors would have a name of "
                           f"{len(path.name.encode())} bytes, and file names take at most 255; give a shorter tag")
     if not args.overwrite:
@@ -578,7 +578,8 @@ def weights_tag(text: str) -> str:
 
 def user_path(text: str) -> str:
     """argparse type for a path: a leading ``~`` is the home folder, as the shell makes it of a word on its own but
-    not after ``--out=`` (a folder named ``~`` had been made in the working folder, and "written to ~/maps" said)."""
+    not after ``--out=`` (else a folder named ``~`` is made in the working folder while the
+    command says "written to ~/maps")."""
     return os.path.expanduser(text)
 
 
@@ -657,7 +658,7 @@ class _CommandParser(_OneLineErrorParser):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("formatter_class", _HelpWithDefaults)
-        # no abbreviations: `save-weights --out w.safetensors` was read as --out-dir and made a folder of that name
+        # no abbreviations: `save-weights --out w.safetensors` would be read as --out-dir, making a folder of that name
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
 
@@ -994,9 +995,9 @@ _commands_running, _settings_outside, _SETTINGS = [0], [], threading.Lock()
 def _process_settings_restored() -> Iterator[None]:
     """What a command sets for its whole process, put back when it returns to a program that called :func:`main` in
     its own process (a notebook, a script), once no other command of the program still runs: the output streams'
-    error handling and Pillow's pixel limit that ``--max-pixels`` raised (the guard against decompression bombs had
-    stayed raised for the program's own images); and the run folders this command's ``fit`` claimed (a later run
-    there from another process was refused while the program lived)."""
+    error handling and Pillow's pixel limit that ``--max-pixels`` raised (else the guard against decompression bombs
+    stays raised for the program's own images); and the run folders this command's ``fit`` claimed (else a later
+    run there from another process is refused while the program lives)."""
     from .fileio import claims_released
 
     with _SETTINGS:
@@ -1020,15 +1021,15 @@ def _put_back(streams: list[tuple[Any, str]], pixels: Optional[int]) -> None:
         with contextlib.suppress(ValueError, OSError):  # a stream closed meanwhile
             stream.reconfigure(errors=errors)
     image_io = sys.modules.get("visattn.data.image_io")
-    if pixels is not None:  # Pillow was loaded, with this limit
+    if pixels is not None:  # Pillow was already loaded before the first command, with this limit
         sys.modules["PIL.Image"].MAX_IMAGE_PIXELS = pixels
-    elif image_io is not None:  # loaded by the command: the limit it had then
+    elif image_io is not None:  # Pillow was loaded by a command: its limit before --max-pixels raised it
         image_io.restore_pixel_limit()
 
 
 class _KeptInterrupts:
     """Ctrl-C that lands while Python runs a weakref callback or ``__del__`` (garbage collection, often mid-batch)
-    raises KeyboardInterrupt where Python can only print it and go on: the command had run to its end. As
+    raises KeyboardInterrupt where Python can only print it and go on: the command would run to its end. As
     ``sys.unraisablehook`` this raises such an interrupt in the main thread again, where the command stops as it
     does for any other; :meth:`settled` keeps one still on its way inside the command."""
 
@@ -1040,10 +1041,10 @@ class _KeptInterrupts:
             return self.previous_hook(unraisable)
         self.in_flight = True
         # From a thread of its own, which runs once this one lets go of the GIL: after the hook has returned.
-        # (threading.Thread.start waits for the thread, which raised the interrupt inside the hook again.)
+        # (threading.Thread.start would wait for the thread, which would raise the interrupt inside the hook again.)
         try:
             _thread.start_new_thread(_thread.interrupt_main, ())
-        except KeyboardInterrupt:  # it came at once all the same
+        except KeyboardInterrupt:  # it can still land at once, inside the hook: send it again
             _thread.start_new_thread(_thread.interrupt_main, ())
 
     def settled(self, code: int) -> int:
@@ -1051,7 +1052,9 @@ class _KeptInterrupts:
         if not self.in_flight or code == 130:
             return code
         try:
-            for _ in range(100):  # it comes within a thread switch; lost, had it landed in this hook's last steps
+            # Wait at most 1 s for it: it arrives within a thread switch, or never if it landed in the hook's last
+            # steps (raised there, it is lost); either way the command reports the interrupt.
+            for _ in range(100):
                 time.sleep(0.01)
         except KeyboardInterrupt:
             pass
@@ -1075,7 +1078,7 @@ def _interrupts_kept() -> Iterator[_KeptInterrupts]:
 
 class _Terminated(BaseException):
     """SIGTERM (``kill``, ``timeout``, ``docker stop``, a batch scheduler) or SIGHUP (the terminal closed), raised
-    where the command is, so that its ``finally`` blocks run: Python's default ended the process at once, leaving a
+    where the command is, so that its ``finally`` blocks run: Python's default ends the process at once, leaving a
     temp file in the output folder."""
 
     def __init__(self, signum: int) -> None:
@@ -1095,7 +1098,7 @@ def _stop_signals_as_exception() -> Iterator[None]:
     """SIGTERM and SIGHUP raise :class:`_Terminated` in the command, once: a second one while the command cleans up
     is ignored. While a Lightning run is under way, Lightning's SIGTERM handler, which calls this one too, stops it
     at its next step instead (see run_lightning), and SIGHUP is sent on as SIGTERM (Lightning leaves SIGHUP, whose
-    exception had left DDP's other processes waiting). A signal ignored when the command started (``nohup``) stays
+    exception would leave DDP's other processes waiting). A signal ignored when the command started (``nohup``) stays
     ignored."""
     def terminate(signum: int, frame: Any) -> None:
         if os.getpid() != installed_by:  # a forked DataLoader worker: it ends as by default, without a traceback

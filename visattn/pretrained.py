@@ -90,7 +90,7 @@ _FILE_RECORDS = contextvars.ContextVar("visattn_file_records", default=None)
 @contextlib.contextmanager
 def file_records_read_once() -> Iterator[None]:
     """Read what a weights file records (the writer, the preprocessing) from it once inside: a ViT's load looks for
-    its patch grid and create_model for the preprocessing, which for a pickle had been a ``torch.load`` each beside
+    its patch grid and create_model for the preprocessing, which for a pickle would each be a ``torch.load`` beside
     the weights' own."""
     token = _FILE_RECORDS.set({}) if _FILE_RECORDS.get() is None else None
     try:
@@ -152,8 +152,8 @@ def weights_dir() -> Path:
 
 def user_weights_dir() -> Optional[Path]:
     """An installed package's folder for the user's own weights, ``$XDG_DATA_HOME/visattn/weights``
-    (``~/.local/share/visattn/weights``): ``save-weights`` had written into site-packages, whose next install
-    replaced the index and orphaned the files. ``None`` in a source checkout."""
+    (``~/.local/share/visattn/weights``), not site-packages, whose next install would replace the index and
+    orphan the files ``save-weights`` wrote. ``None`` in a source checkout."""
     if not installed_package():
         return None
     return Path(os.environ.get("XDG_DATA_HOME") or "~/.local/share").expanduser() / "visattn" / "weights"
@@ -280,7 +280,7 @@ def metadata_problem(meta: dict[str, Any]) -> Optional[str]:
 
 def set_pretrained_cfg(model: nn.Module, cfg: dict[str, Any]) -> None:
     """Give ``model`` its ``pretrained_cfg`` and, as timm's models carry it for older code, the same dict as
-    ``default_cfg`` (a timm model's had kept its own after visattn replaced its ``pretrained_cfg``)."""
+    ``default_cfg`` (else a timm model's keeps its own after visattn replaces its ``pretrained_cfg``)."""
     model.pretrained_cfg = model.default_cfg = cfg
 
 
@@ -302,8 +302,8 @@ def timm_pretrained_cfg(model: nn.Module, preprocessing: Optional[dict[str, Any]
 
 def _timm_model_fields(model: nn.Module, input_size: tuple[int, ...]) -> dict[str, Any]:
     """The fields of a ``pretrained_cfg`` that timm's tools read besides the data's: the architecture
-    (``save_for_hf`` failed without it), the first convolution, whether the input size is fixed and, for a
-    convolutional classifier, the size of its last map at ``input_size`` (``apply_test_time_pool`` failed
+    (``save_for_hf`` fails without it), the first convolution, whether the input size is fixed and, for a
+    convolutional classifier, the size of its last map at ``input_size`` (``apply_test_time_pool`` fails
     without it; a ViT's, as timm's, has none, also at any size: timm's pooling would wrap its tokens)."""
     from .registry import split_model_name
 
@@ -327,7 +327,8 @@ def weights_preprocessing(entry: Optional[dict[str, Any]], pretrained: Any) -> O
         return entry.get("preprocessing")
     if isinstance(pretrained, (str, Path)) and not str(pretrained).startswith(FETCHED_PREFIXES):
         return _file_preprocessing(Path(pretrained))  # a training checkpoint's hyper_parameters too
-    if not (isinstance(pretrained, str) and pretrained.startswith("timm:")):  # the hub's record nothing
+    # Of the rest, only a timm: name has a record to read: an hf-hub: name or a state dict has none.
+    if not (isinstance(pretrained, str) and pretrained.startswith("timm:")):
         return None
     from .data.transforms import INTERPOLATIONS
 
@@ -359,7 +360,7 @@ def loaded_weights_preprocessing(model: nn.Module, entry: Optional[dict[str, Any
     if isinstance(pretrained, (str, Path)) and not str(pretrained).startswith(FETCHED_PREFIXES):
         origin, recorded = _file_record(Path(pretrained))  # read once
     else:
-        origin = _state_origin(pretrained) if isinstance(pretrained, dict) else "other"  # timm's, the hub's: other
+        origin = _state_origin(pretrained) if isinstance(pretrained, dict) else "other"  # timm: and hf-hub: names too
         recorded = weights_preprocessing(None, pretrained)
     if recorded is not None:
         return recorded
@@ -408,7 +409,7 @@ def _file_record(path: Path) -> tuple[WeightsOrigin, Optional[dict[str, Any]]]:
 
     origin, recorded, where = _read_file_record(path)
     problem = preprocessing_problem(recorded) if recorded is not None else None
-    if problem:  # it had failed in timm's data helpers, or later in a transform
+    if problem:  # else it fails in timm's data helpers, or later in a transform
         raise WeightsError(f"{path}: {where}{problem}; the file was edited or damaged: record settings a transform "
                            "takes, or save the weights again")
     return origin, recorded
@@ -594,8 +595,8 @@ def recorded_module(arch: str, tag: str) -> Optional[str]:
 
 
 def _timm_weights_hint(name: str) -> str:
-    """How timm's weights of ``name`` load, where timm has weights of that name (a timm user's ``resnet18.a1_in1k``
-    was refused without a word of them); else nothing."""
+    """How timm's weights of ``name`` load, where timm has weights of that name (else a timm user's ``resnet18.a1_in1k``
+    is refused with no mention of them); else nothing."""
     import timm.models
 
     try:
@@ -835,7 +836,7 @@ def _incomplete_classifier_preprocessing(arch: str, meta: dict[str, Any]) -> Opt
 
 def _contradiction(model: nn.Module, arch: str, meta: dict[str, Any]) -> Optional[str]:
     """What ``meta`` records that ``model`` cannot use: label names not one per class, a vocabulary not
-    its word layer's size, images it does not take. Loaded, such weights failed at every prediction."""
+    its word layer's size, images it does not take. Loaded, such weights would fail at every prediction."""
     from .registry import model_task
 
     classes = getattr(model, "num_classes", None)
@@ -1041,13 +1042,13 @@ def building_parts(build: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
 def built_for_weights(build: Callable[[], nn.Module], *,
                       on_meta: bool = True) -> tuple[nn.Module, Optional[Callable[[], nn.Module]]]:
     """``build()``'s model for weights to load next, and the builder :func:`load_weights` takes as ``initialise``. It
-    is built on the meta device, and never initialised where the weights fill it: ViT-B's random init had been most
-    of a load's time, and a load drew from torch's random numbers. It is built for real (no builder returned) where
-    not ``on_meta`` (another package's builder, which may draw, warn or keep tensors out of weights' reach), inside
-    :func:`checkpoint_follows`, which loads nothing, where the builder fails on the meta device, and for a part
-    (:func:`building_parts`). A part of a model built here on the meta device is built there without its own starting
-    weights, as for a checkpoint: the model's weights replace them, or, where they leave part of it new, the model is
-    built again for real, its parts with their weights (read, and warned about, once)."""
+    is built on the meta device, and never initialised where the weights fill it: ViT-B's random init would be
+    most of a load's time, and a load would draw from torch's random numbers. It is built for real (no builder
+    returned) where not ``on_meta`` (another package's builder, which may draw, warn or keep tensors out of weights'
+    reach), inside :func:`checkpoint_follows`, which loads nothing, where the builder fails on the meta device, and
+    for a part (:func:`building_parts`). A part of a model built here on the meta device is built there without its
+    own starting weights, as for a checkpoint: the model's weights replace them, or, where they leave part of it new,
+    the model is built again for real, its parts with their weights (read, and warned about, once)."""
     if (not on_meta or _BUILDING_PARTS.get() or starting_weights_skipped()
             or torch.get_default_device().type == "meta"):
         return build(), None
@@ -1220,8 +1221,8 @@ def _holds_a_meta_tensor(value: Any) -> bool:
 
 def _without_pruned_layers(model: nn.Module, state: StateDict) -> StateDict:
     """``state`` less the layers a features-only ``model`` of visattn's registry pruned (those past its last level,
-    and the head), so that its classifier's weights load into it as ``features_only=True`` builds it from them; they
-    were "unexpected". Keys the whole classifier lacks too (another depth's blocks, attention modules) stay."""
+    and the head), so that its classifier's weights load into it as ``features_only=True`` builds it from them (else
+    they are "unexpected"). Keys the whole classifier lacks too (another depth's blocks, attention modules) stay."""
     from .registry import create_model, split_model_name
 
     name = getattr(model, "visattn_name", None)
@@ -1237,7 +1238,7 @@ def _without_pruned_layers(model: nn.Module, state: StateDict) -> StateDict:
 def _recorded_grid(preprocessing: Optional[dict[str, Any]], state: StateDict) -> Optional[tuple[int, int]]:
     """The patch grid a ViT's weights saved by visattn were trained on: their recorded input size over their
     patch size, where the position embeddings hold that grid. Their positions alone do not say it: a 2x8 grid's
-    16 were laid out as a 4x4 one's, without a word. None for other weights."""
+    16 would silently be laid out as a 4x4 one's. None for other weights."""
     size = (preprocessing or {}).get("input_size")
     patch, positions = state.get("patch_embed.proj.weight"), state.get("pos_embed")
     if not size or len(size) != 3 or patch is None or positions is None or positions.ndim != 3:
@@ -1276,7 +1277,7 @@ def _refuse_whole_numbers(model: nn.Module, state: StateDict, *, source: Any) ->
 
 
 def _refuse_non_finite(state: StateDict, *, source: Any) -> None:
-    """A diverged run's weights (or a damaged file's) would give NaN probabilities without a word."""
+    """A diverged run's weights (or a damaged file's) would silently give NaN probabilities."""
     bad = next((k for k, v in state.items() if v.is_floating_point() and not _all_finite(v)), None)
     if bad is not None:
         raise WeightsError(f"{source}: tensor {bad!r} holds NaN or Inf values; the file is corrupt or from a diverged "
@@ -1285,7 +1286,7 @@ def _refuse_non_finite(state: StateDict, *, source: Any) -> None:
 
 def _all_finite(tensor: torch.Tensor) -> bool:
     # A finite sum proves every value finite (NaN and Inf carry through addition) in a twentieth of isfinite's time,
-    # which had been most of loading ViT-B's weights; a sum that overflows is checked value by value. Both in float32
+    # which would be most of loading ViT-B's weights; a sum that overflows is checked value by value. Both in float32
     # (float64's own): torch sums no float8 tensor on the CPU, and checks only some of them for NaN.
     wide = torch.float64 if tensor.dtype == torch.float64 else torch.float32
     return bool(torch.isfinite(tensor.sum(dtype=wide))) or bool(torch.isfinite(tensor.to(wide)).all())
@@ -1321,9 +1322,9 @@ def _adapt_input_conv(in_chans: int, weight: torch.Tensor) -> torch.Tensor:
 
 
 def _take_the_weights_class_count(model: nn.Module, state: StateDict) -> None:
-    """``model``'s classifier reset to the class count of the weights' head where the two differ in it alone (a
-    10-class fine-tune's file in a model built with the default 1000 had its head dropped for a random one, and
-    in a model built headless by default, a DINOv2's, without a word)."""
+    """``model``'s classifier reset to the class count of the weights' head where the two differ in it alone (else a
+    10-class fine-tune's file in a model built with the default 1000 has its head dropped for a random one, and
+    silently so in a model built headless by default, a DINOv2's)."""
     names = classifier_names(model)
     if len(names) != 1 or not callable(getattr(model, "reset_classifier", None)):
         return
@@ -1346,7 +1347,7 @@ def _drop_mismatched_head(
     """``state`` without a classifier head that does not fit ``model``; the warning to give when the
     model's head stays at its random init (dropped here, or absent from a features-only checkpoint); and
     the error to raise instead, once the rest of the weights fit: when not ``new_head``, or when the head
-    is only partly there (its missing keys would keep their random init without a word). A model
+    is only partly there (its missing keys would silently keep their random init). A model
     without a head (``num_classes=0``, a backbone) drops the checkpoint's quietly."""
     names = classifier_names(model)
     if not names:
@@ -1450,8 +1451,8 @@ def check_state_dict(
     outside = {label: [k for k in keys if not k.startswith(attention)]
                for label, keys in (("missing", missing), ("unexpected", unexpected))} if strict == "attention" else {}
     if any(outside.values()):
-        # another depth's weights (resnet18's in a resnet34, resnet101's in a resnet50) had left whole blocks at
-        # their init, or been dropped, with a warning
+        # another depth's weights (resnet18's in a resnet34, resnet101's in a resnet50) would leave whole blocks at
+        # their init, or be dropped, with only a warning
         parts = "; ".join(f"{label} outside its attention modules: {_key_list(keys)}" for label, keys in outside.items() if keys)
         hint = _depth_hint(state, own, model, fix) or fix or "give weights of this architecture or of its plain version"
         raise WeightsError(f"{source}: weights do not fit {type(model).__name__} ({parts}); {hint}")
@@ -1470,15 +1471,15 @@ _BLOCK_KEY = re.compile(r"^((?:.*\.)?(?:layer\d+|blocks))\.(\d+)\.")
 
 def _final_norm_hint(missing: list[str], unexpected: list[str]) -> str:
     """How to load a ViT's weights whose final norm sits on the other side of pooling (timm's token-pooled weights
-    in a ``global_pool='avg'`` model, which builds ``fc_norm``), else empty: the hint had been strict='attention',
-    which does not apply (a timm-parity audit)."""
+    in a ``global_pool='avg'`` model, which builds ``fc_norm``), else empty (without it, the hint is the generic
+    strict='attention', which does not apply)."""
     before, after = {"norm.weight", "norm.bias"}, {"fc_norm.weight", "fc_norm.bias"}
     if set(missing) == after and set(unexpected) == before:
         return ("the weights normalise the tokens before pooling (norm), this model after it (fc_norm, which "
                 "pooling the patch tokens builds): pass fc_norm=False to keep their norm, or strict=False to start "
                 "fc_norm afresh")
     if set(missing) == before and set(unexpected) == after:
-        # fc_norm=True alone had been the hint: it loads them strictly into a token-pooled model, which computes
+        # Not fc_norm=True alone: it would load them strictly into a token-pooled model, which computes
         # other logits than the average-pooled model (MAE, BEiT, timm's *_gap_*) such weights usually come from.
         return ("the weights normalise after pooling (fc_norm), this model the tokens before it (norm): pass "
                 "global_pool='avg' if they pool the patch tokens (MAE, BEiT, timm's *_gap_* weights), or "
@@ -1488,8 +1489,8 @@ def _final_norm_hint(missing: list[str], unexpected: list[str]) -> str:
 
 def _block_hint(state: StateDict, own: StateDict) -> str:
     """How to build a ResNet for weights of the other block (resnet34's in a resnet50: the same 3, 4, 6, 3 blocks) or
-    of other 3x3 convolutions (ResNeXt's groups, Wide ResNet's width), else empty: a 776-character key list had said
-    only "check the architecture"."""
+    of other 3x3 convolutions (ResNeXt's groups, Wide ResNet's width), else empty (without it, a 776-character key list
+    says only "check the architecture")."""
     first, third, grouped = "layer1.0.conv1.weight", "layer1.0.conv3.weight", "layer1.0.conv2.weight"
     if first not in state or first not in own:
         return ""
@@ -1509,7 +1510,7 @@ def _block_hint(state: StateDict, own: StateDict) -> str:
 
 def _stem_hint(state: StateDict, own: StateDict) -> str:
     """How to build a ResNet for weights of the other stem (a 7x7 conv, or ResNet-D's three 3x3 convs), else empty:
-    their key lists alone (some 700 characters) did not say it."""
+    their key lists alone (some 700 characters) do not say it."""
     avg_down = any(re.search(r"\.downsample\.2\.weight$", key) for key in state)
     if "conv1.weight" in state and "conv1.0.weight" in own:
         return (f"the weights have the 7x7 stem (conv1): build a ResNet without stem_type (resnet50, not resnet50d)"

@@ -98,7 +98,7 @@ def _import_each_entry_point() -> None:
     for entry in entry_points(group=MODEL_ENTRY_POINTS):
         package = entry.dist.name if entry.dist is not None else "an installed package"
         named = f"{MODEL_ENTRY_POINTS} entry point {entry.name} = {entry.value} of {package}"
-        if entry.pattern.fullmatch(entry.value) is None:  # loading it failed on importlib's own AttributeError
+        if entry.pattern.fullmatch(entry.value) is None:  # loading it would fail on importlib's own AttributeError
             warnings.warn(f"{named} names no module ('{entry.value}'); give the module whose import registers the "
                           "models, e.g. my_package.models, in its pyproject.toml", VisattnWarning)
             continue
@@ -207,7 +207,7 @@ def resolve_arch(name: str, *, tag: Optional[str] = None) -> str:
         raise UnknownModelError(f"{name!r}: create_model builds visattn's registered models; build a timm model with "
                                 f"visattn.inference.classifier.build_classifier({name!r}, num_classes) (or "
                                 "timm.create_model), or train one with model_name timm:NAME in a config")
-    if name.startswith(HUB_PREFIXES):  # ORG/REPO[.TAG] was read as ARCH.TAG
+    if name.startswith(HUB_PREFIXES):  # else ORG/REPO[.TAG] would be read as ARCH.TAG
         name = name if tag is None else f"{name}.{tag}"
         raise UnknownModelError(f"{name!r}: a hub model is built by timm: name it 'timm:{name}' (a config's "
                                 f"model_name, or build_classifier), or load hub weights into a visattn architecture "
@@ -259,7 +259,7 @@ def _close_archs(name: str, tag: Optional[str], n: int = 3) -> list[str]:
     first (only they load ``name.tag``), then completions of ``name`` (a name cut short, ``se_resnet20``
     for ``se_resnet20_cifar``, is far in edit distance from its longer completion), then edit distance."""
     names = sorted(_model_entrypoints)  # sorted: the order does not depend on the import order
-    name = name.lower()  # registered names are lower case: SE_RESNET20_CIFAR got no suggestion
+    name = name.lower()  # registered names are lower case: SE_RESNET20_CIFAR would get no suggestion
     prefixed = sorted((a for a in names if name and a.startswith(name)), key=lambda a: (len(a), a))
     # more than n edit-distance matches, so that a tagged one further down can still move up
     similar = difflib.get_close_matches(name, names, n=4 * n)
@@ -271,7 +271,7 @@ def _close_archs(name: str, tag: Optional[str], n: int = 3) -> list[str]:
 def check_timm_name(name: str) -> None:
     """UnknownModelError naming up to 3 close timm architectures (or the architecture's weights tags)
     unless timm has ``name`` (``ARCH`` or ``ARCH.TAG``); timm's own "Unknown model" names none, and a
-    weights fetch took it for the network."""
+    weights fetch would take it for a network failure."""
     import timm
 
     if name.startswith((*HUB_PREFIXES, "local-dir:")):  # timm finds these itself
@@ -330,7 +330,7 @@ def _renamed_pattern(filter: Patterns, pattern: Optional[Patterns]) -> Patterns:
     """``filter``, or ``pattern`` (its name before it took timm's) with a warning."""
     if pattern is None:
         return filter
-    if filter != "*":  # the two had been taken as pattern's alone
+    if filter != "*":  # else filter would be silently ignored for pattern
         raise ConfigError(f"filter={filter!r} and pattern={pattern!r}: pattern= is filter='s former name; give filter= "
                           "only")
     warnings.warn("pattern= is now filter=, as timm names it; pattern= will be removed", DeprecatedArgumentWarning,
@@ -371,7 +371,7 @@ def model_arguments(
 
     arch, tag = split_model_name(name)
     arch = resolve_arch(arch, tag=tag)  # the tag: suggestions shipping its weights first
-    if pretrained == "":  # it built random weights without a word
+    if pretrained == "":  # else it would silently build random weights
         raise ConfigError("pretrained='': give a weights file, True, a shipped ARCH.TAG, 'timm:NAME' or "
                           "'hf-hub:ORG/REPO'; None or False for no weights")
     if tag is None and str(pretrained).startswith(f"{arch}.") and named_weights_entry(pretrained) is not None:
@@ -380,9 +380,10 @@ def model_arguments(
     if tag is not None and not isinstance(pretrained, bool) and pretrained is not None:
         raise ConfigError(f"{name} names shipped weights and pretrained={pretrained!r} other weights; "
                           f"give one: create_model({arch!r}, pretrained={pretrained!r}) or create_model({name!r})")
-    # timm's switches left at a value that asks for nothing (scriptable=False, as ported scripts pass them) build
+    # timm's switches left at a value that asks for nothing (scriptable=False, as ported scripts pass them) are
+    # dropped: the model builds as without them
     kwargs = {k: v for k, v in kwargs.items() if not (k in _TIMM_SWITCHES and not v)}
-    _refuse_other_libraries_arguments(arch, kwargs)  # before the weights are looked up: "no shipped weights" hid why
+    _refuse_other_libraries_arguments(arch, kwargs)  # first: the weights lookup's "no shipped weights" would hide why
     entry = find_weights_entry(arch, tag) if tag is not None or pretrained is True else None
     if entry is None and tag is None and (own := file_weights_entry(pretrained)) is not None and own["arch"] == arch:
         entry = own  # a file visattn saved for this architecture builds as its ARCH.TAG does (a captioner's vocabulary)
@@ -421,7 +422,7 @@ _OTHER_LIBRARIES_ARGUMENTS = {
 
 def _refuse_other_libraries_arguments(arch: str, kwargs: dict[str, Any]) -> None:
     """timm's and torchvision's ways of naming weights as one line with visattn's way, not "it takes img_size, ..."
-    (torchvision's ``weights`` had been "did you mean widths?")."""
+    (for torchvision's ``weights``, not "did you mean widths?")."""
     for name, (taken_by, instead) in _OTHER_LIBRARIES_ARGUMENTS.items():
         if name in kwargs:
             raise ConfigError(f"{arch} has no argument {name!r}, which {taken_by}: {instead}")
@@ -477,7 +478,7 @@ def check_num_classes(num_classes: Any) -> int:
 
 def classifier_head(model: nn.Module, in_features: int, num_classes: int) -> nn.Module:
     """A fresh ``nn.Linear(in_features, num_classes)`` on the device and in the dtype of ``model``'s weights, as timm's
-    ``reset_classifier`` makes it (a head reset on a bf16 model had been float32, and failed in its first forward);
+    ``reset_classifier`` makes it (else a head reset on a bf16 model is float32, and fails in its first forward);
     ``nn.Identity`` for 0 classes."""
     if num_classes == 0:
         return nn.Identity()

@@ -70,7 +70,8 @@ def training_vocabulary(captions: Iterable[str], min_count: int, max_caption_len
 
 def _warn_of_unknown_words(counts: Counter, min_count: int, *, most: float = 0.1, suggested: float = 0.05) -> None:
     """One line when ``min_count`` leaves more than ``most`` of the training words out of the vocabulary: they train
-    as ``<unk>``, which scoring drops (50 had left 74% of an audit's words, without a word)."""
+    as ``<unk>``, which scoring drops (without it, min_count 50 silently leaves out 74% of a measured corpus's
+    words)."""
     total = sum(counts.values())
 
     def rare(below: int) -> float:  # the share of the words seen fewer than ``below`` times
@@ -99,7 +100,7 @@ def _warn_of_cut_captions(lengths: list[int], room: int, never_kept: list[str]) 
 @contextlib.contextmanager
 def _quiet_about_wordless_images() -> Iterator[None]:
     """Quiet about images without a caption in words while a file is read again: building the vocabulary from
-    it said so once."""
+    it says so once."""
     with caught_warnings():
         warnings.filterwarnings("ignore", message=".*: no caption with a word in it$")
         yield

@@ -70,8 +70,8 @@ class DetectionTransform(ImageTransform):
     """
 
     def __init__(self, transforms: Sequence[A.BasicTransform] = ()) -> None:
-        # albumentations takes boxes to float32 0..1 and back: a side of exactly MIN_BOX_SIDE came back 0.99999
-        # at most places (a 1 px box was dropped at 80 of 119 x positions in a 120 px wide image)
+        # albumentations takes boxes to float32 0..1 and back: a side of exactly MIN_BOX_SIDE comes back 0.99999
+        # at most places (a 1 px box would be dropped at 80 of 119 x positions in a 120 px wide image)
         least = MIN_BOX_SIDE - 1e-3
         bbox_params = A.BboxParams(format="pascal_voc", label_fields=["labels", "iscrowd"], clip=True,
                                    filter_invalid_bboxes=True, min_width=least, min_height=least)
@@ -246,7 +246,7 @@ class CocoDetection(ImageFiles):
     def _warn_of_moved_ids(self, trained_ids: Sequence[int | None]) -> None:
         """Categories are matched to the training classes by name, so scores hold; but detections name their
         training ids (``predict``, ``detect --json``), which this file gives other categories or none: scored
-        against it by pycocotools, an audit's 0.1125 fell to 0.0919."""
+        against it by pycocotools, a measured mAP of 0.1125 falls to 0.0919."""
         moved = [(name, here, there) for name, here, there in zip(self.class_names, self.category_ids, trained_ids)
                  if here is not None and there is not None and here != there]
         if moved:
@@ -292,7 +292,7 @@ class CocoDetection(ImageFiles):
         check_image_ids(self.annotations, images, [a["image_id"] for a in annotations])
         self._check_annotation_ids(annotations)
         odd = next((a for a in annotations if isinstance(a["category_id"], bool)), None)
-        if odd is not None:  # true is 1 to a dict: it was read as category 1 (other types are unknown ids below)
+        if odd is not None:  # true is 1 to a dict: it would be read as category 1 (other types are unknown ids below)
             raise ConfigError(f"{self.annotations}: annotation {json.dumps(odd.get('id'))} has category_id "
                               f"{json.dumps(odd['category_id'])}; write category ids as whole numbers, as COCO does")
         unknown = {a["category_id"] for a in annotations} - set(label_of)
@@ -675,13 +675,13 @@ class CocoDetectionDataModule(_DetectionDataModule):
             return []  # empty: no validation
         if annotations is None:
             raise ConfigError(f"CocoDetectionDataModule: set data.init_args.{split}_annotations to use the {split} split")
-        if split == "train":  # read once: its dropped-box warnings had been given twice
+        if split == "train":  # read once: else its dropped-box warnings are given twice
             self._train.transform = transform
             return self._train
         dataset = CocoDetection(annotations, split_images_dir(h, split), transform=transform,
                                 class_names=self._train.class_names, category_ids=self._train.category_ids,
                                 evaluation=True)
-        # `test` had warned once per image and scored nothing, with exit 0
+        # a split with no image found is refused: else `test` warns once per image and scores nothing, with exit 0
         require_some_image(dataset.paths, Path(split_images_dir(h, split)), Path(annotations),
                            setting=_IMAGES_DIRS[split])
         if split == "val":  # with no box, val/map is -1 every epoch, and checkpoints are chosen on it
@@ -690,7 +690,7 @@ class CocoDetectionDataModule(_DetectionDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         super().setup(stage)
-        if stage == "test":  # mAP -1 had been reported as the score; predict needs no boxes
+        if stage == "test":  # else mAP -1 would be reported as the score; predict needs no boxes
             require_boxes(self.datasets["test"], self.hparams.test_annotations)
 
     def _validation_source(self) -> tuple[str, str]:

@@ -39,7 +39,7 @@ def build_classifier(model_name: str, num_classes: int, model_kwargs: Optional[d
         if starting_weights_skipped():  # the checkpoint loaded next holds every weight: no download, no file
             kwargs = {key: value for key, value in kwargs.items() if key not in TIMM_STARTING_WEIGHTS}
         elif kwargs.get("pretrained") and "pretrained_cfg_overlay" not in kwargs:
-            # offline: the cached file, or one line (timm retried the hub and the error blamed model_kwargs)
+            # offline: the cached file, or one line (else timm retries the hub and the error blames model_kwargs)
             cached = offline_timm_file(model_name[5:])
             offline = cached is not None
             if offline:
@@ -143,7 +143,7 @@ def _classifier_from_checkpoint(path: Path, img_size: Optional[int], device: tor
         raise NotATrainingCheckpoint(path, "not a visattn classification checkpoint (no model_name and num_classes)",
                                      "pass --model ARCH.TAG instead")
     # A run fine-tuned from ARCH.TAG is a model of ARCH with the tag's builder arguments (save-weights names its
-    # file ARCH.NEWTAG, which the tag in the name made ARCH.TAG.NEWTAG, refused).
+    # file ARCH.NEWTAG; the tag left in the name would make it ARCH.TAG.NEWTAG, a name refused).
     arch, kwargs = checkpoint_model_kwargs(hparams)
     model_kwargs = {**kwargs, **_size_kwargs(hparams["model_name"], img_size)}
     def build() -> nn.Module:
@@ -182,7 +182,7 @@ def _classifier_preprocessing(recorded: Optional[dict[str, Any]], net: nn.Module
 
 
 def _require_classes(num_classes: int, name: str) -> None:
-    """A features-only model predicted a softmax over its features as if they were classes."""
+    """Refuse a features-only model, which would predict a softmax over its features as if they were classes."""
     if not num_classes:
         raise WeightsError(f"{name}: weights without a classifier head (num_classes 0) give features, not classes; "
                            f"build them with create_model({name!r}) to use the features, or fine-tune a head")
@@ -206,7 +206,7 @@ def _size_kwargs(arch: str, img_size: Optional[int]) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def _img_size_named(img_size: Optional[int], name: str) -> Iterator[None]:
-    """A size the model's patches do not divide as one line naming ``--img-size`` and the sizes that fit (it named
+    """A size the model's patches do not divide as one line naming ``--img-size`` and the sizes that fit (not
     the builder's ``img_size`` and ``patch_size``, which the command line cannot change)."""
     try:
         yield
