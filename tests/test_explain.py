@@ -1506,8 +1506,8 @@ def test_explain_functions_take_a_loaded_classifier_for_its_model():
 
 @pytest.mark.parametrize("model, name", [(lambda x: x, "function"), ("resnet20_cifar", "str")])
 def test_explaining_what_is_no_model_is_one_line(model, name):
-    with pytest.raises(ConfigError, match=rf"^model: a {name}, not a torch nn.Module; give one from "
-                                          r"visattn.create_model, or a classifier from load_classifier$"):
+    with pytest.raises(ConfigError, match=rf"^model=.*: a {name}, not a torch module; give a model from "
+                                          r"visattn.create_model, or a loaded one \(load_classifier\)$"):
         explain(model, torch.randn(3, 28, 28))
 
 

@@ -133,7 +133,8 @@ def test_weights_load_into_a_loaded_classifier_and_refuse_what_is_no_module_or_h
     other = create_model("se_resnet20_cifar", num_classes=10)
     assert load_weights(classifier, other.state_dict()) is classifier
     assert all(torch.equal(a, b) for a, b in zip(classifier.model.state_dict().values(), other.state_dict().values()))
-    with pytest.raises(WeightsError, match=r"^model='resnet18': not a torch module; give the model itself"):
+    with pytest.raises(WeightsError, match=r"^model='resnet18': a str, not a torch module; give a model from "
+                                          r"visattn.create_model, or a loaded one \(load_classifier\)$"):
         load_weights("resnet18", other.state_dict())
     rounded = {key: value.long() if key == "conv1.weight" else value for key, value in other.state_dict().items()}
     with pytest.raises(WeightsError, match="^state dict: conv1.weight holds int64 values where the model has "

@@ -876,15 +876,14 @@ def _warn_unless_described(path: Path, arch: str, model: nn.Module, meta: dict[s
                       VisattnWarning, stacklevel=outside_visattn())
 
 
-def _bare_model(model: nn.Module) -> nn.Module:
-    """The :func:`unwrapped` model, or a loaded Classifier's, Captioner's or Detector's (``.model``)."""
-    if not isinstance(model, nn.Module):
-        inner = getattr(model, "model", None)
-        if not isinstance(inner, nn.Module):
-            raise WeightsError(f"model={reprlib.repr(model)}: not a torch module; give the model itself, "
-                               "e.g. create_model('resnet18')")
-        model = inner
-    return unwrapped(model)
+def as_module(model: object, *, error: type[VisattnError] = ConfigError) -> nn.Module:
+    """``model``, or the network a loaded Classifier, Captioner or Detector holds as ``.model``, out of
+    ``torch.compile``'s and DataParallel's wrappers (:func:`unwrapped`); ``error``, one line, for anything else."""
+    inner = model if isinstance(model, nn.Module) else getattr(model, "model", None)
+    if not isinstance(inner, nn.Module):
+        raise error(f"model={reprlib.repr(model)}: a {type(model).__name__}, not a torch module; give a model from "
+                    "visattn.create_model, or a loaded one (load_classifier)")
+    return unwrapped(inner)
 
 
 def unwrapped(model: nn.Module) -> nn.Module:
@@ -932,7 +931,7 @@ def save_weights(model: nn.Module, path: Union[str, Path], *, overwrite: bool = 
     """
     from .registry import is_model, package_module, split_model_name
 
-    path, model = Path(path), _bare_model(model)
+    path, model = Path(path), as_module(model, error=WeightsError)
     arch, _, tag = path.name.removesuffix(".safetensors").partition(".")
     if path.suffix != ".safetensors" or not WEIGHTS_TAG.fullmatch(tag) or len(path.name.encode()) > 255:
         raise WeightsError(f"{path}: name weights files <arch>.<tag>.safetensors, the tag of letters, digits, _ and - "
@@ -1100,7 +1099,7 @@ def load_weights(
         raise WeightsError(f"weights source {source!r}: give a file path, a shipped ARCH.TAG, 'timm:NAME', "
                            "'hf-hub:ORG/REPO' or a state dict")
     wrapper, model = model, _weights_module(model)
-    features_only = isinstance(_bare_model(wrapper), FeatureGetterNet)
+    features_only = isinstance(as_module(wrapper, error=WeightsError), FeatureGetterNet)
     on_meta = any(p.is_meta for p in model.parameters())
     if on_meta and initialise is None:
         raise WeightsError(f"{type(model).__name__} is on the meta device, where loading weights does nothing; "
@@ -1192,9 +1191,9 @@ def _model_tensor(value: torch.Tensor, like: torch.Tensor, *, owned: bool, taken
 
 
 def _weights_module(model: nn.Module) -> nn.Module:
-    """The module whose state dict loaded weights fill: the :func:`_bare_model`, or a features-only model's
+    """The module whose state dict loaded weights fill: the :func:`as_module`, or a features-only model's
     classifier (its keys are the classifier's under ``model.``, which weights lose as a Lightning task's prefix)."""
-    bare = _bare_model(model)
+    bare = as_module(model, error=WeightsError)
     return bare.model if isinstance(bare, FeatureGetterNet) else bare
 
 

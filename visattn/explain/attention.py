@@ -20,19 +20,7 @@ from ..data.transforms import check_image_batch, to_model_input
 from ..errors import ArgumentError, ConfigError
 from ..layers.attention import attention_probs
 from ..layers.patch_embed import patch_grid
-from ..pretrained import unwrapped
-
-
-def as_module(model: object) -> nn.Module:
-    """``model``, or the network a loaded task (``load_classifier``'s :class:`~visattn.inference.classifier.Classifier`)
-    holds as ``.model``, out of ``torch.compile``'s and DataParallel's wrappers (whose own class names no model
-    family: a compiled ViT was "built elsewhere"); one line for anything else."""
-    if isinstance(model, nn.Module):
-        return unwrapped(model)
-    if isinstance(inner := getattr(model, "model", None), nn.Module):
-        return unwrapped(inner)
-    raise ConfigError(f"model: a {type(model).__name__}, not a torch nn.Module; give one from visattn.create_model, "
-                      "or a classifier from load_classifier")
+from ..pretrained import as_module
 
 
 def is_vit(model: nn.Module) -> bool:
