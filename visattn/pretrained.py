@@ -1104,33 +1104,9 @@ def load_weights(
     if on_meta and initialise is None:
         raise WeightsError(f"{type(model).__name__} is on the meta device, where loading weights does nothing; "
                            "build it on the CPU or a GPU, or call model.to_empty(device=...) first")
-    grid = None  # the patch grid a ViT's weights were trained on, where the source records it
-    if isinstance(source, dict):
-        state = _strip_prefixes(source)
-    elif str(source).startswith("timm:"):
-        state, grid = _fetch_timm(str(source)[5:], into=model)
-    elif str(source).startswith(HUB_PREFIXES):  # timm reads hf_hub: too
-        repo = str(source)[len("hf-hub:"):]
-        cached = _offline_weights(str(source), _cached_hub_file(repo))  # the cache's where the hub cannot be reached
-        weights = cached or _fetch_hf_hub(repo)
-        _refuse_other_hub_vit(repo, weights, into=model, offline=cached is not None)
-        state = read_state_dict(weights)
-    elif (entry := named_weights_entry(str(source))) is not None:
-        state = read_state_dict(entry["path"], sha256=entry["sha256"])
-        grid = _recorded_grid(entry.get("preprocessing"), state)
-    else:
-        state = read_state_dict(source, sha256=sha256)
-        if "pos_embed" in state:  # a ViT's: the file's header read again only for the grid it records
-            grid = _recorded_grid(_file_preprocessing(Path(source)), state)
+    state, grid = _read_source(source, sha256=sha256, into=model)
     named = origin or (source if not isinstance(source, dict) else "state dict")
-    adapt = getattr(model, "adapt_state_dict", None)
-    if adapt is not None:
-        try:
-            state = adapt(state, source_grid=grid)
-        except WeightsError as err:  # a layout the model cannot take (e.g. register tokens): name the file
-            raise WeightsError(f"{named}: {err}") from None
-    else:
-        state = _timm_filtered(model, state, source=named)
+    state = _in_model_layout(model, state, grid=grid, named=named)
     if features_only:
         state = _without_pruned_layers(model, state)
     elif head_from_weights:
@@ -1151,6 +1127,43 @@ def load_weights(
         owned = not isinstance(source, dict) or isinstance(source, CopiedForOneLoad)
         return _materialised(wrapper, model, state, initialise, owned=owned)
     return wrapper
+
+
+def _read_source(source: Union[str, Path, StateDict], *, sha256: Optional[str],
+                 into: nn.Module) -> tuple[StateDict, Optional[tuple[int, int]]]:
+    """The state dict ``source`` gives (see :func:`load_weights`) and the patch grid a ViT's weights were trained on,
+    where the source records it (``None`` otherwise)."""
+    if isinstance(source, dict):
+        return _strip_prefixes(source), None
+    if str(source).startswith("timm:"):
+        return _fetch_timm(str(source)[5:], into=into)
+    if str(source).startswith(HUB_PREFIXES):  # timm reads hf_hub: too
+        repo = str(source)[len("hf-hub:"):]
+        cached = _offline_weights(str(source), _cached_hub_file(repo))  # the cache's where the hub cannot be reached
+        weights = cached or _fetch_hf_hub(repo)
+        _refuse_other_hub_vit(repo, weights, into=into, offline=cached is not None)
+        return read_state_dict(weights), None
+    if (entry := named_weights_entry(str(source))) is not None:
+        state = read_state_dict(entry["path"], sha256=entry["sha256"])
+        return state, _recorded_grid(entry.get("preprocessing"), state)
+    state = read_state_dict(source, sha256=sha256)
+    if "pos_embed" not in state:
+        return state, None
+    return state, _recorded_grid(_file_preprocessing(Path(source)), state)  # the file's header read again for it
+
+
+def _in_model_layout(model: nn.Module, state: StateDict, *, grid: Optional[tuple[int, int]],
+                     named: object) -> StateDict:
+    """``state`` in ``model``'s key layout: converted by its ``adapt_state_dict`` (timm's, torchvision's and
+    visattn's layouts, position embeddings resampled from ``grid``), or, for another package's model, timm's
+    checkpoint filter."""
+    adapt = getattr(model, "adapt_state_dict", None)
+    if adapt is None:
+        return _timm_filtered(model, state, source=named)
+    try:
+        return adapt(state, source_grid=grid)
+    except WeightsError as err:  # a layout the model cannot take (e.g. register tokens): name the file
+        raise WeightsError(f"{named}: {err}") from None
 
 
 def _materialised(wrapper: nn.Module, model: nn.Module, state: StateDict,
