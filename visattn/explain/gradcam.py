@@ -193,6 +193,19 @@ def grad_cam(
                           "attention is explained without one: method 'rollout' or 'attention')")
     images = model_batch(model, images)
     target = resolve_target_layer(model, layer)
+    features, grads, classes = _activation_and_gradient(model, target, images, target_class)
+    size = tuple(images.shape[-2:])
+    features = _as_feature_map(model, features, size)
+    grads = _as_feature_map(model, grads, size)
+    weights = grads.mean(dim=(2, 3), keepdim=True)  # (B, C, 1, 1)
+    maps = torch.relu((weights * features).sum(dim=1))  # (B, h, w)
+    return maps, classes
+
+
+def _activation_and_gradient(model: nn.Module, target: nn.Module, images: Tensor,
+                             target_class: TargetClass) -> tuple[Tensor, Tensor, Tensor]:
+    """``target``'s output in ``model``'s forward of ``images``, the gradient of each image's explained class score
+    with respect to it, and those classes ``(B,)``."""
     captured: list[Tensor] = []
 
     def capture(module: nn.Module, args: tuple, output: object) -> object:
@@ -223,9 +236,4 @@ def grad_cam(
                 raise ConfigError(_unused_layer_message(model, target))
         finally:
             handle.remove()
-    size = tuple(images.shape[-2:])
-    features = _as_feature_map(model, captured[-1].detach(), size)
-    grads = _as_feature_map(model, grads, size)
-    weights = grads.mean(dim=(2, 3), keepdim=True)  # (B, C, 1, 1)
-    maps = torch.relu((weights * features).sum(dim=1))  # (B, h, w)
-    return maps, classes.detach()
+    return captured[-1].detach(), grads, classes.detach()
