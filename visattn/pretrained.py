@@ -23,7 +23,7 @@ import socket
 import struct
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Optional, Union
 
@@ -911,8 +911,25 @@ def _refuse_unbuildable(model: nn.Module, path: Path, name: str, model_kwargs: d
     check_state_dict(rebuilt, model.state_dict(), strict=True, source=path, fix=fix)
 
 
-def save_weights(model: nn.Module, path: Union[str, Path], *, overwrite: bool = False, **meta: Any) -> dict[str, Any]:
-    """Write ``model``'s weights to ``DIR/<arch>.<tag>.safetensors`` and its entry in ``DIR/index.json``.
+def save_weights(
+    model: nn.Module,
+    path: Union[str, Path],
+    *,
+    overwrite: bool = False,
+    task: Optional[str] = None,
+    dataset: Optional[str] = None,
+    metrics: Optional[dict[str, float]] = None,
+    preprocessing: Optional[dict[str, Any]] = None,
+    labels: Optional[Sequence[str]] = None,
+    vocab: Optional[Sequence[str]] = None,
+    max_len: Optional[int] = None,
+    category_ids: Optional[Sequence[Optional[int]]] = None,
+    config: Optional[str] = None,
+    model_kwargs: Optional[dict[str, Any]] = None,
+    default: Optional[bool] = None,
+) -> dict[str, Any]:
+    """Write ``model``'s weights to ``DIR/<arch>.<tag>.safetensors`` and its entry in ``DIR/index.json``; the
+    arguments after ``overwrite`` are the entry's fields (a field left ``None`` is not recorded).
 
     Args:
         model: the model to save.
@@ -920,17 +937,28 @@ def save_weights(model: nn.Module, path: Union[str, Path], *, overwrite: bool = 
         overwrite: replace existing weights of that name in the folder, or hide those of a later folder
             of :func:`weights_search_path` (an earlier folder's ``ARCH.TAG`` hides a later one's); without
             it both are refused, so a reused tag never silently replaces or hides shipped weights.
-        **meta: index fields, e.g. ``task``, ``dataset``, ``metrics``, ``preprocessing``
-            (``input_size``, ``mean``, ``std``), ``labels`` or ``vocab``, ``config``,
-            ``model_kwargs`` (default: the builder arguments ``create_model`` was given, so that
-            ``create_model("ARCH.TAG")`` rebuilds this model), ``default`` (true: the
-            architecture's only default entry).
+        task: ``"classification"``, ``"captioning"`` or ``"detection"``.
+        dataset: what the weights were trained and scored on, e.g. ``"fashion-mnist"``.
+        metrics: the scores measured with them, e.g. ``{"test/top1": 0.93}``.
+        preprocessing: the evaluation input: ``input_size`` ``[C, H, W]``, ``mean``, ``std`` (and ``recipe``,
+            ``crop_pct``, ``interpolation``), which loading the weights by name applies.
+        labels: a classifier's or detector's class names, one per class.
+        vocab: a captioner's words, by id.
+        max_len: a captioner's longest caption in words.
+        category_ids: a detector's COCO category id of each class.
+        config: the training config's path.
+        model_kwargs: builder arguments (default: those ``create_model`` was given, so that
+            ``create_model("ARCH.TAG")`` rebuilds this model).
+        default: true: the architecture's only default entry.
 
     Returns:
         The new index entry.
     """
     from .registry import is_model, package_module, split_model_name
 
+    fields = dict(task=task, dataset=dataset, metrics=metrics, preprocessing=preprocessing, labels=labels, vocab=vocab,
+                  max_len=max_len, category_ids=category_ids, config=config, model_kwargs=model_kwargs, default=default)
+    meta = {field: value for field, value in fields.items() if value is not None}
     path, model = Path(path), as_module(model, error=WeightsError)
     arch, _, tag = path.name.removesuffix(".safetensors").partition(".")
     if path.suffix != ".safetensors" or not WEIGHTS_TAG.fullmatch(tag) or len(path.name.encode()) > 255:
