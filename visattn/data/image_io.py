@@ -198,30 +198,16 @@ def list_images(paths: PathLike | Iterable[PathLike], *, recursive: bool = True,
         ImageDecodeError: none of the paths exists.
     """
     paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
-    if paths and not any(Path(path).exists() for path in paths):  # each named, so two typos take one run to find
-        named = [f"{path}: {missing_reason(path, 'file or folder')}" for path in paths[:3]]
-        more = [f"and {len(paths) - 3} more paths that do not exist"] if len(paths) > 3 else []
-        raise ImageDecodeError("; ".join(named + more))
+    _refuse_all_missing(paths)
     found: dict[str, Path] = {}  # each file's real path -> the path it was first named by, in order
-    skipped = [Path(folder).resolve() for folder in exclude if folder]
-    rerun = set(rerun_of)
+    outputs = [Path(folder).resolve() for folder in exclude if folder]
     left_out: list[Path] = []  # image files of an output folder that visattn did not write
     for path in map(Path, paths):
         if path.is_dir():
-            inside = [folder for folder in skipped if path.resolve() in folder.parents]
-            # the output folder given as input: an earlier run's drawings beside the photos are skipped, not read and
-            # then refused as inputs their own outputs would replace
-            own_output = path.resolve() in skipped
-            unlisted: list[Path] = []  # folders whose listing failed: each reported on its own line, as a file is
-            images = [file for file in _folder_files(path, recursive, unlisted)
-                      if file.suffix.lower() in IMAGE_EXTENSIONS]
-            for file in sorted(images + unlisted):
-                if own_output and written_by_command(file) in rerun:
-                    continue
-                if not (inside and any(folder in file.resolve().parents for folder in inside)):
-                    found.setdefault(os.path.realpath(file), file)
-                elif not written_by_visattn(file):  # an earlier run's output is no input; a user's file is named
-                    left_out.append(file)
+            inputs, user_files = _folder_inputs(path, recursive=recursive, outputs=outputs, rerun_of=set(rerun_of))
+            for file in inputs:
+                found.setdefault(os.path.realpath(file), file)
+            left_out += user_files
         else:  # a file, or a path that does not exist: decoding it says so on its own line, and the rest go on
             found.setdefault(os.path.realpath(path), path)
     left_out = [file for file in left_out if os.path.realpath(file) not in found]
@@ -234,6 +220,35 @@ def list_images(paths: PathLike | Iterable[PathLike], *, recursive: bool = True,
         named = " ".join(map(str, paths))
         raise ConfigError(f"no image files found in {named}; give image files or folders holding them")
     return list(found.values())
+
+
+def _refuse_all_missing(paths: list[PathLike]) -> None:
+    """One line when none of ``paths`` exists, naming each (up to 3), so two typos take one run to find."""
+    if paths and not any(Path(path).exists() for path in paths):
+        named = [f"{path}: {missing_reason(path, 'file or folder')}" for path in paths[:3]]
+        more = [f"and {len(paths) - 3} more paths that do not exist"] if len(paths) > 3 else []
+        raise ImageDecodeError("; ".join(named + more))
+
+
+def _folder_inputs(folder: Path, *, recursive: bool, outputs: list[Path],
+                   rerun_of: set[str]) -> tuple[list[Path], list[Path]]:
+    """The image files of ``folder`` that are input (see :func:`list_images`), sorted, and those left out that
+    visattn did not write: image files inside the resolved ``outputs`` folders."""
+    inside = [output for output in outputs if folder.resolve() in output.parents]
+    # the output folder given as input: an earlier run's drawings beside the photos are skipped, not read and
+    # then refused as inputs their own outputs would replace
+    own_output = folder.resolve() in outputs
+    unlisted: list[Path] = []  # folders whose listing failed: each reported on its own line, as a file is
+    images = [file for file in _folder_files(folder, recursive, unlisted) if file.suffix.lower() in IMAGE_EXTENSIONS]
+    inputs, left_out = [], []
+    for file in sorted(images + unlisted):
+        if own_output and written_by_command(file) in rerun_of:
+            continue
+        if not (inside and any(output in file.resolve().parents for output in inside)):
+            inputs.append(file)
+        elif not written_by_visattn(file):  # an earlier run's output is no input; a user's file is named
+            left_out.append(file)
+    return inputs, left_out
 
 
 def _folder_files(root: Path, recursive: bool, unlisted: list[Path]) -> Iterator[Path]:
