@@ -215,8 +215,8 @@ def test_augmentation_settings_that_cannot_be_used_or_change_nothing_are_one_lin
 # ------------------------------------------------- what each step draws (from a mutation review of the transforms)
 
 
-def _marked(size: int = 28, at: tuple[int, int] = (5, 9)) -> np.ndarray:
-    image = np.zeros((size, size, 3), np.uint8)
+def _marked(size: int | tuple[int, int] = 28, at: tuple[int, int] = (5, 9)) -> np.ndarray:
+    image = np.zeros((*np.broadcast_to(size, 2), 3), np.uint8)  # a side, or (height, width)
     image[at] = 255
     return image
 
@@ -240,18 +240,20 @@ def test_small_recipe_flips_about_half_the_images_and_shifts_by_up_to_its_paddin
     assert rows == set(range(-4, 5))  # every shift of the 4-pixel padding, and none further
 
 
-def test_the_centre_crop_moves_boxes_by_torchvisions_offset():
-    """Boxes land where torchvision's CenterCrop puts the pixels (a floor instead of its rounding had passed)."""
+@pytest.mark.parametrize(("size", "at"), [(31, (10, 10)), ((31, 47), (15, 20))])  # square; offsets y 2, x 10
+def test_the_centre_crop_moves_boxes_by_torchvisions_offset(size, at):
+    """Boxes land where torchvision's CenterCrop puts the pixels (a floor instead of its rounding had passed; so had
+    x and y swapped, which a square image's equal offsets hide)."""
     import albumentations as A
 
     from visattn.data.transforms import PilResize
 
-    image = _marked(31, (10, 10))
+    image = _marked(size, at)
     step = A.Compose([PilResize(31, (28, 28), "bilinear")],
                      bbox_params=A.BboxParams(format="pascal_voc", label_fields=["labels"]))
-    out = step(image=image, bboxes=np.array([[10, 10, 11, 11]], np.float32), labels=[0])
+    out = step(image=image, bboxes=np.array([[at[1], at[0], at[1] + 1, at[0] + 1]], np.float32), labels=[0])
     r, c = map(int, np.argwhere(out["image"][..., 0] == 255)[0])
-    np.testing.assert_allclose(out["bboxes"][0], [c, r, c + 1, r + 1], atol=1e-4)
+    np.testing.assert_allclose(out["bboxes"], [[c, r, c + 1, r + 1]], atol=1e-4)
 
 
 def test_colour_jitter_changes_every_image_as_timms_does():
@@ -262,3 +264,16 @@ def test_colour_jitter_changes_every_image_as_timms_does():
     plain = torch.from_numpy(image.transpose(2, 0, 1).astype(np.float32) / 255)
     unchanged = sum(torch.allclose(transform(image), plain, atol=1 / 255) for _ in range(100))
     assert unchanged <= 5
+
+
+def test_the_photo_recipes_crop_of_the_output_size_is_a_window_of_the_image_as_it_is():
+    """A crop one pixel too large on each side had passed: the only test cropped the whole image, where the slice
+    stops at the edge. A 32 px square crop at 32 px is not resized, so it is a 32 x 32 window of the image."""
+    image = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    transform = train_transforms(32, (0.0,) * 3, (1.0,) * 3, scale=(0.25, 0.25), ratio=(1.0, 1.0), hflip=False)
+    windows = {image[y:y + 32, x:x + 32].tobytes() for y in range(33) for x in range(33)}
+    torch.manual_seed(0)
+    for _ in range(4):
+        crop = (transform(image) * 255).round().byte().permute(1, 2, 0).numpy()
+        is_a_window = crop.shape == (32, 32, 3) and crop.tobytes() in windows
+        assert is_a_window, "the training crop is no 32 x 32 window of the image"

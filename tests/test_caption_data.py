@@ -220,8 +220,14 @@ def test_karpathy_datamodule_vocab_from_train_only_and_batches(tmp_path):
         batches = list(dm.train_dataloader())
     assert sum(len(b["images"]) for b in batches) == 4 and dm.num_skipped == 1
     assert batches[0]["images"].shape == (2, 3, 8, 8) and batches[0]["captions"].shape[1] <= 5
-    test = next(iter(dm.test_dataloader()))
     vocab = Vocabulary.from_list(dm.vocab)
+    train = dm.datasets["train"]  # training captions are cut at max_caption_len, as validation's and test's are
+    whole = {tuple(vocab.encode(c, max_len=5)) for captions in train.dataset.captions for c in captions}
+    assert all(tuple(train[i]["caption"].tolist()) in whole for _ in range(3) for i in range(len(train)))
+    val = [references for batch in dm.val_dataloader() if batch for references in batch["references"]]
+    assert val == [["a bird flies"]]  # the val image alone, not the training images
+    assert {p.name for p in dm.datasets["val"].dataset.paths}.isdisjoint(p.name for p in train.dataset.paths)
+    test = next(iter(dm.test_dataloader()))
     assert test["references"] == [["a fish swims", "fish in water"]]
     a = vocab.token_id("a")
     assert test["captions"].tolist() == [[vocab.start_id, a, vocab.unk_id, vocab.unk_id, vocab.end_id]]

@@ -70,6 +70,18 @@ def test_fashion_mnist_sizes_labels_and_classes():
     assert torch.equal(image[0], image[2]) and 0 <= image.min() and image.max() <= 1
 
 
+def test_fashion_mnist_class_names_follow_the_label_ids_as_torchvisions_do():
+    """Labels 5 and 6 swapped their names ("Shirt" printed for sandals) and every test had passed: they compared
+    the names with themselves, their count or a set. The scenes' caption words are indexed by the same ids."""
+    import torchvision
+
+    from visattn.data.scenes import ITEM_WORDS
+
+    assert FASHION_MNIST_CLASSES == tuple(torchvision.datasets.FashionMNIST.classes)
+    words_and_names = zip(ITEM_WORDS, FASHION_MNIST_CLASSES, strict=True)
+    assert all(word.rstrip("s") in name.lower() for word, name in words_and_names)  # "sandal" in "Sandal", ...
+
+
 def test_visattn_data_takes_precedence_and_subfolder(tmp_path, monkeypatch):
     _write_fake_fashion_mnist(tmp_path / "fashion-mnist")
     monkeypatch.setenv("VISATTN_DATA", str(tmp_path))
@@ -321,6 +333,23 @@ def test_dataloader_workers_draw_different_augmentations():
     assert not torch.equal(first, second)
 
 
+def test_a_single_process_loader_augments_each_epoch_anew_from_the_runs_seed():
+    """Loading in the main process (num_workers 0), every epoch had drawn the same crops and flips, whatever the
+    run's seed: the augmentation of a sample was one draw for the whole run."""
+    from visattn.data.datamodules import EpochSeededLoader
+
+    loader = EpochSeededLoader(_SameImage(), batch_size=2, shuffle=False, num_workers=0)
+
+    def epochs(seed: int) -> list[torch.Tensor]:
+        torch.manual_seed(seed)
+        return [next(iter(loader)) for _ in range(2)]
+
+    first, second = epochs(0)
+    assert not torch.equal(first, second)  # each epoch draws anew
+    assert all(map(torch.equal, epochs(0), (first, second)))  # the run's seed repeats them
+    assert not torch.equal(epochs(1)[0], first)  # and another seed draws others
+
+
 # --- ImageFolder ---------------------------------------------------------------------------
 
 
@@ -400,6 +429,36 @@ def test_fashion_mnist_data_module_batches_and_limit():
     assert len(data.datasets["train"]) == len(data.datasets["val"]) == 40
     assert len(data.test_dataloader().dataset) == 40
     assert data.test_dataloader().dataset.dataset.split == "test"
+
+
+@needs_fashion_mnist
+def test_validation_and_test_loaders_keep_every_sample():
+    """The last, partial batch is dropped in training only (BatchNorm statistics); dropped from validation and test,
+    the metrics would be scored on fewer samples than the split holds, without a word."""
+    data = FashionMNISTDataModule(batch_size=7, num_workers=0, limit=10)  # 10 samples a split: batches of 7 and 3
+    data.setup()
+    assert sum(len(labels) for _, labels in data.train_dataloader()) == 7 and data.train_dataloader().drop_last
+    for split in ("val", "test"):
+        loader = getattr(data, f"{split}_dataloader")()
+        assert sum(len(labels) for _, labels in loader) == len(data.datasets[split]) == 10, split
+        assert not loader.drop_last, split
+
+
+@needs_fashion_mnist
+def test_fashion_mnist_trains_on_augmented_images_and_validates_on_evaluation_ones():
+    """Each split's transform belongs to it: swapped, augment did nothing for training and validation was
+    randomly cropped and flipped (noisy val metrics)."""
+    data = FashionMNISTDataModule(num_workers=0, limit=8, augment=True, hflip=True)
+    data.setup("fit")
+    images, _ = load_fashion_mnist("train")
+    train, val, evaluate = data.datasets["train"], data.datasets["val"], data.eval_transform()
+
+    def evaluated(subset, i: int) -> torch.Tensor:
+        return evaluate(np.repeat(images[subset.indices[i]][:, :, None], 3, axis=2))
+
+    torch.manual_seed(0)
+    assert all(torch.equal(val[i][0], evaluated(val, i)) for i in range(len(val)))
+    assert not all(torch.equal(train[i][0], evaluated(train, i)) for i in range(len(train)))
 
 
 def test_data_module_option_checks():

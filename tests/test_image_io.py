@@ -113,6 +113,21 @@ def test_16_bit_is_rescaled_not_clipped(corpus):
     assert abs(int(columns[1]) - 128) <= 1
 
 
+def test_16_bit_values_keep_their_brightness_when_they_do_not_span_the_range(tmp_path):
+    """A 12-bit scan stored as 16-bit (0..4095) was stretched to full brightness: brightness is the fixed
+    0..65535 range's, as torchvision scales 16-bit pixels to uint8 (v >> 8, within 1 of the rounded v / 257)."""
+    import torch
+    from torchvision.transforms.v2.functional import to_dtype
+
+    pixels = np.array([[0, 1000, 4095]], np.uint16)
+    Image.fromarray(pixels).save(tmp_path / "12bit.png")
+    assert Image.open(tmp_path / "12bit.png").mode.startswith("I;16")
+    decoded = decode_image(tmp_path / "12bit.png")[0, :, 0].astype(int)
+    assert decoded.tolist() == [0, 4, 16]  # rint(v * 255 / 65535)
+    by_torchvision = to_dtype(torch.from_numpy(pixels), torch.uint8, scale=True)[0].numpy().astype(int)  # 0, 3, 15
+    assert np.abs(decoded - by_torchvision).max() <= 1
+
+
 def test_exif_orientation_is_applied(corpus):
     with Image.open(corpus["exif_rotated_jpg"]) as raw:
         assert raw.size == (40, 20) and raw.getexif()[0x0112] == 6

@@ -117,6 +117,10 @@ def test_items_come_from_the_matching_fashion_mnist_split(train_scenes):
     train_sources = np.concatenate([s.source_indices for s in train_scenes])
     val_sources = np.concatenate([s.source_indices for s in FashionScenes("val", num_scenes=30)])
     assert train_sources.max() < 50000 <= val_sources.min()  # disjoint parts of the training images
+    # the images each split's items are drawn from: every training image in exactly one of the two
+    train_pool, val_pool = (np.sort(np.concatenate(scenes._pool_by_class))
+                            for scenes in (train_scenes, FashionScenes("val", num_scenes=1)))
+    assert train_pool.tolist() == list(range(50000)) and val_pool.tolist() == list(range(50000, 60000))
 
 
 @needs_fashion_mnist
