@@ -333,6 +333,24 @@ def test_caption_prints_and_titles_unknown_words_as_unk(tmp_path, capsys, monkey
     assert caption and set(caption.split()) == {"<unk>"} and titles == [caption.split()]
 
 
+def test_captioning_in_batches_gives_each_file_its_own_caption(tmp_path, capsys):
+    """Each file of a batch is captioned as when it is captioned alone, not given another file's caption."""
+    for name, colour in (("blue", (30, 30, 200)), ("green", (30, 200, 30)), ("red", (200, 30, 30)),
+                         ("white", (230, 230, 230))):
+        square = np.zeros((64, 64, 3), np.uint8)
+        square[16:48, 16:48] = colour
+        Image.fromarray(square).save(tmp_path / f"{name}.png")
+    captions = []
+    for batch_size in ("1", "8"):
+        assert main(["caption", str(tmp_path), "--model", "sat_cbam_resnet_scenes.scenes", "--batch-size", batch_size,
+                     "--json"]) == 0
+        records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        captions.append({Path(record["file"]).stem: record["caption"] for record in records})
+    alone, batched = captions
+    assert batched == alone and len(set(alone.values())) == 4, alone  # four squares, four captions
+    assert all(colour in alone[colour] for colour in ("green", "red", "white")), alone
+
+
 def test_a_caption_rerun_with_an_empty_caption_leaves_no_earlier_attention_panel_behind(tmp_path, monkeypatch, capsys):
     """An image whose caption is now empty has nothing to draw: the earlier run's panel of its words goes, beside
     the record's null (the panel had stayed, showing words the caption no longer had)."""

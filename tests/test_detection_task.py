@@ -976,7 +976,8 @@ def test_a_detector_fit_with_ema_checkpoints_the_average_that_evaluate_reads(tmp
 
 
 def test_detect_prints_boxes_to_a_tenth_of_a_pixel_and_json_keeps_every_digit(tmp_path, capsys):
-    """Boxes printed at full precision (``2.0851621627807617``) made a five-detection line 500 characters long."""
+    """Boxes printed at full precision (``2.0851621627807617``) made a five-detection line 500 characters long;
+    --json keeps every digit of boxes and scores, so that COCOeval on them gives the mAP visattn reports."""
     from PIL import Image
 
     from visattn.data.scenes import FashionScenes
@@ -986,6 +987,7 @@ def test_detect_prints_boxes_to_a_tenth_of_a_pixel_and_json_keeps_every_digit(tm
     assert main([*detect, "--json"]) == 0
     found = json.loads(capsys.readouterr().out)["detections"]
     assert found and any(v != round(v, 1) for d in found for v in d["box"])
+    assert any(d["score"] != round(d["score"], 4) for d in found)  # scores too: COCOeval ranks detections by them
     assert main(detect) == 0
     expected = ", ".join(f"{d['label']} {d['score']:.2f} [{', '.join(f'{v:.1f}' for v in d['box'])}]" for d in found)
     assert capsys.readouterr().out == f"{tmp_path / 'scene.png'}: {expected}\n"

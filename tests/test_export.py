@@ -183,6 +183,40 @@ def test_an_export_that_computes_other_logits_is_refused(model, message, tmp_pat
         checked_difference(model, session, model.input_size)
 
 
+class _ShiftedAtBatch:
+    """An onnxruntime session whose logits are ``model``'s plus ``shifts[batch size]``."""
+
+    def __init__(self, model, shifts):
+        self.model, self.shifts = model, shifts
+
+    def run(self, names, feeds):
+        (images,) = feeds.values()
+        with torch.no_grad():
+            return [self.model(torch.from_numpy(images)).numpy() + self.shifts[len(images)]]
+
+
+def test_the_checked_difference_is_the_largest_of_every_batch_not_the_last():
+    """The difference export prints is the largest onnxruntime gave, whichever batch gave it."""
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 2))
+    difference = checked_difference(model, _ShiftedAtBatch(model, {1: 5e-4, 3: 0.0}), (3, 4, 4))
+    assert difference == pytest.approx(5e-4, rel=1e-2)
+
+
+def test_an_exporter_failure_at_the_default_opset_is_raised_as_the_bug_it_is(tmp_path, monkeypatch):
+    """Every visattn classifier exports at the default opset: a failure there is a bug to report with its own
+    exception, not a line blaming the opset and advising the default the user already has."""
+    def fail(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(torch.onnx, "export", fail)
+    model = create_model("resnet20_cifar", num_classes=2)
+    with pytest.raises(RuntimeError, match="^boom$"):
+        export_onnx(model, tmp_path / "m.onnx")
+    with pytest.raises(ArgumentError, match=r"^opset=14: the exporter cannot write this model's graph at opset 14; "
+                                            r"use the default, 17$"):  # a chosen opset is the user's to change
+        export_onnx(model, tmp_path / "m.onnx", opset=14)
+
+
 def test_cli_export_whose_logits_differ_exits_2_and_keeps_the_earlier_file(tmp_path, monkeypatch, capsys):
     out = tmp_path / "m.onnx"
     assert main(["export", "--model", "se_resnet20_cifar.fmnist", "--out", str(out)]) == 0
@@ -270,11 +304,21 @@ def test_an_export_that_fails_its_check_leaves_the_earlier_file_and_no_other(tmp
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "run.ckpt"]  # no temporary file left
 
 
+def _another_tools_onnx_model() -> bytes:
+    """A valid ONNX model another exporter wrote: a graph and metadata, none of visattn's."""
+    x, y = (onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, [1]) for name in "xy")
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["x"], ["y"])], "theirs", [x], [y])
+    model = onnx.helper.make_model(graph, producer_name="another-exporter")
+    model.metadata_props.add(key="source", value="their-model")
+    return model.SerializeToString()
+
+
 @pytest.mark.parametrize("name, content", [("run.ckpt", b"a checkpoint"), ("config.yaml", b"model: {}"),
-                                           ("model.onnx", b"an ONNX file visattn did not write"), ("out", None)])
+                                           ("model.onnx", b"an ONNX file visattn did not write"),
+                                           ("their.onnx", _another_tools_onnx_model()), ("out", None)])
 def test_export_replaces_only_its_own_onnx_files(tmp_path, capsys, name, content):
-    """--out onto another run's checkpoint, a config or someone's model wrote ONNX over it; a folder-like
-    --out wrote a file named after the folder."""
+    """--out onto another run's checkpoint, a config or someone's model (a loadable one too) wrote ONNX over it;
+    a folder-like --out wrote a file named after the folder."""
     target = tmp_path / name
     if content is not None:
         target.write_bytes(content)

@@ -898,11 +898,13 @@ def test_no_command_writes_over_its_own_input(command, tmp_path, monkeypatch, ca
     assert {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()} == before  # nothing written
 
 
-def test_detect_out_and_attention_out_in_one_folder_write_two_files(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("attention_out", ["D", "./D/", "ABSOLUTE"])  # one folder, however it is spelt
+def test_detect_out_and_attention_out_in_one_folder_write_two_files(attention_out, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     _photo(tmp_path / "in" / "good.png")
-    code = main(["detect", "in", "--model", DETECTOR, "--score-threshold", "0.5", "--out", "D", "--attention-out", "D",
-                 "--json"])
+    attention_out = str(tmp_path / "D") if attention_out == "ABSOLUTE" else attention_out
+    code = main(["detect", "in", "--model", DETECTOR, "--score-threshold", "0.5", "--out", "D", "--attention-out",
+                 attention_out, "--json"])
     record = json.loads(capsys.readouterr().out)
     assert code == 0 and record["detections"], record
     assert (record["drawn"], record["attention"]) == ("D/good.png", "D/good-attention.png")
@@ -1001,7 +1003,7 @@ def test_an_output_folder_never_replaces_a_file_visattn_did_not_write(command, f
                                      ["caption", "in", "--model", CAPTIONER, "--attention-out", "D", "--json"]])
 def test_an_input_name_near_the_length_limit_gets_a_shortened_output_name(command, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    long_stem = "é" * 125  # 250 bytes: with "-attention.png" or the temp file's extras, over 255
+    long_stem = "é" * 125 + "a"  # 251 bytes: STEM.png takes 255, the most a name takes; more, with "-attention.png"
     _photo(tmp_path / "in" / f"{long_stem}.png")
     _photo(tmp_path / "in" / "short.png")
     assert main(command) == 0
@@ -1010,6 +1012,8 @@ def test_an_input_name_near_the_length_limit_gets_a_shortened_output_name(comman
     assert len(records) == 2 and all(len(os.fsencode(name)) <= 255 for name in written), written
     for record in records:  # each written under a name that fits, the long one too
         assert (tmp_path / record["attention"]).is_file() and Path(record["attention"]).name in written
+    long_record = next(record for record in records if long_stem in record["file"])
+    assert Path(long_record.get("drawn") or long_record["attention"]).name == f"{long_stem}.png"  # 255 bytes: whole
 
 
 @pytest.mark.parametrize("command", [["explain", "img.png", "--model", CLASSIFIER, "--out", "out/img.png"],
@@ -1085,6 +1089,43 @@ def test_save_weights_checks_the_index_before_writing_anything(index, tmp_path, 
         err = capsys.readouterr().err
         assert err.startswith(f"visattn: error: {out_dir / 'index.json'}: unreadable weights index") and err.count("\n") == 1
     assert [path.name for path in out_dir.iterdir()] == ["index.json"]  # no orphan weights file
+
+
+def test_save_weights_refuses_a_taken_name_before_the_test_set_measurement(tmp_path, monkeypatch, capsys):
+    """The measurement of --dataset can take minutes: a name taken is refused before it, not after."""
+    import visattn.cli as cli
+
+    out_dir = tmp_path / "w"
+    assert main(_save_weights(tmp_path, "--out-dir", str(out_dir))) == 0
+    before = {path.name: path.read_bytes() for path in out_dir.iterdir()}
+    measured = []
+    monkeypatch.setattr(cli, "_test_scores", lambda *args: measured.append(args) or {"top1": 0.5})
+    assert main(_save_weights(tmp_path, "--out-dir", str(out_dir), "--dataset", "fashion-mnist")) == 2
+    assert "already exist; pick another --tag, or pass --overwrite" in capsys.readouterr().err
+    assert measured == [] and {path.name: path.read_bytes() for path in out_dir.iterdir()} == before
+
+
+@pytest.mark.filterwarnings("ignore:.*saved without preprocessing or labels")
+def test_save_weights_keeps_weights_another_run_saved_under_its_name_meanwhile(tmp_path, monkeypatch, capsys):
+    """Two save-weights of one --tag at once, or one during a long --dataset measurement: the name checked free at
+    the start is checked again under the index's lock, and the other run's weights and entry are kept."""
+    import visattn.pretrained as pretrained
+
+    out_dir, checked, others = tmp_path / "w", pretrained.refuse_existing_weights, []
+
+    def another_run_saves_meanwhile(path):
+        checked(path)
+        if not others:  # free at the first check; then another process saves weights of that name
+            others.append(pretrained.save_weights(create_model("cbam_resnet20_cifar", num_classes=3), path,
+                                                  overwrite=True))
+
+    monkeypatch.setattr(pretrained, "refuse_existing_weights", another_run_saves_meanwhile)
+    assert main(_save_weights(tmp_path, "--out-dir", str(out_dir))) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "weights cbam_resnet20_cifar.t already exist; pick another --tag" in err
+    saved = out_dir / "cbam_resnet20_cifar.t.safetensors"
+    index = json.loads((out_dir / "index.json").read_text())
+    assert pretrained.sha256_of(saved) == index["cbam_resnet20_cifar.t"]["sha256"] == others[0]["sha256"]
 
 
 @pytest.mark.parametrize("others", [[], ["mine"]], ids=["alone", "after_another"])
@@ -1852,7 +1893,7 @@ def test_an_image_folder_without_split_folders_is_scored_whole_and_refuses_a_spl
                                                "so it is scored whole; drop --split, or put its class folders in split folders")
 
 
-@pytest.mark.parametrize("command, model", [("classify", CLASSIFIER), ("caption", CAPTIONER)])
+@pytest.mark.parametrize("command, model", [("classify", CLASSIFIER), ("caption", CAPTIONER), ("detect", DETECTOR)])
 def test_a_missing_path_among_others_gets_its_own_error_line_and_the_rest_go_on(command, model, tmp_path, capsys):
     image = tmp_path / "item.png"
     Image.fromarray(np.full((28, 28, 3), 128, np.uint8)).save(image)
@@ -1887,12 +1928,20 @@ def test_caption_and_evaluate_decode_with_the_length_penalty_and_length_given(tm
     assert readable.startswith(f"{CAPTIONER} on fashion-scenes test (beam_size 2, max_len 3, length_penalty 0.0): ")
 
 
+# as other programs write them: an SVG titled (Inkscape writes a <dc:title>) and a PDF naming its own creator
+OTHER_PROGRAMS_DOCUMENTS = {
+    "svg": b'<svg xmlns="http://www.w3.org/2000/svg" xmlns:dc="http://purl.org/dc/elements/1.1/"><metadata>'
+           b'<dc:title>My drawing</dc:title></metadata></svg>\n',
+    "pdf": b"%PDF-1.4\n1 0 obj << /Creator (Inkscape) /Title (My drawing) >> endobj\n%%EOF\n",
+}
+
+
 @pytest.mark.parametrize("suffix", ["png", "jpg", "svg", "pdf"])
 def test_explain_replaces_only_a_figure_it_wrote(tmp_path, capsys, suffix):
     """--out onto a user's photo or document replaced it with the map; a folder-like --out wrote a file named
     after the folder. A map visattn wrote there before is replaced (each format carries its mark)."""
     theirs = tmp_path / f"photo.{suffix}"
-    theirs.write_bytes(b"someone's file")
+    theirs.write_bytes(OTHER_PROGRAMS_DOCUMENTS.get(suffix, b"someone's file"))
     if suffix in ("png", "jpg"):
         Image.new("RGB", (8, 8), "red").save(theirs)
     kept = theirs.read_bytes()
@@ -2293,6 +2342,8 @@ def test_naming_many_outputs_of_one_stem_tries_each_number_once(monkeypatch, tmp
     assert named[:3] == ["Image.png", "Image-2.png", "Image-3.png"] and len(set(named)) == 300
     assert len(tried) == 300  # one try each, not 300 * 301 / 2
     assert fileio.unique_paths("D", "image", used, numbers=numbers)[0].name == "image-301.png"  # case-insensitive
+    used = set()  # a name met after its upper-case form is not always the lower-case one
+    assert [fileio.unique_paths("D", stem, used)[0].name for stem in ("Ab", "aB")] == ["Ab.png", "aB-2.png"]
     tried.clear()
     planned = fileio.output_paths([Path("in/x.png")] * 300, tmp_path / "D", flag="--out", commands={"": "detect"})
     assert planned[""][-1] == tmp_path / "D" / "x-300.png" and len(tried) == 300
