@@ -1,7 +1,9 @@
 """Errors a user can cause. Each message names the offending thing and the fix, on one line.
 
 The CLI prints :func:`error_line` for any :class:`VisattnError` and exits non-zero without a traceback,
-and each :class:`VisattnWarning` as one line (:func:`one_line_showwarning`).
+and each :class:`VisattnWarning` as one line (:func:`one_line_showwarning`). The argument checks that layers, models,
+data and tasks share (:func:`is_whole`, :func:`is_count`, :func:`is_number`, :func:`check_count`,
+:func:`check_odd_kernel`) are here too, beside the errors they raise.
 """
 import contextlib
 import difflib
@@ -154,37 +156,6 @@ def _yaml_number_hint(value: Any) -> str:
     return ""
 
 
-def is_whole(value: object) -> bool:
-    """Whether ``value`` is a whole number >= 0 (``True`` is not one, though Python counts it as 1)."""
-    return isinstance(value, Integral) and not isinstance(value, bool) and value >= 0
-
-
-def is_count(value: object) -> bool:
-    """Whether ``value`` is a whole number >= 1."""
-    return is_whole(value) and value >= 1
-
-
-def is_number(value: object) -> bool:
-    """Whether ``value`` is a real number (``True`` is not one, though Python counts it as 1)."""
-    return isinstance(value, Real) and not isinstance(value, bool)
-
-
-def check_count(name: str, value: object) -> int:
-    """``value`` when it is a whole number >= 1, else a :class:`ConfigError` naming ``name``."""
-    if not is_count(value):
-        raise ConfigError(f"{name}={value!r}: give a whole number >= 1")
-    return int(value)
-
-
-def check_odd_kernel(name: str, value: object) -> int:
-    """``value`` when it is an odd whole number >= 1, else a :class:`ConfigError` naming ``name``: "same" padding
-    of ``(k - 1) / 2`` keeps a map's size only for odd kernels."""
-    if not is_count(value) or value % 2 == 0:
-        raise ConfigError(f"{name}={value!r}: give an odd whole number (3, 5, 7, ...): an even kernel changes the "
-                          "map's size")
-    return int(value)
-
-
 class VisattnWarning(UserWarning):
     """Base class of every warning visattn issues; the CLI prints these as one line."""
 
@@ -310,3 +281,39 @@ def one_line(text: str) -> str:
     if text.isprintable():
         return text
     return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
+
+
+# ---------------------------------------------------------------------------------------------
+# argument checks (``True`` is no number here, though Python counts it as 1)
+# ---------------------------------------------------------------------------------------------
+
+
+def is_whole(value: object) -> bool:
+    """Whether ``value`` is a whole number >= 0 (``True`` is not one, though Python counts it as 1)."""
+    return isinstance(value, Integral) and not isinstance(value, bool) and value >= 0
+
+
+def is_count(value: object) -> bool:
+    """Whether ``value`` is a whole number >= 1."""
+    return is_whole(value) and value >= 1
+
+
+def is_number(value: object) -> bool:
+    """Whether ``value`` is a real number (``True`` is not one, though Python counts it as 1)."""
+    return isinstance(value, Real) and not isinstance(value, bool)
+
+
+def check_count(name: str, value: object) -> int:
+    """``value`` when it is a whole number >= 1, else a :class:`ConfigError` naming ``name``."""
+    if not is_count(value):
+        raise ConfigError(f"{name}={value!r}: give a whole number >= 1")
+    return int(value)
+
+
+def check_odd_kernel(name: str, value: object) -> int:
+    """``value`` when it is an odd whole number >= 1, else a :class:`ConfigError` naming ``name``: "same" padding
+    of ``(k - 1) / 2`` keeps a map's size only for odd kernels."""
+    if not is_count(value) or value % 2 == 0:
+        raise ConfigError(f"{name}={value!r}: give an odd whole number (3, 5, 7, ...): an even kernel changes the "
+                          "map's size")
+    return int(value)
