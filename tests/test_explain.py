@@ -3,7 +3,7 @@ import json
 import re
 import warnings
 from pathlib import Path
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import numpy as np
 import pytest
@@ -234,6 +234,46 @@ def test_gradcam_of_a_layer_an_in_place_relu_follows_explains_that_layer_not_the
     expected, expected_classes = grad_cam(out_of_place, images, layer="layer3.2.bn1")
     assert torch.equal(classes, expected_classes) and maps.abs().max() > 0
     torch.testing.assert_close(maps, expected, rtol=0, atol=1e-6)
+
+
+class _FeaturesAndMean(NamedTuple):
+    features: torch.Tensor
+    mean: torch.Tensor
+
+
+class _ConvWithMean(torch.nn.Module):
+    """A layer returning its map with another tensor, as a named tuple or a plain one."""
+
+    def __init__(self, named: bool) -> None:
+        super().__init__()
+        self.conv, self.named = torch.nn.Conv2d(3, 8, 3, padding=1), named
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        y = self.conv(x)
+        return _FeaturesAndMean(y, y.mean()) if self.named else (y, y.mean())
+
+
+class _TupleLayerClassifier(torch.nn.Module):
+    def __init__(self, named: bool) -> None:
+        super().__init__()
+        self.block, self.fc = _ConvWithMean(named), torch.nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.block(x)[0].mean(dim=(2, 3)))
+
+
+def test_gradcam_of_a_layer_returning_a_named_tuple_explains_its_map():
+    """The hook hands the rest of the forward a copy of the explained map in the layer's own tuple type: a named
+    tuple takes its fields one by one (a TypeError, "missing 1 required positional argument")."""
+    torch.manual_seed(0)
+    named = _TupleLayerClassifier(named=True).eval()
+    plain = _TupleLayerClassifier(named=False).eval()
+    plain.load_state_dict(named.state_dict())
+    images = torch.randn(2, 3, 16, 16)
+    maps, classes = grad_cam(named, images, layer="block")
+    expected, expected_classes = grad_cam(plain, images, layer="block")
+    assert maps.shape == (2, 16, 16) and maps.abs().max() > 0 and torch.equal(classes, expected_classes)
+    torch.testing.assert_close(maps, expected, rtol=0, atol=0)
 
 
 def test_gradcam_default_layers_and_inference_mode():

@@ -217,7 +217,8 @@ def _activation_and_gradient(model: nn.Module, target: nn.Module, images: Tensor
         # BN) would otherwise overwrite the activation explained with its own output.
         if torch.is_tensor(output):
             return explained.clone()
-        return type(output)(t.clone() if t is explained else t for t in output)
+        copied = [t.clone() if t is explained else t for t in output]
+        return type(output)(*copied) if hasattr(output, "_fields") else type(output)(copied)  # a named tuple's fields
 
     # Works under an outer inference_mode / no_grad; the input needs a gradient even if the parameters are
     # frozen, so every activation is on the autograd graph. The model's lock (eval_mode) keeps the hook this
