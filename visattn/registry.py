@@ -12,6 +12,7 @@ import copy
 import difflib
 import fnmatch
 import functools
+import os
 import sys
 import threading
 import typing
@@ -489,7 +490,7 @@ def classifier_head(model: nn.Module, in_features: int, num_classes: int) -> nn.
 
 def create_model(
     name: str,
-    pretrained: Union[bool, str, None] = None,  # also second by position, as timm.create_model takes it
+    pretrained: Union[bool, str, os.PathLike, dict[str, torch.Tensor], None] = None,  # second by position, as timm's
     *,
     num_classes: Optional[int] = None,
     strict: Strictness = True,

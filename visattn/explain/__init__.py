@@ -11,6 +11,7 @@ method          families                    what the map is
 """
 from __future__ import annotations
 
+import os
 import warnings
 from typing import TYPE_CHECKING, Any, Literal, Optional, Sequence, Union, get_args
 
@@ -29,7 +30,7 @@ from .gates import gate_maps, gate_modules, missing_gates
 from ..models.vit import PATCH_POOLS
 from ..modes import eval_mode
 from ..scores import reported_score
-from .gradcam import grad_cam
+from .gradcam import TargetClass, grad_cam
 from .overlay import (check_figure_path, heatmap_overlay, normalize_map, overlay_figure, resize_map, save_figure,
                       save_overlay, save_word_panels)
 from .pointing import pointing_accuracy, pointing_hit
@@ -123,7 +124,7 @@ def explain_batch(
     *,
     layer: Union[str, int, None] = None,
     head: Optional[int] = None,
-    target_class: Optional[int] = None,
+    target_class: TargetClass = None,
     head_fusion: Literal["mean", "max", "min"] = "mean",
     discard_ratio: float = 0.0,
 ) -> Tensor:
@@ -189,7 +190,7 @@ def explain(
     *,
     layer: Union[str, int, None] = None,
     head: Optional[int] = None,
-    target_class: Optional[int] = None,
+    target_class: TargetClass = None,
 ) -> np.ndarray:
     """Where ``model`` looks in one image, as an ``(H, W)`` float map at the image's size.
 
@@ -271,7 +272,7 @@ def explain_image(
     classifier: Classifier,
     image: np.ndarray,
     method: Method,
-    out: str,
+    out: Union[str, os.PathLike],
     *,
     layer: Union[str, int, None] = None,
     head: Optional[int] = None,

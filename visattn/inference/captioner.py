@@ -1,8 +1,9 @@
 """A trained Show, Attend and Tell captioner, loaded with its vocabulary and preprocessing, and `visattn caption`."""
 import functools
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
@@ -73,8 +74,8 @@ class Captioner:
         return decoded.to("cpu")
 
 
-def load_captioner(model: Optional[str] = None, checkpoint: Optional[str] = None, *,
-                   device: str = "cpu") -> Captioner:
+def load_captioner(model: Union[str, os.PathLike, None] = None, checkpoint: Union[str, os.PathLike, None] = None, *,
+                   device: Union[str, torch.device] = "cpu") -> Captioner:
     """Load ``arch.tag`` shipped weights (``arch`` alone: its default weights), a weights file visattn saved
     (``model="DIR/ARCH.TAG.safetensors"``, a path) or a training checkpoint onto ``device`` (see
     :func:`visattn.devices.inference_device`)."""

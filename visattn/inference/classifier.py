@@ -2,6 +2,7 @@
 training checkpoint with its labels and preprocessing."""
 import contextlib
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence, Union
@@ -107,8 +108,8 @@ class Classifier:
             return self.model(to_model_input(images, self.model)).softmax(dim=-1).cpu()
 
 
-def load_classifier(model: Optional[str] = None, checkpoint: Optional[str] = None, *,
-                    img_size: Optional[int] = None, device: str = "cpu") -> Classifier:
+def load_classifier(model: Union[str, os.PathLike, None] = None, checkpoint: Union[str, os.PathLike, None] = None, *,
+                    img_size: Optional[int] = None, device: Union[str, torch.device] = "cpu") -> Classifier:
     """Load ``arch.tag`` shipped weights (``arch`` alone: its default weights), a weights file visattn saved
     (``model="DIR/ARCH.TAG.safetensors"``, a path) or a training checkpoint onto ``device`` (see
     :func:`visattn.devices.inference_device`).

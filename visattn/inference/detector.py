@@ -4,7 +4,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache, partial
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -105,8 +105,8 @@ def _score_floor_at_most(model: nn.Module, threshold: Optional[float]) -> Iterat
         model.score_thresh = floor
 
 
-def load_detector(model: Optional[str] = None, checkpoint: Optional[str] = None, *,
-                  device: str = "cpu") -> Detector:
+def load_detector(model: Union[str, os.PathLike, None] = None, checkpoint: Union[str, os.PathLike, None] = None, *,
+                  device: Union[str, torch.device] = "cpu") -> Detector:
     """Load ``arch.tag`` shipped weights (``arch`` alone: its default weights), a weights file visattn saved
     (``model="DIR/ARCH.TAG.safetensors"``, a path) or a training checkpoint onto ``device`` (see
     :func:`visattn.devices.inference_device`)."""
