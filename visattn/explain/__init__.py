@@ -224,7 +224,7 @@ def explain(
     return resize_map(maps[0], size, centres=map_centres(model, maps.shape[-2:], size))
 
 
-def _blank_grad_cam(model: nn.Module, cam: Tensor, layer: Optional[str], target_class: Any) -> str:
+def _blank_grad_cam(model: nn.Module, cam: Tensor, layer: Union[str, int, None], target_class: Any) -> str:
     """Why a Grad-CAM map is the same everywhere, and what to do: a grid of one cell (a ResNet's last stage at
     32 px) shows no place; a zero map of an asked-for class can be the answer (Grad-CAM keeps only evidence for
     the class); of the predicted class it points at the layer."""

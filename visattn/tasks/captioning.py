@@ -171,7 +171,7 @@ class CaptionMetrics:
         self.hits = [hit for shard in shards for hit in shard[2]]  # per word, not per caption: their order is moot
         self.has_boxes = any(shard[3] for shard in shards)
 
-    def compute(self) -> dict[str, float]:
+    def compute(self) -> dict[str, Optional[float]]:
         """BLEU-1..4, ROUGE-L and CIDEr (METEOR when asked for) of the captions gathered, and the pointing game's score
         when the data had item boxes."""
         scores = caption_scores(self.hypotheses, self.references, meteor=self.meteor)

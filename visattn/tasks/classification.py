@@ -475,7 +475,7 @@ def check_sdpa_backend(backend: Optional[str], device: torch.device, precision: 
 # ---------------------------------------------------------------------------------------------
 
 
-def evaluation_dataset(spec: str, split: str, transform: ImageTransform, class_names: Sequence[str], *,
+def evaluation_dataset(spec: str, split: Optional[str], transform: ImageTransform, class_names: Sequence[str], *,
                        max_pixels: int = DEFAULT_MAX_PIXELS) -> Dataset:
     """``fashion-mnist`` (split train|test) or ``imagefolder:DIR``: ``DIR/<split>/<class>/`` when DIR
     has split folders, else ``DIR/<class>/`` (``split`` None). Class folders are matched to ``class_names`` (the
