@@ -6,6 +6,8 @@ Every run goes through `visattn fit`, so it uses the CheckpointIO that VisattnCL
 import copy
 import json
 import logging
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -121,6 +123,32 @@ def test_resuming_a_run_that_has_reached_its_end_says_that_it_trained_nothing(in
                     "cosine rises again from 0)"]
     assert _fit("--trainer.max_epochs", "2", "--ckpt_path", "last") == 0  # one that trains says nothing of it
     assert "trained nothing" not in capsys.readouterr().err
+
+
+def test_fit_ckpt_path_last_resumes_the_full_last_checkpoint_beside_a_weights_only_one(in_tmp, capsys):
+    """A weights-only ModelCheckpoint's last.ckpt, the newest, was Lightning's pick: a KeyError traceback ("checkpoint
+    contains only the model"), exit 1. The run resumes from the newest last checkpoint holding its training state;
+    with weights-only ones alone, it is one line."""
+    weights_only = {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                    "init_args": {"dirpath": "weights_only", "save_last": True, "save_top_k": 0,
+                                  "save_weights_only": True}}
+    callbacks = json.dumps([*json.loads(EPOCH_AND_LAST), weights_only])
+    assert _fit("--trainer.max_epochs", "1", "--trainer.callbacks", callbacks) == 0
+    full, light = in_tmp / CHECKPOINTS / "last.ckpt", in_tmp / "weights_only" / "last.ckpt"
+    os.utime(light, (full.stat().st_mtime + 5,) * 2)  # the newest, as when written a moment after
+    assert "optimizer_states" not in _read(light)
+    assert _fit("--trainer.max_epochs", "2", "--trainer.callbacks", callbacks, "--ckpt_path", "last") == 0
+    assert _read(full)["global_step"] == 2 * STEPS_PER_EPOCH  # resumed at step 4, not trained afresh
+    capsys.readouterr()
+    full.unlink()
+    for path in (in_tmp / CHECKPOINTS).glob("*.ckpt"):
+        path.unlink()
+    callbacks = json.dumps([weights_only])
+    assert _fit("--trainer.max_epochs", "3", "--trainer.callbacks", callbacks, "--ckpt_path", "last") == 2
+    # (last.ckpt, or last-v1.ckpt where the resumed run's callback state did not name its own last file yet)
+    assert re.fullmatch(r"visattn: error: --ckpt_path last: weights_only/last(-v1)?\.ckpt holds weights only "
+                        r"\(save_weights_only\), and no last checkpoint holds the optimizer state a resumed fit needs; "
+                        r"resume with --ckpt_path FILE of a checkpoint saved without save_weights_only", _error(capsys))
 
 
 def test_fit_ckpt_path_last_with_nothing_to_resume_starts_afresh_saying_so_in_one_line(in_tmp, capsys, recwarn):

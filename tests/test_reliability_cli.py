@@ -144,6 +144,9 @@ CASES = {
     "nan_gradient_clip_val_in_config": (lambda tmp: [*FIT, "--config", _written(tmp, "nan.yaml",
                                                                                 "trainer:\n  gradient_clip_val: .nan\n")],
                                         "trainer.gradient_clip_val=nan: give the positive norm to clip gradients to"),
+    "clip_algorithm_without_a_value": (lambda tmp: [*FIT, "--trainer.gradient_clip_algorithm", "value"],
+                                       "trainer.gradient_clip_algorithm value without trainer.gradient_clip_val clips "
+                                       "nothing; give the value (or norm) to clip to"),
     # from a trainer-options audit: SWA reset the EMA copy's batch norms and left them so (val/top1 0.57 -> 0.17)
     "swa_with_ema": (lambda tmp: [*FIT, "--model.init_args.ema_decay", "0.9", "--trainer.callbacks+=StochasticWeightAveraging",
                                   "--trainer.callbacks.swa_lrs", "0.001"],
@@ -152,6 +155,11 @@ CASES = {
                                                "trainer.callbacks BackboneFinetuning: it unfreezes the task's backbone "
                                                "attribute, and ImageClassifier has none; train the early layers slower "
                                                "with model.init_args.layer_decay instead"),
+    # from a Lightning user's audit: {0: 2} ended a run at the peak learning rate, the cosine never run
+    "gradient_accumulation_scheduler": (lambda tmp: [*FIT, "--trainer.callbacks+=GradientAccumulationScheduler",
+                                                     "--trainer.callbacks.scheduling={0: 2}"],
+                                        "trainer.callbacks GradientAccumulationScheduler: the warm-up and cosine "
+                                        "learning-rate schedule is planned at the start for one accumulation"),
     "last_epoch_never_validated": (lambda tmp: [*FIT, "--trainer.max_epochs", "3", "--trainer.check_val_every_n_epoch", "2"],
                                    "trainer.check_val_every_n_epoch 2 with trainer.max_epochs 3: the last 1 epoch(s) "
                                    "would be neither validated nor checkpointed"),

@@ -70,7 +70,8 @@ from jsonargparse import ArgumentError, Namespace
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import (BackboneFinetuning, BasePredictionWriter, Callback, EarlyStopping,
-                                         ModelCheckpoint, ProgressBar, RichProgressBar, StochasticWeightAveraging)
+                                         GradientAccumulationScheduler, ModelCheckpoint, ProgressBar,
+                                         RichProgressBar, StochasticWeightAveraging)
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.plugins import CheckpointIO, TorchCheckpointIO
@@ -261,6 +262,30 @@ def _last_checkpoint(callbacks: Any) -> Path:
     return max(found, key=lambda path: path.stat().st_mtime)
 
 
+def _resumable_last(callbacks: Any) -> str:
+    """``"last"``, or where Lightning's pick, the newest last checkpoint, holds weights only (a ModelCheckpoint with
+    ``save_weights_only``, whose file Lightning cannot resume from), the newest last checkpoint that holds the
+    training state; one line where none does."""
+    found = sorted(_last_checkpoints(callbacks), key=lambda path: path.stat().st_mtime, reverse=True)
+    if not found or _holds_training_state(found[0]):
+        return "last"
+    full = next((path for path in found[1:] if _holds_training_state(path)), None)
+    if full is None:
+        raise ConfigError(f"--ckpt_path last: {found[0]} holds weights only (save_weights_only), and no last "
+                          "checkpoint holds the optimizer state a resumed fit needs; resume with --ckpt_path FILE "
+                          "of a checkpoint saved without save_weights_only")
+    return str(full)
+
+
+def _holds_training_state(path: Path) -> bool:
+    """Whether the checkpoint at ``path`` holds the optimizer state a resumed fit restores (a damaged one counts:
+    the run's checkpoint IO says so, or falls back)."""
+    try:
+        return "optimizer_states" in read_checkpoint(path, lazy=True)
+    except WeightsError:
+        return True
+
+
 def _last_checkpoints(callbacks: Any) -> list[Path]:
     return [path for folder in _checkpoint_folders(callbacks) for path in folder.glob("last*" + ModelCheckpoint.FILE_EXTENSION)]
 
@@ -327,7 +352,7 @@ def _resolve_ckpt_path(subcommand: str, settings: Any) -> Optional[str]:
                               "checkpoint) or --ckpt_path FILE; best is for validate, test and predict")
         if not settings.trainer.get("fast_dev_run"):
             _refuse_mixed_runs(ckpt_path, callbacks)
-        return ckpt_path
+        return _resumable_last(callbacks) if ckpt_path == "last" else ckpt_path
     if ckpt_path == "best":
         return str(_best_checkpoint(callbacks))
     if ckpt_path == "last":
@@ -1318,6 +1343,9 @@ class VisattnCLI(LightningCLI):
         if clip is not None and not (math.isfinite(clip) and clip >= 0):  # a negative norm turns the gradients round
             raise ConfigError(f"trainer.gradient_clip_val={clip}: give the positive norm to clip gradients to, "
                               "or 0 for no clipping")
+        if config.get("gradient_clip_algorithm") is not None and not clip:  # Lightning clips nothing then
+            raise ConfigError(f"trainer.gradient_clip_algorithm {config['gradient_clip_algorithm']} without "
+                              "trainer.gradient_clip_val clips nothing; give the value (or norm) to clip to")
         kwargs["callbacks"] = _keyed_apart(self._callbacks(config))
         if self.subcommand == "fit":
             _refuse_callbacks_the_task_cannot_serve(kwargs["callbacks"], self.model)
@@ -1364,8 +1392,8 @@ class VisattnCLI(LightningCLI):
     def _set_seed(self) -> None:
         seed = self._get(self.config, "seed_everything")
         if not isinstance(seed, bool) and not (isinstance(seed, int) and 0 <= seed < 2**32):
-            raise ConfigError(f"seed_everything={seed!r}: give a whole number from 0 to {2**32 - 1}, true for a random "
-                              "one, or false for none")
+            raise ConfigError(f"seed_everything={seed!r}: give a whole number from 0 to {2**32 - 1}, true (seed 0, as "
+                              "Lightning takes it), or false for none")
         super()._set_seed()
 
     def _left_last_checkpoint(self) -> bool:
@@ -1429,6 +1457,11 @@ def _refuse_callbacks_the_task_cannot_serve(callbacks: list[Callback], task: pl.
         fix = f"train the early layers slower with model.init_args.{slower} instead" if slower else "drop it"
         raise ConfigError(f"trainer.callbacks BackboneFinetuning: it unfreezes the task's backbone attribute, and "
                           f"{type(task).__name__} has none; {fix}")
+    if any(isinstance(c, GradientAccumulationScheduler) for c in callbacks):
+        # the schedule is planned from the trainer's count before the callback changes it at its first epoch
+        raise ConfigError("trainer.callbacks GradientAccumulationScheduler: the warm-up and cosine learning-rate "
+                          "schedule is planned at the start for one accumulation, and would stop short of its end; "
+                          "give trainer.accumulate_grad_batches N instead")
 
 
 def _refuse_unsaved_last_epochs(trainer_config: dict[str, Any], callbacks: list[Callback]) -> None:
