@@ -92,6 +92,23 @@ def test_num_classes_labels_and_preprocessing_reach_the_checkpoint(in_tmp):
     assert hparams["preprocessing"]["input_size"] == [3, 32, 32]
 
 
+def test_a_task_named_in_a_way_the_data_links_miss_is_one_line_not_a_run_without_the_labels(in_tmp, capsys):
+    """A whole `--model` JSON object is read for the links as no task: unrefused, the run had trained the default
+    10-class head on 2 classes, with no labels or preprocessing in its checkpoint, exit 0."""
+    root = _image_folder(in_tmp / "photos", per_class=2)
+    config = REPO / "configs" / "classification" / "imagefolder_template.yaml"
+    model = json.dumps({"class_path": "visattn.tasks.classification.ImageClassifier",
+                        "init_args": {"model_name": "cbam_resnet20_cifar"}})
+    assert main(["fit", "--config", str(config), *QUICK, "--trainer.max_epochs", "1", "--data.init_args.root",
+                 str(root), "--data.init_args.img_size", "32", "--model", model]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert [line for line in err.splitlines() if line.startswith("visattn: error:")] == [
+        "visattn: error: model.class_path ImageClassifier: name the task in a --config file or with --model.class_path "
+        "visattn.tasks.MODULE.CLASS, so that the data's labels reach it"]
+    assert not list(in_tmp.rglob("*.ckpt"))
+
+
 def test_evaluate_classify_and_save_weights(in_tmp, capsys, monkeypatch):
     ckpt = _fit(in_tmp, "--trainer.max_steps", "3")
     assert ckpt.exists()

@@ -233,6 +233,22 @@ def test_a_detr_with_fewer_queries_than_a_training_image_has_objects_is_refused_
     assert code == 2 and "an image holds 3 objects, more than num_queries=2" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("precision", ["bf16-true", "64-true"])
+def test_a_detector_fit_at_a_precision_that_casts_its_batches_is_one_line_before_training(precision, tmp_path,
+                                                                                          monkeypatch, capsys):
+    """Lightning casts every float of a batch to the weights' dtype: the boxes, box losses and matching went
+    bf16 or float64 mid-run (a dtype traceback, or a target check blaming the data)."""
+    monkeypatch.chdir(tmp_path)
+    code = main(["fit", "--config", str(REPO / "configs/detection/detr_scenes.yaml"), "--trainer.max_steps", "1",
+                 "--trainer.accelerator", "cpu", "--trainer.precision", precision, "--trainer.enable_progress_bar",
+                 "false", "--model.model_kwargs", json.dumps(TINY["detr"]), "--data.init_args.num_train", "8",
+                 "--data.init_args.num_workers", "0"])
+    assert code == 2 and not list(tmp_path.rglob("*.ckpt"))
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"visattn: error: trainer.precision {precision}: a detector's boxes, box losses and matching need float32; "
+        "use trainer.precision bf16-mixed (16-bit arithmetic, float32 weights) or 32-true")
+
+
 def test_detr_attention_maps_are_the_queries_own_and_leave_the_model_as_it_was():
     torch.manual_seed(0)
     model = create_model("detr_resnet20_cifar", num_classes=3, pretrained_backbone=False, **TINY["detr"]).eval()

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
-from test_classification import CBAM_CONFIG, QUICK
+from test_classification import CBAM_CONFIG, QUICK, VIT_CONFIG
 from test_data import needs_fashion_mnist
 from visattn import create_model
 from visattn.cli import main
@@ -242,6 +243,33 @@ def test_a_run_from_a_checkpoint_takes_the_settings_given_but_what_its_weights_w
     assert saved["label_smoothing"] == 0.7 and "drop_rate" not in saved["model_kwargs"]
 
 
+def test_a_run_from_a_checkpoint_is_rebuilt_with_the_model_kwargs_it_was_trained_with(in_tmp, monkeypatch):
+    """A run trained with a typed `model_kwargs.depth` and scored with the plain config: rebuilt with the config's
+    depth, its weights had been refused as not fitting (and a kwarg that keeps the shapes, silently misbuilt)."""
+    vit = ["--config", str(VIT_CONFIG), *QUICK, "--model.init_args.compile", "false"]
+    assert main(["fit", *vit, "--trainer.max_epochs", "1", "--model.init_args.model_kwargs.depth", "1"]) == 0
+    seen = []
+    monkeypatch.setattr(ImageClassifier, "validation_step", lambda self, batch, index: seen.append(
+        (len(self.model.blocks), self.hparams.model_kwargs["depth"])))
+    assert main(["validate", *vit, "--ckpt_path", "last", "--trainer.limit_val_batches", "1"]) == 0
+    assert seen == [(1, 1)]  # the config says depth 4
+
+
+def test_scoring_a_run_trained_without_a_weight_average_takes_its_ema_decay_unless_one_is_typed(in_tmp, capsys):
+    """The checkpoint's ema_decay null over the config's 0.999 (else a valid command was refused); a typed one over
+    the checkpoint's (else silently dropped: validate/test/predict resolve `last` to a file whose settings win)."""
+    assert _fit("--trainer.max_epochs", "1", "--model.init_args.ema_decay", "null") == 0
+    validate = ["validate", "--config", str(CBAM_CONFIG), *QUICK, "--ckpt_path", "last",
+                "--trainer.limit_val_batches", "1"]
+    capsys.readouterr()
+    assert main(validate) == 0
+    assert "val/top1" in capsys.readouterr().out
+    assert main([*validate, "--model.init_args.ema_decay", "0.9"]) == 2
+    assert re.fullmatch(r"visattn: error: --ckpt_path \S*last\.ckpt was trained without a weight average, and this "
+                        r"run keeps one \(model\.init_args\.ema_decay 0\.9\); drop the ema_decay setting, .*",
+                        _error(capsys))
+
+
 def test_a_resumed_fit_of_another_length_warns_that_it_continues_the_saved_schedule(in_tmp, capsys):
     """Resumed into a longer run, the saved cosine rose again towards the peak rate without a word."""
     assert _fit("--trainer.max_epochs", "1") == 0
@@ -448,6 +476,13 @@ def test_ckpt_path_best_in_a_new_process_tests_the_best_checkpoint(in_tmp, monke
     best = Path(next(v["best_model_path"] for k, v in states.items() if "'val/top1'" in k))
     assert _read(best)["global_step"] == STEPS_PER_EPOCH
 
+    loaded = _record_loads(monkeypatch)
+    assert main(["test", "--config", str(CBAM_CONFIG), *QUICK, *callbacks, "--ckpt_path", "best"]) == 0
+    assert loaded == [best.resolve()]
+
+
+def _record_loads(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """The checkpoint files the run's CheckpointIO loads, in order."""
     loaded = []
     real_load = SafeCheckpointIO.load_checkpoint
 
@@ -456,8 +491,55 @@ def test_ckpt_path_best_in_a_new_process_tests_the_best_checkpoint(in_tmp, monke
         return real_load(io, path, *args, **kwargs)
 
     monkeypatch.setattr(SafeCheckpointIO, "load_checkpoint", record_load)
+    return loaded
+
+
+def _val_top1_is_the_epoch(task: ImageClassifier) -> None:
+    task.log("val/top1", float(task.current_epoch))  # rises every epoch: the newest checkpoint is the best
+    task.val_metrics.reset()
+    task.val_loss.reset()
+
+
+def _val_top1_falls(task: ImageClassifier) -> None:
+    task.log("val/top1", -float(task.current_epoch))  # the first epoch's is the best
+    task.val_metrics.reset()
+    task.val_loss.reset()
+
+
+def test_ckpt_path_best_is_a_later_epochs_checkpoint_when_the_metric_peaks_late(in_tmp, monkeypatch):
+    """Every epoch's file records the best as of its epoch: the oldest's names itself, the newest's the real best."""
+    callbacks = ["--trainer.callbacks", EPOCH_AND_LAST]
+    with monkeypatch.context() as patch:
+        patch.setattr(ImageClassifier, "on_validation_epoch_end", _val_top1_is_the_epoch)
+        assert main(["fit", "--config", str(CBAM_CONFIG), *QUICK, *callbacks, "--trainer.max_epochs", "2"]) == 0
+    states = _read(in_tmp / CHECKPOINTS / "last.ckpt")["callbacks"]
+    best = Path(next(v["best_model_path"] for k, v in states.items() if "'val/top1'" in k))
+    assert _read(best)["global_step"] == 2 * STEPS_PER_EPOCH
+    assert len(list((in_tmp / CHECKPOINTS).glob("epoch=*.ckpt"))) == 2  # the first epoch's is there to be mistaken
+
+    loaded = _record_loads(monkeypatch)
     assert main(["test", "--config", str(CBAM_CONFIG), *QUICK, *callbacks, "--ckpt_path", "best"]) == 0
     assert loaded == [best.resolve()]
+
+
+def test_ckpt_path_last_with_two_last_files_scores_the_newest(in_tmp, monkeypatch):
+    """Both shipped callbacks with save_last write last.ckpt and last-v1.ckpt; the monitored one's is rewritten only
+    when the metric improves, so once it falls the other callback's last file is the current one."""
+    callbacks = yaml.safe_load(CBAM_CONFIG.read_text())["trainer"]["callbacks"]
+    for callback in callbacks:
+        if callback["class_path"].endswith("ModelCheckpoint"):
+            callback["init_args"]["save_last"] = True
+    run = ["--config", str(CBAM_CONFIG), *QUICK, "--trainer.callbacks", json.dumps(callbacks)]
+    with monkeypatch.context() as patch:
+        patch.setattr(ImageClassifier, "on_validation_epoch_end", _val_top1_falls)
+        assert main(["fit", *run, "--trainer.max_epochs", "2"]) == 0
+    lasts = {path.name: _read(path)["global_step"] for path in (in_tmp / CHECKPOINTS).glob("last*.ckpt")}
+    assert sorted(lasts.values()) == [STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH], lasts  # one stale, one current
+    newest = next(in_tmp / CHECKPOINTS / name for name, step in lasts.items() if step == 2 * STEPS_PER_EPOCH)
+
+    loaded = _record_loads(monkeypatch)
+    assert main(["test", *run, "--ckpt_path", "last", "--trainer.limit_test_batches", "1"]) == 0
+    assert loaded == [newest.resolve()]
 
 
 def test_ckpt_path_best_without_checkpoints_is_a_one_line_error(in_tmp, capsys):

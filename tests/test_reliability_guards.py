@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader
 from test_classification import CBAM_CONFIG, QUICK
 from test_data import needs_fashion_mnist
 from visattn.cli import main
+from visattn.errors import ConfigError
 from visattn.tasks.captioning import CaptioningTask
 from visattn.tasks.classification import ImageClassifier
 from visattn.tasks.detection import DetectionTask
@@ -76,6 +77,37 @@ def test_the_epochs_training_loss_is_the_sample_mean_of_its_finite_losses():
     assert float(trainer.callback_metrics["train/loss_epoch"]) == pytest.approx((4 * first + 2 * last) / 6, rel=1e-5)
 
 
+def test_an_infinite_training_loss_stays_out_of_the_epochs_training_loss():
+    """MeanMetric's nan_strategy drops NaN only: a skipped step's inf loss had made train/loss_epoch inf."""
+    torch.manual_seed(0)
+    task = ImageClassifier("cbam_resnet20_cifar", num_classes=3, model_kwargs=TINY_RESNET, warmup_epochs=0, lr=0.0)
+    factors, cross_entropy = iter([1.0, float("inf"), 1.0]), task.criterion.forward
+    task.criterion.forward = lambda logits, targets: cross_entropy(logits, targets) * next(factors)
+    batches = [(torch.randn(4, 3, 28, 28), torch.tensor([0, 1, 2, 0])),
+               (torch.randn(2, 3, 28, 28), torch.tensor([1, 2])),  # its loss is inf: skipped, out of the mean
+               (torch.randn(2, 3, 28, 28), torch.tensor([2, 2]))]
+    seen = _Losses()
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, callbacks=[seen])
+    trainer.fit(task, DataLoader(batches, batch_size=None))
+    first, skipped, last = seen.losses
+    assert skipped != skipped and trainer.callback_metrics["train/skipped_steps"] == 1
+    assert float(trainer.callback_metrics["train/loss_epoch"]) == pytest.approx((4 * first + 2 * last) / 6, rel=1e-5)
+
+
+def test_a_training_batch_of_one_image_on_a_1x1_batchnorm_map_is_one_line_not_a_skipped_step():
+    """torch's "Expected more than 1 value per channel" is said as the batch size to change; a step that returned
+    nothing instead would be skipped by Lightning, the fit training on no such batch and ending well."""
+    torch.manual_seed(0)
+    task = ImageClassifier("cbam_resnet20_cifar", num_classes=3, model_kwargs=TINY_RESNET, warmup_epochs=0)
+    one_image = [(torch.randn(1, 3, 8, 8), torch.tensor([0]))]  # 8x8 reaches TINY_RESNET's last stage as 1x1
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False)
+    with pytest.raises(ConfigError, match=r"^a training batch of one image: the model's BatchNorm .* set "
+                                          r"data\.init_args\.batch_size to 2 or more$"):
+        trainer.fit(task, DataLoader(one_image, batch_size=None))
+
+
 def test_captioning_step_with_nan_loss_is_skipped():
     torch.manual_seed(0)
     vocab = ["<pad>", "<start>", "<end>", "<unk>", "a", "top"]
@@ -87,6 +119,20 @@ def test_captioning_step_with_nan_loss_is_skipped():
         torch.testing.assert_close(_floats(task.model)[name], value, rtol=0, atol=0)
     with pytest.raises(NonFiniteLossError, match="2 steps in a row"):
         task.training_step(batch, 1)
+
+
+def test_a_captioner_at_a_precision_that_casts_its_batches_is_one_line_before_training():
+    """bf16-true casts the batches too: the scenes' item boxes reached the pointing score in bf16 (a traceback in the
+    first validation). Refused in setup, before any step."""
+    vocab = ["<pad>", "<start>", "<end>", "<unk>", "a", "top"]
+    task = CaptioningTask(model_kwargs=TINY_SAT, vocab=vocab)
+    batch = {"images": torch.rand(2, 3, 32, 32), "captions": torch.tensor([[1, 4, 5, 2], [1, 5, 2, 0]])}
+    trainer = pl.Trainer(max_steps=1, accelerator="cpu", precision="bf16-true", logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    with pytest.raises(ConfigError, match=r"^trainer\.precision bf16-true: the captioner scores captions and attention "
+                                          r"from float32 batches .*; use trainer\.precision bf16-mixed .* or 32-true$"):
+        trainer.fit(task, DataLoader([batch], batch_size=None))
+    assert trainer.global_step == 0
 
 
 def test_detection_step_with_nan_loss_is_skipped():
