@@ -61,6 +61,15 @@ class _Losses(pl.Callback):
         self.losses.append(float("nan") if loss is None else float(loss))
 
 
+def _one_epoch(task: pl.LightningModule, batches: list) -> tuple[list[float], dict]:
+    """Each step's loss (NaN for a skipped step) and the logged metrics of one epoch over ``batches``."""
+    seen = _Losses()
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, callbacks=[seen])
+    trainer.fit(task, DataLoader(batches, batch_size=None))
+    return seen.losses, trainer.callback_metrics
+
+
 def test_the_epochs_training_loss_is_the_sample_mean_of_its_finite_losses():
     """Only each logged step's loss was logged: one batch's value, with nothing for the epoch as a whole."""
     torch.manual_seed(0)
@@ -68,13 +77,9 @@ def test_the_epochs_training_loss_is_the_sample_mean_of_its_finite_losses():
     batches = [(torch.randn(4, 3, 28, 28), torch.tensor([0, 1, 2, 0])),
                (torch.full((2, 3, 28, 28), float("nan")), torch.tensor([1, 2])),  # skipped: out of the mean
                (torch.randn(2, 3, 28, 28), torch.tensor([2, 2]))]
-    seen = _Losses()
-    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, callbacks=[seen])
-    trainer.fit(task, DataLoader(batches, batch_size=None))
-    first, skipped, last = seen.losses
+    (first, skipped, last), metrics = _one_epoch(task, batches)
     assert skipped != skipped  # NaN: the step was skipped
-    assert float(trainer.callback_metrics["train/loss_epoch"]) == pytest.approx((4 * first + 2 * last) / 6, rel=1e-5)
+    assert float(metrics["train/loss_epoch"]) == pytest.approx((4 * first + 2 * last) / 6, rel=1e-5)
 
 
 def test_an_infinite_training_loss_stays_out_of_the_epochs_training_loss():
@@ -86,13 +91,9 @@ def test_an_infinite_training_loss_stays_out_of_the_epochs_training_loss():
     batches = [(torch.randn(4, 3, 28, 28), torch.tensor([0, 1, 2, 0])),
                (torch.randn(2, 3, 28, 28), torch.tensor([1, 2])),  # its loss is inf: skipped, out of the mean
                (torch.randn(2, 3, 28, 28), torch.tensor([2, 2]))]
-    seen = _Losses()
-    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, callbacks=[seen])
-    trainer.fit(task, DataLoader(batches, batch_size=None))
-    first, skipped, last = seen.losses
-    assert skipped != skipped and trainer.callback_metrics["train/skipped_steps"] == 1
-    assert float(trainer.callback_metrics["train/loss_epoch"]) == pytest.approx((4 * first + 2 * last) / 6, rel=1e-5)
+    (first, skipped, last), metrics = _one_epoch(task, batches)
+    assert skipped != skipped and metrics["train/skipped_steps"] == 1
+    assert float(metrics["train/loss_epoch"]) == pytest.approx((4 * first + 2 * last) / 6, rel=1e-5)
 
 
 def test_a_training_batch_of_one_image_on_a_1x1_batchnorm_map_is_one_line_not_a_skipped_step():
