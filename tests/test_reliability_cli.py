@@ -52,12 +52,13 @@ def _config_with(tmp_path: Path, **init_args) -> str:
 
 
 def _cbam_checkpoint_as_last(tmp_path: Path) -> str:
-    """A cbam_resnet20_cifar training checkpoint where `--ckpt_path last` finds it."""
+    """A cbam_resnet20_cifar training checkpoint where `--ckpt_path last` finds it (with the training state a resumed
+    fit needs, as a run's last.ckpt holds it)."""
     task = ImageClassifier("cbam_resnet20_cifar", num_classes=10)
     folder = tmp_path / "outputs" / CBAM_CONFIG.stem / "checkpoints"
     folder.mkdir(parents=True)
-    torch.save({"state_dict": task.state_dict(), "hyper_parameters": dict(task.hparams), "global_step": 0},
-               folder / "last.ckpt")
+    torch.save({"state_dict": task.state_dict(), "hyper_parameters": dict(task.hparams), "global_step": 0,
+                "optimizer_states": []}, folder / "last.ckpt")
     return "last"
 
 
