@@ -129,7 +129,7 @@ def test_resuming_a_run_that_has_reached_its_end_says_that_it_trained_nothing(in
 def test_fit_ckpt_path_last_resumes_the_full_last_checkpoint_beside_a_weights_only_one(in_tmp, capsys):
     """A weights-only ModelCheckpoint's last.ckpt, the newest, was Lightning's pick: a KeyError traceback ("checkpoint
     contains only the model"), exit 1. The run resumes from the newest last checkpoint holding its training state;
-    with weights-only ones alone, it is one line."""
+    with weights-only ones alone, or one named, it is one line."""
     weights_only = {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
                     "init_args": {"dirpath": "weights_only", "save_last": True, "save_top_k": 0,
                                   "save_weights_only": True}}
@@ -150,6 +150,11 @@ def test_fit_ckpt_path_last_resumes_the_full_last_checkpoint_beside_a_weights_on
     assert re.fullmatch(r"visattn: error: --ckpt_path last: weights_only/last(-v1)?\.ckpt holds weights only "
                         r"\(save_weights_only\), and no last checkpoint holds the optimizer state a resumed fit needs; "
                         r"resume with --ckpt_path FILE of a checkpoint saved without save_weights_only", _error(capsys))
+    light = next((in_tmp / "weights_only").glob("last*.ckpt")).relative_to(in_tmp)  # named: the same traceback
+    assert _fit("--trainer.max_epochs", "3", "--trainer.callbacks", callbacks, "--ckpt_path", str(light)) == 2
+    assert _error(capsys) == (f"visattn: error: --ckpt_path {light}: holds weights only (save_weights_only), not the "
+                              "optimizer state a resumed fit needs; train from its weights in a new run with "
+                              f"--model.init_args.pretrained {light}")
 
 
 def test_fit_ckpt_path_last_with_nothing_to_resume_starts_afresh_saying_so_in_one_line(in_tmp, capsys, recwarn):

@@ -370,12 +370,13 @@ def _check_checkpoint_model(path: Path, model: Any, *, resuming: bool) -> None:
     ``model`` (the config's model section): LightningCLI builds the model from the checkpoint's
     hyperparameters instead of the config's, so weights would load into, and run as, the other model."""
     try:
-        hparams = read_checkpoint(path, lazy=True).get("hyper_parameters") or {}
+        checkpoint = read_checkpoint(path, lazy=True)
     except WeightsError as err:
         if resuming:  # an explicitly named file: no fallback to another checkpoint the user did not name
             raise WeightsError(f"{err}; or resume the config's run from its newest good checkpoint with "
                                "--ckpt_path last") from None
         raise
+    hparams = checkpoint.get("hyper_parameters") or {}
     _refuse_objects_to_build(path, hparams, model)
     theirs = (hparams.get("_class_path"), hparams.get("model_name"))
     ours = (getattr(model, "class_path", None), (getattr(model, "init_args", None) or {}).get("model_name"))
@@ -386,6 +387,10 @@ def _check_checkpoint_model(path: Path, model: Any, *, resuming: bool) -> None:
         raise WeightsError(f"--ckpt_path {path}: a checkpoint of {_described(*theirs)}, but the config trains "
                            f"{_described(*ours)}; give a checkpoint of this config's runs, or the config it was "
                            "trained with")
+    if resuming and "optimizer_states" not in checkpoint:  # Lightning's restore ends in a KeyError traceback
+        raise ConfigError(f"--ckpt_path {path}: holds weights only (save_weights_only), not the optimizer state a "
+                          f"resumed fit needs; train from its weights in a new run with --model.init_args.pretrained "
+                          f"{path}")
 
 
 def _refuse_objects_to_build(path: Path, hparams: dict, model: Any) -> None:
