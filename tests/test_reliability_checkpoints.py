@@ -147,9 +147,9 @@ def test_fit_ckpt_path_last_resumes_the_full_last_checkpoint_beside_a_weights_on
     callbacks = json.dumps([weights_only])
     assert _fit("--trainer.max_epochs", "3", "--trainer.callbacks", callbacks, "--ckpt_path", "last") == 2
     # (last.ckpt, or last-v1.ckpt where the resumed run's callback state did not name its own last file yet)
-    assert re.fullmatch(r"visattn: error: --ckpt_path last: weights_only/last(-v1)?\.ckpt holds weights only "
-                        r"\(save_weights_only\), and no last checkpoint holds the optimizer state a resumed fit needs; "
-                        r"resume with --ckpt_path FILE of a checkpoint saved without save_weights_only", _error(capsys))
+    assert re.fullmatch(r"visattn: error: --ckpt_path (weights_only/last(-v1)?\.ckpt): holds weights only "
+                        r"\(save_weights_only\), not the optimizer state a resumed fit needs; train from its weights "
+                        r"in a new run with --model.init_args.pretrained \1", _error(capsys))
     light = next((in_tmp / "weights_only").glob("last*.ckpt")).relative_to(in_tmp)  # named: the same traceback
     assert _fit("--trainer.max_epochs", "3", "--trainer.callbacks", callbacks, "--ckpt_path", str(light)) == 2
     assert _error(capsys) == (f"visattn: error: --ckpt_path {light}: holds weights only (save_weights_only), not the "

@@ -265,16 +265,11 @@ def _last_checkpoint(callbacks: Any) -> Path:
 def _resumable_last(callbacks: Any) -> str:
     """``"last"``, or where Lightning's pick, the newest last checkpoint, holds weights only (a ModelCheckpoint with
     ``save_weights_only``, whose file Lightning cannot resume from), the newest last checkpoint that holds the
-    training state; one line where none does."""
+    training state; where none does, the newest, which :func:`_check_checkpoint_model` refuses in one line."""
     found = sorted(_last_checkpoints(callbacks), key=lambda path: path.stat().st_mtime, reverse=True)
     if not found or _holds_training_state(found[0]):
         return "last"
-    full = next((path for path in found[1:] if _holds_training_state(path)), None)
-    if full is None:
-        raise ConfigError(f"--ckpt_path last: {found[0]} holds weights only (save_weights_only), and no last "
-                          "checkpoint holds the optimizer state a resumed fit needs; resume with --ckpt_path FILE "
-                          "of a checkpoint saved without save_weights_only")
-    return str(full)
+    return str(next((path for path in found[1:] if _holds_training_state(path)), found[0]))
 
 
 def _holds_training_state(path: Path) -> bool:
