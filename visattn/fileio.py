@@ -32,10 +32,10 @@ _TEMP_EXTRA = len("..XXXXXXXX.tmp")  # what atomic_path's temp name adds to the 
 @contextlib.contextmanager
 def atomic_path(path: Union[str, Path]) -> Iterator[Path]:
     """Yield a temp path beside ``path``; on success fsync it and ``os.replace`` it into place, and remove the temp
-    files of ``path`` that killed writers left (SIGKILL, a power cut), for every kind of file, not only checkpoints.
-    A device, FIFO or socket at ``path`` is refused: replacing it would delete it (``--out /dev/null`` as root). A
-    link is written through: its target is replaced, and the link kept (replacing the link by a file would leave
-    the old contents in the target that anything following the link reads)."""
+    files of ``path`` that killed writers left (SIGKILL, a power cut). A device, FIFO or socket at ``path`` is
+    refused: replacing it would delete it (``--out /dev/null`` as root). A link is written through: its target is
+    replaced, and the link kept (replacing the link by a file would leave the old contents in the target that
+    anything following the link reads)."""
     path = Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)
     if path.exists() and not path.is_file() and not path.is_dir():
         raise OSError(errno.EINVAL, "not a regular file (a device, FIFO or socket); give a file path", str(path))

@@ -22,13 +22,14 @@ from torch import Tensor, nn
 
 from ..data.transforms import check_image_batch
 from ..errors import ArgumentError, ConfigError, VisattnWarning, outside_visattn
-from .attention import (as_index, as_module, attention_map, attention_pool_reading, check_gives_attention,
+from .attention import (as_index, attention_map, attention_pool_reading, check_gives_attention,
                         collect_attentions, gives_attention, input_channels, is_vit, model_batch, recorded_inputs,
                         token_grid)
 from .cell_centres import CellCentres, map_centres
 from .gates import gate_maps, gate_modules, missing_gates
 from ..models.vit import PATCH_POOLS
 from ..modes import eval_mode
+from ..pretrained import as_module
 from ..scores import reported_score
 from .gradcam import TargetClass, grad_cam
 from .overlay import (check_figure_path, heatmap_overlay, normalize_map, overlay_figure, resize_map, save_figure,

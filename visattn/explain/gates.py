@@ -33,7 +33,7 @@ from ..layers.global_context import GlobalContextBlock
 from ..layers.non_local import NonLocalBlock
 from ..layers.se import SqueezeExcite
 from ..modes import eval_mode
-from .attention import as_module
+from ..pretrained import as_module
 
 SPATIAL_GATE_TYPES = (Cbam, Bam, CoordinateAttention, NonLocalBlock, GlobalContextBlock)
 CHANNEL_GATE_TYPES = {SqueezeExcite: "SE", EfficientChannelAttention: "ECA"}

@@ -23,7 +23,8 @@ from torch import Tensor, nn
 
 from ..errors import ArgumentError, ConfigError
 from ..modes import eval_mode
-from .attention import as_index, as_module, is_vit, model_batch, token_grid
+from ..pretrained import as_module
+from .attention import as_index, is_vit, model_batch, token_grid
 
 TargetClass = Union[int, Tensor, None]
 

@@ -73,7 +73,8 @@ def task_checkpoint(path: Path, task: str) -> tuple[dict[str, Any], dict[str, An
     return checkpoint, hparams
 
 
-def inference_target(model: Optional[str], checkpoint: Optional[str], device: str) -> torch.device:
+def inference_target(model: Union[str, os.PathLike, None], checkpoint: Union[str, os.PathLike, None],
+                     device: Union[str, torch.device]) -> torch.device:
     """The device to load onto, once exactly one weights source (``--model`` or ``--checkpoint``) is
     named; both are checked before any weights are read."""
     if (model is None) == (checkpoint is None):
