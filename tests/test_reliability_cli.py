@@ -120,7 +120,8 @@ CASES = {
     "misspelt_callback_option": (lambda tmp: [*FIT, "--trainer.callbacks.dirpath", "x"],
                                  "`visattn fit --trainer.callbacks.help lightning.pytorch.callbacks.LearningRateMonitor` "
                                  "lists what it takes"),
-    "wrong_type_in_config": (lambda tmp: ["fit", "--config", _config_with(tmp, lr="fast")], '"lr": Expected'),
+    "wrong_type_in_config": (lambda tmp: ["fit", "--config", _config_with(tmp, lr="fast")],
+                             "model.init_args.lr fast in the config: give a number"),
     "wrong_type_on_cli": (lambda tmp: ["evaluate", "--model", "m", "--dataset", "fashion-mnist", "--img-size", "two"],
                           "--img-size: invalid int"),
     "zero_batch_size": (lambda tmp: ["caption", "x.png", "--model", "m", "--batch-size", "0"],
@@ -170,8 +171,23 @@ CASES = {
     # one of a list of callbacks or loggers: jsonargparse's union listed every form, the bad one's complaint among them
     "wrong_type_for_an_added_callback": (lambda tmp: [*FIT, "--trainer.callbacks+=ModelCheckpoint",
                                                       "--trainer.callbacks.save_top_k", "many"],
-                                         '"trainer.callbacks": ModelCheckpoint: "save_top_k": Expected a <class \'int\'>.'
-                                         " Got value: many; see `visattn fit --help`"),
+                                         "--trainer.callbacks.save_top_k many: give a whole number"),
+    # jsonargparse's "Expected a <class 'bool'> Expected a <class 'int'>", blamed on the --config
+    "seed_that_is_no_number": (lambda tmp: [*FIT, "--seed_everything", "abc"],
+                               "--seed_everything abc: give true or false, or a whole number"),
+    # Lightning's Timer named itself, not trainer.max_time; a duration of 0 or less trained nothing, exit 0
+    "max_time_of_no_duration": (lambda tmp: [*FIT, "--trainer.max_time", "1:30"],
+                                "trainer.max_time 1:30: give how long to train as DD:HH:MM:SS"),
+    "max_time_of_nothing": (lambda tmp: [*FIT, "--trainer.max_time", "00:00:00:00"],
+                            "trainer.max_time 00:00:00:00: give how long to train"),
+    "max_time_below_nothing": (lambda tmp: [*FIT, "--trainer.max_time", '{"minutes": -1}'],
+                               "trainer.max_time {'minutes': -1}: give how long to train"),
+    "validation_interval_of_nothing": (lambda tmp: [*FIT, "--trainer.val_check_interval", "0"],  # ZeroDivisionError
+                                       "trainer.val_check_interval 0: give the training batches between validations"),
+    "precision_of_no_kind": (lambda tmp: [*FIT, "--trainer.precision", "8"],
+                             "--trainer.precision 8: give one of 64, 32, 16, transformer-engine"),
+    "misspelt_strategy": (lambda tmp: [*FIT, "--trainer.strategy", "dpp"],
+                          "trainer.strategy dpp: no strategy of that name; did you mean ddp?"),
     "added_logger_without_its_required_setting": (lambda tmp: [*FIT, "--trainer.logger+=TensorBoardLogger"],
                                                   '"trainer.logger": TensorBoardLogger: the following arguments are '
                                                   "required: save_dir; see"),
@@ -1406,19 +1422,23 @@ def test_an_output_that_is_a_link_to_nowhere_is_named_as_such_and_kept(command, 
     assert (tmp_path / "drawn").is_symlink()
 
 
-def test_a_logger_turned_off_beside_a_learning_rate_monitor_names_both_settings(tmp_path, monkeypatch, capsys):
-    """Lightning's "Cannot use `LearningRateMonitor` callback with `Trainer` that has no logger" was told to fix "the
-    setting it names", which it does not."""
+@pytest.mark.parametrize("callback", ["LearningRateMonitor", "DeviceStatsMonitor"])
+def test_a_logger_turned_off_beside_a_logging_callback_names_both_settings_and_writes_nothing(
+        callback, tmp_path, monkeypatch, capsys):
+    """Lightning refuses these callbacks without a logger once the run has started ("Cannot use
+    `LearningRateMonitor` callback with `Trainer` that has no logger"), after the run's config.yaml and checkpoint
+    folder claim were written."""
     from fixtures_images import write_image_folder
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["visattn"])
     write_image_folder(tmp_path / "photos", per_class=4)
     assert main(["fit", "--config", str(IMAGEFOLDER_CONFIG), "--data.init_args.root", "photos", *SMALL_FOLDER_FIT,
-                 "--trainer.logger", "false", "--trainer.max_steps", "1"]) == 2
+                 "--trainer.logger", "false", f"--trainer.callbacks={callback}", "--trainer.max_steps", "1"]) == 2
     assert capsys.readouterr().err.splitlines()[-1] == (
-        "visattn: error: fit: trainer.logger is off, and trainer.callbacks' LearningRateMonitor logs to it; drop "
-        "LearningRateMonitor from trainer.callbacks, or keep a logger")
+        f"visattn: error: fit: trainer.logger is off, and trainer.callbacks' {callback} logs to it; drop "
+        f"{callback} from trainer.callbacks, or keep a logger")
+    assert not (tmp_path / "outputs").exists()
 
 
 def test_a_run_without_validation_and_no_monitored_callback_trains(tmp_path, monkeypatch, capsys):

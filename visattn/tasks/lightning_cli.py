@@ -37,6 +37,7 @@ the file an earlier predict wrote, and refuses one visattn did not write.
 Ctrl-C ends every command with ``visattn: interrupted`` and exit code 130, as elsewhere in visattn.
 """
 import argparse
+import ast
 import contextlib
 import copy
 import difflib
@@ -69,12 +70,14 @@ import lightning.pytorch as pl
 from jsonargparse import ArgumentError, Namespace
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.accelerators import CPUAccelerator
-from lightning.pytorch.callbacks import (BackboneFinetuning, BasePredictionWriter, Callback, EarlyStopping,
-                                         GradientAccumulationScheduler, ModelCheckpoint, ProgressBar,
-                                         RichProgressBar, StochasticWeightAveraging)
+from lightning.pytorch.callbacks import (BackboneFinetuning, BasePredictionWriter, Callback, DeviceStatsMonitor,
+                                         EarlyStopping, GradientAccumulationScheduler, LearningRateMonitor,
+                                         ModelCheckpoint, ProgressBar, RichProgressBar, StochasticWeightAveraging,
+                                         Timer)
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.plugins import CheckpointIO, TorchCheckpointIO
+from lightning.pytorch.strategies import StrategyRegistry
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.model_helpers import is_overridden
@@ -530,6 +533,33 @@ def _check_settings(model: Any, trainer: Any) -> None:
     accumulate = trainer.get("accumulate_grad_batches")
     if isinstance(accumulate, int) and accumulate < 1:  # a division by zero when the schedule is sized
         raise ConfigError(f"trainer.accumulate_grad_batches {accumulate}: give 1 (no accumulation) or more")
+    if trainer.get("max_time") is not None:
+        _check_max_time(trainer["max_time"])
+    if isinstance(trainer.get("strategy"), str):
+        _check_strategy_name(trainer["strategy"])
+
+
+def _check_strategy_name(strategy: str) -> None:
+    """A strategy name Lightning knows: its own refusal is a paragraph, raised where it reads as the model's or
+    the data's error."""
+    names = ["auto", *StrategyRegistry.available_strategies()]
+    if strategy.lower() not in names:
+        close = difflib.get_close_matches(strategy.lower(), names, n=1)
+        meant = f"did you mean {close[0]}? " if close else ""
+        raise ConfigError(f"trainer.strategy {strategy}: no strategy of that name; {meant}give auto, ddp, ddp_spawn, "
+                          "fsdp, deepspeed or another name in Lightning's StrategyRegistry")
+
+
+def _check_max_time(max_time: Any) -> None:
+    """A duration Lightning's Timer reads, of more than zero: the Timer's own message names the Timer, not the
+    setting, and a run of zero time or less trains nothing and exits 0."""
+    try:
+        seconds = Timer(duration=max_time).time_remaining()
+    except (MisconfigurationException, TypeError, ValueError, OverflowError):
+        seconds = None
+    if seconds is None or seconds <= 0:
+        raise ConfigError(f"trainer.max_time {max_time}: give how long to train as DD:HH:MM:SS (00:12:00:00 is 12 "
+                          "hours) or as days, hours, minutes and seconds ({hours: 12}), more than 0")
 
 
 def _check_training(model: Any, trainer: Any) -> None:
@@ -538,6 +568,11 @@ def _check_training(model: Any, trainer: Any) -> None:
     if isinstance(every, int) and every < 1:  # Lightning divides by it
         raise ConfigError(f"trainer.check_val_every_n_epoch {every}: give 1 or more (validate every that many "
                           "epochs), or trainer.limit_val_batches 0 for no validation")
+    interval = trainer.get("val_check_interval")
+    if isinstance(interval, (int, float)) and interval <= 0:  # 0 divides by zero; 0.0 validates after every batch
+        raise ConfigError(f"trainer.val_check_interval {interval}: give the training batches between validations "
+                          "(1 or more) or a share of the epoch (0.25: four times an epoch), or "
+                          "trainer.limit_val_batches 0 for no validation")
     for key in ("limit_train_batches", "max_epochs", "max_steps"):
         if trainer.get(key) == 0:
             raise ConfigError(f"trainer.{key} 0: the run would train on no batch; give 1 or more "
@@ -775,6 +810,18 @@ def _subclasses(cls: type) -> Iterator[type]:
     for sub in cls.__subclasses__():
         yield sub
         yield from _subclasses(sub)
+
+
+def _refuse_logging_callbacks_without_logger(trainer: pl.Trainer) -> None:
+    """Lightning refuses these callbacks without a logger only once the run has started, after the run's folder,
+    its config.yaml and its checkpoint folder's claim were written."""
+    if trainer.loggers:
+        return
+    for callback in trainer.callbacks:
+        if isinstance(callback, (LearningRateMonitor, DeviceStatsMonitor)):
+            name = type(callback).__name__
+            raise ConfigError(f"fit: trainer.logger is off, and trainer.callbacks' {name} logs to it; drop {name} "
+                              "from trainer.callbacks, or keep a logger")
 
 
 def _refuse_half_weights_on_cpu(trainer: pl.Trainer) -> None:
@@ -1362,6 +1409,7 @@ class VisattnCLI(LightningCLI):
         except MisconfigurationException as err:
             raise _trainer_error(err, config) from None
         if self.subcommand == "fit":
+            _refuse_logging_callbacks_without_logger(trainer)
             _refuse_half_weights_on_cpu(trainer)
             _refuse_sync_batchnorm_on_cpu(trainer, config)
             _warn_of_folders_elsewhere(trainer, self.typed_folders)
@@ -1632,9 +1680,9 @@ def _build_and_run(argv: list[str]) -> VisattnCLI:
                                                "--trainer.logger.save_dir", "--trainer.logger.init_args.save_dir")),
         )
     except ArgumentError as err:
-        unknown = _unknown_trainer_class(err)
-        if unknown is not None:
-            raise unknown from None
+        mapped = _unknown_trainer_class(err) or _wrong_type(err, argv)
+        if mapped is not None:
+            raise mapped from None
         blamed = argv[:1] if str(err).startswith("unrecognized argument") else argv[:3]  # the option, not the config
         raise ConfigError(f"{' '.join(blamed)}: {_first_line(err)}{_unaccepted_option_hint(err, argv[0])}") from None
     except ModuleNotFoundError as err:
@@ -1644,10 +1692,6 @@ def _build_and_run(argv: list[str]) -> VisattnCLI:
         raise ConfigError(f"{argv[0]}: a setting needs a package this environment lacks: "
                           f"{_first_line(err).rstrip('.')}; install it, or choose another setting") from None
     except MisconfigurationException as err:  # a setting Lightning refuses once the run starts
-        loggerless = re.match(r"Cannot use `(\w+)` callback with `Trainer` that has no logger", _first_line(err))
-        if loggerless:
-            raise ConfigError(f"{argv[0]}: trainer.logger is off, and trainer.callbacks' {loggerless[1]} logs to it; "
-                              f"drop {loggerless[1]} from trainer.callbacks, or keep a logger") from None
         raise ConfigError(f"{argv[0]}: {_first_line(err).rstrip('.')}; fix the setting it names in the "
                           "config or with --SECTION.KEY VALUE") from None
 
@@ -1664,6 +1708,47 @@ def _unknown_trainer_class(err: Exception) -> Optional[ConfigError]:
     meant = f"did you mean {close[0]}? " if close else ""
     return ConfigError(f"trainer.{found[1]}: no {kind} class named {found[2]}; {meant}give one of "
                        f"{module.__name__}'s classes by name, or a class path (package.module.Class)")
+
+
+# What jsonargparse's "Expected a <class 'int'>" asks for, in a user's words.
+_TYPE_WORDS = {"bool": "true or false", "int": "a whole number", "float": "a number", "str": "text"}
+
+
+def _wrong_type(err: Exception, argv: list[str]) -> Optional[ConfigError]:
+    """One line for a value of the wrong type, naming the option as typed (or the config's setting), its value and
+    what it takes; None for any other error."""
+    found = _expected_values(str(err))
+    if found is None:
+        return None
+    keys, value, wanted = found
+    setting = ".init_args.".join(keys)  # a class's own key: model.init_args.lr, trainer.callbacks.init_args.mode
+    typed = {f"--{setting}", f"--{keys[0]}.{keys[-1]}"}
+    option = next((arg.partition("=")[0] for arg in argv if arg.partition("=")[0] in typed), None)
+    where = f"{option} {value}" if option else f"{setting} {value} in the config"
+    return ConfigError(f"{where}: give {wanted}")
+
+
+def _expected_values(text: str) -> Optional[tuple[list[str], str, str]]:
+    """The keys (outer, then a class's own), the given value and what is wanted, in words, of jsonargparse's error
+    when each of its complaints is "Expected a <class 'T'>" of a type in ``_TYPE_WORDS`` or "Expected a
+    typing.Literal[...]"; None otherwise."""
+    named = _CLASS_PROBLEM.search(text)  # a union over classes: the named class's own complaint
+    text = text[:named.end()] if named else text
+    keys = re.findall(r'Parser key "([\w.]+)"', text)
+    value = re.search(r"(?:Given|Got) value: (.*)", text)
+    complaints = [line.strip().lstrip("- ") for line in (named[3] if named else text).splitlines()]
+    complaints = [line for line in complaints
+                  if line and not line.startswith(_NOISE) and not re.fullmatch(r'Parser key "[\w.]+":', line)]
+    types = [re.fullmatch(r"Expected a <class '(\w+)'>(?:\. Got value: .*)?", line) for line in complaints]
+    choices = [re.fullmatch(r"Expected a typing\.Literal\[(.*)\](?:\. Got value: .*)?", line) for line in complaints]
+    if (not 0 < len(keys) <= 2 or value is None or not complaints
+            or not all((t and t[1] in _TYPE_WORDS) or c for t, c in zip(types, choices))):
+        return None
+    wanted = [_TYPE_WORDS[t[1]] for t in types if t]
+    literals = [str(v) for c in choices if c for v in ast.literal_eval(f"[{c[1]}]")]
+    if literals:
+        wanted.append(f"one of {', '.join(dict.fromkeys(literals))}")
+    return keys, value[1], ", or ".join(dict.fromkeys(wanted))
 
 
 def _unaccepted_option_hint(err: Exception, subcommand: str) -> str:
