@@ -1759,3 +1759,16 @@ def test_attention_maps_read_with_too_few_prefix_tokens_are_one_line_naming_num_
     assert attention_map([attn], (4, 4), num_prefix_tokens=5).shape == (1, 4, 4)
     with pytest.raises(ConfigError, match=r"^20 patch tokens do not fill a 4x4 grid; check num_prefix_tokens$"):
         attention_map([attn], (4, 4), num_prefix_tokens=1)
+
+
+def test_an_unreadable_image_for_out_is_its_own_error_line_and_exit_1_as_for_out_dir(tmp_path, capsys):
+    """`--out` ended in `visattn: error:` and exit 2, the code of a usage mistake, where `--out-dir` (and classify,
+    caption, detect) give the file's own line and exit 1."""
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    for outputs in (["--out", str(tmp_path / "map.png")], ["--out-dir", str(tmp_path / "maps")]):
+        assert main(["explain", str(bad), "--model", "se_resnet20_cifar.fmnist", *outputs]) == 1
+        out, err = capsys.readouterr()
+        assert out.startswith(f"{bad}: error: not a supported image") and out.count("\n") == 1, out
+        assert err == "visattn: 1 of 1 files could not be explained\n"
+    assert not (tmp_path / "map.png").exists() and not any((tmp_path / "maps").iterdir())

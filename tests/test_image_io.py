@@ -180,7 +180,7 @@ def test_bomb_header_is_refused_before_any_pixel_memory_without_warnings(tmp_pat
     monkeypatch.setattr(ImageFile.ImageFile, "load", lambda img: loads.append(img.size) or real_load(img))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        refused = r"bomb.png: image is (over Pillow's limit|\d+x\d+ = \d+ pixels, over)"
+        refused = rf"bomb.png: image is (\d+x\d+ = )?\d+ pixels, over the limit of {DEFAULT_MAX_PIXELS} "
         with pytest.raises(ImageDecodeError, match=refused):
             decode_image(path)
     assert loads == []
@@ -203,10 +203,10 @@ def test_max_pixels_is_the_limit_a_larger_image_is_decoded_under(tmp_path, size,
 
     monkeypatch.setattr(ImageFile.ImageFile, "load", stop)
     limit = size[0] * size[1]
-    if size == (14000, 14000):  # at the default max_pixels, Pillow's limit refuses it first
-        with pytest.raises(ImageDecodeError, match=r"over Pillow's limit of 178956970 pixels \(possible decompression "
-                           r"bomb; for files you trust, raise the limit: --max-pixels N, data.init_args.max_pixels, or "
-                           r"max_pixels=N in Python\)$"):
+    if size == (14000, 14000):  # at the default max_pixels Pillow's limit refuses it first: named as max_pixels'
+        with pytest.raises(ImageDecodeError, match=rf"photo.png: image is 196000000 pixels, over the limit of "
+                           rf"{DEFAULT_MAX_PIXELS} \(possible decompression bomb; for files you trust, raise the "
+                           r"limit: --max-pixels N, data.init_args.max_pixels, or max_pixels=N in Python\)$"):
             decode_image(path)
     with pytest.raises(ImageDecodeError, match=re.escape(f"over the limit of {limit - 1} (possible decompression "
                                                          "bomb; for files you trust, raise the limit: --max-pixels N")):
@@ -348,6 +348,21 @@ def test_a_truncated_jpeg_whose_decoder_says_truncated_in_capitals_gets_the_fix(
         decode_image(data[: len(data) // 2])
 
 
+def test_a_truncated_image_a_user_opened_is_an_image_decode_error_naming_the_file(tmp_path):
+    """Pillow decodes an opened file once its pixels are read, inside visattn's transform: a bare OSError
+    ("image file is truncated") that named neither the file nor the fix."""
+    from visattn.data.image_io import rgb_pixels
+
+    path = tmp_path / "cut.png"
+    data = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(data, "PNG")
+    path.write_bytes(data.getvalue()[: len(data.getvalue()) // 2])
+    with Image.open(path) as img:
+        with pytest.raises(ImageDecodeError, match=f"^{re.escape(str(path))}: truncated or corrupt image data: .*"
+                           r"\(re-export or remove the file\)$"):
+            rgb_pixels(img)
+
+
 def test_a_link_up_to_the_dataset_folder_does_not_give_a_class_the_other_classes_images(tmp_path):
     from visattn.data.image_folder import ImageFolder
 
@@ -396,6 +411,30 @@ def test_the_transparent_value_of_a_16_bit_gray_png_is_blended_like_any_other_tr
     assert Image.open(tmp_path / "g16.png").info["transparency"] == 1000
     assert decode_image(tmp_path / "g16.png").tolist() == [[[255, 255, 255], [255, 255, 255]]]
     assert decode_image(tmp_path / "g16.png", background=(0, 0, 255))[0].tolist() == [[0, 0, 255], [255, 255, 255]]
+
+
+def test_a_folder_or_a_file_without_read_permission_is_named_with_the_fix(tmp_path, monkeypatch):
+    """For a user who is not root, opening a folder without read permission raises PermissionError, not
+    IsADirectoryError: the folder whose images went unread and a file without read permission were both
+    "permission denied", without the fix."""
+    locked, closed = tmp_path / "locked", tmp_path / "closed.png"
+    locked.mkdir()
+    Image.new("RGB", (28, 28)).save(closed)
+    scandir, image_open = os.scandir, Image.open
+
+    def refused(path):
+        if os.fspath(path) in (str(locked), str(closed)):  # as chmod 000 does for a user that is not root
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+
+    monkeypatch.setattr(os, "scandir", lambda path=".", *args, **kw: refused(path) or scandir(path, *args, **kw))
+    monkeypatch.setattr(Image, "open", lambda fp, *args, **kwargs: refused(fp) or image_open(fp, *args, **kwargs))
+    with pytest.raises(ImageDecodeError, match=f"^{re.escape(str(locked))}: a folder that cannot be listed "
+                       r"\(Permission denied\), so its images were not read; give read permission to it "
+                       r"\(chmod \+rx\)"):
+        decode_image(locked)
+    with pytest.raises(ImageDecodeError, match=f"^{re.escape(str(closed))}: permission denied; give read permission "
+                       r"to it \(chmod \+r\) or leave it out$"):
+        decode_image(closed)
 
 
 def test_a_folder_that_cannot_be_listed_is_reported_on_its_own_line_not_passed_over(tmp_path, monkeypatch, capsys):

@@ -371,7 +371,7 @@ EXPLAIN_FLAGS = {"method": "--method", "layer": "--layer", "head": "--head", "ta
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from .data.image_io import decode_image, list_images, run_in_batches
+    from .data.image_io import list_images, run_in_batches
     from .explain.overlay import figure_format
     from .fileio import output_paths, prepare_output_file
     from .inference.classifier import load_classifier
@@ -386,12 +386,12 @@ def cmd_explain(args: argparse.Namespace) -> int:
     classifier = load_classifier(args.model, args.checkpoint, device=args.device)
     if args.out is not None:
         figure_format(args.out)  # a suffix matplotlib cannot write, refused before the work
-        out = prepare_output_file(args.out, flag="--out", inputs=[*args.paths, *model_files(args.model, args.checkpoint)])
-        _print_explained(args, args.paths[0], _explained(classifier, decode_image(args.paths[0], max_pixels=max_pixels(args)),
-                                                         args, out))
-        return 0
-    files = list_images(args.paths, allow_empty=False, exclude=[args.out_dir], rerun_of=["explain"])
-    maps = output_paths(files, args.out_dir, flag="--out-dir", commands={"": "explain"})[""]
+        files = list_images(args.paths, allow_empty=False)
+        maps = [prepare_output_file(args.out, flag="--out", inputs=[*args.paths, *model_files(args.model,
+                                                                                             args.checkpoint)])]
+    else:
+        files = list_images(args.paths, allow_empty=False, exclude=[args.out_dir], rerun_of=["explain"])
+        maps = output_paths(files, args.out_dir, flag="--out-dir", commands={"": "explain"})[""]
     failures = 0
     decoded = run_in_batches(files, 1, lambda image: image, lambda images: images, max_pixels=max_pixels(args))
     for (item, image), out in zip(decoded, maps):

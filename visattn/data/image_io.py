@@ -12,6 +12,7 @@ import io
 import errno
 import json
 import os
+import re
 import reprlib
 import stat
 import warnings
@@ -88,6 +89,9 @@ def decode_image(
             return rgb_pixels(img, background)
     except ImageDecodeError as err:
         raise ImageDecodeError(f"{name}: {err}") from None
+    except Image.DecompressionBombError as err:  # Pillow's own limit, met in the header before max_pixels is checked
+        pixels = re.search(r"\((\d+) pixels\)", str(err))
+        raise ImageDecodeError(f"{name}: {_over_the_limit(pixels[1] if pixels else 'more', max_pixels)}") from None
     except Exception as err:  # noqa: BLE001 -- any decoder failure is the file's fault
         raise ImageDecodeError(f"{name}: {_reason(err, source)}") from None
 
@@ -305,10 +309,12 @@ def _available_formats() -> tuple[str, ...]:
 def _check_size(size: tuple[int, int], max_pixels: int) -> None:
     width, height = size
     if width * height > max_pixels:
-        raise ImageDecodeError(
-            f"image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels} "
-            f"(possible decompression bomb; for files you trust, {RAISE_MAX_PIXELS})"
-        )
+        raise ImageDecodeError(_over_the_limit(f"{width}x{height} = {width * height}", max_pixels))
+
+
+def _over_the_limit(pixels: str, max_pixels: int) -> str:
+    return (f"image is {pixels} pixels, over the limit of {max_pixels} (possible decompression bomb; for files you "
+            f"trust, {RAISE_MAX_PIXELS})")
 
 
 def _exif_transpose(img: Image.Image) -> None:
@@ -320,7 +326,13 @@ def _exif_transpose(img: Image.Image) -> None:
 
 def rgb_pixels(img: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) -> np.ndarray:
     """``(H, W, 3)`` uint8 pixels of an opened image as :func:`decode_image` gives a file's (transparency blended
-    onto ``background``, 16-bit and float pixels rescaled), without its EXIF turn: a PIL image a user opened."""
+    onto ``background``, 16-bit and float pixels rescaled), without its EXIF turn: a PIL image a user opened.
+    Pixels that do not decode (Pillow decodes an opened file here) are an :class:`ImageDecodeError` naming it."""
+    try:
+        img.load()
+    except Exception as err:  # noqa: BLE001 -- any decoder failure is the file's fault
+        name = getattr(img, "filename", None) or "<image>"
+        raise ImageDecodeError(f"{name}: {_reason(err, name)}") from None
     return np.asarray(_to_rgb(img, background))
 
 
@@ -363,14 +375,12 @@ def _reason(err: Exception, source: ImageSource) -> str:
         return missing_reason(source) if isinstance(source, (str, os.PathLike)) else "no such file"
     if isinstance(err, OSError) and err.errno == errno.ELOOP:
         return "symbolic link loop; point the link at an image file"
-    if isinstance(err, IsADirectoryError):
+    # Opening a folder without read permission raises a PermissionError, not an IsADirectoryError.
+    folder = not isinstance(source, bytes) and os.path.isdir(source)
+    if isinstance(err, (IsADirectoryError, PermissionError)) and folder:
         return _folder_reason(source)
     if isinstance(err, PermissionError):
-        return "permission denied"
-    if isinstance(err, Image.DecompressionBombError):
-        limit = 2 * Image.MAX_IMAGE_PIXELS  # where Pillow's warning becomes this error
-        return (f"image is over Pillow's limit of {limit} pixels (possible decompression bomb; for files you trust, "
-                f"{RAISE_MAX_PIXELS})")
+        return "permission denied; give read permission to it (chmod +r) or leave it out"
     if isinstance(err, UnidentifiedImageError):
         return _unidentified_reason(_head(source, 12))
     text = " ".join(str(err).split()) or type(err).__name__
