@@ -803,3 +803,17 @@ def test_validation_and_test_decode_with_the_tasks_length_penalty(monkeypatch):
                           max_len=7)
     task(torch.randn(1, 3, 32, 32))
     assert seen == [dict(beam_size=3, max_len=7, length_penalty=0.6)]
+
+
+@pytest.mark.parametrize("setting, value, message", [
+    ("max_len", 0, "model.init_args.max_len=0: a caption needs at least one word"),
+    ("beam_size", -2, "model.init_args.beam_size=-2: must be >= 1"),
+    ("length_penalty", float("nan"), "model.init_args.length_penalty=nan: give a finite number"),
+])
+def test_decoding_settings_that_give_no_caption_are_refused_when_the_task_is_built(setting, value, message):
+    """They were refused at the first validation: after a whole training epoch without a sanity check, whose
+    weights no checkpoint kept, and after the run's config.yaml and checkpoint folder were written."""
+    from visattn.tasks.captioning import CaptioningTask
+
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}"):
+        CaptioningTask(vocab=["<pad>", "<start>", "<end>", "<unk>", "a"], **{setting: value})

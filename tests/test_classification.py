@@ -1014,7 +1014,8 @@ def test_a_backbone_lr_scale_or_attention_weight_that_is_not_finite_or_negative_
     from visattn.tasks.detection import DetectionTask
 
     task = DetectionTask(model_name="fcos_resnet20_cifar", num_classes=2, backbone_lr_scale=value)
-    with pytest.raises(ConfigError, match=rf"^model.init_args.backbone_lr_scale={value}: give a finite value of 0 or"):
+    with pytest.raises(ConfigError, match=rf"^model.init_args.backbone_lr_scale {value}: a backbone's share of the lr "
+                                          "is a finite number of 0 or more; give e.g. 0.1$"):
         adamw_warmup_cosine(task)
     with pytest.raises(ConfigError, match=rf"^model.init_args.alpha_c={value}: give a finite weight of 0 or more"):
         CaptioningTask(vocab=["<pad>", "<start>", "<end>", "<unk>", "a"], alpha_c=value)
@@ -1029,7 +1030,7 @@ def test_an_input_size_of_two_channels_is_one_line():
                                         ("lr", -1e-3), ("warmup_epochs", -1.0)])
 def test_a_learning_rate_weight_decay_or_warmup_that_is_not_finite_or_negative_is_one_line(key, value):
     task = ImageClassifier(model_name="resnet20_cifar", num_classes=3, **{key: value})
-    with pytest.raises(ConfigError, match=rf"model.init_args.{key}={value}: give a finite value of 0 or more"):
+    with pytest.raises(ConfigError, match=rf"^model.init_args.{key} {value}: a .+ is a finite number of 0 or more"):
         adamw_warmup_cosine(task)
 
 

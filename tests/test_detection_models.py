@@ -391,6 +391,7 @@ def test_bad_configurations_raise_config_errors():
 BAD_IMAGE_SETTINGS = [  # each had built, then given detections from a 1 px image, NaN boxes or none at all
     ({"min_size": 0}, r"min_size=0: give a whole number >= 1"),
     ({"max_size": 0}, r"max_size=0: give a whole number >= 1"),
+    ({"min_size": 128, "max_size": 64}, r"min_size=128, max_size=64: the short side is resized to min_size unless"),
     ({"image_std": [0.0, 0.0, 0.0]}, r"image_std=\[0.0, 0.0, 0.0\]: give 3 finite numbers above 0, one per RGB"),
     ({"image_std": []}, r"image_std=\[\]: give 3 finite"),  # had been ImageNet's without a word
     ({"image_mean": [0.5]}, r"image_mean=\[0.5\]: give 3 finite numbers, one per RGB channel"),
@@ -408,10 +409,30 @@ def test_resize_and_normalisation_settings_that_give_no_real_detection_are_one_l
                                               ({"score_thresh": float("nan")}, "score_thresh=nan: give a number"),
                                               ({"nms_thresh": -0.1}, "nms_thresh=-0.1: give a number from 0 to 1"),
                                               ({"out_channels": 0}, "out_channels=0: give a whole number >= 1"),
-                                              ({"detections_per_img": 0}, "detections_per_img=0: give a whole")])
+                                              ({"detections_per_img": 0}, "detections_per_img=0: give a whole"),
+                                              # no positive location: box and centerness losses 0, exit 0
+                                              ({"center_sampling_radius": 0}, "center_sampling_radius=0: give how "
+                                                                              "many strides around a box's centre"),
+                                              ({"center_sampling_radius": -1}, "center_sampling_radius=-1: give")])
 def test_fcos_thresholds_and_sizes_that_never_detect_are_one_line(setting, message):
     with pytest.raises(ConfigError, match=f"^{message}"):  # a threshold above 1 or NaN never kept a detection
         create_model("fcos_resnet20_cifar", **setting)
+
+
+@pytest.mark.parametrize("setting, message", [
+    ({"class_weight": 0, "bbox_weight": 0, "giou_weight": 0}, "class_weight, bbox_weight and giou_weight are all 0"),
+    ({"giou_weight": float("nan")}, "giou_weight=nan: give a finite weight of 0 or more"),  # NaN loss at every step
+    ({"bbox_weight": -5.0}, "bbox_weight=-5.0: give a finite weight of 0 or more"),
+    ({"eos_coef": -1.0}, r"eos_coef=-1.0: give a weight in \(0, 1\]"),
+    ({"eos_coef": 0}, r"eos_coef=0: give a weight in \(0, 1\]"),
+    ({"mlp_ratio": 0}, "mlp_ratio=0: give the MLP's width over hidden_dim, above 0"),
+])
+def test_detr_loss_weights_and_widths_that_train_nothing_are_one_line(setting, message):
+    """Each was built and trained, exit 0: all three loss weights 0 gave a loss of 0, a NaN one a NaN loss at every
+    step, and MLPs of no width trained without a word."""
+    with pytest.raises(ConfigError, match=f"^{message}"):
+        create_model("detr_resnet20_cifar", **setting)
+    create_model("detr_resnet20_cifar", eos_coef=1.0, class_weight=0, bbox_weight=0)  # the edges that train
 
 
 @pytest.mark.parametrize("name", HEADS)

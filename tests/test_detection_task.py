@@ -227,7 +227,7 @@ def test_a_detr_with_fewer_queries_than_a_training_image_has_objects_is_refused_
         "the rest would go unmatched); build the model with num_queries of at least 2 (in a config: model_kwargs: "
         "{num_queries: 2})")
     code = main(["fit", "--config", "configs/detection/detr_scenes.yaml", "--trainer.max_steps", "1",
-                 "--trainer.default_root_dir", str(out), "--trainer.logger", "false",
+                 "--trainer.default_root_dir", str(out), "--trainer.logger", "false", "--trainer.callbacks=[]",
                  "--model.model_kwargs", json.dumps({**TINY["detr"], "num_queries": 2}),
                  "--data.init_args.num_train", "8", "--data.init_args.max_items", "3"])
     assert code == 2 and "an image holds 3 objects, more than num_queries=2" in capsys.readouterr().err

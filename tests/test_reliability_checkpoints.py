@@ -570,7 +570,11 @@ def _one_error_line(capsys) -> str:
 
 
 TRAINER_MISTAKES = {
-    "negative_lr": (["--model.init_args.lr", "-1"], "model.init_args.lr -1.0: a learning rate cannot be negative"),
+    "negative_lr": (["--model.init_args.lr", "-1"], "model.init_args.lr -1.0: a learning rate is a finite number of 0 "
+                                                    "or more; give e.g. 0.001"),
+    # refused once the trainer had written the run's config.yaml and claimed its checkpoint folder
+    "negative_warmup": (["--model.init_args.warmup_epochs", "-1"], "model.init_args.warmup_epochs -1.0: a warm-up is "
+                                                                   "a finite number of 0 or more"),
     "negative_max_epochs": (["--trainer.max_epochs", "-5"], "trainer: `max_epochs` must be a non-negative integer"),
     "zero_devices": (["--trainer.devices", "0"], "trainer: `Trainer(devices='0')` value is not a valid input"),
     "zero_accumulate_grad_batches": (["--trainer.accumulate_grad_batches", "0"],
@@ -605,6 +609,8 @@ def test_lightning_side_config_mistakes_are_one_line(case, in_tmp, capsys):
         pytest.skip("this machine has a GPU")
     assert main(["fit", "--config", str(CBAM_CONFIG), *QUICK, "--trainer.max_steps", "1", *extra]) == 2
     assert expected in _one_error_line(capsys)
+    if case in ("negative_lr", "negative_warmup", "label_smoothing_above_one"):  # model settings: nothing written
+        assert list(in_tmp.iterdir()) == []
 
 
 def test_a_file_given_as_the_run_folder_is_named_as_the_setting_given(in_tmp, capsys):

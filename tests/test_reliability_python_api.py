@@ -4,6 +4,7 @@ detection settings that would give wrong results without a word."""
 import json
 import os
 import re
+import subprocess
 import sys
 import warnings
 
@@ -665,3 +666,18 @@ def test_a_process_forked_while_another_thread_holds_the_warning_filters_takes_t
     finally:
         leave.set()
         holder.join(30)
+
+
+def test_the_loaders_import_from_visattn_inference_without_lightning_as_the_readme_places_them():
+    """The README placed them in visattn.inference, whose __init__ held neither: an ImportError."""
+    probe = ("import sys, visattn\n"
+             "from visattn.inference import load_captioner, load_classifier, load_detector\n"
+             "load_classifier('se_resnet20_cifar.fmnist')\n"
+             "print(load_classifier is visattn.load_classifier, load_captioner is visattn.load_captioner,\n"
+             "      load_detector is visattn.load_detector, *sorted({'lightning', 'torchmetrics'} & {*sys.modules}))")
+    found = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert found.stdout.split() == ["True", "True", "True"], found.stderr
+    import visattn.inference
+
+    with pytest.raises(AttributeError, match="has no attribute 'load_model'"):
+        visattn.inference.load_model

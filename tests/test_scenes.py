@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
 
 import cv2
 import numpy as np
@@ -282,3 +283,36 @@ def test_shipped_scenes_weights_are_scored_on_1000_test_scenes():
     for name in ("sat_cbam_resnet_scenes.scenes", "fcos_se_resnet20_cifar.scenes", "detr_se_resnet20_cifar.scenes"):
         assert index[name]["metrics"]["test/n"] == 1000
         assert len(recorded_scenes(index[name]["preprocessing"], "test", canvas_size=64)) == 1000
+
+
+@pytest.mark.parametrize("setting, message", [
+    ({"seed": -1}, "seed=-1: give a whole number of 0 or more"),  # numpy's "expected non-negative integer"
+    ({"canvas_size": 15}, "canvas_size=15: give 16 pixels or more"),
+    ({"num_scenes": -1}, "num_scenes=-1: give 0 or more"),
+])
+def test_a_scene_setting_is_refused_naming_it_alone(setting, message):
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+        FashionScenes("val", **setting)
+
+
+@pytest.mark.parametrize("setting, message", [
+    ({"seed": -1}, "data.init_args.seed=-1: give a whole number of 0 or more"),
+    ({"canvas_size": 15}, "data.init_args.canvas_size=15: give 16 pixels or more"),
+    ({"num_train": 0}, "data.init_args.num_train=0: the vocabulary comes from the training scenes' captions"),
+    ({"vocab_scenes": 0}, "data.init_args.vocab_scenes=0: the vocabulary comes from the training scenes' captions"),
+])
+def test_a_scenes_data_modules_setting_is_named_as_its_key(setting, message):
+    """The seed was "could not be built (expected non-negative integer)", with no setting; num_train 0 blamed
+    min_count ("lower it"), and FashionScenes' own name num_scenes is no data module's key."""
+    from visattn.data.scenes import scenes_split
+    from visattn.data.caption_datamodules import FashionScenesCaptionDataModule
+    from visattn.data.detection import FashionScenesDetectionDataModule
+
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}"):
+        FashionScenesCaptionDataModule(**setting)
+    if "vocab_scenes" not in setting and "num_train" not in setting:
+        with pytest.raises(ConfigError, match=f"^{re.escape(message)}"):
+            FashionScenesDetectionDataModule(**setting)
+    settings = {"num_val": -1, "canvas_size": 64, "min_items": 1, "max_items": 3, "seed": 0, "root": None}
+    with pytest.raises(ConfigError, match=r"^data.init_args.num_val=-1: give 0 or more$"):
+        scenes_split(settings, "val")

@@ -4,7 +4,7 @@ import os
 import warnings
 from typing import TYPE_CHECKING, Any
 
-from .errors import ONE_LINE_WARNINGS_ENV, VisattnError, one_line_showwarning
+from .errors import ONE_LINE_WARNINGS_ENV, MovedNameWarning, VisattnError, VisattnWarning, one_line_showwarning
 
 if TYPE_CHECKING:
     from .inference.captioner import load_captioner
@@ -34,7 +34,9 @@ _LAZY = {
     "load_detector": "inference.detector",
 }
 __all__ = [
+    "MovedNameWarning",
     "VisattnError",
+    "VisattnWarning",
     "create_model",
     "is_model",
     "list_models",

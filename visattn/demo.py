@@ -132,7 +132,7 @@ def main() -> None:
     print(f"  Grad-CAM, rollout, gates:    {OUT / 'explain'}")
     print(f"  test scenes captioned:       {OUT / 'scenes'}")
     print(f"  per-word attention PNGs:     {OUT / 'attention'}")
-    print(f"  detections drawn (and DETR's attention panels): {OUT / 'detections'}")
+    print(f"  detections and their panels: {OUT / 'detections'}")
 
 
 if __name__ == "__main__":

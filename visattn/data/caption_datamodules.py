@@ -30,7 +30,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import Dataset
 
-from ..errors import ArgumentError, ConfigError, VisattnWarning, caught_warnings, outside_visattn
+from ..errors import ArgumentError, ConfigError, VisattnWarning, caught_warnings, is_count, outside_visattn
 from .datamodules import COCO_VALIDATION_FIX, COCO_VALIDATION_SETTING, SplitLoadersMixin, check_img_size, split_images_dir
 from .coco import CaptionImages, CocoCaptions, KarpathyCaptions, KarpathySplit, read_karpathy
 from .scenes import SCENES_MEAN, SCENES_STD, FashionScenes, scene_settings, scenes_split
@@ -298,6 +298,10 @@ class FashionScenesCaptionDataModule(_CaptionDataModule):
         super().__init__()
         self.save_hyperparameters()
         self._check_options()
+        for key in ("num_train", "vocab_scenes"):  # else no caption: a refusal blaming min_count
+            if not is_count(self.hparams[key]):
+                raise ConfigError(f"data.init_args.{key}={self.hparams[key]}: the vocabulary comes from the training "
+                                  "scenes' captions; give 1 or more")
         train = scenes_split(self.hparams, "train")  # checks the scene options and finds Fashion-MNIST early
         captions = (c for i in range(min(vocab_scenes, len(train))) for c in train[i].captions)
         self.vocabulary = training_vocabulary(captions, min_count, max_caption_len)

@@ -33,7 +33,7 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ..errors import ConfigError
+from ..errors import ConfigError, is_whole
 from ..fileio import atomic_write_text
 from .fashion_mnist import load_fashion_mnist, shared_tensor
 
@@ -138,7 +138,7 @@ class FashionScenes(Dataset):
         seed: int = 0,
         root: str | os.PathLike | None = None,
     ) -> None:
-        _check_options(split, num_scenes, canvas_size, min_items, max_items)
+        _check_options(split, num_scenes, canvas_size, min_items, max_items, seed)
         unknown = sorted(set(colors or ()) - set(COLORS))
         if unknown or (colors is not None and not colors):
             raise ConfigError(f"colors={list(colors)}: choose one or more of {', '.join(COLORS)}")
@@ -214,13 +214,16 @@ class FashionScenes(Dataset):
         return (gray[:, :, None] * rgb // 255).astype(np.uint8)  # (h, w, 3)
 
 
-def _check_options(split: str, num_scenes: int, canvas_size: int, min_items: int, max_items: int) -> None:
+def _check_options(split: str, num_scenes: int, canvas_size: int, min_items: int, max_items: int,
+                   seed: int) -> None:
     if split not in _SPLIT_CODES:
         raise ConfigError(f"split={split!r}: FashionScenes has splits 'train', 'val' and 'test'")
-    if num_scenes < 0 or canvas_size < 16:
-        raise ConfigError(
-            f"num_scenes={num_scenes}, canvas_size={canvas_size}: need num_scenes >= 0 and canvas_size >= 16"
-        )
+    if num_scenes < 0:
+        raise ConfigError(f"num_scenes={num_scenes}: give 0 or more")
+    if canvas_size < 16:
+        raise ConfigError(f"canvas_size={canvas_size}: give 16 pixels or more")
+    if not is_whole(seed):  # numpy's "expected non-negative integer" named no setting
+        raise ConfigError(f"seed={seed!r}: give a whole number of 0 or more")
     if not 1 <= min_items <= max_items:
         raise ConfigError(f"min_items={min_items}, max_items={max_items}: need 1 <= min_items <= max_items")
     per_row = _items_per_row(canvas_size)
@@ -412,10 +415,17 @@ def scene_settings(hparams: Any) -> dict[str, int]:
 
 def scenes_split(hparams: Any, split: Split) -> FashionScenes:
     """The scenes of ``split`` a data module's settings draw (``num_train``, ``num_val`` or ``num_test`` of
-    them, with its canvas size, item counts, seed and Fashion-MNIST ``root``)."""
-    return FashionScenes(split, num_scenes=hparams[f"num_{split}"], canvas_size=hparams["canvas_size"],
-                         min_items=hparams["min_items"], max_items=hparams["max_items"], seed=hparams["seed"],
-                         root=hparams["root"])
+    them, with its canvas size, item counts, seed and Fashion-MNIST ``root``). A setting it refuses is named as the
+    data module's: ``data.init_args.num_train``."""
+    try:
+        return FashionScenes(split, num_scenes=hparams[f"num_{split}"], canvas_size=hparams["canvas_size"],
+                             min_items=hparams["min_items"], max_items=hparams["max_items"], seed=hparams["seed"],
+                             root=hparams["root"])
+    except ConfigError as err:
+        key, equals, rest = str(err).partition("=")
+        if not equals or key not in (*hparams, "num_scenes"):
+            raise
+        raise ConfigError(f"data.init_args.{f'num_{split}' if key == 'num_scenes' else key}={rest}") from None
 
 
 def recorded_scenes(preprocessing: dict[str, Any], split: Split, num_scenes: int | None = None, *,

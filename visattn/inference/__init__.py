@@ -10,6 +10,16 @@ from typing import Any, Callable
 
 from ..errors import MovedNameWarning, outside_visattn
 
+# The loaders, imported on first use: each module imports moved_here from this package.
+_LOADERS = {"load_classifier": "classifier", "load_captioner": "captioner", "load_detector": "detector"}
+__all__ = ["load_captioner", "load_classifier", "load_detector", "moved_here"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LOADERS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_LOADERS[name]}", __name__), name)
+
 
 def moved_here(module: str, names: dict[str, str]) -> Callable[[str], Any]:
     """A ``__getattr__`` for the visattn.tasks ``module`` that still gives the ``names`` that moved here (each to

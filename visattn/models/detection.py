@@ -242,8 +242,10 @@ class VitPyramid(nn.Module):
 def check_image_settings(*, min_size: object, max_size: object, image_mean: object, image_std: object) -> None:
     """One line for resize and normalisation settings that give a result which looks like one: a size of 0
     resizes every image to 1 px, which still gives confident boxes, and a std of 0 gives NaN boxes."""
-    check_count("min_size", min_size)
-    check_count("max_size", max_size)
+    if check_count("min_size", min_size) > check_count("max_size", max_size):  # the long side's cap wins: ignored
+        raise ConfigError(f"min_size={min_size}, max_size={max_size}: the short side is resized to min_size unless "
+                          "the long side would pass max_size, so min_size above it is never reached; give min_size "
+                          "<= max_size")
     for name, values, low in (("image_mean", image_mean, -math.inf), ("image_std", image_std, 0.0)):
         if values is not None and not (isinstance(values, (list, tuple)) and len(values) == 3
                                        and all(is_number(v) and low < v < math.inf for v in values)):
@@ -273,6 +275,18 @@ def check_image_list(images: object) -> None:
                 fix = ("it is channels-last: image.permute(2, 0, 1)" if image.shape[-1] == 3 else
                        "for a gray image: image.expand(3, -1, -1)" if image.shape[0] == 1 else fix)
             raise ConfigError(f"image {k}: {what}, but a detector takes (3, H, W) floats in 0..1 or uint8; {fix}")
+
+
+def _check_detr_losses(**weights: object) -> None:
+    """DETR's loss and matching weights: each finite and 0 or more, not all of the three losses' 0 (the loss was 0
+    and nothing trained, or NaN at every step), and ``eos_coef`` a weight in (0, 1]."""
+    for name, value in weights.items():
+        if not (is_number(value) and 0 <= value < math.inf) or (name == "eos_coef" and not 0 < value <= 1):
+            what = "a weight in (0, 1] (0.1 in DETR)" if name == "eos_coef" else "a finite weight of 0 or more"
+            raise ConfigError(f"{name}={value!r}: give {what}")
+    if not any(weights[name] for name in ("class_weight", "bbox_weight", "giou_weight")):
+        raise ConfigError("class_weight, bbox_weight and giou_weight are all 0: the loss is 0 and nothing trains; give "
+                          "DETR's 1, 5 and 2")
 
 
 def check_probability(name: str, value: object) -> float:
@@ -439,6 +453,10 @@ class FcosDetector(FCOS):
         check_image_settings(min_size=min_size, max_size=max_size, image_mean=image_mean, image_std=image_std)
         for name, value in (("score_thresh", score_thresh), ("nms_thresh", nms_thresh)):
             check_probability(name, value)
+        if not (is_number(center_sampling_radius) and 0 < center_sampling_radius < math.inf):
+            # no location lies within 0 strides of a centre: no positive, box and centerness losses 0, nothing learnt
+            raise ConfigError(f"center_sampling_radius={center_sampling_radius!r}: give how many strides around a "
+                              "box's centre hold its positives, above 0 (1.5 in the paper)")
         for name, value in (("detections_per_img", detections_per_img), ("topk_candidates", topk_candidates)):
             check_count(name, value)
         if check_count("out_channels", out_channels) % 32:
@@ -701,6 +719,10 @@ class DetrDetector(nn.Module):
         check_count("num_classes", num_classes)
         check_count("num_queries", num_queries)  # with none, it would silently detect nothing
         check_image_settings(min_size=min_size, max_size=max_size, image_mean=image_mean, image_std=image_std)
+        _check_detr_losses(class_weight=class_weight, bbox_weight=bbox_weight, giou_weight=giou_weight,
+                           eos_coef=eos_coef)
+        if not (is_number(mlp_ratio) and 0 < mlp_ratio < math.inf):  # 0 built MLPs of no width, which trained
+            raise ConfigError(f"mlp_ratio={mlp_ratio!r}: give the MLP's width over hidden_dim, above 0 (8 in DETR)")
         self.num_classes = num_classes
         self.input_size = (3, min_size, min_size)
         self.aux_loss, self.eos_coef = aux_loss, eos_coef

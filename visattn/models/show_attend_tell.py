@@ -73,7 +73,7 @@ def _word_log_probs(logits: Tensor) -> Tensor:
     return logits.log_softmax(dim=-1)
 
 
-def _check_decoding(*, max_len: int, beam_size: int = 1, length_penalty: float = 1.0) -> None:
+def check_decoding(*, max_len: int, beam_size: int = 1, length_penalty: float = 1.0) -> None:
     """Refuse settings that give no caption here, in one line, rather than deep inside a search."""
     if not is_count(beam_size):
         raise ConfigError(f"beam_size={beam_size!r}: must be >= 1, a whole number (1 decodes greedily)")
@@ -309,7 +309,7 @@ class ShowAttendTell(nn.Module):
         return self._decode(self._greedy_decode, images, max_len=max_len)
 
     def _decode(self, search: Callable[..., DecodedCaptions], images: Tensor, **settings: Any) -> DecodedCaptions:
-        _check_decoding(**settings)
+        check_decoding(**settings)
         if not len(images):
             return DecodedCaptions([], [], images.new_zeros(0))
         with eval_mode(self):  # in train mode dropout would pick words at random and batch norms would learn

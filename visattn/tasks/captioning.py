@@ -29,7 +29,7 @@ from ..explain.cell_centres import CellCentres
 from ..explain.pointing import pointing_hit
 from ..inference import moved_here
 from ..inference.captioner import Captioner, attention_centres, decode
-from ..models.show_attend_tell import DecodedCaptions, doubly_stochastic_penalty
+from ..models.show_attend_tell import DecodedCaptions, check_decoding, doubly_stochastic_penalty
 from ..pretrained import (file_weights_entry, find_weights_entry, load_weights, named_weights_entry, read_state_dict,
                           starting_weights_skipped)
 from ..registry import another_packages_note, create_model, model_task, split_model_name
@@ -327,6 +327,10 @@ class CaptioningTask(GuardedTask, pl.LightningModule):
             check_java("model.init_args.meteor=true")
         if not (is_number(alpha_c) and 0 <= alpha_c < math.inf):  # a negative one rewarded uneven attention
             raise ConfigError(f"model.init_args.alpha_c={alpha_c!r}: give a finite weight of 0 or more (1 in the paper)")
+        try:  # before training, not at the first validation
+            check_decoding(max_len=max_len, beam_size=beam_size, length_penalty=length_penalty)
+        except ConfigError as err:
+            raise ConfigError(f"model.init_args.{err}") from None
         self.save_hyperparameters()
         self.vocab = Vocabulary.from_list(vocab)
         refuse_linked_kwargs(model_kwargs, vocab_size="model.init_args.vocab (the data's vocabulary)")

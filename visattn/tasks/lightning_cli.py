@@ -95,6 +95,7 @@ from ..shipped import bare_config_name, config_file_name, nearest_shipped_config
 from ..weight_names import FETCHED_PREFIXES
 from .distributed import gather_shares
 from .guards import GuardedTask, seed_apart
+from .optimization import check_optimizer_settings
 
 log = logging.getLogger(__name__)
 
@@ -486,9 +487,6 @@ def _described(class_path: Optional[str], model_name: Any) -> str:
 
 
 # Task hyperparameters that torch's optimizer refuses, with a traceback, only once training starts.
-_NON_NEGATIVE = {"lr": ("a learning rate", "0.001"), "weight_decay": ("a weight decay", "0.05")}
-
-
 def _check_model_name(model: Any, ckpt_path: Optional[str]) -> None:
     """A visattn task's unknown ``model_name`` with its nearest names, before the checks of the folders the run
     writes, so that an earlier run's checkpoints there do not hide the misspelt name until they are dealt
@@ -518,10 +516,7 @@ def _warn_of_random_timm_weights(model: Any) -> None:
 def _check_settings(model: Any, trainer: Any) -> None:
     """Values that would fail with a traceback deep inside training (Lightning checks neither)."""
     init_args = getattr(model, "init_args", None) or {}
-    for key, (what, example) in _NON_NEGATIVE.items():
-        value = init_args.get(key)
-        if isinstance(value, (int, float)) and value < 0:
-            raise ConfigError(f"model.init_args.{key} {value}: {what} cannot be negative; give e.g. {example}")
+    check_optimizer_settings(init_args)
     name = init_args.get("model_name")
     if init_args.get("pretrained") is False and isinstance(name, str) and split_model_name(name)[1] is not None:
         warnings.warn(f"model.init_args.pretrained false with model_name {name}: {split_model_name(name)[0]} starts "

@@ -5,14 +5,14 @@ schedule, groups and weight average get before it starts or resumes.
 import fnmatch
 import math
 import warnings
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import lightning.pytorch as pl
 import torch
 from torch import nn
 from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, SequentialLR
 
-from ..errors import ConfigError, VisattnWarning, outside_visattn
+from ..errors import ConfigError, VisattnWarning, is_number, outside_visattn
 from ..models.vit import NO_WEIGHT_DECAY
 
 
@@ -24,13 +24,28 @@ def adamw_warmup_cosine(task: pl.LightningModule) -> dict[str, Any]:
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
+# The optimizer settings a task may have, what each is and a value to give, for the line refusing one that is
+# negative or not finite (a YAML .nan or .inf reaches a task unchecked; a negative backbone_lr_scale made the backbone
+# climb the loss).
+_OPTIMIZER_SETTINGS = {"lr": ("a learning rate", "0.001"), "weight_decay": ("a weight decay", "0.05"),
+                       "warmup_epochs": ("a warm-up", "1"),
+                       "backbone_lr_scale": ("a backbone's share of the lr", "0.1")}
+
+
+def check_optimizer_settings(settings: Mapping[str, Any]) -> None:
+    """One line for a task's optimizer setting (``lr``, ``weight_decay``, ``warmup_epochs``, ``backbone_lr_scale``)
+    that is negative or not finite."""
+    for key, (what, example) in _OPTIMIZER_SETTINGS.items():
+        value = settings.get(key)
+        if is_number(value) and not (math.isfinite(value) and value >= 0):
+            raise ConfigError(f"model.init_args.{key} {value}: {what} is a finite number of 0 or more; give e.g. "
+                              f"{example}")
+
+
 def task_parameter_groups(task: pl.LightningModule) -> list[dict[str, Any]]:
     """:func:`weight_decay_groups` of ``task.model`` with the task's ``weight_decay``, ``lr``, ``backbone_lr_scale``
     and ``layer_decay`` hyperparameters."""
-    # A YAML .nan or .inf reaches here unchecked; a negative backbone_lr_scale made the backbone climb the loss.
-    for key in ("lr", "weight_decay", "warmup_epochs", "backbone_lr_scale"):
-        if key in task.hparams and (not math.isfinite(task.hparams[key]) or task.hparams[key] < 0):
-            raise ConfigError(f"model.init_args.{key}={task.hparams[key]}: give a finite value of 0 or more")
+    check_optimizer_settings(task.hparams)
     return weight_decay_groups(task.model, task.hparams.weight_decay, lr=task.hparams.lr,
                                backbone_lr_scale=task.hparams.get("backbone_lr_scale", 1.0),
                                layer_decay=task.hparams.get("layer_decay"))
