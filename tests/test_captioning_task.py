@@ -684,8 +684,12 @@ def test_a_checkpoint_scored_on_data_of_another_vocabulary_is_refused_and_typed_
         assert re.fullmatch(rf"visattn: error: --ckpt_path {checkpoint}: the data gives other words than the run was "
                             r"trained on: word \d+ is '\w+' here, '\w+' in the checkpoint; give the data settings of "
                             r"that run", capsys.readouterr().err.strip())
-
     split_json.write_text(original)
+    # a data setting that changes the vocabulary is named with the run's value, which Lightning's checkpoint holds
+    assert main(["test", *run, "--ckpt_path", str(checkpoint), "--data.min_count", "2"]) == 2
+    assert capsys.readouterr().err.strip().endswith("give the data settings of that run: data.init_args.min_count 1 "
+                                                    "(here 2)")
+
     beams, decode = [], captioning.decode
     monkeypatch.setattr(captioning, "decode", lambda model, images, **kw: beams.append(kw["beam_size"]) or
                         decode(model, images, **kw))

@@ -517,8 +517,12 @@ def test_cli_explain_errors_are_one_line(tmp_path, capsys):
     corpus = write_image_corpus(tmp_path / "images")
     checkpoint = _fake_checkpoint(tmp_path / "tiny.ckpt")
     out = tmp_path / "never.png"
+    assert main(["explain", str(corpus["truncated_jpg"]), "--method", "rollout", "--checkpoint", str(checkpoint),
+                 "--out", str(out)]) == 1  # a bad input, as for --out-dir: its own line, the command's exit 1
+    stdout, err = capsys.readouterr()
+    assert stdout.startswith(f"{corpus['truncated_jpg']}: error: truncated") and stdout.count("\n") == 1
+    assert err == "visattn: 1 of 1 files could not be explained\n"
     cases = [
-        ([str(corpus["truncated_jpg"]), "--method", "rollout"], "broken.jpg"),
         ([str(corpus["rgb_png"]), "--method", "gates"],
          "does not fit VisionTransformer; use rollout or attention or gradcam"),
         ([str(corpus["rgb_png"]), "--method", "gradcam", "--class", "hat"], "--class hat: not a class of this model"),

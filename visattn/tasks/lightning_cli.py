@@ -781,6 +781,18 @@ def _refuse_linked_overrides(model: Any, linked: tuple[str, ...]) -> None:
                               "drop it from the model section")
 
 
+def _data_settings_apart(ours: Any, theirs: Any) -> str:
+    """``: data.init_args.KEY THEIRS (here OURS), ...`` for the data settings (loader settings aside) that differ
+    from those Lightning saved in the run's checkpoint; nothing when none do or the checkpoint holds none."""
+    apart = [f"data.init_args.{key} {theirs[key]} (here {value})" for key, value in ours.items()
+             if key in theirs and theirs[key] != value and key not in _LOADER_SETTINGS]
+    return f": {', '.join(apart)}" if apart else ""
+
+
+# Data settings that change how batches are loaded, not what they hold.
+_LOADER_SETTINGS = frozenset({"batch_size", "num_workers", "persistent_workers"})
+
+
 def _first_difference(ours: list[str], theirs: list[str], thing: str, things: str) -> str:
     if len(ours) != len(theirs):
         return f"{len(ours)} {things} here, {len(theirs)} in the checkpoint"
@@ -1369,15 +1381,18 @@ class VisattnCLI(LightningCLI):
         if path is None:
             return
         try:
-            theirs = read_checkpoint(path, lazy=True).get("hyper_parameters") or {}
+            checkpoint = read_checkpoint(path, lazy=True)
         except WeightsError:  # a damaged last checkpoint: the run's checkpoint IO falls back, or says so
             return
+        theirs = checkpoint.get("hyper_parameters") or {}
         for key, thing, things in (("vocab", "word", "words"), ("class_names", "class", "classes")):
             ours = self.model.hparams.get(key)
             if key in self.linked_data_attributes and theirs.get(key) and ours and list(ours) != list(theirs[key]):
+                settings = _data_settings_apart(getattr(self.datamodule, "hparams", {}),
+                                                checkpoint.get("datamodule_hyper_parameters") or {})
                 raise ConfigError(f"--ckpt_path {path}: the data gives other {things} than the run was trained on: "
                                   f"{_first_difference(list(ours), list(theirs[key]), thing, things)}; give the "
-                                  "data settings of that run")
+                                  f"data settings of that run{settings}")
 
     def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
         config = self._get(self.config_init, "trainer", default={})
