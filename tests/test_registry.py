@@ -80,6 +80,12 @@ def test_another_packages_builder_takes_its_own_arguments_whatever_class_it_anno
     assert create_model("hinted_net", num_classes=3).num_classes == 3
     with pytest.raises(ConfigError, match=r"^wide_net has no argument 'widht': did you mean width\?$"):
         create_model("wide_net", widht=2)
+    # handed on to the model it is built as, which named only itself (a README audit: the README's own example)
+    with pytest.raises(ConfigError, match=r"^hinted_net \(built as resnet20_cifar\) has no argument 'num_clases': did "
+                                          r"you mean num_classes\?$"):
+        create_model("hinted_net", num_clases=3)
+    with pytest.raises(ConfigError, match=r"^resnet20_cifar has no argument 'foo'"):  # a backbone's: visattn's own
+        create_model("fcos_resnet20_cifar", backbone_kwargs={"foo": 1})
 
     def no_arguments() -> torch.nn.Module:
         return torch.nn.Identity()

@@ -548,6 +548,15 @@ def create_model(
     return model
 
 
+def _named_as_asked(err: ConfigError, arch: str) -> ConfigError:
+    """Another package's builder that hands its keyword arguments on to ``create_model``: the inner model's
+    refusal of one names ``arch``, the model asked for, and the one it is built as."""
+    inner, _, rest = str(err).partition(" has no argument ")
+    if not rest or inner == arch or built_by_visattn(arch):  # visattn's: a backbone's own arguments
+        return err
+    return ConfigError(f"{arch} (built as {inner}) has no argument {rest}")
+
+
 def _check_create_options(*, strict: object, features_only: object, out_indices: object) -> None:
     if not isinstance(strict, bool) and strict != "attention":  # "no" is true
         raise ConfigError(f"strict={strict!r}: give True (every weight must fit), 'attention' (attention modules "
@@ -565,7 +574,10 @@ def _built(arch: str, kwargs: dict[str, Any], *, weighted: bool) -> tuple[nn.Mod
     from .pretrained import building_parts, built_for_weights
 
     build = building_parts(functools.partial(_model_entrypoints[arch], **kwargs))
-    model, initialise = built_for_weights(build, on_meta=built_by_visattn(arch)) if weighted else (build(), None)
+    try:
+        model, initialise = built_for_weights(build, on_meta=built_by_visattn(arch)) if weighted else (build(), None)
+    except ConfigError as err:
+        raise _named_as_asked(err, arch) from None
     _remember_family(arch, model)
     if model_task(arch) == "classification" and not isinstance(getattr(model, "num_classes", None), int):
         raise ConfigError(f"{arch}: its builder ({_model_entrypoints[arch].__module__}) gave a {type(model).__name__} "
