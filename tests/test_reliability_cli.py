@@ -188,6 +188,9 @@ CASES = {
                              "--trainer.precision 8: give one of 64, 32, 16, transformer-engine"),
     "misspelt_strategy": (lambda tmp: [*FIT, "--trainer.strategy", "dpp"],
                           "trainer.strategy dpp: no strategy of that name; did you mean ddp?"),
+    # the builder's refusal named the bare key, which the config holds under model_kwargs
+    "model_kwarg_the_builder_refuses": (lambda tmp: [*FIT, "--model.init_args.model_kwargs", "{drop_path_rate: 2.0}"],
+                                        "model.init_args.model_kwargs.drop_path_rate=2.0: give a drop probability"),
     "added_logger_without_its_required_setting": (lambda tmp: [*FIT, "--trainer.logger+=TensorBoardLogger"],
                                                   '"trainer.logger": TensorBoardLogger: the following arguments are '
                                                   "required: save_dir; see"),

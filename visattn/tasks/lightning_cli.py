@@ -900,6 +900,16 @@ def _being_built(err: BaseException) -> tuple[Any, Optional[BaseException]]:
     return None, None
 
 
+def _named_in_model_kwargs(err: VisattnError, model: Any) -> VisattnError:
+    """A builder's refusal of one of the config's ``model_kwargs`` (``score_thresh=1.5: ...``) named as the
+    config's key, ``model.init_args.model_kwargs.score_thresh``; any other error as it is."""
+    kwargs = (getattr(model, "init_args", None) or {}).get("model_kwargs") or {}
+    key, equals, _ = str(err).partition("=")
+    if not (isinstance(err, ConfigError) and equals and isinstance(kwargs, dict) and key in kwargs):
+        return err
+    return ConfigError(f"model.init_args.model_kwargs.{err}")
+
+
 def _model_error(task: pl.LightningModule, message: str, model: Any) -> ConfigError:
     init_args = getattr(model, "init_args", None) or {}
     name, kwargs = init_args.get("model_name"), init_args.get("model_kwargs")
@@ -1365,7 +1375,7 @@ class VisattnCLI(LightningCLI):
             # jsonargparse wraps errors raised while building the model or data; surface ours as they are.
             cause = _visattn_cause(err)
             if cause is not None:
-                raise cause from None
+                raise _named_in_model_kwargs(cause, self._get(self.config, "model")) from None
             raise _building_error(err, self._get(self.config, "model")) from None
 
     def _checkpoint_file(self) -> Optional[Path]:
