@@ -1218,6 +1218,24 @@ def test_explain_draws_a_squashed_model_input_at_its_sources_shape(tmp_path):
     assert (np.ptp(cols) + 1) / (np.ptp(rows) + 1) == pytest.approx(3.0, rel=0.02)
 
 
+@pytest.mark.parametrize("shape", [(5000, 3), (3, 5000)], ids=["tall", "wide"])
+def test_a_strip_image_is_drawn_at_most_eight_times_longer_than_wide_not_as_a_line_too_thin_to_see(tmp_path, shape):
+    """An odd-images audit: a 3x5000 strip, drawn at its own shape, was under one pixel wide, its figure titles only."""
+    from visattn.explain.overlay import MOST_DRAWN_RATIO
+
+    source = np.zeros((*shape, 3), np.uint8)
+    source[..., 0] = 255  # red, to find the drawn image in the figure
+    Image.fromarray(source).save(tmp_path / "strip.png")
+    out = tmp_path / "map.png"
+    assert main(["explain", str(tmp_path / "strip.png"), "--model", "se_resnet20_cifar.fmnist", "--out", str(out)]) == 0
+    figure = np.asarray(Image.open(out).convert("RGB")).astype(int)
+    image_panel = figure[:, : figure.shape[1] // 2]
+    rows, cols = np.nonzero((image_panel[..., 0] > 150) & (image_panel[..., 1:] < 100).all(-1))
+    height, width = np.ptp(rows) + 1, np.ptp(cols) + 1
+    assert max(height, width) / min(height, width) == pytest.approx(MOST_DRAWN_RATIO, rel=0.1)
+    assert (height > width) == (shape[0] > shape[1])
+
+
 @pytest.mark.parametrize("recipe, drawn_on, title", [("photo", "centre crop", "the model's centre crop"),
                                                       (None, "centre crop", "the model's centre crop"),  # as saved
                                                       ("small", "whole image", "image")])

@@ -146,9 +146,10 @@ def overlay_figure(
     blended = heatmap_overlay(image, heatmap, cmap=cmap, alpha=alpha, centres=centres)
     fig = _figure(figsize=(7.5, 3.6))
     left, right = fig.subplots(1, 2)
-    left.imshow(image, aspect=pixel_aspect)
+    aspect = _drawn_aspect(image, pixel_aspect)
+    left.imshow(image, aspect=aspect)
     left.set_title(image_title)
-    right.imshow(blended, aspect=pixel_aspect)
+    right.imshow(blended, aspect=aspect)
     right.set_title("map")
     fig.colorbar(ScalarMappable(norm=Normalize(0.0, 1.0), cmap=cmap), ax=right, label="relevance (normalised)")
     for axis in (left, right):
@@ -206,12 +207,25 @@ def word_panels_figure(
     rows = math.ceil(len(words) / columns)
     fig = _figure(figsize=(2.0 * columns, 2.2 * rows))
     axes = np.atleast_1d(fig.subplots(rows, columns, squeeze=False)).ravel()
+    aspect = _drawn_aspect(image, pixel_aspect)
     for axis, word, heat in zip(axes, words, maps):
-        axis.imshow(heatmap_overlay(image, heat, cmap=cmap, alpha=alpha, centres=centres), aspect=pixel_aspect)
+        axis.imshow(heatmap_overlay(image, heat, cmap=cmap, alpha=alpha, centres=centres), aspect=aspect)
         axis.set_title(word)
     for axis in axes:
         axis.set_axis_off()
     return fig
+
+
+# The most a drawn image's longer side may be over its shorter: a 3x5000 strip drawn at its shape in a panel of
+# 250 pixels is not one pixel wide, and its figure showed titles only.
+MOST_DRAWN_RATIO = 8.0
+
+
+def _drawn_aspect(image: np.ndarray, pixel_aspect: float) -> float:
+    """``pixel_aspect`` (height over width of a drawn pixel), stretched where the image would be drawn longer than
+    ``MOST_DRAWN_RATIO`` times its width or height."""
+    ratio = image.shape[0] * pixel_aspect / image.shape[1]  # drawn height over width
+    return pixel_aspect * min(max(ratio, 1 / MOST_DRAWN_RATIO), MOST_DRAWN_RATIO) / ratio
 
 
 def _figure(figsize: tuple[float, float]) -> Figure:
