@@ -1205,17 +1205,23 @@ def test_caption_word_panels_draw_a_squashed_model_input_at_its_sources_shape(tm
     assert len(drawn) == 1 and drawn[0].axes[0].get_aspect() == pytest.approx(1 / 3)
 
 
-def test_explain_draws_a_squashed_model_input_at_its_sources_shape(tmp_path):
-    """The small recipe squashes the whole image to the input size: a 120x40 photo was drawn as a square."""
-    source = np.zeros((40, 120, 3), np.uint8)
+def _explained_red_image_extent(tmp_path: Path, shape: tuple[int, int]) -> tuple[int, int]:
+    """The height and width at which `explain` draws a red image of ``shape`` in its figure's image panel."""
+    source = np.zeros((*shape, 3), np.uint8)
     source[..., 0] = 255  # red, to find the drawn image in the figure
-    Image.fromarray(source).save(tmp_path / "wide.png")
+    Image.fromarray(source).save(tmp_path / "red.png")
     out = tmp_path / "map.png"
-    assert main(["explain", str(tmp_path / "wide.png"), "--model", "se_resnet20_cifar.fmnist", "--out", str(out)]) == 0
+    assert main(["explain", str(tmp_path / "red.png"), "--model", "se_resnet20_cifar.fmnist", "--out", str(out)]) == 0
     figure = np.asarray(Image.open(out).convert("RGB")).astype(int)
     image_panel = figure[:, : figure.shape[1] // 2]
     rows, cols = np.nonzero((image_panel[..., 0] > 150) & (image_panel[..., 1:] < 100).all(-1))
-    assert (np.ptp(cols) + 1) / (np.ptp(rows) + 1) == pytest.approx(3.0, rel=0.02)
+    return np.ptp(rows) + 1, np.ptp(cols) + 1
+
+
+def test_explain_draws_a_squashed_model_input_at_its_sources_shape(tmp_path):
+    """The small recipe squashes the whole image to the input size: a 120x40 photo was drawn as a square."""
+    height, width = _explained_red_image_extent(tmp_path, (40, 120))
+    assert width / height == pytest.approx(3.0, rel=0.02)
 
 
 @pytest.mark.parametrize("shape", [(5000, 3), (3, 5000)], ids=["tall", "wide"])
@@ -1223,15 +1229,7 @@ def test_a_strip_image_is_drawn_at_most_eight_times_longer_than_wide_not_as_a_li
     """An odd-images audit: a 3x5000 strip, drawn at its own shape, was under one pixel wide, its figure titles only."""
     from visattn.explain.overlay import MOST_DRAWN_RATIO
 
-    source = np.zeros((*shape, 3), np.uint8)
-    source[..., 0] = 255  # red, to find the drawn image in the figure
-    Image.fromarray(source).save(tmp_path / "strip.png")
-    out = tmp_path / "map.png"
-    assert main(["explain", str(tmp_path / "strip.png"), "--model", "se_resnet20_cifar.fmnist", "--out", str(out)]) == 0
-    figure = np.asarray(Image.open(out).convert("RGB")).astype(int)
-    image_panel = figure[:, : figure.shape[1] // 2]
-    rows, cols = np.nonzero((image_panel[..., 0] > 150) & (image_panel[..., 1:] < 100).all(-1))
-    height, width = np.ptp(rows) + 1, np.ptp(cols) + 1
+    height, width = _explained_red_image_extent(tmp_path, shape)
     assert max(height, width) / min(height, width) == pytest.approx(MOST_DRAWN_RATIO, rel=0.1)
     assert (height > width) == (shape[0] > shape[1])
 
