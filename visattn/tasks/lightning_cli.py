@@ -486,7 +486,6 @@ def _described(class_path: Optional[str], model_name: Any) -> str:
     return " ".join(filter(None, parts)) or "an unnamed model"
 
 
-# Task hyperparameters that torch's optimizer refuses, with a traceback, only once training starts.
 def _check_model_name(model: Any, ckpt_path: Optional[str]) -> None:
     """A visattn task's unknown ``model_name`` with its nearest names, before the checks of the folders the run
     writes, so that an earlier run's checkpoints there do not hide the misspelt name until they are dealt
