@@ -211,7 +211,7 @@ def test_fit_tiny_coco_detr_then_evaluate(tmp_path, capsys):
 
 def test_a_detr_with_fewer_queries_than_a_training_image_has_objects_is_refused_before_training(tmp_path, capsys):
     """The check ran in the training forward only: a run stopped when the shuffle reached such an image, which on a
-    large COCO file may be deep into an epoch (a data audit)."""
+    large COCO file may be deep into an epoch (a data audit). It now runs before the run's folder is written."""
     annotations, images_dir = write_coco_instances(tmp_path)  # a.png: 2 objects (and a crowd region)
     out = tmp_path / "run"
     code = main(["fit", "--config", "configs/detection/detr_scenes.yaml", "--trainer.max_steps", "3",
@@ -221,7 +221,7 @@ def test_a_detr_with_fewer_queries_than_a_training_image_has_objects_is_refused_
                  "--model.model_kwargs", json.dumps({**TINY["detr"], "num_queries": 1}),
                  "--data", "visattn.data.detection.CocoDetectionDataModule", "--data.train_annotations",
                  str(annotations), "--data.images_dir", str(images_dir), "--data.num_workers", "0"])
-    assert code == 2 and not list(out.rglob("*.ckpt"))
+    assert code == 2 and not out.exists()
     assert capsys.readouterr().err.splitlines()[-1] == (
         "visattn: error: the training data: an image holds 2 objects, more than num_queries=1 (one object per query; "
         "the rest would go unmatched); build the model with num_queries of at least 2 (in a config: model_kwargs: "
@@ -237,13 +237,14 @@ def test_a_detr_with_fewer_queries_than_a_training_image_has_objects_is_refused_
 def test_a_detector_fit_at_a_precision_that_casts_its_batches_is_one_line_before_training(precision, tmp_path,
                                                                                           monkeypatch, capsys):
     """Lightning casts every float of a batch to the weights' dtype: the boxes, box losses and matching went
-    bf16 or float64 mid-run (a dtype traceback, or a target check blaming the data)."""
+    bf16 or float64 mid-run (a dtype traceback, or a target check blaming the data). Refused before the run's
+    folder (config.yaml, the checkpoint folder's claim) is written."""
     monkeypatch.chdir(tmp_path)
     code = main(["fit", "--config", str(REPO / "configs/detection/detr_scenes.yaml"), "--trainer.max_steps", "1",
                  "--trainer.accelerator", "cpu", "--trainer.precision", precision, "--trainer.enable_progress_bar",
                  "false", "--model.model_kwargs", json.dumps(TINY["detr"]), "--data.init_args.num_train", "8",
                  "--data.init_args.num_workers", "0"])
-    assert code == 2 and not list(tmp_path.rglob("*.ckpt"))
+    assert code == 2 and not list(tmp_path.iterdir())
     assert capsys.readouterr().err.splitlines()[-1] == (
         f"visattn: error: trainer.precision {precision}: a detector's boxes, box losses and matching need float32; "
         "use trainer.precision bf16-mixed (16-bit arithmetic, float32 weights) or 32-true")

@@ -347,9 +347,9 @@ class CaptioningTask(GuardedTask, pl.LightningModule):
         self.loss_guard = NonFiniteLossGuard(max_bad_steps)
         self.train_loss = TrainingLoss()
 
-    def setup(self, stage: str) -> None:
+    def check_run(self, trainer: pl.Trainer, datamodule: Optional[pl.LightningDataModule], stage: str) -> None:
         # a traceback in the first validation: the scenes' item boxes reached the pointing score in bf16
-        refuse_cast_batches(self, "the captioner scores captions and attention from float32 batches and "
+        refuse_cast_batches(trainer, "the captioner scores captions and attention from float32 batches and "
                                     "keeps its beam scores in float32")
 
     def forward(self, images: Tensor) -> DecodedCaptions:

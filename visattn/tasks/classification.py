@@ -367,11 +367,11 @@ class ImageClassifier(GuardedTask, pl.LightningModule):
             [v2.CutMix(alpha=cutmix_alpha, num_classes=num_classes)] if cutmix_alpha > 0 else [])
         return v2.RandomChoice(mixes) if mixes else None
 
-    def setup(self, stage: str) -> None:
-        # The device the run is on: the model itself moves there only after this hook.
-        check_sdpa_backend(self.hparams.sdpa_backend, self.trainer.strategy.root_device, str(self.trainer.precision))
-        if stage == "fit" and self.ema is not None and str(self.trainer.precision) in ("bf16-true", "16-true"):
-            raise ConfigError(f"model.init_args.ema_decay with trainer.precision {self.trainer.precision}: the average "
+    def check_run(self, trainer: pl.Trainer, datamodule: Optional[pl.LightningDataModule], stage: str) -> None:
+        # The device the run is on: the model itself moves there only after setup.
+        check_sdpa_backend(self.hparams.sdpa_backend, trainer.strategy.root_device, str(trainer.precision))
+        if stage == "fit" and self.ema is not None and str(trainer.precision) in ("bf16-true", "16-true"):
+            raise ConfigError(f"model.init_args.ema_decay with trainer.precision {trainer.precision}: the average "
                               "would be kept in 16 bits, which cannot take its small steps (it stayed near the "
                               "starting weights); use trainer.precision bf16-mixed, whose weights are float32")
 

@@ -148,13 +148,13 @@ class DetectionTask(GuardedTask, pl.LightningModule):
         self.val_map = detection_map()
         self.test_map = detection_map()
 
-    def setup(self, stage: str) -> None:
+    def check_run(self, trainer: pl.Trainer, datamodule: Optional[pl.LightningDataModule], stage: str) -> None:
         # refused up front: the target check would blame the data for boxes Lightning casts to bf16 or float64
         # (torchvision's GIoU loss fails in float64 too)
-        refuse_cast_batches(self, "a detector's boxes, box losses and matching need float32",
+        refuse_cast_batches(trainer, "a detector's boxes, box losses and matching need float32",
                             precisions=("bf16-true", "16-true", "64-true"))
         check = getattr(self.model, "check_query_count", None)  # DETR's: before training, not when shuffled to
-        most = getattr(self.trainer.datamodule, "most_objects", None)
+        most = getattr(datamodule, "most_objects", None)
         if stage == "fit" and check is not None and most is not None:
             check(most, source="the training data")
 

@@ -214,6 +214,14 @@ class GuardedTask:
         ema = getattr(self, "ema", None)
         return ema.module if ema is not None else self.model
 
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        self.check_run(self.trainer, self.trainer.datamodule, stage)
+
+    def check_run(self, trainer: pl.Trainer, datamodule: Optional[pl.LightningDataModule], stage: str) -> None:
+        """One line for a setting of ``trainer`` or ``datamodule`` this task cannot ``stage`` with (``fit``, ...).
+        ``setup`` calls it; ``visattn fit`` calls it first, before it writes the run's folder."""
+
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         super().optimizer_step(*args, **kwargs)
         # Once per optimizer step (a batch that only accumulates steps nothing), and here rather than at batch
@@ -262,12 +270,12 @@ class GuardedTask:
             warn_of_a_finished_run(self)
 
 
-def refuse_cast_batches(task: pl.LightningModule, why: str,
+def refuse_cast_batches(trainer: pl.Trainer, why: str,
                         precisions: tuple[str, ...] = ("bf16-true", "16-true")) -> None:
     """One line before the run when ``trainer.precision`` is one of ``precisions``, which keep weights and
     batches in another dtype than float32, and ``why`` says this task cannot take: Lightning casts every
     float of a batch too."""
-    precision = str(task.trainer.precision)
+    precision = str(trainer.precision)
     if precision in precisions:
         raise ConfigError(f"trainer.precision {precision}: {why}; use trainer.precision bf16-mixed (16-bit "
                           "arithmetic, float32 weights) or 32-true")

@@ -1340,6 +1340,9 @@ class VisattnCLI(LightningCLI):
             self._check_fit()
 
     def _check_fit(self) -> None:
+        check_run = getattr(self.model, "check_run", None)  # a visattn task's; the config may name another
+        if check_run is not None:
+            check_run(self.trainer, self.datamodule, "fit")
         _check_checkpoint_names(self.trainer)
         _refuse_monitors_the_wrong_way(self.trainer)
         _check_monitored_validation(self.trainer, self.model, self.datamodule)
