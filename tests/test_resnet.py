@@ -306,6 +306,27 @@ def test_timm_se_resnet_weights_load_strictly_with_same_logits(timm_name, arch, 
     assert_same_logits(model, reference)
 
 
+@pytest.mark.parametrize("timm_name, arch", [("seresnet18", "se_resnet18"), ("ecaresnet50d", "eca_resnet50d")])
+def test_timm_se_and_eca_state_dicts_load_through_load_state_dict(timm_name, arch, tmp_path):
+    """timm names the block attention `se`: a timm state dict given to `load_state_dict`, or to timm's
+    `load_checkpoint`, was torch's multi-line list of missing keys (only create_model renamed them)."""
+    torch.manual_seed(0)
+    reference = randomize_bn_stats(timm.create_model(timm_name, num_classes=5)).eval()
+    state = reference.state_dict()
+    model = create_model(arch, num_classes=5).eval()
+    model.load_state_dict(state)  # strict
+    assert_same_logits(model, reference)
+    assert any(".se." in key for key in state)  # the caller's dict is left as it was
+    path = tmp_path / f"{timm_name}.pth"
+    torch.save(state, path)
+    model = create_model(arch, num_classes=5).eval()
+    timm.models.load_checkpoint(model, str(path))
+    assert_same_logits(model, reference)
+    wrapped = nn.Sequential(create_model(arch, num_classes=5)).eval()  # under a prefix, as in a larger model
+    wrapped.load_state_dict({f"0.{key}": value for key, value in state.items()})
+    assert_same_logits(wrapped, reference)
+
+
 @pytest.mark.parametrize("arch, timm_name", [("se_resnet18", "seresnet18"), ("eca_resnet50d", "ecaresnet50d"),
                                              ("resnet18d", "resnet18d"),
                                              ("vit_tiny_patch16_224", "vit_tiny_patch16_224")])

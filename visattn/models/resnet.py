@@ -336,6 +336,9 @@ class ResNet(nn.Module):
         self.fc = nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
         self.grad_checkpointing = False
         self._init_weights(zero_init_residual)
+        if any(isinstance(m, _TIMM_SAME_ATTN) for m in self.modules()):
+            # timm's SE/ECA state dicts load through load_state_dict (and timm's load_checkpoint) too, as into timm's
+            self.register_load_state_dict_pre_hook(_read_timm_attention_names)
 
     def _make_stem(self, in_chans: int, width: int, small_input: bool, stem_type: StemType, stem_width: int) -> None:
         if small_input:
@@ -519,7 +522,7 @@ class ResNet(nn.Module):
         patch grid, has no meaning here."""
         if not any(isinstance(m, _TIMM_SAME_ATTN) for m in self.modules()):
             return state
-        return {re.sub(r"^(layer\d+\.\d+)\.se\.", r"\1.attn.", key): value for key, value in state.items()}
+        return {_TIMM_ATTENTION_KEY.sub(r"\1.attn.", key): value for key, value in state.items()}
 
     def timm_state_dict(self) -> dict[str, Tensor]:
         """This model's weights as timm's ResNet of the same layout names them, for its ``load_state_dict``: SE and
@@ -544,6 +547,16 @@ class ResNet(nn.Module):
 # Block attention whose timm module has the same parameters and maths (timm seresnet*, and a
 # plain-stem timm ResNet built with attn_layer="eca"), so the rename alone gives the same logits.
 _TIMM_SAME_ATTN = (SqueezeExcite, EfficientChannelAttention)
+_TIMM_ATTENTION_KEY = re.compile(r"^(layer\d+\.\d+)\.se\.")  # a block's attention as timm names it
+
+
+def _read_timm_attention_names(module: nn.Module, state_dict: dict[str, Tensor], prefix: str, *args: Any) -> None:
+    """``load_state_dict``'s pre-hook: the keys of ``module`` (under ``prefix``) that name a block's attention as
+    timm does, renamed in place as :meth:`ResNet.adapt_state_dict` renames them."""
+    for key in [k for k in state_dict if k.startswith(prefix)]:
+        renamed = prefix + _TIMM_ATTENTION_KEY.sub(r"\1.attn.", key[len(prefix):])
+        if renamed != key:
+            state_dict[renamed] = state_dict.pop(key)
 
 
 def _stage_plan(num_stages: int, first_reduction: int, output_stride: int) -> list[tuple[int, int, int]]:
