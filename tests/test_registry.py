@@ -344,6 +344,17 @@ def test_pretrained_false_with_a_tag_builds_the_tags_architecture_without_its_we
     assert create_model(SHIPPED, pretrained=False, num_classes=3).num_classes == 3  # the caller's count first
 
 
+def test_pretrained_false_with_a_tag_keeps_the_tags_preprocessing_for_timms_data_helpers():
+    """timm keeps a tag's pretrained_cfg without its weights; the Fashion-MNIST ViT got ImageNet's statistics and
+    crop 0.875, which timm's resolve_data_config handed on to anyone retraining the recipe from scratch."""
+    timm_data = pytest.importorskip("timm.data")
+    random_init = create_model(SHIPPED, pretrained=False)
+    assert random_init.pretrained_cfg == create_model(SHIPPED).pretrained_cfg
+    config = timm_data.resolve_data_config({}, model=random_init)
+    assert (config["mean"], config["crop_pct"], config["input_size"]) == ((0.286,) * 3, 1.0, (3, 28, 28))
+    assert random_init.visattn_recorded_preprocessing is None  # no weights: nothing for the tasks to compare
+
+
 @pytest.mark.parametrize("pretrained", ["omitted", None, True])
 def test_a_tag_loads_its_weights_unless_pretrained_is_false(pretrained):
     loaded = create_model(SHIPPED) if pretrained == "omitted" else create_model(SHIPPED, pretrained=pretrained)

@@ -540,7 +540,7 @@ def create_model(
         # What the loaded weights were trained with (None: no weights, or a file that recorded nothing of an
         # architecture whose weights share no statistics), which the tasks compare with the data's normalisation.
         model.visattn_recorded_preprocessing = loaded_weights_preprocessing(model, entry, pretrained)
-    _record_provenance(model, arch, entry, kwargs)
+    _record_provenance(model, arch, entry, kwargs, _unloaded_tag_preprocessing(name, arch, pretrained))
     if features_only:
         from .models.features import features_only as feature_maps
 
@@ -586,9 +586,21 @@ def _built(arch: str, kwargs: dict[str, Any], *, weighted: bool) -> tuple[nn.Mod
     return model, initialise
 
 
-def _record_provenance(model: nn.Module, arch: str, entry: Optional[dict[str, Any]], kwargs: dict[str, Any]) -> None:
+def _unloaded_tag_preprocessing(name: str, arch: str, pretrained: Any) -> Optional[dict[str, Any]]:
+    """The preprocessing recorded with the weights ``ARCH.TAG`` names when ``pretrained=False`` builds their
+    architecture without them: timm keeps the tag's ``pretrained_cfg`` then, so that its data helpers prepare
+    images as the tag's recipe did (they gave the Fashion-MNIST ViT ImageNet's statistics and crop)."""
+    from .pretrained import find_weights_entry
+
+    tag = split_model_name(name)[1]
+    return find_weights_entry(arch, tag).get("preprocessing") if pretrained is False and tag is not None else None
+
+
+def _record_provenance(model: nn.Module, arch: str, entry: Optional[dict[str, Any]], kwargs: dict[str, Any],
+                       tag_preprocessing: Optional[dict[str, Any]] = None) -> None:
     """Set what the model was built as: ``visattn_name``, ``visattn_kwargs`` (what save_weights records, so that
-    the weights rebuild this model by name) and, for a classifier, timm's ``pretrained_cfg``."""
+    the weights rebuild this model by name) and, for a classifier, timm's ``pretrained_cfg`` (from the loaded
+    weights' preprocessing, else ``tag_preprocessing``)."""
     from .pretrained import set_pretrained_cfg, timm_pretrained_cfg
 
     model.visattn_name = f"{arch}.{entry['tag']}" if entry else arch
@@ -596,4 +608,4 @@ def _record_provenance(model: nn.Module, arch: str, entry: Optional[dict[str, An
     model.visattn_kwargs = {k: v.item() if isinstance(v, np.generic) else v for k, v in kwargs.items()
                             if k != "num_classes"}
     if model_task(arch) == "classification":
-        set_pretrained_cfg(model, timm_pretrained_cfg(model, model.visattn_recorded_preprocessing))
+        set_pretrained_cfg(model, timm_pretrained_cfg(model, model.visattn_recorded_preprocessing or tag_preprocessing))
