@@ -2269,6 +2269,36 @@ def test_the_demo_is_a_command_of_its_own_and_a_failed_step_is_one_line_naming_i
         assert "error" not in capsys.readouterr().err
 
 
+def test_the_demo_keeps_every_earlier_runs_checkpoints_and_leaves_a_running_fits_alone(tmp_path):
+    """Each demo deleted the set from two runs ago (one trained further with `--ckpt_path last` too), and moved a
+    still-running fit's checkpoints aside before the folder's lock refused its own fit (a file-writing audit)."""
+    from visattn.demo import set_aside_previous_run
+    from visattn.fileio import claims_released
+
+    folder = tmp_path / "checkpoints"
+    for run in ("first", "second"):
+        folder.mkdir()
+        (folder / "last.ckpt").write_text(run)
+        with claims_released():
+            set_aside_previous_run(folder)
+    assert (tmp_path / "checkpoints-previous" / "last.ckpt").read_text() == "first"
+    assert (tmp_path / "checkpoints-previous-2" / "last.ckpt").read_text() == "second"
+    folder.mkdir()
+    (folder / "last.ckpt").write_text("running")
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from visattn.fileio import claim_folder; "
+                               f"claim_folder({str(folder)!r}, setting='s', task='t'); print('held', flush=True); "
+                               "time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with claims_released(), pytest.raises(ConfigError, match=rf"^demo: the demo's checkpoint folder {folder}: "
+                                                                 r"another visattn fit \(process \d+\) is writing"):
+            set_aside_previous_run(folder)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert (folder / "last.ckpt").read_text() == "running" and not (tmp_path / "checkpoints-previous-3").exists()
+
+
 def test_without_fcntl_as_on_windows_visattn_imports_and_locks_with_msvcrt(tmp_path, monkeypatch):
     """fileio imported fcntl, which Windows lacks: `import visattn` and every command stopped there."""
     from types import SimpleNamespace

@@ -4,7 +4,8 @@ word looked, run the shipped detectors on the same scenes, and draw where the sh
 
 Every step runs a real ``visattn`` command, printed before it runs, so each can be repeated by hand.
 """
-import shutil
+import itertools
+import os
 import sys
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from PIL import Image
 
 from . import cli
 from .errors import VisattnError
+from .fileio import claim_folder
 from .data.fashion_mnist import FASHION_MNIST_CLASSES, load_fashion_mnist
 from .data.scenes import FashionScenes
 from .pretrained import load_index
@@ -84,13 +86,24 @@ def explain_shipped(classifiers: list[str], images: list[Path]) -> None:
 
 
 def set_aside_previous_run(folder: Path) -> None:
-    """A fresh fit refuses a folder holding an earlier run's checkpoints; the demo keeps the last run's
-    beside it (replacing the one before) so that each demo trains and scores its own model."""
+    """A fresh fit refuses a folder holding an earlier run's checkpoints; the demo moves the last run's beside it,
+    to the first free ``NAME-previous`` (``-previous-2``, ...: an earlier set, which may have been trained on, is
+    kept), so that each demo trains and scores its own model. Claimed first: a fit still writing there is one line,
+    and its checkpoints stay where they are."""
+    claim_folder(folder, setting="demo: the demo's checkpoint folder", task="visattn fit")
     if any(folder.glob("*.ckpt")):
-        previous = folder.with_name(f"{folder.name}-previous")
-        shutil.rmtree(previous, ignore_errors=True)
+        previous = _first_free(folder.with_name(f"{folder.name}-previous"))
         folder.rename(previous)
         print(f"demo: the previous demo run's checkpoints are now in {previous}")
+
+
+def _first_free(path: Path) -> Path:
+    """``path``, or ``path-2``, ``path-3``, ...: the first name nothing (not even a broken link) stands at."""
+    for n in itertools.count(1):
+        candidate = path if n == 1 else path.with_name(f"{path.name}-{n}")
+        if not os.path.lexists(candidate):
+            return candidate
+    raise AssertionError("unreachable")
 
 
 def main() -> None:
