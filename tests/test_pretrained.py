@@ -1018,6 +1018,31 @@ def test_a_failed_index_write_leaves_the_weights_and_the_index_as_they_were(weig
     assert torch.equal(_logits(create_model(path.name.removesuffix(".safetensors")).eval()), _logits(new))
 
 
+@pytest.mark.filterwarnings("ignore:.*saved without preprocessing or labels")
+@pytest.mark.parametrize("overwrite", [False, True], ids=["first_save", "overwrite"])
+def test_ctrl_c_once_the_index_is_written_waits_until_the_weights_are_in_place(weights_tmp, monkeypatch, overwrite):
+    """Ctrl-C between the index write and the weights' move left an entry whose file was missing, or an overwrite's
+    new sha256 beside the old file (a file-writing audit): the name loaded no weights, and the old entry was gone."""
+    import signal
+
+    import visattn.pretrained as pretrained
+
+    save_weights(_model(num_classes=0), weights_tmp / f"{ARCH}.old.safetensors", model_kwargs=SMALL)
+    path = weights_tmp / f"{ARCH}.{'old' if overwrite else 'new'}.safetensors"
+    write_index = pretrained.atomic_write_text
+
+    def interrupted_after(file, text):
+        write_index(file, text)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    new = _model(num_classes=0, qkv_bias=False)
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        patch.setattr(pretrained, "atomic_write_text", interrupted_after)
+        save_weights(new, path, model_kwargs={**SMALL, "qkv_bias": False}, overwrite=overwrite)
+    assert sha256_of(path) == load_index(weights_tmp)[path.name.removesuffix(".safetensors")]["sha256"]
+    assert torch.equal(_logits(create_model(path.name.removesuffix(".safetensors")).eval()), _logits(new))
+
+
 _SAVE_MANY = """
 import sys, time
 from pathlib import Path

@@ -10,6 +10,7 @@ import errno
 import glob
 import importlib.util
 import os
+import signal
 import tempfile
 import threading
 from pathlib import Path
@@ -56,6 +57,35 @@ def atomic_path(path: Union[str, Path]) -> Iterator[Path]:
     finally:
         os.close(fd)
         tmp.unlink(missing_ok=True)
+
+
+class SignalsDeferred:
+    """From :meth:`start` to the end of its ``with`` block, Ctrl-C, SIGTERM and SIGHUP are noted, and raised again
+    for the handlers there were once the block ends: for writes of two files that must change together (an index
+    and the file it names). In the main thread only, where Python runs signal handlers. (A thread's signal mask
+    would not do: another thread of the process, such as torch's, takes the signal, and Python still raises it.)"""
+
+    _HELD = tuple(s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None)
+
+    def __init__(self) -> None:
+        self._handlers: dict[int, Any] = {}
+        self._received: list[int] = []
+
+    def __enter__(self) -> "SignalsDeferred":
+        return self
+
+    def start(self) -> None:
+        if threading.current_thread() is threading.main_thread() and not self._handlers:
+            self._handlers = {signum: signal.signal(signum, self._note) for signum in self._HELD}
+
+    def _note(self, signum: int, frame: Any) -> None:
+        self._received.append(signum)
+
+    def __exit__(self, *exc: Any) -> None:
+        for signum, handler in self._handlers.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)  # None: set outside Python
+        for signum in self._received:
+            signal.raise_signal(signum)
 
 
 def _remove_dead_writers_temps(temps: Iterable[Path]) -> None:

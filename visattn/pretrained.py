@@ -37,7 +37,7 @@ from torch import nn
 
 from .errors import (ConfigError, UnknownModelError, VisattnError, VisattnWarning, WeightsError, caught_warnings,
                      is_whole, one_line, outside_visattn)
-from .fileio import atomic_path, atomic_write_text, exclusive_lock
+from .fileio import SignalsDeferred, atomic_path, atomic_write_text, exclusive_lock
 from .layers.create_attn import ATTN_LAYERS
 from .layers.patch_embed import fixed_input_size
 from .registry import Strictness
@@ -1021,21 +1021,25 @@ def safetensors_bytes(tensors: StateDict, metadata: dict[str, str]) -> bytes:
 def _write_weights_and_entry(path: Path, data: bytes, entry: dict[str, Any], *, overwrite: bool) -> dict[str, Any]:
     """Write the weights ``data`` to ``path``, and ``entry`` with their sha256 to the index beside it.
 
-    The weights go to a temp file that is moved into place only once the index is written: a failed
-    index write (a full disk) leaves the old weights and index as they were, not an index whose sha256
-    no longer matches its file, nor an orphan file that a rerun would refuse. The index is re-read and
-    written under an exclusive lock, held until the weights are in place, so that saves into one folder
-    from several processes at once keep each other's entries.
+    The weights go to a temp file, written to disk, that is moved into place only once the index is written:
+    a failed index write (a full disk) leaves the old weights and index as they were, not an index whose
+    sha256 no longer matches its file, nor an orphan file that a rerun would refuse. From the index write
+    to the move, Ctrl-C and SIGTERM wait (an interrupt there left an entry whose file was missing, or an
+    overwrite's new sha256 beside the old file). The index is re-read and written under an exclusive lock,
+    held until the weights are in place, so that saves into one folder from several processes at once keep
+    each other's entries.
     """
     from .registry import split_model_name
 
     index_file, name = path.parent / INDEX_NAME, path.name.removesuffix(".safetensors")
     arch = name.partition(".")[0]
-    with exclusive_lock(path.parent / f"{INDEX_NAME}.lock"), atomic_path(path) as tmp:
+    with exclusive_lock(path.parent / f"{INDEX_NAME}.lock"), SignalsDeferred() as deferred, atomic_path(path) as tmp:
         if not overwrite:
             refuse_existing_weights(path)  # again: another process may have saved this name meanwhile
         index = _read_index(index_file)
-        tmp.write_bytes(data)  # written from Python: a full disk is an OSError, as for every other output
+        with open(tmp, "wb") as f:  # from Python: a full disk is an OSError, as for every other output
+            f.write(data)
+            os.fsync(f.fileno())  # the slow part of the move, done before the index names the file
         entry = {**entry, "sha256": sha256_of(tmp)}
         if "default" not in entry and index.get(name, {}).get("default"):
             entry["default"] = True  # an overwrite keeps the mark unless told otherwise (default=False)
@@ -1044,6 +1048,7 @@ def _write_weights_and_entry(path: Path, data: bytes, entry: dict[str, Any], *, 
                 if split_model_name(other_name)[0] == arch:
                     other["default"] = False
         index[name] = entry
+        deferred.start()
         atomic_write_text(index_file, json.dumps(index, indent=2, sort_keys=True) + "\n")
     return entry
 
