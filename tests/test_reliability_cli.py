@@ -1911,6 +1911,23 @@ def test_predict_replaces_its_own_predictions_and_refuses_a_file_it_did_not_writ
     assert written.read_text() == "my notes\n"
 
 
+def test_predict_into_a_folder_it_cannot_write_is_refused_before_predicting(tmp_path, monkeypatch, capsys):
+    """Every batch was predicted (15 s in a file-writing audit) and only then was the folder refused."""
+    from visattn.tasks.classification import ImageClassifier
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["visattn"])
+    predicted = []
+    monkeypatch.setattr(ImageClassifier, "predict_step", lambda self, *args, **kwargs: predicted.append(1))
+    Path("notes.txt").write_text("mine\n")
+    assert main(["predict", "--config", str(CBAM_CONFIG), *QUICK, "--model.init_args.model_name",
+                 "se_resnet20_cifar.fmnist", "--trainer.limit_predict_batches", "1", "--trainer.default_root_dir",
+                 "notes.txt"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(
+        "visattn: error: trainer.default_root_dir notes.txt: cannot write there (a file stands where a folder is needed)")
+    assert not predicted and Path("notes.txt").read_text() == "mine\n"
+
+
 def test_an_image_folder_without_split_folders_is_scored_whole_and_refuses_a_split(tmp_path, monkeypatch, capsys):
     """It was scored whole but printed as its "test" split, and --split val was taken without a word."""
     from fixtures_images import write_image_folder

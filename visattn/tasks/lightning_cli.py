@@ -1126,8 +1126,9 @@ class JsonPredictionWriter(BasePredictionWriter):
 
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.records = []
-        refuse_replacing_others_files([_predictions_path(trainer)], flag="trainer.default_root_dir",
-                                      ours=_written_by_the_writer)
+        path = _predictions_path(trainer)
+        prepare_output_dir(path.parent, flag="trainer.default_root_dir")  # before predicting, not once it is done
+        refuse_replacing_others_files([path], flag="trainer.default_root_dir", ours=_written_by_the_writer)
 
     def write_on_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, prediction: Any,
                            batch_indices: Optional[list[int]], batch: Any, batch_idx: int,
