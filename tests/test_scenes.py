@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import re
 
 import cv2
@@ -228,6 +229,23 @@ def test_export_coco_round_trips_through_pycocotools(tmp_path):
         assert np.array_equal(decode_image(paths["images"] / file_name), scene.image)  # lossless PNG
     image, references = CocoCaptions(paths["captions"], paths["images"])[5]
     assert image.shape == (3, 64, 64) and references == scenes[5].captions
+
+
+@needs_fashion_mnist
+def test_export_coco_keeps_each_splits_files_and_never_replaces_a_users(tmp_path):
+    """Every split was written to instances.json and captions.json: exporting val after train left the train images
+    without their annotations, and a user's instances.json was replaced without a word (a file-writing audit)."""
+    train = export_coco(FashionScenes("train", num_scenes=3), tmp_path)
+    val = export_coco(FashionScenes("val", num_scenes=2), tmp_path)
+    assert (train["instances"].name, val["captions"].name) == ("instances_train.json", "captions_val.json")
+    assert [len(json.loads(paths[kind].read_text())["images"]) for paths in (train, val)
+            for kind in ("instances", "captions")] == [3, 3, 2, 2]
+    assert export_coco(FashionScenes("val", num_scenes=2), tmp_path) == val  # an earlier export is replaced
+    mine = tmp_path / "instances_test.json"
+    mine.write_text('{"info": {"description": "my labels"}}')
+    with pytest.raises(ConfigError, match=rf"^out_dir would replace {mine}, which visattn did not write; move that "):
+        export_coco(FashionScenes("test", num_scenes=2), tmp_path)
+    assert mine.read_text() == '{"info": {"description": "my labels"}}'
 
 
 @needs_fashion_mnist

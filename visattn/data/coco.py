@@ -1,7 +1,7 @@
 """Caption datasets for users' images: COCO captions JSON and Karpathy split JSON.
 
 - COCO captions (``captions_train2014.json`` and the like, or :func:`~visattn.data.scenes.export_coco`'s
-  ``captions.json``): ``images`` with ``id`` and ``file_name``, ``annotations`` with ``image_id``
+  ``captions_<split>.json``): ``images`` with ``id`` and ``file_name``, ``annotations`` with ``image_id``
   and ``caption``; read through pycocotools' ``COCO``.
 - Karpathy splits (``dataset_flickr8k.json``, ``dataset_coco.json``): ``images`` with
   ``filename``, optional ``filepath`` (a sub-folder of the images folder), ``split`` (``train``,

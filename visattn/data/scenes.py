@@ -34,7 +34,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ..errors import ConfigError, is_whole
-from ..fileio import atomic_write_text
+from ..fileio import atomic_write_text, prepare_output_file
 from .fashion_mnist import load_fashion_mnist, shared_tensor
 
 __all__ = [
@@ -441,15 +441,21 @@ def recorded_scenes(preprocessing: dict[str, Any], split: Split, num_scenes: int
 
 
 def export_coco(scenes: FashionScenes, out_dir: str | os.PathLike) -> dict[str, Path]:
-    """Write the scenes as COCO data: ``images/<split>_<index>.png``, ``instances.json``
+    """Write the scenes as COCO data: ``images/<split>_<index>.png``, ``instances_<split>.json``
     (detection; category id = Fashion-MNIST class id + 1, name from :data:`ITEM_WORDS`,
-    ``bbox`` = ``[x, y, w, h]``) and ``captions.json`` (COCO captions). Image id = index + 1.
+    ``bbox`` = ``[x, y, w, h]``) and ``captions_<split>.json`` (COCO captions), named by split as COCO's
+    are, so that the splits share a folder. Image id = index + 1. An earlier export's files are replaced,
+    a JSON file of that name visattn did not write is refused.
 
     Returns:
         ``{"images": folder, "instances": path, "captions": path}``.
     """
     out_dir = Path(out_dir)
-    images_dir = out_dir / "images"
+    paths = {"images": out_dir / "images", "instances": out_dir / f"instances_{scenes.split}.json",
+             "captions": out_dir / f"captions_{scenes.split}.json"}
+    for kind in ("instances", "captions"):
+        prepare_output_file(paths[kind], flag="out_dir", ours=_exported_scenes)
+    images_dir = paths["images"]
     images_dir.mkdir(parents=True, exist_ok=True)
     images, instances, captions = [], [], []
     for index in range(len(scenes)):
@@ -466,8 +472,16 @@ def export_coco(scenes: FashionScenes, out_dir: str | os.PathLike) -> dict[str, 
                      for k, text in enumerate(scene.captions)]
     categories = [{"id": k + 1, "name": word, "supercategory": "fashion"} for k, word in enumerate(ITEM_WORDS)]
     info = {"description": repr(scenes)}
-    paths = {"images": images_dir, "instances": out_dir / "instances.json", "captions": out_dir / "captions.json"}
     atomic_write_text(paths["instances"], json.dumps(
         {"info": info, "images": images, "annotations": instances, "categories": categories}))
     atomic_write_text(paths["captions"], json.dumps({"info": info, "images": images, "annotations": captions}))
     return paths
+
+
+def _exported_scenes(path: Path) -> bool:
+    """Whether ``path`` is a COCO file :func:`export_coco` wrote (its description names the scenes)."""
+    try:
+        description = json.loads(path.read_text(encoding="utf-8"))["info"]["description"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return isinstance(description, str) and description.startswith(f"{FashionScenes.__name__}(")
