@@ -1911,6 +1911,28 @@ def test_predict_replaces_its_own_predictions_and_refuses_a_file_it_did_not_writ
     assert written.read_text() == "my notes\n"
 
 
+@needs_fashion_mnist
+def test_a_run_logged_to_an_earlier_runs_csv_version_keeps_the_earlier_metrics(tmp_path, monkeypatch, capsys):
+    """Lightning's CSVLogger deleted the metrics.csv of a run logged to the same fixed version (as a resumed run's
+    logs are kept together), with only its own warning (a file-writing audit)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["visattn"])
+    validate = ["validate", "--config", str(CBAM_CONFIG), *QUICK, "--model.init_args.model_name",
+                "se_resnet20_cifar.fmnist", "--trainer.limit_val_batches", "1", "--trainer.logger.init_args.version",
+                "fixed"]
+    folder = Path("outputs") / CBAM_CONFIG.stem / "logs" / "fixed"
+    assert main(validate) == 0
+    first = (folder / "metrics.csv").read_text()
+    capsys.readouterr()
+    assert main(validate + ["--trainer.limit_val_batches", "2"]) == 0
+    err = capsys.readouterr().err
+    assert (f"warning: logger's version fixed: {folder / 'metrics.csv'} holds an earlier run's metrics, which "
+            "Lightning would delete; they are kept as metrics-2.csv, and this run's go to metrics.csv"
+            in err.splitlines()) and "will be deleted" not in err
+    assert (folder / "metrics-2.csv").read_text() == first
+    assert (folder / "metrics.csv").read_text() != first  # this run's, of 2 batches
+
+
 def test_predict_into_a_folder_it_cannot_write_is_refused_before_predicting(tmp_path, monkeypatch, capsys):
     """Every batch was predicted (15 s in a file-writing audit) and only then was the folder refused."""
     from visattn.tasks.classification import ImageClassifier

@@ -75,7 +75,7 @@ from lightning.pytorch.callbacks import (BackboneFinetuning, BasePredictionWrite
                                          ModelCheckpoint, ProgressBar, RichProgressBar, StochasticWeightAveraging,
                                          Timer)
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
-from lightning.pytorch.loggers import Logger
+from lightning.pytorch.loggers import CSVLogger, Logger
 from lightning.pytorch.plugins import CheckpointIO, TorchCheckpointIO
 from lightning.pytorch.strategies import StrategyRegistry
 from lightning.pytorch.utilities import rank_zero_only
@@ -580,6 +580,22 @@ def _check_training(model: Any, trainer: Any) -> None:
     if isinstance(warmup, (int, float)) and bounded_by_epochs and 0 < epochs < warmup:
         warnings.warn(f"model.init_args.warmup_epochs {warmup} is longer than the run (trainer.max_epochs {epochs}): "
                       "the learning rate never reaches model.init_args.lr; shorten the warm-up", VisattnWarning)
+
+
+def _keep_earlier_metrics(trainer: pl.Trainer) -> None:
+    """Lightning's CSVLogger deletes the ``metrics.csv`` of an earlier run logged to the same ``version`` (fixed to
+    keep a resumed run's logs in one folder): it is kept as ``metrics-2.csv``, ``metrics-3.csv``... as the runs'
+    ``config.yaml`` are."""
+    for logger in trainer.loggers:
+        metrics = Path(logger.log_dir) / "metrics.csv" if isinstance(logger, CSVLogger) else None
+        if metrics is None or not metrics.is_file():
+            continue
+        kept = unique_paths(metrics.parent, "metrics", {p.name.casefold() for p in metrics.parent.iterdir()},
+                            suffix=".csv")[0]
+        metrics.rename(kept)
+        warnings.warn(f"logger's version {logger.version}: {metrics} holds an earlier run's metrics, which Lightning "
+                      f"would delete; they are kept as {kept.name}, and this run's go to {metrics.name}",
+                      VisattnWarning)
 
 
 def _warn_of_folders_elsewhere(trainer: pl.Trainer, typed: Sequence[str] = ()) -> None:
@@ -1431,6 +1447,8 @@ class VisattnCLI(LightningCLI):
             trainer = super().instantiate_trainer(**kwargs)
         except MisconfigurationException as err:
             raise _trainer_error(err, config) from None
+        if rank_zero_only.rank == 0 and os.environ.get("NODE_RANK", "0") == "0":
+            _keep_earlier_metrics(trainer)
         if self.subcommand == "fit":
             _refuse_logging_callbacks_without_logger(trainer)
             _refuse_half_weights_on_cpu(trainer)
@@ -1577,6 +1595,8 @@ def run_lightning_cli(argv: list[str]) -> VisattnCLI:
         warnings.filterwarnings("ignore", message=r'\.fit\(ckpt_path="last"\) is set, but there is no last checkpoint')
         # A data module without validation data gives [] on purpose: the run trains without validation.
         warnings.filterwarnings("ignore", message=r"Total length of `list` across ranks is zero")
+        # The CSV logger's: the one file it deletes, metrics.csv, is kept by _keep_earlier_metrics, which says so.
+        warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
         return _build_and_run(_with_shipped_configs(argv))
 
 
