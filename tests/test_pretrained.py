@@ -2431,6 +2431,26 @@ def test_a_users_weights_load_when_the_shipped_folder_is_missing(user_weights, t
     assert f"({searched})" in str(err.value)
 
 
+@pytest.mark.filterwarnings("ignore:.*saved without preprocessing or labels")
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_saving_over_the_file_of_an_entry_renamed_in_the_index_is_refused(weights_tmp, overwrite):
+    """A tag renamed by editing only its key in index.json (a.safetensors now .best's): saving tag a was refused as
+    "weights a already exist", a name no listing showed, and --overwrite then replaced .best's weights."""
+    kept = _model(num_classes=0)
+    save_weights(kept, weights_tmp / f"{ARCH}.a.safetensors", model_kwargs=SMALL)
+    index_file = weights_tmp / "index.json"
+    index = json.loads(index_file.read_text())
+    index[f"{ARCH}.best"] = index.pop(f"{ARCH}.a")
+    index_file.write_text(json.dumps(index))
+    path = weights_tmp / f"{ARCH}.a.safetensors"
+    with pytest.raises(WeightsError) as err:
+        save_weights(_model(num_classes=0, qkv_bias=False), path, model_kwargs={**SMALL, "qkv_bias": False},
+                     overwrite=overwrite)
+    assert str(err.value) == (f"{path}: the weights file of {ARCH}.best ({index_file} names it there); pick another "
+                              f"--tag, or give {ARCH}.best a file of its own name")
+    assert torch.equal(_logits(create_model(f"{ARCH}.best").eval()), _logits(kept))
+
+
 def test_saving_the_name_of_shipped_weights_is_refused_unless_overwrite_hides_them(user_weights):
     """Saved into the first folder, they hid the shipped weights of that name without a word."""
     from visattn.pretrained import find_weights_entry, shipped_weights_dir

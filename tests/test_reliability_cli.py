@@ -1141,9 +1141,9 @@ def test_save_weights_keeps_weights_another_run_saved_under_its_name_meanwhile(t
 
     out_dir, checked, others = tmp_path / "w", pretrained.refuse_existing_weights, []
 
-    def another_run_saves_meanwhile(path):
-        checked(path)
-        if not others:  # free at the first check; then another process saves weights of that name
+    def another_run_saves_meanwhile(path, overwrite=False):
+        checked(path, overwrite=overwrite)
+        if not others and not overwrite:  # free at the first check; then another process saves weights of that name
             others.append(pretrained.save_weights(create_model("cbam_resnet20_cifar", num_classes=3), path,
                                                   overwrite=True))
 

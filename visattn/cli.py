@@ -468,8 +468,7 @@ def cmd_save_weights(args: argparse.Namespace) -> int:
     if len(path.name.encode()) > 255:  # before the measurement, not "File name too long" after it
         raise ConfigError(f"--tag {args.tag}: the file {loaded.arch}.TAG.safetensors would have a name of "
                           f"{len(path.name.encode())} bytes, and file names take at most 255; give a shorter tag")
-    if not args.overwrite:
-        refuse_existing_weights(path)  # before the test-set measurement, which can take minutes
+    refuse_existing_weights(path, overwrite=args.overwrite)  # before the test-set measurement, which can take minutes
     scores = _test_scores(task, loaded, args.dataset, args.limit) if args.dataset else {}
     metrics = {f"test/{k}": v for k, v in scores.items()}
     names = ({"vocab": loaded.vocab.to_list(), "max_len": loaded.max_len} if task == "captioning"

@@ -801,12 +801,21 @@ def _under(state: StateDict, prefix: str) -> StateDict:
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
-def refuse_existing_weights(path: Union[str, Path]) -> None:
-    """One line when ``DIR/<arch>.<tag>.safetensors`` or its entry in ``DIR/index.json`` already exists, or
-    when a folder after ``DIR`` in :func:`weights_search_path` has weights of that name, which these would hide."""
+def refuse_existing_weights(path: Union[str, Path], *, overwrite: bool = False) -> None:
+    """One line when ``DIR/<arch>.<tag>.safetensors`` is the file of another entry of ``DIR/index.json`` (one
+    renamed there by hand: writing the file replaced its weights, also with ``overwrite``); and unless
+    ``overwrite``, when the file or its entry already exists, or a folder after ``DIR`` in
+    :func:`weights_search_path` has weights of that name, which these would hide."""
     path = Path(path)
     name = path.name.removesuffix(".safetensors")
-    if path.exists() or name in _read_index(path.parent / INDEX_NAME):
+    index = _read_index(path.parent / INDEX_NAME)
+    owner = next((other for other, entry in index.items() if other != name and entry.get("file") == path.name), None)
+    if owner is not None:
+        raise WeightsError(f"{path}: the weights file of {owner} ({path.parent / INDEX_NAME} names it there); pick "
+                           f"another --tag, or give {owner} a file of its own name")
+    if overwrite:
+        return
+    if path.exists() or name in index:
         raise WeightsError(f"{path}: weights {name} already exist; pick another --tag, or pass --overwrite to replace them")
     folders = weights_search_path()
     places = [folder.resolve() for folder in folders]
@@ -987,8 +996,7 @@ def save_weights(
         json.dumps(meta)
     except (TypeError, ValueError) as err:
         raise WeightsError(f"{path}: the index entry must be plain JSON ({err}); pass numbers as float(x)") from None
-    if not overwrite:
-        refuse_existing_weights(path)
+    refuse_existing_weights(path, overwrite=overwrite)
     _warn_unless_described(path, arch, model, meta)  # only for weights that will be saved
     _read_index(path.parent / INDEX_NAME)  # before anything is written, so a bad index leaves no orphan
     # clone() breaks storage sharing, which safetensors refuses.
@@ -1034,8 +1042,7 @@ def _write_weights_and_entry(path: Path, data: bytes, entry: dict[str, Any], *, 
     index_file, name = path.parent / INDEX_NAME, path.name.removesuffix(".safetensors")
     arch = name.partition(".")[0]
     with exclusive_lock(path.parent / f"{INDEX_NAME}.lock"), SignalsDeferred() as deferred, atomic_path(path) as tmp:
-        if not overwrite:
-            refuse_existing_weights(path)  # again: another process may have saved this name meanwhile
+        refuse_existing_weights(path, overwrite=overwrite)  # again: another process may have saved this meanwhile
         index = _read_index(index_file)
         with open(tmp, "wb") as f:  # from Python: a full disk is an OSError, as for every other output
             f.write(data)
