@@ -929,6 +929,11 @@ def test_a_folder_given_to_two_commands_keeps_each_ones_outputs(tmp_path, capsys
         assert capsys.readouterr().err.splitlines()[-1] == (
             f"visattn: error: {flag} would replace {shared / 'scene.png'}, which `visattn caption --attention-out` "
             f"wrote; choose another {flag} folder, or move that file")
+    # one map's --out too (it replaced the panel without a word, a file-writing audit)
+    assert main(["explain", scene, "--model", "se_resnet20_cifar.fmnist", "--out", str(shared / "scene.png")]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"visattn: error: --out would replace {shared / 'scene.png'}, which `visattn caption --attention-out` wrote; "
+        "choose another --out file, or move that file")
     assert (shared / "scene.png").read_bytes() == panel
     detect = ["detect", scene, "--model", "fcos_se_resnet20_cifar.scenes", "--score-threshold", "0.05"]
     assert main(caption) == 0 and main([*detect, "--attention-out", str(tmp_path / "drawn")]) == 0

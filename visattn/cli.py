@@ -388,7 +388,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
         figure_format(args.out)  # a suffix matplotlib cannot write, refused before the work
         files = list_images(args.paths, allow_empty=False)
         maps = [prepare_output_file(args.out, flag="--out", inputs=[*args.paths, *model_files(args.model,
-                                                                                             args.checkpoint)])]
+                                                                                             args.checkpoint)],
+                                    command="explain")]
     else:
         files = list_images(args.paths, allow_empty=False, exclude=[args.out_dir], rerun_of=["explain"])
         maps = output_paths(files, args.out_dir, flag="--out-dir", commands={"": "explain"})[""]

@@ -290,11 +290,13 @@ def _refuse_a_dangling_link(path: Path, *, flag: str) -> None:
 
 
 def prepare_output_file(path: PathLike, *, flag: str, inputs: Iterable[PathLike] = (),
-                        ours: Optional[Callable[[Path], bool]] = None, suffix: Optional[str] = None) -> Path:
+                        ours: Optional[Callable[[Path], bool]] = None, suffix: Optional[str] = None,
+                        command: Optional[str] = None) -> Path:
     """Check that ``path`` (the value of ``flag``) can be written as a file, creating its folder, that it is
     none of the command's ``inputs``, has ``suffix`` (checked before the folder is made) and that a file already
-    there is one visattn wrote (``ours``, default :func:`written_by_visattn`): a rerun replaces its own output,
-    never a user's photo, checkpoint or config."""
+    there is one visattn wrote (``ours``, default :func:`written_by_visattn`), and given the ``command`` writing,
+    not another command's folder output: a rerun replaces its own output, never a user's photo, checkpoint or
+    config, nor a drawing of ``detect --out``."""
     if os.fspath(path) == "-":  # the usual name for standard output, which an image or model file does not go to
         raise ConfigError(f"{flag} -: {flag} writes a file, not standard output; give a file path")
     if os.fspath(path).endswith(("/", os.sep)):  # Path() would drop the slash and write a file of that name
@@ -310,7 +312,7 @@ def prepare_output_file(path: PathLike, *, flag: str, inputs: Iterable[PathLike]
     with output_errors(path, flag=flag, kind="file"):
         _writable_dir(path.parent)
     if path.is_file():  # not a FIFO, which reading would block on, nor a device: atomic_path names those
-        refuse_replacing_others_files([path], flag=flag, kind="file", ours=ours)
+        refuse_replacing_others_files([path], flag=flag, kind="file", ours=ours, command=command)
     return path
 
 
