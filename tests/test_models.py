@@ -326,6 +326,12 @@ def test_forward_intermediates_and_features_only_equal_timms(tmp_path, name, tim
     assert backbone.feature_info.reduction() == timm_backbone.feature_info.reduction()
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     assert count(backbone) == count(timm_backbone) < count(model)  # the layers past level 2 and the head dropped
+    # timm's state dict through load_state_dict (a ResNet's FeatureListNet has no `model.` prefix: torch's key dump)
+    loaded = create_model(name, features_only=True, out_indices=(1, 2), **kwargs).eval()
+    loaded.load_state_dict(timm_backbone.state_dict())
+    with torch.no_grad():
+        for mine, timms in zip(loaded(x), timm_backbone(x), strict=True):
+            torch.testing.assert_close(mine, timms, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("name", CLASSIFIERS)

@@ -49,10 +49,24 @@ def _whole_numbers(indices: Any) -> Union[int, list[int], None]:
 
 class FeatureLevels(FeatureGetterNet):
     """timm's ``FeatureGetterNet`` with the model's ``set_grad_checkpointing``, which timm's ``FeatureListNet`` (its
-    features-only ResNets) has, so that backbone code may call it on the features-only model."""
+    features-only ResNets) has, so that backbone code may call it on the features-only model; ``load_state_dict``
+    also takes a ``FeatureListNet``'s state dict, whose keys are the classifier's without the ``model.`` prefix."""
+
+    def __init__(self, model: nn.Module, **kwargs: Any) -> None:
+        super().__init__(model, **kwargs)
+        self.register_load_state_dict_pre_hook(_under_model)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.model.set_grad_checkpointing(enable)
+
+
+def _under_model(module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+    """``load_state_dict``'s pre-hook: the keys of a state dict laid out as timm's ``FeatureListNet``'s (no key of
+    ``module`` under ``model.``) moved under ``model.``, in place."""
+    own = [key for key in state_dict if key.startswith(prefix)]
+    if own and not any(key.startswith(f"{prefix}model.") for key in own):
+        for key in own:
+            state_dict[f"{prefix}model.{key[len(prefix):]}"] = state_dict.pop(key)
 
 
 def features_only(model: nn.Module, out_indices: Indices = None) -> nn.Module:
