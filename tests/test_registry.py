@@ -401,6 +401,21 @@ def test_list_models_takes_several_patterns_and_exclusions_as_timm_does():
     assert list_models(filter="deit_t*") == ["deit_tiny_patch16_224"] and list_pretrained(filter="") == shipped
 
 
+def test_list_models_takes_the_registering_module_as_timm_does():
+    """timm's list_models(module="resnet") was a TypeError, and list_modules missing (a timm-parity audit)."""
+    from visattn.registry import model_module
+
+    assert visattn.list_modules() == ["detection", "resnet", "show_attend_tell", "vit"]
+    for module in visattn.list_modules():
+        assert list_models(module=module) == [n for n in list_models() if model_module(n).endswith(f".{module}")]
+    assert "cbam_resnet50" in list_models(module="resnet") and "vit_tiny_patch16_224" in list_models(module="vit")
+    assert list_models("*resnet50", module=["resnet", "detection", "show_attend_tell"]) == list_models("*resnet50")
+    assert list_models(module="detection", exclude_filters="detr_*") == list_models("fcos_*")
+    with pytest.raises(ConfigError, match=r"^module='vision_transformer': no architecture is registered there; give "
+                                          r"one of detection, resnet, show_attend_tell, vit \(visattn.list_modules"):
+        list_models(module="vision_transformer")
+
+
 def test_create_model_takes_pretrained_second_as_timm_does():
     """timm.create_model(name, True), in many a timm tutorial, had been a TypeError (a timm-parity audit)."""
     torch.testing.assert_close(create_model("se_resnet20_cifar", True).state_dict(),

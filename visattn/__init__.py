@@ -11,7 +11,7 @@ if TYPE_CHECKING:
     from .inference.classifier import load_classifier
     from .inference.detector import load_detector
     from .pretrained import load_weights, save_weights
-    from .registry import create_model, is_model, list_models, list_pretrained, register_model
+    from .registry import create_model, is_model, list_models, list_modules, list_pretrained, register_model
 
 if os.environ.get(ONE_LINE_WARNINGS_ENV) == "1":
     # a process the visattn command spawned (a DataLoader worker): its warnings print as the command's do
@@ -25,6 +25,7 @@ _LAZY = {
     "create_model": "registry",
     "is_model": "registry",
     "list_models": "registry",
+    "list_modules": "registry",
     "list_pretrained": "registry",
     "register_model": "registry",
     "load_weights": "pretrained",
@@ -40,6 +41,7 @@ __all__ = [
     "create_model",
     "is_model",
     "list_models",
+    "list_modules",
     "list_pretrained",
     "load_captioner",
     "load_classifier",

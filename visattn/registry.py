@@ -306,16 +306,38 @@ def split_model_name(name: str) -> tuple[str, Optional[str]]:
 
 
 def list_models(filter: Patterns = "*", pretrained: bool = False, *, exclude_filters: Patterns = (),
-                pattern: Optional[Patterns] = None) -> list[str]:
+                module: Union[str, Sequence[str]] = "", pattern: Optional[Patterns] = None) -> list[str]:
     """Sorted registered architectures matching an fnmatch pattern ``filter`` (or any of a list; named as in timm)
-    and none of ``exclude_filters``; ``pretrained`` keeps those with weights. ``pattern``: ``filter``'s former
-    name, deprecated."""
+    and none of ``exclude_filters``; ``pretrained`` keeps those with weights; ``module`` (or a list) those registered
+    in that module, as timm's (:func:`list_modules`). ``pattern``: ``filter``'s former name, deprecated."""
     _import_models()
     names = matching_names(_model_entrypoints, _renamed_pattern(filter, pattern), exclude_filters)
+    if module:
+        wanted = _known_modules([module] if isinstance(module, str) else module)
+        names = [n for n in names if _registering_module(n) in wanted]
     if pretrained:
         with_weights = {split_model_name(n)[0] for n in list_pretrained()}
         names = [n for n in names if n in with_weights]
     return names
+
+
+def list_modules() -> list[str]:
+    """Sorted names of the modules that register architectures (``"resnet"``, ``"vit"``, ...: the last part of the
+    module's name), which :func:`list_models` takes as ``module``, as timm's ``list_modules``."""
+    _import_models()
+    return sorted({_registering_module(name) for name in _model_entrypoints})
+
+
+def _registering_module(arch: str) -> str:
+    return _module_family(_model_entrypoints[arch].__module__)
+
+
+def _known_modules(modules: Sequence[str]) -> set[str]:
+    known = list_modules()
+    if not modules or not all(isinstance(m, str) and m in known for m in modules):
+        raise ConfigError(f"module={modules if len(modules) != 1 else modules[0]!r}: no architecture is registered "
+                          f"there; give one of {', '.join(known)} (visattn.list_modules())")
+    return set(modules)
 
 
 def list_pretrained(filter: Patterns = "*", *, exclude_filters: Patterns = (),
