@@ -1881,6 +1881,17 @@ def test_weights_of_other_in_chans_and_other_widths_are_refused_not_adapted(tmp_
 VALID_PREPROCESSING = {"input_size": [3, 28, 28], "mean": [0.5] * 3, "std": [0.5] * 3, "recipe": "small"}
 
 
+def test_an_index_that_is_a_folder_is_one_line_saying_so(weights_tmp):
+    """The line held Python's "[Errno 21] Is a directory: '...'" (a file-writing audit)."""
+    (weights_tmp / "index.json").mkdir()
+    for read in (list_pretrained, lambda: save_weights(_model(num_classes=3), weights_tmp / f"{ARCH}.a.safetensors")):
+        with pytest.raises(WeightsError) as err:
+            read()
+        assert str(err.value) == (f"{weights_tmp / 'index.json'}: unreadable weights index (a folder, not a file); "
+                                  "restore it from git or a backup, or move it away and save the weights again with "
+                                  "`visattn save-weights`")
+
+
 @pytest.mark.parametrize("field, value, problem", [
     ("model_kwargs", [1], "model_kwargs=[1]: give an object of builder arguments, e.g. {'depth': 4}"),
     ("preprocessing", [3, 28, 28], "preprocessing=[3, 28, 28]: give an object with input_size, mean and std"),

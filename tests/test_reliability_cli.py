@@ -765,12 +765,13 @@ OUTPUT_AND_OPTION_CASES = {
                                 "drop it"),
     "save_weights_out_dir_is_a_file": (lambda tmp: _save_weights(tmp, "--out-dir", _a_file(tmp)),
                                        "--out-dir afile: cannot write there"),
-    # it had named the temp file moved there, as if it were the folder
-    "save_weights_file_is_a_folder": (
-        lambda tmp: (tmp / "w" / "cbam_resnet20_cifar.t.safetensors").mkdir(parents=True)
-        or _save_weights(tmp, "--out-dir", "w", "--overwrite"),
-        "--out-dir w: cannot write w/cbam_resnet20_cifar.t.safetensors (it is a folder); choose a writable --out-dir "
-        "folder"),
+    # it had named the temp file moved there, as if it were the folder; without --overwrite it said the weights
+    # "already exist; pass --overwrite", which then refused the folder (a file-writing audit)
+    **{f"save_weights_file_is_a_folder{flag}": (
+        lambda tmp, flag=flag: (tmp / "w" / "cbam_resnet20_cifar.t.safetensors").mkdir(parents=True)
+        or _save_weights(tmp, "--out-dir", "w", *flag.split()),
+        "w/cbam_resnet20_cifar.t.safetensors: a folder stands where the weights file goes; move it, or pick another "
+        "--tag") for flag in ("", " --overwrite")},
     # it had named the folder, which is one ("--out-dir w: cannot write there (it is a folder)")
     "save_weights_index_lock_is_a_folder": (
         lambda tmp: (tmp / "w" / "index.json.lock").mkdir(parents=True) or _save_weights(tmp, "--out-dir", "w"),

@@ -224,6 +224,8 @@ def _read_index(index_file: Path) -> dict[str, dict[str, Any]]:
                            "permissions, or take it out of VISATTN_WEIGHTS") from None
     try:
         raw = json.loads(index_file.read_text())
+    except IsADirectoryError:
+        problem = "a folder, not a file"
     except (OSError, json.JSONDecodeError) as err:
         problem = str(err)
     else:
@@ -813,6 +815,8 @@ def refuse_existing_weights(path: Union[str, Path], *, overwrite: bool = False) 
     if owner is not None:
         raise WeightsError(f"{path}: the weights file of {owner} ({path.parent / INDEX_NAME} names it there); pick "
                            f"another --tag, or give {owner} a file of its own name")
+    if path.is_dir():  # --overwrite would not help: it replaces files
+        raise WeightsError(f"{path}: a folder stands where the weights file goes; move it, or pick another --tag")
     if overwrite:
         return
     if path.exists() or name in index:
