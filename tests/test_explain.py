@@ -340,6 +340,15 @@ def test_gate_maps_reduce_each_gate_as_documented():
         else:
             expected = gate["affinity"].mean(dim=1).reshape(1, 14, 14)
         torch.testing.assert_close(maps[name], expected)
+    # BAM's map is the channel mean of the gate it applies, x * (1 + sigmoid(channel + spatial)), recomputed from
+    # its input: the drawn sigmoid(spatial) alone, which BAM never applies, had been up to 0.31 off once scaled
+    bam = create_model("bam_resnet20_cifar", **SMALL_CNN).eval()
+    inputs = {}
+    bam.bam2.register_forward_hook(lambda module, args, out: inputs.update(x=args[0]))
+    _, maps = gate_maps(bam, images)
+    with torch.no_grad():
+        applied = torch.sigmoid(bam.bam2.channel(inputs["x"]) + bam.bam2.spatial(inputs["x"]))
+    torch.testing.assert_close(maps["bam2"], applied.mean(dim=1))
     with pytest.raises(ConfigError, match=r"no spatial attention gates \(CBAM, BAM, coord, non-local, GC\), only SE "
                                           r"gates, which weigh whole channels alike at every place; use method "
                                           r"'gradcam'"):
@@ -791,11 +800,12 @@ def test_images_that_are_no_model_input_are_one_line(bad, message):
         explain_batch(classifier.model, bad, "gradcam")
 
 
-@pytest.mark.parametrize("target_class", ["3", [1, 2, 3], 2.5, True])  # True had explained class 1
+@pytest.mark.parametrize("target_class", ["3", [1, 2, 3], 2.5, True, torch.tensor([[1], [2]])])  # True: class 1
 def test_a_target_class_that_is_no_index_is_one_line(target_class):
     model = create_model("resnet20_cifar", num_classes=10).eval()
-    with pytest.raises(ConfigError, match="give one class index, or one per image"):
+    with pytest.raises(ConfigError, match="give one class index, or one per image") as err:
         explain_batch(model, torch.randn(2, 3, 28, 28), "gradcam", target_class=target_class)
+    assert "\n" not in str(err.value)  # a 2-d tensor's repr had taken a line per row
 
 
 def test_explain_takes_the_channels_a_one_channel_model_reads():
@@ -1086,6 +1096,16 @@ def test_rollout_options_given_to_another_method_are_one_line_not_ignored(method
     model = create_model("vit_tiny_patch4_28", depth=2).eval()
     with pytest.raises(ConfigError, match=f"^head_fusion and discard_ratio tune rollout only, not {method}; drop them$"):
         explain_batch(model, torch.randn(1, 3, 28, 28), method, **options)
+
+
+def test_grad_cam_of_a_torchvision_resnet_defaults_to_its_last_stage():
+    """It said "no default Grad-CAM layer for ResNet", which visattn's and timm's ResNets have (an explain audit)."""
+    import torchvision
+
+    model = torchvision.models.resnet18(num_classes=3).eval()
+    assert default_target_layer(model) is model.layer4
+    images = torch.randn(1, 3, 64, 64)
+    torch.testing.assert_close(grad_cam(model, images)[0], grad_cam(model, images, layer="layer4")[0], rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("name, stage", [("resnet18", "layer4"), ("efficientnet_b0", "blocks.6"),

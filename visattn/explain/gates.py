@@ -8,7 +8,9 @@ Neural Networks") and global context blocks (Cao et al. 2019, "GCNet").
 Each module stores its gates in ``module.last_gate`` when ``module.keep_gate`` is on. They are
 turned into one ``(B, h, w)`` map per module:
 
-- CBAM, BAM: the spatial gate ``(B, 1, h, w)``.
+- CBAM: the spatial gate ``(B, 1, h, w)``.
+- BAM: the channel mean of the gate it applies, ``x · (1 + σ(channel + spatial))`` (its spatial branch is
+  never applied alone).
 - Coordinate attention: the channel mean of the product of the height and width gates, i.e. the
   mean factor by which the module scales each position.
 - Non-local: the affinity ``(B, hw, hw)`` averaged over the query positions, i.e. how much
@@ -54,7 +56,9 @@ def missing_gates(model: nn.Module) -> str:
 
 def spatial_gate(gate: dict[str, Tensor], feature_size: tuple[int, int]) -> Tensor:
     """One module's ``last_gate`` -> ``(B, h, w)`` spatial map."""
-    if "spatial" in gate:  # CBAM, BAM, global context: (B, 1, h, w)
+    if "gate" in gate:  # BAM: the (B, C, h, w) gate it applies
+        return gate["gate"].mean(dim=1)
+    if "spatial" in gate:  # CBAM, global context: (B, 1, h, w)
         return gate["spatial"][:, 0]
     if "height" in gate and "width" in gate:  # coordinate attention: (B, C, h, 1) * (B, C, 1, w)
         return (gate["height"] * gate["width"]).mean(dim=1)

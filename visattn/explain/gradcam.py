@@ -16,6 +16,7 @@ still carry spatial information (the final norm's do not reach the class-token h
 from __future__ import annotations
 
 import math
+import re
 from typing import Optional, Union
 
 import torch
@@ -30,11 +31,13 @@ TargetClass = Union[int, Tensor, None]
 
 
 def default_target_layer(model: nn.Module) -> nn.Module:
-    """``blocks[-1].norm1`` of a ViT, else the last stage of a ResNet (``model.stage_names[-1]``) or of a
-    timm model (its ``feature_info``'s last module; where that is missing, its last ``stages`` or ``blocks``)."""
+    """``blocks[-1].norm1`` of a ViT, else the last stage of a ResNet (``model.stage_names[-1]``; torchvision's
+    last ``layerN``) or of a timm model (its ``feature_info``'s last module; where that is missing, its last
+    ``stages`` or ``blocks``)."""
     if is_vit(model):
         return model.blocks[-1].norm1
-    stages = getattr(model, "stage_names", None)
+    stages = getattr(model, "stage_names", None) or sorted(
+        (name for name, _ in model.named_children() if re.fullmatch(r"layer\d+", name)), key=lambda n: int(n[5:]))
     if stages:
         return getattr(model, stages[-1])
     features = getattr(model, "feature_info", None)
@@ -158,7 +161,9 @@ def _class_index(logits: Tensor, target_class: TargetClass) -> Tensor:
             raise TypeError
         index = index.long().expand(logits.shape[0])
     except (TypeError, ValueError, RuntimeError):
-        raise ConfigError(f"target_class={target_class!r}: give one class index, or one per image "
+        given = (f"a tensor of shape {tuple(target_class.shape)}" if isinstance(target_class, Tensor)
+                 else repr(target_class))  # a tensor's repr takes a line per row
+        raise ConfigError(f"target_class={given}: give one class index, or one per image "
                           f"({logits.shape[0]} here); class names go through explain_image or --class") from None
     if index.min() < 0 or index.max() >= logits.shape[1]:
         raise ArgumentError("target_class", target_class,
