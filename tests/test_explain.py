@@ -1074,6 +1074,17 @@ def test_a_lone_maximum_cell_is_the_peak_not_a_flatter_lower_region():
     assert peak_location(heat, (28, 28)) == (6.0, 6.0)
 
 
+def test_two_maxima_touching_at_a_corner_peak_at_one_of_them_not_at_the_saddle_between():
+    """Their centre, where the map drawn between cells is 0.5 against a maximum of 1, was the peak: a box around
+    either maximum missed (an explain audit)."""
+    from visattn.explain.pointing import peak_location, pointing_hit
+
+    heat = np.zeros((4, 4), np.float32)
+    heat[1, 1] = heat[2, 2] = 1.0
+    assert peak_location(heat, (64, 64)) == (24.0, 24.0)  # the first in row-major order
+    assert pointing_hit(heat, [16, 16, 32, 32], (64, 64))
+
+
 @pytest.mark.parametrize("shape", ["L", "ring"])
 def test_a_peak_on_a_plateau_whose_centre_lies_outside_it_is_a_pixel_of_the_plateau(shape):
     # Saturated gates give such plateaus: the centre of an L or a ring is not at the maximum (a ring's is the minimum).

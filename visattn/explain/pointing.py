@@ -18,6 +18,7 @@ on every side (a square margin, not the disk of TorchRay's implementation).
 """
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence
 
 import numpy as np
@@ -33,8 +34,8 @@ def peak_location(heatmap: np.ndarray | torch.Tensor, image_size: Optional[Seque
     """``(x, y)`` in the pixels of an ``image_size = (H, W)`` image where ``heatmap`` peaks, its cells at
     ``centres`` (default: equal blocks of the image; given ``centres``, the size may be ``None``): its
     maximum cell's centre; for a plateau of equal maximum cells, the centre of the one holding the first
-    in row-major order, or its cell nearest that centre when the centre falls outside it (an L- or
-    ring-shaped plateau); ``None`` for a constant map."""
+    in row-major order, or its cell nearest that centre where the map drawn between the cells is below its
+    maximum there (an L- or ring-shaped plateau, or cells touching at a corner); ``None`` for a constant map."""
     if centres is None and image_size is None:
         raise ConfigError("give the image size or the map's cell centres to place its peak")
     grid = heatmap.detach().cpu().double().numpy() if torch.is_tensor(heatmap) else np.asarray(heatmap, np.float64)
@@ -50,10 +51,18 @@ def peak_location(heatmap: np.ndarray | torch.Tensor, image_size: Optional[Seque
     plateau = plateaus == plateaus.flat[int(np.argmax(grid))]
     rows, cols = np.nonzero(plateau)
     col, row = float(cols.mean()), float(rows.mean())  # in cells, cell k at k
-    if not plateau[int(row + 0.5), int(col + 0.5)]:
+    if not _at_the_maximum(plateau, row, col):
         nearest = int(np.argmin((cols - col) ** 2 + (rows - row) ** 2))
         col, row = float(cols[nearest]), float(rows[nearest])
     return (centres or CellCentres.blocks(grid.shape, image_size)).point(row, col)
+
+
+def _at_the_maximum(plateau: np.ndarray, row: float, col: float) -> bool:
+    """Whether the map drawn bilinearly between its cells is at its maximum at ``(row, col)`` (in cells): every
+    cell that weighs on that point is of the ``plateau`` (two cells touching at a corner meet at a saddle)."""
+    rows = {math.floor(row), math.ceil(row)}
+    cols = {math.floor(col), math.ceil(col)}
+    return all(plateau[r, c] for r in rows for c in cols)
 
 
 def pointing_hit(
