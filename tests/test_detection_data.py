@@ -25,6 +25,7 @@ from visattn.data.detection import (
     require_boxes,
     train_detection_transforms,
 )
+from visattn.data.image_folder import image_files_of
 from visattn.errors import ConfigError, VisattnWarning
 
 # COCO fixture: non-contiguous category ids, listed out of order; labels follow the sorted ids
@@ -303,6 +304,21 @@ def test_a_broken_file_shared_by_splits_is_counted_once(tmp_path):
     assert dm.num_skipped == 1
 
 
+@pytest.mark.filterwarnings("ignore::visattn.data.SkippedImageWarning")
+def test_training_images_without_a_box_are_left_out_unless_asked_for(tmp_path):
+    """They were trained on: a batch of them gave FCOS a loss 80 to 900 times a usual one's, not divided by any
+    box (an augmentation audit); torchvision's and detectron2's references leave them out."""
+    path, images_dir = write_coco_instances(tmp_path)  # empty.png holds no box
+    for drop_empty, trained in ((True, ["a.png", "b.png", "broken.png"]), (False, list(COCO_IMAGES))):
+        dm = CocoDetectionDataModule(str(path), str(images_dir), val_annotations=str(path), num_workers=0,
+                                     drop_empty=drop_empty)
+        dm.setup("fit")
+        files, positions = image_files_of(dm.datasets["train"])
+        assert [files.paths[i].name for i in positions] == trained
+        assert len(dm.datasets["val"]) == len(COCO_IMAGES)  # validation scores every image
+        assert dm.most_objects == 2
+
+
 def test_coco_data_module_classes_loaders_and_missing_splits(tmp_path):
     path, images_dir = write_coco_instances(tmp_path)
     dm = CocoDetectionDataModule(str(path), str(images_dir), batch_size=2, num_workers=0)
@@ -570,7 +586,7 @@ def test_boxes_the_pipelines_would_drop_are_dropped_when_read_with_one_warning(t
         dm = CocoDetectionDataModule(str(edited), str(images_dir), num_workers=0)
         dm.setup("fit")
     assert len([w for w in caught if "dropped 2 of 5 boxes" in str(w.message)]) == 1
-    assert dm.datasets["train"].transform is not CocoDetection(path, images_dir).transform  # the training pipeline
+    assert dm.datasets["train"].dataset.transform is not CocoDetection(path, images_dir).transform  # training's
 
 
 @pytest.mark.parametrize("key", ["images", "annotations", "categories"])
@@ -713,7 +729,7 @@ def test_validation_images_that_do_not_decode_are_one_line_at_setup_not_after_an
     assert "train" not in dm.datasets  # a second setup reads the files again
     dm.hparams.val_images_dir = str(images_dir)
     dm.setup("fit")
-    assert len(dm.datasets["val"]) == len(dm.datasets["train"])
+    assert len(dm.datasets["val"]) == len(dm.datasets["train"]) + 1  # empty.png: validated, not trained on
 
 
 def test_a_coco_dataset_spec_splits_after_the_json_and_names_both_parts():
