@@ -262,8 +262,8 @@ class FashionScenesCaptionDataModule(_CaptionDataModule):
         max_items: most items per scene.
         seed: seed of the scenes.
         max_caption_len: longest encoded caption, ``<start>`` and ``<end>`` included; the
-            default fits every scene caption (the longest, three items with their places, has
-            28 tokens, 26 words: "T-shirt/top" is three).
+            default fits every scene caption (the longest, three items with their places, "a pair
+            of ... trousers" among them, has 28 tokens, 26 words).
         min_count: words seen fewer times in the training captions become ``<unk>``.
         vocab_scenes: the vocabulary is built from the captions of this many training scenes
             (all of them if fewer); the grammar's every word occurs within the first hundred.
