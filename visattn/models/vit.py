@@ -318,7 +318,8 @@ class VisionTransformer(nn.Module):
         self, x: torch.Tensor, return_attention: bool = False
     ) -> Union[torch.Tensor, tuple[torch.Tensor, Attentions]]:
         """Tokens after the last block and norm, ``(B, prefix + N, C)``; with ``return_attention``
-        also each block's attention probabilities, a list of ``(B, heads, prefix + N, prefix + N)``."""
+        also each block's attention probabilities, a list of ``(B, heads, prefix + N, prefix + N)``
+        (kept for every block, which gradient checkpointing would not keep: the blocks then run without it)."""
         x, _ = self._embed(x)
         if not return_attention:
             if self.grad_checkpointing and torch.is_grad_enabled():
