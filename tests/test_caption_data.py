@@ -215,7 +215,8 @@ def test_karpathy_datamodule_vocab_from_train_only_and_batches(tmp_path):
     assert "cat" in dm.vocab and "sofa" in dm.vocab  # train and restval
     assert "bird" not in dm.vocab and "fish" not in dm.vocab  # val and test are never read for it
     assert dm.preprocessing == {"input_size": [3, 8, 8], "mean": [0.485, 0.456, 0.406],
-                                "std": [0.229, 0.224, 0.225], "recipe": "photo"}
+                                "std": [0.229, 0.224, 0.225], "recipe": "photo", "crop_pct": 0.875,
+                                "interpolation": "bilinear"}
     with pytest.warns(SkippedImageWarning):
         batches = list(dm.train_dataloader())
     assert sum(len(b["images"]) for b in batches) == 4 and dm.num_skipped == 1
@@ -231,6 +232,24 @@ def test_karpathy_datamodule_vocab_from_train_only_and_batches(tmp_path):
     assert test["references"] == [["a fish swims", "fish in water"]]
     a = vocab.token_id("a")
     assert test["captions"].tolist() == [[vocab.start_id, a, vocab.unk_id, vocab.unk_id, vocab.end_id]]
+
+
+def test_a_photo_captioner_takes_its_encoders_crop_and_filter(tmp_path):
+    """Always bilinear with a 0.875 crop: an encoder from timm weights evaluated bicubic at 0.9 could not be fed as
+    they were trained (an augmentation audit)."""
+    from visattn.data.transforms import eval_transforms
+
+    split_json, images_dir = write_karpathy(tmp_path)
+    dm = KarpathyCaptionDataModule(str(split_json), str(images_dir), num_workers=0, img_size=16, min_count=1,
+                                   crop_pct=0.5, interpolation="bicubic")
+    assert (dm.preprocessing["crop_pct"], dm.preprocessing["interpolation"]) == (0.5, "bicubic")
+    image = np.random.default_rng(0).integers(0, 256, (40, 30, 3), np.uint8)
+    expected = eval_transforms(16, recipe="photo", crop_pct=0.5, interpolation="bicubic")(image)
+    torch.testing.assert_close(dm.eval_transform()(image), expected, rtol=0, atol=0)
+    assert not torch.equal(KarpathyCaptionDataModule(str(split_json), str(images_dir), img_size=16, min_count=1)
+                           .eval_transform()(image), expected)
+    with pytest.raises(ConfigError, match=r"^data.init_args.crop_pct=1.5: give the fraction of the resized image kept"):
+        KarpathyCaptionDataModule(str(split_json), str(images_dir), crop_pct=1.5)
 
 
 @pytest.mark.parametrize(("min_count", "said"), [(2, "2 leaves 43% of the 23 words of the training captions out of "

@@ -34,7 +34,8 @@ from ..errors import ArgumentError, ConfigError, VisattnWarning, caught_warnings
 from .datamodules import COCO_VALIDATION_FIX, COCO_VALIDATION_SETTING, SplitLoadersMixin, check_img_size, split_images_dir
 from .coco import CaptionImages, CocoCaptions, KarpathyCaptions, KarpathySplit, read_karpathy
 from .scenes import SCENES_MEAN, SCENES_STD, FashionScenes, scene_settings, scenes_split
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, ImageTransform, Recipe, eval_transform_of, train_transforms
+from .transforms import (DEFAULT_CROP_PCT, DEFAULT_INTERPOLATION, IMAGENET_MEAN, IMAGENET_STD, ImageTransform,
+                         Interpolation, Recipe, eval_transform_of, preprocessing_problem, train_transforms)
 from .vocab import SPECIAL_TOKENS, Vocabulary, tokenize
 
 __all__ = [
@@ -339,6 +340,10 @@ class KarpathyCaptionDataModule(_CaptionDataModule):
         augment: random resized crops for training (never flips: captions say left and right).
         mean: per-channel normalisation mean (default: ImageNet's).
         std: per-channel normalisation standard deviation.
+        crop_pct: evaluation's centre crop's share of the resized image (timm's ``crop_pct``; with an encoder from
+            timm weights, give their ``pretrained_cfg``'s, e.g. 0.9 for its augreg ViTs).
+        interpolation: resize filter, ``"bilinear"`` or ``"bicubic"`` (timm's ViTs: bicubic), of evaluation and of
+            training's crops, as timm's training transform.
         train_annotations: COCO captions JSON for training (the variant without a Karpathy file).
         val_annotations: COCO captions JSON for validation; without it, no validation.
         test_annotations: COCO captions JSON for test; needed only for ``test`` and ``predict``.
@@ -361,6 +366,8 @@ class KarpathyCaptionDataModule(_CaptionDataModule):
         augment: bool = False,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
+        crop_pct: float = DEFAULT_CROP_PCT,
+        interpolation: Interpolation = DEFAULT_INTERPOLATION,
         train_annotations: str | None = None,
         val_annotations: str | None = None,
         test_annotations: str | None = None,
@@ -370,6 +377,9 @@ class KarpathyCaptionDataModule(_CaptionDataModule):
         super().__init__()
         self.save_hyperparameters()
         self._check_options()
+        problem = preprocessing_problem(self.preprocessing)
+        if problem:
+            raise ConfigError(f"data.init_args.{problem.removeprefix('preprocessing.')}")
         if (split_json is None) == (train_annotations is None):
             raise ConfigError("KarpathyCaptionDataModule: give either data.init_args.split_json or "
                               "data.init_args.train_annotations (COCO)")
@@ -389,6 +399,11 @@ class KarpathyCaptionDataModule(_CaptionDataModule):
         return self.hparams.img_size, self.hparams.img_size
 
     @property
+    def preprocessing(self) -> dict:
+        h = self.hparams
+        return {**super().preprocessing, "crop_pct": h.crop_pct, "interpolation": h.interpolation}
+
+    @property
     def num_skipped(self) -> int:
         """Broken image files skipped so far, each counted once over all splits set up (splits may share files)."""
         return len({path for samples in self.datasets.values() for path in samples.dataset.skipped})
@@ -399,7 +414,8 @@ class KarpathyCaptionDataModule(_CaptionDataModule):
         h = self.hparams
         if not h.augment:
             return self.eval_transform()
-        return train_transforms(self.input_size, h.mean, h.std, recipe="photo", hflip=False)
+        return train_transforms(self.input_size, h.mean, h.std, recipe="photo", hflip=False,
+                                interpolation=h.interpolation)
 
     def _source(self, split: Split, transform: ImageTransform) -> Dataset:
         h = self.hparams
