@@ -1947,7 +1947,8 @@ def test_predict_into_a_folder_it_cannot_write_is_refused_before_predicting(tmp_
                  "se_resnet20_cifar.fmnist", "--trainer.limit_predict_batches", "1", "--trainer.default_root_dir",
                  "notes.txt"]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith(
-        "visattn: error: trainer.default_root_dir notes.txt: cannot write there (a file stands where a folder is needed)")
+        "visattn: error: trainer.default_root_dir notes.txt: cannot write there (a file stands where a folder is "
+        "needed)")
     assert not predicted and Path("notes.txt").read_text() == "mine\n"
 
 
