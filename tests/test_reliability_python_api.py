@@ -11,7 +11,7 @@ import warnings
 import pytest
 import torch
 
-from visattn import create_model, load_captioner, load_classifier, load_detector
+from visattn import create_model, list_models, load_captioner, load_classifier, load_detector
 from visattn.errors import ConfigError, VisattnError, VisattnWarning, WeightsError
 from visattn.pretrained import load_weights, save_weights
 
@@ -28,6 +28,9 @@ DIGITS = [str(i) for i in range(10)]
      r"preprocessing input_size \[3, 64, 64\]: the model takes 28x28 images; give \[3, 28, 28\], "
      "or build it with img_size=64"),
     ("fcos_se_resnet20_cifar", {}, dict(labels=["a", "b"]), "labels: 2 names for a 10-class head"),
+    # any task was recorded, and the loaders pick the task from the entry (a docstring audit)
+    ("se_resnet20_cifar", {}, dict(labels=DIGITS, task="segmentation"),
+     "task='segmentation': se_resnet20_cifar is a classification model; give task='classification' or leave it out"),
 ])
 def test_save_weights_refuses_a_description_the_model_contradicts_and_writes_nothing(
         weights_tmp, arch, kwargs, meta, message):
@@ -35,6 +38,34 @@ def test_save_weights_refuses_a_description_the_model_contradicts_and_writes_not
     with pytest.raises(WeightsError, match=f"^{weights_tmp}/{arch}.bad.safetensors: {message}"):
         save_weights(model, weights_tmp / f"{arch}.bad.safetensors", **meta)
     assert not list(weights_tmp.iterdir())
+
+
+def test_python_arguments_a_docstring_audit_found_unchecked_are_one_line(tmp_path):
+    """Each gave a nonsense result or a raw traceback: a negative validation share validated on all but one sample,
+    timm's positional module kept the models with weights, an ONNX file given a folder named a temp file, an even
+    spatial-gate kernel grew the map, and a refused head blamed an intact file."""
+    from visattn.data import split_indices
+    from visattn.errors import ArgumentError
+    from visattn.export import export_onnx
+    from visattn.layers.cbam import SpatialGate
+
+    for fraction in (-0.1, 1.0, "0.2"):
+        with pytest.raises(ArgumentError, match=rf"^val_fraction={fraction!r}: give the share of samples held out, "
+                                                r"from 0 to below 1$"):
+            split_indices(10, fraction, 0)
+    with pytest.raises(ConfigError, match=r"^pretrained='resnet': give True or False; timm's second argument, module, "
+                                          r"goes by name here: list_models\(..., module='resnet'\)$"):
+        list_models("*resnet20*", "resnet")
+    pytest.importorskip("onnx")
+    with pytest.raises(ArgumentError, match=rf"^path='{tmp_path}': is a folder; give the .onnx file to write$"):
+        export_onnx(create_model("resnet20_cifar"), tmp_path)
+    with pytest.raises(ConfigError, match=r"^kernel_size=6: give an odd whole number"):
+        SpatialGate(kernel_size=6)
+    with pytest.raises(WeightsError) as err:
+        load_weights(create_model("se_resnet20_cifar", num_classes=5), "se_resnet20_cifar.fmnist", new_head=False)
+    assert str(err.value) == ("se_resnet20_cifar.fmnist: its classifier 'fc' does not fit num_classes=5 (fc.weight "
+                              "(10, 112), fc.bias (10,)); build the model as the weights were trained (create_model "
+                              "with their num_classes), or pass new_head=True to start a new head")
 
 
 def test_a_warning_of_loading_weights_names_the_callers_line(tmp_path):

@@ -92,6 +92,8 @@ def export_onnx(
         The path written.
     """
     path = Path(path)
+    if path.is_dir():  # else an IsADirectoryError naming the temp file, once the export was done
+        raise ArgumentError("path", str(path), "is a folder; give the .onnx file to write")
     # A failed export leaves an existing file as it was, even when the metadata fails after the graph is written.
     with atomic_path(path) as written:
         _write_onnx(model, written, input_size=input_size, opset=opset, metadata=metadata, dynamic_size=dynamic_size)

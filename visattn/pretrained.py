@@ -848,10 +848,13 @@ def _incomplete_classifier_preprocessing(arch: str, meta: dict[str, Any]) -> Opt
 
 
 def _contradiction(model: nn.Module, arch: str, meta: dict[str, Any]) -> Optional[str]:
-    """What ``meta`` records that ``model`` cannot use: label names not one per class, a vocabulary not
-    its word layer's size, images it does not take. Loaded, such weights would fail at every prediction."""
+    """What ``meta`` records that ``model`` cannot use: another task than its own, label names not one per class, a
+    vocabulary not its word layer's size, images it does not take. Loaded, such weights would fail at every
+    prediction."""
     from .registry import model_task
 
+    if meta.get("task") is not None and meta["task"] != model_task(arch):  # the loaders pick the task from the entry
+        return f"task={meta['task']!r}: {arch} is a {model_task(arch)} model; give task={model_task(arch)!r} or leave it out"
     classes = getattr(model, "num_classes", None)
     for field in ("labels", "class_names"):
         names = meta.get(field)
@@ -1155,7 +1158,7 @@ def load_weights(
         state = _without_pruned_layers(model, state)
     elif head_from_weights:
         _take_the_weights_class_count(model, state)
-    state, head_warning, head_error = _drop_mismatched_head(model, state, source=named, new_head=new_head)
+    state, head_warning, head_error = _drop_mismatched_head(model, state, source=named, new_head=new_head, fix=fix)
     state, channels_warning = _adapt_input_channels(model, state, source=named)
     check_state_dict(model, state, strict=strict, source=named, fix=fix)
     if head_error:  # only now: weights of another architecture misfit everywhere, not just in the head
@@ -1398,12 +1401,13 @@ def _take_the_weights_class_count(model: nn.Module, state: StateDict) -> None:
 
 
 def _drop_mismatched_head(
-    model: nn.Module, state: StateDict, *, source: Any, new_head: bool
+    model: nn.Module, state: StateDict, *, source: Any, new_head: bool, fix: Optional[str] = None
 ) -> tuple[StateDict, Optional[str], Optional[str]]:
     """``state`` without a classifier head that does not fit ``model``; the warning to give when the
     model's head stays at its random init (dropped here, or absent from a features-only checkpoint); and
-    the error to raise instead, once the rest of the weights fit: when not ``new_head``, or when the head
-    is only partly there (its missing keys would silently keep their random init). A model
+    the error to raise instead, once the rest of the weights fit: when not ``new_head`` (its hint ``fix``, else
+    how to build a model they fit), or when the head is only partly there (its missing keys would silently keep
+    their random init). A model
     without a head (``num_classes=0``, a backbone) drops the checkpoint's quietly."""
     names = classifier_names(model)
     if not names:
@@ -1423,7 +1427,7 @@ def _drop_mismatched_head(
                    or f"classifier {head!r} does not fit num_classes={getattr(model, 'num_classes', '?')}")
         refuse_an_untrained_head(f"the weights' {problem}")
         shapes = ", ".join(f"{k} {tuple(state[k].shape)}" for k in dropped)
-        error = f"its {problem} recorded with it ({shapes})"
+        error = f"its {problem}{' recorded with it' if fix else ''} ({shapes})"  # fix: a checkpoint's own model
         warning = (f"checkpoint {problem}: dropped {', '.join(dropped)}; the new head is randomly initialised, "
                    "so fine-tune it")
     elif absent and len(absent) < len(own_head):  # neither features only nor another head: a damaged file
@@ -1438,7 +1442,9 @@ def _drop_mismatched_head(
     else:
         return state, None, None
     if not new_head:
-        return kept, None, f"{source}: {error}; the file was edited or damaged: use the checkpoint as training wrote it"
+        fix = fix or ("build the model as the weights were trained (create_model with their num_classes), or pass "
+                      "new_head=True to start a new head")
+        return kept, None, f"{source}: {error}; {fix}"
     return kept, warning, None
 
 

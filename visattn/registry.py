@@ -310,6 +310,10 @@ def list_models(filter: Patterns = "*", pretrained: bool = False, *, exclude_fil
     """Sorted registered architectures matching an fnmatch pattern ``filter`` (or any of a list; named as in timm)
     and none of ``exclude_filters``; ``pretrained`` keeps those with weights; ``module`` (or a list) those registered
     in that module, as timm's (:func:`list_modules`). ``pattern``: ``filter``'s former name, deprecated."""
+    if not isinstance(pretrained, bool):  # timm's second: list_models("*", "resnet") kept the models with weights
+        hint = (f"; timm's second argument, module, goes by name here: list_models(..., module={pretrained!r})"
+                if isinstance(pretrained, str) else "")
+        raise ConfigError(f"pretrained={pretrained!r}: give True or False{hint}")
     _import_models()
     names = matching_names(_model_entrypoints, _renamed_pattern(filter, pattern), exclude_filters)
     if module:

@@ -27,7 +27,7 @@ from torch.utils.data._utils.worker import _generate_state
 from torch.utils.data.dataloader import _BaseDataLoaderIter, _SingleProcessDataLoaderIter
 
 from ..devices import MAX_WORKERS_PER_CPU, max_workers
-from ..errors import ConfigError, VisattnWarning, is_count, outside_visattn
+from ..errors import ArgumentError, ConfigError, VisattnWarning, is_count, is_number, outside_visattn
 from .fashion_mnist import (FASHION_MNIST_CLASSES, FASHION_MNIST_MEAN, FASHION_MNIST_STD, FashionMNIST,
                            find_fashion_mnist)
 from .image_io import DEFAULT_MAX_PIXELS
@@ -64,7 +64,10 @@ def split_indices(
     split). With ``labels`` the split is stratified: each class gives its share, the largest
     remainders taking the samples rounding leaves over, but keeps at least one sample for training,
     so training sees every class; validation is empty when every class has a single sample.
+    ``val_fraction`` is from 0 to below 1.
     """
+    if not (is_number(val_fraction) and 0 <= val_fraction < 1):  # -0.1 had validated on all but one sample
+        raise ArgumentError("val_fraction", val_fraction, "give the share of samples held out, from 0 to below 1")
     order = np.random.default_rng(seed).permutation(n)
     n_val = round(n * val_fraction)
     if n_val == 0 and val_fraction > 0 and n >= 2:

@@ -262,7 +262,7 @@ def eval_transforms(
         recipe: ``"photo"``: resize the shorter side to ``floor(S / crop_pct)`` (a non-square ``(H, W)``:
             keeping the aspect ratio, the smallest size covering ``floor((H, W) / crop_pct)``, sides rounded,
             as timm's ``ResizeKeepRatio``) and centre-crop; ``"small"``: resize the whole image to
-            ``input_size`` (timm's ``"squash"``).
+            ``input_size`` (timm's ``"squash"`` at ``crop_pct`` 1, which the recipe always uses).
         crop_pct: ``"photo"`` only: fraction of the resized image the centre crop keeps.
         interpolation: the resize filter, ``"bilinear"`` or ``"bicubic"`` (timm's ViTs use bicubic).
     """

@@ -92,7 +92,8 @@ class Classifier:
     model_kwargs: dict[str, Any]
 
     def transform(self) -> ImageTransform:
-        """The evaluation transform the weights record: an ``(H, W, 3)`` uint8 RGB array to the model's input."""
+        """A new evaluation transform, as the weights record it, taking an ``(H, W, 3)`` uint8 RGB array to the
+        model's input: ``classifier.transform()(image)``."""
         return eval_transform_of(self.preprocessing)
 
     @property

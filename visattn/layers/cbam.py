@@ -50,6 +50,7 @@ class SpatialGate(nn.Module):
 
     def __init__(self, *, kernel_size: int = 7):
         super().__init__()
+        check_odd_kernel("kernel_size", kernel_size)  # an even one grows the map by a row and a column
         self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2)
 
     def forward(self, x: Tensor) -> Tensor:
