@@ -854,7 +854,8 @@ def _contradiction(model: nn.Module, arch: str, meta: dict[str, Any]) -> Optiona
     from .registry import model_task
 
     if meta.get("task") is not None and meta["task"] != model_task(arch):  # the loaders pick the task from the entry
-        return f"task={meta['task']!r}: {arch} is a {model_task(arch)} model; give task={model_task(arch)!r} or leave it out"
+        task = model_task(arch)
+        return f"task={meta['task']!r}: {arch} is a {task} model; give task={task!r} or leave it out"
     classes = getattr(model, "num_classes", None)
     for field in ("labels", "class_names"):
         names = meta.get(field)
