@@ -1074,6 +1074,18 @@ def test_a_lone_maximum_cell_is_the_peak_not_a_flatter_lower_region():
     assert peak_location(heat, (28, 28)) == (6.0, 6.0)
 
 
+@pytest.mark.parametrize("score", ["evaluate_pointing", "evaluate_class_pointing"])
+def test_the_pointing_scores_given_a_bare_model_are_one_line(score):
+    """A bare model (which explain, grad_cam and gate_maps take) was an AttributeError traceback: the scores need a
+    loaded classifier's preprocessing (a docstring audit)."""
+    import visattn.explain
+
+    scene = Scene(np.zeros((28, 28, 3), np.uint8), np.array([[0, 0, 10, 10]], np.float32), np.array([0]), ["red"], [])
+    with pytest.raises(ArgumentError, match=r"^classifier='ResNet': give a loaded classifier, "
+                                            r"visattn.load_classifier\(...\): it knows how its images are prepared"):
+        getattr(visattn.explain, score)(create_model("resnet20_cifar"), [scene])
+
+
 def test_two_maxima_touching_at_a_corner_peak_at_one_of_them_not_at_the_saddle_between():
     """Their centre, where the map drawn between cells is 0.5 against a maximum of 1, was the peak: a box around
     either maximum missed (an explain audit)."""

@@ -296,7 +296,7 @@ def explain_image(
         whose map was drawn, ``"centre crop"`` or ``"whole image"`` and the written file.
     """
     target = check_figure_path(out, flag="out")  # before the work, as `visattn explain` checks --out
-    tensor = classifier.transform()(image).to(classifier.device)  # (3, h, w), normalised
+    tensor = _loaded(classifier).transform()(image).to(classifier.device)  # (3, h, w), normalised
     probs = classifier.predict(tensor[None])[0]
     index = int(probs.argmax())
     explained = _class_to_index(target_class, classifier.class_names)
@@ -369,7 +369,7 @@ def evaluate_pointing(
     Returns:
         ``{"top1", "pointing", "pointing_method", "n"}``; scenes whose box the crop removes are skipped.
     """
-    method = method or ("rollout" if gives_attention(classifier.model) else "gradcam")
+    method = method or ("rollout" if gives_attention(_loaded(classifier).model) else "gradcam")
     if target not in get_args(PointingTarget):
         raise ArgumentError("target", target, "use label (the scene's class, as the pointing game asks) or prediction")
     by_label = method == "gradcam" and target == "label"
@@ -413,10 +413,17 @@ def evaluate_class_pointing(
     an untrained network's often does; with a second item of another class, such a map can hit the
     named one only about half the time. The maps are asked for the true class, not the prediction.
 
+    Args:
+        classifier: a :class:`visattn.inference.classifier.Classifier`.
+        scenes: scenes of one or more items (``FashionScenes``, or ``fashion-mnist-pairs``' scenes).
+        batch_size: (scene, class) pairs explained at once.
+        limit: score only the first ``limit`` scenes.
+        tolerance: pixels (of the model input) by which boxes are grown.
+
     Returns:
         ``{"pointing", "pointing_method", "n"}``, ``n`` counting (scene, class) pairs.
     """
-    pipeline = _with_boxes(classifier.transform())
+    pipeline = _with_boxes(_loaded(classifier).transform())
     count = len(scenes) if limit is None else min(limit, len(scenes))
     hits = n = 0
     for start in range(0, count, batch_size):
@@ -431,6 +438,15 @@ def evaluate_class_pointing(
     if n == 0:
         raise ConfigError("no scenes to score; check --dataset, --split and --limit")
     return {"pointing": reported_score(hits / n), "pointing_method": "gradcam of each class present", "n": n}
+
+
+def _loaded(classifier: Any) -> Classifier:
+    """``classifier`` when it is a loaded classifier, which knows how its images are prepared; one line for a bare
+    model, which does not (the explain functions that take one take either)."""
+    if not all(hasattr(classifier, name) for name in ("transform", "model", "device", "predict")):
+        raise ArgumentError("classifier", type(classifier).__name__, "give a loaded classifier, "
+                            "visattn.load_classifier(...): it knows how its images are prepared, a bare model does not")
+    return classifier
 
 
 def _class_queries(pipeline: A.Compose, scenes: Sequence[Scene], indices: range) -> tuple[Tensor, Tensor, list]:
