@@ -250,6 +250,10 @@ def test_a_photo_captioner_takes_its_encoders_crop_and_filter(tmp_path):
                            .eval_transform()(image), expected)
     with pytest.raises(ConfigError, match=r"^data.init_args.crop_pct=1.5: give the fraction of the resized image kept"):
         KarpathyCaptionDataModule(str(split_json), str(images_dir), crop_pct=1.5)
+    augmented = KarpathyCaptionDataModule(str(split_json), str(images_dir), img_size=16, min_count=1, augment=True,
+                                          interpolation="bicubic").train_transform()
+    crop, = (step for step in augmented.pipeline.transforms if type(step).__name__ == "PilRandomResizedCrop")
+    assert crop.resize_filter == "bicubic"  # training's crops too, as timm's training transform
 
 
 @pytest.mark.parametrize(("min_count", "said"), [(2, "2 leaves 43% of the 23 words of the training captions out of "

@@ -604,6 +604,27 @@ def test_a_captioner_started_from_weights_of_other_normalisation_warns_as_a_clas
         CaptioningTask(model_kwargs={**encoder, "encoder_pretrained": False}, vocab=VOCAB, preprocessing=imagenet)
 
 
+def test_a_captioner_started_from_weights_of_another_crop_or_filter_warns_as_a_classifier_does(weights_tmp):
+    """A photo captioner's data now records crop_pct and interpolation; an encoder evaluated bicubic at 0.9 took
+    0.875 bilinear without a word (a review: only mean and std were compared)."""
+    from visattn import create_model, save_weights
+
+    photo = {"input_size": [3, 32, 32], "mean": [0.5] * 3, "std": [0.5] * 3, "recipe": "photo", "crop_pct": 0.9,
+             "interpolation": "bicubic"}
+    save_weights(create_model("resnet20_cifar"), weights_tmp / "resnet20_cifar.photo.safetensors",
+                 labels=[str(k) for k in range(10)], preprocessing=photo)
+    encoder = {"encoder_name": "resnet20_cifar", "encoder_pretrained": "resnet20_cifar.photo", "img_size": 32,
+               "grid_size": 4, "embed_dim": 8, "hidden_dim": 8, "attn_dim": 8}
+    with pytest.warns(VisattnWarning, match=r"^the data evaluates with crop_pct 0.875, interpolation bilinear but "
+                                            r"the starting weights were evaluated with crop_pct 0.9, interpolation "
+                                            r"bicubic"):
+        CaptioningTask(model_kwargs=encoder, vocab=VOCAB, preprocessing={**photo, "crop_pct": 0.875,
+                                                                         "interpolation": "bilinear"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", VisattnWarning)
+        CaptioningTask(model_kwargs=encoder, vocab=VOCAB, preprocessing=photo)
+
+
 @pytest.mark.parametrize("given_as", ["pretrained", "model_kwargs"])
 def test_a_new_run_starts_from_a_training_checkpoint_of_its_own_or_another_vocabulary(tmp_path, given_as):
     """The resume warning's `--model.init_args.pretrained CKPT` was refused by the captioning task, and the route

@@ -310,13 +310,23 @@ def test_training_images_without_a_box_are_left_out_unless_asked_for(tmp_path):
     box (an augmentation audit); torchvision's and detectron2's references leave them out."""
     path, images_dir = write_coco_instances(tmp_path)  # empty.png holds no box
     for drop_empty, trained in ((True, ["a.png", "b.png", "broken.png"]), (False, list(COCO_IMAGES))):
-        dm = CocoDetectionDataModule(str(path), str(images_dir), val_annotations=str(path), num_workers=0,
-                                     drop_empty=drop_empty)
-        dm.setup("fit")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", VisattnWarning)
+            dm = CocoDetectionDataModule(str(path), str(images_dir), val_annotations=str(path), num_workers=0,
+                                         batch_size=1, drop_empty=drop_empty)
+            dm.setup("fit")
+        left_out = [str(w.message) for w in caught if "left out" in str(w.message)]
+        assert left_out == ([f"{path}: 1 of its 4 training images hold no object box and are left out, as "
+                             "torchvision's references leave them; data.init_args.drop_empty: false trains on them "
+                             "too"] if drop_empty else [])
         files, positions = image_files_of(dm.datasets["train"])
         assert [files.paths[i].name for i in positions] == trained
         assert len(dm.datasets["val"]) == len(COCO_IMAGES)  # validation scores every image
         assert dm.most_objects == 2
+        train = dm.datasets["train"]
+        boxes = [len(train[i][1]["boxes"]) for i in range(len(train))]
+        # broken.png is replaced by the next image it may take: empty.png only when that is trained on
+        assert boxes == ([2, 1, 2] if drop_empty else [2, 1, 0, 0]) and dm.num_skipped == 1
 
 
 def test_coco_data_module_classes_loaders_and_missing_splits(tmp_path):

@@ -1129,6 +1129,10 @@ def test_grad_cam_of_a_torchvision_resnet_defaults_to_its_last_stage():
     assert default_target_layer(model) is model.layer4
     images = torch.randn(1, 3, 64, 64)
     torch.testing.assert_close(grad_cam(model, images)[0], grad_cam(model, images, layer="layer4")[0], rtol=0, atol=0)
+    import timm
+
+    hrnet = timm.create_model("hrnet_w18_small", num_classes=3)  # its child layer1 is its first stage, not its last
+    assert default_target_layer(hrnet) is hrnet.stage4
 
 
 @pytest.mark.parametrize("name, stage", [("resnet18", "layer4"), ("efficientnet_b0", "blocks.6"),

@@ -1043,6 +1043,30 @@ def test_ctrl_c_once_the_index_is_written_waits_until_the_weights_are_in_place(w
     assert torch.equal(_logits(create_model(path.name.removesuffix(".safetensors")).eval()), _logits(new))
 
 
+def test_deferred_signals_raise_a_stop_before_ctrl_c_and_are_forgotten_after():
+    """SIGINT and SIGTERM both held: the KeyboardInterrupt left the SIGTERM unsaid (exit 130, not 143); and a
+    second use of one instance raised the first's signals again (a review)."""
+    import signal
+
+    from visattn.fileio import SignalsDeferred
+
+    stops = []
+    before = signal.signal(signal.SIGTERM, lambda signum, frame: stops.append(signum))
+    try:
+        deferred = SignalsDeferred()
+        with pytest.raises(KeyboardInterrupt), deferred:
+            deferred.start()
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert not stops  # held
+        assert stops == [signal.SIGTERM]
+        with deferred:
+            deferred.start()
+        assert stops == [signal.SIGTERM] and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
 _SAVE_MANY = """
 import sys, time
 from pathlib import Path

@@ -1932,6 +1932,11 @@ def test_a_run_logged_to_an_earlier_runs_csv_version_keeps_the_earlier_metrics(t
             in err.splitlines()) and "will be deleted" not in err
     assert (folder / "metrics-2.csv").read_text() == first
     assert (folder / "metrics.csv").read_text() != first  # this run's, of 2 batches
+    # a run refused before it starts moves nothing (it had moved the file, also that of a fit still writing it)
+    before = {path.name: path.read_text() for path in folder.iterdir()}
+    for refused in (["--model.init_args.sdpa_backend", "efficient"], ["--trainer.precision", "16-true"]):
+        assert main([("fit" if "16-true" in refused else "validate"), *validate[1:], *refused]) == 2
+        assert {path.name: path.read_text() for path in folder.iterdir()} == before
 
 
 def test_predict_into_a_folder_it_cannot_write_is_refused_before_predicting(tmp_path, monkeypatch, capsys):
@@ -2324,6 +2329,7 @@ def test_the_demo_keeps_every_earlier_runs_checkpoints_and_leaves_a_running_fits
             set_aside_previous_run(folder)
     assert (tmp_path / "checkpoints-previous" / "last.ckpt").read_text() == "first"
     assert (tmp_path / "checkpoints-previous-2" / "last.ckpt").read_text() == "second"
+    (tmp_path / "checkpoints-previous-3").symlink_to(tmp_path / "gone")  # a broken link's name is taken too
     folder.mkdir()
     (folder / "last.ckpt").write_text("running")
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from visattn.fileio import claim_folder; "
@@ -2337,7 +2343,7 @@ def test_the_demo_keeps_every_earlier_runs_checkpoints_and_leaves_a_running_fits
     finally:
         holder.kill()
         holder.wait()
-    assert (folder / "last.ckpt").read_text() == "running" and not (tmp_path / "checkpoints-previous-3").exists()
+    assert (folder / "last.ckpt").read_text() == "running" and not (tmp_path / "checkpoints-previous-4").exists()
 
 
 def test_without_fcntl_as_on_windows_visattn_imports_and_locks_with_msvcrt(tmp_path, monkeypatch):

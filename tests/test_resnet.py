@@ -325,6 +325,9 @@ def test_timm_se_and_eca_state_dicts_load_through_load_state_dict(timm_name, arc
     wrapped = nn.Sequential(create_model(arch, num_classes=5)).eval()  # under a prefix, as in a larger model
     wrapped.load_state_dict({f"0.{key}": value for key, value in state.items()})
     assert_same_logits(wrapped, reference)
+    both = {**model.state_dict(), **{k: v for k, v in state.items() if ".se." in k}}  # a merged dict: not renamed
+    with pytest.raises(RuntimeError, match=r"Unexpected key\(s\) in state_dict: .*layer1\.0\.se\."):
+        model.load_state_dict(both)
 
 
 @pytest.mark.parametrize("arch, timm_name", [("se_resnet18", "seresnet18"), ("eca_resnet50d", "ecaresnet50d"),

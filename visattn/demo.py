@@ -4,8 +4,6 @@ word looked, run the shipped detectors on the same scenes, and draw where the sh
 
 Every step runs a real ``visattn`` command, printed before it runs, so each can be repeated by hand.
 """
-import itertools
-import os
 import sys
 from pathlib import Path
 
@@ -14,7 +12,7 @@ from PIL import Image
 
 from . import cli
 from .errors import VisattnError
-from .fileio import claim_folder
+from .fileio import claim_folder, unique_paths
 from .data.fashion_mnist import FASHION_MNIST_CLASSES, load_fashion_mnist
 from .data.scenes import FashionScenes
 from .pretrained import load_index
@@ -92,18 +90,10 @@ def set_aside_previous_run(folder: Path) -> None:
     and its checkpoints stay where they are."""
     claim_folder(folder, setting="demo: the demo's checkpoint folder", task="visattn fit")
     if any(folder.glob("*.ckpt")):
-        previous = _first_free(folder.with_name(f"{folder.name}-previous"))
+        taken = {path.name.casefold() for path in folder.parent.iterdir()}  # a broken link's name too
+        previous = unique_paths(folder.parent, f"{folder.name}-previous", taken, suffix="")[0]
         folder.rename(previous)
         print(f"demo: the previous demo run's checkpoints are now in {previous}")
-
-
-def _first_free(path: Path) -> Path:
-    """``path``, or ``path-2``, ``path-3``, ...: the first name nothing (not even a broken link) stands at."""
-    for n in itertools.count(1):
-        candidate = path if n == 1 else path.with_name(f"{path.name}-{n}")
-        if not os.path.lexists(candidate):
-            return candidate
-    raise AssertionError("unreachable")
 
 
 def main() -> None:

@@ -82,9 +82,12 @@ class SignalsDeferred:
         self._received.append(signum)
 
     def __exit__(self, *exc: Any) -> None:
-        for signum, handler in self._handlers.items():
+        handlers, received = self._handlers, set(self._received)
+        self._handlers, self._received = {}, []
+        for signum, handler in handlers.items():
             signal.signal(signum, signal.SIG_DFL if handler is None else handler)  # None: set outside Python
-        for signum in self._received:
+        # a stop (SIGTERM, SIGHUP) first: Ctrl-C's KeyboardInterrupt would leave it unsaid, and the command exit 130
+        for signum in sorted(received, key=lambda s: s == signal.SIGINT):
             signal.raise_signal(signum)
 
 

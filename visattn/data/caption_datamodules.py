@@ -35,7 +35,7 @@ from .datamodules import COCO_VALIDATION_FIX, COCO_VALIDATION_SETTING, SplitLoad
 from .coco import CaptionImages, CocoCaptions, KarpathyCaptions, KarpathySplit, read_karpathy
 from .scenes import SCENES_MEAN, SCENES_STD, FashionScenes, scene_settings, scenes_split
 from .transforms import (DEFAULT_CROP_PCT, DEFAULT_INTERPOLATION, IMAGENET_MEAN, IMAGENET_STD, ImageTransform,
-                         Interpolation, Recipe, eval_transform_of, preprocessing_problem, train_transforms)
+                         Interpolation, Recipe, eval_transform_of, train_transforms)
 from .vocab import SPECIAL_TOKENS, Vocabulary, tokenize
 
 __all__ = [
@@ -377,9 +377,7 @@ class KarpathyCaptionDataModule(_CaptionDataModule):
         super().__init__()
         self.save_hyperparameters()
         self._check_options()
-        problem = preprocessing_problem(self.preprocessing)
-        if problem:
-            raise ConfigError(f"data.init_args.{problem.removeprefix('preprocessing.')}")
+        self._check_preprocessing()
         if (split_json is None) == (train_annotations is None):
             raise ConfigError("KarpathyCaptionDataModule: give either data.init_args.split_json or "
                               "data.init_args.train_annotations (COCO)")

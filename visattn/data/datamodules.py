@@ -196,6 +196,13 @@ class SplitLoadersMixin:
             raise ConfigError(f"data.init_args.num_workers={h.num_workers}: give 0 (load in the main process) to "
                               f"{max_workers()} ({MAX_WORKERS_PER_CPU} per CPU; more only compete for them)")
 
+    def _check_preprocessing(self) -> None:
+        """One line naming the data setting when the ``preprocessing`` recorded for checkpoints would build no
+        transform (a ``crop_pct`` above 1, an unknown filter)."""
+        problem = preprocessing_problem(self.preprocessing)
+        if problem:
+            raise ConfigError(f"data.init_args.{problem.removeprefix('preprocessing.')}")
+
     def _check_validation_readable(self) -> None:
         """One line when no validation image decodes: validation would run on nothing after a whole
         training epoch, and its metrics (what a checkpoint monitors) would never be logged. Stops at the
@@ -388,9 +395,7 @@ class _ClassificationDataModule(SplitLoadersMixin, pl.LightningDataModule):
             raise ConfigError(f"data.init_args.val_fraction={h.val_fraction}: must be in [0, 1)")
         if h.limit is not None and h.limit < 1:
             raise ConfigError(f"data.init_args.limit={h.limit}: must be a positive number of samples, or None for all")
-        problem = preprocessing_problem(self.preprocessing)
-        if problem:
-            raise ConfigError(f"data.init_args.{problem.removeprefix('preprocessing.')}")
+        self._check_preprocessing()
         self._check_augmentation_options()
         self._check_loader_options()
 

@@ -682,10 +682,7 @@ class CocoDetectionDataModule(_DetectionDataModule):
             raise ConfigError(f"CocoDetectionDataModule: set data.init_args.{split}_annotations to use the {split} split")
         if split == "train":  # read once: else its dropped-box warnings are given twice
             self._train.transform = transform
-            if not h.drop_empty:
-                return self._train
-            return Subset(self._train, [i for i, n in enumerate(_objects_per_image(self._train, range(len(
-                self._train)))) if n])
+            return self._train if not h.drop_empty else self._boxed_training_images()
         dataset = CocoDetection(annotations, split_images_dir(h, split), transform=transform,
                                 class_names=self._train.class_names, category_ids=self._train.category_ids,
                                 evaluation=True)
@@ -695,6 +692,17 @@ class CocoDetectionDataModule(_DetectionDataModule):
         if split == "val":  # with no box, val/map is -1 every epoch, and checkpoints are chosen on it
             require_boxes(dataset, annotations)
         return dataset
+
+    def _boxed_training_images(self) -> Subset:
+        """The training images that hold an object box (``drop_empty``), a broken one replaced by one of them."""
+        train, count = self._train, len(self._train)
+        boxed = [i for i, n in enumerate(_objects_per_image(train, range(count))) if n]
+        if len(boxed) < count:
+            warnings.warn(f"{self.hparams.train_annotations}: {count - len(boxed)} of its {count} training images hold "
+                          "no object box and are left out, as torchvision's references leave them; "
+                          "data.init_args.drop_empty: false trains on them too", VisattnWarning,
+                          stacklevel=outside_visattn())
+        return train.split(boxed)
 
     def setup(self, stage: str | None = None) -> None:
         super().setup(stage)

@@ -31,13 +31,12 @@ TargetClass = Union[int, Tensor, None]
 
 
 def default_target_layer(model: nn.Module) -> nn.Module:
-    """``blocks[-1].norm1`` of a ViT, else the last stage of a ResNet (``model.stage_names[-1]``; torchvision's
-    last ``layerN``) or of a timm model (its ``feature_info``'s last module; where that is missing, its last
-    ``stages`` or ``blocks``)."""
+    """``blocks[-1].norm1`` of a ViT, else the last stage of a ResNet (``model.stage_names[-1]``) or of a timm
+    model (its ``feature_info``'s last module; where that is missing, its last ``stages`` or ``blocks``), else a
+    torchvision ResNet's last ``layerN``."""
     if is_vit(model):
         return model.blocks[-1].norm1
-    stages = getattr(model, "stage_names", None) or sorted(
-        (name for name, _ in model.named_children() if re.fullmatch(r"layer\d+", name)), key=lambda n: int(n[5:]))
+    stages = getattr(model, "stage_names", None)
     if stages:
         return getattr(model, stages[-1])
     features = getattr(model, "feature_info", None)
@@ -48,6 +47,9 @@ def default_target_layer(model: nn.Module) -> nn.Module:
             last = getattr(model, "stages", None) or getattr(model, "blocks", None)
             if isinstance(last, (nn.ModuleList, nn.Sequential)) and len(last):
                 return _called(last[-1])
+    layers = [module for name, module in model.named_children() if re.fullmatch(r"layer\d+", name)]
+    if layers:  # torchvision's ResNets, which have no feature_info (timm's HRNet has a layer1, its first stage)
+        return layers[-1]
     top = ", ".join(name for name, _ in model.named_children())
     raise ConfigError(f"no default Grad-CAM layer for {type(model).__name__}; name one with --layer (layer= in "
                       f"Python): a stage among {top}")

@@ -552,10 +552,11 @@ _TIMM_ATTENTION_KEY = re.compile(r"^(layer\d+\.\d+)\.se\.")  # a block's attenti
 
 def _read_timm_attention_names(module: nn.Module, state_dict: dict[str, Tensor], prefix: str, *args: Any) -> None:
     """``load_state_dict``'s pre-hook: the keys of ``module`` (under ``prefix``) that name a block's attention as
-    timm does, renamed in place as :meth:`ResNet.adapt_state_dict` renames them."""
+    timm does, renamed in place as :meth:`ResNet.adapt_state_dict` renames them; one whose new name is taken stays
+    (a strict load names it as unexpected, rather than one of the two weights silently replacing the other)."""
     for key in [k for k in state_dict if k.startswith(prefix)]:
         renamed = prefix + _TIMM_ATTENTION_KEY.sub(r"\1.attn.", key[len(prefix):])
-        if renamed != key:
+        if renamed != key and renamed not in state_dict:
             state_dict[renamed] = state_dict.pop(key)
 
 

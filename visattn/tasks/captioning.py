@@ -35,7 +35,7 @@ from ..pretrained import (file_weights_entry, find_weights_entry, load_weights, 
 from ..registry import another_packages_note, create_model, model_task, split_model_name
 from ..scores import reported_score
 from .classification import (check_data_size, refuse_linked_kwargs, sample_mean_loss, starting_checkpoint_settings,
-                             warn_if_normalised_otherwise)
+                             warn_if_cropped_otherwise, warn_if_normalised_otherwise)
 from .distributed import gather_shares, in_split_order
 from .guards import (GuardedTask, NonFiniteLossGuard, TrainingLoss, any_process_scored, batch_of_one_is_one_line,
                      refuse_cast_batches, skip_missing_batch, weight_average)
@@ -340,6 +340,7 @@ class CaptioningTask(GuardedTask, pl.LightningModule):
         recorded = (getattr(self.model, "visattn_recorded_preprocessing", None)
                     or getattr(self.model.encoder, "visattn_recorded_preprocessing", None))
         warn_if_normalised_otherwise(recorded, preprocessing or {})
+        warn_if_cropped_otherwise(recorded, preprocessing or {})
         self.ema = weight_average(self.model, ema_decay)
         self.val_metrics = CaptionMetrics(self.vocab, meteor=meteor)
         self.test_metrics = CaptionMetrics(self.vocab, meteor=meteor)
@@ -350,7 +351,7 @@ class CaptioningTask(GuardedTask, pl.LightningModule):
     def check_run(self, trainer: pl.Trainer, datamodule: Optional[pl.LightningDataModule], stage: str) -> None:
         # a traceback in the first validation: the scenes' item boxes reached the pointing score in bf16
         refuse_cast_batches(trainer, "the captioner scores captions and attention from float32 batches and "
-                                    "keeps its beam scores in float32")
+                                     "keeps its beam scores in float32")
 
     def forward(self, images: Tensor) -> DecodedCaptions:
         h = self.hparams

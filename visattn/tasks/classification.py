@@ -67,10 +67,20 @@ def _warn_if_normalised_otherwise(model: nn.Module, model_name: str, pretrained:
     else:  # as create_model found them
         recorded = model.visattn_recorded_preprocessing or {}
     warn_if_normalised_otherwise(recorded, preprocessing)
-    photos = recorded.get("recipe", "photo") == preprocessing.get("recipe", "photo") == "photo"  # others crop nothing
-    differs = _differing(recorded, preprocessing, ("crop_pct", "interpolation")) if photos else []
-    if differs:  # an image folder's defaults (0.875, bilinear) under timm's augreg ViTs (0.9, bicubic)
-        warnings.warn(f"the data evaluates with {_listed(preprocessing, differs)} but the starting weights were "
+    warn_if_cropped_otherwise(recorded, preprocessing)
+
+
+def warn_if_cropped_otherwise(recorded: Optional[dict[str, Any]], given: dict[str, Any]) -> None:
+    """Warn when photos are centre-cropped or resized otherwise (``crop_pct``, ``interpolation``) than the starting
+    weights ``recorded`` they were evaluated: an image folder's defaults (0.875, bilinear) under timm's augreg ViTs
+    (0.9, bicubic)."""
+    if starting_weights_skipped():  # a checkpoint's weights replace them
+        return
+    recorded = recorded or {}
+    photos = recorded.get("recipe", "photo") == given.get("recipe", "photo") == "photo"  # others crop nothing
+    differs = _differing(recorded, given, ("crop_pct", "interpolation")) if photos else []
+    if differs:
+        warnings.warn(f"the data evaluates with {_listed(given, differs)} but the starting weights were "
                       f"evaluated with {_listed(recorded, differs)}; set data.init_args.{' and '.join(differs)} to the "
                       "weights' values, unless that is meant", VisattnWarning, stacklevel=outside_visattn())
 

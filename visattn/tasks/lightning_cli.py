@@ -582,10 +582,15 @@ def _check_training(model: Any, trainer: Any) -> None:
                       "the learning rate never reaches model.init_args.lr; shorten the warm-up", VisattnWarning)
 
 
-def _keep_earlier_metrics(trainer: pl.Trainer) -> None:
+def _first_process() -> bool:
+    """Whether this is the run's first process: Lightning starts the others as this command again."""
+    return rank_zero_only.rank == 0 and os.environ.get("NODE_RANK", "0") == "0"
+
+
+def _keep_earlier_metrics(trainer: pl.Trainer, *, logs_metrics: bool = True) -> None:
     """Lightning's CSVLogger deletes the ``metrics.csv`` of an earlier run logged to the same ``version`` (fixed to
-    keep a resumed run's logs in one folder): it is kept as ``metrics-2.csv``, ``metrics-3.csv``... as the runs'
-    ``config.yaml`` are."""
+    keep a resumed run's logs in one folder), also in a run that logs no metrics (``logs_metrics``: predict): it is
+    kept as ``metrics-2.csv``, ``metrics-3.csv``... as the runs' ``config.yaml`` are."""
     for logger in trainer.loggers:
         metrics = Path(logger.log_dir) / "metrics.csv" if isinstance(logger, CSVLogger) else None
         if metrics is None or not metrics.is_file():
@@ -593,9 +598,9 @@ def _keep_earlier_metrics(trainer: pl.Trainer) -> None:
         kept = unique_paths(metrics.parent, "metrics", {p.name.casefold() for p in metrics.parent.iterdir()},
                             suffix=".csv")[0]
         metrics.rename(kept)
+        ours = f", and this run's go to {metrics.name}" if logs_metrics else ""
         warnings.warn(f"logger's version {logger.version}: {metrics} holds an earlier run's metrics, which Lightning "
-                      f"would delete; they are kept as {kept.name}, and this run's go to {metrics.name}",
-                      VisattnWarning)
+                      f"would delete; they are kept as {kept.name}{ours}", VisattnWarning)
 
 
 def _warn_of_folders_elsewhere(trainer: pl.Trainer, typed: Sequence[str] = ()) -> None:
@@ -1355,18 +1360,26 @@ class VisattnCLI(LightningCLI):
     def before_fit(self) -> None:
         with _said_by_the_first_process():
             self._check_fit()
+            self._keep_earlier_metrics("fit")
 
-    def _check_fit(self) -> None:
+    def _check_run(self, stage: str) -> None:
         check_run = getattr(self.model, "check_run", None)  # a visattn task's; the config may name another
         if check_run is not None:
-            check_run(self.trainer, self.datamodule, "fit")
+            check_run(self.trainer, self.datamodule, stage)
+
+    def _keep_earlier_metrics(self, stage: str) -> None:
+        """Last before the run: a run refused moves no earlier run's metrics (nor those of a fit still writing)."""
+        if _first_process():
+            _keep_earlier_metrics(self.trainer, logs_metrics=stage != "predict")
+
+    def _check_fit(self) -> None:
+        self._check_run("fit")
         _check_checkpoint_names(self.trainer)
         _refuse_monitors_the_wrong_way(self.trainer)
         _check_monitored_validation(self.trainer, self.model, self.datamodule)
         for setting, folder in _written_folders(self.trainer):  # before training, not after its first epoch
             prepare_output_dir(folder, flag=setting)
-        # Ranks other than 0 (Lightning starts them as this command again) write no checkpoint: no claim.
-        if rank_zero_only.rank == 0 and os.environ.get("NODE_RANK", "0") == "0":
+        if _first_process():  # the others write no checkpoint: no claim
             for callback in self.trainer.checkpoint_callbacks:
                 if getattr(callback, "dirpath", None):
                     claim_folder(callback.dirpath, setting="ModelCheckpoint dirpath", task="visattn fit")
@@ -1375,6 +1388,18 @@ class VisattnCLI(LightningCLI):
         missing = _missing_validation_data(self.trainer, self.datamodule, "validate")
         if missing is not None:  # Lightning validates nothing, prints no metric and exits 0
             raise _validating_nothing(missing)
+        self._before_scoring("validate")
+
+    def before_test(self) -> None:
+        self._before_scoring("test")
+
+    def before_predict(self) -> None:
+        self._before_scoring("predict")
+
+    def _before_scoring(self, stage: str) -> None:
+        with _said_by_the_first_process():
+            self._check_run(stage)
+            self._keep_earlier_metrics(stage)
 
     def instantiate_classes(self) -> None:
         # A checkpoint replaces every weight: the model's starting weights are neither read nor warned about.
@@ -1447,8 +1472,6 @@ class VisattnCLI(LightningCLI):
             trainer = super().instantiate_trainer(**kwargs)
         except MisconfigurationException as err:
             raise _trainer_error(err, config) from None
-        if rank_zero_only.rank == 0 and os.environ.get("NODE_RANK", "0") == "0":
-            _keep_earlier_metrics(trainer)
         if self.subcommand == "fit":
             _refuse_logging_callbacks_without_logger(trainer)
             _refuse_half_weights_on_cpu(trainer)
@@ -1595,7 +1618,8 @@ def run_lightning_cli(argv: list[str]) -> VisattnCLI:
         warnings.filterwarnings("ignore", message=r'\.fit\(ckpt_path="last"\) is set, but there is no last checkpoint')
         # A data module without validation data gives [] on purpose: the run trains without validation.
         warnings.filterwarnings("ignore", message=r"Total length of `list` across ranks is zero")
-        # The CSV logger's: the one file it deletes, metrics.csv, is kept by _keep_earlier_metrics, which says so.
+        # The CSV logger's: the file it deletes, metrics.csv, is kept by _keep_earlier_metrics, which says so (its
+        # hparams.yaml, which it writes again, holds the run's hyperparameters).
         warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
         return _build_and_run(_with_shipped_configs(argv))
 
