@@ -1416,7 +1416,8 @@ def _drop_mismatched_head(
     head, prefixes = ", ".join(names), tuple(f"{name}." for name in names)
     own = model.state_dict()
     own_head = [k for k in own if k.startswith(prefixes) and not k.endswith(".num_batches_tracked")]
-    state_head = [k for k in state if k.startswith(prefixes)]
+    place = {key: k for k, key in enumerate(own)}  # the model's order: a file's (sorted or not) named them otherwise
+    state_head = sorted((k for k in state if k.startswith(prefixes)), key=lambda k: place.get(k, len(place)))
     # A head is kept or dropped whole: a bias that fits beside a weight that does not is not that head's.
     dropped = state_head if any(k not in own or own[k].shape != state[k].shape for k in state_head) else []
     kept = {k: v for k, v in state.items() if k not in dropped}
