@@ -1004,9 +1004,8 @@ def save_weights(
         json.dumps(meta)
     except (TypeError, ValueError) as err:
         raise WeightsError(f"{path}: the index entry must be plain JSON ({err}); pass numbers as float(x)") from None
-    refuse_existing_weights(path, overwrite=overwrite)
+    refuse_existing_weights(path, overwrite=overwrite)  # reads the index first: a bad one leaves no orphan file
     _warn_unless_described(path, arch, model, meta)  # only for weights that will be saved
-    _read_index(path.parent / INDEX_NAME)  # before anything is written, so a bad index leaves no orphan
     # clone() breaks storage sharing, which safetensors refuses.
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     entry = {"file": path.name, "num_classes": getattr(model, "num_classes", None), **meta}
