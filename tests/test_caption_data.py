@@ -110,8 +110,32 @@ def caption_cut_warning(caught) -> warnings.WarningMessage:
 
 def test_min_count_below_one_names_the_setting(tmp_path):
     split_json, images_dir = write_karpathy(tmp_path)
-    with pytest.raises(ConfigError, match=r"^data.init_args.min_count 0: give 1 or more"):
+    with pytest.raises(ConfigError, match=r"^data.init_args.min_count 0: give a whole number, 1 or more"):
         KarpathyCaptionDataModule(str(split_json), str(images_dir), min_count=0)
+
+
+@pytest.mark.parametrize("min_count", [1.5, "2", True])
+def test_vocabulary_refuses_a_min_count_that_is_no_whole_number(min_count):
+    """1.5 kept the words seen twice and "2" was a TypeError traceback (a captioning audit)."""
+    with pytest.raises(ConfigError, match=rf"^min_count={re.escape(repr(min_count))}: give a whole number, 1 or more"):
+        Vocabulary.build(["a dog", "a cat"], min_count=min_count)
+
+
+def test_vocabulary_of_captions_without_a_word_says_so_not_to_lower_min_count():
+    with pytest.raises(ConfigError, match="^captions: none holds a word .*; give captions with words$"):
+        Vocabulary.build(["", "  ", "!!!"])
+
+
+def test_images_in_a_split_karpathys_files_do_not_have_are_named(tmp_path):
+    """Images marked "Train" in a converted file trained on nothing, without a word (a captioning audit)."""
+    split_json, images_dir = write_karpathy(tmp_path)
+    data = json.loads(split_json.read_text())
+    data["images"][0]["split"], data["images"][3]["split"] = "Train", "dev"
+    split_json.write_text(json.dumps(data))
+    with pytest.warns(VisattnWarning, match=rf"^{re.escape(str(split_json))}: 2 images are in splits no stage reads "
+                                            r"\(1 in 'Train', 1 in 'dev'\); Karpathy's splits are 'train', 'val', "
+                                            r"'test', 'restval': rename theirs in the file$"):
+        KarpathyCaptionDataModule(str(split_json), str(images_dir), min_count=1)
 
 
 def test_a_json_file_with_a_byte_order_mark_is_read(tmp_path):

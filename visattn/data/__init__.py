@@ -24,7 +24,17 @@ from .image_folder import (
     find_classes,
 )
 from .image_io import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, decode_image, list_images
-from .scenes import COLORS, ITEM_WORDS, SCENES_MEAN, SCENES_STD, FashionScenes, Scene, describe_scene, export_coco
+from .scenes import (
+    COLORS,
+    ITEM_CATEGORY_IDS,
+    ITEM_WORDS,
+    SCENES_MEAN,
+    SCENES_STD,
+    FashionScenes,
+    Scene,
+    describe_scene,
+    export_coco,
+)
 from .transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -80,6 +90,7 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "IMAGE_EXTENSIONS",
+    "ITEM_CATEGORY_IDS",
     "ITEM_WORDS",
     "ImageFiles",
     "ImageFolder",

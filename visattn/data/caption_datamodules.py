@@ -23,7 +23,7 @@ import functools
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import lightning.pytorch as pl
 import torch
@@ -47,6 +47,17 @@ __all__ = [
 ]
 
 Split = Literal["train", "val", "test"]
+
+
+def _warn_of_unknown_splits(split_json: str, entries: list[dict]) -> None:
+    """One line naming the images of a split that is not one of Karpathy's, which no stage reads: images marked
+    ``"Train"`` or ``"dev"`` in a converted file were left out of training without a word (a captioning audit)."""
+    unknown = Counter(e["split"] for e in entries if e["split"] not in get_args(KarpathySplit))
+    if unknown:
+        said = ", ".join(f"{n} in {split!r}" for split, n in sorted(unknown.items()))
+        warnings.warn(f"{split_json}: {sum(unknown.values())} images are in splits no stage reads ({said}); "
+                      f"Karpathy's splits are {', '.join(map(repr, get_args(KarpathySplit)))}: rename theirs in the "
+                      "file", VisattnWarning, stacklevel=outside_visattn())
 
 
 def training_vocabulary(captions: Iterable[str], min_count: int, max_caption_len: int) -> Vocabulary:
@@ -388,6 +399,7 @@ class KarpathyCaptionDataModule(_CaptionDataModule):
             if not captions:  # the vocabulary's own error would blame min_count
                 raise ConfigError(f"{split_json}: no image is in the training splits {list(train_splits)} "
                                   f"(data.init_args.train_splits); its splits are {sorted(self.karpathy_splits)}")
+            _warn_of_unknown_splits(split_json, entries)
         else:
             captions = [c for cs in CocoCaptions(train_annotations, images_dir).captions for c in cs]
         self.vocabulary = training_vocabulary(captions, min_count, max_caption_len)

@@ -36,7 +36,7 @@ from .coco import check_image_ids, image_paths, json_type_hint, load_coco, requi
 from .datamodules import COCO_VALIDATION_FIX, COCO_VALIDATION_SETTING, SplitLoadersMixin, split_images_dir
 from .image_folder import ImageFiles
 from .image_io import DEFAULT_MAX_PIXELS, exif_orientation
-from .scenes import ITEM_WORDS, FashionScenes, scene_settings, scenes_split
+from .scenes import ITEM_CATEGORY_IDS, ITEM_WORDS, FashionScenes, scene_settings, scenes_split
 from .transforms import ImageTransform, to_tensor
 
 __all__ = [
@@ -585,6 +585,12 @@ class FashionScenesDetectionDataModule(_DetectionDataModule):
     @property
     def most_objects(self) -> int:
         return self.hparams.max_items
+
+    @property
+    def category_ids(self) -> list[int]:
+        """The ids :func:`~visattn.data.scenes.export_coco` gives the item classes, so that detections name the
+        categories of the scenes' COCO files."""
+        return list(ITEM_CATEGORY_IDS)
 
     @property
     def preprocessing(self) -> dict[str, Any]:

@@ -40,6 +40,7 @@ from .fashion_mnist import load_fashion_mnist, shared_tensor
 __all__ = [
     "COLORS",
     "ITEM_PLURALS",
+    "ITEM_CATEGORY_IDS",
     "ITEM_WORDS",
     "SCENES_MEAN",
     "SCENES_STD",
@@ -53,6 +54,8 @@ __all__ = [
 
 # one caption word per Fashion-MNIST class, index = class id
 ITEM_WORDS = ("top", "trousers", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot")
+# each item class's COCO category id (COCO's start at 1), as export_coco writes them and scenes detectors name them
+ITEM_CATEGORY_IDS = tuple(range(1, len(ITEM_WORDS) + 1))
 ITEM_PLURALS = {
     "top": "tops", "trousers": "trousers", "pullover": "pullovers", "dress": "dresses", "coat": "coats",
     "sandal": "sandals", "shirt": "shirts", "sneaker": "sneakers", "bag": "bags", "boot": "boots",
@@ -442,7 +445,7 @@ def recorded_scenes(preprocessing: dict[str, Any], split: Split, num_scenes: int
 
 def export_coco(scenes: FashionScenes, out_dir: str | os.PathLike) -> dict[str, Path]:
     """Write the scenes as COCO data: ``images/<split>_<index>.png``, ``instances_<split>.json``
-    (detection; category id = Fashion-MNIST class id + 1, name from :data:`ITEM_WORDS`,
+    (detection; category id from :data:`ITEM_CATEGORY_IDS`, Fashion-MNIST class id + 1, name from :data:`ITEM_WORDS`,
     ``bbox`` = ``[x, y, w, h]``) and ``captions_<split>.json`` (COCO captions), named by split as COCO's
     are, so that the splits share a folder. Image id = index + 1. An earlier export's files are replaced,
     a JSON file of that name visattn did not write is refused.
@@ -466,11 +469,12 @@ def export_coco(scenes: FashionScenes, out_dir: str | os.PathLike) -> dict[str, 
         images.append({"id": image_id, "file_name": file_name, "width": width, "height": height})
         for (x1, y1, x2, y2), label in zip(scene.boxes.tolist(), scene.labels.tolist()):
             bbox = [x1, y1, x2 - x1, y2 - y1]
-            instances.append({"id": len(instances) + 1, "image_id": image_id, "category_id": label + 1,
+            instances.append({"id": len(instances) + 1, "image_id": image_id, "category_id": ITEM_CATEGORY_IDS[label],
                               "bbox": bbox, "area": bbox[2] * bbox[3], "iscrowd": 0})
         captions += [{"id": len(captions) + k + 1, "image_id": image_id, "caption": text}
                      for k, text in enumerate(scene.captions)]
-    categories = [{"id": k + 1, "name": word, "supercategory": "fashion"} for k, word in enumerate(ITEM_WORDS)]
+    categories = [{"id": id_, "name": word, "supercategory": "fashion"}
+                  for id_, word in zip(ITEM_CATEGORY_IDS, ITEM_WORDS)]
     info = {"description": repr(scenes)}
     atomic_write_text(paths["instances"], json.dumps(
         {"info": info, "images": images, "annotations": instances, "categories": categories}))

@@ -18,7 +18,7 @@ import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 
-from ..errors import ArgumentError, ConfigError
+from ..errors import ArgumentError, ConfigError, is_count
 
 __all__ = ["END", "PAD", "SPECIAL_TOKENS", "START", "UNK", "Vocabulary", "tokenize"]
 
@@ -102,8 +102,11 @@ class Vocabulary:
     @classmethod
     def from_counts(cls, counts: Counter, *, min_count: int = 1) -> Vocabulary:
         """:meth:`build` from the captions' word counts."""
-        if min_count < 1:
-            raise ArgumentError("min_count", min_count, "give 1 or more (words seen fewer times become <unk>)")
+        if not is_count(min_count):  # 1.5 had kept words seen twice; "2" was a TypeError
+            raise ArgumentError("min_count", min_count, "give a whole number, 1 or more (words seen fewer times "
+                                "become <unk>)")
+        if not counts:  # not min_count's doing: lowering it would not help
+            raise ConfigError("captions: none holds a word (runs of letters or digits); give captions with words")
         kept = sorted((w for w, n in counts.items() if n >= min_count), key=lambda w: (-counts[w], w))
         if not kept:  # every caption would train as <unk>s, and the model could only say nothing
             raise ArgumentError("min_count", min_count, f"no word occurs {min_count} times or more in the "
