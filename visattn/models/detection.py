@@ -25,6 +25,7 @@ inside, in torchvision's ``GeneralizedRCNNTransform`` (``min_size``, ``max_size`
 (:func:`detect_by_size`), so an image's detections never depend on the images batched with it.
 """
 import math
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any, Optional, Union
@@ -41,7 +42,7 @@ from torchvision.ops import (MLP, box_convert, clip_boxes_to_image, generalized_
                              remove_small_boxes)
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelP6P7
 
-from ..errors import ConfigError, check_count, is_number, is_whole
+from ..errors import ConfigError, VisattnWarning, check_count, is_number, is_whole, outside_visattn
 from ..layers.create_attn import ATTN_LAYERS
 from ..layers.detr_transformer import DetrTransformer
 from ..layers.pos_embed import resample_abs_pos_embed
@@ -349,20 +350,32 @@ def _check_targets(targets: Any, *, images: Sequence[Tensor], num_classes: int) 
         outside = (x2 <= 0) | (y2 <= 0) | (x1 >= width) | (y1 >= height)
         bad_boxes = ~boxes.isfinite().all(-1) | (x2 <= x1) | (y2 <= y1) | outside  # (N,)
         bad_labels = (labels < 0) | (labels >= num_classes)  # (N,)
-        masks.append((bad_boxes, bad_labels))
-        flags.append(torch.stack([bad_boxes.any(), bad_labels.any()]))
-    for i, (any_bad_box, any_bad_label) in enumerate(torch.stack(flags).tolist() if flags else []):
-        bad_boxes, bad_labels = masks[i]
+        masks.append((bad_boxes, bad_labels, outside))
+        within_a_pixel = boxes.amax() <= 1 if len(boxes) else bad_boxes.any()  # False without boxes
+        flags.append(torch.stack([bad_boxes.any(), bad_labels.any(), within_a_pixel]))
+    flagged = torch.stack(flags).tolist() if flags else []
+    for i, (any_bad_box, any_bad_label, _) in enumerate(flagged):
+        bad_boxes, bad_labels, outside = masks[i]
         if any_bad_box:
             j = int(bad_boxes.nonzero()[0, 0])
             box = [round(v, 2) for v in targets[i]["boxes"][j].tolist()]
             height, width = images[i].shape[-2:]
-            raise ConfigError(f'targets[{i}]["boxes"][{j}] {box}: boxes are (N, 4) finite x1, y1, x2, y2 '
-                              f"with x2 > x1 and y2 > y1, in pixels of their {width}x{height} image")
+            where = f'targets[{i}]["boxes"][{j}] {box}'
+            if outside[j] and box[2] > box[0] and box[3] > box[1]:
+                raise ConfigError(f"{where}: the box lies wholly outside its {width}x{height} image; give boxes as "
+                                  "x1, y1, x2, y2 in the pixels of their own image")
+            raise ConfigError(f"{where}: boxes are (N, 4) finite x1, y1, x2, y2 with x2 > x1 and y2 > y1, in pixels "
+                              f"of their {width}x{height} image")
         if any_bad_label:
             label = int(targets[i]["labels"][bad_labels][0])
             raise ConfigError(f'targets[{i}]["labels"]: {label} is outside 0..{num_classes - 1} '
                               f"(num_classes={num_classes}); labels are 0-based class indices")
+    boxed = [row[2] for row, target in zip(flagged, targets) if len(target["boxes"])]
+    if boxed and all(boxed) and max(max(image.shape[-2:]) for image in images) > 2:
+        warnings.warn("targets: every box of the batch lies within the first pixel of its image; boxes are x1, y1, "
+                      "x2, y2 in pixels, so fractions of the image's width and height (0..1) train a detector of "
+                      "specks: multiply them by the image's width and height", VisattnWarning,
+                      stacklevel=outside_visattn())
 
 
 def _target_tensors(target: Any, *, index: int) -> tuple[Tensor, Tensor]:
