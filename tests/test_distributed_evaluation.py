@@ -470,6 +470,59 @@ def test_a_resumed_ddp_run_draws_as_the_uninterrupted_one(tmp_path):
     assert [draws[0] for draws in resumed] == [draws[2] for draws in whole] and resumed[0][0] != resumed[1][0]
 
 
+class _Seer(pl.LightningModule):
+    """Keeps the samples of each training step; sizes its schedule as visattn's tasks do, which makes Lightning set
+    up the training loader before a resumed run's epoch is restored."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Linear(1, 1)
+        self.seen: list[list[float]] = []
+
+    def training_step(self, batch, batch_idx):
+        (x,) = batch
+        self.seen.append(x.tolist())
+        return self.net(x[:, None]).square().mean()
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.SGD(self.parameters(), lr=0.1)
+        return {"optimizer": optimizer, "lr_scheduler": {"interval": "step", "scheduler": torch.optim.lr_scheduler.
+                CosineAnnealingLR(optimizer, T_max=self.trainer.estimated_stepping_batches)}}
+
+
+def _seen(devices: int, max_epochs: int, folder: str, resume: bool = False) -> list[list[float]]:
+    """The samples of each training step of a run with two loader workers, which checkpoints into ``folder`` at
+    each epoch's end and ``resume``s from its last checkpoint if asked."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    pl.seed_everything(0, verbose=False)
+    task = _Seer()
+    pl.Trainer(accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto", max_epochs=max_epochs,
+               logger=False, enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+               callbacks=[ModelCheckpoint(dirpath=folder, save_last=True)]).fit(
+        task, datamodule=_Numbers(num_workers=2), ckpt_path=f"{folder}/last.ckpt" if resume else None)
+    return task.seen
+
+
+def test_a_ddp_run_resumed_with_loader_workers_trains_on_the_epochs_own_order(tmp_path):
+    """Lightning made the resumed run's first training iterator before it set the DistributedSampler's epoch, and
+    workers take their first indices when it is made: epoch 1 trained on epoch 0's order again (a DDP audit)."""
+    folder = str(tmp_path / "checkpoints")
+    first = _in_two_processes(functools.partial(_seen, devices=2, max_epochs=1, folder=folder), tmp_path / "first")
+    resumed = _in_two_processes(functools.partial(_seen, devices=2, max_epochs=2, folder=folder, resume=True),
+                                tmp_path / "resumed")
+    # what an uninterrupted run trains on in each process: Lightning's shuffling sampler, seeded by seed_everything
+    orders = {epoch: [] for epoch in (0, 1)}
+    for rank in (0, 1):
+        sampler = DistributedSampler(TensorDataset(torch.arange(8.0)), num_replicas=2, rank=rank, shuffle=True, seed=0)
+        for epoch, order in orders.items():
+            sampler.set_epoch(epoch)
+            indices = [float(i) for i in sampler]
+            order.append([indices[:2], indices[2:]])  # batches of 2
+    assert first == orders[0] and orders[1] != orders[0]
+    assert resumed == orders[1]
+
+
 class _Predictor(pl.LightningModule):
     """Predicts class "high" with probability x / 10 for sample x, so each record shows which sample it is."""
 

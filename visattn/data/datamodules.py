@@ -14,7 +14,7 @@ import functools
 import json
 import random
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -99,9 +99,20 @@ class EpochSeededLoader(DataLoader):
     epoch on, the loader draws the base seed a new iterator would draw and the workers reseed from it,
     then run the ``worker_init_fn`` (Lightning's reseeds them again under ``seed_everything(workers=True)``),
     so they draw what new workers would.
+
+    Under a sampler whose order comes from ``set_epoch`` (DDP's shuffling ``DistributedSampler``), the iterator is
+    made at its first batch: Lightning makes a fit's first training iterator early (before a resumed run's epoch is
+    restored and set), and worker processes take their indices when the iterator is made, so a run resumed at
+    epoch 1 trained on epoch 0's order again (Lightning issue #21938).
     """
 
-    def __iter__(self) -> _BaseDataLoaderIter:
+    def __iter__(self) -> Iterator[Any]:
+        if any(callable(getattr(sampler, "set_epoch", None)) and getattr(sampler, "shuffle", False)
+               for sampler in (self.sampler, getattr(self.batch_sampler, "sampler", None))):
+            return _MadeAtFirstBatch(self._iterator_now)
+        return self._iterator_now()
+
+    def _iterator_now(self) -> _BaseDataLoaderIter:
         reseeded = self.dataset if self.persistent_workers and isinstance(self.dataset, WorkerReseeded) else None
         if reseeded is not None and self._iterator is None:
             reseeded.worker_init_fn = self.worker_init_fn  # set after construction by Lightning; workers copy it
@@ -111,6 +122,22 @@ class EpochSeededLoader(DataLoader):
 
     def _get_iterator(self) -> _BaseDataLoaderIter:
         return _EpochSeededIterator(self) if self.num_workers == 0 else super()._get_iterator()
+
+
+class _MadeAtFirstBatch:
+    """The iterator ``make()`` gives, made when its first batch is asked for."""
+
+    def __init__(self, make: Callable[[], Iterator[Any]]) -> None:
+        self._make = make
+        self._iterator: Optional[Iterator[Any]] = None
+
+    def __iter__(self) -> "_MadeAtFirstBatch":
+        return self
+
+    def __next__(self) -> Any:
+        if self._iterator is None:
+            self._iterator = self._make()
+        return next(self._iterator)
 
 
 class WorkerReseeded(Dataset):
