@@ -98,6 +98,14 @@ def _written(tmp_path: Path, name: str, text: str) -> str:
     return str(tmp_path / name)
 
 
+def _fifo(tmp_path: Path) -> str:
+    """A pipe no process writes to, which a read would wait on for ever."""
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("FIFOs are POSIX")
+    os.mkfifo(tmp_path / "config.fifo")
+    return str(tmp_path / "config.fifo")
+
+
 def _weights_named_ckpt(tmp_path: Path) -> str:
     path = tmp_path / "weights.ckpt"
     save_file(create_model("vit_tiny_patch4_28", depth=1).state_dict(), path)
@@ -280,6 +288,16 @@ CASES = {
                                "line 4, column 1); mend the file"),
     "config_of_a_list": (lambda tmp: ["validate", "--config", _written(tmp, "list.yaml", "- model\n")],
                          "list.yaml holds a YAML list, not settings"),
+    # from a CLI fuzz audit: each of these trained something else than the config says, or hung
+    "config_key_given_twice": (lambda tmp: [*FIT, "--config", _written(tmp, "twice.yaml", "model:\n  init_args:\n"
+                                                                      "    lr: 0.1\nmodel:\n  init_args:\n    lr: 1\n")],
+                               "twice.yaml: not valid YAML (key 'model' given twice, first at line 1, again at line 4, "
+                               "column 1); mend the file"),
+    "trainer_given_a_list": (lambda tmp: [*FIT, "--config", _written(tmp, "trainer.yaml", "trainer:\n  - 1\n")],
+                             "trainer.yaml: trainer: holds a YAML list, not settings; give it its settings"),
+    "config_that_is_a_pipe": (lambda tmp: ["fit", "--config", _fifo(tmp)],
+                              "config.fifo: not a regular file (a pipe, socket or device), which LightningCLI cannot "
+                              "read after visattn; save the config to a file and give its path"),
     "imagefolder_dataset_that_is_a_file": (lambda tmp: ["evaluate", "--model", "se_resnet20_cifar.fmnist", "--dataset",
                                                         f"imagefolder:{_written(tmp, 'labels.txt', 'cat')}"],
                                            "labels.txt: a file, not a folder (expected root/<class name>/<image file>)"),

@@ -1881,9 +1881,32 @@ def _model_overrides(argv: list[str]) -> tuple[str, ...]:
                                                                                            "dict_kwargs"))
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping, as YAML 1.2 does (PyYAML and jsonargparse
+    keep the last: a second ``model:`` block trained another model, the first block's settings dropped unsaid)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        first_line: dict[tuple[str, Any], int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                continue  # keys after a << merge override the merged ones, as YAML means them to
+            key = self.construct_object(key_node)
+            if (type(key).__name__, key) in first_line:
+                raise yaml.MarkedYAMLError(problem=f"key {key!r} given twice, first at line "
+                                                   f"{first_line[type(key).__name__, key]}, again",
+                                           problem_mark=key_node.start_mark)
+            first_line[type(key).__name__, key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
 def _config_model_class(path: Path) -> Optional[str]:
+    """The ``model: class_path`` of the config file ``path``, after the checks LightningCLI leaves to a traceback, a
+    silent default or a hang: text, YAML, keys given once, settings under ``trainer:``, a regular file."""
+    if path.exists() and not path.is_file():  # a pipe (a shell's <(...)) reads once, for visattn, or never ends
+        raise ConfigError(f"--config {path}: not a regular file (a pipe, socket or device), which LightningCLI cannot "
+                          "read after visattn; save the config to a file and give its path")
     try:
-        settings = yaml.safe_load(path.read_text(encoding="utf-8"))
+        settings = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
     except UnicodeDecodeError:  # jsonargparse's own read ends in a traceback
         raise ConfigError(f"--config {path}: not UTF-8 text; give a YAML config saved as UTF-8") from None
     except yaml.YAMLError as err:  # LightningCLI names the first --config, whichever file it is, and no line
@@ -1897,6 +1920,10 @@ def _config_model_class(path: Path) -> Optional[str]:
         what = "is empty" if settings is None else f"holds a YAML {type(settings).__name__}, not settings"
         raise ConfigError(f"--config {path} {what}; a config maps model:, data: and trainer: to their settings, "
                           "as the files in configs/ do")
+    trainer = settings.get("trainer")
+    if trainer is not None and not isinstance(trainer, dict):  # LightningCLI trained with its defaults, unsaid
+        raise ConfigError(f"--config {path}: trainer: holds a YAML {type(trainer).__name__}, not settings; give it "
+                          "its settings (max_epochs: 2, ...), as the files in configs/ do")
     model = settings.get("model")
     return model.get("class_path") if isinstance(model, dict) else None
 
