@@ -157,6 +157,26 @@ def test_fit_ckpt_path_last_resumes_the_full_last_checkpoint_beside_a_weights_on
                               f"--model.init_args.pretrained {light}")
 
 
+def test_resuming_from_a_checkpoint_saved_before_the_runs_last_one_is_one_line(in_tmp, capsys):
+    """Resumed from epoch 0's checkpoint, Lightning kept last.ckpt at epoch 1 and wrote the resumed epochs to
+    last-v1.ckpt, so evaluate and save-weights given last.ckpt used the model left behind (a CLI fuzz audit)."""
+    assert _fit("--trainer.max_epochs", "2") == 0
+    first, last = in_tmp / CHECKPOINTS / f"epoch=0-step={STEPS_PER_EPOCH}.ckpt", in_tmp / CHECKPOINTS / "last.ckpt"
+    capsys.readouterr()
+    assert _fit("--trainer.max_epochs", "3", "--ckpt_path", str(first)) == 2
+    assert _error(capsys) == (f"visattn: error: --ckpt_path {first}: saved before {last}, a later epoch of the run, "
+                              "which Lightning would keep while it writes the resumed epochs to last-v1.ckpt, where "
+                              "commands given last.ckpt miss them; resume the newest with --ckpt_path last, or move "
+                              f"last.ckpt elsewhere to go on from {first.name}")
+    assert _read(last)["global_step"] == 2 * STEPS_PER_EPOCH
+    second = in_tmp / CHECKPOINTS / f"epoch=1-step={2 * STEPS_PER_EPOCH}.ckpt"
+    assert _fit("--trainer.max_epochs", "3", "--ckpt_path", str(second)) == 0  # saved after last.ckpt: it goes on
+    assert _read(last)["global_step"] == 3 * STEPS_PER_EPOCH
+    last.rename(in_tmp / "last-of-the-run-left-behind.ckpt")
+    assert _fit("--trainer.max_epochs", "3", "--ckpt_path", str(first)) == 0
+    assert _read(last)["global_step"] == 3 * STEPS_PER_EPOCH and not list(last.parent.glob("last-v*.ckpt"))
+
+
 def test_fit_ckpt_path_last_with_nothing_to_resume_starts_afresh_saying_so_in_one_line(in_tmp, capsys, recwarn):
     """A job restarted until it finishes starts with nothing to resume; Lightning's warning named its own file."""
     assert _fit("--trainer.max_epochs", "1", "--ckpt_path", "last") == 0

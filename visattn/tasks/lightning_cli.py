@@ -323,6 +323,35 @@ def _refuse_mixed_runs(ckpt_path: Optional[str], callbacks: Any) -> None:
     folders = {folder.resolve() for folder in _checkpoint_folders(callbacks)}
     if ckpt_path is None or Path(ckpt_path).resolve().parent not in folders:
         _refuse_earlier_run(callbacks)
+    elif ckpt_path != "best":
+        _refuse_resuming_behind_last(Path(ckpt_path), callbacks)
+
+
+def _refuse_resuming_behind_last(ckpt_path: Path, callbacks: Any) -> None:
+    """Resuming from a checkpoint of the run saved before its folder's ``last.ckpt`` was (``best-epoch=000.ckpt``),
+    Lightning keeps that file, a later epoch, and writes the resumed epochs to ``last-v1.ckpt``: ``last.ckpt``,
+    which evaluate, classify and save-weights are given, stayed the model left behind (a CLI fuzz audit)."""
+    kept_last = {Path(settings.dirpath).resolve() for settings in _callback_settings(callbacks)
+                 if settings.get("dirpath") and settings.get("save_last")}
+    for folder in sorted(kept_last):
+        last = folder / f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}"
+        if not last.is_file() or ckpt_path.resolve().parent == folder and ckpt_path.name.startswith(last.stem):
+            continue  # (a last checkpoint itself, last-v1.ckpt too, is the run's newest)
+        try:
+            checkpoint = read_checkpoint(ckpt_path, lazy=True)
+        except WeightsError:
+            return  # named where the checkpoint is read
+        if "optimizer_states" not in checkpoint:
+            return  # weights only: refused as not resumable
+        states = checkpoint.get("callbacks") or {}
+        written = {Path(state["last_model_path"]).resolve() for state in states.values()
+                   if isinstance(state, dict) and isinstance(state.get("last_model_path"), str)
+                   and state["last_model_path"]}
+        if last not in written:
+            raise ConfigError(f"--ckpt_path {ckpt_path}: saved before {last}, a later epoch of the run, which Lightning "
+                              "would keep while it writes the resumed epochs to last-v1.ckpt, where commands given "
+                              f"last.ckpt miss them; resume the newest with --ckpt_path last, or move {last.name} "
+                              f"elsewhere to go on from {ckpt_path.name}")
 
 
 def _loads_weights(model: Any) -> bool:
