@@ -756,6 +756,22 @@ OUTPUT_AND_OPTION_CASES = {
     "save_weights_config_missing": (lambda tmp: _save_weights(tmp, "--out-dir", "w", "--config", "gone.yaml"),
                                     "--config gone.yaml: no such file; give the config that trained the checkpoint, "
                                     "or leave --config out"),
+    # from a CLI fuzz audit: each was recorded in the index as the config that trained the weights
+    "save_weights_config_of_another_task": (
+        lambda tmp: _save_weights(tmp, "--out-dir", "w", "--config", "configs/detection/fcos_scenes.yaml"),
+        "--config configs/detection/fcos_scenes.yaml: trains DetectionTask fcos_se_resnet20_cifar, not this "
+        "classification checkpoint's cbam_resnet20_cifar; give the config that trained the checkpoint, or leave --config "
+        "out"),
+    "save_weights_config_of_another_model": (
+        lambda tmp: _save_weights(tmp, "--out-dir", "w", "--config", "configs/classification/vit_fmnist.yaml"),
+        "--config configs/classification/vit_fmnist.yaml: trains ImageClassifier vit_tiny_patch4_28, not this "
+        "classification checkpoint's cbam_resnet20_cifar"),
+    "save_weights_config_that_is_an_image": (lambda tmp: _save_weights(tmp, "--out-dir", "w", "--config", _image(tmp)),
+                                             "img.png: not UTF-8 text; give a YAML config saved as UTF-8"),
+    "save_weights_config_without_a_model": (
+        lambda tmp: _save_weights(tmp, "--out-dir", "w", "--config", _written(tmp, "t.yaml", "trainer: {}\n")),
+        "t.yaml: no model: class_path and init_args, as a config `visattn fit` trains from has; give the "
+        "config that trained the checkpoint, or leave --config out"),
     # from a CLI audit: save-weights' fix named --model, which it does not take
     "save_weights_from_a_weights_file": (lambda tmp: ["save-weights", "--checkpoint", _vit_weights(tmp), "--tag", "t",
                                                       "--out-dir", str(tmp / "w")],
@@ -2294,7 +2310,7 @@ def test_save_weights_records_a_shipped_config_by_its_readme_name(tmp_path, monk
     from visattn.cli import main
 
     monkeypatch.chdir(tmp_path)
-    config = "configs/classification/se_resnet20_fmnist.yaml"
+    config = "configs/classification/cbam_resnet_fmnist.yaml"  # what trains the checkpoint's cbam_resnet20_cifar
     assert main(_save_weights(tmp_path, "--out-dir", "w", "--config", config)) == 0
     entry, = json.loads((tmp_path / "w" / "index.json").read_text()).values()
     assert entry["config"] == config

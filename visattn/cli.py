@@ -433,6 +433,31 @@ def _print_explained(args: argparse.Namespace, path: Any, result: dict[str, Any]
                    f"{result['map']}"))
 
 
+# The task each of visattn's task classes trains, by class name (a config may name them short or in full)
+_TASK_OF_CLASS = {"ImageClassifier": "classification", "CaptioningTask": "captioning", "DetectionTask": "detection"}
+
+
+def _refuse_another_recipe(config: str, task: str, arch: str) -> None:
+    """``save-weights --config``, recorded as the weights' recipe, must be a config that trains ``arch`` for ``task``
+    (a detection config, a PNG or broken YAML had been recorded for a classifier)."""
+    from .registry import split_model_name
+    from .tasks.lightning_cli import read_config
+
+    settings = read_config(shipped_config(config) or Path(config))
+    model = settings.get("model") if settings is not None else None
+    init_args = model.get("init_args") if isinstance(model, dict) else None
+    if not isinstance(init_args, dict) or not isinstance(model.get("class_path"), str):
+        raise ConfigError(f"--config {config}: no model: class_path and init_args, as a config `visattn fit` trains "
+                          "from has; give the config that trained the checkpoint, or leave --config out")
+    trains = _TASK_OF_CLASS.get(model["class_path"].rpartition(".")[2])
+    model_name = init_args.get("model_name")
+    named = split_model_name(model_name)[0] if isinstance(model_name, str) and model_name else None
+    if (trains is not None and trains != task) or (named is not None and named != arch):
+        what = f"{model['class_path'].rpartition('.')[2]} {model_name or ''}".strip()
+        raise ConfigError(f"--config {config}: trains {what}, not this {task} checkpoint's {arch}; give the config "
+                          "that trained the checkpoint, or leave --config out")
+
+
 def cmd_save_weights(args: argparse.Namespace) -> int:
     from .fileio import output_errors, prepare_output_dir
     from .inference.captioner import is_captioner, load_captioner
@@ -465,6 +490,8 @@ def cmd_save_weights(args: argparse.Namespace) -> int:
         raise ConfigError(f"--checkpoint {args.checkpoint}: a {loaded.arch} run has no visattn architecture to index "
                           "its weights under; use the checkpoint itself (classify, evaluate, explain and export take "
                           "--checkpoint, Python load_classifier(checkpoint=...))")
+    if args.config is not None:
+        _refuse_another_recipe(args.config, task, loaded.arch)
     path = folder / f"{loaded.arch}.{args.tag}.safetensors"
     if len(path.name.encode()) > 255:  # before the measurement, not "File name too long" after it
         raise ConfigError(f"--tag {args.tag}: the file {loaded.arch}.TAG.safetensors would have a name of "

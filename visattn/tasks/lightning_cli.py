@@ -1929,8 +1929,16 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 
 def _config_model_class(path: Path) -> Optional[str]:
-    """The ``model: class_path`` of the config file ``path``, after the checks LightningCLI leaves to a traceback, a
-    silent default or a hang: text, YAML, keys given once, settings under ``trainer:``, a regular file."""
+    """The ``model: class_path`` of the config file ``path`` (see :func:`read_config`)."""
+    settings = read_config(path)
+    model = settings.get("model") if settings is not None else None
+    return model.get("class_path") if isinstance(model, dict) else None
+
+
+def read_config(path: Path) -> Optional[dict[str, Any]]:
+    """The settings of the config file ``path``, after the checks LightningCLI leaves to a traceback, a silent
+    default or a hang: a regular file, UTF-8, YAML with each key once, settings under ``trainer:``. None where it
+    cannot be read (LightningCLI names that)."""
     if path.exists() and not path.is_file():  # a pipe (a shell's <(...)) reads once, for visattn, or never ends
         raise ConfigError(f"--config {path}: not a regular file (a pipe, socket or device), which LightningCLI cannot "
                           "read after visattn; save the config to a file and give its path")
@@ -1953,8 +1961,7 @@ def _config_model_class(path: Path) -> Optional[str]:
     if trainer is not None and not isinstance(trainer, dict):  # LightningCLI trained with its defaults, unsaid
         raise ConfigError(f"--config {path}: trainer: holds a YAML {type(trainer).__name__}, not settings; give it "
                           "its settings (max_epochs: 2, ...), as the files in configs/ do")
-    model = settings.get("model")
-    return model.get("class_path") if isinstance(model, dict) else None
+    return settings
 
 
 # Lines of jsonargparse's multi-line errors that say nothing about what to fix.
