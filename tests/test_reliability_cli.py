@@ -98,6 +98,9 @@ def _written(tmp_path: Path, name: str, text: str) -> str:
     return str(tmp_path / name)
 
 
+TWICE = "model:\n  init_args:\n    lr: 0.1\nmodel:\n  init_args:\n    lr: 1\n"  # model: at lines 1 and 4
+
+
 def _fifo(tmp_path: Path) -> str:
     """A pipe no process writes to, which a read would wait on for ever."""
     if not hasattr(os, "mkfifo"):
@@ -289,8 +292,7 @@ CASES = {
     "config_of_a_list": (lambda tmp: ["validate", "--config", _written(tmp, "list.yaml", "- model\n")],
                          "list.yaml holds a YAML list, not settings"),
     # from a CLI fuzz audit: each of these trained something else than the config says, or hung
-    "config_key_given_twice": (lambda tmp: [*FIT, "--config", _written(tmp, "twice.yaml", "model:\n  init_args:\n"
-                                                                      "    lr: 0.1\nmodel:\n  init_args:\n    lr: 1\n")],
+    "config_key_given_twice": (lambda tmp: [*FIT, "--config", _written(tmp, "twice.yaml", TWICE)],
                                "twice.yaml: not valid YAML (key 'model' given twice, first at line 1, again at line 4, "
                                "column 1); mend the file"),
     "trainer_given_a_list": (lambda tmp: [*FIT, "--config", _written(tmp, "trainer.yaml", "trainer:\n  - 1\n")],
@@ -760,8 +762,8 @@ OUTPUT_AND_OPTION_CASES = {
     "save_weights_config_of_another_task": (
         lambda tmp: _save_weights(tmp, "--out-dir", "w", "--config", "configs/detection/fcos_scenes.yaml"),
         "--config configs/detection/fcos_scenes.yaml: trains DetectionTask fcos_se_resnet20_cifar, not this "
-        "classification checkpoint's cbam_resnet20_cifar; give the config that trained the checkpoint, or leave --config "
-        "out"),
+        "classification checkpoint's cbam_resnet20_cifar; give the config that trained the checkpoint, or leave "
+        "--config out"),
     "save_weights_config_of_another_model": (
         lambda tmp: _save_weights(tmp, "--out-dir", "w", "--config", "configs/classification/vit_fmnist.yaml"),
         "--config configs/classification/vit_fmnist.yaml: trains ImageClassifier vit_tiny_patch4_28, not this "

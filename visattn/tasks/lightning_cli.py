@@ -348,10 +348,10 @@ def _refuse_resuming_behind_last(ckpt_path: Path, callbacks: Any) -> None:
                    if isinstance(state, dict) and isinstance(state.get("last_model_path"), str)
                    and state["last_model_path"]}
         if last not in written:
-            raise ConfigError(f"--ckpt_path {ckpt_path}: saved before {last}, a later epoch of the run, which Lightning "
-                              "would keep while it writes the resumed epochs to last-v1.ckpt, where commands given "
-                              f"last.ckpt miss them; resume the newest with --ckpt_path last, or move {last.name} "
-                              f"elsewhere to go on from {ckpt_path.name}")
+            raise ConfigError(f"--ckpt_path {ckpt_path}: saved before {last}, a later epoch of the run, which "
+                              "Lightning would keep while it writes the resumed epochs to last-v1.ckpt, where commands "
+                              f"given last.ckpt miss them; resume the newest with --ckpt_path last, or move "
+                              f"{last.name} elsewhere to go on from {ckpt_path.name}")
 
 
 def _loads_weights(model: Any) -> bool:
