@@ -495,6 +495,10 @@ BAD_TARGETS = {  # second image's target -> the one-line error
                             f'targets[1]["boxes"][0] [10.0, -20.0, 30.0, -2.0]: {OUTSIDE}'),
     "inverted_box_outside": ({"boxes": torch.tensor([[80.0, 8.0, 70.0, 40.0]])},
                              f'targets[1]["boxes"][0] [80.0, 8.0, 70.0, 40.0]: {BOX_RULE}'),
+    "thin_box_outside": ({"boxes": torch.tensor([[60.0, 8.0, 60.001, 40.0]])},  # shown rounded, judged exactly
+                         f'targets[1]["boxes"][0] [60.0, 8.0, 60.0, 40.0]: {OUTSIDE}'),
+    "infinite_box": ({"boxes": torch.tensor([[60.0, 8.0, float("inf"), 40.0]])},
+                     f'targets[1]["boxes"][0] [60.0, 8.0, inf, 40.0]: {BOX_RULE}'),
     "float_labels": ({"labels": torch.tensor([2.0])},
                      'targets[1]["labels"]: dtype torch.float32; labels are int64 class indices, e.g. labels.long()'),
     "bool_labels": ({"labels": torch.tensor([True])},
@@ -539,8 +543,11 @@ def test_boxes_given_as_fractions_of_the_image_warn_once_per_batch(name):
     reader warns of boxes under a pixel (a detection audit)."""
     model = _build(name).train()
     fractions = [{**target, "boxes": target["boxes"] / 64} for target in _targets()]
+    fractions[1]["boxes"] = torch.tensor([[0.0, 0.0, 1.0, 1.0]])  # the whole image, as a fraction
     with pytest.warns(VisattnWarning) as caught:
-        model(_images(), [fractions[0], _empty_targets()[1]])
+        model(_images(), fractions)
+    with pytest.warns(VisattnWarning):
+        model(_images(), [fractions[0], _empty_targets()[1]])  # an image without boxes says nothing either way
     assert [str(w.message) for w in caught] == [
         "targets: every box of the batch lies within the first pixel of its image; boxes are x1, y1, x2, y2 in pixels, "
         "so fractions of the image's width and height (0..1) train a detector of specks: multiply them by the "
@@ -549,6 +556,7 @@ def test_boxes_given_as_fractions_of_the_image_warn_once_per_batch(name):
         warnings.simplefilter("error", VisattnWarning)
         model(_images(), [fractions[0], _targets()[1]])  # one box in pixels: boxes may be small
         model(_images(), _empty_targets())
+        model([torch.rand(3, 2, 2)] * 2, fractions)  # images of 2 px: boxes within a pixel may be what they hold
 
 
 @pytest.mark.parametrize("name", HEADS)

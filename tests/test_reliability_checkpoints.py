@@ -177,6 +177,21 @@ def test_resuming_from_a_checkpoint_saved_before_the_runs_last_one_is_one_line(i
     assert _read(last)["global_step"] == 3 * STEPS_PER_EPOCH and not list(last.parent.glob("last-v*.ckpt"))
 
 
+def test_resuming_from_a_weights_only_checkpoint_beside_last_says_it_holds_weights_only(in_tmp, capsys):
+    """Not that it was saved before last.ckpt: moving last.ckpt away would not make it resumable."""
+    weights_only = {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                    "init_args": {"dirpath": str(CHECKPOINTS), "filename": "weights-{epoch}", "save_top_k": -1,
+                                  "save_weights_only": True}}
+    callbacks = json.dumps([*json.loads(EPOCH_AND_LAST), weights_only])
+    assert _fit("--trainer.max_epochs", "2", "--trainer.callbacks", callbacks) == 0
+    capsys.readouterr()
+    light = CHECKPOINTS / "weights-epoch=0.ckpt"
+    assert _fit("--trainer.max_epochs", "3", "--trainer.callbacks", callbacks, "--ckpt_path", str(light)) == 2
+    assert _error(capsys) == (f"visattn: error: --ckpt_path {light}: holds weights only (save_weights_only), not the "
+                              "optimizer state a resumed fit needs; train from its weights in a new run with "
+                              f"--model.init_args.pretrained {light}")
+
+
 def test_fit_ckpt_path_last_with_nothing_to_resume_starts_afresh_saying_so_in_one_line(in_tmp, capsys, recwarn):
     """A job restarted until it finishes starts with nothing to resume; Lightning's warning named its own file."""
     assert _fit("--trainer.max_epochs", "1", "--ckpt_path", "last") == 0

@@ -444,6 +444,15 @@ NEEDS_DATA = {"unknown_model_in_config", "resume_from_another_architecture", "pr
               "run_bounded_only_by_time", "ckpt_path_given_weights", "zero_img_size_in_config"}
 
 
+def test_a_config_may_override_the_keys_it_merges_from_an_anchor(tmp_path):
+    """A key after a YAML merge (<<: *base) overrides the merged one, as YAML means it: no key given twice."""
+    from visattn.tasks.lightning_cli import read_config
+
+    path = _written(tmp_path, "merged.yaml", "base: &base\n  lr: 0.1\n  weight_decay: 0.0\nmodel:\n  init_args:\n"
+                                             "    <<: *base\n    lr: 0.2\n")
+    assert read_config(Path(path))["model"]["init_args"] == {"lr": 0.2, "weight_decay": 0.0}
+
+
 @pytest.mark.parametrize("case", [pytest.param(c, marks=needs_fashion_mnist) if c in NEEDS_DATA else c for c in CASES])
 def test_user_mistake_is_one_line_and_exit_code_2(case, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
@@ -761,19 +770,30 @@ OUTPUT_AND_OPTION_CASES = {
     # from a CLI fuzz audit: each was recorded in the index as the config that trained the weights
     "save_weights_config_of_another_task": (
         lambda tmp: _save_weights(tmp, "--out-dir", "w", "--config", "configs/detection/fcos_scenes.yaml"),
-        "--config configs/detection/fcos_scenes.yaml: trains DetectionTask fcos_se_resnet20_cifar, not this "
+        "--config configs/detection/fcos_scenes.yaml: trains DetectionTask 'fcos_se_resnet20_cifar', not this "
         "classification checkpoint's cbam_resnet20_cifar; give the config that trained the checkpoint, or leave "
         "--config out"),
     "save_weights_config_of_another_model": (
         lambda tmp: _save_weights(tmp, "--out-dir", "w", "--config", "configs/classification/vit_fmnist.yaml"),
-        "--config configs/classification/vit_fmnist.yaml: trains ImageClassifier vit_tiny_patch4_28, not this "
+        "--config configs/classification/vit_fmnist.yaml: trains ImageClassifier 'vit_tiny_patch4_28', not this "
         "classification checkpoint's cbam_resnet20_cifar"),
     "save_weights_config_that_is_an_image": (lambda tmp: _save_weights(tmp, "--out-dir", "w", "--config", _image(tmp)),
                                              "img.png: not UTF-8 text; give a YAML config saved as UTF-8"),
     "save_weights_config_without_a_model": (
         lambda tmp: _save_weights(tmp, "--out-dir", "w", "--config", _written(tmp, "t.yaml", "trainer: {}\n")),
-        "t.yaml: no model: class_path and init_args, as a config `visattn fit` trains from has; give the "
-        "config that trained the checkpoint, or leave --config out"),
+        "t.yaml: no model: class_path naming a task and its init_args, as a config `visattn fit` trains from has; "
+        "give the config that trained the checkpoint, or leave --config out"),
+    "save_weights_config_of_the_default_detector": (  # no model_name: the task's default architecture
+        lambda tmp: _save_weights(tmp, "--out-dir", "w", "--config", _written(
+            tmp, "d.yaml", "model:\n  class_path: visattn.tasks.detection.DetectionTask\n")),
+        "d.yaml: trains DetectionTask 'fcos_cbam_resnet20_cifar', not this classification checkpoint's "
+        "cbam_resnet20_cifar"),
+    "save_weights_config_of_a_model_name_that_is_no_name": (
+        lambda tmp: _save_weights(tmp, "--out-dir", "w", "--config", _written(
+            tmp, "n.yaml", "model:\n  class_path: ImageClassifier\n  init_args:\n    model_name: 5\n")),
+        "n.yaml: trains ImageClassifier 5, not this classification checkpoint's cbam_resnet20_cifar"),
+    "save_weights_config_is_a_folder": (lambda tmp: _save_weights(tmp, "--out-dir", "w", "--config", _a_folder(tmp)),
+                                        "--config adir: a folder; give the config that trained the checkpoint"),
     # from a CLI audit: save-weights' fix named --model, which it does not take
     "save_weights_from_a_weights_file": (lambda tmp: ["save-weights", "--checkpoint", _vit_weights(tmp), "--tag", "t",
                                                       "--out-dir", str(tmp / "w")],

@@ -433,29 +433,30 @@ def _print_explained(args: argparse.Namespace, path: Any, result: dict[str, Any]
                    f"{result['map']}"))
 
 
-# The task each of visattn's task classes trains, by class name (a config may name them short or in full)
-_TASK_OF_CLASS = {"ImageClassifier": "classification", "CaptioningTask": "captioning", "DetectionTask": "detection"}
-
-
 def _refuse_another_recipe(config: str, task: str, arch: str) -> None:
     """``save-weights --config``, recorded as the weights' recipe, must be a config that trains ``arch`` for ``task``
     (a detection config, a PNG or broken YAML had been recorded for a classifier)."""
+    import inspect
+
     from .registry import split_model_name
-    from .tasks.lightning_cli import read_config
+    from .tasks.lightning_cli import config_task, read_config
 
     settings = read_config(shipped_config(config) or Path(config))
     model = settings.get("model") if settings is not None else None
-    init_args = model.get("init_args") if isinstance(model, dict) else None
-    if not isinstance(init_args, dict) or not isinstance(model.get("class_path"), str):
-        raise ConfigError(f"--config {config}: no model: class_path and init_args, as a config `visattn fit` trains "
-                          "from has; give the config that trained the checkpoint, or leave --config out")
-    trains = _TASK_OF_CLASS.get(model["class_path"].rpartition(".")[2])
-    model_name = init_args.get("model_name")
+    class_path = model.get("class_path") if isinstance(model, dict) else None
+    init_args = model.get("init_args", {}) if isinstance(model, dict) else None
+    task_class = config_task(class_path) if isinstance(class_path, str) else None
+    if not isinstance(init_args, dict) or task_class is None:
+        raise ConfigError(f"--config {config}: no model: class_path naming a task and its init_args, as a config "
+                          "`visattn fit` trains from has; give the config that trained the checkpoint, or leave "
+                          "--config out")
+    default = inspect.signature(task_class).parameters.get("model_name")
+    model_name = init_args.get("model_name", default.default if default is not None else None)
+    trains = getattr(task_class, "task", None)
     named = split_model_name(model_name)[0] if isinstance(model_name, str) and model_name else None
-    if (trains is not None and trains != task) or (named is not None and named != arch):
-        what = f"{model['class_path'].rpartition('.')[2]} {model_name or ''}".strip()
-        raise ConfigError(f"--config {config}: trains {what}, not this {task} checkpoint's {arch}; give the config "
-                          "that trained the checkpoint, or leave --config out")
+    if trains != task or named != arch:
+        raise ConfigError(f"--config {config}: trains {task_class.__name__} {model_name!r}, not this {task} "
+                          f"checkpoint's {arch}; give the config that trained the checkpoint, or leave --config out")
 
 
 def cmd_save_weights(args: argparse.Namespace) -> int:
@@ -470,7 +471,8 @@ def cmd_save_weights(args: argparse.Namespace) -> int:
                           "or drop --limit")
     # Recorded in the index as the recipe, as given: a shipped config's README name stays valid elsewhere.
     if args.config is not None and not Path(args.config).is_file() and shipped_config(args.config) is None:
-        raise ConfigError(f"--config {args.config}: no such file; give the config that trained the checkpoint, "
+        what = "a folder" if Path(args.config).is_dir() else "no such file"
+        raise ConfigError(f"--config {args.config}: {what}; give the config that trained the checkpoint, "
                           "or leave --config out")
     # First: the folder may be the $VISATTN_WEIGHTS that loading a run fine-tuned from ARCH.TAG reads the tag from.
     # Its errors name where the folder came from: the variable's, not a --out-dir the user never gave.

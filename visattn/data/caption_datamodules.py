@@ -55,7 +55,9 @@ def _warn_of_unknown_splits(split_json: str, entries: list[dict]) -> None:
     unknown = Counter(e["split"] for e in entries if e["split"] not in get_args(KarpathySplit))
     if unknown:
         said = ", ".join(f"{n} in {split!r}" for split, n in sorted(unknown.items()))
-        warnings.warn(f"{split_json}: {sum(unknown.values())} images are in splits no stage reads ({said}); "
+        count = sum(unknown.values())
+        are = "images are" if count > 1 else "image is"
+        warnings.warn(f"{split_json}: {count} {are} in splits no stage reads ({said}); "
                       f"Karpathy's splits are {', '.join(map(repr, get_args(KarpathySplit)))}: rename theirs in the "
                       "file", VisattnWarning, stacklevel=outside_visattn())
 

@@ -350,18 +350,19 @@ def _check_targets(targets: Any, *, images: Sequence[Tensor], num_classes: int) 
         outside = (x2 <= 0) | (y2 <= 0) | (x1 >= width) | (y1 >= height)
         bad_boxes = ~boxes.isfinite().all(-1) | (x2 <= x1) | (y2 <= y1) | outside  # (N,)
         bad_labels = (labels < 0) | (labels >= num_classes)  # (N,)
-        masks.append((bad_boxes, bad_labels, outside))
+        masks.append((bad_boxes, bad_labels))
         within_a_pixel = boxes.amax() <= 1 if len(boxes) else bad_boxes.any()  # False without boxes
         flags.append(torch.stack([bad_boxes.any(), bad_labels.any(), within_a_pixel]))
     flagged = torch.stack(flags).tolist() if flags else []
     for i, (any_bad_box, any_bad_label, _) in enumerate(flagged):
-        bad_boxes, bad_labels, outside = masks[i]
+        bad_boxes, bad_labels = masks[i]
         if any_bad_box:
             j = int(bad_boxes.nonzero()[0, 0])
             box = [round(v, 2) for v in targets[i]["boxes"][j].tolist()]
             height, width = images[i].shape[-2:]
             where = f'targets[{i}]["boxes"][{j}] {box}'
-            if outside[j] and box[2] > box[0] and box[3] > box[1]:
+            x1, y1, x2, y2 = targets[i]["boxes"][j].tolist()  # not the rounded ones: 60.001 > 60 keeps the rule
+            if math.isfinite(x1 + y1 + x2 + y2) and x2 > x1 and y2 > y1:  # a box that keeps the rule is outside
                 raise ConfigError(f"{where}: the box lies wholly outside its {width}x{height} image; give boxes as "
                                   "x1, y1, x2, y2 in the pixels of their own image")
             raise ConfigError(f"{where}: boxes are (N, 4) finite x1, y1, x2, y2 with x2 > x1 and y2 > y1, in pixels "

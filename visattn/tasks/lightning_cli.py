@@ -862,6 +862,13 @@ def _imported(class_path: Optional[str]) -> Optional[type]:
         return None  # LightningCLI reports the bad class_path itself
 
 
+def config_task(class_path: str) -> Optional[type]:
+    """The task class a config's ``model: class_path`` names, in full or by class name alone (None: not one)."""
+    for module in TASK_MODULES:
+        importlib.import_module(module)
+    return _imported(class_path)
+
+
 def _subclasses(cls: type) -> Iterator[type]:
     for sub in cls.__subclasses__():
         yield sub
@@ -1880,8 +1887,6 @@ TASK_MODULES = ("visattn.tasks.classification", "visattn.tasks.captioning", "vis
 
 def _task_links(argv: list[str]) -> tuple[str, ...]:
     """``linked_data_attributes`` of the task class the config (or a ``--model.class_path`` override) names."""
-    for module in TASK_MODULES:
-        importlib.import_module(module)
     class_path = None
     argv = [part for arg in argv for part in (arg.split("=", 1) if arg.startswith("--") else [arg])]
     for flag, value in zip(argv, argv[1:]):
@@ -1889,7 +1894,7 @@ def _task_links(argv: list[str]) -> tuple[str, ...]:
             class_path = _config_model_class(Path(value)) or class_path
         elif flag in ("--model", "--model.class_path"):
             class_path = value
-    return tuple(getattr(_imported(class_path), "linked_data_attributes", ()))
+    return tuple(getattr(config_task(class_path), "linked_data_attributes", ()) if class_path else ())
 
 
 def _typed_values(argv: list[str], options: Sequence[str]) -> tuple[str, ...]:
