@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 
 import numpy as np
 import pytest
@@ -277,3 +278,12 @@ def test_the_photo_recipes_crop_of_the_output_size_is_a_window_of_the_image_as_i
         crop = (transform(image) * 255).round().byte().permute(1, 2, 0).numpy()
         is_a_window = crop.shape == (32, 32, 3) and crop.tobytes() in windows
         assert is_a_window, "the training crop is no 32 x 32 window of the image"
+
+
+@pytest.mark.parametrize("image, shape", [(np.zeros((4, 5), np.uint8), "shape (4, 5)"), ([[0]], "a list")])
+def test_to_tensor_of_what_is_no_decoded_image_is_one_line(image, shape):
+    """A gray (H, W) array was a transpose ValueError naming no image (a docstring audit)."""
+    from visattn.data.transforms import to_tensor
+
+    with pytest.raises(ConfigError, match=rf"^image: {re.escape(shape)}; give an \(H, W, 3\) uint8 array"):
+        to_tensor(image)

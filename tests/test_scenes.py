@@ -334,3 +334,12 @@ def test_a_scenes_data_modules_setting_is_named_as_its_key(setting, message):
     settings = {"num_val": -1, "canvas_size": 64, "min_items": 1, "max_items": 3, "seed": 0, "root": None}
     with pytest.raises(ConfigError, match=r"^data.init_args.num_val=-1: give 0 or more$"):
         scenes_split(settings, "val")
+
+
+@pytest.mark.parametrize("count", [0, 2])
+def test_describing_a_scene_without_items_or_with_uneven_parts_is_one_line(count):
+    """An empty scene was an IndexError deep in the wording (a docstring audit)."""
+    labels, colors, boxes = np.arange(count), ["red"] * count, np.zeros((1 if count else 0, 4))
+    with pytest.raises(ConfigError, match=rf"^describe_scene: {count} labels, {count} colors and {len(boxes)} boxes; "
+                                          "give one of each per item, one item or more$"):
+        describe_scene(labels, colors, boxes, canvas_size=64)

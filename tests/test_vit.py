@@ -522,3 +522,13 @@ def test_a_vit_with_stochastic_depth_gives_timms_logits_in_eval_every_time(tmp_p
         expected = reference(x)
     torch.testing.assert_close(first, second, rtol=0, atol=0)
     assert (first - expected).abs().max() <= 1e-4
+
+
+def test_resampling_position_embeddings_of_a_grid_it_cannot_infer_names_old_size():
+    """12 grid tokens were read as a 3x3 grid, and the reshape failed naming no argument (a docstring audit)."""
+    pos_embed = torch.randn(1, 1 + 12, 8)
+    with pytest.raises(ConfigError, match=r"^old_size=None: 12 grid tokens make no square grid; give the grid"):
+        resample_abs_pos_embed(pos_embed, (4, 4))
+    with pytest.raises(ConfigError, match=r"^old_size=\(2, 3\): holds 6 cells, and pos_embed 12 grid tokens"):
+        resample_abs_pos_embed(pos_embed, (4, 4), old_size=(2, 3))
+    assert resample_abs_pos_embed(pos_embed, (4, 4), old_size=(3, 4)).shape == (1, 17, 8)

@@ -310,6 +310,9 @@ def describe_scene(
         canvas_size: side of the canvas (for "on the left", "in the upper half", "in the middle").
         rng: picks between synonymous wordings; default: a fixed seed.
     """
+    if not len(labels) or not len(labels) == len(colors) == len(boxes):  # else an IndexError deep in the wording
+        raise ConfigError(f"describe_scene: {len(labels)} labels, {len(colors)} colors and {len(boxes)} boxes; give "
+                          "one of each per item, one item or more")
     rng = rng if rng is not None else np.random.default_rng(0)
     groups = sorted(_groups(labels, colors, boxes), key=lambda g: g.centres[0])
     phrases = [_phrase(g) for g in groups]

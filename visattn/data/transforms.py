@@ -528,6 +528,10 @@ def to_byte_tensor(image: np.ndarray) -> torch.Tensor:
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:
     """``(H, W, 3)`` uint8 array -> ``(3, H, W)`` float32 tensor in 0..1, no normalisation."""
+    if not isinstance(image, np.ndarray) or image.ndim != 3:  # else a transpose error naming no image
+        shape = f"shape {image.shape}" if isinstance(image, np.ndarray) else f"a {type(image).__name__}"
+        raise ConfigError(f"image: {shape}; give an (H, W, 3) uint8 array, as decode_image returns (a gray "
+                          "(H, W) one as image[..., None].repeat(3, -1))")
     # One writable float copy: torch warns about wrapping a read-only array (decoded images are),
     # which ascontiguousarray passes through when the transpose is already contiguous (1x1 images).
     return torch.from_numpy(np.array(image.transpose(2, 0, 1), dtype=np.float32)).div_(255)

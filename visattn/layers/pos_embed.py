@@ -10,6 +10,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from ..errors import ArgumentError
+
 
 def resample_abs_pos_embed(
     pos_embed: torch.Tensor,
@@ -32,7 +34,12 @@ def resample_abs_pos_embed(
     num_grid = pos_embed.shape[1] - num_prefix_tokens
     if old_size is None:
         side = math.isqrt(num_grid)
+        if side * side != num_grid:  # else a reshape error naming no argument
+            raise ArgumentError("old_size", None, f"{num_grid} grid tokens make no square grid; give the grid (H, W)")
         old_size = (side, side)
+    if old_size[0] * old_size[1] != num_grid:
+        raise ArgumentError("old_size", tuple(old_size), f"holds {old_size[0] * old_size[1]} cells, and pos_embed "
+                                                         f"{num_grid} grid tokens after its {num_prefix_tokens} prefix")
     if tuple(new_size) == tuple(old_size) and num_grid == new_size[0] * new_size[1]:
         return pos_embed
     prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
