@@ -351,7 +351,7 @@ def _check_targets(targets: Any, *, images: Sequence[Tensor], num_classes: int) 
         bad_boxes = ~boxes.isfinite().all(-1) | (x2 <= x1) | (y2 <= y1) | outside  # (N,)
         bad_labels = (labels < 0) | (labels >= num_classes)  # (N,)
         masks.append((bad_boxes, bad_labels))
-        within_a_pixel = boxes.amax() <= 1 if len(boxes) else bad_boxes.any()  # False without boxes
+        within_a_pixel = boxes.amax() <= 1 if len(boxes) else torch.zeros((), dtype=torch.bool, device=boxes.device)
         flags.append(torch.stack([bad_boxes.any(), bad_labels.any(), within_a_pixel]))
     flagged = torch.stack(flags).tolist() if flags else []
     for i, (any_bad_box, any_bad_label, _) in enumerate(flagged):

@@ -333,25 +333,29 @@ def _refuse_resuming_behind_last(ckpt_path: Path, callbacks: Any) -> None:
     which evaluate, classify and save-weights are given, stayed the model left behind (a CLI fuzz audit)."""
     kept_last = {Path(settings.dirpath).resolve() for settings in _callback_settings(callbacks)
                  if settings.get("dirpath") and settings.get("save_last")}
-    for folder in sorted(kept_last):
-        last = folder / f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}"
-        if not last.is_file() or ckpt_path.resolve().parent == folder and ckpt_path.name.startswith(last.stem):
-            continue  # (a last checkpoint itself, last-v1.ckpt too, is the run's newest)
-        try:
-            checkpoint = read_checkpoint(ckpt_path, lazy=True)
-        except WeightsError:
-            return  # named where the checkpoint is read
-        if "optimizer_states" not in checkpoint:
-            return  # weights only: refused as not resumable
-        states = checkpoint.get("callbacks") or {}
-        written = {Path(state["last_model_path"]).resolve() for state in states.values()
-                   if isinstance(state, dict) and isinstance(state.get("last_model_path"), str)
-                   and state["last_model_path"]}
-        if last not in written:
-            raise ConfigError(f"--ckpt_path {ckpt_path}: saved before {last}, a later epoch of the run, which "
-                              "Lightning would keep while it writes the resumed epochs to last-v1.ckpt, where commands "
-                              f"given last.ckpt miss them; resume the newest with --ckpt_path last, or move "
-                              f"{last.name} elsewhere to go on from {ckpt_path.name}")
+    name = f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}"
+    # (a last checkpoint itself, last-v1.ckpt too, is the run's newest)
+    itself_last = ckpt_path.name.startswith(ModelCheckpoint.CHECKPOINT_NAME_LAST)
+    lasts = [folder / name for folder in sorted(kept_last)
+             if (folder / name).is_file() and not (itself_last and ckpt_path.resolve().parent == folder)]
+    if not lasts:
+        return
+    try:
+        checkpoint = read_checkpoint(ckpt_path, lazy=True)
+    except WeightsError:
+        return  # named where the checkpoint is read
+    if "optimizer_states" not in checkpoint:
+        return  # weights only: refused as not resumable
+    states = checkpoint.get("callbacks") or {}
+    written = {Path(state["last_model_path"]).resolve() for state in states.values()
+               if isinstance(state, dict) and isinstance(state.get("last_model_path"), str)
+               and state["last_model_path"]}
+    last = next((last for last in lasts if last not in written), None)
+    if last is not None:
+        raise ConfigError(f"--ckpt_path {ckpt_path}: saved before {last}, a later epoch of the run, which "
+                          "Lightning would keep while it writes the resumed epochs to last-v1.ckpt, where commands "
+                          f"given last.ckpt miss them; resume the newest with --ckpt_path last, or move "
+                          f"{last.name} elsewhere to go on from {ckpt_path.name}")
 
 
 def _loads_weights(model: Any) -> bool:
