@@ -295,6 +295,17 @@ CASES = {
     "config_key_given_twice": (lambda tmp: [*FIT, "--config", _written(tmp, "twice.yaml", TWICE)],
                                "twice.yaml: not valid YAML (key 'model' given twice, first at line 1, again at line 4, "
                                "column 1); mend the file"),
+    # jsonargparse kept the second max_epochs of a file given to --trainer (or --data, --model), the first dropped
+    "trainer_file_key_given_twice": (lambda tmp: [*FIT, "--trainer", _written(tmp, "t.yaml", "max_epochs: 1\n"
+                                                                                            "max_epochs: 9\n")],
+                                     "t.yaml: not valid YAML (key 'max_epochs' given twice, first at line 1, "
+                                     "again at line 2, column 1); mend the file"),
+    "data_file_key_given_twice": (lambda tmp: [*FIT, "--data=" + _written(tmp, "d.yaml", "init_args:\n  batch_size: 8\n"
+                                                                                       "  batch_size: 4\n")],
+                                  "d.yaml: not valid YAML (key 'batch_size' given twice"),
+    "data_given_a_list_in_a_second_config": (lambda tmp: [*FIT, "--config", _written(tmp, "second.yaml",
+                                                                                      "data:\n  - 1\n")],
+                                             "second.yaml: data: holds a YAML list, not settings; give it a class_path"),
     "trainer_given_a_list": (lambda tmp: [*FIT, "--config", _written(tmp, "trainer.yaml", "trainer:\n  - 1\n")],
                              "trainer.yaml: trainer: holds a YAML list, not settings; give it its settings"),
     "config_that_is_a_pipe": (lambda tmp: ["fit", "--config", _fifo(tmp)],

@@ -1770,6 +1770,7 @@ def plain_help(text: str) -> str:
 
 
 def _build_and_run(argv: list[str]) -> VisattnCLI:
+    _check_section_files(argv)
     try:
         return VisattnCLI(
             pl.LightningModule,
@@ -1944,22 +1945,41 @@ def _config_model_class(path: Path) -> Optional[str]:
     return model.get("class_path") if isinstance(model, dict) else None
 
 
+def _read_yaml(path: Path, *, flag: str) -> Any:
+    """The YAML file ``path`` that ``flag`` gives: a regular file, UTF-8, each key once; one line naming ``flag`` and
+    the file where it is not. OSError where it cannot be read."""
+    if path.exists() and not path.is_file():  # a pipe (a shell's <(...)) reads once, for visattn, or never ends
+        raise ConfigError(f"{flag} {path}: not a regular file (a pipe, socket or device), which LightningCLI cannot "
+                          "read after visattn; save the config to a file and give its path")
+    try:
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+    except UnicodeDecodeError:  # jsonargparse's own read ends in a traceback
+        raise ConfigError(f"{flag} {path}: not UTF-8 text; give a YAML config saved as UTF-8") from None
+    except yaml.YAMLError as err:  # LightningCLI names the first --config, whichever file it is, and no line
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{flag} {path}: not valid YAML ({getattr(err, 'problem', None) or 'unreadable'}{where}); "
+                          "mend the file") from None
+
+
+def _check_section_files(argv: list[str]) -> None:
+    """The files given to ``--trainer``, ``--data`` or ``--model`` (each a section's settings) read as ``--config``
+    files do: jsonargparse kept the last of a key given twice, the first one's setting dropped unsaid."""
+    argv = [part for arg in argv for part in (arg.split("=", 1) if arg.startswith("--") else [arg])]
+    for flag, value in zip(argv, argv[1:]):
+        if flag in ("--trainer", "--data", "--model") and Path(value).exists() and not Path(value).is_dir():
+            try:
+                _read_yaml(Path(value), flag=flag)
+            except OSError:
+                pass  # jsonargparse names a file it cannot read
+
+
 def read_config(path: Path) -> Optional[dict[str, Any]]:
     """The settings of the config file ``path``, after the checks LightningCLI leaves to a traceback, a silent
     default or a hang: a regular file, UTF-8, YAML with each key once, settings under ``trainer:``. None where it
     cannot be read (LightningCLI names that)."""
-    if path.exists() and not path.is_file():  # a pipe (a shell's <(...)) reads once, for visattn, or never ends
-        raise ConfigError(f"--config {path}: not a regular file (a pipe, socket or device), which LightningCLI cannot "
-                          "read after visattn; save the config to a file and give its path")
     try:
-        settings = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
-    except UnicodeDecodeError:  # jsonargparse's own read ends in a traceback
-        raise ConfigError(f"--config {path}: not UTF-8 text; give a YAML config saved as UTF-8") from None
-    except yaml.YAMLError as err:  # LightningCLI names the first --config, whichever file it is, and no line
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"--config {path}: not valid YAML ({getattr(err, 'problem', None) or 'unreadable'}{where}); "
-                          "mend the file") from None
+        settings = _read_yaml(path, flag="--config")
     except OSError:
         return None  # LightningCLI reports unreadable configs with their own message
     if not isinstance(settings, dict):  # jsonargparse says only "Unexpected config:"
@@ -1970,6 +1990,11 @@ def read_config(path: Path) -> Optional[dict[str, Any]]:
     if trainer is not None and not isinstance(trainer, dict):  # LightningCLI trained with its defaults, unsaid
         raise ConfigError(f"--config {path}: trainer: holds a YAML {type(trainer).__name__}, not settings; give it "
                           "its settings (max_epochs: 2, ...), as the files in configs/ do")
+    for section in ("model", "data"):  # jsonargparse blamed the first --config, whichever file held it
+        value = settings.get(section)
+        if value is not None and not isinstance(value, (dict, str)):
+            raise ConfigError(f"--config {path}: {section}: holds a YAML {type(value).__name__}, not settings; give "
+                              "it a class_path and its init_args, as the files in configs/ do")
     return settings
 
 
