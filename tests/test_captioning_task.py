@@ -92,7 +92,7 @@ def test_caption_metrics_score_each_word_with_its_own_map_past_an_unknown_word()
     ids = torch.tensor([vocab.token_id("a"), vocab.token_id("top"), vocab.unk_id, vocab.token_id("bag")])
     maps = torch.stack([corner(1, 0), corner(0, 0), corner(0, 1), corner(1, 1)])  # the bag's own map is the last
     metrics = CaptionMetrics(vocab)
-    captions = metrics.update(DecodedCaptions([ids], [maps], torch.zeros(1)),
+    captions = metrics.update(DecodedCaptions([ids], [maps], torch.zeros(1), torch.ones(1, dtype=torch.bool)),
                               {"images": torch.zeros(1, 3, 8, 8), "references": [["a top and a bag"]], "boxes": boxes,
                                "labels": labels}, lambda size: CellCentres.blocks((2, 2), size))
     assert captions == ["a top <unk> bag"] and metrics.hits == [True, True]
@@ -107,7 +107,8 @@ def test_a_generated_unknown_word_is_scored_as_a_word_no_reference_holds():
     reference = "a red bag on the left"
     ids = torch.tensor(vocab.encode("a red zebra bag on the left")[1:])
     metrics = CaptionMetrics(vocab)
-    metrics.update(DecodedCaptions([ids], [torch.zeros(len(ids), 2, 2)], torch.zeros(1)),
+    metrics.update(DecodedCaptions([ids], [torch.zeros(len(ids), 2, 2)], torch.zeros(1),
+                                   torch.ones(1, dtype=torch.bool)),
                    {"images": torch.zeros(1, 3, 8, 8), "references": [[reference]]}, lambda size: None)
     scores = metrics.compute()
     assert scores["bleu1"] == pytest.approx(6 / 7) and scores["bleu4"] < 0.6
@@ -349,6 +350,23 @@ def test_captioning_in_batches_gives_each_file_its_own_caption(tmp_path, capsys)
     alone, batched = captions
     assert batched == alone and len(set(alone.values())) == 4, alone  # four squares, four captions
     assert all(colour in alone[colour] for colour in ("green", "red", "white")), alone
+
+
+def test_a_caption_cut_at_max_len_says_so_in_its_line_and_record(tmp_path, capsys):
+    """Two words of a longer caption read as a whole caption: the line and the record say it was cut."""
+    square = np.zeros((64, 64, 3), np.uint8)
+    square[16:48, 16:48] = (200, 30, 30)
+    Image.fromarray(square).save(tmp_path / "red.png")
+    run = ["caption", str(tmp_path / "red.png"), "--model", "sat_cbam_resnet_scenes.scenes"]
+    for max_len, as_json in (("2", True), ("20", True), ("2", False), ("20", False)):
+        assert main([*run, "--max-len", max_len, *(["--json"] if as_json else [])]) == 0
+        out = capsys.readouterr().out.strip()
+        cut = max_len == "2"
+        if as_json:
+            record = json.loads(out)
+            assert record["finished"] is not cut and len(record["caption"].split()) <= int(max_len)
+        else:
+            assert out.endswith(" [cut at 2 words, before the model ended it: raise --max-len]") is cut, out
 
 
 def test_a_caption_rerun_with_an_empty_caption_leaves_no_earlier_attention_panel_behind(tmp_path, monkeypatch, capsys):

@@ -579,6 +579,19 @@ def test_the_ending_decoder_sends_images_out_of_the_search_at_different_steps(en
     assert len(set(lengths)) >= 3 and lengths[0] < lengths[-1] <= 4, lengths
 
 
+@pytest.mark.parametrize("beam_size", [1, 3])
+def test_a_caption_cut_at_max_len_is_flagged_unfinished(ending, beam_size):
+    """A caption of max_len words had ended on END or been cut: only its length told, and only if max_len was known."""
+    images = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    for max_len, some_cut in ((2, True), (8, False)):
+        out = (ending.greedy_decode(images, max_len=max_len) if beam_size == 1 else
+               ending.beam_search(images, beam_size=beam_size, max_len=max_len))
+        assert out.finished.dtype == torch.bool and out.finished.shape == (8,)
+        assert out.finished.tolist() == [len(t) < max_len for t in out.tokens]
+        assert (not out.finished.all()) == some_cut
+    assert ending.greedy_decode(images[:0]).finished.shape == (0,)
+
+
 def test_sigmoid_lstm_cell_scripts_and_refuses_other_ranks_as_nn_lstm_cell_does():
     cell = SigmoidLSTMCell(6, 5)
     scripted = torch.jit.script(cell)

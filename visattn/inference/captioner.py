@@ -67,7 +67,7 @@ class Captioner:
         max_len = self.max_len if max_len is None else max_len
         check_image_batch(images, channels=self.preprocessing["input_size"][0])
         if len(images) == 0:
-            return DecodedCaptions([], [], torch.zeros(0))
+            return DecodedCaptions.empty()
         with eval_mode(self.model):  # a model the caller set training would drop out at random
             decoded = decode(self.model, to_model_input(images, self.model), beam_size=beam_size, max_len=max_len,
                              length_penalty=length_penalty)
@@ -162,7 +162,7 @@ def caption_files(captioner: Captioner, paths: Sequence[str], *, beam_size: int 
     def caption_batch(images: list[Tensor]) -> Iterable[tuple[Tensor, Tensor]]:
         decoded = captioner.caption(torch.stack(images), beam_size=beam_size, max_len=max_len,
                                     length_penalty=length_penalty)
-        return zip(decoded.tokens, decoded.attention)
+        return zip(decoded.tokens, decoded.attention, decoded.finished.tolist())
 
     failures = 0
     results = run_in_batches(files, batch_size, captioner.transform(), caption_batch, max_pixels=max_pixels)
@@ -171,10 +171,10 @@ def caption_files(captioner: Captioner, paths: Sequence[str], *, beam_size: int 
             failures += 1
             print(item.error_line(as_json))
             continue
-        tokens, attention = result
+        tokens, attention, finished = result
         words = captioner.vocab.words(tokens.tolist())
         # the caption as predict writes it
-        record = {"file": str(item.path), "caption": captioner.vocab.caption_text(tokens.tolist())}
+        record = {"file": str(item.path), "caption": captioner.vocab.caption_text(tokens.tolist()), "finished": finished}
         if target is not None:  # asked for: the record says where it went, or null for an empty caption
             fig = None
             if words:
@@ -184,6 +184,7 @@ def caption_files(captioner: Captioner, paths: Sequence[str], *, beam_size: int 
                 fig = word_panels_figure(seen, words, list(attention.numpy()), centres=centres_of(seen.shape[:2]),
                                          pixel_aspect=aspect)
             record["attention"] = save_panels(fig, target, flag=flag, folder=attention_out, command=command)
-        line = f"{item.path}: {record['caption']}{attention_note(record, 'words')}"
+        cut = "" if finished else f" [cut at {len(tokens)} words, before the model ended it: raise --max-len]"
+        line = f"{item.path}: {record['caption']}{cut}{attention_note(record, 'words')}"
         print(json.dumps(record) if as_json else one_line(line))
     return failures, len(files)

@@ -38,15 +38,21 @@ class DecodedCaptions:
     ``tokens[i]`` holds the word ids without START and END, ``attention[i]`` each word's attention
     map ``(T_i, grid_h, grid_w)`` and ``scores[i]`` the caption's log-probability: beam search's is
     length-normalised (``log p / length ** length_penalty``, END counted), greedy decoding's is not.
+    ``finished[i]`` is False for a caption cut at ``max_len`` words before the model ended it.
     """
 
     tokens: list[Tensor]
     attention: list[Tensor]
     scores: Tensor
+    finished: Tensor  # (B,) bool
 
     def to(self, device: Union[str, torch.device]) -> "DecodedCaptions":
         return DecodedCaptions([t.to(device) for t in self.tokens], [a.to(device) for a in self.attention],
-                               self.scores.to(device))
+                               self.scores.to(device), self.finished.to(device))
+
+    @classmethod
+    def empty(cls, device: Union[str, torch.device] = "cpu") -> "DecodedCaptions":
+        return cls([], [], torch.zeros(0, device=device), torch.zeros(0, dtype=torch.bool, device=device))
 
 
 def doubly_stochastic_penalty(alphas: Tensor, mask: Optional[Tensor] = None, weight: float = 1.0) -> Tensor:
@@ -311,7 +317,7 @@ class ShowAttendTell(nn.Module):
     def _decode(self, search: Callable[..., DecodedCaptions], images: Tensor, **settings: Any) -> DecodedCaptions:
         check_decoding(**settings)
         if not len(images):
-            return DecodedCaptions([], [], images.new_zeros(0))
+            return DecodedCaptions.empty(images.device)
         with eval_mode(self):  # in train mode dropout would pick words at random and batch norms would learn
             return search(images, **settings)
 
@@ -418,7 +424,7 @@ class ShowAttendTell(nn.Module):
         for ids, maps, n in zip(tokens, alphas, lengths):
             out_tokens.append(ids[:n])
             out_maps.append(maps[:n].reshape(n, *self.grid).clone())  # its own: a view kept every image's maps
-        return DecodedCaptions(out_tokens, out_maps, scores)
+        return DecodedCaptions(out_tokens, out_maps, scores, ended.any(dim=1))
 
 
 def _token_grid(encoder: nn.Module, image_size: Sequence[int], tokens: int) -> tuple[int, int]:
