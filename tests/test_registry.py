@@ -9,6 +9,7 @@ from typing import Optional
 import numpy as np
 import pytest
 import torch
+import timm
 
 import visattn
 from visattn import create_model, list_models, list_pretrained, register_model
@@ -207,6 +208,32 @@ def test_unknown_tag_lists_available(weights_tmp):
 def test_an_empty_tag_is_refused_not_read_as_the_default_weights():
     with pytest.raises(UnknownModelError, match=r"'se_resnet20_cifar.' ends in a dot: give 'se_resnet20_cifar' alone"):
         create_model("se_resnet20_cifar.")
+
+
+@pytest.mark.parametrize("name, kwargs", [("vit_tiny_patch16_224", dict(depth=1, num_classes=3)),
+                                          ("se_resnet20_cifar", dict(pretrained=True)),
+                                          ("sat_cbam_resnet_scenes", dict(vocab_size=9)),
+                                          ("fcos_se_resnet20_cifar", dict(num_classes=4))])
+def test_a_builder_called_directly_builds_as_create_model_does(name, kwargs):
+    """As timm's model functions: a ViT built by calling vit_tiny_patch16_224() had no pretrained_cfg, so timm's
+    resolve_data_config gave ImageNet's statistics and crop, not the architecture's."""
+    import importlib
+
+    from visattn.registry import model_family
+
+    builder = getattr(importlib.import_module(f"visattn.models.{model_family(name)}"), name)
+    torch.manual_seed(0)
+    direct = builder(**kwargs)
+    torch.manual_seed(0)
+    made = create_model(name, **kwargs)
+    assert direct.visattn_name == made.visattn_name and direct.visattn_kwargs == made.visattn_kwargs
+    assert getattr(direct, "pretrained_cfg", None) == getattr(made, "pretrained_cfg", None)
+    for (key, value), (other_key, other) in zip(direct.state_dict().items(), made.state_dict().items(), strict=True):
+        assert key == other_key and torch.equal(value, other), key
+    if name == "vit_tiny_patch16_224":
+        assert timm.data.resolve_data_config(model=direct)["mean"] == (0.5, 0.5, 0.5)
+    with pytest.raises(TypeError, match="keyword arguments only"):
+        builder(True)
 
 
 def test_kwargs_reach_the_builder():

@@ -46,7 +46,11 @@ _entry_points_lock = threading.RLock()
 
 
 def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    """Register a model builder under its function name; a second registration of a name raises."""
+    """Register a model builder under its function name; a second registration of a name raises.
+
+    The function returned builds as ``create_model(NAME, **kwargs)`` does, as a timm model function builds with its
+    ``pretrained_cfg`` (``pretrained=True`` loads the architecture's default weights): called directly, the builder
+    gave a model without it, so timm's data helpers prepared its images for ImageNet."""
     name = fn.__name__
     if name in _model_entrypoints:
         raise ValueError(f"model {name!r} is already registered by {_model_entrypoints[name].__module__}; give the "
@@ -54,7 +58,14 @@ def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
     _model_entrypoints[name] = fn
     if fn.__module__.startswith(_MODELS):  # another package's is found from what it builds (model_family)
         _model_family[name] = _module_family(fn.__module__)
-    return fn
+
+    @functools.wraps(fn)
+    def built_as_registered(*args: Any, **kwargs: Any) -> nn.Module:
+        if args:
+            raise TypeError(f"{name}() takes keyword arguments only, as create_model({name!r}, ...) passes them")
+        return create_model(name, **kwargs)
+
+    return built_as_registered
 
 
 def _module_family(module: str) -> str:
