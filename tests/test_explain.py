@@ -1702,7 +1702,8 @@ def test_explain_image_of_an_image_without_pixels_is_one_line(shape, tmp_path):
 @pytest.mark.parametrize("channels", [1, 3])
 def test_model_view_gives_back_the_image_the_model_saw(channels):
     """A gray input normalised with ImageNet's first mean and std was drawn tinted: gray 64 as (64, 58, 45)."""
-    from visattn.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transforms
+    from visattn.data.preprocessing import IMAGENET_MEAN, IMAGENET_STD
+    from visattn.data.transforms import eval_transforms
     from visattn.explain import model_view
 
     image = np.repeat(np.array([0, 64, 128, 255], np.uint8).repeat(8)[None, :, None], 32, axis=0).repeat(3, axis=2)

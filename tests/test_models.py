@@ -218,7 +218,7 @@ def test_a_model_is_evaluated_as_every_weights_timm_publishes_for_it(name, timm_
 def test_changing_one_models_published_settings_changes_no_other():
     """Every model of a name shared one dict of its published settings (and its lists with the module's constant):
     a crop or mean set on one model's became the next one's."""
-    from visattn.data.transforms import default_preprocessing
+    from visattn.data.preprocessing import default_preprocessing
 
     first = create_model("vit_base_patch32_clip_224", img_size=32, depth=1)
     first.published_preprocessing["mean"][0] = 9.0
@@ -234,7 +234,7 @@ def test_a_features_only_model_is_preprocessed_as_its_classifier():
     """The feature wrapper kept timm's pretrained_cfg (CLIP's statistics) but visattn's transforms read ImageNet's."""
     from timm.data import resolve_data_config
 
-    from visattn.data.transforms import default_preprocessing, timm_data_config
+    from visattn.data.preprocessing import default_preprocessing, timm_data_config
 
     wrapped = create_model("vit_base_patch32_clip_224", features_only=True, img_size=32, depth=2)
     by_timm, ours = resolve_data_config(model=wrapped), timm_data_config(default_preprocessing(wrapped))

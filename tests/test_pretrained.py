@@ -14,7 +14,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from visattn import create_model, list_pretrained, load_captioner, load_classifier, load_weights, save_weights
-from visattn.data.transforms import IMAGENET_MEAN
+from visattn.data.preprocessing import IMAGENET_MEAN
 from visattn.errors import ConfigError, UnknownModelError, VisattnWarning, WeightsError
 from visattn.pretrained import (checkpoint_follows, load_index, read_state_dict, sha256_of,
                                  starting_weights_skipped)
@@ -1590,7 +1590,7 @@ def test_a_classifier_saved_without_labels_or_preprocessing_warns(weights_tmp):
     # ... as loading it does, in visattn's transform and timm's data helpers alike
     from timm.data import resolve_data_config
 
-    from visattn.data.transforms import timm_data_config
+    from visattn.data.preprocessing import timm_data_config
     from visattn.models.vit import OPENAI_CLIP_EVALUATION
     from visattn.inference.classifier import load_classifier
 
@@ -2009,7 +2009,8 @@ def test_timm_data_helpers_preprocess_a_model_as_visattn_does(name, height, widt
     from PIL import Image
     from timm.data import create_transform, resolve_data_config
 
-    from visattn.data.transforms import default_preprocessing, eval_transform_of
+    from visattn.data.preprocessing import default_preprocessing
+    from visattn.data.transforms import eval_transform_of
     from visattn.inference.classifier import load_classifier
 
     if name == "timm_augreg":  # a ViT's settings as timm's augreg weights record them, saved and loaded back
@@ -2059,7 +2060,7 @@ def test_timm_data_helpers_normalise_each_of_more_than_three_channels():
     from PIL import Image
     from timm.data import create_transform, resolve_data_config
 
-    from visattn.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from visattn.data.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 
     model = create_model("se_resnet20_cifar.fmnist", in_chans=4).eval()
     config = resolve_data_config(model=model)
@@ -2112,7 +2113,8 @@ def test_a_one_channel_models_timm_config_normalises_as_visattn_does():
     from PIL import Image
     from timm.data import create_transform, resolve_data_config
 
-    from visattn.data.transforms import default_preprocessing, eval_transform_of
+    from visattn.data.preprocessing import default_preprocessing
+    from visattn.data.transforms import eval_transform_of
 
     model = create_model("resnet18", in_chans=1)
     config = resolve_data_config(model=model)

@@ -272,7 +272,7 @@ _METADATA_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
 def metadata_problem(meta: dict[str, Any]) -> Optional[str]:
     """``FIELD=VALUE: what to give`` for the first field of ``meta`` (a weights index entry, or a training
     checkpoint's hyperparameters) its readers could not use as recorded; None when every one can be."""
-    from .data.transforms import preprocessing_problem
+    from .data.preprocessing import preprocessing_problem
 
     for field, (usable, wanted) in _METADATA_FIELDS.items():
         if meta.get(field) is not None and not usable(meta[field]):
@@ -290,7 +290,7 @@ def timm_pretrained_cfg(model: nn.Module, preprocessing: Optional[dict[str, Any]
     """A classifier's ``pretrained_cfg`` as timm's models carry it, from its weights' recorded
     ``preprocessing`` (what it lacks: the defaults of weights that recorded none), so that timm's data
     helpers (``resolve_data_config``, ``create_transform``) preprocess as visattn does, not for ImageNet."""
-    from .data.transforms import default_preprocessing, timm_data_config
+    from .data.preprocessing import default_preprocessing, timm_data_config
 
     built = default_preprocessing(model, published=not preprocessing)  # a recorded field's gap: bilinear, not bicubic
     preprocessing = {**built, **(preprocessing or {})}
@@ -332,7 +332,7 @@ def weights_preprocessing(entry: Optional[dict[str, Any]], pretrained: Any) -> O
     # Of the rest, only a timm: name has a record to read: an hf-hub: name or a state dict has none.
     if not (isinstance(pretrained, str) and pretrained.startswith("timm:")):
         return None
-    from .data.transforms import INTERPOLATIONS
+    from .data.preprocessing import INTERPOLATIONS
 
     cfg = _timm_pretrained_cfg(pretrained[5:])
     if cfg is None:
@@ -354,7 +354,7 @@ def loaded_weights_preprocessing(model: nn.Module, entry: Optional[dict[str, Any
     weights that record none how every weights timm publishes for its architecture were evaluated (a CLIP file from
     the hub; ``published_preprocessing``); None when no weights were loaded, visattn's recorded none (they may have
     been trained with anything); torchvision's ViTs' statistics for weights in their layout."""
-    from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from .data.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 
     entry = entry if entry is not None else named_weights_entry(pretrained)
     if entry is not None or pretrained is None or pretrained is False:
@@ -407,7 +407,7 @@ def _file_record(path: Path) -> tuple[WeightsOrigin, Optional[dict[str, Any]]]:
     are evaluated with ImageNet's statistics, not as timm's of the name), or another; and the preprocessing visattn
     recorded there (None: none), or one line when that would build no transform. A file that does not read is
     another's here: loading it says what is wrong."""
-    from .data.transforms import preprocessing_problem
+    from .data.preprocessing import preprocessing_problem
 
     origin, recorded, where = _read_file_record(path)
     problem = preprocessing_problem(recorded) if recorded is not None else None
@@ -838,7 +838,7 @@ _WEIGHT_SOURCES = ("pretrained_backbone", "encoder_pretrained")
 def _incomplete_classifier_preprocessing(arch: str, meta: dict[str, Any]) -> Optional[str]:
     """What a classifier's recorded ``preprocessing`` lacks that loading it needs (none recorded is
     allowed: it loads with its architecture's default, see :func:`_warn_unless_described`)."""
-    from .data.transforms import CLASSIFIER_PREPROCESSING, preprocessing_problem
+    from .data.preprocessing import CLASSIFIER_PREPROCESSING, preprocessing_problem
     from .registry import model_task
 
     if model_task(arch) != "classification" or not meta.get("preprocessing"):
@@ -878,7 +878,7 @@ def _contradiction(model: nn.Module, arch: str, meta: dict[str, Any]) -> Optiona
 def _warn_unless_described(path: Path, arch: str, model: nn.Module, meta: dict[str, Any]) -> None:
     """A classifier saved without ``preprocessing`` or ``labels`` loads with its architecture's default
     normalisation (ImageNet's, or CLIP's, ...) and labels "0".."N-1": silently wrong for anything else."""
-    from .data.transforms import default_preprocessing
+    from .data.preprocessing import default_preprocessing
     from .registry import model_task
 
     missing = [key for key in ("preprocessing", "labels") if not meta.get(key)]

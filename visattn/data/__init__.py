@@ -4,72 +4,54 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from .coco import CaptionImages, CocoCaptions, KarpathyCaptions, read_karpathy
-from .fashion_mnist import (
-    FASHION_MNIST_CLASSES,
-    FASHION_MNIST_MEAN,
-    FASHION_MNIST_STD,
-    FashionMNIST,
-    find_fashion_mnist,
-    load_fashion_mnist,
-    read_idx,
-)
-from .image_folder import (
-    ImageFiles,
-    ImageFolder,
-    SkippedImageWarning,
-    collate_present,
-    decode_next_good,
-    for_evaluation,
-    find_classes,
-)
-from .image_io import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, decode_image, list_images
-from .scenes import (
-    COLORS,
-    ITEM_CATEGORY_IDS,
-    ITEM_WORDS,
-    SCENES_MEAN,
-    SCENES_STD,
-    FashionScenes,
-    Scene,
-    describe_scene,
-    export_coco,
-)
-from .transforms import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    ImageTransform,
-    eval_transforms,
-    to_tensor,
-    train_transforms,
-)
-from .vocab import Vocabulary, tokenize
-
 if TYPE_CHECKING:
     from .caption_datamodules import FashionScenesCaptionDataModule, KarpathyCaptionDataModule, collate_captions
+    from .coco import CaptionImages, CocoCaptions, KarpathyCaptions, read_karpathy
     from .datamodules import FashionMNISTDataModule, ImageFolderDataModule, split_indices
+    from .detection import (CocoDetection, CocoDetectionDataModule, FashionScenesDetectionDataModule, SceneDetection,
+                            collate_detection)
+    from .fashion_mnist import (FASHION_MNIST_CLASSES, FASHION_MNIST_MEAN, FASHION_MNIST_STD, FashionMNIST,
+                                find_fashion_mnist, load_fashion_mnist, read_idx)
+    from .image_folder import (ImageFiles, ImageFolder, SkippedImageWarning, collate_present, decode_next_good,
+                               find_classes, for_evaluation)
+    from .image_io import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, decode_image, list_images
+    from .scenes import (COLORS, ITEM_CATEGORY_IDS, ITEM_WORDS, SCENES_MEAN, SCENES_STD, FashionScenes, Scene,
+                         describe_scene, export_coco)
+    from .preprocessing import IMAGENET_MEAN, IMAGENET_STD
+    from .transforms import ImageTransform, eval_transforms, to_tensor, train_transforms
+    from .vocab import Vocabulary, tokenize
 
-# The data modules import Lightning (seconds); load them on first use so that CLI commands that
-# only decode images (classify, explain) start fast.
-_LAZY = {
-    "FashionMNISTDataModule": ".datamodules",
-    "ImageFolderDataModule": ".datamodules",
-    "split_indices": ".datamodules",
-    "FashionScenesCaptionDataModule": ".caption_datamodules",
-    "KarpathyCaptionDataModule": ".caption_datamodules",
-    "collate_captions": ".caption_datamodules",
-    "CocoDetection": ".detection",
-    "CocoDetectionDataModule": ".detection",
-    "FashionScenesDetectionDataModule": ".detection",
-    "SceneDetection": ".detection",
-    "collate_detection": ".detection",
+# Each name is imported from its module on first use: a command that decodes one image, or reads a weights index,
+# imports that module alone, not albumentations, OpenCV's scene drawing, the COCO readers and Lightning (the data
+# modules) with it.
+_MODULES = {
+    ".caption_datamodules": ("FashionScenesCaptionDataModule", "KarpathyCaptionDataModule", "collate_captions"),
+    ".coco": ("CaptionImages", "CocoCaptions", "KarpathyCaptions", "read_karpathy"),
+    ".datamodules": ("FashionMNISTDataModule", "ImageFolderDataModule", "split_indices"),
+    ".detection": ("CocoDetection", "CocoDetectionDataModule", "FashionScenesDetectionDataModule", "SceneDetection",
+                   "collate_detection"),
+    ".fashion_mnist": ("FASHION_MNIST_CLASSES", "FASHION_MNIST_MEAN", "FASHION_MNIST_STD", "FashionMNIST",
+                       "find_fashion_mnist", "load_fashion_mnist", "read_idx"),
+    ".image_folder": ("ImageFiles", "ImageFolder", "SkippedImageWarning", "collate_present", "decode_next_good",
+                      "find_classes", "for_evaluation"),
+    ".image_io": ("DEFAULT_MAX_PIXELS", "IMAGE_EXTENSIONS", "decode_image", "list_images"),
+    ".scenes": ("COLORS", "ITEM_CATEGORY_IDS", "ITEM_WORDS", "SCENES_MEAN", "SCENES_STD", "FashionScenes", "Scene",
+                "describe_scene", "export_coco"),
+    ".preprocessing": ("IMAGENET_MEAN", "IMAGENET_STD"),
+    ".transforms": ("ImageTransform", "eval_transforms", "to_tensor", "train_transforms"),
+    ".vocab": ("Vocabulary", "tokenize"),
 }
+_LAZY = {name: module for module, names in _MODULES.items() for name in names}
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name], __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
 
 
 __all__ = [

@@ -33,9 +33,9 @@ from torch.utils.data import Dataset
 from ..errors import ArgumentError, ConfigError, VisattnWarning, caught_warnings, is_count, outside_visattn
 from .datamodules import COCO_VALIDATION_FIX, COCO_VALIDATION_SETTING, SplitLoadersMixin, check_img_size, split_images_dir
 from .coco import CaptionImages, CocoCaptions, KarpathyCaptions, KarpathySplit, read_karpathy
+from .preprocessing import DEFAULT_CROP_PCT, DEFAULT_INTERPOLATION, IMAGENET_MEAN, IMAGENET_STD, Interpolation
 from .scenes import SCENES_MEAN, SCENES_STD, FashionScenes, scene_settings, scenes_split
-from .transforms import (DEFAULT_CROP_PCT, DEFAULT_INTERPOLATION, IMAGENET_MEAN, IMAGENET_STD, ImageTransform,
-                         Interpolation, Recipe, eval_transform_of, train_transforms)
+from .transforms import ImageTransform, Recipe, eval_transform_of, train_transforms
 from .vocab import SPECIAL_TOKENS, Vocabulary, tokenize
 
 __all__ = [

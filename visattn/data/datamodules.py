@@ -33,20 +33,10 @@ from .fashion_mnist import (FASHION_MNIST_CLASSES, FASHION_MNIST_MEAN, FASHION_M
 from .image_io import DEFAULT_MAX_PIXELS
 from .image_folder import (ImageFolder, check_class_count, collate_present, find_classes, for_evaluation,
                            image_files_of, seeded_subset, split_folders)
-from .transforms import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    AugmentationStream,
-    DEFAULT_CROP_PCT,
-    DEFAULT_INTERPOLATION,
-    ImageTransform,
-    Interpolation,
-    Recipe,
-    augmentation_problem,
-    eval_transform_of,
-    preprocessing_problem,
-    train_transforms,
-)
+from .preprocessing import (IMAGENET_MEAN, IMAGENET_STD, DEFAULT_CROP_PCT, DEFAULT_INTERPOLATION, Interpolation,
+                            preprocessing_problem)
+from .transforms import (AugmentationStream, ImageTransform, Recipe, augmentation_problem, eval_transform_of,
+                         train_transforms)
 
 __all__ = ["FashionMNISTDataModule", "ImageFolderDataModule", "split_indices"]
 

@@ -17,7 +17,6 @@ resize, the ``photo`` recipe's random crops with evaluation's PIL filter, as tim
 """
 from __future__ import annotations
 
-import copy
 import math
 import os
 import reprlib
@@ -35,35 +34,25 @@ from torch import nn
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
-from ..errors import ConfigError, is_count, is_number
+from ..errors import ConfigError, is_number
 from .auto_augment import TimmAutoAugment, auto_augment_problem
 from .image_io import rgb_pixels
+from .preprocessing import (DEFAULT_CROP_PCT, DEFAULT_INTERPOLATION, IMAGENET_MEAN, IMAGENET_STD, Interpolation,
+                            check_normalization, crop_problem, interpolation_problem)
 
 __all__ = [
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
     "AugmentationStream",
     "augmentation_problem",
     "ImageTransform",
     "Recipe",
     "eval_transforms",
     "eval_transform_of",
-    "CLASSIFIER_PREPROCESSING",
-    "default_preprocessing",
-    "preprocessing_problem",
-    "timm_data_config",
     "to_tensor",
     "to_model_input",
     "train_transforms",
 ]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 Recipe = Literal["photo", "small"]
-Interpolation = Literal["bilinear", "bicubic"]
-INTERPOLATIONS = ("bilinear", "bicubic")
-DEFAULT_INTERPOLATION: Interpolation = "bilinear"  # torchvision's ImageNet evaluation; timm records its own per weights
-DEFAULT_CROP_PCT = 0.875  # timm's and torchvision's ImageNet evaluation: 224 of 256
 InputSize = int | Sequence[int]
 PHOTO_CROP_SCALE = (0.6, 1.0)  # the photo recipe's training crops: the share of the image a crop keeps
 
@@ -193,8 +182,8 @@ def train_transforms(
         interpolation: the filter resizing crops (``"photo"``) or whole images (``"small"``): evaluation's,
             as timm's training transform takes its data config's.
     """
-    _check_normalization(mean, std)
-    problem = _interpolation_problem(interpolation) or augmentation_problem(
+    check_normalization(mean, std)
+    problem = interpolation_problem(interpolation) or augmentation_problem(
         scale=scale, color_jitter=color_jitter, auto_augment=auto_augment, random_erasing=random_erasing)
     if problem:
         raise ConfigError(problem)
@@ -266,8 +255,8 @@ def eval_transforms(
         crop_pct: ``"photo"`` only: fraction of the resized image the centre crop keeps.
         interpolation: the resize filter, ``"bilinear"`` or ``"bicubic"`` (timm's ViTs use bicubic).
     """
-    _check_normalization(mean, std)
-    problem = _crop_problem(crop_pct) or _interpolation_problem(interpolation)
+    check_normalization(mean, std)
+    problem = crop_problem(crop_pct) or interpolation_problem(interpolation)
     if problem:
         raise ConfigError(problem)
     height, width = _height_width(input_size)
@@ -362,99 +351,11 @@ def pil_resize(image: np.ndarray, size: Sequence[int], interpolation: Interpolat
     return np.asarray(TF.resize(Image.fromarray(image), list(size), interpolation=InterpolationMode(interpolation)))
 
 
-def default_preprocessing(model: nn.Module, *, published: bool = True) -> dict:
-    """The evaluation settings of a classifier whose weights recorded none: its input size, ImageNet's statistics
-    and the photo recipe (what torchvision's and timm's ImageNet weights expect), under, if ``published``, how every
-    weights published for its architecture were evaluated (``published_preprocessing``: CLIP's statistics, a ViT's
-    bicubic filter). Without: the defaults that recorded settings lacking a field are evaluated with."""
-    size = list(getattr(model, "input_size", (3, 224, 224)))
-    published = copy.deepcopy(getattr(model, "published_preprocessing", {})) if published else {}
-    return {"input_size": size, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "recipe": "photo", **published}
-
-
-def timm_data_config(preprocessing: dict) -> dict:
-    """timm's data fields of a ``pretrained_cfg`` for recorded evaluation settings, so that
-    ``timm.data.resolve_data_config(model=...)`` and ``timm.data.create_transform`` build this evaluation
-    transform: the photo recipe is timm's centre crop at ``crop_pct`` 0.875, the small one its
-    ``"squash"`` resize of the whole image."""
-    photo = preprocessing.get("recipe", "photo") == "photo"
-    # One value per input channel, or timm's Normalize fails: a one-channel model takes the first channel's, as
-    # albumentations does a gray image; channels past the third repeat R, G and B's, as the stem's weights do
-    # for them (timm's adapt_input_conv).
-    channels = preprocessing["input_size"][0]
-
-    def per_channel(values: Sequence[float]) -> tuple:
-        return tuple(values[k % len(values)] for k in range(channels))
-
-    return {"input_size": tuple(preprocessing["input_size"]), "mean": per_channel(preprocessing["mean"]),
-            "std": per_channel(preprocessing["std"]),
-            "interpolation": preprocessing.get("interpolation", DEFAULT_INTERPOLATION),
-            "crop_pct": preprocessing.get("crop_pct", DEFAULT_CROP_PCT) if photo else 1.0,
-            "crop_mode": "center" if photo else "squash"}
-
-
 def eval_transform_of(preprocessing: dict) -> ImageTransform:
     """The evaluation transform recorded evaluation settings describe (a weights entry's or checkpoint's)."""
     p = preprocessing
     return eval_transforms(p["input_size"], p["mean"], p["std"], recipe=p.get("recipe", "photo"),
                            crop_pct=p.get("crop_pct", DEFAULT_CROP_PCT), interpolation=p.get("interpolation", DEFAULT_INTERPOLATION))
-
-
-CLASSIFIER_PREPROCESSING = ("input_size", "mean", "std")  # what a classifier's recorded transform settings need
-
-
-def preprocessing_problem(preprocessing: object, *, required: Sequence[str] = ()) -> str | None:
-    """``preprocessing.FIELD=VALUE: what to give`` when recorded evaluation-transform settings (a weights
-    index entry's or a training checkpoint's) would not build a transform, or would build one giving NaN;
-    None when they would not. ``required``: the fields the reader cannot do without."""
-    if not isinstance(preprocessing, dict):
-        return f"preprocessing={reprlib.repr(preprocessing)}: give an object with input_size, mean and std"
-    missing = [field for field in required if field not in preprocessing]
-    if missing:
-        return f"preprocessing has no {' or '.join(missing)}"
-    if "input_size" in preprocessing and not _is_channels_height_width(size := preprocessing["input_size"]):
-        return f"preprocessing.input_size={reprlib.repr(size)}: give [C, H, W], C being 1 (gray) or 3 (RGB)"
-    for name in ("mean", "std"):
-        problem = _statistics_problem(name, preprocessing[name]) if name in preprocessing else None
-        if problem:
-            return f"preprocessing.{problem}"
-    problem = (_crop_problem(preprocessing["crop_pct"]) if "crop_pct" in preprocessing else None) or (
-        _interpolation_problem(preprocessing["interpolation"]) if "interpolation" in preprocessing else None)
-    return f"preprocessing.{problem}" if problem else None
-
-
-def _crop_problem(crop_pct: object) -> str | None:
-    if is_number(crop_pct) and 0 < crop_pct <= 1:
-        return None
-    return f"crop_pct={reprlib.repr(crop_pct)}: give the fraction of the resized image kept, above 0 and at most 1"
-
-
-def _interpolation_problem(interpolation: object) -> str | None:
-    if interpolation in INTERPOLATIONS:
-        return None
-    return f"interpolation={reprlib.repr(interpolation)}: give one of {', '.join(INTERPOLATIONS)}"
-
-
-def _is_channels_height_width(size: object) -> bool:
-    return isinstance(size, (list, tuple)) and len(size) == 3 and all(map(is_count, size)) and size[0] in (1, 3)
-
-
-def _check_normalization(mean: object, std: object) -> None:
-    problem = _statistics_problem("mean", mean) or _statistics_problem("std", std)
-    if problem:
-        raise ConfigError(problem)
-
-
-def _statistics_problem(name: str, values: object) -> str | None:
-    """``NAME=VALUES: what to give`` unless ``values`` (a ``mean`` or ``std``) is 1 or 3 finite numbers,
-    those of a std above 0: a std of 0 makes every pixel inf or NaN, and albumentations silently takes another
-    count, normalising channels with values meant for others."""
-    numbers = values if isinstance(values, (list, tuple)) else [values]
-    low = 0 if name == "std" else -math.inf
-    if len(numbers) in (1, 3) and all(is_number(v) and low < v < math.inf for v in numbers):
-        return None
-    above = " above 0" if name == "std" else ""
-    return f"{name}={reprlib.repr(values)}: give 3 finite numbers{above} (one per RGB channel) or 1 for all"
 
 
 _NON_FINITE_FIX = "check how they were computed (a division by zero?), or replace them with torch.nan_to_num"

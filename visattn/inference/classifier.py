@@ -10,8 +10,9 @@ from typing import Any, Iterator, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from ..data.transforms import (CLASSIFIER_PREPROCESSING, ImageTransform, check_image_batch, default_preprocessing,
-                               eval_transform_of, preprocessing_problem, timm_data_config, to_model_input)
+from ..data.preprocessing import (CLASSIFIER_PREPROCESSING, default_preprocessing, preprocessing_problem,
+                                  timm_data_config)
+from ..data.transforms import ImageTransform, check_image_batch, eval_transform_of, to_model_input
 from ..devices import model_device
 from ..errors import ConfigError, ImageSizeNotDivisible, NotATrainingCheckpoint, WeightsError, is_count
 from ..modes import eval_mode
