@@ -932,6 +932,38 @@ def test_sigterm_in_fit_stops_the_run_at_its_next_step_and_is_no_success(in_tmp,
     assert signal.getsignal(signal.SIGTERM) is handler
 
 
+# A fit with loader workers whose second epoch sends SIGTERM (or SIGHUP) to its whole process group from another
+# process, as slurm's scancel or a closed terminal does (torch's workers end quietly when the main process signals).
+_STOPPED_AS_A_GROUP = """
+import os, signal, subprocess, sys
+from visattn.cli import main
+from visattn.tasks.classification import ImageClassifier
+real_step, sent = ImageClassifier.training_step, []
+
+def stopped_in_the_second_epoch(self, batch, batch_idx):
+    if self.current_epoch == 1 and batch_idx == 1 and not sent:
+        sent.append(subprocess.run(["kill", "-" + sys.argv[1], "--", "-%d" % os.getpgid(0)], start_new_session=True))
+    return real_step(self, batch, batch_idx)
+
+ImageClassifier.training_step = stopped_in_the_second_epoch
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("signame", ["TERM", "HUP"])
+def test_a_stop_sent_to_the_whole_process_group_with_loader_workers_is_one_line(in_tmp, signame):
+    """Slurm's scancel and preemption, or a closed terminal, signal the loader workers too, and they died at once:
+    the next batch failed with "DataLoader worker (pid N) is killed by signal: Terminated", a 146-line traceback and
+    exit 1, where the command says one line and exits 143 (an operations audit)."""
+    fit = ["fit", "--config", str(CBAM_CONFIG), *QUICK, *SHIPPED_WEIGHTS, "--trainer.max_epochs", "3",
+           "--trainer.callbacks", EPOCH_AND_LAST, "--data.init_args.num_workers", "2"]
+    proc = subprocess.run([sys.executable, "-c", _STOPPED_AS_A_GROUP, signame, *fit], capture_output=True, text=True,
+                          timeout=600, start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 143 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == "visattn: terminated; resume with --ckpt_path last"
+    assert _read(in_tmp / CHECKPOINTS / "last.ckpt")["epoch"] == 0
+
+
 def test_sigterm_in_predict_stops_it_writing_nothing(in_tmp, monkeypatch, capsys):
     """Lightning's predict loop never looks at SIGTERM: predict ran to its end and exited 0 (a review)."""
     import os

@@ -2228,26 +2228,38 @@ def test_a_hangup_that_nohup_ignores_stays_ignored(tmp_path, monkeypatch, capsys
 
 
 @pytest.mark.usefixtures("hangup_not_ignored")
-def test_a_forked_worker_ends_by_a_stop_signal_as_by_default():
+def test_a_forked_worker_leaves_a_stop_signal_to_the_command_and_ends_at_a_second():
     """A DataLoader worker forked inside a command raised the command's exception on a hangup: a traceback per
-    worker (a review); it ends as the signal's default ends a process."""
+    worker (a review). Then it ended at once, and a hangup of the whole process group failed the command's next
+    batch (an operations audit): the command ends its workers with its run, and a second signal ends one."""
     import time
 
     from visattn.cli import _stop_signals_as_exception
 
     ready, started = os.pipe()
+    told, go = os.pipe()
     with _stop_signals_as_exception():
         pid = os.fork()
-        if pid == 0:  # the worker: says it runs (a signal in fork's first moments is dropped), then waits
+        if pid == 0:  # the worker: says it runs (a signal in fork's first moments is dropped), waits to be told to go
+            os.close(ready)
+            os.close(go)
             os.write(started, b"x")
+            os.read(told, 1)  # the hangup, sent before, is handled as this returns
+            os.write(started, b"y")
             time.sleep(10)
             os._exit(0)
+        os.close(started)
+        os.close(told)
         os.read(ready, 1)
+        os.kill(pid, signal.SIGHUP)
+        with contextlib.suppress(BrokenPipeError):  # the worker ended
+            os.write(go, b"g")
+        lived_on = os.read(ready, 1)  # b"" had the worker ended
         os.kill(pid, signal.SIGHUP)
         _, status = os.waitpid(pid, 0)
     os.close(ready)
-    os.close(started)
-    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGHUP
+    os.close(go)
+    assert lived_on == b"y" and os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGHUP
 
 
 def test_a_killed_writers_temp_file_goes_at_the_next_write_of_its_file(tmp_path, monkeypatch, capsys):

@@ -1130,9 +1130,11 @@ def _stop_signals_as_exception() -> Iterator[None]:
     exception would leave DDP's other processes waiting). A signal ignored when the command started (``nohup``) stays
     ignored."""
     def terminate(signum: int, frame: Any) -> None:
-        if os.getpid() != installed_by:  # a forked DataLoader worker: it ends as by default, without a traceback
+        if os.getpid() != installed_by:
+            # A forked DataLoader worker: the command stops it as it stops the run. A stop sent to the whole process
+            # group (slurm's scancel, a closed terminal) had killed it at once, and the command's next batch failed
+            # with "DataLoader worker is killed by signal", a traceback and exit 1. A second signal ends it by default.
             signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
             return
         if signal.getsignal(signum) is not terminate:  # Lightning's, which composes it: Lightning stops the run
             return
