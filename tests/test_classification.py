@@ -1172,6 +1172,60 @@ def test_weight_decay_groups_leave_out_what_a_timm_model_lists_in_no_weight_deca
     assert _undecayed(model, weight_decay_groups(model, 0.05)) == _undecayed(model, timms)
 
 
+
+@pytest.mark.parametrize("encoder_name, encoder_kwargs, listed", [
+    ("timm:swin_tiny_patch4_window7_224", {"embed_dim": 24, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 1, 1],
+                                           "window_size": 2}, "relative_position_bias_table"),
+    ("timm:deit_tiny_distilled_patch16_224", {"depth": 1}, "dist_token")])
+def test_a_captioners_timm_encoder_is_decayed_as_timms_optimizer_factory_decays_it(encoder_name, encoder_kwargs,
+                                                                                   listed):
+    """Only the captioner's own no_weight_decay() was read, which it has none of: the encoder's Swin relative
+    position bias tables and DeiT distillation token were decayed, which timm and visattn's classifier exempt."""
+    from timm.optim import create_optimizer_v2
+    from visattn.tasks.optimization import task_parameter_groups
+
+    task = CaptioningTask("sat_resnet50", vocab=["<pad>", "<start>", "<end>", "<unk>", "a"], weight_decay=0.05,
+                          model_kwargs={"encoder_name": encoder_name, "encoder_kwargs": encoder_kwargs,
+                                        "encoder_pretrained": False, "img_size": 64, "grid_size": 2})
+    encoder = task.model.encoder
+    ours = {name.removeprefix("encoder.") for name in _undecayed(task.model, task_parameter_groups(task))
+            if name.startswith("encoder.")}
+    timms = _undecayed(encoder, create_optimizer_v2(encoder, "adamw", weight_decay=0.05).param_groups)
+    assert ours == timms
+    assert any(listed in name and p.ndim > 1 for name, p in encoder.named_parameters() if name in ours)
+
+
+def test_norm_parameters_and_biases_of_any_shape_are_not_decayed():
+    """A global-context block's LayerNorm over (C, 1, 1) has (C, 1, 1) weights and biases, which the 1-D rule
+    decayed, against the docstring (none on biases and norms) and timm, which exempts every name ending in .bias."""
+    model = create_model("gc_resnet20_cifar", num_classes=10)
+    undecayed = _undecayed(model, weight_decay_groups(model, 0.05))
+    norms = {f"{module_name}.{name}" for module_name, module in model.named_modules()
+             if isinstance(module, torch.nn.LayerNorm) for name, _ in module.named_parameters()}
+    biases = {name for name, _ in model.named_parameters() if name.endswith(".bias")}
+    shaped = {name for name, p in model.named_parameters() if name in norms | biases and p.ndim > 1}
+    assert len(shaped) == 12 and norms | biases <= undecayed, sorted(norms | biases - undecayed)
+
+
+@pytest.mark.parametrize("name, kwargs", [
+    *[(f"{attention}resnet20_cifar", {}) for attention in ("", "se_", "cbam_", "bam_", "gc_", "nl_", "coord_", "eca_")],
+    ("vit_tiny_patch4_28", {"depth": 2}), ("detr_resnet20_cifar", {"num_classes": 3}),
+    ("fcos_resnet20_cifar", {"num_classes": 3}), ("sat_cbam_resnet_scenes", {"vocab_size": 20})])
+def test_the_decayed_parameters_are_those_timms_rule_decays_less_norms(name, kwargs):
+    """timm's rule (not 1-D, not named .bias, not listed in no_weight_decay(); visattn adds nested position
+    embeddings and tokens by name) with every normalisation layer's parameters left out, whatever their shape."""
+    from timm.optim._param_groups import param_groups_weight_decay
+
+    model = create_model(name, pretrained=False, **kwargs)
+    listed = {*(model.no_weight_decay() if hasattr(model, "no_weight_decay") else ()),
+              "*pos_embed", "*cls_token", "*reg_token"}
+    norms = {f"{module_name}.{p_name}" for module_name, module in model.named_modules()
+             if isinstance(module, (torch.nn.modules.batchnorm._NormBase, torch.nn.GroupNorm, torch.nn.LayerNorm))
+             for p_name, _ in module.named_parameters(recurse=False)}
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    timms = trained - _undecayed(model, param_groups_weight_decay(model, 0.05, no_weight_decay_list=listed))
+    assert trained - _undecayed(model, weight_decay_groups(model, 0.05)) == timms - norms
+
 @pytest.mark.parametrize("decay", [1.0, 1.5, -0.1, float("nan")])
 def test_an_ema_decay_outside_zero_to_one_is_one_line_naming_the_key(decay):
     """At 1.0 the average never moved, and validation and checkpoint selection scored the initial weights."""

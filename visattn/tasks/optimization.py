@@ -164,7 +164,8 @@ def _steps_per_epoch(trainer: pl.Trainer, total: int) -> float:
 
 def weight_decay_groups(model: nn.Module, weight_decay: float, *, lr: Optional[float] = None,
                         backbone_lr_scale: float = 1.0, layer_decay: Optional[float] = None) -> list[dict[str, Any]]:
-    """Optimizer parameter groups: ``weight_decay`` on weights, none on biases, norms, position embeddings and tokens.
+    """Optimizer parameter groups: ``weight_decay`` on weights, none on biases, norms, position embeddings, tokens
+    and what the model or a submodule lists in ``no_weight_decay()``.
 
     The groups are named (``decay``, ``no_decay``) for LearningRateMonitor's columns.
     With ``backbone_lr_scale != 1`` the backbone's parameters (detectors) get two more groups at
@@ -176,17 +177,19 @@ def weight_decay_groups(model: nn.Module, weight_decay: float, *, lr: Optional[f
     scales them (groups ``layer_K_decay``, ``layer_K_no_decay``): the head learns at ``lr``, the stem slowest.
     """
     prefix = getattr(model, "backbone_prefix", "backbone.")
-    # What the model lists itself (fnmatch patterns), as timm's optimizer factory reads it: a Swin's relative
-    # position bias tables, a DeiT's distillation token, a LeViT's attention biases.
-    undecayed = model.no_weight_decay() if callable(getattr(model, "no_weight_decay", None)) else set()
+    undecayed = _listed_no_weight_decay(model)
+    # A norm's gain and shift whatever their shape: a global-context block's LayerNorm over (C, 1, 1) has (C, 1, 1)
+    normed = {id(param) for module in model.modules() if isinstance(module, _NORMS)
+              for param in module.parameters(recurse=False)}
     layers = layer_ids(model) if layer_decay is not None else {}
     top = max(layers.values(), default=0)
     groups: dict[tuple[bool, int, bool], list[nn.Parameter]] = {} if layers else {(False, 0, True): [],
                                                                                   (False, 0, False): []}
     for name, param in model.named_parameters():
         if param.requires_grad:
-            # Biases, norm scales, position embeddings and tokens are 1-D or named so: no decay.
-            decay = not (param.ndim <= 1 or name.endswith(NO_WEIGHT_DECAY)
+            # Biases, norm scales, position embeddings and tokens are 1-D, norms' or named so: no decay.
+            decay = not (param.ndim <= 1 or id(param) in normed or name.rpartition(".")[2] == "bias"
+                         or name.endswith(NO_WEIGHT_DECAY)
                          or any(fnmatch.fnmatch(name, pattern) for pattern in undecayed))
             backbone = backbone_lr_scale != 1.0 and name.startswith(prefix)
             groups.setdefault((backbone, layers.get(name, top), decay), []).append(param)
@@ -203,6 +206,28 @@ def weight_decay_groups(model: nn.Module, weight_decay: float, *, lr: Optional[f
              "name": f"{'backbone_' if backbone else ''}{f'layer_{layer:0{len(str(top))}d}_' if layers else ''}"
                      f"{'decay' if decay else 'no_decay'}", **group_lr(backbone, layer)}
             for (backbone, layer, decay), params in groups.items() if params or not backbone]
+
+
+# Normalisation layers, subclasses included (timm's LayerNorm2d, BatchNormAct2d, GroupNorm1).
+_NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+
+
+def _listed_no_weight_decay(model: nn.Module) -> set[str]:
+    """The names and fnmatch patterns that ``model`` and its submodules list in ``no_weight_decay()`` (a Swin's
+    relative position bias tables, a DeiT's distillation token, a LeViT's attention biases), each prefixed with
+    the submodule's name: a captioner's timm encoder lists its own, which reading the outer model's alone had
+    decayed. A module's list speaks for all inside it, as timm's optimizer factory reads only the model it is given
+    (an XCiT lists its position embedding, not its attention's temperatures, which timm decays)."""
+    if callable(getattr(model, "no_weight_decay", None)):
+        return set(model.no_weight_decay())
+    listed: set[str] = set()
+    speaking: list[str] = []  # the submodules whose lists are read, to skip what is inside them
+    for name, module in model.named_modules():
+        if name and callable(getattr(module, "no_weight_decay", None)) and not any(
+                name.startswith(f"{outer}.") for outer in speaking):
+            speaking.append(name)
+            listed |= {f"{name}.{pattern}" for pattern in module.no_weight_decay()}
+    return listed
 
 
 def layer_ids(model: nn.Module) -> dict[str, int]:
