@@ -964,6 +964,25 @@ def test_a_stop_sent_to_the_whole_process_group_with_loader_workers_is_one_line(
     assert _read(in_tmp / CHECKPOINTS / "last.ckpt")["epoch"] == 0
 
 
+def test_a_fit_logged_to_a_file_says_each_epochs_metrics_as_it_ends_and_where_its_files_went(in_tmp, capsys):
+    """Output that is no terminal (slurm, nohup, `> log.txt`) had Rich's bar drawn once, after the run: the last
+    epoch only, and a killed job's log showed no epoch though its checkpoints were saved (an operations audit)."""
+    import csv
+
+    quick = QUICK[:QUICK.index("--trainer.enable_progress_bar")] + QUICK[QUICK.index("--trainer.enable_progress_bar")
+                                                                          + 2:]
+    assert main(["fit", "--config", str(CBAM_CONFIG), *quick, *SHIPPED_WEIGHTS, "--trainer.max_epochs", "2"]) == 0
+    out = capsys.readouterr().out
+    epochs = re.findall(r"^epoch (\d)/1: train/loss ([\d.]+), val/top1 ([\d.]+), val/top5 ([\d.]+) \(step \d+, \d+ s\)$",
+                        out, re.M)
+    logs = in_tmp / "outputs" / CBAM_CONFIG.stem / "logs" / "version_0"
+    with open(logs / "metrics.csv") as file:
+        logged = [row for row in csv.DictReader(file) if row["val/top1"]]
+    assert [e[0] for e in epochs] == ["0", "1"] and "\r" not in out, out
+    assert [float(e[2]) for e in epochs] == [float(f"{float(row['val/top1']):.4g}") for row in logged]
+    assert out.strip().splitlines()[-1] == f"checkpoints in {in_tmp / CHECKPOINTS}; logs in {logs}"
+
+
 def test_sigterm_in_predict_stops_it_writing_nothing(in_tmp, monkeypatch, capsys):
     """Lightning's predict loop never looks at SIGTERM: predict ran to its end and exited 0 (a review)."""
     import os

@@ -96,6 +96,7 @@ from ..weight_names import FETCHED_PREFIXES
 from .distributed import gather_shares
 from .guards import GuardedTask, seed_apart
 from .optimization import check_optimizer_settings
+from .progress import EpochLines, interactive_output
 
 log = logging.getLogger(__name__)
 
@@ -1528,9 +1529,9 @@ class VisattnCLI(LightningCLI):
             # run that a later --ckpt_path last would resume. enable_checkpointing false: Lightning refused the
             # configs' checkpoint callbacks, which only `--trainer.callbacks=[]` (all callbacks) removed.
             callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
-        # Rich progress bar by default; a config can still pick another bar or turn bars off.
+        # Rich's progress bar on a terminal, a line per epoch in a log; a config can still pick a bar or turn bars off.
         if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
-            callbacks = [*callbacks, RichProgressBar()]
+            callbacks = [*callbacks, RichProgressBar() if interactive_output() else EpochLines()]
         if not any(isinstance(c, RandomStateCheckpoint) for c in callbacks):
             callbacks = [*callbacks, RandomStateCheckpoint()]
         if self.subcommand == "fit":

@@ -1,0 +1,63 @@
+"""The progress a run reports where its output is no terminal: a slurm or nohup log, ``> log.txt``, a pipe."""
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
+
+
+def interactive_output() -> bool:
+    """Whether the progress bar draws on a terminal (or in a notebook), where Rich's bar redraws in place."""
+    from rich.console import Console
+
+    console = Console()  # as Lightning's RichProgressBar makes its own: stdout, and Rich's FORCE_COLOR and TTY rules
+    return console.is_terminal or console.is_jupyter
+
+
+class EpochLines(ProgressBar):
+    """One plain line as each training epoch ends, with the metrics a bar shows, and where the checkpoints and logs
+    went when a fit ends; the progress bar of a run whose output is no terminal.
+
+    Rich's bar, Lightning's default, draws in a log only once the run has ended, and then only the last epoch, so a
+    killed job's log showed no epoch at all; TQDM's fills a log with carriage-return frames."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._enabled = True
+        self._epoch_started = time.monotonic()
+
+    def disable(self) -> None:
+        self._enabled = False
+
+    def enable(self) -> None:
+        self._enabled = True
+
+    def print(self, *args: Any, **kwargs: Any) -> None:
+        print(*args, **kwargs, flush=True)  # a pipe's buffer had kept the lines until the run ended
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._epoch_started = time.monotonic()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._enabled:
+            return
+        metrics = {name: value for name, value in self.get_metrics(trainer, pl_module).items() if name != "v_num"}
+        shown = ", ".join(f"{name} {value:.4g}" if isinstance(value, float) else f"{name} {value}"
+                          for name, value in metrics.items())
+        # numbered as Rich's bar and the checkpoint names number them: from 0 to max_epochs - 1
+        last = "" if trainer.max_epochs in (None, -1) else f"/{trainer.max_epochs - 1}"
+        took = time.monotonic() - self._epoch_started
+        self.print(f"epoch {trainer.current_epoch}{last}: {shown or 'no metric logged'} "
+                   f"(step {trainer.global_step}, {took:.0f} s)")
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._enabled:
+            return
+        folders = dict.fromkeys(str(c.dirpath) for c in trainer.checkpoint_callbacks
+                                if isinstance(c, ModelCheckpoint) and c.dirpath)
+        saved = f"checkpoints in {', '.join(folders)}" if folders else "no checkpoint saved"
+        logs = f"; logs in {os.path.abspath(trainer.log_dir)}" if trainer.loggers and trainer.log_dir else ""
+        self.print(f"{saved}{logs}")
