@@ -1623,6 +1623,33 @@ def test_a_fit_that_would_not_learn_or_writes_elsewhere_than_asked_says_so(tmp_p
     assert "ModelCheckpoint dirpath" not in err  # the one typed is where it was asked to be
 
 
+@pytest.mark.parametrize("logs", ["scratch/logs", "~/runs/logs"])
+def test_a_configs_own_root_beside_its_folders_is_not_warned_about_and_a_tilde_in_them_is_home(logs, tmp_path,
+                                                                                             monkeypatch, capsys):
+    """A config keeping its logs apart from its default_root_dir was warned on every run that the logger's folder
+    "stays where it is", though nothing moved it; a ~ in its folders also left a literal ./~ folder in the working
+    folder, checked and made as written (an operations audit)."""
+    from fixtures_images import write_image_folder
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(sys, "argv", ["visattn"])
+    write_image_folder(tmp_path / "photos", per_class=4)
+    text = IMAGEFOLDER_CONFIG.read_text().replace("save_dir: outputs/imagefolder_template", f"save_dir: {logs}")
+    text = text.replace("outputs/imagefolder_template", "~/runs/template" if logs.startswith("~") else "outputs/mine")
+    (tmp_path / "mine.yaml").write_text(text)
+    with _warnings_shown_as_on_a_terminal():
+        code = main(["fit", "--config", "mine.yaml", "--data.init_args.root", "photos", *SMALL_FOLDER_FIT,
+                     "--trainer.limit_train_batches", "1"])
+    err = capsys.readouterr().err
+    assert code == 0 and "warning: trainer.default_root_dir" not in err, err
+    assert {path.name for path in tmp_path.iterdir()} - {"home"} == {
+        "mine.yaml", "photos", *(["outputs", "scratch"] if logs == "scratch/logs" else [])}
+    if logs.startswith("~"):
+        assert (tmp_path / "home" / "runs" / "template" / "checkpoints" / "last.ckpt").is_file()
+        assert list((tmp_path / "home" / "runs" / "logs").glob("*/version_0/metrics.csv"))
+
+
 @pytest.mark.parametrize("args, named", [
     (["classify", "photos", "--checkpiont", "X"], "visattn classify: unrecognized argument --checkpiont "
                                                   "(did you mean --checkpoint?)"),

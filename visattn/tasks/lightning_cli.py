@@ -637,13 +637,17 @@ def _keep_earlier_metrics(trainer: pl.Trainer, *, logs_metrics: bool = True) -> 
                       f"would delete; they are kept as {kept.name}{ours}", VisattnWarning)
 
 
-def _warn_of_folders_elsewhere(trainer: pl.Trainer, typed: Sequence[str] = ()) -> None:
+def _warn_of_folders_elsewhere(trainer: pl.Trainer, typed: Sequence[str] = (), *, root_moved: bool = True) -> None:
     """``trainer.default_root_dir`` moves neither checkpoints nor logs whose folders the config names: a
-    run given another one writes them into ./outputs/... (into the repository, run from there), so say so.
-    Folders ``typed`` on the command line (an added callback's ``dirpath``) are where they were asked to be."""
-    root, asked = Path(trainer.default_root_dir).resolve(), {Path(folder).resolve() for folder in typed}
+    run given another one (``root_moved``: see :func:`_root_moved`) writes them into ./outputs/... (into the
+    repository, run from there), so say so. Folders ``typed`` on the command line (an added callback's ``dirpath``)
+    are where they were asked to be."""
+    if not root_moved:
+        return
+    root, asked = Path(trainer.default_root_dir).expanduser().resolve(), {
+        Path(folder).expanduser().resolve() for folder in typed}
     elsewhere = [f"{setting} {folder}" for setting, folder in _written_folders(trainer)
-                 if (where := Path(folder).resolve()) != root and root not in where.parents and where not in asked]
+                 if (where := Path(folder).expanduser().resolve()) != root and root not in where.parents and where not in asked]
     if elsewhere:
         stay = ("stay where they are; set those too to move them" if len(elsewhere) > 1 else
                 "stays where it is; set it too to move it")
@@ -1011,7 +1015,8 @@ def _written_folders(trainer: pl.Trainer) -> list[tuple[str, str]]:
                if getattr(c, "dirpath", None)]
     folders += [("trainer.default_root_dir" if logger.save_dir == trainer.default_root_dir else "logger's save_dir",
                  logger.save_dir) for logger in trainer.loggers if logger.save_dir]
-    return list(dict.fromkeys(folders))
+    # as the loggers read ~ (checked and made as written, a literal ./~ folder had been left in the working folder)
+    return list(dict.fromkeys((setting, os.path.expanduser(folder)) for setting, folder in folders))
 
 
 def _output_error(trainer: pl.Trainer, err: OSError, default_root_dir: Optional[str]) -> Optional[ConfigError]:
@@ -1320,10 +1325,12 @@ def _said_by_the_first_process() -> Iterator[None]:
 
 class VisattnCLI(LightningCLI):
     def __init__(self, *args: Any, linked_data_attributes: tuple[str, ...] = (),
-                 model_overrides: tuple[str, ...] = (), typed_folders: tuple[str, ...] = (), **kwargs: Any) -> None:
+                 model_overrides: tuple[str, ...] = (), typed_folders: tuple[str, ...] = (), root_moved: bool = False,
+                 **kwargs: Any) -> None:
         self.linked_data_attributes = linked_data_attributes
         self.model_overrides = model_overrides  # model init_args given on the command line
         self.typed_folders = typed_folders  # callbacks' and loggers' folders given on the command line
+        self.root_moved = root_moved  # trainer.default_root_dir given apart from the config's folders
         super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -1517,7 +1524,7 @@ class VisattnCLI(LightningCLI):
             _refuse_logging_callbacks_without_logger(trainer)
             _refuse_half_weights_on_cpu(trainer)
             _refuse_sync_batchnorm_on_cpu(trainer, config)
-            _warn_of_folders_elsewhere(trainer, self.typed_folders)
+            _warn_of_folders_elsewhere(trainer, self.typed_folders, root_moved=self.root_moved)
         return trainer
 
     def _callbacks(self, config: dict[str, Any]) -> list[Callback]:
@@ -1785,6 +1792,7 @@ def _build_and_run(argv: list[str]) -> VisattnCLI:
             save_config_kwargs={"overwrite": True},  # into a name no file has (SaveConfigBesideEarlier)
             linked_data_attributes=_task_links(argv),
             model_overrides=_model_overrides(argv),
+            root_moved=_root_moved(argv),
             typed_folders=_typed_values(argv, ("--trainer.callbacks.dirpath", "--trainer.callbacks.init_args.dirpath",
                                                "--trainer.logger.save_dir", "--trainer.logger.init_args.save_dir")),
         )
@@ -1901,6 +1909,18 @@ def _task_links(argv: list[str]) -> tuple[str, ...]:
         elif flag in ("--model", "--model.class_path"):
             class_path = value
     return tuple(getattr(config_task(class_path), "linked_data_attributes", ()) if class_path else ())
+
+
+def _root_moved(argv: list[str]) -> bool:
+    """Whether ``trainer.default_root_dir`` comes from the command line or from a config that names no checkpoint or
+    log folder of its own (a second ``--config`` moving the run): a config that names its folders and its root beside
+    them chose them all, and was warned about on every run."""
+    if _typed_values(argv, ("--trainer.default_root_dir",)):
+        return True
+    trainers = [(read_config(Path(value)) or {}).get("trainer") or {}
+                for value in _typed_values(argv, ("--config", "-c")) if Path(value).is_file()]
+    setting = [trainer for trainer in trainers if "default_root_dir" in trainer][-1:]
+    return bool(setting) and not ({"callbacks", "logger"} & setting[0].keys())
 
 
 def _typed_values(argv: list[str], options: Sequence[str]) -> tuple[str, ...]:
