@@ -451,6 +451,37 @@ CASES.update({
                              "bad.safetensors: not a safetensors file that reads (damaged, cut short, or not readable "
                              "by this user); copy it again"),
 })
+# The command line's rough edges an operations audit found: `visattn:` said twice, no near command named, a missing
+# --config named as "fit.data, fit.model", a model name given to --model read as a module path
+CASES.update({
+    "no_command": (lambda tmp: [], "visattn: error: the following arguments are required: COMMAND; see "
+                                   "`visattn --help`"),
+    "misspelt_command": (lambda tmp: ["fti"], "visattn: error: unknown command 'fti' (did you mean fit?); see "
+                                              "`visattn --help`"),
+    "command_in_capitals": (lambda tmp: ["FIT", "--config", str(CBAM_CONFIG)],
+                            "unknown command 'FIT' (did you mean fit?)"),
+    "misspelt_command_with_two_near_ones": (lambda tmp: ["evalute", "--model", "se_resnet20_cifar.fmnist"],
+                                            "unknown command 'evalute' (did you mean evaluate or validate?)"),
+    "fit_without_a_config": (lambda tmp: ["fit"], "fit: give --config CONFIG, the YAML file naming the model, data "
+                                                  "and trainer (`visattn configs` lists the shipped ones;"),
+    "validate_without_a_config": (lambda tmp: ["validate", "--trainer.max_epochs", "1"],
+                                  "validate: give --config CONFIG"),
+    # the data option was refused by LightningDataModule, the base class, as if the option were the mistake
+    "test_options_without_a_config": (lambda tmp: ["test", "--data.num_workers", "0"], "test: give --config CONFIG"),
+    "predict_given_weights_name": (lambda tmp: ["predict", "x.png", "--model", "se_resnet20_cifar.fmnist"],
+                                   "--model se_resnet20_cifar.fmnist: `visattn predict` runs a config's model on the "
+                                   "config's data, and --model takes the model's task class, not a model name; "
+                                   "classify image files with `visattn classify FILES --model "
+                                   "se_resnet20_cifar.fmnist`, or run it from a config with --config CONFIG "
+                                   "--model.init_args.model_name se_resnet20_cifar.fmnist"),
+    "fit_given_detector_name": (lambda tmp: ["fit", "--config", str(CBAM_CONFIG),
+                                             "--model=fcos_se_resnet20_cifar.scenes"],
+                                "detect image files with `visattn detect FILES --model fcos_se_resnet20_cifar.scenes`"),
+    # an architecture without weights: nothing to run on files, only a config to train it in
+    "fit_given_architecture_name": (lambda tmp: ["fit", "--model.class_path", "cbam_resnet20_cifar"],
+                                    "not a model name; run it from a config with --config CONFIG "
+                                    "--model.init_args.model_name cbam_resnet20_cifar"),
+})
 NEEDS_DATA = {"unknown_model_in_config", "resume_from_another_architecture", "pretrained_of_another_architecture",
               "run_bounded_only_by_time", "ckpt_path_given_weights", "zero_img_size_in_config"}
 

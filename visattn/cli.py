@@ -662,7 +662,30 @@ class _OneLineErrorParser(argparse.ArgumentParser):
     """Usage mistakes print one line, like every other user error, instead of the usage text; exit code 2."""
 
     def error(self, message: str) -> None:
-        self.exit(2, f"visattn: error: {self.prog}: {message}; see `{self.prog} --help`\n")
+        where = "" if self.prog == "visattn" else f"{self.prog}: "  # the top parser's name starts the line already
+        self.exit(2, f"visattn: error: {where}{message}; see `{self.prog} --help`\n")
+
+
+class _TopParser(_OneLineErrorParser):
+    """The ``visattn`` parser: an unknown command is named with the nearest commands (``fti``, ``FIT``: fit)."""
+
+    _args: Sequence[str] = ()  # what the last parse was given, for error()
+
+    def parse_known_args(self, args: Optional[Sequence[str]] = None,  # type: ignore[override]
+                         namespace: Optional[argparse.Namespace] = None) -> tuple[argparse.Namespace, list[str]]:
+        self._args = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(self._args, namespace)
+
+    def error(self, message: str) -> None:
+        # The command is the first word that is no option: the options before it (--version, --help) take no value.
+        given = next((arg for arg in self._args if not arg.startswith("-")), None)
+        commands = [name for action in self._actions if isinstance(action, argparse._SubParsersAction)
+                    for name in action.choices]
+        if given is not None and given not in commands:
+            close = difflib.get_close_matches(given.lower(), commands, n=2)
+            if close:
+                message = f"unknown command {given!r} (did you mean {' or '.join(close)}?)"
+        super().error(message)
 
 
 class _HelpWithDefaults(argparse.HelpFormatter):
@@ -784,7 +807,7 @@ class _PrintVersion(argparse.Action):
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``visattn`` command line: LightningCLI's commands, then one ``_add_*_command`` per command of its own."""
-    parser = _OneLineErrorParser(prog="visattn", description="Vision attention model zoo.")
+    parser = _TopParser(prog="visattn", description="Vision attention model zoo.")
     parser.add_argument("--version", action=_PrintVersion, nargs=0,
                         help="print visattn's version and its libraries' (torch, torchvision, timm, lightning)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_CommandParser)

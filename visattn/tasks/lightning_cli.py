@@ -1779,6 +1779,7 @@ def plain_help(text: str) -> str:
 
 def _build_and_run(argv: list[str]) -> VisattnCLI:
     _check_section_files(argv)
+    _refuse_model_names(argv)
     try:
         return VisattnCLI(
             pl.LightningModule,
@@ -1797,7 +1798,7 @@ def _build_and_run(argv: list[str]) -> VisattnCLI:
                                                "--trainer.logger.save_dir", "--trainer.logger.init_args.save_dir")),
         )
     except ArgumentError as err:
-        mapped = _unknown_trainer_class(err) or _wrong_type(err, argv)
+        mapped = _no_config(err, argv) or _unknown_trainer_class(err) or _wrong_type(err, argv)
         if mapped is not None:
             raise mapped from None
         blamed = argv[:1] if str(err).startswith("unrecognized argument") else argv[:3]  # the option, not the config
@@ -1981,6 +1982,45 @@ def _read_yaml(path: Path, *, flag: str) -> Any:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError(f"{flag} {path}: not valid YAML ({getattr(err, 'problem', None) or 'unreadable'}{where}); "
                           "mend the file") from None
+
+
+def _no_config(err: ArgumentError, argv: list[str]) -> Optional[ConfigError]:
+    """For a command given no ``--config``, whose model or data LightningCLI then lacks ("the following arguments are
+    required: fit.data, fit.model", or a data option refused by the base class LightningDataModule), the one line
+    saying to give one; None for any other error."""
+    subcommand = argv[0]
+    if _typed_values(argv, ("--config", "-c")):
+        return None
+    lacking = re.search(rf"arguments are required: {subcommand}\.(data|model)\b", str(err)) \
+        or re.search(r'"(data|model)": Lightning(DataModule|Module): ', _first_line(err))
+    if lacking is None:
+        return None
+    return ConfigError(f"{subcommand}: give --config CONFIG, the YAML file naming the model, data and trainer "
+                       f"(`visattn configs` lists the shipped ones; e.g. `visattn {subcommand} --config "
+                       "configs/classification/demo_cbam_fmnist.yaml`)")
+
+
+def _refuse_model_names(argv: list[str]) -> None:
+    """A registered model name or ARCH.TAG given to ``--model``, which takes a task class (jsonargparse read
+    ``se_resnet20_cifar.fmnist`` as a module path: "No module named 'se_resnet20_cifar'"), is one line saying where a
+    model name goes: to a config's ``model_name``, or to the command that runs it on files."""
+    from ..registry import is_model, list_pretrained, model_family
+
+    given = [(option, value) for option in ("--model", "--model.class_path") for value in _typed_values(argv, [option])]
+    # a file of the model section's settings is no model name, even where its stem is one
+    named = [(option, value) for option, value in given
+             if not (config_file_name(value) or Path(value).expanduser().exists()) and is_model(value)]
+    if not named:
+        return
+    option, value = named[0]
+    arch, tag = split_model_name(value)
+    family = model_family(arch)
+    verb = "detect" if family == "detection" else "caption" if family == "show_attend_tell" else "classify"
+    weighted = tag is not None or any(split_model_name(name)[0] == arch for name in list_pretrained())
+    files = f"{verb} image files with `visattn {verb} FILES --model {value}`, or " if weighted else ""
+    raise ConfigError(f"{option} {value}: `visattn {argv[0]}` runs a config's model on the config's data, and "
+                      f"{option} takes the model's task class, not a model name; {files}run it from a config "
+                      f"with --config CONFIG --model.init_args.model_name {value}")
 
 
 def _check_section_files(argv: list[str]) -> None:
