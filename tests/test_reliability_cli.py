@@ -232,6 +232,10 @@ CASES = {
                                           "data.init_args.auto_augment='rand-x9': timm cannot read it"),
     "crop_scale_for_the_small_recipe": (lambda tmp: [*FIT, "--data.init_args.scale", "[0.08, 1.0]"],
                                         "data.init_args.scale: the 'small' recipe pads and crops at full size"),
+    # a recipe audit: "norm" was said of value clipping too
+    "negative_gradient_clip_value": (lambda tmp: [*FIT, "--trainer.gradient_clip_val", "-1",
+                                                  "--trainer.gradient_clip_algorithm", "value"],
+                                     "trainer.gradient_clip_val=-1: give the positive value to clip gradients to"),
     "negative_gradient_clip_val": (lambda tmp: [*FIT, "--trainer.gradient_clip_val", "-1"],
                                    "trainer.gradient_clip_val=-1: give the positive norm to clip gradients to, "
                                    "or 0 for no clipping"),
@@ -1638,7 +1642,7 @@ def test_a_fit_that_would_not_learn_or_writes_elsewhere_than_asked_says_so(tmp_p
     assert code == 0, err
     assert "warning: model.init_args.lr 0: the weights will not change" in err
     assert ("warning: model.init_args.warmup_epochs 5.0 is longer than the run (trainer.max_epochs 1): the learning "
-            "rate never reaches model.init_args.lr") in err
+            "rate reaches model.init_args.lr only at the run's last step and never decays") in err
     moved = [line for line in err.splitlines() if line.startswith("warning: trainer.default_root_dir elsewhere: ")]
     assert len(moved) == 1 and moved[0].count(f"ModelCheckpoint dirpath {tmp_path}/outputs/") == 1, err  # it was twice
     assert moved[0].endswith(" stay where they are; set those too to move them"), err
@@ -1652,6 +1656,24 @@ def test_a_fit_that_would_not_learn_or_writes_elsewhere_than_asked_says_so(tmp_p
     err = capsys.readouterr().err
     assert "warning: trainer.default_root_dir second: the config's logger's save_dir " in err, err
     assert "ModelCheckpoint dirpath" not in err  # the one typed is where it was asked to be
+
+
+@pytest.mark.parametrize("warmup, said", [(2, "as long as"), (3, "longer than"), (1.5, None)])
+def test_a_warm_up_as_long_as_the_run_is_warned_of_as_one_that_never_decays(warmup, said):
+    """The warm-up ends a step before the run at the latest, so one as long as the run (silent) and one longer
+    (said never to reach lr, which it does at the last step) both leave the rate undecayed (a recipe audit)."""
+    from jsonargparse import Namespace
+
+    from visattn.tasks.lightning_cli import _check_training
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _check_training(Namespace(init_args=Namespace(warmup_epochs=warmup, lr=0.001)),
+                        Namespace(max_epochs=2, max_steps=-1))
+    messages = [str(w.message) for w in caught]
+    assert messages == ([] if said is None else [
+        f"model.init_args.warmup_epochs {warmup} is {said} the run (trainer.max_epochs 2): the learning rate reaches "
+        "model.init_args.lr only at the run's last step and never decays; shorten the warm-up"])
 
 
 @pytest.mark.parametrize("logs", ["scratch/logs", "~/runs/logs"])

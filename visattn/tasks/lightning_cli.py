@@ -611,9 +611,12 @@ def _check_training(model: Any, trainer: Any) -> None:
                       VisattnWarning)
     warmup, epochs = init_args.get("warmup_epochs"), trainer.get("max_epochs")
     bounded_by_epochs = isinstance(epochs, int) and trainer.get("max_steps", -1) == -1
-    if isinstance(warmup, (int, float)) and bounded_by_epochs and 0 < epochs < warmup:
-        warnings.warn(f"model.init_args.warmup_epochs {warmup} is longer than the run (trainer.max_epochs {epochs}): "
-                      "the learning rate never reaches model.init_args.lr; shorten the warm-up", VisattnWarning)
+    # The warm-up ends a step before the run does at the latest: the rate reaches lr at the last step, not decayed.
+    if isinstance(warmup, (int, float)) and bounded_by_epochs and 0 < epochs <= warmup:
+        longer = "longer than" if warmup > epochs else "as long as"
+        warnings.warn(f"model.init_args.warmup_epochs {warmup} is {longer} the run (trainer.max_epochs {epochs}): the "
+                      "learning rate reaches model.init_args.lr only at the run's last step and never decays; shorten "
+                      "the warm-up", VisattnWarning)
 
 
 def _first_process() -> bool:
@@ -1500,7 +1503,8 @@ class VisattnCLI(LightningCLI):
         config = self._get(self.config_init, "trainer", default={})
         clip = config.get("gradient_clip_val")
         if clip is not None and not (math.isfinite(clip) and clip >= 0):  # a negative norm turns the gradients round
-            raise ConfigError(f"trainer.gradient_clip_val={clip}: give the positive norm to clip gradients to, "
+            bound = "value" if config.get("gradient_clip_algorithm") == "value" else "norm"
+            raise ConfigError(f"trainer.gradient_clip_val={clip}: give the positive {bound} to clip gradients to, "
                               "or 0 for no clipping")
         if config.get("gradient_clip_algorithm") is not None and not clip:  # Lightning clips nothing then
             raise ConfigError(f"trainer.gradient_clip_algorithm {config['gradient_clip_algorithm']} without "
