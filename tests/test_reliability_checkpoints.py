@@ -927,7 +927,9 @@ def test_sigterm_in_fit_stops_the_run_at_its_next_step_and_is_no_success(in_tmp,
     fit = ["fit", "--config", str(CBAM_CONFIG), *QUICK, *SHIPPED_WEIGHTS, "--trainer.max_epochs", "3",
            "--trainer.callbacks", EPOCH_AND_LAST]
     assert main(fit) == 143
-    assert capfd.readouterr().err.strip().splitlines()[-1] == "visattn: terminated; resume with --ckpt_path last"
+    # the epoch's first step came before Lightning stopped: lost with the epoch, which a resumed run trains again
+    assert capfd.readouterr().err.strip().splitlines()[-1] == ("visattn: terminated; resume with --ckpt_path last "
+                                                               "(the step since its last checkpoint is trained again)")
     assert _read(in_tmp / CHECKPOINTS / "last.ckpt")["epoch"] == 0  # the finished epoch's, whole
     assert signal.getsignal(signal.SIGTERM) is handler
 
@@ -960,7 +962,8 @@ def test_a_stop_sent_to_the_whole_process_group_with_loader_workers_is_one_line(
     proc = subprocess.run([sys.executable, "-c", _STOPPED_AS_A_GROUP, signame, *fit], capture_output=True, text=True,
                           timeout=600, start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 143 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    assert proc.stderr.strip().splitlines()[-1] == "visattn: terminated; resume with --ckpt_path last"
+    assert proc.stderr.strip().splitlines()[-1] == ("visattn: terminated; resume with --ckpt_path last (the 2 steps "
+                                                    "since its last checkpoint are trained again)")
     assert _read(in_tmp / CHECKPOINTS / "last.ckpt")["epoch"] == 0
 
 

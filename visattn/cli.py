@@ -168,7 +168,10 @@ def _resume_hint(subcommand: str, interrupt: KeyboardInterrupt) -> str:
     if subcommand != "fit":
         return ""
     if getattr(interrupt, "resumable", False):
-        return "; resume with --ckpt_path last"
+        lost = getattr(interrupt, "steps_lost", 0)
+        since = (f" (the {lost} steps since its last checkpoint are trained again)" if lost > 1 else
+                 " (the step since its last checkpoint is trained again)" if lost == 1 else "")
+        return f"; resume with --ckpt_path last{since}"
     return "; no checkpoint was saved yet, so run the same command again to start afresh"
 
 

@@ -103,11 +103,12 @@ log = logging.getLogger(__name__)
 
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C in a Lightning command, or with ``terminated`` SIGTERM, which Lightning stops the run for at its next
-    step; ``resumable``: the run left a last checkpoint for ``--ckpt_path last``."""
+    step; ``resumable``: the run left a last checkpoint for ``--ckpt_path last``, ``steps_lost`` optimizer steps
+    before it stopped, which a resumed run trains again."""
 
-    def __init__(self, resumable: bool, *, terminated: bool = False) -> None:
+    def __init__(self, resumable: bool, *, terminated: bool = False, steps_lost: int = 0) -> None:
         super().__init__()
-        self.resumable, self.terminated = resumable, terminated
+        self.resumable, self.terminated, self.steps_lost = resumable, terminated, steps_lost
 
 
 def _failed_write(path: Path, err: RuntimeError) -> tuple[int, str]:
@@ -1560,10 +1561,20 @@ class VisattnCLI(LightningCLI):
                               "Lightning takes it), or false for none")
         super()._set_seed()
 
-    def _left_last_checkpoint(self) -> bool:
-        # Only this run's: a fresh fit refuses folders that hold an earlier run's checkpoints.
+    def _last_checkpoint(self) -> dict[str, Any]:
+        """``resumable``: the run left a last checkpoint, only this run's (a fresh fit refuses folders that hold an
+        earlier run's); ``steps_lost``: the steps it trained after the newest one (a stop mid-epoch loses them)."""
         folders = [Path(c.dirpath) for c in self.trainer.checkpoint_callbacks if getattr(c, "dirpath", None)]
-        return any(path.is_file() for folder in folders for path in folder.glob("last*" + ModelCheckpoint.FILE_EXTENSION))
+        found = [path for folder in folders for path in folder.glob("last*" + ModelCheckpoint.FILE_EXTENSION)
+                 if path.is_file()]
+        if not found:
+            return {"resumable": False}
+        try:
+            saved_at = read_checkpoint(max(found, key=lambda path: path.stat().st_mtime), lazy=True).get("global_step")
+        except (VisattnError, OSError):  # said when it is resumed
+            saved_at = None
+        lost = self.trainer.global_step - saved_at if isinstance(saved_at, int) else 0
+        return {"resumable": True, "steps_lost": max(lost, 0)}
 
     def _run_subcommand(self, subcommand: str) -> None:
         sigint = signal.getsignal(signal.SIGINT)
@@ -1571,12 +1582,12 @@ class VisattnCLI(LightningCLI):
             with _log_filter(_not_interrupt_notice):
                 super()._run_subcommand(subcommand)
         except KeyboardInterrupt:  # before Lightning's own handling started, e.g. while reading the data
-            raise Interrupted(self._left_last_checkpoint()) from None
+            raise Interrupted(**self._last_checkpoint()) from None
         except SIGTERMException:  # a SystemExit without a code: a preempted run would exit 0, as a finished one
-            raise Interrupted(self._left_last_checkpoint(), terminated=True) from None
+            raise Interrupted(**self._last_checkpoint(), terminated=True) from None
         except SystemExit as exit:
             if isinstance(exit.__context__, KeyboardInterrupt):  # Lightning's shutdown after Ctrl-C exits with 1
-                raise Interrupted(self._left_last_checkpoint()) from None
+                raise Interrupted(**self._last_checkpoint()) from None
             raise
         except ValueError as err:
             mapped = _late_trainer_error(err)
