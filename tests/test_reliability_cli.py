@@ -381,7 +381,11 @@ CASES = {
                                      "error: trainer.callbacks: ModelCheckpoint: `mode` can be min, max but got maxx; "
                                      "fix its init_args in the config's trainer.callbacks"),  # no subclass forms
     "fashion_mnist_root_not_there": (lambda tmp: [*FIT, "--data.init_args.root", "nodata"],  # in tmp, the cwd
-                                     "data.init_args.root=nodata: no such folder; give the folder holding"),
+                                     "data.init_args.root=nodata: no such folder in the working folder "),
+    # an operations audit: run from another folder, a config's relative root named no folder it was looked for in
+    "image_folder_root_relative_and_not_there": (lambda tmp: ["fit", "--config", str(IMAGEFOLDER_CONFIG),
+                                                              "--data.init_args.root", "data/train"],
+                                                 "data/train: no such folder in the working folder "),
     "val_fraction_of_one": (lambda tmp: [*FIT, "--data.init_args.val_fraction", "1.0"],
                             "error: data.init_args.val_fraction=1.0: must be in [0, 1)"),
     "crop_pct_above_one": (lambda tmp: ["fit", "--config", str(IMAGEFOLDER_CONFIG), "--data.init_args.root", str(tmp),

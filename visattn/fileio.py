@@ -233,8 +233,12 @@ def missing_reason(path: PathLike, what: str = "file") -> str:
 
 
 def not_a_folder(path: PathLike) -> str:
-    """Why ``path``, which is no folder, cannot be read as one."""
-    return "a file, not a folder" if Path(path).exists() else "no such folder"
+    """Why ``path``, which is no folder, cannot be read as one; a relative one names the working folder it was looked
+    for in (a config's relative data root run from another folder was "data/train: no such folder")."""
+    if Path(path).exists():
+        return "a file, not a folder"
+    where = "" if Path(path).expanduser().is_absolute() else f" in the working folder {Path.cwd()}"
+    return f"no such folder{where}"
 
 
 def atomic_write_text(path: Union[str, Path], text: str) -> None:
