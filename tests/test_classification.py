@@ -203,6 +203,38 @@ def test_warmup_cosine_schedule():
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-9)
 
 
+def _step_gradients(batches: int, accumulate: int) -> list[torch.Tensor]:
+    """The gradient each optimizer step of one epoch takes, of a classifier fit on ``batches`` fixed batches of 4."""
+    import lightning.pytorch as pl
+    from torch.utils.data import DataLoader, TensorDataset
+
+    torch.manual_seed(0)
+    task = ImageClassifier("resnet20_cifar", num_classes=3, model_kwargs={"layers": (1, 1, 1)}, lr=1e-3)
+    images = torch.randn(4 * batches, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    data = DataLoader(TensorDataset(images, torch.arange(4 * batches) % 3), batch_size=4)
+    seen: list[torch.Tensor] = []
+
+    class Gradients(pl.Callback):
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            seen.append(torch.cat([p.grad.flatten() for p in pl_module.model.parameters() if p.grad is not None]))
+
+    pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+               enable_model_summary=False, accelerator="cpu", limit_val_batches=0, accumulate_grad_batches=accumulate,
+               callbacks=[Gradients()]).fit(task, data)
+    return seen
+
+
+def test_the_epochs_last_shorter_accumulation_window_averages_over_its_own_batches():
+    """Lightning divided its loss by accumulate_grad_batches too: one batch under accumulation 4 took a quarter of
+    its gradient (a recipe audit; timm's train.py divides the last window by its own length)."""
+    alone, = _step_gradients(1, 1)
+    short, = _step_gradients(1, 4)
+    torch.testing.assert_close(short, alone)
+    pair, = _step_gradients(2, 2)  # a whole window of two batches: their mean, as Lightning takes it
+    short_pair, = _step_gradients(2, 3)
+    torch.testing.assert_close(short_pair, pair)
+
+
 @pytest.mark.parametrize("max_epochs, accumulate, expected", [(None, 1, 20), (-1, 1, 20), (1000, 1, 20), (None, 3, 7)])
 def test_warm_up_lasts_its_epochs_when_max_steps_ends_the_run(max_epochs, accumulate, expected):
     """An epoch of 20 batches, a run of 30 steps, warmup_epochs 1: the warm-up had been 0 or 29 steps."""

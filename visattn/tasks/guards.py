@@ -7,6 +7,7 @@ tells epoch-end hooks, which every process reaches, whether there is a metric to
 """
 import functools
 import logging
+import math
 import random
 from typing import Any, Callable, Optional
 
@@ -221,6 +222,21 @@ class GuardedTask:
     def check_run(self, trainer: pl.Trainer, datamodule: Optional[pl.LightningDataModule], stage: str) -> None:
         """One line for a setting of ``trainer`` or ``datamodule`` this task cannot ``stage`` with (``fit``, ...).
         ``setup`` calls it; ``visattn fit`` calls it first, before it writes the run's folder."""
+
+    def backward(self, loss: Tensor, *args: Any, **kwargs: Any) -> None:
+        super().backward(loss * self._short_window_scale(), *args, **kwargs)
+
+    def _short_window_scale(self) -> float:
+        """Lightning divides each batch's loss by ``accumulate_grad_batches``, the epoch's last, shorter window's
+        too, whose gradient came out that many times too small (one batch under accumulation 4: a quarter, which
+        changed what clipping clipped): that window's batches are scaled to a mean over its own length, as timm's
+        train.py divides them."""
+        trainer = self.trainer  # type: ignore[attr-defined]
+        every, batches = trainer.accumulate_grad_batches, trainer.num_training_batches
+        if every == 1 or not math.isfinite(batches):
+            return 1.0
+        short = int(batches) % every
+        return every / short if short and trainer.fit_loop.epoch_loop.batch_idx >= int(batches) - short else 1.0
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         super().optimizer_step(*args, **kwargs)
