@@ -1914,6 +1914,23 @@ def test_a_config_commands_help_names_visattn_under_python_m(script, argv, usage
     assert capsys.readouterr().out.startswith(usage)
 
 
+@pytest.mark.parametrize("command, example", [
+    ("fit", "`visattn fit --config configs/classification/se_resnet20_fmnist.yaml --trainer.max_epochs 5`"),
+    ("validate", "`visattn validate --config CONFIG --ckpt_path CHECKPOINT`"),
+    ("test", "`visattn test --config CONFIG --ckpt_path CHECKPOINT`"),
+    ("predict", "`visattn classify|caption|detect FILES --model ARCH.TAG`")])
+def test_a_config_commands_help_starts_with_what_it_does_and_an_example(command, example, monkeypatch, capsys):
+    """Some 480 lines of options under "Runs the full optimization routine.", with no example and no word of
+    `visattn configs` (an operations audit)."""
+    monkeypatch.setattr(sys, "argv", ["visattn", command, "--help"])
+    with pytest.raises(SystemExit) as exit:
+        main([command, "--help"])
+    out = capsys.readouterr().out
+    about = " ".join(out.partition("\n\n")[2].partition("\n\n")[0].split())  # the paragraph after the usage lines
+    assert exit.value.code == 0 and example in about and "`visattn configs` lists the shipped configs" in about, about
+    assert "--model.help visattn.tasks.classification.ImageClassifier" in about  # a class path, as it takes
+
+
 def test_a_tasks_and_data_modules_help_show_docstring_markup_as_plain_words(monkeypatch, capsys):
     """`--model.help` said `see :func:`visattn.create_model`.` and ``"photo"`` with its backticks (a help-text audit)."""
     shown = []

@@ -1792,6 +1792,24 @@ def plain_help(text: str) -> str:
     return _REST_MARKUP.sub(plain, text)
 
 
+_TASK_HELP = ("`visattn configs` lists the shipped configs, and `--model.help visattn.tasks.classification.ImageClassifier` "
+              "(or captioning.CaptioningTask, detection.DetectionTask) a task's settings.")
+# What `visattn COMMAND --help` says first, in place of the Trainer method's docstring ("Runs the full optimization
+# routine."), above some 480 lines of options.
+COMMAND_DESCRIPTIONS = {
+    "fit": "Train the model a config names on its data: `visattn fit --config CONFIG [--section.key VALUE ...]`, e.g. "
+           "`visattn fit --config configs/classification/se_resnet20_fmnist.yaml --trainer.max_epochs 5`; resume a "
+           f"stopped run with `--ckpt_path last`. {_TASK_HELP}",
+    "validate": "Score a config's model on the config's validation split: `visattn validate --config CONFIG --ckpt_path "
+                f"CHECKPOINT` (or `--model.init_args.model_name ARCH.TAG` for shipped weights). {_TASK_HELP}",
+    "test": "Score a config's model on the config's test split: `visattn test --config CONFIG --ckpt_path CHECKPOINT` "
+            f"(or `--model.init_args.model_name ARCH.TAG` for shipped weights). {_TASK_HELP}",
+    "predict": "Write a config's model's predictions on the config's test split to predictions.jsonl in the run's "
+               "folder: `visattn predict --config CONFIG --ckpt_path CHECKPOINT`; for image files, use `visattn "
+               f"classify|caption|detect FILES --model ARCH.TAG`. {_TASK_HELP}",
+}
+
+
 def _build_and_run(argv: list[str]) -> VisattnCLI:
     _check_section_files(argv)
     _refuse_model_names(argv)
@@ -1802,7 +1820,8 @@ def _build_and_run(argv: list[str]) -> VisattnCLI:
             subclass_mode_model=True,
             subclass_mode_data=True,
             args=argv,
-            parser_kwargs={"exit_on_error": False},
+            parser_kwargs={"exit_on_error": False, **{command: {"description": about}
+                                                      for command, about in COMMAND_DESCRIPTIONS.items()}},
             parser_class=_VisattnParser,
             save_config_callback=SaveConfigBesideEarlier,
             save_config_kwargs={"overwrite": True},  # into a name no file has (SaveConfigBesideEarlier)
