@@ -1914,6 +1914,18 @@ def test_a_config_commands_help_names_visattn_under_python_m(script, argv, usage
     assert capsys.readouterr().out.startswith(usage)
 
 
+def test_a_task_class_of_a_users_module_named_like_a_model_is_no_model_name(tmp_path, monkeypatch):
+    """`--model resnet18.MyTask` names a class of the user's resnet18.py, which LightningCLI imports: only a name
+    that is no importable module's class is taken for a model name given to --model."""
+    from visattn.tasks.lightning_cli import _refuse_model_names
+
+    with pytest.raises(ConfigError, match="--model resnet18.MyTask: `visattn fit` runs a config's model"):
+        _refuse_model_names(["fit", "--model", "resnet18.MyTask"])
+    (tmp_path / "resnet18.py").write_text("MyTask = None\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    _refuse_model_names(["fit", "--model", "resnet18.MyTask"])
+
+
 @pytest.mark.parametrize("command, example", [
     ("fit", "`visattn fit --config configs/classification/se_resnet20_fmnist.yaml --trainer.max_epochs 5`"),
     ("validate", "`visattn validate --config CONFIG --ckpt_path CHECKPOINT`"),

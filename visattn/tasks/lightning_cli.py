@@ -2041,9 +2041,11 @@ def _refuse_model_names(argv: list[str]) -> None:
     from ..registry import is_model, list_pretrained, model_family
 
     given = [(option, value) for option in ("--model", "--model.class_path") for value in _typed_values(argv, [option])]
-    # a file of the model section's settings is no model name, even where its stem is one
+    # a file of the model section's settings is no model name, even where its stem is one, nor is a class of a
+    # module that imports (a user's resnet18.py)
     named = [(option, value) for option, value in given
-             if not (config_file_name(value) or Path(value).expanduser().exists()) and is_model(value)]
+             if not (config_file_name(value) or Path(value).expanduser().exists() or _importable(value))
+             and is_model(value)]
     if not named:
         return
     option, value = named[0]
@@ -2055,6 +2057,14 @@ def _refuse_model_names(argv: list[str]) -> None:
     raise ConfigError(f"{option} {value}: `visattn {argv[0]}` runs a config's model on the config's data, and "
                       f"{option} takes the model's task class, not a model name; {files}run it from a config "
                       f"with --config CONFIG --model.init_args.model_name {value}")
+
+
+def _importable(class_path: str) -> bool:
+    module = class_path.rpartition(".")[0]
+    try:
+        return bool(module) and importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package that does not import, or an empty name part
+        return False
 
 
 def _check_section_files(argv: list[str]) -> None:
