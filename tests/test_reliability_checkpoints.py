@@ -938,6 +938,7 @@ def test_sigterm_in_fit_stops_the_run_at_its_next_step_and_is_no_success(in_tmp,
 # process, as slurm's scancel or a closed terminal does (torch's workers end quietly when the main process signals).
 _STOPPED_AS_A_GROUP = """
 import os, signal, subprocess, sys
+signal.signal(signal.SIGHUP, signal.SIG_DFL)  # as a terminal's session has it: the tests may run under nohup
 from visattn.cli import main
 from visattn.tasks.classification import ImageClassifier
 real_step, sent = ImageClassifier.training_step, []
