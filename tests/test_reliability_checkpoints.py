@@ -977,8 +977,8 @@ def test_a_fit_logged_to_a_file_says_each_epochs_metrics_as_it_ends_and_where_it
                                                                           + 2:]
     assert main(["fit", "--config", str(CBAM_CONFIG), *quick, *SHIPPED_WEIGHTS, "--trainer.max_epochs", "2"]) == 0
     out = capsys.readouterr().out
-    epochs = re.findall(r"^epoch (\d)/1: train/loss ([\d.]+), val/top1 ([\d.]+), val/top5 ([\d.]+) \(step \d+, \d+ s\)$",
-                        out, re.M)
+    epochs = re.findall(r"^epoch (\d)/1: train/loss ([\d.]+), val/top1 ([\d.]+), val/top5 ([\d.]+) "
+                        r"\(step \d+, \d+ s\)$", out, re.M)
     logs = in_tmp / "outputs" / CBAM_CONFIG.stem / "logs" / "version_0"
     with open(logs / "metrics.csv") as file:
         logged = [row for row in csv.DictReader(file) if row["val/top1"]]

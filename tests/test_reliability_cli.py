@@ -309,7 +309,8 @@ CASES = {
                                   "d.yaml: not valid YAML (key 'batch_size' given twice"),
     "data_given_a_list_in_a_second_config": (lambda tmp: [*FIT, "--config", _written(tmp, "second.yaml",
                                                                                       "data:\n  - 1\n")],
-                                             "second.yaml: data: holds a YAML list, not settings; give it a class_path"),
+                                             "second.yaml: data: holds a YAML list, not settings; give it a "
+                                             "class_path"),
     "trainer_given_a_list": (lambda tmp: [*FIT, "--config", _written(tmp, "trainer.yaml", "trainer:\n  - 1\n")],
                              "trainer.yaml: trainer: holds a YAML list, not settings; give it its settings"),
     "config_that_is_a_pipe": (lambda tmp: ["fit", "--config", _fifo(tmp)],

@@ -174,7 +174,8 @@ def caption_files(captioner: Captioner, paths: Sequence[str], *, beam_size: int 
         tokens, attention, finished = result
         words = captioner.vocab.words(tokens.tolist())
         # the caption as predict writes it
-        record = {"file": str(item.path), "caption": captioner.vocab.caption_text(tokens.tolist()), "finished": finished}
+        record = {"file": str(item.path), "caption": captioner.vocab.caption_text(tokens.tolist()),
+                  "finished": finished}
         if target is not None:  # asked for: the record says where it went, or null for an empty caption
             fig = None
             if words:

@@ -651,7 +651,8 @@ def _warn_of_folders_elsewhere(trainer: pl.Trainer, typed: Sequence[str] = (), *
     root, asked = Path(trainer.default_root_dir).expanduser().resolve(), {
         Path(folder).expanduser().resolve() for folder in typed}
     elsewhere = [f"{setting} {folder}" for setting, folder in _written_folders(trainer)
-                 if (where := Path(folder).expanduser().resolve()) != root and root not in where.parents and where not in asked]
+                 if (where := Path(folder).expanduser().resolve()) != root and root not in where.parents
+                 and where not in asked]
     if elsewhere:
         stay = ("stay where they are; set those too to move them" if len(elsewhere) > 1 else
                 "stays where it is; set it too to move it")
@@ -1792,16 +1793,18 @@ def plain_help(text: str) -> str:
     return _REST_MARKUP.sub(plain, text)
 
 
-_TASK_HELP = ("`visattn configs` lists the shipped configs, and `--model.help visattn.tasks.classification.ImageClassifier` "
-              "(or captioning.CaptioningTask, detection.DetectionTask) a task's settings.")
+_TASK_HELP = ("`visattn configs` lists the shipped configs, and `--model.help "
+              "visattn.tasks.classification.ImageClassifier` (or captioning.CaptioningTask, detection.DetectionTask) "
+              "a task's settings.")
 # What `visattn COMMAND --help` says first, in place of the Trainer method's docstring ("Runs the full optimization
 # routine."), above some 480 lines of options.
 COMMAND_DESCRIPTIONS = {
     "fit": "Train the model a config names on its data: `visattn fit --config CONFIG [--section.key VALUE ...]`, e.g. "
            "`visattn fit --config configs/classification/se_resnet20_fmnist.yaml --trainer.max_epochs 5`; resume a "
            f"stopped run with `--ckpt_path last`. {_TASK_HELP}",
-    "validate": "Score a config's model on the config's validation split: `visattn validate --config CONFIG --ckpt_path "
-                f"CHECKPOINT` (or `--model.init_args.model_name ARCH.TAG` for shipped weights). {_TASK_HELP}",
+    "validate": "Score a config's model on the config's validation split: `visattn validate --config CONFIG "
+                "--ckpt_path CHECKPOINT` (or `--model.init_args.model_name ARCH.TAG` for shipped weights). "
+                f"{_TASK_HELP}",
     "test": "Score a config's model on the config's test split: `visattn test --config CONFIG --ckpt_path CHECKPOINT` "
             f"(or `--model.init_args.model_name ARCH.TAG` for shipped weights). {_TASK_HELP}",
     "predict": "Write a config's model's predictions on the config's test split to predictions.jsonl in the run's "
