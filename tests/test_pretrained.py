@@ -2174,7 +2174,8 @@ def test_an_installed_wheel_carries_every_package_and_the_shipped_weights(tmp_pa
              "import visattn, visattn.pretrained as p; "
              f"print(*[importlib.import_module(m).__file__ for m in {packages}], sep='\\n'); "
              "print(visattn.__file__, p.shipped_weights_dir(), p.weights_dir(), visattn.list_pretrained(), sep='\\n'); "
-             "visattn.create_model('se_resnet20_cifar.fmnist'); from visattn.cli import main; "
+             "visattn.create_model('se_resnet20_cifar.fmnist'); from visattn.cli import PARAMETER_COUNTS, main; "
+             "assert PARAMETER_COUNTS.is_file(), PARAMETER_COUNTS; "
              "main(['fit', '--config', 'configs/classification/vit_fmnist.yaml', '--print_config'])")
     env = {k: v for k, v in os.environ.items() if k != "VISATTN_WEIGHTS"}
     env.update(PYTHONPATH=str(tmp_path / "site"), XDG_DATA_HOME=str(tmp_path / "data"))

@@ -10,6 +10,7 @@ import contextlib
 import difflib
 import errno
 import fnmatch
+import functools
 import itertools
 import json
 import math
@@ -43,15 +44,43 @@ IMAGE_PATHS_HELP = ("image files or folders; a folder's image files (by extensio
 
 def count_parameters(name: str) -> int:
     """Parameter count of a registered architecture, or of shipped weights ``ARCH.TAG`` as their entry
-    builds the model, built on the meta device (no memory, no init cost, no weights read)."""
-    import torch
-
-    from .registry import create_model, model_arguments
+    builds the model, built on the meta device (no memory, no init cost, no weights read); visattn's own
+    architectures' as :data:`PARAMETER_COUNTS` lists them."""
+    from .registry import built_by_visattn, model_arguments
 
     arch, _, kwargs = model_arguments(name)
+    listed = _listed_parameter_counts().get(arch) if not kwargs and built_by_visattn(arch) else None
+    return listed if listed is not None else _built_parameter_count(arch, kwargs)
+
+
+def _built_parameter_count(arch: str, kwargs: dict[str, Any]) -> int:
+    import torch
+
+    from .registry import create_model
+
     with torch.device("meta"):
         model = create_model(arch, **kwargs)
     return sum(p.numel() for p in model.parameters())
+
+
+# visattn's own architectures' parameter counts: `visattn models` read them rather than build some 90 models (2.6 s of
+# its 6.8 s); test_registry.py checks each against a build, and parameter_table() writes the file anew.
+PARAMETER_COUNTS = Path(__file__).parent / "models" / "parameter_counts.json"
+
+
+@functools.lru_cache(maxsize=1)
+def _listed_parameter_counts() -> dict[str, int]:
+    try:
+        return json.loads(PARAMETER_COUNTS.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # an install without the file: every count is built
+        return {}
+
+
+def parameter_table() -> dict[str, int]:
+    """Every visattn architecture's parameter count, built: what :data:`PARAMETER_COUNTS` holds."""
+    from .registry import built_by_visattn, list_models
+
+    return {arch: _built_parameter_count(arch, {}) for arch in list_models() if built_by_visattn(arch)}
 
 
 def _parameter_count(name: str) -> str:
