@@ -893,36 +893,26 @@ def test_spawned_workers_share_the_fashion_mnist_images_instead_of_copying_them(
     assert len(ForkingPickler.dumps(FashionScenes("val", num_scenes=2))) < 200_000  # the item pools' indices
 
 
-class _WorkerSignals(Dataset):
-    """Each sample: the worker's SIGTERM and SIGHUP handlers, and what its worker_init_fn recorded."""
 
-    def __len__(self) -> int:
-        return 2
-
-    def __getitem__(self, index: int) -> str:
-        import os
-        import signal
-
-        handlers = (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGHUP))
-        return f"{' '.join(getattr(h, '__name__', str(h)) for h in handlers)} {os.environ.get('_WORKER_INIT', '-')}"
-
-
-def _record_worker_init(worker_id: int) -> None:
-    import os
-
-    os.environ["_WORKER_INIT"] = f"init{worker_id}"
+_KEEPS_A_LOADER = """
+import sys
+from visattn.data import FashionMNISTDataModule
+data = FashionMNISTDataModule(batch_size=64, limit=512, num_workers=2)
+data.setup("fit")
+loader = data.val_dataloader()  # kept, as scripts and notebooks keep it: its workers persist until the exit
+for index, batch in enumerate(loader):
+    if index == 1:
+        break
+print("done", flush=True)
+"""
 
 
-def test_loader_workers_leave_a_stop_of_the_process_group_to_the_command():
-    """torch's workers die of a SIGTERM any other process than theirs sends (slurm's scancel signals the whole job):
-    visattn's training and evaluation loaders' workers leave the first to the command, and still run the
-    worker_init_fn that Lightning sets on the training loader after it is made."""
-    from visattn.data.datamodules import EpochSeededLoader
-    from visattn.data.image_folder import evaluation_batches
+@needs_fashion_mnist
+def test_a_script_that_keeps_a_loader_with_workers_exits():
+    """A review found a version whose workers let the first SIGTERM pass, to leave a stop of the whole process group
+    to the command: Python's exit sends its workers one SIGTERM and waits, so such a script never ended."""
+    import subprocess
+    import sys
 
-    scoring = evaluation_batches(_WorkerSignals(), batch_size=2, num_workers=1)
-    training = EpochSeededLoader(_WorkerSignals(), batch_size=2, num_workers=1)
-    training.worker_init_fn = _record_worker_init  # as Lightning's seed_everything(workers=True) adds it
-    assert list(scoring) == [["_default_from_now_on _default_from_now_on -"] * 2]
-    assert list(training) == [["_default_from_now_on _default_from_now_on init0"] * 2]
-    assert training.worker_init_fn is _record_worker_init
+    ended = subprocess.run([sys.executable, "-c", _KEEPS_A_LOADER], capture_output=True, text=True, timeout=120)
+    assert (ended.returncode, ended.stdout) == (0, "done\n"), ended.stderr[-2000:]

@@ -963,8 +963,9 @@ def test_a_stop_sent_to_the_whole_process_group_with_loader_workers_is_one_line(
     proc = subprocess.run([sys.executable, "-c", _STOPPED_AS_A_GROUP, signame, *fit], capture_output=True, text=True,
                           timeout=600, start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 143 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    assert proc.stderr.strip().splitlines()[-1] == ("visattn: terminated; resume with --ckpt_path last (the 2 steps "
-                                                    "since its last checkpoint are trained again)")
+    # the step the workers died in, or the one after, when Lightning stops: which, the signals' timing decides
+    assert re.fullmatch(r"visattn: terminated; resume with --ckpt_path last \(the (step|2 steps) since its last "
+                        r"checkpoint (is|are) trained again\)", proc.stderr.strip().splitlines()[-1]), proc.stderr[-2000:]
     assert _read(in_tmp / CHECKPOINTS / "last.ckpt")["epoch"] == 0
 
 

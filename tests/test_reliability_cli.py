@@ -2342,7 +2342,7 @@ def test_a_hangup_that_nohup_ignores_stays_ignored(tmp_path, monkeypatch, capsys
 
 
 @pytest.mark.usefixtures("hangup_not_ignored")
-def test_a_forked_worker_leaves_a_stop_signal_to_the_command_and_ends_at_a_second():
+def test_a_forked_worker_leaves_a_hangup_to_the_command_and_ends_at_a_second():
     """A DataLoader worker forked inside a command raised the command's exception on a hangup: a traceback per
     worker (a review). Then it ended at once, and a hangup of the whole process group failed the command's next
     batch (an operations audit): the command ends its workers with its run, and a second signal ends one."""
@@ -2374,6 +2374,57 @@ def test_a_forked_worker_leaves_a_stop_signal_to_the_command_and_ends_at_a_secon
     os.close(ready)
     os.close(go)
     assert lived_on == b"y" and os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGHUP
+
+
+@pytest.mark.usefixtures("hangup_not_ignored")
+def test_a_forked_worker_ends_at_a_sigterm_as_its_parents_exit_needs():
+    """Python's exit sends each daemonic worker one SIGTERM and waits for it: a worker that let it pass never ended,
+    nor did the script that kept its loader (a review)."""
+    from visattn.cli import _stop_signals_as_exception
+
+    ready, started = os.pipe()
+    with _stop_signals_as_exception():
+        pid = os.fork()
+        if pid == 0:
+            signal.alarm(20)  # a worker that lets the SIGTERM pass ends of this, not by waiting for ever
+            os.write(started, b"x")
+            signal.pause()
+            os._exit(0)
+        os.read(ready, 1)
+        os.kill(pid, signal.SIGTERM)
+        _, status = os.waitpid(pid, 0)
+    os.close(ready)
+    os.close(started)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM
+
+
+WORKER_KILLED = "DataLoader worker (pid 4242) is killed by signal: Terminated. "
+
+
+@pytest.mark.parametrize("stopped", [True, False])
+def test_workers_killed_by_a_stop_of_the_process_group_are_the_stops_one_line(stopped, monkeypatch, capsys):
+    """slurm's scancel signals the whole job: torch's loader workers die of the SIGTERM, and what torch raises in the
+    command (or in a loader's __del__) had been a traceback and exit 1 instead of the stop's line and 143."""
+    import types
+
+    from visattn import cli
+
+    monkeypatch.setattr(cli, "_STOPS_RECEIVED", [signal.SIGTERM] if stopped else [])
+
+    def scored_as_workers_died(args):
+        raise RuntimeError(WORKER_KILLED)
+
+    monkeypatch.setattr(cli, "cmd_configs", scored_as_workers_died)
+    if not stopped:  # a worker that died by itself stays torch's error
+        with pytest.raises(RuntimeError, match="is killed by signal"):
+            main(["configs"])
+        return
+    assert main(["configs"]) == 143 and capsys.readouterr().err == "visattn: terminated\n"
+    seen = []
+    hook = cli._KeptInterrupts(seen.append)
+    hook(types.SimpleNamespace(exc_value=RuntimeError(WORKER_KILLED)))  # a loader's __del__ after the stop
+    hook(types.SimpleNamespace(exc_value=RuntimeError("another failure")))
+    assert [str(u.exc_value) for u in seen] == ["another failure"]
 
 
 def test_a_killed_writers_temp_file_goes_at_the_next_write_of_its_file(tmp_path, monkeypatch, capsys):

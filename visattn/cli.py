@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence
 
 from .devices import DEVICE_CHOICES, MAX_WORKERS_PER_CPU, max_workers
-from .errors import (ONE_LINE_WARNINGS_ENV, ArgumentError, ConfigError, MissingSplit, NotATrainingCheckpoint,
-                     UnknownModelError, VisattnError, VisattnWarning, WeightsError, error_line, one_line,
-                     one_line_showwarning)
+from .errors import (ONE_LINE_WARNINGS_ENV, WORKERS_STOPPED, ArgumentError, ConfigError, MissingSplit,
+                     NotATrainingCheckpoint, UnknownModelError, VisattnError, VisattnWarning, WeightsError, error_line,
+                     one_line, one_line_showwarning)
 from .shipped import shipped_config, shipped_config_names, shipped_folder
 from .weight_names import WEIGHTS_TAG, model_source_problem
 
@@ -1121,6 +1121,8 @@ class _KeptInterrupts:
         self.previous_hook, self.in_flight = previous_hook, False
 
     def __call__(self, unraisable: Any) -> None:
+        if _stopped_workers_failure(unraisable.exc_value):  # a loader's __del__ after a stop: said by the command
+            return None
         if not isinstance(unraisable.exc_value, KeyboardInterrupt):
             return self.previous_hook(unraisable)
         self.in_flight = True
@@ -1175,6 +1177,12 @@ class _Terminated(BaseException):
 
 _SIGHUP = getattr(signal, "SIGHUP", None)  # not on Windows
 _STOP_SIGNALS = tuple(s for s in (signal.SIGTERM, _SIGHUP) if s is not None)
+# The stop signals the command received. A SIGTERM sent to the whole process group (slurm's scancel, kill -- -PGID)
+# ends torch's DataLoader workers too, and what torch then raises ("DataLoader worker (pid N) is killed by signal:
+# Terminated"), in the command or in a loader's __del__, is the stop's: one line, as the stop itself.
+_STOPS_RECEIVED: list[int] = []
+def _stopped_workers_failure(err: BaseException) -> bool:
+    return isinstance(err, RuntimeError) and bool(_STOPS_RECEIVED) and WORKERS_STOPPED.search(str(err)) is not None
 
 
 @contextlib.contextmanager
@@ -1185,11 +1193,17 @@ def _stop_signals_as_exception() -> Iterator[None]:
     exception would leave DDP's other processes waiting). A signal ignored when the command started (``nohup``) stays
     ignored."""
     def terminate(signum: int, frame: Any) -> None:
-        if os.getpid() != installed_by:
-            # A forked DataLoader worker: the command stops it as it stops the run. A stop sent to the whole process
-            # group (slurm's scancel, a closed terminal) had killed it at once, and the command's next batch failed
-            # with "DataLoader worker is killed by signal", a traceback and exit 1. A second signal ends it by default.
+        if os.getpid() == installed_by:
+            _STOPS_RECEIVED.append(signum)
+        else:
+            # A forked DataLoader worker. A hangup of the whole process group (a closed terminal) is left to the
+            # command, which ends its workers with its run (one that died at once failed the command's next batch
+            # with "DataLoader worker is killed by signal", a traceback and exit 1); a second ends it by default.
+            # A SIGTERM ends it as by default (torch's own handler does so in its loader workers): its parent's
+            # terminate() at exit must, and a group's is said by the command (_stopped_workers_failure).
             signal.signal(signum, signal.SIG_DFL)
+            if signum != _SIGHUP:
+                os.kill(os.getpid(), signum)
             return
         if signal.getsignal(signum) is not terminate:  # Lightning's, which composes it: Lightning stops the run
             return
@@ -1248,6 +1262,9 @@ def _run(argv: list[str]) -> int:
         print(f"visattn: error: {one_line(f'{err.filename}: {err.strerror or err}')}", file=sys.stderr)
         return 2
     except (MemoryError, RuntimeError) as err:  # torch's allocators raise RuntimeError (OutOfMemoryError on CUDA)
+        if _stopped_workers_failure(err):
+            print(_Terminated(_STOPS_RECEIVED[0]).line(), file=sys.stderr)
+            return 128 + _STOPS_RECEIVED[0]
         if not _out_of_memory(err):
             raise
         print("visattn: error: out of memory; give fewer or smaller images at once (--batch-size 1, or photos "

@@ -23,6 +23,8 @@ import numpy as np
 
 # Set by the CLI while a command runs, so that DataLoader workers it spawns print warnings as it does.
 ONE_LINE_WARNINGS_ENV = "VISATTN_ONE_LINE_WARNINGS"
+# What torch raises in the main process when a signal has ended its DataLoader workers.
+WORKERS_STOPPED = re.compile(r"DataLoader worker \(pids?(\(s\))? [\d, ]+\) (is killed by signal|exited unexpectedly)")
 
 
 class VisattnError(Exception):

@@ -37,7 +37,6 @@ from .preprocessing import (IMAGENET_MEAN, IMAGENET_STD, DEFAULT_CROP_PCT, DEFAU
                             preprocessing_problem)
 from .transforms import (AugmentationStream, ImageTransform, Recipe, augmentation_problem, eval_transform_of,
                          train_transforms)
-from .workers import start_worker
 
 __all__ = ["FashionMNISTDataModule", "ImageFolderDataModule", "split_indices"]
 
@@ -112,16 +111,7 @@ class EpochSeededLoader(DataLoader):
         return super().__iter__()
 
     def _get_iterator(self) -> _BaseDataLoaderIter:
-        if self.num_workers == 0:
-            return _EpochSeededIterator(self)
-        # The workers start as the iterator is made, with the loader's worker_init_fn of the moment: Lightning sets
-        # its own after construction, and adds it only where none is set, so visattn's is composed with it here.
-        init = self.worker_init_fn
-        self.worker_init_fn = functools.partial(start_worker, init=init)
-        try:
-            return super()._get_iterator()
-        finally:
-            self.worker_init_fn = init
+        return _EpochSeededIterator(self) if self.num_workers == 0 else super()._get_iterator()
 
 
 class _MadeAtFirstBatch:

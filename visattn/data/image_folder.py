@@ -30,7 +30,6 @@ from ..errors import ConfigError, ImageDecodeError, VisattnWarning, outside_visa
 from ..fileio import not_a_folder
 from .image_io import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, decode_image, list_images
 from .transforms import to_tensor
-from .workers import leave_stops_to_the_command
 
 __all__ = ["ImageFiles", "ImageFolder", "SkippedImageWarning", "collate_present", "decode_next_good",
            "check_class_count", "evaluation_batches", "for_evaluation", "find_classes", "seeded_subset"]
@@ -303,7 +302,7 @@ def evaluation_batches(dataset: Dataset, *, batch_size: int, num_workers: int = 
     # its own generator: the workers' seeds are not drawn from the caller's global RNG, so scoring leaves it as it was
     return DataLoader(for_evaluation(dataset), batch_size=batch_size, num_workers=num_workers,
                       collate_fn=functools.partial(collate_present, collate=collate),
-                      generator=torch.Generator().manual_seed(0), worker_init_fn=leave_stops_to_the_command)
+                      generator=torch.Generator().manual_seed(0))
 
 
 def seeded_subset(dataset: Dataset, limit: Optional[int], *, seed: int = 0) -> Dataset:

@@ -84,7 +84,7 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from ..data.datamodules import SplitLoadersMixin
 from ..data.image_folder import image_files_of
-from ..errors import ConfigError, VisattnError, VisattnWarning, WeightsError, keyword_names
+from ..errors import WORKERS_STOPPED, ConfigError, VisattnError, VisattnWarning, WeightsError, keyword_names
 from ..fileio import (FULL_ERRNOS, atomic_path, claim_folder, output_errors, prepare_output_dir,
                       refuse_replacing_others_files, unique_paths)
 from ..inference.checkpoints import EDITED_CHECKPOINT, read_checkpoint
@@ -1585,6 +1585,12 @@ class VisattnCLI(LightningCLI):
         except KeyboardInterrupt:  # before Lightning's own handling started, e.g. while reading the data
             raise Interrupted(**self._last_checkpoint()) from None
         except SIGTERMException:  # a SystemExit without a code: a preempted run would exit 0, as a finished one
+            raise Interrupted(**self._last_checkpoint(), terminated=True) from None
+        except RuntimeError as err:
+            # A SIGTERM sent to the whole process group (slurm's scancel) ends the loader workers too, and torch
+            # raises that in the step Lightning was to stop after: a traceback and exit 1 had followed.
+            if not (self.trainer.received_sigterm and WORKERS_STOPPED.search(str(err))):
+                raise
             raise Interrupted(**self._last_checkpoint(), terminated=True) from None
         except SystemExit as exit:
             if isinstance(exit.__context__, KeyboardInterrupt):  # Lightning's shutdown after Ctrl-C exits with 1
