@@ -1661,6 +1661,14 @@ def test_a_fit_that_would_not_learn_or_writes_elsewhere_than_asked_says_so(tmp_p
     err = capsys.readouterr().err
     assert "warning: trainer.default_root_dir second: the config's logger's save_dir " in err, err
     assert "ModelCheckpoint dirpath" not in err  # the one typed is where it was asked to be
+    # or in a file of trainer settings (a review: no word, after the warning learnt to spare a config's own root)
+    (tmp_path / "trainer.yaml").write_text("default_root_dir: third\n")
+    with _warnings_shown_as_on_a_terminal():
+        assert main(["fit", "--config", str(IMAGEFOLDER_CONFIG), "--trainer", "trainer.yaml", "--data.init_args.root",
+                     "photos", *SMALL_FOLDER_FIT, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1",
+                     "--trainer.callbacks=[]", "--trainer.callbacks+=ModelCheckpoint", "--trainer.callbacks.dirpath",
+                     "mine2"]) == 0
+    assert "warning: trainer.default_root_dir third: the config's " in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("warmup, said", [(2, "as long as"), (3, "longer than"), (1.5, None)])
@@ -1898,6 +1906,7 @@ def test_building_a_model_and_reading_the_weights_index_import_no_augmentation_l
 
     assert set(visattn.data.__all__) == set(dir(visattn.data)) & set(visattn.data.__all__)
     assert all(getattr(visattn.data, name) is not None for name in visattn.data.__all__)
+    assert visattn.data.coco.__name__ == "visattn.data.coco"  # a submodule as an attribute, as before (a review)
 
 
 @pytest.mark.parametrize("script, argv, usage", [

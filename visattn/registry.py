@@ -48,16 +48,18 @@ _entry_points_lock = threading.RLock()
 def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
     """Register a model builder under its function name; a second registration of a name raises.
 
-    The function returned builds as ``create_model(NAME, **kwargs)`` does, as a timm model function builds with its
-    ``pretrained_cfg`` (``pretrained=True`` loads the architecture's default weights): called directly, the builder
-    gave a model without it, so timm's data helpers prepared its images for ImageNet."""
+    For visattn's own builders, the function returned builds as ``create_model(NAME, **kwargs)`` does, as a timm model
+    function builds with its ``pretrained_cfg`` (``pretrained=True`` loads the architecture's default weights):
+    called directly, the builder gave a model without it, so timm's data helpers prepared its images for ImageNet.
+    Another package's builder stays as it is written (it may take ``pretrained`` or positional arguments itself)."""
     name = fn.__name__
     if name in _model_entrypoints:
         raise ValueError(f"model {name!r} is already registered by {_model_entrypoints[name].__module__}; give the "
                          "function another name (registry keys are builder function names)")
     _model_entrypoints[name] = fn
-    if fn.__module__.startswith(_MODELS):  # another package's is found from what it builds (model_family)
-        _model_family[name] = _module_family(fn.__module__)
+    if not fn.__module__.startswith(_MODELS):  # another package's: its family is found from what it builds
+        return fn
+    _model_family[name] = _module_family(fn.__module__)
 
     @functools.wraps(fn)
     def built_as_registered(*args: Any, **kwargs: Any) -> nn.Module:

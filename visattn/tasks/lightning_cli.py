@@ -1963,7 +1963,10 @@ def _root_moved(argv: list[str]) -> bool:
         return True
     trainers = [(read_config(Path(value)) or {}).get("trainer") or {}
                 for value in _typed_values(argv, ("--config", "-c")) if Path(value).is_file()]
-    setting = [trainer for trainer in trainers if "default_root_dir" in trainer][-1:]
+    # a file of trainer settings given to --trainer (after the configs, as its settings apply after theirs)
+    trainers += [_read_yaml(Path(value), flag="--trainer") for value in _typed_values(argv, ("--trainer",))
+                 if Path(value).is_file()]
+    setting = [trainer for trainer in trainers if isinstance(trainer, dict) and "default_root_dir" in trainer][-1:]
     return bool(setting) and not ({"callbacks", "logger"} & setting[0].keys())
 
 
