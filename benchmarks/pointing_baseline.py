@@ -36,12 +36,12 @@ from visattn.data.scenes import FashionScenes
 from visattn.explain import evaluate_class_pointing, evaluate_pointing
 from visattn.registry import create_model, model_family
 from visattn.inference.captioner import attention_centres, is_captioner, load_captioner
-from visattn.tasks.captioning import evaluation_loader, pointing_hits
+from visattn.inference.caption_scoring import evaluation_loader, pointing_hits
 from visattn.explain import CellCentres, pointing_hit
 from visattn.inference.checkpoints import inference_model
 from visattn.inference.classifier import Classifier, load_classifier
 from visattn.inference.detector import is_detector, load_detector
-from visattn.tasks.detection import detector_scenes
+from visattn.inference.detection_scoring import detector_scenes
 
 
 def untrained_copy(classifier: Classifier, seed: int, img_size: Optional[int]) -> Classifier:

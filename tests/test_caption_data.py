@@ -617,7 +617,7 @@ def test_evaluating_on_a_folder_holding_none_of_the_listed_images_is_one_line(tm
     from test_detection_data import CLASS_NAMES, write_coco_instances
     from test_reliability_inputs import write_captioner_checkpoint
     from visattn.cli import main
-    from visattn.tasks.detection import evaluation_loader
+    from visattn.inference.detection_scoring import evaluation_loader
 
     other = tmp_path / "other"
     other.mkdir()

@@ -20,8 +20,9 @@ from visattn.cli import main
 from visattn.data.vocab import Vocabulary
 from visattn.errors import ConfigError, VisattnWarning, WeightsError
 from visattn.explain import CellCentres
+from visattn.inference.caption_scoring import CaptionMetrics, caption_scores, evaluate_captioner, pointing_hits
 from visattn.inference.captioner import Captioner, decode, load_captioner
-from visattn.tasks.captioning import CaptionMetrics, CaptioningTask, caption_scores, evaluate_captioner, pointing_hits
+from visattn.tasks.captioning import CaptioningTask
 
 CONFIG = "configs/captioning/sat_scenes.yaml"
 TINY_MODEL = json.dumps(dict(encoder_kwargs=dict(layers=[1, 1], widths=[8, 16], small_input=False), img_size=32,
@@ -83,7 +84,7 @@ def test_caption_metrics_score_each_word_with_its_own_map_past_an_unknown_word()
     """Words and maps must be paired per token, past an <unk> too."""
     from visattn.data.vocab import Vocabulary
     from visattn.models.show_attend_tell import DecodedCaptions
-    from visattn.tasks.captioning import CaptionMetrics
+    from visattn.inference.caption_scoring import CaptionMetrics
 
     vocab = Vocabulary(["a", "top", "bag"])
     boxes = torch.tensor([[[0.0, 0.0, 4.0, 4.0], [4.0, 4.0, 8.0, 8.0]]])  # a top top-left, a bag bottom-right
@@ -395,7 +396,7 @@ def test_a_caption_rerun_with_an_empty_caption_leaves_no_earlier_attention_panel
 
 @needs_fashion_mnist
 def test_shipped_scenes_captioner_rebuilds_from_its_index_entry_and_describes_test_scenes():
-    from visattn.tasks.captioning import evaluation_loader
+    from visattn.inference.caption_scoring import evaluation_loader
 
     captioner = load_captioner("sat_cbam_resnet_scenes.scenes")
     assert captioner.model.vocab_size == len(captioner.vocab) and captioner.model.input_size == (3, 64, 64)
@@ -419,7 +420,7 @@ def test_evaluation_leaves_a_broken_coco_image_out(tmp_path):
     from fixtures_captions import write_coco_captions
 
     from visattn.data import SkippedImageWarning
-    from visattn.tasks.captioning import evaluation_loader
+    from visattn.inference.caption_scoring import evaluation_loader
 
     annotations, images_dir = write_coco_captions(tmp_path)
     captioner = load_captioner("sat_cbam_resnet_scenes.scenes")

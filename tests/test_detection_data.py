@@ -15,11 +15,10 @@ from PIL import Image
 
 from test_data import needs_fashion_mnist
 from visattn.data import SkippedImageWarning, for_evaluation
-from visattn.data.detection import (
+from visattn.data.detection import CocoDetectionDataModule, FashionScenesDetectionDataModule
+from visattn.data.detection_samples import (
     MIN_BOX_SIDE,
     CocoDetection,
-    CocoDetectionDataModule,
-    FashionScenesDetectionDataModule,
     collate_detection,
     eval_detection_transforms,
     require_boxes,
@@ -636,7 +635,7 @@ def test_evaluation_keeps_zero_area_boxes_as_cocoeval_counts_them(tmp_path):
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
-    from visattn.tasks.detection import detection_map, map_scores
+    from visattn.inference.detection_scoring import detection_map, map_scores
 
     Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
     bboxes = [[2, 2, 10, 10], [20, 4, 0, 8], [4, 20, 6, 0], [-50, 0, 10, 0]]  # zero width, height, outside too

@@ -570,7 +570,7 @@ def test_valid_targets_with_an_image_without_boxes_still_train(name):
 
 
 def test_data_pipeline_targets_pass_the_training_check():
-    from visattn.data.detection import eval_detection_transforms, train_detection_transforms
+    from visattn.data.detection_samples import eval_detection_transforms, train_detection_transforms
     from visattn.models.detection import _check_targets
 
     image = (torch.rand(48, 64, 3) * 255).to(torch.uint8).numpy()

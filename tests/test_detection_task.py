@@ -18,7 +18,8 @@ from visattn.cli import main
 from visattn.errors import ArgumentError, ConfigError, VisattnWarning
 from visattn.pretrained import load_index
 from visattn.inference.detector import Detector, detection_records, load_detector
-from visattn.tasks.detection import DetectionTask, evaluate_detector
+from visattn.inference.detection_scoring import evaluate_detector
+from visattn.tasks.detection import DetectionTask
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -679,7 +680,7 @@ def _cocoeval(predictions, targets) -> tuple[float, float]:
 def test_map_equals_pycocotools_cocoeval_on_the_same_detections(seed):
     """torchmetrics' default IoU and recall grids are float32 (its 0.2 is 0.2000000030, above a recall of
     exactly 1/5), which moved mAP by up to 6e-4 from COCOeval's; one of these seeds shows it."""
-    from visattn.tasks.detection import detection_map, map_scores
+    from visattn.inference.detection_scoring import detection_map, map_scores
 
     predictions, targets = _random_detections(seed)
     metric = detection_map()
@@ -764,7 +765,7 @@ def _visattn_and_cocoeval(tmp_path: Path, boxes: dict, found: dict, image_ids: l
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
-    from visattn.tasks.detection import evaluation_loader
+    from visattn.inference.detection_scoring import evaluation_loader
 
     (tmp_path / "images").mkdir()
     images, annotations = [], []
@@ -1035,7 +1036,7 @@ def test_map_scores_report_a_tiny_map_to_six_significant_digits():
     """An untrained detector's mAP of 4e-07 was printed as 0.0."""
     from types import SimpleNamespace
 
-    from visattn.tasks.detection import map_scores
+    from visattn.inference.detection_scoring import map_scores
 
     metric = SimpleNamespace(compute=lambda: {"map": torch.tensor(4.1234567e-07), "map_50": torch.tensor(0.12345678)})
     assert map_scores(metric) == {"map": 4.12346e-07, "map50": 0.123457}

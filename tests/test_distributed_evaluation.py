@@ -192,7 +192,7 @@ def test_a_split_smaller_than_the_process_count_is_left_to_lightning_with_a_warn
 
 
 def _map_of_unequal_detection_shares() -> dict:
-    from visattn.tasks.detection import detection_map, map_scores
+    from visattn.inference.detection_scoring import detection_map, map_scores
 
     metric = detection_map()
     rank = torch.distributed.get_rank()
@@ -211,7 +211,7 @@ def _image_detections(i: int) -> tuple[list[dict], list[dict]]:
 
 def test_detection_map_syncs_unequal_shares_as_one_process_scores_them(tmp_path):
     # torchmetrics' own sync ran one collective per image: 3 images here and 2 there aborted gloo.
-    from visattn.tasks.detection import detection_map, map_scores
+    from visattn.inference.detection_scoring import detection_map, map_scores
 
     ranks = _in_two_processes(_map_of_unequal_detection_shares, tmp_path / "map")
     whole = detection_map()
@@ -228,7 +228,7 @@ REFERENCES = [["a red top"], ["a red bag", "a bag"], ["a bag and a top"], ["two 
 
 def _scores_of_unequal_caption_shares() -> dict:
     from visattn.data.vocab import Vocabulary
-    from visattn.tasks.captioning import CaptionMetrics
+    from visattn.inference.caption_scoring import CaptionMetrics
 
     rank = torch.distributed.get_rank()
     share = list(UnrepeatedDistributedSampler(CAPTIONS, num_replicas=2, rank=rank, shuffle=False))  # 3 here, 2 there
@@ -241,7 +241,7 @@ def _scores_of_unequal_caption_shares() -> dict:
 def test_caption_metrics_gather_unequal_shares(tmp_path):
     # The captioning task gathers its processes' captions (all_gather_object) before scoring the split:
     # shares one caption apart must give the single-process scores.
-    from visattn.tasks.captioning import caption_scores
+    from visattn.inference.caption_scoring import caption_scores
 
     ranks = _in_two_processes(_scores_of_unequal_caption_shares, tmp_path / "scores")
     whole = caption_scores(CAPTIONS, REFERENCES)

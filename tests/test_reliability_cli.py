@@ -1885,6 +1885,38 @@ def test_inference_commands_run_without_importing_lightning_or_torchmetrics(tmp_
         "explain 0 matplotlib"]
 
 
+_EVALUATION_WITHOUT_LIGHTNING = """
+import contextlib, io, json, sys
+from visattn.cli import _test_scores, main
+from visattn.inference import load_captioner, load_detector
+models = ["sat_cbam_resnet_scenes.scenes", "fcos_se_resnet20_cifar.scenes", "detr_se_resnet20_cifar.scenes"]
+for model in models:
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        code = main(["evaluate", "--model", model, "--dataset", "fashion-scenes", "--limit", "4", "--device", "cpu",
+                     "--json"])
+    print(model, code, sorted(json.loads(out.getvalue())))
+print(sorted(_test_scores("captioning", load_captioner(models[0]), "fashion-scenes", 4)))
+print(sorted(_test_scores("detection", load_detector(models[1]), "fashion-scenes", 4)))
+print(*sorted({"lightning", "lightning.pytorch"} & {*sys.modules}))
+"""
+
+
+@needs_fashion_mnist
+def test_evaluating_a_captioner_or_detector_imports_no_lightning():
+    """`visattn evaluate` of a captioner or detector, and save-weights' scores of one, imported Lightning (about
+    2.7 s) though they train nothing: their scoring and datasets sat beside the LightningModule and
+    LightningDataModules; they live in visattn.inference.caption_scoring, visattn.inference.detection_scoring,
+    visattn.data.caption_samples and visattn.data.detection_samples now."""
+    found = subprocess.run([sys.executable, "-c", _EVALUATION_WITHOUT_LIGHTNING], capture_output=True, text=True,
+                           timeout=300)
+    assert found.returncode == 0, found.stderr[-2000:]
+    captioned = ["bleu1", "bleu2", "bleu3", "bleu4", "cider", "n", "pointing", "rouge_l"]
+    detected = ["map", "map50", "n"]
+    assert found.stdout.splitlines() == [
+        f"sat_cbam_resnet_scenes.scenes 0 {captioned}", f"fcos_se_resnet20_cifar.scenes 0 {detected}",
+        f"detr_se_resnet20_cifar.scenes 0 {detected}", str(sorted([*captioned, "beam_size"])), str(detected), ""]
+
+
 _MODELS_WITHOUT_AUGMENTATION = """
 import sys, visattn
 visattn.create_model("se_resnet20_cifar.fmnist")

@@ -552,6 +552,8 @@ def test_evaluation_leaves_the_callers_random_numbers_as_they_were():
     ("visattn.tasks.classification.read_checkpoint", "visattn.inference.checkpoints.read_checkpoint"),
     ("visattn.tasks.captioning.load_captioner", "visattn.inference.captioner.load_captioner"),
     ("visattn.tasks.detection.detect_files", "visattn.inference.detector.detect_files"),
+    ("visattn.tasks.captioning.evaluate_captioner", "visattn.inference.caption_scoring.evaluate_captioner"),
+    ("visattn.tasks.detection.evaluate_detector", "visattn.inference.detection_scoring.evaluate_detector"),
 ])
 def test_the_loaders_old_import_paths_still_give_them_with_a_warning_naming_the_new(old, new):
     """The loaders and what they read moved to visattn.inference (their import had loaded Lightning); visattn

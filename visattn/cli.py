@@ -239,7 +239,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .inference.captioner import is_captioner
     from .inference.classifier import load_classifier
     from .inference.detector import is_detector
-    from .tasks.classification import evaluation_dataset, evaluate_classifier
 
     detector, captioner = is_detector(args.model, args.checkpoint), is_captioner(args.model, args.checkpoint)
     check_evaluate_options(args, "detector" if detector else "captioner" if captioner else "classifier")
@@ -254,6 +253,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return cmd_evaluate_detector(args)
     if captioner:
         return cmd_evaluate_captioner(args)
+    # imported here: its module imports Lightning, which captioners' and detectors' evaluation needs not
+    from .tasks.classification import evaluation_dataset, evaluate_classifier
+
     classifier = load_classifier(args.model, args.checkpoint, img_size=args.img_size, device=args.device)
     if args.dataset in POINTING_DATASETS:  # single-object scenes: accuracy and the pointing game
         if args.per_class:
@@ -274,9 +276,12 @@ def evaluation_split(dataset: str, split: Optional[str]) -> Optional[str]:
     the split, and for an image folder without split folders, which is scored whole (a ``--split`` there
     is refused: it would be printed as if it had chosen the images)."""
     from .data.image_folder import SPLIT_FOLDERS, split_folders
-    from .tasks.classification import imagefolder_root
 
-    root = imagefolder_root(dataset) if dataset.startswith("imagefolder:") else None
+    root = None
+    if dataset.startswith("imagefolder:"):  # a classifier's dataset: its module imports Lightning
+        from .tasks.classification import imagefolder_root
+
+        root = imagefolder_root(dataset)
     if dataset.startswith("coco:"):
         whole = "a coco: dataset is scored on the annotations file it names; drop --split and name the split's file instead"
     elif root is not None and root.is_dir() and not split_folders(root):
@@ -319,8 +324,8 @@ def cmd_evaluate_pointing(classifier, args: argparse.Namespace) -> dict:
 
 
 def cmd_evaluate_captioner(args: argparse.Namespace) -> int:
+    from .inference.caption_scoring import check_java, evaluate_captioner, evaluation_loader
     from .inference.captioner import load_captioner
-    from .tasks.captioning import check_java, evaluate_captioner, evaluation_loader
 
     if args.meteor:
         check_java("--meteor")
@@ -335,8 +340,8 @@ def cmd_evaluate_captioner(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate_detector(args: argparse.Namespace) -> int:
+    from .inference.detection_scoring import evaluate_detector, evaluation_loader
     from .inference.detector import load_detector
-    from .tasks.detection import evaluate_detector, evaluation_loader
 
     detector = load_detector(args.model, args.checkpoint, device=args.device)
     loader = evaluation_loader(detector, args.dataset, args.split, limit=args.limit,
@@ -561,10 +566,10 @@ def _test_scores(task: str, loaded: Any, dataset: str, limit: Optional[int]) -> 
                               "or leave --dataset out") from None
         return evaluate_classifier(loaded, test_set, limit=limit)
     if task == "detection":
-        from .tasks.detection import evaluate_detector, evaluation_loader
+        from .inference.detection_scoring import evaluate_detector, evaluation_loader
 
         return evaluate_detector(loaded, evaluation_loader(loaded, dataset, "test", limit=limit))
-    from .tasks.captioning import evaluate_captioner, evaluation_loader
+    from .inference.caption_scoring import evaluate_captioner, evaluation_loader
 
     loader = evaluation_loader(loaded, dataset, "test", limit=limit)
     scores = evaluate_captioner(loaded, loader, beam_size=DEFAULT_BEAM_SIZE)

@@ -6,11 +6,12 @@ import importlib.util
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .caption_datamodules import FashionScenesCaptionDataModule, KarpathyCaptionDataModule, collate_captions
+    from .caption_datamodules import FashionScenesCaptionDataModule, KarpathyCaptionDataModule
+    from .caption_samples import collate_captions
     from .coco import CaptionImages, CocoCaptions, KarpathyCaptions, read_karpathy
     from .datamodules import FashionMNISTDataModule, ImageFolderDataModule, split_indices
-    from .detection import (CocoDetection, CocoDetectionDataModule, FashionScenesDetectionDataModule, SceneDetection,
-                            collate_detection)
+    from .detection import CocoDetectionDataModule, FashionScenesDetectionDataModule
+    from .detection_samples import CocoDetection, SceneDetection, collate_detection
     from .fashion_mnist import (FASHION_MNIST_CLASSES, FASHION_MNIST_MEAN, FASHION_MNIST_STD, FashionMNIST,
                                 find_fashion_mnist, load_fashion_mnist, read_idx)
     from .image_folder import (ImageFiles, ImageFolder, SkippedImageWarning, collate_present, decode_next_good,
@@ -26,11 +27,12 @@ if TYPE_CHECKING:
 # imports that module alone, not albumentations, OpenCV's scene drawing, the COCO readers and Lightning (the data
 # modules) with it.
 _MODULES = {
-    ".caption_datamodules": ("FashionScenesCaptionDataModule", "KarpathyCaptionDataModule", "collate_captions"),
+    ".caption_datamodules": ("FashionScenesCaptionDataModule", "KarpathyCaptionDataModule"),
+    ".caption_samples": ("collate_captions",),
     ".coco": ("CaptionImages", "CocoCaptions", "KarpathyCaptions", "read_karpathy"),
     ".datamodules": ("FashionMNISTDataModule", "ImageFolderDataModule", "split_indices"),
-    ".detection": ("CocoDetection", "CocoDetectionDataModule", "FashionScenesDetectionDataModule", "SceneDetection",
-                   "collate_detection"),
+    ".detection": ("CocoDetectionDataModule", "FashionScenesDetectionDataModule"),
+    ".detection_samples": ("CocoDetection", "SceneDetection", "collate_detection"),
     ".fashion_mnist": ("FASHION_MNIST_CLASSES", "FASHION_MNIST_MEAN", "FASHION_MNIST_STD", "FashionMNIST",
                        "find_fashion_mnist", "load_fashion_mnist", "read_idx"),
     ".image_folder": ("ImageFiles", "ImageFolder", "SkippedImageWarning", "collate_present", "decode_next_good",

@@ -26,15 +26,14 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Literal, get_args
 
 import lightning.pytorch as pl
-import torch
-from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import Dataset
 
 from ..errors import ArgumentError, ConfigError, VisattnWarning, caught_warnings, is_count, outside_visattn
 from .datamodules import COCO_VALIDATION_FIX, COCO_VALIDATION_SETTING, SplitLoadersMixin, check_img_size, split_images_dir
 from .coco import CaptionImages, CocoCaptions, KarpathyCaptions, KarpathySplit, read_karpathy
 from .preprocessing import DEFAULT_CROP_PCT, DEFAULT_INTERPOLATION, IMAGENET_MEAN, IMAGENET_STD, Interpolation
-from .scenes import SCENES_MEAN, SCENES_STD, FashionScenes, scene_settings, scenes_split
+from .caption_samples import CaptionSamples, SceneImages, collate_captions
+from .scenes import SCENES_MEAN, SCENES_STD, scene_settings, scenes_split
 from .transforms import ImageTransform, Recipe, eval_transform_of, train_transforms
 from .vocab import SPECIAL_TOKENS, Vocabulary, tokenize
 
@@ -118,78 +117,6 @@ def _quiet_about_wordless_images() -> Iterator[None]:
     with caught_warnings():
         warnings.filterwarnings("ignore", message=".*: no caption with a word in it$")
         yield
-
-
-class CaptionSamples(Dataset):
-    """Dict samples with one encoded caption, from a dataset of ``(image, captions)`` or
-    ``(image, captions, extras)`` items (``extras``: a dict of further per-image fields).
-
-    Args:
-        dataset: the source dataset.
-        vocab: encodes the caption.
-        max_len: longest encoded caption, ``<start>`` and ``<end>`` included.
-        train: draw a random reference caption on each access (else the first one) and leave
-            out ``references`` and the extras.
-    """
-
-    def __init__(self, dataset: Dataset, vocab: Vocabulary, *, max_len: int = 20, train: bool = False) -> None:
-        self.dataset, self.vocab, self.max_len, self.train = dataset, vocab, max_len, train
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> dict[str, Any] | None:
-        item = self.dataset[index]
-        if item is None:  # a broken image file of an evaluation split
-            return None
-        image, captions, *extras = item
-        # torch's generator: seeded per DataLoader worker and by lightning.seed_everything
-        pick = int(torch.randint(len(captions), ())) if self.train else 0
-        sample = {"image": image, "caption": torch.tensor(self.vocab.encode(captions[pick], max_len=self.max_len))}
-        if not self.train:
-            sample["references"] = list(captions)
-            for more in extras:
-                sample.update(more)
-        return sample
-
-
-class SceneImages(Dataset):
-    """FashionScenes as ``(image, captions, {"boxes", "labels"})`` with boxes in the frame of the
-    transformed image (the transform must resize the whole canvas, like the ``"small"`` eval recipe).
-
-    Args:
-        scenes: the generated scenes of one split.
-        transform: the image transform, applied to each scene's canvas.
-    """
-
-    def __init__(self, scenes: FashionScenes, transform: ImageTransform) -> None:
-        self.scenes, self.transform = scenes, transform
-
-    def __len__(self) -> int:
-        return len(self.scenes)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, list[str], dict[str, torch.Tensor]]:
-        scene = self.scenes[index]
-        image = self.transform(scene.image)  # (3, H, W)
-        height, width = scene.image.shape[:2]
-        scale = torch.tensor([image.shape[-1] / width, image.shape[-2] / height] * 2)
-        boxes = torch.from_numpy(scene.boxes) * scale  # (N, 4) in input pixels
-        return image, scene.captions, {"boxes": boxes, "labels": torch.from_numpy(scene.labels)}
-
-
-def collate_captions(samples: Sequence[dict[str, Any]], *, pad_id: int = 0) -> dict[str, Any]:
-    """Stack :class:`CaptionSamples` into a batch: captions padded with ``pad_id`` to the longest,
-    per-image lists (``references``, ``boxes``, ``labels``) kept as lists."""
-    captions = [s["caption"] for s in samples]
-    batch = {
-        "images": torch.stack([s["image"] for s in samples]),
-        "captions": pad_sequence(captions, batch_first=True, padding_value=pad_id),  # (B, L)
-        "lengths": torch.tensor([len(c) for c in captions]),
-    }
-    for key in ("references", "boxes", "labels"):
-        if key in samples[0]:
-            batch[key] = [s[key] for s in samples]
-    return batch
 
 
 class _CaptionDataModule(SplitLoadersMixin, pl.LightningDataModule):

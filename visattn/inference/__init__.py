@@ -1,8 +1,9 @@
 """Trained models for inference: shipped weights or training checkpoints, loaded with their labels (or
 vocabulary) and preprocessing, and the commands that run them on image files.
 
-Nothing here imports Lightning or torchmetrics, which training and scoring (:mod:`visattn.tasks`) need:
-`visattn classify`, `explain`, `caption` and `detect` start a second sooner without them.
+Nothing here imports Lightning, which training (:mod:`visattn.tasks`) needs, and only the detectors' scoring
+(:mod:`~visattn.inference.detection_scoring`, for mAP) imports torchmetrics: `visattn classify`, `explain`, `caption`
+and `detect` start a second sooner without them, and `evaluate` of a captioner or detector some 1.3 s sooner.
 """
 import importlib
 import warnings

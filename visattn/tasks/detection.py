@@ -1,68 +1,28 @@
-"""Object detection as a LightningModule (FCOS and DETR-style detectors from the registry), its
-mAP metric, and the scoring of a trained detector (``visattn evaluate``, ``save-weights --dataset``). Loading one
-for inference, and ``visattn detect``, are :mod:`visattn.inference.detector`.
+"""Object detection as a LightningModule (FCOS and DETR-style detectors from the registry). Its mAP metric, and the
+scoring of a trained detector (``visattn evaluate``, ``save-weights --dataset``), are
+:mod:`visattn.inference.detection_scoring`; loading one for inference, and ``visattn detect``, are
+:mod:`visattn.inference.detector`.
 
 Detectors follow torchvision's detection API (see :mod:`visattn.models.detection`): they take
 lists of 0..1 images and 0-based labels, return a loss dict in training and per-image
 ``{"boxes", "scores", "labels"}`` in evaluation, and normalise and resize inside. Scores are
 COCO mAP (IoU 0.50:0.95) and mAP@0.5 from torchmetrics' ``MeanAveragePrecision``.
 """
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Optional, Union
+from typing import Any, Optional, Union
 
 import lightning.pytorch as pl
-import numpy as np
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
 from torchmetrics.detection import MeanAveragePrecision
 
-from ..data.detection import CocoDetection, SceneDetection, Target, collate_detection, require_boxes
-from ..data.image_folder import evaluation_batches, seeded_subset, skipped_images
+from ..data.detection_samples import Batch
 from ..errors import ConfigError
 from ..inference import moved_here
-from ..inference.detector import Detections, Detector, is_detection_arch
+from ..inference.detection_scoring import detection_map, map_scores
+from ..inference.detector import Detections, is_detection_arch
 from ..registry import Strictness, another_packages_note, create_model, split_model_name
-from ..scores import reported_score
 from .classification import match_class_order, refuse_linked_kwargs, warn_if_normalised_otherwise
-from .distributed import gather_shares, in_split_order
 from .guards import (GuardedTask, NonFiniteLossGuard, TrainingLoss, any_process_scored, batch_of_one_is_one_line,
                      refuse_cast_batches, skip_missing_batch, weight_average)
-
-if TYPE_CHECKING:
-    from ..data.scenes import FashionScenes
-
-Batch = tuple[list[Tensor], list[Target]]
-
-
-# COCOeval's IoU and recall grids in float64: torchmetrics' defaults are float32 (0.55 is 0.5500000119),
-# which moved mAP by up to 6e-4 from pycocotools' on the same detections.
-COCO_IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10).tolist()
-COCO_RECALL_THRESHOLDS = np.linspace(0.0, 1.0, 101).tolist()
-
-
-class _MeanAveragePrecision(MeanAveragePrecision):
-    """torchmetrics' mAP, its processes' images gathered whole under DDP: its own sync runs one collective per
-    image, which processes holding different numbers of images (validation without repeats) leave unmatched.
-    The images are put back in the split's order (process ``r`` holds images ``r, r + W, ...``), which for
-    COCO files is image id order: COCOeval breaks ties between equal scores by it."""
-
-    def _sync_dist(self, dist_sync_fn: Any = None, process_group: Any = None) -> None:
-        group = process_group or self.process_group
-        for name in self._reductions:  # each state is a list with an entry per image (dist_reduce_fx None)
-            shares = gather_shares([t.cpu() for t in getattr(self, name)], group)
-            setattr(self, name, [t.to(self.device) for t in in_split_order(shares)])
-
-
-def detection_map() -> MeanAveragePrecision:
-    """COCO-style box mAP, as pycocotools' COCOeval scores it; :func:`map_scores` reads ``map`` and ``map50``."""
-    return _MeanAveragePrecision(box_format="xyxy", iou_type="bbox", iou_thresholds=COCO_IOU_THRESHOLDS,
-                                 rec_thresholds=COCO_RECALL_THRESHOLDS)
-
-
-def map_scores(metric: MeanAveragePrecision) -> dict[str, float]:
-    """``map`` (IoU 0.50:0.95) and ``map50``; -1 when the data holds no ground-truth box."""
-    scores = metric.compute()
-    return {"map": reported_score(scores["map"]), "map50": reported_score(scores["map_50"])}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -208,55 +168,8 @@ def backbone_preprocessing(detector: nn.Module) -> Optional[dict[str, Any]]:
                  and getattr(module, "visattn_recorded_preprocessing", None)), None)
 
 
-# ---------------------------------------------------------------------------------------------
-# `visattn evaluate`
-# ---------------------------------------------------------------------------------------------
-
-
-def detector_scenes(detector: Detector, split: str, limit: Optional[int] = None) -> "FashionScenes":
-    """``limit`` FashionScenes of ``split`` drawn as the detector's training run drew them (by default as many
-    as it scored, else 1000), at its input size."""
-    from ..data.scenes import recorded_scenes
-
-    side = int(detector.preprocessing.get("input_size", [3, 64, 64])[-1])
-    return recorded_scenes(detector.preprocessing, split, limit, canvas_size=side)
-
-
-def evaluation_loader(detector: Detector, spec: str, split: str = "test", *, limit: Optional[int] = None,
-                      batch_size: int = 16, num_workers: int = 0) -> DataLoader:
-    """Batches of ``fashion-scenes`` (``limit`` scenes of ``split``, default as many as the training run
-    scored, else 1000, at the training canvas size) or ``coco:ANNOTATIONS.json:IMAGES_DIR`` (categories mapped by name onto the detector's classes)."""
-    from ..data.coco import coco_spec, require_some_image
-
-    if spec == "fashion-scenes":
-        if split not in ("train", "val", "test"):
-            raise ConfigError(f"--split {split}: fashion-scenes has the splits train, val and test")
-        dataset = SceneDetection(detector_scenes(detector, split, limit))
-    elif spec.startswith("coco:") and spec.count(":") >= 2:
-        annotations, images_dir = coco_spec(spec)
-        dataset = CocoDetection(annotations, images_dir, class_names=detector.class_names,
-                                category_ids=detector.category_ids, evaluation=True)
-        require_some_image(dataset.paths, Path(images_dir), Path(annotations))
-        dataset = seeded_subset(dataset, limit)
-        require_boxes(dataset, annotations)  # with none, mAP is -1
-    else:
-        raise ConfigError(f"--dataset {spec}: detectors take fashion-scenes or coco:ANNOTATIONS.json:IMAGES_DIR")
-    return evaluation_batches(dataset, batch_size=batch_size, num_workers=num_workers, collate=collate_detection)
-
-
-def evaluate_detector(detector: Detector, batches: Iterable[Batch]) -> dict[str, Any]:
-    """``map`` (IoU 0.50:0.95), ``map50``, ``n`` (images) and, for a DataLoader of image files,
-    ``skipped`` of ``detector`` over ``(images, targets)`` batches; ``None`` batches (only broken image
-    files) are passed over."""
-    metric, n = detection_map(), 0
-    for images, targets in (b for b in batches if b is not None):
-        metric.update(detector.detect(images), targets)
-        n += len(images)
-    if n == 0:
-        raise ConfigError("the evaluation dataset is empty; check --dataset, --split and --limit")
-    return {**map_scores(metric), "n": n, **skipped_images(getattr(batches, "dataset", None))}
-
-
 # Their import loaded Lightning: visattn 0.1.0's paths still give them, with a warning.
-__getattr__ = moved_here(__name__, dict.fromkeys(("class_label", "detect_files", "detection_records", "draw_detections",
-                                                  "is_detector", "load_detector"), "detector"))
+__getattr__ = moved_here(__name__, {**dict.fromkeys(("class_label", "detect_files", "detection_records",
+                                                    "draw_detections", "is_detector", "load_detector"), "detector"),
+                                    **dict.fromkeys(("COCO_IOU_THRESHOLDS", "COCO_RECALL_THRESHOLDS", "detector_scenes",
+                                                     "evaluate_detector", "evaluation_loader"), "detection_scoring")})
