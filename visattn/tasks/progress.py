@@ -28,6 +28,7 @@ class EpochLines(ProgressBar):
         super().__init__()
         self._enabled = True
         self._epoch_started = time.monotonic()
+        self._validated = False  # this epoch: else the line leaves out the last validation's scores
 
     def disable(self) -> None:
         self._enabled = False
@@ -39,12 +40,16 @@ class EpochLines(ProgressBar):
         print(*args, **kwargs, flush=True)  # a pipe's buffer had kept the lines until the run ended
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._epoch_started = time.monotonic()
+        self._epoch_started, self._validated = time.monotonic(), False
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._validated = self._validated or not trainer.sanity_checking
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self._enabled:
             return
-        metrics = {name: value for name, value in self.get_metrics(trainer, pl_module).items() if name != "v_num"}
+        metrics = {name: value for name, value in self.get_metrics(trainer, pl_module).items()
+                   if name != "v_num" and (self._validated or not name.startswith("val"))}
         shown = ", ".join(f"{name} {value:.4g}" if isinstance(value, float) else f"{name} {value}"
                           for name, value in metrics.items())
         # numbered as Rich's bar and the checkpoint names number them: from 0 to max_epochs - 1
