@@ -99,6 +99,14 @@ def _written(tmp_path: Path, name: str, text: str) -> str:
 
 
 TWICE = "model:\n  init_args:\n    lr: 0.1\nmodel:\n  init_args:\n    lr: 1\n"  # model: at lines 1 and 4
+DATA_TWICE = ("class_path: visattn.data.FashionMNISTDataModule\ninit_args:\n  batch_size: 16\n  limit: 64\n"
+              "  batch_size: 32\n")
+
+
+def _config_naming_a_data_file(tmp_path: Path) -> str:
+    """A config whose data section is the file d.yaml beside it, which gives batch_size twice."""
+    _written(tmp_path, "d.yaml", DATA_TWICE)
+    return _written(tmp_path, "c.yaml", "data: d.yaml\n")
 
 
 def _fifo(tmp_path: Path) -> str:
@@ -311,6 +319,9 @@ CASES = {
                                                                                       "data:\n  - 1\n")],
                                              "second.yaml: data: holds a YAML list, not settings; give it a "
                                              "class_path"),
+    # a review: a file a config names as its data section kept the second batch_size, as --data FILE had
+    "config_data_file_key_given_twice": (lambda tmp: [*FIT, "--config", _config_naming_a_data_file(tmp)],
+                                         "d.yaml: not valid YAML (key 'batch_size' given twice"),
     "trainer_given_a_list": (lambda tmp: [*FIT, "--config", _written(tmp, "trainer.yaml", "trainer:\n  - 1\n")],
                              "trainer.yaml: trainer: holds a YAML list, not settings; give it its settings"),
     "config_that_is_a_pipe": (lambda tmp: ["fit", "--config", _fifo(tmp)],

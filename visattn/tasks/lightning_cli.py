@@ -2112,6 +2112,11 @@ def read_config(path: Path) -> Optional[dict[str, Any]]:
         if value is not None and not isinstance(value, (dict, str)):
             raise ConfigError(f"--config {path}: {section}: holds a YAML {type(value).__name__}, not settings; give "
                               "it a class_path and its init_args, as the files in configs/ do")
+        # a file of the section's settings, which jsonargparse reads from beside the config: each key once too
+        nested = next((file for file in (path.parent / value, Path(value)) if file.is_file()), None) \
+            if isinstance(value, str) and value.endswith((".yaml", ".yml", ".json")) else None
+        if nested is not None:
+            _read_yaml(nested, flag=f"--config {path}: {section}:")
     return settings
 
 
