@@ -235,6 +235,23 @@ def test_the_epochs_last_shorter_accumulation_window_averages_over_its_own_batch
     torch.testing.assert_close(short_pair, pair)
 
 
+def test_accumulation_over_batches_of_no_known_count_steps_as_lightning_does():
+    """An iterable dataset has no last window to scale: its gradients are the full windows' mean (a review)."""
+    import lightning.pytorch as pl
+    from torch.utils.data import DataLoader, IterableDataset
+
+    class Stream(IterableDataset):
+        def __iter__(self):
+            generator = torch.Generator().manual_seed(1)
+            return iter([(torch.randn(3, 32, 32, generator=generator), k % 3) for k in range(8)])
+
+    task = ImageClassifier("resnet20_cifar", num_classes=3, model_kwargs={"layers": (1, 1, 1)}, lr=1e-3)
+    trainer = pl.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, accelerator="cpu", limit_val_batches=0, accumulate_grad_batches=3)
+    trainer.fit(task, DataLoader(Stream(), batch_size=2))
+    assert trainer.global_step == 2
+
+
 @pytest.mark.parametrize("max_epochs, accumulate, expected", [(None, 1, 20), (-1, 1, 20), (1000, 1, 20), (None, 3, 7)])
 def test_warm_up_lasts_its_epochs_when_max_steps_ends_the_run(max_epochs, accumulate, expected):
     """An epoch of 20 batches, a run of 30 steps, warmup_epochs 1: the warm-up had been 0 or 29 steps."""

@@ -322,6 +322,12 @@ CASES = {
     # a review: a file a config names as its data section kept the second batch_size, as --data FILE had
     "config_data_file_key_given_twice": (lambda tmp: [*FIT, "--config", _config_naming_a_data_file(tmp)],
                                          "d.yaml: not valid YAML (key 'batch_size' given twice"),
+    "model_file_key_given_twice": (lambda tmp: [*FIT, "--model", _written(tmp, "m.yaml", "init_args:\n  lr: 0.1\n"
+                                                                                        "  lr: 0.2\n")],
+                                   "m.yaml: not valid YAML (key 'lr' given twice"),
+    # a path from the home folder is no working folder's (a review)
+    "fashion_mnist_root_in_home_not_there": (lambda tmp: [*FIT, "--data.init_args.root", "~/no_visattn_data"],
+                                             "data.init_args.root=~/no_visattn_data: no such folder; give"),
     "trainer_given_a_list": (lambda tmp: [*FIT, "--config", _written(tmp, "trainer.yaml", "trainer:\n  - 1\n")],
                              "trainer.yaml: trainer: holds a YAML list, not settings; give it its settings"),
     "config_that_is_a_pipe": (lambda tmp: ["fit", "--config", _fifo(tmp)],
