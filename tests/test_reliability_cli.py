@@ -1668,24 +1668,20 @@ def test_a_fit_that_would_not_learn_or_writes_elsewhere_than_asked_says_so(tmp_p
     moved = [line for line in err.splitlines() if line.startswith("warning: trainer.default_root_dir elsewhere: ")]
     assert len(moved) == 1 and moved[0].count(f"ModelCheckpoint dirpath {tmp_path}/outputs/") == 1, err  # it was twice
     assert moved[0].endswith(" stay where they are; set those too to move them"), err
-    # given in a second config file rather than typed, it is warned about alike
+    # given in a second config file rather than typed, or in a file of trainer settings (a review: no word, once the
+    # warning spared a config's own root), it is warned about alike
     (tmp_path / "root.yaml").write_text("trainer:\n  default_root_dir: second\n")
-    with _warnings_shown_as_on_a_terminal():
-        assert main(["fit", "--config", str(IMAGEFOLDER_CONFIG), "--config", "root.yaml", "--data.init_args.root",
-                     "photos", *SMALL_FOLDER_FIT, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1",
-                     "--trainer.callbacks=[]", "--trainer.callbacks+=ModelCheckpoint", "--trainer.callbacks.dirpath",
-                     "mine"]) == 0
-    err = capsys.readouterr().err
-    assert "warning: trainer.default_root_dir second: the config's logger's save_dir " in err, err
-    assert "ModelCheckpoint dirpath" not in err  # the one typed is where it was asked to be
-    # or in a file of trainer settings (a review: no word, after the warning learnt to spare a config's own root)
     (tmp_path / "trainer.yaml").write_text("default_root_dir: third\n")
-    with _warnings_shown_as_on_a_terminal():
-        assert main(["fit", "--config", str(IMAGEFOLDER_CONFIG), "--trainer", "trainer.yaml", "--data.init_args.root",
-                     "photos", *SMALL_FOLDER_FIT, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1",
-                     "--trainer.callbacks=[]", "--trainer.callbacks+=ModelCheckpoint", "--trainer.callbacks.dirpath",
-                     "mine2"]) == 0
-    assert "warning: trainer.default_root_dir third: the config's " in capsys.readouterr().err
+    for moving, root, folder in ((["--config", "root.yaml"], "second", "mine"),
+                                 (["--trainer", "trainer.yaml"], "third", "mine2")):
+        with _warnings_shown_as_on_a_terminal():
+            assert main(["fit", "--config", str(IMAGEFOLDER_CONFIG), *moving, "--data.init_args.root", "photos",
+                         *SMALL_FOLDER_FIT, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1",
+                         "--trainer.callbacks=[]", "--trainer.callbacks+=ModelCheckpoint",
+                         "--trainer.callbacks.dirpath", folder]) == 0
+        err = capsys.readouterr().err
+        assert f"warning: trainer.default_root_dir {root}: the config's logger's save_dir " in err, err
+        assert "ModelCheckpoint dirpath" not in err  # the one typed is where it was asked to be
 
 
 @pytest.mark.parametrize("warmup, said", [(2, "as long as"), (3, "longer than"), (1.5, None)])
