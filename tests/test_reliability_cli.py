@@ -1664,7 +1664,7 @@ def test_a_fit_that_would_not_learn_or_writes_elsewhere_than_asked_says_so(tmp_p
     assert code == 0, err
     assert "warning: model.init_args.lr 0: the weights will not change" in err
     assert ("warning: model.init_args.warmup_epochs 5.0 is longer than the run (trainer.max_epochs 1): the learning "
-            "rate reaches model.init_args.lr only at the run's last step and never decays") in err
+            "rate reaches model.init_args.lr only at the run's final step and never decays") in err
     moved = [line for line in err.splitlines() if line.startswith("warning: trainer.default_root_dir elsewhere: ")]
     assert len(moved) == 1 and moved[0].count(f"ModelCheckpoint dirpath {tmp_path}/outputs/") == 1, err  # it was twice
     assert moved[0].endswith(" stay where they are; set those too to move them"), err
@@ -1699,7 +1699,7 @@ def test_a_warm_up_as_long_as_the_run_is_warned_of_as_one_that_never_decays(warm
     messages = [str(w.message) for w in caught]
     assert messages == ([] if said is None else [
         f"model.init_args.warmup_epochs {warmup} is {said} the run (trainer.max_epochs 2): the learning rate reaches "
-        "model.init_args.lr only at the run's last step and never decays; shorten the warm-up"])
+        "model.init_args.lr only at the run's final step and never decays; shorten the warm-up"])
 
 
 @pytest.mark.parametrize("logs", ["scratch/logs", "~/runs/logs"])

@@ -616,7 +616,7 @@ def _check_training(model: Any, trainer: Any) -> None:
     if isinstance(warmup, (int, float)) and bounded_by_epochs and 0 < epochs <= warmup:
         longer = "longer than" if warmup > epochs else "as long as"
         warnings.warn(f"model.init_args.warmup_epochs {warmup} is {longer} the run (trainer.max_epochs {epochs}): the "
-                      "learning rate reaches model.init_args.lr only at the run's last step and never decays; shorten "
+                      "learning rate reaches model.init_args.lr only at the run's final step and never decays; shorten "
                       "the warm-up", VisattnWarning)
 
 
