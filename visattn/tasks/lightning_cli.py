@@ -60,7 +60,7 @@ import sys
 import traceback
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterator, NoReturn, Optional, Sequence
+from typing import Any, Callable, Iterable, Iterator, NoReturn, Optional, Sequence
 
 import numpy as np
 import torch
@@ -260,12 +260,18 @@ def _checkpoint_folders(callbacks: Any) -> list[Path]:
 def _last_checkpoint(callbacks: Any) -> Path:
     """The newest ``last*.ckpt`` in the config's checkpoint folders, the one Lightning's ``ckpt_path="last"``
     picks; where there is none Lightning only warns and scores the untrained model."""
-    found = _last_checkpoints(callbacks)
-    if not found:
+    newest = _newest_last_checkpoint(_checkpoint_folders(callbacks))
+    if newest is None:
         where = ", ".join(map(str, _checkpoint_folders(callbacks))) or "the config (no ModelCheckpoint with a dirpath)"
         raise ConfigError(f"--ckpt_path last: no last checkpoint in {where}; run `visattn fit` with this config "
                           "first or pass --ckpt_path FILE")
-    return max(found, key=lambda path: path.stat().st_mtime)
+    return newest
+
+
+def _newest_last_checkpoint(folders: Iterable[Path]) -> Optional[Path]:
+    """The newest ``last*.ckpt`` in ``folders``, the one Lightning's ``ckpt_path="last"`` picks; None for none."""
+    found = _last_checkpoints_in(folders)
+    return max(found, key=lambda path: path.stat().st_mtime) if found else None
 
 
 def _resumable_last(callbacks: Any) -> str:
@@ -288,7 +294,11 @@ def _holds_training_state(path: Path) -> bool:
 
 
 def _last_checkpoints(callbacks: Any) -> list[Path]:
-    return [path for folder in _checkpoint_folders(callbacks) for path in folder.glob("last*" + ModelCheckpoint.FILE_EXTENSION)]
+    return _last_checkpoints_in(_checkpoint_folders(callbacks))
+
+
+def _last_checkpoints_in(folders: Iterable[Path]) -> list[Path]:
+    return [path for folder in folders for path in folder.glob("last*" + ModelCheckpoint.FILE_EXTENSION)]
 
 
 def _refuse_earlier_run(callbacks: Any) -> None:
@@ -465,8 +475,7 @@ def _at(value: Any, where: str) -> Any:
 def _resumed_checkpoint(ckpt_path: Optional[str], callbacks: Any) -> Optional[Path]:
     """The file ``--ckpt_path`` names, or for ``last`` the config's newest last checkpoint; None for none."""
     if ckpt_path == "last":
-        found = _last_checkpoints(callbacks)
-        return max(found, key=lambda path: path.stat().st_mtime) if found else None
+        return _newest_last_checkpoint(_checkpoint_folders(callbacks))
     return Path(ckpt_path) if ckpt_path is not None and Path(ckpt_path).is_file() else None
 
 
@@ -1562,16 +1571,15 @@ class VisattnCLI(LightningCLI):
                               "Lightning takes it), or false for none")
         super()._set_seed()
 
-    def _last_checkpoint(self) -> dict[str, Any]:
+    def _stop_state(self) -> dict[str, Any]:
         """``resumable``: the run left a last checkpoint, only this run's (a fresh fit refuses folders that hold an
         earlier run's); ``steps_lost``: the steps it trained after the newest one (a stop mid-epoch loses them)."""
-        folders = [Path(c.dirpath) for c in self.trainer.checkpoint_callbacks if getattr(c, "dirpath", None)]
-        found = [path for folder in folders for path in folder.glob("last*" + ModelCheckpoint.FILE_EXTENSION)
-                 if path.is_file()]
-        if not found:
+        newest = _newest_last_checkpoint(Path(c.dirpath) for c in self.trainer.checkpoint_callbacks
+                                         if getattr(c, "dirpath", None))
+        if newest is None or not newest.is_file():
             return {"resumable": False}
         try:
-            saved_at = read_checkpoint(max(found, key=lambda path: path.stat().st_mtime), lazy=True).get("global_step")
+            saved_at = read_checkpoint(newest, lazy=True).get("global_step")
         except (VisattnError, OSError):  # said when it is resumed
             saved_at = None
         lost = self.trainer.global_step - saved_at if isinstance(saved_at, int) else 0
@@ -1583,18 +1591,18 @@ class VisattnCLI(LightningCLI):
             with _log_filter(_not_interrupt_notice):
                 super()._run_subcommand(subcommand)
         except KeyboardInterrupt:  # before Lightning's own handling started, e.g. while reading the data
-            raise Interrupted(**self._last_checkpoint()) from None
+            raise Interrupted(**self._stop_state()) from None
         except SIGTERMException:  # a SystemExit without a code: a preempted run would exit 0, as a finished one
-            raise Interrupted(**self._last_checkpoint(), terminated=True) from None
+            raise Interrupted(**self._stop_state(), terminated=True) from None
         except RuntimeError as err:
             # A SIGTERM sent to the whole process group (slurm's scancel) ends the loader workers too, and torch
             # raises that in the step Lightning was to stop after: a traceback and exit 1 had followed.
             if not (self.trainer.received_sigterm and WORKERS_STOPPED.search(str(err))):
                 raise
-            raise Interrupted(**self._last_checkpoint(), terminated=True) from None
+            raise Interrupted(**self._stop_state(), terminated=True) from None
         except SystemExit as exit:
             if isinstance(exit.__context__, KeyboardInterrupt):  # Lightning's shutdown after Ctrl-C exits with 1
-                raise Interrupted(**self._last_checkpoint()) from None
+                raise Interrupted(**self._stop_state()) from None
             raise
         except ValueError as err:
             mapped = _late_trainer_error(err)
@@ -2050,7 +2058,7 @@ def _refuse_model_names(argv: list[str]) -> None:
     """A registered model name or ARCH.TAG given to ``--model``, which takes a task class (jsonargparse read
     ``se_resnet20_cifar.fmnist`` as a module path: "No module named 'se_resnet20_cifar'"), is one line saying where a
     model name goes: to a config's ``model_name``, or to the command that runs it on files."""
-    from ..registry import is_model, list_pretrained, model_family
+    from ..registry import is_model, list_pretrained, model_task
 
     given = [(option, value) for option in ("--model", "--model.class_path") for value in _typed_values(argv, [option])]
     # a file of the model section's settings is no model name, even where its stem is one, nor is a class of a
@@ -2062,8 +2070,7 @@ def _refuse_model_names(argv: list[str]) -> None:
         return
     option, value = named[0]
     arch, tag = split_model_name(value)
-    family = model_family(arch)
-    verb = "detect" if family == "detection" else "caption" if family == "show_attend_tell" else "classify"
+    verb = {"detection": "detect", "captioning": "caption"}.get(model_task(arch), "classify")
     weighted = tag is not None or any(split_model_name(name)[0] == arch for name in list_pretrained())
     files = f"{verb} image files with `visattn {verb} FILES --model {value}`, or " if weighted else ""
     raise ConfigError(f"{option} {value}: `visattn {argv[0]}` runs a config's model on the config's data, and "
