@@ -714,3 +714,20 @@ def test_the_loaders_import_from_visattn_inference_without_lightning_as_the_read
 
     with pytest.raises(AttributeError, match="has no attribute 'load_model'"):
         visattn.inference.load_model
+
+
+def test_the_tasks_are_classes_of_visattn_tasks_as_a_config_may_name_them():
+    """`class_path: visattn.tasks.ImageClassifier` was "module 'visattn.tasks' has no attribute 'ImageClassifier'",
+    though `visattn.data.FashionMNISTDataModule` names a data module so; the package still imports no Lightning."""
+    probe = ("import sys, visattn.tasks\n"
+             "print(sorted({'lightning', 'torchmetrics'} & {*sys.modules}))\n"
+             "from visattn.tasks import CaptioningTask, DetectionTask, ImageClassifier\n"
+             "from visattn.tasks.lightning_cli import config_task\n"
+             "print([config_task(f'visattn.tasks.{c.__name__}') is c\n"
+             "       for c in (ImageClassifier, CaptioningTask, DetectionTask)], ImageClassifier.__module__)")
+    found = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert found.stdout.splitlines() == ["[]", "[True, True, True] visattn.tasks.classification"], found.stderr
+    import visattn.tasks
+
+    with pytest.raises(AttributeError, match="has no attribute 'Classifier'"):
+        visattn.tasks.Classifier
