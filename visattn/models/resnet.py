@@ -336,7 +336,7 @@ class ResNet(nn.Module):
         self.fc = nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
         self.grad_checkpointing = False
         self._init_weights(zero_init_residual)
-        if any(isinstance(m, _TIMM_SAME_ATTN) for m in self.modules()):
+        if self._attention_named_as_in_timm():
             # timm's SE/ECA state dicts load through load_state_dict (and timm's load_checkpoint) too, as into timm's
             self.register_load_state_dict_pre_hook(_read_timm_attention_names)
 
@@ -515,12 +515,16 @@ class ResNet(nn.Module):
         self.num_classes = num_classes
         self.fc = classifier_head(self, self.head_hidden_size, num_classes)
 
+    def _attention_named_as_in_timm(self) -> bool:
+        """Whether the blocks hold attention timm names ``se`` (SE, ECA), whose weights are renamed on the way."""
+        return any(isinstance(m, _TIMM_SAME_ATTN) for m in self.modules())
+
     def adapt_state_dict(self, state: dict[str, Tensor], *,
                          source_grid: Optional[tuple[int, int]] = None) -> dict[str, Tensor]:
         """timm names every block's attention ``se`` whatever its type; rename it to ``attn`` where
         this model's block attention is the same module as timm's (SE, ECA). ``source_grid``, a ViT's
         patch grid, has no meaning here."""
-        if not any(isinstance(m, _TIMM_SAME_ATTN) for m in self.modules()):
+        if not self._attention_named_as_in_timm():
             return state
         return {_TIMM_ATTENTION_KEY.sub(r"\1.attn.", key): value for key, value in state.items()}
 
@@ -539,7 +543,7 @@ class ResNet(nn.Module):
                               "model's weights with visattn.save_weights or torch.save(model.state_dict(), ...) "
                               "(timm_state_dict covers plain, SE and ECA ResNets)")
         state = self.state_dict()
-        if not any(isinstance(m, _TIMM_SAME_ATTN) for m in self.modules()):
+        if not self._attention_named_as_in_timm():
             return state
         return {re.sub(r"^(layer\d+\.\d+)\.attn\.", r"\1.se.", key): value for key, value in state.items()}
 
