@@ -130,6 +130,16 @@ def test_discard_keeps_the_class_tokens_own_attention():
         attention_rollout([attn[:, None]], (1, 2), head_fusion="median")
 
 
+def test_a_ratio_beyond_the_unprotected_entries_still_keeps_every_prefix_tokens_own_attention():
+    """9 tokens, 5 of them prefix: ratio 0.99 asks for 80 of 81 entries, but only 76 are not a prefix token's own;
+    topk then took protected entries and zeroed them (a reference-value audit)."""
+    attn = torch.rand(1, 9, 9, generator=torch.Generator().manual_seed(0)) + 0.1
+    kept = discard_lowest(attn, ratio=0.99, num_prefix_tokens=5)
+    own = torch.arange(5)
+    torch.testing.assert_close(kept[0, own, own], attn[0, own, own])
+    assert int((kept != 0).sum()) == 5
+
+
 # --------------------------------------------------------------------------------------- attention
 
 
@@ -720,12 +730,32 @@ def test_class_pointing_asks_each_class_present_for_its_own_map(monkeypatch):
 
     monkeypatch.setattr(explain_module, "grad_cam", level_map(0))
     result = evaluate_class_pointing(classifier, _pair_scenes(), batch_size=2)
-    assert result == {"pointing": 1.0, "pointing_method": "gradcam of each class present", "n": 6}
+    assert result == {"pointing": 1.0, "pointing_class_mean": 1.0, "pointing_method": "gradcam of each class present",
+                      "n": 6}
     assert asked == [0, 1, 0, 3, 1, 2]  # each scene's classes once, in class order
     # Maps for the next class: class 0's lands on class 1's square (a miss); class 1's, aimed at the
     # absent class 2, lands on the nearest gray, its own square (a hit).
     monkeypatch.setattr(explain_module, "grad_cam", level_map(1))
     assert evaluate_class_pointing(classifier, _pair_scenes()[:1], batch_size=2)["pointing"] == 0.5
+
+
+def test_the_pointing_game_also_averages_each_classs_accuracy_as_zhang_et_al_do(monkeypatch):
+    """Maps aimed one class up hit 3 of 6 (scene, class) pairs: class 0 neither of its two (in the second scene its
+    map, aimed at class 1's absent gray, lands on the resized edge of class 3's square), class 1 one of two, classes
+    2 and 3 their one. Zhang et al. (and TorchRay) average per class, (0 + 0.5 + 1 + 1) / 4; the score over all
+    pairs, 0.5, was the only one reported though the paper was cited (a reference-value audit)."""
+    import visattn.explain as explain_module
+
+    preprocessing = {"input_size": [3, 28, 28], "mean": [0.5] * 3, "std": [0.5] * 3, "recipe": "small"}
+    classifier = Classifier(_tiny_vit(), [str(i) for i in range(10)], preprocessing, "tiny", "vit_tiny_patch4_28", {})
+
+    def next_class_map(model, images, *, target_class):  # peaks on the gray nearest to class target + 1's
+        level = ((60 + 40 * (target_class + 1)) / 255 - 0.5) / 0.5
+        return -(images.mean(dim=1) - level[:, None, None]).abs(), None
+
+    monkeypatch.setattr(explain_module, "grad_cam", next_class_map)
+    result = evaluate_class_pointing(classifier, _pair_scenes(), batch_size=4)
+    assert (result["pointing"], result["pointing_class_mean"], result["n"]) == (0.5, 0.625, 6)
 
 
 @pytest.mark.slow
@@ -740,6 +770,7 @@ def test_cli_evaluate_classifier_reports_pointing(dataset, method, counts, tmp_p
     metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert metrics["n"] in counts and metrics["pointing_method"] == method
     assert 0.0 <= metrics["pointing"] <= 1.0 and 0.0 <= metrics.get("top1", 0.0) <= 1.0
+    assert 0.0 <= metrics["pointing_class_mean"] <= 1.0
 
 
 @pytest.mark.slow

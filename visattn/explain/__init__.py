@@ -367,7 +367,9 @@ def evaluate_pointing(
             and gate maps do not depend on the class.
 
     Returns:
-        ``{"top1", "pointing", "pointing_method", "n"}``; scenes whose box the crop removes are skipped.
+        ``{"top1", "pointing", "pointing_class_mean", "pointing_method", "n"}``: ``pointing`` over all scenes,
+        ``pointing_class_mean`` the mean of each class's, as Zhang et al. average it; scenes whose box the crop
+        removes are skipped.
     """
     method = method or ("rollout" if gives_attention(_loaded(classifier).model) else "gradcam")
     if target not in get_args(PointingTarget):
@@ -375,7 +377,7 @@ def evaluate_pointing(
     by_label = method == "gradcam" and target == "label"
     pipeline = _with_boxes(classifier.transform())
     count = len(scenes) if limit is None else min(limit, len(scenes))
-    correct = hits = n = 0
+    correct, tally = 0, _PointingTally()
     for start in range(0, count, batch_size):
         batch, boxes, labels = _scene_batch(pipeline, scenes, range(start, min(start + batch_size, count)))
         if not boxes:
@@ -386,15 +388,12 @@ def evaluate_pointing(
         maps = explain_batch(classifier.model, batch, method, target_class=explained).cpu()
         size = tuple(batch.shape[-2:])
         centres = map_centres(classifier.model, maps.shape[-2:], size)
-        hits += sum(pointing_hit(m, b, size, tolerance=tolerance, centres=centres) for m, b in zip(maps, boxes))
+        tally.add(labels, [pointing_hit(m, b, size, tolerance=tolerance, centres=centres) for m, b in zip(maps, boxes)])
         correct += int((predictions == labels).sum())
-        n += len(labels)
-    if n == 0:
-        raise ConfigError("no scenes to score; check --dataset, --split and --limit")
+    scores = tally.scores()
     if method == "gradcam":
         method = f"gradcam of the {'true' if by_label else 'predicted'} class"
-    return {"top1": reported_score(correct / n), "pointing": reported_score(hits / n), "pointing_method": method,
-            "n": n}
+    return {"top1": reported_score(correct / tally.n), **scores, "pointing_method": method, "n": tally.n}
 
 
 def evaluate_class_pointing(
@@ -421,11 +420,13 @@ def evaluate_class_pointing(
         tolerance: pixels (of the model input) by which boxes are grown.
 
     Returns:
-        ``{"pointing", "pointing_method", "n"}``, ``n`` counting (scene, class) pairs.
+        ``{"pointing", "pointing_class_mean", "pointing_method", "n"}``, ``n`` counting (scene, class) pairs:
+        ``pointing`` over all pairs, ``pointing_class_mean`` the mean of each class's accuracy, as Zhang et al.
+        average it.
     """
     pipeline = _with_boxes(_loaded(classifier).transform())
     count = len(scenes) if limit is None else min(limit, len(scenes))
-    hits = n = 0
+    tally = _PointingTally()
     for start in range(0, count, batch_size):
         images, classes, boxes = _class_queries(pipeline, scenes, range(start, min(start + batch_size, count)))
         if not boxes:
@@ -433,11 +434,33 @@ def evaluate_class_pointing(
         maps = grad_cam(classifier.model, images.to(classifier.device), target_class=classes.to(classifier.device))[0]
         size = tuple(images.shape[-2:])
         centres = map_centres(classifier.model, maps.shape[-2:], size)
-        hits += sum(pointing_hit(m, b, size, tolerance=tolerance, centres=centres) for m, b in zip(maps.cpu(), boxes))
-        n += len(boxes)
-    if n == 0:
-        raise ConfigError("no scenes to score; check --dataset, --split and --limit")
-    return {"pointing": reported_score(hits / n), "pointing_method": "gradcam of each class present", "n": n}
+        tally.add(classes, [pointing_hit(m, b, size, tolerance=tolerance, centres=centres)
+                            for m, b in zip(maps.cpu(), boxes)])
+    return {**tally.scores(), "pointing_method": "gradcam of each class present", "n": tally.n}
+
+
+class _PointingTally:
+    """Hits of the pointing game by class: ``pointing`` over all items, and ``pointing_class_mean``, the mean of
+    each class's accuracy, which is how Zhang et al. (and TorchRay) average it; the two differ when classes are
+    unequally often asked about."""
+
+    def __init__(self) -> None:
+        self.hits: dict[int, list[bool]] = {}
+
+    @property
+    def n(self) -> int:
+        return sum(len(hits) for hits in self.hits.values())
+
+    def add(self, classes: Tensor, hits: Sequence[bool]) -> None:
+        for cls, hit in zip(classes.tolist(), hits):
+            self.hits.setdefault(cls, []).append(bool(hit))
+
+    def scores(self) -> dict[str, float]:
+        if not self.hits:
+            raise ConfigError("no scenes to score; check --dataset, --split and --limit")
+        per_class = [sum(hits) / len(hits) for hits in self.hits.values()]
+        return {"pointing": reported_score(sum(map(sum, self.hits.values())) / self.n),
+                "pointing_class_mean": reported_score(sum(per_class) / len(per_class))}
 
 
 def _loaded(classifier: Any) -> Classifier:

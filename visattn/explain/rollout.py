@@ -42,12 +42,13 @@ def discard_lowest(attn: Tensor, ratio: float, num_prefix_tokens: int = 1) -> Te
     """
     if not (is_number(ratio) and 0.0 <= ratio < 1.0):  # a string would be a TypeError
         raise ConfigError(f"discard_ratio={ratio!r}: use a number in [0, 1)")
-    count = int(attn.shape[-1] * attn.shape[-1] * ratio)
+    own = torch.arange(num_prefix_tokens, device=attn.device) * (attn.shape[-1] + 1)  # diagonal (p, p)
+    # At most the unprotected entries: beyond them topk would pick protected ones (ratio 0.99 of 9 tokens, 5 prefix).
+    count = min(int(attn.shape[-1] * attn.shape[-1] * ratio), attn.shape[-1] * attn.shape[-1] - len(own))
     if count == 0:
         return attn
     flat = attn.flatten(1).clone()  # (B, N * N)
     protected = torch.zeros_like(flat, dtype=torch.bool)
-    own = torch.arange(num_prefix_tokens, device=attn.device) * (attn.shape[-1] + 1)  # diagonal (p, p)
     protected[:, own] = True
     ranked = flat.masked_fill(protected, float("inf"))
     lowest = ranked.topk(count, dim=1, largest=False).indices
