@@ -287,3 +287,17 @@ def test_to_tensor_of_what_is_no_decoded_image_is_one_line(image, shape):
 
     with pytest.raises(ConfigError, match=rf"^image: {re.escape(shape)}; give an \(H, W, 3\) uint8 array"):
         to_tensor(image)
+
+
+def test_the_preprocessing_names_transforms_gave_still_import_from_there():
+    """The checks of recorded preprocessing moved to visattn.data.preprocessing, and these names of the transforms
+    module's __all__ then raised ImportError from visattn.data.transforms."""
+    import visattn.data.preprocessing as preprocessing
+    import visattn.data.transforms as transforms
+
+    moved = ["IMAGENET_MEAN", "IMAGENET_STD", "CLASSIFIER_PREPROCESSING", "default_preprocessing",
+             "preprocessing_problem", "timm_data_config"]
+    assert set(moved) <= set(transforms.__all__)
+    for name in moved:
+        assert getattr(transforms, name) is getattr(preprocessing, name), name
+    assert transforms.timm_data_config({"input_size": [1, 8, 8], "mean": [0.5], "std": [0.25]})["mean"] == (0.5,)

@@ -370,6 +370,31 @@ def test_a_caption_cut_at_max_len_says_so_in_its_line_and_record(tmp_path, capsy
             assert out.endswith(" [cut at 2 words, before the model ended it: raise --max-len]") is cut, out
 
 
+def test_a_decoder_that_does_not_say_whether_it_finished_is_recorded_as_not_known(tmp_path, monkeypatch, capsys):
+    """A decoder building DecodedCaptions without `finished` (as before the field) made `caption` fail on None: a
+    caption of max_len words is recorded as not known (null) and its line says it may have been cut; a shorter one
+    ended."""
+    import visattn.inference.captioner as captioner_module
+    from visattn.models.show_attend_tell import DecodedCaptions
+
+    def decode_unflagged(*args, **kwargs) -> DecodedCaptions:
+        decoded = decode(*args, **kwargs)
+        return DecodedCaptions(decoded.tokens, decoded.attention, decoded.scores)
+
+    decode = captioner_module.decode
+    monkeypatch.setattr(captioner_module, "decode", decode_unflagged)
+    square = np.zeros((64, 64, 3), np.uint8)
+    square[16:48, 16:48] = (200, 30, 30)
+    Image.fromarray(square).save(tmp_path / "red.png")
+    run = ["caption", str(tmp_path / "red.png"), "--model", "sat_cbam_resnet_scenes.scenes"]
+    for max_len, finished in (("2", None), ("20", True)):
+        assert main([*run, "--max-len", max_len, "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["finished"] is finished
+    assert main([*run, "--max-len", "2"]) == 0
+    assert capsys.readouterr().out.strip().endswith(
+        " [2 words, as many as --max-len allows: it may have been cut; raise --max-len to see]")
+
+
 def test_a_caption_rerun_with_an_empty_caption_leaves_no_earlier_attention_panel_behind(tmp_path, monkeypatch, capsys):
     """An image whose caption is now empty has nothing to draw: the earlier run's panel of its words goes, beside
     the record's null (the panel had stayed, showing words the caption no longer had)."""

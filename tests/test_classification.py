@@ -599,7 +599,7 @@ def test_an_image_folder_is_scored_by_class_name_not_folder_position(tmp_path):
     from fixtures_images import write_image_folder
 
     from visattn.inference.classifier import Classifier
-    from visattn.tasks.classification import evaluate_classifier, evaluation_dataset
+    from visattn.inference.classifier_scoring import evaluate_classifier, evaluation_dataset
 
     root = write_image_folder(tmp_path / "photos" / "test", classes=("T-shirt_top", "dog"), per_class=2)  # gray 0, 40
     labels = ["cat", "dog", "T-shirt/top"]
@@ -624,7 +624,7 @@ def test_labels_that_share_a_class_folder_are_one_line_not_each_image_scored_twi
     from fixtures_images import write_image_folder
 
     from visattn.data.image_folder import ImageFolder
-    from visattn.tasks.classification import evaluation_dataset
+    from visattn.inference.classifier_scoring import evaluation_dataset
 
     root = write_image_folder(tmp_path / "photos", classes=("a_b", "c"), per_class=2)
     with pytest.raises(ConfigError, match=r"labels 'a/b' and 'a_b' both read the class folder a_b \("):
@@ -640,7 +640,7 @@ def test_an_image_folder_with_a_class_named_like_a_split_is_scored_as_classes(tm
 
     from visattn.cli import evaluation_split
     from visattn.inference.classifier import Classifier
-    from visattn.tasks.classification import evaluate_classifier, evaluation_dataset
+    from visattn.inference.classifier_scoring import evaluate_classifier, evaluation_dataset
 
     root = write_image_folder(tmp_path / "vehicles", classes=("bus", "train"), per_class=2)  # gray 0, 40
     classifier = Classifier(_BrightnessOracle([0.0, 40 / 255]), ["bus", "train"],
@@ -661,7 +661,7 @@ def test_a_classifier_of_other_labels_is_not_scored_on_fashion_mnist_by_position
 
     from visattn.cli import cmd_evaluate_pointing
     from visattn.data import FASHION_MNIST_CLASSES
-    from visattn.tasks.classification import evaluation_dataset
+    from visattn.inference.classifier_scoring import evaluation_dataset
 
     def score(labels: list[str]) -> None:
         model = create_model("resnet20_cifar", num_classes=len(labels)).eval()
@@ -963,7 +963,8 @@ def test_top1_and_top5_accuracy_equal_a_hand_count_where_they_differ():
     """20 samples of 10 classes: the true class ranks 1st in 7 of them, 2nd..5th in 8 more and 6th..10th
     in the last 5, so top-1 is 7/20 and top-5 is 15/20, through the task's metrics and `evaluate_classifier`."""
     from visattn.inference.classifier import Classifier
-    from visattn.tasks.classification import ImageClassifier, accuracy_metrics, evaluate_classifier
+    from visattn.inference.classifier_scoring import evaluate_classifier
+    from visattn.tasks.classification import ImageClassifier, accuracy_metrics
 
     num_classes, labels = 10, torch.arange(20) % 10
     ranks = [1] * 7 + [2, 3, 4, 5, 5, 4, 3, 2] + [6, 7, 8, 9, 10]
@@ -995,7 +996,7 @@ def test_per_class_accuracy_equals_a_hand_count_and_leaves_out_classes_without_s
     """Each class's accuracy, count and most frequent wrong prediction, counted here from the logits' argmax; the
     mean over the classes that have samples (a split of a subset of the classes scored absent ones as 0)."""
     from visattn.inference.classifier import Classifier
-    from visattn.tasks.classification import evaluate_classifier
+    from visattn.inference.classifier_scoring import evaluate_classifier
 
     num_classes, labels = 10, torch.arange(20) % 10
     logits = _ranked_logits(labels, [1] * 7 + [2, 3, 4, 5, 5, 4, 3, 2] + [6, 7, 8, 9, 10], num_classes)
@@ -1018,6 +1019,56 @@ def test_per_class_accuracy_equals_a_hand_count_and_leaves_out_classes_without_s
     assert scores["mean_class_accuracy"] == pytest.approx(sum(c["accuracy"] for c in expected.values()) / 9, abs=1e-6)
     assert scores["top1"] == pytest.approx(7 / 16) and scores["mean_class_accuracy"] == pytest.approx(4 / 9)
     assert expected["c0"] == {"accuracy": 1.0, "n": 1, "mistaken_for": None}
+
+
+def _lookup_classifier(logits: torch.Tensor) -> tuple[Classifier, torch.Tensor]:
+    """A classifier giving row ``k`` of ``logits`` for image ``k``, and those images."""
+    images = torch.arange(len(logits), dtype=torch.float)[:, None, None, None].expand(-1, 3, 4, 4).clone()
+    classifier = Classifier(_LookupLogits(logits), [f"c{k}" for k in range(logits.shape[1])],
+                            {"input_size": [3, 4, 4], "mean": [0.0] * 3, "std": [1.0] * 3}, "lookup", "lookup", {})
+    return classifier, images
+
+
+@pytest.mark.parametrize("num_classes", [3, 7])
+def test_evaluate_classifier_counts_tied_scores_as_the_tasks_torchmetrics_do(num_classes):
+    """`evaluate` counts top-1, top-5 and the confusion matrix itself (torchmetrics' import cost 1.3 s): on scores
+    full of ties its figures are those of the task's metrics, which break ties as torch's argmax and topk do."""
+    from torchmetrics.classification import MulticlassConfusionMatrix
+
+    from visattn.inference.classifier_scoring import class_accuracies, evaluate_classifier
+    from visattn.tasks.classification import accuracy_metrics
+
+    generator = torch.Generator().manual_seed(num_classes)
+    logits = torch.randint(0, 3, (300, num_classes), generator=generator).float()  # most rows tie somewhere
+    labels = torch.randint(0, num_classes, (300,), generator=generator)
+    classifier, images = _lookup_classifier(logits)
+    scores = evaluate_classifier(classifier, list(zip(images, labels)), batch_size=64, per_class=True)
+
+    probabilities = logits.softmax(dim=-1)  # what the classifier's predict gives
+    metrics = accuracy_metrics(num_classes, prefix="")
+    metrics.update(probabilities, labels)
+    confusion = MulticlassConfusionMatrix(num_classes)
+    confusion.update(probabilities, labels)
+    expected = {k: round(float(v), 6) for k, v in metrics.compute().items()}
+    assert {k: scores[k] for k in ("top1", "top5")} == pytest.approx(expected, abs=1e-6)
+    assert expected["top1"] < expected["top5"] < 1 or num_classes == 3
+    by_class = class_accuracies(confusion.compute(), classifier.class_names)
+    assert {k: scores[k] for k in by_class} == by_class
+
+
+@pytest.mark.parametrize("target, problem", [
+    (3, "the dataset's target 3 is no class of the classifier's 3 (0 to 2)"),
+    (-1, "the dataset's target -1 is no class of the classifier's 3 (0 to 2)"),
+    (0.5, "the dataset's targets are torch.float32 of shape (2,); give each sample's class index"),
+])
+def test_a_target_that_is_no_class_of_the_classifier_is_one_line(target, problem):
+    """torchmetrics counted a target outside the classes as a miss: the accuracy dropped without a word."""
+    from visattn.inference.classifier_scoring import evaluate_classifier
+
+    classifier, images = _lookup_classifier(torch.eye(3)[:2])
+    with pytest.raises(ConfigError, match=rf"^{re.escape(problem)}"):
+        evaluate_classifier(classifier, [(images[0], 0), (images[1], target)])
+    assert evaluate_classifier(classifier, [(images[0], 0.0), (images[1], 1.0)]) == {"top1": 1.0, "top5": 1.0, "n": 2}
 
 
 def test_evaluate_per_class_prints_a_line_per_class_and_refuses_what_it_cannot_score(capsys):
@@ -1092,7 +1143,7 @@ def test_a_negative_or_nan_mixing_alpha_is_one_line_not_mixing_silently_off(key,
 
 
 def test_an_imagefolder_dataset_without_a_folder_is_one_line_not_the_working_folder(tmp_path, monkeypatch):
-    from visattn.tasks.classification import evaluation_dataset
+    from visattn.inference.classifier_scoring import evaluation_dataset
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ConfigError, match="^--dataset imagefolder: names no folder; give one, e.g. imagefolder:photos$"):
         evaluation_dataset("imagefolder:", "test", eval_transforms(28), ["a", "b"])
@@ -1654,7 +1705,7 @@ def test_data_a_vit_of_any_size_cannot_split_into_patches_is_refused_at_build_na
 
 def test_mean_class_accuracy_averages_the_unrounded_accuracies():
     """Averaged after rounding each to 6 digits, 0, 2/3 and 2/3 gave 0.444445 where their mean is 0.4444444."""
-    from visattn.tasks.classification import class_accuracies
+    from visattn.inference.classifier_scoring import class_accuracies
 
     scores = class_accuracies(torch.tensor([[0, 1, 0], [0, 2, 1], [1, 0, 2]]), ["a", "b", "c"])
     assert scores["mean_class_accuracy"] == 0.444444

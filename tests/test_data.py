@@ -564,7 +564,8 @@ def test_evaluation_leaves_broken_files_out_and_scores_each_image_once(tmp_path)
     import lightning.pytorch as pl
 
     from visattn.inference.classifier import load_classifier
-    from visattn.tasks.classification import ImageClassifier, evaluate_classifier
+    from visattn.inference.classifier_scoring import evaluate_classifier
+    from visattn.tasks.classification import ImageClassifier
 
     root = write_image_folder(tmp_path / "photos", per_class=3, broken=("cat", "dog"))  # 6 good files of 8
     data = ImageFolderDataModule(str(root), test_root=str(root), img_size=28, batch_size=1, num_workers=0,

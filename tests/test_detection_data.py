@@ -380,6 +380,36 @@ def test_scenes_data_module_batches():
         FashionScenesDetectionDataModule(min_items=4, max_items=3)
 
 
+@needs_fashion_mnist
+def test_scene_detection_samples_are_those_of_the_captioned_scenes_without_wording_captions(monkeypatch):
+    """The detection samples drew every scene's captions, which they never read (a tenth of a scene's drawing):
+    they are drawn without them now, and image, boxes and labels are those of the captioned scene."""
+    import visattn.data.scenes as scenes_module
+    from visattn.data.detection_samples import SceneDetection
+    from visattn.data.scenes import FashionScenes
+
+    scenes = FashionScenes("val", num_scenes=12, canvas_size=48, max_items=4)
+    captioned = [scenes[i] for i in range(len(scenes))]
+    assert all(len(scene.captions) >= 5 for scene in captioned)
+    worded = []
+
+    def counted_describe_scene(*args, **kwargs) -> list[str]:
+        worded.append(args)
+        return describe(*args, **kwargs)
+
+    describe = scenes_module.describe_scene
+    monkeypatch.setattr(scenes_module, "describe_scene", counted_describe_scene)
+    transform = eval_detection_transforms()
+    samples = SceneDetection(scenes, transform)
+    for index, scene in enumerate(captioned):
+        image, target = samples[index]
+        expected_image, expected = transform(scene.image, scene.boxes, scene.labels)
+        assert torch.equal(image, expected_image) and target.keys() == expected.keys()
+        assert all(torch.equal(target[key], expected[key]) for key in expected), index
+    assert worded == [] and sum(len(scene.labels) for scene in captioned) > len(captioned)
+    assert scenes.draw(3, captions=False).captions == [] and scenes[3].captions == captioned[3].captions
+
+
 # --- COCO instances that disagree with themselves or with their images ---------------------
 
 

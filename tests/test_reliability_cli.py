@@ -1901,13 +1901,19 @@ def test_inference_commands_run_without_importing_lightning_or_torchmetrics(tmp_
 _EVALUATION_WITHOUT_LIGHTNING = """
 import contextlib, io, json, sys
 from visattn.cli import _test_scores, main
-from visattn.inference import load_captioner, load_detector
+from visattn.inference import load_captioner, load_classifier, load_detector
+def evaluate(model, dataset, *options):
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        code = main(["evaluate", "--model", model, "--dataset", dataset, "--limit", "4", "--device", "cpu", "--json",
+                     *options])
+    print(model, dataset, code, sorted(json.loads(out.getvalue())))
+evaluate("se_resnet20_cifar.fmnist", "fashion-mnist", "--per-class")
+evaluate("se_resnet20_cifar.fmnist", "fashion-mnist-canvas")
+print(sorted(_test_scores("classification", load_classifier("se_resnet20_cifar.fmnist"), "fashion-mnist", 4)))
+print(*sorted({"lightning", "lightning.pytorch", "torchmetrics"} & {*sys.modules}))
 models = ["sat_cbam_resnet_scenes.scenes", "fcos_se_resnet20_cifar.scenes", "detr_se_resnet20_cifar.scenes"]
 for model in models:
-    with contextlib.redirect_stdout(io.StringIO()) as out:
-        code = main(["evaluate", "--model", model, "--dataset", "fashion-scenes", "--limit", "4", "--device", "cpu",
-                     "--json"])
-    print(model, code, sorted(json.loads(out.getvalue())))
+    evaluate(model, "fashion-scenes")
 print(sorted(_test_scores("captioning", load_captioner(models[0]), "fashion-scenes", 4)))
 print(sorted(_test_scores("detection", load_detector(models[1]), "fashion-scenes", 4)))
 print(*sorted({"lightning", "lightning.pytorch"} & {*sys.modules}))
@@ -1915,19 +1921,26 @@ print(*sorted({"lightning", "lightning.pytorch"} & {*sys.modules}))
 
 
 @needs_fashion_mnist
-def test_evaluating_a_captioner_or_detector_imports_no_lightning():
-    """`visattn evaluate` of a captioner or detector, and save-weights' scores of one, imported Lightning (about
-    2.7 s) though they train nothing: their scoring and datasets sat beside the LightningModule and
-    LightningDataModules; they live in visattn.inference.caption_scoring, visattn.inference.detection_scoring,
-    visattn.data.caption_samples and visattn.data.detection_samples now."""
+def test_evaluating_a_classifier_captioner_or_detector_imports_no_lightning():
+    """`visattn evaluate` and save-weights' scores imported Lightning (about 2.7 s; a classifier's torchmetrics too,
+    1.3 s of it) though they train nothing: the scoring and datasets sat beside the LightningModules and
+    LightningDataModules; they live in visattn.inference.classifier_scoring, visattn.inference.caption_scoring,
+    visattn.inference.detection_scoring, visattn.data.caption_samples and visattn.data.detection_samples now, and a
+    classifier's scoring counts its hits itself."""
     found = subprocess.run([sys.executable, "-c", _EVALUATION_WITHOUT_LIGHTNING], capture_output=True, text=True,
                            timeout=300)
     assert found.returncode == 0, found.stderr[-2000:]
+    classified = ["n", "top1", "top5"]
+    pointed = ["n", "pointing", "pointing_method", "top1"]
     captioned = ["bleu1", "bleu2", "bleu3", "bleu4", "cider", "n", "pointing", "rouge_l"]
     detected = ["map", "map50", "n"]
     assert found.stdout.splitlines() == [
-        f"sat_cbam_resnet_scenes.scenes 0 {captioned}", f"fcos_se_resnet20_cifar.scenes 0 {detected}",
-        f"detr_se_resnet20_cifar.scenes 0 {detected}", str(sorted([*captioned, "beam_size"])), str(detected), ""]
+        f"se_resnet20_cifar.fmnist fashion-mnist 0 {sorted([*classified, 'mean_class_accuracy', 'per_class'])}",
+        f"se_resnet20_cifar.fmnist fashion-mnist-canvas 0 {pointed}", str(classified), "",
+        f"sat_cbam_resnet_scenes.scenes fashion-scenes 0 {captioned}",
+        f"fcos_se_resnet20_cifar.scenes fashion-scenes 0 {detected}",
+        f"detr_se_resnet20_cifar.scenes fashion-scenes 0 {detected}", str(sorted([*captioned, "beam_size"])),
+        str(detected), ""]
 
 
 _MODELS_WITHOUT_AUGMENTATION = """

@@ -537,7 +537,7 @@ def test_evaluation_leaves_the_callers_random_numbers_as_they_were():
     from torch.utils.data import TensorDataset
 
     from visattn.inference.classifier import load_classifier
-    from visattn.tasks.classification import evaluate_classifier
+    from visattn.inference.classifier_scoring import evaluate_classifier
 
     classifier = load_classifier("se_resnet20_cifar.fmnist")
     images = TensorDataset(torch.randn(6, 3, 28, 28), torch.randint(0, 10, (6,)))
@@ -554,6 +554,12 @@ def test_evaluation_leaves_the_callers_random_numbers_as_they_were():
     ("visattn.tasks.detection.detect_files", "visattn.inference.detector.detect_files"),
     ("visattn.tasks.captioning.evaluate_captioner", "visattn.inference.caption_scoring.evaluate_captioner"),
     ("visattn.tasks.detection.evaluate_detector", "visattn.inference.detection_scoring.evaluate_detector"),
+    ("visattn.tasks.classification.evaluate_classifier", "visattn.inference.classifier_scoring.evaluate_classifier"),
+    ("visattn.tasks.classification.evaluation_dataset", "visattn.inference.classifier_scoring.evaluation_dataset"),
+    ("visattn.tasks.classification.imagefolder_root", "visattn.inference.classifier_scoring.imagefolder_root"),
+    ("visattn.tasks.classification.check_fashion_mnist_labels",
+     "visattn.inference.classifier_scoring.check_fashion_mnist_labels"),
+    ("visattn.tasks.classification.class_accuracies", "visattn.inference.classifier_scoring.class_accuracies"),
 ])
 def test_the_loaders_old_import_paths_still_give_them_with_a_warning_naming_the_new(old, new):
     """The loaders and what they read moved to visattn.inference (their import had loaded Lightning); visattn

@@ -592,6 +592,21 @@ def test_a_caption_cut_at_max_len_is_flagged_unfinished(ending, beam_size):
     assert ending.greedy_decode(images[:0]).finished.shape == (0,)
 
 
+def test_decoded_captions_built_with_three_arguments_say_finished_is_not_known():
+    """`finished` became a required field: code building DecodedCaptions(tokens, attention, scores) broke with a
+    TypeError. Built so, it is None (not known), survives .to(), and only a caption shorter than max_len words is
+    known to be finished (decoding stops early only at END)."""
+    from visattn.models.show_attend_tell import DecodedCaptions
+
+    tokens = [torch.tensor([4, 5]), torch.tensor([4, 5, 6])]
+    decoded = DecodedCaptions(tokens, [torch.zeros(2, 2, 2), torch.zeros(3, 2, 2)], torch.zeros(2))
+    assert decoded.finished is None and decoded.to("cpu").finished is None
+    assert decoded.to("cpu").tokens[1].tolist() == [4, 5, 6]
+    assert decoded.finished_within(3) == [True, None] and decoded.finished_within(4) == [True, True]
+    flagged = DecodedCaptions(tokens, decoded.attention, decoded.scores, torch.tensor([True, False]))
+    assert flagged.to("cpu").finished.tolist() == flagged.finished_within(3) == [True, False]
+
+
 def test_sigmoid_lstm_cell_scripts_and_refuses_other_ranks_as_nn_lstm_cell_does():
     cell = SigmoidLSTMCell(6, 5)
     scripted = torch.jit.script(cell)

@@ -253,8 +253,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return cmd_evaluate_detector(args)
     if captioner:
         return cmd_evaluate_captioner(args)
-    # imported here: its module imports Lightning, which captioners' and detectors' evaluation needs not
-    from .tasks.classification import evaluation_dataset, evaluate_classifier
+    from .inference.classifier_scoring import evaluate_classifier, evaluation_dataset
 
     classifier = load_classifier(args.model, args.checkpoint, img_size=args.img_size, device=args.device)
     if args.dataset in POINTING_DATASETS:  # single-object scenes: accuracy and the pointing game
@@ -278,8 +277,8 @@ def evaluation_split(dataset: str, split: Optional[str]) -> Optional[str]:
     from .data.image_folder import SPLIT_FOLDERS, split_folders
 
     root = None
-    if dataset.startswith("imagefolder:"):  # a classifier's dataset: its module imports Lightning
-        from .tasks.classification import imagefolder_root
+    if dataset.startswith("imagefolder:"):  # a classifier's dataset
+        from .inference.classifier_scoring import imagefolder_root
 
         root = imagefolder_root(dataset)
     if dataset.startswith("coco:"):
@@ -311,7 +310,7 @@ def check_evaluate_options(args: argparse.Namespace, kind: str) -> None:
 def cmd_evaluate_pointing(classifier, args: argparse.Namespace) -> dict:
     from .explain import evaluate_class_pointing, evaluate_pointing
     from .explain.attention import gives_attention
-    from .tasks.classification import check_fashion_mnist_labels
+    from .inference.classifier_scoring import check_fashion_mnist_labels
 
     check_fashion_mnist_labels(classifier.class_names, args.dataset)  # the scenes hold Fashion-MNIST items
     if args.pointing_target is not None and gives_attention(classifier.model):
@@ -556,7 +555,7 @@ def cmd_save_weights(args: argparse.Namespace) -> int:
 def _test_scores(task: str, loaded: Any, dataset: str, limit: Optional[int]) -> dict[str, Any]:
     """The metrics `visattn evaluate` gives on ``dataset``'s test split (its first ``limit`` samples)."""
     if task == "classification":
-        from .tasks.classification import evaluate_classifier, evaluation_dataset
+        from .inference.classifier_scoring import evaluate_classifier, evaluation_dataset
 
         try:
             test_set = evaluation_dataset(dataset, "test", loaded.transform(), loaded.class_names)

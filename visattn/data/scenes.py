@@ -95,7 +95,7 @@ class Scene:
             visible pixels (the item covers columns ``x1 .. x2 - 1``).
         labels: ``(N,)`` int64 Fashion-MNIST class ids.
         colors: the ``N`` colour names.
-        captions: at least 5 lower-case reference captions.
+        captions: at least 5 lower-case reference captions (none when drawn without, for detection).
         source_indices: ``(N,)`` int64 index of each item's image in the Fashion-MNIST split it
             came from (``train`` for train and val scenes, ``test`` for test scenes).
     """
@@ -163,6 +163,11 @@ class FashionScenes(Dataset):
         return self.num_scenes
 
     def __getitem__(self, index: int) -> Scene:
+        return self.draw(index)
+
+    def draw(self, index: int, *, captions: bool = True) -> Scene:
+        """Scene ``index``; without ``captions`` (detection reads none) its ``captions`` are empty and the rest
+        is the same: they are worded last, from the random numbers left after the drawing."""
         index = int(index)
         if not 0 <= index < self.num_scenes:
             raise IndexError(f"scene {index} out of range 0..{self.num_scenes - 1}")
@@ -176,8 +181,8 @@ class FashionScenes(Dataset):
             h, w = patch.shape[:2]
             image[y : y + h, x : x + w] = patch  # boxes never overlap, so plain assignment
             boxes[i] = (x, y, x + w, y + h)
-        captions = describe_scene(labels, colors, boxes, canvas_size=self.canvas_size, rng=rng)
-        return Scene(image, boxes, labels, colors, captions, sources)
+        described = describe_scene(labels, colors, boxes, canvas_size=self.canvas_size, rng=rng) if captions else []
+        return Scene(image, boxes, labels, colors, described, sources)
 
     def __repr__(self) -> str:
         return (

@@ -37,16 +37,25 @@ from torchvision.transforms import functional as TF
 from ..errors import ConfigError, is_number
 from .auto_augment import TimmAutoAugment, auto_augment_problem
 from .image_io import rgb_pixels
-from .preprocessing import (DEFAULT_CROP_PCT, DEFAULT_INTERPOLATION, IMAGENET_MEAN, IMAGENET_STD, Interpolation,
-                            check_normalization, crop_problem, interpolation_problem)
+# The checks of recorded preprocessing moved to .preprocessing (building a model imports no albumentations);
+# the names this module's __all__ gave stay importable from here.
+from .preprocessing import (CLASSIFIER_PREPROCESSING, DEFAULT_CROP_PCT, DEFAULT_INTERPOLATION, IMAGENET_MEAN,
+                            IMAGENET_STD, Interpolation, check_normalization, crop_problem, default_preprocessing,
+                            interpolation_problem, preprocessing_problem, timm_data_config)
 
 __all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
     "AugmentationStream",
     "augmentation_problem",
     "ImageTransform",
     "Recipe",
     "eval_transforms",
     "eval_transform_of",
+    "CLASSIFIER_PREPROCESSING",
+    "default_preprocessing",
+    "preprocessing_problem",
+    "timm_data_config",
     "to_tensor",
     "to_model_input",
     "train_transforms",

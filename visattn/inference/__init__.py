@@ -3,7 +3,8 @@ vocabulary) and preprocessing, and the commands that run them on image files.
 
 Nothing here imports Lightning, which training (:mod:`visattn.tasks`) needs, and only the detectors' scoring
 (:mod:`~visattn.inference.detection_scoring`, for mAP) imports torchmetrics: `visattn classify`, `explain`, `caption`
-and `detect` start a second sooner without them, and `evaluate` of a captioner or detector some 1.3 s sooner.
+and `detect` start a second sooner without them, and `evaluate` of any model some 1.3 s sooner (a classifier's
+scoring counts its hits itself: torchmetrics took as long again to import).
 """
 import importlib
 import warnings

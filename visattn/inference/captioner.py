@@ -136,6 +136,15 @@ def is_captioner(model: Optional[str] = None, checkpoint: Optional[str] = None) 
     return model_weights_entry(model).get("task") == "captioning"
 
 
+def _cut_note(finished: Optional[bool], words: int) -> str:
+    """What a caption's line says of its end: nothing when the model ended it."""
+    if finished:
+        return ""
+    if finished is None:  # a decoder that does not say (DecodedCaptions built without finished)
+        return f" [{words} words, as many as --max-len allows: it may have been cut; raise --max-len to see]"
+    return f" [cut at {words} words, before the model ended it: raise --max-len]"
+
+
 def caption_files(captioner: Captioner, paths: Sequence[str], *, beam_size: int = 5, max_len: Optional[int] = None,
                   length_penalty: float = 1.0, attention_out: Optional[str] = None, as_json: bool = False,
                   batch_size: int = 32, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
@@ -158,11 +167,12 @@ def caption_files(captioner: Captioner, paths: Sequence[str], *, beam_size: int 
     files = list_images(list(paths), allow_empty=False, exclude=[attention_out], rerun_of=[command])
     targets = output_paths(files, attention_out, flag=flag, commands={"": command})[""]
     centres_of = functools.lru_cache(maxsize=None)(functools.partial(attention_centres, captioner.model))
+    longest = captioner.max_len if max_len is None else max_len
 
-    def caption_batch(images: list[Tensor]) -> Iterable[tuple[Tensor, Tensor]]:
+    def caption_batch(images: list[Tensor]) -> Iterable[tuple[Tensor, Tensor, Optional[bool]]]:
         decoded = captioner.caption(torch.stack(images), beam_size=beam_size, max_len=max_len,
                                     length_penalty=length_penalty)
-        return zip(decoded.tokens, decoded.attention, decoded.finished.tolist())
+        return zip(decoded.tokens, decoded.attention, decoded.finished_within(longest))
 
     failures = 0
     results = run_in_batches(files, batch_size, captioner.transform(), caption_batch, max_pixels=max_pixels)
@@ -185,7 +195,6 @@ def caption_files(captioner: Captioner, paths: Sequence[str], *, beam_size: int 
                 fig = word_panels_figure(seen, words, list(attention.numpy()), centres=centres_of(seen.shape[:2]),
                                          pixel_aspect=aspect)
             record["attention"] = save_panels(fig, target, flag=flag, folder=attention_out, command=command)
-        cut = "" if finished else f" [cut at {len(tokens)} words, before the model ended it: raise --max-len]"
-        line = f"{item.path}: {record['caption']}{cut}{attention_note(record, 'words')}"
+        line = f"{item.path}: {record['caption']}{_cut_note(finished, len(tokens))}{attention_note(record, 'words')}"
         print(json.dumps(record) if as_json else one_line(line))
     return failures, len(files)

@@ -38,17 +38,25 @@ class DecodedCaptions:
     ``tokens[i]`` holds the word ids without START and END, ``attention[i]`` each word's attention
     map ``(T_i, grid_h, grid_w)`` and ``scores[i]`` the caption's log-probability: beam search's is
     length-normalised (``log p / length ** length_penalty``, END counted), greedy decoding's is not.
-    ``finished[i]`` is False for a caption cut at ``max_len`` words before the model ended it.
+    ``finished[i]`` is False for a caption cut at ``max_len`` words before the model ended it; ``finished`` is
+    None where that is not known (code written before the field built the captions with three arguments).
     """
 
     tokens: list[Tensor]
     attention: list[Tensor]
     scores: Tensor
-    finished: Tensor  # (B,) bool
+    finished: Optional[Tensor] = None  # (B,) bool
 
     def to(self, device: Union[str, torch.device]) -> "DecodedCaptions":
         return DecodedCaptions([t.to(device) for t in self.tokens], [a.to(device) for a in self.attention],
-                               self.scores.to(device), self.finished.to(device))
+                               self.scores.to(device), None if self.finished is None else self.finished.to(device))
+
+    def finished_within(self, max_len: int) -> list[Optional[bool]]:
+        """Each caption's ``finished``; where it is not known, True for a caption shorter than ``max_len`` words
+        (decoding stops early only at END) and None (not known) for one of ``max_len`` words."""
+        if self.finished is not None:
+            return self.finished.tolist()
+        return [True if len(tokens) < max_len else None for tokens in self.tokens]
 
     @classmethod
     def empty(cls, device: Union[str, torch.device] = "cpu") -> "DecodedCaptions":

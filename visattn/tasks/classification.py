@@ -1,5 +1,6 @@
-"""Image classification as a LightningModule: any registered model (or ``timm:NAME``) by name, and the scoring of a
-trained classifier (`visattn evaluate`). Loading one for inference is :mod:`visattn.inference.classifier`."""
+"""Image classification as a LightningModule: any registered model (or ``timm:NAME``) by name. The scoring of a
+trained classifier (`visattn evaluate`) is :mod:`visattn.inference.classifier_scoring`; loading one for inference is
+:mod:`visattn.inference.classifier`."""
 import contextlib
 import math
 import warnings
@@ -13,24 +14,18 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torchmetrics import MeanMetric, MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
-from torch.utils.data import Dataset
+from torchmetrics.classification import MulticlassAccuracy
 from torchvision.transforms import v2
 
-from ..data.fashion_mnist import FASHION_MNIST_CLASSES, FashionMNIST
-from ..data.image_folder import ImageFolder, evaluation_batches, seeded_subset, skipped_images, split_folders
-from ..data.image_io import DEFAULT_MAX_PIXELS
-from ..data.transforms import ImageTransform
-from ..errors import ConfigError, MissingSplit, VisattnWarning, WeightsError, is_number, one_line, outside_visattn
+from ..errors import ConfigError, VisattnWarning, WeightsError, is_number, one_line, outside_visattn
 from ..inference import moved_here
-from ..inference.classifier import Classifier, build_classifier, sides_that_fit
+from ..inference.classifier import build_classifier, sides_that_fit
 from ..layers.attention import SelfAttention
 from ..layers.patch_embed import fixed_input_size, whole_patches
 from ..modes import eval_mode
 from ..pretrained import (classifier_names, named_weights_entry, read_pickle_checkpoint, refuse_an_untrained_head,
                           starting_weights_skipped, weights_preprocessing)
 from ..registry import Strictness, model_arguments
-from ..scores import reported_score
 from .guards import (GuardedTask, NonFiniteLossGuard, TrainingLoss, any_process_scored, batch_of_one_is_one_line,
                      skip_missing_batch, weight_average)
 
@@ -480,114 +475,11 @@ def check_sdpa_backend(backend: Optional[str], device: torch.device, precision: 
                           "efficient")
 
 
-# ---------------------------------------------------------------------------------------------
-# `visattn evaluate`: a loaded classifier scored on a dataset
-# ---------------------------------------------------------------------------------------------
-
-
-def evaluation_dataset(spec: str, split: Optional[str], transform: ImageTransform, class_names: Sequence[str], *,
-                       max_pixels: int = DEFAULT_MAX_PIXELS) -> Dataset:
-    """``fashion-mnist`` (split train|test) or ``imagefolder:DIR``: ``DIR/<split>/<class>/`` when DIR
-    has split folders, else ``DIR/<class>/`` (``split`` None). Class folders are matched to ``class_names`` (the
-    classifier's labels, in label order) by name, a ``/`` in a label being ``_`` in its folder name; its image
-    files may declare up to ``max_pixels`` pixels."""
-    if spec == "fashion-mnist":
-        if split not in ("train", "test"):
-            raise ConfigError(f"--split {split}: fashion-mnist has the splits train and test")
-        check_fashion_mnist_labels(class_names, spec)
-        return FashionMNIST(split, transform)
-    if spec.startswith("imagefolder:"):
-        root = imagefolder_root(spec)
-        splits = split_folders(root)
-        if splits and split not in splits:
-            raise MissingSplit(root, split, splits)
-        return ImageFolder(root / split if splits else root, transform, classes=_class_folders(spec, class_names),
-                           max_pixels=max_pixels)
-    raise ConfigError(f"--dataset {spec}: a classifier is scored on fashion-mnist or imagefolder:DIR (and, by "
-                      "`visattn evaluate`, on the pointing scenes fashion-scenes, fashion-mnist-canvas, fashion-mnist-pairs)")
-
-
-def _class_folders(spec: str, class_names: Sequence[str]) -> list[str]:
-    """The folder name of each label, a ``/`` being ``_``; one line when two labels share one (each image
-    of the folder was scored once under each label)."""
-    label_of_folder: dict[str, str] = {}
-    for name in class_names:
-        other = label_of_folder.setdefault(name.replace("/", "_"), name)
-        if other != name:
-            raise ConfigError(f"{spec}: the classifier's labels {other!r} and {name!r} both read the class folder "
-                              f"{name.replace('/', '_')} (a '/' in a label is '_' in its folder's name), so its "
-                              "images cannot be scored; evaluate a model whose labels differ there")
-    return [name.replace("/", "_") for name in class_names]
-
-
-def imagefolder_root(spec: str) -> Path:
-    """The folder of an ``imagefolder:DIR`` dataset (``~`` the home folder: the shell leaves it after a colon)."""
-    if spec == "imagefolder:":  # Path("") is the working folder, which the user did not name
-        raise ConfigError("--dataset imagefolder: names no folder; give one, e.g. imagefolder:photos")
-    return Path(spec[len("imagefolder:"):]).expanduser()
-
-
-def check_fashion_mnist_labels(class_names: Sequence[str], dataset: str) -> None:
-    """One line unless a classifier's labels are Fashion-MNIST's, in their order: those datasets'
-    targets are Fashion-MNIST label indices. Unnamed labels (``"0"``..``"9"``) are taken as they come."""
-    unnamed = [str(i) for i in range(len(FASHION_MNIST_CLASSES))]
-    if list(class_names) in (list(FASHION_MNIST_CLASSES), unnamed):
-        return
-    shown = ", ".join(class_names[:5]) + (", ..." if len(class_names) > 5 else "")
-    raise ConfigError(f"--dataset {dataset}: the model's {len(class_names)} labels ({shown}) are not Fashion-MNIST's "
-                      f"{len(FASHION_MNIST_CLASSES)}; score it on its own images with --dataset imagefolder:DIR")
-
-
-@torch.inference_mode()
-def evaluate_classifier(classifier: Classifier, dataset: Dataset, *, batch_size: int = 256,
-                        num_workers: int = 0, limit: Optional[int] = None, per_class: bool = False) -> dict[str, Any]:
-    """Top-1/top-5 accuracy of ``classifier`` over ``dataset`` (``limit`` samples drawn across it with
-    a fixed seed, if given); broken image files are left out, ``n`` counts the images scored and
-    ``skipped`` (for image files) those left out. ``per_class`` adds :func:`class_accuracies`."""
-    dataset = seeded_subset(dataset, limit)
-    num_classes = len(classifier.class_names)
-    metrics = accuracy_metrics(num_classes, prefix="")
-    confusion = MulticlassConfusionMatrix(num_classes) if per_class else None
-    batches = evaluation_batches(dataset, batch_size=batch_size, num_workers=num_workers)
-    n = 0
-    for images, targets in (b for b in batches if b is not None):
-        scores = classifier.predict(images)
-        metrics.update(scores, targets)
-        if confusion is not None:
-            confusion.update(scores, targets)
-        n += len(targets)
-    if n == 0:
-        skipped = skipped_images(dataset).get("skipped")
-        if skipped:  # not "empty": the folder's images all failed to decode
-            raise ConfigError(f"none of the {skipped} image files drawn could be decoded (the warnings name each); "
-                              "replace or remove them")
-        raise ConfigError("the evaluation dataset is empty; check --dataset and --split")
-    by_class = class_accuracies(confusion.compute(), classifier.class_names) if confusion is not None else {}
-    return {**{k: reported_score(v) for k, v in metrics.compute().items()}, "n": n, **by_class,
-            **skipped_images(dataset)}
-
-
-def class_accuracies(confusion: torch.Tensor, class_names: Sequence[str]) -> dict[str, Any]:
-    """From a ``(true, predicted)`` confusion matrix: ``mean_class_accuracy`` (the mean over the classes that
-    have samples of each one's accuracy, what a skewed split's top-1 hides) and ``per_class``: each such
-    class's ``accuracy``, ``n`` and the class its samples were most often mistaken for (``mistaken_for``,
-    null when never; the lowest-numbered of classes taken for it as often)."""
-    per_class, accuracies = {}, []
-    for k, row in enumerate(confusion.tolist()):
-        n = sum(row)
-        if n:
-            wrong = [count if j != k else 0 for j, count in enumerate(row)]
-            mistaken = max(range(len(row)), key=wrong.__getitem__)
-            accuracies.append(row[k] / n)
-            per_class[class_names[k]] = {"accuracy": reported_score(row[k] / n), "n": n,
-                                         "mistaken_for": class_names[mistaken] if wrong[mistaken] else None}
-    mean = sum(accuracies) / len(accuracies)  # of the unrounded accuracies
-    return {"mean_class_accuracy": reported_score(mean), "per_class": per_class}
-
-
 # Their import loaded Lightning: visattn 0.1.0's paths still give them, with a warning.
 __getattr__ = moved_here(__name__, {
     **dict.fromkeys(("load_classifier", "recorded_labels", "TIMM_STARTING_WEIGHTS"), "classifier"),
+    **dict.fromkeys(("check_fashion_mnist_labels", "class_accuracies", "evaluate_classifier", "evaluation_dataset",
+                     "imagefolder_root"), "classifier_scoring"),
     **dict.fromkeys(("EDITED_CHECKPOINT", "TASK_COMMANDS", "TASK_NOUNS", "checkpoint_model_kwargs", "inference_model",
                      "inference_target", "load_checkpoint_weights", "read_checkpoint", "require_task",
                      "task_checkpoint"), "checkpoints"),
