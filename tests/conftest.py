@@ -29,7 +29,8 @@ def weights_tmp(tmp_path, tmp_path_factory, monkeypatch):
     it, and an empty folder stands in for the shipped weights, so a test sees only what it saves there."""
     no_shipped_weights = tmp_path_factory.mktemp("no_shipped_weights")
     monkeypatch.setenv("VISATTN_WEIGHTS", str(tmp_path))
-    monkeypatch.setattr("visattn.pretrained.shipped_weights_dir", lambda: no_shipped_weights)
+    for module in ("visattn.weights_folders", "visattn.weights_files"):  # where it is looked up
+        monkeypatch.setattr(f"{module}.shipped_weights_dir", lambda: no_shipped_weights)
     return tmp_path
 
 

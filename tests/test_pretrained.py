@@ -780,7 +780,7 @@ def test_timm_vit_weights_that_compute_otherwise_are_refused_for_visattns_vit(kw
     import timm
     from timm.models.vision_transformer import ResPostBlock
 
-    from visattn.pretrained import _refuse_other_vit_computation
+    from visattn.fetched_weights import _refuse_other_vit_computation
 
     kwargs = {**kwargs, "block_fn": ResPostBlock} if "block_fn" in kwargs else kwargs
     small = {"depth": 1, "embed_dim": 64, "num_heads": 2, "img_size": 32, "patch_size": 16}
@@ -802,7 +802,7 @@ def test_timm_vit_weights_of_another_norm_epsilon_name_the_setting_that_takes_th
     """CLIP's towers norm with eps 1e-5: refused for a ViT built with timm's 1e-6, taken by one built with norm_eps."""
     import timm
 
-    from visattn.pretrained import _refuse_other_vit_computation
+    from visattn.fetched_weights import _refuse_other_vit_computation
 
     small = {"depth": 1, "embed_dim": 64, "num_heads": 2, "img_size": 32}
     clip = timm.create_model("vit_base_patch16_clip_224", **small)
@@ -998,7 +998,7 @@ def test_a_failed_index_write_leaves_the_weights_and_the_index_as_they_were(weig
     no longer matched (the old weights gone), or on a first save an orphan file a rerun refused."""
     import errno
 
-    import visattn.pretrained as pretrained
+    import visattn.weights_saving as weights_saving
 
     old = _model(num_classes=0)
     save_weights(old, weights_tmp / f"{ARCH}.old.safetensors", model_kwargs=SMALL)
@@ -1010,7 +1010,7 @@ def test_a_failed_index_write_leaves_the_weights_and_the_index_as_they_were(weig
 
     new = _model(num_classes=0, qkv_bias=False)  # other weights, other keys
     with monkeypatch.context() as patch, pytest.raises(OSError, match="No space left on device"):
-        patch.setattr(pretrained, "atomic_write_text", disk_full)
+        patch.setattr(weights_saving, "atomic_write_text", disk_full)
         save_weights(new, path, model_kwargs={**SMALL, "qkv_bias": False}, overwrite=overwrite)
     assert {p.name: p.read_bytes() for p in weights_tmp.iterdir()} == before  # no temp file either
     assert torch.equal(_logits(create_model(f"{ARCH}.old").eval()), _logits(old))
@@ -1025,11 +1025,11 @@ def test_ctrl_c_once_the_index_is_written_waits_until_the_weights_are_in_place(w
     new sha256 beside the old file (a file-writing audit): the name loaded no weights, and the old entry was gone."""
     import signal
 
-    import visattn.pretrained as pretrained
+    import visattn.weights_saving as weights_saving
 
     save_weights(_model(num_classes=0), weights_tmp / f"{ARCH}.old.safetensors", model_kwargs=SMALL)
     path = weights_tmp / f"{ARCH}.{'old' if overwrite else 'new'}.safetensors"
-    write_index = pretrained.atomic_write_text
+    write_index = weights_saving.atomic_write_text
 
     def interrupted_after(file, text):
         write_index(file, text)
@@ -1037,7 +1037,7 @@ def test_ctrl_c_once_the_index_is_written_waits_until_the_weights_are_in_place(w
 
     new = _model(num_classes=0, qkv_bias=False)
     with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
-        patch.setattr(pretrained, "atomic_write_text", interrupted_after)
+        patch.setattr(weights_saving, "atomic_write_text", interrupted_after)
         save_weights(new, path, model_kwargs={**SMALL, "qkv_bias": False}, overwrite=overwrite)
     assert sha256_of(path) == load_index(weights_tmp)[path.name.removesuffix(".safetensors")]["sha256"]
     assert torch.equal(_logits(create_model(path.name.removesuffix(".safetensors")).eval()), _logits(new))
@@ -2352,7 +2352,7 @@ def test_a_timm_weights_name_says_how_timms_weights_load(kwargs, named):
 
 
 def test_no_timm_weights_hint_for_a_name_timm_ships_untrained():
-    from visattn.pretrained import _timm_weights_hint
+    from visattn.weights_index import _timm_weights_hint
 
     assert _timm_weights_hint("vit_base_patch16_reg4_gap_256") == ""  # timm's default tag is "untrained"
     assert _timm_weights_hint("vit_base_patch16_reg4_gap_256.untrained") == ""
@@ -2455,7 +2455,8 @@ def test_a_users_weights_load_when_the_shipped_folder_is_missing(user_weights, t
     from visattn.errors import UnknownModelError
 
     missing = tmp_path / "site-packages" / "visattn" / "weights"
-    monkeypatch.setattr("visattn.pretrained.shipped_weights_dir", lambda: missing)
+    for module in ("visattn.weights_folders", "visattn.weights_files"):  # where it is looked up
+        monkeypatch.setattr(f"{module}.shipped_weights_dir", lambda: missing)
     mine = _save_own(user_weights, "mine")
     assert torch.equal(_logits(create_model(f"{ARCH}.mine")), _logits(mine))
     assert list_pretrained() == [f"{ARCH}.mine"]
@@ -2560,14 +2561,14 @@ def test_an_installed_package_saves_the_users_weights_in_their_data_folder(tmp_p
     the listing while their files stayed. A source checkout keeps saving into weights/, where the shipped ones are
     made."""
     import visattn
-    from visattn import pretrained
+    from visattn import pretrained, weights_folders
     from visattn.cli import main
 
     monkeypatch.delenv("VISATTN_WEIGHTS", raising=False)
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
     assert pretrained.user_weights_dir() is None
     assert pretrained.weights_dir() == pretrained.shipped_weights_dir()
-    monkeypatch.setattr(pretrained, "installed_package", lambda: True)
+    monkeypatch.setattr(weights_folders, "installed_package", lambda: True)
     user = tmp_path / "data" / "visattn" / "weights"
     assert pretrained.weights_search_path() == [user, pretrained.shipped_weights_dir()]
     assert ARCH + ".fmnist" in visattn.list_pretrained()  # the shipped ones, past a folder not made yet

@@ -1263,8 +1263,9 @@ def test_save_weights_keeps_weights_another_run_saved_under_its_name_meanwhile(t
     """Two save-weights of one --tag at once, or one during a long --dataset measurement: the name checked free at
     the start is checked again under the index's lock, and the other run's weights and entry are kept."""
     import visattn.pretrained as pretrained
+    import visattn.weights_saving as weights_saving
 
-    out_dir, checked, others = tmp_path / "w", pretrained.refuse_existing_weights, []
+    out_dir, checked, others = tmp_path / "w", weights_saving.refuse_existing_weights, []
 
     def another_run_saves_meanwhile(path, overwrite=False):
         checked(path, overwrite=overwrite)
@@ -1272,7 +1273,7 @@ def test_save_weights_keeps_weights_another_run_saved_under_its_name_meanwhile(t
             others.append(pretrained.save_weights(create_model("cbam_resnet20_cifar", num_classes=3), path,
                                                   overwrite=True))
 
-    monkeypatch.setattr(pretrained, "refuse_existing_weights", another_run_saves_meanwhile)
+    monkeypatch.setattr(weights_saving, "refuse_existing_weights", another_run_saves_meanwhile)
     assert main(_save_weights(tmp_path, "--out-dir", str(out_dir))) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "weights cbam_resnet20_cifar.t already exist; pick another --tag" in err
@@ -2822,7 +2823,7 @@ def test_a_home_folder_tilde_the_shell_left_is_the_home_folder_in_every_path_opt
 def test_save_weights_names_visattn_weights_for_the_folder_it_gave(tmp_path, monkeypatch, capsys):
     """Without --out-dir, save-weights writes into $VISATTN_WEIGHTS's first folder; a failure there had been
     reported as "--out-dir ...", an option the user had not given."""
-    import visattn.pretrained as pretrained
+    import visattn.weights_folders as weights_folders
 
     monkeypatch.chdir(tmp_path)
     checkpoint = str(write_classifier_checkpoint(tmp_path / "run.ckpt"))
@@ -2838,7 +2839,7 @@ def test_save_weights_names_visattn_weights_for_the_folder_it_gave(tmp_path, mon
     assert capsys.readouterr().err.startswith("visattn: error: $VISATTN_WEIGHTS w: cannot write w/index.json.lock (it "
                                               "is a folder)")
     monkeypatch.setenv("VISATTN_WEIGHTS", os.pathsep)  # no folder in it: the default folder, which --out-dir replaces
-    monkeypatch.setattr(pretrained, "weights_dir", lambda: Path("afile", "default"))
+    monkeypatch.setattr(weights_folders, "weights_dir", lambda: Path("afile", "default"))
     assert main(["save-weights", "--checkpoint", checkpoint, "--tag", "t"]) == 2
     assert capsys.readouterr().err.startswith("visattn: error: --out-dir afile/default: cannot write afile")
 

@@ -411,7 +411,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from .explain.overlay import figure_format
     from .fileio import output_paths, prepare_output_file
     from .inference.classifier import load_classifier
-    from .pretrained import model_files
+    from .weights_index import model_files
 
     if (args.out is None) == (args.out_dir is None):
         raise ConfigError("explain: give --out FILE for the map of one image, or --out-dir DIR for a map of each "
@@ -500,7 +500,8 @@ def cmd_save_weights(args: argparse.Namespace) -> int:
     from .inference.captioner import is_captioner, load_captioner
     from .inference.classifier import load_classifier
     from .inference.detector import is_detector, load_detector
-    from .pretrained import refuse_existing_weights, save_weights, weights_dir
+    from .weights_folders import weights_dir
+    from .weights_saving import refuse_existing_weights, save_weights
 
     if args.limit is not None and not args.dataset:
         raise ConfigError(f"--limit {args.limit}: it limits the --dataset measurement; give --dataset too, "

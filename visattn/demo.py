@@ -15,7 +15,7 @@ from .errors import VisattnError
 from .fileio import claim_folder, unique_paths
 from .data.fashion_mnist import FASHION_MNIST_CLASSES, load_fashion_mnist
 from .data.scenes import FashionScenes
-from .pretrained import load_index
+from .weights_index import load_index
 from .registry import model_family, split_model_name
 from .shipped import shipped_folder
 

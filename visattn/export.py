@@ -279,8 +279,8 @@ def export_classifier(
     kept only when its logits are PyTorch's within :data:`MATCH_TOLERANCE`. ``out`` is checked before the export: a folder, an unwritable place
     or the weights it exports is one line.
     """
-    from .pretrained import model_files
     from .inference.classifier import load_classifier
+    from .weights_index import model_files
 
     check_opset(opset)
     classifier = load_classifier(model, checkpoint)

@@ -229,7 +229,7 @@ def resolve_arch(name: str, *, tag: Optional[str] = None) -> str:
     close = _close_archs(name, tag)
     hint = f"did you mean {', '.join(close)}?" if close else "run `visattn models` to list them."
     if tag is not None:
-        from .pretrained import recorded_module  # which imports this module
+        from .weights_index import recorded_module
 
         hint = missing_module_hint(recorded_module(name, tag), "its weights record") or hint
     if name in _TORCHVISION_NAMES:  # whose weights load into visattn's of another name
@@ -361,7 +361,7 @@ def list_pretrained(filter: Patterns = "*", *, exclude_filters: Patterns = (),
                     pattern: Optional[Patterns] = None) -> list[str]:
     """Sorted ``arch.tag`` names of the weights (shipped, or in a $VISATTN_WEIGHTS folder) matching ``filter`` and
     none of ``exclude_filters``. ``pattern``: ``filter``'s former name, deprecated."""
-    from .pretrained import load_index
+    from .weights_index import load_index
 
     return matching_names(load_index(), _renamed_pattern(filter, pattern), exclude_filters)
 
@@ -407,7 +407,7 @@ def model_arguments(
     count go under the caller's; the entry loads unless ``pretrained=False``, which builds its
     architecture with random init.
     """
-    from .pretrained import file_weights_entry, find_weights_entry, named_weights_entry
+    from .weights_index import file_weights_entry, find_weights_entry, named_weights_entry
 
     arch, tag = split_model_name(name)
     arch = resolve_arch(arch, tag=tag)  # the tag: suggestions shipping its weights first
@@ -561,7 +561,9 @@ def create_model(
             a ViT's last three blocks.
         **kwargs: architecture hyperparameters passed to the builder (``img_size``, ``drop_path_rate``, ...).
     """
-    from .pretrained import file_records_read_once, load_weights, loaded_weights_preprocessing
+    from .pretrained import load_weights
+    from .recorded_preprocessing import loaded_weights_preprocessing
+    from .weights_files import file_records_read_once
 
     _check_create_options(strict=strict, features_only=features_only, out_indices=out_indices)
     arch, entry, kwargs = model_arguments(name, pretrained=pretrained, num_classes=num_classes, **kwargs)
@@ -629,7 +631,7 @@ def _unloaded_tag_preprocessing(name: str, arch: str, pretrained: Any) -> Option
     """The preprocessing recorded with the weights ``ARCH.TAG`` names when ``pretrained=False`` builds their
     architecture without them: timm keeps the tag's ``pretrained_cfg`` then, so that its data helpers prepare
     images as the tag's recipe did (they gave the Fashion-MNIST ViT ImageNet's statistics and crop)."""
-    from .pretrained import find_weights_entry
+    from .weights_index import find_weights_entry
 
     tag = split_model_name(name)[1]
     return find_weights_entry(arch, tag).get("preprocessing") if pretrained is False and tag is not None else None
@@ -640,7 +642,7 @@ def _record_provenance(model: nn.Module, arch: str, entry: Optional[dict[str, An
     """Set what the model was built as: ``visattn_name``, ``visattn_kwargs`` (what save_weights records, so that
     the weights rebuild this model by name) and, for a classifier, timm's ``pretrained_cfg`` (from the loaded
     weights' preprocessing, else ``tag_preprocessing``)."""
-    from .pretrained import set_pretrained_cfg, timm_pretrained_cfg
+    from .recorded_preprocessing import set_pretrained_cfg, timm_pretrained_cfg
 
     model.visattn_name = f"{arch}.{entry['tag']}" if entry else arch
     # numpy's scalars as Python's: the index is JSON

@@ -29,7 +29,7 @@ from .cell_centres import CellCentres, map_centres
 from .gates import gate_maps, gate_modules, missing_gates
 from ..models.vit import PATCH_POOLS
 from ..modes import eval_mode
-from ..pretrained import as_module
+from ..wrapped_models import as_module
 from ..scores import reported_score
 from .gradcam import TargetClass, grad_cam
 from .overlay import (check_figure_path, heatmap_overlay, normalize_map, overlay_figure, resize_map, save_figure,

@@ -20,7 +20,7 @@ from ..data.transforms import check_image_batch, to_model_input
 from ..errors import ArgumentError, ConfigError
 from ..layers.attention import attention_probs
 from ..layers.patch_embed import patch_grid
-from ..pretrained import as_module
+from ..wrapped_models import as_module
 
 
 def is_vit(model: nn.Module) -> bool:

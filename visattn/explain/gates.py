@@ -35,7 +35,7 @@ from ..layers.global_context import GlobalContextBlock
 from ..layers.non_local import NonLocalBlock
 from ..layers.se import SqueezeExcite
 from ..modes import eval_mode
-from ..pretrained import as_module
+from ..wrapped_models import as_module
 
 SPATIAL_GATE_TYPES = (Cbam, Bam, CoordinateAttention, NonLocalBlock, GlobalContextBlock)
 CHANNEL_GATE_TYPES = {SqueezeExcite: "SE", EfficientChannelAttention: "ECA"}

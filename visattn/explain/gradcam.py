@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from ..errors import ArgumentError, ConfigError
 from ..modes import eval_mode
-from ..pretrained import as_module
+from ..wrapped_models import as_module
 from .attention import as_index, is_vit, model_batch, token_grid
 
 TargetClass = Union[int, Tensor, None]

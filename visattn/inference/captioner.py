@@ -17,7 +17,7 @@ from ..explain.cell_centres import CellCentres
 from ..fileio import attention_note, output_paths
 from ..models.show_attend_tell import DecodedCaptions
 from ..modes import eval_mode
-from ..pretrained import model_weights_entry
+from ..weights_index import model_weights_entry
 from ..registry import create_model
 from .checkpoints import (EDITED_CHECKPOINT, checkpoint_model, checkpoint_model_kwargs, inference_model,
                           inference_target, read_checkpoint, task_checkpoint, task_weights_entry)

@@ -9,11 +9,12 @@ from torch import nn
 
 from ..devices import inference_device
 from ..errors import ConfigError, NotATrainingCheckpoint, UnknownModelError, WeightsError
-from ..pretrained import (TRAINING_CHECKPOINTS, CopiedForOneLoad, built_for_weights, copied_out_of_the_map,
-                          load_weights, metadata_problem, model_weights_entry, read_pickle_checkpoint,
-                          require_regular_file)
+from ..pretrained import built_for_weights, load_weights
 from ..registry import built_by_visattn, missing_module_hint, model_arguments, model_task
 from ..weight_names import model_source_problem, names_a_weights_file
+from ..weights_files import (TRAINING_CHECKPOINTS, CopiedForOneLoad, copied_out_of_the_map, read_pickle_checkpoint,
+                             require_regular_file)
+from ..weights_index import metadata_problem, model_weights_entry
 
 # A training checkpoint's record of the module of another package that registers its model (what to install).
 PACKAGE_MODULE_KEY = "visattn_module"
@@ -45,7 +46,7 @@ def require_task(name: str, task: str) -> None:
 
 def task_weights_entry(model: Union[str, os.PathLike], task: str) -> tuple[str, dict[str, Any]]:
     """The architecture of the weights ``model`` names (``arch.tag``, ``arch`` alone: its default weights, or a
-    weights file visattn saved) and their entry (:func:`~visattn.pretrained.model_weights_entry`); one line when
+    weights file visattn saved) and their entry (:func:`~visattn.weights_index.model_weights_entry`); one line when
     they are a model for another task."""
     text = os.fspath(model)
     if names_a_weights_file(text):

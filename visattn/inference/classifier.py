@@ -15,9 +15,10 @@ from ..data.preprocessing import (CLASSIFIER_PREPROCESSING, default_preprocessin
 from ..data.transforms import ImageTransform, check_image_batch, eval_transform_of, to_model_input
 from ..devices import model_device
 from ..errors import ConfigError, ImageSizeNotDivisible, NotATrainingCheckpoint, WeightsError, is_count
+from ..fetched_weights import hub_cache_only, offline_timm_file, unreachable_hub
 from ..modes import eval_mode
-from ..pretrained import (checkpoint_follows, hub_cache_only, load_weights, offline_timm_file, set_pretrained_cfg,
-                          starting_weights_skipped, timm_pretrained_cfg, unreachable_hub)
+from ..pretrained import checkpoint_follows, load_weights, starting_weights_skipped
+from ..recorded_preprocessing import set_pretrained_cfg, timm_pretrained_cfg
 from ..registry import Strictness, built_for_one_size, check_timm_name, create_model
 from ..weight_names import HUB_PREFIXES
 from .checkpoints import (EDITED_CHECKPOINT, checkpoint_model, checkpoint_model_kwargs, inference_model,

@@ -17,7 +17,7 @@ from ..explain.detections import check_max_side, detection_maps
 from ..fileio import atomic_path, attention_note, new_folders_removed_on_error, output_errors, output_paths, png_mark
 from ..models.detection import unit_floats
 from ..modes import eval_mode
-from ..pretrained import model_weights_entry
+from ..weights_index import model_weights_entry
 from ..registry import create_model, is_model, model_family, split_model_name
 from ..weight_names import names_a_weights_file
 from .checkpoints import (checkpoint_model, checkpoint_model_kwargs, inference_model, inference_target,

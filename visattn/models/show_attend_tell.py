@@ -108,7 +108,8 @@ def _build_encoder(name: str, kwargs: dict[str, Any], pretrained: Union[bool, st
     if name.startswith("timm:"):
         import timm
 
-        from ..pretrained import load_weights, weights_preprocessing
+        from ..pretrained import load_weights
+        from ..recorded_preprocessing import weights_preprocessing
 
         check_timm_name(name[5:])
         encoder = timm.create_model(name[5:], num_classes=0, **kwargs)

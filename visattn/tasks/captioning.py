@@ -18,9 +18,10 @@ from ..inference import moved_here
 from ..inference.caption_scoring import CaptionMetrics, check_java
 from ..inference.captioner import attention_centres, decode
 from ..models.show_attend_tell import DecodedCaptions, check_decoding, doubly_stochastic_penalty
-from ..pretrained import (file_weights_entry, find_weights_entry, load_weights, named_weights_entry, read_state_dict,
-                          starting_weights_skipped)
+from ..pretrained import load_weights, starting_weights_skipped
 from ..registry import another_packages_note, create_model, model_task, split_model_name
+from ..weights_files import read_state_dict
+from ..weights_index import file_weights_entry, find_weights_entry, named_weights_entry
 from .classification import (check_data_size, refuse_linked_kwargs, sample_mean_loss, starting_checkpoint_settings,
                              warn_if_cropped_otherwise, warn_if_normalised_otherwise)
 from .guards import (GuardedTask, NonFiniteLossGuard, TrainingLoss, any_process_scored, batch_of_one_is_one_line,

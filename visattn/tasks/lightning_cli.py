@@ -89,9 +89,10 @@ from ..fileio import (FULL_ERRNOS, atomic_path, claim_folder, output_errors, pre
                       refuse_replacing_others_files, unique_paths)
 from ..inference.checkpoints import EDITED_CHECKPOINT, read_checkpoint
 from ..inference.detector import class_label, detection_records
-from ..pretrained import check_state_dict, checkpoint_follows, scored_as_built
+from ..pretrained import checkpoint_follows, scored_as_built
 from ..registry import model_arguments, split_model_name
 from ..shipped import bare_config_name, config_file_name, nearest_shipped_configs, shipped_config
+from ..state_dict_fit import check_state_dict
 from ..weight_names import FETCHED_PREFIXES
 from .distributed import gather_shares
 from .guards import GuardedTask, seed_apart
