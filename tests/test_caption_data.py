@@ -527,7 +527,7 @@ def test_a_karpathy_file_without_a_val_split_trains_without_validation(tmp_path)
 
     from test_reliability_inputs import TINY_SAT
     from visattn.tasks.captioning import CaptioningTask
-    from visattn.tasks.lightning_cli import _never_validates
+    from visattn.tasks.validation_checks import _never_validates
 
     trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, accelerator="cpu")
     task = CaptioningTask(vocab=dm.vocab, model_kwargs=TINY_SAT)

@@ -907,7 +907,7 @@ def test_a_checkpoint_of_an_arch_tag_run_is_rebuilt_without_reading_the_shipped_
     ({"model_name": "timm:resnet18"}, False),
 ], ids=["tag", "tag_none", "tag_false", "tag_true", "arch_none", "arch_file", "timm_file", "timm_kwargs", "timm"])
 def test_loads_weights_follows_create_model(init_args, expected):
-    from visattn.tasks.lightning_cli import _loads_weights
+    from visattn.tasks.checkpoint_paths import _loads_weights
 
     assert _loads_weights(SimpleNamespace(init_args=init_args)) is expected
 
@@ -924,7 +924,7 @@ def test_scoring_an_arch_tag_with_pretrained_false_is_refused_as_untrained(subco
 
 def test_training_an_arch_tag_with_pretrained_false_warns_that_it_starts_from_random_weights(recwarn):
     from visattn.errors import VisattnWarning
-    from visattn.tasks.lightning_cli import _check_settings
+    from visattn.tasks.setting_checks import _check_settings
 
     with pytest.warns(VisattnWarning, match=r"^model.init_args.pretrained false with model_name se_resnet20_cifar.fmnist: "
                                             r"se_resnet20_cifar starts from random weights; leave pretrained out"):

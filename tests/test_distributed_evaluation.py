@@ -380,7 +380,7 @@ def test_a_process_whose_share_of_images_is_all_broken_scores_as_one_process_doe
 
 def _validate_no_data(root: str, devices: int) -> str:
     from visattn.errors import ConfigError
-    from visattn.tasks.lightning_cli import LaunchedDataCheck
+    from visattn.tasks.validation_checks import LaunchedDataCheck
 
     trainer = pl.Trainer(accelerator="cpu", devices=devices, strategy="ddp", default_root_dir=root, logger=False,
                          enable_progress_bar=False, enable_model_summary=False, callbacks=[LaunchedDataCheck()])
@@ -434,7 +434,7 @@ def _draws(devices: int, max_steps: int = 2, folder: Optional[str] = None, resum
     process under DDP) and ``resume``s from its last checkpoint if asked."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from visattn.tasks.lightning_cli import RandomStateCheckpoint
+    from visattn.tasks.cli_callbacks import RandomStateCheckpoint
 
     pl.seed_everything(0, verbose=False)
     task = _Draws()
@@ -537,7 +537,7 @@ class _Predictor(pl.LightningModule):
 
 
 def _predict(root: str, devices: int) -> None:
-    from visattn.tasks.lightning_cli import JsonPredictionWriter
+    from visattn.tasks.prediction_writer import JsonPredictionWriter
 
     pl.Trainer(accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto", logger=False,
                default_root_dir=root, enable_progress_bar=False, enable_model_summary=False,

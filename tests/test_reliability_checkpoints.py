@@ -21,7 +21,7 @@ from test_data import needs_fashion_mnist
 from visattn import create_model
 from visattn.cli import main
 from visattn.tasks.classification import ImageClassifier
-from visattn.tasks.lightning_cli import SafeCheckpointIO
+from visattn.tasks.checkpoint_io import SafeCheckpointIO
 
 pytestmark = [needs_fashion_mnist, pytest.mark.slow]
 STEPS_PER_EPOCH = 4  # QUICK: 64 samples in batches of 16
@@ -789,7 +789,7 @@ def test_predictions_that_cannot_be_written_name_the_runs_folder_and_keep_the_ea
 
 
 def test_prediction_records_of_captioners_and_detectors():
-    from visattn.tasks.lightning_cli import _prediction_records
+    from visattn.tasks.prediction_writer import _prediction_records
 
     assert _prediction_records(["a red bag", ""], {}, 5) == [{"caption": "a red bag"}, {"caption": ""}]
     # Boxes at full precision, as scores: rounded to 0.1 px, COCOeval on them had given another mAP than visattn's.
@@ -860,7 +860,7 @@ def test_a_modules_own_model_name_is_not_looked_up_in_the_registry():
     from jsonargparse import Namespace
 
     from visattn.errors import UnknownModelError
-    from visattn.tasks.lightning_cli import _check_model_name
+    from visattn.tasks.setting_checks import _check_model_name
 
     own = Namespace(class_path="lightning.pytorch.LightningModule", init_args=Namespace(model_name="bert-base-uncased"))
     _check_model_name(own, None)
@@ -1022,7 +1022,7 @@ def test_sigterm_while_a_lightning_command_reads_its_config_is_one_line(monkeypa
         os.kill(os.getpid(), signal.SIGTERM)
         return argv
 
-    monkeypatch.setattr(lightning_cli, "_with_shipped_configs", terminated)
+    monkeypatch.setattr(lightning_cli, "_with_shipped_configs", terminated)  # where run_lightning_cli looks it up
     assert main(["fit", "--config", str(CBAM_CONFIG)]) == 143
     assert capsys.readouterr().err == "visattn: terminated\n"
 
@@ -1338,11 +1338,11 @@ def test_nothing_to_resume_is_warned_about_in_place_of_lightnings_line(tmp_path,
     test_reliability_cli.py::test_the_config_warnings_of_a_fit_are_the_first_processs_to_say.)"""
     from jsonargparse import Namespace
 
-    from visattn.tasks import lightning_cli
+    from visattn.tasks import checkpoint_paths
 
     callbacks = [Namespace(class_path="lightning.pytorch.callbacks.ModelCheckpoint",
                            init_args=Namespace(dirpath=str(tmp_path / "checkpoints")))]
-    lightning_cli._refuse_mixed_runs("last", callbacks)
+    checkpoint_paths._refuse_mixed_runs("last", callbacks)
     assert [str(w.message) for w in recwarn] == [f"--ckpt_path last: nothing to resume in {tmp_path / 'checkpoints'} "
                                                  "yet, so this fit starts afresh"]
 

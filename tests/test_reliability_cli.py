@@ -514,7 +514,7 @@ NEEDS_DATA = {"unknown_model_in_config", "resume_from_another_architecture", "pr
 
 def test_a_config_may_override_the_keys_it_merges_from_an_anchor(tmp_path):
     """A key after a YAML merge (<<: *base) overrides the merged one, as YAML means it: no key given twice."""
-    from visattn.tasks.lightning_cli import read_config
+    from visattn.tasks.config_files import read_config
 
     path = _written(tmp_path, "merged.yaml", "base: &base\n  lr: 0.1\n  weight_decay: 0.0\nmodel:\n  init_args:\n"
                                              "    <<: *base\n    lr: 0.2\n")
@@ -545,14 +545,14 @@ def test_user_mistake_is_one_line_and_exit_code_2(case, tmp_path, monkeypatch, c
                                                          "installed.")])
 def test_a_package_a_callback_needs_once_the_run_starts_is_one_line(missing, tmp_path, monkeypatch, capsys):
     """DeviceStatsMonitor without psutil ended `fit` in a traceback, at the start of training."""
-    from visattn.tasks import lightning_cli
+    from visattn.tasks import validation_checks
 
     def needs_a_package(*args):
         raise missing
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["visattn"])
-    monkeypatch.setattr(lightning_cli.MonitoredMetricCheck, "on_sanity_check_end", needs_a_package)
+    monkeypatch.setattr(validation_checks.MonitoredMetricCheck, "on_sanity_check_end", needs_a_package)
     assert main(FIT) == 2
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("visattn: error: fit: ")]
@@ -560,18 +560,34 @@ def test_a_package_a_callback_needs_once_the_run_starts_is_one_line(missing, tmp
     assert "stats_pkg" in errors[0] and errors[0].endswith("drop the setting that uses it")
 
 
+def test_the_names_a_saved_config_gives_at_lightning_cli_still_import_from_there():
+    """Configs, and the config.yaml of runs saved before lightning_cli.py was split into modules, name
+    visattn.tasks.lightning_cli.JsonPredictionWriter (or another of its callbacks, SafeCheckpointIO): each is still
+    that class there."""
+    import importlib
+
+    from visattn.tasks import lightning_cli
+
+    for name in lightning_cli.__all__:
+        found = getattr(lightning_cli, name)
+        home = importlib.import_module(getattr(found, "__module__", None) or lightning_cli.__name__)
+        assert getattr(home, name) is found, name
+    assert {"JsonPredictionWriter", "SafeCheckpointIO", "RandomStateCheckpoint", "StopAfterSigterm",
+            "MonitoredMetricCheck", "LaunchedDataCheck", "SaveConfigBesideEarlier"} <= set(lightning_cli.__all__)
+
+
 @needs_fashion_mnist
 def test_a_module_missing_from_an_installed_package_is_not_passed_off_as_a_setting(tmp_path, monkeypatch):
     """Only a package that is not installed is the user's to install: a module missing inside one (a bug, or a
     broken install) keeps its traceback instead of advice to `pip install torch` (from a code review)."""
-    from visattn.tasks import lightning_cli
+    from visattn.tasks import validation_checks
 
     def missing_inside_torch(*args):
         raise ModuleNotFoundError("No module named 'torch.nonexistent'", name="torch.nonexistent")
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["visattn"])
-    monkeypatch.setattr(lightning_cli.MonitoredMetricCheck, "on_sanity_check_end", missing_inside_torch)
+    monkeypatch.setattr(validation_checks.MonitoredMetricCheck, "on_sanity_check_end", missing_inside_torch)
     with pytest.raises(ModuleNotFoundError, match="torch.nonexistent"):
         main(FIT)
 
@@ -625,7 +641,7 @@ def test_a_checkpoint_added_beside_the_configs_own_of_the_same_settings_keeps_ev
 
 def test_checkpoint_callbacks_keyed_apart_still_pickle_as_ddp_spawn_sends_them():
     from lightning.pytorch.callbacks import ModelCheckpoint
-    from visattn.tasks.lightning_cli import _keyed_apart
+    from visattn.tasks.callback_checks import _keyed_apart
 
     callbacks = _keyed_apart([ModelCheckpoint(dirpath="a"), ModelCheckpoint(dirpath="b", save_top_k=-1)])
     # the first keeps Lightning's own key, under which earlier runs (and plain Lightning) saved its state
@@ -641,7 +657,7 @@ def test_checkpoint_callbacks_keyed_apart_still_pickle_as_ddp_spawn_sends_them()
 
 
 def test_folders_typed_on_the_command_line_are_read_in_both_forms():
-    from visattn.tasks.lightning_cli import _typed_values
+    from visattn.tasks.cli_arguments import _typed_values
 
     argv = ["fit", "--trainer.callbacks.dirpath", "a", "--trainer.logger.save_dir=b", "--trainer.callbacks.dirpath=c",
             "--model.init_args.lr", "d"]
@@ -658,7 +674,7 @@ def test_folders_typed_on_the_command_line_are_read_in_both_forms():
 def test_a_monitor_against_its_metrics_direction_is_refused(monitor, mode, refused):
     from types import SimpleNamespace
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-    from visattn.tasks.lightning_cli import _refuse_monitors_the_wrong_way
+    from visattn.tasks.callback_checks import _refuse_monitors_the_wrong_way
 
     for callback in (ModelCheckpoint(monitor=monitor, mode=mode), EarlyStopping(monitor=monitor, mode=mode)):
         trainer = SimpleNamespace(checkpoint_callbacks=[callback] * isinstance(callback, ModelCheckpoint),
@@ -1512,7 +1528,7 @@ def test_a_full_disk_at_a_checkpoint_save_is_one_line_and_leaves_no_partial_file
     import resource
     from collections import namedtuple
 
-    import visattn.tasks.lightning_cli as lightning_cli
+    import visattn.tasks.checkpoint_io as checkpoint_io
     from fixtures_images import write_image_folder
 
     monkeypatch.chdir(tmp_path)
@@ -1523,8 +1539,8 @@ def test_a_full_disk_at_a_checkpoint_save_is_one_line_and_leaves_no_partial_file
         Path(file).write_bytes(b"PK\x03\x04 part of a checkpoint")
         raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 5578816 vs 5578708")
 
-    monkeypatch.setattr(lightning_cli.torch, "save", disk_full)
-    monkeypatch.setattr(lightning_cli.shutil, "disk_usage", lambda path: namedtuple("Usage", "total used free")(1, 1,
+    monkeypatch.setattr(checkpoint_io.torch, "save", disk_full)
+    monkeypatch.setattr(checkpoint_io.shutil, "disk_usage", lambda path: namedtuple("Usage", "total used free")(1, 1,
                                                                                                              free))
     limit = resource.RLIM_INFINITY if size_limit is None else size_limit
     monkeypatch.setattr(resource, "getrlimit", lambda which: (limit, limit))
@@ -1691,7 +1707,7 @@ def test_a_warm_up_as_long_as_the_run_is_warned_of_as_one_that_never_decays(warm
     (said never to reach lr, which it does at the last step) both leave the rate undecayed (a recipe audit)."""
     from jsonargparse import Namespace
 
-    from visattn.tasks.lightning_cli import _check_training
+    from visattn.tasks.setting_checks import _check_training
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -1932,7 +1948,7 @@ def test_evaluating_a_classifier_captioner_or_detector_imports_no_lightning():
                            timeout=300)
     assert found.returncode == 0, found.stderr[-2000:]
     classified = ["n", "top1", "top5"]
-    pointed = ["n", "pointing", "pointing_method", "top1"]
+    pointed = ["n", "pointing", "pointing_class_mean", "pointing_method", "top1"]
     captioned = ["bleu1", "bleu2", "bleu3", "bleu4", "cider", "n", "pointing", "rouge_l"]
     detected = ["map", "map50", "n"]
     assert found.stdout.splitlines() == [
@@ -1986,7 +2002,7 @@ def test_a_config_commands_help_names_visattn_under_python_m(script, argv, usage
 def test_a_task_class_of_a_users_module_named_like_a_model_is_no_model_name(tmp_path, monkeypatch):
     """`--model resnet18.MyTask` names a class of the user's resnet18.py, which LightningCLI imports: only a name
     that is no importable module's class is taken for a model name given to --model."""
-    from visattn.tasks.lightning_cli import _refuse_model_names
+    from visattn.tasks.cli_arguments import _refuse_model_names
 
     with pytest.raises(ConfigError, match="--model resnet18.MyTask: `visattn fit` runs a config's model"):
         _refuse_model_names(["fit", "--model", "resnet18.MyTask"])

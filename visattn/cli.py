@@ -475,7 +475,7 @@ def _refuse_another_recipe(config: str, task: str, arch: str) -> None:
     import inspect
 
     from .registry import split_model_name
-    from .tasks.lightning_cli import config_task, read_config
+    from .tasks.config_files import config_task, read_config
 
     settings = read_config(shipped_config(config) or Path(config))
     model = settings.get("model") if settings is not None else None
