@@ -994,6 +994,24 @@ def test_a_fit_logged_to_a_file_says_each_epochs_metrics_as_it_ends_and_where_it
     assert len(lines) == 4 and all(("val/top1" in line) == (k % 2 == 1) for k, line in enumerate(lines)), lines
 
 
+@pytest.mark.parametrize("first_output", ["model summary", "epoch line"])
+def test_a_fit_whose_output_pipe_is_closed_stops_with_141_and_says_how_to_resume(first_output, in_tmp):
+    """`visattn fit ... | head -2`: Rich's console, meeting the closed pipe in the model summary, exited 1 without a
+    word, and an epoch's line to it was a BrokenPipeError; now the exit code of a closed pipe, and one line on
+    stderr for the steps a resume trains again."""
+    quick = [arg for arg in QUICK if arg not in ("--trainer.enable_progress_bar", "false")]
+    summary = "true" if first_output == "model summary" else "false"
+    proc = subprocess.Popen([sys.executable, "-m", "visattn", "fit", "--config", str(CBAM_CONFIG), *quick,
+                             "--trainer.max_epochs", "1", "--trainer.enable_model_summary", summary], cwd=in_tmp,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # the reader went away before the first line
+    err = proc.stderr.read()
+    assert proc.wait(timeout=600) == 141, err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == ("visattn: stopped, as its standard output was closed; no checkpoint was "
+                                            "saved yet, so run the same command again to start afresh")
+
+
 def test_sigterm_in_predict_stops_it_writing_nothing(in_tmp, monkeypatch, capsys):
     """Lightning's predict loop never looks at SIGTERM: predict ran to its end and exited 0 (a review)."""
     import os

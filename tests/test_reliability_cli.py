@@ -494,6 +494,13 @@ CASES.update({
                                   "validate: give --config CONFIG"),
     # the data option was refused by LightningDataModule, the base class, as if the option were the mistake
     "test_options_without_a_config": (lambda tmp: ["test", "--data.num_workers", "0"], "test: give --config CONFIG"),
+    # were "the following arguments are required: fit.data, fit.model"
+    "config_of_a_trainer_only": (lambda tmp: ["fit", "--config", _written(tmp, "t.yaml", "trainer:\n  max_epochs: 1\n")],
+                                 "/t.yaml: no data: and no model: section; a config names the task "
+                                 "(`model: class_path: visattn.tasks.ImageClassifier`) and its data"),
+    "config_without_data": (lambda tmp: ["validate", "--config", _written(tmp, "m.yaml", "model:\n  class_path: "
+                                                                          "visattn.tasks.ImageClassifier\n")],
+                            "/m.yaml: no data: section;"),
     "predict_given_weights_name": (lambda tmp: ["predict", "x.png", "--model", "se_resnet20_cifar.fmnist"],
                                    "--model se_resnet20_cifar.fmnist: `visattn predict` runs a config's model on the "
                                    "config's data, and --model takes the model's task class, not a model name; "
@@ -2986,3 +2993,26 @@ def test_a_command_returning_in_one_thread_leaves_another_threads_run_folder_cla
         os.close(fd)
         returned.set()
         fit.join(30)
+
+
+def test_a_checkpoint_of_the_task_its_config_names_by_another_path_is_the_configs(tmp_path):
+    """A run of a config naming `visattn.tasks.ImageClassifier` recorded that path; the shipped configs name
+    `visattn.tasks.classification.ImageClassifier`, and validating its checkpoint with one was refused as "a
+    checkpoint of ImageClassifier cbam_resnet20_cifar, but the config trains ImageClassifier cbam_resnet20_cifar"."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from visattn.errors import WeightsError
+    from visattn.tasks.checkpoint_paths import _check_checkpoint_model
+
+    path = tmp_path / "run.ckpt"
+    torch.save({"hyper_parameters": {"_class_path": "visattn.tasks.ImageClassifier", "model_name": "se_resnet20_cifar"},
+                "state_dict": {}}, path)
+    for named in ("visattn.tasks.classification.ImageClassifier", "ImageClassifier", "visattn.tasks.ImageClassifier"):
+        _check_checkpoint_model(path, SimpleNamespace(class_path=named, init_args={"model_name": "se_resnet20_cifar"}),
+                                resuming=False)
+    with pytest.raises(WeightsError, match="a checkpoint of ImageClassifier se_resnet20_cifar, but the config trains "
+                                           "CaptioningTask se_resnet20_cifar;"):
+        _check_checkpoint_model(path, SimpleNamespace(class_path="visattn.tasks.captioning.CaptioningTask",
+                                                      init_args={"model_name": "se_resnet20_cifar"}), resuming=False)

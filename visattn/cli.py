@@ -186,6 +186,12 @@ def run_lightning(argv: Sequence[str]) -> int:
         return 128 + terminated.signum
     except KeyboardInterrupt as interrupt:  # also after Lightning's shutdown, which run_lightning_cli turns into this
         terminated = getattr(interrupt, "terminated", False)  # SIGTERM, which Lightning stopped the run for
+        if getattr(interrupt, "output_closed", False):
+            _stdout_to_devnull()
+            if argv[0] == "fit" and rank_zero_only.rank == 0:  # quiet as other commands, but for the lost steps
+                print(f"visattn: stopped, as its standard output was closed{_resume_hint(argv[0], interrupt)}",
+                      file=sys.stderr)
+            return 141  # 128 + SIGPIPE, as for `visattn classify photos/ | head`
         if rank_zero_only.rank == 0:  # Ctrl-C reaches every DDP process: one line, not one per process
             stopped = "terminated" if terminated else "interrupted"
             print(f"visattn: {stopped}{_resume_hint(argv[0], interrupt)}", file=sys.stderr)

@@ -19,6 +19,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from ..errors import ConfigError, VisattnWarning, WeightsError
 from ..inference.checkpoints import EDITED_CHECKPOINT, read_checkpoint
 from ..registry import split_model_name
+from .config_files import config_task
 
 
 def _best_checkpoint(callbacks: Any) -> Path:
@@ -216,6 +217,15 @@ def _resolve_ckpt_path(subcommand: str, settings: Any) -> Optional[str]:
     return ckpt_path
 
 
+def _same_task(recorded: str, given: Optional[str]) -> bool:
+    """Whether two class paths name one task class (``visattn.tasks.ImageClassifier`` and
+    ``visattn.tasks.classification.ImageClassifier``: compared as text, such a checkpoint was another task's)."""
+    if recorded == given:
+        return True
+    task = config_task(recorded)
+    return task is not None and given is not None and task is config_task(given)
+
+
 def _check_checkpoint_model(path: Path, model: Any, *, resuming: bool) -> None:
     """One line when the checkpoint at ``path`` is damaged or holds another task class or architecture than
     ``model`` (the config's model section): LightningCLI builds the model from the checkpoint's
@@ -231,7 +241,7 @@ def _check_checkpoint_model(path: Path, model: Any, *, resuming: bool) -> None:
     _refuse_objects_to_build(path, hparams, model)
     theirs = (hparams.get("_class_path"), hparams.get("model_name"))
     ours = (getattr(model, "class_path", None), (getattr(model, "init_args", None) or {}).get("model_name"))
-    same_class = theirs[0] is None or theirs[0] == ours[0]
+    same_class = theirs[0] is None or _same_task(theirs[0], ours[0])
     same_arch = not all(isinstance(name, str) for name in (theirs[1], ours[1])) or (
         split_model_name(theirs[1])[0] == split_model_name(ours[1])[0])
     if not (same_class and same_arch):

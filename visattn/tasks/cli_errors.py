@@ -196,16 +196,21 @@ def _visattn_cause(err: BaseException) -> Optional[VisattnError]:
 
 
 def _no_config(err: ArgumentError, argv: list[str]) -> Optional[ConfigError]:
-    """For a command given no ``--config``, whose model or data LightningCLI then lacks ("the following arguments are
-    required: fit.data, fit.model", or a data option refused by the base class LightningDataModule), the one line
-    saying to give one; None for any other error."""
+    """For a command whose model or data LightningCLI lacks ("the following arguments are required: fit.data,
+    fit.model", or a data option refused by the base class LightningDataModule), the one line saying to give a config,
+    or, given configs, the sections they lack; None for any other error."""
     subcommand = argv[0]
-    if _typed_values(argv, ("--config", "-c")):
-        return None
-    lacking = re.search(rf"arguments are required: {subcommand}\.(data|model)\b", str(err)) \
+    lacking = re.search(rf"arguments are required: ({subcommand}\.(data|model)\b.*)", str(err)) \
         or re.search(r'"(data|model)": Lightning(DataModule|Module): ', _first_line(err))
     if lacking is None:
         return None
+    configs = _typed_values(argv, ("--config", "-c"))
+    if configs:
+        sections = " and no ".join(f"{name}:" for name in re.findall(r"\b(data|model)\b", lacking[1]))
+        return ConfigError(f"{subcommand} --config {' '.join(configs)}: no {sections} section; a config names the "
+                           "task (`model: class_path: visattn.tasks.ImageClassifier`) and its data (`data: "
+                           "class_path: visattn.data.FashionMNISTDataModule`), as the shipped ones do (`visattn "
+                           "configs`); add the section, or give a second --config holding it")
     return ConfigError(f"{subcommand}: give --config CONFIG, the YAML file naming the model, data and trainer "
                        f"(`visattn configs` lists the shipped ones; e.g. `visattn {subcommand} --config "
                        "configs/classification/demo_cbam_fmnist.yaml`)")

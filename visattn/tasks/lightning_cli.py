@@ -103,9 +103,11 @@ class Interrupted(KeyboardInterrupt):
     step; ``resumable``: the run left a last checkpoint for ``--ckpt_path last``, ``steps_lost`` optimizer steps
     before it stopped, which a resumed run trains again."""
 
-    def __init__(self, resumable: bool, *, terminated: bool = False, steps_lost: int = 0) -> None:
+    def __init__(self, resumable: bool, *, terminated: bool = False, steps_lost: int = 0,
+                 output_closed: bool = False) -> None:
         super().__init__()
         self.resumable, self.terminated, self.steps_lost = resumable, terminated, steps_lost
+        self.output_closed = output_closed  # the reader of standard output went away (`visattn fit ... | head`)
 
 
 def _first_process() -> bool:
@@ -441,7 +443,11 @@ class VisattnCLI(LightningCLI):
         except SystemExit as exit:
             if isinstance(exit.__context__, KeyboardInterrupt):  # Lightning's shutdown after Ctrl-C exits with 1
                 raise Interrupted(**self._stop_state()) from None
+            if isinstance(exit.__context__, BrokenPipeError):  # Rich's console, writing to a closed pipe, exits with 1
+                raise Interrupted(**self._stop_state(), output_closed=True) from None
             raise
+        except BrokenPipeError:  # a line of visattn's own (an epoch's) to a closed pipe
+            raise Interrupted(**self._stop_state(), output_closed=True) from None
         except ValueError as err:
             mapped = _late_trainer_error(err)
             if mapped is None:
