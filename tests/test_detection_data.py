@@ -408,6 +408,10 @@ def test_scene_detection_samples_are_those_of_the_captioned_scenes_without_wordi
         assert all(torch.equal(target[key], expected[key]) for key in expected), index
     assert worded == [] and sum(len(scene.labels) for scene in captioned) > len(captioned)
     assert scenes.draw(3, captions=False).captions == [] and scenes[3].captions == captioned[3].captions
+    # scenes without draw, as a Subset or a list gives them, are taken drawn (a review: AttributeError)
+    for subset in (torch.utils.data.Subset(scenes, [5, 2]), captioned[5:6]):
+        image, target = SceneDetection(subset, transform)[0]
+        assert torch.equal(image, transform(captioned[5].image, captioned[5].boxes, captioned[5].labels)[0])
 
 
 # --- COCO instances that disagree with themselves or with their images ---------------------

@@ -696,6 +696,14 @@ def test_one_item_pointing_scores_the_true_classs_grad_cam_unless_asked_for_the_
     with pytest.raises(ArgumentError, match=r"^target='truth': use label \(the scene's class, as the pointing game "
                                             r"asks\) or prediction$"):
         evaluate_pointing(classifier, scenes, target="truth")
+    # maps that find the square of class 0 only: each class's accuracy is 1 or 0, averaged over the classes present
+    monkeypatch.setattr(explain_module, "grad_cam", lambda model, images, *, layer=None, target_class=None: (
+        torch.where((target_class == 0)[:, None, None], images.mean(dim=1), torch.zeros_like(images[:, 0])), None))
+    labels = [int(scene.labels[0]) for scene in scenes]
+    result = evaluate_pointing(classifier, scenes, batch_size=5)
+    assert 0 < labels.count(0) < len(labels) and len(set(labels)) > 2
+    assert result["pointing"] == round(labels.count(0) / len(labels), 6)
+    assert result["pointing_class_mean"] == round(1 / len(set(labels)), 6)
 
 
 def _pair_scenes() -> list[Scene]:

@@ -495,12 +495,15 @@ CASES.update({
     # the data option was refused by LightningDataModule, the base class, as if the option were the mistake
     "test_options_without_a_config": (lambda tmp: ["test", "--data.num_workers", "0"], "test: give --config CONFIG"),
     # were "the following arguments are required: fit.data, fit.model"
-    "config_of_a_trainer_only": (lambda tmp: ["fit", "--config", _written(tmp, "t.yaml", "trainer:\n  max_epochs: 1\n")],
-                                 "/t.yaml: no data: and no model: section; a config names the task "
+    "config_of_a_trainer_only": (lambda tmp: ["fit", "--config", _written(tmp, "t.yaml", "trainer: {max_epochs: 1}\n")],
+                                 "/t.yaml: names no model: or data: class_path; a config names the task "
                                  "(`model: class_path: visattn.tasks.ImageClassifier`) and its data"),
     "config_without_data": (lambda tmp: ["validate", "--config", _written(tmp, "m.yaml", "model:\n  class_path: "
                                                                           "visattn.tasks.ImageClassifier\n")],
-                            "/m.yaml: no data: section;"),
+                            "/m.yaml: names no data: class_path;"),
+    "data_section_without_its_class": (lambda tmp: ["validate", "--config", _written(
+        tmp, "m.yaml", "model: {class_path: visattn.tasks.ImageClassifier}\ndata: {init_args: {batch_size: 8}}\n")],
+        "/m.yaml: names no data: class_path;"),  # a review: it said "no data: section"
     "predict_given_weights_name": (lambda tmp: ["predict", "x.png", "--model", "se_resnet20_cifar.fmnist"],
                                    "--model se_resnet20_cifar.fmnist: `visattn predict` runs a config's model on the "
                                    "config's data, and --model takes the model's task class, not a model name; "
@@ -3016,3 +3019,35 @@ def test_a_checkpoint_of_the_task_its_config_names_by_another_path_is_the_config
                                            "CaptioningTask se_resnet20_cifar;"):
         _check_checkpoint_model(path, SimpleNamespace(class_path="visattn.tasks.captioning.CaptioningTask",
                                                       init_args={"model_name": "se_resnet20_cifar"}), resuming=False)
+    # what a checkpoint names is compared, never imported (a review: a module it named ran; `.X` was a traceback)
+    (tmp_path / "recorded_module_probe.py").write_text("raise SystemExit('imported')\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        for recorded in ("recorded_module_probe.ImageClassifier", ".ImageClassifier"):
+            torch.save({"hyper_parameters": {"_class_path": recorded, "model_name": "se_resnet20_cifar"},
+                        "state_dict": {}}, path)
+            with pytest.raises(WeightsError, match="but the config trains ImageClassifier se_resnet20_cifar;"):
+                _check_checkpoint_model(path, SimpleNamespace(class_path="visattn.tasks.ImageClassifier",
+                                                              init_args={"model_name": "se_resnet20_cifar"}),
+                                        resuming=False)
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("recorded_module_probe", None)
+
+
+def test_stdout_closed_tells_a_pipe_whose_reader_went_away(monkeypatch):
+    """A BrokenPipeError in a Lightning command is said as closed output only when standard output is that pipe (a
+    review: a callback's own broken pipe was reported as `standard output was closed`)."""
+    import io
+    import os
+
+    from visattn.fileio import stdout_closed
+
+    read, write = os.pipe()
+    with os.fdopen(write, "w") as pipe:
+        monkeypatch.setattr(sys, "stdout", pipe)
+        assert not stdout_closed()
+        os.close(read)
+        assert stdout_closed()
+        monkeypatch.setattr(sys, "stdout", io.StringIO())
+        assert not stdout_closed()

@@ -10,7 +10,9 @@ import errno
 import glob
 import importlib.util
 import os
+import select
 import signal
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -501,6 +503,17 @@ _OS_REASONS = {errno.EEXIST: "a file stands where a folder is needed",
                errno.EISDIR: "it is a folder",
                errno.ENAMETOOLONG: "the path or one of its names is longer than the system takes"}
 _SHAPE_ERRNOS = (errno.EEXIST, errno.ENOTDIR, errno.EISDIR)  # a file or folder in the way of what is written
+def stdout_closed() -> bool:
+    """Whether standard output is a pipe whose reader went away (``visattn ... | head``): a BrokenPipeError is then
+    that, not one of a socket or pipe some other code writes to."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+    except (AttributeError, ValueError, OSError):  # no file behind sys.stdout (a notebook, a test's capture)
+        return False
+    return any(events & select.POLLERR for _, events in poller.poll(0))
+
+
 FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # the disk, a quota or the file size limit (ulimit -f)
 
 

@@ -149,7 +149,8 @@ class SceneDetection(Dataset):
         return len(self.scenes)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, Target]:
-        scene = self.scenes.draw(index, captions=False)  # wording captions cost a tenth of the drawing
+        draw = getattr(self.scenes, "draw", None)  # FashionScenes; a Subset or list of scenes gives them drawn
+        scene = draw(index, captions=False) if draw else self.scenes[index]  # captions cost a tenth of the drawing
         return self.transform(scene.image, scene.boxes, scene.labels)
 
 

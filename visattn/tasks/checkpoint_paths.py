@@ -9,6 +9,7 @@ over the checkpoint's hyperparameters.
 import glob
 import json
 import re
+import sys
 import warnings
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional, Sequence
@@ -218,12 +219,21 @@ def _resolve_ckpt_path(subcommand: str, settings: Any) -> Optional[str]:
 
 
 def _same_task(recorded: str, given: Optional[str]) -> bool:
-    """Whether two class paths name one task class (``visattn.tasks.ImageClassifier`` and
-    ``visattn.tasks.classification.ImageClassifier``: compared as text, such a checkpoint was another task's)."""
+    """Whether a checkpoint's recorded class path names the config's task class, by any name it goes by
+    (``visattn.tasks.ImageClassifier``, ``visattn.tasks.classification.ImageClassifier``: compared as text, such a
+    checkpoint was another task's). What the checkpoint names is compared, never imported."""
     if recorded == given:
         return True
-    task = config_task(recorded)
-    return task is not None and given is not None and task is config_task(given)
+    task = config_task(given) if given else None
+    return task is not None and recorded in _names_of(task)
+
+
+def _names_of(cls: type) -> set[str]:
+    """The class's name, and its path from its module and each package above it that gives it."""
+    module = cls.__module__
+    homes = [module.rsplit(".", up)[0] for up in range(module.count(".") + 1)]
+    return {cls.__name__, *(f"{home}.{cls.__name__}" for home in homes
+                            if getattr(sys.modules.get(home), cls.__name__, None) is cls)}
 
 
 def _check_checkpoint_model(path: Path, model: Any, *, resuming: bool) -> None:

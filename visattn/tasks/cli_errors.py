@@ -205,12 +205,13 @@ def _no_config(err: ArgumentError, argv: list[str]) -> Optional[ConfigError]:
     if lacking is None:
         return None
     configs = _typed_values(argv, ("--config", "-c"))
-    if configs:
-        sections = " and no ".join(f"{name}:" for name in re.findall(r"\b(data|model)\b", lacking[1]))
-        return ConfigError(f"{subcommand} --config {' '.join(configs)}: no {sections} section; a config names the "
-                           "task (`model: class_path: visattn.tasks.ImageClassifier`) and its data (`data: "
-                           "class_path: visattn.data.FashionMNISTDataModule`), as the shipped ones do (`visattn "
-                           "configs`); add the section, or give a second --config holding it")
+    if configs:  # a section missing, or one without its class (`data:` holding only `batch_size: 8`)
+        sections = " or ".join(f"{name}:" for name in sorted(set(re.findall(r"\b(data|model)\b", lacking[1])),
+                                                             reverse=True))
+        return ConfigError(f"{subcommand} --config {' '.join(configs)}: names no {sections} class_path; a config "
+                           "names the task (`model: class_path: visattn.tasks.ImageClassifier`) and its data "
+                           "(`data: class_path: visattn.data.FashionMNISTDataModule`), as the shipped ones do "
+                           "(`visattn configs`); add it, or give a second --config naming it")
     return ConfigError(f"{subcommand}: give --config CONFIG, the YAML file naming the model, data and trainer "
                        f"(`visattn configs` lists the shipped ones; e.g. `visattn {subcommand} --config "
                        "configs/classification/demo_cbam_fmnist.yaml`)")

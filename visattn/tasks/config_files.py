@@ -22,7 +22,7 @@ def _imported(class_path: Optional[str]) -> Optional[type]:
     module, _, name = class_path.rpartition(".")
     try:
         return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError):
+    except (ImportError, AttributeError, ValueError):  # ValueError: an empty module name (`.ImageClassifier`)
         return None  # LightningCLI reports the bad class_path itself
 
 

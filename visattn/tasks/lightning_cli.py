@@ -68,7 +68,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from ..errors import WORKERS_STOPPED, ConfigError, VisattnError, VisattnWarning, WeightsError
-from ..fileio import claim_folder, prepare_output_dir
+from ..fileio import claim_folder, prepare_output_dir, stdout_closed
 from ..inference.checkpoints import read_checkpoint
 from ..pretrained import checkpoint_follows, scored_as_built
 from .callback_checks import (_check_checkpoint_names, _keyed_apart, _refuse_callbacks_the_task_cannot_serve,
@@ -447,6 +447,8 @@ class VisattnCLI(LightningCLI):
                 raise Interrupted(**self._stop_state(), output_closed=True) from None
             raise
         except BrokenPipeError:  # a line of visattn's own (an epoch's) to a closed pipe
+            if not stdout_closed():  # another pipe or socket's: not ours to explain
+                raise
             raise Interrupted(**self._stop_state(), output_closed=True) from None
         except ValueError as err:
             mapped = _late_trainer_error(err)
