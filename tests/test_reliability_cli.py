@@ -504,6 +504,8 @@ CASES.update({
     "data_section_without_its_class": (lambda tmp: ["validate", "--config", _written(
         tmp, "m.yaml", "model: {class_path: visattn.tasks.ImageClassifier}\ndata: {init_args: {batch_size: 8}}\n")],
         "/m.yaml: names no data: class_path;"),  # a review: it said "no data: section"
+    "class_path_with_an_empty_module_name": (lambda tmp: ["validate", "--config", _written(
+        tmp, "m.yaml", "model: {class_path: .ImageClassifier}\n")], "Unexpected import path format: .ImageClassifier"),
     "predict_given_weights_name": (lambda tmp: ["predict", "x.png", "--model", "se_resnet20_cifar.fmnist"],
                                    "--model se_resnet20_cifar.fmnist: `visattn predict` runs a config's model on the "
                                    "config's data, and --model takes the model's task class, not a model name; "
