@@ -503,6 +503,8 @@ _OS_REASONS = {errno.EEXIST: "a file stands where a folder is needed",
                errno.EISDIR: "it is a folder",
                errno.ENAMETOOLONG: "the path or one of its names is longer than the system takes"}
 _SHAPE_ERRNOS = (errno.EEXIST, errno.ENOTDIR, errno.EISDIR)  # a file or folder in the way of what is written
+
+
 def stdout_closed() -> bool:
     """Whether standard output is a pipe whose reader went away (``visattn ... | head``): a BrokenPipeError is then
     that, not one of a socket or pipe some other code writes to."""
