@@ -1192,6 +1192,8 @@ _STOP_SIGNALS = tuple(s for s in (signal.SIGTERM, _SIGHUP) if s is not None)
 # ends torch's DataLoader workers too, and what torch then raises ("DataLoader worker (pid N) is killed by signal:
 # Terminated"), in the command or in a loader's __del__, is the stop's: one line, as the stop itself.
 _STOPS_RECEIVED: list[int] = []
+
+
 def _stopped_workers_failure(err: BaseException) -> bool:
     return isinstance(err, RuntimeError) and bool(_STOPS_RECEIVED) and WORKERS_STOPPED.search(str(err)) is not None
 

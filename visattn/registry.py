@@ -210,6 +210,7 @@ def model_task(name: str) -> str:
 _TORCHVISION_NAMES = {"vit_b_16": "vit_base_patch16_224", "vit_b_32": "vit_base_patch32_224",
                       "vit_l_16": "vit_large_patch16_224"}
 
+
 def resolve_arch(name: str, *, tag: Optional[str] = None) -> str:
     """``name`` if registered; otherwise UnknownModelError naming up to 3 close architectures (``tag``:
     the ``.TAG`` the name carried, so that architectures shipping those weights come first)."""
