@@ -353,6 +353,19 @@ def test_captioning_in_batches_gives_each_file_its_own_caption(tmp_path, capsys)
     assert all(colour in alone[colour] for colour in ("green", "red", "white")), alone
 
 
+def test_predict_records_say_whether_each_caption_was_cut_at_max_len():
+    """predict's records held the caption alone: two words cut at max_len read as a whole caption."""
+    from visattn.tasks.prediction_writer import _prediction_records
+
+    torch.manual_seed(0)
+    task = CaptioningTask(model_kwargs=json.loads(TINY_MODEL), vocab=VOCAB, max_len=1, beam_size=2)
+    records = _prediction_records(task.predict_step(torch.randn(6, 3, 32, 32), 0), task.hparams, 5)
+    assert [set(r) for r in records] == [{"caption", "finished"}] * 6
+    # One word allowed: a caption is whole only if the model ended it at once (no words), else it was cut.
+    assert [r["finished"] for r in records] == [r["caption"] == "" for r in records]
+    assert not all(r["finished"] for r in records)
+
+
 def test_a_caption_cut_at_max_len_says_so_in_its_line_and_record(tmp_path, capsys):
     """Two words of a longer caption read as a whole caption: the line and the record say it was cut."""
     square = np.zeros((64, 64, 3), np.uint8)

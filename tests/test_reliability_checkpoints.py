@@ -791,7 +791,8 @@ def test_predictions_that_cannot_be_written_name_the_runs_folder_and_keep_the_ea
 def test_prediction_records_of_captioners_and_detectors():
     from visattn.tasks.prediction_writer import _prediction_records
 
-    assert _prediction_records(["a red bag", ""], {}, 5) == [{"caption": "a red bag"}, {"caption": ""}]
+    captions = [{"caption": "a red bag", "finished": True}, {"caption": "", "finished": None}]
+    assert _prediction_records(captions, {}, 5) == captions
     # Boxes at full precision, as scores: rounded to 0.1 px, COCOeval on them had given another mAP than visattn's.
     found = [{"boxes": torch.tensor([[1.0, 2.0, 10.25, 20.03125]]), "scores": torch.tensor([0.91234]),
               "labels": torch.tensor([1])}, {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0),

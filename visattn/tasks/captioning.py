@@ -254,9 +254,12 @@ class CaptioningTask(GuardedTask, pl.LightningModule):
         metrics.reset()
 
     @skip_missing_batch
-    def predict_step(self, batch: Any, batch_idx: int) -> list[str]:
+    def predict_step(self, batch: Any, batch_idx: int) -> list[dict[str, Any]]:
+        """Per image ``{"caption": text, "finished": bool}`` (False: cut at ``max_len``), as ``caption --json``."""
         images = batch["images"] if isinstance(batch, dict) else batch[0] if isinstance(batch, (tuple, list)) else batch
-        return [self.vocab.caption_text(ids.tolist()) for ids in self(images).tokens]
+        decoded = self(images)
+        return [{"caption": self.vocab.caption_text(ids.tolist()), "finished": finished}
+                for ids, finished in zip(decoded.tokens, decoded.finished_within(self.hparams.max_len))]
 
 
 # Their import loaded Lightning: visattn 0.1.0's paths still give them, with a warning.

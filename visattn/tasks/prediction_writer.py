@@ -107,8 +107,8 @@ def _prediction_records(prediction: Any, hparams: Any, topk: int) -> Optional[li
         return [{"predictions": [{"label": class_label(names, k), "index": k, "prob": p}
                                  for p, k in zip(probs, ks)]}
                 for probs, ks in zip(top.values.tolist(), top.indices.tolist())]
-    if isinstance(prediction, list) and all(isinstance(p, str) for p in prediction):  # a captioner's captions
-        return [{"caption": caption} for caption in prediction]
+    if isinstance(prediction, list) and all(isinstance(p, dict) and "caption" in p for p in prediction):  # captions
+        return [{"caption": p["caption"], "finished": p.get("finished")} for p in prediction]
     if isinstance(prediction, list) and all(isinstance(p, dict) and "boxes" in p for p in prediction):  # detections
         return [{"detections": detection_records(found, names, hparams.get("category_ids"))} for found in prediction]
     return None
