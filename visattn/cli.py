@@ -28,6 +28,7 @@ from .devices import DEVICE_CHOICES, MAX_WORKERS_PER_CPU, max_workers
 from .errors import (ONE_LINE_WARNINGS_ENV, WORKERS_STOPPED, ArgumentError, ConfigError, MissingSplit,
                      NotATrainingCheckpoint, UnknownModelError, VisattnError, VisattnWarning, WeightsError, error_line,
                      one_line, one_line_showwarning)
+from .fileio import stdout_closed
 from .shipped import shipped_config, shipped_config_names, shipped_folder
 from .weight_names import WEIGHTS_TAG, model_source_problem
 
@@ -1261,6 +1262,8 @@ def _run(argv: list[str]) -> int:
         print("visattn: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # the reader went away, as `visattn classify photos/ | head` does: stop quietly
+        if not stdout_closed():  # a pipe or socket of other code's: a failure to show, not an exit 141 saying nothing
+            raise
         _stdout_to_devnull()
         return 141  # 128 + SIGPIPE, what a shell reports for a command killed by a closed pipe
     except OSError as err:
