@@ -78,6 +78,17 @@ def test_caption_text_shows_unknown_words_and_joins_unspaced_scripts_as_written(
     assert tokenize(vocab.caption_text(ids)) == tokenize(vocab.decode(ids))
 
 
+@pytest.mark.parametrize("read", ["caption_text", "decode", "words"])
+@pytest.mark.parametrize("bad", [-1, 9])
+def test_an_id_outside_the_vocabulary_is_one_line(read, bad):
+    """-1 read as the last word ("a red bag" for [4, 5, -1]); an id past the end was an IndexError."""
+    vocab = Vocabulary.build(["a red bag"])
+    assert len(vocab) == 7
+    with pytest.raises(ConfigError, match=rf"^token id {bad} is outside this vocabulary's ids 0\.\.6; give ids the "
+                                          "model of this vocabulary made$"):
+        getattr(vocab, read)([4, 5, bad])
+
+
 @pytest.mark.parametrize("word, tokenized", [("Dog", "['dog']"), ("t-shirt", "['t', 'shirt']"), ("", "no word"),
                                              ("a b", "['a', 'b']"), ("cafe\u0301", "['café']")])
 def test_a_vocabulary_word_the_tokeniser_never_gives_is_one_line(word, tokenized):

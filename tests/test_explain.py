@@ -156,6 +156,20 @@ def test_raw_attention_reads_the_chosen_head_and_layer():
         attention_map(attentions, (2, 3), layer=2)
 
 
+@pytest.mark.parametrize("setting, message", [
+    ({"head": 1.0}, r"^head=1\.0: give a head's index, a whole number, or omit it for the mean of the heads$"),
+    ({"head": "0"}, r"^head='0': give a head's index"),
+    ({"head": True}, r"^head=True: give a head's index"),  # had read as a 3-token map that fills no grid
+    ({"layer": True}, r"^layer=True: method attention takes a block index, e.g. 0 or -1$"),  # had been block 1
+])
+def test_a_head_or_layer_that_is_no_index_is_one_line(setting, message):
+    """A float or text head was torch's IndexError or a TypeError from a comparison."""
+    with pytest.raises(ArgumentError, match=message):
+        explain(_tiny_vit(), torch.randn(3, 28, 28), "attention", **setting)
+    with pytest.raises(ArgumentError, match=message.partition(":")[0]):
+        attention_map([torch.rand(1, 3, 7, 7)], (2, 3), **{"layer": -1, **setting})
+
+
 # --------------------------------------------------------------------------------- one API, families
 
 
@@ -936,6 +950,17 @@ def test_predict_caption_and_detect_take_float64_images_as_float32_ones():
 def test_grad_cam_of_an_empty_batch_is_an_empty_map_stack(arch):
     model = create_model(arch, num_classes=10).eval()
     assert explain_batch(model, torch.randn(0, 3, 28, 28), "gradcam").shape == (0, 7, 7)
+
+
+def test_grad_cam_of_a_bfloat16_model_is_its_float32_map_and_draws():
+    """Its maps came back in bfloat16, which the overlay (numpy) refused with a TypeError."""
+    model = create_model("cbam_resnet20_cifar", num_classes=3).eval()
+    images = torch.randn(2, 3, 32, 32)
+    reference = explain_batch(model, images, "gradcam")
+    maps = explain_batch(model.bfloat16(), images, "gradcam")
+    assert maps.dtype == torch.float32 and maps.shape == reference.shape
+    assert torch.allclose(maps / maps.amax(), reference / reference.amax(), atol=0.1)  # bfloat16's few digits
+    assert heatmap_overlay(np.zeros((32, 32, 3), np.uint8), maps[0]).shape == (32, 32, 3)
 
 
 def test_grad_cam_checks_its_images_in_one_line():
@@ -1736,6 +1761,20 @@ def test_explain_image_of_an_image_without_pixels_is_one_line(shape, tmp_path):
         explain_image(load_classifier("se_resnet20_cifar.fmnist"), np.zeros(shape, np.uint8), "gradcam",
                       tmp_path / "map.png")
     assert not (tmp_path / "map.png").exists()
+
+
+def test_explain_image_takes_a_pil_image_as_the_classifiers_transform_does(tmp_path):
+    """A PIL image, which `classifier.transform()` takes, was an AttributeError ('Image' has no 'shape')."""
+    from PIL import Image
+
+    from visattn.explain import explain_image
+
+    classifier = load_classifier("se_resnet20_cifar.fmnist")
+    pixels = np.random.default_rng(0).integers(0, 256, (28, 40, 3), dtype=np.uint8)
+    from_pil = explain_image(classifier, Image.fromarray(pixels), "gradcam", tmp_path / "pil.png")
+    from_array = explain_image(classifier, pixels, "gradcam", tmp_path / "array.png")
+    assert {**from_pil, "out": None} == {**from_array, "out": None}
+    assert (tmp_path / "pil.png").read_bytes() == (tmp_path / "array.png").read_bytes()
 
 
 @pytest.mark.parametrize("channels", [1, 3])

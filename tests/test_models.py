@@ -64,6 +64,7 @@ def test_classifier_interface(name):
         features = model.forward_features(x)
         pooled = model.forward_head(features, pre_logits=True)
         assert torch.allclose(model.forward_head(features), logits, atol=1e-5)
+        assert model(x[:0]).shape == (0, 7)  # a batch of 0 (a non-local block's reshape had failed on it)
     assert pooled.shape == (INPUT[0], model.num_features)
     assert getattr(model, model.classifier).out_features == model.num_classes == 7
     model.reset_classifier(3)

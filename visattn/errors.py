@@ -290,9 +290,14 @@ def one_line(text: str) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
+def is_index(value: object) -> bool:
+    """Whether ``value`` is an integer, as an index of a sequence is (``True`` is not one, though Python counts it as 1)."""
+    return isinstance(value, Integral) and not isinstance(value, bool)
+
+
 def is_whole(value: object) -> bool:
-    """Whether ``value`` is a whole number >= 0 (``True`` is not one, though Python counts it as 1)."""
-    return isinstance(value, Integral) and not isinstance(value, bool) and value >= 0
+    """Whether ``value`` is a whole number >= 0."""
+    return is_index(value) and value >= 0
 
 
 def is_count(value: object) -> bool:

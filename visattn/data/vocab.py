@@ -184,7 +184,8 @@ class Vocabulary:
     def words(self, ids: Iterable[int]) -> list[str]:
         """One word per id, aligned with ``ids`` (and so with per-token attention maps): ``<unk>`` for an
         unknown word, ``""`` for the other special tokens."""
-        return [self._tokens[int(i)] if int(i) >= len(SPECIAL_TOKENS) or int(i) == self.unk_id else "" for i in ids]
+        tokens = [self._token(i) for i in ids]
+        return [token if token not in SPECIAL_TOKENS or token == UNK else "" for token in tokens]
 
     def decode(self, ids: Iterable[int]) -> str:
         """The text BLEU and CIDEr score: words of ``ids`` joined by spaces up to the first ``<end>``, ``<pad>`` and
@@ -209,4 +210,12 @@ class Vocabulary:
         for i in ids:
             if int(i) == self.end_id:
                 return
-            yield self._tokens[int(i)]
+            yield self._token(i)
+
+    def _token(self, token_id: int) -> str:
+        """The word of ``token_id``; one line for an id outside the vocabulary (a negative one read from its end)."""
+        index = int(token_id)
+        if not 0 <= index < len(self._tokens):
+            raise ConfigError(f"token id {index} is outside this vocabulary's ids 0..{len(self._tokens) - 1}; "
+                              "give ids the model of this vocabulary made")
+        return self._tokens[index]

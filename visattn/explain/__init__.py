@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..data.transforms import check_image_batch
+from ..data.transforms import check_image_batch, rgb_array
 from ..errors import ArgumentError, ConfigError, VisattnWarning, outside_visattn
 from .attention import (as_index, attention_map, attention_pool_reading, check_gives_attention,
                         collect_attentions, gives_attention, input_channels, is_vit, model_batch, recorded_inputs,
@@ -38,6 +38,8 @@ from .pointing import pointing_accuracy, pointing_hit
 from .rollout import attention_rollout
 
 if TYPE_CHECKING:  # tasks import Lightning; explain must not need it
+    from PIL import Image
+
     from ..data.scenes import Scene
     from ..data.transforms import ImageTransform
     from ..inference.classifier import Classifier
@@ -271,7 +273,7 @@ def _class_to_index(target_class: Union[int, str, None], class_names: Sequence[s
 
 def explain_image(
     classifier: Classifier,
-    image: np.ndarray,
+    image: Union[np.ndarray, "Image.Image"],
     method: Method,
     out: Union[str, os.PathLike],
     *,
@@ -283,7 +285,8 @@ def explain_image(
 
     Args:
         classifier: a :class:`visattn.inference.classifier.Classifier`.
-        image: ``(H, W, 3)`` uint8 RGB image, e.g. from ``decode_image``.
+        image: ``(H, W, 3)`` uint8 RGB image, e.g. from ``decode_image``, or what ``classifier.transform()`` takes
+            besides (a gray array, a PIL image).
         method: see :func:`explain`.
         out: image path (PNG unless its suffix names another format): the image as the model sees it (the
             photo recipe's centre crop, so titled; the ``small`` recipe's whole image, at its own shape), the map
@@ -296,6 +299,7 @@ def explain_image(
         whose map was drawn, ``"centre crop"`` or ``"whole image"`` and the written file.
     """
     target = check_figure_path(out, flag="out")  # before the work, as `visattn explain` checks --out
+    image = rgb_array(image)  # its shape gives the squashed aspect below
     tensor = _loaded(classifier).transform()(image).to(classifier.device)  # (3, h, w), normalised
     probs = classifier.predict(tensor[None])[0]
     index = int(probs.argmax())

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ..data.transforms import check_image_batch, to_model_input
-from ..errors import ArgumentError, ConfigError
+from ..errors import ArgumentError, ConfigError, is_index
 from ..layers.attention import attention_probs
 from ..layers.patch_embed import patch_grid
 from ..wrapped_models import as_module
@@ -93,8 +93,8 @@ def token_grid(model: nn.Module, image_size: Sequence[int]) -> tuple[int, int]:
 
 def as_index(layer: Union[str, int, None]) -> Optional[int]:
     """``layer`` as an integer index when it is one (``3``, ``"-1"``), else ``None`` (a name, or no layer)."""
-    if isinstance(layer, int):
-        return layer
+    if is_index(layer):
+        return int(layer)
     if isinstance(layer, str) and layer.lstrip("-").isdigit():
         return int(layer)
     return None
@@ -202,11 +202,15 @@ def attention_map(
     Returns:
         ``(B, rows, cols)`` map.
     """
+    if not is_index(layer):
+        raise ArgumentError("layer", layer, "give a block's index, a whole number (-1 for the last block)")
     if not -len(attentions) <= layer < len(attentions):
         raise ArgumentError("layer", layer, f"this model has {len(attentions)} blocks (use 0..{len(attentions) - 1} or -1)")
     attn = attentions[layer]  # (B, heads, N, N)
     if head is None:
         attn = attn.mean(dim=1)
+    elif not is_index(head):
+        raise ArgumentError("head", head, "give a head's index, a whole number, or omit it for the mean of the heads")
     elif -attn.shape[1] <= head < attn.shape[1]:
         attn = attn[:, head]
     else:

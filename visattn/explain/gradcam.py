@@ -191,7 +191,7 @@ def grad_cam(
         target_class: class index (or one per image) to explain; ``None``: the predicted class.
 
     Returns:
-        ``(maps, classes)``: non-negative maps ``(B, h, w)`` on the layer's grid, and the
+        ``(maps, classes)``: non-negative float32 maps ``(B, h, w)`` on the layer's grid, and the
         explained class of each image ``(B,)``.
     """
     model = as_module(model)
@@ -203,8 +203,9 @@ def grad_cam(
     target = resolve_target_layer(model, layer)
     features, grads, classes = _activation_and_gradient(model, target, images, target_class)
     size = tuple(images.shape[-2:])
-    features = _as_feature_map(model, features, size)
-    grads = _as_feature_map(model, grads, size)
+    # float32 whatever the model's dtype, as the other maps are (numpy, and so the overlays, take no bfloat16)
+    features = _as_feature_map(model, features, size).float()
+    grads = _as_feature_map(model, grads, size).float()
     weights = grads.mean(dim=(2, 3), keepdim=True)  # (B, C, 1, 1)
     maps = torch.relu((weights * features).sum(dim=1))  # (B, h, w)
     return maps, classes

@@ -63,5 +63,5 @@ class NonLocalBlock(nn.Module):
             affinity = torch.softmax(query.float() @ key.float(), dim=-1)  # (B, HW, HW)
         if self.keep_gate:
             self.last_gate = {"affinity": affinity.detach()}
-        y = (affinity.to(value.dtype) @ value).transpose(1, 2).reshape(b, -1, h, w)  # (B, inner, H, W)
+        y = (affinity.to(value.dtype) @ value).transpose(1, 2).reshape(b, value.shape[2], h, w)  # (B, inner, H, W)
         return x + self.norm(self.out_proj(y))
