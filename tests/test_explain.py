@@ -911,6 +911,8 @@ def test_explain_takes_float64_and_half_images_as_float32_ones(method):
     np.testing.assert_allclose(explain(model, doubles[0], method), explain(model, floats[0], method))
     assert explain_batch(model, floats.half(), method).dtype == expected.dtype  # run in the model's float32
     torch.testing.assert_close(grad_cam(model, doubles)[0], grad_cam(model, floats)[0])
+    if method == "gates":  # gate_maps alone had refused them ("cast it with x.to(torch.float32)")
+        torch.testing.assert_close(gate_maps(model, doubles)[1], gate_maps(model, floats)[1])
 
 
 def test_predict_caption_and_detect_take_float64_images_as_float32_ones():

@@ -36,6 +36,7 @@ from ..layers.non_local import NonLocalBlock
 from ..layers.se import SqueezeExcite
 from ..modes import eval_mode
 from ..wrapped_models import as_module
+from .attention import model_batch
 
 SPATIAL_GATE_TYPES = (Cbam, Bam, CoordinateAttention, NonLocalBlock, GlobalContextBlock)
 CHANNEL_GATE_TYPES = {SqueezeExcite: "SE", EfficientChannelAttention: "ECA"}
@@ -81,7 +82,7 @@ def gate_maps(model: nn.Module, images: Tensor) -> tuple[Tensor, "OrderedDict[st
     Args:
         model: a model holding attention modules with ``keep_gate`` (see ``visattn/layers``), or a loaded
             ``Classifier`` of one.
-        images: normalised images ``(B, 3, H, W)``.
+        images: normalised images ``(B, 3, H, W)``; any device and floating dtype (they run on the model's).
 
     Returns:
         ``(logits, maps)``: the model output and ``{module name: (B, h, w) map}`` for every module
@@ -95,6 +96,7 @@ def gate_maps(model: nn.Module, images: Tensor) -> tuple[Tensor, "OrderedDict[st
     if not modules:
         raise ConfigError(f"{type(model).__name__} has {missing_gates(model)}; "
                           "use method 'gradcam' (or 'rollout'/'attention' for ViTs)")
+    images = model_batch(model, images)
     with eval_mode(model):  # and the model's lock: the flags and hooks are this call's alone
         saved = {name: m.keep_gate for name, m in modules.items()}
         sizes: dict[str, tuple[int, int]] = {}
