@@ -104,6 +104,19 @@ def test_rollout_matches_hand_computation_on_two_layer_toy():
     # without a class token the map is the rollout averaged over all rows
     heat, _ = attention_rollout([a1[None], a2[None]], (1, 3), num_prefix_tokens=0)
     np.testing.assert_allclose(heat[0].numpy(), expected.mean(0).reshape(1, 3), rtol=1e-6)
+    # the blocks' maps stacked in one tensor roll out as the list does ("Boolean value of Tensor ... is ambiguous")
+    stacked, _ = attention_rollout(torch.stack([a1[None], a2[None]]), (1, 2))
+    np.testing.assert_allclose(stacked[0].numpy(), expected[0, 1:].reshape(1, 2), rtol=1e-6)
+
+
+@pytest.mark.parametrize("grid", [2, (1, 2, 1), (1.0, 2), (0, 2), (True, 2)])
+def test_a_patch_grid_that_is_no_pair_of_sides_is_one_line(grid):
+    """An int grid was "'int' object is not subscriptable"."""
+    attentions = [torch.full((1, 1, 3, 3), 1 / 3)]
+    for read in (attention_rollout, attention_map):
+        with pytest.raises(ArgumentError, match=rf"^grid={re.escape(repr(grid))}: give the patch grid as \(rows, "
+                                                r"cols\), e.g. \(14, 14\)$"):
+            read(attentions, grid)
 
 
 @pytest.mark.parametrize("fusion", ["mean", "max", "min"])

@@ -164,6 +164,8 @@ def token_map(rows: Tensor, grid: tuple[int, int], num_prefix_tokens: int, *,
     averaged, or weighted by ``pooled`` where it holds how much an attention pool reads of each patch token,
     ``(B, rows * cols)`` (``global_pool="map"``).
     """
+    if not (isinstance(grid, (tuple, list)) and len(grid) == 2 and all(is_index(side) and side > 0 for side in grid)):
+        raise ArgumentError("grid", grid, "give the patch grid as (rows, cols), e.g. (14, 14)")
     if torch.is_tensor(pooled):
         weights = (pooled[:, :, None].to(rows.dtype) * rows[:, num_prefix_tokens:]).sum(dim=1)  # (B, N)
     elif num_prefix_tokens > 0 and not pooled:

@@ -82,7 +82,7 @@ def attention_rollout(
         ``(map, rollout)``: the ``(B, rows, cols)`` map over the patches and the full
         ``(B, N, N)`` rollout matrix, whose rows sum to 1.
     """
-    if not attentions:
+    if len(attentions) == 0:  # a list, or the blocks' maps stacked in one tensor
         raise ConfigError("attention rollout needs at least one block's attention")
     rollout = None
     for attn in attentions:
