@@ -1395,3 +1395,23 @@ def test_a_timm_checkpoint_path_that_is_not_there_is_one_line(in_tmp, capsys):
     assert capsys.readouterr().err.splitlines() == [
         f"visattn: error: model.init_args.model_kwargs.checkpoint_path {missing}: no such file; give the path of a "
         "weights file timm can load (.pth, .bin, .safetensors)"]
+
+
+def test_a_run_moved_to_another_folder_resumes_keeping_last_ckpt_current(in_tmp, monkeypatch):
+    """Lightning dropped the ModelCheckpoints' bookkeeping when the folder they recorded had changed: last.ckpt
+    stayed at the epoch the run stopped (what `evaluate --checkpoint .../last.ckpt` reads) and the finished run went
+    to last-v1.ckpt, with the old best and latest files kept (from a training-correctness audit)."""
+    fit = ["fit", "--config", str(CBAM_CONFIG), *QUICK]
+    (in_tmp / "first").mkdir()
+    monkeypatch.chdir(in_tmp / "first")
+    assert main([*fit, "--trainer.max_epochs", "1"]) == 0
+    (in_tmp / "first").rename(in_tmp / "moved")
+    monkeypatch.chdir(in_tmp / "moved")
+    assert main([*fit, "--trainer.max_epochs", "3", "--ckpt_path", "last"]) == 0
+    folder = in_tmp / "moved" / CHECKPOINTS
+    names = sorted(p.name for p in folder.iterdir())
+    assert "last-v1.ckpt" not in names and [n for n in names if n.startswith("latest-")] == ["latest-epoch=002.ckpt"]
+    assert len([n for n in names if n.startswith("best-")]) == 1
+    last = _read(folder / "last.ckpt")
+    assert last["epoch"] == 2 and all(state["dirpath"] == str(folder.resolve())
+                                      for key, state in last["callbacks"].items() if key.startswith("ModelCheckpoint"))

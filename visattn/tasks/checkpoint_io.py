@@ -89,7 +89,31 @@ class SafeCheckpointIO(TorchCheckpointIO):
             _refuse_another_average(self.module, checkpoint["state_dict"], path)
             check_state_dict(self.module, checkpoint["state_dict"], strict=getattr(self.module, "strict_loading", True),
                              source=path, fix="use a checkpoint of the model and model_kwargs this config builds")
+            _follow_a_moved_run(checkpoint, path, getattr(self.module, "_trainer", None))
         return checkpoint
+
+
+def _follow_a_moved_run(checkpoint: dict[str, Any], path: Path, trainer: Any) -> None:
+    """Point the saved state of each of ``trainer``'s ModelCheckpoints whose folder holds ``path`` at that folder.
+
+    Lightning restores a ModelCheckpoint's files (its ``last.ckpt``, its best ``k``) only if the folder it recorded is
+    the callback's: a run moved (or copied) to another folder and resumed there had kept ``last.ckpt`` at the epoch it
+    stopped, written the new epochs to ``last-v1.ckpt`` and never removed the old best and latest files."""
+    states = checkpoint.get("callbacks") or {}
+    for callback in getattr(trainer, "checkpoint_callbacks", None) or []:
+        state = states.get(getattr(callback, "state_key", None))
+        old, new = (state or {}).get("dirpath"), getattr(callback, "dirpath", None)
+        if not (isinstance(old, str) and new and old != new and path.parent.resolve() == Path(new).resolve()):
+            continue
+
+        def moved(file: Any) -> Any:
+            inside = isinstance(file, str) and Path(file).parent == Path(old)
+            return str(Path(new) / Path(file).name) if inside else file
+
+        state.update({key: moved(state.get(key)) for key in ("best_model_path", "kth_best_model_path",
+                                                              "last_model_path") if key in state})
+        state["best_k_models"] = {moved(file): score for file, score in (state.get("best_k_models") or {}).items()}
+        state["dirpath"] = new
 
 
 def _refuse_another_average(task: torch.nn.Module, state: dict[str, Any], path: Path) -> None:
