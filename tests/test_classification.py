@@ -841,8 +841,8 @@ def test_a_timm_checkpoint_scored_at_another_img_size_is_resampled_or_refused_in
     levit = ImageClassifier("timm:levit_128s", num_classes=3)
     path = tmp_path / "levit.ckpt"
     torch.save({"state_dict": levit.state_dict(), "hyper_parameters": dict(levit.hparams)}, path)
-    with pytest.raises(ConfigError, match=rf"^--img-size 64: timm:levit_128s cannot take 64 px images with the weights of "
-                                          rf"{re.escape(str(path))} \(.*attention_biases.*\); leave --img-size out$"):
+    with pytest.raises(ConfigError, match=rf"^img_size=64: timm:levit_128s cannot take 64 px images with the weights of "
+                                          rf"{re.escape(str(path))} \(.*attention_biases.*\); leave it out$"):
         load_classifier(checkpoint=str(path), img_size=64)
 
 
@@ -1681,13 +1681,18 @@ def test_image_files_beside_the_class_folders_are_named_not_left_out_unsaid(tmp_
 
 
 @pytest.mark.parametrize("img_size, fits", [(30, "28 or 32"), (2, "4")])
-def test_an_img_size_the_vits_patches_do_not_divide_names_the_option_and_sizes_that_fit(img_size, fits):
-    """It read "img_size=(30, 30) is not divisible by patch_size=(4, 4); change one of them": neither is an option."""
+def test_an_img_size_the_vits_patches_do_not_divide_names_the_option_and_sizes_that_fit(img_size, fits, capsys):
+    """It read "img_size=(30, 30) is not divisible by patch_size=(4, 4); change one of them": neither is an option.
+    Python's caller reads its argument, the command line its flag (from Python it read --img-size)."""
+    from visattn.cli import main
     from visattn.inference.classifier import load_classifier
 
-    with pytest.raises(ConfigError, match=rf"^--img-size {img_size}: vit_tiny_patch4_28\.fmnist takes sides that are "
-                                          rf"multiples of its 4-pixel patches; give {fits}$"):
+    reason = rf"vit_tiny_patch4_28\.fmnist takes sides that are multiples of its 4-pixel patches; give {fits}"
+    with pytest.raises(ConfigError, match=rf"^img_size={img_size}: {reason}$"):
         load_classifier("vit_tiny_patch4_28.fmnist", img_size=img_size)
+    assert main(["evaluate", "--model", "vit_tiny_patch4_28.fmnist", "--dataset", "fashion-mnist", "--device", "cpu",
+                 "--img-size", str(img_size)]) == 2
+    assert re.fullmatch(rf"visattn: error: --img-size {img_size}: {reason}\n", capsys.readouterr().err)
 
 
 @pytest.mark.parametrize("name, fits", [("vit_tiny_patch4_28", "28 or 32"), ("timm:vit_tiny_patch16_224", "16 or 32")])

@@ -37,7 +37,7 @@ def test_each_gpu_the_machine_has_is_accepted(two_gpus, name):
 
 
 def test_a_gpu_past_the_last_names_how_many_there_are(two_gpus):
-    with pytest.raises(ConfigError, match=r"--device cuda:2: this machine has 2 CUDA devices; use --device cpu or auto"):
+    with pytest.raises(ConfigError, match=r"^device='cuda:2': this machine has 2 CUDA devices; use cpu or auto$"):
         inference_device("cuda:2")
 
 
@@ -55,7 +55,7 @@ def test_names_that_are_not_inference_devices(name):
 
 def test_a_bad_device_fails_before_the_weights_are_read(tmp_path):
     missing = tmp_path / "missing.ckpt"
-    with pytest.raises(ConfigError, match="--device 'tpu'"):  # not the missing-checkpoint error
+    with pytest.raises(ConfigError, match="^device='tpu': not a device"):  # not the missing-checkpoint error
         load_classifier(checkpoint=str(missing), device="tpu")
 
 

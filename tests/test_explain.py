@@ -831,7 +831,7 @@ def test_load_classifier_at_another_size_resamples_vit_position_embeddings(tmp_p
     assert large.preprocessing["input_size"] == [3, 56, 56] and native.preprocessing["input_size"] == [3, 28, 28]
     assert large.model.pos_embed.shape[1] == 1 + 14 * 14 and native.model.pos_embed.shape[1] == 1 + 7 * 7
     assert large.model(torch.zeros(1, 3, 56, 56)).shape == (1, 10)
-    with pytest.raises(ConfigError, match="--img-size 0"):
+    with pytest.raises(ConfigError, match="^img_size=0: give a whole number of pixels >= 1$"):
         load_classifier(checkpoint=str(checkpoint), img_size=0)
 
 
@@ -1700,7 +1700,8 @@ def test_explaining_what_is_no_model_is_one_line(model, name):
 @pytest.mark.parametrize("write", ["explain_image", "save_overlay"])
 @pytest.mark.parametrize("victim", ["photo.png", "notes.png"])
 def test_explain_image_and_save_overlay_never_replace_a_file_visattn_did_not_write(write, victim, tmp_path):
-    """They replaced any file at out: the very photo explained, or a user's file of another kind."""
+    """They replaced any file at out: the very photo explained, or a user's file of another kind. (save_overlay's
+    line ended "choose another path file".)"""
     from visattn.explain import explain_image
 
     classifier = load_classifier("se_resnet20_cifar.fmnist")
@@ -1708,11 +1709,11 @@ def test_explain_image_and_save_overlay_never_replace_a_file_visattn_did_not_wri
     Image.fromarray(image).save(tmp_path / "photo.png")
     (tmp_path / "notes.png").write_text("not an image")
     before = (tmp_path / victim).read_bytes()
-    flag = {"explain_image": "out", "save_overlay": "path"}[write]
+    flag, another = {"explain_image": ("out", "out file"), "save_overlay": ("path", "path")}[write]
     draw = {"explain_image": lambda out: explain_image(classifier, image, "gradcam", out),
             "save_overlay": lambda out: save_overlay(image, np.random.rand(7, 7), out)}[write]
     with pytest.raises(ConfigError, match=rf"^{flag} would replace .*{victim}, which visattn did not write; "
-                                          rf"move that file or choose another {flag} file$"):
+                                          rf"move that file or choose another {another}$"):
         draw(tmp_path / victim)
     assert (tmp_path / victim).read_bytes() == before
     draw(tmp_path / "map.png")  # a figure visattn wrote is replaced by a rerun

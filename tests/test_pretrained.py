@@ -1564,6 +1564,7 @@ def test_non_local_blocks_survive_the_json_index(weights_tmp):
     torch.testing.assert_close(create_model("nl_resnet20_cifar.nlb").eval()(images), model(images))
 
 
+@pytest.mark.filterwarnings("ignore:.*saved without labels")
 def test_saved_weights_rebuild_without_the_backbone_file_they_started_from(weights_tmp, tmp_path):
     backbone = tmp_path / "backbone.safetensors"
     save_file({k: v.contiguous() for k, v in create_model("se_resnet20_cifar").state_dict().items()}, backbone)
@@ -1669,7 +1670,8 @@ def test_a_captioner_whose_encoder_name_has_a_tag_rebuilds_without_reading_the_e
                  preprocessing={"input_size": [3, 32, 32], "mean": [0.5] * 3, "std": [0.5] * 3})
     captioner = create_model("sat_cbam_resnet_scenes", encoder_name="cbam_resnet20_cifar.enc",
                              encoder_kwargs=encoder_kwargs, vocab_size=20, img_size=32, grid_size=4).eval()
-    save_weights(captioner, weights_tmp / "sat_cbam_resnet_scenes.mine.safetensors")
+    save_weights(captioner, weights_tmp / "sat_cbam_resnet_scenes.mine.safetensors", vocab=[str(i) for i in range(20)],
+                 preprocessing={"input_size": [3, 32, 32], "mean": [0.5] * 3, "std": [0.5] * 3})
     assert load_index()["sat_cbam_resnet_scenes.mine"]["model_kwargs"]["encoder_pretrained"] is False
     (weights_tmp / "cbam_resnet20_cifar.enc.safetensors").unlink()  # a rebuild reading it would fail
     rebuilt = create_model("sat_cbam_resnet_scenes.mine").eval()

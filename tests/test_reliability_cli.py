@@ -149,7 +149,7 @@ CASES = {
                      "--max-len: '0' is not a positive whole number"),
     "device_this_machine_lacks": (lambda tmp: ["classify", "x.png", "--model", "se_resnet20_cifar", "--device", "cuda:64"],
                                   "--device cuda:64: this machine has"),
-    "misspelt_device": (lambda tmp: ["detect", "x.png", "--model", "m", "--device", "gpu"], "--device 'gpu': not a device"),
+    "misspelt_device": (lambda tmp: ["detect", "x.png", "--model", "m", "--device", "gpu"], "--device gpu: not a device"),
     "folder_without_images": (lambda tmp: ["caption", str(tmp), "--model", "sat_cbam_resnet_scenes.scenes"],
                               "no image files found in"),
     "negative_topk": (lambda tmp: ["classify", "x.png", "--model", "m", "--topk", "-3"],

@@ -262,7 +262,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return cmd_evaluate_captioner(args)
     from .inference.classifier_scoring import evaluate_classifier, evaluation_dataset
 
-    classifier = load_classifier(args.model, args.checkpoint, img_size=args.img_size, device=args.device)
+    classifier = _loaded(load_classifier, args, img_size=args.img_size)
     if args.dataset in POINTING_DATASETS:  # single-object scenes: accuracy and the pointing game
         if args.per_class:
             raise ConfigError(f"--per-class: {args.dataset} scores the pointing game, whose scenes are drawn at "
@@ -335,7 +335,7 @@ def cmd_evaluate_captioner(args: argparse.Namespace) -> int:
 
     if args.meteor:
         check_java("--meteor")
-    captioner = load_captioner(args.model, args.checkpoint, device=args.device)
+    captioner = _loaded(load_captioner, args)
     loader = evaluation_loader(captioner, args.dataset, args.split, limit=args.limit,
                                batch_size=min(args.batch_size, 64), num_workers=args.num_workers)
     decoding = dict(beam_size=args.beam_size or DEFAULT_BEAM_SIZE, max_len=args.max_len or captioner.max_len,
@@ -349,7 +349,7 @@ def cmd_evaluate_detector(args: argparse.Namespace) -> int:
     from .inference.detection_scoring import evaluate_detector, evaluation_loader
     from .inference.detector import load_detector
 
-    detector = load_detector(args.model, args.checkpoint, device=args.device)
+    detector = _loaded(load_detector, args)
     loader = evaluation_loader(detector, args.dataset, args.split, limit=args.limit,
                                batch_size=min(args.batch_size, 16), num_workers=args.num_workers)
     print_metrics(detector.name, args, evaluate_detector(detector, loader))
@@ -359,7 +359,7 @@ def cmd_evaluate_detector(args: argparse.Namespace) -> int:
 def cmd_detect(args: argparse.Namespace) -> int:
     from .inference.detector import detect_files, load_detector
 
-    detector = load_detector(args.model, args.checkpoint, device=args.device)
+    detector = _loaded(load_detector, args)
     failures, total = detect_files(detector, args.paths, score_threshold=args.score_threshold, out=args.out,
                                    attention_out=args.attention_out, as_json=args.json, batch_size=args.batch_size,
                                    max_pixels=max_pixels(args))
@@ -371,7 +371,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
 def cmd_caption(args: argparse.Namespace) -> int:
     from .inference.captioner import caption_files, load_captioner
 
-    captioner = load_captioner(args.model, args.checkpoint, device=args.device)
+    captioner = _loaded(load_captioner, args)
     failures, total = caption_files(captioner, args.paths, beam_size=args.beam_size, max_len=args.max_len,
                                     length_penalty=args.length_penalty, attention_out=args.attention_out,
                                     as_json=args.json, batch_size=args.batch_size, max_pixels=max_pixels(args))
@@ -386,7 +386,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     from .data.image_io import list_images, run_in_batches
     from .inference.classifier import load_classifier
 
-    classifier = load_classifier(args.model, args.checkpoint, device=args.device)
+    classifier = _loaded(load_classifier, args)
     files = list_images(args.paths, allow_empty=False)
     failures = 0
     def predict_batch(images: list[torch.Tensor]) -> torch.Tensor:
@@ -426,7 +426,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if args.out is not None and (len(args.paths) > 1 or Path(args.paths[0]).is_dir()):
         raise ConfigError(f"--out {args.out}: names the map of one image file; give --out-dir DIR for a map of each "
                           f"of {', '.join(args.paths[:3])}{' ...' if len(args.paths) > 3 else ''}")
-    classifier = load_classifier(args.model, args.checkpoint, device=args.device)
+    classifier = _loaded(load_classifier, args)
     if args.out is not None:
         figure_format(args.out)  # a suffix matplotlib cannot write, refused before the work
         files = list_images(args.paths, allow_empty=False)
@@ -527,7 +527,7 @@ def cmd_save_weights(args: argparse.Namespace) -> int:
         task = ("detection" if is_detector(checkpoint=args.checkpoint) else
                 "captioning" if is_captioner(checkpoint=args.checkpoint) else "classification")
         load = {"classification": load_classifier, "captioning": load_captioner, "detection": load_detector}[task]
-        loaded = load(checkpoint=args.checkpoint, device=args.device)
+        loaded = _loaded(load, args)
     except NotATrainingCheckpoint as err:  # its fix names --model, which save-weights does not take
         raise WeightsError(f"{err.path}: {err.problem}; save-weights turns the .ckpt files `visattn fit` writes into "
                            "weights (to index a weights file, load it with create_model(ARCH, pretrained=FILE) and "
@@ -545,15 +545,10 @@ def cmd_save_weights(args: argparse.Namespace) -> int:
     refuse_existing_weights(path, overwrite=args.overwrite)  # before the test-set measurement, which can take minutes
     scores = _test_scores(task, loaded, args.dataset, args.limit) if args.dataset else {}
     metrics = {f"test/{k}": v for k, v in scores.items()}
-    names = ({"vocab": loaded.vocab.to_list(), "max_len": loaded.max_len} if task == "captioning"
-             else {"labels": loaded.class_names})
-    if getattr(loaded, "category_ids", None):  # a detector trained on COCO files: what its detections name
-        names["category_ids"] = loaded.category_ids
-    with output_errors(folder, flag=flag):
-        entry = save_weights(loaded.model, path, overwrite=args.overwrite, task=task, dataset=args.dataset,
-                             preprocessing=loaded.preprocessing, model_kwargs=loaded.model_kwargs,
-                             config=args.config, metrics=metrics, **({"default": True} if args.default else {}),
-                             **names)
+    with output_errors(folder, flag=flag):  # the loaded object's labels (or vocabulary), preprocessing and task too
+        entry = save_weights(loaded, path, overwrite=args.overwrite, dataset=args.dataset,
+                             model_kwargs=loaded.model_kwargs, config=args.config, metrics=metrics,
+                             **({"default": True} if args.default else {}))
     unscored = "" if metrics else "; it records no metrics: give --dataset to score the test split"
     print(f"wrote {path} (sha256 {entry['sha256'][:12]}...) and its entry in {path.parent / 'index.json'}{unscored}")
     print(json.dumps(metrics))
@@ -700,6 +695,21 @@ def max_pixels(args: argparse.Namespace) -> int:
 
 def _add_device(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help=f"where the model runs: {DEVICE_CHOICES}")
+
+
+# The loaders' arguments that commands take as flags: their errors name the flag (img_size=0 is --img-size 0).
+LOADER_FLAGS = {"device": "--device", "img_size": "--img-size"}
+
+
+def _loaded(load: Callable[..., Any], args: argparse.Namespace, **kwargs: Any) -> Any:
+    """``load`` (load_classifier, load_captioner or load_detector) of the command's --model or --checkpoint on its
+    --device, an error in an argument the command took as a flag naming the flag."""
+    try:
+        return load(getattr(args, "model", None), args.checkpoint, device=args.device, **kwargs)
+    except ArgumentError as err:
+        if err.argument not in LOADER_FLAGS:
+            raise
+        raise err.for_flag(LOADER_FLAGS[err.argument]) from None
 
 
 class _OneLineErrorParser(argparse.ArgumentParser):

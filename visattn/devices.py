@@ -1,9 +1,10 @@
-"""Where inference runs: ``--device`` names checked against this machine; how many loader workers it takes."""
+"""Where inference runs: device names (``device=`` in Python, ``--device`` on the command line) checked against
+this machine; how many loader workers it takes."""
 import itertools
 import os
 from typing import TYPE_CHECKING, Union
 
-from .errors import ConfigError
+from .errors import ArgumentError
 
 if TYPE_CHECKING:  # imported where used: the command's parser reads this module's names before torch is imported
     import torch
@@ -13,15 +14,15 @@ DEVICE_CHOICES = "cpu, cuda, cuda:N, mps, or auto (CUDA when there is one, else 
 
 
 def inference_device(name: Union[str, "torch.device"] = "cpu") -> "torch.device":
-    """The device ``--device NAME`` names, checked against this machine: one it lacks is a
-    :class:`ConfigError` before any weights are read. ``auto`` is the first CUDA device, else MPS,
-    else the CPU: the order Lightning's ``accelerator="auto"`` trains on."""
+    """The device ``name`` names, checked against this machine: one it lacks is an :class:`ArgumentError`
+    naming ``device`` (a command names its ``--device``) before any weights are read. ``auto`` is the first
+    CUDA device, else MPS, else the CPU: the order Lightning's ``accelerator="auto"`` trains on."""
     import torch
 
     if isinstance(name, torch.device):
         name = str(name)
     if not isinstance(name, str):
-        raise ConfigError(f"device={name!r}: give a device name, e.g. 'cpu', 'cuda' or 'auto'")
+        raise ArgumentError("device", name, "give a device name, e.g. 'cpu', 'cuda' or 'auto'")
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -31,12 +32,12 @@ def inference_device(name: Union[str, "torch.device"] = "cpu") -> "torch.device"
     except RuntimeError:
         device = None
     if device is None or device.type not in ("cpu", "cuda", "mps"):
-        raise ConfigError(f"--device {name!r}: not a device; use {DEVICE_CHOICES}")
+        raise ArgumentError("device", name, f"not a device; use {DEVICE_CHOICES}")
     cuda_count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if device.type == "cuda" and (device.index or 0) >= cuda_count:
-        raise ConfigError(f"--device {name}: this machine has {cuda_count} CUDA devices; use --device cpu or auto")
+        raise ArgumentError("device", name, f"this machine has {cuda_count} CUDA devices; use cpu or auto")
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(f"--device {name}: this machine has no MPS (Apple GPU) device; use --device cpu or auto")
+        raise ArgumentError("device", name, "this machine has no MPS (Apple GPU) device; use cpu or auto")
     return device
 
 

@@ -255,7 +255,14 @@ def output_errors(path: PathLike, *, flag: str, kind: str = "folder") -> Iterato
     try:
         yield
     except OSError as err:
-        raise ConfigError(f"{flag} {path}: {write_failure(err, f'{flag} {kind}', _in_the_way(err, path))}") from None
+        reason = write_failure(err, _option_value(flag, kind), _in_the_way(err, path))
+        raise ConfigError(f"{flag} {path}: {reason}") from None
+
+
+def _option_value(flag: str, kind: str) -> str:
+    """What ``flag`` takes, for "choose another ...": ``--out file``, ``out_dir folder``; a function's ``path``
+    alone, which says what it is ("another path file" read as a slip)."""
+    return flag if flag == "path" else f"{flag} {kind}"
 
 
 def _in_the_way(err: OSError, path: PathLike) -> str:
@@ -406,11 +413,11 @@ def refuse_replacing_others_files(outputs: Iterable[Path], *, flag: str, kind: s
             continue
         if not (ours or written_by_visattn)(output):
             raise ConfigError(f"{flag} would replace {output}, which visattn did not write; "
-                              f"move that file or choose another {flag} {kind}")
+                              f"move that file or choose another {_option_value(flag, kind)}")
         other = written_by_command(output) if command else None
         if other not in (None, command):
-            raise ConfigError(f"{flag} would replace {output}, which `visattn {other}` wrote; choose another {flag} "
-                              f"{kind}, or move that file")
+            raise ConfigError(f"{flag} would replace {output}, which `visattn {other}` wrote; choose another "
+                              f"{_option_value(flag, kind)}, or move that file")
 
 
 def remove_stale_output(path: PathLike) -> None:
@@ -494,7 +501,7 @@ def refuse_overwriting_inputs(outputs: Iterable[PathLike], inputs: Iterable[Path
         source = existing.get(_file_key(output))
         if source is not None:
             raise ConfigError(f"{flag} would write {output} over the input file {source}; "
-                              f"choose another {flag} {kind}")
+                              f"choose another {_option_value(flag, kind)}")
 
 
 # Reasons worded for the path the user gave, where the OS names a part of it.

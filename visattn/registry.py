@@ -477,11 +477,20 @@ def _check_builder_arguments(arch: str, kwargs: dict[str, Any]) -> None:
     if not builder.__module__.startswith(_MODELS):
         check_keyword_arguments(arch, builder, kwargs)
         return
+    _refuse_channels_of_detectors(arch, kwargs)
     model_class = typing.get_type_hints(builder).get("return")  # every visattn builder names its class
     if isinstance(model_class, type):
         _refuse_timm_class_arguments(arch, model_class, kwargs)
         check_keyword_arguments(arch, model_class.__init__, kwargs)
         check_keyword_types(arch, model_class.__init__, kwargs)
+
+
+def _refuse_channels_of_detectors(arch: str, kwargs: dict[str, Any]) -> None:
+    """``in_chans`` for a visattn detector, which takes RGB images only, as one line saying so, not the nearest name
+    it takes ("did you mean out_channels?": the channels of its feature pyramid, another thing altogether)."""
+    if "in_chans" in kwargs and model_task(arch) == "detection":
+        raise ConfigError(f"{arch} has no argument 'in_chans': detectors take 3-channel (RGB) images only; leave it "
+                          "out, and give gray images as RGB (their one channel repeated)")
 
 
 # timm's builder arguments that visattn's classes take under another name

@@ -56,13 +56,26 @@ def refuse_existing_weights(path: Union[str, Path], *, overwrite: bool = False) 
 _WEIGHT_SOURCES = ("pretrained_backbone", "encoder_pretrained")
 
 
-def _incomplete_classifier_preprocessing(arch: str, meta: dict[str, Any]) -> Optional[str]:
-    """What a classifier's recorded ``preprocessing`` lacks that loading it needs (none recorded is
-    allowed: it loads with its architecture's default, see :func:`_warn_unless_described`)."""
+# A captioner's entry without these does not load (load_captioner refuses it): its words are nowhere else, and it
+# has no default transform to fall back on. Each with the argument that records it.
+_CAPTIONER_NEEDS = {"vocab": "vocab=[...] (its words by id: Captioner.vocab.to_list())",
+                    "preprocessing": "preprocessing=dict(input_size=..., mean=..., std=...)"}
+
+
+def _incomplete_entry(arch: str, meta: dict[str, Any]) -> Optional[str]:
+    """What ``meta`` lacks that loading the weights for their task needs: a captioner's vocabulary and
+    preprocessing, or what a classifier's recorded ``preprocessing`` lacks (none recorded is allowed: it loads
+    with its architecture's default, see :func:`_warn_unless_described`)."""
     from .data.preprocessing import CLASSIFIER_PREPROCESSING, preprocessing_problem
     from .registry import model_task
 
-    if model_task(arch) != "classification" or not meta.get("preprocessing"):
+    task = model_task(arch)
+    missing = [field for field in _CAPTIONER_NEEDS if not meta.get(field)] if task == "captioning" else []
+    if missing:
+        return (f"a captioner's weights load only with their {' and '.join(missing)}; pass "
+                f"{' and '.join(_CAPTIONER_NEEDS[field] for field in missing)}, or save the loaded Captioner, "
+                "which carries them")
+    if task != "classification" or not meta.get("preprocessing"):
         return None
     problem = preprocessing_problem(meta["preprocessing"], required=CLASSIFIER_PREPROCESSING)
     return problem and f"{problem}; pass preprocessing=dict(input_size=..., mean=..., std=...)"
@@ -96,22 +109,43 @@ def _contradiction(model: nn.Module, arch: str, meta: dict[str, Any]) -> Optiona
     return None
 
 
+# What an entry of each task may leave out, each loaded then with a default that is silently wrong for weights
+# trained on anything else; and the argument that records it.
+_ASSUMED_WITHOUT = {"classification": ("preprocessing", "labels"), "detection": ("labels",)}
+_RECORDED_BY = {"preprocessing": "preprocessing=dict(input_size=..., mean=..., std=...)", "labels": "labels=[...]"}
+
+
 def _warn_unless_described(path: Path, arch: str, model: nn.Module, meta: dict[str, Any]) -> None:
     """A classifier saved without ``preprocessing`` or ``labels`` loads with its architecture's default
-    normalisation (ImageNet's, or CLIP's, ...) and labels "0".."N-1": silently wrong for anything else."""
+    normalisation (ImageNet's, or CLIP's, ...) and labels "0".."N-1", a detector without ``labels`` with those
+    labels: silently wrong for anything else."""
     from .data.preprocessing import default_preprocessing
     from .registry import model_task
 
-    missing = [key for key in ("preprocessing", "labels") if not meta.get(key)]
-    if model_task(arch) == "classification" and missing:
+    task = model_task(arch)
+    missing = [key for key in _ASSUMED_WITHOUT.get(task, ()) if not meta.get(key)]
+    if not missing:
+        return
+    assumptions = {"labels": "labels '0'..'N-1'"}
+    if "preprocessing" in missing:
         assumed = default_preprocessing(model)
         settings = ", ".join(f"{key} {assumed[key]}" for key in ("mean", "std", "interpolation", "crop_pct")
                              if key in assumed)
-        assumptions = {"preprocessing": f"{arch}'s default {settings}", "labels": "labels '0'..'N-1'"}
-        warnings.warn(f"{path}: saved without {' or '.join(missing)}; loading it will assume "
-                      f"{' and '.join(assumptions[key] for key in missing)}; pass preprocessing=dict(input_size=..., "
-                      "mean=..., std=...) and labels=[...] to save_weights",
-                      VisattnWarning, stacklevel=outside_visattn())
+        assumptions["preprocessing"] = f"{arch}'s default {settings}"
+    loader = {"classification": "load_classifier", "detection": "load_detector"}[task]
+    warnings.warn(f"{path}: saved without {' or '.join(missing)}; loading it will assume "
+                  f"{' and '.join(assumptions[key] for key in missing)}; pass "
+                  f"{' and '.join(_RECORDED_BY[key] for key in missing)} to save_weights, or save what {loader} "
+                  "returned, which carries them", VisattnWarning, stacklevel=outside_visattn())
+
+
+def _loaded_fields(model: object) -> dict[str, Any]:
+    """What a loaded Classifier, Captioner or Detector carries beside its network, as a weights entry records it
+    (its ``entry_fields()``); nothing for a module, whose labels or vocabulary are not in it."""
+    if isinstance(model, nn.Module):
+        return {}
+    fields = getattr(model, "entry_fields", None)
+    return fields() if callable(fields) else {}
 
 
 def _refuse_unbuildable(model: nn.Module, path: Path, name: str, model_kwargs: dict[str, Any]) -> None:
@@ -148,7 +182,9 @@ def save_weights(
     arguments after ``overwrite`` are the entry's fields (a field left ``None`` is not recorded).
 
     Args:
-        model: the model to save.
+        model: the model to save, or what :func:`~visattn.inference.load_classifier`, ``load_captioner`` or
+            ``load_detector`` returned, whose labels (or vocabulary and ``max_len``), category ids,
+            preprocessing and task are then the defaults of those arguments.
         path: target file; its name must be ``<arch>.<tag>.safetensors`` with a registered ``arch``.
         overwrite: replace existing weights of that name in the folder, or hide those of a later folder
             of :func:`weights_search_path` (an earlier folder's ``ARCH.TAG`` hides a later one's); without
@@ -174,7 +210,9 @@ def save_weights(
 
     fields = dict(task=task, dataset=dataset, metrics=metrics, preprocessing=preprocessing, labels=labels, vocab=vocab,
                   max_len=max_len, category_ids=category_ids, config=config, model_kwargs=model_kwargs, default=default)
-    meta = {field: value for field, value in fields.items() if value is not None}
+    # A loaded object's labels, vocabulary, ... unless given: loading the file gives the same object back.
+    given = {field: value for field, value in fields.items() if value is not None}
+    meta = {field: value for field, value in {**_loaded_fields(model), **given}.items() if value is not None}
     path, model = Path(path), as_module(model, error=WeightsError)
     arch, _, tag = path.name.removesuffix(".safetensors").partition(".")
     if path.suffix != ".safetensors" or not WEIGHTS_TAG.fullmatch(tag) or len(path.name.encode()) > 255:
@@ -195,7 +233,7 @@ def save_weights(
     sources = [k for k in _WEIGHT_SOURCES if k in inspect.signature(type(model).__init__).parameters]
     if meta.get("model_kwargs") or sources:
         meta["model_kwargs"] = {**(meta.get("model_kwargs") or {}), **dict.fromkeys(sources, False)}
-    problem = metadata_problem(meta) or _incomplete_classifier_preprocessing(arch, meta) or _contradiction(model, arch, meta)
+    problem = metadata_problem(meta) or _incomplete_entry(arch, meta) or _contradiction(model, arch, meta)
     if problem:  # checked before the index is written, which would refuse it from then on
         raise WeightsError(f"{path}: {problem}")
     _refuse_unbuildable(model, path, f"{arch}.{tag}", meta.get("model_kwargs") or {})

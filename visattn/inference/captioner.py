@@ -59,6 +59,11 @@ class Captioner:
     transform = Classifier.transform
     device = Classifier.device
 
+    def entry_fields(self) -> dict[str, Any]:
+        """What its weights entry records beside the weights (see :meth:`Classifier.entry_fields`)."""
+        return {"task": "captioning", "vocab": self.vocab.to_list(), "max_len": self.max_len,
+                "preprocessing": dict(self.preprocessing)}
+
     @torch.no_grad()  # not inference_mode: its tensors refuse in-place writes and autograd in the caller's code
     def caption(self, images: Tensor, *, beam_size: int = 5, max_len: Optional[int] = None,
                 length_penalty: float = 1.0) -> DecodedCaptions:

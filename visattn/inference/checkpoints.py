@@ -76,10 +76,13 @@ def task_checkpoint(path: Path, task: str) -> tuple[dict[str, Any], dict[str, An
 
 def inference_target(model: Union[str, os.PathLike, None], checkpoint: Union[str, os.PathLike, None],
                      device: Union[str, torch.device]) -> torch.device:
-    """The device to load onto, once exactly one weights source (``--model`` or ``--checkpoint``) is
-    named; both are checked before any weights are read."""
+    """The device to load onto, once exactly one weights source (``model`` or ``checkpoint``) is named; both are
+    checked before any weights are read. (A command's parser asks for exactly one of ``--model`` and
+    ``--checkpoint`` itself.)"""
     if (model is None) == (checkpoint is None):
-        raise ConfigError("give exactly one of --model ARCH.TAG or --checkpoint FILE")
+        raise ConfigError(f"model={reprlib.repr(model)}, checkpoint={reprlib.repr(checkpoint)}: give exactly one of "
+                          "model='ARCH.TAG' (or a weights file visattn saved) and checkpoint='FILE.ckpt' (a training "
+                          "checkpoint)")
     if model is not None and not isinstance(model, (str, os.PathLike)):
         raise ConfigError(f"model={reprlib.repr(model)}: give a registered name or ARCH.TAG as a string, or the path "
                           "of a weights file visattn saved; pass a training checkpoint file as checkpoint=")

@@ -14,7 +14,7 @@ from ..data.preprocessing import (CLASSIFIER_PREPROCESSING, default_preprocessin
                                   timm_data_config)
 from ..data.transforms import ImageTransform, check_image_batch, eval_transform_of, to_model_input
 from ..devices import model_device
-from ..errors import ConfigError, ImageSizeNotDivisible, NotATrainingCheckpoint, WeightsError, is_count
+from ..errors import ArgumentError, ConfigError, ImageSizeNotDivisible, NotATrainingCheckpoint, WeightsError, is_count
 from ..fetched_weights import hub_cache_only, offline_timm_file, unreachable_hub
 from ..modes import eval_mode
 from ..pretrained import checkpoint_follows, load_weights, starting_weights_skipped
@@ -102,6 +102,11 @@ class Classifier:
     def device(self) -> torch.device:
         return model_device(self.model)
 
+    def entry_fields(self) -> dict[str, Any]:
+        """What its weights entry records beside the weights, so that loading them gives this classifier back:
+        :func:`visattn.save_weights` of the classifier records these unless told otherwise."""
+        return {"task": "classification", "labels": list(self.class_names), "preprocessing": dict(self.preprocessing)}
+
     @torch.no_grad()  # not inference_mode: its tensors refuse in-place writes and autograd in the caller's code
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         """Class probabilities ``(B, num_classes)`` on the CPU for normalised images ``(B, C, H, W)`` (C the model's
@@ -112,17 +117,19 @@ class Classifier:
 
 
 def load_classifier(model: Union[str, os.PathLike, None] = None, checkpoint: Union[str, os.PathLike, None] = None, *,
-                    img_size: Optional[int] = None, device: Union[str, torch.device] = "cpu") -> Classifier:
+                    img_size: Union[int, tuple[int, int], None] = None,
+                    device: Union[str, torch.device] = "cpu") -> Classifier:
     """Load ``arch.tag`` shipped weights (``arch`` alone: its default weights), a weights file visattn saved
     (``model="DIR/ARCH.TAG.safetensors"``, a path) or a training checkpoint onto ``device`` (see
     :func:`visattn.devices.inference_device`).
 
-    ``img_size`` runs the classifier on ``img_size``-pixel square inputs instead of its training size:
-    a ViT's position embeddings are resampled to the new patch grid, and CNNs pool globally anyway.
+    ``img_size`` runs the classifier on ``img_size``-pixel square inputs instead of its training size (a pair of
+    equal sides too, as ``create_model`` takes it): a ViT's position embeddings are resampled to the new patch grid,
+    and CNNs pool globally anyway. Errors in an argument that a command takes as a flag are
+    :class:`~visattn.errors.ArgumentError`.
     """
     target = inference_target(model, checkpoint, device)
-    if img_size is not None and not is_count(img_size):
-        raise ConfigError(f"--img-size {img_size!r}: give a whole number of pixels >= 1")
+    img_size = _square_side(img_size)
     if checkpoint is not None:
         return _classifier_from_checkpoint(Path(checkpoint), img_size, target)
     arch, entry = task_weights_entry(model, "classification")
@@ -160,8 +167,8 @@ def _classifier_from_checkpoint(path: Path, img_size: Optional[int], device: tor
     except (ConfigError, WeightsError) as err:
         if img_size is None or "img_size" not in model_kwargs or not hparams["model_name"].startswith("timm:"):
             raise
-        raise ConfigError(f"--img-size {img_size}: {hparams['model_name']} cannot take {img_size} px images with the "
-                          f"weights of {path} ({err}); leave --img-size out") from None
+        raise ArgumentError("img_size", img_size, f"{hparams['model_name']} cannot take {img_size} px images with "
+                            f"the weights of {path} ({err}); leave it out") from None
     labels = recorded_labels(hparams.get("class_names"), hparams["num_classes"], str(path))
     recorded = _classifier_preprocessing(hparams.get("preprocessing"), net, source=f"{path}: hyper_parameters.",
                                          fix=EDITED_CHECKPOINT)
@@ -202,6 +209,18 @@ def recorded_labels(recorded: Optional[Sequence[str]], num_classes: int, source:
     return list(recorded)
 
 
+def _square_side(img_size: object) -> Optional[int]:
+    """The side of the square inputs ``img_size`` asks for: a whole number of pixels, or a pair of equal ones."""
+    pair = isinstance(img_size, (tuple, list)) and len(img_size) == 2
+    if pair and img_size[0] != img_size[1]:
+        raise ArgumentError("img_size", img_size, "the classifier runs on square inputs; give one whole number of "
+                            "pixels >= 1, their side")
+    side = img_size[0] if pair else img_size
+    if side is not None and not is_count(side):
+        raise ArgumentError("img_size", img_size, "give a whole number of pixels >= 1")
+    return side
+
+
 def _size_kwargs(arch: str, img_size: Optional[int]) -> dict[str, Any]:
     """Builder arguments for another input size, for a model built for one (:func:`built_for_one_size`: a timm
     model's weights are then resampled by timm's filter); CNNs pool globally anyway."""
@@ -210,15 +229,15 @@ def _size_kwargs(arch: str, img_size: Optional[int]) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def _img_size_named(img_size: Optional[int], name: str) -> Iterator[None]:
-    """A size the model's patches do not divide as one line naming ``--img-size`` and the sizes that fit (not
-    the builder's ``img_size`` and ``patch_size``, which the command line cannot change)."""
+    """A size the model's patches do not divide as one line naming ``img_size`` (a command: its ``--img-size``) and
+    the sizes that fit (not the builder's ``patch_size``, which neither the loader nor the command line changes)."""
     try:
         yield
     except ImageSizeNotDivisible as err:
         if img_size is None:
             raise
         sides, fits = sides_that_fit(img_size, err.patch_size)
-        raise ConfigError(f"--img-size {img_size}: {name} {sides}; give {fits}") from None
+        raise ArgumentError("img_size", img_size, f"{name} {sides}; give {fits}") from None
 
 
 def _with_input_size(preprocessing: dict[str, Any], img_size: Optional[int]) -> dict[str, Any]:

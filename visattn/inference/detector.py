@@ -48,6 +48,12 @@ class Detector:
 
     device = Classifier.device
 
+    def entry_fields(self) -> dict[str, Any]:
+        """What its weights entry records beside the weights (see :meth:`Classifier.entry_fields`); no
+        preprocessing where none was recorded: the model resizes and normalises its input itself."""
+        return {"task": "detection", "labels": list(self.class_names), "category_ids": self.category_ids or None,
+                "preprocessing": dict(self.preprocessing) or None}
+
     @torch.no_grad()  # not inference_mode: its tensors refuse in-place writes and autograd in the caller's code
     def detect(self, images: Sequence[Tensor], *, score_threshold: Optional[float] = None,
                attention: bool = False, attention_max_side: Optional[int] = None) -> Detections:
