@@ -315,3 +315,30 @@ def test_bam_uses_the_paper_hyperparameters():
     dilated = [m for m in module.spatial.convs if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)]
     assert len(dilated) == 2 and all(m.dilation == (4, 4) and m.padding == (4, 4) for m in dilated)
     assert module.channel.mlp[0].out_channels == 256 // 16  # reduction ratio r = 16
+
+
+@pytest.mark.parametrize("keep_attention", [False, True])
+def test_cross_attention_equals_torchs_multihead_attention_with_a_key_padding_mask(keep_attention):
+    """Queries, keys and values from separate inputs, padded keys masked: torch's nn.MultiheadAttention with the
+    same weights. The mask dropped, another scale or keys projected from the values had passed every layer test,
+    caught only by tests of the shipped detectors (a mutation audit)."""
+    from visattn.layers.cross_attention import CrossAttention
+
+    torch.manual_seed(0)
+    ours = CrossAttention(16, 2).eval()
+    ours.keep_attention = keep_attention
+    theirs = nn.MultiheadAttention(16, 2, batch_first=True).eval()
+    with torch.no_grad():
+        theirs.in_proj_weight.copy_(torch.cat([ours.q.weight, ours.k.weight, ours.v.weight]))
+        theirs.in_proj_bias.copy_(torch.cat([ours.q.bias, ours.k.bias, ours.v.bias]))
+        theirs.out_proj.weight.copy_(ours.proj.weight)
+        theirs.out_proj.bias.copy_(ours.proj.bias)
+    query, key, value = torch.randn(2, 3, 16), torch.randn(2, 5, 16), torch.randn(2, 5, 16)
+    padding = torch.tensor([[False] * 5, [False] * 3 + [True] * 2])
+    with torch.no_grad():
+        got = ours(query, key, value, key_padding_mask=padding)
+        expected, probs = theirs(query, key, value, key_padding_mask=padding, average_attn_weights=False)
+    torch.testing.assert_close(got, expected)
+    if keep_attention:
+        torch.testing.assert_close(ours.last_attention, probs)
+        assert (ours.last_attention[1, ..., 3:] == 0).all()

@@ -768,3 +768,111 @@ def test_fcos_resnet50_anchor_sizes_are_torchvisions_fcos_resnet50_fpn():
     ours = _build("fcos_resnet50", backbone_kwargs={"layers": (1, 1, 1, 1)})
     assert ours.anchor_generator.sizes == theirs.anchor_generator.sizes == ((8,), (16,), (32,), (64,), (128,))
     assert ours.backbone.strides == [8, 16, 32, 64, 128]
+
+
+def test_detr_encoder_and_decoder_see_a_padded_input_as_the_unpadded_one():
+    """DETR masks padded keys in every encoder and decoder attention (nn.MultiheadAttention's key_padding_mask);
+    the encoder's mask dropped had passed (a mutation audit), padded tokens then changing every detection."""
+    from visattn.layers.detr_transformer import DetrTransformer
+
+    torch.manual_seed(0)
+    transformer = DetrTransformer(16, 2, num_encoder_layers=1, num_decoder_layers=1).eval()
+    x, pos, query_pos = torch.randn(1, 6, 16), torch.randn(1, 6, 16), torch.randn(3, 16)
+    padded_x = torch.cat([x, 5 * torch.randn(1, 3, 16)], dim=1)  # 3 padding tokens of other values
+    padded_pos = torch.cat([pos, torch.randn(1, 3, 16)], dim=1)
+    padding = torch.tensor([[False] * 6 + [True] * 3])
+    with torch.no_grad():
+        alone = transformer(x, pos, query_pos)
+        padded = transformer(padded_x, padded_pos, query_pos, padding)
+    assert alone.shape == padded.shape == (1, 1, 3, 16)
+    torch.testing.assert_close(padded, alone)
+
+
+def test_sine_encoding_is_detrs_position_embedding_sine_computed_by_hand():
+    """DETR's PositionEmbeddingSine(normalize=True): positions counted over valid pixels, divided by the last
+    (+1e-6) and scaled to 2 pi, over T ** (2 (i // 2) / (dim / 2)); sine on even, cosine on odd channels; the
+    row half first, then the column half. A frequency per channel instead of per pair had passed everything,
+    sine/cosine or halves swapped only a test of the shipped weights (a mutation audit)."""
+    import math
+
+    mask = torch.zeros(1, 3, 4, dtype=torch.bool)
+    mask[0, :, 3] = True  # the last column is padding
+    dim, half, eps = 8, 4, 1e-6
+    valid = (~mask[0]).tolist()
+    expected = torch.zeros(1, dim, 3, 4, dtype=torch.float64)
+    for r in range(3):
+        for c in range(4):
+            y = sum(valid[k][c] for k in range(r + 1)) / (sum(valid[k][c] for k in range(3)) + eps) * 2 * math.pi
+            x = sum(valid[r][k] for k in range(c + 1)) / (sum(valid[r][k] for k in range(4)) + eps) * 2 * math.pi
+            for channel in range(dim):
+                position = y if channel < half else x
+                i = channel % half
+                angle = position / 10000.0 ** (2 * (i // 2) / half)
+                expected[0, channel, r, c] = math.sin(angle) if i % 2 == 0 else math.cos(angle)
+    got = sine_position_encoding_2d(mask, dim)
+    torch.testing.assert_close(got, expected.float())
+
+
+def test_hungarian_match_weighs_the_class_by_its_softmax_probability_as_detr_does():
+    """DETR's HungarianMatcher costs -softmax(logits)[target class]; boxes alike, the class alone decides. Query 0
+    splits its probability between two classes (softmax 0.5, sigmoid 0.88), query 1 is sure of class 0 (softmax
+    ~1, sigmoid 0.82): a sigmoid had passed, every tested pairing being decided by the boxes (a mutation audit)."""
+    import math
+
+    from scipy.optimize import linear_sum_assignment
+
+    logits = torch.tensor([[[2.0, 2.0, -10.0], [1.5, -10.0, -10.0]]])  # 2 classes and no-object
+    boxes = torch.tensor([[0.5, 0.5, 0.2, 0.2]]).expand(1, 2, 4)
+    targets = [{"boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]]), "labels": torch.tensor([0])}]
+    # DETR's cost matrix with its giou and L1 terms equal for both queries: -p(class 0) by hand
+    p0 = math.exp(2.0) / (2 * math.exp(2.0) + math.exp(-10.0))  # 0.50
+    p1 = math.exp(1.5) / (math.exp(1.5) + 2 * math.exp(-10.0))  # 1.00
+    assert linear_sum_assignment([[-p0], [-p1]])[0].tolist() == [1]
+    (pred, tgt), = hungarian_match(logits, boxes, targets)
+    assert pred.tolist() == [1] and tgt.tolist() == [0]
+
+
+def test_detr_scores_are_the_softmax_over_classes_and_no_object_as_detrs_postprocess():
+    """DETR's PostProcess: softmax over the classes and "no object", then each query's best real class; a sigmoid
+    of the real classes' logits had passed all but a test of the shipped weights (a mutation audit)."""
+    import math
+
+    model = _build("detr_resnet20_cifar")
+    logits = torch.tensor([[[2.0, 0.0, 1.0, 0.5, 3.0], [-1.0, 1.0, 0.0, 0.0, 0.0]]])  # 4 classes and no-object
+    boxes = torch.full((1, 2, 4), 0.5)
+    found, = model._detections(logits, boxes, [(32, 32)])
+    first = math.exp(2.0) / sum(math.exp(v) for v in (2.0, 0.0, 1.0, 0.5, 3.0))  # 0.22 (sigmoid: 0.88)
+    second = math.exp(1.0) / sum(math.exp(v) for v in (-1.0, 1.0, 0.0, 0.0, 0.0))  # 0.45 (sigmoid: 0.73)
+    assert found["queries"].tolist() == [1, 0] and found["labels"].tolist() == [1, 0]
+    torch.testing.assert_close(found["scores"], torch.tensor([second, first]))
+
+
+def _two_processes(monkeypatch, *, others: float):
+    """Pretend to be one of 2 DDP processes whose all_reduce adds ``others`` times the own count."""
+    monkeypatch.setattr(torch.distributed, "is_available", lambda: True)
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda group=None: 2)
+    monkeypatch.setattr(torch.distributed, "all_reduce", lambda tensor, *args, **kwargs: tensor.mul_(1 + others))
+
+
+def test_a_count_is_averaged_over_ddp_processes(monkeypatch):
+    """DDP averages gradients, so a loss normalised by a count must use the processes' mean count."""
+    from visattn.models.detection import mean_over_processes
+
+    assert mean_over_processes(1, torch.device("cpu")) == 1.0
+    _two_processes(monkeypatch, others=2.0)  # counts 1 and 2: mean 1.5
+    assert mean_over_processes(1, torch.device("cpu")) == 1.5
+    assert mean_over_processes(0, torch.device("cpu")) == 1.0  # at least 1
+
+
+def test_fcos_losses_are_divided_by_the_foreground_count_averaged_over_ddp_processes(monkeypatch):
+    """mmdetection's FCOS divides by the mean count over processes; torchvision divides by the own count, so
+    the losses scale by own / mean. Neither rescale was tested (a mutation audit: both passed in one process)."""
+    model = _build("fcos_cbam_resnet20_cifar").train()
+    with torch.no_grad():
+        alone = model(_images(), _targets())
+        _two_processes(monkeypatch, others=2.0)  # the other process has twice the foreground: mean 1.5 x own
+        shared = model(_images(), _targets())
+    assert set(shared) == set(alone)
+    for name in alone:
+        torch.testing.assert_close(shared[name], alone[name] / 1.5)

@@ -143,6 +143,20 @@ def test_discard_keeps_the_class_tokens_own_attention():
         attention_rollout([attn[:, None]], (1, 2), head_fusion="median")
 
 
+def test_rollout_discards_the_lowest_entries_of_each_block_before_the_identity_is_added():
+    """vit-explain's discard_ratio: int(0.34 * 9) = 3 entries zeroed, the class token's own kept, then + I and rows
+    re-normalised. Rollout ignoring the ratio had passed: only discard_lowest alone and row sums were tested."""
+    attn = torch.tensor([[0.5, 0.3, 0.2], [0.1, 0.6, 0.3], [0.25, 0.15, 0.6]])
+    # the 3 smallest: 0.1 (1, 0), 0.15 (2, 1), 0.2 (0, 2); then + I, rows over their sums
+    expected = torch.tensor([[1.5, 0.3, 0.0], [0.0, 1.6, 0.3], [0.25, 0.0, 1.6]])
+    expected = expected / expected.sum(-1, keepdim=True)
+    heat, rollout = attention_rollout([attn[None, None]], (1, 2), discard_ratio=0.34)
+    torch.testing.assert_close(rollout[0], expected)
+    torch.testing.assert_close(heat[0], expected[0, 1:].reshape(1, 2))
+    _, kept = attention_rollout([attn[None, None]], (1, 2), discard_ratio=0.0)
+    torch.testing.assert_close(kept[0], (attn + torch.eye(3)) / 2)
+
+
 def test_a_ratio_beyond_the_unprotected_entries_still_keeps_every_prefix_tokens_own_attention():
     """9 tokens, 5 of them prefix: ratio 0.99 asks for 80 of 81 entries, but only 76 are not a prefix token's own;
     topk then took protected entries and zeroed them (a reference-value audit)."""
@@ -1140,6 +1154,15 @@ def test_a_peak_on_a_plateau_of_equal_maxima_is_its_centre():
     flat = np.zeros((2, 4), np.float32)
     flat[0, 1:3] = 1  # two cells: the middle of their shared edge
     assert peak_location(flat, (8, 16)) == (8.0, 2.0)
+
+
+def test_a_plateau_of_cells_touching_at_corners_is_one_plateau_peaking_at_its_centre():
+    """Equal maxima along a diagonal are one plateau (8-neighbours), its centre a cell of it: the middle cell.
+    Labelled by 4-neighbours, each cell alone, the peak was the first, and no test told them apart (a mutation
+    audit: the corner test has two cells, where both give the first)."""
+    from visattn.explain.pointing import peak_location
+
+    assert peak_location(np.eye(3), (30, 30)) == (15.0, 15.0)
 
 
 def test_a_lone_maximum_cell_is_the_peak_not_a_flatter_lower_region():
