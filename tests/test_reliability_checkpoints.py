@@ -1415,3 +1415,22 @@ def test_a_run_moved_to_another_folder_resumes_keeping_last_ckpt_current(in_tmp,
     last = _read(folder / "last.ckpt")
     assert last["epoch"] == 2 and all(state["dirpath"] == str(folder.resolve())
                                       for key, state in last["callbacks"].items() if key.startswith("ModelCheckpoint"))
+
+
+@pytest.mark.filterwarnings("ignore:.*its run planned")
+def test_a_run_without_warm_up_saved_by_visattn_before_2026_12_02_resumes(in_tmp, monkeypatch):
+    """Its schedule was a bare CosineAnnealingLR, visattn's since a SequentialLR: resuming it was a traceback,
+    KeyError: '_schedulers' (from an audit of files older versions wrote)."""
+    import visattn.tasks.optimization as optimization
+
+    fit = ["fit", "--config", str(CBAM_CONFIG), *QUICK, "--model.init_args.warmup_epochs", "0"]
+    with monkeypatch.context() as old_code:
+        old_code.setattr(optimization, "warmup_cosine", lambda optimizer, warmup_steps, total_steps:
+                         torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps))
+        assert main([*fit, "--trainer.max_epochs", "1"]) == 0
+    old = _read(in_tmp / CHECKPOINTS / "last.ckpt")["lr_schedulers"][0]
+    assert "_schedulers" not in old and old["last_epoch"] == old["T_max"] == 4
+    assert main([*fit, "--trainer.max_epochs", "2", "--ckpt_path", "last"]) == 0
+    resumed = _read(in_tmp / CHECKPOINTS / "last.ckpt")["lr_schedulers"][0]
+    cosine = resumed["_schedulers"][-1]  # the saved cosine, gone on from step 4 to 8
+    assert resumed["_milestones"] == [0] and (cosine["T_max"], cosine["last_epoch"], resumed["last_epoch"]) == (4, 8, 8)

@@ -597,6 +597,15 @@ def test_evaluation_leaves_the_callers_random_numbers_as_they_were():
     ("visattn.tasks.classification.check_fashion_mnist_labels",
      "visattn.inference.classifier_scoring.check_fashion_mnist_labels"),
     ("visattn.tasks.classification.class_accuracies", "visattn.inference.classifier_scoring.class_accuracies"),
+    # what the loaders return, and the schedule's helpers (ImportError, from an audit of older versions' users)
+    ("visattn.tasks.classification.Classifier", "visattn.inference.classifier.Classifier"),
+    ("visattn.tasks.captioning.Captioner", "visattn.inference.captioner.Captioner"),
+    ("visattn.tasks.detection.Detector", "visattn.inference.detector.Detector"),
+    ("visattn.tasks.classification.warmup_cosine", "visattn.tasks.optimization.warmup_cosine"),
+    ("visattn.tasks.classification.adamw_warmup_cosine", "visattn.tasks.optimization.adamw_warmup_cosine"),
+    ("visattn.tasks.classification.weight_decay_groups", "visattn.tasks.optimization.weight_decay_groups"),
+    ("visattn.tasks.classification.warn_of_a_changed_schedule", "visattn.tasks.optimization.warn_of_a_changed_schedule"),
+    ("visattn.tasks.classification.split_folders", "visattn.data.image_folder.split_folders"),
 ])
 def test_the_loaders_old_import_paths_still_give_them_with_a_warning_naming_the_new(old, new):
     """The loaders and what they read moved to visattn.inference (their import had loaded Lightning); visattn

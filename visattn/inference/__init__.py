@@ -24,13 +24,14 @@ def __getattr__(name: str) -> Any:
 
 
 def moved_here(module: str, names: dict[str, str]) -> Callable[[str], Any]:
-    """A ``__getattr__`` for the visattn.tasks ``module`` that still gives the ``names`` that moved here (each to
-    its module in this package), with a warning naming the new place: code written for visattn 0.1.0 runs on."""
+    """A ``__getattr__`` for the visattn.tasks ``module`` that still gives the ``names`` that moved (each to its
+    module in this package, or to the full module path given), with a warning naming the new place: code written
+    for visattn 0.1.0 runs on."""
 
     def __getattr__(name: str) -> Any:
         if name not in names:
             raise AttributeError(f"module {module!r} has no attribute {name!r}")
-        new = f"visattn.inference.{names[name]}"
+        new = names[name] if names[name].startswith("visattn.") else f"visattn.inference.{names[name]}"
         warnings.warn(f"{module}.{name} moved to {new}.{name}; import it from there (the old place will go)",
                       MovedNameWarning, stacklevel=outside_visattn())
         return getattr(importlib.import_module(new), name)

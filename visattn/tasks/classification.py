@@ -480,10 +480,13 @@ def check_sdpa_backend(backend: Optional[str], device: torch.device, precision: 
 
 # Their import loaded Lightning: visattn 0.1.0's paths still give them, with a warning.
 __getattr__ = moved_here(__name__, {
-    **dict.fromkeys(("load_classifier", "recorded_labels", "TIMM_STARTING_WEIGHTS"), "classifier"),
+    **dict.fromkeys(("Classifier", "load_classifier", "recorded_labels", "TIMM_STARTING_WEIGHTS"), "classifier"),
     **dict.fromkeys(("check_fashion_mnist_labels", "class_accuracies", "evaluate_classifier", "evaluation_dataset",
                      "imagefolder_root"), "classifier_scoring"),
     **dict.fromkeys(("EDITED_CHECKPOINT", "TASK_COMMANDS", "TASK_NOUNS", "checkpoint_model_kwargs", "inference_model",
                      "inference_target", "load_checkpoint_weights", "read_checkpoint", "require_task",
                      "task_checkpoint"), "checkpoints"),
+    **dict.fromkeys(("adamw_warmup_cosine", "warmup_cosine", "warn_of_a_changed_schedule", "weight_decay_groups"),
+                    "visattn.tasks.optimization"),
+    "split_folders": "visattn.data.image_folder",
 })

@@ -170,6 +170,7 @@ def backbone_preprocessing(detector: nn.Module) -> Optional[dict[str, Any]]:
 
 # Their import loaded Lightning: visattn 0.1.0's paths still give them, with a warning.
 __getattr__ = moved_here(__name__, {**dict.fromkeys(("class_label", "detect_files", "detection_records",
-                                                    "draw_detections", "is_detector", "load_detector"), "detector"),
+                                                    "draw_detections", "is_detector", "load_detector", "Detector"),
+                                                    "detector"),
                                     **dict.fromkeys(("COCO_IOU_THRESHOLDS", "COCO_RECALL_THRESHOLDS", "detector_scenes",
                                                      "evaluate_detector", "evaluation_loader"), "detection_scoring")})

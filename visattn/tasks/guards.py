@@ -22,8 +22,8 @@ from torchmetrics import MeanMetric
 from ..errors import ConfigError, VisattnError
 from ..inference.checkpoints import PACKAGE_MODULE_KEY
 from ..registry import package_module
-from .optimization import (adamw_warmup_cosine, refuse_other_parameter_groups, warn_of_a_changed_schedule,
-                           warn_of_a_finished_run, warn_of_a_starting_average)
+from .optimization import (adamw_warmup_cosine, refuse_other_parameter_groups, upgrade_a_bare_cosine,
+                           warn_of_a_changed_schedule, warn_of_a_finished_run, warn_of_a_starting_average)
 
 log = logging.getLogger(__name__)
 
@@ -261,6 +261,7 @@ class GuardedTask:
         ours = type(self).configure_optimizers is GuardedTask.configure_optimizers  # a task may build its own
         if ours and self._trainer is not None and self.trainer.state.fn == "fit":
             refuse_other_parameter_groups(self, checkpoint)
+            upgrade_a_bare_cosine(checkpoint)
 
     def on_before_backward(self, loss: Tensor) -> None:
         self.loss_guard.note_gradients(self)

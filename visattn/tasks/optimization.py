@@ -109,6 +109,20 @@ def warn_of_a_starting_average(task: pl.LightningModule) -> None:
                       VisattnWarning, stacklevel=outside_visattn())
 
 
+def upgrade_a_bare_cosine(checkpoint: dict[str, Any]) -> None:
+    """A checkpoint's schedule of a run without warm-up as visattn saved it before 2026-12-02, a bare
+    ``CosineAnnealingLR``, laid out as the :func:`warmup_cosine` built now (a warm-up of 0 steps, then that cosine,
+    which goes on from the step it reached): resuming it was a ``KeyError: '_schedulers'`` traceback."""
+    for index, state in enumerate(checkpoint.get("lr_schedulers") or []):
+        if not isinstance(state, dict) or "_schedulers" in state or "T_max" not in state:
+            continue
+        groups = [{"params": [nn.Parameter(torch.zeros(1))], "lr": lr} for lr in state["base_lrs"]]
+        upgraded = warmup_cosine(torch.optim.SGD(groups), 0, state["T_max"]).state_dict()
+        upgraded["_schedulers"][-1] = state
+        upgraded["last_epoch"], upgraded["_last_lr"] = state["last_epoch"], state["_last_lr"]
+        checkpoint["lr_schedulers"][index] = upgraded
+
+
 def warn_of_a_changed_schedule(task: pl.LightningModule) -> None:
     """One line when a resumed fit's schedule (its length or batches per epoch) is not the one the checkpoint's
     run planned: the run continues the schedule it restores, whose cosine rises again after its planned end
