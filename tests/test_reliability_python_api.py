@@ -604,7 +604,8 @@ def test_evaluation_leaves_the_callers_random_numbers_as_they_were():
     ("visattn.tasks.classification.warmup_cosine", "visattn.tasks.optimization.warmup_cosine"),
     ("visattn.tasks.classification.adamw_warmup_cosine", "visattn.tasks.optimization.adamw_warmup_cosine"),
     ("visattn.tasks.classification.weight_decay_groups", "visattn.tasks.optimization.weight_decay_groups"),
-    ("visattn.tasks.classification.warn_of_a_changed_schedule", "visattn.tasks.optimization.warn_of_a_changed_schedule"),
+    ("visattn.tasks.classification.warn_of_a_changed_schedule",
+     "visattn.tasks.optimization.warn_of_a_changed_schedule"),
     ("visattn.tasks.classification.split_folders", "visattn.data.image_folder.split_folders"),
 ])
 def test_the_loaders_old_import_paths_still_give_them_with_a_warning_naming_the_new(old, new):

@@ -263,6 +263,7 @@ class CaptioningTask(GuardedTask, pl.LightningModule):
 
 
 # Their import loaded Lightning: visattn 0.1.0's paths still give them, with a warning.
-__getattr__ = moved_here(__name__, {**dict.fromkeys(("Captioner", "caption_files", "is_captioner", "load_captioner"), "captioner"),
+__getattr__ = moved_here(__name__, {**dict.fromkeys(("Captioner", "caption_files", "is_captioner", "load_captioner"),
+                                                    "captioner"),
                                     **dict.fromkeys(("caption_scores", "evaluate_captioner", "evaluation_loader",
                                                      "pointing_hits"), "caption_scoring")})
