@@ -252,6 +252,24 @@ def test_accumulation_over_batches_of_no_known_count_steps_as_lightning_does():
     assert trainer.global_step == 2
 
 
+def test_one_task_fits_again_after_it_was_validated_in_the_same_process():
+    """A notebook's fit, validate, fit: the second fit stopped in its sanity check, "Inplace update to inference tensor
+    outside InferenceMode" (validate had reset the metrics under inference mode; from a long-use audit)."""
+    import lightning.pytorch as pl
+    from torch.utils.data import DataLoader, TensorDataset
+
+    generator = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randn(8, 3, 32, 32, generator=generator), torch.arange(8) % 3)
+    task = ImageClassifier("resnet20_cifar", num_classes=3, model_kwargs={"layers": (1, 1, 1)}, lr=1e-3)
+    settings = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                    accelerator="cpu")
+    for _ in range(2):
+        trainer = pl.Trainer(max_steps=1, **settings)
+        trainer.fit(task, DataLoader(data, batch_size=4), DataLoader(data, batch_size=4))
+        validated = pl.Trainer(**settings).validate(task, DataLoader(data, batch_size=4), verbose=False)
+        assert trainer.global_step == 1 and 0 <= validated[0]["val/top1"] <= 1
+
+
 @pytest.mark.parametrize("max_epochs, accumulate, expected", [(None, 1, 20), (-1, 1, 20), (1000, 1, 20), (None, 3, 7)])
 def test_warm_up_lasts_its_epochs_when_max_steps_ends_the_run(max_epochs, accumulate, expected):
     """An epoch of 20 batches, a run of 30 steps, warmup_epochs 1: the warm-up had been 0 or 29 steps."""

@@ -17,7 +17,7 @@ import torch
 from lightning.pytorch.strategies import Strategy
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
-from torchmetrics import MeanMetric
+from torchmetrics import MeanMetric, Metric
 
 from ..errors import ConfigError, VisattnError
 from ..inference.checkpoints import PACKAGE_MODULE_KEY
@@ -271,6 +271,11 @@ class GuardedTask:
 
     def on_fit_start(self) -> None:
         self._trained_this_fit = False
+        # A validate, test or predict of this module before (a notebook's fit, validate, fit) left its metrics' states
+        # as inference-mode tensors, which fit's updates in place refused ("Inplace update to inference tensor").
+        for metric in self.modules():
+            if isinstance(metric, Metric):
+                metric.reset()
 
     def on_train_start(self) -> None:
         self._trained_this_fit = True  # not called when a resumed run has already reached its end
