@@ -56,10 +56,12 @@ def refuse_existing_weights(path: Union[str, Path], *, overwrite: bool = False) 
 _WEIGHT_SOURCES = ("pretrained_backbone", "encoder_pretrained")
 
 
+# The save_weights argument that records each field of an entry, as the messages asking for it name it.
+_RECORDED_BY = {"preprocessing": "preprocessing=dict(input_size=..., mean=..., std=...)", "labels": "labels=[...]",
+                "vocab": "vocab=[...] (its words by id: Captioner.vocab.to_list())"}
 # A captioner's entry without these does not load (load_captioner refuses it): its words are nowhere else, and it
-# has no default transform to fall back on. Each with the argument that records it.
-_CAPTIONER_NEEDS = {"vocab": "vocab=[...] (its words by id: Captioner.vocab.to_list())",
-                    "preprocessing": "preprocessing=dict(input_size=..., mean=..., std=...)"}
+# has no default transform to fall back on.
+_CAPTIONER_NEEDS = ("vocab", "preprocessing")
 
 
 def _incomplete_entry(arch: str, meta: dict[str, Any]) -> Optional[str]:
@@ -73,12 +75,12 @@ def _incomplete_entry(arch: str, meta: dict[str, Any]) -> Optional[str]:
     missing = [field for field in _CAPTIONER_NEEDS if not meta.get(field)] if task == "captioning" else []
     if missing:
         return (f"a captioner's weights load only with their {' and '.join(missing)}; pass "
-                f"{' and '.join(_CAPTIONER_NEEDS[field] for field in missing)}, or save the loaded Captioner, "
+                f"{' and '.join(_RECORDED_BY[field] for field in missing)}, or save the loaded Captioner, "
                 "which carries them")
     if task != "classification" or not meta.get("preprocessing"):
         return None
     problem = preprocessing_problem(meta["preprocessing"], required=CLASSIFIER_PREPROCESSING)
-    return problem and f"{problem}; pass preprocessing=dict(input_size=..., mean=..., std=...)"
+    return problem and f"{problem}; pass {_RECORDED_BY['preprocessing']}"
 
 
 def _contradiction(model: nn.Module, arch: str, meta: dict[str, Any]) -> Optional[str]:
@@ -110,9 +112,8 @@ def _contradiction(model: nn.Module, arch: str, meta: dict[str, Any]) -> Optiona
 
 
 # What an entry of each task may leave out, each loaded then with a default that is silently wrong for weights
-# trained on anything else; and the argument that records it.
+# trained on anything else.
 _ASSUMED_WITHOUT = {"classification": ("preprocessing", "labels"), "detection": ("labels",)}
-_RECORDED_BY = {"preprocessing": "preprocessing=dict(input_size=..., mean=..., std=...)", "labels": "labels=[...]"}
 
 
 def _warn_unless_described(path: Path, arch: str, model: nn.Module, meta: dict[str, Any]) -> None:
