@@ -6,14 +6,13 @@ embeddings are resampled when the checkpoint's patch grid differs from the model
 """
 import math
 import warnings
-from numbers import Integral
 from typing import Any, Literal, Optional, Union
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..errors import ConfigError, VisattnWarning, WeightsError, check_count, is_number, outside_visattn
+from ..errors import ConfigError, VisattnWarning, WeightsError, check_count, is_number, is_whole, outside_visattn
 from ..layers.attention import SelfAttention
 from ..layers.attention_pool import AttentionPoolLatent
 from ..layers.drop_path import DropPath, check_rate
@@ -548,7 +547,7 @@ def _check_sizes(*, depth: int, embed_dim: int, num_heads: int, reg_tokens: int,
     """One line for a size the ViT cannot be built with; the register count as an int."""
     for name, count in (("depth", depth), ("embed_dim", embed_dim), ("num_heads", num_heads)):
         check_count(name, count)  # a width or head count of 0 would be a ZeroDivisionError
-    if isinstance(reg_tokens, bool) or not isinstance(reg_tokens, Integral) or reg_tokens < 0:  # False == 0
+    if not is_whole(reg_tokens):
         raise ConfigError(f"reg_tokens={reg_tokens!r}: give a whole number >= 0 (0: no register tokens)")
     if not (is_number(norm_eps) and 0 < norm_eps < math.inf):  # 0 divides by 0 on a constant token, inf erases all
         raise ConfigError(f"norm_eps={norm_eps!r}: give a small positive number, timm's 1e-6 or CLIP's 1e-5")
