@@ -78,6 +78,15 @@ def test_bad_input_size_is_a_config_error(tmp_path):
         export_onnx(create_model("cbam_resnet20_cifar"), tmp_path / "m.onnx", input_size=(32, 32))
 
 
+@pytest.mark.parametrize("input_size", [32, (3, 32.5, 32), (3, "32", 32)])
+def test_an_input_size_that_is_no_three_whole_numbers_is_a_config_error(tmp_path, input_size):
+    """A bare side (timm's img_size=32) was "TypeError: 'int' object is not iterable", a text side a TypeError from
+    min(), and 32.5 was exported silently at 32."""
+    with pytest.raises(ConfigError, match=r"^input_size=.*: give the \(C, H, W\) of one image"):
+        export_onnx(create_model("resnet20_cifar"), tmp_path / "m.onnx", input_size=input_size)
+    assert not list(tmp_path.iterdir())  # refused before anything is written
+
+
 def test_missing_onnx_file_is_a_weights_error(tmp_path):
     with pytest.raises(WeightsError, match="visattn export"):
         onnx_session(tmp_path / "missing.onnx")

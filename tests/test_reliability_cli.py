@@ -1828,7 +1828,9 @@ def test_an_unknown_option_points_to_its_own_commands_help(command, capsys):
 @pytest.mark.parametrize("command, shown", [
     ("classify", ["--topk TOPK", "(default: 1)", "(default: 32)", "(default: auto)"]),
     ("detect", ["(default: 0.5)", "(default: 8)"]),
-    ("evaluate", ["16 for detectors) (default: 256)", "(default: 0)"]),
+    ("evaluate", ["16 for detectors) (default: 256)", "(default: 0)", "default: the size it was trained at"]),
+    ("explain", ["(gradcam; default: the predicted class)"]),
+    ("save-weights", ["drawn with a fixed seed, or fashion-scenes' first N"]),
     ("export", ["(default: 17)", "(default: onnx)"]),
 ])
 def test_command_help_gives_each_default_and_what_paths_take(command, shown, capsys):
@@ -2071,6 +2073,79 @@ def test_fit_help_does_not_offer_the_optimizer_options_every_run_refuses(monkeyp
     assert "--model.help" in shown and "--optimizer" not in shown and "--lr_scheduler" not in shown
     assert main(["fit", "--config", str(CBAM_CONFIG), "--optimizer", "torch.optim.SGD"]) == 2
     assert "set those instead, and drop optimizer" in capsys.readouterr().err
+
+
+def test_the_task_classes_a_config_commands_help_names_are_import_paths_model_help_takes():
+    """`fit --help` named captioning.CaptioningTask and detection.DetectionTask for `--model.help`, which refused
+    both ("No module named 'captioning'"): it takes a class's whole import path (a command-line help audit)."""
+    import pydoc
+
+    from lightning.pytorch import LightningModule
+
+    from visattn.tasks.lightning_cli import COMMAND_DESCRIPTIONS
+
+    for about in COMMAND_DESCRIPTIONS.values():
+        named = re.findall(r"[\w.]*\.(?:ImageClassifier|CaptioningTask|DetectionTask)\b", about)
+        assert len(named) == 3, about
+        for name in named:
+            task = pydoc.locate(name)
+            assert isinstance(task, type) and issubclass(task, LightningModule), name
+
+
+def test_a_config_commands_help_titles_its_model_and_data_sections(monkeypatch, capsys):
+    """They were titled from Lightning's base classes: "<class 'lightning.pytorch.core.module.LightningModule'>" and
+    "A DataModule standardizes the training, val, test splits, data preparation and transforms. The main advantage
+    is", a sentence cut off, 113 columns wide (a command-line help audit)."""
+    monkeypatch.setattr(sys, "argv", ["visattn", "test", "--help"])
+    with pytest.raises(SystemExit) as exit:
+        main(["test", "--help"])
+    shown = capsys.readouterr().out
+    assert exit.value.code == 0
+    assert "The task the config names under model:\n  --model.help" in shown
+    assert "The data the config names under data:\n  --data.help" in shown
+    assert "<class '" not in shown and "The main advantage is" not in shown
+
+
+def _own_commands() -> list[str]:
+    import argparse
+
+    from visattn.cli import LIGHTNING_COMMANDS, build_parser
+
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    return [name for name in commands if name not in LIGHTNING_COMMANDS]
+
+
+def _help_of(argv: list[str], capsys) -> str:
+    with pytest.raises(SystemExit) as exit:
+        main(argv)
+    assert exit.value.code == 0
+    return capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", _own_commands())
+def test_a_commands_help_opens_with_what_it_does_and_shows_no_empty_default(command, capsys):
+    """`visattn demo --help` said nothing of what demo does, nor did any command's --help say what it is for (only
+    `visattn --help` did); `configs --help` gave its pattern's default as "(default: )" (a command-line help audit)."""
+    from visattn.cli import build_parser
+
+    listed = " ".join(build_parser().format_help().split())
+    shown = _help_of([command, "--help"], capsys)
+    about = " ".join(shown.partition("\n\n")[2].partition("\n\n")[0].split())  # the paragraph after the usage
+    assert about and f"{command} {about}" in listed, shown
+    assert "(default: )" not in shown
+
+
+def test_visattn_help_command_prints_that_commands_help(monkeypatch, capsys):
+    """`visattn help classify` was "invalid choice: 'help'", exit 2, where git's and pip's print the command's help
+    (a command-line help audit)."""
+    assert _help_of(["help", "classify"], capsys) == _help_of(["classify", "--help"], capsys)
+    assert _help_of(["help"], capsys) == _help_of(["--help"], capsys)
+    handed = []
+    monkeypatch.setattr("visattn.cli.run_lightning", lambda argv: handed.append(argv) or 0)
+    assert main(["help", "fit"]) == 0 and handed == [["fit", "--help"]]  # LightningCLI's, as `fit --help`
+    with pytest.raises(SystemExit) as exit:
+        main(["help", "fti"])
+    assert exit.value.code == 2 and capsys.readouterr().err == "visattn: error: unknown command 'fti' (did you mean fit?); see `visattn --help`\n"
 
 
 def test_an_unrecognized_config_command_option_is_named_with_the_nearest_and_not_blamed_on_the_config(capsys):

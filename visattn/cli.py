@@ -871,6 +871,11 @@ def build_parser() -> argparse.ArgumentParser:
                         _add_classify_command, _add_caption_command, _add_detect_command, _add_explain_command,
                         _add_save_weights_command, _add_export_command):
         add_command(sub)
+    help_command = sub.add_parser("help", help="visattn help COMMAND: the same as visattn COMMAND --help")
+    help_command.add_argument("topic", nargs="?", metavar="COMMAND",
+                              help="one that visattn --help lists (default: visattn --help)")
+    for listed in sub._choices_actions:  # `visattn COMMAND --help` opens with what `visattn --help` lists it for
+        sub.choices[listed.dest].description = listed.help
     return parser
 
 
@@ -886,7 +891,8 @@ def _add_models_command(sub: argparse._SubParsersAction) -> None:
 def _add_configs_command(sub: argparse._SubParsersAction) -> None:
     configs = sub.add_parser("configs", help="list the shipped training configs, each with what it trains")
     configs.add_argument("pattern", nargs="?", default="",
-                         help="part of a config's name or an fnmatch pattern, e.g. 'fmnist' or 'detection/*'")
+                         help="part of a config's name or an fnmatch pattern, e.g. 'fmnist' or 'detection/*' "
+                              "(default: all configs)")
     configs.set_defaults(func=cmd_configs)
 
 
@@ -932,7 +938,8 @@ def _add_evaluate_command(sub: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--meteor", action="store_true", default=None,
                           help="captioners: add METEOR (pycocoevalcap's; it runs Java)")
     evaluate.add_argument("--img-size", type=int, default=None,
-                          help="classifiers: score at this square input size (ViT position embeddings are resampled)")
+                          help="classifiers: score at this square input size (ViT position embeddings are resampled; "
+                               "default: the size it was trained at)")
     evaluate.add_argument("--per-class", action="store_true", default=None,
                           help="classifiers: add each class's accuracy, sample count and the class it was most often "
                                "mistaken for, and the mean over classes (mean_class_accuracy); not on the pointing "
@@ -1014,7 +1021,8 @@ def _add_explain_command(sub: argparse._SubParsersAction) -> None:
                               "spatial gates (default: the mean of all); rollout takes none")
     explain.add_argument("--head", type=non_negative_int, default=None,
                          help="attention head 0..N-1 (method attention; default: mean)")
-    explain.add_argument("--class", dest="target_class", default=None, help="class index or name (gradcam)")
+    explain.add_argument("--class", dest="target_class", default=None,
+                         help="class index or name (gradcam; default: the predicted class)")
     explain.add_argument("--out", type=user_path, default=None,
                          help="the map of one image: .png, .jpg, .jpeg, .svg or .pdf, the format its suffix names "
                               "(PNG without one); a map visattn wrote there is replaced, any other file never (give --out or --out-dir)")
@@ -1036,7 +1044,8 @@ def _add_save_weights_command(sub: argparse._SubParsersAction) -> None:
                            "weights when installed, or weights/ in a source checkout)")
     save.add_argument("--dataset", default=None, help="measure test metrics on this dataset and record them")
     save.add_argument("--limit", type=positive_int, default=None,
-                      help="measure on N test samples drawn with a fixed seed (the count is recorded as test/n)")
+                      help="measure on N test samples drawn with a fixed seed, or fashion-scenes' first N (the "
+                           "count is recorded as test/n)")
     save.add_argument("--config", type=user_path, default=None,
                       help="the config that trained it, recorded in the index")
     save.add_argument("--default", action="store_true", help="make it the architecture's default weights (an "
@@ -1253,6 +1262,8 @@ def _stop_signals_as_exception() -> Iterator[None]:
 
 
 def _run(argv: list[str]) -> int:
+    if argv[:1] == ["help"] and len(argv) <= 2 and not argv[-1].startswith("-"):  # as git's and pip's
+        argv = [*argv[1:], "--help"]  # `visattn help [COMMAND]`; its own --help (or a mistake) is the parser's
     try:
         if argv and argv[0] in LIGHTNING_COMMANDS:
             return run_lightning(argv)

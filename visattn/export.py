@@ -24,7 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import ArgumentError, ConfigError, ExportMismatchError, VisattnError, WeightsError, caught_warnings
+from .errors import (ArgumentError, ConfigError, ExportMismatchError, VisattnError, WeightsError, caught_warnings,
+                     is_count)
 from .modes import eval_mode
 from .fileio import atomic_path, output_errors, prepare_output_file
 from .layers.patch_embed import fixed_input_size
@@ -222,8 +223,9 @@ def onnx_max_difference(model: nn.Module, session: Any, images: torch.Tensor) ->
 
 def _input_size(model: nn.Module, input_size: Optional[Sequence[int]]) -> tuple[int, ...]:
     trained_at = (getattr(model, "pretrained_cfg", None) or {}).get("input_size")
-    size = tuple(input_size if input_size is not None else trained_at or getattr(model, "input_size", ()))
-    if len(size) != 3 or min(size) < 1:
+    size = input_size if input_size is not None else trained_at or getattr(model, "input_size", ())
+    # a bare 224 (timm's img_size) or a float side was a TypeError, or silently truncated by int()
+    if not isinstance(size, (list, tuple)) or len(size) != 3 or not all(map(is_count, size)):
         raise ConfigError(
             f"input_size={input_size!r}: give the (C, H, W) of one image, e.g. input_size=(3, 224, 224)"
         )

@@ -177,6 +177,9 @@ def _said_by_the_first_process() -> Iterator[None]:
         yield
 
 
+_SECTION_TITLES = {"model": "The task the config names under model", "data": "The data the config names under data"}
+
+
 class VisattnCLI(LightningCLI):
     def __init__(self, *args: Any, linked_data_attributes: tuple[str, ...] = (),
                  model_overrides: tuple[str, ...] = (), typed_folders: tuple[str, ...] = (), root_moved: bool = False,
@@ -201,6 +204,11 @@ class VisattnCLI(LightningCLI):
                 action.help = argparse.SUPPRESS
             if refused and len(refused) == len(group._group_actions):
                 group.title = group.description = None
+        # Titled from the base classes' docstrings, they read "<class '...LightningModule'>" and "A DataModule
+        # standardizes ... The main advantage is", one sentence cut off, wider than a terminal.
+        for section, title in _SECTION_TITLES.items():
+            if section in parser.groups:
+                parser.groups[section].title = title
 
     def _parse_ckpt_path(self) -> None:
         with _said_by_the_first_process():
@@ -570,8 +578,8 @@ def plain_help(text: str) -> str:
 
 
 _TASK_HELP = ("`visattn configs` lists the shipped configs, and `--model.help "
-              "visattn.tasks.classification.ImageClassifier` (or captioning.CaptioningTask, detection.DetectionTask) "
-              "a task's settings.")
+              "visattn.tasks.classification.ImageClassifier` (or visattn.tasks.captioning.CaptioningTask, "
+              "visattn.tasks.detection.DetectionTask) a task's settings.")
 # What `visattn COMMAND --help` says first, in place of the Trainer method's docstring ("Runs the full optimization
 # routine."), above some 480 lines of options.
 COMMAND_DESCRIPTIONS = {
