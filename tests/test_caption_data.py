@@ -132,6 +132,38 @@ def test_vocabulary_refuses_a_min_count_that_is_no_whole_number(min_count):
         Vocabulary.build(["a dog", "a cat"], min_count=min_count)
 
 
+@pytest.mark.parametrize("make, message", [
+    # Python iterates a string letter by letter: Vocabulary("a dog") had held the words a, d, g and o
+    (lambda: Vocabulary("a dog"), "tokens='a dog': give a list of words, e.g. ['dog', 'runs']"),
+    (lambda: Vocabulary(5), "tokens=5: give a list of words, e.g. ['dog', 'runs']"),  # a TypeError
+    (lambda: Vocabulary([1, "dog"]), "vocab: 1 is no word; give words as str, as tokenize gives them"),
+    (lambda: Vocabulary.build("a dog runs"), "captions='a dog runs': give a list of captions, e.g. ['a dog runs']"),
+    (lambda: tokenize(None), "text=None: give the caption as a str"),  # a TypeError in unicodedata
+])
+def test_a_vocabulary_of_a_string_or_no_words_is_one_line(make, message):
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+        make()
+
+
+def test_karpathy_train_splits_given_as_one_name_is_that_split(tmp_path):
+    """KarpathyCaptions takes one split by name; the vocabulary read "train" as the splits t, r, a, i and n and
+    refused, saying no image was in them."""
+    split_json, images_dir = write_karpathy(tmp_path)
+    kwargs = dict(split_json=str(split_json), images_dir=str(images_dir), min_count=1)
+    one = KarpathyCaptionDataModule(**kwargs, train_splits="train")
+    assert one.vocab == KarpathyCaptionDataModule(**kwargs, train_splits=["train"]).vocab
+    assert "bird" not in one.vocab and "dog" in one.vocab  # "a bird flies" is a val caption
+
+
+def test_caption_readers_refuse_a_path_that_is_no_path(tmp_path):
+    """Each was pathlib's TypeError ("expected str, bytes or os.PathLike object, not int")."""
+    split_json, images_dir = write_karpathy(tmp_path)
+    with pytest.raises(ConfigError, match=r"^path=5: give a file path \(a str or pathlib.Path\)$"):
+        read_karpathy(5)
+    with pytest.raises(ConfigError, match=r"^images_dir=None: give a folder path \(a str or pathlib.Path\)$"):
+        KarpathyCaptions(split_json, None)
+
+
 def test_vocabulary_of_captions_without_a_word_says_so_not_to_lower_min_count():
     with pytest.raises(ConfigError, match="^captions: none holds a word .*; give captions with words$"):
         Vocabulary.build(["", "  ", "!!!"])

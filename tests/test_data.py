@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gzip
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -467,6 +468,82 @@ def test_data_module_option_checks():
         FashionMNISTDataModule(val_fraction=1.0)
     with pytest.raises(ConfigError, match="^data.init_args.limit=0: must be"):
         FashionMNISTDataModule(limit=0)
+
+
+@pytest.mark.parametrize("setting, message", [
+    # from Python, which checks no types as the CLI's parser does: "no" had augmented, and the rest were TypeErrors
+    # deep inside (a comparison, numpy's seeding, a slice) or, for 8.5, the DataLoader's
+    ({"augment": "no"}, "augment='no': FashionMNISTDataModule takes True or False, not a str"),
+    ({"val_fraction": "0.1"}, "val_fraction='0.1': FashionMNISTDataModule takes a number, not a str"),
+    ({"batch_size": "8"}, "batch_size='8': give 1 or more samples per batch"),
+    ({"batch_size": 8.5}, "batch_size=8.5: give 1 or more samples per batch"),
+    ({"num_workers": "0"}, "num_workers='0': give 0 (load in the main process) to"),
+    ({"seed": -1}, "seed=-1: give a whole number of 0 or more"),
+    ({"limit": 2.5}, "limit=2.5: must be a positive number of samples, or None for all"),
+])
+def test_a_data_module_setting_of_the_wrong_type_is_one_line_naming_it(setting, message):
+    with pytest.raises(ConfigError, match=f"^{re.escape('data.init_args.' + message)}"):
+        FashionMNISTDataModule(**{"num_workers": 0, **setting})
+
+
+def test_one_mean_and_std_for_all_channels_is_recorded_as_a_list():
+    """0.5 was a TypeError ("'float' object is not iterable"), and "0.5" was refused spelt ['0', '.', '5']."""
+    data = FashionMNISTDataModule(num_workers=0, mean=0.5, std=0.25)
+    assert (data.preprocessing["mean"], data.preprocessing["std"]) == ([0.5], [0.25])
+    with pytest.raises(ConfigError, match=re.escape("data.init_args.mean=['0.5']: give 3 finite numbers")):
+        FashionMNISTDataModule(num_workers=0, mean="0.5")
+
+
+@pytest.mark.parametrize("input_size", ["28", 28.5, True, (3, 0, 28)])
+def test_an_input_size_that_is_no_whole_number_of_pixels_is_one_line(input_size):
+    """"28" was a TypeError, 28.5 "'float' object is not iterable", and True built a 1 x 1 pixel transform."""
+    for transforms in (eval_transforms, train_transforms):
+        with pytest.raises(ConfigError, match=f"^input_size={re.escape(repr(input_size))}: expected S, \\(H, W\\) or"):
+            transforms(input_size)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: split_indices("10", 0.1, 0), "n='10': give the number of samples, a whole number of 0 or more"),
+    (lambda: split_indices(10, 0.1, -1), "seed=-1: give a whole number of 0 or more"),
+    (lambda: split_indices(10, 0.1, 0, labels=[0, 1]), "labels=[0, 1]: give one label per sample, 10, not 2"),
+])
+def test_split_indices_arguments_numpy_cannot_use_are_one_line(call, message):
+    """numpy's "axis 0 is out of bounds" and "expected non-negative integer", and an IndexError, named none."""
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+        call()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"classes": "cat"}, "classes='cat': give the class folder names"),  # had been the classes c, a and t
+    ({"classes": [0, 1]}, "classes=[0, 1]: give the class folder names"),  # a TypeError in unicodedata
+    ({"max_pixels": "1000"}, "max_pixels='1000': give the most pixels"),  # a TypeError at the first image
+    ({"transform": "eval"}, "transform='eval': give a callable"),  # a TypeError at the first image
+    ({"root": 5}, "root=5: give a folder path (a str or pathlib.Path)"),  # pathlib's TypeError
+])
+def test_an_image_folder_argument_of_the_wrong_type_is_one_line(tmp_path, kwargs, message):
+    root = write_image_folder(tmp_path / "train")
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}"):
+        ImageFolder(**{"root": root, **kwargs})
+
+
+def test_decode_image_refuses_a_max_pixels_that_is_no_count(tmp_path):
+    """"1000" was a TypeError in Pillow's limit; 0 refused each image as a decompression bomb."""
+    from visattn.data import decode_image
+
+    path = write_image_folder(tmp_path / "train") / "cat" / "0.png"
+    for max_pixels in ("1000", 0):
+        with pytest.raises(ConfigError, match=f"^max_pixels={re.escape(repr(max_pixels))}: give the most pixels"):
+            decode_image(path, max_pixels=max_pixels)
+
+
+def test_fashion_mnist_splits_that_are_no_split_names_are_one_line():
+    """A list split was a TypeError (unhashable), and splits "test" a KeyError 't'."""
+    with pytest.raises(ConfigError, match=r"^split=\['test'\]: Fashion-MNIST has splits 'train' and 'test'$"):
+        load_fashion_mnist(["test"])
+    with pytest.raises(ConfigError, match=r"^splits='test': give some of the splits 'train' and 'test'"):
+        find_fashion_mnist(splits="test")
+    with pytest.raises(ConfigError, match=r"^root=5: give a folder path"):
+        FashionMNIST("test", root=5)
 
 
 def test_image_folder_data_module(tmp_path):

@@ -3,6 +3,7 @@ reading (label mapping, crowd boxes, broken images); the detection data modules.
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from pathlib import Path
 
@@ -378,6 +379,26 @@ def test_scenes_data_module_batches():
     assert len(images) == 3
     with pytest.raises(ConfigError, match="min_items=4"):
         FashionScenesDetectionDataModule(min_items=4, max_items=3)
+
+
+@pytest.mark.parametrize("setting, message", [
+    ({"hflip": "no"}, "hflip='no': FashionScenesDetectionDataModule takes True or False, not a str"),  # flipped
+    ({"batch_size": "8"}, "batch_size='8': give 1 or more samples per batch"),  # a TypeError
+    ({"max_items": "3"}, "max_items='3': give a whole number of items, 1 or more"),  # a TypeError
+    ({"num_train": 2.5}, "num_train=2.5: give a whole number of 0 or more"),  # refused only at setup
+])
+def test_a_scenes_detection_setting_of_the_wrong_type_is_one_line_naming_it(setting, message):
+    with pytest.raises(ConfigError, match=f"^data\\.init_args\\.{re.escape(message)}$"):
+        FashionScenesDetectionDataModule(**{"num_workers": 0, **setting})
+
+
+def test_coco_detection_paths_that_are_no_paths_are_one_line(tmp_path):
+    """Each was pathlib's TypeError."""
+    path, images_dir = write_coco_instances(tmp_path)
+    with pytest.raises(ConfigError, match=r"^annotations=5: give a file path \(a str or pathlib.Path\)$"):
+        CocoDetection(5, images_dir)
+    with pytest.raises(ConfigError, match=r"^images_dir=None: give a folder path \(a str or pathlib.Path\)$"):
+        CocoDetection(path, None)
 
 
 @needs_fashion_mnist

@@ -651,6 +651,38 @@ def test_a_checkpoint_added_beside_the_configs_own_of_the_same_settings_keeps_ev
     assert len(ours) == 1 and states[ours[0]]["dirpath"] == str(tmp_path / "mine")
 
 
+def test_a_fit_on_a_terminal_ends_saying_where_its_checkpoints_and_logs_went(tmp_path, monkeypatch, capsys):
+    """Only the epoch lines of a log said where a fit's files went: under Rich's bar, on a terminal, a fit ended on
+    its bar with no word of them; and the bar showed the logger's version as a metric, "v_num: 0.000" (an output
+    audit)."""
+    from visattn.tasks import lightning_cli
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(lightning_cli, "interactive_output", lambda: True)  # Rich's bar, as on a terminal
+    with_bar = [arg for arg in FIT if arg not in ("--trainer.enable_progress_bar", "false")]
+    assert main(with_bar) == 0
+    out = capsys.readouterr().out
+    run = tmp_path.resolve() / "outputs" / CBAM_CONFIG.stem
+    assert out.strip().splitlines()[-1] == f"checkpoints in {run / 'checkpoints'}; logs in {run / 'logs' / 'version_0'}"
+    assert "val/top1: " in out and "v_num" not in out, out
+
+
+def test_a_fast_dev_run_says_it_saved_no_checkpoint_and_warns_of_no_earlier_ones(tmp_path, monkeypatch, capsys):
+    """fast_dev_run saves no checkpoint, yet Lightning's default ModelCheckpoint warned that its folder held an
+    earlier run's, and the run ended with "checkpoints in" that folder (an output audit)."""
+    monkeypatch.chdir(tmp_path)
+    earlier = tmp_path / "outputs" / CBAM_CONFIG.stem / "checkpoints"
+    earlier.mkdir(parents=True)
+    (earlier / "last.ckpt").write_bytes(b"an earlier run's")
+    with_bar = [arg for arg in FIT if arg not in ("--trainer.enable_progress_bar", "false")]
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        assert main([*with_bar, "--trainer.fast_dev_run", "true"]) == 0
+    assert not [str(w.message) for w in seen if "exists and is not empty" in str(w.message)]
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "no checkpoint saved"
+    assert sorted(p.name for p in earlier.iterdir()) == ["last.ckpt"]
+
+
 def test_checkpoint_callbacks_keyed_apart_still_pickle_as_ddp_spawn_sends_them():
     from lightning.pytorch.callbacks import ModelCheckpoint
     from visattn.tasks.callback_checks import _keyed_apart

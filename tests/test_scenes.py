@@ -305,19 +305,39 @@ def test_shipped_scenes_weights_are_scored_on_1000_test_scenes():
 
 @pytest.mark.parametrize("setting, message", [
     ({"seed": -1}, "seed=-1: give a whole number of 0 or more"),  # numpy's "expected non-negative integer"
-    ({"canvas_size": 15}, "canvas_size=15: give 16 pixels or more"),
-    ({"num_scenes": -1}, "num_scenes=-1: give 0 or more"),
+    ({"canvas_size": 15}, "canvas_size=15: give a whole number of pixels, 16 or more"),
+    ({"num_scenes": -1}, "num_scenes=-1: give a whole number of 0 or more"),
+    # from Python, which checks no types: "10" and None were TypeErrors, 2.5 scenes failed at len(), True was 1
+    ({"num_scenes": "10"}, "num_scenes='10': give a whole number of 0 or more"),
+    ({"num_scenes": 2.5}, "num_scenes=2.5: give a whole number of 0 or more"),
+    ({"num_scenes": None}, "num_scenes=None: give a whole number of 0 or more"),
+    ({"canvas_size": "64"}, "canvas_size='64': give a whole number of pixels, 16 or more"),
+    ({"min_items": "1"}, "min_items='1': give a whole number of items, 1 or more"),
+    ({"max_items": 2.0}, "max_items=2.0: give a whole number of items, 1 or more"),
+    ({"max_items": True}, "max_items=True: give a whole number of items, 1 or more"),
+    ({"colors": "red"}, "colors='red': give a list of colour names, e.g. ['red']; choose from red, green, blue, "
+                        "yellow, orange, purple, pink, white"),  # it was spelt colors=['r', 'e', 'd']
+    ({"colors": 3}, "colors=3: give a list of colour names, e.g. ['red']; choose from red, green, blue, yellow, "
+                    "orange, purple, pink, white"),
 ])
 def test_a_scene_setting_is_refused_naming_it_alone(setting, message):
     with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
         FashionScenes("val", **setting)
 
 
+def test_a_scene_split_that_is_no_name_is_one_line():
+    """A list was a TypeError (unhashable type)."""
+    with pytest.raises(ConfigError, match=r"^split=\['val'\]: FashionScenes has splits 'train', 'val' and 'test'$"):
+        FashionScenes(["val"])
+
+
 @pytest.mark.parametrize("setting, message", [
     ({"seed": -1}, "data.init_args.seed=-1: give a whole number of 0 or more"),
-    ({"canvas_size": 15}, "data.init_args.canvas_size=15: give 16 pixels or more"),
+    ({"canvas_size": 15}, "data.init_args.canvas_size=15: give a whole number of pixels, 16 or more"),
+    ({"canvas_size": "64"}, "data.init_args.canvas_size='64': give a whole number of pixels, 16 or more"),
     ({"num_train": 0}, "data.init_args.num_train=0: the vocabulary comes from the training scenes' captions"),
     ({"vocab_scenes": 0}, "data.init_args.vocab_scenes=0: the vocabulary comes from the training scenes' captions"),
+    ({"num_test": 2.5}, "data.init_args.num_test=2.5: give a whole number of 0 or more"),  # refused only at setup
 ])
 def test_a_scenes_data_modules_setting_is_named_as_its_key(setting, message):
     """The seed was "could not be built (expected non-negative integer)", with no setting; num_train 0 blamed
@@ -332,7 +352,7 @@ def test_a_scenes_data_modules_setting_is_named_as_its_key(setting, message):
         with pytest.raises(ConfigError, match=f"^{re.escape(message)}"):
             FashionScenesDetectionDataModule(**setting)
     settings = {"num_val": -1, "canvas_size": 64, "min_items": 1, "max_items": 3, "seed": 0, "root": None}
-    with pytest.raises(ConfigError, match=r"^data.init_args.num_val=-1: give 0 or more$"):
+    with pytest.raises(ConfigError, match=r"^data.init_args.num_val=-1: give a whole number of 0 or more$"):
         scenes_split(settings, "val")
 
 

@@ -28,12 +28,13 @@ from typing import Any, Literal, get_args
 import lightning.pytorch as pl
 from torch.utils.data import Dataset
 
-from ..errors import ArgumentError, ConfigError, VisattnWarning, caught_warnings, is_count, outside_visattn
-from .datamodules import COCO_VALIDATION_FIX, COCO_VALIDATION_SETTING, SplitLoadersMixin, check_img_size, split_images_dir
+from ..errors import ArgumentError, ConfigError, VisattnWarning, caught_warnings, is_count, is_index, outside_visattn
+from .datamodules import (COCO_VALIDATION_FIX, COCO_VALIDATION_SETTING, SplitLoadersMixin, check_img_size, per_channel,
+                          split_images_dir)
 from .coco import CaptionImages, CocoCaptions, KarpathyCaptions, KarpathySplit, read_karpathy
 from .preprocessing import DEFAULT_CROP_PCT, DEFAULT_INTERPOLATION, IMAGENET_MEAN, IMAGENET_STD, Interpolation
 from .caption_samples import CaptionSamples, SceneImages, collate_captions
-from .scenes import SCENES_MEAN, SCENES_STD, scene_settings, scenes_split
+from .scenes import SCENES_MEAN, SCENES_STD, check_scene_counts, scene_settings, scenes_split
 from .transforms import ImageTransform, Recipe, eval_transform_of, train_transforms
 from .vocab import SPECIAL_TOKENS, Vocabulary, tokenize
 
@@ -152,7 +153,8 @@ class _CaptionDataModule(SplitLoadersMixin, pl.LightningDataModule):
     def preprocessing(self) -> dict:
         """The evaluation transform's settings, for checkpoints; ``input_size`` is timm-style ``[C, H, W]``."""
         h = self.hparams
-        return {"input_size": [3, *self.input_size], "mean": list(h.mean), "std": list(h.std), "recipe": self.recipe}
+        return {"input_size": [3, *self.input_size], "mean": per_channel(h.mean), "std": per_channel(h.std),
+                "recipe": self.recipe}
 
     def eval_transform(self) -> ImageTransform:
         return eval_transform_of(self.preprocessing)
@@ -177,12 +179,13 @@ class _CaptionDataModule(SplitLoadersMixin, pl.LightningDataModule):
 
     def _check_options(self) -> None:
         h = self.hparams
+        self._check_setting_types()
         self._check_loader_options()
         if h.img_size is not None:  # FashionScenes: None draws at canvas_size
             check_img_size(h.img_size)
-        if h.max_caption_len < 3:
-            raise ConfigError(f"data.init_args.max_caption_len={h.max_caption_len}: must be >= 3 (<start>, a word, "
-                              "<end>)")
+        if not is_index(h.max_caption_len) or h.max_caption_len < 3:  # "28" was a TypeError, 28.5 one at the first cut
+            raise ConfigError(f"data.init_args.max_caption_len={h.max_caption_len!r}: must be a whole number >= 3 "
+                              "(<start>, a word, <end>)")
 
 
 class FashionScenesCaptionDataModule(_CaptionDataModule):
@@ -239,11 +242,13 @@ class FashionScenesCaptionDataModule(_CaptionDataModule):
         super().__init__()
         self.save_hyperparameters()
         self._check_options()
+        check_scene_counts(self.hparams)
         for key in ("num_train", "vocab_scenes"):  # else no caption: a refusal blaming min_count
             if not is_count(self.hparams[key]):
-                raise ConfigError(f"data.init_args.{key}={self.hparams[key]}: the vocabulary comes from the training "
+                raise ConfigError(f"data.init_args.{key}={self.hparams[key]!r}: the vocabulary comes from the training "
                                   "scenes' captions; give 1 or more")
         train = scenes_split(self.hparams, "train")  # checks the scene options and finds Fashion-MNIST early
+        self._check_preprocessing()  # as the Karpathy data module does: mean "0.5" had been taken
         captions = (c for i in range(min(vocab_scenes, len(train))) for c in train[i].captions)
         self.vocabulary = training_vocabulary(captions, min_count, max_caption_len)
 
@@ -324,9 +329,11 @@ class KarpathyCaptionDataModule(_CaptionDataModule):
         if split_json is not None:
             entries = read_karpathy(split_json)
             self.karpathy_splits = {e["split"] for e in entries}
-            captions = [c for e in entries if e["split"] in set(train_splits) for c in e["captions"]]
+            # one split by name, as KarpathyCaptions (training's images) takes it: "train" had been the splits t, r, ...
+            trained = [train_splits] if isinstance(train_splits, str) else list(train_splits)
+            captions = [c for e in entries if e["split"] in trained for c in e["captions"]]
             if not captions:  # the vocabulary's own error would blame min_count
-                raise ConfigError(f"{split_json}: no image is in the training splits {list(train_splits)} "
+                raise ConfigError(f"{split_json}: no image is in the training splits {trained} "
                                   f"(data.init_args.train_splits); its splits are {sorted(self.karpathy_splits)}")
             _warn_of_unknown_splits(split_json, entries)
         else:

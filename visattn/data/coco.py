@@ -37,7 +37,7 @@ import torch
 from ..errors import ConfigError, outside_visattn
 from ..fileio import not_a_folder
 from .image_folder import ImageFiles, SkippedImageWarning
-from .image_io import DEFAULT_MAX_PIXELS
+from .image_io import DEFAULT_MAX_PIXELS, path_argument
 from .transforms import to_tensor
 from .vocab import tokenize
 
@@ -121,7 +121,8 @@ class CocoCaptions(CaptionImages):
         transform: Transform | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
-        self.annotations, images_dir = Path(annotations), Path(images_dir)
+        self.annotations = path_argument("annotations", annotations, "file")
+        images_dir = path_argument("images_dir", images_dir)
         coco = load_coco(self.annotations)
         require_images_dir(images_dir, self.annotations)
         samples, self.image_ids, wordless = [], [], []
@@ -170,7 +171,8 @@ class KarpathyCaptions(CaptionImages):
         transform: Transform | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
-        self.split_json, images_dir = Path(split_json), Path(images_dir)
+        self.split_json = path_argument("split_json", split_json, "file")
+        images_dir = path_argument("images_dir", images_dir)
         splits = {split} if isinstance(split, str) else set(split)
         entries = read_karpathy(self.split_json)
         require_images_dir(images_dir, self.split_json)
@@ -190,7 +192,7 @@ def read_karpathy(path: str | os.PathLike) -> list[dict]:
     Raises:
         ConfigError: missing file, invalid JSON, not the Karpathy layout, or no sentence with a word.
     """
-    data = _read_json(Path(path))
+    data = _read_json(path_argument("path", path, "file"))
     entries, wordless = [], []
     try:
         for index, image in enumerate(_object_list(Path(path), data, "images", required=True)):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import json
 import random
+import reprlib
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -27,7 +28,8 @@ from torch.utils.data._utils.worker import _generate_state
 from torch.utils.data.dataloader import _BaseDataLoaderIter, _SingleProcessDataLoaderIter
 
 from ..devices import MAX_WORKERS_PER_CPU, max_workers
-from ..errors import ArgumentError, ConfigError, VisattnWarning, is_count, is_number, outside_visattn
+from ..errors import (ArgumentError, ConfigError, VisattnWarning, check_keyword_types, is_count, is_number, is_whole,
+                      outside_visattn)
 from .fashion_mnist import (FASHION_MNIST_CLASSES, FASHION_MNIST_MEAN, FASHION_MNIST_STD, FashionMNIST,
                            find_fashion_mnist)
 from .image_io import DEFAULT_MAX_PIXELS
@@ -58,6 +60,13 @@ def split_indices(
     """
     if not (is_number(val_fraction) and 0 <= val_fraction < 1):  # -0.1 had validated on all but one sample
         raise ArgumentError("val_fraction", val_fraction, "give the share of samples held out, from 0 to below 1")
+    # else numpy's errors, naming neither: "axis 0 is out of bounds" for n "10", "expected non-negative integer"
+    if not is_whole(n):
+        raise ArgumentError("n", n, "give the number of samples, a whole number of 0 or more")
+    if not is_whole(seed):
+        raise ArgumentError("seed", seed, "give a whole number of 0 or more")
+    if labels is not None and len(labels) != n:  # else an IndexError, or a split of the first n labels only
+        raise ConfigError(f"labels={reprlib.repr(labels)}: give one label per sample, {n}, not {len(labels)}")
     order = np.random.default_rng(seed).permutation(n)
     n_val = round(n * val_fraction)
     if n_val == 0 and val_fraction > 0 and n >= 2:
@@ -204,13 +213,22 @@ class SplitLoadersMixin:
                           if key.startswith(("val", "num_val")) and isinstance(value, (str, int, float, type(None))))
         return f"give it validation data (now data.init_args {given})" if given else "give it validation data"
 
+    def _check_setting_types(self) -> None:
+        """One line naming a flag setting that is not True or False, or a number setting that is no number: from
+        Python, which does not check them as the CLI does, ``augment="no"`` augmented and ``val_fraction="0.1"`` was a
+        TypeError."""
+        try:
+            check_keyword_types(type(self).__name__, type(self).__init__, dict(self.hparams))
+        except ArgumentError as err:
+            raise ConfigError(f"data.init_args.{err}") from None
+
     def _check_loader_options(self) -> None:
         """One line for a batch size under 1, or a worker count under 0 or over the machine's :func:`max_workers`."""
         h = self.hparams
-        if h.batch_size < 1:
-            raise ConfigError(f"data.init_args.batch_size={h.batch_size}: give 1 or more samples per batch")
-        if not 0 <= h.num_workers <= max_workers():
-            raise ConfigError(f"data.init_args.num_workers={h.num_workers}: give 0 (load in the main process) to "
+        if not is_count(h.batch_size):  # "8" was a TypeError; 8.5 failed in the DataLoader
+            raise ConfigError(f"data.init_args.batch_size={h.batch_size!r}: give 1 or more samples per batch")
+        if not is_whole(h.num_workers) or not h.num_workers <= max_workers():
+            raise ConfigError(f"data.init_args.num_workers={h.num_workers!r}: give 0 (load in the main process) to "
                               f"{max_workers()} ({MAX_WORKERS_PER_CPU} per CPU; more only compete for them)")
 
     def _check_preprocessing(self) -> None:
@@ -353,8 +371,8 @@ class _ClassificationDataModule(SplitLoadersMixin, pl.LightningDataModule):
         h = self.hparams
         resize = {key: h[key] for key in ("crop_pct", "interpolation") if key in h}  # image folders set them
         # A gray image is normalised with the first mean and std, as albumentations does: record only those.
-        return {"input_size": [h.channels, h.img_size, h.img_size], "mean": list(h.mean)[:h.channels],
-                "std": list(h.std)[:h.channels], "recipe": h.recipe, **resize}
+        return {"input_size": [h.channels, h.img_size, h.img_size], "mean": per_channel(h.mean)[:h.channels],
+                "std": per_channel(h.std)[:h.channels], "recipe": h.recipe, **resize}
 
     def train_transform(self) -> ImageTransform:
         h, p = self.hparams, self.preprocessing
@@ -404,14 +422,18 @@ class _ClassificationDataModule(SplitLoadersMixin, pl.LightningDataModule):
 
     def _check_options(self) -> None:
         h = self.hparams
+        self._check_setting_types()
         if not is_count(h.channels) or h.channels not in (1, 3):  # before preprocessing_problem names input_size
             raise ConfigError(f"data.init_args.channels={h.channels!r}: give 3 (RGB) or 1 (gray, for a model with "
                               "in_chans 1)")
         check_img_size(h.img_size)  # before preprocessing_problem names input_size, which the config does not set
         if not 0 <= h.val_fraction < 1:
             raise ConfigError(f"data.init_args.val_fraction={h.val_fraction}: must be in [0, 1)")
-        if h.limit is not None and h.limit < 1:
-            raise ConfigError(f"data.init_args.limit={h.limit}: must be a positive number of samples, or None for all")
+        if h.limit is not None and not is_count(h.limit):
+            raise ConfigError(f"data.init_args.limit={h.limit!r}: must be a positive number of samples, or None for "
+                              "all")
+        if not is_whole(h.seed):  # else numpy's "expected non-negative integer" at setup, naming no setting
+            raise ConfigError(f"data.init_args.seed={h.seed!r}: give a whole number of 0 or more")
         self._check_preprocessing()
         self._check_augmentation_options()
         self._check_loader_options()
@@ -433,6 +455,12 @@ class _ClassificationDataModule(SplitLoadersMixin, pl.LightningDataModule):
 
 # The classification data modules' augmentation settings that add to their recipe, at their values that add nothing.
 AUGMENTATION_DEFAULTS = {"scale": None, "color_jitter": 0.0, "auto_augment": None, "random_erasing": 0.0}
+
+
+def per_channel(values: Any) -> list[Any]:
+    """A data module's ``mean`` or ``std`` as the list its ``preprocessing`` records: one number is for all channels
+    (0.5 was a TypeError, and "0.5" refused spelt as ['0', '.', '5'])."""
+    return list(values) if isinstance(values, (list, tuple)) else [values]
 
 
 def check_img_size(img_size: object) -> None:

@@ -16,7 +16,7 @@ from .datamodules import COCO_VALIDATION_FIX, COCO_VALIDATION_SETTING, SplitLoad
 from .detection_samples import (MIN_BOX_SIDE, CocoDetection, DetectionTransform, SceneDetection, _objects_per_image,
                                 collate_detection, eval_detection_transforms, require_boxes,
                                 train_detection_transforms)
-from .scenes import ITEM_CATEGORY_IDS, ITEM_WORDS, scene_settings, scenes_split
+from .scenes import ITEM_CATEGORY_IDS, ITEM_WORDS, check_scene_counts, scene_settings, scenes_split
 
 __all__ = [
     "CocoDetection",
@@ -147,7 +147,9 @@ class FashionScenesDetectionDataModule(_DetectionDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        self._check_setting_types()
         self._check_loader_options()
+        check_scene_counts(self.hparams)
         scenes_split(self.hparams, "test")  # checks the scene options and finds Fashion-MNIST early
 
     @property
@@ -221,6 +223,7 @@ class CocoDetectionDataModule(_DetectionDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        self._check_setting_types()
         self._check_loader_options()
         self._train = train = CocoDetection(train_annotations, images_dir)  # fails early; setup reuses it
         # before the model is built and validation runs: one line, not a warning per image at the first epoch

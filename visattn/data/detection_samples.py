@@ -34,7 +34,7 @@ from torch.utils.data import Dataset, Subset
 from ..errors import ConfigError, VisattnWarning, caught_warnings, is_number, is_whole, outside_visattn
 from .coco import check_image_ids, image_paths, json_type_hint, load_coco, require_images_dir
 from .image_folder import ImageFiles
-from .image_io import DEFAULT_MAX_PIXELS, exif_orientation
+from .image_io import DEFAULT_MAX_PIXELS, exif_orientation, path_argument
 from .scenes import ITEM_WORDS, FashionScenes
 from .transforms import ImageTransform, to_tensor
 
@@ -209,7 +209,8 @@ class CocoDetection(ImageFiles):
         max_pixels: int = DEFAULT_MAX_PIXELS,
         evaluation: bool = False,
     ) -> None:
-        self.annotations, images_dir = Path(annotations), Path(images_dir)
+        self.annotations = path_argument("annotations", annotations, "file")
+        images_dir = path_argument("images_dir", images_dir)
         self.evaluation = evaluation
         self.transform = transform if transform is not None else eval_detection_transforms()
         require_images_dir(images_dir, self.annotations)

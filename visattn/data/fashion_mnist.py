@@ -24,7 +24,8 @@ from torch.utils.data import Dataset
 
 from ..errors import ConfigError, caught_warnings
 from ..fileio import not_a_folder
-from .transforms import to_tensor
+from .image_io import path_argument
+from .transforms import checked_transform, to_tensor
 
 __all__ = [
     "FASHION_MNIST_CLASSES",
@@ -76,7 +77,7 @@ class FashionMNIST(Dataset):
         root: str | os.PathLike | None = None,
     ) -> None:
         self.split = split
-        self.transform = transform
+        self.transform = checked_transform(transform)
         images, labels = load_fashion_mnist(split, root=root)
         self.images, self.labels = shared_tensor(images), shared_tensor(labels)  # (N, 28, 28) uint8, (N,)
 
@@ -113,7 +114,7 @@ def load_fashion_mnist(
     Returns:
         ``images`` ``(N, 28, 28)`` uint8 and ``labels`` ``(N,)`` uint8 in 0..9.
     """
-    if split not in _FILES:
+    if not isinstance(split, str) or split not in _FILES:  # a list was a TypeError (unhashable)
         raise ConfigError(f"split={split!r}: Fashion-MNIST has splits 'train' and 'test'")
     folder = find_fashion_mnist(root, splits=(split,))
     images_name, labels_name = _FILES[split]
@@ -136,8 +137,10 @@ def find_fashion_mnist(
         ConfigError: the files are nowhere to be found, or ``root`` (or ``$VISATTN_DATA``, with no ``root``)
             is not a folder holding them: it is then the only place looked at.
     """
+    if isinstance(splits, str) or not splits or not all(split in _FILES for split in splits):  # else a KeyError
+        raise ConfigError(f"splits={splits!r}: give some of the splits 'train' and 'test', e.g. ('test',)")
     if root is not None:
-        return _given_folder(root, splits, setting)
+        return _given_folder(path_argument(setting, root), splits, setting)
     if os.environ.get(DATA_ENV):
         return _visattn_data_folder(os.environ[DATA_ENV], splits)
     if _has_files(SYSTEM_DIR, splits):

@@ -26,10 +26,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 
-from ..errors import ConfigError, ImageDecodeError, VisattnWarning, outside_visattn
+from ..errors import ConfigError, ImageDecodeError, VisattnWarning, is_count, outside_visattn
 from ..fileio import not_a_folder
-from .image_io import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, decode_image, list_images
-from .transforms import to_tensor
+from .image_io import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, decode_image, list_images, path_argument
+from .transforms import checked_transform, to_tensor
 
 __all__ = ["ImageFiles", "ImageFolder", "SkippedImageWarning", "collate_present", "decode_next_good",
            "check_class_count", "evaluation_batches", "for_evaluation", "find_classes", "seeded_subset"]
@@ -58,6 +58,9 @@ class ImageFiles(Dataset):
     substitutes: Optional[np.ndarray] = None  # sorted positions a broken file may be replaced from; None: all
 
     def _track(self, paths: Sequence[Path], max_pixels: int) -> None:
+        if not is_count(max_pixels):  # "1000" was a TypeError at the first image; 0 refused every image as too large
+            raise ConfigError(f"max_pixels={max_pixels!r}: give the most pixels (width x height) an image file may "
+                              f"declare, e.g. {DEFAULT_MAX_PIXELS}")
         self.paths, self.max_pixels = [Path(p) for p in paths], max_pixels
         self._bad = torch.zeros(len(self.paths), dtype=torch.bool).share_memory_()
 
@@ -130,8 +133,12 @@ class ImageFolder(ImageFiles):
         classes: Sequence[str] | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
-        self.root = Path(root)
-        self.transform = transform
+        self.root = path_argument("root", root)
+        self.transform = checked_transform(transform)
+        if classes is not None and (isinstance(classes, str) or not classes
+                                    or not all(isinstance(c, str) for c in classes)):
+            # "cat" was read as the classes c, a and t; [0, 1] was a TypeError in unicodedata
+            raise ConfigError(f"classes={classes!r}: give the class folder names in label order, e.g. ['cat', 'dog']")
         self.classes = list(classes) if classes is not None else find_classes(self.root)
         repeated = sorted(name for name, n in Counter(unicodedata.normalize("NFC", c) for c in self.classes).items() if n > 1)
         if repeated:  # their folder's images would be read once under each label
@@ -333,7 +340,7 @@ def find_classes(root: str | os.PathLike) -> list[str]:
     Raises:
         ConfigError: ``root`` is missing, not a folder, or has no sub-folders.
     """
-    root = Path(root)
+    root = path_argument("root", root)
     if not root.is_dir():
         raise ConfigError(f"{root}: {not_a_folder(root)} ({_LAYOUT})")
     classes = sorted(p.name for p in root.iterdir() if _is_class_dir(p))

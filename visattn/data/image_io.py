@@ -24,8 +24,8 @@ from typing import Any, Optional
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..errors import (ConfigError, ImageDecodeError, VisattnError, VisattnWarning, ignored_unless_busy, is_whole,
-                      one_line, outside_visattn)
+from ..errors import (ConfigError, ImageDecodeError, VisattnError, VisattnWarning, ignored_unless_busy, is_count,
+                      is_whole, one_line, outside_visattn)
 from ..fileio import missing_reason, written_by_command, written_by_visattn
 
 __all__ = ["DEFAULT_MAX_PIXELS", "IMAGE_EXTENSIONS", "ImageFile", "decode_image", "list_images", "run_in_batches"]
@@ -76,6 +76,9 @@ def decode_image(
     """
     source = _checked_source(source)
     _check_background(background)
+    if not is_count(max_pixels):  # "1000" was a TypeError in allow_pixels
+        raise ConfigError(f"max_pixels={max_pixels!r}: give the most pixels (width x height) an image may declare, "
+                          f"e.g. {DEFAULT_MAX_PIXELS}")
     name = "<bytes>" if isinstance(source, bytes) else os.fspath(source)
     fp = io.BytesIO(source) if isinstance(source, bytes) else source
     allow_pixels(max_pixels)  # else Pillow refuses a data module's max_pixels above its own limit
@@ -157,6 +160,13 @@ def _read_one(path: Path, prepare: Callable[[np.ndarray], Any], keep_image: bool
 
 
 _PILLOW_LIMIT: list[Optional[int]] = []  # Pillow's limit before allow_pixels first raised it
+
+
+def path_argument(name: str, value: object, kind: str = "folder") -> Path:
+    """``value``, the argument ``name``, as a Path; one line when it is no path (``root=5`` was pathlib's TypeError)."""
+    if not isinstance(value, (str, os.PathLike)):
+        raise ConfigError(f"{name}={value!r}: give a {kind} path (a str or pathlib.Path)")
+    return Path(value)
 
 
 def allow_pixels(max_pixels: int) -> None:

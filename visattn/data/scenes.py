@@ -33,7 +33,7 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ..errors import ConfigError, is_whole
+from ..errors import ConfigError, is_count, is_index, is_whole
 from ..fileio import atomic_write_text, prepare_output_file
 from .fashion_mnist import load_fashion_mnist, shared_tensor
 
@@ -48,6 +48,7 @@ __all__ = [
     "Scene",
     "describe_scene",
     "export_coco",
+    "check_scene_counts",
     "recorded_scenes",
     "scene_settings",
 ]
@@ -142,9 +143,7 @@ class FashionScenes(Dataset):
         root: str | os.PathLike | None = None,
     ) -> None:
         _check_options(split, num_scenes, canvas_size, min_items, max_items, seed)
-        unknown = sorted(set(colors or ()) - set(COLORS))
-        if unknown or (colors is not None and not colors):
-            raise ConfigError(f"colors={list(colors)}: choose one or more of {', '.join(COLORS)}")
+        _check_colors(colors)
         self.colors = list(colors or COLORS)
         self.split, self.num_scenes, self.canvas_size = split, num_scenes, canvas_size
         self.min_items, self.max_items, self.seed = min_items, max_items, seed
@@ -224,15 +223,19 @@ class FashionScenes(Dataset):
 
 def _check_options(split: str, num_scenes: int, canvas_size: int, min_items: int, max_items: int,
                    seed: int) -> None:
-    if split not in _SPLIT_CODES:
+    if not isinstance(split, str) or split not in _SPLIT_CODES:  # a list was a TypeError (unhashable)
         raise ConfigError(f"split={split!r}: FashionScenes has splits 'train', 'val' and 'test'")
-    if num_scenes < 0:
-        raise ConfigError(f"num_scenes={num_scenes}: give 0 or more")
-    if canvas_size < 16:
-        raise ConfigError(f"canvas_size={canvas_size}: give 16 pixels or more")
+    # "64" was a TypeError deep inside; 2.5 and True were taken, 2.5 scenes failing at len()
+    if not is_whole(num_scenes):
+        raise ConfigError(f"num_scenes={num_scenes!r}: give a whole number of 0 or more")
+    if not is_index(canvas_size) or canvas_size < 16:
+        raise ConfigError(f"canvas_size={canvas_size!r}: give a whole number of pixels, 16 or more")
     if not is_whole(seed):  # numpy's "expected non-negative integer" named no setting
         raise ConfigError(f"seed={seed!r}: give a whole number of 0 or more")
-    if not 1 <= min_items <= max_items:
+    for name, value in (("min_items", min_items), ("max_items", max_items)):
+        if not is_count(value):
+            raise ConfigError(f"{name}={value!r}: give a whole number of items, 1 or more")
+    if not min_items <= max_items:
         raise ConfigError(f"min_items={min_items}, max_items={max_items}: need 1 <= min_items <= max_items")
     per_row = _items_per_row(canvas_size)
     if max_items > per_row**2:
@@ -240,6 +243,18 @@ def _check_options(split: str, num_scenes: int, canvas_size: int, min_items: int
             f"max_items={max_items}: at most {per_row**2} items fit on a {canvas_size} px canvas; "
             "raise canvas_size or lower max_items"
         )
+
+
+def _check_colors(colors: Sequence[str] | None) -> None:
+    """One line unless ``colors`` is None or a non-empty sequence of :data:`COLORS` names: ``"red"`` had been
+    spelt ``['r', 'e', 'd']`` in the refusal, and ``3`` was a TypeError."""
+    if colors is None:
+        return
+    if isinstance(colors, str) or not isinstance(colors, Sequence):
+        raise ConfigError(f"colors={colors!r}: give a list of colour names, e.g. [{next(iter(COLORS))!r}]; "
+                          f"choose from {', '.join(COLORS)}")
+    if not colors or set(colors) - set(COLORS):
+        raise ConfigError(f"colors={list(colors)}: choose one or more of {', '.join(COLORS)}")
 
 
 def _items_per_row(canvas_size: int) -> int:
@@ -437,6 +452,14 @@ def scenes_split(hparams: Any, split: Split) -> FashionScenes:
         if not equals or key not in (*hparams, "num_scenes"):
             raise
         raise ConfigError(f"data.init_args.{f'num_{split}' if key == 'num_scenes' else key}={rest}") from None
+
+
+def check_scene_counts(hparams: Any) -> None:
+    """One line naming a data module's ``num_train``, ``num_val`` or ``num_test`` that is no count of scenes, when the
+    module is made: a split other than the one it draws then was refused only at its setup (2.5 scenes, "10")."""
+    for key in ("num_train", "num_val", "num_test"):
+        if not is_whole(hparams[key]):
+            raise ConfigError(f"data.init_args.{key}={hparams[key]!r}: give a whole number of 0 or more")
 
 
 def recorded_scenes(preprocessing: dict[str, Any], split: Split, num_scenes: int | None = None, *,

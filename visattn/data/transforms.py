@@ -20,10 +20,10 @@ from __future__ import annotations
 import math
 import os
 import reprlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Literal
+from typing import Any, Literal
 
 import albumentations as A
 import numpy as np
@@ -34,7 +34,7 @@ from torch import nn
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
-from ..errors import ConfigError, is_number
+from ..errors import ConfigError, is_count, is_index, is_number
 from .auto_augment import TimmAutoAugment, auto_augment_problem
 from .image_io import rgb_pixels
 # The checks of recorded preprocessing moved to .preprocessing (building a model imports no albumentations);
@@ -436,6 +436,14 @@ def to_byte_tensor(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.array(image.transpose(2, 0, 1)))  # a writable copy: decoded arrays are read-only
 
 
+def checked_transform(transform: Any) -> Any:
+    """``transform`` when it is None or callable; one line otherwise, not a TypeError at the first sample."""
+    if transform is not None and not callable(transform):
+        raise ConfigError(f"transform={transform!r}: give a callable from an (H, W, 3) uint8 array to a tensor, e.g. "
+                          "eval_transforms(224), or None")
+    return transform
+
+
 def to_tensor(image: np.ndarray) -> torch.Tensor:
     """``(H, W, 3)`` uint8 array -> ``(3, H, W)`` float32 tensor in 0..1, no normalisation."""
     if not isinstance(image, np.ndarray) or image.ndim != 3:  # else a transpose error naming no image
@@ -453,14 +461,18 @@ def _unknown_recipe(recipe: str) -> ConfigError:
 
 def _channel_steps(input_size: InputSize) -> list[A.BasicTransform]:
     """For a one-channel model (``input_size`` ``(1, H, W)``: ``in_chans=1``), the gray image it takes."""
-    channels = input_size[0] if not isinstance(input_size, int) and len(input_size) == 3 else 3
+    channels = input_size[0] if not is_index(input_size) and len(input_size) == 3 else 3
     if channels not in (1, 3):
         raise ConfigError(f"input_size={tuple(input_size)!r}: images have 3 channels (RGB) or 1 (gray), not {channels}")
     return [A.ToGray(num_output_channels=1, p=1.0)] if channels == 1 else []
 
 
 def _height_width(input_size: InputSize) -> tuple[int, int]:
-    size = (input_size,) if isinstance(input_size, int) else tuple(input_size)
-    if len(size) not in (1, 2, 3) or min(size) < 1:
-        raise ConfigError(f"input_size={input_size!r}: expected S, (H, W) or (C, H, W)")
+    # "28" had been a TypeError, 28.5 "not iterable", and True a side of 1 pixel
+    if is_index(input_size):
+        size = (input_size,)
+    else:
+        size = tuple(input_size) if isinstance(input_size, Iterable) and not isinstance(input_size, str) else ()
+    if len(size) not in (1, 2, 3) or not all(is_count(side) for side in size):
+        raise ConfigError(f"input_size={input_size!r}: expected S, (H, W) or (C, H, W), in whole numbers >= 1")
     return (size[0], size[0]) if len(size) == 1 else (size[-2], size[-1])

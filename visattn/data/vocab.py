@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import re
+import reprlib
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -41,6 +42,8 @@ def tokenize(text: str) -> list[str]:
     character-level Chinese captioning); text already split into words by a segmenter is split
     into characters too.
     """
+    if not isinstance(text, str):  # else a TypeError from unicodedata.normalize
+        raise ConfigError(f"text={reprlib.repr(text)}: give the caption as a str")
     return _word_pattern().findall(unicodedata.normalize("NFKC", text).casefold())
 
 
@@ -59,11 +62,20 @@ _UNSPACED_CHAR = re.compile(f"[{_UNSPACED}]")
 
 def _require_token(word: str) -> None:
     """One line for a vocabulary word that :func:`tokenize` does not give as it is."""
+    if not isinstance(word, str):  # else named as tokenize's text
+        raise ConfigError(f"vocab: {word!r} is no word; give words as str, as tokenize gives them")
     if tokenize(word) != [word]:
         gives = f"gives {tokenize(word)}" if tokenize(word) else "gives no word"
         raise ConfigError(f"vocab: {word!r} is not a word captions are split into (visattn.data.vocab.tokenize, "
                           f"which NFKC-normalises and case-folds, {gives}); give words as tokenize gives them, or "
                           "build it with Vocabulary.build(captions)")
+
+
+def _require_many(name: str, values: object, what: str) -> None:
+    """One line unless ``values`` is a collection of strings and not a single string, which Python iterates letter by
+    letter: ``Vocabulary("a dog")`` had held the words a, d, g and o."""
+    if isinstance(values, str) or not isinstance(values, Iterable):
+        raise ConfigError(f"{name}={reprlib.repr(values)}: give a list of {what}")
 
 
 def _char_ranges(codes: Iterable[int]) -> str:
@@ -87,6 +99,7 @@ class Vocabulary:
     """
 
     def __init__(self, tokens: Sequence[str] = ()) -> None:
+        _require_many("tokens", tokens, "words, e.g. ['dog', 'runs']")
         words = dict.fromkeys(t for t in tokens if t not in SPECIAL_TOKENS)  # an ordered set
         for word in words:
             _require_token(word)
@@ -97,6 +110,7 @@ class Vocabulary:
     def build(cls, captions: Iterable[str], *, min_count: int = 1) -> Vocabulary:
         """The words that occur at least ``min_count`` times in ``captions``, most frequent first
         (ties in alphabetical order, so the result does not depend on the caption order)."""
+        _require_many("captions", captions, "captions, e.g. ['a dog runs']")
         return cls.from_counts(Counter(word for caption in captions for word in tokenize(caption)), min_count=min_count)
 
     @classmethod

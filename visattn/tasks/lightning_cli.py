@@ -61,7 +61,7 @@ from typing import Any, Callable, Iterator, NoReturn, Optional
 import lightning.pytorch as pl
 from jsonargparse import ArgumentError, Namespace
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import BasePredictionWriter, Callback, ModelCheckpoint, ProgressBar, RichProgressBar
+from lightning.pytorch.callbacks import BasePredictionWriter, Callback, ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
@@ -84,7 +84,7 @@ from .cli_errors import (_building_error, _first_line, _late_trainer_error, _nam
                          _trainer_error, _unaccepted_option_hint, _unknown_trainer_class, _visattn_cause, _wrong_type)
 from .config_files import TASK_MODULES, _check_section_files, _imported, config_task, read_config
 from .prediction_writer import JsonPredictionWriter
-from .progress import EpochLines, interactive_output
+from .progress import EpochLines, TerminalProgressBar, interactive_output, saved_where
 from .run_folders import _keep_earlier_metrics, _output_error, _warn_of_folders_elsewhere, _written_folders
 from .setting_checks import (_check_channels, _check_model_name, _check_settings, _check_task_data, _check_training,
                              _refuse_half_weights_on_cpu, _refuse_linked_overrides, _refuse_sync_batchnorm_on_cpu,
@@ -272,6 +272,12 @@ class VisattnCLI(LightningCLI):
             self._check_fit()
             self._keep_earlier_metrics("fit")
 
+    def after_fit(self) -> None:
+        # Under Rich's bar too, which had ended a terminal's fit with no word of the files (a run without a progress
+        # display, enable_progress_bar false, stays quiet)
+        if self.trainer.progress_bar_callback is not None and self.trainer.is_global_zero:
+            print(saved_where(self.trainer), flush=True)
+
     def _check_run(self, stage: str) -> None:
         check_run = getattr(self.model, "check_run", None)  # a visattn task's; the config may name another
         if check_run is not None:
@@ -369,6 +375,10 @@ class VisattnCLI(LightningCLI):
             raise ConfigError(f"trainer.gradient_clip_algorithm {config['gradient_clip_algorithm']} without "
                               "trainer.gradient_clip_val clips nothing; give the value (or norm) to clip to")
         kwargs["callbacks"] = _keyed_apart(self._callbacks(config))
+        if config.get("fast_dev_run"):
+            # Lightning's default ModelCheckpoint, which saves nothing then, had warned of the earlier checkpoints in
+            # its folder, and the run ended naming that folder as where its checkpoints went
+            kwargs["enable_checkpointing"] = False
         if self.subcommand == "fit":
             _refuse_callbacks_the_task_cannot_serve(kwargs["callbacks"], self.model)
             _refuse_unsaved_last_epochs(config, kwargs["callbacks"])
@@ -401,7 +411,7 @@ class VisattnCLI(LightningCLI):
             callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
         # Rich's progress bar on a terminal, a line per epoch in a log; a config can still pick a bar or turn bars off.
         if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
-            callbacks = [*callbacks, RichProgressBar() if interactive_output() else EpochLines()]
+            callbacks = [*callbacks, TerminalProgressBar() if interactive_output() else EpochLines()]
         if not any(isinstance(c, RandomStateCheckpoint) for c in callbacks):
             callbacks = [*callbacks, RandomStateCheckpoint()]
         if self.subcommand == "fit":

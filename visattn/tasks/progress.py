@@ -1,4 +1,5 @@
-"""The progress a run reports where its output is no terminal: a slurm or nohup log, ``> log.txt``, a pipe."""
+"""The progress a run reports: Rich's bar on a terminal, a line per epoch where the output is no terminal (a slurm or
+nohup log, ``> log.txt``, a pipe), and, either way, where a fit's checkpoints and logs went."""
 from __future__ import annotations
 
 import os
@@ -6,7 +7,7 @@ import time
 from typing import Any
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgressBar
 
 
 def interactive_output() -> bool:
@@ -17,9 +18,19 @@ def interactive_output() -> bool:
     return console.is_terminal or console.is_jupyter
 
 
+class TerminalProgressBar(RichProgressBar):
+    """Lightning's Rich bar, less ``v_num``, the logger's version, which it formatted as a metric ("v_num: 0.000"); the
+    fit's last line names the logs folder instead, and :class:`EpochLines` leaves it out too."""
+
+    def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
+        metrics = super().get_metrics(trainer, pl_module)
+        metrics.pop("v_num", None)
+        return metrics
+
+
 class EpochLines(ProgressBar):
-    """One plain line as each training epoch ends, with the metrics a bar shows, and where the checkpoints and logs
-    went when a fit ends; the progress bar of a run whose output is no terminal.
+    """One plain line as each training epoch ends, with the metrics a bar shows; the progress bar of a run whose
+    output is no terminal.
 
     Rich's bar, Lightning's default, draws in a log only once the run has ended, and then only the last epoch, so a
     killed job's log showed no epoch at all; TQDM's fills a log with carriage-return frames."""
@@ -58,11 +69,11 @@ class EpochLines(ProgressBar):
         self.print(f"epoch {trainer.current_epoch}{last}: {shown or 'no metric logged'} "
                    f"(step {trainer.global_step}, {took:.0f} s)")
 
-    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self._enabled:
-            return
-        folders = dict.fromkeys(str(c.dirpath) for c in trainer.checkpoint_callbacks
-                                if isinstance(c, ModelCheckpoint) and c.dirpath)
-        saved = f"checkpoints in {', '.join(folders)}" if folders else "no checkpoint saved"
-        logs = f"; logs in {os.path.abspath(trainer.log_dir)}" if trainer.loggers and trainer.log_dir else ""
-        self.print(f"{saved}{logs}")
+
+def saved_where(trainer: pl.Trainer) -> str:
+    """Where a fit's checkpoints and logs went, as its last line says: ``checkpoints in FOLDER; logs in FOLDER``."""
+    folders = dict.fromkeys(str(c.dirpath) for c in trainer.checkpoint_callbacks
+                            if isinstance(c, ModelCheckpoint) and c.dirpath)
+    saved = f"checkpoints in {', '.join(folders)}" if folders else "no checkpoint saved"
+    logs = f"; logs in {os.path.abspath(trainer.log_dir)}" if trainer.loggers and trainer.log_dir else ""
+    return f"{saved}{logs}"
