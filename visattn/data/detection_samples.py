@@ -23,7 +23,6 @@ import os
 import warnings
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import albumentations as A
