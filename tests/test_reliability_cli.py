@@ -667,6 +667,20 @@ def test_a_fit_on_a_terminal_ends_saying_where_its_checkpoints_and_logs_went(tmp
     assert "val/top1: " in out and "v_num" not in out, out
 
 
+def test_validate_and_test_end_saying_where_their_logger_wrote_the_scores(tmp_path, monkeypatch, capsys):
+    """Lightning's table of scores was their last word, naming no file, though the logger wrote them to a new
+    version folder of its own."""
+    monkeypatch.chdir(tmp_path)
+    assert main(FIT) == 0
+    logs = tmp_path.resolve() / "outputs" / CBAM_CONFIG.stem / "logs"
+    for version, (command, checkpoint) in enumerate((("validate", "last"), ("test", "best")), start=1):
+        capsys.readouterr()
+        assert main([command, *FIT[1:], "--ckpt_path", checkpoint]) == 0
+        assert capsys.readouterr().out.strip().splitlines()[-1] == f"logs in {logs / f'version_{version}'}"
+        scores = (logs / f"version_{version}" / "metrics.csv").read_text()
+        assert f"{'val' if command == 'validate' else 'test'}/top1" in scores
+
+
 def test_a_fast_dev_run_says_it_saved_no_checkpoint_and_warns_of_no_earlier_ones(tmp_path, monkeypatch, capsys):
     """fast_dev_run saves no checkpoint, yet Lightning's default ModelCheckpoint warned that its folder held an
     earlier run's, and the run ended with "checkpoints in" that folder (an output audit)."""

@@ -84,7 +84,7 @@ from .cli_errors import (_building_error, _first_line, _late_trainer_error, _nam
                          _trainer_error, _unaccepted_option_hint, _unknown_trainer_class, _visattn_cause, _wrong_type)
 from .config_files import TASK_MODULES, _check_section_files, _imported, config_task, read_config
 from .prediction_writer import JsonPredictionWriter
-from .progress import EpochLines, TerminalProgressBar, interactive_output, saved_where
+from .progress import EpochLines, TerminalProgressBar, interactive_output, logs_where, saved_where
 from .run_folders import _keep_earlier_metrics, _output_error, _warn_of_folders_elsewhere, _written_folders
 from .setting_checks import (_check_channels, _check_model_name, _check_settings, _check_task_data, _check_training,
                              _refuse_half_weights_on_cpu, _refuse_linked_overrides, _refuse_sync_batchnorm_on_cpu,
@@ -277,6 +277,18 @@ class VisattnCLI(LightningCLI):
         # display, enable_progress_bar false, stays quiet)
         if self.trainer.progress_bar_callback is not None and self.trainer.is_global_zero:
             print(saved_where(self.trainer), flush=True)
+
+    def after_validate(self) -> None:
+        self._say_where_scores_went()
+
+    def after_test(self) -> None:
+        self._say_where_scores_went()
+
+    def _say_where_scores_went(self) -> None:
+        """Lightning's table of a validate's or test's scores names no file, though the run's logger wrote them."""
+        logs = logs_where(self.trainer)
+        if logs and self.trainer.is_global_zero:
+            print(logs, flush=True)
 
     def _check_run(self, stage: str) -> None:
         check_run = getattr(self.model, "check_run", None)  # a visattn task's; the config may name another

@@ -75,5 +75,11 @@ def saved_where(trainer: pl.Trainer) -> str:
     folders = dict.fromkeys(str(c.dirpath) for c in trainer.checkpoint_callbacks
                             if isinstance(c, ModelCheckpoint) and c.dirpath)
     saved = f"checkpoints in {', '.join(folders)}" if folders else "no checkpoint saved"
-    logs = f"; logs in {os.path.abspath(trainer.log_dir)}" if trainer.loggers and trainer.log_dir else ""
-    return f"{saved}{logs}"
+    logs = logs_where(trainer)
+    return f"{saved}; {logs}" if logs else saved
+
+
+def logs_where(trainer: pl.Trainer) -> str:
+    """``logs in FOLDER``, where the run's logger wrote its scores (``metrics.csv`` with Lightning's CSVLogger); ""
+    for a run without a logger."""
+    return f"logs in {os.path.abspath(trainer.log_dir)}" if trainer.loggers and trainer.log_dir else ""
