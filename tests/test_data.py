@@ -480,6 +480,7 @@ def test_data_module_option_checks():
     ({"num_workers": "0"}, "num_workers='0': give 0 (load in the main process) to"),
     ({"seed": -1}, "seed=-1: give a whole number of 0 or more"),
     ({"limit": 2.5}, "limit=2.5: must be a positive number of samples, or None for all"),
+    ({"recipe": "big"}, "recipe='big': unknown transform recipe (use 'photo' or 'small')"),  # was refused at setup
 ])
 def test_a_data_module_setting_of_the_wrong_type_is_one_line_naming_it(setting, message):
     with pytest.raises(ConfigError, match=f"^{re.escape('data.init_args.' + message)}"):

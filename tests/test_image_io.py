@@ -236,6 +236,13 @@ def test_list_images_expands_folders_sorted(tmp_path):
     assert list_images(tmp_path, recursive=False) == [tmp_path / "a.JPG", tmp_path / "b.png"]
 
 
+@pytest.mark.parametrize("paths", [5, None, [5], ["a.png", None]])
+def test_list_images_of_what_is_no_path_is_one_line(paths):
+    """From Python: a number or None was a TypeError deep inside ("'int' object is not iterable")."""
+    with pytest.raises(ConfigError, match=r"^paths=.*: give an image file or folder path, or a list of them$"):
+        list_images(paths)
+
+
 def test_list_images_keeps_explicit_files_in_order_without_repeats(tmp_path):
     _touch_images(tmp_path, ["z.png", "dir/y.png", "readme.md"])
     z, readme, folder = tmp_path / "z.png", tmp_path / "readme.md", tmp_path / "dir"

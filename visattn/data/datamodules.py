@@ -17,7 +17,7 @@ import reprlib
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, get_args
 
 import lightning.pytorch as pl
 import numpy as np
@@ -38,7 +38,7 @@ from .image_folder import (ImageFolder, check_class_count, collate_present, find
 from .preprocessing import (IMAGENET_MEAN, IMAGENET_STD, DEFAULT_CROP_PCT, DEFAULT_INTERPOLATION, Interpolation,
                             preprocessing_problem)
 from .transforms import (AugmentationStream, ImageTransform, Recipe, augmentation_problem, eval_transform_of,
-                         train_transforms)
+                         train_transforms, unknown_recipe)
 
 __all__ = ["FashionMNISTDataModule", "ImageFolderDataModule", "split_indices"]
 
@@ -441,6 +441,8 @@ class _ClassificationDataModule(SplitLoadersMixin, pl.LightningDataModule):
     def _check_augmentation_options(self) -> None:
         """One line for a training augmentation setting that cannot be used, or that would change nothing."""
         h = self.hparams
+        if h.recipe not in get_args(Recipe):  # else refused only once setup builds the first transform
+            raise ConfigError(f"data.init_args.{unknown_recipe(h.recipe)}")
         problem = augmentation_problem(**self._augmentation_settings())
         if problem:
             raise ConfigError(f"data.init_args.{problem}")

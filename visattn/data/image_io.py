@@ -211,7 +211,10 @@ def list_images(paths: PathLike | Iterable[PathLike], *, recursive: bool = True,
     Raises:
         ImageDecodeError: none of the paths exists.
     """
-    paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    named = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths) if isinstance(paths, Iterable) else [paths]
+    if not all(isinstance(path, (str, os.PathLike)) for path in named):  # 5, None, [5]: TypeErrors deep inside
+        raise ConfigError(f"paths={reprlib.repr(paths)}: give an image file or folder path, or a list of them")
+    paths = named
     _refuse_all_missing(paths)
     found: dict[str, Path] = {}  # each file's real path -> the path it was first named by, in order
     outputs = [Path(folder).resolve() for folder in exclude if folder]

@@ -207,7 +207,7 @@ def train_transforms(
             A.RandomCrop(height, width),
         ]
     else:
-        raise _unknown_recipe(recipe)
+        raise unknown_recipe(recipe)
     if hflip:
         steps.append(A.HorizontalFlip(p=0.5))
     if auto_augment is not None:
@@ -276,7 +276,7 @@ def eval_transforms(
     elif recipe == "small":
         step = PilResize((height, width), None, interpolation)
     else:
-        raise _unknown_recipe(recipe)
+        raise unknown_recipe(recipe)
     return ImageTransform([step, *_channel_steps(input_size), A.Normalize(mean, std)])
 
 
@@ -455,7 +455,7 @@ def to_tensor(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.array(image.transpose(2, 0, 1), dtype=np.float32)).div_(255)
 
 
-def _unknown_recipe(recipe: str) -> ConfigError:
+def unknown_recipe(recipe: str) -> ConfigError:
     return ConfigError(f"recipe={recipe!r}: unknown transform recipe (use 'photo' or 'small')")
 
 
