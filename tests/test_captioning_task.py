@@ -179,6 +179,24 @@ def test_validation_cross_entropy_is_the_mean_over_words_whatever_the_batching()
     assert val_xent([1, 3]) == pytest.approx(whole, rel=1e-5) and val_xent([3, 1]) == pytest.approx(whole, rel=1e-5)
 
 
+@needs_fashion_mnist
+def test_a_trainer_of_ones_own_given_a_data_module_refuses_a_task_built_without_its_preprocessing(tmp_path):
+    """Outside `visattn fit`, which links it: the run trained, and load_captioner then refused its checkpoint."""
+    import lightning.pytorch as pl
+    from visattn.data.caption_datamodules import FashionScenesCaptionDataModule
+
+    data = FashionScenesCaptionDataModule(batch_size=2, num_workers=0, num_train=2, num_val=2, num_test=2,
+                                          vocab_scenes=10)
+    task = CaptioningTask(model_kwargs=json.loads(TINY_MODEL), vocab=data.vocab)
+    trainer = pl.Trainer(max_steps=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         accelerator="cpu", default_root_dir=tmp_path)
+    with pytest.raises(ConfigError, match=re.escape(
+            "CaptioningTask's preprocessing is not FashionScenesCaptionDataModule's (preprocessing not given); build "
+            "it with CaptioningTask(..., vocab=data.vocab, preprocessing=data.preprocessing) where data is")):
+        trainer.fit(task, datamodule=data)
+    assert not list(tmp_path.rglob("*.ckpt"))
+
+
 def test_task_loss_ignores_padding_and_needs_a_vocabulary():
     torch.manual_seed(0)
     task = CaptioningTask(model_kwargs=json.loads(TINY_MODEL), vocab=VOCAB, alpha_c=0.0)

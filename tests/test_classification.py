@@ -270,6 +270,68 @@ def test_one_task_fits_again_after_it_was_validated_in_the_same_process():
         assert trainer.global_step == 1 and 0 <= validated[0]["val/top1"] <= 1
 
 
+def test_a_trainer_of_ones_own_given_a_data_module_refuses_a_task_built_without_the_datas_labels(tmp_path):
+    """`trainer.fit(task, datamodule=data)` outside `visattn fit`, which links the data's labels and preprocessing
+    into the task: without them the run trained, and its checkpoint loaded with labels '0', '1' and ImageNet's mean
+    and std; with another class order, validation scored each image against another class's logit."""
+    from visattn.data.datamodules import ImageFolderDataModule
+
+    data = ImageFolderDataModule(str(_image_folder(tmp_path / "photos", per_class=2)), img_size=8, batch_size=2,
+                                 num_workers=0, augment=False)
+    trainer = pl.Trainer(max_steps=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         accelerator="cpu", default_root_dir=tmp_path)
+    small = {"layers": (1, 1, 1)}
+    with pytest.raises(ConfigError, match=re.escape(
+            "ImageClassifier's class_names and preprocessing are not ImageFolderDataModule's (class_names and "
+            "preprocessing not given); build it with ImageClassifier(..., num_classes=data.num_classes, "
+            "class_names=data.class_names, preprocessing=data.preprocessing) where data is the data module")):
+        trainer.fit(ImageClassifier("resnet20_cifar", num_classes=2, model_kwargs=small), datamodule=data)
+    assert not list(tmp_path.rglob("*.ckpt"))
+    task = ImageClassifier("resnet20_cifar", num_classes=data.num_classes, class_names=data.class_names,
+                           preprocessing=data.preprocessing, model_kwargs=small)
+    trainer.fit(task, datamodule=data)
+    loaded = load_classifier(checkpoint=trainer.checkpoint_callback.best_model_path)
+    assert loaded.class_names == ["blue", "red"] and loaded.preprocessing == data.preprocessing
+    swapped = ImageClassifier("resnet20_cifar", num_classes=2, class_names=["red", "blue"], model_kwargs=small)
+    with pytest.raises(ConfigError, match=re.escape("ImageClassifier's class_names is not ImageFolderDataModule's "
+                                                    "(class_names ['red', 'blue'] for ['blue', 'red'])")):
+        pl.Trainer(logger=False, enable_progress_bar=False, accelerator="cpu").validate(swapped, datamodule=data)
+
+
+def test_a_fit_on_loaders_of_ones_own_warns_of_the_labels_and_preprocessing_its_checkpoints_lack():
+    """Without them, its checkpoints loaded with labels '0', '1', ... and ImageNet's mean and std, silently."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    loader = DataLoader(TensorDataset(torch.randn(4, 3, 8, 8), torch.arange(4) % 2), batch_size=2)
+    trainer = pl.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, accelerator="cpu")
+    task = ImageClassifier("resnet20_cifar", num_classes=2, model_kwargs={"layers": (1, 1, 1)})
+    with pytest.warns(VisattnWarning, match=re.escape(
+            "ImageClassifier was given no class_names or preprocessing, which its checkpoints record for inference "
+            "(load_classifier, `visattn evaluate`), else its classes are named '0', '1', ... and images are "
+            "normalised with ImageNet's mean and std; pass ImageClassifier(class_names=..., preprocessing=...)")):
+        trainer.fit(task, loader)
+
+
+def test_a_label_past_the_tasks_num_classes_is_one_line_before_the_batch_is_scored():
+    """A task built for 10 classes on data of 12 (a Trainer of one's own, which no data module links): "Target 11 is
+    out of bounds" in the first training step, torchmetrics' "Class values must be smaller than num_classes" in
+    validation, a device-side assert on a GPU."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    loader = DataLoader(TensorDataset(torch.randn(4, 3, 8, 8), torch.tensor([0, 11, 3, 4])), batch_size=4)
+    task = ImageClassifier("resnet20_cifar", num_classes=10, model_kwargs={"layers": (1, 1, 1)})
+    settings = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                    accelerator="cpu")
+    problem = re.escape("a batch holds class 11, and the task was built with num_classes=10 (classes 0 to 9); build "
+                        "it with the data's number of classes (num_classes=data.num_classes for a visattn data module)")
+    with pytest.raises(ConfigError, match=problem):
+        pl.Trainer(max_steps=1, num_sanity_val_steps=0, **settings).fit(task, loader)
+    with pytest.raises(ConfigError, match=problem):
+        pl.Trainer(**settings).validate(task, loader, verbose=False)
+    assert pl.Trainer(**settings).predict(task, loader)[0].shape == (4, 10)  # its labels are not read
+
+
 @pytest.mark.parametrize("max_epochs, accumulate, expected", [(None, 1, 20), (-1, 1, 20), (1000, 1, 20), (None, 3, 7)])
 def test_warm_up_lasts_its_epochs_when_max_steps_ends_the_run(max_epochs, accumulate, expected):
     """An epoch of 20 batches, a run of 30 steps, warmup_epochs 1: the warm-up had been 0 or 29 steps."""

@@ -115,6 +115,27 @@ def _fit(head: str, tmp_path, annotations, images_dir) -> str:
     return str(checkpoint)
 
 
+@needs_fashion_mnist
+def test_a_trainer_of_ones_own_given_a_data_module_refuses_a_task_built_without_its_class_names(tmp_path):
+    """Outside `visattn fit`, which links them: the run trained, and its checkpoint detected classes '0', '1', ..."""
+    import re
+
+    import lightning.pytorch as pl
+    from visattn.data.detection import FashionScenesDetectionDataModule
+
+    data = FashionScenesDetectionDataModule(batch_size=2, num_workers=0, num_train=2, num_val=2, num_test=2)
+    task = DetectionTask("fcos_resnet20_cifar", num_classes=data.num_classes, model_kwargs=TINY["fcos"])
+    trainer = pl.Trainer(max_steps=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         accelerator="cpu", default_root_dir=tmp_path)
+    with pytest.raises(ConfigError, match=re.escape(
+            "DetectionTask's class_names and category_ids and preprocessing are not FashionScenesDetectionDataModule's "
+            "(class_names and category_ids and preprocessing not given); build it with DetectionTask(..., "
+            "num_classes=data.num_classes, class_names=data.class_names, category_ids=data.category_ids, "
+            "preprocessing=data.preprocessing) where data is the data module")):
+        trainer.fit(task, datamodule=data)
+    assert not list(tmp_path.rglob("*.ckpt"))
+
+
 def test_the_coco_template_trains_on_a_users_instances_json(tmp_path, capsys):
     """There was no config for one's own COCO data: the scenes configs needed the data class swapped, and their 64 px
     architectures shrank every photo to at most 64 px."""

@@ -118,7 +118,7 @@ def _captioner_from_checkpoint(path: Path, device: torch.device) -> Captioner:
     preprocessing = hparams.get("preprocessing")
     if not preprocessing:
         raise WeightsError(f"{path}: the checkpoint has no preprocessing; train it with a config that links "
-                           "data.preprocessing")
+                           "data.preprocessing, or from Python with CaptioningTask(preprocessing=data.preprocessing)")
     max_len = _recorded_max_len(hparams, f"{path}: hyper_parameters.", fix=EDITED_CHECKPOINT)
     return Captioner(inference_model(net, device), vocab, dict(preprocessing), str(path), arch, kwargs, max_len)
 

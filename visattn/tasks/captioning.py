@@ -138,6 +138,8 @@ class CaptioningTask(GuardedTask, pl.LightningModule):
     task = "captioning"  # the data modules it takes say the same
     # Given once in the data section of a config and linked here by `visattn fit` (see lightning_cli.py).
     linked_data_attributes = ("vocab", "preprocessing")
+    # What its checkpoints record for inference, which a fit without those links warns of.
+    inference_records = ("preprocessing",)
 
     def __init__(
         self,

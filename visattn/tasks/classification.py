@@ -313,6 +313,8 @@ class ImageClassifier(GuardedTask, pl.LightningModule):
     task = "classification"  # the data modules it takes say the same
     # Given once in the data section of a config and linked here by `visattn fit` (see lightning_cli.py).
     linked_data_attributes = ("num_classes", "class_names", "preprocessing")
+    # What its checkpoints record for inference, which a fit without those links warns of.
+    inference_records = ("class_names", "preprocessing")
 
     def __init__(
         self,
@@ -404,6 +406,14 @@ class ImageClassifier(GuardedTask, pl.LightningModule):
         with self.attention_kernel():
             return self.eval_model(x)
 
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        # On the host, before the batch moves: a label past the head was "Target 12 is out of bounds" mid-epoch
+        # (on a GPU a device-side assert, which ends the process's CUDA use) and torchmetrics' "Class values must
+        # be smaller than num_classes" in validation.
+        if isinstance(batch, (tuple, list)) and len(batch) == 2 and self.trainer.state.fn != "predict":
+            refuse_labels_past_the_head(batch[1], self.hparams.num_classes)
+        return batch
+
     @batch_of_one_is_one_line
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> Optional[torch.Tensor]:
         images, targets = batch
@@ -448,6 +458,18 @@ class ImageClassifier(GuardedTask, pl.LightningModule):
         images = batch[0] if isinstance(batch, (tuple, list)) else batch
         # in float32 under bf16 autocast (the configs' precision): a bf16 softmax ties top-5 probabilities
         return self(images).float().softmax(dim=-1)
+
+
+def refuse_labels_past_the_head(labels: Any, num_classes: int) -> None:
+    """One line for a batch's class index outside ``0 .. num_classes - 1``: the task was built for fewer classes
+    than the data has (``num_classes``, which `visattn fit` links from the data module). Class indices on the host
+    only (soft labels, and tensors already on a GPU, which this would wait for, are let through)."""
+    indices = isinstance(labels, torch.Tensor) and labels.device.type == "cpu" and not labels.is_floating_point()
+    outside = labels[(labels < 0) | (labels >= num_classes)] if indices else ()
+    if len(outside):
+        raise ConfigError(f"a batch holds class {outside[0].item()}, and the task was built with num_classes="
+                          f"{num_classes} (classes 0 to {num_classes - 1}); build it with the data's number of classes "
+                          "(num_classes=data.num_classes for a visattn data module)")
 
 
 def enable_grad_checkpointing(model: nn.Module, model_name: str) -> None:

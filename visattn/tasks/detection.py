@@ -63,6 +63,8 @@ class DetectionTask(GuardedTask, pl.LightningModule):
     task = "detection"  # the data modules it takes say the same
     # Given once in the data section of a config and linked here by `visattn fit` (see lightning_cli.py).
     linked_data_attributes = ("num_classes", "class_names", "category_ids", "preprocessing")
+    # What its checkpoints record for inference, which a fit without those links warns of.
+    inference_records = ("class_names",)
 
     def __init__(
         self,

@@ -9,6 +9,8 @@ import functools
 import logging
 import math
 import random
+import reprlib
+import warnings
 from typing import Any, Callable, Optional
 
 import lightning.pytorch as pl
@@ -19,8 +21,8 @@ from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
 from torchmetrics import MeanMetric, Metric
 
-from ..errors import ConfigError, VisattnError
-from ..inference.checkpoints import PACKAGE_MODULE_KEY
+from ..errors import ConfigError, VisattnError, VisattnWarning, outside_visattn
+from ..inference.checkpoints import PACKAGE_MODULE_KEY, TASK_NOUNS
 from ..registry import package_module
 from .optimization import (adamw_warmup_cosine, refuse_other_parameter_groups, upgrade_a_bare_cosine,
                            warn_of_a_changed_schedule, warn_of_a_finished_run, warn_of_a_starting_average)
@@ -217,6 +219,7 @@ class GuardedTask:
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
+        check_data_links(self, self.trainer.datamodule, stage)
         self.check_run(self.trainer, self.trainer.datamodule, stage)
 
     def check_run(self, trainer: pl.Trainer, datamodule: Optional[pl.LightningDataModule], stage: str) -> None:
@@ -290,6 +293,52 @@ class GuardedTask:
         if (self.trainer.ckpt_path and not self._trained_this_fit and self.trainer.is_global_zero
                 and not self.trainer.fast_dev_run):
             warn_of_a_finished_run(self)
+
+
+def check_data_links(task: pl.LightningModule, datamodule: Optional[pl.LightningDataModule], stage: str) -> None:
+    """A visattn data module given to a Trainer of one's own must give the task what `visattn fit` links from it
+    (``linked_data_attributes``): one line before the run when the task was built with other values (a head of
+    another size; another class order, scored silently), or, for a fit, with none, which its checkpoints would
+    record (loaded with classes '0', '1', ... and ImageNet's mean and std; a captioner's refused by
+    ``load_captioner``). A fit without such a data module warns of what its checkpoints will lack."""
+    name, links = type(task).__name__, getattr(task, "linked_data_attributes", ())
+    if datamodule is None or getattr(datamodule, "task", None) != getattr(task, "task", None):
+        missing = [key for key in getattr(task, "inference_records", ()) if task.hparams.get(key) is None]
+        if stage == "fit" and missing and task.trainer.is_global_zero:  # once per run, not once per process
+            warnings.warn(f"{name} was given no {' or '.join(missing)}, which its checkpoints record for inference "
+                          f"(load_{TASK_NOUNS[task.task]}, `visattn evaluate`), else {_unrecorded(task, missing)}; "
+                          f"pass {name}({', '.join(f'{key}=...' for key in missing)}) as your data has them",
+                          VisattnWarning, stacklevel=outside_visattn())
+        return
+    differ = [key for key in links if getattr(datamodule, key, None) is not None
+              and _plain(task.hparams.get(key)) != _plain(getattr(datamodule, key))
+              and (stage == "fit" or task.hparams.get(key) is not None)]
+    if differ:
+        none = [key for key in differ if task.hparams.get(key) is None]
+        reasons = "; ".join([f"{' and '.join(none)} not given"] * bool(none) + [
+            f"{key} {reprlib.repr(task.hparams[key])} for {reprlib.repr(getattr(datamodule, key))}"
+            for key in differ if key not in none])
+        raise ConfigError(f"{name}'s {' and '.join(differ)} {'is' if len(differ) == 1 else 'are'} not "
+                          f"{type(datamodule).__name__}'s ({reasons}); build it with "
+                          f"{name}(..., {', '.join(f'{key}=data.{key}' for key in links)}) where data is the data "
+                          "module, as `visattn fit` links them")
+
+
+_UNRECORDED = {"class_names": "its classes are named '0', '1', ...",
+               "preprocessing": "images are normalised with ImageNet's mean and std"}
+
+
+def _unrecorded(task: pl.LightningModule, missing: list[str]) -> str:
+    if task.task == "captioning":  # load_captioner takes no default preprocessing
+        return "they are refused"
+    return " and ".join(_UNRECORDED[key] for key in missing)
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with tuples as lists, as a checkpoint's hyperparameters and a config's links may give either."""
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    return [_plain(item) for item in value] if isinstance(value, (list, tuple)) else value
 
 
 def refuse_cast_batches(trainer: pl.Trainer, why: str,
