@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from visattn import create_model, export, list_models
+from visattn import create_model, export, list_models, load_classifier
 from visattn.cli import main
 from visattn.errors import ArgumentError, ConfigError, ExportMismatchError, WeightsError
 from visattn.export import checked_difference, export_onnx, onnx_max_difference, onnx_session
@@ -43,6 +43,38 @@ def test_onnxruntime_logits_match_pytorch(key, tmp_path):
         assert onnx_max_difference(model, session, images) < 1e-3
         assert model.training, "onnx_max_difference must leave the model in training mode"
     assert session.run(None, {"images": images.numpy()})[0].shape == (5, 10)
+
+
+@pytest.mark.parametrize("compiled", ["wrapper", "in_place", "blocks_in_place"])
+def test_a_compiled_model_exports_as_the_model_it_compiles(compiled, tmp_path):
+    """The exporter's tracer refuses a compiled call ("Detected that you are using FX to torch.jit.trace a
+    dynamo-optimized function"): torch.compile(model), model.compile() and blocks compiled in place failed to export."""
+    torch.manual_seed(0)
+    model = create_model("vit_tiny_patch4_28", depth=1, num_classes=3).eval()
+    images = torch.randn(2, 3, 28, 28)
+    with torch.no_grad():
+        expected = model(images).numpy()
+    if compiled == "wrapper":
+        model = torch.compile(model, backend="eager")  # the wrapper is tested here, not inductor's code
+    else:
+        for module in (model.blocks if compiled == "blocks_in_place" else [model]):
+            module.compile(backend="eager")
+    model(images)  # a first, compiled call, as before an export in a user's code
+    session = onnx_session(export_onnx(model, tmp_path / "compiled.onnx"), threads=1)
+    np.testing.assert_allclose(session.run(None, {"images": images.numpy()})[0], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_a_loaded_classifier_exports_its_network_and_what_is_no_model_is_one_line(tmp_path):
+    """A loaded classifier was "'Classifier' object has no attribute 'modules'", a path an AttributeError too."""
+    classifier = load_classifier("se_resnet20_cifar.fmnist")
+    images = torch.randn(2, 3, 28, 28)
+    with torch.no_grad():
+        expected = classifier.model(images).numpy()
+    session = onnx_session(export_onnx(classifier, tmp_path / "loaded.onnx"), threads=1)
+    np.testing.assert_allclose(session.run(None, {"images": images.numpy()})[0], expected, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ConfigError, match=r"^model='se_resnet20_cifar.fmnist': a str, not a torch module; give a"):
+        export_onnx("se_resnet20_cifar.fmnist", tmp_path / "name.onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["loaded.onnx"]
 
 
 def test_vit_export_is_not_the_explicit_attention_path(tmp_path):

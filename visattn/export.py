@@ -29,6 +29,7 @@ from .errors import (ArgumentError, ConfigError, ExportMismatchError, VisattnErr
 from .modes import eval_mode
 from .fileio import atomic_path, output_errors, prepare_output_file
 from .layers.patch_embed import fixed_input_size
+from .wrapped_models import as_module
 
 __all__ = ["DEFAULT_OPSET", "export_classifier", "export_onnx", "onnx_max_difference", "onnx_session"]
 
@@ -105,6 +106,7 @@ def _write_onnx(model: nn.Module, path: Path, *, input_size: Optional[Sequence[i
                 metadata: Optional[Mapping[str, Any]], dynamic_size: bool = False) -> None:
     """:func:`export_onnx`'s graph and metadata, written straight to ``path`` (a caller's temporary file)."""
     _require_onnx()
+    model = _eager(model)
     check_opset(opset)
     _require_float32_classifier(model)
     fixed = fixed_input_size(model)
@@ -133,6 +135,15 @@ def _write_onnx(model: nn.Module, path: Path, *, input_size: Optional[Sequence[i
             )
     if properties:
         _add_metadata(path, properties)
+
+
+def _eager(model: nn.Module) -> nn.Module:
+    """``model`` (or a loaded classifier's network) as it runs without ``torch.compile``, which the exporter's tracer
+    refuses (a RuntimeError about FX): the module inside the wrapper, or a copy of one with modules compiled in place
+    (``nn.Module.compile``), which a copy does not keep."""
+    model = as_module(model)
+    compiled_in_place = any(module._compiled_call_impl is not None for module in model.modules())
+    return copy.deepcopy(model) if compiled_in_place else model
 
 
 def _at_traced_size(model: nn.Module, size: Sequence[int]) -> nn.Module:
