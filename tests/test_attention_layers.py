@@ -342,3 +342,20 @@ def test_cross_attention_equals_torchs_multihead_attention_with_a_key_padding_ma
     if keep_attention:
         torch.testing.assert_close(ours.last_attention, probs)
         assert (ours.last_attention[1, ..., 3:] == 0).all()
+
+
+def test_onednn_linear_leaves_other_devices_and_a_disabled_onednn_to_f_linear():
+    """oneDNN's inner product is the CPU's, and torch.backends.mkldnn.flags(enabled=False) turns it off: a large fp32
+    product on another device (meta stands in for a GPU) or with oneDNN disabled goes to F.linear. Either check
+    dropped had passed, the tests running on the CPU with oneDNN on."""
+    import torch.nn.functional as F
+
+    from visattn.layers.onednn_linear import _onednn_computes, linear
+
+    x, weight = torch.randn(320, 256), torch.randn(1024, 256)  # 320 x 256 x 1024 multiply-adds: oneDNN's size
+    with torch.no_grad():
+        assert _onednn_computes(x, weight)
+        assert not _onednn_computes(x.to("meta"), weight.to("meta"))
+        with torch.backends.mkldnn.flags(enabled=False):
+            assert not _onednn_computes(x, weight)
+            torch.testing.assert_close(linear(x, weight), F.linear(x, weight))

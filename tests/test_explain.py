@@ -408,6 +408,33 @@ def test_gate_maps_reduce_each_gate_as_documented():
         gate_maps(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten()), images)
 
 
+def test_the_default_gates_map_is_the_mean_of_each_gates_map_min_max_scaled_at_the_input_size():
+    """Summed instead of averaged, or divided by its range without its minimum taken off first (sigmoid gates never
+    reach 0), the default map passed: the tests compared its shape and peak place only."""
+    from visattn.explain.cell_centres import map_centres
+
+    model = create_model("bam_resnet20_cifar", **SMALL_CNN).eval()
+    images = torch.randn(2, 3, 28, 28)
+    _, maps = gate_maps(model, images)
+    scaled = []
+    for heat in maps.values():  # (B, h, w) each, at (28, 28) on the gate's cell centres
+        heat = map_centres(model, heat.shape[-2:], (28, 28)).resample(heat, (28, 28))
+        low, high = heat.amin(dim=(1, 2), keepdim=True), heat.amax(dim=(1, 2), keepdim=True)
+        scaled.append((heat - low) / (high - low))
+    torch.testing.assert_close(explain_batch(model, images, "gates"), sum(scaled) / len(scaled))
+
+
+@pytest.mark.parametrize("layer", [2, -3])
+def test_a_gate_index_past_either_end_is_one_line_naming_the_gates(layer):
+    """BAM's two gates take layer 0, 1, -1 and -2; with the bound checked one too far, index 2 was an IndexError
+    traceback, which passed: no index outside had been tested."""
+    model = create_model("bam_resnet20_cifar", **SMALL_CNN).eval()
+    image = torch.randn(3, 28, 28)
+    assert explain(model, image, "gates", layer=1).shape == explain(model, image, "gates", layer=-2).shape == (28, 28)
+    with pytest.raises(ArgumentError, match=rf"^layer={layer}: this model has 2 spatial gates: bam1, bam2$"):
+        explain(model, image, "gates", layer=layer)
+
+
 # ---------------------------------------------------------------------------------------- pointing
 
 
@@ -706,6 +733,23 @@ def test_evaluate_pointing_moves_boxes_with_the_preprocessing(recipe, monkeypatc
     result = evaluate_pointing(classifier, scenes, batch_size=5)
     assert result["pointing"] == 1.0 and result["pointing_method"] == "rollout"
     assert result["n"] == (13 if recipe == "small" else 12)  # a box the crop removes is not scored
+
+
+def test_evaluate_pointings_top1_is_over_the_scenes_it_scores(monkeypatch):
+    """A scene whose box the photo recipe's crop removes is skipped, not classified: counted in top-1's denominator
+    it read 2 right of 12 as 2 of 13, which passed, top-1 being checked where no scene was skipped."""
+    import visattn.explain as explain_module
+
+    preprocessing = {"input_size": [3, 28, 28], "mean": [0.5] * 3, "std": [0.5] * 3, "recipe": "photo"}
+    classifier = Classifier(_tiny_vit(), [str(i) for i in range(10)], preprocessing, "tiny", "vit_tiny_patch4_28", {})
+    corner = np.zeros((56, 56, 3), np.uint8)
+    corner[:3, :3] = 255  # inside the border the centre crop removes
+    scenes = [*_square_scenes(12), Scene(corner, np.array([[0, 0, 3, 3]], np.float32), np.array([0]), ["white"],
+                                         ["a square"] * 5)]
+    monkeypatch.setattr(explain_module, "explain_batch", lambda m, images, method, **kw: images.mean(dim=1))
+    monkeypatch.setattr(classifier, "predict", lambda batch: torch.eye(10)[[0] * len(batch)])  # always class 0
+    result = evaluate_pointing(classifier, scenes, batch_size=5)
+    assert result["n"] == 12 and result["top1"] == pytest.approx(2 / 12, abs=1e-3)  # labels 0..9, 0, 1
     monkeypatch.setattr(explain_module, "explain_batch", lambda m, images, method, **kw: -images.mean(dim=1))
     assert evaluate_pointing(classifier, scenes, batch_size=5)["pointing"] == 0.0
 
@@ -1829,6 +1873,41 @@ def test_model_view_gives_back_the_image_the_model_saw(channels):
     np.testing.assert_allclose(model_view(seen, IMAGENET_MEAN, IMAGENET_STD), image, atol=1)
 
 
+def test_explain_images_title_names_the_explained_class_only_where_it_is_not_the_prediction(tmp_path, monkeypatch):
+    """The title is the prediction, its probability and the method, and "for <class>" for a map of another class; the
+    condition inverted (the prediction named again, the other class not) passed."""
+    import visattn.explain as explain_module
+    from visattn.explain import explain_image
+
+    titles = []
+    figure = explain_module.overlay_figure
+    monkeypatch.setattr(explain_module, "overlay_figure",
+                        lambda *args, **kwargs: titles.append(kwargs["title"]) or figure(*args, **kwargs))
+    preprocessing = {"input_size": [3, 32, 32], "mean": [0.5] * 3, "std": [0.5] * 3, "recipe": "small"}
+    classifier = Classifier(create_model("cbam_resnet20_cifar", num_classes=3).eval(), ["a", "b", "c"], preprocessing,
+                            "tiny", "cbam_resnet20_cifar", {})
+    image = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    predicted = explain_image(classifier, image, "gradcam", tmp_path / "map.png")
+    other = next(name for name in "abc" if name != predicted["label"])
+    for target in (predicted["label"], other):
+        explain_image(classifier, image, "gradcam", tmp_path / "map.png", target_class=target)
+    head = f"{predicted['label']} ({predicted['prob']:.2f}), gradcam"
+    assert titles == [head, head, f"{head} for {other}"]
+
+
+def test_model_view_gives_back_every_level_exactly():
+    """Each of the 256 levels in each channel comes back as itself: truncated, not rounded, a third came back one level
+    darker, within the tolerance of one level the test above allows."""
+    from visattn.data.preprocessing import IMAGENET_MEAN, IMAGENET_STD
+    from visattn.data.transforms import eval_transforms
+    from visattn.explain import model_view
+
+    levels = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    image = np.stack([levels, levels[::-1], levels.T], axis=-1)  # (16, 16, 3)
+    seen = eval_transforms((3, 16, 16), IMAGENET_MEAN, IMAGENET_STD, recipe="small")(image)
+    np.testing.assert_array_equal(model_view(seen, IMAGENET_MEAN, IMAGENET_STD), image)
+
+
 def test_grad_cam_of_a_channels_last_timm_model_equals_the_reference():
     """timm's Swin stages give (B, H, W, C): the map was taken over W and C, a (B, 4, 768) map drawn as stripes."""
     import timm
@@ -1913,6 +1992,38 @@ def test_an_overlay_is_the_colour_map_of_the_min_max_scaled_map_whatever_its_off
         assert np.abs(drawn.astype(int) - heatmap_overlay(image, heat, cmap=cmap, alpha=1.0)).max() <= 1
         expected = np.rint(colormaps[cmap](np.array([0.0, 1 / 3, 2 / 3, 1.0]))[:, :3] * 255)
         np.testing.assert_allclose(drawn[[0, 0, 3, 3], [0, 3, 0, 3]], expected, atol=1)
+
+
+def test_an_overlay_is_the_rounded_blend_and_a_constant_map_draws_as_nothing():
+    """Blends truncated to whole levels, and a constant map drawn as everywhere relevant (scaled to ones, not the
+    documented zeros), had passed: the blends tested were at 0 and 1 only."""
+    image = np.full((2, 2, 3), 103, np.uint8)  # a map of the image's size: no resampling
+    drawn = heatmap_overlay(image, np.array([[0.0, 7.0], [7.0, 0.0]]), cmap="gray", alpha=0.1)
+    # 0.9 * 103 = 92.7 where the map is lowest (gray's black), 92.7 + 0.1 * 255 = 118.2 where it is highest (white)
+    assert drawn[..., 0].tolist() == [[93, 118], [118, 93]] and (drawn == drawn[..., :1]).all()
+    assert (heatmap_overlay(image, np.full((2, 2), 3.0), cmap="gray", alpha=0.1) == 93).all()
+
+
+def test_word_panels_draw_every_word_in_rows_of_the_columns_asked_in_the_papers_gray():
+    """Five words in rows of two lost the fifth with the rows rounded down; a word count under the columns drew empty
+    panels with them not capped; a default colour map other than the paper's gray passed too."""
+    from visattn.explain.overlay import word_panels_figure
+
+    image, words = np.full((8, 8, 3), 60, np.uint8), ["a", "red", "coat", "on", "grass"]
+    maps = [np.random.rand(2, 2) for _ in words]
+    fig = word_panels_figure(image, words, maps, columns=2)
+    assert [axis.get_title() for axis in fig.axes] == [*words, ""]  # 3 rows of 2, the last panel empty
+    for axis, heat in zip(fig.axes, maps):
+        np.testing.assert_array_equal(axis.images[0].get_array(), heatmap_overlay(image, heat, cmap="gray", alpha=0.6))
+    fig = word_panels_figure(image, words[:2], maps[:2], columns=5)
+    assert [axis.get_title() for axis in fig.axes] == words[:2]
+
+
+def test_a_figure_named_in_capitals_is_written_in_the_format_its_suffix_names(tmp_path):
+    """MAP.PNG (a Windows habit) was refused as a format visattn cannot write with the suffix compared as given."""
+    save_overlay(np.zeros((8, 8, 3), np.uint8), np.random.rand(2, 2), tmp_path / "MAP.PNG")
+    with Image.open(tmp_path / "MAP.PNG") as png:
+        assert png.format == "PNG"
 
 
 @pytest.mark.parametrize("fusion, reduce", [("mean", torch.mean), ("max", torch.amax), ("min", torch.amin)])

@@ -532,3 +532,148 @@ def test_resampling_position_embeddings_of_a_grid_it_cannot_infer_names_old_size
     with pytest.raises(ConfigError, match=r"^old_size=\(2, 3\): holds 6 cells, and pos_embed 12 grid tokens"):
         resample_abs_pos_embed(pos_embed, (4, 4), old_size=(2, 3))
     assert resample_abs_pos_embed(pos_embed, (4, 4), old_size=(3, 4)).shape == (1, 17, 8)
+
+
+@pytest.mark.parametrize("rate", [1.0, -0.1])
+def test_a_stochastic_depth_rate_outside_zero_to_one_is_one_line(rate):
+    """A rate of 1 drops the last block always and divides by its keep probability of 0 (NaN in the first training
+    step); a negative one fails there as bernoulli's error. The tests refused 2.0 only."""
+    with pytest.raises(ConfigError, match=rf"^drop_path_rate={rate}: give a drop probability from 0 up to \(not "
+                                          r"including\) 1"):
+        create_model("vit_tiny_patch4_28", depth=2, drop_path_rate=rate)
+
+
+@pytest.mark.parametrize("init_values", [None, 0.1])
+def test_layer_scale_starts_trains_and_scales_as_timms(init_values):
+    """gamma starts at init_values (timm's 1e-5 by default), is a trained parameter, and scales each channel
+    without writing into the branch it scales; the parity tests overwrite gamma, so these went unchecked."""
+    from timm.layers import LayerScale as TimmLayerScale
+
+    from visattn.layers.layer_scale import LayerScale
+
+    kwargs = {} if init_values is None else {"init_values": init_values}
+    ours, theirs = LayerScale(6, **kwargs), TimmLayerScale(6, **kwargs)
+    assert [name for name, _ in ours.named_parameters()] == ["gamma"]
+    torch.testing.assert_close(ours.gamma, theirs.gamma, rtol=0, atol=0)
+    with torch.no_grad():
+        theirs.gamma.normal_()
+        ours.gamma.copy_(theirs.gamma)
+    branch = torch.randn(2, 3, 6, requires_grad=True)  # (B, N, C)
+    grads = []
+    for module in (ours, theirs):
+        tokens = branch * 1.0  # a block's branch output, not a leaf
+        before = tokens.detach().clone()
+        module(tokens).square().sum().backward()
+        torch.testing.assert_close(tokens, before, rtol=0, atol=0)
+        grads.append((module.gamma.grad, branch.grad.clone()))
+        branch.grad = None
+    for actual, expected in zip(*grads):
+        torch.testing.assert_close(actual, expected)
+
+
+def test_patch_embed_gives_timms_tokens_and_refuses_the_sizes_timms_refuses():
+    """visattn's PatchEmbed with timm's weights: timm's tokens on a non-square grid and, by default (strict), no
+    other input size; with strict_img_size=False any size of whole patches, and no other. A non-strict default and
+    the layer's whole-patch check dropped had passed, the ViT checking sizes before its patch embedding."""
+    from timm.layers import PatchEmbed as TimmPatchEmbed
+
+    from visattn.layers.patch_embed import PatchEmbed
+
+    torch.manual_seed(0)
+    ours, theirs = PatchEmbed((8, 12), 4, embed_dim=5), TimmPatchEmbed((8, 12), 4, embed_dim=5)
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(2, 3, 8, 12)
+    torch.testing.assert_close(ours(x), theirs(x))  # (2, 6, 5)
+    assert ours.grid_size == theirs.grid_size == (2, 3)
+    with pytest.raises(ConfigError, match=r"^input is \(12, 12\) but the model expects \(8, 12\); resize the image"):
+        ours(torch.randn(1, 3, 12, 12))
+    loose = PatchEmbed((8, 12), 4, embed_dim=5, strict_img_size=False)
+    assert loose(torch.randn(1, 3, 12, 16)).shape == (1, 12, 5)
+    with pytest.raises(ConfigError, match=r"^input is \(12, 14\), whose sides are not multiples of the patch size"):
+        loose(torch.randn(1, 3, 12, 14))
+
+
+def test_patch_embed_set_input_size_to_a_non_square_patch_is_timms_and_keeps_frozen_eval_weights():
+    """The kernel resampled to an (8, 4) patch as timm resamples it (read as (4, 8) it had passed: the ViT tests
+    resample square patches), still frozen and in eval mode as before."""
+    from timm.layers import PatchEmbed as TimmPatchEmbed
+
+    from visattn.layers.patch_embed import PatchEmbed
+
+    torch.manual_seed(0)
+    ours, theirs = PatchEmbed(16, 4, embed_dim=5), TimmPatchEmbed(16, 4, embed_dim=5)
+    ours.load_state_dict(theirs.state_dict())
+    for embed in (ours, theirs):
+        embed.requires_grad_(False).eval()
+        embed.set_input_size(patch_size=(8, 4))
+    assert ours.grid_size == theirs.grid_size == (2, 4)
+    x = torch.randn(2, 3, 16, 16)
+    torch.testing.assert_close(ours(x), theirs(x))  # (2, 8, 5)
+    assert not ours.training and not any(p.requires_grad for p in ours.parameters())
+
+
+def test_patch_embed_set_input_size_keeps_trained_biases_of_frozen_weights_trained():
+    """BitFit trains the biases alone: a new patch size froze the patch projection's bias too, the weight's flag set on
+    both (timm keeps each its own)."""
+    from timm.layers import PatchEmbed as TimmPatchEmbed
+
+    from visattn.layers.patch_embed import PatchEmbed
+
+    for embed in (PatchEmbed(16, 4, embed_dim=5), TimmPatchEmbed(16, 4, embed_dim=5)):
+        embed.proj.weight.requires_grad_(False)
+        embed.set_input_size(patch_size=8)
+        assert (embed.proj.weight.requires_grad, embed.proj.bias.requires_grad) == (False, True), type(embed).__module__
+
+
+def _vitdet_pyramid(pyramid, x):
+    """Li et al.'s simple feature pyramid (ViTDet, Fig. 2(c); detectron2's SimpleFeaturePyramid) in functional form,
+    reading ``pyramid``'s parameters in order: per scale the resampling (4x: 2x2 stride-2 deconv to C/2, channel
+    LayerNorm, GELU, deconv to C/4; 2x: deconv to C/2; 1x: none; 0.5x: 2x2 max-pool), then a bias-free 1x1 conv,
+    LayerNorm, a bias-free 3x3 conv, LayerNorm."""
+    import torch.nn.functional as F
+
+    def norm(t, params):  # over the channels of (B, C, H, W)
+        weight, bias = next(params), next(params)
+        return F.layer_norm(t.permute(0, 2, 3, 1), weight.shape, weight, bias).permute(0, 3, 1, 2)
+
+    def up(t, params, channels):
+        weight, bias = next(params), next(params)
+        assert weight.shape == (t.shape[1], channels, 2, 2)
+        return F.conv_transpose2d(t, weight, bias, stride=2)
+
+    maps, channels = [], x.shape[1]
+    for scale, stage in zip(pyramid.scales, pyramid.stages):
+        params = iter(stage.parameters())
+        if scale == 4.0:
+            y = up(F.gelu(norm(up(x, params, channels // 2), params)), params, channels // 4)
+        else:
+            y = {2.0: lambda: up(x, params, channels // 2), 1.0: lambda: x, 0.5: lambda: F.max_pool2d(x, 2)}[scale]()
+        y = norm(F.conv2d(y, next(params)), params)
+        maps.append(norm(F.conv2d(y, next(params), padding=1), params))
+        assert next(params, None) is None
+    return maps
+
+
+def test_simple_feature_pyramid_is_vitdets_at_every_scale():
+    """Each level against the paper's layers on the module's own (random) weights, at the strides the scales say; the
+    detectors use (2.0, 1.0, 0.5), so a 4x branch upsampling 2x, a 0.5x branch average-pooling, or a dropped GELU
+    or LayerNorm had passed. The extra block's P6 comes from the input map, as torchvision's FPN feeds it the
+    backbone's."""
+    from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+
+    from visattn.layers.simple_feature_pyramid import SimpleFeaturePyramid
+
+    torch.manual_seed(0)
+    pyramid = SimpleFeaturePyramid(8, 6, scales=(4.0, 2.0, 1.0, 0.5), extra_blocks=LastLevelP6P7(8, 6))
+    with torch.no_grad():
+        for parameter in pyramid.parameters():
+            parameter.normal_()
+    x = torch.randn(2, 8, 4, 6)  # (B, embed_dim, rows, cols) of the patch grid
+    with torch.no_grad():
+        levels = pyramid(x)
+        expected = _vitdet_pyramid(pyramid, x)
+        p6 = pyramid.extra_blocks.p6(x)
+    assert list(levels) == ["0", "1", "2", "3", "p6", "p7"]
+    assert [tuple(level.shape[-2:]) for level in levels.values()] == [(16, 24), (8, 12), (4, 6), (2, 3), (2, 3), (1, 2)]
+    for actual, reference in zip(levels.values(), [*expected, p6]):
+        torch.testing.assert_close(actual, reference)

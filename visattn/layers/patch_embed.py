@@ -108,9 +108,11 @@ class PatchEmbed(nn.Module):
                              stride=self.patch_size, bias=self.proj.bias is not None,
                              device=self.proj.weight.device, dtype=self.proj.weight.dtype)
             proj.weight.copy_(resample_patch_embed(self.proj.weight, list(self.patch_size)))
-            if self.proj.bias is not None:
+            proj.weight.requires_grad_(self.proj.weight.requires_grad)
+            if self.proj.bias is not None:  # its own flag: BitFit trains the biases of frozen weights
                 proj.bias.copy_(self.proj.bias)
-            proj.requires_grad_(self.proj.weight.requires_grad).train(self.proj.training)
+                proj.bias.requires_grad_(self.proj.bias.requires_grad)
+            proj.train(self.proj.training)
             self.proj = proj
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
