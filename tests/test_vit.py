@@ -543,6 +543,21 @@ def test_a_stochastic_depth_rate_outside_zero_to_one_is_one_line(rate):
         create_model("vit_tiny_patch4_28", depth=2, drop_path_rate=rate)
 
 
+@pytest.mark.parametrize("drop_prob", [0.0, 0.3, 1.0])
+def test_drop_path_drops_and_rescales_the_samples_timms_does(drop_prob):
+    """Called directly with a rate of 1 (the builders refuse it), every branch was NaN, 0 / 0; timm's gives zeros."""
+    from timm.layers import drop_path as timm_drop_path
+
+    from visattn.layers.drop_path import drop_path
+
+    x = torch.randn(64, 3, 4)  # (B, N, C)
+    torch.manual_seed(0)
+    ours = drop_path(x, drop_prob, training=True)
+    torch.manual_seed(0)
+    torch.testing.assert_close(ours, timm_drop_path(x, drop_prob, training=True))
+    assert drop_path(x, drop_prob, training=False) is x
+
+
 @pytest.mark.parametrize("init_values", [None, 0.1])
 def test_layer_scale_starts_trains_and_scales_as_timms(init_values):
     """gamma starts at init_values (timm's 1e-5 by default), is a trained parameter, and scales each channel

@@ -19,7 +19,9 @@ def drop_path(x: torch.Tensor, drop_prob: float = 0.0, training: bool = False) -
         return x
     keep_prob = 1.0 - drop_prob
     mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep_prob)  # (B, 1, ..., 1)
-    return x * mask / keep_prob
+    if keep_prob > 0.0:  # a branch always dropped has no survivor to rescale: zeros, as timm's, not 0 / 0
+        mask.div_(keep_prob)
+    return x * mask
 
 
 class DropPath(nn.Module):
