@@ -298,6 +298,20 @@ def test_a_trainer_of_ones_own_given_a_data_module_refuses_a_task_built_without_
         pl.Trainer(logger=False, enable_progress_bar=False, accelerator="cpu").validate(swapped, datamodule=data)
 
 
+def test_a_task_validated_on_data_of_another_class_order_is_told_to_take_data_of_its_own(tmp_path):
+    """The one fix named was to build the task with the data's class_names: a trained task so rebuilt still scores
+    each image against another class's logit, and the check no longer says so."""
+    from visattn.data.datamodules import ImageFolderDataModule
+
+    data = ImageFolderDataModule(str(_image_folder(tmp_path / "photos", per_class=2)), img_size=8, batch_size=2,
+                                 num_workers=0, augment=False)
+    trained = ImageClassifier("resnet20_cifar", num_classes=2, class_names=["red", "blue"],
+                              model_kwargs={"layers": (1, 1, 1)})
+    with pytest.raises(ConfigError, match=re.escape("(class_names ['red', 'blue'] for ['blue', 'red']); run it on "
+                                                    "data of its own class_names, or build it with ImageClassifier(")):
+        pl.Trainer(logger=False, enable_progress_bar=False, accelerator="cpu").validate(trained, datamodule=data)
+
+
 def test_a_fit_on_loaders_of_ones_own_warns_of_the_labels_and_preprocessing_its_checkpoints_lack():
     """Without them, its checkpoints loaded with labels '0', '1', ... and ImageNet's mean and std, silently."""
     from torch.utils.data import DataLoader, TensorDataset

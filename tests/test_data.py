@@ -495,6 +495,12 @@ def test_one_mean_and_std_for_all_channels_is_recorded_as_a_list():
         FashionMNISTDataModule(num_workers=0, mean="0.5")
 
 
+def test_a_mean_and_std_given_as_numpy_arrays_are_recorded_as_lists():
+    """They had been taken (as list(mean)) before one number was; then refused as mean=[array([0.5])]."""
+    data = FashionMNISTDataModule(num_workers=0, mean=np.array([0.5]), std=np.array([0.25]))
+    assert (data.preprocessing["mean"], data.preprocessing["std"]) == ([0.5], [0.25])
+
+
 @pytest.mark.parametrize("input_size", ["28", 28.5, True, (3, 0, 28)])
 def test_an_input_size_that_is_no_whole_number_of_pixels_is_one_line(input_size):
     """"28" was a TypeError, 28.5 "'float' object is not iterable", and True built a 1 x 1 pixel transform."""
@@ -525,6 +531,15 @@ def test_an_image_folder_argument_of_the_wrong_type_is_one_line(tmp_path, kwargs
     root = write_image_folder(tmp_path / "train")
     with pytest.raises(ConfigError, match=f"^{re.escape(message)}"):
         ImageFolder(**{"root": root, **kwargs})
+
+
+@pytest.mark.parametrize("given", [np.array(["dog", "cat"]), (name for name in ["dog", "cat"]), ("dog", "cat")])
+def test_image_folder_classes_given_as_any_sequence_of_names_are_its_label_order(tmp_path, given):
+    """A numpy array of names was "truth value of an array ... is ambiguous", and a generator, read twice by the
+    check, gave no class: "class folders ['cat', 'dog'] are not among the classes ()"."""
+    root = write_image_folder(tmp_path / "train")
+    folder = ImageFolder(root, classes=given)
+    assert folder.classes == ["dog", "cat"] and folder.class_to_idx == {"dog": 0, "cat": 1}
 
 
 def test_decode_image_refuses_a_max_pixels_that_is_no_count(tmp_path):

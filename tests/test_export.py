@@ -119,6 +119,13 @@ def test_an_input_size_that_is_no_three_whole_numbers_is_a_config_error(tmp_path
     assert not list(tmp_path.iterdir())  # refused before anything is written
 
 
+def test_an_input_size_of_numpy_integers_exports_at_that_size(tmp_path):
+    """A numpy array of three sides had been taken (as tuple(input_size)), then was refused as no three numbers."""
+    path = export_onnx(create_model("resnet20_cifar"), tmp_path / "m.onnx", input_size=np.array([3, 24, 24]))
+    session = onnx_session(path, threads=1)
+    assert session.run(None, {"images": np.zeros((1, 3, 24, 24), np.float32)})[0].shape == (1, 10)
+
+
 def test_missing_onnx_file_is_a_weights_error(tmp_path):
     with pytest.raises(WeightsError, match="visattn export"):
         onnx_session(tmp_path / "missing.onnx")

@@ -2194,6 +2194,13 @@ def test_visattn_help_command_prints_that_commands_help(monkeypatch, capsys):
     assert exit.value.code == 2 and capsys.readouterr().err == "visattn: error: unknown command 'fti' (did you mean fit?); see `visattn --help`\n"
 
 
+def test_visattn_help_parsed_as_a_command_prints_the_help_too(capsys):
+    """`visattn help -- classify` (argparse's end of options) reached the help command, which had no function to run:
+    an AttributeError traceback ('Namespace' object has no attribute 'func')."""
+    assert _help_of(["help", "--", "classify"], capsys) == _help_of(["classify", "--help"], capsys)
+    assert _help_of(["help", "classify", "--"], capsys) == _help_of(["classify", "--help"], capsys)
+
+
 def test_an_unrecognized_config_command_option_is_named_with_the_nearest_and_not_blamed_on_the_config(capsys):
     """`fit --config FILE --trainer.max_stepz 1` said "fit --config FILE: unrecognized arguments: --trainer.max_stepz
     1", naming no option it takes (a README audit)."""

@@ -96,6 +96,14 @@ def _parameter_count(name: str) -> str:
     return f"{count / 1e6:.2f}M" if count >= 1e5 else f"{count / 1e3:.1f}K"
 
 
+def cmd_help(args: argparse.Namespace) -> int:
+    """`visattn help [COMMAND]` prints `visattn COMMAND --help`, as git's and pip's `help` do."""
+    if args.topic in LIGHTNING_COMMANDS:
+        return run_lightning([args.topic, "--help"])
+    build_parser().parse_args([args.topic, "--help"] if args.topic else ["--help"])  # prints, and exits
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from .registry import list_models, list_pretrained, matching_names, model_family, split_model_name
 
@@ -874,6 +882,7 @@ def build_parser() -> argparse.ArgumentParser:
     help_command = sub.add_parser("help", help="visattn help COMMAND: the same as visattn COMMAND --help")
     help_command.add_argument("topic", nargs="?", metavar="COMMAND",
                               help="one that visattn --help lists (default: visattn --help)")
+    help_command.set_defaults(func=cmd_help)
     for listed in sub._choices_actions:  # `visattn COMMAND --help` opens with what `visattn --help` lists it for
         sub.choices[listed.dest].description = listed.help
     return parser
@@ -1262,8 +1271,6 @@ def _stop_signals_as_exception() -> Iterator[None]:
 
 
 def _run(argv: list[str]) -> int:
-    if argv[:1] == ["help"] and len(argv) <= 2 and not argv[-1].startswith("-"):  # as git's and pip's
-        argv = [*argv[1:], "--help"]  # `visattn help [COMMAND]`; its own --help (or a mistake) is the parser's
     try:
         if argv and argv[0] in LIGHTNING_COMMANDS:
             return run_lightning(argv)

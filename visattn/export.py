@@ -16,7 +16,7 @@ import json
 import os
 import sys
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, Optional
 
@@ -236,11 +236,12 @@ def _input_size(model: nn.Module, input_size: Optional[Sequence[int]]) -> tuple[
     trained_at = (getattr(model, "pretrained_cfg", None) or {}).get("input_size")
     size = input_size if input_size is not None else trained_at or getattr(model, "input_size", ())
     # a bare 224 (timm's img_size) or a float side was a TypeError, or silently truncated by int()
-    if not isinstance(size, (list, tuple)) or len(size) != 3 or not all(map(is_count, size)):
+    sides = tuple(size) if isinstance(size, Iterable) else ()  # a list, torch.Size or numpy array
+    if len(sides) != 3 or not all(map(is_count, sides)):
         raise ConfigError(
             f"input_size={input_size!r}: give the (C, H, W) of one image, e.g. input_size=(3, 224, 224)"
         )
-    return tuple(int(s) for s in size)
+    return tuple(int(s) for s in sides)
 
 
 def exported_source(path: Path) -> Optional[str]:

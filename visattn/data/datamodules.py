@@ -15,7 +15,7 @@ import json
 import random
 import reprlib
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal, Optional, get_args
 
@@ -461,8 +461,8 @@ AUGMENTATION_DEFAULTS = {"scale": None, "color_jitter": 0.0, "auto_augment": Non
 
 def per_channel(values: Any) -> list[Any]:
     """A data module's ``mean`` or ``std`` as the list its ``preprocessing`` records: one number is for all channels
-    (0.5 was a TypeError, and "0.5" refused spelt as ['0', '.', '5'])."""
-    return list(values) if isinstance(values, (list, tuple)) else [values]
+    (0.5 was a TypeError, and "0.5" refused spelt as ['0', '.', '5']); any other sequence (a numpy array) as a list."""
+    return list(values) if isinstance(values, Iterable) and not isinstance(values, str) else [values]
 
 
 def check_img_size(img_size: object) -> None:

@@ -20,7 +20,7 @@ import unicodedata
 import warnings
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -135,7 +135,9 @@ class ImageFolder(ImageFiles):
     ) -> None:
         self.root = path_argument("root", root)
         self.transform = checked_transform(transform)
-        if classes is not None and (isinstance(classes, str) or not classes
+        if isinstance(classes, Iterable) and not isinstance(classes, str):
+            classes = list(classes)  # read once: a generator is empty the second time, a numpy array has no truth value
+        if classes is not None and (not isinstance(classes, list) or not classes
                                     or not all(isinstance(c, str) for c in classes)):
             # "cat" was read as the classes c, a and t; [0, 1] was a TypeError in unicodedata
             raise ConfigError(f"classes={classes!r}: give the class folder names in label order, e.g. ['cat', 'dog']")

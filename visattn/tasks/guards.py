@@ -318,10 +318,12 @@ def check_data_links(task: pl.LightningModule, datamodule: Optional[pl.Lightning
         reasons = "; ".join([f"{' and '.join(none)} not given"] * bool(none) + [
             f"{key} {reprlib.repr(task.hparams[key])} for {reprlib.repr(getattr(datamodule, key))}"
             for key in differ if key not in none])
+        built = f"{name}(..., {', '.join(f'{key}=data.{key}' for key in links)}) where data is the data module"
+        # A trained task's values are its training data's: rebuilt with these data's, it is scored as wrongly, unwarned
+        fix = (f"build it with {built}, as `visattn fit` links them" if stage == "fit" else
+               f"run it on data of its own {' and '.join(differ)}, or build it with {built}")
         raise ConfigError(f"{name}'s {' and '.join(differ)} {'is' if len(differ) == 1 else 'are'} not "
-                          f"{type(datamodule).__name__}'s ({reasons}); build it with "
-                          f"{name}(..., {', '.join(f'{key}=data.{key}' for key in links)}) where data is the data "
-                          "module, as `visattn fit` links them")
+                          f"{type(datamodule).__name__}'s ({reasons}); {fix}")
 
 
 _UNRECORDED = {"class_names": "its classes are named '0', '1', ...",
