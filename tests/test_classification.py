@@ -323,8 +323,9 @@ def test_a_fit_on_loaders_of_ones_own_warns_of_the_labels_and_preprocessing_its_
     with pytest.warns(VisattnWarning, match=re.escape(
             "ImageClassifier was given no class_names or preprocessing, which its checkpoints record for inference "
             "(load_classifier, `visattn evaluate`), else its classes are named '0', '1', ... and images are "
-            "normalised with ImageNet's mean and std; pass ImageClassifier(class_names=..., preprocessing=...)")):
+            "normalised with ImageNet's mean and std; pass ImageClassifier(class_names=..., preprocessing=...)")) as seen:
         trainer.fit(task, loader)
+    assert sum("was given no class_names" in str(warning.message) for warning in seen) == 1  # once a run, not a step
 
 
 def test_a_label_past_the_tasks_num_classes_is_one_line_before_the_batch_is_scored():
