@@ -15,7 +15,7 @@ import sys
 import threading
 import typing
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from numbers import Integral, Real
 from typing import Any, Callable, Optional, TextIO
 
@@ -293,6 +293,12 @@ def one_line(text: str) -> str:
 def is_index(value: object) -> bool:
     """Whether ``value`` is an integer, as an index of a sequence is (``True`` is not one, though Python counts it as 1)."""
     return isinstance(value, Integral) and not isinstance(value, bool)
+
+
+def is_many(value: object) -> bool:
+    """Whether ``value`` holds several values, an iterable that is no str (which Python iterates letter by letter:
+    ``"red"`` is one colour, not ``['r', 'e', 'd']``)."""
+    return isinstance(value, Iterable) and not isinstance(value, str)
 
 
 def is_whole(value: object) -> bool:

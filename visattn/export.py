@@ -16,7 +16,7 @@ import json
 import os
 import sys
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, Optional
 
@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from .errors import (ArgumentError, ConfigError, ExportMismatchError, VisattnError, WeightsError, caught_warnings,
-                     is_count)
+                     is_count, is_many)
 from .modes import eval_mode
 from .fileio import atomic_path, output_errors, prepare_output_file
 from .layers.patch_embed import fixed_input_size
@@ -236,7 +236,7 @@ def _input_size(model: nn.Module, input_size: Optional[Sequence[int]]) -> tuple[
     trained_at = (getattr(model, "pretrained_cfg", None) or {}).get("input_size")
     size = input_size if input_size is not None else trained_at or getattr(model, "input_size", ())
     # a bare 224 (timm's img_size) or a float side was a TypeError, or silently truncated by int()
-    sides = tuple(size) if isinstance(size, Iterable) else ()  # a list, torch.Size or numpy array
+    sides = tuple(size) if is_many(size) else ()  # a list, torch.Size or numpy array
     if len(sides) != 3 or not all(map(is_count, sides)):
         raise ConfigError(
             f"input_size={input_size!r}: give the (C, H, W) of one image, e.g. input_size=(3, 224, 224)"

@@ -15,7 +15,7 @@ import json
 import random
 import reprlib
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal, Optional, get_args
 
@@ -28,8 +28,8 @@ from torch.utils.data._utils.worker import _generate_state
 from torch.utils.data.dataloader import _BaseDataLoaderIter, _SingleProcessDataLoaderIter
 
 from ..devices import MAX_WORKERS_PER_CPU, max_workers
-from ..errors import (ArgumentError, ConfigError, VisattnWarning, check_keyword_types, is_count, is_number, is_whole,
-                      outside_visattn)
+from ..errors import (ArgumentError, ConfigError, VisattnWarning, check_keyword_types, is_count, is_many, is_number,
+                      is_whole, outside_visattn)
 from .fashion_mnist import (FASHION_MNIST_CLASSES, FASHION_MNIST_MEAN, FASHION_MNIST_STD, FashionMNIST,
                            find_fashion_mnist)
 from .image_io import DEFAULT_MAX_PIXELS
@@ -462,7 +462,7 @@ AUGMENTATION_DEFAULTS = {"scale": None, "color_jitter": 0.0, "auto_augment": Non
 def per_channel(values: Any) -> list[Any]:
     """A data module's ``mean`` or ``std`` as the list its ``preprocessing`` records: one number is for all channels
     (0.5 was a TypeError, and "0.5" refused spelt as ['0', '.', '5']); any other sequence (a numpy array) as a list."""
-    return list(values) if isinstance(values, Iterable) and not isinstance(values, str) else [values]
+    return list(values) if is_many(values) else [values]
 
 
 def check_img_size(img_size: object) -> None:

@@ -20,13 +20,13 @@ import unicodedata
 import warnings
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 
-from ..errors import ConfigError, ImageDecodeError, VisattnWarning, is_count, outside_visattn
+from ..errors import ConfigError, ImageDecodeError, VisattnWarning, is_count, is_many, outside_visattn
 from ..fileio import not_a_folder
 from .image_io import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, decode_image, list_images, path_argument
 from .transforms import checked_transform, to_tensor
@@ -135,7 +135,7 @@ class ImageFolder(ImageFiles):
     ) -> None:
         self.root = path_argument("root", root)
         self.transform = checked_transform(transform)
-        if isinstance(classes, Iterable) and not isinstance(classes, str):
+        if is_many(classes):
             classes = list(classes)  # read once: a generator is empty the second time, a numpy array has no truth value
         if classes is not None and (not isinstance(classes, list) or not classes
                                     or not all(isinstance(c, str) for c in classes)):

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import os
 import reprlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, Literal
@@ -34,7 +34,7 @@ from torch import nn
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
-from ..errors import ConfigError, is_count, is_index, is_number
+from ..errors import ConfigError, is_count, is_index, is_many, is_number
 from .auto_augment import TimmAutoAugment, auto_augment_problem
 from .image_io import rgb_pixels
 # The checks of recorded preprocessing moved to .preprocessing (building a model imports no albumentations);
@@ -472,7 +472,7 @@ def _height_width(input_size: InputSize) -> tuple[int, int]:
     if is_index(input_size):
         size = (input_size,)
     else:
-        size = tuple(input_size) if isinstance(input_size, Iterable) and not isinstance(input_size, str) else ()
+        size = tuple(input_size) if is_many(input_size) else ()
     if len(size) not in (1, 2, 3) or not all(is_count(side) for side in size):
         raise ConfigError(f"input_size={input_size!r}: expected S, (H, W) or (C, H, W), in whole numbers >= 1")
     return (size[0], size[0]) if len(size) == 1 else (size[-2], size[-1])

@@ -19,7 +19,7 @@ import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 
-from ..errors import ArgumentError, ConfigError, is_count
+from ..errors import ArgumentError, ConfigError, is_count, is_many
 
 __all__ = ["END", "PAD", "SPECIAL_TOKENS", "START", "UNK", "Vocabulary", "tokenize"]
 
@@ -74,7 +74,7 @@ def _require_token(word: str) -> None:
 def _require_many(name: str, values: object, what: str) -> None:
     """One line unless ``values`` is a collection of strings and not a single string, which Python iterates letter by
     letter: ``Vocabulary("a dog")`` had held the words a, d, g and o."""
-    if isinstance(values, str) or not isinstance(values, Iterable):
+    if not is_many(values):
         raise ConfigError(f"{name}={reprlib.repr(values)}: give a list of {what}")
 
 

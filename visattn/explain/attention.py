@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ..data.transforms import check_image_batch, to_model_input
-from ..errors import ArgumentError, ConfigError, is_index
+from ..errors import ArgumentError, ConfigError, is_count, is_index
 from ..layers.attention import attention_probs
 from ..layers.patch_embed import patch_grid
 from ..wrapped_models import as_module
@@ -164,7 +164,7 @@ def token_map(rows: Tensor, grid: tuple[int, int], num_prefix_tokens: int, *,
     averaged, or weighted by ``pooled`` where it holds how much an attention pool reads of each patch token,
     ``(B, rows * cols)`` (``global_pool="map"``).
     """
-    if not (isinstance(grid, (tuple, list)) and len(grid) == 2 and all(is_index(side) and side > 0 for side in grid)):
+    if not (isinstance(grid, (tuple, list)) and len(grid) == 2 and all(map(is_count, grid))):
         raise ArgumentError("grid", grid, "give the patch grid as (rows, cols), e.g. (14, 14)")
     if torch.is_tensor(pooled):
         weights = (pooled[:, :, None].to(rows.dtype) * rows[:, num_prefix_tokens:]).sum(dim=1)  # (B, N)
