@@ -644,12 +644,12 @@ def _vitdet_pyramid(pyramid, x):
     """Li et al.'s simple feature pyramid (ViTDet, Fig. 2(c); detectron2's SimpleFeaturePyramid) in functional form,
     reading ``pyramid``'s parameters in order: per scale the resampling (4x: 2x2 stride-2 deconv to C/2, channel
     LayerNorm, GELU, deconv to C/4; 2x: deconv to C/2; 1x: none; 0.5x: 2x2 max-pool), then a bias-free 1x1 conv,
-    LayerNorm, a bias-free 3x3 conv, LayerNorm."""
+    LayerNorm, a bias-free 3x3 conv, LayerNorm; detectron2's LayerNorm eps, 1e-6."""
     import torch.nn.functional as F
 
     def norm(t, params):  # over the channels of (B, C, H, W)
         weight, bias = next(params), next(params)
-        return F.layer_norm(t.permute(0, 2, 3, 1), weight.shape, weight, bias).permute(0, 3, 1, 2)
+        return F.layer_norm(t.permute(0, 2, 3, 1), weight.shape, weight, bias, eps=1e-6).permute(0, 3, 1, 2)
 
     def up(t, params, channels):
         weight, bias = next(params), next(params)
@@ -673,7 +673,7 @@ def test_simple_feature_pyramid_is_vitdets_at_every_scale():
     """Each level against the paper's layers on the module's own (random) weights, at the strides the scales say; the
     detectors use (2.0, 1.0, 0.5), so a 4x branch upsampling 2x, a 0.5x branch average-pooling, or a dropped GELU
     or LayerNorm had passed. The extra block's P6 comes from the input map, as torchvision's FPN feeds it the
-    backbone's."""
+    backbone's. A faint input (tokens of small spread) tells the LayerNorms' eps apart: torch's 1e-5 is not ViTDet's."""
     from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
     from visattn.layers.simple_feature_pyramid import SimpleFeaturePyramid
@@ -683,12 +683,14 @@ def test_simple_feature_pyramid_is_vitdets_at_every_scale():
     with torch.no_grad():
         for parameter in pyramid.parameters():
             parameter.normal_()
-    x = torch.randn(2, 8, 4, 6)  # (B, embed_dim, rows, cols) of the patch grid
-    with torch.no_grad():
-        levels = pyramid(x)
-        expected = _vitdet_pyramid(pyramid, x)
-        p6 = pyramid.extra_blocks.p6(x)
-    assert list(levels) == ["0", "1", "2", "3", "p6", "p7"]
-    assert [tuple(level.shape[-2:]) for level in levels.values()] == [(16, 24), (8, 12), (4, 6), (2, 3), (2, 3), (1, 2)]
-    for actual, reference in zip(levels.values(), [*expected, p6]):
-        torch.testing.assert_close(actual, reference)
+    for spread in (1.0, 1e-3):
+        x = torch.randn(2, 8, 4, 6) * spread  # (B, embed_dim, rows, cols) of the patch grid
+        with torch.no_grad():
+            levels = pyramid(x)
+            expected = _vitdet_pyramid(pyramid, x)
+            p6 = pyramid.extra_blocks.p6(x)
+        assert list(levels) == ["0", "1", "2", "3", "p6", "p7"]
+        assert [tuple(level.shape[-2:]) for level in levels.values()] == [(16, 24), (8, 12), (4, 6), (2, 3), (2, 3),
+                                                                          (1, 2)]
+        for actual, reference in zip(levels.values(), [*expected, p6]):
+            torch.testing.assert_close(actual, reference)

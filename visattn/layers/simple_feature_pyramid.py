@@ -6,7 +6,8 @@ Paper: Li, Mao, Girshick, He, "Exploring Plain Vision Transformer Backbones for 
 The last ViT block's tokens, laid back on their stride-``p`` grid, feed one branch per scale:
 two stride-2 deconvolutions for 4x, one for 2x, nothing for 1x, a 2x2 max-pool for 0.5x; each
 branch then projects to ``out_channels`` with a 1x1 and a 3x3 conv, each followed by a
-channel LayerNorm, as in the paper. There is no top-down or lateral path.
+channel LayerNorm, as in the paper (eps 1e-6, detectron2's, which ViTDet's weights were trained with). There is
+no top-down or lateral path.
 """
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -19,13 +20,17 @@ from torchvision.ops.feature_pyramid_network import ExtraFPNBlock
 from ..errors import ConfigError
 
 
+def _channel_norm(channels: int) -> LayerNorm2d:
+    return LayerNorm2d(channels, eps=1e-6)
+
+
 def _rescale(channels: int, scale: float) -> tuple[list[nn.Module], int]:
     """The paper's resampling layers for ``scale`` and the channels they output."""
     if scale == 4.0:
         half, quarter = channels // 2, channels // 4
         layers = [
             nn.ConvTranspose2d(channels, half, kernel_size=2, stride=2),
-            LayerNorm2d(half),
+            _channel_norm(half),
             nn.GELU(),
             nn.ConvTranspose2d(half, quarter, kernel_size=2, stride=2),
         ]
@@ -67,9 +72,9 @@ class SimpleFeaturePyramid(nn.Module):
             self.stages.append(nn.Sequential(
                 *layers,
                 nn.Conv2d(channels, out_channels, kernel_size=1, bias=False),
-                LayerNorm2d(out_channels),
+                _channel_norm(out_channels),
                 nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1, bias=False),
-                LayerNorm2d(out_channels),
+                _channel_norm(out_channels),
             ))
         self.extra_blocks = extra_blocks
         self.out_channels = out_channels
