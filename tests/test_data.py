@@ -487,6 +487,28 @@ def test_a_data_module_setting_of_the_wrong_type_is_one_line_naming_it(setting, 
         FashionMNISTDataModule(**{"num_workers": 0, **setting})
 
 
+@pytest.mark.parametrize("module, settings, message", [
+    # each had been refused by the dataset the value reached, naming that dataset's argument: "annotations=5" for
+    # val_annotations, "images_dir=3" for val_images_dir, "root=4" for val_root, and without the data module's key
+    ("CocoDetectionDataModule", {"train_annotations": 5, "images_dir": "x"}, "train_annotations=5: give a file path"),
+    ("CocoDetectionDataModule", {"train_annotations": "a.json", "images_dir": "x", "val_images_dir": 3},
+     "val_images_dir=3: give a folder path"),
+    ("KarpathyCaptionDataModule", {"split_json": "s.json", "images_dir": "x", "test_annotations": 2},
+     "test_annotations=2: give a file path"),
+    ("KarpathyCaptionDataModule", {"split_json": None, "images_dir": ["x"], "train_annotations": "a.json"},
+     "images_dir=['x']: give a folder path"),
+    ("ImageFolderDataModule", {"root": "r", "val_root": 4}, "val_root=4: give a folder path"),
+    ("FashionMNISTDataModule", {"root": 1}, "root=1: give a folder path"),
+    ("FashionScenesCaptionDataModule", {"root": 2}, "root=2: give a folder path"),
+    ("FashionScenesDetectionDataModule", {"root": 2}, "root=2: give a folder path"),
+])
+def test_a_path_setting_that_is_no_path_is_named_as_the_data_modules_setting(module, settings, message):
+    import visattn.data
+
+    with pytest.raises(ConfigError, match=f"^{re.escape('data.init_args.' + message)}"):
+        getattr(visattn.data, module)(**settings)
+
+
 def test_one_mean_and_std_for_all_channels_is_recorded_as_a_list():
     """0.5 was a TypeError ("'float' object is not iterable"), and "0.5" was refused spelt ['0', '.', '5']."""
     data = FashionMNISTDataModule(num_workers=0, mean=0.5, std=0.25)

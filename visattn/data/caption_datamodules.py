@@ -216,6 +216,8 @@ class FashionScenesCaptionDataModule(_CaptionDataModule):
         root: folder holding the Fashion-MNIST idx files; default: ``$VISATTN_DATA``, then the Debian package.
     """
 
+    path_settings = {"root": "folder"}
+
     recipe: Recipe = "small"
 
     def __init__(
@@ -295,6 +297,10 @@ class KarpathyCaptionDataModule(_CaptionDataModule):
         val_images_dir: the folder of ``val_annotations``' images (COCO's ``val2014``); default: ``images_dir``.
         test_images_dir: the folder of ``test_annotations``' images; default: ``images_dir``.
     """
+
+    path_settings = {"split_json": "file", "images_dir": "folder", "train_annotations": "file",
+                     "val_annotations": "file", "test_annotations": "file", "val_images_dir": "folder",
+                     "test_images_dir": "folder"}
 
     def __init__(
         self,

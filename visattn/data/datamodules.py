@@ -17,7 +17,7 @@ import reprlib
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Literal, Optional, get_args
+from typing import Any, ClassVar, Literal, Optional, get_args
 
 import lightning.pytorch as pl
 import numpy as np
@@ -32,7 +32,7 @@ from ..errors import (ArgumentError, ConfigError, VisattnWarning, check_keyword_
                       is_whole, outside_visattn)
 from .fashion_mnist import (FASHION_MNIST_CLASSES, FASHION_MNIST_MEAN, FASHION_MNIST_STD, FashionMNIST,
                            find_fashion_mnist)
-from .image_io import DEFAULT_MAX_PIXELS
+from .image_io import DEFAULT_MAX_PIXELS, path_argument
 from .image_folder import (ImageFolder, check_class_count, collate_present, find_classes, for_evaluation,
                            image_files_of, seeded_subset, split_folders)
 from .preprocessing import (IMAGENET_MEAN, IMAGENET_STD, DEFAULT_CROP_PCT, DEFAULT_INTERPOLATION, Interpolation,
@@ -206,6 +206,9 @@ class SplitLoadersMixin:
 
     datasets: dict[Split, Dataset]
     collate_fn: Optional[Callable[[list], Any]] = None
+    # Each setting that names a file or a folder, and which: checked as the data module's setting, since the
+    # dataset a value reaches names its own argument (`annotations=5` for `val_annotations=5`).
+    path_settings: ClassVar[dict[str, str]] = {}
 
     def how_to_validate(self) -> str:
         """What to give this data module for a validation split, where it has none."""
@@ -221,6 +224,9 @@ class SplitLoadersMixin:
             check_keyword_types(type(self).__name__, type(self).__init__, dict(self.hparams))
         except ArgumentError as err:
             raise ConfigError(f"data.init_args.{err}") from None
+        for name, kind in self.path_settings.items():
+            if self.hparams.get(name) is not None:
+                path_argument(f"data.init_args.{name}", self.hparams[name], kind)
 
     def _check_loader_options(self) -> None:
         """One line for a batch size under 1, or a worker count under 0 or over the machine's :func:`max_workers`."""
@@ -500,6 +506,8 @@ class FashionMNISTDataModule(_ClassificationDataModule):
         channels: image channels the model takes: 3 (the gray values repeated) or 1 (for ``in_chans`` 1).
     """
 
+    path_settings = {"root": "folder"}
+
     def __init__(
         self,
         *,
@@ -583,6 +591,8 @@ class ImageFolderDataModule(_ClassificationDataModule):
         max_pixels: image files whose header declares more pixels (width x height) are skipped, with a
             warning, before decoding: a guard against decompression bombs (see ``decode_image``).
     """
+
+    path_settings = {"root": "folder", "val_root": "folder", "test_root": "folder"}
 
     def __init__(
         self,

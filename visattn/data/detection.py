@@ -128,6 +128,8 @@ class FashionScenesDetectionDataModule(_DetectionDataModule):
         root: folder holding the Fashion-MNIST idx files; default: ``$VISATTN_DATA``, then the Debian package.
     """
 
+    path_settings = {"root": "folder"}
+
     def __init__(
         self,
         *,
@@ -204,6 +206,9 @@ class CocoDetectionDataModule(_DetectionDataModule):
             900 times a usual one's. ``False`` trains on them too (as negatives); validation and test keep
             every image either way.
     """
+
+    path_settings = {"train_annotations": "file", "images_dir": "folder", "val_annotations": "file",
+                     "test_annotations": "file", "val_images_dir": "folder", "test_images_dir": "folder"}
 
     def __init__(
         self,
