@@ -1062,6 +1062,45 @@ def test_ctrl_c_after_a_checkpoint_says_how_to_resume(in_tmp, monkeypatch, capfd
     assert (in_tmp / CHECKPOINTS / "last.ckpt").is_file()
 
 
+# A run whose ModelCheckpoints keep no last.ckpt: every epoch's best-k file in a folder of its own, or (no callbacks)
+# Lightning's default, the newest epoch's in the logger's version_N/checkpoints.
+_NO_LAST = {"top-k": json.dumps([{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                                  "init_args": {"dirpath": "topk", "save_top_k": -1, "monitor": "val/top1",
+                                                "mode": "max"}}]),
+            "lightning's default": "[]"}
+
+
+@pytest.mark.parametrize("callbacks", list(_NO_LAST))
+def test_ctrl_c_in_a_run_that_keeps_no_last_checkpoint_names_the_one_to_resume(callbacks, in_tmp, monkeypatch, capfd):
+    """A stop after the first epoch's checkpoint said "no checkpoint was saved yet, so run the same command again to
+    start afresh", which the top-k run's folder then refused, sending the user to `--ckpt_path last`, refused too (an
+    audit of interrupted runs)."""
+    real_step, interrupted = ImageClassifier.training_step, []
+
+    def second_epoch_interrupted(self, *args, **kwargs):
+        if self.current_epoch == 1 and not interrupted:
+            interrupted.append(True)
+            raise KeyboardInterrupt
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(ImageClassifier, "training_step", second_epoch_interrupted)
+    fit = ["fit", "--config", str(CBAM_CONFIG), *QUICK, *SHIPPED_WEIGHTS, "--trainer.max_epochs", "2",
+           "--trainer.callbacks", _NO_LAST[callbacks]]
+    assert main(fit) == 130
+    saved, = in_tmp.glob("**/*.ckpt")
+    line = capfd.readouterr().err.strip().splitlines()[-1]
+    hint = "visattn: interrupted; resume with --ckpt_path "
+    assert line.startswith(hint) and Path(line.removeprefix(hint)).resolve() == saved.resolve(), line
+    if callbacks == "top-k":  # the rerun the line had advised is refused, naming the same file
+        assert main(fit) == 2
+        refused = capfd.readouterr().err.strip().splitlines()[-1]
+        named = re.fullmatch(r"visattn: error: topk holds checkpoints of an earlier run; resume it with --ckpt_path "
+                             r"(\S+), or start afresh after moving them elsewhere .*", refused)
+        assert named and Path(named[1]).resolve() == saved.resolve(), refused
+    assert main([*fit, "--ckpt_path", line.removeprefix(hint)]) == 0  # resumed as the line says, to the end
+    assert max(_read(path)["global_step"] for path in in_tmp.glob("**/*.ckpt")) == 2 * STEPS_PER_EPOCH
+
+
 # --- Resuming with augmentation ---------------------------------------------------------------
 
 

@@ -211,11 +211,12 @@ def run_lightning(argv: Sequence[str]) -> int:
 def _resume_hint(subcommand: str, interrupt: KeyboardInterrupt) -> str:
     if subcommand != "fit":
         return ""
-    if getattr(interrupt, "resumable", False):
+    resume_from = getattr(interrupt, "resume_from", None)
+    if resume_from is not None:
         lost = getattr(interrupt, "steps_lost", 0)
         since = (f" (the {lost} steps since its last checkpoint are trained again)" if lost > 1 else
                  " (the step since its last checkpoint is trained again)" if lost == 1 else "")
-        return f"; resume with --ckpt_path last{since}"
+        return f"; resume with --ckpt_path {resume_from}{since}"
     return "; no checkpoint was saved yet, so run the same command again to start afresh"
 
 

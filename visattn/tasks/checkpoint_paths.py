@@ -83,6 +83,24 @@ def _newest_last_checkpoint(folders: Iterable[Path]) -> Optional[Path]:
     return max(found, key=lambda path: path.stat().st_mtime) if found else None
 
 
+def _newest_resumable(folders: Iterable[Path]) -> Optional[Path]:
+    """The checkpoint in ``folders`` a stopped run resumes from: the newest ``last*.ckpt``, else, for a run whose
+    ModelCheckpoints keep no last checkpoint (top-k only, or Lightning's default), its newest checkpoint that holds
+    the training state; None for none."""
+    folders = list(folders)
+    last = _newest_last_checkpoint(folders)
+    if last is not None:
+        return last
+    found = sorted((path for folder in folders for path in folder.glob("*" + ModelCheckpoint.FILE_EXTENSION)),
+                   key=lambda path: path.stat().st_mtime, reverse=True)
+    return next((path for path in found if _holds_training_state(path)), None)
+
+
+def _resume_option(path: Path) -> str:
+    """``--ckpt_path``'s value that resumes from ``path`` (a :func:`_newest_resumable`): ``last``, or the file."""
+    return "last" if path.name.startswith(ModelCheckpoint.CHECKPOINT_NAME_LAST) else str(path)
+
+
 def _resumable_last(callbacks: Any) -> str:
     """``"last"``, or where Lightning's pick, the newest last checkpoint, holds weights only (a ModelCheckpoint with
     ``save_weights_only``, whose file Lightning cannot resume from), the newest last checkpoint that holds the
@@ -115,9 +133,10 @@ def _refuse_earlier_run(callbacks: Any) -> None:
     last`` and scripts would then still find; nothing is moved or deleted."""
     for folder in _checkpoint_folders(callbacks):
         if any(folder.glob("*" + ModelCheckpoint.FILE_EXTENSION)):
-            raise ConfigError(f"{folder} holds checkpoints of an earlier run; resume it with --ckpt_path last, or "
-                              "start afresh after moving them elsewhere (or set the ModelCheckpoint dirpath to "
-                              "another folder)")
+            resumed = _newest_resumable(_checkpoint_folders(callbacks))
+            resume = f"resume it with --ckpt_path {_resume_option(resumed)}, or " if resumed is not None else ""
+            raise ConfigError(f"{folder} holds checkpoints of an earlier run; {resume}start afresh after moving them "
+                              "elsewhere (or set the ModelCheckpoint dirpath to another folder)")
 
 
 def _refuse_mixed_runs(ckpt_path: Optional[str], callbacks: Any) -> None:

@@ -75,8 +75,9 @@ from .callback_checks import (_check_checkpoint_names, _keyed_apart, _refuse_cal
                               _refuse_logging_callbacks_without_logger, _refuse_monitors_the_wrong_way,
                               _refuse_unsaved_last_epochs)
 from .checkpoint_io import SafeCheckpointIO
-from .checkpoint_paths import (_check_checkpoint_model, _keep_given_settings, _newest_last_checkpoint,
-                               _refuse_overrides_the_optimizer_restores, _resolve_ckpt_path, _resumed_checkpoint)
+from .checkpoint_paths import (_check_checkpoint_model, _keep_given_settings, _newest_resumable,
+                               _refuse_overrides_the_optimizer_restores, _resolve_ckpt_path, _resume_option,
+                               _resumed_checkpoint)
 from .cli_arguments import (_model_overrides, _refuse_model_names, _root_moved, _task_links, _typed_values,
                             _with_shipped_configs)
 from .cli_callbacks import RandomStateCheckpoint, SaveConfigBesideEarlier, StopAfterSigterm
@@ -100,13 +101,14 @@ __all__ = ["COMMAND_DESCRIPTIONS", "TASK_MODULES", "Interrupted", "JsonPredictio
 
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C in a Lightning command, or with ``terminated`` SIGTERM, which Lightning stops the run for at its next
-    step; ``resumable``: the run left a last checkpoint for ``--ckpt_path last``, ``steps_lost`` optimizer steps
-    before it stopped, which a resumed run trains again."""
+    step; ``resume_from``: the ``--ckpt_path`` that resumes the run (``last``, or the file of a run that keeps no last
+    checkpoint), None when it saved none; ``steps_lost`` optimizer steps after that checkpoint, which a resumed run
+    trains again."""
 
-    def __init__(self, resumable: bool, *, terminated: bool = False, steps_lost: int = 0,
+    def __init__(self, resume_from: Optional[str] = None, *, terminated: bool = False, steps_lost: int = 0,
                  output_closed: bool = False) -> None:
         super().__init__()
-        self.resumable, self.terminated, self.steps_lost = resumable, terminated, steps_lost
+        self.resume_from, self.terminated, self.steps_lost = resume_from, terminated, steps_lost
         self.output_closed = output_closed  # the reader of standard output went away (`visattn fit ... | head`)
 
 
@@ -442,18 +444,19 @@ class VisattnCLI(LightningCLI):
         super()._set_seed()
 
     def _stop_state(self) -> dict[str, Any]:
-        """``resumable``: the run left a last checkpoint, only this run's (a fresh fit refuses folders that hold an
-        earlier run's); ``steps_lost``: the steps it trained after the newest one (a stop mid-epoch loses them)."""
-        newest = _newest_last_checkpoint(Path(c.dirpath) for c in self.trainer.checkpoint_callbacks
-                                         if getattr(c, "dirpath", None))
+        """``resume_from``: the checkpoint the run left to resume from, only this run's (a fresh fit refuses folders
+        that hold an earlier run's, and Lightning's default folder is the run's own); ``steps_lost``: the steps it
+        trained after that one (a stop mid-epoch loses them)."""
+        newest = _newest_resumable(Path(c.dirpath) for c in self.trainer.checkpoint_callbacks
+                                   if getattr(c, "dirpath", None))
         if newest is None or not newest.is_file():
-            return {"resumable": False}
+            return {}
         try:
             saved_at = read_checkpoint(newest, lazy=True).get("global_step")
         except (VisattnError, OSError):  # said when it is resumed
             saved_at = None
         lost = self.trainer.global_step - saved_at if isinstance(saved_at, int) else 0
-        return {"resumable": True, "steps_lost": max(lost, 0)}
+        return {"resume_from": _resume_option(newest), "steps_lost": max(lost, 0)}
 
     def _run_subcommand(self, subcommand: str) -> None:
         sigint = signal.getsignal(signal.SIGINT)
