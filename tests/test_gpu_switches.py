@@ -1,4 +1,7 @@
-"""ImageClassifier's accelerator switches (compile, sdpa_backend, bf16-mixed), checked on CPU through what they wire up."""
+"""The tasks' accelerator switches (compile, sdpa_backend, bf16-mixed), checked on CPU through what they wire up."""
+import functools
+from typing import Any, Callable
+
 import lightning.pytorch as pl
 import pytest
 import torch
@@ -7,9 +10,18 @@ from torch.utils.checkpoint import checkpoint
 from torch.utils.data import DataLoader, TensorDataset
 
 from visattn.errors import ConfigError
+from visattn.tasks.captioning import CaptioningTask
 from visattn.tasks.classification import ImageClassifier
+from visattn.tasks.detection import DetectionTask
 
 TINY_VIT = dict(model_name="vit_tiny_patch4_28", num_classes=3, model_kwargs={"depth": 1})
+TINY_CAPTIONER = dict(vocab=["<pad>", "<start>", "<end>", "<unk>", "a", "red", "top", "bag", "and"],
+                      model_kwargs=dict(encoder_kwargs=dict(layers=[1, 1], widths=[8, 16], small_input=False),
+                                        img_size=32, grid_size=4, embed_dim=16, hidden_dim=16, attn_dim=16,
+                                        dropout=0.0))  # inductor draws dropout masks otherwise than eager
+TINY_FCOS = dict(model_name="fcos_resnet20_cifar", num_classes=3,
+                 model_kwargs={"backbone_kwargs": {"layers": [1, 1, 1], "widths": [8, 16, 32]}, "out_channels": 32,
+                               "min_size": 48, "max_size": 64, "score_thresh": 0.0})
 
 
 @pytest.fixture
@@ -40,6 +52,20 @@ def compiled(monkeypatch):
 
     monkeypatch.setattr(torch, "compile", fake_compile)
     return seen
+
+
+@pytest.fixture
+def traced_compile(monkeypatch):
+    """torch.compile as dynamo and AOTAutograd trace it (graphs, graph breaks, the joint forward and backward), run
+    without inductor's code generation, which takes tens of seconds a graph on the CPU."""
+    real_compile = torch.compile
+
+    def aot_eager(fn, *args, **kwargs):
+        return real_compile(fn, *args, **{**kwargs, "backend": "aot_eager"})
+
+    monkeypatch.setattr(torch, "compile", aot_eager)
+    yield
+    torch._dynamo.reset()
 
 
 def _fit(task: ImageClassifier, precision: str = "32-true") -> None:
@@ -83,6 +109,66 @@ def test_trainer_calls_compile_and_bf16_mixed_reaches_attention(compiled, sdpa_c
     _fit(ImageClassifier(**TINY_VIT, compile=True), precision="bf16-mixed")
     assert len(compiled) >= 1
     assert sdpa_calls and all(dtype == torch.bfloat16 for _, dtype in sdpa_calls)
+
+
+def _fit_one_batch(task: pl.LightningModule, batch: Any) -> pl.Trainer:
+    trainer = pl.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(task, DataLoader([batch], batch_size=None))
+    return trainer
+
+
+def _captioner_case() -> tuple[Callable[..., pl.LightningModule], Any, Callable[[pl.LightningModule], Any]]:
+    """How to build the task, a training batch, and what evaluation computes with the compiled module."""
+    batch = {"images": torch.randn(2, 3, 32, 32), "captions": torch.tensor([[1, 4, 5, 2], [1, 6, 2, 0]])}
+    return (functools.partial(CaptioningTask, **TINY_CAPTIONER), batch,
+            lambda task: task.eval_model(batch["images"], batch["captions"]))  # validation's logits and attention
+
+
+def _detector_case() -> tuple[Callable[..., pl.LightningModule], Any, Callable[[pl.LightningModule], Any]]:
+    # one image: a detector's compiled graphs break some thirty times, and each image goes through them
+    batch = ([torch.rand(3, 48, 48)], [{"boxes": torch.tensor([[10.0, 8.0, 40.0, 44.0]]), "labels": torch.tensor([2])}])
+    return functools.partial(DetectionTask, **TINY_FCOS), batch, lambda task: task(batch[0])
+
+
+@pytest.mark.parametrize("case", [_captioner_case, _detector_case], ids=["captioner", "detector"])
+def test_a_compiled_captioner_or_detector_trains_evaluates_and_checkpoints_as_the_plain_one(case, traced_compile,
+                                                                                            tmp_path):
+    """Only the classifier task took `compile`: the captioner and detector refused it as an unknown option."""
+    build, batch, evaluate = case()
+    torch.manual_seed(0)
+    plain, compiled = build(ema_decay=0.5), build(ema_decay=0.5, compile=True)
+    compiled.load_state_dict(plain.state_dict())
+    plain_loss = _fit_one_batch(plain, batch).callback_metrics["train/loss"]
+    trainer = _fit_one_batch(compiled, batch)
+    assert compiled.model._compiled_call_impl is not None and compiled.eval_model._compiled_call_impl is not None
+    assert plain.model._compiled_call_impl is None
+    torch.testing.assert_close(trainer.callback_metrics["train/loss"], plain_loss, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(compiled.state_dict(), plain.state_dict(), atol=1e-5, rtol=1e-5)  # after the step
+    with torch.no_grad():
+        expected = evaluate(plain.eval())
+        assert case is _captioner_case or len(expected[0]["scores"]), "no detection to compare"
+        torch.testing.assert_close(evaluate(compiled.eval()), expected, atol=1e-5, rtol=1e-5)
+        trainer.save_checkpoint(tmp_path / "compiled.ckpt")
+        saved = torch.load(tmp_path / "compiled.ckpt", weights_only=False)["state_dict"]
+        assert list(saved) == list(plain.state_dict()), "checkpoint keys must not gain an _orig_mod prefix"
+        reloaded = build(ema_decay=0.5)
+        reloaded.load_state_dict(saved)
+        torch.testing.assert_close(evaluate(reloaded.eval()), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_the_captioners_training_forward_compiles_without_a_graph_break():
+    """Its check of the caption ids compared their values in Python: three graph breaks in every compiled step."""
+    task = CaptioningTask(**TINY_CAPTIONER)
+    explained = torch._dynamo.explain(task.model)(torch.randn(2, 3, 32, 32), torch.tensor([[1, 4, 5, 2], [1, 6, 2, 0]]))
+    assert explained.graph_break_count == 0 and explained.graph_count == 1
+
+
+def test_a_caption_id_past_the_vocabulary_is_one_line_in_a_compiled_run(traced_compile):
+    """Compiled, the captioner leaves its own id check out (a graph break): the task checks the batch on the host."""
+    batch = {"images": torch.randn(2, 3, 32, 32), "captions": torch.tensor([[1, 4, 12, 2], [1, 6, 2, 0]])}
+    with pytest.raises(ConfigError, match=r"^captions hold token id 12 but vocab_size=9; give ids from 0 to"):
+        _fit_one_batch(CaptioningTask(**TINY_CAPTIONER, compile=True), batch)
 
 
 def test_compile_is_off_by_default(compiled):

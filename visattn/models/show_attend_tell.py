@@ -87,6 +87,15 @@ def _word_log_probs(logits: Tensor) -> Tensor:
     return logits.log_softmax(dim=-1)
 
 
+def refuse_token_ids_past_the_vocab(captions: Tensor, vocab_size: int) -> None:
+    """One line for a caption token id outside ``0 .. vocab_size - 1``. Ids on the host only: a check of ids on a
+    GPU would wait for the device (CUDA's embedding stops with a device-side assert instead)."""
+    if captions.device.type == "cpu" and captions.numel() and not 0 <= captions.min() <= captions.max() < vocab_size:
+        bad = captions[(captions < 0) | (captions >= vocab_size)][0].item()
+        raise ConfigError(f"captions hold token id {bad} but vocab_size={vocab_size}; give ids from "
+                          "0 to vocab_size - 1, encoded with the vocabulary the model was built for")
+
+
 def check_decoding(*, max_len: int, beam_size: int = 1, length_penalty: float = 1.0) -> None:
     """Refuse settings that give no caption here, in one line, rather than deep inside a search."""
     if not is_count(beam_size):
@@ -309,12 +318,10 @@ class ShowAttendTell(nn.Module):
                               "token; give (B, L) ids with L >= 2")
         if len(captions) != len(images):
             raise ConfigError(f"{len(captions)} captions for {len(images)} images; give one caption row per image")
-        # Checked where it costs no device sync; CUDA's embedding stops with a device-side assert instead.
-        if captions.device.type == "cpu" and captions.numel() and not 0 <= captions.min() <= captions.max() < \
-                self.vocab_size:
-            bad = captions[(captions < 0) | (captions >= self.vocab_size)][0].item()
-            raise ConfigError(f"captions hold token id {bad} but vocab_size={self.vocab_size}; give ids from "
-                              "0 to vocab_size - 1, encoded with the vocabulary the model was built for")
+        # Not while compiling: comparing the ids' values there breaks the graph three times. CaptioningTask checks its
+        # batches on the host before they move, so a compiled run still meets the one line.
+        if not torch.compiler.is_compiling():
+            refuse_token_ids_past_the_vocab(captions, self.vocab_size)
 
     # -- decoding ---------------------------------------------------------------------------
 

@@ -17,7 +17,8 @@ from ..errors import ConfigError, VisattnWarning, is_number, outside_visattn
 from ..inference import moved_here
 from ..inference.caption_scoring import CaptionMetrics, check_java
 from ..inference.captioner import attention_centres, decode
-from ..models.show_attend_tell import DecodedCaptions, check_decoding, doubly_stochastic_penalty
+from ..models.show_attend_tell import (DecodedCaptions, check_decoding, doubly_stochastic_penalty,
+                                       refuse_token_ids_past_the_vocab)
 from ..pretrained import load_weights, starting_weights_skipped
 from ..registry import another_packages_note, create_model, model_task, split_model_name
 from ..weights_files import read_state_dict
@@ -131,6 +132,8 @@ class CaptioningTask(GuardedTask, pl.LightningModule):
         meteor: also compute METEOR (needs Java; slower).
         ema_decay: keep an exponential moving average of the weights (e.g. 0.999), which validation and
             testing decode with and checkpoints' weights are read from; None disables it.
+        compile: ``torch.compile`` the model (and its EMA copy) when training starts; the
+            checkpoint keys stay those of the plain model.
         max_bad_steps: a step whose loss is NaN or infinite is skipped (and logged as
             ``train/skipped_steps``); this many in a row stop the run with a message.
     """
@@ -159,6 +162,7 @@ class CaptioningTask(GuardedTask, pl.LightningModule):
         length_penalty: float = 1.0,
         meteor: bool = False,
         ema_decay: Optional[float] = None,
+        compile: bool = False,
         max_bad_steps: int = 5,
     ) -> None:
         super().__init__()
@@ -202,6 +206,14 @@ class CaptioningTask(GuardedTask, pl.LightningModule):
         h = self.hparams
         return decode(self.eval_model, images, beam_size=h.beam_size, max_len=h.max_len,
                       length_penalty=h.length_penalty)
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        # On the host, before the batch moves: the model checks the ids neither on a GPU (its embedding then stops
+        # with a device-side assert) nor compiled (the check would break the graph; the embedding's IndexError).
+        captions = batch.get("captions") if isinstance(batch, dict) else None
+        if isinstance(captions, Tensor) and self.trainer.state.fn != "predict":
+            refuse_token_ids_past_the_vocab(captions, self.model.vocab_size)
+        return batch
 
     def caption_loss(self, batch: dict[str, Any], model: Optional[nn.Module] = None, *,
                      smoothed: bool = True) -> tuple[Tensor, Tensor]:

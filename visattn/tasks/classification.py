@@ -391,12 +391,6 @@ class ImageClassifier(GuardedTask, pl.LightningModule):
         with self.attention_kernel():
             super().backward(loss, *args, **kwargs)
 
-    def configure_model(self) -> None:
-        # nn.Module.compile compiles in place, so state-dict keys (and checkpoints) are unchanged.
-        if self.hparams.compile:
-            for module in {id(m): m for m in (self.model, self.eval_model)}.values():
-                module.compile()
-
     def attention_kernel(self) -> contextlib.AbstractContextManager:
         """The ``sdpa_backend`` context the steps run in (a no-op when it is None)."""
         backend = self.hparams.sdpa_backend

@@ -56,6 +56,8 @@ class DetectionTask(GuardedTask, pl.LightningModule):
         preprocessing: what inference needs to prepare images, linked from the datamodule.
         ema_decay: keep an exponential moving average of the weights (e.g. 0.999), which validation and
             testing detect with and checkpoints' weights are read from; None disables it.
+        compile: ``torch.compile`` the model (and its EMA copy) when training starts; the
+            checkpoint keys stay those of the plain model.
         max_bad_steps: a step whose loss is NaN or infinite is skipped (and logged as
             ``train/skipped_steps``); this many in a row stop the run with a message.
     """
@@ -82,6 +84,7 @@ class DetectionTask(GuardedTask, pl.LightningModule):
         category_ids: Optional[list[int]] = None,
         preprocessing: Optional[dict[str, Any]] = None,
         ema_decay: Optional[float] = None,
+        compile: bool = False,
         max_bad_steps: int = 5,
     ) -> None:
         super().__init__()

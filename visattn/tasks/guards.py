@@ -204,8 +204,8 @@ class GuardedTask:
     """The hooks every visattn task shares, before its LightningModule base: the optimizer
     (:func:`~visattn.tasks.optimization.adamw_warmup_cosine`), a skipped step's gradients dropped (its
     ``loss_guard``, :class:`NonFiniteLossGuard`), the weight average (``ema``, :func:`weight_average`) updated
-    and evaluated, a resumed fit whose schedule changed warned about and one whose parameter groups changed
-    refused, and DDP processes drawing apart."""
+    and evaluated, the model and its average compiled (a task's ``compile`` switch), a resumed fit whose schedule
+    changed warned about and one whose parameter groups changed refused, and DDP processes drawing apart."""
 
     loss_guard: NonFiniteLossGuard
     model: nn.Module
@@ -225,6 +225,12 @@ class GuardedTask:
     def check_run(self, trainer: pl.Trainer, datamodule: Optional[pl.LightningDataModule], stage: str) -> None:
         """One line for a setting of ``trainer`` or ``datamodule`` this task cannot ``stage`` with (``fit``, ...).
         ``setup`` calls it; ``visattn fit`` calls it first, before it writes the run's folder."""
+
+    def configure_model(self) -> None:
+        # nn.Module.compile compiles in place, so state-dict keys (and checkpoints) are those of the plain model.
+        if self.hparams.get("compile"):
+            for module in {id(m): m for m in (self.model, self.eval_model)}.values():
+                module.compile()
 
     def backward(self, loss: Tensor, *args: Any, **kwargs: Any) -> None:
         super().backward(loss * self._short_window_scale(), *args, **kwargs)
