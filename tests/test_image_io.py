@@ -471,3 +471,43 @@ def test_a_folder_that_cannot_be_listed_is_reported_on_its_own_line_not_passed_o
         out, err = capsys.readouterr()
         assert re.search(f"^{re.escape(str(locked))}: error: {reason}", out, re.M), out
         assert err == f"visattn: 1 of {total} files could not be classified\n"
+
+
+def _large_image(mode: str) -> Image.Image:
+    """A 4096x1024 image of ``mode`` (16 MiB as Pillow's RGBA), rows darkest at the top and brightest at the
+    bottom, so a strip of rows does not span the image's range."""
+    rows = np.linspace(0, 1, 1024)[:, None] * np.ones((1, 4096))  # (H, W)
+    if mode in ("I", "F"):  # stretched by their own range: -7 .. 200000
+        return Image.fromarray((rows * 200007 - 7).astype(np.int32 if mode == "I" else np.float32))
+    if mode == "I;16":
+        return Image.fromarray((rows * 65535).astype(np.uint16))
+    gray = Image.fromarray((rows * 255).astype(np.uint8))
+    if mode == "P":  # a gray palette, index 0 (the top row) transparent
+        palette = Image.frombytes("P", gray.size, gray.tobytes())
+        palette.putpalette(np.repeat(np.arange(256, dtype=np.uint8), 3).tobytes())
+        return palette
+    return gray.convert(mode)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "P", "CMYK", "I;16", "I", "F"])
+def test_a_large_image_is_decoded_holding_little_more_than_its_pixels(tmp_path, mode):
+    """Converting the whole image at once held two (8-bit modes) to eight (16-bit and float) times its decoded
+    pixels in Python memory, besides Pillow's own copy: a 108 MP RGBA PNG peaked at 2 GiB over its 309 MiB of pixels,
+    a 12000x9000 JPEG at 1 GiB. Rows are converted a strip at a time, to the values of the whole image at once."""
+    import tracemalloc
+
+    image = _large_image(mode)
+    path = tmp_path / ("large.tif" if mode in ("I", "F", "CMYK") else "large.png")
+    image.save(path, **({"transparency": 0} if mode == "P" else {}))
+    decode_image(path)  # Pillow's plugins imported, outside the measurement
+    tracemalloc.start()
+    try:
+        decoded = decode_image(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert decoded.shape == (1024, 4096, 3)
+    assert peak < 1.6 * decoded.nbytes
+    assert set(decoded[0].flat) == ({255} if mode == "P" else {0})  # palette: transparent, on white
+    assert set(decoded[-1].flat) == {255}
+    assert np.abs(decoded[512].astype(int) - 128).max() <= 1  # mid-gray by the whole image's range, not its strip's

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import errno
 import json
+import math
 import os
 import re
 import reprlib
@@ -46,6 +47,9 @@ _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 _HIGH_DEPTH_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
 # ISO base media "ftyp" brands of HEIC/HEIF photos (iPhones); AVIF's share the box but not these.
 _HEIF_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs"})
+# Pixels are made RGB this many at a time (a strip of rows): converting a whole image held two to eight copies of
+# it at once (a 108 MP RGBA PNG peaked at 2 GiB over its pixels).
+_STRIP_PIXELS = 1 << 18
 
 PathLike = str | os.PathLike
 ImageSource = PathLike | bytes
@@ -346,41 +350,74 @@ def rgb_pixels(img: Image.Image, background: tuple[int, int, int] = (255, 255, 2
     except Exception as err:  # noqa: BLE001 -- any decoder failure is the file's fault
         name = getattr(img, "filename", None) or "<image>"
         raise ImageDecodeError(f"{name}: {_reason(err, name)}") from None
-    return np.asarray(_to_rgb(img, background))
+    width, height = img.size
+    rows = max(1, _STRIP_PIXELS // max(width, 1))
+    value_range = _value_range(img, rows) if img.mode in _HIGH_DEPTH_MODES else None
+    if height <= rows:  # one strip: the image itself, not a cropped copy of it
+        pixels = _rgb_strip(img, background, value_range)
+    else:
+        pixels = np.empty((height, width, 3), dtype=np.uint8)
+        for top in range(0, height, rows):
+            pixels[top : top + rows] = _rgb_strip(_strip(img, top, rows), background, value_range)
+    pixels.flags.writeable = False  # as Pillow's arrays are: a transform cannot alter an image kept for drawing
+    return pixels
 
 
-def _to_rgb(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
-    if img.mode in _HIGH_DEPTH_MODES:
-        rgb = np.repeat(_rescale_to_uint8(img)[..., None], 3, axis=2)  # (H, W, 3)
-        key = img.info.get("transparency")
+def _strip(img: Image.Image, top: int, rows: int) -> Image.Image:
+    """Rows ``top`` to ``top + rows`` of ``img``, with its palette and transparency."""
+    return img.crop((0, top, img.width, min(top + rows, img.height)))
+
+
+def _rgb_strip(strip: Image.Image, background: tuple[int, int, int],
+               value_range: Optional[tuple[float, float]]) -> np.ndarray:
+    """``(h, W, 3)`` uint8 pixels of a strip; ``value_range``: a high-depth image's, see :func:`_value_range`."""
+    if strip.mode in _HIGH_DEPTH_MODES:
+        rgb = np.repeat(_rescaled(strip, value_range)[..., None], 3, axis=2)  # (h, W, 3)
+        key = strip.info.get("transparency")
         if isinstance(key, int):  # a 16-bit gray PNG's tRNS chunk: the one gray value that is transparent
-            rgb[np.asarray(img) == key] = background
-        return Image.fromarray(rgb)
-    if img.mode in _ALPHA_MODES or "transparency" in img.info:
-        rgba = img.convert("RGBA")
+            rgb[np.asarray(strip) == key] = background
+        return rgb
+    if strip.mode in _ALPHA_MODES or "transparency" in strip.info:
+        rgba = strip.convert("RGBA")
         canvas = Image.new("RGBA", rgba.size, (*background, 255))
-        return Image.alpha_composite(canvas, rgba).convert("RGB")
-    return img if img.mode == "RGB" else img.convert("RGB")
+        return np.asarray(Image.alpha_composite(canvas, rgba).convert("RGB"))
+    return np.asarray(strip if strip.mode == "RGB" else strip.convert("RGB"))
 
 
-def _rescale_to_uint8(img: Image.Image) -> np.ndarray:
-    """Map 16-bit, 32-bit and float pixels to 0..255 by their range instead of clipping.
+def _value_range(img: Image.Image, rows: int) -> Optional[tuple[float, float]]:
+    """The values a 16-bit, 32-bit or float image's pixels map from onto 0..255, instead of clipping them; ``None``:
+    clip them.
 
     Integer pixels that fit in 16 bits use the full 16-bit range, and floats within 0..1 that range
     (torchvision's convention), so brightness stays comparable across images; wider integers and
     other floats are stretched from their min to their max, and an image of one such value is clipped
     to 0..255 (it was black whatever its value).
     """
-    values = np.asarray(img, dtype=np.float64)  # (H, W), a copy
-    values[~np.isfinite(values)] = 0.0
-    low, high = float(values.min()), float(values.max())
+    low, high = math.inf, -math.inf
+    for top in range(0, img.height, rows):
+        values = _finite_values(_strip(img, top, rows))
+        low, high = min(low, float(values.min())), max(high, float(values.max()))
     if img.mode == "F" and low >= 0 and high <= 1:
-        low, high = 0.0, 1.0
-    elif img.mode != "F" and low >= 0 and high <= 65535:
-        low, high = 0.0, 65535.0
-    elif high == low:
-        return np.clip(np.rint(values), 0, 255).astype(np.uint8)
-    return np.rint((values - low) * (255.0 / (high - low))).astype(np.uint8)
+        return 0.0, 1.0
+    if img.mode != "F" and low >= 0 and high <= 65535:
+        return 0.0, 65535.0
+    return None if high == low else (low, high)
+
+
+def _rescaled(strip: Image.Image, value_range: Optional[tuple[float, float]]) -> np.ndarray:
+    values = _finite_values(strip)  # rescaled in place: each float64 temporary is 8 bytes a pixel
+    if value_range is None:
+        return np.clip(np.rint(values, out=values), 0, 255, out=values).astype(np.uint8)
+    low, high = value_range
+    values -= low
+    values *= 255.0 / (high - low)
+    return np.rint(values, out=values).astype(np.uint8)
+
+
+def _finite_values(strip: Image.Image) -> np.ndarray:
+    values = np.asarray(strip, dtype=np.float64)  # (h, W), a copy
+    values[~np.isfinite(values)] = 0.0
+    return values
 
 
 def _reason(err: Exception, source: ImageSource) -> str:
