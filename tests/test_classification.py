@@ -313,7 +313,8 @@ def test_a_task_validated_on_data_of_another_class_order_is_told_to_take_data_of
 
 
 def test_a_fit_on_loaders_of_ones_own_warns_of_the_labels_and_preprocessing_its_checkpoints_lack():
-    """Without them, its checkpoints loaded with labels '0', '1', ... and ImageNet's mean and std, silently."""
+    """Without them, its checkpoints loaded with labels '0', '1', ... and the architecture's default preprocessing,
+    silently; a CLIP tower's is CLIP's statistics and filter (the warning said ImageNet's mean and std for any)."""
     from torch.utils.data import DataLoader, TensorDataset
 
     loader = DataLoader(TensorDataset(torch.randn(4, 3, 8, 8), torch.arange(4) % 2), batch_size=2)
@@ -323,9 +324,18 @@ def test_a_fit_on_loaders_of_ones_own_warns_of_the_labels_and_preprocessing_its_
     with pytest.warns(VisattnWarning, match=re.escape(
             "ImageClassifier was given no class_names or preprocessing, which its checkpoints record for inference "
             "(load_classifier, `visattn evaluate`), else its classes are named '0', '1', ... and images are "
-            "normalised with ImageNet's mean and std; pass ImageClassifier(class_names=..., preprocessing=...)")) as seen:
+            "prepared with resnet20_cifar's default mean [0.485, 0.456, 0.406], std [0.229, 0.224, 0.225]; pass "
+            "ImageClassifier(class_names=..., preprocessing=...)")) as seen:
         trainer.fit(task, loader)
     assert sum("was given no class_names" in str(warning.message) for warning in seen) == 1  # once a run, not a step
+    clip = ImageClassifier("vit_base_patch16_clip_224", num_classes=2, class_names=["a", "b"],
+                           model_kwargs={"depth": 1, "embed_dim": 16, "num_heads": 2, "img_size": 8, "patch_size": 4})
+    with pytest.warns(VisattnWarning, match=re.escape(
+            "else images are prepared with vit_base_patch16_clip_224's default mean [0.48145466, 0.4578275, "
+            "0.40821073], std [0.26862954, 0.26130258, 0.27577711], interpolation bicubic; pass "
+            "ImageClassifier(preprocessing=...)")):
+        pl.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                   enable_model_summary=False, accelerator="cpu").fit(clip, loader)
 
 
 def test_a_label_past_the_tasks_num_classes_is_one_line_before_the_batch_is_scored():

@@ -120,7 +120,7 @@ def _warn_unless_described(path: Path, arch: str, model: nn.Module, meta: dict[s
     """A classifier saved without ``preprocessing`` or ``labels`` loads with its architecture's default
     normalisation (ImageNet's, or CLIP's, ...) and labels "0".."N-1", a detector without ``labels`` with those
     labels: silently wrong for anything else."""
-    from .data.preprocessing import default_preprocessing
+    from .data.preprocessing import default_settings
     from .registry import model_task
 
     task = model_task(arch)
@@ -129,10 +129,7 @@ def _warn_unless_described(path: Path, arch: str, model: nn.Module, meta: dict[s
         return
     assumptions = {"labels": "labels '0'..'N-1'"}
     if "preprocessing" in missing:
-        assumed = default_preprocessing(model)
-        settings = ", ".join(f"{key} {assumed[key]}" for key in ("mean", "std", "interpolation", "crop_pct")
-                             if key in assumed)
-        assumptions["preprocessing"] = f"{arch}'s default {settings}"
+        assumptions["preprocessing"] = f"{arch}'s default {default_settings(model)}"
     loader = {"classification": "load_classifier", "detection": "load_detector"}[task]
     warnings.warn(f"{path}: saved without {' or '.join(missing)}; loading it will assume "
                   f"{' and '.join(assumptions[key] for key in missing)}; pass "

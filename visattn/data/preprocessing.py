@@ -25,6 +25,7 @@ __all__ = [
     "IMAGENET_STD",
     "INTERPOLATIONS",
     "default_preprocessing",
+    "default_settings",
     "preprocessing_problem",
     "timm_data_config",
 ]
@@ -45,6 +46,13 @@ def default_preprocessing(model: nn.Module, *, published: bool = True) -> dict:
     size = list(getattr(model, "input_size", (3, 224, 224)))
     published = copy.deepcopy(getattr(model, "published_preprocessing", {})) if published else {}
     return {"input_size": size, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "recipe": "photo", **published}
+
+
+def default_settings(model: nn.Module) -> str:
+    """What inference assumes for a classifier whose weights recorded no preprocessing, as words: the statistics,
+    filter and crop of :func:`default_preprocessing` (``mean [0.485, ...], std [...]``)."""
+    assumed = default_preprocessing(model)
+    return ", ".join(f"{key} {assumed[key]}" for key in ("mean", "std", "interpolation", "crop_pct") if key in assumed)
 
 
 def timm_data_config(preprocessing: dict) -> dict:

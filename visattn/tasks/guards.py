@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
 from torchmetrics import MeanMetric, Metric
 
+from ..data.preprocessing import default_settings
 from ..errors import ConfigError, VisattnError, VisattnWarning, outside_visattn
 from ..inference.checkpoints import PACKAGE_MODULE_KEY, TASK_NOUNS
 from ..registry import package_module
@@ -332,14 +333,13 @@ def check_data_links(task: pl.LightningModule, datamodule: Optional[pl.Lightning
                           f"{type(datamodule).__name__}'s ({reasons}); {fix}")
 
 
-_UNRECORDED = {"class_names": "its classes are named '0', '1', ...",
-               "preprocessing": "images are normalised with ImageNet's mean and std"}
-
-
 def _unrecorded(task: pl.LightningModule, missing: list[str]) -> str:
     if task.task == "captioning":  # load_captioner takes no default preprocessing
         return "they are refused"
-    return " and ".join(_UNRECORDED[key] for key in missing)
+    assumed = ["its classes are named '0', '1', ..."] if "class_names" in missing else []
+    if "preprocessing" in missing:  # the architecture's: CLIP's statistics for a CLIP tower, say
+        assumed.append(f"images are prepared with {task.hparams.model_name}'s default {default_settings(task.model)}")
+    return " and ".join(assumed)
 
 
 def _plain(value: Any) -> Any:
