@@ -214,3 +214,34 @@ def test_a_bf16_models_loss_is_computed_in_float32():
     trained = task.training_step((images, labels), 0)  # train/loss, from the same bf16 logits
     assert trained.dtype == torch.float32
     assert float(trained) == pytest.approx(float(task.criterion(logits, labels)), rel=1e-6)
+
+
+def _flops(forward, *args) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        forward(*args)
+    return counter.get_total_flops()
+
+
+def test_lightnings_model_summary_counts_the_flops_of_a_forward_on_an_image_of_the_datas_size():
+    """Its table read "Total FLOPs: 0" at every fit: no task gave an example input. The example is one image of the
+    data's input size, in the weights' dtype (a bf16-true run's), and none under compile (a second compilation)."""
+    from lightning.pytorch.utilities.model_summary import summarize
+
+    size = [3, 16, 24]
+    preprocessing = {"input_size": size, "mean": [0.5] * 3, "std": [0.5] * 3, "recipe": "small"}
+    classifier = ImageClassifier("resnet20_cifar", num_classes=2, model_kwargs={"layers": (1, 1, 1)}, ema_decay=0.9,
+                                 preprocessing=preprocessing)
+    expected = _flops(classifier.model.eval(), torch.zeros(1, *size))
+    assert expected > 0 and summarize(classifier).total_flops == expected
+    assert classifier.to(torch.bfloat16).example_input_array.dtype == torch.bfloat16
+    detector = DetectionTask("fcos_resnet20_cifar", num_classes=3, preprocessing={"input_size": size},
+                             model_kwargs={"backbone_kwargs": {"layers": [1, 1, 1], "widths": [8, 16, 32]},
+                                           "out_channels": 32, "min_size": 16, "max_size": 24})
+    assert summarize(detector).total_flops == _flops(detector.model.eval(), [torch.zeros(*size)]) > 0
+    assert ImageClassifier("resnet20_cifar", model_kwargs={"layers": (1, 1, 1)}, compile=True,
+                           preprocessing=preprocessing).example_input_array is None
+    given = torch.zeros(2, 3, 8, 8)
+    classifier.example_input_array = given
+    assert classifier.example_input_array is given

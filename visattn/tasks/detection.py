@@ -126,6 +126,9 @@ class DetectionTask(GuardedTask, pl.LightningModule):
     def forward(self, images: list[Tensor]) -> Detections:
         return self.eval_model(images)
 
+    def forward_arguments(self, images: Tensor) -> Any:
+        return (list(images),)  # forward takes one list of images
+
     @batch_of_one_is_one_line
     def training_step(self, batch: Batch, batch_idx: int) -> Optional[Tensor]:
         images, targets = batch

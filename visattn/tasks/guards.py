@@ -218,6 +218,25 @@ class GuardedTask:
         ema = getattr(self, "ema", None)
         return ema.module if ema is not None else self.model
 
+    @property
+    def example_input_array(self) -> Any:
+        """What was set, else one blank image of the data's ``input_size`` in the weights' dtype, on which Lightning's
+        model summary counts a forward's FLOPs and gives each module's input and output sizes (its table read 0
+        FLOPs); none with ``compile``, which the summary's batch of one would compile once more."""
+        given = self._example_input_array
+        size = (self.hparams.get("preprocessing") or {}).get("input_size")
+        if given is not None or size is None or self.hparams.get("compile"):
+            return given
+        return self.forward_arguments(torch.zeros(1, *size, dtype=self.dtype))
+
+    @example_input_array.setter
+    def example_input_array(self, example: Any) -> None:
+        self._example_input_array = example
+
+    def forward_arguments(self, images: Tensor) -> Any:
+        """``forward``'s arguments for a batch of ``images`` ``(B, C, H, W)``."""
+        return images
+
     def setup(self, stage: str) -> None:
         super().setup(stage)
         check_data_links(self, self.trainer.datamodule, stage)
