@@ -239,6 +239,10 @@ class GuardedTask:
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
+        # Lightning's note, at the first batch of a run with a data module, that the task's batch hook is used: the
+        # classifier's and captioner's are meant to be (they check labels and token ids on the host).
+        warnings.filterwarnings("ignore", message=r"You have overridden `on_before_batch_transfer` in `LightningModule` "
+                                                  r"but have passed in a `LightningDataModule`")
         check_data_links(self, self.trainer.datamodule, stage)
         self.check_run(self.trainer, self.trainer.datamodule, stage)
 

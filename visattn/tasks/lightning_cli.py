@@ -541,10 +541,6 @@ def run_lightning_cli(argv: list[str]) -> VisattnCLI:
         # The CSV logger's: the file it deletes, metrics.csv, is kept by _keep_earlier_metrics, which says so (its
         # hparams.yaml, which it writes again, holds the run's hyperparameters).
         warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
-        # Lightning's note that a task's batch hook runs with a data module: the classifier's, meant to (it refuses
-        # labels past the head before the batch moves).
-        warnings.filterwarnings("ignore", message=r"You have overridden `on_before_batch_transfer` in `LightningModule` "
-                                                  r"but have passed in a `LightningDataModule`")
         return _build_and_run(_with_shipped_configs(argv))
 
 
