@@ -192,6 +192,123 @@ def test_duplicate_registration_raises():
         register_model(vit_tiny_patch16_224)
 
 
+_REGISTERED_FIRST = """
+import torch, visattn
+from visattn import register_model
+try:
+    @register_model  # before anything has imported visattn's models
+    def resnet18(**kwargs):
+        return torch.nn.Identity()
+except ValueError as err:
+    print(err)
+print(type(visattn.create_model("resnet18")).__module__)
+"""
+
+
+def test_a_shipped_name_registered_before_visattns_models_are_imported_is_refused_there():
+    """A plugin audit: a notebook's @register_model of a shipped name, run before visattn's models were imported, took
+    the name, and every create_model after it failed on visattn's own resnet.py ("already registered by __main__")."""
+    ran = subprocess.run([sys.executable, "-c", _REGISTERED_FIRST], capture_output=True, text=True, timeout=300)
+    assert ran.stdout.splitlines() == [
+        "model 'resnet18' is already registered by visattn.models.resnet; give the function another name (registry "
+        "keys are builder function names)", "visattn.models.resnet"], ran.stderr
+
+
+@pytest.fixture
+def own_registry(monkeypatch):
+    """The registry as it is, restored after the test: what it registers goes with it."""
+    from visattn import registry
+
+    registry._import_models()
+    monkeypatch.setattr(registry, "_model_entrypoints", dict(registry._model_entrypoints))
+    monkeypatch.setattr(registry, "_model_family", dict(registry._model_family))
+
+
+def _counted(model: torch.nn.Module, num_classes: int) -> torch.nn.Module:
+    model.num_classes = num_classes
+    return model
+
+
+def test_a_builder_registered_again_by_its_module_replaces_the_first(own_registry):
+    """A plugin audit: running a notebook cell again (or importlib.reload of one's module) raised "model 'my_cell_net'
+    is already registered by __main__", as timm's registry does not; the builder run again builds the new model."""
+    def define(width: int) -> None:
+        @register_model
+        def my_cell_net(num_classes: int = 10) -> torch.nn.Module:
+            return _counted(torch.nn.Linear(width, num_classes), num_classes)
+
+    define(4)
+    define(5)
+    assert create_model("my_cell_net").in_features == 5 and list_models("my_cell_*") == ["my_cell_net"]
+
+    def my_cell_net():  # another function of the name, elsewhere in this module: still refused
+        return torch.nn.Identity()
+
+    with pytest.raises(ValueError, match=r"^model 'my_cell_net' is already registered by test_registry; give the "):
+        register_model(my_cell_net)
+
+
+@pytest.mark.parametrize("builder", ["not a function", lambda **kwargs: torch.nn.Identity()])
+def test_registering_what_has_no_function_name_is_one_line(builder):
+    """A plugin audit: a string was an AttributeError, a lambda registered as '<lambda>', a name nothing can build."""
+    with pytest.raises(TypeError, match=r"^register_model\(.*\): decorate a function def NAME\(\*\*kwargs\) that "
+                                        r"returns the model; its name is the registry key$"):
+        register_model(builder)
+
+
+class _MyAttentionNet(torch.nn.Module):
+    def __init__(self, num_classes: int = 10, in_chans: int = 3, width: int = 8):
+        super().__init__()
+        self.num_classes = num_classes
+        self.layers = torch.nn.Sequential(torch.nn.Conv2d(in_chans, width, 3), torch.nn.AdaptiveAvgPool2d(1),
+                                          torch.nn.Flatten(), torch.nn.Linear(width, num_classes))
+
+    def forward(self, x):
+        return self.layers(x)
+
+
+def test_a_keyword_a_builder_hands_on_to_its_model_is_one_line(own_registry):
+    """A plugin audit: `def my_net(**kwargs) -> MyNet: return MyNet(**kwargs)`, the README's own shape of builder,
+    took any name, and the model's constructor refused a misspelt one with a TypeError traceback."""
+    @register_model
+    def my_annotated_net(**kwargs) -> _MyAttentionNet:
+        return _MyAttentionNet(**kwargs)
+
+    @register_model
+    def my_unannotated_net(**kwargs):
+        return _MyAttentionNet(**kwargs)
+
+    assert create_model("my_annotated_net", width=4, in_chans=1, num_classes=3)(torch.zeros(2, 1, 9, 9)).shape == (2, 3)
+    with pytest.raises(ConfigError, match=r"^my_annotated_net has no argument 'widht': did you mean width\?$"):
+        create_model("my_annotated_net", widht=4)
+    with pytest.raises(ConfigError, match=r"^my_unannotated_net has no argument 'widht': its builder hands it to "
+                                          r"_MyAttentionNet.__init__, which does not take it$"):
+        create_model("my_unannotated_net", widht=4)
+
+
+@pytest.mark.parametrize("returned", ["a model", None])
+def test_a_builder_that_returns_no_module_says_so(own_registry, returned):
+    """A plugin audit: it said the str (or NoneType) lacked num_classes, and to give it one."""
+    @register_model
+    def my_moduleless_net(**kwargs):
+        return returned
+
+    with pytest.raises(ConfigError, match=rf"^my_moduleless_net: its builder \(test_registry\) returned "
+                                          rf"{type(returned).__name__}, not a torch.nn.Module; return the model it "
+                                          r"builds$"):
+        create_model("my_moduleless_net")
+
+
+def test_an_unknown_name_close_to_none_says_how_a_model_of_ones_own_becomes_known():
+    """A plugin audit: `visattn fit` of a config naming one's own model said only "run `visattn models` to list
+    them", which did not list it."""
+    with pytest.raises(UnknownModelError, match=r"^unknown model 'qqqq': run `visattn models` to list them; a model of "
+                                                r"your own is known once its module is imported, in the visattn "
+                                                r"command when a visattn.models entry point of an installed package "
+                                                r"names the module \(README: Your own models\)$"):
+        create_model("qqqq")
+
+
 def test_unknown_model_suggests_close_names():
     with pytest.raises(UnknownModelError, match="vit_tiny_patch16_224") as err:
         create_model("vit_tiny_patch16_244")

@@ -12,7 +12,9 @@ import copy
 import difflib
 import fnmatch
 import functools
+import inspect
 import os
+import re
 import sys
 import threading
 import typing
@@ -51,13 +53,21 @@ def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
     For visattn's own builders, the function returned builds as ``create_model(NAME, **kwargs)`` does, as a timm model
     function builds with its ``pretrained_cfg`` (``pretrained=True`` loads the architecture's default weights):
     called directly, the builder gave a model without it, so timm's data helpers prepared its images for ImageNet.
-    Another package's builder stays as it is written (it may take ``pretrained`` or positional arguments itself)."""
-    name = fn.__name__
-    if name in _model_entrypoints:
-        raise ValueError(f"model {name!r} is already registered by {_model_entrypoints[name].__module__}; give the "
+    Another package's builder stays as it is written (it may take ``pretrained`` or positional arguments itself).
+    Its module registering the name again (a notebook cell run again, ``importlib.reload``) replaces the builder."""
+    name = getattr(fn, "__name__", None)
+    if not callable(fn) or not isinstance(name, str) or not name.isidentifier():
+        raise TypeError(f"register_model({fn!r}): decorate a function def NAME(**kwargs) that returns the model; "
+                        "its name is the registry key")
+    if not fn.__module__.startswith(_MODELS):
+        _import_models()  # visattn's and installed packages' names first: a name taken is refused here, not there
+    registered = _model_entrypoints.get(name)
+    if registered is not None and (registered.__module__, registered.__qualname__) != (fn.__module__, fn.__qualname__):
+        raise ValueError(f"model {name!r} is already registered by {registered.__module__}; give the "
                          "function another name (registry keys are builder function names)")
     _model_entrypoints[name] = fn
     if not fn.__module__.startswith(_MODELS):  # another package's: its family is found from what it builds
+        _model_family.pop(name, None)  # a builder registered again may build another family
         return fn
     _model_family[name] = _module_family(fn.__module__)
 
@@ -228,7 +238,9 @@ def resolve_arch(name: str, *, tag: Optional[str] = None) -> str:
                                 f"model_name, or build_classifier), or load hub weights into a visattn architecture "
                                 f"with create_model(ARCH, pretrained={name!r})")
     close = _close_archs(name, tag)
-    hint = f"did you mean {', '.join(close)}?" if close else "run `visattn models` to list them."
+    hint = (f"did you mean {', '.join(close)}?" if close else "run `visattn models` to list them; a model of your own "
+            f"is known once its module is imported, in the visattn command when a {MODEL_ENTRY_POINTS} entry point of "
+            "an installed package names the module (README: Your own models)")
     if tag is not None:
         from .weights_index import recorded_module
 
@@ -476,6 +488,7 @@ def _check_builder_arguments(arch: str, kwargs: dict[str, Any]) -> None:
     builder = _model_entrypoints[arch]
     if not builder.__module__.startswith(_MODELS):
         check_keyword_arguments(arch, builder, kwargs)
+        _check_handed_on_arguments(arch, builder, kwargs)
         return
     _refuse_channels_of_detectors(arch, kwargs)
     model_class = typing.get_type_hints(builder).get("return")  # every visattn builder names its class
@@ -483,6 +496,18 @@ def _check_builder_arguments(arch: str, kwargs: dict[str, Any]) -> None:
         _refuse_timm_class_arguments(arch, model_class, kwargs)
         check_keyword_arguments(arch, model_class.__init__, kwargs)
         check_keyword_types(arch, model_class.__init__, kwargs)
+
+
+def _check_handed_on_arguments(arch: str, builder: Callable[..., nn.Module], kwargs: dict[str, Any]) -> None:
+    """The keywords another package's builder takes as ``**kwargs`` checked against the class its return annotation
+    names, which it hands them to (``def mynet(**kwargs) -> MyNet``): one line with the nearest name, not a TypeError
+    from the class. A class of visattn's is left to ``create_model``, which the builder hands them to."""
+    parameters = inspect.signature(builder).parameters
+    model_class = _annotated_class(builder)
+    if (not any(p.kind is p.VAR_KEYWORD for p in parameters.values()) or model_class is None
+            or _visattn_family(model_class) is not None):
+        return
+    check_keyword_arguments(arch, model_class.__init__, {k: v for k, v in kwargs.items() if k not in parameters})
 
 
 def _refuse_channels_of_detectors(arch: str, kwargs: dict[str, Any]) -> None:
@@ -608,6 +633,16 @@ def _named_as_asked(err: ConfigError, arch: str) -> ConfigError:
     return ConfigError(f"{arch} (built as {inner}) has no argument {rest}")
 
 
+def _unexpected_argument(err: TypeError, arch: str, kwargs: dict[str, Any]) -> Exception:
+    """Another package's builder handing on (``**kwargs``) a keyword its model does not take: one line naming it
+    (the class its return annotation names finds the nearest name first); any other TypeError as it is."""
+    unexpected = re.search(r"(\S+)\(\) got an unexpected keyword argument '(\w+)'", str(err))
+    if built_by_visattn(arch) or unexpected is None or unexpected[2] not in kwargs:
+        return err
+    return ConfigError(f"{arch} has no argument {unexpected[2]!r}: its builder hands it to {unexpected[1]}, which "
+                       "does not take it")
+
+
 def _check_create_options(*, strict: object, features_only: object, out_indices: object) -> None:
     if not isinstance(strict, bool) and strict != "attention":  # "no" is true
         raise ConfigError(f"strict={strict!r}: give True (every weight must fit), 'attention' (attention modules "
@@ -629,6 +664,11 @@ def _built(arch: str, kwargs: dict[str, Any], *, weighted: bool) -> tuple[nn.Mod
         model, initialise = built_for_weights(build, on_meta=built_by_visattn(arch)) if weighted else (build(), None)
     except ConfigError as err:
         raise _named_as_asked(err, arch) from None
+    except TypeError as err:
+        raise _unexpected_argument(err, arch, kwargs) from None
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"{arch}: its builder ({_model_entrypoints[arch].__module__}) returned "
+                          f"{type(model).__name__}, not a torch.nn.Module; return the model it builds")
     _remember_family(arch, model)
     if model_task(arch) == "classification" and not isinstance(getattr(model, "num_classes", None), int):
         raise ConfigError(f"{arch}: its builder ({_model_entrypoints[arch].__module__}) gave a {type(model).__name__} "
