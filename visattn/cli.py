@@ -36,6 +36,7 @@ from .weight_names import WEIGHTS_TAG, model_source_problem
 # mistake are answered in a fraction of a second, not after the seconds torch and timm take to import.
 if TYPE_CHECKING:
     from .data.scenes import FashionScenes
+    from .terminal_progress import FileProgress
 
 DEFAULT_BEAM_SIZE = 5  # caption, evaluate and save-weights score captioners with this beam width
 DEFAULT_MAX_LEN = 20  # and captions of at most this many words
@@ -369,9 +370,10 @@ def cmd_detect(args: argparse.Namespace) -> int:
     from .inference.detector import detect_files, load_detector
 
     detector = _loaded(load_detector, args)
-    failures, total = detect_files(detector, args.paths, score_threshold=args.score_threshold, out=args.out,
-                                   attention_out=args.attention_out, as_json=args.json, batch_size=args.batch_size,
-                                   max_pixels=max_pixels(args))
+    with _progress(args) as progress:
+        failures, total = detect_files(detector, args.paths, score_threshold=args.score_threshold, out=args.out,
+                                       attention_out=args.attention_out, as_json=args.json,
+                                       batch_size=args.batch_size, max_pixels=max_pixels(args), progress=progress)
     if failures:
         print(f"visattn: {failures} of {total} files could not be read", file=sys.stderr)
     return 1 if failures else 0
@@ -381,9 +383,11 @@ def cmd_caption(args: argparse.Namespace) -> int:
     from .inference.captioner import caption_files, load_captioner
 
     captioner = _loaded(load_captioner, args)
-    failures, total = caption_files(captioner, args.paths, beam_size=args.beam_size, max_len=args.max_len,
-                                    length_penalty=args.length_penalty, attention_out=args.attention_out,
-                                    as_json=args.json, batch_size=args.batch_size, max_pixels=max_pixels(args))
+    with _progress(args) as progress:
+        failures, total = caption_files(captioner, args.paths, beam_size=args.beam_size, max_len=args.max_len,
+                                        length_penalty=args.length_penalty, attention_out=args.attention_out,
+                                        as_json=args.json, batch_size=args.batch_size, max_pixels=max_pixels(args),
+                                        progress=progress)
     if failures:
         print(f"visattn: {failures} of {total} files could not be captioned", file=sys.stderr)
     return 1 if failures else 0
@@ -401,17 +405,18 @@ def cmd_classify(args: argparse.Namespace) -> int:
     def predict_batch(images: list[torch.Tensor]) -> torch.Tensor:
         return classifier.predict(torch.stack(images))
 
-    for item, probs in run_in_batches(files, args.batch_size, classifier.transform(), predict_batch,
-                                      max_pixels=max_pixels(args)):
-        if item.error is not None:
-            failures += 1
-            print(item.error_line(args.json))
-            continue
-        top = probs.topk(min(args.topk, len(probs)))
-        preds = [{"label": classifier.class_names[i], "index": int(i), "prob": float(p)}
-                 for p, i in zip(top.values, top.indices)]
-        print(json.dumps({"file": str(item.path), "predictions": preds}) if args.json
-              else one_line(f"{item.path}: " + ", ".join(f"{p['label']} {p['prob']:.3f}" for p in preds)))
+    results = run_in_batches(files, args.batch_size, classifier.transform(), predict_batch, max_pixels=max_pixels(args))
+    with _progress(args) as progress:
+        for item, probs in progress.track(results, total=len(files), batch_size=args.batch_size):
+            if item.error is not None:
+                failures += 1
+                print(item.error_line(args.json))
+                continue
+            top = probs.topk(min(args.topk, len(probs)))
+            preds = [{"label": classifier.class_names[i], "index": int(i), "prob": float(p)}
+                     for p, i in zip(top.values, top.indices)]
+            print(json.dumps({"file": str(item.path), "predictions": preds}) if args.json
+                  else one_line(f"{item.path}: " + ", ".join(f"{p['label']} {p['prob']:.3f}" for p in preds)))
     if failures:
         print(f"visattn: {failures} of {len(files)} files could not be classified", file=sys.stderr)
     return 1 if failures else 0
@@ -447,12 +452,13 @@ def cmd_explain(args: argparse.Namespace) -> int:
         maps = output_paths(files, args.out_dir, flag="--out-dir", commands={"": "explain"})[""]
     failures = 0
     decoded = run_in_batches(files, 1, lambda image: image, lambda images: images, max_pixels=max_pixels(args))
-    for (item, image), out in zip(decoded, maps):
-        if item.error is not None:
-            failures += 1
-            print(item.error_line(args.json))
-            continue
-        _print_explained(args, item.path, _explained(classifier, image, args, out))
+    with _progress(args) as progress:
+        for (item, image), out in progress.track(zip(decoded, maps), total=len(files), batch_size=1):
+            if item.error is not None:
+                failures += 1
+                print(item.error_line(args.json))
+                continue
+            _print_explained(args, item.path, _explained(classifier, image, args, out))
     if failures:
         print(f"visattn: {failures} of {len(files)} files could not be explained", file=sys.stderr)
     return 1 if failures else 0
@@ -700,6 +706,19 @@ def max_pixels(args: argparse.Namespace) -> int:
     from .data.image_io import DEFAULT_MAX_PIXELS
 
     return args.max_pixels or DEFAULT_MAX_PIXELS
+
+
+def _add_progress(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-progress", action="store_true",
+                        help="draw no progress line (it is drawn on standard error only when that is a terminal and "
+                             "standard output no pipe, for more than one batch)")
+
+
+def _progress(args: argparse.Namespace) -> "FileProgress":
+    """The command's progress line over its files, unless ``--no-progress``."""
+    from .terminal_progress import FileProgress
+
+    return FileProgress(f"visattn {args.command}", enabled=not args.no_progress)
 
 
 def _add_device(parser: argparse.ArgumentParser) -> None:
@@ -968,6 +987,7 @@ def _add_classify_command(sub: argparse._SubParsersAction) -> None:
     _add_model_source(classify)
     _add_device(classify)
     _add_max_pixels(classify)
+    _add_progress(classify)
     classify.add_argument("--topk", type=positive_int, default=1, help="labels per file, most likely first")
     classify.add_argument("--json", action="store_true", help="one JSON object per file")
     classify.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass")
@@ -980,6 +1000,7 @@ def _add_caption_command(sub: argparse._SubParsersAction) -> None:
     _add_model_source(caption)
     _add_device(caption)
     _add_max_pixels(caption)
+    _add_progress(caption)
     caption.add_argument("--beam-size", type=positive_int, default=DEFAULT_BEAM_SIZE, help="beam width (1: greedy)")
     caption.add_argument("--max-len", type=positive_int, default=None,
                          help=f"longest caption in words (default: the checkpoint's max_len, else {DEFAULT_MAX_LEN})")
@@ -1001,6 +1022,7 @@ def _add_detect_command(sub: argparse._SubParsersAction) -> None:
     _add_model_source(detect)
     _add_device(detect)
     _add_max_pixels(detect)
+    _add_progress(detect)
     detect.add_argument("--score-threshold", type=unit_interval, default=0.5,
                         help="keep detections scoring at least this (0 to 1)")
     detect.add_argument("--out", type=user_path, default=None, metavar="DIR",
@@ -1023,6 +1045,7 @@ def _add_explain_command(sub: argparse._SubParsersAction) -> None:
     _add_model_source(explain)
     _add_device(explain)
     _add_max_pixels(explain)
+    _add_progress(explain)
     explain.add_argument("--method", default="gradcam", choices=("rollout", "attention", "gradcam", "gates"),
                          help="rollout/attention (ViTs), gradcam (all), gates (CBAM/BAM/coord/NL/GC ResNets)")
     explain.add_argument("--layer", default=None,

@@ -17,6 +17,7 @@ from ..explain.cell_centres import CellCentres
 from ..fileio import attention_note, output_paths
 from ..models.show_attend_tell import DecodedCaptions
 from ..modes import eval_mode
+from ..terminal_progress import FileProgress
 from ..weights_index import model_weights_entry
 from ..registry import create_model
 from .checkpoints import (EDITED_CHECKPOINT, checkpoint_model, checkpoint_model_kwargs, inference_model,
@@ -152,14 +153,16 @@ def _cut_note(finished: Optional[bool], words: int) -> str:
 
 def caption_files(captioner: Captioner, paths: Sequence[str], *, beam_size: int = 5, max_len: Optional[int] = None,
                   length_penalty: float = 1.0, attention_out: Optional[str] = None, as_json: bool = False,
-                  batch_size: int = 32, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+                  batch_size: int = 32, max_pixels: int = DEFAULT_MAX_PIXELS,
+                  progress: Optional[FileProgress] = None) -> tuple[int, int]:
     """Print one caption per image file (folders are searched recursively); returns ``(failures, files)``.
 
     Files are decoded and captioned ``batch_size`` at a time, in one beam search (the same captions
     as one at a time, several times faster). A file that cannot be read is reported on its own line
     and the others go on. With ``attention_out``, a PNG per image, ``STEM.png``, shows each word's
     attention; every name is planned before anything is written, and one that would replace an
-    input file is refused. ``max_pixels`` as :func:`~visattn.data.image_io.decode_image` takes it.
+    input file is refused. ``max_pixels`` as :func:`~visattn.data.image_io.decode_image` takes it. A ``progress``
+    (the command's) says how far it is on the terminal.
     """
     import json
 
@@ -181,6 +184,8 @@ def caption_files(captioner: Captioner, paths: Sequence[str], *, beam_size: int 
 
     failures = 0
     results = run_in_batches(files, batch_size, captioner.transform(), caption_batch, max_pixels=max_pixels)
+    if progress is not None:
+        results = progress.track(results, total=len(files), batch_size=batch_size)
     for (item, result), target in zip(results, targets):
         if item.error is not None:
             failures += 1

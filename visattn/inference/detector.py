@@ -17,6 +17,7 @@ from ..explain.detections import check_max_side, detection_maps
 from ..fileio import atomic_path, attention_note, new_folders_removed_on_error, output_errors, output_paths, png_mark
 from ..models.detection import unit_floats
 from ..modes import eval_mode
+from ..terminal_progress import FileProgress
 from ..weights_index import model_weights_entry
 from ..registry import create_model, is_model, model_family, split_model_name
 from ..weight_names import names_a_weights_file
@@ -164,7 +165,8 @@ _DRAWINGS, _PANELS = "detect --out", "detect --attention-out"
 
 def detect_files(detector: Detector, paths: Sequence[str], *, score_threshold: float = 0.5,
                  out: Optional[str] = None, attention_out: Optional[str] = None, as_json: bool = False,
-                 batch_size: int = 8, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+                 batch_size: int = 8, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 progress: Optional[FileProgress] = None) -> tuple[int, int]:
     """Print the detections of each image file (folders are searched recursively); returns ``(failures, files)``.
 
     Files are decoded and detected ``batch_size`` at a time, in one forward pass. A file that cannot
@@ -173,7 +175,8 @@ def detect_files(detector: Detector, paths: Sequence[str], *, score_threshold: f
     image has one panel per detection showing where it looked (see :meth:`Detector.detect`),
     ``STEM-attention.png`` when it is the ``out`` folder too. Every output name is planned before
     anything is written, and one that would replace an input file is refused. ``max_pixels`` as
-    :func:`~visattn.data.image_io.decode_image` takes it.
+    :func:`~visattn.data.image_io.decode_image` takes it. A ``progress`` (the command's) says how far it is on the
+    terminal.
     """
     import json
 
@@ -188,6 +191,8 @@ def detect_files(detector: Detector, paths: Sequence[str], *, score_threshold: f
                            attention_max_side=_PANEL_SIDE)
     results = run_in_batches(files, batch_size, to_byte_tensor, detect_batch, keep_images=bool(out or attention_out),
                              max_pixels=max_pixels)
+    if progress is not None:
+        results = progress.track(results, total=len(files), batch_size=batch_size)
     for (item, found), drawn, panels in zip(results, targets["--out"], targets["--attention-out"]):
         if item.error is not None:
             failures += 1
