@@ -3204,3 +3204,44 @@ def test_stdout_closed_tells_a_pipe_whose_reader_went_away(monkeypatch):
         assert stdout_closed()
         monkeypatch.setattr(sys, "stdout", io.StringIO())
         assert not stdout_closed()
+
+
+# A terminal-environments audit: a dumb terminal, an output encoding without the characters, a closed stderr.
+@pytest.mark.parametrize(("term", "bar"), [("xterm-256color", True), ("dumb", False)])
+def test_a_dumb_terminal_gets_a_line_per_epoch_not_rich_bar(term, bar, monkeypatch):
+    """On a `TERM=dumb` terminal (Emacs' shell, some CI consoles) Rich's bar, which cannot redraw there, was chosen,
+    and drew only once the run had ended: no epoch line while it ran."""
+    from visattn.tasks.progress import interactive_output
+
+    monkeypatch.setenv("TTY_COMPATIBLE", "1")  # Rich takes the output for a terminal, as a real one
+    monkeypatch.delenv("TTY_INTERACTIVE", raising=False)
+    monkeypatch.setenv("TERM", term)
+    assert interactive_output() is bar
+
+
+def test_output_the_encoding_lacks_is_ascii_lookalikes_escapes_and_a_file_name_own_bytes(monkeypatch):
+    """Under `PYTHONIOENCODING=ascii` Lightning's model summary, whose Rich table cuts a cell with an ellipsis, read
+    `CrossEnt\\u2026` and lost its columns; under `LC_ALL=C PYTHONUTF8=0` a file name's bytes were written as
+    `\\udcc3\\udca9` where Python itself writes the name as it is."""
+    import io
+
+    import visattn.cli as cli
+
+    def prints(args):
+        print("CrossEnt\u2026 | 2\u00d72 \u2192 \u2018a\u2019 caf\u00e9 \udcc3\udca9t\udcc3\udca9.png")
+        return 0
+
+    written = io.BytesIO()
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(written, encoding="ascii"))
+    monkeypatch.setattr(cli, "cmd_models", prints)
+    assert main(["models"]) == 0
+    assert written.getvalue() == b"CrossEnt. | 2x2 > 'a' caf\\xe9 \xc3\xa9t\xc3\xa9.png\n"
+    assert sys.stdout.errors == "strict"  # put back for the program that called main()
+
+
+def test_errors_with_standard_error_closed_stay_off_standard_output(monkeypatch, capsys):
+    """`visattn models NOPE 2>&- | consumer`: with `sys.stderr` None, print(file=sys.stderr) wrote the error line to
+    standard output, among the results a script reads."""
+    monkeypatch.setattr(sys, "stderr", None)
+    assert main(["models", "no_such_model_anywhere"]) == 2
+    assert capsys.readouterr().out == "" and sys.stderr is None

@@ -6,6 +6,7 @@ naming the thing and the fix, with exit code 2 and no traceback. A warning visat
 """
 import _thread
 import argparse
+import codecs
 import contextlib
 import difflib
 import errno
@@ -1128,12 +1129,48 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("visattn: error: standard output is closed, and visattn writes its results there; give it a file "
               "(> FILE) or /dev/null", file=sys.stderr)
         return 2
-    with _process_settings_restored(), one_line_warnings(), _interrupts_kept() as interrupts:
+    with _process_settings_restored(), _stderr_or_devnull(), one_line_warnings(), _interrupts_kept() as interrupts:
         for stream in (sys.stdout, sys.stderr):
-            # A file name the console's encoding lacks (a cp1252 console, a C locale) prints escaped, not as a crash.
+            # A character the console's encoding lacks (a cp1252 console, a C locale) prints, not as a crash.
             if hasattr(stream, "reconfigure"):
-                stream.reconfigure(errors="backslashreplace")
+                stream.reconfigure(errors=OUTPUT_ERRORS)
         return interrupts.settled(_run(argv))
+
+
+# What Rich (a table cell cut with an ellipsis) and visattn's lines use, where the output's encoding lacks them: one
+# character each, so that Rich's table keeps its columns ("CrossEnt." for a cut "CrossEntropyLoss").
+_ASCII_LOOKALIKES = {"\u2026": ".", "\u00d7": "x", "\u2192": ">", "\u2013": "-", "\u2014": "-", "\u2018": "'",
+                     "\u2019": "'", "\u201c": '"', "\u201d": '"'}
+OUTPUT_ERRORS = "visattn-output"
+
+
+def _unencodable_output(err: UnicodeEncodeError) -> tuple[Any, int]:
+    """How a character the output's encoding lacks is written: a file name's byte that the locale could not decode
+    (U+DC80 to U+DCFF, Python's surrogateescape) as that byte, as Python writes it under a C locale and ``ls`` shows
+    the name; a typographic one as its ASCII look-alike; any other escaped (``\\xe9``)."""
+    char = err.object[err.start]
+    if "\udc80" <= char <= "\udcff":
+        return bytes([ord(char) - 0xDC00]), err.start + 1
+    return _ASCII_LOOKALIKES.get(char) or char.encode("ascii", "backslashreplace").decode("ascii"), err.start + 1
+
+
+codecs.register_error(OUTPUT_ERRORS, _unencodable_output)
+
+
+@contextlib.contextmanager
+def _stderr_or_devnull() -> Iterator[None]:
+    """Standard error closed (``2>&-``): its lines go nowhere, not among the results on standard output, where
+    ``print(file=sys.stderr)`` wrote them once ``sys.stderr`` was None."""
+    if sys.stderr is not None:
+        yield
+        return
+    with open(os.devnull, "w") as devnull:
+        sys.stderr = devnull
+        try:
+            yield
+        finally:
+            if sys.stderr is devnull:  # unless someone replaced it in between: theirs stays
+                sys.stderr = None
 
 
 _commands_running, _settings_outside, _SETTINGS = [0], [], threading.Lock()

@@ -11,11 +11,12 @@ from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgre
 
 
 def interactive_output() -> bool:
-    """Whether the progress bar draws on a terminal (or in a notebook), where Rich's bar redraws in place."""
+    """Whether the progress bar draws on a terminal (or in a notebook), where Rich's bar redraws in place; not on a
+    ``TERM=dumb`` one (Emacs' shell, some CI consoles), where Rich drew the bar only once the run had ended."""
     from rich.console import Console
 
     console = Console()  # as Lightning's RichProgressBar makes its own: stdout, and Rich's FORCE_COLOR and TTY rules
-    return console.is_terminal or console.is_jupyter
+    return console.is_interactive or console.is_jupyter
 
 
 class TerminalProgressBar(RichProgressBar):
