@@ -3,8 +3,10 @@ when that is a terminal, never where it could change or garble what is printed."
 import io
 import os
 import re
+import struct
 import sys
 import warnings
+from typing import Iterator
 
 import pytest
 from PIL import Image
@@ -12,7 +14,7 @@ from PIL import Image
 from visattn.cli import main, one_line_warnings
 from visattn.errors import VisattnWarning
 from visattn.inference.classifier import Classifier
-from visattn.terminal_progress import CLEAR_LINE, FileProgress
+from visattn.terminal_progress import FileProgress
 
 FILES = 5
 # Each command's shipped tiny model; all but explain (one image at a time) run batches of 2: three batches.
@@ -29,12 +31,14 @@ class FakeTerminal(io.StringIO):
         return True
 
 
-def _fake_terminal(monkeypatch) -> FakeTerminal:
-    """Standard error as a terminal that can erase a line, whatever TERM the tests run under. Set in the test itself:
-    pytest's capture sets sys.stderr anew once fixtures are set up."""
-    fake = FakeTerminal()
+def _fake_terminal(monkeypatch, fake: FakeTerminal | None = None) -> FakeTerminal:
+    """Standard error as a terminal that can erase a line, whatever TERM the tests run under; of no width unless
+    ``fake`` has one (an older tqdm read COLUMNS for it). Set in the test itself: pytest's capture sets sys.stderr
+    anew once fixtures are set up."""
+    fake = FakeTerminal() if fake is None else fake
     monkeypatch.setattr(sys, "stderr", fake)
     monkeypatch.setenv("TERM", "xterm")
+    monkeypatch.delenv("COLUMNS", raising=False)
     return fake
 
 
@@ -47,8 +51,24 @@ def _folder(tmp_path, files: int = FILES):
 
 
 def _drawn(text: str) -> list[str]:
-    """The progress lines drawn, in order (what is between the erasures)."""
-    return [frame for frame in text.split(CLEAR_LINE) if frame]
+    """The progress lines drawn, in order: each starts at the row's start, and erasing writes blanks there."""
+    return [frame.rstrip(" ") for frame in text.split("\r") if frame.strip(" ")]
+
+
+def _screen(text: str) -> list[str]:
+    """The rows a terminal shows for ``text``: \\r goes back to the row's start, what follows writes over it."""
+    assert "\033" not in text  # one row, drawn in place: no cursor moves
+    rows, column = [[]], 0
+    for char in text:
+        if char == "\r":
+            column = 0
+        elif char == "\n":
+            rows.append([])
+            column = 0
+        else:
+            rows[-1][column:column + 1] = [char]
+            column += 1
+    return ["".join(row).rstrip(" ") for row in rows]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -65,26 +85,14 @@ def test_a_terminal_is_shown_how_many_files_are_done_and_the_output_stays_as_wit
     assert main(run) == 0
     assert capsys.readouterr().out == plain.out
     drawn = _drawn(fake.getvalue())
-    assert [re.sub(r", \d+ s left$", "", line) for line in drawn] == \
+    assert [line.rpartition(", ")[0] for line in drawn] == \
         [f"visattn {command}: {done} of {FILES} files ({100 * done // FILES}%)" for done in range(FILES + 1)]
-    assert all(line.endswith(" s left") for line in drawn[1:-1])
-    assert fake.getvalue().endswith(CLEAR_LINE)  # the terminal's line left empty
+    assert drawn[0].endswith(", ? left") and all(re.search(r", \d\d:\d\d left$", line) for line in drawn[1:])
+    assert _screen(fake.getvalue()) == [""]  # the terminal's line left empty
 
+    drawn_before = fake.getvalue()
     assert main([*run, "--no-progress"]) == 0
-    assert fake.getvalue().endswith(CLEAR_LINE) and _drawn(fake.getvalue()) == drawn  # nothing more drawn
-
-
-def _screen(text: str) -> list[str]:
-    """The rows a terminal shows for ``text``: CLEAR_LINE erases the row the cursor is on."""
-    rows = [""]
-    for piece in re.split(f"({re.escape(CLEAR_LINE)}|\n)", text):
-        if piece == CLEAR_LINE:
-            rows[-1] = ""
-        elif piece == "\n":
-            rows.append("")
-        else:
-            rows[-1] += piece
-    return rows
+    assert fake.getvalue() == drawn_before  # nothing more drawn
 
 
 def test_results_warnings_and_error_lines_on_the_same_terminal_are_whole_lines(tmp_path, monkeypatch):
@@ -137,33 +145,61 @@ def test_ctrl_c_leaves_the_terminals_line_cleared_for_its_one_line(tmp_path, mon
 
     monkeypatch.setattr(Classifier, "predict", interrupted_predict)
     assert main(["classify", str(_folder(tmp_path)), *COMMANDS["classify"]]) == 130
-    before, _, last = terminal.getvalue().rpartition(CLEAR_LINE)
-    assert last == "visattn: interrupted\n"  # on a line of its own, the progress line erased first
-    assert _drawn(before)[-1].startswith("visattn classify: 2 of 5 files (40%), ")
+    assert _screen(terminal.getvalue()) == ["visattn: interrupted", ""]  # the progress line erased first
+    assert _drawn(terminal.getvalue())[-2].startswith("visattn classify: 2 of 5 files (40%), ")
 
 
 def test_the_time_left_is_estimated_from_the_rate_so_far(monkeypatch):
+    """Files come a batch at a time: the rate is the average since the start, not that of the last gap (0 s within a
+    batch, the batch's time before its first file)."""
     terminal = _fake_terminal(monkeypatch)
     now = [0.0]
-    with FileProgress("visattn classify", clock=lambda: now[0]) as progress:
-        for _ in progress.track(range(3000), total=3000, batch_size=32):
-            now[0] += 1 / 16  # 16 files a second
+    monkeypatch.setattr("tqdm.std.time", lambda: now[0])  # tqdm's clock, taken when a line starts
+
+    def batches(total: int, batch_size: int, seconds: float) -> Iterator[int]:
+        for i in range(total):
+            if i % batch_size == 0:
+                now[0] += seconds
+            yield i
+
+    with FileProgress("visattn classify") as progress:
+        list(progress.track(batches(3000, 32, 2.0), total=3000, batch_size=32))  # 16 files a second
     drawn = _drawn(terminal.getvalue())
-    assert drawn[1] == "visattn classify: 1 of 3000 files (0%), 3 min 08 s left"  # 2999 / 16 = 187.4 s
-    assert drawn[544] == "visattn classify: 544 of 3000 files (18%), 2 min 34 s left"
-    assert drawn[2990] == "visattn classify: 2990 of 3000 files (99%), 1 s left"
-    assert drawn[-1] == "visattn classify: 3000 of 3000 files (100%)"
-    with FileProgress("visattn explain", clock=lambda: now[0]) as progress:
-        for _ in progress.track(range(3), total=3, batch_size=1):
-            now[0] += 3000.0
-    assert _drawn(terminal.getvalue())[-3] == "visattn explain: 1 of 3 files (33%), 1 h 40 min left"
+    assert drawn[0] == "visattn classify: 0 of 3000 files (0%), ? left"
+    assert drawn[32] == "visattn classify: 32 of 3000 files (1%), 03:05 left"  # 2968 / 16 = 185.5 s
+    assert drawn[544] == "visattn classify: 544 of 3000 files (18%), 02:33 left"
+    assert drawn[2976] == "visattn classify: 2976 of 3000 files (99%), 00:01 left"
+    assert drawn[-1] == "visattn classify: 3000 of 3000 files (100%), 00:00 left"
+    with FileProgress("visattn explain") as progress:
+        list(progress.track(batches(3, 1, 3000.0), total=3, batch_size=1))
+    assert _drawn(terminal.getvalue())[-3] == "visattn explain: 1 of 3 files (33%), 1:40:00 left"
 
 
-def test_a_line_too_wide_for_the_terminal_is_cut_to_fit_on_one_row(monkeypatch):
-    terminal = _fake_terminal(monkeypatch)
-    with FileProgress("visattn " + "x" * 200, clock=lambda: 0.0) as progress:
-        list(progress.track(range(4), total=4, batch_size=1))
-    assert {len(line) for line in _drawn(terminal.getvalue())} == {79}  # the fake terminal's 80 columns, less one
+def test_the_line_is_cut_to_the_terminals_width_as_it_changes(monkeypatch):
+    termios, fcntl = pytest.importorskip("termios"), pytest.importorskip("fcntl")
+
+    reader, writer = os.openpty()
+
+    def resize(columns: int) -> None:
+        fcntl.ioctl(writer, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+
+    class SizedTerminal(FakeTerminal):
+        def fileno(self) -> int:  # the pty's size, the text kept to read
+            return writer
+
+    terminal = _fake_terminal(monkeypatch, SizedTerminal())
+    resize(40)
+    try:
+        with FileProgress("visattn " + "x" * 200) as progress:
+            for i in progress.track(range(4), total=4, batch_size=1):
+                if i == 2:
+                    resize(30)
+    finally:
+        os.close(reader)
+        os.close(writer)
+    widths = [len(line) for line in _drawn(terminal.getvalue())]
+    assert len(widths) == 5 and all(39 <= width <= 40 for width in widths[:3])  # a line filling the row may wrap
+    assert all(29 <= width <= 30 for width in widths[3:])
 
 
 def _stdout_a_pipe(monkeypatch) -> None:

@@ -1,21 +1,23 @@
 """The progress line of the commands that work through image files (``classify``, ``caption``, ``detect``,
-``explain``): ``visattn classify: 544 of 3000 files (18%), 2 min 34 s left`` on standard error, in place.
+``explain``): ``visattn classify: 544 of 3000 files (18%), 02:34 left`` on standard error, in place.
 
+tqdm draws it (the redraw in place, the time left, the cut to the terminal's width): huggingface_hub depends on it
+already, and it writes to the one stream it is given (Rich's console would route standard output through itself).
 It is drawn only where nothing else can garble it or be garbled by it: standard error is a terminal (not a log, a
 pipe or a test's capture, whose text stays byte for byte what it was), ``TERM`` is not ``dumb``, and standard output
-is no pipe (what reads it, ``tee``, ``less`` or ``grep``, may write to the same terminal at any moment). Each result
-line and each warning is printed on a cleared line, and the line is cleared when the work ends, stops or fails.
+is no pipe (what reads it, ``tee``, ``less`` or ``grep``, may write to the same terminal at any moment), for more
+than one batch. Each result line and each warning is printed on a cleared line, and the line is cleared when the
+work ends, stops or fails.
 """
-import math
 import os
 import stat
 import sys
-import time
 import warnings
-from typing import Any, Callable, Iterable, Iterator, Optional, TextIO, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Optional, TypeVar
 
-CLEAR_LINE = "\r\033[K"  # back to the line's start, then erase to its end
-FALLBACK_COLUMNS = 80  # a stream whose width cannot be asked (a test's fake terminal)
+from tqdm import tqdm
+
+LINE_FORMAT = "{desc}: {n_fmt} of {total_fmt} files ({percentage:.0f}%), {remaining} left"
 
 T = TypeVar("T")
 
@@ -26,13 +28,12 @@ class FileProgress:
     Args:
         command: what the line starts with, e.g. ``visattn classify``.
         enabled: False draws nothing (``--no-progress``).
-        clock: seconds, for the estimate of the time left.
     """
 
-    def __init__(self, command: str, *, enabled: bool = True, clock: Callable[[], float] = time.monotonic) -> None:
-        self.command, self.enabled, self.clock = command, enabled, clock
-        self.stream: Optional[TextIO] = None  # standard error while the line is drawn there
-        self.done, self.total, self.started, self.shown = 0, 0, 0.0, False
+    def __init__(self, command: str, *, enabled: bool = True) -> None:
+        self.command, self.enabled = command, enabled
+        self.bar: Optional[tqdm] = None  # while the line is drawn on standard error
+        self.shown = False
         self._warning_hook: Optional[Callable[..., None]] = None  # ours while drawn, over the command's
         self._previous_showwarning: Callable[..., None] = warnings.showwarning
 
@@ -40,8 +41,9 @@ class FileProgress:
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
-        self.clear()
-        self.stream = None
+        if self.bar is not None:
+            self.bar.close()  # leave=False: erases the line
+            self.bar, self.shown = None, False
         if self._warning_hook is not None and warnings.showwarning is self._warning_hook:  # else theirs stays
             warnings.showwarning = self._previous_showwarning
 
@@ -51,40 +53,22 @@ class FileProgress:
         if not (self.enabled and total > batch_size and _terminal_beside_the_results()):
             yield from pairs
             return
-        self.stream, self.total, self.started = sys.stderr, total, self.clock()
+        # mininterval=0, miniters=1: the line is erased for each result, so each update draws it again.
+        # smoothing=0: files come a batch at a time, so the rate is the average since the start, not the last gap's.
+        self.bar = tqdm(total=total, desc=self.command, unit="file", file=sys.stderr, leave=False,
+                        dynamic_ncols=True, mininterval=0, miniters=1, smoothing=0, bar_format=LINE_FORMAT)
+        self.shown = True
         self._clear_for_warnings()
-        self.show()
-        for done, pair in enumerate(pairs, start=1):
+        for pair in pairs:
             self.clear()
             yield pair
-            self.done = done
-            self.show()
-
-    def line(self) -> str:
-        """e.g. ``visattn classify: 544 of 3000 files (18%), 2 min 34 s left``."""
-        text = f"{self.command}: {self.done} of {self.total} files ({100 * self.done // self.total}%)"
-        if 0 < self.done < self.total:
-            rate = self.done / max(self.clock() - self.started, 1e-9)  # files a second
-            text += f", {_duration((self.total - self.done) / rate)} left"
-        return text
-
-    def show(self) -> None:
-        if self.stream is not None:
-            # One column short of the width: a line filling it would wrap, and \r return to the second row only.
-            self._write(CLEAR_LINE + self.line()[: _columns(self.stream) - 1])
-            self.shown = self.stream is not None  # not once a write has failed
+            self.bar.update()
+            self.shown = True
 
     def clear(self) -> None:
         if self.shown:
-            self._write(CLEAR_LINE)
+            self.bar.clear()
             self.shown = False
-
-    def _write(self, text: str) -> None:
-        try:
-            self.stream.write(text)
-            self.stream.flush()
-        except (OSError, ValueError):  # a closed terminal: the line goes, as a warning would, not the run
-            self.stream, self.shown = None, False
 
     def _clear_for_warnings(self) -> None:
         """Warnings print on a line of their own: the progress line is cleared first, and redrawn after."""
@@ -95,7 +79,8 @@ class FileProgress:
             self.clear()
             previous(*args, **kwargs)
             if was_shown:  # while a result is printed the line stays cleared
-                self.show()
+                self.bar.refresh()
+                self.shown = True
 
         warnings.showwarning = self._warning_hook = show_warning
 
@@ -110,20 +95,3 @@ def _terminal_beside_the_results() -> bool:
     except (AttributeError, OSError, ValueError):  # no file behind it (a notebook, a test's capture): no pipe
         return True
     return not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode))
-
-
-def _columns(stream: TextIO) -> int:
-    try:
-        return os.get_terminal_size(stream.fileno()).columns or FALLBACK_COLUMNS
-    except (AttributeError, OSError, ValueError):
-        return FALLBACK_COLUMNS
-
-
-def _duration(seconds: float) -> str:
-    """``34 s``, ``4 min 05 s``, ``2 h 07 min``."""
-    whole = math.ceil(seconds)
-    if whole < 60:
-        return f"{whole} s"
-    if whole < 3600:
-        return f"{whole // 60} min {whole % 60:02d} s"
-    return f"{whole // 3600} h {whole // 60 % 60:02d} min"
