@@ -1167,7 +1167,7 @@ def test_in_one_folder_each_drawing_pairs_with_its_own_panels_by_name(tmp_path, 
     monkeypatch.chdir(tmp_path)
     for name in ("p.png", "p-attention.png", "sub/p.png", "X.png", "x.png"):
         _photo(tmp_path / "in" / name)
-    assert main(["detect", "in", "--model", DETECTOR, "--score-threshold", "0", "--out", "D", "--attention-out", "D",
+    assert main(["detect", "in", "--model", DETECTOR, "--score-threshold", "0.5", "--out", "D", "--attention-out", "D",
                  "--json"]) == 0
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     drawn = [Path(record["drawn"]).name for record in records]
@@ -1191,7 +1191,7 @@ def test_an_output_folder_inside_the_input_folder_is_not_read_as_input(command, 
 
 @pytest.mark.parametrize("command, written", [
     (["detect", "photos", "--model", DETECTOR, "--out", "photos", "--attention-out", "photos", "--score-threshold",
-      "0.05", "--json"], ["good.png", "good-attention.png", "map.png", "map-attention.png"]),
+      "0.5", "--json"], ["good.png", "good-attention.png", "map.png", "map-attention.png"]),
     (["caption", "photos", "--model", CAPTIONER, "--attention-out", "photos", "--json"], ["good.png", "map.png"]),
     (["explain", "photos", "--model", CLASSIFIER, "--out-dir", "photos", "--json"], ["good.png", "map.png"])])
 def test_an_input_folder_given_as_the_output_folder_reads_the_photos_not_the_earlier_drawings(
@@ -1248,7 +1248,7 @@ def test_an_output_folder_never_replaces_a_file_visattn_did_not_write(command, f
     assert Path(written.get("drawn") or written["attention"]) == Path("photos/sub/good.png")
 
 
-@pytest.mark.parametrize("command", [["detect", "in", "--model", DETECTOR, "--score-threshold", "0", "--out", "D",
+@pytest.mark.parametrize("command", [["detect", "in", "--model", DETECTOR, "--score-threshold", "0.5", "--out", "D",
                                       "--attention-out", "D", "--json"],
                                      ["caption", "in", "--model", CAPTIONER, "--attention-out", "D", "--json"]])
 def test_an_input_name_near_the_length_limit_gets_a_shortened_output_name(command, tmp_path, monkeypatch, capsys):

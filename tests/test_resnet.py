@@ -605,7 +605,8 @@ def test_grad_checkpointing_compiles_and_updates_bn_running_statistics_once():
     checkpointed.load_state_dict(plain.state_dict())
     checkpointed.set_grad_checkpointing()
     images = torch.randn(4, 3, 32, 32)
-    compiled, expected = torch.compile(checkpointed)(images), plain(images)
+    # dynamo and AOTAutograd trace it (where it failed) without inductor's code generation, tens of seconds on a CPU
+    compiled, expected = torch.compile(checkpointed, backend="aot_eager")(images), plain(images)
     torch.testing.assert_close(compiled, expected, rtol=1e-4, atol=1e-4)
     compiled.sum().backward()
     expected.sum().backward()
