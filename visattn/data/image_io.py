@@ -357,15 +357,20 @@ def rgb_pixels(img: Image.Image, background: tuple[int, int, int] = (255, 255, 2
         pixels = _rgb_strip(img, background, value_range)
     else:
         pixels = np.empty((height, width, 3), dtype=np.uint8)
-        for top in range(0, height, rows):
-            pixels[top : top + rows] = _rgb_strip(_strip(img, top, rows), background, value_range)
+        for top, strip in _strips(img, rows):
+            pixels[top : top + rows] = _rgb_strip(strip, background, value_range)
     pixels.flags.writeable = False  # as Pillow's arrays are: a transform cannot alter an image kept for drawing
     return pixels
 
 
-def _strip(img: Image.Image, top: int, rows: int) -> Image.Image:
-    """Rows ``top`` to ``top + rows`` of ``img``, with its palette and transparency."""
-    return img.crop((0, top, img.width, min(top + rows, img.height)))
+def _strips(img: Image.Image, rows: int) -> Iterator[tuple[int, Image.Image]]:
+    """``(top, strip)``: ``img`` ``rows`` rows at a time from row ``top``, each with its palette and transparency;
+    ``img`` itself, not a cropped copy, when one strip holds it."""
+    if img.height <= rows:
+        yield 0, img
+        return
+    for top in range(0, img.height, rows):
+        yield top, img.crop((0, top, img.width, min(top + rows, img.height)))
 
 
 def _rgb_strip(strip: Image.Image, background: tuple[int, int, int],
@@ -394,8 +399,8 @@ def _value_range(img: Image.Image, rows: int) -> Optional[tuple[float, float]]:
     to 0..255 (it was black whatever its value).
     """
     low, high = math.inf, -math.inf
-    for top in range(0, img.height, rows):
-        values = _finite_values(_strip(img, top, rows))
+    for _, strip in _strips(img, rows):
+        values = _finite_values(strip)
         low, high = min(low, float(values.min())), max(high, float(values.max()))
     if img.mode == "F" and low >= 0 and high <= 1:
         return 0.0, 1.0
