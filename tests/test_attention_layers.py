@@ -2,6 +2,8 @@
 import pytest
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from visattn.errors import ConfigError
 from visattn.layers.create_attn import ATTN_LAYERS, create_attn
@@ -289,6 +291,47 @@ def test_module_matches_paper_reference(name):
     torch.manual_seed(0)
     module = _randomized_eval(create_attn(name, CHANNELS))
     _assert_matches_reference(module, REFERENCES[name], _ref_input())
+
+
+@pytest.mark.parametrize("keep_gate", [False, True])
+def test_non_local_matches_the_paper_with_and_without_its_map_kept(keep_gate):
+    """Without ``keep_gate`` the block goes through SDPA's fused kernels; with it, through the explicit affinity."""
+    module = _randomized_eval(create_attn("non_local", CHANNELS, keep_gate=keep_gate))
+    _assert_matches_reference(module, non_local_reference, _ref_input())
+
+
+class _LargestTensor(TorchDispatchMode):
+    """The most elements any operator's output held while the mode was on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.elements = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        sizes = [t.numel() for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
+        self.elements = max([self.elements, *sizes])
+        return out
+
+
+@pytest.mark.parametrize("keep_gate", [False, True])
+def test_non_local_holds_the_whole_affinity_only_when_its_map_is_kept(keep_gate):
+    """(HW)^2 floats an image: 400 MB at 100x100 positions. Training (forward and backward) keeps it out of memory
+    unless an explanation asks for the map, and gives the explicit path's gradients."""
+    torch.manual_seed(0)
+    module = create_attn("non_local", 8, keep_gate=keep_gate)
+    nn.init.ones_(module.norm.weight)  # else the zero-initialised BN passes the attention no gradient
+    x = torch.randn(1, 8, 32, 32, requires_grad=True)
+    with _LargestTensor() as largest:
+        module(x).square().sum().backward()
+    positions = 32 * 32
+    assert (largest.elements >= positions ** 2) == keep_gate
+    other_path = create_attn("non_local", 8, keep_gate=not keep_gate)
+    other_path.load_state_dict(module.state_dict())
+    x_again = x.detach().clone().requires_grad_()
+    other_path(x_again).square().sum().backward()
+    torch.testing.assert_close(x_again.grad, x.grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(other_path.theta.weight.grad, module.theta.weight.grad, rtol=1e-4, atol=1e-4)
 
 
 def test_coord_attention_uses_h_swish_as_in_the_paper():

@@ -95,6 +95,15 @@ def test_onnx_speed(capsys, monkeypatch):
     assert all(rate > 0 for rate in figures["matmul_gflops"].values())
 
 
+def test_non_local(capsys, monkeypatch):
+    out, figures = run_smoke(capsys, monkeypatch, "non_local.py")
+    (row,) = figures["results"]
+    assert row["positions"] == 144 and row["max_diff"] < 1e-3
+    for name in ("forward", "train"):
+        _check_ratio(row[name], "fused_img_s", "explicit_img_s", out)
+    assert set(row["peak_mib"]) == {"fused", "explicit"} and all(mib >= 0 for mib in row["peak_mib"].values())
+
+
 def test_data_pipeline(capsys, monkeypatch):
     out, figures = run_smoke(capsys, monkeypatch, "data_pipeline.py")
     pipelines = [r["pipeline"] for r in figures["results"]]
@@ -242,7 +251,7 @@ def test_a_benchmark_whose_two_sides_disagree_exits_non_zero(monkeypatch, capsys
 
 
 @pytest.mark.parametrize("script", ["vit_vs_timm.py", "onnx_speed.py", "weights_loading.py",
-                                    "checkpoint_loading.py"])
+                                    "checkpoint_loading.py", "non_local.py"])
 def test_a_benchmark_whose_sides_disagree_prints_no_figure(script, monkeypatch, capsys):
     """The check ran after the figures: a forced mismatch printed visattn/timm 1.053, then the error."""
     monkeypatch.syspath_prepend(str(BENCHMARKS))

@@ -7,6 +7,7 @@ then ``z = BN(W_z y) + x``. The BN scale starts at zero, so a freshly inserted b
 and does not disturb a pretrained backbone.
 """
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .se import reduced_channels
@@ -15,8 +16,9 @@ from .se import reduced_channels
 class NonLocalBlock(nn.Module):
     """Embedded-Gaussian non-local block over the ``H * W`` positions of a feature map.
 
-    The affinity is the paper's unscaled ``softmax(theta^T phi)``; there is no sub-sampling of
-    ``phi``/``g``, so memory grows with ``(H * W) ** 2`` -- use it on mid-resolution stages.
+    The affinity is the paper's unscaled ``softmax(theta^T phi)``, with no sub-sampling of ``phi``/``g``. It goes
+    through SDPA's fused kernels, in float32, which never hold the ``(H * W) ** 2`` matrix whole, so memory grows
+    with ``H * W``; only with ``keep_gate`` is it computed whole, ``(H * W) ** 2`` floats an image.
 
     Explainability: set ``keep_gate = True`` and each forward stores
     ``last_gate = {"affinity": (B, H*W, H*W)}``, the detached attention of each query position
@@ -55,13 +57,18 @@ class NonLocalBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         b, _, h, w = x.shape
-        query = self.theta(x).flatten(2).transpose(1, 2)  # (B, HW, inner)
-        key = self.phi(x).flatten(2)  # (B, inner, HW)
-        value = self.g(x).flatten(2).transpose(1, 2)  # (B, HW, inner)
+        # (B, 1, HW, inner): one head, contiguous, as SDPA's fused kernels take them (else it runs the math path)
+        embedded = [conv(x).flatten(2).transpose(1, 2).unsqueeze(1) for conv in (self.theta, self.phi, self.g)]
+        dtype = embedded[2].dtype  # autocast's, where it runs
+        query, key, value = (t.float().contiguous() for t in embedded)
         # float32 even under autocast: unscaled fp16 dot products overflow once activations near 100.
         with torch.autocast(x.device.type, enabled=False):
-            affinity = torch.softmax(query.float() @ key.float(), dim=-1)  # (B, HW, HW)
-        if self.keep_gate:
-            self.last_gate = {"affinity": affinity.detach()}
-        y = (affinity.to(value.dtype) @ value).transpose(1, 2).reshape(b, value.shape[2], h, w)  # (B, inner, H, W)
+            if self.keep_gate:
+                affinity = torch.softmax(query @ key.transpose(2, 3), dim=-1)  # (B, 1, HW, HW)
+                self.last_gate = {"affinity": affinity.detach().squeeze(1)}
+                y = affinity @ value
+            else:
+                # scale 1: the paper's unscaled product; the fused kernels never hold the (HW, HW) affinity
+                y = F.scaled_dot_product_attention(query, key, value, scale=1.0)  # (B, 1, HW, inner)
+        y = y.to(dtype).squeeze(1).transpose(1, 2).reshape(b, self.g.out_channels, h, w)  # (B, inner, H, W)
         return x + self.norm(self.out_proj(y))
