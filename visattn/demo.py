@@ -12,7 +12,7 @@ from PIL import Image
 
 from . import cli
 from .errors import VisattnError
-from .fileio import claim_folder, unique_paths
+from .fileio import atomic_path, claim_folder, unique_paths
 from .data.fashion_mnist import FASHION_MNIST_CLASSES, load_fashion_mnist
 from .data.scenes import FashionScenes
 from .weights_index import load_index
@@ -49,7 +49,7 @@ def write_test_images(folder: Path, count: int = 6) -> list[Path]:
     for i in range(count):
         name = FASHION_MNIST_CLASSES[labels[i]].replace("/", "-").replace(" ", "-").lower()
         path = folder / f"{i:02d}_{name}.png"
-        Image.fromarray(np.asarray(images[i])).save(path)
+        _save_png(Image.fromarray(np.asarray(images[i])), path)
         paths.append(path)
     return paths
 
@@ -61,9 +61,15 @@ def write_test_scenes(folder: Path, count: int = 4) -> list[Path]:
     paths = []
     for i in range(count):
         path = folder / f"scene_{i:02d}.png"
-        Image.fromarray(scenes[i].image).save(path)
+        _save_png(Image.fromarray(scenes[i].image), path)
         paths.append(path)
     return paths
+
+
+def _save_png(image: Image.Image, path: Path) -> None:
+    # Whole or not at all: a demo killed mid-write had left a cut-off PNG among its test images.
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
 
 
 def shipped(task: str, dataset: str) -> list[str]:

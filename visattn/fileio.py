@@ -156,14 +156,19 @@ def claim_folder(folder: PathLike, *, setting: str, task: str) -> None:
     that claimed it returns, :func:`claims_released`), so that two processes do not write one folder's files at
     once (two runs of one config would overwrite each other's ``last.ckpt``); one line naming the other process
     when one holds it. The lock file stays out of the folder, whose files Lightning counts (it would warn of a
-    folder not empty). Claiming a folder this process holds is a no-op; filesystems without locks (some network mounts)
-    are not checked."""
+    folder not empty). Claiming a folder this process holds is a no-op; filesystems without locks (some network mounts),
+    and folders whose parent this user cannot write (the lock file's place), are not checked."""
     folder = os.path.abspath(folder)
     path = os.path.join(os.path.dirname(folder), f".{os.path.basename(folder)}.visattn.lock")
     if path in _held_locks:
         return
     os.makedirs(folder, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as err:
+        if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):  # a folder whose parent takes no file: not checked
+            return
+        raise
     try:
         _lock(fd, wait=False)
     except BlockingIOError:

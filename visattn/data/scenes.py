@@ -34,7 +34,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ..errors import ConfigError, is_count, is_index, is_whole
-from ..fileio import atomic_write_text, prepare_output_file
+from ..fileio import atomic_path, atomic_write_text, prepare_output_file
 from .fashion_mnist import load_fashion_mnist, shared_tensor
 
 __all__ = [
@@ -479,7 +479,7 @@ def export_coco(scenes: FashionScenes, out_dir: str | os.PathLike) -> dict[str, 
     (detection; category id from :data:`ITEM_CATEGORY_IDS`, Fashion-MNIST class id + 1, name from :data:`ITEM_WORDS`,
     ``bbox`` = ``[x, y, w, h]``) and ``captions_<split>.json`` (COCO captions), named by split as COCO's
     are, so that the splits share a folder. Image id = index + 1. An earlier export's files are replaced,
-    a JSON file of that name visattn did not write is refused.
+    a JSON file of that name visattn did not write is refused; an export stopped midway leaves no JSON of the split.
 
     Returns:
         ``{"images": folder, "instances": path, "captions": path}``.
@@ -489,13 +489,19 @@ def export_coco(scenes: FashionScenes, out_dir: str | os.PathLike) -> dict[str, 
              "captions": out_dir / f"captions_{scenes.split}.json"}
     for kind in ("instances", "captions"):
         prepare_output_file(paths[kind], flag="out_dir", ours=_exported_scenes)
+    # An export killed midway had left the earlier export's JSON naming images half replaced by other scenes, one
+    # cut off: the JSON goes first and comes back last, so a JSON there names only whole images of its scenes.
+    for kind in ("instances", "captions"):
+        if paths[kind].is_file():
+            paths[kind].unlink()
     images_dir = paths["images"]
     images_dir.mkdir(parents=True, exist_ok=True)
     images, instances, captions = [], [], []
     for index in range(len(scenes)):
         scene, image_id = scenes[index], index + 1
         file_name = f"{scenes.split}_{index:06d}.png"
-        Image.fromarray(scene.image).save(images_dir / file_name)
+        with atomic_path(images_dir / file_name) as tmp:
+            Image.fromarray(scene.image).save(tmp, format="PNG")
         height, width = scene.image.shape[:2]
         images.append({"id": image_id, "file_name": file_name, "width": width, "height": height})
         for (x1, y1, x2, y2), label in zip(scene.boxes.tolist(), scene.labels.tolist()):

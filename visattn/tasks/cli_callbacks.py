@@ -2,6 +2,7 @@
 :class:`RandomStateCheckpoint` makes a resumed run draw the batches an uninterrupted one would, and
 :class:`SaveConfigBesideEarlier` saves the run's config beside an earlier run's instead of over it.
 """
+import contextlib
 import random
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from ..fileio import unique_paths
+from ..fileio import atomic_path, claim_folder, unique_paths
 from .distributed import gather_shares
 from .guards import seed_apart
 
@@ -89,14 +90,25 @@ def _set_random_states(state_dict: dict[str, Any]) -> None:
 class SaveConfigBesideEarlier(SaveConfigCallback):
     """Saves the run's settings as LightningCLI does, into its log folder, as ``config.yaml`` or, where an earlier
     run's is, ``config-2.yaml``, ``config-3.yaml``...: without a logger every run of a ``default_root_dir`` saves
-    into that folder, and a ``validate`` would replace the config of the ``fit`` that trained its weights."""
+    into that folder, and a ``validate`` would replace the config of the ``fit`` that trained its weights. The file
+    is written whole or not at all (a run killed mid-write left a cut-off config that a resume from it read as
+    complete). A fit claims the folder first (:func:`~visattn.fileio.claim_folder`): Lightning's own checkpoints
+    go into it when no ModelCheckpoint names a folder, where two fits at once had written theirs side by side."""
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if not self.already_saved and self.save_to_log_dir:
-            folder = Path(trainer.log_dir)  # broadcast by Lightning: every process names the same file
-            free = None
-            if trainer.is_global_zero:  # numbered as the commands number their outputs
-                taken = {path.name.casefold() for path in folder.iterdir()} if folder.is_dir() else set()
-                free = unique_paths(folder, "config", taken, suffix=".yaml")[0].name
-            self.config_filename = trainer.strategy.broadcast(free)
-        super().setup(trainer, pl_module, stage)
+        if self.already_saved or not self.save_to_log_dir:
+            super().setup(trainer, pl_module, stage)
+            return
+        folder, path = Path(trainer.log_dir), None  # the folder broadcast by Lightning: every process names it
+        if trainer.is_global_zero:
+            if stage == "fit":
+                setting = "the logger's folder" if trainer.loggers else "trainer.default_root_dir"
+                claim_folder(folder, setting=setting, task="visattn fit")
+            taken = {entry.name.casefold() for entry in folder.iterdir()} if folder.is_dir() else set()
+            path = unique_paths(folder, "config", taken, suffix=".yaml")[0]  # numbered as the commands' outputs
+        path = trainer.strategy.broadcast(path)
+        # Lightning writes the temp file (only the first process writes; overwrite: it exists), moved into place after
+        with atomic_path(path) if trainer.is_global_zero else contextlib.nullcontext(path) as written:
+            self.config_filename = written.name
+            super().setup(trainer, pl_module, stage)
+        self.config_filename = path.name
