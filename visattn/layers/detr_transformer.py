@@ -111,7 +111,9 @@ class DetrTransformer(nn.Module):
         ``padding_mask`` (B, N) ``True`` on padding. Returns every decoder layer's output, (L, B, Q, dim)."""
         for layer in self.encoder:
             x = layer(x, pos, padding_mask)
-        query_pos = query_pos.expand(x.shape[0], -1, -1)  # (B, Q, dim)
+        # A copy, not expand's view: a view of the weight made under no_grad is a leaf that requires grad yet has no
+        # grad accumulator, which FlopCounterMode's module tracker (Lightning's model summary) fails on.
+        query_pos = query_pos.expand(x.shape[0], -1, -1).clone()  # (B, Q, dim)
         out = torch.zeros_like(query_pos)
         outputs = []
         for layer in self.decoder:
