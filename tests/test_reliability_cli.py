@@ -3245,3 +3245,84 @@ def test_errors_with_standard_error_closed_stay_off_standard_output(monkeypatch,
     monkeypatch.setattr(sys, "stderr", None)
     assert main(["models", "no_such_model_anywhere"]) == 2
     assert capsys.readouterr().out == "" and sys.stderr is None
+
+
+def test_print_config_keeps_an_optimizer_given_so_the_printed_config_is_refused_as_the_command(tmp_path, capsys):
+    """A LightningCLI audit: `fit --config C --optimizer torch.optim.SGD --print_config` printed C without the
+    optimizer (jsonargparse leaves options hidden from --help out), a config that trained the task's AdamW where the
+    command itself was refused."""
+    with pytest.raises(SystemExit) as exit:
+        main(["fit", "--config", str(CBAM_CONFIG), "--optimizer", "torch.optim.SGD", "--optimizer.lr", "0.1",
+              "--print_config"])
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert exit.value.code == 0 and printed["optimizer"]["class_path"] == "torch.optim.SGD"
+    (tmp_path / "printed.yaml").write_text(yaml.safe_dump(printed))
+    assert main(["fit", "--config", str(tmp_path / "printed.yaml")]) == 2
+    assert "set those instead, and drop optimizer" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(CBAM_CONFIG), "--print_config"])
+    assert not {"optimizer", "lr_scheduler"} & yaml.safe_load(capsys.readouterr().out).keys()
+
+
+@pytest.mark.parametrize("key, value", [("default_root_dir", "$VISATTN_RUNS/cbam"),
+                                        ("callbacks", [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                                                        "init_args": {"dirpath": "${HOME}/checkpoints"}}])])
+def test_an_environment_variable_in_a_config_setting_is_one_line_naming_the_setting(key, value, tmp_path, monkeypatch,
+                                                                                       capsys):
+    """A LightningCLI audit: jsonargparse expands no `$NAME` in a config's values, so a run wrote into a folder named
+    `$VISATTN_RUNS` in the working folder, and --print_config printed the setting as if it would be expanded."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("VISATTN_RUNS", str(tmp_path / "runs"))
+    config = yaml.safe_load(CBAM_CONFIG.read_text())
+    config["trainer"][key] = value
+    (tmp_path / "env.yaml").write_text(yaml.safe_dump(config))
+    setting = "default_root_dir $VISATTN_RUNS/cbam" if key == "default_root_dir" else \
+        "callbacks[0].init_args.dirpath ${HOME}/checkpoints"
+    for extra in (["--print_config"], ["--trainer.fast_dev_run", "true"]):
+        assert main(["fit", "--config", "env.yaml", *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"visattn: error: --config env.yaml: trainer.{setting}: a config's settings expand no "
+                              "environment variable;") and len(err.splitlines()) == 1
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["env.yaml"]
+
+
+def test_a_config_indented_with_tabs_is_one_line_saying_to_indent_with_spaces(tmp_path, capsys):
+    """A LightningCLI audit: a config indented with tabs (as some editors save) was "not valid YAML ...; mend the
+    file", which named no fix."""
+    (tmp_path / "tabs.yaml").write_text(CBAM_CONFIG.read_text().replace("\n  ", "\n\t"))
+    assert main(["fit", "--config", str(tmp_path / "tabs.yaml"), "--print_config"]) == 2
+    err = capsys.readouterr().err
+    assert re.search(r"tabs\.yaml: not valid YAML \(found character '\\t' .* at line \d+, column 1\); indent it with "
+                     r"spaces, which YAML takes \(not tabs\)\n$", err) and len(err.splitlines()) == 1
+
+
+def test_configs_saved_with_a_bom_crlf_anchors_merge_keys_or_an_appending_second_config_print_as_written(
+        tmp_path, capsys):
+    """A LightningCLI audit, already right: a UTF-8 byte order mark, CRLF line ends, an anchor merged with `<<:`, and a
+    second --config giving `callbacks+:` print the settings the plain config gives (a second config's `callbacks:`
+    replaces the list, as jsonargparse documents)."""
+    def printed(*configs: Path) -> dict:
+        with pytest.raises(SystemExit) as exit:
+            main(["fit", *[arg for config in configs for arg in ("--config", str(config))], "--print_config"])
+        assert exit.value.code == 0
+        return yaml.safe_load(capsys.readouterr().out)
+
+    plain = printed(CBAM_CONFIG)
+    (tmp_path / "bom_crlf.yaml").write_bytes(b"\xef\xbb\xbf" + CBAM_CONFIG.read_bytes().replace(b"\n", b"\r\n"))
+    # the latest- checkpoint's settings merged from the best- one's (<<: *best), its own after the merge
+    folder = "\n        dirpath: outputs/cbam_resnet_fmnist/checkpoints\n"
+    merged = CBAM_CONFIG.read_text().replace(f"init_args:{folder}        monitor",
+                                             f"init_args: &best{folder}        monitor")
+    merged = merged.replace(f"init_args:{folder}        filename",
+                            "init_args:\n        <<: *best\n        monitor: null\n        mode: min\n        filename")
+    (tmp_path / "merged.yaml").write_text(merged)
+    assert "<<: *best" in (tmp_path / "merged.yaml").read_text()
+    assert printed(tmp_path / "bom_crlf.yaml") == plain and printed(tmp_path / "merged.yaml") == plain
+    early_stop = {"class_path": "lightning.pytorch.callbacks.EarlyStopping", "init_args": {"monitor": "val/top1"}}
+    (tmp_path / "more.yaml").write_text(yaml.safe_dump({"trainer": {"callbacks+": [early_stop]}}))
+    (tmp_path / "other.yaml").write_text(yaml.safe_dump({"trainer": {"callbacks": [early_stop]}}))
+    classes = [[callback["class_path"].rpartition(".")[2]
+                for callback in printed(CBAM_CONFIG, tmp_path / name)["trainer"]["callbacks"]]
+               for name in ("more.yaml", "other.yaml")]
+    assert classes == [["ModelCheckpoint", "ModelCheckpoint", "LearningRateMonitor", "EarlyStopping"],
+                       ["EarlyStopping"]]

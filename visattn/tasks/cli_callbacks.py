@@ -99,7 +99,8 @@ class SaveConfigBesideEarlier(SaveConfigCallback):
         if self.already_saved or not self.save_to_log_dir:
             super().setup(trainer, pl_module, stage)
             return
-        folder, path = Path(trainer.log_dir), None  # the folder broadcast by Lightning: every process names it
+        # The folder broadcast by Lightning: every process names it; a logger's keeps a config's ~ as written
+        folder, path = Path(trainer.log_dir).expanduser(), None
         if trainer.is_global_zero:
             if stage == "fit":
                 setting = "the logger's folder" if trainer.loggers else "trainer.default_root_dir"

@@ -1,8 +1,13 @@
 """Config files read as LightningCLI reads them, with the checks it leaves to a traceback, a silent default
-or a hang (a regular file, UTF-8, each key once, sections that hold settings), and the task and data classes a config
-names.
+or a hang (a regular file, UTF-8, indented with spaces, each key once, sections that hold settings, no environment
+variables), and the task and data classes a config names.
+
+jsonargparse reads a UTF-8 byte order mark, CRLF line ends, anchors and ``<<:`` merge keys as YAML means them; it
+expands no environment variable (``$HOME``) in a setting, so visattn refuses one rather than write into a folder named
+``$HOME``. A second ``--config`` replaces a list the first gave (``trainer.callbacks:``); ``callbacks+:`` adds to it.
 """
 import importlib
+import re
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -71,20 +76,42 @@ def _config_model_class(path: Path) -> Optional[str]:
 
 
 def _read_yaml(path: Path, *, flag: str) -> Any:
-    """The YAML file ``path`` that ``flag`` gives: a regular file, UTF-8, each key once; one line naming ``flag`` and
-    the file where it is not. OSError where it cannot be read."""
+    """The YAML file ``path`` that ``flag`` gives: a regular file, UTF-8, each key once, no environment variable in a
+    setting; one line naming ``flag`` and the file where it is not. OSError where it cannot be read."""
     if path.exists() and not path.is_file():  # a pipe (a shell's <(...)) reads once, for visattn, or never ends
         raise ConfigError(f"{flag} {path}: not a regular file (a pipe, socket or device), which LightningCLI cannot "
                           "read after visattn; save the config to a file and give its path")
     try:
-        return yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+        settings = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
     except UnicodeDecodeError:  # jsonargparse's own read ends in a traceback
         raise ConfigError(f"{flag} {path}: not UTF-8 text; give a YAML config saved as UTF-8") from None
     except yaml.YAMLError as err:  # LightningCLI names the first --config, whichever file it is, and no line
         mark = getattr(err, "problem_mark", None)
+        problem = getattr(err, "problem", None) or "unreadable"
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{flag} {path}: not valid YAML ({getattr(err, 'problem', None) or 'unreadable'}{where}); "
-                          "mend the file") from None
+        fix = "indent it with spaces, which YAML takes (not tabs)" if "'\\t'" in problem else "mend the file"
+        raise ConfigError(f"{flag} {path}: not valid YAML ({problem}{where}); {fix}") from None
+    _refuse_environment_variables(settings, path, flag)
+    return settings
+
+
+# $NAME or ${NAME}, as a shell would expand it
+_ENVIRONMENT_VARIABLE = re.compile(r"\$\{?[A-Za-z_]\w*\}?")
+
+
+def _refuse_environment_variables(value: Any, path: Path, flag: str, key: str = "") -> None:
+    """A setting naming an environment variable (``default_root_dir: $SCRATCH/runs``), which jsonargparse keeps as
+    written: the run wrote into a folder named ``$SCRATCH`` in the working folder."""
+    if isinstance(value, dict):
+        for name, item in value.items():
+            _refuse_environment_variables(item, path, flag, f"{key}.{name}" if key else str(name))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _refuse_environment_variables(item, path, flag, f"{key}[{index}]")
+    elif isinstance(value, str) and _ENVIRONMENT_VARIABLE.search(value):
+        raise ConfigError(f"{flag} {path}: {key} {value}: a config's settings expand no environment variable; write "
+                          "the value out in the file, or give the setting on the command line, where the shell "
+                          "expands it")
 
 
 def _check_section_files(argv: list[str]) -> None:

@@ -179,6 +179,9 @@ def _said_by_the_first_process() -> Iterator[None]:
         yield
 
 
+# LightningCLI's sections that every visattn run refuses, naming the task's own settings.
+_REFUSED_SECTIONS = ("optimizer", "lr_scheduler")
+
 _SECTION_TITLES = {"model": "The task the config names under model", "data": "The data the config names under data"}
 
 
@@ -201,7 +204,7 @@ class VisattnCLI(LightningCLI):
         # LightningCLI's --optimizer and --lr_scheduler stay parsed, so that before_instantiate_classes names the
         # task's own settings instead; --help no longer offers what every run refuses.
         for group in parser._action_groups:
-            refused = [a for a in group._group_actions if a.dest.partition(".")[0] in ("optimizer", "lr_scheduler")]
+            refused = [a for a in group._group_actions if a.dest.partition(".")[0] in _REFUSED_SECTIONS]
             for action in refused:
                 action.help = argparse.SUPPRESS
             if refused and len(refused) == len(group._group_actions):
@@ -255,7 +258,7 @@ class VisattnCLI(LightningCLI):
         if tuple(getattr(task, "linked_data_attributes", ())) != self.linked_data_attributes:
             raise ConfigError(f"model.class_path {task.__name__ if task else '?'}: name the task in a --config file or "
                               "with --model.class_path visattn.tasks.MODULE.CLASS, so that the data's labels reach it")
-        for key in ("optimizer", "lr_scheduler"):
+        for key in _REFUSED_SECTIONS:
             if self._get(self.config, key) is not None:
                 # Lightning ignored a scheduler given alone, and an optimizer replaced the task's AdamW, warm-up and
                 # cosine while the checkpoint recorded the task's lr and warm-up as used
@@ -570,6 +573,20 @@ class _VisattnParser(LightningArgumentParser):
 
     def format_help(self) -> str:
         return plain_help(super().format_help())
+
+    def dump(self, cfg: Namespace, *args: Any, **kwargs: Any) -> str:
+        """Keeps an ``optimizer`` or ``lr_scheduler`` the settings give: jsonargparse leaves out the options hidden
+        from ``--help``, so ``--print_config`` printed a config training the task's AdamW where the command itself
+        was refused."""
+        given = [action for action in self._actions
+                 if action.dest in _REFUSED_SECTIONS and cfg.get(action.dest) is not None]
+        for action in given:
+            action.help = None
+        try:
+            return super().dump(cfg, *args, **kwargs)
+        finally:
+            for action in given:
+                action.help = argparse.SUPPRESS
 
     def error(self, message: str, ex: Optional[Exception] = None) -> NoReturn:
         """Unrecognized options (``--trainer.max_stepz 1``) are named without their values, each with the nearest
