@@ -25,6 +25,7 @@ import io
 import json
 import os
 import reprlib
+import unicodedata
 import warnings
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -304,18 +305,30 @@ def _check_wordless(path: Path, wordless: list[str], *, kept: int) -> None:
 
 def _read_json(path: Path) -> dict:
     try:
-        with open(path, encoding="utf-8-sig") as f:  # a byte-order mark, as Windows editors write, is no error
-            data = json.load(f)
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file; give the path of the annotations JSON") from None
     except OSError as err:  # the file's contents are not to blame: "re-download" is no fix for a permission
         raise ConfigError(f"{path}: cannot be read ({err.strerror or err}); give the path of an annotations JSON file "
                           "this user may read") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+    try:  # bytes: UTF-8 with or without a byte-order mark, UTF-16 (Notepad's "Unicode") or UTF-32, told apart by json
+        data = json.loads(raw)
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: {_not_unicode(raw, err)}") from None
+    except json.JSONDecodeError as err:
         raise ConfigError(f"{path}: not readable JSON ({_one_line(err)}); re-download or fix the file") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level is a {type(data).__name__}, expected an object with 'images'")
     return data
+
+
+def _not_unicode(raw: bytes, err: UnicodeDecodeError) -> str:
+    """Where a JSON file's text is not in its Unicode encoding: a caption saved as Latin-1 or Windows-1252 (``é`` as
+    the one byte 0xe9)."""
+    line = raw.count(b"\n", 0, err.start) + 1
+    column = err.start - (raw.rfind(b"\n", 0, err.start) + 1) + 1
+    return (f"byte 0x{raw[err.start]:02x} at line {line}, column {column} is not {err.encoding.upper()} text (a "
+            "Latin-1 or Windows-1252 character?); save the file as UTF-8, e.g. iconv -f cp1252 -t utf-8")
 
 
 def load_coco(path: Path):  # -> pycocotools.coco.COCO
@@ -356,13 +369,16 @@ def image_paths(annotations: Path, images: list[dict], images_dir: Path) -> list
 
 
 def image_file(images_dir: Path, name: str) -> Path:
-    """``images_dir / name``, reading a Windows-made name's backslashes as folders where only that file is there
-    (``sub\\a.jpg``: else the image is skipped as "no such file", and the mAP taken over the rest)."""
+    """``images_dir / name``, or where only another spelling of ``name`` is there (else the image is skipped as "no
+    such file", and the mAP taken over the rest): a Windows-made name's backslashes read as folders (``sub\\a.jpg``),
+    or the name in the other Unicode form (a "café.jpg" of the JSON, unzipped from macOS decomposed)."""
     path = images_dir / name
-    if "\\" in name and not os.path.lexists(path):
-        posix = images_dir / PureWindowsPath(name).as_posix()
-        return posix if os.path.lexists(posix) else path
-    return path
+    if os.path.lexists(path):
+        return path
+    names = [name, PureWindowsPath(name).as_posix()] if "\\" in name else [name]
+    spellings = [unicodedata.normalize(form, each) for each in names for form in ("NFC", "NFD")]
+    return next((images_dir / other for other in dict.fromkeys(names + spellings)
+                 if os.path.lexists(images_dir / other)), path)
 
 
 def require_some_image(paths: Sequence[Path], images_dir: Path, annotations: Path, *,

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 
 from ..errors import ConfigError, ImageDecodeError, VisattnWarning, is_count, is_many, outside_visattn
 from ..fileio import not_a_folder
-from .image_io import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, decode_image, list_images, path_argument
+from .image_io import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, decode_image, is_bookkeeping, list_images, path_argument
 from .transforms import checked_transform, to_tensor
 
 __all__ = ["ImageFiles", "ImageFolder", "SkippedImageWarning", "collate_present", "decode_next_good",
@@ -182,13 +182,13 @@ class ImageFolder(ImageFiles):
         pool = self.substitutes if self.substitutes is not None else np.arange(len(self.paths))
         members = pool[self._labels[pool] == label]
         if bool(self._bad[torch.from_numpy(members)].all()):
-            raise ConfigError(f"{self.root / self.classes[label]}: none of its {len(members)} training image files "
+            name = self.classes[label]
+            folder = class_folders(self.root).get(unicodedata.normalize("NFC", name), name)  # as it is spelled there
+            raise ConfigError(f"{self.root / folder}: none of its {len(members)} training image files "
                               "can be decoded (see the warnings); replace them or remove the class folder")
 
     def _find_samples(self) -> list[tuple[Path, int]]:
-        # Names compared in one Unicode form: macOS and its zip files write "café" decomposed (NFD), which
-        # looks the same as the trained class but would be refused.
-        folders = {unicodedata.normalize("NFC", name): name for name in find_classes(self.root)}
+        folders = class_folders(self.root)
         extra = sorted(folders[name] for name in set(folders) - {unicodedata.normalize("NFC", c) for c in self.classes})
         if extra:
             known = ", ".join(self.classes)
@@ -207,7 +207,7 @@ class ImageFolder(ImageFiles):
     def _warn_of_loose_images(self) -> None:
         """Image files beside the class folders belong to no class: read as no sample, they shrank ``n`` unsaid."""
         loose = sorted(path.name for path in self.root.iterdir() if path.suffix.lower() in IMAGE_EXTENSIONS
-                       and not path.name.startswith(".") and not path.is_dir())
+                       and not is_bookkeeping(path.name) and not path.is_dir())
         if loose:
             more = f" and {len(loose) - 1} more image files" if len(loose) > 1 else ""
             warnings.warn(f"{self.root}: {loose[0]}{more} sit beside the class folders, in no class, and are not read; "
@@ -215,6 +215,12 @@ class ImageFolder(ImageFiles):
 
     def _check_found_classes(self) -> None:
         check_class_count(self.root, self.classes)
+        folded = Counter(name.casefold() for name in self.classes)
+        alike = [name for name in self.classes if folded[name.casefold()] > 1]
+        if alike:  # a class split in two by its spelling, or classes that cannot be copied to macOS or Windows
+            warnings.warn(f"{self.root}: class folders {alike[:4]} differ only in case: they are separate classes "
+                          "here, but one folder on macOS and Windows; merge them if they are one class",
+                          VisattnWarning, stacklevel=outside_visattn())
         empty = sorted(set(self.classes) - {self.classes[label] for _, label in self.samples})
         if empty:
             raise ConfigError(f"{self.root}: class folders {empty} hold no image files; add images or remove them")
@@ -332,23 +338,41 @@ def split_folders(root: Path) -> list[str]:
     folders too, which are classes, one of them maybe named like a split (CIFAR-100's ``train``)."""
     if not root.is_dir():
         return []
-    folders = {path.name for path in root.iterdir() if path.is_dir() and not path.name.startswith(".")}
+    folders = {path.name for path in root.iterdir() if path.is_dir() and not is_bookkeeping(path.name)}
     return [name for name in SPLIT_FOLDERS if name in folders] if folders <= set(SPLIT_FOLDERS) else []
 
 
 def find_classes(root: str | os.PathLike) -> list[str]:
-    """Sorted names of the class sub-folders of ``root`` (hidden folders ignored).
+    """Sorted names of the class sub-folders of ``root`` (hidden and other programs' folders ignored), in
+    composed Unicode form (NFC).
 
     Raises:
         ConfigError: ``root`` is missing, not a folder, or has no sub-folders.
     """
-    root = path_argument("root", root)
+    return sorted(class_folders(path_argument("root", root)))
+
+
+def class_folders(root: Path) -> dict[str, str]:
+    """``{class name: folder name}`` of ``root``'s class sub-folders, each name in composed form (NFC): macOS and
+    its zip files write "éclair" decomposed (NFD), which looks the same yet sorts before "fig", where the composed
+    one sorts after it: a copy of the folder made elsewhere numbered the classes otherwise, and recorded the label
+    in another form.
+
+    Raises:
+        ConfigError: ``root`` is missing, not a folder, has no sub-folders, or two of one name in two forms.
+    """
     if not root.is_dir():
         raise ConfigError(f"{root}: {not_a_folder(root)} ({_LAYOUT})")
-    classes = sorted(p.name for p in root.iterdir() if _is_class_dir(p))
-    if not classes:
+    folders: dict[str, str] = {}
+    for path in sorted(root.iterdir()):
+        if _is_class_dir(path):
+            other = folders.setdefault(unicodedata.normalize("NFC", path.name), path.name)
+            if other != path.name:
+                raise ConfigError(f"{root}: class folders {ascii(other)} and {ascii(path.name)} are one name in two "
+                                  "Unicode forms (composed and decomposed, as macOS writes it); merge them into one")
+    if not folders:
         raise ConfigError(f"{root}: no class sub-folders ({_LAYOUT})")
-    return classes
+    return folders
 
 
 def check_class_count(root: str | os.PathLike, classes: Sequence[str]) -> None:
@@ -359,4 +383,4 @@ def check_class_count(root: str | os.PathLike, classes: Sequence[str]) -> None:
 
 
 def _is_class_dir(path: Path) -> bool:
-    return path.is_dir() and not path.name.startswith(".")
+    return path.is_dir() and not is_bookkeeping(path.name)

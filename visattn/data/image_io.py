@@ -47,9 +47,14 @@ _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 _HIGH_DEPTH_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
 # ISO base media "ftyp" brands of HEIC/HEIF photos (iPhones); AVIF's share the box but not these.
 _HEIF_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs"})
+_APPLEDOUBLE_MAGIC = b"\x00\x05\x16\x07"
 # Pixels are made RGB this many at a time (a strip of rows): converting a whole image held two to eight copies of
 # it at once (a 108 MP RGBA PNG peaked at 2 GiB over its pixels).
 _STRIP_PIXELS = 1 << 18
+# Folders other programs keep among users' files: macOS zips' resource forks (``._photo.jpg``, which are no images)
+# and a Synology NAS's thumbnails (real JPEGs: read as photos, each image was trained on twice, and the folder at a
+# class folder's level was a class).
+_BOOKKEEPING_FOLDERS = frozenset({"__MACOSX", "@eaDir"})
 
 PathLike = str | os.PathLike
 ImageSource = PathLike | bytes
@@ -274,10 +279,11 @@ def _folder_inputs(folder: Path, *, recursive: bool, outputs: list[Path],
 
 def _folder_files(root: Path, recursive: bool, unlisted: list[Path]) -> Iterator[Path]:
     """Everything under ``root`` that is not a folder (dangling links and pipes too, so that reading
-    them reports them), hidden names skipped; symlinked sub-folders are followed, each real folder once.
-    A link to a folder above ``root`` is not: it would list ``root``'s neighbours as ``root``'s own (an
-    image-folder class taking the other classes' images). Folders that cannot be listed go to ``unlisted``
-    (``os.walk`` passes over them: a folder without read permission would silently lose its images)."""
+    them reports them), hidden and other programs' names skipped (:func:`is_bookkeeping`); symlinked
+    sub-folders are followed, each real folder once. A link to a folder above ``root`` is not: it would
+    list ``root``'s neighbours as ``root``'s own (an image-folder class taking the other classes' images).
+    Folders that cannot be listed go to ``unlisted`` (``os.walk`` passes over them: a folder without read
+    permission would silently lose its images)."""
     seen: set[str] = set()  # real paths: a link back up the tree ends here instead of looping
     above = Path(os.path.realpath(root)).parents
 
@@ -291,8 +297,14 @@ def _folder_files(root: Path, recursive: bool, unlisted: list[Path]) -> Iterator
             subfolders.clear()
             continue
         seen.add(real)
-        subfolders[:] = sorted(name for name in subfolders if recursive and not name.startswith("."))
-        yield from (Path(folder, name) for name in names if not name.startswith("."))
+        subfolders[:] = sorted(name for name in subfolders if recursive and not is_bookkeeping(name))
+        yield from (Path(folder, name) for name in names if not is_bookkeeping(name))
+
+
+def is_bookkeeping(name: str) -> bool:
+    """Whether a file or folder name is another program's, not a user's data: a dot name (``.DS_Store``, AppleDouble
+    ``._photo.jpg``, ``.git``) or a folder of :data:`_BOOKKEEPING_FOLDERS`."""
+    return name.startswith(".") or name in _BOOKKEEPING_FOLDERS
 
 
 def _checked_source(source: object) -> ImageSource:
@@ -466,5 +478,8 @@ def _unidentified_reason(head: bytes) -> str:
         return "empty file (0 bytes); copy it again from its source, or remove it"
     if head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS:
         return "HEIC/HEIF is not supported by Pillow; convert it to JPEG or PNG"
+    if head[:4] == _APPLEDOUBLE_MAGIC:
+        return ("an AppleDouble file (the ._ twin macOS writes beside each file on other disks: its metadata, not an "
+                "image); leave out the files named ._*")
     return ("not a supported image (unknown format or not an image at all); give JPEG, PNG, WebP, TIFF, BMP, GIF "
             "or AVIF files, or remove it")
