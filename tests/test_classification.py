@@ -1487,6 +1487,27 @@ def test_a_new_run_from_a_checkpoint_matches_its_class_names_as_from_shipped_wei
         assert not torch.allclose(other.eval()(images), before)
 
 
+def test_a_checkpoint_recording_labels_as_macos_spells_them_keeps_its_head_on_the_same_names_spelled_composed(
+        tmp_path):
+    """A run on a macOS folder recorded "éclair" decomposed (NFD) before class names were kept composed (NFC):
+    fine-tuning its checkpoint on a copy of the folder made elsewhere reset the head, warning that the names (the
+    same to the eye) were not among its labels."""
+    import unicodedata
+
+    decomposed, composed = (unicodedata.normalize(form, "éclair") for form in ("NFD", "NFC"))
+    first = ImageClassifier("resnet20_cifar", num_classes=2, class_names=[decomposed, "fig"],
+                            model_kwargs={"layers": (1, 1, 1)}).eval()
+    path = tmp_path / "mac.ckpt"
+    torch.save({"state_dict": first.state_dict(), "hyper_parameters": dict(first.hparams)}, path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "randomly initialised" warning
+        again = ImageClassifier("resnet20_cifar", num_classes=2, class_names=["fig", composed], pretrained=str(path),
+                                model_kwargs={"layers": (1, 1, 1)}).eval()
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(again(images), first(images)[:, [1, 0]])
+
+
 @pytest.fixture
 def offline(monkeypatch):
     """Every way timm fetches weights fails, as with HF_HUB_OFFLINE=1 and no cache."""

@@ -3,6 +3,7 @@ trained classifier (`visattn evaluate`) is :mod:`visattn.inference.classifier_sc
 :mod:`visattn.inference.classifier`."""
 import contextlib
 import math
+import unicodedata
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
@@ -118,7 +119,8 @@ def match_class_order(model: nn.Module, model_name: str, pretrained: Optional[Un
     the last ``nn.Linear`` of its ``classifier``."""
     if not class_names or starting_weights_skipped():
         return
-    recorded = list(starting_weights_labels(model_name, pretrained) or [])
+    # compared in composed form: a macOS folder's labels were recorded decomposed before class names were kept NFC
+    recorded = [unicodedata.normalize("NFC", label) for label in starting_weights_labels(model_name, pretrained) or []]
     as_folders = {label.replace("/", "_"): label for label in recorded}  # an image folder's name for a label
     named = [as_folders.get(name, name) if name not in recorded else name for name in class_names]
     unnamed = [str(i) for i in range(len(class_names))]  # unnamed: labels go by position
