@@ -960,7 +960,8 @@ def test_a_timm_model_of_fixed_size_without_a_patch_grid_refuses_data_of_another
     """timm's LeViT at 64 px data failed in the first step, a 153-line traceback after the trainer had set up."""
     preprocessing = {"input_size": [3, 64, 64], "mean": [0.5] * 3, "std": [0.5] * 3, "recipe": "small"}
     with pytest.raises(ConfigError, match=r"^data.init_args.img_size=64 but timm:levit_128s cannot take 64x64 images "
-                                          r"\(.*\); set model.init_args.model_kwargs.img_size: 64, or data img_size"):
+                                          r"\(.*\); set model.init_args.model_kwargs.img_size: 64, or "
+                                          r"data\.init_args\.img_size to the size it was built for$"):
         ImageClassifier("timm:levit_128s", num_classes=3, preprocessing=preprocessing)
     ImageClassifier("timm:levit_128s", num_classes=3, preprocessing=preprocessing, model_kwargs={"img_size": 64})
 
@@ -1316,7 +1317,8 @@ def test_data_of_another_size_than_a_vit_takes_is_refused_at_build_naming_both_c
     """It failed only at the first batch, in the patch embedding, without naming the config keys."""
     data = {"input_size": [3, 32, 32], "mean": [0.5] * 3, "std": [0.5] * 3}
     with pytest.raises(ConfigError, match=rf"^data.init_args.img_size=32 but {name} images; set "
-                                          r"model.init_args.model_kwargs.img_size: 32 .*, or data img_size"):
+                                          r"model.init_args.model_kwargs.img_size: 32 \(pretrained position "
+                                          r"embeddings are resampled\), or data\.init_args\.img_size: \d+$"):
         build(data)
 
 
@@ -1833,7 +1835,8 @@ def test_data_a_vit_of_any_size_cannot_split_into_patches_is_refused_at_build_na
     any size."""
     data = {"input_size": [3, 30, 30], "mean": [0.5] * 3, "std": [0.5] * 3}
     with pytest.raises(ConfigError, match=rf"^data\.init_args\.img_size=30 but {name} takes sides that are "
-                                          rf"multiples of its \d+-pixel patches; set data img_size to {fits}$"):
+                                          rf"multiples of its \d+-pixel patches; set data\.init_args\.img_size to "
+                                          rf"{fits}$"):
         ImageClassifier(name, model_kwargs={"depth": 1, "dynamic_img_size": True}, preprocessing=data)
     ImageClassifier("timm:vit_tiny_patch16_224", model_kwargs={"depth": 1, "dynamic_img_size": True,
                                                                "dynamic_img_pad": True}, preprocessing=data)

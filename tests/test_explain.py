@@ -1973,6 +1973,10 @@ def test_a_class_given_by_number_where_labels_are_numbers_says_how_it_was_read()
         assert _class_to_index("2", ["cat", "dog", "fox"]) == 2 and _class_to_index("dog", ["cat", "dog", "fox"]) == 1
     with pytest.raises(ArgumentError, match=r"not a class of this model; use an index 0\.\.2 or one of cat, dog, fox$"):
         _class_to_index("-1", ["cat", "dog", "fox"])
+    with pytest.raises(ArgumentError) as info:  # an ImageNet classifier's message listed all 1000 names
+        _class_to_index("zebra", [f"n{k}" for k in range(1000)])
+    assert str(info.value) == ("target_class='zebra': not a class of this model; use an index 0..999 or one of n0, n1, "
+                               "n2, n3, n4, n5, n6, n7, n8, n9 (+990 more)")
 
 
 # ------------------------------------------------- drawing and fusing as documented (from a mutation review)

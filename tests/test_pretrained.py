@@ -526,10 +526,17 @@ def test_saved_weights_rebuild_the_model_they_were_saved_from_by_name(weights_tm
         assert torch.equal(loaded(images), model(images))
 
 
-def test_a_tag_and_other_weights_together_are_one_line(weights_tmp, tmp_path):
+@pytest.mark.parametrize("pretrained, shown", [
+    ("mine.pth", "'mine.pth'"),
+    (Path("mine.pth"), "'mine.pth'"),  # was PosixPath('mine.pth')
+    ({"pos_embed": torch.zeros(1, 50, 192)}, "..."),  # a state dict's repr was megabytes of tensors, over many lines
+])
+def test_a_tag_and_other_weights_together_are_one_line(weights_tmp, pretrained, shown):
     save_weights(_model(), weights_tmp / f"{ARCH}.unit.safetensors")
-    with pytest.raises(ConfigError, match=f"{ARCH}.unit names shipped weights and pretrained='mine.pth'"):
-        create_model(f"{ARCH}.unit", pretrained="mine.pth")
+    with pytest.raises(ConfigError) as info:
+        create_model(f"{ARCH}.unit", pretrained=pretrained)
+    assert str(info.value) == (f"{ARCH}.unit names shipped weights and pretrained={shown} other weights; give one: "
+                               f"create_model('{ARCH}', pretrained={shown}) or create_model('{ARCH}.unit')")
 
 
 def test_a_tag_with_pretrained_none_loads_the_tag(weights_tmp):
@@ -1513,10 +1520,12 @@ def _state(path: Path) -> dict[str, torch.Tensor]:
     return checkpoint.get("state_dict", checkpoint)
 
 
-@pytest.mark.parametrize("source", [None, 3])
-def test_a_weights_source_of_another_type_is_one_line(source):
-    with pytest.raises(WeightsError, match="give a file path, a shipped ARCH.TAG"):
+@pytest.mark.parametrize("source, kind", [(None, "NoneType"), (3, "int"), (torch.zeros(2, 2), "Tensor")])
+def test_a_weights_source_of_another_type_is_one_line(source, kind):
+    with pytest.raises(WeightsError) as info:  # a tensor's repr took several lines
         load_weights(_model(), source)
+    assert str(info.value) == (f"weights source of type {kind}: give a file path, a shipped ARCH.TAG, 'timm:NAME', "
+                               "'hf-hub:ORG/REPO' or a state dict")
 
 
 class _RunsAShellCommand:

@@ -405,7 +405,8 @@ CASES = {
                                                               "--data.init_args.root", "data/train"],
                                                  "data/train: no such folder in the working folder "),
     "val_fraction_of_one": (lambda tmp: [*FIT, "--data.init_args.val_fraction", "1.0"],
-                            "error: data.init_args.val_fraction=1.0: must be in [0, 1)"),
+                            "error: data.init_args.val_fraction=1.0: give the share of training images held out for "
+                            "validation, from 0 up to (not including) 1, e.g. 0.1"),
     "crop_pct_above_one": (lambda tmp: ["fit", "--config", str(IMAGEFOLDER_CONFIG), "--data.init_args.root", str(tmp),
                                         "--data.init_args.crop_pct", "1.5"],
                            "error: data.init_args.crop_pct=1.5: give the fraction of the resized image kept"),

@@ -151,7 +151,8 @@ def test_detection_step_with_nan_loss_is_skipped():
 
 
 def test_max_bad_steps_must_be_positive():
-    with pytest.raises(ValueError, match="max_bad_steps=0"):
+    with pytest.raises(ValueError, match=r"^model\.init_args\.max_bad_steps=0: give a whole number >= 1 \(the "
+                                         r"non-finite losses in a row that stop the run\)$"):
         NonFiniteLossGuard(max_bad_steps=0)
 
 

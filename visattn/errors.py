@@ -277,6 +277,14 @@ def error_line(err: VisattnError) -> str:
     return one_line(last.split(": ", 1)[1] if ": " in last else last)
 
 
+def first_few(items: Iterable[Any], limit: int = 10) -> str:
+    """``items`` joined by commas, the first ``limit`` of them and a count of the rest, so that a message naming a
+    list (a dataset's 1000 class names) stays one readable line."""
+    items = [str(item) for item in items]
+    more = f" (+{len(items) - limit} more)" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
+
+
 def one_line(text: str) -> str:
     """``text`` with its control characters escaped (``\\n`` for a newline in a file name), so that a
     line of output naming a file stays one line."""

@@ -209,8 +209,8 @@ def load_weights(
     if starting_weights_skipped():
         return initialise() if initialise is not None and any(p.is_meta for p in model.parameters()) else model
     if not isinstance(source, (str, os.PathLike, dict)):
-        raise WeightsError(f"weights source {source!r}: give a file path, a shipped ARCH.TAG, 'timm:NAME', "
-                           "'hf-hub:ORG/REPO' or a state dict")
+        raise WeightsError(f"weights source of type {type(source).__name__}: give a file path, a shipped ARCH.TAG, "
+                           "'timm:NAME', 'hf-hub:ORG/REPO' or a state dict")
     wrapper, model = model, _weights_module(model)
     features_only = isinstance(as_module(wrapper, error=WeightsError), FeatureGetterNet)
     on_meta = any(p.is_meta for p in model.parameters())

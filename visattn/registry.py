@@ -431,8 +431,10 @@ def model_arguments(
         # This architecture's own weights: built with their hyperparameters, as create_model("arch.tag") is
         tag, pretrained = pretrained[len(arch) + 1:], None
     if tag is not None and not isinstance(pretrained, bool) and pretrained is not None:
-        raise ConfigError(f"{name} names shipped weights and pretrained={pretrained!r} other weights; "
-                          f"give one: create_model({arch!r}, pretrained={pretrained!r}) or create_model({name!r})")
+        # a path as typed, not PosixPath(...); a state dict's repr would be megabytes of tensors
+        given = repr(os.fspath(pretrained)) if isinstance(pretrained, (str, os.PathLike)) else "..."
+        raise ConfigError(f"{name} names shipped weights and pretrained={given} other weights; "
+                          f"give one: create_model({arch!r}, pretrained={given}) or create_model({name!r})")
     # timm's switches left at a value that asks for nothing (scriptable=False, as ported scripts pass them) are
     # dropped: the model builds as without them
     kwargs = {k: v for k, v in kwargs.items() if not (k in _TIMM_SWITCHES and not v)}

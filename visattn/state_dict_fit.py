@@ -7,7 +7,7 @@ from typing import Any, Iterable, Optional
 
 from torch import nn
 
-from .errors import VisattnWarning, WeightsError, outside_visattn
+from .errors import VisattnWarning, WeightsError, first_few, outside_visattn
 from .layers.create_attn import ATTN_LAYERS
 from .registry import Strictness
 from .weights_files import StateDict, _under
@@ -176,7 +176,4 @@ def _wrapper_hint(state: StateDict, own: StateDict) -> str:
 
 
 def _key_list(keys: list[str], limit: int = 8) -> str:
-    if not keys:
-        return "none"
-    more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
-    return ", ".join(keys[:limit]) + more
+    return first_few(keys, limit) if keys else "none"

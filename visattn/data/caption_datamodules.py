@@ -396,5 +396,6 @@ class KarpathyCaptionDataModule(_CaptionDataModule):
     def _validation_source(self) -> tuple[str, str]:
         h = self.hparams
         if h.split_json is not None:
-            return f"{h.split_json} (split val, images in {h.images_dir})", "check data.images_dir and the files"
+            return (f"{h.split_json} (split val, images in {h.images_dir})",
+                    "point data.init_args.images_dir at the folder holding them, or replace them")
         return f"{h.val_annotations} (images in {split_images_dir(h, 'val')})", COCO_VALIDATION_FIX

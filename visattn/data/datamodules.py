@@ -434,10 +434,11 @@ class _ClassificationDataModule(SplitLoadersMixin, pl.LightningDataModule):
                               "in_chans 1)")
         check_img_size(h.img_size)  # before preprocessing_problem names input_size, which the config does not set
         if not 0 <= h.val_fraction < 1:
-            raise ConfigError(f"data.init_args.val_fraction={h.val_fraction}: must be in [0, 1)")
+            raise ConfigError(f"data.init_args.val_fraction={h.val_fraction!r}: give the share of training images held "
+                              "out for validation, from 0 up to (not including) 1, e.g. 0.1")
         if h.limit is not None and not is_count(h.limit):
-            raise ConfigError(f"data.init_args.limit={h.limit!r}: must be a positive number of samples, or None for "
-                              "all")
+            raise ConfigError(f"data.init_args.limit={h.limit!r}: give a whole number of samples, 1 or more, or null "
+                              "for all")
         if not is_whole(h.seed):  # else numpy's "expected non-negative integer" at setup, naming no setting
             raise ConfigError(f"data.init_args.seed={h.seed!r}: give a whole number of 0 or more")
         self._check_preprocessing()
@@ -649,7 +650,7 @@ class ImageFolderDataModule(_ClassificationDataModule):
         root = self.hparams.root if split == "train" else self.hparams.test_root
         if root is None:
             raise ConfigError(
-                "ImageFolderDataModule: set data.test_root to test or predict "
+                "ImageFolderDataModule: set data.init_args.test_root to test or predict "
                 "(the test split is never carved from root)"
             )
         # The training folder defines the classes: built without classes=, it refuses an empty class folder.
@@ -674,8 +675,8 @@ class ImageFolderDataModule(_ClassificationDataModule):
             raise ConfigError(
                 f"{h.root}: {len(train)} images, one per class, leave none for validation "
                 f"(val_fraction={h.val_fraction}; each class keeps one for training); add images, give a "
-                "validation folder as data.val_root, or set data.val_fraction 0 (and monitor no val/ metric) "
-                "to train without validation"
+                "validation folder as data.init_args.val_root, or set data.init_args.val_fraction 0 (and monitor no "
+                "val/ metric) to train without validation"
             )
         return train.split(train_idx), val.split(val_idx)
 
@@ -690,7 +691,7 @@ class ImageFolderDataModule(_ClassificationDataModule):
         if h.val_root is not None:
             return h.val_root, "replace them or add readable images"
         return (f"{h.root} (val_fraction={h.val_fraction})",
-                "replace them, add images, or give a validation folder as data.val_root")
+                "replace them, add images, or give a validation folder as data.init_args.val_root")
 
     def _folders(self) -> list[ImageFolder]:
         return [d.dataset if isinstance(d, Subset) else d for d in self.datasets.values()]

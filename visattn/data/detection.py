@@ -3,6 +3,7 @@ datasets of :mod:`visattn.data.detection_samples`.
 """
 from __future__ import annotations
 
+import reprlib
 import warnings
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -40,9 +41,9 @@ def _warn_of_classes_without_boxes(dataset: CocoDetection) -> None:
     seen = set().union(*(labels[crowd == 0].tolist() for _, labels, crowd in dataset.targets))
     empty = [name for index, name in enumerate(dataset.class_names) if index not in seen]
     if empty:
-        warnings.warn(f"{dataset.annotations}: categories {empty} have no object box to learn from, yet the detector "
-                      "gets a class for each; add their boxes or remove them from categories", VisattnWarning,
-                      stacklevel=outside_visattn())
+        warnings.warn(f"{dataset.annotations}: categories {reprlib.repr(empty)} have no object box to learn from, "
+                      "yet the detector gets a class for each; add their boxes or remove them from categories",
+                      VisattnWarning, stacklevel=outside_visattn())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import reprlib
 import warnings
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -30,7 +31,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
-from ..errors import ConfigError, VisattnWarning, caught_warnings, is_number, is_whole, outside_visattn
+from ..errors import (ConfigError, VisattnWarning, caught_warnings, first_few, is_number, is_whole,
+                      outside_visattn)
 from .coco import check_image_ids, image_paths, json_type_hint, load_coco, require_images_dir
 from .image_folder import ImageFiles
 from .image_io import DEFAULT_MAX_PIXELS, exif_orientation, path_argument
@@ -280,8 +282,8 @@ class CocoDetection(ImageFiles):
         index = {name: k for k, name in enumerate(class_names)}
         unknown = sorted(c["name"] for c in categories if c["name"] not in index)
         if unknown:
-            raise ConfigError(f"{self.annotations}: categories {unknown} are not among the classes "
-                              f"({', '.join(class_names)}); use annotations with the training categories")
+            raise ConfigError(f"{self.annotations}: categories {reprlib.repr(unknown)} are not among the classes "
+                              f"({first_few(class_names)}); use annotations with the training categories")
         return list(class_names), {c["id"]: index[c["name"]] for c in categories}
 
     def _targets(self, images: list[dict], annotations: list[dict],
@@ -298,8 +300,9 @@ class CocoDetection(ImageFiles):
         unknown = {a["category_id"] for a in annotations} - set(label_of)
         if unknown:
             hint = json_type_hint(next(iter(unknown)), list(label_of))
-            raise ConfigError(f"{self.annotations}: annotations use category ids {sorted(unknown, key=str)}{hint} that "
-                              "its categories do not list; add them to categories or remove those annotations")
+            shown = reprlib.repr(sorted(unknown, key=str))
+            raise ConfigError(f"{self.annotations}: annotations use category ids {shown}{hint} that its categories "
+                              "do not list; add them to categories or remove those annotations")
         per_image: dict[Any, list[dict]] = {image_id: [] for image_id in image_ids}
         for annotation in annotations:
             per_image[annotation["image_id"]].append(annotation)

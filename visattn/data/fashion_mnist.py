@@ -170,11 +170,13 @@ def read_idx(path: str | os.PathLike, *, ndim: int) -> np.ndarray:
     # magic: two zero bytes, the type code, the number of axes; then one big-endian int32 per axis
     header_size = 4 + 4 * ndim
     if len(data) < header_size or data[:4] != bytes([0, 0, _UBYTE, ndim]):
-        raise ConfigError(f"{path}: not an idx file of {ndim}-d unsigned bytes (bad magic number)")
+        raise ConfigError(f"{path}: not an idx file of {ndim}-d unsigned bytes (bad magic number); re-download or "
+                          "reinstall the file")
     shape = tuple(int(n) for n in np.frombuffer(data, ">i4", count=ndim, offset=4))
     if len(data) - header_size != int(np.prod(shape)):
         size = len(data) - header_size
-        raise ConfigError(f"{path}: header says {shape} but holds {size} bytes (truncated?)")
+        raise ConfigError(f"{path}: header says {shape} but holds {size} bytes (truncated?); re-download or reinstall "
+                          "the file")
     return np.frombuffer(data, np.uint8, offset=header_size).reshape(shape)
 
 
@@ -182,11 +184,13 @@ def read_idx(path: str | os.PathLike, *, ndim: int) -> np.ndarray:
 def _read_split(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndarray]:
     images, labels = read_idx(images_path, ndim=3), read_idx(labels_path, ndim=1)
     if images.shape[1:] != (28, 28):
-        raise ConfigError(f"{images_path}: images are {images.shape[1:]}, expected 28x28")
+        raise ConfigError(f"{images_path}: images are {images.shape[1:]}, expected 28x28; re-download or reinstall "
+                          "the file")
     if len(images) != len(labels):
-        raise ConfigError(f"{labels_path}: {len(labels)} labels for {len(images)} images")
+        raise ConfigError(f"{labels_path}: {len(labels)} labels for {len(images)} images; re-download or reinstall "
+                          "the images and labels files of one split")
     if labels.max(initial=0) >= len(FASHION_MNIST_CLASSES):
-        raise ConfigError(f"{labels_path}: label {labels.max()} out of range 0..9")
+        raise ConfigError(f"{labels_path}: label {labels.max()} out of range 0..9; re-download or reinstall the file")
     return images, labels  # np.frombuffer over bytes: read-only, so the cache cannot be altered
 
 

@@ -16,6 +16,7 @@ import bisect
 import copy
 import functools
 import os
+import reprlib
 import unicodedata
 import warnings
 from collections import Counter
@@ -26,7 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 
-from ..errors import ConfigError, ImageDecodeError, VisattnWarning, is_count, is_many, outside_visattn
+from ..errors import ConfigError, ImageDecodeError, VisattnWarning, first_few, is_count, is_many, outside_visattn
 from ..fileio import not_a_folder
 from .image_io import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, decode_image, is_bookkeeping, list_images, path_argument
 from .transforms import checked_transform, to_tensor
@@ -191,8 +192,9 @@ class ImageFolder(ImageFiles):
         folders = class_folders(self.root)
         extra = sorted(folders[name] for name in set(folders) - {unicodedata.normalize("NFC", c) for c in self.classes})
         if extra:
-            known = ", ".join(self.classes)
-            raise ConfigError(f"{self.root}: class folders {extra} are not among the classes ({known}); "
+            # capped: an ImageNet tree read with a 10-class model's labels named 990 folders and the 10
+            raise ConfigError(f"{self.root}: class folders {reprlib.repr(extra)} are not among the classes "
+                              f"({first_few(self.classes)}); "
                               "rename or move them, or train a model that has those classes")
         samples = [
             (path, label)
@@ -223,7 +225,8 @@ class ImageFolder(ImageFiles):
                           VisattnWarning, stacklevel=outside_visattn())
         empty = sorted(set(self.classes) - {self.classes[label] for _, label in self.samples})
         if empty:
-            raise ConfigError(f"{self.root}: class folders {empty} hold no image files; add images or remove them")
+            raise ConfigError(f"{self.root}: class folders {reprlib.repr(empty)} hold no image files; add images or "
+                              "remove them")
 
 
 def decode_next_good(
@@ -253,7 +256,8 @@ def decode_next_good(
         if image is not None:
             return i, image
     folder = paths[0].parent if paths else "the images folder"
-    raise ConfigError(f"{folder}: none of the {len(order)} image files listed can be decoded")
+    raise ConfigError(f"{folder}: none of the {len(order)} image files listed can be decoded (see the warnings); "
+                      "replace or remove them")
 
 
 def _decode_or_mark(paths: Sequence[Path], bad: torch.Tensor, i: int, max_pixels: int) -> Optional[np.ndarray]:

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from ..data.transforms import check_image_batch, rgb_array
-from ..errors import ArgumentError, ConfigError, VisattnWarning, outside_visattn
+from ..errors import ArgumentError, ConfigError, VisattnWarning, first_few, outside_visattn
 from .attention import (as_index, attention_map, attention_pool_reading, check_gives_attention,
                         collect_attentions, gives_attention, input_channels, is_vit, model_batch, recorded_inputs,
                         token_grid)
@@ -262,7 +262,7 @@ def _class_to_index(target_class: Union[int, str, None], class_names: Sequence[s
     names, text = list(class_names), str(target_class)
     if target_class not in names and not text.isdigit():
         raise ArgumentError("target_class", target_class,
-                            f"not a class of this model; use an index 0..{len(names) - 1} or one of {', '.join(names)}")
+                            f"not a class of this model; use an index 0..{len(names) - 1} or one of {first_few(names)}")
     index = names.index(target_class) if target_class in names else int(text)
     if text.isdigit() and any(name.isdigit() for name in names) and index < len(names):
         how = "the label" if target_class in names else "the index"

@@ -215,7 +215,7 @@ def check_data_size(model: nn.Module, model_name: str, preprocessing: Optional[d
     data_size = preprocessing["input_size"][-1]
     raise ConfigError(f"data.init_args.img_size={data_size} but {model_name} takes {size[0]}x{size[1]} images; set "
                       f"model.init_args.model_kwargs.img_size: {data_size} (pretrained position embeddings are "
-                      f"resampled), or data img_size {size[0]}")
+                      f"resampled), or data.init_args.img_size: {size[0]}")
 
 
 def _check_whole_patches(model: nn.Module, model_name: str, input_size: Sequence[int]) -> None:
@@ -226,7 +226,8 @@ def _check_whole_patches(model: nn.Module, model_name: str, input_size: Sequence
         return
     data_size = input_size[-1]
     sides, fits = sides_that_fit(data_size, embed.patch_size)
-    raise ConfigError(f"data.init_args.img_size={data_size} but {model_name} {sides}; set data img_size to {fits}")
+    raise ConfigError(f"data.init_args.img_size={data_size} but {model_name} {sides}; set data.init_args.img_size to "
+                      f"{fits}")
 
 
 def _check_runs_at(model: nn.Module, model_name: str, input_size: Sequence[int]) -> None:
@@ -239,7 +240,7 @@ def _check_runs_at(model: nn.Module, model_name: str, input_size: Sequence[int])
         data_size = input_size[-1]
         raise ConfigError(f"data.init_args.img_size={data_size} but {model_name} cannot take {data_size}x{data_size} "
                           f"images ({one_line(str(err))}); set model.init_args.model_kwargs.img_size: {data_size}, or "
-                          "data img_size to the size it was built for") from None
+                          "data.init_args.img_size to the size it was built for") from None
 
 
 # `sdpa_backend` names -> the kernel F.scaled_dot_product_attention is restricted to.

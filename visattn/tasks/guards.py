@@ -100,7 +100,8 @@ class NonFiniteLossGuard:
 
     def __init__(self, max_bad_steps: int = 5) -> None:
         if max_bad_steps < 1:
-            raise ConfigError(f"max_bad_steps={max_bad_steps}: must be at least 1")
+            raise ConfigError(f"model.init_args.max_bad_steps={max_bad_steps!r}: give a whole number >= 1 (the "
+                              "non-finite losses in a row that stop the run)")
         self.max_bad_steps = max_bad_steps
         self.bad_in_a_row = 0
         self.skipped = 0

@@ -208,7 +208,7 @@ def weight_decay_groups(model: nn.Module, weight_decay: float, *, lr: Optional[f
             backbone = backbone_lr_scale != 1.0 and name.startswith(prefix)
             groups.setdefault((backbone, layers.get(name, top), decay), []).append(param)
     if (backbone_lr_scale != 1.0 or layers) and lr is None:
-        raise ConfigError("backbone_lr_scale and layer_decay need the base lr")
+        raise ConfigError("lr=None: backbone_lr_scale and layer_decay scale the base learning rate; pass lr")
 
     def group_lr(backbone: bool, layer: int) -> dict[str, float]:
         scale = (backbone_lr_scale if backbone else 1.0) * (layer_decay ** (top - layer) if layers else 1.0)
