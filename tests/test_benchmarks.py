@@ -100,7 +100,7 @@ def test_non_local(capsys, monkeypatch):
     (row,) = figures["results"]
     assert row["positions"] == 144 and row["max_diff"] < 1e-3
     for name in ("forward", "train"):
-        _check_ratio(row[name], "fused_img_s", "explicit_img_s", out)
+        _check_ratio(row[name], "explicit_ms", "fused_ms", out, printed=("fused_ms", "explicit_ms", "ratio"))
     assert set(row["peak_mib"]) == {"fused", "explicit"} and all(mib >= 0 for mib in row["peak_mib"].values())
 
 
