@@ -13,6 +13,7 @@ import torch
 from fixtures_captions import image_value, write_coco_captions, write_karpathy
 from test_data import needs_fashion_mnist
 
+import visattn.data.coco
 from visattn.data import (
     CocoCaptions,
     FashionScenesCaptionDataModule,
@@ -703,3 +704,18 @@ def test_an_image_size_that_is_no_side_is_one_line_not_the_canvas_size(tmp_path,
         FashionScenesCaptionDataModule(img_size=img_size)
     with pytest.raises(ConfigError, match=rf"^data.init_args.img_size={img_size}: give the side"):
         KarpathyCaptionDataModule(split_json=str(tmp_path / "dataset.json"), images_dir=str(tmp_path), img_size=img_size)
+
+
+def test_karpathy_datamodule_reads_its_split_json_once_for_every_split(tmp_path, monkeypatch):
+    split_json, images_dir = write_karpathy(tmp_path)
+    reads = []
+    read_json = visattn.data.coco._read_json
+    monkeypatch.setattr(visattn.data.coco, "_read_json", lambda path: reads.append(path) or read_json(path))
+    dm = KarpathyCaptionDataModule(str(split_json), str(images_dir), num_workers=0, img_size=8, min_count=1)
+    dm.setup("fit")
+    dm.setup("test")
+    assert len(reads) == 1  # each split had read and tokenized the whole file again
+    for split, splits in {"train": ("train", "restval"), "val": "val", "test": "test"}.items():
+        alone = KarpathyCaptions(split_json, images_dir, split=splits)
+        assert dm.datasets[split].dataset.paths == alone.paths
+        assert dm.datasets[split].dataset.captions == alone.captions

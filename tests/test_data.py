@@ -1056,3 +1056,26 @@ def test_a_script_that_keeps_a_loader_with_workers_exits():
 
     ended = subprocess.run([sys.executable, "-c", _KEEPS_A_LOADER], capture_output=True, text=True, timeout=120)
     assert (ended.returncode, ended.stdout) == (0, "done\n"), ended.stderr[-2000:]
+
+
+def test_listing_an_image_folder_resolves_links_not_every_file(tmp_path, monkeypatch):
+    import os
+
+    import visattn.data.image_io
+
+    root = write_image_folder(tmp_path / "photos", per_class=4)
+    (root / "cat" / "also_0.png").symlink_to(root / "cat" / "0.png")  # one file named twice: listed once
+    (root / "dog" / "nested").mkdir()
+    (root / "dog" / "nested" / "9.png").write_bytes((root / "dog" / "1.png").read_bytes())
+    (root / "dog" / "nested" / "back").symlink_to(root / "dog", target_is_directory=True)  # a loop, walked once
+    resolved = []
+    realpath = os.path.realpath
+    monkeypatch.setattr(visattn.data.image_io.os.path, "realpath",
+                        lambda path, **kwargs: resolved.append(path) or realpath(path, **kwargs))
+    folder = ImageFolder(root)
+    monkeypatch.undo()
+    names = [(path.relative_to(root).as_posix(), label) for path, label in folder.samples]
+    assert names == [("cat/0.png", 0), ("cat/1.png", 0), ("cat/2.png", 0), ("cat/3.png", 0),
+                     ("dog/0.png", 1), ("dog/1.png", 1), ("dog/2.png", 1), ("dog/3.png", 1), ("dog/nested/9.png", 1)]
+    # of the files, only the link is resolved: realpath of each file stat-ed every folder above it
+    assert [Path(path).name for path in resolved if Path(path).suffix == ".png"] == ["also_0.png"]

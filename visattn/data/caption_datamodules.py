@@ -333,7 +333,8 @@ class KarpathyCaptionDataModule(_CaptionDataModule):
             raise ConfigError("KarpathyCaptionDataModule: give either data.init_args.split_json or "
                               "data.init_args.train_annotations (COCO)")
         if split_json is not None:
-            entries = read_karpathy(split_json)
+            # kept for setup's splits: each read and tokenized the whole file again (4 reads in all)
+            self._karpathy_entries = entries = read_karpathy(split_json)
             self.karpathy_splits = {e["split"] for e in entries}
             # one split by name, as KarpathyCaptions (training's images) takes it: "train" had been the splits t, r, ...
             trained = [train_splits] if isinstance(train_splits, str) else list(train_splits)
@@ -376,7 +377,8 @@ class KarpathyCaptionDataModule(_CaptionDataModule):
                 return CaptionImages([])  # no validation, as for COCO files without val_annotations
             splits = h.train_splits if split == "train" else split
             with _quiet_about_wordless_images():
-                return KarpathyCaptions(h.split_json, h.images_dir, split=splits, transform=transform)
+                return KarpathyCaptions(h.split_json, h.images_dir, split=splits, transform=transform,
+                                        entries=self._karpathy_entries)
         annotations = {"train": h.train_annotations, "val": h.val_annotations, "test": h.test_annotations}[split]
         if annotations is None and split == "val":
             return CaptionImages([])  # empty: no validation

@@ -161,6 +161,8 @@ class KarpathyCaptions(CaptionImages):
         split: the split to read, or several (``("train", "restval")`` is the usual COCO training set).
         transform: callable from an HWC uint8 array to a tensor.
         max_pixels: images declaring more pixels are refused (and skipped).
+        entries: the file's images as :func:`read_karpathy` gave them, so that the splits of one file read and
+            tokenize it once; default: read ``split_json``.
     """
 
     def __init__(
@@ -171,11 +173,12 @@ class KarpathyCaptions(CaptionImages):
         split: KarpathySplit | Sequence[KarpathySplit] = "train",
         transform: Transform | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        entries: Sequence[dict] | None = None,
     ) -> None:
         self.split_json = path_argument("split_json", split_json, "file")
         images_dir = path_argument("images_dir", images_dir)
         splits = {split} if isinstance(split, str) else set(split)
-        entries = read_karpathy(self.split_json)
+        entries = read_karpathy(self.split_json) if entries is None else entries
         require_images_dir(images_dir, self.split_json)
         samples = [(image_file(images_dir, os.path.join(e["filepath"], e["filename"])), e["captions"]) for e in entries
                    if e["split"] in splits]
@@ -193,12 +196,13 @@ def read_karpathy(path: str | os.PathLike) -> list[dict]:
     Raises:
         ConfigError: missing file, invalid JSON, not the Karpathy layout, or no sentence with a word.
     """
-    data = _read_json(path_argument("path", path, "file"))
+    source = path_argument("path", path, "file")  # made once: a Path made per sentence was half the read's time
+    data = _read_json(source)
     entries, wordless = [], []
     try:
-        for index, image in enumerate(_object_list(Path(path), data, "images", required=True)):
-            entry = _karpathy_entry(Path(path), index, image)
-            given = [_sentence_text(Path(path), entry, k, s) for k, s in enumerate(image["sentences"])]
+        for index, image in enumerate(_object_list(source, data, "images", required=True)):
+            entry = _karpathy_entry(source, index, image)
+            given = [_sentence_text(source, entry, k, s) for k, s in enumerate(image["sentences"])]
             captions = _with_words(given)
             if captions:
                 entries.append({**entry, "captions": captions})
@@ -209,8 +213,8 @@ def read_karpathy(path: str | os.PathLike) -> list[dict]:
             f"{path}: not a Karpathy split JSON (bad or missing {err}); "
             "expected images with filename, split and sentences [{raw, tokens}]"
         ) from None
-    _check_wordless(Path(path), wordless, kept=len(entries))
-    _refuse_repeated_images(Path(path), [os.path.join(e["filepath"], e["filename"]) for e in entries])
+    _check_wordless(source, wordless, kept=len(entries))
+    _refuse_repeated_images(source, [os.path.join(e["filepath"], e["filename"]) for e in entries])
     return entries
 
 

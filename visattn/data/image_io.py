@@ -231,8 +231,8 @@ def list_images(paths: PathLike | Iterable[PathLike], *, recursive: bool = True,
     for path in map(Path, paths):
         if path.is_dir():
             inputs, user_files = _folder_inputs(path, recursive=recursive, outputs=outputs, rerun_of=set(rerun_of))
-            for file in inputs:
-                found.setdefault(os.path.realpath(file), file)
+            for file, real in inputs:
+                found.setdefault(real, file)
             left_out += user_files
         else:  # a file, or a path that does not exist: decoding it says so on its own line, and the rest go on
             found.setdefault(os.path.realpath(path), path)
@@ -257,48 +257,69 @@ def _refuse_all_missing(paths: list[PathLike]) -> None:
 
 
 def _folder_inputs(folder: Path, *, recursive: bool, outputs: list[Path],
-                   rerun_of: set[str]) -> tuple[list[Path], list[Path]]:
-    """The image files of ``folder`` that are input (see :func:`list_images`), sorted, and those left out that
-    visattn did not write: image files inside the resolved ``outputs`` folders."""
+                   rerun_of: set[str]) -> tuple[list[tuple[Path, str]], list[Path]]:
+    """The image files of ``folder`` that are input (see :func:`list_images`), sorted, each with its real path, and
+    those left out that visattn did not write: image files inside the resolved ``outputs`` folders."""
     inside = [output for output in outputs if folder.resolve() in output.parents]
     # the output folder given as input: an earlier run's drawings beside the photos are skipped, not read and
     # then refused as inputs their own outputs would replace
     own_output = folder.resolve() in outputs
     unlisted: list[Path] = []  # folders whose listing failed: each reported on its own line, as a file is
-    images = [file for file in _folder_files(folder, recursive, unlisted) if file.suffix.lower() in IMAGE_EXTENSIONS]
+    images = [(file, real) for file, real in _folder_files(folder, recursive, unlisted)
+              if file.suffix.lower() in IMAGE_EXTENSIONS]
+    listed = images + [(file, os.path.realpath(file)) for file in unlisted]
     inputs, left_out = [], []
-    for file in sorted(images + unlisted):
+    for file, real in sorted(listed, key=lambda pair: pair[0]):
         if own_output and written_by_command(file) in rerun_of:
             continue
         if not (inside and any(output in file.resolve().parents for output in inside)):
-            inputs.append(file)
+            inputs.append((file, real))
         elif not written_by_visattn(file):  # an earlier run's output is no input; a user's file is named
             left_out.append(file)
     return inputs, left_out
 
 
-def _folder_files(root: Path, recursive: bool, unlisted: list[Path]) -> Iterator[Path]:
+def _folder_files(root: Path, recursive: bool, unlisted: list[Path]) -> Iterator[tuple[Path, str]]:
     """Everything under ``root`` that is not a folder (dangling links and pipes too, so that reading
-    them reports them), hidden and other programs' names skipped (:func:`is_bookkeeping`); symlinked
-    sub-folders are followed, each real folder once. A link to a folder above ``root`` is not: it would
-    list ``root``'s neighbours as ``root``'s own (an image-folder class taking the other classes' images).
-    Folders that cannot be listed go to ``unlisted`` (``os.walk`` passes over them: a folder without read
-    permission would silently lose its images)."""
+    them reports them), with its real path, hidden and other programs' names skipped (:func:`is_bookkeeping`);
+    symlinked sub-folders are followed, each real folder once, depth first in sorted order (as ``os.walk``).
+    A link to a folder above ``root`` is not: it would list ``root``'s neighbours as ``root``'s own (an
+    image-folder class taking the other classes' images). Folders that cannot be listed go to ``unlisted``
+    (``os.walk`` passes over them: a folder without read permission would silently lose its images). A real
+    path is the folder's joined with the name unless the file is a link: ``os.path.realpath`` of each file
+    stats every folder above it (a 200,000-file image folder took 12 s to list)."""
     seen: set[str] = set()  # real paths: a link back up the tree ends here instead of looping
     above = Path(os.path.realpath(root)).parents
-
-    def unreadable(err: OSError) -> None:
-        if err.filename is not None:
-            unlisted.append(Path(err.filename))
-
-    for folder, subfolders, names in os.walk(root, followlinks=True, onerror=unreadable):
+    pending = [os.fspath(root)]  # a stack: the next folder to list is last
+    while pending:
+        folder = pending.pop()
         real = os.path.realpath(folder)
         if real in seen or Path(real) in above:
-            subfolders.clear()
             continue
         seen.add(real)
-        subfolders[:] = sorted(name for name in subfolders if recursive and not is_bookkeeping(name))
-        yield from (Path(folder, name) for name in names if not is_bookkeeping(name))
+        try:
+            with os.scandir(folder) as listing:
+                entries = [entry for entry in listing if not is_bookkeeping(entry.name)]
+        except OSError as err:
+            if err.filename is not None:
+                unlisted.append(Path(err.filename))
+            continue
+        subfolders = {entry.name for entry in entries if _is_folder(entry)}
+        if recursive:
+            pending += [os.path.join(folder, name) for name in sorted(subfolders, reverse=True)]
+        parent = Path(folder)  # joined with each name: a Path parsed from each whole path cost 40 us a file
+        for entry in entries:
+            if entry.name not in subfolders:
+                yield parent / entry.name, (os.path.realpath(entry.path) if entry.is_symlink()
+                                            else os.path.join(real, entry.name))
+
+
+def _is_folder(entry: os.DirEntry) -> bool:
+    """Whether ``entry`` is a folder or a link to one, as ``os.walk`` tells (an entry that cannot be stat-ed is none)."""
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
 
 
 def is_bookkeeping(name: str) -> bool:
