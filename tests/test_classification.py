@@ -513,7 +513,8 @@ def test_layer_decay_on_a_model_without_layers_to_tell_apart_is_one_line():
     with pytest.raises(ConfigError, match="parameters are all one layer, so layer-wise decay would change nothing"):
         weight_decay_groups(model, 0.05, lr=1e-3, layer_decay=0.75)
     task = ImageClassifier("vit_tiny_patch4_28", num_classes=3, model_kwargs={"depth": 2}, layer_decay=0.75)
-    with pytest.raises(ConfigError, match="backbone_lr_scale and layer_decay need the base lr"):
+    with pytest.raises(ConfigError, match=r"^lr=None: backbone_lr_scale and layer_decay scale the base learning rate; "
+                                          r"pass lr$"):
         weight_decay_groups(task.model, 0.05, layer_decay=0.75)
 
 
