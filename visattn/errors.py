@@ -321,7 +321,8 @@ def is_count(value: object) -> bool:
 
 def is_number(value: object) -> bool:
     """Whether ``value`` is a real number (``True`` is not one, though Python counts it as 1)."""
-    return isinstance(value, Real) and not isinstance(value, bool)
+    # int and float (what JSON numbers are) first: the abstract Real check took a third of a COCO file's box checks
+    return type(value) in (int, float) or (isinstance(value, Real) and not isinstance(value, bool))
 
 
 def check_count(name: str, value: object) -> int:

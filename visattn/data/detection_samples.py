@@ -345,9 +345,7 @@ class CocoDetection(ImageFiles):
 
     def _bbox(self, annotation: dict) -> list[float]:
         bbox = annotation["bbox"]
-        # int and float (what JSON numbers are) first: is_number's abstract Real check took a third of a file's read
-        if not (isinstance(bbox, list) and len(bbox) == 4
-                and all((type(v) in (int, float) or is_number(v)) and math.isfinite(v) for v in bbox)):
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(is_number(v) and math.isfinite(v) for v in bbox)):
             raise ConfigError(f"{self.annotations}: annotation {json.dumps(annotation['id'])}'s bbox {json.dumps(bbox)} is "
                               "not [x, y, width, height]; fix or remove that annotation")
         return bbox

@@ -343,7 +343,7 @@ def split_folders(root: Path) -> list[str]:
     folders too, which are classes, one of them maybe named like a split (CIFAR-100's ``train``)."""
     if not root.is_dir():
         return []
-    folders = {path.name for path in root.iterdir() if path.is_dir() and not is_bookkeeping(path.name)}
+    folders = {path.name for path in root.iterdir() if _is_class_dir(path)}
     return [name for name in SPLIT_FOLDERS if name in folders] if folders <= set(SPLIT_FOLDERS) else []
 
 
