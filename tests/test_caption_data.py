@@ -719,3 +719,37 @@ def test_karpathy_datamodule_reads_its_split_json_once_for_every_split(tmp_path,
         alone = KarpathyCaptions(split_json, images_dir, split=splits)
         assert dm.datasets[split].dataset.paths == alone.paths
         assert dm.datasets[split].dataset.captions == alone.captions
+
+
+def test_coco_caption_datamodule_reads_its_training_file_once_and_splits_each_caption_once(tmp_path, monkeypatch):
+    """The training file was read twice (for the vocabulary, again in setup) and each caption split into words three
+    times (to drop wordless ones at each read, then for the vocabulary)."""
+    import visattn.data.caption_datamodules
+
+    annotations, images_dir = write_coco_captions(tmp_path)
+    loads, split = [], []
+    load_coco, tokenize_text = visattn.data.coco.load_coco, visattn.data.vocab.tokenize
+    monkeypatch.setattr(visattn.data.coco, "load_coco", lambda path: loads.append(path) or load_coco(path))
+    for module in (visattn.data.coco, visattn.data.caption_datamodules):  # where captions are read, not encoded
+        monkeypatch.setattr(module, "tokenize", lambda text: split.append(text) or tokenize_text(text), raising=False)
+    with pytest.warns(SkippedImageWarning, match="left out 3.png: no caption") as caught:
+        dm = KarpathyCaptionDataModule(None, str(images_dir), train_annotations=str(annotations), num_workers=0,
+                                       img_size=8, min_count=1)
+        dm.setup("fit")
+    assert len(caught) == 1 and loads == [annotations]
+    monkeypatch.undo()
+    with pytest.warns(SkippedImageWarning):
+        alone = CocoCaptions(annotations, images_dir)
+    train = dm.datasets["train"].dataset
+    assert (train.paths, train.captions, train.image_ids) == (alone.paths, alone.captions, alone.image_ids)
+    assert sorted(split) == sorted(c for cs in alone.captions for c in cs)
+    assert dm.vocabulary == Vocabulary.build([c for cs in alone.captions for c in cs])
+    assert train.transform is not None  # setup's, given to the dataset read for the vocabulary
+
+
+@pytest.mark.parametrize("text", ["a dog", "  ", "...", "", "\u0301", "一只狗", "ＡＢＣ", "_", "T-shirt!",
+                                  "\u200d x"])
+def test_has_word_is_whether_tokenize_finds_a_word(text):
+    from visattn.data.vocab import has_word
+
+    assert has_word(text) == bool(tokenize(text))

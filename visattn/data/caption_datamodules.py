@@ -344,7 +344,8 @@ class KarpathyCaptionDataModule(_CaptionDataModule):
                                   f"(data.init_args.train_splits); its splits are {sorted(self.karpathy_splits)}")
             _warn_of_unknown_splits(split_json, entries)
         else:
-            captions = [c for cs in CocoCaptions(train_annotations, images_dir).captions for c in cs]
+            self._coco_train = CocoCaptions(train_annotations, images_dir)  # setup trains on it: no second read
+            captions = [c for cs in self._coco_train.captions for c in cs]
         self.vocabulary = training_vocabulary(captions, min_count, max_caption_len)
 
     @property
@@ -385,8 +386,10 @@ class KarpathyCaptionDataModule(_CaptionDataModule):
         if annotations is None:
             raise ConfigError(f"KarpathyCaptionDataModule: set data.init_args.{split}_annotations to use the {split} "
                               "split")
-        with _quiet_about_wordless_images() if split == "train" else contextlib.nullcontext():
-            return CocoCaptions(annotations, split_images_dir(h, split), transform=transform)
+        if split == "train":
+            self._coco_train.transform = transform
+            return self._coco_train
+        return CocoCaptions(annotations, split_images_dir(h, split), transform=transform)
 
     def how_to_validate(self) -> str:
         """What to give this data module for a validation split, where it has none."""

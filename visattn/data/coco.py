@@ -40,7 +40,7 @@ from ..fileio import not_a_folder
 from .image_folder import ImageFiles, SkippedImageWarning
 from .image_io import DEFAULT_MAX_PIXELS, path_argument
 from .transforms import to_tensor
-from .vocab import tokenize
+from .vocab import has_word
 
 __all__ = [
     "CaptionImages",
@@ -294,7 +294,7 @@ def _check_caption_texts(path: Path, annotations: list[dict]) -> None:
 
 def _with_words(captions: Iterable[str]) -> list[str]:
     """The captions, stripped, less those the tokenizer finds no word in."""
-    return [c for c in (c.strip() for c in captions) if tokenize(c)]
+    return [c for c in (c.strip() for c in captions) if has_word(c)]
 
 
 def _check_wordless(path: Path, wordless: list[str], *, kept: int) -> None:

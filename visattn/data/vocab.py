@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator, Sequence
 
 from ..errors import ArgumentError, ConfigError, is_count, is_many
 
-__all__ = ["END", "PAD", "SPECIAL_TOKENS", "START", "UNK", "Vocabulary", "tokenize"]
+__all__ = ["END", "PAD", "SPECIAL_TOKENS", "START", "UNK", "Vocabulary", "has_word", "tokenize"]
 
 PAD, START, END, UNK = "<pad>", "<start>", "<end>", "<unk>"
 SPECIAL_TOKENS = (PAD, START, END, UNK)
@@ -45,6 +45,14 @@ def tokenize(text: str) -> list[str]:
     if not isinstance(text, str):  # else a TypeError from unicodedata.normalize
         raise ConfigError(f"text={reprlib.repr(text)}: give the caption as a str")
     return _word_pattern().findall(unicodedata.normalize("NFKC", text).casefold())
+
+
+def has_word(text: str) -> bool:
+    """``bool(tokenize(text))``, stopping at the first word: readers drop wordless captions with it, so that only
+    the vocabulary splits a caption whole (splitting it for this check too was most of a caption file's setup)."""
+    if not isinstance(text, str):
+        raise ConfigError(f"text={reprlib.repr(text)}: give the caption as a str")
+    return _word_pattern().search(unicodedata.normalize("NFKC", text).casefold()) is not None
 
 
 @functools.cache  # built on first use: scanning the Unicode table costs ~50 ms
