@@ -5,6 +5,8 @@ import json
 import os
 import pickle
 import re
+import threading
+import time
 import warnings
 from pathlib import Path
 
@@ -315,6 +317,49 @@ def test_sha256_mismatch_is_refused(weights_tmp):
     with pytest.raises(WeightsError, match=r"sha256 mismatch, .*; restore it, or save the weights again") as err:
         create_model(f"{ARCH}.unit")
     _assert_one_line_naming(err, path)
+
+
+def _saved_twice(folder: Path) -> tuple[Path, dict, dict, bytes]:
+    """``ARCH.unit`` saved, then saved again with other weights: its path, both index entries, the first file."""
+    path = folder / f"{ARCH}.unit.safetensors"
+    save_weights(_model(), path, model_kwargs=SMALL)
+    first, first_bytes = load_index(folder)[f"{ARCH}.unit"], path.read_bytes()
+    model = _model()
+    torch.nn.init.normal_(model.head.weight)
+    save_weights(model, path, model_kwargs=SMALL, overwrite=True)
+    return path, first, load_index(folder)[f"{ARCH}.unit"], first_bytes
+
+
+def test_a_load_that_read_an_overwrites_entry_before_its_file_moved_in_waits_for_the_save(weights_tmp):
+    """A save holds the index's lock from writing its entry to moving its file into place: a load in between read
+    the new entry and the old file, and said the file was corrupt (two processes, one saving --overwrite)."""
+    from visattn.fileio import exclusive_lock
+
+    path, _, entry, first_bytes = _saved_twice(weights_tmp)
+    second_bytes = path.read_bytes()
+    path.write_bytes(first_bytes)  # as between the save's index write and its move
+    locked = threading.Event()
+
+    def saving() -> None:
+        with exclusive_lock(weights_tmp / "index.json.lock"):
+            locked.set()
+            time.sleep(0.5)
+            path.write_bytes(second_bytes)
+
+    saver = threading.Thread(target=saving)
+    saver.start()
+    locked.wait()
+    state = read_state_dict(entry["path"], sha256=entry["sha256"])
+    saver.join()
+    torch.testing.assert_close(state, read_state_dict(path), rtol=0, atol=0)
+    assert not torch.equal(state["head.weight"], _model().head.weight)
+
+
+def test_a_load_of_an_entry_saved_again_since_it_was_read_says_so(weights_tmp):
+    path, first, _, _ = _saved_twice(weights_tmp)
+    with pytest.raises(WeightsError, match=rf"^{re.escape(str(path))}: saved again \(visattn save-weights --overwrite\) "
+                                           "while this loaded its earlier index entry; load it again$"):
+        read_state_dict(first["path"], sha256=first["sha256"])
 
 
 def test_a_weights_folder_that_cannot_be_read_is_named_with_the_fix(tmp_path, monkeypatch):

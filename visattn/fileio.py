@@ -128,6 +128,24 @@ def exclusive_lock(path: Union[str, Path]) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
+@contextlib.contextmanager
+def shared_lock_if_present(path: Union[str, Path]) -> Iterator[None]:
+    """Wait for any :func:`exclusive_lock` on ``path`` to end, and hold a shared lock for the block, so that what the
+    exclusive holder writes is read whole. Nothing is created (a reader may not write the folder): without the lock
+    file, or without shared locks (Windows), the block runs at once."""
+    try:
+        import fcntl
+        fd = os.open(path, os.O_RDONLY)
+    except (ImportError, OSError):
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)
+
+
 def _lock(fd: int, *, wait: bool) -> None:
     """An exclusive lock on the open file ``fd``, released when it is closed: ``flock`` on POSIX, a lock on its
     first byte on Windows, which has no ``fcntl`` (imported here, not at the top, so ``import visattn`` works there).

@@ -26,6 +26,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from .errors import WeightsError, caught_warnings
+from .fileio import shared_lock_if_present
 from .shipped import unstarted_shipped_run
 from .weight_names import PICKLE_SUFFIXES
 from .weights_folders import _searched, shipped_weights_dir
@@ -72,14 +73,8 @@ def read_state_dict(path: Union[str, Path], *, sha256: Optional[str] = None) -> 
            "check the path, see `visattn models --pretrained` for ARCH.TAG names")
     require_regular_file(path, missing=f"weights file not found{where}, nor weights of that name ({_searched()}); "
                                        f"{fix}, or give false for no weights")
-    # Indexed safetensors weights are hashed and loaded from the same bytes: a file swapped between a check
-    # and a second read would load unchecked.
     safetensors = path.suffix.lower() == ".safetensors"
-    data = path.read_bytes() if sha256 is not None and safetensors else None
-    if sha256 is not None and (sha256_of(path) if data is None else hashlib.sha256(data).hexdigest()) != sha256:
-        restore = "restore it from git" if path.parent.resolve() == shipped_weights_dir().resolve() else \
-            "restore it, or save the weights again (visattn save-weights --overwrite)"
-        raise WeightsError(f"{path}: sha256 mismatch, the file is corrupt or was replaced; {restore}")
+    data = _checked_bytes(path, sha256, read=safetensors) if sha256 is not None else None
     if safetensors:
         try:
             state = load_file(path, device="cpu") if data is None else load_safetensors_bytes(data)
@@ -95,6 +90,34 @@ def read_state_dict(path: Union[str, Path], *, sha256: Optional[str] = None) -> 
                            "use .safetensors, .pth, .pt, .bin, .ckpt or .pth.tar")
     state = _strip_prefixes(_unwrap(state, path))
     return state if data is not None else copied_out_of_the_map(state)  # the bytes' tensors are their own
+
+
+def _checked_bytes(path: Path, sha256: str, *, read: bool) -> Optional[bytes]:
+    """The bytes of the index entry's file ``path`` (``None`` unless ``read``: a pickle is hashed, then loaded),
+    checked against its ``sha256``: indexed safetensors weights are hashed and loaded from the same bytes, as a file
+    swapped between a check and a second read would load unchecked. A mismatch is looked at again once any save into
+    the folder is done (a save holds the index's lock from its index write to its file's move): the entry may have
+    been read from the new index before the new file was in place."""
+    from .weights_index import INDEX_NAME, _read_index
+
+    def contents() -> tuple[Optional[bytes], str]:
+        data = path.read_bytes() if read else None
+        return data, sha256_of(path) if data is None else hashlib.sha256(data).hexdigest()
+
+    data, digest = contents()
+    if digest == sha256:
+        return data
+    with shared_lock_if_present(path.parent / f"{INDEX_NAME}.lock"):
+        data, digest = contents()
+        indexed = {entry["file"]: entry["sha256"] for entry in _read_index(path.parent / INDEX_NAME).values()}
+    if digest == sha256:
+        return data
+    if indexed.get(path.name) == digest:
+        raise WeightsError(f"{path}: saved again (visattn save-weights --overwrite) while this loaded its earlier "
+                           "index entry; load it again")
+    restore = "restore it from git" if path.parent.resolve() == shipped_weights_dir().resolve() else \
+        "restore it, or save the weights again (visattn save-weights --overwrite)"
+    raise WeightsError(f"{path}: sha256 mismatch, the file is corrupt or was replaced; {restore}")
 
 
 def copied_out_of_the_map(state: dict[str, Any]) -> dict[str, Any]:
