@@ -1124,6 +1124,11 @@ def one_line_warnings() -> Iterator[None]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    if argv is None and _kernel_arguments(sys.argv[1:]):
+        print("visattn: error: main() without arguments reads sys.argv, which in a Jupyter kernel are the kernel's "
+              "own (-f KERNEL.json); give the command as a list, e.g. main([\"classify\", \"photo.png\"])",
+              file=sys.stderr)
+        return 2
     argv = list(sys.argv[1:] if argv is None else argv)
     if sys.stdout is None:  # started with `>&-`: print() would drop every result, and the exit code say 0
         print("visattn: error: standard output is closed, and visattn writes its results there; give it a file "
@@ -1135,6 +1140,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if hasattr(stream, "reconfigure"):
                 stream.reconfigure(errors=OUTPUT_ERRORS)
         return interrupts.settled(_run(argv))
+
+
+def _kernel_arguments(args: Sequence[str]) -> bool:
+    """Whether ``args`` are a Jupyter kernel's (its connection file, ``-f FILE`` or VS Code's ``--f=FILE``), not a
+    command: ``%run -m visattn ...`` in the kernel sets ``sys.argv`` to the command's."""
+    return "ipykernel" in sys.modules and any(arg == "-f" or arg.startswith("--f=") for arg in args)
 
 
 # What Rich (a table cell cut with an ellipsis) and visattn's lines use, where the output's encoding lacks them: one

@@ -7,7 +7,7 @@ laid over the image.
 Every function takes the image as an ``(H, W, 3)`` uint8 array and a map of any size ``(h, w)``;
 the map is interpolated (linearly, between its cells' centres: equal blocks of the image unless
 ``centres`` says otherwise) to the image and min-max normalised to [0, 1] before drawing.
-Figures are drawn with matplotlib's Agg backend, so no display is needed.
+Figures are drawn with matplotlib's Agg backend, so no display is needed; a notebook shows one that is a cell's value.
 """
 from __future__ import annotations
 
@@ -230,10 +230,11 @@ def _drawn_aspect(image: np.ndarray, pixel_aspect: float) -> float:
 
 def _figure(figsize: tuple[float, float]) -> Figure:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
 
-    # A bare Figure on the Agg canvas: no pyplot state, no display, safe in threads and servers.
-    fig = Figure(figsize=figsize, layout="constrained")
+    from .notebook_figure import NotebookFigure
+
+    # A bare Figure on the Agg canvas: no pyplot state, no display, safe in threads and servers; a notebook shows it.
+    fig = NotebookFigure(figsize=figsize, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
 
