@@ -3220,6 +3220,23 @@ def test_a_dumb_terminal_gets_a_line_per_epoch_not_rich_bar(term, bar, monkeypat
     assert interactive_output() is bar
 
 
+@pytest.mark.parametrize("widgets", [True, False])
+def test_a_notebook_gets_rich_bar_only_with_the_widgets_it_draws_with(widgets, monkeypatch):
+    """In a Jupyter kernel without ipywidgets Rich's bar drew nothing while the fit ran (its live display needs
+    them): it warned to install ipywidgets and drew the bar once the run had ended."""
+    import rich.console
+
+    from visattn.tasks.progress import interactive_output
+
+    for name in ("TTY_COMPATIBLE", "TTY_INTERACTIVE", "FORCE_COLOR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(rich.console, "_is_jupyter", lambda: True)
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: (
+        (find_spec("json") if widgets else None) if name == "ipywidgets" else find_spec(name, *args)))
+    assert interactive_output() is widgets
+
+
 def test_output_the_encoding_lacks_is_ascii_lookalikes_escapes_and_a_file_name_own_bytes(monkeypatch):
     """Under `PYTHONIOENCODING=ascii` Lightning's model summary, whose Rich table cuts a cell with an ellipsis, read
     `CrossEnt\\u2026` and lost its columns; under `LC_ALL=C PYTHONUTF8=0` a file name's bytes were written as

@@ -2,6 +2,7 @@
 nohup log, ``> log.txt``, a pipe), and, either way, where a fit's checkpoints and logs went."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import time
 from typing import Any
@@ -11,12 +12,13 @@ from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgre
 
 
 def interactive_output() -> bool:
-    """Whether the progress bar draws on a terminal (or in a notebook), where Rich's bar redraws in place; not on a
-    ``TERM=dumb`` one (Emacs' shell, some CI consoles), where Rich drew the bar only once the run had ended."""
+    """Whether the progress bar draws on a terminal (or in a notebook with ipywidgets), where Rich's bar redraws in
+    place; not on a ``TERM=dumb`` one (Emacs' shell, some CI consoles), nor in a notebook without ipywidgets, where
+    Rich drew the bar only once the run had ended (in the notebook, after a warning to install ipywidgets)."""
     from rich.console import Console
 
     console = Console()  # as Lightning's RichProgressBar makes its own: stdout, and Rich's FORCE_COLOR and TTY rules
-    return console.is_interactive or console.is_jupyter
+    return console.is_interactive or (console.is_jupyter and importlib.util.find_spec("ipywidgets") is not None)
 
 
 class TerminalProgressBar(RichProgressBar):
