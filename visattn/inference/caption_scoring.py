@@ -77,11 +77,25 @@ def caption_scores(hypotheses: Sequence[str], references: Sequence[Sequence[str]
     if len(hypotheses) == 1:  # every n-gram is in every image's references: all weights log(1) = 0
         warnings.warn("CIDEr of one image is 0 whatever its caption (it weighs each n-gram by how few images' "
                       "references hold it); score more images", VisattnWarning, stacklevel=outside_visattn())
+    elif _same_ngrams_everywhere(gts.values()):  # every caption the same: val/cider was 0.0 every epoch, unsaid
+        warnings.warn(f"CIDEr of these {len(hypotheses)} images is 0 whatever their captions: every image's "
+                      "references hold the same words and phrases, and CIDEr weighs each by how few images' "
+                      "references hold it; score images whose references differ", VisattnWarning,
+                      stacklevel=outside_visattn())
     if meteor:
         from pycocoevalcap.meteor.meteor import Meteor
 
         scores["meteor"] = float(Meteor().compute_score(gts, res)[0])
     return scores
+
+
+def _same_ngrams_everywhere(references: Iterable[list[str]]) -> bool:
+    """Whether each image's space-joined references hold the same 1- to 4-word n-grams (those CIDEr counts): their
+    weights log(images / images holding it) are then all 0."""
+    grams = ({tuple(words[i:i + n]) for words in (ref.split() for ref in refs) for n in range(1, 5)
+              for i in range(len(words) - n + 1)} for refs in references)
+    first = next(grams, None)
+    return all(g == first for g in grams)  # stops at the first image that differs
 
 
 def _scored_words(hypothesis: str) -> list[str]:
