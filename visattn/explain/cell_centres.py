@@ -88,7 +88,8 @@ class CellCentres:
             return maps
         weight_y = _interpolation_matrix(self.rows, size[0]).to(maps)  # (H, h)
         weight_x = _interpolation_matrix(self.cols, size[1]).to(maps)  # (W, w)
-        return weight_y @ maps @ weight_x.T
+        with torch.autocast(maps.device.type, enabled=False):  # autocast would multiply in 16 bits
+            return weight_y @ maps @ weight_x.T
 
     def point(self, row: float, col: float) -> tuple[float, float]:
         """``(x, y)`` in pixels of the fractional cell position ``(row, col)`` (cell ``k`` at ``k``)."""

@@ -113,7 +113,10 @@ class Classifier:
         channels) on any device."""
         check_image_batch(images, channels=self.preprocessing["input_size"][0])
         with eval_mode(self.model):  # a model the caller set training would drop out and update batch norms
-            return self.model(to_model_input(images, self.model)).softmax(dim=-1).cpu()
+            logits = self.model(to_model_input(images, self.model))
+            # float32 under a caller's autocast too: bf16 probabilities rounded close classes to ties, which
+            # evaluate's top-k then broke by index
+            return logits.to(torch.promote_types(logits.dtype, torch.float32)).softmax(dim=-1).cpu()
 
 
 def load_classifier(model: Union[str, os.PathLike, None] = None, checkpoint: Union[str, os.PathLike, None] = None, *,

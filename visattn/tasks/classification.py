@@ -30,7 +30,7 @@ from ..registry import Strictness, model_arguments
 from ..state_dict_fit import classifier_names
 from ..weights_files import read_pickle_checkpoint
 from ..weights_index import named_weights_entry
-from .guards import (GuardedTask, NonFiniteLossGuard, TrainingLoss, any_process_scored, batch_of_one_is_one_line,
+from .guards import (Float32Mean, GuardedTask, NonFiniteLossGuard, TrainingLoss, any_process_scored, batch_of_one_is_one_line,
                      skip_missing_batch, weight_average)
 
 
@@ -258,7 +258,7 @@ def sample_mean_loss() -> MeanMetric:
     and 100)."""
     # A NaN loss reads NaN, as it would in one process: NaN "replaced" by NaN. (torchmetrics 1.9's "disable" drops
     # the weights, giving the mean of batch means: 2.3469 against the samples' 2.3413 on a 7-sample split.)
-    return MeanMetric(nan_strategy=float("nan"))
+    return Float32Mean(nan_strategy=float("nan"))
 
 
 def accuracy_metrics(num_classes: int, prefix: str) -> MetricCollection:

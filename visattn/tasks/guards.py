@@ -11,7 +11,7 @@ import math
 import random
 import reprlib
 import warnings
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import lightning.pytorch as pl
 import numpy as np
@@ -68,7 +68,19 @@ class NonFiniteLossError(VisattnError, RuntimeError):
     """The loss was not finite for too many training steps in a row."""
 
 
-class TrainingLoss(MeanMetric):
+class Float32Mean(MeanMetric):
+    """A mean whose sums stay float32 when its task is cast to 16 bits: bf16-true casts the task with
+    ``.to(torch.bfloat16)``, which torchmetrics lets reach the states (it stops ``.half()`` and ``.bfloat16()``
+    alone), and a val/loss summed in bf16 read 1.921875 (1.926861 in float32)."""
+
+    def _apply(self, fn: Callable, exclude_state: Sequence[str] = "") -> nn.Module:
+        this = super()._apply(fn, exclude_state)
+        if this.mean_value.dtype in (torch.bfloat16, torch.float16):
+            this.set_dtype(torch.float32)  # which comes back through here in float32
+        return this
+
+
+class TrainingLoss(Float32Mean):
     """A task's training loss as it logs it: ``train/loss`` at each logged step (and on the progress bar), and
     ``train/loss_epoch``, the mean over the epoch's samples of the finite losses (a step's value alone is one
     batch's; a skipped step's NaN or inf stays out of the mean, as its update does)."""
