@@ -357,8 +357,8 @@ def test_a_load_that_read_an_overwrites_entry_before_its_file_moved_in_waits_for
 
 def test_a_load_of_an_entry_saved_again_since_it_was_read_says_so(weights_tmp):
     path, first, _, _ = _saved_twice(weights_tmp)
-    with pytest.raises(WeightsError, match=rf"^{re.escape(str(path))}: saved again \(visattn save-weights --overwrite\) "
-                                           "while this loaded its earlier index entry; load it again$"):
+    with pytest.raises(WeightsError, match=rf"^{re.escape(str(path))}: saved again \(visattn save-weights "
+                                           r"--overwrite\) while this loaded its earlier index entry; load it again$"):
         read_state_dict(first["path"], sha256=first["sha256"])
 
 

@@ -26,7 +26,8 @@ def test_main_without_arguments_in_a_kernel_is_one_line_not_the_kernels_argument
     out, err = capsys.readouterr()
     assert out == ""
     assert err == ("visattn: error: main() without arguments reads sys.argv, which in a Jupyter kernel are the "
-                   "kernel's own (-f KERNEL.json); give the command as a list, e.g. main([\"classify\", \"photo.png\"])\n")
+                   "kernel's own (-f KERNEL.json); give the command as a list, e.g. "
+                   "main([\"classify\", \"photo.png\"])\n")
 
 
 def test_a_commands_own_argv_in_a_kernel_is_still_read(monkeypatch, capsys):

@@ -54,6 +54,7 @@ __all__ = [
 
 Target = dict[str, torch.Tensor]
 Batch = tuple[list[torch.Tensor], list[Target]]  # what collate_detection gives
+_CROWD_FLAGS = (0, 1, "0", "1")  # an annotation's iscrowd; bool("0") is True: a string is read as its number
 MIN_BOX_SIDE = 1.0  # pixels; thinner boxes are annotation noise (and degenerate for torchvision heads)
 
 
@@ -330,7 +331,7 @@ class CocoDetection(ImageFiles):
         flags = [a.get("iscrowd", 0) for a in annotations]
         if (set(map(type, bboxes)) <= {list} and set(map(len, bboxes)) <= {4}
                 and set(map(type, itertools.chain.from_iterable(bboxes))) <= {int, float}
-                and np.isfinite(np.array(bboxes, np.float64)).all() and all(f in (0, 1, "0", "1") for f in flags)):
+                and np.isfinite(np.array(bboxes, np.float64)).all() and all(f in _CROWD_FLAGS for f in flags)):
             return
         for _, group in itertools.groupby(zip(owner.tolist(), annotations), key=lambda pair: pair[0]):
             image_annotations = [annotation for _, annotation in group]
@@ -366,7 +367,7 @@ class CocoDetection(ImageFiles):
 
     def _crowd(self, annotation: dict) -> int:
         flag = annotation.get("iscrowd", 0)
-        if flag not in (0, 1, "0", "1"):  # bool("0") is True: read as a number, or refused
+        if flag not in _CROWD_FLAGS:
             raise ConfigError(f"{self.annotations}: annotation {json.dumps(annotation['id'])}'s iscrowd {json.dumps(flag)} is "
                               "not 0 or 1; write 1 for a crowd region and 0 for an object")
         return int(flag)

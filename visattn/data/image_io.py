@@ -315,7 +315,8 @@ def _folder_files(root: Path, recursive: bool, unlisted: list[Path]) -> Iterator
 
 
 def _is_folder(entry: os.DirEntry) -> bool:
-    """Whether ``entry`` is a folder or a link to one, as ``os.walk`` tells (an entry that cannot be stat-ed is none)."""
+    """Whether ``entry`` is a folder or a link to one, as ``os.walk`` tells (an entry that cannot be stat-ed is
+    none)."""
     try:
         return entry.is_dir()
     except OSError:

@@ -30,8 +30,8 @@ from ..registry import Strictness, model_arguments
 from ..state_dict_fit import classifier_names
 from ..weights_files import read_pickle_checkpoint
 from ..weights_index import named_weights_entry
-from .guards import (Float32Mean, GuardedTask, NonFiniteLossGuard, TrainingLoss, any_process_scored, batch_of_one_is_one_line,
-                     skip_missing_batch, weight_average)
+from .guards import (Float32Mean, GuardedTask, NonFiniteLossGuard, TrainingLoss, any_process_scored,
+                     batch_of_one_is_one_line, skip_missing_batch, weight_average)
 
 
 def refuse_linked_kwargs(model_kwargs: Optional[dict], **linked: str) -> None:
