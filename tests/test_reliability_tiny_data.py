@@ -4,7 +4,8 @@ import warnings
 import pytest
 
 from visattn.errors import VisattnWarning
-from visattn.inference.caption_scoring import caption_scores
+from visattn.data.vocab import Vocabulary
+from visattn.inference.caption_scoring import CaptionMetrics, caption_scores
 
 
 def test_cider_with_every_caption_the_same_warns_that_it_is_zero_whatever_the_captions():
@@ -26,3 +27,18 @@ def test_cider_of_references_that_differ_is_scored_without_that_warning():
         warnings.simplefilter("error", VisattnWarning)
         scores = caption_scores(["a dog runs", "a cat"], [["a dog runs"], ["a dog"]])
     assert scores["cider"] > 0
+
+
+def test_a_validation_set_whose_cider_is_always_zero_warns_once_per_fit_not_every_epoch():
+    """A fit scoring one validation image printed the same CIDEr warning after every epoch (Python's once-per-line
+    memory is cleared whenever any code changes the warning filters, as each epoch's data loading does)."""
+    metrics = CaptionMetrics(Vocabulary.build(["a dog runs"]))
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        for _epoch in range(3):
+            metrics.hypotheses, metrics.references = ["a dog runs"], [["a dog runs"]]
+            assert metrics.compute()["n"] == 1
+            metrics.reset()
+    assert [str(w.message) for w in shown] == [
+        "CIDEr of one image is 0 whatever its caption (it weighs each n-gram by how few images' references hold it); "
+        "score more images"]

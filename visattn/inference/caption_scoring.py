@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 
 from ..data.scenes import ITEM_WORDS
 from ..data.vocab import UNK, Vocabulary, tokenize
-from ..errors import ConfigError, VisattnWarning, outside_visattn
+from ..errors import ConfigError, VisattnWarning, caught_warnings, outside_visattn
 from ..explain.cell_centres import CellCentres
 from ..explain.pointing import pointing_hit
 from ..models.show_attend_tell import DecodedCaptions
@@ -136,6 +136,7 @@ class CaptionMetrics:
 
     def __init__(self, vocab: Vocabulary, *, meteor: bool = False) -> None:
         self.vocab, self.meteor = vocab, meteor
+        self.warned: set[str] = set()  # kept over reset(): a fit's validation warned the same every epoch
         self.reset()
 
     def reset(self) -> None:
@@ -180,7 +181,13 @@ class CaptionMetrics:
     def compute(self) -> dict[str, Optional[float]]:
         """BLEU-1..4, ROUGE-L and CIDEr (METEOR when asked for) of the captions gathered, and the pointing game's score
         when the data had item boxes."""
-        scores = caption_scores(self.hypotheses, self.references, meteor=self.meteor)
+        with caught_warnings(record=True) as caught:
+            warnings.simplefilter("always", VisattnWarning)
+            scores = caption_scores(self.hypotheses, self.references, meteor=self.meteor)
+        for shown in caught:
+            if str(shown.message) not in self.warned:
+                self.warned.add(str(shown.message))
+                warnings.warn_explicit(shown.message, shown.category, shown.filename, shown.lineno)
         if self.has_boxes:  # None when no caption named an item that occurs once
             scores["pointing"] = float(np.mean(self.hits)) if self.hits else None
         scores["n"] = len(self.hypotheses)
