@@ -15,6 +15,7 @@ from ..data.preprocessing import (CLASSIFIER_PREPROCESSING, default_preprocessin
 from ..data.transforms import ImageTransform, check_image_batch, eval_transform_of, to_model_input
 from ..devices import model_device
 from ..errors import ArgumentError, ConfigError, ImageSizeNotDivisible, NotATrainingCheckpoint, WeightsError, is_count
+from ..explain.attention import check_patch_input
 from ..fetched_weights import hub_cache_only, offline_timm_file, unreachable_hub
 from ..modes import eval_mode
 from ..pretrained import checkpoint_follows, load_weights, starting_weights_skipped
@@ -112,6 +113,7 @@ class Classifier:
         """Class probabilities ``(B, num_classes)`` on the CPU for normalised images ``(B, C, H, W)`` (C the model's
         channels) on any device."""
         check_image_batch(images, channels=self.preprocessing["input_size"][0])
+        check_patch_input(self.model, images.shape[-2:])
         with eval_mode(self.model):  # a model the caller set training would drop out and update batch norms
             logits = self.model(to_model_input(images, self.model))
             # float32 under a caller's autocast too: bf16 probabilities rounded close classes to ties, which

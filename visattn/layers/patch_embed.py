@@ -118,16 +118,22 @@ class PatchEmbed(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_image_layout(x, self.in_chans, self.proj.weight)
         if not isinstance(x, torch.fx.Proxy):
-            self._check_size(tuple(int(s) for s in x.shape[-2:]))  # the ONNX tracer gives sizes as tensors
+            check_input_size(self, x.shape[-2:])  # the ONNX tracer gives sizes as tensors
         return self.proj(x).flatten(2).transpose(1, 2)  # (B, num_patches, embed_dim)
 
-    def _check_size(self, size: tuple[int, int]) -> None:
-        if self.strict_img_size and size != self.img_size:
-            fits = whole_patches(size, self.patch_size)
-            how = f", or build the model with img_size={size} or dynamic_img_size=True" if fits else ""
-            raise ConfigError(f"input is {size} but the model expects {self.img_size}; resize the image{how}")
-        if not self.strict_img_size:
-            check_whole_patches(size, self.patch_size)
+
+def check_input_size(patch_embed: nn.Module, size: Sequence[int]) -> None:
+    """One line unless a patch embedding (visattn's or timm's) takes ``size = (H, W)`` images: timm's asserts in its
+    forward, a bare traceback."""
+    size, img_size = (int(size[0]), int(size[1])), patch_embed.img_size
+    if img_size is None:  # timm's takes any size without one
+        return
+    if patch_embed.strict_img_size and size != tuple(img_size):
+        fits = whole_patches(size, patch_embed.patch_size)
+        how = f", or build the model with img_size={size} or dynamic_img_size=True" if fits else ""
+        raise ConfigError(f"input is {size} but the model expects {tuple(img_size)}; resize the image{how}")
+    if not patch_embed.strict_img_size and not getattr(patch_embed, "dynamic_img_pad", False):
+        check_whole_patches(size, tuple(patch_embed.patch_size))
 
 
 def whole_patches(size: Sequence[int], patch_size: Sequence[int]) -> bool:
