@@ -219,14 +219,20 @@ def load_weights(
                            "build it on the CPU or a GPU, or call model.to_empty(device=...) first")
     state, grid = _read_source(source, sha256=sha256, into=model)
     named = origin or (source if not isinstance(source, dict) else "state dict")
-    state = _in_model_layout(model, state, grid=grid, named=named)
-    if features_only:
-        state = _without_pruned_layers(model, state)
-    elif head_from_weights:
-        _take_the_weights_class_count(model, state)
-    state, head_warning, head_error = _drop_mismatched_head(model, state, source=named, new_head=new_head, fix=fix)
-    state, channels_warning = _adapt_input_channels(model, state, source=named)
-    check_state_dict(model, state, strict=strict, source=named, fix=fix)
+    try:
+        state = _in_model_layout(model, state, grid=grid, named=named)
+        if features_only:
+            state = _without_pruned_layers(model, state)
+        elif head_from_weights:
+            _take_the_weights_class_count(model, state)
+        state, head_warning, head_error = _drop_mismatched_head(model, state, source=named, new_head=new_head,
+                                                                fix=fix)
+        state, channels_warning = _adapt_input_channels(model, state, source=named)
+        check_state_dict(model, state, strict=strict, source=named, fix=fix)
+    except WeightsError as err:
+        if not fix:
+            err.args = (f"{err}{_model_they_fit(source)}",)  # its class kept: callers tell some apart
+        raise
     if head_error:  # only now: weights of another architecture misfit everywhere, not just in the head
         raise WeightsError(head_error)
     _refuse_non_finite(state, source=named)
@@ -240,6 +246,41 @@ def load_weights(
         owned = not isinstance(source, dict) or isinstance(source, CopiedForOneLoad)
         return _materialised(wrapper, model, state, initialise, owned=owned)
     return wrapper
+
+
+def _model_they_fit(source: Union[str, Path, StateDict]) -> str:
+    """``"; they are ARCH.TAG's weights: create_model(...) builds the model they fit"`` for weights that record the
+    model they were saved from (shipped or saved ``ARCH.TAG``, a visattn ``.safetensors`` file, a training
+    checkpoint), for an error about weights that do not fit: the keys alone left the model to guess (a class token,
+    then the depth of the Fashion-MNIST ViT's weights, each one error); empty for others."""
+    if isinstance(source, dict):
+        return ""
+    if named_weights_entry(str(source)) is not None:
+        return f"; they are {source}'s weights: create_model({str(source)!r}) builds the model they fit"
+    entry = file_weights_entry(source)
+    if entry is not None:
+        name, kwargs = f"{entry['arch']}.{entry['tag']}", entry.get("model_kwargs") or {}
+    else:  # a training checkpoint: its model_name (ARCH or ARCH.TAG) and model_kwargs
+        settings = _training_checkpoint_settings(source)
+        name, given = settings.get("model_name"), settings.get("model_kwargs") or {}
+        if not isinstance(name, str) or name.startswith("timm:") or not isinstance(given, dict):
+            return ""
+        kwargs = {**((named_weights_entry(name) or {}).get("model_kwargs") or {}), **given}
+    built = ", ".join([repr(name.partition(".")[0]), f"pretrained={os.fspath(source)!r}",
+                       *(f"{key}={value!r}" for key, value in kwargs.items())])
+    return f"; they are {name}'s weights: create_model({built}) builds the model they fit"
+
+
+def _training_checkpoint_settings(source: Union[str, Path]) -> dict[str, Any]:
+    """The hyperparameters of the training checkpoint ``source`` (``{}`` for another file, or one without them)."""
+    if Path(source).suffix != ".ckpt" or not Path(source).is_file():
+        return {}
+    try:
+        checkpoint = read_pickle_checkpoint(Path(source), lazy=True)
+    except WeightsError:
+        return {}
+    settings = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
+    return settings if isinstance(settings, dict) else {}
 
 
 def _read_source(source: Union[str, Path, StateDict], *, sha256: Optional[str],

@@ -3,6 +3,7 @@ fit apart. A misfit is one line naming the keys and, where the keys show it, the
 arguments the weights need (another depth, block, stem, final norm)."""
 import re
 import warnings
+from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from torch import nn
@@ -37,8 +38,18 @@ def check_state_dict(
     """
     own = model.state_dict()
     if not own.keys() & state.keys():
-        raise WeightsError(f"{source}: weights do not fit {type(model).__name__} (no key in common"
-                           f"{_wrapper_hint(state, own)}); {fix or 'load weights saved from this architecture'}")
+        prefix = _fitting_prefix(state, own)
+        if prefix and not all(key.startswith(prefix) for key in state):  # a detector's or captioner's weights
+            path = repr(str(source)) if isinstance(source, (str, Path)) and Path(source).is_file() else "FILE"
+            fix = fix or (f"load that part alone: pretrained={{k.removeprefix({prefix!r}): v for k, v in "
+                          f"state.items() if k.startswith({prefix!r})}}, state being "
+                          f"visattn.pretrained.read_state_dict({path})")
+            raise WeightsError(f"{source}: weights do not fit {type(model).__name__} (no key in common; those under "
+                               f"{prefix!r} do, a part such as a detector's backbone or a captioner's encoder); {fix}")
+        wrapped = (f"; the weights' keys all start with {prefix!r}: strip that prefix"  # a user's LightningModule
+                   if prefix and len(state) > 1 else "")
+        raise WeightsError(f"{source}: weights do not fit {type(model).__name__} (no key in common{wrapped}); "
+                           f"{fix or 'load weights saved from this architecture'}")
     heads = tuple(f"{name}." for name in classifier_names(model))
     # Checkpoints from before PyTorch 0.4.1, and frozen-BatchNorm ones (torchvision's detectors), have no
     # BatchNorm step counters; they only matter with momentum=None.
@@ -165,14 +176,13 @@ def _attention_prefixes(model: nn.Module) -> tuple[str, ...]:
     return tuple(f"{name}." for name, module in model.named_modules() if isinstance(module, kinds))
 
 
-def _wrapper_hint(state: StateDict, own: StateDict) -> str:
-    """``; the weights' keys all start with 'net.': strip that prefix`` when doing so makes them the
-    model's (a user's LightningModule around the model); else empty."""
-    firsts = {k.split(".", 1)[0] for k in state}
-    if len(firsts) != 1 or len(state) < 2:
-        return ""
-    prefix = next(iter(firsts)) + "."
-    return f"; the weights' keys all start with {prefix!r}: strip that prefix" if _under(state, prefix).keys() & own.keys() else ""
+def _fitting_prefix(state: StateDict, own: StateDict) -> str:
+    """The key prefix (``'net.'``, ``'backbone.body.'``) under which the most of the weights' keys are the model's own:
+    a user's LightningModule around the model, a detector's backbone, a captioner's encoder; empty when none is."""
+    prefixes = {key[:end + 1] for key in state for end, char in enumerate(key) if char == "."}
+    shared = {prefix: len(_under(state, prefix).keys() & own.keys()) for prefix in prefixes}
+    best = max(sorted(shared, key=len), key=shared.get, default="")  # the shortest of those sharing the most
+    return best if shared.get(best) else ""
 
 
 def _key_list(keys: list[str], limit: int = 8) -> str:
