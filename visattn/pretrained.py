@@ -83,6 +83,7 @@ __all__ = [
     "shipped_weights_dir",
     "starting_weights_skipped",
     "timm_pretrained_cfg",
+    "training_checkpoint_settings",
     "unreachable_hub",
     "unwrapped",
     "user_weights_dir",
@@ -261,7 +262,7 @@ def _model_they_fit(source: Union[str, Path, StateDict]) -> str:
     if entry is not None:
         name, kwargs = f"{entry['arch']}.{entry['tag']}", entry.get("model_kwargs") or {}
     else:  # a training checkpoint: its model_name (ARCH or ARCH.TAG) and model_kwargs
-        settings = _training_checkpoint_settings(source)
+        settings = training_checkpoint_settings(source) or {}
         name, given = settings.get("model_name"), settings.get("model_kwargs") or {}
         if not isinstance(name, str) or name.startswith("timm:") or not isinstance(given, dict):
             return ""
@@ -271,16 +272,19 @@ def _model_they_fit(source: Union[str, Path, StateDict]) -> str:
     return f"; they are {name}'s weights: create_model({built}) builds the model they fit"
 
 
-def _training_checkpoint_settings(source: Union[str, Path]) -> dict[str, Any]:
-    """The hyperparameters of the training checkpoint ``source`` (``{}`` for another file, or one without them)."""
-    if Path(source).suffix != ".ckpt" or not Path(source).is_file():
-        return {}
+def training_checkpoint_settings(source: Any) -> Optional[dict[str, Any]]:
+    """The hyperparameters of a training checkpoint given as weights (``pretrained: last.ckpt``, a new run from an
+    earlier one's weights); None for anything else, or a file that is no Lightning checkpoint (loading it says what
+    is wrong with it)."""
+    if (not isinstance(source, (str, Path)) or Path(source).suffix != ".ckpt"
+            or named_weights_entry(os.fspath(source))):
+        return None
     try:
         checkpoint = read_pickle_checkpoint(Path(source), lazy=True)
     except WeightsError:
-        return {}
+        return None
     settings = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
-    return settings if isinstance(settings, dict) else {}
+    return settings if isinstance(settings, dict) else None
 
 
 def _read_source(source: Union[str, Path, StateDict], *, sha256: Optional[str],

@@ -19,12 +19,12 @@ from ..inference.caption_scoring import CaptionMetrics, check_java
 from ..inference.captioner import attention_centres, decode
 from ..models.show_attend_tell import (DecodedCaptions, check_decoding, doubly_stochastic_penalty,
                                        refuse_token_ids_past_the_vocab)
-from ..pretrained import load_weights, starting_weights_skipped
+from ..pretrained import load_weights, starting_weights_skipped, training_checkpoint_settings
 from ..registry import another_packages_note, create_model, model_task, split_model_name
 from ..weights_files import read_state_dict
 from ..weights_index import file_weights_entry, find_weights_entry, named_weights_entry
-from .classification import (check_data_size, refuse_linked_kwargs, sample_mean_loss, starting_checkpoint_settings,
-                             warn_if_cropped_otherwise, warn_if_normalised_otherwise)
+from .classification import (check_data_size, refuse_linked_kwargs, sample_mean_loss, warn_if_cropped_otherwise,
+                             warn_if_normalised_otherwise)
 from .guards import (GuardedTask, NonFiniteLossGuard, TrainingLoss, any_process_scored, batch_of_one_is_one_line,
                      refuse_cast_batches, skip_missing_batch, weight_average)
 
@@ -92,7 +92,7 @@ def _starting_record(model_name: str, pretrained: Optional[Union[bool, str]],
     nothing: tuple[dict[str, Any], Callable[[], dict[str, Tensor]]] = ({}, dict)
     if pretrained is False or starting_weights_skipped():
         return nothing
-    settings = starting_checkpoint_settings(pretrained)
+    settings = training_checkpoint_settings(pretrained)
     if settings is not None:
         return settings, lambda: read_state_dict(pretrained)
     if isinstance(pretrained, str):

@@ -5,7 +5,6 @@ import contextlib
 import math
 import unicodedata
 import warnings
-from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
 import lightning.pytorch as pl
@@ -18,17 +17,16 @@ from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 from torchvision.transforms import v2
 
-from ..errors import ConfigError, VisattnWarning, WeightsError, is_number, one_line, outside_visattn
+from ..errors import ConfigError, VisattnWarning, is_number, one_line, outside_visattn
 from ..inference import moved_here
 from ..inference.classifier import build_classifier, sides_that_fit
 from ..layers.attention import SelfAttention
 from ..layers.patch_embed import fixed_input_size, whole_patches
 from ..modes import eval_mode
-from ..pretrained import refuse_an_untrained_head, starting_weights_skipped
+from ..pretrained import refuse_an_untrained_head, starting_weights_skipped, training_checkpoint_settings
 from ..recorded_preprocessing import weights_preprocessing
 from ..registry import Strictness, model_arguments
 from ..state_dict_fit import classifier_names
-from ..weights_files import read_pickle_checkpoint
 from ..weights_index import named_weights_entry
 from .guards import (Float32Mean, GuardedTask, NonFiniteLossGuard, TrainingLoss, any_process_scored,
                      batch_of_one_is_one_line, skip_missing_batch, weight_average)
@@ -171,27 +169,13 @@ def starting_weights_labels(model_name: str, pretrained: Optional[Union[bool, st
     """The labels recorded with the weights a model starts from: shipped weights (``arch.tag``, ``pretrained=True``
     or another ``"ARCH.TAG"``), or a training checkpoint's ``class_names`` (a new run from an earlier one's weights);
     None for none, a weights file that records none, or timm's or the hub's weights."""
-    settings = starting_checkpoint_settings(pretrained)
+    settings = training_checkpoint_settings(pretrained)
     if settings is not None:
         return settings.get("class_names")
     if model_name.startswith("timm:"):
         return None
     entry = named_weights_entry(pretrained) or model_arguments(model_name, pretrained=pretrained)[1]
     return (entry or {}).get("labels")
-
-
-def starting_checkpoint_settings(pretrained: Optional[Union[bool, str]]) -> Optional[dict[str, Any]]:
-    """The hyperparameters of a training checkpoint given as starting weights (``pretrained: last.ckpt``, a new run
-    from an earlier one's weights); None for anything else, or a file that is no Lightning checkpoint (loading
-    it says what is wrong with it)."""
-    if not isinstance(pretrained, str) or Path(pretrained).suffix != ".ckpt" or named_weights_entry(pretrained):
-        return None
-    try:
-        checkpoint = read_pickle_checkpoint(Path(pretrained), lazy=True)
-    except WeightsError:
-        return None
-    settings = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
-    return settings if isinstance(settings, dict) else None
 
 
 def _head_linears(model: nn.Module) -> list[nn.Linear]:
