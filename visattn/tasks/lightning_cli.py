@@ -582,6 +582,10 @@ class _VisattnParser(LightningArgumentParser):
                  if action.dest in _REFUSED_SECTIONS and cfg.get(action.dest) is not None]
         for action in given:
             action.help = None
+        if "skip_none" in kwargs:
+            # Lightning 2.6 still passes skip_none, which jsonargparse 4.49 renamed skip_unset: forwarded under the
+            # old name, its deprecation warning would name this line as the caller.
+            kwargs["skip_unset"] = kwargs.pop("skip_none")
         try:
             return super().dump(cfg, *args, **kwargs)
         finally:
