@@ -1034,6 +1034,23 @@ def test_scoring_an_arch_tag_with_pretrained_false_is_refused_as_untrained(subco
             "--ckpt_path best, last or FILE, or start the model from weights") in err
 
 
+def test_an_arch_tag_with_other_starting_weights_is_one_line_in_the_configs_terms():
+    """model_name ARCH.TAG with pretrained last.ckpt (the resume messages' advice for a run of ARCH.TAG) was
+    create_model's refusal, which names create_model calls to a command-line user."""
+    from visattn.tasks.setting_checks import _check_settings
+
+    with pytest.raises(ConfigError) as info:
+        _check_settings(SimpleNamespace(init_args={"model_name": "se_resnet20_cifar.fmnist",
+                                                   "pretrained": "run/last.ckpt"}), {})
+    assert str(info.value) == ("model.init_args.model_name se_resnet20_cifar.fmnist names shipped weights and "
+                               "model.init_args.pretrained run/last.ckpt other weights; give model_name "
+                               "se_resnet20_cifar to start from run/last.ckpt, or leave pretrained out (or null) to "
+                               "start from se_resnet20_cifar.fmnist's")
+    for pretrained in ("se_resnet20_cifar.fmnist", None, True):
+        _check_settings(SimpleNamespace(init_args={"model_name": "se_resnet20_cifar.fmnist",
+                                                   "pretrained": pretrained}), {})
+
+
 def test_training_an_arch_tag_with_pretrained_false_warns_that_it_starts_from_random_weights(recwarn):
     from visattn.errors import VisattnWarning
     from visattn.tasks.setting_checks import _check_settings

@@ -584,6 +584,15 @@ def test_a_tag_and_other_weights_together_are_one_line(weights_tmp, pretrained, 
                                f"create_model('{ARCH}', pretrained={shown}) or create_model('{ARCH}.unit')")
 
 
+def test_a_tag_with_its_own_name_as_pretrained_loads_the_tag(weights_tmp):
+    """A config's model_name ARCH.TAG with pretrained ARCH.TAG (a shipped config's pretrained, its model_name
+    given the tag) was refused as "names shipped weights and pretrained=... other weights", both the same."""
+    model = _model()
+    save_weights(model, weights_tmp / f"{ARCH}.unit.safetensors")
+    loaded = create_model(f"{ARCH}.unit", pretrained=f"{ARCH}.unit")
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+
+
 def test_a_tag_with_pretrained_none_loads_the_tag(weights_tmp):
     model = _model()
     save_weights(model, weights_tmp / f"{ARCH}.unit.safetensors")

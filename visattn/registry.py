@@ -430,6 +430,8 @@ def model_arguments(
     if tag is None and str(pretrained).startswith(f"{arch}.") and named_weights_entry(pretrained) is not None:
         # This architecture's own weights: built with their hyperparameters, as create_model("arch.tag") is
         tag, pretrained = pretrained[len(arch) + 1:], None
+    if tag is not None and pretrained == name:  # the same weights named twice (a config's model_name and pretrained)
+        pretrained = None
     if tag is not None and not isinstance(pretrained, bool) and pretrained is not None:
         # a path as typed, not PosixPath(...); a state dict's repr would be megabytes of tensors
         given = repr(os.fspath(pretrained)) if isinstance(pretrained, (str, os.PathLike)) else "..."

@@ -53,10 +53,15 @@ def _check_settings(model: Any, trainer: Any) -> None:
     """Values that would fail with a traceback deep inside training (Lightning checks neither)."""
     init_args = getattr(model, "init_args", None) or {}
     check_optimizer_settings(init_args)
-    name = init_args.get("model_name")
-    if init_args.get("pretrained") is False and isinstance(name, str) and split_model_name(name)[1] is not None:
-        warnings.warn(f"model.init_args.pretrained false with model_name {name}: {split_model_name(name)[0]} starts "
-                      f"from random weights; leave pretrained out (or null) to start from {name}'s", VisattnWarning)
+    name, pretrained = init_args.get("model_name"), init_args.get("pretrained")
+    arch, tag = split_model_name(name) if isinstance(name, str) else (None, None)
+    if pretrained is False and tag is not None:
+        warnings.warn(f"model.init_args.pretrained false with model_name {name}: {arch} starts from random weights; "
+                      f"leave pretrained out (or null) to start from {name}'s", VisattnWarning)
+    if tag is not None and isinstance(pretrained, str) and pretrained != name:  # create_model's refusal speaks Python
+        raise ConfigError(f"model.init_args.model_name {name} names shipped weights and model.init_args.pretrained "
+                          f"{pretrained} other weights; give model_name {arch} to start from {pretrained}, or leave "
+                          f"pretrained out (or null) to start from {name}'s")
     smoothing = init_args.get("label_smoothing")
     if isinstance(smoothing, (int, float)) and not 0 <= smoothing <= 1:
         raise ConfigError(f"model.init_args.label_smoothing {smoothing}: give a share of the target between 0 and 1, "
