@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import textwrap
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -144,9 +145,11 @@ def overlay_figure(
 
     image = _check_image(image)
     blended = heatmap_overlay(image, heatmap, cmap=cmap, alpha=alpha, centres=centres)
-    fig = _figure(figsize=(7.5, 3.6))
-    left, right = fig.subplots(1, 2)
     aspect = _drawn_aspect(image, pixel_aspect)
+    # a wide image's figure as low as its panels (3 in wide) and titles: a 40x300 photo's was mostly blank, though
+    # no lower than its colour bar's label fits beside
+    fig = _figure(figsize=(7.5, min(3.6, max(2.5, round(8 * (3.0 * _drawn_ratio(image, aspect) + 0.7)) / 8))))
+    left, right = fig.subplots(1, 2)
     left.imshow(image, aspect=aspect)
     left.set_title(image_title)
     right.imshow(blended, aspect=aspect)
@@ -155,7 +158,7 @@ def overlay_figure(
     for axis in (left, right):
         axis.set_axis_off()
     if title:
-        fig.suptitle(title)
+        fig.suptitle(_wrapped(title, fig, width=0.98 * fig.bbox.width))
     return fig
 
 
@@ -205,12 +208,14 @@ def word_panels_figure(
         raise ConfigError(f"got {len(words)} words and {len(maps)} maps; give one map per word (at least one)")
     columns = max(1, min(columns, len(words)))
     rows = math.ceil(len(words) / columns)
-    fig = _figure(figsize=(2.0 * columns, 2.2 * rows))
-    axes = np.atleast_1d(fig.subplots(rows, columns, squeeze=False)).ravel()
     aspect = _drawn_aspect(image, pixel_aspect)
+    width, height = _panel_inches(_drawn_ratio(image, aspect))
+    fig = _figure(figsize=(width * columns, (height + 0.25) * rows))  # 0.25 in: a title's line
+    axes = np.atleast_1d(fig.subplots(rows, columns, squeeze=False)).ravel()
     for axis, word, heat in zip(axes, words, maps):
         axis.imshow(heatmap_overlay(image, heat, cmap=cmap, alpha=alpha, centres=centres), aspect=aspect)
-        axis.set_title(word)
+        # wrapped to the panel: a long class name in a detection's title ran over its neighbours'
+        axis.set_title(_wrapped(word, fig, width=0.95 * width * fig.dpi))
     for axis in axes:
         axis.set_axis_off()
     return fig
@@ -226,6 +231,42 @@ def _drawn_aspect(image: np.ndarray, pixel_aspect: float) -> float:
     ``MOST_DRAWN_RATIO`` times its width or height."""
     ratio = image.shape[0] * pixel_aspect / image.shape[1]  # drawn height over width
     return pixel_aspect * min(max(ratio, 1 / MOST_DRAWN_RATIO), MOST_DRAWN_RATIO) / ratio
+
+
+def _drawn_ratio(image: np.ndarray, aspect: float) -> float:
+    """Height over width of ``image`` drawn with pixels of ``aspect``."""
+    return image.shape[0] * aspect / image.shape[1]
+
+
+def _panel_inches(ratio: float) -> tuple[float, float]:
+    """Width and height of a word panel for an image drawn ``ratio`` high over wide: 2 in square, a wide image's
+    panel up to twice as wide and a tall one's up to twice as high, no higher than the image (a 40x300 strip's
+    panels had been 0.3 in high in 2.2 in rows, a figure of blank rows)."""
+    width = 2.0 * min(max(math.sqrt(1.0 / ratio), 1.0), 2.0)
+    # in eighths of an inch, exact in binary floats: 2.3 in at 100 dpi is 229.99... pixels, the PNG 230
+    return round(8 * width) / 8, round(8 * min(width * ratio, 4.0)) / 8
+
+
+def _wrapped(text: str, fig: Figure, *, width: float) -> str:
+    """``text`` in lines at most ``width`` pixels wide in ``fig``'s title font (matplotlib's 'large', for titles
+    and the figure's alike), broken between words, and within a word longer than a line."""
+    from matplotlib.font_manager import FontProperties
+
+    renderer, font = fig.canvas.get_renderer(), FontProperties(size="large")
+
+    def line_width(line: str) -> float:
+        with caught_warnings():  # a glyph the font lacks is warned of once, when the figure is saved
+            warnings.filterwarnings("ignore", "Glyph .* missing from font")
+            return renderer.get_text_width_height_descent(line, font, ismath=False)[0]
+
+    full = line_width(text)
+    if full <= width:
+        return text
+    for chars in range(int(len(text) * width / full) + 1, 0, -1):  # from the characters an even font fits
+        lines = textwrap.wrap(text, chars, break_long_words=True)
+        if all(line_width(line) <= width for line in lines):
+            return "\n".join(lines)
+    return text
 
 
 def _figure(figsize: tuple[float, float]) -> Figure:

@@ -274,13 +274,13 @@ def _detection_line(record: dict[str, Any], score_threshold: float) -> str:
     return one_line(f"{record['file']}: {boxes}{drawn}{attention_note(record, 'detections')}")
 
 
-_BITMAP_FONT_SIZE = 11  # px, about torchvision's default label font (PIL's default), kept for drawings under 600 px
+_BITMAP_FONT_SIZE = 11  # px, about PIL's default font, kept for drawings under 600 px
 
 
 @lru_cache(maxsize=1)
 def _label_font() -> Optional[str]:
     """A TrueType font that scales: matplotlib's DejaVu Sans, which it ships; None where it does not open (a broken
-    install), for torchvision's own font, which does not grow, rather than a traceback."""
+    install), for PIL's default font, which does not grow, rather than a traceback."""
     from matplotlib import font_manager
     from PIL import ImageFont
 
@@ -294,23 +294,68 @@ def _label_font() -> Optional[str]:
 
 def draw_detections(image: np.ndarray, detections: Sequence[dict[str, Any]], path: Path) -> None:
     """Write ``image`` (``(H, W, 3)`` uint8) with each detection's box, label and score as a PNG."""
-    from PIL import Image
-    from torchvision.utils import draw_bounding_boxes
+    from PIL import Image, ImageDraw, ImageFont
 
     # ceil: nearest-neighbour enlargement, to a whole factor that keeps the long side within the cap
     scale = max(1, min(-(-_MIN_DRAWN_SIDE // min(image.shape[:2])), _MAX_DRAWN_SIDE // max(image.shape[:2])))
-    pixels = torch.tensor(image).permute(2, 0, 1)  # (3, H, W) uint8, a copy: decoded arrays are read-only
-    pixels = pixels.repeat_interleave(scale, dim=1).repeat_interleave(scale, dim=2)
+    drawing = Image.fromarray(np.ascontiguousarray(image)).resize((image.shape[1] * scale, image.shape[0] * scale),
+                                                                  Image.Resampling.NEAREST)
     if detections:
-        boxes = torch.tensor([d["box"] for d in detections], dtype=torch.float32) * scale
-        labels = [f"{d['label']} {d['score']:.2f}" for d in detections]
-        colours = [_BOX_COLOURS[d["index"] % len(_BOX_COLOURS)] for d in detections]
-        # Lines and labels grow with the drawing: on an 8000x6000 photo a 1 px box and torchvision's 11 px bitmap
-        # font could not be seen at any viewing size.
-        side = min(pixels.shape[-2:])  # the shorter: a label as tall as a strip would hide it
+        # Lines and labels grow with the drawing: on an 8000x6000 photo a 1 px box and an 11 px font could not be
+        # seen at any viewing size.
+        side = min(drawing.size)  # the shorter: a label as tall as a strip would hide it
         grows = side // 50 > _BITMAP_FONT_SIZE and _label_font() is not None
-        font = {"font": _label_font(), "font_size": side // 50} if grows else {}
+        font = ImageFont.truetype(_label_font(), side // 50) if grows else ImageFont.load_default()
         width = max(1, scale // 2, side // 300)
-        pixels = draw_bounding_boxes(pixels, boxes, labels=labels, colors=colours, width=width, **font)
+        draw = ImageDraw.Draw(drawing)
+        boxes = [_covered_pixels([v * scale for v in d["box"]]) for d in detections]
+        colours = [_BOX_COLOURS[d["index"] % len(_BOX_COLOURS)] for d in detections]
+        for (x0, y0, x1, y1), colour in zip(boxes, colours):
+            # a dark rim: a white or yellow line alone vanished on a light photo
+            draw.rectangle((x0 - 1, y0 - 1, x1 + 1, y1 + 1), outline="black", width=width + 2)
+            draw.rectangle((x0, y0, x1, y1), outline=colour, width=width)
+        texts = [f"{d['label']} {d['score']:.2f}" for d in detections]
+        bounds = [draw.textbbox((0, 0), text, font=font) for text in texts]  # (left, top, right, bottom)
+        sizes = [(right - left + 2, bottom - top + 2) for left, top, right, bottom in bounds]  # a pixel's margin
+        places = _label_places(boxes, sizes, drawing.size, inset=width)
+        for (x, y), (w, h), (left, top, _, _), text, colour in zip(places, sizes, bounds, texts, colours):
+            # black on a patch of the box's colour (all bright): the label in its colour alone could not be read
+            # on a light photo, nor on an item of a like colour
+            draw.rectangle((x, y, x + w - 1, y + h - 1), fill=colour)
+            draw.text((x + 1 - left, y + 1 - top), text, fill="black", font=font)
     with atomic_path(path) as tmp:
-        Image.fromarray(pixels.permute(1, 2, 0).numpy()).save(tmp, format="PNG", pnginfo=png_mark(_DRAWINGS))
+        drawing.save(tmp, format="PNG", pnginfo=png_mark(_DRAWINGS))
+
+
+def _covered_pixels(box: Sequence[float]) -> tuple[int, int, int, int]:
+    """An xyxy box's first and last pixel columns and rows: its x2 and y2 are the edges after its last pixels."""
+    x0, y0 = round(box[0]), round(box[1])
+    return x0, y0, max(x0, round(box[2]) - 1), max(y0, round(box[3]) - 1)
+
+
+def _label_places(boxes: Sequence[Sequence[int]], sizes: Sequence[tuple[int, int]], image_size: tuple[int, int], *,
+                  inset: int) -> list[tuple[int, int]]:
+    """The top-left corner of each box's label of ``sizes`` ``(w, h)`` in an image of ``image_size`` ``(W, H)``:
+    inside the box's top where it covers at most half of it, else above the box, else below; moved left to stay
+    in the image, and down past the labels placed before it (boxes of one object under two classes put their labels
+    on one spot)."""
+    image_w, image_h = image_size
+    placed: list[tuple[int, int, int, int]] = []
+    for (x0, y0, x1, y1), (w, h) in zip(boxes, sizes):
+        if y1 - y0 >= 2 * h:
+            y = y0 + inset
+        elif y0 - h >= 0:
+            y = y0 - h
+        elif y1 + 1 + h <= image_h:
+            y = y1 + 1
+        else:
+            y = y0 + inset
+        x = max(0, min(x0 + inset, image_w - w))
+        y = max(0, min(y, image_h - h))
+        start = y
+        while any(x < px1 and px0 < x + w and y < py1 and py0 < y + h for px0, py0, px1, py1 in placed):
+            y += h
+        if y + h > image_h:  # no free place below: overlap rather than leave the image
+            y = start
+        placed.append((x, y, x + w, y + h))
+    return [(x, y) for x, y, _, _ in placed]
