@@ -124,3 +124,21 @@ def test_a_label_at_the_right_edge_moves_into_the_picture(tmp_path):
     text_columns = text_columns[text_columns >= patch_columns.min()]  # black on the patch, not the canvas
     assert patch_columns.min() < 52 * 4  # moved left of the box, to fit
     assert len(text_columns) > 30 and text_columns.max() < 255  # the last glyph inside the picture
+
+
+def test_titles_holding_dollar_signs_are_drawn_as_typed_not_parsed_as_tex(tmp_path):
+    """A class name or word with a pair of `$` was parsed as TeX: "$^$" failed to save with a ParseSyntaxException
+    traceback, and "$5 to $6" drew "5 to" in italics without the dollars."""
+    image, heat = np.zeros((32, 32, 3), np.uint8), np.ones((4, 4))
+    for fig in (overlay_figure(image, heat, title="$5 to $6", image_title="$^$"),
+                word_panels_figure(image, ["$^$", "a"], [heat, heat])):
+        fig.savefig(tmp_path / "titles.png")
+        assert "$^$" in [axis.get_title() for axis in fig.axes]
+
+
+def test_a_caption_cut_at_one_word_says_word():
+    from visattn.inference.captioner import _cut_note
+
+    assert _cut_note(False, 1) == " [cut at 1 word, before the model ended it: raise --max-len]"
+    assert _cut_note(None, 1).startswith(" [1 word, as many as --max-len allows")
+    assert _cut_note(False, 2).startswith(" [cut at 2 words,")

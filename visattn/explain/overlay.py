@@ -151,14 +151,14 @@ def overlay_figure(
     fig = _figure(figsize=(7.5, min(3.6, max(2.5, round(8 * (3.0 * _drawn_ratio(image, aspect) + 0.7)) / 8))))
     left, right = fig.subplots(1, 2)
     left.imshow(image, aspect=aspect)
-    left.set_title(image_title)
+    left.set_title(image_title, parse_math=False)  # a label's `$` pairs were parsed as TeX: "$^$" failed to save
     right.imshow(blended, aspect=aspect)
     right.set_title("map")
     fig.colorbar(ScalarMappable(norm=Normalize(0.0, 1.0), cmap=cmap), ax=right, label="relevance (normalised)")
     for axis in (left, right):
         axis.set_axis_off()
     if title:
-        fig.suptitle(_wrapped(title, fig, width=0.98 * fig.bbox.width))
+        fig.suptitle(_wrapped(title, fig, width=0.98 * fig.bbox.width), parse_math=False)
     return fig
 
 
@@ -215,7 +215,7 @@ def word_panels_figure(
     for axis, word, heat in zip(axes, words, maps):
         axis.imshow(heatmap_overlay(image, heat, cmap=cmap, alpha=alpha, centres=centres), aspect=aspect)
         # wrapped to the panel: a long class name in a detection's title ran over its neighbours'
-        axis.set_title(_wrapped(word, fig, width=0.95 * width * fig.dpi))
+        axis.set_title(_wrapped(word, fig, width=0.95 * width * fig.dpi), parse_math=False)
     for axis in axes:
         axis.set_axis_off()
     return fig

@@ -147,8 +147,12 @@ def _cut_note(finished: Optional[bool], words: int) -> str:
     if finished:
         return ""
     if finished is None:  # a decoder that does not say (DecodedCaptions built without finished)
-        return f" [{words} words, as many as --max-len allows: it may have been cut; raise --max-len to see]"
-    return f" [cut at {words} words, before the model ended it: raise --max-len]"
+        return f" [{_words(words)}, as many as --max-len allows: it may have been cut; raise --max-len to see]"
+    return f" [cut at {_words(words)}, before the model ended it: raise --max-len]"
+
+
+def _words(count: int) -> str:
+    return f"{count} word{'' if count == 1 else 's'}"
 
 
 def caption_files(captioner: Captioner, paths: Sequence[str], *, beam_size: int = 5, max_len: Optional[int] = None,
