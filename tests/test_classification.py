@@ -1945,3 +1945,141 @@ def test_a_nested_vits_position_embedding_and_class_token_are_not_decayed(name, 
     nested = {n: p for n, p in model.named_parameters() if n.endswith(("pos_embed", "cls_token"))}
     assert len(nested) == 2 and all(p.ndim == 3 for p in nested.values())
     assert set(nested) <= _undecayed(model, weight_decay_groups(model, 0.05)), sorted(nested)
+
+
+# ------------------------------------------------- freeze_backbone: linear probing and a fine-tune's first stage
+
+
+def _probe_fit(task: ImageClassifier, tmp_path: Path, steps: int, ckpt_path: Path | None = None) -> pl.Trainer:
+    from torch.utils.data import DataLoader, TensorDataset
+
+    generator = torch.Generator().manual_seed(0)
+    data = DataLoader(TensorDataset(torch.randn(8, 3, 28, 28, generator=generator), torch.arange(8) % 3), batch_size=4)
+    trainer = pl.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, limit_val_batches=0, default_root_dir=tmp_path)
+    trainer.fit(task, data, ckpt_path=ckpt_path)
+    return trainer
+
+
+def _head_and_rest(task: ImageClassifier, head: str) -> tuple[dict, dict]:
+    state = {name: value.clone() for name, value in task.model.state_dict().items()}
+    inside = {name: value for name, value in state.items() if name.startswith(f"{head}.")}
+    return inside, {name: value for name, value in state.items() if name not in inside}
+
+
+@pytest.mark.parametrize("name, head", [("resnet20_cifar", "fc"), ("vit_tiny_patch4_28", "head")])
+def test_freeze_backbone_trains_the_head_alone_and_keeps_batch_norm_statistics(tmp_path, name, head):
+    """Linear probing: every parameter and batch-norm statistic outside the head bitwise unchanged after two steps
+    (the EMA copy's too), the head trained, the optimizer holding the head alone; a caller's train() (a notebook's)
+    leaves the frozen part in eval mode, whose batch norms had taken each batch's statistics, without Lightning's
+    warning of modules in eval mode."""
+    torch.manual_seed(0)
+    task = ImageClassifier(name, num_classes=3, model_kwargs={"depth": 2} if "vit" in name else {}, pretrained=False,
+                           ema_decay=0.5, warmup_epochs=0.0, lr=0.1, freeze_backbone=True).train()
+    head_before, rest_before = _head_and_rest(task, head)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer = _probe_fit(task, tmp_path, steps=2)
+    assert not [w for w in caught if "in eval mode at the start of training" in str(w.message)]  # as meant
+    head_after, rest_after = _head_and_rest(task, head)
+    assert rest_after.keys() == rest_before.keys() and any("running_mean" in key for key in rest_after) == (
+        name == "resnet20_cifar")
+    assert all(torch.equal(rest_after[key], value) for key, value in rest_before.items())
+    assert not any(torch.equal(head_after[key], value) for key, value in head_before.items())
+    averaged = {key: value for key, value in task.ema.module.state_dict().items() if key in rest_before}
+    assert all(torch.equal(averaged[key], value) for key, value in rest_before.items())
+    grouped = [id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]]
+    assert sorted(grouped) == sorted(id(p) for p in task.model.get_submodule(head).parameters())
+
+
+def test_a_probes_frozen_features_are_those_inference_computes():
+    """Drop path and dropout outside the head would make a probe's features differ from batch to batch."""
+    task = ImageClassifier("vit_tiny_patch4_28", num_classes=3, pretrained=False, freeze_backbone=True,
+                           model_kwargs={"depth": 2, "drop_path_rate": 0.5, "proj_drop_rate": 0.5, "drop_rate": 0.5})
+    images = torch.randn(2, 3, 28, 28)
+    task.train()
+    with torch.no_grad():
+        probed = [task.model.forward_head(task.model.forward_features(images), pre_logits=True) for _ in range(2)]
+        torch.testing.assert_close(probed[0], probed[1], rtol=0, atol=0)
+        task.eval()
+        torch.testing.assert_close(task.model.forward_head(task.model.forward_features(images), pre_logits=True),
+                                   probed[0])
+    assert task.model.head.training is False and task.train().model.head.training
+
+
+def test_freeze_backbone_of_a_distilled_timm_deit_trains_both_heads():
+    from visattn.tasks.optimization import task_parameter_groups
+
+    task = ImageClassifier("timm:deit_tiny_distilled_patch16_224", num_classes=3, model_kwargs={"depth": 1},
+                           freeze_backbone=True)
+    names = {id(p): n for n, p in task.model.named_parameters()}
+    groups = {group["name"]: sorted(names[id(p)] for p in group["params"]) for group in task_parameter_groups(task)}
+    assert groups == {"decay": ["head.weight", "head_dist.weight"], "no_decay": ["head.bias", "head_dist.bias"]}
+
+
+def test_a_resumed_probe_stays_frozen_and_another_freeze_backbone_is_one_line(tmp_path):
+    def task(freeze: bool) -> ImageClassifier:
+        torch.manual_seed(0)
+        return ImageClassifier("resnet20_cifar", num_classes=3, pretrained=False, freeze_backbone=freeze)
+
+    probe = task(True)
+    _, start = _head_and_rest(probe, "fc")
+    _probe_fit(probe, tmp_path, steps=2).save_checkpoint(tmp_path / "probe.ckpt")
+    resumed = task(True)
+    assert _probe_fit(resumed, tmp_path, steps=4, ckpt_path=tmp_path / "probe.ckpt").global_step == 4
+    _, rest = _head_and_rest(resumed, "fc")
+    assert all(torch.equal(rest[key], value) for key, value in start.items())
+    with pytest.raises(ConfigError, match=r"^--ckpt_path .*probe\.ckpt: its run trained the head alone "
+                                          r"\(freeze_backbone true\); resume with model\.init_args\.freeze_backbone "
+                                          r"true, or start a new run from its weights with "
+                                          r"--model\.init_args\.pretrained .*probe\.ckpt$"):
+        _probe_fit(task(False), tmp_path, steps=4, ckpt_path=tmp_path / "probe.ckpt")
+    _probe_fit(task(False), tmp_path, steps=2).save_checkpoint(tmp_path / "full.ckpt")
+    with pytest.raises(ConfigError, match=r"its run trained every layer \(freeze_backbone false\); resume with "
+                                          r"model\.init_args\.freeze_backbone false"):
+        _probe_fit(task(True), tmp_path, steps=4, ckpt_path=tmp_path / "full.ckpt")
+
+
+def test_settings_a_frozen_backbone_voids_and_a_model_naming_no_head_are_one_line(monkeypatch):
+    with pytest.raises(ConfigError, match=r"^model\.init_args\.layer_decay=0\.75 with freeze_backbone: only the head "
+                                          r"trains, so there are no lower layers to slow down; drop layer_decay, or "
+                                          r"set freeze_backbone false$"):
+        ImageClassifier("resnet20_cifar", num_classes=3, layer_decay=0.75, freeze_backbone=True)
+    with pytest.raises(ConfigError, match=r"^model\.init_args\.grad_checkpointing with freeze_backbone: a frozen "
+                                          r"backbone keeps no activations for the backward pass"):
+        ImageClassifier("resnet20_cifar", num_classes=3, grad_checkpointing=True, freeze_backbone=True)
+    from visattn.models.resnet import ResNet
+
+    monkeypatch.setattr(ResNet, "classifier", None)  # a user's registered model that names no head
+    with pytest.raises(ConfigError, match=r"^model\.init_args\.freeze_backbone: resnet20_cifar names no classifier "
+                                          r"head to train alone \(a visattn model's classifier attribute, a timm "
+                                          r"model's pretrained_cfg\['classifier'\]\); set freeze_backbone false, or "
+                                          r"give a model that names its head$"):
+        ImageClassifier("resnet20_cifar", num_classes=3, freeze_backbone=True)
+
+
+def test_a_probe_from_the_cli_keeps_the_shipped_backbone_resumes_frozen_and_loads_for_inference(in_tmp, capsys,
+                                                                                                monkeypatch):
+    shipped = create_model("vit_tiny_patch4_28.fmnist").state_dict()
+    probe = ["--model.init_args.model_name", "vit_tiny_patch4_28.fmnist", "--model.init_args.freeze_backbone", "true",
+             "--model.init_args.compile", "false", "--data.init_args.limit", "32"]
+
+    def trained(ckpt: Path) -> list[str]:
+        state = torch.load(ckpt, weights_only=True)["state_dict"]
+        assert state.keys() >= {f"model.{key}" for key in shipped}
+        return sorted(key for key, value in shipped.items() if not torch.equal(state[f"model.{key}"], value))
+
+    ckpt = _fit(in_tmp, "--trainer.max_steps", "2", *probe, config=VIT_CONFIG)
+    assert trained(ckpt) == ["head.bias", "head.weight"]
+    assert main(["fit", "--config", str(VIT_CONFIG), *QUICK, "--trainer.max_steps", "4", "--ckpt_path", "last",
+                 *probe]) == 0
+    assert torch.load(ckpt, weights_only=True)["global_step"] == 4 and trained(ckpt) == ["head.bias", "head.weight"]
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(ckpt), "--dataset", "fashion-mnist", "--limit", "50", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["n"] == 50
+    weights = in_tmp / "weights"
+    monkeypatch.setenv("VISATTN_WEIGHTS", str(weights))
+    assert main(["save-weights", "--checkpoint", str(ckpt), "--tag", "probe", "--out-dir", str(weights)]) == 0
+    images = torch.randn(2, 3, 28, 28)
+    torch.testing.assert_close(load_classifier("vit_tiny_patch4_28.probe").predict(images),
+                               load_classifier(checkpoint=str(ckpt)).predict(images))

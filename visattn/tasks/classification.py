@@ -278,6 +278,10 @@ class ImageClassifier(GuardedTask, pl.LightningModule):
         layer_decay: layer-wise learning-rate decay for fine-tuning (BEiT's; timm's ``--layer-decay``, e.g.
             0.75): each layer of the model's ``group_matcher`` learns at this fraction of the layer above's
             rate, the head at ``lr``; None: every layer at ``lr``.
+        freeze_backbone: train the classifier head(s) alone (linear probing, as DINO, CLIP and MAE evaluate
+            pretrained features, or a fine-tune's cheap first stage): every other parameter keeps its starting
+            value and stays out of the optimizer, and every module outside the head runs in eval mode (batch-norm
+            statistics fixed, no dropout or drop path: the head learns from the features inference computes).
         ema_decay: keep an exponential moving average of the weights (e.g. 0.999) and evaluate
             with it; None disables it.
         class_names: label names, linked from the datamodule; saved in checkpoints for inference.
@@ -318,6 +322,7 @@ class ImageClassifier(GuardedTask, pl.LightningModule):
         mixup_alpha: float = 0.0,
         cutmix_alpha: float = 0.0,
         layer_decay: Optional[float] = None,
+        freeze_backbone: bool = False,
         ema_decay: Optional[float] = None,
         class_names: Optional[list[str]] = None,
         preprocessing: Optional[dict[str, Any]] = None,
@@ -333,6 +338,8 @@ class ImageClassifier(GuardedTask, pl.LightningModule):
         if layer_decay is not None and not (is_number(layer_decay) and 0 < layer_decay <= 1):
             raise ConfigError(f"model.init_args.layer_decay={layer_decay!r}: give each layer's learning rate as a "
                               "fraction of the next one's, above 0 and at most 1 (e.g. 0.75), or null for none")
+        if freeze_backbone:
+            _refuse_settings_a_frozen_backbone_voids(layer_decay=layer_decay, grad_checkpointing=grad_checkpointing)
         self.save_hyperparameters()
         refuse_linked_kwargs(model_kwargs, num_classes="model.init_args.num_classes")
         self.model = build_classifier(model_name, num_classes, model_kwargs, pretrained, strict)
@@ -345,6 +352,8 @@ class ImageClassifier(GuardedTask, pl.LightningModule):
                           "attention for it to pick a kernel for, so it changes nothing; drop it", VisattnWarning)
         if grad_checkpointing:
             enable_grad_checkpointing(self.model, model_name)
+        if freeze_backbone:  # before the average copies the model, and the optimizer groups what trains
+            freeze_all_but_the_head(self.model, model_name)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.batch_mix = self._batch_mix(num_classes, mixup_alpha, cutmix_alpha)
         self.ema = weight_average(self.model, ema_decay)
@@ -364,6 +373,17 @@ class ImageClassifier(GuardedTask, pl.LightningModule):
             [v2.CutMix(alpha=cutmix_alpha, num_classes=num_classes)] if cutmix_alpha > 0 else [])
         return v2.RandomChoice(mixes) if mixes else None
 
+    def train(self, mode: bool = True) -> "ImageClassifier":
+        super().train(mode)
+        if self.hparams.get("freeze_backbone"):
+            keep_the_backbone_in_eval(self.model)
+        return self
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        if self.hparams.get("freeze_backbone"):  # Lightning's note of modules in eval mode: keep_the_backbone_in_eval's
+            warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+
     def check_run(self, trainer: pl.Trainer, datamodule: Optional[pl.LightningDataModule], stage: str) -> None:
         # The device the run is on: the model itself moves there only after setup.
         check_sdpa_backend(self.hparams.sdpa_backend, trainer.strategy.root_device, str(trainer.precision))
@@ -371,6 +391,11 @@ class ImageClassifier(GuardedTask, pl.LightningModule):
             raise ConfigError(f"model.init_args.ema_decay with trainer.precision {trainer.precision}: the average "
                               "would be kept in 16 bits, which cannot take its small steps (it stayed near the "
                               "starting weights); use trainer.precision bf16-mixed, whose weights are float32")
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self._trainer is not None and self.trainer.state.fn == "fit":
+            refuse_another_frozen_backbone(self, checkpoint)
+        super().on_load_checkpoint(checkpoint)
 
     def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
         # Under the steps' sdpa_backend too: gradient checkpointing recomputes the attention here, and another
@@ -451,6 +476,65 @@ def refuse_labels_past_the_head(labels: Any, num_classes: int) -> None:
         raise ConfigError(f"a batch holds class {outside[0].item()}, and the task was built with num_classes="
                           f"{num_classes} (classes 0 to {num_classes - 1}); build it with the data's number of classes "
                           "(num_classes=data.num_classes for a visattn data module)")
+
+
+def freeze_all_but_the_head(model: nn.Module, model_name: str) -> None:
+    """Train ``model``'s classifier heads alone (:func:`classifier_names`: a distilled DeiT has two): every other
+    parameter gets no gradient, so the optimizer's groups leave it out, and :func:`keep_the_backbone_in_eval`. One
+    line for a model that names no head with parameters."""
+    heads = classifier_names(model)
+    if not heads or not all(_has_parameters(model, name) for name in heads):
+        raise ConfigError(f"model.init_args.freeze_backbone: {model_name} names no classifier head to train alone "
+                          "(a visattn model's classifier attribute, a timm model's pretrained_cfg['classifier']); set "
+                          "freeze_backbone false, or give a model that names its head")
+    model.requires_grad_(False)
+    for name in heads:
+        model.get_submodule(name).requires_grad_(True)
+    keep_the_backbone_in_eval(model)
+
+
+def keep_the_backbone_in_eval(model: nn.Module) -> None:
+    """Eval mode for every module of ``model`` outside its classifier heads but those holding one (the model itself):
+    frozen batch norms keep their statistics (in train mode each batch moved them), and the frozen features are
+    those inference computes, without dropout or drop path, as in the linear probes of MAE and DINO."""
+    heads = classifier_names(model)
+    for name, module in model.named_modules():
+        if not any(_inside_or_holding(name, head) for head in heads):
+            module.train(False)
+
+
+def _inside_or_holding(name: str, head: str) -> bool:
+    return not name or name == head or name.startswith(f"{head}.") or head.startswith(f"{name}.")
+
+
+def _has_parameters(model: nn.Module, name: str) -> bool:
+    try:
+        return next(model.get_submodule(name).parameters(), None) is not None
+    except AttributeError:  # a pretrained_cfg naming a module the model does not have
+        return False
+
+
+def _refuse_settings_a_frozen_backbone_voids(*, layer_decay: Optional[float], grad_checkpointing: bool) -> None:
+    """One line for a setting that would change nothing with only the head training."""
+    if layer_decay is not None:
+        raise ConfigError(f"model.init_args.layer_decay={layer_decay} with freeze_backbone: only the head trains, so "
+                          "there are no lower layers to slow down; drop layer_decay, or set freeze_backbone false")
+    if grad_checkpointing:
+        raise ConfigError("model.init_args.grad_checkpointing with freeze_backbone: a frozen backbone keeps no "
+                          "activations for the backward pass, so there is nothing to recompute; drop "
+                          "grad_checkpointing, or set freeze_backbone false")
+
+
+def refuse_another_frozen_backbone(task: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+    """One line when a resumed fit's ``freeze_backbone`` is not its checkpoint's: the optimizer state it restores holds
+    the head alone, or every layer (checkpoints from before the setting trained every layer)."""
+    saved = bool((checkpoint.get("hyper_parameters") or {}).get("freeze_backbone", False))
+    if saved != bool(task.hparams.get("freeze_backbone")):
+        path = task.trainer.ckpt_path
+        raise ConfigError(f"--ckpt_path {path}: its run trained {'the head alone' if saved else 'every layer'} "
+                          f"(freeze_backbone {str(saved).lower()}); resume with model.init_args.freeze_backbone "
+                          f"{str(saved).lower()}, or start a new run from its weights with --model.init_args.pretrained "
+                          f"{path}")
 
 
 def enable_grad_checkpointing(model: nn.Module, model_name: str) -> None:
