@@ -62,9 +62,10 @@ def test_weights_saved_from_another_architecture_name_the_model_they_fit(saved_a
         create_model("vit_tiny_patch4_28", pretrained="se_resnet20_cifar.fmnist", num_classes=3)
 
 
-def test_a_fine_tunes_checkpoint_names_the_model_it_continues_from(tmp_path):
+def test_a_fine_tunes_checkpoint_builds_its_architecture_as_the_run_did(tmp_path):
     """A run fine-tuned from ARCH.TAG, started again from its checkpoint (the resume messages' advice) in the bare
-    architecture, said to add class_token=False, then failed on the depth, the tag's builder arguments unnamed."""
+    architecture, said to add class_token=False, then failed on the depth, the tag's builder arguments unnamed: the
+    checkpoint now builds ARCH with the tag's arguments under the run's, and another architecture names that call."""
     with pytest.warns(VisattnWarning, match="dropped head.weight"):
         model = create_model("vit_tiny_patch4_28.fmnist", num_classes=3, drop_path_rate=0.1)
     torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
@@ -72,8 +73,9 @@ def test_a_fine_tunes_checkpoint_names_the_model_it_continues_from(tmp_path):
                                      "model_kwargs": {"drop_path_rate": 0.1}}}, tmp_path / "last.ckpt")
     path = str(tmp_path / "last.ckpt")
     with pytest.raises(WeightsError, match=re.escape(
-            f"; they are vit_tiny_patch4_28.fmnist's weights: create_model('vit_tiny_patch4_28', pretrained={path!r}, "
-            "class_token=False, depth=4, global_pool='avg', drop_path_rate=0.1) builds the model they fit")):
-        create_model("vit_tiny_patch4_28", pretrained=path, num_classes=2)
-    rebuilt = create_model("vit_tiny_patch4_28", pretrained=path, class_token=False, depth=4, global_pool="avg")
+            f"; they are vit_tiny_patch4_28.fmnist's weights: create_model('vit_tiny_patch4_28', pretrained={path!r}) "
+            "builds the model they fit")):
+        create_model("vit_tiny_patch16_224", pretrained=path, num_classes=2)
+    rebuilt = create_model("vit_tiny_patch4_28", pretrained=path)
+    assert len(rebuilt.blocks) == 4 and rebuilt.blocks[-1].drop_path1.drop_prob == pytest.approx(0.1)
     assert all(torch.equal(value, rebuilt.state_dict()[key]) for key, value in model.state_dict().items())

@@ -40,7 +40,8 @@ from .weights_files import (TRAINING_CHECKPOINTS, CopiedForOneLoad, StateDict, W
                             read_state_dict, require_regular_file, sha256_of)
 from .weights_folders import shipped_weights_dir, user_weights_dir, weights_dir, weights_search_path
 from .weights_index import (INDEX_NAME, file_weights_entry, find_weights_entry, load_index, metadata_problem,
-                            model_files, model_weights_entry, named_weights_entry, recorded_module)
+                            model_files, model_weights_entry, named_weights_entry, recorded_module,
+                            training_checkpoint_settings, training_run_model)
 from .weights_saving import refuse_existing_weights, safetensors_bytes, save_weights
 from .wrapped_models import as_module, unwrapped
 
@@ -258,33 +259,13 @@ def _model_they_fit(source: Union[str, Path, StateDict]) -> str:
         return ""
     if named_weights_entry(str(source)) is not None:
         return f"; they are {source}'s weights: create_model({str(source)!r}) builds the model they fit"
-    entry = file_weights_entry(source)
-    if entry is not None:
-        name, kwargs = f"{entry['arch']}.{entry['tag']}", entry.get("model_kwargs") or {}
-    else:  # a training checkpoint: its model_name (ARCH or ARCH.TAG) and model_kwargs
-        settings = training_checkpoint_settings(source) or {}
-        name, given = settings.get("model_name"), settings.get("model_kwargs") or {}
-        if not isinstance(name, str) or name.startswith("timm:") or not isinstance(given, dict):
-            return ""
-        kwargs = {**((named_weights_entry(name) or {}).get("model_kwargs") or {}), **given}
-    built = ", ".join([repr(name.partition(".")[0]), f"pretrained={os.fspath(source)!r}",
-                       *(f"{key}={value!r}" for key, value in kwargs.items())])
-    return f"; they are {name}'s weights: create_model({built}) builds the model they fit"
-
-
-def training_checkpoint_settings(source: Any) -> Optional[dict[str, Any]]:
-    """The hyperparameters of a training checkpoint given as weights (``pretrained: last.ckpt``, a new run from an
-    earlier one's weights); None for anything else, or a file that is no Lightning checkpoint (loading it says what
-    is wrong with it)."""
-    if (not isinstance(source, (str, Path)) or Path(source).suffix != ".ckpt"
-            or named_weights_entry(os.fspath(source))):
-        return None
-    try:
-        checkpoint = read_pickle_checkpoint(Path(source), lazy=True)
-    except WeightsError:
-        return None
-    settings = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
-    return settings if isinstance(settings, dict) else None
+    entry, run = file_weights_entry(source), training_run_model(source)
+    if entry is None and run is None:
+        return ""
+    # the architecture with the file as pretrained builds as the weights were trained (registry.model_arguments)
+    name = f"{entry['arch']}.{entry['tag']}" if entry is not None else run[0]
+    return (f"; they are {name}'s weights: create_model({name.partition('.')[0]!r}, "
+            f"pretrained={os.fspath(source)!r}) builds the model they fit")
 
 
 def _read_source(source: Union[str, Path, StateDict], *, sha256: Optional[str],

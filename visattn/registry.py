@@ -420,7 +420,7 @@ def model_arguments(
     count go under the caller's; the entry loads unless ``pretrained=False``, which builds its
     architecture with random init.
     """
-    from .weights_index import file_weights_entry, find_weights_entry, named_weights_entry
+    from .weights_index import file_weights_entry, find_weights_entry, named_weights_entry, training_run_model
 
     arch, tag = split_model_name(name)
     arch = resolve_arch(arch, tag=tag)  # the tag: suggestions shipping its weights first
@@ -444,6 +444,8 @@ def model_arguments(
     entry = find_weights_entry(arch, tag) if tag is not None or pretrained is True else None
     if entry is None and tag is None and (own := file_weights_entry(pretrained)) is not None and own["arch"] == arch:
         entry = own  # a file visattn saved for this architecture builds as its ARCH.TAG does (a captioner's vocabulary)
+    if entry is None and tag is None and (run := training_run_model(pretrained)) and run[0].partition(".")[0] == arch:
+        kwargs = {**run[1], **kwargs}  # a run's checkpoint builds as the run did (a tag's 4-block ViT is no 12-block)
     if entry is not None:  # the weights' architecture, whether or not they load
         kwargs = {**(entry.get("model_kwargs") or {}), **kwargs}
         if num_classes is None:
@@ -605,13 +607,13 @@ def create_model(
     from .weights_files import file_records_read_once
 
     _check_create_options(strict=strict, features_only=features_only, out_indices=out_indices)
-    arch, entry, kwargs = model_arguments(name, pretrained=pretrained, num_classes=num_classes, **kwargs)
-    if features_only and model_task(arch) != "classification":
-        raise ArgumentError("features_only", True, f"{arch} is a {model_task(arch)} model; build its backbone, a "
-                                                   "classifier, with features_only=True")
-    weighted = entry is not None or (pretrained is not None and pretrained is not False)
-    model, initialise = _built(arch, kwargs, weighted=weighted)
-    with file_records_read_once():  # a pickle's record read with its weights, not again
+    with file_records_read_once():  # a pickle's record (a run's model, its preprocessing) read with its weights
+        arch, entry, kwargs = model_arguments(name, pretrained=pretrained, num_classes=num_classes, **kwargs)
+        if features_only and model_task(arch) != "classification":
+            raise ArgumentError("features_only", True, f"{arch} is a {model_task(arch)} model; build its backbone, "
+                                                       "a classifier, with features_only=True")
+        weighted = entry is not None or (pretrained is not None and pretrained is not False)
+        model, initialise = _built(arch, kwargs, weighted=weighted)
         if entry is not None:
             model = load_weights(model, entry["path"], strict=strict, sha256=entry["sha256"], initialise=initialise)
         elif weighted:  # an empty state dict too: load_weights refuses it

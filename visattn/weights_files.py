@@ -82,7 +82,7 @@ def read_state_dict(path: Union[str, Path], *, sha256: Optional[str] = None) -> 
             reason = str(err).splitlines()[0]
             raise WeightsError(f"{path}: not a valid safetensors file ({reason}); re-download or re-export it") from None
     elif path.suffix.lower() in PICKLE_SUFFIXES:
-        state = read_pickle_checkpoint(path, lazy=True)
+        state = read_pickle_lazily(path)
         if (records := _FILE_RECORDS.get()) is not None:  # what it records, read with it
             records.setdefault(path, _pickle_record(state, path))
     else:
@@ -245,21 +245,35 @@ def _safetensors_header(path: Path) -> Optional[dict[str, str]]:
         return None
 
 
-# What weights files record (their _read_file_record), by path, while a model is built and loaded from them.
+# What weights files record (their _read_file_record), and pickles as read lazily, by path, while a model is built
+# and loaded from them.
 _FILE_RECORDS = contextvars.ContextVar("visattn_file_records", default=None)
+_LAZY_PICKLES = contextvars.ContextVar("visattn_lazy_pickles", default=None)
 
 
 @contextlib.contextmanager
 def file_records_read_once() -> Iterator[None]:
-    """Read what a weights file records (the writer, the preprocessing) from it once inside: a ViT's load looks for
-    its patch grid and create_model for the preprocessing, which for a pickle would each be a ``torch.load`` beside
-    the weights' own."""
-    token = _FILE_RECORDS.set({}) if _FILE_RECORDS.get() is None else None
+    """Read what a weights file records (the writer, the preprocessing, a training run's settings) from it once
+    inside: a ViT's load looks for its patch grid and create_model for the preprocessing and the run's model, which
+    for a pickle would each be a ``torch.load`` beside the weights' own."""
+    tokens = (_FILE_RECORDS.set({}), _LAZY_PICKLES.set({})) if _FILE_RECORDS.get() is None else None
     try:
         yield
     finally:
-        if token is not None:
-            _FILE_RECORDS.reset(token)
+        if tokens is not None:
+            _FILE_RECORDS.reset(tokens[0])
+            _LAZY_PICKLES.reset(tokens[1])
+
+
+def read_pickle_lazily(path: Path) -> Any:
+    """``read_pickle_checkpoint(path, lazy=True)``, inside :func:`file_records_read_once` read once (a training
+    checkpoint's settings and its weights from one map)."""
+    read = _LAZY_PICKLES.get()
+    if read is None:
+        return read_pickle_checkpoint(path, lazy=True)
+    if path not in read:
+        read[path] = read_pickle_checkpoint(path, lazy=True)
+    return read[path]
 
 
 WeightsOrigin = Literal["visattn", "torchvision", "other"]

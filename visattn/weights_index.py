@@ -15,7 +15,7 @@ from typing import Any, Callable, Optional, Union
 
 from .errors import UnknownModelError, VisattnError, VisattnWarning, WeightsError, is_whole, outside_visattn
 from .weight_names import FETCHED_PREFIXES, WEIGHTS_TAG, names_a_weights_file
-from .weights_files import _safetensors_header, require_regular_file
+from .weights_files import _safetensors_header, read_pickle_lazily, require_regular_file
 from .weights_folders import _require_own_weights_folders, _searched, weights_search_path
 
 
@@ -132,6 +132,32 @@ def metadata_problem(meta: dict[str, Any]) -> Optional[str]:
         if meta.get(field) is not None and not usable(meta[field]):
             return f"{field}={reprlib.repr(meta[field])}: give {wanted}"
     return preprocessing_problem(meta["preprocessing"]) if meta.get("preprocessing") is not None else None
+
+
+def training_checkpoint_settings(source: Any) -> Optional[dict[str, Any]]:
+    """The hyperparameters of a training checkpoint given as weights (``pretrained: last.ckpt``, a new run from an
+    earlier one's weights); None for anything else, or a file that is no Lightning checkpoint (loading it says what
+    is wrong with it)."""
+    if (not isinstance(source, (str, os.PathLike)) or Path(source).suffix != ".ckpt"
+            or named_weights_entry(os.fspath(source))):
+        return None
+    try:
+        checkpoint = read_pickle_lazily(Path(source))
+    except WeightsError:
+        return None
+    settings = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
+    return settings if isinstance(settings, dict) else None
+
+
+def training_run_model(source: Any) -> Optional[tuple[str, dict[str, Any]]]:
+    """The model a training checkpoint given as weights was trained as: its ``model_name`` (``ARCH`` or
+    ``ARCH.TAG``) and builder arguments, the tag's recorded ones under the run's ``model_kwargs``; None for anything
+    else, or a run of a ``timm:`` or hub model."""
+    settings = training_checkpoint_settings(source) or {}
+    name, given = settings.get("model_name"), settings.get("model_kwargs") or {}
+    if not isinstance(name, str) or name.startswith(FETCHED_PREFIXES) or not isinstance(given, dict):
+        return None
+    return name, {**((named_weights_entry(name) or {}).get("model_kwargs") or {}), **given}
 
 
 def named_weights_entry(pretrained: Any) -> Optional[dict[str, Any]]:
