@@ -32,7 +32,7 @@ from .fetched_weights import (_cached_hub_file, _fetch_hf_hub, _fetch_timm, _off
                               hub_cache_only, offline_timm_file, unreachable_hub)
 from .recorded_preprocessing import (loaded_weights_preprocessing, set_pretrained_cfg, timm_pretrained_cfg,
                                      weights_preprocessing)
-from .registry import Strictness
+from .registry import Strictness, split_model_name
 from .state_dict_fit import _key_list, check_state_dict, classifier_names
 from .weight_names import HUB_PREFIXES
 from .weights_files import (TRAINING_CHECKPOINTS, CopiedForOneLoad, StateDict, WeightsOrigin, _file_preprocessing,
@@ -40,8 +40,7 @@ from .weights_files import (TRAINING_CHECKPOINTS, CopiedForOneLoad, StateDict, W
                             read_state_dict, require_regular_file, sha256_of)
 from .weights_folders import shipped_weights_dir, user_weights_dir, weights_dir, weights_search_path
 from .weights_index import (INDEX_NAME, file_weights_entry, find_weights_entry, load_index, metadata_problem,
-                            model_files, model_weights_entry, named_weights_entry, recorded_module,
-                            training_checkpoint_settings, training_run_model)
+                            model_files, model_weights_entry, named_weights_entry, recorded_module, training_run_model)
 from .weights_saving import refuse_existing_weights, safetensors_bytes, save_weights
 from .wrapped_models import as_module, unwrapped
 
@@ -84,7 +83,6 @@ __all__ = [
     "shipped_weights_dir",
     "starting_weights_skipped",
     "timm_pretrained_cfg",
-    "training_checkpoint_settings",
     "unreachable_hub",
     "unwrapped",
     "user_weights_dir",
@@ -264,7 +262,7 @@ def _model_they_fit(source: Union[str, Path, StateDict]) -> str:
         return ""
     # the architecture with the file as pretrained builds as the weights were trained (registry.model_arguments)
     name = f"{entry['arch']}.{entry['tag']}" if entry is not None else run[0]
-    return (f"; they are {name}'s weights: create_model({name.partition('.')[0]!r}, "
+    return (f"; they are {name}'s weights: create_model({split_model_name(name)[0]!r}, "
             f"pretrained={os.fspath(source)!r}) builds the model they fit")
 
 
@@ -374,7 +372,7 @@ def _without_pruned_layers(model: nn.Module, state: StateDict) -> StateDict:
     """``state`` less the layers a features-only ``model`` of visattn's registry pruned (those past its last level,
     and the head), so that its classifier's weights load into it as ``features_only=True`` builds it from them (else
     they are "unexpected"). Keys the whole classifier lacks too (another depth's blocks, attention modules) stay."""
-    from .registry import create_model, split_model_name
+    from .registry import create_model
 
     name = getattr(model, "visattn_name", None)
     if name is None:  # built elsewhere (timm): what its pruning took is not known here

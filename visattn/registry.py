@@ -444,7 +444,8 @@ def model_arguments(
     entry = find_weights_entry(arch, tag) if tag is not None or pretrained is True else None
     if entry is None and tag is None and (own := file_weights_entry(pretrained)) is not None and own["arch"] == arch:
         entry = own  # a file visattn saved for this architecture builds as its ARCH.TAG does (a captioner's vocabulary)
-    if entry is None and tag is None and (run := training_run_model(pretrained)) and run[0].partition(".")[0] == arch:
+    run = training_run_model(pretrained) if entry is None and tag is None else None
+    if run is not None and split_model_name(run[0])[0] == arch:
         kwargs = {**run[1], **kwargs}  # a run's checkpoint builds as the run did (a tag's 4-block ViT is no 12-block)
     if entry is not None:  # the weights' architecture, whether or not they load
         kwargs = {**(entry.get("model_kwargs") or {}), **kwargs}

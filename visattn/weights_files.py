@@ -83,8 +83,6 @@ def read_state_dict(path: Union[str, Path], *, sha256: Optional[str] = None) -> 
             raise WeightsError(f"{path}: not a valid safetensors file ({reason}); re-download or re-export it") from None
     elif path.suffix.lower() in PICKLE_SUFFIXES:
         state = read_pickle_lazily(path)
-        if (records := _FILE_RECORDS.get()) is not None:  # what it records, read with it
-            records.setdefault(path, _pickle_record(state, path))
     else:
         raise WeightsError(f"{path}: unknown weights format {path.suffix!r}; "
                            "use .safetensors, .pth, .pt, .bin, .ckpt or .pth.tar")
@@ -325,7 +323,7 @@ def _file_record_as_read(path: Path) -> tuple[WeightsOrigin, Any, str]:
     if path.suffix.lower() not in PICKLE_SUFFIXES or not path.is_file():
         return "other", None, ""
     try:
-        checkpoint = read_pickle_checkpoint(path, lazy=True)  # the tensors memory-mapped, not read
+        checkpoint = read_pickle_lazily(path)  # the tensors memory-mapped, not read; once with the weights
     except WeightsError:
         return "other", None, ""
     return _pickle_record(checkpoint, path)

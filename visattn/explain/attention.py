@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from ..data.transforms import check_image_batch, to_model_input
 from ..errors import ArgumentError, ConfigError, is_count, is_index
 from ..layers.attention import attention_probs
-from ..layers.patch_embed import check_input_size, patch_grid
+from ..layers.patch_embed import check_patch_input, patch_grid
 from ..wrapped_models import as_module
 
 
@@ -83,16 +83,6 @@ def model_batch(model: nn.Module, images: Tensor) -> Tensor:
     check_image_batch(images, channels=input_channels(model))
     check_patch_input(model, images.shape[-2:])
     return to_model_input(images, model)
-
-
-def check_patch_input(model: nn.Module, size: Sequence[int]) -> None:
-    """One line unless a timm model's patch embedding (a ViT's, a Swin's) takes ``size = (H, W)`` images, as
-    visattn's own ViTs check in their forward."""
-    from timm.layers import PatchEmbed
-
-    embed = getattr(model, "patch_embed", None)
-    if isinstance(embed, PatchEmbed):
-        check_input_size(embed, size)
 
 
 def token_grid(model: nn.Module, image_size: Sequence[int]) -> tuple[int, int]:

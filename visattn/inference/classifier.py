@@ -15,8 +15,8 @@ from ..data.preprocessing import (CLASSIFIER_PREPROCESSING, default_preprocessin
 from ..data.transforms import ImageTransform, check_image_batch, eval_transform_of, to_model_input
 from ..devices import model_device
 from ..errors import ArgumentError, ConfigError, ImageSizeNotDivisible, NotATrainingCheckpoint, WeightsError, is_count
-from ..explain.attention import check_patch_input
 from ..fetched_weights import hub_cache_only, offline_timm_file, unreachable_hub
+from ..layers.patch_embed import check_patch_input
 from ..modes import eval_mode
 from ..pretrained import checkpoint_follows, load_weights, starting_weights_skipped
 from ..recorded_preprocessing import set_pretrained_cfg, timm_pretrained_cfg

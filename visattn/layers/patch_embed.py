@@ -136,6 +136,16 @@ def check_input_size(patch_embed: nn.Module, size: Sequence[int]) -> None:
         check_whole_patches(size, tuple(patch_embed.patch_size))
 
 
+def check_patch_input(model: nn.Module, size: Sequence[int]) -> None:
+    """One line unless a timm model's patch embedding (a ViT's, a Swin's) takes ``size = (H, W)`` images, as
+    visattn's own ViTs check in their forward."""
+    from timm.layers import PatchEmbed as TimmPatchEmbed
+
+    embed = getattr(model, "patch_embed", None)
+    if isinstance(embed, TimmPatchEmbed):
+        check_input_size(embed, size)
+
+
 def whole_patches(size: Sequence[int], patch_size: Sequence[int]) -> bool:
     """Whether each side of ``size`` is a multiple of the patch's."""
     return not any(s % p for s, p in zip(size, patch_size))

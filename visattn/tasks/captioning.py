@@ -19,10 +19,10 @@ from ..inference.caption_scoring import CaptionMetrics, check_java
 from ..inference.captioner import attention_centres, decode
 from ..models.show_attend_tell import (DecodedCaptions, check_decoding, doubly_stochastic_penalty,
                                        refuse_token_ids_past_the_vocab)
-from ..pretrained import load_weights, starting_weights_skipped, training_checkpoint_settings
+from ..pretrained import load_weights, starting_weights_skipped
 from ..registry import another_packages_note, create_model, model_task, split_model_name
 from ..weights_files import read_state_dict
-from ..weights_index import file_weights_entry, find_weights_entry, named_weights_entry
+from ..weights_index import file_weights_entry, find_weights_entry, named_weights_entry, training_checkpoint_settings
 from .classification import (check_data_size, refuse_linked_kwargs, sample_mean_loss, warn_if_cropped_otherwise,
                              warn_if_normalised_otherwise)
 from .guards import (GuardedTask, NonFiniteLossGuard, TrainingLoss, any_process_scored, batch_of_one_is_one_line,

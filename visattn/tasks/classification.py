@@ -23,11 +23,11 @@ from ..inference.classifier import build_classifier, sides_that_fit
 from ..layers.attention import SelfAttention
 from ..layers.patch_embed import fixed_input_size, whole_patches
 from ..modes import eval_mode
-from ..pretrained import refuse_an_untrained_head, starting_weights_skipped, training_checkpoint_settings
+from ..pretrained import refuse_an_untrained_head, starting_weights_skipped
 from ..recorded_preprocessing import weights_preprocessing
 from ..registry import Strictness, model_arguments
 from ..state_dict_fit import classifier_names
-from ..weights_index import named_weights_entry
+from ..weights_index import named_weights_entry, training_checkpoint_settings
 from .guards import (Float32Mean, GuardedTask, NonFiniteLossGuard, TrainingLoss, any_process_scored,
                      batch_of_one_is_one_line, skip_missing_batch, weight_average)
 
