@@ -379,11 +379,6 @@ class ImageClassifier(GuardedTask, pl.LightningModule):
             keep_the_backbone_in_eval(self.model)
         return self
 
-    def setup(self, stage: str) -> None:
-        super().setup(stage)
-        if self.hparams.get("freeze_backbone"):  # Lightning's note of modules in eval mode: keep_the_backbone_in_eval's
-            warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
-
     def check_run(self, trainer: pl.Trainer, datamodule: Optional[pl.LightningDataModule], stage: str) -> None:
         # The device the run is on: the model itself moves there only after setup.
         check_sdpa_backend(self.hparams.sdpa_backend, trainer.strategy.root_device, str(trainer.precision))

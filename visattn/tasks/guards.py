@@ -214,6 +214,20 @@ class ExponentialAverageUpdate:
             torch._foreach_copy_(averaged, current)
 
 
+def quiet_the_note_of_modules_kept_in_eval(task: nn.Module) -> None:
+    """Silence Lightning's note of modules in eval mode at the start of training when they are exactly those
+    ``task.train()`` keeps there by design (a frozen encoder's, backbone's or norms'); a module left in eval mode
+    besides them changes the count, and the note stands."""
+    modes = {module: module.training for module in task.modules()}
+    task.train()
+    kept_in_eval = sum(not module.training for module in task.modules())
+    for module, training in modes.items():
+        module.training = training
+    if kept_in_eval:
+        warnings.filterwarnings("ignore", message=rf"Found {kept_in_eval} module\(s\) in eval mode at the start of "
+                                                  "training")
+
+
 class GuardedTask:
     """The hooks every visattn task shares, before its LightningModule base: the optimizer
     (:func:`~visattn.tasks.optimization.adamw_warmup_cosine`), a skipped step's gradients dropped (its
@@ -256,6 +270,8 @@ class GuardedTask:
         # classifier's and captioner's are meant to be (they check labels and token ids on the host).
         warnings.filterwarnings("ignore", message=r"You have overridden `on_before_batch_transfer` in `LightningModule` "
                                                   r"but have passed in a `LightningDataModule`")
+        if stage == "fit":
+            quiet_the_note_of_modules_kept_in_eval(self)
         check_data_links(self, self.trainer.datamodule, stage)
         self.check_run(self.trainer, self.trainer.datamodule, stage)
 
