@@ -368,43 +368,50 @@ class ShowAttendTell(nn.Module):
         Finished hypotheses (ended by END) are frozen with their score and take no more LSTM steps;
         an image leaves the batch as soon as all its hypotheses are finished, so the batch costs what
         its captions' lengths cost, not ``max_len`` steps for every image. The best hypothesis per image is the one with
-        the highest ``log p / length ** length_penalty`` (0 disables normalisation). A ``beam_size`` above the
-        vocabulary's size searches with the vocabulary's size, the words its first step can keep.
+        the highest ``log p / length ** length_penalty`` (0 disables normalisation). Equal scores go to the lower
+        hypothesis, then the lower word id, as greedy decoding's. A ``beam_size`` above the number of captions keeps
+        them all: the search is then exhaustive.
         """
         return self._decode(self._beam_search, images, beam_size=beam_size, max_len=max_len,
                             length_penalty=length_penalty)
 
     def _beam_search(self, images: Tensor, beam_size: int, max_len: int, length_penalty: float) -> DecodedCaptions:
-        batch, k = images.shape[0], min(beam_size, self.vocab_size)
+        batch, k = images.shape[0], beam_size
         # The K hypotheses of an image share its features: steps broadcast them, never copy them.
         features = self.encode(images)  # (B, P, C)
         projected = self.attention.project_features(features)
-        state = self.init_state(features)  # one hypothesis per image until the first step expands it
-        words = features.new_full((batch,), START_ID, dtype=torch.long)
+        # One hypothesis per image until the first step expands it; a beam wider than the vocabulary starts with
+        # enough that the first step has K candidates, all but the first of probability 0.
+        width = -(-k // self.vocab_size)
+        state = tuple(s.repeat_interleave(width, dim=0) for s in self.init_state(features))
+        words = features.new_full((batch * width,), START_ID, dtype=torch.long)
         # Scores (and maps, in the trail's read-out) in float32 whatever the features' dtype: CUDA autocast
         # gives (log-)softmax in float32.
-        scores = features.new_zeros((batch, 1), dtype=torch.float32)  # (b, width): width is 1, then K
-        finished = torch.zeros((batch, 1), dtype=torch.bool, device=images.device)
+        scores = features.new_zeros((batch, width), dtype=torch.float32)  # (b, width): width is 1 (or more), then K
+        scores[:, 1:] = float("-inf")
+        finished = scores.isneginf()  # a hypothesis of probability 0 is not searched further
         active = torch.arange(batch, device=images.device)  # images still decoding, in batch order
         trail = _BeamTrail()
         kept = None  # rows of the last step's hypotheses that the next step continues; None: all
         # A finished hypothesis has one continuation, PAD, which keeps its score.
         frozen = torch.full((self.vocab_size,), float("-inf"), device=images.device)
         frozen[PAD_ID] = 0.0
-        word_products, rows, gates_buffer = self._decoding_word_products(batch * k), None, self.gates_buffer(projected, k)
+        word_products, gates_buffer = self._decoding_word_products(batch * k), self.gates_buffer(projected, k)
+        rows = _unfinished_rows(finished)
         for _ in range(max_len):
             logits, state, alpha = self.step(features, projected, words, state, word_products, rows, gates_buffer)
             width = scores.shape[1]
             log_probs = _word_log_probs(logits).view(len(active), width, -1)  # (b, width, V)
             log_probs = torch.where(finished[..., None], frozen, log_probs)
-            scores, flat = (scores[..., None] + log_probs).view(len(active), -1).topk(k, dim=-1)  # (b, K)
+            scores, flat = _top_k((scores[..., None] + log_probs).view(len(active), -1), k)  # (b, K)
             beam, words = flat // self.vocab_size, flat % self.vocab_size
             # (b*K,) rows of this step's input that survive, in their new order
             survivors = (beam + torch.arange(0, len(active) * width, width, device=images.device)[:, None]).view(-1)
             trail.add(words.view(-1), alpha.index_select(0, survivors),
                       survivors if kept is None else kept.index_select(0, survivors))
             # (b, K): the flags of the hypotheses continued, and those that chose END now
-            finished = finished.view(-1).index_select(0, survivors).view(len(active), k) | (words == END_ID)
+            finished = (finished.view(-1).index_select(0, survivors).view(len(active), k) | (words == END_ID)
+                        | scores.isneginf())
             # LSTM (h, c), each (b*K, hidden_dim), follow their hypotheses; words (b*K,), the next step's input
             state, words = (state[0].index_select(0, survivors), state[1].index_select(0, survivors)), words.view(-1)
             complete = finished.all(dim=1)  # (b,)
@@ -465,6 +472,21 @@ def _unfinished_rows(finished: Tensor) -> Optional[Tensor]:
     """Rows of hypotheses that have not ended, for ``step(rows=...)``; ``None`` when none has ended."""
     rows = (~finished.view(-1)).nonzero().squeeze(1)
     return None if len(rows) == finished.numel() else rows
+
+
+def _top_k(candidates: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The ``k`` best of ``(b, N)`` candidate scores, best first, and their indices; equal scores lowest index first
+    (the lower hypothesis, then the lower word id), as greedy decoding's ``max`` takes them. ``topk`` leaves that
+    open (on CPU it took any of them), so a beam of one parted from greedy decoding on equal log-probabilities."""
+    values, flat = candidates.topk(k, dim=-1)  # (b, K)
+    last = values[:, -1:]  # each row's K-th score
+    if ((candidates >= last).sum(-1) > k).any():  # equal scores compete for the last places: the first ones win
+        above, tied = candidates > last, candidates == last
+        keep = above | (tied & (tied.cumsum(-1) <= k - above.sum(-1, keepdim=True)))
+        flat = keep.nonzero()[:, 1].view(-1, k)  # K per row, in index order
+    flat = flat.sort(dim=-1).values  # index order, which the stable sort by score keeps among equal scores
+    values, order = candidates.gather(-1, flat).sort(dim=-1, descending=True, stable=True)
+    return values, flat.gather(-1, order)
 
 
 def _beam_rows(images: Tensor, beams: int) -> Tensor:
