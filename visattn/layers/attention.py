@@ -68,13 +68,14 @@ class SelfAttention(nn.Module):
 
 def attention_probs(q: torch.Tensor, k: torch.Tensor, scale: float,
                     keep: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """``softmax(q k^T * scale)`` in float32 ``(B, heads, Nq, Nk)``, also under fp16/bf16 autocast;
-    ``keep`` (broadcast to it, e.g. ``(B, 1, 1, Nk)``) is ``False`` on keys no query may attend to.
+    """``softmax(q k^T * scale)`` in float32 ``(B, heads, Nq, Nk)`` (float64 for float64 ``q``), also under fp16/bf16
+    autocast; ``keep`` (broadcast to it, e.g. ``(B, 1, 1, Nk)``) is ``False`` on keys no query may attend to.
 
     In fp16 the dot products of activations near 1e3 already exceed 65504, giving inf and NaN.
     """
     with torch.autocast(q.device.type, enabled=False):
-        logits = (q.float() * scale) @ k.float().transpose(-2, -1)  # (B, heads, Nq, Nk)
+        wide = torch.promote_types(q.dtype, torch.float32)
+        logits = (q.to(wide) * scale) @ k.to(wide).transpose(-2, -1)  # (B, heads, Nq, Nk)
         if keep is not None:
             logits = logits.masked_fill(~keep, torch.finfo(logits.dtype).min)
         return logits.softmax(dim=-1)

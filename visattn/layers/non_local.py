@@ -60,8 +60,8 @@ class NonLocalBlock(nn.Module):
         # (B, 1, HW, inner): one head, contiguous, as SDPA's fused kernels take them (else it runs the math path)
         embedded = [conv(x).flatten(2).transpose(1, 2).unsqueeze(1) for conv in (self.theta, self.phi, self.g)]
         dtype = embedded[2].dtype  # autocast's, where it runs
-        query, key, value = (t.float().contiguous() for t in embedded)
-        # float32 even under autocast: unscaled fp16 dot products overflow once activations near 100.
+        # float32 even under autocast: unscaled fp16 dot products overflow once activations near 100 (float64 stays)
+        query, key, value = (t.to(torch.promote_types(dtype, torch.float32)).contiguous() for t in embedded)
         with torch.autocast(x.device.type, enabled=False):
             if self.keep_gate:
                 affinity = torch.softmax(query @ key.transpose(2, 3), dim=-1)  # (B, 1, HW, HW)

@@ -44,7 +44,8 @@ def resample_abs_pos_embed(
         return pos_embed
     prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
     dim, dtype = grid.shape[-1], grid.dtype
-    grid = grid.float().reshape(1, old_size[0], old_size[1], dim).permute(0, 3, 1, 2)  # (1, C, H, W)
+    grid = grid.to(torch.promote_types(dtype, torch.float32))  # bf16 interpolation is coarse; float64 stays
+    grid = grid.reshape(1, old_size[0], old_size[1], dim).permute(0, 3, 1, 2)  # (1, C, H, W)
     grid = F.interpolate(grid, size=new_size, mode=interpolation, antialias=antialias)
     grid = grid.permute(0, 2, 3, 1).reshape(1, -1, dim).to(dtype)  # (1, H'*W', C)
     return torch.cat([prefix, grid], dim=1)

@@ -497,7 +497,7 @@ class FcosDetector(FCOS):
         )
         self.num_classes = num_classes
         self.input_size = (3, min_size, min_size)
-        self.head.register_forward_hook(_head_outputs_to_float32)
+        self.head.register_forward_hook(_head_outputs_at_least_float32)
         self.freeze_backbone_norms, self.trainable_backbone_layers = freeze_backbone_norms, trainable_backbone_layers
         freeze_norms(body, freeze_backbone_norms)
         freeze_leading_layers(body, trainable_backbone_layers)
@@ -588,10 +588,11 @@ def _without_empty_boxes(detections: Detections) -> Detections:
 _EMPTY_BOX_SIDE = 1e-6
 
 
-def _head_outputs_to_float32(head: nn.Module, inputs: Any, outputs: dict[str, Tensor]) -> dict[str, Tensor]:
+def _head_outputs_at_least_float32(head: nn.Module, inputs: Any, outputs: dict[str, Tensor]) -> dict[str, Tensor]:
     """Under bf16 autocast the head's convolutions run in bf16, but box decoding, the focal and GIoU
-    losses and NMS need float32: bf16 steps by 0.25 px at 32-64 px coordinates and 0.5 px at 64-128."""
-    return {name: value.float() for name, value in outputs.items()}
+    losses and NMS need float32: bf16 steps by 0.25 px at 32-64 px coordinates and 0.5 px at 64-128.
+    A float64 model's stay float64 (``.float()`` had rounded them: its detections were float32)."""
+    return {name: value.to(torch.promote_types(value.dtype, torch.float32)) for name, value in outputs.items()}
 
 
 def _create_fcos(backbone: str, kwargs: dict[str, Any], **defaults: Any) -> FcosDetector:
@@ -830,8 +831,10 @@ class DetrDetector(nn.Module):
         tokens = self.transformer(
             x.flatten(2).transpose(1, 2), pos.flatten(2).transpose(1, 2), self.query_embed.weight, padding.flatten(1)
         )  # (L, B, Q, D)
-        # float32 under bf16 autocast: matching, losses and pixel boxes need more than bf16's 8 bits
-        return self.class_embed(tokens).float(), self.bbox_embed(tokens).float().sigmoid()
+        logits, boxes = self.class_embed(tokens), self.bbox_embed(tokens)
+        # float32 under bf16 autocast: matching, losses and pixel boxes need more than bf16's 8 bits; float64 stays
+        wide = torch.promote_types(logits.dtype, torch.float32)
+        return logits.to(wide), boxes.to(wide).sigmoid()
 
     def _losses(self, logits: Tensor, boxes: Tensor, targets: Targets) -> dict[str, Tensor]:
         num_boxes = mean_over_processes(sum(len(t["labels"]) for t in targets), logits.device)  # DETR's normaliser
