@@ -8,9 +8,9 @@ import re
 from typing import Any
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import (BackboneFinetuning, Callback, DeviceStatsMonitor,
-                                         GradientAccumulationScheduler, LearningRateMonitor, ModelCheckpoint,
-                                         StochasticWeightAveraging)
+from lightning.pytorch.callbacks import (BackboneFinetuning, BatchSizeFinder, Callback, DeviceStatsMonitor,
+                                         GradientAccumulationScheduler, LearningRateFinder, LearningRateMonitor,
+                                         ModelCheckpoint, StochasticWeightAveraging)
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from ..errors import ConfigError
@@ -115,6 +115,20 @@ def _refuse_callbacks_the_task_cannot_serve(callbacks: list[Callback], task: pl.
         raise ConfigError("trainer.callbacks GradientAccumulationScheduler: the warm-up and cosine learning-rate "
                           "schedule is planned at the start for one accumulation, and would stop short of its end; "
                           "give trainer.accumulate_grad_batches N instead")
+    _refuse_tuning_callbacks(callbacks)
+
+
+def _refuse_tuning_callbacks(callbacks: list[Callback]) -> None:
+    """One line for Lightning's tuning callbacks, which change the learning rate or batch size as the fit starts,
+    after the task built its optimizer and schedule from them: a rate found 10 times the configured one gave every
+    group that rate (layer_decay's and backbone_lr_scale's shares lost), the warm-up then climbed to 3 times it and
+    the cosine fell back to the configured rate (0.02, 0.04, 0.06, then 0.002); a batch size found left the cosine
+    planned for another number of steps."""
+    for finder, setting in ((LearningRateFinder, "model.init_args.lr"), (BatchSizeFinder, "data.init_args.batch_size")):
+        if any(isinstance(c, finder) for c in callbacks):
+            raise ConfigError(f"trainer.callbacks {finder.__name__}: it changes the {setting.rpartition('.')[2]} once "
+                              "the task has planned its learning-rate schedule from it; run Lightning's Tuner from "
+                              f"Python first, as the README shows, and give what it finds as {setting}")
 
 
 def _refuse_unsaved_last_epochs(trainer_config: dict[str, Any], callbacks: list[Callback]) -> None:

@@ -486,6 +486,11 @@ class VisattnCLI(LightningCLI):
             if not stdout_closed():  # another pipe or socket's: not ours to explain
                 raise
             raise Interrupted(**self._stop_state(), output_closed=True) from None
+        except MisconfigurationException as err:
+            mapped = _overfit_share_error(err, self.trainer.overfit_batches)
+            if mapped is None:
+                raise
+            raise mapped from None
         except ValueError as err:
             mapped = _late_trainer_error(err)
             if mapped is None:
@@ -508,6 +513,19 @@ class VisattnCLI(LightningCLI):
         finally:
             if signal.getsignal(signal.SIGINT) is not sigint:  # Lightning ignores Ctrl-C from its shutdown on
                 signal.signal(signal.SIGINT, sigint)
+
+
+def _overfit_share_error(err: MisconfigurationException, overfit: float) -> Optional[ConfigError]:
+    """One line naming ``trainer.overfit_batches`` when its share of a loader's batches is none: Lightning sets the
+    limits of training and validation batches to it, and its own line said to raise ``limit_val_batches``, which
+    overfit_batches then set back."""
+    found = re.search(r"`(train|val)_dataloader` but \S+ \* (\d+) < 1", str(err))
+    if not overfit or found is None:
+        return None
+    loader = "training" if found[1] == "train" else "validation"
+    return ConfigError(f"trainer.overfit_batches {overfit}: Lightning takes that share of the training and the "
+                       f"validation batches, and {overfit} of this run's {found[2]} {loader} batch(es) is none; give a "
+                       "number of batches instead, e.g. 2")
 
 
 def _importer(err: ModuleNotFoundError) -> str:
