@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from lightning.fabric.utilities.data import _set_sampler_epoch
 
 from test_classification import CBAM_CONFIG, QUICK, VIT_CONFIG
 from test_data import needs_fashion_mnist
@@ -1157,6 +1158,7 @@ def test_augmentation_of_an_epoch_is_the_same_whether_the_epoch_before_ran_in_th
     torch.manual_seed(0)  # a resumed run: seeded alike, new data objects, the random state restored
     loader = _augmented_train_loader(workers, persistent)
     torch.set_rng_state(state)
+    _set_sampler_epoch(loader, 1)  # as Lightning's fit loop does before each epoch
     resumed = torch.cat(list(loader))
     # (In the main process a new pipeline drew the first epoch's augmentations again; persistent
     # workers not reseeded carried their random states over from the first epoch.)

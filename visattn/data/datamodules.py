@@ -123,6 +123,93 @@ class EpochSeededLoader(DataLoader):
         return _EpochSeededIterator(self) if self.num_workers == 0 else super()._get_iterator()
 
 
+class EpochShuffle(Sampler[int]):
+    """``0 .. n - 1`` in an order drawn from ``(seed, epoch)`` alone, not from the random state of the process.
+
+    Lightning calls :meth:`set_epoch` before each training epoch; a loop that does not gets the next epoch's order
+    on each pass, as from a shuffling DataLoader. ``start`` leaves out the first samples of the next pass only: the
+    ones a resumed epoch had trained (:class:`ResumableLoader`), which are then never loaded.
+
+    Args:
+        n: samples in the dataset.
+        seed: the run's seed (:class:`SplitLoadersMixin` gives ``torch.initial_seed()``).
+    """
+
+    shuffle: ClassVar[bool] = True  # as DistributedSampler's flag: its order changes with set_epoch
+
+    def __init__(self, n: int, *, seed: int = 0) -> None:
+        self.n, self.seed, self.epoch, self.start = n, seed, 0, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(epoch_seeds(self.seed, self.epoch)[0])
+        order = torch.randperm(self.n, generator=generator)[self.start:].tolist()
+        self.start, self.epoch = 0, self.epoch + 1
+        return iter(order)
+
+
+def epoch_seeds(seed: int, epoch: int) -> tuple[int, int]:
+    """Two independent seeds of ``epoch`` in a run of ``seed``: its sample order's and its iterator's base seed."""
+    order, base = np.random.SeedSequence(seed, spawn_key=(epoch,)).generate_state(2, np.uint64)
+    return int(order), int(base) % 2**63  # a base seed as torch draws one: a non-negative int64
+
+
+class ResumableLoader(EpochSeededLoader):
+    """The training loader, resumable inside an epoch: :meth:`state_dict` (saved in Lightning's checkpoints) is the
+    epoch of the loader's latest iterator and the batches that iterator gave the training loop (counted here, not
+    in workers, which load ahead), and :meth:`load_state_dict` makes the next iterator of that epoch leave them out.
+
+    Over an :class:`EpochShuffle` (one process) each epoch's order and base seed (augmentation, worker seeds) come
+    from ``(seed, epoch)`` and the iterator draws nothing from the process's random state, so a run resumed anywhere
+    shuffles as the uninterrupted one and its later epochs augment alike; the skipped samples are not read. The
+    seed is saved too, so a resumed run keeps its order whatever it was seeded with. Over another sampler (DDP's, or
+    the sequential one of ``overfit_batches``) an epoch resumed inside trains its remaining batches from a fresh
+    iterator, with a warning.
+    """
+
+    _epoch: Optional[int] = None  # the epoch of the latest iterator (None: not made yet)
+    _given = 0  # batches that iterator gave the loop, the skipped ones of a resumed epoch included
+    _resume: Optional[dict[str, Any]] = None  # a loaded state, until the next iterator is made
+
+    def state_dict(self) -> dict[str, Any]:
+        order = self.sampler if isinstance(self.sampler, EpochShuffle) else None
+        epoch = self._epoch if self._epoch is not None else getattr(self.sampler, "epoch", 0)
+        return {"epoch": epoch, "batches": self._given, **({"seed": order.seed} if order else {})}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._resume = dict(state_dict)
+        if isinstance(self.sampler, EpochShuffle) and "seed" in state_dict:
+            self.sampler.seed = state_dict["seed"]
+
+    def _iterator_now(self) -> Iterator[Any]:
+        order = self.sampler if isinstance(self.sampler, EpochShuffle) else None
+        self._epoch = getattr(self.sampler, "epoch", 0)
+        resume, self._resume = self._resume or {}, None
+        done = resume.get("batches", 0) if resume.get("epoch") == self._epoch else 0
+        if order is not None:
+            order.start = done * self.batch_size
+            self.generator = torch.Generator().manual_seed(epoch_seeds(order.seed, self._epoch)[1])
+        elif done:
+            sampler = type(self.sampler).__name__
+            warnings.warn(f"the training loader resumed inside epoch {self._epoch} under a {sampler}, which cannot "
+                          f"leave out the {done} batches trained before, so the epoch's remaining batches are drawn "
+                          "afresh; resume from an epoch's last checkpoint, or train with trainer.devices 1",
+                          VisattnWarning, stacklevel=outside_visattn())
+            done = 0
+        self._given = done
+        return self._counted(super()._iterator_now())
+
+    def _counted(self, batches: Iterator[Any]) -> Iterator[Any]:
+        for batch in batches:
+            self._given += 1
+            yield batch
+
+
 class _MadeAtFirstBatch:
     """The iterator ``make()`` gives, made when its first batch is asked for."""
 
@@ -195,7 +282,9 @@ class SplitLoadersMixin:
     a batch of only broken files is ``None``, which the tasks' steps skip.
 
     Augmentation draws from the seed torch draws for each epoch's DataLoader iterator (:class:`EpochSeededLoader`),
-    so a run resumed at an epoch's end draws what the uninterrupted run drew. Evaluation workers persist;
+    so a run resumed at an epoch's end draws what the uninterrupted run drew. In one process that seed and the
+    training order come from the run's seed and the epoch, and a fit resumed inside an epoch trains the batches the
+    uninterrupted run had left (:class:`ResumableLoader`). Evaluation workers persist;
     training workers persist when ``hparams.persistent_workers`` says so, reseeded each epoch as new
     ones are (:class:`WorkerReseeded`), and otherwise start afresh each epoch.
 
@@ -206,9 +295,27 @@ class SplitLoadersMixin:
 
     datasets: dict[Split, Dataset]
     collate_fn: Optional[Callable[[list], Any]] = None
+    _train_resume: Optional[dict[str, Any]] = None  # the training loader's state a resumed fit restored
     # Each setting that names a file or a folder, and which: checked as the data module's setting, since the
     # dataset a value reaches names its own argument (`annotations=5` for `val_annotations=5`).
     path_settings: ClassVar[dict[str, str]] = {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """The fit's training loader's state (:class:`ResumableLoader`), saved in checkpoints.
+
+        Lightning saves it in its fit loop's state too, but restores that only into a loader built after the restore,
+        and the tasks' schedules build theirs before it (``estimated_stepping_batches``), so a resumed fit trained the
+        stopped epoch afresh; a data module's state is restored before, and each training loader built takes it."""
+        loader = getattr(self.trainer, "train_dataloader", None) if self.trainer is not None else None
+        return {"train_loader": loader.state_dict()} if isinstance(loader, ResumableLoader) else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._train_resume = state_dict.get("train_loader")
+
+    def teardown(self, stage: str) -> None:
+        super().teardown(stage)
+        if stage == "fit":  # a later fit of this data module starts afresh
+            self._train_resume = None
 
     def how_to_validate(self) -> str:
         """What to give this data module for a validation split, where it has none."""
@@ -308,11 +415,12 @@ class SplitLoadersMixin:
             for_evaluation(dataset)
         workers = self.hparams.num_workers
         persistent = workers > 0 and (not train or self.hparams.get("persistent_workers", False))
-        return EpochSeededLoader(
+        sampler = self._evaluation_sampler(dataset, split) if evaluation else self._training_order(dataset, split)
+        return (ResumableLoader if train else EpochSeededLoader)(
             WorkerReseeded(dataset) if persistent and train else dataset,
             batch_size=self.hparams.batch_size,
-            shuffle=train,
-            sampler=self._evaluation_sampler(dataset, split) if evaluation else None,
+            shuffle=train and sampler is None,
+            sampler=sampler,
             # a ragged last batch (size 1 at worst) upsets BatchNorm statistics
             drop_last=train and len(dataset) > self.hparams.batch_size,
             collate_fn=functools.partial(collate_present, collate=self.collate_fn or default_collate),
@@ -321,8 +429,20 @@ class SplitLoadersMixin:
             pin_memory=torch.cuda.is_available(),
         )
 
+    def _training_order(self, dataset: Dataset, split: Split) -> Optional[EpochShuffle]:
+        """The training split's order in one process: from the seed torch was seeded with last (``seed_everything``'s,
+        which a resumed run sets again; torch's own random one without it, saved in the checkpoint all the same), and
+        the epoch. An explicit setting would be a second seed beside ``seed_everything``, which users expect to
+        change the order. None for other splits, and under DDP (Lightning gives its ``DistributedSampler``)."""
+        if split != "train" or self._sampler_kwargs():
+            return None
+        return EpochShuffle(len(dataset), seed=torch.initial_seed())
+
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train")
+        loader = self._loader("train")
+        if self._train_resume is not None:
+            loader.load_state_dict(self._train_resume)
+        return loader
 
     def val_dataloader(self) -> DataLoader | list:
         return self._loader("val", evaluation=True) if len(self._dataset("val")) else []  # [] = no validation
