@@ -2,6 +2,7 @@
 import sys
 import warnings
 from types import SimpleNamespace
+from typing import Any
 
 import lightning.pytorch as pl
 import pytest
@@ -252,17 +253,18 @@ def test_lightnings_model_summary_counts_the_flops_of_a_forward_on_an_image_of_t
     assert classifier.example_input_array is given
 
 
-def _frozen_part_tasks() -> dict:
-    """A task whose train() keeps modules in eval mode by design, with one batch it trains on."""
-    vocab = ["<pad>", "<start>", "<end>", "<unk>", "a", "top"]
-    captioner = CaptioningTask(model_kwargs={**TINY_SAT, "freeze_encoder": True}, vocab=vocab)
-    caption_batch = {"images": torch.rand(2, 3, 32, 32), "captions": torch.tensor([[1, 4, 5, 2], [1, 5, 2, 0]])}
+def _frozen_part_task(kind: str) -> tuple[pl.LightningModule, Any]:
+    """A task (``captioner`` or ``detector``) whose train() keeps modules in eval mode by design, with one batch it
+    trains on."""
+    if kind == "captioner":
+        vocab = ["<pad>", "<start>", "<end>", "<unk>", "a", "top"]
+        return (CaptioningTask(model_kwargs={**TINY_SAT, "freeze_encoder": True}, vocab=vocab),
+                {"images": torch.rand(2, 3, 32, 32), "captions": torch.tensor([[1, 4, 5, 2], [1, 5, 2, 0]])})
     detector = DetectionTask(model_name="fcos_resnet20_cifar", num_classes=3, warmup_epochs=0,
                              model_kwargs={"backbone_kwargs": {"widths": (8, 16, 32)}, "out_channels": 32,
                                            "freeze_backbone_norms": True, "trainable_backbone_layers": 2})
-    detection_batch = ([torch.rand(3, 64, 64)] * 2,
-                       [{"boxes": torch.tensor([[4.0, 4.0, 30.0, 30.0]]), "labels": torch.tensor([1])}] * 2)
-    return {"captioner": (captioner, caption_batch), "detector": (detector, detection_batch)}
+    return detector, ([torch.rand(3, 64, 64)] * 2,
+                      [{"boxes": torch.tensor([[4.0, 4.0, 30.0, 30.0]]), "labels": torch.tensor([1])}] * 2)
 
 
 @pytest.mark.parametrize("kind", ["captioner", "detector"])
@@ -278,9 +280,9 @@ def test_lightning_notes_modules_in_eval_mode_only_beyond_those_a_task_keeps_the
             trainer.fit(task, DataLoader([batch], batch_size=None))
         return [str(w.message) for w in caught if "in eval mode at the start of training" in str(w.message)]
 
-    task, batch = _frozen_part_tasks()[kind]
+    task, batch = _frozen_part_task(kind)
     kept = sum(not module.training for module in task.modules())
     assert kept > 0 and eval_mode_notes(task, batch) == []
-    task, batch = _frozen_part_tasks()[kind]
+    task, batch = _frozen_part_task(kind)
     next(module for module in task.model.modules() if module.training and not list(module.children())).eval()
     assert [note.split(" module(s)")[0] for note in eval_mode_notes(task, batch)] == [f"Found {kept + 1}"]
