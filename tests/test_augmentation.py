@@ -301,3 +301,34 @@ def test_the_preprocessing_names_transforms_gave_still_import_from_there():
     for name in moved:
         assert getattr(transforms, name) is getattr(preprocessing, name), name
     assert transforms.timm_data_config({"input_size": [1, 8, 8], "mean": [0.5], "std": [0.25]})["mean"] == (0.5,)
+
+
+class _HalfBlackHalfWhite(Dataset):
+    """One 28-px image, black on the left and white on the right, flipped and erased at random."""
+
+    def __init__(self) -> None:
+        self.image = np.zeros((28, 28, 3), np.uint8)
+        self.image[:, 14:] = 255
+        self.transform = train_transforms(28, mean=(0, 0, 0), std=(1, 1, 1), recipe="small", padding=0,
+                                          random_erasing=0.5)
+
+    def __len__(self) -> int:
+        return 400
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.transform(self.image)
+
+
+def test_the_steps_of_a_pipeline_reseeded_for_each_batch_draw_independently():
+    """albumentations seeds each step's own generator alike, so steps reseeded together drew the same numbers:
+    reseeded for each batch, every image erased would have been flipped too."""
+    from visattn.data.datamodules import BatchSeeded
+
+    samples = BatchSeeded(_HalfBlackHalfWhite())
+    images = torch.stack([samples.__getitems__([i])[0] for i in range(len(samples))])  # a batch of one each
+    flipped = images[:, 0, :, :14].mean((1, 2)) > images[:, 0, :, 14:].mean((1, 2))
+    erased = ((images > 0) & (images < 1)).flatten(1).any(1)  # random pixels among the black and white ones
+    n, flips, erasures = len(images), int(flipped.sum()), int(erased.sum())
+    assert 150 < flips < 250 and 150 < erasures < 250
+    # independent draws: both on about a quarter of the images (binomial sd 8.7); the same draw would be half
+    assert abs(int((flipped & erased).sum()) - flips * erasures / n) < 40

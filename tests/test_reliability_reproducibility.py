@@ -54,6 +54,51 @@ def test_detection_augmentation_differs_by_worker_and_epoch_and_repeats_under_th
     assert not torch.equal(torch.cat(_detection_epochs(1, workers)[0]), torch.cat(first))
 
 
+def _training_epochs(module: str, **settings) -> list[list]:
+    """Two epochs of ``module``'s training batches, each batch as its images (and captions, where it has them)."""
+    import visattn.data as data
+
+    torch.manual_seed(3)
+    scenes = {"num_train": 16, "num_val": 2, "num_test": 2, "canvas_size": 32} if "Scenes" in module else {"limit": 32}
+    datamodule = getattr(data, module)(batch_size=8, **scenes, **settings)
+    datamodule.setup("fit")
+    loader = datamodule.train_dataloader()
+    if "Detection" in module:
+        return [[(torch.stack(images), targets) for images, targets in loader] for _ in range(2)]
+    if "Caption" in module:  # each caption without the batch's padding
+        return [[(batch["images"], [c[:n] for c, n in zip(batch["captions"], batch["lengths"])]) for batch in loader]
+                for _ in range(2)]
+    return [[images for images, _ in loader] for _ in range(2)]
+
+
+def _picks_differ_between_epochs(epochs: list[list]) -> bool:
+    """Whether some image got another caption in the second epoch than in the first."""
+    first = {image.numpy().tobytes(): caption for images, captions in epochs[0] for image, caption in zip(images, captions)}
+    return any(not torch.equal(first[image.numpy().tobytes()], caption)
+               for images, captions in epochs[1] for image, caption in zip(images, captions))
+
+
+@needs_fashion_mnist
+@pytest.mark.parametrize("module", ["FashionMNISTDataModule", "FashionScenesCaptionDataModule",
+                                    "FashionScenesDetectionDataModule"])
+def test_training_batches_are_the_same_with_any_number_of_loader_workers(module):
+    """Augmentation and caption picks followed each worker's samples in order from the worker's seed, so the same
+    seeded run trained on other batches with 0, 2 or persistent workers (and a resume inside an epoch, which skips
+    the batches it trained, drew the rest otherwise: test_reliability_resume.py)."""
+    drawn = {"FashionMNISTDataModule": {"augment": True, "auto_augment": "rand-m9-mstd0.5-inc1", "random_erasing": 0.5},
+             "FashionScenesDetectionDataModule": {"augment": True}}.get(module, {})  # captions: picked at random
+    alone = _training_epochs(module, num_workers=0, **drawn)
+    for workers in ({"num_workers": 2}, {"num_workers": 2, "persistent_workers": True}):
+        torch.testing.assert_close(_training_epochs(module, **drawn, **workers), alone, rtol=0, atol=0,
+                                   msg=lambda message: f"{workers}: {message}")
+    if drawn:  # something was drawn: the batches differ from unaugmented ones
+        plain = _training_epochs(module, num_workers=0, augment=False)[0]
+        assert not all(torch.equal(a if module.startswith("FashionMNIST") else a[0], b if module.startswith(
+            "FashionMNIST") else b[0]) for a, b in zip(alone[0], plain))
+    else:
+        assert _picks_differ_between_epochs(alone)
+
+
 def test_an_evaluation_limit_picks_the_same_samples_whatever_the_global_random_state():
     picks = []
     for seed in (0, 1):

@@ -1,4 +1,5 @@
-"""A `visattn fit` stopped inside an epoch and resumed trains on the samples, in the order, of an uninterrupted run.
+"""A `visattn fit` stopped inside an epoch and resumed trains on the samples, in the order, of an uninterrupted run,
+augmented alike; and the same fit trains the same weights with any number of loader workers.
 
 Each run records the training samples of every step by their images (the data module does not augment them, so an
 image names its sample); epochs are 5 batches of 16 of an 80-sample training split.
@@ -64,11 +65,11 @@ def _each_sample_once_per_epoch(steps: list[list[int]]) -> bool:
     return all(sorted(epoch) == list(range(BATCHES * BATCH)) for epoch in epochs)
 
 
-def _straight_with_step_checkpoints(*options: str) -> None:
+def _straight_with_step_checkpoints(*options: str, augment: bool = False) -> None:
     """An uninterrupted run into ``straight/``, with a checkpoint every 3 steps in ``straight/steps/``."""
     callbacks = [*json.loads(_checkpoints("straight", save_last=True)),
                  *json.loads(_checkpoints("straight/steps", every_n_train_steps=3))]
-    assert _fit(*options, "--trainer.callbacks", json.dumps(callbacks)) == 0
+    assert _fit(*options, "--trainer.callbacks", json.dumps(callbacks), augment=augment) == 0
 
 
 @pytest.mark.parametrize("workers", [0, 2])
@@ -88,6 +89,34 @@ def test_a_fit_resumed_from_a_step_checkpoint_trains_the_uninterrupted_runs_samp
     assert _each_sample_once_per_epoch(straight)
     torch.testing.assert_close(_weights("resumed/last.ckpt"), _weights("straight/last.ckpt"), rtol=0, atol=0)
     assert not [w for w in recwarn if "not resumable" in str(w.message)]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_an_augmented_fit_resumed_from_a_step_checkpoint_reaches_the_uninterrupted_runs_weights(
+        tmp_path, monkeypatch, workers):
+    """The resumed epoch's remaining batches drew other augmentations: the draws followed the epoch's samples in
+    order from its seed, and the skipped batches' were not made (every final weight differed, by up to 1.9e-5)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["visattn"])
+    options = ["--data.init_args.num_workers", str(workers), "--data.init_args.auto_augment", "rand-m9-mstd0.5-inc1",
+               "--data.init_args.random_erasing", "0.5"]
+    _straight_with_step_checkpoints(*options, augment=True)
+    Path("resumed").mkdir()
+    shutil.copy("straight/steps/epoch=1-step=6.ckpt", "resumed")  # mid-epoch 2, a batch in
+    assert _fit(*options, "--trainer.callbacks", _checkpoints("resumed", save_last=True), "--ckpt_path",
+                "resumed/epoch=1-step=6.ckpt", augment=True) == 0
+    torch.testing.assert_close(_weights("resumed/last.ckpt"), _weights("straight/last.ckpt"), rtol=0, atol=0)
+
+
+def test_an_augmented_fit_trains_the_same_weights_with_any_number_of_loader_workers(tmp_path, monkeypatch):
+    """Each worker drew augmentations from its own seed, so 0 and 2 workers trained other weights."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["visattn"])
+    for workers in (0, 2):
+        assert _fit("--data.init_args.num_workers", str(workers), "--data.init_args.random_erasing", "0.5",
+                    "--trainer.max_epochs", "2", "--trainer.callbacks", _checkpoints(f"workers{workers}", save_last=True),
+                    augment=True) == 0
+    torch.testing.assert_close(_weights("workers2/last.ckpt"), _weights("workers0/last.ckpt"), rtol=0, atol=0)
 
 
 def test_a_fit_stopped_by_max_steps_resumes_into_the_next_epoch_in_the_uninterrupted_runs_order(record_steps):

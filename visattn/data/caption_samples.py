@@ -12,7 +12,7 @@ from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import Dataset
 
 from .scenes import FashionScenes
-from .transforms import ImageTransform
+from .transforms import ImageTransform, sample_generator
 from .vocab import Vocabulary
 
 __all__ = ["CaptionSamples", "SceneImages", "collate_captions"]
@@ -41,8 +41,7 @@ class CaptionSamples(Dataset):
         if item is None:  # a broken image file of an evaluation split
             return None
         image, captions, *extras = item
-        # torch's generator: seeded per DataLoader worker and by lightning.seed_everything
-        pick = int(torch.randint(len(captions), ())) if self.train else 0
+        pick = int(torch.randint(len(captions), (), generator=sample_generator())) if self.train else 0
         sample = {"image": image, "caption": torch.tensor(self.vocab.encode(captions[pick], max_len=self.max_len))}
         if not self.train:
             sample["references"] = list(captions)

@@ -11,6 +11,7 @@ recorded ``preprocessing`` then says so, and evaluation and inference read gray 
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import random
 import reprlib
@@ -37,8 +38,8 @@ from .image_folder import (ImageFolder, check_class_count, collate_present, find
                            image_files_of, seeded_subset, split_folders)
 from .preprocessing import (IMAGENET_MEAN, IMAGENET_STD, DEFAULT_CROP_PCT, DEFAULT_INTERPOLATION, Interpolation,
                             preprocessing_problem)
-from .transforms import (AugmentationStream, ImageTransform, Recipe, augmentation_problem, eval_transform_of,
-                         train_transforms, unknown_recipe)
+from .transforms import (AugmentationStream, ImageTransform, Recipe, active_augmentation_stream, augmentation_problem,
+                         eval_transform_of, train_transforms, unknown_recipe)
 
 __all__ = ["FashionMNISTDataModule", "ImageFolderDataModule", "split_indices"]
 
@@ -94,7 +95,7 @@ class EpochSeededLoader(DataLoader):
     plus its id), so each epoch's draws depend on the run's random state, not on the epochs before it in
     this process; :class:`~visattn.data.transforms.ImageTransform` reseeds from it at the epoch's first call.
 
-    Persistent workers over a :class:`WorkerReseeded` dataset are seeded the same way: from the second
+    Persistent workers over a :class:`BatchSeeded` dataset are seeded the same way: from the second
     epoch on, the loader draws the base seed a new iterator would draw and the workers reseed from it,
     then run the ``worker_init_fn`` (Lightning's reseeds them again under ``seed_everything(workers=True)``),
     so they draw what new workers would.
@@ -112,7 +113,7 @@ class EpochSeededLoader(DataLoader):
         return self._iterator_now()
 
     def _iterator_now(self) -> _BaseDataLoaderIter:
-        reseeded = self.dataset if self.persistent_workers and isinstance(self.dataset, WorkerReseeded) else None
+        reseeded = self.dataset if self.persistent_workers and isinstance(self.dataset, BatchSeeded) else None
         if reseeded is not None and self._iterator is None:
             reseeded.worker_init_fn = self.worker_init_fn  # set after construction by Lightning; workers copy it
         elif reseeded is not None:
@@ -151,6 +152,12 @@ class EpochShuffle(Sampler[int]):
         order = torch.randperm(self.n, generator=generator)[self.start:].tolist()
         self.start, self.epoch = 0, self.epoch + 1
         return iter(order)
+
+
+def batch_seed(base_seed: int, indices: Sequence[int]) -> int:
+    """The seed of the batch of samples ``indices`` in an epoch of ``base_seed``."""
+    key = np.asarray([base_seed, *indices], np.uint64).tobytes()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little")
 
 
 def epoch_seeds(seed: int, epoch: int) -> tuple[int, int]:
@@ -226,13 +233,18 @@ class _MadeAtFirstBatch:
         return next(self._iterator)
 
 
-class WorkerReseeded(Dataset):
-    """``dataset`` for persistent DataLoader workers, which reseed ``random``, numpy and torch as torch
-    seeds a new worker, and run ``worker_init_fn`` as a new worker does, whenever the loader sets
-    ``epoch_seed`` (shared memory) to another base seed.
+class BatchSeeded(Dataset):
+    """The training ``dataset``, each batch of which draws its random numbers (augmentation, a caption's pick) from
+    an :class:`~visattn.data.transforms.AugmentationStream` of the epoch's base seed and the batch's indices: a
+    batch is the same whichever worker loads it, with any number of workers or none, and a fit resumed inside an
+    epoch draws for the batches it has left what the uninterrupted run drew (the draws had followed each worker's
+    samples in order, so skipped batches shifted the rest).
 
-    A new worker is seeded once, from its iterator's base seed; a persistent one would carry its random
-    states from epoch to epoch, which a run resumed at an epoch's end starts without.
+    The epoch's base seed is the one torch draws for the DataLoader iterator, which a single-process iterator of
+    :class:`EpochSeededLoader` holds and a worker's seed is plus its id. Persistent workers are kept from epoch to
+    epoch, so the loader sets ``epoch_seed`` (shared memory) to the base seed a new iterator would draw, and they
+    reseed ``random``, numpy and torch as torch seeds a new worker and run ``worker_init_fn`` as a new worker does:
+    they would carry their random states over, which a run resumed at an epoch's end starts without.
     """
 
     def __init__(self, dataset: Dataset) -> None:
@@ -244,12 +256,28 @@ class WorkerReseeded(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
+    def __getitems__(self, indices: list[int]) -> list[Any]:
+        """The samples of one batch, as DataLoader fetches a batch."""
+        reseeded = int(self.epoch_seed)
+        if reseeded != self._seeded_from:
+            self._seeded_from = reseeded
+            self._seed_as_new_worker(reseeded)
+        with AugmentationStream(batch_seed(self._base_seed(), indices)).active():
+            fetch = getattr(self.dataset, "__getitems__", None)
+            return fetch(indices) if fetch is not None else [self.dataset[i] for i in indices]
+
     def __getitem__(self, index: int) -> Any:
-        base_seed = int(self.epoch_seed)
-        if base_seed != self._seeded_from:
-            self._seeded_from = base_seed
-            self._seed_as_new_worker(base_seed)
-        return self.dataset[index]
+        return self.__getitems__([index])[0]
+
+    def _base_seed(self) -> int:
+        stream = active_augmentation_stream()  # a single-process iterator's
+        if stream is not None:
+            return stream.seed
+        worker = torch.utils.data.get_worker_info()
+        if worker is None:  # read outside a DataLoader
+            return torch.initial_seed()
+        reseeded = int(self.epoch_seed)
+        return reseeded if reseeded >= 0 else worker.seed - worker.id
 
     def _seed_as_new_worker(self, base_seed: int) -> None:
         """This worker's random states as torch's worker loop sets them in a new worker of ``base_seed``."""
@@ -282,11 +310,12 @@ class SplitLoadersMixin:
     a batch of only broken files is ``None``, which the tasks' steps skip.
 
     Augmentation draws from the seed torch draws for each epoch's DataLoader iterator (:class:`EpochSeededLoader`),
-    so a run resumed at an epoch's end draws what the uninterrupted run drew. In one process that seed and the
+    so a run resumed at an epoch's end draws what the uninterrupted run drew; each training batch draws from that
+    seed and its samples (:class:`BatchSeeded`), whatever the number of workers. In one process that seed and the
     training order come from the run's seed and the epoch, and a fit resumed inside an epoch trains the batches the
-    uninterrupted run had left (:class:`ResumableLoader`). Evaluation workers persist;
+    uninterrupted run had left, augmented alike (:class:`ResumableLoader`). Evaluation workers persist;
     training workers persist when ``hparams.persistent_workers`` says so, reseeded each epoch as new
-    ones are (:class:`WorkerReseeded`), and otherwise start afresh each epoch.
+    ones are, and otherwise start afresh each epoch.
 
     Under several processes (DDP) validation and test split their data between the processes without
     repeating a sample (:meth:`_evaluation_sampler`), so each sample is scored once, as in one process;
@@ -417,7 +446,7 @@ class SplitLoadersMixin:
         persistent = workers > 0 and (not train or self.hparams.get("persistent_workers", False))
         sampler = self._evaluation_sampler(dataset, split) if evaluation else self._training_order(dataset, split)
         return (ResumableLoader if train else EpochSeededLoader)(
-            WorkerReseeded(dataset) if persistent and train else dataset,
+            BatchSeeded(dataset) if train else dataset,
             batch_size=self.hparams.batch_size,
             shuffle=train and sampler is None,
             sampler=sampler,

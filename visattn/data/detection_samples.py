@@ -61,8 +61,8 @@ MIN_BOX_SIDE = 1.0  # pixels; thinner boxes are annotation noise (and degenerate
 class DetectionTransform(ImageTransform):
     """An albumentations pipeline called as ``transform(image, boxes, labels) -> (tensor, target)``.
 
-    Seeded like :class:`~visattn.data.transforms.ImageTransform`: from each epoch's DataLoader
-    seed (a worker's, or the single-process iterator's), so workers differ, seeded runs repeat and
+    Seeded like :class:`~visattn.data.transforms.ImageTransform`: in visattn's training loaders from each batch's
+    seed, elsewhere from the DataLoader's (a worker's, or the single-process iterator's), so seeded runs repeat and
     resumed runs draw what uninterrupted ones did.
 
     Args:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import os
+import random
 import reprlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -47,6 +48,8 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "AugmentationStream",
+    "active_augmentation_stream",
+    "sample_generator",
     "augmentation_problem",
     "ImageTransform",
     "Recipe",
@@ -67,16 +70,26 @@ PHOTO_CROP_SCALE = (0.6, 1.0)  # the photo recipe's training crops: the share of
 
 
 class AugmentationStream:
-    """The seed of the augmentation one single-process DataLoader iterator draws, as a worker's seed is
-    for a worker process: pipelines called inside :meth:`active` reseed from it on their first call there.
+    """A seed that the random draws of the samples read inside :meth:`active` come from: pipelines reseed from it on
+    their first call there, and a caption's pick draws from its :attr:`generator`.
 
-    :class:`~visattn.data.datamodules.SplitLoadersMixin`'s loaders open one per epoch from the base seed
-    torch draws from the main random state for each iterator (a worker's seed is that plus its id), so an
-    epoch draws the same augmentations whether the epoch before it ran in this process or before a resume.
+    A single-process DataLoader iterator of :class:`~visattn.data.datamodules.SplitLoadersMixin`'s loaders opens one
+    from the base seed torch draws for each iterator, as a worker's seed is for a worker process; the training
+    dataset (:class:`~visattn.data.datamodules.BatchSeeded`) opens one for each batch, from that base seed and the
+    batch's indices, so a batch draws the same wherever and whenever it is loaded.
     """
+
+    _generator: torch.Generator | None = None
 
     def __init__(self, seed: int) -> None:
         self.seed = seed
+
+    @property
+    def generator(self) -> torch.Generator:
+        """A torch generator of this stream, seeded from it at first use."""
+        if self._generator is None:
+            self._generator = torch.Generator().manual_seed(self.seed % 2**63)
+        return self._generator
 
     @contextmanager
     def active(self) -> Iterator[None]:
@@ -91,16 +104,30 @@ class AugmentationStream:
 _active_stream: ContextVar[AugmentationStream | None] = ContextVar("visattn_augmentation_stream", default=None)
 
 
+def active_augmentation_stream() -> AugmentationStream | None:
+    """The stream that samples read now draw from; None outside one (the process's random states, seeded per
+    DataLoader worker and by ``lightning.seed_everything``)."""
+    return _active_stream.get()
+
+
+def sample_generator() -> torch.Generator | None:
+    """The torch generator a sample's own draws (not its pipeline's) take: the active stream's, else torch's global
+    one (None)."""
+    stream = _active_stream.get()
+    return None if stream is None else stream.generator
+
+
 class ImageTransform:
     """An albumentations pipeline called as ``transform(image) -> tensor``.
 
-    The random state is re-seeded on the first call of each random stream: in a DataLoader's
-    single-process iterator, from that iterator's seed (:class:`AugmentationStream`); elsewhere
-    from ``torch.initial_seed()`` whenever the process's is new, which a DataLoader worker's is (its
-    iterator's base seed plus its id, unless a ``worker_init_fn`` reseeds it; a persistent worker's
-    each epoch, :class:`~visattn.data.datamodules.WorkerReseeded`). So workers draw different
-    augmentations, ``lightning.seed_everything`` makes runs repeatable, and an epoch's draws
-    depend on the seed its iterator drew, not on the epochs before it in this process.
+    The random state is re-seeded on the first call of each random stream: in an
+    :class:`AugmentationStream` (each batch of visattn's training loaders, a single-process iterator of its other
+    loaders), from that stream's seed; elsewhere from ``torch.initial_seed()`` whenever the process's is new, which
+    a DataLoader worker's is (its iterator's base seed plus its id, unless a ``worker_init_fn`` reseeds it). So
+    workers draw different augmentations, ``lightning.seed_everything`` makes runs repeatable, and an epoch's draws
+    depend on the seed its iterator drew, not on the epochs before it in this process. The steps share one numpy
+    and one Python generator: albumentations' own seeding gives each step a generator of the same seed, so steps
+    reseeded together would draw the same numbers (every image erased would also be flipped).
 
     Args:
         transforms: albumentations transforms applied in order to an HWC uint8 RGB array;
@@ -116,7 +143,8 @@ class ImageTransform:
         stream = _active_stream.get()
         key = (os.getpid(), torch.initial_seed()) if stream is None else stream
         if key != self._seeded_for:
-            self.pipeline.set_random_seed((torch.initial_seed() if stream is None else stream.seed) % 2**32)
+            numbers = np.random.default_rng(torch.initial_seed() if stream is None else stream.seed)
+            self.pipeline.set_random_state(numbers, random.Random(int(numbers.integers(2**63))))
             self._seeded_for = key
 
     def __call__(self, image: np.ndarray) -> torch.Tensor:
