@@ -376,7 +376,9 @@ class ImageClassifier(GuardedTask, pl.LightningModule):
     def train(self, mode: bool = True) -> "ImageClassifier":
         super().train(mode)
         if self.hparams.get("freeze_backbone"):
-            keep_the_backbone_in_eval(self.model)
+            # the average too: it copied the frozen model's modes, and Lightning counts its modules in eval mode
+            for model in (self.model, self.ema.module) if self.ema is not None else (self.model,):
+                keep_the_backbone_in_eval(model)
         return self
 
     def check_run(self, trainer: pl.Trainer, datamodule: Optional[pl.LightningDataModule], stage: str) -> None:
