@@ -7,7 +7,9 @@ AMD EPYC (AVX-512) we measured ran at 195 GFLOP/s with two threads where oneDNN 
 captioner's LSTM product ``(320, 256) x (256, 1024)`` took 0.86 ms against 0.39 ms. oneDNN costs about
 10 us more per call, so products up to ``MIN_MULTIPLY_ADDS`` stay with ``F.linear``, as does anything
 autograd, autocast or another device or dtype would see: the op has no autocast rule and is not what
-training differentiates.
+training differentiates. Under ``torch.export`` every product stays with ``F.linear``: the size test on a dynamic
+batch held the exported graph to the batches on one side of ``MIN_MULTIPLY_ADDS`` (2 to 4 images of the scenes
+captioner's first step), and the oneDNN op would tie the graph to the CPU.
 """
 from typing import Optional
 
@@ -35,8 +37,10 @@ def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, add: Option
 
 
 def _onednn_computes(x: Tensor, weight: Tensor) -> bool:
-    # The size first: decoding one image asks this of every small product, each step.
-    return (x.numel() * weight.shape[0] > MIN_MULTIPLY_ADDS  # rows x in x out
+    # The size first (after export, which must not test a symbolic size): decoding one image asks this of every
+    # small product, each step.
+    return (not torch.compiler.is_exporting()
+            and x.numel() * weight.shape[0] > MIN_MULTIPLY_ADDS  # rows x in x out
             and x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
             and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
             and not torch.is_autocast_enabled("cpu")

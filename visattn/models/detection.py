@@ -35,11 +35,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm  # BatchNorm1d-3d and SyncBatchNorm
 from torchvision.models.detection import FCOS
+from torchvision.models.detection import _utils as det_utils
 from torchvision.models.detection.fcos import FCOSHead
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
-from torchvision.ops import (MLP, box_convert, clip_boxes_to_image, generalized_box_iou, generalized_box_iou_loss,
-                             remove_small_boxes)
+from torchvision.ops import (MLP, batched_nms, box_convert, clip_boxes_to_image, generalized_box_iou,
+                             generalized_box_iou_loss, nms, remove_small_boxes)
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelP6P7
 
 from ..errors import ConfigError, VisattnWarning, check_count, is_number, is_whole, outside_visattn
@@ -517,19 +518,40 @@ class FcosDetector(FCOS):
 
     def postprocess_detections(self, head_outputs: dict[str, list[Tensor]], anchors: list[list[Tensor]],
                                image_shapes: list[tuple[int, int]]) -> Detections:
-        """torchvision's, without the locations in the padding the transform adds past each resized image (to
+        """torchvision's (each level's ``topk_candidates`` above ``score_thresh``, class-wise NMS, the best
+        ``detections_per_img``), without the locations in the padding the transform adds past each resized image (to
         ``size_divisible``, and to the batch's largest): a model that never saw such a flat band found objects
-        there, clipped to slivers along the image's edge, and ranked them above the real ones."""
+        there, clipped to slivers along the image's edge, and ranked them above the real ones. Its NMS is
+        :func:`class_wise_nms`, which ``torch.export`` takes."""
         detections = []
-        for index, (height, width) in enumerate(image_shapes):
-            centres = [(level[:, :2] + level[:, 2:]) / 2 for level in anchors[index]]  # each (locations, 2): x, y
-            inside = [(xy[:, 0] < width) & (xy[:, 1] < height) for xy in centres]
-            # each output a list over levels of (1, locations inside, channels)
-            outputs = {name: [level[index:index + 1, kept] for level, kept in zip(levels, inside)]
-                       for name, levels in head_outputs.items()}
-            kept_anchors = [[level[kept] for level, kept in zip(anchors[index], inside)]]
-            detections += super().postprocess_detections(outputs, kept_anchors, [(height, width)])
+        for index, image_shape in enumerate(image_shapes):
+            candidates = []
+            for level, level_anchors in enumerate(anchors[index]):
+                centres = (level_anchors[:, :2] + level_anchors[:, 2:]) / 2  # (locations, 2): x, y
+                inside = (centres[:, 0] < image_shape[1]) & (centres[:, 1] < image_shape[0])
+                # each (locations inside, channels)
+                outputs = [head_outputs[name][level][index, inside]
+                           for name in ("cls_logits", "bbox_ctrness", "bbox_regression")]
+                candidates.append(self._level_candidates(*outputs, level_anchors[inside], image_shape))
+            boxes, scores, labels = (torch.cat(parts) for parts in zip(*candidates))
+            keep = class_wise_nms(boxes, scores, labels, self.nms_thresh)[:self.detections_per_img]
+            detections.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]})
         return detections
+
+    def _level_candidates(self, logits: Tensor, ctrness: Tensor, regression: Tensor, anchors: Tensor,
+                          image_shape: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor]:
+        """One level's best ``topk_candidates`` (location, class) pairs scoring above ``score_thresh``: boxes clipped
+        to the image ``(N, 4)``, scores ``(N,)`` and labels ``(N,)``, as torchvision's FCOS picks them."""
+        num_classes = logits.shape[-1]
+        scores = torch.sqrt(torch.sigmoid(logits) * torch.sigmoid(ctrness)).flatten()  # (locations * classes,)
+        above = scores > self.score_thresh
+        flat = torch.where(above)[0]
+        # torchvision's k: a tensor while tracing, so a traced graph takes another candidate count
+        scores, best = scores[above].topk(det_utils._topk_min(flat, self.topk_candidates, 0))
+        flat = flat[best]
+        locations = torch.div(flat, num_classes, rounding_mode="floor")
+        boxes = self.box_coder.decode(regression[locations], anchors[locations])
+        return clip_boxes_to_image(boxes, image_shape), scores, flat % num_classes
 
     @torch.no_grad()
     def reorder_classes(self, order: Sequence[int]) -> None:
@@ -571,6 +593,22 @@ class FcosHead(FCOSHead):
         own = max(1.0, float(sum(int((matched >= 0).sum()) for matched in matched_idxs)))
         scale = own / mean_over_processes(own, head_outputs["cls_logits"].device)
         return {name: loss * scale for name, loss in losses.items()}
+
+
+def class_wise_nms(boxes: Tensor, scores: Tensor, labels: Tensor, iou_threshold: float) -> Tensor:
+    """torchvision's ``batched_nms``: indices of the boxes kept, best first, NMS within each label. Under
+    ``torch.export`` its offset per label without its Python branches on the box count, which is data-dependent
+    there (export stopped at them): boxes clipped to the image are at least 0, so the largest coordinate beside a
+    0 is torchvision's offset, and no box at all gives no keep instead of an error."""
+    if not torch.compiler.is_exporting():
+        return batched_nms(boxes, scores, labels, iou_threshold)
+    largest = torch.cat([boxes.new_zeros(1), boxes.flatten()]).max()
+    shifted = boxes + (labels.to(boxes) * (largest + 1))[:, None]  # (N, 4), each label apart from the others
+    # torchvision's fake nms tells export that at least 2 boxes are kept, which the exported graph asserts (an
+    # image of fewer detections stopped it): two boxes below 0, apart from all others, are kept and dropped
+    extra = shifted.new_tensor([[-4.0, -4.0, -3.0, -3.0], [-2.0, -2.0, -1.0, -1.0]])
+    keep = nms(torch.cat([shifted, extra]), torch.cat([scores, scores.new_zeros(2)]), iou_threshold)
+    return keep[keep < boxes.shape[0]]
 
 
 def _without_empty_boxes(detections: Detections) -> Detections:
