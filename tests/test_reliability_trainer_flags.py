@@ -1,6 +1,7 @@
 """Lightning Trainer flags and callbacks a user brings to `visattn fit`, with each task: they run and do what they
 say (the schedule and the weight average step once per optimizer step), or are one line naming the fix."""
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from test_classification import REPO
 from test_data import needs_fashion_mnist
 from visattn.cli import main
 from visattn.data import ImageFolderDataModule
+from visattn.errors import ConfigError
 from visattn.tasks.classification import ImageClassifier
 
 # Each task's config and a tiny run of it: 4 training batches an epoch and 1 validation batch, and the validation
@@ -134,3 +136,26 @@ def test_the_readmes_tuner_route_trains_at_the_rate_it_finds(tmp_path):
     fit = trainer()
     fit.fit(task, datamodule=data)
     assert [group["initial_lr"] for group in fit.optimizers[0].param_groups] == [found, found]
+
+
+@pytest.mark.parametrize(("callback", "said"), [
+    ("LearningRateFinder", "trainer.callbacks LearningRateFinder: it changes the lr once the task has planned"),
+    ("BatchSizeFinder", "trainer.callbacks BatchSizeFinder: it changes the batch_size once the task has planned"),
+    ("GradientAccumulationScheduler", "trainer.callbacks GradientAccumulationScheduler: the warm-up and cosine"),
+])
+def test_a_python_trainer_with_a_callback_the_task_cannot_serve_is_refused_before_training(callback, said, tmp_path):
+    """Only `visattn fit` refused them: a Trainer made in Python trained with the schedule the callback broke."""
+    from lightning.pytorch import callbacks
+
+    data = ImageFolderDataModule(str(write_image_folder(tmp_path / "photos", per_class=4, size=(16, 16))),
+                                 img_size=16, batch_size=2, num_workers=0)
+    task = ImageClassifier("se_resnet20_cifar", num_classes=data.num_classes, class_names=data.class_names,
+                           preprocessing=data.preprocessing, warmup_epochs=0)
+    made = getattr(callbacks, callback)(**({"scheduling": {0: 2}} if callback.startswith("Gradient") else {}))
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, callbacks=[made],
+                         default_root_dir=tmp_path)
+    start = {name: value.clone() for name, value in task.state_dict().items()}
+    with pytest.raises(ConfigError, match="^" + re.escape(said)):
+        trainer.fit(task, datamodule=data)
+    assert all(torch.equal(value, start[name]) for name, value in task.state_dict().items())  # nothing trained

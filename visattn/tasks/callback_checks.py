@@ -99,7 +99,8 @@ def _refuse_logging_callbacks_without_logger(trainer: pl.Trainer) -> None:
 
 
 def _refuse_callbacks_the_task_cannot_serve(callbacks: list[Callback], task: pl.LightningModule) -> None:
-    """One line for Lightning callbacks that need what the task does not have or cannot combine with."""
+    """One line for Lightning callbacks that need what the task does not have or cannot combine with: checked by
+    ``visattn fit`` before the run's folder is made, and by the task's ``setup`` for a Trainer made in Python."""
     if getattr(task, "ema", None) is not None and any(isinstance(c, StochasticWeightAveraging) for c in callbacks):
         # SWA resets every batch norm, the average's too, and re-estimates only those of the weights it trains
         raise ConfigError("trainer.callbacks StochasticWeightAveraging with model.init_args.ema_decay: both average "
@@ -125,7 +126,8 @@ def _refuse_tuning_callbacks(callbacks: list[Callback]) -> None:
     the cosine fell back to the configured rate (0.02, 0.04, 0.06, then 0.002); a batch size found left the cosine
     planned for another number of steps."""
     for finder, setting in ((LearningRateFinder, "model.init_args.lr"), (BatchSizeFinder, "data.init_args.batch_size")):
-        if any(isinstance(c, finder) for c in callbacks):
+        # Lightning's Tuner adds its finder for a search that ends before training (_early_exit): that one is the fix
+        if any(isinstance(c, finder) and not getattr(c, "_early_exit", False) for c in callbacks):
             raise ConfigError(f"trainer.callbacks {finder.__name__}: it changes the {setting.rpartition('.')[2]} once "
                               "the task has planned its learning-rate schedule from it; run Lightning's Tuner from "
                               f"Python first, as the README shows, and give what it finds as {setting}")

@@ -25,6 +25,7 @@ from ..data.preprocessing import default_settings
 from ..errors import ConfigError, VisattnError, VisattnWarning, outside_visattn
 from ..inference.checkpoints import PACKAGE_MODULE_KEY, TASK_NOUNS
 from ..registry import package_module
+from .callback_checks import _refuse_callbacks_the_task_cannot_serve
 from .optimization import (adamw_warmup_cosine, refuse_other_parameter_groups, upgrade_a_bare_cosine,
                            warn_of_a_changed_schedule, warn_of_a_finished_run, warn_of_a_starting_average)
 
@@ -272,6 +273,7 @@ class GuardedTask:
                                                   r"but have passed in a `LightningDataModule`")
         if stage == "fit":
             quiet_the_note_of_modules_kept_in_eval(self)
+            _refuse_callbacks_the_task_cannot_serve(self.trainer.callbacks, self)
         check_data_links(self, self.trainer.datamodule, stage)
         self.check_run(self.trainer, self.trainer.datamodule, stage)
 
