@@ -254,8 +254,13 @@ def test_lightnings_model_summary_counts_the_flops_of_a_forward_on_an_image_of_t
 
 
 def _frozen_part_task(kind: str) -> tuple[pl.LightningModule, Any]:
-    """A task (``captioner`` or ``detector``) whose train() keeps modules in eval mode by design, with one batch it
-    trains on."""
+    """A task (``captioner``, ``detector``, ``linear probe`` or one keeping a weight average, as the README's
+    `vit_fmnist.yaml` probe does) whose train() keeps modules in eval mode by design, with one batch it trains on."""
+    if kind.startswith("linear probe"):
+        return (ImageClassifier("vit_tiny_patch4_28", num_classes=3, freeze_backbone=True, warmup_epochs=0,
+                                ema_decay=0.9 if kind.endswith("average") else None,
+                                model_kwargs={"depth": 1, "embed_dim": 24, "num_heads": 2}),
+                (torch.rand(2, 3, 28, 28), torch.tensor([0, 1])))
     if kind == "captioner":
         vocab = ["<pad>", "<start>", "<end>", "<unk>", "a", "top"]
         return (CaptioningTask(model_kwargs={**TINY_SAT, "freeze_encoder": True}, vocab=vocab),
@@ -267,11 +272,12 @@ def _frozen_part_task(kind: str) -> tuple[pl.LightningModule, Any]:
                       [{"boxes": torch.tensor([[4.0, 4.0, 30.0, 30.0]]), "labels": torch.tensor([1])}] * 2)
 
 
-@pytest.mark.parametrize("kind", ["captioner", "detector"])
+@pytest.mark.parametrize("kind", ["captioner", "detector", "linear probe", "linear probe with an average"])
 def test_lightning_notes_modules_in_eval_mode_only_beyond_those_a_task_keeps_there(kind):
     """A frozen encoder's or backbone's modules are in eval mode by design: every fit of such a task printed
-    Lightning's note that modules were in eval mode at the start of training (43 in the scenes captioner's). One
-    left in eval mode besides them is still noted."""
+    Lightning's note that modules were in eval mode at the start of training (43 in the scenes captioner's; 160 in
+    the README's linear probe, whose weight average's copy of the frozen backbone was counted too). One left in eval
+    mode besides them is still noted."""
     def eval_mode_notes(task, batch) -> list[str]:
         trainer = pl.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
                              enable_progress_bar=False, enable_model_summary=False)
