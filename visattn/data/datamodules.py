@@ -262,21 +262,22 @@ class BatchSeeded(Dataset):
         if reseeded != self._seeded_from:
             self._seeded_from = reseeded
             self._seed_as_new_worker(reseeded)
-        with AugmentationStream(batch_seed(self._base_seed(), indices)).active():
+        with AugmentationStream(batch_seed(self._base_seed(reseeded), indices)).active():
             fetch = getattr(self.dataset, "__getitems__", None)
             return fetch(indices) if fetch is not None else [self.dataset[i] for i in indices]
 
     def __getitem__(self, index: int) -> Any:
         return self.__getitems__([index])[0]
 
-    def _base_seed(self) -> int:
+    @staticmethod
+    def _base_seed(reseeded: int) -> int:
+        """The epoch's base seed; ``reseeded``: the one the loader set for persistent workers (-1: none)."""
         stream = active_augmentation_stream()  # a single-process iterator's
         if stream is not None:
             return stream.seed
         worker = torch.utils.data.get_worker_info()
         if worker is None:  # read outside a DataLoader
             return torch.initial_seed()
-        reseeded = int(self.epoch_seed)
         return reseeded if reseeded >= 0 else worker.seed - worker.id
 
     def _seed_as_new_worker(self, base_seed: int) -> None:

@@ -113,7 +113,7 @@ def active_augmentation_stream() -> AugmentationStream | None:
 def sample_generator() -> torch.Generator | None:
     """The torch generator a sample's own draws (not its pipeline's) take: the active stream's, else torch's global
     one (None)."""
-    stream = _active_stream.get()
+    stream = active_augmentation_stream()
     return None if stream is None else stream.generator
 
 
