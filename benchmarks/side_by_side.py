@@ -122,9 +122,9 @@ def print_table(header: list[str], rows: list[list[Any]]) -> None:
         print("  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))))
 
 
-def finish(benchmark: str, figures: dict[str, Any]) -> None:
+def finish(benchmark: str, figures: dict[str, Any], *, note: str = NOISE_NOTE) -> None:
     """Print the note on noise, then the one JSON line with the figures and the machine."""
-    print(f"note: {NOISE_NOTE}")
+    print(f"note: {note}")
     print(json.dumps({"benchmark": benchmark, **figures, "machine": machine()}))
 
 

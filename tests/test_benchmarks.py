@@ -281,3 +281,24 @@ def test_cell_placement_scores_visattns_placement_and_the_blocks_centres(capsys,
     monkeypatch.setattr(explain_module, "map_centres", lambda model, cells, pixels: CellCentres.blocks(cells, pixels))
     assert blocks_row["placement"].endswith("(block's centre)")
     assert blocks_row["pointing"] == evaluate_pointing(classifier, scenes)["pointing"]
+
+
+@needs_fashion_mnist
+def test_attention_ablation_scores_each_model_against_the_plain_resnet_over_the_same_seeds(capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    monkeypatch.setattr(sys, "argv", ["attention_ablation.py", "--smoke", "--threads", "1",
+                                      "--models", "eca_resnet20_cifar", "--seeds", "3", "4"])
+    runpy.run_path(str(BENCHMARKS / "attention_ablation.py"), run_name="__main__")
+    out = capsys.readouterr().out
+    figures = json.loads(out.strip().splitlines()[-1])
+    plain, eca = figures["results"]
+    assert (plain["model"], eca["model"]) == ("resnet20_cifar", "eca_resnet20_cifar") and figures["seeds"] == [3, 4]
+    assert (plain["parameters"], eca["parameters"]) == (830_966, 830_993)  # ECA: a 3-tap convolution in each of 9 blocks
+    assert plain["top1_gain"] == 0.0 and plain["train_speed_ratio"] == 1.0
+    for row in (plain, eca):
+        assert len(row["top1"]) == 2 and all(0.0 <= top1 <= 1.0 for top1 in row["top1"])
+        assert row["top1_mean"] == pytest.approx(sum(row["top1"]) / 2, abs=1e-4)
+        assert row["top1_std"] == pytest.approx(abs(row["top1"][0] - row["top1"][1]) / 2 ** 0.5, abs=1e-4)
+    assert eca["top1_gain"] == pytest.approx(eca["top1_mean"] - plain["top1_mean"], abs=2e-4)
+    assert 0.0 < eca["train_speed_ratio"]
+    _printed_in_order(out, eca, ("top1_mean", "top1_std", "train_speed_ratio"))
