@@ -1,12 +1,15 @@
 """Which attention module helps? ResNet-20 with none and with each of the seven, trained by one recipe from
-several seeds and scored on all 10000 Fashion-MNIST test images.
+several seeds, scored on all 10000 Fashion-MNIST test images and on where its Grad-CAM maps look.
 
     python benchmarks/attention_ablation.py [--train-images 6000] [--epochs 3] [--seeds 0 1 2] [--threads 1]
 
 Every model gets the same training images (``--train-images`` of the 54000 training images, the subset a
 seed picks), the same augmentation, AdamW schedule and label smoothing (``configs/classification/
 se_resnet20_fmnist.yaml``'s, without EMA), in fp32, and is scored with its last weights: nothing is selected
-on the test images. Seeds run in turn, each model within a seed, so load from other processes falls on
+on the test images. Pointing is the pointing game with distractors (`visattn evaluate --dataset
+fashion-mnist-pairs --img-size 64`): on 64 px canvases of two test items of different classes, the Grad-CAM map
+of each item's class must peak inside that item's box (a map that follows brightness alone scores about half).
+Seeds run in turn, each model within a seed, so load from other processes falls on
 every model alike; training images/s is given as a ratio to the plain ResNet-20's, over the same seeds.
 
 A difference smaller than the seeds' spread is no difference: at this scale the recipe, not the module,
@@ -25,7 +28,11 @@ import lightning.pytorch as pl
 import torch
 
 import side_by_side
+from visattn.cli import pointing_scenes
 from visattn.data import FashionMNISTDataModule
+from visattn.explain import evaluate_class_pointing
+from visattn.inference.checkpoints import inference_model
+from visattn.inference.classifier import Classifier
 from visattn.registry import create_model
 from visattn.tasks.classification import ImageClassifier
 
@@ -51,8 +58,8 @@ class TrainingClock(pl.Callback):
 
 
 def train_and_test(model_name: str, seed: int, *, train_images: int, epochs: int, test_images: int | None,
-                   batch_size: int) -> dict[str, float]:
-    """Test top-1 of ``model_name`` trained from ``seed``, and its training images/s."""
+                   batch_size: int, pointing_scenes_count: int) -> dict[str, float]:
+    """Test top-1 and pointing of ``model_name`` trained from ``seed``, and its training images/s."""
     pl.seed_everything(seed, verbose=False)
     data = FashionMNISTDataModule(batch_size=batch_size, num_workers=0, seed=seed, val_fraction=0.1,
                                   limit=train_images)
@@ -67,11 +74,15 @@ def train_and_test(model_name: str, seed: int, *, train_images: int, epochs: int
     test_data = FashionMNISTDataModule(batch_size=256, num_workers=0, limit=test_images)
     scores = trainer.test(task, datamodule=test_data, verbose=False)[0]
     seen = epochs * len(data.train_dataloader().dataset)
-    return {"top1": scores["test/top1"], "train_img_s": seen / clock.seconds}
+    classifier = Classifier(inference_model(task.model), data.class_names,
+                            {**data.preprocessing, "input_size": [3, 64, 64]}, model_name, model_name, {})
+    pointing = evaluate_class_pointing(classifier, pointing_scenes("fashion-mnist-pairs", "test", pointing_scenes_count))
+    return {"top1": scores["test/top1"], "pointing": pointing["pointing"], "train_img_s": seen / clock.seconds}
 
 
 def summarise(model_name: str, runs: list[dict[str, float]], baseline: list[dict[str, float]]) -> dict[str, Any]:
     top1 = [run["top1"] for run in runs]
+    pointing = [run["pointing"] for run in runs]
     speed = [run["train_img_s"] / base["train_img_s"] for run, base in zip(runs, baseline)]
     return {"model": model_name,
             "parameters": sum(p.numel() for p in create_model(model_name, num_classes=10).parameters()),
@@ -79,6 +90,9 @@ def summarise(model_name: str, runs: list[dict[str, float]], baseline: list[dict
             "top1_mean": round(statistics.fmean(top1), 4),
             "top1_std": round(statistics.stdev(top1), 4) if len(top1) > 1 else 0.0,
             "top1_gain": round(statistics.fmean(top1) - statistics.fmean(b["top1"] for b in baseline), 4),
+            "pointing": [round(value, 4) for value in pointing],
+            "pointing_mean": round(statistics.fmean(pointing), 4),
+            "pointing_std": round(statistics.stdev(pointing), 4) if len(pointing) > 1 else 0.0,
             "train_speed_ratio": round(statistics.median(speed), 3)}
 
 
@@ -89,6 +103,8 @@ def main() -> None:
     args.add_argument("--train-images", type=int, default=6000, help="training images (default: 6000)")
     args.add_argument("--epochs", type=int, default=3, help="training epochs (default: 3)")
     args.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default: 0 1 2)")
+    args.add_argument("--pointing-scenes", type=int, default=500, help="two-item test scenes the pointing game "
+                      "plays on (default: 500)")
     args.add_argument("--batch-size", type=int, default=128, help="training batch size (default: 128)")
     args.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads")
     args.add_argument("--smoke", action="store_true", help="two models, 256 images, one epoch, two seeds, 512 test "
@@ -98,27 +114,29 @@ def main() -> None:
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # its device and fit-stopped lines per run
     models = [BASELINE, *(name for name in options.models if name != BASELINE)]
     sizes = dict(train_images=options.train_images, epochs=options.epochs, test_images=None,
-                 batch_size=options.batch_size)
+                 batch_size=options.batch_size, pointing_scenes_count=options.pointing_scenes)
     seeds = options.seeds
     if options.smoke:
         models, seeds = models[:2] if len(models) > 1 else [BASELINE, MODELS[1]], seeds[:2]
-        sizes = dict(train_images=256, epochs=1, test_images=512, batch_size=64)
+        sizes = dict(train_images=256, epochs=1, test_images=512, batch_size=64, pointing_scenes_count=16)
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in models}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", module="lightning")  # its notes on worker counts and a small dataset
         for seed in seeds:
             for name in models:
                 runs[name].append(train_and_test(name, seed, **sizes))
-                print(f"seed {seed}  {name}: top-1 {runs[name][-1]['top1']:.4f}", flush=True)
+                run = runs[name][-1]
+                print(f"seed {seed}  {name}: top-1 {run['top1']:.4f}  pointing {run['pointing']:.3f}", flush=True)
     results = [summarise(name, runs[name], runs[BASELINE]) for name in models]
     print(f"\n{sizes['epochs']} epochs on {sizes['train_images']} training images, seeds {seeds}; test top-1 on "
-          f"{sizes['test_images'] or 10000} test images")
+          f"{sizes['test_images'] or 10000} test images; pointing on {sizes['pointing_scenes_count']} two-item scenes")
     side_by_side.print_table(
-        ["model", "parameters", "top-1 mean", "std", "vs plain", "train img/s vs plain"],
+        ["model", "parameters", "top-1 mean", "std", "vs plain", "pointing mean", "std", "train img/s vs plain"],
         [[r["model"], f"{r['parameters']:,}", f"{r['top1_mean']:.4f}", f"{r['top1_std']:.4f}",
-          f"{r['top1_gain']:+.4f}", f"{r['train_speed_ratio']:.3f}"] for r in results])
+          f"{r['top1_gain']:+.4f}", f"{r['pointing_mean']:.3f}", f"{r['pointing_std']:.3f}",
+          f"{r['train_speed_ratio']:.3f}"] for r in results])
     side_by_side.finish("attention_ablation", {"epochs": sizes["epochs"], "train_images": sizes["train_images"],
-                                               "seeds": seeds, "results": results},
+                                               "pointing_scenes": sizes["pointing_scenes_count"], "seeds": seeds, "results": results},
                         note=NOISE_NOTE)
 
 

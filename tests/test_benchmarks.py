@@ -284,7 +284,7 @@ def test_cell_placement_scores_visattns_placement_and_the_blocks_centres(capsys,
 
 
 @needs_fashion_mnist
-def test_attention_ablation_scores_each_model_against_the_plain_resnet_over_the_same_seeds(capsys, monkeypatch):
+def test_attention_ablation_scores_each_models_accuracy_and_pointing_against_the_plain_resnets_over_the_same_seeds(capsys, monkeypatch):
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     monkeypatch.setattr(sys, "argv", ["attention_ablation.py", "--smoke", "--threads", "1",
                                       "--models", "eca_resnet20_cifar", "--seeds", "3", "4"])
@@ -296,9 +296,12 @@ def test_attention_ablation_scores_each_model_against_the_plain_resnet_over_the_
     assert (plain["parameters"], eca["parameters"]) == (830_966, 830_993)  # ECA: a 3-tap convolution in each of 9 blocks
     assert plain["top1_gain"] == 0.0 and plain["train_speed_ratio"] == 1.0
     for row in (plain, eca):
-        assert len(row["top1"]) == 2 and all(0.0 <= top1 <= 1.0 for top1 in row["top1"])
-        assert row["top1_mean"] == pytest.approx(sum(row["top1"]) / 2, abs=1e-4)
-        assert row["top1_std"] == pytest.approx(abs(row["top1"][0] - row["top1"][1]) / 2 ** 0.5, abs=1e-4)
+        for score in ("top1", "pointing"):
+            assert len(row[score]) == 2 and all(0.0 <= value <= 1.0 for value in row[score])
+            assert row[f"{score}_mean"] == pytest.approx(sum(row[score]) / 2, abs=1e-4)
+            assert row[f"{score}_std"] == pytest.approx(abs(row[score][0] - row[score][1]) / 2 ** 0.5, abs=1e-4)
+        # 16 scenes of two items: each of the 32 (scene, class) pairs is a hit or a miss
+        assert all((value * 32) == pytest.approx(round(value * 32), abs=2e-3) for value in row["pointing"])
     assert eca["top1_gain"] == pytest.approx(eca["top1_mean"] - plain["top1_mean"], abs=2e-4)
-    assert 0.0 < eca["train_speed_ratio"]
-    _printed_in_order(out, eca, ("top1_mean", "top1_std", "train_speed_ratio"))
+    assert 0.0 < eca["train_speed_ratio"] and figures["pointing_scenes"] == 16
+    _printed_in_order(out, eca, ("top1_mean", "top1_std", "pointing_mean", "pointing_std", "train_speed_ratio"))
