@@ -19,9 +19,10 @@ import torch
 import torchmetrics
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch import nn
-from torch.utils.data import DistributedSampler, TensorDataset
+from torch.utils.data import Dataset, DistributedSampler, TensorDataset
 
 from visattn.data.datamodules import SplitLoadersMixin
+from visattn.data.transforms import sample_generator
 from visattn.errors import VisattnWarning
 from visattn.tasks.guards import GuardedTask, NonFiniteLossGuard
 
@@ -521,6 +522,54 @@ def test_a_ddp_run_resumed_with_loader_workers_trains_on_the_epochs_own_order(tm
             order.append([indices[:2], indices[2:]])  # batches of 2
     assert first == orders[0] and orders[1] != orders[0]
     assert resumed == orders[1]
+
+
+class _Jittered(Dataset):
+    """Samples that are their index plus a jitter in [0, 0.5) drawn as augmentation draws, from the batch's stream:
+    a sample's value says which it is and what it drew."""
+
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor]:
+        return (index + 0.5 * torch.rand((), generator=sample_generator()),)
+
+
+class _JitteredNumbers(_Numbers):
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        self.datasets["train"] = _Jittered()
+
+
+def _fit_around_a_step_checkpoint(folder: str, ckpt_path: Optional[str] = None) -> dict:
+    """The samples of each training step of a 3-epoch DDP run (2 batches of 2 a process an epoch) and its weights; it
+    checkpoints every 3 steps into ``folder`` and resumes from ``ckpt_path`` if given."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    pl.seed_everything(0, verbose=False)
+    task = _Seer()
+    pl.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=3, logger=False, enable_progress_bar=False,
+               enable_model_summary=False, limit_val_batches=0,
+               callbacks=[ModelCheckpoint(dirpath=folder, every_n_train_steps=3, save_top_k=-1)]).fit(
+        task, datamodule=_JitteredNumbers(), ckpt_path=ckpt_path)
+    return {"seen": task.seen, "weights": [p.tolist() for p in task.net.parameters()]}
+
+
+def test_a_ddp_run_resumed_inside_an_epoch_trains_the_uninterrupted_runs_remaining_batches(tmp_path):
+    """Each process trained the resumed epoch's remaining batches from a fresh pass of its DistributedSampler (a
+    batch trained twice), with a warning, and every later batch drew other augmentations (the loader's base seed
+    came from the process's random state, restored as it was at the checkpoint, not at the epoch's start)."""
+    straight = _in_two_processes(functools.partial(_fit_around_a_step_checkpoint, str(tmp_path / "straight")),
+                                 tmp_path / "straight_run")
+    resumed = _in_two_processes(functools.partial(_fit_around_a_step_checkpoint, str(tmp_path / "resumed"),
+                                                  str(tmp_path / "straight" / "epoch=1-step=3.ckpt")),  # 1 batch in
+                                tmp_path / "resumed_run")
+    for rank in (0, 1):
+        assert len(straight[rank]["seen"]) == 6 and resumed[rank]["seen"] == straight[rank]["seen"][3:]
+        assert resumed[rank]["weights"] == straight[rank]["weights"]
+    epochs = [sorted(int(x) for rank in (0, 1) for step in straight[rank]["seen"][2 * e:2 * e + 2] for x in step)
+              for e in range(3)]
+    assert epochs == [list(range(8))] * 3 and straight[0]["seen"][0] != straight[1]["seen"][0]
 
 
 class _Predictor(pl.LightningModule):

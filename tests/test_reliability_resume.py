@@ -12,13 +12,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, DistributedSampler
 
 from test_classification import CBAM_CONFIG, QUICK
 from test_data import needs_fashion_mnist
 from visattn.cli import main
 from visattn.data import FashionMNISTDataModule
 from visattn.data.datamodules import EpochShuffle, ResumableLoader
+from visattn.errors import VisattnWarning
 from visattn.tasks.classification import ImageClassifier
 
 pytestmark = [needs_fashion_mnist, pytest.mark.slow]
@@ -155,10 +156,16 @@ class _Indices(Dataset):
 
 
 def test_a_loader_that_cannot_skip_warns_that_its_resumed_epoch_draws_afresh():
-    loader = ResumableLoader(_Indices(), batch_size=4, shuffle=True)  # as Lightning's DDP sampler would be
+    loader = ResumableLoader(_Indices(), batch_size=4, shuffle=True)  # its order is not drawn from a seed it has
     loader.load_state_dict({"epoch": 0, "batches": 1})
     with pytest.warns(UserWarning, match="cannot leave out the 1 batches trained before"):
         assert len(list(loader)) == 3
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert len(list(loader)) == 3  # the next epoch is a whole one
+    # Each DDP process's share of an epoch depends on the process count: a state saved on one cannot be skipped on 2.
+    on_two = ResumableLoader(_Indices(), batch_size=2, sampler=DistributedSampler(_Indices(), num_replicas=2, rank=0))
+    on_two.load_state_dict({"epoch": 0, "batches": 1, "num_replicas": 1})
+    with pytest.warns(VisattnWarning, match=r"^the training loader resumed inside epoch 0 on 2 processes, saved on 1, "
+                                            r"cannot leave out the 1 batches trained before, .* or on 1 processes$"):
+        assert len(list(on_two)) == 3

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import json
 import random
 import reprlib
@@ -24,7 +25,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-from torch.utils.data import DataLoader, Dataset, Sampler, Subset, default_collate
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset, default_collate
 from torch.utils.data._utils.worker import _generate_state
 from torch.utils.data.dataloader import _BaseDataLoaderIter, _SingleProcessDataLoaderIter
 
@@ -128,8 +129,7 @@ class EpochShuffle(Sampler[int]):
     """``0 .. n - 1`` in an order drawn from ``(seed, epoch)`` alone, not from the random state of the process.
 
     Lightning calls :meth:`set_epoch` before each training epoch; a loop that does not gets the next epoch's order
-    on each pass, as from a shuffling DataLoader. ``start`` leaves out the first samples of the next pass only: the
-    ones a resumed epoch had trained (:class:`ResumableLoader`), which are then never loaded.
+    on each pass, as from a shuffling DataLoader.
 
     Args:
         n: samples in the dataset.
@@ -139,7 +139,7 @@ class EpochShuffle(Sampler[int]):
     shuffle: ClassVar[bool] = True  # as DistributedSampler's flag: its order changes with set_epoch
 
     def __init__(self, n: int, *, seed: int = 0) -> None:
-        self.n, self.seed, self.epoch, self.start = n, seed, 0, 0
+        self.n, self.seed, self.epoch = n, seed, 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -149,9 +149,24 @@ class EpochShuffle(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(epoch_seeds(self.seed, self.epoch)[0])
-        order = torch.randperm(self.n, generator=generator)[self.start:].tolist()
-        self.start, self.epoch = 0, self.epoch + 1
-        return iter(order)
+        self.epoch += 1
+        return iter(torch.randperm(self.n, generator=generator).tolist())
+
+
+class _LeftOut(Sampler[int]):
+    """``sampler``'s next pass without its first ``start`` indices (``start`` is 0 again after it): the samples a
+    resumed epoch had trained, which are then never loaded. A DataLoader refuses a new ``sampler`` once built, so
+    :class:`ResumableLoader` puts this in its batch sampler."""
+
+    def __init__(self, sampler: Sampler[int]) -> None:
+        self.sampler, self.start = sampler, 0
+
+    def __len__(self) -> int:
+        return len(self.sampler)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[int]:
+        start, self.start = self.start, 0
+        return itertools.islice(iter(self.sampler), start, None)
 
 
 def batch_seed(base_seed: int, indices: Sequence[int]) -> int:
@@ -171,12 +186,13 @@ class ResumableLoader(EpochSeededLoader):
     epoch of the loader's latest iterator and the batches that iterator gave the training loop (counted here, not
     in workers, which load ahead), and :meth:`load_state_dict` makes the next iterator of that epoch leave them out.
 
-    Over an :class:`EpochShuffle` (one process) each epoch's order and base seed (augmentation, worker seeds) come
-    from ``(seed, epoch)`` and the iterator draws nothing from the process's random state, so a run resumed anywhere
-    shuffles as the uninterrupted one and its later epochs augment alike; the skipped samples are not read. The
-    seed is saved too, so a resumed run keeps its order whatever it was seeded with. Over another sampler (DDP's, or
-    the sequential one of ``overfit_batches``) an epoch resumed inside trains its remaining batches from a fresh
-    iterator, with a warning.
+    Over an :class:`EpochShuffle` (one process) or DDP's ``DistributedSampler``, each epoch's order and each
+    process's base seed (augmentation, worker seeds) come from ``(seed, epoch, rank)`` and the iterator draws nothing
+    from the process's random state, so a run resumed anywhere on as many processes shuffles as the uninterrupted
+    one and its later epochs augment alike; the skipped samples are not read. The seed is saved too, so a resumed
+    run keeps its order whatever it was seeded with. Over another sampler (the sequential one of
+    ``overfit_batches``), or on another number of processes, an epoch resumed inside trains its remaining batches
+    from a fresh iterator, with a warning.
     """
 
     _epoch: Optional[int] = None  # the epoch of the latest iterator (None: not made yet)
@@ -184,32 +200,56 @@ class ResumableLoader(EpochSeededLoader):
     _resume: Optional[dict[str, Any]] = None  # a loaded state, until the next iterator is made
 
     def state_dict(self) -> dict[str, Any]:
-        order = self.sampler if isinstance(self.sampler, EpochShuffle) else None
+        order = self._order()
         epoch = self._epoch if self._epoch is not None else getattr(self.sampler, "epoch", 0)
-        return {"epoch": epoch, "batches": self._given, **({"seed": order.seed} if order else {})}
+        return {"epoch": epoch, "batches": self._given, "num_replicas": self._replicas(),
+                **({"seed": order.seed} if order else {})}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # Kept until the next iterator: under DDP, Lightning rebuilds this loader with its sampler after the data
+        # module loads the state (replaying this assignment), so the sampler it resumes is not known yet.
         self._resume = dict(state_dict)
-        if isinstance(self.sampler, EpochShuffle) and "seed" in state_dict:
-            self.sampler.seed = state_dict["seed"]
 
     def _iterator_now(self) -> Iterator[Any]:
-        order = self.sampler if isinstance(self.sampler, EpochShuffle) else None
+        order = self._order()
         self._epoch = getattr(self.sampler, "epoch", 0)
         resume, self._resume = self._resume or {}, None
         done = resume.get("batches", 0) if resume.get("epoch") == self._epoch else 0
-        if order is not None:
-            order.start = done * self.batch_size
-            self.generator = torch.Generator().manual_seed(epoch_seeds(order.seed, self._epoch)[1])
+        replicas = resume.get("num_replicas", 1)  # older checkpoints: taken as one process's
+        if order is not None and replicas == self._replicas():
+            order.seed = resume.get("seed", order.seed)
         elif done:
-            sampler = type(self.sampler).__name__
-            warnings.warn(f"the training loader resumed inside epoch {self._epoch} under a {sampler}, which cannot "
-                          f"leave out the {done} batches trained before, so the epoch's remaining batches are drawn "
-                          "afresh; resume from an epoch's last checkpoint, or train with trainer.devices 1",
-                          VisattnWarning, stacklevel=outside_visattn())
+            self._warn_drawn_afresh(done, saved_replicas=replicas)
             done = 0
+        if order is not None:
+            self._left_out().start = done * self.batch_size
+            rank = getattr(order, "rank", 0)  # processes draw apart, as seed_apart seeds them
+            self.generator = torch.Generator().manual_seed(epoch_seeds(order.seed + rank, self._epoch)[1])
         self._given = done
         return self._counted(super()._iterator_now())
+
+    def _warn_drawn_afresh(self, done: int, *, saved_replicas: int) -> None:
+        if self._order() is None:
+            why, fix = f"under a {type(self.sampler).__name__}, which", ""
+        else:  # each process's share of an epoch depends on the process count
+            why = f"on {self._replicas()} processes, saved on {saved_replicas},"
+            fix = f", or on {saved_replicas} processes"
+        warnings.warn(f"the training loader resumed inside epoch {self._epoch} {why} cannot leave out the {done} "
+                      "batches trained before, so the epoch's remaining batches are drawn afresh; resume from an "
+                      f"epoch's last checkpoint{fix}", VisattnWarning, stacklevel=outside_visattn())
+
+    def _order(self) -> EpochShuffle | DistributedSampler | None:
+        """The sampler, if its order is a function of its seed and epoch (and rank) alone."""
+        return self.sampler if type(self.sampler) in (EpochShuffle, DistributedSampler) else None
+
+    def _replicas(self) -> int:
+        return getattr(self.sampler, "num_replicas", 1)
+
+    def _left_out(self) -> _LeftOut:
+        """The batch sampler's sampler, wrapped at the first iterator so that a pass can leave out samples."""
+        if not isinstance(self.batch_sampler.sampler, _LeftOut):
+            self.batch_sampler.sampler = _LeftOut(self.batch_sampler.sampler)
+        return self.batch_sampler.sampler
 
     def _counted(self, batches: Iterator[Any]) -> Iterator[Any]:
         for batch in batches:
@@ -312,9 +352,9 @@ class SplitLoadersMixin:
 
     Augmentation draws from the seed torch draws for each epoch's DataLoader iterator (:class:`EpochSeededLoader`),
     so a run resumed at an epoch's end draws what the uninterrupted run drew; each training batch draws from that
-    seed and its samples (:class:`BatchSeeded`), whatever the number of workers. In one process that seed and the
-    training order come from the run's seed and the epoch, and a fit resumed inside an epoch trains the batches the
-    uninterrupted run had left, augmented alike (:class:`ResumableLoader`). Evaluation workers persist;
+    seed and its samples (:class:`BatchSeeded`), whatever the number of workers. That seed and the training order come
+    from the run's seed and the epoch (and a DDP process's rank), and a fit resumed inside an epoch trains the batches
+    the uninterrupted run had left, augmented alike (:class:`ResumableLoader`). Evaluation workers persist;
     training workers persist when ``hparams.persistent_workers`` says so, reseeded each epoch as new
     ones are, and otherwise start afresh each epoch.
 
