@@ -169,6 +169,10 @@ class _LeftOut(Sampler[int]):
         return itertools.islice(iter(self.sampler), start, None)
 
 
+def _processes(count: int) -> str:
+    return f"{count} process" if count == 1 else f"{count} processes"
+
+
 def batch_seed(base_seed: int, indices: Sequence[int]) -> int:
     """The seed of the batch of samples ``indices`` in an epoch of ``base_seed``."""
     key = np.asarray([base_seed, *indices], np.uint64).tobytes()
@@ -229,11 +233,13 @@ class ResumableLoader(EpochSeededLoader):
         return self._counted(super()._iterator_now())
 
     def _warn_drawn_afresh(self, done: int, *, saved_replicas: int) -> None:
+        if getattr(self.sampler, "rank", 0):  # every DDP process resumes alike: the first says so
+            return
         if self._order() is None:
             why, fix = f"under a {type(self.sampler).__name__}, which", ""
         else:  # each process's share of an epoch depends on the process count
-            why = f"on {self._replicas()} processes, saved on {saved_replicas},"
-            fix = f", or on {saved_replicas} processes"
+            why = f"on {_processes(self._replicas())}, saved on {saved_replicas},"
+            fix = f", or on {_processes(saved_replicas)}"
         warnings.warn(f"the training loader resumed inside epoch {self._epoch} {why} cannot leave out the {done} "
                       "batches trained before, so the epoch's remaining batches are drawn afresh; resume from an "
                       f"epoch's last checkpoint{fix}", VisattnWarning, stacklevel=outside_visattn())
