@@ -44,14 +44,18 @@ NOISE_NOTE = ("seeds run in turn, every model within each, so load from other pr
 
 
 class TrainingClock(pl.Callback):
-    """Seconds spent in training epochs (validation and the test excluded)."""
+    """Seconds spent in training epochs (validation and the test excluded) and the images trained on."""
 
     def __init__(self) -> None:
-        self.seconds = 0.0
+        self.seconds, self.images = 0.0, 0
         self._start = 0.0
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        self.images += len(batch[0])
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.seconds += time.perf_counter() - self._start
@@ -73,11 +77,11 @@ def train_and_test(model_name: str, seed: int, *, train_images: int, epochs: int
     trainer.fit(task, datamodule=data)
     test_data = FashionMNISTDataModule(batch_size=256, num_workers=0, limit=test_images)
     scores = trainer.test(task, datamodule=test_data, verbose=False)[0]
-    seen = epochs * len(data.train_dataloader().dataset)
     classifier = Classifier(inference_model(task.model), data.class_names,
                             {**data.preprocessing, "input_size": [3, 64, 64]}, model_name, model_name, {})
-    pointing = evaluate_class_pointing(classifier, pointing_scenes("fashion-mnist-pairs", "test", pointing_scenes_count))
-    return {"top1": scores["test/top1"], "pointing": pointing["pointing"], "train_img_s": seen / clock.seconds}
+    scenes = pointing_scenes("fashion-mnist-pairs", "test", pointing_scenes_count)
+    pointing = evaluate_class_pointing(classifier, scenes)
+    return {"top1": scores["test/top1"], "pointing": pointing["pointing"], "train_img_s": clock.images / clock.seconds}
 
 
 def summarise(model_name: str, runs: list[dict[str, float]], baseline: list[dict[str, float]]) -> dict[str, Any]:
@@ -135,9 +139,9 @@ def main() -> None:
         [[r["model"], f"{r['parameters']:,}", f"{r['top1_mean']:.4f}", f"{r['top1_std']:.4f}",
           f"{r['top1_gain']:+.4f}", f"{r['pointing_mean']:.3f}", f"{r['pointing_std']:.3f}",
           f"{r['train_speed_ratio']:.3f}"] for r in results])
-    side_by_side.finish("attention_ablation", {"epochs": sizes["epochs"], "train_images": sizes["train_images"],
-                                               "pointing_scenes": sizes["pointing_scenes_count"], "seeds": seeds, "results": results},
-                        note=NOISE_NOTE)
+    figures = {"epochs": sizes["epochs"], "train_images": sizes["train_images"],
+               "pointing_scenes": sizes["pointing_scenes_count"], "seeds": seeds, "results": results}
+    side_by_side.finish("attention_ablation", figures, note=NOISE_NOTE)
 
 
 if __name__ == "__main__":

@@ -284,7 +284,7 @@ def test_cell_placement_scores_visattns_placement_and_the_blocks_centres(capsys,
 
 
 @needs_fashion_mnist
-def test_attention_ablation_scores_each_models_accuracy_and_pointing_against_the_plain_resnets_over_the_same_seeds(capsys, monkeypatch):
+def test_attention_ablation_scores_each_module_against_the_plain_resnet_over_the_same_seeds(capsys, monkeypatch):
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     monkeypatch.setattr(sys, "argv", ["attention_ablation.py", "--smoke", "--threads", "1",
                                       "--models", "eca_resnet20_cifar", "--seeds", "3", "4"])
@@ -293,7 +293,7 @@ def test_attention_ablation_scores_each_models_accuracy_and_pointing_against_the
     figures = json.loads(out.strip().splitlines()[-1])
     plain, eca = figures["results"]
     assert (plain["model"], eca["model"]) == ("resnet20_cifar", "eca_resnet20_cifar") and figures["seeds"] == [3, 4]
-    assert (plain["parameters"], eca["parameters"]) == (830_966, 830_993)  # ECA: a 3-tap convolution in each of 9 blocks
+    assert (plain["parameters"], eca["parameters"]) == (830_966, 830_993)  # ECA: a 3-tap convolution in 9 blocks
     assert plain["top1_gain"] == 0.0 and plain["train_speed_ratio"] == 1.0
     for row in (plain, eca):
         for score in ("top1", "pointing"):
