@@ -542,7 +542,9 @@ def test_caption_metrics_score_the_whole_split_under_ddp(tmp_path):
     with socket.socket() as free:
         free.bind(("127.0.0.1", 0))
         port = free.getsockname()[1]
-    torch.multiprocessing.spawn(_score_one_shard, args=(2, port, str(tmp_path / "scores")), nprocs=2)
+    # forked: a spawned process would import torch and visattn anew, the most of this test's time
+    torch.multiprocessing.start_processes(_score_one_shard, args=(2, port, str(tmp_path / "scores")), nprocs=2,
+                                          start_method="fork")
     whole = caption_scores(HYPOTHESES, REFERENCES)
     for rank in (0, 1):
         scores = torch.load(tmp_path / f"scores.{rank}", weights_only=True)
