@@ -30,6 +30,15 @@ def hangup_not_ignored():
 
 
 @pytest.fixture
+def ctrl_c_not_ignored():
+    """Ctrl-C as a terminal's Python has it: a test run started in the background (``nohup pytest &``) ignores
+    SIGINT, which visattn's commands then keep ignoring."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+@pytest.fixture
 def weights_tmp(tmp_path, tmp_path_factory, monkeypatch):
     """An empty weights folder, the only one searched for the duration of a test: VISATTN_WEIGHTS names
     it, and an empty folder stands in for the shipped weights, so a test sees only what it saves there."""

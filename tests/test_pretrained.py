@@ -1081,6 +1081,7 @@ def test_a_failed_index_write_leaves_the_weights_and_the_index_as_they_were(weig
 
 @pytest.mark.filterwarnings("ignore:.*saved without preprocessing or labels")
 @pytest.mark.parametrize("overwrite", [False, True], ids=["first_save", "overwrite"])
+@pytest.mark.usefixtures("ctrl_c_not_ignored")
 def test_ctrl_c_once_the_index_is_written_waits_until_the_weights_are_in_place(weights_tmp, monkeypatch, overwrite):
     """Ctrl-C between the index write and the weights' move left an entry whose file was missing, or an overwrite's
     new sha256 beside the old file (a file-writing audit): the name loaded no weights, and the old entry was gone."""
@@ -1104,6 +1105,7 @@ def test_ctrl_c_once_the_index_is_written_waits_until_the_weights_are_in_place(w
     assert torch.equal(_logits(create_model(path.name.removesuffix(".safetensors")).eval()), _logits(new))
 
 
+@pytest.mark.usefixtures("ctrl_c_not_ignored")
 def test_deferred_signals_raise_a_stop_before_ctrl_c_and_are_forgotten_after():
     """SIGINT and SIGTERM both held: the KeyboardInterrupt left the SIGTERM unsaid (exit 130, not 143); and a
     second use of one instance raised the first's signals again (a review)."""

@@ -883,6 +883,7 @@ def _ctrl_c(*args, **kwargs):
     ("test", "test_step", "visattn: interrupted"),
     ("predict", "predict_step", "visattn: interrupted"),
 ], ids=["fit", "validate", "test", "predict"])
+@pytest.mark.usefixtures("ctrl_c_not_ignored")
 def test_ctrl_c_in_a_lightning_command_is_one_line_and_exit_code_130(subcommand, step, message, in_tmp, monkeypatch,
                                                                      capfd):
     import signal
