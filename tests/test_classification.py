@@ -644,7 +644,7 @@ def test_the_averages_batch_norm_counts_are_the_models_as_in_timms_model_ema():
 
 @pytest.mark.slow
 def test_sigkill_mid_fit_then_resume_from_last(in_tmp):
-    args = ["fit", "--config", str(CBAM_CONFIG), *QUICK, "--data.init_args.limit", "256", "--trainer.max_epochs", "4"]
+    args = ["fit", "--config", str(CBAM_CONFIG), *QUICK, "--data.init_args.limit", "128", "--trainer.max_epochs", "4"]
     last = in_tmp / "outputs" / "cbam_resnet_fmnist" / "checkpoints" / "last.ckpt"
     proc = _run(args, in_tmp)
     deadline = time.time() + 600  # the first epoch's checkpoint, however loaded the machine
