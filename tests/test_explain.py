@@ -26,6 +26,7 @@ from visattn.explain import (
     explain_batch,
     gate_maps,
     grad_cam,
+    grad_cam_plus_plus,
     heatmap_overlay,
     pointing_accuracy,
     pointing_hit,
@@ -204,7 +205,7 @@ def test_a_head_or_layer_that_is_no_index_is_one_line(setting, message):
 def test_every_vit_method_gives_an_image_sized_map(kwargs):
     model = _tiny_vit(**kwargs)
     image = torch.randn(3, 28, 28)
-    assert applicable_methods(model) == ("rollout", "attention", "gradcam")
+    assert applicable_methods(model) == ("rollout", "attention", "gradcam", "gradcam++")
     for method in applicable_methods(model):
         heat = explain(model, image, method)
         assert heat.shape == (28, 28) and np.isfinite(heat).all() and heat.max() > 0
@@ -215,29 +216,31 @@ def test_every_vit_method_gives_an_image_sized_map(kwargs):
 @pytest.mark.parametrize("arch", CNN_ARCHS)
 def test_every_attention_resnet_method_gives_an_image_sized_map(arch):
     model = create_model(arch, **SMALL_CNN).eval()
-    expected = ("gradcam", "gates") if arch in SPATIAL_GATES else ("gradcam",)
+    expected = ("gradcam", "gradcam++", "gates") if arch in SPATIAL_GATES else ("gradcam", "gradcam++")
     assert applicable_methods(model) == expected
     image = torch.randn(3, 32, 24)
     for method in expected:
         heat = explain(model, image, method)
         assert heat.shape == (32, 24) and np.isfinite(heat).all() and heat.min() >= 0
-    with pytest.raises(ConfigError, match=f"does not fit ResNet; use {' or '.join(expected)}"):
+    with pytest.raises(ConfigError, match=re.escape(f"does not fit ResNet; use {' or '.join(expected)}")):
         explain(model, image, "rollout")
 
 
 def test_wrong_arguments_name_the_fix_and_the_argument_as_python_writes_it():
     vit = _tiny_vit()
-    with pytest.raises(ConfigError, match="^method='attention': does not fit ResNet; use gradcam or gates$"):
+    with pytest.raises(ConfigError,
+                       match=r"^method='attention': does not fit ResNet; use gradcam or gradcam\+\+ or gates$"):
         explain(create_model("cbam_resnet20_cifar", **SMALL_CNN), torch.randn(3, 28, 28), "attention")
     with pytest.raises(ConfigError, match=r"^method='gates': does not fit ResNet, which has no spatial attention gates "
                                           r"\(CBAM, BAM, coord, non-local, GC\), only ECA gates, which weigh whole "
-                                          r"channels alike at every place; use gradcam$"):
+                                          r"channels alike at every place; use gradcam or gradcam\+\+$"):
         explain(create_model("eca_resnet20_cifar", **SMALL_CNN), torch.randn(3, 28, 28), "gates")
     with pytest.raises(ConfigError, match="^head=0: applies to method attention only"):
         explain(vit, torch.randn(3, 28, 28), "rollout", head=0)
-    with pytest.raises(ConfigError, match="^target_class=1: applies to gradcam only"):
+    with pytest.raises(ConfigError, match=r"^target_class=1: applies to gradcam and gradcam\+\+ only"):
         explain(vit, torch.randn(3, 28, 28), "attention", target_class=1)
-    with pytest.raises(ConfigError, match="^method='saliency': use one of rollout, attention, gradcam, gates$"):
+    with pytest.raises(ConfigError,
+                       match=r"^method='saliency': use one of rollout, attention, gradcam, gradcam\+\+, gates$"):
         explain(vit, torch.randn(3, 28, 28), "saliency")
     with pytest.raises(ConfigError, match="^layer='blocks.9': no such module"):
         explain(vit, torch.randn(3, 28, 28), "gradcam", layer="blocks.9")
@@ -619,7 +622,8 @@ def test_cli_explain_errors_are_one_line(tmp_path, capsys):
         ([str(corpus["rgb_png"]), "--method", "gradcam", "--layer", "fc9"], "--layer fc9: no such module"),
         ([str(corpus["rgb_png"]), "--method", "rollout", "--layer", "0"], "--layer 0: does not apply to rollout"),
         ([str(corpus["rgb_png"]), "--method", "rollout", "--head", "0"], "--head 0: applies to method attention only"),
-        ([str(corpus["rgb_png"]), "--method", "rollout", "--class", "1"], "--class 1: applies to gradcam only"),
+        ([str(corpus["rgb_png"]), "--method", "rollout", "--class", "1"],
+         "--class 1: applies to gradcam and gradcam++ only"),
     ]
     for args, message in cases:
         assert main(["explain", *args, "--checkpoint", str(checkpoint), "--out", str(out)]) == 2
@@ -853,13 +857,17 @@ def test_the_pointing_game_also_averages_each_classs_accuracy_as_zhang_et_al_do(
 
 @pytest.mark.slow
 @needs_fashion_mnist
-@pytest.mark.parametrize("dataset, method, counts", [
-    ("fashion-scenes", "rollout", {8}),  # one item per scene: top-1 and the predicted class's map
-    ("fashion-mnist-pairs", "gradcam of each class present", {16}),  # two classes per scene: one distracts the other
+@pytest.mark.parametrize("dataset, options, method, counts", [
+    ("fashion-scenes", [], "rollout", {8}),  # one item per scene: top-1 and the predicted class's map
+    ("fashion-scenes", ["--pointing-method", "gradcam++", "--pointing-target", "prediction"],
+     "gradcam++ of the predicted class", {8}),
+    ("fashion-mnist-pairs", [], "gradcam of each class present", {16}),  # two classes a scene: one distracts the other
+    ("fashion-mnist-pairs", ["--pointing-method", "gradcam++"], "gradcam++ of each class present", {16}),
 ])
-def test_cli_evaluate_classifier_reports_pointing(dataset, method, counts, tmp_path, capsys):
+def test_cli_evaluate_classifier_reports_pointing(dataset, options, method, counts, tmp_path, capsys):
     checkpoint = _fake_checkpoint(tmp_path / "tiny.ckpt", list(FASHION_MNIST_CLASSES))  # the scenes' labels
-    assert main(["evaluate", "--checkpoint", str(checkpoint), "--dataset", dataset, "--limit", "8", "--json"]) == 0
+    assert main(["evaluate", "--checkpoint", str(checkpoint), "--dataset", dataset, "--limit", "8", "--json",
+                 *options]) == 0
     metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert metrics["n"] in counts and metrics["pointing_method"] == method
     assert 0.0 <= metrics["pointing"] <= 1.0 and 0.0 <= metrics.get("top1", 0.0) <= 1.0
@@ -1019,6 +1027,28 @@ def test_predict_caption_and_detect_take_float64_images_as_float32_ones():
                 torch.testing.assert_close(a[key], b[key])
 
 
+def test_grad_cam_plus_plus_weighs_each_channel_as_the_papers_closed_form_gives_for_a_pooled_linear_head():
+    """Under global average pooling and a linear head the class score's gradient is the head's weight over the
+    cell count, ``g_k = W_ck / hw``, at every cell: ``a_k = 1 / (2 + S_k g_k)``, ``w_k = hw a_k relu(g_k)``
+    (Chattopadhay et al. 2018, eq. 19), and a channel the head ignores weighs nothing, not NaN."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 4))
+    with torch.no_grad():
+        model[3].weight[:, 0] = 0.0
+    images, classes = torch.randn(3, 3, 5, 7), torch.tensor([0, 2, 3])
+    maps, explained = grad_cam_plus_plus(model, images, layer="0", target_class=classes)
+    with torch.no_grad():
+        features = model[0](images)  # (B, 6, 5, 7)
+    grads = model[3].weight[classes].detach() / 35  # (B, 6)
+    alpha = torch.where(grads != 0, 1 / (2 + features.sum(dim=(2, 3)) * grads), 0.0)
+    weights = 35 * alpha * grads.clamp_min(0)  # (B, 6)
+    expected = torch.relu((weights[:, :, None, None] * features).sum(dim=1))
+    assert torch.equal(explained, classes) and maps.isfinite().all() and maps.amax() > 0
+    torch.testing.assert_close(maps, expected, rtol=1e-5, atol=1e-6)
+    plain = grad_cam(model, images, layer="0", target_class=classes)[0]
+    assert not torch.allclose(maps / maps.amax(), plain / plain.amax(), atol=1e-2)  # another weighing, another map
+
+
 @pytest.mark.parametrize("arch", ["vit_tiny_patch4_28", "resnet20_cifar"])
 def test_grad_cam_of_an_empty_batch_is_an_empty_map_stack(arch):
     model = create_model(arch, num_classes=10).eval()
@@ -1071,7 +1101,7 @@ def test_grad_cam_explains_a_timm_vit_as_its_weight_identical_visattn_twin():
         torch.testing.assert_close(explain_batch(timm_vit, images, "gradcam", layer=layer),
                                    explain_batch(twin, images, "gradcam", layer=layer), atol=1e-5, rtol=1e-4)
     assert explain(timm_vit, images[0], "gradcam").shape == (32, 32)
-    assert applicable_methods(timm_vit) == ("rollout", "attention", "gradcam")
+    assert applicable_methods(timm_vit) == ("rollout", "attention", "gradcam", "gradcam++")
 
 
 @pytest.mark.parametrize("method", ["rollout", "attention"])
@@ -1174,7 +1204,7 @@ def test_attention_maps_of_a_timm_vit_of_other_attention_are_refused_in_one_accu
         explain(timm_vit, torch.randn(3, 32, 32), "rollout")
     with pytest.raises(ConfigError, match="only visattn's ViTs and timm's of its plain Attention give their attention"):
         collect_attentions(timm_vit, torch.randn(1, 3, 32, 32))
-    assert applicable_methods(timm_vit) == ("gradcam",)
+    assert applicable_methods(timm_vit) == ("gradcam", "gradcam++")
 
 
 @pytest.mark.parametrize("grid, size", [(7, 28), (7, 64), (8, 64), (14, 224)])
@@ -1463,7 +1493,7 @@ def test_a_class_given_by_name_to_a_method_without_classes_is_named_as_given(tmp
     Image.fromarray(np.zeros((28, 28, 3), np.uint8)).save(tmp_path / "x.png")
     assert main(["explain", str(tmp_path / "x.png"), "--model", "vit_tiny_patch4_28.fmnist", "--method", "rollout",
                  "--class", "Bag", "--out", str(tmp_path / "m.png")]) == 2
-    assert capsys.readouterr().err.startswith("visattn: error: --class Bag: applies to gradcam only")
+    assert capsys.readouterr().err.startswith("visattn: error: --class Bag: applies to gradcam and gradcam++ only")
 
 
 @pytest.mark.parametrize("method", ["rollout", "attention"])
@@ -1754,7 +1784,7 @@ def test_explain_functions_take_a_loaded_classifier_for_its_model():
     torch.testing.assert_close(explain_batch(classifier, images, "gates"), explain_batch(classifier.model, images, "gates"))
     assert explain(classifier, images[0]).shape == (28, 28)
     assert list(gate_maps(classifier, images)[1]) == list(gate_maps(classifier.model, images)[1])
-    assert applicable_methods(classifier) == ("gradcam", "gates")
+    assert applicable_methods(classifier) == ("gradcam", "gradcam++", "gates")
 
 
 @pytest.mark.parametrize("model, name", [(lambda x: x, "function"), ("resnet20_cifar", "str")])

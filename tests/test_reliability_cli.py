@@ -1058,7 +1058,15 @@ OUTPUT_AND_OPTION_CASES = {
     "pointing_target_for_rollout": (lambda tmp: ["evaluate", "--model", "vit_tiny_patch4_28.fmnist", "--dataset",
                                                  "fashion-mnist-canvas", "--pointing-target", "label"],
                                     "--pointing-target: vit_tiny_patch4_28.fmnist is scored with rollout, whose maps "
-                                    "do not depend on the class; drop it"),
+                                    "do not depend on the class; drop it, or add --pointing-method gradcam"),
+    "pointing_method_off_the_scenes": (lambda tmp: ["evaluate", "--model", "se_resnet20_cifar.fmnist", "--dataset",
+                                                    "fashion-mnist", "--pointing-method", "gradcam++"],
+                                       "--pointing-method: applies to the pointing scenes fashion-scenes, "
+                                       "fashion-mnist-canvas, fashion-mnist-pairs, not fashion-mnist; drop it"),
+    "pointing_method_for_a_detector": (lambda tmp: ["evaluate", "--model", DETECTOR, "--dataset", "fashion-scenes",
+                                                    "--pointing-method", "gradcam"],
+                                       f"--pointing-method: {DETECTOR} is a detector, and only a classifier takes "
+                                       "--pointing-method; drop it"),
 }
 CASES.update(OUTPUT_AND_OPTION_CASES)
 NEEDS_PROC = {"detect_out_takes_no_file", "caption_attention_out_takes_no_file", "export_path_problem_at_another_opset"}
@@ -1891,7 +1899,7 @@ def test_an_unknown_option_points_to_its_own_commands_help(command, capsys):
     ("classify", ["--topk TOPK", "(default: 1)", "(default: 32)", "(default: auto)"]),
     ("detect", ["(default: 0.5)", "(default: 8)"]),
     ("evaluate", ["16 for detectors) (default: 256)", "(default: 0)", "default: the size it was trained at"]),
-    ("explain", ["(gradcam; default: the predicted class)"]),
+    ("explain", ["(gradcam, gradcam++; default: the predicted class)"]),
     ("save-weights", ["drawn with a fixed seed, or fashion-scenes' first N"]),
     ("export", ["(default: 17)", "(default: onnx)"]),
 ])

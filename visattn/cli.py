@@ -263,6 +263,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.pointing_target is not None and args.dataset not in ONE_ITEM_POINTING:
         raise ConfigError(f"--pointing-target: applies to the one-item scenes {' and '.join(ONE_ITEM_POINTING)}, "
                           f"not {args.dataset}; drop it")
+    if args.pointing_method is not None and args.dataset not in POINTING_DATASETS:
+        raise ConfigError(f"--pointing-method: applies to the pointing scenes {', '.join(POINTING_DATASETS)}, "
+                          f"not {args.dataset}; drop it")
     if args.max_pixels is not None and not (args.dataset.startswith("imagefolder:") and not (detector or captioner)):
         raise ConfigError(f"--max-pixels: it limits the image files of a classifier's imagefolder: dataset, not "
                           f"{args.dataset}; drop it")
@@ -315,7 +318,9 @@ def evaluation_split(dataset: str, split: Optional[str]) -> Optional[str]:
 MODEL_KIND_OPTIONS = {"beam_size": ("--beam-size", "captioner"), "max_len": ("--max-len", "captioner"),
                       "length_penalty": ("--length-penalty", "captioner"), "meteor": ("--meteor", "captioner"),
                       "img_size": ("--img-size", "classifier"),
-                      "pointing_target": ("--pointing-target", "classifier"), "per_class": ("--per-class", "classifier")}
+                      "pointing_target": ("--pointing-target", "classifier"),
+                      "pointing_method": ("--pointing-method", "classifier"),
+                      "per_class": ("--per-class", "classifier")}
 
 
 def check_evaluate_options(args: argparse.Namespace, kind: str) -> None:
@@ -331,13 +336,15 @@ def cmd_evaluate_pointing(classifier, args: argparse.Namespace) -> dict:
     from .inference.classifier_scoring import check_fashion_mnist_labels
 
     check_fashion_mnist_labels(classifier.class_names, args.dataset)  # the scenes hold Fashion-MNIST items
-    if args.pointing_target is not None and gives_attention(classifier.model):
+    if args.pointing_target is not None and args.pointing_method is None and gives_attention(classifier.model):
         raise ConfigError(f"--pointing-target: {classifier.name} is scored with rollout, whose maps do not depend "
-                          "on the class; drop it")
+                          "on the class; drop it, or add --pointing-method gradcam")
     scenes, batch_size = pointing_scenes(args.dataset, args.split, args.limit), min(args.batch_size, 64)
     if scenes.max_items > 1:
-        return evaluate_class_pointing(classifier, scenes, batch_size=batch_size)
-    return evaluate_pointing(classifier, scenes, batch_size=batch_size, target=args.pointing_target or "label")
+        return evaluate_class_pointing(classifier, scenes, method=args.pointing_method or "gradcam",
+                                       batch_size=batch_size)
+    return evaluate_pointing(classifier, scenes, method=args.pointing_method, batch_size=batch_size,
+                             target=args.pointing_target or "label")
 
 
 def cmd_evaluate_captioner(args: argparse.Namespace) -> int:
@@ -979,6 +986,9 @@ def _add_evaluate_command(sub: argparse._SubParsersAction) -> None:
                           help="classifiers on fashion-scenes / fashion-mnist-canvas: score the Grad-CAM map of the "
                                "item's class (label, the default, as Zhang et al.'s pointing game does) or of the "
                                "predicted class; not for ViTs, scored with rollout")
+    evaluate.add_argument("--pointing-method", choices=["gradcam", "gradcam++"], default=None,
+                          help="classifiers on the pointing scenes: the map scored (default: gradcam, and rollout for "
+                               "ViTs on the one-item scenes)")
     evaluate.set_defaults(func=cmd_evaluate)
 
 
@@ -1047,16 +1057,18 @@ def _add_explain_command(sub: argparse._SubParsersAction) -> None:
     _add_device(explain)
     _add_max_pixels(explain)
     _add_progress(explain)
-    explain.add_argument("--method", default="gradcam", choices=("rollout", "attention", "gradcam", "gates"),
-                         help="rollout/attention (ViTs), gradcam (all), gates (CBAM/BAM/coord/NL/GC ResNets)")
+    explain.add_argument("--method", default="gradcam",
+                         choices=("rollout", "attention", "gradcam", "gradcam++", "gates"),
+                         help="rollout/attention (ViTs), gradcam/gradcam++ (all), gates (CBAM/BAM/coord/NL/GC "
+                              "ResNets)")
     explain.add_argument("--layer", default=None,
-                         help="attention: block index (default: the last); gradcam: module name, e.g. layer3, or a "
+                         help="attention: block index (default: the last); gradcam(++): module name, e.g. layer3, or a "
                               "ViT's block index (default: the last stage); gates: module name or index among the "
                               "spatial gates (default: the mean of all); rollout takes none")
     explain.add_argument("--head", type=non_negative_int, default=None,
                          help="attention head 0..N-1 (method attention; default: mean)")
     explain.add_argument("--class", dest="target_class", default=None,
-                         help="class index or name (gradcam; default: the predicted class)")
+                         help="class index or name (gradcam, gradcam++; default: the predicted class)")
     explain.add_argument("--out", type=user_path, default=None,
                          help="the map of one image: .png, .jpg, .jpeg, .svg or .pdf, the format its suffix names "
                               "(PNG without one); a map visattn wrote there is replaced, any other file never (give --out or --out-dir)")

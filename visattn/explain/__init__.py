@@ -6,6 +6,7 @@ method          families                    what the map is
 ``rollout``     ViT                         attention rolled out through all blocks
 ``attention``   ViT                         one block's class-token attention (one head or mean)
 ``gradcam``     ViT (also timm's), any CNN  gradient-weighted activations of a target layer
+``gradcam++``   ViT (also timm's), any CNN  the same activations, weighed by their positive gradients
 ``gates``       CBAM/BAM/coord/NL/GC CNNs   the attention modules' own spatial gates
 ==============  ==========================  =============================================
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import TYPE_CHECKING, Any, Literal, Optional, Sequence, Union, get_args
+from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, Sequence, Union, get_args
 
 import albumentations as A
 import numpy as np
@@ -31,7 +32,7 @@ from ..models.vit import PATCH_POOLS
 from ..modes import eval_mode
 from ..wrapped_models import as_module
 from ..scores import reported_score
-from .gradcam import TargetClass, grad_cam
+from .gradcam import TargetClass, grad_cam, grad_cam_plus_plus
 from .overlay import (check_figure_path, heatmap_overlay, normalize_map, overlay_figure, resize_map, save_figure,
                       save_overlay, save_word_panels)
 from .pointing import pointing_accuracy, pointing_hit
@@ -46,24 +47,31 @@ if TYPE_CHECKING:  # tasks import Lightning; explain must not need it
 
 __all__ = [
     "METHODS", "CellCentres", "applicable_methods", "attention_map", "attention_rollout", "evaluate_class_pointing",
-    "evaluate_pointing", "explain", "explain_batch", "explain_image", "gate_maps", "grad_cam", "heatmap_overlay",
+    "evaluate_pointing", "explain", "explain_batch", "explain_image", "gate_maps", "grad_cam", "grad_cam_plus_plus",
+    "heatmap_overlay",
     "map_centres", "normalize_map",
     "pointing_accuracy", "pointing_hit", "resize_map", "save_overlay", "save_word_panels",
 ]
 
-Method = Literal["rollout", "attention", "gradcam", "gates"]
+Method = Literal["rollout", "attention", "gradcam", "gradcam++", "gates"]
 PointingTarget = Literal["label", "prediction"]  # whose Grad-CAM map the one-item pointing game scores
-METHODS = ("rollout", "attention", "gradcam", "gates")
+METHODS = ("rollout", "attention", "gradcam", "gradcam++", "gates")
+CLASS_METHODS = ("gradcam", "gradcam++")  # the maps that explain one class
+
+
+def _class_map(method: str) -> Callable[..., tuple[Tensor, Tensor]]:
+    """The function of a class method, looked up when called (a test or a user may wrap grad_cam here)."""
+    return grad_cam if method == "gradcam" else grad_cam_plus_plus
 
 
 def applicable_methods(model: nn.Module) -> tuple[str, ...]:
     """The explain methods that fit ``model``'s family."""
     model = as_module(model)
     if gives_attention(model):
-        return ("rollout", "attention", "gradcam")
+        return ("rollout", "attention", *CLASS_METHODS)
     if is_vit(model):  # built elsewhere (timm): no attention maps to read
-        return ("gradcam",)
-    return ("gradcam", "gates") if gate_modules(model) else ("gradcam",)
+        return CLASS_METHODS
+    return (*CLASS_METHODS, "gates") if gate_modules(model) else CLASS_METHODS
 
 
 # Where the models that are not classifiers show where they look.
@@ -92,9 +100,10 @@ def _check_arguments(model: nn.Module, method: str, layer, head, target_class) -
     if layer is not None and method == "rollout":
         raise ArgumentError("layer", layer, "does not apply to rollout (it spans every block); "
                                             "use method attention for one block")
-    if target_class is not None and method != "gradcam":
+    if target_class is not None and method not in CLASS_METHODS:
         raise ArgumentError("target_class", target_class,
-                            f"applies to gradcam only ({method} maps do not depend on the class); drop it")
+                            f"applies to gradcam and gradcam++ only ({method} maps do not depend on the class); "
+                            "drop it")
 
 
 def _normalized(model: nn.Module, maps: Tensor, size: tuple[int, int]) -> Tensor:
@@ -141,8 +150,8 @@ def explain_batch(
     _check_arguments(model, method, layer, head, target_class)
     if method != "rollout" and (head_fusion != "mean" or discard_ratio != 0.0):
         raise ConfigError(f"head_fusion and discard_ratio tune rollout only, not {method}; drop them")
-    if method == "gradcam":
-        return grad_cam(model, images, layer=layer, target_class=target_class)[0]
+    if method in CLASS_METHODS:
+        return _class_map(method)(model, images, layer=layer, target_class=target_class)[0]
     if method == "gates":
         return _gate_map(model, images, layer)
     pool = _read_attention_pool(model)
@@ -198,17 +207,18 @@ def explain(
     """Where ``model`` looks in one image, as an ``(H, W)`` float map at the image's size.
 
     Args:
-        model: a registered ViT or (attention) ResNet classifier (or, for ``gradcam``, a timm ViT or CNN), or
+        model: a registered ViT or (attention) ResNet classifier (or, for ``gradcam`` and ``gradcam++``, a timm
+            ViT or CNN), or
             a loaded ``Classifier`` of one.
         image_tensor: a normalised image ``(C, H, W)`` (or ``(1, C, H, W)``), ``C`` the model's
             channels (3, or 1 for ``in_chans=1``), as its evaluation transform gives it; any floating
             dtype (it runs in the model's).
-        method: ``"rollout"``, ``"attention"``, ``"gradcam"`` or ``"gates"``; see the table above.
-        layer: ``attention``: block index (default last); ``gradcam``: module name or ViT block
+        method: ``"rollout"``, ``"attention"``, ``"gradcam"``, ``"gradcam++"`` or ``"gates"``; see the table above.
+        layer: ``attention``: block index (default last); ``gradcam(++)``: module name or ViT block
             index (default last stage / ``blocks[-1].norm1``); ``gates``: module name or index
             among the spatial gates (default: mean of all, each normalised).
         head: ``attention`` only: head index (default: mean over heads).
-        target_class: ``gradcam`` only: class to explain (default: the predicted one).
+        target_class: ``gradcam`` and ``gradcam++`` only: class to explain (default: the predicted one).
 
     Raises:
         ConfigError: the method does not fit the model (the message names those that do), or an
@@ -220,7 +230,7 @@ def explain(
     if images.shape[0] != 1:
         raise ConfigError(f"image tensor has shape {tuple(image_tensor.shape)}; give one image (3, H, W)")
     maps = explain_batch(model, images, method, layer=layer, head=head, target_class=target_class)
-    if method == "gradcam" and maps[0].amax() == maps[0].amin():  # it would draw a blank figure: say why
+    if method in CLASS_METHODS and maps[0].amax() == maps[0].amin():  # it would draw a blank figure: say why
         warnings.warn(_blank_grad_cam(model, maps[0], layer, target_class),
                       VisattnWarning, stacklevel=outside_visattn())
     size = tuple(images.shape[-2:])
@@ -292,7 +302,8 @@ def explain_image(
             photo recipe's centre crop, so titled; the ``small`` recipe's whole image, at its own shape), the map
             over it, and the predicted label. A file already there is replaced only if visattn wrote it.
         layer, head: see :func:`explain`.
-        target_class: ``gradcam`` only: class index or name to explain (default: the prediction).
+        target_class: ``gradcam`` and ``gradcam++`` only: class index or name to explain (default: the
+            prediction).
 
     Returns:
         ``{"label", "index", "prob", "method", "explained", "drawn_on", "out"}``: the prediction, the class
@@ -378,7 +389,7 @@ def evaluate_pointing(
     method = method or ("rollout" if gives_attention(_loaded(classifier).model) else "gradcam")
     if target not in get_args(PointingTarget):
         raise ArgumentError("target", target, "use label (the scene's class, as the pointing game asks) or prediction")
-    by_label = method == "gradcam" and target == "label"
+    by_label = method in CLASS_METHODS and target == "label"
     pipeline = _with_boxes(classifier.transform())
     count = len(scenes) if limit is None else min(limit, len(scenes))
     correct, tally = 0, _PointingTally()
@@ -395,8 +406,8 @@ def evaluate_pointing(
         tally.add(labels, [pointing_hit(m, b, size, tolerance=tolerance, centres=centres) for m, b in zip(maps, boxes)])
         correct += int((predictions == labels).sum())
     scores = tally.scores()
-    if method == "gradcam":
-        method = f"gradcam of the {'true' if by_label else 'predicted'} class"
+    if method in CLASS_METHODS:
+        method = f"{method} of the {'true' if by_label else 'predicted'} class"
     return {"top1": reported_score(correct / tally.n), **scores, "pointing_method": method, "n": tally.n}
 
 
@@ -404,6 +415,7 @@ def evaluate_class_pointing(
     classifier: Classifier,
     scenes: Sequence[Scene],
     *,
+    method: Literal["gradcam", "gradcam++"] = "gradcam",
     batch_size: int = 32,
     limit: Optional[int] = None,
     tolerance: float = 0.0,
@@ -419,6 +431,7 @@ def evaluate_class_pointing(
     Args:
         classifier: a :class:`visattn.inference.classifier.Classifier`.
         scenes: scenes of one or more items (``FashionScenes``, or ``fashion-mnist-pairs``' scenes).
+        method: the class's map: ``gradcam`` or ``gradcam++``.
         batch_size: (scene, class) pairs explained at once.
         limit: score only the first ``limit`` scenes.
         tolerance: pixels (of the model input) by which boxes are grown.
@@ -428,6 +441,9 @@ def evaluate_class_pointing(
         ``pointing`` over all pairs, ``pointing_class_mean`` the mean of each class's accuracy, as Zhang et al.
         average it.
     """
+    if method not in CLASS_METHODS:
+        raise ArgumentError("method", method, f"the pointing game with distractors asks for a class's map; use "
+                                              f"{' or '.join(CLASS_METHODS)}")
     pipeline = _with_boxes(_loaded(classifier).transform())
     count = len(scenes) if limit is None else min(limit, len(scenes))
     tally = _PointingTally()
@@ -435,12 +451,13 @@ def evaluate_class_pointing(
         images, classes, boxes = _class_queries(pipeline, scenes, range(start, min(start + batch_size, count)))
         if not boxes:
             continue
-        maps = grad_cam(classifier.model, images.to(classifier.device), target_class=classes.to(classifier.device))[0]
+        maps = _class_map(method)(classifier.model, images.to(classifier.device),
+                                     target_class=classes.to(classifier.device))[0]
         size = tuple(images.shape[-2:])
         centres = map_centres(classifier.model, maps.shape[-2:], size)
         tally.add(classes, [pointing_hit(m, b, size, tolerance=tolerance, centres=centres)
                             for m, b in zip(maps.cpu(), boxes)])
-    return {**tally.scores(), "pointing_method": "gradcam of each class present", "n": tally.n}
+    return {**tally.scores(), "pointing_method": f"{method} of each class present", "n": tally.n}
 
 
 class _PointingTally:
