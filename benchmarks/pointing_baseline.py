@@ -106,6 +106,8 @@ def main() -> None:
     parser.add_argument("--dataset", choices=["fashion-mnist-canvas", "fashion-mnist-pairs"], default="fashion-mnist-canvas")
     parser.add_argument("--pointing-target", choices=["label", "prediction"], default="label",
                         help="one item: score the Grad-CAM map of the item's class or of the predicted class")
+    parser.add_argument("--method", choices=["gradcam", "gradcam++"], default=None,
+                        help="the classifiers' map (default: gradcam, and rollout for a ViT on one item)")
     parser.add_argument("--img-size", type=int, default=None, help="run the classifiers at this input size")
     parser.add_argument("--limit", type=int, default=1000, help="canvas test scenes scored")
     parser.add_argument("--seeds", type=int, default=3, help="untrained copies scored")
@@ -117,8 +119,9 @@ def main() -> None:
         return
 
     scenes = pointing_scenes(args.dataset, "test", args.limit)
-    evaluate = (functools.partial(evaluate_pointing, target=args.pointing_target) if scenes.max_items == 1
-                else evaluate_class_pointing)
+    evaluate = (functools.partial(evaluate_pointing, method=args.method, target=args.pointing_target)
+                if scenes.max_items == 1
+                else functools.partial(evaluate_class_pointing, method=args.method or "gradcam"))
     shipped = load_classifier(args.model, img_size=args.img_size)
     results = [{"model": shipped.name, **evaluate(shipped, scenes, batch_size=64)}]
     for seed in range(args.seeds):
