@@ -985,7 +985,7 @@ def _add_evaluate_command(sub: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--pointing-target", choices=["label", "prediction"], default=None,
                           help="classifiers on fashion-scenes / fashion-mnist-canvas: score the Grad-CAM map of the "
                                "item's class (label, the default, as Zhang et al.'s pointing game does) or of the "
-                               "predicted class; not for ViTs, scored with rollout")
+                               "predicted class; not for ViTs scored with rollout, their default")
     evaluate.add_argument("--pointing-method", choices=["gradcam", "gradcam++"], default=None,
                           help="classifiers on the pointing scenes: the map scored (default: gradcam, and rollout for "
                                "ViTs on the one-item scenes)")
