@@ -834,6 +834,12 @@ def test_class_pointing_asks_each_class_present_for_its_own_map(monkeypatch):
     # absent class 2, lands on the nearest gray, its own square (a hit).
     monkeypatch.setattr(explain_module, "grad_cam", level_map(1))
     assert evaluate_class_pointing(classifier, _pair_scenes()[:1], batch_size=2)["pointing"] == 0.5
+    monkeypatch.setattr(explain_module, "grad_cam_plus_plus", level_map(0))  # asked for by name: not grad_cam's
+    plus_plus = evaluate_class_pointing(classifier, _pair_scenes(), method="gradcam++", batch_size=2)
+    assert (plus_plus["pointing"], plus_plus["pointing_method"]) == (1.0, "gradcam++ of each class present")
+    with pytest.raises(ArgumentError, match=r"^method='rollout': the pointing game with distractors asks for a "
+                                            r"class's map; use gradcam or gradcam\+\+$"):
+        evaluate_class_pointing(classifier, _pair_scenes(), method="rollout")
 
 
 def test_the_pointing_game_also_averages_each_classs_accuracy_as_zhang_et_al_do(monkeypatch):

@@ -208,8 +208,7 @@ def explain(
 
     Args:
         model: a registered ViT or (attention) ResNet classifier (or, for ``gradcam`` and ``gradcam++``, a timm
-            ViT or CNN), or
-            a loaded ``Classifier`` of one.
+            ViT or CNN), or a loaded ``Classifier`` of one.
         image_tensor: a normalised image ``(C, H, W)`` (or ``(1, C, H, W)``), ``C`` the model's
             channels (3, or 1 for ``in_chans=1``), as its evaluation transform gives it; any floating
             dtype (it runs in the model's).
@@ -452,7 +451,7 @@ def evaluate_class_pointing(
         if not boxes:
             continue
         maps = _class_map(method)(classifier.model, images.to(classifier.device),
-                                     target_class=classes.to(classifier.device))[0]
+                                  target_class=classes.to(classifier.device))[0]
         size = tuple(images.shape[-2:])
         centres = map_centres(classifier.model, maps.shape[-2:], size)
         tally.add(classes, [pointing_hit(m, b, size, tolerance=tolerance, centres=centres)
