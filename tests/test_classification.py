@@ -782,7 +782,7 @@ def test_a_classifier_of_other_labels_is_not_scored_on_fashion_mnist_by_position
             evaluation_dataset(dataset, "test", classifier.transform(), classifier.class_names)
         else:
             cmd_evaluate_pointing(classifier, argparse.Namespace(dataset=dataset, split="test", limit=2, batch_size=2,
-                                                                     pointing_target=None))
+                                                                     pointing_target=None, pointing_method=None))
 
     with pytest.raises(ConfigError, match=rf"--dataset {dataset}: the model's 3 labels \(cat, dog, fox\) are not "
                                           r"Fashion-MNIST's 10; score it on its own images with --dataset imagefolder:DIR"):
