@@ -127,7 +127,7 @@ def _in_two_processes(run: Callable[[], Any], out: Path) -> list[Any]:
     """What ``run()`` (a module-level function, or a partial of one) returns in each of two DDP processes."""
     import torch.multiprocessing
 
-    # forked: a spawned process imports torch, Lightning and visattn anew, which took 90% of this file's run time,
+    # forked: a spawned process imports torch, Lightning and visattn anew, over nine tenths of this file's run time,
     # and its loader workers are spawned too (a process a launcher starts forks them)
     torch.multiprocessing.start_processes(_as_process_of_two, args=(_free_port(), run, str(out)), nprocs=2,
                                           start_method="fork")
