@@ -120,8 +120,7 @@ def main() -> None:
 
     scenes = pointing_scenes(args.dataset, "test", args.limit)
     evaluate = (functools.partial(evaluate_pointing, method=args.method, target=args.pointing_target)
-                if scenes.max_items == 1
-                else functools.partial(evaluate_class_pointing, method=args.method or "gradcam"))
+                if scenes.max_items == 1 else functools.partial(evaluate_class_pointing, method=args.method))
     shipped = load_classifier(args.model, img_size=args.img_size)
     results = [{"model": shipped.name, **evaluate(shipped, scenes, batch_size=64)}]
     for seed in range(args.seeds):

@@ -341,8 +341,7 @@ def cmd_evaluate_pointing(classifier, args: argparse.Namespace) -> dict:
                           "on the class; drop it, or add --pointing-method gradcam")
     scenes, batch_size = pointing_scenes(args.dataset, args.split, args.limit), min(args.batch_size, 64)
     if scenes.max_items > 1:
-        return evaluate_class_pointing(classifier, scenes, method=args.pointing_method or "gradcam",
-                                       batch_size=batch_size)
+        return evaluate_class_pointing(classifier, scenes, method=args.pointing_method, batch_size=batch_size)
     return evaluate_pointing(classifier, scenes, method=args.pointing_method, batch_size=batch_size,
                              target=args.pointing_target or "label")
 

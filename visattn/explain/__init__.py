@@ -414,7 +414,7 @@ def evaluate_class_pointing(
     classifier: Classifier,
     scenes: Sequence[Scene],
     *,
-    method: Literal["gradcam", "gradcam++"] = "gradcam",
+    method: Optional[Literal["gradcam", "gradcam++"]] = None,
     batch_size: int = 32,
     limit: Optional[int] = None,
     tolerance: float = 0.0,
@@ -430,7 +430,7 @@ def evaluate_class_pointing(
     Args:
         classifier: a :class:`visattn.inference.classifier.Classifier`.
         scenes: scenes of one or more items (``FashionScenes``, or ``fashion-mnist-pairs``' scenes).
-        method: the class's map: ``gradcam`` or ``gradcam++``.
+        method: the class's map: ``gradcam`` (the default) or ``gradcam++``.
         batch_size: (scene, class) pairs explained at once.
         limit: score only the first ``limit`` scenes.
         tolerance: pixels (of the model input) by which boxes are grown.
@@ -440,6 +440,7 @@ def evaluate_class_pointing(
         ``pointing`` over all pairs, ``pointing_class_mean`` the mean of each class's accuracy, as Zhang et al.
         average it.
     """
+    method = method or "gradcam"
     if method not in CLASS_METHODS:
         raise ArgumentError("method", method, f"the pointing game with distractors asks for a class's map; use "
                                               f"{' or '.join(CLASS_METHODS)}")

@@ -218,9 +218,10 @@ def grad_cam_plus_plus(
     1.4e-6 (each scaled to [0, 1]) on SE-ResNet-20, ResNet-18 and CBAM-ResNet-18; without it, as here, they differ
     by up to 0.07."""
     features, grads, classes = _feature_map_and_gradient(model, images, layer, target_class)
-    # a = g^2 / (2 g^2 + S g^3) = 1 / (2 + S g) where g != 0: g^2 of a small gradient underflows in float32
+    # a = g^2 / (2 g^2 + S g^3) = 1 / (2 + S g) where g != 0 (g^2 of a small gradient underflows in float32); where
+    # g == 0, relu(g) weighs a by 0
     spread = 2 + features.sum(dim=(2, 3), keepdim=True) * grads  # (B, C, h, w)
-    alpha = torch.where((grads != 0) & (spread != 0), spread.reciprocal(), 0.0)
+    alpha = torch.where(spread != 0, spread.reciprocal(), 0.0)
     weights = (alpha * torch.relu(grads)).sum(dim=(2, 3), keepdim=True)  # (B, C, 1, 1)
     return torch.relu((weights * features).sum(dim=1)), classes  # (B, h, w)
 
