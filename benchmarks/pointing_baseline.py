@@ -106,8 +106,9 @@ def main() -> None:
     parser.add_argument("--dataset", choices=["fashion-mnist-canvas", "fashion-mnist-pairs"], default="fashion-mnist-canvas")
     parser.add_argument("--pointing-target", choices=["label", "prediction"], default="label",
                         help="one item: score the Grad-CAM map of the item's class or of the predicted class")
-    parser.add_argument("--method", choices=["gradcam", "gradcam++"], default=None,
-                        help="the classifiers' map (default: gradcam, and rollout for a ViT on one item)")
+    parser.add_argument("--method", choices=["gradcam", "gradcam++", "gradrollout"], default=None,
+                        help="the classifiers' map (default: gradcam, and rollout for a ViT on one item; "
+                             "gradrollout: ViTs only)")
     parser.add_argument("--img-size", type=int, default=None, help="run the classifiers at this input size")
     parser.add_argument("--limit", type=int, default=1000, help="canvas test scenes scored")
     parser.add_argument("--seeds", type=int, default=3, help="untrained copies scored")

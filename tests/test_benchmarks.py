@@ -181,22 +181,23 @@ def test_gpu_script_runs_each_benchmark_on_the_device_it_is_given(tmp_path):
 
 
 @needs_fashion_mnist
-@pytest.mark.parametrize("dataset, method, scored", [
-    ("fashion-mnist-canvas", "gradcam", "gradcam of the true class"),
-    ("fashion-mnist-pairs", "gradcam", "gradcam of each class present"),
-    ("fashion-mnist-pairs", "gradcam++", "gradcam++ of each class present"),
+@pytest.mark.parametrize("model, dataset, method, scored", [
+    ("se_resnet20_cifar.fmnist", "fashion-mnist-canvas", "gradcam", "gradcam of the true class"),
+    ("se_resnet20_cifar.fmnist", "fashion-mnist-pairs", "gradcam", "gradcam of each class present"),
+    ("se_resnet20_cifar.fmnist", "fashion-mnist-pairs", "gradcam++", "gradcam++ of each class present"),
+    ("vit_tiny_patch4_28.fmnist", "fashion-mnist-pairs", "gradrollout", "gradrollout of each class present"),
 ])
-def test_pointing_baseline_scores_the_shipped_weights_against_untrained_copies(dataset, method, scored, capsys,
+def test_pointing_baseline_scores_the_shipped_weights_against_untrained_copies(model, dataset, method, scored, capsys,
                                                                                monkeypatch):
     monkeypatch.syspath_prepend(str(BENCHMARKS))
-    monkeypatch.setattr(sys, "argv", ["pointing_baseline.py", "--model", "se_resnet20_cifar.fmnist", "--dataset", dataset,
+    monkeypatch.setattr(sys, "argv", ["pointing_baseline.py", "--model", model, "--dataset", dataset,
                                       "--limit", "6", "--seeds", "2", "--method", method])
     runpy.run_path(str(BENCHMARKS / "pointing_baseline.py"), run_name="__main__")
     figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     shipped, *untrained = figures["results"]
     assert {row["pointing_method"] for row in figures["results"]} == {scored}
-    assert shipped["model"] == "se_resnet20_cifar.fmnist" and figures["pointing"] == shipped["pointing"]
-    assert [row["model"] for row in untrained] == [f"se_resnet20_cifar untrained (seed {s})" for s in (0, 1)]
+    assert shipped["model"] == model and figures["pointing"] == shipped["pointing"]
+    assert [row["model"] for row in untrained] == [f"{model.split('.')[0]} untrained (seed {s})" for s in (0, 1)]
     assert figures["untrained_pointing"] == [row["pointing"] for row in untrained]
     assert 0.0 < figures["random_peak"] < 0.5 and shipped["n"] >= 6
 

@@ -27,6 +27,7 @@ from visattn.explain import (
     gate_maps,
     grad_cam,
     grad_cam_plus_plus,
+    gradient_rollout,
     heatmap_overlay,
     pointing_accuracy,
     pointing_hit,
@@ -205,7 +206,7 @@ def test_a_head_or_layer_that_is_no_index_is_one_line(setting, message):
 def test_every_vit_method_gives_an_image_sized_map(kwargs):
     model = _tiny_vit(**kwargs)
     image = torch.randn(3, 28, 28)
-    assert applicable_methods(model) == ("rollout", "attention", "gradcam", "gradcam++")
+    assert applicable_methods(model) == ("rollout", "attention", "gradcam", "gradcam++", "gradrollout")
     for method in applicable_methods(model):
         heat = explain(model, image, method)
         assert heat.shape == (28, 28) and np.isfinite(heat).all() and heat.max() > 0
@@ -237,10 +238,10 @@ def test_wrong_arguments_name_the_fix_and_the_argument_as_python_writes_it():
         explain(create_model("eca_resnet20_cifar", **SMALL_CNN), torch.randn(3, 28, 28), "gates")
     with pytest.raises(ConfigError, match="^head=0: applies to method attention only"):
         explain(vit, torch.randn(3, 28, 28), "rollout", head=0)
-    with pytest.raises(ConfigError, match=r"^target_class=1: applies to gradcam and gradcam\+\+ only"):
+    with pytest.raises(ConfigError, match=r"^target_class=1: applies to gradcam, gradcam\+\+ and gradrollout only"):
         explain(vit, torch.randn(3, 28, 28), "attention", target_class=1)
     with pytest.raises(ConfigError,
-                       match=r"^method='saliency': use one of rollout, attention, gradcam, gradcam\+\+, gates$"):
+                       match=r"^method='saliency': use one of rollout, attention, gradcam, gradcam\+\+, gradrollout, gates$"):
         explain(vit, torch.randn(3, 28, 28), "saliency")
     with pytest.raises(ConfigError, match="^layer='blocks.9': no such module"):
         explain(vit, torch.randn(3, 28, 28), "gradcam", layer="blocks.9")
@@ -623,7 +624,7 @@ def test_cli_explain_errors_are_one_line(tmp_path, capsys):
         ([str(corpus["rgb_png"]), "--method", "rollout", "--layer", "0"], "--layer 0: does not apply to rollout"),
         ([str(corpus["rgb_png"]), "--method", "rollout", "--head", "0"], "--head 0: applies to method attention only"),
         ([str(corpus["rgb_png"]), "--method", "rollout", "--class", "1"],
-         "--class 1: applies to gradcam and gradcam++ only"),
+         "--class 1: applies to gradcam, gradcam++ and gradrollout only"),
     ]
     for args, message in cases:
         assert main(["explain", *args, "--checkpoint", str(checkpoint), "--out", str(out)]) == 2
@@ -819,7 +820,7 @@ def test_class_pointing_asks_each_class_present_for_its_own_map(monkeypatch):
     asked = []
 
     def level_map(shift: int):
-        def fake_grad_cam(model, images, *, target_class):  # peaks on the squares of class target + shift
+        def fake_grad_cam(model, images, *, target_class, layer=None):  # peaks on the squares of class target + shift
             asked.extend(target_class.tolist())
             level = ((60 + 40 * (target_class + shift)) / 255 - 0.5) / 0.5  # the gray level, normalised
             return -(images.mean(dim=1) - level[:, None, None]).abs(), None
@@ -838,8 +839,76 @@ def test_class_pointing_asks_each_class_present_for_its_own_map(monkeypatch):
     plus_plus = evaluate_class_pointing(classifier, _pair_scenes(), method="gradcam++", batch_size=2)
     assert (plus_plus["pointing"], plus_plus["pointing_method"]) == (1.0, "gradcam++ of each class present")
     with pytest.raises(ArgumentError, match=r"^method='rollout': the pointing game with distractors asks for a "
-                                            r"class's map; use gradcam or gradcam\+\+$"):
+                                            r"class's map; use gradcam, gradcam\+\+ or, for a ViT, gradrollout$"):
         evaluate_class_pointing(classifier, _pair_scenes(), method="rollout")
+
+
+# ------------------------------------------------------------------------------------------ gradient rollout
+
+
+def test_gradient_rollout_is_the_product_of_each_blocks_identity_plus_its_positive_weighed_attention():
+    """Chefer et al.'s R <- R + Ā R from R = I is (I + Ā_L) ... (I + Ā_1), with Ā = mean over heads of
+    relu(grad * A): the relu before the mean (averaging first lets one head's negative part cancel another's)."""
+    generator = torch.Generator().manual_seed(0)
+    attentions = [_random_attention(2, 3, 5, generator) for _ in range(3)]
+    gradients = [torch.randn(2, 3, 5, 5, generator=generator) for _ in range(3)]
+    weighed = [(g * a).clamp_min(0).mean(dim=1) for a, g in zip(attentions, gradients)]
+    assert not torch.allclose(weighed[0], (gradients[0] * attentions[0]).mean(dim=1).clamp_min(0))
+    eye = torch.eye(5).expand(2, 5, 5)
+    expected = torch.stack([torch.linalg.multi_dot([eye[b] + w[b] for w in reversed(weighed)]) for b in range(2)])
+    heat, relevance = gradient_rollout(attentions, gradients, (2, 2))
+    torch.testing.assert_close(relevance, expected)
+    torch.testing.assert_close(heat, expected[:, 0, 1:].reshape(2, 2, 2))  # the class token's row, patches only
+    pooled, _ = gradient_rollout(attentions, gradients, (2, 2), pooled=True)
+    torch.testing.assert_close(pooled, expected[:, 1:, 1:].mean(dim=1).reshape(2, 2, 2))
+    with pytest.raises(ConfigError, match="^gradient rollout needs each block's attention and its gradient; got 3 "
+                                          "attention maps and 2 gradients$"):
+        gradient_rollout(attentions, gradients[:2], (2, 2))
+
+
+def test_gradient_rollout_explains_the_class_asked_for():
+    model = _tiny_vit()
+    images = torch.randn(2, 3, 28, 28)
+    predicted = model(images).argmax(dim=1)
+    other = (predicted + 1) % 10
+    maps = explain_batch(model, images, "gradrollout")
+    assert maps.shape == (2, 7, 7) and torch.isfinite(maps).all() and (maps >= 0).all()
+    torch.testing.assert_close(maps, explain_batch(model, images, "gradrollout", target_class=predicted))
+    assert not torch.allclose(maps, explain_batch(model, images, "gradrollout", target_class=other))
+    assert not torch.allclose(maps, explain_batch(model, images, "rollout"))
+
+
+def test_gradient_rollout_restores_timms_fused_attention_and_leaves_no_hook():
+    timm_vit, _ = _timm_vit_and_its_visattn_twin()
+    with pytest.raises(ConfigError, match="^target_class=7: the model has 5 classes"):
+        explain_batch(timm_vit, torch.randn(1, 3, 32, 32), "gradrollout", target_class=7)  # fails inside the forward
+    assert all(block.attn.fused_attn for block in timm_vit.blocks)
+    assert not any(block.attn.attn_drop._forward_hooks for block in timm_vit.blocks)
+
+
+def test_gradient_rollout_refusals_name_the_fix():
+    vit = _tiny_vit()
+    image = torch.randn(3, 28, 28)
+    with pytest.raises(ConfigError, match="^layer=0: does not apply to gradrollout \\(it spans every block\\)"):
+        explain(vit, image, "gradrollout", layer=0)
+    with pytest.raises(ConfigError, match="^head_fusion and discard_ratio tune rollout only, not gradrollout"):
+        explain_batch(vit, image[None], "gradrollout", head_fusion="max")
+    with pytest.raises(ConfigError, match="^method='gradrollout': does not fit ResNet; use gradcam or gradcam\\+\\+"):
+        explain(create_model("se_resnet20_cifar", **SMALL_CNN), image, "gradrollout")
+    with pytest.raises(ConfigError, match="^gradrollout explains a class score, and this VisionTransformer has no "
+                                          "classifier head \\(num_classes=0\\)"):
+        explain(_tiny_vit(num_classes=0), image, "gradrollout")
+
+
+def test_a_flat_gradient_rollout_map_is_said_to_be_flat():
+    """A head that reads nothing gives zero gradients: R stays the identity and the class token's row is 0 on every
+    patch, which would draw a blank figure."""
+    vit = _tiny_vit()
+    with torch.no_grad():
+        vit.head.weight.zero_()
+    with pytest.warns(VisattnWarning, match="^the gradrollout map is the same everywhere: no block's attention raises "
+                                            "the class's score; method rollout"):
+        explain(vit, torch.randn(3, 28, 28), "gradrollout")
 
 
 def test_the_pointing_game_also_averages_each_classs_accuracy_as_zhang_et_al_do(monkeypatch):
@@ -852,7 +921,7 @@ def test_the_pointing_game_also_averages_each_classs_accuracy_as_zhang_et_al_do(
     preprocessing = {"input_size": [3, 28, 28], "mean": [0.5] * 3, "std": [0.5] * 3, "recipe": "small"}
     classifier = Classifier(_tiny_vit(), [str(i) for i in range(10)], preprocessing, "tiny", "vit_tiny_patch4_28", {})
 
-    def next_class_map(model, images, *, target_class):  # peaks on the gray nearest to class target + 1's
+    def next_class_map(model, images, *, target_class, layer=None):  # peaks on the gray nearest to class target + 1's
         level = ((60 + 40 * (target_class + 1)) / 255 - 0.5) / 0.5
         return -(images.mean(dim=1) - level[:, None, None]).abs(), None
 
@@ -869,6 +938,8 @@ def test_the_pointing_game_also_averages_each_classs_accuracy_as_zhang_et_al_do(
      "gradcam++ of the predicted class", {8}),
     ("fashion-mnist-pairs", [], "gradcam of each class present", {16}),  # two classes a scene: one distracts the other
     ("fashion-mnist-pairs", ["--pointing-method", "gradcam++"], "gradcam++ of each class present", {16}),
+    ("fashion-scenes", ["--pointing-method", "gradrollout"], "gradrollout of the true class", {8}),
+    ("fashion-mnist-pairs", ["--pointing-method", "gradrollout"], "gradrollout of each class present", {16}),
 ])
 def test_cli_evaluate_classifier_reports_pointing(dataset, options, method, counts, tmp_path, capsys):
     checkpoint = _fake_checkpoint(tmp_path / "tiny.ckpt", list(FASHION_MNIST_CLASSES))  # the scenes' labels
@@ -1107,10 +1178,10 @@ def test_grad_cam_explains_a_timm_vit_as_its_weight_identical_visattn_twin():
         torch.testing.assert_close(explain_batch(timm_vit, images, "gradcam", layer=layer),
                                    explain_batch(twin, images, "gradcam", layer=layer), atol=1e-5, rtol=1e-4)
     assert explain(timm_vit, images[0], "gradcam").shape == (32, 32)
-    assert applicable_methods(timm_vit) == ("rollout", "attention", "gradcam", "gradcam++")
+    assert applicable_methods(timm_vit) == ("rollout", "attention", "gradcam", "gradcam++", "gradrollout")
 
 
-@pytest.mark.parametrize("method", ["rollout", "attention"])
+@pytest.mark.parametrize("method", ["rollout", "attention", "gradrollout"])
 @pytest.mark.parametrize("settings", [{}, {"reg_tokens": 2, "no_embed_class": True},
                                       {"class_token": False, "global_pool": "map"}])
 def test_attention_maps_of_a_timm_vit_are_its_visattn_twins(method, settings):
@@ -1499,7 +1570,7 @@ def test_a_class_given_by_name_to_a_method_without_classes_is_named_as_given(tmp
     Image.fromarray(np.zeros((28, 28, 3), np.uint8)).save(tmp_path / "x.png")
     assert main(["explain", str(tmp_path / "x.png"), "--model", "vit_tiny_patch4_28.fmnist", "--method", "rollout",
                  "--class", "Bag", "--out", str(tmp_path / "m.png")]) == 2
-    assert capsys.readouterr().err.startswith("visattn: error: --class Bag: applies to gradcam and gradcam++ only")
+    assert capsys.readouterr().err.startswith("visattn: error: --class Bag: applies to gradcam, gradcam++ and gradrollout only")
 
 
 @pytest.mark.parametrize("method", ["rollout", "attention"])

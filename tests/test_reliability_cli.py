@@ -1058,7 +1058,12 @@ OUTPUT_AND_OPTION_CASES = {
     "pointing_target_for_rollout": (lambda tmp: ["evaluate", "--model", "vit_tiny_patch4_28.fmnist", "--dataset",
                                                  "fashion-mnist-canvas", "--pointing-target", "label"],
                                     "--pointing-target: vit_tiny_patch4_28.fmnist is scored with rollout, whose maps "
-                                    "do not depend on the class; drop it, or add --pointing-method gradcam"),
+                                    "do not depend on the class; drop it, or add --pointing-method gradrollout (or "
+                                    "gradcam)"),
+    "gradrollout_of_a_cnn": (lambda tmp: ["evaluate", "--model", "se_resnet20_cifar.fmnist", "--dataset",
+                                          "fashion-mnist-pairs", "--pointing-method", "gradrollout"],
+                             "--pointing-method gradrollout: rolls out a ViT's attention, and se_resnet20_cifar.fmnist "
+                             "gives none; use gradcam or gradcam++"),
     "pointing_method_off_the_scenes": (lambda tmp: ["evaluate", "--model", "se_resnet20_cifar.fmnist", "--dataset",
                                                     "fashion-mnist", "--pointing-method", "gradcam++"],
                                        "--pointing-method: applies to the pointing scenes fashion-scenes, "
@@ -1899,7 +1904,7 @@ def test_an_unknown_option_points_to_its_own_commands_help(command, capsys):
     ("classify", ["--topk TOPK", "(default: 1)", "(default: 32)", "(default: auto)"]),
     ("detect", ["(default: 0.5)", "(default: 8)"]),
     ("evaluate", ["16 for detectors) (default: 256)", "(default: 0)", "default: the size it was trained at"]),
-    ("explain", ["(gradcam, gradcam++; default: the predicted class)"]),
+    ("explain", ["(gradcam, gradcam++, gradrollout; default: the predicted class)"]),
     ("save-weights", ["drawn with a fixed seed, or fashion-scenes' first N"]),
     ("export", ["(default: 17)", "(default: onnx)"]),
 ])

@@ -338,7 +338,10 @@ def cmd_evaluate_pointing(classifier, args: argparse.Namespace) -> dict:
     check_fashion_mnist_labels(classifier.class_names, args.dataset)  # the scenes hold Fashion-MNIST items
     if args.pointing_target is not None and args.pointing_method is None and gives_attention(classifier.model):
         raise ConfigError(f"--pointing-target: {classifier.name} is scored with rollout, whose maps do not depend "
-                          "on the class; drop it, or add --pointing-method gradcam")
+                          "on the class; drop it, or add --pointing-method gradrollout (or gradcam)")
+    if args.pointing_method == "gradrollout" and not gives_attention(classifier.model):
+        raise ConfigError(f"--pointing-method gradrollout: rolls out a ViT's attention, and {classifier.name} gives "
+                          "none; use gradcam or gradcam++")
     scenes, batch_size = pointing_scenes(args.dataset, args.split, args.limit), min(args.batch_size, 64)
     if scenes.max_items > 1:
         return evaluate_class_pointing(classifier, scenes, method=args.pointing_method, batch_size=batch_size)
@@ -985,9 +988,9 @@ def _add_evaluate_command(sub: argparse._SubParsersAction) -> None:
                           help="classifiers on fashion-scenes / fashion-mnist-canvas: score the Grad-CAM map of the "
                                "item's class (label, the default, as Zhang et al.'s pointing game does) or of the "
                                "predicted class; not for ViTs scored with rollout, their default")
-    evaluate.add_argument("--pointing-method", choices=["gradcam", "gradcam++"], default=None,
+    evaluate.add_argument("--pointing-method", choices=["gradcam", "gradcam++", "gradrollout"], default=None,
                           help="classifiers on the pointing scenes: the map scored (default: gradcam, and rollout for "
-                               "ViTs on the one-item scenes)")
+                               "ViTs on the one-item scenes; gradrollout: ViTs only)")
     evaluate.set_defaults(func=cmd_evaluate)
 
 
@@ -1057,17 +1060,17 @@ def _add_explain_command(sub: argparse._SubParsersAction) -> None:
     _add_max_pixels(explain)
     _add_progress(explain)
     explain.add_argument("--method", default="gradcam",
-                         choices=("rollout", "attention", "gradcam", "gradcam++", "gates"),
-                         help="rollout/attention (ViTs), gradcam/gradcam++ (all), gates (CBAM/BAM/coord/NL/GC "
-                              "ResNets)")
+                         choices=("rollout", "attention", "gradcam", "gradcam++", "gradrollout", "gates"),
+                         help="rollout/attention/gradrollout (ViTs), gradcam/gradcam++ (all), gates (CBAM/BAM/coord/"
+                              "NL/GC ResNets)")
     explain.add_argument("--layer", default=None,
                          help="attention: block index (default: the last); gradcam(++): module name, e.g. layer3, or a "
                               "ViT's block index (default: the last stage); gates: module name or index among the "
-                              "spatial gates (default: the mean of all); rollout takes none")
+                              "spatial gates (default: the mean of all); rollout and gradrollout take none")
     explain.add_argument("--head", type=non_negative_int, default=None,
                          help="attention head 0..N-1 (method attention; default: mean)")
     explain.add_argument("--class", dest="target_class", default=None,
-                         help="class index or name (gradcam, gradcam++; default: the predicted class)")
+                         help="class index or name (gradcam, gradcam++, gradrollout; default: the predicted class)")
     explain.add_argument("--out", type=user_path, default=None,
                          help="the map of one image: .png, .jpg, .jpeg, .svg or .pdf, the format its suffix names "
                               "(PNG without one); a map visattn wrote there is replaced, any other file never (give --out or --out-dir)")

@@ -7,6 +7,7 @@ method          families                    what the map is
 ``attention``   ViT                         one block's class-token attention (one head or mean)
 ``gradcam``     ViT (also timm's), any CNN  gradient-weighted activations of a target layer
 ``gradcam++``   ViT (also timm's), any CNN  the same activations, weighed by their positive gradients
+``gradrollout`` ViT                         attention weighed by a class's gradient, rolled out through all blocks
 ``gates``       CBAM/BAM/coord/NL/GC CNNs   the attention modules' own spatial gates
 ==============  ==========================  =============================================
 """
@@ -33,6 +34,7 @@ from ..modes import eval_mode
 from ..wrapped_models import as_module
 from ..scores import reported_score
 from .gradcam import TargetClass, grad_cam, grad_cam_plus_plus
+from .gradient_rollout import attention_gradients, gradient_rollout
 from .overlay import (check_figure_path, heatmap_overlay, normalize_map, overlay_figure, resize_map, save_figure,
                       save_overlay, save_word_panels)
 from .pointing import pointing_accuracy, pointing_hit
@@ -48,19 +50,20 @@ if TYPE_CHECKING:  # tasks import Lightning; explain must not need it
 __all__ = [
     "METHODS", "CellCentres", "applicable_methods", "attention_map", "attention_rollout", "evaluate_class_pointing",
     "evaluate_pointing", "explain", "explain_batch", "explain_image", "gate_maps", "grad_cam", "grad_cam_plus_plus",
-    "heatmap_overlay",
+    "gradient_rollout", "heatmap_overlay",
     "map_centres", "normalize_map",
     "pointing_accuracy", "pointing_hit", "resize_map", "save_overlay", "save_word_panels",
 ]
 
-Method = Literal["rollout", "attention", "gradcam", "gradcam++", "gates"]
-PointingTarget = Literal["label", "prediction"]  # whose Grad-CAM map the one-item pointing game scores
-METHODS = ("rollout", "attention", "gradcam", "gradcam++", "gates")
-CLASS_METHODS = ("gradcam", "gradcam++")  # the maps that explain one class
+Method = Literal["rollout", "attention", "gradcam", "gradcam++", "gradrollout", "gates"]
+PointingTarget = Literal["label", "prediction"]  # whose class map the one-item pointing game scores
+METHODS = ("rollout", "attention", "gradcam", "gradcam++", "gradrollout", "gates")
+LAYER_CLASS_METHODS = ("gradcam", "gradcam++")  # one layer's activations weighed by a class's gradient: any model
+CLASS_METHODS = (*LAYER_CLASS_METHODS, "gradrollout")  # the maps that explain one class
 
 
 def _class_map(method: str) -> Callable[..., tuple[Tensor, Tensor]]:
-    """The function of a class method, looked up when called (a test or a user may wrap grad_cam here)."""
+    """The function of a Grad-CAM method, looked up when called (a test or a user may wrap grad_cam here)."""
     return grad_cam if method == "gradcam" else grad_cam_plus_plus
 
 
@@ -70,8 +73,8 @@ def applicable_methods(model: nn.Module) -> tuple[str, ...]:
     if gives_attention(model):
         return ("rollout", "attention", *CLASS_METHODS)
     if is_vit(model):  # built elsewhere (timm): no attention maps to read
-        return CLASS_METHODS
-    return (*CLASS_METHODS, "gates") if gate_modules(model) else CLASS_METHODS
+        return LAYER_CLASS_METHODS
+    return (*LAYER_CLASS_METHODS, "gates") if gate_modules(model) else LAYER_CLASS_METHODS
 
 
 # Where the models that are not classifiers show where they look.
@@ -89,7 +92,7 @@ def _check_arguments(model: nn.Module, method: str, layer, head, target_class) -
         raise ConfigError(f"explain takes classifiers; {name} is for {task}: use {OTHER_TASKS_MAPS[task]}")
     if method not in METHODS:
         raise ArgumentError("method", method, f"use one of {', '.join(METHODS)}")
-    if method in ("rollout", "attention") and is_vit(model):
+    if method in ("rollout", "attention", "gradrollout") and is_vit(model):
         check_gives_attention(model, method=method)
     fits = applicable_methods(model)
     if method not in fits:
@@ -97,12 +100,12 @@ def _check_arguments(model: nn.Module, method: str, layer, head, target_class) -
         raise ArgumentError("method", method, f"does not fit {type(model).__name__}{lacks}; use {' or '.join(fits)}")
     if head is not None and method != "attention":
         raise ArgumentError("head", head, f"applies to method attention only, not {method}; drop it")
-    if layer is not None and method == "rollout":
-        raise ArgumentError("layer", layer, "does not apply to rollout (it spans every block); "
+    if layer is not None and method in ("rollout", "gradrollout"):
+        raise ArgumentError("layer", layer, f"does not apply to {method} (it spans every block); "
                                             "use method attention for one block")
     if target_class is not None and method not in CLASS_METHODS:
         raise ArgumentError("target_class", target_class,
-                            f"applies to gradcam and gradcam++ only ({method} maps do not depend on the class); "
+                            f"applies to {', '.join(CLASS_METHODS[:-1])} and {CLASS_METHODS[-1]} only ({method} maps do not depend on the class); "
                             "drop it")
 
 
@@ -150,15 +153,22 @@ def explain_batch(
     _check_arguments(model, method, layer, head, target_class)
     if method != "rollout" and (head_fusion != "mean" or discard_ratio != 0.0):
         raise ConfigError(f"head_fusion and discard_ratio tune rollout only, not {method}; drop them")
-    if method in CLASS_METHODS:
+    if method in LAYER_CLASS_METHODS:
         return _class_map(method)(model, images, layer=layer, target_class=target_class)[0]
     if method == "gates":
         return _gate_map(model, images, layer)
     pool = _read_attention_pool(model)
+    # the pool's input is caught on the way: no second forward
     with eval_mode(model), recorded_inputs([pool] if pool is not None else []) as pool_inputs:
-        _, attentions = collect_attentions(model, images)  # the pool's input caught on the way: no second forward
+        if method == "gradrollout":
+            attentions, gradients, _ = attention_gradients(model, images, target_class)
+        else:
+            _, attentions = collect_attentions(model, images)
     pooled = _patch_reading(model, pool_inputs)
     grid = token_grid(model, images.shape[-2:])
+    if method == "gradrollout":
+        return gradient_rollout(attentions, gradients, grid, num_prefix_tokens=model.num_prefix_tokens,
+                                pooled=pooled)[0]
     if method == "rollout":
         return attention_rollout(attentions, grid, num_prefix_tokens=model.num_prefix_tokens,
                                  head_fusion=head_fusion, discard_ratio=discard_ratio, pooled=pooled)[0]
@@ -208,16 +218,18 @@ def explain(
 
     Args:
         model: a registered ViT or (attention) ResNet classifier (or, for ``gradcam`` and ``gradcam++``, a timm
-            ViT or CNN), or a loaded ``Classifier`` of one.
+            ViT or CNN; for the ViT methods, a timm ViT of its plain ``Attention``), or a loaded ``Classifier`` of one.
         image_tensor: a normalised image ``(C, H, W)`` (or ``(1, C, H, W)``), ``C`` the model's
             channels (3, or 1 for ``in_chans=1``), as its evaluation transform gives it; any floating
             dtype (it runs in the model's).
-        method: ``"rollout"``, ``"attention"``, ``"gradcam"``, ``"gradcam++"`` or ``"gates"``; see the table above.
+        method: ``"rollout"``, ``"attention"``, ``"gradcam"``, ``"gradcam++"``, ``"gradrollout"`` or ``"gates"``; see
+            the table above.
         layer: ``attention``: block index (default last); ``gradcam(++)``: module name or ViT block
             index (default last stage / ``blocks[-1].norm1``); ``gates``: module name or index
             among the spatial gates (default: mean of all, each normalised).
         head: ``attention`` only: head index (default: mean over heads).
-        target_class: ``gradcam`` and ``gradcam++`` only: class to explain (default: the predicted one).
+        target_class: ``gradcam``, ``gradcam++`` and ``gradrollout`` only: class to explain (default: the predicted
+            one).
 
     Raises:
         ConfigError: the method does not fit the model (the message names those that do), or an
@@ -230,8 +242,10 @@ def explain(
         raise ConfigError(f"image tensor has shape {tuple(image_tensor.shape)}; give one image (3, H, W)")
     maps = explain_batch(model, images, method, layer=layer, head=head, target_class=target_class)
     if method in CLASS_METHODS and maps[0].amax() == maps[0].amin():  # it would draw a blank figure: say why
-        warnings.warn(_blank_grad_cam(model, maps[0], layer, target_class),
-                      VisattnWarning, stacklevel=outside_visattn())
+        why = (_blank_grad_cam(model, maps[0], layer, target_class) if method in LAYER_CLASS_METHODS else
+               "the gradrollout map is the same everywhere: no block's attention raises the class's score; method "
+               "rollout shows where the model looks whatever the class")
+        warnings.warn(why, VisattnWarning, stacklevel=outside_visattn())
     size = tuple(images.shape[-2:])
     return resize_map(maps[0], size, centres=map_centres(model, maps.shape[-2:], size))
 
@@ -301,8 +315,8 @@ def explain_image(
             photo recipe's centre crop, so titled; the ``small`` recipe's whole image, at its own shape), the map
             over it, and the predicted label. A file already there is replaced only if visattn wrote it.
         layer, head: see :func:`explain`.
-        target_class: ``gradcam`` and ``gradcam++`` only: class index or name to explain (default: the
-            prediction).
+        target_class: ``gradcam``, ``gradcam++`` and ``gradrollout`` only: class index or name to explain
+            (default: the prediction).
 
     Returns:
         ``{"label", "index", "prob", "method", "explained", "drawn_on", "out"}``: the prediction, the class
@@ -376,9 +390,9 @@ def evaluate_pointing(
         batch_size: images explained at once.
         limit: score only the first ``limit`` scenes.
         tolerance: pixels (of the model input) by which boxes are grown.
-        target: the class whose Grad-CAM map is scored: ``label``, the scene's class, as Zhang et al.'s
-            pointing game asks, or ``prediction``, the class the classifier chose. Rollout, attention
-            and gate maps do not depend on the class.
+        target: the class whose map (Grad-CAM's, Grad-CAM++'s, gradient rollout's) is scored: ``label``, the
+            scene's class, as Zhang et al.'s pointing game asks, or ``prediction``, the class the classifier chose.
+            Rollout, attention and gate maps do not depend on the class.
 
     Returns:
         ``{"top1", "pointing", "pointing_class_mean", "pointing_method", "n"}``: ``pointing`` over all scenes,
@@ -414,7 +428,7 @@ def evaluate_class_pointing(
     classifier: Classifier,
     scenes: Sequence[Scene],
     *,
-    method: Optional[Literal["gradcam", "gradcam++"]] = None,
+    method: Optional[Literal["gradcam", "gradcam++", "gradrollout"]] = None,
     batch_size: int = 32,
     limit: Optional[int] = None,
     tolerance: float = 0.0,
@@ -430,7 +444,7 @@ def evaluate_class_pointing(
     Args:
         classifier: a :class:`visattn.inference.classifier.Classifier`.
         scenes: scenes of one or more items (``FashionScenes``, or ``fashion-mnist-pairs``' scenes).
-        method: the class's map: ``gradcam`` (the default) or ``gradcam++``.
+        method: the class's map: ``gradcam`` (the default), ``gradcam++`` or, for ViTs, ``gradrollout``.
         batch_size: (scene, class) pairs explained at once.
         limit: score only the first ``limit`` scenes.
         tolerance: pixels (of the model input) by which boxes are grown.
@@ -442,8 +456,8 @@ def evaluate_class_pointing(
     """
     method = method or "gradcam"
     if method not in CLASS_METHODS:
-        raise ArgumentError("method", method, f"the pointing game with distractors asks for a class's map; use "
-                                              f"{' or '.join(CLASS_METHODS)}")
+        raise ArgumentError("method", method, "the pointing game with distractors asks for a class's map; use "
+                                              "gradcam, gradcam++ or, for a ViT, gradrollout")
     pipeline = _with_boxes(_loaded(classifier).transform())
     count = len(scenes) if limit is None else min(limit, len(scenes))
     tally = _PointingTally()
@@ -451,8 +465,8 @@ def evaluate_class_pointing(
         images, classes, boxes = _class_queries(pipeline, scenes, range(start, min(start + batch_size, count)))
         if not boxes:
             continue
-        maps = _class_map(method)(classifier.model, images.to(classifier.device),
-                                  target_class=classes.to(classifier.device))[0]
+        maps = explain_batch(classifier.model, images.to(classifier.device), method,
+                             target_class=classes.to(classifier.device))
         size = tuple(images.shape[-2:])
         centres = map_centres(classifier.model, maps.shape[-2:], size)
         tally.add(classes, [pointing_hit(m, b, size, tolerance=tolerance, centres=centres)
