@@ -241,7 +241,8 @@ def test_wrong_arguments_name_the_fix_and_the_argument_as_python_writes_it():
     with pytest.raises(ConfigError, match=r"^target_class=1: applies to gradcam, gradcam\+\+ and gradrollout only"):
         explain(vit, torch.randn(3, 28, 28), "attention", target_class=1)
     with pytest.raises(ConfigError,
-                       match=r"^method='saliency': use one of rollout, attention, gradcam, gradcam\+\+, gradrollout, gates$"):
+                       match=r"^method='saliency': use one of rollout, attention, gradcam, gradcam\+\+, gradrollout, "
+                             r"gates$"):
         explain(vit, torch.randn(3, 28, 28), "saliency")
     with pytest.raises(ConfigError, match="^layer='blocks.9': no such module"):
         explain(vit, torch.randn(3, 28, 28), "gradcam", layer="blocks.9")
@@ -1570,7 +1571,8 @@ def test_a_class_given_by_name_to_a_method_without_classes_is_named_as_given(tmp
     Image.fromarray(np.zeros((28, 28, 3), np.uint8)).save(tmp_path / "x.png")
     assert main(["explain", str(tmp_path / "x.png"), "--model", "vit_tiny_patch4_28.fmnist", "--method", "rollout",
                  "--class", "Bag", "--out", str(tmp_path / "m.png")]) == 2
-    assert capsys.readouterr().err.startswith("visattn: error: --class Bag: applies to gradcam, gradcam++ and gradrollout only")
+    assert capsys.readouterr().err.startswith(
+        "visattn: error: --class Bag: applies to gradcam, gradcam++ and gradrollout only")
 
 
 @pytest.mark.parametrize("method", ["rollout", "attention"])

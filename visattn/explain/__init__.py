@@ -105,8 +105,8 @@ def _check_arguments(model: nn.Module, method: str, layer, head, target_class) -
                                             "use method attention for one block")
     if target_class is not None and method not in CLASS_METHODS:
         raise ArgumentError("target_class", target_class,
-                            f"applies to {', '.join(CLASS_METHODS[:-1])} and {CLASS_METHODS[-1]} only ({method} maps do not depend on the class); "
-                            "drop it")
+                            f"applies to {', '.join(CLASS_METHODS[:-1])} and {CLASS_METHODS[-1]} only ({method} maps "
+                            "do not depend on the class); drop it")
 
 
 def _normalized(model: nn.Module, maps: Tensor, size: tuple[int, int]) -> Tensor:

@@ -36,14 +36,15 @@ def gives_attention(model: nn.Module) -> bool:
     those whose every block has timm's plain ``Attention``."""
     if not is_vit(model):
         return False
-    return _returns_attention(model) or bool(_timm_attentions(model))
+    return returns_attention(model) or bool(timm_attention_modules(model))
 
 
-def _returns_attention(model: nn.Module) -> bool:
+def returns_attention(model: nn.Module) -> bool:
+    """Whether ``model``'s forward takes ``return_attention`` (visattn's ViTs), giving each block's probabilities."""
     return "return_attention" in inspect.signature(model.forward).parameters
 
 
-def _timm_attentions(model: nn.Module) -> list[nn.Module]:
+def timm_attention_modules(model: nn.Module) -> list[nn.Module]:
     """The blocks' attention modules of a timm ViT whose probabilities :func:`collect_attentions` recomputes exactly
     (timm's ``Attention``: ``qkv``, its q and k norms, the scaled softmax); none for others (rotary, windowed)."""
     from timm.models.vision_transformer import Attention  # where every timm 1.0 has it
@@ -107,10 +108,10 @@ def collect_attentions(model: nn.Module, images: Tensor) -> tuple[Tensor, list[T
     """Logits ``(B, classes)`` and every block's attention probabilities, a list of ``(B, heads, N, N)``."""
     model = as_module(model)  # a compiled model runs no hook added after its first call
     check_gives_attention(model)
-    if _returns_attention(model):
+    if returns_attention(model):
         logits, attentions = model(images, return_attention=True)
         return logits, list(attentions)
-    modules = _timm_attentions(model)
+    modules = timm_attention_modules(model)
     with recorded_inputs(modules) as inputs:
         logits = model(images)
     if [module for module, _ in inputs] != modules:  # a block run twice, or skipped: the maps would be another's

@@ -158,7 +158,8 @@ def _as_feature_map(model: nn.Module, activation: Tensor, image_size: tuple[int,
                       f"patch tokens; name a layer of {type(model).__name__} that gives a map with layer= (--layer)")
 
 
-def _class_index(logits: Tensor, target_class: TargetClass) -> Tensor:
+def explained_classes(logits: Tensor, target_class: TargetClass) -> Tensor:
+    """The class explained in each image ``(B,)``: ``target_class`` (one, or one per image), else the predicted."""
     if target_class is None:
         return logits.argmax(dim=1)
     try:
@@ -269,7 +270,7 @@ def _activation_and_gradient(model: nn.Module, target: nn.Module, images: Tensor
         try:
             inputs = images.detach().clone().requires_grad_(True)
             logits = model(inputs)
-            classes = _class_index(logits, target_class)
+            classes = explained_classes(logits, target_class)
             if not captured:
                 raise ConfigError("the Grad-CAM layer did not produce a map in the forward pass; pick another layer")
             score = logits.gather(1, classes[:, None]).sum()  # images are independent in eval mode

@@ -19,8 +19,8 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from .attention import _returns_attention, _timm_attentions, check_gives_attention, token_map
-from .gradcam import TargetClass, _class_index
+from .attention import check_gives_attention, returns_attention, timm_attention_modules, token_map
+from .gradcam import TargetClass, explained_classes
 
 
 def gradient_rollout(
@@ -65,16 +65,16 @@ def attention_gradients(model: nn.Module, images: Tensor,
                           "head (num_classes=0); build it with num_classes=N, or use method 'rollout'")
     with torch.inference_mode(False), torch.enable_grad():
         inputs = images.detach().clone().requires_grad_(True)  # a graph also when the parameters are frozen
-        if _returns_attention(model):
+        if returns_attention(model):
             logits, attentions = model(inputs, return_attention=True)
             attentions = list(attentions)
         else:
             with _timm_softmax_path(model) as attentions:
                 logits = model(inputs)
-            if len(attentions) != len(_timm_attentions(model)):  # a block run twice, or skipped
+            if len(attentions) != len(timm_attention_modules(model)):  # a block run twice, or skipped
                 raise ConfigError(f"{type(model).__name__} ran its blocks' attention otherwise than once each; "
                                   "use method 'gradcam'")
-        classes = _class_index(logits, target_class)
+        classes = explained_classes(logits, target_class)
         score = logits.gather(1, classes[:, None]).sum()  # images are independent in eval mode
         gradients = torch.autograd.grad(score, attentions)
     return [attn.detach() for attn in attentions], gradients, classes.detach()
@@ -84,7 +84,7 @@ def attention_gradients(model: nn.Module, images: Tensor,
 def _timm_softmax_path(model: nn.Module) -> Iterator[list[Tensor]]:
     """timm's attention modules on their softmax path rather than the fused kernel, each block's probabilities
     caught as the forward uses them (``attn_drop``'s output: the identity in eval mode)."""
-    modules = _timm_attentions(model)
+    modules = timm_attention_modules(model)
     fused = [module.fused_attn for module in modules]
     caught: list[Tensor] = []
     handles = [module.attn_drop.register_forward_hook(lambda module, args, output: caught.append(output))
