@@ -1,6 +1,7 @@
 """The pointing game for a shipped classifier against the same architecture untrained.
 
     python benchmarks/pointing_baseline.py --model vit_tiny_patch4_28.fmnist --img-size 28
+    python benchmarks/pointing_baseline.py --model vit_tiny_patch4_28.fmnist --img-size 64 --method gradrollout
     python benchmarks/pointing_baseline.py --model se_resnet20_cifar.fmnist_stage4 --dataset fashion-mnist-pairs --img-size 64
     python benchmarks/pointing_baseline.py --model sat_cbam_resnet_scenes.scenes
     python benchmarks/pointing_baseline.py --model detr_se_resnet20_cifar.scenes
