@@ -1060,6 +1060,22 @@ OUTPUT_AND_OPTION_CASES = {
                                     "--pointing-target: vit_tiny_patch4_28.fmnist is scored with rollout, whose maps "
                                     "do not depend on the class; drop it, or add --pointing-method gradrollout (or "
                                     "gradcam)"),
+    "faithfulness_on_the_pointing_scenes": (lambda tmp: ["evaluate", "--model", "se_resnet20_cifar.fmnist",
+                                                         "--dataset", "fashion-mnist-pairs", "--faithfulness", "gradcam"],
+                                            "--faithfulness: scores a classifier's maps on fashion-mnist or an "
+                                            "imagefolder: dataset, not the pointing scenes fashion-mnist-pairs; drop "
+                                            "it, or pick such a dataset"),
+    "faithfulness_fill_alone": (lambda tmp: ["evaluate", "--model", "se_resnet20_cifar.fmnist", "--dataset",
+                                             "fashion-mnist", "--faithfulness-fill", "mean"],
+                                "--faithfulness-fill: applies with --faithfulness METHOD; add it, or drop "
+                                "--faithfulness-fill"),
+    "faithfulness_for_a_detector": (lambda tmp: ["evaluate", "--model", DETECTOR, "--dataset", "fashion-scenes",
+                                                 "--faithfulness", "gradcam"],
+                                    f"--faithfulness: {DETECTOR} is a detector, and only a classifier takes "
+                                    "--faithfulness; drop it"),
+    "faithfulness_method_that_does_not_fit": (lambda tmp: ["evaluate", "--model", "se_resnet20_cifar.fmnist",
+                                                           "--dataset", "fashion-mnist", "--faithfulness", "rollout"],
+                                              "--faithfulness rollout: does not fit ResNet; use gradcam or gradcam++"),
     "gradrollout_of_a_cnn": (lambda tmp: ["evaluate", "--model", "se_resnet20_cifar.fmnist", "--dataset",
                                           "fashion-mnist-pairs", "--pointing-method", "gradrollout"],
                              "--pointing-method gradrollout: rolls out a ViT's attention, and se_resnet20_cifar.fmnist "

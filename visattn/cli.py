@@ -263,6 +263,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.pointing_target is not None and args.dataset not in ONE_ITEM_POINTING:
         raise ConfigError(f"--pointing-target: applies to the one-item scenes {' and '.join(ONE_ITEM_POINTING)}, "
                           f"not {args.dataset}; drop it")
+    if args.faithfulness_fill is not None and args.faithfulness is None:
+        raise ConfigError("--faithfulness-fill: applies with --faithfulness METHOD; add it, or drop "
+                          "--faithfulness-fill")
+    if args.faithfulness is not None and args.dataset in POINTING_DATASETS:
+        raise ConfigError(f"--faithfulness: scores a classifier's maps on fashion-mnist or an imagefolder: dataset, "
+                          f"not the pointing scenes {args.dataset}; drop it, or pick such a dataset")
     if args.pointing_method is not None and args.dataset not in POINTING_DATASETS:
         raise ConfigError(f"--pointing-method: applies to the pointing scenes {', '.join(POINTING_DATASETS)}, "
                           f"not {args.dataset}; drop it")
@@ -283,10 +289,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                               "random; score per-class accuracy on fashion-mnist or an imagefolder: dataset")
         metrics = cmd_evaluate_pointing(classifier, args)
     else:
+        if args.faithfulness is not None:
+            check_faithfulness_method(classifier, args.faithfulness)
         dataset = evaluation_dataset(args.dataset, args.split, classifier.transform(), classifier.class_names,
                                      max_pixels=max_pixels(args))
+        faithfulness = faithfulness_scores(classifier, dataset, args) if args.faithfulness is not None else {}
         metrics = evaluate_classifier(classifier, dataset, batch_size=args.batch_size,
                                       num_workers=args.num_workers, limit=args.limit, per_class=bool(args.per_class))
+        metrics.update(faithfulness)
     print_metrics(classifier.name, args, metrics)
     return 0
 
@@ -320,6 +330,8 @@ MODEL_KIND_OPTIONS = {"beam_size": ("--beam-size", "captioner"), "max_len": ("--
                       "img_size": ("--img-size", "classifier"),
                       "pointing_target": ("--pointing-target", "classifier"),
                       "pointing_method": ("--pointing-method", "classifier"),
+                      "faithfulness": ("--faithfulness", "classifier"),
+                      "faithfulness_fill": ("--faithfulness-fill", "classifier"),
                       "per_class": ("--per-class", "classifier")}
 
 
@@ -328,6 +340,23 @@ def check_evaluate_options(args: argparse.Namespace, kind: str) -> None:
         if getattr(args, attr) is not None and kind != takes_it:
             raise ConfigError(f"{flag}: {args.model or args.checkpoint} is a {kind}, and only a {takes_it} "
                               f"takes {flag}; drop it")
+
+
+def check_faithfulness_method(classifier, method: str) -> None:
+    from .explain import check_method
+
+    try:
+        check_method(classifier.model, method)
+    except ArgumentError as err:
+        raise err.for_flag("--faithfulness") from None
+
+
+def faithfulness_scores(classifier, dataset, args: argparse.Namespace) -> dict:
+    """``evaluate --faithfulness METHOD``: the deletion and insertion areas of the maps, and of random maps."""
+    from .explain import evaluate_faithfulness
+
+    return evaluate_faithfulness(classifier, dataset, method=args.faithfulness, fill=args.faithfulness_fill or "black",
+                                 batch_size=min(args.batch_size, 64), limit=args.limit)
 
 
 def cmd_evaluate_pointing(classifier, args: argparse.Namespace) -> dict:
@@ -991,6 +1020,13 @@ def _add_evaluate_command(sub: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--pointing-method", choices=["gradcam", "gradcam++", "gradrollout"], default=None,
                           help="classifiers on the pointing scenes: the map scored (default: gradcam, and rollout for "
                                "ViTs on the one-item scenes; gradrollout: ViTs only)")
+    evaluate.add_argument("--faithfulness", default=None,
+                          choices=("rollout", "attention", "gradcam", "gradcam++", "gradrollout", "gates"),
+                          help="classifiers on fashion-mnist or an imagefolder: dataset: also score this explain "
+                               "method's maps of the predicted class by deletion and insertion (RISE's areas; "
+                               "deletion: lower is better), beside random maps'")
+    evaluate.add_argument("--faithfulness-fill", default=None, choices=("black", "mean", "blur"),
+                          help="what --faithfulness's deleted pixels become (default: black)")
     evaluate.set_defaults(func=cmd_evaluate)
 
 

@@ -28,6 +28,7 @@ from .attention import (as_index, attention_map, attention_pool_reading, check_g
                         collect_attentions, gives_attention, input_channels, is_vit, model_batch, recorded_inputs,
                         token_grid)
 from .cell_centres import CellCentres, map_centres
+from .faithfulness import Fill, check_fill, curve_area, deletion_fill, deletion_insertion_curves
 from .gates import gate_maps, gate_modules, missing_gates
 from ..models.vit import PATCH_POOLS
 from ..modes import eval_mode
@@ -43,13 +44,15 @@ from .rollout import attention_rollout
 if TYPE_CHECKING:  # tasks import Lightning; explain must not need it
     from PIL import Image
 
+    from torch.utils.data import Dataset
+
     from ..data.scenes import Scene
     from ..data.transforms import ImageTransform
     from ..inference.classifier import Classifier
 
 __all__ = [
-    "METHODS", "CellCentres", "applicable_methods", "attention_map", "attention_rollout", "evaluate_class_pointing",
-    "evaluate_pointing", "explain", "explain_batch", "explain_image", "gate_maps", "grad_cam", "grad_cam_plus_plus",
+    "METHODS", "CellCentres", "applicable_methods", "check_method", "attention_map", "attention_rollout", "curve_area",
+    "deletion_fill", "deletion_insertion_curves", "evaluate_class_pointing", "evaluate_faithfulness", "evaluate_pointing", "explain", "explain_batch", "explain_image", "gate_maps", "grad_cam", "grad_cam_plus_plus",
     "gradient_rollout", "heatmap_overlay",
     "map_centres", "normalize_map",
     "pointing_accuracy", "pointing_hit", "resize_map", "save_overlay", "save_word_panels",
@@ -81,6 +84,11 @@ def applicable_methods(model: nn.Module) -> tuple[str, ...]:
 OTHER_TASKS_MAPS = {"captioning": "each word's map: Captioner.caption(images).attention (`visattn caption --attention-out`)",
                     "detection": "each detection's map: Detector.detect(images, attention=True) "
                                  "(`visattn detect --attention-out`)"}
+
+
+def check_method(model: nn.Module, method: str) -> None:
+    """One line unless ``method`` is an explain method that fits ``model``; it names those that do."""
+    _check_arguments(as_module(model), method, None, None, None)
 
 
 def _check_arguments(model: nn.Module, method: str, layer, head, target_class) -> None:
@@ -472,6 +480,63 @@ def evaluate_class_pointing(
         tally.add(classes, [pointing_hit(m, b, size, tolerance=tolerance, centres=centres)
                             for m, b in zip(maps.cpu(), boxes)])
     return {**tally.scores(), "pointing_method": f"{method} of each class present", "n": tally.n}
+
+
+def evaluate_faithfulness(
+    classifier: Classifier,
+    dataset: Dataset,
+    *,
+    method: Optional[Method] = None,
+    fill: Fill = "black",
+    steps: int = 16,
+    batch_size: int = 32,
+    limit: Optional[int] = None,
+) -> dict:
+    """Deletion and insertion areas (RISE's, :mod:`visattn.explain.faithfulness`) of a classifier's maps of its
+    predicted classes over a labelled dataset, beside those of random maps of the same images.
+
+    Args:
+        classifier: a :class:`visattn.inference.classifier.Classifier`.
+        dataset: ``(image, label)`` samples through the classifier's evaluation transform
+            (:func:`visattn.inference.classifier_scoring.evaluation_dataset`).
+        method: explain method; default ``rollout`` for ViTs and ``gradcam`` for CNNs.
+        fill: what deleted pixels become: ``black``, ``mean`` (the normalisation's mean colour, RISE's) or ``blur``.
+        steps: points of each curve besides the first.
+        batch_size: images explained at once.
+        limit: score ``limit`` images drawn across the dataset with a fixed seed.
+
+    Returns:
+        ``{"deletion", "insertion", "random_deletion", "random_insertion", "faithfulness_method", "fill", "steps",
+        "n"}``:
+        mean areas over the images (deletion: lower is more faithful; insertion: higher), the random maps' (uniform
+        noise drawn with a fixed seed) to measure them against.
+    """
+    from ..data.image_folder import evaluation_batches, seeded_subset
+
+    model = _loaded(classifier).model
+    method = method or ("rollout" if gives_attention(model) else "gradcam")
+    check_method(model, method)  # before any image is scored
+    check_fill(fill)
+    noise = torch.Generator().manual_seed(0)
+    areas: dict[str, list[Tensor]] = {"deletion": [], "insertion": [], "random_deletion": [], "random_insertion": []}
+    for batch in evaluation_batches(seeded_subset(dataset, limit), batch_size=batch_size):
+        if batch is None:  # only broken files
+            continue
+        images = batch[0].to(classifier.device)
+        classes = classifier.predict(images).argmax(dim=1)
+        size = tuple(images.shape[-2:])
+        maps = _normalized(model, explain_batch(model, images, method, target_class=classes if method in
+                                                CLASS_METHODS else None), size)
+        random_maps = torch.rand(len(images), *size, generator=noise).to(images.device)
+        deleted = deletion_fill(images, fill, classifier.preprocessing["mean"], classifier.preprocessing["std"])
+        for prefix, heat in (("", maps), ("random_", random_maps)):
+            deletion, insertion = deletion_insertion_curves(model, images, heat, classes, deleted, steps=steps)
+            areas[f"{prefix}deletion"].append(curve_area(deletion).cpu())
+            areas[f"{prefix}insertion"].append(curve_area(insertion).cpu())
+    if not areas["deletion"]:
+        raise ConfigError("no images to score; check --dataset, --split and --limit")
+    means = {key: reported_score(float(torch.cat(values).mean())) for key, values in areas.items()}
+    return {**means, "faithfulness_method": method, "fill": fill, "steps": steps, "n": len(torch.cat(areas["deletion"]))}
 
 
 class _PointingTally:
