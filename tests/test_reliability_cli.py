@@ -1060,8 +1060,8 @@ OUTPUT_AND_OPTION_CASES = {
                                     "--pointing-target: vit_tiny_patch4_28.fmnist is scored with rollout, whose maps "
                                     "do not depend on the class; drop it, or add --pointing-method gradrollout (or "
                                     "gradcam)"),
-    "faithfulness_on_the_pointing_scenes": (lambda tmp: ["evaluate", "--model", "se_resnet20_cifar.fmnist",
-                                                         "--dataset", "fashion-mnist-pairs", "--faithfulness", "gradcam"],
+    "faithfulness_on_the_pointing_scenes": (lambda tmp: ["evaluate", "--model", "se_resnet20_cifar.fmnist", "--dataset",
+                                                         "fashion-mnist-pairs", "--faithfulness", "gradcam"],
                                             "--faithfulness: scores a classifier's maps on fashion-mnist or an "
                                             "imagefolder: dataset, not the pointing scenes fashion-mnist-pairs; drop "
                                             "it, or pick such a dataset"),

@@ -51,11 +51,11 @@ if TYPE_CHECKING:  # tasks import Lightning; explain must not need it
     from ..inference.classifier import Classifier
 
 __all__ = [
-    "METHODS", "CellCentres", "applicable_methods", "check_method", "attention_map", "attention_rollout", "curve_area",
-    "deletion_fill", "deletion_insertion_curves", "evaluate_class_pointing", "evaluate_faithfulness", "evaluate_pointing", "explain", "explain_batch", "explain_image", "gate_maps", "grad_cam", "grad_cam_plus_plus",
-    "gradient_rollout", "heatmap_overlay",
-    "map_centres", "normalize_map",
-    "pointing_accuracy", "pointing_hit", "resize_map", "save_overlay", "save_word_panels",
+    "METHODS", "CellCentres", "applicable_methods", "attention_map", "attention_rollout", "check_method",
+    "curve_area", "deletion_fill", "deletion_insertion_curves", "evaluate_class_pointing", "evaluate_faithfulness",
+    "evaluate_pointing", "explain", "explain_batch", "explain_image", "gate_maps", "grad_cam", "grad_cam_plus_plus",
+    "gradient_rollout", "heatmap_overlay", "map_centres", "normalize_map", "pointing_accuracy", "pointing_hit",
+    "resize_map", "save_overlay", "save_word_panels",
 ]
 
 Method = Literal["rollout", "attention", "gradcam", "gradcam++", "gradrollout", "gates"]
@@ -507,9 +507,8 @@ def evaluate_faithfulness(
 
     Returns:
         ``{"deletion", "insertion", "random_deletion", "random_insertion", "faithfulness_method", "fill", "steps",
-        "n"}``:
-        mean areas over the images (deletion: lower is more faithful; insertion: higher), the random maps' (uniform
-        noise drawn with a fixed seed) to measure them against.
+        "n"}``: mean areas over the images (deletion: lower is more faithful; insertion: higher), and the random
+        maps' (uniform noise drawn with a fixed seed) to measure them against.
     """
     from ..data.image_folder import evaluation_batches, seeded_subset
 
@@ -536,7 +535,8 @@ def evaluate_faithfulness(
     if not areas["deletion"]:
         raise ConfigError("no images to score; check --dataset, --split and --limit")
     means = {key: reported_score(float(torch.cat(values).mean())) for key, values in areas.items()}
-    return {**means, "faithfulness_method": method, "fill": fill, "steps": steps, "n": len(torch.cat(areas["deletion"]))}
+    count = sum(len(values) for values in areas["deletion"])
+    return {**means, "faithfulness_method": method, "fill": fill, "steps": steps, "n": count}
 
 
 class _PointingTally:

@@ -3,10 +3,10 @@ for Explanation of Black-box Models", section 4.1): does the model rely on the p
 
 Deletion replaces the input's pixels, most salient first, with a fill, and follows the explained class's
 probability down; insertion puts them back, most salient first, onto a blurred copy of the image (RISE's canvas: an
-11-pixel Gaussian of sigma 5, narrower on images under 6 px), and follows it up. Each curve has ``steps + 1`` points, at ``0, 1/steps, ..., 1`` of
-the pixels, and its area (trapezoids over ``[0, 1]``) is the score: a faithful map's deletion area is low and its
-insertion area high. Pixels are ranked by the map resampled to the input (ties, as within a ViT's patch, in raster
-order).
+11-pixel Gaussian of sigma 5, narrower on images under 6 px), and follows it up. Each curve has ``steps + 1``
+points, at ``0, 1/steps, ..., 1`` of the pixels, and its area (trapezoids over ``[0, 1]``) is the score: a faithful
+map's deletion area is low and its insertion area high. Pixels are ranked by the map resampled to the input (ties,
+as within a ViT's patch, in raster order).
 
 What deleted pixels become decides what deletion measures. RISE's code fills zeros of the normalised input, the
 dataset's mean colour; scattered mean-gray pixels on Fashion-MNIST's black canvas are themselves a pattern the
