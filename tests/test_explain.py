@@ -884,7 +884,8 @@ def test_gradient_rollout_restores_timms_fused_attention_and_leaves_no_hook():
     with pytest.raises(ConfigError, match="^target_class=7: the model has 5 classes"):
         explain_batch(timm_vit, torch.randn(1, 3, 32, 32), "gradrollout", target_class=7)  # fails inside the forward
     assert all(block.attn.fused_attn for block in timm_vit.blocks)
-    assert not any(block.attn.attn_drop._forward_hooks for block in timm_vit.blocks)
+    assert not any(block.attn.attn_drop._forward_hooks or block.attn.attn_drop._forward_pre_hooks
+                   for block in timm_vit.blocks)
 
 
 def test_gradient_rollout_refusals_name_the_fix():

@@ -114,10 +114,7 @@ def collect_attentions(model: nn.Module, images: Tensor) -> tuple[Tensor, list[T
     modules = timm_attention_modules(model)
     with recorded_inputs(modules) as inputs:
         logits = model(images)
-    if [module for module, _ in inputs] != modules:  # a block run twice, or skipped: the maps would be another's
-        raise ConfigError(f"{type(model).__name__} ran its blocks' attention otherwise than once each in order; "
-                          "use method 'gradcam'")
-    return logits, [_timm_attention_probs(module, x) for module, x in inputs]
+    return logits, [_timm_attention_probs(module, x) for module, x in once_each_in_order(model, inputs, modules)]
 
 
 @contextlib.contextmanager
@@ -132,6 +129,16 @@ def recorded_inputs(modules: Sequence[nn.Module]) -> Iterator[list[tuple[nn.Modu
     finally:
         for handle in handles:
             handle.remove()
+
+
+def once_each_in_order(model: nn.Module, inputs: list[tuple[nn.Module, Tensor]],
+                       modules: Sequence[nn.Module]) -> list[tuple[nn.Module, Tensor]]:
+    """``inputs`` (of :func:`recorded_inputs`) when ``modules`` ran once each, in order; one line otherwise (a block
+    run twice, or skipped: the maps would be another's)."""
+    if [module for module, _ in inputs] != list(modules):
+        raise ConfigError(f"{type(model).__name__} ran its blocks' attention otherwise than once each in order; "
+                          "use method 'gradcam'")
+    return inputs
 
 
 def _timm_attention_probs(module: nn.Module, x: Tensor) -> Tensor:

@@ -19,7 +19,8 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from .attention import check_gives_attention, returns_attention, timm_attention_modules, token_map
+from .attention import (check_gives_attention, once_each_in_order, recorded_inputs, returns_attention,
+                        timm_attention_modules, token_map)
 from .gradcam import TargetClass, explained_classes
 
 
@@ -69,11 +70,11 @@ def attention_gradients(model: nn.Module, images: Tensor,
             logits, attentions = model(inputs, return_attention=True)
             attentions = list(attentions)
         else:
-            with _timm_softmax_path(model) as attentions:
+            # each block's probabilities as its forward uses them: the input of attn_drop, the identity in eval mode
+            dropouts = [module.attn_drop for module in timm_attention_modules(model)]
+            with _timm_softmax_path(model), recorded_inputs(dropouts) as caught:
                 logits = model(inputs)
-            if len(attentions) != len(timm_attention_modules(model)):  # a block run twice, or skipped
-                raise ConfigError(f"{type(model).__name__} ran its blocks' attention otherwise than once each; "
-                                  "use method 'gradcam'")
+            attentions = [probs for _, probs in once_each_in_order(model, caught, dropouts)]
         classes = explained_classes(logits, target_class)
         score = logits.gather(1, classes[:, None]).sum()  # images are independent in eval mode
         gradients = torch.autograd.grad(score, attentions)
@@ -81,20 +82,15 @@ def attention_gradients(model: nn.Module, images: Tensor,
 
 
 @contextlib.contextmanager
-def _timm_softmax_path(model: nn.Module) -> Iterator[list[Tensor]]:
-    """timm's attention modules on their softmax path rather than the fused kernel, each block's probabilities
-    caught as the forward uses them (``attn_drop``'s output: the identity in eval mode)."""
+def _timm_softmax_path(model: nn.Module) -> Iterator[None]:
+    """timm's attention modules on their softmax path rather than the fused kernel inside the block, as they were
+    on the way out."""
     modules = timm_attention_modules(model)
     fused = [module.fused_attn for module in modules]
-    caught: list[Tensor] = []
-    handles = [module.attn_drop.register_forward_hook(lambda module, args, output: caught.append(output))
-               for module in modules]
     try:
         for module in modules:
             module.fused_attn = False
-        yield caught
+        yield
     finally:
         for module, was_fused in zip(modules, fused):
             module.fused_attn = was_fused
-        for handle in handles:
-            handle.remove()
