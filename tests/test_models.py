@@ -5,6 +5,8 @@ import pytest
 import torch
 
 from visattn import create_model, list_models
+from visattn.cli import _listed_parameter_counts
+from visattn.explain.randomization import cascade, forward_stages
 from visattn.registry import model_family
 
 # Small inputs keep the whole sweep fast; families whose input size is fixed at build time get it here.
@@ -53,6 +55,31 @@ def test_a_resnet_built_on_the_meta_device_draws_no_values_and_has_the_cpu_build
     cpu = _build(name)
     assert set(drawn) == {"cpu"}
     assert {k: v.shape for k, v in meta.state_dict().items()} == {k: v.shape for k, v in cpu.state_dict().items()}
+
+
+# ResNets over 30M parameters are built of the modules of smaller ones of their attention (4 s a test, not 0.5)
+SMALLER_CLASSIFIERS = [name for name in CLASSIFIERS
+                       if model_family(name) != "resnet" or _listed_parameter_counts()[name] <= 30_000_000]
+
+
+@pytest.mark.parametrize("name", SMALLER_CLASSIFIERS)
+def test_the_randomization_cascade_redraws_each_parameter_once_at_its_stage(name):
+    """Every parameter belongs to one stage of the randomization test, and the cascade re-draws exactly the stages it
+    has reached: a parameter left out would keep its trained values in the "randomized" model."""
+    model = _build(name).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.fill_(0.125)  # as trained: no initialiser draws it
+    stages = forward_stages(model, torch.randn(INPUT))
+    names = {id(parameter): key for key, parameter in model.named_parameters()}
+    by_stage = [{names[id(p)] for p in [*module.parameters(), *own]} for _, module, own in stages]
+    assert sorted(key for keys in by_stage for key in keys) == sorted(names.values())  # each once
+    for depth, (_, randomized) in enumerate(cascade(model, stages), start=1):
+        ends = {key: parameter.view(-1)[[0, -1]] for key, parameter in randomized.named_parameters()}  # enough to tell
+        expected = set().union(*by_stage[-depth:])
+        assert {key for key, values in ends.items() if (values != 0.125).all()} == expected
+        assert {key for key, values in ends.items() if (values == 0.125).all()} == set(names.values()) - expected
+    assert all((parameter == 0.125).all() for parameter in model.parameters())
 
 
 @pytest.mark.parametrize("name", CLASSIFIERS)

@@ -1076,6 +1076,19 @@ OUTPUT_AND_OPTION_CASES = {
     "faithfulness_method_that_does_not_fit": (lambda tmp: ["evaluate", "--model", "se_resnet20_cifar.fmnist",
                                                            "--dataset", "fashion-mnist", "--faithfulness", "rollout"],
                                               "--faithfulness rollout: does not fit ResNet; use gradcam or gradcam++"),
+    "randomization_on_the_pointing_scenes": (lambda tmp: ["evaluate", "--model", CLASSIFIER, "--dataset",
+                                                          "fashion-scenes", "--randomization", "gradcam"],
+                                             "--randomization: scores a classifier's maps on fashion-mnist or an "
+                                             "imagefolder: dataset, not the pointing scenes fashion-scenes; drop it, "
+                                             "or pick such a dataset"),
+    "randomization_for_a_captioner": (lambda tmp: ["evaluate", "--model", CAPTIONER, "--dataset", "fashion-scenes",
+                                                   "--randomization", "gradcam"],
+                                      f"--randomization: {CAPTIONER} is a captioner, and only a classifier takes "
+                                      "--randomization; drop it"),
+    "randomization_method_that_does_not_fit": (lambda tmp: ["evaluate", "--model", CLASSIFIER, "--dataset",
+                                                            "fashion-mnist", "--randomization", "gates"],
+                                               "--randomization gates: does not fit ResNet, which has no spatial "
+                                               "attention gates"),
     "gradrollout_of_a_cnn": (lambda tmp: ["evaluate", "--model", "se_resnet20_cifar.fmnist", "--dataset",
                                           "fashion-mnist-pairs", "--pointing-method", "gradrollout"],
                              "--pointing-method gradrollout: rolls out a ViT's attention, and se_resnet20_cifar.fmnist "

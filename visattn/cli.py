@@ -228,12 +228,26 @@ def print_metrics(name: str, args: argparse.Namespace, metrics: dict, settings: 
     if not args.json:
         split = f" {args.split}" if args.split else ""
         how = f" ({settings})" if settings else ""
-        scalars = {k: v for k, v in metrics.items() if k != "per_class"}
+        scalars = {k: v for k, v in metrics.items() if k not in ("per_class", "randomization")}
         print(f"{name} on {args.dataset}{split}{how}: " + ", ".join(f"{k}={v}" for k, v in scalars.items()))
         for label, scores in metrics.get("per_class", {}).items():
             mistaken = f", most often mistaken for {scores['mistaken_for']}" if scores["mistaken_for"] else ""
             print(one_line(f"  {label}: accuracy {scores['accuracy']} of {scores['n']}{mistaken}"))
+        if "randomization" in metrics:
+            print_randomization(metrics["randomization"])
     print(json.dumps(metrics))
+
+
+def print_randomization(test: dict) -> None:
+    """The randomization test's lines: its reference, then the cascade's stages in the order they were re-drawn."""
+    def similarity(scores: dict) -> str:
+        return f"spearman {scores['spearman']}, ssim {scores['ssim']}"
+
+    reference = test["another_image"]
+    print(f"  randomization test of {test['method']} maps on {test['n']} images, each against the trained model's map"
+          + (f" (another image's map: {similarity(reference)})" if reference else "") + ":")
+    for step in test["cascade"]:
+        print(one_line(f"    re-drawn down to {step['down_to']}: {similarity(step)}"))
 
 
 # FashionScenes for classifiers' pointing game: one tinted item, or one gray Fashion-MNIST item on a
@@ -266,9 +280,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.faithfulness_fill is not None and args.faithfulness is None:
         raise ConfigError("--faithfulness-fill: applies with --faithfulness METHOD; add it, or drop "
                           "--faithfulness-fill")
-    if args.faithfulness is not None and args.dataset in POINTING_DATASETS:
-        raise ConfigError(f"--faithfulness: scores a classifier's maps on fashion-mnist or an imagefolder: dataset, "
-                          f"not the pointing scenes {args.dataset}; drop it, or pick such a dataset")
+    for flag, method in (("--faithfulness", args.faithfulness), ("--randomization", args.randomization)):
+        if method is not None and args.dataset in POINTING_DATASETS:
+            raise ConfigError(f"{flag}: scores a classifier's maps on fashion-mnist or an imagefolder: dataset, "
+                              f"not the pointing scenes {args.dataset}; drop it, or pick such a dataset")
     if args.pointing_method is not None and args.dataset not in POINTING_DATASETS:
         raise ConfigError(f"--pointing-method: applies to the pointing scenes {', '.join(POINTING_DATASETS)}, "
                           f"not {args.dataset}; drop it")
@@ -289,14 +304,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                               "random; score per-class accuracy on fashion-mnist or an imagefolder: dataset")
         metrics = cmd_evaluate_pointing(classifier, args)
     else:
-        if args.faithfulness is not None:
-            check_faithfulness_method(classifier, args.faithfulness)
+        for flag, method in (("--faithfulness", args.faithfulness), ("--randomization", args.randomization)):
+            if method is not None:
+                check_explain_method(classifier, method, flag)
         dataset = evaluation_dataset(args.dataset, args.split, classifier.transform(), classifier.class_names,
                                      max_pixels=max_pixels(args))
-        faithfulness = faithfulness_scores(classifier, dataset, args) if args.faithfulness is not None else {}
+        maps_scores = {**(faithfulness_scores(classifier, dataset, args) if args.faithfulness is not None else {}),
+                       **(randomization_scores(classifier, dataset, args) if args.randomization is not None else {})}
         metrics = evaluate_classifier(classifier, dataset, batch_size=args.batch_size,
                                       num_workers=args.num_workers, limit=args.limit, per_class=bool(args.per_class))
-        metrics.update(faithfulness)
+        metrics.update(maps_scores)
     print_metrics(classifier.name, args, metrics)
     return 0
 
@@ -332,6 +349,7 @@ MODEL_KIND_OPTIONS = {"beam_size": ("--beam-size", "captioner"), "max_len": ("--
                       "pointing_method": ("--pointing-method", "classifier"),
                       "faithfulness": ("--faithfulness", "classifier"),
                       "faithfulness_fill": ("--faithfulness-fill", "classifier"),
+                      "randomization": ("--randomization", "classifier"),
                       "per_class": ("--per-class", "classifier")}
 
 
@@ -342,13 +360,13 @@ def check_evaluate_options(args: argparse.Namespace, kind: str) -> None:
                               f"takes {flag}; drop it")
 
 
-def check_faithfulness_method(classifier, method: str) -> None:
+def check_explain_method(classifier, method: str, flag: str) -> None:
     from .explain import check_method
 
     try:
         check_method(classifier.model, method)
     except ArgumentError as err:
-        raise err.for_flag("--faithfulness") from None
+        raise err.for_flag(flag) from None
 
 
 def faithfulness_scores(classifier, dataset, args: argparse.Namespace) -> dict:
@@ -357,6 +375,15 @@ def faithfulness_scores(classifier, dataset, args: argparse.Namespace) -> dict:
 
     return evaluate_faithfulness(classifier, dataset, method=args.faithfulness, fill=args.faithfulness_fill or "black",
                                  batch_size=min(args.batch_size, 64), limit=args.limit)
+
+
+def randomization_scores(classifier, dataset, args: argparse.Namespace) -> dict:
+    """``evaluate --randomization METHOD``: how like the trained model's maps are those of the model re-drawn from
+    its output down, stage by stage."""
+    from .explain import evaluate_randomization
+
+    return {"randomization": evaluate_randomization(classifier, dataset, method=args.randomization,
+                                                    batch_size=min(args.batch_size, 64), limit=args.limit)}
 
 
 def cmd_evaluate_pointing(classifier, args: argparse.Namespace) -> dict:
@@ -1029,6 +1056,13 @@ def _add_evaluate_command(sub: argparse._SubParsersAction) -> None:
                                "large images")
     evaluate.add_argument("--faithfulness-fill", default=None, choices=("black", "mean", "blur"),
                           help="what --faithfulness's deleted pixels become (default: black)")
+    evaluate.add_argument("--randomization", default=None,
+                          choices=("rollout", "attention", "gradcam", "gradcam++", "gradrollout", "gates"),
+                          help="classifiers on fashion-mnist or an imagefolder: dataset: also run Adebayo et al.'s "
+                               "model parameter randomization test of this explain method: each image's map of the "
+                               "predicted class against the maps of copies of the model re-drawn from the output "
+                               "down, one more stage at a time (Spearman and SSIM; a method that reads the model "
+                               "falls towards 0); one more explanation per stage")
     evaluate.set_defaults(func=cmd_evaluate)
 
 

@@ -39,6 +39,7 @@ from .gradient_rollout import attention_gradients, gradient_rollout
 from .overlay import (check_figure_path, heatmap_overlay, normalize_map, overlay_figure, resize_map, save_figure,
                       save_overlay, save_word_panels)
 from .pointing import pointing_accuracy, pointing_hit
+from .randomization import cascade, forward_stages, map_similarity
 from .rollout import attention_rollout
 
 if TYPE_CHECKING:  # tasks import Lightning; explain must not need it
@@ -53,9 +54,9 @@ if TYPE_CHECKING:  # tasks import Lightning; explain must not need it
 __all__ = [
     "METHODS", "CellCentres", "applicable_methods", "attention_map", "attention_rollout", "check_method",
     "curve_area", "deletion_fill", "deletion_insertion_curves", "evaluate_class_pointing", "evaluate_faithfulness",
-    "evaluate_pointing", "explain", "explain_batch", "explain_image", "gate_maps", "grad_cam", "grad_cam_plus_plus",
-    "gradient_rollout", "heatmap_overlay", "map_centres", "normalize_map", "pointing_accuracy", "pointing_hit",
-    "resize_map", "save_overlay", "save_word_panels",
+    "evaluate_pointing", "evaluate_randomization", "explain", "explain_batch", "explain_image", "gate_maps",
+    "grad_cam", "grad_cam_plus_plus", "gradient_rollout", "heatmap_overlay", "map_centres", "normalize_map",
+    "pointing_accuracy", "pointing_hit", "resize_map", "save_overlay", "save_word_panels",
 ]
 
 Method = Literal["rollout", "attention", "gradcam", "gradcam++", "gradrollout", "gates"]
@@ -537,6 +538,63 @@ def evaluate_faithfulness(
     means = {key: reported_score(float(torch.cat(values).mean())) for key, values in areas.items()}
     count = sum(len(values) for values in areas["deletion"])
     return {**means, "faithfulness_method": method, "fill": fill, "steps": steps, "n": count}
+
+
+def evaluate_randomization(
+    classifier: Classifier,
+    dataset: Dataset,
+    *,
+    method: Optional[Method] = None,
+    batch_size: int = 32,
+    limit: Optional[int] = None,
+) -> dict:
+    """The model parameter randomization test (Adebayo et al.'s, :mod:`visattn.explain.randomization`) of a
+    classifier's maps of its predicted classes over a labelled dataset.
+
+    Args:
+        classifier: a :class:`visattn.inference.classifier.Classifier`.
+        dataset: ``(image, label)`` samples through the classifier's evaluation transform
+            (:func:`visattn.inference.classifier_scoring.evaluation_dataset`).
+        method: explain method; default ``rollout`` for ViTs and ``gradcam`` for CNNs.
+        batch_size: images explained at once.
+        limit: score ``limit`` images drawn across the dataset with a fixed seed.
+
+    Returns:
+        ``{"method", "another_image": {"spearman", "ssim"}, "cascade": [{"down_to", "spearman", "ssim"}, ...], "n"}``:
+        mean similarities of each image's map to the trained model's, from the model re-drawn from its output down
+        to each stage in turn (a method that passes falls towards 0), and of another image's map by the trained
+        model, the level any two of its maps share.
+    """
+    from ..data.image_folder import evaluation_batches, seeded_subset
+
+    model = as_module(_loaded(classifier).model)
+    method = method or ("rollout" if gives_attention(model) else "gradcam")
+    check_method(model, method)
+    stages = None
+    # "" holds each trained map against the next image's in its batch (a batch of one has none)
+    similarities: dict[str, list[tuple[Tensor, Tensor]]] = {"": []}
+    for batch in evaluation_batches(seeded_subset(dataset, limit), batch_size=batch_size):
+        if batch is None:  # only broken files
+            continue
+        images = model_batch(model, batch[0].to(classifier.device))
+        classes = classifier.predict(images).argmax(dim=1) if method in CLASS_METHODS else None
+        stages = stages or forward_stages(model, images[:1])
+        size = tuple(images.shape[-2:])
+        trained = _normalized(model, explain_batch(model, images, method, target_class=classes), size)
+        if len(images) > 1:
+            similarities[""].append(map_similarity(trained, trained.roll(1, dims=0)))
+        for name, randomized in cascade(model, stages):
+            maps = _normalized(randomized, explain_batch(randomized, images, method, target_class=classes), size)
+            similarities.setdefault(name, []).append(map_similarity(trained, maps))
+    if stages is None:
+        raise ConfigError("no images to score; check --dataset, --split and --limit")
+    means = {name: {measure: reported_score(float(torch.cat(values).mean()))
+                    for measure, values in zip(("spearman", "ssim"), zip(*pairs))} if pairs else None
+             for name, pairs in similarities.items()}
+    reference = means.pop("")
+    count = sum(len(spearman) for spearman, _ in similarities[stages[-1][0]])
+    return {"method": method, "another_image": reference,
+            "cascade": [{"down_to": name, **scores} for name, scores in means.items()], "n": count}
 
 
 class _PointingTally:
