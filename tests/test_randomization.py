@@ -62,6 +62,7 @@ def test_the_cascade_redraws_one_more_stage_from_the_output_at_each_step_and_lea
                                           "unused.bias"}),
     ]
     assert _changed(model, trained) == set()
+    torch.manual_seed(7)  # the cascade draws alike whatever the caller's random state
     again = [copy.state_dict() for _, copy in cascade(model, stages)]
     assert all(torch.equal(a, b) for a, b in zip(steps[-1][2].values(), again[-1].values()))
 
@@ -123,3 +124,17 @@ def test_cli_evaluate_prints_the_randomization_cascade(capsys):
     assert lines[2] == (f"    re-drawn down to fc: spearman {test['cascade'][0]['spearman']}, "
                         f"ssim {test['cascade'][0]['ssim']}")
     assert len(lines) == 2 + len(test["cascade"]) + 1
+
+
+def test_a_cnns_gates_read_no_stage_after_the_last_gate():
+    """Spatial gates come from the forward alone: re-drawing the head leaves them as they were, and re-drawing the
+    stages that hold the gates changes them."""
+    torch.manual_seed(0)
+    model = create_model("cbam_resnet20_cifar", num_classes=4).eval()
+    preprocessing = {"input_size": [3, 32, 32], "mean": [0.5] * 3, "std": [0.5] * 3, "recipe": "small"}
+    classifier = Classifier(model, [str(i) for i in range(4)], preprocessing, "tiny", "cbam_resnet20_cifar", {})
+    samples = [(torch.randn(3, 32, 32, generator=torch.Generator().manual_seed(i)), 0) for i in range(3)]
+    gates = evaluate_randomization(classifier, samples, method="gates", batch_size=3)
+    assert [step["down_to"] for step in gates["cascade"]][:2] == ["fc", "layer3.2"]
+    assert gates["cascade"][0]["spearman"] == pytest.approx(1.0, abs=1e-5)
+    assert gates["cascade"][-1]["spearman"] < 0.9
