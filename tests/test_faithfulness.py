@@ -10,6 +10,7 @@ from visattn import create_model, load_classifier
 from visattn.cli import main
 from visattn.errors import ConfigError
 from visattn.explain import curve_area, deletion_fill, deletion_insertion_curves, evaluate_faithfulness
+from visattn.explain.linear_imputation import noisy_linear_imputation
 from visattn.inference.classifier_scoring import evaluation_dataset
 
 from test_data import needs_fashion_mnist
@@ -78,6 +79,52 @@ def test_a_map_that_ranks_the_evidence_first_deletes_it_fastest():
     assert areas["right"][0] < areas["wrong"][0] and areas["right"][1] > areas["wrong"][1]
 
 
+def _neighbour_mean(image: torch.Tensor, row: int, col: int) -> torch.Tensor:
+    """ROAD's weighted mean of a pixel's neighbours in the image: 1/6 beside, 1/12 diagonal, none outside."""
+    total, weights = torch.zeros(image.shape[0], dtype=torch.float64), 0.0
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            y, x = row + dy, col + dx
+            if (dy, dx) != (0, 0) and 0 <= y < image.shape[1] and 0 <= x < image.shape[2]:
+                weight = 1 / 12 if dy and dx else 1 / 6
+                total += weight * image[:, y, x].double()
+                weights += weight
+    return total / weights
+
+
+def test_imputed_pixels_are_the_weighted_mean_of_their_neighbours_and_the_rest_stay():
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(2, 3, 9, 7, generator=generator)
+    removed = torch.rand(2, 1, 9, 7, generator=generator) < 0.4
+    removed[1, 0, :5, :4] = True  # a block whose inner pixels have only removed neighbours
+    filled = noisy_linear_imputation(images, removed, noise_std=0.0)
+    torch.testing.assert_close(filled[~removed.expand_as(images)], images[~removed.expand_as(images)], rtol=0, atol=0)
+    for b, row, col in removed[:, 0].nonzero().tolist():
+        torch.testing.assert_close(filled[b, :, row, col].double(), _neighbour_mean(filled[b], row, col),
+                                   rtol=0, atol=1e-5)
+    every = noisy_linear_imputation(images, torch.ones(2, 9, 7, dtype=torch.bool), noise_std=0.0)
+    assert not every.any()  # nothing to impute from: the normalised mean colour
+    noisy = [noisy_linear_imputation(images, removed, generator=torch.Generator().manual_seed(3)) for _ in range(2)]
+    torch.testing.assert_close(noisy[0], noisy[1], rtol=0, atol=0)  # seeded
+    spread = (noisy[0] - filled)[removed.expand_as(images)]
+    assert 0.008 < float(spread.std()) < 0.012 and not (noisy[0] - filled)[~removed.expand_as(images)].any()
+
+
+def test_imputed_deletion_fills_each_step_from_the_pixels_left():
+    generator = torch.Generator().manual_seed(0)
+    model = _PixelEvidence(torch.randn(3, 8, 8, generator=generator))
+    images = torch.randn(2, 3, 8, 8, generator=generator)
+    maps = torch.rand(2, 8, 8, generator=generator)
+    fill = deletion_fill(images, "imputed", mean=[0.5] * 3, std=[0.5] * 3, generator=torch.Generator().manual_seed(1))
+    deletion, _ = deletion_insertion_curves(model, images, maps, torch.tensor([1, 1]), fill, steps=4)
+    noise = torch.Generator().manual_seed(1)
+    order = maps.flatten(1).argsort(dim=1, descending=True, stable=True)
+    for step, count in enumerate([0, 16, 32, 48, 64]):
+        removed = torch.zeros(2, 64, dtype=torch.bool).scatter_(1, order[:, :count], True).view(2, 1, 8, 8)
+        expected = model(noisy_linear_imputation(images, removed, generator=noise)).softmax(dim=1)[:, 1]
+        torch.testing.assert_close(deletion[:, step], expected.detach())
+
+
 def test_curve_area_integrates_over_the_unit_interval():
     torch.testing.assert_close(curve_area(torch.ones(3, 5)), torch.ones(3))
     torch.testing.assert_close(curve_area(torch.linspace(0, 1, 9)), torch.tensor(0.5))
@@ -97,7 +144,7 @@ def test_deletion_fill_is_black_the_mean_colour_or_the_blurred_image():
     tiny = torch.randn(1, 3, 5, 4)  # reflect padding takes at most 3 px here: a 7-pixel kernel
     torch.testing.assert_close(deletion_fill(tiny, "blur", mean=[0.2] * 3, std=[0.5] * 3),
                                TF.gaussian_blur(tiny, [7, 7], [5.0, 5.0]))
-    with pytest.raises(ConfigError, match="^fill='white': use one of black, mean, blur$"):
+    with pytest.raises(ConfigError, match="^fill='white': use one of black, mean, blur, imputed$"):
         deletion_fill(images, "white", mean=[0.2] * 3, std=[0.5] * 3)
 
 
@@ -123,7 +170,7 @@ def test_evaluate_faithfulness_scores_the_maps_beside_random_ones():
     assert evaluate_faithfulness(classifier, dataset, method="gradcam", steps=4, batch_size=8, limit=16) == scores
     with pytest.raises(ConfigError, match="^method='rollout': does not fit ResNet; use gradcam or gradcam"):
         evaluate_faithfulness(classifier, dataset, method="rollout", limit=16)
-    with pytest.raises(ConfigError, match="^fill='white': use one of black, mean, blur$"):
+    with pytest.raises(ConfigError, match="^fill='white': use one of black, mean, blur, imputed$"):
         evaluate_faithfulness(classifier, dataset, fill="white", limit=16)
 
 

@@ -1054,8 +1054,10 @@ def _add_evaluate_command(sub: argparse._SubParsersAction) -> None:
                                "deletion: lower is better), beside random maps'; each image runs 68 more times "
                                "(17 points on each of two curves, for its map and a random one), so --limit it on "
                                "large images")
-    evaluate.add_argument("--faithfulness-fill", default=None, choices=("black", "mean", "blur"),
-                          help="what --faithfulness's deleted pixels become (default: black)")
+    evaluate.add_argument("--faithfulness-fill", default=None, choices=("black", "mean", "blur", "imputed"),
+                          help="what --faithfulness's deleted pixels become (default: black; imputed: each from its "
+                               "neighbours, ROAD's noisy linear imputation, which hides the deleted pixels' shape but "
+                               "solves a sparse system per image and step)")
     evaluate.add_argument("--randomization", default=None,
                           choices=("rollout", "attention", "gradcam", "gradcam++", "gradrollout", "gates"),
                           help="classifiers on fashion-mnist or an imagefolder: dataset: also run Adebayo et al.'s "

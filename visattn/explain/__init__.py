@@ -501,7 +501,8 @@ def evaluate_faithfulness(
         dataset: ``(image, label)`` samples through the classifier's evaluation transform
             (:func:`visattn.inference.classifier_scoring.evaluation_dataset`).
         method: explain method; default ``rollout`` for ViTs and ``gradcam`` for CNNs.
-        fill: what deleted pixels become: ``black``, ``mean`` (the normalisation's mean colour, RISE's) or ``blur``.
+        fill: what deleted pixels become: ``black``, ``mean`` (the normalisation's mean colour, RISE's), ``blur``
+            or ``imputed`` (from their neighbours, ROAD's noisy linear imputation; seeded).
         steps: points of each curve besides the first.
         batch_size: images explained at once.
         limit: score ``limit`` images drawn across the dataset with a fixed seed.
@@ -517,7 +518,7 @@ def evaluate_faithfulness(
     method = method or ("rollout" if gives_attention(model) else "gradcam")
     check_method(model, method)  # before any image is scored
     check_fill(fill)
-    noise = torch.Generator().manual_seed(0)
+    noise, imputation_noise = torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)
     areas: dict[str, list[Tensor]] = {"deletion": [], "insertion": [], "random_deletion": [], "random_insertion": []}
     for batch in evaluation_batches(seeded_subset(dataset, limit), batch_size=batch_size):
         if batch is None:  # only broken files
@@ -528,7 +529,8 @@ def evaluate_faithfulness(
         maps = _normalized(model, explain_batch(model, images, method, target_class=classes if method in
                                                 CLASS_METHODS else None), size)
         random_maps = torch.rand(len(images), *size, generator=noise).to(images.device)
-        deleted = deletion_fill(images, fill, classifier.preprocessing["mean"], classifier.preprocessing["std"])
+        deleted = deletion_fill(images, fill, classifier.preprocessing["mean"], classifier.preprocessing["std"],
+                                generator=imputation_noise)
         for prefix, heat in (("", maps), ("random_", random_maps)):
             deletion, insertion = deletion_insertion_curves(model, images, heat, classes, deleted, steps=steps)
             areas[f"{prefix}deletion"].append(curve_area(deletion).cpu())

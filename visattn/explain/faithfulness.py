@@ -13,14 +13,16 @@ dataset's mean colour; scattered mean-gray pixels on Fashion-MNIST's black canva
 model reads, and random maps then delete "better" than the model's own (measured on 1000 test images: the shipped
 SE-ResNet-20's Grad-CAM maps 0.326, random maps 0.215; filled with black, 0.189 and 0.451), so ``black`` is the
 default here, as it is Quantus' pixel-flipping baseline; ``mean`` and ``blur`` (the insertion canvas) are the
-others.
+others, and ``imputed`` fills each deleted pixel from its neighbours (ROAD's noisy linear imputation,
+:mod:`visattn.explain.linear_imputation`), which leaves no mask shape for the model to read.
 
 The pointing game asks whether a map finds the object; these ask whether it finds what the model used, which a
 map can do on a wrong object, or fail to do on the right one.
 """
 from __future__ import annotations
 
-from typing import Literal, Sequence
+import functools
+from typing import Callable, Literal, Sequence, Union
 
 import torch
 import torchvision.transforms.v2.functional as TF
@@ -29,17 +31,24 @@ from torch import Tensor, nn
 from ..errors import ArgumentError, ConfigError, is_count
 from ..modes import eval_mode
 from ..wrapped_models import as_module
+from .linear_imputation import noisy_linear_imputation
 
-Fill = Literal["black", "mean", "blur"]
-FILLS = ("black", "mean", "blur")
+Fill = Literal["black", "mean", "blur", "imputed"]
+FILLS = ("black", "mean", "blur", "imputed")
 BLUR_KERNEL, BLUR_SIGMA = 11, 5.0  # RISE's insertion canvas
+# what deleted pixels become: a tensor broadcast to the images, or a function of (images, deleted (B, 1, H, W))
+DeletionFill = Union[Tensor, Callable[[Tensor, Tensor], Tensor]]
 
 
-def deletion_fill(images: Tensor, fill: Fill, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+def deletion_fill(images: Tensor, fill: Fill, mean: Sequence[float], std: Sequence[float], *,
+                  generator: torch.Generator | None = None) -> DeletionFill:
     """What deleted pixels of normalised ``images`` ``(B, C, H, W)`` become, broadcast to them: black or the mean
     colour through the normalisation ``mean``/``std`` (a gray input's, their first channel's), or the blurred
-    image."""
+    image; for ``imputed``, the function that imputes them from the pixels left (its noise drawn from
+    ``generator``)."""
     check_fill(fill)
+    if fill == "imputed":
+        return functools.partial(noisy_linear_imputation, generator=generator)
     if fill == "blur":
         return _blurred(images)
     channels = images.shape[1]
@@ -66,7 +75,7 @@ def deletion_insertion_curves(
     images: Tensor,
     maps: Tensor,
     classes: Tensor,
-    fill: Tensor,
+    fill: DeletionFill,
     *,
     steps: int = 16,
 ) -> tuple[Tensor, Tensor]:
@@ -77,7 +86,8 @@ def deletion_insertion_curves(
         images: normalised model inputs ``(B, C, H, W)``.
         maps: one saliency map per image at the input's size ``(B, H, W)``; higher is more salient.
         classes: the class explained in each image ``(B,)``.
-        fill: what deleted pixels become, broadcast to ``images`` (:func:`deletion_fill`).
+        fill: what deleted pixels become, broadcast to ``images``, or a function of the images and the deleted
+            pixels ``(B, 1, H, W)`` giving the images with them filled (:func:`deletion_fill`).
         steps: points of each curve besides the first (the whole image, or the canvas); the model runs on the
             batch ``2 * (steps + 1)`` times.
 
@@ -99,7 +109,8 @@ def deletion_insertion_curves(
     with eval_mode(model):
         for count in torch.linspace(0, pixels, steps + 1).round().long().tolist():  # pixels moved at each point
             moved = rank < count
-            deletion.append(_class_probability(model, torch.where(moved, fill, images), classes))
+            deleted = fill(images, moved) if callable(fill) else torch.where(moved, fill, images)
+            deletion.append(_class_probability(model, deleted, classes))
             insertion.append(_class_probability(model, torch.where(moved, images, canvas), classes))
     return torch.stack(deletion, dim=1), torch.stack(insertion, dim=1)
 
