@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from visattn import create_model
-from visattn.cli import main
-from visattn.explain import evaluate_randomization
+from visattn.cli import EXPLAIN_METHODS, main
+from visattn.explain import METHODS, evaluate_randomization
 from visattn.explain.randomization import cascade, forward_stages, map_similarity
 from visattn.inference.classifier import Classifier
 
@@ -108,6 +108,10 @@ def test_rollout_does_not_read_the_head_and_gradient_rollout_does():
     gradient = evaluate_randomization(classifier, samples, method="gradrollout", batch_size=4)
     assert gradient["cascade"][0]["spearman"] < 0.99
     assert -1.0 <= gradient["another_image"]["spearman"] < 1.0
+
+
+def test_the_commands_offer_every_explain_method():
+    assert EXPLAIN_METHODS == METHODS
 
 
 @needs_fashion_mnist

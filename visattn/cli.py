@@ -41,6 +41,8 @@ if TYPE_CHECKING:
 
 DEFAULT_BEAM_SIZE = 5  # caption, evaluate and save-weights score captioners with this beam width
 DEFAULT_MAX_LEN = 20  # and captions of at most this many words
+# visattn.explain.METHODS, which imports torch: the parser is built without it
+EXPLAIN_METHODS = ("rollout", "attention", "gradcam", "gradcam++", "gradrollout", "gates")
 IMAGE_PATHS_HELP = ("image files or folders; a folder's image files (by extension: .jpg, .png, .webp, ...) are read, "
                     "also in its sub-folders, hidden files skipped")
 
@@ -1048,7 +1050,7 @@ def _add_evaluate_command(sub: argparse._SubParsersAction) -> None:
                           help="classifiers on the pointing scenes: the map scored (default: gradcam, and rollout for "
                                "ViTs on the one-item scenes; gradrollout: ViTs only)")
     evaluate.add_argument("--faithfulness", default=None,
-                          choices=("rollout", "attention", "gradcam", "gradcam++", "gradrollout", "gates"),
+                          choices=EXPLAIN_METHODS,
                           help="classifiers on fashion-mnist or an imagefolder: dataset: also score this explain "
                                "method's maps of the predicted class by deletion and insertion (RISE's areas; "
                                "deletion: lower is better), beside random maps'; each image runs 68 more times "
@@ -1059,7 +1061,7 @@ def _add_evaluate_command(sub: argparse._SubParsersAction) -> None:
                                "neighbours, ROAD's noisy linear imputation, which hides the deleted pixels' shape but "
                                "solves a sparse system per image and step)")
     evaluate.add_argument("--randomization", default=None,
-                          choices=("rollout", "attention", "gradcam", "gradcam++", "gradrollout", "gates"),
+                          choices=EXPLAIN_METHODS,
                           help="classifiers on fashion-mnist or an imagefolder: dataset: also run Adebayo et al.'s "
                                "model parameter randomization test of this explain method: each image's map of the "
                                "predicted class against the maps of copies of the model re-drawn from the output "
@@ -1134,7 +1136,7 @@ def _add_explain_command(sub: argparse._SubParsersAction) -> None:
     _add_max_pixels(explain)
     _add_progress(explain)
     explain.add_argument("--method", default="gradcam",
-                         choices=("rollout", "attention", "gradcam", "gradcam++", "gradrollout", "gates"),
+                         choices=EXPLAIN_METHODS,
                          help="rollout/attention/gradrollout (ViTs), gradcam/gradcam++ (all), gates (CBAM/BAM/coord/"
                               "NL/GC ResNets)")
     explain.add_argument("--layer", default=None,

@@ -32,7 +32,6 @@ from .attention import recorded_inputs
 SSIM_SIGMA, SSIM_WINDOW = 1.5, 11  # Wang et al.'s Gaussian window, torchmetrics' default
 TOKEN_STD = 0.02
 
-
 Stage = tuple[str, nn.Module, list[nn.Parameter]]  # (name, module, the parameters drawn from a normal)
 
 
