@@ -6,7 +6,7 @@ import torch
 
 from visattn import create_model, list_models
 from visattn.cli import _listed_parameter_counts
-from visattn.explain.randomization import cascade, forward_stages
+from visattn.explain.randomization import forward_stages, randomized_models
 from visattn.registry import model_family
 
 # Small inputs keep the whole sweep fast; families whose input size is fixed at build time get it here.
@@ -74,7 +74,7 @@ def test_the_randomization_cascade_redraws_each_parameter_once_at_its_stage(name
     names = {id(parameter): key for key, parameter in model.named_parameters()}
     by_stage = [{names[id(p)] for p in [*module.parameters(), *own]} for _, module, own in stages]
     assert sorted(key for keys in by_stage for key in keys) == sorted(names.values())  # each once
-    for depth, (_, randomized) in enumerate(cascade(model, stages), start=1):
+    for depth, (_, randomized) in enumerate(randomized_models(model, stages), start=1):
         ends = {key: parameter.view(-1)[[0, -1]] for key, parameter in randomized.named_parameters()}  # enough to tell
         expected = set().union(*by_stage[-depth:])
         assert {key for key, values in ends.items() if (values != 0.125).all()} == expected

@@ -8,8 +8,9 @@ from torch import nn
 
 from visattn import create_model
 from visattn.cli import EXPLAIN_METHODS, main
+from visattn.errors import ArgumentError
 from visattn.explain import METHODS, evaluate_randomization
-from visattn.explain.randomization import cascade, forward_stages, map_similarity
+from visattn.explain.randomization import forward_stages, map_similarity, randomized_models
 from visattn.inference.classifier import Classifier
 
 from test_data import needs_fashion_mnist
@@ -42,16 +43,21 @@ def test_stages_follow_the_forward_and_the_model_holds_its_own_parameters_in_the
     assert stages[0][2] == [model.offset] and all(own == [] for _, _, own in stages[1:])
 
 
-def test_the_cascade_redraws_one_more_stage_from_the_output_at_each_step_and_leaves_the_model():
+def _trained_head_first() -> _HeadFirst:
     torch.manual_seed(1)  # not the cascade's seed 0, which would draw this head again
     model = _HeadFirst()
     with torch.no_grad():
         for value in (model.blocks[1].weight, model.blocks[1].bias, model.blocks[1].running_mean):
             value.fill_(0.3)  # as trained: batch norm's reset puts back ones and zeros
+    return model
+
+
+def test_the_cascade_redraws_one_more_stage_from_the_output_at_each_step_and_leaves_the_model():
+    model = _trained_head_first()
     trained = {name: value.clone() for name, value in model.state_dict().items()}
     stages = forward_stages(model, torch.randn(1, 1, 6, 6))
     rng = torch.get_rng_state()
-    steps = [(name, _changed(copy, trained), copy.state_dict()) for name, copy in cascade(model, stages)]
+    steps = [(name, _changed(copy, trained), copy.state_dict()) for name, copy in randomized_models(model, stages)]
     assert torch.equal(torch.get_rng_state(), rng)  # the seeded draws leave the caller's random state alone
     assert [(name, changed) for name, changed, _ in steps] == [
         ("head", {"head.weight", "head.bias"}),
@@ -63,8 +69,27 @@ def test_the_cascade_redraws_one_more_stage_from_the_output_at_each_step_and_lea
     ]
     assert _changed(model, trained) == set()
     torch.manual_seed(7)  # the cascade draws alike whatever the caller's random state
-    again = [copy.state_dict() for _, copy in cascade(model, stages)]
+    again = [copy.state_dict() for _, copy in randomized_models(model, stages)]
     assert all(torch.equal(a, b) for a, b in zip(steps[-1][2].values(), again[-1].values()))
+
+
+def test_independent_randomization_redraws_each_stage_alone_as_the_cascade_draws_it():
+    model = _trained_head_first()
+    stages = forward_stages(model, torch.randn(1, 1, 6, 6))
+    trained = {name: value.clone() for name, value in model.state_dict().items()}
+    cascade = [{key: value.clone() for key, value in copy.state_dict().items()}
+               for _, copy in randomized_models(model, stages)]
+    alone = [(name, {key: value.clone() for key, value in copy.state_dict().items()})
+             for name, copy in randomized_models(model, stages, mode="independent")]
+    assert [name for name, _ in alone] == ["head", "blocks.1", "blocks.0", "stem + offset"]
+    for name, state in alone:
+        prefix = name.split(" ")[0]
+        changed = {key for key, value in state.items() if not torch.equal(value, trained[key])}
+        assert changed and all(key.startswith(prefix) or key == "offset" for key in changed)
+        for key in changed:  # drawn as the cascade drew that stage
+            assert torch.equal(state[key], cascade[-1][key])
+    with pytest.raises(ArgumentError, match="^mode='both': use one of cascading, independent$"):
+        next(randomized_models(model, stages, mode="both"))
 
 
 def test_map_similarity_is_spearmans_rank_correlation_and_ssim_of_each_pair():
@@ -98,15 +123,15 @@ def test_rollout_does_not_read_the_head_and_gradient_rollout_does():
     classifier = _tiny_vit_classifier()
     samples = [(torch.randn(3, 28, 28, generator=torch.Generator().manual_seed(i)), i % 10) for i in range(5)]
     rollout = evaluate_randomization(classifier, samples, method="rollout", batch_size=4)
-    assert rollout.keys() == {"method", "another_image", "cascade", "n"}
-    assert (rollout["method"], rollout["n"]) == ("rollout", 5)
-    assert [step["down_to"] for step in rollout["cascade"]] == ["head", "norm", "blocks.1", "blocks.0",
+    assert rollout.keys() == {"method", "mode", "another_image", "steps", "n"}
+    assert (rollout["method"], rollout["mode"], rollout["n"]) == ("rollout", "cascading", 5)
+    assert [step["stage"] for step in rollout["steps"]] == ["head", "norm", "blocks.1", "blocks.0",
                                                                 "patch_embed + cls_token + pos_embed"]
-    for step in rollout["cascade"][:2]:  # the head and the norm before it: rollout reads neither
+    for step in rollout["steps"][:2]:  # the head and the norm before it: rollout reads neither
         assert step["spearman"] == pytest.approx(1.0, abs=1e-5) and step["ssim"] == pytest.approx(1.0, abs=1e-5)
-    assert rollout["cascade"][-1]["spearman"] < 0.9
+    assert rollout["steps"][-1]["spearman"] < 0.9
     gradient = evaluate_randomization(classifier, samples, method="gradrollout", batch_size=4)
-    assert gradient["cascade"][0]["spearman"] < 0.99
+    assert gradient["steps"][0]["spearman"] < 0.99
     assert -1.0 <= gradient["another_image"]["spearman"] < 1.0
 
 
@@ -120,14 +145,23 @@ def test_cli_evaluate_prints_the_randomization_cascade(capsys):
                  "--batch-size", "4", "--randomization", "gradcam"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     test = json.loads(lines[-1])["randomization"]
-    assert (test["method"], test["n"]) == ("gradcam", 9)
-    assert [step["down_to"] for step in test["cascade"]][:2] == ["fc", "layer3.2"]
-    assert test["cascade"][-1]["down_to"] == "conv1"
-    assert lines[1].startswith("  randomization test of gradcam maps on 9 images, each against the trained model's "
-                               f"map (another image's map: spearman {test['another_image']['spearman']}, ssim ")
-    assert lines[2] == (f"    re-drawn down to fc: spearman {test['cascade'][0]['spearman']}, "
-                        f"ssim {test['cascade'][0]['ssim']}")
-    assert len(lines) == 2 + len(test["cascade"]) + 1
+    assert (test["method"], test["mode"], test["n"]) == ("gradcam", "cascading", 9)
+    assert [step["stage"] for step in test["steps"]][:2] == ["fc", "layer3.2"]
+    assert test["steps"][-1]["stage"] == "conv1"
+    assert lines[1].startswith("  cascading randomization test of gradcam maps on 9 images, each against the "
+                               "trained model's map (another image's map: spearman "
+                               f"{test['another_image']['spearman']}, ssim ")
+    assert lines[2] == (f"    re-drawn down to fc: spearman {test['steps'][0]['spearman']}, "
+                        f"ssim {test['steps'][0]['ssim']}")
+    assert len(lines) == 2 + len(test["steps"]) + 1
+    assert main(["evaluate", "--model", "se_resnet20_cifar.fmnist", "--dataset", "fashion-mnist", "--limit", "9",
+                 "--batch-size", "4", "--randomization", "gradcam", "--randomization-mode", "independent"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    alone = json.loads(lines[-1])["randomization"]
+    assert alone["mode"] == "independent" and alone["steps"][0] == test["steps"][0]  # the head alone, either way
+    assert lines[1].startswith("  independent randomization test of gradcam maps on 9 images")
+    assert lines[3] == (f"    layer3.2 alone re-drawn: spearman {alone['steps'][1]['spearman']}, "
+                        f"ssim {alone['steps'][1]['ssim']}")
 
 
 def test_a_cnns_gates_read_no_stage_after_the_last_gate():
@@ -139,6 +173,6 @@ def test_a_cnns_gates_read_no_stage_after_the_last_gate():
     classifier = Classifier(model, [str(i) for i in range(4)], preprocessing, "tiny", "cbam_resnet20_cifar", {})
     samples = [(torch.randn(3, 32, 32, generator=torch.Generator().manual_seed(i)), 0) for i in range(3)]
     gates = evaluate_randomization(classifier, samples, method="gates", batch_size=3)
-    assert [step["down_to"] for step in gates["cascade"]][:2] == ["fc", "layer3.2"]
-    assert gates["cascade"][0]["spearman"] == pytest.approx(1.0, abs=1e-5)
-    assert gates["cascade"][-1]["spearman"] < 0.9
+    assert [step["stage"] for step in gates["steps"]][:2] == ["fc", "layer3.2"]
+    assert gates["steps"][0]["spearman"] == pytest.approx(1.0, abs=1e-5)
+    assert gates["steps"][-1]["spearman"] < 0.9

@@ -1081,6 +1081,10 @@ OUTPUT_AND_OPTION_CASES = {
                                              "--randomization: scores a classifier's maps on fashion-mnist or an "
                                              "imagefolder: dataset, not the pointing scenes fashion-scenes; drop it, "
                                              "or pick such a dataset"),
+    "randomization_mode_alone": (lambda tmp: ["evaluate", "--model", CLASSIFIER, "--dataset", "fashion-mnist",
+                                              "--randomization-mode", "independent"],
+                                 "--randomization-mode: applies with --randomization METHOD; add it, or drop "
+                                 "--randomization-mode"),
     "randomization_for_a_captioner": (lambda tmp: ["evaluate", "--model", CAPTIONER, "--dataset", "fashion-scenes",
                                                    "--randomization", "gradcam"],
                                       f"--randomization: {CAPTIONER} is a captioner, and only a classifier takes "

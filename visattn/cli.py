@@ -241,15 +241,16 @@ def print_metrics(name: str, args: argparse.Namespace, metrics: dict, settings: 
 
 
 def print_randomization(test: dict) -> None:
-    """The randomization test's lines: its reference, then the cascade's stages in the order they were re-drawn."""
+    """The randomization test's lines: its reference, then its steps in the order they were taken."""
     def similarity(scores: dict) -> str:
         return f"spearman {scores['spearman']}, ssim {scores['ssim']}"
 
     reference = test["another_image"]
-    print(f"  randomization test of {test['method']} maps on {test['n']} images, each against the trained model's map"
-          + (f" (another image's map: {similarity(reference)})" if reference else "") + ":")
-    for step in test["cascade"]:
-        print(one_line(f"    re-drawn down to {step['down_to']}: {similarity(step)}"))
+    print(f"  {test['mode']} randomization test of {test['method']} maps on {test['n']} images, each against the "
+          "trained model's map" + (f" (another image's map: {similarity(reference)})" if reference else "") + ":")
+    redrawn = "    re-drawn down to {}" if test["mode"] == "cascading" else "    {} alone re-drawn"
+    for step in test["steps"]:
+        print(one_line(f"{redrawn.format(step['stage'])}: {similarity(step)}"))
 
 
 # FashionScenes for classifiers' pointing game: one tinted item, or one gray Fashion-MNIST item on a
@@ -279,9 +280,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.pointing_target is not None and args.dataset not in ONE_ITEM_POINTING:
         raise ConfigError(f"--pointing-target: applies to the one-item scenes {' and '.join(ONE_ITEM_POINTING)}, "
                           f"not {args.dataset}; drop it")
-    if args.faithfulness_fill is not None and args.faithfulness is None:
-        raise ConfigError("--faithfulness-fill: applies with --faithfulness METHOD; add it, or drop "
-                          "--faithfulness-fill")
+    for flag, method, option in (("--faithfulness-fill", args.faithfulness, args.faithfulness_fill),
+                                 ("--randomization-mode", args.randomization, args.randomization_mode)):
+        if option is not None and method is None:
+            raise ConfigError(f"{flag}: applies with {flag.rsplit('-', 1)[0]} METHOD; add it, or drop {flag}")
     for flag, method in (("--faithfulness", args.faithfulness), ("--randomization", args.randomization)):
         if method is not None and args.dataset in POINTING_DATASETS:
             raise ConfigError(f"{flag}: scores a classifier's maps on fashion-mnist or an imagefolder: dataset, "
@@ -352,6 +354,7 @@ MODEL_KIND_OPTIONS = {"beam_size": ("--beam-size", "captioner"), "max_len": ("--
                       "faithfulness": ("--faithfulness", "classifier"),
                       "faithfulness_fill": ("--faithfulness-fill", "classifier"),
                       "randomization": ("--randomization", "classifier"),
+                      "randomization_mode": ("--randomization-mode", "classifier"),
                       "per_class": ("--per-class", "classifier")}
 
 
@@ -385,6 +388,7 @@ def randomization_scores(classifier, dataset, args: argparse.Namespace) -> dict:
     from .explain import evaluate_randomization
 
     return {"randomization": evaluate_randomization(classifier, dataset, method=args.randomization,
+                                                    mode=args.randomization_mode or "cascading",
                                                     batch_size=min(args.batch_size, 64), limit=args.limit)}
 
 
@@ -1067,6 +1071,9 @@ def _add_evaluate_command(sub: argparse._SubParsersAction) -> None:
                                "predicted class against the maps of copies of the model re-drawn from the output "
                                "down, one more stage at a time (Spearman and SSIM; a method that reads the model "
                                "falls towards 0); one more explanation per stage")
+    evaluate.add_argument("--randomization-mode", default=None, choices=("cascading", "independent"),
+                          help="--randomization's re-drawing: cascading, from the output down to each stage in turn "
+                               "(the default), or independent, each stage alone with the others trained")
     evaluate.set_defaults(func=cmd_evaluate)
 
 

@@ -39,7 +39,7 @@ from .gradient_rollout import attention_gradients, gradient_rollout
 from .overlay import (check_figure_path, heatmap_overlay, normalize_map, overlay_figure, resize_map, save_figure,
                       save_overlay, save_word_panels)
 from .pointing import pointing_accuracy, pointing_hit
-from .randomization import cascade, forward_stages, map_similarity
+from .randomization import Mode, check_mode, forward_stages, map_similarity, randomized_models
 from .rollout import attention_rollout
 
 if TYPE_CHECKING:  # tasks import Lightning; explain must not need it
@@ -547,6 +547,7 @@ def evaluate_randomization(
     dataset: Dataset,
     *,
     method: Optional[Method] = None,
+    mode: Mode = "cascading",
     batch_size: int = 32,
     limit: Optional[int] = None,
 ) -> dict:
@@ -558,20 +559,23 @@ def evaluate_randomization(
         dataset: ``(image, label)`` samples through the classifier's evaluation transform
             (:func:`visattn.inference.classifier_scoring.evaluation_dataset`).
         method: explain method; default ``rollout`` for ViTs and ``gradcam`` for CNNs.
+        mode: ``cascading`` re-draws the model from its output down to each stage in turn; ``independent`` each
+            stage alone.
         batch_size: images explained at once.
         limit: score ``limit`` images drawn across the dataset with a fixed seed.
 
     Returns:
-        ``{"method", "another_image": {"spearman", "ssim"}, "cascade": [{"down_to", "spearman", "ssim"}, ...], "n"}``:
-        mean similarities of each image's map to the trained model's, from the model re-drawn from its output down
-        to each stage in turn (a method that passes falls towards 0), and of another image's map by the trained
-        model, the level any two of its maps share.
+        ``{"method", "mode", "another_image": {"spearman", "ssim"}, "steps": [{"stage", "spearman", "ssim"}, ...],
+        "n"}``: mean similarities of each image's map to the trained model's, for each step's model (a method that
+        passes falls towards 0 in the cascade), and of another image's map by the trained model, the level any two
+        of its maps share.
     """
     from ..data.image_folder import evaluation_batches, seeded_subset
 
     model = as_module(_loaded(classifier).model)
     method = method or ("rollout" if gives_attention(model) else "gradcam")
     check_method(model, method)
+    check_mode(mode)
     stages = None
     # "" holds each trained map against the next image's in its batch (a batch of one has none)
     similarities: dict[str, list[tuple[Tensor, Tensor]]] = {"": []}
@@ -585,7 +589,7 @@ def evaluate_randomization(
         trained = _normalized(model, explain_batch(model, images, method, target_class=classes), size)
         if len(images) > 1:
             similarities[""].append(map_similarity(trained, trained.roll(1, dims=0)))
-        for name, randomized in cascade(model, stages):
+        for name, randomized in randomized_models(model, stages, mode=mode):
             maps = _normalized(randomized, explain_batch(randomized, images, method, target_class=classes), size)
             similarities.setdefault(name, []).append(map_similarity(trained, maps))
     if stages is None:
@@ -595,8 +599,8 @@ def evaluate_randomization(
              for name, pairs in similarities.items()}
     reference = means.pop("")
     count = sum(len(spearman) for spearman, _ in similarities[stages[-1][0]])
-    return {"method": method, "another_image": reference,
-            "cascade": [{"down_to": name, **scores} for name, scores in means.items()], "n": count}
+    return {"method": method, "mode": mode, "another_image": reference,
+            "steps": [{"stage": name, **scores} for name, scores in means.items()], "n": count}
 
 
 class _PointingTally:

@@ -14,23 +14,28 @@ embedding) belong to the first stage, as the patch embedding they are added to. 
 ``reset_parameters`` (PyTorch's initialisers; batch norm's running statistics are reset with it), and draws any
 parameter no such module owns (a layer scale, a token) from a normal of std 0.02 (timm's token initialiser), seeded by
 the stage's place in the cascade, so each batch meets the same random models.
+
+Adebayo et al.'s independent randomization re-draws one stage at a time, the others left trained: it asks which
+stages a map depends on, where the cascade asks whether it depends on the model at all.
 """
 from __future__ import annotations
 
 import copy
-from typing import Iterator
+from typing import Iterator, Literal
 
 import torch
 from torch import Tensor, nn
 from torchmetrics.functional.image import structural_similarity_index_measure
 from torchmetrics.functional.regression import spearman_corrcoef
 
-from ..errors import ConfigError
+from ..errors import ArgumentError, ConfigError
 from ..modes import eval_mode
 from .attention import recorded_inputs
 
 SSIM_SIGMA, SSIM_WINDOW = 1.5, 11  # Wang et al.'s Gaussian window, torchmetrics' default
 TOKEN_STD = 0.02
+Mode = Literal["cascading", "independent"]
+MODES = ("cascading", "independent")
 
 Stage = tuple[str, nn.Module, list[nn.Parameter]]  # (name, module, the parameters drawn from a normal)
 
@@ -81,14 +86,31 @@ def randomize_stage(module: nn.Module, parameters: list[nn.Parameter], seed: int
             parameter.normal_(0.0, TOKEN_STD)
 
 
-def cascade(model: nn.Module, stages: list[Stage], *, seed: int = 0) -> Iterator[tuple[str, nn.Module]]:
-    """A copy of ``model`` with its ``stages`` (of :func:`forward_stages`) re-drawn from the last one down: one more
-    at each step, yielded as ``(the stage re-drawn last, the copy)``; ``model`` itself is not changed."""
+def randomized_models(model: nn.Module, stages: list[Stage], *, mode: Mode = "cascading",
+                      seed: int = 0) -> Iterator[tuple[str, nn.Module]]:
+    """A copy of ``model`` with its ``stages`` (of :func:`forward_stages`) re-drawn from the last one down, yielded
+    as ``(stage, the copy)`` at each step: ``cascading``, one more stage each time (the stage named and those after
+    it); ``independent``, the stage named alone, the others trained. A stage's weights are drawn alike in both
+    modes; ``model`` itself is not changed, and the copy changes at the next step."""
+    check_mode(mode)
     memo: dict[int, object] = {}
     randomized = copy.deepcopy(model, memo)  # memo maps each original module and parameter to its copy
     for depth, (name, module, parameters) in enumerate(reversed(stages)):
-        randomize_stage(memo[id(module)], [memo[id(p)] for p in parameters], seed + depth)
+        module, parameters = memo[id(module)], [memo[id(p)] for p in parameters]
+        alone = mode == "independent"
+        trained = copy.deepcopy((module.state_dict(), [p.detach() for p in parameters])) if alone else None
+        randomize_stage(module, parameters, seed + depth)
         yield name, randomized
+        if trained is not None:  # put the stage back for the next one's turn alone
+            module.load_state_dict(trained[0])
+            with torch.no_grad():
+                for parameter, value in zip(parameters, trained[1]):
+                    parameter.copy_(value)
+
+
+def check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise ArgumentError("mode", mode, f"use one of {', '.join(MODES)}")
 
 
 def map_similarity(maps: Tensor, others: Tensor) -> tuple[Tensor, Tensor]:
