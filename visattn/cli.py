@@ -280,10 +280,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.pointing_target is not None and args.dataset not in ONE_ITEM_POINTING:
         raise ConfigError(f"--pointing-target: applies to the one-item scenes {' and '.join(ONE_ITEM_POINTING)}, "
                           f"not {args.dataset}; drop it")
-    for flag, method, option in (("--faithfulness-fill", args.faithfulness, args.faithfulness_fill),
-                                 ("--randomization-mode", args.randomization, args.randomization_mode)):
+    for flag, needs, option, method in (
+            ("--faithfulness-fill", "--faithfulness", args.faithfulness_fill, args.faithfulness),
+            ("--randomization-mode", "--randomization", args.randomization_mode, args.randomization)):
         if option is not None and method is None:
-            raise ConfigError(f"{flag}: applies with {flag.rsplit('-', 1)[0]} METHOD; add it, or drop {flag}")
+            raise ConfigError(f"{flag}: applies with {needs} METHOD; add it, or drop {flag}")
     for flag, method in (("--faithfulness", args.faithfulness), ("--randomization", args.randomization)):
         if method is not None and args.dataset in POINTING_DATASETS:
             raise ConfigError(f"{flag}: scores a classifier's maps on fashion-mnist or an imagefolder: dataset, "
@@ -383,8 +384,8 @@ def faithfulness_scores(classifier, dataset, args: argparse.Namespace) -> dict:
 
 
 def randomization_scores(classifier, dataset, args: argparse.Namespace) -> dict:
-    """``evaluate --randomization METHOD``: how like the trained model's maps are those of the model re-drawn from
-    its output down, stage by stage."""
+    """``evaluate --randomization METHOD``: how like the trained model's maps are those of the model re-drawn stage by
+    stage, from its output down (``--randomization-mode cascading``) or one stage at a time (``independent``)."""
     from .explain import evaluate_randomization
 
     return {"randomization": evaluate_randomization(classifier, dataset, method=args.randomization,
