@@ -122,7 +122,8 @@ def test_a_beam_wider_than_every_caption_finds_the_brute_force_best(model, image
         caption, best = best_caption(model, image, max_len, length_penalty)
         _, alphas = teacher_forced(model, image, [caption])
         assert (tokens.tolist(), bool(finished)) == (words_of(caption), caption[-1] == END_ID)
-        assert score.item() == pytest.approx(best, abs=1e-5)
+        # float32 sums taken in another order (a batched beam against teacher forcing): 1.01e-5 apart on an AVX2 CPU
+        assert score.item() == pytest.approx(best, abs=3e-5)
         torch.testing.assert_close(maps.flatten(1), alphas[0, :len(tokens)])
         torch.testing.assert_close(maps.sum((1, 2)), torch.ones(len(tokens)))
 

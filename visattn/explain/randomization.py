@@ -25,8 +25,6 @@ from typing import Iterator, Literal
 
 import torch
 from torch import Tensor, nn
-from torchmetrics.functional.image import structural_similarity_index_measure
-from torchmetrics.functional.regression import spearman_corrcoef
 
 from ..errors import ArgumentError, ConfigError
 from ..modes import eval_mode
@@ -115,6 +113,10 @@ def check_mode(mode: str) -> None:
 
 def map_similarity(maps: Tensor, others: Tensor) -> tuple[Tensor, Tensor]:
     """Spearman's rank correlation and SSIM of each pair of ``(B, H, W)`` maps scaled to [0, 1]: two ``(B,)``."""
+    # imported here: explain is imported by the inference commands, which load neither torchmetrics nor Lightning
+    from torchmetrics.functional.image import structural_similarity_index_measure
+    from torchmetrics.functional.regression import spearman_corrcoef
+
     spearman = spearman_corrcoef(maps.flatten(1).T.double(), others.flatten(1).T.double())
     # reflect padding needs the window's half under the map's side: a narrower window on maps under 6 px
     window = min(SSIM_WINDOW, 2 * min(maps.shape[-2:]) - 1)
