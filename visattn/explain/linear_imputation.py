@@ -42,7 +42,7 @@ def noisy_linear_imputation(images: Tensor, removed: Tensor, *, noise_std: float
 def _impute(images: np.ndarray, mask: np.ndarray) -> None:
     """Solve, in place, for the pixels of ``images`` ``(B, C, H, W)`` where ``mask`` ``(B, H, W)`` is true: one
     sparse system for the batch, each image's equations apart from the others'."""
-    batch, height, width = mask.shape
+    _, height, width = mask.shape
     unknown = np.flatnonzero(mask)  # into (B, H, W)
     if unknown.size == 0:
         return

@@ -95,15 +95,14 @@ def randomized_models(model: nn.Module, stages: list[Stage], *, mode: Mode = "ca
     randomized = copy.deepcopy(model, memo)  # memo maps each original module and parameter to its copy
     for depth, (name, module, parameters) in enumerate(reversed(stages)):
         module, parameters = memo[id(module)], [memo[id(p)] for p in parameters]
-        alone = mode == "independent"
-        trained = copy.deepcopy((module.state_dict(), [p.detach() for p in parameters])) if alone else None
+        # independent: the stage's trained tensors, put back before the next stage's turn alone
+        kept = [(tensor, tensor.detach().clone()) for tensor in (*module.parameters(), *module.buffers(), *parameters)
+                if mode == "independent"]
         randomize_stage(module, parameters, seed + depth)
         yield name, randomized
-        if trained is not None:  # put the stage back for the next one's turn alone
-            module.load_state_dict(trained[0])
-            with torch.no_grad():
-                for parameter, value in zip(parameters, trained[1]):
-                    parameter.copy_(value)
+        with torch.no_grad():
+            for tensor, value in kept:
+                tensor.copy_(value)
 
 
 def check_mode(mode: str) -> None:
